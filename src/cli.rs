@@ -1,0 +1,156 @@
+//! The command line as the user typed it (clap derive). Checking and
+//! combining flags happens in `app`, once.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::terminal::ProgressMode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "batchsse",
+    version,
+    about = "Run a batch update on a SQLite file and stream its progress as server-sent events",
+    long_about = "Run a batch update on a SQLite file and stream its progress as server-sent events.\n\n\
+        While `batchsse run` works, http://127.0.0.1:7077/ shows a live dashboard, /events streams \
+        every step as SSE (curl -N, EventSource, `batchsse watch`), and the terminal shows the same progress.",
+    after_help = "Exit status: 0 ok (or already applied), 1 a step failed, 2 bad usage or input \
+        (nothing written), 3 `watch` could not reach a run, 130 interrupted."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply a plan (JSON) or a SQL script to a SQLite database, serving its progress.
+    #[command(after_help = "Examples:\n  \
+        batchsse run --db shop.sqlite --plan plan.json\n  \
+        batchsse run --db shop.sqlite --sql fix.sql --listen 127.0.0.1:0\n  \
+        batchsse run --db shop.sqlite --plan plan.json --dry-run --no-serve\n  \
+        cat fix.sql | batchsse run --db shop.sqlite --sql - --progress json")]
+    Run(RunArgs),
+    /// Build a sample shop database in a temporary folder and run the sample plan at a watchable pace.
+    #[command(after_help = "Examples:\n  \
+        batchsse demo                      # then open http://127.0.0.1:7077/\n  \
+        batchsse demo --rows 1000000 --sleep 0 --linger 0")]
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("source").required(true).args(["plan", "sql"]))]
+pub struct RunArgs {
+    /// The SQLite database file; it must exist (batchsse never creates one).
+    #[arg(long, value_name = "PATH")]
+    pub db: PathBuf,
+
+    /// A JSON plan ("-" reads standard input).
+    #[arg(long, value_name = "PATH")]
+    pub plan: Option<PathBuf>,
+
+    /// A SQL script whose every statement is one step ("-" reads standard input).
+    #[arg(long, value_name = "PATH")]
+    pub sql: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub serve: ServeArgs,
+
+    #[command(flatten)]
+    pub pace: PaceArgs,
+
+    /// Wait this long for another process's lock before failing.
+    #[arg(long, value_name = "MS", default_value_t = 5000)]
+    pub busy_timeout: u64,
+
+    /// Run everything in one transaction, report the real counts, then roll back.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Run the whole plan as one transaction: all or nothing.
+    #[arg(long)]
+    pub atomic: bool,
+
+    /// Do not record progress in the batchsse_checkpoint table (no resume).
+    #[arg(long)]
+    pub no_checkpoint: bool,
+
+    /// Run a plan again from the start even if it was applied or edited since.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// The progress server and the terminal, shared by `run` and `demo`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Where the progress server listens; 127.0.0.1:0 picks a free port.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7077")]
+    pub listen: String,
+
+    /// Run without the progress server.
+    #[arg(long)]
+    pub no_serve: bool,
+
+    /// Require this token on every route but /healthz (Authorization: Bearer T, or ?token=T).
+    #[arg(long, value_name = "T", env = "BATCHSSE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// Send Access-Control-Allow-Origin: ORIGIN, for a page served from another origin.
+    #[arg(long, value_name = "ORIGIN")]
+    pub cors: Option<String>,
+
+    /// Stream clients at once; more get 503.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub max_clients: usize,
+
+    /// Hold the first step until N stream clients are connected.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub wait_for_clients: usize,
+
+    /// After `finished`, keep answering for SECS (late clients get the full replay) [default: 0; demo: 15].
+    #[arg(long, value_name = "SECS")]
+    pub linger: Option<f64>,
+
+    /// How long open streams may take to receive their tail before the process exits anyway.
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    pub drain_timeout: f64,
+
+    /// Terminal output: auto = bars on a terminal, plain lines otherwise; json = NDJSON on stdout.
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    pub progress: ProgressMode,
+}
+
+/// How fast chunked steps go.
+#[derive(Debug, Args)]
+pub struct PaceArgs {
+    /// Fix every chunked step's chunk size (turns adapting off).
+    #[arg(long, value_name = "N")]
+    pub batch_size: Option<u64>,
+
+    /// Adapt chunk sizes so one chunk takes about MS.
+    #[arg(long, value_name = "MS", default_value_t = 250)]
+    pub chunk_time: u64,
+
+    /// Pause between chunks (eases load on a live database).
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub sleep: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Orders in the sample database (customers and sessions scale with it).
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    pub rows: u64,
+
+    /// Pause between chunks; the default paces the demo to about 20 s.
+    #[arg(long, value_name = "MS")]
+    pub sleep: Option<u64>,
+
+    /// Keep the sample database in this folder instead of a temporary one.
+    #[arg(long, value_name = "DIR")]
+    pub keep: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}

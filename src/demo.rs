@@ -1,0 +1,74 @@
+//! `batchsse demo`: a fresh sample shop database and the sample plan, run
+//! with the server on at a pace a person can watch (about 20 s).
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+use crate::app;
+use crate::cli::DemoArgs;
+use crate::error::UsageError;
+use crate::plan::Source;
+use crate::runner;
+
+pub const SCHEMA: &str = include_str!("../sample-data/schema.sql");
+pub const GENERATE: &str = include_str!("../sample-data/generate.sql");
+pub const PLAN: &str = include_str!("../sample-data/plan.json");
+
+/// Chunks per chunked step; with the default sleep the demo takes ~20 s.
+const CHUNKS_PER_STEP: u64 = 40;
+const DEFAULT_SLEEP_MS: u64 = 250;
+
+/// Writes the sample schema and `rows` orders into a new database file.
+pub fn create_sample_db(path: &Path, rows: u64) -> rusqlite::Result<()> {
+    let conn = Connection::open(path)?;
+    conn.execute_batch(SCHEMA)?;
+    conn.execute_batch("CREATE TEMP TABLE params(n INTEGER)")?;
+    conn.execute("INSERT INTO temp.params VALUES (?1)", [rows as i64])?;
+    conn.execute_batch(&format!("BEGIN; {GENERATE} COMMIT;"))?;
+    Ok(())
+}
+
+pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    if args.rows == 0 || args.rows > 100_000_000 {
+        return Err(UsageError::new("--rows takes 1 to 100,000,000").into());
+    }
+    let serve = app::check_serve(&args.serve, 15.0)?;
+    let (_tmp, dir) = app::demo_dir(args.keep.as_ref())?;
+    let db = dir.join("shop.sqlite");
+    if db.exists() {
+        return Err(UsageError::new(format!(
+            "{} already exists; the demo always starts from a fresh database, so pick another --keep folder",
+            db.display()
+        ))
+        .into());
+    }
+    create_sample_db(&db, args.rows)?;
+    let opts = runner::Options {
+        batch_size: Some(args.rows.div_ceil(CHUNKS_PER_STEP)),
+        sleep: Duration::from_millis(args.sleep.unwrap_or(DEFAULT_SLEEP_MS)),
+        ..runner::Options::default()
+    };
+    let source = Source::Json {
+        name: "plan.json".into(),
+        text: PLAN.into(),
+    };
+    let mut session = app::open(
+        &db,
+        &source,
+        opts,
+        false,
+        Duration::from_secs(5),
+        serve,
+        args.serve.progress,
+    )?;
+    session.banner = Some(format!(
+        "batchsse: demo: {} orders in {}{}\nbatchsse: open {{url}} in a browser to watch (curl -N {{url}}events shows the raw stream)",
+        args.rows,
+        db.display(),
+        if args.keep.is_some() { "" } else { " (deleted on exit; --keep DIR keeps it)" }
+    ));
+    app::execute(session)
+}

@@ -1,0 +1,27 @@
+//! Errors that decide the exit status: a `UsageError` anywhere in an error
+//! chain means bad usage or input, found before anything was written (exit 2).
+
+/// Bad usage or input: the message says what is wrong and what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+impl UsageError {
+    pub fn new(msg: impl Into<String>) -> Self {
+        UsageError(msg.into())
+    }
+}
+
+/// Exit statuses, in one place (documented in the README).
+pub mod exit {
+    /// The run finished ok (or had already been applied).
+    pub const OK: u8 = 0;
+    /// A step failed; its transaction was rolled back.
+    pub const FAILED: u8 = 1;
+    /// Bad usage or input, found before anything was written.
+    pub const USAGE: u8 = 2;
+    /// `watch`: no run could be reached.
+    pub const UNREACHABLE: u8 = 3;
+    /// Interrupted by Ctrl-C or SIGTERM.
+    pub const INTERRUPTED: u8 = 130;
+}

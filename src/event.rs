@@ -1,0 +1,185 @@
+//! The typed events a run emits, and their JSON payloads: the one place the
+//! event protocol's names and fields are spelled out.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepInfo {
+    pub index: usize,
+    pub name: String,
+    pub kind: StepKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepKind {
+    Sql,
+    Chunked,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepState {
+    Running,
+    Done,
+    Failed,
+    Skipped,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Info,
+    Warn,
+    Error,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    Ok,
+    Failed,
+    Cancelled,
+}
+
+impl RunStatus {
+    /// The process exit status that goes with this outcome.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            RunStatus::Ok => crate::error::exit::OK,
+            RunStatus::Failed => crate::error::exit::FAILED,
+            RunStatus::Cancelled => crate::error::exit::INTERRUPTED,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Start {
+    pub run_id: String,
+    pub plan: String,
+    pub db: String,
+    pub steps: Vec<StepInfo>,
+    pub dry_run: bool,
+    pub resumed: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    pub index: usize,
+    pub name: String,
+    pub state: StepState,
+    pub done: u64,
+    pub total: u64,
+    pub changed: u64,
+    pub elapsed_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    pub step: usize,
+    pub name: String,
+    pub done: u64,
+    pub total: u64,
+    pub changed: u64,
+    pub percent: f64,
+    pub rate: f64,
+    pub eta_ms: Option<u64>,
+    pub elapsed_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    pub target: Value,
+    pub status: Level,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Finished {
+    pub status: RunStatus,
+    pub steps_done: usize,
+    pub steps_total: usize,
+    pub rows_changed: u64,
+    pub elapsed_ms: u64,
+    pub dry_run: bool,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Start(Start),
+    Step(Step),
+    Progress(Progress),
+    Message(Message),
+    Finished(Finished),
+}
+
+impl Event {
+    /// The name used in `--progress json` lines and, except for `message`,
+    /// on the SSE `event:` line.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::Start(_) => "start",
+            Event::Step(_) => "step",
+            Event::Progress(_) => "progress",
+            Event::Message(_) => "message",
+            Event::Finished(_) => "finished",
+        }
+    }
+
+    /// The SSE `event:` field; `message` has none, so `onmessage` sees it.
+    pub fn sse_name(&self) -> Option<&'static str> {
+        match self {
+            Event::Message(_) => None,
+            other => Some(other.name()),
+        }
+    }
+
+    /// The payload as a JSON object with `ts_ms` added.
+    pub fn to_json(&self, ts_ms: u64) -> Value {
+        let mut v = match self {
+            Event::Start(e) => serde_json::to_value(e),
+            Event::Step(e) => serde_json::to_value(e),
+            Event::Progress(e) => serde_json::to_value(e),
+            Event::Message(e) => serde_json::to_value(e),
+            Event::Finished(e) => serde_json::to_value(e),
+        }
+        .unwrap_or(Value::Null);
+        if let Value::Object(map) = &mut v {
+            map.insert("ts_ms".into(), ts_ms.into());
+        }
+        v
+    }
+
+    /// Rebuilds an event from its name and payload (the reverse of
+    /// `name` + `to_json`), as `watch` receives them.
+    pub fn from_json(name: &str, data: &str) -> Result<Event, serde_json::Error> {
+        Ok(match name {
+            "start" => Event::Start(serde_json::from_str(data)?),
+            "step" => Event::Step(serde_json::from_str(data)?),
+            "progress" => Event::Progress(serde_json::from_str(data)?),
+            "finished" => Event::Finished(serde_json::from_str(data)?),
+            _ => Event::Message(serde_json::from_str(data)?),
+        })
+    }
+
+    pub fn message(target: Value, status: Level, message: impl Into<String>) -> Event {
+        Event::Message(Message {
+            target,
+            status,
+            message: message.into(),
+        })
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,764 @@
+//! Plans: loading a JSON plan or a SQL script, splitting SQL with SQLite's
+//! own parser, and validating every step before anything runs by rehearsing
+//! the whole plan on an empty in-memory copy of the database's schema.
+
+use fallible_iterator::FallibleIterator;
+use rusqlite::{Batch, Connection, OptionalExtension, types::Value};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::error::UsageError;
+
+/// Where a plan came from, before it is checked against a database.
+#[derive(Debug, Clone)]
+pub enum Source {
+    Json { name: String, text: String },
+    Sql { name: String, text: String },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub name: String,
+    pub steps: Vec<Step>,
+    pub foreign_keys: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    pub index: usize,
+    pub name: String,
+    pub sql: String,
+    pub chunk: Option<Chunk>,
+    /// Statements SQLite refuses inside a transaction (VACUUM, ATTACH, some
+    /// PRAGMAs) run on their own, in autocommit mode.
+    pub autocommit: bool,
+    /// Identifies the step's work for checkpoints: its SQL and chunking.
+    pub checksum: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Chunk {
+    pub table: String,
+    /// The key column as SQL: `rowid` or a quoted column name.
+    pub key_sql: String,
+    pub key: String,
+    pub size: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlanFile {
+    name: Option<String>,
+    #[serde(default)]
+    foreign_keys: bool,
+    steps: Vec<StepFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StepFile {
+    name: Option<String>,
+    sql: String,
+    chunk: Option<ChunkFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChunkFile {
+    table: String,
+    key: Option<String>,
+    size: Option<u64>,
+}
+
+/// The chunk size when a plan gives none.
+pub const DEFAULT_CHUNK_SIZE: u64 = 1000;
+
+impl Source {
+    pub fn name(&self) -> &str {
+        match self {
+            Source::Json { name, .. } | Source::Sql { name, .. } => name,
+        }
+    }
+}
+
+/// Parses and checks a plan against the database it will run on. Nothing is
+/// written to `db`: statements are rehearsed on an in-memory schema copy.
+pub fn prepare(source: &Source, db: &Connection) -> Result<Plan, UsageError> {
+    let rehearsal = Rehearsal::new(db)?;
+    match source {
+        Source::Json { name, text } => prepare_json(name, text, &rehearsal),
+        Source::Sql { name, text } => prepare_sql(name, text, &rehearsal),
+    }
+}
+
+fn prepare_json(origin: &str, text: &str, r: &Rehearsal) -> Result<Plan, UsageError> {
+    if text.trim().is_empty() {
+        return Err(UsageError::new(format!(
+            "the plan {origin} is empty; give a JSON plan such as {{\"name\": \"x\", \"steps\": [{{\"sql\": \"…\"}}]}}"
+        )));
+    }
+    let file: PlanFile = serde_json::from_str(text).map_err(|e| {
+        UsageError::new(format!(
+            "invalid plan {origin} at line {}, column {}: {}",
+            e.line(),
+            e.column(),
+            strip_position(&e.to_string())
+        ))
+    })?;
+    if file.steps.is_empty() {
+        return Err(UsageError::new(format!(
+            "the plan {origin} has no steps; add at least one {{\"sql\": \"…\"}} to \"steps\""
+        )));
+    }
+    let mut steps = Vec::with_capacity(file.steps.len());
+    for (index, s) in file.steps.into_iter().enumerate() {
+        let name = match s.name.as_deref().map(str::trim) {
+            Some(n) if !n.is_empty() => n.to_owned(),
+            _ => step_name_from_sql(&s.sql).unwrap_or_else(|| format!("step {}", index + 1)),
+        };
+        let label = format!("step {} ({name:?})", index + 1);
+        if s.sql.trim().is_empty() {
+            return Err(UsageError::new(format!("{label} has no SQL; fill in \"sql\"")));
+        }
+        let step = match s.chunk {
+            None => {
+                let autocommit = r.rehearse_plain(&label, &s.sql)?;
+                Step {
+                    index,
+                    name,
+                    checksum: checksum(&s.sql, None),
+                    sql: s.sql,
+                    chunk: None,
+                    autocommit,
+                }
+            }
+            Some(c) => {
+                let chunk = r.rehearse_chunked(&label, &s.sql, c)?;
+                Step {
+                    index,
+                    name,
+                    checksum: checksum(&s.sql, Some(&chunk)),
+                    sql: s.sql,
+                    chunk: Some(chunk),
+                    autocommit: false,
+                }
+            }
+        };
+        steps.push(step);
+    }
+    Ok(Plan {
+        name: file
+            .name
+            .filter(|n| !n.trim().is_empty())
+            .unwrap_or_else(|| origin.to_owned()),
+        steps,
+        foreign_keys: file.foreign_keys,
+    })
+}
+
+fn prepare_sql(origin: &str, text: &str, r: &Rehearsal) -> Result<Plan, UsageError> {
+    let mut steps = Vec::new();
+    {
+        let conn = &r.conn;
+        let mut batch = Batch::new(conn, text);
+        loop {
+            let label = format!("statement {}", steps.len() + 1);
+            let stmt = match batch.next() {
+                Ok(Some(stmt)) => stmt,
+                Ok(None) => break,
+                Err(e) => {
+                    // A statement that fails to prepare may still be fine on
+                    // the real database if the schema copy was incomplete;
+                    // without the split point we cannot go on, so say so.
+                    return Err(UsageError::new(format!(
+                        "{origin}: {label} does not compile: {}",
+                        sqlite_message(&e)
+                    )));
+                }
+            };
+            let sql = stmt
+                .expanded_sql()
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_default();
+            if stmt.parameter_count() > 0 {
+                return Err(UsageError::new(format!(
+                    "{origin}: {label} uses parameters ({}); SQL scripts can't bind them. Use a JSON plan with a \"chunk\" for :lo/:hi",
+                    short(&sql, 60)
+                )));
+            }
+            let index = steps.len();
+            let name = step_name_from_sql(&sql).unwrap_or_else(|| label.clone());
+            let label = format!("{label} ({name:?})");
+            let autocommit = classify(&label, &sql)?;
+            drop(stmt);
+            r.rehearse_statement(&label, &sql)?;
+            steps.push(Step {
+                index,
+                name,
+                checksum: checksum(&sql, None),
+                sql,
+                chunk: None,
+                autocommit,
+            });
+        }
+    }
+    if steps.is_empty() {
+        return Err(UsageError::new(format!(
+            "the SQL script {origin} has no statements; give at least one"
+        )));
+    }
+    Ok(Plan {
+        name: origin.to_owned(),
+        steps,
+        foreign_keys: false,
+    })
+}
+
+/// An in-memory database holding the real one's schema and nothing else.
+struct Rehearsal {
+    conn: Connection,
+    /// False when some schema object could not be copied (a virtual table
+    /// whose module this build lacks, say); then only errors no schema could
+    /// explain (syntax) are reported up front.
+    complete: bool,
+}
+
+impl Rehearsal {
+    fn new(db: &Connection) -> Result<Self, UsageError> {
+        let conn = Connection::open_in_memory()
+            .map_err(|e| UsageError::new(format!("cannot open an in-memory database: {e}")))?;
+        let mut complete = true;
+        let schema: Vec<(String, String)> = db
+            .prepare(
+                "SELECT type, sql FROM sqlite_schema
+                 WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%' ORDER BY rowid",
+            )
+            .and_then(|mut s| {
+                s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<_, _>>()
+            })
+            .map_err(|e| UsageError::new(db_open_message(&e)))?;
+        for (kind, sql) in schema {
+            if kind == "trigger" || kind == "view" {
+                continue; // added below, once every table exists
+            }
+            complete &= conn.execute_batch(&sql).is_ok();
+        }
+        let later: Vec<String> = db
+            .prepare(
+                "SELECT sql FROM sqlite_schema WHERE type IN ('view','trigger') AND sql IS NOT NULL ORDER BY rowid",
+            )
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect::<Result<_, _>>())
+            .map_err(|e| UsageError::new(db_open_message(&e)))?;
+        for sql in later {
+            complete &= conn.execute_batch(&sql).is_ok();
+        }
+        Ok(Rehearsal { conn, complete })
+    }
+
+    /// Checks and rehearses a plain step, which may hold several statements.
+    /// Returns whether it must run outside a transaction.
+    fn rehearse_plain(&self, label: &str, sql: &str) -> Result<bool, UsageError> {
+        let mut autocommit = false;
+        let mut count = 0;
+        let mut batch = Batch::new(&self.conn, sql);
+        loop {
+            let stmt = match batch.next() {
+                Ok(Some(s)) => s,
+                Ok(None) => break,
+                Err(e) => return self.failure(label, sql, &e),
+            };
+            count += 1;
+            let text = stmt.expanded_sql().unwrap_or_default();
+            if stmt.parameter_count() > 0 {
+                return Err(UsageError::new(format!(
+                    "{label} uses parameters ({}), but only chunked steps get them (:lo and :hi); add a \"chunk\" or remove them",
+                    short(text.trim(), 60)
+                )));
+            }
+            let own = classify(label, &text)?;
+            autocommit |= own;
+            drop(stmt);
+            if let Err(e) = run_in_rehearsal(&self.conn, &text) {
+                self.failure(label, &text, &e)?;
+            }
+        }
+        if count == 0 {
+            return Err(UsageError::new(format!(
+                "{label} has no SQL statement, only comments or whitespace"
+            )));
+        }
+        if autocommit && count > 1 {
+            return Err(UsageError::new(format!(
+                "{label} mixes a statement that must run outside a transaction (VACUUM, ATTACH, PRAGMA) with others; give it a step of its own"
+            )));
+        }
+        Ok(autocommit)
+    }
+
+    fn rehearse_statement(&self, label: &str, sql: &str) -> Result<(), UsageError> {
+        if let Err(e) = run_in_rehearsal(&self.conn, sql) {
+            self.failure(label, sql, &e)?;
+        }
+        Ok(())
+    }
+
+    fn rehearse_chunked(
+        &self,
+        label: &str,
+        sql: &str,
+        c: ChunkFile,
+    ) -> Result<Chunk, UsageError> {
+        let size = c.size.unwrap_or(DEFAULT_CHUNK_SIZE);
+        if size == 0 {
+            return Err(UsageError::new(format!(
+                "{label}: chunk.size must be at least 1"
+            )));
+        }
+        let table = self.table(label, &c.table)?;
+        let (key, key_sql) = self.unique_key(label, &table, c.key.as_deref())?;
+        let mut batch = Batch::new(&self.conn, sql);
+        let mut stmt = match batch.next() {
+            Ok(Some(s)) => s,
+            Ok(None) => return Err(UsageError::new(format!("{label} has no SQL statement"))),
+            Err(e) => {
+                return Err(UsageError::new(format!(
+                    "{label} is not valid SQL for this database: {}\n  in: {}",
+                    sqlite_message(&e),
+                    short(sql.trim(), 200)
+                )));
+            }
+        };
+        let lo = stmt.parameter_index(":lo").ok().flatten();
+        let hi = stmt.parameter_index(":hi").ok().flatten();
+        if lo.is_none() || hi.is_none() {
+            return Err(UsageError::new(format!(
+                "{label} is chunked but its SQL lacks :lo and :hi; add e.g. \"WHERE {key} BETWEEN :lo AND :hi\" so each chunk touches only its keys"
+            )));
+        }
+        for i in 1..=stmt.parameter_count() {
+            if let Some(p) = stmt.parameter_name(i)
+                && p != ":lo"
+                && p != ":hi"
+            {
+                return Err(UsageError::new(format!(
+                    "{label} uses the parameter {p}, but a chunked step binds only :lo and :hi"
+                )));
+            }
+        }
+        if let Err(e) = stmt.raw_execute() {
+            self.failure(label, sql, &e)?;
+        }
+        drop(stmt);
+        match batch.next() {
+            Ok(None) => {}
+            _ => {
+                return Err(UsageError::new(format!(
+                    "{label} is chunked and must be one statement; split the rest into steps of their own"
+                )));
+            }
+        }
+        Ok(Chunk {
+            table,
+            key,
+            key_sql,
+            size,
+        })
+    }
+
+    /// The table's name as the schema spells it.
+    fn table(&self, label: &str, name: &str) -> Result<String, UsageError> {
+        let found: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT name FROM sqlite_schema WHERE type = 'table' AND name = ?1 COLLATE NOCASE",
+                [name],
+                |r| r.get(0),
+            )
+            .optional()
+            .unwrap_or(None);
+        found.ok_or_else(|| {
+            UsageError::new(format!(
+                "{label}: chunk.table {name:?} is not a table in this database{}; check the name",
+                self.known_tables()
+            ))
+        })
+    }
+
+    fn known_tables(&self) -> String {
+        let names: Vec<String> = self
+            .conn
+            .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .unwrap_or_default();
+        if names.is_empty() {
+            String::new()
+        } else {
+            format!(" (tables: {})", names.join(", "))
+        }
+    }
+
+    /// Resolves the chunk key and checks that it is unique, as keyset
+    /// pagination needs.
+    fn unique_key(
+        &self,
+        label: &str,
+        table: &str,
+        key: Option<&str>,
+    ) -> Result<(String, String), UsageError> {
+        let columns: Vec<(String, String, i64)> = self
+            .conn
+            .prepare(&format!("PRAGMA table_info({})", quote(table)))
+            .and_then(|mut s| {
+                s.query_map([], |r| Ok((r.get(1)?, r.get(2)?, r.get(5)?)))?
+                    .collect()
+            })
+            .unwrap_or_default();
+        let without_rowid = self
+            .conn
+            .prepare(&format!("SELECT rowid FROM {} LIMIT 0", quote(table)))
+            .is_err();
+        let pk: Vec<&(String, String, i64)> = columns.iter().filter(|c| c.2 > 0).collect();
+        let wanted = key.unwrap_or("rowid");
+        let is_alias = ["rowid", "_rowid_", "oid"]
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(wanted));
+        let column = columns.iter().find(|c| c.0.eq_ignore_ascii_case(wanted));
+        let Some(column) = column else {
+            if is_alias && !without_rowid {
+                return Ok(("rowid".into(), "rowid".into()));
+            }
+            let hint = match (without_rowid, pk.as_slice()) {
+                (true, [one]) => format!("; {table} is WITHOUT ROWID, so use its primary key: \"key\": {:?}", one.0),
+                _ => format!(
+                    " (columns: {})",
+                    columns.iter().map(|c| c.0.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+            };
+            return Err(UsageError::new(format!(
+                "{label}: chunk.key {wanted:?} is not a column of {table}{hint}"
+            )));
+        };
+        let name = column.0.clone();
+        let unique = (pk.len() == 1 && pk[0].0 == name) || self.has_unique_index(table, &name);
+        if !unique {
+            return Err(UsageError::new(format!(
+                "{label}: chunk.key {name:?} is not unique in {table}; chunking needs a unique key (rowid, the primary key, or a column with a UNIQUE index)"
+            )));
+        }
+        let integer_pk = pk.len() == 1
+            && pk[0].0 == name
+            && pk[0].1.eq_ignore_ascii_case("integer")
+            && !without_rowid;
+        let key_sql = if integer_pk {
+            "rowid".to_owned()
+        } else {
+            quote(&name)
+        };
+        Ok((name, key_sql))
+    }
+
+    fn has_unique_index(&self, table: &str, column: &str) -> bool {
+        let indexes: Vec<(String, bool, bool)> = self
+            .conn
+            .prepare(&format!("PRAGMA index_list({})", quote(table)))
+            .and_then(|mut s| {
+                s.query_map([], |r| Ok((r.get(1)?, r.get(2)?, r.get(4)?)))?
+                    .collect()
+            })
+            .unwrap_or_default();
+        indexes.iter().any(|(idx, unique, partial)| {
+            *unique
+                && !*partial
+                && self
+                    .conn
+                    .prepare(&format!("PRAGMA index_info({})", quote(idx)))
+                    .and_then(|mut s| s.query_map([], |r| r.get::<_, Option<String>>(2))?.collect())
+                    .map(|cols: Vec<Option<String>>| {
+                        cols.len() == 1 && cols[0].as_deref() == Some(column)
+                    })
+                    .unwrap_or(false)
+        })
+    }
+
+    /// Turns a rehearsal error into a usage error, unless an incomplete
+    /// schema copy could explain it.
+    fn failure(&self, label: &str, sql: &str, e: &rusqlite::Error) -> Result<bool, UsageError> {
+        let msg = sqlite_message(e);
+        let syntax = msg.contains("syntax error") || msg.contains("incomplete input");
+        if self.complete || syntax {
+            return Err(UsageError::new(format!(
+                "{label} is not valid SQL for this database: {msg}\n  in: {}\n  fix the statement; nothing was run",
+                short(sql.trim(), 200)
+            )));
+        }
+        Ok(false)
+    }
+}
+
+/// Runs a statement on the rehearsal copy, except those that would touch
+/// files (ATTACH, VACUUM INTO) or that the real run handles itself.
+fn run_in_rehearsal(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    let word = first_keyword(sql);
+    if matches!(word.as_str(), "ATTACH" | "DETACH" | "VACUUM") {
+        return conn.prepare(sql).map(|_| ());
+    }
+    let mut stmt = conn.prepare(sql)?;
+    let mut rows = stmt.raw_query();
+    while rows.next()?.is_some() {}
+    Ok(())
+}
+
+/// Says whether a statement must run outside a transaction, and refuses
+/// transaction control, which batchsse owns.
+fn classify(label: &str, sql: &str) -> Result<bool, UsageError> {
+    match first_keyword(sql).as_str() {
+        "BEGIN" | "COMMIT" | "END" | "ROLLBACK" | "SAVEPOINT" | "RELEASE" => {
+            Err(UsageError::new(format!(
+                "{label} controls transactions ({}); batchsse runs each step in its own transaction, so remove it",
+                short(sql.trim(), 40)
+            )))
+        }
+        "VACUUM" | "ATTACH" | "DETACH" | "PRAGMA" => Ok(true),
+        _ => Ok(false),
+    }
+}
+
+/// The first keyword of a statement, upper-cased, after comments.
+pub fn first_keyword(sql: &str) -> String {
+    skip_comments(sql)
+        .chars()
+        .take_while(|c| c.is_ascii_alphabetic())
+        .collect::<String>()
+        .to_ascii_uppercase()
+}
+
+/// The statement after its leading whitespace and comments.
+fn skip_comments(sql: &str) -> &str {
+    let mut s = sql;
+    loop {
+        s = s.trim_start();
+        if let Some(rest) = s.strip_prefix("--") {
+            s = rest.split_once('\n').map_or("", |(_, r)| r);
+        } else if let Some(rest) = s.strip_prefix("/*") {
+            s = rest.split_once("*/").map_or("", |(_, r)| r);
+        } else {
+            return s;
+        }
+    }
+}
+
+/// A step name from its SQL: the first line that is not a comment.
+fn step_name_from_sql(sql: &str) -> Option<String> {
+    skip_comments(sql)
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(|l| short(l.trim_end_matches(';').trim_end(), 60))
+}
+
+fn short(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_owned()
+    } else {
+        let cut: String = s.chars().take(max - 1).collect();
+        format!("{cut}…")
+    }
+}
+
+fn checksum(sql: &str, chunk: Option<&Chunk>) -> String {
+    let mut h = Sha256::new();
+    h.update(sql.trim().as_bytes());
+    if let Some(c) = chunk {
+        h.update(b"\0chunk\0");
+        h.update(c.table.as_bytes());
+        h.update(b"\0");
+        h.update(c.key.as_bytes());
+    }
+    h.finalize()
+        .iter()
+        .take(12)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Quotes an SQL identifier.
+pub fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+/// SQLite's own message, without rusqlite's wrapping.
+pub fn sqlite_message(e: &rusqlite::Error) -> String {
+    match e {
+        rusqlite::Error::SqliteFailure(_, Some(m)) => m.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Explains an error met while first reading the database.
+pub fn db_open_message(e: &rusqlite::Error) -> String {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::NotADatabase) => {
+            "the file is not a SQLite database (or is encrypted); check the --db path".into()
+        }
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+            "the database is locked by another process; wait for it or raise --busy-timeout".into()
+        }
+        _ => format!("cannot read the database schema: {}", sqlite_message(e)),
+    }
+}
+
+/// serde_json appends " at line L column C"; we print the position first.
+fn strip_position(msg: &str) -> &str {
+    msg.rfind(" at line ").map_or(msg, |i| &msg[..i])
+}
+
+/// A key value as carried in checkpoints and bound to `:lo`/`:hi`.
+pub type Key = Value;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db(schema: &str) -> Connection {
+        let c = Connection::open_in_memory().unwrap();
+        c.execute_batch(schema).unwrap();
+        c
+    }
+
+    fn shop() -> Connection {
+        db("CREATE TABLE orders(id INTEGER PRIMARY KEY, total REAL, code TEXT UNIQUE, note TEXT);
+            CREATE TABLE kv(k TEXT PRIMARY KEY, v INTEGER) WITHOUT ROWID;
+            INSERT INTO orders(total) VALUES (1.5);")
+    }
+
+    fn json(text: &str) -> Result<Plan, UsageError> {
+        prepare(
+            &Source::Json {
+                name: "plan.json".into(),
+                text: text.into(),
+            },
+            &shop(),
+        )
+    }
+
+    fn err(text: &str) -> String {
+        json(text).expect_err("plan must be refused").to_string()
+    }
+
+    #[test]
+    fn a_good_plan_loads_with_names_kinds_and_keys() {
+        let p = json(
+            r#"{"name":"p","steps":[
+              {"name":"add","sql":"ALTER TABLE orders ADD COLUMN cents INTEGER"},
+              {"sql":"UPDATE orders SET cents = total*100 WHERE id BETWEEN :lo AND :hi",
+               "chunk":{"table":"orders","key":"id","size":10}},
+              {"sql":"UPDATE kv SET v = v + 1 WHERE k BETWEEN :lo AND :hi","chunk":{"table":"kv","key":"k"}},
+              {"sql":"VACUUM"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(p.name, "p");
+        assert_eq!(p.steps.len(), 4);
+        assert_eq!(p.steps[1].name, "UPDATE orders SET cents = total*100 WHERE id BETWEEN :lo AN…");
+        let c = p.steps[1].chunk.as_ref().unwrap();
+        assert_eq!((c.key.as_str(), c.key_sql.as_str(), c.size), ("id", "rowid", 10));
+        let c = p.steps[2].chunk.as_ref().unwrap();
+        assert_eq!((c.key_sql.as_str(), c.size), ("\"k\"", DEFAULT_CHUNK_SIZE));
+        assert!(p.steps[3].autocommit && !p.steps[0].autocommit);
+        assert_ne!(p.steps[1].checksum, p.steps[2].checksum);
+    }
+
+    #[test]
+    fn the_rehearsal_sees_columns_added_by_earlier_steps() {
+        // Without rehearsing the ALTER, the UPDATE would not compile.
+        json(r#"{"steps":[{"sql":"ALTER TABLE orders ADD COLUMN x INT"},{"sql":"UPDATE orders SET x = 1"}]}"#)
+            .unwrap();
+        let e = err(r#"{"steps":[{"sql":"UPDATE orders SET x = 1"}]}"#);
+        assert!(e.contains("no such column: x") && e.contains("step 1"), "{e}");
+    }
+
+    #[test]
+    fn bad_plans_are_refused_with_the_step_and_the_fix() {
+        let cases: &[(&str, &[&str])] = &[
+            ("", &["empty"]),
+            ("{\"steps\": [", &["line 1", "column"]),
+            (r#"{"steps":[]}"#, &["no steps"]),
+            (r#"{"steps":[{"sql":"SELECT 1","sqll":"x"}]}"#, &["unknown field `sqll`"]),
+            (r#"{"name":"x","stepz":[]}"#, &["unknown field `stepz`"]),
+            (r#"{"steps":[{"sql":"  "}]}"#, &["step 1", "no SQL"]),
+            (r#"{"steps":[{"sql":"-- only a comment"}]}"#, &["no SQL statement"]),
+            (r#"{"steps":[{"sql":"UPDTE orders SET total = 1"}]}"#, &["step 1", "syntax error", "UPDTE"]),
+            (r#"{"steps":[{"name":"n","sql":"UPDATE orders SET total=1","chunk":{"table":"orders"}}]}"#, &["step 1 (\"n\")", ":lo and :hi"]),
+            (r#"{"steps":[{"sql":"UPDATE nope SET a=1 WHERE rowid BETWEEN :lo AND :hi","chunk":{"table":"nope"}}]}"#, &["\"nope\" is not a table", "tables: kv, orders"]),
+            (r#"{"steps":[{"sql":"UPDATE orders SET total=1 WHERE id BETWEEN :lo AND :hi","chunk":{"table":"orders","key":"idd"}}]}"#, &["\"idd\" is not a column"]),
+            (r#"{"steps":[{"sql":"UPDATE orders SET total=1 WHERE id BETWEEN :lo AND :hi","chunk":{"table":"orders","key":"note"}}]}"#, &["not unique"]),
+            (r#"{"steps":[{"sql":"UPDATE kv SET v=1 WHERE k BETWEEN :lo AND :hi","chunk":{"table":"kv"}}]}"#, &["WITHOUT ROWID", "\"key\": \"k\""]),
+            (r#"{"steps":[{"sql":"UPDATE orders SET total=1 WHERE id BETWEEN :lo AND :hi","chunk":{"table":"orders","size":0}}]}"#, &["at least 1"]),
+            (r#"{"steps":[{"sql":"UPDATE orders SET total=:x"}]}"#, &["parameters"]),
+            (r#"{"steps":[{"sql":"BEGIN; UPDATE orders SET total=1; COMMIT"}]}"#, &["controls transactions"]),
+            (r#"{"steps":[{"sql":"UPDATE orders SET total=1; VACUUM"}]}"#, &["step of its own"]),
+            (r#"{"steps":[{"sql":"UPDATE orders SET total=1 WHERE id BETWEEN :lo AND :hi; SELECT 1","chunk":{"table":"orders"}}]}"#, &["one statement"]),
+        ];
+        for (plan, needles) in cases {
+            let e = err(plan);
+            for n in *needles {
+                assert!(e.contains(n), "plan {plan:?}: {e:?} lacks {n:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn sql_scripts_split_by_sqlite_itself() {
+        let text = "-- header\nUPDATE orders SET note = 'a;b'; /* c; */\nALTER TABLE orders ADD COLUMN y INT;\n\nUPDATE orders\n  SET y = 1;\n";
+        let p = prepare(
+            &Source::Sql {
+                name: "fix.sql".into(),
+                text: text.into(),
+            },
+            &shop(),
+        )
+        .unwrap();
+        let names: Vec<_> = p.steps.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["UPDATE orders SET note = 'a;b'", "ALTER TABLE orders ADD COLUMN y INT", "UPDATE orders"]);
+        assert_eq!(p.name, "fix.sql");
+        assert!(p.steps[0].sql.contains("'a;b'"));
+    }
+
+    #[test]
+    fn sql_script_errors_name_the_statement() {
+        let src = Source::Sql {
+            name: "s.sql".into(),
+            text: "UPDATE orders SET total = 1;\nUPDATE orders SET nope = 1;".into(),
+        };
+        let e = prepare(&src, &shop()).unwrap_err().to_string();
+        assert!(e.contains("statement 2") && e.contains("no such column: nope"), "{e}");
+        let empty = Source::Sql {
+            name: "s.sql".into(),
+            text: " -- nothing\n".into(),
+        };
+        assert!(prepare(&empty, &shop()).unwrap_err().to_string().contains("no statements"));
+    }
+
+    #[test]
+    fn first_keyword_skips_comments() {
+        assert_eq!(first_keyword("  -- x\n /* y */ vacuum"), "VACUUM");
+        assert_eq!(first_keyword("pragma foo"), "PRAGMA");
+        assert_eq!(first_keyword(""), "");
+    }
+
+    #[test]
+    fn rehearsal_writes_nothing_to_the_real_database() {
+        let real = shop();
+        prepare(
+            &Source::Json {
+                name: "p".into(),
+                text: r#"{"steps":[{"sql":"DELETE FROM orders"},{"sql":"DROP TABLE kv"}]}"#.into(),
+            },
+            &real,
+        )
+        .unwrap();
+        let n: i64 = real.query_row("SELECT count(*) FROM orders", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 1);
+        real.query_row("SELECT count(*) FROM kv", [], |r| r.get::<_, i64>(0)).unwrap();
+    }
+}

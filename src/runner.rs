@@ -1,0 +1,723 @@
+//! The runner: applies a checked plan to the database on a blocking thread
+//! and reports every step as typed events in the log. It knows nothing of
+//! HTTP or terminals.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use fallible_iterator::FallibleIterator;
+use rusqlite::{Batch, Connection, InterruptHandle, OpenFlags, named_params};
+use serde_json::json;
+
+use crate::checkpoint::{self, Resume};
+use crate::error::UsageError;
+use crate::event::{
+    Event, Finished, Level, Progress, RunStatus, Start, Step as StepEvent, StepInfo, StepKind,
+    StepState,
+};
+use crate::event_log::EventLog;
+use crate::plan::{self, Chunk, Key, Plan, Step, quote, sqlite_message};
+
+/// How a run behaves, from the command line.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub dry_run: bool,
+    pub atomic: bool,
+    /// Fixes every chunk's size, turning adaptation off.
+    pub batch_size: Option<u64>,
+    pub chunk_time: Duration,
+    pub sleep: Duration,
+    pub checkpoint: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            dry_run: false,
+            atomic: false,
+            batch_size: None,
+            chunk_time: Duration::from_millis(250),
+            sleep: Duration::ZERO,
+            checkpoint: true,
+        }
+    }
+}
+
+/// The largest chunk adaptation will choose.
+const MAX_CHUNK: u64 = 1_000_000;
+
+/// Opens an existing database read-write (never creating one) and checks it
+/// is a SQLite file we may write.
+pub fn open_db(path: &Path, busy_timeout: Duration) -> Result<Connection, UsageError> {
+    let shown = path.display();
+    match std::fs::metadata(path) {
+        Err(_) => {
+            return Err(UsageError::new(format!(
+                "no such database: {shown} (batchsse never creates one; check the path)"
+            )));
+        }
+        Ok(m) if !m.is_file() => {
+            return Err(UsageError::new(format!(
+                "{shown} is not a file; --db takes a SQLite database file"
+            )));
+        }
+        Ok(_) => {}
+    }
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| UsageError::new(format!("cannot open {shown}: {}", sqlite_message(&e))))?;
+    conn.busy_timeout(busy_timeout)
+        .map_err(|e| UsageError::new(format!("cannot set the busy timeout: {e}")))?;
+    conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get::<_, i64>(0))
+        .map_err(|e| UsageError::new(format!("{shown}: {}", plan::db_open_message(&e))))?;
+    if conn.is_readonly("main").unwrap_or(false) {
+        return Err(UsageError::new(format!(
+            "{shown} is read-only; batchsse needs write access to the file and its directory (for the journal)"
+        )));
+    }
+    Ok(conn)
+}
+
+/// Cancellation shared between the signal handler and the runner: a flag,
+/// SQLite's interrupt for the running statement, and a wake-up for sleeps.
+#[derive(Default)]
+pub struct Cancel {
+    flag: AtomicBool,
+    interrupt: Mutex<Option<InterruptHandle>>,
+    wake: Condvar,
+}
+
+impl Cancel {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+
+    pub fn cancel(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        let guard = self.interrupt.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = guard.as_ref() {
+            h.interrupt();
+        }
+        self.wake.notify_all();
+    }
+
+    fn attach(&self, conn: &Connection) {
+        *self.interrupt.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(conn.get_interrupt_handle());
+    }
+
+    /// Sleeps up to `d`; true when woken by cancellation.
+    pub fn sleep(&self, d: Duration) -> bool {
+        let deadline = Instant::now() + d;
+        let mut guard = self.interrupt.lock().unwrap_or_else(|p| p.into_inner());
+        while !self.is_cancelled() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            guard = self
+                .wake
+                .wait_timeout(guard, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        self.is_cancelled()
+    }
+}
+
+enum StepError {
+    Cancelled,
+    Sql(String),
+}
+
+struct Outcome {
+    done: u64,
+    total: u64,
+    changed: u64,
+}
+
+/// Runs the plan and logs every event up to `finished`; returns the status.
+/// `gate` is called after `start` and blocks until the first step may begin.
+pub fn run(
+    conn: &Connection,
+    plan: &Plan,
+    opts: &Options,
+    resume: &Resume,
+    log: &EventLog,
+    cancel: &Cancel,
+    gate: impl FnOnce(),
+) -> RunStatus {
+    cancel.attach(conn);
+    let mut r = Runner {
+        conn,
+        plan,
+        opts,
+        log,
+        cancel,
+        db: db_name(conn),
+        started: Instant::now(),
+        outer_tx: opts.atomic || opts.dry_run,
+    };
+    let (status, steps_done, rows_changed, error) = r.run_all(resume, gate);
+    log.push(Event::Finished(Finished {
+        status,
+        steps_done,
+        steps_total: plan.steps.len(),
+        rows_changed,
+        elapsed_ms: ms(r.started.elapsed()),
+        dry_run: opts.dry_run,
+        error,
+    }));
+    status
+}
+
+fn db_name(conn: &Connection) -> String {
+    conn.path()
+        .and_then(|p| Path::new(p).file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "database".into())
+}
+
+struct Runner<'a> {
+    conn: &'a Connection,
+    plan: &'a Plan,
+    opts: &'a Options,
+    log: &'a EventLog,
+    cancel: &'a Cancel,
+    db: String,
+    started: Instant,
+    /// With --atomic or --dry-run the whole run is one transaction and each
+    /// step a savepoint inside it.
+    outer_tx: bool,
+}
+
+impl Runner<'_> {
+    fn message(&self, step: Option<usize>, level: Level, text: impl Into<String>) {
+        let target = match step {
+            Some(i) => json!({"db": self.db, "step": i}),
+            None => json!({"db": self.db}),
+        };
+        self.log.push(Event::message(target, level, text));
+    }
+
+    fn run_all(
+        &mut self,
+        resume: &Resume,
+        gate: impl FnOnce(),
+    ) -> (RunStatus, usize, u64, Option<String>) {
+        let plan = self.plan;
+        self.log.push(Event::Start(Start {
+            run_id: run_id(),
+            plan: plan.name.clone(),
+            db: self.db.clone(),
+            steps: plan
+                .steps
+                .iter()
+                .map(|s| StepInfo {
+                    index: s.index,
+                    name: s.name.clone(),
+                    kind: if s.chunk.is_some() {
+                        StepKind::Chunked
+                    } else {
+                        StepKind::Sql
+                    },
+                })
+                .collect(),
+            dry_run: self.opts.dry_run,
+            resumed: resume.resumed(),
+        }));
+        if self.opts.dry_run {
+            self.message(
+                None,
+                Level::Info,
+                "dry run: every step runs for real inside one transaction that is rolled back at the end; nothing will be written",
+            );
+        }
+        if resume.already_applied(plan) {
+            self.message(
+                None,
+                Level::Info,
+                format!(
+                    "plan {:?} was already applied to {}; nothing to do (use --force to run it again)",
+                    plan.name, self.db
+                ),
+            );
+        } else if resume.resumed() {
+            self.message(None, Level::Info, resume.describe(plan));
+        }
+        gate();
+        self.started = Instant::now();
+        if self.cancel.is_cancelled() {
+            return (
+                RunStatus::Cancelled,
+                0,
+                0,
+                Some("interrupted before the first step".into()),
+            );
+        }
+        if self.outer_tx
+            && let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE")
+        {
+            let msg = format!("cannot start the run's transaction: {}", sqlite_message(&e));
+            self.message(None, Level::Error, msg.clone());
+            return (RunStatus::Failed, 0, 0, Some(msg));
+        }
+        if resume.forced()
+            && let Err(e) = checkpoint::reset(self.conn, plan, self.opts)
+        {
+            let msg = format!("cannot clear the old checkpoint for --force: {}", sqlite_message(&e));
+            self.message(None, Level::Error, msg.clone());
+            return (RunStatus::Failed, 0, 0, Some(msg));
+        }
+        let mut steps_done = 0;
+        let mut rows_changed = 0;
+        let mut end: Option<(RunStatus, String)> = None;
+        for step in &plan.steps {
+            if self.cancel.is_cancelled() {
+                end = Some((RunStatus::Cancelled, "interrupted between steps".into()));
+                break;
+            }
+            if resume.is_done(step) {
+                self.log.push(Event::Step(StepEvent {
+                    index: step.index,
+                    name: step.name.clone(),
+                    state: StepState::Skipped,
+                    done: 0,
+                    total: 0,
+                    changed: 0,
+                    elapsed_ms: 0,
+                    error: None,
+                }));
+                steps_done += 1;
+                continue;
+            }
+            let t0 = Instant::now();
+            self.step_event(step, StepState::Running, 0, 0, 0, t0, None);
+            let result = match &step.chunk {
+                None => self.run_plain(step),
+                Some(chunk) => self.run_chunked(step, chunk, resume),
+            };
+            match result {
+                Ok(o) => {
+                    rows_changed += o.changed;
+                    steps_done += 1;
+                    self.step_event(step, StepState::Done, o.done, o.total, o.changed, t0, None);
+                }
+                Err((err, o)) => {
+                    let (status, text) = match err {
+                        StepError::Cancelled => (
+                            RunStatus::Cancelled,
+                            format!(
+                                "interrupted during step {} ({:?}); its current chunk was rolled back{}",
+                                step.index + 1,
+                                step.name,
+                                if o.changed > 0 && !self.outer_tx {
+                                    format!(", {} rows from earlier chunks are kept", o.changed)
+                                } else {
+                                    String::new()
+                                }
+                            ),
+                        ),
+                        StepError::Sql(e) => (
+                            RunStatus::Failed,
+                            format!("step {} ({:?}) failed: {e}", step.index + 1, step.name),
+                        ),
+                    };
+                    rows_changed += o.changed;
+                    self.step_event(
+                        step,
+                        StepState::Failed,
+                        o.done,
+                        o.total,
+                        o.changed,
+                        t0,
+                        Some(text.clone()),
+                    );
+                    self.message(Some(step.index), Level::Error, text.clone());
+                    end = Some((status, text));
+                    break;
+                }
+            }
+        }
+        if self.outer_tx {
+            let (status, rows) = self.end_outer(end.is_some(), rows_changed);
+            if let Some(e) = status {
+                end = Some(e);
+            }
+            rows_changed = rows;
+        }
+        match end {
+            None => (RunStatus::Ok, steps_done, rows_changed, None),
+            Some((status, text)) => (status, steps_done, rows_changed, Some(text)),
+        }
+    }
+
+    /// Ends the run-wide transaction: rolled back for a dry run or after a
+    /// failure, committed otherwise.
+    fn end_outer(&self, failed: bool, rows: u64) -> (Option<(RunStatus, String)>, u64) {
+        if self.opts.dry_run || failed {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            let text = if self.opts.dry_run {
+                format!("dry run finished: {rows} rows would change; rolled back, nothing was written")
+            } else {
+                "--atomic: the whole run was rolled back; the database is as it was before".into()
+            };
+            self.message(None, Level::Info, text);
+            return (None, if self.opts.dry_run { rows } else { 0 });
+        }
+        match self.conn.execute_batch("COMMIT") {
+            Ok(()) => (None, rows),
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                let text = format!(
+                    "the run's transaction could not commit and was rolled back: {}",
+                    sqlite_message(&e)
+                );
+                self.message(None, Level::Error, text.clone());
+                (Some((RunStatus::Failed, text)), 0)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn step_event(
+        &self,
+        step: &Step,
+        state: StepState,
+        done: u64,
+        total: u64,
+        changed: u64,
+        t0: Instant,
+        error: Option<String>,
+    ) {
+        self.log.push(Event::Step(StepEvent {
+            index: step.index,
+            name: step.name.clone(),
+            state,
+            done,
+            total,
+            changed,
+            elapsed_ms: ms(t0.elapsed()),
+            error,
+        }));
+    }
+
+    fn begin(&self) -> rusqlite::Result<()> {
+        self.conn.execute_batch(if self.outer_tx {
+            "SAVEPOINT batchsse_step"
+        } else {
+            "BEGIN IMMEDIATE"
+        })
+    }
+
+    fn commit(&self) -> rusqlite::Result<()> {
+        self.conn.execute_batch(if self.outer_tx {
+            "RELEASE batchsse_step"
+        } else {
+            "COMMIT"
+        })
+    }
+
+    fn rollback(&self) {
+        let sql = if self.outer_tx {
+            "ROLLBACK TO batchsse_step; RELEASE batchsse_step"
+        } else {
+            "ROLLBACK"
+        };
+        if !self.conn.is_autocommit() || self.outer_tx {
+            let _ = self.conn.execute_batch(sql);
+        }
+    }
+
+    fn error(&self, e: &rusqlite::Error) -> StepError {
+        if self.cancel.is_cancelled()
+            || e.sqlite_error_code() == Some(rusqlite::ErrorCode::OperationInterrupted)
+        {
+            StepError::Cancelled
+        } else {
+            StepError::Sql(sqlite_message(e))
+        }
+    }
+
+    fn run_plain(&self, step: &Step) -> Result<Outcome, (StepError, Outcome)> {
+        let none = || Outcome {
+            done: 0,
+            total: 0,
+            changed: 0,
+        };
+        let in_tx = !step.autocommit;
+        if in_tx {
+            self.begin().map_err(|e| (self.error(&e), none()))?;
+        }
+        let result = (|| -> rusqlite::Result<u64> {
+            let mut changed = 0;
+            let mut batch = Batch::new(self.conn, &step.sql);
+            while let Some(mut stmt) = batch.next()? {
+                let before = self.conn.total_changes();
+                let mut rows = stmt.raw_query();
+                while rows.next()?.is_some() {}
+                drop(rows);
+                // changes() keeps its old value after DDL; count only when
+                // this statement really changed rows.
+                if self.conn.total_changes() != before {
+                    changed += self.conn.changes();
+                }
+            }
+            if in_tx {
+                checkpoint::record_step(self.conn, self.plan, step, self.opts, changed)?;
+            }
+            Ok(changed)
+        })();
+        match result {
+            Ok(changed) => {
+                if self.cancel.is_cancelled() && in_tx {
+                    self.rollback();
+                    return Err((StepError::Cancelled, none()));
+                }
+                if in_tx {
+                    self.commit().map_err(|e| {
+                        self.rollback();
+                        (self.error(&e), none())
+                    })?;
+                } else {
+                    checkpoint::record_step(self.conn, self.plan, step, self.opts, changed)
+                        .map_err(|e| (self.error(&e), none()))?;
+                }
+                Ok(Outcome {
+                    done: changed,
+                    total: changed,
+                    changed,
+                })
+            }
+            Err(e) => {
+                if in_tx {
+                    self.rollback();
+                }
+                Err((self.error(&e), none()))
+            }
+        }
+    }
+
+    fn run_chunked(
+        &self,
+        step: &Step,
+        chunk: &Chunk,
+        resume: &Resume,
+    ) -> Result<Outcome, (StepError, Outcome)> {
+        let t0 = Instant::now();
+        let table = quote(&chunk.table);
+        let key = &chunk.key_sql;
+        let mut o = Outcome {
+            done: 0,
+            total: 0,
+            changed: 0,
+        };
+        let counts = self.conn.query_row(
+            &format!("SELECT count({key}), count(*) - count({key}), max({key}) FROM {table}"),
+            [],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, Key>(2)?)),
+        );
+        let (total, nulls, max_key) = match counts {
+            Ok(c) => c,
+            Err(e) => return Err((self.error(&e), o)),
+        };
+        o.total = total.max(0) as u64;
+        if nulls > 0 {
+            self.message(
+                Some(step.index),
+                Level::Warn,
+                format!("{nulls} rows of {} have a NULL {} and are not visited", chunk.table, chunk.key),
+            );
+        }
+        let mut prev: Option<Key> = None;
+        if let Some(cp) = resume.chunk_position(step) {
+            prev = Some(cp.last_key.clone());
+            o.done = cp.done;
+            o.changed = cp.changed;
+            o.total = o.total.max(cp.done);
+            self.message(
+                Some(step.index),
+                Level::Info,
+                format!("resuming after {} rows already committed ({} changed)", cp.done, cp.changed),
+            );
+        }
+        let first_size = self.opts.batch_size.unwrap_or(chunk.size).max(1);
+        self.message(
+            Some(step.index),
+            Level::Info,
+            format!(
+                "{} rows of {} to visit by {}, {} first chunk of {}",
+                crate::terminal::thousands(o.total.saturating_sub(o.done)),
+                chunk.table,
+                chunk.key,
+                if self.opts.batch_size.is_some() { "fixed chunks," } else { "adaptive chunks," },
+                first_size
+            ),
+        );
+        if matches!(max_key, Key::Null) {
+            // Nothing to visit; still record the step as applied.
+            let r = self.begin().and_then(|()| {
+                checkpoint::finish_chunked(self.conn, self.plan, step, self.opts, 0, 0)
+            });
+            return match r.and_then(|()| self.commit()) {
+                Ok(()) => Ok(o),
+                Err(e) => {
+                    self.rollback();
+                    Err((self.error(&e), o))
+                }
+            };
+        }
+        let bounds_sql = |from_start: bool| {
+            format!(
+                "SELECT min(k), max(k), count(*) FROM (SELECT {key} AS k FROM {table} WHERE {} {key} <= ?2 ORDER BY {key} LIMIT ?3)",
+                if from_start { format!("{key} IS NOT NULL AND ?1 IS NULL AND") } else { format!("{key} > ?1 AND") }
+            )
+        };
+        let prepared = (|| {
+            Ok::<_, rusqlite::Error>((
+                self.conn.prepare(&bounds_sql(true))?,
+                self.conn.prepare(&bounds_sql(false))?,
+                self.conn.prepare(&step.sql)?,
+            ))
+        })();
+        let (mut first_bounds, mut next_bounds, mut work) = match prepared {
+            Ok(p) => p,
+            Err(e) => return Err((self.error(&e), o)),
+        };
+        let mut size = first_size;
+        let mut ewma: Option<f64> = None;
+        loop {
+            if self.cancel.is_cancelled() {
+                return Err((StepError::Cancelled, o));
+            }
+            let c0 = Instant::now();
+            if let Err(e) = self.begin() {
+                return Err((self.error(&e), o));
+            }
+            let chunk_result = (|| -> rusqlite::Result<Option<(Key, u64, u64)>> {
+                let bounds = match &prev {
+                    None => first_bounds.query_row(
+                        rusqlite::params![Key::Null, max_key, size as i64],
+                        |r| Ok((r.get::<_, Key>(0)?, r.get::<_, Key>(1)?, r.get::<_, i64>(2)?)),
+                    )?,
+                    Some(p) => next_bounds.query_row(
+                        rusqlite::params![p, max_key, size as i64],
+                        |r| Ok((r.get::<_, Key>(0)?, r.get::<_, Key>(1)?, r.get::<_, i64>(2)?)),
+                    )?,
+                };
+                let (lo, hi, n) = bounds;
+                if n == 0 {
+                    // Rows past the last chunk were deleted meanwhile.
+                    checkpoint::finish_chunked(self.conn, self.plan, step, self.opts, o.done, o.changed)?;
+                    return Ok(None);
+                }
+                let changed = work.execute(named_params! {":lo": lo, ":hi": hi})? as u64;
+                let (done, total_changed) = (o.done + n as u64, o.changed + changed);
+                if hi == max_key {
+                    checkpoint::finish_chunked(self.conn, self.plan, step, self.opts, done, total_changed)?;
+                } else {
+                    checkpoint::record_chunk(self.conn, self.plan, step, self.opts, &hi, done, total_changed)?;
+                }
+                Ok(Some((hi, n as u64, changed)))
+            })();
+            let (hi, n, changed) = match chunk_result {
+                Ok(Some(v)) => v,
+                Ok(None) => {
+                    if let Err(e) = self.commit() {
+                        self.rollback();
+                        return Err((self.error(&e), o));
+                    }
+                    break;
+                }
+                Err(e) => {
+                    self.rollback();
+                    return Err((self.error(&e), o));
+                }
+            };
+            if self.cancel.is_cancelled() {
+                self.rollback();
+                return Err((StepError::Cancelled, o));
+            }
+            if let Err(e) = self.commit() {
+                self.rollback();
+                return Err((self.error(&e), o));
+            }
+            o.done += n;
+            o.changed += changed;
+            o.total = o.total.max(o.done);
+            let last = hi == max_key;
+            prev = Some(hi);
+            let work_time = c0.elapsed().as_secs_f64().max(1e-6);
+            if self.opts.batch_size.is_none() {
+                let rate = n as f64 / work_time;
+                let avg = ewma.map_or(rate, |a| 0.3 * rate + 0.7 * a);
+                ewma = Some(avg);
+                let target = (avg * self.opts.chunk_time.as_secs_f64()) as u64;
+                size = target.clamp(1, size.saturating_mul(4).min(MAX_CHUNK));
+            }
+            self.progress(step, &o, t0);
+            if last {
+                break;
+            }
+            if !self.opts.sleep.is_zero() && self.cancel.sleep(self.opts.sleep) {
+                return Err((StepError::Cancelled, o));
+            }
+        }
+        Ok(o)
+    }
+
+    fn progress(&self, step: &Step, o: &Outcome, t0: Instant) {
+        let elapsed = t0.elapsed();
+        let rate = o.done as f64 / elapsed.as_secs_f64().max(1e-6);
+        let left = o.total.saturating_sub(o.done);
+        let percent = if o.total == 0 {
+            100.0
+        } else {
+            (o.done as f64 * 100.0 / o.total as f64).min(100.0)
+        };
+        self.log.push(Event::Progress(Progress {
+            step: step.index,
+            name: step.name.clone(),
+            done: o.done,
+            total: o.total,
+            changed: o.changed,
+            percent: (percent * 10.0).round() / 10.0,
+            rate: rate.round(),
+            eta_ms: (rate > 0.0).then(|| (left as f64 / rate * 1000.0) as u64),
+            elapsed_ms: ms(elapsed),
+        }));
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+fn run_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{:x}-{:x}", nanos, std::process::id())
+}
+
+/// Refuses option combinations the plan cannot honour.
+pub fn check(plan: &Plan, opts: &Options) -> Result<(), UsageError> {
+    if opts.atomic || opts.dry_run {
+        if let Some(s) = plan.steps.iter().find(|s| s.autocommit) {
+            return Err(UsageError::new(format!(
+                "step {} ({:?}) must run outside a transaction, so it cannot be part of {}; remove the step or the flag",
+                s.index + 1,
+                s.name,
+                if opts.dry_run { "--dry-run" } else { "--atomic" }
+            )));
+        }
+    }
+    Ok(())
+}

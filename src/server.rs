@@ -1,0 +1,461 @@
+//! The HTTP side: a small hyper 1.x server that serves the event log as
+//! server-sent events, a `/status` snapshot, the dashboard and `/healthz`.
+//! It takes a bound listener and a stop future, so tests never guess ports.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::{self, Stream};
+use http_body_util::{BodyExt, Empty, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::event_log::EventLog;
+use crate::sse;
+
+pub type Body = BoxBody<Bytes, Infallible>;
+
+/// How the server answers, from the command line.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub token: Option<String>,
+    pub cors: Option<String>,
+    pub max_clients: usize,
+    pub keep_alive: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            token: None,
+            cors: None,
+            max_clients: 10_000,
+            keep_alive: Duration::from_secs(15),
+        }
+    }
+}
+
+/// What every request handler shares.
+pub struct State {
+    pub log: Arc<EventLog>,
+    pub config: Config,
+    clients: AtomicUsize,
+    client_count: watch::Sender<usize>,
+}
+
+impl State {
+    pub fn new(log: Arc<EventLog>, config: Config) -> Arc<State> {
+        Arc::new(State {
+            log,
+            config,
+            clients: AtomicUsize::new(0),
+            client_count: watch::channel(0).0,
+        })
+    }
+
+    /// Stream clients connected now.
+    pub fn clients(&self) -> usize {
+        self.clients.load(Ordering::SeqCst)
+    }
+
+    /// Wakes whenever the number of stream clients changes.
+    pub fn watch_clients(&self) -> watch::Receiver<usize> {
+        self.client_count.subscribe()
+    }
+
+    fn try_add_client(self: &Arc<Self>) -> Option<ClientGuard> {
+        let max = self.config.max_clients;
+        self.clients
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1))
+            .ok()?;
+        self.client_count.send_replace(self.clients());
+        Some(ClientGuard(self.clone()))
+    }
+}
+
+/// Counts a stream client for as long as its body lives.
+struct ClientGuard(Arc<State>);
+
+impl Drop for ClientGuard {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Ordering::SeqCst);
+        self.0.client_count.send_replace(self.0.clients());
+    }
+}
+
+/// Accepts connections until `stop` resolves, then lets open connections
+/// finish (streams end after `finished`) for at most `drain`.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<State>,
+    stop: impl Future<Output = ()>,
+    drain: Duration,
+) {
+    let (closing_tx, closing_rx) = watch::channel(false);
+    let mut conns = JoinSet::new();
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .max_buf_size(16 * 1024)
+        .keep_alive(true);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => break,
+            accepted = listener.accept() => {
+                let Ok((tcp, _peer)) = accepted else {
+                    // Out of file descriptors and the like: back off briefly.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                };
+                let _ = tcp.set_nodelay(true);
+                let state = state.clone();
+                let conn = builder.serve_connection(
+                    TokioIo::new(tcp),
+                    service_fn(move |req| {
+                        let state = state.clone();
+                        async move { Ok::<_, Infallible>(handle(&state, req)) }
+                    }),
+                );
+                let mut closing = closing_rx.clone();
+                conns.spawn(async move {
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        _ = conn.as_mut() => return,
+                        _ = closing.wait_for(|c| *c) => conn.as_mut().graceful_shutdown(),
+                    }
+                    let _ = conn.await;
+                });
+                while conns.try_join_next().is_some() {}
+            }
+        }
+    }
+    drop(listener);
+    let _ = closing_tx.send(true);
+    let all_done = async { while conns.join_next().await.is_some() {} };
+    let _ = tokio::time::timeout(drain, all_done).await;
+    conns.abort_all();
+}
+
+fn full(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()).boxed());
+    *r.status_mut() = status;
+    if let Ok(v) = HeaderValue::from_str(content_type) {
+        r.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Body> {
+    full(status, "text/plain; charset=utf-8", format!("{body}\n"))
+}
+
+fn empty(status: StatusCode) -> Response<Body> {
+    let mut r = Response::new(Empty::new().boxed());
+    *r.status_mut() = status;
+    r
+}
+
+/// Routes one request. Never panics on anything a client sends.
+pub fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
+    let mut resp = route(state, &req);
+    let headers = resp.headers_mut();
+    if let Some(origin) = &state.config.cors
+        && let Ok(v) = HeaderValue::from_str(origin)
+    {
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+        headers.insert(header::VARY, HeaderValue::from_static("Origin"));
+    }
+    if req.method() == Method::HEAD {
+        let (parts, _) = resp.into_parts();
+        return Response::from_parts(parts, Empty::new().boxed());
+    }
+    resp
+}
+
+fn route(state: &Arc<State>, req: &Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path();
+    let method = req.method();
+    if method == Method::OPTIONS && state.config.cors.is_some() {
+        let mut r = empty(StatusCode::NO_CONTENT);
+        let h = r.headers_mut();
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, HEAD, OPTIONS"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("Authorization, Last-Event-ID, Cache-Control"),
+        );
+        h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+        return r;
+    }
+    let known = matches!(path, "/" | "/events" | "/status" | "/healthz");
+    if !known {
+        return text(StatusCode::NOT_FOUND, "not found; try /, /events, /status or /healthz");
+    }
+    if method != Method::GET && method != Method::HEAD {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD are allowed");
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    if path == "/healthz" {
+        return text(StatusCode::OK, "ok");
+    }
+    let query = Query::parse(req.uri().query());
+    if let Some(token) = &state.config.token
+        && !authorized(token, req, &query)
+    {
+        let mut r = text(
+            StatusCode::UNAUTHORIZED,
+            "a token is required: send 'Authorization: Bearer TOKEN' or add ?token=TOKEN",
+        );
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"batchsse\""),
+        );
+        return r;
+    }
+    match path {
+        "/" => full(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            crate::dashboard::HTML,
+        ),
+        "/status" => status(state),
+        _ => events(state, req, &query),
+    }
+}
+
+fn status(state: &State) -> Response<Body> {
+    let snap = state.log.snapshot();
+    let mut v = serde_json::to_value(&snap).unwrap_or_default();
+    if let serde_json::Value::Object(m) = &mut v {
+        m.insert("clients".into(), state.clients().into());
+    }
+    let mut r = full(StatusCode::OK, "application/json", v.to_string());
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn events(state: &Arc<State>, req: &Request<Incoming>, query: &Query) -> Response<Body> {
+    let last_seen = req
+        .headers()
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| query.get("last_event_id"))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    if state.log.finished_id().is_some_and(|f| last_seen >= f) {
+        // EventSource stops reconnecting on 204: the run is over for it.
+        return empty(StatusCode::NO_CONTENT);
+    }
+    let mut r = if req.method() == Method::HEAD {
+        empty(StatusCode::OK)
+    } else {
+        let Some(guard) = state.try_add_client() else {
+            let mut r = text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!(
+                    "too many stream clients (--max-clients {}); try again later",
+                    state.config.max_clients
+                ),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            return r;
+        };
+        let s = event_stream(state.log.clone(), last_seen, state.config.keep_alive, guard);
+        Response::new(BodyExt::boxed(StreamBody::new(s)))
+    };
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-transform"),
+    );
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    r
+}
+
+/// A client's view of the log: everything after `cursor`, then live events
+/// as they come, a keep-alive comment when idle, and the end after
+/// `finished`. Each poll writes all pending frames at once.
+fn event_stream<G: Send + 'static>(
+    log: Arc<EventLog>,
+    cursor: u64,
+    keep_alive: Duration,
+    guard: G,
+) -> impl Stream<Item = Result<Frame<Bytes>, Infallible>> + Send + 'static {
+    let rx = log.subscribe();
+    let state = (log, rx, cursor, false, guard);
+    stream::unfold(state, move |(log, mut rx, mut cursor, ended, guard)| async move {
+        if ended {
+            return None;
+        }
+        loop {
+            rx.borrow_and_update();
+            if let Some((bytes, last)) = log.frames_after(cursor) {
+                cursor = last;
+                let ended = log.finished_id().is_some_and(|f| cursor >= f);
+                return Some((Ok(Frame::data(bytes)), (log, rx, cursor, ended, guard)));
+            }
+            if log.finished_id().is_some_and(|f| cursor >= f) {
+                return None;
+            }
+            tokio::select! {
+                changed = rx.changed() => if changed.is_err() { return None },
+                () = tokio::time::sleep(keep_alive) => {
+                    let ping = Frame::data(sse::comment("keep-alive"));
+                    return Some((Ok(ping), (log, rx, cursor, false, guard)));
+                }
+            }
+        }
+    })
+}
+
+/// Checks the token from the header or the query, in constant time.
+fn authorized(token: &str, req: &Request<Incoming>, query: &Query) -> bool {
+    let from_header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_owned());
+    [from_header, query.get("token")]
+        .into_iter()
+        .flatten()
+        .any(|given| same_secret(token, &given))
+}
+
+/// Compares digests so the time taken says nothing about the token.
+pub fn same_secret(a: &str, b: &str) -> bool {
+    let (x, y) = (Sha256::digest(a.as_bytes()), Sha256::digest(b.as_bytes()));
+    x.iter().zip(y.iter()).fold(0u8, |acc, (p, q)| acc | (p ^ q)) == 0
+}
+
+/// The decoded query string.
+struct Query(Vec<(String, String)>);
+
+impl Query {
+    fn parse(q: Option<&str>) -> Query {
+        Query(
+            form_urlencoded::parse(q.unwrap_or("").as_bytes())
+                .into_owned()
+                .collect(),
+        )
+    }
+
+    fn get(&self, key: &str) -> Option<String> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
+    }
+}
+
+/// Binds the listen address with a message that says what to do on failure.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, crate::error::UsageError> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        let why = match e.kind() {
+            std::io::ErrorKind::AddrInUse => "the port is already in use".to_owned(),
+            std::io::ErrorKind::AddrNotAvailable => "that address is not on this machine".to_owned(),
+            std::io::ErrorKind::PermissionDenied => "permission denied (ports below 1024 need privileges)".to_owned(),
+            _ => e.to_string(),
+        };
+        crate::error::UsageError::new(format!(
+            "cannot listen on {addr}: {why}; pick another with --listen, e.g. --listen 127.0.0.1:0 for any free port"
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Event, Finished, Level, RunStatus};
+    use futures_util::StreamExt;
+    use serde_json::json;
+
+    fn msg(n: u32) -> Event {
+        Event::message(json!({}), Level::Info, format!("m{n}"))
+    }
+
+    fn finished() -> Event {
+        Event::Finished(Finished {
+            status: RunStatus::Ok,
+            steps_done: 1,
+            steps_total: 1,
+            rows_changed: 0,
+            elapsed_ms: 0,
+            dry_run: false,
+            error: None,
+        })
+    }
+
+    async fn collect(
+        s: impl Stream<Item = Result<Frame<Bytes>, Infallible>>,
+    ) -> (Vec<crate::sse::ParsedEvent>, usize) {
+        let mut p = crate::sse::Parser::new();
+        let mut evs = Vec::new();
+        let mut s = std::pin::pin!(s);
+        while let Some(Ok(f)) = s.next().await {
+            evs.extend(p.feed(f.data_ref().unwrap()));
+        }
+        (evs, p.comments())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_streams_get_keep_alives_then_the_live_tail() {
+        let log = Arc::new(EventLog::new());
+        log.push(msg(1));
+        let s = event_stream(log.clone(), 0, Duration::from_secs(15), ());
+        let writer = log.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(40)).await;
+            writer.push(msg(2));
+            writer.push(finished());
+        });
+        let (evs, pings) = collect(s).await;
+        let ids: Vec<_> = evs.iter().map(|e| e.id.clone().unwrap()).collect();
+        assert_eq!(ids, ["1", "2", "3"]);
+        assert_eq!(pings, 2, "two 15 s keep-alives in 40 s of silence");
+        assert_eq!(evs[2].event, "finished");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_resumed_stream_starts_after_the_given_id() {
+        let log = Arc::new(EventLog::new());
+        for n in 0..5 {
+            log.push(msg(n));
+        }
+        log.push(finished());
+        let (evs, _) = collect(event_stream(log, 3, Duration::from_secs(15), ())).await;
+        let ids: Vec<_> = evs.iter().map(|e| e.id.clone().unwrap()).collect();
+        assert_eq!(ids, ["4", "5", "6"]);
+    }
+
+    #[test]
+    fn secrets_compare_by_value_only() {
+        assert!(same_secret("abc", "abc"));
+        assert!(!same_secret("abc", "abd"));
+        assert!(!same_secret("abc", "abcd"));
+        assert!(!same_secret("", "x"));
+    }
+}

@@ -1,0 +1,350 @@
+//! The terminal: one more reader of the event log. Bars on a TTY, plain
+//! lines elsewhere, NDJSON on stdout for scripts, or nothing.
+
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::event::{Event, Level, RunStatus, StepState};
+use crate::event_log::EventLog;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProgressMode {
+    /// Bars on a terminal, plain lines otherwise.
+    Auto,
+    /// Progress bars (indicatif).
+    Bar,
+    /// One line per change, at most one progress line per step per second.
+    Plain,
+    /// One JSON object per event on stdout: {"id":N,"event":"…","data":{…}}.
+    Json,
+    /// No progress output (errors are still printed).
+    None,
+}
+
+impl ProgressMode {
+    /// Settles `auto` for the current stderr and environment.
+    pub fn resolve(self) -> ProgressMode {
+        match self {
+            ProgressMode::Auto => {
+                let dumb = std::env::var("TERM").is_ok_and(|t| t == "dumb");
+                if std::io::stderr().is_terminal() && !dumb {
+                    ProgressMode::Bar
+                } else {
+                    ProgressMode::Plain
+                }
+            }
+            other => other,
+        }
+    }
+}
+
+fn colors() -> bool {
+    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+        && std::env::var("TERM").map_or(true, |t| t != "dumb")
+}
+
+/// Draws events as they come, whichever way they arrived.
+pub struct Renderer {
+    mode: ProgressMode,
+    steps: Vec<String>,
+    last_plain: HashMap<usize, Instant>,
+    bars: Option<Bars>,
+    stdout_closed: bool,
+}
+
+struct Bars {
+    multi: MultiProgress,
+    overall: ProgressBar,
+    step: Option<ProgressBar>,
+}
+
+impl Renderer {
+    pub fn new(mode: ProgressMode) -> Renderer {
+        Renderer {
+            mode: mode.resolve(),
+            steps: Vec::new(),
+            last_plain: HashMap::new(),
+            bars: None,
+            stdout_closed: false,
+        }
+    }
+
+    /// Prints one line of human text, above the bars if there are any.
+    fn say(&self, line: &str) {
+        match &self.bars {
+            Some(b) => {
+                let _ = b.multi.println(line);
+            }
+            None => eprintln!("{line}"),
+        }
+    }
+
+    fn label(&self, index: usize) -> String {
+        let name = self.steps.get(index).map_or("", String::as_str);
+        format!("[{}/{}] {name}", index + 1, self.steps.len().max(index + 1))
+    }
+
+    /// Shows one event; `data` is its JSON payload as sent over SSE.
+    pub fn show(&mut self, id: u64, event: &Event, data: &str) {
+        match self.mode {
+            ProgressMode::None => {
+                if let Event::Finished(f) = event
+                    && f.status != RunStatus::Ok
+                {
+                    eprintln!("batchsse: {}", finished_line(f));
+                }
+            }
+            ProgressMode::Json => self.json(id, event.name(), data),
+            ProgressMode::Plain | ProgressMode::Auto => self.plain(event),
+            ProgressMode::Bar => self.bar(event),
+        }
+    }
+
+    fn json(&mut self, id: u64, name: &str, data: &str) {
+        if self.stdout_closed {
+            return;
+        }
+        let mut out = std::io::stdout().lock();
+        let ok = writeln!(out, "{{\"id\":{id},\"event\":\"{name}\",\"data\":{data}}}")
+            .and_then(|()| out.flush());
+        // A closed pipe (`| head`) is not an error worth a word.
+        self.stdout_closed = ok.is_err();
+    }
+
+    fn plain(&mut self, event: &Event) {
+        match event {
+            Event::Start(s) => {
+                self.steps = s.steps.iter().map(|s| s.name.clone()).collect();
+                self.say(&start_line(s));
+            }
+            Event::Step(s) => {
+                self.last_plain.remove(&s.index);
+                self.say(&format!("{}: {}", self.label(s.index), step_line(s)));
+            }
+            Event::Progress(p) => {
+                let now = Instant::now();
+                let due = self
+                    .last_plain
+                    .get(&p.step)
+                    .is_none_or(|t| now.duration_since(*t) >= Duration::from_secs(1));
+                if due || p.done >= p.total {
+                    self.last_plain.insert(p.step, now);
+                    self.say(&format!(
+                        "{}: {}/{} rows ({:.1}%), {} changed, {} rows/s{}",
+                        self.label(p.step),
+                        thousands(p.done),
+                        thousands(p.total),
+                        p.percent,
+                        thousands(p.changed),
+                        thousands(p.rate as u64),
+                        p.eta_ms.map(|e| format!(", ETA {}", duration(e))).unwrap_or_default()
+                    ));
+                }
+            }
+            Event::Message(m) => self.say(&message_line(m)),
+            Event::Finished(f) => self.say(&format!("batchsse: {}", finished_line(f))),
+        }
+    }
+
+    fn bar(&mut self, event: &Event) {
+        let color = colors();
+        match event {
+            Event::Start(s) => {
+                self.steps = s.steps.iter().map(|s| s.name.clone()).collect();
+                let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+                let overall = multi.add(ProgressBar::new(s.steps.len() as u64));
+                overall.set_style(style(
+                    if color {
+                        "{prefix:.bold} [{bar:30.green/white}] {pos}/{len} steps  {elapsed_precise}  {msg}"
+                    } else {
+                        "{prefix} [{bar:30}] {pos}/{len} steps  {elapsed_precise}  {msg}"
+                    },
+                ));
+                overall.set_prefix("run ");
+                overall.set_message(format!("{} on {}", s.plan, s.db));
+                self.bars = Some(Bars {
+                    multi,
+                    overall,
+                    step: None,
+                });
+                self.say(&start_line(s));
+            }
+            Event::Step(s) => {
+                let label = self.label(s.index);
+                let Some(b) = self.bars.as_mut() else { return };
+                match s.state {
+                    StepState::Running => {
+                        let pb = b.multi.add(ProgressBar::new(s.total.max(1)));
+                        pb.set_style(style(
+                            if color {
+                                "{prefix:.bold} [{bar:30.cyan/blue}] {human_pos}/{human_len} rows  {per_sec}  ETA {eta}  {msg}"
+                            } else {
+                                "{prefix} [{bar:30}] {human_pos}/{human_len} rows  {per_sec}  ETA {eta}  {msg}"
+                            },
+                        ));
+                        pb.set_prefix("step");
+                        pb.set_message(label.clone());
+                        pb.enable_steady_tick(Duration::from_millis(200));
+                        if let Some(old) = b.step.replace(pb) {
+                            old.finish_and_clear();
+                        }
+                        b.overall.set_message(label);
+                    }
+                    _ => {
+                        if let Some(pb) = b.step.take() {
+                            pb.finish_and_clear();
+                            b.multi.remove(&pb);
+                        }
+                        b.overall.inc(1);
+                        let line = format!("{label}: {}", step_line(s));
+                        let _ = b.multi.println(line);
+                    }
+                }
+            }
+            Event::Progress(p) => {
+                if let Some(pb) = self.bars.as_ref().and_then(|b| b.step.as_ref()) {
+                    pb.set_length(p.total.max(1));
+                    pb.set_position(p.done);
+                }
+            }
+            Event::Message(m) => {
+                // Info messages would crowd the bars; warnings and errors stay.
+                if m.status != Level::Info {
+                    self.say(&message_line(m));
+                }
+            }
+            Event::Finished(f) => {
+                if let Some(b) = self.bars.take() {
+                    if let Some(pb) = b.step {
+                        pb.finish_and_clear();
+                    }
+                    b.overall.finish_and_clear();
+                    let _ = b.multi.clear();
+                }
+                eprintln!("batchsse: {}", finished_line(f));
+            }
+        }
+    }
+}
+
+fn style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template)
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ")
+}
+
+fn start_line(s: &crate::event::Start) -> String {
+    format!(
+        "batchsse: plan {:?} on {}: {} step{}{}{}",
+        s.plan,
+        s.db,
+        s.steps.len(),
+        if s.steps.len() == 1 { "" } else { "s" },
+        if s.resumed { ", resuming an earlier run" } else { "" },
+        if s.dry_run { " (dry run: nothing will be written)" } else { "" }
+    )
+}
+
+fn step_line(s: &crate::event::Step) -> String {
+    match s.state {
+        StepState::Running => "running".into(),
+        StepState::Done => format!(
+            "done, {} rows changed in {}",
+            thousands(s.changed),
+            duration(s.elapsed_ms)
+        ),
+        StepState::Skipped => "skipped (already applied)".into(),
+        StepState::Failed => format!(
+            "FAILED after {}: {}",
+            duration(s.elapsed_ms),
+            s.error.as_deref().unwrap_or("unknown error")
+        ),
+    }
+}
+
+fn message_line(m: &crate::event::Message) -> String {
+    let level = match m.status {
+        Level::Info => "",
+        Level::Warn => "warning: ",
+        Level::Error => "error: ",
+    };
+    format!("batchsse: {level}{}", m.message)
+}
+
+pub fn finished_line(f: &crate::event::Finished) -> String {
+    let status = match f.status {
+        RunStatus::Ok => "finished ok",
+        RunStatus::Failed => "FAILED",
+        RunStatus::Cancelled => "cancelled",
+    };
+    let mut line = format!(
+        "{status}: {}/{} steps, {} rows {} in {}",
+        f.steps_done,
+        f.steps_total,
+        thousands(f.rows_changed),
+        if f.dry_run { "would change (dry run, nothing written)" } else { "changed" },
+        duration(f.elapsed_ms)
+    );
+    if let Some(e) = &f.error {
+        line += &format!("\n  {e}");
+    }
+    line
+}
+
+/// 1234567 → "1,234,567".
+pub fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Milliseconds as a short human duration.
+pub fn duration(ms: u64) -> String {
+    match ms {
+        0..1000 => format!("{ms} ms"),
+        1000..60_000 => format!("{:.1} s", ms as f64 / 1000.0),
+        _ => format!("{}m{:02}s", ms / 60_000, (ms % 60_000) / 1000),
+    }
+}
+
+/// Follows the log from the first event to `finished`.
+pub async fn follow(log: Arc<EventLog>, mut renderer: Renderer) {
+    let mut rx = log.subscribe();
+    let mut cursor = 0;
+    loop {
+        rx.borrow_and_update();
+        for e in log.after(cursor) {
+            cursor = e.id;
+            renderer.show(e.id, &e.event, &e.data);
+        }
+        if log.finished_id().is_some_and(|f| cursor >= f) || rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_and_durations_read_well() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(1234567), "1,234,567");
+        assert_eq!(duration(12), "12 ms");
+        assert_eq!(duration(1500), "1.5 s");
+        assert_eq!(duration(125_000), "2m05s");
+    }
+}
