@@ -2,26 +2,12 @@
 //! server-sent events. `main` only parses, dispatches and maps errors to
 //! exit statuses (listed in `error::exit`).
 
-mod app;
-mod checkpoint;
-mod cli;
-mod dashboard;
-mod demo;
-mod error;
-mod event;
-mod event_log;
-mod plan;
-mod runner;
-mod server;
-mod sse;
-mod terminal;
-
 use std::process::ExitCode;
 
+use batchsse::cli::{Cli, Command};
+use batchsse::error::{UsageError, exit};
+use batchsse::{app, demo};
 use clap::Parser;
-
-use crate::cli::{Cli, Command};
-use crate::error::{UsageError, exit};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

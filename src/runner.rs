@@ -721,3 +721,198 @@ pub fn check(plan: &Plan, opts: &Options) -> Result<(), UsageError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::Source;
+
+    struct Ran {
+        status: RunStatus,
+        events: Vec<Event>,
+        conn: Connection,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Ran {
+        fn progress(&self) -> Vec<&Progress> {
+            self.events
+                .iter()
+                .filter_map(|e| match e {
+                    Event::Progress(p) => Some(p),
+                    _ => None,
+                })
+                .collect()
+        }
+
+        fn step(&self, state: StepState) -> Vec<&StepEvent> {
+            self.events
+                .iter()
+                .filter_map(|e| match e {
+                    Event::Step(s) if s.state == state => Some(s),
+                    _ => None,
+                })
+                .collect()
+        }
+
+        fn int(&self, sql: &str) -> i64 {
+            self.conn.query_row(sql, [], |r| r.get(0)).unwrap()
+        }
+    }
+
+    fn run_plan(setup: &str, plan: &str, opts: Options) -> Ran {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.sqlite");
+        Connection::open(&path).unwrap().execute_batch(setup).unwrap();
+        let conn = open_db(&path, Duration::from_secs(1)).unwrap();
+        let plan = plan::prepare(
+            &Source::Json {
+                name: "p".into(),
+                text: plan.into(),
+            },
+            &conn,
+        )
+        .unwrap();
+        let log = EventLog::new();
+        let status = run(&conn, &plan, &opts, &Resume::none(), &log, &Cancel::new(), || {});
+        let events = log.after(0).iter().map(|e| e.event.clone()).collect();
+        Ran {
+            status,
+            events,
+            conn,
+            _dir: dir,
+        }
+    }
+
+    fn fixed(size: u64) -> Options {
+        Options {
+            batch_size: Some(size),
+            ..Options::default()
+        }
+    }
+
+    const BUMP: &str = r#"{"steps":[{"sql":"UPDATE t SET c = c + 1 WHERE id BETWEEN :lo AND :hi","chunk":{"table":"t","key":"id"}}]}"#;
+
+    #[test]
+    fn sparse_keys_are_each_visited_once_in_chunks_of_the_given_size() {
+        let r = run_plan(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, c INT DEFAULT 0);
+             INSERT INTO t(id) VALUES (3),(4),(100),(1000),(1001),(50000),(50001),(9000000);",
+            BUMP,
+            fixed(3),
+        );
+        assert_eq!(r.status, RunStatus::Ok);
+        let done: Vec<u64> = r.progress().iter().map(|p| p.done).collect();
+        assert_eq!(done, [3, 6, 8]);
+        assert!(r.progress().iter().all(|p| p.total == 8 && p.percent <= 100.0));
+        assert_eq!(r.int("SELECT count(*) FROM t WHERE c = 1"), 8);
+        assert_eq!(r.int("SELECT count(*) FROM t WHERE c <> 1"), 0);
+        let done = r.step(StepState::Done);
+        assert_eq!((done[0].done, done[0].total, done[0].changed), (8, 8, 8));
+    }
+
+    #[test]
+    fn a_single_row_is_one_chunk() {
+        let r = run_plan(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, c INT DEFAULT 0); INSERT INTO t(id) VALUES (42);",
+            BUMP,
+            fixed(1000),
+        );
+        assert_eq!(r.status, RunStatus::Ok);
+        assert_eq!(r.progress().len(), 1);
+        assert_eq!(r.progress()[0].percent, 100.0);
+        assert_eq!(r.int("SELECT c FROM t"), 1);
+    }
+
+    #[test]
+    fn an_empty_table_finishes_with_no_chunks() {
+        let r = run_plan("CREATE TABLE t(id INTEGER PRIMARY KEY, c INT DEFAULT 0);", BUMP, fixed(10));
+        assert_eq!(r.status, RunStatus::Ok);
+        assert!(r.progress().is_empty());
+        let done = r.step(StepState::Done);
+        assert_eq!((done[0].done, done[0].total), (0, 0));
+    }
+
+    #[test]
+    fn without_rowid_tables_walk_their_text_primary_key() {
+        let r = run_plan(
+            "CREATE TABLE kv(k TEXT PRIMARY KEY, c INT DEFAULT 0) WITHOUT ROWID;
+             INSERT INTO kv(k) VALUES ('b'),('a'),('aa'),('Z'),('z'),('é'),(''),('a b');",
+            r#"{"steps":[{"sql":"UPDATE kv SET c = c + 1 WHERE k BETWEEN :lo AND :hi","chunk":{"table":"kv","key":"k"}}]}"#,
+            fixed(2),
+        );
+        assert_eq!(r.status, RunStatus::Ok);
+        assert_eq!(r.progress().len(), 4);
+        assert_eq!(r.int("SELECT count(*) FROM kv WHERE c = 1"), 8);
+    }
+
+    #[test]
+    fn adaptive_chunks_grow_when_chunks_are_fast() {
+        let r = run_plan(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, c INT DEFAULT 0);
+             INSERT INTO t(id) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < 20000) SELECT i FROM s;",
+            r#"{"steps":[{"sql":"UPDATE t SET c = c + 1 WHERE id BETWEEN :lo AND :hi","chunk":{"table":"t","size":10}}]}"#,
+            Options::default(),
+        );
+        let p = r.progress();
+        assert_eq!(p[0].done, 10, "the first chunk takes the plan's size");
+        assert!(p.len() < 20, "chunks should grow towards 250 ms each, got {} chunks", p.len());
+        assert_eq!(r.int("SELECT count(*) FROM t WHERE c = 1"), 20000);
+    }
+
+    #[test]
+    fn ddl_reports_zero_rows_changed() {
+        let r = run_plan(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, c INT DEFAULT 0); INSERT INTO t(id) VALUES (1),(2),(3);",
+            r#"{"steps":[{"sql":"UPDATE t SET c = 1"},{"sql":"ALTER TABLE t ADD COLUMN d INT"},{"sql":"CREATE INDEX t_c ON t(c)"}]}"#,
+            Options::default(),
+        );
+        let changed: Vec<u64> = r.step(StepState::Done).iter().map(|s| s.changed).collect();
+        assert_eq!(changed, [3, 0, 0]);
+    }
+
+    #[test]
+    fn a_failing_plain_step_is_rolled_back_whole_and_later_steps_do_not_run() {
+        let r = run_plan(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, v INT CHECK (v < 50), c INT DEFAULT 0);
+             INSERT INTO t(id) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < 100) SELECT i FROM s;",
+            r#"{"steps":[{"sql":"UPDATE t SET c = 1"},{"name":"set v","sql":"UPDATE t SET v = id"},{"sql":"UPDATE t SET c = 2"}]}"#,
+            Options::default(),
+        );
+        assert_eq!(r.status, RunStatus::Failed);
+        let failed = r.step(StepState::Failed);
+        assert_eq!(failed.len(), 1);
+        assert!(failed[0].error.as_deref().unwrap().contains("CHECK constraint failed"));
+        assert_eq!(r.int("SELECT count(*) FROM t WHERE c = 1"), 100, "step 1 kept");
+        assert_eq!(r.int("SELECT count(*) FROM t WHERE v IS NOT NULL"), 0, "step 2 rolled back");
+        match r.events.last() {
+            Some(Event::Finished(f)) => {
+                assert_eq!((f.status, f.steps_done, f.rows_changed), (RunStatus::Failed, 1, 100));
+                assert!(f.error.as_deref().unwrap().contains("\"set v\""));
+            }
+            other => panic!("last event {other:?}"),
+        }
+    }
+
+    #[test]
+    fn cancelling_before_the_first_step_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.sqlite");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, c INT DEFAULT 0); INSERT INTO t(id) VALUES (1);")
+            .unwrap();
+        let conn = open_db(&path, Duration::from_secs(1)).unwrap();
+        let plan = plan::prepare(
+            &Source::Json { name: "p".into(), text: BUMP.into() },
+            &conn,
+        )
+        .unwrap();
+        let log = EventLog::new();
+        let cancel = Cancel::new();
+        let status = run(&conn, &plan, &Options::default(), &Resume::none(), &log, &cancel, || cancel.cancel());
+        assert_eq!(status, RunStatus::Cancelled);
+        let c: i64 = conn.query_row("SELECT c FROM t", [], |r| r.get(0)).unwrap();
+        assert_eq!(c, 0);
+    }
+}

@@ -1,0 +1,7 @@
+//! Integration tests: one test binary (fast to build) that runs the real
+//! `batchsse` executable against real SQLite files and reads its real HTTP
+//! stream. Shared helpers live in `util`.
+
+mod util;
+
+mod run;

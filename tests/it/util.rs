@@ -1,0 +1,468 @@
+//! Helpers shared by the integration tests: temporary databases, a guard
+//! around the real binary, and a small HTTP/1.1 client that reads the SSE
+//! stream byte for byte.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use batchsse::sse::{ParsedEvent, Parser};
+use rusqlite::Connection;
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_batchsse");
+
+/// A limit for anything a test waits on, so a broken build fails rather
+/// than hangs.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// A temporary folder with a database in it.
+pub struct TempDb {
+    pub dir: tempfile::TempDir,
+    pub path: PathBuf,
+}
+
+impl TempDb {
+    /// An empty folder; `path` names a database not created yet.
+    pub fn empty() -> TempDb {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("test.sqlite");
+        TempDb { dir, path }
+    }
+
+    /// A database made by running `sql`.
+    pub fn with_sql(sql: &str) -> TempDb {
+        let db = TempDb::empty();
+        db.conn().execute_batch(sql).expect("setup SQL");
+        db
+    }
+
+    /// The sample shop with `rows` orders.
+    pub fn shop(rows: u64) -> TempDb {
+        let db = TempDb::empty();
+        batchsse::demo::create_sample_db(&db.path, rows).expect("sample db");
+        db
+    }
+
+    /// `t(id INTEGER PRIMARY KEY, counter INTEGER)` with ids 1..=rows, all
+    /// counters 0: a non-idempotent `counter = counter + 1` shows any row
+    /// updated twice or missed.
+    pub fn counters(rows: u64) -> TempDb {
+        TempDb::with_sql(&format!(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, counter INTEGER NOT NULL DEFAULT 0);
+             INSERT INTO t(id) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < {rows}) SELECT i FROM s;"
+        ))
+    }
+
+    pub fn conn(&self) -> Connection {
+        Connection::open(&self.path).expect("open test db")
+    }
+
+    /// Writes a file next to the database and returns its path.
+    pub fn file(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, text).expect("write file");
+        p
+    }
+
+    pub fn bytes(&self) -> Vec<u8> {
+        std::fs::read(&self.path).unwrap_or_default()
+    }
+
+    pub fn query_i64(&self, sql: &str) -> i64 {
+        self.conn().query_row(sql, [], |r| r.get(0)).expect(sql)
+    }
+
+    /// `(count of counter = 1, count of others)` over table `t`.
+    pub fn counter_spread(&self) -> (i64, i64) {
+        (
+            self.query_i64("SELECT count(*) FROM t WHERE counter = 1"),
+            self.query_i64("SELECT count(*) FROM t WHERE counter <> 1"),
+        )
+    }
+}
+
+/// A JSON plan with one chunked `counter = counter + 1` step over `t`.
+pub fn counter_plan(name: &str, size: u64) -> String {
+    serde_json::json!({
+        "name": name,
+        "steps": [{
+            "name": "bump counters",
+            "sql": "UPDATE t SET counter = counter + 1 WHERE id BETWEEN :lo AND :hi",
+            "chunk": {"table": "t", "key": "id", "size": size}
+        }]
+    })
+    .to_string()
+}
+
+/// The real binary, running; killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    stderr: Arc<Mutex<String>>,
+    pub addr: Option<SocketAddr>,
+}
+
+impl Proc {
+    /// Starts `batchsse ARGS`; when the server is on, waits for the
+    /// `listening on` line and records the address.
+    pub fn start(args: &[&str]) -> Proc {
+        Self::start_with(args, |_| {})
+    }
+
+    pub fn start_with(args: &[&str], tweak: impl FnOnce(&mut Command)) -> Proc {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env_remove("BATCHSSE_TOKEN")
+            .env("NO_COLOR", "1");
+        tweak(&mut cmd);
+        let mut child = cmd.spawn().expect("spawn batchsse");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let err = child.stderr.take().expect("stderr");
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut first = true;
+            for line in BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                if first {
+                    let _ = tx.send(line.clone());
+                    first = false;
+                }
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        let serve = !args.contains(&"--no-serve");
+        let mut addr = None;
+        if serve {
+            if let Ok(line) = rx.recv_timeout(PATIENCE) {
+                addr = line
+                    .strip_prefix("batchsse: listening on http://")
+                    .and_then(|rest| rest.trim_end_matches('/').parse().ok());
+            }
+        }
+        Proc {
+            child,
+            stderr,
+            addr,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr.unwrap_or_else(|| {
+            panic!("no listening line; stderr so far:\n{}", self.stderr())
+        })
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits for the exit, failing the test after `limit`.
+    pub fn wait_for(&mut self, limit: Duration) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                // Let the stderr thread catch the last lines.
+                std::thread::sleep(Duration::from_millis(50));
+                return status;
+            }
+            if start.elapsed() > limit {
+                panic!(
+                    "batchsse did not exit within {limit:?}; stderr:\n{}",
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn wait(&mut self) -> ExitStatus {
+        self.wait_for(PATIENCE)
+    }
+
+    /// Everything the process printed on stdout (after it exited).
+    pub fn stdout(&mut self) -> String {
+        let mut s = String::new();
+        if let Some(mut out) = self.child.stdout.take() {
+            let _ = out.read_to_string(&mut s);
+        }
+        s
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `batchsse ARGS` to completion: (exit code, stdout, stderr).
+pub fn run(args: &[&str]) -> (i32, String, String) {
+    run_with_stdin(args, None)
+}
+
+pub fn run_with_stdin(args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env_remove("BATCHSSE_TOKEN")
+        .env("NO_COLOR", "1")
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn batchsse");
+    if let Some(text) = stdin {
+        let mut i = child.stdin.take().unwrap();
+        let _ = i.write_all(text.as_bytes());
+    }
+    let out = child.wait_with_output().expect("wait");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A response read off a real socket.
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("JSON body")
+    }
+}
+
+/// Sends raw bytes and reads the whole response (until the body ends).
+pub fn raw(addr: SocketAddr, request: &[u8]) -> Response {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    s.write_all(request).expect("send");
+    let mut r = BufReader::new(s);
+    read_response(&mut r, true).expect("response")
+}
+
+/// `GET path` with extra headers; reads the whole body.
+pub fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Response {
+    raw(addr, &request("GET", path, headers))
+}
+
+pub fn request(method: &str, path: &str, headers: &[(&str, &str)]) -> Vec<u8> {
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req += &format!("{k}: {v}\r\n");
+    }
+    req += "\r\n";
+    req.into_bytes()
+}
+
+fn read_response(r: &mut impl BufRead, with_body: bool) -> std::io::Result<Response> {
+    let (status, headers) = read_head(r)?;
+    let mut body = Vec::new();
+    if with_body {
+        let chunked = headers
+            .iter()
+            .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+        if chunked {
+            while let Some(chunk) = read_chunk(r)? {
+                body.extend(chunk);
+            }
+        } else if let Some(len) = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.parse::<usize>().ok())
+        {
+            body.resize(len, 0);
+            r.read_exact(&mut body)?;
+        } else {
+            r.read_to_end(&mut body)?;
+        }
+    }
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn read_head(r: &mut impl BufRead) -> std::io::Result<(u16, Vec<(String, String)>)> {
+    let mut line = String::new();
+    r.read_line(&mut line)?;
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h)?;
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.push((k.trim().to_owned(), v.trim().to_owned()));
+        }
+    }
+    Ok((status, headers))
+}
+
+/// One chunk of a chunked body; `None` at the end.
+fn read_chunk(r: &mut impl BufRead) -> std::io::Result<Option<Vec<u8>>> {
+    let mut line = String::new();
+    if r.read_line(&mut line)? == 0 {
+        return Ok(None);
+    }
+    let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
+        .map_err(|_| std::io::Error::other(format!("bad chunk size {line:?}")))?;
+    let mut buf = vec![0; size + 2];
+    r.read_exact(&mut buf)?;
+    buf.truncate(size);
+    Ok((size > 0).then_some(buf))
+}
+
+/// A live `/events` connection, read as it arrives.
+pub struct Stream {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    reader: BufReader<TcpStream>,
+    chunked: bool,
+    parser: Parser,
+    pending: std::collections::VecDeque<ParsedEvent>,
+    /// Every body byte received so far, exactly as sent.
+    pub bytes: Vec<u8>,
+    pub ended: bool,
+}
+
+impl Stream {
+    pub fn open(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Stream {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(PATIENCE)).unwrap();
+        s.write_all(&request("GET", path, headers)).expect("send");
+        let mut reader = BufReader::new(s);
+        let (status, headers) = read_head(&mut reader).expect("response head");
+        let chunked = headers
+            .iter()
+            .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+        Stream {
+            status,
+            headers,
+            reader,
+            chunked,
+            parser: Parser::new(),
+            pending: Default::default(),
+            bytes: Vec::new(),
+            ended: status != 200,
+        }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The next event, or `None` once the stream has ended.
+    pub fn next_event(&mut self) -> Option<ParsedEvent> {
+        loop {
+            if let Some(e) = self.pending.pop_front() {
+                return Some(e);
+            }
+            if self.ended {
+                return None;
+            }
+            let chunk = if self.chunked {
+                read_chunk(&mut self.reader).expect("read chunk")
+            } else {
+                let mut buf = vec![0; 8192];
+                let n = self.reader.read(&mut buf).expect("read");
+                buf.truncate(n);
+                (n > 0).then_some(buf)
+            };
+            match chunk {
+                None => self.ended = true,
+                Some(bytes) => {
+                    self.bytes.extend_from_slice(&bytes);
+                    let evs = self.parser.feed(&bytes);
+                    self.pending.extend(evs);
+                }
+            }
+        }
+    }
+
+    /// Reads until the next event named `name` and returns it.
+    pub fn until(&mut self, name: &str) -> ParsedEvent {
+        loop {
+            match self.next_event() {
+                Some(e) if e.event == name => return e,
+                Some(_) => {}
+                None => panic!("stream ended before a {name:?} event"),
+            }
+        }
+    }
+
+    /// Reads everything to the end of the stream.
+    pub fn rest(&mut self) -> Vec<ParsedEvent> {
+        std::iter::from_fn(|| self.next_event()).collect()
+    }
+
+    pub fn comments(&self) -> usize {
+        self.parser.comments()
+    }
+}
+
+/// An event's id as a number.
+pub fn id(e: &ParsedEvent) -> u64 {
+    e.id.as_deref().and_then(|i| i.parse().ok()).expect("numeric id")
+}
+
+pub fn data(e: &ParsedEvent) -> Value {
+    serde_json::from_str(&e.data).expect("event data is JSON")
+}
+
+/// Asserts ids run 1, 2, 3, … (or from `first`) without gap or repeat.
+pub fn assert_contiguous(events: &[ParsedEvent], first: u64) {
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(id(e), first + i as u64, "event {i} of {}: {e:?}", events.len());
+    }
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
