@@ -1,7 +1,9 @@
 //! The run's append-only event log: the one broadcast. Each event gets the
 //! next id and is encoded to SSE bytes once; every reader (HTTP client,
-//! terminal) is a cursor into it, woken through a `watch` channel.
+//! terminal) is a cursor into it, woken through a `watch` channel. Long runs
+//! are bounded by compacting superseded `progress` events (see `Limits`).
 
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::{Bytes, BytesMut};
@@ -37,9 +39,58 @@ pub struct Snapshot {
     pub last_event_id: u64,
 }
 
+/// How much history the log keeps. Once it holds `compact_at` entries, every
+/// `progress` event older than the newest `keep_recent` entries is dropped,
+/// unless it is the latest progress of its step; `start`, `step`, `message`
+/// and `finished` are never dropped. An entry is about 1 KiB, so the defaults
+/// hold the log near 32 MiB however long the run.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub compact_at: usize,
+    pub keep_recent: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            compact_at: 32_768,
+            keep_recent: 16_384,
+        }
+    }
+}
+
+impl Limits {
+    /// The defaults, or `BATCHSSE_LOG_COMPACT_AT=N` (keeping the newest N/2)
+    /// so tests and benchmarks can watch compaction on a short run.
+    pub fn from_env() -> Limits {
+        std::env::var("BATCHSSE_LOG_COMPACT_AT")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|n| *n >= 2)
+            .map_or_else(Limits::default, |n| Limits {
+                compact_at: n,
+                keep_recent: n / 2,
+            })
+    }
+}
+
+/// The pending bytes for one reader: a single write.
+#[derive(Debug)]
+pub struct Batch {
+    pub bytes: Bytes,
+    /// The id of the last event in `bytes`: the reader's new cursor.
+    pub last: u64,
+    /// `bytes` ends with `finished`: nothing follows.
+    pub ends: bool,
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     entries: Vec<Arc<Entry>>,
+    /// Entries dropped by compaction so far.
+    compacted: u64,
+    /// Compact when `entries` reaches this length.
+    next_compaction: usize,
     finished_id: Option<u64>,
     snapshot: Snapshot,
     /// Rows changed by steps that have ended, so `rows_changed` can add
@@ -51,6 +102,7 @@ struct Inner {
 pub struct EventLog {
     inner: RwLock<Inner>,
     last_id: watch::Sender<u64>,
+    limits: Limits,
 }
 
 impl Default for EventLog {
@@ -61,16 +113,26 @@ impl Default for EventLog {
 
 impl EventLog {
     pub fn new() -> Self {
+        Self::with_limits(Limits::from_env())
+    }
+
+    pub fn with_limits(limits: Limits) -> Self {
+        let limits = Limits {
+            keep_recent: limits.keep_recent.min(limits.compact_at),
+            ..limits
+        };
         let inner = Inner {
             snapshot: Snapshot {
                 state: "waiting",
                 ..Snapshot::default()
             },
+            next_compaction: limits.compact_at,
             ..Inner::default()
         };
         EventLog {
             inner: RwLock::new(inner),
             last_id: watch::channel(0).0,
+            limits,
         }
     }
 
@@ -107,6 +169,9 @@ impl EventLog {
             data,
             frame,
         }));
+        if inner.entries.len() >= inner.next_compaction {
+            compact(&mut inner, self.limits);
+        }
         drop(inner);
         self.last_id.send_replace(id);
         Some(id)
@@ -119,23 +184,43 @@ impl EventLog {
         inner.entries[start..].to_vec()
     }
 
-    /// The SSE bytes of every entry above `cursor`, as one buffer ready to
-    /// write, and the id of the last one; `None` when there is nothing new.
-    /// A single pending frame is handed out as the shared `Bytes`, no copy.
-    pub fn frames_after(&self, cursor: u64) -> Option<(Bytes, u64)> {
+    /// The SSE bytes of the entries above `cursor`, as one buffer ready to
+    /// write: as many as fit in `max_bytes` (at least one), so a reader that
+    /// is far behind catches up in few writes without one huge copy. A single
+    /// pending frame is handed out as the shared `Bytes`, no copy. `None`
+    /// when there is nothing new.
+    pub fn frames_after(&self, cursor: u64, max_bytes: usize) -> Option<Batch> {
         let inner = self.read();
         let start = inner.entries.partition_point(|e| e.id <= cursor);
         let pending = &inner.entries[start..];
-        let last = pending.last()?.id;
-        if pending.len() == 1 {
-            return Some((pending[0].frame.clone(), last));
+        let first = pending.first()?;
+        let mut len = first.frame.len();
+        let mut n = 1;
+        while let Some(e) = pending.get(n) {
+            if len + e.frame.len() > max_bytes {
+                break;
+            }
+            len += e.frame.len();
+            n += 1;
         }
-        let len = pending.iter().map(|e| e.frame.len()).sum();
-        let mut buf = BytesMut::with_capacity(len);
-        for e in pending {
-            buf.extend_from_slice(&e.frame);
-        }
-        Some((buf.freeze(), last))
+        let last = pending[n - 1].id;
+        let ends = inner.finished_id == Some(last);
+        let bytes = if n == 1 {
+            first.frame.clone()
+        } else {
+            let mut buf = BytesMut::with_capacity(len);
+            for e in &pending[..n] {
+                buf.extend_from_slice(&e.frame);
+            }
+            buf.freeze()
+        };
+        Some(Batch { bytes, last, ends })
+    }
+
+    /// Entries held now (after compaction), and how many were dropped.
+    pub fn retained(&self) -> (usize, u64) {
+        let inner = self.read();
+        (inner.entries.len(), inner.compacted)
     }
 
     /// Wakes when a new event is appended; `borrow()` is the last id.
@@ -161,6 +246,37 @@ impl EventLog {
         let inner = self.read();
         inner.finished_id.and(inner.snapshot.status)
     }
+}
+
+/// Drops the superseded `progress` events from all but the newest
+/// `keep_recent` entries. Readers are cursors by id, so one whose next event
+/// was dropped simply gets the next retained one: ids stay monotonic and no
+/// reader sees an event twice.
+fn compact(inner: &mut Inner, limits: Limits) {
+    let old_end = inner.entries.len().saturating_sub(limits.keep_recent);
+    let mut latest: HashMap<usize, u64> = HashMap::new();
+    for e in inner.entries.iter().rev() {
+        if let Event::Progress(p) = &e.event {
+            latest.entry(p.step).or_insert(e.id);
+        }
+    }
+    let before = inner.entries.len();
+    let mut i = 0;
+    inner.entries.retain(|e| {
+        let keep = i >= old_end
+            || match &e.event {
+                Event::Progress(p) => latest.get(&p.step) == Some(&e.id),
+                _ => true,
+            };
+        i += 1;
+        keep
+    });
+    inner.compacted += (before - inner.entries.len()) as u64;
+    // A log of mostly non-progress events cannot shrink much; wait for as
+    // many new entries as a full compaction would have freed, so the cost
+    // stays amortised O(1) per push.
+    let room = (limits.compact_at - limits.keep_recent).max(1);
+    inner.next_compaction = inner.entries.len().max(limits.compact_at - room) + room;
 }
 
 fn update_snapshot(inner: &mut Inner, event: &Event, id: u64) {
@@ -228,6 +344,7 @@ mod tests {
         let ids: Vec<u64> = log.after(0).iter().map(|e| e.id).collect();
         assert_eq!(ids, [1, 2, 3, 4, 5]);
         assert_eq!(log.after(3).len(), 2);
+        assert_eq!(log.retained(), (5, 0));
         assert!(log.after(5).is_empty());
     }
 
@@ -247,17 +364,228 @@ mod tests {
         for n in 0..3 {
             log.push(msg(n));
         }
-        let all: Vec<u8> = log
-            .after(0)
+        log.push(finished());
+        let all: Vec<u8> = log.after(0).iter().flat_map(|e| e.frame.to_vec()).collect();
+        let b = log.frames_after(0, usize::MAX).unwrap();
+        assert_eq!((&b.bytes[..], b.last, b.ends), (&all[..], 4, true));
+        let one = log.frames_after(2, usize::MAX).unwrap();
+        assert_eq!((one.last, one.ends), (4, true));
+        assert_eq!(
+            one.bytes.len(),
+            log.after(2).iter().map(|e| e.frame.len()).sum::<usize>()
+        );
+        assert!(log.frames_after(4, usize::MAX).is_none());
+    }
+
+    #[test]
+    fn a_batch_stops_at_the_byte_limit_but_always_holds_one_frame() {
+        let log = EventLog::new();
+        for n in 0..10 {
+            log.push(msg(n));
+        }
+        let len = log.after(0)[0].frame.len();
+        let b = log.frames_after(0, len * 3).unwrap();
+        assert_eq!((b.last, b.ends, b.bytes.len()), (3, false, len * 3));
+        let tiny = log.frames_after(3, 1).unwrap();
+        assert_eq!((tiny.last, tiny.bytes.len()), (4, len));
+        // One pending frame is the shared buffer itself, not a copy.
+        let shared = log.frames_after(9, usize::MAX).unwrap();
+        assert_eq!(shared.bytes.as_ptr(), log.after(9)[0].frame.as_ptr());
+    }
+
+    fn progress(step: usize, done: u64) -> Event {
+        Event::Progress(crate::event::Progress {
+            step,
+            name: format!("step {step}"),
+            done,
+            total: 1_000_000,
+            changed: done,
+            percent: 0.0,
+            rate: 1.0,
+            eta_ms: None,
+            elapsed_ms: done,
+        })
+    }
+
+    fn step(index: usize, state: StepState) -> Event {
+        Event::Step(crate::event::Step {
+            index,
+            name: format!("step {index}"),
+            state,
+            done: 0,
+            total: 0,
+            changed: 7,
+            elapsed_ms: 0,
+            error: None,
+        })
+    }
+
+    /// A two-step run of 2 × `n` progress events with a message every 97.
+    fn long_run(log: &EventLog, n: u64) -> Vec<u64> {
+        let mut kept = Vec::new();
+        let mut keep = |id: Option<u64>| kept.push(id.unwrap());
+        for s in 0..2 {
+            keep(log.push(step(s, StepState::Running)));
+            for done in 1..=n {
+                log.push(progress(s, done));
+                if done % 97 == 0 {
+                    keep(log.push(msg(done as usize)));
+                }
+            }
+            keep(log.push(step(s, StepState::Done)));
+        }
+        keep(log.push(finished()));
+        kept
+    }
+
+    #[test]
+    fn compaction_keeps_every_non_progress_event_and_monotonic_ids() {
+        let limits = Limits {
+            compact_at: 1000,
+            keep_recent: 300,
+        };
+        let log = EventLog::with_limits(limits);
+        let must_keep = long_run(&log, 5000);
+        let last = log.last_id();
+        let all = log.after(0);
+        let (held, dropped) = log.retained();
+        assert_eq!(
+            held as u64 + dropped,
+            last,
+            "every id is held or counted as dropped"
+        );
+        assert!(
+            dropped > 0,
+            "10,000 progress events with a limit of 1,000 must compact"
+        );
+        assert!(held < limits.compact_at + must_keep.len(), "held {held}");
+        let ids: Vec<u64> = all.iter().map(|e| e.id).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids rise");
+        for id in &must_keep {
+            assert!(ids.contains(id), "non-progress event {id} was dropped");
+        }
+        // The newest entries are all there, gap-free.
+        let tail = &ids[ids.len() - limits.keep_recent..];
+        assert!(
+            tail.windows(2).all(|w| w[1] == w[0] + 1),
+            "recent tail has gaps"
+        );
+        // Step 0 ended long ago: only its final progress survives.
+        let step0: Vec<u64> = all
             .iter()
-            .flat_map(|e| e.frame.to_vec())
+            .filter_map(|e| match &e.event {
+                Event::Progress(p) if p.step == 0 => Some(p.done),
+                _ => None,
+            })
             .collect();
-        let (bytes, last) = log.frames_after(0).unwrap();
-        assert_eq!((&bytes[..], last), (&all[..], 3));
-        let (one, last) = log.frames_after(2).unwrap();
-        assert_eq!(last, 3);
-        assert_eq!(one, log.after(2)[0].frame);
-        assert!(log.frames_after(3).is_none());
+        assert_eq!(step0, [5000]);
+        // The snapshot does not depend on what was dropped.
+        let snap = log.snapshot();
+        assert_eq!((snap.state, snap.last_event_id), ("finished", last));
+        assert_eq!(log.final_status(), Some(RunStatus::Ok));
+    }
+
+    #[test]
+    fn resuming_from_a_compacted_id_gives_every_later_retained_event_once() {
+        let log = EventLog::with_limits(Limits {
+            compact_at: 500,
+            keep_recent: 100,
+        });
+        long_run(&log, 2000);
+        let retained: Vec<u64> = log.after(0).iter().map(|e| e.id).collect();
+        let gone = (1..log.last_id())
+            .find(|id| !retained.contains(id))
+            .expect("some id was compacted away");
+        let mut cursor = gone - 1;
+        let mut got = Vec::new();
+        let mut p = sse::Parser::new();
+        // Tiny batches so the reader takes many steps, like a slow client.
+        while let Some(b) = log.frames_after(cursor, 600) {
+            cursor = b.last;
+            got.extend(
+                p.feed(&b.bytes)
+                    .into_iter()
+                    .map(|e| e.id.unwrap().parse::<u64>().unwrap()),
+            );
+        }
+        let want: Vec<u64> = retained.into_iter().filter(|id| *id >= gone).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_hundred_thousand_events_stay_far_under_64_mib() {
+        let log = EventLog::new();
+        long_run(&log, 60_000);
+        let all = log.after(0);
+        let bytes: usize = all
+            .iter()
+            .map(|e| {
+                std::mem::size_of::<Entry>() + e.frame.len() + e.data.len() + 2 * 64 // names, allocator slack
+            })
+            .sum();
+        assert!(log.last_id() > 120_000);
+        assert!(
+            all.len() <= Limits::default().compact_at + 2_000,
+            "{} entries",
+            all.len()
+        );
+        assert!(bytes < 64 << 20, "{bytes} bytes");
+    }
+
+    #[test]
+    fn many_concurrent_readers_each_get_every_event_once_in_order() {
+        let log = Arc::new(EventLog::new());
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_all()
+            .build()
+            .unwrap();
+        const EVENTS: u64 = 3000;
+        let readers: Vec<_> = (0..64)
+            .map(|r| {
+                let log = log.clone();
+                rt.spawn(async move {
+                    let mut rx = log.subscribe();
+                    let mut p = sse::Parser::new();
+                    let (mut cursor, mut ids) = (0, Vec::new());
+                    // Odd readers take small batches, even ones everything.
+                    let max = if r % 2 == 1 { 700 } else { usize::MAX };
+                    loop {
+                        rx.borrow_and_update();
+                        if let Some(b) = log.frames_after(cursor, max) {
+                            cursor = b.last;
+                            ids.extend(
+                                p.feed(&b.bytes)
+                                    .into_iter()
+                                    .map(|e| e.id.unwrap().parse::<u64>().unwrap()),
+                            );
+                            if b.ends {
+                                return ids;
+                            }
+                            tokio::task::yield_now().await;
+                            continue;
+                        }
+                        rx.changed().await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        let writer = log.clone();
+        std::thread::spawn(move || {
+            for n in 1..EVENTS {
+                writer.push(msg(n as usize));
+            }
+            writer.push(finished());
+        });
+        rt.block_on(async {
+            for r in readers {
+                let ids = tokio::time::timeout(std::time::Duration::from_secs(60), r)
+                    .await
+                    .expect("readers finish")
+                    .unwrap();
+                assert_eq!(ids, (1..=EVENTS).collect::<Vec<_>>());
+            }
+        });
     }
 
     #[test]

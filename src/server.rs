@@ -79,7 +79,9 @@ impl State {
     fn try_add_client(self: &Arc<Self>) -> Option<ClientGuard> {
         let max = self.config.max_clients;
         self.clients
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1))
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            })
             .ok()?;
         self.client_count.send_replace(self.clients());
         Some(ClientGuard(self.clone()))
@@ -201,15 +203,24 @@ fn route(state: &Arc<State>, req: &Request<Incoming>) -> Response<Body> {
             header::ACCESS_CONTROL_ALLOW_HEADERS,
             HeaderValue::from_static("Authorization, Last-Event-ID, Cache-Control"),
         );
-        h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+        h.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("600"),
+        );
         return r;
     }
     let known = matches!(path, "/" | "/events" | "/status" | "/healthz");
     if !known {
-        return text(StatusCode::NOT_FOUND, "not found; try /, /events, /status or /healthz");
+        return text(
+            StatusCode::NOT_FOUND,
+            "not found; try /, /events, /status or /healthz",
+        );
     }
     if method != Method::GET && method != Method::HEAD {
-        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD are allowed");
+        let mut r = text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only GET and HEAD are allowed",
+        );
         r.headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         return r;
@@ -298,36 +309,71 @@ fn events(state: &Arc<State>, req: &Request<Incoming>, query: &Query) -> Respons
     r
 }
 
+/// The most bytes one write hands a client that is behind: big enough that
+/// catching up takes few writes, small enough that a stalled client (whose
+/// last batch sits in hyper's buffer) costs little memory.
+const MAX_BATCH: usize = 64 * 1024;
+
+/// One client's cursor and the timer for its keep-alive.
+struct Reader<G> {
+    log: Arc<EventLog>,
+    rx: watch::Receiver<u64>,
+    cursor: u64,
+    ended: bool,
+    last_write: tokio::time::Instant,
+    ping: std::pin::Pin<Box<tokio::time::Sleep>>,
+    _guard: G,
+}
+
 /// A client's view of the log: everything after `cursor`, then live events
 /// as they come, a keep-alive comment when idle, and the end after
-/// `finished`. Each poll writes all pending frames at once.
+/// `finished`. Each poll writes all pending frames at once (up to
+/// `MAX_BATCH`).
 fn event_stream<G: Send + 'static>(
     log: Arc<EventLog>,
     cursor: u64,
     keep_alive: Duration,
     guard: G,
 ) -> impl Stream<Item = Result<Frame<Bytes>, Infallible>> + Send + 'static {
-    let rx = log.subscribe();
-    let state = (log, rx, cursor, false, guard);
-    stream::unfold(state, move |(log, mut rx, mut cursor, ended, guard)| async move {
-        if ended {
+    let now = tokio::time::Instant::now();
+    let reader = Reader {
+        rx: log.subscribe(),
+        log,
+        cursor,
+        ended: false,
+        last_write: now,
+        ping: Box::pin(tokio::time::sleep_until(now + keep_alive)),
+        _guard: guard,
+    };
+    stream::unfold(reader, move |mut r| async move {
+        if r.ended {
             return None;
         }
         loop {
-            rx.borrow_and_update();
-            if let Some((bytes, last)) = log.frames_after(cursor) {
-                cursor = last;
-                let ended = log.finished_id().is_some_and(|f| cursor >= f);
-                return Some((Ok(Frame::data(bytes)), (log, rx, cursor, ended, guard)));
+            r.rx.borrow_and_update();
+            if let Some(batch) = r.log.frames_after(r.cursor, MAX_BATCH) {
+                r.cursor = batch.last;
+                r.ended = batch.ends;
+                // Only a clock read: the timer is re-armed when it fires, so
+                // a busy stream does not touch the timer wheel per event.
+                r.last_write = tokio::time::Instant::now();
+                return Some((Ok(Frame::data(batch.bytes)), r));
             }
-            if log.finished_id().is_some_and(|f| cursor >= f) {
+            if r.log.finished_id().is_some_and(|f| r.cursor >= f) {
                 return None;
             }
             tokio::select! {
-                changed = rx.changed() => if changed.is_err() { return None },
-                () = tokio::time::sleep(keep_alive) => {
-                    let ping = Frame::data(sse::comment("keep-alive"));
-                    return Some((Ok(ping), (log, rx, cursor, false, guard)));
+                changed = r.rx.changed() => if changed.is_err() { return None },
+                () = r.ping.as_mut() => {
+                    let due = r.last_write + keep_alive;
+                    let now = tokio::time::Instant::now();
+                    if now < due {
+                        r.ping.as_mut().reset(due);
+                        continue;
+                    }
+                    r.last_write = now;
+                    r.ping.as_mut().reset(now + keep_alive);
+                    return Some((Ok(Frame::data(sse::comment("keep-alive"))), r));
                 }
             }
         }
@@ -351,7 +397,10 @@ fn authorized(token: &str, req: &Request<Incoming>, query: &Query) -> bool {
 /// Compares digests so the time taken says nothing about the token.
 pub fn same_secret(a: &str, b: &str) -> bool {
     let (x, y) = (Sha256::digest(a.as_bytes()), Sha256::digest(b.as_bytes()));
-    x.iter().zip(y.iter()).fold(0u8, |acc, (p, q)| acc | (p ^ q)) == 0
+    x.iter()
+        .zip(y.iter())
+        .fold(0u8, |acc, (p, q)| acc | (p ^ q))
+        == 0
 }
 
 /// The decoded query string.
@@ -367,7 +416,10 @@ impl Query {
     }
 
     fn get(&self, key: &str) -> Option<String> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
     }
 }
 
