@@ -1,0 +1,199 @@
+//! The shared event log seen over HTTP: many clients at once, a client that
+//! stops reading, and a log compacted on a long run. Real binary, real
+//! SQLite file, real sockets.
+
+use std::net::SocketAddr;
+
+use crate::util::*;
+
+fn counters_run(db: &TempDb, batch: u64, extra: &[&str], env: &[(&str, &str)]) -> Proc {
+    let plan = db.file("plan.json", &counter_plan("fanout", batch));
+    let batch = batch.to_string();
+    let mut args = vec![
+        "run",
+        "--db",
+        path_str(&db.path),
+        "--plan",
+        path_str(&plan),
+        "--listen",
+        "127.0.0.1:0",
+        "--batch-size",
+        &batch,
+    ];
+    args.extend_from_slice(extra);
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Proc::start_with(&args, move |c| {
+        for (k, v) in env {
+            c.env(k, v);
+        }
+    })
+}
+
+#[test]
+fn many_concurrent_clients_each_get_every_event_once_in_order() {
+    const CLIENTS: usize = 40;
+    let db = TempDb::counters(2_000);
+    let n = CLIENTS.to_string();
+    let mut p = counters_run(
+        &db,
+        20,
+        &["--wait-for-clients", &n, "--progress", "none"],
+        &[],
+    );
+    let addr = p.addr();
+    let readers: Vec<_> = (0..CLIENTS)
+        .map(|_| std::thread::spawn(move || Stream::open(addr, "/events", &[]).rest()))
+        .collect();
+    let all: Vec<_> = readers
+        .into_iter()
+        .map(|r| r.join().expect("reader"))
+        .collect();
+    assert!(p.wait().success(), "{}", p.stderr());
+    let first = &all[0];
+    let last = first.last().expect("events");
+    assert_eq!(last.event, "finished");
+    assert!(first.iter().filter(|e| e.event == "progress").count() >= 100);
+    for evs in &all {
+        assert_contiguous(evs, 1);
+        assert_eq!(evs.len(), first.len(), "every client got the same events");
+        assert_eq!(
+            evs.iter().map(|e| &e.data).collect::<Vec<_>>(),
+            first.iter().map(|e| &e.data).collect::<Vec<_>>()
+        );
+    }
+    assert_eq!(db.counter_spread(), (2_000, 0));
+}
+
+/// A client that sends its request and never reads a byte; a 4 KiB receive
+/// buffer makes its socket fill early.
+fn stalled_client(addr: SocketAddr) -> std::net::TcpStream {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_recv_buffer_size(4096).unwrap();
+        let mut s = sock.connect(addr).await.expect("connect");
+        tokio::io::AsyncWriteExt::write_all(&mut s, &request("GET", "/events", &[]))
+            .await
+            .unwrap();
+        s.into_std().unwrap()
+    })
+}
+
+#[test]
+fn a_client_that_stops_reading_delays_neither_the_run_nor_other_clients() {
+    // 30,000 progress events, about 10 MB of stream: far more than the
+    // stalled client's socket buffers on both ends can hold.
+    let db = TempDb::counters(60_000);
+    let mut p = counters_run(
+        &db,
+        2,
+        &[
+            "--wait-for-clients",
+            "2",
+            "--dry-run",
+            "--drain-timeout",
+            "1",
+            "--progress",
+            "none",
+        ],
+        &[],
+    );
+    let addr = p.addr();
+    let mut stalled = stalled_client(addr);
+    let evs = Stream::open(addr, "/events", &[]).rest();
+    assert_contiguous(&evs, 1);
+    assert_eq!(evs.last().map(|e| e.event.as_str()), Some("finished"));
+    assert!(evs.len() > 30_000, "{} events", evs.len());
+    // The run ended, and the process exits despite the stalled client
+    // (after the drain timeout), bounded by PATIENCE.
+    assert!(p.wait().success(), "{}", p.stderr());
+    // The stall was real: the stalled client never had room for the end.
+    use std::io::Read;
+    stalled.set_nonblocking(false).unwrap();
+    stalled.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut got = Vec::new();
+    let _ = stalled.read_to_end(&mut got);
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        !text.contains("event: finished"),
+        "the stalled client got the whole stream ({} bytes); nothing was tested",
+        got.len()
+    );
+}
+
+#[test]
+fn a_compacted_log_keeps_every_kept_event_for_late_joiners_and_resumes() {
+    let db = TempDb::counters(1_200);
+    let mut p = counters_run(
+        &db,
+        2,
+        &[
+            "--linger",
+            "30",
+            "--wait-for-clients",
+            "1",
+            "--progress",
+            "plain",
+        ],
+        &[("BATCHSSE_LOG_COMPACT_AT", "200")],
+    );
+    let addr = p.addr();
+    let live = Stream::open(addr, "/events", &[]).rest();
+    let finished_id = id(live.last().expect("events"));
+    // A very late joiner, after `finished`.
+    let late = Stream::open(addr, "/events", &[]).rest();
+    let ids: Vec<u64> = late.iter().map(id).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids rise: {ids:?}");
+    assert!(
+        late.len() < 400,
+        "600 progress events compacted to {}",
+        late.len()
+    );
+    assert_eq!(late.first().map(|e| e.event.as_str()), Some("start"));
+    assert_eq!(ids.last(), Some(&finished_id));
+    // Every start/step/message/finished the live client saw is still there.
+    let kept = |evs: &[batchsse::sse::ParsedEvent]| -> Vec<String> {
+        evs.iter()
+            .filter(|e| e.event != "progress")
+            .map(|e| format!("{:?}{}", e.id, e.data))
+            .collect()
+    };
+    assert_eq!(kept(&late), kept(&live));
+    // The final progress of the step survived: done == total.
+    let last_progress = late
+        .iter()
+        .rev()
+        .find(|e| e.event == "progress")
+        .map(data)
+        .expect("progress");
+    assert_eq!(last_progress["done"], last_progress["total"]);
+    // Resuming from an id that was compacted away: every later kept event, once.
+    let gone = (1..finished_id)
+        .find(|i| !ids.contains(i))
+        .expect("an id was compacted away");
+    let header = (gone).to_string();
+    let resumed = Stream::open(addr, "/events", &[("Last-Event-ID", &header)]).rest();
+    let want: Vec<u64> = ids.iter().copied().filter(|i| *i > gone).collect();
+    assert_eq!(resumed.iter().map(id).collect::<Vec<_>>(), want);
+    // The snapshot does not depend on what was dropped.
+    let status = get(addr, "/status", &[]).json();
+    assert_eq!(status["state"], "finished");
+    assert_eq!(status["last_event_id"], finished_id);
+    assert_eq!(status["rows_changed"], 1_200);
+    p.signal("TERM");
+    assert!(p.wait().success(), "{}", p.stderr());
+    // The terminal follower read the same log to its end.
+    assert!(
+        p.stderr()
+            .contains("finished ok: 1/1 steps, 1,200 rows changed"),
+        "{}",
+        p.stderr()
+    );
+    assert_eq!(db.counter_spread(), (1_200, 0));
+}
