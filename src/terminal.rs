@@ -42,6 +42,22 @@ impl ProgressMode {
     }
 }
 
+/// Writes one line to stderr and ignores failure: with stderr on a closed
+/// pipe (`2>&1 | head`), `eprintln!` would panic and turn a finished run
+/// into exit 101.
+pub fn err_line(line: &str) {
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "{line}");
+}
+
+/// `eprintln!` that never panics; see [`err_line`].
+#[macro_export]
+macro_rules! errln {
+    ($($arg:tt)*) => {
+        $crate::terminal::err_line(&format!($($arg)*))
+    };
+}
+
 fn colors() -> bool {
     std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
         && std::env::var("TERM").map_or(true, |t| t != "dumb")
@@ -79,7 +95,7 @@ impl Renderer {
             Some(b) => {
                 let _ = b.multi.println(line);
             }
-            None => eprintln!("{line}"),
+            None => err_line(line),
         }
     }
 
@@ -95,7 +111,7 @@ impl Renderer {
                 if let Event::Finished(f) = event
                     && f.status != RunStatus::Ok
                 {
-                    eprintln!("batchsse: {}", finished_line(f));
+                    err_line(&format!("batchsse: {}", finished_line(f)));
                 }
             }
             ProgressMode::Json => self.json(id, event.name(), data),
@@ -141,7 +157,9 @@ impl Renderer {
                         p.percent,
                         thousands(p.changed),
                         thousands(p.rate as u64),
-                        p.eta_ms.map(|e| format!(", ETA {}", duration(e))).unwrap_or_default()
+                        p.eta_ms
+                            .map(|e| format!(", ETA {}", duration(e)))
+                            .unwrap_or_default()
                     ));
                 }
             }
@@ -225,7 +243,7 @@ impl Renderer {
                     b.overall.finish_and_clear();
                     let _ = b.multi.clear();
                 }
-                eprintln!("batchsse: {}", finished_line(f));
+                err_line(&format!("batchsse: {}", finished_line(f)));
             }
         }
     }
@@ -244,8 +262,16 @@ fn start_line(s: &crate::event::Start) -> String {
         s.db,
         s.steps.len(),
         if s.steps.len() == 1 { "" } else { "s" },
-        if s.resumed { ", resuming an earlier run" } else { "" },
-        if s.dry_run { " (dry run: nothing will be written)" } else { "" }
+        if s.resumed {
+            ", resuming an earlier run"
+        } else {
+            ""
+        },
+        if s.dry_run {
+            " (dry run: nothing will be written)"
+        } else {
+            ""
+        }
     )
 }
 
@@ -286,7 +312,11 @@ pub fn finished_line(f: &crate::event::Finished) -> String {
         f.steps_done,
         f.steps_total,
         thousands(f.rows_changed),
-        if f.dry_run { "would change (dry run, nothing written)" } else { "changed" },
+        if f.dry_run {
+            "would change (dry run, nothing written)"
+        } else {
+            "changed"
+        },
         duration(f.elapsed_ms)
     );
     if let Some(e) = &f.error {

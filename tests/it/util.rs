@@ -158,9 +158,8 @@ impl Proc {
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.addr.unwrap_or_else(|| {
-            panic!("no listening line; stderr so far:\n{}", self.stderr())
-        })
+        self.addr
+            .unwrap_or_else(|| panic!("no listening line; stderr so far:\n{}", self.stderr()))
     }
 
     pub fn stderr(&self) -> String {
@@ -226,7 +225,11 @@ pub fn run_with_stdin(args: &[&str], stdin: Option<&str>) -> (i32, String, Strin
         .args(args)
         .env_remove("BATCHSSE_TOKEN")
         .env("NO_COLOR", "1")
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -449,7 +452,9 @@ impl Stream {
 
 /// An event's id as a number.
 pub fn id(e: &ParsedEvent) -> u64 {
-    e.id.as_deref().and_then(|i| i.parse().ok()).expect("numeric id")
+    e.id.as_deref()
+        .and_then(|i| i.parse().ok())
+        .expect("numeric id")
 }
 
 pub fn data(e: &ParsedEvent) -> Value {
@@ -459,7 +464,12 @@ pub fn data(e: &ParsedEvent) -> Value {
 /// Asserts ids run 1, 2, 3, … (or from `first`) without gap or repeat.
 pub fn assert_contiguous(events: &[ParsedEvent], first: u64) {
     for (i, e) in events.iter().enumerate() {
-        assert_eq!(id(e), first + i as u64, "event {i} of {}: {e:?}", events.len());
+        assert_eq!(
+            id(e),
+            first + i as u64,
+            "event {i} of {}: {e:?}",
+            events.len()
+        );
     }
 }
 
