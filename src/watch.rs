@@ -106,7 +106,7 @@ impl Target {
         };
         let auth = match token {
             None => None,
-            Some(t) if t.is_empty() => {
+            Some("") => {
                 return Err(UsageError::new(
                     "--token (or BATCHSSE_TOKEN) is empty; give the run's token or leave it unset",
                 ));

@@ -476,3 +476,89 @@ pub fn assert_contiguous(events: &[ParsedEvent], first: u64) {
 pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
+
+/// Starts `batchsse ARGS` without waiting for a `listening on` line (for
+/// `watch`, which prints none); stdout and stderr are collected as usual.
+pub fn spawn(args: &[&str], tweak: impl FnOnce(&mut Command)) -> Proc {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env_remove("BATCHSSE_TOKEN")
+        .env("NO_COLOR", "1");
+    tweak(&mut cmd);
+    let mut child = cmd.spawn().expect("spawn batchsse");
+    let stderr = Arc::new(Mutex::new(String::new()));
+    if let Some(err) = child.stderr.take() {
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+    }
+    Proc {
+        child,
+        stderr,
+        addr: None,
+    }
+}
+
+/// A localhost port nothing listens on right now (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a free port")
+        .port()
+}
+
+/// Polls `/status` until `pred` holds (bounded by PATIENCE).
+pub fn wait_status(addr: SocketAddr, pred: impl Fn(&Value) -> bool) -> Value {
+    let start = Instant::now();
+    loop {
+        let v = get(addr, "/status", &[]).json();
+        if pred(&v) {
+            return v;
+        }
+        assert!(
+            start.elapsed() < PATIENCE,
+            "/status never matched; last: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Parses NDJSON output: every line must be one JSON object.
+pub fn json_lines(out: &str) -> Vec<Value> {
+    out.lines()
+        .map(|l| {
+            let v: Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l:?}"));
+            assert!(v.is_object(), "not an object: {l}");
+            v
+        })
+        .collect()
+}
+
+/// `(id, event, data)` of an NDJSON line, to compare with a stream event.
+pub fn line_triple(v: &Value) -> (u64, String, Value) {
+    (
+        v["id"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no numeric id: {v}")),
+        v["event"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no event: {v}"))
+            .to_owned(),
+        v["data"].clone(),
+    )
+}
+
+/// The same triple for an event read off the stream.
+pub fn event_triple(e: &ParsedEvent) -> (u64, String, Value) {
+    (id(e), e.event.clone(), data(e))
+}
