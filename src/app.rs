@@ -170,7 +170,10 @@ pub fn parse_listen(s: &str) -> Result<SocketAddr, UsageError> {
     if let Ok(port) = s.parse::<u16>() {
         return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
     }
-    if let Some(port) = s.strip_prefix("localhost:").and_then(|p| p.parse::<u16>().ok()) {
+    if let Some(port) = s
+        .strip_prefix("localhost:")
+        .and_then(|p| p.parse::<u16>().ok())
+    {
         return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
     }
     Err(UsageError::new(format!(
@@ -287,7 +290,14 @@ async fn drive(session: Session) -> Result<RunStatus, UsageError> {
         server_task = Some(tokio::spawn(server::serve(listener, state, stop, s.drain)));
     }
 
-    let terminal = tokio::spawn(crate::terminal::follow(log.clone(), Renderer::new(progress)));
+    // Terminal output may block (a full pipe, a slow terminal); on its own
+    // thread it never holds up the server's workers.
+    let terminal = {
+        let (log, handle) = (log.clone(), tokio::runtime::Handle::current());
+        tokio::task::spawn_blocking(move || {
+            handle.block_on(crate::terminal::follow(log, Renderer::new(progress)))
+        })
+    };
 
     let (gate_tx, gate_rx) = std::sync::mpsc::channel::<()>();
     if let Some(mut clients) = clients.filter(|_| wait_for > 0) {
@@ -306,7 +316,9 @@ async fn drive(session: Session) -> Result<RunStatus, UsageError> {
                 runner_log.push(Event::message(
                     serde_json::json!({"clients": wait_for}),
                     Level::Info,
-                    format!("waiting for {wait_for} stream client(s) to connect (--wait-for-clients)"),
+                    format!(
+                        "waiting for {wait_for} stream client(s) to connect (--wait-for-clients)"
+                    ),
                 ));
             }
             while !runner_cancel.is_cancelled() {
@@ -316,7 +328,15 @@ async fn drive(session: Session) -> Result<RunStatus, UsageError> {
                 }
             }
         };
-        runner::run(&conn, &plan, &opts, &resume, &runner_log, &runner_cancel, gate)
+        runner::run(
+            &conn,
+            &plan,
+            &opts,
+            &resume,
+            &runner_log,
+            &runner_cancel,
+            gate,
+        )
     })
     .await
     .unwrap_or(RunStatus::Failed);
@@ -355,7 +375,8 @@ fn watch_signals(cancel: Arc<Cancel>) -> watch::Receiver<u32> {
     let (tx, rx) = watch::channel(0u32);
     tokio::spawn(async move {
         #[cfg(unix)]
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         loop {
             #[cfg(unix)]
             let term_recv = async {
@@ -375,7 +396,9 @@ fn watch_signals(cancel: Arc<Cancel>) -> watch::Receiver<u32> {
             let n = *tx.borrow() + 1;
             tx.send_replace(n);
             if n == 1 {
-                eprintln!("batchsse: interrupted; rolling back the current chunk (press Ctrl-C again to quit at once)");
+                eprintln!(
+                    "batchsse: interrupted; rolling back the current chunk (press Ctrl-C again to quit at once)"
+                );
                 cancel.cancel();
             } else {
                 eprintln!("batchsse: quitting now; the open transaction is rolled back by SQLite");
@@ -409,7 +432,9 @@ pub fn demo_dir(keep: Option<&PathBuf>) -> anyhow::Result<(Option<tempfile::Temp
             (None, dir.clone())
         }
         None => {
-            let t = tempfile::Builder::new().prefix("batchsse-demo-").tempdir()?;
+            let t = tempfile::Builder::new()
+                .prefix("batchsse-demo-")
+                .tempdir()?;
             let p = t.path().to_owned();
             (Some(t), p)
         }

@@ -141,7 +141,9 @@ impl Renderer {
                         p.percent,
                         thousands(p.changed),
                         thousands(p.rate as u64),
-                        p.eta_ms.map(|e| format!(", ETA {}", duration(e))).unwrap_or_default()
+                        p.eta_ms
+                            .map(|e| format!(", ETA {}", duration(e)))
+                            .unwrap_or_default()
                     ));
                 }
             }
@@ -244,8 +246,16 @@ fn start_line(s: &crate::event::Start) -> String {
         s.db,
         s.steps.len(),
         if s.steps.len() == 1 { "" } else { "s" },
-        if s.resumed { ", resuming an earlier run" } else { "" },
-        if s.dry_run { " (dry run: nothing will be written)" } else { "" }
+        if s.resumed {
+            ", resuming an earlier run"
+        } else {
+            ""
+        },
+        if s.dry_run {
+            " (dry run: nothing will be written)"
+        } else {
+            ""
+        }
     )
 }
 
@@ -286,7 +296,11 @@ pub fn finished_line(f: &crate::event::Finished) -> String {
         f.steps_done,
         f.steps_total,
         thousands(f.rows_changed),
-        if f.dry_run { "would change (dry run, nothing written)" } else { "changed" },
+        if f.dry_run {
+            "would change (dry run, nothing written)"
+        } else {
+            "changed"
+        },
         duration(f.elapsed_ms)
     );
     if let Some(e) = &f.error {
@@ -300,7 +314,7 @@ pub fn thousands(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::with_capacity(s.len() + s.len() / 3);
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

@@ -104,6 +104,8 @@ pub fn counter_plan(name: &str, size: u64) -> String {
 pub struct Proc {
     pub child: Child,
     stderr: Arc<Mutex<String>>,
+    /// When each stderr line arrived.
+    stderr_times: Arc<Mutex<Vec<(Instant, String)>>>,
     pub addr: Option<SocketAddr>,
 }
 
@@ -128,6 +130,8 @@ impl Proc {
         let (tx, rx) = std::sync::mpsc::channel();
         let err = child.stderr.take().expect("stderr");
         let sink = stderr.clone();
+        let stderr_times = Arc::new(Mutex::new(Vec::new()));
+        let times = stderr_times.clone();
         std::thread::spawn(move || {
             let mut first = true;
             for line in BufReader::new(err).lines() {
@@ -136,6 +140,7 @@ impl Proc {
                     let _ = tx.send(line.clone());
                     first = false;
                 }
+                times.lock().unwrap().push((Instant::now(), line.clone()));
                 let mut s = sink.lock().unwrap();
                 s.push_str(&line);
                 s.push('\n');
@@ -143,28 +148,35 @@ impl Proc {
         });
         let serve = !args.contains(&"--no-serve");
         let mut addr = None;
-        if serve {
-            if let Ok(line) = rx.recv_timeout(PATIENCE) {
-                addr = line
-                    .strip_prefix("batchsse: listening on http://")
-                    .and_then(|rest| rest.trim_end_matches('/').parse().ok());
-            }
+        if serve && let Ok(line) = rx.recv_timeout(PATIENCE) {
+            addr = line
+                .strip_prefix("batchsse: listening on http://")
+                .and_then(|rest| rest.trim_end_matches('/').parse().ok());
         }
         Proc {
             child,
             stderr,
+            stderr_times,
             addr,
         }
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.addr.unwrap_or_else(|| {
-            panic!("no listening line; stderr so far:\n{}", self.stderr())
-        })
+        self.addr
+            .unwrap_or_else(|| panic!("no listening line; stderr so far:\n{}", self.stderr()))
     }
 
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
+    }
+
+    /// When the first stderr line containing `needle` arrived.
+    pub fn stderr_time(&self, needle: &str) -> Option<Instant> {
+        let lines = self.stderr_times.lock().unwrap();
+        lines
+            .iter()
+            .find(|(_, l)| l.contains(needle))
+            .map(|(t, _)| *t)
     }
 
     /// Waits for the exit, failing the test after `limit`.
@@ -226,7 +238,11 @@ pub fn run_with_stdin(args: &[&str], stdin: Option<&str>) -> (i32, String, Strin
         .args(args)
         .env_remove("BATCHSSE_TOKEN")
         .env("NO_COLOR", "1")
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -449,7 +465,9 @@ impl Stream {
 
 /// An event's id as a number.
 pub fn id(e: &ParsedEvent) -> u64 {
-    e.id.as_deref().and_then(|i| i.parse().ok()).expect("numeric id")
+    e.id.as_deref()
+        .and_then(|i| i.parse().ok())
+        .expect("numeric id")
 }
 
 pub fn data(e: &ParsedEvent) -> Value {
@@ -459,7 +477,12 @@ pub fn data(e: &ParsedEvent) -> Value {
 /// Asserts ids run 1, 2, 3, … (or from `first`) without gap or repeat.
 pub fn assert_contiguous(events: &[ParsedEvent], first: u64) {
     for (i, e) in events.iter().enumerate() {
-        assert_eq!(id(e), first + i as u64, "event {i} of {}: {e:?}", events.len());
+        assert_eq!(
+            id(e),
+            first + i as u64,
+            "event {i} of {}: {e:?}",
+            events.len()
+        );
     }
 }
 
