@@ -108,7 +108,8 @@ fn read_source(args: &RunArgs) -> Result<Source, UsageError> {
                 "the plan on standard input is empty; pipe a plan in, or pass a file path",
             ));
         }
-        ("stdin".to_owned(), text)
+        // Named by content, so the same plan piped in again resumes.
+        (format!("stdin-{}", plan::short_digest(&text)), text)
     } else {
         let text = std::fs::read_to_string(path).map_err(|e| {
             UsageError::new(format!(

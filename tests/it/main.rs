@@ -4,4 +4,6 @@
 
 mod util;
 
+mod fuzz;
 mod run;
+mod safety;

@@ -489,3 +489,23 @@ pub fn assert_contiguous(events: &[ParsedEvent], first: u64) {
 pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
+
+/// The SHA-256 of a file's bytes, hex.
+pub fn sha256(path: &Path) -> String {
+    use sha2::Digest;
+    let bytes = std::fs::read(path).unwrap_or_default();
+    sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Sends raw bytes; the response status, or `None` if the server closed
+/// the connection without one.
+pub fn raw_status(addr: SocketAddr, request: &[u8]) -> Option<u16> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(PATIENCE)).ok()?;
+    let _ = s.write_all(request);
+    let mut r = BufReader::new(s);
+    read_head(&mut r).ok().map(|(status, _)| status)
+}
