@@ -367,7 +367,7 @@ fn ctrl_c_rolls_back_the_current_chunk_exits_130_and_the_rerun_resumes() {
 }
 
 #[test]
-fn ctrl_c_interrupts_a_long_statement() {
+fn sigterm_interrupts_a_long_statement() {
     let db = TempDb::counters(10);
     let plan = db.file(
         "plan.json",
@@ -390,7 +390,7 @@ fn ctrl_c_interrupts_a_long_statement() {
     }
     std::thread::sleep(Duration::from_millis(200));
     let t0 = Instant::now();
-    p.signal("INT");
+    p.signal("TERM");
     assert_eq!(p.wait_for(Duration::from_secs(20)).code(), Some(130));
     assert!(
         t0.elapsed() < Duration::from_secs(10),
