@@ -266,7 +266,7 @@ async fn drive(session: Session) -> Result<RunStatus, UsageError> {
     } = session;
     let log = Arc::new(EventLog::new());
     let cancel = Arc::new(Cancel::new());
-    let signals = watch_signals(cancel.clone());
+    let signals = watch_signals(cancel.clone(), log.clone());
 
     let mut server_task = None;
     let mut clients = None;
@@ -372,7 +372,7 @@ fn dashboard_url(addr: SocketAddr, config: &server::Config) -> String {
 
 /// Counts Ctrl-C and SIGTERM: the first cancels the run (the current chunk
 /// rolls back), a second exits at once (no transaction is ever committed).
-fn watch_signals(cancel: Arc<Cancel>) -> watch::Receiver<u32> {
+fn watch_signals(cancel: Arc<Cancel>, log: Arc<EventLog>) -> watch::Receiver<u32> {
     let (tx, rx) = watch::channel(0u32);
     tokio::spawn(async move {
         #[cfg(unix)]
@@ -396,6 +396,10 @@ fn watch_signals(cancel: Arc<Cancel>) -> watch::Receiver<u32> {
             }
             let n = *tx.borrow() + 1;
             tx.send_replace(n);
+            if log.finished_id().is_some() {
+                // The run is over; this only cuts the linger short.
+                continue;
+            }
             if n == 1 {
                 eprintln!(
                     "batchsse: interrupted; rolling back the current chunk (press Ctrl-C again to quit at once)"
