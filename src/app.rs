@@ -108,7 +108,8 @@ fn read_source(args: &RunArgs) -> Result<Source, UsageError> {
                 "the plan on standard input is empty; pipe a plan in, or pass a file path",
             ));
         }
-        ("stdin".to_owned(), text)
+        // Named by content, so the same plan piped in again resumes.
+        (format!("stdin-{}", plan::short_digest(&text)), text)
     } else {
         let text = std::fs::read_to_string(path).map_err(|e| {
             UsageError::new(format!(
@@ -265,7 +266,7 @@ async fn drive(session: Session) -> Result<RunStatus, UsageError> {
     } = session;
     let log = Arc::new(EventLog::new());
     let cancel = Arc::new(Cancel::new());
-    let signals = watch_signals(cancel.clone());
+    let signals = watch_signals(cancel.clone(), log.clone());
 
     let mut server_task = None;
     let mut clients = None;
@@ -290,10 +291,14 @@ async fn drive(session: Session) -> Result<RunStatus, UsageError> {
         server_task = Some(tokio::spawn(server::serve(listener, state, stop, s.drain)));
     }
 
-    let terminal = tokio::spawn(crate::terminal::follow(
-        log.clone(),
-        Renderer::new(progress),
-    ));
+    // Terminal output may block (a full pipe, a slow terminal); on its own
+    // thread it never holds up the server's workers.
+    let terminal = {
+        let (log, handle) = (log.clone(), tokio::runtime::Handle::current());
+        tokio::task::spawn_blocking(move || {
+            handle.block_on(crate::terminal::follow(log, Renderer::new(progress)))
+        })
+    };
 
     let (gate_tx, gate_rx) = std::sync::mpsc::channel::<()>();
     if let Some(mut clients) = clients.filter(|_| wait_for > 0) {
@@ -367,7 +372,7 @@ fn dashboard_url(addr: SocketAddr, config: &server::Config) -> String {
 
 /// Counts Ctrl-C and SIGTERM: the first cancels the run (the current chunk
 /// rolls back), a second exits at once (no transaction is ever committed).
-fn watch_signals(cancel: Arc<Cancel>) -> watch::Receiver<u32> {
+fn watch_signals(cancel: Arc<Cancel>, log: Arc<EventLog>) -> watch::Receiver<u32> {
     let (tx, rx) = watch::channel(0u32);
     tokio::spawn(async move {
         #[cfg(unix)]
@@ -391,6 +396,10 @@ fn watch_signals(cancel: Arc<Cancel>) -> watch::Receiver<u32> {
             }
             let n = *tx.borrow() + 1;
             tx.send_replace(n);
+            if log.finished_id().is_some() {
+                // The run is over; this only cuts the linger short.
+                continue;
+            }
             if n == 1 {
                 crate::errln!(
                     "batchsse: interrupted; rolling back the current chunk (press Ctrl-C again to quit at once)"

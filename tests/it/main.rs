@@ -4,5 +4,7 @@
 
 mod util;
 
+mod fuzz;
 mod run;
+mod safety;
 mod watch;
