@@ -93,6 +93,8 @@ fn a_late_client_gets_the_identical_byte_stream_from_id_1() {
             "100",
             "--sleep",
             "20",
+            "--linger",
+            "30",
             "--progress",
             "none",
         ],
@@ -111,6 +113,8 @@ fn a_late_client_gets_the_identical_byte_stream_from_id_1() {
         early.bytes, late.bytes,
         "both clients must get the same bytes"
     );
+    // Late joiners are safe under load thanks to --linger; end it now.
+    p.signal("INT");
     assert!(p.wait().success());
     assert_eq!(db.counter_spread(), (2000, 0));
 }
@@ -129,6 +133,8 @@ fn last_event_id_resumes_after_the_given_id_with_no_gap_or_duplicate() {
             "100",
             "--sleep",
             "20",
+            "--linger",
+            "30",
             "--progress",
             "none",
         ],
@@ -150,6 +156,8 @@ fn last_event_id_resumes_after_the_given_id_with_no_gap_or_duplicate() {
             "resumed events equal the tail of the full stream"
         );
     }
+    // Late joiners are safe under load thanks to --linger; end it now.
+    p.signal("INT");
     assert!(p.wait().success());
 }
 

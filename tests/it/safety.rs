@@ -758,12 +758,23 @@ fn the_token_can_come_from_the_environment() {
 
 #[test]
 fn clients_past_max_clients_get_503() {
-    let db = TempDb::counters(20);
-    let plan = db.file("plan.json", &counter_plan("max", 10));
+    // Slow enough (40 chunks, 50 ms apart) that the run is still going
+    // while the slots are tested.
+    let db = TempDb::counters(40);
+    let plan = db.file("plan.json", &counter_plan("max", 1));
     let mut p = serving(
         &db,
         path_str(&plan),
-        &["--max-clients", "2", "--wait-for-clients", "2"],
+        &[
+            "--max-clients",
+            "2",
+            "--wait-for-clients",
+            "2",
+            "--batch-size",
+            "1",
+            "--sleep",
+            "50",
+        ],
     );
     let a = p.addr();
     let one = Stream::open(a, "/events", &[]);
