@@ -108,7 +108,8 @@ fn read_source(args: &RunArgs) -> Result<Source, UsageError> {
                 "the plan on standard input is empty; pipe a plan in, or pass a file path",
             ));
         }
-        ("stdin".to_owned(), text)
+        // Named by content, so the same plan piped in again resumes.
+        (format!("stdin-{}", plan::short_digest(&text)), text)
     } else {
         let text = std::fs::read_to_string(path).map_err(|e| {
             UsageError::new(format!(
@@ -265,7 +266,7 @@ async fn drive(session: Session) -> Result<RunStatus, UsageError> {
     } = session;
     let log = Arc::new(EventLog::new());
     let cancel = Arc::new(Cancel::new());
-    let signals = watch_signals(cancel.clone());
+    let signals = watch_signals(cancel.clone(), log.clone());
 
     let mut server_task = None;
     let mut clients = None;
@@ -273,15 +274,15 @@ async fn drive(session: Session) -> Result<RunStatus, UsageError> {
     if let Some(s) = serve {
         let listener = server::bind(s.addr).await?;
         let local = listener.local_addr().unwrap_or(s.addr);
-        eprintln!("batchsse: listening on http://{local}/");
+        crate::errln!("batchsse: listening on http://{local}/");
         if !local.ip().is_loopback() && s.config.token.is_none() {
-            eprintln!(
+            crate::errln!(
                 "batchsse: warning: listening on {} without --token: anyone who can reach this address can watch the run",
                 local.ip()
             );
         }
         if let Some(b) = banner {
-            eprintln!("{}", b.replace("{url}", &dashboard_url(local, &s.config)));
+            crate::errln!("{}", b.replace("{url}", &dashboard_url(local, &s.config)));
         }
         let state = server::State::new(log.clone(), s.config);
         clients = Some(state.watch_clients());
@@ -290,10 +291,14 @@ async fn drive(session: Session) -> Result<RunStatus, UsageError> {
         server_task = Some(tokio::spawn(server::serve(listener, state, stop, s.drain)));
     }
 
-    let terminal = tokio::spawn(crate::terminal::follow(
-        log.clone(),
-        Renderer::new(progress),
-    ));
+    // Terminal output may block (a full pipe, a slow terminal); on its own
+    // thread it never holds up the server's workers.
+    let terminal = {
+        let (log, handle) = (log.clone(), tokio::runtime::Handle::current());
+        tokio::task::spawn_blocking(move || {
+            handle.block_on(crate::terminal::follow(log, Renderer::new(progress)))
+        })
+    };
 
     let (gate_tx, gate_rx) = std::sync::mpsc::channel::<()>();
     if let Some(mut clients) = clients.filter(|_| wait_for > 0) {
@@ -367,7 +372,7 @@ fn dashboard_url(addr: SocketAddr, config: &server::Config) -> String {
 
 /// Counts Ctrl-C and SIGTERM: the first cancels the run (the current chunk
 /// rolls back), a second exits at once (no transaction is ever committed).
-fn watch_signals(cancel: Arc<Cancel>) -> watch::Receiver<u32> {
+fn watch_signals(cancel: Arc<Cancel>, log: Arc<EventLog>) -> watch::Receiver<u32> {
     let (tx, rx) = watch::channel(0u32);
     tokio::spawn(async move {
         #[cfg(unix)]
@@ -391,13 +396,19 @@ fn watch_signals(cancel: Arc<Cancel>) -> watch::Receiver<u32> {
             }
             let n = *tx.borrow() + 1;
             tx.send_replace(n);
+            if log.finished_id().is_some() {
+                // The run is over; this only cuts the linger short.
+                continue;
+            }
             if n == 1 {
-                eprintln!(
+                crate::errln!(
                     "batchsse: interrupted; rolling back the current chunk (press Ctrl-C again to quit at once)"
                 );
                 cancel.cancel();
             } else {
-                eprintln!("batchsse: quitting now; the open transaction is rolled back by SQLite");
+                crate::errln!(
+                    "batchsse: quitting now; the open transaction is rolled back by SQLite"
+                );
                 std::process::exit(i32::from(exit::INTERRUPTED));
             }
         }

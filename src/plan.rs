@@ -573,6 +573,15 @@ fn short(s: &str, max: usize) -> String {
     }
 }
 
+/// A short hex digest of some text.
+pub fn short_digest(text: &str) -> String {
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 fn checksum(sql: &str, chunk: Option<&Chunk>) -> String {
     let mut h = Sha256::new();
     h.update(sql.trim().as_bytes());

@@ -70,16 +70,83 @@ pub fn open_db(path: &Path, busy_timeout: Duration) -> Result<Connection, UsageE
         .map_err(|e| UsageError::new(format!("cannot open {shown}: {}", sqlite_message(&e))))?;
     conn.busy_timeout(busy_timeout)
         .map_err(|e| UsageError::new(format!("cannot set the busy timeout: {e}")))?;
+    let locked = || {
+        UsageError::new(format!(
+            "{shown} is locked by another connection{}, still after --busy-timeout {} ms; wait for it to finish or raise --busy-timeout",
+            lock_holders(path),
+            busy_timeout.as_millis()
+        ))
+    };
+    let is_lock = |e: &rusqlite::Error| {
+        matches!(
+            e.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        )
+    };
     conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
         r.get::<_, i64>(0)
     })
-    .map_err(|e| UsageError::new(format!("{shown}: {}", plan::db_open_message(&e))))?;
-    if conn.is_readonly("main").unwrap_or(false) {
-        return Err(UsageError::new(format!(
+    .map_err(|e| {
+        if is_lock(&e) {
+            locked()
+        } else {
+            UsageError::new(format!("{shown}: {}", plan::db_open_message(&e)))
+        }
+    })?;
+    let read_only = || {
+        UsageError::new(format!(
             "{shown} is read-only; batchsse needs write access to the file and its directory (for the journal)"
-        )));
+        ))
+    };
+    if conn.is_readonly("main").unwrap_or(false) {
+        return Err(read_only());
+    }
+    // Take the write lock once (and let it go) so a database another
+    // process holds is reported now, before anything runs, not mid-plan.
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK") {
+        return Err(match e.sqlite_error_code() {
+            _ if is_lock(&e) => locked(),
+            Some(rusqlite::ErrorCode::ReadOnly) => read_only(),
+            _ => UsageError::new(format!("{shown}: {}", plan::db_open_message(&e))),
+        });
     }
     Ok(conn)
+}
+
+/// Names the other processes that have the database (or its journal) open,
+/// as far as /proc tells; empty where it cannot.
+fn lock_holders(path: &Path) -> String {
+    let Ok(db) = std::fs::canonicalize(path) else {
+        return String::new();
+    };
+    let me = std::process::id().to_string();
+    let mut holders = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return String::new();
+    };
+    for p in procs.flatten() {
+        let pid = p.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) || pid == me {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        let holds = fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|target| {
+                target == db || target.to_string_lossy().starts_with(&*db.to_string_lossy())
+            })
+        });
+        if holds {
+            let comm = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default();
+            holders.push(format!("pid {pid} ({})", comm.trim()));
+        }
+    }
+    if holders.is_empty() {
+        String::new()
+    } else {
+        format!(" (open in {})", holders.join(", "))
+    }
 }
 
 /// Cancellation shared between the signal handler and the runner: a flag,
@@ -764,19 +831,19 @@ fn run_id() -> String {
 
 /// Refuses option combinations the plan cannot honour.
 pub fn check(plan: &Plan, opts: &Options) -> Result<(), UsageError> {
-    if opts.atomic || opts.dry_run {
-        if let Some(s) = plan.steps.iter().find(|s| s.autocommit) {
-            return Err(UsageError::new(format!(
-                "step {} ({:?}) must run outside a transaction, so it cannot be part of {}; remove the step or the flag",
-                s.index + 1,
-                s.name,
-                if opts.dry_run {
-                    "--dry-run"
-                } else {
-                    "--atomic"
-                }
-            )));
-        }
+    if (opts.atomic || opts.dry_run)
+        && let Some(s) = plan.steps.iter().find(|s| s.autocommit)
+    {
+        return Err(UsageError::new(format!(
+            "step {} ({:?}) must run outside a transaction, so it cannot be part of {}; remove the step or the flag",
+            s.index + 1,
+            s.name,
+            if opts.dry_run {
+                "--dry-run"
+            } else {
+                "--atomic"
+            }
+        )));
     }
     Ok(())
 }

@@ -5,4 +5,7 @@
 mod util;
 
 mod fanout;
+mod fuzz;
 mod run;
+mod safety;
+mod watch;
