@@ -29,6 +29,7 @@ export async function launch(opts = {}) {
     args: ARGS,
     viewport: { width: opts.width || 1000, height: opts.height || 800 },
     colorScheme: opts.dark ? "dark" : "light",
+    locale: "en-US",
   });
   const close = async () => {
     await context.close().catch(() => {});
@@ -61,6 +62,17 @@ async function main() {
         })));
       }
     });
+    // Connection states are transient ("reconnecting…"), so record each one.
+    await page.addInitScript(() => {
+      window.__conn = [];
+      document.addEventListener("DOMContentLoaded", () => {
+        const c = document.querySelector("#conn");
+        if (!c) return;
+        const note = () => { if (window.__conn.at(-1) !== c.textContent) window.__conn.push(c.textContent); };
+        note();
+        new MutationObserver(note).observe(c, { childList: true, characterData: true, subtree: true });
+      });
+    });
     page.on("pageerror", (e) => out.page_errors.push(String(e)));
     page.on("console", (m) => out.console.push(`${m.type()}: ${m.text()}`));
     await page.goto(url, { waitUntil: "domcontentloaded", timeout: opts.timeout_ms || 30000 });
@@ -90,6 +102,8 @@ async function main() {
         plan: text(document.querySelector("#plan")),
         db: text(document.querySelector("#db")),
         conn: text(document.querySelector("#conn")),
+        conn_history: window.__conn,
+        extra: text(document.querySelector("#extra")),
         banner: banner && {
           status: banner.dataset.status ?? null,
           text: text(banner),

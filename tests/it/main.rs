@@ -4,4 +4,5 @@
 
 mod util;
 
+mod browser;
 mod run;
