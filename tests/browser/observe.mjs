@@ -7,7 +7,7 @@
 //   until       "end" (default): wait for the banner (#banner[data-status])
 //   settle_ms   keep watching this long after the banner (catches reconnects)
 //   timeout_ms  give up waiting after this long (then report what was seen)
-//   screenshot  save a PNG here once the page shows a running step
+//   screenshot  save a PNG here mid-run (two steps done, the third under way)
 //   width, height, dark   viewport size and prefers-color-scheme: dark
 import { chromium } from "playwright-core";
 import { mkdtempSync, rmSync } from "node:fs";
@@ -77,13 +77,11 @@ async function main() {
     page.on("console", (m) => out.console.push(`${m.type()}: ${m.text()}`));
     await page.goto(url, { waitUntil: "domcontentloaded", timeout: opts.timeout_ms || 30000 });
     if (opts.screenshot) {
-      // Mid-run: a step is running and at least one is done.
-      await page.waitForSelector('.step[data-state="running"] ~ .step[data-state="waiting"]', { timeout: opts.timeout_ms || 30000 })
-        .catch(() => {});
+      // Mid-run: two steps done and the third well under way.
       await page.waitForFunction(() => {
         const p = document.querySelector('.step[data-state="running"] progress');
-        return p && p.value / p.max > 0.4;
-      }, null, { timeout: opts.timeout_ms || 30000 }).catch(() => {});
+        return document.querySelectorAll('.step[data-state="done"]').length >= 2 && p && p.value / p.max > 0.4;
+      }, null, { timeout: opts.timeout_ms || 30000, polling: 50 }).catch(() => {});
       await page.screenshot({ path: opts.screenshot, fullPage: true });
     }
     try {
