@@ -108,7 +108,8 @@ fn read_source(args: &RunArgs) -> Result<Source, UsageError> {
                 "the plan on standard input is empty; pipe a plan in, or pass a file path",
             ));
         }
-        ("stdin".to_owned(), text)
+        // Named by content, so the same plan piped in again resumes.
+        (format!("stdin-{}", plan::short_digest(&text)), text)
     } else {
         let text = std::fs::read_to_string(path).map_err(|e| {
             UsageError::new(format!(
@@ -170,7 +171,10 @@ pub fn parse_listen(s: &str) -> Result<SocketAddr, UsageError> {
     if let Ok(port) = s.parse::<u16>() {
         return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
     }
-    if let Some(port) = s.strip_prefix("localhost:").and_then(|p| p.parse::<u16>().ok()) {
+    if let Some(port) = s
+        .strip_prefix("localhost:")
+        .and_then(|p| p.parse::<u16>().ok())
+    {
         return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
     }
     Err(UsageError::new(format!(
@@ -262,7 +266,7 @@ async fn drive(session: Session) -> Result<RunStatus, UsageError> {
     } = session;
     let log = Arc::new(EventLog::new());
     let cancel = Arc::new(Cancel::new());
-    let signals = watch_signals(cancel.clone());
+    let signals = watch_signals(cancel.clone(), log.clone());
 
     let mut server_task = None;
     let mut clients = None;
@@ -270,15 +274,15 @@ async fn drive(session: Session) -> Result<RunStatus, UsageError> {
     if let Some(s) = serve {
         let listener = server::bind(s.addr).await?;
         let local = listener.local_addr().unwrap_or(s.addr);
-        eprintln!("batchsse: listening on http://{local}/");
+        crate::errln!("batchsse: listening on http://{local}/");
         if !local.ip().is_loopback() && s.config.token.is_none() {
-            eprintln!(
+            crate::errln!(
                 "batchsse: warning: listening on {} without --token: anyone who can reach this address can watch the run",
                 local.ip()
             );
         }
         if let Some(b) = banner {
-            eprintln!("{}", b.replace("{url}", &dashboard_url(local, &s.config)));
+            crate::errln!("{}", b.replace("{url}", &dashboard_url(local, &s.config)));
         }
         let state = server::State::new(log.clone(), s.config);
         clients = Some(state.watch_clients());
@@ -287,7 +291,14 @@ async fn drive(session: Session) -> Result<RunStatus, UsageError> {
         server_task = Some(tokio::spawn(server::serve(listener, state, stop, s.drain)));
     }
 
-    let terminal = tokio::spawn(crate::terminal::follow(log.clone(), Renderer::new(progress)));
+    // Terminal output may block (a full pipe, a slow terminal); on its own
+    // thread it never holds up the server's workers.
+    let terminal = {
+        let (log, handle) = (log.clone(), tokio::runtime::Handle::current());
+        tokio::task::spawn_blocking(move || {
+            handle.block_on(crate::terminal::follow(log, Renderer::new(progress)))
+        })
+    };
 
     let (gate_tx, gate_rx) = std::sync::mpsc::channel::<()>();
     if let Some(mut clients) = clients.filter(|_| wait_for > 0) {
@@ -306,7 +317,9 @@ async fn drive(session: Session) -> Result<RunStatus, UsageError> {
                 runner_log.push(Event::message(
                     serde_json::json!({"clients": wait_for}),
                     Level::Info,
-                    format!("waiting for {wait_for} stream client(s) to connect (--wait-for-clients)"),
+                    format!(
+                        "waiting for {wait_for} stream client(s) to connect (--wait-for-clients)"
+                    ),
                 ));
             }
             while !runner_cancel.is_cancelled() {
@@ -316,7 +329,15 @@ async fn drive(session: Session) -> Result<RunStatus, UsageError> {
                 }
             }
         };
-        runner::run(&conn, &plan, &opts, &resume, &runner_log, &runner_cancel, gate)
+        runner::run(
+            &conn,
+            &plan,
+            &opts,
+            &resume,
+            &runner_log,
+            &runner_cancel,
+            gate,
+        )
     })
     .await
     .unwrap_or(RunStatus::Failed);
@@ -351,11 +372,12 @@ fn dashboard_url(addr: SocketAddr, config: &server::Config) -> String {
 
 /// Counts Ctrl-C and SIGTERM: the first cancels the run (the current chunk
 /// rolls back), a second exits at once (no transaction is ever committed).
-fn watch_signals(cancel: Arc<Cancel>) -> watch::Receiver<u32> {
+fn watch_signals(cancel: Arc<Cancel>, log: Arc<EventLog>) -> watch::Receiver<u32> {
     let (tx, rx) = watch::channel(0u32);
     tokio::spawn(async move {
         #[cfg(unix)]
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         loop {
             #[cfg(unix)]
             let term_recv = async {
@@ -374,11 +396,19 @@ fn watch_signals(cancel: Arc<Cancel>) -> watch::Receiver<u32> {
             }
             let n = *tx.borrow() + 1;
             tx.send_replace(n);
+            if log.finished_id().is_some() {
+                // The run is over; this only cuts the linger short.
+                continue;
+            }
             if n == 1 {
-                eprintln!("batchsse: interrupted; rolling back the current chunk (press Ctrl-C again to quit at once)");
+                crate::errln!(
+                    "batchsse: interrupted; rolling back the current chunk (press Ctrl-C again to quit at once)"
+                );
                 cancel.cancel();
             } else {
-                eprintln!("batchsse: quitting now; the open transaction is rolled back by SQLite");
+                crate::errln!(
+                    "batchsse: quitting now; the open transaction is rolled back by SQLite"
+                );
                 std::process::exit(i32::from(exit::INTERRUPTED));
             }
         }
@@ -409,7 +439,9 @@ pub fn demo_dir(keep: Option<&PathBuf>) -> anyhow::Result<(Option<tempfile::Temp
             (None, dir.clone())
         }
         None => {
-            let t = tempfile::Builder::new().prefix("batchsse-demo-").tempdir()?;
+            let t = tempfile::Builder::new()
+                .prefix("batchsse-demo-")
+                .tempdir()?;
             let p = t.path().to_owned();
             (Some(t), p)
         }

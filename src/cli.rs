@@ -37,6 +37,16 @@ pub enum Command {
         batchsse demo                      # then open http://127.0.0.1:7077/\n  \
         batchsse demo --rows 1000000 --sleep 0 --linger 0")]
     Demo(DemoArgs),
+    /// Follow a running batchsse (its base URL or /events) with the same progress as `run`; exit with the run's status.
+    #[command(after_help = "Examples:\n  \
+        batchsse watch http://127.0.0.1:7077/\n  \
+        batchsse watch http://127.0.0.1:7077/events --progress json > events.ndjson\n  \
+        BATCHSSE_TOKEN=s3cret batchsse watch http://127.0.0.1:7077/ --connect-timeout 120\n\n\
+        It may start before the run listens: it retries until --connect-timeout, and after a \
+        dropped connection it resumes with Last-Event-ID, printing no event twice.\n\n\
+        Exit status: 0 the run finished ok, 1 it failed, 130 it was interrupted (or watch was), \
+        2 bad usage (or the token was refused), 3 no run could be reached.")]
+    Watch(WatchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -153,4 +163,23 @@ pub struct DemoArgs {
 
     #[command(flatten)]
     pub serve: ServeArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// The run's address: its base URL (http://127.0.0.1:7077/) or its /events URL.
+    #[arg(value_name = "URL")]
+    pub url: String,
+
+    /// The run's --token, sent as Authorization: Bearer T.
+    #[arg(long, value_name = "T", env = "BATCHSSE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// Terminal output: auto = bars on a terminal, plain lines otherwise; json = NDJSON on stdout.
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    pub progress: ProgressMode,
+
+    /// Keep trying to reach the run this long, at the start and after a dropped connection.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    pub connect_timeout: f64,
 }

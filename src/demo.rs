@@ -68,7 +68,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         "batchsse: demo: {} orders in {}{}\nbatchsse: open {{url}} in a browser to watch (curl -N {{url}}events shows the raw stream)",
         args.rows,
         db.display(),
-        if args.keep.is_some() { "" } else { " (deleted on exit; --keep DIR keeps it)" }
+        if args.keep.is_some() {
+            ""
+        } else {
+            " (deleted on exit; --keep DIR keeps it)"
+        }
     ));
     app::execute(session)
 }

@@ -1,5 +1,6 @@
 //! Errors that decide the exit status: a `UsageError` anywhere in an error
-//! chain means bad usage or input, found before anything was written (exit 2).
+//! chain means bad usage or input, found before anything was written (exit 2);
+//! an `Unreachable` means `watch` found no run (exit 3).
 
 /// Bad usage or input: the message says what is wrong and what to do.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -11,6 +12,12 @@ impl UsageError {
         UsageError(msg.into())
     }
 }
+
+/// `watch` found no run to follow (exit 3): the message says where it looked
+/// and for how long.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unreachable(pub String);
 
 /// Exit statuses, in one place (documented in the README).
 pub mod exit {

@@ -247,11 +247,7 @@ mod tests {
         for n in 0..3 {
             log.push(msg(n));
         }
-        let all: Vec<u8> = log
-            .after(0)
-            .iter()
-            .flat_map(|e| e.frame.to_vec())
-            .collect();
+        let all: Vec<u8> = log.after(0).iter().flat_map(|e| e.frame.to_vec()).collect();
         let (bytes, last) = log.frames_after(0).unwrap();
         assert_eq!((&bytes[..], last), (&all[..], 3));
         let (one, last) = log.frames_after(2).unwrap();

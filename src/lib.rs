@@ -15,3 +15,4 @@ pub mod runner;
 pub mod server;
 pub mod sse;
 pub mod terminal;
+pub mod watch;

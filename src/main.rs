@@ -5,8 +5,8 @@
 use std::process::ExitCode;
 
 use batchsse::cli::{Cli, Command};
-use batchsse::error::{UsageError, exit};
-use batchsse::{app, demo};
+use batchsse::error::{Unreachable, UsageError, exit};
+use batchsse::{app, demo, errln, watch};
 use clap::Parser;
 
 fn main() -> ExitCode {
@@ -14,12 +14,15 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => app::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Watch(args) => watch::run(args),
     };
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("batchsse: {err:#}");
-            if err.chain().any(|e| e.is::<UsageError>()) {
+            errln!("batchsse: {err:#}");
+            if err.chain().any(|e| e.is::<Unreachable>()) {
+                ExitCode::from(exit::UNREACHABLE)
+            } else if err.chain().any(|e| e.is::<UsageError>()) {
                 ExitCode::from(exit::USAGE)
             } else {
                 ExitCode::from(exit::FAILED)

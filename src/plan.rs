@@ -118,7 +118,9 @@ fn prepare_json(origin: &str, text: &str, r: &Rehearsal) -> Result<Plan, UsageEr
         };
         let label = format!("step {} ({name:?})", index + 1);
         if s.sql.trim().is_empty() {
-            return Err(UsageError::new(format!("{label} has no SQL; fill in \"sql\"")));
+            return Err(UsageError::new(format!(
+                "{label} has no SQL; fill in \"sql\""
+            )));
         }
         let step = match s.chunk {
             None => {
@@ -303,12 +305,7 @@ impl Rehearsal {
         Ok(())
     }
 
-    fn rehearse_chunked(
-        &self,
-        label: &str,
-        sql: &str,
-        c: ChunkFile,
-    ) -> Result<Chunk, UsageError> {
+    fn rehearse_chunked(&self, label: &str, sql: &str, c: ChunkFile) -> Result<Chunk, UsageError> {
         let size = c.size.unwrap_or(DEFAULT_CHUNK_SIZE);
         if size == 0 {
             return Err(UsageError::new(format!(
@@ -429,10 +426,17 @@ impl Rehearsal {
                 return Ok(("rowid".into(), "rowid".into()));
             }
             let hint = match (without_rowid, pk.as_slice()) {
-                (true, [one]) => format!("; {table} is WITHOUT ROWID, so use its primary key: \"key\": {:?}", one.0),
+                (true, [one]) => format!(
+                    "; {table} is WITHOUT ROWID, so use its primary key: \"key\": {:?}",
+                    one.0
+                ),
                 _ => format!(
                     " (columns: {})",
-                    columns.iter().map(|c| c.0.as_str()).collect::<Vec<_>>().join(", ")
+                    columns
+                        .iter()
+                        .map(|c| c.0.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             };
             return Err(UsageError::new(format!(
@@ -473,7 +477,10 @@ impl Rehearsal {
                 && self
                     .conn
                     .prepare(&format!("PRAGMA index_info({})", quote(idx)))
-                    .and_then(|mut s| s.query_map([], |r| r.get::<_, Option<String>>(2))?.collect())
+                    .and_then(|mut s| {
+                        s.query_map([], |r| r.get::<_, Option<String>>(2))?
+                            .collect()
+                    })
                     .map(|cols: Vec<Option<String>>| {
                         cols.len() == 1 && cols[0].as_deref() == Some(column)
                     })
@@ -566,6 +573,15 @@ fn short(s: &str, max: usize) -> String {
     }
 }
 
+/// A short hex digest of some text.
+pub fn short_digest(text: &str) -> String {
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 fn checksum(sql: &str, chunk: Option<&Chunk>) -> String {
     let mut h = Sha256::new();
     h.update(sql.trim().as_bytes());
@@ -627,9 +643,11 @@ mod tests {
     }
 
     fn shop() -> Connection {
-        db("CREATE TABLE orders(id INTEGER PRIMARY KEY, total REAL, code TEXT UNIQUE, note TEXT);
+        db(
+            "CREATE TABLE orders(id INTEGER PRIMARY KEY, total REAL, code TEXT UNIQUE, note TEXT);
             CREATE TABLE kv(k TEXT PRIMARY KEY, v INTEGER) WITHOUT ROWID;
-            INSERT INTO orders(total) VALUES (1.5);")
+            INSERT INTO orders(total) VALUES (1.5);",
+        )
     }
 
     fn json(text: &str) -> Result<Plan, UsageError> {
@@ -659,9 +677,15 @@ mod tests {
         .unwrap();
         assert_eq!(p.name, "p");
         assert_eq!(p.steps.len(), 4);
-        assert_eq!(p.steps[1].name, "UPDATE orders SET cents = total*100 WHERE id BETWEEN :lo AN…");
+        assert_eq!(
+            p.steps[1].name,
+            "UPDATE orders SET cents = total*100 WHERE id BETWEEN :lo AN…"
+        );
         let c = p.steps[1].chunk.as_ref().unwrap();
-        assert_eq!((c.key.as_str(), c.key_sql.as_str(), c.size), ("id", "rowid", 10));
+        assert_eq!(
+            (c.key.as_str(), c.key_sql.as_str(), c.size),
+            ("id", "rowid", 10)
+        );
         let c = p.steps[2].chunk.as_ref().unwrap();
         assert_eq!((c.key_sql.as_str(), c.size), ("\"k\"", DEFAULT_CHUNK_SIZE));
         assert!(p.steps[3].autocommit && !p.steps[0].autocommit);
@@ -674,7 +698,10 @@ mod tests {
         json(r#"{"steps":[{"sql":"ALTER TABLE orders ADD COLUMN x INT"},{"sql":"UPDATE orders SET x = 1"}]}"#)
             .unwrap();
         let e = err(r#"{"steps":[{"sql":"UPDATE orders SET x = 1"}]}"#);
-        assert!(e.contains("no such column: x") && e.contains("step 1"), "{e}");
+        assert!(
+            e.contains("no such column: x") && e.contains("step 1"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -683,21 +710,60 @@ mod tests {
             ("", &["empty"]),
             ("{\"steps\": [", &["line 1", "column"]),
             (r#"{"steps":[]}"#, &["no steps"]),
-            (r#"{"steps":[{"sql":"SELECT 1","sqll":"x"}]}"#, &["unknown field `sqll`"]),
+            (
+                r#"{"steps":[{"sql":"SELECT 1","sqll":"x"}]}"#,
+                &["unknown field `sqll`"],
+            ),
             (r#"{"name":"x","stepz":[]}"#, &["unknown field `stepz`"]),
             (r#"{"steps":[{"sql":"  "}]}"#, &["step 1", "no SQL"]),
-            (r#"{"steps":[{"sql":"-- only a comment"}]}"#, &["no SQL statement"]),
-            (r#"{"steps":[{"sql":"UPDTE orders SET total = 1"}]}"#, &["step 1", "syntax error", "UPDTE"]),
-            (r#"{"steps":[{"name":"n","sql":"UPDATE orders SET total=1","chunk":{"table":"orders"}}]}"#, &["step 1 (\"n\")", ":lo and :hi"]),
-            (r#"{"steps":[{"sql":"UPDATE nope SET a=1 WHERE rowid BETWEEN :lo AND :hi","chunk":{"table":"nope"}}]}"#, &["\"nope\" is not a table", "tables: kv, orders"]),
-            (r#"{"steps":[{"sql":"UPDATE orders SET total=1 WHERE id BETWEEN :lo AND :hi","chunk":{"table":"orders","key":"idd"}}]}"#, &["\"idd\" is not a column"]),
-            (r#"{"steps":[{"sql":"UPDATE orders SET total=1 WHERE id BETWEEN :lo AND :hi","chunk":{"table":"orders","key":"note"}}]}"#, &["not unique"]),
-            (r#"{"steps":[{"sql":"UPDATE kv SET v=1 WHERE k BETWEEN :lo AND :hi","chunk":{"table":"kv"}}]}"#, &["WITHOUT ROWID", "\"key\": \"k\""]),
-            (r#"{"steps":[{"sql":"UPDATE orders SET total=1 WHERE id BETWEEN :lo AND :hi","chunk":{"table":"orders","size":0}}]}"#, &["at least 1"]),
-            (r#"{"steps":[{"sql":"UPDATE orders SET total=:x"}]}"#, &["parameters"]),
-            (r#"{"steps":[{"sql":"BEGIN; UPDATE orders SET total=1; COMMIT"}]}"#, &["controls transactions"]),
-            (r#"{"steps":[{"sql":"UPDATE orders SET total=1; VACUUM"}]}"#, &["step of its own"]),
-            (r#"{"steps":[{"sql":"UPDATE orders SET total=1 WHERE id BETWEEN :lo AND :hi; SELECT 1","chunk":{"table":"orders"}}]}"#, &["one statement"]),
+            (
+                r#"{"steps":[{"sql":"-- only a comment"}]}"#,
+                &["no SQL statement"],
+            ),
+            (
+                r#"{"steps":[{"sql":"UPDTE orders SET total = 1"}]}"#,
+                &["step 1", "syntax error", "UPDTE"],
+            ),
+            (
+                r#"{"steps":[{"name":"n","sql":"UPDATE orders SET total=1","chunk":{"table":"orders"}}]}"#,
+                &["step 1 (\"n\")", ":lo and :hi"],
+            ),
+            (
+                r#"{"steps":[{"sql":"UPDATE nope SET a=1 WHERE rowid BETWEEN :lo AND :hi","chunk":{"table":"nope"}}]}"#,
+                &["\"nope\" is not a table", "tables: kv, orders"],
+            ),
+            (
+                r#"{"steps":[{"sql":"UPDATE orders SET total=1 WHERE id BETWEEN :lo AND :hi","chunk":{"table":"orders","key":"idd"}}]}"#,
+                &["\"idd\" is not a column"],
+            ),
+            (
+                r#"{"steps":[{"sql":"UPDATE orders SET total=1 WHERE id BETWEEN :lo AND :hi","chunk":{"table":"orders","key":"note"}}]}"#,
+                &["not unique"],
+            ),
+            (
+                r#"{"steps":[{"sql":"UPDATE kv SET v=1 WHERE k BETWEEN :lo AND :hi","chunk":{"table":"kv"}}]}"#,
+                &["WITHOUT ROWID", "\"key\": \"k\""],
+            ),
+            (
+                r#"{"steps":[{"sql":"UPDATE orders SET total=1 WHERE id BETWEEN :lo AND :hi","chunk":{"table":"orders","size":0}}]}"#,
+                &["at least 1"],
+            ),
+            (
+                r#"{"steps":[{"sql":"UPDATE orders SET total=:x"}]}"#,
+                &["parameters"],
+            ),
+            (
+                r#"{"steps":[{"sql":"BEGIN; UPDATE orders SET total=1; COMMIT"}]}"#,
+                &["controls transactions"],
+            ),
+            (
+                r#"{"steps":[{"sql":"UPDATE orders SET total=1; VACUUM"}]}"#,
+                &["step of its own"],
+            ),
+            (
+                r#"{"steps":[{"sql":"UPDATE orders SET total=1 WHERE id BETWEEN :lo AND :hi; SELECT 1","chunk":{"table":"orders"}}]}"#,
+                &["one statement"],
+            ),
         ];
         for (plan, needles) in cases {
             let e = err(plan);
@@ -719,7 +785,14 @@ mod tests {
         )
         .unwrap();
         let names: Vec<_> = p.steps.iter().map(|s| s.name.as_str()).collect();
-        assert_eq!(names, ["UPDATE orders SET note = 'a;b'", "ALTER TABLE orders ADD COLUMN y INT", "UPDATE orders"]);
+        assert_eq!(
+            names,
+            [
+                "UPDATE orders SET note = 'a;b'",
+                "ALTER TABLE orders ADD COLUMN y INT",
+                "UPDATE orders"
+            ]
+        );
         assert_eq!(p.name, "fix.sql");
         assert!(p.steps[0].sql.contains("'a;b'"));
     }
@@ -731,12 +804,20 @@ mod tests {
             text: "UPDATE orders SET total = 1;\nUPDATE orders SET nope = 1;".into(),
         };
         let e = prepare(&src, &shop()).unwrap_err().to_string();
-        assert!(e.contains("statement 2") && e.contains("no such column: nope"), "{e}");
+        assert!(
+            e.contains("statement 2") && e.contains("no such column: nope"),
+            "{e}"
+        );
         let empty = Source::Sql {
             name: "s.sql".into(),
             text: " -- nothing\n".into(),
         };
-        assert!(prepare(&empty, &shop()).unwrap_err().to_string().contains("no statements"));
+        assert!(
+            prepare(&empty, &shop())
+                .unwrap_err()
+                .to_string()
+                .contains("no statements")
+        );
     }
 
     #[test]
@@ -757,8 +838,11 @@ mod tests {
             &real,
         )
         .unwrap();
-        let n: i64 = real.query_row("SELECT count(*) FROM orders", [], |r| r.get(0)).unwrap();
+        let n: i64 = real
+            .query_row("SELECT count(*) FROM orders", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(n, 1);
-        real.query_row("SELECT count(*) FROM kv", [], |r| r.get::<_, i64>(0)).unwrap();
+        real.query_row("SELECT count(*) FROM kv", [], |r| r.get::<_, i64>(0))
+            .unwrap();
     }
 }

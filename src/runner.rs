@@ -70,14 +70,83 @@ pub fn open_db(path: &Path, busy_timeout: Duration) -> Result<Connection, UsageE
         .map_err(|e| UsageError::new(format!("cannot open {shown}: {}", sqlite_message(&e))))?;
     conn.busy_timeout(busy_timeout)
         .map_err(|e| UsageError::new(format!("cannot set the busy timeout: {e}")))?;
-    conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get::<_, i64>(0))
-        .map_err(|e| UsageError::new(format!("{shown}: {}", plan::db_open_message(&e))))?;
-    if conn.is_readonly("main").unwrap_or(false) {
-        return Err(UsageError::new(format!(
+    let locked = || {
+        UsageError::new(format!(
+            "{shown} is locked by another connection{}, still after --busy-timeout {} ms; wait for it to finish or raise --busy-timeout",
+            lock_holders(path),
+            busy_timeout.as_millis()
+        ))
+    };
+    let is_lock = |e: &rusqlite::Error| {
+        matches!(
+            e.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        )
+    };
+    conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .map_err(|e| {
+        if is_lock(&e) {
+            locked()
+        } else {
+            UsageError::new(format!("{shown}: {}", plan::db_open_message(&e)))
+        }
+    })?;
+    let read_only = || {
+        UsageError::new(format!(
             "{shown} is read-only; batchsse needs write access to the file and its directory (for the journal)"
-        )));
+        ))
+    };
+    if conn.is_readonly("main").unwrap_or(false) {
+        return Err(read_only());
+    }
+    // Take the write lock once (and let it go) so a database another
+    // process holds is reported now, before anything runs, not mid-plan.
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK") {
+        return Err(match e.sqlite_error_code() {
+            _ if is_lock(&e) => locked(),
+            Some(rusqlite::ErrorCode::ReadOnly) => read_only(),
+            _ => UsageError::new(format!("{shown}: {}", plan::db_open_message(&e))),
+        });
     }
     Ok(conn)
+}
+
+/// Names the other processes that have the database (or its journal) open,
+/// as far as /proc tells; empty where it cannot.
+fn lock_holders(path: &Path) -> String {
+    let Ok(db) = std::fs::canonicalize(path) else {
+        return String::new();
+    };
+    let me = std::process::id().to_string();
+    let mut holders = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return String::new();
+    };
+    for p in procs.flatten() {
+        let pid = p.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) || pid == me {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        let holds = fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|target| {
+                target == db || target.to_string_lossy().starts_with(&*db.to_string_lossy())
+            })
+        });
+        if holds {
+            let comm = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default();
+            holders.push(format!("pid {pid} ({})", comm.trim()));
+        }
+    }
+    if holders.is_empty() {
+        String::new()
+    } else {
+        format!(" (open in {})", holders.join(", "))
+    }
 }
 
 /// Cancellation shared between the signal handler and the runner: a flag,
@@ -271,7 +340,10 @@ impl Runner<'_> {
         if resume.forced()
             && let Err(e) = checkpoint::reset(self.conn, plan, self.opts)
         {
-            let msg = format!("cannot clear the old checkpoint for --force: {}", sqlite_message(&e));
+            let msg = format!(
+                "cannot clear the old checkpoint for --force: {}",
+                sqlite_message(&e)
+            );
             self.message(None, Level::Error, msg.clone());
             return (RunStatus::Failed, 0, 0, Some(msg));
         }
@@ -364,7 +436,9 @@ impl Runner<'_> {
         if self.opts.dry_run || failed {
             let _ = self.conn.execute_batch("ROLLBACK");
             let text = if self.opts.dry_run {
-                format!("dry run finished: {rows} rows would change; rolled back, nothing was written")
+                format!(
+                    "dry run finished: {rows} rows would change; rolled back, nothing was written"
+                )
             } else {
                 "--atomic: the whole run was rolled back; the database is as it was before".into()
             };
@@ -521,7 +595,13 @@ impl Runner<'_> {
         let counts = self.conn.query_row(
             &format!("SELECT count({key}), count(*) - count({key}), max({key}) FROM {table}"),
             [],
-            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, Key>(2)?)),
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Key>(2)?,
+                ))
+            },
         );
         let (total, nulls, max_key) = match counts {
             Ok(c) => c,
@@ -532,7 +612,10 @@ impl Runner<'_> {
             self.message(
                 Some(step.index),
                 Level::Warn,
-                format!("{nulls} rows of {} have a NULL {} and are not visited", chunk.table, chunk.key),
+                format!(
+                    "{nulls} rows of {} have a NULL {} and are not visited",
+                    chunk.table, chunk.key
+                ),
             );
         }
         let mut prev: Option<Key> = None;
@@ -544,7 +627,10 @@ impl Runner<'_> {
             self.message(
                 Some(step.index),
                 Level::Info,
-                format!("resuming after {} rows already committed ({} changed)", cp.done, cp.changed),
+                format!(
+                    "resuming after {} rows already committed ({} changed)",
+                    cp.done, cp.changed
+                ),
             );
         }
         let first_size = self.opts.batch_size.unwrap_or(chunk.size).max(1);
@@ -556,7 +642,11 @@ impl Runner<'_> {
                 crate::terminal::thousands(o.total.saturating_sub(o.done)),
                 chunk.table,
                 chunk.key,
-                if self.opts.batch_size.is_some() { "fixed chunks," } else { "adaptive chunks," },
+                if self.opts.batch_size.is_some() {
+                    "fixed chunks,"
+                } else {
+                    "adaptive chunks,"
+                },
                 first_size
             ),
         );
@@ -576,7 +666,11 @@ impl Runner<'_> {
         let bounds_sql = |from_start: bool| {
             format!(
                 "SELECT min(k), max(k), count(*) FROM (SELECT {key} AS k FROM {table} WHERE {} {key} <= ?2 ORDER BY {key} LIMIT ?3)",
-                if from_start { format!("{key} IS NOT NULL AND ?1 IS NULL AND") } else { format!("{key} > ?1 AND") }
+                if from_start {
+                    format!("{key} IS NOT NULL AND ?1 IS NULL AND")
+                } else {
+                    format!("{key} > ?1 AND")
+                }
             )
         };
         let prepared = (|| {
@@ -604,25 +698,53 @@ impl Runner<'_> {
                 let bounds = match &prev {
                     None => first_bounds.query_row(
                         rusqlite::params![Key::Null, max_key, size as i64],
-                        |r| Ok((r.get::<_, Key>(0)?, r.get::<_, Key>(1)?, r.get::<_, i64>(2)?)),
+                        |r| {
+                            Ok((
+                                r.get::<_, Key>(0)?,
+                                r.get::<_, Key>(1)?,
+                                r.get::<_, i64>(2)?,
+                            ))
+                        },
                     )?,
-                    Some(p) => next_bounds.query_row(
-                        rusqlite::params![p, max_key, size as i64],
-                        |r| Ok((r.get::<_, Key>(0)?, r.get::<_, Key>(1)?, r.get::<_, i64>(2)?)),
-                    )?,
+                    Some(p) => {
+                        next_bounds.query_row(rusqlite::params![p, max_key, size as i64], |r| {
+                            Ok((
+                                r.get::<_, Key>(0)?,
+                                r.get::<_, Key>(1)?,
+                                r.get::<_, i64>(2)?,
+                            ))
+                        })?
+                    }
                 };
                 let (lo, hi, n) = bounds;
                 if n == 0 {
                     // Rows past the last chunk were deleted meanwhile.
-                    checkpoint::finish_chunked(self.conn, self.plan, step, self.opts, o.done, o.changed)?;
+                    checkpoint::finish_chunked(
+                        self.conn, self.plan, step, self.opts, o.done, o.changed,
+                    )?;
                     return Ok(None);
                 }
                 let changed = work.execute(named_params! {":lo": lo, ":hi": hi})? as u64;
                 let (done, total_changed) = (o.done + n as u64, o.changed + changed);
                 if hi == max_key {
-                    checkpoint::finish_chunked(self.conn, self.plan, step, self.opts, done, total_changed)?;
+                    checkpoint::finish_chunked(
+                        self.conn,
+                        self.plan,
+                        step,
+                        self.opts,
+                        done,
+                        total_changed,
+                    )?;
                 } else {
-                    checkpoint::record_chunk(self.conn, self.plan, step, self.opts, &hi, done, total_changed)?;
+                    checkpoint::record_chunk(
+                        self.conn,
+                        self.plan,
+                        step,
+                        self.opts,
+                        &hi,
+                        done,
+                        total_changed,
+                    )?;
                 }
                 Ok(Some((hi, n as u64, changed)))
             })();
@@ -709,15 +831,19 @@ fn run_id() -> String {
 
 /// Refuses option combinations the plan cannot honour.
 pub fn check(plan: &Plan, opts: &Options) -> Result<(), UsageError> {
-    if opts.atomic || opts.dry_run {
-        if let Some(s) = plan.steps.iter().find(|s| s.autocommit) {
-            return Err(UsageError::new(format!(
-                "step {} ({:?}) must run outside a transaction, so it cannot be part of {}; remove the step or the flag",
-                s.index + 1,
-                s.name,
-                if opts.dry_run { "--dry-run" } else { "--atomic" }
-            )));
-        }
+    if (opts.atomic || opts.dry_run)
+        && let Some(s) = plan.steps.iter().find(|s| s.autocommit)
+    {
+        return Err(UsageError::new(format!(
+            "step {} ({:?}) must run outside a transaction, so it cannot be part of {}; remove the step or the flag",
+            s.index + 1,
+            s.name,
+            if opts.dry_run {
+                "--dry-run"
+            } else {
+                "--atomic"
+            }
+        )));
     }
     Ok(())
 }
@@ -763,7 +889,10 @@ mod tests {
     fn run_plan(setup: &str, plan: &str, opts: Options) -> Ran {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.sqlite");
-        Connection::open(&path).unwrap().execute_batch(setup).unwrap();
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(setup)
+            .unwrap();
         let conn = open_db(&path, Duration::from_secs(1)).unwrap();
         let plan = plan::prepare(
             &Source::Json {
@@ -774,7 +903,15 @@ mod tests {
         )
         .unwrap();
         let log = EventLog::new();
-        let status = run(&conn, &plan, &opts, &Resume::none(), &log, &Cancel::new(), || {});
+        let status = run(
+            &conn,
+            &plan,
+            &opts,
+            &Resume::none(),
+            &log,
+            &Cancel::new(),
+            || {},
+        );
         let events = log.after(0).iter().map(|e| e.event.clone()).collect();
         Ran {
             status,
@@ -804,7 +941,11 @@ mod tests {
         assert_eq!(r.status, RunStatus::Ok);
         let done: Vec<u64> = r.progress().iter().map(|p| p.done).collect();
         assert_eq!(done, [3, 6, 8]);
-        assert!(r.progress().iter().all(|p| p.total == 8 && p.percent <= 100.0));
+        assert!(
+            r.progress()
+                .iter()
+                .all(|p| p.total == 8 && p.percent <= 100.0)
+        );
         assert_eq!(r.int("SELECT count(*) FROM t WHERE c = 1"), 8);
         assert_eq!(r.int("SELECT count(*) FROM t WHERE c <> 1"), 0);
         let done = r.step(StepState::Done);
@@ -826,7 +967,11 @@ mod tests {
 
     #[test]
     fn an_empty_table_finishes_with_no_chunks() {
-        let r = run_plan("CREATE TABLE t(id INTEGER PRIMARY KEY, c INT DEFAULT 0);", BUMP, fixed(10));
+        let r = run_plan(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, c INT DEFAULT 0);",
+            BUMP,
+            fixed(10),
+        );
         assert_eq!(r.status, RunStatus::Ok);
         assert!(r.progress().is_empty());
         let done = r.step(StepState::Done);
@@ -856,7 +1001,11 @@ mod tests {
         );
         let p = r.progress();
         assert_eq!(p[0].done, 10, "the first chunk takes the plan's size");
-        assert!(p.len() < 20, "chunks should grow towards 250 ms each, got {} chunks", p.len());
+        assert!(
+            p.len() < 20,
+            "chunks should grow towards 250 ms each, got {} chunks",
+            p.len()
+        );
         assert_eq!(r.int("SELECT count(*) FROM t WHERE c = 1"), 20000);
     }
 
@@ -882,12 +1031,29 @@ mod tests {
         assert_eq!(r.status, RunStatus::Failed);
         let failed = r.step(StepState::Failed);
         assert_eq!(failed.len(), 1);
-        assert!(failed[0].error.as_deref().unwrap().contains("CHECK constraint failed"));
-        assert_eq!(r.int("SELECT count(*) FROM t WHERE c = 1"), 100, "step 1 kept");
-        assert_eq!(r.int("SELECT count(*) FROM t WHERE v IS NOT NULL"), 0, "step 2 rolled back");
+        assert!(
+            failed[0]
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("CHECK constraint failed")
+        );
+        assert_eq!(
+            r.int("SELECT count(*) FROM t WHERE c = 1"),
+            100,
+            "step 1 kept"
+        );
+        assert_eq!(
+            r.int("SELECT count(*) FROM t WHERE v IS NOT NULL"),
+            0,
+            "step 2 rolled back"
+        );
         match r.events.last() {
             Some(Event::Finished(f)) => {
-                assert_eq!((f.status, f.steps_done, f.rows_changed), (RunStatus::Failed, 1, 100));
+                assert_eq!(
+                    (f.status, f.steps_done, f.rows_changed),
+                    (RunStatus::Failed, 1, 100)
+                );
                 assert!(f.error.as_deref().unwrap().contains("\"set v\""));
             }
             other => panic!("last event {other:?}"),
@@ -904,13 +1070,24 @@ mod tests {
             .unwrap();
         let conn = open_db(&path, Duration::from_secs(1)).unwrap();
         let plan = plan::prepare(
-            &Source::Json { name: "p".into(), text: BUMP.into() },
+            &Source::Json {
+                name: "p".into(),
+                text: BUMP.into(),
+            },
             &conn,
         )
         .unwrap();
         let log = EventLog::new();
         let cancel = Cancel::new();
-        let status = run(&conn, &plan, &Options::default(), &Resume::none(), &log, &cancel, || cancel.cancel());
+        let status = run(
+            &conn,
+            &plan,
+            &Options::default(),
+            &Resume::none(),
+            &log,
+            &cancel,
+            || cancel.cancel(),
+        );
         assert_eq!(status, RunStatus::Cancelled);
         let c: i64 = conn.query_row("SELECT c FROM t", [], |r| r.get(0)).unwrap();
         assert_eq!(c, 0);

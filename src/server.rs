@@ -79,7 +79,9 @@ impl State {
     fn try_add_client(self: &Arc<Self>) -> Option<ClientGuard> {
         let max = self.config.max_clients;
         self.clients
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1))
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            })
             .ok()?;
         self.client_count.send_replace(self.clients());
         Some(ClientGuard(self.clone()))
@@ -201,15 +203,24 @@ fn route(state: &Arc<State>, req: &Request<Incoming>) -> Response<Body> {
             header::ACCESS_CONTROL_ALLOW_HEADERS,
             HeaderValue::from_static("Authorization, Last-Event-ID, Cache-Control"),
         );
-        h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+        h.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("600"),
+        );
         return r;
     }
     let known = matches!(path, "/" | "/events" | "/status" | "/healthz");
     if !known {
-        return text(StatusCode::NOT_FOUND, "not found; try /, /events, /status or /healthz");
+        return text(
+            StatusCode::NOT_FOUND,
+            "not found; try /, /events, /status or /healthz",
+        );
     }
     if method != Method::GET && method != Method::HEAD {
-        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD are allowed");
+        let mut r = text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only GET and HEAD are allowed",
+        );
         r.headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         return r;
@@ -309,29 +320,32 @@ fn event_stream<G: Send + 'static>(
 ) -> impl Stream<Item = Result<Frame<Bytes>, Infallible>> + Send + 'static {
     let rx = log.subscribe();
     let state = (log, rx, cursor, false, guard);
-    stream::unfold(state, move |(log, mut rx, mut cursor, ended, guard)| async move {
-        if ended {
-            return None;
-        }
-        loop {
-            rx.borrow_and_update();
-            if let Some((bytes, last)) = log.frames_after(cursor) {
-                cursor = last;
-                let ended = log.finished_id().is_some_and(|f| cursor >= f);
-                return Some((Ok(Frame::data(bytes)), (log, rx, cursor, ended, guard)));
-            }
-            if log.finished_id().is_some_and(|f| cursor >= f) {
+    stream::unfold(
+        state,
+        move |(log, mut rx, mut cursor, ended, guard)| async move {
+            if ended {
                 return None;
             }
-            tokio::select! {
-                changed = rx.changed() => if changed.is_err() { return None },
-                () = tokio::time::sleep(keep_alive) => {
-                    let ping = Frame::data(sse::comment("keep-alive"));
-                    return Some((Ok(ping), (log, rx, cursor, false, guard)));
+            loop {
+                rx.borrow_and_update();
+                if let Some((bytes, last)) = log.frames_after(cursor) {
+                    cursor = last;
+                    let ended = log.finished_id().is_some_and(|f| cursor >= f);
+                    return Some((Ok(Frame::data(bytes)), (log, rx, cursor, ended, guard)));
+                }
+                if log.finished_id().is_some_and(|f| cursor >= f) {
+                    return None;
+                }
+                tokio::select! {
+                    changed = rx.changed() => if changed.is_err() { return None },
+                    () = tokio::time::sleep(keep_alive) => {
+                        let ping = Frame::data(sse::comment("keep-alive"));
+                        return Some((Ok(ping), (log, rx, cursor, false, guard)));
+                    }
                 }
             }
-        }
-    })
+        },
+    )
 }
 
 /// Checks the token from the header or the query, in constant time.
@@ -351,7 +365,10 @@ fn authorized(token: &str, req: &Request<Incoming>, query: &Query) -> bool {
 /// Compares digests so the time taken says nothing about the token.
 pub fn same_secret(a: &str, b: &str) -> bool {
     let (x, y) = (Sha256::digest(a.as_bytes()), Sha256::digest(b.as_bytes()));
-    x.iter().zip(y.iter()).fold(0u8, |acc, (p, q)| acc | (p ^ q)) == 0
+    x.iter()
+        .zip(y.iter())
+        .fold(0u8, |acc, (p, q)| acc | (p ^ q))
+        == 0
 }
 
 /// The decoded query string.
@@ -367,7 +384,10 @@ impl Query {
     }
 
     fn get(&self, key: &str) -> Option<String> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
     }
 }
 

@@ -224,7 +224,10 @@ mod tests {
             ("nul\0inside", "nul\0inside"),
             (" leading space", " leading space"),
             (":colon first", ":colon first"),
-            ("data: fake\n\nevent: finished", "data: fake\n\nevent: finished"),
+            (
+                "data: fake\n\nevent: finished",
+                "data: fake\n\nevent: finished",
+            ),
             ("한국어 ✓ émoji 🚀", "한국어 ✓ émoji 🚀"),
             (&long, &long),
         ];

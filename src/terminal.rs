@@ -42,6 +42,22 @@ impl ProgressMode {
     }
 }
 
+/// Writes one line to stderr and ignores failure: with stderr on a closed
+/// pipe (`2>&1 | head`), `eprintln!` would panic and turn a finished run
+/// into exit 101.
+pub fn err_line(line: &str) {
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "{line}");
+}
+
+/// `eprintln!` that never panics; see [`err_line`].
+#[macro_export]
+macro_rules! errln {
+    ($($arg:tt)*) => {
+        $crate::terminal::err_line(&format!($($arg)*))
+    };
+}
+
 fn colors() -> bool {
     std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
         && std::env::var("TERM").map_or(true, |t| t != "dumb")
@@ -79,7 +95,7 @@ impl Renderer {
             Some(b) => {
                 let _ = b.multi.println(line);
             }
-            None => eprintln!("{line}"),
+            None => err_line(line),
         }
     }
 
@@ -95,7 +111,7 @@ impl Renderer {
                 if let Event::Finished(f) = event
                     && f.status != RunStatus::Ok
                 {
-                    eprintln!("batchsse: {}", finished_line(f));
+                    err_line(&format!("batchsse: {}", finished_line(f)));
                 }
             }
             ProgressMode::Json => self.json(id, event.name(), data),
@@ -141,7 +157,9 @@ impl Renderer {
                         p.percent,
                         thousands(p.changed),
                         thousands(p.rate as u64),
-                        p.eta_ms.map(|e| format!(", ETA {}", duration(e))).unwrap_or_default()
+                        p.eta_ms
+                            .map(|e| format!(", ETA {}", duration(e)))
+                            .unwrap_or_default()
                     ));
                 }
             }
@@ -166,6 +184,8 @@ impl Renderer {
                 ));
                 overall.set_prefix("run ");
                 overall.set_message(format!("{} on {}", s.plan, s.db));
+                // Keeps the elapsed clock moving between events.
+                overall.enable_steady_tick(Duration::from_millis(250));
                 self.bars = Some(Bars {
                     multi,
                     overall,
@@ -181,14 +201,13 @@ impl Renderer {
                         let pb = b.multi.add(ProgressBar::new(s.total.max(1)));
                         pb.set_style(style(
                             if color {
-                                "{prefix:.bold} [{bar:30.cyan/blue}] {human_pos}/{human_len} rows  {per_sec}  ETA {eta}  {msg}"
+                                "{prefix:.bold} [{bar:30.cyan/blue}] {human_pos}/{human_len} rows  {msg}"
                             } else {
-                                "{prefix} [{bar:30}] {human_pos}/{human_len} rows  {per_sec}  ETA {eta}  {msg}"
+                                "{prefix} [{bar:30}] {human_pos}/{human_len} rows  {msg}"
                             },
                         ));
                         pb.set_prefix("step");
                         pb.set_message(label.clone());
-                        pb.enable_steady_tick(Duration::from_millis(200));
                         if let Some(old) = b.step.replace(pb) {
                             old.finish_and_clear();
                         }
@@ -206,9 +225,17 @@ impl Renderer {
                 }
             }
             Event::Progress(p) => {
+                let label = self.label(p.step);
                 if let Some(pb) = self.bars.as_ref().and_then(|b| b.step.as_ref()) {
                     pb.set_length(p.total.max(1));
                     pb.set_position(p.done);
+                    pb.set_message(format!(
+                        "{} rows/s{}  {label}",
+                        thousands(p.rate as u64),
+                        p.eta_ms
+                            .map(|e| format!("  ETA {}", duration(e)))
+                            .unwrap_or_default()
+                    ));
                 }
             }
             Event::Message(m) => {
@@ -225,7 +252,7 @@ impl Renderer {
                     b.overall.finish_and_clear();
                     let _ = b.multi.clear();
                 }
-                eprintln!("batchsse: {}", finished_line(f));
+                err_line(&format!("batchsse: {}", finished_line(f)));
             }
         }
     }
@@ -244,8 +271,16 @@ fn start_line(s: &crate::event::Start) -> String {
         s.db,
         s.steps.len(),
         if s.steps.len() == 1 { "" } else { "s" },
-        if s.resumed { ", resuming an earlier run" } else { "" },
-        if s.dry_run { " (dry run: nothing will be written)" } else { "" }
+        if s.resumed {
+            ", resuming an earlier run"
+        } else {
+            ""
+        },
+        if s.dry_run {
+            " (dry run: nothing will be written)"
+        } else {
+            ""
+        }
     )
 }
 
@@ -286,7 +321,11 @@ pub fn finished_line(f: &crate::event::Finished) -> String {
         f.steps_done,
         f.steps_total,
         thousands(f.rows_changed),
-        if f.dry_run { "would change (dry run, nothing written)" } else { "changed" },
+        if f.dry_run {
+            "would change (dry run, nothing written)"
+        } else {
+            "changed"
+        },
         duration(f.elapsed_ms)
     );
     if let Some(e) = &f.error {
@@ -300,7 +339,7 @@ pub fn thousands(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::with_capacity(s.len() + s.len() / 3);
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

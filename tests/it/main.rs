@@ -5,4 +5,7 @@
 mod util;
 
 mod browser;
+mod fuzz;
 mod run;
+mod safety;
+mod watch;

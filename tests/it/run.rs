@@ -1,11 +1,520 @@
 //! `batchsse run` end to end: the real binary, a real SQLite file, the real
 //! stream over HTTP.
 
+use std::time::Duration;
+
 use crate::util::*;
+
+const LISTEN: &[&str] = &["--listen", "127.0.0.1:0"];
+
+fn args<'a>(db: &'a TempDb, plan: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec!["run", "--db", path_str(&db.path), "--plan", plan];
+    a.extend_from_slice(LISTEN);
+    a.extend_from_slice(extra);
+    a
+}
 
 #[test]
 fn help_lists_the_subcommands() {
     let (code, out, _) = run(&["--help"]);
     assert_eq!(code, 0);
     assert!(out.contains("run") && out.contains("demo"), "{out}");
+}
+
+#[test]
+fn a_run_streams_every_event_and_updates_every_row_exactly_once() {
+    let db = TempDb::counters(5000);
+    let plan = db.file("plan.json", &counter_plan("bump", 500));
+    let mut p = Proc::start(&args(
+        &db,
+        path_str(&plan),
+        &[
+            "--wait-for-clients",
+            "1",
+            "--batch-size",
+            "500",
+            "--progress",
+            "none",
+        ],
+    ));
+    let mut s = Stream::open(p.addr(), "/events", &[]);
+    assert_eq!(s.status, 200);
+    assert_eq!(s.header("content-type"), Some("text/event-stream"));
+    assert_eq!(s.header("cache-control"), Some("no-cache, no-transform"));
+    assert_eq!(s.header("x-accel-buffering"), Some("no"));
+    let events = s.rest();
+    assert!(s.ended, "the stream must end after finished");
+    assert_contiguous(&events, 1);
+    assert_eq!(events.first().unwrap().event, "start");
+    let last = events.last().unwrap();
+    assert_eq!(last.event, "finished");
+    let fin = data(last);
+    assert_eq!(fin["status"], "ok");
+    assert_eq!(fin["rows_changed"], 5000);
+    assert_eq!(
+        (fin["steps_done"].as_u64(), fin["steps_total"].as_u64()),
+        (Some(1), Some(1))
+    );
+    let progress: Vec<_> = events
+        .iter()
+        .filter(|e| e.event == "progress")
+        .map(data)
+        .collect();
+    assert_eq!(progress.len(), 10);
+    for (i, p) in progress.iter().enumerate() {
+        assert_eq!(p["done"], 500 * (i as u64 + 1));
+        assert_eq!(p["total"], 5000);
+        assert_eq!(p["step"], 0);
+        assert!(p["ts_ms"].as_u64().unwrap() > 1_700_000_000_000);
+    }
+    let start = data(&events[0]);
+    assert_eq!(start["steps"][0]["kind"], "chunked");
+    assert_eq!(start["steps"][0]["index"], 0);
+    assert_eq!(start["db"], "test.sqlite");
+    assert!(
+        events.iter().any(|e| e.event == "message"),
+        "message events have no event: line"
+    );
+    assert!(p.wait().success());
+    assert_eq!(db.counter_spread(), (5000, 0));
+}
+
+#[test]
+fn a_late_client_gets_the_identical_byte_stream_from_id_1() {
+    let db = TempDb::counters(2000);
+    let plan = db.file("plan.json", &counter_plan("late", 100));
+    let mut p = Proc::start(&args(
+        &db,
+        path_str(&plan),
+        &[
+            "--wait-for-clients",
+            "1",
+            "--batch-size",
+            "100",
+            "--sleep",
+            "20",
+            "--linger",
+            "30",
+            "--progress",
+            "none",
+        ],
+    ));
+    let mut early = Stream::open(p.addr(), "/events", &[]);
+    // Join once the run is well under way.
+    for _ in 0..5 {
+        early.until("progress");
+    }
+    let mut late = Stream::open(p.addr(), "/events", &[]);
+    let late_events = late.rest();
+    early.rest();
+    assert_eq!(late_events.first().map(id), Some(1));
+    assert!(!late.bytes.is_empty());
+    assert_eq!(
+        early.bytes, late.bytes,
+        "both clients must get the same bytes"
+    );
+    // Late joiners are safe under load thanks to --linger; end it now.
+    p.signal("INT");
+    assert!(p.wait().success());
+    assert_eq!(db.counter_spread(), (2000, 0));
+}
+
+#[test]
+fn last_event_id_resumes_after_the_given_id_with_no_gap_or_duplicate() {
+    let db = TempDb::counters(2000);
+    let plan = db.file("plan.json", &counter_plan("resume", 100));
+    let mut p = Proc::start(&args(
+        &db,
+        path_str(&plan),
+        &[
+            "--wait-for-clients",
+            "1",
+            "--batch-size",
+            "100",
+            "--sleep",
+            "20",
+            "--linger",
+            "30",
+            "--progress",
+            "none",
+        ],
+    ));
+    let mut full = Stream::open(p.addr(), "/events", &[]);
+    let mut first = Stream::open(p.addr(), "/events", &[]);
+    let cut = id(&first.until("progress"));
+    drop(first);
+    let cut_s = cut.to_string();
+    let mut by_header = Stream::open(p.addr(), "/events", &[("Last-Event-ID", &cut_s)]);
+    let mut by_query = Stream::open(p.addr(), &format!("/events?last_event_id={cut}"), &[]);
+    let all = full.rest();
+    for resumed in [by_header.rest(), by_query.rest()] {
+        assert_eq!(resumed.first().map(id), Some(cut + 1));
+        assert_contiguous(&resumed, cut + 1);
+        assert_eq!(
+            resumed,
+            all[cut as usize..],
+            "resumed events equal the tail of the full stream"
+        );
+    }
+    // Late joiners are safe under load thanks to --linger; end it now.
+    p.signal("INT");
+    assert!(p.wait().success());
+}
+
+#[test]
+fn curl_sees_the_stream_end_and_the_process_exits_0() {
+    let db = TempDb::counters(300);
+    let plan = db.file("plan.json", &counter_plan("curl", 100));
+    let mut p = Proc::start(&args(
+        &db,
+        path_str(&plan),
+        &[
+            "--wait-for-clients",
+            "1",
+            "--batch-size",
+            "100",
+            "--progress",
+            "none",
+        ],
+    ));
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sN",
+            "--max-time",
+            "60",
+            &format!("http://{}/events", p.addr()),
+        ])
+        .output()
+        .expect("curl must be installed (the README's CI recipe uses it)");
+    assert!(out.status.success(), "curl exits 0 when the stream ends");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("id: 1\nevent: start\ndata: {"), "{text}");
+    assert!(
+        text.contains("event: finished\ndata: {\"status\":\"ok\""),
+        "{text}"
+    );
+    assert_eq!(p.wait().code(), Some(0));
+}
+
+#[test]
+fn a_failing_chunk_exits_1_keeping_earlier_steps_and_chunks() {
+    let db = TempDb::with_sql(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, counter INT NOT NULL DEFAULT 0, v INT CHECK (v < 95));
+         INSERT INTO t(id) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < 200) SELECT i FROM s;",
+    );
+    let plan = db.file(
+        "plan.json",
+        r#"{"name":"fail","steps":[
+            {"name":"bump","sql":"UPDATE t SET counter = counter + 1"},
+            {"name":"set v","sql":"UPDATE t SET v = id WHERE id BETWEEN :lo AND :hi","chunk":{"table":"t","size":10}},
+            {"name":"never","sql":"UPDATE t SET counter = 100"}]}"#,
+    );
+    let mut p = Proc::start(&args(
+        &db,
+        path_str(&plan),
+        &["--wait-for-clients", "1", "--batch-size", "10"],
+    ));
+    let events = Stream::open(p.addr(), "/events", &[]).rest();
+    assert_eq!(p.wait().code(), Some(1));
+    let fin = data(events.last().unwrap());
+    assert_eq!(fin["status"], "failed");
+    let err = fin["error"].as_str().unwrap();
+    assert!(
+        err.contains("set v") && err.contains("CHECK constraint failed"),
+        "{err}"
+    );
+    let failed: Vec<_> = events
+        .iter()
+        .filter(|e| e.event == "step")
+        .map(data)
+        .filter(|d| d["state"] == "failed")
+        .collect();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0]["index"], 1);
+    assert_eq!(
+        failed[0]["done"], 90,
+        "nine chunks committed before the failing one"
+    );
+    assert_eq!(
+        db.counter_spread(),
+        (200, 0),
+        "step 1 kept, step 3 never ran"
+    );
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM t WHERE v IS NOT NULL"),
+        90
+    );
+    assert_eq!(
+        db.query_i64("SELECT max(v) FROM t"),
+        90,
+        "the failing chunk rolled back"
+    );
+    assert!(p.stderr().contains("FAILED"), "{}", p.stderr());
+}
+
+#[test]
+fn bad_input_exits_2_before_touching_the_database() {
+    let db = TempDb::counters(10);
+    let before = db.bytes();
+    let good = counter_plan("p", 5);
+    let cases: &[(&str, &str, &str)] = &[
+        ("plan.json", "{\"steps\": [", "line 1, column 11"),
+        (
+            "plan.json",
+            r#"{"steps":[{"sql":"UPDATE t SET nope = 1"}]}"#,
+            "no such column: nope",
+        ),
+        (
+            "plan.json",
+            r#"{"steps":[{"sql":"UPDATE t SET counter = 1","chunk":{"table":"t"}}]}"#,
+            ":lo and :hi",
+        ),
+        (
+            "fix.sql",
+            "UPDATE t SET counter = counter + 1;\nUPDAT t SET counter = 2;",
+            "statement 2",
+        ),
+    ];
+    for (name, text, needle) in cases {
+        let file = db.file(name, text);
+        let flag = if name.ends_with(".sql") {
+            "--sql"
+        } else {
+            "--plan"
+        };
+        let (code, _, err) = run(&[
+            "run",
+            "--db",
+            path_str(&db.path),
+            flag,
+            path_str(&file),
+            "--no-serve",
+        ]);
+        assert_eq!(code, 2, "{text}: {err}");
+        assert!(err.contains(needle), "{text}: {err:?} lacks {needle:?}");
+        assert!(err.starts_with("batchsse: "), "{err}");
+        assert_eq!(db.bytes(), before, "{text}: database changed");
+    }
+    let missing = db.dir.path().join("missing.sqlite");
+    let plan = db.file("good.json", &good);
+    let (code, _, err) = run(&["run", "--db", path_str(&missing), "--plan", path_str(&plan)]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("no such database") && err.contains("never creates"),
+        "{err}"
+    );
+    assert!(!missing.exists(), "a missing database must not be created");
+    let (code, _, err) = run(&[
+        "run",
+        "--db",
+        path_str(&db.path),
+        "--plan",
+        path_str(&plan),
+        "--listen",
+        "nonsense",
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("127.0.0.1:0"), "{err}");
+    assert_eq!(db.bytes(), before);
+}
+
+#[test]
+fn a_sql_script_on_stdin_runs_statement_by_statement() {
+    let db = TempDb::counters(50);
+    let (code, out, err) = run_with_stdin(
+        &[
+            "run",
+            "--db",
+            path_str(&db.path),
+            "--sql",
+            "-",
+            "--no-serve",
+            "--progress",
+            "json",
+        ],
+        Some(
+            "UPDATE t SET counter = counter + 1 WHERE id <= 20;\n-- second\nUPDATE t SET counter = counter + 1 WHERE id > 20;\nALTER TABLE t ADD COLUMN x INT;",
+        ),
+    );
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let done: Vec<_> = lines
+        .iter()
+        .filter(|l| l["event"] == "step" && l["data"]["state"] == "done")
+        .map(|l| {
+            (
+                l["data"]["name"].as_str().unwrap().to_owned(),
+                l["data"]["changed"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        done,
+        [
+            (
+                "UPDATE t SET counter = counter + 1 WHERE id <= 20".to_owned(),
+                20
+            ),
+            (
+                "UPDATE t SET counter = counter + 1 WHERE id > 20".to_owned(),
+                30
+            ),
+            ("ALTER TABLE t ADD COLUMN x INT".to_owned(), 0),
+        ]
+    );
+    assert_eq!(lines[0]["id"], 1);
+    assert_eq!(lines.last().unwrap()["event"], "finished");
+    assert_eq!(db.counter_spread(), (50, 0));
+}
+
+#[test]
+fn routes_status_and_linger() {
+    let db = TempDb::counters(100);
+    let plan = db.file("plan.json", &counter_plan("routes", 10));
+    let mut p = Proc::start(&args(
+        &db,
+        path_str(&plan),
+        &[
+            "--wait-for-clients",
+            "1",
+            "--batch-size",
+            "10",
+            "--linger",
+            "30",
+            "--progress",
+            "none",
+        ],
+    ));
+    let a = p.addr();
+    let waiting = get(a, "/status", &[]).json();
+    assert_eq!(waiting["state"], "waiting");
+    assert_eq!(waiting["clients"], 0);
+    assert_eq!(get(a, "/healthz", &[]).text(), "ok\n");
+    let page = get(a, "/", &[]);
+    assert_eq!(page.status, 200);
+    assert!(
+        page.header("content-type")
+            .unwrap()
+            .starts_with("text/html")
+    );
+    assert!(page.text().contains("EventSource"));
+    assert_eq!(get(a, "/nope", &[]).status, 404);
+    let post = raw(a, &request("POST", "/events", &[("Content-Length", "0")]));
+    assert_eq!(post.status, 405);
+    assert_eq!(post.header("allow"), Some("GET, HEAD"));
+    let head = raw(a, &request("HEAD", "/status", &[]));
+    assert_eq!(head.status, 200);
+
+    let events = Stream::open(a, "/events", &[]).rest();
+    let fin_id = id(events.last().unwrap());
+    let status = get(a, "/status", &[]).json();
+    assert_eq!(status["state"], "finished");
+    assert_eq!(status["status"], "ok");
+    assert_eq!(status["rows_changed"], 100);
+    assert_eq!(status["steps_done"], 1);
+    assert_eq!(status["steps_total"], 1);
+    assert_eq!(status["last_event_id"], fin_id);
+    // During --linger a late client still gets the whole run, and one that
+    // already holds the finished id is told to stop with 204.
+    let mut late = Stream::open(a, "/events", &[]);
+    assert_eq!(late.rest(), events);
+    let done = get(a, "/events", &[("Last-Event-ID", &fin_id.to_string())]);
+    assert_eq!(done.status, 204);
+    let done = get(a, &format!("/events?last_event_id={fin_id}"), &[]);
+    assert_eq!(done.status, 204);
+    // Ctrl-C ends the linger early with the run's own status.
+    p.signal("INT");
+    assert_eq!(p.wait_for(Duration::from_secs(10)).code(), Some(0));
+}
+
+#[test]
+fn a_client_that_never_reads_does_not_hold_the_exit_past_the_drain_timeout() {
+    let db = TempDb::counters(600);
+    // A long step name makes every progress event ~30 KB, so 600 of them
+    // fill the stalled client's socket buffers several times over.
+    let name = "n".repeat(30_000);
+    let plan = serde_json::json!({"name": "stall", "steps": [
+        {"sql": "PRAGMA synchronous = OFF"},
+        {"name": name, "sql": "UPDATE t SET counter = counter + 1 WHERE id BETWEEN :lo AND :hi",
+         "chunk": {"table": "t", "size": 1}}]});
+    let plan = db.file("plan.json", &plan.to_string());
+    let mut p = Proc::start(&args(
+        &db,
+        path_str(&plan),
+        &[
+            "--wait-for-clients",
+            "1",
+            "--batch-size",
+            "1",
+            "--drain-timeout",
+            "1",
+            "--progress",
+            "plain",
+        ],
+    ));
+    // A tiny receive buffer, set before connecting, keeps the window small.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&p.addr().into()).unwrap();
+    let stalled: std::net::TcpStream = sock.into();
+    use std::io::{Read, Write};
+    (&stalled)
+        .write_all(&request("GET", "/events", &[]))
+        .unwrap();
+    let status = p.wait_for(Duration::from_secs(60));
+    let exited = std::time::Instant::now();
+    assert!(status.success());
+    let finished = p.stderr_time("finished ok").expect("a finished line");
+    let after = exited - finished;
+    assert!(
+        after < Duration::from_secs(4),
+        "exited {after:?} after finished; --drain-timeout is 1 s"
+    );
+    // The stalled client never got its tail: the exit did not wait for it.
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = (&stalled).read_to_end(&mut got);
+    let got = String::from_utf8_lossy(&got);
+    assert!(
+        got.starts_with("HTTP/1.1 200"),
+        "{}",
+        &got[..got.len().min(200)]
+    );
+    assert!(
+        !got.contains("event: finished"),
+        "the client was not stalled: {} bytes",
+        got.len()
+    );
+    assert_eq!(db.counter_spread(), (600, 0));
+}
+
+#[test]
+fn the_demo_runs_the_sample_plan_to_the_end() {
+    let (code, _, err) = run(&[
+        "demo",
+        "--rows",
+        "3000",
+        "--sleep",
+        "0",
+        "--linger",
+        "0",
+        "--listen",
+        "127.0.0.1:0",
+        "--progress",
+        "plain",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.lines()
+            .next()
+            .unwrap()
+            .starts_with("batchsse: listening on http://127.0.0.1:")
+    );
+    assert!(err.contains("finished ok: 5/5 steps"), "{err}");
+    assert!(err.contains("in a browser"), "{err}");
 }

@@ -104,6 +104,8 @@ pub fn counter_plan(name: &str, size: u64) -> String {
 pub struct Proc {
     pub child: Child,
     stderr: Arc<Mutex<String>>,
+    /// When each stderr line arrived.
+    stderr_times: Arc<Mutex<Vec<(Instant, String)>>>,
     pub addr: Option<SocketAddr>,
 }
 
@@ -128,6 +130,8 @@ impl Proc {
         let (tx, rx) = std::sync::mpsc::channel();
         let err = child.stderr.take().expect("stderr");
         let sink = stderr.clone();
+        let stderr_times = Arc::new(Mutex::new(Vec::new()));
+        let times = stderr_times.clone();
         std::thread::spawn(move || {
             let mut first = true;
             for line in BufReader::new(err).lines() {
@@ -136,6 +140,7 @@ impl Proc {
                     let _ = tx.send(line.clone());
                     first = false;
                 }
+                times.lock().unwrap().push((Instant::now(), line.clone()));
                 let mut s = sink.lock().unwrap();
                 s.push_str(&line);
                 s.push('\n');
@@ -143,28 +148,35 @@ impl Proc {
         });
         let serve = !args.contains(&"--no-serve");
         let mut addr = None;
-        if serve {
-            if let Ok(line) = rx.recv_timeout(PATIENCE) {
-                addr = line
-                    .strip_prefix("batchsse: listening on http://")
-                    .and_then(|rest| rest.trim_end_matches('/').parse().ok());
-            }
+        if serve && let Ok(line) = rx.recv_timeout(PATIENCE) {
+            addr = line
+                .strip_prefix("batchsse: listening on http://")
+                .and_then(|rest| rest.trim_end_matches('/').parse().ok());
         }
         Proc {
             child,
             stderr,
+            stderr_times,
             addr,
         }
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.addr.unwrap_or_else(|| {
-            panic!("no listening line; stderr so far:\n{}", self.stderr())
-        })
+        self.addr
+            .unwrap_or_else(|| panic!("no listening line; stderr so far:\n{}", self.stderr()))
     }
 
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
+    }
+
+    /// When the first stderr line containing `needle` arrived.
+    pub fn stderr_time(&self, needle: &str) -> Option<Instant> {
+        let lines = self.stderr_times.lock().unwrap();
+        lines
+            .iter()
+            .find(|(_, l)| l.contains(needle))
+            .map(|(t, _)| *t)
     }
 
     /// Waits for the exit, failing the test after `limit`.
@@ -226,7 +238,11 @@ pub fn run_with_stdin(args: &[&str], stdin: Option<&str>) -> (i32, String, Strin
         .args(args)
         .env_remove("BATCHSSE_TOKEN")
         .env("NO_COLOR", "1")
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -449,7 +465,9 @@ impl Stream {
 
 /// An event's id as a number.
 pub fn id(e: &ParsedEvent) -> u64 {
-    e.id.as_deref().and_then(|i| i.parse().ok()).expect("numeric id")
+    e.id.as_deref()
+        .and_then(|i| i.parse().ok())
+        .expect("numeric id")
 }
 
 pub fn data(e: &ParsedEvent) -> Value {
@@ -459,10 +477,125 @@ pub fn data(e: &ParsedEvent) -> Value {
 /// Asserts ids run 1, 2, 3, … (or from `first`) without gap or repeat.
 pub fn assert_contiguous(events: &[ParsedEvent], first: u64) {
     for (i, e) in events.iter().enumerate() {
-        assert_eq!(id(e), first + i as u64, "event {i} of {}: {e:?}", events.len());
+        assert_eq!(
+            id(e),
+            first + i as u64,
+            "event {i} of {}: {e:?}",
+            events.len()
+        );
     }
 }
 
 pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
+}
+
+/// The SHA-256 of a file's bytes, hex.
+pub fn sha256(path: &Path) -> String {
+    use sha2::Digest;
+    let bytes = std::fs::read(path).unwrap_or_default();
+    sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Sends raw bytes; the response status, or `None` if the server closed
+/// the connection without one.
+pub fn raw_status(addr: SocketAddr, request: &[u8]) -> Option<u16> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(PATIENCE)).ok()?;
+    let _ = s.write_all(request);
+    let mut r = BufReader::new(s);
+    read_head(&mut r).ok().map(|(status, _)| status)
+}
+
+/// Starts `batchsse ARGS` without waiting for a `listening on` line (for
+/// `watch`, which prints none); stdout and stderr are collected as usual.
+pub fn spawn(args: &[&str], tweak: impl FnOnce(&mut Command)) -> Proc {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env_remove("BATCHSSE_TOKEN")
+        .env("NO_COLOR", "1");
+    tweak(&mut cmd);
+    let mut child = cmd.spawn().expect("spawn batchsse");
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let stderr_times = Arc::new(Mutex::new(Vec::new()));
+    if let Some(err) = child.stderr.take() {
+        let sink = stderr.clone();
+        let times = stderr_times.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                times.lock().unwrap().push((Instant::now(), line.clone()));
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+    }
+    Proc {
+        child,
+        stderr,
+        stderr_times,
+        addr: None,
+    }
+}
+
+/// A localhost port nothing listens on right now (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a free port")
+        .port()
+}
+
+/// Polls `/status` until `pred` holds (bounded by PATIENCE).
+pub fn wait_status(addr: SocketAddr, pred: impl Fn(&Value) -> bool) -> Value {
+    let start = Instant::now();
+    loop {
+        let v = get(addr, "/status", &[]).json();
+        if pred(&v) {
+            return v;
+        }
+        assert!(
+            start.elapsed() < PATIENCE,
+            "/status never matched; last: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Parses NDJSON output: every line must be one JSON object.
+pub fn json_lines(out: &str) -> Vec<Value> {
+    out.lines()
+        .map(|l| {
+            let v: Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l:?}"));
+            assert!(v.is_object(), "not an object: {l}");
+            v
+        })
+        .collect()
+}
+
+/// `(id, event, data)` of an NDJSON line, to compare with a stream event.
+pub fn line_triple(v: &Value) -> (u64, String, Value) {
+    (
+        v["id"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no numeric id: {v}")),
+        v["event"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no event: {v}"))
+            .to_owned(),
+        v["data"].clone(),
+    )
+}
+
+/// The same triple for an event read off the stream.
+pub fn event_triple(e: &ParsedEvent) -> (u64, String, Value) {
+    (id(e), e.event.clone(), data(e))
 }

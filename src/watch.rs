@@ -1,0 +1,446 @@
+//! `batchsse watch`: follows a running batchsse's `/events` over HTTP with
+//! hyper's client, draws it with the same `Renderer` as `run`, resumes a
+//! dropped stream with `Last-Event-ID`, and exits with the run's status.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Request, Response, StatusCode, Uri};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::cli::WatchArgs;
+use crate::error::{Unreachable, UsageError, exit};
+use crate::event::{Event, RunStatus};
+use crate::sse::Parser;
+use crate::terminal::{Renderer, err_line};
+
+/// The server sends a keep-alive every 15 s; three missed ones mean the
+/// connection is dead even if TCP has not noticed.
+const IDLE: Duration = Duration::from_secs(45);
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+const TRY_AT_LEAST: Duration = Duration::from_secs(1);
+
+/// Where the run is, checked once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// For `TcpStream::connect` (IPv6 brackets removed).
+    pub host: String,
+    pub port: u16,
+    /// For the `Host` header, as the user wrote it.
+    pub authority: String,
+    /// `/events` (or `/prefix/events`) with the user's query, minus `last_event_id`.
+    pub events: String,
+    /// `/status` beside it, same query.
+    pub status: String,
+    /// A `last_event_id` in the URL: show only what comes after it.
+    pub after: u64,
+    pub auth: Option<HeaderValue>,
+}
+
+impl Target {
+    /// Accepts `http://HOST:PORT/`, `http://HOST:PORT/events` (a prefix
+    /// before either is kept, for reverse proxies) and `HOST:PORT`.
+    pub fn parse(url: &str, token: Option<&str>) -> Result<Target, UsageError> {
+        let bad = |why: &str| {
+            UsageError::new(format!(
+                "{url:?} is not a batchsse URL ({why}); use e.g. http://127.0.0.1:7077/ or http://127.0.0.1:7077/events"
+            ))
+        };
+        let url = url.trim();
+        let full = if url.contains("://") {
+            url.to_owned()
+        } else {
+            format!("http://{url}")
+        };
+        let uri: Uri = full.parse().map_err(|_| bad("cannot parse it"))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some("https") => {
+                return Err(bad(
+                    "batchsse serves plain http on localhost; https needs a proxy that speaks http to watch",
+                ));
+            }
+            _ => return Err(bad("only http:// is supported")),
+        }
+        let authority = uri.authority().ok_or_else(|| bad("no host"))?;
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        if host.is_empty() {
+            return Err(bad("no host"));
+        }
+        let port = authority.port_u16().unwrap_or(80);
+        let path = uri.path();
+        let base = match path.strip_suffix("/events") {
+            Some(prefix) => format!("{prefix}/"),
+            None if path.ends_with('/') => path.to_owned(),
+            None => format!("{path}/"),
+        };
+        let mut after = 0;
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()) {
+            if k == "last_event_id" {
+                after = v
+                    .trim()
+                    .parse()
+                    .map_err(|_| bad("last_event_id must be a whole number"))?;
+            } else {
+                query.append_pair(&k, &v);
+            }
+        }
+        let query = query.finish();
+        let with_query = |p: String| {
+            if query.is_empty() {
+                p
+            } else {
+                format!("{p}?{query}")
+            }
+        };
+        let auth = match token {
+            None => None,
+            Some("") => {
+                return Err(UsageError::new(
+                    "--token (or BATCHSSE_TOKEN) is empty; give the run's token or leave it unset",
+                ));
+            }
+            Some(t) => Some(
+                HeaderValue::from_str(&format!("Bearer {t}"))
+                    .map_err(|_| UsageError::new("--token must not contain control characters"))?,
+            ),
+        };
+        Ok(Target {
+            host: host.to_owned(),
+            port,
+            authority: authority.as_str().to_owned(),
+            events: with_query(format!("{base}events")),
+            status: with_query(format!("{base}status")),
+            after,
+            auth,
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.authority)
+    }
+}
+
+/// `batchsse watch`.
+pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
+    let target = Target::parse(&args.url, args.token.as_deref())?;
+    let patience = Duration::try_from_secs_f64(args.connect_timeout).map_err(|_| {
+        UsageError::new(format!(
+            "--connect-timeout takes a number of seconds ≥ 0; got {}",
+            args.connect_timeout
+        ))
+    })?;
+    let renderer = Renderer::new(args.progress);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let status = rt.block_on(async {
+        tokio::select! {
+            r = follow(&target, patience, renderer) => r,
+            r = tokio::signal::ctrl_c() => {
+                if r.is_ok() {
+                    err_line("batchsse: watch interrupted; the run itself goes on");
+                    Ok(exit::INTERRUPTED)
+                } else {
+                    // No signal handling here: just follow.
+                    std::future::pending().await
+                }
+            }
+        }
+    })?;
+    Ok(ExitCode::from(status))
+}
+
+/// How one connection ended.
+enum Attempt {
+    /// `finished` arrived: the run's outcome.
+    Finished(RunStatus),
+    /// `204`: the server has nothing after our last id (the run is over).
+    NoContent,
+    /// We were connected and lost the stream; worth resuming.
+    Dropped(String),
+    /// We never got a stream this time (refused, timed out, 503).
+    Failed(String),
+}
+
+/// Follows the stream across reconnects until the run's outcome is known;
+/// returns the exit status.
+async fn follow(target: &Target, patience: Duration, mut renderer: Renderer) -> anyhow::Result<u8> {
+    let mut last_id = target.after;
+    // The clock for --connect-timeout restarts whenever a stream was live.
+    let mut since = Instant::now();
+    let mut connected = false;
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        // Even --connect-timeout 0 gets one real try.
+        let deadline = (since + patience).max(Instant::now() + TRY_AT_LEAST);
+        let why = match attempt(target, &mut last_id, &mut renderer, deadline).await? {
+            Attempt::Finished(s) => return Ok(s.exit_code()),
+            Attempt::NoContent => return outcome_after_204(target, last_id, deadline).await,
+            Attempt::Dropped(why) => {
+                since = Instant::now();
+                connected = true;
+                backoff = FIRST_BACKOFF;
+                why
+            }
+            Attempt::Failed(why) => why,
+        };
+        // Sleep, then try again only if time is left, so the message below
+        // names the last real failure rather than our own deadline.
+        let now = Instant::now();
+        if now + backoff < since + patience {
+            tokio::time::sleep(backoff).await;
+        } else {
+            tokio::time::sleep_until(since + patience).await;
+            let url = target.url(&target.events);
+            let secs = patience.as_secs_f64();
+            return Err(Unreachable(if connected {
+                format!(
+                    "lost the stream at {url} after event {last_id} and could not reconnect within {secs} s ({why}); the run's outcome is unknown"
+                )
+            } else {
+                format!(
+                    "no batchsse run answered at {url} within {secs} s ({why}); start `batchsse run` first, check the address, or raise --connect-timeout"
+                )
+            })
+            .into());
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Sends `GET path`; connecting and the response head must come by `deadline`.
+async fn get(
+    target: &Target,
+    path: &str,
+    last_id: u64,
+    deadline: Instant,
+) -> Result<Response<Incoming>, String> {
+    let exchange = async {
+        let tcp = TcpStream::connect((target.host.as_str(), target.port))
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = tcp.set_nodelay(true);
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| e.to_string())?;
+        // The connection task ends with the body (or its error reaches us through the body).
+        tokio::spawn(conn);
+        let mut req = Request::get(path)
+            .header(header::HOST, &target.authority)
+            .header(header::ACCEPT, "text/event-stream, application/json");
+        if let Some(auth) = &target.auth {
+            req = req.header(header::AUTHORIZATION, auth.clone());
+        }
+        if last_id > 0 {
+            req = req.header("last-event-id", last_id);
+        }
+        let req = req.body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
+        sender.send_request(req).await.map_err(|e| e.to_string())
+    };
+    match tokio::time::timeout_at(deadline, exchange).await {
+        Ok(r) => r,
+        Err(_) => Err("timed out".into()),
+    }
+}
+
+/// One connection: renders new events until `finished` or the stream ends.
+async fn attempt(
+    target: &Target,
+    last_id: &mut u64,
+    renderer: &mut Renderer,
+    deadline: Instant,
+) -> anyhow::Result<Attempt> {
+    let resp = match get(target, &target.events, *last_id, deadline).await {
+        Ok(r) => r,
+        Err(why) => return Ok(Attempt::Failed(why)),
+    };
+    match resp.status() {
+        StatusCode::OK => {}
+        StatusCode::NO_CONTENT => return Ok(Attempt::NoContent),
+        StatusCode::SERVICE_UNAVAILABLE => {
+            return Ok(Attempt::Failed(
+                "the run has too many stream clients (503)".into(),
+            ));
+        }
+        s => return Err(refused(target, s)),
+    }
+    let is_sse = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if !is_sse {
+        return Err(Unreachable(format!(
+            "{} answered, but not with an event stream; is this a batchsse run? Try its base URL, e.g. http://127.0.0.1:7077/",
+            target.url(&target.events)
+        ))
+        .into());
+    }
+    let mut body = resp.into_body();
+    // A fresh parser per connection: a frame cut in half is never dispatched.
+    let mut parser = Parser::new();
+    loop {
+        let frame = match tokio::time::timeout(IDLE, body.frame()).await {
+            Err(_) => {
+                return Ok(Attempt::Dropped(format!(
+                    "no data for {} s",
+                    IDLE.as_secs()
+                )));
+            }
+            Ok(None) => return Ok(Attempt::Dropped("the server closed the stream".into())),
+            Ok(Some(Err(e))) => return Ok(Attempt::Dropped(e.to_string())),
+            Ok(Some(Ok(f))) => f,
+        };
+        let Ok(bytes) = frame.into_data() else {
+            continue;
+        };
+        for ev in parser.feed(&bytes) {
+            let id = ev.id.as_deref().and_then(|i| i.trim().parse::<u64>().ok());
+            if let Some(id) = id {
+                // The replay after a reconnect starts after our id, but a
+                // server that replays more must still not show anything twice.
+                if id <= *last_id {
+                    continue;
+                }
+                *last_id = id;
+            }
+            match Event::from_json(&ev.event, &ev.data) {
+                Ok(event) => {
+                    renderer.show(id.unwrap_or(*last_id), &event, &ev.data);
+                    if let Event::Finished(f) = event {
+                        return Ok(Attempt::Finished(f.status));
+                    }
+                }
+                Err(e) => err_line(&format!(
+                    "batchsse: warning: skipped event {} ({:?}): its data is not what batchsse sends ({e})",
+                    id.map_or("without id".into(), |i| i.to_string()),
+                    ev.event
+                )),
+            }
+        }
+    }
+}
+
+/// A status that retrying will not change.
+fn refused(target: &Target, status: StatusCode) -> anyhow::Error {
+    let url = target.url(&target.events);
+    match status {
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN if target.auth.is_some() => {
+            UsageError::new(format!(
+                "{url} refused the token ({status}); pass the run's --token (or BATCHSSE_TOKEN)"
+            ))
+            .into()
+        }
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => UsageError::new(format!(
+            "{url} needs a token ({status}); pass the run's --token T or set BATCHSSE_TOKEN"
+        ))
+        .into(),
+        s => Unreachable(format!(
+            "{url} answered {s}; this does not look like a batchsse run (give its base URL, e.g. http://127.0.0.1:7077/)"
+        ))
+        .into(),
+    }
+}
+
+/// After `204` the stream has nothing for us: `/status` holds the outcome.
+async fn outcome_after_204(target: &Target, last_id: u64, deadline: Instant) -> anyhow::Result<u8> {
+    let url = target.url(&target.status);
+    let deadline = deadline.max(Instant::now() + Duration::from_secs(5));
+    let resp = get(target, &target.status, 0, deadline)
+        .await
+        .map_err(|why| {
+            Unreachable(format!(
+                "the stream had ended, and {url} did not answer ({why})"
+            ))
+        })?;
+    if resp.status() != StatusCode::OK {
+        return Err(refused(target, resp.status()));
+    }
+    let body = tokio::time::timeout_at(deadline, resp.into_body().collect())
+        .await
+        .map_err(|_| Unreachable(format!("{url} timed out")))?
+        .map_err(|e| Unreachable(format!("{url}: {e}")))?
+        .to_bytes();
+    #[derive(serde::Deserialize)]
+    struct Status {
+        status: Option<RunStatus>,
+    }
+    let status = serde_json::from_slice::<Status>(&body)
+        .ok()
+        .and_then(|s| s.status)
+        .ok_or_else(|| {
+            Unreachable(format!(
+                "the stream had ended, but {url} reports no final status: {}",
+                String::from_utf8_lossy(&body)
+            ))
+        })?;
+    let word = match status {
+        RunStatus::Ok => "ok",
+        RunStatus::Failed => "failed",
+        RunStatus::Cancelled => "cancelled",
+    };
+    err_line(&format!(
+        "batchsse: nothing after event {last_id}: the run had already finished ({word})"
+    ));
+    Ok(status.exit_code())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_people_paste_all_work() {
+        let t = Target::parse("http://127.0.0.1:7077/", None).unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("127.0.0.1", 7077));
+        assert_eq!(
+            (t.events.as_str(), t.status.as_str()),
+            ("/events", "/status")
+        );
+        let t = Target::parse("http://127.0.0.1:7077/events", None).unwrap();
+        assert_eq!(
+            (t.events.as_str(), t.status.as_str()),
+            ("/events", "/status")
+        );
+        let t = Target::parse("127.0.0.1:7077", None).unwrap();
+        assert_eq!(t.events, "/events");
+        let t = Target::parse(
+            "http://ci.local/batch/events?token=a%20b&last_event_id=7",
+            None,
+        )
+        .unwrap();
+        assert_eq!((t.host.as_str(), t.port, t.after), ("ci.local", 80, 7));
+        assert_eq!(t.events, "/batch/events?token=a+b");
+        assert_eq!(t.status, "/batch/status?token=a+b");
+        let t = Target::parse("http://[::1]:9/", Some("s3cret")).unwrap();
+        assert_eq!((t.host.as_str(), t.authority.as_str()), ("::1", "[::1]:9"));
+        assert_eq!(t.auth.unwrap(), "Bearer s3cret");
+    }
+
+    #[test]
+    fn bad_urls_and_tokens_say_what_to_do() {
+        for (url, token) in [
+            ("https://127.0.0.1:7077/", None),
+            ("ftp://x/", None),
+            ("http://", None),
+            ("http://h/?last_event_id=x", None),
+            ("http://h/", Some("")),
+            ("http://h/", Some("a\nb")),
+        ] {
+            let e = Target::parse(url, token).unwrap_err();
+            assert!(!e.0.is_empty(), "{url}");
+        }
+    }
+}

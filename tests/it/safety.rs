@@ -1,0 +1,862 @@
+//! Safety, attacked: SIGKILL at many points and resume, already-applied and
+//! edited plans, dry runs, atomic runs, Ctrl-C, every bad input, tokens,
+//! client limits and malformed requests.
+
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+fn run_args<'a>(db: &'a TempDb, plan: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec!["run", "--db", path_str(&db.path), "--plan", plan];
+    a.extend_from_slice(extra);
+    a
+}
+
+type Rows = Vec<(i64, i64, i64)>;
+type Checkpoint = Vec<(String, i64, String, i64, i64)>;
+
+/// Table `t` and the checkpoint, as comparable values.
+fn state(db: &TempDb) -> (Rows, Checkpoint) {
+    let c = db.conn();
+    let t = c
+        .prepare("SELECT id, counter, c2 FROM t ORDER BY id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let cp = c
+        .prepare("SELECT plan, step, state, done, changed FROM batchsse_checkpoint ORDER BY step")
+        .unwrap()
+        .query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    (t, cp)
+}
+
+const ROWS: u64 = 3000;
+
+fn crash_db() -> TempDb {
+    TempDb::with_sql(&format!(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, counter INTEGER NOT NULL DEFAULT 0, c2 INTEGER NOT NULL DEFAULT 0);
+         INSERT INTO t(id) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < {ROWS}) SELECT i FROM s;"
+    ))
+}
+
+const CRASH_PLAN: &str = r#"{"name":"crash","steps":[
+    {"name":"plain bump","sql":"UPDATE t SET c2 = c2 + 1"},
+    {"name":"chunked bump","sql":"UPDATE t SET counter = counter + 1 WHERE id BETWEEN :lo AND :hi","chunk":{"table":"t","key":"id","size":50}},
+    {"name":"plain bump again","sql":"UPDATE t SET c2 = c2 + 10"}]}"#;
+
+#[test]
+fn sigkill_at_many_points_then_resume_applies_every_chunk_exactly_once() {
+    let reference = crash_db();
+    let plan = reference.file("plan.json", CRASH_PLAN);
+    let (code, _, err) = run(&run_args(
+        &reference,
+        path_str(&plan),
+        &["--no-serve", "--batch-size", "50"],
+    ));
+    assert_eq!(code, 0, "{err}");
+
+    let db = crash_db();
+    let plan = db.file("plan.json", CRASH_PLAN);
+    let mut kills = 0;
+    let mut rounds = 0;
+    let mut kill_points = std::collections::BTreeSet::new();
+    while kills < 24 {
+        rounds += 1;
+        assert!(rounds < 80, "the plan never needed to resume enough times");
+        let mut p = Proc::start(&run_args(
+            &db,
+            path_str(&plan),
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--wait-for-clients",
+                "1",
+                "--batch-size",
+                "50",
+                "--sleep",
+                "2",
+                "--progress",
+                "none",
+            ],
+        ));
+        let mut s = Stream::open(p.addr(), "/events", &[]);
+        let start = data(&s.until("start"));
+        assert_eq!(start["resumed"], rounds > 1, "round {rounds}");
+        // Kill after 1 to 3 chunks, then a little later still, so some
+        // kills land between chunks and some in the middle of one.
+        let chunks = 1 + rounds % 3;
+        let mut last_done = None;
+        let mut seen = 0;
+        while seen < chunks {
+            match s.next_event() {
+                Some(e) if e.event == "progress" => {
+                    last_done = data(&e)["done"].as_u64();
+                    seen += 1;
+                }
+                Some(e) if e.event == "finished" => break,
+                Some(_) => {}
+                None => break,
+            }
+        }
+        std::thread::sleep(Duration::from_micros((rounds as u64 * 731) % 3000));
+        if p.child.try_wait().unwrap().is_some() {
+            break;
+        }
+        p.child.kill().unwrap();
+        p.child.wait().unwrap();
+        kills += 1;
+        if let Some(d) = last_done {
+            kill_points.insert(d);
+        }
+    }
+    assert!(kill_points.len() >= 20, "kill points: {kill_points:?}");
+    let (code, _, err) = run(&run_args(
+        &db,
+        path_str(&plan),
+        &["--no-serve", "--batch-size", "50"],
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        db.counter_spread(),
+        (ROWS as i64, 0),
+        "every row bumped exactly once"
+    );
+    assert_eq!(
+        state(&db),
+        state(&reference),
+        "same data and checkpoint as an uninterrupted run"
+    );
+}
+
+#[test]
+fn an_applied_plan_is_reported_and_left_alone() {
+    let db = TempDb::counters(100);
+    let plan = db.file("plan.json", &counter_plan("once", 10));
+    let (code, _, _) = run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+    assert_eq!(code, 0);
+    let before = sha256(&db.path);
+    let (code, out, err) = run(&run_args(
+        &db,
+        path_str(&plan),
+        &["--no-serve", "--progress", "json"],
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        sha256(&db.path),
+        before,
+        "an already-applied plan writes nothing"
+    );
+    let events: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events[0]["data"]["resumed"], true);
+    assert!(events.iter().any(|e| {
+        e["event"] == "message"
+            && e["data"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("already applied")
+    }));
+    let states: Vec<_> = events
+        .iter()
+        .filter(|e| e["event"] == "step")
+        .map(|e| e["data"]["state"].clone())
+        .collect();
+    assert_eq!(states, ["skipped"]);
+    let fin = &events.last().unwrap()["data"];
+    assert_eq!(
+        (fin["status"].as_str(), fin["rows_changed"].as_u64()),
+        (Some("ok"), Some(0))
+    );
+    assert_eq!(db.counter_spread(), (100, 0));
+}
+
+#[test]
+fn an_edited_step_is_refused_unless_forced() {
+    let db = TempDb::counters(100);
+    let plan = db.file("plan.json", &counter_plan("edit", 10));
+    assert_eq!(run(&run_args(&db, path_str(&plan), &["--no-serve"])).0, 0);
+    let edited = counter_plan("edit", 10).replace("counter + 1", "counter + 2");
+    let plan = db.file("plan.json", &edited);
+    let before = sha256(&db.path);
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("step 1 (\"bump counters\") has changed") && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(sha256(&db.path), before);
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve", "--force"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM t WHERE counter = 3"),
+        100
+    );
+    // The forced run is now what the checkpoint remembers.
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM t WHERE counter = 3"),
+        100
+    );
+}
+
+#[test]
+fn no_checkpoint_writes_no_table_and_does_not_resume() {
+    let db = TempDb::counters(50);
+    let plan = db.file("plan.json", &counter_plan("nocp", 10));
+    for round in 1..=2 {
+        let (code, _, err) = run(&run_args(
+            &db,
+            path_str(&plan),
+            &["--no-serve", "--no-checkpoint"],
+        ));
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(
+            db.query_i64(&format!("SELECT count(*) FROM t WHERE counter = {round}")),
+            50
+        );
+    }
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM sqlite_schema WHERE name = 'batchsse_checkpoint'"),
+        0
+    );
+}
+
+#[test]
+fn a_dry_run_reports_real_counts_and_leaves_the_file_byte_identical() {
+    let db = TempDb::shop(5000);
+    let plan = db.file("plan.json", batchsse::demo::PLAN);
+    let before = sha256(&db.path);
+    let (code, out, err) = run(&run_args(
+        &db,
+        path_str(&plan),
+        &["--no-serve", "--dry-run", "--progress", "json"],
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(sha256(&db.path), before, "a dry run must not change a byte");
+    let events: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let fin = &events.last().unwrap()["data"];
+    assert_eq!(fin["dry_run"], true);
+    assert!(events.iter().any(|e| {
+        e["data"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("nothing was written"))
+    }));
+    let dry_rows = fin["rows_changed"].as_u64().unwrap();
+    let (code, out, _) = run(&run_args(
+        &db,
+        path_str(&plan),
+        &["--no-serve", "--progress", "json"],
+    ));
+    assert_eq!(code, 0);
+    let real: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(dry_rows, real["data"]["rows_changed"].as_u64().unwrap());
+    assert!(dry_rows > 5000);
+}
+
+const FAILS_LATE: &str = r#"{"name":"late-fail","steps":[
+    {"name":"bump","sql":"UPDATE t SET counter = counter + 1"},
+    {"name":"set v","sql":"UPDATE t SET v = id WHERE id BETWEEN :lo AND :hi","chunk":{"table":"t","size":10}}]}"#;
+
+fn fails_late_db() -> TempDb {
+    TempDb::with_sql(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, counter INT NOT NULL DEFAULT 0, v INT CHECK (v < 95));
+         INSERT INTO t(id) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < 200) SELECT i FROM s;",
+    )
+}
+
+#[test]
+fn an_atomic_run_that_fails_leaves_the_database_exactly_as_before() {
+    let db = fails_late_db();
+    let plan = db.file("plan.json", FAILS_LATE);
+    let before = sha256(&db.path);
+    let (code, _, err) = run(&run_args(
+        &db,
+        path_str(&plan),
+        &["--no-serve", "--atomic", "--batch-size", "10"],
+    ));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("rolled back"), "{err}");
+    assert_eq!(
+        sha256(&db.path),
+        before,
+        "--atomic failure must leave every byte as it was"
+    );
+    // Without --atomic the same plan keeps its first step and nine chunks.
+    let (code, _, _) = run(&run_args(
+        &db,
+        path_str(&plan),
+        &["--no-serve", "--batch-size", "10"],
+    ));
+    assert_eq!(code, 1);
+    assert_eq!(db.counter_spread(), (200, 0));
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM t WHERE v IS NOT NULL"),
+        90
+    );
+}
+
+#[test]
+fn an_atomic_run_that_succeeds_commits_everything() {
+    let db = TempDb::counters(100);
+    let plan = db.file("plan.json", &counter_plan("atomic-ok", 10));
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve", "--atomic"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(db.counter_spread(), (100, 0));
+}
+
+#[test]
+fn ctrl_c_rolls_back_the_current_chunk_exits_130_and_the_rerun_resumes() {
+    let db = TempDb::counters(1000);
+    let plan = db.file("plan.json", &counter_plan("cancel", 10));
+    let mut p = Proc::start(&run_args(
+        &db,
+        path_str(&plan),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--wait-for-clients",
+            "1",
+            "--batch-size",
+            "10",
+            "--sleep",
+            "30",
+            "--progress",
+            "plain",
+        ],
+    ));
+    let mut s = Stream::open(p.addr(), "/events", &[]);
+    for _ in 0..3 {
+        s.until("progress");
+    }
+    p.signal("INT");
+    let rest = s.rest();
+    assert_eq!(p.wait().code(), Some(130));
+    let fin = data(rest.last().unwrap());
+    assert_eq!(fin["status"], "cancelled");
+    let last_done = rest
+        .iter()
+        .rfind(|e| e.event == "progress")
+        .map(|e| data(e)["done"].as_i64().unwrap())
+        .unwrap_or(30);
+    assert_eq!(
+        db.counter_spread(),
+        (last_done, 1000 - last_done),
+        "committed chunks kept, no more"
+    );
+    assert!(p.stderr().contains("cancelled"), "{}", p.stderr());
+    let (code, _, err) = run(&run_args(
+        &db,
+        path_str(&plan),
+        &["--no-serve", "--batch-size", "10"],
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(db.counter_spread(), (1000, 0));
+}
+
+#[test]
+fn sigterm_interrupts_a_long_statement() {
+    let db = TempDb::counters(10);
+    let plan = db.file(
+        "plan.json",
+        r#"{"name":"slow","steps":[
+            {"name":"bump","sql":"UPDATE t SET counter = counter + 1"},
+            {"name":"slow","sql":"UPDATE t SET counter = (WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r WHERE i < 4000000000) SELECT count(*) FROM r)"}]}"#,
+    );
+    let mut p = Proc::start(&run_args(
+        &db,
+        path_str(&plan),
+        &["--listen", "127.0.0.1:0", "--progress", "none"],
+    ));
+    let mut s = Stream::open(p.addr(), "/events", &[]);
+    loop {
+        let e = s.until("step");
+        let d = data(&e);
+        if d["index"] == 1 && d["state"] == "running" {
+            break;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let t0 = Instant::now();
+    p.signal("TERM");
+    assert_eq!(p.wait_for(Duration::from_secs(20)).code(), Some(130));
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "interrupt took {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(
+        db.counter_spread(),
+        (10, 0),
+        "step 1 kept, step 2 rolled back"
+    );
+}
+
+#[test]
+fn a_second_ctrl_c_quits_at_once_without_committing() {
+    let db = TempDb::counters(20);
+    let plan = db.file("plan.json", &counter_plan("twice", 10));
+    let mut p = Proc::start(&run_args(
+        &db,
+        path_str(&plan),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--wait-for-clients",
+            "1",
+            "--busy-timeout",
+            "60000",
+            "--progress",
+            "plain",
+        ],
+    ));
+    // Hold the write lock so the first chunk waits on it.
+    let holder = db.conn();
+    holder.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let mut s = Stream::open(p.addr(), "/events", &[]);
+    s.until("start");
+    std::thread::sleep(Duration::from_millis(300));
+    p.signal("INT");
+    std::thread::sleep(Duration::from_millis(300));
+    p.signal("INT");
+    let t0 = Instant::now();
+    assert_eq!(p.wait_for(Duration::from_secs(20)).code(), Some(130));
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    assert!(p.stderr().contains("quitting now"), "{}", p.stderr());
+    holder.execute_batch("ROLLBACK").unwrap();
+    assert_eq!(db.counter_spread(), (0, 20));
+}
+
+#[test]
+fn every_bad_input_gets_a_clear_message_exit_2_and_an_untouched_database() {
+    let db = TempDb::counters(20);
+    let good = db.file("good.json", &counter_plan("good", 10));
+    let good = path_str(&good).to_owned();
+    let dbp = path_str(&db.path).to_owned();
+    let file = |name: &str, text: &str| path_str(&db.file(name, text)).to_owned();
+    let not_sqlite = file(
+        "notes.sqlite",
+        "these are my notes, not a database\n".repeat(100).as_str(),
+    );
+    let missing = path_str(&db.dir.path().join("nope.sqlite")).to_owned();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy_addr = busy.local_addr().unwrap().to_string();
+    let vacuum = file("vacuum.json", r#"{"steps":[{"sql":"VACUUM"}]}"#);
+    let cases: Vec<(Vec<String>, Option<&str>, &[&str])> = vec![
+        (
+            v(&["--db", &missing, "--plan", &good]),
+            None,
+            &["no such database", "never creates"],
+        ),
+        (
+            v(&["--db", &not_sqlite, "--plan", &good]),
+            None,
+            &["not a SQLite database"],
+        ),
+        (
+            v(&[
+                "--db",
+                &dbp,
+                "--plan",
+                &file("bad.json", "{\n  \"steps\": [\n    {\"sql\": }\n]}"),
+            ]),
+            None,
+            &["line 3, column"],
+        ),
+        (
+            v(&[
+                "--db",
+                &dbp,
+                "--plan",
+                &file(
+                    "unknown.json",
+                    r#"{"steps":[{"sql":"SELECT 1","chunks":{}}]}"#,
+                ),
+            ]),
+            None,
+            &["unknown field `chunks`", "expected one of"],
+        ),
+        (
+            v(&[
+                "--db",
+                &dbp,
+                "--plan",
+                &file(
+                    "nolohi.json",
+                    r#"{"steps":[{"name":"x","sql":"UPDATE t SET counter = 1","chunk":{"table":"t"}}]}"#,
+                ),
+            ]),
+            None,
+            &["step 1 (\"x\")", ":lo and :hi"],
+        ),
+        (
+            v(&[
+                "--db",
+                &dbp,
+                "--plan",
+                &file(
+                    "table.json",
+                    r#"{"steps":[{"sql":"UPDATE t SET counter = 1 WHERE id BETWEEN :lo AND :hi","chunk":{"table":"tt"}}]}"#,
+                ),
+            ]),
+            None,
+            &["\"tt\" is not a table", "tables: t"],
+        ),
+        (
+            v(&[
+                "--db",
+                &dbp,
+                "--plan",
+                &file(
+                    "key.json",
+                    r#"{"steps":[{"sql":"UPDATE t SET counter = 1 WHERE id BETWEEN :lo AND :hi","chunk":{"table":"t","key":"ident"}}]}"#,
+                ),
+            ]),
+            None,
+            &["\"ident\" is not a column", "columns: id, counter"],
+        ),
+        (
+            v(&[
+                "--db",
+                &dbp,
+                "--plan",
+                &file("empty.json", r#"{"name":"e","steps":[]}"#),
+            ]),
+            None,
+            &["no steps"],
+        ),
+        (
+            v(&[
+                "--db",
+                &dbp,
+                "--sql",
+                &file(
+                    "syntax.sql",
+                    "UPDATE t SET counter = 1;\nUPDATE t SET counter = = 2;",
+                ),
+            ]),
+            None,
+            &["statement 2", "syntax error", "near \"=\""],
+        ),
+        (
+            v(&[
+                "--db",
+                &dbp,
+                "--plan",
+                &file(
+                    "syntax.json",
+                    r#"{"steps":[{"name":"typo","sql":"UPDATE t SETT counter = 1"}]}"#,
+                ),
+            ]),
+            None,
+            &[
+                "step 1 (\"typo\")",
+                "syntax error",
+                "in: UPDATE t SETT counter = 1",
+            ],
+        ),
+        (
+            v(&["--db", &dbp, "--plan", &good, "--listen", &busy_addr]),
+            None,
+            &["already in use", "--listen 127.0.0.1:0"],
+        ),
+        (
+            v(&["--db", &dbp, "--plan", &good, "--listen", "300.1.2.3:80"]),
+            None,
+            &["not an address", "127.0.0.1:0"],
+        ),
+        (
+            v(&["--db", &dbp, "--plan", "-"]),
+            Some(""),
+            &["standard input is empty"],
+        ),
+        (
+            v(&["--db", &dbp, "--sql", "-"]),
+            Some("  \n"),
+            &["standard input is empty"],
+        ),
+        (
+            v(&["--db", &dbp, "--plan", &missing]),
+            None,
+            &["cannot read plan", "no such file"],
+        ),
+        (
+            v(&[
+                "--db",
+                &dbp,
+                "--plan",
+                &good,
+                "--wait-for-clients",
+                "5",
+                "--max-clients",
+                "2",
+            ]),
+            None,
+            &["can never be met"],
+        ),
+        (
+            v(&[
+                "--db", &dbp, "--plan", &good, "--cors", "*", "--token", "s3cret",
+            ]),
+            None,
+            &["--cors '*'"],
+        ),
+        (
+            v(&["--db", &dbp, "--plan", &good, "--token", ""]),
+            None,
+            &["empty"],
+        ),
+        (
+            v(&["--db", &dbp, "--plan", &vacuum, "--atomic"]),
+            None,
+            &["outside a transaction", "--atomic"],
+        ),
+        (
+            v(&["--db", &dbp, "--plan", &good, "--batch-size", "0"]),
+            None,
+            &["at least 1"],
+        ),
+        (
+            v(&["--db", &dbp, "--plan", &good, "--linger=-1"]),
+            None,
+            &["--linger"],
+        ),
+        (v(&["--db", &dbp]), None, &["--plan", "--sql"]),
+    ];
+    let before = sha256(&db.path);
+    let not_before = sha256(std::path::Path::new(&not_sqlite));
+    for (args, stdin, needles) in &cases {
+        let mut full = vec!["run"];
+        full.extend(args.iter().map(String::as_str));
+        let (code, out, err) = run_with_stdin(&full, *stdin);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(out.is_empty(), "{args:?} printed on stdout: {out}");
+        for n in *needles {
+            assert!(err.contains(n), "{args:?}: {err:?} lacks {n:?}");
+        }
+        assert!(!err.contains("panicked"), "{err}");
+        assert_eq!(sha256(&db.path), before, "{args:?} changed the database");
+    }
+    assert_eq!(sha256(std::path::Path::new(&not_sqlite)), not_before);
+    assert!(!std::path::Path::new(&missing).exists());
+    drop(busy);
+}
+
+#[test]
+fn a_locked_database_is_reported_after_the_busy_timeout_with_its_holder() {
+    let db = TempDb::counters(10);
+    let plan = db.file("plan.json", &counter_plan("locked", 10));
+    let holder = db.conn();
+    holder
+        .execute_batch("BEGIN EXCLUSIVE; UPDATE t SET counter = 7 WHERE id = 1;")
+        .unwrap();
+    let t0 = Instant::now();
+    let (code, _, err) = run(&run_args(
+        &db,
+        path_str(&plan),
+        &["--no-serve", "--busy-timeout", "300"],
+    ));
+    assert_eq!(code, 2, "{err}");
+    assert!(t0.elapsed() >= Duration::from_millis(300));
+    assert!(
+        err.contains("locked") && err.contains("--busy-timeout"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("pid {}", std::process::id())),
+        "names the holder: {err}"
+    );
+    holder.execute_batch("ROLLBACK").unwrap();
+    assert_eq!(db.counter_spread(), (0, 10));
+}
+
+fn v(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| a.to_string()).collect()
+}
+
+fn serving(db: &TempDb, plan: &str, extra: &[&str]) -> Proc {
+    let mut a = run_args(db, plan, &["--listen", "127.0.0.1:0", "--progress", "none"]);
+    a.extend_from_slice(extra);
+    Proc::start(&a)
+}
+
+#[test]
+fn a_token_guards_every_route_but_healthz() {
+    let db = TempDb::counters(20);
+    let plan = db.file("plan.json", &counter_plan("token", 10));
+    let mut p = serving(
+        &db,
+        path_str(&plan),
+        &["--token", "s3cr3t-t0ken", "--wait-for-clients", "2"],
+    );
+    let a = p.addr();
+    for (path, headers) in [
+        ("/events", vec![]),
+        ("/events", vec![("Authorization", "Bearer wrong")]),
+        ("/events?token=wrong", vec![]),
+        ("/events", vec![("Authorization", "s3cr3t-t0ken")]),
+        ("/status", vec![]),
+        ("/", vec![]),
+    ] {
+        let r = get(a, path, &headers);
+        assert_eq!(r.status, 401, "{path} {headers:?}");
+        assert!(
+            !r.text().contains("id:"),
+            "no stream data without the token"
+        );
+    }
+    assert_eq!(get(a, "/healthz", &[]).status, 200);
+    assert_eq!(
+        get(a, "/status", &[("Authorization", "Bearer s3cr3t-t0ken")]).status,
+        200
+    );
+    assert_eq!(get(a, "/status?token=s3cr3t-t0ken", &[]).status, 200);
+    let mut q = Stream::open(a, "/events?token=s3cr3t-t0ken", &[]);
+    let mut h = Stream::open(a, "/events", &[("Authorization", "Bearer s3cr3t-t0ken")]);
+    let (by_query, by_header) = (q.rest(), h.rest());
+    assert_eq!(by_query.last().unwrap().event, "finished");
+    assert_eq!(by_query, by_header);
+    assert!(p.wait().success());
+}
+
+#[test]
+fn the_token_can_come_from_the_environment() {
+    let db = TempDb::counters(20);
+    let plan = db.file("plan.json", &counter_plan("env", 10));
+    let args = run_args(
+        &db,
+        path_str(&plan),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--progress",
+            "none",
+            "--wait-for-clients",
+            "1",
+        ],
+    );
+    let mut p = Proc::start_with(&args, |c| {
+        c.env("BATCHSSE_TOKEN", "from-env");
+    });
+    assert_eq!(get(p.addr(), "/status", &[]).status, 401);
+    let evs = Stream::open(p.addr(), "/events?token=from-env", &[]).rest();
+    assert_eq!(evs.last().unwrap().event, "finished");
+    assert!(p.wait().success());
+}
+
+#[test]
+fn clients_past_max_clients_get_503() {
+    // Slow enough (40 chunks, 50 ms apart) that the run is still going
+    // while the slots are tested.
+    let db = TempDb::counters(40);
+    let plan = db.file("plan.json", &counter_plan("max", 1));
+    let mut p = serving(
+        &db,
+        path_str(&plan),
+        &[
+            "--max-clients",
+            "2",
+            "--wait-for-clients",
+            "2",
+            "--batch-size",
+            "1",
+            "--sleep",
+            "50",
+        ],
+    );
+    let a = p.addr();
+    let one = Stream::open(a, "/events", &[]);
+    let mut two = Stream::open(a, "/events", &[]);
+    assert_eq!((one.status, two.status), (200, 200));
+    // The run may start now; the log replays, so the third is refused
+    // only while two streams are open.
+    two.until("start");
+    let third = get(a, "/events", &[]);
+    assert_eq!(third.status, 503);
+    assert!(third.text().contains("--max-clients 2"));
+    drop(one);
+    let deadline = Instant::now() + PATIENCE;
+    let mut fourth = loop {
+        let s = Stream::open(a, "/events", &[]);
+        if s.status == 200 {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "a slot never freed up");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(fourth.rest().last().unwrap().event, "finished");
+    two.rest();
+    assert!(p.wait().success());
+}
+
+#[test]
+fn malformed_and_huge_requests_get_4xx_and_never_disturb_the_run() {
+    let db = TempDb::counters(500);
+    let plan = db.file("plan.json", &counter_plan("abuse", 10));
+    let mut p = serving(
+        &db,
+        path_str(&plan),
+        &[
+            "--wait-for-clients",
+            "1",
+            "--batch-size",
+            "10",
+            "--sleep",
+            "5",
+        ],
+    );
+    let a = p.addr();
+    let mut watcher = Stream::open(a, "/events", &[]);
+    watcher.until("progress");
+    let huge_header = format!(
+        "GET /status HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(100_000)
+    );
+    let huge_line = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(100_000));
+    let many_headers: String = (0..500).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let many = format!("GET /status HTTP/1.1\r\nHost: x\r\n{many_headers}\r\n");
+    let attacks: Vec<Vec<u8>> = vec![
+        b"GARBAGE\r\n\r\n".to_vec(),
+        b"GET\r\n\r\n".to_vec(),
+        b"\x00\x01\x02\xff\xfe\r\n\r\n".to_vec(),
+        b"GET /events HTTP/9.9\r\n\r\n".to_vec(),
+        b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello".to_vec(),
+        b"GET /events HTTP/1.1\r\nHost: x\r\nLast-Event-ID: \xff\xfe\r\n\r\n".to_vec(),
+        b"GET /events?last_event_id=99999999999999999999999 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
+        huge_header.into_bytes(),
+        huge_line.into_bytes(),
+        many.into_bytes(),
+        b"GET /status HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n".to_vec(),
+    ];
+    for req in &attacks {
+        let status = raw_status(a, req);
+        if let Some(s) = status {
+            assert!(
+                (200..500).contains(&s),
+                "{:?} got {s}",
+                String::from_utf8_lossy(&req[..req.len().min(60)])
+            );
+        }
+    }
+    // A connection that sends half a request and goes quiet must not hurt.
+    let mut idle = std::net::TcpStream::connect(a).unwrap();
+    use std::io::Write;
+    idle.write_all(b"GET /sta").unwrap();
+    assert_eq!(get(a, "/healthz", &[]).status, 200);
+    let rest = watcher.rest();
+    assert_eq!(data(rest.last().unwrap())["status"], "ok");
+    assert!(p.wait().success());
+    assert_eq!(db.counter_spread(), (500, 0));
+}

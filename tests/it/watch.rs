@@ -1,0 +1,496 @@
+//! `batchsse watch` and the script-facing conventions end to end: the real
+//! binary follows a real run over HTTP; NDJSON output is compared with the
+//! SSE stream of the same run; closed pipes never turn into panics.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::util::*;
+
+/// Bumps every counter, then fails on a duplicate key: exit 1 at run time.
+const FAILING_PLAN: &str = r#"{"name":"bad","steps":[
+    {"name":"touch","sql":"UPDATE t SET counter = counter + 1"},
+    {"name":"dup","sql":"INSERT INTO t(id) VALUES (1)"}]}"#;
+
+/// Starts a run of `plan` on `db` with the server on a free port.
+fn start_run(db: &TempDb, plan: &str, extra: &[&str]) -> Proc {
+    let plan = db.file("plan.json", plan);
+    let mut args = vec![
+        "run",
+        "--db",
+        path_str(&db.path),
+        "--plan",
+        path_str(&plan),
+        "--listen",
+        "127.0.0.1:0",
+        "--progress",
+        "none",
+    ];
+    args.extend_from_slice(extra);
+    Proc::start(&args)
+}
+
+fn watch(url: &str, extra: &[&str]) -> Proc {
+    let mut args = vec!["watch", url, "--progress", "json"];
+    args.extend_from_slice(extra);
+    spawn(&args, |_| {})
+}
+
+/// Checks a watch's NDJSON: ids 1.. without gap or repeat, ending with
+/// `finished` of `status`; returns the lines.
+fn assert_full_run(out: &str, status: &str) -> Vec<Value> {
+    let lines = json_lines(out);
+    assert!(!lines.is_empty(), "watch printed nothing");
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(
+            l["id"].as_u64(),
+            Some(i as u64 + 1),
+            "line {i}: {l}\nall:\n{out}"
+        );
+    }
+    assert_eq!(lines[0]["event"], "start", "{out}");
+    let last = lines.last().unwrap();
+    assert_eq!(last["event"], "finished", "{out}");
+    assert_eq!(last["data"]["status"], status, "{out}");
+    lines
+}
+
+#[test]
+fn watch_exits_with_the_runs_status_ok_and_failed() {
+    for (plan, status, code) in [
+        (counter_plan("good", 50), "ok", 0),
+        (FAILING_PLAN.to_owned(), "failed", 1),
+    ] {
+        let db = TempDb::counters(300);
+        let mut run = start_run(&db, &plan, &["--wait-for-clients", "1"]);
+        let mut w = watch(&format!("http://{}/", run.addr()), &[]);
+        assert_eq!(w.wait().code(), Some(code), "watch stderr:\n{}", w.stderr());
+        assert_full_run(&w.stdout(), status);
+        assert_eq!(
+            run.wait().code(),
+            Some(code),
+            "run stderr:\n{}",
+            run.stderr()
+        );
+    }
+}
+
+#[test]
+fn watch_exits_130_when_the_run_is_interrupted() {
+    let db = TempDb::counters(2000);
+    let mut run = start_run(
+        &db,
+        &counter_plan("slow", 10),
+        &[
+            "--wait-for-clients",
+            "1",
+            "--batch-size",
+            "10",
+            "--sleep",
+            "50",
+        ],
+    );
+    let addr = run.addr();
+    let mut w = watch(&format!("http://{addr}/events"), &[]);
+    wait_status(addr, |s| s["done"].as_u64().unwrap_or(0) > 0);
+    run.signal("INT");
+    assert_eq!(
+        run.wait().code(),
+        Some(130),
+        "run stderr:\n{}",
+        run.stderr()
+    );
+    assert_eq!(w.wait().code(), Some(130), "watch stderr:\n{}", w.stderr());
+    assert_full_run(&w.stdout(), "cancelled");
+}
+
+#[test]
+fn watch_started_before_the_run_waits_for_it() {
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/");
+    let mut w = watch(&url, &["--connect-timeout", "30"]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        w.child.try_wait().expect("try_wait").is_none(),
+        "watch gave up before the run started; stderr:\n{}",
+        w.stderr()
+    );
+    let db = TempDb::counters(300);
+    let plan = db.file("plan.json", &counter_plan("late", 50));
+    let listen = format!("127.0.0.1:{port}");
+    let mut run = Proc::start(&[
+        "run",
+        "--db",
+        path_str(&db.path),
+        "--plan",
+        path_str(&plan),
+        "--listen",
+        &listen,
+        "--wait-for-clients",
+        "1",
+        "--progress",
+        "none",
+    ]);
+    assert_eq!(w.wait().code(), Some(0), "watch stderr:\n{}", w.stderr());
+    assert_full_run(&w.stdout(), "ok");
+    assert_eq!(run.wait().code(), Some(0));
+}
+
+/// A TCP proxy that forwards to `upstream` but cuts its first connection
+/// after `cut_after` bytes of response; records each request head.
+struct CutProxy {
+    addr: SocketAddr,
+    requests: Arc<Mutex<Vec<String>>>,
+}
+
+fn cut_proxy(upstream: SocketAddr, cut_after: usize) -> CutProxy {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+    let addr = listener.local_addr().expect("proxy addr");
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let seen = requests.clone();
+    std::thread::spawn(move || {
+        // Bounded: the test makes two connections; a few spare for safety.
+        for (n, conn) in listener.incoming().take(5).enumerate() {
+            let Ok(client) = conn else { return };
+            let Ok(server) = TcpStream::connect(upstream) else {
+                return;
+            };
+            for s in [&client, &server] {
+                let _ = s.set_read_timeout(Some(PATIENCE));
+            }
+            let (mut c_in, mut s_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0; 8192];
+                let mut first = true;
+                while let Ok(k) = c_in.read(&mut buf) {
+                    if k == 0 || s_out.write_all(&buf[..k]).is_err() {
+                        break;
+                    }
+                    if first {
+                        seen.lock()
+                            .unwrap()
+                            .push(String::from_utf8_lossy(&buf[..k]).into_owned());
+                        first = false;
+                    }
+                }
+            });
+            let limit = if n == 0 { cut_after } else { usize::MAX };
+            let (mut s_in, mut c_out) = (server, client);
+            std::thread::spawn(move || {
+                let mut buf = [0; 8192];
+                let mut sent = 0;
+                while let Ok(k) = s_in.read(&mut buf) {
+                    let k = k.min(limit - sent);
+                    if k == 0 || c_out.write_all(&buf[..k]).is_err() {
+                        break;
+                    }
+                    sent += k;
+                }
+                let _ = c_out.shutdown(Shutdown::Both);
+                let _ = s_in.shutdown(Shutdown::Both);
+            });
+        }
+    });
+    CutProxy { addr, requests }
+}
+
+#[test]
+fn a_cut_connection_resumes_without_duplicates_or_gaps() {
+    let db = TempDb::counters(300);
+    // Two clients: the direct reader below and the watch through the proxy.
+    let mut run = start_run(
+        &db,
+        &counter_plan("cut", 10),
+        &[
+            "--wait-for-clients",
+            "2",
+            "--batch-size",
+            "10",
+            "--sleep",
+            "20",
+        ],
+    );
+    let addr = run.addr();
+    let mut direct = Stream::open(addr, "/events", &[]);
+    // Past the response head and the first events, inside a later frame.
+    let proxy = cut_proxy(addr, 1000);
+    let mut w = watch(&format!("http://{}/events", proxy.addr), &[]);
+    assert_eq!(w.wait().code(), Some(0), "watch stderr:\n{}", w.stderr());
+    let lines = assert_full_run(&w.stdout(), "ok");
+
+    let requests = proxy.requests.lock().unwrap().clone();
+    assert!(requests.len() >= 2, "watch never reconnected: {requests:?}");
+    let resumed_at: u64 = requests[1]
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("last-event-id")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("reconnect sent no Last-Event-ID: {:?}", requests[1]));
+    assert!(
+        resumed_at >= 1 && resumed_at < lines.len() as u64,
+        "cut should land mid-run; resumed at {resumed_at} of {}",
+        lines.len()
+    );
+
+    // What the watch printed is exactly what a direct client received.
+    let stream: Vec<_> = direct.rest().iter().map(event_triple).collect();
+    let printed: Vec<_> = lines.iter().map(line_triple).collect();
+    assert_eq!(printed, stream);
+    assert_eq!(run.wait().code(), Some(0));
+}
+
+#[test]
+fn after_the_end_watch_replays_or_reads_status_on_204() {
+    let db = TempDb::counters(100);
+    let mut run = start_run(&db, FAILING_PLAN, &["--linger", "30"]);
+    let addr = run.addr();
+    let all = Stream::open(addr, "/events", &[]).rest();
+    let finished = id(all.last().expect("events"));
+
+    // A late watch during --linger gets the whole run.
+    let mut late = watch(&format!("http://{addr}/"), &[]);
+    assert_eq!(late.wait().code(), Some(1), "{}", late.stderr());
+    assert_full_run(&late.stdout(), "failed");
+
+    // One that has already seen `finished` gets 204 and reads /status.
+    let url = format!("http://{addr}/events?last_event_id={finished}");
+    let mut w = watch(&url, &[]);
+    assert_eq!(w.wait().code(), Some(1), "{}", w.stderr());
+    assert_eq!(w.stdout(), "", "nothing new to print");
+    assert!(
+        w.stderr().contains("already finished (failed)"),
+        "{}",
+        w.stderr()
+    );
+    run.signal("INT");
+    run.wait();
+}
+
+#[test]
+fn an_unreachable_url_exits_3_after_the_timeout() {
+    let url = format!("http://127.0.0.1:{}/", free_port());
+    let start = Instant::now();
+    let mut w = watch(&url, &["--connect-timeout", "1"]);
+    assert_eq!(w.wait().code(), Some(3), "{}", w.stderr());
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(900),
+        "gave up early: {took:?}"
+    );
+    assert!(
+        took < Duration::from_secs(6),
+        "ignored the timeout: {took:?}"
+    );
+    let err = w.stderr();
+    assert!(
+        err.starts_with("batchsse: no batchsse run answered at") && err.contains("refused"),
+        "{err}"
+    );
+}
+
+#[test]
+fn watch_rejects_bad_input_with_exit_2() {
+    for args in [
+        &["watch", "https://127.0.0.1:1/"][..],
+        &["watch", "http://127.0.0.1:1/", "--connect-timeout", "-1"],
+        &["watch", "http://127.0.0.1:1/", "--token", ""],
+    ] {
+        let (code, out, err) = run(args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert_eq!(out, "");
+        assert!(
+            err.starts_with("batchsse: ") || err.starts_with("error: "),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn a_token_protected_run_needs_the_token() {
+    let db = TempDb::counters(100);
+    let mut run = start_run(
+        &db,
+        &counter_plan("tok", 50),
+        &["--token", "s3cret", "--linger", "30"],
+    );
+    let url = format!("http://{}/", run.addr());
+    let (code, _, err) = crate::util::run(&["watch", &url]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("needs a token"), "{err}");
+    let mut w = spawn(&["watch", &url, "--progress", "json"], |c| {
+        c.env("BATCHSSE_TOKEN", "s3cret");
+    });
+    assert_eq!(w.wait().code(), Some(0), "{}", w.stderr());
+    assert_full_run(&w.stdout(), "ok");
+    run.signal("INT");
+    run.wait();
+}
+
+#[test]
+fn run_progress_json_equals_the_sse_events() {
+    let db = TempDb::counters(300);
+    let plan = serde_json::json!({
+        "name": "json ✓ \"quoted\"",
+        "steps": [
+            {"name": "reset\nall", "sql": "UPDATE t SET counter = 0"},
+            {"name": "bump", "sql": "UPDATE t SET counter = counter + 1 WHERE id BETWEEN :lo AND :hi",
+             "chunk": {"table": "t", "key": "id", "size": 50}}
+        ]
+    })
+    .to_string();
+    let file = db.file("plan.json", &plan);
+    let mut run = Proc::start(&[
+        "run",
+        "--db",
+        path_str(&db.path),
+        "--plan",
+        path_str(&file),
+        "--listen",
+        "127.0.0.1:0",
+        "--wait-for-clients",
+        "1",
+        "--progress",
+        "json",
+    ]);
+    let stream = Stream::open(run.addr(), "/events", &[]).rest();
+    assert_eq!(run.wait().code(), Some(0), "{}", run.stderr());
+    let lines = json_lines(&run.stdout());
+    let printed: Vec<_> = lines.iter().map(line_triple).collect();
+    let sent: Vec<_> = stream.iter().map(event_triple).collect();
+    assert!(sent.iter().any(|(_, e, _)| e == "message"), "{sent:?}");
+    assert_eq!(printed, sent);
+}
+
+/// A pipe whose reading end is already closed, like `| head` after it quit.
+fn closed_pipe() -> std::io::PipeWriter {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    writer
+}
+
+#[test]
+fn closed_stdout_or_stderr_never_panics() {
+    let db = TempDb::counters(200);
+    let plan = db.file("plan.json", &counter_plan("pipes", 20));
+    let db_arg = path_str(&db.path);
+    let plan_arg = path_str(&plan);
+    let base = [
+        "run",
+        "--db",
+        db_arg,
+        "--plan",
+        plan_arg,
+        "--no-serve",
+        "--no-checkpoint",
+    ];
+
+    // `batchsse run --progress json | head -0`: stdout gone, stderr captured.
+    let out = Command::new(BIN)
+        .args(base)
+        .args(["--progress", "json"])
+        .env_remove("BATCHSSE_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(closed_pipe())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("roken pipe"),
+        "{err}"
+    );
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM t WHERE counter = 1"),
+        200
+    );
+
+    // stderr gone: a finished run, a usage error and an unreachable watch
+    // keep their exit statuses (a panic would make them 101).
+    let unreachable = format!("http://127.0.0.1:{}/", free_port());
+    for (args, code) in [
+        (&base[..], 0),
+        (&["run", "--db", "no-such.sqlite", "--sql", "-"][..], 2),
+        (&["watch", &unreachable, "--connect-timeout", "0"][..], 3),
+    ] {
+        let status = Command::new(BIN)
+            .args(args)
+            .args(["--progress", "plain"])
+            .env_remove("BATCHSSE_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(closed_pipe())
+            .status()
+            .expect("run");
+        assert_eq!(status.code(), Some(code), "{args:?}");
+    }
+}
+
+#[test]
+fn every_subcommand_has_help_with_examples_and_there_is_a_version() {
+    for sub in ["run", "demo", "watch"] {
+        let (code, out, _) = run(&[sub, "--help"]);
+        assert_eq!(code, 0, "{sub}");
+        assert!(
+            out.contains("Examples:\n  batchsse "),
+            "{sub} --help:\n{out}"
+        );
+    }
+    let (code, out, _) = run(&["--version"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        out.trim(),
+        format!("batchsse {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn plain_output_is_line_by_line_text_on_stderr_only() {
+    let db = TempDb::counters(100);
+    let mut run = start_run(
+        &db,
+        &counter_plan("plain", 50),
+        &["--wait-for-clients", "1"],
+    );
+    let mut w = spawn(
+        &[
+            "watch",
+            &format!("http://{}/", run.addr()),
+            "--progress",
+            "auto",
+        ],
+        |c| {
+            c.env("TERM", "dumb");
+        },
+    );
+    assert_eq!(w.wait().code(), Some(0));
+    assert_eq!(w.stdout(), "", "human text belongs on stderr");
+    let err = w.stderr();
+    let lines: Vec<_> = BufReader::new(err.as_bytes())
+        .lines()
+        .map_while(Result::ok)
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("batchsse: plan \"plain\"")),
+        "{err}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("batchsse: finished ok")),
+        "{err}"
+    );
+    assert!(
+        !err.contains('\x1b'),
+        "no escape codes off a terminal: {err:?}"
+    );
+    assert_eq!(run.wait().code(), Some(0));
+}
