@@ -561,3 +561,52 @@ fn a_page_on_another_origin_follows_the_run_only_with_cors() {
     assert_eq!(v["log"], json!(messages(p.addr(), &[])), "{v:#}");
     assert_no_request_after_end(&v);
 }
+
+#[test]
+fn a_failed_run_shows_the_failed_step_and_the_error() {
+    let Some(_b) = browser() else { return };
+    let db = TempDb::shop(200);
+    let sql = db.file(
+        "fix.sql",
+        "UPDATE orders SET counter = counter + 1;\nUPDATE orders SET qty = NULL WHERE id = 7;\nDELETE FROM sessions;\n",
+    );
+    let p = Proc::start(&[
+        "run",
+        "--db",
+        path_str(&db.path),
+        "--sql",
+        path_str(&sql),
+        "--listen",
+        "127.0.0.1:0",
+        "--progress",
+        "none",
+        "--wait-for-clients",
+        "1",
+        "--linger",
+        "20",
+    ]);
+    let v = observe(&format!("http://{}/", p.addr()), json!({"dark": true}));
+    assert_eq!(v["banner"]["status"], "failed", "{v:#}");
+    let banner = v["banner"]["text"].as_str().unwrap_or_default();
+    assert!(
+        banner.contains("NOT NULL"),
+        "the banner must carry the error: {banner:?}"
+    );
+    let states: Vec<_> = v["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| s["state"].clone())
+        .collect();
+    assert_eq!(
+        states,
+        [json!("done"), json!("failed"), json!("waiting")],
+        "{v:#}"
+    );
+    let failed = v["steps"][1]["text"].as_str().unwrap_or_default();
+    assert!(
+        failed.contains("NOT NULL"),
+        "the failed step shows why: {failed:?}"
+    );
+    assert_eq!(v["overall"]["value"], 1, "{v:#}");
+}
