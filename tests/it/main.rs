@@ -4,6 +4,7 @@
 
 mod util;
 
+mod browser;
 mod fanout;
 mod fuzz;
 mod run;

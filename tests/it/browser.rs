@@ -1,0 +1,612 @@
+//! The dashboard and `--cors` in a real headless Chromium: each test starts
+//! the real `batchsse run`, lets `tests/browser/observe.mjs` (playwright-core)
+//! open a page, and asserts on what the page rendered and requested.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::util::*;
+
+const MANIFEST: &str = env!("CARGO_MANIFEST_DIR");
+const PLAN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/sample-data/plan.json");
+/// Longer than Chromium's default EventSource retry (3 s): a page that does
+/// not close its stream on `finished` asks for `/events` again within it.
+const SETTLE_MS: u64 = 3600;
+
+/// One browser at a time: the machine is small and Chromium is heavy.
+static BROWSER: Mutex<()> = Mutex::new(());
+
+/// Why the browser tests cannot run here, if they cannot.
+fn missing() -> Option<String> {
+    let chromium =
+        std::env::var("BATCHSSE_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    if !Path::new(&chromium).exists() {
+        return Some(format!(
+            "no Chromium at {chromium}; install it with `apt-get install chromium` (or set BATCHSSE_CHROMIUM)"
+        ));
+    }
+    if Command::new("node").arg("--version").output().is_err() {
+        return Some("no `node` on PATH; install Node.js 20 or later".into());
+    }
+    if !Path::new(MANIFEST)
+        .join("tests/browser/node_modules/playwright-core")
+        .exists()
+    {
+        return Some(
+            "playwright-core is not installed; run `npm ci --prefix tests/browser`".into(),
+        );
+    }
+    None
+}
+
+/// The browser lock, or `None` (skip) when no browser is installed. In CI
+/// a missing browser is a failure, so the tests can never silently vanish.
+fn browser() -> Option<MutexGuard<'static, ()>> {
+    if let Some(why) = missing() {
+        if std::env::var_os("CI").is_some() {
+            panic!("browser test cannot run in CI: {why}");
+        }
+        eprintln!("skipping browser test: {why}");
+        return None;
+    }
+    Some(BROWSER.lock().unwrap_or_else(|p| p.into_inner()))
+}
+
+/// Node running observe.mjs on `url`; `finish` collects its JSON report.
+struct Observer {
+    child: std::process::Child,
+    out: Option<std::thread::JoinHandle<String>>,
+    err: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Observer {
+    fn start(url: &str, opts: Value) -> Observer {
+        let mut child = Command::new("node")
+            .arg(Path::new(MANIFEST).join("tests/browser/observe.mjs"))
+            .arg(url)
+            .arg(opts.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn node");
+        let mut o = child.stdout.take().expect("stdout");
+        let mut e = child.stderr.take().expect("stderr");
+        let out = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = o.read_to_string(&mut s);
+            s
+        });
+        let err = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = e.read_to_string(&mut s);
+            s
+        });
+        Observer {
+            child,
+            out: Some(out),
+            err: Some(err),
+        }
+    }
+
+    fn finish(mut self) -> Value {
+        let start = Instant::now();
+        let status = loop {
+            if let Some(s) = self.child.try_wait().expect("try_wait node") {
+                break s;
+            }
+            if start.elapsed() > PATIENCE {
+                let _ = self.child.kill();
+                panic!("the browser script did not finish within {PATIENCE:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let out = self
+            .out
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default();
+        let err = self
+            .err
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default();
+        assert!(status.success(), "observe.mjs failed ({status}):\n{err}");
+        let v: Value = serde_json::from_str(out.trim())
+            .unwrap_or_else(|e| panic!("observe.mjs printed no JSON ({e}):\n{out}\n{err}"));
+        assert_eq!(
+            v["page_errors"],
+            json!([]),
+            "script errors in the page: {v:#}"
+        );
+        v
+    }
+}
+
+impl Drop for Observer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn observe(url: &str, opts: Value) -> Value {
+    Observer::start(url, opts).finish()
+}
+
+/// `batchsse run` over the sample plan on a 2,000-order shop, slow enough
+/// (20 chunks per chunked step) to watch.
+fn start_run(db: &TempDb, sleep_ms: u64, extra: &[&str]) -> Proc {
+    let sleep = sleep_ms.to_string();
+    let mut args = vec![
+        "run",
+        "--db",
+        path_str(&db.path),
+        "--plan",
+        PLAN,
+        "--listen",
+        "127.0.0.1:0",
+        "--batch-size",
+        "100",
+        "--sleep",
+        &sleep,
+        "--progress",
+        "none",
+    ];
+    args.extend_from_slice(extra);
+    Proc::start(&args)
+}
+
+/// Old sessions the plan's purge step deletes.
+fn old_sessions(db: &TempDb) -> i64 {
+    db.query_i64("SELECT count(*) FROM sessions WHERE created_at < '2026-01-01'")
+}
+
+/// Rows the plan changed, counted in the database itself: every chunked
+/// update bumps `orders.counter`, and the purge deletes the old sessions.
+fn rows_changed(db: &TempDb, old_sessions_before: i64) -> i64 {
+    db.query_i64("SELECT sum(counter) FROM orders") + old_sessions_before - old_sessions(db)
+}
+
+/// `2900` as the page shows it, `2,900`.
+fn thousands(n: i64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The text of every `message` event, from the server's own replay.
+fn messages(addr: SocketAddr, headers: &[(&str, &str)]) -> Vec<String> {
+    let mut s = Stream::open(addr, "/events", headers);
+    assert_eq!(s.status, 200);
+    s.rest()
+        .iter()
+        .filter(|e| e.event == "message")
+        .map(|e| data(e)["message"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// Polls `/status` until `ready` holds for it.
+fn wait_status(addr: SocketAddr, headers: &[(&str, &str)], ready: impl Fn(&Value) -> bool) {
+    let start = Instant::now();
+    loop {
+        let s = get(addr, "/status", headers).json();
+        if ready(&s) {
+            return;
+        }
+        assert!(start.elapsed() < PATIENCE, "status never got there: {s}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The final state every complete run must show: all five steps done, the
+/// ok banner with the row count the database shows, exactly the run's log.
+fn assert_complete(v: &Value, rows: i64, log: &[String]) {
+    assert_eq!(v["plan"], "reprice-2026", "{v:#}");
+    let states: Vec<_> = v["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| s["state"].clone())
+        .collect();
+    assert_eq!(states, vec![json!("done"); 5], "{v:#}");
+    assert_eq!(v["overall"]["value"], 5, "{v:#}");
+    assert_eq!(v["overall"]["max"], 5, "{v:#}");
+    assert_eq!(v["banner"]["status"], "ok", "{v:#}");
+    assert_eq!(v["banner"]["aria_live"], "polite");
+    let banner = v["banner"]["text"].as_str().unwrap_or_default();
+    let want = format!("{} rows changed", thousands(rows));
+    assert!(
+        banner.contains(&want) && banner.contains("5 / 5 steps"),
+        "banner {banner:?}, want {want:?}"
+    );
+    assert!(!log.is_empty(), "the run logged no messages");
+    assert_eq!(
+        v["log"],
+        json!(log),
+        "the page's log must be the run's messages, once each"
+    );
+}
+
+/// No request to `/events` may start after the banner showed `finished`.
+fn assert_no_request_after_end(v: &Value) {
+    let end = v["ended_at"]
+        .as_u64()
+        .expect("the page showed a final banner");
+    let reqs = v["requests"].as_array().expect("requests");
+    assert!(!reqs.is_empty(), "the page never asked for /events");
+    for r in reqs {
+        assert!(
+            r["at"].as_u64().unwrap_or(0) <= end,
+            "/events requested after finished: {v:#}"
+        );
+    }
+}
+
+#[test]
+fn the_dashboard_follows_a_whole_run_and_stops_at_finished() {
+    let Some(_b) = browser() else { return };
+    let db = TempDb::shop(2000);
+    let old = old_sessions(&db);
+    // The run waits for the page's stream, so the page sees it live from
+    // the first step; the linger keeps the replay available afterwards.
+    let p = start_run(&db, 30, &["--wait-for-clients", "1", "--linger", "20"]);
+    let url = format!("http://{}/", p.addr());
+    let v = observe(&url, json!({"settle_ms": SETTLE_MS}));
+    assert_complete(&v, rows_changed(&db, old), &messages(p.addr(), &[]));
+    assert_no_request_after_end(&v);
+    assert_eq!(
+        v["requests"].as_array().map(Vec::len),
+        Some(1),
+        "one stream, no reconnects: {v:#}"
+    );
+    assert_eq!(v["conn"], "run over");
+    assert_eq!(
+        v["width"], v["viewport"],
+        "the page must not scroll sideways"
+    );
+}
+
+#[test]
+fn a_late_page_with_a_token_replays_the_whole_run() {
+    let Some(_b) = browser() else { return };
+    let db = TempDb::shop(2000);
+    let old = old_sessions(&db);
+    let auth = [("Authorization", "Bearer s3cret")];
+    let p = start_run(&db, 30, &["--token", "s3cret", "--linger", "20"]);
+    // Open the page only once the run is two steps in.
+    wait_status(p.addr(), &auth, |s| s["steps_done"].as_u64() >= Some(2));
+    let url = format!("http://{}/?token=s3cret", p.addr());
+    let v = observe(&url, json!({"settle_ms": 500, "width": 390, "height": 800}));
+    assert_complete(&v, rows_changed(&db, old), &messages(p.addr(), &auth));
+    let first = &v["requests"][0];
+    assert!(
+        first["url"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("token=s3cret"),
+        "{v:#}"
+    );
+    assert_eq!(
+        first["last_event_id"],
+        Value::Null,
+        "a new page starts from id 1"
+    );
+    assert_eq!(
+        v["width"], v["viewport"],
+        "phone width: the page must not scroll sideways"
+    );
+}
+
+/// A TCP relay the test can cut: every connection through it is dropped at
+/// once by `cut`, as a flaky network or a proxy restart would.
+struct Relay {
+    addr: SocketAddr,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Relay {
+    fn new(to: SocketAddr) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind relay");
+        let addr = listener.local_addr().expect("relay addr");
+        let conns = Arc::new(Mutex::new(Vec::new()));
+        let keep = conns.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().take(100) {
+                let Ok(client) = client else { break };
+                let Ok(server) = TcpStream::connect(to) else {
+                    continue;
+                };
+                let mut list = keep.lock().unwrap_or_else(|p| p.into_inner());
+                for s in [&client, &server] {
+                    if let Ok(c) = s.try_clone() {
+                        list.push(c);
+                    }
+                }
+                pipe(&client, &server);
+                pipe(&server, &client);
+            }
+        });
+        Relay { addr, conns }
+    }
+
+    fn cut(&self) {
+        for s in self
+            .conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+fn pipe(from: &TcpStream, to: &TcpStream) {
+    let (Ok(mut from), Ok(mut to)) = (from.try_clone(), to.try_clone()) else {
+        return;
+    };
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 16 * 1024];
+        while let Ok(n) = from.read(&mut buf) {
+            if n == 0 || to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(Shutdown::Write);
+    });
+}
+
+#[test]
+fn a_dropped_stream_resumes_without_duplicate_rows() {
+    let Some(_b) = browser() else { return };
+    let db = TempDb::shop(2000);
+    let old = old_sessions(&db);
+    let auth = [("Authorization", "Bearer s3cret")];
+    let p = start_run(
+        &db,
+        60,
+        &[
+            "--token",
+            "s3cret",
+            "--wait-for-clients",
+            "1",
+            "--linger",
+            "20",
+        ],
+    );
+    let relay = Relay::new(p.addr());
+    let page = Observer::start(&format!("http://{}/?token=s3cret", relay.addr), json!({}));
+    // Cut mid-run, after the page has logged some messages.
+    wait_status(p.addr(), &auth, |s| s["steps_done"].as_u64() >= Some(2));
+    relay.cut();
+    let v = page.finish();
+    assert_complete(&v, rows_changed(&db, old), &messages(p.addr(), &auth));
+    let reqs = v["requests"].as_array().expect("requests");
+    assert!(reqs.len() >= 2, "the page never reconnected: {v:#}");
+    let resumed = &reqs[1];
+    assert!(
+        resumed["url"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("token=s3cret"),
+        "{v:#}"
+    );
+    let from: u64 = resumed["last_event_id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        from > 1,
+        "the reconnect must resume with Last-Event-ID: {v:#}"
+    );
+    assert!(
+        v["conn_history"]
+            .as_array()
+            .is_some_and(|h| h.contains(&json!("reconnecting…"))),
+        "the page never said it was reconnecting: {v:#}"
+    );
+}
+
+#[test]
+fn the_page_says_when_the_server_is_gone() {
+    let Some(_b) = browser() else { return };
+    let db = TempDb::shop(2000);
+    let mut p = start_run(&db, 100, &["--wait-for-clients", "1"]);
+    let page = Observer::start(
+        &format!("http://{}/", p.addr()),
+        json!({"settle_ms": SETTLE_MS}),
+    );
+    wait_status(p.addr(), &[], |s| s["steps_done"].as_u64() >= Some(1));
+    // A crash: no `finished` is ever sent.
+    let _ = p.child.kill();
+    let _ = p.child.wait();
+    let v = page.finish();
+    assert_eq!(v["banner"]["status"], "gone", "{v:#}");
+    assert_eq!(v["conn"], "server gone", "{v:#}");
+    assert_no_request_after_end(&v);
+    let running = v["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .filter(|s| s["state"] == "running")
+        .count();
+    assert_eq!(running, 1, "the last state seen stays on screen: {v:#}");
+}
+
+/// A page the way a Vue or React app would do it, served from another origin.
+const OTHER_APP: &str = r#"<!doctype html><meta charset="utf-8"><title>another app</title>
+<ol id="steps"></ol><ol id="log"></ol><div id="banner"></div><pre id="extra"></pre>
+<script>
+const base = "BASE";
+const $ = (id) => document.getElementById(id);
+const es = new EventSource(base + "/events");
+const status = () => fetch(base + "/status").then((r) => r.json()).then((s) => "status " + s.state + " " + s.rows_changed, (e) => "status fetch failed: " + e);
+es.addEventListener("start", (e) => {
+  for (const s of JSON.parse(e.data).steps) {
+    const li = document.createElement("li");
+    li.dataset.state = "waiting";
+    li.textContent = s.name;
+    $("steps").append(li);
+  }
+});
+es.addEventListener("step", (e) => { const d = JSON.parse(e.data); $("steps").children[d.index].dataset.state = d.state; });
+es.onmessage = (e) => { const li = document.createElement("li"); li.textContent = JSON.parse(e.data).message; $("log").append(li); };
+es.addEventListener("finished", async (e) => {
+  es.close();
+  const d = JSON.parse(e.data);
+  $("extra").textContent = await status();
+  $("banner").textContent = d.rows_changed + " rows";
+  $("banner").dataset.status = d.status;
+});
+es.onerror = async () => {
+  if (es.readyState !== EventSource.CLOSED || $("banner").dataset.status) return;
+  $("extra").textContent = await status();
+  $("banner").dataset.status = "blocked";
+};
+</script>"#;
+
+/// Serves `OTHER_APP`, pointed at `server`, on `listener`: bound before
+/// the run starts, since `--cors` must name the page's origin.
+fn serve_other_app(listener: TcpListener, server: SocketAddr) {
+    let body = OTHER_APP.replace("BASE", &format!("http://{server}"));
+    std::thread::spawn(move || {
+        for conn in listener.incoming().take(20) {
+            let Ok(mut conn) = conn else { break };
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\ncontent-type: text/html; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+}
+
+#[test]
+fn a_page_on_another_origin_follows_the_run_only_with_cors() {
+    let Some(_b) = browser() else { return };
+    let db = TempDb::shop(2000);
+    let old = old_sessions(&db);
+
+    // Without --cors the browser must refuse to hand the stream to the page.
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind page server");
+    let origin = format!("http://{}", listener.local_addr().expect("page addr"));
+    let dry = [
+        "--no-checkpoint",
+        "--dry-run",
+        "--wait-for-clients",
+        "1",
+        "--linger",
+        "20",
+    ];
+    let closed = start_run(&db, 0, &dry);
+    serve_other_app(listener, closed.addr());
+    let v = observe(&format!("{origin}/"), json!({}));
+    assert_eq!(v["banner"]["status"], "blocked", "{v:#}");
+    assert!(
+        v["extra"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("status fetch failed"),
+        "{v:#}"
+    );
+    drop(closed);
+
+    // With exactly the page's origin allowed, the page follows the run.
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind page server");
+    let origin = format!("http://{}", listener.local_addr().expect("page addr"));
+    let p = start_run(
+        &db,
+        30,
+        &[
+            "--cors",
+            &origin,
+            "--wait-for-clients",
+            "1",
+            "--linger",
+            "20",
+        ],
+    );
+    serve_other_app(listener, p.addr());
+    let v = observe(&format!("{origin}/"), json!({"settle_ms": SETTLE_MS}));
+    let rows = rows_changed(&db, old);
+    assert_eq!(v["banner"]["status"], "ok", "{v:#}");
+    assert_eq!(v["banner"]["text"], format!("{rows} rows"), "{v:#}");
+    assert_eq!(
+        v["extra"],
+        format!("status finished {rows}"),
+        "/status must be readable too: {v:#}"
+    );
+    let states: Vec<_> = v["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| s["state"].clone())
+        .collect();
+    assert_eq!(states, vec![json!("done"); 5], "{v:#}");
+    assert_eq!(v["log"], json!(messages(p.addr(), &[])), "{v:#}");
+    assert_no_request_after_end(&v);
+}
+
+#[test]
+fn a_failed_run_shows_the_failed_step_and_the_error() {
+    let Some(_b) = browser() else { return };
+    let db = TempDb::shop(200);
+    let sql = db.file(
+        "fix.sql",
+        "UPDATE orders SET counter = counter + 1;\nUPDATE orders SET qty = NULL WHERE id = 7;\nDELETE FROM sessions;\n",
+    );
+    let p = Proc::start(&[
+        "run",
+        "--db",
+        path_str(&db.path),
+        "--sql",
+        path_str(&sql),
+        "--listen",
+        "127.0.0.1:0",
+        "--progress",
+        "none",
+        "--wait-for-clients",
+        "1",
+        "--linger",
+        "20",
+    ]);
+    let v = observe(&format!("http://{}/", p.addr()), json!({"dark": true}));
+    assert_eq!(v["banner"]["status"], "failed", "{v:#}");
+    let banner = v["banner"]["text"].as_str().unwrap_or_default();
+    assert!(
+        banner.contains("NOT NULL"),
+        "the banner must carry the error: {banner:?}"
+    );
+    let states: Vec<_> = v["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| s["state"].clone())
+        .collect();
+    assert_eq!(
+        states,
+        [json!("done"), json!("failed"), json!("waiting")],
+        "{v:#}"
+    );
+    let failed = v["steps"][1]["text"].as_str().unwrap_or_default();
+    assert!(
+        failed.contains("NOT NULL"),
+        "the failed step shows why: {failed:?}"
+    );
+    assert_eq!(v["overall"]["value"], 1, "{v:#}");
+}
