@@ -8,7 +8,7 @@ use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use fallible_iterator::FallibleIterator;
-use rusqlite::{Batch, Connection, InterruptHandle, OpenFlags, named_params};
+use rusqlite::{Batch, Connection, InterruptHandle, OpenFlags, OptionalExtension, named_params};
 use serde_json::json;
 
 use crate::checkpoint::{self, Resume};
@@ -593,7 +593,13 @@ impl Runner<'_> {
             changed: 0,
         };
         let counts = self.conn.query_row(
-            &format!("SELECT count({key}), count(*) - count({key}), max({key}) FROM {table}"),
+            &if key == "rowid" {
+                // A rowid is never NULL, and count(*) is SQLite's fast b-tree
+                // count where count(rowid) would decode every row.
+                format!("SELECT count(*), 0, max(rowid) FROM {table}")
+            } else {
+                format!("SELECT count({key}), count(*) - count({key}), max({key}) FROM {table}")
+            },
             [],
             |r| {
                 Ok((
@@ -663,24 +669,13 @@ impl Runner<'_> {
                 }
             };
         }
-        let bounds_sql = |from_start: bool| {
-            format!(
-                "SELECT min(k), max(k), count(*) FROM (SELECT {key} AS k FROM {table} WHERE {} {key} <= ?2 ORDER BY {key} LIMIT ?3)",
-                if from_start {
-                    format!("{key} IS NOT NULL AND ?1 IS NULL AND")
-                } else {
-                    format!("{key} > ?1 AND")
-                }
-            )
-        };
         let prepared = (|| {
             Ok::<_, rusqlite::Error>((
-                self.conn.prepare(&bounds_sql(true))?,
-                self.conn.prepare(&bounds_sql(false))?,
+                Keyset::new(self.conn, &table, key)?,
                 self.conn.prepare(&step.sql)?,
             ))
         })();
-        let (mut first_bounds, mut next_bounds, mut work) = match prepared {
+        let (mut keyset, mut work) = match prepared {
             Ok(p) => p,
             Err(e) => return Err((self.error(&e), o)),
         };
@@ -695,28 +690,7 @@ impl Runner<'_> {
                 return Err((self.error(&e), o));
             }
             let chunk_result = (|| -> rusqlite::Result<Option<(Key, u64, u64)>> {
-                let bounds = match &prev {
-                    None => first_bounds.query_row(
-                        rusqlite::params![Key::Null, max_key, size as i64],
-                        |r| {
-                            Ok((
-                                r.get::<_, Key>(0)?,
-                                r.get::<_, Key>(1)?,
-                                r.get::<_, i64>(2)?,
-                            ))
-                        },
-                    )?,
-                    Some(p) => {
-                        next_bounds.query_row(rusqlite::params![p, max_key, size as i64], |r| {
-                            Ok((
-                                r.get::<_, Key>(0)?,
-                                r.get::<_, Key>(1)?,
-                                r.get::<_, i64>(2)?,
-                            ))
-                        })?
-                    }
-                };
-                let (lo, hi, n) = bounds;
+                let (lo, hi, n) = keyset.next(prev.as_ref(), &max_key, size)?;
                 if n == 0 {
                     // Rows past the last chunk were deleted meanwhile.
                     checkpoint::finish_chunked(
@@ -725,7 +699,7 @@ impl Runner<'_> {
                     return Ok(None);
                 }
                 let changed = work.execute(named_params! {":lo": lo, ":hi": hi})? as u64;
-                let (done, total_changed) = (o.done + n as u64, o.changed + changed);
+                let (done, total_changed) = (o.done + n, o.changed + changed);
                 if hi == max_key {
                     checkpoint::finish_chunked(
                         self.conn,
@@ -746,7 +720,7 @@ impl Runner<'_> {
                         total_changed,
                     )?;
                 }
-                Ok(Some((hi, n as u64, changed)))
+                Ok(Some((hi, n, changed)))
             })();
             let (hi, n, changed) = match chunk_result {
                 Ok(Some(v)) => v,
@@ -814,6 +788,75 @@ impl Runner<'_> {
             eta_ms: (rate > 0.0).then(|| (left as f64 / rate * 1000.0) as u64),
             elapsed_ms: ms(elapsed),
         }));
+    }
+}
+
+/// Finds each chunk's keys by keyset pagination. `hi` is found with one
+/// `LIMIT 1 OFFSET size-1` probe from the previous chunk's last key: SQLite
+/// steps over the keys without decoding rows, several times cheaper than
+/// aggregating the chunk. Needs a unique key, which the plan checks.
+struct Keyset<'c> {
+    /// `[first chunk, later chunks]` of each query.
+    lo: [rusqlite::Statement<'c>; 2],
+    hi: [rusqlite::Statement<'c>; 2],
+    count: [rusqlite::Statement<'c>; 2],
+}
+
+impl<'c> Keyset<'c> {
+    fn new(conn: &'c Connection, table: &str, key: &str) -> rusqlite::Result<Self> {
+        // ?1 is the previous chunk's last key (unused for the first chunk),
+        // ?2 the largest key when the step began.
+        let from = [
+            format!("{key} IS NOT NULL AND ?1 IS NULL"),
+            format!("{key} > ?1"),
+        ];
+        let prep = |i: usize, what: &str, tail: &str| {
+            conn.prepare(&format!(
+                "SELECT {what} FROM {table} WHERE {} AND {key} <= ?2 {tail}",
+                from[i]
+            ))
+        };
+        let order = format!("ORDER BY {key}");
+        Ok(Keyset {
+            lo: [
+                prep(0, key, &format!("{order} LIMIT 1"))?,
+                prep(1, key, &format!("{order} LIMIT 1"))?,
+            ],
+            hi: [
+                prep(0, key, &format!("{order} LIMIT 1 OFFSET ?3"))?,
+                prep(1, key, &format!("{order} LIMIT 1 OFFSET ?3"))?,
+            ],
+            count: [prep(0, "count(*)", "")?, prep(1, "count(*)", "")?],
+        })
+    }
+
+    /// The next chunk after `prev`: `(lo, hi, rows)`, rows = 0 at the end.
+    fn next(
+        &mut self,
+        prev: Option<&Key>,
+        max: &Key,
+        size: u64,
+    ) -> rusqlite::Result<(Key, Key, u64)> {
+        let i = usize::from(prev.is_some());
+        let prev = prev.unwrap_or(&Key::Null);
+        let lo: Option<Key> = self.lo[i]
+            .query_row(rusqlite::params![prev, max], |r| r.get(0))
+            .optional()?;
+        let Some(lo) = lo else {
+            return Ok((Key::Null, Key::Null, 0));
+        };
+        let offset = size.saturating_sub(1).min(i64::MAX as u64) as i64;
+        let hi: Option<Key> = self.hi[i]
+            .query_row(rusqlite::params![prev, max, offset], |r| r.get(0))
+            .optional()?;
+        match hi {
+            Some(hi) => Ok((lo, hi, size)),
+            // Fewer than `size` keys are left: the chunk runs to the end.
+            None => {
+                let n: i64 = self.count[i].query_row(rusqlite::params![prev, max], |r| r.get(0))?;
+                Ok((lo, max.clone(), n.max(0) as u64))
+            }
+        }
     }
 }
 
