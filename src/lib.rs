@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod dashboard;
 pub mod demo;
+pub mod direct;
 pub mod error;
 pub mod event;
 pub mod event_log;

@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::stream::{self, Stream};
 use http_body_util::{BodyExt, Empty, Full, StreamBody, combinators::BoxBody};
-use hyper::body::{Frame, Incoming};
+use hyper::body::Frame;
 use hyper::header::{self, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -126,15 +126,22 @@ pub async fn serve(
                 };
                 let _ = tcp.set_nodelay(true);
                 let state = state.clone();
-                let conn = builder.serve_connection(
-                    TokioIo::new(tcp),
-                    service_fn(move |req| {
-                        let state = state.clone();
-                        async move { Ok::<_, Infallible>(handle(&state, req)) }
-                    }),
-                );
+                let builder = builder.clone();
                 let mut closing = closing_rx.clone();
                 conns.spawn(async move {
+                    // A fresh connection asking for /events is streamed
+                    // straight onto the socket; everything else is hyper's.
+                    let io = match crate::direct::sniff(tcp, &state).await {
+                        crate::direct::Sniffed::Served => return,
+                        crate::direct::Sniffed::Other(io) => io,
+                    };
+                    let conn = builder.serve_connection(
+                        TokioIo::new(io),
+                        service_fn(move |req| {
+                            let state = state.clone();
+                            async move { Ok::<_, Infallible>(handle(&state, req)) }
+                        }),
+                    );
                     tokio::pin!(conn);
                     tokio::select! {
                         _ = conn.as_mut() => return,
@@ -173,7 +180,7 @@ fn empty(status: StatusCode) -> Response<Body> {
 }
 
 /// Routes one request. Never panics on anything a client sends.
-pub fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
+pub fn handle<B>(state: &Arc<State>, req: Request<B>) -> Response<Body> {
     let mut resp = route(state, &req);
     let headers = resp.headers_mut();
     if let Some(origin) = &state.config.cors
@@ -189,7 +196,7 @@ pub fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
     resp
 }
 
-fn route(state: &Arc<State>, req: &Request<Incoming>) -> Response<Body> {
+fn route<B>(state: &Arc<State>, req: &Request<B>) -> Response<Body> {
     let path = req.uri().path();
     let method = req.method();
     if method == Method::OPTIONS && state.config.cors.is_some() {
@@ -265,7 +272,7 @@ fn status(state: &State) -> Response<Body> {
     r
 }
 
-fn events(state: &Arc<State>, req: &Request<Incoming>, query: &Query) -> Response<Body> {
+fn events<B>(state: &Arc<State>, req: &Request<B>, query: &Query) -> Response<Body> {
     let last_seen = req
         .headers()
         .get("last-event-id")
@@ -381,7 +388,7 @@ fn event_stream<G: Send + 'static>(
 }
 
 /// Checks the token from the header or the query, in constant time.
-fn authorized(token: &str, req: &Request<Incoming>, query: &Query) -> bool {
+fn authorized<B>(token: &str, req: &Request<B>, query: &Query) -> bool {
     let from_header = req
         .headers()
         .get(header::AUTHORIZATION)

@@ -263,7 +263,7 @@ pub struct Seen {
 pub async fn open_events(
     addr: SocketAddr,
     recv_buf: Option<u32>,
-) -> std::io::Result<(TcpStream, Vec<u8>)> {
+) -> std::io::Result<(TcpStream, Vec<u8>, bool)> {
     let sock = TcpSocket::new_v4()?;
     if let Some(n) = recv_buf {
         sock.set_recv_buffer_size(n)?;
@@ -274,7 +274,7 @@ pub async fn open_events(
         .await?;
     if recv_buf.is_some() {
         // A stalled client never reads, not even the head.
-        return Ok((s, Vec::new()));
+        return Ok((s, Vec::new(), false));
     }
     let mut buf = Vec::with_capacity(4096);
     let mut chunk = [0u8; 4096];
@@ -286,22 +286,31 @@ pub async fn open_events(
         buf.extend_from_slice(&chunk[..n]);
         if let Some(end) = find(&buf, b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..end]).to_string();
-            if !head.starts_with("HTTP/1.1 200")
-                || !head
-                    .to_ascii_lowercase()
-                    .contains("transfer-encoding: chunked")
-            {
+            if !head.starts_with("HTTP/1.1 200") {
                 return Err(std::io::Error::other(format!("unexpected head: {head}")));
             }
-            return Ok((s, buf[end + 4..].to_vec()));
+            // A fresh connection gets the body unframed, ending at close;
+            // hyper's keep-alive path would send it chunked.
+            let chunked = head
+                .to_ascii_lowercase()
+                .contains("transfer-encoding: chunked");
+            return Ok((s, buf[end + 4..].to_vec(), chunked));
         }
     }
 }
 
 /// Reads a stream to its end, timing every event against its `ts_ms`.
-pub async fn read_events(mut s: TcpStream, mut raw: Vec<u8>, hist: Arc<Histogram>) -> Seen {
+pub async fn read_events(
+    mut s: TcpStream,
+    mut raw: Vec<u8>,
+    chunked: bool,
+    hist: Arc<Histogram>,
+) -> Seen {
     let mut seen = Seen::default();
-    let mut dechunk = Dechunk::default();
+    let mut dechunk = Dechunk {
+        passthrough: !chunked,
+        ..Dechunk::default()
+    };
     let mut sse = Vec::<u8>::new();
     let mut last = 0u64;
     let mut buf = vec![0u8; 64 * 1024];
@@ -378,6 +387,8 @@ pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 /// Undoes HTTP/1.1 chunked transfer coding, incrementally.
 #[derive(Default)]
 struct Dechunk {
+    /// The body is not chunked: bytes pass through and it ends at close.
+    passthrough: bool,
     head: Vec<u8>,
     left: usize,
     /// Bytes of the CRLF after a chunk still to skip.
@@ -388,6 +399,10 @@ struct Dechunk {
 impl Dechunk {
     /// Appends the decoded payload of `input` to `out`; true at the last chunk.
     fn feed(&mut self, mut input: &[u8], out: &mut Vec<u8>) -> bool {
+        if self.passthrough {
+            out.extend_from_slice(input);
+            return false;
+        }
         while !input.is_empty() && !self.ended {
             if self.crlf > 0 {
                 let n = self.crlf.min(input.len());
@@ -443,7 +458,7 @@ pub async fn connect_readers(
             drop(permit);
             let _ = tx.send(());
             match opened {
-                Ok((s, rest)) => read_events(s, rest, hist).await,
+                Ok((s, rest, chunked)) => read_events(s, rest, chunked, hist).await,
                 Err(e) => Seen {
                     missing: 1,
                     error: Some(e.to_string()),

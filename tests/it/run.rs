@@ -518,3 +518,64 @@ fn the_demo_runs_the_sample_plan_to_the_end() {
     assert!(err.contains("finished ok: 5/5 steps"), "{err}");
     assert!(err.contains("in a browser"), "{err}");
 }
+
+#[test]
+fn a_stream_on_a_kept_alive_connection_works_as_on_a_fresh_one() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let db = TempDb::counters(100);
+    let plan = db.file("plan.json", &counter_plan("keepalive", 10));
+    let mut p = Proc::start(&args(
+        &db,
+        path_str(&plan),
+        &[
+            "--wait-for-clients",
+            "1",
+            "--batch-size",
+            "10",
+            "--progress",
+            "none",
+        ],
+    ));
+    // Fresh connections asking for /events are streamed directly; this one
+    // asks for /status first, so hyper serves the stream (chunked).
+    let mut tcp = std::net::TcpStream::connect(p.addr()).unwrap();
+    tcp.set_read_timeout(Some(PATIENCE)).unwrap();
+    tcp.write_all(b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut r = BufReader::new(tcp.try_clone().unwrap());
+    let mut len = 0;
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap();
+        }
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).unwrap();
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&body).unwrap()["state"],
+        "waiting"
+    );
+    tcp.write_all(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = r.read_to_end(&mut rest);
+    let text = String::from_utf8_lossy(&rest);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{text}"
+    );
+    assert!(
+        text.contains("id: 1\r\nevent: start") || text.contains("id: 1\nevent: start"),
+        "{text}"
+    );
+    assert!(text.contains("event: finished"), "{text}");
+    assert!(p.wait().success());
+    assert_eq!(db.counter_spread(), (100, 0));
+}

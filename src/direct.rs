@@ -1,0 +1,203 @@
+//! The direct stream path: when a fresh connection's first request is
+//! `GET /events`, the answer (the same `server::handle` response) is written
+//! straight onto the socket and the body ends when the connection closes.
+//! A stream then costs its socket and a cursor, not hyper's two 8 KiB
+//! per-connection buffers, which dominated memory at 10,000 viewers. Every
+//! other request, and every later request on a kept-alive connection, is
+//! hyper's, so routing, auth and limits stay in one place.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use http_body_util::BodyExt;
+use hyper::body::Body as _;
+use hyper::{Method, Request, StatusCode};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::server::{self, State};
+
+/// The longest request head the direct path reads before giving up.
+const MAX_HEAD: usize = 16 * 1024;
+/// How long a client may take to send its request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+const PREFIX: &[u8] = b"GET /events";
+
+pub enum Sniffed {
+    /// The connection was answered (or dropped) here.
+    Served,
+    /// Not a stream request: hyper takes it, bytes already read included.
+    Other(Prefixed),
+}
+
+/// Reads just enough of the first request to tell whether it is
+/// `GET /events`, and serves it directly if so.
+pub async fn sniff(mut tcp: TcpStream, state: &Arc<State>) -> Sniffed {
+    let mut buf = Vec::with_capacity(1024);
+    let read_head = async {
+        loop {
+            let shown = buf.len().min(PREFIX.len());
+            let is_stream = buf[..shown] == PREFIX[..shown]
+                && (buf.len() <= PREFIX.len() || matches!(buf[PREFIX.len()], b' ' | b'?'));
+            if !is_stream {
+                return Some(false);
+            }
+            if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                return Some(true);
+            }
+            if buf.len() >= MAX_HEAD {
+                return Some(false);
+            }
+            let mut chunk = [0u8; 1024];
+            match tcp.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    let direct = match tokio::time::timeout(HEAD_TIMEOUT, read_head).await {
+        Ok(Some(direct)) => direct,
+        // Closed, broken, or too slow before saying anything useful.
+        _ => return Sniffed::Served,
+    };
+    if direct && let Some(req) = parse(&buf) {
+        let resp = server::handle(state, req);
+        write_response(&mut tcp, resp).await;
+        return Sniffed::Served;
+    }
+    Sniffed::Other(Prefixed {
+        prefix: Some(Bytes::from(buf)),
+        inner: tcp,
+    })
+}
+
+/// A complete, well-formed GET head as a request; `None` sends it to hyper,
+/// which answers malformed input with the right 4xx.
+fn parse(buf: &[u8]) -> Option<Request<()>> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut headers);
+    let httparse::Status::Complete(_) = req.parse(buf).ok()? else {
+        return None;
+    };
+    if req.method != Some("GET") {
+        return None;
+    }
+    let mut b = Request::builder().method(Method::GET).uri(req.path?);
+    for h in req.headers.iter() {
+        b = b.header(h.name, h.value);
+    }
+    b.body(()).ok()
+}
+
+/// Writes a response with `connection: close`; a body of unknown length
+/// (the event stream) simply ends when the socket closes.
+async fn write_response(tcp: &mut TcpStream, resp: hyper::Response<server::Body>) {
+    let (parts, mut body) = resp.into_parts();
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\n",
+        parts.status.as_u16(),
+        parts.status.canonical_reason().unwrap_or("")
+    )
+    .into_bytes();
+    for (name, value) in &parts.headers {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    let no_body =
+        parts.status == StatusCode::NO_CONTENT || parts.status == StatusCode::NOT_MODIFIED;
+    if let (false, Some(n)) = (no_body, body.size_hint().exact()) {
+        head.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
+    }
+    head.extend_from_slice(b"connection: close\r\n\r\n");
+    if tcp.write_all(&head).await.is_err() {
+        return;
+    }
+    drop(head);
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Ok(data) = frame.into_data()
+            && tcp.write_all(&data).await.is_err()
+        {
+            return;
+        }
+    }
+    let _ = tcp.shutdown().await;
+}
+
+/// A socket with the bytes already read put back in front, for hyper.
+pub struct Prefixed {
+    prefix: Option<Bytes>,
+    inner: TcpStream,
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if let Some(prefix) = self.prefix.as_mut() {
+            let n = prefix.len().min(buf.remaining());
+            buf.put_slice(&prefix[..n]);
+            prefix.advance(n);
+            if prefix.is_empty() {
+                self.prefix = None;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_complete_get_heads_parse() {
+        let r =
+            parse(b"GET /events?last_event_id=4 HTTP/1.1\r\nHost: x\r\nLast-Event-ID: 7\r\n\r\n")
+                .unwrap();
+        assert_eq!(r.uri().path(), "/events");
+        assert_eq!(r.uri().query(), Some("last_event_id=4"));
+        assert_eq!(r.headers()["last-event-id"], "7");
+        assert!(parse(b"GET /events HTTP/1.1\r\nHost: x\r\n").is_none());
+        assert!(parse(b"POST /events HTTP/1.1\r\n\r\n").is_none());
+        assert!(parse(b"GET /events HTTP/1.1\r\nBad Header\r\n\r\n").is_none());
+    }
+}
