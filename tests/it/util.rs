@@ -117,48 +117,35 @@ impl Proc {
     }
 
     pub fn start_with(args: &[&str], tweak: impl FnOnce(&mut Command)) -> Proc {
-        let mut cmd = Command::new(BIN);
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .env_remove("BATCHSSE_TOKEN")
-            .env("NO_COLOR", "1");
-        tweak(&mut cmd);
-        let mut child = cmd.spawn().expect("spawn batchsse");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let err = child.stderr.take().expect("stderr");
-        let sink = stderr.clone();
-        let stderr_times = Arc::new(Mutex::new(Vec::new()));
-        let times = stderr_times.clone();
-        std::thread::spawn(move || {
-            let mut first = true;
-            for line in BufReader::new(err).lines() {
-                let Ok(line) = line else { break };
-                if first {
-                    let _ = tx.send(line.clone());
-                    first = false;
-                }
-                times.lock().unwrap().push((Instant::now(), line.clone()));
-                let mut s = sink.lock().unwrap();
-                s.push_str(&line);
-                s.push('\n');
+        let mut p = spawn(args, tweak);
+        if args.contains(&"--no-serve") {
+            return p;
+        }
+        let start = Instant::now();
+        while start.elapsed() < PATIENCE {
+            let first = p
+                .stderr_times
+                .lock()
+                .unwrap()
+                .first()
+                .map(|(_, l)| l.clone());
+            if let Some(line) = first {
+                p.addr = line
+                    .strip_prefix("batchsse: listening on http://")
+                    .and_then(|rest| rest.trim_end_matches('/').parse().ok());
+                break;
             }
-        });
-        let serve = !args.contains(&"--no-serve");
-        let mut addr = None;
-        if serve && let Ok(line) = rx.recv_timeout(PATIENCE) {
-            addr = line
-                .strip_prefix("batchsse: listening on http://")
-                .and_then(|rest| rest.trim_end_matches('/').parse().ok());
+            if p.child.try_wait().ok().flatten().is_some() {
+                // Exited before saying anything; let the last lines land.
+                std::thread::sleep(Duration::from_millis(50));
+                if p.stderr_times.lock().unwrap().is_empty() {
+                    break;
+                }
+                continue;
+            }
+            std::thread::sleep(Duration::from_millis(2));
         }
-        Proc {
-            child,
-            stderr,
-            stderr_times,
-            addr,
-        }
+        p
     }
 
     pub fn addr(&self) -> SocketAddr {
