@@ -860,3 +860,44 @@ fn malformed_and_huge_requests_get_4xx_and_never_disturb_the_run() {
     assert!(p.wait().success());
     assert_eq!(db.counter_spread(), (500, 0));
 }
+
+/// Clears the immutable flag again, even when the test fails.
+struct Immutable<'a>(&'a std::path::Path);
+
+impl Drop for Immutable<'_> {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_read_only_database_is_refused_before_anything_runs() {
+    let db = TempDb::counters(10);
+    let plan = db.file("plan.json", &counter_plan("ro", 10));
+    // Root ignores file modes, so make the file immutable instead.
+    let made = std::process::Command::new("chattr")
+        .arg("+i")
+        .arg(&db.path)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !made {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "chattr +i is needed for this test in CI"
+        );
+        eprintln!("skipped: chattr +i is not available here (needs root on ext4)");
+        return;
+    }
+    let _guard = Immutable(&db.path);
+    let before = sha256(&db.path);
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("read-only") && err.contains("write access"),
+        "{err}"
+    );
+    assert_eq!(sha256(&db.path), before);
+}
