@@ -275,11 +275,8 @@ async fn drive(session: Session) -> Result<RunStatus, UsageError> {
         let listener = server::bind(s.addr).await?;
         let local = listener.local_addr().unwrap_or(s.addr);
         crate::errln!("batchsse: listening on http://{local}/");
-        if !local.ip().is_loopback() && s.config.token.is_none() {
-            crate::errln!(
-                "batchsse: warning: listening on {} without --token: anyone who can reach this address can watch the run",
-                local.ip()
-            );
+        if let Some(w) = exposure_warning(local, s.config.token.as_deref()) {
+            crate::errln!("{w}");
         }
         if let Some(b) = banner {
             crate::errln!("{}", b.replace("{url}", &dashboard_url(local, &s.config)));
@@ -347,6 +344,16 @@ async fn drive(session: Session) -> Result<RunStatus, UsageError> {
         let _ = t.await;
     }
     Ok(status)
+}
+
+/// A warning when the stream is reachable from other machines unguarded.
+fn exposure_warning(addr: SocketAddr, token: Option<&str>) -> Option<String> {
+    (!addr.ip().is_loopback() && token.is_none()).then(|| {
+        format!(
+            "batchsse: warning: listening on {} without --token: anyone who can reach this address can watch the run",
+            addr.ip()
+        )
+    })
 }
 
 fn dashboard_url(addr: SocketAddr, config: &server::Config) -> String {
@@ -446,4 +453,47 @@ pub fn demo_dir(keep: Option<&PathBuf>) -> anyhow::Result<(Option<tempfile::Temp
             (Some(t), p)
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_unguarded_non_loopback_address_is_warned_about() {
+        let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(
+            exposure_warning(addr("0.0.0.0:7077"), None)
+                .unwrap()
+                .contains("--token")
+        );
+        assert!(exposure_warning(addr("192.168.1.5:7077"), None).is_some());
+        assert!(exposure_warning(addr("[::]:7077"), None).is_some());
+        assert!(exposure_warning(addr("0.0.0.0:7077"), Some("t")).is_none());
+        assert!(exposure_warning(addr("127.0.0.1:7077"), None).is_none());
+        assert!(exposure_warning(addr("[::1]:7077"), None).is_none());
+    }
+
+    #[test]
+    fn listen_addresses_people_type_parse() {
+        assert_eq!(parse_listen("127.0.0.1:0").unwrap().port(), 0);
+        assert_eq!(
+            parse_listen("8080").unwrap(),
+            "127.0.0.1:8080".parse().unwrap()
+        );
+        assert_eq!(
+            parse_listen("localhost:9").unwrap(),
+            "127.0.0.1:9".parse().unwrap()
+        );
+        assert!(parse_listen("[::1]:7077").is_ok());
+        for bad in ["", "host", "1.2.3.4", "300.0.0.1:80", "127.0.0.1:99999"] {
+            assert!(
+                parse_listen(bad)
+                    .unwrap_err()
+                    .to_string()
+                    .contains("127.0.0.1:0"),
+                "{bad}"
+            );
+        }
+    }
 }
