@@ -39,10 +39,12 @@ fn state(db: &TempDb) -> (Rows, Checkpoint) {
 
 const ROWS: u64 = 3000;
 
-fn crash_db() -> TempDb {
+/// Ids `first, first + step, …`: a step of 1 gives dense rowids (chunk
+/// boundaries by arithmetic), 2 sparse ones (boundaries by probing keys).
+fn crash_db(step: u64) -> TempDb {
     TempDb::with_sql(&format!(
         "CREATE TABLE t(id INTEGER PRIMARY KEY, counter INTEGER NOT NULL DEFAULT 0, c2 INTEGER NOT NULL DEFAULT 0);
-         INSERT INTO t(id) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < {ROWS}) SELECT i FROM s;"
+         INSERT INTO t(id) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < {ROWS}) SELECT {step} * i FROM s;"
     ))
 }
 
@@ -53,7 +55,16 @@ const CRASH_PLAN: &str = r#"{"name":"crash","steps":[
 
 #[test]
 fn sigkill_at_many_points_then_resume_applies_every_chunk_exactly_once() {
-    let reference = crash_db();
+    crash_and_resume(2);
+}
+
+#[test]
+fn sigkill_and_resume_on_dense_rowids_too() {
+    crash_and_resume(1);
+}
+
+fn crash_and_resume(id_step: u64) {
+    let reference = crash_db(id_step);
     let plan = reference.file("plan.json", CRASH_PLAN);
     let (code, _, err) = run(&run_args(
         &reference,
@@ -62,7 +73,7 @@ fn sigkill_at_many_points_then_resume_applies_every_chunk_exactly_once() {
     ));
     assert_eq!(code, 0, "{err}");
 
-    let db = crash_db();
+    let db = crash_db(id_step);
     let plan = db.file("plan.json", CRASH_PLAN);
     let mut kills = 0;
     let mut rounds = 0;
