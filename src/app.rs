@@ -336,8 +336,27 @@ async fn drive(session: Session) -> Result<RunStatus, UsageError> {
             gate,
         )
     })
-    .await
-    .unwrap_or(RunStatus::Failed);
+    .await;
+    let status = match status {
+        Ok(status) => status,
+        Err(e) => {
+            // A bug in the runner must not leave viewers and the process
+            // waiting forever: end the log so everything shuts down.
+            let snap = log.snapshot();
+            log.push(Event::Finished(crate::event::Finished {
+                status: RunStatus::Failed,
+                steps_done: snap.steps_done,
+                steps_total: snap.steps_total,
+                rows_changed: snap.rows_changed,
+                elapsed_ms: 0,
+                dry_run: false,
+                error: Some(format!(
+                    "internal error, please report it: the runner stopped ({e}); its open transaction was rolled back"
+                )),
+            }));
+            RunStatus::Failed
+        }
+    };
 
     let _ = terminal.await;
     if let Some(t) = server_task {
