@@ -160,6 +160,8 @@ pub fn options(pace: &PaceArgs, args: &RunArgs) -> Result<runner::Options, Usage
 fn seconds(flag: &str, v: f64) -> Result<Duration, UsageError> {
     Duration::try_from_secs_f64(v)
         .map_err(|_| UsageError::new(format!("{flag} takes a number of seconds ≥ 0; got {v}")))
+        // Beyond a year is "forever"; it also keeps timer arithmetic safe.
+        .map(|d| d.min(Duration::from_secs(365 * 24 * 3600)))
 }
 
 /// Parses `--listen`: HOST:PORT, [v6]:PORT, localhost:PORT or a bare port.

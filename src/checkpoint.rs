@@ -18,7 +18,7 @@ const CREATE: &str = "CREATE TABLE IF NOT EXISTS batchsse_checkpoint (
     checksum TEXT NOT NULL,
     name TEXT NOT NULL,
     state TEXT NOT NULL CHECK (state IN ('partial', 'done')),
-    last_key ANY,
+    last_key BLOB, -- BLOB affinity: the key is stored exactly, never converted
     done INTEGER NOT NULL,
     changed INTEGER NOT NULL,
     updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
@@ -197,6 +197,51 @@ pub fn reset(conn: &Connection, plan: &Plan, opts: &Options) -> rusqlite::Result
         )?;
     }
     Ok(())
+}
+
+/// True when the checkpoint of `step` is no longer what this run last left
+/// (`last_key`, or no row before its first write): another batchsse run is
+/// applying the same plan. Call inside the transaction, before any work, so
+/// the write lock makes the check and the work one step.
+pub fn moved(
+    conn: &Connection,
+    plan: &Plan,
+    step: &Step,
+    opts: &Options,
+    last_key: Option<&Key>,
+) -> rusqlite::Result<bool> {
+    if !enabled(opts) {
+        return Ok(false);
+    }
+    let row = conn
+        .prepare_cached(
+            "SELECT state, last_key FROM batchsse_checkpoint WHERE plan = ?1 AND step = ?2",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![plan.name, step.index as i64], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Key>(1)?))
+            })
+            .optional()
+        });
+    let row = match row {
+        Ok(row) => row,
+        // No checkpoint table yet: nothing has been recorded by anyone.
+        Err(e) if e.to_string().contains("no such table") => None,
+        Err(e) => return Err(e),
+    };
+    Ok(match (row, last_key) {
+        (None, None) => false,
+        (Some((state, key)), Some(expected)) => state != "partial" || key != *expected,
+        _ => true,
+    })
+}
+
+/// The message for `moved`.
+pub fn conflict(plan: &Plan) -> String {
+    format!(
+        "another batchsse run is applying plan {:?} to this database (its checkpoint moved under this run); let one run finish, then run the plan again to resume",
+        plan.name
+    )
 }
 
 /// Records a finished step; call inside the step's transaction.

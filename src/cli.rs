@@ -71,7 +71,8 @@ pub struct RunArgs {
     pub pace: PaceArgs,
 
     /// Wait this long for another process's lock before failing.
-    #[arg(long, value_name = "MS", default_value_t = 5000)]
+    #[arg(long, value_name = "MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(0..=i32::MAX as u64))]
     pub busy_timeout: u64,
 
     /// Run everything in one transaction, report the real counts, then roll back.

@@ -220,15 +220,19 @@ fn prepare_sql(origin: &str, text: &str, r: &Rehearsal) -> Result<Plan, UsageErr
 struct Rehearsal {
     conn: Connection,
     /// False when some schema object could not be copied (a virtual table
-    /// whose module this build lacks, say); then only errors no schema could
-    /// explain (syntax) are reported up front.
-    complete: bool,
+    /// whose module this build lacks, say) or a statement could not be
+    /// rehearsed; then only errors no schema could explain (syntax) are
+    /// reported up front.
+    complete: std::cell::Cell<bool>,
 }
 
 impl Rehearsal {
     fn new(db: &Connection) -> Result<Self, UsageError> {
         let conn = Connection::open_in_memory()
             .map_err(|e| UsageError::new(format!("cannot open an in-memory database: {e}")))?;
+        // As in the real run (and the sqlite3 shell); constraint errors on
+        // the empty copy are not reported anyway, see `run_in_rehearsal`.
+        let _ = conn.execute_batch("PRAGMA foreign_keys = OFF");
         let mut complete = true;
         let schema: Vec<(String, String)> = db
             .prepare(
@@ -255,7 +259,10 @@ impl Rehearsal {
         for sql in later {
             complete &= conn.execute_batch(&sql).is_ok();
         }
-        Ok(Rehearsal { conn, complete })
+        Ok(Rehearsal {
+            conn,
+            complete: std::cell::Cell::new(complete),
+        })
     }
 
     /// Checks and rehearses a plain step, which may hold several statements.
@@ -281,9 +288,7 @@ impl Rehearsal {
             let own = classify(label, &text)?;
             autocommit |= own;
             drop(stmt);
-            if let Err(e) = run_in_rehearsal(&self.conn, &text) {
-                self.failure(label, &text, &e)?;
-            }
+            self.run(label, &text)?;
         }
         if count == 0 {
             return Err(UsageError::new(format!(
@@ -299,8 +304,25 @@ impl Rehearsal {
     }
 
     fn rehearse_statement(&self, label: &str, sql: &str) -> Result<(), UsageError> {
-        if let Err(e) = run_in_rehearsal(&self.conn, sql) {
-            self.failure(label, sql, &e)?;
+        self.run(label, sql)
+    }
+
+    /// Compiles and runs one statement on the copy. A statement that does
+    /// not compile is the plan's error; one that compiles but fails on the
+    /// empty tables (a constraint, a trigger's RAISE) depends on data, so it
+    /// is left to the real run, and the copy may have drifted from then on.
+    fn run(&self, label: &str, sql: &str) -> Result<(), UsageError> {
+        match run_in_rehearsal(&self.conn, sql) {
+            Ok(()) => {}
+            Err(Rehearsed::Compile(e)) => {
+                self.failure(label, sql, &e)?;
+            }
+            Err(Rehearsed::Run) => self.complete.set(false),
+        }
+        if first_keyword(sql) == "ATTACH" {
+            // The attached file is not copied, so statements using it are
+            // checked when they run.
+            self.complete.set(false);
         }
         Ok(())
     }
@@ -343,9 +365,8 @@ impl Rehearsal {
                 )));
             }
         }
-        if let Err(e) = stmt.raw_execute() {
-            self.failure(label, sql, &e)?;
-        }
+        // Failing on the empty tables depends on data: left to the real run.
+        let _ = stmt.raw_execute();
         drop(stmt);
         match batch.next() {
             Ok(None) => {}
@@ -450,16 +471,29 @@ impl Rehearsal {
                 "{label}: chunk.key {name:?} is not unique in {table}; chunking needs a unique key (rowid, the primary key, or a column with a UNIQUE index)"
             )));
         }
+        // `INTEGER PRIMARY KEY DESC` is not a rowid alias, and a real
+        // alias has no index of its own: only then may rowid stand for it.
         let integer_pk = pk.len() == 1
             && pk[0].0 == name
             && pk[0].1.eq_ignore_ascii_case("integer")
-            && !without_rowid;
+            && !without_rowid
+            && !self.has_pk_index(table);
         let key_sql = if integer_pk {
             "rowid".to_owned()
         } else {
             quote(&name)
         };
         Ok((name, key_sql))
+    }
+
+    fn has_pk_index(&self, table: &str) -> bool {
+        self.conn
+            .prepare(&format!("PRAGMA index_list({})", quote(table)))
+            .and_then(|mut s| {
+                s.query_map([], |r| r.get::<_, String>(3))?
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .is_ok_and(|origins| origins.iter().any(|o| o == "pk"))
     }
 
     fn has_unique_index(&self, table: &str, column: &str) -> bool {
@@ -493,7 +527,7 @@ impl Rehearsal {
     fn failure(&self, label: &str, sql: &str, e: &rusqlite::Error) -> Result<bool, UsageError> {
         let msg = sqlite_message(e);
         let syntax = msg.contains("syntax error") || msg.contains("incomplete input");
-        if self.complete || syntax {
+        if self.complete.get() || syntax {
             return Err(UsageError::new(format!(
                 "{label} is not valid SQL for this database: {msg}\n  in: {}\n  fix the statement; nothing was run",
                 short(sql.trim(), 200)
@@ -505,15 +539,28 @@ impl Rehearsal {
 
 /// Runs a statement on the rehearsal copy, except those that would touch
 /// files (ATTACH, VACUUM INTO) or that the real run handles itself.
-fn run_in_rehearsal(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+fn run_in_rehearsal(conn: &Connection, sql: &str) -> Result<(), Rehearsed> {
     let word = first_keyword(sql);
     if matches!(word.as_str(), "ATTACH" | "DETACH" | "VACUUM") {
-        return conn.prepare(sql).map(|_| ());
+        return conn.prepare(sql).map(|_| ()).map_err(Rehearsed::Compile);
     }
-    let mut stmt = conn.prepare(sql)?;
+    let mut stmt = conn.prepare(sql).map_err(Rehearsed::Compile)?;
     let mut rows = stmt.raw_query();
-    while rows.next()?.is_some() {}
-    Ok(())
+    loop {
+        match rows.next() {
+            Ok(Some(_)) => {}
+            Ok(None) => return Ok(()),
+            Err(_) => return Err(Rehearsed::Run),
+        }
+    }
+}
+
+/// How a rehearsed statement failed.
+enum Rehearsed {
+    /// It does not compile against the schema: the plan is wrong.
+    Compile(rusqlite::Error),
+    /// It compiled but failed on the empty copy: depends on data.
+    Run,
 }
 
 /// Says whether a statement must run outside a transaction, and refuses
@@ -818,6 +865,34 @@ mod tests {
                 .to_string()
                 .contains("no statements")
         );
+    }
+
+    #[test]
+    fn statements_that_fail_only_on_empty_tables_are_left_to_the_real_run() {
+        let db = db("CREATE TABLE o(id INTEGER PRIMARY KEY);
+                     CREATE TABLE i(id INTEGER PRIMARY KEY, o INT REFERENCES o(id));
+                     CREATE TABLE n(x INT NOT NULL);
+                     INSERT INTO o VALUES (1);");
+        let plan = |sql: &str| Source::Json {
+            name: "p".into(),
+            text: serde_json::json!({"steps": [{"sql": sql}]}).to_string(),
+        };
+        // A foreign key to a parent that exists, and NOT NULL from a subquery
+        // that is only NULL on the empty copy.
+        prepare(&plan("INSERT INTO i(o) VALUES (1)"), &db).unwrap();
+        prepare(
+            &plan("INSERT INTO n(x) VALUES ((SELECT max(id) FROM o))"),
+            &db,
+        )
+        .unwrap();
+        // Still refused: what no data could fix.
+        assert!(prepare(&plan("INSERT INTO n(y) VALUES (1)"), &db).is_err());
+        // ATTACH: statements on the attached file are checked when they run.
+        let attach = Source::Json {
+            name: "p".into(),
+            text: r#"{"steps":[{"sql":"ATTACH 'other.sqlite' AS o2"},{"sql":"INSERT INTO o2.archive SELECT id FROM o"}]}"#.into(),
+        };
+        prepare(&attach, &db).unwrap();
     }
 
     #[test]

@@ -183,7 +183,9 @@ impl Cancel {
 
     /// Sleeps up to `d`; true when woken by cancellation.
     pub fn sleep(&self, d: Duration) -> bool {
-        let deadline = Instant::now() + d;
+        // A huge --sleep is "until cancelled", not an overflow.
+        let far = Duration::from_secs(100 * 365 * 24 * 3600);
+        let deadline = Instant::now() + d.min(far);
         let mut guard = self.interrupt.lock().unwrap_or_else(|p| p.into_inner());
         while !self.is_cancelled() {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -529,6 +531,19 @@ impl Runner<'_> {
         if in_tx {
             self.begin().map_err(|e| (self.error(&e), none()))?;
         }
+        if in_tx {
+            match checkpoint::moved(self.conn, self.plan, step, self.opts, None) {
+                Ok(false) => {}
+                Ok(true) => {
+                    self.rollback();
+                    return Err((StepError::Sql(checkpoint::conflict(self.plan)), none()));
+                }
+                Err(e) => {
+                    self.rollback();
+                    return Err((self.error(&e), none()));
+                }
+            }
+        }
         let result = (|| -> rusqlite::Result<u64> {
             let mut changed = 0;
             let mut batch = Batch::new(self.conn, &step.sql);
@@ -639,6 +654,7 @@ impl Runner<'_> {
                 ),
             );
         }
+        let resumed_from = o.done;
         let first_size = self.opts.batch_size.unwrap_or(chunk.size).max(1);
         self.message(
             Some(step.index),
@@ -693,6 +709,17 @@ impl Runner<'_> {
             let c0 = Instant::now();
             if let Err(e) = self.begin() {
                 return Err((self.error(&e), o));
+            }
+            match checkpoint::moved(self.conn, self.plan, step, self.opts, prev.as_ref()) {
+                Ok(false) => {}
+                Ok(true) => {
+                    self.rollback();
+                    return Err((StepError::Sql(checkpoint::conflict(self.plan)), o));
+                }
+                Err(e) => {
+                    self.rollback();
+                    return Err((self.error(&e), o));
+                }
             }
             let chunk_result = (|| -> rusqlite::Result<Option<(Key, u64, u64)>> {
                 let (lo, hi, n) = keyset.next(prev.as_ref(), &max_key, size)?;
@@ -762,7 +789,7 @@ impl Runner<'_> {
                 let target = (avg * self.opts.chunk_time.as_secs_f64()) as u64;
                 size = target.clamp(1, size.saturating_mul(4).min(MAX_CHUNK));
             }
-            self.progress(step, &o, t0);
+            self.progress(step, &o, t0, resumed_from);
             if last {
                 break;
             }
@@ -773,9 +800,11 @@ impl Runner<'_> {
         Ok(o)
     }
 
-    fn progress(&self, step: &Step, o: &Outcome, t0: Instant) {
+    /// `resumed_from`: rows an earlier run already did, which this run's
+    /// rate must not count.
+    fn progress(&self, step: &Step, o: &Outcome, t0: Instant, resumed_from: u64) {
         let elapsed = t0.elapsed();
-        let rate = o.done as f64 / elapsed.as_secs_f64().max(1e-6);
+        let rate = o.done.saturating_sub(resumed_from) as f64 / elapsed.as_secs_f64().max(1e-6);
         let left = o.total.saturating_sub(o.done);
         let percent = if o.total == 0 {
             100.0
@@ -1062,6 +1091,19 @@ mod tests {
         assert_eq!(done, [300, 600, 900, 1000]);
         assert_eq!(r.int("SELECT count(*) FROM t WHERE c = 1"), 1000);
         assert_eq!(r.int("SELECT count(*) FROM t WHERE c <> 1"), 0);
+    }
+
+    #[test]
+    fn an_integer_primary_key_desc_is_walked_by_its_own_values_not_rowid() {
+        // Not a rowid alias: binding rowids to :lo/:hi would change nothing.
+        let r = run_plan(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY DESC, c INT DEFAULT 0);
+             INSERT INTO t(id) VALUES (100),(200),(300),(400);",
+            BUMP,
+            fixed(3),
+        );
+        assert_eq!(r.status, RunStatus::Ok);
+        assert_eq!(r.int("SELECT count(*) FROM t WHERE c = 1"), 4);
     }
 
     #[test]

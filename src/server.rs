@@ -281,6 +281,13 @@ fn events<B>(state: &Arc<State>, req: &Request<B>, query: &Query) -> Response<Bo
         .or_else(|| query.get("last_event_id"))
         .and_then(|v| v.trim().parse::<u64>().ok())
         .unwrap_or(0);
+    // An id this run never gave out comes from an earlier run on the same
+    // address (a dashboard left open): treat it as a new client.
+    let last_seen = if last_seen > state.log.last_id() {
+        0
+    } else {
+        last_seen
+    };
     if state.log.finished_id().is_some_and(|f| last_seen >= f) {
         // EventSource stops reconnecting on 204: the run is over for it.
         return empty(StatusCode::NO_CONTENT);
@@ -393,7 +400,11 @@ fn authorized<B>(token: &str, req: &Request<B>, query: &Query) -> bool {
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| {
+            // The scheme is case-insensitive (RFC 9110).
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(token)
+        })
         .map(|t| t.trim().to_owned());
     [from_header, query.get("token")]
         .into_iter()

@@ -640,6 +640,18 @@ fn every_bad_input_gets_a_clear_message_exit_2_and_an_untouched_database() {
             &["at least 1"],
         ),
         (
+            v(&[
+                "--db",
+                &dbp,
+                "--plan",
+                &good,
+                "--busy-timeout",
+                "3000000000",
+            ]),
+            None,
+            &["--busy-timeout"],
+        ),
+        (
             v(&["--db", &dbp, "--plan", &good, "--linger=-1"]),
             None,
             &["--linger"],
@@ -734,6 +746,10 @@ fn a_token_guards_every_route_but_healthz() {
         200
     );
     assert_eq!(get(a, "/status?token=s3cr3t-t0ken", &[]).status, 200);
+    assert_eq!(
+        get(a, "/status", &[("Authorization", "bearer s3cr3t-t0ken")]).status,
+        200
+    );
     let mut q = Stream::open(a, "/events?token=s3cr3t-t0ken", &[]);
     let mut h = Stream::open(a, "/events", &[("Authorization", "Bearer s3cr3t-t0ken")]);
     let (by_query, by_header) = (q.rest(), h.rest());
@@ -911,4 +927,118 @@ fn a_read_only_database_is_refused_before_anything_runs() {
         "{err}"
     );
     assert_eq!(sha256(&db.path), before);
+}
+
+/// Interrupts a text-keyed chunked run after two chunks, then resumes.
+fn resume_text_keys(schema: &str, keys: &[&str], size: u64) -> TempDb {
+    let values: Vec<String> = keys.iter().map(|k| format!("('{k}')")).collect();
+    let db = TempDb::with_sql(&format!(
+        "{schema}; INSERT INTO t(k) VALUES {};",
+        values.join(",")
+    ));
+    let plan = db.file(
+        "plan.json",
+        &serde_json::json!({"name": "text-keys", "steps": [{
+            "sql": "UPDATE t SET c = c + 1 WHERE k BETWEEN :lo AND :hi",
+            "chunk": {"table": "t", "key": "k", "size": size}}]})
+        .to_string(),
+    );
+    let size_s = size.to_string();
+    let mut p = Proc::start(&run_args(
+        &db,
+        path_str(&plan),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--wait-for-clients",
+            "1",
+            "--batch-size",
+            &size_s,
+            "--sleep",
+            "2000",
+            "--progress",
+            "none",
+        ],
+    ));
+    let mut s = Stream::open(p.addr(), "/events", &[]);
+    s.until("progress");
+    p.signal("INT");
+    assert_eq!(p.wait().code(), Some(130));
+    let (code, _, err) = run(&run_args(
+        &db,
+        path_str(&plan),
+        &["--no-serve", "--batch-size", &size_s],
+    ));
+    assert_eq!(code, 0, "{err}");
+    db
+}
+
+#[test]
+fn text_keys_that_look_like_numbers_resume_exactly() {
+    let padded: Vec<String> = (1..=20).map(|i| format!("{i:03}")).collect();
+    let padded: Vec<&str> = padded.iter().map(String::as_str).collect();
+    let db = resume_text_keys(
+        "CREATE TABLE t(k TEXT PRIMARY KEY, c INT NOT NULL DEFAULT 0)",
+        &padded,
+        5,
+    );
+    assert_eq!(db.query_i64("SELECT count(*) FROM t WHERE c = 1"), 20);
+    let db = resume_text_keys(
+        "CREATE TABLE t(k PRIMARY KEY, c INT NOT NULL DEFAULT 0)",
+        &["1", "2", "3", "4", "5", "6", "7", "8", "9", "1.50", "1e5"],
+        3,
+    );
+    assert_eq!(db.query_i64("SELECT count(*) FROM t WHERE c = 1"), 11);
+    assert_eq!(db.query_i64("SELECT count(*) FROM t WHERE c <> 1"), 0);
+}
+
+#[test]
+fn two_runs_of_one_plan_at_once_never_apply_a_chunk_twice() {
+    let db = TempDb::counters(100);
+    let plan = db.file("plan.json", &counter_plan("twice-at-once", 10));
+    let args = run_args(
+        &db,
+        path_str(&plan),
+        &[
+            "--no-serve",
+            "--batch-size",
+            "10",
+            "--sleep",
+            "100",
+            "--progress",
+            "plain",
+        ],
+    );
+    let mut a = Proc::start(&args);
+    // Let the first run commit a chunk or two, then start the second.
+    let deadline = Instant::now() + PATIENCE;
+    while db.query_i64("SELECT count(*) FROM t WHERE counter = 1") == 0 {
+        assert!(Instant::now() < deadline, "the first run never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut b = Proc::start(&args);
+    let (ca, cb) = (a.wait().code(), b.wait().code());
+    let conflicts = [(&a, ca), (&b, cb)]
+        .iter()
+        .filter(|(p, c)| *c == Some(1) && p.stderr().contains("another batchsse run is applying"))
+        .count();
+    assert!(
+        conflicts >= 1,
+        "a: {ca:?} {}\nb: {cb:?} {}",
+        a.stderr(),
+        b.stderr()
+    );
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM t WHERE counter > 1"),
+        0,
+        "a chunk was applied twice"
+    );
+    // Once alone, the plan resumes and finishes.
+    let (code, _, err) = run(&run_args(
+        &db,
+        path_str(&plan),
+        &["--no-serve", "--batch-size", "10"],
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(db.counter_spread(), (100, 0));
 }
