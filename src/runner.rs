@@ -357,7 +357,14 @@ impl Runner<'_> {
                 end = Some((RunStatus::Cancelled, "interrupted between steps".into()));
                 break;
             }
-            if resume.is_done(step) {
+            // PRAGMA and ATTACH set up this connection only, so a resumed
+            // run does them again (unless there is nothing left to do).
+            let connection_setup = step.autocommit
+                && matches!(
+                    plan::first_keyword(&step.sql).as_str(),
+                    "PRAGMA" | "ATTACH" | "DETACH"
+                );
+            if resume.is_done(step) && (!connection_setup || resume.already_applied(plan)) {
                 self.log.push(Event::Step(StepEvent {
                     index: step.index,
                     name: step.name.clone(),

@@ -1042,3 +1042,54 @@ fn two_runs_of_one_plan_at_once_never_apply_a_chunk_twice() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(db.counter_spread(), (100, 0));
 }
+
+#[test]
+fn a_resumed_run_sets_its_connection_up_again() {
+    // foreign_keys is per connection: a resumed run that skipped the PRAGMA
+    // step would delete orders and leave their items behind.
+    let db = TempDb::with_sql(
+        "CREATE TABLE o(id INTEGER PRIMARY KEY);
+         CREATE TABLE i(id INTEGER PRIMARY KEY, o INT REFERENCES o(id) ON DELETE CASCADE);
+         INSERT INTO o(id) WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n+1 FROM s WHERE n < 20) SELECT n FROM s;
+         INSERT INTO i(o) SELECT id FROM o;",
+    );
+    let plan = db.file(
+        "plan.json",
+        r#"{"name":"fk","steps":[{"sql":"PRAGMA foreign_keys = ON"},
+            {"sql":"DELETE FROM o WHERE id BETWEEN :lo AND :hi","chunk":{"table":"o","size":5}}]}"#,
+    );
+    let mut p = Proc::start(&run_args(
+        &db,
+        path_str(&plan),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--wait-for-clients",
+            "1",
+            "--batch-size",
+            "5",
+            "--sleep",
+            "2000",
+            "--progress",
+            "none",
+        ],
+    ));
+    let mut s = Stream::open(p.addr(), "/events", &[]);
+    s.until("progress");
+    p.signal("INT");
+    assert_eq!(p.wait().code(), Some(130));
+    assert_eq!(db.query_i64("SELECT count(*) FROM i"), 15);
+    let (code, out, err) = run(&run_args(
+        &db,
+        path_str(&plan),
+        &["--no-serve", "--batch-size", "5", "--progress", "json"],
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(r#""state":"running""#), "{out}");
+    assert_eq!(db.query_i64("SELECT count(*) FROM o"), 0);
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM i"),
+        0,
+        "the cascade ran on resume too"
+    );
+}
