@@ -614,23 +614,23 @@ impl Runner<'_> {
             total: 0,
             changed: 0,
         };
-        let counts = self.conn.query_row(
-            &if key == "rowid" {
-                // A rowid is never NULL, and count(*) is SQLite's fast b-tree
-                // count where count(rowid) would decode every row.
-                format!("SELECT count(*), 0, max(rowid) FROM {table}")
+        // One query each: SQLite's fast paths (the b-tree count of a bare
+        // `count(*)`, an index seek for `max`) apply only to a query that
+        // asks for nothing else; together they cost a full scan.
+        let counts = (|| -> rusqlite::Result<(i64, i64, Key)> {
+            let one = |sql: String| self.conn.query_row(&sql, [], |r| r.get::<_, Key>(0));
+            let int = |k: Key| if let Key::Integer(n) = k { n } else { 0 };
+            let all = int(one(format!("SELECT count(*) FROM {table}"))?);
+            let with_key = if key == "rowid" {
+                all
             } else {
-                format!("SELECT count({key}), count(*) - count({key}), max({key}) FROM {table}")
-            },
-            [],
-            |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, Key>(2)?,
-                ))
-            },
-        );
+                int(one(format!(
+                    "SELECT count(*) FROM {table} WHERE {key} IS NOT NULL"
+                ))?)
+            };
+            let max = one(format!("SELECT max({key}) FROM {table}"))?;
+            Ok((with_key, all - with_key, max))
+        })();
         let (total, nulls, max_key) = match counts {
             Ok(c) => c,
             Err(e) => return Err((self.error(&e), o)),
@@ -935,8 +935,9 @@ fn dense_from(
     if key != "rowid" || total == 0 {
         return Ok(None);
     }
+    // Two subqueries, so each is an index seek rather than one full scan.
     let (min, max): (Option<i64>, Option<i64>) = conn.query_row(
-        &format!("SELECT min(rowid), max(rowid) FROM {table}"),
+        &format!("SELECT (SELECT min(rowid) FROM {table}), (SELECT max(rowid) FROM {table})"),
         [],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
