@@ -93,15 +93,7 @@ fn a_client_that_stops_reading_delays_neither_the_run_nor_other_clients() {
     let mut p = counters_run(
         &db,
         2,
-        &[
-            "--wait-for-clients",
-            "2",
-            "--dry-run",
-            "--drain-timeout",
-            "1",
-            "--progress",
-            "none",
-        ],
+        &words("--wait-for-clients 2 --dry-run --drain-timeout 1 --progress none"),
         &[],
     );
     let addr = p.addr();
@@ -133,14 +125,7 @@ fn a_compacted_log_keeps_every_kept_event_for_late_joiners_and_resumes() {
     let mut p = counters_run(
         &db,
         2,
-        &[
-            "--linger",
-            "30",
-            "--wait-for-clients",
-            "1",
-            "--progress",
-            "plain",
-        ],
+        &words("--linger 30 --wait-for-clients 1 --progress plain"),
         &[("BATCHSSE_LOG_COMPACT_AT", "200")],
     );
     let addr = p.addr();

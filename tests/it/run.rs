@@ -28,14 +28,7 @@ fn a_run_streams_every_event_and_updates_every_row_exactly_once() {
     let mut p = Proc::start(&args(
         &db,
         path_str(&plan),
-        &[
-            "--wait-for-clients",
-            "1",
-            "--batch-size",
-            "500",
-            "--progress",
-            "none",
-        ],
+        &words("--wait-for-clients 1 --batch-size 500 --progress none"),
     ));
     let mut s = Stream::open(p.addr(), "/events", &[]);
     assert_eq!(s.status, 200);
@@ -86,18 +79,7 @@ fn a_late_client_gets_the_identical_byte_stream_from_id_1() {
     let mut p = Proc::start(&args(
         &db,
         path_str(&plan),
-        &[
-            "--wait-for-clients",
-            "1",
-            "--batch-size",
-            "100",
-            "--sleep",
-            "20",
-            "--linger",
-            "30",
-            "--progress",
-            "none",
-        ],
+        &words("--wait-for-clients 1 --batch-size 100 --sleep 20 --linger 30 --progress none"),
     ));
     let mut early = Stream::open(p.addr(), "/events", &[]);
     // Join once the run is well under way.
@@ -126,18 +108,7 @@ fn last_event_id_resumes_after_the_given_id_with_no_gap_or_duplicate() {
     let mut p = Proc::start(&args(
         &db,
         path_str(&plan),
-        &[
-            "--wait-for-clients",
-            "1",
-            "--batch-size",
-            "100",
-            "--sleep",
-            "20",
-            "--linger",
-            "30",
-            "--progress",
-            "none",
-        ],
+        &words("--wait-for-clients 1 --batch-size 100 --sleep 20 --linger 30 --progress none"),
     ));
     let mut full = Stream::open(p.addr(), "/events", &[]);
     let mut first = Stream::open(p.addr(), "/events", &[]);
@@ -168,14 +139,7 @@ fn curl_sees_the_stream_end_and_the_process_exits_0() {
     let mut p = Proc::start(&args(
         &db,
         path_str(&plan),
-        &[
-            "--wait-for-clients",
-            "1",
-            "--batch-size",
-            "100",
-            "--progress",
-            "none",
-        ],
+        &words("--wait-for-clients 1 --batch-size 100 --progress none"),
     ));
     let out = std::process::Command::new("curl")
         .args([
@@ -212,7 +176,7 @@ fn a_failing_chunk_exits_1_keeping_earlier_steps_and_chunks() {
     let mut p = Proc::start(&args(
         &db,
         path_str(&plan),
-        &["--wait-for-clients", "1", "--batch-size", "10"],
+        &words("--wait-for-clients 1 --batch-size 10"),
     ));
     let events = Stream::open(p.addr(), "/events", &[]).rest();
     assert_eq!(p.wait().code(), Some(1));
@@ -377,16 +341,7 @@ fn routes_status_and_linger() {
     let mut p = Proc::start(&args(
         &db,
         path_str(&plan),
-        &[
-            "--wait-for-clients",
-            "1",
-            "--batch-size",
-            "10",
-            "--linger",
-            "30",
-            "--progress",
-            "none",
-        ],
+        &words("--wait-for-clients 1 --batch-size 10 --linger 30 --progress none"),
     ));
     let a = p.addr();
     let waiting = get(a, "/status", &[]).json();
@@ -444,16 +399,7 @@ fn a_client_that_never_reads_does_not_hold_the_exit_past_the_drain_timeout() {
     let mut p = Proc::start(&args(
         &db,
         path_str(&plan),
-        &[
-            "--wait-for-clients",
-            "1",
-            "--batch-size",
-            "1",
-            "--drain-timeout",
-            "1",
-            "--progress",
-            "plain",
-        ],
+        &words("--wait-for-clients 1 --batch-size 1 --drain-timeout 1 --progress plain"),
     ));
     // A tiny receive buffer, set before connecting, keeps the window small.
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
@@ -495,19 +441,9 @@ fn a_client_that_never_reads_does_not_hold_the_exit_past_the_drain_timeout() {
 
 #[test]
 fn the_demo_runs_the_sample_plan_to_the_end() {
-    let (code, _, err) = run(&[
-        "demo",
-        "--rows",
-        "3000",
-        "--sleep",
-        "0",
-        "--linger",
-        "0",
-        "--listen",
-        "127.0.0.1:0",
-        "--progress",
-        "plain",
-    ]);
+    let (code, _, err) = run(&words(
+        "demo --rows 3000 --sleep 0 --linger 0 --listen 127.0.0.1:0 --progress plain",
+    ));
     assert_eq!(code, 0, "{err}");
     assert!(
         err.lines()
@@ -527,14 +463,7 @@ fn a_stream_on_a_kept_alive_connection_works_as_on_a_fresh_one() {
     let mut p = Proc::start(&args(
         &db,
         path_str(&plan),
-        &[
-            "--wait-for-clients",
-            "1",
-            "--batch-size",
-            "10",
-            "--progress",
-            "none",
-        ],
+        &words("--wait-for-clients 1 --batch-size 10 --progress none"),
     ));
     // Fresh connections asking for /events are streamed directly; this one
     // asks for /status first, so hyper serves the stream (chunked).

@@ -84,18 +84,9 @@ fn crash_and_resume(id_step: u64) {
         let mut p = Proc::start(&run_args(
             &db,
             path_str(&plan),
-            &[
-                "--listen",
-                "127.0.0.1:0",
-                "--wait-for-clients",
-                "1",
-                "--batch-size",
-                "50",
-                "--sleep",
-                "2",
-                "--progress",
-                "none",
-            ],
+            &words(
+                "--listen 127.0.0.1:0 --wait-for-clients 1 --batch-size 50 --sleep 2 --progress none",
+            ),
         ));
         let mut s = Stream::open(p.addr(), "/events", &[]);
         let start = data(&s.until("start"));
@@ -250,7 +241,7 @@ fn a_dry_run_reports_real_counts_and_leaves_the_file_byte_identical() {
     let (code, out, err) = run(&run_args(
         &db,
         path_str(&plan),
-        &["--no-serve", "--dry-run", "--progress", "json"],
+        &words("--no-serve --dry-run --progress json"),
     ));
     assert_eq!(code, 0, "{err}");
     assert_eq!(sha256(&db.path), before, "a dry run must not change a byte");
@@ -296,7 +287,7 @@ fn an_atomic_run_that_fails_leaves_the_database_exactly_as_before() {
     let (code, _, err) = run(&run_args(
         &db,
         path_str(&plan),
-        &["--no-serve", "--atomic", "--batch-size", "10"],
+        &words("--no-serve --atomic --batch-size 10"),
     ));
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("rolled back"), "{err}");
@@ -335,18 +326,9 @@ fn ctrl_c_rolls_back_the_current_chunk_exits_130_and_the_rerun_resumes() {
     let mut p = Proc::start(&run_args(
         &db,
         path_str(&plan),
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--wait-for-clients",
-            "1",
-            "--batch-size",
-            "10",
-            "--sleep",
-            "30",
-            "--progress",
-            "plain",
-        ],
+        &words(
+            "--listen 127.0.0.1:0 --wait-for-clients 1 --batch-size 10 --sleep 30 --progress plain",
+        ),
     ));
     let mut s = Stream::open(p.addr(), "/events", &[]);
     for _ in 0..3 {
@@ -389,7 +371,7 @@ fn sigterm_interrupts_a_long_statement() {
     let mut p = Proc::start(&run_args(
         &db,
         path_str(&plan),
-        &["--listen", "127.0.0.1:0", "--progress", "none"],
+        &words("--listen 127.0.0.1:0 --progress none"),
     ));
     let mut s = Stream::open(p.addr(), "/events", &[]);
     loop {
@@ -422,16 +404,7 @@ fn a_second_ctrl_c_quits_at_once_without_committing() {
     let mut p = Proc::start(&run_args(
         &db,
         path_str(&plan),
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--wait-for-clients",
-            "1",
-            "--busy-timeout",
-            "60000",
-            "--progress",
-            "plain",
-        ],
+        &words("--listen 127.0.0.1:0 --wait-for-clients 1 --busy-timeout 60000 --progress plain"),
     ));
     // Hold the write lock so the first chunk waits on it.
     let holder = db.conn();
@@ -710,7 +683,7 @@ fn v(args: &[&str]) -> Vec<String> {
 }
 
 fn serving(db: &TempDb, plan: &str, extra: &[&str]) -> Proc {
-    let mut a = run_args(db, plan, &["--listen", "127.0.0.1:0", "--progress", "none"]);
+    let mut a = run_args(db, plan, &words("--listen 127.0.0.1:0 --progress none"));
     a.extend_from_slice(extra);
     Proc::start(&a)
 }
@@ -722,7 +695,7 @@ fn a_token_guards_every_route_but_healthz() {
     let mut p = serving(
         &db,
         path_str(&plan),
-        &["--token", "s3cr3t-t0ken", "--wait-for-clients", "2"],
+        &words("--token s3cr3t-t0ken --wait-for-clients 2"),
     );
     let a = p.addr();
     for (path, headers) in [
@@ -765,14 +738,7 @@ fn the_token_can_come_from_the_environment() {
     let args = run_args(
         &db,
         path_str(&plan),
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--progress",
-            "none",
-            "--wait-for-clients",
-            "1",
-        ],
+        &words("--listen 127.0.0.1:0 --progress none --wait-for-clients 1"),
     );
     let mut p = Proc::start_with(&args, |c| {
         c.env("BATCHSSE_TOKEN", "from-env");
@@ -792,16 +758,7 @@ fn clients_past_max_clients_get_503() {
     let mut p = serving(
         &db,
         path_str(&plan),
-        &[
-            "--max-clients",
-            "2",
-            "--wait-for-clients",
-            "2",
-            "--batch-size",
-            "1",
-            "--sleep",
-            "50",
-        ],
+        &words("--max-clients 2 --wait-for-clients 2 --batch-size 1 --sleep 50"),
     );
     let a = p.addr();
     let one = Stream::open(a, "/events", &[]);
@@ -835,14 +792,7 @@ fn malformed_and_huge_requests_get_4xx_and_never_disturb_the_run() {
     let mut p = serving(
         &db,
         path_str(&plan),
-        &[
-            "--wait-for-clients",
-            "1",
-            "--batch-size",
-            "10",
-            "--sleep",
-            "5",
-        ],
+        &words("--wait-for-clients 1 --batch-size 10 --sleep 5"),
     );
     let a = p.addr();
     let mut watcher = Stream::open(a, "/events", &[]);
@@ -999,15 +949,7 @@ fn two_runs_of_one_plan_at_once_never_apply_a_chunk_twice() {
     let args = run_args(
         &db,
         path_str(&plan),
-        &[
-            "--no-serve",
-            "--batch-size",
-            "10",
-            "--sleep",
-            "100",
-            "--progress",
-            "plain",
-        ],
+        &words("--no-serve --batch-size 10 --sleep 100 --progress plain"),
     );
     let mut a = Proc::start(&args);
     // Let the first run commit a chunk or two, then start the second.
@@ -1061,18 +1003,9 @@ fn a_resumed_run_sets_its_connection_up_again() {
     let mut p = Proc::start(&run_args(
         &db,
         path_str(&plan),
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--wait-for-clients",
-            "1",
-            "--batch-size",
-            "5",
-            "--sleep",
-            "2000",
-            "--progress",
-            "none",
-        ],
+        &words(
+            "--listen 127.0.0.1:0 --wait-for-clients 1 --batch-size 5 --sleep 2000 --progress none",
+        ),
     ));
     let mut s = Stream::open(p.addr(), "/events", &[]);
     s.until("progress");
@@ -1082,7 +1015,7 @@ fn a_resumed_run_sets_its_connection_up_again() {
     let (code, out, err) = run(&run_args(
         &db,
         path_str(&plan),
-        &["--no-serve", "--batch-size", "5", "--progress", "json"],
+        &words("--no-serve --batch-size 5 --progress json"),
     ));
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(r#""state":"running""#), "{out}");

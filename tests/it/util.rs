@@ -586,3 +586,8 @@ pub fn line_triple(v: &Value) -> (u64, String, Value) {
 pub fn event_triple(e: &ParsedEvent) -> (u64, String, Value) {
     (id(e), e.event.clone(), data(e))
 }
+
+/// Command-line words from one string: `words("--batch-size 10 --sleep 5")`.
+pub fn words(s: &str) -> Vec<&str> {
+    s.split_whitespace().collect()
+}

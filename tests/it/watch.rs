@@ -86,14 +86,7 @@ fn watch_exits_130_when_the_run_is_interrupted() {
     let mut run = start_run(
         &db,
         &counter_plan("slow", 10),
-        &[
-            "--wait-for-clients",
-            "1",
-            "--batch-size",
-            "10",
-            "--sleep",
-            "50",
-        ],
+        &words("--wait-for-clients 1 --batch-size 10 --sleep 50"),
     );
     let addr = run.addr();
     let mut w = watch(&format!("http://{addr}/events"), &[]);
@@ -207,14 +200,7 @@ fn a_cut_connection_resumes_without_duplicates_or_gaps() {
     let mut run = start_run(
         &db,
         &counter_plan("cut", 10),
-        &[
-            "--wait-for-clients",
-            "2",
-            "--batch-size",
-            "10",
-            "--sleep",
-            "20",
-        ],
+        &words("--wait-for-clients 2 --batch-size 10 --sleep 20"),
     );
     let addr = run.addr();
     let mut direct = Stream::open(addr, "/events", &[]);
@@ -300,7 +286,7 @@ fn an_unreachable_url_exits_3_after_the_timeout() {
 fn watch_rejects_bad_input_with_exit_2() {
     for args in [
         &["watch", "https://127.0.0.1:1/"][..],
-        &["watch", "http://127.0.0.1:1/", "--connect-timeout", "-1"],
+        &words("watch http://127.0.0.1:1/ --connect-timeout -1"),
         &["watch", "http://127.0.0.1:1/", "--token", ""],
     ] {
         let (code, out, err) = run(args);
@@ -319,7 +305,7 @@ fn a_token_protected_run_needs_the_token() {
     let mut run = start_run(
         &db,
         &counter_plan("tok", 50),
-        &["--token", "s3cret", "--linger", "30"],
+        &words("--token s3cret --linger 30"),
     );
     let url = format!("http://{}/", run.addr());
     let (code, _, err) = crate::util::run(&["watch", &url]);
@@ -418,7 +404,7 @@ fn closed_stdout_or_stderr_never_panics() {
     let unreachable = format!("http://127.0.0.1:{}/", free_port());
     for (args, code) in [
         (&base[..], 0),
-        (&["run", "--db", "no-such.sqlite", "--sql", "-"][..], 2),
+        (&words("run --db no-such.sqlite --sql -")[..], 2),
         (&["watch", &unreachable, "--connect-timeout", "0"][..], 3),
     ] {
         let status = Command::new(BIN)
