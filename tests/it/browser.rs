@@ -144,23 +144,9 @@ fn observe(url: &str, opts: Value) -> Value {
 /// (20 chunks per chunked step) to watch.
 fn start_run(db: &TempDb, sleep_ms: u64, extra: &[&str]) -> Proc {
     let sleep = sleep_ms.to_string();
-    let mut args = vec![
-        "run",
-        "--db",
-        path_str(&db.path),
-        "--plan",
-        PLAN,
-        "--listen",
-        "127.0.0.1:0",
-        "--batch-size",
-        "100",
-        "--sleep",
-        &sleep,
-        "--progress",
-        "none",
-    ];
+    let mut args = vec!["--batch-size", "100", "--sleep", &sleep];
     args.extend_from_slice(extra);
-    Proc::start(&args)
+    serving(db, PLAN, &args)
 }
 
 /// Old sessions the plan's purge step deletes.

@@ -9,17 +9,11 @@ use crate::util::*;
 fn counters_run(db: &TempDb, batch: u64, extra: &[&str], env: &[(&str, &str)]) -> Proc {
     let plan = db.file("plan.json", &counter_plan("fanout", batch));
     let batch = batch.to_string();
-    let mut args = vec![
-        "run",
-        "--db",
-        path_str(&db.path),
-        "--plan",
+    let mut args = run_args(
+        db,
         path_str(&plan),
-        "--listen",
-        "127.0.0.1:0",
-        "--batch-size",
-        &batch,
-    ];
+        &["--listen", "127.0.0.1:0", "--batch-size", &batch],
+    );
     args.extend_from_slice(extra);
     let env: Vec<(String, String)> = env
         .iter()

@@ -8,8 +8,7 @@ use crate::util::*;
 const LISTEN: &[&str] = &["--listen", "127.0.0.1:0"];
 
 fn args<'a>(db: &'a TempDb, plan: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut a = vec!["run", "--db", path_str(&db.path), "--plan", plan];
-    a.extend_from_slice(LISTEN);
+    let mut a = run_args(db, plan, LISTEN);
     a.extend_from_slice(extra);
     a
 }

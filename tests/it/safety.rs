@@ -6,12 +6,6 @@ use std::time::{Duration, Instant};
 
 use crate::util::*;
 
-fn run_args<'a>(db: &'a TempDb, plan: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut a = vec!["run", "--db", path_str(&db.path), "--plan", plan];
-    a.extend_from_slice(extra);
-    a
-}
-
 type Rows = Vec<(i64, i64, i64)>;
 type Checkpoint = Vec<(String, i64, String, i64, i64)>;
 
@@ -680,12 +674,6 @@ fn a_locked_database_is_reported_after_the_busy_timeout_with_its_holder() {
 
 fn v(args: &[&str]) -> Vec<String> {
     args.iter().map(|a| a.to_string()).collect()
-}
-
-fn serving(db: &TempDb, plan: &str, extra: &[&str]) -> Proc {
-    let mut a = run_args(db, plan, &words("--listen 127.0.0.1:0 --progress none"));
-    a.extend_from_slice(extra);
-    Proc::start(&a)
 }
 
 #[test]

@@ -591,3 +591,18 @@ pub fn event_triple(e: &ParsedEvent) -> (u64, String, Value) {
 pub fn words(s: &str) -> Vec<&str> {
     s.split_whitespace().collect()
 }
+
+/// `batchsse run --db DB --plan PLAN` followed by `extra`.
+pub fn run_args<'a>(db: &'a TempDb, plan: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec!["run", "--db", path_str(&db.path), "--plan", plan];
+    a.extend_from_slice(extra);
+    a
+}
+
+/// Starts a run of `plan` with the server on a free port and no terminal
+/// output, then `extra`.
+pub fn serving(db: &TempDb, plan: &str, extra: &[&str]) -> Proc {
+    let mut a = run_args(db, plan, &["--listen", "127.0.0.1:0", "--progress", "none"]);
+    a.extend_from_slice(extra);
+    Proc::start(&a)
+}

@@ -20,19 +20,7 @@ const FAILING_PLAN: &str = r#"{"name":"bad","steps":[
 /// Starts a run of `plan` on `db` with the server on a free port.
 fn start_run(db: &TempDb, plan: &str, extra: &[&str]) -> Proc {
     let plan = db.file("plan.json", plan);
-    let mut args = vec![
-        "run",
-        "--db",
-        path_str(&db.path),
-        "--plan",
-        path_str(&plan),
-        "--listen",
-        "127.0.0.1:0",
-        "--progress",
-        "none",
-    ];
-    args.extend_from_slice(extra);
-    Proc::start(&args)
+    serving(db, path_str(&plan), extra)
 }
 
 fn watch(url: &str, extra: &[&str]) -> Proc {
