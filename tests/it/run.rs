@@ -507,3 +507,20 @@ fn a_stream_on_a_kept_alive_connection_works_as_on_a_fresh_one() {
     assert!(p.wait().success());
     assert_eq!(db.counter_spread(), (100, 0));
 }
+
+#[test]
+fn an_id_from_an_earlier_run_replays_this_run_from_the_start() {
+    let db = TempDb::counters(100);
+    let plan = db.file("plan.json", &counter_plan("stale-id", 10));
+    let mut p = Proc::start(&args(
+        &db,
+        path_str(&plan),
+        &words("--wait-for-clients 1 --batch-size 10 --progress none"),
+    ));
+    // A dashboard left open on an earlier, longer run reconnects here.
+    let events = Stream::open(p.addr(), "/events", &[("Last-Event-ID", "99999")]).rest();
+    assert_eq!(events.first().map(id), Some(1));
+    assert_eq!(events.last().unwrap().event, "finished");
+    assert_contiguous(&events, 1);
+    assert!(p.wait().success());
+}
