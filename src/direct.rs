@@ -28,15 +28,17 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 const PREFIX: &[u8] = b"GET /events";
 
 pub enum Sniffed {
-    /// The connection was answered (or dropped) here.
-    Served,
+    /// A `GET /events` to answer with `serve`.
+    Stream(TcpStream, Request<()>),
     /// Not a stream request: hyper takes it, bytes already read included.
     Other(Prefixed),
+    /// Closed, broken or silent for too long: nothing to answer.
+    Gone,
 }
 
 /// Reads just enough of the first request to tell whether it is
-/// `GET /events`, and serves it directly if so.
-pub async fn sniff(mut tcp: TcpStream, state: &Arc<State>) -> Sniffed {
+/// `GET /events`. Safe to cancel: nothing has been answered yet.
+pub async fn sniff(mut tcp: TcpStream) -> Sniffed {
     let mut buf = Vec::with_capacity(1024);
     let read_head = async {
         loop {
@@ -61,18 +63,21 @@ pub async fn sniff(mut tcp: TcpStream, state: &Arc<State>) -> Sniffed {
     };
     let direct = match tokio::time::timeout(HEAD_TIMEOUT, read_head).await {
         Ok(Some(direct)) => direct,
-        // Closed, broken, or too slow before saying anything useful.
-        _ => return Sniffed::Served,
+        _ => return Sniffed::Gone,
     };
     if direct && let Some(req) = parse(&buf) {
-        let resp = server::handle(state, req);
-        write_response(&mut tcp, resp).await;
-        return Sniffed::Served;
+        return Sniffed::Stream(tcp, req);
     }
     Sniffed::Other(Prefixed {
         prefix: Some(Bytes::from(buf)),
         inner: tcp,
     })
+}
+
+/// Answers a sniffed `GET /events` on the socket itself.
+pub async fn serve(mut tcp: TcpStream, state: &Arc<State>, req: Request<()>) {
+    let resp = server::handle(state, req);
+    write_response(&mut tcp, resp).await;
 }
 
 /// A complete, well-formed GET head as a request; `None` sends it to hyper,

@@ -131,9 +131,17 @@ pub async fn serve(
                 conns.spawn(async move {
                     // A fresh connection asking for /events is streamed
                     // straight onto the socket; everything else is hyper's.
-                    let io = match crate::direct::sniff(tcp, &state).await {
-                        crate::direct::Sniffed::Served => return,
-                        crate::direct::Sniffed::Other(io) => io,
+                    use crate::direct::{self, Sniffed};
+                    // A connection that has not asked for anything yet is
+                    // dropped at shutdown rather than waited for.
+                    let sniffed = tokio::select! {
+                        s = direct::sniff(tcp) => s,
+                        _ = closing.wait_for(|c| *c) => return,
+                    };
+                    let io = match sniffed {
+                        Sniffed::Stream(tcp, req) => return direct::serve(tcp, &state, req).await,
+                        Sniffed::Other(io) => io,
+                        Sniffed::Gone => return,
                     };
                     let conn = builder.serve_connection(
                         TokioIo::new(io),

@@ -524,3 +524,31 @@ fn an_id_from_an_earlier_run_replays_this_run_from_the_start() {
     assert_contiguous(&events, 1);
     assert!(p.wait().success());
 }
+
+#[test]
+fn idle_connections_do_not_hold_the_exit() {
+    let db = TempDb::counters(50);
+    let plan = db.file("plan.json", &counter_plan("idle", 10));
+    let mut p = Proc::start(&args(
+        &db,
+        path_str(&plan),
+        &words("--wait-for-clients 1 --batch-size 10 --drain-timeout 30 --progress plain"),
+    ));
+    // A browser's speculative preconnect says nothing; a kept-alive
+    // connection goes quiet after its answer.
+    let _silent = std::net::TcpStream::connect(p.addr()).unwrap();
+    let mut kept = std::net::TcpStream::connect(p.addr()).unwrap();
+    use std::io::Write;
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let events = Stream::open(p.addr(), "/events", &[]).rest();
+    assert_eq!(events.last().unwrap().event, "finished");
+    assert!(p.wait_for(Duration::from_secs(60)).success());
+    let exited = std::time::Instant::now();
+    let finished = p.stderr_time("finished ok").expect("a finished line");
+    assert!(
+        exited - finished < Duration::from_secs(10),
+        "idle connections held the exit for {:?} (drain timeout 30 s)",
+        exited - finished
+    );
+}
