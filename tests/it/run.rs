@@ -267,15 +267,7 @@ fn bad_input_exits_2_before_touching_the_database() {
         "{err}"
     );
     assert!(!missing.exists(), "a missing database must not be created");
-    let (code, _, err) = run(&[
-        "run",
-        "--db",
-        path_str(&db.path),
-        "--plan",
-        path_str(&plan),
-        "--listen",
-        "nonsense",
-    ]);
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--listen", "nonsense"]));
     assert_eq!(code, 2);
     assert!(err.contains("127.0.0.1:0"), "{err}");
     assert_eq!(db.bytes(), before);

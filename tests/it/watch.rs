@@ -104,19 +104,18 @@ fn watch_started_before_the_run_waits_for_it() {
     let db = TempDb::counters(300);
     let plan = db.file("plan.json", &counter_plan("late", 50));
     let listen = format!("127.0.0.1:{port}");
-    let mut run = Proc::start(&[
-        "run",
-        "--db",
-        path_str(&db.path),
-        "--plan",
+    let mut run = Proc::start(&run_args(
+        &db,
         path_str(&plan),
-        "--listen",
-        &listen,
-        "--wait-for-clients",
-        "1",
-        "--progress",
-        "none",
-    ]);
+        &[
+            "--listen",
+            &listen,
+            "--wait-for-clients",
+            "1",
+            "--progress",
+            "none",
+        ],
+    ));
     assert_eq!(w.wait().code(), Some(0), "watch stderr:\n{}", w.stderr());
     assert_full_run(&w.stdout(), "ok");
     assert_eq!(run.wait().code(), Some(0));
