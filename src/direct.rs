@@ -19,7 +19,8 @@ use hyper::{Method, Request, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::server::{self, State};
+use crate::fanout::Fanout;
+use crate::server::{self, ClientGuard, State, StreamStart};
 
 /// The longest request head the direct path reads before giving up.
 const MAX_HEAD: usize = 16 * 1024;
@@ -74,10 +75,24 @@ pub async fn sniff(mut tcp: TcpStream) -> Sniffed {
     })
 }
 
-/// Answers a sniffed `GET /events` on the socket itself.
-pub async fn serve(mut tcp: TcpStream, state: &Arc<State>, req: Request<()>) {
-    let resp = server::handle(state, req);
-    write_response(&mut tcp, resp).await;
+/// Answers a sniffed `GET /events` on the socket itself; the stream goes
+/// to the fan-out writer.
+pub async fn serve(
+    mut tcp: TcpStream,
+    state: &Arc<State>,
+    req: Request<()>,
+    fanout: &Fanout<Arc<ClientGuard>>,
+) {
+    let mut resp = server::respond(state, req);
+    match resp.extensions_mut().remove::<StreamStart>() {
+        Some(start) => {
+            let head = encode_head(&resp, true);
+            fanout
+                .stream(tcp, head.into(), start.cursor, start.guard)
+                .await;
+        }
+        None => write_response(&mut tcp, resp).await,
+    }
 }
 
 /// A complete, well-formed GET head as a request; `None` sends it to hyper,
@@ -101,29 +116,12 @@ fn parse(buf: &[u8]) -> Option<Request<()>> {
 /// Writes a response with `connection: close`; a body of unknown length
 /// (the event stream) simply ends when the socket closes.
 async fn write_response(tcp: &mut TcpStream, resp: hyper::Response<server::Body>) {
-    let (parts, mut body) = resp.into_parts();
-    let mut head = format!(
-        "HTTP/1.1 {} {}\r\n",
-        parts.status.as_u16(),
-        parts.status.canonical_reason().unwrap_or("")
-    )
-    .into_bytes();
-    for (name, value) in &parts.headers {
-        head.extend_from_slice(name.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
-    }
-    let no_body =
-        parts.status == StatusCode::NO_CONTENT || parts.status == StatusCode::NOT_MODIFIED;
-    if let (false, Some(n)) = (no_body, body.size_hint().exact()) {
-        head.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
-    }
-    head.extend_from_slice(b"connection: close\r\n\r\n");
+    let head = encode_head(&resp, false);
     if tcp.write_all(&head).await.is_err() {
         return;
     }
     drop(head);
+    let mut body = resp.into_body();
     while let Some(Ok(frame)) = body.frame().await {
         if let Ok(data) = frame.into_data()
             && tcp.write_all(&data).await.is_err()
@@ -132,6 +130,32 @@ async fn write_response(tcp: &mut TcpStream, resp: hyper::Response<server::Body>
         }
     }
     let _ = tcp.shutdown().await;
+}
+
+/// The status line and headers, with `connection: close`, and a
+/// `content-length` when the body's length is known (never for a stream).
+fn encode_head(resp: &hyper::Response<server::Body>, is_stream: bool) -> Vec<u8> {
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\n",
+        resp.status().as_u16(),
+        resp.status().canonical_reason().unwrap_or("")
+    )
+    .into_bytes();
+    for (name, value) in resp.headers() {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    let no_body = matches!(
+        resp.status(),
+        StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED
+    );
+    if let (false, false, Some(n)) = (no_body, is_stream, resp.body().size_hint().exact()) {
+        head.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
+    }
+    head.extend_from_slice(b"connection: close\r\n\r\n");
+    head
 }
 
 /// A socket with the bytes already read put back in front, for hyper.

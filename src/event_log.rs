@@ -75,7 +75,7 @@ impl Limits {
 }
 
 /// The pending bytes for one reader: a single write.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Batch {
     pub bytes: Bytes,
     /// The id of the last event in `bytes`: the reader's new cursor.

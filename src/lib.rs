@@ -11,6 +11,7 @@ pub mod direct;
 pub mod error;
 pub mod event;
 pub mod event_log;
+pub mod fanout;
 pub mod plan;
 pub mod runner;
 pub mod server;

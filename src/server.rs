@@ -24,6 +24,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::event_log::EventLog;
+use crate::fanout::{Fanout, MAX_BATCH};
 use crate::sse;
 
 pub type Body = BoxBody<Bytes, Infallible>;
@@ -88,8 +89,8 @@ impl State {
     }
 }
 
-/// Counts a stream client for as long as its body lives.
-struct ClientGuard(Arc<State>);
+/// Counts a stream client for as long as its stream lives.
+pub struct ClientGuard(Arc<State>);
 
 impl Drop for ClientGuard {
     fn drop(&mut self) {
@@ -114,6 +115,8 @@ pub async fn serve(
         .header_read_timeout(Duration::from_secs(10))
         .max_buf_size(16 * 1024)
         .keep_alive(true);
+    // Direct streams are all written by one task; see `fanout`.
+    let (fanout, writer) = Fanout::spawn(state.log.clone(), state.config.keep_alive);
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -128,6 +131,7 @@ pub async fn serve(
                 let state = state.clone();
                 let builder = builder.clone();
                 let mut closing = closing_rx.clone();
+                let fanout = fanout.clone();
                 conns.spawn(async move {
                     // A fresh connection asking for /events is streamed
                     // straight onto the socket; everything else is hyper's.
@@ -139,7 +143,9 @@ pub async fn serve(
                         _ = closing.wait_for(|c| *c) => return,
                     };
                     let io = match sniffed {
-                        Sniffed::Stream(tcp, req) => return direct::serve(tcp, &state, req).await,
+                        Sniffed::Stream(tcp, req) => {
+                            return direct::serve(tcp, &state, req, &fanout).await;
+                        }
                         Sniffed::Other(io) => io,
                         Sniffed::Gone => return,
                     };
@@ -166,6 +172,7 @@ pub async fn serve(
     let all_done = async { while conns.join_next().await.is_some() {} };
     let _ = tokio::time::timeout(drain, all_done).await;
     conns.abort_all();
+    writer.abort();
 }
 
 fn full(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
@@ -187,8 +194,34 @@ fn empty(status: StatusCode) -> Response<Body> {
     r
 }
 
-/// Routes one request. Never panics on anything a client sends.
+/// An accepted `/events` request whose body is still to be attached: the
+/// cursor it starts after and the client slot it holds. `handle` makes it
+/// hyper's streaming body; the direct path hands it to the fan-out writer.
+#[derive(Clone)]
+pub struct StreamStart {
+    pub cursor: u64,
+    pub guard: Arc<ClientGuard>,
+}
+
+/// Routes one request, streams attached as hyper bodies. Never panics on
+/// anything a client sends.
 pub fn handle<B>(state: &Arc<State>, req: Request<B>) -> Response<Body> {
+    let mut resp = respond(state, req);
+    if let Some(start) = resp.extensions_mut().remove::<StreamStart>() {
+        let s = event_stream(
+            state.log.clone(),
+            start.cursor,
+            state.config.keep_alive,
+            start.guard,
+        );
+        *resp.body_mut() = BodyExt::boxed(StreamBody::new(s));
+    }
+    resp
+}
+
+/// Routes one request; an event stream comes back with an empty body and
+/// its `StreamStart` in the extensions.
+pub fn respond<B>(state: &Arc<State>, req: Request<B>) -> Response<Body> {
     let mut resp = route(state, &req);
     let headers = resp.headers_mut();
     if let Some(origin) = &state.config.cors
@@ -315,8 +348,12 @@ fn events<B>(state: &Arc<State>, req: &Request<B>, query: &Query) -> Response<Bo
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             return r;
         };
-        let s = event_stream(state.log.clone(), last_seen, state.config.keep_alive, guard);
-        Response::new(BodyExt::boxed(StreamBody::new(s)))
+        let mut r = empty(StatusCode::OK);
+        r.extensions_mut().insert(StreamStart {
+            cursor: last_seen,
+            guard: Arc::new(guard),
+        });
+        r
     };
     let h = r.headers_mut();
     h.insert(
@@ -330,11 +367,6 @@ fn events<B>(state: &Arc<State>, req: &Request<B>, query: &Query) -> Response<Bo
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     r
 }
-
-/// The most bytes one write hands a client that is behind: big enough that
-/// catching up takes few writes, small enough that a stalled client (whose
-/// last batch sits in hyper's buffer) costs little memory.
-const MAX_BATCH: usize = 64 * 1024;
 
 /// One client's cursor and the timer for its keep-alive.
 struct Reader<G> {

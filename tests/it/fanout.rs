@@ -114,6 +114,44 @@ fn a_client_that_stops_reading_delays_neither_the_run_nor_other_clients() {
 }
 
 #[test]
+fn a_stalled_client_that_reads_again_gets_every_event_once_in_order() {
+    // The writer hands a full socket back to its connection, which waits
+    // for room and returns it: the stream must come out whole.
+    let db = TempDb::counters(60_000);
+    let mut p = counters_run(
+        &db,
+        2,
+        &words("--wait-for-clients 2 --dry-run --drain-timeout 60 --progress none"),
+        &[],
+    );
+    let addr = p.addr();
+    let mut slow = stalled_client(addr);
+    let fast = Stream::open(addr, "/events", &[]).rest();
+    assert_eq!(fast.last().map(|e| e.event.as_str()), Some("finished"));
+    // Only now does the slow client read, from its first byte.
+    use std::io::Read;
+    slow.set_nonblocking(false).unwrap();
+    slow.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut got = Vec::new();
+    slow.read_to_end(&mut got)
+        .expect("the stream ends with a clean close");
+    let body = got
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| &got[i + 4..])
+        .expect("a response head");
+    let evs = batchsse::sse::Parser::new().feed(body);
+    assert_contiguous(&evs, 1);
+    assert_eq!(
+        evs.len(),
+        fast.len(),
+        "the slow client got what the fast one got"
+    );
+    assert_eq!(evs.last().map(|e| e.event.as_str()), Some("finished"));
+    assert!(p.wait().success(), "{}", p.stderr());
+}
+
+#[test]
 fn a_compacted_log_keeps_every_kept_event_for_late_joiners_and_resumes() {
     let db = TempDb::counters(1_200);
     let mut p = counters_run(

@@ -1,0 +1,339 @@
+//! The fan-out writer: one task that writes every new event to every direct
+//! `/events` stream. When the log grows it sweeps its clients once, handing
+//! each the shared SSE bytes it has not yet had with one non-blocking write,
+//! so an event costs one syscall per client and no task wake-ups; at 10,000
+//! viewers the per-client tasks' wake, poll and re-arm cost more than the
+//! writes did.
+//!
+//! A client whose socket is full (it stopped reading, or is far behind) is
+//! handed back to its own connection task, which waits until the socket
+//! drains and then returns it here. A stalled client therefore never delays
+//! the sweep, and holds no memory beyond its socket and its one unfinished
+//! write.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::event_log::{Batch, EventLog};
+use crate::sse;
+
+/// The most bytes one write hands a client that is behind: catching up
+/// takes few writes, and a stalled client's unfinished write stays small.
+pub const MAX_BATCH: usize = 64 * 1024;
+
+/// One direct stream: its socket, its cursor into the log, and what is
+/// still to be written of the last batch.
+pub struct Client<G> {
+    tcp: TcpStream,
+    cursor: u64,
+    pending: Bytes,
+    /// `pending` ends with `finished`: close once it is written.
+    ends: bool,
+    last_write: Instant,
+    _guard: G,
+}
+
+struct Registration<G> {
+    client: Client<G>,
+    /// Where a stalled client goes back to; dropped when the client is done.
+    back: oneshot::Sender<Client<G>>,
+}
+
+/// The handle connection tasks use to stream through the writer.
+pub struct Fanout<G> {
+    tx: mpsc::UnboundedSender<Registration<G>>,
+}
+
+impl<G> Clone for Fanout<G> {
+    fn clone(&self) -> Self {
+        Fanout {
+            tx: self.tx.clone(),
+        }
+    }
+}
+
+impl<G: Send + 'static> Fanout<G> {
+    /// Starts the writer on the current runtime. It runs until the handle
+    /// is aborted (the server does so once its connections have drained).
+    pub fn spawn(log: Arc<EventLog>, keep_alive: Duration) -> (Fanout<G>, JoinHandle<()>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(run(log, keep_alive, rx));
+        (Fanout { tx }, task)
+    }
+
+    /// Streams the log from `cursor` onto `tcp`, after `head` (the response
+    /// head, already encoded). Returns when the stream has ended: after
+    /// `finished`, or when the client went away. `guard` lives as long as
+    /// the stream.
+    pub async fn stream(&self, tcp: TcpStream, head: Bytes, cursor: u64, guard: G) {
+        let mut client = Client {
+            tcp,
+            cursor,
+            pending: head,
+            ends: false,
+            last_write: Instant::now(),
+            _guard: guard,
+        };
+        loop {
+            let (back, returned) = oneshot::channel();
+            if self.tx.send(Registration { client, back }).is_err() {
+                return;
+            }
+            // The writer drops `back` once the stream is over.
+            let Ok(c) = returned.await else { return };
+            client = c;
+            // Stalled: wait for the socket here, costing the writer nothing.
+            if client.tcp.write_all(&client.pending).await.is_err() {
+                return;
+            }
+            client.pending = Bytes::new();
+            client.last_write = Instant::now();
+            if client.ends {
+                let _ = client.tcp.shutdown().await;
+                return;
+            }
+        }
+    }
+}
+
+/// What a sweep did with one client.
+enum Outcome {
+    /// Up to date (or given a keep-alive): stays with the writer.
+    Kept,
+    /// Its socket is full: back to its connection task.
+    Stalled,
+    /// Ended after `finished`, or broken.
+    Done,
+}
+
+async fn run<G>(
+    log: Arc<EventLog>,
+    keep_alive: Duration,
+    mut regs: mpsc::UnboundedReceiver<Registration<G>>,
+) {
+    let mut changed = log.subscribe();
+    let mut held: Vec<Registration<G>> = Vec::new();
+    let mut fresh: Vec<Registration<G>> = Vec::new();
+    let ping = tokio::time::sleep(keep_alive);
+    tokio::pin!(ping);
+    loop {
+        // Every held client is up to date after a sweep, so only new
+        // events, a due keep-alive or new clients need work.
+        let sweep_all = tokio::select! {
+            biased;
+            r = regs.recv() => match r {
+                Some(reg) => { fresh.push(reg); false }
+                None => return,
+            },
+            c = changed.changed() => { if c.is_err() { return } true }
+            () = &mut ping => true,
+        };
+        while let Ok(reg) = regs.try_recv() {
+            fresh.push(reg);
+        }
+        // A client may have come in just as an event was logged.
+        let sweep_all = sweep_all || changed.has_changed().unwrap_or(false);
+        let upto = *changed.borrow_and_update();
+        let now = Instant::now();
+        let mut batches = Batches::new(&log, upto);
+        if sweep_all {
+            let mut next_ping = now + keep_alive;
+            let mut i = 0;
+            while i < held.len() {
+                // An event logged mid-sweep goes to the rest of this sweep
+                // at once; the clients already passed get it in the next
+                // sweep, which starts straight away (the change is unseen).
+                if *changed.borrow() != batches.upto {
+                    batches = Batches::new(&log, *changed.borrow());
+                }
+                if let Some(c) = settle(&mut held, i, &mut batches, now, keep_alive) {
+                    next_ping = next_ping.min(c + keep_alive);
+                    i += 1;
+                }
+            }
+            ping.as_mut().reset(next_ping);
+        }
+        for reg in fresh.drain(..) {
+            held.push(reg);
+            let last = held.len() - 1;
+            settle(&mut held, last, &mut batches, now, keep_alive);
+        }
+    }
+}
+
+/// Serves `held[i]`; returns its last write time when it stays, and
+/// otherwise removes it (swapping the last client into `i`).
+fn settle<G>(
+    held: &mut Vec<Registration<G>>,
+    i: usize,
+    batches: &mut Batches,
+    now: Instant,
+    keep_alive: Duration,
+) -> Option<Instant> {
+    let reg = &mut held[i];
+    // The connection task was cancelled (shutdown): drop the stream.
+    let outcome = if reg.back.is_closed() {
+        Outcome::Done
+    } else {
+        write_pending(&mut reg.client, batches, now, keep_alive)
+    };
+    match outcome {
+        Outcome::Kept => Some(reg.client.last_write),
+        Outcome::Stalled => {
+            let reg = held.swap_remove(i);
+            let _ = reg.back.send(reg.client);
+            None
+        }
+        Outcome::Done => {
+            let reg = held.swap_remove(i);
+            if reg.client.ends
+                && reg.client.pending.is_empty()
+                && let Ok(s) = reg.client.tcp.into_std()
+            {
+                let _ = s.shutdown(std::net::Shutdown::Write);
+            }
+            None
+        }
+    }
+}
+
+/// Writes everything the client has not had yet, as few writes as the
+/// socket takes, without ever waiting.
+fn write_pending<G>(
+    c: &mut Client<G>,
+    batches: &mut Batches,
+    now: Instant,
+    keep_alive: Duration,
+) -> Outcome {
+    loop {
+        while !c.pending.is_empty() {
+            match c.tcp.try_write(&c.pending) {
+                Ok(0) => return Outcome::Done,
+                Ok(n) => {
+                    c.pending.advance(n);
+                    c.last_write = now;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Outcome::Stalled,
+                Err(_) => return Outcome::Done,
+            }
+        }
+        if c.ends {
+            return Outcome::Done;
+        }
+        match batches.after(c.cursor) {
+            Some(b) => {
+                c.pending = b.bytes;
+                c.cursor = b.last;
+                c.ends = b.ends;
+            }
+            None if now.duration_since(c.last_write) >= keep_alive => {
+                c.pending = sse::comment("keep-alive");
+            }
+            None => return Outcome::Kept,
+        }
+    }
+}
+
+/// The batches handed out in one sweep, by cursor: clients at the same
+/// place in the log (nearly all of them) share one lookup and one buffer.
+struct Batches<'a> {
+    log: &'a EventLog,
+    /// The log's last id when the lookups began.
+    upto: u64,
+    by_cursor: HashMap<u64, Option<Batch>>,
+}
+
+impl<'a> Batches<'a> {
+    fn new(log: &'a EventLog, upto: u64) -> Self {
+        Batches {
+            log,
+            upto,
+            by_cursor: HashMap::new(),
+        }
+    }
+
+    fn after(&mut self, cursor: u64) -> Option<Batch> {
+        self.by_cursor
+            .entry(cursor)
+            .or_insert_with(|| self.log.frames_after(cursor, MAX_BATCH))
+            .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Event, Finished, Level, RunStatus};
+    use tokio::io::AsyncReadExt;
+
+    /// Reads until `done` says so, feeding the SSE parser; bounded.
+    async fn read_until(
+        tcp: &mut TcpStream,
+        parser: &mut sse::Parser,
+        events: &mut Vec<sse::ParsedEvent>,
+        done: impl Fn(&sse::Parser, &[sse::ParsedEvent], bool) -> bool,
+    ) {
+        let mut buf = [0u8; 4096];
+        let mut eof = false;
+        while !done(parser, events, eof) {
+            let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf))
+                .await
+                .expect("the writer went quiet")
+                .expect("read");
+            eof = n == 0;
+            events.extend(parser.feed(&buf[..n]));
+        }
+    }
+
+    #[tokio::test]
+    async fn idle_streams_get_keep_alives_then_events_then_a_clean_end() {
+        let log = Arc::new(EventLog::new());
+        let (fanout, writer) = Fanout::<()>::spawn(log.clone(), Duration::from_millis(20));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (served, _) = listener.accept().await.unwrap();
+        let stream = tokio::spawn(async move {
+            fanout
+                .stream(served, Bytes::from_static(b": head\n\n"), 0, ())
+                .await
+        });
+        let mut parser = sse::Parser::new();
+        let mut events = Vec::new();
+        // The head, then two keep-alives while nothing happens.
+        read_until(&mut client, &mut parser, &mut events, |p, _, _| {
+            p.comments() >= 3
+        })
+        .await;
+        assert!(events.is_empty());
+        log.push(Event::message(serde_json::json!({}), Level::Info, "hi"));
+        log.push(Event::Finished(Finished {
+            status: RunStatus::Ok,
+            steps_done: 0,
+            steps_total: 0,
+            rows_changed: 0,
+            elapsed_ms: 0,
+            dry_run: false,
+            error: None,
+        }));
+        read_until(&mut client, &mut parser, &mut events, |_, _, eof| eof).await;
+        let ids: Vec<_> = events.iter().filter_map(|e| e.id.clone()).collect();
+        assert_eq!(ids, ["1", "2"]);
+        assert_eq!(events[1].event, "finished");
+        // The connection's task returns once the stream has ended.
+        tokio::time::timeout(Duration::from_secs(10), stream)
+            .await
+            .expect("the stream task ended")
+            .unwrap();
+        writer.abort();
+    }
+}
