@@ -75,10 +75,12 @@ fn run(clients: usize, rt: &tokio::runtime::Runtime) -> Outcome {
 }
 
 fn main() {
+    bare_writer_main();
     let rt = runtime();
     // The pace with nobody watching is the yardstick for "kept its pace".
     let base = run(0, &rt);
     let mut rows = Vec::new();
+    let mut floors = Vec::new();
     // BENCH_CLIENTS=N runs one size only (for profiling).
     let sizes: Vec<usize> = match std::env::var("BENCH_CLIENTS")
         .ok()
@@ -96,6 +98,8 @@ fn main() {
             );
         }
         rows.push(o);
+        let (t, h, cpu) = bare_floor(clients, ROWS / 100 + 7, SLEEP_MS.parse().unwrap(), &rt);
+        floors.push((clients, t, h, cpu));
     }
     println!();
     println!(
@@ -125,6 +129,22 @@ fn main() {
             (o.elapsed_ms as f64 / base.elapsed_ms.max(1) as f64 - 1.0) * 100.0,
             o.server_cpu,
             o.client_cpu
+        );
+    }
+    println!();
+    println!(
+        "floor: the same load client against a bare writer (one blocking write per socket per event, nothing else)"
+    );
+    println!("| clients | events delivered | missing | p50 | p99 | max | CPU s writer |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    for (clients, t, h, cpu) in &floors {
+        println!(
+            "| {clients} | {} | {} | {} ms | {} ms | {} ms | {cpu:.1} |",
+            t.events,
+            t.missing,
+            h.quantile(0.50),
+            h.quantile(0.99),
+            h.quantile(1.0)
         );
     }
     println!(

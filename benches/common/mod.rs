@@ -534,3 +534,97 @@ pub fn median(v: &mut [f64]) -> f64 {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
 }
+
+/// The floor: what fan-out costs on this machine with no server at all.
+/// The benchmark binary re-runs itself as a bare writer (see
+/// `bare_writer_main`) that accepts `clients` connections and then, every
+/// `pace_ms`, writes one SSE frame to every socket in a plain loop of
+/// blocking writes: no HTTP parsing, no event log, no runtime. The same
+/// load client reads it. Returns the clients' totals and latencies.
+pub fn bare_floor(
+    clients: usize,
+    events: u64,
+    pace_ms: u64,
+    rt: &tokio::runtime::Runtime,
+) -> (Totals, Arc<Histogram>, f64) {
+    let exe = std::env::current_exe().expect("bench exe");
+    let mut child = Command::new(exe)
+        .env("BENCH_BARE_WRITER", format!("{clients},{events},{pace_ms}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn the bare writer");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("bare writer address");
+    let addr: SocketAddr = line.trim().parse().expect("bare writer address");
+    let hist = Histogram::new();
+    let totals = rt.block_on(async {
+        let handles = connect_readers(addr, clients, hist.clone()).await;
+        gather(handles).await
+    });
+    let cpu = cpu_secs(&child.id().to_string());
+    let _ = child.wait();
+    (totals, hist, cpu)
+}
+
+/// Runs the bare writer when this process was started as one; call first
+/// thing in `main`.
+pub fn bare_writer_main() {
+    let Ok(spec) = std::env::var("BENCH_BARE_WRITER") else {
+        return;
+    };
+    let n: Vec<u64> = spec.split(',').filter_map(|v| v.parse().ok()).collect();
+    let [clients, events, pace_ms] = n[..] else {
+        panic!("BENCH_BARE_WRITER=clients,events,pace_ms");
+    };
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    println!("{}", listener.local_addr().expect("addr"));
+    std::io::stdout().flush().expect("flush");
+    let mut socks = Vec::with_capacity(clients as usize);
+    for _ in 0..clients {
+        let (mut s, _) = listener.accept().expect("accept");
+        s.set_nodelay(true).expect("nodelay");
+        // The request head arrives in one segment on loopback.
+        let mut req = [0u8; 1024];
+        let _ = s.read(&mut req).expect("request");
+        s.write_all(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n",
+        )
+        .expect("head");
+        socks.push(s);
+    }
+    // Writes every frame that is due to every socket; a sweep that runs
+    // late sends the frames it missed together, as the real server does.
+    let start = Instant::now();
+    let start_ms = now_ms();
+    let mut sent = 0u64;
+    while sent < events {
+        let due = (start.elapsed().as_millis() as u64 / pace_ms + 1).min(events);
+        if due == sent {
+            std::thread::sleep(Duration::from_micros(200));
+            continue;
+        }
+        let mut buf = Vec::new();
+        for id in sent + 1..=due {
+            let name = if id == events { "finished" } else { "progress" };
+            buf.extend_from_slice(
+                format!(
+                    "id: {id}\nevent: {name}\ndata: {{\"done\":{id},\"total\":{events},\"ts_ms\":{}}}\n\n",
+                    // When the event fell due, as a real run stamps it.
+                    start_ms + (id - 1) * pace_ms
+                )
+                .as_bytes(),
+            );
+        }
+        for s in &mut socks {
+            s.write_all(&buf).expect("write");
+        }
+        sent = due;
+    }
+    drop(socks);
+    std::process::exit(0);
+}
