@@ -75,12 +75,22 @@ impl Limits {
 }
 
 /// The pending bytes for one reader: a single write.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Batch {
     pub bytes: Bytes,
     /// The id of the last event in `bytes`: the reader's new cursor.
     pub last: u64,
     /// `bytes` ends with `finished`: nothing follows.
+    pub ends: bool,
+}
+
+/// The pending frames for one reader, shared with the log: a vectored write.
+#[derive(Debug, Clone)]
+pub struct Frames {
+    pub frames: Arc<[Bytes]>,
+    /// The id of the last frame: the reader's new cursor.
+    pub last: u64,
+    /// The last frame is `finished`: nothing follows.
     pub ends: bool,
 }
 
@@ -190,6 +200,32 @@ impl EventLog {
     /// pending frame is handed out as the shared `Bytes`, no copy. `None`
     /// when there is nothing new.
     pub fn frames_after(&self, cursor: u64, max_bytes: usize) -> Option<Batch> {
+        let f = self.frame_list_after(cursor, max_bytes, usize::MAX)?;
+        let bytes = if let [one] = &f.frames[..] {
+            one.clone()
+        } else {
+            let mut buf = BytesMut::with_capacity(f.frames.iter().map(Bytes::len).sum());
+            for frame in f.frames.iter() {
+                buf.extend_from_slice(frame);
+            }
+            buf.freeze()
+        };
+        Some(Batch {
+            bytes,
+            last: f.last,
+            ends: f.ends,
+        })
+    }
+
+    /// The shared frames of the entries above `cursor`, not copied, for a
+    /// vectored write: as many as fit in `max_bytes` and `max_frames` (at
+    /// least one). `None` when there is nothing new.
+    pub fn frame_list_after(
+        &self,
+        cursor: u64,
+        max_bytes: usize,
+        max_frames: usize,
+    ) -> Option<Frames> {
         let inner = self.read();
         let start = inner.entries.partition_point(|e| e.id <= cursor);
         let pending = &inner.entries[start..];
@@ -197,24 +233,18 @@ impl EventLog {
         let mut len = first.frame.len();
         let mut n = 1;
         while let Some(e) = pending.get(n) {
-            if len + e.frame.len() > max_bytes {
+            if n >= max_frames || len + e.frame.len() > max_bytes {
                 break;
             }
             len += e.frame.len();
             n += 1;
         }
         let last = pending[n - 1].id;
-        let ends = inner.finished_id == Some(last);
-        let bytes = if n == 1 {
-            first.frame.clone()
-        } else {
-            let mut buf = BytesMut::with_capacity(len);
-            for e in &pending[..n] {
-                buf.extend_from_slice(&e.frame);
-            }
-            buf.freeze()
-        };
-        Some(Batch { bytes, last, ends })
+        Some(Frames {
+            frames: pending[..n].iter().map(|e| e.frame.clone()).collect(),
+            last,
+            ends: inner.finished_id == Some(last),
+        })
     }
 
     /// Entries held now (after compaction), and how many were dropped.

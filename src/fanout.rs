@@ -1,40 +1,47 @@
 //! The fan-out writer: one task that writes every new event to every direct
 //! `/events` stream. When the log grows it sweeps its clients once, handing
-//! each the shared SSE bytes it has not yet had with one non-blocking write,
-//! so an event costs one syscall per client and no task wake-ups; at 10,000
-//! viewers the per-client tasks' wake, poll and re-arm cost more than the
-//! writes did.
+//! each the frames it has not yet had with one non-blocking vectored write
+//! straight from the log's shared buffers (no copy), so an event costs one
+//! syscall per client and no task wake-ups; at 10,000 viewers the
+//! per-client tasks' wake, poll and re-arm cost more than the writes did.
 //!
 //! A client whose socket is full (it stopped reading, or is far behind) is
 //! handed back to its own connection task, which waits until the socket
 //! drains and then returns it here. A stalled client therefore never delays
-//! the sweep, and holds no memory beyond its socket and its one unfinished
-//! write.
+//! the sweep, and holds no memory beyond its socket and references to the
+//! log's frames of its one unfinished write.
 
 use std::collections::HashMap;
+use std::io::IoSlice;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::event_log::{Batch, EventLog};
+use crate::event_log::{EventLog, Frames};
 use crate::sse;
 
 /// The most bytes one write hands a client that is behind: catching up
 /// takes few writes, and a stalled client's unfinished write stays small.
 pub const MAX_BATCH: usize = 64 * 1024;
 
+/// The most frames one vectored write takes (Linux allows 1,024).
+const MAX_IOV: usize = 256;
+
+/// How often a sweep may look for events logged since it began.
+const REFRESH: Duration = Duration::from_millis(1);
+
 /// One direct stream: its socket, its cursor into the log, and what is
 /// still to be written of the last batch.
 pub struct Client<G> {
     tcp: TcpStream,
     cursor: u64,
-    pending: Bytes,
+    pending: Pending,
     /// `pending` ends with `finished`: close once it is written.
     ends: bool,
     last_write: Instant,
@@ -77,7 +84,7 @@ impl<G: Send + 'static> Fanout<G> {
         let mut client = Client {
             tcp,
             cursor,
-            pending: head,
+            pending: Pending::one(head),
             ends: false,
             last_write: Instant::now(),
             _guard: guard,
@@ -91,10 +98,16 @@ impl<G: Send + 'static> Fanout<G> {
             let Ok(c) = returned.await else { return };
             client = c;
             // Stalled: wait for the socket here, costing the writer nothing.
-            if client.tcp.write_all(&client.pending).await.is_err() {
-                return;
+            while !client.pending.is_empty() {
+                // On the heap: an array here would sit in every connection
+                // task's future, stalled or not.
+                let mut iov = vec![IoSlice::new(&[]); MAX_IOV];
+                let k = client.pending.slices(&mut iov);
+                match client.tcp.write_vectored(&iov[..k]).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => client.pending.advance(n),
+                }
             }
-            client.pending = Bytes::new();
             client.last_write = Instant::now();
             if client.ends {
                 let _ = client.tcp.shutdown().await;
@@ -151,7 +164,10 @@ async fn run<G>(
                 // An event logged mid-sweep goes to the rest of this sweep
                 // at once; the clients already passed get it in the next
                 // sweep, which starts straight away (the change is unseen).
-                if *changed.borrow() != batches.upto {
+                // At most once a millisecond: a run logging thousands of
+                // events a second would otherwise rebuild every client's
+                // batch alone and share none.
+                if *changed.borrow() != batches.upto && batches.since.elapsed() >= REFRESH {
                     batches = Batches::new(&log, *changed.borrow());
                 }
                 if let Some(c) = settle(&mut held, i, &mut batches, now, keep_alive) {
@@ -215,7 +231,9 @@ fn write_pending<G>(
 ) -> Outcome {
     loop {
         while !c.pending.is_empty() {
-            match c.tcp.try_write(&c.pending) {
+            let mut iov = [IoSlice::new(&[]); MAX_IOV];
+            let k = c.pending.slices(&mut iov);
+            match c.tcp.try_write_vectored(&iov[..k]) {
                 Ok(0) => return Outcome::Done,
                 Ok(n) => {
                     c.pending.advance(n);
@@ -229,26 +247,99 @@ fn write_pending<G>(
             return Outcome::Done;
         }
         match batches.after(c.cursor) {
-            Some(b) => {
-                c.pending = b.bytes;
-                c.cursor = b.last;
-                c.ends = b.ends;
+            Some(f) => {
+                c.cursor = f.last;
+                c.ends = f.ends;
+                c.pending = Pending {
+                    frames: Some(f.frames),
+                    next: 0,
+                    offset: 0,
+                };
             }
             None if now.duration_since(c.last_write) >= keep_alive => {
-                c.pending = sse::comment("keep-alive");
+                c.pending = Pending::one(sse::comment("keep-alive"));
             }
             None => return Outcome::Kept,
         }
     }
 }
 
-/// The batches handed out in one sweep, by cursor: clients at the same
-/// place in the log (nearly all of them) share one lookup and one buffer.
+/// What is left to write of a client's frames.
+struct Pending {
+    /// `None` once all are written, so a finished write holds nothing.
+    frames: Option<Arc<[Bytes]>>,
+    /// The first frame not fully written, and how much of it was.
+    next: usize,
+    offset: usize,
+}
+
+impl Pending {
+    fn one(frame: Bytes) -> Pending {
+        Pending {
+            frames: Some(Arc::from([frame])),
+            next: 0,
+            offset: 0,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.frames.as_ref().is_none_or(|f| self.next >= f.len())
+    }
+
+    fn frames(&self) -> &[Bytes] {
+        self.frames.as_deref().unwrap_or_default()
+    }
+
+    /// Fills `iov` with what is left, up to its length; returns how many.
+    fn slices<'a>(&'a self, iov: &mut [IoSlice<'a>]) -> usize {
+        let mut k = 0;
+        for (i, frame) in self
+            .frames()
+            .get(self.next..)
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+        {
+            if k == iov.len() {
+                break;
+            }
+            let skip = if i == 0 { self.offset } else { 0 };
+            iov[k] = IoSlice::new(&frame[skip..]);
+            k += 1;
+        }
+        k
+    }
+
+    /// Marks `n` more bytes written; lets go of the frames once all are.
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 && !self.is_empty() {
+            let left = self.frames()[self.next].len() - self.offset;
+            if n < left {
+                self.offset += n;
+                return;
+            }
+            n -= left;
+            self.next += 1;
+            self.offset = 0;
+        }
+        if self.is_empty() {
+            *self = Pending {
+                frames: None,
+                next: 0,
+                offset: 0,
+            };
+        }
+    }
+}
+
+/// The frames handed out in one sweep, by cursor: clients at the same
+/// place in the log (nearly all of them) share one lookup and one list.
 struct Batches<'a> {
     log: &'a EventLog,
-    /// The log's last id when the lookups began.
+    /// The log's last id when the lookups began, and when that was.
     upto: u64,
-    by_cursor: HashMap<u64, Option<Batch>>,
+    since: std::time::Instant,
+    by_cursor: HashMap<u64, Option<Frames>>,
 }
 
 impl<'a> Batches<'a> {
@@ -256,14 +347,15 @@ impl<'a> Batches<'a> {
         Batches {
             log,
             upto,
+            since: std::time::Instant::now(),
             by_cursor: HashMap::new(),
         }
     }
 
-    fn after(&mut self, cursor: u64) -> Option<Batch> {
+    fn after(&mut self, cursor: u64) -> Option<Frames> {
         self.by_cursor
             .entry(cursor)
-            .or_insert_with(|| self.log.frames_after(cursor, MAX_BATCH))
+            .or_insert_with(|| self.log.frame_list_after(cursor, MAX_BATCH, MAX_IOV))
             .clone()
     }
 }
@@ -291,6 +383,38 @@ mod tests {
             eof = n == 0;
             events.extend(parser.feed(&buf[..n]));
         }
+    }
+
+    #[test]
+    fn pending_frames_advance_across_partial_writes() {
+        let frames: Vec<Bytes> = ["abc", "de", "fghi"]
+            .iter()
+            .map(|f| Bytes::from_static(f.as_bytes()))
+            .collect();
+        let mut p = Pending {
+            frames: Some(Arc::from(frames)),
+            next: 0,
+            offset: 0,
+        };
+        fn left(p: &Pending) -> Vec<String> {
+            let mut iov = [IoSlice::new(&[]); 2];
+            let k = p.slices(&mut iov);
+            iov[..k]
+                .iter()
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect()
+        }
+        assert_eq!(left(&p), ["abc", "de"], "no more slices than room");
+        p.advance(2);
+        assert_eq!(left(&p), ["c", "de"]);
+        p.advance(3);
+        assert_eq!(left(&p), ["fghi"]);
+        p.advance(1);
+        assert_eq!(left(&p), ["ghi"]);
+        assert!(!p.is_empty());
+        p.advance(3);
+        assert!(p.is_empty());
+        assert!(p.frames.is_none(), "the frames are let go");
     }
 
     #[tokio::test]
