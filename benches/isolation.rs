@@ -1,13 +1,16 @@
 //! Benchmark 3, isolation: 1,000 reading clients, with and without 100
-//! more that connect and never read, on a ~20,000-event run. The stalled
-//! ones must not slow the batch, the readers, or grow the server.
+//! more that connect and never read, on a ~20,000-event run paced at one
+//! chunk a millisecond (so the readers can keep up, and their latency means
+//! something). The stalled ones must not slow the batch, the readers, or
+//! grow the server.
 
 mod common;
 
 use common::*;
 
-/// 200,000 rows in chunks of 10: 20,000 progress events, no pause.
+/// 200,000 rows in chunks of 10: 20,000 progress events, `SLEEP_MS` apart.
 const ROWS: u64 = 200_000;
+const SLEEP_MS: &str = "1";
 const READERS: usize = 1_000;
 const STALLED: usize = 100;
 const DRAIN_SECS: &str = "3";
@@ -39,6 +42,8 @@ fn run(stalled: usize, rt: &tokio::runtime::Runtime) -> Outcome {
         "127.0.0.1:0",
         "--batch-size",
         "10",
+        "--sleep",
+        SLEEP_MS,
         "--progress",
         "json",
         "--wait-for-clients",
@@ -94,7 +99,7 @@ fn main() {
     }
     println!();
     println!(
-        "isolation: {READERS} readers on a ~{} event run (--batch-size 10, no pause), --drain-timeout {DRAIN_SECS}",
+        "isolation: {READERS} readers on a ~{} event run (--batch-size 10, --sleep {SLEEP_MS}), --drain-timeout {DRAIN_SECS}",
         ROWS / 10
     );
     println!(
