@@ -77,6 +77,22 @@ pub struct Step {
     pub error: Option<String>,
 }
 
+#[cfg(test)]
+impl Finished {
+    /// A plain successful end, for tests that only need the stream to end.
+    pub fn ok() -> Event {
+        Event::Finished(Finished {
+            status: RunStatus::Ok,
+            steps_done: 1,
+            steps_total: 1,
+            rows_changed: 0,
+            elapsed_ms: 0,
+            dry_run: false,
+            error: None,
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Progress {
     pub step: usize,

@@ -354,15 +354,7 @@ mod tests {
     }
 
     fn finished() -> Event {
-        Event::Finished(Finished {
-            status: RunStatus::Ok,
-            steps_done: 0,
-            steps_total: 0,
-            rows_changed: 0,
-            elapsed_ms: 0,
-            dry_run: false,
-            error: None,
-        })
+        Finished::ok()
     }
 
     #[test]

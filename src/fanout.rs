@@ -363,7 +363,7 @@ impl<'a> Batches<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Event, Finished, Level, RunStatus};
+    use crate::event::{Event, Finished, Level};
     use tokio::io::AsyncReadExt;
 
     /// Reads until `done` says so, feeding the SSE parser; bounded.
@@ -440,15 +440,7 @@ mod tests {
         .await;
         assert!(events.is_empty());
         log.push(Event::message(serde_json::json!({}), Level::Info, "hi"));
-        log.push(Event::Finished(Finished {
-            status: RunStatus::Ok,
-            steps_done: 0,
-            steps_total: 0,
-            rows_changed: 0,
-            elapsed_ms: 0,
-            dry_run: false,
-            error: None,
-        }));
+        log.push(Finished::ok());
         read_until(&mut client, &mut parser, &mut events, |_, _, eof| eof).await;
         let ids: Vec<_> = events.iter().filter_map(|e| e.id.clone()).collect();
         assert_eq!(ids, ["1", "2"]);

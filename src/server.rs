@@ -499,7 +499,7 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, crate::error::UsageEr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Event, Finished, Level, RunStatus};
+    use crate::event::{Event, Finished, Level};
     use futures_util::StreamExt;
     use serde_json::json;
 
@@ -508,15 +508,7 @@ mod tests {
     }
 
     fn finished() -> Event {
-        Event::Finished(Finished {
-            status: RunStatus::Ok,
-            steps_done: 1,
-            steps_total: 1,
-            rows_changed: 0,
-            elapsed_ms: 0,
-            dry_run: false,
-            error: None,
-        })
+        Finished::ok()
     }
 
     async fn collect(

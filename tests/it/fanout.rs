@@ -79,20 +79,25 @@ fn stalled_client(addr: SocketAddr) -> std::net::TcpStream {
     })
 }
 
+/// A run of 30,000 progress events, about 10 MB of stream (far more than a
+/// stalled client's socket buffers on both ends can hold), watched by one
+/// client that never reads and one that reads everything, which is returned.
+fn a_run_with_a_stalled_client(
+    db: &TempDb,
+    drain_secs: &str,
+) -> (Proc, std::net::TcpStream, Vec<batchsse::sse::ParsedEvent>) {
+    let mut args = words("--wait-for-clients 2 --dry-run --progress none --drain-timeout");
+    args.push(drain_secs);
+    let p = counters_run(db, 2, &args, &[]);
+    let stalled = stalled_client(p.addr());
+    let evs = Stream::open(p.addr(), "/events", &[]).rest();
+    (p, stalled, evs)
+}
+
 #[test]
 fn a_client_that_stops_reading_delays_neither_the_run_nor_other_clients() {
-    // 30,000 progress events, about 10 MB of stream: far more than the
-    // stalled client's socket buffers on both ends can hold.
     let db = TempDb::counters(60_000);
-    let mut p = counters_run(
-        &db,
-        2,
-        &words("--wait-for-clients 2 --dry-run --drain-timeout 1 --progress none"),
-        &[],
-    );
-    let addr = p.addr();
-    let mut stalled = stalled_client(addr);
-    let evs = Stream::open(addr, "/events", &[]).rest();
+    let (mut p, mut stalled, evs) = a_run_with_a_stalled_client(&db, "1");
     assert_contiguous(&evs, 1);
     assert_eq!(evs.last().map(|e| e.event.as_str()), Some("finished"));
     assert!(evs.len() > 30_000, "{} events", evs.len());
@@ -118,15 +123,7 @@ fn a_stalled_client_that_reads_again_gets_every_event_once_in_order() {
     // The writer hands a full socket back to its connection, which waits
     // for room and returns it: the stream must come out whole.
     let db = TempDb::counters(60_000);
-    let mut p = counters_run(
-        &db,
-        2,
-        &words("--wait-for-clients 2 --dry-run --drain-timeout 60 --progress none"),
-        &[],
-    );
-    let addr = p.addr();
-    let mut slow = stalled_client(addr);
-    let fast = Stream::open(addr, "/events", &[]).rest();
+    let (mut p, mut slow, fast) = a_run_with_a_stalled_client(&db, "60");
     assert_eq!(fast.last().map(|e| e.event.as_str()), Some("finished"));
     // Only now does the slow client read, from its first byte.
     use std::io::Read;
