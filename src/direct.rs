@@ -20,7 +20,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::fanout::Fanout;
-use crate::server::{self, ClientGuard, State, StreamStart};
+use crate::server::{self, State, StreamStart};
 
 /// The longest request head the direct path reads before giving up.
 const MAX_HEAD: usize = 16 * 1024;
@@ -77,12 +77,7 @@ pub async fn sniff(mut tcp: TcpStream) -> Sniffed {
 
 /// Answers a sniffed `GET /events` on the socket itself; the stream goes
 /// to the fan-out writer.
-pub async fn serve(
-    mut tcp: TcpStream,
-    state: &Arc<State>,
-    req: Request<()>,
-    fanout: &Fanout<Arc<ClientGuard>>,
-) {
+pub async fn serve(mut tcp: TcpStream, state: &Arc<State>, req: Request<()>, fanout: &Fanout) {
     let mut resp = server::respond(state, req);
     match resp.extensions_mut().remove::<StreamStart>() {
         Some(start) => {

@@ -19,6 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -36,41 +37,39 @@ const MAX_IOV: usize = 256;
 /// How often a sweep may look for events logged since it began.
 const REFRESH: Duration = Duration::from_millis(1);
 
-/// One direct stream: its socket, its cursor into the log, and what is
-/// still to be written of the last batch.
-pub struct Client<G> {
-    tcp: TcpStream,
+/// How many batches one sweep writes to a client that is far behind before
+/// handing it back to its own task to catch up, so one reconnecting
+/// client cannot hold up everyone's live events.
+const TURNS: usize = 4;
+
+/// One direct stream as the writer holds it: the socket's write half, the
+/// cursor into the log, and what is still to be written of the last batch.
+pub struct Client {
+    tcp: OwnedWriteHalf,
     cursor: u64,
     pending: Pending,
     /// `pending` ends with `finished`: close once it is written.
     ends: bool,
     last_write: Instant,
-    _guard: G,
 }
 
-struct Registration<G> {
-    client: Client<G>,
-    /// Where a stalled client goes back to; dropped when the client is done.
-    back: oneshot::Sender<Client<G>>,
+struct Registration {
+    client: Client,
+    /// Where a client goes back to when its socket is full or it is far
+    /// behind; dropped when the stream is over.
+    back: oneshot::Sender<Client>,
 }
 
 /// The handle connection tasks use to stream through the writer.
-pub struct Fanout<G> {
-    tx: mpsc::UnboundedSender<Registration<G>>,
+#[derive(Clone)]
+pub struct Fanout {
+    tx: mpsc::UnboundedSender<Registration>,
 }
 
-impl<G> Clone for Fanout<G> {
-    fn clone(&self) -> Self {
-        Fanout {
-            tx: self.tx.clone(),
-        }
-    }
-}
-
-impl<G: Send + 'static> Fanout<G> {
+impl Fanout {
     /// Starts the writer on the current runtime. It runs until the handle
     /// is aborted (the server does so once its connections have drained).
-    pub fn spawn(log: Arc<EventLog>, keep_alive: Duration) -> (Fanout<G>, JoinHandle<()>) {
+    pub fn spawn(log: Arc<EventLog>, keep_alive: Duration) -> (Fanout, JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(run(log, keep_alive, rx));
         (Fanout { tx }, task)
@@ -78,16 +77,17 @@ impl<G: Send + 'static> Fanout<G> {
 
     /// Streams the log from `cursor` onto `tcp`, after `head` (the response
     /// head, already encoded). Returns when the stream has ended: after
-    /// `finished`, or when the client went away. `guard` lives as long as
-    /// the stream.
-    pub async fn stream(&self, tcp: TcpStream, head: Bytes, cursor: u64, guard: G) {
+    /// `finished`, or as soon as the client goes away, which this task
+    /// notices by reading. `guard` lives exactly as long.
+    pub async fn stream(&self, tcp: TcpStream, head: Bytes, cursor: u64, guard: impl Send) {
+        let _guard = guard;
+        let (mut rd, wr) = tcp.into_split();
         let mut client = Client {
-            tcp,
+            tcp: wr,
             cursor,
             pending: Pending::one(head),
             ends: false,
             last_write: Instant::now(),
-            _guard: guard,
         };
         loop {
             let (back, returned) = oneshot::channel();
@@ -95,9 +95,14 @@ impl<G: Send + 'static> Fanout<G> {
                 return;
             }
             // The writer drops `back` once the stream is over.
-            let Ok(c) = returned.await else { return };
-            client = c;
-            // Stalled: wait for the socket here, costing the writer nothing.
+            client = tokio::select! {
+                c = returned => match c {
+                    Ok(c) => c,
+                    Err(_) => return,
+                },
+                () = closed(&mut rd) => return,
+            };
+            // Stalled or far behind: write here, costing the writer nothing.
             while !client.pending.is_empty() {
                 // On the heap: an array here would sit in every connection
                 // task's future, stalled or not.
@@ -117,30 +122,47 @@ impl<G: Send + 'static> Fanout<G> {
     }
 }
 
+/// Resolves when the client has closed its side (or the socket broke).
+/// Anything it sends after its request is read and ignored.
+async fn closed(rd: &mut OwnedReadHalf) {
+    loop {
+        if rd.readable().await.is_err() {
+            return;
+        }
+        let mut scrap = [0u8; 64];
+        match rd.try_read(&mut scrap) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
+    }
+}
+
 /// What a sweep did with one client.
 enum Outcome {
     /// Up to date (or given a keep-alive): stays with the writer.
     Kept,
-    /// Its socket is full: back to its connection task.
-    Stalled,
-    /// Ended after `finished`, or broken.
+    /// Its socket is full, or it is far behind: back to its own task.
+    HandBack,
+    /// Ended after `finished`, broken, or its task is gone.
     Done,
 }
 
-async fn run<G>(
+async fn run(
     log: Arc<EventLog>,
     keep_alive: Duration,
-    mut regs: mpsc::UnboundedReceiver<Registration<G>>,
+    mut regs: mpsc::UnboundedReceiver<Registration>,
 ) {
     let mut changed = log.subscribe();
-    let mut held: Vec<Registration<G>> = Vec::new();
-    let mut fresh: Vec<Registration<G>> = Vec::new();
+    let mut held: Vec<Registration> = Vec::new();
+    let mut fresh: Vec<Registration> = Vec::new();
     let ping = tokio::time::sleep(keep_alive);
     tokio::pin!(ping);
     loop {
         // Every held client is up to date after a sweep, so only new
         // events, a due keep-alive or new clients need work.
-        let sweep_all = tokio::select! {
+        let woke_for_all = tokio::select! {
             biased;
             r = regs.recv() => match r {
                 Some(reg) => { fresh.push(reg); false }
@@ -152,9 +174,16 @@ async fn run<G>(
         while let Ok(reg) = regs.try_recv() {
             fresh.push(reg);
         }
-        // A client may have come in just as an event was logged.
-        let sweep_all = sweep_all || changed.has_changed().unwrap_or(false);
-        let upto = *changed.borrow_and_update();
+        // Whatever woke us, an event logged meanwhile or a due keep-alive
+        // means a full sweep: the change is marked seen here and nowhere
+        // else, so it cannot be lost.
+        let (sweep_all, upto) = {
+            let last = changed.borrow_and_update();
+            (
+                woke_for_all || last.has_changed() || ping.is_elapsed(),
+                *last,
+            )
+        };
         let now = Instant::now();
         let mut batches = Batches::new(&log, upto);
         if sweep_all {
@@ -187,15 +216,15 @@ async fn run<G>(
 
 /// Serves `held[i]`; returns its last write time when it stays, and
 /// otherwise removes it (swapping the last client into `i`).
-fn settle<G>(
-    held: &mut Vec<Registration<G>>,
+fn settle(
+    held: &mut Vec<Registration>,
     i: usize,
     batches: &mut Batches,
     now: Instant,
     keep_alive: Duration,
 ) -> Option<Instant> {
     let reg = &mut held[i];
-    // The connection task was cancelled (shutdown): drop the stream.
+    // Its task ended (the client left, or shutdown): drop the stream.
     let outcome = if reg.back.is_closed() {
         Outcome::Done
     } else {
@@ -203,32 +232,29 @@ fn settle<G>(
     };
     match outcome {
         Outcome::Kept => Some(reg.client.last_write),
-        Outcome::Stalled => {
+        Outcome::HandBack => {
             let reg = held.swap_remove(i);
             let _ = reg.back.send(reg.client);
             None
         }
         Outcome::Done => {
-            let reg = held.swap_remove(i);
-            if reg.client.ends
-                && reg.client.pending.is_empty()
-                && let Ok(s) = reg.client.tcp.into_std()
-            {
-                let _ = s.shutdown(std::net::Shutdown::Write);
-            }
+            // Dropping the write half also sends the end of the stream.
+            held.swap_remove(i);
             None
         }
     }
 }
 
 /// Writes everything the client has not had yet, as few writes as the
-/// socket takes, without ever waiting.
-fn write_pending<G>(
-    c: &mut Client<G>,
+/// socket takes, without ever waiting. A keep-alive goes to a client idle
+/// for half the period, so one ping sweep lines up every client's next.
+fn write_pending(
+    c: &mut Client,
     batches: &mut Batches,
     now: Instant,
     keep_alive: Duration,
 ) -> Outcome {
+    let mut turns = 0;
     loop {
         while !c.pending.is_empty() {
             let mut iov = [IoSlice::new(&[]); MAX_IOV];
@@ -239,7 +265,7 @@ fn write_pending<G>(
                     c.pending.advance(n);
                     c.last_write = now;
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Outcome::Stalled,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Outcome::HandBack,
                 Err(_) => return Outcome::Done,
             }
         }
@@ -255,8 +281,12 @@ fn write_pending<G>(
                     next: 0,
                     offset: 0,
                 };
+                turns += 1;
+                if turns > TURNS {
+                    return Outcome::HandBack;
+                }
             }
-            None if now.duration_since(c.last_write) >= keep_alive => {
+            None if now.duration_since(c.last_write) >= keep_alive / 2 => {
                 c.pending = Pending::one(sse::comment("keep-alive"));
             }
             None => return Outcome::Kept,
@@ -420,7 +450,7 @@ mod tests {
     #[tokio::test]
     async fn idle_streams_get_keep_alives_then_events_then_a_clean_end() {
         let log = Arc::new(EventLog::new());
-        let (fanout, writer) = Fanout::<()>::spawn(log.clone(), Duration::from_millis(20));
+        let (fanout, writer) = Fanout::spawn(log.clone(), Duration::from_millis(20));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut client = TcpStream::connect(listener.local_addr().unwrap())
             .await

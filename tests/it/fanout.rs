@@ -211,3 +211,36 @@ fn a_compacted_log_keeps_every_kept_event_for_late_joiners_and_resumes() {
     );
     assert_eq!(db.counter_spread(), (1_200, 0));
 }
+
+#[test]
+fn a_viewer_that_leaves_frees_its_slot_at_once() {
+    // Nothing is logged while the run waits for its two viewers, so only
+    // reading the socket can tell that one left; a failed write would take
+    // two 15 s keep-alives.
+    let db = TempDb::counters(1_000);
+    let mut p = counters_run(
+        &db,
+        100,
+        &words("--wait-for-clients 2 --progress none"),
+        &[],
+    );
+    let addr = p.addr();
+    let first = Stream::open(addr, "/events", &[]);
+    wait_status(addr, |v| v["clients"] == 1);
+    drop(first);
+    let left = std::time::Instant::now();
+    wait_status(addr, |v| v["clients"] == 0);
+    assert!(
+        left.elapsed() < std::time::Duration::from_secs(10),
+        "the slot was held {:?} after the viewer left",
+        left.elapsed()
+    );
+    // Only viewers still there count: one more does not open the gate.
+    let mut second = Stream::open(addr, "/events", &[]);
+    let v = wait_status(addr, |v| v["clients"] == 1);
+    assert_eq!(v["state"], "waiting", "{v}");
+    let third = Stream::open(addr, "/events", &[]).rest();
+    assert_eq!(third.last().map(|e| e.event.as_str()), Some("finished"));
+    assert_eq!(second.rest().len(), third.len());
+    assert!(p.wait().success(), "{}", p.stderr());
+}
