@@ -596,3 +596,41 @@ fn a_failed_run_shows_the_failed_step_and_the_error() {
     );
     assert_eq!(v["overall"]["value"], 1, "{v:#}");
 }
+
+#[test]
+fn a_cancelled_run_shows_the_amber_banner_and_the_rows_kept() {
+    let Some(_b) = browser() else { return };
+    let db = TempDb::counters(100_000);
+    let plan = db.file("plan.json", &counter_plan("cancel me", 100));
+    let p = Proc::start(&run_args(
+        &db,
+        path_str(&plan),
+        &words(
+            "--listen 127.0.0.1:0 --progress none --batch-size 100 --sleep 20 --wait-for-clients 1 --linger 20",
+        ),
+    ));
+    let addr = p.addr();
+    // Ctrl-C once the page is watching and a few chunks are in.
+    let pid = p.child.id().to_string();
+    let interrupter = std::thread::spawn(move || {
+        wait_status(addr, &[], |v: &Value| {
+            v["done"].as_u64().unwrap_or(0) >= 500
+        });
+        let ok = std::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -INT failed");
+    });
+    let v = observe(&format!("http://{addr}/"), json!({}));
+    interrupter.join().expect("the interrupter");
+    assert_eq!(v["banner"]["status"], "cancelled", "{v:#}");
+    let banner = v["banner"]["text"].as_str().unwrap_or_default();
+    assert!(banner.starts_with("Cancelled"), "{banner:?}");
+    // What the banner says was kept is what the file holds.
+    let kept = db.query_i64("SELECT count(*) FROM t WHERE counter = 1");
+    assert!((500..100_000).contains(&kept), "{kept} rows kept");
+    let shown = format!("{} rows changed", thousands(kept));
+    assert!(banner.contains(&shown), "{banner:?} should say {shown:?}");
+    assert_eq!(v["page_errors"], json!([]), "{v:#}");
+}
