@@ -60,10 +60,21 @@ struct Registration {
     back: oneshot::Sender<Client>,
 }
 
+/// What connection tasks tell the writer.
+enum Msg {
+    Join(Registration),
+    /// A client closed its connection: its socket can be let go.
+    Left,
+}
+
+/// How often the writer at most looks for clients that left, between
+/// sweeps (a sweep drops them anyway).
+const PRUNE_EVERY: Duration = Duration::from_millis(100);
+
 /// The handle connection tasks use to stream through the writer.
 #[derive(Clone)]
 pub struct Fanout {
-    tx: mpsc::UnboundedSender<Registration>,
+    tx: mpsc::UnboundedSender<Msg>,
 }
 
 impl Fanout {
@@ -91,7 +102,11 @@ impl Fanout {
         };
         loop {
             let (back, returned) = oneshot::channel();
-            if self.tx.send(Registration { client, back }).is_err() {
+            if self
+                .tx
+                .send(Msg::Join(Registration { client, back }))
+                .is_err()
+            {
                 return;
             }
             // The writer drops `back` once the stream is over.
@@ -100,7 +115,13 @@ impl Fanout {
                     Ok(c) => c,
                     Err(_) => return,
                 },
-                () = closed(&mut rd) => return,
+                () = closed(&mut rd) => {
+                    // The writer still holds the write half, and with it the
+                    // socket; ask it to let go now rather than at its next
+                    // sweep, which may be a keep-alive away.
+                    let _ = self.tx.send(Msg::Left);
+                    return;
+                }
             };
             // Stalled or far behind: write here, costing the writer nothing.
             while !client.pending.is_empty() {
@@ -149,30 +170,38 @@ enum Outcome {
     Done,
 }
 
-async fn run(
-    log: Arc<EventLog>,
-    keep_alive: Duration,
-    mut regs: mpsc::UnboundedReceiver<Registration>,
-) {
+async fn run(log: Arc<EventLog>, keep_alive: Duration, mut msgs: mpsc::UnboundedReceiver<Msg>) {
     let mut changed = log.subscribe();
     let mut held: Vec<Registration> = Vec::new();
     let mut fresh: Vec<Registration> = Vec::new();
     let ping = tokio::time::sleep(keep_alive);
     tokio::pin!(ping);
+    let mut left = false;
+    let mut pruned = Instant::now();
     loop {
         // Every held client is up to date after a sweep, so only new
-        // events, a due keep-alive or new clients need work.
+        // events, a due keep-alive, new clients or departed ones need work.
         let woke_for_all = tokio::select! {
             biased;
-            r = regs.recv() => match r {
-                Some(reg) => { fresh.push(reg); false }
+            m = msgs.recv() => match m {
+                Some(Msg::Join(reg)) => { fresh.push(reg); false }
+                Some(Msg::Left) => { left = true; false }
                 None => return,
             },
             c = changed.changed() => { if c.is_err() { return } true }
             () = &mut ping => true,
+            () = tokio::time::sleep_until(pruned + PRUNE_EVERY), if left => false,
         };
-        while let Ok(reg) = regs.try_recv() {
-            fresh.push(reg);
+        while let Ok(m) = msgs.try_recv() {
+            match m {
+                Msg::Join(reg) => fresh.push(reg),
+                Msg::Left => left = true,
+            }
+        }
+        if left && pruned.elapsed() >= PRUNE_EVERY {
+            held.retain(|r| !r.back.is_closed());
+            pruned = Instant::now();
+            left = false;
         }
         // Whatever woke us, an event logged meanwhile or a due keep-alive
         // means a full sweep: the change is marked seen here and nowhere

@@ -225,16 +225,32 @@ fn a_viewer_that_leaves_frees_its_slot_at_once() {
         &[],
     );
     let addr = p.addr();
+    let open_fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", p.child.id()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let before = open_fds();
     let first = Stream::open(addr, "/events", &[]);
     wait_status(addr, |v| v["clients"] == 1);
     drop(first);
     let left = std::time::Instant::now();
+    let soon = std::time::Duration::from_secs(10);
     wait_status(addr, |v| v["clients"] == 0);
     assert!(
-        left.elapsed() < std::time::Duration::from_secs(10),
+        left.elapsed() < soon,
         "the slot was held {:?} after the viewer left",
         left.elapsed()
     );
+    // Its socket is closed too, not kept until the next keep-alive.
+    while open_fds() > before {
+        assert!(
+            left.elapsed() < soon,
+            "{} open files, {before} before the viewer came",
+            open_fds()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     // Only viewers still there count: one more does not open the gate.
     let mut second = Stream::open(addr, "/events", &[]);
     let v = wait_status(addr, |v| v["clients"] == 1);
