@@ -114,7 +114,11 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(10))
         .max_buf_size(16 * 1024)
-        .keep_alive(true);
+        // One request per connection: a browser would otherwise send its
+        // EventSource request down the connection that fetched the page,
+        // where hyper, not the fan-out writer, would serve the stream. On
+        // localhost a new connection per request costs next to nothing.
+        .keep_alive(false);
     // Direct streams are all written by one task; see `fanout`.
     let (fanout, writer) = Fanout::spawn(state.log.clone(), state.config.keep_alive);
     tokio::pin!(stop);
