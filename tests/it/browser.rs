@@ -634,3 +634,57 @@ fn a_cancelled_run_shows_the_amber_banner_and_the_rows_kept() {
     assert!(banner.contains(&shown), "{banner:?} should say {shown:?}");
     assert_eq!(v["page_errors"], json!([]), "{v:#}");
 }
+
+#[test]
+fn a_page_on_another_origin_resumes_a_dropped_stream_with_last_event_id() {
+    let Some(_b) = browser() else { return };
+    let db = TempDb::shop(2000);
+    let old = old_sessions(&db);
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind page server");
+    let origin = format!("http://{}", listener.local_addr().expect("page addr"));
+    let p = start_run(
+        &db,
+        60,
+        &[
+            "--cors",
+            &origin,
+            "--wait-for-clients",
+            "1",
+            "--linger",
+            "20",
+        ],
+    );
+    // The page reaches the run through a relay that drops mid-run; the
+    // browser's reconnect, cross-origin, carries Last-Event-ID.
+    let relay = Relay::new(p.addr());
+    serve_other_app(listener, relay.addr);
+    let page = Observer::start(&format!("{origin}/"), json!({}));
+    wait_status(p.addr(), &[], |s| s["steps_done"].as_u64() >= Some(2));
+    relay.cut();
+    let v = page.finish();
+    let rows = rows_changed(&db, old);
+    assert_eq!(v["banner"]["status"], "ok", "{v:#}");
+    assert_eq!(v["banner"]["text"], format!("{rows} rows"), "{v:#}");
+    // Every message once and in order, across the cut.
+    assert_eq!(v["log"], json!(messages(p.addr(), &[])), "{v:#}");
+    let states: Vec<_> = v["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| s["state"].clone())
+        .collect();
+    assert_eq!(states, vec![json!("done"); 5], "{v:#}");
+    let gets: Vec<&Value> = v["requests"]
+        .as_array()
+        .expect("requests")
+        .iter()
+        .filter(|r| r["method"] == "GET")
+        .collect();
+    assert!(gets.len() >= 2, "the page never reconnected: {v:#}");
+    let from: u64 = gets[1]["last_event_id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    assert!(from > 1, "the reconnect must carry Last-Event-ID: {v:#}");
+    assert_eq!(v["page_errors"], json!([]), "{v:#}");
+}
