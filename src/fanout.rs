@@ -9,7 +9,8 @@
 //! handed back to its own connection task, which waits until the socket
 //! drains and then returns it here. A stalled client therefore never delays
 //! the sweep, and holds no memory beyond its socket and references to the
-//! log's frames of its one unfinished write.
+//! log's frames of its one unfinished write. The connection task also keeps
+//! the socket's read half, so a viewer that leaves is noticed at once.
 
 use std::collections::HashMap;
 use std::io::IoSlice;
@@ -44,7 +45,7 @@ const TURNS: usize = 4;
 
 /// One direct stream as the writer holds it: the socket's write half, the
 /// cursor into the log, and what is still to be written of the last batch.
-pub struct Client {
+struct Client {
     tcp: OwnedWriteHalf,
     cursor: u64,
     pending: Pending,
