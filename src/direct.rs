@@ -1,10 +1,10 @@
-//! The direct stream path: when a fresh connection's first request is
-//! `GET /events`, the answer (the same `server::handle` response) is written
-//! straight onto the socket and the body ends when the connection closes.
-//! A stream then costs its socket and a cursor, not hyper's two 8 KiB
-//! per-connection buffers, which dominated memory at 10,000 viewers. Every
-//! other request, and every later request on a kept-alive connection, is
-//! hyper's, so routing, auth and limits stay in one place.
+//! The direct stream path: when a connection's request is `GET /events`,
+//! the answer (routed by `server::respond`, like every other) is written
+//! straight onto the socket by the fan-out writer, and the body ends when
+//! the connection closes. A stream then costs its socket and a cursor, not
+//! hyper's two 8 KiB per-connection buffers and a task, which dominated at
+//! 10,000 viewers. Every other request is hyper's (one per connection), so
+//! routing, auth and limits stay in one place.
 
 use std::io;
 use std::pin::Pin;

@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::io::IoSlice;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -52,6 +53,10 @@ struct Client {
     /// `pending` ends with `finished`: close once it is written.
     ends: bool,
     last_write: Instant,
+    /// Set by the connection task when the client sent end-of-input: it
+    /// either left, or only half-closed and still reads. A probe tells.
+    quiet: Arc<AtomicBool>,
+    probed: bool,
 }
 
 struct Registration {
@@ -64,12 +69,12 @@ struct Registration {
 /// What connection tasks tell the writer.
 enum Msg {
     Join(Registration),
-    /// A client closed its connection: its socket can be let go.
+    /// A client sent end-of-input: probe it, and let go if it left.
     Left,
 }
 
-/// How often the writer at most looks for clients that left, between
-/// sweeps (a sweep drops them anyway).
+/// How often the writer at most probes clients that may have left, between
+/// sweeps (a failed write in a sweep drops them anyway).
 const PRUNE_EVERY: Duration = Duration::from_millis(100);
 
 /// The handle connection tasks use to stream through the writer.
@@ -89,20 +94,24 @@ impl Fanout {
 
     /// Streams the log from `cursor` onto `tcp`, after `head` (the response
     /// head, already encoded). Returns when the stream has ended: after
-    /// `finished`, or as soon as the client goes away, which this task
-    /// notices by reading. `guard` lives exactly as long.
+    /// `finished`, or when the client went away. This task reads the socket
+    /// so that a departure is noticed at once, not at the next write.
+    /// `guard` lives exactly as long.
     pub async fn stream(&self, tcp: TcpStream, head: Bytes, cursor: u64, guard: impl Send) {
         let _guard = guard;
         let (mut rd, wr) = tcp.into_split();
+        let quiet = Arc::new(AtomicBool::new(false));
         let mut client = Client {
             tcp: wr,
             cursor,
             pending: Pending::one(head),
             ends: false,
             last_write: Instant::now(),
+            quiet: quiet.clone(),
+            probed: false,
         };
         loop {
-            let (back, returned) = oneshot::channel();
+            let (back, mut returned) = oneshot::channel();
             if self
                 .tx
                 .send(Msg::Join(Registration { client, back }))
@@ -111,19 +120,23 @@ impl Fanout {
                 return;
             }
             // The writer drops `back` once the stream is over.
-            client = tokio::select! {
-                c = returned => match c {
-                    Ok(c) => c,
-                    Err(_) => return,
-                },
-                () = closed(&mut rd) => {
-                    // The writer still holds the write half, and with it the
-                    // socket; ask it to let go now rather than at its next
-                    // sweep, which may be a keep-alive away.
-                    let _ = self.tx.send(Msg::Left);
-                    return;
+            let c = if quiet.load(Ordering::Relaxed) {
+                returned.await
+            } else {
+                tokio::select! {
+                    c = &mut returned => c,
+                    () = closed(&mut rd) => {
+                        // Gone, or only done sending (a half-close): the
+                        // writer's probe tells which, and lets go at once
+                        // of a client that left.
+                        quiet.store(true, Ordering::Relaxed);
+                        let _ = self.tx.send(Msg::Left);
+                        returned.await
+                    }
                 }
             };
+            let Ok(c) = c else { return };
+            client = c;
             // Stalled or far behind: write here, costing the writer nothing.
             while !client.pending.is_empty() {
                 // On the heap: an array here would sit in every connection
@@ -144,7 +157,7 @@ impl Fanout {
     }
 }
 
-/// Resolves when the client has closed its side (or the socket broke).
+/// Resolves when the client has sent end-of-input (or the socket broke).
 /// Anything it sends after its request is read and ignored.
 async fn closed(rd: &mut OwnedReadHalf) {
     loop {
@@ -200,8 +213,9 @@ async fn run(log: Arc<EventLog>, keep_alive: Duration, mut msgs: mpsc::Unbounded
             }
         }
         if left && pruned.elapsed() >= PRUNE_EVERY {
-            held.retain(|r| !r.back.is_closed());
-            pruned = Instant::now();
+            let now = Instant::now();
+            held.retain_mut(|r| !r.back.is_closed() && still_there(&mut r.client, now));
+            pruned = now;
             left = false;
         }
         // Whatever woke us, an event logged meanwhile or a due keep-alive
@@ -273,6 +287,32 @@ fn settle(
             None
         }
     }
+}
+
+/// Probes, once, a client that sent end-of-input, with two keep-alive
+/// comments: a client that left answers the first with a reset, so the
+/// second fails; one that only half-closed reads both and ignores them.
+fn still_there(c: &mut Client, now: Instant) -> bool {
+    if !c.quiet.load(Ordering::Relaxed) || c.probed || !c.pending.is_empty() {
+        return true;
+    }
+    c.probed = true;
+    let ping = sse::comment("keep-alive");
+    for _ in 0..2 {
+        match c.tcp.try_write(&ping) {
+            // Written whole, or no room (so the client is not reading
+            // anyway, and a later write tells).
+            Ok(n) if n == ping.len() => c.last_write = now,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+            // A partial comment would corrupt the stream; finish it later.
+            Ok(n) => {
+                c.pending = Pending::one(ping.slice(n..));
+                return true;
+            }
+            Err(_) => return false,
+        }
+    }
+    true
 }
 
 /// Writes everything the client has not had yet, as few writes as the

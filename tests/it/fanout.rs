@@ -61,16 +61,20 @@ fn many_concurrent_clients_each_get_every_event_once_in_order() {
     assert_eq!(db.counter_spread(), (2_000, 0));
 }
 
-/// A client that sends its request and never reads a byte; a 4 KiB receive
-/// buffer makes its socket fill early.
-fn stalled_client(addr: SocketAddr) -> std::net::TcpStream {
+/// A client that sends its request and then reads nothing; with
+/// `tiny_buffer`, a 4 KiB receive buffer makes its socket fill early (but
+/// a window that small makes reading later slow, so a client that will
+/// read again keeps the default).
+fn stalled_client(addr: SocketAddr, tiny_buffer: bool) -> std::net::TcpStream {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
         let sock = tokio::net::TcpSocket::new_v4().unwrap();
-        sock.set_recv_buffer_size(4096).unwrap();
+        if tiny_buffer {
+            sock.set_recv_buffer_size(4096).unwrap();
+        }
         let mut s = sock.connect(addr).await.expect("connect");
         tokio::io::AsyncWriteExt::write_all(&mut s, &request("GET", "/events", &[]))
             .await
@@ -85,11 +89,12 @@ fn stalled_client(addr: SocketAddr) -> std::net::TcpStream {
 fn a_run_with_a_stalled_client(
     db: &TempDb,
     drain_secs: &str,
+    tiny_buffer: bool,
 ) -> (Proc, std::net::TcpStream, Vec<batchsse::sse::ParsedEvent>) {
     let mut args = words("--wait-for-clients 2 --dry-run --progress none --drain-timeout");
     args.push(drain_secs);
     let p = counters_run(db, 2, &args, &[]);
-    let stalled = stalled_client(p.addr());
+    let stalled = stalled_client(p.addr(), tiny_buffer);
     let evs = Stream::open(p.addr(), "/events", &[]).rest();
     (p, stalled, evs)
 }
@@ -97,7 +102,7 @@ fn a_run_with_a_stalled_client(
 #[test]
 fn a_client_that_stops_reading_delays_neither_the_run_nor_other_clients() {
     let db = TempDb::counters(60_000);
-    let (mut p, mut stalled, evs) = a_run_with_a_stalled_client(&db, "1");
+    let (mut p, mut stalled, evs) = a_run_with_a_stalled_client(&db, "1", true);
     assert_contiguous(&evs, 1);
     assert_eq!(evs.last().map(|e| e.event.as_str()), Some("finished"));
     assert!(evs.len() > 30_000, "{} events", evs.len());
@@ -123,7 +128,7 @@ fn a_stalled_client_that_reads_again_gets_every_event_once_in_order() {
     // The writer hands a full socket back to its connection, which waits
     // for room and returns it: the stream must come out whole.
     let db = TempDb::counters(60_000);
-    let (mut p, mut slow, fast) = a_run_with_a_stalled_client(&db, "60");
+    let (mut p, mut slow, fast) = a_run_with_a_stalled_client(&db, "60", false);
     assert_eq!(fast.last().map(|e| e.event.as_str()), Some("finished"));
     // Only now does the slow client read, from its first byte.
     use std::io::Read;
@@ -258,5 +263,34 @@ fn a_viewer_that_leaves_frees_its_slot_at_once() {
     let third = Stream::open(addr, "/events", &[]).rest();
     assert_eq!(third.last().map(|e| e.event.as_str()), Some("finished"));
     assert_eq!(second.rest().len(), third.len());
+    assert!(p.wait().success(), "{}", p.stderr());
+}
+
+#[test]
+fn a_client_that_half_closes_after_its_request_still_gets_the_stream() {
+    // `nc -N` and scripts that shut down their sending side after the
+    // request are still reading: end-of-input alone is not a departure.
+    let db = TempDb::counters(1_000);
+    let mut p = counters_run(
+        &db,
+        100,
+        &words("--wait-for-clients 1 --progress none"),
+        &[],
+    );
+    use std::io::{Read, Write};
+    let mut tcp = std::net::TcpStream::connect(p.addr()).unwrap();
+    tcp.set_read_timeout(Some(PATIENCE)).unwrap();
+    tcp.write_all(&request("GET", "/events", &[])).unwrap();
+    tcp.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut got = Vec::new();
+    tcp.read_to_end(&mut got).expect("the stream ends cleanly");
+    let body = got
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| &got[i + 4..])
+        .expect("a response head");
+    let evs = batchsse::sse::Parser::new().feed(body);
+    assert_contiguous(&evs, 1);
+    assert_eq!(evs.last().map(|e| e.event.as_str()), Some("finished"));
     assert!(p.wait().success(), "{}", p.stderr());
 }
