@@ -160,6 +160,16 @@ fn rows_changed(db: &TempDb, old_sessions_before: i64) -> i64 {
     db.query_i64("SELECT sum(counter) FROM orders") + old_sessions_before - old_sessions(db)
 }
 
+/// Each step's state as the page shows it, in order.
+fn step_states(v: &Value) -> Vec<Value> {
+    v["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| s["state"].clone())
+        .collect()
+}
+
 /// `2900` as the page shows it, `2,900`.
 fn thousands(n: i64) -> String {
     let s = n.to_string();
@@ -201,12 +211,7 @@ fn wait_status(addr: SocketAddr, headers: &[(&str, &str)], ready: impl Fn(&Value
 /// ok banner with the row count the database shows, exactly the run's log.
 fn assert_complete(v: &Value, rows: i64, log: &[String]) {
     assert_eq!(v["plan"], "reprice-2026", "{v:#}");
-    let states: Vec<_> = v["steps"]
-        .as_array()
-        .expect("steps")
-        .iter()
-        .map(|s| s["state"].clone())
-        .collect();
+    let states = step_states(v);
     assert_eq!(states, vec![json!("done"); 5], "{v:#}");
     assert_eq!(v["overall"]["value"], 5, "{v:#}");
     assert_eq!(v["overall"]["max"], 5, "{v:#}");
@@ -482,6 +487,26 @@ fn serve_other_app(listener: TcpListener, server: SocketAddr) {
     });
 }
 
+/// A run that allows a page served from another origin, with that page's
+/// listener (bound first, since `--cors` names its origin) and origin.
+fn run_for_another_origin(db: &TempDb, sleep_ms: u64) -> (Proc, TcpListener, String) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind page server");
+    let origin = format!("http://{}", listener.local_addr().expect("page addr"));
+    let p = start_run(
+        db,
+        sleep_ms,
+        &[
+            "--cors",
+            &origin,
+            "--wait-for-clients",
+            "1",
+            "--linger",
+            "20",
+        ],
+    );
+    (p, listener, origin)
+}
+
 #[test]
 fn a_page_on_another_origin_follows_the_run_only_with_cors() {
     let Some(_b) = browser() else { return };
@@ -513,20 +538,7 @@ fn a_page_on_another_origin_follows_the_run_only_with_cors() {
     drop(closed);
 
     // With exactly the page's origin allowed, the page follows the run.
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind page server");
-    let origin = format!("http://{}", listener.local_addr().expect("page addr"));
-    let p = start_run(
-        &db,
-        30,
-        &[
-            "--cors",
-            &origin,
-            "--wait-for-clients",
-            "1",
-            "--linger",
-            "20",
-        ],
-    );
+    let (p, listener, origin) = run_for_another_origin(&db, 30);
     serve_other_app(listener, p.addr());
     let v = observe(&format!("{origin}/"), json!({"settle_ms": SETTLE_MS}));
     let rows = rows_changed(&db, old);
@@ -537,12 +549,7 @@ fn a_page_on_another_origin_follows_the_run_only_with_cors() {
         format!("status finished {rows}"),
         "/status must be readable too: {v:#}"
     );
-    let states: Vec<_> = v["steps"]
-        .as_array()
-        .expect("steps")
-        .iter()
-        .map(|s| s["state"].clone())
-        .collect();
+    let states = step_states(&v);
     assert_eq!(states, vec![json!("done"); 5], "{v:#}");
     assert_eq!(v["log"], json!(messages(p.addr(), &[])), "{v:#}");
     assert_no_request_after_end(&v);
@@ -578,12 +585,7 @@ fn a_failed_run_shows_the_failed_step_and_the_error() {
         banner.contains("NOT NULL"),
         "the banner must carry the error: {banner:?}"
     );
-    let states: Vec<_> = v["steps"]
-        .as_array()
-        .expect("steps")
-        .iter()
-        .map(|s| s["state"].clone())
-        .collect();
+    let states = step_states(&v);
     assert_eq!(
         states,
         [json!("done"), json!("failed"), json!("waiting")],
@@ -640,20 +642,7 @@ fn a_page_on_another_origin_resumes_a_dropped_stream_with_last_event_id() {
     let Some(_b) = browser() else { return };
     let db = TempDb::shop(2000);
     let old = old_sessions(&db);
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind page server");
-    let origin = format!("http://{}", listener.local_addr().expect("page addr"));
-    let p = start_run(
-        &db,
-        60,
-        &[
-            "--cors",
-            &origin,
-            "--wait-for-clients",
-            "1",
-            "--linger",
-            "20",
-        ],
-    );
+    let (p, listener, origin) = run_for_another_origin(&db, 60);
     // The page reaches the run through a relay that drops mid-run; the
     // browser's reconnect, cross-origin, carries Last-Event-ID.
     let relay = Relay::new(p.addr());
@@ -667,12 +656,7 @@ fn a_page_on_another_origin_resumes_a_dropped_stream_with_last_event_id() {
     assert_eq!(v["banner"]["text"], format!("{rows} rows"), "{v:#}");
     // Every message once and in order, across the cut.
     assert_eq!(v["log"], json!(messages(p.addr(), &[])), "{v:#}");
-    let states: Vec<_> = v["steps"]
-        .as_array()
-        .expect("steps")
-        .iter()
-        .map(|s| s["state"].clone())
-        .collect();
+    let states = step_states(&v);
     assert_eq!(states, vec![json!("done"); 5], "{v:#}");
     let gets: Vec<&Value> = v["requests"]
         .as_array()

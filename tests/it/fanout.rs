@@ -137,12 +137,7 @@ fn a_stalled_client_that_reads_again_gets_every_event_once_in_order() {
     let mut got = Vec::new();
     slow.read_to_end(&mut got)
         .expect("the stream ends with a clean close");
-    let body = got
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| &got[i + 4..])
-        .expect("a response head");
-    let evs = batchsse::sse::Parser::new().feed(body);
+    let evs = events_after_head(&got);
     assert_contiguous(&evs, 1);
     assert_eq!(
         evs.len(),
@@ -217,6 +212,16 @@ fn a_compacted_log_keeps_every_kept_event_for_late_joiners_and_resumes() {
     assert_eq!(db.counter_spread(), (1_200, 0));
 }
 
+/// The events in a raw response: everything after its head, parsed.
+fn events_after_head(raw: &[u8]) -> Vec<batchsse::sse::ParsedEvent> {
+    let body = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| &raw[i + 4..])
+        .expect("a response head");
+    batchsse::sse::Parser::new().feed(body)
+}
+
 #[test]
 fn a_viewer_that_leaves_frees_its_slot_at_once() {
     // Nothing is logged while the run waits for its two viewers, so only
@@ -284,12 +289,7 @@ fn a_client_that_half_closes_after_its_request_still_gets_the_stream() {
     tcp.shutdown(std::net::Shutdown::Write).unwrap();
     let mut got = Vec::new();
     tcp.read_to_end(&mut got).expect("the stream ends cleanly");
-    let body = got
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| &got[i + 4..])
-        .expect("a response head");
-    let evs = batchsse::sse::Parser::new().feed(body);
+    let evs = events_after_head(&got);
     assert_contiguous(&evs, 1);
     assert_eq!(evs.last().map(|e| e.event.as_str()), Some("finished"));
     assert!(p.wait().success(), "{}", p.stderr());
