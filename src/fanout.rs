@@ -297,18 +297,14 @@ fn still_there(c: &mut Client, now: Instant) -> bool {
         return true;
     }
     c.probed = true;
-    let ping = sse::comment("keep-alive");
     for _ in 0..2 {
-        match c.tcp.try_write(&ping) {
-            // Written whole, or no room (so the client is not reading
-            // anyway, and a later write tells).
-            Ok(n) if n == ping.len() => c.last_write = now,
+        c.pending = Pending::one(sse::comment("keep-alive"));
+        match c.pending.try_write(&c.tcp) {
+            Ok(_) if c.pending.is_empty() => c.last_write = now,
+            // No room, or part of it written: the client is not reading
+            // anyway, the rest stays pending and a later write tells.
+            Ok(_) => return true,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
-            // A partial comment would corrupt the stream; finish it later.
-            Ok(n) => {
-                c.pending = Pending::one(ping.slice(n..));
-                return true;
-            }
             Err(_) => return false,
         }
     }
@@ -327,14 +323,9 @@ fn write_pending(
     let mut turns = 0;
     loop {
         while !c.pending.is_empty() {
-            let mut iov = [IoSlice::new(&[]); MAX_IOV];
-            let k = c.pending.slices(&mut iov);
-            match c.tcp.try_write_vectored(&iov[..k]) {
+            match c.pending.try_write(&c.tcp) {
                 Ok(0) => return Outcome::Done,
-                Ok(n) => {
-                    c.pending.advance(n);
-                    c.last_write = now;
-                }
+                Ok(_) => c.last_write = now,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Outcome::HandBack,
                 Err(_) => return Outcome::Done,
             }
@@ -388,6 +379,21 @@ impl Pending {
 
     fn frames(&self) -> &[Bytes] {
         self.frames.as_deref().unwrap_or_default()
+    }
+
+    /// One non-blocking write of what is left, marked written. A single
+    /// frame (the usual case: one new event) skips building a vector.
+    fn try_write(&mut self, tcp: &OwnedWriteHalf) -> std::io::Result<usize> {
+        let n = match self.frames().get(self.next..).unwrap_or_default() {
+            [one] => tcp.try_write(&one[self.offset..])?,
+            _ => {
+                let mut iov = [IoSlice::new(&[]); MAX_IOV];
+                let k = self.slices(&mut iov);
+                tcp.try_write_vectored(&iov[..k])?
+            }
+        };
+        self.advance(n);
+        Ok(n)
     }
 
     /// Fills `iov` with what is left, up to its length; returns how many.
