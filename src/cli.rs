@@ -41,9 +41,12 @@ pub enum Command {
     #[command(after_help = "Examples:\n  \
         batchsse watch http://127.0.0.1:7077/\n  \
         batchsse watch http://127.0.0.1:7077/events --progress json > events.ndjson\n  \
-        BATCHSSE_TOKEN=s3cret batchsse watch http://127.0.0.1:7077/ --connect-timeout 120\n\n\
-        It may start before the run listens: it retries until --connect-timeout, and after a \
-        dropped connection it resumes with Last-Event-ID, printing no event twice.\n\n\
+        BATCHSSE_TOKEN=s3cret batchsse watch http://127.0.0.1:7077/ --connect-timeout 120\n  \
+        batchsse run --db shop.sqlite --plan plan.json --wait-for-clients 1 &\n  \
+        batchsse watch http://127.0.0.1:7077/ --pid $!\n\n\
+        It may start before the run listens: it retries until --connect-timeout (or until the \
+        --pid process has exited), and after a dropped connection it resumes with Last-Event-ID, \
+        printing no event twice.\n\n\
         Exit status: 0 the run finished ok, 1 it failed, 130 it was interrupted (or watch was), \
         2 bad usage (or the token was refused), 3 no run could be reached.")]
     Watch(WatchArgs),
@@ -183,4 +186,8 @@ pub struct WatchArgs {
     /// Keep trying to reach the run this long, at the start and after a dropped connection.
     #[arg(long, value_name = "SECS", default_value_t = 30.0)]
     pub connect_timeout: f64,
+
+    /// The run's process id (a shell's $!): stop retrying as soon as that process has exited.
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
 }

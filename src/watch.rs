@@ -144,13 +144,22 @@ pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
         })?
         // Beyond a year is "forever"; it also keeps Instant arithmetic safe.
         .min(Duration::from_secs(365 * 24 * 3600));
+    let run_pid = match args.pid {
+        Some(pid) if pid == 0 || i32::try_from(pid).is_err() => {
+            return Err(UsageError::new(format!(
+                "--pid takes the run's process id (e.g. $! right after starting it in the background); got {pid}"
+            ))
+            .into());
+        }
+        p => p,
+    };
     let renderer = Renderer::new(args.progress);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let status = rt.block_on(async {
         tokio::select! {
-            r = follow(&target, patience, renderer) => r,
+            r = follow(&target, patience, run_pid, renderer) => r,
             r = tokio::signal::ctrl_c() => {
                 if r.is_ok() {
                     err_line("batchsse: watch interrupted; the run itself goes on");
@@ -178,8 +187,14 @@ enum Attempt {
 }
 
 /// Follows the stream across reconnects until the run's outcome is known;
-/// returns the exit status.
-async fn follow(target: &Target, patience: Duration, mut renderer: Renderer) -> anyhow::Result<u8> {
+/// returns the exit status. With `run_pid`, gives up as soon as that
+/// process is gone instead of waiting out `patience`.
+async fn follow(
+    target: &Target,
+    patience: Duration,
+    run_pid: Option<u32>,
+    mut renderer: Renderer,
+) -> anyhow::Result<u8> {
     let mut last_id = target.after;
     // The clock for --connect-timeout restarts whenever a stream was live.
     let mut since = Instant::now();
@@ -199,6 +214,19 @@ async fn follow(target: &Target, patience: Duration, mut renderer: Renderer) -> 
             }
             Attempt::Failed(why) => why,
         };
+        if let Some(pid) = run_pid.filter(|&p| !process_alive(p)) {
+            let url = target.url(&target.events);
+            return Err(Unreachable(if connected {
+                format!(
+                    "lost the stream at {url} after event {last_id} ({why}), and the run (pid {pid}) has exited; the run's outcome is unknown: its exit status tells"
+                )
+            } else {
+                format!(
+                    "the run (pid {pid}) exited before its stream at {url} could be followed ({why}); its exit status and messages say why"
+                )
+            })
+            .into());
+        }
         // Sleep, then try again only if time is left, so the message below
         // names the last real failure rather than our own deadline.
         let now = Instant::now();
@@ -220,6 +248,31 @@ async fn follow(target: &Target, patience: Duration, mut renderer: Renderer) -> 
             .into());
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Whether process `pid` still runs. One that has exited but was not yet
+/// reaped by its parent (a zombie) counts as exited.
+fn process_alive(pid: u32) -> bool {
+    #[cfg(target_os = "linux")]
+    if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses.
+        let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
+        return !state.is_some_and(|s| s.starts_with('Z') || s.starts_with('X'));
+    }
+    #[cfg(unix)]
+    {
+        let Ok(pid) = libc::pid_t::try_from(pid) else {
+            return false;
+        };
+        // SAFETY: signal 0 only checks that the process exists; nothing is sent.
+        let r = unsafe { libc::kill(pid, 0) };
+        r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = pid;
+        true
     }
 }
 

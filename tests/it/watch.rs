@@ -56,7 +56,9 @@ fn watch_exits_with_the_runs_status_ok_and_failed() {
     ] {
         let db = TempDb::counters(300);
         let mut run = start_run(&db, &plan, &["--wait-for-clients", "1"]);
-        let mut w = watch(&format!("http://{}/", run.addr()), &[]);
+        // --pid of a live run changes nothing.
+        let pid = run.child.id().to_string();
+        let mut w = watch(&format!("http://{}/", run.addr()), &["--pid", &pid]);
         assert_eq!(w.wait().code(), Some(code), "watch stderr:\n{}", w.stderr());
         assert_full_run(&w.stdout(), status);
         assert_eq!(
@@ -270,11 +272,46 @@ fn an_unreachable_url_exits_3_after_the_timeout() {
 }
 
 #[test]
+fn watch_with_pid_stops_waiting_once_the_run_has_exited() {
+    // An empty plan fails its check: the run exits 2 and never listens.
+    let db = TempDb::counters(10);
+    let plan = db.file("plan.json", r#"{"name":"empty","steps":[]}"#);
+    let listen = format!("127.0.0.1:{}", free_port());
+    let url = format!("http://{listen}/");
+    let args = ["run", "--db", path_str(&db.path), "--plan", path_str(&plan)];
+    let mut run = spawn(&[&args[..], &["--listen", &listen]].concat(), |_| {});
+    let pid = run.child.id().to_string();
+    let gave_up = |w: &mut Proc| {
+        // Without --pid this would retry for the whole --connect-timeout.
+        let code = w.wait_for(Duration::from_secs(20)).code();
+        assert_eq!(code, Some(3), "{}", w.stderr());
+        let err = w.stderr();
+        let says = format!("batchsse: the run (pid {pid}) exited before its stream at {url}events");
+        assert!(err.starts_with(&says), "{err}");
+    };
+    // The run is not reaped yet (a zombie once it exits), as under a
+    // parent that has not waited for it.
+    gave_up(&mut watch(
+        &url,
+        &["--pid", &pid, "--connect-timeout", "300"],
+    ));
+    assert_eq!(run.wait().code(), Some(2), "{}", run.stderr());
+    // Reaped: gone altogether.
+    gave_up(&mut watch(
+        &url,
+        &["--pid", &pid, "--connect-timeout", "300"],
+    ));
+}
+
+#[test]
 fn watch_rejects_bad_input_with_exit_2() {
     for args in [
         &["watch", "https://127.0.0.1:1/"][..],
         &words("watch http://127.0.0.1:1/ --connect-timeout -1"),
         &["watch", "http://127.0.0.1:1/", "--token", ""],
+        &words("watch http://127.0.0.1:1/ --pid 0"),
+        &words("watch http://127.0.0.1:1/ --pid 4294967295"),
+        &words("watch http://127.0.0.1:1/ --pid me"),
     ] {
         let (code, out, err) = run(args);
         assert_eq!(code, 2, "{args:?}: {err}");
@@ -466,4 +503,82 @@ fn plain_output_is_line_by_line_text_on_stderr_only() {
         "no escape codes off a terminal: {err:?}"
     );
     assert_eq!(run.wait().code(), Some(0));
+}
+
+/// The first `sh` block of the README's "In CI" section, for a run on
+/// `port` (the README uses 7077).
+fn readme_ci_script(port: u16) -> String {
+    let readme = include_str!("../../README.md");
+    let section = &readme[readme.find("\n## In CI\n").expect("an In CI section")..];
+    let start = section.find("```sh\n").expect("a sh block") + "```sh\n".len();
+    let script = &section[start..];
+    let script = &script[..script.find("```").expect("the block's end")];
+    assert!(script.contains("127.0.0.1:7077"), "{script}");
+    script.replace("127.0.0.1:7077", &format!("127.0.0.1:{port}"))
+}
+
+/// Runs the README's CI script in `dir` with this build's `batchsse` first
+/// on PATH; returns (exit code, stdout + stderr, how long it took).
+fn run_ci_script(dir: &std::path::Path) -> (Option<i32>, String, Duration) {
+    let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_batchsse"))
+        .parent()
+        .expect("binary folder");
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let script = dir.join("ci.sh");
+    std::fs::write(&script, readme_ci_script(free_port())).expect("write script");
+    let t0 = Instant::now();
+    let out = Command::new("bash")
+        .arg(&script)
+        .current_dir(dir)
+        .env("PATH", path)
+        .env_remove("BATCHSSE_TOKEN")
+        .stdin(Stdio::null())
+        .output()
+        .expect("bash must be installed");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text, t0.elapsed())
+}
+
+#[test]
+fn the_readme_ci_recipe_passes_a_good_batch_and_fails_fast_on_a_bad_plan() {
+    let db = TempDb::shop(2_000);
+    let dir = db.dir.path();
+    std::fs::rename(&db.path, dir.join("shop.sqlite")).expect("name the db shop.sqlite");
+    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/sample-data/plan.json");
+    std::fs::copy(sample, dir.join("plan.json")).expect("copy the sample plan");
+
+    let (code, log, _) = run_ci_script(dir);
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("batch exit status: 0"), "{log}");
+    let result = std::fs::read_to_string(dir.join("batchsse-result.json")).expect("result");
+    let finished: Value = serde_json::from_str(&result).expect("one JSON line");
+    assert_eq!(finished["event"], "finished", "{result}");
+    assert_eq!(finished["data"]["status"], "ok", "{result}");
+    let events = std::fs::read_to_string(dir.join("batchsse-events.ndjson")).expect("events");
+    assert_eq!(
+        json_lines(&events).len() as u64,
+        finished["id"].as_u64().unwrap()
+    );
+
+    // A plan that fails its check: the job fails with the run's 2, at once
+    // rather than after watch's 30 s --connect-timeout, and nothing is written.
+    std::fs::write(dir.join("plan.json"), r#"{"name":"typo","stepz":[]}"#).unwrap();
+    let before = std::fs::read(dir.join("shop.sqlite")).unwrap();
+    let (code, log, took) = run_ci_script(dir);
+    assert_eq!(code, Some(2), "{log}");
+    assert!(log.contains("batch exit status: 2"), "{log}");
+    assert!(
+        log.contains("stepz"),
+        "the run's own message is in the log: {log}"
+    );
+    assert!(took < Duration::from_secs(20), "took {took:?}: {log}");
+    assert_eq!(std::fs::read(dir.join("shop.sqlite")).unwrap(), before);
 }
