@@ -71,7 +71,7 @@ pub fn open(
     progress: ProgressMode,
 ) -> Result<Session, UsageError> {
     let conn = runner::open_db(db, busy_timeout)?;
-    let plan = plan::prepare(source, &conn)?;
+    let plan = plan::prepare_resumable(source, &conn, opts.checkpoint && !force)?;
     runner::check(&plan, &opts)?;
     let fk = if plan.foreign_keys { "ON" } else { "OFF" };
     conn.execute_batch(&format!("PRAGMA foreign_keys = {fk}"))

@@ -172,6 +172,25 @@ impl Resume {
     }
 }
 
+/// The steps of `plan` an earlier run finished: index -> checksum. Empty
+/// when there is no checkpoint or it cannot be read (`Resume::load` then
+/// says what is wrong).
+pub fn finished_steps(conn: &Connection, plan: &str) -> crate::plan::Finished {
+    if !table_exists(conn).unwrap_or(false) {
+        return Default::default();
+    }
+    let read = || -> rusqlite::Result<crate::plan::Finished> {
+        let mut stmt = conn.prepare(
+            "SELECT step, checksum FROM batchsse_checkpoint WHERE plan = ?1 AND state = 'done'",
+        )?;
+        let rows = stmt.query_map([plan], |r| {
+            Ok((r.get::<_, i64>(0)?.max(0) as usize, r.get::<_, String>(1)?))
+        })?;
+        rows.collect()
+    };
+    read().unwrap_or_default()
+}
+
 fn table_exists(conn: &Connection) -> Result<bool, UsageError> {
     conn.query_row(
         "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1",

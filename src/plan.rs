@@ -84,14 +84,42 @@ impl Source {
 /// Parses and checks a plan against the database it will run on. Nothing is
 /// written to `db`: statements are rehearsed on an in-memory schema copy.
 pub fn prepare(source: &Source, db: &Connection) -> Result<Plan, UsageError> {
+    prepare_resumable(source, db, false)
+}
+
+/// As [`prepare`]. With `resume`, steps an earlier run of the plan finished (by the
+/// checkpoint in `db`) are not rehearsed: they will be skipped, and their
+/// effects are already in the schema, where running them again could fail
+/// (`ADD COLUMN` twice). They are still parsed and checksummed, so an edit
+/// is still caught.
+pub fn prepare_resumable(
+    source: &Source,
+    db: &Connection,
+    resume: bool,
+) -> Result<Plan, UsageError> {
     let rehearsal = Rehearsal::new(db)?;
+    let finished = |plan: &str| {
+        if resume {
+            crate::checkpoint::finished_steps(db, plan)
+        } else {
+            Default::default()
+        }
+    };
     match source {
-        Source::Json { name, text } => prepare_json(name, text, &rehearsal),
-        Source::Sql { name, text } => prepare_sql(name, text, &rehearsal),
+        Source::Json { name, text } => prepare_json(name, text, &rehearsal, finished),
+        Source::Sql { name, text } => prepare_sql(name, text, &rehearsal, finished(name)),
     }
 }
 
-fn prepare_json(origin: &str, text: &str, r: &Rehearsal) -> Result<Plan, UsageError> {
+/// Step index -> checksum, for the steps a checkpoint records as done.
+pub type Finished = std::collections::HashMap<usize, String>;
+
+fn prepare_json(
+    origin: &str,
+    text: &str,
+    r: &Rehearsal,
+    finished: impl FnOnce(&str) -> Finished,
+) -> Result<Plan, UsageError> {
     if text.trim().is_empty() {
         return Err(UsageError::new(format!(
             "the plan {origin} is empty; give a JSON plan such as {{\"name\": \"x\", \"steps\": [{{\"sql\": \"…\"}}]}}"
@@ -110,6 +138,11 @@ fn prepare_json(origin: &str, text: &str, r: &Rehearsal) -> Result<Plan, UsageEr
             "the plan {origin} has no steps; add at least one {{\"sql\": \"…\"}} to \"steps\""
         )));
     }
+    let plan_name = file
+        .name
+        .filter(|n| !n.trim().is_empty())
+        .unwrap_or_else(|| origin.to_owned());
+    let finished = finished(&plan_name);
     let mut steps = Vec::with_capacity(file.steps.len());
     for (index, s) in file.steps.into_iter().enumerate() {
         let name = match s.name.as_deref().map(str::trim) {
@@ -122,87 +155,61 @@ fn prepare_json(origin: &str, text: &str, r: &Rehearsal) -> Result<Plan, UsageEr
                 "{label} has no SQL; fill in \"sql\""
             )));
         }
-        let step = match s.chunk {
-            None => {
-                let autocommit = r.rehearse_plain(&label, &s.sql)?;
-                Step {
-                    index,
-                    name,
-                    checksum: checksum(&s.sql, None),
-                    sql: s.sql,
-                    chunk: None,
-                    autocommit,
-                }
-            }
-            Some(c) => {
-                let chunk = r.rehearse_chunked(&label, &s.sql, c)?;
-                Step {
-                    index,
-                    name,
-                    checksum: checksum(&s.sql, Some(&chunk)),
-                    sql: s.sql,
-                    chunk: Some(chunk),
-                    autocommit: false,
-                }
-            }
+        let sum = checksum(
+            &s.sql,
+            s.chunk
+                .as_ref()
+                .map(|c| (c.table.as_str(), c.key.as_deref().unwrap_or(""))),
+        );
+        let done = finished.get(&index) == Some(&sum);
+        let (chunk, autocommit) = match s.chunk {
+            None if done => (None, classify(&label, &s.sql)?),
+            None => (None, r.rehearse_plain(&label, &s.sql)?),
+            Some(c) if done => (Some(r.finished_chunk(&label, c)?), false),
+            Some(c) => (Some(r.rehearse_chunked(&label, &s.sql, c)?), false),
         };
-        steps.push(step);
+        steps.push(Step {
+            index,
+            name,
+            checksum: sum,
+            sql: s.sql,
+            chunk,
+            autocommit,
+        });
     }
     Ok(Plan {
-        name: file
-            .name
-            .filter(|n| !n.trim().is_empty())
-            .unwrap_or_else(|| origin.to_owned()),
+        name: plan_name,
         steps,
         foreign_keys: file.foreign_keys,
     })
 }
 
-fn prepare_sql(origin: &str, text: &str, r: &Rehearsal) -> Result<Plan, UsageError> {
+fn prepare_sql(
+    origin: &str,
+    text: &str,
+    r: &Rehearsal,
+    finished: Finished,
+) -> Result<Plan, UsageError> {
     let mut steps = Vec::new();
-    {
-        let conn = &r.conn;
-        let mut batch = Batch::new(conn, text);
-        loop {
-            let label = format!("statement {}", steps.len() + 1);
-            let stmt = match batch.next() {
-                Ok(Some(stmt)) => stmt,
-                Ok(None) => break,
-                Err(e) => {
-                    // A statement that fails to prepare may still be fine on
-                    // the real database if the schema copy was incomplete;
-                    // without the split point we cannot go on, so say so.
-                    return Err(UsageError::new(format!(
-                        "{origin}: {label} does not compile: {}",
-                        sqlite_message(&e)
-                    )));
-                }
-            };
-            let sql = stmt
-                .expanded_sql()
-                .map(|s| s.trim().to_owned())
-                .unwrap_or_default();
-            if stmt.parameter_count() > 0 {
-                return Err(UsageError::new(format!(
-                    "{origin}: {label} uses parameters ({}); SQL scripts can't bind them. Use a JSON plan with a \"chunk\" for :lo/:hi",
-                    short(&sql, 60)
-                )));
-            }
-            let index = steps.len();
-            let name = step_name_from_sql(&sql).unwrap_or_else(|| label.clone());
-            let label = format!("{label} ({name:?})");
-            let autocommit = classify(&label, &sql)?;
-            drop(stmt);
-            r.rehearse_statement(&label, &sql)?;
-            steps.push(Step {
-                index,
-                name,
-                checksum: checksum(&sql, None),
-                sql,
-                chunk: None,
-                autocommit,
-            });
+    for piece in split_statements(text) {
+        let index = steps.len();
+        let label = format!("statement {}", index + 1);
+        let sql = piece.trim().to_owned();
+        let name = step_name_from_sql(&sql).unwrap_or_else(|| label.clone());
+        let label = format!("{label} ({name:?})");
+        let sum = checksum(&sql, None);
+        let autocommit = classify(&label, &sql)?;
+        if finished.get(&index) != Some(&sum) {
+            r.rehearse_script_statement(origin, &label, &sql)?;
         }
+        steps.push(Step {
+            index,
+            name,
+            checksum: sum,
+            sql,
+            chunk: None,
+            autocommit,
+        });
     }
     if steps.is_empty() {
         return Err(UsageError::new(format!(
@@ -214,6 +221,46 @@ fn prepare_sql(origin: &str, text: &str, r: &Rehearsal) -> Result<Plan, UsageErr
         steps,
         foreign_keys: false,
     })
+}
+
+/// Splits a script into statements as the sqlite3 shell does, without
+/// compiling anything: a statement ends at the first `;` that completes it
+/// (`sqlite3_complete`), so a `;` inside a string, a comment or a trigger's
+/// body stays inside. Pieces of only comments and `;` are dropped.
+fn split_statements(text: &str) -> Vec<&str> {
+    let mut pieces = Vec::new();
+    let mut start = 0;
+    for (i, _) in text.match_indices(';') {
+        if is_complete(&text[start..=i]) {
+            pieces.push(&text[start..=i]);
+            start = i + 1;
+        }
+    }
+    pieces.push(&text[start..]);
+    pieces.retain(|p| !is_blank(p));
+    pieces
+}
+
+fn is_complete(sql: &str) -> bool {
+    // A NUL cannot be in a statement; the text so far is then not one.
+    let Ok(c) = std::ffi::CString::new(sql) else {
+        return false;
+    };
+    // SAFETY: `c` is a valid NUL-terminated string that outlives the call;
+    // sqlite3_complete only reads it.
+    unsafe { rusqlite::ffi::sqlite3_complete(c.as_ptr()) != 0 }
+}
+
+/// Only whitespace, comments and semicolons.
+fn is_blank(sql: &str) -> bool {
+    let mut s = sql;
+    loop {
+        s = skip_comments(s);
+        match s.strip_prefix(';') {
+            Some(rest) => s = rest,
+            None => return s.is_empty(),
+        }
+    }
 }
 
 /// An in-memory database holding the real one's schema and nothing else.
@@ -278,13 +325,12 @@ impl Rehearsal {
                 Err(e) => return self.failure(label, sql, &e),
             };
             count += 1;
-            let text = stmt.expanded_sql().unwrap_or_default();
-            if stmt.parameter_count() > 0 {
+            if let Some(names) = parameter_names(&stmt) {
                 return Err(UsageError::new(format!(
-                    "{label} uses parameters ({}), but only chunked steps get them (:lo and :hi); add a \"chunk\" or remove them",
-                    short(text.trim(), 60)
+                    "{label} uses {names}, but only chunked steps get parameters (:lo and :hi); add a \"chunk\", or write the value into the SQL"
                 )));
             }
+            let text = stmt.expanded_sql().unwrap_or_default();
             let own = classify(label, &text)?;
             autocommit |= own;
             drop(stmt);
@@ -303,8 +349,65 @@ impl Rehearsal {
         Ok(autocommit)
     }
 
-    fn rehearse_statement(&self, label: &str, sql: &str) -> Result<(), UsageError> {
-        self.run(label, sql)
+    /// Checks and rehearses one statement of a SQL script.
+    fn rehearse_script_statement(
+        &self,
+        origin: &str,
+        label: &str,
+        sql: &str,
+    ) -> Result<(), UsageError> {
+        let stmt = match self.conn.prepare(sql) {
+            Ok(stmt) => Some(stmt),
+            Err(e) => {
+                // An incomplete schema copy may explain it (then the real
+                // run finds out); without one it is the script's error.
+                self.failure(label, sql, &e)
+                    .map_err(|e| UsageError::new(format!("{origin}: {}", e.0.trim_end())))?;
+                None
+            }
+        };
+        if let Some(stmt) = stmt {
+            if let Some(names) = parameter_names(&stmt) {
+                return Err(UsageError::new(format!(
+                    "{origin}: {label} uses {names}; SQL scripts can't bind parameters. Write the value into the SQL, or use a JSON plan with a \"chunk\" for :lo/:hi"
+                )));
+            }
+            drop(stmt);
+            self.run(label, sql)?;
+        }
+        Ok(())
+    }
+
+    /// The chunking of a step the checkpoint records as done: it will be
+    /// skipped, so its table may be gone or changed since; resolved as
+    /// usual when it can be, as written otherwise.
+    fn finished_chunk(&self, label: &str, c: ChunkFile) -> Result<Chunk, UsageError> {
+        let size = c.size.unwrap_or(DEFAULT_CHUNK_SIZE);
+        if size == 0 {
+            return Err(UsageError::new(format!(
+                "{label}: chunk.size must be at least 1"
+            )));
+        }
+        let resolved = self
+            .table(label, &c.table)
+            .and_then(|t| Ok((self.unique_key(label, &t, c.key.as_deref())?, t)));
+        Ok(match resolved {
+            Ok(((key, key_sql), table)) => Chunk {
+                table,
+                key,
+                key_sql,
+                size,
+            },
+            Err(_) => {
+                let key = c.key.unwrap_or_else(|| "rowid".into());
+                Chunk {
+                    key_sql: quote(&key),
+                    table: c.table,
+                    key,
+                    size,
+                }
+            }
+        })
     }
 
     /// Compiles and runs one statement on the copy. A statement that does
@@ -537,6 +640,22 @@ impl Rehearsal {
     }
 }
 
+/// "the parameter :v" / "the parameters :a, ?2" when a statement has any.
+fn parameter_names(stmt: &rusqlite::Statement<'_>) -> Option<String> {
+    let n = stmt.parameter_count();
+    let names: Vec<String> = (1..=n)
+        .map(|i| {
+            stmt.parameter_name(i)
+                .map_or_else(|| format!("?{i}"), str::to_owned)
+        })
+        .collect();
+    match names.as_slice() {
+        [] => None,
+        [one] => Some(format!("the parameter {one}")),
+        many => Some(format!("the parameters {}", many.join(", "))),
+    }
+}
+
 /// Runs a statement on the rehearsal copy, except those that would touch
 /// files (ATTACH, VACUUM INTO) or that the real run handles itself.
 fn run_in_rehearsal(conn: &Connection, sql: &str) -> Result<(), Rehearsed> {
@@ -629,14 +748,17 @@ pub fn short_digest(text: &str) -> String {
         .collect()
 }
 
-fn checksum(sql: &str, chunk: Option<&Chunk>) -> String {
+/// Of a step as written: its SQL and, when chunked, the table and key as
+/// the plan spells them (so it needs no schema: a finished step whose table
+/// is gone still has one).
+fn checksum(sql: &str, chunk: Option<(&str, &str)>) -> String {
     let mut h = Sha256::new();
     h.update(sql.trim().as_bytes());
-    if let Some(c) = chunk {
+    if let Some((table, key)) = chunk {
         h.update(b"\0chunk\0");
-        h.update(c.table.as_bytes());
+        h.update(table.as_bytes());
         h.update(b"\0");
-        h.update(c.key.as_bytes());
+        h.update(key.as_bytes());
     }
     h.finalize()
         .iter()
@@ -682,6 +804,46 @@ pub type Key = Value;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parameters_are_named_as_written() {
+        let sql = |text: &str| Source::Sql {
+            name: "fix.sql".into(),
+            text: text.into(),
+        };
+        let e = prepare(
+            &sql("UPDATE orders SET total = 1;\nUPDATE orders SET total = :a + ?2;"),
+            &shop(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("fix.sql: statement 2 (\"UPDATE orders SET total = :a + ?2\") uses the parameters :a, ?2;"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn scripts_split_like_the_sqlite3_shell_without_compiling() {
+        let script = "-- lead\nUPDATE a SET s = 'x;y' ; /* c; */ INSERT INTO nope VALUES (1);;\n\
+            CREATE TRIGGER t AFTER INSERT ON a BEGIN UPDATE a SET n = 1; DELETE FROM a; END;\n\
+            -- only a comment;\n  ;\nSELECT \"a;b\" FROM a";
+        let pieces: Vec<&str> = split_statements(script)
+            .into_iter()
+            .map(str::trim)
+            .collect();
+        assert_eq!(
+            pieces,
+            [
+                "-- lead\nUPDATE a SET s = 'x;y' ;",
+                "/* c; */ INSERT INTO nope VALUES (1);",
+                "CREATE TRIGGER t AFTER INSERT ON a BEGIN UPDATE a SET n = 1; DELETE FROM a; END;",
+                "SELECT \"a;b\" FROM a",
+            ]
+        );
+        assert!(split_statements(" -- x;\n;; /* y */ ").is_empty());
+        assert_eq!(split_statements("SELECT 1;\0 ;"), ["SELECT 1;", "\0 ;"]);
+    }
 
     fn db(schema: &str) -> Connection {
         let c = Connection::open_in_memory().unwrap();
@@ -797,7 +959,7 @@ mod tests {
             ),
             (
                 r#"{"steps":[{"sql":"UPDATE orders SET total=:x"}]}"#,
-                &["parameters"],
+                &["uses the parameter :x, but only chunked steps get parameters"],
             ),
             (
                 r#"{"steps":[{"sql":"BEGIN; UPDATE orders SET total=1; COMMIT"}]}"#,

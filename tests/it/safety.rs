@@ -353,6 +353,129 @@ fn ctrl_c_rolls_back_the_current_chunk_exits_130_and_the_rerun_resumes() {
     assert_eq!(db.counter_spread(), (1000, 0));
 }
 
+/// Adds a column, then bumps it chunk by chunk: re-running the finished
+/// `ADD COLUMN` would fail, and a chunk applied twice shows as a 2.
+const SCHEMA_PLAN: &str = r#"{"name":"grow","steps":[
+    {"name":"add bumps","sql":"ALTER TABLE t ADD COLUMN bumps INTEGER NOT NULL DEFAULT 0"},
+    {"name":"bump","sql":"UPDATE t SET bumps = bumps + 1 WHERE id BETWEEN :lo AND :hi",
+     "chunk":{"table":"t","key":"id","size":10}}]}"#;
+
+#[test]
+fn a_plan_that_changed_the_schema_resumes_and_is_then_already_applied() {
+    let db = TempDb::counters(1000);
+    let plan = db.file("plan.json", SCHEMA_PLAN);
+    let mut p = Proc::start(&run_args(
+        &db,
+        path_str(&plan),
+        &words("--listen 127.0.0.1:0 --wait-for-clients 1 --sleep 30 --batch-size 10"),
+    ));
+    let mut s = Stream::open(p.addr(), "/events", &[]);
+    for _ in 0..3 {
+        s.until("progress");
+    }
+    p.signal("INT");
+    assert_eq!(p.wait().code(), Some(130), "{}", p.stderr());
+    let bumped = db.query_i64("SELECT count(*) FROM t WHERE bumps = 1");
+    assert!((30..1000).contains(&bumped), "{bumped} rows bumped");
+
+    // The column exists now; the finished step is skipped, not re-checked.
+    let (code, out, err) = run(&run_args(
+        &db,
+        path_str(&plan),
+        &["--no-serve", "--progress", "json"],
+    ));
+    assert_eq!(code, 0, "{err}");
+    let events = json_lines(&out);
+    assert_eq!(events[0]["data"]["resumed"], true, "{out}");
+    let states: Vec<_> = events
+        .iter()
+        .filter(|e| e["event"] == "step")
+        .map(|e| e["data"]["state"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(states, ["skipped", "running", "done"], "{out}");
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM t WHERE bumps = 1"),
+        1000,
+        "every row bumped exactly once"
+    );
+
+    let before = sha256(&db.path);
+    let (code, out, err) = run(&run_args(
+        &db,
+        path_str(&plan),
+        &["--no-serve", "--progress", "json"],
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("already applied"), "{out}");
+    assert_eq!(sha256(&db.path), before);
+    // --force means the whole plan again, which cannot add the column twice.
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve", "--force"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("duplicate column name: bumps"), "{err}");
+    assert_eq!(sha256(&db.path), before);
+}
+
+#[test]
+fn a_sql_script_fixed_after_a_failure_resumes_after_its_schema_change() {
+    let db = TempDb::counters(100);
+    let first = "ALTER TABLE t ADD COLUMN bumps INTEGER NOT NULL DEFAULT 0;\n\
+                 UPDATE t SET bumps = bumps + 1;\n\
+                 INSERT INTO t(id) VALUES (1); -- a duplicate key: fails\n";
+    let script = db.file("fix.sql", first);
+    let (code, _, err) = run(&[
+        "run",
+        "--db",
+        path_str(&db.path),
+        "--sql",
+        path_str(&script),
+        "--no-serve",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    // Fix the failed statement; the two before it are done and stay done.
+    let fixed = first.replace(
+        "INSERT INTO t(id) VALUES (1); -- a duplicate key: fails",
+        "UPDATE t SET counter = counter + 1;",
+    );
+    let script = db.file("fix.sql", &fixed);
+    let (code, _, err) = run(&[
+        "run",
+        "--db",
+        path_str(&db.path),
+        "--sql",
+        path_str(&script),
+        "--no-serve",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM t WHERE bumps = 1 AND counter = 1"),
+        100
+    );
+}
+
+#[test]
+fn a_finished_chunked_step_whose_table_is_gone_is_still_skipped() {
+    let db = TempDb::counters(50);
+    db.conn()
+        .execute_batch("CREATE TABLE staging(id INTEGER PRIMARY KEY); INSERT INTO staging VALUES (1), (2), (3);")
+        .unwrap();
+    let plan = |last: &str| {
+        format!(
+            r#"{{"name":"stage","steps":[
+            {{"name":"copy","sql":"UPDATE t SET counter = counter + 1 WHERE id IN (SELECT id FROM staging WHERE id BETWEEN :lo AND :hi)",
+             "chunk":{{"table":"staging","size":2}}}},
+            {{"name":"drop","sql":"DROP TABLE staging"}},
+            {{"name":"last","sql":"{last}"}}]}}"#
+        )
+    };
+    let file = db.file("plan.json", &plan("INSERT INTO t(id) VALUES (1)"));
+    let (code, _, err) = run(&run_args(&db, path_str(&file), &["--no-serve"]));
+    assert_eq!(code, 1, "{err}");
+    let file = db.file("plan.json", &plan("UPDATE t SET counter = counter + 10"));
+    let (code, _, err) = run(&run_args(&db, path_str(&file), &["--no-serve"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 3 + 50 * 10);
+}
+
 #[test]
 fn sigterm_interrupts_a_long_statement() {
     let db = TempDb::counters(10);
