@@ -420,7 +420,11 @@ fn the_page_says_when_the_server_is_gone() {
         &format!("http://{}/", p.addr()),
         json!({"settle_ms": SETTLE_MS}),
     );
-    wait_status(p.addr(), &[], |s| s["steps_done"].as_u64() >= Some(1));
+    // Well into step 2: its `running` event went out at least two chunk
+    // pauses (200 ms) ago, so the page has had it.
+    wait_status(p.addr(), &[], |s| {
+        s["step"].as_u64() == Some(1) && s["done"].as_u64() >= Some(300)
+    });
     // A crash: no `finished` is ever sent.
     let _ = p.child.kill();
     let _ = p.child.wait();
