@@ -30,7 +30,8 @@ pub struct Session {
     pub opts: runner::Options,
     pub serve: Option<Serve>,
     pub progress: ProgressMode,
-    /// Printed after the listening line (the demo's "open this URL").
+    /// Printed after the listening line (the demo's "open this URL"), with
+    /// `{url}` the dashboard's address and `{events}` the stream's.
     pub banner: Option<String>,
 }
 
@@ -281,7 +282,11 @@ async fn drive(session: Session) -> Result<RunStatus, UsageError> {
             crate::errln!("{w}");
         }
         if let Some(b) = banner {
-            crate::errln!("{}", b.replace("{url}", &dashboard_url(local, &s.config)));
+            crate::errln!(
+                "{}",
+                b.replace("{url}", &page_url(local, &s.config, ""))
+                    .replace("{events}", &page_url(local, &s.config, "events"))
+            );
         }
         let state = server::State::new(log.clone(), s.config);
         clients = Some(state.watch_clients());
@@ -377,7 +382,8 @@ fn exposure_warning(addr: SocketAddr, token: Option<&str>) -> Option<String> {
     })
 }
 
-fn dashboard_url(addr: SocketAddr, config: &server::Config) -> String {
+/// `http://HOST:PORT/PATH`, with `?token=` when the run has one.
+fn page_url(addr: SocketAddr, config: &server::Config, path: &str) -> String {
     let host = if addr.ip().is_unspecified() {
         "127.0.0.1".to_owned()
     } else {
@@ -390,11 +396,11 @@ fn dashboard_url(addr: SocketAddr, config: &server::Config) -> String {
     };
     match &config.token {
         Some(t) => format!(
-            "http://{host}:{}/?token={}",
+            "http://{host}:{}/{path}?token={}",
             addr.port(),
             form_urlencoded::byte_serialize(t.as_bytes()).collect::<String>()
         ),
-        None => format!("http://{host}:{}/", addr.port()),
+        None => format!("http://{host}:{}/{path}", addr.port()),
     }
 }
 

@@ -35,7 +35,8 @@ pub enum Command {
     /// Build a sample shop database in a temporary folder and run the sample plan at a watchable pace.
     #[command(after_help = "Examples:\n  \
         batchsse demo                      # then open http://127.0.0.1:7077/\n  \
-        batchsse demo --rows 1000000 --sleep 0 --linger 0")]
+        batchsse demo --rows 1000000 --sleep 0 --linger 0\n  \
+        batchsse demo --keep shop --create-only   # a fresh shop/shop.sqlite to try `run` on")]
     Demo(DemoArgs),
     /// Follow a running batchsse (its base URL or /events) with the same progress as `run`; exit with the run's status.
     #[command(after_help = "Examples:\n  \
@@ -164,6 +165,10 @@ pub struct DemoArgs {
     /// Keep the sample database in this folder instead of a temporary one.
     #[arg(long, value_name = "DIR")]
     pub keep: Option<PathBuf>,
+
+    /// With --keep: only create the sample database (the plan not applied), to try `run` on.
+    #[arg(long)]
+    pub create_only: bool,
 
     #[command(flatten)]
     pub serve: ServeArgs,

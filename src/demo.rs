@@ -35,6 +35,12 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     if args.rows == 0 || args.rows > 100_000_000 {
         return Err(UsageError::new("--rows takes 1 to 100,000,000").into());
     }
+    if args.create_only && args.keep.is_none() {
+        return Err(UsageError::new(
+            "--create-only needs --keep DIR: without it the database is deleted on exit",
+        )
+        .into());
+    }
     let serve = app::check_serve(&args.serve, 15.0)?;
     let (_tmp, dir) = app::demo_dir(args.keep.as_ref())?;
     let db = dir.join("shop.sqlite");
@@ -46,6 +52,15 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .into());
     }
     create_sample_db(&db, args.rows)?;
+    if args.create_only {
+        crate::errln!(
+            "batchsse: demo: created {} with {} orders; the sample plan has not run on it. Try:\n  batchsse run --db {} --plan sample-data/plan.json",
+            db.display(),
+            crate::terminal::thousands(args.rows),
+            db.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let opts = runner::Options {
         batch_size: Some(args.rows.div_ceil(CHUNKS_PER_STEP)),
         sleep: Duration::from_millis(args.sleep.unwrap_or(DEFAULT_SLEEP_MS)),
@@ -65,8 +80,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         args.serve.progress,
     )?;
     session.banner = Some(format!(
-        "batchsse: demo: {} orders in {}{}\nbatchsse: open {{url}} in a browser to watch (curl -N {{url}}events shows the raw stream)",
-        args.rows,
+        "batchsse: demo: {} orders in {}{}\nbatchsse: open {{url}} in a browser to watch (curl -N '{{events}}' shows the raw stream)",
+        crate::terminal::thousands(args.rows),
         db.display(),
         if args.keep.is_some() {
             ""

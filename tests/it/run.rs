@@ -1,7 +1,7 @@
 //! `batchsse run` end to end: the real binary, a real SQLite file, the real
 //! stream over HTTP.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::util::*;
 
@@ -444,6 +444,68 @@ fn the_demo_runs_the_sample_plan_to_the_end() {
     );
     assert!(err.contains("finished ok: 5/5 steps"), "{err}");
     assert!(err.contains("in a browser"), "{err}");
+}
+
+#[test]
+fn the_demo_prints_working_addresses_with_its_token() {
+    let mut p = Proc::start(&words(
+        "demo --rows 300 --sleep 0 --linger 0 --listen 127.0.0.1:0 --token a&b --wait-for-clients 1 --progress none",
+    ));
+    let addr = p.addr();
+    let start = Instant::now();
+    let hint = loop {
+        let err = p.stderr();
+        if let Some(line) = err.lines().find(|l| l.contains("curl -N '")) {
+            break line.to_owned();
+        }
+        assert!(start.elapsed() < PATIENCE, "no curl hint: {err}");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let open = format!("open http://{addr}/?token=a%26b in a browser");
+    assert!(hint.contains(&open), "{hint}");
+    let events = format!("curl -N 'http://{addr}/events?token=a%26b'");
+    assert!(hint.contains(&events), "{hint}");
+    // The hint's address is the stream itself: it lets the demo start.
+    let mut s = Stream::open(addr, "/events?token=a%26b", &[]);
+    assert_eq!(data(&s.until("finished"))["status"], "ok");
+    assert_eq!(p.wait().code(), Some(0), "{}", p.stderr());
+}
+
+#[test]
+fn demo_create_only_keeps_a_fresh_shop_for_trying_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let keep = dir.path().join("shop");
+    let keep = path_str(&keep);
+    let (code, _, err) = run(&["demo", "--keep", keep, "--create-only", "--rows", "500"]);
+    assert_eq!(code, 0, "{err}");
+    let db = dir.path().join("shop").join("shop.sqlite");
+    assert!(
+        err.contains(&format!(
+            "--db {} --plan sample-data/plan.json",
+            db.display()
+        )),
+        "{err}"
+    );
+    let plan = concat!(env!("CARGO_MANIFEST_DIR"), "/sample-data/plan.json");
+    let args = [
+        "run",
+        "--db",
+        path_str(&db),
+        "--plan",
+        plan,
+        "--no-serve",
+        "--progress",
+        "plain",
+    ];
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("finished ok: 5/5 steps"), "{err}");
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("already applied"), "{err}");
+    let (code, _, err) = run(&["demo", "--create-only"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--create-only needs --keep DIR"), "{err}");
 }
 
 #[test]
