@@ -49,7 +49,8 @@ pub enum Command {
         --pid process has exited), and after a dropped connection it resumes with Last-Event-ID, \
         printing no event twice.\n\n\
         Exit status: 0 the run finished ok, 1 it failed, 130 it was interrupted (or watch was), \
-        2 bad usage (or the token was refused), 3 no run could be reached.")]
+        2 bad usage (or the token was refused), 3 no run could be reached, 141 its output was \
+        closed (--progress json | head).")]
     Watch(WatchArgs),
 }
 

@@ -31,4 +31,7 @@ pub mod exit {
     pub const UNREACHABLE: u8 = 3;
     /// Interrupted by Ctrl-C or SIGTERM.
     pub const INTERRUPTED: u8 = 130;
+    /// `watch --progress json`: standard output was closed (`| head`), as a
+    /// process killed by SIGPIPE would report it.
+    pub const OUTPUT_CLOSED: u8 = 141;
 }

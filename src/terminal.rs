@@ -120,6 +120,11 @@ impl Renderer {
         }
     }
 
+    /// True once a write to standard output failed (its reader is gone).
+    pub fn stdout_closed(&self) -> bool {
+        self.stdout_closed
+    }
+
     fn json(&mut self, id: u64, name: &str, data: &str) {
         if self.stdout_closed {
             return;

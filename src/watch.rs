@@ -184,6 +184,8 @@ enum Attempt {
     Dropped(String),
     /// We never got a stream this time (refused, timed out, 503).
     Failed(String),
+    /// Our standard output was closed (`watch … | head`): nobody reads on.
+    OutputClosed,
 }
 
 /// Follows the stream across reconnects until the run's outcome is known;
@@ -205,6 +207,7 @@ async fn follow(
         let deadline = (since + patience).max(Instant::now() + TRY_AT_LEAST);
         let why = match attempt(target, &mut last_id, &mut renderer, deadline).await? {
             Attempt::Finished(s) => return Ok(s.exit_code()),
+            Attempt::OutputClosed => return Ok(exit::OUTPUT_CLOSED),
             Attempt::NoContent => return outcome_after_204(target, last_id, deadline).await,
             Attempt::Dropped(why) => {
                 since = Instant::now();
@@ -377,6 +380,9 @@ async fn attempt(
                     renderer.show(id.unwrap_or(*last_id), &event, &ev.data);
                     if let Event::Finished(f) = event {
                         return Ok(Attempt::Finished(f.status));
+                    }
+                    if renderer.stdout_closed() {
+                        return Ok(Attempt::OutputClosed);
                     }
                 }
                 Err(e) => err_line(&format!(

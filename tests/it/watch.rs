@@ -445,6 +445,37 @@ fn closed_stdout_or_stderr_never_panics() {
 }
 
 #[test]
+fn watch_json_stops_when_its_reader_is_gone_and_the_run_goes_on() {
+    // A run of ~200 s: 1,000 chunks with a 200 ms pause after each.
+    let db = TempDb::counters(1000);
+    let mut run = start_run(
+        &db,
+        &counter_plan("head", 1),
+        &words("--wait-for-clients 1 --batch-size 1 --sleep 200"),
+    );
+    // `batchsse watch … --progress json | head -0`.
+    let mut w = Proc::start_with(
+        &[
+            "watch",
+            &format!("http://{}/", run.addr()),
+            "--progress",
+            "json",
+        ],
+        |c| {
+            c.stdout(closed_pipe());
+        },
+    );
+    let code = w.wait_for(Duration::from_secs(30)).code();
+    assert_eq!(code, Some(141), "{}", w.stderr());
+    assert!(!w.stderr().contains("panicked"), "{}", w.stderr());
+    // The run did not notice: it is still going.
+    let s = get(run.addr(), "/status", &[]).json();
+    assert_eq!(s["state"], "running", "{s}");
+    run.signal("INT");
+    assert_eq!(run.wait().code(), Some(130));
+}
+
+#[test]
 fn every_subcommand_has_help_with_examples_and_there_is_a_version() {
     for sub in ["run", "demo", "watch"] {
         let (code, out, _) = run(&[sub, "--help"]);
