@@ -101,7 +101,12 @@ pub struct RunArgs {
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Where the progress server listens; 127.0.0.1:0 picks a free port.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7077")]
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "127.0.0.1:7077",
+        conflicts_with = "no_serve"
+    )]
     pub listen: String,
 
     /// Run without the progress server.
@@ -113,11 +118,16 @@ pub struct ServeArgs {
     pub token: Option<String>,
 
     /// Send Access-Control-Allow-Origin: ORIGIN, for a page served from another origin.
-    #[arg(long, value_name = "ORIGIN")]
+    #[arg(long, value_name = "ORIGIN", conflicts_with = "no_serve")]
     pub cors: Option<String>,
 
     /// Stream clients at once; more get 503.
-    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 10_000,
+        conflicts_with = "no_serve"
+    )]
     pub max_clients: usize,
 
     /// Hold the first step until N stream clients are connected.
@@ -125,11 +135,16 @@ pub struct ServeArgs {
     pub wait_for_clients: usize,
 
     /// After `finished`, keep answering for SECS (late clients get the full replay) [default: 0; demo: 15].
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, value_name = "SECS", conflicts_with = "no_serve")]
     pub linger: Option<f64>,
 
     /// How long open streams may take to receive their tail before the process exits anyway.
-    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 5.0,
+        conflicts_with = "no_serve"
+    )]
     pub drain_timeout: f64,
 
     /// Terminal output: auto = bars on a terminal, plain lines otherwise; json = NDJSON on stdout.

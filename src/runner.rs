@@ -803,7 +803,14 @@ impl Runner<'_> {
                 let target = (avg * self.opts.chunk_time.as_secs_f64()) as u64;
                 size = target.clamp(1, size.saturating_mul(4).min(MAX_CHUNK));
             }
-            self.progress(step, &o, t0, resumed_from);
+            // The pause after this chunk is part of the pace; counting it
+            // now keeps the first rate and ETA of a paced run honest.
+            let pause = if last {
+                Duration::ZERO
+            } else {
+                self.opts.sleep
+            };
+            self.progress(step, &o, t0, resumed_from, pause);
             if last {
                 break;
             }
@@ -815,10 +822,12 @@ impl Runner<'_> {
     }
 
     /// `resumed_from`: rows an earlier run already did, which this run's
-    /// rate must not count.
-    fn progress(&self, step: &Step, o: &Outcome, t0: Instant, resumed_from: u64) {
+    /// rate must not count. `pause`: the `--sleep` about to follow, counted
+    /// in the rate (and so the ETA) as if it had passed.
+    fn progress(&self, step: &Step, o: &Outcome, t0: Instant, resumed_from: u64, pause: Duration) {
         let elapsed = t0.elapsed();
-        let rate = o.done.saturating_sub(resumed_from) as f64 / elapsed.as_secs_f64().max(1e-6);
+        let rate =
+            o.done.saturating_sub(resumed_from) as f64 / (elapsed + pause).as_secs_f64().max(1e-6);
         let left = o.total.saturating_sub(o.done);
         let percent = if o.total == 0 {
             100.0

@@ -447,6 +447,29 @@ fn the_demo_runs_the_sample_plan_to_the_end() {
 }
 
 #[test]
+fn a_paced_run_counts_its_pauses_in_rate_and_eta_from_the_first_chunk() {
+    let db = TempDb::counters(100);
+    let plan = db.file("plan.json", &counter_plan("paced", 10));
+    let (code, out, err) = run(&run_args(
+        &db,
+        path_str(&plan),
+        &words("--no-serve --batch-size 10 --sleep 100 --progress json"),
+    ));
+    assert_eq!(code, 0, "{err}");
+    let progress: Vec<serde_json::Value> = json_lines(&out)
+        .into_iter()
+        .filter(|e| e["event"] == "progress")
+        .map(|e| e["data"].clone())
+        .collect();
+    assert_eq!(progress.len(), 10, "{out}");
+    // 10 rows, then a 100 ms pause: under 100 rows/s, 90 rows to go.
+    let first = &progress[0];
+    assert!(first["rate"].as_f64().unwrap() < 100.0, "{first}");
+    assert!(first["eta_ms"].as_u64().unwrap() >= 900, "{first}");
+    assert_eq!(progress[9]["eta_ms"], 0, "{}", progress[9]);
+}
+
+#[test]
 fn the_demo_prints_working_addresses_with_its_token() {
     let mut p = Proc::start(&words(
         "demo --rows 300 --sleep 0 --linger 0 --listen 127.0.0.1:0 --token a&b --wait-for-clients 1 --progress none",

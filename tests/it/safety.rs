@@ -747,6 +747,24 @@ fn every_bad_input_gets_a_clear_message_exit_2_and_an_untouched_database() {
             &["--linger"],
         ),
         (v(&["--db", &dbp]), None, &["--plan", "--sql"]),
+        (
+            v(&[
+                "--db",
+                &dbp,
+                "--plan",
+                &good,
+                "--no-serve",
+                "--cors",
+                "http://x",
+            ]),
+            None,
+            &["'--no-serve' cannot be used with '--cors"],
+        ),
+        (
+            v(&["--db", &dbp, "--plan", &good, "--no-serve", "--linger", "3"]),
+            None,
+            &["'--no-serve' cannot be used with '--linger"],
+        ),
     ];
     let before = sha256(&db.path);
     let not_before = sha256(std::path::Path::new(&not_sqlite));
