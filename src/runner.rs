@@ -446,7 +446,8 @@ impl Runner<'_> {
             let _ = self.conn.execute_batch("ROLLBACK");
             let text = if self.opts.dry_run {
                 format!(
-                    "dry run finished: {rows} rows would change; rolled back, nothing was written"
+                    "dry run finished: {} rows would change; rolled back, nothing was written",
+                    crate::terminal::thousands(rows)
                 )
             } else {
                 "--atomic: the whole run was rolled back; the database is as it was before".into()

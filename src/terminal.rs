@@ -277,7 +277,7 @@ fn start_line(s: &crate::event::Start) -> String {
         s.steps.len(),
         if s.steps.len() == 1 { "" } else { "s" },
         if s.resumed {
-            ", resuming an earlier run"
+            ", an earlier run's checkpoint found"
         } else {
             ""
         },

@@ -251,6 +251,12 @@ fn a_dry_run_reports_real_counts_and_leaves_the_file_byte_identical() {
             .is_some_and(|m| m.contains("nothing was written"))
     }));
     let dry_rows = fin["rows_changed"].as_u64().unwrap();
+    let said = format!(
+        "dry run finished: {},{:03} rows would change",
+        dry_rows / 1000,
+        dry_rows % 1000
+    );
+    assert!(out.contains(&said), "{said}: {out}");
     let (code, out, _) = run(&run_args(
         &db,
         path_str(&plan),
