@@ -427,30 +427,24 @@ fn a_sql_script_fixed_after_a_failure_resumes_after_its_schema_change() {
     let first = "ALTER TABLE t ADD COLUMN bumps INTEGER NOT NULL DEFAULT 0;\n\
                  UPDATE t SET bumps = bumps + 1;\n\
                  INSERT INTO t(id) VALUES (1); -- a duplicate key: fails\n";
-    let script = db.file("fix.sql", first);
-    let (code, _, err) = run(&[
-        "run",
-        "--db",
-        path_str(&db.path),
-        "--sql",
-        path_str(&script),
-        "--no-serve",
-    ]);
+    let run_script = |text: &str| {
+        let script = db.file("fix.sql", text);
+        run(&[
+            "run",
+            "--db",
+            path_str(&db.path),
+            "--sql",
+            path_str(&script),
+            "--no-serve",
+        ])
+    };
+    let (code, _, err) = run_script(first);
     assert_eq!(code, 1, "{err}");
     // Fix the failed statement; the two before it are done and stay done.
-    let fixed = first.replace(
+    let (code, _, err) = run_script(&first.replace(
         "INSERT INTO t(id) VALUES (1); -- a duplicate key: fails",
         "UPDATE t SET counter = counter + 1;",
-    );
-    let script = db.file("fix.sql", &fixed);
-    let (code, _, err) = run(&[
-        "run",
-        "--db",
-        path_str(&db.path),
-        "--sql",
-        path_str(&script),
-        "--no-serve",
-    ]);
+    ));
     assert_eq!(code, 0, "{err}");
     assert_eq!(
         db.query_i64("SELECT count(*) FROM t WHERE bumps = 1 AND counter = 1"),
