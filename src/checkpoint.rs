@@ -67,7 +67,7 @@ impl Resume {
         }
         let read = || -> rusqlite::Result<Vec<(usize, Row)>> {
             let mut stmt = conn.prepare(
-                "SELECT step, checksum, state, last_key, done, changed FROM batchsse_checkpoint WHERE plan = ?1",
+                "SELECT step, checksum, state, last_key, done, changed FROM batchsse_checkpoint WHERE plan = ?1 AND step >= 0",
             )?;
             let rows = stmt.query_map([&plan.name], |r| {
                 Ok((
@@ -94,15 +94,7 @@ impl Resume {
         for (index, row) in &rows {
             match plan.steps.get(*index) {
                 Some(step) if step.checksum == row.checksum => {}
-                Some(step) => {
-                    return Err(UsageError::new(format!(
-                        "step {} ({:?}) has changed since it was applied by plan {:?}; \
-                         revert the edit, give the plan a new \"name\" to start fresh, or pass --force to run the whole plan again",
-                        index + 1,
-                        step.name,
-                        plan.name
-                    )));
-                }
+                Some(step) => return Err(edited(*index, &step.name, &plan.name)),
                 None => {
                     return Err(UsageError::new(format!(
                         "plan {:?} had a step {} that is gone now; the plan was edited after it ran. \
@@ -172,6 +164,15 @@ impl Resume {
     }
 }
 
+/// Step `index` was applied by an earlier run of `plan` and edited since.
+pub fn edited(index: usize, name: &str, plan: &str) -> UsageError {
+    UsageError::new(format!(
+        "step {} ({name:?}) has changed since it was applied by plan {plan:?}; \
+         revert the edit, give the plan a new \"name\" to start fresh, or pass --force to run the whole plan again",
+        index + 1
+    ))
+}
+
 /// The steps of `plan` an earlier run finished: index -> checksum. Empty
 /// when there is no checkpoint or it cannot be read (`Resume::load` then
 /// says what is wrong).
@@ -181,7 +182,7 @@ pub fn finished_steps(conn: &Connection, plan: &str) -> crate::plan::Finished {
     }
     let read = || -> rusqlite::Result<crate::plan::Finished> {
         let mut stmt = conn.prepare(
-            "SELECT step, checksum FROM batchsse_checkpoint WHERE plan = ?1 AND state = 'done'",
+            "SELECT step, checksum FROM batchsse_checkpoint WHERE plan = ?1 AND state = 'done' AND step >= 0",
         )?;
         let rows = stmt.query_map([plan], |r| {
             Ok((r.get::<_, i64>(0)?.max(0) as usize, r.get::<_, String>(1)?))

@@ -36,6 +36,18 @@ pub struct Step {
     pub checksum: String,
 }
 
+impl Step {
+    /// PRAGMA, ATTACH and DETACH set up this connection only, so a resumed
+    /// run does them again even when the checkpoint has them done.
+    pub fn sets_up_connection(&self) -> bool {
+        self.autocommit && sets_up_connection(&self.sql)
+    }
+}
+
+fn sets_up_connection(sql: &str) -> bool {
+    matches!(first_keyword(sql).as_str(), "PRAGMA" | "ATTACH" | "DETACH")
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Chunk {
     pub table: String,
@@ -155,13 +167,19 @@ fn prepare_json(
                 "{label} has no SQL; fill in \"sql\""
             )));
         }
+        if s.sql.contains('\0') {
+            return Err(UsageError::new(format!(
+                "{label}: its SQL contains a NUL character (\\u0000), where SQLite would stop reading; remove it"
+            )));
+        }
         let sum = checksum(
             &s.sql,
             s.chunk
                 .as_ref()
                 .map(|c| (c.table.as_str(), c.key.as_deref().unwrap_or(""))),
         );
-        let done = finished.get(&index) == Some(&sum);
+        let done = finished_here(&finished, index, &sum, &name, &plan_name)?
+            && !sets_up_connection(&s.sql);
         let (chunk, autocommit) = match s.chunk {
             None if done => (None, classify(&label, &s.sql)?),
             None => (None, r.rehearse_plain(&label, &s.sql)?),
@@ -190,6 +208,12 @@ fn prepare_sql(
     r: &Rehearsal,
     finished: Finished,
 ) -> Result<Plan, UsageError> {
+    if let Some(at) = text.find('\0') {
+        return Err(UsageError::new(format!(
+            "{origin}: line {} contains a NUL character, where SQLite would stop reading; remove it",
+            text[..at].matches('\n').count() + 1
+        )));
+    }
     let mut steps = Vec::new();
     for piece in split_statements(text) {
         let index = steps.len();
@@ -199,7 +223,7 @@ fn prepare_sql(
         let label = format!("{label} ({name:?})");
         let sum = checksum(&sql, None);
         let autocommit = classify(&label, &sql)?;
-        if finished.get(&index) != Some(&sum) {
+        if !finished_here(&finished, index, &sum, &name, origin)? || sets_up_connection(&sql) {
             r.rehearse_script_statement(origin, &label, &sql)?;
         }
         steps.push(Step {
@@ -221,6 +245,23 @@ fn prepare_sql(
         steps,
         foreign_keys: false,
     })
+}
+
+/// Whether the checkpoint has step `index` done, as it is now. A done step
+/// that has since been edited is refused here, before the check of the
+/// steps could blame the edit on the schema.
+fn finished_here(
+    finished: &Finished,
+    index: usize,
+    sum: &str,
+    name: &str,
+    plan: &str,
+) -> Result<bool, UsageError> {
+    match finished.get(&index) {
+        None => Ok(false),
+        Some(done) if done == sum => Ok(true),
+        Some(_) => Err(crate::checkpoint::edited(index, name, plan)),
+    }
 }
 
 /// Splits a script into statements as the sqlite3 shell does, without

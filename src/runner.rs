@@ -359,12 +359,8 @@ impl Runner<'_> {
             }
             // PRAGMA and ATTACH set up this connection only, so a resumed
             // run does them again (unless there is nothing left to do).
-            let connection_setup = step.autocommit
-                && matches!(
-                    plan::first_keyword(&step.sql).as_str(),
-                    "PRAGMA" | "ATTACH" | "DETACH"
-                );
-            if resume.is_done(step) && (!connection_setup || resume.already_applied(plan)) {
+            if resume.is_done(step) && (!step.sets_up_connection() || resume.already_applied(plan))
+            {
                 self.log.push(Event::Step(StepEvent {
                     index: step.index,
                     name: step.name.clone(),
@@ -556,6 +552,18 @@ impl Runner<'_> {
             let mut changed = 0;
             let mut batch = Batch::new(self.conn, &step.sql);
             while let Some(mut stmt) = batch.next()? {
+                // The check before the run refuses parameters, unless its
+                // schema copy could not compile the statement (after an
+                // ATTACH, say): never let one run as NULL.
+                if stmt.parameter_count() > 0 {
+                    let name = stmt.parameter_name(1).unwrap_or("?1").to_owned();
+                    return Err(rusqlite::Error::SqliteFailure(
+                        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+                        Some(format!(
+                            "the statement uses the parameter {name}, which nothing binds (only chunked steps get :lo and :hi); write the value into the SQL"
+                        )),
+                    ));
+                }
                 let before = self.conn.total_changes();
                 let mut rows = stmt.raw_query();
                 while rows.next()?.is_some() {}

@@ -752,6 +752,32 @@ fn every_bad_input_gets_a_clear_message_exit_2_and_an_untouched_database() {
                 "--db",
                 &dbp,
                 "--plan",
+                &file(
+                    "nul.json",
+                    r#"{"steps":[{"name":"x","sql":"UPDATE t SET counter = 1\u0000; DROP TABLE t"}]}"#,
+                ),
+            ]),
+            None,
+            &["step 1 (\"x\"): its SQL contains a NUL character"],
+        ),
+        (
+            v(&[
+                "--db",
+                &dbp,
+                "--sql",
+                &file(
+                    "nul.sql",
+                    "UPDATE t SET counter = 1;\nUPDATE t SET counter = 2 \0; DROP TABLE t;",
+                ),
+            ]),
+            None,
+            &["nul.sql: line 2 contains a NUL character"],
+        ),
+        (
+            v(&[
+                "--db",
+                &dbp,
+                "--plan",
                 &good,
                 "--no-serve",
                 "--cors",
@@ -1154,4 +1180,90 @@ fn a_resumed_run_sets_its_connection_up_again() {
         0,
         "the cascade ran on resume too"
     );
+}
+
+/// A plan over a database it `ATTACH`es; `aux.log` has a row already, so
+/// the last step fails until it is removed.
+fn attached(db: &TempDb, last: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let aux = db.dir.path().join("aux.sqlite");
+    if !aux.exists() {
+        let c = rusqlite::Connection::open(&aux).unwrap();
+        c.execute_batch(
+            "CREATE TABLE t(v INTEGER); INSERT INTO t VALUES (42);
+             CREATE TABLE log(n INTEGER PRIMARY KEY); INSERT INTO log VALUES (1);",
+        )
+        .unwrap();
+    }
+    let plan = serde_json::json!({"name": "aux", "steps": [
+        {"sql": format!("ATTACH '{}' AS aux", aux.display())},
+        {"sql": "UPDATE aux.t SET v = v + 1"},
+        {"sql": last},
+    ]});
+    (db.file("plan.json", &plan.to_string()), aux)
+}
+
+#[test]
+fn a_plan_over_an_attached_database_resumes() {
+    let db = TempDb::counters(1);
+    let (plan, aux) = attached(&db, "INSERT INTO aux.log VALUES (1)");
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+    assert_eq!(code, 1, "{err}");
+    let aux_db = rusqlite::Connection::open(&aux).unwrap();
+    aux_db.execute_batch("DELETE FROM log").unwrap();
+    // The ATTACH step is done, but runs again for this connection.
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+    assert_eq!(code, 0, "{err}");
+    let v: i64 = aux_db
+        .query_row("SELECT v FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, 43, "the UPDATE ran once");
+}
+
+#[test]
+fn a_parameter_the_check_could_not_see_fails_its_step_instead_of_writing_null() {
+    let db = TempDb::counters(1);
+    // On the schema copy aux.t does not exist, so the check cannot compile
+    // this statement and leaves it to the run.
+    let (plan, aux) = attached(&db, "UPDATE aux.t SET v = :v");
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("uses the parameter :v, which nothing binds"),
+        "{err}"
+    );
+    let aux_db = rusqlite::Connection::open(&aux).unwrap();
+    let v: Option<i64> = aux_db
+        .query_row("SELECT v FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, Some(43), "step 2 ran, step 3 wrote nothing");
+}
+
+#[test]
+fn a_finished_step_edited_is_named_not_blamed_on_the_schema() {
+    let db = TempDb::counters(10);
+    let plan = |column: &str| {
+        db.file(
+            "plan.json",
+            &format!(r#"{{"name":"edit","steps":[{{"name":"add","sql":"ALTER TABLE t ADD COLUMN {column}"}}]}}"#),
+        )
+    };
+    let (code, _, err) = run(&run_args(&db, path_str(&plan("c")), &["--no-serve"]));
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(&run_args(
+        &db,
+        path_str(&plan("c INTEGER")),
+        &["--no-serve"],
+    ));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("step 1 (\"add\") has changed since it was applied"),
+        "{err}"
+    );
+    // A checkpoint row edited by hand never panics the program.
+    db.conn()
+        .execute_batch("UPDATE batchsse_checkpoint SET step = -1")
+        .unwrap();
+    let (code, _, err) = run(&run_args(&db, path_str(&plan("c")), &["--no-serve"]));
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(code, 2, "{err}");
 }
