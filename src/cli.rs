@@ -50,7 +50,7 @@ pub enum Command {
         printing no event twice.\n\n\
         Exit status: 0 the run finished ok, 1 it failed, 130 it was interrupted (or watch was), \
         2 bad usage (or the token was refused), 3 no run could be reached, 141 its output was \
-        closed (--progress json | head).")]
+        closed (--progress json | head) or could not be written.")]
     Watch(WatchArgs),
 }
 

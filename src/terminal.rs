@@ -69,7 +69,8 @@ pub struct Renderer {
     steps: Vec<String>,
     last_plain: HashMap<usize, Instant>,
     bars: Option<Bars>,
-    stdout_closed: bool,
+    /// Why standard output stopped taking lines, once it has.
+    stdout_error: Option<std::io::ErrorKind>,
 }
 
 struct Bars {
@@ -85,7 +86,7 @@ impl Renderer {
             steps: Vec::new(),
             last_plain: HashMap::new(),
             bars: None,
-            stdout_closed: false,
+            stdout_error: None,
         }
     }
 
@@ -120,20 +121,29 @@ impl Renderer {
         }
     }
 
-    /// True once a write to standard output failed (its reader is gone).
-    pub fn stdout_closed(&self) -> bool {
-        self.stdout_closed
+    /// Set once a write to standard output failed: `BrokenPipe` when its
+    /// reader is gone (`| head`).
+    pub fn stdout_error(&self) -> Option<std::io::ErrorKind> {
+        self.stdout_error
     }
 
     fn json(&mut self, id: u64, name: &str, data: &str) {
-        if self.stdout_closed {
+        if self.stdout_error.is_some() {
             return;
         }
         let mut out = std::io::stdout().lock();
         let ok = writeln!(out, "{{\"id\":{id},\"event\":\"{name}\",\"data\":{data}}}")
             .and_then(|()| out.flush());
-        // A closed pipe (`| head`) is not an error worth a word.
-        self.stdout_closed = ok.is_err();
+        // A closed pipe (`| head`) is not an error worth a word; anything
+        // else (a full disk) is.
+        if let Err(e) = ok {
+            if e.kind() != std::io::ErrorKind::BrokenPipe {
+                err_line(&format!(
+                    "batchsse: cannot write to standard output ({e}); no more JSON lines will be printed"
+                ));
+            }
+            self.stdout_error = Some(e.kind());
+        }
     }
 
     fn plain(&mut self, event: &Event) {

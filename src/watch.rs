@@ -381,7 +381,7 @@ async fn attempt(
                     if let Event::Finished(f) = event {
                         return Ok(Attempt::Finished(f.status));
                     }
-                    if renderer.stdout_closed() {
+                    if renderer.stdout_error().is_some() {
                         return Ok(Attempt::OutputClosed);
                     }
                 }

@@ -476,6 +476,40 @@ fn watch_json_stops_when_its_reader_is_gone_and_the_run_goes_on() {
 }
 
 #[test]
+fn a_full_disk_under_json_output_is_said_once_and_the_run_goes_on() {
+    let db = TempDb::counters(200);
+    let plan = db.file("plan.json", &counter_plan("full", 20));
+    let full = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .expect("/dev/full")
+    };
+    let out = Command::new(BIN)
+        .args(run_args(
+            &db,
+            path_str(&plan),
+            &words("--no-serve --progress json"),
+        ))
+        .env_remove("BATCHSSE_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(full())
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert_eq!(
+        err.matches("cannot write to standard output").count(),
+        1,
+        "{err}"
+    );
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM t WHERE counter = 1"),
+        200
+    );
+}
+
+#[test]
 fn every_subcommand_has_help_with_examples_and_there_is_a_version() {
     for sub in ["run", "demo", "watch"] {
         let (code, out, _) = run(&[sub, "--help"]);
