@@ -1267,3 +1267,31 @@ fn a_finished_step_edited_is_named_not_blamed_on_the_schema() {
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(code, 2, "{err}");
 }
+
+#[test]
+fn a_sql_script_can_attach_a_database_and_use_it() {
+    let db = TempDb::counters(1);
+    // Creates aux.sqlite (t.v = 42); the plan file itself is not used here.
+    let (_, aux) = attached(&db, "SELECT 1");
+    let script = db.file(
+        "fix.sql",
+        &format!(
+            "ATTACH '{}' AS aux;\nUPDATE aux.t SET v = v + 1;\n",
+            aux.display()
+        ),
+    );
+    let (code, _, err) = run(&[
+        "run",
+        "--db",
+        path_str(&db.path),
+        "--sql",
+        path_str(&script),
+        "--no-serve",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let aux_db = rusqlite::Connection::open(&aux).unwrap();
+    let v: i64 = aux_db
+        .query_row("SELECT v FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, 43);
+}
