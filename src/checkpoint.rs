@@ -185,7 +185,7 @@ pub fn finished_steps(conn: &Connection, plan: &str) -> crate::plan::Finished {
             "SELECT step, checksum FROM batchsse_checkpoint WHERE plan = ?1 AND state = 'done' AND step >= 0",
         )?;
         let rows = stmt.query_map([plan], |r| {
-            Ok((r.get::<_, i64>(0)?.max(0) as usize, r.get::<_, String>(1)?))
+            Ok((r.get::<_, i64>(0)? as usize, r.get::<_, String>(1)?))
         })?;
         rows.collect()
     };

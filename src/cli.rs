@@ -209,6 +209,6 @@ pub struct WatchArgs {
     pub connect_timeout: f64,
 
     /// The run's process id (a shell's $!): stop retrying as soon as that process has exited.
-    #[arg(long, value_name = "PID")]
+    #[arg(long, value_name = "PID", value_parser = clap::value_parser!(u32).range(1..=i32::MAX as i64))]
     pub pid: Option<u32>,
 }

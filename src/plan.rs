@@ -179,8 +179,7 @@ fn prepare_json(
                 .as_ref()
                 .map(|c| (c.table.as_str(), c.key.as_deref().unwrap_or(""))),
         );
-        let done = finished_here(&finished, index, &sum, &name, &plan_name)?
-            && !sets_up_connection(&s.sql);
+        let done = skipped_on_resume(&finished, index, &sum, &s.sql, &name, &plan_name)?;
         let (chunk, autocommit) = match s.chunk {
             None if done => (None, classify(&label, &s.sql)?),
             None => (None, r.rehearse_plain(&label, &s.sql)?),
@@ -224,7 +223,7 @@ fn prepare_sql(
         let label = format!("{label} ({name:?})");
         let sum = checksum(&sql, None);
         let autocommit = classify(&label, &sql)?;
-        if !finished_here(&finished, index, &sum, &name, origin)? || sets_up_connection(&sql) {
+        if !skipped_on_resume(&finished, index, &sum, &sql, &name, origin)? {
             r.rehearse_script_statement(origin, &label, &sql)?;
         }
         steps.push(Step {
@@ -248,19 +247,21 @@ fn prepare_sql(
     })
 }
 
-/// Whether the checkpoint has step `index` done, as it is now. A done step
-/// that has since been edited is refused here, before the check of the
-/// steps could blame the edit on the schema.
-fn finished_here(
+/// Whether a resumed run will skip step `index`: the checkpoint has it
+/// done, as it is now, and it does not set up the connection (those run
+/// again). A done step that has since been edited is refused here, before
+/// the check of the steps could blame the edit on the schema.
+fn skipped_on_resume(
     finished: &Finished,
     index: usize,
     sum: &str,
+    sql: &str,
     name: &str,
     plan: &str,
 ) -> Result<bool, UsageError> {
     match finished.get(&index) {
         None => Ok(false),
-        Some(done) if done == sum => Ok(true),
+        Some(done) if done == sum => Ok(!sets_up_connection(sql)),
         Some(_) => Err(crate::checkpoint::edited(index, name, plan)),
     }
 }
@@ -299,8 +300,8 @@ fn split_statements(text: &str) -> Vec<&str> {
     let b = text.as_bytes();
     let mut pieces = Vec::new();
     let (mut start, mut state, mut i) = (0, 0, 0);
-    // The index of the byte that ends a token opened at `i` by `open`
-    // (`close` searched from `from`), or None when it never closes.
+    // The index of the last byte of the first `close` at or after `from`
+    // (the end of a string or comment), or None when it never closes.
     let closing = |from: usize, close: &[u8]| {
         b.get(from..)
             .and_then(|rest| rest.windows(close.len()).position(|w| w == close))
@@ -479,12 +480,7 @@ impl Rehearsal {
     /// skipped, so its table may be gone or changed since; resolved as
     /// usual when it can be, as written otherwise.
     fn finished_chunk(&self, label: &str, c: ChunkFile) -> Result<Chunk, UsageError> {
-        let size = c.size.unwrap_or(DEFAULT_CHUNK_SIZE);
-        if size == 0 {
-            return Err(UsageError::new(format!(
-                "{label}: chunk.size must be at least 1"
-            )));
-        }
+        let size = chunk_size(label, &c)?;
         let resolved = self
             .table(label, &c.table)
             .and_then(|t| Ok((self.unique_key(label, &t, c.key.as_deref())?, t)));
@@ -528,12 +524,7 @@ impl Rehearsal {
     }
 
     fn rehearse_chunked(&self, label: &str, sql: &str, c: ChunkFile) -> Result<Chunk, UsageError> {
-        let size = c.size.unwrap_or(DEFAULT_CHUNK_SIZE);
-        if size == 0 {
-            return Err(UsageError::new(format!(
-                "{label}: chunk.size must be at least 1"
-            )));
-        }
+        let size = chunk_size(label, &c)?;
         let table = self.table(label, &c.table)?;
         let (key, key_sql) = self.unique_key(label, &table, c.key.as_deref())?;
         let mut batch = Batch::new(&self.conn, sql);
@@ -737,8 +728,17 @@ impl Rehearsal {
     }
 }
 
+fn chunk_size(label: &str, c: &ChunkFile) -> Result<u64, UsageError> {
+    match c.size.unwrap_or(DEFAULT_CHUNK_SIZE) {
+        0 => Err(UsageError::new(format!(
+            "{label}: chunk.size must be at least 1"
+        ))),
+        size => Ok(size),
+    }
+}
+
 /// "the parameter :v" / "the parameters :a, ?2" when a statement has any.
-fn parameter_names(stmt: &rusqlite::Statement<'_>) -> Option<String> {
+pub(crate) fn parameter_names(stmt: &rusqlite::Statement<'_>) -> Option<String> {
     let n = stmt.parameter_count();
     let names: Vec<String> = (1..=n)
         .map(|i| {

@@ -555,12 +555,11 @@ impl Runner<'_> {
                 // The check before the run refuses parameters, unless its
                 // schema copy could not compile the statement (after an
                 // ATTACH, say): never let one run as NULL.
-                if stmt.parameter_count() > 0 {
-                    let name = stmt.parameter_name(1).unwrap_or("?1").to_owned();
+                if let Some(names) = plan::parameter_names(&stmt) {
                     return Err(rusqlite::Error::SqliteFailure(
                         rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
                         Some(format!(
-                            "the statement uses the parameter {name}, which nothing binds (only chunked steps get :lo and :hi); write the value into the SQL"
+                            "the statement uses {names}, which nothing binds (only chunked steps get :lo and :hi); write the value into the SQL"
                         )),
                     ));
                 }

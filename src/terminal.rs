@@ -69,8 +69,9 @@ pub struct Renderer {
     steps: Vec<String>,
     last_plain: HashMap<usize, Instant>,
     bars: Option<Bars>,
-    /// Why standard output stopped taking lines, once it has.
-    stdout_error: Option<std::io::ErrorKind>,
+    /// Set once a write to standard output failed (its reader is gone,
+    /// or the disk is full): no more lines are tried.
+    stdout_failed: bool,
 }
 
 struct Bars {
@@ -86,7 +87,7 @@ impl Renderer {
             steps: Vec::new(),
             last_plain: HashMap::new(),
             bars: None,
-            stdout_error: None,
+            stdout_failed: false,
         }
     }
 
@@ -121,14 +122,13 @@ impl Renderer {
         }
     }
 
-    /// Set once a write to standard output failed: `BrokenPipe` when its
-    /// reader is gone (`| head`).
-    pub fn stdout_error(&self) -> Option<std::io::ErrorKind> {
-        self.stdout_error
+    /// True once a write to standard output failed.
+    pub fn stdout_failed(&self) -> bool {
+        self.stdout_failed
     }
 
     fn json(&mut self, id: u64, name: &str, data: &str) {
-        if self.stdout_error.is_some() {
+        if self.stdout_failed {
             return;
         }
         let mut out = std::io::stdout().lock();
@@ -142,7 +142,7 @@ impl Renderer {
                     "batchsse: cannot write to standard output ({e}); no more JSON lines will be printed"
                 ));
             }
-            self.stdout_error = Some(e.kind());
+            self.stdout_failed = true;
         }
     }
 

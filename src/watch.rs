@@ -144,22 +144,13 @@ pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
         })?
         // Beyond a year is "forever"; it also keeps Instant arithmetic safe.
         .min(Duration::from_secs(365 * 24 * 3600));
-    let run_pid = match args.pid {
-        Some(pid) if pid == 0 || i32::try_from(pid).is_err() => {
-            return Err(UsageError::new(format!(
-                "--pid takes the run's process id (e.g. $! right after starting it in the background); got {pid}"
-            ))
-            .into());
-        }
-        p => p,
-    };
     let renderer = Renderer::new(args.progress);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let status = rt.block_on(async {
         tokio::select! {
-            r = follow(&target, patience, run_pid, renderer) => r,
+            r = follow(&target, patience, args.pid, renderer) => r,
             r = tokio::signal::ctrl_c() => {
                 if r.is_ok() {
                     err_line("batchsse: watch interrupted; the run itself goes on");
@@ -381,7 +372,7 @@ async fn attempt(
                     if let Event::Finished(f) = event {
                         return Ok(Attempt::Finished(f.status));
                     }
-                    if renderer.stdout_error().is_some() {
+                    if renderer.stdout_failed() {
                         return Ok(Attempt::OutputClosed);
                     }
                 }
