@@ -80,17 +80,7 @@ fn bare_chunked(path: &std::path::Path, his: &[i64], count: bool) -> u64 {
 
 fn run_batchsse(db: &std::path::Path, plan: &std::path::Path) -> Command {
     let mut cmd = Command::new(BIN);
-    cmd.args([
-        "run",
-        "--db",
-        db.to_str().unwrap(),
-        "--plan",
-        plan.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--progress",
-        "json",
-    ]);
+    cmd.args(run_args(db, plan, &[]));
     cmd
 }
 

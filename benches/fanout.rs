@@ -30,23 +30,18 @@ fn run(clients: usize, rt: &tokio::runtime::Runtime) -> Outcome {
     make_table(&db, ROWS);
     let plan = write_plan(dir.path(), 100);
     let n = clients.to_string();
-    let mut args = vec![
-        "run",
-        "--db",
-        db.to_str().unwrap(),
-        "--plan",
-        plan.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--batch-size",
-        "100",
-        "--sleep",
-        SLEEP_MS,
-        "--progress",
-        "json",
-        "--drain-timeout",
-        "10",
-    ];
+    let mut args = run_args(
+        &db,
+        &plan,
+        &[
+            "--batch-size",
+            "100",
+            "--sleep",
+            SLEEP_MS,
+            "--drain-timeout",
+            "10",
+        ],
+    );
     if clients > 0 {
         args.extend(["--wait-for-clients", &n]);
     }

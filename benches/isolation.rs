@@ -32,25 +32,20 @@ fn run(stalled: usize, rt: &tokio::runtime::Runtime) -> Outcome {
     make_table(&db, ROWS);
     let plan = write_plan(dir.path(), 10);
     let wait = (READERS + stalled).to_string();
-    let mut server = Server::start(&[
-        "run",
-        "--db",
-        db.to_str().unwrap(),
-        "--plan",
-        plan.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--batch-size",
-        "10",
-        "--sleep",
-        SLEEP_MS,
-        "--progress",
-        "json",
-        "--wait-for-clients",
-        &wait,
-        "--drain-timeout",
-        DRAIN_SECS,
-    ]);
+    let mut server = Server::start(&run_args(
+        &db,
+        &plan,
+        &[
+            "--batch-size",
+            "10",
+            "--sleep",
+            SLEEP_MS,
+            "--wait-for-clients",
+            &wait,
+            "--drain-timeout",
+            DRAIN_SECS,
+        ],
+    ));
     let addr = server.addr();
     let hist = Histogram::new();
     let (totals, held, stalled_ok) = rt.block_on(async {

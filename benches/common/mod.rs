@@ -56,6 +56,24 @@ pub fn write_plan(dir: &Path, size: u64) -> PathBuf {
     p
 }
 
+/// `batchsse run` on `db` with `plan`, serving on a free port and printing
+/// NDJSON, then `extra`.
+pub fn run_args<'a>(db: &'a Path, plan: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "run",
+        "--db",
+        db.to_str().expect("utf-8 path"),
+        "--plan",
+        plan.to_str().expect("utf-8 path"),
+        "--listen",
+        "127.0.0.1:0",
+        "--progress",
+        "json",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 /// The real binary, running; killed on drop. Its peak RSS is sampled from
 /// /proc while it lives, and stdout (`--progress json`) is kept.
 pub struct Server {
