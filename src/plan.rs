@@ -52,9 +52,14 @@ fn sets_up_connection(sql: &str) -> bool {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Chunk {
     pub table: String,
-    /// The key column as SQL: `rowid` or a quoted column name.
+    /// The key as SQL: a name of the real rowid that no column shadows
+    /// (`rowid`, `_rowid_` or `oid`), or a quoted column name.
     pub key_sql: String,
     pub key: String,
+    /// The walk is over the table's real rowid (the default key, or an
+    /// `INTEGER PRIMARY KEY` alias of it), so dense rowids chunk by
+    /// arithmetic and every row has a key.
+    pub rowid: bool,
     pub size: u64,
 }
 
@@ -82,6 +87,9 @@ struct ChunkFile {
     key: Option<String>,
     size: Option<u64>,
 }
+
+/// SQLite's names for a table's rowid; a column of the same name hides it.
+const ROWID_NAMES: [&str; 3] = ["rowid", "_rowid_", "oid"];
 
 /// The chunk size when a plan gives none.
 pub const DEFAULT_CHUNK_SIZE: u64 = 1000;
@@ -485,18 +493,18 @@ impl Rehearsal {
             .table(label, &c.table)
             .and_then(|t| Ok((self.unique_key(label, &t, c.key.as_deref())?, t)));
         Ok(match resolved {
-            Ok(((key, key_sql), table)) => Chunk {
-                table,
-                key,
-                key_sql,
-                size,
-            },
+            Ok((mut chunk, table)) => {
+                chunk.table = table;
+                chunk.size = size;
+                chunk
+            }
             Err(_) => {
                 let key = c.key.unwrap_or_else(|| "rowid".into());
                 Chunk {
                     key_sql: quote(&key),
                     table: c.table,
                     key,
+                    rowid: false,
                     size,
                 }
             }
@@ -526,7 +534,9 @@ impl Rehearsal {
     fn rehearse_chunked(&self, label: &str, sql: &str, c: ChunkFile) -> Result<Chunk, UsageError> {
         let size = chunk_size(label, &c)?;
         let table = self.table(label, &c.table)?;
-        let (key, key_sql) = self.unique_key(label, &table, c.key.as_deref())?;
+        let mut chunk = self.unique_key(label, &table, c.key.as_deref())?;
+        chunk.size = size;
+        let key = chunk.key.clone();
         let mut batch = Batch::new(&self.conn, sql);
         let mut stmt = match batch.next() {
             Ok(Some(s)) => s,
@@ -567,12 +577,8 @@ impl Rehearsal {
                 )));
             }
         }
-        Ok(Chunk {
-            table,
-            key,
-            key_sql,
-            size,
-        })
+        chunk.table = table;
+        Ok(chunk)
     }
 
     /// The table's name as the schema spells it.
@@ -608,13 +614,9 @@ impl Rehearsal {
     }
 
     /// Resolves the chunk key and checks that it is unique, as keyset
-    /// pagination needs.
-    fn unique_key(
-        &self,
-        label: &str,
-        table: &str,
-        key: Option<&str>,
-    ) -> Result<(String, String), UsageError> {
+    /// pagination needs. The returned chunk has the key filled in; its
+    /// table and size are the caller's to set.
+    fn unique_key(&self, label: &str, table: &str, key: Option<&str>) -> Result<Chunk, UsageError> {
         let columns: Vec<(String, String, i64)> = self
             .conn
             .prepare(&format!("PRAGMA table_info({})", quote(table)))
@@ -625,35 +627,58 @@ impl Rehearsal {
             .unwrap_or_default();
         let without_rowid = self
             .conn
-            .prepare(&format!("SELECT rowid FROM {} LIMIT 0", quote(table)))
-            .is_err();
+            .query_row(
+                "SELECT wr FROM pragma_table_list WHERE schema = 'main' AND name = ?1",
+                [table],
+                |r| r.get::<_, bool>(0),
+            )
+            .unwrap_or(false);
         let pk: Vec<&(String, String, i64)> = columns.iter().filter(|c| c.2 > 0).collect();
-        let wanted = key.unwrap_or("rowid");
-        let is_alias = ["rowid", "_rowid_", "oid"]
-            .iter()
-            .any(|a| a.eq_ignore_ascii_case(wanted));
-        let column = columns.iter().find(|c| c.0.eq_ignore_ascii_case(wanted));
-        let Some(column) = column else {
-            if is_alias && !without_rowid {
-                return Ok(("rowid".into(), "rowid".into()));
+        let is_column = |name: &str| columns.iter().any(|c| c.0.eq_ignore_ascii_case(name));
+        // `INTEGER PRIMARY KEY DESC` is not a rowid alias, and a real
+        // alias has no index of its own.
+        let alias = match pk.as_slice() {
+            [one]
+                if one.1.eq_ignore_ascii_case("integer")
+                    && !without_rowid
+                    && !self.has_pk_index(table) =>
+            {
+                Some(one.0.clone())
             }
-            let hint = match (without_rowid, pk.as_slice()) {
-                (true, [one]) => format!(
-                    "; {table} is WITHOUT ROWID, so use its primary key: \"key\": {:?}",
-                    one.0
-                ),
-                _ => format!(
-                    " (columns: {})",
-                    columns
-                        .iter()
-                        .map(|c| c.0.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
+            _ => None,
+        };
+        // A column may be named rowid, _rowid_ or oid and hide the real
+        // rowid behind that name: address it by a name no column takes, or
+        // by its INTEGER PRIMARY KEY alias.
+        let rowid_sql = (!without_rowid).then(|| {
+            ROWID_NAMES
+                .iter()
+                .find(|n| !is_column(n))
+                .map(|n| (*n).to_owned())
+                .or_else(|| alias.as_deref().map(quote))
+        });
+        let rowid_chunk = |key: String, key_sql: String| Chunk {
+            table: String::new(),
+            key,
+            key_sql,
+            rowid: true,
+            size: 0,
+        };
+        let Some(wanted) = key else {
+            return match rowid_sql {
+                Some(Some(sql)) => Ok(rowid_chunk("rowid".into(), sql)),
+                Some(None) => Err(UsageError::new(format!(
+                    "{label}: {table} has columns named rowid, _rowid_ and oid, which hide its rowid; set chunk.key to a unique column"
+                ))),
+                None => Err(self.not_a_column(label, table, "rowid", &columns, &pk, true)),
             };
-            return Err(UsageError::new(format!(
-                "{label}: chunk.key {wanted:?} is not a column of {table}{hint}"
-            )));
+        };
+        let Some(column) = columns.iter().find(|c| c.0.eq_ignore_ascii_case(wanted)) else {
+            let is_rowid_name = ROWID_NAMES.iter().any(|a| a.eq_ignore_ascii_case(wanted));
+            return match rowid_sql {
+                Some(Some(sql)) if is_rowid_name => Ok(rowid_chunk(wanted.to_owned(), sql)),
+                _ => Err(self.not_a_column(label, table, wanted, &columns, &pk, without_rowid)),
+            };
         };
         let name = column.0.clone();
         let unique = (pk.len() == 1 && pk[0].0 == name) || self.has_unique_index(table, &name);
@@ -662,19 +687,50 @@ impl Rehearsal {
                 "{label}: chunk.key {name:?} is not unique in {table}; chunking needs a unique key (rowid, the primary key, or a column with a UNIQUE index)"
             )));
         }
-        // `INTEGER PRIMARY KEY DESC` is not a rowid alias, and a real
-        // alias has no index of its own: only then may rowid stand for it.
-        let integer_pk = pk.len() == 1
-            && pk[0].0 == name
-            && pk[0].1.eq_ignore_ascii_case("integer")
-            && !without_rowid
-            && !self.has_pk_index(table);
-        let key_sql = if integer_pk {
-            "rowid".to_owned()
-        } else {
-            quote(&name)
+        if alias.as_deref() == Some(name.as_str()) {
+            // The alias is the rowid: walk it as one (dense arithmetic),
+            // by a plain rowid name where one is free.
+            let sql = match rowid_sql {
+                Some(Some(sql)) => sql,
+                _ => quote(&name),
+            };
+            return Ok(rowid_chunk(name, sql));
+        }
+        Ok(Chunk {
+            table: String::new(),
+            key_sql: quote(&name),
+            key: name,
+            rowid: false,
+            size: 0,
+        })
+    }
+
+    fn not_a_column(
+        &self,
+        label: &str,
+        table: &str,
+        wanted: &str,
+        columns: &[(String, String, i64)],
+        pk: &[&(String, String, i64)],
+        without_rowid: bool,
+    ) -> UsageError {
+        let hint = match (without_rowid, pk) {
+            (true, [one]) => format!(
+                "; {table} is WITHOUT ROWID, so use its primary key: \"key\": {:?}",
+                one.0
+            ),
+            _ => format!(
+                " (columns: {})",
+                columns
+                    .iter()
+                    .map(|c| c.0.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         };
-        Ok((name, key_sql))
+        UsageError::new(format!(
+            "{label}: chunk.key {wanted:?} is not a column of {table}{hint}"
+        ))
     }
 
     fn has_pk_index(&self, table: &str) -> bool {

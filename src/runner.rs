@@ -635,7 +635,7 @@ impl Runner<'_> {
             let one = |sql: String| self.conn.query_row(&sql, [], |r| r.get::<_, Key>(0));
             let int = |k: Key| if let Key::Integer(n) = k { n } else { 0 };
             let all = int(one(format!("SELECT count(*) FROM {table}"))?);
-            let with_key = if key == "rowid" {
+            let with_key = if chunk.rowid {
                 all
             } else {
                 int(one(format!(
@@ -713,7 +713,11 @@ impl Runner<'_> {
                     self.conn,
                     &table,
                     key,
-                    dense_from(self.conn, &table, key, o.total)?,
+                    if chunk.rowid {
+                        dense_from(self.conn, &table, key, o.total)?
+                    } else {
+                        None
+                    },
                 )?,
                 self.conn.prepare(&step.sql)?,
             ))
@@ -947,7 +951,8 @@ impl<'c> Keyset<'c> {
     }
 }
 
-/// For a rowid walk, the smallest rowid if the rowids have no gaps. Rows
+/// For a rowid walk (`key` names the real rowid), the smallest rowid if
+/// the rowids have no gaps. Rows
 /// deleted during the run then still count as visited, which only shows in
 /// `done`; every key in range is covered either way.
 fn dense_from(
@@ -956,12 +961,12 @@ fn dense_from(
     key: &str,
     total: u64,
 ) -> rusqlite::Result<Option<i64>> {
-    if key != "rowid" || total == 0 {
+    if total == 0 {
         return Ok(None);
     }
     // Two subqueries, so each is an index seek rather than one full scan.
     let (min, max): (Option<i64>, Option<i64>) = conn.query_row(
-        &format!("SELECT (SELECT min(rowid) FROM {table}), (SELECT max(rowid) FROM {table})"),
+        &format!("SELECT (SELECT min({key}) FROM {table}), (SELECT max({key}) FROM {table})"),
         [],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;

@@ -9,4 +9,5 @@ mod fanout;
 mod fuzz;
 mod run;
 mod safety;
+mod walk;
 mod watch;
