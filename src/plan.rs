@@ -1,7 +1,10 @@
 //! Plans: loading a JSON plan or a SQL script, splitting scripts by
 //! SQLite's own rule for a complete statement, and validating every step
-//! before anything runs by rehearsing the whole plan on an empty in-memory
-//! copy of the database's schema.
+//! before anything runs by compiling the whole plan against an empty
+//! in-memory copy of the database's schema, bounded in time and memory.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use fallible_iterator::FallibleIterator;
 use rusqlite::{Batch, Connection, OptionalExtension, types::Value};
@@ -164,6 +167,10 @@ fn prepare_json(
         .filter(|n| !n.trim().is_empty())
         .unwrap_or_else(|| origin.to_owned());
     let finished = finished(&plan_name);
+    // So the authorizer sees the writes of foreign-key actions too.
+    let _ = r
+        .conn
+        .pragma_update(None, "foreign_keys", file.foreign_keys);
     let mut steps = Vec::with_capacity(file.steps.len());
     for (index, s) in file.steps.into_iter().enumerate() {
         let name = match s.name.as_deref().map(str::trim) {
@@ -377,15 +384,91 @@ struct Rehearsal {
     /// rehearsed; then only errors no schema could explain (syntax) are
     /// reported up front.
     complete: std::cell::Cell<bool>,
+    /// When the current statement is cut short (read by the progress
+    /// handler) and when the whole rehearsal's time is spent.
+    deadline: Arc<Mutex<Instant>>,
+    spent_at: Instant,
+    /// Every column write SQLite's authorizer saw since last taken.
+    writes: Writes,
+}
+
+/// Column writes seen by the authorizer while a statement compiled,
+/// triggers' included: `(table, column, trigger)`, in the main schema.
+#[derive(Clone, Default)]
+struct Writes(Arc<Mutex<Vec<Write>>>);
+
+/// A column write: `(table, column, the trigger that writes it)`.
+type Write = (String, String, Option<String>);
+
+impl Writes {
+    fn take(&self) -> Vec<Write> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn record(&self, ctx: rusqlite::hooks::AuthContext<'_>) -> rusqlite::hooks::Authorization {
+        if let rusqlite::hooks::AuthAction::Update {
+            table_name,
+            column_name,
+        } = ctx.action
+            && ctx.database_name == Some("main")
+        {
+            let seen = (
+                table_name.to_owned(),
+                column_name.to_owned(),
+                ctx.accessor.map(str::to_owned),
+            );
+            self.0.lock().unwrap_or_else(|p| p.into_inner()).push(seen);
+        }
+        rusqlite::hooks::Authorization::Allow
+    }
+}
+
+/// The rehearsal's bounds, so the check costs about the same whatever a
+/// plan does. Only statements that may change the schema run, on empty
+/// tables, so only one that makes its own data (`CREATE TABLE … AS` over a
+/// recursive CTE) meets them; it is cut short and the copy marked
+/// incomplete.
+mod bounds {
+    use std::time::Duration;
+    /// All statements together, then…
+    pub const TOTAL: Duration = Duration::from_millis(400);
+    /// …each one after that (DDL on empty tables takes microseconds).
+    pub const EACH_AFTER: Duration = Duration::from_millis(10);
+    /// Pages of the in-memory copy and of its temp database: 32 MiB each.
+    pub const PAGES: i64 = 8192;
+    /// The longest string or blob a rehearsed statement may make.
+    pub const LENGTH: i32 = 8 << 20;
 }
 
 impl Rehearsal {
     fn new(db: &Connection) -> Result<Self, UsageError> {
-        let conn = Connection::open_in_memory()
+        let mut conn = Connection::open_in_memory()
             .map_err(|e| UsageError::new(format!("cannot open an in-memory database: {e}")))?;
         // As in the real run (and the sqlite3 shell); constraint errors on
         // the empty copy are not reported anyway, see `run_in_rehearsal`.
         let _ = conn.execute_batch("PRAGMA foreign_keys = OFF");
+        // Sorts and temp tables spill to a file past the page cache instead
+        // of growing in memory (this build keeps them in memory by default).
+        let _ = conn.execute_batch(&format!(
+            "PRAGMA temp_store = FILE; PRAGMA main.max_page_count = {p}; PRAGMA temp.max_page_count = {p}",
+            p = bounds::PAGES
+        ));
+        conn.set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH, bounds::LENGTH)
+            .map_err(|e| UsageError::new(format!("cannot bound the pre-run check: {e}")))?;
+        let started = Instant::now();
+        let deadline = Arc::new(Mutex::new(started + bounds::TOTAL));
+        let cut = Arc::clone(&deadline);
+        conn.progress_handler(
+            1000,
+            Some(move || Instant::now() > *cut.lock().unwrap_or_else(|p| p.into_inner())),
+        )
+        .map_err(|e| UsageError::new(format!("cannot bound the pre-run check: {e}")))?;
+        let writes = Writes::default();
+        let seen = writes.clone();
+        conn.authorizer(Some(move |ctx: rusqlite::hooks::AuthContext<'_>| {
+            seen.record(ctx)
+        }))
+        .map_err(|e| UsageError::new(format!("cannot set up the pre-run check: {e}")))?;
         let mut complete = true;
         let schema: Vec<(String, String)> = db
             .prepare(
@@ -415,7 +498,22 @@ impl Rehearsal {
         Ok(Rehearsal {
             conn,
             complete: std::cell::Cell::new(complete),
+            deadline,
+            spent_at: started + bounds::TOTAL,
+            writes,
         })
+    }
+
+    /// Sets when the next statement is cut short: at the end of the
+    /// rehearsal's time, or a moment from now once that is spent.
+    fn arm(&self) {
+        let now = Instant::now();
+        let at = if now < self.spent_at {
+            self.spent_at
+        } else {
+            now + bounds::EACH_AFTER
+        };
+        *self.deadline.lock().unwrap_or_else(|p| p.into_inner()) = at;
     }
 
     /// Checks and rehearses a plain step, which may hold several statements.
@@ -491,7 +589,7 @@ impl Rehearsal {
         let size = chunk_size(label, &c)?;
         let resolved = self
             .table(label, &c.table)
-            .and_then(|t| Ok((self.unique_key(label, &t, c.key.as_deref())?, t)));
+            .and_then(|t| Ok((self.unique_key(label, &t, c.key.as_deref())?.0, t)));
         Ok(match resolved {
             Ok((mut chunk, table)) => {
                 chunk.table = table;
@@ -516,12 +614,15 @@ impl Rehearsal {
     /// empty tables (a constraint, a trigger's RAISE) depends on data, so it
     /// is left to the real run, and the copy may have drifted from then on.
     fn run(&self, label: &str, sql: &str) -> Result<(), UsageError> {
+        self.arm();
         match run_in_rehearsal(&self.conn, sql) {
             Ok(()) => {}
             Err(Rehearsed::Compile(e)) => {
                 self.failure(label, sql, &e)?;
             }
-            Err(Rehearsed::Run) => self.complete.set(false),
+            // Cut short, it may have left the copy's schema behind the
+            // real one's (a `CREATE TABLE … AS` of generated rows).
+            Err(Rehearsed::Run | Rehearsed::Cut) => self.complete.set(false),
         }
         if first_keyword(sql) == "ATTACH" {
             // The attached file is not copied, so statements using it are
@@ -534,11 +635,12 @@ impl Rehearsal {
     fn rehearse_chunked(&self, label: &str, sql: &str, c: ChunkFile) -> Result<Chunk, UsageError> {
         let size = chunk_size(label, &c)?;
         let table = self.table(label, &c.table)?;
-        let mut chunk = self.unique_key(label, &table, c.key.as_deref())?;
+        let (mut chunk, key_names) = self.unique_key(label, &table, c.key.as_deref())?;
         chunk.size = size;
         let key = chunk.key.clone();
+        self.writes.take();
         let mut batch = Batch::new(&self.conn, sql);
-        let mut stmt = match batch.next() {
+        let stmt = match batch.next() {
             Ok(Some(s)) => s,
             Ok(None) => return Err(UsageError::new(format!("{label} has no SQL statement"))),
             Err(e) => {
@@ -566,9 +668,10 @@ impl Rehearsal {
                 )));
             }
         }
-        // Failing on the empty tables depends on data: left to the real run.
-        let _ = stmt.raw_execute();
+        // Compiled is checked: running it on the empty copy would change
+        // nothing but rows, which the check has no use for.
         drop(stmt);
+        self.refuse_key_writes(label, &table, &key_names)?;
         match batch.next() {
             Ok(None) => {}
             _ => {
@@ -579,6 +682,32 @@ impl Rehearsal {
         }
         chunk.table = table;
         Ok(chunk)
+    }
+
+    /// Refuses a chunked step that writes its own key (directly or through
+    /// a trigger), as the authorizer saw while it compiled: the walk goes in
+    /// key order, so a row whose key moved ahead would be visited again.
+    fn refuse_key_writes(
+        &self,
+        label: &str,
+        table: &str,
+        key_names: &[String],
+    ) -> Result<(), UsageError> {
+        let hit = self.writes.take().into_iter().find(|(t, c, _)| {
+            t.eq_ignore_ascii_case(table) && key_names.iter().any(|k| k.eq_ignore_ascii_case(c))
+        });
+        let Some((_, column, trigger)) = hit else {
+            return Ok(());
+        };
+        let via = trigger.map_or_else(String::new, |t| format!(" (through trigger {t:?})"));
+        let column = if column == "ROWID" {
+            "rowid".into()
+        } else {
+            column
+        };
+        Err(UsageError::new(format!(
+            "{label} changes its own chunk key: it writes {table}.{column}{via}. The walk goes in key order, so a row whose key moves ahead would be visited again and one that moves back skipped. Chunk by a key the step does not change (rowid, or another unique column), or make it a plain step"
+        )))
     }
 
     /// The table's name as the schema spells it.
@@ -615,8 +744,14 @@ impl Rehearsal {
 
     /// Resolves the chunk key and checks that it is unique, as keyset
     /// pagination needs. The returned chunk has the key filled in; its
-    /// table and size are the caller's to set.
-    fn unique_key(&self, label: &str, table: &str, key: Option<&str>) -> Result<Chunk, UsageError> {
+    /// table and size are the caller's to set. Also returns the names under
+    /// which SQLite's authorizer reports a write to the key.
+    fn unique_key(
+        &self,
+        label: &str,
+        table: &str,
+        key: Option<&str>,
+    ) -> Result<(Chunk, Vec<String>), UsageError> {
         let columns: Vec<(String, String, i64)> = self
             .conn
             .prepare(&format!("PRAGMA table_info({})", quote(table)))
@@ -657,12 +792,16 @@ impl Rehearsal {
                 .map(|n| (*n).to_owned())
                 .or_else(|| alias.as_deref().map(quote))
         });
-        let rowid_chunk = |key: String, key_sql: String| Chunk {
-            table: String::new(),
-            key,
-            key_sql,
-            rowid: true,
-            size: 0,
+        let rowid_chunk = |key: String, key_sql: String| {
+            let names = std::iter::once("ROWID".to_owned()).chain(alias.clone());
+            let chunk = Chunk {
+                table: String::new(),
+                key,
+                key_sql,
+                rowid: true,
+                size: 0,
+            };
+            (chunk, names.collect())
         };
         let Some(wanted) = key else {
             return match rowid_sql {
@@ -696,13 +835,14 @@ impl Rehearsal {
             };
             return Ok(rowid_chunk(name, sql));
         }
-        Ok(Chunk {
+        let chunk = Chunk {
             table: String::new(),
             key_sql: quote(&name),
-            key: name,
+            key: name.clone(),
             rowid: false,
             size: 0,
-        })
+        };
+        Ok((chunk, vec![name]))
     }
 
     fn not_a_column(
@@ -772,6 +912,11 @@ impl Rehearsal {
     /// Turns a rehearsal error into a usage error, unless an incomplete
     /// schema copy could explain it.
     fn failure(&self, label: &str, sql: &str, e: &rusqlite::Error) -> Result<bool, UsageError> {
+        if is_cut(e) {
+            // The check's own bounds, not the plan's fault (a huge literal).
+            self.complete.set(false);
+            return Ok(false);
+        }
         let msg = sqlite_message(e);
         let syntax = msg.contains("syntax error") || msg.contains("incomplete input");
         if self.complete.get() || syntax {
@@ -809,11 +954,15 @@ pub(crate) fn parameter_names(stmt: &rusqlite::Statement<'_>) -> Option<String> 
     }
 }
 
-/// Runs a statement on the rehearsal copy, except those that would touch
+/// Runs a statement on the rehearsal copy if it may change the schema, so
+/// later statements compile against the schema they will meet. The rest is
+/// only compiled: statements that change only rows (their effect on the
+/// empty copy is of no use to the check, and one that generates its own
+/// rows would cost as much as the real run), and those that would touch
 /// files (ATTACH, VACUUM INTO) or that the real run handles itself.
 fn run_in_rehearsal(conn: &Connection, sql: &str) -> Result<(), Rehearsed> {
     let word = first_keyword(sql);
-    if matches!(word.as_str(), "ATTACH" | "DETACH" | "VACUUM") {
+    if changes_only_rows(sql) || matches!(word.as_str(), "ATTACH" | "DETACH" | "VACUUM") {
         return conn.prepare(sql).map(|_| ()).map_err(Rehearsed::Compile);
     }
     let mut stmt = conn.prepare(sql).map_err(Rehearsed::Compile)?;
@@ -822,9 +971,28 @@ fn run_in_rehearsal(conn: &Connection, sql: &str) -> Result<(), Rehearsed> {
         match rows.next() {
             Ok(Some(_)) => {}
             Ok(None) => return Ok(()),
+            Err(e) if is_cut(&e) => return Err(Rehearsed::Cut),
             Err(_) => return Err(Rehearsed::Run),
         }
     }
+}
+
+/// The rehearsal's bounds stopped a statement: its time, pages or the
+/// length of a value.
+fn is_cut(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode::*;
+    matches!(
+        e.sqlite_error_code(),
+        Some(OperationInterrupted | DiskFull | TooBig | OutOfMemory)
+    )
+}
+
+/// A statement that changes rows, never the schema.
+fn changes_only_rows(sql: &str) -> bool {
+    matches!(
+        first_keyword(sql).as_str(),
+        "INSERT" | "UPDATE" | "DELETE" | "REPLACE" | "SELECT" | "VALUES" | "WITH"
+    )
 }
 
 /// How a rehearsed statement failed.
@@ -833,6 +1001,8 @@ enum Rehearsed {
     Compile(rusqlite::Error),
     /// It compiled but failed on the empty copy: depends on data.
     Run,
+    /// The rehearsal's bounds stopped it.
+    Cut,
 }
 
 /// Says whether a statement must run outside a transaction, and refuses

@@ -92,3 +92,209 @@ fn a_rowid_hidden_under_every_name_is_refused_before_anything_runs() {
     );
     assert_eq!(db.bytes(), before, "database untouched");
 }
+
+/// Runs the plan and expects exit 2 with `needle` in the message and the
+/// database byte-identical.
+fn refused(db: &TempDb, plan: serde_json::Value, needle: &str) {
+    let path = db.file("plan.json", &plan.to_string());
+    let before = db.bytes();
+    // Bounded: without the check such a step walks the same rows forever.
+    let mut p = Proc::start(&run_args(
+        db,
+        path_str(&path),
+        &words("--no-serve --progress plain --batch-size 1"),
+    ));
+    let code = p.wait_for(PATIENCE).code();
+    let err = p.stderr();
+    assert_eq!(code, Some(2), "{plan}: {err}");
+    assert!(
+        err.contains("changes its own chunk key") && err.contains(needle),
+        "{plan}: says why and names {needle}: {err}"
+    );
+    assert!(
+        err.contains("rowid, or another unique column"),
+        "the fix: {err}"
+    );
+    assert_eq!(db.bytes(), before, "database untouched");
+}
+
+fn chunked(table: &str, key: Option<&str>, sql: &str) -> serde_json::Value {
+    let mut chunk = json!({"table": table});
+    if let Some(k) = key {
+        chunk["key"] = json!(k);
+    }
+    json!({"name": "moves", "steps": [{"sql": sql, "chunk": chunk}]})
+}
+
+#[test]
+fn a_chunked_step_that_writes_its_own_key_is_refused_up_front() {
+    let db = TempDb::with_sql(
+        "CREATE TABLE t(k TEXT PRIMARY KEY, c INT DEFAULT 0) WITHOUT ROWID;
+         INSERT INTO t(k) VALUES ('a'),('b'),('c');
+         CREATE TABLE users(id INTEGER PRIMARY KEY, email TEXT UNIQUE, n INT DEFAULT 0);
+         INSERT INTO users(email) VALUES ('A@x'),('b@x');
+         CREATE TABLE v(id INTEGER PRIMARY KEY, n INT DEFAULT 0);
+         INSERT INTO v(n) VALUES (1),(2);
+         CREATE TRIGGER v_move AFTER UPDATE OF n ON v BEGIN UPDATE v SET id = id + 100 WHERE id = new.id; END;",
+    );
+    // The issue's shape: a text key that grows, walked a row at a time.
+    refused(
+        &db,
+        chunked(
+            "t",
+            Some("k"),
+            "UPDATE t SET k = k || 'x', c = c + 1 WHERE k BETWEEN :lo AND :hi",
+        ),
+        "t.k",
+    );
+    refused(
+        &db,
+        chunked(
+            "users",
+            Some("email"),
+            "UPDATE users SET email = lower(email) WHERE email BETWEEN :lo AND :hi",
+        ),
+        "users.email",
+    );
+    // The rowid walk, written as the alias or as the rowid itself.
+    refused(
+        &db,
+        chunked(
+            "users",
+            None,
+            "UPDATE users SET id = id + 10 WHERE id BETWEEN :lo AND :hi",
+        ),
+        "users.id",
+    );
+    refused(
+        &db,
+        chunked(
+            "users",
+            Some("id"),
+            "UPDATE users SET rowid = rowid + 10 WHERE id BETWEEN :lo AND :hi",
+        ),
+        "users.rowid",
+    );
+    // Through a trigger the step sets off.
+    refused(
+        &db,
+        chunked(
+            "v",
+            None,
+            "UPDATE v SET n = n + 1 WHERE id BETWEEN :lo AND :hi",
+        ),
+        "v_move",
+    );
+}
+
+#[test]
+fn a_key_moved_by_a_foreign_key_cascade_is_refused_too() {
+    let db = TempDb::with_sql(
+        "CREATE TABLE p(id INTEGER PRIMARY KEY); INSERT INTO p VALUES (1),(2),(3);
+         CREATE TABLE ch(id INTEGER PRIMARY KEY, pref INT UNIQUE REFERENCES p(id) ON UPDATE CASCADE);
+         INSERT INTO ch(pref) VALUES (1),(2),(3);",
+    );
+    let mut plan = chunked(
+        "ch",
+        Some("pref"),
+        "UPDATE p SET id = id + 100 WHERE id IN (SELECT pref FROM ch WHERE pref BETWEEN :lo AND :hi)",
+    );
+    plan["foreign_keys"] = json!(true);
+    refused(&db, plan, "ch.pref");
+}
+
+#[test]
+fn a_chunked_step_that_changes_another_unique_column_still_runs_once_per_row() {
+    let db = TempDb::with_sql(
+        "CREATE TABLE users(id INTEGER PRIMARY KEY, email TEXT UNIQUE, n INT DEFAULT 0);
+         INSERT INTO users(email) VALUES ('A@x'),('B@x'),('c@x');",
+    );
+    let plan = chunked(
+        "users",
+        None,
+        "UPDATE users SET email = lower(email), n = n + 1 WHERE id BETWEEN :lo AND :hi",
+    );
+    let path = db.file("plan.json", &plan.to_string());
+    let (code, _, err) = run(&run_args(
+        &db,
+        path_str(&path),
+        &words("--no-serve --progress plain --batch-size 1"),
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM users WHERE n = 1 AND email = lower(email)"),
+        3
+    );
+}
+
+/// Runs batchsse to its end and returns its exit code, stderr and peak
+/// resident memory in KiB (its own, from wait4, not other tests').
+#[allow(clippy::zombie_processes)] // reaped by wait4, which std cannot do
+fn run_measured(args: &[&str]) -> (i32, String, i64) {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::{Command, Stdio};
+    let child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn batchsse");
+    let pid = child.id() as libc::pid_t;
+    let mut stderr = child.stderr.expect("stderr");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
+    let mut status = 0;
+    // SAFETY: a zeroed rusage is a valid value for wait4 to fill in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: pid is our own child, not waited for elsewhere.
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(r, pid, "wait4");
+    let code = std::process::ExitStatus::from_raw(status)
+        .code()
+        .unwrap_or(-1);
+    (code, reader.join().expect("stderr reader"), usage.ru_maxrss)
+}
+
+#[test]
+fn the_check_stays_small_for_a_step_that_generates_its_own_rows() {
+    // 400,000 rows of 1 KB each made from nothing: the check used to do
+    // this work in memory (436 MB) before saying a later step is wrong.
+    let db = TempDb::with_sql("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB);");
+    let plan = json!({"name": "gen", "steps": [
+        {"sql": "INSERT INTO t(v) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < 400000) SELECT randomblob(1000) FROM s"},
+        {"sql": "UPDATE t SET nope = 1"},
+    ]});
+    let path = db.file("plan.json", &plan.to_string());
+    let before = db.bytes();
+    let (code, err, rss_kib) = run_measured(&run_args(&db, path_str(&path), &["--no-serve"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("step 2") && err.contains("no such column: nope"),
+        "{err}"
+    );
+    assert!(
+        rss_kib < 64 * 1024,
+        "peak RSS {rss_kib} KiB during the check"
+    );
+    assert_eq!(db.bytes(), before);
+}
+
+#[test]
+fn the_check_cuts_short_a_schema_step_that_computes_for_minutes() {
+    // Counting to a billion takes minutes; the check gives it a fraction
+    // of a second and goes on to find the later step's syntax error.
+    let db = TempDb::with_sql("CREATE TABLE t(id INTEGER PRIMARY KEY);");
+    let plan = json!({"name": "cpu", "steps": [
+        {"sql": "CREATE TABLE s AS WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 1000000000) SELECT sum(i) AS total FROM n"},
+        {"sql": "UPDATE t SET id = WHERE"},
+    ]});
+    let path = db.file("plan.json", &plan.to_string());
+    let mut p = Proc::start(&run_args(&db, path_str(&path), &["--no-serve"]));
+    let status = p.wait_for(PATIENCE);
+    assert_eq!(status.code(), Some(2), "{}", p.stderr());
+    assert!(p.stderr().contains("step 2"), "{}", p.stderr());
+}
