@@ -128,6 +128,13 @@ fn read_source(args: &RunArgs) -> Result<Source, UsageError> {
         (name, text)
     };
     Ok(if json {
+        // Editors on Windows save a BOM; it marks the encoding and is no part
+        // of the JSON. A SQL script keeps its own (SQLite skips it), so its
+        // step checksums stay what earlier runs recorded.
+        let text = match text.strip_prefix('\u{feff}') {
+            Some(rest) => rest.to_owned(),
+            None => text,
+        };
         Source::Json { name, text }
     } else {
         Source::Sql { name, text }

@@ -326,6 +326,21 @@ fn a_sql_script_on_stdin_runs_statement_by_statement() {
 }
 
 #[test]
+fn a_json_plan_saved_with_a_utf8_bom_runs() {
+    let plan = format!("\u{feff}{}", counter_plan("bom", 10));
+    assert!(plan.as_bytes().starts_with(&[0xEF, 0xBB, 0xBF]));
+    let db = TempDb::counters(30);
+    let file = db.file("plan.json", &plan);
+    let (code, _, err) = run(&run_args(&db, path_str(&file), &["--no-serve"]));
+    assert_eq!(code, 0, "from a file: {err}");
+    assert_eq!(db.counter_spread(), (30, 0));
+    let db = TempDb::counters(30);
+    let (code, _, err) = run_with_stdin(&run_args(&db, "-", &["--no-serve"]), Some(&plan));
+    assert_eq!(code, 0, "from stdin: {err}");
+    assert_eq!(db.counter_spread(), (30, 0));
+}
+
+#[test]
 fn routes_status_and_linger() {
     let db = TempDb::counters(100);
     let plan = db.file("plan.json", &counter_plan("routes", 10));
