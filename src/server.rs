@@ -244,6 +244,13 @@ pub fn respond<B>(state: &Arc<State>, req: Request<B>) -> Response<Body> {
 fn route<B>(state: &Arc<State>, req: &Request<B>) -> Response<Body> {
     let path = req.uri().path();
     let method = req.method();
+    let known = matches!(path, "/" | "/events" | "/status" | "/healthz");
+    if !known {
+        return text(
+            StatusCode::NOT_FOUND,
+            "not found; try /, /events, /status or /healthz",
+        );
+    }
     if method == Method::OPTIONS && state.config.cors.is_some() {
         let mut r = empty(StatusCode::NO_CONTENT);
         let h = r.headers_mut();
@@ -260,13 +267,6 @@ fn route<B>(state: &Arc<State>, req: &Request<B>) -> Response<Body> {
             HeaderValue::from_static("600"),
         );
         return r;
-    }
-    let known = matches!(path, "/" | "/events" | "/status" | "/healthz");
-    if !known {
-        return text(
-            StatusCode::NOT_FOUND,
-            "not found; try /, /events, /status or /healthz",
-        );
     }
     if method != Method::GET && method != Method::HEAD {
         let mut r = text(

@@ -392,6 +392,55 @@ fn routes_status_and_linger() {
 }
 
 #[test]
+fn with_cors_only_known_routes_answer_the_preflight() {
+    let db = TempDb::counters(10);
+    let plan = db.file("plan.json", &counter_plan("preflight", 10));
+    let mut p = Proc::start(&args(
+        &db,
+        path_str(&plan),
+        &words("--wait-for-clients 1 --cors http://localhost:5173 --progress none"),
+    ));
+    let a = p.addr();
+    let preflight = |path: &str| {
+        raw(
+            a,
+            &request(
+                "OPTIONS",
+                path,
+                &[
+                    ("Origin", "http://localhost:5173"),
+                    ("Access-Control-Request-Method", "GET"),
+                ],
+            ),
+        )
+    };
+    for path in [
+        "/",
+        "/events",
+        "/status",
+        "/healthz",
+        "/events?last_event_id=3",
+    ] {
+        let r = preflight(path);
+        assert_eq!(r.status, 204, "{path}");
+        assert_eq!(
+            r.header("access-control-allow-origin"),
+            Some("http://localhost:5173"),
+            "{path}"
+        );
+        assert!(r.header("access-control-allow-methods").is_some(), "{path}");
+    }
+    for path in ["/nope", "/events/", "/status.json", "/healthz/x"] {
+        let r = preflight(path);
+        assert_eq!(r.status, 404, "{path}");
+        assert!(r.header("access-control-allow-methods").is_none(), "{path}");
+    }
+    let events = Stream::open(a, "/events", &[]).rest();
+    assert_eq!(events.last().map(|e| e.event.as_str()), Some("finished"));
+    assert!(p.wait().success(), "{}", p.stderr());
+}
+
+#[test]
 fn a_client_that_never_reads_does_not_hold_the_exit_past_the_drain_timeout() {
     let db = TempDb::counters(600);
     // A long step name makes every progress event ~30 KB, so 600 of them
