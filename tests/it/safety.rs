@@ -876,6 +876,42 @@ fn a_locked_database_is_reported_after_the_busy_timeout_with_its_holder() {
     assert_eq!(db.counter_spread(), (0, 10));
 }
 
+#[test]
+fn a_lock_met_mid_run_names_its_holder_and_the_busy_timeout() {
+    let db = TempDb::counters(20);
+    let plan = db.file("plan.json", &counter_plan("locked-later", 10));
+    let mut p = Proc::start(&run_args(
+        &db,
+        path_str(&plan),
+        &words("--listen 127.0.0.1:0 --wait-for-clients 1 --busy-timeout 200 --progress plain"),
+    ));
+    // The check is over (the server is up) and the first step waits for a
+    // client, so this lock is taken before any step starts.
+    let holder = db.conn();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let events = Stream::open(p.addr(), "/events", &[]).rest();
+    assert_eq!(p.wait().code(), Some(1), "{}", p.stderr());
+    let finished = data(events.last().expect("events"));
+    assert_eq!(finished["status"], "failed");
+    let error = finished["error"].as_str().expect("an error");
+    let holder_pid = format!("pid {} (", std::process::id());
+    for want in [
+        "database is locked by another connection",
+        &holder_pid,
+        "--busy-timeout 200 ms",
+        "raise --busy-timeout",
+    ] {
+        assert!(error.contains(want), "{want:?} missing from: {error}");
+        assert!(
+            p.stderr().contains(want),
+            "{want:?} missing from stderr: {}",
+            p.stderr()
+        );
+    }
+    holder.execute_batch("ROLLBACK").unwrap();
+    assert_eq!(db.counter_spread(), (0, 20));
+}
+
 fn v(args: &[&str]) -> Vec<String> {
     args.iter().map(|a| a.to_string()).collect()
 }
