@@ -637,3 +637,13 @@ pub fn wait_until_open(p: &mut Proc, path: &Path) {
         std::thread::sleep(Duration::from_millis(2));
     }
 }
+
+/// For a test that cannot observe what it checks on this machine: a failure
+/// in CI (which must be able to), a printed skip elsewhere.
+pub fn skip_unless_ci(why: &str) {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "this test cannot run in CI: {why}"
+    );
+    eprintln!("skipped: {why}");
+}
