@@ -49,6 +49,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let serve = check_serve(&args.serve, 0.0)?;
     let source = read_source(&args)?;
     let opts = options(&args.pace, &args)?;
+    let lifecycle = Lifecycle::start()?;
     let session = open(
         &args.db,
         &source,
@@ -58,7 +59,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         serve,
         args.serve.progress,
     )?;
-    execute(session)
+    lifecycle.execute(session)
 }
 
 /// Opens the database and checks the plan against it; nothing is written.
@@ -127,6 +128,13 @@ fn read_source(args: &RunArgs) -> Result<Source, UsageError> {
         (name, text)
     };
     Ok(if json {
+        // Editors on Windows save a BOM; it marks the encoding and is no part
+        // of the JSON. A SQL script keeps its own (SQLite skips it), so its
+        // step checksums stay what earlier runs recorded.
+        let text = match text.strip_prefix('\u{feff}') {
+            Some(rest) => rest.to_owned(),
+            None => text,
+        };
         Source::Json { name, text }
     } else {
         Source::Sql { name, text }
@@ -245,19 +253,74 @@ pub fn check_serve(a: &ServeArgs, default_linger: f64) -> Result<Option<Serve>, 
     }))
 }
 
-/// Runs a checked session to its end and returns the exit status.
-pub fn execute(session: Session) -> anyhow::Result<ExitCode> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let status = rt.block_on(drive(session));
-    // A client that never read its tail must not hold the exit.
-    rt.shutdown_timeout(Duration::from_millis(100));
-    Ok(ExitCode::from(status?.exit_code()))
+/// One run's process from before its pre-run check to its exit: the runtime
+/// and the Ctrl-C / SIGTERM listener. Start it before [`open`], so a signal
+/// during the check (which can take a while, or wait out a lock) exits 130
+/// with a message instead of killing the process mid-sentence.
+pub struct Lifecycle {
+    rt: tokio::runtime::Runtime,
+    log: Arc<EventLog>,
+    cancel: Arc<Cancel>,
+    signals: watch::Receiver<u32>,
+    phase: Arc<std::sync::Mutex<Phase>>,
 }
 
-async fn drive(session: Session) -> Result<RunStatus, UsageError> {
+/// What a signal means: during the check nothing has been written, so the
+/// process may just exit; once the run starts, the runner must roll back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Checking,
+    Running,
+}
+
+impl Lifecycle {
+    /// Builds the runtime and installs the signal handlers before returning.
+    pub fn start() -> anyhow::Result<Lifecycle> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let log = Arc::new(EventLog::new());
+        let cancel = Arc::new(Cancel::new());
+        let phase = Arc::new(std::sync::Mutex::new(Phase::Checking));
+        let signals = {
+            let _in_rt = rt.enter();
+            watch_signals(cancel.clone(), log.clone(), phase.clone())
+        };
+        Ok(Lifecycle {
+            rt,
+            log,
+            cancel,
+            signals,
+            phase,
+        })
+    }
+
+    /// Runs a checked session to its end and returns the exit status.
+    pub fn execute(self, session: Session) -> anyhow::Result<ExitCode> {
+        // Taken under the lock the signal watcher holds while it exits, so a
+        // signal is either handled as during the check or as during the run.
+        *self.phase.lock().unwrap_or_else(|p| p.into_inner()) = Phase::Running;
+        let Lifecycle {
+            rt,
+            log,
+            cancel,
+            signals,
+            ..
+        } = self;
+        let status = rt.block_on(drive(session, log, cancel, signals));
+        // A client that never read its tail must not hold the exit.
+        rt.shutdown_timeout(Duration::from_millis(100));
+        Ok(ExitCode::from(status?.exit_code()))
+    }
+}
+
+async fn drive(
+    session: Session,
+    log: Arc<EventLog>,
+    cancel: Arc<Cancel>,
+    signals: watch::Receiver<u32>,
+) -> Result<RunStatus, UsageError> {
     let Session {
         conn,
         plan,
@@ -267,9 +330,6 @@ async fn drive(session: Session) -> Result<RunStatus, UsageError> {
         progress,
         banner,
     } = session;
-    let log = Arc::new(EventLog::new());
-    let cancel = Arc::new(Cancel::new());
-    let signals = watch_signals(cancel.clone(), log.clone());
 
     let mut server_task = None;
     let mut clients = None;
@@ -404,29 +464,44 @@ fn page_url(addr: SocketAddr, config: &server::Config, path: &str) -> String {
     }
 }
 
-/// Counts Ctrl-C and SIGTERM: the first cancels the run (the current chunk
-/// rolls back), a second exits at once (no transaction is ever committed).
-fn watch_signals(cancel: Arc<Cancel>, log: Arc<EventLog>) -> watch::Receiver<u32> {
+/// Counts Ctrl-C and SIGTERM. During the pre-run check one exits 130 at once
+/// (nothing has been written). During the run the first cancels it (the
+/// current chunk rolls back) and a second exits at once (no transaction is
+/// ever committed). On Unix the handlers are installed before this returns.
+fn watch_signals(
+    cancel: Arc<Cancel>,
+    log: Arc<EventLog>,
+    phase: Arc<std::sync::Mutex<Phase>>,
+) -> watch::Receiver<u32> {
     let (tx, rx) = watch::channel(0u32);
+    #[cfg(unix)]
+    let (mut int, mut term) = {
+        use tokio::signal::unix::{SignalKind, signal};
+        (
+            signal(SignalKind::interrupt()).ok(),
+            signal(SignalKind::terminate()).ok(),
+        )
+    };
     tokio::spawn(async move {
-        #[cfg(unix)]
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         loop {
             #[cfg(unix)]
-            let term_recv = async {
-                match term.as_mut() {
-                    Some(t) => {
-                        t.recv().await;
-                    }
-                    None => std::future::pending::<()>().await,
-                }
-            };
-            #[cfg(not(unix))]
-            let term_recv = std::future::pending::<()>();
             tokio::select! {
-                r = tokio::signal::ctrl_c() => if r.is_err() { return },
-                () = term_recv => {}
+                () = next_signal(&mut int) => {}
+                () = next_signal(&mut term) => {}
+            }
+            #[cfg(not(unix))]
+            if tokio::signal::ctrl_c().await.is_err() {
+                return;
+            }
+            {
+                let phase = phase.lock().unwrap_or_else(|p| p.into_inner());
+                if *phase == Phase::Checking {
+                    // Exits holding the lock, so the run never starts.
+                    crate::errln!(
+                        "batchsse: interrupted during the pre-run check; nothing was written"
+                    );
+                    std::process::exit(i32::from(exit::INTERRUPTED));
+                }
             }
             let n = *tx.borrow() + 1;
             tx.send_replace(n);
@@ -448,6 +523,17 @@ fn watch_signals(cancel: Arc<Cancel>, log: Arc<EventLog>) -> watch::Receiver<u32
         }
     });
     rx
+}
+
+/// The next delivery of a signal; never, if its handler could not be installed.
+#[cfg(unix)]
+async fn next_signal(s: &mut Option<tokio::signal::unix::Signal>) {
+    match s.as_mut() {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending::<()>().await,
+    }
 }
 
 /// Resolves once the run has finished and `linger` has passed (or a signal

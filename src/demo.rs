@@ -70,6 +70,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         name: "plan.json".into(),
         text: PLAN.into(),
     };
+    let lifecycle = app::Lifecycle::start()?;
     let mut session = app::open(
         &db,
         &source,
@@ -89,5 +90,5 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             " (deleted on exit; --keep DIR keeps it)"
         }
     ));
-    app::execute(session)
+    lifecycle.execute(session)
 }

@@ -149,6 +149,28 @@ fn lock_holders(path: &Path) -> String {
     }
 }
 
+/// An error met while running: SQLite's text, and for a lock another
+/// process held past the busy timeout, who holds it and what to do, as
+/// [`open_db`] says before the run.
+fn run_time_message(conn: &Connection, e: &rusqlite::Error) -> String {
+    if e.sqlite_error_code() != Some(rusqlite::ErrorCode::DatabaseBusy) {
+        return sqlite_message(e);
+    }
+    let holders = conn
+        .path()
+        .map(|p| lock_holders(Path::new(p)))
+        .unwrap_or_default();
+    // The connection's own setting: --busy-timeout, unless a plan's PRAGMA
+    // changed it.
+    let waited: i64 = conn
+        .pragma_query_value(None, "busy_timeout", |r| r.get(0))
+        .unwrap_or(0);
+    format!(
+        "{} by another connection{holders}, still after --busy-timeout {waited} ms; wait for it to finish or raise --busy-timeout",
+        sqlite_message(e)
+    )
+}
+
 /// Cancellation shared between the signal handler and the runner: a flag,
 /// SQLite's interrupt for the running statement, and a wake-up for sleeps.
 #[derive(Default)]
@@ -335,7 +357,10 @@ impl Runner<'_> {
         if self.outer_tx
             && let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE")
         {
-            let msg = format!("cannot start the run's transaction: {}", sqlite_message(&e));
+            let msg = format!(
+                "cannot start the run's transaction: {}",
+                run_time_message(self.conn, &e)
+            );
             self.message(None, Level::Error, msg.clone());
             return (RunStatus::Failed, 0, 0, Some(msg));
         }
@@ -457,7 +482,7 @@ impl Runner<'_> {
                 let _ = self.conn.execute_batch("ROLLBACK");
                 let text = format!(
                     "the run's transaction could not commit and was rolled back: {}",
-                    sqlite_message(&e)
+                    run_time_message(self.conn, &e)
                 );
                 self.message(None, Level::Error, text.clone());
                 (Some((RunStatus::Failed, text)), 0)
@@ -521,7 +546,7 @@ impl Runner<'_> {
         {
             StepError::Cancelled
         } else {
-            StepError::Sql(sqlite_message(e))
+            StepError::Sql(run_time_message(self.conn, e))
         }
     }
 

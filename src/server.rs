@@ -19,7 +19,7 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use sha2::{Digest, Sha256};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -244,6 +244,13 @@ pub fn respond<B>(state: &Arc<State>, req: Request<B>) -> Response<Body> {
 fn route<B>(state: &Arc<State>, req: &Request<B>) -> Response<Body> {
     let path = req.uri().path();
     let method = req.method();
+    let known = matches!(path, "/" | "/events" | "/status" | "/healthz");
+    if !known {
+        return text(
+            StatusCode::NOT_FOUND,
+            "not found; try /, /events, /status or /healthz",
+        );
+    }
     if method == Method::OPTIONS && state.config.cors.is_some() {
         let mut r = empty(StatusCode::NO_CONTENT);
         let h = r.headers_mut();
@@ -260,13 +267,6 @@ fn route<B>(state: &Arc<State>, req: &Request<B>) -> Response<Body> {
             HeaderValue::from_static("600"),
         );
         return r;
-    }
-    let known = matches!(path, "/" | "/events" | "/status" | "/healthz");
-    if !known {
-        return text(
-            StatusCode::NOT_FOUND,
-            "not found; try /, /events, /status or /healthz",
-        );
     }
     if method != Method::GET && method != Method::HEAD {
         let mut r = text(
@@ -485,9 +485,27 @@ impl Query {
     }
 }
 
+/// Connections the kernel queues for `accept` (capped by
+/// `net.core.somaxconn`). tokio's default, 128, made a burst of 3,000
+/// viewers wait on SYN retransmits for 17 s.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
 /// Binds the listen address with a message that says what to do on failure.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, crate::error::UsageError> {
-    TcpListener::bind(addr).await.map_err(|e| {
+    let listen = || -> std::io::Result<TcpListener> {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        // As `TcpListener::bind` does: a restarted run can take its port
+        // back at once (on Windows it would let others take it over).
+        #[cfg(not(windows))]
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    listen().map_err(|e| {
         let why = match e.kind() {
             std::io::ErrorKind::AddrInUse => "the port is already in use".to_owned(),
             std::io::ErrorKind::AddrNotAvailable => "that address is not on this machine".to_owned(),

@@ -294,3 +294,55 @@ fn a_client_that_half_closes_after_its_request_still_gets_the_stream() {
     assert_eq!(evs.last().map(|e| e.event.as_str()), Some("finished"));
     assert!(p.wait().success(), "{}", p.stderr());
 }
+
+/// The backlog of the LISTEN socket on `addr` as the kernel holds it: `ss
+/// -ltn` shows it as a listening socket's Send-Q. `Err` says why not.
+fn listen_backlog(addr: SocketAddr) -> Result<u32, String> {
+    let out = std::process::Command::new("ss")
+        .args(["-ltnH"])
+        .output()
+        .map_err(|e| format!("`ss` (iproute2) cannot run: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "`ss -ltnH` failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let local = addr.to_string();
+    text.lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() >= 4 && f[0] == "LISTEN" && f[3] == local)
+        .ok_or_else(|| format!("`ss -ltnH` lists no socket listening on {local}:\n{text}"))
+        .and_then(|f| {
+            f[2].parse()
+                .map_err(|_| format!("`ss` shows Send-Q {:?} for {local}", f[2]))
+        })
+}
+
+#[test]
+fn the_listen_backlog_holds_a_burst_of_thousands_of_connects() {
+    // The kernel caps every backlog at net.core.somaxconn.
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    let want = somaxconn.min(4096);
+    if want <= 128 {
+        skip_unless_ci(&format!(
+            "net.core.somaxconn is {somaxconn}, which caps any backlog at or below tokio's default 128"
+        ));
+        return;
+    }
+    let db = TempDb::counters(10);
+    let p = counters_run(
+        &db,
+        10,
+        &["--wait-for-clients", "1", "--progress", "none"],
+        &[],
+    );
+    match listen_backlog(p.addr()) {
+        Ok(backlog) => assert_eq!(backlog, want, "somaxconn {somaxconn}"),
+        Err(why) => skip_unless_ci(&why),
+    }
+}

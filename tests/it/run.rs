@@ -326,6 +326,21 @@ fn a_sql_script_on_stdin_runs_statement_by_statement() {
 }
 
 #[test]
+fn a_json_plan_saved_with_a_utf8_bom_runs() {
+    let plan = format!("\u{feff}{}", counter_plan("bom", 10));
+    assert!(plan.as_bytes().starts_with(&[0xEF, 0xBB, 0xBF]));
+    let db = TempDb::counters(30);
+    let file = db.file("plan.json", &plan);
+    let (code, _, err) = run(&run_args(&db, path_str(&file), &["--no-serve"]));
+    assert_eq!(code, 0, "from a file: {err}");
+    assert_eq!(db.counter_spread(), (30, 0));
+    let db = TempDb::counters(30);
+    let (code, _, err) = run_with_stdin(&run_args(&db, "-", &["--no-serve"]), Some(&plan));
+    assert_eq!(code, 0, "from stdin: {err}");
+    assert_eq!(db.counter_spread(), (30, 0));
+}
+
+#[test]
 fn routes_status_and_linger() {
     let db = TempDb::counters(100);
     let plan = db.file("plan.json", &counter_plan("routes", 10));
@@ -374,6 +389,55 @@ fn routes_status_and_linger() {
     // Ctrl-C ends the linger early with the run's own status.
     p.signal("INT");
     assert_eq!(p.wait_for(Duration::from_secs(10)).code(), Some(0));
+}
+
+#[test]
+fn with_cors_only_known_routes_answer_the_preflight() {
+    let db = TempDb::counters(10);
+    let plan = db.file("plan.json", &counter_plan("preflight", 10));
+    let mut p = Proc::start(&args(
+        &db,
+        path_str(&plan),
+        &words("--wait-for-clients 1 --cors http://localhost:5173 --progress none"),
+    ));
+    let a = p.addr();
+    let preflight = |path: &str| {
+        raw(
+            a,
+            &request(
+                "OPTIONS",
+                path,
+                &[
+                    ("Origin", "http://localhost:5173"),
+                    ("Access-Control-Request-Method", "GET"),
+                ],
+            ),
+        )
+    };
+    for path in [
+        "/",
+        "/events",
+        "/status",
+        "/healthz",
+        "/events?last_event_id=3",
+    ] {
+        let r = preflight(path);
+        assert_eq!(r.status, 204, "{path}");
+        assert_eq!(
+            r.header("access-control-allow-origin"),
+            Some("http://localhost:5173"),
+            "{path}"
+        );
+        assert!(r.header("access-control-allow-methods").is_some(), "{path}");
+    }
+    for path in ["/nope", "/events/", "/status.json", "/healthz/x"] {
+        let r = preflight(path);
+        assert_eq!(r.status, 404, "{path}");
+        assert!(r.header("access-control-allow-methods").is_none(), "{path}");
+    }
+    let events = Stream::open(a, "/events", &[]).rest();
+    assert_eq!(events.last().map(|e| e.event.as_str()), Some("finished"));
+    assert!(p.wait().success(), "{}", p.stderr());
 }
 
 #[test]

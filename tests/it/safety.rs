@@ -541,6 +541,43 @@ fn a_second_ctrl_c_quits_at_once_without_committing() {
 }
 
 #[test]
+fn a_signal_during_the_pre_run_check_exits_130_and_writes_nothing() {
+    for sig in ["TERM", "INT"] {
+        let db = TempDb::counters(10);
+        let plan = db.file("plan.json", &counter_plan("checking", 10));
+        let before = db.bytes();
+        // The check waits for this lock (up to --busy-timeout), so once the
+        // process has the file open it is surely still in the check.
+        let holder = db.conn();
+        holder.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        let mut p = spawn(
+            &run_args(
+                &db,
+                path_str(&plan),
+                &words("--listen 127.0.0.1:0 --busy-timeout 60000 --progress none"),
+            ),
+            |_| {},
+        );
+        wait_until_open(&mut p, &db.path);
+        p.signal(sig);
+        let status = p.wait_for(Duration::from_secs(20));
+        let err = p.stderr();
+        assert_eq!(
+            status.code(),
+            Some(130),
+            "SIG{sig}: {status}; stderr:\n{err}"
+        );
+        assert_eq!(
+            err.trim_end(),
+            "batchsse: interrupted during the pre-run check; nothing was written",
+            "SIG{sig}"
+        );
+        holder.execute_batch("ROLLBACK").unwrap();
+        assert!(db.bytes() == before, "SIG{sig}: the database changed");
+    }
+}
+
+#[test]
 fn every_bad_input_gets_a_clear_message_exit_2_and_an_untouched_database() {
     let db = TempDb::counters(20);
     let good = db.file("good.json", &counter_plan("good", 10));
@@ -837,6 +874,42 @@ fn a_locked_database_is_reported_after_the_busy_timeout_with_its_holder() {
     );
     holder.execute_batch("ROLLBACK").unwrap();
     assert_eq!(db.counter_spread(), (0, 10));
+}
+
+#[test]
+fn a_lock_met_mid_run_names_its_holder_and_the_busy_timeout() {
+    let db = TempDb::counters(20);
+    let plan = db.file("plan.json", &counter_plan("locked-later", 10));
+    let mut p = Proc::start(&run_args(
+        &db,
+        path_str(&plan),
+        &words("--listen 127.0.0.1:0 --wait-for-clients 1 --busy-timeout 200 --progress plain"),
+    ));
+    // The check is over (the server is up) and the first step waits for a
+    // client, so this lock is taken before any step starts.
+    let holder = db.conn();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let events = Stream::open(p.addr(), "/events", &[]).rest();
+    assert_eq!(p.wait().code(), Some(1), "{}", p.stderr());
+    let finished = data(events.last().expect("events"));
+    assert_eq!(finished["status"], "failed");
+    let error = finished["error"].as_str().expect("an error");
+    let holder_pid = format!("pid {} (", std::process::id());
+    for want in [
+        "database is locked by another connection",
+        &holder_pid,
+        "--busy-timeout 200 ms",
+        "raise --busy-timeout",
+    ] {
+        assert!(error.contains(want), "{want:?} missing from: {error}");
+        assert!(
+            p.stderr().contains(want),
+            "{want:?} missing from stderr: {}",
+            p.stderr()
+        );
+    }
+    holder.execute_batch("ROLLBACK").unwrap();
+    assert_eq!(db.counter_spread(), (0, 20));
 }
 
 fn v(args: &[&str]) -> Vec<String> {

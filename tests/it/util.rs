@@ -606,3 +606,44 @@ pub fn serving(db: &TempDb, plan: &str, extra: &[&str]) -> Proc {
     a.extend_from_slice(extra);
     Proc::start(&a)
 }
+
+/// Waits until process `pid` has the file `path` open (by its /proc fd
+/// table), failing the test after PATIENCE or if the process exits first.
+pub fn wait_until_open(p: &mut Proc, path: &Path) {
+    let want = std::fs::canonicalize(path).expect("canonical path");
+    let fds = PathBuf::from(format!("/proc/{}/fd", p.child.id()));
+    let start = Instant::now();
+    loop {
+        let open = std::fs::read_dir(&fds).is_ok_and(|d| {
+            d.flatten()
+                .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t == want))
+        });
+        if open {
+            return;
+        }
+        if let Some(status) = p.child.try_wait().expect("try_wait") {
+            panic!(
+                "batchsse exited ({status}) before opening {}; stderr:\n{}",
+                path.display(),
+                p.stderr()
+            );
+        }
+        assert!(
+            start.elapsed() < PATIENCE,
+            "batchsse never opened {}; stderr:\n{}",
+            path.display(),
+            p.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// For a test that cannot observe what it checks on this machine: a failure
+/// in CI (which must be able to), a printed skip elsewhere.
+pub fn skip_unless_ci(why: &str) {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "this test cannot run in CI: {why}"
+    );
+    eprintln!("skipped: {why}");
+}
