@@ -12,13 +12,13 @@ use std::time::Duration;
 use rusqlite::Connection;
 use tokio::sync::watch;
 
-use crate::checkpoint::Resume;
 use crate::cli::{PaceArgs, RunArgs, ServeArgs};
 use crate::error::{UsageError, exit};
 use crate::event::{Event, Level, RunStatus};
 use crate::event_log::EventLog;
+use crate::lifecycle::Cancel;
 use crate::plan::{self, Plan, Source};
-use crate::runner::{self, Cancel};
+use crate::run::{self as runner, Resume};
 use crate::server;
 use crate::terminal::{ProgressMode, Renderer};
 
@@ -73,7 +73,14 @@ pub fn open(
     progress: ProgressMode,
 ) -> Result<Session, UsageError> {
     let conn = runner::open_db(db, busy_timeout)?;
-    let plan = plan::prepare_resumable(source, &conn, opts.checkpoint && !force)?;
+    let resuming = opts.checkpoint && !force;
+    let plan = plan::prepare_resumable(source, &conn, |name| {
+        if resuming {
+            runner::checkpoint::finished_steps(&conn, name)
+        } else {
+            plan::Finished::new()
+        }
+    })?;
     runner::check(&plan, &opts)?;
     let fk = if plan.foreign_keys { "ON" } else { "OFF" };
     conn.execute_batch(&format!("PRAGMA foreign_keys = {fk}"))
@@ -393,15 +400,13 @@ async fn drive(
                 }
             }
         };
-        runner::run(
-            &conn,
-            &plan,
-            &opts,
-            &resume,
-            &runner_log,
-            &runner_cancel,
-            gate,
-        )
+        let job = runner::Job {
+            conn: &conn,
+            plan: &plan,
+            opts: &opts,
+            resume: &resume,
+        };
+        runner::run(job, &runner_log, &runner_cancel, gate)
     })
     .await;
     let status = match status {

@@ -11,7 +11,7 @@ use crate::app;
 use crate::cli::DemoArgs;
 use crate::error::UsageError;
 use crate::plan::Source;
-use crate::runner;
+use crate::run as runner;
 
 pub const SCHEMA: &str = include_str!("../sample-data/schema.sql");
 pub const GENERATE: &str = include_str!("../sample-data/generate.sql");

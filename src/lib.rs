@@ -3,7 +3,6 @@
 //! sample data. The command line in `main.rs` is the supported interface.
 
 pub mod app;
-pub mod checkpoint;
 pub mod cli;
 pub mod dashboard;
 pub mod demo;
@@ -12,8 +11,10 @@ pub mod error;
 pub mod event;
 pub mod event_log;
 pub mod fanout;
+pub mod human;
+pub mod lifecycle;
 pub mod plan;
-pub mod runner;
+pub mod run;
 pub mod server;
 pub mod sse;
 pub mod terminal;

@@ -7,8 +7,7 @@ use std::collections::HashMap;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::error::UsageError;
-use crate::plan::{Key, Plan, Step, sqlite_message};
-use crate::runner::Options;
+use crate::plan::{Key, Plan, Step, edited, sqlite_message};
 
 pub const TABLE: &str = "batchsse_checkpoint";
 
@@ -33,10 +32,35 @@ pub struct ChunkPos {
     pub changed: u64,
 }
 
+/// A step's state in the checkpoint (the table's `state` column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mark {
+    /// Some chunks committed; `last_key` says where the walk resumes.
+    Partial,
+    Done,
+}
+
+impl Mark {
+    fn as_str(self) -> &'static str {
+        match self {
+            Mark::Partial => "partial",
+            Mark::Done => "done",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Mark> {
+        match s {
+            "partial" => Some(Mark::Partial),
+            "done" => Some(Mark::Done),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Row {
     checksum: String,
-    done_state: bool,
+    mark: Mark,
     pos: ChunkPos,
 }
 
@@ -74,7 +98,8 @@ impl Resume {
                     r.get::<_, i64>(0)? as usize,
                     Row {
                         checksum: r.get(1)?,
-                        done_state: r.get::<_, String>(2)? == "done",
+                        // The table's CHECK allows only these two.
+                        mark: Mark::parse(&r.get::<_, String>(2)?).unwrap_or(Mark::Partial),
                         pos: ChunkPos {
                             last_key: r.get(3)?,
                             done: r.get::<_, i64>(4)?.max(0) as u64,
@@ -122,7 +147,9 @@ impl Resume {
     }
 
     pub fn is_done(&self, step: &Step) -> bool {
-        self.rows.get(&step.index).is_some_and(|r| r.done_state)
+        self.rows
+            .get(&step.index)
+            .is_some_and(|r| r.mark == Mark::Done)
     }
 
     pub fn already_applied(&self, plan: &Plan) -> bool {
@@ -133,7 +160,7 @@ impl Resume {
     pub fn chunk_position(&self, step: &Step) -> Option<&ChunkPos> {
         self.rows
             .get(&step.index)
-            .filter(|r| !r.done_state)
+            .filter(|r| r.mark == Mark::Partial)
             .map(|r| &r.pos)
     }
 
@@ -162,15 +189,6 @@ impl Resume {
         }
         text
     }
-}
-
-/// Step `index` was applied by an earlier run of `plan` and edited since.
-pub fn edited(index: usize, name: &str, plan: &str) -> UsageError {
-    UsageError::new(format!(
-        "step {} ({name:?}) has changed since it was applied by plan {plan:?}; \
-         revert the edit, give the plan a new \"name\" to start fresh, or pass --force to run the whole plan again",
-        index + 1
-    ))
 }
 
 /// The steps of `plan` an earlier run finished: index -> checksum. Empty
@@ -203,131 +221,128 @@ fn table_exists(conn: &Connection) -> Result<bool, UsageError> {
     .map_err(|e| UsageError::new(sqlite_message(&e)))
 }
 
-fn enabled(opts: &Options) -> bool {
-    opts.checkpoint && !opts.dry_run
+/// This run's writes to the checkpoint, for one plan: off with
+/// `--no-checkpoint` or `--dry-run`. Every write and check happens inside
+/// the caller's transaction, with the work it records.
+pub struct Checkpoint<'a> {
+    conn: &'a Connection,
+    plan: &'a Plan,
+    on: bool,
+    /// The table is known to exist (seen, or written by this run).
+    exists: std::cell::Cell<bool>,
 }
 
-/// Forgets an earlier run of `plan` (for `--force`), inside the caller's
-/// transaction.
-pub fn reset(conn: &Connection, plan: &Plan, opts: &Options) -> rusqlite::Result<()> {
-    if enabled(opts) && table_exists(conn).unwrap_or(false) {
-        conn.execute(
-            "DELETE FROM batchsse_checkpoint WHERE plan = ?1",
-            [&plan.name],
-        )?;
+impl<'a> Checkpoint<'a> {
+    pub fn new(conn: &'a Connection, plan: &'a Plan, on: bool) -> Self {
+        Checkpoint {
+            conn,
+            plan,
+            on,
+            exists: std::cell::Cell::new(false),
+        }
     }
-    Ok(())
-}
 
-/// True when the checkpoint of `step` is no longer what this run last left
-/// (`last_key`, or no row before its first write): another batchsse run is
-/// applying the same plan. Call inside the transaction, before any work, so
-/// the write lock makes the check and the work one step.
-pub fn moved(
-    conn: &Connection,
-    plan: &Plan,
-    step: &Step,
-    opts: &Options,
-    last_key: Option<&Key>,
-) -> rusqlite::Result<bool> {
-    if !enabled(opts) {
-        return Ok(false);
+    fn table_exists(&self) -> rusqlite::Result<bool> {
+        if !self.exists.get() {
+            let found = self
+                .conn
+                .prepare_cached("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1")?
+                .exists([TABLE])?;
+            self.exists.set(found);
+        }
+        Ok(self.exists.get())
     }
-    let row = conn
-        .prepare_cached(
-            "SELECT state, last_key FROM batchsse_checkpoint WHERE plan = ?1 AND step = ?2",
-        )
-        .and_then(|mut s| {
-            s.query_row(params![plan.name, step.index as i64], |r| {
+
+    /// Forgets an earlier run of the plan (for `--force`).
+    pub fn reset(&self) -> rusqlite::Result<()> {
+        if self.on && self.table_exists()? {
+            self.conn.execute(
+                "DELETE FROM batchsse_checkpoint WHERE plan = ?1",
+                [&self.plan.name],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// True when the checkpoint of `step` is no longer what this run last
+    /// left (`last_key`, or no row before its first write): another
+    /// batchsse run is applying the same plan. Call before any work, so the
+    /// write lock makes the check and the work one step.
+    pub fn moved(&self, step: &Step, last_key: Option<&Key>) -> rusqlite::Result<bool> {
+        if !self.on || !self.table_exists()? {
+            // No table: nothing has been recorded by anyone.
+            return Ok(self.on && last_key.is_some());
+        }
+        let row = self
+            .conn
+            .prepare_cached(
+                "SELECT state, last_key FROM batchsse_checkpoint WHERE plan = ?1 AND step = ?2",
+            )?
+            .query_row(params![self.plan.name, step.index as i64], |r| {
                 Ok((r.get::<_, String>(0)?, r.get::<_, Key>(1)?))
             })
-            .optional()
-        });
-    let row = match row {
-        Ok(row) => row,
-        // No checkpoint table yet: nothing has been recorded by anyone.
-        Err(e) if e.to_string().contains("no such table") => None,
-        Err(e) => return Err(e),
-    };
-    Ok(match (row, last_key) {
-        (None, None) => false,
-        (Some((state, key)), Some(expected)) => state != "partial" || key != *expected,
-        _ => true,
-    })
-}
-
-/// The message for `moved`.
-pub fn conflict(plan: &Plan) -> String {
-    format!(
-        "another batchsse run is applying plan {:?} to this database (its checkpoint moved under this run); let one run finish, then run the plan again to resume",
-        plan.name
-    )
-}
-
-/// Records a finished step; call inside the step's transaction.
-pub fn record_step(
-    conn: &Connection,
-    plan: &Plan,
-    step: &Step,
-    opts: &Options,
-    changed: u64,
-) -> rusqlite::Result<()> {
-    write(conn, plan, step, opts, "done", &Key::Null, changed, changed)
-}
-
-/// Records a committed chunk; call inside the chunk's transaction.
-pub fn record_chunk(
-    conn: &Connection,
-    plan: &Plan,
-    step: &Step,
-    opts: &Options,
-    last_key: &Key,
-    done: u64,
-    changed: u64,
-) -> rusqlite::Result<()> {
-    write(conn, plan, step, opts, "partial", last_key, done, changed)
-}
-
-/// Marks a chunked step whose chunks are all committed as done.
-pub fn finish_chunked(
-    conn: &Connection,
-    plan: &Plan,
-    step: &Step,
-    opts: &Options,
-    done: u64,
-    changed: u64,
-) -> rusqlite::Result<()> {
-    write(conn, plan, step, opts, "done", &Key::Null, done, changed)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn write(
-    conn: &Connection,
-    plan: &Plan,
-    step: &Step,
-    opts: &Options,
-    state: &str,
-    last_key: &Key,
-    done: u64,
-    changed: u64,
-) -> rusqlite::Result<()> {
-    if !enabled(opts) {
-        return Ok(());
+            .optional()?;
+        Ok(match (row, last_key) {
+            (None, None) => false,
+            (Some((state, key)), Some(expected)) => {
+                Mark::parse(&state) != Some(Mark::Partial) || key != *expected
+            }
+            _ => true,
+        })
     }
-    conn.prepare_cached(CREATE)?.execute([])?;
-    conn.prepare_cached(
-        "INSERT OR REPLACE INTO batchsse_checkpoint (plan, step, checksum, name, state, last_key, done, changed)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )?
-    .execute(params![
-        plan.name,
-        step.index as i64,
-        step.checksum,
-        step.name,
-        state,
-        last_key,
-        done as i64,
-        changed as i64
-    ])?;
-    Ok(())
+
+    /// The message for [`Checkpoint::moved`].
+    pub fn conflict(&self) -> String {
+        format!(
+            "another batchsse run is applying plan {:?} to this database (its checkpoint moved under this run); let one run finish, then run the plan again to resume",
+            self.plan.name
+        )
+    }
+
+    /// Records a finished step (a plain one: `done` = `changed`).
+    pub fn step_done(&self, step: &Step, done: u64, changed: u64) -> rusqlite::Result<()> {
+        self.write(step, Mark::Done, &Key::Null, done, changed)
+    }
+
+    /// Records a committed chunk of a step that goes on after `last_key`.
+    pub fn chunk_done(
+        &self,
+        step: &Step,
+        last_key: &Key,
+        done: u64,
+        changed: u64,
+    ) -> rusqlite::Result<()> {
+        self.write(step, Mark::Partial, last_key, done, changed)
+    }
+
+    fn write(
+        &self,
+        step: &Step,
+        mark: Mark,
+        last_key: &Key,
+        done: u64,
+        changed: u64,
+    ) -> rusqlite::Result<()> {
+        if !self.on {
+            return Ok(());
+        }
+        self.conn.prepare_cached(CREATE)?.execute([])?;
+        self.exists.set(true);
+        self.conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO batchsse_checkpoint (plan, step, checksum, name, state, last_key, done, changed)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                self.plan.name,
+                step.index as i64,
+                step.checksum,
+                step.name,
+                mark.as_str(),
+                last_key,
+                done as i64,
+                changed as i64
+            ])?;
+        Ok(())
+    }
 }

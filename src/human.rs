@@ -1,0 +1,58 @@
+//! Numbers and durations as people read them, shared by the terminal, the
+//! runner's messages and `watch`, so every place says the same thing.
+//! (The dashboard's script follows the same rules in its own `fmt`.)
+
+/// `1234567` as `1,234,567`.
+pub fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Milliseconds as a short human duration: `850 ms`, `2.5 s`, `3m07s`.
+pub fn duration(ms: u64) -> String {
+    match ms {
+        0..1000 => format!("{ms} ms"),
+        1000..60_000 => format!("{:.1} s", ms as f64 / 1000.0),
+        _ => format!("{}m{:02}s", ms / 60_000, (ms % 60_000) / 1000),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_and_durations_read_as_people_write_them() {
+        let t: Vec<String> = [0, 999, 1000, 1234567, u64::MAX]
+            .into_iter()
+            .map(thousands)
+            .collect();
+        assert_eq!(
+            t,
+            [
+                "0",
+                "999",
+                "1,000",
+                "1,234,567",
+                "18,446,744,073,709,551,615"
+            ]
+        );
+        let d: Vec<String> = [0, 999, 1000, 2549, 59_999, 60_000, 187_000]
+            .into_iter()
+            .map(duration)
+            .collect();
+        assert_eq!(
+            d,
+            [
+                "0 ms", "999 ms", "1.0 s", "2.5 s", "60.0 s", "1m00s", "3m07s"
+            ]
+        );
+    }
+}

@@ -1,0 +1,646 @@
+//! The pre-run check: every statement compiled against an empty in-memory
+//! copy of the database's schema (schema statements run on it), bounded in
+//! time and memory, with SQLite's authorizer watching what a step writes.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use fallible_iterator::FallibleIterator;
+use rusqlite::{Batch, Connection, OptionalExtension};
+
+use super::{
+    Chunk, ChunkFile, ROWID_NAMES, chunk_size, classify, db_open_message, first_keyword, quote,
+    short, sqlite_message,
+};
+use crate::error::UsageError;
+
+/// An in-memory database holding the real one's schema and nothing else.
+pub(super) struct Rehearsal {
+    conn: Connection,
+    /// False when some schema object could not be copied (a virtual table
+    /// whose module this build lacks, say) or a statement could not be
+    /// rehearsed; then only errors no schema could explain (syntax) are
+    /// reported up front.
+    complete: std::cell::Cell<bool>,
+    /// When the current statement is cut short (read by the progress
+    /// handler) and when the whole rehearsal's time is spent.
+    deadline: Arc<Mutex<Instant>>,
+    spent_at: Instant,
+    /// Every column write SQLite's authorizer saw since last taken.
+    writes: Writes,
+}
+
+/// Column writes seen by the authorizer while a statement compiled,
+/// triggers' included: `(table, column, trigger)`, in the main schema.
+#[derive(Clone, Default)]
+struct Writes(Arc<Mutex<Vec<Write>>>);
+
+/// A column write: `(table, column, the trigger that writes it)`.
+type Write = (String, String, Option<String>);
+
+impl Writes {
+    fn take(&self) -> Vec<Write> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn record(&self, ctx: rusqlite::hooks::AuthContext<'_>) -> rusqlite::hooks::Authorization {
+        if let rusqlite::hooks::AuthAction::Update {
+            table_name,
+            column_name,
+        } = ctx.action
+            && ctx.database_name == Some("main")
+        {
+            let seen = (
+                table_name.to_owned(),
+                column_name.to_owned(),
+                ctx.accessor.map(str::to_owned),
+            );
+            self.0.lock().unwrap_or_else(|p| p.into_inner()).push(seen);
+        }
+        rusqlite::hooks::Authorization::Allow
+    }
+}
+
+/// The rehearsal's bounds, so the check costs about the same whatever a
+/// plan does. Only statements that may change the schema run, on empty
+/// tables, so only one that makes its own data (`CREATE TABLE … AS` over a
+/// recursive CTE) meets them; it is cut short and the copy marked
+/// incomplete.
+mod bounds {
+    use std::time::Duration;
+    /// All statements together, then…
+    pub const TOTAL: Duration = Duration::from_millis(400);
+    /// …each one after that (DDL on empty tables takes microseconds).
+    pub const EACH_AFTER: Duration = Duration::from_millis(10);
+    /// Pages of the in-memory copy and of its temp database: 32 MiB each.
+    pub const PAGES: i64 = 8192;
+    /// The longest string or blob a rehearsed statement may make.
+    pub const LENGTH: i32 = 8 << 20;
+}
+
+impl Rehearsal {
+    pub(super) fn new(db: &Connection) -> Result<Self, UsageError> {
+        let mut conn = Connection::open_in_memory()
+            .map_err(|e| UsageError::new(format!("cannot open an in-memory database: {e}")))?;
+        // As in the real run (and the sqlite3 shell); constraint errors on
+        // the empty copy are not reported anyway, see `run_in_rehearsal`.
+        let _ = conn.execute_batch("PRAGMA foreign_keys = OFF");
+        // Sorts and temp tables spill to a file past the page cache instead
+        // of growing in memory (this build keeps them in memory by default).
+        let _ = conn.execute_batch(&format!(
+            "PRAGMA temp_store = FILE; PRAGMA main.max_page_count = {p}; PRAGMA temp.max_page_count = {p}",
+            p = bounds::PAGES
+        ));
+        conn.set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH, bounds::LENGTH)
+            .map_err(|e| UsageError::new(format!("cannot bound the pre-run check: {e}")))?;
+        let started = Instant::now();
+        let deadline = Arc::new(Mutex::new(started + bounds::TOTAL));
+        let cut = Arc::clone(&deadline);
+        conn.progress_handler(
+            1000,
+            Some(move || Instant::now() > *cut.lock().unwrap_or_else(|p| p.into_inner())),
+        )
+        .map_err(|e| UsageError::new(format!("cannot bound the pre-run check: {e}")))?;
+        let writes = Writes::default();
+        let seen = writes.clone();
+        conn.authorizer(Some(move |ctx: rusqlite::hooks::AuthContext<'_>| {
+            seen.record(ctx)
+        }))
+        .map_err(|e| UsageError::new(format!("cannot set up the pre-run check: {e}")))?;
+        let mut complete = true;
+        let schema: Vec<(String, String)> = db
+            .prepare(
+                "SELECT type, sql FROM sqlite_schema
+                 WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%' ORDER BY rowid",
+            )
+            .and_then(|mut s| {
+                s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<_, _>>()
+            })
+            .map_err(|e| UsageError::new(db_open_message(&e)))?;
+        for (kind, sql) in schema {
+            if kind == "trigger" || kind == "view" {
+                continue; // added below, once every table exists
+            }
+            complete &= conn.execute_batch(&sql).is_ok();
+        }
+        let later: Vec<String> = db
+            .prepare(
+                "SELECT sql FROM sqlite_schema WHERE type IN ('view','trigger') AND sql IS NOT NULL ORDER BY rowid",
+            )
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect::<Result<_, _>>())
+            .map_err(|e| UsageError::new(db_open_message(&e)))?;
+        for sql in later {
+            complete &= conn.execute_batch(&sql).is_ok();
+        }
+        Ok(Rehearsal {
+            conn,
+            complete: std::cell::Cell::new(complete),
+            deadline,
+            spent_at: started + bounds::TOTAL,
+            writes,
+        })
+    }
+
+    /// Makes foreign-key actions part of what a statement writes, as the
+    /// plan's `foreign_keys` does for the real run.
+    pub(super) fn set_foreign_keys(&self, on: bool) {
+        let _ = self.conn.pragma_update(None, "foreign_keys", on);
+    }
+
+    /// Sets when the next statement is cut short: at the end of the
+    /// rehearsal's time, or a moment from now once that is spent.
+    fn arm(&self) {
+        let now = Instant::now();
+        let at = if now < self.spent_at {
+            self.spent_at
+        } else {
+            now + bounds::EACH_AFTER
+        };
+        *self.deadline.lock().unwrap_or_else(|p| p.into_inner()) = at;
+    }
+
+    /// Checks and rehearses a plain step, which may hold several statements.
+    /// Returns whether it must run outside a transaction.
+    pub(super) fn rehearse_plain(&self, label: &str, sql: &str) -> Result<bool, UsageError> {
+        let mut autocommit = false;
+        let mut count = 0;
+        let mut batch = Batch::new(&self.conn, sql);
+        loop {
+            let stmt = match batch.next() {
+                Ok(Some(s)) => s,
+                Ok(None) => break,
+                Err(e) => return self.failure(label, sql, &e),
+            };
+            count += 1;
+            if let Some(names) = parameter_names(&stmt) {
+                return Err(UsageError::new(format!(
+                    "{label} uses {names}, but only chunked steps get parameters (:lo and :hi); add a \"chunk\", or write the value into the SQL"
+                )));
+            }
+            let text = stmt.expanded_sql().unwrap_or_default();
+            let own = classify(label, &text)?;
+            autocommit |= own;
+            drop(stmt);
+            self.run(label, &text)?;
+        }
+        if count == 0 {
+            return Err(UsageError::new(format!(
+                "{label} has no SQL statement, only comments or whitespace"
+            )));
+        }
+        if autocommit && count > 1 {
+            return Err(UsageError::new(format!(
+                "{label} mixes a statement that must run outside a transaction (VACUUM, ATTACH, PRAGMA) with others; give it a step of its own"
+            )));
+        }
+        Ok(autocommit)
+    }
+
+    /// Checks and rehearses one statement of a SQL script.
+    pub(super) fn rehearse_script_statement(
+        &self,
+        origin: &str,
+        label: &str,
+        sql: &str,
+    ) -> Result<(), UsageError> {
+        let stmt = match self.conn.prepare(sql) {
+            Ok(stmt) => Some(stmt),
+            Err(e) => {
+                // An incomplete schema copy may explain it (then the real
+                // run finds out); without one it is the script's error.
+                self.failure(label, sql, &e)
+                    .map_err(|e| UsageError::new(format!("{origin}: {}", e.0.trim_end())))?;
+                None
+            }
+        };
+        if let Some(stmt) = stmt {
+            if let Some(names) = parameter_names(&stmt) {
+                return Err(UsageError::new(format!(
+                    "{origin}: {label} uses {names}; SQL scripts can't bind parameters. Write the value into the SQL, or use a JSON plan with a \"chunk\" for :lo/:hi"
+                )));
+            }
+            drop(stmt);
+            self.run(label, sql)?;
+        }
+        Ok(())
+    }
+
+    /// The chunking of a step the checkpoint records as done: it will be
+    /// skipped, so its table may be gone or changed since; resolved as
+    /// usual when it can be, as written otherwise.
+    pub(super) fn finished_chunk(&self, label: &str, c: ChunkFile) -> Result<Chunk, UsageError> {
+        let size = chunk_size(label, &c)?;
+        let resolved = self
+            .table(label, &c.table)
+            .and_then(|t| Ok((self.unique_key(label, &t, c.key.as_deref())?.0, t)));
+        Ok(match resolved {
+            Ok((mut chunk, table)) => {
+                chunk.table = table;
+                chunk.size = size;
+                chunk
+            }
+            Err(_) => {
+                let key = c.key.unwrap_or_else(|| "rowid".into());
+                Chunk {
+                    key_sql: quote(&key),
+                    table: c.table,
+                    key,
+                    rowid: false,
+                    size,
+                }
+            }
+        })
+    }
+
+    /// Compiles and runs one statement on the copy. A statement that does
+    /// not compile is the plan's error; one that compiles but fails on the
+    /// empty tables (a constraint, a trigger's RAISE) depends on data, so it
+    /// is left to the real run, and the copy may have drifted from then on.
+    fn run(&self, label: &str, sql: &str) -> Result<(), UsageError> {
+        self.arm();
+        match run_in_rehearsal(&self.conn, sql) {
+            Ok(()) => {}
+            Err(Rehearsed::Compile(e)) => {
+                self.failure(label, sql, &e)?;
+            }
+            // Cut short, it may have left the copy's schema behind the
+            // real one's (a `CREATE TABLE … AS` of generated rows).
+            Err(Rehearsed::Run | Rehearsed::Cut) => self.complete.set(false),
+        }
+        if first_keyword(sql) == "ATTACH" {
+            // The attached file is not copied, so statements using it are
+            // checked when they run.
+            self.complete.set(false);
+        }
+        Ok(())
+    }
+
+    pub(super) fn rehearse_chunked(
+        &self,
+        label: &str,
+        sql: &str,
+        c: ChunkFile,
+    ) -> Result<Chunk, UsageError> {
+        let size = chunk_size(label, &c)?;
+        let table = self.table(label, &c.table)?;
+        let (mut chunk, key_names) = self.unique_key(label, &table, c.key.as_deref())?;
+        chunk.size = size;
+        let key = chunk.key.clone();
+        self.writes.take();
+        let mut batch = Batch::new(&self.conn, sql);
+        let stmt = match batch.next() {
+            Ok(Some(s)) => s,
+            Ok(None) => return Err(UsageError::new(format!("{label} has no SQL statement"))),
+            Err(e) => {
+                return Err(UsageError::new(format!(
+                    "{label} is not valid SQL for this database: {}\n  in: {}",
+                    sqlite_message(&e),
+                    short(sql.trim(), 200)
+                )));
+            }
+        };
+        let lo = stmt.parameter_index(":lo").ok().flatten();
+        let hi = stmt.parameter_index(":hi").ok().flatten();
+        if lo.is_none() || hi.is_none() {
+            return Err(UsageError::new(format!(
+                "{label} is chunked but its SQL lacks :lo and :hi; add e.g. \"WHERE {key} BETWEEN :lo AND :hi\" so each chunk touches only its keys"
+            )));
+        }
+        for i in 1..=stmt.parameter_count() {
+            if let Some(p) = stmt.parameter_name(i)
+                && p != ":lo"
+                && p != ":hi"
+            {
+                return Err(UsageError::new(format!(
+                    "{label} uses the parameter {p}, but a chunked step binds only :lo and :hi"
+                )));
+            }
+        }
+        // Compiled is checked: running it on the empty copy would change
+        // nothing but rows, which the check has no use for.
+        drop(stmt);
+        self.refuse_key_writes(label, &table, &key_names)?;
+        match batch.next() {
+            Ok(None) => {}
+            _ => {
+                return Err(UsageError::new(format!(
+                    "{label} is chunked and must be one statement; split the rest into steps of their own"
+                )));
+            }
+        }
+        chunk.table = table;
+        Ok(chunk)
+    }
+
+    /// Refuses a chunked step that writes its own key (directly or through
+    /// a trigger), as the authorizer saw while it compiled: the walk goes in
+    /// key order, so a row whose key moved ahead would be visited again.
+    fn refuse_key_writes(
+        &self,
+        label: &str,
+        table: &str,
+        key_names: &[String],
+    ) -> Result<(), UsageError> {
+        let hit = self.writes.take().into_iter().find(|(t, c, _)| {
+            t.eq_ignore_ascii_case(table) && key_names.iter().any(|k| k.eq_ignore_ascii_case(c))
+        });
+        let Some((_, column, trigger)) = hit else {
+            return Ok(());
+        };
+        let via = trigger.map_or_else(String::new, |t| format!(" (through trigger {t:?})"));
+        let column = if column == "ROWID" {
+            "rowid".into()
+        } else {
+            column
+        };
+        Err(UsageError::new(format!(
+            "{label} changes its own chunk key: it writes {table}.{column}{via}. The walk goes in key order, so a row whose key moves ahead would be visited again and one that moves back skipped. Chunk by a key the step does not change (rowid, or another unique column), or make it a plain step"
+        )))
+    }
+
+    /// The table's name as the schema spells it.
+    fn table(&self, label: &str, name: &str) -> Result<String, UsageError> {
+        let found: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT name FROM sqlite_schema WHERE type = 'table' AND name = ?1 COLLATE NOCASE",
+                [name],
+                |r| r.get(0),
+            )
+            .optional()
+            .unwrap_or(None);
+        found.ok_or_else(|| {
+            UsageError::new(format!(
+                "{label}: chunk.table {name:?} is not a table in this database{}; check the name",
+                self.known_tables()
+            ))
+        })
+    }
+
+    fn known_tables(&self) -> String {
+        let names: Vec<String> = self
+            .conn
+            .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .unwrap_or_default();
+        if names.is_empty() {
+            String::new()
+        } else {
+            format!(" (tables: {})", names.join(", "))
+        }
+    }
+
+    /// Resolves the chunk key and checks that it is unique, as keyset
+    /// pagination needs. The returned chunk has the key filled in; its
+    /// table and size are the caller's to set. Also returns the names under
+    /// which SQLite's authorizer reports a write to the key.
+    fn unique_key(
+        &self,
+        label: &str,
+        table: &str,
+        key: Option<&str>,
+    ) -> Result<(Chunk, Vec<String>), UsageError> {
+        let columns: Vec<(String, String, i64)> = self
+            .conn
+            .prepare(&format!("PRAGMA table_info({})", quote(table)))
+            .and_then(|mut s| {
+                s.query_map([], |r| Ok((r.get(1)?, r.get(2)?, r.get(5)?)))?
+                    .collect()
+            })
+            .unwrap_or_default();
+        let without_rowid = self
+            .conn
+            .query_row(
+                "SELECT wr FROM pragma_table_list WHERE schema = 'main' AND name = ?1",
+                [table],
+                |r| r.get::<_, bool>(0),
+            )
+            .unwrap_or(false);
+        let pk: Vec<&(String, String, i64)> = columns.iter().filter(|c| c.2 > 0).collect();
+        let is_column = |name: &str| columns.iter().any(|c| c.0.eq_ignore_ascii_case(name));
+        // `INTEGER PRIMARY KEY DESC` is not a rowid alias, and a real
+        // alias has no index of its own.
+        let alias = match pk.as_slice() {
+            [one]
+                if one.1.eq_ignore_ascii_case("integer")
+                    && !without_rowid
+                    && !self.has_pk_index(table) =>
+            {
+                Some(one.0.clone())
+            }
+            _ => None,
+        };
+        // A column may be named rowid, _rowid_ or oid and hide the real
+        // rowid behind that name: address it by a name no column takes, or
+        // by its INTEGER PRIMARY KEY alias.
+        let rowid_sql = (!without_rowid).then(|| {
+            ROWID_NAMES
+                .iter()
+                .find(|n| !is_column(n))
+                .map(|n| (*n).to_owned())
+                .or_else(|| alias.as_deref().map(quote))
+        });
+        let rowid_chunk = |key: String, key_sql: String| {
+            let names = std::iter::once("ROWID".to_owned()).chain(alias.clone());
+            let chunk = Chunk {
+                table: String::new(),
+                key,
+                key_sql,
+                rowid: true,
+                size: 0,
+            };
+            (chunk, names.collect())
+        };
+        let Some(wanted) = key else {
+            return match rowid_sql {
+                Some(Some(sql)) => Ok(rowid_chunk("rowid".into(), sql)),
+                Some(None) => Err(UsageError::new(format!(
+                    "{label}: {table} has columns named rowid, _rowid_ and oid, which hide its rowid; set chunk.key to a unique column"
+                ))),
+                None => Err(self.not_a_column(label, table, "rowid", &columns, &pk, true)),
+            };
+        };
+        let Some(column) = columns.iter().find(|c| c.0.eq_ignore_ascii_case(wanted)) else {
+            let is_rowid_name = ROWID_NAMES.iter().any(|a| a.eq_ignore_ascii_case(wanted));
+            return match rowid_sql {
+                Some(Some(sql)) if is_rowid_name => Ok(rowid_chunk(wanted.to_owned(), sql)),
+                _ => Err(self.not_a_column(label, table, wanted, &columns, &pk, without_rowid)),
+            };
+        };
+        let name = column.0.clone();
+        let unique = (pk.len() == 1 && pk[0].0 == name) || self.has_unique_index(table, &name);
+        if !unique {
+            return Err(UsageError::new(format!(
+                "{label}: chunk.key {name:?} is not unique in {table}; chunking needs a unique key (rowid, the primary key, or a column with a UNIQUE index)"
+            )));
+        }
+        if alias.as_deref() == Some(name.as_str()) {
+            // The alias is the rowid: walk it as one (dense arithmetic),
+            // by a plain rowid name where one is free.
+            let sql = match rowid_sql {
+                Some(Some(sql)) => sql,
+                _ => quote(&name),
+            };
+            return Ok(rowid_chunk(name, sql));
+        }
+        let chunk = Chunk {
+            table: String::new(),
+            key_sql: quote(&name),
+            key: name.clone(),
+            rowid: false,
+            size: 0,
+        };
+        Ok((chunk, vec![name]))
+    }
+
+    fn not_a_column(
+        &self,
+        label: &str,
+        table: &str,
+        wanted: &str,
+        columns: &[(String, String, i64)],
+        pk: &[&(String, String, i64)],
+        without_rowid: bool,
+    ) -> UsageError {
+        let hint = match (without_rowid, pk) {
+            (true, [one]) => format!(
+                "; {table} is WITHOUT ROWID, so use its primary key: \"key\": {:?}",
+                one.0
+            ),
+            _ => format!(
+                " (columns: {})",
+                columns
+                    .iter()
+                    .map(|c| c.0.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        UsageError::new(format!(
+            "{label}: chunk.key {wanted:?} is not a column of {table}{hint}"
+        ))
+    }
+
+    fn has_pk_index(&self, table: &str) -> bool {
+        self.conn
+            .prepare(&format!("PRAGMA index_list({})", quote(table)))
+            .and_then(|mut s| {
+                s.query_map([], |r| r.get::<_, String>(3))?
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .is_ok_and(|origins| origins.iter().any(|o| o == "pk"))
+    }
+
+    fn has_unique_index(&self, table: &str, column: &str) -> bool {
+        let indexes: Vec<(String, bool, bool)> = self
+            .conn
+            .prepare(&format!("PRAGMA index_list({})", quote(table)))
+            .and_then(|mut s| {
+                s.query_map([], |r| Ok((r.get(1)?, r.get(2)?, r.get(4)?)))?
+                    .collect()
+            })
+            .unwrap_or_default();
+        indexes.iter().any(|(idx, unique, partial)| {
+            *unique
+                && !*partial
+                && self
+                    .conn
+                    .prepare(&format!("PRAGMA index_info({})", quote(idx)))
+                    .and_then(|mut s| {
+                        s.query_map([], |r| r.get::<_, Option<String>>(2))?
+                            .collect()
+                    })
+                    .map(|cols: Vec<Option<String>>| {
+                        cols.len() == 1 && cols[0].as_deref() == Some(column)
+                    })
+                    .unwrap_or(false)
+        })
+    }
+
+    /// Turns a rehearsal error into a usage error, unless an incomplete
+    /// schema copy could explain it.
+    fn failure(&self, label: &str, sql: &str, e: &rusqlite::Error) -> Result<bool, UsageError> {
+        if is_cut(e) {
+            // The check's own bounds, not the plan's fault (a huge literal).
+            self.complete.set(false);
+            return Ok(false);
+        }
+        let msg = sqlite_message(e);
+        let syntax = msg.contains("syntax error") || msg.contains("incomplete input");
+        if self.complete.get() || syntax {
+            return Err(UsageError::new(format!(
+                "{label} is not valid SQL for this database: {msg}\n  in: {}\n  fix the statement; nothing was run",
+                short(sql.trim(), 200)
+            )));
+        }
+        Ok(false)
+    }
+}
+
+/// "the parameter :v" / "the parameters :a, ?2" when a statement has any.
+pub(crate) fn parameter_names(stmt: &rusqlite::Statement<'_>) -> Option<String> {
+    let n = stmt.parameter_count();
+    let names: Vec<String> = (1..=n)
+        .map(|i| {
+            stmt.parameter_name(i)
+                .map_or_else(|| format!("?{i}"), str::to_owned)
+        })
+        .collect();
+    match names.as_slice() {
+        [] => None,
+        [one] => Some(format!("the parameter {one}")),
+        many => Some(format!("the parameters {}", many.join(", "))),
+    }
+}
+
+/// Runs a statement on the rehearsal copy if it may change the schema, so
+/// later statements compile against the schema they will meet. The rest is
+/// only compiled: statements that change only rows (their effect on the
+/// empty copy is of no use to the check, and one that generates its own
+/// rows would cost as much as the real run), and those that would touch
+/// files (ATTACH, VACUUM INTO) or that the real run handles itself.
+fn run_in_rehearsal(conn: &Connection, sql: &str) -> Result<(), Rehearsed> {
+    let word = first_keyword(sql);
+    if changes_only_rows(sql) || matches!(word.as_str(), "ATTACH" | "DETACH" | "VACUUM") {
+        return conn.prepare(sql).map(|_| ()).map_err(Rehearsed::Compile);
+    }
+    let mut stmt = conn.prepare(sql).map_err(Rehearsed::Compile)?;
+    let mut rows = stmt.raw_query();
+    loop {
+        match rows.next() {
+            Ok(Some(_)) => {}
+            Ok(None) => return Ok(()),
+            Err(e) if is_cut(&e) => return Err(Rehearsed::Cut),
+            Err(_) => return Err(Rehearsed::Run),
+        }
+    }
+}
+
+/// The rehearsal's bounds stopped a statement: its time, pages or the
+/// length of a value.
+fn is_cut(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode::*;
+    matches!(
+        e.sqlite_error_code(),
+        Some(OperationInterrupted | DiskFull | TooBig | OutOfMemory)
+    )
+}
+
+/// A statement that changes rows, never the schema.
+fn changes_only_rows(sql: &str) -> bool {
+    matches!(
+        first_keyword(sql).as_str(),
+        "INSERT" | "UPDATE" | "DELETE" | "REPLACE" | "SELECT" | "VALUES" | "WITH"
+    )
+}
+
+/// How a rehearsed statement failed.
+enum Rehearsed {
+    /// It does not compile against the schema: the plan is wrong.
+    Compile(rusqlite::Error),
+    /// It compiled but failed on the empty copy: depends on data.
+    Run,
+    /// The rehearsal's bounds stopped it.
+    Cut,
+}

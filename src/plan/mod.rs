@@ -1,0 +1,673 @@
+//! Plans: loading a JSON plan or a SQL script, splitting scripts by
+//! SQLite's own rule for a complete statement, and validating every step
+//! before anything runs by compiling the whole plan against an empty
+//! in-memory copy of the database's schema, bounded in time and memory.
+
+mod check;
+mod split;
+
+use rusqlite::{Connection, types::Value};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::error::UsageError;
+use check::Rehearsal;
+pub(crate) use check::parameter_names;
+use split::split_statements;
+
+/// Where a plan came from, before it is checked against a database.
+#[derive(Debug, Clone)]
+pub enum Source {
+    Json { name: String, text: String },
+    Sql { name: String, text: String },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub name: String,
+    pub steps: Vec<Step>,
+    pub foreign_keys: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    pub index: usize,
+    pub name: String,
+    pub sql: String,
+    pub chunk: Option<Chunk>,
+    /// Statements SQLite refuses inside a transaction (VACUUM, ATTACH, some
+    /// PRAGMAs) run on their own, in autocommit mode.
+    pub autocommit: bool,
+    /// Identifies the step's work for checkpoints: its SQL and chunking.
+    pub checksum: String,
+}
+
+impl Step {
+    /// PRAGMA, ATTACH and DETACH set up this connection only, so a resumed
+    /// run does them again even when the checkpoint has them done.
+    pub fn sets_up_connection(&self) -> bool {
+        self.autocommit && sets_up_connection(&self.sql)
+    }
+}
+
+fn sets_up_connection(sql: &str) -> bool {
+    matches!(first_keyword(sql).as_str(), "PRAGMA" | "ATTACH" | "DETACH")
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Chunk {
+    pub table: String,
+    /// The key as SQL: a name of the real rowid that no column shadows
+    /// (`rowid`, `_rowid_` or `oid`), or a quoted column name.
+    pub key_sql: String,
+    pub key: String,
+    /// The walk is over the table's real rowid (the default key, or an
+    /// `INTEGER PRIMARY KEY` alias of it), so dense rowids chunk by
+    /// arithmetic and every row has a key.
+    pub rowid: bool,
+    pub size: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlanFile {
+    name: Option<String>,
+    #[serde(default)]
+    foreign_keys: bool,
+    steps: Vec<StepFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StepFile {
+    name: Option<String>,
+    sql: String,
+    chunk: Option<ChunkFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChunkFile {
+    table: String,
+    key: Option<String>,
+    size: Option<u64>,
+}
+
+/// SQLite's names for a table's rowid; a column of the same name hides it.
+const ROWID_NAMES: [&str; 3] = ["rowid", "_rowid_", "oid"];
+
+/// The chunk size when a plan gives none.
+pub const DEFAULT_CHUNK_SIZE: u64 = 1000;
+
+impl Source {
+    pub fn name(&self) -> &str {
+        match self {
+            Source::Json { name, .. } | Source::Sql { name, .. } => name,
+        }
+    }
+}
+
+/// Parses and checks a plan against the database it will run on. Nothing is
+/// written to `db`: statements are checked on an in-memory schema copy.
+pub fn prepare(source: &Source, db: &Connection) -> Result<Plan, UsageError> {
+    prepare_resumable(source, db, |_| Finished::new())
+}
+
+/// As [`prepare`], for a run that resumes: `finished` gives, by plan name,
+/// the steps an earlier run finished (from the checkpoint). Those are not
+/// rehearsed: they will be skipped, and their effects are already in the
+/// schema, where running them again could fail (`ADD COLUMN` twice). They
+/// are still parsed and checksummed, so an edit is still caught.
+pub fn prepare_resumable(
+    source: &Source,
+    db: &Connection,
+    finished: impl FnOnce(&str) -> Finished,
+) -> Result<Plan, UsageError> {
+    let rehearsal = Rehearsal::new(db)?;
+    match source {
+        Source::Json { name, text } => prepare_json(name, text, &rehearsal, finished),
+        Source::Sql { name, text } => prepare_sql(name, text, &rehearsal, finished(name)),
+    }
+}
+
+/// Step index -> checksum, for the steps a checkpoint records as done.
+pub type Finished = std::collections::HashMap<usize, String>;
+
+fn prepare_json(
+    origin: &str,
+    text: &str,
+    r: &Rehearsal,
+    finished: impl FnOnce(&str) -> Finished,
+) -> Result<Plan, UsageError> {
+    if text.trim().is_empty() {
+        return Err(UsageError::new(format!(
+            "the plan {origin} is empty; give a JSON plan such as {{\"name\": \"x\", \"steps\": [{{\"sql\": \"…\"}}]}}"
+        )));
+    }
+    let file: PlanFile = serde_json::from_str(text).map_err(|e| {
+        UsageError::new(format!(
+            "invalid plan {origin} at line {}, column {}: {}",
+            e.line(),
+            e.column(),
+            strip_position(&e.to_string())
+        ))
+    })?;
+    if file.steps.is_empty() {
+        return Err(UsageError::new(format!(
+            "the plan {origin} has no steps; add at least one {{\"sql\": \"…\"}} to \"steps\""
+        )));
+    }
+    let plan_name = file
+        .name
+        .filter(|n| !n.trim().is_empty())
+        .unwrap_or_else(|| origin.to_owned());
+    let finished = finished(&plan_name);
+    // So the authorizer sees the writes of foreign-key actions too.
+    r.set_foreign_keys(file.foreign_keys);
+    let mut steps = Vec::with_capacity(file.steps.len());
+    for (index, s) in file.steps.into_iter().enumerate() {
+        let name = match s.name.as_deref().map(str::trim) {
+            Some(n) if !n.is_empty() => n.to_owned(),
+            _ => step_name_from_sql(&s.sql).unwrap_or_else(|| format!("step {}", index + 1)),
+        };
+        let label = format!("step {} ({name:?})", index + 1);
+        if s.sql.trim().is_empty() {
+            return Err(UsageError::new(format!(
+                "{label} has no SQL; fill in \"sql\""
+            )));
+        }
+        if s.sql.contains('\0') {
+            return Err(UsageError::new(format!(
+                "{label}: its SQL contains a NUL character (\\u0000), where SQLite would stop reading; remove it"
+            )));
+        }
+        let sum = checksum(
+            &s.sql,
+            s.chunk
+                .as_ref()
+                .map(|c| (c.table.as_str(), c.key.as_deref().unwrap_or(""))),
+        );
+        let done = skipped_on_resume(&finished, index, &sum, &s.sql, &name, &plan_name)?;
+        let (chunk, autocommit) = match s.chunk {
+            None if done => (None, classify(&label, &s.sql)?),
+            None => (None, r.rehearse_plain(&label, &s.sql)?),
+            Some(c) if done => (Some(r.finished_chunk(&label, c)?), false),
+            Some(c) => (Some(r.rehearse_chunked(&label, &s.sql, c)?), false),
+        };
+        steps.push(Step {
+            index,
+            name,
+            checksum: sum,
+            sql: s.sql,
+            chunk,
+            autocommit,
+        });
+    }
+    Ok(Plan {
+        name: plan_name,
+        steps,
+        foreign_keys: file.foreign_keys,
+    })
+}
+
+fn prepare_sql(
+    origin: &str,
+    text: &str,
+    r: &Rehearsal,
+    finished: Finished,
+) -> Result<Plan, UsageError> {
+    if let Some(at) = text.find('\0') {
+        return Err(UsageError::new(format!(
+            "{origin}: line {} contains a NUL character, where SQLite would stop reading; remove it",
+            text[..at].matches('\n').count() + 1
+        )));
+    }
+    let mut steps = Vec::new();
+    for piece in split_statements(text) {
+        let index = steps.len();
+        let label = format!("statement {}", index + 1);
+        let sql = piece.trim().to_owned();
+        let name = step_name_from_sql(&sql).unwrap_or_else(|| label.clone());
+        let label = format!("{label} ({name:?})");
+        let sum = checksum(&sql, None);
+        let autocommit = classify(&label, &sql)?;
+        if !skipped_on_resume(&finished, index, &sum, &sql, &name, origin)? {
+            r.rehearse_script_statement(origin, &label, &sql)?;
+        }
+        steps.push(Step {
+            index,
+            name,
+            checksum: sum,
+            sql,
+            chunk: None,
+            autocommit,
+        });
+    }
+    if steps.is_empty() {
+        return Err(UsageError::new(format!(
+            "the SQL script {origin} has no statements; give at least one"
+        )));
+    }
+    Ok(Plan {
+        name: origin.to_owned(),
+        steps,
+        foreign_keys: false,
+    })
+}
+
+/// Whether a resumed run will skip step `index`: the checkpoint has it
+/// done, as it is now, and it does not set up the connection (those run
+/// again). A done step that has since been edited is refused here, before
+/// the check of the steps could blame the edit on the schema.
+fn skipped_on_resume(
+    finished: &Finished,
+    index: usize,
+    sum: &str,
+    sql: &str,
+    name: &str,
+    plan: &str,
+) -> Result<bool, UsageError> {
+    match finished.get(&index) {
+        None => Ok(false),
+        Some(done) if done == sum => Ok(!sets_up_connection(sql)),
+        Some(_) => Err(edited(index, name, plan)),
+    }
+}
+
+fn chunk_size(label: &str, c: &ChunkFile) -> Result<u64, UsageError> {
+    match c.size.unwrap_or(DEFAULT_CHUNK_SIZE) {
+        0 => Err(UsageError::new(format!(
+            "{label}: chunk.size must be at least 1"
+        ))),
+        size => Ok(size),
+    }
+}
+
+/// Says whether a statement must run outside a transaction, and refuses
+/// transaction control, which batchsse owns.
+fn classify(label: &str, sql: &str) -> Result<bool, UsageError> {
+    match first_keyword(sql).as_str() {
+        "BEGIN" | "COMMIT" | "END" | "ROLLBACK" | "SAVEPOINT" | "RELEASE" => {
+            Err(UsageError::new(format!(
+                "{label} controls transactions ({}); batchsse runs each step in its own transaction, so remove it",
+                short(sql.trim(), 40)
+            )))
+        }
+        "VACUUM" | "ATTACH" | "DETACH" | "PRAGMA" => Ok(true),
+        _ => Ok(false),
+    }
+}
+
+/// Step `index` was applied by an earlier run of `plan` and edited since.
+pub fn edited(index: usize, name: &str, plan: &str) -> UsageError {
+    UsageError::new(format!(
+        "step {} ({name:?}) has changed since it was applied by plan {plan:?}; \
+         revert the edit, give the plan a new \"name\" to start fresh, or pass --force to run the whole plan again",
+        index + 1
+    ))
+}
+
+/// The first keyword of a statement, upper-cased, after comments.
+pub fn first_keyword(sql: &str) -> String {
+    skip_comments(sql)
+        .chars()
+        .take_while(|c| c.is_ascii_alphabetic())
+        .collect::<String>()
+        .to_ascii_uppercase()
+}
+
+/// The statement after its leading whitespace and comments.
+fn skip_comments(sql: &str) -> &str {
+    let mut s = sql;
+    loop {
+        s = s.trim_start();
+        if let Some(rest) = s.strip_prefix("--") {
+            s = rest.split_once('\n').map_or("", |(_, r)| r);
+        } else if let Some(rest) = s.strip_prefix("/*") {
+            s = rest.split_once("*/").map_or("", |(_, r)| r);
+        } else {
+            return s;
+        }
+    }
+}
+
+/// A step name from its SQL: the first line that is not a comment.
+fn step_name_from_sql(sql: &str) -> Option<String> {
+    skip_comments(sql)
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(|l| short(l.trim_end_matches(';').trim_end(), 60))
+}
+
+fn short(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_owned()
+    } else {
+        let cut: String = s.chars().take(max - 1).collect();
+        format!("{cut}…")
+    }
+}
+
+/// A short hex digest of some text.
+pub fn short_digest(text: &str) -> String {
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Of a step as written: its SQL and, when chunked, the table and key as
+/// the plan spells them (so it needs no schema: a finished step whose table
+/// is gone still has one).
+fn checksum(sql: &str, chunk: Option<(&str, &str)>) -> String {
+    let mut h = Sha256::new();
+    h.update(sql.trim().as_bytes());
+    if let Some((table, key)) = chunk {
+        h.update(b"\0chunk\0");
+        h.update(table.as_bytes());
+        h.update(b"\0");
+        h.update(key.as_bytes());
+    }
+    h.finalize()
+        .iter()
+        .take(12)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Quotes an SQL identifier.
+pub fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+/// SQLite's own message, without rusqlite's wrapping.
+pub fn sqlite_message(e: &rusqlite::Error) -> String {
+    match e {
+        rusqlite::Error::SqliteFailure(_, Some(m)) => m.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Explains an error met while first reading the database.
+pub fn db_open_message(e: &rusqlite::Error) -> String {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::NotADatabase) => {
+            "the file is not a SQLite database (or is encrypted); check the --db path".into()
+        }
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+            "the database is locked by another process; wait for it or raise --busy-timeout".into()
+        }
+        _ => format!("cannot read the database schema: {}", sqlite_message(e)),
+    }
+}
+
+/// serde_json appends " at line L column C"; we print the position first.
+fn strip_position(msg: &str) -> &str {
+    msg.rfind(" at line ").map_or(msg, |i| &msg[..i])
+}
+
+/// A key value as carried in checkpoints and bound to `:lo`/`:hi`.
+pub type Key = Value;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_are_named_as_written() {
+        let sql = |text: &str| Source::Sql {
+            name: "fix.sql".into(),
+            text: text.into(),
+        };
+        let e = prepare(
+            &sql("UPDATE orders SET total = 1;\nUPDATE orders SET total = :a + ?2;"),
+            &shop(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("fix.sql: statement 2 (\"UPDATE orders SET total = :a + ?2\") uses the parameters :a, ?2;"),
+            "{e}"
+        );
+    }
+
+    fn db(schema: &str) -> Connection {
+        let c = Connection::open_in_memory().unwrap();
+        c.execute_batch(schema).unwrap();
+        c
+    }
+
+    fn shop() -> Connection {
+        db(
+            "CREATE TABLE orders(id INTEGER PRIMARY KEY, total REAL, code TEXT UNIQUE, note TEXT);
+            CREATE TABLE kv(k TEXT PRIMARY KEY, v INTEGER) WITHOUT ROWID;
+            INSERT INTO orders(total) VALUES (1.5);",
+        )
+    }
+
+    fn json(text: &str) -> Result<Plan, UsageError> {
+        prepare(
+            &Source::Json {
+                name: "plan.json".into(),
+                text: text.into(),
+            },
+            &shop(),
+        )
+    }
+
+    fn err(text: &str) -> String {
+        json(text).expect_err("plan must be refused").to_string()
+    }
+
+    #[test]
+    fn a_good_plan_loads_with_names_kinds_and_keys() {
+        let p = json(
+            r#"{"name":"p","steps":[
+              {"name":"add","sql":"ALTER TABLE orders ADD COLUMN cents INTEGER"},
+              {"sql":"UPDATE orders SET cents = total*100 WHERE id BETWEEN :lo AND :hi",
+               "chunk":{"table":"orders","key":"id","size":10}},
+              {"sql":"UPDATE kv SET v = v + 1 WHERE k BETWEEN :lo AND :hi","chunk":{"table":"kv","key":"k"}},
+              {"sql":"VACUUM"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(p.name, "p");
+        assert_eq!(p.steps.len(), 4);
+        assert_eq!(
+            p.steps[1].name,
+            "UPDATE orders SET cents = total*100 WHERE id BETWEEN :lo AN…"
+        );
+        let c = p.steps[1].chunk.as_ref().unwrap();
+        assert_eq!(
+            (c.key.as_str(), c.key_sql.as_str(), c.size),
+            ("id", "rowid", 10)
+        );
+        let c = p.steps[2].chunk.as_ref().unwrap();
+        assert_eq!((c.key_sql.as_str(), c.size), ("\"k\"", DEFAULT_CHUNK_SIZE));
+        assert!(p.steps[3].autocommit && !p.steps[0].autocommit);
+        assert_ne!(p.steps[1].checksum, p.steps[2].checksum);
+    }
+
+    #[test]
+    fn the_rehearsal_sees_columns_added_by_earlier_steps() {
+        // Without rehearsing the ALTER, the UPDATE would not compile.
+        json(r#"{"steps":[{"sql":"ALTER TABLE orders ADD COLUMN x INT"},{"sql":"UPDATE orders SET x = 1"}]}"#)
+            .unwrap();
+        let e = err(r#"{"steps":[{"sql":"UPDATE orders SET x = 1"}]}"#);
+        assert!(
+            e.contains("no such column: x") && e.contains("step 1"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_plans_are_refused_with_the_step_and_the_fix() {
+        let cases: &[(&str, &[&str])] = &[
+            ("", &["empty"]),
+            ("{\"steps\": [", &["line 1", "column"]),
+            (r#"{"steps":[]}"#, &["no steps"]),
+            (
+                r#"{"steps":[{"sql":"SELECT 1","sqll":"x"}]}"#,
+                &["unknown field `sqll`"],
+            ),
+            (r#"{"name":"x","stepz":[]}"#, &["unknown field `stepz`"]),
+            (r#"{"steps":[{"sql":"  "}]}"#, &["step 1", "no SQL"]),
+            (
+                r#"{"steps":[{"sql":"-- only a comment"}]}"#,
+                &["no SQL statement"],
+            ),
+            (
+                r#"{"steps":[{"sql":"UPDTE orders SET total = 1"}]}"#,
+                &["step 1", "syntax error", "UPDTE"],
+            ),
+            (
+                r#"{"steps":[{"name":"n","sql":"UPDATE orders SET total=1","chunk":{"table":"orders"}}]}"#,
+                &["step 1 (\"n\")", ":lo and :hi"],
+            ),
+            (
+                r#"{"steps":[{"sql":"UPDATE nope SET a=1 WHERE rowid BETWEEN :lo AND :hi","chunk":{"table":"nope"}}]}"#,
+                &["\"nope\" is not a table", "tables: kv, orders"],
+            ),
+            (
+                r#"{"steps":[{"sql":"UPDATE orders SET total=1 WHERE id BETWEEN :lo AND :hi","chunk":{"table":"orders","key":"idd"}}]}"#,
+                &["\"idd\" is not a column"],
+            ),
+            (
+                r#"{"steps":[{"sql":"UPDATE orders SET total=1 WHERE id BETWEEN :lo AND :hi","chunk":{"table":"orders","key":"note"}}]}"#,
+                &["not unique"],
+            ),
+            (
+                r#"{"steps":[{"sql":"UPDATE kv SET v=1 WHERE k BETWEEN :lo AND :hi","chunk":{"table":"kv"}}]}"#,
+                &["WITHOUT ROWID", "\"key\": \"k\""],
+            ),
+            (
+                r#"{"steps":[{"sql":"UPDATE orders SET total=1 WHERE id BETWEEN :lo AND :hi","chunk":{"table":"orders","size":0}}]}"#,
+                &["at least 1"],
+            ),
+            (
+                r#"{"steps":[{"sql":"UPDATE orders SET total=:x"}]}"#,
+                &["uses the parameter :x, but only chunked steps get parameters"],
+            ),
+            (
+                r#"{"steps":[{"sql":"BEGIN; UPDATE orders SET total=1; COMMIT"}]}"#,
+                &["controls transactions"],
+            ),
+            (
+                r#"{"steps":[{"sql":"UPDATE orders SET total=1; VACUUM"}]}"#,
+                &["step of its own"],
+            ),
+            (
+                r#"{"steps":[{"sql":"UPDATE orders SET total=1 WHERE id BETWEEN :lo AND :hi; SELECT 1","chunk":{"table":"orders"}}]}"#,
+                &["one statement"],
+            ),
+        ];
+        for (plan, needles) in cases {
+            let e = err(plan);
+            for n in *needles {
+                assert!(e.contains(n), "plan {plan:?}: {e:?} lacks {n:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn sql_scripts_split_by_sqlite_itself() {
+        let text = "-- header\nUPDATE orders SET note = 'a;b'; /* c; */\nALTER TABLE orders ADD COLUMN y INT;\n\nUPDATE orders\n  SET y = 1;\n";
+        let p = prepare(
+            &Source::Sql {
+                name: "fix.sql".into(),
+                text: text.into(),
+            },
+            &shop(),
+        )
+        .unwrap();
+        let names: Vec<_> = p.steps.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "UPDATE orders SET note = 'a;b'",
+                "ALTER TABLE orders ADD COLUMN y INT",
+                "UPDATE orders"
+            ]
+        );
+        assert_eq!(p.name, "fix.sql");
+        assert!(p.steps[0].sql.contains("'a;b'"));
+    }
+
+    #[test]
+    fn sql_script_errors_name_the_statement() {
+        let src = Source::Sql {
+            name: "s.sql".into(),
+            text: "UPDATE orders SET total = 1;\nUPDATE orders SET nope = 1;".into(),
+        };
+        let e = prepare(&src, &shop()).unwrap_err().to_string();
+        assert!(
+            e.contains("statement 2") && e.contains("no such column: nope"),
+            "{e}"
+        );
+        let empty = Source::Sql {
+            name: "s.sql".into(),
+            text: " -- nothing\n".into(),
+        };
+        assert!(
+            prepare(&empty, &shop())
+                .unwrap_err()
+                .to_string()
+                .contains("no statements")
+        );
+    }
+
+    #[test]
+    fn statements_that_fail_only_on_empty_tables_are_left_to_the_real_run() {
+        let db = db("CREATE TABLE o(id INTEGER PRIMARY KEY);
+                     CREATE TABLE i(id INTEGER PRIMARY KEY, o INT REFERENCES o(id));
+                     CREATE TABLE n(x INT NOT NULL);
+                     INSERT INTO o VALUES (1);");
+        let plan = |sql: &str| Source::Json {
+            name: "p".into(),
+            text: serde_json::json!({"steps": [{"sql": sql}]}).to_string(),
+        };
+        // A foreign key to a parent that exists, and NOT NULL from a subquery
+        // that is only NULL on the empty copy.
+        prepare(&plan("INSERT INTO i(o) VALUES (1)"), &db).unwrap();
+        prepare(
+            &plan("INSERT INTO n(x) VALUES ((SELECT max(id) FROM o))"),
+            &db,
+        )
+        .unwrap();
+        // Still refused: what no data could fix.
+        assert!(prepare(&plan("INSERT INTO n(y) VALUES (1)"), &db).is_err());
+        // ATTACH: statements on the attached file are checked when they run.
+        let attach = Source::Json {
+            name: "p".into(),
+            text: r#"{"steps":[{"sql":"ATTACH 'other.sqlite' AS o2"},{"sql":"INSERT INTO o2.archive SELECT id FROM o"}]}"#.into(),
+        };
+        prepare(&attach, &db).unwrap();
+    }
+
+    #[test]
+    fn first_keyword_skips_comments() {
+        assert_eq!(first_keyword("  -- x\n /* y */ vacuum"), "VACUUM");
+        assert_eq!(first_keyword("pragma foo"), "PRAGMA");
+        assert_eq!(first_keyword(""), "");
+    }
+
+    #[test]
+    fn rehearsal_writes_nothing_to_the_real_database() {
+        let real = shop();
+        prepare(
+            &Source::Json {
+                name: "p".into(),
+                text: r#"{"steps":[{"sql":"DELETE FROM orders"},{"sql":"DROP TABLE kv"}]}"#.into(),
+            },
+            &real,
+        )
+        .unwrap();
+        let n: i64 = real
+            .query_row("SELECT count(*) FROM orders", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1);
+        real.query_row("SELECT count(*) FROM kv", [], |r| r.get::<_, i64>(0))
+            .unwrap();
+    }
+}

@@ -1,0 +1,437 @@
+//! A chunked step: count the rows once, find where to resume, then walk the
+//! table in key order one chunk (one transaction) at a time, sizing each
+//! chunk from how long the last ones took.
+
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OptionalExtension, Statement, named_params};
+
+use super::tx::Tx;
+use super::{Counts, Runner, StepError, StepResult};
+use crate::event::Level;
+use crate::human::thousands;
+use crate::plan::{Chunk, Key, Step, quote};
+use crate::run::Resume;
+
+/// The largest chunk adaptation will choose.
+const MAX_CHUNK: u64 = 1_000_000;
+
+/// The step's rows when it began.
+struct Span {
+    /// Rows with a key: what the walk will visit.
+    total: u64,
+    /// Rows whose key is NULL, which `BETWEEN` cannot reach.
+    nulls: u64,
+    /// The largest key: the walk stops there, so rows inserted above it
+    /// during the run are not visited.
+    max: Key,
+}
+
+/// One committed chunk.
+struct Walked {
+    hi: Key,
+    rows: u64,
+    changed: u64,
+}
+
+pub(super) fn run(r: &Runner<'_>, step: &Step, chunk: &Chunk, resume: &Resume) -> StepResult {
+    let t0 = Instant::now();
+    let mut c = Counts::default();
+    let span = span(r.conn, chunk).map_err(|e| r.fail(e, c))?;
+    c.total = span.total;
+    if span.nulls > 0 {
+        r.message(
+            Some(step.index),
+            Level::Warn,
+            format!(
+                "{} rows of {} have a NULL {} and are not visited",
+                span.nulls, chunk.table, chunk.key
+            ),
+        );
+    }
+    let mut prev: Option<Key> = None;
+    if let Some(pos) = resume.chunk_position(step) {
+        prev = Some(pos.last_key.clone());
+        (c.done, c.changed) = (pos.done, pos.changed);
+        c.total = c.total.max(pos.done);
+        r.message(
+            Some(step.index),
+            Level::Info,
+            format!(
+                "resuming after {} rows already committed ({} changed)",
+                pos.done, pos.changed
+            ),
+        );
+    }
+    let resumed_from = c.done;
+    let mut sizer = Sizer::new(r.opts.batch_size.unwrap_or(chunk.size), r.opts);
+    announce(r, step, chunk, &c, sizer.size);
+    if matches!(span.max, Key::Null) {
+        // Nothing to visit; still record the step as applied.
+        let tx = Tx::begin(r.conn, r.nested).map_err(|e| r.fail(e, c))?;
+        r.checkpoint
+            .step_done(step, 0, 0)
+            .map_err(|e| r.fail(e, c))?;
+        tx.commit().map_err(|e| r.fail(e, c))?;
+        return Ok(c);
+    }
+    let mut walk = Walk::new(r.conn, chunk, step, c.total).map_err(|e| r.fail(e, c))?;
+    loop {
+        if r.cancel.is_cancelled() {
+            return Err((StepError::Cancelled, c));
+        }
+        let c0 = Instant::now();
+        let Some(w) = one_chunk(r, step, &mut walk, prev.as_ref(), &span.max, sizer.size, c)?
+        else {
+            break; // rows past the last chunk were deleted meanwhile
+        };
+        c.done += w.rows;
+        c.changed += w.changed;
+        c.total = c.total.max(c.done);
+        let last = w.hi == span.max;
+        prev = Some(w.hi);
+        sizer.observe(w.rows, c0.elapsed());
+        // The pause after this chunk is part of the pace; counting it now
+        // keeps the first rate and ETA of a paced run honest.
+        let pause = if last { Duration::ZERO } else { r.opts.sleep };
+        r.progress(step, c, t0, resumed_from, pause);
+        if last {
+            break;
+        }
+        if !pause.is_zero() && r.cancel.sleep(pause) {
+            return Err((StepError::Cancelled, c));
+        }
+    }
+    Ok(c)
+}
+
+fn announce(r: &Runner<'_>, step: &Step, chunk: &Chunk, c: &Counts, first: u64) {
+    r.message(
+        Some(step.index),
+        Level::Info,
+        format!(
+            "{} rows of {} to visit by {}, {} first chunk of {first}",
+            thousands(c.total.saturating_sub(c.done)),
+            chunk.table,
+            chunk.key,
+            if r.opts.batch_size.is_some() {
+                "fixed chunks,"
+            } else {
+                "adaptive chunks,"
+            },
+        ),
+    );
+}
+
+/// One chunk in its own transaction: check the checkpoint is where this
+/// run left it, find the chunk's keys, do the work, record it, commit.
+/// `None` when no rows are left. `c`: the step's counts before this chunk.
+fn one_chunk(
+    r: &Runner<'_>,
+    step: &Step,
+    walk: &mut Walk<'_>,
+    prev: Option<&Key>,
+    max: &Key,
+    size: u64,
+    c: Counts,
+) -> Result<Option<Walked>, (StepError, Counts)> {
+    let fail = |e| r.fail(e, c);
+    let tx = Tx::begin(r.conn, r.nested).map_err(fail)?;
+    if r.checkpoint.moved(step, prev).map_err(fail)? {
+        return Err((StepError::Sql(r.checkpoint.conflict()), c));
+    }
+    let (lo, hi, rows) = walk.keys.next(prev, max, size).map_err(fail)?;
+    if rows == 0 {
+        r.checkpoint
+            .step_done(step, c.done, c.changed)
+            .map_err(fail)?;
+        tx.commit().map_err(fail)?;
+        return Ok(None);
+    }
+    let changed = walk
+        .work
+        .execute(named_params! {":lo": lo, ":hi": hi})
+        .map_err(fail)? as u64;
+    let (done, total_changed) = (c.done + rows, c.changed + changed);
+    if hi == *max {
+        r.checkpoint.step_done(step, done, total_changed)
+    } else {
+        r.checkpoint.chunk_done(step, &hi, done, total_changed)
+    }
+    .map_err(fail)?;
+    if r.cancel.is_cancelled() {
+        return Err((StepError::Cancelled, c)); // the guard rolls back
+    }
+    tx.commit().map_err(fail)?;
+    Ok(Some(Walked { hi, rows, changed }))
+}
+
+/// Counts the rows once, as the step begins. One query each: SQLite's fast
+/// paths (the b-tree count of a bare `count(*)`, an index seek for `max`)
+/// apply only to a query that asks for nothing else. Counting reads every
+/// page of the table; through a memory map that is several times faster
+/// than a read() per page. The map is only for these queries (which hold a
+/// shared lock, so no SQLite writer can shrink the file under them): the
+/// step's own SQL runs with SQLite's defaults.
+fn span(conn: &Connection, chunk: &Chunk) -> rusqlite::Result<Span> {
+    let (table, key) = (quote(&chunk.table), &chunk.key_sql);
+    let _ = conn.execute_batch("PRAGMA mmap_size = 2147418112");
+    let counted = (|| {
+        let one = |sql: String| conn.query_row(&sql, [], |r| r.get::<_, Key>(0));
+        let int = |k: Key| {
+            if let Key::Integer(n) = k {
+                n.max(0) as u64
+            } else {
+                0
+            }
+        };
+        let all = int(one(format!("SELECT count(*) FROM {table}"))?);
+        let with_key = if chunk.rowid {
+            all
+        } else {
+            int(one(format!(
+                "SELECT count(*) FROM {table} WHERE {key} IS NOT NULL"
+            ))?)
+        };
+        let max = one(format!("SELECT max({key}) FROM {table}"))?;
+        Ok(Span {
+            total: with_key,
+            nulls: all.saturating_sub(with_key),
+            max,
+        })
+    })();
+    let _ = conn.execute_batch("PRAGMA mmap_size = 0");
+    counted
+}
+
+/// The step's prepared statements: the keyset queries and the work.
+struct Walk<'c> {
+    keys: Keyset<'c>,
+    work: Statement<'c>,
+}
+
+impl<'c> Walk<'c> {
+    fn new(conn: &'c Connection, chunk: &Chunk, step: &Step, total: u64) -> rusqlite::Result<Self> {
+        let table = quote(&chunk.table);
+        let dense = if chunk.rowid {
+            dense_from(conn, &table, &chunk.key_sql, total)?
+        } else {
+            None
+        };
+        Ok(Walk {
+            keys: Keyset::new(conn, &table, &chunk.key_sql, dense)?,
+            work: conn.prepare(&step.sql)?,
+        })
+    }
+}
+
+/// Chooses each chunk's size: the plan's (or `--batch-size`) first; then,
+/// unless `--batch-size` fixed it, whatever makes a chunk take about
+/// `--chunk-time` at the rate seen so far.
+struct Sizer {
+    size: u64,
+    fixed: bool,
+    target: Duration,
+    /// Moving average of rows per second.
+    rate: Option<f64>,
+}
+
+impl Sizer {
+    fn new(first: u64, opts: &super::Options) -> Sizer {
+        Sizer {
+            size: first.max(1),
+            fixed: opts.batch_size.is_some(),
+            target: opts.chunk_time,
+            rate: None,
+        }
+    }
+
+    fn observe(&mut self, rows: u64, took: Duration) {
+        if !self.fixed {
+            (self.size, self.rate) = next_size(self.size, rows, took, self.rate, self.target);
+        }
+    }
+}
+
+/// The next chunk's size after one of `rows` took `took`: what a moving
+/// average of rows/s (the newest chunk weighing 0.3, as pt-online-schema-
+/// change does) says fills `target`, growing at most 4× a chunk and capped
+/// at [`MAX_CHUNK`]. Returns the size and the new average.
+fn next_size(
+    size: u64,
+    rows: u64,
+    took: Duration,
+    avg: Option<f64>,
+    target: Duration,
+) -> (u64, Option<f64>) {
+    let rate = rows as f64 / took.as_secs_f64().max(1e-6);
+    let avg = avg.map_or(rate, |a| 0.3 * rate + 0.7 * a);
+    let want = (avg * target.as_secs_f64()) as u64;
+    (
+        want.clamp(1, size.saturating_mul(4).min(MAX_CHUNK)),
+        Some(avg),
+    )
+}
+
+/// Finds each chunk's keys by keyset pagination. `hi` is found with one
+/// `LIMIT 1 OFFSET size-1` probe from the previous chunk's last key: SQLite
+/// steps over the keys without decoding rows, several times cheaper than
+/// aggregating the chunk. Needs a unique key, which the plan checks.
+struct Keyset<'c> {
+    /// The smallest rowid when the rowids are dense (`max - min + 1` equals
+    /// the row count): chunk boundaries are then plain arithmetic.
+    dense_min: Option<i64>,
+    /// `[first chunk, later chunks]` of each query.
+    lo: [rusqlite::Statement<'c>; 2],
+    hi: [rusqlite::Statement<'c>; 2],
+    count: [rusqlite::Statement<'c>; 2],
+}
+
+impl<'c> Keyset<'c> {
+    fn new(
+        conn: &'c Connection,
+        table: &str,
+        key: &str,
+        dense_min: Option<i64>,
+    ) -> rusqlite::Result<Self> {
+        // ?1 is the previous chunk's last key (unused for the first chunk),
+        // ?2 the largest key when the step began.
+        let from = [
+            format!("{key} IS NOT NULL AND ?1 IS NULL"),
+            format!("{key} > ?1"),
+        ];
+        let prep = |i: usize, what: &str, tail: &str| {
+            conn.prepare(&format!(
+                "SELECT {what} FROM {table} WHERE {} AND {key} <= ?2 {tail}",
+                from[i]
+            ))
+        };
+        let order = format!("ORDER BY {key}");
+        Ok(Keyset {
+            dense_min,
+            lo: [
+                prep(0, key, &format!("{order} LIMIT 1"))?,
+                prep(1, key, &format!("{order} LIMIT 1"))?,
+            ],
+            hi: [
+                prep(0, key, &format!("{order} LIMIT 1 OFFSET ?3"))?,
+                prep(1, key, &format!("{order} LIMIT 1 OFFSET ?3"))?,
+            ],
+            count: [prep(0, "count(*)", "")?, prep(1, "count(*)", "")?],
+        })
+    }
+
+    /// The next chunk after `prev`: `(lo, hi, rows)`, rows = 0 at the end.
+    fn next(
+        &mut self,
+        prev: Option<&Key>,
+        max: &Key,
+        size: u64,
+    ) -> rusqlite::Result<(Key, Key, u64)> {
+        if let (Some(min), Key::Integer(max)) = (self.dense_min, max) {
+            let lo = match prev {
+                None => Some(min),
+                Some(Key::Integer(p)) => p.checked_add(1),
+                Some(_) => None,
+            };
+            let Some(lo) = lo.filter(|lo| lo <= max) else {
+                return Ok((Key::Null, Key::Null, 0));
+            };
+            let span = i64::try_from(size).unwrap_or(i64::MAX).max(1) - 1;
+            let hi = lo.saturating_add(span).min(*max);
+            return Ok((Key::Integer(lo), Key::Integer(hi), (hi - lo + 1) as u64));
+        }
+        let i = usize::from(prev.is_some());
+        let prev = prev.unwrap_or(&Key::Null);
+        let lo: Option<Key> = self.lo[i]
+            .query_row(rusqlite::params![prev, max], |r| r.get(0))
+            .optional()?;
+        let Some(lo) = lo else {
+            return Ok((Key::Null, Key::Null, 0));
+        };
+        let offset = size.saturating_sub(1).min(i64::MAX as u64) as i64;
+        let hi: Option<Key> = self.hi[i]
+            .query_row(rusqlite::params![prev, max, offset], |r| r.get(0))
+            .optional()?;
+        match hi {
+            Some(hi) => Ok((lo, hi, size)),
+            // Fewer than `size` keys are left: the chunk runs to the end.
+            None => {
+                let n: i64 = self.count[i].query_row(rusqlite::params![prev, max], |r| r.get(0))?;
+                Ok((lo, max.clone(), n.max(0) as u64))
+            }
+        }
+    }
+}
+
+/// For a rowid walk (`key` names the real rowid), the smallest rowid if
+/// the rowids have no gaps. Rows
+/// deleted during the run then still count as visited, which only shows in
+/// `done`; every key in range is covered either way.
+fn dense_from(
+    conn: &Connection,
+    table: &str,
+    key: &str,
+    total: u64,
+) -> rusqlite::Result<Option<i64>> {
+    if total == 0 {
+        return Ok(None);
+    }
+    // Two subqueries, so each is an index seek rather than one full scan.
+    let (min, max): (Option<i64>, Option<i64>) = conn.query_row(
+        &format!("SELECT (SELECT min({key}) FROM {table}), (SELECT max({key}) FROM {table})"),
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    Ok(match (min, max) {
+        (Some(lo), Some(hi))
+            if hi.checked_sub(lo).and_then(|d| d.checked_add(1)) == i64::try_from(total).ok() =>
+        {
+            Some(lo)
+        }
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn chunks_grow_at_most_fourfold_towards_the_target_time() {
+        // 1,000 rows in 1 ms is 1M rows/s: 250 ms would be 250,000 rows.
+        let (size, avg) = next_size(1000, 1000, MS, None, 250 * MS);
+        assert_eq!(size, 4000);
+        assert_eq!(avg, Some(1_000_000.0));
+        let mut s = (size, avg);
+        for _ in 0..10 {
+            s = next_size(
+                s.0,
+                s.0,
+                Duration::from_secs_f64(s.0 as f64 / 1e6),
+                s.1,
+                250 * MS,
+            );
+        }
+        assert_eq!(s.0, 250_000, "settles where a chunk takes the target time");
+    }
+
+    #[test]
+    fn slow_chunks_shrink_at_once_and_sizes_stay_in_bounds() {
+        // 10,000 rows took 1 s: 10,000 rows/s, 250 ms is 2,500 rows.
+        assert_eq!(next_size(10_000, 10_000, 1000 * MS, None, 250 * MS).0, 2500);
+        // The average remembers: one fast chunk after slow ones moves it 30%.
+        let (_, avg) = next_size(100, 100, 1000 * MS, Some(100.0), 250 * MS);
+        assert_eq!(avg, Some(100.0));
+        let (_, avg) = next_size(100, 1000, 1000 * MS, Some(100.0), 250 * MS);
+        assert!((avg.unwrap() - 370.0).abs() < 1e-9);
+        // Never below one row, never above the cap.
+        assert_eq!(next_size(1, 1, Duration::from_secs(3600), None, MS).0, 1);
+        let huge = next_size(MAX_CHUNK, MAX_CHUNK, MS, None, Duration::from_secs(60));
+        assert_eq!(huge.0, MAX_CHUNK);
+        // A zero-length measurement is not a division by zero.
+        assert_eq!(next_size(10, 10, Duration::ZERO, None, MS).0, 40);
+    }
+}

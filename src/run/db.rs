@@ -1,0 +1,133 @@
+//! Opening the database for a run, and saying who holds a lock when one
+//! is met, before the run or during it.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+use crate::error::UsageError;
+use crate::plan::{self, sqlite_message};
+
+/// Opens an existing database read-write (never creating one) and checks it
+/// is a SQLite file we may write.
+pub fn open_db(path: &Path, busy_timeout: Duration) -> Result<Connection, UsageError> {
+    let shown = path.display();
+    match std::fs::metadata(path) {
+        Err(_) => {
+            return Err(UsageError::new(format!(
+                "no such database: {shown} (batchsse never creates one; check the path)"
+            )));
+        }
+        Ok(m) if !m.is_file() => {
+            return Err(UsageError::new(format!(
+                "{shown} is not a file; --db takes a SQLite database file"
+            )));
+        }
+        Ok(_) => {}
+    }
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| UsageError::new(format!("cannot open {shown}: {}", sqlite_message(&e))))?;
+    conn.busy_timeout(busy_timeout)
+        .map_err(|e| UsageError::new(format!("cannot set the busy timeout: {e}")))?;
+    let locked = || {
+        UsageError::new(format!(
+            "{shown} is locked by another connection{}, still after --busy-timeout {} ms; wait for it to finish or raise --busy-timeout",
+            lock_holders(path),
+            busy_timeout.as_millis()
+        ))
+    };
+    let is_lock = |e: &rusqlite::Error| {
+        matches!(
+            e.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        )
+    };
+    conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .map_err(|e| {
+        if is_lock(&e) {
+            locked()
+        } else {
+            UsageError::new(format!("{shown}: {}", plan::db_open_message(&e)))
+        }
+    })?;
+    let read_only = || {
+        UsageError::new(format!(
+            "{shown} is read-only; batchsse needs write access to the file and its directory (for the journal)"
+        ))
+    };
+    if conn.is_readonly("main").unwrap_or(false) {
+        return Err(read_only());
+    }
+    // Take the write lock once (and let it go) so a database another
+    // process holds is reported now, before anything runs, not mid-plan.
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK") {
+        return Err(match e.sqlite_error_code() {
+            _ if is_lock(&e) => locked(),
+            Some(rusqlite::ErrorCode::ReadOnly) => read_only(),
+            _ => UsageError::new(format!("{shown}: {}", plan::db_open_message(&e))),
+        });
+    }
+    Ok(conn)
+}
+
+/// Names the other processes that have the database (or its journal) open,
+/// as far as /proc tells; empty where it cannot.
+fn lock_holders(path: &Path) -> String {
+    let Ok(db) = std::fs::canonicalize(path) else {
+        return String::new();
+    };
+    let me = std::process::id().to_string();
+    let mut holders = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return String::new();
+    };
+    for p in procs.flatten() {
+        let pid = p.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) || pid == me {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        let holds = fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|target| {
+                target == db || target.to_string_lossy().starts_with(&*db.to_string_lossy())
+            })
+        });
+        if holds {
+            let comm = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default();
+            holders.push(format!("pid {pid} ({})", comm.trim()));
+        }
+    }
+    if holders.is_empty() {
+        String::new()
+    } else {
+        format!(" (open in {})", holders.join(", "))
+    }
+}
+
+/// An error met while running: SQLite's text, and for a lock another
+/// process held past the busy timeout, who holds it and what to do, as
+/// [`open_db`] says before the run.
+pub(super) fn run_time_message(conn: &Connection, e: &rusqlite::Error) -> String {
+    if e.sqlite_error_code() != Some(rusqlite::ErrorCode::DatabaseBusy) {
+        return sqlite_message(e);
+    }
+    let holders = conn
+        .path()
+        .map(|p| lock_holders(Path::new(p)))
+        .unwrap_or_default();
+    // The connection's own setting: --busy-timeout, unless a plan's PRAGMA
+    // changed it.
+    let waited: i64 = conn
+        .pragma_query_value(None, "busy_timeout", |r| r.get(0))
+        .unwrap_or(0);
+    format!(
+        "{} by another connection{holders}, still after --busy-timeout {waited} ms; wait for it to finish or raise --busy-timeout",
+        sqlite_message(e)
+    )
+}

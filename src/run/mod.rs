@@ -1,0 +1,773 @@
+//! The runner: applies a checked plan to the database on a blocking thread
+//! and reports every step as typed events in the log. It knows nothing of
+//! HTTP or terminals; the way back in is [`Cancel`] (and the start gate).
+//!
+//! `mod.rs` runs the plan step by step; `chunk` walks a chunked step;
+//! `tx` is the transaction guard; `checkpoint` records what is done, in
+//! the same transaction as the work; `db` opens the file.
+
+pub mod checkpoint;
+mod chunk;
+mod db;
+mod tx;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use fallible_iterator::FallibleIterator;
+use rusqlite::{Batch, Connection};
+use serde_json::json;
+
+use checkpoint::Checkpoint;
+pub use checkpoint::Resume;
+pub use db::open_db;
+use db::run_time_message;
+use tx::Tx;
+
+use crate::error::UsageError;
+use crate::event::{
+    Event, Finished, Level, Progress, RunStatus, Start, Step as StepEvent, StepInfo, StepKind,
+    StepState,
+};
+use crate::event_log::EventLog;
+use crate::lifecycle::Cancel;
+use crate::plan::{self, Plan, Step, sqlite_message};
+
+/// How a run behaves, from the command line.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub dry_run: bool,
+    pub atomic: bool,
+    /// Fixes every chunk's size, turning adaptation off.
+    pub batch_size: Option<u64>,
+    pub chunk_time: Duration,
+    pub sleep: Duration,
+    pub checkpoint: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            dry_run: false,
+            atomic: false,
+            batch_size: None,
+            chunk_time: Duration::from_millis(250),
+            sleep: Duration::ZERO,
+            checkpoint: true,
+        }
+    }
+}
+
+/// What to run: a checked plan, on its database, as the flags say, from
+/// where an earlier run left it.
+pub struct Job<'a> {
+    pub conn: &'a Connection,
+    pub plan: &'a Plan,
+    pub opts: &'a Options,
+    pub resume: &'a Resume,
+}
+
+/// Why a step stopped.
+enum StepError {
+    Cancelled,
+    Sql(String),
+}
+
+/// A step's rows so far: visited, to visit, changed.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    done: u64,
+    total: u64,
+    changed: u64,
+}
+
+impl Counts {
+    /// A plain step's: every row it changed is one it did.
+    fn all(changed: u64) -> Counts {
+        Counts {
+            done: changed,
+            total: changed,
+            changed,
+        }
+    }
+}
+
+/// A step's end when it did not finish: why, and what it had done.
+type StepResult = Result<Counts, (StepError, Counts)>;
+
+/// How the run went, for `finished`.
+#[derive(Default)]
+struct Tally {
+    steps_done: usize,
+    rows_changed: u64,
+    /// Set when the run did not end ok: how, and why.
+    end: Option<(RunStatus, String)>,
+}
+
+impl Tally {
+    fn ended(status: RunStatus, why: impl Into<String>) -> Tally {
+        Tally {
+            end: Some((status, why.into())),
+            ..Tally::default()
+        }
+    }
+}
+
+/// Runs the plan and logs every event up to `finished`; returns the status.
+/// `gate` is called after `start` and blocks until the first step may begin.
+pub fn run(job: Job<'_>, log: &EventLog, cancel: &Cancel, gate: impl FnOnce()) -> RunStatus {
+    cancel.attach(job.conn);
+    let on = job.opts.checkpoint && !job.opts.dry_run;
+    let mut r = Runner {
+        conn: job.conn,
+        plan: job.plan,
+        opts: job.opts,
+        log,
+        cancel,
+        checkpoint: Checkpoint::new(job.conn, job.plan, on),
+        db: db_name(job.conn),
+        started: Instant::now(),
+        nested: job.opts.atomic || job.opts.dry_run,
+    };
+    let tally = r.run_all(job.resume, gate);
+    let (status, error) = match tally.end {
+        None => (RunStatus::Ok, None),
+        Some((status, why)) => (status, Some(why)),
+    };
+    log.push(Event::Finished(Finished {
+        status,
+        steps_done: tally.steps_done,
+        steps_total: job.plan.steps.len(),
+        rows_changed: tally.rows_changed,
+        elapsed_ms: ms(r.started.elapsed()),
+        dry_run: job.opts.dry_run,
+        error,
+    }));
+    status
+}
+
+fn db_name(conn: &Connection) -> String {
+    conn.path()
+        .and_then(|p| Path::new(p).file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "database".into())
+}
+
+struct Runner<'a> {
+    conn: &'a Connection,
+    plan: &'a Plan,
+    opts: &'a Options,
+    log: &'a EventLog,
+    cancel: &'a Cancel,
+    checkpoint: Checkpoint<'a>,
+    db: String,
+    started: Instant,
+    /// With --atomic or --dry-run the whole run is one transaction and each
+    /// step's a savepoint inside it.
+    nested: bool,
+}
+
+impl Runner<'_> {
+    fn message(&self, step: Option<usize>, level: Level, text: impl Into<String>) {
+        let target = match step {
+            Some(i) => json!({"db": self.db, "step": i}),
+            None => json!({"db": self.db}),
+        };
+        self.log.push(Event::message(target, level, text));
+    }
+
+    fn run_all(&mut self, resume: &Resume, gate: impl FnOnce()) -> Tally {
+        self.announce(resume);
+        gate();
+        self.started = Instant::now();
+        if self.cancel.is_cancelled() {
+            return Tally::ended(RunStatus::Cancelled, "interrupted before the first step");
+        }
+        let outer = if self.nested {
+            match Tx::begin(self.conn, false) {
+                Ok(tx) => Some(tx),
+                Err(e) => {
+                    let why = format!(
+                        "cannot start the run's transaction: {}",
+                        run_time_message(self.conn, &e)
+                    );
+                    return self.failed_early(why);
+                }
+            }
+        } else {
+            None
+        };
+        if resume.forced()
+            && let Err(e) = self.checkpoint.reset()
+        {
+            let why = format!(
+                "cannot clear the old checkpoint for --force: {}",
+                sqlite_message(&e)
+            );
+            return self.failed_early(why);
+        }
+        let mut tally = Tally::default();
+        for step in &self.plan.steps {
+            if self.cancel.is_cancelled() {
+                tally.end = Some((RunStatus::Cancelled, "interrupted between steps".into()));
+                break;
+            }
+            match self.step(step, resume) {
+                Ok(c) => {
+                    tally.steps_done += 1;
+                    tally.rows_changed += c.changed;
+                }
+                Err((status, why, c)) => {
+                    tally.rows_changed += c.changed;
+                    tally.end = Some((status, why));
+                    break;
+                }
+            }
+        }
+        if let Some(outer) = outer {
+            self.end_outer(outer, &mut tally);
+        }
+        tally
+    }
+
+    fn failed_early(&self, why: String) -> Tally {
+        self.message(None, Level::Error, why.clone());
+        Tally::ended(RunStatus::Failed, why)
+    }
+
+    /// `start`, and what kind of run this is.
+    fn announce(&self, resume: &Resume) {
+        let plan = self.plan;
+        self.log.push(Event::Start(Start {
+            run_id: run_id(),
+            plan: plan.name.clone(),
+            db: self.db.clone(),
+            steps: plan
+                .steps
+                .iter()
+                .map(|s| StepInfo {
+                    index: s.index,
+                    name: s.name.clone(),
+                    kind: if s.chunk.is_some() {
+                        StepKind::Chunked
+                    } else {
+                        StepKind::Sql
+                    },
+                })
+                .collect(),
+            dry_run: self.opts.dry_run,
+            resumed: resume.resumed(),
+        }));
+        if self.opts.dry_run {
+            self.message(
+                None,
+                Level::Info,
+                "dry run: every step runs for real inside one transaction that is rolled back at the end; nothing will be written",
+            );
+        }
+        if resume.already_applied(plan) {
+            self.message(
+                None,
+                Level::Info,
+                format!(
+                    "plan {:?} was already applied to {}; nothing to do (use --force to run it again)",
+                    plan.name, self.db
+                ),
+            );
+        } else if resume.resumed() {
+            self.message(None, Level::Info, resume.describe(plan));
+        }
+    }
+
+    /// Runs (or skips) one step with its `step` events; on failure returns
+    /// the run's status, the reason, and what the step had done.
+    fn step(&self, step: &Step, resume: &Resume) -> Result<Counts, (RunStatus, String, Counts)> {
+        // PRAGMA and ATTACH set up this connection only, so a resumed run
+        // does them again (unless there is nothing left to do).
+        if resume.is_done(step) && (!step.sets_up_connection() || resume.already_applied(self.plan))
+        {
+            self.step_event(step, StepState::Skipped, Counts::default(), None, None);
+            return Ok(Counts::default());
+        }
+        let t0 = Instant::now();
+        self.step_event(step, StepState::Running, Counts::default(), Some(t0), None);
+        let result = match &step.chunk {
+            None => self.run_plain(step),
+            Some(chunk) => chunk::run(self, step, chunk, resume),
+        };
+        let (err, c) = match result {
+            Ok(c) => {
+                self.step_event(step, StepState::Done, c, Some(t0), None);
+                return Ok(c);
+            }
+            Err(e) => e,
+        };
+        let (status, why) = match err {
+            StepError::Cancelled => (
+                RunStatus::Cancelled,
+                format!(
+                    "interrupted during step {} ({:?}); its current chunk was rolled back{}",
+                    step.index + 1,
+                    step.name,
+                    if c.changed > 0 && !self.nested {
+                        format!(", {} rows from earlier chunks are kept", c.changed)
+                    } else {
+                        String::new()
+                    }
+                ),
+            ),
+            StepError::Sql(e) => (
+                RunStatus::Failed,
+                format!("step {} ({:?}) failed: {e}", step.index + 1, step.name),
+            ),
+        };
+        self.step_event(step, StepState::Failed, c, Some(t0), Some(why.clone()));
+        self.message(Some(step.index), Level::Error, why.clone());
+        Err((status, why, c))
+    }
+
+    /// Ends the run-wide transaction: rolled back for a dry run or after a
+    /// failure, committed otherwise.
+    fn end_outer(&self, outer: Tx<'_>, tally: &mut Tally) {
+        if self.opts.dry_run || tally.end.is_some() {
+            drop(outer);
+            let text = if self.opts.dry_run {
+                format!(
+                    "dry run finished: {} rows would change; rolled back, nothing was written",
+                    crate::human::thousands(tally.rows_changed)
+                )
+            } else {
+                tally.rows_changed = 0;
+                "--atomic: the whole run was rolled back; the database is as it was before".into()
+            };
+            self.message(None, Level::Info, text);
+            return;
+        }
+        if let Err(e) = outer.commit() {
+            let why = format!(
+                "the run's transaction could not commit and was rolled back: {}",
+                run_time_message(self.conn, &e)
+            );
+            self.message(None, Level::Error, why.clone());
+            tally.end = Some((RunStatus::Failed, why));
+            tally.rows_changed = 0;
+        }
+    }
+
+    /// `t0`: when the step began (none for a skipped step).
+    fn step_event(
+        &self,
+        step: &Step,
+        state: StepState,
+        c: Counts,
+        t0: Option<Instant>,
+        error: Option<String>,
+    ) {
+        self.log.push(Event::Step(StepEvent {
+            index: step.index,
+            name: step.name.clone(),
+            state,
+            done: c.done,
+            total: c.total,
+            changed: c.changed,
+            elapsed_ms: t0.map_or(0, |t| ms(t.elapsed())),
+            error,
+        }));
+    }
+
+    /// A failed SQLite call as a step's end, with what the step had done.
+    fn fail(&self, e: rusqlite::Error, c: Counts) -> (StepError, Counts) {
+        let err = if self.cancel.is_cancelled()
+            || e.sqlite_error_code() == Some(rusqlite::ErrorCode::OperationInterrupted)
+        {
+            StepError::Cancelled
+        } else {
+            StepError::Sql(run_time_message(self.conn, &e))
+        };
+        (err, c)
+    }
+
+    fn run_plain(&self, step: &Step) -> StepResult {
+        let none = Counts::default();
+        if step.autocommit {
+            let changed = self.execute(step).map_err(|e| self.fail(e, none))?;
+            self.checkpoint
+                .step_done(step, changed, changed)
+                .map_err(|e| self.fail(e, none))?;
+            return Ok(Counts::all(changed));
+        }
+        let tx = Tx::begin(self.conn, self.nested).map_err(|e| self.fail(e, none))?;
+        if self
+            .checkpoint
+            .moved(step, None)
+            .map_err(|e| self.fail(e, none))?
+        {
+            return Err((StepError::Sql(self.checkpoint.conflict()), none));
+        }
+        let changed = self.execute(step).map_err(|e| self.fail(e, none))?;
+        self.checkpoint
+            .step_done(step, changed, changed)
+            .map_err(|e| self.fail(e, none))?;
+        if self.cancel.is_cancelled() {
+            return Err((StepError::Cancelled, none));
+        }
+        tx.commit().map_err(|e| self.fail(e, none))?;
+        Ok(Counts::all(changed))
+    }
+
+    /// Runs a plain step's statements; returns the rows they changed.
+    fn execute(&self, step: &Step) -> rusqlite::Result<u64> {
+        let mut changed = 0;
+        let mut batch = Batch::new(self.conn, &step.sql);
+        while let Some(mut stmt) = batch.next()? {
+            // The check before the run refuses parameters, unless its schema
+            // copy could not compile the statement (after an ATTACH, say):
+            // never let one run as NULL.
+            if let Some(names) = plan::parameter_names(&stmt) {
+                return Err(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+                    Some(format!(
+                        "the statement uses {names}, which nothing binds (only chunked steps get :lo and :hi); write the value into the SQL"
+                    )),
+                ));
+            }
+            let before = self.conn.total_changes();
+            let mut rows = stmt.raw_query();
+            while rows.next()?.is_some() {}
+            drop(rows);
+            // changes() keeps its old value after DDL; count only when this
+            // statement really changed rows.
+            if self.conn.total_changes() != before {
+                changed += self.conn.changes();
+            }
+        }
+        Ok(changed)
+    }
+
+    /// `resumed_from`: rows an earlier run already did, which this run's
+    /// rate must not count. `pause`: the `--sleep` about to follow, counted
+    /// in the rate (and so the ETA) as if it had passed.
+    fn progress(&self, step: &Step, c: Counts, t0: Instant, resumed_from: u64, pause: Duration) {
+        let elapsed = t0.elapsed();
+        let rate =
+            c.done.saturating_sub(resumed_from) as f64 / (elapsed + pause).as_secs_f64().max(1e-6);
+        let left = c.total.saturating_sub(c.done);
+        let percent = if c.total == 0 {
+            100.0
+        } else {
+            (c.done as f64 * 100.0 / c.total as f64).min(100.0)
+        };
+        self.log.push(Event::Progress(Progress {
+            step: step.index,
+            name: step.name.clone(),
+            done: c.done,
+            total: c.total,
+            changed: c.changed,
+            percent: (percent * 10.0).round() / 10.0,
+            rate: rate.round(),
+            eta_ms: (rate > 0.0).then(|| (left as f64 / rate * 1000.0) as u64),
+            elapsed_ms: ms(elapsed),
+        }));
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+fn run_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{:x}-{:x}", nanos, std::process::id())
+}
+
+/// Refuses option combinations the plan cannot honour.
+pub fn check(plan: &Plan, opts: &Options) -> Result<(), UsageError> {
+    if (opts.atomic || opts.dry_run)
+        && let Some(s) = plan.steps.iter().find(|s| s.autocommit)
+    {
+        return Err(UsageError::new(format!(
+            "step {} ({:?}) must run outside a transaction, so it cannot be part of {}; remove the step or the flag",
+            s.index + 1,
+            s.name,
+            if opts.dry_run {
+                "--dry-run"
+            } else {
+                "--atomic"
+            }
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::Source;
+
+    struct Ran {
+        status: RunStatus,
+        events: Vec<Event>,
+        conn: Connection,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Ran {
+        fn progress(&self) -> Vec<&Progress> {
+            self.events
+                .iter()
+                .filter_map(|e| match e {
+                    Event::Progress(p) => Some(p),
+                    _ => None,
+                })
+                .collect()
+        }
+
+        fn step(&self, state: StepState) -> Vec<&StepEvent> {
+            self.events
+                .iter()
+                .filter_map(|e| match e {
+                    Event::Step(s) if s.state == state => Some(s),
+                    _ => None,
+                })
+                .collect()
+        }
+
+        fn int(&self, sql: &str) -> i64 {
+            self.conn.query_row(sql, [], |r| r.get(0)).unwrap()
+        }
+    }
+
+    fn run_plan(setup: &str, plan: &str, opts: Options) -> Ran {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.sqlite");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(setup)
+            .unwrap();
+        let conn = open_db(&path, Duration::from_secs(1)).unwrap();
+        let plan = plan::prepare(
+            &Source::Json {
+                name: "p".into(),
+                text: plan.into(),
+            },
+            &conn,
+        )
+        .unwrap();
+        let log = EventLog::new();
+        let job = Job {
+            conn: &conn,
+            plan: &plan,
+            opts: &opts,
+            resume: &Resume::none(),
+        };
+        let status = run(job, &log, &Cancel::new(), || {});
+        let events = log.after(0).iter().map(|e| e.event.clone()).collect();
+        Ran {
+            status,
+            events,
+            conn,
+            _dir: dir,
+        }
+    }
+
+    fn fixed(size: u64) -> Options {
+        Options {
+            batch_size: Some(size),
+            ..Options::default()
+        }
+    }
+
+    const BUMP: &str = r#"{"steps":[{"sql":"UPDATE t SET c = c + 1 WHERE id BETWEEN :lo AND :hi","chunk":{"table":"t","key":"id"}}]}"#;
+
+    #[test]
+    fn sparse_keys_are_each_visited_once_in_chunks_of_the_given_size() {
+        let r = run_plan(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, c INT DEFAULT 0);
+             INSERT INTO t(id) VALUES (3),(4),(100),(1000),(1001),(50000),(50001),(9000000);",
+            BUMP,
+            fixed(3),
+        );
+        assert_eq!(r.status, RunStatus::Ok);
+        let done: Vec<u64> = r.progress().iter().map(|p| p.done).collect();
+        assert_eq!(done, [3, 6, 8]);
+        assert!(
+            r.progress()
+                .iter()
+                .all(|p| p.total == 8 && p.percent <= 100.0)
+        );
+        assert_eq!(r.int("SELECT count(*) FROM t WHERE c = 1"), 8);
+        assert_eq!(r.int("SELECT count(*) FROM t WHERE c <> 1"), 0);
+        let done = r.step(StepState::Done);
+        assert_eq!((done[0].done, done[0].total, done[0].changed), (8, 8, 8));
+    }
+
+    #[test]
+    fn dense_rowids_chunk_by_arithmetic_with_the_same_boundaries() {
+        let r = run_plan(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, c INT DEFAULT 0);
+             INSERT INTO t(id) WITH RECURSIVE s(i) AS (SELECT 5 UNION ALL SELECT i+1 FROM s WHERE i < 1004) SELECT i FROM s;",
+            BUMP,
+            fixed(300),
+        );
+        assert_eq!(r.status, RunStatus::Ok);
+        let done: Vec<u64> = r.progress().iter().map(|p| p.done).collect();
+        assert_eq!(done, [300, 600, 900, 1000]);
+        assert_eq!(r.int("SELECT count(*) FROM t WHERE c = 1"), 1000);
+        assert_eq!(r.int("SELECT count(*) FROM t WHERE c <> 1"), 0);
+    }
+
+    #[test]
+    fn an_integer_primary_key_desc_is_walked_by_its_own_values_not_rowid() {
+        // Not a rowid alias: binding rowids to :lo/:hi would change nothing.
+        let r = run_plan(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY DESC, c INT DEFAULT 0);
+             INSERT INTO t(id) VALUES (100),(200),(300),(400);",
+            BUMP,
+            fixed(3),
+        );
+        assert_eq!(r.status, RunStatus::Ok);
+        assert_eq!(r.int("SELECT count(*) FROM t WHERE c = 1"), 4);
+    }
+
+    #[test]
+    fn a_single_row_is_one_chunk() {
+        let r = run_plan(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, c INT DEFAULT 0); INSERT INTO t(id) VALUES (42);",
+            BUMP,
+            fixed(1000),
+        );
+        assert_eq!(r.status, RunStatus::Ok);
+        assert_eq!(r.progress().len(), 1);
+        assert_eq!(r.progress()[0].percent, 100.0);
+        assert_eq!(r.int("SELECT c FROM t"), 1);
+    }
+
+    #[test]
+    fn an_empty_table_finishes_with_no_chunks() {
+        let r = run_plan(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, c INT DEFAULT 0);",
+            BUMP,
+            fixed(10),
+        );
+        assert_eq!(r.status, RunStatus::Ok);
+        assert!(r.progress().is_empty());
+        let done = r.step(StepState::Done);
+        assert_eq!((done[0].done, done[0].total), (0, 0));
+    }
+
+    #[test]
+    fn without_rowid_tables_walk_their_text_primary_key() {
+        let r = run_plan(
+            "CREATE TABLE kv(k TEXT PRIMARY KEY, c INT DEFAULT 0) WITHOUT ROWID;
+             INSERT INTO kv(k) VALUES ('b'),('a'),('aa'),('Z'),('z'),('é'),(''),('a b');",
+            r#"{"steps":[{"sql":"UPDATE kv SET c = c + 1 WHERE k BETWEEN :lo AND :hi","chunk":{"table":"kv","key":"k"}}]}"#,
+            fixed(2),
+        );
+        assert_eq!(r.status, RunStatus::Ok);
+        assert_eq!(r.progress().len(), 4);
+        assert_eq!(r.int("SELECT count(*) FROM kv WHERE c = 1"), 8);
+    }
+
+    #[test]
+    fn adaptive_chunks_grow_when_chunks_are_fast() {
+        let r = run_plan(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, c INT DEFAULT 0);
+             INSERT INTO t(id) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < 20000) SELECT i FROM s;",
+            r#"{"steps":[{"sql":"UPDATE t SET c = c + 1 WHERE id BETWEEN :lo AND :hi","chunk":{"table":"t","size":10}}]}"#,
+            Options::default(),
+        );
+        let p = r.progress();
+        assert_eq!(p[0].done, 10, "the first chunk takes the plan's size");
+        assert!(
+            p.len() < 20,
+            "chunks should grow towards 250 ms each, got {} chunks",
+            p.len()
+        );
+        assert_eq!(r.int("SELECT count(*) FROM t WHERE c = 1"), 20000);
+    }
+
+    #[test]
+    fn ddl_reports_zero_rows_changed() {
+        let r = run_plan(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, c INT DEFAULT 0); INSERT INTO t(id) VALUES (1),(2),(3);",
+            r#"{"steps":[{"sql":"UPDATE t SET c = 1"},{"sql":"ALTER TABLE t ADD COLUMN d INT"},{"sql":"CREATE INDEX t_c ON t(c)"}]}"#,
+            Options::default(),
+        );
+        let changed: Vec<u64> = r.step(StepState::Done).iter().map(|s| s.changed).collect();
+        assert_eq!(changed, [3, 0, 0]);
+    }
+
+    #[test]
+    fn a_failing_plain_step_is_rolled_back_whole_and_later_steps_do_not_run() {
+        let r = run_plan(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, v INT CHECK (v < 50), c INT DEFAULT 0);
+             INSERT INTO t(id) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < 100) SELECT i FROM s;",
+            r#"{"steps":[{"sql":"UPDATE t SET c = 1"},{"name":"set v","sql":"UPDATE t SET v = id"},{"sql":"UPDATE t SET c = 2"}]}"#,
+            Options::default(),
+        );
+        assert_eq!(r.status, RunStatus::Failed);
+        let failed = r.step(StepState::Failed);
+        assert_eq!(failed.len(), 1);
+        assert!(
+            failed[0]
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("CHECK constraint failed")
+        );
+        assert_eq!(
+            r.int("SELECT count(*) FROM t WHERE c = 1"),
+            100,
+            "step 1 kept"
+        );
+        assert_eq!(
+            r.int("SELECT count(*) FROM t WHERE v IS NOT NULL"),
+            0,
+            "step 2 rolled back"
+        );
+        match r.events.last() {
+            Some(Event::Finished(f)) => {
+                assert_eq!(
+                    (f.status, f.steps_done, f.rows_changed),
+                    (RunStatus::Failed, 1, 100)
+                );
+                assert!(f.error.as_deref().unwrap().contains("\"set v\""));
+            }
+            other => panic!("last event {other:?}"),
+        }
+    }
+
+    #[test]
+    fn cancelling_before_the_first_step_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.sqlite");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, c INT DEFAULT 0); INSERT INTO t(id) VALUES (1);")
+            .unwrap();
+        let conn = open_db(&path, Duration::from_secs(1)).unwrap();
+        let plan = plan::prepare(
+            &Source::Json {
+                name: "p".into(),
+                text: BUMP.into(),
+            },
+            &conn,
+        )
+        .unwrap();
+        let log = EventLog::new();
+        let cancel = Cancel::new();
+        let job = Job {
+            conn: &conn,
+            plan: &plan,
+            opts: &Options::default(),
+            resume: &Resume::none(),
+        };
+        let status = run(job, &log, &cancel, || cancel.cancel());
+        assert_eq!(status, RunStatus::Cancelled);
+        let c: i64 = conn.query_row("SELECT c FROM t", [], |r| r.get(0)).unwrap();
+        assert_eq!(c, 0);
+    }
+}

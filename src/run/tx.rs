@@ -1,0 +1,104 @@
+//! A transaction as a guard: begun once, committed with `commit(self)`,
+//! rolled back when dropped on any other path. Within a run-wide
+//! transaction (`--atomic`, `--dry-run`) it is a savepoint instead; which
+//! one is decided once, by the runner's `nested` flag.
+
+use rusqlite::Connection;
+
+pub(super) struct Tx<'c> {
+    conn: &'c Connection,
+    nested: bool,
+    open: bool,
+}
+
+impl<'c> Tx<'c> {
+    /// `BEGIN IMMEDIATE` (the write lock now, not at the first write), or a
+    /// savepoint inside the run's own transaction.
+    pub(super) fn begin(conn: &'c Connection, nested: bool) -> rusqlite::Result<Self> {
+        conn.execute_batch(if nested {
+            "SAVEPOINT batchsse_step"
+        } else {
+            "BEGIN IMMEDIATE"
+        })?;
+        Ok(Tx {
+            conn,
+            nested,
+            open: true,
+        })
+    }
+
+    pub(super) fn commit(mut self) -> rusqlite::Result<()> {
+        self.conn.execute_batch(if self.nested {
+            "RELEASE batchsse_step"
+        } else {
+            "COMMIT"
+        })?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+impl Drop for Tx<'_> {
+    fn drop(&mut self) {
+        if !self.open {
+            return;
+        }
+        if self.nested {
+            let _ = self
+                .conn
+                .execute_batch("ROLLBACK TO batchsse_step; RELEASE batchsse_step");
+        } else if !self.conn.is_autocommit() {
+            // Some errors (an interrupt, a full disk) roll SQLite's own
+            // transaction back already.
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn() -> Connection {
+        let c = Connection::open_in_memory().unwrap();
+        c.execute_batch("CREATE TABLE t(x)").unwrap();
+        c
+    }
+
+    fn count(c: &Connection) -> i64 {
+        c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn dropped_rolls_back_and_committed_keeps() {
+        let c = conn();
+        {
+            let _tx = Tx::begin(&c, false).unwrap();
+            c.execute("INSERT INTO t VALUES (1)", []).unwrap();
+        }
+        assert_eq!(count(&c), 0);
+        assert!(c.is_autocommit());
+        let tx = Tx::begin(&c, false).unwrap();
+        c.execute("INSERT INTO t VALUES (1)", []).unwrap();
+        tx.commit().unwrap();
+        assert_eq!(count(&c), 1);
+    }
+
+    #[test]
+    fn nested_is_a_savepoint_inside_the_outer_transaction() {
+        let c = conn();
+        c.execute_batch("BEGIN").unwrap();
+        {
+            let _tx = Tx::begin(&c, true).unwrap();
+            c.execute("INSERT INTO t VALUES (1)", []).unwrap();
+        }
+        let tx = Tx::begin(&c, true).unwrap();
+        c.execute("INSERT INTO t VALUES (2)", []).unwrap();
+        tx.commit().unwrap();
+        assert!(!c.is_autocommit(), "the outer transaction stays open");
+        assert_eq!(count(&c), 1);
+        c.execute_batch("ROLLBACK").unwrap();
+        assert_eq!(count(&c), 0);
+    }
+}
