@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::error::UsageError;
 use crate::event_log::EventLog;
 use crate::fanout::{Fanout, MAX_BATCH};
 use crate::sse;
@@ -456,6 +457,36 @@ fn authorized<B>(token: &str, req: &Request<B>, query: &Query) -> bool {
         .any(|given| same_secret(token, &given))
 }
 
+/// The one rule for a token, for `run`, `demo` and `watch` alike. It must
+/// reach `authorized` intact both ways: in `Authorization: Bearer T` (hyper
+/// reads a header value as text only when it is visible ASCII, and the value
+/// is trimmed) and as `?token=T` (percent-encoded). Only visible ASCII,
+/// 0x21–0x7E, does both. The message never repeats the secret.
+pub fn check_token(token: &str) -> Result<(), UsageError> {
+    if token.is_empty() {
+        return Err(UsageError::new(
+            "--token (or BATCHSSE_TOKEN) is empty; give the run's secret or leave it unset",
+        ));
+    }
+    let Some((at, c)) = token
+        .chars()
+        .enumerate()
+        .find(|(_, c)| !matches!(c, '\x21'..='\x7e'))
+    else {
+        return Ok(());
+    };
+    let what = match c {
+        ' ' => "a space",
+        c if c.is_ascii() => "a control character",
+        _ => "a non-ASCII character",
+    };
+    Err(UsageError::new(format!(
+        "--token (or BATCHSSE_TOKEN) has {what} (character {}), which cannot be sent in an HTTP header; \
+         use only visible ASCII (letters, digits and punctuation, 0x21-0x7E), e.g. a token made by `openssl rand -hex 32`",
+        at + 1
+    )))
+}
+
 /// Compares digests so the time taken says nothing about the token.
 pub fn same_secret(a: &str, b: &str) -> bool {
     let (x, y) = (Sha256::digest(a.as_bytes()), Sha256::digest(b.as_bytes()));
@@ -486,7 +517,7 @@ impl Query {
 }
 
 /// Binds the listen address with a message that says what to do on failure.
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, crate::error::UsageError> {
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, UsageError> {
     TcpListener::bind(addr).await.map_err(|e| {
         let why = match e.kind() {
             std::io::ErrorKind::AddrInUse => "the port is already in use".to_owned(),
@@ -494,7 +525,7 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, crate::error::UsageEr
             std::io::ErrorKind::PermissionDenied => "permission denied (ports below 1024 need privileges)".to_owned(),
             _ => e.to_string(),
         };
-        crate::error::UsageError::new(format!(
+        UsageError::new(format!(
             "cannot listen on {addr}: {why}; pick another with --listen, e.g. --listen 127.0.0.1:0 for any free port"
         ))
     })
@@ -555,6 +586,27 @@ mod tests {
         let (evs, _) = collect(event_stream(log, 3, Duration::from_secs(15), ())).await;
         let ids: Vec<_> = evs.iter().map(|e| e.id.clone().unwrap()).collect();
         assert_eq!(ids, ["4", "5", "6"]);
+    }
+
+    #[test]
+    fn tokens_are_visible_ascii_only() {
+        let all: String = (0x21u8..=0x7e).map(char::from).collect();
+        for good in ["s3cret", "a&b", "x", all.as_str()] {
+            assert_eq!(check_token(good), Ok(()), "{good}");
+        }
+        for (bad, what) in [
+            ("", "empty"),
+            ("tök", "non-ASCII character (character 2)"),
+            ("🔑", "non-ASCII character (character 1)"),
+            ("a b", "a space (character 2)"),
+            ("a\tb", "control character"),
+            ("\u{7f}", "control character"),
+            ("a\nb", "control character"),
+        ] {
+            let e = check_token(bad).unwrap_err().0;
+            assert!(e.contains(what), "{bad:?}: {e}");
+            assert!(e.contains("BATCHSSE_TOKEN"), "{e}");
+        }
     }
 
     #[test]

@@ -106,15 +106,14 @@ impl Target {
         };
         let auth = match token {
             None => None,
-            Some("") => {
-                return Err(UsageError::new(
-                    "--token (or BATCHSSE_TOKEN) is empty; give the run's token or leave it unset",
-                ));
+            Some(t) => {
+                crate::server::check_token(t)?;
+                // Visible ASCII is always a valid header value.
+                Some(
+                    HeaderValue::from_str(&format!("Bearer {t}"))
+                        .map_err(|_| UsageError::new("--token cannot be sent as a header"))?,
+                )
             }
-            Some(t) => Some(
-                HeaderValue::from_str(&format!("Bearer {t}"))
-                    .map_err(|_| UsageError::new("--token must not contain control characters"))?,
-            ),
         };
         Ok(Target {
             host: host.to_owned(),
@@ -491,6 +490,7 @@ mod tests {
             ("http://h/?last_event_id=x", None),
             ("http://h/", Some("")),
             ("http://h/", Some("a\nb")),
+            ("http://h/", Some("tök")),
         ] {
             let e = Target::parse(url, token).unwrap_err();
             assert!(!e.0.is_empty(), "{url}");
