@@ -355,7 +355,15 @@ async fn attempt(
         let Ok(bytes) = frame.into_data() else {
             continue;
         };
-        for ev in parser.feed(&bytes) {
+        // A line or event past the parser's limit is not batchsse's:
+        // buffering on would only fill memory.
+        let events = parser.try_feed(&bytes).map_err(|e| {
+            let url = target.url(&target.events);
+            Unreachable(format!(
+                "{url} sent {e}, more than a batchsse run sends at once; is {url} a batchsse stream? Check the address (e.g. http://127.0.0.1:7077/)"
+            ))
+        })?;
+        for ev in events {
             let id = ev.id.as_deref().and_then(|i| i.trim().parse::<u64>().ok());
             if let Some(id) = id {
                 // The replay after a reconnect starts after our id, but a

@@ -647,3 +647,59 @@ fn the_readme_ci_recipe_passes_a_good_batch_and_fails_fast_on_a_bad_plan() {
     assert!(took < Duration::from_secs(20), "took {took:?}: {log}");
     assert_eq!(std::fs::read(dir.join("shop.sqlite")).unwrap(), before);
 }
+
+/// A hostile "event stream" on a free port: a `200 text/event-stream`
+/// head, then `pattern` over and over (at most 64 MiB), then silence until
+/// the client leaves (at most 30 s). It serves one connection.
+fn endless_stream(pattern: &'static [u8]) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        let Ok((mut s, _)) = listener.accept() else {
+            return;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+        let _ = s.read(&mut [0; 4096]);
+        let head =
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n";
+        let block = pattern.repeat((64 << 10) / pattern.len());
+        let mut sent = 0;
+        while sent < 64 << 20 {
+            let bytes = if sent == 0 {
+                head.as_bytes()
+            } else {
+                &block[..]
+            };
+            if s.write_all(bytes).is_err() {
+                return;
+            }
+            sent += bytes.len();
+        }
+        let _ = s.read(&mut [0; 1]);
+    });
+    addr
+}
+
+#[test]
+fn an_endless_line_or_event_ends_watch_with_exit_3_not_a_full_memory() {
+    for (pattern, what) in [
+        (&b"x"[..], "a line longer than 16 MiB"),
+        (&b"data: endless\n"[..], "an event longer than 16 MiB"),
+    ] {
+        let addr = endless_stream(pattern);
+        let t0 = Instant::now();
+        let mut w = watch(&format!("http://{addr}/"), &["--connect-timeout", "30"]);
+        let code = w.wait_for(Duration::from_secs(20)).code();
+        let err = w.stderr();
+        assert_eq!(code, Some(3), "{err}");
+        let says = format!("batchsse: http://{addr}/events sent {what}");
+        assert!(err.starts_with(&says), "{err}");
+        assert!(err.contains("a batchsse stream?"), "{err}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "took {:?}",
+            t0.elapsed()
+        );
+        assert_eq!(w.stdout(), "");
+    }
+}
