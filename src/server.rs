@@ -30,6 +30,13 @@ use crate::sse;
 
 pub type Body = BoxBody<Bytes, Infallible>;
 
+/// Event ids start at 1 in every run, so a `Last-Event-ID` alone cannot
+/// tell a run restarted on the same address from the one it came from. Every
+/// `/events` answer (`200` and `204`) names the run in this header, and a
+/// request that names another run with it gets the whole run, from id 1,
+/// whatever its `Last-Event-ID`.
+pub const RUN_ID_HEADER: &str = "x-batchsse-run-id";
+
 /// How the server answers, from the command line.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -327,16 +334,28 @@ fn events<B>(state: &Arc<State>, req: &Request<B>, query: &Query) -> Response<Bo
         .or_else(|| query.get("last_event_id"))
         .and_then(|v| v.trim().parse::<u64>().ok())
         .unwrap_or(0);
+    // None only between the server's start and the runner's `start` event.
+    let run_id = state.log.run_id();
+    let for_another_run = req
+        .headers()
+        .get(RUN_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|asked| run_id.as_deref() != Some(asked));
     // An id this run never gave out comes from an earlier run on the same
     // address (a dashboard left open): treat it as a new client.
-    let last_seen = if last_seen > state.log.last_id() {
+    let last_seen = if for_another_run || last_seen > state.log.last_id() {
         0
     } else {
         last_seen
     };
+    let run_id = run_id.and_then(|id| HeaderValue::from_str(&id).ok());
     if state.log.finished_id().is_some_and(|f| last_seen >= f) {
         // EventSource stops reconnecting on 204: the run is over for it.
-        return empty(StatusCode::NO_CONTENT);
+        let mut r = empty(StatusCode::NO_CONTENT);
+        if let Some(id) = run_id {
+            r.headers_mut().insert(RUN_ID_HEADER, id);
+        }
+        return r;
     }
     let mut r = if req.method() == Method::HEAD {
         empty(StatusCode::OK)
@@ -370,6 +389,9 @@ fn events<B>(state: &Arc<State>, req: &Request<B>, query: &Query) -> Response<Bo
         HeaderValue::from_static("no-cache, no-transform"),
     );
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    if let Some(id) = run_id {
+        h.insert(RUN_ID_HEADER, id);
+    }
     r
 }
 
