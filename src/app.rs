@@ -223,16 +223,7 @@ pub fn check_serve(a: &ServeArgs, default_linger: f64) -> Result<Option<Serve>, 
         )));
     }
     if let Some(t) = &a.token {
-        if t.is_empty() {
-            return Err(UsageError::new(
-                "--token (or BATCHSSE_TOKEN) is empty; give a secret or leave it unset",
-            ));
-        }
-        if t.chars().any(|c| c.is_control() || c == ' ') {
-            return Err(UsageError::new(
-                "--token must not contain spaces or control characters",
-            ));
-        }
+        server::check_token(t)?;
     }
     if let Some(o) = &a.cors {
         if o == "*" && a.token.is_some() {

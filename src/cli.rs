@@ -47,7 +47,7 @@ pub enum Command {
         batchsse watch http://127.0.0.1:7077/ --pid $!\n\n\
         It may start before the run listens: it retries until --connect-timeout (or until the \
         --pid process has exited), and after a dropped connection it resumes with Last-Event-ID, \
-        printing no event twice.\n\n\
+        printing no event twice. A new run started on the same address is followed from its start.\n\n\
         Exit status: 0 the run finished ok, 1 it failed, 130 it was interrupted (or watch was), \
         2 bad usage (or the token was refused), 3 no run could be reached, 141 its output was \
         closed (--progress json | head) or could not be written.")]

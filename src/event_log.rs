@@ -102,6 +102,8 @@ struct Inner {
     /// Compact when `entries` reaches this length.
     next_compaction: usize,
     finished_id: Option<u64>,
+    /// The `start` event's `run_id`, once it is logged.
+    run_id: Option<String>,
     snapshot: Snapshot,
     /// Rows changed by steps that have ended, so `rows_changed` can add
     /// the running step's count to it.
@@ -170,8 +172,10 @@ impl EventLog {
         // Event names are fixed identifiers, so encoding cannot fail.
         let frame = sse::encode(Some(id), event.sse_name(), &data).unwrap_or_default();
         update_snapshot(&mut inner, &event, id);
-        if matches!(event, Event::Finished(_)) {
-            inner.finished_id = Some(id);
+        match &event {
+            Event::Finished(_) => inner.finished_id = Some(id),
+            Event::Start(s) => inner.run_id = Some(s.run_id.clone()),
+            _ => {}
         }
         inner.entries.push(Arc::new(Entry {
             id,
@@ -260,6 +264,11 @@ impl EventLog {
 
     pub fn last_id(&self) -> u64 {
         self.read().snapshot.last_event_id
+    }
+
+    /// The run's id from its `start` event, once that is logged.
+    pub fn run_id(&self) -> Option<String> {
+        self.read().run_id.clone()
     }
 
     /// The id of the `finished` event, once it is logged.

@@ -23,11 +23,19 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::error::UsageError;
 use crate::event_log::EventLog;
 use crate::fanout::{Fanout, MAX_BATCH};
 use crate::sse;
 
 pub type Body = BoxBody<Bytes, Infallible>;
+
+/// Event ids start at 1 in every run, so a `Last-Event-ID` alone cannot
+/// tell a run restarted on the same address from the one it came from. Every
+/// `/events` answer (`200` and `204`) names the run in this header, and a
+/// request that names another run with it gets the whole run, from id 1,
+/// whatever its `Last-Event-ID`.
+pub const RUN_ID_HEADER: &str = "x-batchsse-run-id";
 
 /// How the server answers, from the command line.
 #[derive(Debug, Clone)]
@@ -326,16 +334,28 @@ fn events<B>(state: &Arc<State>, req: &Request<B>, query: &Query) -> Response<Bo
         .or_else(|| query.get("last_event_id"))
         .and_then(|v| v.trim().parse::<u64>().ok())
         .unwrap_or(0);
+    // None only between the server's start and the runner's `start` event.
+    let run_id = state.log.run_id();
+    let for_another_run = req
+        .headers()
+        .get(RUN_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|asked| run_id.as_deref() != Some(asked));
     // An id this run never gave out comes from an earlier run on the same
     // address (a dashboard left open): treat it as a new client.
-    let last_seen = if last_seen > state.log.last_id() {
+    let last_seen = if for_another_run || last_seen > state.log.last_id() {
         0
     } else {
         last_seen
     };
+    let run_id = run_id.and_then(|id| HeaderValue::from_str(&id).ok());
     if state.log.finished_id().is_some_and(|f| last_seen >= f) {
         // EventSource stops reconnecting on 204: the run is over for it.
-        return empty(StatusCode::NO_CONTENT);
+        let mut r = empty(StatusCode::NO_CONTENT);
+        if let Some(id) = run_id {
+            r.headers_mut().insert(RUN_ID_HEADER, id);
+        }
+        return r;
     }
     let mut r = if req.method() == Method::HEAD {
         empty(StatusCode::OK)
@@ -369,6 +389,9 @@ fn events<B>(state: &Arc<State>, req: &Request<B>, query: &Query) -> Response<Bo
         HeaderValue::from_static("no-cache, no-transform"),
     );
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    if let Some(id) = run_id {
+        h.insert(RUN_ID_HEADER, id);
+    }
     r
 }
 
@@ -456,6 +479,36 @@ fn authorized<B>(token: &str, req: &Request<B>, query: &Query) -> bool {
         .any(|given| same_secret(token, &given))
 }
 
+/// The one rule for a token, for `run`, `demo` and `watch` alike. It must
+/// reach `authorized` intact both ways: in `Authorization: Bearer T` (hyper
+/// reads a header value as text only when it is visible ASCII, and the value
+/// is trimmed) and as `?token=T` (percent-encoded). Only visible ASCII,
+/// 0x21–0x7E, does both. The message never repeats the secret.
+pub fn check_token(token: &str) -> Result<(), UsageError> {
+    if token.is_empty() {
+        return Err(UsageError::new(
+            "--token (or BATCHSSE_TOKEN) is empty; give the run's secret or leave it unset",
+        ));
+    }
+    let Some((at, c)) = token
+        .chars()
+        .enumerate()
+        .find(|(_, c)| !matches!(c, '\x21'..='\x7e'))
+    else {
+        return Ok(());
+    };
+    let what = match c {
+        ' ' => "a space",
+        c if c.is_ascii() => "a control character",
+        _ => "a non-ASCII character",
+    };
+    Err(UsageError::new(format!(
+        "--token (or BATCHSSE_TOKEN) has {what} (character {}), which cannot be sent in an HTTP header; \
+         use only visible ASCII (letters, digits and punctuation, 0x21-0x7E), e.g. a token made by `openssl rand -hex 32`",
+        at + 1
+    )))
+}
+
 /// Compares digests so the time taken says nothing about the token.
 pub fn same_secret(a: &str, b: &str) -> bool {
     let (x, y) = (Sha256::digest(a.as_bytes()), Sha256::digest(b.as_bytes()));
@@ -491,7 +544,7 @@ impl Query {
 pub const LISTEN_BACKLOG: u32 = 4096;
 
 /// Binds the listen address with a message that says what to do on failure.
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, crate::error::UsageError> {
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, UsageError> {
     let listen = || -> std::io::Result<TcpListener> {
         let socket = if addr.is_ipv4() {
             TcpSocket::new_v4()?
@@ -512,7 +565,7 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, crate::error::UsageEr
             std::io::ErrorKind::PermissionDenied => "permission denied (ports below 1024 need privileges)".to_owned(),
             _ => e.to_string(),
         };
-        crate::error::UsageError::new(format!(
+        UsageError::new(format!(
             "cannot listen on {addr}: {why}; pick another with --listen, e.g. --listen 127.0.0.1:0 for any free port"
         ))
     })
@@ -573,6 +626,27 @@ mod tests {
         let (evs, _) = collect(event_stream(log, 3, Duration::from_secs(15), ())).await;
         let ids: Vec<_> = evs.iter().map(|e| e.id.clone().unwrap()).collect();
         assert_eq!(ids, ["4", "5", "6"]);
+    }
+
+    #[test]
+    fn tokens_are_visible_ascii_only() {
+        let all: String = (0x21u8..=0x7e).map(char::from).collect();
+        for good in ["s3cret", "a&b", "x", all.as_str()] {
+            assert_eq!(check_token(good), Ok(()), "{good}");
+        }
+        for (bad, what) in [
+            ("", "empty"),
+            ("tök", "non-ASCII character (character 2)"),
+            ("🔑", "non-ASCII character (character 1)"),
+            ("a b", "a space (character 2)"),
+            ("a\tb", "control character"),
+            ("\u{7f}", "control character"),
+            ("a\nb", "control character"),
+        ] {
+            let e = check_token(bad).unwrap_err().0;
+            assert!(e.contains(what), "{bad:?}: {e}");
+            assert!(e.contains("BATCHSSE_TOKEN"), "{e}");
+        }
     }
 
     #[test]

@@ -72,8 +72,33 @@ pub struct ParsedEvent {
     pub data: String,
 }
 
-/// An incremental parser for `text/event-stream` bytes.
-#[derive(Debug, Default)]
+/// The longest line, and the most `data` in one event, that [`Parser`]
+/// accepts. A run's `start` event lists every step on one line (about
+/// 100 bytes a step: 1.2 MB for a 12,000-statement script), so this is far
+/// above what batchsse sends and still bounds what a broken stream can cost.
+pub const MAX_LINE: usize = 16 << 20;
+
+/// A stream that broke [`Parser`]'s limit: not one batchsse would send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TooLong {
+    #[error("a line longer than {}", size(*.0))]
+    Line(usize),
+    #[error("an event longer than {}", size(*.0))]
+    Event(usize),
+}
+
+fn size(bytes: usize) -> String {
+    if bytes >= 1 << 20 && bytes.is_multiple_of(1 << 20) {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{bytes} bytes")
+    }
+}
+
+/// An incremental parser for `text/event-stream` bytes. A line or an
+/// event's data over the limit ([`MAX_LINE`] unless set) stops it: an
+/// endless line must not fill memory.
+#[derive(Debug)]
 pub struct Parser {
     buf: Vec<u8>,
     started: bool,
@@ -84,11 +109,37 @@ pub struct Parser {
     last_id: Option<String>,
     retry: Option<u64>,
     comments: usize,
+    limit: usize,
+    /// Set once the limit was broken: no more input is taken.
+    broken: Option<TooLong>,
+}
+
+impl Default for Parser {
+    fn default() -> Self {
+        Self::with_limit(MAX_LINE)
+    }
 }
 
 impl Parser {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A parser that refuses a line, or an event's data, over `limit` bytes.
+    pub fn with_limit(limit: usize) -> Self {
+        Parser {
+            buf: Vec::new(),
+            started: false,
+            after_cr: false,
+            data: String::new(),
+            event: String::new(),
+            has_data: false,
+            last_id: None,
+            retry: None,
+            comments: 0,
+            limit,
+            broken: None,
+        }
     }
 
     /// The last `retry:` value seen, in milliseconds.
@@ -106,31 +157,73 @@ impl Parser {
         self.last_id.as_deref()
     }
 
-    /// Feeds bytes; returns the events they complete.
+    /// Feeds bytes; returns the events they complete. Once the stream broke
+    /// the limit, returns only the events completed before that and ignores
+    /// the rest; [`Parser::try_feed`] says so.
     pub fn feed(&mut self, bytes: &[u8]) -> Vec<ParsedEvent> {
         let mut events = Vec::new();
-        for &b in bytes {
-            if self.after_cr {
-                self.after_cr = false;
-                if b == b'\n' {
-                    continue;
-                }
-            }
-            match b {
-                b'\r' | b'\n' => {
-                    self.after_cr = b == b'\r';
-                    let line = std::mem::take(&mut self.buf);
-                    if let Some(ev) = self.line(&line) {
-                        events.push(ev);
-                    }
-                }
-                _ => self.buf.push(b),
-            }
-        }
+        let _ = self.feed_into(bytes, &mut events);
         events
     }
 
-    fn line(&mut self, raw: &[u8]) -> Option<ParsedEvent> {
+    /// Feeds bytes; returns the events they complete, or the limit the
+    /// stream broke (then, and on every later call, an error).
+    pub fn try_feed(&mut self, bytes: &[u8]) -> Result<Vec<ParsedEvent>, TooLong> {
+        let mut events = Vec::new();
+        self.feed_into(bytes, &mut events)?;
+        Ok(events)
+    }
+
+    fn feed_into(&mut self, bytes: &[u8], events: &mut Vec<ParsedEvent>) -> Result<(), TooLong> {
+        if let Some(e) = self.broken {
+            return Err(e);
+        }
+        let r = self.lines(bytes, events);
+        if let Err(e) = r {
+            self.broken = Some(e);
+            self.buf = Vec::new();
+            self.data = String::new();
+        }
+        r
+    }
+
+    /// Splits at CR, LF and CRLF (a CRLF may straddle two calls); a line cut
+    /// by the end of `bytes` waits in `buf` for the rest.
+    fn lines(&mut self, mut bytes: &[u8], events: &mut Vec<ParsedEvent>) -> Result<(), TooLong> {
+        if self.after_cr && !bytes.is_empty() {
+            self.after_cr = false;
+            if bytes[0] == b'\n' {
+                bytes = &bytes[1..];
+            }
+        }
+        while let Some(end) = bytes.iter().position(|&b| b == b'\r' || b == b'\n') {
+            if self.buf.len() + end > self.limit {
+                return Err(TooLong::Line(self.limit));
+            }
+            let ev = if self.buf.is_empty() {
+                self.line(&bytes[..end])?
+            } else {
+                let mut line = std::mem::take(&mut self.buf);
+                line.extend_from_slice(&bytes[..end]);
+                let ev = self.line(&line);
+                // Keep the allocation for the next cut line.
+                line.clear();
+                self.buf = line;
+                ev?
+            };
+            events.extend(ev);
+            let crlf = bytes[end] == b'\r' && bytes.get(end + 1) == Some(&b'\n');
+            self.after_cr = bytes[end] == b'\r' && end + 1 == bytes.len();
+            bytes = &bytes[end + if crlf { 2 } else { 1 }..];
+        }
+        if self.buf.len() + bytes.len() > self.limit {
+            return Err(TooLong::Line(self.limit));
+        }
+        self.buf.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn line(&mut self, raw: &[u8]) -> Result<Option<ParsedEvent>, TooLong> {
         let mut raw = raw;
         if !self.started {
             self.started = true;
@@ -138,11 +231,11 @@ impl Parser {
         }
         let line = String::from_utf8_lossy(raw);
         if line.is_empty() {
-            return self.dispatch();
+            return Ok(self.dispatch());
         }
         if line.starts_with(':') {
             self.comments += 1;
-            return None;
+            return Ok(None);
         }
         let (field, value) = match line.find(':') {
             Some(i) => {
@@ -153,6 +246,10 @@ impl Parser {
         };
         match field {
             "data" => {
+                // `data` holds a newline per line; the event gets one fewer.
+                if self.data.len() + value.len() > self.limit {
+                    return Err(TooLong::Event(self.limit));
+                }
                 self.data.push_str(value);
                 self.data.push('\n');
                 self.has_data = true;
@@ -164,7 +261,7 @@ impl Parser {
             }
             _ => {}
         }
-        None
+        Ok(None)
     }
 
     fn dispatch(&mut self) -> Option<ParsedEvent> {
@@ -276,6 +373,95 @@ mod tests {
         assert_eq!(evs.len(), 1);
         assert_eq!(evs[0].id.as_deref(), Some("5"));
         assert_eq!(p.retry(), Some(10));
+    }
+
+    #[test]
+    fn an_empty_feed_between_cr_and_lf_keeps_them_one_line_end() {
+        let mut p = Parser::new();
+        let mut evs = p.feed(b"data: a\r");
+        for part in [&b""[..], b"\n", b"\r", b"", b"\n"] {
+            evs.extend(p.feed(part));
+        }
+        evs.extend(p.feed(b"data: b\n\n"));
+        assert_eq!(evs.len(), 2, "{evs:?}");
+        assert_eq!((evs[0].data.as_str(), evs[1].data.as_str()), ("a", "b"));
+    }
+
+    #[test]
+    fn lines_and_events_over_the_limit_stop_the_parser() {
+        // (input, limit, events before the stop, the stop)
+        let cases: &[(&[u8], usize, usize, Option<TooLong>)] = &[
+            (b"data: 1234567890\n\n", 16, 1, None),
+            (b"data: 12345678901\n\n", 16, 0, Some(TooLong::Line(16))),
+            (b"0123456789abcdefg", 16, 0, Some(TooLong::Line(16))),
+            (b"0123456789abcdef", 16, 0, None),
+            (b": 345678901234567\n", 16, 0, Some(TooLong::Line(16))),
+            (
+                b"id: 1\ndata: ok\n\nxxxxxxxxxxxxxxxxxxxxxxxx",
+                16,
+                1,
+                Some(TooLong::Line(16)),
+            ),
+            // Short lines, one long event: its data is "12345678\n1234567"
+            // (16 bytes, fits), then "12345678\n12345678" (17, does not).
+            (b"data: 12345678\ndata: 1234567\n\n", 16, 1, None),
+            (
+                b"data: 12345678\ndata: 12345678\n\n",
+                16,
+                0,
+                Some(TooLong::Event(16)),
+            ),
+            (b"data\n".repeat(17).leak(), 16, 0, None),
+            (b"data\n".repeat(18).leak(), 16, 0, Some(TooLong::Event(16))),
+            // Comments, ids and names are not data: they never pile up.
+            (b": keep-alive\n".repeat(100).leak(), 16, 0, None),
+            (b"event: x\nid: 2\n".repeat(100).leak(), 16, 0, None),
+        ];
+        for &(input, limit, before, stop) in cases {
+            for chunk in [1, 3, input.len().max(1)] {
+                let mut p = Parser::with_limit(limit);
+                let mut evs = Vec::new();
+                let mut got = None;
+                for c in input.chunks(chunk) {
+                    match p.try_feed(c) {
+                        Ok(e) => evs.extend(e),
+                        Err(e) => {
+                            got = Some(e);
+                            break;
+                        }
+                    }
+                }
+                let case = format!("{:?} in chunks of {chunk}", String::from_utf8_lossy(input));
+                assert_eq!(got, stop, "{case}");
+                if chunk == 1 {
+                    assert_eq!(evs.len(), before, "{case}");
+                }
+                if let Some(e) = stop {
+                    // Broken for good: the rest is refused, not parsed.
+                    assert_eq!(p.try_feed(b"data: x\n\n"), Err(e), "{case}");
+                    assert_eq!(p.feed(b"data: x\n\n"), vec![], "{case}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_default_limit_takes_a_line_of_16_mib_and_refuses_one_more_byte() {
+        let mut line = b"data: ".to_vec();
+        line.resize(MAX_LINE, b'x');
+        let mut p = Parser::new();
+        assert_eq!(p.try_feed(&line).map(|e| e.len()), Ok(0));
+        assert_eq!(p.try_feed(b"\n\n").map(|e| e.len()), Ok(1));
+        line.push(b'x');
+        assert_eq!(Parser::new().try_feed(&line), Err(TooLong::Line(MAX_LINE)));
+        assert_eq!(
+            TooLong::Line(MAX_LINE).to_string(),
+            "a line longer than 16 MiB"
+        );
+        assert_eq!(
+            TooLong::Event(10).to_string(),
+            "an event longer than 10 bytes"
+        );
     }
 
     #[test]

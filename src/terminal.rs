@@ -122,6 +122,23 @@ impl Renderer {
         }
     }
 
+    /// Forgets the run shown so far (its bars go) and says why with `line`:
+    /// what follows is another run, from its `start`.
+    pub fn new_run(&mut self, line: &str) {
+        if let Some(b) = self.bars.take() {
+            if let Some(pb) = b.step {
+                pb.finish_and_clear();
+            }
+            b.overall.finish_and_clear();
+            let _ = b.multi.clear();
+        }
+        self.steps.clear();
+        self.last_plain.clear();
+        if self.mode != ProgressMode::None {
+            err_line(line);
+        }
+    }
+
     /// True once a write to standard output failed.
     pub fn stdout_failed(&self) -> bool {
         self.stdout_failed

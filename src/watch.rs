@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use crate::cli::WatchArgs;
 use crate::error::{Unreachable, UsageError, exit};
 use crate::event::{Event, RunStatus};
+use crate::server::RUN_ID_HEADER;
 use crate::sse::Parser;
 use crate::terminal::{Renderer, err_line};
 
@@ -106,15 +107,14 @@ impl Target {
         };
         let auth = match token {
             None => None,
-            Some("") => {
-                return Err(UsageError::new(
-                    "--token (or BATCHSSE_TOKEN) is empty; give the run's token or leave it unset",
-                ));
+            Some(t) => {
+                crate::server::check_token(t)?;
+                // Visible ASCII is always a valid header value.
+                Some(
+                    HeaderValue::from_str(&format!("Bearer {t}"))
+                        .map_err(|_| UsageError::new("--token cannot be sent as a header"))?,
+                )
             }
-            Some(t) => Some(
-                HeaderValue::from_str(&format!("Bearer {t}"))
-                    .map_err(|_| UsageError::new("--token must not contain control characters"))?,
-            ),
         };
         Ok(Target {
             host: host.to_owned(),
@@ -179,6 +179,37 @@ enum Attempt {
     OutputClosed,
 }
 
+/// Where the watch is: the run it follows and the last event it showed.
+/// Event ids start at 1 in every run, so an id alone cannot tell a run
+/// restarted on the same address from the one followed so far.
+struct Seen {
+    last_id: u64,
+    run_id: Option<String>,
+}
+
+impl Seen {
+    /// Whether `run_id` is another run than the one followed so far (the
+    /// first one heard of is adopted).
+    fn is_new_run(&mut self, run_id: &str) -> bool {
+        match &self.run_id {
+            Some(known) => known != run_id,
+            None => {
+                self.run_id = Some(run_id.to_owned());
+                false
+            }
+        }
+    }
+
+    /// Starts over with `run_id`, whose every event is new to us.
+    fn restart(&mut self, run_id: &str, renderer: &mut Renderer) {
+        self.last_id = 0;
+        self.run_id = Some(run_id.to_owned());
+        renderer.new_run(&format!(
+            "batchsse: a new run started on this address (run {run_id}); following it"
+        ));
+    }
+}
+
 /// Follows the stream across reconnects until the run's outcome is known;
 /// returns the exit status. With `run_pid`, gives up as soon as that
 /// process is gone instead of waiting out `patience`.
@@ -188,7 +219,10 @@ async fn follow(
     run_pid: Option<u32>,
     mut renderer: Renderer,
 ) -> anyhow::Result<u8> {
-    let mut last_id = target.after;
+    let mut seen = Seen {
+        last_id: target.after,
+        run_id: None,
+    };
     // The clock for --connect-timeout restarts whenever a stream was live.
     let mut since = Instant::now();
     let mut connected = false;
@@ -196,10 +230,10 @@ async fn follow(
     loop {
         // Even --connect-timeout 0 gets one real try.
         let deadline = (since + patience).max(Instant::now() + TRY_AT_LEAST);
-        let why = match attempt(target, &mut last_id, &mut renderer, deadline).await? {
+        let why = match attempt(target, &mut seen, &mut renderer, deadline).await? {
             Attempt::Finished(s) => return Ok(s.exit_code()),
             Attempt::OutputClosed => return Ok(exit::OUTPUT_CLOSED),
-            Attempt::NoContent => return outcome_after_204(target, last_id, deadline).await,
+            Attempt::NoContent => return outcome_after_204(target, seen.last_id, deadline).await,
             Attempt::Dropped(why) => {
                 since = Instant::now();
                 connected = true;
@@ -208,6 +242,7 @@ async fn follow(
             }
             Attempt::Failed(why) => why,
         };
+        let last_id = seen.last_id;
         if let Some(pid) = run_pid.filter(|&p| !process_alive(p)) {
             let url = target.url(&target.events);
             return Err(Unreachable(if connected {
@@ -270,11 +305,12 @@ fn process_alive(pid: u32) -> bool {
     }
 }
 
-/// Sends `GET path`; connecting and the response head must come by `deadline`.
+/// Sends `GET path`, resuming after `seen` if given; connecting and the
+/// response head must come by `deadline`.
 async fn get(
     target: &Target,
     path: &str,
-    last_id: u64,
+    seen: Option<&Seen>,
     deadline: Instant,
 ) -> Result<Response<Incoming>, String> {
     let exchange = async {
@@ -293,8 +329,13 @@ async fn get(
         if let Some(auth) = &target.auth {
             req = req.header(header::AUTHORIZATION, auth.clone());
         }
-        if last_id > 0 {
-            req = req.header("last-event-id", last_id);
+        if let Some(seen) = seen.filter(|s| s.last_id > 0) {
+            req = req.header("last-event-id", seen.last_id);
+            // The id counts only for its own run: another run on this
+            // address answers with all of its events instead.
+            if let Some(run_id) = &seen.run_id {
+                req = req.header(RUN_ID_HEADER, run_id);
+            }
         }
         let req = req.body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
         sender.send_request(req).await.map_err(|e| e.to_string())
@@ -308,14 +349,24 @@ async fn get(
 /// One connection: renders new events until `finished` or the stream ends.
 async fn attempt(
     target: &Target,
-    last_id: &mut u64,
+    seen: &mut Seen,
     renderer: &mut Renderer,
     deadline: Instant,
 ) -> anyhow::Result<Attempt> {
-    let resp = match get(target, &target.events, *last_id, deadline).await {
+    let resp = match get(target, &target.events, Some(seen), deadline).await {
         Ok(r) => r,
         Err(why) => return Ok(Attempt::Failed(why)),
     };
+    // Another run on this address ignored our Last-Event-ID (we named our
+    // run) and sends its own events from id 1.
+    if let Some(run_id) = resp
+        .headers()
+        .get(RUN_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        && seen.is_new_run(run_id)
+    {
+        seen.restart(run_id, renderer);
+    }
     match resp.status() {
         StatusCode::OK => {}
         StatusCode::NO_CONTENT => return Ok(Attempt::NoContent),
@@ -356,19 +407,36 @@ async fn attempt(
         let Ok(bytes) = frame.into_data() else {
             continue;
         };
-        for ev in parser.feed(&bytes) {
+        // A line or event past the parser's limit is not batchsse's:
+        // buffering on would only fill memory.
+        let events = parser.try_feed(&bytes).map_err(|e| {
+            let url = target.url(&target.events);
+            Unreachable(format!(
+                "{url} sent {e}, more than a batchsse run sends at once; is {url} a batchsse stream? Check the address (e.g. http://127.0.0.1:7077/)"
+            ))
+        })?;
+        for ev in events {
             let id = ev.id.as_deref().and_then(|i| i.trim().parse::<u64>().ok());
+            // A new run that answered before logging its `start` sent no run
+            // id header, so its `start` (it replays from id 1: our id is
+            // beyond its log) is what tells the runs apart.
+            if ev.event == "start"
+                && let Ok(Event::Start(s)) = Event::from_json(&ev.event, &ev.data)
+                && seen.is_new_run(&s.run_id)
+            {
+                seen.restart(&s.run_id, renderer);
+            }
             if let Some(id) = id {
                 // The replay after a reconnect starts after our id, but a
                 // server that replays more must still not show anything twice.
-                if id <= *last_id {
+                if id <= seen.last_id {
                     continue;
                 }
-                *last_id = id;
+                seen.last_id = id;
             }
             match Event::from_json(&ev.event, &ev.data) {
                 Ok(event) => {
-                    renderer.show(id.unwrap_or(*last_id), &event, &ev.data);
+                    renderer.show(id.unwrap_or(seen.last_id), &event, &ev.data);
                     if let Event::Finished(f) = event {
                         return Ok(Attempt::Finished(f.status));
                     }
@@ -411,7 +479,7 @@ fn refused(target: &Target, status: StatusCode) -> anyhow::Error {
 async fn outcome_after_204(target: &Target, last_id: u64, deadline: Instant) -> anyhow::Result<u8> {
     let url = target.url(&target.status);
     let deadline = deadline.max(Instant::now() + Duration::from_secs(5));
-    let resp = get(target, &target.status, 0, deadline)
+    let resp = get(target, &target.status, None, deadline)
         .await
         .map_err(|why| {
             Unreachable(format!(
@@ -491,6 +559,7 @@ mod tests {
             ("http://h/?last_event_id=x", None),
             ("http://h/", Some("")),
             ("http://h/", Some("a\nb")),
+            ("http://h/", Some("tök")),
         ] {
             let e = Target::parse(url, token).unwrap_err();
             assert!(!e.0.is_empty(), "{url}");

@@ -709,3 +709,77 @@ fn idle_connections_do_not_hold_the_exit() {
         exited - finished
     );
 }
+
+#[test]
+fn every_stream_answer_names_the_run_and_a_resume_from_another_run_gets_all_of_this_one() {
+    use std::io::{Read, Write};
+    let db = TempDb::counters(100);
+    let plan = db.file("plan.json", &counter_plan("run-id", 10));
+    let mut p = Proc::start(&args(
+        &db,
+        path_str(&plan),
+        &words("--wait-for-clients 1 --batch-size 10 --linger 30 --progress none"),
+    ));
+    let a = p.addr();
+    let mut s = Stream::open(a, "/events", &[]);
+    let all = s.rest();
+    let run_id = data(&all[0])["run_id"].as_str().unwrap().to_owned();
+    // This first client may be answered before `start` is logged: then
+    // there is no run id to send yet.
+    let first = s.header("x-batchsse-run-id");
+    assert!(first.is_none_or(|h| h == run_id), "{first:?}");
+    let finished = id(all.last().unwrap()).to_string();
+    assert!(all.len() > 4, "{all:?}");
+
+    let first_id = |headers: &[(&str, &str)]| {
+        let mut s = Stream::open(a, "/events", headers);
+        assert_eq!(s.header("x-batchsse-run-id"), Some(run_id.as_str()));
+        s.next_event().map(|e| id(&e))
+    };
+    // Its own id resumes, with or without naming the run.
+    assert_eq!(first_id(&[("Last-Event-ID", "3")]), Some(4));
+    assert_eq!(
+        first_id(&[("Last-Event-ID", "3"), ("X-Batchsse-Run-Id", &run_id)]),
+        Some(4)
+    );
+    // An id from another run on this address means nothing here.
+    assert_eq!(
+        first_id(&[("Last-Event-ID", "3"), ("X-Batchsse-Run-Id", "other")]),
+        Some(1)
+    );
+    let again = Stream::open(
+        a,
+        "/events",
+        &[("Last-Event-ID", &finished), ("X-Batchsse-Run-Id", "x")],
+    )
+    .rest();
+    assert_eq!(again.len(), all.len());
+
+    // The 204 that ends a reconnect after `finished` names the run too.
+    let done = get(a, "/events", &[("Last-Event-ID", &finished)]);
+    assert_eq!(done.status, 204);
+    assert_eq!(done.header("x-batchsse-run-id"), Some(run_id.as_str()));
+
+    // So does a stream served by hyper (more headers than the direct path reads).
+    let mut req = String::from(
+        "GET /events HTTP/1.1\r\nHost: x\r\nLast-Event-ID: 3\r\nX-Batchsse-Run-Id: other\r\n",
+    );
+    for i in 0..70 {
+        req.push_str(&format!("X-Filler-{i}: {i}\r\n"));
+    }
+    req.push_str("\r\n");
+    let mut tcp = std::net::TcpStream::connect(a).unwrap();
+    tcp.set_read_timeout(Some(PATIENCE)).unwrap();
+    tcp.write_all(req.as_bytes()).unwrap();
+    let mut rest = Vec::new();
+    let _ = tcp.read_to_end(&mut rest);
+    let text = String::from_utf8_lossy(&rest);
+    assert!(text.contains("transfer-encoding: chunked"), "{text}");
+    assert!(
+        text.contains(&format!("x-batchsse-run-id: {run_id}\r\n")),
+        "{text}"
+    );
+    assert!(text.contains("id: 1\nevent: start"), "{text}");
+    p.signal("INT");
+    assert!(p.wait().success());
+}

@@ -1368,3 +1368,69 @@ fn a_sql_script_can_attach_a_database_and_use_it() {
         .unwrap();
     assert_eq!(v, 43);
 }
+
+#[test]
+fn a_token_that_cannot_travel_in_a_header_is_refused_by_run_demo_and_watch() {
+    let db = TempDb::counters(20);
+    let plan = db.file("plan.json", &counter_plan("tok", 10));
+    let before = sha256(&db.path);
+    let port = free_port().to_string();
+    let url = format!("http://127.0.0.1:{port}/");
+    let base = run_args(&db, path_str(&plan), &["--listen", &port]);
+    let demo = words("demo --rows 10 --sleep 0 --linger 0 --listen 127.0.0.1:0");
+    // A run never listens on `port`, so a watch that tried to connect
+    // would say "no batchsse run answered" (exit 3) rather than exit 2.
+    let watch = ["watch", url.as_str(), "--connect-timeout", "1"];
+    for bad in ["tök", "sp ace", "tab\there", "\u{7f}del", "🔑"] {
+        for cmd in [&base[..], &demo[..], &watch[..]] {
+            let by_flag = run(&[cmd, &["--token", bad]].concat());
+            let mut p = spawn(cmd, |c| {
+                c.env("BATCHSSE_TOKEN", bad);
+            });
+            let code = p.wait_for(Duration::from_secs(20)).code().unwrap_or(-1);
+            let from_env = (code, p.stdout(), p.stderr());
+            for (how, (code, out, err)) in [("--token", by_flag), ("BATCHSSE_TOKEN", from_env)] {
+                let case = format!("{cmd:?} with {how} {bad:?}");
+                assert_eq!(code, 2, "{case}: {err}");
+                assert!(out.is_empty(), "{case}: {out}");
+                assert!(
+                    err.contains("--token (or BATCHSSE_TOKEN)") && err.contains("visible ASCII"),
+                    "{case}: {err}"
+                );
+                assert!(!err.contains(bad), "{case}: the secret is echoed: {err}");
+                assert!(!err.contains("listening on"), "{case}: {err}");
+            }
+        }
+    }
+    assert_eq!(
+        sha256(&db.path),
+        before,
+        "a refused token wrote to the database"
+    );
+
+    // Every visible ASCII character works, by header (watch) and by query.
+    let token: String = (0x21u8..=0x7e).map(char::from).collect();
+    let mut p = serving(
+        &db,
+        path_str(&plan),
+        &["--token", &token, "--wait-for-clients", "1"],
+    );
+    let query: String = token.bytes().map(|b| format!("%{b:02X}")).collect();
+    assert_eq!(
+        get(p.addr(), &format!("/status?token={query}"), &[]).status,
+        200
+    );
+    let mut w = spawn(
+        &[
+            "watch",
+            &format!("http://{}/", p.addr()),
+            "--progress",
+            "none",
+        ],
+        |c| {
+            c.env("BATCHSSE_TOKEN", &token);
+        },
+    );
+    assert_eq!(w.wait().code(), Some(0), "{}", w.stderr());
+    assert!(p.wait().success(), "{}", p.stderr());
+}

@@ -647,3 +647,214 @@ fn the_readme_ci_recipe_passes_a_good_batch_and_fails_fast_on_a_bad_plan() {
     assert!(took < Duration::from_secs(20), "took {took:?}: {log}");
     assert_eq!(std::fs::read(dir.join("shop.sqlite")).unwrap(), before);
 }
+
+/// A hostile "event stream" on a free port: a `200 text/event-stream`
+/// head, then `pattern` over and over (at most 64 MiB), then silence until
+/// the client leaves (at most 30 s). It serves one connection.
+fn endless_stream(pattern: &'static [u8]) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        let Ok((mut s, _)) = listener.accept() else {
+            return;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+        let _ = s.read(&mut [0; 4096]);
+        let head =
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n";
+        let block = pattern.repeat((64 << 10) / pattern.len());
+        let mut sent = 0;
+        while sent < 64 << 20 {
+            let bytes = if sent == 0 {
+                head.as_bytes()
+            } else {
+                &block[..]
+            };
+            if s.write_all(bytes).is_err() {
+                return;
+            }
+            sent += bytes.len();
+        }
+        let _ = s.read(&mut [0; 1]);
+    });
+    addr
+}
+
+#[test]
+fn an_endless_line_or_event_ends_watch_with_exit_3_not_a_full_memory() {
+    for (pattern, what) in [
+        (&b"x"[..], "a line longer than 16 MiB"),
+        (&b"data: endless\n"[..], "an event longer than 16 MiB"),
+    ] {
+        let addr = endless_stream(pattern);
+        let t0 = Instant::now();
+        let mut w = watch(&format!("http://{addr}/"), &["--connect-timeout", "30"]);
+        let code = w.wait_for(Duration::from_secs(20)).code();
+        let err = w.stderr();
+        assert_eq!(code, Some(3), "{err}");
+        let says = format!("batchsse: http://{addr}/events sent {what}");
+        assert!(err.starts_with(&says), "{err}");
+        assert!(err.contains("a batchsse stream?"), "{err}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "took {:?}",
+            t0.elapsed()
+        );
+        assert_eq!(w.stdout(), "");
+    }
+}
+
+#[test]
+fn a_run_restarted_on_the_same_address_is_followed_to_its_own_end() {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let url = format!("http://{listen}/");
+    let start = |db: &TempDb, plan: &str, extra: &[&str]| {
+        let plan = db.file("plan.json", plan);
+        let mut args = run_args(db, path_str(&plan), &["--listen", &listen]);
+        args.extend_from_slice(&words("--progress none --wait-for-clients 1"));
+        args.extend_from_slice(extra);
+        Proc::start(&args)
+    };
+    // Run A: about 40 s (2,000 chunks, 20 ms apart), killed early.
+    let db_a = TempDb::counters(2000);
+    let mut a = start(
+        &db_a,
+        &counter_plan("a", 1),
+        &words("--batch-size 1 --sleep 20"),
+    );
+    let mut w = watch(&url, &["--connect-timeout", "10"]);
+    let seen = 20;
+    wait_status(a.addr(), |s| s["last_event_id"].as_u64() >= Some(seen));
+    a.signal("KILL");
+    a.wait();
+    // Run B: a handful of events, all with ids the watch has already seen
+    // from A, so it must tell the runs apart by run id, not by event id.
+    let db_b = TempDb::counters(10);
+    let mut b = start(&db_b, &counter_plan("b", 100), &[]);
+    assert_eq!(b.wait().code(), Some(0), "{}", b.stderr());
+    assert_eq!(w.wait().code(), Some(0), "watch stderr:\n{}", w.stderr());
+
+    let lines = json_lines(&w.stdout());
+    let restart = lines
+        .iter()
+        .rposition(|l| l["event"] == "start")
+        .expect("a start line");
+    assert!(restart >= seen as usize, "{lines:#?}");
+    let (of_a, of_b) = lines.split_at(restart);
+    assert_ne!(of_a[0]["data"]["run_id"], of_b[0]["data"]["run_id"]);
+    assert_eq!(of_a[0]["data"]["plan"], "a");
+    assert_eq!(of_b[0]["data"]["plan"], "b");
+    // B in full, from its id 1 to its own `finished`.
+    let b_ids: Vec<_> = of_b.iter().map(|l| l["id"].as_u64().unwrap()).collect();
+    assert_eq!(b_ids, (1..=b_ids.len() as u64).collect::<Vec<_>>());
+    assert!(
+        b_ids.len() < seen as usize,
+        "B must be shorter than what A sent"
+    );
+    let last = of_b.last().unwrap();
+    assert_eq!(
+        (&last["event"], &last["data"]["status"]),
+        (&"finished".into(), &"ok".into())
+    );
+    let err = w.stderr();
+    let run_b = of_b[0]["data"]["run_id"].as_str().unwrap();
+    assert!(
+        err.contains(&format!(
+            "batchsse: a new run started on this address (run {run_b}); following it"
+        )),
+        "{err}"
+    );
+}
+
+/// A stand-in server: answers its first connections with `bodies` in turn,
+/// each as a `200 text/event-stream` without a run id header, closing the
+/// connection after the body; records each request head.
+fn scripted_streams(bodies: Vec<String>) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let seen = requests.clone();
+    std::thread::spawn(move || {
+        for body in bodies {
+            let Ok((mut s, _)) = listener.accept() else {
+                return;
+            };
+            let _ = s.set_read_timeout(Some(PATIENCE));
+            let mut head = [0; 4096];
+            let n = s.read(&mut head).unwrap_or(0);
+            seen.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&head[..n]).into_owned());
+            let _ = s.write_all(
+                format!("HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n{body}")
+                    .as_bytes(),
+            );
+        }
+    });
+    (addr, requests)
+}
+
+/// SSE frames for `events` (name, data), with ids from 1.
+fn frames(events: &[(&str, Value)]) -> String {
+    events
+        .iter()
+        .enumerate()
+        .map(|(i, (name, data))| {
+            let name = (*name != "message").then_some(*name);
+            let frame = batchsse::sse::encode(Some(i as u64 + 1), name, &data.to_string());
+            String::from_utf8(frame.expect("frame").to_vec()).expect("utf-8")
+        })
+        .collect()
+}
+
+#[test]
+fn a_new_run_that_answers_before_its_start_is_logged_is_told_apart_by_its_start() {
+    let start = |run_id: &str| {
+        serde_json::json!({"run_id": run_id, "plan": run_id, "db": "x.sqlite", "ts_ms": 1,
+            "steps": [{"index": 0, "name": "s", "kind": "sql"}], "dry_run": false, "resumed": false})
+    };
+    let message = serde_json::json!({"target": {}, "status": "info", "message": "m", "ts_ms": 1});
+    let finished = serde_json::json!({"status": "ok", "steps_done": 1, "steps_total": 1,
+        "rows_changed": 0, "elapsed_ms": 1, "dry_run": false, "ts_ms": 1});
+    // Run A's server sends five events and dies; run B's answers the
+    // reconnect before its `start` is logged (so without a run id header),
+    // then sends its whole, shorter run.
+    let mut a = vec![("start", start("run-a"))];
+    a.extend(std::iter::repeat_n(("message", message.clone()), 4));
+    let b = [("start", start("run-b")), ("finished", finished)];
+    let (addr, requests) = scripted_streams(vec![frames(&a), frames(&b)]);
+    let mut w = watch(&format!("http://{addr}/"), &["--connect-timeout", "2"]);
+    assert_eq!(w.wait().code(), Some(0), "{}", w.stderr());
+    let ids: Vec<_> = json_lines(&w.stdout())
+        .iter()
+        .map(|l| {
+            (
+                l["id"].as_u64().unwrap(),
+                l["event"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let want: Vec<_> = [
+        (1, "start"),
+        (2, "message"),
+        (3, "message"),
+        (4, "message"),
+        (5, "message"),
+        (1, "start"),
+        (2, "finished"),
+    ]
+    .iter()
+    .map(|(i, e)| (*i, e.to_string()))
+    .collect();
+    assert_eq!(ids, want);
+    assert!(
+        w.stderr()
+            .contains("batchsse: a new run started on this address (run run-b); following it"),
+        "{}",
+        w.stderr()
+    );
+    // The reconnect named the run its Last-Event-ID came from.
+    let again = requests.lock().unwrap()[1].to_ascii_lowercase();
+    assert!(again.contains("last-event-id: 5\r\n"), "{again}");
+    assert!(again.contains("x-batchsse-run-id: run-a\r\n"), "{again}");
+}
