@@ -35,3 +35,20 @@ pub mod exit {
     /// process killed by SIGPIPE would report it.
     pub const OUTPUT_CLOSED: u8 = 141;
 }
+
+/// Writes one line to stderr and ignores failure: with stderr on a closed
+/// pipe (`2>&1 | head`), `eprintln!` would panic and turn a finished run
+/// into exit 101.
+pub fn print_line(line: &str) {
+    use std::io::Write;
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "{line}");
+}
+
+/// `eprintln!` that never panics; see [`print_line`].
+#[macro_export]
+macro_rules! errln {
+    ($($arg:tt)*) => {
+        $crate::error::print_line(&format!($($arg)*))
+    };
+}

@@ -1,21 +1,63 @@
-//! batchsse as a library: the parts the binary wires together, public so
-//! that integration tests and benchmarks can reuse the SSE parser and the
-//! sample data. The command line in `main.rs` is the supported interface.
+//! batchsse runs a batch update on a SQLite file and serves its progress as
+//! server-sent events. The command line in `main.rs` is the interface; this
+//! crate is public only as far as that binary, the tests and the benches
+//! need.
+//!
+//! # Layout
+//!
+//! One direction of flow, each part knowing only what it must:
+//!
+//! ```text
+//! cli ──> plan (load + check) ──> run (rusqlite, on a blocking thread)
+//!                                   │ typed Event values    ^ Cancel
+//!                                   v                       │
+//!                                events::log (ids, frames encoded once, history)
+//!                           /                  \
+//!        serve (/events, /status, /)      view (terminal; `watch`)
+//! ```
+//!
+//! - [`cli`]: the flags as typed (clap), and `cli::config`, which checks
+//!   them once into the settings the other parts take.
+//! - `plan`: loading a JSON plan or SQL script (`split`) and the pre-run
+//!   check against a schema copy (`check`).
+//! - `run`: the runner: steps, the chunk walk (`chunk`), the transaction
+//!   guard (`tx`), the checkpoint (`checkpoint`), opening the file (`db`).
+//! - `events`: the typed events (`event`), the append-only log every
+//!   reader follows (`log`), and SSE framing (`sse`).
+//! - `serve`: the HTTP server: shared state (`state`), routes (`routes`),
+//!   the direct `/events` path (`direct`) and its one writer task
+//!   (`fanout`), the dashboard page (`dashboard`).
+//! - `view`: the terminal (`terminal`) and `batchsse watch` (`follow`).
+//! - `lifecycle`: signals, cancel, the wait-for-clients gate, linger and
+//!   drain, in the order a run goes through them.
+//! - `app`: the commands, wiring the parts together (`run`, `demo`).
+//! - `human`, [`error`]: number and duration wording; exit codes and the
+//!   errors that choose them.
+//!
+//! Imports run one way: `app` → `cli` → {`run`, `serve`, `view`} →
+//! {`plan`, `events`, `lifecycle`} → {`human`, `error`}.
 
-pub mod app;
+mod app;
 pub mod cli;
-pub mod dashboard;
-pub mod demo;
-pub mod direct;
 pub mod error;
-pub mod event;
-pub mod event_log;
-pub mod fanout;
-pub mod human;
-pub mod lifecycle;
+mod events;
+mod human;
+mod lifecycle;
 pub mod plan;
-pub mod run;
-pub mod server;
-pub mod sse;
-pub mod terminal;
-pub mod watch;
+mod run;
+mod serve;
+mod view;
+
+pub use app::demo;
+pub use events::sse;
+
+use std::process::ExitCode;
+
+/// Runs the command the user gave; the error chain is for `main` to print.
+pub fn execute(cli: cli::Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        cli::Command::Run(args) => app::run(args),
+        cli::Command::Demo(args) => demo::run(args),
+        cli::Command::Watch(args) => view::follow::run(args),
+    }
+}

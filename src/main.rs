@@ -4,22 +4,15 @@
 
 use std::process::ExitCode;
 
-use batchsse::cli::{Cli, Command};
+use batchsse::cli::Cli;
 use batchsse::error::{Unreachable, UsageError, exit};
-use batchsse::{app, demo, errln, watch};
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Run(args) => app::run(args),
-        Command::Demo(args) => demo::run(args),
-        Command::Watch(args) => watch::run(args),
-    };
-    match result {
+    match batchsse::execute(Cli::parse()) {
         Ok(code) => code,
         Err(err) => {
-            errln!("batchsse: {err:#}");
+            batchsse::error::print_line(&format!("batchsse: {err:#}"));
             if err.chain().any(|e| e.is::<Unreachable>()) {
                 ExitCode::from(exit::UNREACHABLE)
             } else if err.chain().any(|e| e.is::<UsageError>()) {

@@ -8,7 +8,7 @@ use rusqlite::{Connection, OptionalExtension, Statement, named_params};
 
 use super::tx::Tx;
 use super::{Counts, Runner, StepError, StepResult};
-use crate::event::Level;
+use crate::events::Level;
 use crate::human::thousands;
 use crate::plan::{Chunk, Key, Step, quote};
 use crate::run::Resume;

@@ -25,11 +25,11 @@ use db::run_time_message;
 use tx::Tx;
 
 use crate::error::UsageError;
-use crate::event::{
+use crate::events::log::EventLog;
+use crate::events::{
     Event, Finished, Level, Progress, RunStatus, Start, Step as StepEvent, StepInfo, StepKind,
     StepState,
 };
-use crate::event_log::EventLog;
 use crate::lifecycle::Cancel;
 use crate::plan::{self, Plan, Step, sqlite_message};
 

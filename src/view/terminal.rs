@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::event::{Event, Level, RunStatus, StepState};
-use crate::event_log::EventLog;
+use crate::error::print_line;
+use crate::events::log::EventLog;
+use crate::events::{Event, Level, RunStatus, StepState};
+use crate::human::{duration, thousands};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ProgressMode {
@@ -40,22 +42,6 @@ impl ProgressMode {
             other => other,
         }
     }
-}
-
-/// Writes one line to stderr and ignores failure: with stderr on a closed
-/// pipe (`2>&1 | head`), `eprintln!` would panic and turn a finished run
-/// into exit 101.
-pub fn err_line(line: &str) {
-    let mut err = std::io::stderr().lock();
-    let _ = writeln!(err, "{line}");
-}
-
-/// `eprintln!` that never panics; see [`err_line`].
-#[macro_export]
-macro_rules! errln {
-    ($($arg:tt)*) => {
-        $crate::terminal::err_line(&format!($($arg)*))
-    };
 }
 
 fn colors() -> bool {
@@ -97,7 +83,7 @@ impl Renderer {
             Some(b) => {
                 let _ = b.multi.println(line);
             }
-            None => err_line(line),
+            None => print_line(line),
         }
     }
 
@@ -113,7 +99,7 @@ impl Renderer {
                 if let Event::Finished(f) = event
                     && f.status != RunStatus::Ok
                 {
-                    err_line(&format!("batchsse: {}", finished_line(f)));
+                    print_line(&format!("batchsse: {}", finished_line(f)));
                 }
             }
             ProgressMode::Json => self.json(id, event.name(), data),
@@ -135,7 +121,7 @@ impl Renderer {
         self.steps.clear();
         self.last_plain.clear();
         if self.mode != ProgressMode::None {
-            err_line(line);
+            print_line(line);
         }
     }
 
@@ -155,7 +141,7 @@ impl Renderer {
         // else (a full disk) is.
         if let Err(e) = ok {
             if e.kind() != std::io::ErrorKind::BrokenPipe {
-                err_line(&format!(
+                print_line(&format!(
                     "batchsse: cannot write to standard output ({e}); no more JSON lines will be printed"
                 ));
             }
@@ -284,7 +270,7 @@ impl Renderer {
                     b.overall.finish_and_clear();
                     let _ = b.multi.clear();
                 }
-                err_line(&format!("batchsse: {}", finished_line(f)));
+                print_line(&format!("batchsse: {}", finished_line(f)));
             }
         }
     }
@@ -296,7 +282,7 @@ fn style(template: &str) -> ProgressStyle {
         .progress_chars("=> ")
 }
 
-fn start_line(s: &crate::event::Start) -> String {
+fn start_line(s: &crate::events::Start) -> String {
     format!(
         "batchsse: plan {:?} on {}: {} step{}{}{}",
         s.plan,
@@ -316,7 +302,7 @@ fn start_line(s: &crate::event::Start) -> String {
     )
 }
 
-fn step_line(s: &crate::event::Step) -> String {
+fn step_line(s: &crate::events::Step) -> String {
     match s.state {
         StepState::Running => "running".into(),
         StepState::Done => format!(
@@ -333,7 +319,7 @@ fn step_line(s: &crate::event::Step) -> String {
     }
 }
 
-fn message_line(m: &crate::event::Message) -> String {
+fn message_line(m: &crate::events::Message) -> String {
     let level = match m.status {
         Level::Info => "",
         Level::Warn => "warning: ",
@@ -342,7 +328,7 @@ fn message_line(m: &crate::event::Message) -> String {
     format!("batchsse: {level}{}", m.message)
 }
 
-pub fn finished_line(f: &crate::event::Finished) -> String {
+pub fn finished_line(f: &crate::events::Finished) -> String {
     let status = match f.status {
         RunStatus::Ok => "finished ok",
         RunStatus::Failed => "FAILED",
@@ -364,28 +350,6 @@ pub fn finished_line(f: &crate::event::Finished) -> String {
         line += &format!("\n  {e}");
     }
     line
-}
-
-/// 1234567 → "1,234,567".
-pub fn thousands(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::with_capacity(s.len() + s.len() / 3);
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// Milliseconds as a short human duration.
-pub fn duration(ms: u64) -> String {
-    match ms {
-        0..1000 => format!("{ms} ms"),
-        1000..60_000 => format!("{:.1} s", ms as f64 / 1000.0),
-        _ => format!("{}m{:02}s", ms / 60_000, (ms % 60_000) / 1000),
-    }
 }
 
 /// Follows the log from the first event to `finished`.

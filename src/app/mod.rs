@@ -2,6 +2,8 @@
 //! the runner, the server and the terminal as readers of one event log, and
 //! shuts everything down after `finished` (or on Ctrl-C / SIGTERM).
 
+pub mod demo;
+
 use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -14,13 +16,13 @@ use tokio::sync::watch;
 
 use crate::cli::{PaceArgs, RunArgs, ServeArgs};
 use crate::error::{UsageError, exit};
-use crate::event::{Event, Level, RunStatus};
-use crate::event_log::EventLog;
+use crate::events::log::EventLog;
+use crate::events::{Event, Level, RunStatus};
 use crate::lifecycle::Cancel;
 use crate::plan::{self, Plan, Source};
 use crate::run::{self as runner, Resume};
-use crate::server;
-use crate::terminal::{ProgressMode, Renderer};
+use crate::serve::{self as server};
+use crate::view::terminal::{ProgressMode, Renderer};
 
 /// Everything a run needs, checked.
 pub struct Session {
@@ -358,7 +360,7 @@ async fn drive(
     let terminal = {
         let (log, handle) = (log.clone(), tokio::runtime::Handle::current());
         tokio::task::spawn_blocking(move || {
-            handle.block_on(crate::terminal::follow(log, Renderer::new(progress)))
+            handle.block_on(crate::view::terminal::follow(log, Renderer::new(progress)))
         })
     };
 
@@ -406,7 +408,7 @@ async fn drive(
             // A bug in the runner must not leave viewers and the process
             // waiting forever: end the log so everything shuts down.
             let snap = log.snapshot();
-            log.push(Event::Finished(crate::event::Finished {
+            log.push(Event::Finished(crate::events::Finished {
                 status: RunStatus::Failed,
                 steps_done: snap.steps_done,
                 steps_total: snap.steps_total,

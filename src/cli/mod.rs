@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::terminal::ProgressMode;
+use crate::view::terminal::ProgressMode;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -23,10 +23,14 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+pub mod dashboard;
+pub mod direct;
+pub mod fanout;
+
 use crate::error::UsageError;
-use crate::event_log::EventLog;
-use crate::fanout::{Fanout, MAX_BATCH};
-use crate::sse;
+use crate::events::log::EventLog;
+use crate::events::sse;
+use fanout::{Fanout, MAX_BATCH};
 
 pub type Body = BoxBody<Bytes, Infallible>;
 
@@ -147,7 +151,7 @@ pub async fn serve(
                 conns.spawn(async move {
                     // A fresh connection asking for /events is streamed
                     // straight onto the socket; everything else is hyper's.
-                    use crate::direct::{self, Sniffed};
+                    use direct::Sniffed;
                     // A connection that has not asked for anything yet is
                     // dropped at shutdown rather than waited for.
                     let sniffed = tokio::select! {
@@ -303,11 +307,7 @@ fn route<B>(state: &Arc<State>, req: &Request<B>) -> Response<Body> {
         return r;
     }
     match path {
-        "/" => full(
-            StatusCode::OK,
-            "text/html; charset=utf-8",
-            crate::dashboard::HTML,
-        ),
+        "/" => full(StatusCode::OK, "text/html; charset=utf-8", dashboard::HTML),
         "/status" => status(state),
         _ => events(state, req, &query),
     }
@@ -574,7 +574,7 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, UsageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Event, Finished, Level};
+    use crate::events::{Event, Finished, Level};
     use futures_util::StreamExt;
     use serde_json::json;
 
@@ -588,8 +588,8 @@ mod tests {
 
     async fn collect(
         s: impl Stream<Item = Result<Frame<Bytes>, Infallible>>,
-    ) -> (Vec<crate::sse::ParsedEvent>, usize) {
-        let mut p = crate::sse::Parser::new();
+    ) -> (Vec<crate::events::sse::ParsedEvent>, usize) {
+        let mut p = crate::events::sse::Parser::new();
         let mut evs = Vec::new();
         let mut s = std::pin::pin!(s);
         while let Some(Ok(f)) = s.next().await {

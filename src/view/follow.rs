@@ -15,11 +15,12 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::cli::WatchArgs;
+use crate::error::print_line;
 use crate::error::{Unreachable, UsageError, exit};
-use crate::event::{Event, RunStatus};
-use crate::server::RUN_ID_HEADER;
-use crate::sse::Parser;
-use crate::terminal::{Renderer, err_line};
+use crate::events::sse::Parser;
+use crate::events::{Event, RunStatus};
+use crate::serve::RUN_ID_HEADER;
+use crate::view::terminal::Renderer;
 
 /// The server sends a keep-alive every 15 s; three missed ones mean the
 /// connection is dead even if TCP has not noticed.
@@ -108,7 +109,7 @@ impl Target {
         let auth = match token {
             None => None,
             Some(t) => {
-                crate::server::check_token(t)?;
+                crate::serve::check_token(t)?;
                 // Visible ASCII is always a valid header value.
                 Some(
                     HeaderValue::from_str(&format!("Bearer {t}"))
@@ -153,7 +154,7 @@ pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
             r = follow(&target, patience, args.pid, renderer) => r,
             r = tokio::signal::ctrl_c() => {
                 if r.is_ok() {
-                    err_line("batchsse: watch interrupted; the run itself goes on");
+                    print_line("batchsse: watch interrupted; the run itself goes on");
                     Ok(exit::INTERRUPTED)
                 } else {
                     // No signal handling here: just follow.
@@ -444,7 +445,7 @@ async fn attempt(
                         return Ok(Attempt::OutputClosed);
                     }
                 }
-                Err(e) => err_line(&format!(
+                Err(e) => print_line(&format!(
                     "batchsse: warning: skipped event {} ({:?}): its data is not what batchsse sends ({e})",
                     id.map_or("without id".into(), |i| i.to_string()),
                     ev.event
@@ -512,7 +513,7 @@ async fn outcome_after_204(target: &Target, last_id: u64, deadline: Instant) -> 
         RunStatus::Failed => "failed",
         RunStatus::Cancelled => "cancelled",
     };
-    err_line(&format!(
+    print_line(&format!(
         "batchsse: nothing after event {last_id}: the run had already finished ({word})"
     ));
     Ok(status.exit_code())

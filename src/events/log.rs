@@ -10,8 +10,8 @@ use bytes::{Bytes, BytesMut};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::event::{Event, RunStatus, StepState, now_ms};
-use crate::sse;
+use crate::events::sse;
+use crate::events::{Event, RunStatus, StepState, now_ms};
 
 /// One logged event, shared by every reader.
 #[derive(Debug)]
@@ -252,6 +252,7 @@ impl EventLog {
     }
 
     /// Entries held now (after compaction), and how many were dropped.
+    #[cfg(test)]
     pub fn retained(&self) -> (usize, u64) {
         let inner = self.read();
         (inner.entries.len(), inner.compacted)
@@ -280,6 +281,7 @@ impl EventLog {
         self.read().snapshot.clone()
     }
 
+    #[cfg(test)]
     /// The run's final outcome, once `finished` is logged.
     pub fn final_status(&self) -> Option<RunStatus> {
         let inner = self.read();
@@ -355,7 +357,7 @@ fn update_snapshot(inner: &mut Inner, event: &Event, id: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Finished, Level};
+    use crate::events::{Finished, Level};
     use serde_json::json;
 
     fn msg(n: usize) -> Event {
@@ -425,7 +427,7 @@ mod tests {
     }
 
     fn progress(step: usize, done: u64) -> Event {
-        Event::Progress(crate::event::Progress {
+        Event::Progress(crate::events::Progress {
             step,
             name: format!("step {step}"),
             done,
@@ -439,7 +441,7 @@ mod tests {
     }
 
     fn step(index: usize, state: StepState) -> Event {
-        Event::Step(crate::event::Step {
+        Event::Step(crate::events::Step {
             index,
             name: format!("step {index}"),
             state,

@@ -19,8 +19,8 @@ use hyper::{Method, Request, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::fanout::Fanout;
-use crate::server::{self, State, StreamStart};
+use crate::serve::fanout::Fanout;
+use crate::serve::{self as server, State, StreamStart};
 
 /// The longest request head the direct path reads before giving up.
 const MAX_HEAD: usize = 16 * 1024;

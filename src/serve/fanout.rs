@@ -26,8 +26,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::event_log::{EventLog, Frames};
-use crate::sse;
+use crate::events::log::{EventLog, Frames};
+use crate::events::sse;
 
 /// The most bytes one write hands a client that is behind: catching up
 /// takes few writes, and a stalled client's unfinished write stays small.
@@ -469,7 +469,7 @@ impl<'a> Batches<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Event, Finished, Level};
+    use crate::events::{Event, Finished, Level};
     use tokio::io::AsyncReadExt;
 
     /// Reads until `done` says so, feeding the SSE parser; bounded.

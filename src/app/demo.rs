@@ -13,9 +13,9 @@ use crate::error::UsageError;
 use crate::plan::Source;
 use crate::run as runner;
 
-pub const SCHEMA: &str = include_str!("../sample-data/schema.sql");
-pub const GENERATE: &str = include_str!("../sample-data/generate.sql");
-pub const PLAN: &str = include_str!("../sample-data/plan.json");
+pub const SCHEMA: &str = include_str!("../../sample-data/schema.sql");
+pub const GENERATE: &str = include_str!("../../sample-data/generate.sql");
+pub const PLAN: &str = include_str!("../../sample-data/plan.json");
 
 /// Chunks per chunked step; with the default sleep the demo takes ~20 s.
 const CHUNKS_PER_STEP: u64 = 40;
@@ -56,7 +56,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         crate::errln!(
             "batchsse: demo: created {} with {} orders; the sample plan has not run on it. Try:\n  batchsse run --db {} --plan sample-data/plan.json",
             db.display(),
-            crate::terminal::thousands(args.rows),
+            crate::human::thousands(args.rows),
             db.display()
         );
         return Ok(ExitCode::SUCCESS);
@@ -82,7 +82,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     )?;
     session.banner = Some(format!(
         "batchsse: demo: {} orders in {}{}\nbatchsse: open {{url}} in a browser to watch (curl -N '{{events}}' shows the raw stream)",
-        crate::terminal::thousands(args.rows),
+        crate::human::thousands(args.rows),
         db.display(),
         if args.keep.is_some() {
             ""

@@ -1,0 +1,9 @@
+//! What a run says and how it travels: typed events (`event`), the
+//! append-only log that every reader follows by cursor (`log`), and the
+//! server-sent-events framing (`sse`).
+
+pub mod event;
+pub mod log;
+pub mod sse;
+
+pub use event::*;

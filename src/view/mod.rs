@@ -1,0 +1,6 @@
+//! What a person sees: the terminal's bars and lines (`terminal`), drawn
+//! from the event log of a local run or from a stream `batchsse watch`
+//! follows (`follow`).
+
+pub mod follow;
+pub mod terminal;
