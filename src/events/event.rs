@@ -35,6 +35,17 @@ pub enum Level {
     Error,
 }
 
+/// Where a run is, as `/status` reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    /// Before the first step (also while waiting for clients).
+    #[default]
+    Waiting,
+    Running,
+    Finished,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RunStatus {
@@ -65,7 +76,7 @@ pub struct Start {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Step {
+pub struct StepEvent {
     pub index: usize,
     pub name: String,
     pub state: StepState,
@@ -128,7 +139,7 @@ pub struct Finished {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     Start(Start),
-    Step(Step),
+    Step(StepEvent),
     Progress(Progress),
     Message(Message),
     Finished(Finished),

@@ -11,7 +11,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::events::sse;
-use crate::events::{Event, RunStatus, StepState, now_ms};
+use crate::events::{Event, RunState, RunStatus, StepState, now_ms};
 
 /// One logged event, shared by every reader.
 #[derive(Debug)]
@@ -27,7 +27,7 @@ pub struct Entry {
 /// What `/status` reports, kept current as events are appended.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Snapshot {
-    pub state: &'static str,
+    pub state: RunState,
     pub status: Option<RunStatus>,
     pub step: Option<usize>,
     pub steps_done: usize,
@@ -135,7 +135,7 @@ impl EventLog {
         };
         let inner = Inner {
             snapshot: Snapshot {
-                state: "waiting",
+                state: RunState::Waiting,
                 ..Snapshot::default()
             },
             next_compaction: limits.compact_at,
@@ -330,7 +330,7 @@ fn update_snapshot(inner: &mut Inner, event: &Event, id: u64) {
             s.step = Some(e.index);
             (s.done, s.total, s.changed) = (e.done, e.total, e.changed);
             match e.state {
-                StepState::Running => s.state = "running",
+                StepState::Running => s.state = RunState::Running,
                 StepState::Done | StepState::Skipped => s.steps_done += 1,
                 StepState::Failed => {}
             }
@@ -345,7 +345,7 @@ fn update_snapshot(inner: &mut Inner, event: &Event, id: u64) {
         }
         Event::Message(_) => {}
         Event::Finished(e) => {
-            s.state = "finished";
+            s.state = RunState::Finished;
             s.status = Some(e.status);
             s.steps_done = e.steps_done;
             s.rows_changed = e.rows_changed;
@@ -441,7 +441,7 @@ mod tests {
     }
 
     fn step(index: usize, state: StepState) -> Event {
-        Event::Step(crate::events::Step {
+        Event::Step(crate::events::StepEvent {
             index,
             name: format!("step {index}"),
             state,
@@ -514,7 +514,7 @@ mod tests {
         assert_eq!(step0, [5000]);
         // The snapshot does not depend on what was dropped.
         let snap = log.snapshot();
-        assert_eq!((snap.state, snap.last_event_id), ("finished", last));
+        assert_eq!((snap.state, snap.last_event_id), (RunState::Finished, last));
         assert_eq!(log.final_status(), Some(RunStatus::Ok));
     }
 

@@ -27,8 +27,7 @@ use tx::Tx;
 use crate::error::UsageError;
 use crate::events::log::EventLog;
 use crate::events::{
-    Event, Finished, Level, Progress, RunStatus, Start, Step as StepEvent, StepInfo, StepKind,
-    StepState,
+    Event, Finished, Level, Progress, RunStatus, Start, StepEvent, StepInfo, StepKind, StepState,
 };
 use crate::lifecycle::Cancel;
 use crate::plan::{self, Plan, Step, sqlite_message};

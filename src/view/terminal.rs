@@ -302,7 +302,7 @@ fn start_line(s: &crate::events::Start) -> String {
     )
 }
 
-fn step_line(s: &crate::events::Step) -> String {
+fn step_line(s: &crate::events::StepEvent) -> String {
     match s.state {
         StepState::Running => "running".into(),
         StepState::Done => format!(
