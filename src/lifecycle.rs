@@ -3,50 +3,254 @@
 //! 1. **check** — signals are caught from before the pre-run check; one
 //!    there exits 130 at once, since nothing has been written;
 //! 2. **wait for clients** — with `--wait-for-clients N`, the first step
-//!    waits (no polling) until N stream clients are connected;
+//!    waits on the gate (a condition variable, no polling) until N stream
+//!    clients are connected;
 //! 3. **run** — the first Ctrl-C or SIGTERM cancels: SQLite's interrupt stops
 //!    the running statement and the current chunk rolls back; a second
 //!    quits at once (no transaction is ever committed by then);
 //! 4. **finished** — the runner logs `finished`;
 //! 5. **linger** — with `--linger`, late clients still get the whole
-//!    replay; a signal cuts it short;
-//! 6. **stop accepting**, then **drain** — open streams get their tail,
-//!    bounded by `--drain-timeout`;
-//! 7. **exit** with the run's status.
+//!    replay; a signal cuts it short ([`stop_after_linger`]);
+//! 6. **stop accepting**, then **drain** — open streams get their tail for
+//!    at most `--drain-timeout` (the server's `serve` does both when the
+//!    stop future resolves);
+//! 7. **exit** with the run's status; tasks still running get 100 ms.
 //!
-//! [`Cancel`] is the runner's side of phase 3.
+//! [`Lifecycle`] holds phases 1, 3 and 7; [`Cancel`] is the runner's side of
+//! phases 2 and 3.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, InterruptHandle};
+use tokio::sync::watch;
 
-/// Cancellation shared between the signal handler and the runner: a flag,
-/// SQLite's interrupt for the running statement, and a wake-up for sleeps.
+use crate::error::exit;
+use crate::events::log::EventLog;
+
+/// One run's process from before its pre-run check to its exit: the runtime
+/// and the Ctrl-C / SIGTERM listener. Start it before the check, so a signal
+/// during the check (which can take a while, or wait out a lock) exits 130
+/// with a message instead of killing the process mid-sentence.
+pub struct Lifecycle {
+    rt: tokio::runtime::Runtime,
+    parts: Parts,
+    phase: Arc<Mutex<Phase>>,
+}
+
+/// What the run's async part gets from the lifecycle.
+#[derive(Clone)]
+pub struct Parts {
+    pub log: Arc<EventLog>,
+    pub cancel: Arc<Cancel>,
+    /// Counts Ctrl-C and SIGTERM (for the linger).
+    pub signals: watch::Receiver<u32>,
+}
+
+/// What a signal means: during the check nothing has been written, so the
+/// process may just exit; once the run starts, the runner must roll back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Checking,
+    Running,
+}
+
+impl Lifecycle {
+    /// Builds the runtime and installs the signal handlers before returning.
+    pub fn start() -> anyhow::Result<Lifecycle> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let log = Arc::new(EventLog::new());
+        let cancel = Arc::new(Cancel::default());
+        let phase = Arc::new(Mutex::new(Phase::Checking));
+        let signals = {
+            let _in_rt = rt.enter();
+            listen_for_signals(cancel.clone(), log.clone(), phase.clone())
+        };
+        Ok(Lifecycle {
+            rt,
+            parts: Parts {
+                log,
+                cancel,
+                signals,
+            },
+            phase,
+        })
+    }
+
+    /// Phases 2–7: from now a signal cancels the run rather than exiting.
+    /// Runs the run's async part to its end, then gives whatever is left
+    /// (a client that never read its tail) 100 ms.
+    pub fn run<F: Future>(self, drive: impl FnOnce(Parts) -> F) -> F::Output {
+        // Taken under the lock the signal listener holds while it exits, so
+        // a signal is either handled as during the check or as during the run.
+        *self.phase.lock().unwrap_or_else(|p| p.into_inner()) = Phase::Running;
+        let out = self.rt.block_on(drive(self.parts));
+        self.rt.shutdown_timeout(Duration::from_millis(100));
+        out
+    }
+}
+
+/// Counts Ctrl-C and SIGTERM. During the pre-run check one exits 130 at once
+/// (nothing has been written). During the run the first cancels it (the
+/// current chunk rolls back) and a second exits at once (no transaction is
+/// ever committed). On Unix the handlers are installed before this returns.
+fn listen_for_signals(
+    cancel: Arc<Cancel>,
+    log: Arc<EventLog>,
+    phase: Arc<Mutex<Phase>>,
+) -> watch::Receiver<u32> {
+    let (tx, rx) = watch::channel(0u32);
+    #[cfg(unix)]
+    let (mut int, mut term) = {
+        use tokio::signal::unix::{SignalKind, signal};
+        (
+            signal(SignalKind::interrupt()).ok(),
+            signal(SignalKind::terminate()).ok(),
+        )
+    };
+    tokio::spawn(async move {
+        loop {
+            #[cfg(unix)]
+            tokio::select! {
+                () = next_signal(&mut int) => {}
+                () = next_signal(&mut term) => {}
+            }
+            #[cfg(not(unix))]
+            if tokio::signal::ctrl_c().await.is_err() {
+                return;
+            }
+            on_signal(&tx, &cancel, &log, &phase);
+        }
+    });
+    rx
+}
+
+fn on_signal(tx: &watch::Sender<u32>, cancel: &Cancel, log: &EventLog, phase: &Mutex<Phase>) {
+    {
+        let phase = phase.lock().unwrap_or_else(|p| p.into_inner());
+        if *phase == Phase::Checking {
+            // Exits holding the lock, so the run never starts.
+            crate::errln!("batchsse: interrupted during the pre-run check; nothing was written");
+            std::process::exit(i32::from(exit::INTERRUPTED));
+        }
+    }
+    let n = *tx.borrow() + 1;
+    tx.send_replace(n);
+    if log.finished_id().is_some() {
+        return; // the run is over; this only cuts the linger short
+    }
+    if n == 1 {
+        crate::errln!(
+            "batchsse: interrupted; rolling back the current chunk (press Ctrl-C again to quit at once)"
+        );
+        cancel.cancel();
+    } else {
+        crate::errln!("batchsse: quitting now; the open transaction is rolled back by SQLite");
+        std::process::exit(i32::from(exit::INTERRUPTED));
+    }
+}
+
+/// The next delivery of a signal; never, if its handler could not be installed.
+#[cfg(unix)]
+async fn next_signal(s: &mut Option<tokio::signal::unix::Signal>) {
+    match s.as_mut() {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
+/// Phase 5: resolves once the run has finished and `linger` has passed, or
+/// a signal arrives during the linger. The server's stop future.
+pub async fn stop_after_linger(
+    log: Arc<EventLog>,
+    linger: Duration,
+    mut signals: watch::Receiver<u32>,
+) {
+    let mut rx = log.subscribe();
+    let _ = rx.wait_for(|_| log.finished_id().is_some()).await;
+    if linger.is_zero() {
+        return;
+    }
+    let seen = *signals.borrow_and_update();
+    tokio::select! {
+        () = tokio::time::sleep(linger) => {}
+        _ = signals.wait_for(|n| *n > seen) => {}
+    }
+}
+
+/// Phase 2: opens the gate once `clients` reaches `wanted` (at once when
+/// `wanted` is 0 or there is no server).
+pub fn open_gate_at(cancel: Arc<Cancel>, clients: Option<watch::Receiver<usize>>, wanted: usize) {
+    match clients.filter(|_| wanted > 0) {
+        None => cancel.open_gate(),
+        Some(mut clients) => {
+            tokio::spawn(async move {
+                let _ = clients.wait_for(|n| *n >= wanted).await;
+                cancel.open_gate();
+            });
+        }
+    }
+}
+
+/// Cancellation shared between the signal listener and the runner: a flag,
+/// SQLite's interrupt for the running statement, and one condition variable
+/// that wakes the runner's waits (the start gate, `--sleep`) at once.
 #[derive(Default)]
 pub struct Cancel {
     flag: AtomicBool,
-    interrupt: Mutex<Option<InterruptHandle>>,
+    shared: Mutex<Shared>,
     wake: Condvar,
 }
 
-impl Cancel {
-    pub fn new() -> Self {
-        Self::default()
-    }
+#[derive(Default)]
+struct Shared {
+    interrupt: Option<InterruptHandle>,
+    gate_open: bool,
+}
 
+impl Cancel {
     pub fn is_cancelled(&self) -> bool {
         self.flag.load(Ordering::SeqCst)
     }
 
     pub fn cancel(&self) {
         self.flag.store(true, Ordering::SeqCst);
-        let guard = self.interrupt.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(h) = guard.as_ref() {
+        let shared = self.lock();
+        if let Some(h) = shared.interrupt.as_ref() {
             h.interrupt();
         }
         self.wake.notify_all();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Lets `cancel` interrupt statements running on `conn`.
+    pub fn attach(&self, conn: &Connection) {
+        self.lock().interrupt = Some(conn.get_interrupt_handle());
+    }
+
+    /// Lets the first step begin.
+    pub fn open_gate(&self) {
+        self.lock().gate_open = true;
+        self.wake.notify_all();
+    }
+
+    /// Blocks until the gate opens or the run is cancelled; true if it opened.
+    pub fn wait_for_gate(&self) -> bool {
+        let mut shared = self.lock();
+        while !shared.gate_open && !self.is_cancelled() {
+            shared = self.wake.wait(shared).unwrap_or_else(|p| p.into_inner());
+        }
+        shared.gate_open && !self.is_cancelled()
     }
 
     /// Sleeps up to `d`; true when woken by cancellation.
@@ -54,24 +258,53 @@ impl Cancel {
         // A huge --sleep is "until cancelled", not an overflow.
         let far = Duration::from_secs(100 * 365 * 24 * 3600);
         let deadline = Instant::now() + d.min(far);
-        let mut guard = self.interrupt.lock().unwrap_or_else(|p| p.into_inner());
+        let mut shared = self.lock();
         while !self.is_cancelled() {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
             }
-            guard = self
+            shared = self
                 .wake
-                .wait_timeout(guard, left)
+                .wait_timeout(shared, left)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
         self.is_cancelled()
     }
+}
 
-    /// Lets `cancel` interrupt statements running on `conn`.
-    pub fn attach(&self, conn: &Connection) {
-        *self.interrupt.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(conn.get_interrupt_handle());
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gate_opens_for_the_clients_or_for_a_cancel() {
+        let c = Arc::new(Cancel::default());
+        let waiter = {
+            let c = c.clone();
+            std::thread::spawn(move || c.wait_for_gate())
+        };
+        c.open_gate();
+        assert!(waiter.join().unwrap(), "opened");
+        let c = Arc::new(Cancel::default());
+        let waiter = {
+            let c = c.clone();
+            std::thread::spawn(move || c.wait_for_gate())
+        };
+        c.cancel();
+        assert!(!waiter.join().unwrap(), "cancelled while waiting");
+    }
+
+    #[test]
+    fn a_sleep_ends_at_once_on_cancel() {
+        let c = Arc::new(Cancel::default());
+        let sleeper = {
+            let c = c.clone();
+            std::thread::spawn(move || c.sleep(Duration::from_secs(3600)))
+        };
+        c.cancel();
+        assert!(sleeper.join().unwrap());
+        assert!(!Cancel::default().sleep(Duration::from_millis(1)));
     }
 }

@@ -9,7 +9,9 @@ use rusqlite::Connection;
 
 use crate::app;
 use crate::cli::DemoArgs;
+use crate::cli::config::{RunConfig, check_serve};
 use crate::error::UsageError;
+use crate::lifecycle::Lifecycle;
 use crate::plan::Source;
 use crate::run as runner;
 
@@ -41,7 +43,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         )
         .into());
     }
-    let serve = app::check_serve(&args.serve, 15.0)?;
+    let serve = check_serve(&args.serve, 15.0)?;
     let (_tmp, dir) = app::demo_dir(args.keep.as_ref())?;
     let db = dir.join("shop.sqlite");
     if db.exists() {
@@ -70,16 +72,16 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         name: "plan.json".into(),
         text: PLAN.into(),
     };
-    let lifecycle = app::Lifecycle::start()?;
-    let mut session = app::open(
-        &db,
-        &source,
+    let lifecycle = Lifecycle::start()?;
+    let mut session = app::open(RunConfig {
+        db: db.clone(),
+        source,
         opts,
-        false,
-        Duration::from_secs(5),
+        force: false,
+        busy_timeout: Duration::from_secs(5),
         serve,
-        args.serve.progress,
-    )?;
+        progress: args.serve.progress,
+    })?;
     session.banner = Some(format!(
         "batchsse: demo: {} orders in {}{}\nbatchsse: open {{url}} in a browser to watch (curl -N '{{events}}' shows the raw stream)",
         crate::human::thousands(args.rows),
@@ -90,5 +92,5 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             " (deleted on exit; --keep DIR keeps it)"
         }
     ));
-    lifecycle.execute(session)
+    app::execute(lifecycle, session)
 }

@@ -1,11 +1,11 @@
-//! The command line as the user typed it (clap derive). Checking and
-//! combining flags happens in `app`, once.
+//! The command line as the user typed it (clap derive); `config` checks
+//! and combines the flags once.
+
+pub mod config;
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-
-use crate::view::terminal::ProgressMode;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -211,4 +211,19 @@ pub struct WatchArgs {
     /// The run's process id (a shell's $!): stop retrying as soon as that process has exited.
     #[arg(long, value_name = "PID", value_parser = clap::value_parser!(u32).range(1..=i32::MAX as i64))]
     pub pid: Option<u32>,
+}
+
+/// `--progress`: how the terminal shows a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProgressMode {
+    /// Bars on a terminal, plain lines otherwise.
+    Auto,
+    /// Progress bars (indicatif).
+    Bar,
+    /// One line per change, at most one progress line per step per second.
+    Plain,
+    /// One JSON object per event on stdout: {"id":N,"event":"…","data":{…}}.
+    Json,
+    /// No progress output (errors are still printed).
+    None,
 }

@@ -562,7 +562,7 @@ mod tests {
             opts: &opts,
             resume: &Resume::none(),
         };
-        let status = run(job, &log, &Cancel::new(), || {});
+        let status = run(job, &log, &Cancel::default(), || {});
         let events = log.after(0).iter().map(|e| e.event.clone()).collect();
         Ran {
             status,
@@ -757,7 +757,7 @@ mod tests {
         )
         .unwrap();
         let log = EventLog::new();
-        let cancel = Cancel::new();
+        let cancel = Cancel::default();
         let job = Job {
             conn: &conn,
             plan: &plan,

@@ -8,24 +8,11 @@ use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+pub use crate::cli::ProgressMode;
 use crate::error::print_line;
 use crate::events::log::EventLog;
 use crate::events::{Event, Level, RunStatus, StepState};
 use crate::human::{duration, thousands};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ProgressMode {
-    /// Bars on a terminal, plain lines otherwise.
-    Auto,
-    /// Progress bars (indicatif).
-    Bar,
-    /// One line per change, at most one progress line per step per second.
-    Plain,
-    /// One JSON object per event on stdout: {"id":N,"event":"…","data":{…}}.
-    Json,
-    /// No progress output (errors are still printed).
-    None,
-}
 
 impl ProgressMode {
     /// Settles `auto` for the current stderr and environment.

@@ -1,0 +1,229 @@
+//! Flags checked once into the settings the other parts take: a run's
+//! database, plan source and options, and the server's address and rules.
+//! Nothing here touches the database; every refusal is a usage error.
+
+use std::io::Read;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::{PaceArgs, ProgressMode, RunArgs, ServeArgs};
+use crate::error::UsageError;
+use crate::plan::{self, Source};
+use crate::run;
+use crate::serve;
+
+/// A checked `run`: everything but the database's contents.
+pub struct RunConfig {
+    pub db: PathBuf,
+    pub source: Source,
+    pub opts: run::Options,
+    /// `--force`: start the plan over, whatever the checkpoint says.
+    pub force: bool,
+    pub busy_timeout: Duration,
+    pub serve: Option<Serve>,
+    pub progress: ProgressMode,
+}
+
+impl RunConfig {
+    pub fn from_args(args: &RunArgs) -> Result<RunConfig, UsageError> {
+        let serve = check_serve(&args.serve, 0.0)?;
+        let source = read_source(args)?;
+        Ok(RunConfig {
+            db: args.db.clone(),
+            source,
+            opts: options(&args.pace, args)?,
+            force: args.force,
+            busy_timeout: Duration::from_millis(args.busy_timeout),
+            serve,
+            progress: args.serve.progress,
+        })
+    }
+}
+
+/// The checked server settings.
+pub struct Serve {
+    pub addr: SocketAddr,
+    pub config: serve::Config,
+    pub linger: Duration,
+    pub drain: Duration,
+    pub wait_for_clients: usize,
+}
+
+fn read_source(args: &RunArgs) -> Result<Source, UsageError> {
+    let (path, json) = match (&args.plan, &args.sql) {
+        (Some(p), None) => (p, true),
+        (None, Some(p)) => (p, false),
+        _ => return Err(UsageError::new("give exactly one of --plan or --sql")),
+    };
+    let (name, text) = if path == Path::new("-") {
+        let mut text = String::new();
+        std::io::stdin().read_to_string(&mut text).map_err(|e| {
+            UsageError::new(format!("cannot read the plan from standard input: {e}"))
+        })?;
+        if text.trim().is_empty() {
+            return Err(UsageError::new(
+                "the plan on standard input is empty; pipe a plan in, or pass a file path",
+            ));
+        }
+        // Named by content, so the same plan piped in again resumes.
+        (format!("stdin-{}", plan::short_digest(&text)), text)
+    } else {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            UsageError::new(format!(
+                "cannot read {} {}: {}",
+                if json { "plan" } else { "SQL script" },
+                path.display(),
+                io_reason(&e)
+            ))
+        })?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| path.display().to_string());
+        (name, text)
+    };
+    Ok(if json {
+        // Editors on Windows save a BOM; it marks the encoding and is no part
+        // of the JSON. A SQL script keeps its own (SQLite skips it), so its
+        // step checksums stay what earlier runs recorded.
+        let text = match text.strip_prefix('\u{feff}') {
+            Some(rest) => rest.to_owned(),
+            None => text,
+        };
+        Source::Json { name, text }
+    } else {
+        Source::Sql { name, text }
+    })
+}
+
+fn io_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file; check the path".into(),
+        std::io::ErrorKind::InvalidData => "it is not UTF-8 text".into(),
+        _ => e.to_string(),
+    }
+}
+
+fn options(pace: &PaceArgs, args: &RunArgs) -> Result<run::Options, UsageError> {
+    if pace.batch_size == Some(0) {
+        return Err(UsageError::new("--batch-size must be at least 1"));
+    }
+    if pace.chunk_time == 0 {
+        return Err(UsageError::new("--chunk-time must be at least 1 ms"));
+    }
+    Ok(run::Options {
+        dry_run: args.dry_run,
+        atomic: args.atomic,
+        batch_size: pace.batch_size,
+        chunk_time: Duration::from_millis(pace.chunk_time),
+        sleep: Duration::from_millis(pace.sleep),
+        checkpoint: !args.no_checkpoint,
+    })
+}
+
+fn seconds(flag: &str, v: f64) -> Result<Duration, UsageError> {
+    Duration::try_from_secs_f64(v)
+        .map_err(|_| UsageError::new(format!("{flag} takes a number of seconds ≥ 0; got {v}")))
+        // Beyond a year is "forever"; it also keeps timer arithmetic safe.
+        .map(|d| d.min(Duration::from_secs(365 * 24 * 3600)))
+}
+
+/// Parses `--listen`: HOST:PORT, [v6]:PORT, localhost:PORT or a bare port.
+pub fn parse_listen(s: &str) -> Result<SocketAddr, UsageError> {
+    let s = s.trim();
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+    }
+    if let Some(port) = s
+        .strip_prefix("localhost:")
+        .and_then(|p| p.parse::<u16>().ok())
+    {
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+    }
+    Err(UsageError::new(format!(
+        "--listen {s:?} is not an address; use HOST:PORT such as 127.0.0.1:7077, or 127.0.0.1:0 for any free port"
+    )))
+}
+
+/// Checks the server flags; `None` with `--no-serve`.
+pub fn check_serve(a: &ServeArgs, default_linger: f64) -> Result<Option<Serve>, UsageError> {
+    let linger = seconds("--linger", a.linger.unwrap_or(default_linger))?;
+    let drain = seconds("--drain-timeout", a.drain_timeout)?;
+    if a.no_serve {
+        if a.wait_for_clients > 0 {
+            return Err(UsageError::new(
+                "--wait-for-clients needs the server; drop --no-serve or --wait-for-clients",
+            ));
+        }
+        return Ok(None);
+    }
+    let addr = parse_listen(&a.listen)?;
+    if a.max_clients == 0 {
+        return Err(UsageError::new("--max-clients must be at least 1"));
+    }
+    if a.wait_for_clients > a.max_clients {
+        return Err(UsageError::new(format!(
+            "--wait-for-clients {} can never be met with --max-clients {}; lower one or raise the other",
+            a.wait_for_clients, a.max_clients
+        )));
+    }
+    if let Some(t) = &a.token {
+        serve::check_token(t)?;
+    }
+    if let Some(o) = &a.cors {
+        if o == "*" && a.token.is_some() {
+            return Err(UsageError::new(
+                "--cors '*' would let any web page read a token-protected stream; name the page's origin, e.g. --cors http://localhost:5173",
+            ));
+        }
+        if o.is_empty() || hyper::header::HeaderValue::from_str(o).is_err() {
+            return Err(UsageError::new(format!(
+                "--cors {o:?} is not a valid origin; use e.g. http://localhost:5173"
+            )));
+        }
+    }
+    Ok(Some(Serve {
+        addr,
+        config: serve::Config {
+            token: a.token.clone(),
+            cors: a.cors.clone(),
+            max_clients: a.max_clients,
+            ..serve::Config::default()
+        },
+        linger,
+        drain,
+        wait_for_clients: a.wait_for_clients,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses_people_type_parse() {
+        assert_eq!(parse_listen("127.0.0.1:0").unwrap().port(), 0);
+        assert_eq!(
+            parse_listen("8080").unwrap(),
+            "127.0.0.1:8080".parse().unwrap()
+        );
+        assert_eq!(
+            parse_listen("localhost:9").unwrap(),
+            "127.0.0.1:9".parse().unwrap()
+        );
+        assert!(parse_listen("[::1]:7077").is_ok());
+        for bad in ["", "host", "1.2.3.4", "300.0.0.1:80", "127.0.0.1:99999"] {
+            assert!(
+                parse_listen(bad)
+                    .unwrap_err()
+                    .to_string()
+                    .contains("127.0.0.1:0"),
+                "{bad}"
+            );
+        }
+    }
+}
