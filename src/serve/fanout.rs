@@ -26,8 +26,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::keepalive::KeepAlive;
 use crate::events::log::{EventLog, Frames};
-use crate::events::sse;
 
 /// The most bytes one write hands a client that is behind: catching up
 /// takes few writes, and a stalled client's unfinished write stays small.
@@ -88,7 +88,7 @@ impl Fanout {
     /// is aborted (the server does so once its connections have drained).
     pub fn spawn(log: Arc<EventLog>, keep_alive: Duration) -> (Fanout, JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run(log, keep_alive, rx));
+        let task = tokio::spawn(run(log, KeepAlive::new(keep_alive), rx));
         (Fanout { tx }, task)
     }
 
@@ -184,11 +184,12 @@ enum Outcome {
     Done,
 }
 
-async fn run(log: Arc<EventLog>, keep_alive: Duration, mut msgs: mpsc::UnboundedReceiver<Msg>) {
+async fn run(log: Arc<EventLog>, keep_alive: KeepAlive, mut msgs: mpsc::UnboundedReceiver<Msg>) {
     let mut changed = log.subscribe();
     let mut held: Vec<Registration> = Vec::new();
     let mut fresh: Vec<Registration> = Vec::new();
-    let ping = tokio::time::sleep(keep_alive);
+    // One timer for every client: see `KeepAlive` for how they line up.
+    let ping = tokio::time::sleep_until(keep_alive.due(Instant::now()));
     tokio::pin!(ping);
     let mut left = false;
     let mut pruned = Instant::now();
@@ -231,7 +232,7 @@ async fn run(log: Arc<EventLog>, keep_alive: Duration, mut msgs: mpsc::Unbounded
         let now = Instant::now();
         let mut batches = Batches::new(&log, upto);
         if sweep_all {
-            let mut next_ping = now + keep_alive;
+            let mut next_ping = keep_alive.due(now);
             let mut i = 0;
             while i < held.len() {
                 // An event logged mid-sweep goes to the rest of this sweep
@@ -244,7 +245,7 @@ async fn run(log: Arc<EventLog>, keep_alive: Duration, mut msgs: mpsc::Unbounded
                     batches = Batches::new(&log, *changed.borrow());
                 }
                 if let Some(c) = settle(&mut held, i, &mut batches, now, keep_alive) {
-                    next_ping = next_ping.min(c + keep_alive);
+                    next_ping = next_ping.min(keep_alive.due(c));
                     i += 1;
                 }
             }
@@ -265,7 +266,7 @@ fn settle(
     i: usize,
     batches: &mut Batches,
     now: Instant,
-    keep_alive: Duration,
+    keep_alive: KeepAlive,
 ) -> Option<Instant> {
     let reg = &mut held[i];
     // Its task ended (the client left, or shutdown): drop the stream.
@@ -298,7 +299,7 @@ fn still_there(c: &mut Client, now: Instant) -> bool {
     }
     c.probed = true;
     for _ in 0..2 {
-        c.pending = Pending::one(sse::comment("keep-alive"));
+        c.pending = Pending::one(KeepAlive::FRAME);
         match c.pending.try_write(&c.tcp) {
             Ok(_) if c.pending.is_empty() => c.last_write = now,
             // No room, or part of it written: the client is not reading
@@ -312,13 +313,12 @@ fn still_there(c: &mut Client, now: Instant) -> bool {
 }
 
 /// Writes everything the client has not had yet, as few writes as the
-/// socket takes, without ever waiting. A keep-alive goes to a client idle
-/// for half the period, so one ping sweep lines up every client's next.
+/// socket takes, without ever waiting, and a keep-alive if one is due.
 fn write_pending(
     c: &mut Client,
     batches: &mut Batches,
     now: Instant,
-    keep_alive: Duration,
+    keep_alive: KeepAlive,
 ) -> Outcome {
     let mut turns = 0;
     loop {
@@ -347,8 +347,8 @@ fn write_pending(
                     return Outcome::HandBack;
                 }
             }
-            None if now.duration_since(c.last_write) >= keep_alive / 2 => {
-                c.pending = Pending::one(sse::comment("keep-alive"));
+            None if keep_alive.due_in_sweep(c.last_write, now) => {
+                c.pending = Pending::one(KeepAlive::FRAME);
             }
             None => return Outcome::Kept,
         }
@@ -469,7 +469,7 @@ impl<'a> Batches<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::{Event, Finished, Level};
+    use crate::events::{Event, Finished, Level, sse};
     use tokio::io::AsyncReadExt;
 
     /// Reads until `done` says so, feeding the SSE parser; bounded.

@@ -26,11 +26,12 @@ use tokio::task::JoinSet;
 pub mod dashboard;
 pub mod direct;
 pub mod fanout;
+mod keepalive;
 
 use crate::error::UsageError;
 use crate::events::log::EventLog;
-use crate::events::sse;
 use fanout::{Fanout, MAX_BATCH};
+use keepalive::KeepAlive;
 
 pub type Body = BoxBody<Bytes, Infallible>;
 
@@ -401,6 +402,7 @@ struct Reader<G> {
     rx: watch::Receiver<u64>,
     cursor: u64,
     ended: bool,
+    keep_alive: KeepAlive,
     last_write: tokio::time::Instant,
     ping: std::pin::Pin<Box<tokio::time::Sleep>>,
     _guard: G,
@@ -416,17 +418,19 @@ fn event_stream<G: Send + 'static>(
     keep_alive: Duration,
     guard: G,
 ) -> impl Stream<Item = Result<Frame<Bytes>, Infallible>> + Send + 'static {
+    let keep_alive = KeepAlive::new(keep_alive);
     let now = tokio::time::Instant::now();
     let reader = Reader {
         rx: log.subscribe(),
         log,
         cursor,
         ended: false,
+        keep_alive,
         last_write: now,
-        ping: Box::pin(tokio::time::sleep_until(now + keep_alive)),
+        ping: Box::pin(tokio::time::sleep_until(keep_alive.due(now))),
         _guard: guard,
     };
-    stream::unfold(reader, move |mut r| async move {
+    stream::unfold(reader, |mut r| async move {
         if r.ended {
             return None;
         }
@@ -446,15 +450,15 @@ fn event_stream<G: Send + 'static>(
             tokio::select! {
                 changed = r.rx.changed() => if changed.is_err() { return None },
                 () = r.ping.as_mut() => {
-                    let due = r.last_write + keep_alive;
+                    let due = r.keep_alive.due(r.last_write);
                     let now = tokio::time::Instant::now();
                     if now < due {
                         r.ping.as_mut().reset(due);
                         continue;
                     }
                     r.last_write = now;
-                    r.ping.as_mut().reset(now + keep_alive);
-                    return Some((Ok(Frame::data(sse::comment("keep-alive"))), r));
+                    r.ping.as_mut().reset(r.keep_alive.due(now));
+                    return Some((Ok(Frame::data(KeepAlive::FRAME)), r));
                 }
             }
         }
