@@ -78,6 +78,59 @@ mod bounds {
     pub const LENGTH: i32 = 8 << 20;
 }
 
+/// A column as `PRAGMA table_info` gives it.
+struct Column {
+    name: String,
+    ty: String,
+    pk: bool,
+}
+
+/// A table as the chunk walk sees it.
+struct Shape {
+    columns: Vec<Column>,
+    /// The primary key, when it is one column.
+    single_pk: Option<String>,
+    without_rowid: bool,
+    /// The `INTEGER PRIMARY KEY` column that is the rowid, if any.
+    alias: Option<String>,
+    /// How to name the real rowid: `None` for a `WITHOUT ROWID` table,
+    /// `Some(None)` when columns hide every name of it and there is no alias.
+    rowid_sql: Option<Option<String>>,
+}
+
+impl Shape {
+    fn rowid_chunk(&self, key: String, key_sql: String) -> (Chunk, Vec<String>) {
+        let names = std::iter::once("ROWID".to_owned()).chain(self.alias.clone());
+        let chunk = Chunk {
+            table: String::new(),
+            key,
+            key_sql,
+            rowid: true,
+            size: 0,
+        };
+        (chunk, names.collect())
+    }
+
+    fn not_a_column(&self, label: &str, table: &str, wanted: &str) -> UsageError {
+        let hint = match (self.without_rowid, &self.single_pk) {
+            (true, Some(pk)) => {
+                format!("; {table} is WITHOUT ROWID, so use its primary key: \"key\": {pk:?}")
+            }
+            _ => format!(
+                " (columns: {})",
+                self.columns
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        UsageError::new(format!(
+            "{label}: chunk.key {wanted:?} is not a column of {table}{hint}"
+        ))
+    }
+}
+
 impl Rehearsal {
     pub(super) fn new(db: &Connection) -> Result<Self, UsageError> {
         let mut conn = Connection::open_in_memory()
@@ -391,22 +444,20 @@ impl Rehearsal {
         }
     }
 
-    /// Resolves the chunk key and checks that it is unique, as keyset
-    /// pagination needs. The returned chunk has the key filled in; its
-    /// table and size are the caller's to set. Also returns the names under
-    /// which SQLite's authorizer reports a write to the key.
-    fn unique_key(
-        &self,
-        label: &str,
-        table: &str,
-        key: Option<&str>,
-    ) -> Result<(Chunk, Vec<String>), UsageError> {
-        let columns: Vec<(String, String, i64)> = self
+    /// What the walk needs to know of a table's columns and rowid.
+    fn shape(&self, table: &str) -> Shape {
+        let columns: Vec<Column> = self
             .conn
             .prepare(&format!("PRAGMA table_info({})", quote(table)))
             .and_then(|mut s| {
-                s.query_map([], |r| Ok((r.get(1)?, r.get(2)?, r.get(5)?)))?
-                    .collect()
+                s.query_map([], |r| {
+                    Ok(Column {
+                        name: r.get(1)?,
+                        ty: r.get(2)?,
+                        pk: r.get::<_, i64>(5)? > 0,
+                    })
+                })?
+                .collect()
             })
             .unwrap_or_default();
         let without_rowid = self
@@ -417,23 +468,27 @@ impl Rehearsal {
                 |r| r.get::<_, bool>(0),
             )
             .unwrap_or(false);
-        let pk: Vec<&(String, String, i64)> = columns.iter().filter(|c| c.2 > 0).collect();
-        let is_column = |name: &str| columns.iter().any(|c| c.0.eq_ignore_ascii_case(name));
+        let pk: Vec<&Column> = columns.iter().filter(|c| c.pk).collect();
         // `INTEGER PRIMARY KEY DESC` is not a rowid alias, and a real
         // alias has no index of its own.
         let alias = match pk.as_slice() {
             [one]
-                if one.1.eq_ignore_ascii_case("integer")
+                if one.ty.eq_ignore_ascii_case("integer")
                     && !without_rowid
                     && !self.has_pk_index(table) =>
             {
-                Some(one.0.clone())
+                Some(one.name.clone())
             }
+            _ => None,
+        };
+        let single_pk = match pk.as_slice() {
+            [one] => Some(one.name.clone()),
             _ => None,
         };
         // A column may be named rowid, _rowid_ or oid and hide the real
         // rowid behind that name: address it by a name no column takes, or
         // by its INTEGER PRIMARY KEY alias.
+        let is_column = |name: &str| columns.iter().any(|c| c.name.eq_ignore_ascii_case(name));
         let rowid_sql = (!without_rowid).then(|| {
             ROWID_NAMES
                 .iter()
@@ -441,48 +496,64 @@ impl Rehearsal {
                 .map(|n| (*n).to_owned())
                 .or_else(|| alias.as_deref().map(quote))
         });
-        let rowid_chunk = |key: String, key_sql: String| {
-            let names = std::iter::once("ROWID".to_owned()).chain(alias.clone());
-            let chunk = Chunk {
-                table: String::new(),
-                key,
-                key_sql,
-                rowid: true,
-                size: 0,
-            };
-            (chunk, names.collect())
-        };
+        Shape {
+            columns,
+            single_pk,
+            without_rowid,
+            alias,
+            rowid_sql,
+        }
+    }
+
+    /// Resolves the chunk key and checks that it is unique, as keyset
+    /// pagination needs. The returned chunk has the key filled in; its
+    /// table and size are the caller's to set. Also returns the names under
+    /// which SQLite's authorizer reports a write to the key.
+    fn unique_key(
+        &self,
+        label: &str,
+        table: &str,
+        key: Option<&str>,
+    ) -> Result<(Chunk, Vec<String>), UsageError> {
+        let shape = self.shape(table);
         let Some(wanted) = key else {
-            return match rowid_sql {
-                Some(Some(sql)) => Ok(rowid_chunk("rowid".into(), sql)),
+            return match &shape.rowid_sql {
+                Some(Some(sql)) => Ok(shape.rowid_chunk("rowid".into(), sql.clone())),
                 Some(None) => Err(UsageError::new(format!(
                     "{label}: {table} has columns named rowid, _rowid_ and oid, which hide its rowid; set chunk.key to a unique column"
                 ))),
-                None => Err(self.not_a_column(label, table, "rowid", &columns, &pk, true)),
+                None => Err(shape.not_a_column(label, table, "rowid")),
             };
         };
-        let Some(column) = columns.iter().find(|c| c.0.eq_ignore_ascii_case(wanted)) else {
+        let Some(column) = shape
+            .columns
+            .iter()
+            .find(|c| c.name.eq_ignore_ascii_case(wanted))
+        else {
             let is_rowid_name = ROWID_NAMES.iter().any(|a| a.eq_ignore_ascii_case(wanted));
-            return match rowid_sql {
-                Some(Some(sql)) if is_rowid_name => Ok(rowid_chunk(wanted.to_owned(), sql)),
-                _ => Err(self.not_a_column(label, table, wanted, &columns, &pk, without_rowid)),
+            return match &shape.rowid_sql {
+                Some(Some(sql)) if is_rowid_name => {
+                    Ok(shape.rowid_chunk(wanted.to_owned(), sql.clone()))
+                }
+                _ => Err(shape.not_a_column(label, table, wanted)),
             };
         };
-        let name = column.0.clone();
-        let unique = (pk.len() == 1 && pk[0].0 == name) || self.has_unique_index(table, &name);
+        let name = column.name.clone();
+        let unique = shape.single_pk.as_deref() == Some(name.as_str())
+            || self.has_unique_index(table, &name);
         if !unique {
             return Err(UsageError::new(format!(
                 "{label}: chunk.key {name:?} is not unique in {table}; chunking needs a unique key (rowid, the primary key, or a column with a UNIQUE index)"
             )));
         }
-        if alias.as_deref() == Some(name.as_str()) {
+        if shape.alias.as_deref() == Some(name.as_str()) {
             // The alias is the rowid: walk it as one (dense arithmetic),
             // by a plain rowid name where one is free.
-            let sql = match rowid_sql {
-                Some(Some(sql)) => sql,
+            let sql = match &shape.rowid_sql {
+                Some(Some(sql)) => sql.clone(),
                 _ => quote(&name),
             };
-            return Ok(rowid_chunk(name, sql));
+            return Ok(shape.rowid_chunk(name, sql));
         }
         let chunk = Chunk {
             table: String::new(),
@@ -492,34 +563,6 @@ impl Rehearsal {
             size: 0,
         };
         Ok((chunk, vec![name]))
-    }
-
-    fn not_a_column(
-        &self,
-        label: &str,
-        table: &str,
-        wanted: &str,
-        columns: &[(String, String, i64)],
-        pk: &[&(String, String, i64)],
-        without_rowid: bool,
-    ) -> UsageError {
-        let hint = match (without_rowid, pk) {
-            (true, [one]) => format!(
-                "; {table} is WITHOUT ROWID, so use its primary key: \"key\": {:?}",
-                one.0
-            ),
-            _ => format!(
-                " (columns: {})",
-                columns
-                    .iter()
-                    .map(|c| c.0.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        };
-        UsageError::new(format!(
-            "{label}: chunk.key {wanted:?} is not a column of {table}{hint}"
-        ))
     }
 
     fn has_pk_index(&self, table: &str) -> bool {

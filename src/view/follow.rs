@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use crate::cli::WatchArgs;
 use crate::error::print_line;
 use crate::error::{Unreachable, UsageError, exit};
-use crate::events::sse::Parser;
+use crate::events::sse::{ParsedEvent, Parser};
 use crate::events::{Event, RunStatus};
 use crate::serve::RUN_ID_HEADER;
 use crate::view::terminal::Renderer;
@@ -368,27 +368,8 @@ async fn attempt(
     {
         seen.restart(run_id, renderer);
     }
-    match resp.status() {
-        StatusCode::OK => {}
-        StatusCode::NO_CONTENT => return Ok(Attempt::NoContent),
-        StatusCode::SERVICE_UNAVAILABLE => {
-            return Ok(Attempt::Failed(
-                "the run has too many stream clients (503)".into(),
-            ));
-        }
-        s => return Err(refused(target, s)),
-    }
-    let is_sse = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"));
-    if !is_sse {
-        return Err(Unreachable(format!(
-            "{} answered, but not with an event stream; is this a batchsse run? Try its base URL, e.g. http://127.0.0.1:7077/",
-            target.url(&target.events)
-        ))
-        .into());
+    if let Some(end) = check_answer(target, &resp)? {
+        return Ok(end);
     }
     let mut body = resp.into_body();
     // A fresh parser per connection: a frame cut in half is never dispatched.
@@ -417,42 +398,78 @@ async fn attempt(
             ))
         })?;
         for ev in events {
-            let id = ev.id.as_deref().and_then(|i| i.trim().parse::<u64>().ok());
-            // A new run that answered before logging its `start` sent no run
-            // id header, so its `start` (it replays from id 1: our id is
-            // beyond its log) is what tells the runs apart.
-            if ev.event == "start"
-                && let Ok(Event::Start(s)) = Event::from_json(&ev.event, &ev.data)
-                && seen.is_new_run(&s.run_id)
-            {
-                seen.restart(&s.run_id, renderer);
-            }
-            if let Some(id) = id {
-                // The replay after a reconnect starts after our id, but a
-                // server that replays more must still not show anything twice.
-                if id <= seen.last_id {
-                    continue;
-                }
-                seen.last_id = id;
-            }
-            match Event::from_json(&ev.event, &ev.data) {
-                Ok(event) => {
-                    renderer.show(id.unwrap_or(seen.last_id), &event, &ev.data);
-                    if let Event::Finished(f) = event {
-                        return Ok(Attempt::Finished(f.status));
-                    }
-                    if renderer.stdout_failed() {
-                        return Ok(Attempt::OutputClosed);
-                    }
-                }
-                Err(e) => print_line(&format!(
-                    "batchsse: warning: skipped event {} ({:?}): its data is not what batchsse sends ({e})",
-                    id.map_or("without id".into(), |i| i.to_string()),
-                    ev.event
-                )),
+            if let Some(end) = show(&ev, seen, renderer) {
+                return Ok(end);
             }
         }
     }
+}
+
+/// `None` when the answer is a stream to read; else how the attempt ends
+/// (or an error that retrying will not change).
+fn check_answer<B>(target: &Target, resp: &hyper::Response<B>) -> anyhow::Result<Option<Attempt>> {
+    match resp.status() {
+        StatusCode::OK => {}
+        StatusCode::NO_CONTENT => return Ok(Some(Attempt::NoContent)),
+        StatusCode::SERVICE_UNAVAILABLE => {
+            return Ok(Some(Attempt::Failed(
+                "the run has too many stream clients (503)".into(),
+            )));
+        }
+        s => return Err(refused(target, s)),
+    }
+    let is_sse = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if !is_sse {
+        return Err(Unreachable(format!(
+            "{} answered, but not with an event stream; is this a batchsse run? Try its base URL, e.g. http://127.0.0.1:7077/",
+            target.url(&target.events)
+        ))
+        .into());
+    }
+    Ok(None)
+}
+
+/// Shows one event unless it was seen; `Some` when it ends the attempt.
+fn show(ev: &ParsedEvent, seen: &mut Seen, renderer: &mut Renderer) -> Option<Attempt> {
+    let id = ev.id.as_deref().and_then(|i| i.trim().parse::<u64>().ok());
+    let parsed = Event::from_json(&ev.event, &ev.data);
+    // A new run that answered before logging its `start` sent no run id
+    // header, so its `start` (it replays from id 1: our id is beyond its
+    // log) is what tells the runs apart.
+    if let Ok(Event::Start(s)) = &parsed
+        && seen.is_new_run(&s.run_id)
+    {
+        seen.restart(&s.run_id, renderer);
+    }
+    if let Some(id) = id {
+        // The replay after a reconnect starts after our id, but a server
+        // that replays more must still not show anything twice.
+        if id <= seen.last_id {
+            return None;
+        }
+        seen.last_id = id;
+    }
+    match parsed {
+        Ok(event) => {
+            renderer.show(id.unwrap_or(seen.last_id), &event, &ev.data);
+            if let Event::Finished(f) = event {
+                return Some(Attempt::Finished(f.status));
+            }
+            if renderer.stdout_failed() {
+                return Some(Attempt::OutputClosed);
+            }
+        }
+        Err(e) => print_line(&format!(
+            "batchsse: warning: skipped event {} ({:?}): its data is not what batchsse sends ({e})",
+            id.map_or("without id".into(), |i| i.to_string()),
+            ev.event
+        )),
+    }
+    None
 }
 
 /// A status that retrying will not change.

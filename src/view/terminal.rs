@@ -53,6 +53,52 @@ struct Bars {
     step: Option<ProgressBar>,
 }
 
+impl Bars {
+    /// The run's bar, with its elapsed clock moving between events.
+    fn new(s: &crate::events::Start) -> Bars {
+        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+        let overall = multi.add(ProgressBar::new(s.steps.len() as u64));
+        overall.set_style(style(if colors() {
+            "{prefix:.bold} [{bar:30.green/white}] {pos}/{len} steps  {elapsed_precise}  {msg}"
+        } else {
+            "{prefix} [{bar:30}] {pos}/{len} steps  {elapsed_precise}  {msg}"
+        }));
+        overall.set_prefix("run ");
+        overall.set_message(format!("{} on {}", s.plan, s.db));
+        overall.enable_steady_tick(Duration::from_millis(250));
+        Bars {
+            multi,
+            overall,
+            step: None,
+        }
+    }
+
+    /// A step bar while a step runs; a line above the bars once it ends.
+    fn step(&mut self, s: &crate::events::StepEvent, label: String) {
+        if s.state == StepState::Running {
+            let pb = self.multi.add(ProgressBar::new(s.total.max(1)));
+            pb.set_style(style(if colors() {
+                "{prefix:.bold} [{bar:30.cyan/blue}] {human_pos}/{human_len} rows  {msg}"
+            } else {
+                "{prefix} [{bar:30}] {human_pos}/{human_len} rows  {msg}"
+            }));
+            pb.set_prefix("step");
+            pb.set_message(label.clone());
+            if let Some(old) = self.step.replace(pb) {
+                old.finish_and_clear();
+            }
+            self.overall.set_message(label);
+            return;
+        }
+        if let Some(pb) = self.step.take() {
+            pb.finish_and_clear();
+            self.multi.remove(&pb);
+        }
+        self.overall.inc(1);
+        let _ = self.multi.println(format!("{label}: {}", step_line(s)));
+    }
+}
+
 impl Renderer {
     pub fn new(mode: ProgressMode) -> Renderer {
         Renderer {
@@ -174,59 +220,16 @@ impl Renderer {
     }
 
     fn bar(&mut self, event: &Event) {
-        let color = colors();
         match event {
             Event::Start(s) => {
                 self.steps = s.steps.iter().map(|s| s.name.clone()).collect();
-                let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
-                let overall = multi.add(ProgressBar::new(s.steps.len() as u64));
-                overall.set_style(style(
-                    if color {
-                        "{prefix:.bold} [{bar:30.green/white}] {pos}/{len} steps  {elapsed_precise}  {msg}"
-                    } else {
-                        "{prefix} [{bar:30}] {pos}/{len} steps  {elapsed_precise}  {msg}"
-                    },
-                ));
-                overall.set_prefix("run ");
-                overall.set_message(format!("{} on {}", s.plan, s.db));
-                // Keeps the elapsed clock moving between events.
-                overall.enable_steady_tick(Duration::from_millis(250));
-                self.bars = Some(Bars {
-                    multi,
-                    overall,
-                    step: None,
-                });
+                self.bars = Some(Bars::new(s));
                 self.say(&start_line(s));
             }
             Event::Step(s) => {
                 let label = self.label(s.index);
-                let Some(b) = self.bars.as_mut() else { return };
-                match s.state {
-                    StepState::Running => {
-                        let pb = b.multi.add(ProgressBar::new(s.total.max(1)));
-                        pb.set_style(style(
-                            if color {
-                                "{prefix:.bold} [{bar:30.cyan/blue}] {human_pos}/{human_len} rows  {msg}"
-                            } else {
-                                "{prefix} [{bar:30}] {human_pos}/{human_len} rows  {msg}"
-                            },
-                        ));
-                        pb.set_prefix("step");
-                        pb.set_message(label.clone());
-                        if let Some(old) = b.step.replace(pb) {
-                            old.finish_and_clear();
-                        }
-                        b.overall.set_message(label);
-                    }
-                    _ => {
-                        if let Some(pb) = b.step.take() {
-                            pb.finish_and_clear();
-                            b.multi.remove(&pb);
-                        }
-                        b.overall.inc(1);
-                        let line = format!("{label}: {}", step_line(s));
-                        let _ = b.multi.println(line);
-                    }
+                if let Some(b) = self.bars.as_mut() {
+                    b.step(s, label);
                 }
             }
             Event::Progress(p) => {
