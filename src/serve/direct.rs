@@ -1,5 +1,5 @@
 //! The direct stream path: when a connection's request is `GET /events`,
-//! the answer (routed by `server::respond`, like every other) is written
+//! the answer (routed by `routes::respond`, like every other) is written
 //! straight onto the socket by the fan-out writer, and the body ends when
 //! the connection closes. A stream then costs its socket and a cursor, not
 //! hyper's two 8 KiB per-connection buffers and a task, which dominated at
@@ -19,8 +19,9 @@ use hyper::{Method, Request, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::serve::fanout::Fanout;
-use crate::serve::{self as server, State, StreamStart};
+use super::fanout::Fanout;
+use super::routes::{self, Body, StreamStart};
+use super::state::State;
 
 /// The longest request head the direct path reads before giving up.
 const MAX_HEAD: usize = 16 * 1024;
@@ -78,7 +79,7 @@ pub async fn sniff(mut tcp: TcpStream) -> Sniffed {
 /// Answers a sniffed `GET /events` on the socket itself; the stream goes
 /// to the fan-out writer.
 pub async fn serve(mut tcp: TcpStream, state: &Arc<State>, req: Request<()>, fanout: &Fanout) {
-    let mut resp = server::respond(state, req);
+    let mut resp = routes::respond(state, req);
     match resp.extensions_mut().remove::<StreamStart>() {
         Some(start) => {
             let head = encode_head(&resp, true);
@@ -110,7 +111,7 @@ fn parse(buf: &[u8]) -> Option<Request<()>> {
 
 /// Writes a response with `connection: close`; a body of unknown length
 /// (the event stream) simply ends when the socket closes.
-async fn write_response(tcp: &mut TcpStream, resp: hyper::Response<server::Body>) {
+async fn write_response(tcp: &mut TcpStream, resp: hyper::Response<Body>) {
     let head = encode_head(&resp, false);
     if tcp.write_all(&head).await.is_err() {
         return;
@@ -129,7 +130,7 @@ async fn write_response(tcp: &mut TcpStream, resp: hyper::Response<server::Body>
 
 /// The status line and headers, with `connection: close`, and a
 /// `content-length` when the body's length is known (never for a stream).
-fn encode_head(resp: &hyper::Response<server::Body>, is_stream: bool) -> Vec<u8> {
+fn encode_head(resp: &hyper::Response<Body>, is_stream: bool) -> Vec<u8> {
     let mut head = format!(
         "HTTP/1.1 {} {}\r\n",
         resp.status().as_u16(),

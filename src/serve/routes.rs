@@ -1,0 +1,234 @@
+//! Routing: every request, whichever path it came by, is answered here:
+//! CORS, methods, the token, `/`, `/status`, `/healthz`, and `/events` up to
+//! the point where a stream path takes over (a [`StreamStart`]).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+
+use super::auth::authorized;
+use super::dashboard;
+use super::state::{ClientGuard, State};
+
+pub type Body = BoxBody<Bytes, Infallible>;
+
+/// Event ids start at 1 in every run, so a `Last-Event-ID` alone cannot
+/// tell a run restarted on the same address from the one it came from. Every
+/// `/events` answer (`200` and `204`) names the run in this header, and a
+/// request that names another run with it gets the whole run, from id 1,
+/// whatever its `Last-Event-ID`.
+pub const RUN_ID_HEADER: &str = "x-batchsse-run-id";
+
+/// An accepted `/events` request whose body is still to be attached: the
+/// cursor it starts after and the client slot it holds. Hyper's path makes
+/// it a streaming body (`body::handle`); the direct path hands it to the
+/// fan-out writer.
+#[derive(Clone)]
+pub struct StreamStart {
+    pub cursor: u64,
+    pub guard: Arc<ClientGuard>,
+}
+
+/// Routes one request; an event stream comes back with an empty body and
+/// its `StreamStart` in the extensions. Never panics on anything a client
+/// sends.
+pub fn respond<B>(state: &Arc<State>, req: Request<B>) -> Response<Body> {
+    let mut resp = route(state, &req);
+    let headers = resp.headers_mut();
+    if let Some(origin) = &state.config.cors
+        && let Ok(v) = HeaderValue::from_str(origin)
+    {
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+        headers.insert(header::VARY, HeaderValue::from_static("Origin"));
+    }
+    if req.method() == Method::HEAD {
+        let (parts, _) = resp.into_parts();
+        return Response::from_parts(parts, Empty::new().boxed());
+    }
+    resp
+}
+
+fn route<B>(state: &Arc<State>, req: &Request<B>) -> Response<Body> {
+    let path = req.uri().path();
+    let method = req.method();
+    let known = matches!(path, "/" | "/events" | "/status" | "/healthz");
+    if !known {
+        return text(
+            StatusCode::NOT_FOUND,
+            "not found; try /, /events, /status or /healthz",
+        );
+    }
+    if method == Method::OPTIONS && state.config.cors.is_some() {
+        let mut r = empty(StatusCode::NO_CONTENT);
+        let h = r.headers_mut();
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, HEAD, OPTIONS"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("Authorization, Last-Event-ID, Cache-Control"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("600"),
+        );
+        return r;
+    }
+    if method != Method::GET && method != Method::HEAD {
+        let mut r = text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only GET and HEAD are allowed",
+        );
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    if path == "/healthz" {
+        return text(StatusCode::OK, "ok");
+    }
+    let query = Query::parse(req.uri().query());
+    if let Some(token) = &state.config.token
+        && !authorized(token, req.headers(), query.get("token"))
+    {
+        let mut r = text(
+            StatusCode::UNAUTHORIZED,
+            "a token is required: send 'Authorization: Bearer TOKEN' or add ?token=TOKEN",
+        );
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"batchsse\""),
+        );
+        return r;
+    }
+    match path {
+        "/" => full(StatusCode::OK, "text/html; charset=utf-8", dashboard::HTML),
+        "/status" => status(state),
+        _ => events(state, req, &query),
+    }
+}
+
+fn status(state: &State) -> Response<Body> {
+    let snap = state.log.snapshot();
+    let mut v = serde_json::to_value(&snap).unwrap_or_default();
+    if let serde_json::Value::Object(m) = &mut v {
+        m.insert("clients".into(), state.clients().into());
+    }
+    let mut r = full(StatusCode::OK, "application/json", v.to_string());
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn events<B>(state: &Arc<State>, req: &Request<B>, query: &Query) -> Response<Body> {
+    let last_seen = req
+        .headers()
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| query.get("last_event_id"))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    // None only between the server's start and the runner's `start` event.
+    let run_id = state.log.run_id();
+    let for_another_run = req
+        .headers()
+        .get(RUN_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|asked| run_id.as_deref() != Some(asked));
+    // An id this run never gave out comes from an earlier run on the same
+    // address (a dashboard left open): treat it as a new client.
+    let last_seen = if for_another_run || last_seen > state.log.last_id() {
+        0
+    } else {
+        last_seen
+    };
+    let run_id = run_id.and_then(|id| HeaderValue::from_str(&id).ok());
+    if state.log.finished_id().is_some_and(|f| last_seen >= f) {
+        // EventSource stops reconnecting on 204: the run is over for it.
+        let mut r = empty(StatusCode::NO_CONTENT);
+        if let Some(id) = run_id {
+            r.headers_mut().insert(RUN_ID_HEADER, id);
+        }
+        return r;
+    }
+    let mut r = if req.method() == Method::HEAD {
+        empty(StatusCode::OK)
+    } else {
+        let Some(guard) = state.try_add_client() else {
+            let mut r = text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!(
+                    "too many stream clients (--max-clients {}); try again later",
+                    state.config.max_clients
+                ),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            return r;
+        };
+        let mut r = empty(StatusCode::OK);
+        r.extensions_mut().insert(StreamStart {
+            cursor: last_seen,
+            guard: Arc::new(guard),
+        });
+        r
+    };
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-transform"),
+    );
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    if let Some(id) = run_id {
+        h.insert(RUN_ID_HEADER, id);
+    }
+    r
+}
+
+fn full(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()).boxed());
+    *r.status_mut() = status;
+    if let Ok(v) = HeaderValue::from_str(content_type) {
+        r.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Body> {
+    full(status, "text/plain; charset=utf-8", format!("{body}\n"))
+}
+
+fn empty(status: StatusCode) -> Response<Body> {
+    let mut r = Response::new(Empty::new().boxed());
+    *r.status_mut() = status;
+    r
+}
+
+/// The decoded query string.
+struct Query(Vec<(String, String)>);
+
+impl Query {
+    fn parse(q: Option<&str>) -> Query {
+        Query(
+            form_urlencoded::parse(q.unwrap_or("").as_bytes())
+                .into_owned()
+                .collect(),
+        )
+    }
+
+    fn get(&self, key: &str) -> Option<String> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+    }
+}

@@ -1,0 +1,82 @@
+//! What every request handler shares: the server's settings from the
+//! command line, the event log, and the count of stream clients that the
+//! wait-for-clients gate and `/status` read.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::events::log::EventLog;
+
+/// How the server answers, from the command line.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub token: Option<String>,
+    pub cors: Option<String>,
+    pub max_clients: usize,
+    pub keep_alive: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            token: None,
+            cors: None,
+            max_clients: 10_000,
+            keep_alive: Duration::from_secs(15),
+        }
+    }
+}
+
+/// What every request handler shares.
+pub struct State {
+    pub log: Arc<EventLog>,
+    pub config: Config,
+    clients: AtomicUsize,
+    client_count: watch::Sender<usize>,
+}
+
+impl State {
+    pub fn new(log: Arc<EventLog>, config: Config) -> Arc<State> {
+        Arc::new(State {
+            log,
+            config,
+            clients: AtomicUsize::new(0),
+            client_count: watch::channel(0).0,
+        })
+    }
+
+    /// Stream clients connected now.
+    pub fn clients(&self) -> usize {
+        self.clients.load(Ordering::SeqCst)
+    }
+
+    /// Wakes whenever the number of stream clients changes.
+    pub fn watch_clients(&self) -> watch::Receiver<usize> {
+        self.client_count.subscribe()
+    }
+
+    /// A slot for one more stream client, or `None` at `max_clients`.
+    pub(super) fn try_add_client(self: &Arc<Self>) -> Option<ClientGuard> {
+        let max = self.config.max_clients;
+        self.clients
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        self.client_count.send_replace(self.clients());
+        Some(ClientGuard(self.clone()))
+    }
+}
+
+/// Counts a stream client for as long as its stream lives.
+pub struct ClientGuard(Arc<State>);
+
+impl Drop for ClientGuard {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Ordering::SeqCst);
+        self.0.client_count.send_replace(self.0.clients());
+    }
+}
