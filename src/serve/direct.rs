@@ -1,10 +1,6 @@
-//! The direct stream path: when a connection's request is `GET /events`,
-//! the answer (routed by `routes::respond`, like every other) is written
-//! straight onto the socket by the fan-out writer, and the body ends when
-//! the connection closes. A stream then costs its socket and a cursor, not
-//! hyper's two 8 KiB per-connection buffers and a task, which dominated at
-//! 10,000 viewers. Every other request is hyper's (one per connection), so
-//! routing, auth and limits stay in one place.
+//! The direct stream path: a connection whose first request is
+//! `GET /events` is answered on the socket itself and its stream handed to
+//! the fan-out writer; anything else goes on to hyper, bytes read included.
 
 use std::io;
 use std::pin::Pin;
@@ -77,7 +73,12 @@ pub async fn sniff(mut tcp: TcpStream) -> Sniffed {
 }
 
 /// Answers a sniffed `GET /events` on the socket itself; the stream goes
-/// to the fan-out writer.
+/// to the fan-out writer, and the body ends when the connection closes.
+///
+/// A stream then costs its socket and a cursor, not hyper's two 8 KiB
+/// per-connection buffers and a task, which dominated at 10,000 viewers.
+/// The answer is still `routes::respond`'s, so routing, auth and limits
+/// stay in one place.
 pub async fn serve(mut tcp: TcpStream, state: &Arc<State>, req: Request<()>, fanout: &Fanout) {
     let mut resp = routes::respond(state, req);
     match resp.extensions_mut().remove::<StreamStart>() {

@@ -1,16 +1,6 @@
 //! The fan-out writer: one task that writes every new event to every direct
-//! `/events` stream. When the log grows it sweeps its clients once, handing
-//! each the frames it has not yet had with one non-blocking vectored write
-//! straight from the log's shared buffers (no copy), so an event costs one
-//! syscall per client and no task wake-ups; at 10,000 viewers the
-//! per-client tasks' wake, poll and re-arm cost more than the writes did.
-//!
-//! A client whose socket is full (it stopped reading, or is far behind) is
-//! handed back to its own connection task, which waits until the socket
-//! drains and then returns it here. A stalled client therefore never delays
-//! the sweep, and holds no memory beyond its socket and references to the
-//! log's frames of its one unfinished write. The connection task also keeps
-//! the socket's read half, so a viewer that leaves is noticed at once.
+//! `/events` stream, and the connection-side handle (`Fanout::stream`) that
+//! hands it a client and takes the client back when its socket is full.
 
 use std::collections::HashMap;
 use std::io::IoSlice;
@@ -78,6 +68,19 @@ enum Msg {
 const PRUNE_EVERY: Duration = Duration::from_millis(100);
 
 /// The handle connection tasks use to stream through the writer.
+///
+/// When the log grows the writer sweeps its clients once, handing each the
+/// frames it has not yet had with one non-blocking vectored write straight
+/// from the log's shared buffers (no copy), so an event costs one syscall
+/// per client and no task wake-ups; at 10,000 viewers the per-client tasks'
+/// wake, poll and re-arm cost more than the writes did.
+///
+/// A client whose socket is full (it stopped reading, or is far behind) is
+/// handed back to its own connection task, which waits until the socket
+/// drains and then returns it here. A stalled client therefore never delays
+/// the sweep, and holds no memory beyond its socket and references to the
+/// log's frames of its one unfinished write. The connection task also keeps
+/// the socket's read half, so a viewer that leaves is noticed at once.
 #[derive(Clone)]
 pub struct Fanout {
     tx: mpsc::UnboundedSender<Msg>,
