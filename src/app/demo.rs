@@ -63,11 +63,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let opts = runner::Options {
-        batch_size: Some(args.rows.div_ceil(CHUNKS_PER_STEP)),
-        sleep: Duration::from_millis(args.sleep.unwrap_or(DEFAULT_SLEEP_MS)),
-        ..runner::Options::default()
-    };
+    let mut opts = runner::Options::default();
+    opts.pace.batch_size = Some(args.rows.div_ceil(CHUNKS_PER_STEP));
+    opts.pace.sleep = Duration::from_millis(args.sleep.unwrap_or(DEFAULT_SLEEP_MS));
     let source = Source::Json {
         name: "plan.json".into(),
         text: PLAN.into(),

@@ -66,6 +66,9 @@ pub fn open(config: RunConfig) -> Result<Session, UsageError> {
         }
     })?;
     runner::check(&plan, &opts)?;
+    if let Some(q) = &opts.brakes.throttle_query {
+        runner::check_throttle_query(&db, q)?;
+    }
     let fk = if plan.foreign_keys { "ON" } else { "OFF" };
     conn.execute_batch(&format!("PRAGMA foreign_keys = {fk}"))
         .map_err(|e| UsageError::new(format!("cannot set foreign_keys: {e}")))?;

@@ -109,16 +109,38 @@ fn options(pace: &PaceArgs, args: &RunArgs) -> Result<run::Options, UsageError> 
     if pace.batch_size == Some(0) {
         return Err(UsageError::new("--batch-size must be at least 1"));
     }
-    if pace.chunk_time == 0 {
+    if pace.chunk_time == Some(0) {
         return Err(UsageError::new("--chunk-time must be at least 1 ms"));
+    }
+    if let Some(r) = pace.nice_ratio
+        && !(0.0..=100.0).contains(&r)
+    {
+        return Err(UsageError::new(format!(
+            "--nice-ratio takes 0 to 100 (0: never yield; 1: yield as long as each chunk took); got {r}"
+        )));
+    }
+    if let Some(q) = &pace.throttle_query
+        && q.trim().is_empty()
+    {
+        return Err(UsageError::new(
+            "--throttle-query is empty; give a SELECT whose first column is truthy while the run should wait",
+        ));
     }
     Ok(run::Options {
         dry_run: args.dry_run,
         atomic: args.atomic,
-        batch_size: pace.batch_size,
-        chunk_time: Duration::from_millis(pace.chunk_time),
-        sleep: Duration::from_millis(pace.sleep),
         checkpoint: !args.no_checkpoint,
+        pace: run::Pace {
+            chunk_time: pace.chunk_time.map(Duration::from_millis),
+            nice_ratio: pace.nice_ratio,
+            sleep: Duration::from_millis(pace.sleep),
+            batch_size: pace.batch_size,
+        },
+        brakes: run::Brakes {
+            pause_file: pace.pause_file.clone(),
+            throttle_query: pace.throttle_query.clone(),
+            max_wal: pace.max_wal_mb.saturating_mul(1 << 20),
+        },
     })
 }
 

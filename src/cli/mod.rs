@@ -156,16 +156,32 @@ pub struct ServeArgs {
 #[derive(Debug, Args)]
 pub struct PaceArgs {
     /// Fix every chunked step's chunk size (turns adapting off).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", help_heading = "Pace")]
     pub batch_size: Option<u64>,
 
-    /// Adapt chunk sizes so one chunk takes about MS.
-    #[arg(long, value_name = "MS", default_value_t = 250)]
-    pub chunk_time: u64,
+    /// Adapt chunk sizes so one chunk holds the write lock about MS [default: 30 while another process has the database open, else 250].
+    #[arg(long, value_name = "MS", help_heading = "Pace")]
+    pub chunk_time: Option<u64>,
 
-    /// Pause between chunks (eases load on a live database).
-    #[arg(long, value_name = "MS", default_value_t = 0)]
+    /// After each chunk, yield R times its time so others get the lock (gh-ost's name) [default: 0.7 while another process has the database open, else 0].
+    #[arg(long, value_name = "R", help_heading = "Pace")]
+    pub nice_ratio: Option<f64>,
+
+    /// Fixed pause between chunks.
+    #[arg(long, value_name = "MS", default_value_t = 0, help_heading = "Pace")]
     pub sleep: u64,
+
+    /// Wait between chunks while PATH exists (create it to pause, remove it to go on).
+    #[arg(long, value_name = "PATH", help_heading = "Pace")]
+    pub pause_file: Option<PathBuf>,
+
+    /// Wait between chunks while this SELECT's first column is truthy (not NULL, 0 or ''); run on its own read connection at most every 100 ms.
+    #[arg(long, value_name = "SQL", help_heading = "Pace")]
+    pub throttle_query: Option<String>,
+
+    /// WAL databases: wait while the -wal file is over N MiB and cannot be checkpointed (0: no limit).
+    #[arg(long, value_name = "N", default_value_t = 256, help_heading = "Pace")]
+    pub max_wal_mb: u64,
 }
 
 #[derive(Debug, Args)]

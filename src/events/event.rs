@@ -73,6 +73,46 @@ pub struct Start {
     pub steps: Vec<StepInfo>,
     pub dry_run: bool,
     pub resumed: bool,
+    /// The pace the run starts with.
+    #[serde(default)]
+    pub settings: Settings,
+}
+
+/// The pace in force: what the governor gives each chunk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Settings {
+    /// Target time one chunk holds the write lock.
+    pub chunk_time_ms: u64,
+    /// After each chunk, yield this many times its time.
+    pub nice_ratio: f64,
+    /// Fixed pause between chunks.
+    pub sleep_ms: u64,
+    /// Fixed chunk size, or `None` when sizes adapt to `chunk_time_ms`.
+    pub batch_size: Option<u64>,
+}
+
+/// Why a run is waiting between chunks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ThrottleReason {
+    /// Paused by a live command.
+    Paused,
+    /// `--pause-file` exists.
+    PauseFile,
+    /// `--throttle-query` answered truthy.
+    ThrottleQuery,
+    /// The WAL is over `--max-wal-mb` and cannot be checkpointed yet.
+    Wal,
+}
+
+/// The run starts (`active`) or stops waiting.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Throttle {
+    pub active: bool,
+    pub reason: ThrottleReason,
+    /// What a person should know, e.g. `wal 300 MiB > 256`.
+    pub detail: String,
+    pub step: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -142,6 +182,7 @@ pub enum Event {
     Step(StepEvent),
     Progress(Progress),
     Message(Message),
+    Throttle(Throttle),
     Finished(Finished),
 }
 
@@ -154,6 +195,7 @@ impl Event {
             Event::Step(_) => "step",
             Event::Progress(_) => "progress",
             Event::Message(_) => "message",
+            Event::Throttle(_) => "throttle",
             Event::Finished(_) => "finished",
         }
     }
@@ -173,6 +215,7 @@ impl Event {
             Event::Step(e) => serde_json::to_value(e),
             Event::Progress(e) => serde_json::to_value(e),
             Event::Message(e) => serde_json::to_value(e),
+            Event::Throttle(e) => serde_json::to_value(e),
             Event::Finished(e) => serde_json::to_value(e),
         }
         .unwrap_or(Value::Null);
@@ -189,6 +232,7 @@ impl Event {
             "start" => Event::Start(serde_json::from_str(data)?),
             "step" => Event::Step(serde_json::from_str(data)?),
             "progress" => Event::Progress(serde_json::from_str(data)?),
+            "throttle" => Event::Throttle(serde_json::from_str(data)?),
             "finished" => Event::Finished(serde_json::from_str(data)?),
             _ => Event::Message(serde_json::from_str(data)?),
         })

@@ -11,7 +11,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::events::sse;
-use crate::events::{Event, RunState, RunStatus, StepState, now_ms};
+use crate::events::{Event, RunState, RunStatus, Settings, StepState, ThrottleReason, now_ms};
 
 /// One logged event, shared by every reader.
 #[derive(Debug)]
@@ -37,6 +37,22 @@ pub struct Snapshot {
     pub changed: u64,
     pub rows_changed: u64,
     pub last_event_id: u64,
+    /// Paused by a live command.
+    pub paused: bool,
+    /// Why the run waits between chunks now, if it does.
+    pub throttled: Option<ThrottleReason>,
+    /// The pace in force (from `start`, then pacing changes).
+    pub settings: Settings,
+    /// The current step's rows per second and time left, as its latest
+    /// `progress` said.
+    pub rate: Option<f64>,
+    pub eta_ms: Option<u64>,
+    /// The whole run's time left, where it can be told: while the last
+    /// step that has work left runs.
+    pub run_eta_ms: Option<u64>,
+    /// Steps (by index) that ended, so the run's ETA knows what is left.
+    #[serde(skip)]
+    pub ended: Vec<bool>,
 }
 
 /// How much history the log keeps. Once it holds `compact_at` entries, every
@@ -325,10 +341,20 @@ fn update_snapshot(inner: &mut Inner, event: &Event, id: u64) {
     let s = &mut inner.snapshot;
     s.last_event_id = id;
     match event {
-        Event::Start(e) => s.steps_total = e.steps.len(),
+        Event::Start(e) => {
+            s.steps_total = e.steps.len();
+            s.settings = e.settings;
+            s.ended = vec![false; e.steps.len()];
+        }
         Event::Step(e) => {
             s.step = Some(e.index);
             (s.done, s.total, s.changed) = (e.done, e.total, e.changed);
+            (s.rate, s.eta_ms, s.run_eta_ms) = (None, None, None);
+            if e.state != StepState::Running
+                && let Some(ended) = s.ended.get_mut(e.index)
+            {
+                *ended = true;
+            }
             match e.state {
                 StepState::Running => s.state = RunState::Running,
                 StepState::Done | StepState::Skipped => s.steps_done += 1,
@@ -342,14 +368,32 @@ fn update_snapshot(inner: &mut Inner, event: &Event, id: u64) {
         Event::Progress(e) => {
             (s.done, s.total, s.changed) = (e.done, e.total, e.changed);
             s.rows_changed = changed_before + e.changed;
+            (s.rate, s.eta_ms) = (Some(e.rate), e.eta_ms);
+            let last_with_work = s.ended.iter().skip(e.step + 1).all(|ended| *ended);
+            s.run_eta_ms = e.eta_ms.filter(|_| last_with_work);
         }
-        Event::Message(_) => {}
+        Event::Message(m) => {
+            // The governor's pacing changes carry the new settings.
+            if let Some(v) = m.target.get("settings")
+                && let Ok(settings) = serde_json::from_value(v.clone())
+            {
+                s.settings = settings;
+            }
+        }
+        Event::Throttle(t) => {
+            s.throttled = t.active.then_some(t.reason);
+            if t.reason == ThrottleReason::Paused {
+                s.paused = t.active;
+            }
+        }
         Event::Finished(e) => {
             s.state = RunState::Finished;
             s.status = Some(e.status);
             s.steps_done = e.steps_done;
             s.rows_changed = e.rows_changed;
             s.step = None;
+            (s.rate, s.eta_ms, s.run_eta_ms) = (None, None, None);
+            (s.paused, s.throttled) = (false, None);
         }
     }
 }

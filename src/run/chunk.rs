@@ -64,7 +64,8 @@ pub(super) fn run(r: &Runner<'_>, step: &Step, chunk: &Chunk, resume: &Resume) -
         );
     }
     let resumed_from = c.done;
-    let mut sizer = Sizer::new(r.opts.batch_size.unwrap_or(chunk.size), r.opts);
+    let fixed = r.governor.borrow().batch_size();
+    let mut sizer = Sizer::new(fixed.unwrap_or(chunk.size), fixed.is_some());
     announce(r, step, chunk, &c, sizer.size);
     if matches!(span.max, Key::Null) {
         // Nothing to visit; still record the step as applied.
@@ -85,21 +86,27 @@ pub(super) fn run(r: &Runner<'_>, step: &Step, chunk: &Chunk, resume: &Resume) -
         else {
             break; // rows past the last chunk were deleted meanwhile
         };
+        let took = c0.elapsed();
         c.done += w.rows;
         c.changed += w.changed;
         c.total = c.total.max(c.done);
         let last = w.hi == span.max;
         prev = Some(w.hi);
-        sizer.observe(w.rows, c0.elapsed());
-        // The pause after this chunk is part of the pace; counting it now
+        let mut governor = r.governor.borrow_mut();
+        sizer.observe(w.rows, took, governor.chunk_time());
+        // The yield after this chunk is part of the pace; counting it now
         // keeps the first rate and ETA of a paced run honest.
-        let pause = if last { Duration::ZERO } else { r.opts.sleep };
+        let pause = if last {
+            Duration::ZERO
+        } else {
+            governor.rest_after(took)
+        };
         r.progress(step, c, t0, resumed_from, pause);
+        if governor.after_chunk(took, step.index, last) {
+            return Err((StepError::Cancelled, c));
+        }
         if last {
             break;
-        }
-        if !pause.is_zero() && r.cancel.sleep(pause) {
-            return Err((StepError::Cancelled, c));
         }
     }
     Ok(c)
@@ -114,7 +121,7 @@ fn announce(r: &Runner<'_>, step: &Step, chunk: &Chunk, c: &Counts, first: u64) 
             thousands(c.total.saturating_sub(c.done)),
             chunk.table,
             chunk.key,
-            if r.opts.batch_size.is_some() {
+            if r.governor.borrow().batch_size().is_some() {
                 "fixed chunks,"
             } else {
                 "adaptive chunks,"
@@ -231,24 +238,23 @@ impl<'c> Walk<'c> {
 struct Sizer {
     size: u64,
     fixed: bool,
-    target: Duration,
     /// Moving average of rows per second.
     rate: Option<f64>,
 }
 
 impl Sizer {
-    fn new(first: u64, opts: &super::Options) -> Sizer {
+    fn new(first: u64, fixed: bool) -> Sizer {
         Sizer {
             size: first.max(1),
-            fixed: opts.batch_size.is_some(),
-            target: opts.chunk_time,
+            fixed,
             rate: None,
         }
     }
 
-    fn observe(&mut self, rows: u64, took: Duration) {
+    /// `target`: the chunk time the governor wants now.
+    fn observe(&mut self, rows: u64, took: Duration, target: Duration) {
         if !self.fixed {
-            (self.size, self.rate) = next_size(self.size, rows, took, self.rate, self.target);
+            (self.size, self.rate) = next_size(self.size, rows, took, self.rate, target);
         }
     }
 }

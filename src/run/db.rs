@@ -77,14 +77,30 @@ pub fn open_db(path: &Path, busy_timeout: Duration) -> Result<Connection, UsageE
 /// Names the other processes that have the database (or its journal) open,
 /// as far as /proc tells; empty where it cannot.
 fn lock_holders(path: &Path) -> String {
+    let holders: Vec<String> = other_processes(path)
+        .into_iter()
+        .map(|(pid, comm)| format!("pid {pid} ({comm})"))
+        .collect();
+    if holders.is_empty() {
+        String::new()
+    } else {
+        format!(" (open in {})", holders.join(", "))
+    }
+}
+
+/// The other processes (pid, name) that have the database or one of its
+/// side files (`-wal`, `-shm`, `-journal`) open, as far as /proc tells:
+/// none where it cannot.
+pub(super) fn other_processes(path: &Path) -> Vec<(String, String)> {
     let Ok(db) = std::fs::canonicalize(path) else {
-        return String::new();
+        return Vec::new();
     };
+    let db = db.to_string_lossy().into_owned();
     let me = std::process::id().to_string();
-    let mut holders = Vec::new();
     let Ok(procs) = std::fs::read_dir("/proc") else {
-        return String::new();
+        return Vec::new();
     };
+    let mut found = Vec::new();
     for p in procs.flatten() {
         let pid = p.file_name().to_string_lossy().into_owned();
         if !pid.bytes().all(|b| b.is_ascii_digit()) || pid == me {
@@ -94,20 +110,14 @@ fn lock_holders(path: &Path) -> String {
             continue;
         };
         let holds = fds.flatten().any(|fd| {
-            std::fs::read_link(fd.path()).is_ok_and(|target| {
-                target == db || target.to_string_lossy().starts_with(&*db.to_string_lossy())
-            })
+            std::fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy().starts_with(&*db))
         });
         if holds {
             let comm = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default();
-            holders.push(format!("pid {pid} ({})", comm.trim()));
+            found.push((pid, comm.trim().to_owned()));
         }
     }
-    if holders.is_empty() {
-        String::new()
-    } else {
-        format!(" (open in {})", holders.join(", "))
-    }
+    found
 }
 
 /// An error met while running: SQLite's text, and for a lock another

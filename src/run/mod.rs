@@ -9,6 +9,7 @@
 pub mod checkpoint;
 mod chunk;
 mod db;
+mod governor;
 mod tx;
 
 use std::path::Path;
@@ -22,6 +23,8 @@ use checkpoint::Checkpoint;
 pub use checkpoint::Resume;
 pub use db::open_db;
 use db::run_time_message;
+use governor::Governor;
+pub use governor::{Brakes, Pace, check_throttle_query};
 use tx::Tx;
 
 use crate::error::UsageError;
@@ -37,11 +40,11 @@ use crate::plan::{self, Plan, Step, sqlite_message};
 pub struct Options {
     pub dry_run: bool,
     pub atomic: bool,
-    /// Fixes every chunk's size, turning adaptation off.
-    pub batch_size: Option<u64>,
-    pub chunk_time: Duration,
-    pub sleep: Duration,
     pub checkpoint: bool,
+    /// Chunk time, nice ratio, sleep, batch size: what the flags fix.
+    pub pace: Pace,
+    /// What makes the run wait between chunks.
+    pub brakes: Brakes,
 }
 
 impl Default for Options {
@@ -49,10 +52,12 @@ impl Default for Options {
         Options {
             dry_run: false,
             atomic: false,
-            batch_size: None,
-            chunk_time: Duration::from_millis(250),
-            sleep: Duration::ZERO,
             checkpoint: true,
+            pace: Pace::default(),
+            brakes: Brakes {
+                max_wal: 256 << 20,
+                ..Brakes::default()
+            },
         }
     }
 }
@@ -117,12 +122,20 @@ impl Tally {
 pub fn run(job: Job<'_>, log: &EventLog, cancel: &Cancel, gate: impl FnOnce()) -> RunStatus {
     cancel.attach(job.conn);
     let on = job.opts.checkpoint && !job.opts.dry_run;
+    let governor = Governor::new(
+        job.conn,
+        log,
+        cancel,
+        job.opts.pace.clone(),
+        job.opts.brakes.clone(),
+    );
     let mut r = Runner {
         conn: job.conn,
         plan: job.plan,
         opts: job.opts,
         log,
         cancel,
+        governor: std::cell::RefCell::new(governor),
         checkpoint: Checkpoint::new(job.conn, job.plan, on),
         db: db_name(job.conn),
         started: Instant::now(),
@@ -159,6 +172,8 @@ struct Runner<'a> {
     log: &'a EventLog,
     cancel: &'a Cancel,
     checkpoint: Checkpoint<'a>,
+    /// Paces chunks and holds the run while a brake is on.
+    governor: std::cell::RefCell<Governor<'a>>,
     db: String,
     started: Instant,
     /// With --atomic or --dry-run the whole run is one transaction and each
@@ -256,6 +271,7 @@ impl Runner<'_> {
                 .collect(),
             dry_run: self.opts.dry_run,
             resumed: resume.resumed(),
+            settings: self.governor.borrow().settings(),
         }));
         if self.opts.dry_run {
             self.message(
@@ -287,6 +303,21 @@ impl Runner<'_> {
         {
             self.step_event(step, StepState::Skipped, Counts::default(), None, None);
             return Ok(Counts::default());
+        }
+        if self
+            .governor
+            .borrow_mut()
+            .wait_while_braked(Some(step.index))
+        {
+            return Err((
+                RunStatus::Cancelled,
+                format!(
+                    "interrupted before step {} ({:?})",
+                    step.index + 1,
+                    step.name
+                ),
+                Counts::default(),
+            ));
         }
         let t0 = Instant::now();
         self.step_event(step, StepState::Running, Counts::default(), Some(t0), None);
@@ -573,10 +604,9 @@ mod tests {
     }
 
     fn fixed(size: u64) -> Options {
-        Options {
-            batch_size: Some(size),
-            ..Options::default()
-        }
+        let mut opts = Options::default();
+        opts.pace.batch_size = Some(size);
+        opts
     }
 
     const BUMP: &str = r#"{"steps":[{"sql":"UPDATE t SET c = c + 1 WHERE id BETWEEN :lo AND :hi","chunk":{"table":"t","key":"id"}}]}"#;

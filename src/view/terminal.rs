@@ -11,7 +11,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 pub use crate::cli::ProgressMode;
 use crate::error::print_line;
 use crate::events::log::EventLog;
-use crate::events::{Event, Level, RunStatus, StepState};
+use crate::events::{Event, Level, RunStatus, StepState, ThrottleReason};
 use crate::human::{duration, thousands};
 
 impl ProgressMode {
@@ -215,6 +215,7 @@ impl Renderer {
                 }
             }
             Event::Message(m) => self.say(&message_line(m)),
+            Event::Throttle(t) => self.say(&throttle_line(t)),
             Event::Finished(f) => self.say(&format!("batchsse: {}", finished_line(f))),
         }
     }
@@ -245,6 +246,19 @@ impl Renderer {
                             .unwrap_or_default()
                     ));
                 }
+            }
+            Event::Throttle(t) => {
+                // On the run's bar while it lasts, and a line for the record.
+                if let Some(b) = self.bars.as_ref() {
+                    b.overall.set_prefix(if !t.active {
+                        "run "
+                    } else if t.reason == ThrottleReason::Paused {
+                        "paused"
+                    } else {
+                        "throttled"
+                    });
+                }
+                self.say(&throttle_line(t));
             }
             Event::Message(m) => {
                 // Info messages would crowd the bars; warnings and errors stay.
@@ -307,6 +321,20 @@ fn step_line(s: &crate::events::StepEvent) -> String {
             s.error.as_deref().unwrap_or("unknown error")
         ),
     }
+}
+
+/// "batchsse: throttled (pause-file): …" / "batchsse: going on (pause-file): …"
+fn throttle_line(t: &crate::events::Throttle) -> String {
+    let reason = serde_json::to_value(t.reason)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let what = match (t.active, t.reason) {
+        (true, ThrottleReason::Paused) => "paused".to_owned(),
+        (true, _) => format!("throttled ({reason})"),
+        (false, _) => format!("going on ({reason})"),
+    };
+    format!("batchsse: {what}: {}", t.detail)
 }
 
 fn message_line(m: &crate::events::Message) -> String {

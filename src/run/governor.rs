@@ -1,0 +1,446 @@
+//! The governor sits between chunks and between steps. It decides how long
+//! the next chunk may hold SQLite's write lock, how long to yield after one
+//! so a waiting application gets the lock, where WAL checkpoints run, and
+//! whether to wait (pause file, throttle query, WAL size). While it waits no
+//! transaction is open and no lock is held.
+//!
+//! Pacing is automatic unless flags fix it. SQLite has no queue for its
+//! write lock: an application that finds it taken sleeps in the busy
+//! handler (1, 2, 5, 10, 15, 20, 25 ms…) and retries. A runner that takes
+//! the lock back the moment it commits makes such an application wait for
+//! the whole batch. So when another process has the database open (or
+//! commits to it), chunks are short and each is followed by a yield longer
+//! than the application's next retry; on a file nobody else uses, chunks
+//! are long and nothing yields.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use serde_json::json;
+
+use super::db::other_processes;
+use crate::error::UsageError;
+use crate::events::log::EventLog;
+use crate::events::{Event, Level, Settings, Throttle, ThrottleReason};
+use crate::human::duration;
+use crate::lifecycle::Cancel;
+
+/// Pacing for a file nobody else has open: long chunks, no yield.
+const IDLE: (Duration, f64) = (Duration::from_millis(250), 0.0);
+/// Pacing for a live database: chunks short enough, and yields long
+/// enough, that an application waiting in SQLite's busy handler gets the
+/// lock within a few of its retries (see the module doc).
+const LIVE: (Duration, f64) = (Duration::from_millis(30), 0.7);
+/// How often to look again for other processes that have the file open.
+const RESCAN: Duration = Duration::from_secs(1);
+/// After another connection's commit is seen, pace as live for this long.
+const LIVE_AFTER_COMMIT: Duration = Duration::from_secs(10);
+/// How often a wait re-checks what it waits for.
+const RECHECK: Duration = Duration::from_millis(250);
+/// The throttle query runs at most this often.
+const QUERY_EVERY: Duration = Duration::from_millis(100);
+
+/// The pace as the flags set it; `None` leaves a value to the governor.
+#[derive(Debug, Clone, Default)]
+pub struct Pace {
+    pub chunk_time: Option<Duration>,
+    pub nice_ratio: Option<f64>,
+    pub sleep: Duration,
+    pub batch_size: Option<u64>,
+}
+
+/// What makes a run wait between chunks.
+#[derive(Debug, Clone, Default)]
+pub struct Brakes {
+    pub pause_file: Option<PathBuf>,
+    pub throttle_query: Option<String>,
+    /// In bytes; 0 turns the WAL check off.
+    pub max_wal: u64,
+}
+
+/// Checks a throttle query before anything runs: it must compile, read
+/// only, and return a column.
+pub fn check_throttle_query(db: &Path, sql: &str) -> Result<(), UsageError> {
+    let conn = open_reader(db).map_err(|e| {
+        UsageError::new(format!(
+            "cannot open {} to check --throttle-query: {e}",
+            db.display()
+        ))
+    })?;
+    let stmt = conn.prepare(sql).map_err(|e| {
+        UsageError::new(format!(
+            "--throttle-query does not compile: {}; give one SELECT whose first column is truthy while the run should wait",
+            crate::plan::sqlite_message(&e)
+        ))
+    })?;
+    if !stmt.readonly() || stmt.column_count() == 0 {
+        return Err(UsageError::new(
+            "--throttle-query must be one read-only SELECT that returns a column (truthy: wait)",
+        ));
+    }
+    Ok(())
+}
+
+fn open_reader(db: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        db,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_secs(1))?;
+    Ok(conn)
+}
+
+pub(super) struct Governor<'a> {
+    conn: &'a Connection,
+    log: &'a EventLog,
+    cancel: &'a Cancel,
+    pace: Pace,
+    brakes: Brakes,
+    db: String,
+    path: Option<PathBuf>,
+    /// Another process had the file open at the last look.
+    others: bool,
+    scanned: Instant,
+    /// `PRAGMA data_version` at the last look, and when it last moved.
+    data_version: i64,
+    committed_at: Option<Instant>,
+    /// The settings last announced, to tell when they change.
+    announced: Settings,
+    wal: Option<PathBuf>,
+    throttle: Option<ThrottleQuery>,
+    /// The throttle query's last failure, said once.
+    query_error: Option<String>,
+    /// The connection's busy timeout (`--busy-timeout`), restored after a
+    /// checkpoint that must not wait.
+    busy: Duration,
+}
+
+struct ThrottleQuery {
+    conn: Connection,
+    sql: String,
+    checked: Option<Instant>,
+    last: bool,
+}
+
+impl<'a> Governor<'a> {
+    pub(super) fn new(
+        conn: &'a Connection,
+        log: &'a EventLog,
+        cancel: &'a Cancel,
+        pace: Pace,
+        brakes: Brakes,
+    ) -> Self {
+        let path = conn.path().filter(|p| !p.is_empty()).map(PathBuf::from);
+        let wal = wal_file(conn, path.as_deref());
+        // Readers never wait on a chunk in WAL mode, and in rollback mode
+        // only while it commits, as long as its pages fit in the cache: a
+        // chunk that spills takes the exclusive lock early.
+        let _ = conn.execute_batch("PRAGMA cache_size = -65536");
+        if wal.is_some() {
+            // Checkpoints run here, between chunks, not inside some
+            // application's commit.
+            let _ = conn.execute_batch("PRAGMA wal_autocheckpoint = 0");
+        }
+        let throttle = brakes.throttle_query.clone().and_then(|sql| {
+            let conn = open_reader(path.as_deref()?).ok()?;
+            Some(ThrottleQuery {
+                conn,
+                sql,
+                checked: None,
+                last: false,
+            })
+        });
+        let db = path
+            .as_deref()
+            .and_then(Path::file_name)
+            .map_or_else(|| "database".into(), |n| n.to_string_lossy().into_owned());
+        let others = path
+            .as_deref()
+            .is_some_and(|p| !other_processes(p).is_empty());
+        let busy: i64 = conn
+            .pragma_query_value(None, "busy_timeout", |r| r.get(0))
+            .unwrap_or(0);
+        let mut g = Governor {
+            busy: Duration::from_millis(busy.max(0) as u64),
+            conn,
+            log,
+            cancel,
+            pace,
+            brakes,
+            db,
+            path,
+            others,
+            scanned: Instant::now(),
+            data_version: 0,
+            committed_at: None,
+            announced: Settings::default(),
+            wal,
+            throttle,
+            query_error: None,
+        };
+        g.data_version = g.read_data_version();
+        g.announced = g.settings();
+        g
+    }
+
+    /// The pace in force now.
+    pub(super) fn settings(&self) -> Settings {
+        let (chunk, nice) = if self.live() { LIVE } else { IDLE };
+        Settings {
+            chunk_time_ms: self.pace.chunk_time.unwrap_or(chunk).as_millis() as u64,
+            nice_ratio: self.pace.nice_ratio.unwrap_or(nice),
+            sleep_ms: self.pace.sleep.as_millis() as u64,
+            batch_size: self.pace.batch_size,
+        }
+    }
+
+    pub(super) fn chunk_time(&self) -> Duration {
+        Duration::from_millis(self.settings().chunk_time_ms.max(1))
+    }
+
+    pub(super) fn batch_size(&self) -> Option<u64> {
+        self.pace.batch_size
+    }
+
+    fn live(&self) -> bool {
+        self.others
+            || self
+                .committed_at
+                .is_some_and(|t| t.elapsed() < LIVE_AFTER_COMMIT)
+    }
+
+    fn read_data_version(&self) -> i64 {
+        self.conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))
+            .unwrap_or(0)
+    }
+
+    /// Looks again at who else uses the file, and says when that changes
+    /// the pace (the new settings ride on the message, for `/status`).
+    fn observe(&mut self, step: Option<usize>) {
+        let version = self.read_data_version();
+        if version != self.data_version {
+            self.data_version = version;
+            self.committed_at = Some(Instant::now());
+        }
+        if self.scanned.elapsed() >= RESCAN {
+            self.scanned = Instant::now();
+            self.others = self
+                .path
+                .as_deref()
+                .is_some_and(|p| !other_processes(p).is_empty());
+        }
+        let now = self.settings();
+        if now != self.announced {
+            self.announced = now;
+            let why = if self.live() {
+                "another connection is using the database: short chunks, yielding between them"
+            } else {
+                "nobody else is using the database now: long chunks, no yield"
+            };
+            let mut target = json!({"db": self.db, "settings": now});
+            if let Some(i) = step {
+                target["step"] = i.into();
+            }
+            self.log.push(Event::message(
+                target,
+                Level::Info,
+                format!(
+                    "{why} (chunks of ~{} ms, nice ratio {})",
+                    now.chunk_time_ms, now.nice_ratio
+                ),
+            ));
+        }
+    }
+
+    /// After a chunk that held the lock for `took`: checkpoint, yield, then
+    /// wait while a brake is on. True when cancelled meanwhile.
+    pub(super) fn after_chunk(&mut self, took: Duration, step: usize, last: bool) -> bool {
+        self.checkpoint(step);
+        self.observe(Some(step));
+        if last {
+            return false; // the step is done; what follows checks again
+        }
+        let s = self.settings();
+        let rest = took.mul_f64(s.nice_ratio.max(0.0)) + self.pace.sleep;
+        if !rest.is_zero() && self.cancel.sleep(rest) {
+            return true;
+        }
+        self.wait_while_braked(Some(step))
+    }
+
+    /// The pause after a chunk, counted in its rate and ETA.
+    pub(super) fn rest_after(&self, took: Duration) -> Duration {
+        took.mul_f64(self.settings().nice_ratio.max(0.0)) + self.pace.sleep
+    }
+
+    /// Waits while the pause file exists, the throttle query says so, or
+    /// the WAL is too big; says so with `throttle` events. True when
+    /// cancelled meanwhile.
+    pub(super) fn wait_while_braked(&mut self, step: Option<usize>) -> bool {
+        let mut waiting: Option<(ThrottleReason, Instant)> = None;
+        loop {
+            if self.cancel.is_cancelled() {
+                if let Some((reason, since)) = waiting {
+                    self.throttle_event(
+                        false,
+                        reason,
+                        format!("cancelled after {}", duration(ms(since.elapsed()))),
+                        step,
+                    );
+                }
+                return true;
+            }
+            let brake = self.brake();
+            match (&waiting, brake) {
+                (None, None) => return false,
+                (Some((reason, since)), None) => {
+                    let detail = format!("waited {}", duration(ms(since.elapsed())));
+                    self.throttle_event(false, *reason, detail, step);
+                    return false;
+                }
+                (Some((reason, _)), Some((now, _))) if *reason == now => {}
+                (old, Some((reason, detail))) => {
+                    if let Some((was, since)) = old {
+                        let ended = format!("waited {}", duration(ms(since.elapsed())));
+                        self.throttle_event(false, *was, ended, step);
+                    }
+                    self.throttle_event(true, reason, detail, step);
+                    waiting = Some((reason, Instant::now()));
+                }
+            }
+            if self.cancel.sleep(RECHECK) {
+                continue;
+            }
+        }
+    }
+
+    fn throttle_event(
+        &self,
+        active: bool,
+        reason: ThrottleReason,
+        detail: String,
+        step: Option<usize>,
+    ) {
+        self.log.push(Event::Throttle(Throttle {
+            active,
+            reason,
+            detail,
+            step,
+        }));
+    }
+
+    /// The brake that holds the run now, with a word on it.
+    fn brake(&mut self) -> Option<(ThrottleReason, String)> {
+        if let Some(p) = &self.brakes.pause_file
+            && p.exists()
+        {
+            return Some((
+                ThrottleReason::PauseFile,
+                format!("{} exists; remove it to go on", p.display()),
+            ));
+        }
+        if self.throttled_by_query() {
+            return Some((
+                ThrottleReason::ThrottleQuery,
+                "--throttle-query answered truthy".into(),
+            ));
+        }
+        self.wal_over().map(|detail| (ThrottleReason::Wal, detail))
+    }
+
+    fn throttled_by_query(&mut self) -> bool {
+        let Some(q) = self.throttle.as_mut() else {
+            return false;
+        };
+        if q.checked.is_some_and(|t| t.elapsed() < QUERY_EVERY) {
+            return q.last;
+        }
+        q.checked = Some(Instant::now());
+        let answer = q
+            .conn
+            .query_row(&q.sql, [], |r| r.get::<_, rusqlite::types::Value>(0))
+            .optional();
+        match answer {
+            Ok(v) => {
+                q.last = v.is_some_and(|v| truthy(&v));
+                self.query_error = None;
+            }
+            Err(e) => {
+                // A broken monitoring query must not stop the batch, nor
+                // hold it forever: say so once and go on.
+                q.last = false;
+                let text = crate::plan::sqlite_message(&e);
+                if self.query_error.as_deref() != Some(&text) {
+                    self.log.push(Event::message(
+                        json!({"db": self.db}),
+                        Level::Warn,
+                        format!("--throttle-query failed ({text}); not throttling until it works"),
+                    ));
+                    self.query_error = Some(text);
+                }
+            }
+        }
+        self.throttle.as_ref().is_some_and(|q| q.last)
+    }
+
+    /// In WAL mode, a passive checkpoint after every chunk: its cost is the
+    /// batch's, not an application's commit. Never waits for anyone.
+    fn checkpoint(&self, _step: usize) {
+        if self.wal.is_some() {
+            let _ = self
+                .conn
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+        }
+    }
+
+    /// `Some(detail)` while the `-wal` file is over `--max-wal-mb` and a
+    /// truncating checkpoint cannot bring it back (a reader pins it).
+    fn wal_over(&self) -> Option<String> {
+        let wal = self.wal.as_ref()?;
+        let max = self.brakes.max_wal;
+        let size = std::fs::metadata(wal).map(|m| m.len()).ok()?;
+        if max == 0 || size <= max {
+            return None;
+        }
+        // TRUNCATE waits for readers in the busy handler; with no wait it
+        // either empties the file now or reports busy at once.
+        let _ = self.conn.busy_timeout(Duration::ZERO);
+        let _ = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        let _ = self.conn.busy_timeout(self.busy);
+        let size = std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0);
+        (size > max).then(|| format!("wal {} MiB > {}", size >> 20, max >> 20))
+    }
+}
+
+/// Not NULL, 0 or ''.
+fn truthy(v: &rusqlite::types::Value) -> bool {
+    use rusqlite::types::Value::*;
+    match v {
+        Null => false,
+        Integer(n) => *n != 0,
+        Real(f) => *f != 0.0,
+        Text(t) => !t.is_empty(),
+        Blob(b) => !b.is_empty(),
+    }
+}
+
+/// The `-wal` file, when the database is in WAL mode.
+fn wal_file(conn: &Connection, path: Option<&Path>) -> Option<PathBuf> {
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .ok()?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return None;
+    }
+    let mut name = path?.as_os_str().to_owned();
+    name.push("-wal");
+    Some(PathBuf::from(name))
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
