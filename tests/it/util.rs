@@ -1,6 +1,7 @@
-//! Helpers shared by the integration tests: temporary databases, a guard
-//! around the real binary, and a small HTTP/1.1 client that reads the SSE
-//! stream byte for byte.
+//! Helpers shared by the integration tests and the benchmarks (which
+//! include this file as a module of their own): temporary databases, a
+//! guard around the real binary, and a small HTTP/1.1 client that reads the
+//! SSE stream byte for byte.
 
 #![allow(dead_code)]
 
@@ -84,6 +85,12 @@ impl TempDb {
             self.query_i64("SELECT count(*) FROM t WHERE counter = 1"),
             self.query_i64("SELECT count(*) FROM t WHERE counter <> 1"),
         )
+    }
+}
+
+impl AsRef<Path> for TempDb {
+    fn as_ref(&self) -> &Path {
+        &self.path
     }
 }
 
@@ -592,9 +599,14 @@ pub fn words(s: &str) -> Vec<&str> {
     s.split_whitespace().collect()
 }
 
-/// `batchsse run --db DB --plan PLAN` followed by `extra`.
-pub fn run_args<'a>(db: &'a TempDb, plan: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut a = vec!["run", "--db", path_str(&db.path), "--plan", plan];
+/// `batchsse run --db DB --plan PLAN` followed by `extra`; `db` is a
+/// [`TempDb`] or the path of any database file.
+pub fn run_args<'a>(
+    db: &'a (impl AsRef<Path> + ?Sized),
+    plan: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut a = vec!["run", "--db", path_str(db.as_ref()), "--plan", plan];
     a.extend_from_slice(extra);
     a
 }
