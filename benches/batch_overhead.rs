@@ -80,20 +80,17 @@ fn bare_chunked(path: &std::path::Path, his: &[i64], count: bool) -> u64 {
 
 fn run_batchsse(db: &std::path::Path, plan: &std::path::Path) -> Command {
     let mut cmd = Command::new(BIN);
-    cmd.args(run_args(db, plan, &[]));
+    cmd.args(bench_args(db, plan, &[]));
     cmd
 }
 
 /// The chunk ends a run chose: each `progress` event's `done` (the table's
 /// ids are 1..=ROWS with no gaps, so `done` is the chunk's last id).
 fn chunk_ends(lines: &str) -> Vec<u64> {
-    lines
-        .lines()
-        .filter(|l| l.contains("\"event\":\"progress\""))
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).expect("json line");
-            v["data"]["done"].as_u64().expect("done")
-        })
+    json_lines(lines)
+        .iter()
+        .filter(|v| v["event"] == "progress")
+        .map(|v| v["data"]["done"].as_u64().expect("done"))
         .collect()
 }
 
@@ -113,16 +110,15 @@ fn timed(cmd: &mut Command, out: &std::path::Path) -> f64 {
 
 fn main() {
     bare_update_main();
-    let dir = scratch();
-    let template = dir.path().join("template.sqlite");
-    make_table(&template, ROWS);
-    let plan = write_plan(dir.path(), 10_000);
+    let db = bench_db(ROWS);
+    let (dir, template) = (&db.dir, &db.path);
+    let plan = write_plan(&db, 10_000);
     let out = dir.path().join("out.jsonl");
     let me = std::env::current_exe().expect("bench exe");
     // A first run, untimed, picks the chunks the chunked bare statement
     // replays (adaptive sizes differ a little from run to run).
     let warm = dir.path().join("warm.sqlite");
-    std::fs::copy(&template, &warm).expect("copy");
+    std::fs::copy(template, &warm).expect("copy");
     timed(&mut run_batchsse(&warm, &plan), &out);
     let ends = chunk_ends(&std::fs::read_to_string(&out).expect("batchsse output"));
     assert_eq!(ends.last(), Some(&ROWS), "the warm-up run did not finish");
@@ -146,7 +142,7 @@ fn main() {
         let copies: Vec<_> = (0..names.len())
             .map(|n| {
                 let p = dir.path().join(format!("{n}.sqlite"));
-                std::fs::copy(&template, &p).expect("copy");
+                std::fs::copy(template, &p).expect("copy");
                 p
             })
             .collect();
@@ -180,12 +176,8 @@ fn main() {
             };
         }
         let lines = std::fs::read_to_string(&out).expect("batchsse output");
-        let finished = lines
-            .lines()
-            .find(|l| l.contains("\"event\":\"finished\""))
-            .expect("a finished line");
-        let f: serde_json::Value = serde_json::from_str(finished).expect("json");
-        assert_eq!(f["data"]["rows_changed"], ROWS, "{f}");
+        let f = finished_line(&lines);
+        assert_eq!(f["rows_changed"], ROWS, "{f}");
         chunks = chunk_ends(&lines).len();
         // Every copy must now hold the same data.
         let check = rusqlite::Connection::open(&copies[0]).unwrap();

@@ -25,12 +25,10 @@ struct Outcome {
 }
 
 fn run(clients: usize, rt: &tokio::runtime::Runtime) -> Outcome {
-    let dir = scratch();
-    let db = dir.path().join("fan.sqlite");
-    make_table(&db, ROWS);
-    let plan = write_plan(dir.path(), 100);
+    let db = bench_db(ROWS);
+    let plan = write_plan(&db, 100);
     let n = clients.to_string();
-    let mut args = run_args(
+    let mut args = bench_args(
         &db,
         &plan,
         &[
@@ -45,7 +43,7 @@ fn run(clients: usize, rt: &tokio::runtime::Runtime) -> Outcome {
     if clients > 0 {
         args.extend(["--wait-for-clients", &n]);
     }
-    let mut server = Server::start(&args);
+    let mut server = Server::start(&args, &db.dir.path().join("progress.jsonl"));
     let addr = server.addr();
     let hist = Histogram::new();
     let me = cpu_secs("self");
@@ -53,7 +51,7 @@ fn run(clients: usize, rt: &tokio::runtime::Runtime) -> Outcome {
         let handles = connect_readers(addr, clients, hist.clone()).await;
         gather(handles).await
     });
-    let (code, _) = server.wait();
+    let code = server.wait();
     assert_eq!(code, 0, "the run failed");
     let f = server.finished();
     Outcome {

@@ -27,25 +27,26 @@ struct Outcome {
 }
 
 fn run(stalled: usize, rt: &tokio::runtime::Runtime) -> Outcome {
-    let dir = scratch();
-    let db = dir.path().join("iso.sqlite");
-    make_table(&db, ROWS);
-    let plan = write_plan(dir.path(), 10);
+    let db = bench_db(ROWS);
+    let plan = write_plan(&db, 10);
     let wait = (READERS + stalled).to_string();
-    let mut server = Server::start(&run_args(
-        &db,
-        &plan,
-        &[
-            "--batch-size",
-            "10",
-            "--sleep",
-            SLEEP_MS,
-            "--wait-for-clients",
-            &wait,
-            "--drain-timeout",
-            DRAIN_SECS,
-        ],
-    ));
+    let mut server = Server::start(
+        &bench_args(
+            &db,
+            &plan,
+            &[
+                "--batch-size",
+                "10",
+                "--sleep",
+                SLEEP_MS,
+                "--wait-for-clients",
+                &wait,
+                "--drain-timeout",
+                DRAIN_SECS,
+            ],
+        ),
+        &db.dir.path().join("progress.jsonl"),
+    );
     let addr = server.addr();
     let hist = Histogram::new();
     let (totals, held, stalled_ok) = rt.block_on(async {
@@ -62,7 +63,7 @@ fn run(stalled: usize, rt: &tokio::runtime::Runtime) -> Outcome {
         let handles = connect_readers(addr, READERS, hist.clone()).await;
         (gather(handles).await, held, stalled_ok)
     });
-    let (code, _) = server.wait();
+    let code = server.wait();
     let exited_ms = now_ms();
     drop(held);
     assert_eq!(code, 0, "the run failed");

@@ -1,48 +1,57 @@
-//! Shared parts of the benchmarks: the real release binary as a child
-//! process, its peak RSS, scratch databases, and a tokio load client that
-//! holds many `/events` streams and checks every id arrives exactly once.
+//! What only the benchmarks need, on top of the integration tests' helpers
+//! (`tests/it/util.rs`, included here and re-exported, so a benchmark and a
+//! test start, wait for and kill the real binary the same way): scratch
+//! databases on tmpfs, the server's peak RSS and CPU, and a tokio load
+//! client that holds many `/events` streams and checks every id arrives
+//! exactly once (one stream of each batch read with the crate's own SSE
+//! parser as well, to check the cheap frame counter the rest use).
 
 #![allow(dead_code)]
+
+#[path = "../../tests/it/util.rs"]
+mod util;
+
+pub use util::*;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use batchsse::sse::{ParsedEvent, Parser};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-
-pub const BIN: &str = env!("CARGO_BIN_EXE_batchsse");
 
 /// No benchmark step may take longer than this.
 pub const LIMIT: Duration = Duration::from_secs(120);
 
-/// A scratch folder, on tmpfs when there is one, so fsync latency from
+/// A scratch database holding
+/// `t(id INTEGER PRIMARY KEY, total REAL, counter INTEGER)` with `rows`
+/// rows, in a folder on tmpfs when there is one, so fsync latency from
 /// other work on the machine does not swamp what is being measured.
-pub fn scratch() -> tempfile::TempDir {
-    let shm = Path::new("/dev/shm");
-    let b = tempfile::Builder::new()
+pub fn bench_db(rows: u64) -> TempDb {
+    let dir = tempfile::Builder::new()
         .prefix("batchsse-bench-")
-        .tempdir_in(shm);
-    b.or_else(|_| tempfile::tempdir()).expect("scratch dir")
+        .tempdir_in("/dev/shm")
+        .or_else(|_| tempfile::tempdir())
+        .expect("scratch dir");
+    let path = dir.path().join("bench.sqlite");
+    let db = TempDb { dir, path };
+    db.conn()
+        .execute_batch(&format!(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, total REAL NOT NULL, counter INTEGER NOT NULL DEFAULT 0);
+             INSERT INTO t(id, total) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < {rows})
+             SELECT i, (i % 1000) * 0.37 FROM s;"
+        ))
+        .expect("fill bench db");
+    db
 }
 
-/// `t(id INTEGER PRIMARY KEY, total REAL, counter INTEGER)` with `rows` rows.
-pub fn make_table(path: &Path, rows: u64) {
-    let c = rusqlite::Connection::open(path).expect("create bench db");
-    c.execute_batch(&format!(
-        "CREATE TABLE t(id INTEGER PRIMARY KEY, total REAL NOT NULL, counter INTEGER NOT NULL DEFAULT 0);
-         INSERT INTO t(id, total) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < {rows})
-         SELECT i, (i % 1000) * 0.37 FROM s;"
-    ))
-    .expect("fill bench db");
-}
-
-/// A plan with the one chunked step the issue names.
-pub fn write_plan(dir: &Path, size: u64) -> PathBuf {
+/// Writes, next to `db`, a plan with the one chunked step the issue names.
+pub fn write_plan(db: &TempDb, size: u64) -> PathBuf {
     let plan = serde_json::json!({
         "name": "bench",
         "steps": [{
@@ -51,80 +60,48 @@ pub fn write_plan(dir: &Path, size: u64) -> PathBuf {
             "chunk": {"table": "t", "key": "id", "size": size}
         }]
     });
-    let p = dir.join("plan.json");
-    std::fs::write(&p, plan.to_string()).expect("write plan");
-    p
+    db.file("plan.json", &plan.to_string())
 }
 
 /// `batchsse run` on `db` with `plan`, serving on a free port and printing
 /// NDJSON, then `extra`.
-pub fn run_args<'a>(db: &'a Path, plan: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec![
-        "run",
-        "--db",
-        db.to_str().expect("utf-8 path"),
-        "--plan",
-        plan.to_str().expect("utf-8 path"),
-        "--listen",
-        "127.0.0.1:0",
-        "--progress",
-        "json",
-    ];
+pub fn bench_args<'a>(
+    db: &'a (impl AsRef<Path> + ?Sized),
+    plan: &'a Path,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = run_args(
+        db,
+        path_str(plan),
+        &["--listen", "127.0.0.1:0", "--progress", "json"],
+    );
     args.extend_from_slice(extra);
     args
 }
 
-/// The real binary, running; killed on drop. Its peak RSS is sampled from
-/// /proc while it lives, and stdout (`--progress json`) is kept.
+/// The real binary as [`Proc`] starts it, its stdout (`--progress json`)
+/// going to a file, its peak RSS and CPU time sampled from /proc while it
+/// lives.
 pub struct Server {
-    pub child: Child,
-    pub addr: Option<SocketAddr>,
-    pub started: Instant,
+    pub proc: Proc,
+    stdout: PathBuf,
     peak_kib: Arc<AtomicU64>,
     cpu: Arc<Mutex<f64>>,
-    stdout: Arc<Mutex<String>>,
 }
 
 impl Server {
-    pub fn start(args: &[&str]) -> Server {
-        let started = Instant::now();
-        let mut child = Command::new(BIN)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn batchsse");
-        let stdout = Arc::new(Mutex::new(String::new()));
-        let sink = stdout.clone();
-        let mut out = child.stdout.take().expect("stdout");
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = out.read_to_string(&mut s);
-            *sink.lock().unwrap() = s;
+    /// Starts `batchsse ARGS` with stdout to `stdout`: a file, not a pipe,
+    /// which a long run's NDJSON would fill.
+    pub fn start(args: &[&str], stdout: &Path) -> Server {
+        let file = std::fs::File::create(stdout).expect("stdout file");
+        let proc = Proc::start_with(args, |cmd| {
+            cmd.stdout(file);
         });
-        let err = child.stderr.take().expect("stderr");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let mut addr = None;
-        if !args.contains(&"--no-serve") {
-            while let Ok(line) = rx.recv_timeout(LIMIT) {
-                if let Some(rest) = line.strip_prefix("batchsse: listening on http://") {
-                    addr = rest.trim_end_matches('/').parse().ok();
-                    break;
-                }
-            }
-            assert!(addr.is_some(), "batchsse did not print its listening line");
-        }
         let peak_kib = Arc::new(AtomicU64::new(0));
         let peak = peak_kib.clone();
         let cpu = Arc::new(Mutex::new(0.0));
         let cpu_sink = cpu.clone();
-        let pid = child.id();
+        let pid = proc.child.id();
         std::thread::spawn(move || {
             while let Some(kib) = vm_hwm_kib(pid) {
                 peak.fetch_max(kib, Ordering::Relaxed);
@@ -133,29 +110,30 @@ impl Server {
             }
         });
         Server {
-            child,
-            addr,
-            started,
+            proc,
+            stdout: stdout.to_owned(),
             peak_kib,
             cpu,
-            stdout,
         }
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.addr.expect("server address")
+        self.proc.addr()
     }
 
-    /// Waits for the exit; returns (exit code, when it exited).
-    pub fn wait(&mut self) -> (i32, Instant) {
+    /// Waits for the exit and returns the exit code. Polls every 2 ms and
+    /// returns at once (`Proc::wait` lets stderr settle for 50 ms), as the
+    /// isolation benchmark times the exit.
+    pub fn wait(&mut self) -> i32 {
         let t0 = Instant::now();
         loop {
-            if let Some(st) = self.child.try_wait().expect("try_wait") {
-                return (st.code().unwrap_or(-1), Instant::now());
+            if let Some(st) = self.proc.child.try_wait().expect("try_wait") {
+                return st.code().unwrap_or(-1);
             }
             assert!(
                 t0.elapsed() < LIMIT,
-                "batchsse did not exit within {LIMIT:?}"
+                "batchsse did not exit within {LIMIT:?}; stderr:\n{}",
+                self.proc.stderr()
             );
             std::thread::sleep(Duration::from_millis(2));
         }
@@ -171,40 +149,22 @@ impl Server {
         self.peak_kib.load(Ordering::Relaxed) as f64 / 1024.0
     }
 
-    /// Every `--progress json` line printed so far.
-    pub fn stdout_lines(&self) -> Vec<String> {
-        self.stdout
-            .lock()
-            .unwrap()
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    }
-
-    /// The `finished` payload from `--progress json` output (after exit).
+    /// The `finished` payload from the `--progress json` output (after
+    /// the exit).
     pub fn finished(&self) -> serde_json::Value {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let out = self.stdout.lock().unwrap().clone();
-            if let Some(line) = out
-                .lines()
-                .rev()
-                .find(|l| l.contains("\"event\":\"finished\""))
-            {
-                let v: serde_json::Value = serde_json::from_str(line).expect("json line");
-                return v["data"].clone();
-            }
-            assert!(Instant::now() < deadline, "no finished line on stdout");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        let out = std::fs::read_to_string(&self.stdout).expect("batchsse output");
+        finished_line(&out)
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The `data` of the `finished` line in `--progress json` output.
+pub fn finished_line(ndjson: &str) -> serde_json::Value {
+    json_lines(ndjson)
+        .into_iter()
+        .rev()
+        .find(|v| v["event"] == "finished")
+        .unwrap_or_else(|| panic!("no finished line in:\n{ndjson}"))["data"]
+        .clone()
 }
 
 /// CPU seconds (user + system) a process has used, from /proc.
@@ -275,13 +235,105 @@ pub struct Seen {
     /// Unix ms when `finished` arrived, and its `ts_ms`.
     pub finished_at: Option<(u64, u64)>,
     pub error: Option<String>,
+    /// The highest id so far.
+    last: u64,
 }
 
-/// Connects, sends `GET /events`, and waits for the response head.
+impl Seen {
+    /// Counts event `id` read at `now` (unix ms), timing it against its
+    /// `ts_ms` unless it was logged before the client `connected`.
+    fn note(&mut self, (id, name, ts): Frame<'_>, now: u64, connected: u64, hist: &Histogram) {
+        self.events += 1;
+        if id <= self.last {
+            self.repeated += 1;
+        } else {
+            self.missing += id - self.last - 1;
+            self.last = id;
+        }
+        if let Some(ts) = ts {
+            if ts >= connected {
+                hist.add(now.saturating_sub(ts));
+            }
+            if name == "finished" {
+                self.finished_id = Some(id);
+                self.finished_at = Some((now, ts));
+            }
+        }
+    }
+}
+
+/// What the load client needs of an event: its id, its name and the
+/// `ts_ms` in its data.
+type Frame<'a> = (u64, &'a str, Option<u64>);
+
+/// The load client's frame counter, for the frames `batchsse::sse::encode`
+/// writes (`id:`, `event:`, one `data:` line, LF line ends, a blank line
+/// after each; a comment frame has no id and is skipped).
+///
+/// Why not [`Parser`] on every client, measured on a 2-core machine: on
+/// a recorded fan-out stream the crate's parser took 0.9-1.1 µs an event
+/// and this loop 0.4-0.5 µs (the parser checks each line's UTF-8 and
+/// allocates every event's id, name and data). With 10,000 clients that
+/// was 1-1.5 s more load-client CPU a run (+25-35%), and in most paired
+/// runs against the bare writer the load client, not the writer, set the
+/// latency: p99 0.3-0.6 s with this loop, 1.8-2.6 s with the parser. So
+/// the first client of every batch reads its stream with both and checks
+/// they agree event for event (see `read_events`); the rest only count.
+#[derive(Default)]
+struct FrameCounter {
+    pending: Vec<u8>,
+}
+
+impl FrameCounter {
+    /// Takes `bytes`; calls `each` for every event they complete.
+    fn feed(&mut self, bytes: &[u8], mut each: impl FnMut(Frame<'_>)) {
+        self.pending.extend_from_slice(bytes);
+        let mut start = 0;
+        while let Some(end) = find(&self.pending[start..], b"\n\n") {
+            let frame = &self.pending[start..start + end];
+            start += end + 2;
+            let (mut id, mut name, mut ts) = (None, "message", None);
+            for line in frame.split(|b| *b == b'\n') {
+                if let Some(v) = line.strip_prefix(b"id: ") {
+                    id = std::str::from_utf8(v).ok().and_then(|v| v.parse().ok());
+                } else if let Some(v) = line.strip_prefix(b"event: ") {
+                    name = std::str::from_utf8(v).unwrap_or("");
+                } else if let Some(v) = line.strip_prefix(b"data: ") {
+                    ts = ts_ms(v);
+                }
+            }
+            if let Some(id) = id {
+                each((id, name, ts));
+            }
+        }
+        self.pending.drain(..start);
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The `ts_ms` every batchsse event's data ends with, found without
+/// parsing the JSON.
+fn ts_ms(data: &[u8]) -> Option<u64> {
+    const KEY: &[u8] = b"\"ts_ms\":";
+    let at = data.windows(KEY.len()).rposition(|w| w == KEY)? + KEY.len();
+    let digits = data[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&data[at..at + digits])
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Connects, sends `GET /events`, and waits for the response head; returns
+/// the stream and the body bytes that came with the head. With `recv_buf`
+/// the client is a stalled one: a receive buffer that small, and it reads
+/// nothing, not even the head.
 pub async fn open_events(
     addr: SocketAddr,
     recv_buf: Option<u32>,
-) -> std::io::Result<(TcpStream, Vec<u8>, bool)> {
+) -> std::io::Result<(TcpStream, Vec<u8>)> {
     let sock = TcpSocket::new_v4()?;
     if let Some(n) = recv_buf {
         sock.set_recv_buffer_size(n)?;
@@ -291,8 +343,7 @@ pub async fn open_events(
     s.write_all(b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n")
         .await?;
     if recv_buf.is_some() {
-        // A stalled client never reads, not even the head.
-        return Ok((s, Vec::new(), false));
+        return Ok((s, Vec::new()));
     }
     let mut buf = Vec::with_capacity(4096);
     let mut chunk = [0u8; 4096];
@@ -303,157 +354,80 @@ pub async fn open_events(
         }
         buf.extend_from_slice(&chunk[..n]);
         if let Some(end) = find(&buf, b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_string();
-            if !head.starts_with("HTTP/1.1 200") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            if !head.starts_with("http/1.1 200") {
                 return Err(std::io::Error::other(format!("unexpected head: {head}")));
             }
-            // A fresh connection gets the body unframed, ending at close;
-            // hyper's keep-alive path would send it chunked.
-            let chunked = head
-                .to_ascii_lowercase()
-                .contains("transfer-encoding: chunked");
-            return Ok((s, buf[end + 4..].to_vec(), chunked));
+            // The direct stream path sends the body unframed, ending at
+            // close; a chunked one came from hyper, which is not the path
+            // being measured.
+            if head.contains("transfer-encoding: chunked") {
+                return Err(std::io::Error::other(
+                    "a chunked stream: not the direct /events path",
+                ));
+            }
+            return Ok((s, buf[end + 4..].to_vec()));
         }
     }
 }
 
-/// Reads a stream to its end, timing every event against its `ts_ms`.
+/// Reads a stream to its end, timing every event against its `ts_ms`;
+/// `body` is what came with the response head. With `check`, the crate's
+/// [`Parser`] reads the same bytes too, and the client panics unless it
+/// gives the very events the counter counted.
 pub async fn read_events(
     mut s: TcpStream,
-    mut raw: Vec<u8>,
-    chunked: bool,
+    body: Vec<u8>,
     hist: Arc<Histogram>,
+    check: bool,
 ) -> Seen {
     let mut seen = Seen::default();
-    let mut dechunk = Dechunk {
-        passthrough: !chunked,
-        ..Dechunk::default()
-    };
-    let mut sse = Vec::<u8>::new();
-    let mut last = 0u64;
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut counter = FrameCounter::default();
+    let mut parser = check.then(Parser::new);
+    let (mut counted, mut parsed) = (Vec::new(), Vec::new());
     // Events logged before this client connected are history, not latency.
     let connected = now_ms();
+    // Zeroed by the allocator: 10,000 clients touch only the pages their
+    // reads fill, not 640 MB.
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut bytes = &body[..];
     loop {
         let now = now_ms();
-        let done = dechunk.feed(&raw, &mut sse);
-        raw.clear();
-        let mut start = 0;
-        while let Some(end) = find(&sse[start..], b"\n\n") {
-            let frame = &sse[start..start + end];
-            start += end + 2;
-            let Some(id) = field(frame, b"id: ")
-                .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
-            else {
-                continue; // a keep-alive comment
-            };
-            seen.events += 1;
-            if id <= last {
-                seen.repeated += 1;
-            } else {
-                seen.missing += id - last - 1;
-                last = id;
+        counter.feed(bytes, |f| {
+            seen.note(f, now, connected, &hist);
+            if check {
+                counted.push((f.0, f.1.to_owned(), f.2));
             }
-            let ts = find(frame, b"\"ts_ms\":").and_then(|i| {
-                let digits: Vec<u8> = frame[i + 8..]
-                    .iter()
-                    .take_while(|b| b.is_ascii_digit())
-                    .copied()
-                    .collect();
-                std::str::from_utf8(&digits).ok()?.parse::<u64>().ok()
-            });
-            if let Some(ts) = ts {
-                if ts >= connected {
-                    hist.add(now.saturating_sub(ts));
-                }
-                if field(frame, b"event: ") == Some(b"finished") {
-                    seen.finished_id = Some(id);
-                    seen.finished_at = Some((now, ts));
-                }
-            }
+        });
+        if let Some(p) = &mut parser {
+            let events = p.try_feed(bytes).expect("batchsse::sse::Parser");
+            parsed.extend(events.into_iter().map(|e: ParsedEvent| {
+                let id = e.id.as_deref().and_then(|i| i.parse().ok());
+                (id.expect("a numeric id"), e.event, ts_ms(e.data.as_bytes()))
+            }));
         }
-        sse.drain(..start);
-        if done {
-            break;
-        }
-        match s.read(&mut buf).await {
+        bytes = match s.read(&mut buf).await {
             Ok(0) => break,
-            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Ok(n) => &buf[..n],
             Err(e) => {
                 seen.error = Some(e.to_string());
                 break;
             }
-        }
+        };
     }
     if seen.finished_id.is_none() {
         seen.missing += 1;
     }
-    seen
-}
-
-fn field<'a>(frame: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
-    frame
-        .split(|b| *b == b'\n')
-        .find(|l| l.starts_with(name))
-        .map(|l| &l[name.len()..])
-}
-
-pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-/// Undoes HTTP/1.1 chunked transfer coding, incrementally.
-#[derive(Default)]
-struct Dechunk {
-    /// The body is not chunked: bytes pass through and it ends at close.
-    passthrough: bool,
-    head: Vec<u8>,
-    left: usize,
-    /// Bytes of the CRLF after a chunk still to skip.
-    crlf: usize,
-    ended: bool,
-}
-
-impl Dechunk {
-    /// Appends the decoded payload of `input` to `out`; true at the last chunk.
-    fn feed(&mut self, mut input: &[u8], out: &mut Vec<u8>) -> bool {
-        if self.passthrough {
-            out.extend_from_slice(input);
-            return false;
-        }
-        while !input.is_empty() && !self.ended {
-            if self.crlf > 0 {
-                let n = self.crlf.min(input.len());
-                self.crlf -= n;
-                input = &input[n..];
-            } else if self.left > 0 {
-                let n = self.left.min(input.len());
-                out.extend_from_slice(&input[..n]);
-                self.left -= n;
-                input = &input[n..];
-                if self.left == 0 {
-                    self.crlf = 2;
-                }
-            } else {
-                let Some(nl) = input.iter().position(|b| *b == b'\n') else {
-                    self.head.extend_from_slice(input);
-                    break;
-                };
-                self.head.extend_from_slice(&input[..=nl]);
-                input = &input[nl + 1..];
-                let line = String::from_utf8_lossy(&self.head).trim().to_owned();
-                self.head.clear();
-                let size =
-                    usize::from_str_radix(line.split(';').next().unwrap_or(""), 16).unwrap_or(0);
-                if size == 0 {
-                    self.ended = true;
-                } else {
-                    self.left = size;
-                }
-            }
-        }
-        self.ended
+    if let Some(i) = (0..counted.len().max(parsed.len())).find(|&i| counted.get(i) != parsed.get(i))
+    {
+        panic!(
+            "the frame counter and batchsse::sse::Parser disagree at event {i} of {}: counted {:?}, parsed {:?}",
+            parsed.len(),
+            counted.get(i),
+            parsed.get(i)
+        );
     }
+    seen
 }
 
 /// Opens `n` reading clients (at most 200 connecting at once, so the
@@ -466,7 +440,10 @@ pub async fn connect_readers(
 ) -> Vec<tokio::task::JoinHandle<Seen>> {
     let gate = Arc::new(tokio::sync::Semaphore::new(200));
     let mut ready = Vec::with_capacity(n);
-    for _ in 0..n {
+    for i in 0..n {
+        // The first client of each batch checks the counter against the
+        // crate's parser.
+        let check = i == 0;
         let gate = gate.clone();
         let hist = hist.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -476,7 +453,7 @@ pub async fn connect_readers(
             drop(permit);
             let _ = tx.send(());
             match opened {
-                Ok((s, rest, chunked)) => read_events(s, rest, chunked, hist).await,
+                Ok((s, body)) => read_events(s, body, hist, check).await,
                 Err(e) => Seen {
                     missing: 1,
                     error: Some(e.to_string()),
@@ -520,7 +497,7 @@ pub async fn gather(handles: Vec<tokio::task::JoinHandle<Seen>>) -> Totals {
         let s = tokio::time::timeout(LIMIT, h)
             .await
             .expect("a client did not finish in time")
-            .unwrap_or_default();
+            .expect("a load client panicked");
         t.events += s.events;
         t.missing += s.missing;
         t.repeated += s.repeated;
