@@ -2,7 +2,8 @@
 //! is met, before the run or during it.
 
 use std::path::Path;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
 
@@ -27,9 +28,9 @@ pub fn open_db(path: &Path, busy_timeout: Duration) -> Result<Connection, UsageE
         Ok(_) => {}
     }
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = Connection::open_with_flags(path, flags)
+    let mut conn = Connection::open_with_flags(path, flags)
         .map_err(|e| UsageError::new(format!("cannot open {shown}: {}", sqlite_message(&e))))?;
-    conn.busy_timeout(busy_timeout)
+    wait_for_locks(&mut conn, busy_timeout)
         .map_err(|e| UsageError::new(format!("cannot set the busy timeout: {e}")))?;
     let locked = || {
         UsageError::new(format!(
@@ -72,6 +73,41 @@ pub fn open_db(path: &Path, busy_timeout: Duration) -> Result<Connection, UsageE
         });
     }
     Ok(conn)
+}
+
+/// `--busy-timeout`, for messages (a custom handler leaves SQLite's own
+/// `PRAGMA busy_timeout` at 0). One runner per process.
+static BUSY_TIMEOUT_MS: AtomicU64 = AtomicU64::new(0);
+/// Set while a call must not wait for any lock (see [`without_waiting`]).
+static NO_WAIT: AtomicBool = AtomicBool::new(false);
+
+/// How the run waits for another connection's lock: a retry every
+/// millisecond until `--busy-timeout` has passed. SQLite's own handler backs
+/// off to sleeps of up to 100 ms, so a runner using it would take the lock
+/// back long after the application let it go, wasting the turn the
+/// governor's yield just gave the application, and the next one too.
+fn wait_for_locks(conn: &mut Connection, timeout: Duration) -> rusqlite::Result<()> {
+    BUSY_TIMEOUT_MS.store(timeout.as_millis() as u64, Ordering::Relaxed);
+    let mut since = Instant::now();
+    conn.busy_handler(Some(move |n: i32| {
+        if NO_WAIT.load(Ordering::Relaxed) {
+            return false;
+        }
+        if n == 0 {
+            since = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(1));
+        since.elapsed() < timeout
+    }))
+}
+
+/// Runs `f` with the run's connection giving up at once on a lock, as a
+/// checkpoint that would otherwise block the application's writers must.
+pub(super) fn without_waiting<T>(f: impl FnOnce() -> T) -> T {
+    NO_WAIT.store(true, Ordering::Relaxed);
+    let out = f();
+    NO_WAIT.store(false, Ordering::Relaxed);
+    out
 }
 
 /// Names the other processes that have the database (or its journal) open,
@@ -134,8 +170,10 @@ pub(super) fn run_time_message(conn: &Connection, e: &rusqlite::Error) -> String
     // The connection's own setting: --busy-timeout, unless a plan's PRAGMA
     // changed it.
     let waited: i64 = conn
-        .pragma_query_value(None, "busy_timeout", |r| r.get(0))
-        .unwrap_or(0);
+        .pragma_query_value(None, "busy_timeout", |r| r.get::<_, i64>(0))
+        .ok()
+        .filter(|ms| *ms > 0)
+        .unwrap_or_else(|| BUSY_TIMEOUT_MS.load(Ordering::Relaxed) as i64);
     format!(
         "{} by another connection{holders}, still after --busy-timeout {waited} ms; wait for it to finish or raise --busy-timeout",
         sqlite_message(e)

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use serde_json::json;
 
-use super::db::other_processes;
+use super::db::{other_processes, without_waiting};
 use crate::error::UsageError;
 use crate::events::log::EventLog;
 use crate::events::{Event, Level, Settings, Throttle, ThrottleReason};
@@ -38,6 +38,11 @@ const RESCAN: Duration = Duration::from_secs(1);
 const LIVE_AFTER_COMMIT: Duration = Duration::from_secs(10);
 /// How often a wait re-checks what it waits for.
 const RECHECK: Duration = Duration::from_millis(250);
+/// A yield in which another connection commits lasts until it has been
+/// quiet this long…
+const QUIET: Duration = Duration::from_millis(4);
+/// …but no longer than this many times its planned length.
+const CATCH_UP: u32 = 4;
 /// The throttle query runs at most this often.
 const QUERY_EVERY: Duration = Duration::from_millis(100);
 
@@ -111,9 +116,6 @@ pub(super) struct Governor<'a> {
     throttle: Option<ThrottleQuery>,
     /// The throttle query's last failure, said once.
     query_error: Option<String>,
-    /// The connection's busy timeout (`--busy-timeout`), restored after a
-    /// checkpoint that must not wait.
-    busy: Duration,
 }
 
 struct ThrottleQuery {
@@ -158,11 +160,7 @@ impl<'a> Governor<'a> {
         let others = path
             .as_deref()
             .is_some_and(|p| !other_processes(p).is_empty());
-        let busy: i64 = conn
-            .pragma_query_value(None, "busy_timeout", |r| r.get(0))
-            .unwrap_or(0);
         let mut g = Governor {
-            busy: Duration::from_millis(busy.max(0) as u64),
             conn,
             log,
             cancel,
@@ -262,12 +260,34 @@ impl<'a> Governor<'a> {
         if last {
             return false; // the step is done; what follows checks again
         }
-        let s = self.settings();
-        let rest = took.mul_f64(s.nice_ratio.max(0.0)) + self.pace.sleep;
-        if !rest.is_zero() && self.cancel.sleep(rest) {
+        let yielded = took.mul_f64(self.settings().nice_ratio.max(0.0));
+        if self.yield_lock(yielded) || self.cancel.sleep(self.pace.sleep) {
             return true;
         }
         self.wait_while_braked(Some(step))
+    }
+
+    /// Leaves the write lock free for `most`, for whoever waits for it.
+    /// Once another connection commits, the yield lasts while it keeps
+    /// committing (an application catching up on writes the chunk held
+    /// back) and ends after a quiet moment, at most `CATCH_UP` times `most`.
+    /// True when cancelled meanwhile.
+    fn yield_lock(&mut self, most: Duration) -> bool {
+        let start = Instant::now();
+        let mut end = start + most;
+        let cap = start + most * CATCH_UP;
+        while Instant::now() < end {
+            if self.cancel.sleep(Duration::from_millis(1)) {
+                return true;
+            }
+            let version = self.read_data_version();
+            if version != self.data_version {
+                self.data_version = version;
+                self.committed_at = Some(Instant::now());
+                end = end.max(Instant::now() + QUIET).min(cap);
+            }
+        }
+        false
     }
 
     /// The pause after a chunk, counted in its rate and ETA.
@@ -404,13 +424,14 @@ impl<'a> Governor<'a> {
         if max == 0 || size <= max {
             return None;
         }
-        // TRUNCATE waits for readers in the busy handler; with no wait it
-        // either empties the file now or reports busy at once.
-        let _ = self.conn.busy_timeout(Duration::ZERO);
-        let _ = self
-            .conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
-        let _ = self.conn.busy_timeout(self.busy);
+        // TRUNCATE waits for readers in the busy handler, blocking new
+        // writers meanwhile; without waiting it empties the file now or
+        // reports busy at once.
+        without_waiting(|| {
+            self.conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        })
+        .ok();
         let size = std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0);
         (size > max).then(|| format!("wal {} MiB > {}", size >> 20, max >> 20))
     }

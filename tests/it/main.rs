@@ -7,6 +7,7 @@ mod util;
 mod browser;
 mod fanout;
 mod fuzz;
+mod govern;
 mod run;
 mod safety;
 mod walk;

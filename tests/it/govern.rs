@@ -1,0 +1,275 @@
+//! The governor on a live database: the pause file, the throttle query and
+//! the WAL cap hold the run between chunks with no lock held, say so with
+//! `throttle` events and `/status`, and never fail the run; a chunk lets
+//! readers in while it works. Pace itself (nice ratio, sleep) shows only
+//! in timing, which the live_app benchmark measures, not these tests.
+
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+
+use crate::util::*;
+
+/// A run of `counter_plan` over 1,000 rows, 10 rows a chunk and 20 ms
+/// apart (about 2 s), served and waiting for this test's stream.
+fn slow_run(db: &TempDb, extra: &[&str]) -> (Proc, Stream) {
+    let plan = db.file("plan.json", &counter_plan("governed", 10));
+    let mut flags = words("--wait-for-clients 1 --batch-size 10 --sleep 20");
+    flags.extend_from_slice(extra);
+    let p = serving(db, path_str(&plan), &flags);
+    let s = Stream::open(p.addr(), "/events", &[]);
+    (p, s)
+}
+
+fn throttle(e: &batchsse::sse::ParsedEvent) -> (bool, String) {
+    let d = data(e);
+    (
+        d["active"].as_bool().expect("active"),
+        d["reason"].as_str().expect("reason").to_owned(),
+    )
+}
+
+/// Another connection takes the write lock without waiting at all.
+fn write_now(db: &TempDb) {
+    let c = Connection::open(&db.path).expect("open");
+    c.busy_timeout(Duration::ZERO).expect("busy");
+    c.execute_batch("BEGIN IMMEDIATE; UPDATE t SET counter = counter WHERE id = 1; COMMIT")
+        .expect("the run holds no lock while it waits");
+}
+
+#[test]
+fn a_pause_file_holds_the_run_between_chunks_with_no_lock_and_removing_it_goes_on() {
+    let db = TempDb::counters(1000);
+    let pause = db.dir.path().join("pause");
+    let (mut p, mut s) = slow_run(&db, &["--pause-file", path_str(&pause)]);
+    s.until("progress");
+    std::fs::write(&pause, "").expect("pause file");
+    let on = s.until("throttle");
+    assert_eq!(throttle(&on), (true, "pause-file".into()));
+    assert!(data(&on)["detail"].as_str().unwrap().contains("pause"));
+    assert_eq!(data(&on)["step"], 0);
+    let status = get(p.addr(), "/status", &[]).json();
+    assert_eq!(status["throttled"], "pause-file", "{status}");
+    assert_eq!(status["paused"], false, "paused is for live commands");
+    let done: i64 = status["done"].as_i64().unwrap();
+    write_now(&db);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        get(p.addr(), "/status", &[]).json()["done"]
+            .as_i64()
+            .unwrap(),
+        done,
+        "no chunk while paused"
+    );
+    std::fs::remove_file(&pause).expect("remove");
+    let off = s.until("throttle");
+    assert_eq!(throttle(&off), (false, "pause-file".into()));
+    let rest = s.rest();
+    assert_eq!(data(rest.last().unwrap())["status"], "ok");
+    assert_eq!(p.wait().code(), Some(0));
+    assert_eq!(db.counter_spread(), (1000, 0), "every row once");
+}
+
+#[test]
+fn ctrl_c_while_paused_cancels_at_once() {
+    let db = TempDb::counters(1000);
+    let pause = db.dir.path().join("pause");
+    std::fs::write(&pause, "").expect("pause file");
+    let (mut p, mut s) = slow_run(&db, &["--pause-file", path_str(&pause)]);
+    // Paused before the first step: nothing has run.
+    assert_eq!(throttle(&s.until("throttle")), (true, "pause-file".into()));
+    p.signal("INT");
+    let rest = s.rest();
+    assert_eq!(p.wait_for(Duration::from_secs(10)).code(), Some(130));
+    let kinds: Vec<&str> = rest.iter().map(|e| e.event.as_str()).collect();
+    assert!(kinds.contains(&"throttle"), "the wait ends: {kinds:?}");
+    assert_eq!(data(rest.last().unwrap())["status"], "cancelled");
+    assert_eq!(db.counter_spread(), (0, 1000));
+}
+
+/// Runs with `--throttle-query` over `throttle(v)` holding `value`; the
+/// test sets it to 0 once the run is throttled, if it is.
+fn throttled_by(value: &str) -> (bool, i32) {
+    let db = TempDb::counters(200);
+    db.conn()
+        .execute_batch(&format!(
+            "CREATE TABLE throttle(v); INSERT INTO throttle VALUES ({value});"
+        ))
+        .expect("throttle table");
+    let plan = db.file("plan.json", &counter_plan("q", 50));
+    let p = serving(
+        &db,
+        path_str(&plan),
+        &[
+            "--wait-for-clients",
+            "1",
+            "--batch-size",
+            "50",
+            "--throttle-query",
+            "SELECT v FROM throttle",
+        ],
+    );
+    let mut s = Stream::open(p.addr(), "/events", &[]);
+    let mut p = p;
+    let mut throttled = false;
+    while let Some(e) = s.next_event() {
+        if e.event == "throttle" && data(&e)["active"] == true {
+            throttled = true;
+            assert_eq!(data(&e)["reason"], "throttle-query");
+            db.conn()
+                .execute("UPDATE throttle SET v = 0", [])
+                .expect("release");
+        }
+        if e.event == "finished" {
+            break;
+        }
+    }
+    let code = p.wait().code().unwrap_or(-1);
+    assert_eq!(db.counter_spread(), (200, 0), "{value}: every row once");
+    (throttled, code)
+}
+
+#[test]
+fn the_throttle_query_holds_the_run_while_truthy_and_not_for_null_zero_or_empty() {
+    for truthy in ["1", "'yes'", "0.5", "-1"] {
+        assert_eq!(throttled_by(truthy), (true, 0), "{truthy} is truthy");
+    }
+    for falsy in ["NULL", "0", "''", "0.0"] {
+        assert_eq!(throttled_by(falsy), (false, 0), "{falsy} is falsy");
+    }
+}
+
+#[test]
+fn a_throttle_query_that_does_not_compile_is_refused_before_anything_runs() {
+    let db = TempDb::counters(10);
+    let plan = db.file("plan.json", &counter_plan("q", 5));
+    let before = db.bytes();
+    for bad in ["SELECT v FROM nope", "SELEC 1", "DELETE FROM t"] {
+        let (code, _, err) = run(&run_args(
+            &db,
+            path_str(&plan),
+            &["--no-serve", "--throttle-query", bad],
+        ));
+        assert_eq!(code, 2, "{bad}: {err}");
+        assert!(err.contains("--throttle-query"), "{bad}: {err}");
+        assert_eq!(db.bytes(), before, "{bad}: database untouched");
+    }
+}
+
+#[test]
+fn a_throttle_query_that_fails_mid_run_is_said_once_and_does_not_stop_the_run() {
+    let db = TempDb::counters(1000);
+    db.conn()
+        .execute_batch("CREATE TABLE throttle(v); INSERT INTO throttle VALUES (0);")
+        .expect("throttle table");
+    let (mut p, mut s) = slow_run(&db, &["--throttle-query", "SELECT v FROM throttle"]);
+    s.until("progress");
+    db.conn()
+        .execute_batch("DROP TABLE throttle")
+        .expect("drop the query's table");
+    let rest = s.rest();
+    assert_eq!(p.wait().code(), Some(0));
+    let warnings: Vec<String> = rest
+        .iter()
+        .filter(|e| e.event == "message" && data(e)["status"] == "warn")
+        .map(|e| data(e)["message"].as_str().unwrap().to_owned())
+        .filter(|m| m.contains("--throttle-query failed"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "said once: {warnings:?}");
+    assert!(
+        warnings[0].contains("no such table: throttle"),
+        "{warnings:?}"
+    );
+    assert_eq!(db.counter_spread(), (1000, 0));
+}
+
+#[test]
+fn a_reader_pinning_the_wal_past_max_wal_mb_throttles_the_run_until_it_lets_go() {
+    let db = TempDb::with_sql(
+        "PRAGMA journal_mode = WAL;
+         CREATE TABLE t(id INTEGER PRIMARY KEY, counter INTEGER NOT NULL DEFAULT 0, pad TEXT);
+         INSERT INTO t(id, pad) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < 20000)
+           SELECT i, printf('%.200c', 'x') FROM s;",
+    );
+    // A reader whose snapshot predates the run: no frame can be copied back.
+    let reader = Connection::open(&db.path).expect("reader");
+    reader.execute_batch("BEGIN").expect("begin");
+    let n: i64 = reader
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .expect("read");
+    assert_eq!(n, 20000);
+    let plan = db.file("plan.json", &counter_plan("wal", 2000));
+    let mut p = serving(
+        &db,
+        path_str(&plan),
+        &words("--wait-for-clients 1 --batch-size 2000 --max-wal-mb 1"),
+    );
+    let mut s = Stream::open(p.addr(), "/events", &[]);
+    let on = s.until("throttle");
+    assert_eq!(throttle(&on), (true, "wal".into()));
+    let detail = data(&on)["detail"].as_str().unwrap().to_owned();
+    assert!(
+        detail.starts_with("wal ") && detail.ends_with("> 1"),
+        "{detail}"
+    );
+    let status = wait_status(p.addr(), |v| v["throttled"] == "wal");
+    assert!(status["done"].as_i64().unwrap() < 20000, "{status}");
+    reader.execute_batch("COMMIT").expect("let go");
+    let off = s.until("throttle");
+    assert_eq!(throttle(&off), (false, "wal".into()));
+    let rest = s.rest();
+    assert_eq!(data(rest.last().unwrap())["status"], "ok");
+    assert_eq!(p.wait().code(), Some(0));
+    assert_eq!(db.counter_spread(), (20000, 0));
+}
+
+#[test]
+fn in_rollback_mode_a_reader_is_not_locked_out_for_the_whole_of_a_chunk() {
+    // One chunk of 40,000 rows dirties ~10 MB of pages (more than SQLite's
+    // default 2 MB cache) and takes a second or more: a chunk that spilled
+    // would take the exclusive lock early and shut readers out until it
+    // commits.
+    let db = TempDb::with_sql(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, counter INTEGER NOT NULL DEFAULT 0, pad TEXT);
+         INSERT INTO t(id, pad) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < 40000)
+           SELECT i, printf('%.200c', 'x') FROM s;
+         CREATE TABLE spin(n INTEGER);
+         INSERT INTO spin WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < 400) SELECT i FROM s;",
+    );
+    // Slow on purpose: a correlated scan of `spin` for every row.
+    let slow = "UPDATE t SET counter = counter + 1 + (SELECT 0 * count(*) FROM spin WHERE n > t.id % 2), pad = upper(pad) WHERE id BETWEEN :lo AND :hi";
+    let plan = db.file(
+        "plan.json",
+        &serde_json::json!({"name": "one-chunk", "steps": [
+            {"sql": slow, "chunk": {"table": "t", "key": "id"}}
+        ]})
+        .to_string(),
+    );
+    let mut p = serving(&db, path_str(&plan), &words("--batch-size 40000"));
+    wait_status(p.addr(), |v| v["state"] == "running");
+    let reader = Connection::open(&db.path).expect("reader");
+    // Longer than a commit takes, far shorter than the chunk.
+    reader
+        .busy_timeout(Duration::from_millis(300))
+        .expect("busy");
+    let mut reads = 0;
+    let start = Instant::now();
+    while p.child.try_wait().expect("try_wait").is_none() {
+        let n: rusqlite::Result<i64> = reader.query_row("SELECT count(*) FROM t", [], |r| r.get(0));
+        let n = n.unwrap_or_else(|e| {
+            panic!(
+                "a read after {:?} of the chunk waited out 300 ms: {e}",
+                start.elapsed()
+            )
+        });
+        assert_eq!(n, 40000);
+        reads += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(p.wait().code(), Some(0));
+    assert!(
+        reads >= 5,
+        "the reader tried during the chunk ({reads} reads)"
+    );
+    assert_eq!(db.counter_spread(), (40000, 0));
+}
