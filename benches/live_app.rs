@@ -13,7 +13,10 @@
 //!
 //! Both journal modes: rollback (SQLite's default) and WAL. Targets: the
 //! application's write and read p99 ≤ 50 ms, batch time ≤ 2x idle.
-//! `BENCH_ROWS=N` changes the table size (for a quick look).
+//! `BENCH_ROWS=N` changes the table size (for a quick look);
+//! `BENCH_FLAGS="--chunk-time 20"` adds flags to both `batchsse` runs, and
+//! `BENCH_QUICK=1` skips the application-alone and bare rows (for trying
+//! settings).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -93,7 +96,11 @@ fn main() {
                 ("batchsse, default flags", Some(batchsse(&c, &plan)), c),
             ]
         };
+        let quick = std::env::var_os("BENCH_QUICK").is_some();
         for (name, batch, db) in runs {
+            if quick && !name.starts_with("batchsse") {
+                continue;
+            }
             let (app, took) = beside_app(&db, batch);
             println!(
                 "| {mode} | {name} | {} | {} | {} |",
@@ -130,6 +137,9 @@ fn batchsse(db: &Path, plan: &Path) -> Command {
         .arg(db)
         .arg("--plan")
         .arg(plan);
+    if let Ok(flags) = std::env::var("BENCH_FLAGS") {
+        c.args(flags.split_whitespace());
+    }
     c
 }
 

@@ -245,13 +245,17 @@ fn in_rollback_mode_a_reader_is_not_locked_out_for_the_whole_of_a_chunk() {
         ]})
         .to_string(),
     );
-    let mut p = serving(&db, path_str(&plan), &words("--batch-size 40000"));
-    wait_status(p.addr(), |v| v["state"] == "running");
+    // The application's reader is there before the run starts.
     let reader = Connection::open(&db.path).expect("reader");
     // Longer than a commit takes, far shorter than the chunk.
     reader
         .busy_timeout(Duration::from_millis(300))
         .expect("busy");
+    let _: i64 = reader
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .expect("read");
+    let mut p = serving(&db, path_str(&plan), &words("--batch-size 40000"));
+    wait_status(p.addr(), |v| v["state"] == "running");
     let mut reads = 0;
     let start = Instant::now();
     while p.child.try_wait().expect("try_wait").is_none() {
