@@ -20,13 +20,16 @@
 //!   them once into the settings the other parts take.
 //! - `plan`: loading a JSON plan or SQL script (`split`) and the pre-run
 //!   check against a schema copy (`check`).
-//! - `run`: the runner: steps, the chunk walk (`chunk`), the transaction
-//!   guard (`tx`), the checkpoint (`checkpoint`), opening the file (`db`).
+//! - `run`: the runner: steps, the chunk walk (`chunk`), the pace and the
+//!   waits between chunks (`governor`), the transaction guard (`tx`), the
+//!   checkpoint (`checkpoint`), opening the file (`db`).
 //! - `events`: the typed events (`event`), the append-only log every
 //!   reader follows (`log`), and SSE framing (`sse`).
-//! - `serve`: the HTTP server: shared state (`state`), routes (`routes`),
-//!   the direct `/events` path (`direct`) and its one writer task
-//!   (`fanout`), the dashboard page (`dashboard`).
+//! - `serve`: the HTTP server: the accept loop (`mod.rs`), shared state
+//!   (`state`), routes (`routes`), tokens (`auth`), the direct `/events`
+//!   path (`direct`) and its one writer task (`fanout`), hyper's stream
+//!   body for the rest (`body`), one keep-alive rule for both
+//!   (`keepalive`), the dashboard page (`dashboard`).
 //! - `view`: the terminal (`terminal`) and `batchsse watch` (`follow`).
 //! - `lifecycle`: signals, cancel, the wait-for-clients gate, linger and
 //!   drain, in the order a run goes through them.
