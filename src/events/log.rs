@@ -470,6 +470,78 @@ mod tests {
         assert_eq!(shared.bytes.as_ptr(), log.after(9)[0].frame.as_ptr());
     }
 
+    #[test]
+    fn status_follows_the_pace_the_waits_and_the_time_left() {
+        use crate::events::{Settings, Start, StepInfo, StepKind, Throttle, ThrottleReason};
+        let log = EventLog::new();
+        let pace = |chunk_time_ms| Settings {
+            chunk_time_ms,
+            nice_ratio: 0.0,
+            sleep_ms: 0,
+            batch_size: None,
+        };
+        let info = |index| StepInfo {
+            index,
+            name: format!("s{index}"),
+            kind: StepKind::Chunked,
+        };
+        log.push(Event::Start(Start {
+            run_id: "r".into(),
+            plan: "p".into(),
+            db: "d".into(),
+            steps: vec![info(0), info(1)],
+            dry_run: false,
+            resumed: false,
+            settings: pace(250),
+        }));
+        assert_eq!(log.snapshot().settings, pace(250));
+        log.push(Event::message(
+            json!({"db": "d", "settings": pace(20)}),
+            Level::Info,
+            "pace",
+        ));
+        assert_eq!(log.snapshot().settings, pace(20), "a pacing message");
+        log.push(step(0, StepState::Running));
+        let mut p = progress(0, 10);
+        if let Event::Progress(p) = &mut p {
+            p.eta_ms = Some(900);
+        }
+        log.push(p.clone());
+        let s = log.snapshot();
+        assert_eq!(
+            (s.rate, s.eta_ms, s.run_eta_ms),
+            (Some(1.0), Some(900), None)
+        );
+        let wait = |active| {
+            Event::Throttle(Throttle {
+                active,
+                reason: ThrottleReason::PauseFile,
+                detail: "x".into(),
+                step: Some(1),
+            })
+        };
+        log.push(step(0, StepState::Done));
+        log.push(step(1, StepState::Running));
+        log.push(wait(true));
+        let s = log.snapshot();
+        assert_eq!(
+            (s.throttled, s.paused),
+            (Some(ThrottleReason::PauseFile), false)
+        );
+        log.push(wait(false));
+        assert_eq!(log.snapshot().throttled, None);
+        if let Event::Progress(p) = &mut p {
+            p.step = 1;
+        }
+        log.push(p);
+        let s = log.snapshot();
+        assert_eq!(s.run_eta_ms, Some(900), "the last step with work left");
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["settings"]["chunk_time_ms"], 20);
+        assert_eq!(v["throttled"], serde_json::Value::Null);
+        assert!(v.get("ended").is_none(), "bookkeeping stays inside");
+    }
+
     fn progress(step: usize, done: u64) -> Event {
         Event::Progress(crate::events::Progress {
             step,
