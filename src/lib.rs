@@ -62,5 +62,6 @@ pub fn execute(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Run(args) => app::run(args),
         cli::Command::Demo(args) => demo::run(args),
         cli::Command::Watch(args) => view::follow::run(args),
+        cli::Command::Ctl(args) => app::ctl::run(args),
     }
 }

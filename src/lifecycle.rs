@@ -17,7 +17,8 @@
 //! 7. **exit** with the run's status; tasks still running get 100 ms.
 //!
 //! [`Lifecycle`] holds phases 1, 3 and 7; [`Cancel`] is the runner's side of
-//! phases 2 and 3.
+//! phases 2 and 3; [`Steering`] carries live commands (pause, a new pace)
+//! from the server to the runner, read between chunks.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,6 +46,7 @@ pub struct Lifecycle {
 pub struct Parts {
     pub log: Arc<EventLog>,
     pub cancel: Arc<Cancel>,
+    pub steering: Arc<Steering>,
     /// Counts Ctrl-C and SIGTERM (for the linger).
     pub signals: watch::Receiver<u32>,
 }
@@ -76,6 +78,7 @@ impl Lifecycle {
             parts: Parts {
                 log,
                 cancel,
+                steering: Arc::default(),
                 signals,
             },
             phase,
@@ -271,6 +274,77 @@ impl Cancel {
                 .0;
         }
         self.is_cancelled()
+    }
+}
+
+/// Live commands for the runner: pause, and pace changes, which the
+/// governor reads at the next chunk boundary. Cancel goes through [`Cancel`].
+#[derive(Default)]
+pub struct Steering {
+    state: Mutex<(bool, PacePatch)>,
+}
+
+/// A change to the pace; `None` leaves a value as it is. `batch_size:
+/// Some(None)` makes chunks adapt again.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PacePatch {
+    pub chunk_time_ms: Option<u64>,
+    pub nice_ratio: Option<f64>,
+    pub sleep_ms: Option<u64>,
+    pub batch_size: Option<Option<u64>>,
+}
+
+impl PacePatch {
+    pub fn is_empty(&self) -> bool {
+        *self == PacePatch::default()
+    }
+
+    /// `settings` with this change made.
+    pub fn apply(&self, mut settings: crate::events::Settings) -> crate::events::Settings {
+        if let Some(v) = self.chunk_time_ms {
+            settings.chunk_time_ms = v;
+        }
+        if let Some(v) = self.nice_ratio {
+            settings.nice_ratio = v;
+        }
+        if let Some(v) = self.sleep_ms {
+            settings.sleep_ms = v;
+        }
+        if let Some(v) = self.batch_size {
+            settings.batch_size = v;
+        }
+        settings
+    }
+
+    /// Later changes win, value by value.
+    fn merge(&mut self, later: PacePatch) {
+        self.chunk_time_ms = later.chunk_time_ms.or(self.chunk_time_ms);
+        self.nice_ratio = later.nice_ratio.or(self.nice_ratio);
+        self.sleep_ms = later.sleep_ms.or(self.sleep_ms);
+        self.batch_size = later.batch_size.or(self.batch_size);
+    }
+}
+
+impl Steering {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (bool, PacePatch)> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn set_paused(&self, paused: bool) {
+        self.lock().0 = paused;
+    }
+
+    pub fn paused(&self) -> bool {
+        self.lock().0
+    }
+
+    pub fn change_pace(&self, patch: PacePatch) {
+        self.lock().1.merge(patch);
+    }
+
+    /// The pace changes not yet applied.
+    pub fn take_pace(&self) -> PacePatch {
+        std::mem::take(&mut self.lock().1)
     }
 }
 

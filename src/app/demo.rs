@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use rusqlite::Connection;
+use sha2::Digest;
 
 use crate::app;
 use crate::cli::DemoArgs;
@@ -43,7 +44,14 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         )
         .into());
     }
-    let serve = check_serve(&args.serve, 15.0)?;
+    let mut serve = check_serve(&args.serve, 15.0)?;
+    // The demo can always be steered: a fresh control token, in the
+    // dashboard address it prints (after `#`, so no server or log sees it).
+    if let Some(s) = serve.as_mut()
+        && s.config.control_token.is_none()
+    {
+        s.config.control_token = Some(random_token());
+    }
     let (_tmp, dir) = app::demo_dir(args.keep.as_ref())?;
     let db = dir.join("shop.sqlite");
     if db.exists() {
@@ -81,7 +89,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         progress: args.serve.progress,
     })?;
     session.banner = Some(format!(
-        "batchsse: demo: {} orders in {}{}\nbatchsse: open {{url}} in a browser to watch (curl -N '{{events}}' shows the raw stream)",
+        "batchsse: demo: {} orders in {}{}\nbatchsse: open {{control_url}} in a browser to watch and steer it (curl -N '{{events}}' shows the raw stream; `batchsse ctl {{base}} pause --control-token {{control_token}}` pauses it)",
         crate::human::thousands(args.rows),
         db.display(),
         if args.keep.is_some() {
@@ -91,4 +99,17 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         }
     ));
     app::execute(lifecycle, session)
+}
+
+/// 128 random bits as hex, from the system's generator.
+fn random_token() -> String {
+    let mut bytes = [0u8; 16];
+    let read = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
+    if read.is_err() {
+        // No /dev/urandom: the clock and the pid, hashed, still differ per run.
+        let seed = format!("{:?}{}", std::time::SystemTime::now(), std::process::id());
+        bytes.copy_from_slice(&sha2::Sha256::digest(seed.as_bytes())[..16]);
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

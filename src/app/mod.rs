@@ -3,6 +3,7 @@
 //! the server and the terminal as readers of one event log, through the
 //! phases `lifecycle` lists.
 
+pub mod ctl;
 pub mod demo;
 
 use std::net::SocketAddr;
@@ -33,7 +34,9 @@ pub struct Session {
     pub serve: Option<Serve>,
     pub progress: ProgressMode,
     /// Printed after the listening line (the demo's "open this URL"), with
-    /// `{url}` the dashboard's address and `{events}` the stream's.
+    /// `{url}` the dashboard's address, `{control_url}` the same with the
+    /// control token after `#`, `{base}` it without a query, `{events}` the
+    /// stream's address and `{control_token}`.
     pub banner: Option<String>,
 }
 
@@ -138,10 +141,16 @@ fn announce(listener: &TcpListener, s: &Serve, banner: Option<String>) {
         crate::errln!("{w}");
     }
     if let Some(b) = banner {
+        let url = page_url(local, &s.config, "");
+        let control = s.config.control_token.as_deref().unwrap_or("");
+        let base = url.split('?').next().unwrap_or(&url).to_owned();
         crate::errln!(
             "{}",
-            b.replace("{url}", &page_url(local, &s.config, ""))
+            b.replace("{control_url}", &format!("{url}#control={control}"))
+                .replace("{url}", &url)
                 .replace("{events}", &page_url(local, &s.config, "events"))
+                .replace("{base}", &base)
+                .replace("{control_token}", control)
         );
     }
 }
@@ -153,7 +162,14 @@ fn start_server(
     s: Serve,
     parts: &Parts,
 ) -> (JoinHandle<()>, tokio::sync::watch::Receiver<usize>) {
-    let state = server::State::new(parts.log.clone(), s.config);
+    let mut config = s.config;
+    config.listen = listener.local_addr().ok();
+    let state = server::State::steered(
+        parts.log.clone(),
+        config,
+        parts.cancel.clone(),
+        parts.steering.clone(),
+    );
     let clients = state.watch_clients();
     let stop = lifecycle::stop_after_linger(parts.log.clone(), s.linger, parts.signals.clone());
     let task = tokio::spawn(server::serve(listener, state, stop, s.drain));
@@ -162,7 +178,11 @@ fn start_server(
 
 /// The runner on a blocking thread, behind the start gate.
 async fn run_blocking(session: Session, parts: &Parts, wait_for: usize) -> RunStatus {
-    let (log, cancel) = (parts.log.clone(), parts.cancel.clone());
+    let (log, cancel, steering) = (
+        parts.log.clone(),
+        parts.cancel.clone(),
+        parts.steering.clone(),
+    );
     let ran = tokio::task::spawn_blocking(move || {
         let gate = || {
             if wait_for > 0 {
@@ -182,7 +202,7 @@ async fn run_blocking(session: Session, parts: &Parts, wait_for: usize) -> RunSt
             opts: &session.opts,
             resume: &session.resume,
         };
-        runner::run(job, &log, &cancel, gate)
+        runner::run(job, &log, (&cancel, &steering), gate)
     })
     .await;
     ran.unwrap_or_else(|e| runner_died(&parts.log, &e))

@@ -196,6 +196,9 @@ pub fn check_serve(a: &ServeArgs, default_linger: f64) -> Result<Option<Serve>, 
     if let Some(t) = &a.token {
         serve::check_token(t)?;
     }
+    if let Some(t) = &a.control_token {
+        serve::check_control_token(t)?;
+    }
     if let Some(o) = &a.cors {
         if o == "*" && a.token.is_some() {
             return Err(UsageError::new(
@@ -212,8 +215,10 @@ pub fn check_serve(a: &ServeArgs, default_linger: f64) -> Result<Option<Serve>, 
         addr,
         config: serve::Config {
             token: a.token.clone(),
+            control_token: a.control_token.clone(),
             cors: a.cors.clone(),
             max_clients: a.max_clients,
+            allow_hosts: a.allow_host.clone(),
             ..serve::Config::default()
         },
         linger,

@@ -52,6 +52,66 @@ pub enum Command {
         2 bad usage (or the token was refused), 3 no run could be reached, 141 its output was \
         closed (--progress json | head) or could not be written.")]
     Watch(WatchArgs),
+
+    /// Steer a running batch: pause, resume, cancel, or a new pace (needs the run's --control-token).
+    #[command(after_help = "Examples:\n  \
+        batchsse ctl http://127.0.0.1:7077/ pause --control-token T\n  \
+        batchsse ctl http://127.0.0.1:7077/ set --chunk-time 50 --nice-ratio 2\n  \
+        batchsse ctl http://127.0.0.1:7077/ set --batch-size auto\n\n\
+        Exit status: 0 done, 2 refused (the server's reason is printed), 3 the run could not be reached.")]
+    Ctl(CtlArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CtlArgs {
+    /// The run's address: its base URL, e.g. http://127.0.0.1:7077/.
+    #[arg(value_name = "URL")]
+    pub url: String,
+
+    #[command(subcommand)]
+    pub action: CtlAction,
+
+    /// The run's --control-token, sent as Authorization: Bearer T.
+    #[arg(
+        long,
+        value_name = "T",
+        env = "BATCHSSE_CONTROL_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    pub control_token: Option<String>,
+
+    /// Print the run's /status JSON instead of one line.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CtlAction {
+    /// Stop at the next chunk boundary (the current chunk commits first); holds no lock while paused.
+    Pause,
+    /// Go on after a pause.
+    Resume,
+    /// Stop now, as Ctrl-C would: the current chunk rolls back, the run exits 130.
+    Cancel,
+    /// Change the pace from the next chunk on.
+    Set(SetArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SetArgs {
+    /// Target time one chunk holds the write lock (1–600000).
+    #[arg(long, value_name = "MS")]
+    pub chunk_time: Option<u64>,
+    /// After each chunk, yield R times its time (0–100).
+    #[arg(long, value_name = "R")]
+    pub nice_ratio: Option<f64>,
+    /// Fixed pause between chunks (0–600000).
+    #[arg(long, value_name = "MS")]
+    pub sleep: Option<u64>,
+    /// Fix the chunk size (1–10000000), or `auto` to adapt again.
+    #[arg(long, value_name = "N|auto")]
+    pub batch_size: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -116,6 +176,19 @@ pub struct ServeArgs {
     /// Require this token on every route but /healthz (Authorization: Bearer T, or ?token=T).
     #[arg(long, value_name = "T", env = "BATCHSSE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+
+    /// Allow live control (POST /control, `batchsse ctl`, the dashboard's buttons) with this token, sent as Authorization: Bearer T only.
+    #[arg(
+        long,
+        value_name = "T",
+        env = "BATCHSSE_CONTROL_TOKEN",
+        hide_env_values = true
+    )]
+    pub control_token: Option<String>,
+
+    /// On a loopback address, also answer requests whose Host is NAME (a reverse proxy's); others get 421. Repeatable.
+    #[arg(long, value_name = "NAME", conflicts_with = "no_serve")]
+    pub allow_host: Vec<String>,
 
     /// Send Access-Control-Allow-Origin: ORIGIN, for a page served from another origin.
     #[arg(long, value_name = "ORIGIN", conflicts_with = "no_serve")]

@@ -105,6 +105,39 @@ pub enum ThrottleReason {
     Wal,
 }
 
+/// What a live command asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ControlAction {
+    Pause,
+    Resume,
+    Cancel,
+    Set,
+}
+
+/// Where a live command came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ControlBy {
+    /// A plain HTTP client (curl, a script).
+    Http,
+    /// `batchsse ctl`.
+    Ctl,
+    /// The dashboard's buttons.
+    Dashboard,
+}
+
+/// A live command was accepted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Control {
+    pub action: ControlAction,
+    pub by: ControlBy,
+    /// The peer's address.
+    pub remote: String,
+    /// The pace after the change.
+    pub settings: Settings,
+}
+
 /// The run starts (`active`) or stops waiting.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Throttle {
@@ -183,6 +216,7 @@ pub enum Event {
     Progress(Progress),
     Message(Message),
     Throttle(Throttle),
+    Control(Control),
     Finished(Finished),
 }
 
@@ -196,6 +230,7 @@ impl Event {
             Event::Progress(_) => "progress",
             Event::Message(_) => "message",
             Event::Throttle(_) => "throttle",
+            Event::Control(_) => "control",
             Event::Finished(_) => "finished",
         }
     }
@@ -216,6 +251,7 @@ impl Event {
             Event::Progress(e) => serde_json::to_value(e),
             Event::Message(e) => serde_json::to_value(e),
             Event::Throttle(e) => serde_json::to_value(e),
+            Event::Control(e) => serde_json::to_value(e),
             Event::Finished(e) => serde_json::to_value(e),
         }
         .unwrap_or(Value::Null);
@@ -233,6 +269,7 @@ impl Event {
             "step" => Event::Step(serde_json::from_str(data)?),
             "progress" => Event::Progress(serde_json::from_str(data)?),
             "throttle" => Event::Throttle(serde_json::from_str(data)?),
+            "control" => Event::Control(serde_json::from_str(data)?),
             "finished" => Event::Finished(serde_json::from_str(data)?),
             _ => Event::Message(serde_json::from_str(data)?),
         })

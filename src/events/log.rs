@@ -11,7 +11,9 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::events::sse;
-use crate::events::{Event, RunState, RunStatus, Settings, StepState, ThrottleReason, now_ms};
+use crate::events::{
+    ControlAction, Event, RunState, RunStatus, Settings, StepState, ThrottleReason, now_ms,
+};
 
 /// One logged event, shared by every reader.
 #[derive(Debug)]
@@ -380,11 +382,16 @@ fn update_snapshot(inner: &mut Inner, event: &Event, id: u64) {
                 s.settings = settings;
             }
         }
+        Event::Control(c) => {
+            s.settings = c.settings;
+            match c.action {
+                ControlAction::Pause => s.paused = true,
+                ControlAction::Resume => s.paused = false,
+                ControlAction::Cancel | ControlAction::Set => {}
+            }
+        }
         Event::Throttle(t) => {
             s.throttled = t.active.then_some(t.reason);
-            if t.reason == ThrottleReason::Paused {
-                s.paused = t.active;
-            }
         }
         Event::Finished(e) => {
             s.state = RunState::Finished;

@@ -65,7 +65,7 @@ pub(super) fn run(r: &Runner<'_>, step: &Step, chunk: &Chunk, resume: &Resume) -
     }
     let resumed_from = c.done;
     let fixed = r.governor.borrow().batch_size();
-    let mut sizer = Sizer::new(fixed.unwrap_or(chunk.size), fixed.is_some());
+    let mut sizer = Sizer::new(fixed.unwrap_or(chunk.size));
     announce(r, step, chunk, &c, sizer.size);
     if matches!(span.max, Key::Null) {
         // Nothing to visit; still record the step as applied.
@@ -93,7 +93,11 @@ pub(super) fn run(r: &Runner<'_>, step: &Step, chunk: &Chunk, resume: &Resume) -
         let last = w.hi == span.max;
         prev = Some(w.hi);
         let mut governor = r.governor.borrow_mut();
-        sizer.observe(w.rows, took, governor.chunk_time());
+        // `--batch-size` fixes the size; a live command may fix or free it.
+        match governor.batch_size() {
+            Some(n) => sizer.size = n.max(1),
+            None => sizer.observe(w.rows, took, governor.chunk_time()),
+        }
         // The yield after this chunk is part of the pace; counting it now
         // keeps the first rate and ETA of a paced run honest.
         let pause = if last {
@@ -237,25 +241,21 @@ impl<'c> Walk<'c> {
 /// `--chunk-time` at the rate seen so far.
 struct Sizer {
     size: u64,
-    fixed: bool,
     /// Moving average of rows per second.
     rate: Option<f64>,
 }
 
 impl Sizer {
-    fn new(first: u64, fixed: bool) -> Sizer {
+    fn new(first: u64) -> Sizer {
         Sizer {
             size: first.max(1),
-            fixed,
             rate: None,
         }
     }
 
     /// `target`: the chunk time the governor wants now.
     fn observe(&mut self, rows: u64, took: Duration, target: Duration) {
-        if !self.fixed {
-            (self.size, self.rate) = next_size(self.size, rows, took, self.rate, target);
-        }
+        (self.size, self.rate) = next_size(self.size, rows, took, self.rate, target);
     }
 }
 

@@ -24,7 +24,7 @@ use crate::error::UsageError;
 use crate::events::log::EventLog;
 use crate::events::{Event, Level, Settings, Throttle, ThrottleReason};
 use crate::human::duration;
-use crate::lifecycle::Cancel;
+use crate::lifecycle::{Cancel, Steering};
 
 /// Pacing for a file nobody else has open: long chunks, no yield.
 const IDLE: (Duration, f64) = (Duration::from_millis(250), 0.0);
@@ -100,6 +100,7 @@ pub(super) struct Governor<'a> {
     conn: &'a Connection,
     log: &'a EventLog,
     cancel: &'a Cancel,
+    steering: &'a Steering,
     pace: Pace,
     brakes: Brakes,
     db: String,
@@ -129,7 +130,7 @@ impl<'a> Governor<'a> {
     pub(super) fn new(
         conn: &'a Connection,
         log: &'a EventLog,
-        cancel: &'a Cancel,
+        (cancel, steering): (&'a Cancel, &'a Steering),
         pace: Pace,
         brakes: Brakes,
     ) -> Self {
@@ -160,6 +161,7 @@ impl<'a> Governor<'a> {
             conn,
             log,
             cancel,
+            steering,
             pace,
             brakes,
             db,
@@ -231,6 +233,7 @@ impl<'a> Governor<'a> {
     /// Looks again at who else uses the file, and says when that changes
     /// the pace (the new settings ride on the message, for `/status`).
     fn observe(&mut self, step: Option<usize>) {
+        self.steer();
         let version = self.read_data_version();
         if version != self.data_version {
             self.data_version = version;
@@ -368,8 +371,38 @@ impl<'a> Governor<'a> {
         }));
     }
 
+    /// Applies pace changes from live commands (their `control` event has
+    /// already said so).
+    fn steer(&mut self) {
+        let patch = self.steering.take_pace();
+        if patch.is_empty() {
+            return;
+        }
+        if let Some(ms) = patch.chunk_time_ms {
+            self.pace.chunk_time = Some(Duration::from_millis(ms));
+        }
+        if let Some(r) = patch.nice_ratio {
+            self.pace.nice_ratio = Some(r);
+        }
+        if let Some(ms) = patch.sleep_ms {
+            self.pace.sleep = Duration::from_millis(ms);
+        }
+        if let Some(n) = patch.batch_size {
+            self.pace.batch_size = n;
+        }
+        self.announced = self.settings();
+        self.size_cache();
+    }
+
     /// The brake that holds the run now, with a word on it.
     fn brake(&mut self) -> Option<(ThrottleReason, String)> {
+        self.steer();
+        if self.steering.paused() {
+            return Some((
+                ThrottleReason::Paused,
+                "paused by a live command; resume from the dashboard, batchsse ctl or POST /control".into(),
+            ));
+        }
         if let Some(p) = &self.brakes.pause_file
             && p.exists()
         {

@@ -32,7 +32,7 @@ use crate::events::log::EventLog;
 use crate::events::{
     Event, Finished, Level, Progress, RunStatus, Start, StepEvent, StepInfo, StepKind, StepState,
 };
-use crate::lifecycle::Cancel;
+use crate::lifecycle::{Cancel, Steering};
 use crate::plan::{self, Plan, Step, sqlite_message};
 
 /// How a run behaves, from the command line.
@@ -119,13 +119,18 @@ impl Tally {
 
 /// Runs the plan and logs every event up to `finished`; returns the status.
 /// `gate` is called after `start` and blocks until the first step may begin.
-pub fn run(job: Job<'_>, log: &EventLog, cancel: &Cancel, gate: impl FnOnce()) -> RunStatus {
+pub fn run(
+    job: Job<'_>,
+    log: &EventLog,
+    (cancel, steering): (&Cancel, &Steering),
+    gate: impl FnOnce(),
+) -> RunStatus {
     cancel.attach(job.conn);
     let on = job.opts.checkpoint && !job.opts.dry_run;
     let governor = Governor::new(
         job.conn,
         log,
-        cancel,
+        (cancel, steering),
         job.opts.pace.clone(),
         job.opts.brakes.clone(),
     );
@@ -593,7 +598,7 @@ mod tests {
             opts: &opts,
             resume: &Resume::none(),
         };
-        let status = run(job, &log, &Cancel::default(), || {});
+        let status = run(job, &log, (&Cancel::default(), &Steering::default()), || {});
         let events = log.after(0).iter().map(|e| e.event.clone()).collect();
         Ran {
             status,
@@ -794,7 +799,9 @@ mod tests {
             opts: &Options::default(),
             resume: &Resume::none(),
         };
-        let status = run(job, &log, &cancel, || cancel.cancel());
+        let status = run(job, &log, (&cancel, &Steering::default()), || {
+            cancel.cancel()
+        });
         assert_eq!(status, RunStatus::Cancelled);
         let c: i64 = conn.query_row("SELECT c FROM t", [], |r| r.get(0)).unwrap();
         assert_eq!(c, 0);

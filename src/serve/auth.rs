@@ -32,10 +32,19 @@ pub(super) fn authorized(token: &str, headers: &HeaderMap, from_query: Option<St
 /// is trimmed) and as `?token=T` (percent-encoded). Only visible ASCII,
 /// 0x21–0x7E, does both. The message never repeats the secret.
 pub fn check_token(token: &str) -> Result<(), UsageError> {
+    check_secret("--token (or BATCHSSE_TOKEN)", token)
+}
+
+/// [`check_token`]'s rule for `--control-token`, which travels the same way.
+pub fn check_control_token(token: &str) -> Result<(), UsageError> {
+    check_secret("--control-token (or BATCHSSE_CONTROL_TOKEN)", token)
+}
+
+fn check_secret(flag: &str, token: &str) -> Result<(), UsageError> {
     if token.is_empty() {
-        return Err(UsageError::new(
-            "--token (or BATCHSSE_TOKEN) is empty; give the run's secret or leave it unset",
-        ));
+        return Err(UsageError::new(format!(
+            "{flag} is empty; give the run's secret or leave it unset"
+        )));
     }
     let Some((at, c)) = token
         .chars()
@@ -50,14 +59,14 @@ pub fn check_token(token: &str) -> Result<(), UsageError> {
         _ => "a non-ASCII character",
     };
     Err(UsageError::new(format!(
-        "--token (or BATCHSSE_TOKEN) has {what} (character {}), which cannot be sent in an HTTP header; \
+        "{flag} has {what} (character {}), which cannot be sent in an HTTP header; \
          use only visible ASCII (letters, digits and punctuation, 0x21-0x7E), e.g. a token made by `openssl rand -hex 32`",
         at + 1
     )))
 }
 
 /// Compares digests so the time taken says nothing about the token.
-fn same_secret(a: &str, b: &str) -> bool {
+pub(super) fn same_secret(a: &str, b: &str) -> bool {
     let (x, y) = (Sha256::digest(a.as_bytes()), Sha256::digest(b.as_bytes()));
     x.iter()
         .zip(y.iter())

@@ -21,6 +21,7 @@ use tokio::task::JoinSet;
 
 mod auth;
 mod body;
+mod control;
 mod dashboard;
 mod direct;
 mod fanout;
@@ -32,7 +33,7 @@ use crate::error::UsageError;
 use direct::Sniffed;
 use fanout::Fanout;
 
-pub use auth::check_token;
+pub use auth::{check_control_token, check_token};
 pub use routes::RUN_ID_HEADER;
 pub use state::{Config, State};
 
@@ -97,6 +98,9 @@ async fn connection(
     mut closing: watch::Receiver<bool>,
     fanout: Fanout,
 ) {
+    let peer = tcp
+        .peer_addr()
+        .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
     // A connection that has not asked for anything yet is dropped at
     // shutdown rather than waited for.
     let sniffed = tokio::select! {
@@ -112,9 +116,16 @@ async fn connection(
     };
     let conn = builder.serve_connection(
         TokioIo::new(io),
-        service_fn(move |req| {
+        service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
             let state = state.clone();
-            async move { Ok::<_, Infallible>(body::handle(&state, req)) }
+            async move {
+                let control = req.method() == hyper::Method::POST && req.uri().path() == "/control";
+                Ok::<_, Infallible>(if control {
+                    control::handle(&state, req, peer).await
+                } else {
+                    body::handle(&state, req)
+                })
+            }
         }),
     );
     tokio::pin!(conn);

@@ -37,14 +37,8 @@ pub struct StreamStart {
 /// its `StreamStart` in the extensions. Never panics on anything a client
 /// sends.
 pub fn respond<B>(state: &Arc<State>, req: Request<B>) -> Response<Body> {
-    let mut resp = route(state, &req);
-    let headers = resp.headers_mut();
-    if let Some(origin) = &state.config.cors
-        && let Ok(v) = HeaderValue::from_str(origin)
-    {
-        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
-        headers.insert(header::VARY, HeaderValue::from_static("Origin"));
-    }
+    let mut resp = misdirected(state, req.headers()).unwrap_or_else(|| route(state, &req));
+    add_cors(state, &mut resp);
     if req.method() == Method::HEAD {
         let (parts, _) = resp.into_parts();
         return Response::from_parts(parts, Empty::new().boxed());
@@ -52,10 +46,52 @@ pub fn respond<B>(state: &Arc<State>, req: Request<B>) -> Response<Body> {
     resp
 }
 
+/// `--cors`: the one origin whose pages may read the answers.
+pub(super) fn add_cors(state: &State, resp: &mut Response<Body>) {
+    let headers = resp.headers_mut();
+    if let Some(origin) = &state.config.cors
+        && let Ok(v) = HeaderValue::from_str(origin)
+    {
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+        headers.insert(header::VARY, HeaderValue::from_static("Origin"));
+    }
+}
+
+/// Against DNS rebinding: a server on a loopback address answers only to a
+/// loopback name in `Host` (with any port: a local proxy in front keeps the
+/// name) or a name `--allow-host` lets in; anything else, such as a
+/// hostile domain that resolves to 127.0.0.1, gets `421`. A request
+/// without `Host` (HTTP/1.0 tools) passes: a browser always sends one.
+pub(super) fn misdirected(state: &State, headers: &hyper::HeaderMap) -> Option<Response<Body>> {
+    let listen = state.config.listen.filter(|a| a.ip().is_loopback())?;
+    let host = headers.get(header::HOST)?;
+    let host = host.to_str().unwrap_or("").trim().to_ascii_lowercase();
+    let name = match host.rsplit_once(':') {
+        Some((n, p)) if !n.is_empty() && !p.contains(']') => n.to_owned(),
+        _ => host.clone(),
+    };
+    let loopback = matches!(name.as_str(), "127.0.0.1" | "localhost" | "[::1]");
+    let allowed = state
+        .config
+        .allow_hosts
+        .iter()
+        .any(|a| a.eq_ignore_ascii_case(&name) || a.eq_ignore_ascii_case(&host));
+    if loopback || allowed {
+        return None;
+    }
+    Some(text(
+        StatusCode::MISDIRECTED_REQUEST,
+        &format!(
+            "this server answers only to 127.0.0.1, localhost or [::1], not {host:?} (a guard against DNS rebinding); behind a reverse proxy, start it with --allow-host NAME (port {} here)",
+            listen.port()
+        ),
+    ))
+}
+
 fn route<B>(state: &Arc<State>, req: &Request<B>) -> Response<Body> {
     let path = req.uri().path();
     let method = req.method();
-    let known = matches!(path, "/" | "/events" | "/status" | "/healthz");
+    let known = matches!(path, "/" | "/events" | "/status" | "/healthz" | "/control");
     if !known {
         return text(
             StatusCode::NOT_FOUND,
@@ -67,16 +103,26 @@ fn route<B>(state: &Arc<State>, req: &Request<B>) -> Response<Body> {
         let h = r.headers_mut();
         h.insert(
             header::ACCESS_CONTROL_ALLOW_METHODS,
-            HeaderValue::from_static("GET, HEAD, OPTIONS"),
+            HeaderValue::from_static("GET, POST, OPTIONS"),
         );
         h.insert(
             header::ACCESS_CONTROL_ALLOW_HEADERS,
-            HeaderValue::from_static("Authorization, Last-Event-ID, Cache-Control"),
+            HeaderValue::from_static("Authorization, Content-Type, Last-Event-ID"),
         );
         h.insert(
             header::ACCESS_CONTROL_MAX_AGE,
             HeaderValue::from_static("600"),
         );
+        return r;
+    }
+    if path == "/control" {
+        // POST is hyper's (see `serve::connection`); anything else ends here.
+        let mut r = text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "/control takes POST with a JSON body",
+        );
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
         return r;
     }
     if method != Method::GET && method != Method::HEAD {
@@ -112,7 +158,7 @@ fn route<B>(state: &Arc<State>, req: &Request<B>) -> Response<Body> {
     }
 }
 
-fn status(state: &State) -> Response<Body> {
+pub(super) fn status(state: &State) -> Response<Body> {
     let snap = state.log.snapshot();
     let mut v = serde_json::to_value(&snap).unwrap_or_default();
     if let serde_json::Value::Object(m) = &mut v {
@@ -203,7 +249,7 @@ fn full(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Respo
     r
 }
 
-fn text(status: StatusCode, body: &str) -> Response<Body> {
+pub(super) fn text(status: StatusCode, body: &str) -> Response<Body> {
     full(status, "text/plain; charset=utf-8", format!("{body}\n"))
 }
 
@@ -214,10 +260,10 @@ fn empty(status: StatusCode) -> Response<Body> {
 }
 
 /// The decoded query string.
-struct Query(Vec<(String, String)>);
+pub(super) struct Query(Vec<(String, String)>);
 
 impl Query {
-    fn parse(q: Option<&str>) -> Query {
+    pub(super) fn parse(q: Option<&str>) -> Query {
         Query(
             form_urlencoded::parse(q.unwrap_or("").as_bytes())
                 .into_owned()
@@ -225,7 +271,7 @@ impl Query {
         )
     }
 
-    fn get(&self, key: &str) -> Option<String> {
+    pub(super) fn get(&self, key: &str) -> Option<String> {
         self.0
             .iter()
             .find(|(k, _)| k == key)

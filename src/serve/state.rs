@@ -9,23 +9,35 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::events::log::EventLog;
+use crate::lifecycle::{Cancel, Steering};
 
 /// How the server answers, from the command line.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub token: Option<String>,
+    /// `--control-token`: `POST /control` is off without one.
+    pub control_token: Option<String>,
     pub cors: Option<String>,
     pub max_clients: usize,
     pub keep_alive: Duration,
+    /// Where the server listens, once bound: on a loopback address only
+    /// loopback names (and `allow_hosts`) may be in `Host`, against DNS
+    /// rebinding.
+    pub listen: Option<std::net::SocketAddr>,
+    /// `--allow-host`: more names `Host` may carry (a reverse proxy's).
+    pub allow_hosts: Vec<String>,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
             token: None,
+            control_token: None,
             cors: None,
             max_clients: 10_000,
             keep_alive: Duration::from_secs(15),
+            listen: None,
+            allow_hosts: Vec::new(),
         }
     }
 }
@@ -36,16 +48,33 @@ pub struct State {
     pub config: Config,
     clients: AtomicUsize,
     client_count: watch::Sender<usize>,
+    /// The run's cancel and steering, for `POST /control`; none for a
+    /// server that only shows a run.
+    pub control: Option<(Arc<Cancel>, Arc<Steering>)>,
 }
 
 impl State {
-    pub fn new(log: Arc<EventLog>, config: Config) -> Arc<State> {
+    /// A server that can steer its run (`POST /control`).
+    pub fn steered(
+        log: Arc<EventLog>,
+        config: Config,
+        cancel: Arc<Cancel>,
+        steering: Arc<Steering>,
+    ) -> Arc<State> {
         Arc::new(State {
+            control: Some((cancel, steering)),
+            ..Self::plain(log, config)
+        })
+    }
+
+    fn plain(log: Arc<EventLog>, config: Config) -> State {
+        State {
             log,
             config,
             clients: AtomicUsize::new(0),
             client_count: watch::channel(0).0,
-        })
+            control: None,
+        }
     }
 
     /// Stream clients connected now.

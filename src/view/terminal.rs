@@ -216,6 +216,7 @@ impl Renderer {
             }
             Event::Message(m) => self.say(&message_line(m)),
             Event::Throttle(t) => self.say(&throttle_line(t)),
+            Event::Control(c) => self.say(&control_line(c)),
             Event::Finished(f) => self.say(&format!("batchsse: {}", finished_line(f))),
         }
     }
@@ -260,6 +261,7 @@ impl Renderer {
                 }
                 self.say(&throttle_line(t));
             }
+            Event::Control(c) => self.say(&control_line(c)),
             Event::Message(m) => {
                 // Info messages would crowd the bars; warnings and errors stay.
                 if m.status != Level::Info {
@@ -335,6 +337,32 @@ fn throttle_line(t: &crate::events::Throttle) -> String {
         (false, _) => format!("going on ({reason})"),
     };
     format!("batchsse: {what}: {}", t.detail)
+}
+
+/// "batchsse: pause from the dashboard (127.0.0.1:50412)".
+fn control_line(c: &crate::events::Control) -> String {
+    use crate::events::{ControlAction, ControlBy};
+    let what = match c.action {
+        ControlAction::Pause => "pause (at the next chunk boundary)".to_owned(),
+        ControlAction::Resume => "resume".to_owned(),
+        ControlAction::Cancel => "cancel".to_owned(),
+        ControlAction::Set => {
+            let s = &c.settings;
+            format!(
+                "new pace: chunks of ~{} ms, nice ratio {}, sleep {} ms, batch size {}",
+                s.chunk_time_ms,
+                s.nice_ratio,
+                s.sleep_ms,
+                s.batch_size.map_or("adaptive".into(), |n| n.to_string())
+            )
+        }
+    };
+    let by = match c.by {
+        ControlBy::Http => "over HTTP",
+        ControlBy::Ctl => "from batchsse ctl",
+        ControlBy::Dashboard => "from the dashboard",
+    };
+    format!("batchsse: {what} {by} ({})", c.remote)
 }
 
 fn message_line(m: &crate::events::Message) -> String {

@@ -5,6 +5,7 @@
 mod util;
 
 mod browser;
+mod control;
 mod fanout;
 mod fuzz;
 mod govern;

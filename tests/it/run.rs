@@ -548,7 +548,8 @@ fn the_demo_prints_working_addresses_with_its_token() {
         assert!(start.elapsed() < PATIENCE, "no curl hint: {err}");
         std::thread::sleep(Duration::from_millis(5));
     };
-    let open = format!("open http://{addr}/?token=a%26b in a browser");
+    // The dashboard's address carries the demo's control token after `#`.
+    let open = format!("open http://{addr}/?token=a%26b#control=");
     assert!(hint.contains(&open), "{hint}");
     let events = format!("curl -N 'http://{addr}/events?token=a%26b'");
     assert!(hint.contains(&events), "{hint}");
@@ -610,7 +611,7 @@ fn every_connection_answers_once_so_a_page_gets_its_stream_on_a_fresh_one() {
     // the stream always comes on a fresh connection, from the fan-out writer.
     let mut tcp = std::net::TcpStream::connect(p.addr()).unwrap();
     tcp.set_read_timeout(Some(PATIENCE)).unwrap();
-    tcp.write_all(b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n")
+    tcp.write_all(b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         .unwrap();
     let mut answer = String::new();
     tcp.read_to_string(&mut answer)
@@ -639,7 +640,7 @@ fn a_stream_served_by_hyper_works_as_a_direct_one() {
     ));
     // More headers than the direct path reads (64): hyper (up to 100)
     // takes the request and streams it as a chunked body.
-    let mut req = String::from("GET /events HTTP/1.1\r\nHost: x\r\n");
+    let mut req = String::from("GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\n");
     for i in 0..70 {
         req.push_str(&format!("X-Filler-{i}: {i}\r\n"));
     }
@@ -696,7 +697,7 @@ fn idle_connections_do_not_hold_the_exit() {
     let _silent = std::net::TcpStream::connect(p.addr()).unwrap();
     let mut kept = std::net::TcpStream::connect(p.addr()).unwrap();
     use std::io::Write;
-    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         .unwrap();
     let events = Stream::open(p.addr(), "/events", &[]).rest();
     assert_eq!(events.last().unwrap().event, "finished");
@@ -762,7 +763,7 @@ fn every_stream_answer_names_the_run_and_a_resume_from_another_run_gets_all_of_t
 
     // So does a stream served by hyper (more headers than the direct path reads).
     let mut req = String::from(
-        "GET /events HTTP/1.1\r\nHost: x\r\nLast-Event-ID: 3\r\nX-Batchsse-Run-Id: other\r\n",
+        "GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\nLast-Event-ID: 3\r\nX-Batchsse-Run-Id: other\r\n",
     );
     for i in 0..70 {
         req.push_str(&format!("X-Filler-{i}: {i}\r\n"));

@@ -1,0 +1,178 @@
+//! `batchsse ctl URL pause|resume|cancel|set …`: one `POST /control` to a
+//! running batch, with the control token, then one line saying where the
+//! run stands (`--json`: its `/status`). Exit 0 done, 2 refused (the
+//! server's reason), 3 unreachable.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{self, HeaderValue};
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+
+use crate::cli::{CtlAction, CtlArgs};
+use crate::error::{Unreachable, UsageError};
+use crate::human::thousands;
+use crate::view::follow::Target;
+
+/// How long to wait for the run to answer.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+pub fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
+    let body = command(&args.action)?;
+    let token = args.control_token.as_deref().ok_or_else(|| {
+        UsageError::new(
+            "give the run's control token with --control-token T (or BATCHSSE_CONTROL_TOKEN)",
+        )
+    })?;
+    crate::serve::check_control_token(token)?;
+    let mut target = Target::parse(&args.url, None)?;
+    target.auth = HeaderValue::from_str(&format!("Bearer {token}")).ok();
+    let path = target
+        .status
+        .split('?')
+        .next()
+        .and_then(|p| p.strip_suffix("status"))
+        .map(|p| format!("{p}control"))
+        .unwrap_or_else(|| "/control".into());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (status, text) = rt.block_on(post(&target, &path, body))?;
+    if status != StatusCode::OK {
+        return Err(UsageError::new(format!(
+            "{} refused the command ({}): {}",
+            target.authority,
+            status.as_u16(),
+            text.trim()
+        ))
+        .into());
+    }
+    let v: Value = serde_json::from_str(&text).map_err(|_| {
+        Unreachable(format!(
+            "{} did not answer as a batchsse run",
+            target.authority
+        ))
+    })?;
+    if args.json {
+        println!("{v}");
+    } else {
+        println!("batchsse: {}", one_line(&v));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The body for an action.
+fn command(action: &CtlAction) -> Result<Value, UsageError> {
+    Ok(match action {
+        CtlAction::Pause => json!({"pause": true}),
+        CtlAction::Resume => json!({"pause": false}),
+        CtlAction::Cancel => json!({"cancel": true}),
+        CtlAction::Set(s) => {
+            let mut v = serde_json::Map::new();
+            if let Some(ms) = s.chunk_time {
+                v.insert("chunk_time_ms".into(), ms.into());
+            }
+            if let Some(r) = s.nice_ratio {
+                v.insert("nice_ratio".into(), r.into());
+            }
+            if let Some(ms) = s.sleep {
+                v.insert("sleep_ms".into(), ms.into());
+            }
+            match s.batch_size.as_deref() {
+                None => {}
+                Some("auto") => {
+                    v.insert("batch_size".into(), Value::Null);
+                }
+                Some(n) => {
+                    let n: u64 = n.parse().map_err(|_| {
+                        UsageError::new(format!(
+                            "--batch-size takes a number of rows or `auto`; got {n:?}"
+                        ))
+                    })?;
+                    v.insert("batch_size".into(), n.into());
+                }
+            }
+            if v.is_empty() {
+                return Err(UsageError::new(
+                    "set needs at least one of --chunk-time, --nice-ratio, --sleep, --batch-size",
+                ));
+            }
+            Value::Object(v)
+        }
+    })
+}
+
+/// Sends the command; the answer's status and body.
+async fn post(target: &Target, path: &str, body: Value) -> anyhow::Result<(StatusCode, String)> {
+    let unreachable = |why: String| {
+        Unreachable(format!(
+            "cannot reach a run at {} ({why}); is it running, and is this its address?",
+            target.authority
+        ))
+    };
+    let exchange = async {
+        let tcp = TcpStream::connect((target.host.as_str(), target.port))
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        tokio::spawn(conn);
+        let mut req = Request::post(path)
+            .header(header::HOST, &target.authority)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("x-batchsse-client", "ctl");
+        if let Some(auth) = &target.auth {
+            req = req.header(header::AUTHORIZATION, auth.clone());
+        }
+        let req = req.body(Full::new(Bytes::from(body.to_string())))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| unreachable(e.to_string()))?
+            .to_bytes();
+        Ok::<_, anyhow::Error>((status, String::from_utf8_lossy(&bytes).into_owned()))
+    };
+    tokio::time::timeout(PATIENCE, exchange)
+        .await
+        .map_err(|_| unreachable("no answer in 10 s".into()))?
+}
+
+/// "paused, step 1/3, 4,000/10,000 rows; pace: chunks ~250 ms, nice ratio 0, sleep 100 ms".
+fn one_line(v: &Value) -> String {
+    let state = if v["paused"] == true {
+        "paused (from the next chunk boundary)".to_owned()
+    } else if let Some(why) = v["throttled"].as_str() {
+        format!("throttled ({why})")
+    } else {
+        v["state"].as_str().unwrap_or("running").to_owned()
+    };
+    let n = |k: &str| v[k].as_u64().unwrap_or(0);
+    let step = v["step"]
+        .as_u64()
+        .map(|i| format!(", step {}/{}", i + 1, n("steps_total")))
+        .unwrap_or_default();
+    let s = &v["settings"];
+    let batch = s["batch_size"]
+        .as_u64()
+        .map_or("adaptive".into(), thousands);
+    format!(
+        "{state}{step}, {}/{} rows; pace: chunks ~{} ms, nice ratio {}, sleep {} ms, batch size {batch}",
+        thousands(n("done")),
+        thousands(n("total")),
+        s["chunk_time_ms"],
+        s["nice_ratio"],
+        s["sleep_ms"],
+    )
+}

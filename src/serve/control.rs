@@ -1,0 +1,264 @@
+//! `POST /control`: live commands for the run — pause, resume, cancel, a
+//! new pace. Off without `--control-token`; the token only in
+//! `Authorization: Bearer`; a JSON body of at most 4 KiB; refused once the
+//! run has finished. Each accepted command becomes a `control` event, and
+//! the answer is the new `/status`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http_body_util::{BodyExt, Limited};
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use serde_json::Value;
+
+use super::auth::same_secret;
+use super::routes::{self, Body, Query};
+use super::state::State;
+use crate::events::{Control, ControlAction, ControlBy, Event};
+use crate::lifecycle::PacePatch;
+
+/// The largest body accepted.
+const MAX_BODY: usize = 4096;
+
+/// A refusal: its status and what to do about it.
+type Refusal = (StatusCode, String);
+
+/// Answers `POST /control` (the routing checks before this one, the host
+/// and CORS, are `routes`').
+pub async fn handle(
+    state: &Arc<State>,
+    req: Request<hyper::body::Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    if let Some(mut r) = routes::misdirected(state, &parts.headers) {
+        routes::add_cors(state, &mut r);
+        return r;
+    }
+    let answer = match admit(state, &parts.headers, parts.uri.query()) {
+        Err(r) => Err(r),
+        Ok(()) => match Limited::new(body, MAX_BODY).collect().await {
+            Ok(b) => command(state, &parts.headers, &b.to_bytes(), peer),
+            Err(_) => Err((
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body is over {MAX_BODY} bytes; send one small JSON object"),
+            )),
+        },
+    };
+    let mut r = match answer {
+        Ok(()) => routes::status(state),
+        Err((code, why)) => {
+            let mut r = routes::text(code, &why);
+            if code == StatusCode::UNAUTHORIZED {
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"batchsse control\""),
+                );
+            }
+            r
+        }
+    };
+    routes::add_cors(state, &mut r);
+    r
+}
+
+/// Everything that needs no body: control on, the token, the type, the size.
+fn admit(state: &State, headers: &HeaderMap, query: Option<&str>) -> Result<(), Refusal> {
+    let Some(token) = &state.config.control_token else {
+        return Err((
+            StatusCode::FORBIDDEN,
+            "live control is off; start the run with --control-token T (or BATCHSSE_CONTROL_TOKEN) to steer it".into(),
+        ));
+    };
+    let q = Query::parse(query);
+    if q.get("token").is_some() || q.get("control_token").is_some() {
+        return Err((
+            StatusCode::UNAUTHORIZED,
+            "the control token is taken only as 'Authorization: Bearer T', never in the URL (where logs and history keep it)".into(),
+        ));
+    }
+    let sent = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().strip_prefix("Bearer "))
+        .map(str::trim);
+    if !sent.is_some_and(|s| same_secret(s, token)) {
+        return Err((
+            StatusCode::UNAUTHORIZED,
+            "a control token is required: send 'Authorization: Bearer T' with the run's --control-token".into(),
+        ));
+    }
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return Err((
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send the command as 'Content-Type: application/json'".into(),
+        ));
+    }
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if length.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err((
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is over {MAX_BODY} bytes; send one small JSON object"),
+        ));
+    }
+    Ok(())
+}
+
+/// What a body asks for.
+#[derive(Debug, Default, PartialEq)]
+struct Command {
+    pause: Option<bool>,
+    cancel: bool,
+    pace: PacePatch,
+}
+
+/// Checks the body, carries the command out and logs it.
+fn command(
+    state: &State,
+    headers: &HeaderMap,
+    body: &[u8],
+    peer: SocketAddr,
+) -> Result<(), Refusal> {
+    let cmd = parse(body).map_err(|why| (StatusCode::BAD_REQUEST, why))?;
+    if state.log.finished_id().is_some() {
+        return Err((
+            StatusCode::CONFLICT,
+            "the run has finished; there is nothing left to steer".into(),
+        ));
+    }
+    let Some((cancel, steering)) = &state.control else {
+        return Err((
+            StatusCode::FORBIDDEN,
+            "this server shows a run but cannot steer it".into(),
+        ));
+    };
+    let action = if cmd.cancel {
+        ControlAction::Cancel
+    } else {
+        match cmd.pause {
+            Some(true) => ControlAction::Pause,
+            Some(false) => ControlAction::Resume,
+            None => ControlAction::Set,
+        }
+    };
+    let settings = cmd.pace.apply(state.log.snapshot().settings);
+    steering.change_pace(cmd.pace);
+    if let Some(p) = cmd.pause {
+        steering.set_paused(p);
+    }
+    // Logged before the cancel, so `control` comes before the run's end.
+    state.log.push(Event::Control(Control {
+        action,
+        by: client(headers),
+        remote: peer.to_string(),
+        settings,
+    }));
+    if cmd.cancel {
+        cancel.cancel();
+    }
+    Ok(())
+}
+
+/// `X-Batchsse-Client: ctl|dashboard` says who sent it; anything else is
+/// plain HTTP.
+fn client(headers: &HeaderMap) -> ControlBy {
+    match headers
+        .get("x-batchsse-client")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some("ctl") => ControlBy::Ctl,
+        Some("dashboard") => ControlBy::Dashboard,
+        _ => ControlBy::Http,
+    }
+}
+
+/// The body as a command, or why not (naming the field).
+fn parse(body: &[u8]) -> Result<Command, String> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| format!("the body is not JSON ({e}); send e.g. {{\"pause\": true}}"))?;
+    let Value::Object(map) = v else {
+        return Err("the body must be a JSON object, e.g. {\"pause\": true}".into());
+    };
+    let mut cmd = Command::default();
+    for (key, value) in &map {
+        field(&mut cmd, key, value)?;
+    }
+    if map.is_empty() {
+        return Err("the object is empty; give pause, cancel, chunk_time_ms, nice_ratio, sleep_ms or batch_size".into());
+    }
+    Ok(cmd)
+}
+
+fn field(cmd: &mut Command, key: &str, value: &Value) -> Result<(), String> {
+    match key {
+        "pause" => cmd.pause = Some(value.as_bool().ok_or("pause must be true or false")?),
+        "cancel" => {
+            if value != &Value::Bool(true) {
+                return Err("cancel must be true (there is no undoing a cancel)".into());
+            }
+            cmd.cancel = true;
+        }
+        "chunk_time_ms" => cmd.pace.chunk_time_ms = Some(int(key, value, 1, 600_000)?),
+        "sleep_ms" => cmd.pace.sleep_ms = Some(int(key, value, 0, 600_000)?),
+        "batch_size" => {
+            cmd.pace.batch_size = Some(match value {
+                Value::Null => None,
+                v => Some(int(key, v, 1, 10_000_000)?),
+            });
+        }
+        "nice_ratio" => {
+            let r = value
+                .as_f64()
+                .filter(|r| (0.0..=100.0).contains(r))
+                .ok_or("nice_ratio must be a number from 0 to 100")?;
+            cmd.pace.nice_ratio = Some(r);
+        }
+        other => {
+            return Err(format!(
+                "unknown field {other:?}; the fields are pause, cancel, chunk_time_ms, nice_ratio, sleep_ms and batch_size"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn int(key: &str, value: &Value, lo: u64, hi: u64) -> Result<u64, String> {
+    value
+        .as_u64()
+        .filter(|n| (lo..=hi).contains(n))
+        .ok_or_else(|| format!("{key} must be a whole number from {lo} to {hi}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_are_read_field_by_field_and_refusals_name_the_field() {
+        let ok = parse(br#"{"pause": true, "chunk_time_ms": 50, "batch_size": null}"#).unwrap();
+        assert_eq!(ok.pause, Some(true));
+        assert_eq!(ok.pace.chunk_time_ms, Some(50));
+        assert_eq!(ok.pace.batch_size, Some(None), "null: adapt again");
+        let bad = |body: &str| parse(body.as_bytes()).unwrap_err();
+        assert!(bad(r#"{"chunk_time_ms": 0}"#).contains("chunk_time_ms"));
+        assert!(bad(r#"{"chunk_time_ms": 600001}"#).contains("chunk_time_ms"));
+        assert!(bad(r#"{"nice_ratio": 101}"#).contains("nice_ratio"));
+        assert!(bad(r#"{"nice_ratio": "1"}"#).contains("nice_ratio"));
+        assert!(bad(r#"{"sleep_ms": -1}"#).contains("sleep_ms"));
+        assert!(bad(r#"{"batch_size": 0}"#).contains("batch_size"));
+        assert!(bad(r#"{"cancel": false}"#).contains("cancel"));
+        assert!(bad(r#"{"speed": 2}"#).contains("\"speed\""));
+        assert!(bad("{}").contains("empty"));
+        assert!(bad("[1]").contains("object"));
+        assert!(bad("pause").contains("not JSON"));
+    }
+}

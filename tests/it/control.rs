@@ -1,0 +1,394 @@
+//! Live control: `POST /control` and `batchsse ctl` pause, resume, re-pace
+//! and cancel a run; every refusal is exact and leaves the run alone; a
+//! server on loopback answers only to loopback names (DNS rebinding).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+use crate::util::*;
+
+const TOKEN: &str = "c0ntrol";
+
+/// Sends a raw request and returns the status and the body.
+fn send(addr: SocketAddr, head: &str, body: &[u8]) -> (u16, String) {
+    let mut tcp = TcpStream::connect(addr).expect("connect");
+    tcp.set_read_timeout(Some(PATIENCE)).unwrap();
+    let req = format!(
+        "{head}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    tcp.write_all(req.as_bytes()).expect("head");
+    let _ = tcp.write_all(body);
+    let mut answer = String::new();
+    let _ = tcp.read_to_string(&mut answer);
+    let code = answer
+        .get(9..12)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {answer:?}"));
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (code, body)
+}
+
+/// `POST /control` with the given extra header lines and JSON body.
+fn post(addr: SocketAddr, headers: &str, body: &str) -> (u16, String) {
+    send(
+        addr,
+        &format!("POST /control HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}"),
+        body.as_bytes(),
+    )
+}
+
+fn authed(addr: SocketAddr, body: &str) -> (u16, String) {
+    post(
+        addr,
+        &format!("Authorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\n"),
+        body,
+    )
+}
+
+/// A run held at the gate (nothing written yet) until a stream client comes.
+fn held(extra: &[&str]) -> (TempDb, Proc) {
+    let db = TempDb::counters(500);
+    let plan = db.file("plan.json", &counter_plan("steer", 50));
+    let mut flags = words("--wait-for-clients 1 --batch-size 50 --sleep 20");
+    flags.extend_from_slice(extra);
+    let p = serving(&db, path_str(&plan), &flags);
+    (db, p)
+}
+
+#[test]
+fn every_refusal_is_exact_and_leaves_the_database_and_the_run_alone() {
+    let (db, mut p) = held(&["--control-token", TOKEN]);
+    let before = db.bytes();
+    let addr = p.addr();
+    let json = "Content-Type: application/json\r\n";
+    let auth = format!("Authorization: Bearer {TOKEN}\r\n");
+    let cases: Vec<(String, String, u16, &str)> = vec![
+        (
+            json.into(),
+            r#"{"pause":true}"#.into(),
+            401,
+            "control token is required",
+        ),
+        (
+            format!("Authorization: Bearer wrong\r\n{json}"),
+            r#"{"pause":true}"#.into(),
+            401,
+            "control token is required",
+        ),
+        (
+            format!("{auth}Content-Type: text/plain\r\n"),
+            r#"{"pause":true}"#.into(),
+            415,
+            "application/json",
+        ),
+        (
+            auth.clone(),
+            r#"{"pause":true}"#.into(),
+            415,
+            "application/json",
+        ),
+        (
+            format!("{auth}{json}"),
+            format!("{{\"pad\":\"{}\"}}", "x".repeat(5000)),
+            413,
+            "4096",
+        ),
+        (
+            format!("{auth}{json}"),
+            r#"{"speed":2}"#.into(),
+            400,
+            "\"speed\"",
+        ),
+        (
+            format!("{auth}{json}"),
+            r#"{"chunk_time_ms":0}"#.into(),
+            400,
+            "chunk_time_ms",
+        ),
+        (
+            format!("{auth}{json}"),
+            r#"{"nice_ratio":101}"#.into(),
+            400,
+            "nice_ratio",
+        ),
+        (
+            format!("{auth}{json}"),
+            r#"{"batch_size":0}"#.into(),
+            400,
+            "batch_size",
+        ),
+        (format!("{auth}{json}"), "pause".into(), 400, "not JSON"),
+    ];
+    for (headers, body, code, says) in &cases {
+        let (got, text) = post(addr, headers, body);
+        assert_eq!(got, *code, "{headers:?} {body:.40}: {text}");
+        assert!(text.contains(says), "{code}: {text}");
+    }
+    // The token only in the header: never in the URL, even beside it.
+    for path in [
+        format!("/control?token={TOKEN}"),
+        format!("/control?control_token={TOKEN}"),
+    ] {
+        let (got, text) = send(
+            addr,
+            &format!("POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}{json}"),
+            br#"{"pause":true}"#,
+        );
+        assert_eq!(got, 401, "{path}: {text}");
+        assert!(text.contains("never in the URL"), "{text}");
+    }
+    let status = get(addr, "/status", &[]).json();
+    assert_eq!(
+        (status["paused"].as_bool(), status["last_event_id"].as_u64()),
+        (Some(false), Some(2)),
+        "nothing accepted, nothing logged: {status}"
+    );
+    assert_eq!(db.bytes(), before, "the database untouched");
+    let events = Stream::open(addr, "/events", &[]).rest();
+    assert!(events.iter().all(|e| e.event != "control"));
+    assert_eq!(data(events.last().unwrap())["status"], "ok");
+    assert_eq!(
+        p.wait().code(),
+        Some(0),
+        "the run went on as if nothing happened"
+    );
+    assert_eq!(db.counter_spread(), (500, 0));
+}
+
+#[test]
+fn control_is_off_without_a_token_and_closed_after_finished() {
+    let (_db, p) = held(&[]);
+    let (code, text) = authed(p.addr(), r#"{"pause":true}"#);
+    assert_eq!(code, 403, "{text}");
+    assert!(text.contains("--control-token"), "{text}");
+    drop(p);
+    let (db, mut p) = held(&["--control-token", TOKEN, "--linger", "10"]);
+    let _ = Stream::open(p.addr(), "/events", &[]).rest();
+    let (code, text) = authed(p.addr(), r#"{"pause":true}"#);
+    assert_eq!(code, 409, "{text}");
+    assert!(text.contains("finished"), "{text}");
+    let (code, _) = send(
+        p.addr(),
+        "GET /control HTTP/1.1\r\nHost: 127.0.0.1\r\n",
+        b"",
+    );
+    assert_eq!(code, 405);
+    p.signal("TERM");
+    let _ = p.wait();
+    assert_eq!(db.counter_spread(), (500, 0));
+}
+
+#[test]
+fn pause_holds_no_lock_resume_goes_on_and_each_command_is_an_event() {
+    let (db, mut p) = held(&["--control-token", TOKEN]);
+    let mut s = Stream::open(p.addr(), "/events", &[]);
+    s.until("progress");
+    let (code, status) = authed(p.addr(), r#"{"pause":true}"#);
+    assert_eq!(code, 200, "{status}");
+    let status: serde_json::Value = serde_json::from_str(&status).expect("status JSON");
+    assert_eq!(status["paused"], true);
+    let control = s.until("control");
+    assert_eq!(data(&control)["action"], "pause");
+    assert_eq!(data(&control)["by"], "http");
+    assert!(
+        data(&control)["remote"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
+    let wait = s.until("throttle");
+    assert_eq!(
+        (data(&wait)["active"].clone(), data(&wait)["reason"].clone()),
+        (true.into(), "paused".into())
+    );
+    // Paused between chunks: another connection writes at once.
+    let c = Connection::open(&db.path).unwrap();
+    c.busy_timeout(Duration::ZERO).unwrap();
+    c.execute_batch("BEGIN IMMEDIATE; UPDATE t SET counter = counter WHERE id = 1; COMMIT")
+        .expect("no lock is held while paused");
+    let done = get(p.addr(), "/status", &[]).json()["done"]
+        .as_u64()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        get(p.addr(), "/status", &[]).json()["done"].as_u64(),
+        Some(done)
+    );
+    let (code, _) = authed(p.addr(), r#"{"pause":false,"sleep_ms":0,"batch_size":100}"#);
+    assert_eq!(code, 200);
+    let resumed = s.until("control");
+    assert_eq!(data(&resumed)["action"], "resume");
+    assert_eq!(data(&resumed)["settings"]["batch_size"], 100);
+    assert_eq!(data(&resumed)["settings"]["sleep_ms"], 0);
+    let rest = s.rest();
+    assert_eq!(data(rest.last().unwrap())["status"], "ok");
+    // The new size took effect: the chunks after the resume are of 100.
+    let sizes: Vec<u64> = rest
+        .iter()
+        .filter(|e| e.event == "progress")
+        .map(|e| data(e)["done"].as_u64().unwrap())
+        .collect();
+    assert!(
+        sizes.windows(2).any(|w| w[1] - w[0] == 100),
+        "chunks of 100 after the change: {sizes:?}"
+    );
+    assert_eq!(p.wait().code(), Some(0));
+    assert_eq!(db.counter_spread(), (500, 0), "every row once");
+}
+
+#[test]
+fn ctl_pauses_re_paces_and_cancels_a_live_run_and_says_why_it_cannot() {
+    let (db, mut p) = held(&["--control-token", TOKEN]);
+    let base = format!("http://{}/", p.addr());
+    let mut s = Stream::open(p.addr(), "/events", &[]);
+    s.until("progress");
+    let ctl = |args: &str| run(&[&["ctl", &base][..], &words(args)[..]].concat());
+    let (code, out, err) = ctl(&format!("pause --control-token {TOKEN}"));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("batchsse: paused"), "{out}");
+    assert_eq!(data(&s.until("control"))["by"], "ctl");
+    let (code, out, err) = ctl(&format!(
+        "set --chunk-time 40 --batch-size auto --control-token {TOKEN} --json"
+    ));
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("--json is the status");
+    assert_eq!(v["settings"]["chunk_time_ms"], 40);
+    assert_eq!(v["settings"]["batch_size"], serde_json::Value::Null);
+    let (code, _, err) = ctl("resume --control-token nope");
+    assert_eq!(code, 2, "a wrong token is refused: {err}");
+    assert!(err.contains("401"), "{err}");
+    let (code, _, err) = ctl("resume");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--control-token"), "{err}");
+    // Cancel while paused: Ctrl-C's path, exit 130.
+    let (code, _, err) = ctl(&format!("cancel --control-token {TOKEN}"));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(p.wait_for(Duration::from_secs(10)).code(), Some(130));
+    let rest = s.rest();
+    assert_eq!(data(rest.last().unwrap())["status"], "cancelled");
+    let (done, _) = db.counter_spread();
+    assert!(done > 0 && done < 500, "committed chunks kept: {done}");
+    // The run is gone: unreachable.
+    let (code, _, err) = ctl(&format!("resume --control-token {TOKEN}"));
+    assert_eq!(code, 3, "{err}");
+}
+
+#[test]
+fn ctl_against_a_finished_run_is_refused_with_its_reason() {
+    let (_db, mut p) = held(&["--control-token", TOKEN, "--linger", "10"]);
+    let _ = Stream::open(p.addr(), "/events", &[]).rest();
+    let base = format!("http://{}/", p.addr());
+    let (code, _, err) = run(&["ctl", &base, "pause", "--control-token", TOKEN]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("409") && err.contains("finished"), "{err}");
+    p.signal("TERM");
+    let _ = p.wait();
+}
+
+#[test]
+fn a_command_racing_the_end_of_the_run_never_hangs_it_or_leaves_a_transaction_open() {
+    // One slow chunk, which is the last: commands sent while it runs find
+    // no chunk boundary left, and the run ends as usual.
+    let db = TempDb::counters(20000);
+    db.conn()
+        .execute_batch(
+            "CREATE TABLE spin(n INTEGER);
+             INSERT INTO spin WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < 400) SELECT i FROM s;",
+        )
+        .unwrap();
+    let plan = db.file(
+        "plan.json",
+        &serde_json::json!({"name": "race", "steps": [{
+            "sql": "UPDATE t SET counter = counter + 1 + (SELECT 0 * count(*) FROM spin WHERE n > t.id % 2) WHERE id BETWEEN :lo AND :hi",
+            "chunk": {"table": "t", "key": "id"}
+        }]})
+        .to_string(),
+    );
+    let mut p = serving(
+        &db,
+        path_str(&plan),
+        &[
+            "--batch-size",
+            "20000",
+            "--control-token",
+            TOKEN,
+            "--wait-for-clients",
+            "1",
+        ],
+    );
+    let addr = p.addr();
+    let mut s = Stream::open(addr, "/events", &[]);
+    wait_status(addr, |v| v["state"] == "running");
+    let mut answers = Vec::new();
+    for body in [
+        r#"{"pause":true}"#,
+        r#"{"chunk_time_ms":5}"#,
+        r#"{"pause":false}"#,
+    ]
+    .iter()
+    .cycle()
+    .take(60)
+    {
+        if p.child.try_wait().expect("try_wait").is_some() || TcpStream::connect(addr).is_err() {
+            break;
+        }
+        answers.push(authed(addr, body).0);
+    }
+    let _ = s.rest();
+    assert_eq!(p.wait_for(Duration::from_secs(20)).code(), Some(0));
+    assert!(!answers.is_empty());
+    assert!(
+        answers.iter().all(|c| *c == 200 || *c == 409),
+        "{answers:?}"
+    );
+    assert_eq!(db.counter_spread(), (20000, 0));
+    let c = Connection::open(&db.path).unwrap();
+    c.busy_timeout(Duration::ZERO).unwrap();
+    c.execute_batch("BEGIN IMMEDIATE; COMMIT")
+        .expect("no transaction left open");
+}
+
+#[test]
+fn a_hostile_host_gets_421_on_every_route_unless_allowed() {
+    let (_db, p) = held(&["--control-token", TOKEN, "--allow-host", "batch.internal"]);
+    let addr = p.addr();
+    for route in ["/", "/events", "/status", "/healthz", "/control", "/nope"] {
+        let (code, text) = send(
+            addr,
+            &format!(
+                "GET {route} HTTP/1.1\r\nHost: evil.example:{}\r\n",
+                addr.port()
+            ),
+            b"",
+        );
+        assert_eq!(code, 421, "{route}: {text}");
+        assert!(text.contains("--allow-host"), "{text}");
+    }
+    let (code, _) = send(
+        addr,
+        "POST /control HTTP/1.1\r\nHost: evil.example\r\nContent-Type: application/json\r\n",
+        br#"{"cancel":true}"#,
+    );
+    assert_eq!(code, 421, "a rebound page cannot steer the run");
+    for host in [
+        "localhost",
+        "127.0.0.1:9",
+        "[::1]:7077",
+        "batch.internal",
+        "BATCH.internal:443",
+    ] {
+        let (code, text) = send(
+            addr,
+            &format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\n"),
+            b"",
+        );
+        assert_eq!(code, 200, "{host}: {text}");
+    }
+}
