@@ -23,14 +23,16 @@
 //! - `run`: the runner: steps, the chunk walk (`chunk`), the transaction
 //!   guard (`tx`), the checkpoint (`checkpoint`), opening the file (`db`).
 //! - `events`: the typed events (`event`), the append-only log every
-//!   reader follows (`log`), and SSE framing (`sse`).
+//!   reader follows (`log`), SSE framing (`sse`), and the events' JSON
+//!   Schema (`schema`).
 //! - `serve`: the HTTP server: shared state (`state`), routes (`routes`),
 //!   the direct `/events` path (`direct`) and its one writer task
 //!   (`fanout`), the dashboard page (`dashboard`).
 //! - `view`: the terminal (`terminal`) and `batchsse watch` (`follow`).
 //! - `lifecycle`: signals, cancel, the wait-for-clients gate, linger and
 //!   drain, in the order a run goes through them.
-//! - `app`: the commands, wiring the parts together (`run`, `demo`).
+//! - `app`: the commands, wiring the parts together (`run`, `demo`,
+//!   `checkpoint`, and `docs` for completions, man page and event schema).
 //! - `human`, [`error`]: number and duration wording; exit codes and the
 //!   errors that choose them.
 //!
@@ -59,5 +61,9 @@ pub fn execute(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Run(args) => app::run(args),
         cli::Command::Demo(args) => demo::run(args),
         cli::Command::Watch(args) => view::follow::run(args),
+        cli::Command::Checkpoint(args) => app::checkpoint::run(args),
+        cli::Command::Completions(args) => app::docs::completions(args),
+        cli::Command::Man => app::docs::man(),
+        cli::Command::Schema => app::docs::schema(),
     }
 }

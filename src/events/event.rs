@@ -1,24 +1,25 @@
 //! The typed events a run emits, and their JSON payloads: the one place the
 //! event protocol's names and fields are spelled out.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct StepInfo {
     pub index: usize,
     pub name: String,
     pub kind: StepKind,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum StepKind {
     Sql,
     Chunked,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum StepState {
     Running,
@@ -27,7 +28,7 @@ pub enum StepState {
     Skipped,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
     Info,
@@ -46,7 +47,7 @@ pub enum RunState {
     Finished,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RunStatus {
     Ok,
@@ -65,8 +66,19 @@ impl RunStatus {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The version of the event protocol a `start` event announces; raised
+/// only when a change could break a client (a field renamed, removed or
+/// given another meaning), never for an added field.
+pub const PROTOCOL: u32 = 1;
+
+/// `start`: once, first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Start {
+    /// The event protocol's version, 1: raised only for a change that could
+    /// break a client. Servers older than the field send none (read as 0).
+    #[serde(default)]
+    #[schemars(extend("const" = 1))]
+    pub protocol: u32,
     pub run_id: String,
     pub plan: String,
     pub db: String,
@@ -79,7 +91,7 @@ pub struct Start {
 }
 
 /// The pace in force: what the governor gives each chunk.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Settings {
     /// Target time one chunk holds the write lock.
     pub chunk_time_ms: u64,
@@ -92,7 +104,7 @@ pub struct Settings {
 }
 
 /// Why a run is waiting between chunks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ThrottleReason {
     /// Paused by a live command.
@@ -106,7 +118,7 @@ pub enum ThrottleReason {
 }
 
 /// The run starts (`active`) or stops waiting.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Throttle {
     pub active: bool,
     pub reason: ThrottleReason,
@@ -115,7 +127,8 @@ pub struct Throttle {
     pub step: Option<usize>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `step`: a step changes state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct StepEvent {
     pub index: usize,
     pub name: String,
@@ -144,7 +157,8 @@ impl Finished {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `progress`: after each chunk.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Progress {
     pub step: usize,
     pub name: String,
@@ -157,14 +171,16 @@ pub struct Progress {
     pub elapsed_ms: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `message`: a log line (sent without an SSE `event:` line).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Message {
     pub target: Value,
     pub status: Level,
     pub message: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `finished`: once, last.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Finished {
     pub status: RunStatus,
     pub steps_done: usize,
