@@ -270,3 +270,28 @@ pub fn now_ms() -> u64 {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_start_from_before_the_protocol_field_still_reads_as_protocol_0() {
+        let old = r#"{"run_id":"r","plan":"p","db":"d.sqlite","steps":[],"dry_run":false,"resumed":false,"ts_ms":1}"#;
+        match Event::from_json("start", old).expect("an old start reads") {
+            Event::Start(s) => assert_eq!((s.protocol, s.plan.as_str()), (0, "p")),
+            other => panic!("{other:?}"),
+        }
+        let new = Event::Start(Start {
+            protocol: PROTOCOL,
+            run_id: "r".into(),
+            plan: "p".into(),
+            db: "d".into(),
+            steps: vec![],
+            dry_run: false,
+            resumed: false,
+            settings: Settings::default(),
+        });
+        assert_eq!(new.to_json(5)["protocol"], 1);
+    }
+}

@@ -380,3 +380,223 @@ fn checkpoint_on_a_missing_or_bad_database_is_a_usage_error_that_creates_nothing
     assert_eq!(code, 2);
     assert!(err.contains("cannot be used with"), "{err}");
 }
+
+// --- schema ----------------------------------------------------------------
+
+/// `batchsse schema`, compiled by an independent validator.
+fn validator() -> jsonschema::Validator {
+    let (code, out, err) = run(&["schema"]);
+    assert_eq!(code, 0, "{err}");
+    let schema: Value = serde_json::from_str(&out).expect("the schema is JSON");
+    assert_eq!(
+        schema["$schema"],
+        "https://json-schema.org/draft/2020-12/schema"
+    );
+    assert!(
+        jsonschema::meta::is_valid(&schema),
+        "not a valid JSON Schema"
+    );
+    jsonschema::draft202012::new(&schema).expect("the schema compiles")
+}
+
+fn assert_valid(v: &jsonschema::Validator, line: &Value) {
+    let errors: Vec<String> = v
+        .iter_errors(line)
+        .map(|e| format!("{e} at {}", e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{line}\ndoes not validate:\n{}",
+        errors.join("\n")
+    );
+}
+
+/// A run with the server on and `--progress json`: `during` acts on its
+/// stream before it ends; returns the exit code and its JSON lines.
+fn served_json_run(
+    db: &TempDb,
+    plan: &str,
+    extra: &[&str],
+    during: impl FnOnce(&mut Proc, &mut Stream),
+) -> (i32, Vec<Value>) {
+    let mut args = run_args(
+        db,
+        plan,
+        &words("--listen 127.0.0.1:0 --progress json --wait-for-clients 1"),
+    );
+    args.extend_from_slice(extra);
+    let mut p = Proc::start(&args);
+    let mut s = Stream::open(p.addr(), "/events", &[]);
+    during(&mut p, &mut s);
+    let code = p.wait().code().unwrap_or(-1);
+    (code, json_lines(&p.stdout()))
+}
+
+/// Every kind of run there is, each to its end: (what, exit code, lines).
+fn every_kind_of_run() -> Vec<(&'static str, i32, Vec<Value>)> {
+    let mut runs = Vec::new();
+    let db = TempDb::counters(100);
+    let ok = db.file("ok.json", &counter_plan("ok", 10));
+    let quiet = |extra: &'static str| {
+        let mut w = words("--no-serve --progress json --batch-size 10");
+        w.extend(words(extra));
+        w
+    };
+    let (code, out, _) = run(&run_args(&db, path_str(&ok), &quiet("--dry-run")));
+    runs.push(("dry run", code, json_lines(&out)));
+    let (code, out, _) = run(&run_args(&db, path_str(&ok), &quiet("")));
+    runs.push(("ok", code, json_lines(&out)));
+    let (code, out, _) = run(&run_args(&db, path_str(&ok), &quiet("")));
+    runs.push(("already applied", code, json_lines(&out)));
+
+    let failing = db.file(
+        "fails.json",
+        &json!({"name": "fails", "steps": [
+            {"name": "bump until 60", "sql": "UPDATE t SET counter = counter + CASE WHEN id >= 60 THEN NULL ELSE 1 END WHERE id BETWEEN :lo AND :hi",
+             "chunk": {"table": "t", "key": "id", "size": 10}}]})
+        .to_string(),
+    );
+    let (code, out, _) = run(&run_args(&db, path_str(&failing), &quiet("")));
+    runs.push(("failed", code, json_lines(&out)));
+    let (code, out, _) = run(&run_args(&db, path_str(&failing), &quiet("")));
+    runs.push(("resumed, failed again", code, json_lines(&out)));
+
+    let nulls = TempDb::with_sql(
+        "CREATE TABLE u(id INTEGER PRIMARY KEY, k INTEGER UNIQUE, c INTEGER NOT NULL DEFAULT 0);
+         INSERT INTO u(k) VALUES (1), (2), (NULL), (4), (NULL);",
+    );
+    let warn = nulls.file(
+        "warn.json",
+        &json!({"name": "warn", "steps": [{"sql": "UPDATE u SET c = c + 1 WHERE k BETWEEN :lo AND :hi",
+            "chunk": {"table": "u", "key": "k", "size": 2}}]})
+        .to_string(),
+    );
+    let (code, out, _) = run(&run_args(
+        &nulls,
+        path_str(&warn),
+        &words("--no-serve --progress json"),
+    ));
+    runs.push(("warned", code, json_lines(&out)));
+
+    let db = TempDb::counters(100);
+    let plan = db.file("slow.json", &counter_plan("paused", 10));
+    let pause = db.dir.path().join("pause");
+    std::fs::write(&pause, "").expect("pause file");
+    let flags = ["--pause-file", path_str(&pause), "--batch-size", "10"];
+    let (code, lines) = served_json_run(&db, path_str(&plan), &flags, |_, s| {
+        s.until("throttle");
+        std::fs::remove_file(&pause).expect("remove the pause file");
+    });
+    runs.push(("throttled", code, lines));
+    std::fs::write(&pause, "").expect("pause file");
+    let plan = db.file("cancel.json", &counter_plan("cancelled", 10));
+    let (code, lines) = served_json_run(&db, path_str(&plan), &flags, |p, s| {
+        s.until("throttle");
+        p.signal("TERM");
+    });
+    runs.push(("cancelled", code, lines));
+    runs
+}
+
+#[test]
+fn every_event_of_every_kind_of_run_validates_against_the_schema() {
+    let v = validator();
+    let mut seen = std::collections::BTreeSet::new();
+    let runs = every_kind_of_run();
+    for (what, code, lines) in &runs {
+        assert!(lines.len() >= 3, "{what} (exit {code}): {lines:?}");
+        for line in lines {
+            assert_valid(&v, line);
+            let event = line["event"].as_str().unwrap().to_owned();
+            if event == "start" {
+                assert_eq!(line["data"]["protocol"], 1, "{what}: {line}");
+            }
+            let detail = match event.as_str() {
+                "finished" => line["data"]["status"].as_str().unwrap().to_owned(),
+                "message" => line["data"]["status"].as_str().unwrap().to_owned(),
+                "step" => line["data"]["state"].as_str().unwrap().to_owned(),
+                "throttle" => line["data"]["active"].to_string(),
+                "start" => format!("resumed={}", line["data"]["resumed"]),
+                _ => String::new(),
+            };
+            seen.insert(format!("{event} {detail}"));
+        }
+    }
+    let codes: Vec<i32> = runs.iter().map(|(_, c, _)| *c).collect();
+    assert_eq!(codes, [0, 0, 0, 1, 1, 0, 0, 130], "{runs:?}");
+    for want in [
+        "start resumed=false",
+        "start resumed=true",
+        "step running",
+        "step done",
+        "step failed",
+        "step skipped",
+        "progress ",
+        "message info",
+        "message warn",
+        "message error",
+        "throttle true",
+        "throttle false",
+        "finished ok",
+        "finished failed",
+        "finished cancelled",
+    ] {
+        assert!(seen.contains(want), "no {want:?} among {seen:?}");
+    }
+}
+
+#[test]
+fn a_wrong_payload_fails_the_schema() {
+    let v = validator();
+    let db = TempDb::counters(20);
+    let plan = db.file("ok.json", &counter_plan("ok", 10));
+    let (code, out, err) = run(&run_args(
+        &db,
+        path_str(&plan),
+        &words("--no-serve --progress json"),
+    ));
+    assert_eq!(code, 0, "{err}");
+    let lines = json_lines(&out);
+    let find = |name: &str| {
+        lines
+            .iter()
+            .find(|l| l["event"] == name)
+            .cloned()
+            .expect(name)
+    };
+    let (start, step, finished) = (find("start"), find("step"), find("finished"));
+    for good in [&start, &step, &finished] {
+        assert_valid(&v, good);
+    }
+    let mut broken: Vec<(&str, Value)> = Vec::new();
+    let mut no_run_id = start.clone();
+    no_run_id["data"].as_object_mut().unwrap().remove("run_id");
+    broken.push(("start without run_id", no_run_id));
+    let mut no_ts = step.clone();
+    no_ts["data"].as_object_mut().unwrap().remove("ts_ms");
+    broken.push(("step without ts_ms", no_ts));
+    let mut wrong_type = start.clone();
+    wrong_type["data"]["dry_run"] = json!("no");
+    broken.push(("dry_run as a string", wrong_type));
+    let mut negative = step.clone();
+    negative["data"]["done"] = json!(-1);
+    broken.push(("negative done", negative));
+    let mut state = step.clone();
+    state["data"]["state"] = json!("paused");
+    broken.push(("unknown step state", state));
+    let mut status = finished.clone();
+    status["data"]["status"] = json!("crashed");
+    broken.push(("unknown finished status", status));
+    let mut protocol = start.clone();
+    protocol["data"]["protocol"] = json!(2);
+    broken.push(("another protocol", protocol));
+    let mut name = finished.clone();
+    name["event"] = json!("error");
+    broken.push(("an event named error", name));
+    let mut swapped = step.clone();
+    swapped["event"] = json!("finished");
+    broken.push(("step data under finished", swapped));
+    for (what, line) in broken {
+        assert!(!v.is_valid(&line), "{what} validated: {line}");
+    }
+}
