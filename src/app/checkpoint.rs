@@ -8,6 +8,7 @@ use std::time::Duration;
 use rusqlite::types::Value as Sql;
 use serde_json::{Value, json};
 
+use super::docs::print;
 use crate::cli::{CheckpointAction, CheckpointArgs, CheckpointClearArgs, CheckpointListArgs};
 use crate::human::thousands;
 use crate::run::checkpoint::TABLE;
@@ -30,8 +31,7 @@ fn list(args: CheckpointListArgs) -> anyhow::Result<ExitCode> {
     } else {
         as_text(&db, &records)
     };
-    print!("{text}");
-    Ok(ExitCode::SUCCESS)
+    print(text.as_bytes())
 }
 
 fn clear(args: CheckpointClearArgs) -> anyhow::Result<ExitCode> {
@@ -42,19 +42,20 @@ fn clear(args: CheckpointClearArgs) -> anyhow::Result<ExitCode> {
     };
     let cleared = housekeeping::clear(&conn, which)?;
     let db = file_name(&args.db);
+    let mut text = String::new();
     if cleared.plans.is_empty() {
-        println!("no checkpoint recorded in {db}; nothing to clear");
+        text += &format!("no checkpoint recorded in {db}; nothing to clear\n");
     }
     for (plan, steps) in &cleared.plans {
-        println!(
-            "removed the checkpoint of plan {plan:?} ({steps} step record{}) from {db}; its next run starts from the first step",
+        text += &format!(
+            "removed the checkpoint of plan {plan:?} ({steps} step record{}) from {db}; its next run starts from the first step\n",
             plural(*steps)
         );
     }
     if cleared.dropped {
-        println!("dropped the {TABLE} table: no checkpoint is left in {db}");
+        text += &format!("dropped the {TABLE} table: no checkpoint is left in {db}\n");
     }
-    Ok(ExitCode::SUCCESS)
+    print(text.as_bytes())
 }
 
 /// One block per plan, one line per recorded step (numbered from 1, as

@@ -23,12 +23,14 @@ pub fn completions(args: CompletionsArgs) -> anyhow::Result<ExitCode> {
 pub fn man() -> anyhow::Result<ExitCode> {
     let cmd = Cli::command();
     let top = clap_mangen::Man::new(cmd.clone());
-    let mut out = Vec::new();
-    top.render_title(&mut out)?;
-    top.render_name_section(&mut out)?;
-    top.render_synopsis_section(&mut out)?;
-    top.render_description_section(&mut out)?;
-    top.render_options_section(&mut out)?;
+    let mut head = Vec::new();
+    top.render_title(&mut head)?;
+    top.render_name_section(&mut head)?;
+    top.render_synopsis_section(&mut head)?;
+    top.render_description_section(&mut head)?;
+    top.render_options_section(&mut head)?;
+    let mut out = format!("{}\n", PREAMBLE.join("\n")).into_bytes();
+    copy_sections(&head, &mut out, |h| format!(".SH {h}"))?;
     for sub in cmd.get_subcommands() {
         render_subcommand(sub, "batchsse", &mut out)?;
     }
@@ -70,13 +72,20 @@ fn render_subcommand(sub: &clap::Command, parent: &str, out: &mut Vec<u8>) -> st
     Ok(())
 }
 
-/// Copies roff lines, replacing each `.SH` heading with `heading(title)`.
+/// The preamble every clap_mangen render starts with; the page needs it once.
+const PREAMBLE: [&str; 2] = [".ie \\n(.g .ds Aq \\(aq", ".el .ds Aq '"];
+
+/// Copies roff lines, replacing each `.SH` heading with `heading(title)`
+/// and leaving out the preamble.
 fn copy_sections(
     roff: &[u8],
     out: &mut Vec<u8>,
     heading: impl Fn(&str) -> String,
 ) -> std::io::Result<()> {
     for line in String::from_utf8_lossy(roff).lines() {
+        if PREAMBLE.contains(&line) {
+            continue;
+        }
         match line.strip_prefix(".SH ") {
             Some(title) => writeln!(out, "{}", heading(title))?,
             None => writeln!(out, "{line}")?,
@@ -108,7 +117,7 @@ pub fn schema() -> anyhow::Result<ExitCode> {
 
 /// Writes to stdout; a reader that went away early (`| head`) is not an
 /// error worth a message.
-fn print(bytes: &[u8]) -> anyhow::Result<ExitCode> {
+pub(super) fn print(bytes: &[u8]) -> anyhow::Result<ExitCode> {
     let mut stdout = std::io::stdout().lock();
     match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
