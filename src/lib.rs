@@ -24,7 +24,8 @@
 //!   waits between chunks (`governor`), the transaction guard (`tx`), the
 //!   checkpoint (`checkpoint`), opening the file (`db`).
 //! - `events`: the typed events (`event`), the append-only log every
-//!   reader follows (`log`), and SSE framing (`sse`).
+//!   reader follows (`log`), SSE framing (`sse`), and the events' JSON
+//!   Schema (`schema`).
 //! - `serve`: the HTTP server: the accept loop (`mod.rs`), shared state
 //!   (`state`), routes (`routes`), tokens (`auth`), the direct `/events`
 //!   path (`direct`) and its one writer task (`fanout`), hyper's stream
@@ -33,7 +34,8 @@
 //! - `view`: the terminal (`terminal`) and `batchsse watch` (`follow`).
 //! - `lifecycle`: signals, cancel, the wait-for-clients gate, linger and
 //!   drain, in the order a run goes through them.
-//! - `app`: the commands, wiring the parts together (`run`, `demo`).
+//! - `app`: the commands, wiring the parts together (`run`, `demo`,
+//!   `checkpoint`, and `docs` for completions, man page and event schema).
 //! - `human`, [`error`]: number and duration wording; exit codes and the
 //!   errors that choose them.
 //!
@@ -63,5 +65,9 @@ pub fn execute(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Demo(args) => demo::run(args),
         cli::Command::Watch(args) => view::follow::run(args),
         cli::Command::Ctl(args) => app::ctl::run(args),
+        cli::Command::Checkpoint(args) => app::checkpoint::run(args),
+        cli::Command::Completions(args) => app::docs::completions(args),
+        cli::Command::Man => app::docs::man(),
+        cli::Command::Schema => app::docs::schema(),
     }
 }

@@ -1,10 +1,14 @@
 //! The commands that run a batch (`run`, and `demo` on a sample shop):
 //! open the database and check the plan (nothing written), then run it with
 //! the server and the terminal as readers of one event log, through the
-//! phases `lifecycle` lists.
+//! phases `lifecycle` lists. The operator's commands sit beside them:
+//! `checkpoint` (list and clear what resumable runs recorded) and `docs`
+//! (completions, the man page, the event schema).
 
+pub mod checkpoint;
 pub mod ctl;
 pub mod demo;
+pub mod docs;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -60,6 +60,34 @@ pub enum Command {
         batchsse ctl http://127.0.0.1:7077/ set --batch-size auto\n\n\
         Exit status: 0 done, 2 refused (the server's reason is printed), 3 the run could not be reached.")]
     Ctl(CtlArgs),
+    /// Show or clear what resumable runs have recorded in a database (the batchsse_checkpoint table).
+    #[command(after_help = "Examples:\n  \
+        batchsse checkpoint list --db shop.sqlite\n  \
+        batchsse checkpoint list --db shop.sqlite --json\n  \
+        batchsse checkpoint clear --db shop.sqlite --plan reprice-2026\n  \
+        batchsse checkpoint clear --db shop.sqlite --all\n\n\
+        Clearing a plan's records makes its next run start from the first step (as --force would). \
+        Only the batchsse_checkpoint table is touched; it is dropped once it is empty.")]
+    Checkpoint(CheckpointArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on standard output.
+    #[command(after_help = "Examples:\n  \
+        batchsse completions bash > ~/.local/share/bash-completion/completions/batchsse\n  \
+        batchsse completions zsh > ~/.zfunc/_batchsse    # with fpath+=~/.zfunc before compinit\n  \
+        batchsse completions fish > ~/.config/fish/completions/batchsse.fish")]
+    Completions(CompletionsArgs),
+    /// Print the man page (roff) on standard output.
+    #[command(after_help = "Examples:\n  \
+        batchsse man | man -l -\n  \
+        batchsse man > ~/.local/share/man/man1/batchsse.1")]
+    Man,
+    /// Print a JSON Schema (draft 2020-12) of every event's data, by event name.
+    #[command(
+        after_help = "Its $defs hold one schema per event (start, step, progress, message, \
+        throttle, finished); the document itself validates a `--progress json` line \
+        ({\"id\":N,\"event\":\"…\",\"data\":{…}}).\n\nExample:\n  \
+        batchsse schema > batchsse-events.schema.json"
+    )]
+    Schema,
 }
 
 #[derive(Debug, Args)]
@@ -112,6 +140,64 @@ pub struct SetArgs {
     /// Fix the chunk size (1–10000000), or `auto` to adapt again.
     #[arg(long, value_name = "N|auto")]
     pub batch_size: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckpointArgs {
+    #[command(subcommand)]
+    pub action: CheckpointAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CheckpointAction {
+    /// Each recorded plan with its steps: done or partial, last key, rows, when.
+    List(CheckpointListArgs),
+    /// Remove the records of one plan (--plan) or of every plan (--all); never user tables.
+    Clear(CheckpointClearArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckpointListArgs {
+    /// The SQLite database file; it must exist (batchsse never creates one).
+    #[arg(long, value_name = "PATH")]
+    pub db: PathBuf,
+
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Wait this long for another process's lock before failing.
+    #[arg(long, value_name = "MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(0..=i32::MAX as u64))]
+    pub busy_timeout: u64,
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("which").required(true).args(["plan", "all"]))]
+pub struct CheckpointClearArgs {
+    /// The SQLite database file; it must exist (batchsse never creates one).
+    #[arg(long, value_name = "PATH")]
+    pub db: PathBuf,
+
+    /// The plan whose records to remove (its "name", as `checkpoint list` shows it).
+    #[arg(long, value_name = "NAME")]
+    pub plan: Option<String>,
+
+    /// Remove every plan's records and the table itself.
+    #[arg(long)]
+    pub all: bool,
+
+    /// Wait this long for another process's lock before failing.
+    #[arg(long, value_name = "MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(0..=i32::MAX as u64))]
+    pub busy_timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum, value_name = "SHELL")]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Args)]

@@ -1,24 +1,25 @@
 //! The typed events a run emits, and their JSON payloads: the one place the
 //! event protocol's names and fields are spelled out.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct StepInfo {
     pub index: usize,
     pub name: String,
     pub kind: StepKind,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum StepKind {
     Sql,
     Chunked,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum StepState {
     Running,
@@ -27,7 +28,7 @@ pub enum StepState {
     Skipped,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
     Info,
@@ -46,7 +47,7 @@ pub enum RunState {
     Finished,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RunStatus {
     Ok,
@@ -65,8 +66,19 @@ impl RunStatus {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The version of the event protocol a `start` event announces; raised
+/// only when a change could break a client (a field renamed, removed or
+/// given another meaning), never for an added field.
+pub const PROTOCOL: u32 = 1;
+
+/// `start`: once, first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Start {
+    /// The event protocol's version, 1: raised only for a change that could
+    /// break a client. Servers older than the field send none (read as 0).
+    #[serde(default)]
+    #[schemars(extend("const" = 1))]
+    pub protocol: u32,
     pub run_id: String,
     pub plan: String,
     pub db: String,
@@ -79,7 +91,7 @@ pub struct Start {
 }
 
 /// The pace in force: what the governor gives each chunk.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Settings {
     /// Target time one chunk holds the write lock.
     pub chunk_time_ms: u64,
@@ -92,7 +104,7 @@ pub struct Settings {
 }
 
 /// Why a run is waiting between chunks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ThrottleReason {
     /// Paused by a live command.
@@ -106,7 +118,7 @@ pub enum ThrottleReason {
 }
 
 /// What a live command asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ControlAction {
     Pause,
@@ -116,7 +128,7 @@ pub enum ControlAction {
 }
 
 /// Where a live command came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ControlBy {
     /// A plain HTTP client (curl, a script).
@@ -128,7 +140,7 @@ pub enum ControlBy {
 }
 
 /// A live command was accepted.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Control {
     pub action: ControlAction,
     pub by: ControlBy,
@@ -139,7 +151,7 @@ pub struct Control {
 }
 
 /// The run starts (`active`) or stops waiting.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Throttle {
     pub active: bool,
     pub reason: ThrottleReason,
@@ -148,7 +160,8 @@ pub struct Throttle {
     pub step: Option<usize>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `step`: a step changes state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct StepEvent {
     pub index: usize,
     pub name: String,
@@ -177,7 +190,8 @@ impl Finished {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `progress`: after each chunk.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Progress {
     pub step: usize,
     pub name: String,
@@ -190,14 +204,16 @@ pub struct Progress {
     pub elapsed_ms: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `message`: a log line (sent without an SSE `event:` line).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Message {
     pub target: Value,
     pub status: Level,
     pub message: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `finished`: once, last.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Finished {
     pub status: RunStatus,
     pub steps_done: usize,
@@ -290,4 +306,29 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_start_from_before_the_protocol_field_still_reads_as_protocol_0() {
+        let old = r#"{"run_id":"r","plan":"p","db":"d.sqlite","steps":[],"dry_run":false,"resumed":false,"ts_ms":1}"#;
+        match Event::from_json("start", old).expect("an old start reads") {
+            Event::Start(s) => assert_eq!((s.protocol, s.plan.as_str()), (0, "p")),
+            other => panic!("{other:?}"),
+        }
+        let new = Event::Start(Start {
+            protocol: PROTOCOL,
+            run_id: "r".into(),
+            plan: "p".into(),
+            db: "d".into(),
+            steps: vec![],
+            dry_run: false,
+            resumed: false,
+            settings: Settings::default(),
+        });
+        assert_eq!(new.to_json(5)["protocol"], 1);
+    }
 }

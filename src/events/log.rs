@@ -499,6 +499,7 @@ mod tests {
             steps: vec![info(0), info(1)],
             dry_run: false,
             resumed: false,
+            protocol: 1,
             settings: pace(250),
         }));
         assert_eq!(log.snapshot().settings, pace(250));

@@ -4,6 +4,7 @@
 
 pub mod event;
 pub mod log;
+pub mod schema;
 pub mod sse;
 
 pub use event::*;

@@ -41,14 +41,14 @@ pub enum Mark {
 }
 
 impl Mark {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Mark::Partial => "partial",
             Mark::Done => "done",
         }
     }
 
-    fn parse(s: &str) -> Option<Mark> {
+    pub fn parse(s: &str) -> Option<Mark> {
         match s {
             "partial" => Some(Mark::Partial),
             "done" => Some(Mark::Done),
@@ -210,7 +210,7 @@ pub fn finished_steps(conn: &Connection, plan: &str) -> crate::plan::Finished {
     read().unwrap_or_default()
 }
 
-fn table_exists(conn: &Connection) -> Result<bool, UsageError> {
+pub(super) fn table_exists(conn: &Connection) -> Result<bool, UsageError> {
     conn.query_row(
         "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1",
         [TABLE],

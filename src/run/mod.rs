@@ -4,12 +4,14 @@
 //!
 //! `mod.rs` runs the plan step by step; `chunk` walks a chunked step;
 //! `tx` is the transaction guard; `checkpoint` records what is done, in
-//! the same transaction as the work; `db` opens the file.
+//! the same transaction as the work; `housekeeping` lists and clears it
+//! for `batchsse checkpoint`; `db` opens the file.
 
 pub mod checkpoint;
 mod chunk;
 mod db;
 mod governor;
+pub mod housekeeping;
 mod tx;
 
 use std::path::Path;
@@ -258,6 +260,7 @@ impl Runner<'_> {
     fn announce(&self, resume: &Resume) {
         let plan = self.plan;
         self.log.push(Event::Start(Start {
+            protocol: crate::events::PROTOCOL,
             run_id: run_id(),
             plan: plan.name.clone(),
             db: self.db.clone(),

@@ -1,0 +1,169 @@
+//! `batchsse checkpoint list|clear`: what resumable runs have recorded in a
+//! database, shown as text or JSON, and removed by plan or whole. The file
+//! is opened as `run` opens it (never created); user tables are not read.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use rusqlite::types::Value as Sql;
+use serde_json::{Value, json};
+
+use super::docs::print;
+use crate::cli::{CheckpointAction, CheckpointArgs, CheckpointClearArgs, CheckpointListArgs};
+use crate::human::thousands;
+use crate::run::checkpoint::TABLE;
+use crate::run::housekeeping::{self, Record, Which};
+use crate::run::{self as runner};
+
+pub fn run(args: CheckpointArgs) -> anyhow::Result<ExitCode> {
+    match args.action {
+        CheckpointAction::List(a) => list(a),
+        CheckpointAction::Clear(a) => clear(a),
+    }
+}
+
+fn list(args: CheckpointListArgs) -> anyhow::Result<ExitCode> {
+    let conn = runner::open_db(&args.db, Duration::from_millis(args.busy_timeout))?;
+    let records = housekeeping::records(&conn)?;
+    let db = file_name(&args.db);
+    let text = if args.json {
+        format!("{}\n", as_json(&db, &records))
+    } else {
+        as_text(&db, &records)
+    };
+    print(text.as_bytes())
+}
+
+fn clear(args: CheckpointClearArgs) -> anyhow::Result<ExitCode> {
+    let conn = runner::open_db(&args.db, Duration::from_millis(args.busy_timeout))?;
+    let which = match &args.plan {
+        Some(name) => Which::Plan(name),
+        None => Which::All,
+    };
+    let cleared = housekeeping::clear(&conn, which)?;
+    let db = file_name(&args.db);
+    let mut text = String::new();
+    if cleared.plans.is_empty() {
+        text += &format!("no checkpoint recorded in {db}; nothing to clear\n");
+    }
+    for (plan, steps) in &cleared.plans {
+        text += &format!(
+            "removed the checkpoint of plan {plan:?} ({steps} step record{}) from {db}; its next run starts from the first step\n",
+            plural(*steps)
+        );
+    }
+    if cleared.dropped {
+        text += &format!("dropped the {TABLE} table: no checkpoint is left in {db}\n");
+    }
+    print(text.as_bytes())
+}
+
+/// One block per plan, one line per recorded step (numbered from 1, as
+/// the terminal shows steps).
+fn as_text(db: &str, records: &[Record]) -> String {
+    if records.is_empty() {
+        return format!("no checkpoint recorded in {db} (no run has left a {TABLE} table)\n");
+    }
+    let mut out = String::new();
+    for (plan, steps) in by_plan(records) {
+        let partial = steps
+            .iter()
+            .filter(|r| r.state.as_str() == "partial")
+            .count();
+        out += &format!(
+            "plan {plan:?}: {} step{} recorded, {} done, {partial} partial\n",
+            steps.len(),
+            plural(steps.len()),
+            steps.len() - partial,
+        );
+        for r in steps {
+            let at = match (&r.last_key, r.state.as_str()) {
+                (Sql::Null, _) | (_, "done") => String::new(),
+                (key, _) => format!(" up to key {}", key_text(key)),
+            };
+            out += &format!(
+                "  step {} {:?}: {}{at}, {} row{} ({} changed), {}\n",
+                r.step + 1,
+                r.name,
+                r.state.as_str(),
+                thousands(r.done),
+                plural(r.done as usize),
+                thousands(r.changed),
+                r.updated_at,
+            );
+        }
+    }
+    out
+}
+
+fn as_json(db: &str, records: &[Record]) -> Value {
+    let plans: Vec<Value> = by_plan(records)
+        .into_iter()
+        .map(|(plan, steps)| {
+            let steps: Vec<Value> = steps
+                .iter()
+                .map(|r| {
+                    json!({
+                        "index": r.step,
+                        "name": r.name,
+                        "state": r.state.as_str(),
+                        "last_key": key_json(&r.last_key),
+                        "done": r.done,
+                        "changed": r.changed,
+                        "updated_at": r.updated_at,
+                    })
+                })
+                .collect();
+            json!({"plan": plan, "steps": steps})
+        })
+        .collect();
+    json!({"db": db, "plans": plans})
+}
+
+/// Records grouped by plan, in order (they come sorted by plan).
+fn by_plan(records: &[Record]) -> Vec<(&str, Vec<&Record>)> {
+    let mut out: Vec<(&str, Vec<&Record>)> = Vec::new();
+    for r in records {
+        match out.last_mut() {
+            Some((p, steps)) if *p == r.plan => steps.push(r),
+            _ => out.push((&r.plan, vec![r])),
+        }
+    }
+    out
+}
+
+/// A key as a person reads it: numbers bare, text quoted, a blob as SQL's
+/// `x'…'`.
+fn key_text(key: &Sql) -> String {
+    match key {
+        Sql::Null => "NULL".into(),
+        Sql::Integer(i) => i.to_string(),
+        Sql::Real(f) => f.to_string(),
+        Sql::Text(t) => format!("{t:?}"),
+        Sql::Blob(b) => format!("x'{}'", hex(b)),
+    }
+}
+
+/// A key in JSON: numbers and text as themselves, a blob as `{"hex": …}`
+/// (so it cannot be mistaken for text).
+fn key_json(key: &Sql) -> Value {
+    match key {
+        Sql::Null => Value::Null,
+        Sql::Integer(i) => json!(i),
+        Sql::Real(f) => json!(f),
+        Sql::Text(t) => json!(t),
+        Sql::Blob(b) => json!({"hex": hex(b)}),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+fn file_name(path: &std::path::Path) -> String {
+    path.display().to_string()
+}

@@ -1,0 +1,137 @@
+//! `batchsse checkpoint`: reading what resumable runs recorded in
+//! `batchsse_checkpoint`, and clearing it by plan or whole. Only that table
+//! is ever read or written here, in one transaction per clear.
+
+use rusqlite::Connection;
+
+use super::checkpoint::{Mark, TABLE, table_exists};
+use super::tx::Tx;
+use crate::error::UsageError;
+use crate::plan::{Key, sqlite_message};
+
+/// One step's row in the checkpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub plan: String,
+    /// 0-based, as in the events.
+    pub step: i64,
+    pub name: String,
+    pub state: Mark,
+    /// Where a partial chunked walk resumes (NULL for a finished step).
+    pub last_key: Key,
+    pub done: u64,
+    pub changed: u64,
+    /// UTC, ISO 8601, as SQLite wrote it.
+    pub updated_at: String,
+}
+
+/// Every row, by plan then step; empty when no run has recorded anything
+/// (no table).
+pub fn records(conn: &Connection) -> Result<Vec<Record>, UsageError> {
+    if !table_exists(conn)? {
+        return Ok(Vec::new());
+    }
+    let read = || -> rusqlite::Result<Vec<Record>> {
+        let mut stmt = conn.prepare(
+            "SELECT plan, step, name, state, last_key, done, changed, updated_at
+             FROM batchsse_checkpoint ORDER BY plan, step",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(Record {
+                plan: r.get(0)?,
+                step: r.get(1)?,
+                name: r.get(2)?,
+                // The table's CHECK allows only these two.
+                state: Mark::parse(&r.get::<_, String>(3)?).unwrap_or(Mark::Partial),
+                last_key: r.get(4)?,
+                done: r.get::<_, i64>(5)?.max(0) as u64,
+                changed: r.get::<_, i64>(6)?.max(0) as u64,
+                updated_at: r.get(7)?,
+            })
+        })?;
+        rows.collect()
+    };
+    read().map_err(|e| {
+        UsageError::new(format!(
+            "cannot read {TABLE}: {}; it may have been altered by hand (drop it with \
+             `batchsse checkpoint clear --all`, or in the sqlite3 shell)",
+            sqlite_message(&e)
+        ))
+    })
+}
+
+/// What `clear` removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Which<'a> {
+    Plan(&'a str),
+    All,
+}
+
+/// What `clear` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cleared {
+    /// Each plan removed, with how many step records it had.
+    pub plans: Vec<(String, usize)>,
+    /// The table was empty afterwards, so it was dropped.
+    pub dropped: bool,
+}
+
+/// Removes the records of `which`, then the table if nothing is left, in
+/// one transaction. A plan with no records is refused (exit 2, nothing
+/// written): most often a mistyped name, so the message lists the names
+/// there are.
+pub fn clear(conn: &Connection, which: Which) -> Result<Cleared, UsageError> {
+    let failed = |e: rusqlite::Error| {
+        UsageError::new(format!(
+            "cannot clear {TABLE}: {}; nothing was removed",
+            super::db::run_time_message(conn, &e)
+        ))
+    };
+    let tx = Tx::begin(conn, false).map_err(failed)?;
+    let all = records(conn)?;
+    let mut plans: Vec<(String, usize)> = Vec::new();
+    for r in &all {
+        match plans.last_mut() {
+            Some((p, n)) if *p == r.plan => *n += 1,
+            _ => plans.push((r.plan.clone(), 1)),
+        }
+    }
+    let known = plans.clone();
+    if let Which::Plan(name) = which {
+        plans.retain(|(p, _)| p == name);
+        if plans.is_empty() {
+            return Err(no_such_plan(name, &known));
+        }
+    }
+    let removed: usize = plans.iter().map(|(_, n)| n).sum();
+    if removed > 0 {
+        match which {
+            Which::Plan(name) => {
+                conn.execute("DELETE FROM batchsse_checkpoint WHERE plan = ?1", [name])
+            }
+            Which::All => conn.execute("DELETE FROM batchsse_checkpoint", []),
+        }
+        .map_err(failed)?;
+    }
+    let dropped = table_exists(conn)? && removed == all.len();
+    if dropped {
+        conn.execute_batch("DROP TABLE batchsse_checkpoint")
+            .map_err(failed)?;
+    }
+    tx.commit().map_err(failed)?;
+    Ok(Cleared { plans, dropped })
+}
+
+fn no_such_plan(name: &str, known: &[(String, usize)]) -> UsageError {
+    let names: Vec<String> = known.iter().map(|(p, _)| format!("{p:?}")).collect();
+    UsageError::new(if names.is_empty() {
+        format!(
+            "no checkpoint recorded for plan {name:?}: no plan has one in this database; nothing was removed"
+        )
+    } else {
+        format!(
+            "no checkpoint recorded for plan {name:?}; recorded plans: {} (see `batchsse checkpoint list`); nothing was removed",
+            names.join(", ")
+        )
+    })
+}
