@@ -32,6 +32,7 @@ pub struct Session {
     pub opts: runner::Options,
     pub serve: Option<Serve>,
     pub progress: ProgressMode,
+    pub progress_interval: std::time::Duration,
     /// Printed after the listening line (the demo's "open this URL"), with
     /// `{url}` the dashboard's address and `{events}` the stream's.
     pub banner: Option<String>,
@@ -55,6 +56,7 @@ pub fn open(config: RunConfig) -> Result<Session, UsageError> {
         busy_timeout,
         serve,
         progress,
+        progress_interval,
     } = config;
     let conn = runner::open_db(&db, busy_timeout)?;
     let resuming = opts.checkpoint && !force;
@@ -84,6 +86,7 @@ pub fn open(config: RunConfig) -> Result<Session, UsageError> {
         opts,
         serve,
         progress,
+        progress_interval,
         banner: None,
     })
 }
@@ -116,7 +119,7 @@ async fn drive(mut session: Session, parts: Parts) -> Result<RunStatus, UsageErr
     // thread it never holds up the server's workers.
     let terminal = {
         let (log, handle) = (parts.log.clone(), tokio::runtime::Handle::current());
-        let renderer = Renderer::new(session.progress);
+        let renderer = Renderer::new(session.progress, session.progress_interval);
         tokio::task::spawn_blocking(move || {
             handle.block_on(crate::view::terminal::follow(log, renderer))
         })

@@ -150,6 +150,10 @@ pub struct ServeArgs {
     /// Terminal output: auto = bars on a terminal, plain lines otherwise; json = NDJSON on stdout.
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
     pub progress: ProgressMode,
+
+    /// At most one plain progress line per step every SECS (0: every one).
+    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+    pub progress_interval: f64,
 }
 
 /// How fast chunked steps go.
@@ -219,6 +223,10 @@ pub struct WatchArgs {
     /// Terminal output: auto = bars on a terminal, plain lines otherwise; json = NDJSON on stdout.
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
     pub progress: ProgressMode,
+
+    /// At most one plain progress line per step every SECS (0: every one).
+    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+    pub progress_interval: f64,
 
     /// Keep trying to reach the run this long, at the start and after a dropped connection.
     #[arg(long, value_name = "SECS", default_value_t = 30.0)]

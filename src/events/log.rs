@@ -365,10 +365,14 @@ fn update_snapshot(inner: &mut Inner, event: &Event, id: u64) {
                 inner.changed_before += e.changed;
             }
         }
+        // A heartbeat says only that the step still runs.
+        Event::Progress(e) if e.is_heartbeat() => {}
         Event::Progress(e) => {
-            (s.done, s.total, s.changed) = (e.done, e.total, e.changed);
+            s.done = e.done.unwrap_or(s.done);
+            s.total = e.total.unwrap_or(s.total);
+            s.changed = e.changed;
             s.rows_changed = changed_before + e.changed;
-            (s.rate, s.eta_ms) = (Some(e.rate), e.eta_ms);
+            (s.rate, s.eta_ms) = (e.rate, e.eta_ms);
             let last_with_work = s.ended.iter().skip(e.step + 1).all(|ended| *ended);
             s.run_eta_ms = e.eta_ms.filter(|_| last_with_work);
         }
@@ -474,11 +478,11 @@ mod tests {
         Event::Progress(crate::events::Progress {
             step,
             name: format!("step {step}"),
-            done,
-            total: 1_000_000,
+            done: Some(done),
+            total: Some(1_000_000),
             changed: done,
-            percent: 0.0,
-            rate: 1.0,
+            percent: Some(0.0),
+            rate: Some(1.0),
             eta_ms: None,
             elapsed_ms: done,
         })
@@ -551,7 +555,7 @@ mod tests {
         let step0: Vec<u64> = all
             .iter()
             .filter_map(|e| match &e.event {
-                Event::Progress(p) if p.step == 0 => Some(p.done),
+                Event::Progress(p) if p.step == 0 => p.done,
                 _ => None,
             })
             .collect();

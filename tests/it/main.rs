@@ -8,6 +8,7 @@ mod browser;
 mod fanout;
 mod fuzz;
 mod govern;
+mod ops;
 mod run;
 mod safety;
 mod walk;
