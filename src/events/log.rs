@@ -10,6 +10,7 @@ use bytes::{Bytes, BytesMut};
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::events::chunk_times::ChunkTimes;
 use crate::events::sse;
 use crate::events::{Event, RunState, RunStatus, Settings, StepState, ThrottleReason, now_ms};
 
@@ -53,6 +54,20 @@ pub struct Snapshot {
     /// Steps (by index) that ended, so the run's ETA knows what is left.
     #[serde(skip)]
     pub ended: Vec<bool>,
+    /// For `/metrics`: the run, once `start` is logged.
+    #[serde(skip)]
+    pub run: Option<RunIdentity>,
+    /// For `/metrics`: every chunk's time, from the `progress` events.
+    #[serde(skip)]
+    pub chunks: ChunkTimes,
+}
+
+/// Which run this is, from its `start` event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunIdentity {
+    pub run_id: String,
+    pub plan: String,
+    pub db: String,
 }
 
 /// How much history the log keeps. Once it holds `compact_at` entries, every
@@ -345,6 +360,11 @@ fn update_snapshot(inner: &mut Inner, event: &Event, id: u64) {
             s.steps_total = e.steps.len();
             s.settings = e.settings;
             s.ended = vec![false; e.steps.len()];
+            s.run = Some(RunIdentity {
+                run_id: e.run_id.clone(),
+                plan: e.plan.clone(),
+                db: e.db.clone(),
+            });
         }
         Event::Step(e) => {
             s.step = Some(e.index);
@@ -368,6 +388,7 @@ fn update_snapshot(inner: &mut Inner, event: &Event, id: u64) {
         // A heartbeat says only that the step still runs.
         Event::Progress(e) if e.is_heartbeat() => {}
         Event::Progress(e) => {
+            s.chunks.observe(e);
             s.done = e.done.unwrap_or(s.done);
             s.total = e.total.unwrap_or(s.total);
             s.changed = e.changed;

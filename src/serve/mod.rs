@@ -25,6 +25,7 @@ mod dashboard;
 mod direct;
 mod fanout;
 mod keepalive;
+mod metrics;
 mod routes;
 mod state;
 

@@ -2,6 +2,8 @@
 //! output, `--progress-interval` and the plain step's heartbeat, and request
 //! heads with bare-LF line ends.
 
+use std::io::Write;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::util::*;
@@ -26,6 +28,7 @@ fn request_heads_with_bare_lf_line_ends_are_answered_on_every_route() {
         ("/status", 200, "\"state\":\"finished\""),
         ("/", 200, "EventSource"),
         ("/healthz", 200, "ok"),
+        ("/metrics", 200, "batchsse_finished 1"),
         ("/nope", 404, "not found"),
     ] {
         for head in [
@@ -138,4 +141,166 @@ fn a_plain_step_that_runs_past_five_seconds_sends_a_heartbeat_with_null_counts()
     let last_beat = names.iter().rposition(|n| *n == "progress").unwrap();
     assert!(last_beat < done_at, "{names:?}");
     assert!(db.query_i64("SELECT x FROM t") > 1000);
+}
+
+/// The value of the sample `name` (with its labels, if any) in an
+/// exposition, or `None` if it is not there.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (series, value) = l.rsplit_once(' ')?;
+        (series == name || series.split_once('{').is_some_and(|(n, _)| n == name))
+            .then(|| value.parse().ok())?
+    })
+}
+
+/// Runs `promtool check metrics` on `text`; panics on anything but a pass
+/// or lint advice that only says "no help text" (promtool 2.42 on
+/// prometheus-client's counters, whose HELP names the family without
+/// `_total`). `false` when promtool is missing outside CI.
+fn promtool_accepts(text: &str) -> bool {
+    let child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let Ok(mut child) = child else {
+        skip_unless_ci(
+            "promtool is not installed (Debian package prometheus; .ci/run installs it)",
+        );
+        return false;
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let only_help_advice = said
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .all(|l| l.ends_with(" no help text"));
+    match out.status.code() {
+        Some(0) => {}
+        Some(3) if only_help_advice => {}
+        other => {
+            panic!("promtool check metrics: exit {other:?}:\n{said}\n--- the exposition:\n{text}")
+        }
+    }
+    true
+}
+
+#[test]
+fn metrics_follow_a_real_run_and_agree_with_status() {
+    let db = TempDb::counters(1000);
+    let plan = db.file("plan.json", &counter_plan("scraped", 10));
+    let p = serving(
+        &db,
+        path_str(&plan),
+        &words("--wait-for-clients 1 --batch-size 10 --sleep 20 --linger 30"),
+    );
+    let a = p.addr();
+    let mut stream = Stream::open(a, "/events", &[]);
+    // During the run.
+    wait_status(a, |s| s["done"].as_u64().is_some_and(|d| d >= 200));
+    let during = get(a, "/metrics", &[]);
+    assert_eq!(during.status, 200);
+    assert!(
+        during
+            .header("content-type")
+            .unwrap()
+            .starts_with("application/openmetrics-text"),
+        "{:?}",
+        during.header("content-type")
+    );
+    let m = during.text();
+    if !promtool_accepts(&m) {
+        return;
+    }
+    let start = data(&stream.until("start"));
+    let info = format!(
+        "batchsse_info{{run_id=\"{}\",plan=\"scraped\",db=\"test.sqlite\",version=\"{}\"}}",
+        start["run_id"].as_str().unwrap(),
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(m.lines().any(|l| l == format!("{info} 1")), "{m}");
+    assert_eq!(sample(&m, "batchsse_finished"), Some(0.0), "{m}");
+    assert_eq!(sample(&m, "batchsse_stream_clients"), Some(1.0), "{m}");
+    assert_eq!(sample(&m, "batchsse_steps_total"), Some(1.0), "{m}");
+    assert_eq!(sample(&m, "batchsse_step_rows_total"), Some(1000.0), "{m}");
+    let done = sample(&m, "batchsse_step_rows_done").unwrap();
+    assert!((200.0..1000.0).contains(&done), "{m}");
+    let chunks = sample(&m, "batchsse_chunks_total").unwrap();
+    assert!(chunks >= 20.0, "{m}");
+    assert_eq!(
+        sample(&m, "batchsse_chunk_duration_seconds_count"),
+        Some(chunks)
+    );
+    // After `finished`, during --linger, nothing moves: both agree.
+    let events = stream.rest();
+    drop(stream);
+    let status = wait_status(a, |s| s["state"] == "finished" && s["clients"] == 0);
+    let m = get(a, "/metrics", &[]).text();
+    assert!(promtool_accepts(&m));
+    assert_eq!(sample(&m, "batchsse_finished"), Some(1.0), "{m}");
+    for (metric, field) in [
+        ("batchsse_steps_done", "steps_done"),
+        ("batchsse_rows_changed_total", "rows_changed"),
+        ("batchsse_stream_clients", "clients"),
+        ("batchsse_events_total", "last_event_id"),
+    ] {
+        assert_eq!(
+            sample(&m, metric),
+            status[field].as_f64(),
+            "{metric}: {m}\n{status}"
+        );
+    }
+    assert_eq!(sample(&m, "batchsse_rows_changed_total"), Some(1000.0));
+    assert_eq!(
+        sample(&m, "batchsse_events_total"),
+        Some(id(events.last().unwrap()) as f64)
+    );
+    // 100 chunks of 10 rows; each but the first follows a 20 ms sleep.
+    assert_eq!(sample(&m, "batchsse_chunks_total"), Some(100.0), "{m}");
+    assert_eq!(
+        sample(&m, "batchsse_chunk_duration_seconds_count"),
+        Some(100.0)
+    );
+    let quick = sample(&m, "batchsse_chunk_duration_seconds_bucket{le=\"0.01\"}").unwrap();
+    assert!(quick <= 1.0, "{m}");
+    assert!(
+        sample(&m, "batchsse_chunk_duration_seconds_sum").unwrap() >= 99.0 * 0.02,
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "batchsse_chunk_duration_seconds_bucket{le=\"+Inf\"}"),
+        Some(100.0)
+    );
+}
+
+#[test]
+fn metrics_ask_for_the_same_token_as_status() {
+    let db = TempDb::counters(10);
+    let plan = db.file("plan.json", &counter_plan("guarded", 10));
+    let p = serving(&db, path_str(&plan), &words("--linger 30 --token s3cret"));
+    let a = p.addr();
+    for path in ["/metrics", "/status"] {
+        assert_eq!(get(a, path, &[]).status, 401, "{path}");
+        assert_eq!(
+            get(a, &format!("{path}?token=s3cret"), &[]).status,
+            200,
+            "{path}"
+        );
+        let bearer = get(a, path, &[("Authorization", "Bearer s3cret")]);
+        assert_eq!(bearer.status, 200, "{path}");
+        let wrong = get(a, path, &[("Authorization", "Bearer s3creT")]);
+        assert_eq!(wrong.status, 401, "{path}");
+    }
+    assert_eq!(get(a, "/healthz", &[]).status, 200);
 }
