@@ -147,7 +147,7 @@ pub struct ServeArgs {
     )]
     pub drain_timeout: f64,
 
-    /// Terminal output: auto = bars on a terminal, plain lines otherwise; json = NDJSON on stdout.
+    /// Terminal output: auto = bars on a terminal, github in GitHub Actions (GITHUB_ACTIONS=true), plain lines otherwise; json = NDJSON on stdout.
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
     pub progress: ProgressMode,
 
@@ -220,7 +220,7 @@ pub struct WatchArgs {
     #[arg(long, value_name = "T", env = "BATCHSSE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 
-    /// Terminal output: auto = bars on a terminal, plain lines otherwise; json = NDJSON on stdout.
+    /// Terminal output: auto = bars on a terminal, github in GitHub Actions (GITHUB_ACTIONS=true), plain lines otherwise; json = NDJSON on stdout.
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
     pub progress: ProgressMode,
 
@@ -248,6 +248,8 @@ pub enum ProgressMode {
     Plain,
     /// One JSON object per event on stdout: {"id":N,"event":"…","data":{…}}.
     Json,
+    /// Plain lines with GitHub Actions workflow commands: a group per step, annotations, a step summary.
+    Github,
     /// No progress output (errors are still printed).
     None,
 }

@@ -13,6 +13,7 @@ use crate::error::print_line;
 use crate::events::log::EventLog;
 use crate::events::{Event, Level, Progress, RunStatus, StepState, ThrottleReason};
 use crate::human::{duration, thousands};
+use crate::view::github::Github;
 
 impl ProgressMode {
     /// Settles `auto` for the current stderr and environment.
@@ -20,8 +21,11 @@ impl ProgressMode {
         match self {
             ProgressMode::Auto => {
                 let dumb = std::env::var("TERM").is_ok_and(|t| t == "dumb");
-                if std::io::stderr().is_terminal() && !dumb {
+                let tty = std::io::stderr().is_terminal();
+                if tty && !dumb {
                     ProgressMode::Bar
+                } else if !tty && std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true") {
+                    ProgressMode::Github
                 } else {
                     ProgressMode::Plain
                 }
@@ -44,6 +48,8 @@ pub struct Renderer {
     /// At most one plain progress line per step this often.
     interval: Duration,
     bars: Option<Bars>,
+    /// What `--progress github` remembers for its summary.
+    github: Github,
     /// Set once a write to standard output failed (its reader is gone,
     /// or the disk is full): no more lines are tried.
     stdout_failed: bool,
@@ -110,6 +116,7 @@ impl Renderer {
             last_plain: HashMap::new(),
             interval,
             bars: None,
+            github: Github::default(),
             stdout_failed: false,
         }
     }
@@ -141,6 +148,7 @@ impl Renderer {
             }
             ProgressMode::Json => self.json(id, event.name(), data),
             ProgressMode::Plain | ProgressMode::Auto => self.plain(event),
+            ProgressMode::Github => self.github(event),
             ProgressMode::Bar => self.bar(event),
         }
     }
@@ -183,6 +191,31 @@ impl Renderer {
                 ));
             }
             self.stdout_failed = true;
+        }
+    }
+
+    /// Plain lines, with GitHub's workflow commands around them.
+    fn github(&mut self, event: &Event) {
+        let lines = match event {
+            Event::Start(s) => {
+                self.github.start(s);
+                return self.plain(event);
+            }
+            Event::Step(s) => {
+                self.last_plain.remove(&s.index);
+                let label = self.label(s.index);
+                let line = format!("{label}: {}", step_line(s));
+                self.github.step(s, &label, line)
+            }
+            Event::Message(m) => match Github::warning(m) {
+                Some(line) => vec![line],
+                None => return self.plain(event),
+            },
+            Event::Finished(f) => self.github.finished(f, &finished_line(f)),
+            _ => return self.plain(event),
+        };
+        for line in lines {
+            self.say(&line);
         }
     }
 

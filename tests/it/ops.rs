@@ -304,3 +304,115 @@ fn metrics_ask_for_the_same_token_as_status() {
     }
     assert_eq!(get(a, "/healthz", &[]).status, 200);
 }
+
+/// `batchsse run --sql SCRIPT --no-serve` as in a GitHub Actions job (auto
+/// output, stderr not a terminal), its summary going to `summary`.
+fn in_actions(db: &TempDb, script: &str, summary: &std::path::Path, actions: bool) -> Proc {
+    let sql = db.file("step.sql", script);
+    let mut p = spawn(
+        &[
+            "run",
+            "--db",
+            path_str(&db.path),
+            "--sql",
+            path_str(&sql),
+            "--no-serve",
+            "--no-checkpoint",
+        ],
+        |c| {
+            c.env("GITHUB_STEP_SUMMARY", summary);
+            if actions {
+                c.env("GITHUB_ACTIONS", "true");
+            } else {
+                c.env_remove("GITHUB_ACTIONS");
+            }
+        },
+    );
+    p.wait();
+    p
+}
+
+#[test]
+fn in_github_actions_a_failed_step_is_an_error_annotation_and_the_summary_has_every_step() {
+    let db = TempDb::with_sql(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, name TEXT NOT NULL); INSERT INTO t VALUES (1, 'a');",
+    );
+    let summary = db.dir.path().join("summary.md");
+    std::fs::write(&summary, "earlier job output\n").unwrap();
+    // The NOT NULL failure shows only when the step runs on the real rows.
+    let script =
+        "UPDATE t SET name = 'b';\nUPDATE t SET name = NULL;\nUPDATE t SET name = 'never';\n";
+    let mut p = in_actions(&db, script, &summary, true);
+    let err = p.stderr();
+    assert_eq!(p.wait().code(), Some(1), "{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    let at = |l: &str| {
+        lines
+            .iter()
+            .position(|x| *x == l)
+            .unwrap_or_else(|| panic!("no {l:?} in:\n{err}"))
+    };
+    let (g1, g2) = (
+        at("::group::[1/3] UPDATE t SET name = 'b'"),
+        at("::group::[2/3] UPDATE t SET name = NULL"),
+    );
+    assert!(g1 < g2, "{err}");
+    assert_eq!(
+        lines.iter().filter(|l| **l == "::endgroup::").count(),
+        2,
+        "{err}"
+    );
+    let error = lines
+        .iter()
+        .find(|l| l.starts_with("::error "))
+        .unwrap_or_else(|| panic!("no ::error in:\n{err}"));
+    assert!(
+        error.starts_with("::error title=step 2 (UPDATE t SET name = NULL) failed::"),
+        "{error}"
+    );
+    assert!(error.contains("NOT NULL"), "{error}");
+    let md = std::fs::read_to_string(&summary).unwrap();
+    assert!(
+        md.starts_with("earlier job output\n"),
+        "appended, not replaced:\n{md}"
+    );
+    for row in [
+        "| # | step | state | rows changed | time |",
+        "| 1 | UPDATE t SET name = 'b' | done | 1 |",
+        "| 2 | UPDATE t SET name = NULL | **failed** | 0 |",
+        "| 3 | UPDATE t SET name = 'never' | not run |  |  |",
+        "**FAILED: 1/3 steps, 1 rows changed in ",
+        "NOT NULL constraint failed: t.name",
+    ] {
+        assert!(md.contains(row), "no {row:?} in:\n{md}");
+    }
+    assert_eq!(db.query_i64("SELECT count(*) FROM t WHERE name = 'b'"), 1);
+}
+
+#[test]
+fn outside_github_actions_auto_prints_plain_lines_and_no_summary() {
+    let db = TempDb::with_sql(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, n INT); INSERT INTO t VALUES (1, 0);",
+    );
+    let summary = db.dir.path().join("summary.md");
+    let p = in_actions(&db, "UPDATE t SET n = 1;\n", &summary, false);
+    assert!(!p.stderr().contains("::"), "{}", p.stderr());
+    assert!(
+        p.stderr().contains("[1/1] UPDATE t SET n = 1: done"),
+        "{}",
+        p.stderr()
+    );
+    assert!(!summary.exists());
+    let p = in_actions(&db, "UPDATE t SET n = 2;\n", &summary, true);
+    assert!(
+        p.stderr().contains("::group::[1/1] UPDATE t SET n = 2\n"),
+        "{}",
+        p.stderr()
+    );
+    let md = std::fs::read_to_string(&summary).unwrap();
+    assert!(md.contains("| 1 | UPDATE t SET n = 2 | done | 1 |"), "{md}");
+    assert!(
+        md.contains("**finished ok: 1/1 steps, 1 rows changed in "),
+        "{md}"
+    );
+}
