@@ -13,7 +13,7 @@
 //!                                   v                       │
 //!                                events::log (ids, frames encoded once, history)
 //!                           /                  \
-//!        serve (/events, /status, /)      view (terminal; `watch`)
+//!   serve (/events, /status, /metrics, /)  view (terminal, github; `watch`)
 //! ```
 //!
 //! - [`cli`]: the flags as typed (clap), and `cli::config`, which checks
@@ -26,8 +26,9 @@
 //!   reader follows (`log`), and SSE framing (`sse`).
 //! - `serve`: the HTTP server: shared state (`state`), routes (`routes`),
 //!   the direct `/events` path (`direct`) and its one writer task
-//!   (`fanout`), the dashboard page (`dashboard`).
-//! - `view`: the terminal (`terminal`) and `batchsse watch` (`follow`).
+//!   (`fanout`), the dashboard page (`dashboard`), `/metrics` (`metrics`).
+//! - `view`: the terminal (`terminal`), GitHub Actions output (`github`)
+//!   and `batchsse watch` (`follow`).
 //! - `lifecycle`: signals, cancel, the wait-for-clients gate, linger and
 //!   drain, in the order a run goes through them.
 //! - `app`: the commands, wiring the parts together (`run`, `demo`).
