@@ -13,7 +13,7 @@
 //!                                   v                       │
 //!                                events::log (ids, frames encoded once, history)
 //!                           /                  \
-//!        serve (/events, /status, /)      view (terminal; `watch`)
+//!   serve (/events, /status, /metrics, /)  view (terminal, github; `watch`)
 //! ```
 //!
 //! - [`cli`]: the flags as typed (clap), and `cli::config`, which checks
@@ -30,8 +30,9 @@
 //!   (`state`), routes (`routes`), tokens (`auth`), the direct `/events`
 //!   path (`direct`) and its one writer task (`fanout`), hyper's stream
 //!   body for the rest (`body`), one keep-alive rule for both
-//!   (`keepalive`), the dashboard page (`dashboard`).
-//! - `view`: the terminal (`terminal`) and `batchsse watch` (`follow`).
+//!   (`keepalive`), the dashboard page (`dashboard`), `/metrics` (`metrics`).
+//! - `view`: the terminal (`terminal`), GitHub Actions output (`github`)
+//!   and `batchsse watch` (`follow`).
 //! - `lifecycle`: signals, cancel, the wait-for-clients gate, linger and
 //!   drain, in the order a run goes through them.
 //! - `app`: the commands, wiring the parts together (`run`, `demo`,

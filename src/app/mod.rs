@@ -37,6 +37,7 @@ pub struct Session {
     pub opts: runner::Options,
     pub serve: Option<Serve>,
     pub progress: ProgressMode,
+    pub progress_interval: std::time::Duration,
     /// Printed after the listening line (the demo's "open this URL"), with
     /// `{url}` the dashboard's address, `{control_url}` the same with the
     /// control token after `#`, `{base}` it without a query, `{events}` the
@@ -62,6 +63,7 @@ pub fn open(config: RunConfig) -> Result<Session, UsageError> {
         busy_timeout,
         serve,
         progress,
+        progress_interval,
     } = config;
     let conn = runner::open_db(&db, busy_timeout)?;
     let resuming = opts.checkpoint && !force;
@@ -91,6 +93,7 @@ pub fn open(config: RunConfig) -> Result<Session, UsageError> {
         opts,
         serve,
         progress,
+        progress_interval,
         banner: None,
     })
 }
@@ -123,7 +126,7 @@ async fn drive(mut session: Session, parts: Parts) -> Result<RunStatus, UsageErr
     // thread it never holds up the server's workers.
     let terminal = {
         let (log, handle) = (parts.log.clone(), tokio::runtime::Handle::current());
-        let renderer = Renderer::new(session.progress);
+        let renderer = Renderer::new(session.progress, session.progress_interval);
         tokio::task::spawn_blocking(move || {
             handle.block_on(crate::view::terminal::follow(log, renderer))
         })

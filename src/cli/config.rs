@@ -23,6 +23,8 @@ pub struct RunConfig {
     pub busy_timeout: Duration,
     pub serve: Option<Serve>,
     pub progress: ProgressMode,
+    /// `--progress-interval`.
+    pub progress_interval: Duration,
 }
 
 impl RunConfig {
@@ -37,6 +39,7 @@ impl RunConfig {
             busy_timeout: Duration::from_millis(args.busy_timeout),
             serve,
             progress: args.serve.progress,
+            progress_interval: progress_interval(args.serve.progress_interval)?,
         })
     }
 }
@@ -142,6 +145,11 @@ fn options(pace: &PaceArgs, args: &RunArgs) -> Result<run::Options, UsageError> 
             max_wal: pace.max_wal_mb.saturating_mul(1 << 20),
         },
     })
+}
+
+/// Checks `--progress-interval` (for `run`, `demo` and `watch`).
+pub fn progress_interval(v: f64) -> Result<Duration, UsageError> {
+    seconds("--progress-interval", v)
 }
 
 fn seconds(flag: &str, v: f64) -> Result<Duration, UsageError> {

@@ -306,9 +306,13 @@ pub struct ServeArgs {
     )]
     pub drain_timeout: f64,
 
-    /// Terminal output: auto = bars on a terminal, plain lines otherwise; json = NDJSON on stdout.
+    /// Terminal output: auto = bars on a terminal, github in GitHub Actions (GITHUB_ACTIONS=true), plain lines otherwise; json = NDJSON on stdout.
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
     pub progress: ProgressMode,
+
+    /// At most one plain progress line per step every SECS (0: every one).
+    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+    pub progress_interval: f64,
 }
 
 /// How fast chunked steps go.
@@ -375,9 +379,13 @@ pub struct WatchArgs {
     #[arg(long, value_name = "T", env = "BATCHSSE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 
-    /// Terminal output: auto = bars on a terminal, plain lines otherwise; json = NDJSON on stdout.
+    /// Terminal output: auto = bars on a terminal, github in GitHub Actions (GITHUB_ACTIONS=true), plain lines otherwise; json = NDJSON on stdout.
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
     pub progress: ProgressMode,
+
+    /// At most one plain progress line per step every SECS (0: every one).
+    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+    pub progress_interval: f64,
 
     /// Keep trying to reach the run this long, at the start and after a dropped connection.
     #[arg(long, value_name = "SECS", default_value_t = 30.0)]
@@ -399,6 +407,8 @@ pub enum ProgressMode {
     Plain,
     /// One JSON object per event on stdout: {"id":N,"event":"…","data":{…}}.
     Json,
+    /// Plain lines with GitHub Actions workflow commands: a group per step, annotations, a step summary.
+    Github,
     /// No progress output (errors are still printed).
     None,
 }

@@ -190,18 +190,42 @@ impl Finished {
     }
 }
 
-/// `progress`: after each chunk.
+/// After a chunk: how far the step is. A heartbeat (a plain step still
+/// running) has only `elapsed_ms`: its counts are null, since a single
+/// statement cannot say how far it is.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Progress {
     pub step: usize,
     pub name: String,
-    pub done: u64,
-    pub total: u64,
+    pub done: Option<u64>,
+    pub total: Option<u64>,
     pub changed: u64,
-    pub percent: f64,
-    pub rate: f64,
+    pub percent: Option<f64>,
+    pub rate: Option<f64>,
     pub eta_ms: Option<u64>,
     pub elapsed_ms: u64,
+}
+
+impl Progress {
+    /// A plain step's "still running" after `elapsed_ms`.
+    pub fn heartbeat(step: usize, name: String, elapsed_ms: u64) -> Progress {
+        Progress {
+            step,
+            name,
+            done: None,
+            total: None,
+            changed: 0,
+            percent: None,
+            rate: None,
+            eta_ms: None,
+            elapsed_ms,
+        }
+    }
+
+    /// True for a heartbeat rather than a chunk's report.
+    pub fn is_heartbeat(&self) -> bool {
+        self.done.is_none()
+    }
 }
 
 /// `message`: a log line (sent without an SSE `event:` line).

@@ -10,6 +10,7 @@ use bytes::{Bytes, BytesMut};
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::events::chunk_times::ChunkTimes;
 use crate::events::sse;
 use crate::events::{
     ControlAction, Event, RunState, RunStatus, Settings, StepState, ThrottleReason, now_ms,
@@ -55,6 +56,20 @@ pub struct Snapshot {
     /// Steps (by index) that ended, so the run's ETA knows what is left.
     #[serde(skip)]
     pub ended: Vec<bool>,
+    /// For `/metrics`: the run, once `start` is logged.
+    #[serde(skip)]
+    pub run: Option<RunIdentity>,
+    /// For `/metrics`: every chunk's time, from the `progress` events.
+    #[serde(skip)]
+    pub chunks: ChunkTimes,
+}
+
+/// Which run this is, from its `start` event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunIdentity {
+    pub run_id: String,
+    pub plan: String,
+    pub db: String,
 }
 
 /// How much history the log keeps. Once it holds `compact_at` entries, every
@@ -347,6 +362,11 @@ fn update_snapshot(inner: &mut Inner, event: &Event, id: u64) {
             s.steps_total = e.steps.len();
             s.settings = e.settings;
             s.ended = vec![false; e.steps.len()];
+            s.run = Some(RunIdentity {
+                run_id: e.run_id.clone(),
+                plan: e.plan.clone(),
+                db: e.db.clone(),
+            });
         }
         Event::Step(e) => {
             s.step = Some(e.index);
@@ -367,10 +387,15 @@ fn update_snapshot(inner: &mut Inner, event: &Event, id: u64) {
                 inner.changed_before += e.changed;
             }
         }
+        // A heartbeat says only that the step still runs.
+        Event::Progress(e) if e.is_heartbeat() => {}
         Event::Progress(e) => {
-            (s.done, s.total, s.changed) = (e.done, e.total, e.changed);
+            s.chunks.observe(e);
+            s.done = e.done.unwrap_or(s.done);
+            s.total = e.total.unwrap_or(s.total);
+            s.changed = e.changed;
             s.rows_changed = changed_before + e.changed;
-            (s.rate, s.eta_ms) = (Some(e.rate), e.eta_ms);
+            (s.rate, s.eta_ms) = (e.rate, e.eta_ms);
             let last_with_work = s.ended.iter().skip(e.step + 1).all(|ended| *ended);
             s.run_eta_ms = e.eta_ms.filter(|_| last_with_work);
         }
@@ -554,11 +579,11 @@ mod tests {
         Event::Progress(crate::events::Progress {
             step,
             name: format!("step {step}"),
-            done,
-            total: 1_000_000,
+            done: Some(done),
+            total: Some(1_000_000),
             changed: done,
-            percent: 0.0,
-            rate: 1.0,
+            percent: Some(0.0),
+            rate: Some(1.0),
             eta_ms: None,
             elapsed_ms: done,
         })
@@ -631,7 +656,7 @@ mod tests {
         let step0: Vec<u64> = all
             .iter()
             .filter_map(|e| match &e.event {
-                Event::Progress(p) if p.step == 0 => Some(p.done),
+                Event::Progress(p) if p.step == 0 => p.done,
                 _ => None,
             })
             .collect();

@@ -15,6 +15,7 @@ pub mod housekeeping;
 mod tx;
 
 use std::path::Path;
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 use fallible_iterator::FallibleIterator;
@@ -425,7 +426,27 @@ impl Runner<'_> {
         (err, c)
     }
 
+    /// A plain step, with a heartbeat `progress` every [`HEARTBEAT`] while
+    /// it runs (one statement cannot say how far it is, but a viewer should
+    /// see it is alive). The heartbeat is its own thread, so the statement
+    /// is never held up by it.
     fn run_plain(&self, step: &Step) -> StepResult {
+        let (log, t0) = (self.log, Instant::now());
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(HEARTBEAT) {
+                    let beat = Progress::heartbeat(step.index, step.name.clone(), ms(t0.elapsed()));
+                    log.push(Event::Progress(beat));
+                }
+            });
+            let result = self.plain_step(step);
+            drop(stop);
+            result
+        })
+    }
+
+    fn plain_step(&self, step: &Step) -> StepResult {
         let none = Counts::default();
         if step.autocommit {
             let changed = self.execute(step).map_err(|e| self.fail(e, none))?;
@@ -498,16 +519,19 @@ impl Runner<'_> {
         self.log.push(Event::Progress(Progress {
             step: step.index,
             name: step.name.clone(),
-            done: c.done,
-            total: c.total,
+            done: Some(c.done),
+            total: Some(c.total),
             changed: c.changed,
-            percent: (percent * 10.0).round() / 10.0,
-            rate: rate.round(),
+            percent: Some((percent * 10.0).round() / 10.0),
+            rate: Some(rate.round()),
             eta_ms: (rate > 0.0).then(|| (left as f64 / rate * 1000.0) as u64),
             elapsed_ms: ms(elapsed),
         }));
     }
 }
+
+/// How often a plain step that is still running says so.
+const HEARTBEAT: Duration = Duration::from_secs(5);
 
 fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
@@ -628,12 +652,12 @@ mod tests {
             fixed(3),
         );
         assert_eq!(r.status, RunStatus::Ok);
-        let done: Vec<u64> = r.progress().iter().map(|p| p.done).collect();
+        let done: Vec<u64> = r.progress().iter().filter_map(|p| p.done).collect();
         assert_eq!(done, [3, 6, 8]);
         assert!(
             r.progress()
                 .iter()
-                .all(|p| p.total == 8 && p.percent <= 100.0)
+                .all(|p| p.total == Some(8) && p.percent <= Some(100.0))
         );
         assert_eq!(r.int("SELECT count(*) FROM t WHERE c = 1"), 8);
         assert_eq!(r.int("SELECT count(*) FROM t WHERE c <> 1"), 0);
@@ -650,7 +674,7 @@ mod tests {
             fixed(300),
         );
         assert_eq!(r.status, RunStatus::Ok);
-        let done: Vec<u64> = r.progress().iter().map(|p| p.done).collect();
+        let done: Vec<u64> = r.progress().iter().filter_map(|p| p.done).collect();
         assert_eq!(done, [300, 600, 900, 1000]);
         assert_eq!(r.int("SELECT count(*) FROM t WHERE c = 1"), 1000);
         assert_eq!(r.int("SELECT count(*) FROM t WHERE c <> 1"), 0);
@@ -678,7 +702,7 @@ mod tests {
         );
         assert_eq!(r.status, RunStatus::Ok);
         assert_eq!(r.progress().len(), 1);
-        assert_eq!(r.progress()[0].percent, 100.0);
+        assert_eq!(r.progress()[0].percent, Some(100.0));
         assert_eq!(r.int("SELECT c FROM t"), 1);
     }
 
@@ -717,7 +741,7 @@ mod tests {
             Options::default(),
         );
         let p = r.progress();
-        assert_eq!(p[0].done, 10, "the first chunk takes the plan's size");
+        assert_eq!(p[0].done, Some(10), "the first chunk takes the plan's size");
         assert!(
             p.len() < 20,
             "chunks should grow towards 250 ms each, got {} chunks",

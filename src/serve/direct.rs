@@ -46,7 +46,7 @@ pub async fn sniff(mut tcp: TcpStream) -> Sniffed {
             if !is_stream {
                 return Some(false);
             }
-            if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            if head_ends(&buf) {
                 return Some(true);
             }
             if buf.len() >= MAX_HEAD {
@@ -90,6 +90,13 @@ pub async fn serve(mut tcp: TcpStream, state: &Arc<State>, req: Request<()>, fan
         }
         None => write_response(&mut tcp, resp).await,
     }
+}
+
+/// True once `buf` holds a whole request head: an empty line, whether its
+/// lines end in CRLF or in a bare LF (RFC 9112 §2.2 lets a server accept
+/// both, and `printf 'GET /events HTTP/1.0\n\n'` is a fair request).
+fn head_ends(buf: &[u8]) -> bool {
+    buf.windows(2).any(|w| w == b"\n\n") || buf.windows(3).any(|w| w == b"\n\r\n")
 }
 
 /// A complete, well-formed GET head as a request; `None` sends it to hyper,
@@ -225,5 +232,22 @@ mod tests {
         assert!(parse(b"GET /events HTTP/1.1\r\nHost: x\r\n").is_none());
         assert!(parse(b"POST /events HTTP/1.1\r\n\r\n").is_none());
         assert!(parse(b"GET /events HTTP/1.1\r\nBad Header\r\n\r\n").is_none());
+        let bare = parse(b"GET /events HTTP/1.0\nLast-Event-ID: 3\n\n").unwrap();
+        assert_eq!(bare.headers()["last-event-id"], "3");
+    }
+
+    #[test]
+    fn a_head_ends_at_an_empty_line_after_crlf_or_bare_lf() {
+        for (head, ends) in [
+            (&b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n"[..], true),
+            (b"GET /events HTTP/1.0\n\n", true),
+            (b"GET /events HTTP/1.1\nHost: x\n\n", true),
+            (b"GET /events HTTP/1.1\nHost: x\n\r\n", true),
+            (b"GET /events HTTP/1.1\r\nHost: x\r\n", false),
+            (b"GET /events HTTP/1.1\nHost: x\n", false),
+            (b"GET /events HTTP/1.1\r\n\r", false),
+        ] {
+            assert_eq!(head_ends(head), ends, "{:?}", String::from_utf8_lossy(head));
+        }
     }
 }

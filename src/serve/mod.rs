@@ -1,5 +1,6 @@
 //! The HTTP side: a small hyper 1.x server that serves the event log as
-//! server-sent events, a `/status` snapshot, the dashboard and `/healthz`.
+//! server-sent events, a `/status` snapshot, `/metrics`, the dashboard and
+//! `/healthz`.
 //! It takes a bound listener and a stop future, so tests never guess ports.
 //!
 //! Inside, imports run one way: this file → the stream paths (`direct`,
@@ -26,6 +27,7 @@ mod dashboard;
 mod direct;
 mod fanout;
 mod keepalive;
+mod metrics;
 mod routes;
 mod state;
 

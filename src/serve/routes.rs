@@ -1,5 +1,5 @@
 //! Routing: every request, whichever path it came by, is answered here:
-//! CORS, methods, the token, `/`, `/status`, `/healthz`, and `/events` up to
+//! CORS, methods, the token, `/`, `/status`, `/metrics`, `/healthz`, and `/events` up to
 //! the point where a stream path takes over (a [`StreamStart`]).
 
 use std::convert::Infallible;
@@ -12,6 +12,7 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use super::auth::authorized;
 use super::dashboard;
+use super::metrics;
 use super::state::{ClientGuard, State};
 
 pub type Body = BoxBody<Bytes, Infallible>;
@@ -91,11 +92,14 @@ pub(super) fn misdirected(state: &State, headers: &hyper::HeaderMap) -> Option<R
 fn route<B>(state: &Arc<State>, req: &Request<B>) -> Response<Body> {
     let path = req.uri().path();
     let method = req.method();
-    let known = matches!(path, "/" | "/events" | "/status" | "/healthz" | "/control");
+    let known = matches!(
+        path,
+        "/" | "/events" | "/status" | "/metrics" | "/healthz" | "/control"
+    );
     if !known {
         return text(
             StatusCode::NOT_FOUND,
-            "not found; try /, /events, /status or /healthz",
+            "not found; try /, /events, /status, /metrics or /healthz",
         );
     }
     if method == Method::OPTIONS && state.config.cors.is_some() {
@@ -154,6 +158,7 @@ fn route<B>(state: &Arc<State>, req: &Request<B>) -> Response<Body> {
     match path {
         "/" => full(StatusCode::OK, "text/html; charset=utf-8", dashboard::HTML),
         "/status" => status(state),
+        "/metrics" => metrics_page(state),
         _ => events(state, req, &query),
     }
 }
@@ -165,6 +170,19 @@ pub(super) fn status(state: &State) -> Response<Body> {
         m.insert("clients".into(), state.clients().into());
     }
     let mut r = full(StatusCode::OK, "application/json", v.to_string());
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn metrics_page(state: &State) -> Response<Body> {
+    let mut r = match metrics::render(&state.log.snapshot(), state.clients()) {
+        Ok(body) => full(StatusCode::OK, metrics::CONTENT_TYPE, body),
+        Err(_) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the metrics could not be encoded",
+        ),
+    };
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r

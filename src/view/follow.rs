@@ -145,7 +145,8 @@ pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
         })?
         // Beyond a year is "forever"; it also keeps Instant arithmetic safe.
         .min(Duration::from_secs(365 * 24 * 3600));
-    let renderer = Renderer::new(args.progress);
+    let interval = crate::cli::config::progress_interval(args.progress_interval)?;
+    let renderer = Renderer::new(args.progress, interval);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

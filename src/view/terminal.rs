@@ -11,8 +11,9 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 pub use crate::cli::ProgressMode;
 use crate::error::print_line;
 use crate::events::log::EventLog;
-use crate::events::{Event, Level, RunStatus, StepState, ThrottleReason};
+use crate::events::{Event, Level, Progress, RunStatus, StepState, ThrottleReason};
 use crate::human::{duration, thousands};
+use crate::view::github::Github;
 
 impl ProgressMode {
     /// Settles `auto` for the current stderr and environment.
@@ -20,8 +21,11 @@ impl ProgressMode {
         match self {
             ProgressMode::Auto => {
                 let dumb = std::env::var("TERM").is_ok_and(|t| t == "dumb");
-                if std::io::stderr().is_terminal() && !dumb {
+                let tty = std::io::stderr().is_terminal();
+                if tty && !dumb {
                     ProgressMode::Bar
+                } else if !tty && std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true") {
+                    ProgressMode::Github
                 } else {
                     ProgressMode::Plain
                 }
@@ -41,7 +45,11 @@ pub struct Renderer {
     mode: ProgressMode,
     steps: Vec<String>,
     last_plain: HashMap<usize, Instant>,
+    /// At most one plain progress line per step this often.
+    interval: Duration,
     bars: Option<Bars>,
+    /// What `--progress github` remembers for its summary.
+    github: Github,
     /// Set once a write to standard output failed (its reader is gone,
     /// or the disk is full): no more lines are tried.
     stdout_failed: bool,
@@ -100,12 +108,15 @@ impl Bars {
 }
 
 impl Renderer {
-    pub fn new(mode: ProgressMode) -> Renderer {
+    /// `interval`: at most one plain progress line per step this often.
+    pub fn new(mode: ProgressMode, interval: Duration) -> Renderer {
         Renderer {
             mode: mode.resolve(),
             steps: Vec::new(),
             last_plain: HashMap::new(),
+            interval,
             bars: None,
+            github: Github::default(),
             stdout_failed: false,
         }
     }
@@ -137,6 +148,7 @@ impl Renderer {
             }
             ProgressMode::Json => self.json(id, event.name(), data),
             ProgressMode::Plain | ProgressMode::Auto => self.plain(event),
+            ProgressMode::Github => self.github(event),
             ProgressMode::Bar => self.bar(event),
         }
     }
@@ -182,6 +194,31 @@ impl Renderer {
         }
     }
 
+    /// Plain lines, with GitHub's workflow commands around them.
+    fn github(&mut self, event: &Event) {
+        let lines = match event {
+            Event::Start(s) => {
+                self.github.start(s);
+                return self.plain(event);
+            }
+            Event::Step(s) => {
+                self.last_plain.remove(&s.index);
+                let label = self.label(s.index);
+                let line = format!("{label}: {}", step_line(s));
+                self.github.step(s, &label, line)
+            }
+            Event::Message(m) => match Github::warning(m) {
+                Some(line) => vec![line],
+                None => return self.plain(event),
+            },
+            Event::Finished(f) => self.github.finished(f, &finished_line(f)),
+            _ => return self.plain(event),
+        };
+        for line in lines {
+            self.say(&line);
+        }
+    }
+
     fn plain(&mut self, event: &Event) {
         match event {
             Event::Start(s) => {
@@ -197,21 +234,11 @@ impl Renderer {
                 let due = self
                     .last_plain
                     .get(&p.step)
-                    .is_none_or(|t| now.duration_since(*t) >= Duration::from_secs(1));
-                if due || p.done >= p.total {
+                    .is_none_or(|t| now.duration_since(*t) >= self.interval);
+                let last = p.done.is_some() && p.done >= p.total;
+                if due || last {
                     self.last_plain.insert(p.step, now);
-                    self.say(&format!(
-                        "{}: {}/{} rows ({:.1}%), {} changed, {} rows/s{}",
-                        self.label(p.step),
-                        thousands(p.done),
-                        thousands(p.total),
-                        p.percent,
-                        thousands(p.changed),
-                        thousands(p.rate as u64),
-                        p.eta_ms
-                            .map(|e| format!(", ETA {}", duration(e)))
-                            .unwrap_or_default()
-                    ));
+                    self.say(&format!("{}: {}", self.label(p.step), progress_line(p)));
                 }
             }
             Event::Message(m) => self.say(&message_line(m)),
@@ -237,15 +264,11 @@ impl Renderer {
             Event::Progress(p) => {
                 let label = self.label(p.step);
                 if let Some(pb) = self.bars.as_ref().and_then(|b| b.step.as_ref()) {
-                    pb.set_length(p.total.max(1));
-                    pb.set_position(p.done);
-                    pb.set_message(format!(
-                        "{} rows/s{}  {label}",
-                        thousands(p.rate as u64),
-                        p.eta_ms
-                            .map(|e| format!("  ETA {}", duration(e)))
-                            .unwrap_or_default()
-                    ));
+                    if let (Some(done), Some(total)) = (p.done, p.total) {
+                        pb.set_length(total.max(1));
+                        pb.set_position(done);
+                    }
+                    pb.set_message(format!("{}  {label}", bar_message(p)));
                 }
             }
             Event::Throttle(t) => {
@@ -306,6 +329,39 @@ fn start_line(s: &crate::events::Start) -> String {
             ""
         }
     )
+}
+
+/// A plain line's account of a `progress`: counts after a chunk, the time
+/// so far for a heartbeat.
+fn progress_line(p: &Progress) -> String {
+    let (Some(done), Some(total)) = (p.done, p.total) else {
+        return format!("running for {}", duration(p.elapsed_ms));
+    };
+    format!(
+        "{}/{} rows ({:.1}%), {} changed, {} rows/s{}",
+        thousands(done),
+        thousands(total),
+        p.percent.unwrap_or_default(),
+        thousands(p.changed),
+        thousands(p.rate.unwrap_or_default() as u64),
+        p.eta_ms
+            .map(|e| format!(", ETA {}", duration(e)))
+            .unwrap_or_default()
+    )
+}
+
+/// The step bar's message: rate and ETA, or the time so far.
+fn bar_message(p: &Progress) -> String {
+    match p.rate {
+        None => format!("running for {}", duration(p.elapsed_ms)),
+        Some(rate) => format!(
+            "{} rows/s{}",
+            thousands(rate as u64),
+            p.eta_ms
+                .map(|e| format!("  ETA {}", duration(e)))
+                .unwrap_or_default()
+        ),
+    }
 }
 
 fn step_line(s: &crate::events::StepEvent) -> String {
@@ -427,5 +483,26 @@ mod tests {
         assert_eq!(duration(12), "12 ms");
         assert_eq!(duration(1500), "1.5 s");
         assert_eq!(duration(125_000), "2m05s");
+    }
+
+    #[test]
+    fn a_heartbeat_reads_as_time_running_and_a_chunk_as_counts() {
+        let beat = Progress::heartbeat(0, "vacuum".into(), 35_000);
+        assert_eq!(progress_line(&beat), "running for 35.0 s");
+        assert_eq!(bar_message(&beat), "running for 35.0 s");
+        let chunk = Progress {
+            done: Some(2000),
+            total: Some(10_000),
+            changed: 1999,
+            percent: Some(20.0),
+            rate: Some(1500.0),
+            eta_ms: Some(5300),
+            ..beat
+        };
+        assert_eq!(
+            progress_line(&chunk),
+            "2,000/10,000 rows (20.0%), 1,999 changed, 1,500 rows/s, ETA 5.3 s"
+        );
+        assert_eq!(bar_message(&chunk), "1,500 rows/s  ETA 5.3 s");
     }
 }

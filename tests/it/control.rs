@@ -145,14 +145,13 @@ fn every_refusal_is_exact_and_leaves_the_database_and_the_run_alone() {
         assert!(text.contains("never in the URL"), "{text}");
     }
     let status = get(addr, "/status", &[]).json();
-    assert_eq!(
-        (status["paused"].as_bool(), status["last_event_id"].as_u64()),
-        (Some(false), Some(2)),
-        "nothing accepted, nothing logged: {status}"
-    );
+    assert_eq!(status["paused"], false, "nothing accepted: {status}");
     assert_eq!(db.bytes(), before, "the database untouched");
     let events = Stream::open(addr, "/events", &[]).rest();
-    assert!(events.iter().all(|e| e.event != "control"));
+    assert!(
+        events.iter().all(|e| e.event != "control"),
+        "nothing logged as a command"
+    );
     assert_eq!(data(events.last().unwrap())["status"], "ok");
     assert_eq!(
         p.wait().code(),

@@ -227,60 +227,41 @@ fn a_chunked_step_that_changes_another_unique_column_still_runs_once_per_row() {
     );
 }
 
-/// Runs batchsse to its end and returns its exit code, stderr and peak
-/// resident memory in KiB (its own, from wait4, not other tests').
-#[allow(clippy::zombie_processes)] // reaped by wait4, which std cannot do
-fn run_measured(args: &[&str]) -> (i32, String, i64) {
-    use std::os::unix::process::ExitStatusExt;
-    use std::process::{Command, Stdio};
-    let child = Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn batchsse");
-    let pid = child.id() as libc::pid_t;
-    let mut stderr = child.stderr.expect("stderr");
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
-        s
-    });
-    let mut status = 0;
-    // SAFETY: a zeroed rusage is a valid value for wait4 to fill in.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: pid is our own child, not waited for elsewhere.
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(r, pid, "wait4");
-    let code = std::process::ExitStatus::from_raw(status)
-        .code()
-        .unwrap_or(-1);
-    (code, reader.join().expect("stderr reader"), usage.ru_maxrss)
+/// The peak resident memory (KiB) of a running process since its exec,
+/// from /proc (not from wait4, whose figure for a spawned child can include
+/// the spawning test process's own memory).
+fn peak_rss_kib(pid: u32) -> i64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
 }
 
 #[test]
 fn the_check_stays_small_for_a_step_that_generates_its_own_rows() {
     // 400,000 rows of 1 KB each made from nothing: the check used to do
-    // this work in memory (436 MB) before saying a later step is wrong.
+    // this work in memory (436 MB) before the run could start.
     let db = TempDb::with_sql("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB);");
-    let plan = json!({"name": "gen", "steps": [
-        {"sql": "INSERT INTO t(v) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < 400000) SELECT randomblob(1000) FROM s"},
-        {"sql": "UPDATE t SET nope = 1"},
-    ]});
-    let path = db.file("plan.json", &plan.to_string());
+    let generate = "INSERT INTO t(v) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < 400000) SELECT randomblob(1000) FROM s";
+    // Still caught: a later step's mistake.
+    let bad = json!({"name": "gen", "steps": [{"sql": generate}, {"sql": "UPDATE t SET nope = 1"}]});
+    let path = db.file("bad.json", &bad.to_string());
     let before = db.bytes();
-    let (code, err, rss_kib) = run_measured(&run_args(&db, path_str(&path), &["--no-serve"]));
+    let (code, _, err) = run(&run_args(&db, path_str(&path), &["--no-serve"]));
     assert_eq!(code, 2, "{err}");
-    assert!(
-        err.contains("step 2") && err.contains("no such column: nope"),
-        "{err}"
-    );
-    assert!(
-        rss_kib < 64 * 1024,
-        "peak RSS {rss_kib} KiB during the check"
-    );
+    assert!(err.contains("step 2") && err.contains("no such column: nope"), "{err}");
     assert_eq!(db.bytes(), before);
+    // Past the check, the run waits for a client: its peak so far is the
+    // check's (and the server's start).
+    let good = json!({"name": "gen", "steps": [{"sql": generate}]});
+    let path = db.file("good.json", &good.to_string());
+    let p = serving(&db, path_str(&path), &["--wait-for-clients", "1"]);
+    let rss_kib = peak_rss_kib(p.child.id());
+    assert!(rss_kib < 64 * 1024, "peak RSS {rss_kib} KiB through the check");
+    drop(p);
+    assert_eq!(db.bytes(), before, "nothing ran");
 }
 
 #[test]

@@ -1,0 +1,234 @@
+//! `--progress github`: GitHub Actions workflow commands around the plain
+//! lines (a `::group::` per step, `::error` for a failed step, `::warning`
+//! for warnings) and, with `GITHUB_STEP_SUMMARY` set, a Markdown table of
+//! the steps appended to that file at the end.
+
+use std::io::Write;
+
+use crate::events::{Finished, Level, Message, Start, StepEvent, StepState};
+use crate::human::{duration, thousands};
+
+/// A command's message, per the workflow-command rules.
+pub fn escape_data(s: &str) -> String {
+    s.replace('%', "%25")
+        .replace('\r', "%0D")
+        .replace('\n', "%0A")
+}
+
+/// A command's property value (`title=…`): the message's rules, plus `:`
+/// and `,`, which would end the value.
+pub fn escape_property(s: &str) -> String {
+    escape_data(s).replace(':', "%3A").replace(',', "%2C")
+}
+
+/// What the GitHub output remembers of a run: its steps and how each ended.
+#[derive(Debug, Default)]
+pub struct Github {
+    plan: String,
+    db: String,
+    steps: Vec<(String, Option<StepEvent>)>,
+    group_open: bool,
+}
+
+impl Github {
+    pub fn start(&mut self, s: &Start) {
+        self.plan = s.plan.clone();
+        self.db = s.db.clone();
+        self.steps = s.steps.iter().map(|s| (s.name.clone(), None)).collect();
+        self.group_open = false;
+    }
+
+    /// The commands to print before `line`, the step's plain line.
+    pub fn step(&mut self, s: &StepEvent, label: &str, line: String) -> Vec<String> {
+        let mut out = Vec::new();
+        if s.state == StepState::Running {
+            out.extend(self.end_group());
+            out.push(format!("::group::{}", escape_data(label)));
+            self.group_open = true;
+            return out;
+        }
+        out.push(line);
+        out.extend(self.end_group());
+        if s.state == StepState::Failed {
+            let title = format!("step {} ({}) failed", s.index + 1, s.name);
+            out.push(format!(
+                "::error title={}::{}",
+                escape_property(&title),
+                escape_data(s.error.as_deref().unwrap_or("unknown error"))
+            ));
+        }
+        if let Some(slot) = self.steps.get_mut(s.index) {
+            slot.1 = Some(s.clone());
+        }
+        out
+    }
+
+    /// A warning as an annotation; `None` for other levels.
+    pub fn warning(m: &Message) -> Option<String> {
+        (m.status == Level::Warn).then(|| format!("::warning::{}", escape_data(&m.message)))
+    }
+
+    /// Closes a group left open, and appends the summary if asked for.
+    pub fn finished(&mut self, f: &Finished, line: &str) -> Vec<String> {
+        let mut out: Vec<String> = self.end_group().into_iter().collect();
+        out.push(format!("batchsse: {line}"));
+        let Some(path) = std::env::var_os("GITHUB_STEP_SUMMARY").filter(|p| !p.is_empty()) else {
+            return out;
+        };
+        let appended = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&path)
+            .and_then(|mut file| file.write_all(self.summary(f, line).as_bytes()));
+        if let Err(e) = appended {
+            out.push(format!(
+                "::warning::{}",
+                escape_data(&format!(
+                    "cannot append the step summary to {} ({e})",
+                    std::path::Path::new(&path).display()
+                ))
+            ));
+        }
+        out
+    }
+
+    fn end_group(&mut self) -> Option<String> {
+        std::mem::take(&mut self.group_open).then(|| "::endgroup::".to_owned())
+    }
+
+    /// The run as Markdown: a heading, a table of the steps, the outcome.
+    pub fn summary(&self, f: &Finished, line: &str) -> String {
+        let mut md = format!(
+            "### batchsse: {} on {}\n\n| # | step | state | rows changed | time |\n| ---: | --- | --- | ---: | ---: |\n",
+            cell(&self.plan),
+            cell(&self.db)
+        );
+        for (i, (name, end)) in self.steps.iter().enumerate() {
+            let (state, changed, took) = match end {
+                Some(e) => (
+                    state_word(e.state),
+                    thousands(e.changed),
+                    duration(e.elapsed_ms),
+                ),
+                None => ("not run", String::new(), String::new()),
+            };
+            md += &format!(
+                "| {} | {} | {state} | {changed} | {took} |\n",
+                i + 1,
+                cell(name)
+            );
+        }
+        let (outcome, detail) = line.split_once('\n').unwrap_or((line, ""));
+        md += &format!("\n**{}**\n", cell(outcome));
+        if f.error.is_some() && !detail.trim().is_empty() {
+            md += &format!("\n{}\n", cell(detail.trim()));
+        }
+        md + "\n"
+    }
+}
+
+fn state_word(s: StepState) -> &'static str {
+    match s {
+        StepState::Running => "running",
+        StepState::Done => "done",
+        StepState::Failed => "**failed**",
+        StepState::Skipped => "skipped",
+    }
+}
+
+/// Text safe in a table cell: no line breaks, no column bars, no markup.
+fn cell(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\r' | '\n' => out.push(' '),
+            '|' | '\\' | '`' | '*' | '_' | '<' | '>' | '[' | ']' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_and_properties_are_escaped_per_the_workflow_command_rules() {
+        for (raw, data, property) in [
+            ("plain", "plain", "plain"),
+            ("", "", ""),
+            ("100%", "100%25", "100%25"),
+            ("%0A", "%250A", "%250A"),
+            ("a\nb", "a%0Ab", "a%0Ab"),
+            ("a\r\nb", "a%0D%0Ab", "a%0D%0Ab"),
+            ("\r", "%0D", "%0D"),
+            ("step 1: x, y", "step 1: x, y", "step 1%3A x%2C y"),
+            ("::error::x", "::error::x", "%3A%3Aerror%3A%3Ax"),
+            ("naïve 🔑", "naïve 🔑", "naïve 🔑"),
+            ("%,:\n", "%25,:%0A", "%25%2C%3A%0A"),
+        ] {
+            assert_eq!(escape_data(raw), data, "data {raw:?}");
+            assert_eq!(escape_property(raw), property, "property {raw:?}");
+        }
+    }
+
+    #[test]
+    fn a_failed_step_closes_its_group_with_an_error_annotation() {
+        let mut g = Github::default();
+        let running = StepEvent {
+            index: 1,
+            name: "fix, then: check".into(),
+            state: StepState::Running,
+            done: 0,
+            total: 0,
+            changed: 0,
+            elapsed_ms: 0,
+            error: None,
+        };
+        assert_eq!(
+            g.step(&running, "[2/2] fix\nnow", String::new()),
+            ["::group::[2/2] fix%0Anow"]
+        );
+        let failed = StepEvent {
+            state: StepState::Failed,
+            error: Some("no such table: x\n100% sure".into()),
+            ..running
+        };
+        assert_eq!(
+            g.step(&failed, "[2/2] fix", "[2/2] fix: FAILED".into()),
+            [
+                "[2/2] fix: FAILED",
+                "::endgroup::",
+                "::error title=step 2 (fix%2C then%3A check) failed::no such table: x%0A100%25 sure",
+            ]
+        );
+    }
+
+    #[test]
+    fn only_warnings_become_warning_annotations() {
+        let m = |status| Message {
+            target: serde_json::json!({}),
+            status,
+            message: "50% done\nnow".into(),
+        };
+        assert_eq!(
+            Github::warning(&m(Level::Warn)).as_deref(),
+            Some("::warning::50%25 done%0Anow")
+        );
+        assert_eq!(Github::warning(&m(Level::Info)), None);
+        assert_eq!(Github::warning(&m(Level::Error)), None);
+    }
+
+    #[test]
+    fn table_cells_cannot_break_the_table() {
+        assert_eq!(cell("a|b\nc"), "a\\|b c");
+        assert_eq!(
+            cell("UPDATE t SET x = x*2 -- `x`"),
+            "UPDATE t SET x = x\\*2 -- \\`x\\`"
+        );
+    }
+}

@@ -1,0 +1,407 @@
+//! The operator's tools: `/metrics` (checked with promtool), GitHub Actions
+//! output, `--progress-interval` and the plain step's heartbeat, and request
+//! heads with bare-LF line ends.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+/// A finished run of 100 counters, still answering for 30 s.
+fn lingering(extra: &[&str]) -> (TempDb, Proc) {
+    let db = TempDb::counters(100);
+    let plan = db.file("plan.json", &counter_plan("ops", 10));
+    let mut flags = words("--batch-size 10 --linger 30");
+    flags.extend_from_slice(extra);
+    let p = serving(&db, path_str(&plan), &flags);
+    wait_status(p.addr(), |s| s["state"] == "finished");
+    (db, p)
+}
+
+#[test]
+fn request_heads_with_bare_lf_line_ends_are_answered_on_every_route() {
+    let (_db, p) = lingering(&[]);
+    let a = p.addr();
+    for (path, status, body_has) in [
+        ("/events", 200, "event: finished"),
+        ("/status", 200, "\"state\":\"finished\""),
+        ("/", 200, "EventSource"),
+        ("/healthz", 200, "ok"),
+        ("/metrics", 200, "batchsse_finished 1"),
+        ("/nope", 404, "not found"),
+    ] {
+        for head in [
+            format!("GET {path} HTTP/1.0\n\n"),
+            format!("GET {path} HTTP/1.1\nHost: 127.0.0.1\nConnection: close\n\n"),
+        ] {
+            let t0 = Instant::now();
+            let r = raw(a, head.as_bytes());
+            let took = t0.elapsed();
+            assert_eq!(r.status, status, "{head:?}");
+            assert!(r.text().contains(body_has), "{head:?}: {}", r.text());
+            assert!(took < Duration::from_secs(3), "{head:?} took {took:?}");
+        }
+    }
+}
+
+/// The lines of a plain run's stderr that report a chunk of step 1.
+fn progress_lines(stderr: &str) -> usize {
+    stderr
+        .lines()
+        .filter(|l| l.starts_with("batchsse: [1/1]") || l.starts_with("[1/1]"))
+        .filter(|l| l.contains(" rows ("))
+        .count()
+}
+
+#[test]
+fn progress_interval_sets_how_often_a_plain_progress_line_is_printed() {
+    let db = TempDb::counters(300);
+    let plan = db.file("plan.json", &counter_plan("interval", 10));
+    let plain = |interval: &str| {
+        let mut a = run_args(&db, path_str(&plan), &["--no-serve", "--no-checkpoint"]);
+        a.extend(words(
+            "--batch-size 10 --sleep 10 --progress plain --progress-interval",
+        ));
+        a.push(interval);
+        let (code, _, err) = run(&a);
+        assert_eq!(code, 0, "{err}");
+        err
+    };
+    // 0: every chunk's line; a minute: the first and the last only.
+    let every = plain("0");
+    assert_eq!(progress_lines(&every), 30, "{every}");
+    let sparse = plain("60");
+    assert_eq!(progress_lines(&sparse), 2, "{sparse}");
+    let mut a = run_args(&db, path_str(&plan), &["--no-serve"]);
+    a.push("--progress-interval=-1");
+    let (code, _, err) = run(&a);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--progress-interval"), "{err}");
+}
+
+#[test]
+fn a_plain_step_that_runs_past_five_seconds_sends_a_heartbeat_with_null_counts() {
+    let db = TempDb::with_sql(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, x INT); INSERT INTO t VALUES (1, 0);",
+    );
+    let sql = db.file("fix.sql", "UPDATE t SET x = x + 1;\n");
+    // A reader holds its read lock for 6 s, so the step's commit waits that
+    // long (rollback journal: a writer commits only once readers are gone),
+    // as it would behind a busy application. Slow SQL would do as well, but
+    // how slow depends on the machine's load.
+    let reader = db.conn();
+    reader
+        .execute_batch("BEGIN; SELECT count(*) FROM t;")
+        .unwrap();
+    let mut p = Proc::start(&[
+        "run",
+        "--db",
+        path_str(&db.path),
+        "--sql",
+        path_str(&sql),
+        "--no-serve",
+        "--no-checkpoint",
+        "--busy-timeout",
+        "30000",
+        "--progress",
+        "json",
+    ]);
+    std::thread::sleep(Duration::from_millis(6000));
+    reader.execute_batch("COMMIT").unwrap();
+    assert_eq!(p.wait().code(), Some(0), "{}", p.stderr());
+    let lines = json_lines(&p.stdout());
+    let beats: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["event"] == "progress")
+        .map(|l| &l["data"])
+        .collect();
+    assert!(!beats.is_empty(), "no heartbeat: {lines:?}");
+    for b in &beats {
+        for field in ["done", "total", "percent", "rate", "eta_ms"] {
+            assert!(b[field].is_null(), "{field} in {b}");
+        }
+        assert!(b["elapsed_ms"].as_u64().unwrap() >= 5000, "{b}");
+        assert_eq!(b["step"], 0);
+    }
+    // Every heartbeat comes while the step runs, none after it ended.
+    let names: Vec<&str> = lines.iter().map(|l| l["event"].as_str().unwrap()).collect();
+    let done_at = names.iter().rposition(|n| *n == "step").unwrap();
+    let last_beat = names.iter().rposition(|n| *n == "progress").unwrap();
+    assert!(last_beat < done_at, "{names:?}");
+    assert_eq!(db.query_i64("SELECT x FROM t"), 1);
+}
+
+/// The value of the sample `name` (with its labels, if any) in an
+/// exposition, or `None` if it is not there.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (series, value) = l.rsplit_once(' ')?;
+        (series == name || series.split_once('{').is_some_and(|(n, _)| n == name))
+            .then(|| value.parse().ok())?
+    })
+}
+
+/// Runs `promtool check metrics` on `text`; panics on anything but a pass
+/// or lint advice that only says "no help text" (promtool 2.42 on
+/// prometheus-client's counters, whose HELP names the family without
+/// `_total`). `false` when promtool is missing outside CI.
+fn promtool_accepts(text: &str) -> bool {
+    let child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let Ok(mut child) = child else {
+        skip_unless_ci(
+            "promtool is not installed (Debian package prometheus; .ci/run installs it)",
+        );
+        return false;
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let only_help_advice = said
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .all(|l| l.ends_with(" no help text"));
+    match out.status.code() {
+        Some(0) => {}
+        Some(3) if only_help_advice => {}
+        other => {
+            panic!("promtool check metrics: exit {other:?}:\n{said}\n--- the exposition:\n{text}")
+        }
+    }
+    true
+}
+
+#[test]
+fn metrics_follow_a_real_run_and_agree_with_status() {
+    let db = TempDb::counters(1000);
+    let plan = db.file("plan.json", &counter_plan("scraped", 10));
+    let p = serving(
+        &db,
+        path_str(&plan),
+        &words("--wait-for-clients 1 --batch-size 10 --sleep 20 --linger 30"),
+    );
+    let a = p.addr();
+    let mut stream = Stream::open(a, "/events", &[]);
+    // During the run.
+    wait_status(a, |s| s["done"].as_u64().is_some_and(|d| d >= 200));
+    let during = get(a, "/metrics", &[]);
+    assert_eq!(during.status, 200);
+    assert!(
+        during
+            .header("content-type")
+            .unwrap()
+            .starts_with("application/openmetrics-text"),
+        "{:?}",
+        during.header("content-type")
+    );
+    let m = during.text();
+    if !promtool_accepts(&m) {
+        return;
+    }
+    let start = data(&stream.until("start"));
+    let info = format!(
+        "batchsse_info{{run_id=\"{}\",plan=\"scraped\",db=\"test.sqlite\",version=\"{}\"}}",
+        start["run_id"].as_str().unwrap(),
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(m.lines().any(|l| l == format!("{info} 1")), "{m}");
+    assert_eq!(sample(&m, "batchsse_finished"), Some(0.0), "{m}");
+    assert_eq!(sample(&m, "batchsse_stream_clients"), Some(1.0), "{m}");
+    assert_eq!(sample(&m, "batchsse_steps_total"), Some(1.0), "{m}");
+    assert_eq!(sample(&m, "batchsse_step_rows_total"), Some(1000.0), "{m}");
+    let done = sample(&m, "batchsse_step_rows_done").unwrap();
+    assert!((200.0..1000.0).contains(&done), "{m}");
+    let chunks = sample(&m, "batchsse_chunks_total").unwrap();
+    assert!(chunks >= 20.0, "{m}");
+    assert_eq!(
+        sample(&m, "batchsse_chunk_duration_seconds_count"),
+        Some(chunks)
+    );
+    // After `finished`, during --linger, nothing moves: both agree.
+    let events = stream.rest();
+    drop(stream);
+    let status = wait_status(a, |s| s["state"] == "finished" && s["clients"] == 0);
+    let m = get(a, "/metrics", &[]).text();
+    assert!(promtool_accepts(&m));
+    assert_eq!(sample(&m, "batchsse_finished"), Some(1.0), "{m}");
+    for (metric, field) in [
+        ("batchsse_steps_done", "steps_done"),
+        ("batchsse_rows_changed_total", "rows_changed"),
+        ("batchsse_stream_clients", "clients"),
+        ("batchsse_events_total", "last_event_id"),
+    ] {
+        assert_eq!(
+            sample(&m, metric),
+            status[field].as_f64(),
+            "{metric}: {m}\n{status}"
+        );
+    }
+    assert_eq!(sample(&m, "batchsse_rows_changed_total"), Some(1000.0));
+    assert_eq!(
+        sample(&m, "batchsse_events_total"),
+        Some(id(events.last().unwrap()) as f64)
+    );
+    // 100 chunks of 10 rows; each but the first follows a 20 ms sleep.
+    assert_eq!(sample(&m, "batchsse_chunks_total"), Some(100.0), "{m}");
+    assert_eq!(
+        sample(&m, "batchsse_chunk_duration_seconds_count"),
+        Some(100.0)
+    );
+    let quick = sample(&m, "batchsse_chunk_duration_seconds_bucket{le=\"0.01\"}").unwrap();
+    assert!(quick <= 1.0, "{m}");
+    assert!(
+        sample(&m, "batchsse_chunk_duration_seconds_sum").unwrap() >= 99.0 * 0.02,
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "batchsse_chunk_duration_seconds_bucket{le=\"+Inf\"}"),
+        Some(100.0)
+    );
+}
+
+#[test]
+fn metrics_ask_for_the_same_token_as_status() {
+    let db = TempDb::counters(10);
+    let plan = db.file("plan.json", &counter_plan("guarded", 10));
+    let p = serving(&db, path_str(&plan), &words("--linger 30 --token s3cret"));
+    let a = p.addr();
+    for path in ["/metrics", "/status"] {
+        assert_eq!(get(a, path, &[]).status, 401, "{path}");
+        assert_eq!(
+            get(a, &format!("{path}?token=s3cret"), &[]).status,
+            200,
+            "{path}"
+        );
+        let bearer = get(a, path, &[("Authorization", "Bearer s3cret")]);
+        assert_eq!(bearer.status, 200, "{path}");
+        let wrong = get(a, path, &[("Authorization", "Bearer s3creT")]);
+        assert_eq!(wrong.status, 401, "{path}");
+    }
+    assert_eq!(get(a, "/healthz", &[]).status, 200);
+}
+
+/// `batchsse run --sql SCRIPT --no-serve` as in a GitHub Actions job (auto
+/// output, stderr not a terminal), its summary going to `summary`.
+fn in_actions(db: &TempDb, script: &str, summary: &std::path::Path, actions: bool) -> Proc {
+    let sql = db.file("step.sql", script);
+    let mut p = spawn(
+        &[
+            "run",
+            "--db",
+            path_str(&db.path),
+            "--sql",
+            path_str(&sql),
+            "--no-serve",
+            "--no-checkpoint",
+        ],
+        |c| {
+            c.env("GITHUB_STEP_SUMMARY", summary);
+            if actions {
+                c.env("GITHUB_ACTIONS", "true");
+            } else {
+                c.env_remove("GITHUB_ACTIONS");
+            }
+        },
+    );
+    p.wait();
+    p
+}
+
+#[test]
+fn in_github_actions_a_failed_step_is_an_error_annotation_and_the_summary_has_every_step() {
+    let db = TempDb::with_sql(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, name TEXT NOT NULL); INSERT INTO t VALUES (1, 'a');",
+    );
+    let summary = db.dir.path().join("summary.md");
+    std::fs::write(&summary, "earlier job output\n").unwrap();
+    // The NOT NULL failure shows only when the step runs on the real rows.
+    let script =
+        "UPDATE t SET name = 'b';\nUPDATE t SET name = NULL;\nUPDATE t SET name = 'never';\n";
+    let mut p = in_actions(&db, script, &summary, true);
+    let err = p.stderr();
+    assert_eq!(p.wait().code(), Some(1), "{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    let at = |l: &str| {
+        lines
+            .iter()
+            .position(|x| *x == l)
+            .unwrap_or_else(|| panic!("no {l:?} in:\n{err}"))
+    };
+    let (g1, g2) = (
+        at("::group::[1/3] UPDATE t SET name = 'b'"),
+        at("::group::[2/3] UPDATE t SET name = NULL"),
+    );
+    assert!(g1 < g2, "{err}");
+    assert_eq!(
+        lines.iter().filter(|l| **l == "::endgroup::").count(),
+        2,
+        "{err}"
+    );
+    let error = lines
+        .iter()
+        .find(|l| l.starts_with("::error "))
+        .unwrap_or_else(|| panic!("no ::error in:\n{err}"));
+    assert!(
+        error.starts_with("::error title=step 2 (UPDATE t SET name = NULL) failed::"),
+        "{error}"
+    );
+    assert!(error.contains("NOT NULL"), "{error}");
+    let md = std::fs::read_to_string(&summary).unwrap();
+    assert!(
+        md.starts_with("earlier job output\n"),
+        "appended, not replaced:\n{md}"
+    );
+    for row in [
+        "| # | step | state | rows changed | time |",
+        "| 1 | UPDATE t SET name = 'b' | done | 1 |",
+        "| 2 | UPDATE t SET name = NULL | **failed** | 0 |",
+        "| 3 | UPDATE t SET name = 'never' | not run |  |  |",
+        "**FAILED: 1/3 steps, 1 rows changed in ",
+        "NOT NULL constraint failed: t.name",
+    ] {
+        assert!(md.contains(row), "no {row:?} in:\n{md}");
+    }
+    assert_eq!(db.query_i64("SELECT count(*) FROM t WHERE name = 'b'"), 1);
+}
+
+#[test]
+fn outside_github_actions_auto_prints_plain_lines_and_no_summary() {
+    let db = TempDb::with_sql(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, n INT); INSERT INTO t VALUES (1, 0);",
+    );
+    let summary = db.dir.path().join("summary.md");
+    let p = in_actions(&db, "UPDATE t SET n = 1;\n", &summary, false);
+    assert!(!p.stderr().contains("::"), "{}", p.stderr());
+    assert!(
+        p.stderr().contains("[1/1] UPDATE t SET n = 1: done"),
+        "{}",
+        p.stderr()
+    );
+    assert!(!summary.exists());
+    let p = in_actions(&db, "UPDATE t SET n = 2;\n", &summary, true);
+    assert!(
+        p.stderr().contains("::group::[1/1] UPDATE t SET n = 2\n"),
+        "{}",
+        p.stderr()
+    );
+    let md = std::fs::read_to_string(&summary).unwrap();
+    assert!(md.contains("| 1 | UPDATE t SET n = 2 | done | 1 |"), "{md}");
+    assert!(
+        md.contains("**finished ok: 1/1 steps, 1 rows changed in "),
+        "{md}"
+    );
+}
