@@ -49,20 +49,7 @@ pub(super) fn run(r: &Runner<'_>, step: &Step, chunk: &Chunk, resume: &Resume) -
             ),
         );
     }
-    let mut prev: Option<Key> = None;
-    if let Some(pos) = resume.chunk_position(step) {
-        prev = Some(pos.last_key.clone());
-        (c.done, c.changed) = (pos.done, pos.changed);
-        c.total = c.total.max(pos.done);
-        r.message(
-            Some(step.index),
-            Level::Info,
-            format!(
-                "resuming after {} rows already committed ({} changed)",
-                pos.done, pos.changed
-            ),
-        );
-    }
+    let mut prev = resume_point(r, step, resume, &mut c);
     let resumed_from = c.done;
     let fixed = r.governor.borrow().batch_size();
     let mut sizer = Sizer::new(fixed.unwrap_or(chunk.size));
@@ -114,6 +101,23 @@ pub(super) fn run(r: &Runner<'_>, step: &Step, chunk: &Chunk, resume: &Resume) -
         }
     }
     Ok(c)
+}
+
+/// Where an earlier run of this step stopped (its last committed key),
+/// with its counts taken over into `c`.
+fn resume_point(r: &Runner<'_>, step: &Step, resume: &Resume, c: &mut Counts) -> Option<Key> {
+    let pos = resume.chunk_position(step)?;
+    (c.done, c.changed) = (pos.done, pos.changed);
+    c.total = c.total.max(pos.done);
+    r.message(
+        Some(step.index),
+        Level::Info,
+        format!(
+            "resuming after {} rows already committed ({} changed)",
+            pos.done, pos.changed
+        ),
+    );
+    Some(pos.last_key.clone())
 }
 
 fn announce(r: &Runner<'_>, step: &Step, chunk: &Chunk, c: &Counts, first: u64) {

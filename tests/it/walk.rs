@@ -246,12 +246,16 @@ fn the_check_stays_small_for_a_step_that_generates_its_own_rows() {
     let db = TempDb::with_sql("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB);");
     let generate = "INSERT INTO t(v) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < 400000) SELECT randomblob(1000) FROM s";
     // Still caught: a later step's mistake.
-    let bad = json!({"name": "gen", "steps": [{"sql": generate}, {"sql": "UPDATE t SET nope = 1"}]});
+    let bad =
+        json!({"name": "gen", "steps": [{"sql": generate}, {"sql": "UPDATE t SET nope = 1"}]});
     let path = db.file("bad.json", &bad.to_string());
     let before = db.bytes();
     let (code, _, err) = run(&run_args(&db, path_str(&path), &["--no-serve"]));
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("step 2") && err.contains("no such column: nope"), "{err}");
+    assert!(
+        err.contains("step 2") && err.contains("no such column: nope"),
+        "{err}"
+    );
     assert_eq!(db.bytes(), before);
     // Past the check, the run waits for a client: its peak so far is the
     // check's (and the server's start).
@@ -259,7 +263,10 @@ fn the_check_stays_small_for_a_step_that_generates_its_own_rows() {
     let path = db.file("good.json", &good.to_string());
     let p = serving(&db, path_str(&path), &["--wait-for-clients", "1"]);
     let rss_kib = peak_rss_kib(p.child.id());
-    assert!(rss_kib < 64 * 1024, "peak RSS {rss_kib} KiB through the check");
+    assert!(
+        rss_kib < 64 * 1024,
+        "peak RSS {rss_kib} KiB through the check"
+    );
     drop(p);
     assert_eq!(db.bytes(), before, "nothing ran");
 }
