@@ -40,8 +40,10 @@
 //! - `human`, [`error`]: number and duration wording; exit codes and the
 //!   errors that choose them.
 //!
-//! Imports run one way: `app` → `cli` → {`run`, `serve`, `view`} →
-//! {`plan`, `events`, `lifecycle`} → {`human`, `error`}.
+//! Imports run one way, with no cycles: `app` → `view` → `cli` →
+//! {`run`, `serve`} → {`plan`, `lifecycle`, `events`} → {`human`, `error`}
+//! (`run` also uses `lifecycle` and `human`; `view` uses `serve` for the
+//! run-id header and the token rule).
 
 mod app;
 pub mod cli;
