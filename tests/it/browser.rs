@@ -676,3 +676,216 @@ fn a_page_on_another_origin_resumes_a_dropped_stream_with_last_event_id() {
     assert!(from > 1, "the reconnect must carry Last-Event-ID: {v:#}");
     assert_eq!(v["page_errors"], json!([]), "{v:#}");
 }
+
+const CONTROL: &str = "c0ntrol";
+
+/// Every `control` event the server logged, from its own replay (which
+/// runs to `finished`).
+fn control_events(addr: SocketAddr, headers: &[(&str, &str)]) -> Vec<Value> {
+    let mut s = Stream::open(addr, "/events", headers);
+    assert_eq!(s.status, 200);
+    s.rest()
+        .iter()
+        .filter(|e| e.event == "control")
+        .map(data)
+        .collect()
+}
+
+/// Each logged command's action and who sent it.
+fn actions_by(events: &[Value]) -> Vec<(String, String)> {
+    events
+        .iter()
+        .map(|e| {
+            let s = |k: &str| e[k].as_str().unwrap_or_default().to_owned();
+            (s("action"), s("by"))
+        })
+        .collect()
+}
+
+#[test]
+fn the_dashboard_pauses_and_resumes_the_run_with_the_fragment_token() {
+    let Some(_b) = browser() else { return };
+    let db = TempDb::shop(2000);
+    let old = old_sessions(&db);
+    let read = [("Authorization", "Bearer r3ad")];
+    // Both tokens: the page reads with ?token= and steers with #control=.
+    let p = start_run(
+        &db,
+        60,
+        &[
+            "--token",
+            "r3ad",
+            "--control-token",
+            CONTROL,
+            "--wait-for-clients",
+            "1",
+            "--linger",
+            "20",
+        ],
+    );
+    let go_on = db.dir.path().join("go-on");
+    let url = format!("http://{}/?token=r3ad#control={CONTROL}", p.addr());
+    let page = Observer::start(
+        &url,
+        json!({"timeout_ms": 15000, "actions": [
+            {"wait": "#pause"},
+            {"wait": ".step[data-state=running]"},
+            {"snapshot": "before"},
+            {"click": "#pause"},
+            {"wait": "#throttle:has-text('Paused')"},
+            {"snapshot": "paused"},
+            {"wait_file": go_on},
+            // Only the field changed goes in the body.
+            {"fill": "#sleep", "value": "20"},
+            {"click": "#apply"},
+            {"wait": ":nth-match(#log li[data-level=control], 2)"},
+            {"click": "#pause"},
+            {"wait": "#pause:has-text('Pause')"},
+            {"gone": "#throttle"},
+            {"snapshot": "resumed"},
+        ]}),
+    );
+    // Paused: the run holds still at a chunk boundary, and holds no lock.
+    wait_status(p.addr(), &read, |s| s["throttled"] == "paused");
+    let before = get(p.addr(), "/status", &read).json();
+    std::thread::sleep(Duration::from_millis(300));
+    let after = get(p.addr(), "/status", &read).json();
+    assert_eq!(after["throttled"], "paused", "{after}");
+    assert_eq!(after["paused"], true, "{after}");
+    assert_eq!(
+        (&before["step"], &before["done"], &before["steps_done"]),
+        (&after["step"], &after["done"], &after["steps_done"]),
+        "a paused run must not advance: {before} then {after}"
+    );
+    assert_eq!(after["state"], "running", "{after}");
+    let other = db.conn();
+    other.busy_timeout(Duration::ZERO).expect("busy_timeout");
+    other
+        .execute_batch("BEGIN IMMEDIATE; ROLLBACK;")
+        .expect("a paused run must leave the write lock free");
+    std::fs::write(&go_on, "").expect("let the page go on");
+    let v = page.finish();
+    assert_eq!(v.get("action_error"), None, "{v:#}");
+    assert_complete(&v, rows_changed(&db, old), &messages(p.addr(), &read));
+
+    let steer = |name: &str| v["snapshots"][name]["steer"].clone();
+    assert_eq!(steer("before")["controls"], true, "{v:#}");
+    assert_eq!(steer("before")["pause"], "Pause", "{v:#}");
+    assert_eq!(steer("before")["badge"], Value::Null, "{v:#}");
+    assert_eq!(steer("paused")["pause"], "Resume", "{v:#}");
+    assert_eq!(steer("paused")["badge"], "Paused", "{v:#}");
+    assert_eq!(steer("resumed")["badge"], Value::Null, "{v:#}");
+    // The token left the address bar at once, stays in this tab's session
+    // storage, and travels only in the Authorization header.
+    let address = steer("before")["address"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        !address.contains(CONTROL) && address.contains("token=r3ad"),
+        "{address}"
+    );
+    assert_eq!(steer("before")["stored_token"], CONTROL, "{v:#}");
+    let posts = v["control_requests"].as_array().expect("control requests");
+    let bodies: Vec<Value> = posts
+        .iter()
+        .map(|r| serde_json::from_str(r["body"].as_str().unwrap_or("null")).unwrap_or_default())
+        .collect();
+    assert_eq!(
+        bodies,
+        [
+            json!({"pause": true}),
+            json!({"sleep_ms": 20}),
+            json!({"pause": false})
+        ],
+        "{v:#}"
+    );
+    for r in posts {
+        assert_eq!(r["method"], "POST");
+        assert_eq!(r["authorization"], format!("Bearer {CONTROL}"), "{r}");
+        assert_eq!(r["client"], "dashboard", "{r}");
+        assert!(
+            !r["url"].as_str().unwrap_or_default().contains("token"),
+            "{r}"
+        );
+    }
+    for r in v["requests"].as_array().expect("requests") {
+        assert!(
+            !r["url"].as_str().unwrap_or_default().contains(CONTROL),
+            "{r}"
+        );
+    }
+
+    // The stream says the dashboard did it, and the page says so too.
+    let events = control_events(p.addr(), &read);
+    let dashboard = |a: &str| (a.to_owned(), "dashboard".to_owned());
+    assert_eq!(
+        actions_by(&events),
+        [dashboard("pause"), dashboard("set"), dashboard("resume")],
+        "{events:?}"
+    );
+    assert_eq!(events[1]["settings"]["sleep_ms"], 20, "{events:?}");
+    let remote = |i: usize| events[i]["remote"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(
+        v["control_log"][0],
+        format!("paused from the dashboard ({})", remote(0)),
+        "{v:#}"
+    );
+    assert_eq!(
+        v["control_log"][2],
+        format!("resumed from the dashboard ({})", remote(2)),
+        "{v:#}"
+    );
+}
+
+#[test]
+fn cancel_from_the_dashboard_asks_first_and_then_ends_the_run() {
+    let Some(_b) = browser() else { return };
+    let db = TempDb::shop(2000);
+    let mut p = start_run(
+        &db,
+        60,
+        &["--control-token", CONTROL, "--wait-for-clients", "1"],
+    );
+    let url = format!("http://{}/#control={CONTROL}", p.addr());
+    let v = observe(
+        &url,
+        json!({"timeout_ms": 15000, "actions": [
+            {"wait": "#cancel"},
+            {"wait": ".step[data-state=running]"},
+            {"dialogs": "dismiss"},
+            {"click": "#cancel"},
+            {"sleep_ms": 300},
+            {"snapshot": "declined"},
+            {"dialogs": "accept"},
+            {"click": "#cancel"},
+        ]}),
+    );
+    assert_eq!(v.get("action_error"), None, "{v:#}");
+    let dialogs = v["dialogs"].as_array().expect("dialogs");
+    assert_eq!(dialogs.len(), 2, "{v:#}");
+    assert!(dialogs.iter().all(|d| d["type"] == "confirm"), "{v:#}");
+    // Declined: nothing sent, the run goes on.
+    assert_eq!(
+        v["snapshots"]["declined"]["banner"]["status"],
+        Value::Null,
+        "{v:#}"
+    );
+    assert_eq!(
+        v["control_requests"].as_array().map(Vec::len),
+        Some(1),
+        "{v:#}"
+    );
+    assert_eq!(v["banner"]["status"], "cancelled", "{v:#}");
+    let line = v["control_log"][0].as_str().unwrap_or_default();
+    assert!(
+        line.starts_with("cancelled the run from the dashboard ("),
+        "{v:#}"
+    );
+    assert_eq!(
+        v["steer"]["controls"], false,
+        "nothing to steer after the end: {v:#}"
+    );
+    let status = p.wait();
+    assert_eq!(status.code(), Some(130), "{}", p.stderr());
+}
