@@ -476,19 +476,10 @@ es.onerror = async () => {
 /// Serves `OTHER_APP`, pointed at `server`, on `listener`: bound before
 /// the run starts, since `--cors` must name the page's origin.
 fn serve_other_app(listener: TcpListener, server: SocketAddr) {
-    let body = OTHER_APP.replace("BASE", &format!("http://{server}"));
-    std::thread::spawn(move || {
-        for conn in listener.incoming().take(20) {
-            let Ok(mut conn) = conn else { break };
-            let mut buf = [0u8; 4096];
-            let _ = conn.read(&mut buf);
-            let _ = write!(
-                conn,
-                "HTTP/1.1 200 OK\r\ncontent-type: text/html; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
+    serve_page(
+        listener,
+        OTHER_APP.replace("BASE", &format!("http://{server}")),
+    );
 }
 
 /// A run that allows a page served from another origin, with that page's
@@ -888,4 +879,139 @@ fn cancel_from_the_dashboard_asks_first_and_then_ends_the_run() {
     );
     let status = p.wait();
     assert_eq!(status.code(), Some(130), "{}", p.stderr());
+}
+
+/// A page on another origin that tries to steer the run with the right
+/// control token, and shows what came of it.
+const STEERING_APP: &str = r#"<!doctype html><meta charset="utf-8"><title>another app</title>
+<div id="banner"></div>
+<script>
+const b = document.getElementById("banner");
+fetch("BASE/control", {
+  method: "POST",
+  headers: { "Authorization": "Bearer TOKEN", "Content-Type": "application/json" },
+  body: JSON.stringify({ sleep_ms: 1 }),
+}).then(
+  async (r) => { b.textContent = r.status + " " + (await r.text()); b.dataset.status = "answered"; },
+  (e) => { b.textContent = String(e); b.dataset.status = "refused"; },
+);
+</script>"#;
+
+/// Serves `page` to every request on `listener`.
+fn serve_page(listener: TcpListener, page: String) {
+    std::thread::spawn(move || {
+        for conn in listener.incoming().take(20) {
+            let Ok(mut conn) = conn else { break };
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\ncontent-type: text/html; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{page}",
+                page.len()
+            );
+        }
+    });
+}
+
+#[test]
+fn a_page_on_another_origin_steers_the_run_only_with_cors() {
+    let Some(_b) = browser() else { return };
+    let db = TempDb::shop(2000);
+    // Held at the gate (no stream client) until the test reads the replay.
+    let held = [
+        "--dry-run",
+        "--no-checkpoint",
+        "--wait-for-clients",
+        "1",
+        "--linger",
+        "20",
+    ];
+    for cors in [false, true] {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind page server");
+        let origin = format!("http://{}", listener.local_addr().expect("page addr"));
+        let mut flags = vec!["--control-token", CONTROL];
+        flags.extend_from_slice(&held);
+        if cors {
+            flags.extend_from_slice(&["--cors", &origin]);
+        }
+        let p = start_run(&db, 0, &flags);
+        let page = STEERING_APP
+            .replace("BASE", &format!("http://{}", p.addr()))
+            .replace("TOKEN", CONTROL);
+        serve_page(listener, page);
+        let v = observe(&format!("{origin}/"), json!({}));
+        let events = control_events(p.addr(), &[]);
+        if cors {
+            assert_eq!(v["banner"]["status"], "answered", "{v:#}");
+            assert!(
+                v["banner"]["text"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("200 ")),
+                "{v:#}"
+            );
+            assert_eq!(
+                actions_by(&events),
+                [("set".to_owned(), "http".to_owned())],
+                "{events:?}"
+            );
+            assert_eq!(events[0]["settings"]["sleep_ms"], 1, "{events:?}");
+        } else {
+            // The preflight fails, so the browser never sends the command.
+            assert_eq!(v["banner"]["status"], "refused", "{v:#}");
+            assert_eq!(events, Vec::<Value>::new(), "nothing may be steered: {v:#}");
+        }
+    }
+}
+
+#[test]
+fn without_a_control_token_the_page_shows_no_controls_and_a_wrong_one_is_refused() {
+    let Some(_b) = browser() else { return };
+    let db = TempDb::shop(2000);
+    let old = old_sessions(&db);
+    let p = start_run(
+        &db,
+        40,
+        &[
+            "--control-token",
+            CONTROL,
+            "--wait-for-clients",
+            "1",
+            "--linger",
+            "20",
+        ],
+    );
+    let v = observe(
+        &format!("http://{}/", p.addr()),
+        json!({"timeout_ms": 15000, "actions": [
+            {"wait": ".step[data-state=running]"},
+            {"snapshot": "none"},
+            {"click": "#steer-login summary"},
+            {"fill": "#control-token", "value": "wr0ng"},
+            {"press": "#control-token", "key": "Enter"},
+            {"wait": "#pause"},
+            {"snapshot": "typed"},
+            {"click": "#pause"},
+            {"wait": "#control-msg:has-text('401')"},
+            {"snapshot": "refused"},
+        ]}),
+    );
+    assert_eq!(v.get("action_error"), None, "{v:#}");
+    assert_complete(&v, rows_changed(&db, old), &messages(p.addr(), &[]));
+    let steer = |name: &str| v["snapshots"][name]["steer"].clone();
+    assert_eq!(steer("none")["controls"], false, "{v:#}");
+    assert_eq!(steer("none")["badge"], Value::Null, "{v:#}");
+    assert_eq!(steer("typed")["controls"], true, "{v:#}");
+    assert_eq!(steer("typed")["stored_token"], "wr0ng", "{v:#}");
+    // The refusal is shown, the token forgotten, and the field offered again.
+    let refused = steer("refused");
+    let message = refused["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("Refused (401)") && message.contains("control token is required"),
+        "{v:#}"
+    );
+    assert_eq!(refused["controls"], false, "{v:#}");
+    assert_eq!(refused["token_field"], true, "{v:#}");
+    assert_eq!(refused["stored_token"], Value::Null, "{v:#}");
+    assert_eq!(control_events(p.addr(), &[]), Vec::<Value>::new());
+    assert_eq!(v["control_log"], json!([]), "{v:#}");
 }
