@@ -9,8 +9,24 @@
 //   timeout_ms  give up waiting after this long (then report what was seen)
 //   screenshot  save a PNG here mid-run (two steps done, the third under way)
 //   width, height, dark   viewport size and prefers-color-scheme: dark
+//   actions     steps run in order once the page has loaded, before waiting
+//               for the banner; each an object with one of:
+//                 {"wait": SELECTOR}        until it is visible
+//                 {"gone": SELECTOR}        until it is hidden or absent
+//                 {"click": SELECTOR}       (waits until it is visible first)
+//                 {"fill": SELECTOR, "value": TEXT}
+//                 {"press": SELECTOR, "key": "Enter"}
+//                 {"dialogs": "accept"|"dismiss"}   answer confirm() so from now
+//                 {"wait_file": PATH}       until the test creates PATH
+//                 {"sleep_ms": N}
+//                 {"snapshot": NAME}        record what the page shows now
+//               A step that fails is recorded in action_error; the rest are
+//               skipped and the page is still observed.
+//
+// Dialogs (window.confirm …) are dismissed unless an action says otherwise,
+// and every one is recorded in `dialogs`.
 import { chromium } from "playwright-core";
-import { mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
@@ -48,12 +64,20 @@ async function main() {
   const t0 = Date.now();
   const now = () => Date.now() - t0;
   const { context, close } = await launch(opts);
-  const out = { requests: [], page_errors: [], console: [], ended_at: null };
+  const out = { requests: [], control_requests: [], page_errors: [], console: [], dialogs: [], snapshots: {}, actions_done: 0, ended_at: null };
   const pending = [];
   try {
     const page = context.pages()[0] || (await context.newPage());
     context.on("request", (r) => {
       const u = new URL(r.url());
+      if (u.pathname.endsWith("/control")) {
+        // What the page sent to steer the run: where, how, and exactly what.
+        const at = now();
+        pending.push(r.allHeaders().then((h) => out.control_requests.push({
+          at, url: r.url(), method: r.method(), body: r.postData(),
+          authorization: h["authorization"] ?? null, client: h["x-batchsse-client"] ?? null,
+        })));
+      }
       if (u.pathname.endsWith("/events")) {
         const at = now();
         // Only the raw headers show the Last-Event-ID EventSource adds on retries.
@@ -74,6 +98,11 @@ async function main() {
       });
     });
     page.on("pageerror", (e) => out.page_errors.push(String(e)));
+    let dialogs = "dismiss";
+    page.on("dialog", (d) => {
+      out.dialogs.push({ at: now(), type: d.type(), message: d.message(), answer: dialogs });
+      (dialogs === "accept" ? d.accept() : d.dismiss()).catch(() => {});
+    });
     page.on("console", (m) => out.console.push(`${m.type()}: ${m.text()}`));
     await page.goto(url, { waitUntil: "domcontentloaded", timeout: opts.timeout_ms || 30000 });
     if (opts.screenshot) {
@@ -84,6 +113,29 @@ async function main() {
       }, null, { timeout: opts.timeout_ms || 30000, polling: 50 }).catch(() => {});
       await page.screenshot({ path: opts.screenshot, fullPage: true });
     }
+    const limit = opts.timeout_ms || 30000;
+    try {
+      for (const a of opts.actions || []) {
+        if (a.wait) await page.waitForSelector(a.wait, { state: "visible", timeout: limit });
+        else if (a.gone) await page.waitForSelector(a.gone, { state: "hidden", timeout: limit });
+        else if (a.click) await page.click(a.click, { timeout: limit });
+        else if (a.fill) await page.fill(a.fill, a.value ?? "", { timeout: limit });
+        else if (a.press) await page.press(a.press, a.key, { timeout: limit });
+        else if (a.dialogs) dialogs = a.dialogs;
+        else if (a.wait_file) {
+          const until = Date.now() + limit;
+          while (!existsSync(a.wait_file)) {
+            if (Date.now() > until) throw new Error("no file " + a.wait_file);
+            await page.waitForTimeout(20);
+          }
+        } else if (a.sleep_ms != null) await page.waitForTimeout(a.sleep_ms);
+        else if (a.snapshot) out.snapshots[a.snapshot] = { at: now(), ...(await page.evaluate(look)) };
+        else throw new Error("unknown action " + JSON.stringify(a));
+        out.actions_done += 1;
+      }
+    } catch (e) {
+      out.action_error = String(e && e.message || e);
+    }
     try {
       await page.waitForSelector("#banner[data-status]", { state: "attached", timeout: opts.timeout_ms || 30000 });
       out.ended_at = now();
@@ -91,40 +143,59 @@ async function main() {
       out.timed_out = true;
     }
     await page.waitForTimeout(opts.settle_ms ?? 0);
-    Object.assign(out, await page.evaluate(() => {
-      const text = (e) => (e ? e.innerText.replace(/\s+/g, " ").trim() : null);
-      const banner = document.querySelector("#banner");
-      const overall = document.querySelector("#overall");
-      return {
-        title: document.title,
-        plan: text(document.querySelector("#plan")),
-        db: text(document.querySelector("#db")),
-        conn: text(document.querySelector("#conn")),
-        conn_history: window.__conn,
-        extra: text(document.querySelector("#extra")),
-        banner: banner && {
-          status: banner.dataset.status ?? null,
-          text: text(banner),
-          aria_live: banner.getAttribute("aria-live"),
-        },
-        overall: overall && { value: overall.value, max: overall.max, text: text(document.querySelector("#overall-text")) },
-        steps: [...document.querySelectorAll("#steps > li")].map((li) => ({
-          state: li.dataset.state ?? null,
-          name: text(li.querySelector(".name")),
-          text: text(li),
-          progress: (() => { const p = li.querySelector("progress"); return p && { value: p.value, max: p.max }; })(),
-        })),
-        log: [...document.querySelectorAll("#log > li:not(.empty)")].map((li) => text(li.querySelector(".text") || li)),
-        width: document.documentElement.scrollWidth,
-        viewport: window.innerWidth,
-      };
-    }));
+    Object.assign(out, await page.evaluate(look));
   } finally {
     await Promise.all(pending);
     out.requests.sort((a, b) => a.at - b.at);
+    out.control_requests.sort((a, b) => a.at - b.at);
     await close();
   }
   process.stdout.write(JSON.stringify(out) + "\n");
+}
+
+// What a person sees on the page now (runs in the page).
+function look() {
+  const text = (e) => (e ? e.innerText.replace(/\s+/g, " ").trim() : null);
+  const banner = document.querySelector("#banner");
+  const overall = document.querySelector("#overall");
+  return {
+    title: document.title,
+    plan: text(document.querySelector("#plan")),
+    db: text(document.querySelector("#db")),
+    conn: text(document.querySelector("#conn")),
+    conn_history: window.__conn,
+    extra: text(document.querySelector("#extra")),
+    banner: banner && {
+      status: banner.dataset.status ?? null,
+      text: text(banner),
+      aria_live: banner.getAttribute("aria-live"),
+    },
+    overall: overall && { value: overall.value, max: overall.max, text: text(document.querySelector("#overall-text")) },
+    steps: [...document.querySelectorAll("#steps > li")].map((li) => ({
+      state: li.dataset.state ?? null,
+      name: text(li.querySelector(".name")),
+      text: text(li),
+      progress: (() => { const p = li.querySelector("progress"); return p && { value: p.value, max: p.max }; })(),
+    })),
+    log: [...document.querySelectorAll('#log > li:not(.empty):not([data-level="control"])')].map((li) => text(li.querySelector(".text") || li)),
+    width: document.documentElement.scrollWidth,
+    viewport: window.innerWidth,
+    // Live control, where the page has it (null on other pages).
+    steer: document.querySelector("#steer") && (() => {
+      const shown = (sel) => { const e = document.querySelector(sel); return Boolean(e && e.checkVisibility()); };
+      return {
+        controls: shown("#pause") || shown("#cancel") || shown("#apply"),
+        token_field: shown("#control-token"),
+        pause: text(document.querySelector("#pause")),
+        badge: shown("#throttle") ? text(document.querySelector("#throttle")) : null,
+        message: text(document.querySelector("#control-msg")) || null,
+        inputs: Object.fromEntries([...document.querySelectorAll("#pace input")].map((i) => [i.name, i.value])),
+        stored_token: sessionStorage.getItem("batchsse.control"),
+        address: location.href,
+      };
+    })(),
+    control_log: [...document.querySelectorAll('#log > li[data-level="control"]')].map((li) => text(li.querySelector(".text"))),
+  };
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) {

@@ -476,19 +476,10 @@ es.onerror = async () => {
 /// Serves `OTHER_APP`, pointed at `server`, on `listener`: bound before
 /// the run starts, since `--cors` must name the page's origin.
 fn serve_other_app(listener: TcpListener, server: SocketAddr) {
-    let body = OTHER_APP.replace("BASE", &format!("http://{server}"));
-    std::thread::spawn(move || {
-        for conn in listener.incoming().take(20) {
-            let Ok(mut conn) = conn else { break };
-            let mut buf = [0u8; 4096];
-            let _ = conn.read(&mut buf);
-            let _ = write!(
-                conn,
-                "HTTP/1.1 200 OK\r\ncontent-type: text/html; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
+    serve_page(
+        listener,
+        OTHER_APP.replace("BASE", &format!("http://{server}")),
+    );
 }
 
 /// A run that allows a page served from another origin, with that page's
@@ -675,4 +666,352 @@ fn a_page_on_another_origin_resumes_a_dropped_stream_with_last_event_id() {
         .unwrap_or(0);
     assert!(from > 1, "the reconnect must carry Last-Event-ID: {v:#}");
     assert_eq!(v["page_errors"], json!([]), "{v:#}");
+}
+
+const CONTROL: &str = "c0ntrol";
+
+/// Every `control` event the server logged, from its own replay (which
+/// runs to `finished`).
+fn control_events(addr: SocketAddr, headers: &[(&str, &str)]) -> Vec<Value> {
+    let mut s = Stream::open(addr, "/events", headers);
+    assert_eq!(s.status, 200);
+    s.rest()
+        .iter()
+        .filter(|e| e.event == "control")
+        .map(data)
+        .collect()
+}
+
+/// Each logged command's action and who sent it.
+fn actions_by(events: &[Value]) -> Vec<(String, String)> {
+    events
+        .iter()
+        .map(|e| {
+            let s = |k: &str| e[k].as_str().unwrap_or_default().to_owned();
+            (s("action"), s("by"))
+        })
+        .collect()
+}
+
+#[test]
+fn the_dashboard_pauses_and_resumes_the_run_with_the_fragment_token() {
+    let Some(_b) = browser() else { return };
+    let db = TempDb::shop(2000);
+    let old = old_sessions(&db);
+    let read = [("Authorization", "Bearer r3ad")];
+    // Both tokens: the page reads with ?token= and steers with #control=.
+    let p = start_run(
+        &db,
+        60,
+        &[
+            "--token",
+            "r3ad",
+            "--control-token",
+            CONTROL,
+            "--wait-for-clients",
+            "1",
+            "--linger",
+            "20",
+        ],
+    );
+    let go_on = db.dir.path().join("go-on");
+    let url = format!("http://{}/?token=r3ad#control={CONTROL}", p.addr());
+    let page = Observer::start(
+        &url,
+        json!({"timeout_ms": 15000, "actions": [
+            {"wait": "#pause"},
+            {"wait": ".step[data-state=running]"},
+            {"snapshot": "before"},
+            {"click": "#pause"},
+            {"wait": "#throttle:has-text('Paused')"},
+            {"snapshot": "paused"},
+            {"wait_file": go_on},
+            // Only the field changed goes in the body.
+            {"fill": "#sleep", "value": "20"},
+            {"click": "#apply"},
+            {"wait": ":nth-match(#log li[data-level=control], 2)"},
+            {"click": "#pause"},
+            {"wait": "#pause:has-text('Pause')"},
+            {"gone": "#throttle"},
+            {"snapshot": "resumed"},
+        ]}),
+    );
+    // Paused: the run holds still at a chunk boundary, and holds no lock.
+    wait_status(p.addr(), &read, |s| s["throttled"] == "paused");
+    let before = get(p.addr(), "/status", &read).json();
+    std::thread::sleep(Duration::from_millis(300));
+    let after = get(p.addr(), "/status", &read).json();
+    assert_eq!(after["throttled"], "paused", "{after}");
+    assert_eq!(after["paused"], true, "{after}");
+    assert_eq!(
+        (&before["step"], &before["done"], &before["steps_done"]),
+        (&after["step"], &after["done"], &after["steps_done"]),
+        "a paused run must not advance: {before} then {after}"
+    );
+    assert_eq!(after["state"], "running", "{after}");
+    let other = db.conn();
+    other.busy_timeout(Duration::ZERO).expect("busy_timeout");
+    other
+        .execute_batch("BEGIN IMMEDIATE; ROLLBACK;")
+        .expect("a paused run must leave the write lock free");
+    std::fs::write(&go_on, "").expect("let the page go on");
+    let v = page.finish();
+    assert_eq!(v.get("action_error"), None, "{v:#}");
+    assert_complete(&v, rows_changed(&db, old), &messages(p.addr(), &read));
+
+    let steer = |name: &str| v["snapshots"][name]["steer"].clone();
+    assert_eq!(steer("before")["controls"], true, "{v:#}");
+    assert_eq!(steer("before")["pause"], "Pause", "{v:#}");
+    assert_eq!(steer("before")["badge"], Value::Null, "{v:#}");
+    assert_eq!(steer("paused")["pause"], "Resume", "{v:#}");
+    assert_eq!(steer("paused")["badge"], "Paused", "{v:#}");
+    assert_eq!(steer("resumed")["badge"], Value::Null, "{v:#}");
+    // The token left the address bar at once, stays in this tab's session
+    // storage, and travels only in the Authorization header.
+    let address = steer("before")["address"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        !address.contains(CONTROL) && address.contains("token=r3ad"),
+        "{address}"
+    );
+    assert_eq!(steer("before")["stored_token"], CONTROL, "{v:#}");
+    let posts = v["control_requests"].as_array().expect("control requests");
+    let bodies: Vec<Value> = posts
+        .iter()
+        .map(|r| serde_json::from_str(r["body"].as_str().unwrap_or("null")).unwrap_or_default())
+        .collect();
+    assert_eq!(
+        bodies,
+        [
+            json!({"pause": true}),
+            json!({"sleep_ms": 20}),
+            json!({"pause": false})
+        ],
+        "{v:#}"
+    );
+    for r in posts {
+        assert_eq!(r["method"], "POST");
+        assert_eq!(r["authorization"], format!("Bearer {CONTROL}"), "{r}");
+        assert_eq!(r["client"], "dashboard", "{r}");
+        assert!(
+            !r["url"].as_str().unwrap_or_default().contains("token"),
+            "{r}"
+        );
+    }
+    for r in v["requests"].as_array().expect("requests") {
+        assert!(
+            !r["url"].as_str().unwrap_or_default().contains(CONTROL),
+            "{r}"
+        );
+    }
+
+    // The stream says the dashboard did it, and the page says so too.
+    let events = control_events(p.addr(), &read);
+    let dashboard = |a: &str| (a.to_owned(), "dashboard".to_owned());
+    assert_eq!(
+        actions_by(&events),
+        [dashboard("pause"), dashboard("set"), dashboard("resume")],
+        "{events:?}"
+    );
+    assert_eq!(events[1]["settings"]["sleep_ms"], 20, "{events:?}");
+    let remote = |i: usize| events[i]["remote"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(
+        v["control_log"][0],
+        format!("paused from the dashboard ({})", remote(0)),
+        "{v:#}"
+    );
+    assert_eq!(
+        v["control_log"][2],
+        format!("resumed from the dashboard ({})", remote(2)),
+        "{v:#}"
+    );
+}
+
+#[test]
+fn cancel_from_the_dashboard_asks_first_and_then_ends_the_run() {
+    let Some(_b) = browser() else { return };
+    let db = TempDb::shop(2000);
+    let mut p = start_run(
+        &db,
+        60,
+        &["--control-token", CONTROL, "--wait-for-clients", "1"],
+    );
+    let url = format!("http://{}/#control={CONTROL}", p.addr());
+    let v = observe(
+        &url,
+        json!({"timeout_ms": 15000, "actions": [
+            {"wait": "#cancel"},
+            {"wait": ".step[data-state=running]"},
+            {"dialogs": "dismiss"},
+            {"click": "#cancel"},
+            {"sleep_ms": 300},
+            {"snapshot": "declined"},
+            {"dialogs": "accept"},
+            {"click": "#cancel"},
+        ]}),
+    );
+    assert_eq!(v.get("action_error"), None, "{v:#}");
+    let dialogs = v["dialogs"].as_array().expect("dialogs");
+    assert_eq!(dialogs.len(), 2, "{v:#}");
+    assert!(dialogs.iter().all(|d| d["type"] == "confirm"), "{v:#}");
+    // Declined: nothing sent, the run goes on.
+    assert_eq!(
+        v["snapshots"]["declined"]["banner"]["status"],
+        Value::Null,
+        "{v:#}"
+    );
+    assert_eq!(
+        v["control_requests"].as_array().map(Vec::len),
+        Some(1),
+        "{v:#}"
+    );
+    assert_eq!(v["banner"]["status"], "cancelled", "{v:#}");
+    let line = v["control_log"][0].as_str().unwrap_or_default();
+    assert!(
+        line.starts_with("cancelled the run from the dashboard ("),
+        "{v:#}"
+    );
+    assert_eq!(
+        v["steer"]["controls"], false,
+        "nothing to steer after the end: {v:#}"
+    );
+    let status = p.wait();
+    assert_eq!(status.code(), Some(130), "{}", p.stderr());
+}
+
+/// A page on another origin that tries to steer the run with the right
+/// control token, and shows what came of it.
+const STEERING_APP: &str = r#"<!doctype html><meta charset="utf-8"><title>another app</title>
+<div id="banner"></div>
+<script>
+const b = document.getElementById("banner");
+fetch("BASE/control", {
+  method: "POST",
+  headers: { "Authorization": "Bearer TOKEN", "Content-Type": "application/json" },
+  body: JSON.stringify({ sleep_ms: 1 }),
+}).then(
+  async (r) => { b.textContent = r.status + " " + (await r.text()); b.dataset.status = "answered"; },
+  (e) => { b.textContent = String(e); b.dataset.status = "refused"; },
+);
+</script>"#;
+
+/// Serves `page` to every request on `listener`.
+fn serve_page(listener: TcpListener, page: String) {
+    std::thread::spawn(move || {
+        for conn in listener.incoming().take(20) {
+            let Ok(mut conn) = conn else { break };
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\ncontent-type: text/html; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{page}",
+                page.len()
+            );
+        }
+    });
+}
+
+#[test]
+fn a_page_on_another_origin_steers_the_run_only_with_cors() {
+    let Some(_b) = browser() else { return };
+    let db = TempDb::shop(2000);
+    // Held at the gate (no stream client) until the test reads the replay.
+    let held = [
+        "--dry-run",
+        "--no-checkpoint",
+        "--wait-for-clients",
+        "1",
+        "--linger",
+        "20",
+    ];
+    for cors in [false, true] {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind page server");
+        let origin = format!("http://{}", listener.local_addr().expect("page addr"));
+        let mut flags = vec!["--control-token", CONTROL];
+        flags.extend_from_slice(&held);
+        if cors {
+            flags.extend_from_slice(&["--cors", &origin]);
+        }
+        let p = start_run(&db, 0, &flags);
+        let page = STEERING_APP
+            .replace("BASE", &format!("http://{}", p.addr()))
+            .replace("TOKEN", CONTROL);
+        serve_page(listener, page);
+        let v = observe(&format!("{origin}/"), json!({}));
+        let events = control_events(p.addr(), &[]);
+        if cors {
+            assert_eq!(v["banner"]["status"], "answered", "{v:#}");
+            assert!(
+                v["banner"]["text"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("200 ")),
+                "{v:#}"
+            );
+            assert_eq!(
+                actions_by(&events),
+                [("set".to_owned(), "http".to_owned())],
+                "{events:?}"
+            );
+            assert_eq!(events[0]["settings"]["sleep_ms"], 1, "{events:?}");
+        } else {
+            // The preflight fails, so the browser never sends the command.
+            assert_eq!(v["banner"]["status"], "refused", "{v:#}");
+            assert_eq!(events, Vec::<Value>::new(), "nothing may be steered: {v:#}");
+        }
+    }
+}
+
+#[test]
+fn without_a_control_token_the_page_shows_no_controls_and_a_wrong_one_is_refused() {
+    let Some(_b) = browser() else { return };
+    let db = TempDb::shop(2000);
+    let old = old_sessions(&db);
+    let p = start_run(
+        &db,
+        40,
+        &[
+            "--control-token",
+            CONTROL,
+            "--wait-for-clients",
+            "1",
+            "--linger",
+            "20",
+        ],
+    );
+    let v = observe(
+        &format!("http://{}/", p.addr()),
+        json!({"timeout_ms": 15000, "actions": [
+            {"wait": ".step[data-state=running]"},
+            {"snapshot": "none"},
+            {"click": "#steer-login summary"},
+            {"fill": "#control-token", "value": "wr0ng"},
+            {"press": "#control-token", "key": "Enter"},
+            {"wait": "#pause"},
+            {"snapshot": "typed"},
+            {"click": "#pause"},
+            {"wait": "#control-msg:has-text('401')"},
+            {"snapshot": "refused"},
+        ]}),
+    );
+    assert_eq!(v.get("action_error"), None, "{v:#}");
+    assert_complete(&v, rows_changed(&db, old), &messages(p.addr(), &[]));
+    let steer = |name: &str| v["snapshots"][name]["steer"].clone();
+    assert_eq!(steer("none")["controls"], false, "{v:#}");
+    assert_eq!(steer("none")["badge"], Value::Null, "{v:#}");
+    assert_eq!(steer("typed")["controls"], true, "{v:#}");
+    assert_eq!(steer("typed")["stored_token"], "wr0ng", "{v:#}");
+    // The refusal is shown, the token forgotten, and the field offered again.
+    let refused = steer("refused");
+    let message = refused["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("Refused (401)") && message.contains("control token is required"),
+        "{v:#}"
+    );
+    assert_eq!(refused["controls"], false, "{v:#}");
+    assert_eq!(refused["token_field"], true, "{v:#}");
+    assert_eq!(refused["stored_token"], Value::Null, "{v:#}");
+    assert_eq!(control_events(p.addr(), &[]), Vec::<Value>::new());
+    assert_eq!(v["control_log"], json!([]), "{v:#}");
 }
