@@ -30,12 +30,14 @@
 //!   (`state`), routes (`routes`), tokens (`auth`), the direct `/events`
 //!   path (`direct`) and its one writer task (`fanout`), hyper's stream
 //!   body for the rest (`body`), one keep-alive rule for both
-//!   (`keepalive`), the dashboard page (`dashboard`), `/metrics` (`metrics`).
+//!   (`keepalive`), live commands (`control`), the dashboard page
+//!   (`dashboard`), `/metrics` (`metrics`).
 //! - `view`: the terminal (`terminal`), GitHub Actions output (`github`)
 //!   and `batchsse watch` (`follow`).
 //! - `lifecycle`: signals, cancel, the wait-for-clients gate, linger and
-//!   drain, in the order a run goes through them.
-//! - `app`: the commands, wiring the parts together (`run`, `demo`,
+//!   drain, in the order a run goes through them; live commands for the
+//!   runner (`Steering`).
+//! - `app`: the commands, wiring the parts together (`run`, `demo`, `ctl`,
 //!   `checkpoint`, and `docs` for completions, man page and event schema).
 //! - `human`, [`error`]: number and duration wording; exit codes and the
 //!   errors that choose them.
