@@ -277,3 +277,43 @@ fn in_rollback_mode_a_reader_is_not_locked_out_for_the_whole_of_a_chunk() {
     );
     assert_eq!(db.counter_spread(), (40000, 0));
 }
+
+#[test]
+fn the_terminal_and_watch_say_when_the_run_waits_and_goes_on() {
+    let db = TempDb::counters(200);
+    let pause = db.dir.path().join("pause");
+    std::fs::write(&pause, "").expect("pause file");
+    let plan = db.file("plan.json", &counter_plan("shown", 50));
+    let mut args = run_args(
+        &db,
+        path_str(&plan),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--progress",
+            "plain",
+            "--batch-size",
+            "50",
+        ],
+    );
+    args.extend_from_slice(&["--pause-file", path_str(&pause), "--linger", "5"]);
+    let mut p = Proc::start(&args);
+    let url = format!("http://{}/", p.addr());
+    let mut w = Proc::start(&["watch", &url, "--progress", "plain"]);
+    let start = Instant::now();
+    while !p.stderr().contains("throttled (pause-file)") {
+        assert!(start.elapsed() < PATIENCE, "{}", p.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::remove_file(&pause).expect("remove");
+    assert_eq!(w.wait_for(PATIENCE).code(), Some(0), "{}", w.stderr());
+    for (who, err) in [("run", p.stderr()), ("watch", w.stderr())] {
+        assert!(err.contains("throttled (pause-file): "), "{who}: {err}");
+        assert!(
+            err.contains("going on (pause-file): waited"),
+            "{who}: {err}"
+        );
+    }
+    p.signal("TERM");
+    let _ = p.wait();
+}
