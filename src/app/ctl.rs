@@ -61,7 +61,7 @@ pub fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         println!("{v}");
     } else {
-        println!("batchsse: {}", one_line(&v));
+        println!("batchsse: {}", one_line(&args.action, &v));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -149,14 +149,24 @@ async fn post(target: &Target, path: &str, body: Value) -> anyhow::Result<(Statu
         .map_err(|_| unreachable("no answer in 10 s".into()))?
 }
 
-/// "paused, step 1/3, 4,000/10,000 rows; pace: chunks ~250 ms, nice ratio 0, sleep 100 ms".
-fn one_line(v: &Value) -> String {
-    let state = if v["paused"] == true {
-        "paused (from the next chunk boundary)".to_owned()
-    } else if let Some(why) = v["throttled"].as_str() {
-        format!("throttled ({why})")
-    } else {
-        v["state"].as_str().unwrap_or("running").to_owned()
+/// "pausing at the next chunk boundary, step 1/3, 4,000/10,000 rows; pace:
+/// chunks ~250 ms, nice ratio 0, sleep 100 ms, batch size adaptive". The
+/// status is the moment the command was taken, so the action says what
+/// comes next.
+fn one_line(action: &CtlAction, v: &Value) -> String {
+    let throttled = v["throttled"].as_str();
+    let state = match action {
+        CtlAction::Pause if throttled == Some("paused") => "paused".to_owned(),
+        CtlAction::Pause => "pausing at the next chunk boundary".to_owned(),
+        CtlAction::Resume => "resuming".to_owned(),
+        CtlAction::Cancel => {
+            "cancelling (the current chunk rolls back; the run exits 130)".to_owned()
+        }
+        CtlAction::Set(_) if v["paused"] == true => "new pace set (still paused)".to_owned(),
+        CtlAction::Set(_) => match throttled {
+            Some(why) => format!("new pace set (throttled: {why})"),
+            None => "new pace set, from the next chunk".to_owned(),
+        },
     };
     let n = |k: &str| v[k].as_u64().unwrap_or(0);
     let step = v["step"]

@@ -16,7 +16,8 @@ use clap::{Args, Parser, Subcommand};
         While `batchsse run` works, http://127.0.0.1:7077/ shows a live dashboard, /events streams \
         every step as SSE (curl -N, EventSource, `batchsse watch`), and the terminal shows the same progress.",
     after_help = "Exit status: 0 ok (or already applied), 1 a step failed, 2 bad usage or input \
-        (nothing written), 3 `watch` could not reach a run, 130 interrupted."
+        (nothing written; for `ctl`: the run refused the command), 3 `watch` or `ctl` could not \
+        reach a run, 130 interrupted, 141 `watch --progress json` lost its reader."
 )]
 pub struct Cli {
     #[command(subcommand)]

@@ -125,14 +125,14 @@ fn announce(r: &Runner<'_>, step: &Step, chunk: &Chunk, c: &Counts, first: u64) 
         Some(step.index),
         Level::Info,
         format!(
-            "{} rows of {} to visit by {}, {} first chunk of {first}",
+            "{} rows of {} to visit by {}, {}",
             thousands(c.total.saturating_sub(c.done)),
             chunk.table,
             chunk.key,
             if r.governor.borrow().batch_size().is_some() {
-                "fixed chunks,"
+                format!("chunks of {}", thousands(first))
             } else {
-                "adaptive chunks,"
+                format!("adaptive chunks, the first of {}", thousands(first))
             },
         ),
     );

@@ -400,7 +400,8 @@ impl<'a> Governor<'a> {
         if self.steering.paused() {
             return Some((
                 ThrottleReason::Paused,
-                "paused by a live command; resume from the dashboard, batchsse ctl or POST /control".into(),
+                "by a live command; resume from the dashboard, batchsse ctl or POST /control"
+                    .into(),
             ));
         }
         if let Some(p) = &self.brakes.pause_file
@@ -483,7 +484,13 @@ impl<'a> Governor<'a> {
         })
         .ok();
         let size = std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0);
-        (size > max).then(|| format!("wal {} MiB > {}", size >> 20, max >> 20))
+        (size > max).then(|| {
+            format!(
+                "wal {:.1} MiB > {} MiB",
+                size as f64 / f64::from(1 << 20),
+                max >> 20
+            )
+        })
     }
 }
 

@@ -313,10 +313,8 @@ impl Runner<'_> {
             self.step_event(step, StepState::Skipped, Counts::default(), None, None);
             return Ok(Counts::default());
         }
-        if self
-            .governor
-            .borrow_mut()
-            .wait_while_braked(Some(step.index))
+        if self.governor.borrow_mut().wait_while_braked(None)
+        // before the step begins: `step: null`
         {
             return Err((
                 RunStatus::Cancelled,
@@ -349,7 +347,10 @@ impl Runner<'_> {
                     step.index + 1,
                     step.name,
                     if c.changed > 0 && !self.nested {
-                        format!(", {} rows from earlier chunks are kept", c.changed)
+                        format!(
+                            ", {} rows from earlier chunks are kept",
+                            crate::human::thousands(c.changed)
+                        )
                     } else {
                         String::new()
                     }

@@ -83,11 +83,20 @@ fn admit(state: &State, headers: &HeaderMap, query: Option<&str>) -> Result<(), 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().strip_prefix("Bearer "))
         .map(str::trim);
-    if !sent.is_some_and(|s| same_secret(s, token)) {
-        return Err((
-            StatusCode::UNAUTHORIZED,
-            "a control token is required: send 'Authorization: Bearer T' with the run's --control-token".into(),
-        ));
+    match sent {
+        None => {
+            return Err((
+                StatusCode::UNAUTHORIZED,
+                "a control token is required: send 'Authorization: Bearer T' with the run's --control-token".into(),
+            ));
+        }
+        Some(s) if !same_secret(s, token) => {
+            return Err((
+                StatusCode::UNAUTHORIZED,
+                "the control token was not accepted: send the run's --control-token as 'Authorization: Bearer T'".into(),
+            ));
+        }
+        Some(_) => {}
     }
     let json = headers
         .get(header::CONTENT_TYPE)

@@ -99,7 +99,7 @@ fn route<B>(state: &Arc<State>, req: &Request<B>) -> Response<Body> {
     if !known {
         return text(
             StatusCode::NOT_FOUND,
-            "not found; try /, /events, /status, /metrics or /healthz",
+            "not found; try /, /events, /status, /metrics, /healthz or POST /control",
         );
     }
     if method == Method::OPTIONS && state.config.cors.is_some() {

@@ -1006,7 +1006,7 @@ fn without_a_control_token_the_page_shows_no_controls_and_a_wrong_one_is_refused
     let refused = steer("refused");
     let message = refused["message"].as_str().unwrap_or_default();
     assert!(
-        message.starts_with("Refused (401)") && message.contains("control token is required"),
+        message.starts_with("Refused (401)") && message.contains("control token was not accepted"),
         "{v:#}"
     );
     assert_eq!(refused["controls"], false, "{v:#}");

@@ -209,7 +209,7 @@ fn a_reader_pinning_the_wal_past_max_wal_mb_throttles_the_run_until_it_lets_go()
     assert_eq!(throttle(&on), (true, "wal".into()));
     let detail = data(&on)["detail"].as_str().unwrap().to_owned();
     assert!(
-        detail.starts_with("wal ") && detail.ends_with("> 1"),
+        detail.starts_with("wal ") && detail.ends_with(" MiB > 1 MiB"),
         "{detail}"
     );
     let status = wait_status(p.addr(), |v| v["throttled"] == "wal");
