@@ -6,10 +6,13 @@ use std::process::ExitCode;
 
 use batchsse::cli::Cli;
 use batchsse::error::{Unreachable, UsageError, exit};
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 fn main() -> ExitCode {
-    match batchsse::execute(Cli::parse()) {
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let checked = batchsse::cli::config::typed_without_server(&matches).map_err(Into::into);
+    match checked.and_then(|()| batchsse::execute(cli)) {
         Ok(code) => code,
         Err(err) => {
             batchsse::error::print_line(&format!("batchsse: {err:#}"));

@@ -235,6 +235,29 @@ pub fn check_serve(a: &ServeArgs, default_linger: f64) -> Result<Option<Serve>, 
     }))
 }
 
+/// `--token` and `--control-token` typed on the command line beside
+/// `--no-serve` mean nothing: there is no server to guard or steer, and a
+/// user who expects to steer the run must hear so before it starts. The
+/// same values from the environment (`BATCHSSE_TOKEN`,
+/// `BATCHSSE_CONTROL_TOKEN`) stay harmless. Clap's derive cannot tell the
+/// two apart, so this reads where the values came from.
+pub fn typed_without_server(matches: &clap::ArgMatches) -> Result<(), UsageError> {
+    let Some(("run" | "demo", m)) = matches.subcommand() else {
+        return Ok(());
+    };
+    if !m.get_flag("no_serve") {
+        return Ok(());
+    }
+    for (id, flag) in [("token", "--token"), ("control_token", "--control-token")] {
+        if m.value_source(id) == Some(clap::parser::ValueSource::CommandLine) {
+            return Err(UsageError::new(format!(
+                "{flag} needs the server, which --no-serve turns off; drop one of them"
+            )));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

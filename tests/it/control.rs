@@ -395,3 +395,26 @@ fn a_hostile_host_gets_421_on_every_route_unless_allowed() {
         assert_eq!(code, 200, "{host}: {text}");
     }
 }
+
+#[test]
+fn a_token_typed_beside_no_serve_is_refused_but_one_from_the_environment_is_not() {
+    let db = TempDb::counters(10);
+    let plan = db.file("plan.json", &counter_plan("quiet", 5));
+    let before = db.bytes();
+    for flag in ["--control-token", "--token"] {
+        let (code, _, err) = run(&run_args(
+            &db,
+            path_str(&plan),
+            &["--no-serve", flag, "t0k"],
+        ));
+        assert_eq!(code, 2, "{flag}: {err}");
+        assert!(err.contains(flag) && err.contains("--no-serve"), "{err}");
+        assert_eq!(db.bytes(), before, "{flag}: nothing ran");
+    }
+    let mut p = Proc::start_with(&run_args(&db, path_str(&plan), &["--no-serve"]), |c| {
+        c.env("BATCHSSE_CONTROL_TOKEN", "t0k")
+            .env("BATCHSSE_TOKEN", "t0k");
+    });
+    assert_eq!(p.wait().code(), Some(0), "{}", p.stderr());
+    assert_eq!(db.counter_spread(), (10, 0));
+}
