@@ -10,9 +10,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
 
 use crate::cli::{CtlAction, CtlArgs};
 use crate::error::{Unreachable, UsageError};
@@ -116,25 +114,11 @@ async fn post(target: &Target, path: &str, body: Value) -> anyhow::Result<(Statu
         ))
     };
     let exchange = async {
-        let tcp = TcpStream::connect((target.host.as_str(), target.port))
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        tokio::spawn(conn);
-        let mut req = Request::post(path)
-            .header(header::HOST, &target.authority)
+        let req = Request::post(path)
             .header(header::CONTENT_TYPE, "application/json")
-            .header("x-batchsse-client", "ctl");
-        if let Some(auth) = &target.auth {
-            req = req.header(header::AUTHORIZATION, auth.clone());
-        }
-        let req = req.body(Full::new(Bytes::from(body.to_string())))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
+            .header("x-batchsse-client", "ctl")
+            .body(Full::new(Bytes::from(body.to_string())))?;
+        let resp = target.send(req).await.map_err(unreachable)?;
         let status = resp.status();
         let bytes = resp
             .into_body()

@@ -307,6 +307,35 @@ fn process_alive(pid: u32) -> bool {
     }
 }
 
+impl Target {
+    /// Sends one request on a fresh connection, with the run's `Host` and
+    /// the token (if any) added; the answer's head, its body still to come.
+    pub async fn send<B>(&self, mut req: Request<B>) -> Result<Response<Incoming>, String>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let tcp = TcpStream::connect((self.host.as_str(), self.port))
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = tcp.set_nodelay(true);
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| e.to_string())?;
+        // The connection task ends with the body (or its error reaches us through the body).
+        tokio::spawn(conn);
+        let headers = req.headers_mut();
+        if let Ok(host) = HeaderValue::from_str(&self.authority) {
+            headers.insert(header::HOST, host);
+        }
+        if let Some(auth) = &self.auth {
+            headers.insert(header::AUTHORIZATION, auth.clone());
+        }
+        sender.send_request(req).await.map_err(|e| e.to_string())
+    }
+}
+
 /// Sends `GET path`, resuming after `seen` if given; connecting and the
 /// response head must come by `deadline`.
 async fn get(
@@ -316,21 +345,8 @@ async fn get(
     deadline: Instant,
 ) -> Result<Response<Incoming>, String> {
     let exchange = async {
-        let tcp = TcpStream::connect((target.host.as_str(), target.port))
-            .await
-            .map_err(|e| e.to_string())?;
-        let _ = tcp.set_nodelay(true);
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|e| e.to_string())?;
-        // The connection task ends with the body (or its error reaches us through the body).
-        tokio::spawn(conn);
-        let mut req = Request::get(path)
-            .header(header::HOST, &target.authority)
-            .header(header::ACCEPT, "text/event-stream, application/json");
-        if let Some(auth) = &target.auth {
-            req = req.header(header::AUTHORIZATION, auth.clone());
-        }
+        let mut req =
+            Request::get(path).header(header::ACCEPT, "text/event-stream, application/json");
         if let Some(seen) = seen.filter(|s| s.last_id > 0) {
             req = req.header("last-event-id", seen.last_id);
             // The id counts only for its own run: another run on this
@@ -340,7 +356,7 @@ async fn get(
             }
         }
         let req = req.body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
-        sender.send_request(req).await.map_err(|e| e.to_string())
+        target.send(req).await
     };
     match tokio::time::timeout_at(deadline, exchange).await {
         Ok(r) => r,
