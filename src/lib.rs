@@ -54,6 +54,7 @@ mod events;
 mod human;
 mod lifecycle;
 pub mod plan;
+mod relay;
 mod run;
 mod serve;
 mod view;
@@ -69,6 +70,7 @@ pub fn execute(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Run(args) => app::run(args),
         cli::Command::Demo(args) => demo::run(args),
         cli::Command::Watch(args) => view::follow::run(args),
+        cli::Command::Relay(args) => app::relay::run(args),
         cli::Command::Ctl(args) => app::ctl::run(args),
         cli::Command::Checkpoint(args) => app::checkpoint::run(args),
         cli::Command::Completions(args) => app::docs::completions(args),

@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod ctl;
 pub mod demo;
 pub mod docs;
+pub mod relay;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,7 +20,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::cli::RunArgs;
-use crate::cli::config::{RunConfig, Serve};
+use crate::cli::config::{Publish, RunConfig, Serve};
 use crate::error::UsageError;
 use crate::events::log::EventLog;
 use crate::events::{Event, Finished, Level, RunStatus};
@@ -38,6 +39,8 @@ pub struct Session {
     pub serve: Option<Serve>,
     pub progress: ProgressMode,
     pub progress_interval: std::time::Duration,
+    /// `--publish`: checked, not yet connected.
+    pub publish: Option<Publish>,
     /// Printed after the listening line (the demo's "open this URL"), with
     /// `{url}` the dashboard's address, `{control_url}` the same with the
     /// control token after `#`, `{base}` it without a query, `{events}` the
@@ -64,6 +67,7 @@ pub fn open(config: RunConfig) -> Result<Session, UsageError> {
         serve,
         progress,
         progress_interval,
+        publish,
     } = config;
     let conn = runner::open_db(&db, busy_timeout)?;
     let resuming = opts.checkpoint && !force;
@@ -94,6 +98,7 @@ pub fn open(config: RunConfig) -> Result<Session, UsageError> {
         serve,
         progress,
         progress_interval,
+        publish,
         banner: None,
     })
 }
@@ -108,6 +113,10 @@ pub fn execute(lifecycle: Lifecycle, session: Session) -> anyhow::Result<ExitCod
 /// runner on a blocking thread; returns once every reader is done.
 async fn drive(mut session: Session, parts: Parts) -> Result<RunStatus, UsageError> {
     let banner = session.banner.take();
+    let publisher = match session.publish.take() {
+        Some(p) => Some((start_publishing(p.target, p.ttl, &parts).await?, p.drain)),
+        None => None,
+    };
     let (server_task, wait_for) = match session.serve.take() {
         Some(s) => {
             let listener = server::bind(s.addr).await?;
@@ -136,7 +145,27 @@ async fn drive(mut session: Session, parts: Parts) -> Result<RunStatus, UsageErr
     if let Some(t) = server_task {
         let _ = t.await;
     }
+    if let Some((publisher, drain)) = publisher {
+        publisher.drain(drain).await;
+    }
     Ok(status)
+}
+
+/// Connects to Redis before anything runs (a refusal is a usage error:
+/// exit 2, nothing written), then publishes the log in the background.
+async fn start_publishing(
+    target: crate::relay::Target,
+    ttl: std::time::Duration,
+    parts: &Parts,
+) -> Result<crate::relay::publish::Publisher, UsageError> {
+    let fix = "start Redis there, or fix --publish (or BATCHSSE_PUBLISH) and its password; nothing was written";
+    let conn = target.connect_or_refuse("publish to", fix).await?;
+    Ok(crate::relay::publish::spawn(
+        conn,
+        target,
+        ttl,
+        parts.log.clone(),
+    ))
 }
 
 /// The listening line (the first on stderr, which scripts read), then any

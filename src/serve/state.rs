@@ -67,6 +67,12 @@ impl State {
         })
     }
 
+    /// A server that only shows a run (a relay's): `POST /control` is
+    /// refused.
+    pub fn watching(log: Arc<EventLog>, config: Config) -> Arc<State> {
+        Arc::new(Self::plain(log, config))
+    }
+
     fn plain(log: Arc<EventLog>, config: Config) -> State {
         State {
             log,
