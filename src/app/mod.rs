@@ -131,6 +131,13 @@ async fn drive(mut session: Session, parts: Parts) -> Result<RunStatus, UsageErr
             (None, 0)
         }
     };
+    if let Some((p, _)) = &publisher {
+        crate::errln!(
+            "batchsse: publishing every event to {0}; `batchsse relay {0} --plan {1}` serves the run from any host",
+            p.shown(),
+            shell_word(&session.plan.name)
+        );
+    }
     // Terminal output may block (a full pipe, a slow terminal); on its own
     // thread it never holds up the server's workers.
     let terminal = {
@@ -149,6 +156,18 @@ async fn drive(mut session: Session, parts: Parts) -> Result<RunStatus, UsageErr
         publisher.drain(drain).await;
     }
     Ok(status)
+}
+
+/// `s` as one shell word, quoted only if it must be.
+fn shell_word(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:/@%+=,".contains(c));
+    if plain {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
 }
 
 /// Connects to Redis before anything runs (a refusal is a usage error:
@@ -314,6 +333,15 @@ pub fn demo_dir(keep: Option<&PathBuf>) -> anyhow::Result<(Option<tempfile::Temp
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_plan_name_is_quoted_for_the_shell_only_when_it_must_be() {
+        assert_eq!(shell_word("reprice-2026"), "reprice-2026");
+        assert_eq!(shell_word("fix.sql"), "fix.sql");
+        assert_eq!(shell_word("my plan"), "'my plan'");
+        assert_eq!(shell_word("it's"), r"'it'\''s'");
+        assert_eq!(shell_word(""), "''");
+    }
 
     #[test]
     fn only_an_unguarded_non_loopback_address_is_warned_about() {

@@ -59,6 +59,11 @@ pub fn spawn(
 }
 
 impl Publisher {
+    /// Where it publishes, without the password.
+    pub fn shown(&self) -> &str {
+        self.target.shown()
+    }
+
     /// At exit: waits up to `limit` until Redis holds every logged event;
     /// says on stderr how many it does not.
     pub async fn drain(mut self, limit: Duration) {
