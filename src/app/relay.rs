@@ -37,7 +37,7 @@ async fn serve(config: RelayConfig) -> Result<u8, UsageError> {
     let log = std::sync::Arc::new(EventLog::new());
     let mut config = s.config;
     config.listen = listener.local_addr().ok();
-    let state = server::State::watching(log.clone(), config);
+    let state = server::State::relayed(log.clone(), config);
     let filling = tokio::spawn(source.fill(which, log.clone()));
     let signals = lifecycle::count_signals();
     let stop = {

@@ -322,6 +322,13 @@ impl EventLog {
         self.read().snapshot.last_event_id
     }
 
+    /// Waits until the log holds `id` (or has finished), at most `limit`.
+    pub async fn wait_for_id(&self, id: u64, limit: std::time::Duration) {
+        let mut rx = self.subscribe();
+        let reached = rx.wait_for(|last| *last >= id || self.finished_id().is_some());
+        let _ = tokio::time::timeout(limit, reached).await;
+    }
+
     /// The run's id from its `start` event, once that is logged.
     pub fn run_id(&self) -> Option<String> {
         self.read().run_id.clone()
