@@ -65,6 +65,12 @@ pub async fn handle(
 
 /// Everything that needs no body: control on, the token, the type, the size.
 fn admit(state: &State, headers: &HeaderMap, query: Option<&str>) -> Result<(), Refusal> {
+    if state.relayed {
+        return Err((
+            StatusCode::FORBIDDEN,
+            "this is a relay: it shows a run published to Redis but cannot steer it; send the command to the run's own server (batchsse ctl URL …)".into(),
+        ));
+    }
     let Some(token) = &state.config.control_token else {
         return Err((
             StatusCode::FORBIDDEN,
