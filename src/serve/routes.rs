@@ -200,20 +200,29 @@ fn last_seen<B>(req: &Request<B>, query: &Query) -> u64 {
         .unwrap_or(0)
 }
 
-/// How long a relay holds a request whose `Last-Event-ID` it has not
-/// copied yet.
+/// How long an `/events` request waits for the log to be ready for it.
 const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// A relay's log trails Redis by a moment, so a client that moves here
-/// from another server may have seen ids this log does not hold yet.
-/// Before routing, wait (at most [`CATCH_UP`]) until it does, so `events`
-/// does not take them for ids of another run and replay from the start.
-pub async fn caught_up<B>(state: &State, req: &Request<B>) {
-    if !state.relayed || req.uri().path() != "/events" {
+/// Before an `/events` request is routed, waits (at most [`CATCH_UP`])
+/// until the log is ready for it:
+/// - until the run's `start` is in, so the answer names the run
+///   (`x-batchsse-run-id`): between a server's listening line and its
+///   first event, or while a relay copies it from Redis;
+/// - on a relay, until the log holds the request's `Last-Event-ID`: a relay
+///   trails Redis by a moment, so a client that moves here from another
+///   server may have seen ids it does not hold yet, which `events` would
+///   take for ids of another run and replay from the start.
+pub async fn ready<B>(state: &State, req: &Request<B>) {
+    if req.uri().path() != "/events" {
         return;
     }
-    let seen = last_seen(req, &Query::parse(req.uri().query()));
-    state.log.wait_for_id(seen, CATCH_UP).await;
+    let seen = if state.relayed {
+        last_seen(req, &Query::parse(req.uri().query()))
+    } else {
+        0
+    };
+    // `start` is always id 1.
+    state.log.wait_for_id(seen.max(1), CATCH_UP).await;
 }
 
 fn events<B>(state: &Arc<State>, req: &Request<B>, query: &Query) -> Response<Body> {
@@ -326,7 +335,8 @@ mod tests {
     use crate::serve::Config;
 
     /// The cursor an `/events` request with `Last-Event-ID: 3` gets while
-    /// ids 1 to 5 reach the log 50 ms after it arrives.
+    /// ids 1 and 2 reach the log 50 ms after it arrives, and 3 to 5 50 ms
+    /// later.
     async fn cursor_when_the_log_trails(relayed: bool) -> u64 {
         let log = Arc::new(EventLog::new());
         let state = if relayed {
@@ -339,13 +349,15 @@ mod tests {
             .body(())
             .unwrap();
         let copier = tokio::spawn(async move {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             for n in 1..=5 {
+                if n == 1 || n == 3 {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
                 let e = Event::message(serde_json::json!({}), Level::Info, format!("m{n}"));
                 log.push_published(n, e, format!("{{\"n\":{n}}}"));
             }
         });
-        caught_up(&state, &req).await;
+        ready(&state, &req).await;
         let resp = respond(&state, req);
         copier.await.unwrap();
         resp.extensions()
@@ -360,5 +372,35 @@ mod tests {
         // A run's own server has given out every id it ever will: one it
         // does not hold comes from another run, so the client starts over.
         assert_eq!(cursor_when_the_log_trails(false).await, 0);
+    }
+
+    #[tokio::test]
+    async fn a_stream_asked_for_before_start_names_the_run() {
+        use crate::events::{Settings, Start};
+        let log = Arc::new(EventLog::new());
+        let state = State::watching_for_tests(log.clone());
+        let req = Request::get("/events").body(()).unwrap();
+        let runner = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            log.push(Event::Start(Start {
+                run_id: "r-1".into(),
+                plan: "p".into(),
+                db: "d".into(),
+                steps: Vec::new(),
+                dry_run: false,
+                resumed: false,
+                protocol: 1,
+                settings: Settings::default(),
+            }));
+        });
+        ready(&state, &req).await;
+        let resp = respond(&state, req);
+        runner.await.unwrap();
+        assert_eq!(
+            resp.headers()
+                .get(RUN_ID_HEADER)
+                .map(|v| v.to_str().unwrap()),
+            Some("r-1")
+        );
     }
 }
