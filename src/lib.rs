@@ -12,8 +12,11 @@
 //!                                   │ typed Event values    ^ Cancel
 //!                                   v                       │
 //!                                events::log (ids, frames encoded once, history)
-//!                           /                  \
-//!   serve (/events, /status, /metrics, /)  view (terminal, github; `watch`)
+//!                           /                  |                 \
+//!   serve (/events, /status, /metrics, /)  view (terminal,   relay::publish (Redis)
+//!                                          github; `watch`)        │
+//!                                                                  v
+//!              `batchsse relay`, any host: Redis stream ──> relay::source ──> events::log ──> serve
 //! ```
 //!
 //! - [`cli`]: the flags as typed (clap), and `cli::config`, which checks
@@ -32,18 +35,22 @@
 //!   body for the rest (`body`), one keep-alive rule for both
 //!   (`keepalive`), live commands (`control`), the dashboard page
 //!   (`dashboard`), `/metrics` (`metrics`).
+//! - `relay`: Redis: the keys and connections (`mod.rs`), the run's
+//!   publisher (`publish`), and a relay's copy of a published run into its
+//!   own log (`source`).
 //! - `view`: the terminal (`terminal`), GitHub Actions output (`github`)
 //!   and `batchsse watch` (`follow`).
 //! - `lifecycle`: signals, cancel, the wait-for-clients gate, linger and
 //!   drain, in the order a run goes through them; live commands for the
 //!   runner (`Steering`).
 //! - `app`: the commands, wiring the parts together (`run`, `demo`, `ctl`,
-//!   `checkpoint`, and `docs` for completions, man page and event schema).
+//!   `checkpoint`, `relay`, and `docs` for completions, man page and event
+//!   schema).
 //! - `human`, [`error`]: number and duration wording; exit codes and the
 //!   errors that choose them.
 //!
 //! Imports run one way, with no cycles: `app` → `view` → `cli` →
-//! {`run`, `serve`} → {`plan`, `lifecycle`, `events`} → {`human`, `error`}
+//! {`run`, `serve`, `relay`} → {`plan`, `lifecycle`, `events`} → {`human`, `error`}
 //! (`run` also uses `lifecycle` and `human`; `view` uses `serve` for the
 //! run-id header and the token rule).
 
@@ -54,6 +61,7 @@ mod events;
 mod human;
 mod lifecycle;
 pub mod plan;
+mod relay;
 mod run;
 mod serve;
 mod view;
@@ -69,6 +77,7 @@ pub fn execute(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Run(args) => app::run(args),
         cli::Command::Demo(args) => demo::run(args),
         cli::Command::Watch(args) => view::follow::run(args),
+        cli::Command::Relay(args) => app::relay::run(args),
         cli::Command::Ctl(args) => app::ctl::run(args),
         cli::Command::Checkpoint(args) => app::checkpoint::run(args),
         cli::Command::Completions(args) => app::docs::completions(args),

@@ -108,6 +108,23 @@ fn listen_for_signals(
     phase: Arc<Mutex<Phase>>,
 ) -> watch::Receiver<u32> {
     let (tx, rx) = watch::channel(0u32);
+    on_each_signal(move || on_signal(&tx, &cancel, &log, &phase));
+    rx
+}
+
+/// For a process that only serves a run (`relay`): counts Ctrl-C and
+/// SIGTERM, and does nothing else. Call it inside the runtime.
+pub fn count_signals() -> watch::Receiver<u32> {
+    let (tx, rx) = watch::channel(0u32);
+    on_each_signal(move || {
+        tx.send_modify(|n| *n += 1);
+    });
+    rx
+}
+
+/// Calls `f` at each Ctrl-C or SIGTERM; on Unix the handlers are installed
+/// before this returns.
+fn on_each_signal(mut f: impl FnMut() + Send + 'static) {
     #[cfg(unix)]
     let (mut int, mut term) = {
         use tokio::signal::unix::{SignalKind, signal};
@@ -127,10 +144,9 @@ fn listen_for_signals(
             if tokio::signal::ctrl_c().await.is_err() {
                 return;
             }
-            on_signal(&tx, &cancel, &log, &phase);
+            f();
         }
     });
-    rx
 }
 
 fn on_signal(tx: &watch::Sender<u32>, cancel: &Cancel, log: &EventLog, phase: &Mutex<Phase>) {

@@ -88,6 +88,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         serve,
         progress: args.serve.progress,
         progress_interval: crate::cli::config::progress_interval(args.serve.progress_interval)?,
+        publish: crate::cli::config::publish(&args.serve.publish, args.serve.drain_timeout)?,
     })?;
     session.banner = Some(format!(
         "batchsse: demo: {} orders in {}{}\nbatchsse: open {{control_url}} in a browser to watch and steer it (curl -N '{{events}}' shows the raw stream; `batchsse ctl {{base}} pause --control-token {{control_token}}` pauses it)",

@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod ctl;
 pub mod demo;
 pub mod docs;
+pub mod relay;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,7 +20,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::cli::RunArgs;
-use crate::cli::config::{RunConfig, Serve};
+use crate::cli::config::{Publish, RunConfig, Serve};
 use crate::error::UsageError;
 use crate::events::log::EventLog;
 use crate::events::{Event, Finished, Level, RunStatus};
@@ -38,6 +39,8 @@ pub struct Session {
     pub serve: Option<Serve>,
     pub progress: ProgressMode,
     pub progress_interval: std::time::Duration,
+    /// `--publish`: checked, not yet connected.
+    pub publish: Option<Publish>,
     /// Printed after the listening line (the demo's "open this URL"), with
     /// `{url}` the dashboard's address, `{control_url}` the same with the
     /// control token after `#`, `{base}` it without a query, `{events}` the
@@ -64,6 +67,7 @@ pub fn open(config: RunConfig) -> Result<Session, UsageError> {
         serve,
         progress,
         progress_interval,
+        publish,
     } = config;
     let conn = runner::open_db(&db, busy_timeout)?;
     let resuming = opts.checkpoint && !force;
@@ -94,6 +98,7 @@ pub fn open(config: RunConfig) -> Result<Session, UsageError> {
         serve,
         progress,
         progress_interval,
+        publish,
         banner: None,
     })
 }
@@ -108,6 +113,10 @@ pub fn execute(lifecycle: Lifecycle, session: Session) -> anyhow::Result<ExitCod
 /// runner on a blocking thread; returns once every reader is done.
 async fn drive(mut session: Session, parts: Parts) -> Result<RunStatus, UsageError> {
     let banner = session.banner.take();
+    let publisher = match session.publish.take() {
+        Some(p) => Some((start_publishing(p.target, p.ttl, &parts).await?, p.drain)),
+        None => None,
+    };
     let (server_task, wait_for) = match session.serve.take() {
         Some(s) => {
             let listener = server::bind(s.addr).await?;
@@ -122,6 +131,13 @@ async fn drive(mut session: Session, parts: Parts) -> Result<RunStatus, UsageErr
             (None, 0)
         }
     };
+    if let Some((p, _)) = &publisher {
+        crate::errln!(
+            "batchsse: publishing every event to {0}; `batchsse relay {0} --plan {1}` serves the run from any host",
+            p.shown(),
+            shell_word(&session.plan.name)
+        );
+    }
     // Terminal output may block (a full pipe, a slow terminal); on its own
     // thread it never holds up the server's workers.
     let terminal = {
@@ -136,7 +152,39 @@ async fn drive(mut session: Session, parts: Parts) -> Result<RunStatus, UsageErr
     if let Some(t) = server_task {
         let _ = t.await;
     }
+    if let Some((publisher, drain)) = publisher {
+        publisher.drain(drain).await;
+    }
     Ok(status)
+}
+
+/// `s` as one shell word, quoted only if it must be.
+fn shell_word(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:/@%+=,".contains(c));
+    if plain {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// Connects to Redis before anything runs (a refusal is a usage error:
+/// exit 2, nothing written), then publishes the log in the background.
+async fn start_publishing(
+    target: crate::relay::Target,
+    ttl: std::time::Duration,
+    parts: &Parts,
+) -> Result<crate::relay::publish::Publisher, UsageError> {
+    let fix = "start Redis there, or fix --publish (or BATCHSSE_PUBLISH) and its password; nothing was written";
+    let conn = target.connect_or_refuse("publish to", fix).await?;
+    Ok(crate::relay::publish::spawn(
+        conn,
+        target,
+        ttl,
+        parts.log.clone(),
+    ))
 }
 
 /// The listening line (the first on stderr, which scripts read), then any
@@ -285,6 +333,15 @@ pub fn demo_dir(keep: Option<&PathBuf>) -> anyhow::Result<(Option<tempfile::Temp
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_plan_name_is_quoted_for_the_shell_only_when_it_must_be() {
+        assert_eq!(shell_word("reprice-2026"), "reprice-2026");
+        assert_eq!(shell_word("fix.sql"), "fix.sql");
+        assert_eq!(shell_word("my plan"), "'my plan'");
+        assert_eq!(shell_word("it's"), r"'it'\''s'");
+        assert_eq!(shell_word(""), "''");
+    }
 
     #[test]
     fn only_an_unguarded_non_loopback_address_is_warned_about() {

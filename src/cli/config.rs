@@ -7,9 +7,10 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{PaceArgs, ProgressMode, RunArgs, ServeArgs};
+use super::{PaceArgs, ProgressMode, PublishArgs, RelayArgs, RunArgs, ServeArgs};
 use crate::error::UsageError;
 use crate::plan::{self, Source};
+use crate::relay::{Target, source::Which};
 use crate::run;
 use crate::serve;
 
@@ -25,6 +26,75 @@ pub struct RunConfig {
     pub progress: ProgressMode,
     /// `--progress-interval`.
     pub progress_interval: Duration,
+    /// `--publish`: where the events also go.
+    pub publish: Option<Publish>,
+}
+
+/// A checked `--publish`.
+pub struct Publish {
+    pub target: Target,
+    /// `--publish-ttl`.
+    pub ttl: Duration,
+    /// `--drain-timeout`: how long the exit waits for Redis to take the rest.
+    pub drain: Duration,
+}
+
+/// Checks `--publish` and `--publish-ttl` (for `run` and `demo`).
+pub fn publish(a: &PublishArgs, drain_timeout: f64) -> Result<Option<Publish>, UsageError> {
+    let Some(url) = &a.publish else {
+        return Ok(None);
+    };
+    Ok(Some(Publish {
+        target: Target::parse("--publish", url)?,
+        ttl: Duration::from_secs(a.publish_ttl),
+        drain: seconds("--drain-timeout", drain_timeout)?,
+    }))
+}
+
+/// A checked `relay`.
+pub struct RelayConfig {
+    pub target: Target,
+    pub which: Which,
+    pub serve: Serve,
+}
+
+impl RelayConfig {
+    pub fn from_args(a: &RelayArgs) -> Result<RelayConfig, UsageError> {
+        let which = match (&a.run, &a.plan) {
+            (Some(run), None) => Which::Run(run.clone()),
+            (None, Some(plan)) => Which::Plan(plan.clone()),
+            _ => return Err(UsageError::new("give exactly one of --run or --plan")),
+        };
+        // The relay's server takes the same flags as a run's and the same
+        // checks; it has no control token and no start gate.
+        let serve = check_serve(
+            &ServeArgs {
+                listen: a.listen.clone(),
+                no_serve: false,
+                token: a.token.clone(),
+                control_token: None,
+                allow_host: a.allow_host.clone(),
+                cors: a.cors.clone(),
+                max_clients: a.max_clients,
+                wait_for_clients: 0,
+                linger: Some(a.linger),
+                drain_timeout: a.drain_timeout,
+                progress: ProgressMode::None,
+                progress_interval: 0.0,
+                publish: PublishArgs {
+                    publish: None,
+                    publish_ttl: 0,
+                },
+            },
+            0.0,
+        )?
+        .ok_or_else(|| UsageError::new("the relay always serves"))?;
+        Ok(RelayConfig {
+            target: Target::parse("the Redis URL", &a.redis)?,
+            which,
+            serve,
+        })
+    }
 }
 
 impl RunConfig {
@@ -40,6 +110,7 @@ impl RunConfig {
             serve,
             progress: args.serve.progress,
             progress_interval: progress_interval(args.serve.progress_interval)?,
+            publish: publish(&args.serve.publish, args.serve.drain_timeout)?,
         })
     }
 }

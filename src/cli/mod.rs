@@ -54,6 +54,17 @@ pub enum Command {
         closed (--progress json | head) or could not be written.")]
     Watch(WatchArgs),
 
+    /// Serve a run published to Redis (run --publish) from this host: /events, /status, the dashboard, /metrics.
+    #[command(after_help = "Examples:\n  \
+        batchsse relay redis://127.0.0.1:6379/0 --plan reprice-2026 --listen 127.0.0.1:7078\n  \
+        batchsse relay redis://:s3cret@redis.internal:6379/0 --run 20261201T101500Z-4f2a --listen 0.0.0.0:7078 --token T\n\n\
+        Ids and bytes are the run's own, so a client can move between relays (or from the run's \
+        own server to a relay) with Last-Event-ID. --plan follows the plan's live run, or waits for \
+        its next one. The relay exits after the run's finished event and --linger.\n\n\
+        Exit status: 0 it served the run to its end, 2 bad usage (Redis unreachable, a wrong \
+        password, no such run), 130 interrupted.")]
+    Relay(RelayArgs),
+
     /// Steer a running batch: pause, resume, cancel, or a new pace (needs the run's --control-token).
     #[command(after_help = "Examples:\n  \
         batchsse ctl http://127.0.0.1:7077/ pause --control-token T\n  \
@@ -298,13 +309,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SECS", conflicts_with = "no_serve")]
     pub linger: Option<f64>,
 
-    /// How long open streams may take to receive their tail before the process exits anyway.
-    #[arg(
-        long,
-        value_name = "SECS",
-        default_value_t = 5.0,
-        conflicts_with = "no_serve"
-    )]
+    /// How long open streams may take to receive their tail (and --publish to catch up) before the process exits anyway.
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
     pub drain_timeout: f64,
 
     /// Terminal output: auto = bars on a terminal, github in GitHub Actions (GITHUB_ACTIONS=true), plain lines otherwise; json = NDJSON on stdout.
@@ -314,6 +320,78 @@ pub struct ServeArgs {
     /// At most one plain progress line per step every SECS (0: every one).
     #[arg(long, value_name = "SECS", default_value_t = 1.0)]
     pub progress_interval: f64,
+
+    #[command(flatten)]
+    pub publish: PublishArgs,
+}
+
+/// Publishing the run's events to Redis, for `batchsse relay`.
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// Also append every event to the Redis stream batchsse:run:<run_id> (redis://[:PASSWORD@]HOST:PORT[/DB]), for `batchsse relay`.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "BATCHSSE_PUBLISH",
+        hide_env_values = true,
+        help_heading = "Publish"
+    )]
+    pub publish: Option<String>,
+
+    /// Keep the published stream this long after the run's last event.
+    #[arg(long, value_name = "SECS", default_value_t = 86_400,
+          value_parser = clap::value_parser!(u64).range(1..=10 * 365 * 86_400),
+          requires = "publish", help_heading = "Publish")]
+    pub publish_ttl: u64,
+}
+
+/// `batchsse relay`: one run, from Redis, served as `run` serves it.
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("which").required(true).args(["run", "plan"]))]
+pub struct RelayArgs {
+    /// The Redis the run publishes to: redis://[:PASSWORD@]HOST:PORT[/DB].
+    #[arg(
+        value_name = "REDIS_URL",
+        env = "BATCHSSE_PUBLISH",
+        hide_env_values = true
+    )]
+    pub redis: String,
+
+    /// The run to serve (its run_id, from the start event, /status or the run's terminal).
+    #[arg(long, value_name = "RUN_ID")]
+    pub run: Option<String>,
+
+    /// Serve this plan's live run, or wait for its next one (the plan's name, as in the start event).
+    #[arg(long, value_name = "NAME")]
+    pub plan: Option<String>,
+
+    /// Where the relay listens; 127.0.0.1:0 picks a free port.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7077")]
+    pub listen: String,
+
+    /// Require this token on every route but /healthz (Authorization: Bearer T, or ?token=T).
+    #[arg(long, value_name = "T", env = "BATCHSSE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// On a loopback address, also answer requests whose Host is NAME (a reverse proxy's); others get 421. Repeatable.
+    #[arg(long, value_name = "NAME")]
+    pub allow_host: Vec<String>,
+
+    /// Send Access-Control-Allow-Origin: ORIGIN, for a page served from another origin.
+    #[arg(long, value_name = "ORIGIN")]
+    pub cors: Option<String>,
+
+    /// Stream clients at once; more get 503.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub max_clients: usize,
+
+    /// After `finished`, keep answering for SECS (late clients get the full replay).
+    #[arg(long, value_name = "SECS", default_value_t = 0.0)]
+    pub linger: f64,
+
+    /// How long open streams may take to receive their tail before the relay exits anyway.
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    pub drain_timeout: f64,
 }
 
 /// How fast chunked steps go.

@@ -197,11 +197,33 @@ impl EventLog {
 
     pub fn push_at(&self, event: Event, ts_ms: u64) -> Option<u64> {
         let data = event.to_json(ts_ms).to_string();
-        let mut inner = self.write();
-        if inner.finished_id.is_some() {
-            return None;
-        }
+        let inner = self.write();
         let id = inner.snapshot.last_event_id + 1;
+        self.append(inner, id, event, data).then_some(id)
+    }
+
+    /// Appends an event that already has its id and payload: a relay's copy
+    /// of a published run, whose frame then comes out byte for byte as the
+    /// run's own server sent it. Refused (`false`) unless `id` is above
+    /// every id logged so far, and after `finished`.
+    pub fn push_published(&self, id: u64, event: Event, data: String) -> bool {
+        let inner = self.write();
+        if id <= inner.snapshot.last_event_id {
+            return false;
+        }
+        self.append(inner, id, event, data)
+    }
+
+    fn append(
+        &self,
+        mut inner: RwLockWriteGuard<'_, Inner>,
+        id: u64,
+        event: Event,
+        data: String,
+    ) -> bool {
+        if inner.finished_id.is_some() {
+            return false;
+        }
         // Event names are fixed identifiers, so encoding cannot fail.
         let frame = sse::encode(Some(id), event.sse_name(), &data).unwrap_or_default();
         update_snapshot(&mut inner, &event, id);
@@ -221,7 +243,7 @@ impl EventLog {
         }
         drop(inner);
         self.last_id.send_replace(id);
-        Some(id)
+        true
     }
 
     /// Every entry with an id above `cursor`, oldest first.
@@ -298,6 +320,13 @@ impl EventLog {
 
     pub fn last_id(&self) -> u64 {
         self.read().snapshot.last_event_id
+    }
+
+    /// Waits until the log holds `id` (or has finished), at most `limit`.
+    pub async fn wait_for_id(&self, id: u64, limit: std::time::Duration) {
+        let mut rx = self.subscribe();
+        let reached = rx.wait_for(|last| *last >= id || self.finished_id().is_some());
+        let _ = tokio::time::timeout(limit, reached).await;
     }
 
     /// The run's id from its `start` event, once that is logged.
@@ -768,6 +797,35 @@ mod tests {
                 assert_eq!(ids, (1..=EVENTS).collect::<Vec<_>>());
             }
         });
+    }
+
+    #[test]
+    fn a_published_copy_keeps_the_ids_and_bytes_and_refuses_old_ids() {
+        let run = EventLog::new();
+        for n in 0..3 {
+            run.push(msg(n));
+        }
+        run.push(finished());
+        let copy = EventLog::new();
+        // The copy starts late: from id 2, as a relay resuming would.
+        for e in run.after(1) {
+            assert!(copy.push_published(e.id, e.event.clone(), e.data.clone()));
+        }
+        let frames = |log: &EventLog, from| -> Vec<Bytes> {
+            log.after(from).iter().map(|e| e.frame.clone()).collect()
+        };
+        assert_eq!(frames(&copy, 0), frames(&run, 1));
+        assert_eq!(copy.finished_id(), Some(4));
+        let again = run.after(2)[0].clone();
+        assert!(!copy.push_published(again.id, again.event.clone(), again.data.clone()));
+        assert!(
+            !copy.push_published(9, msg(9), "{}".into()),
+            "after finished"
+        );
+        let gap = EventLog::new();
+        assert!(gap.push_published(5, msg(5), "{}".into()));
+        assert!(!gap.push_published(5, msg(5), "{}".into()), "same id twice");
+        assert_eq!(gap.push(msg(6)), Some(6), "ids go on from the copy's");
     }
 
     #[test]

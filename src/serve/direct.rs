@@ -80,6 +80,7 @@ pub async fn sniff(mut tcp: TcpStream) -> Sniffed {
 /// The answer is still `routes::respond`'s, so routing, auth and limits
 /// stay in one place.
 pub async fn serve(mut tcp: TcpStream, state: &Arc<State>, req: Request<()>, fanout: &Fanout) {
+    routes::caught_up(state, &req).await;
     let mut resp = routes::respond(state, req);
     match resp.extensions_mut().remove::<StreamStart>() {
         Some(start) => {

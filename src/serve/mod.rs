@@ -125,6 +125,7 @@ async fn connection(
                 Ok::<_, Infallible>(if control {
                     control::handle(&state, req, peer).await
                 } else {
+                    routes::caught_up(&state, &req).await;
                     body::handle(&state, req)
                 })
             }

@@ -188,15 +188,36 @@ fn metrics_page(state: &State) -> Response<Body> {
     r
 }
 
-fn events<B>(state: &Arc<State>, req: &Request<B>, query: &Query) -> Response<Body> {
-    let last_seen = req
-        .headers()
+/// The id a `/events` request says it has seen: `Last-Event-ID`, else
+/// `?last_event_id=`; 0 for none.
+fn last_seen<B>(req: &Request<B>, query: &Query) -> u64 {
+    req.headers()
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
         .or_else(|| query.get("last_event_id"))
         .and_then(|v| v.trim().parse::<u64>().ok())
-        .unwrap_or(0);
+        .unwrap_or(0)
+}
+
+/// How long a relay holds a request whose `Last-Event-ID` it has not
+/// copied yet.
+const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A relay's log trails Redis by a moment, so a client that moves here
+/// from another server may have seen ids this log does not hold yet.
+/// Before routing, wait (at most [`CATCH_UP`]) until it does, so `events`
+/// does not take them for ids of another run and replay from the start.
+pub async fn caught_up<B>(state: &State, req: &Request<B>) {
+    if !state.relayed || req.uri().path() != "/events" {
+        return;
+    }
+    let seen = last_seen(req, &Query::parse(req.uri().query()));
+    state.log.wait_for_id(seen, CATCH_UP).await;
+}
+
+fn events<B>(state: &Arc<State>, req: &Request<B>, query: &Query) -> Response<Body> {
+    let last_seen = last_seen(req, query);
     // None only between the server's start and the runner's `start` event.
     let run_id = state.log.run_id();
     let for_another_run = req
@@ -294,5 +315,50 @@ impl Query {
             .iter()
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::log::EventLog;
+    use crate::events::{Event, Level};
+    use crate::serve::Config;
+
+    /// The cursor an `/events` request with `Last-Event-ID: 3` gets while
+    /// ids 1 to 5 reach the log 50 ms after it arrives.
+    async fn cursor_when_the_log_trails(relayed: bool) -> u64 {
+        let log = Arc::new(EventLog::new());
+        let state = if relayed {
+            State::relayed(log.clone(), Config::default())
+        } else {
+            State::watching_for_tests(log.clone())
+        };
+        let req = Request::get("/events")
+            .header("last-event-id", "3")
+            .body(())
+            .unwrap();
+        let copier = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            for n in 1..=5 {
+                let e = Event::message(serde_json::json!({}), Level::Info, format!("m{n}"));
+                log.push_published(n, e, format!("{{\"n\":{n}}}"));
+            }
+        });
+        caught_up(&state, &req).await;
+        let resp = respond(&state, req);
+        copier.await.unwrap();
+        resp.extensions()
+            .get::<StreamStart>()
+            .expect("a stream")
+            .cursor
+    }
+
+    #[tokio::test]
+    async fn a_relay_waits_for_an_id_it_has_not_copied_yet() {
+        assert_eq!(cursor_when_the_log_trails(true).await, 3);
+        // A run's own server has given out every id it ever will: one it
+        // does not hold comes from another run, so the client starts over.
+        assert_eq!(cursor_when_the_log_trails(false).await, 0);
     }
 }

@@ -51,6 +51,9 @@ pub struct State {
     /// The run's cancel and steering, for `POST /control`; none for a
     /// server that only shows a run.
     pub control: Option<(Arc<Cancel>, Arc<Steering>)>,
+    /// A relay's: the log is a copy of a run published to Redis, which may
+    /// trail what a client has already seen elsewhere.
+    pub relayed: bool,
 }
 
 impl State {
@@ -67,6 +70,21 @@ impl State {
         })
     }
 
+    /// A relay's server: it only shows the run (`POST /control` is
+    /// refused), from a log copied from Redis.
+    pub fn relayed(log: Arc<EventLog>, config: Config) -> Arc<State> {
+        Arc::new(State {
+            relayed: true,
+            ..Self::plain(log, config)
+        })
+    }
+
+    /// A server with neither control nor a relay's log, for tests.
+    #[cfg(test)]
+    pub fn watching_for_tests(log: Arc<EventLog>) -> Arc<State> {
+        Arc::new(Self::plain(log, Config::default()))
+    }
+
     fn plain(log: Arc<EventLog>, config: Config) -> State {
         State {
             log,
@@ -74,6 +92,7 @@ impl State {
             clients: AtomicUsize::new(0),
             client_count: watch::channel(0).0,
             control: None,
+            relayed: false,
         }
     }
 

@@ -1,0 +1,235 @@
+//! Beyond one machine: a run's events in Redis streams. `publish` appends
+//! the run's log to Redis as it grows (one more reader of the log, like the
+//! terminal); `source` fills a relay's log from Redis, so the same server
+//! code serves it with the same ids and bytes.
+//!
+//! What is in Redis, per run:
+//! - the stream `batchsse:run:<run_id>`: one entry per event, with the
+//!   explicit entry ID `<event id>-0` (so a resend is refused, never doubled)
+//!   and the fields `event` (its name) and `data` (the SSE `data:` JSON);
+//! - the string `batchsse:plan:<plan>:latest`: the plan's newest run id.
+//!
+//! Both expire `--publish-ttl` after the run's last event.
+
+pub mod publish;
+pub mod source;
+
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+
+use crate::error::UsageError;
+
+/// A Redis server from a `redis://` URL, with the URL as shown to people
+/// (no password).
+pub struct Target {
+    /// The server without credentials or database: `connect` sends `AUTH`
+    /// and `SELECT` itself, so a refusal reaches the user in Redis's own
+    /// words (the crate would replace them with its own).
+    client: redis::Client,
+    /// `AUTH`'s arguments: the user, if any, and the password.
+    auth: Option<(Option<String>, String)>,
+    db: i64,
+    shown: String,
+}
+
+impl std::fmt::Debug for Target {
+    /// The password stays out of debug output too.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Target").field(&self.shown).finish()
+    }
+}
+
+/// How long a connection attempt may take before it counts as failed.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl Target {
+    /// Parses `redis://[:PASSWORD@]HOST:PORT[/DB]` given to `flag`.
+    pub fn parse(flag: &str, url: &str) -> Result<Target, UsageError> {
+        let usage = |why: String| {
+            UsageError::new(format!(
+                "{flag} {why}; give redis://[:PASSWORD@]HOST:PORT[/DB], e.g. redis://127.0.0.1:6379/0"
+            ))
+        };
+        if !url.starts_with("redis://") {
+            return Err(usage(if url.starts_with("rediss://") {
+                "uses TLS (rediss://), which batchsse does not speak".into()
+            } else {
+                "is not a redis:// URL".into()
+            }));
+        }
+        let parsed = redis::Client::open(url).map_err(|e| usage(format!("is not usable ({e})")))?;
+        let info = parsed.get_connection_info();
+        let redis::ConnectionAddr::Tcp(host, port) = info.addr() else {
+            return Err(usage("is not a TCP address".into()));
+        };
+        let settings = info.redis_settings();
+        let host = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]")
+        } else {
+            host.clone()
+        };
+        let server = format!("redis://{host}:{port}");
+        let client = redis::Client::open(format!("{server}/0"))
+            .map_err(|e| usage(format!("is not usable ({e})")))?;
+        let auth = settings
+            .password()
+            .map(|p| (settings.username().map(str::to_owned), p.to_owned()));
+        Ok(Target {
+            client,
+            auth,
+            db: settings.db(),
+            shown: format!("{server}/{}", settings.db()),
+        })
+    }
+
+    /// The URL without its password, for messages.
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+
+    /// A new connection. Replies are not timed out here: a relay's reads
+    /// block on purpose, so callers bound each call themselves.
+    pub async fn connect(&self) -> redis::RedisResult<MultiplexedConnection> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(None);
+        let mut conn = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        // One at a time, so a refusal is Redis's own sentence. A server that
+        // wants a password answers the first command, not the connection,
+        // with NOAUTH; hence the PING.
+        let mut setup = Vec::new();
+        if let Some((user, password)) = &self.auth {
+            setup.push(redis::cmd("AUTH").arg(user).arg(password).clone());
+        }
+        if self.db != 0 {
+            setup.push(redis::cmd("SELECT").arg(self.db).clone());
+        }
+        setup.push(redis::cmd("PING"));
+        for cmd in setup {
+            within(CONNECT_TIMEOUT, cmd.query_async::<()>(&mut conn)).await?;
+        }
+        Ok(conn)
+    }
+
+    /// A connection at start, or the usage error that ends the command
+    /// before anything is done (`doing`: "publish to", "relay from").
+    pub async fn connect_or_refuse(
+        &self,
+        doing: &str,
+        fix: &str,
+    ) -> Result<MultiplexedConnection, UsageError> {
+        self.connect().await.map_err(|e| {
+            UsageError::new(format!(
+                "cannot {doing} {}: {}; {fix}",
+                self.shown,
+                describe(&e)
+            ))
+        })
+    }
+}
+
+/// The stream that holds one run's events.
+pub fn run_key(run_id: &str) -> String {
+    format!("batchsse:run:{run_id}")
+}
+
+/// The key that names a plan's newest run.
+pub fn latest_key(plan: &str) -> String {
+    format!("batchsse:plan:{plan}:latest")
+}
+
+/// The event id of a stream entry ID `N-0`.
+pub fn event_id(entry: &str) -> Option<u64> {
+    entry.strip_suffix("-0")?.parse().ok()
+}
+
+/// A Redis error as a person reads it: Redis's own words when it answered.
+pub fn describe(e: &redis::RedisError) -> String {
+    let text = e.to_string();
+    if let Some(code) = e.code() {
+        format!(
+            "Redis answered \"{code} {}\"",
+            e.detail().unwrap_or_default().trim_end_matches('.')
+        )
+    } else if e.is_connection_refusal() {
+        format!("nothing is listening there ({text})")
+    } else if e.is_timeout() {
+        format!("no answer within {} s ({text})", CONNECT_TIMEOUT.as_secs())
+    } else {
+        text
+    }
+}
+
+/// Runs a Redis call with a time limit; running out counts as an I/O error,
+/// so the caller treats it as a lost connection.
+pub async fn within<T>(
+    limit: Duration,
+    call: impl Future<Output = redis::RedisResult<T>>,
+) -> redis::RedisResult<T> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("Redis did not answer within {} s", limit.as_secs_f64()),
+        )
+        .into()),
+    }
+}
+
+/// Waits between reconnection attempts: 100 ms, doubling up to 2 s.
+pub struct Backoff(Duration);
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(2);
+
+    pub fn new() -> Backoff {
+        Backoff(Self::FIRST)
+    }
+
+    pub async fn wait(&mut self) {
+        tokio::time::sleep(self.0).await;
+        self.0 = (self.0 * 2).min(Self::MAX);
+    }
+
+    pub fn reset(&mut self) {
+        self.0 = Self::FIRST;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_checked_and_shown_without_their_password() {
+        let t = Target::parse("--publish", "redis://:s3cret@10.0.0.5:6380/2").unwrap();
+        assert_eq!(t.shown(), "redis://10.0.0.5:6380/2");
+        let t = Target::parse("--publish", "redis://127.0.0.1").unwrap();
+        assert_eq!(t.shown(), "redis://127.0.0.1:6379/0");
+        for (bad, says) in [
+            ("http://127.0.0.1:6379", "not a redis:// URL"),
+            ("rediss://127.0.0.1:6379", "TLS"),
+            ("127.0.0.1:6379", "not a redis:// URL"),
+        ] {
+            let e = Target::parse("--publish", bad).unwrap_err().to_string();
+            assert!(
+                e.contains(says) && e.contains("redis://127.0.0.1:6379/0"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn keys_and_entry_ids() {
+        assert_eq!(run_key("r1"), "batchsse:run:r1");
+        assert_eq!(latest_key("plan.json"), "batchsse:plan:plan.json:latest");
+        assert_eq!(event_id("42-0"), Some(42));
+        assert_eq!(event_id("42-1"), None);
+        assert_eq!(event_id("x-0"), None);
+    }
+}
