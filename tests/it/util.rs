@@ -659,3 +659,166 @@ pub fn skip_unless_ci(why: &str) {
     );
     eprintln!("skipped: {why}");
 }
+
+/// A private `redis-server` for one test, on its own free port, with
+/// persistence off (`--save ''`, `--appendonly no`): a restart comes back
+/// empty, as a Redis that lost its data would. Killed by its pid when
+/// dropped.
+pub struct Redis {
+    pub port: u16,
+    child: Option<Child>,
+    password: Option<String>,
+    dir: tempfile::TempDir,
+}
+
+impl Redis {
+    /// Starts a server and waits until it answers; `None` (after a printed
+    /// skip, or a failure with `CI` set) when `redis-server` is missing.
+    pub fn start() -> Option<Redis> {
+        Self::launch(None)
+    }
+
+    /// The same, with `--requirepass PASSWORD`.
+    pub fn start_with_password(password: &str) -> Option<Redis> {
+        Self::launch(Some(password))
+    }
+
+    fn launch(password: Option<&str>) -> Option<Redis> {
+        let found = Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            skip_unless_ci("redis-server is not installed (apt-get install redis-server)");
+            return None;
+        }
+        let mut r = Redis {
+            port: 0,
+            child: None,
+            password: password.map(str::to_owned),
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        // Another process may take the free port before the server binds
+        // it: then try another one.
+        for _ in 0..5 {
+            r.port = free_port();
+            if r.spawn() {
+                return Some(r);
+            }
+        }
+        panic!("redis-server would not start; its log:\n{}", r.log());
+    }
+
+    /// Starts the server on `self.port`; false if it exited before it
+    /// answered (the port was taken).
+    fn spawn(&mut self) -> bool {
+        let port = self.port.to_string();
+        let logfile = self.dir.path().join("redis.log");
+        let mut cmd = Command::new("redis-server");
+        cmd.args([
+            "--port",
+            &port,
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(self.dir.path())
+        .arg("--logfile")
+        .arg(&logfile)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        if let Some(pw) = &self.password {
+            cmd.args(["--requirepass", pw]);
+        }
+        let mut child = cmd.spawn().expect("spawn redis-server");
+        let start = Instant::now();
+        while start.elapsed() < PATIENCE {
+            if child.try_wait().expect("try_wait").is_some() {
+                return false;
+            }
+            if self.ping() {
+                self.child = Some(child);
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "redis-server on port {port} did not answer within {PATIENCE:?}; its log:\n{}",
+            self.log()
+        );
+    }
+
+    /// `redis://127.0.0.1:PORT/0`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// The URL with the password: `redis://:PASSWORD@127.0.0.1:PORT/0`.
+    pub fn url_with_password(&self, password: &str) -> String {
+        format!("redis://:{password}@127.0.0.1:{}/0", self.port)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// Whether a server answers `PING` on the port (any reply counts, so
+    /// `-NOAUTH` from a server with a password does too).
+    pub fn ping(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect_timeout(&self.addr(), Duration::from_secs(1)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        if s.write_all(b"PING\r\n").is_err() {
+            return false;
+        }
+        let mut line = String::new();
+        let _ = BufReader::new(s).read_line(&mut line);
+        line.starts_with('+') || line.starts_with('-')
+    }
+
+    /// The server's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Kills the server (SIGKILL to its pid: no goodbye to its clients,
+    /// nothing saved) and waits until it is gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port, empty.
+    pub fn restart(&mut self) {
+        self.kill();
+        assert!(
+            self.spawn(),
+            "redis-server could not start again on port {}; its log:\n{}",
+            self.port,
+            self.log()
+        );
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

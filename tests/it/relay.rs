@@ -1,0 +1,793 @@
+//! Publishing a run to Redis (`run --publish`) and serving it again from
+//! there (`batchsse relay`): real binary, real `redis-server` (one per test,
+//! on its own port), real sockets. A client may move between the run's own
+//! server and any relay with `Last-Event-ID`: every frame is the same, byte
+//! for byte, under the same id.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use batchsse::sse::ParsedEvent;
+use serde_json::Value;
+
+use crate::util::*;
+
+const RUN_ID_HEADER: &str = "x-batchsse-run-id";
+
+/// The Redis key of a run's stream, and of a plan's latest run.
+fn stream_key(run_id: &str) -> String {
+    format!("batchsse:run:{run_id}")
+}
+
+fn latest_key(plan: &str) -> String {
+    format!("batchsse:plan:{plan}:latest")
+}
+
+fn redis_conn(redis: &Redis) -> redis::Connection {
+    redis::Client::open(redis.url())
+        .expect("the test's Redis URL")
+        .get_connection()
+        .unwrap_or_else(|e| panic!("connect to the test's Redis: {e}\n{}", redis.log()))
+}
+
+/// One entry of a published stream: its entry id and its fields in order.
+type Entry = (String, Vec<String>);
+
+/// `XRANGE batchsse:run:<run_id> - +`.
+fn published(redis: &Redis, run_id: &str) -> Vec<Entry> {
+    redis::cmd("XRANGE")
+        .arg(stream_key(run_id))
+        .arg("-")
+        .arg("+")
+        .query(&mut redis_conn(redis))
+        .expect("XRANGE")
+}
+
+fn xlen(redis: &Redis, run_id: &str) -> usize {
+    redis::cmd("XLEN")
+        .arg(stream_key(run_id))
+        .query(&mut redis_conn(redis))
+        .expect("XLEN")
+}
+
+fn ttl(redis: &Redis, key: &str) -> i64 {
+    redis::cmd("TTL")
+        .arg(key)
+        .query(&mut redis_conn(redis))
+        .expect("TTL")
+}
+
+/// Asserts the run's Redis stream holds exactly `events` (what a client
+/// read off `/events`): entry `<id>-0` for each, in order, once, with the
+/// fields `event` (the event's name, `message` included) and `data` (the
+/// SSE `data:` text, byte for byte) and nothing else.
+fn assert_published(redis: &Redis, run_id: &str, events: &[ParsedEvent]) {
+    let entries = published(redis, run_id);
+    let ids: Vec<&str> = entries.iter().map(|(id, _)| id.as_str()).collect();
+    let want: Vec<String> = events.iter().map(|e| format!("{}-0", id(e))).collect();
+    assert_eq!(ids, want, "the stream's entry ids, against the events' ids");
+    for ((entry_id, fields), e) in entries.iter().zip(events) {
+        let mut pairs: Vec<(&str, &str)> = fields
+            .chunks(2)
+            .map(|kv| (kv[0].as_str(), kv.get(1).map_or("", String::as_str)))
+            .collect();
+        pairs.sort();
+        assert_eq!(
+            pairs,
+            vec![("data", e.data.as_str()), ("event", e.event.as_str())],
+            "entry {entry_id}"
+        );
+    }
+}
+
+/// Polls until the run's Redis stream holds at least `n` entries.
+fn wait_published(redis: &Redis, run_id: &str, n: usize) {
+    let start = Instant::now();
+    while xlen(redis, run_id) < n {
+        assert!(
+            start.elapsed() < PATIENCE,
+            "Redis holds {} of the first {n} events",
+            xlen(redis, run_id)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Every event's frame in a stream body, exactly as sent, with its id;
+/// keep-alive comments are left out, and so is an unfinished frame at the
+/// end (a client that left mid-stream). `complete` says whether there was
+/// none.
+fn raw_frames(body: &[u8]) -> (Vec<(u64, Vec<u8>)>, bool) {
+    let mut frames = Vec::new();
+    let mut rest = body;
+    while let Some(i) = rest.windows(2).position(|w| w == b"\n\n") {
+        let frame = &rest[..i + 2];
+        rest = &rest[i + 2..];
+        let text = String::from_utf8_lossy(frame);
+        if text.lines().all(|l| l.starts_with(':')) {
+            continue;
+        }
+        let id = text
+            .lines()
+            .find_map(|l| l.strip_prefix("id: "))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("a frame without a numeric id: {text:?}"));
+        frames.push((id, frame.to_vec()));
+    }
+    (frames, rest.is_empty())
+}
+
+/// The frames of a stream read to its end.
+fn all_frames(s: &Stream) -> Vec<(u64, Vec<u8>)> {
+    assert!(s.ended, "the stream has not ended");
+    let (frames, complete) = raw_frames(&s.bytes);
+    assert!(complete, "the stream ended inside a frame");
+    frames
+}
+
+fn show(frames: &[(u64, Vec<u8>)]) -> String {
+    frames
+        .iter()
+        .map(|(_, f)| String::from_utf8_lossy(f).into_owned())
+        .collect()
+}
+
+/// Starts `batchsse relay URL ARGS` on a free port.
+fn relay(url: &str, args: &[&str]) -> Proc {
+    let mut a = vec!["relay", url, "--listen", "127.0.0.1:0"];
+    a.extend_from_slice(args);
+    Proc::start(&a)
+}
+
+/// Runs `batchsse ARGS` (with `env`) to its exit, bounded by PATIENCE:
+/// the exit code and stderr.
+fn exit_of(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let mut p = spawn(args, move |c| {
+        c.env_remove("BATCHSSE_PUBLISH");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+    });
+    let code = p.wait().code();
+    (code, p.stderr())
+}
+
+/// A run of `counter_plan(plan)` over `db`, 10 rows a chunk, 20 ms apart,
+/// publishing to `url`; it waits for one stream client and, while
+/// `pause` exists, between chunks.
+fn publishing_run(db: &TempDb, plan: &str, url: &str, pause: &Path, extra: &[&str]) -> Proc {
+    let plan = db.file("plan.json", &counter_plan(plan, 10));
+    let mut flags = vec![
+        "--publish",
+        url,
+        "--wait-for-clients",
+        "1",
+        "--batch-size",
+        "10",
+        "--sleep",
+        "20",
+        "--pause-file",
+        path_str(pause),
+    ];
+    flags.extend_from_slice(extra);
+    serving(db, path_str(&plan), &flags)
+}
+
+/// A pause file, in place: the run stops at its first chunk boundary.
+fn paused(db: &TempDb) -> PathBuf {
+    let pause = db.dir.path().join("pause");
+    std::fs::write(&pause, "").expect("pause file");
+    pause
+}
+
+/// Reads until the run waits on its pause file: the events up to and
+/// including that `throttle`.
+fn until_paused(s: &mut Stream) -> Vec<ParsedEvent> {
+    let mut evs = Vec::new();
+    loop {
+        let e = s
+            .next_event()
+            .expect("the stream ended before the run paused");
+        let paused = e.event == "throttle" && data(&e)["active"] == true;
+        evs.push(e);
+        if paused {
+            return evs;
+        }
+    }
+}
+
+fn run_id_of(start: &ParsedEvent) -> String {
+    assert_eq!(start.event, "start", "{start:?}");
+    data(start)["run_id"]
+        .as_str()
+        .expect("start.run_id")
+        .to_owned()
+}
+
+/// `/status` as JSON, or `None` while it answers anything else.
+fn status_of(addr: SocketAddr) -> Option<Value> {
+    let r = get(addr, "/status", &[]);
+    (r.status == 200)
+        .then(|| serde_json::from_slice(&r.body).ok())
+        .flatten()
+}
+
+/// Polls a relay's `/status` until `pred` holds.
+fn wait_relay_status(relay: &Proc, pred: impl Fn(&Value) -> bool) -> Value {
+    let start = Instant::now();
+    loop {
+        let v = status_of(relay.addr());
+        if let Some(v) = v.as_ref().filter(|v| pred(v)) {
+            return v.clone();
+        }
+        assert!(
+            start.elapsed() < PATIENCE,
+            "the relay's /status never matched; last: {v:?}; stderr:\n{}",
+            relay.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The run id a server's `HEAD /events` names, if any (the head only, so a
+/// server that has no run yet cannot hold the test).
+fn head_run_id(addr: SocketAddr) -> Option<String> {
+    let mut tcp = TcpStream::connect(addr).ok()?;
+    tcp.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    tcp.write_all(&request("HEAD", "/events", &[])).ok()?;
+    let mut r = BufReader::new(tcp);
+    let mut line = String::new();
+    r.read_line(&mut line).ok()?;
+    if !line.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    loop {
+        line.clear();
+        if r.read_line(&mut line).ok()? == 0 || line.trim().is_empty() {
+            return None;
+        }
+        if let Some((k, v)) = line.split_once(':')
+            && k.trim().eq_ignore_ascii_case(RUN_ID_HEADER)
+        {
+            return Some(v.trim().to_owned());
+        }
+    }
+}
+
+/// Asserts `p` exits 0 within `limit`.
+fn assert_exits_ok(p: &mut Proc, who: &str, limit: Duration) {
+    let status = p.wait_for(limit);
+    assert_eq!(status.code(), Some(0), "{who} stderr:\n{}", p.stderr());
+}
+
+#[test]
+fn the_redis_helper_starts_kills_and_restarts_on_the_same_port_empty() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    assert!(redis.ping(), "{}", redis.log());
+    let port = redis.port;
+    let first = redis.pid();
+    let _: () = redis::cmd("SET")
+        .arg("k")
+        .arg("v")
+        .query(&mut redis_conn(&redis))
+        .expect("SET");
+    redis.kill();
+    assert!(!redis.ping(), "a killed server still answers");
+    redis.restart();
+    assert_eq!(redis.port, port);
+    assert!(redis.ping(), "{}", redis.log());
+    assert_ne!(redis.pid(), first, "a new process answers");
+    assert_eq!(redis.url(), format!("redis://127.0.0.1:{port}/0"));
+    let k: Option<String> = redis::cmd("GET")
+        .arg("k")
+        .query(&mut redis_conn(&redis))
+        .expect("GET");
+    assert_eq!(k, None, "persistence is off: a restart comes back empty");
+}
+
+#[test]
+fn a_client_moves_from_the_run_to_a_relay_and_every_frame_is_the_same_bytes() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let db = TempDb::counters(200);
+    let pause = paused(&db);
+    let url = redis.url();
+    let mut run = publishing_run(&db, "moves", &url, &pause, &["--publish-ttl", "600"]);
+    // Client B starts on the run's own server (and opens its gate).
+    let mut b = Stream::open(run.addr(), "/events", &[]);
+    let b_seen = until_paused(&mut b);
+    let run_id = run_id_of(&b_seen[0]);
+    let last_b = id(b_seen.last().unwrap());
+    // A full reader on the run's server, to compare every frame against.
+    // (B may have come before `start` gave the run its id, and then has
+    // no run id header; this one comes after.)
+    let mut whole = Stream::open(run.addr(), "/events", &[]);
+    assert_eq!(whole.header(RUN_ID_HEADER), Some(run_id.as_str()));
+    let mut relay_a = relay(&url, &["--run", &run_id, "--linger", "0"]);
+    let mut relay_b = relay(&url, &["--run", &run_id, "--linger", "0"]);
+    // Client A reads the whole run from relay A.
+    let mut a = Stream::open(relay_a.addr(), "/events", &[]);
+    assert_eq!(a.status, 200, "relay A stderr:\n{}", relay_a.stderr());
+    assert_eq!(a.header(RUN_ID_HEADER), Some(run_id.as_str()));
+    assert_eq!(a.header("content-type"), Some("text/event-stream"));
+    // B leaves the run's server and comes back on relay B at once, whether
+    // or not relay B has copied that far yet.
+    let b_bytes = std::mem::take(&mut b.bytes);
+    drop(b);
+    let resume = last_b.to_string();
+    let mut b2 = Stream::open(relay_b.addr(), "/events", &[("Last-Event-ID", &resume)]);
+    assert_eq!(b2.status, 200, "relay B stderr:\n{}", relay_b.stderr());
+    assert_eq!(b2.header(RUN_ID_HEADER), Some(run_id.as_str()));
+    // The rest of the run happens while B listens to relay B.
+    std::fs::remove_file(&pause).expect("remove the pause file");
+    let b_rest = b2.rest();
+    let a_all = a.rest();
+    let all = whole.rest();
+    assert_exits_ok(&mut run, "run", PATIENCE);
+    assert_contiguous(&all, 1);
+    let fin = all.last().expect("events");
+    assert_eq!(fin.event, "finished");
+    assert_eq!(data(fin)["status"], "ok");
+    let n = id(fin);
+    assert!(n > last_b + 10, "the run went on after B moved: {n} events");
+    // Every id once, in order, for A and for B across the move.
+    assert_contiguous(&a_all, 1);
+    assert_contiguous(&b_rest, last_b + 1);
+    assert_eq!(id(a_all.last().unwrap()), n);
+    assert_eq!(id(b_rest.last().unwrap()), n);
+    // And the raw bytes of every frame are the same on all three servers.
+    let want = all_frames(&whole);
+    let got_a = all_frames(&a);
+    assert!(
+        got_a == want,
+        "relay A:\n{}\nrun:\n{}",
+        show(&got_a),
+        show(&want)
+    );
+    let (b_first, _) = raw_frames(&b_bytes);
+    let mut got_b: Vec<_> = b_first.into_iter().filter(|(i, _)| *i <= last_b).collect();
+    got_b.extend(all_frames(&b2));
+    assert!(
+        got_b == want,
+        "B (run, then relay B):\n{}\nrun:\n{}",
+        show(&got_b),
+        show(&want)
+    );
+    // The relays end with the run.
+    assert_exits_ok(&mut relay_a, "relay A", PATIENCE);
+    assert_exits_ok(&mut relay_b, "relay B", PATIENCE);
+    // What Redis holds is the same run, and it expires.
+    assert_published(&redis, &run_id, &all);
+    let mut con = redis_conn(&redis);
+    let latest: Option<String> = redis::cmd("GET")
+        .arg(latest_key("moves"))
+        .query(&mut con)
+        .expect("GET");
+    assert_eq!(latest.as_deref(), Some(run_id.as_str()));
+    for key in [stream_key(&run_id), latest_key("moves")] {
+        let t = ttl(&redis, &key);
+        assert!(
+            (1..=600).contains(&t),
+            "TTL {key} = {t}, want 1..=600 (--publish-ttl)"
+        );
+    }
+    assert_eq!(db.counter_spread(), (200, 0));
+}
+
+#[test]
+fn a_relay_started_after_the_run_replays_all_of_it_and_exits() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let db = TempDb::counters(300);
+    let plan = db.file("plan.json", &counter_plan("replayed", 30));
+    let url = redis.url();
+    let mut run = Proc::start(&run_args(
+        &db,
+        path_str(&plan),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--progress",
+            "json",
+            "--publish",
+            &url,
+        ],
+    ));
+    assert_exits_ok(&mut run, "run", PATIENCE);
+    let lines = json_lines(&run.stdout());
+    let run_id = lines[0]["data"]["run_id"]
+        .as_str()
+        .expect("start.run_id")
+        .to_owned();
+    let want: Vec<_> = lines.iter().map(line_triple).collect();
+    assert_eq!(want.last().map(|t| t.1.as_str()), Some("finished"));
+    // A relay that comes after the end serves the whole run from Redis.
+    let mut late = relay(&url, &["--run", &run_id, "--linger", "3"]);
+    let mut s = Stream::open(late.addr(), "/events", &[]);
+    assert_eq!(s.status, 200, "relay stderr:\n{}", late.stderr());
+    assert_eq!(s.header(RUN_ID_HEADER), Some(run_id.as_str()));
+    let evs = s.rest();
+    assert!(s.ended, "the relay's stream ends after finished");
+    assert_contiguous(&evs, 1);
+    assert_eq!(evs.iter().map(event_triple).collect::<Vec<_>>(), want);
+    assert_exits_ok(&mut late, "relay", PATIENCE);
+    // With nothing left to wait for and no linger, it goes at once.
+    let mut gone = relay(&url, &["--run", &run_id, "--linger", "0"]);
+    assert_exits_ok(&mut gone, "relay --linger 0", Duration::from_secs(15));
+}
+
+#[test]
+fn redis_lost_mid_run_gets_every_event_once_when_it_is_back() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let db = TempDb::counters(300);
+    let pause = paused(&db);
+    let url = redis.url();
+    let mut run = publishing_run(&db, "lost", &url, &pause, &["--drain-timeout", "30"]);
+    let mut s = Stream::open(run.addr(), "/events", &[]);
+    let mut seen = until_paused(&mut s);
+    let run_id = run_id_of(&seen[0]);
+    // Redis has what happened so far; then it dies, and comes back empty.
+    wait_published(&redis, &run_id, seen.len());
+    redis.kill();
+    std::fs::remove_file(&pause).expect("remove the pause file");
+    let is_warning = |e: &ParsedEvent| {
+        e.event == "message"
+            && data(e)["status"] == "warn"
+            && data(e)["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("lost the connection to Redis"))
+    };
+    loop {
+        let e = s
+            .next_event()
+            .expect("the run ended without a warning that Redis was lost");
+        let warned = is_warning(&e);
+        seen.push(e);
+        if warned {
+            break;
+        }
+    }
+    redis.restart();
+    seen.extend(s.rest());
+    assert_exits_ok(&mut run, "run", PATIENCE);
+    assert_contiguous(&seen, 1);
+    let fin = seen.last().unwrap();
+    assert_eq!(fin.event, "finished");
+    assert_eq!(
+        data(fin)["status"],
+        "ok",
+        "losing Redis does not fail the run"
+    );
+    assert_eq!(db.counter_spread(), (300, 0));
+    // Redis came back empty; the publisher sent the whole run again, once.
+    assert_published(&redis, &run_id, &seen);
+    let t = ttl(&redis, &stream_key(&run_id));
+    assert!(
+        (86_400 - 300..=86_400).contains(&t),
+        "TTL {t}: the default --publish-ttl is 86400"
+    );
+}
+
+#[test]
+fn at_exit_with_redis_still_down_the_run_says_how_many_events_were_not_published() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let db = TempDb::counters(100);
+    let pause = paused(&db);
+    let url = redis.url();
+    let mut run = publishing_run(&db, "down", &url, &pause, &["--drain-timeout", "1"]);
+    let mut s = Stream::open(run.addr(), "/events", &[]);
+    let before = until_paused(&mut s);
+    let run_id = run_id_of(&before[0]);
+    wait_published(&redis, &run_id, before.len());
+    redis.kill();
+    std::fs::remove_file(&pause).expect("remove the pause file");
+    let rest = s.rest();
+    let finished_at = Instant::now();
+    let fin = rest.last().expect("events after the pause");
+    assert_eq!(fin.event, "finished");
+    assert_eq!(data(fin)["status"], "ok");
+    assert_exits_ok(&mut run, "run", PATIENCE);
+    assert!(
+        finished_at.elapsed() < Duration::from_secs(15),
+        "the run took {:?} to exit with --drain-timeout 1",
+        finished_at.elapsed()
+    );
+    // Everything after the pause is lost: the run says how much.
+    let lost = (id(fin) - before.len() as u64).to_string();
+    let err = run.stderr();
+    let line = err
+        .lines()
+        .find(|l| l.contains("not published"))
+        .unwrap_or_else(|| panic!("no word of unpublished events; stderr:\n{err}"));
+    assert!(
+        line.split(|c: char| !c.is_ascii_digit()).any(|w| w == lost),
+        "{lost} events were not published; stderr:\n{err}"
+    );
+}
+
+#[test]
+fn an_unusable_redis_is_refused_before_anything_runs() {
+    let Some(redis) = Redis::start_with_password("s3cret") else {
+        return;
+    };
+    let db = TempDb::counters(50);
+    let plan = db.file("plan.json", &counter_plan("refused", 10));
+    let before = db.bytes();
+    let closed = format!("127.0.0.1:{}", free_port());
+    let closed_url = format!("redis://{closed}/0");
+    let run = |publish: &[&str], env: &[(&str, &str)]| {
+        let mut a = run_args(&db, path_str(&plan), &["--listen", "127.0.0.1:0"]);
+        a.extend_from_slice(publish);
+        exit_of(&a, env)
+    };
+    // Nothing listens: exit 2, naming the address; as a flag or from the
+    // environment.
+    for (code, err) in [
+        run(&["--publish", &closed_url], &[]),
+        run(&[], &[("BATCHSSE_PUBLISH", &closed_url)]),
+    ] {
+        assert_eq!(code, Some(2), "{err}");
+        assert!(err.contains(&closed), "names the Redis address: {err}");
+        assert!(err.contains("--publish"), "says what to do: {err}");
+    }
+    // A wrong password: exit 2 with Redis's own words.
+    let (code, err) = run(&["--publish", &redis.url_with_password("n0t-1t")], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    let lower = err.to_lowercase();
+    assert!(
+        lower.contains("wrongpass") || lower.contains("invalid username-password"),
+        "Redis's own message: {err}"
+    );
+    assert!(
+        !err.contains("n0t-1t"),
+        "the password is not printed: {err}"
+    );
+    assert!(db.bytes() == before, "the database was written to");
+    // The right password is fine (so the refusal above was the password's),
+    // and is not printed either.
+    let (code, err) = run(&["--publish", &redis.url_with_password("s3cret")], &[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        !err.contains("s3cret"),
+        "the password is not printed: {err}"
+    );
+    assert_eq!(db.counter_spread(), (50, 0));
+    // A relay cannot work without Redis, nor with a run Redis does not have.
+    for (args, needle) in [
+        (vec!["--run", "r1"], closed.as_str()),
+        (vec!["--plan", "refused"], closed.as_str()),
+    ] {
+        let mut a = vec!["relay", &closed_url, "--listen", "127.0.0.1:0"];
+        a.extend_from_slice(&args);
+        let (code, err) = exit_of(&a, &[]);
+        assert_eq!(code, Some(2), "relay {args:?}: {err}");
+        assert!(err.contains(needle), "relay {args:?}: {err}");
+    }
+    let good = redis.url_with_password("s3cret");
+    let (code, err) = exit_of(
+        &["relay", &good, "--run", "nosuch", "--listen", "127.0.0.1:0"],
+        &[],
+    );
+    assert_eq!(code, Some(2), "relay --run nosuch: {err}");
+    assert!(err.contains("nosuch"), "names the run: {err}");
+    assert!(
+        !err.contains("s3cret"),
+        "the password is not printed: {err}"
+    );
+}
+
+/// `relay --plan` started before the run it is to serve: it takes the
+/// plan's next run (not the `earlier` one, if any, already over), serves it
+/// whole and exits with it.
+fn a_relay_by_plan_follows_the_next_run(earlier: bool) {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let url = redis.url();
+    let plan_name = if earlier { "again" } else { "first" };
+    let old_run = earlier.then(|| {
+        let db = TempDb::counters(50);
+        let plan = db.file("plan.json", &counter_plan(plan_name, 10));
+        let mut run = serving(&db, path_str(&plan), &["--publish", &url]);
+        assert_exits_ok(&mut run, "earlier run", PATIENCE);
+        let latest: String = redis::cmd("GET")
+            .arg(latest_key(plan_name))
+            .query(&mut redis_conn(&redis))
+            .expect("the earlier run is the plan's latest");
+        latest
+    });
+    let mut follower = relay(&url, &["--plan", plan_name, "--linger", "0"]);
+    let waiting = follower.addr();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        follower.child.try_wait().expect("try_wait").is_none(),
+        "the relay did not wait for the next run; stderr:\n{}",
+        follower.stderr()
+    );
+    if let Some(old) = &old_run {
+        assert_ne!(
+            head_run_id(waiting).as_deref(),
+            Some(old.as_str()),
+            "the relay serves the run that was already over"
+        );
+    }
+    let db = TempDb::counters(200);
+    let pause = paused(&db);
+    let mut run = publishing_run(&db, plan_name, &url, &pause, &[]);
+    let mut own = Stream::open(run.addr(), "/events", &[]);
+    let head = until_paused(&mut own);
+    let run_id = run_id_of(&head[0]);
+    assert_ne!(Some(&run_id), old_run.as_ref());
+    // Held at its pause file until the relay has found it.
+    let start = Instant::now();
+    while head_run_id(waiting).as_deref() != Some(run_id.as_str()) {
+        assert!(
+            start.elapsed() < PATIENCE,
+            "the relay never took up run {run_id}; stderr:\n{}",
+            follower.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut s = Stream::open(waiting, "/events", &[]);
+    assert_eq!(s.status, 200);
+    assert_eq!(s.header(RUN_ID_HEADER), Some(run_id.as_str()));
+    std::fs::remove_file(&pause).expect("remove the pause file");
+    let mut want = head;
+    want.extend(own.rest());
+    let got = s.rest();
+    assert_exits_ok(&mut run, "run", PATIENCE);
+    assert_contiguous(&got, 1);
+    assert_eq!(got.last().map(|e| e.event.as_str()), Some("finished"));
+    assert_eq!(got, want, "the relay served what the run's server did");
+    assert_exits_ok(&mut follower, "relay --plan", PATIENCE);
+}
+
+#[test]
+fn a_relay_by_plan_waits_for_the_plans_first_run_and_follows_it() {
+    a_relay_by_plan_follows_the_next_run(false);
+}
+
+#[test]
+fn a_relay_by_plan_skips_a_run_already_over_and_follows_the_next() {
+    a_relay_by_plan_follows_the_next_run(true);
+}
+
+#[test]
+fn a_relay_answers_status_metrics_and_health_as_the_run_does_and_refuses_control() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let db = TempDb::counters(300);
+    let plan = db.file("plan.json", &counter_plan("mirrored", 30));
+    let url = redis.url();
+    let mut run = serving(
+        &db,
+        path_str(&plan),
+        &[
+            "--publish",
+            &url,
+            "--linger",
+            "30",
+            "--control-token",
+            "c0ntrol",
+        ],
+    );
+    let own = Stream::open(run.addr(), "/events", &[]).rest();
+    let run_id = run_id_of(&own[0]);
+    let theirs = wait_status(run.addr(), |v| v["state"] == "finished");
+    let mut mirror = relay(&url, &["--run", &run_id, "--linger", "3"]);
+    let addr = mirror.addr();
+    let mine = wait_relay_status(&mirror, |v| v["state"] == "finished");
+    let without_clients = |v: &Value| {
+        let mut v = v.clone();
+        v.as_object_mut().expect("a JSON object").remove("clients");
+        v
+    };
+    assert_eq!(without_clients(&mine), without_clients(&theirs));
+    assert_eq!(mine["rows_changed"], 300);
+    assert_eq!(mine["status"], "ok");
+    assert_eq!(mine["last_event_id"], id(own.last().unwrap()));
+    let metrics = get(addr, "/metrics", &[]);
+    assert_eq!(metrics.status, 200, "{}", metrics.text());
+    assert!(!metrics.body.is_empty());
+    let health = get(addr, "/healthz", &[]);
+    assert_eq!((health.status, health.text().trim()), (200, "ok"));
+    let page = get(addr, "/", &[]);
+    assert_eq!(page.status, 200);
+    assert!(page.text().contains("<html"), "the dashboard");
+    // A relay cannot steer the run, whatever the token.
+    for auth in ["Bearer c0ntrol", "Bearer other"] {
+        let body = r#"{"pause":true}"#;
+        let req = format!(
+            "POST /control HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {auth}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        assert_eq!(raw_status(addr, req.as_bytes()), Some(403), "{auth}");
+    }
+    assert_exits_ok(&mut mirror, "relay", PATIENCE);
+    run.signal("TERM");
+    assert_exits_ok(&mut run, "run", PATIENCE);
+}
+
+#[test]
+fn a_relay_with_a_token_wants_it_as_the_run_does() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let db = TempDb::counters(100);
+    let plan = db.file("plan.json", &counter_plan("guarded", 50));
+    let url = redis.url();
+    let mut run = Proc::start(&run_args(
+        &db,
+        path_str(&plan),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--progress",
+            "json",
+            "--publish",
+            &url,
+        ],
+    ));
+    assert_exits_ok(&mut run, "run", PATIENCE);
+    let lines = json_lines(&run.stdout());
+    let run_id = lines[0]["data"]["run_id"].as_str().expect("start.run_id");
+    let mut guarded = relay(
+        &url,
+        &["--run", run_id, "--token", "t0ken", "--linger", "3"],
+    );
+    let addr = guarded.addr();
+    for path in ["/status", "/events", "/metrics", "/"] {
+        assert_eq!(get(addr, path, &[]).status, 401, "{path} without the token");
+        let wrong = get(addr, path, &[("Authorization", "Bearer other")]);
+        assert_eq!(wrong.status, 401, "{path} with another token");
+    }
+    assert_eq!(get(addr, "/healthz", &[]).status, 200);
+    let status = get(addr, "/status", &[("Authorization", "Bearer t0ken")]);
+    assert_eq!(status.status, 200);
+    let mut s = Stream::open(addr, "/events?token=t0ken", &[]);
+    assert_eq!(s.status, 200);
+    let evs = s.rest();
+    assert_contiguous(&evs, 1);
+    assert_eq!(evs.len(), lines.len());
+    assert_exits_ok(&mut guarded, "relay", PATIENCE);
+}
+
+#[test]
+fn help_documents_publish_and_relay() {
+    for (cmd, flags) in [
+        ("run", &["--publish", "--publish-ttl"][..]),
+        ("demo", &["--publish", "--publish-ttl"][..]),
+        (
+            "relay",
+            &[
+                "--run",
+                "--plan",
+                "--listen",
+                "--token",
+                "--linger",
+                "--max-clients",
+            ][..],
+        ),
+    ] {
+        let (code, out, err) = run(&[cmd, "--help"]);
+        assert_eq!(code, 0, "{cmd} --help: {err}");
+        for f in flags {
+            assert!(out.contains(f), "{cmd} --help lacks {f}:\n{out}");
+        }
+    }
+}
