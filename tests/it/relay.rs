@@ -716,7 +716,13 @@ fn a_relay_answers_status_metrics_and_health_as_the_run_does_and_refuses_control
             "POST /control HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {auth}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         );
-        assert_eq!(raw_status(addr, req.as_bytes()), Some(403), "{auth}");
+        let answer = raw(addr, req.as_bytes());
+        assert_eq!(answer.status, 403, "{auth}");
+        let why = answer.text();
+        assert!(
+            why.contains("relay") && why.contains("run's own server"),
+            "the refusal says where to steer the run instead: {why}"
+        );
     }
     assert_exits_ok(&mut mirror, "relay", PATIENCE);
     run.signal("TERM");
