@@ -301,23 +301,32 @@ fn a_late_page_with_a_token_replays_the_whole_run() {
     );
 }
 
-/// A TCP relay the test can cut: every connection through it is dropped at
-/// once by `cut`, as a flaky network or a proxy restart would.
-struct Relay {
+/// A TCP proxy the test can cut: every connection through it is dropped at
+/// once by `cut`, as a flaky network or a proxy restart would. With more
+/// than one server it is a load balancer: after each cut, new connections
+/// go to the next server.
+struct Proxy {
     addr: SocketAddr,
     conns: Arc<Mutex<Vec<TcpStream>>>,
+    turn: Arc<std::sync::atomic::AtomicUsize>,
 }
 
-impl Relay {
-    fn new(to: SocketAddr) -> Relay {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind relay");
-        let addr = listener.local_addr().expect("relay addr");
+impl Proxy {
+    fn new(to: SocketAddr) -> Proxy {
+        Self::balancing(vec![to])
+    }
+
+    fn balancing(servers: Vec<SocketAddr>) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr");
         let conns = Arc::new(Mutex::new(Vec::new()));
-        let keep = conns.clone();
+        let turn = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (keep, next) = (conns.clone(), turn.clone());
         std::thread::spawn(move || {
             for client in listener.incoming().take(100) {
                 let Ok(client) = client else { break };
-                let Ok(server) = TcpStream::connect(to) else {
+                let n = next.load(std::sync::atomic::Ordering::SeqCst);
+                let Ok(server) = TcpStream::connect(servers[n % servers.len()]) else {
                     continue;
                 };
                 let mut list = keep.lock().unwrap_or_else(|p| p.into_inner());
@@ -330,10 +339,11 @@ impl Relay {
                 pipe(&server, &client);
             }
         });
-        Relay { addr, conns }
+        Proxy { addr, conns, turn }
     }
 
     fn cut(&self) {
+        self.turn.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         for s in self
             .conns
             .lock()
@@ -378,11 +388,11 @@ fn a_dropped_stream_resumes_without_duplicate_rows() {
             "20",
         ],
     );
-    let relay = Relay::new(p.addr());
-    let page = Observer::start(&format!("http://{}/?token=s3cret", relay.addr), json!({}));
+    let proxy = Proxy::new(p.addr());
+    let page = Observer::start(&format!("http://{}/?token=s3cret", proxy.addr), json!({}));
     // Cut mid-run, after the page has logged some messages.
     wait_status(p.addr(), &auth, |s| s["steps_done"].as_u64() >= Some(2));
-    relay.cut();
+    proxy.cut();
     let v = page.finish();
     assert_complete(&v, rows_changed(&db, old), &messages(p.addr(), &auth));
     let reqs = v["requests"].as_array().expect("requests");
@@ -638,13 +648,13 @@ fn a_page_on_another_origin_resumes_a_dropped_stream_with_last_event_id() {
     let db = TempDb::shop(2000);
     let old = old_sessions(&db);
     let (p, listener, origin) = run_for_another_origin(&db, 60);
-    // The page reaches the run through a relay that drops mid-run; the
+    // The page reaches the run through a proxy that drops mid-run; the
     // browser's reconnect, cross-origin, carries Last-Event-ID.
-    let relay = Relay::new(p.addr());
-    serve_other_app(listener, relay.addr);
+    let proxy = Proxy::new(p.addr());
+    serve_other_app(listener, proxy.addr);
     let page = Observer::start(&format!("{origin}/"), json!({}));
     wait_status(p.addr(), &[], |s| s["steps_done"].as_u64() >= Some(2));
-    relay.cut();
+    proxy.cut();
     let v = page.finish();
     let rows = rows_changed(&db, old);
     assert_eq!(v["banner"]["status"], "ok", "{v:#}");
@@ -1014,4 +1024,57 @@ fn without_a_control_token_the_page_shows_no_controls_and_a_wrong_one_is_refused
     assert_eq!(refused["stored_token"], Value::Null, "{v:#}");
     assert_eq!(control_events(p.addr(), &[]), Vec::<Value>::new());
     assert_eq!(v["control_log"], json!([]), "{v:#}");
+}
+
+/// `batchsse relay` for the sample plan's next run, lingering like the run.
+fn plan_relay(redis: &Redis) -> Proc {
+    let url = redis.url();
+    let args = [
+        "relay",
+        &url,
+        "--plan",
+        "reprice-2026",
+        "--listen",
+        "127.0.0.1:0",
+        "--linger",
+        "20",
+    ];
+    Proc::start(&args)
+}
+
+#[test]
+fn the_dashboard_behind_a_load_balancer_moves_between_relays_without_a_duplicate() {
+    let Some(_b) = browser() else { return };
+    let Some(redis) = Redis::start() else { return };
+    let db = TempDb::shop(2000);
+    let old = old_sessions(&db);
+    // Two relays behind one address; the page opens on relay A before the
+    // run starts, so it sees the whole run live.
+    let (a, b) = (plan_relay(&redis), plan_relay(&redis));
+    let balancer = Proxy::balancing(vec![a.addr(), b.addr()]);
+    let page = Observer::start(&format!("http://{}/", balancer.addr), json!({}));
+    wait_status(a.addr(), &[], |s| s["clients"].as_u64() >= Some(1));
+    let p = start_run(&db, 60, &["--publish", &redis.url(), "--linger", "20"]);
+    // Mid-run, relay A's connections drop and the balancer sends the
+    // reconnect to relay B, with Last-Event-ID.
+    wait_status(a.addr(), &[], |s| s["steps_done"].as_u64() >= Some(2));
+    balancer.cut();
+    let v = page.finish();
+    // The page shows exactly the run: every row once, every message once.
+    // (The page also drops repeated ids itself; that a relay resumes
+    // exactly after Last-Event-ID is checked in tests/it/relay.rs.)
+    assert_complete(&v, rows_changed(&db, old), &messages(p.addr(), &[]));
+    assert_no_request_after_end(&v);
+    let reqs = v["requests"].as_array().expect("requests");
+    assert!(reqs.len() >= 2, "the page never reconnected: {v:#}");
+    let from: u64 = reqs[1]["last_event_id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        from > 1,
+        "the reconnect must resume with Last-Event-ID: {v:#}"
+    );
+    // Relay B served it: its stream is the run's, message for message.
+    assert_eq!(messages(b.addr(), &[]), messages(p.addr(), &[]));
 }
