@@ -221,10 +221,43 @@ fn loadavg() -> String {
     s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
 }
 
+/// CPU seconds the whole machine has used, and this process with its
+/// reaped children (every server, relay, Redis and bare writer it
+/// started): the difference over the benchmark is other work's, which the
+/// load average, raised by the benchmark itself, cannot show.
+fn machine_and_own_cpu() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let machine: f64 = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .take(7)
+        .enumerate()
+        // user, nice, system, irq, softirq: not idle or iowait. A
+        // process's own system time includes the softirqs it served (the
+        // loopback TCP path), which /proc/stat counts apart.
+        .filter(|(i, _)| ![3, 4].contains(i))
+        .filter_map(|(_, v)| v.parse::<f64>().ok())
+        .sum();
+    let me = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let rest = me.rsplit_once(')').map_or("", |(_, r)| r);
+    let own: f64 = rest
+        .split_whitespace()
+        .skip(11)
+        .take(4)
+        .filter_map(|v| v.parse::<f64>().ok())
+        .sum();
+    (machine / 100.0, own / 100.0)
+}
+
 fn main() {
     bare_writer_main();
     let rt = runtime();
     let load_before = loadavg();
+    let (machine_before, own_before) = machine_and_own_cpu();
+    let started = std::time::Instant::now();
     let quick = std::env::var_os("BENCH_QUICK").is_some();
     let redis = Redis::start()
         .map_err(|why| println!("relay rows skipped: {why}"))
@@ -416,8 +449,11 @@ fn main() {
     println!(
         "targets: 0 missing; p99 <= 5 ms at 1,000 and <= 30 ms at 10,000; RSS <= 100 MiB at 10,000; pace slip <= 10%; relay p99 <= 1.5x and RSS <= 1.2x the run's own server"
     );
+    let (machine, own) = machine_and_own_cpu();
+    let others = (machine - machine_before) - (own - own_before);
     println!(
-        "load average (1, 5, 15 min) before: {load_before}; after: {}",
-        loadavg()
+        "load average (1, 5, 15 min) before: {load_before}; after: {}; other processes used {others:.1} CPU-s in {:.0} s",
+        loadavg(),
+        started.elapsed().as_secs_f64()
     );
 }
