@@ -623,3 +623,70 @@ pub fn bare_writer_main() {
     drop(socks);
     std::process::exit(0);
 }
+
+/// A `redis-server` of the benchmark's own, on a free localhost port with
+/// no persistence, for `run --publish` and `batchsse relay`; killed (by
+/// its pid, through its `Child`) when dropped.
+pub struct Redis {
+    child: std::process::Child,
+    pub url: String,
+}
+
+impl Redis {
+    /// Starts one and waits until it answers `PING`; the error says why
+    /// there is none (no `redis-server` on the PATH, it exited, it never
+    /// answered), for the caller to print before it skips what needs Redis.
+    pub fn start() -> Result<Redis, String> {
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start redis-server ({e}); is it installed?"))?;
+        let mut redis = Redis {
+            child,
+            url: format!("redis://127.0.0.1:{port}/0"),
+        };
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(st)) = redis.child.try_wait() {
+                return Err(format!("redis-server on port {port} exited at once ({st})"));
+            }
+            if ping(port) {
+                return Ok(redis);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(format!(
+            "redis-server on port {port} did not answer PING within 10 s"
+        ))
+    }
+
+    /// CPU seconds Redis has used so far.
+    pub fn cpu_secs(&self) -> f64 {
+        cpu_secs(&self.child.id().to_string())
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether a Redis on localhost `port` answers `PING` with `+PONG`.
+fn ping(port: u16) -> bool {
+    use std::io::Write;
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut reply = [0u8; 7];
+    s.write_all(b"PING\r\n").is_ok()
+        && s.read_exact(&mut reply).is_ok()
+        && reply.as_slice() == b"+PONG\r\n"
+}
