@@ -134,6 +134,29 @@ fn show(frames: &[(u64, Vec<u8>)]) -> String {
         .collect()
 }
 
+/// A whole run of a counter plan (`name`, chunks of `size`) published to
+/// `redis`: its `--progress json` lines and its run id.
+fn published_run(redis: &Redis, db: &TempDb, name: &str, size: u64) -> (Vec<Value>, String) {
+    let plan = db.file("plan.json", &counter_plan(name, size));
+    let url = redis.url();
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--progress",
+        "json",
+        "--publish",
+        &url,
+    ];
+    let mut run = Proc::start(&run_args(db, path_str(&plan), &args));
+    assert_exits_ok(&mut run, "run", PATIENCE);
+    let lines = json_lines(&run.stdout());
+    let run_id = lines[0]["data"]["run_id"]
+        .as_str()
+        .expect("start.run_id")
+        .to_owned();
+    (lines, run_id)
+}
+
 /// Starts `batchsse relay URL ARGS` on a free port.
 fn relay(url: &str, args: &[&str]) -> Proc {
     let mut a = vec!["relay", url, "--listen", "127.0.0.1:0"];
@@ -389,26 +412,8 @@ fn a_relay_started_after_the_run_replays_all_of_it_and_exits() {
         return;
     };
     let db = TempDb::counters(300);
-    let plan = db.file("plan.json", &counter_plan("replayed", 30));
     let url = redis.url();
-    let mut run = Proc::start(&run_args(
-        &db,
-        path_str(&plan),
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--progress",
-            "json",
-            "--publish",
-            &url,
-        ],
-    ));
-    assert_exits_ok(&mut run, "run", PATIENCE);
-    let lines = json_lines(&run.stdout());
-    let run_id = lines[0]["data"]["run_id"]
-        .as_str()
-        .expect("start.run_id")
-        .to_owned();
+    let (lines, run_id) = published_run(&redis, &db, "replayed", 30);
     let want: Vec<_> = lines.iter().map(line_triple).collect();
     assert_eq!(want.last().map(|t| t.1.as_str()), Some("finished"));
     // A relay that comes after the end serves the whole run from Redis.
@@ -735,23 +740,9 @@ fn a_relay_with_a_token_wants_it_as_the_run_does() {
         return;
     };
     let db = TempDb::counters(100);
-    let plan = db.file("plan.json", &counter_plan("guarded", 50));
     let url = redis.url();
-    let mut run = Proc::start(&run_args(
-        &db,
-        path_str(&plan),
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--progress",
-            "json",
-            "--publish",
-            &url,
-        ],
-    ));
-    assert_exits_ok(&mut run, "run", PATIENCE);
-    let lines = json_lines(&run.stdout());
-    let run_id = lines[0]["data"]["run_id"].as_str().expect("start.run_id");
+    let (lines, run_id) = published_run(&redis, &db, "guarded", 50);
+    let run_id = run_id.as_str();
     let mut guarded = relay(
         &url,
         &["--run", run_id, "--token", "t0ken", "--linger", "3"],
