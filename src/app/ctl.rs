@@ -161,12 +161,57 @@ fn one_line(action: &CtlAction, v: &Value) -> String {
     let batch = s["batch_size"]
         .as_u64()
         .map_or("adaptive".into(), thousands);
+    // A chunk time is only a target for adapting chunks; say so when a
+    // fixed batch size keeps it from doing anything.
+    let idle = match action {
+        CtlAction::Set(set) if set.chunk_time.is_some() && s["batch_size"].is_u64() => {
+            "\nbatchsse: note: the batch size is fixed, so --chunk-time has no effect until `set --batch-size auto`"
+        }
+        _ => "",
+    };
     format!(
-        "{state}{step}, {}/{} rows; pace: chunks ~{} ms, nice ratio {}, sleep {} ms, batch size {batch}",
+        "{state}{step}, {}/{} rows; pace: chunks ~{} ms, nice ratio {}, sleep {} ms, batch size {batch}{idle}",
         thousands(n("done")),
         thousands(n("total")),
         s["chunk_time_ms"],
         s["nice_ratio"],
         s["sleep_ms"],
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::SetArgs;
+
+    fn set(chunk_time: Option<u64>) -> CtlAction {
+        CtlAction::Set(SetArgs {
+            chunk_time,
+            nice_ratio: None,
+            sleep: None,
+            batch_size: None,
+        })
+    }
+
+    fn status(batch_size: Value) -> Value {
+        serde_json::json!({
+            "step": 0, "steps_total": 1, "done": 1000, "total": 5000,
+            "settings": {"chunk_time_ms": 50, "nice_ratio": 1.0, "sleep_ms": 0, "batch_size": batch_size},
+        })
+    }
+
+    #[test]
+    fn a_chunk_time_that_a_fixed_batch_size_overrides_is_pointed_out() {
+        let fixed = one_line(&set(Some(50)), &status(500.into()));
+        assert!(fixed.contains("batch size 500"), "{fixed}");
+        assert!(fixed.contains("--chunk-time has no effect"), "{fixed}");
+        for (action, batch) in [
+            (set(Some(50)), Value::Null),
+            (set(None), 500.into()),
+            (CtlAction::Pause, 500.into()),
+        ] {
+            let line = one_line(&action, &status(batch));
+            assert!(!line.contains("no effect"), "{line}");
+        }
+    }
 }
