@@ -23,7 +23,7 @@ pub fn run(args: CheckpointArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn list(args: CheckpointListArgs) -> anyhow::Result<ExitCode> {
-    let conn = runner::open_db(&args.db, Duration::from_millis(args.busy_timeout))?;
+    let conn = runner::open_db_to_read(&args.db, Duration::from_millis(args.busy_timeout))?;
     let records = housekeeping::records(&conn)?;
     let db = file_name(&args.db);
     let text = if args.json {

@@ -13,6 +13,16 @@ use crate::plan::{self, sqlite_message};
 /// Opens an existing database read-write (never creating one) and checks it
 /// is a SQLite file we may write.
 pub fn open_db(path: &Path, busy_timeout: Duration) -> Result<Connection, UsageError> {
+    open(path, busy_timeout, true)
+}
+
+/// [`open_db`] for a command that only reads (`checkpoint list`): a
+/// read-only file is fine, and no write lock is taken.
+pub fn open_db_to_read(path: &Path, busy_timeout: Duration) -> Result<Connection, UsageError> {
+    open(path, busy_timeout, false)
+}
+
+fn open(path: &Path, busy_timeout: Duration, write: bool) -> Result<Connection, UsageError> {
     let shown = path.display();
     match std::fs::metadata(path) {
         Err(_) => {
@@ -27,7 +37,12 @@ pub fn open_db(path: &Path, busy_timeout: Duration) -> Result<Connection, UsageE
         }
         Ok(_) => {}
     }
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let access = if write {
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+    };
+    let flags = access | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let mut conn = Connection::open_with_flags(path, flags)
         .map_err(|e| UsageError::new(format!("cannot open {shown}: {}", sqlite_message(&e))))?;
     wait_for_locks(&mut conn, busy_timeout)
@@ -55,6 +70,9 @@ pub fn open_db(path: &Path, busy_timeout: Duration) -> Result<Connection, UsageE
             UsageError::new(format!("{shown}: {}", plan::db_open_message(&e)))
         }
     })?;
+    if !write {
+        return Ok(conn);
+    }
     let read_only = || {
         UsageError::new(format!(
             "{shown} is read-only; batchsse needs write access to the file and its directory (for the journal)"

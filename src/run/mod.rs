@@ -24,8 +24,8 @@ use serde_json::json;
 
 use checkpoint::Checkpoint;
 pub use checkpoint::Resume;
-pub use db::open_db;
 use db::run_time_message;
+pub use db::{open_db, open_db_to_read};
 use governor::Governor;
 pub use governor::{Brakes, Pace, check_throttle_query};
 use tx::Tx;

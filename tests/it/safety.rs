@@ -1081,6 +1081,11 @@ impl Drop for Immutable<'_> {
 #[test]
 fn a_read_only_database_is_refused_before_anything_runs() {
     let db = TempDb::counters(10);
+    // A first run leaves a checkpoint, which `checkpoint list` can still
+    // read once the file is read-only.
+    let first = db.file("first.json", &counter_plan("before", 10));
+    let (code, _, err) = run(&run_args(&db, path_str(&first), &["--no-serve"]));
+    assert_eq!(code, 0, "{err}");
     let plan = db.file("plan.json", &counter_plan("ro", 10));
     // Root ignores file modes, so make the file immutable instead.
     let made = std::process::Command::new("chattr")
@@ -1104,6 +1109,10 @@ fn a_read_only_database_is_refused_before_anything_runs() {
         err.contains("read-only") && err.contains("write access"),
         "{err}"
     );
+    assert_eq!(sha256(&db.path), before);
+    let (code, out, err) = run(&["checkpoint", "list", "--db", path_str(&db.path)]);
+    assert_eq!(code, 0, "checkpoint list only reads: {err}");
+    assert!(out.contains("before"), "{out}");
     assert_eq!(sha256(&db.path), before);
 }
 
