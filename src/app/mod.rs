@@ -133,9 +133,9 @@ async fn drive(mut session: Session, parts: Parts) -> Result<RunStatus, UsageErr
     };
     if let Some((p, _)) = &publisher {
         crate::errln!(
-            "batchsse: publishing every event to {0}; `batchsse relay {0} --plan {1}` serves the run from any host",
+            "batchsse: publishing every event to {0}; `batchsse relay {0} {1}` serves the run from any host",
             p.shown(),
-            shell_word(&session.plan.name)
+            plan_flag(&session.plan.name)
         );
     }
     // Terminal output may block (a full pipe, a slow terminal); on its own
@@ -149,18 +149,25 @@ async fn drive(mut session: Session, parts: Parts) -> Result<RunStatus, UsageErr
     };
     let status = run_blocking(session, &parts, wait_for).await;
     let _ = terminal.await;
-    if let Some(t) = server_task {
-        let _ = t.await;
-    }
-    if let Some((publisher, drain)) = publisher {
-        publisher.drain(drain).await;
-    }
+    // Redis takes the last events while the server lingers and drains.
+    let serving = async {
+        if let Some(t) = server_task {
+            let _ = t.await;
+        }
+    };
+    let publishing = async {
+        if let Some((publisher, drain)) = publisher {
+            publisher.drain(drain, parts.signals.clone()).await;
+        }
+    };
+    tokio::join!(serving, publishing);
     Ok(status)
 }
 
 /// `s` as one shell word, quoted only if it must be.
 fn shell_word(s: &str) -> String {
     let plain = !s.is_empty()
+        && !s.starts_with(['=', '~'])
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_.:/@%+=,".contains(c));
     if plain {
@@ -168,6 +175,13 @@ fn shell_word(s: &str) -> String {
     } else {
         format!("'{}'", s.replace('\'', r"'\''"))
     }
+}
+
+/// `--plan NAME` for a command line, in the `=` form for a name that
+/// starts with `-` (which would read as a flag).
+fn plan_flag(name: &str) -> String {
+    let sep = if name.starts_with('-') { "=" } else { " " };
+    format!("--plan{sep}{}", shell_word(name))
 }
 
 /// Connects to Redis before anything runs (a refusal is a usage error:
@@ -341,6 +355,9 @@ mod tests {
         assert_eq!(shell_word("my plan"), "'my plan'");
         assert_eq!(shell_word("it's"), r"'it'\''s'");
         assert_eq!(shell_word(""), "''");
+        assert_eq!(shell_word("=x"), "'=x'", "zsh expands a leading =");
+        assert_eq!(plan_flag("-x"), "--plan=-x", "not taken for a flag");
+        assert_eq!(plan_flag("my plan"), "--plan 'my plan'");
     }
 
     #[test]

@@ -1,10 +1,14 @@
 //! `batchsse relay`: serves a run published to Redis, from any host, with
 //! the run's own ids and bytes. Its event log is filled from Redis instead
-//! of by a runner, and the same server code serves it; the lifecycle is a
-//! run's without the run: connect → listen → follow the stream →
-//! `finished` → linger → drain → exit.
+//! of by a runner, and the same server code serves it. Its lifecycle is a
+//! run's without the run (see `lifecycle`): connect and check → listen →
+//! copy the stream → `finished` → linger → drain → exit 0. A signal before
+//! `finished` ends the streams at once (they would get nothing more) and
+//! exits 130; Redis refusing the relay, or the stream vanishing before its
+//! `finished`, exits 3 with the reason.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use crate::cli::RelayArgs;
 use crate::cli::config::RelayConfig;
@@ -34,29 +38,57 @@ async fn serve(config: RelayConfig) -> Result<u8, UsageError> {
     let source = Source::open(target, &which).await?;
     let listener = server::bind(s.addr).await?;
     super::announce(&listener, &s, None);
-    let log = std::sync::Arc::new(EventLog::new());
+    let log = Arc::new(EventLog::new());
     let mut config = s.config;
     config.listen = listener.local_addr().ok();
     let state = server::State::relayed(log.clone(), config);
-    let filling = tokio::spawn(source.fill(which, log.clone()));
     let signals = lifecycle::count_signals();
-    let stop = {
-        let (log, mut signals) = (log.clone(), signals);
-        async move {
-            tokio::select! {
-                () = lifecycle::stop_after_linger(log, s.linger, signals.clone()) => {}
-                // Before `finished`, a signal stops the relay itself.
-                _ = signals.wait_for(|n| *n > 0) => {}
-            }
+    let (stopped_tx, mut stopped) = tokio::sync::watch::channel(None::<String>);
+    let filling = {
+        let log = log.clone();
+        tokio::spawn(async move {
+            let why = match source.fill(which, log).await {
+                Ok(()) => return,
+                Err(why) => why,
+            };
+            stopped_tx.send_replace(Some(why));
+        })
+    };
+    let stop = lifecycle::stop_after_linger(log.clone(), s.linger, signals.clone());
+    let serving = server::serve(listener, state, stop, s.drain);
+    // Before `finished`, a signal or the end of the copy ends the streams
+    // at once: they would never get another event.
+    let cut_short = async {
+        let mut signals = signals.clone();
+        tokio::select! {
+            _ = signals.wait_for(|n| *n > 0) => {}
+            _ = stopped.wait_for(Option::is_some) => {}
+        }
+        if log.finished_id().is_some() {
+            std::future::pending::<()>().await;
         }
     };
-    server::serve(listener, state, stop, s.drain).await;
+    tokio::select! {
+        () = serving => {}
+        () = cut_short => {}
+    }
     filling.abort();
-    // A signal during the linger only cuts it short, as for `run`.
-    Ok(if log.finished_id().is_some() {
-        exit::OK
-    } else {
-        crate::errln!("batchsse: relay stopped before the run finished");
-        exit::INTERRUPTED
-    })
+    if log.finished_id().is_some() {
+        return Ok(exit::OK);
+    }
+    let why = stopped.borrow().clone();
+    let interrupted = *signals.borrow() > 0;
+    let (code, why) = match (why, interrupted) {
+        (Some(why), _) => (exit::UNREACHABLE, why),
+        (None, true) => (
+            exit::INTERRUPTED,
+            "interrupted before the run finished".into(),
+        ),
+        (None, false) => (
+            exit::UNREACHABLE,
+            "the copy from Redis stopped unexpectedly; this is a bug, please report it".into(),
+        ),
+    };
+    crate::errln!("batchsse: relay stopped: {why}");
+    Ok(code)
 }

@@ -45,7 +45,7 @@ pub fn publish(a: &PublishArgs, drain_timeout: f64) -> Result<Option<Publish>, U
         return Ok(None);
     };
     Ok(Some(Publish {
-        target: Target::parse("--publish", url)?,
+        target: Target::parse("--publish (or BATCHSSE_PUBLISH)", url)?,
         ttl: Duration::from_secs(a.publish_ttl),
         drain: seconds("--drain-timeout", drain_timeout)?,
     }))
@@ -90,7 +90,7 @@ impl RelayConfig {
         )?
         .ok_or_else(|| UsageError::new("the relay always serves"))?;
         Ok(RelayConfig {
-            target: Target::parse("the Redis URL", &a.redis)?,
+            target: Target::parse("the Redis URL (REDIS_URL, or BATCHSSE_PUBLISH)", &a.redis)?,
             which,
             serve,
         })

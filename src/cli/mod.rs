@@ -365,8 +365,8 @@ pub struct RelayArgs {
     #[arg(long, value_name = "NAME")]
     pub plan: Option<String>,
 
-    /// Where the relay listens; 127.0.0.1:0 picks a free port.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7077")]
+    /// Where the relay listens; 127.0.0.1:0 picks a free port (the default is the run's port plus one, so both fit on one machine).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7078")]
     pub listen: String,
 
     /// Require this token on every route but /healthz (Authorization: Bearer T, or ?token=T).

@@ -253,6 +253,13 @@ impl EventLog {
         inner.entries[start..].to_vec()
     }
 
+    /// At most `n` of the entries with an id above `cursor`, oldest first.
+    pub fn after_at_most(&self, cursor: u64, n: usize) -> Vec<Arc<Entry>> {
+        let inner = self.read();
+        let start = inner.entries.partition_point(|e| e.id <= cursor);
+        inner.entries[start..].iter().take(n).cloned().collect()
+    }
+
     /// The SSE bytes of the entries above `cursor`, as one buffer ready to
     /// write: as many as fit in `max_bytes` (at least one), so a reader that
     /// is far behind catches up in few writes without one huge copy. A single
@@ -408,12 +415,14 @@ fn update_snapshot(inner: &mut Inner, event: &Event, id: u64) {
             }
             match e.state {
                 StepState::Running => s.state = RunState::Running,
-                StepState::Done | StepState::Skipped => s.steps_done += 1,
+                StepState::Done | StepState::Skipped => {
+                    s.steps_done = s.steps_done.saturating_add(1)
+                }
                 StepState::Failed => {}
             }
-            s.rows_changed = changed_before + e.changed;
+            s.rows_changed = changed_before.saturating_add(e.changed);
             if e.state != StepState::Running {
-                inner.changed_before += e.changed;
+                inner.changed_before = inner.changed_before.saturating_add(e.changed);
             }
         }
         // A heartbeat says only that the step still runs.
@@ -423,9 +432,13 @@ fn update_snapshot(inner: &mut Inner, event: &Event, id: u64) {
             s.done = e.done.unwrap_or(s.done);
             s.total = e.total.unwrap_or(s.total);
             s.changed = e.changed;
-            s.rows_changed = changed_before + e.changed;
+            s.rows_changed = changed_before.saturating_add(e.changed);
             (s.rate, s.eta_ms) = (e.rate, e.eta_ms);
-            let last_with_work = s.ended.iter().skip(e.step + 1).all(|ended| *ended);
+            let last_with_work = s
+                .ended
+                .iter()
+                .skip(e.step.saturating_add(1))
+                .all(|ended| *ended);
             s.run_eta_ms = e.eta_ms.filter(|_| last_with_work);
         }
         Event::Message(m) => {

@@ -9,7 +9,9 @@
 //!   and the fields `event` (its name) and `data` (the SSE `data:` JSON);
 //! - the string `batchsse:plan:<plan>:latest`: the plan's newest run id.
 //!
-//! Both expire `--publish-ttl` after the run's last event.
+//! While the run's process lives, the publisher keeps both alive; they
+//! expire `--publish-ttl` after its last write: the `finished` event, or,
+//! for a run that was killed, its last sign of life.
 
 pub mod publish;
 pub mod source;
@@ -44,13 +46,23 @@ impl std::fmt::Debug for Target {
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Target {
-    /// Parses `redis://[:PASSWORD@]HOST:PORT[/DB]` given to `flag`.
+    /// Parses `redis://[:PASSWORD@]HOST:PORT[/DB]` given to `flag` (which
+    /// names the environment variable too, where one can set it).
     pub fn parse(flag: &str, url: &str) -> Result<Target, UsageError> {
         let usage = |why: String| {
             UsageError::new(format!(
                 "{flag} {why}; give redis://[:PASSWORD@]HOST:PORT[/DB], e.g. redis://127.0.0.1:6379/0"
             ))
         };
+        let url = url.trim();
+        // A URL's scheme is case-insensitive; the crate's parser is not.
+        let url = match url.split_once("://") {
+            Some((scheme, rest)) => format!("{}://{rest}", scheme.to_ascii_lowercase()),
+            None => url.to_owned(),
+        };
+        if url.is_empty() {
+            return Err(usage("is empty".into()));
+        }
         if !url.starts_with("redis://") {
             return Err(usage(if url.starts_with("rediss://") {
                 "uses TLS (rediss://), which batchsse does not speak".into()
@@ -58,7 +70,8 @@ impl Target {
                 "is not a redis:// URL".into()
             }));
         }
-        let parsed = redis::Client::open(url).map_err(|e| usage(format!("is not usable ({e})")))?;
+        let parsed =
+            redis::Client::open(url.as_str()).map_err(|e| usage(format!("is not usable ({e})")))?;
         let info = parsed.get_connection_info();
         let redis::ConnectionAddr::Tcp(host, port) = info.addr() else {
             return Err(usage("is not a TCP address".into()));
@@ -126,7 +139,7 @@ impl Target {
             UsageError::new(format!(
                 "cannot {doing} {}: {}; {fix}",
                 self.shown,
-                describe(&e)
+                Failure::of(e).why()
             ))
         })
     }
@@ -147,20 +160,67 @@ pub fn event_id(entry: &str) -> Option<u64> {
     entry.strip_suffix("-0")?.parse().ok()
 }
 
-/// A Redis error as a person reads it: Redis's own words when it answered.
-pub fn describe(e: &redis::RedisError) -> String {
-    let text = e.to_string();
-    if let Some(code) = e.code() {
-        format!(
-            "Redis answered \"{code} {}\"",
-            e.detail().unwrap_or_default().trim_end_matches('.')
-        )
-    } else if e.is_connection_refusal() {
-        format!("nothing is listening there ({text})")
-    } else if e.is_timeout() {
-        format!("no answer within {} s ({text})", CONNECT_TIMEOUT.as_secs())
-    } else {
-        text
+/// What a failed Redis call means for whoever made it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// Redis is out of reach, or says to come back later: retry.
+    Away(String),
+    /// Redis answered, and retrying the same will get the same answer (a
+    /// missing permission, a key of another type, a reply batchsse cannot
+    /// read): give up, and say why.
+    Refused(String),
+}
+
+/// Redis's error replies that pass: loading its data after a restart, busy
+/// with a script, a failover or cluster change under way, out of memory
+/// until something expires, a replica until it is promoted.
+const PASSING: [&str; 7] = [
+    "LOADING",
+    "BUSY",
+    "TRYAGAIN",
+    "MASTERDOWN",
+    "CLUSTERDOWN",
+    "OOM",
+    "READONLY",
+];
+
+impl Failure {
+    /// Sorts an error, keeping Redis's own words (from a pipeline too).
+    pub fn of(e: redis::RedisError) -> Failure {
+        let answered = e.clone().into_server_errors().and_then(|errors| {
+            errors
+                .first()
+                .map(|(_, s)| (s.code().to_owned(), s.details().map(str::to_owned)))
+        });
+        if let Some((code, detail)) = answered {
+            let detail = detail
+                .map(|d| format!(" {}", d.trim_end_matches('.')))
+                .unwrap_or_default();
+            let words = format!("Redis answered \"{code}{detail}\"");
+            return if PASSING.contains(&code.as_str()) {
+                Failure::Away(words)
+            } else {
+                Failure::Refused(words)
+            };
+        }
+        if e.is_connection_refusal() {
+            Failure::Away(format!("nothing is listening there ({e})"))
+        } else if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
+            Failure::Away(e.to_string())
+        } else if let Some(code) = e.code() {
+            Failure::Refused(format!(
+                "Redis answered \"{code} {}\"",
+                e.detail().unwrap_or_default().trim_end_matches('.')
+            ))
+        } else {
+            Failure::Refused(e.to_string())
+        }
+    }
+
+    pub fn why(&self) -> &str {
+        match self {
+            Failure::Away(why) | Failure::Refused(why) => why,
+        }
     }
 }
 
@@ -221,6 +281,30 @@ mod tests {
                 e.contains(says) && e.contains("redis://127.0.0.1:6379/0"),
                 "{bad}: {e}"
             );
+        }
+    }
+
+    #[test]
+    fn schemes_ignore_case_and_an_empty_url_says_so() {
+        let t = Target::parse("--publish", "REDIS://127.0.0.1:6380").unwrap();
+        assert_eq!(t.shown(), "redis://127.0.0.1:6380/0");
+        let e = Target::parse("--publish (or BATCHSSE_PUBLISH)", " ").unwrap_err();
+        assert!(e.to_string().contains("BATCHSSE_PUBLISH) is empty"), "{e}");
+    }
+
+    #[test]
+    fn failures_that_pass_are_told_from_refusals() {
+        use redis::{ErrorKind, RedisError};
+        let io: RedisError =
+            std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer").into();
+        assert!(matches!(Failure::of(io), Failure::Away(_)));
+        let parse: RedisError = (ErrorKind::UnexpectedReturnType, "not a string").into();
+        assert!(matches!(Failure::of(parse), Failure::Refused(_)));
+        for (code, passes) in [("LOADING", true), ("NOPERM", false), ("WRONGTYPE", false)] {
+            let e = redis::make_extension_error(code.into(), Some("the words.".into()));
+            let f = Failure::of(e);
+            assert_eq!(matches!(f, Failure::Away(_)), passes, "{code}: {f:?}");
+            assert!(f.why().contains(&format!("{code} the words\"")), "{f:?}");
         }
     }
 

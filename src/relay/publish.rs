@@ -6,9 +6,11 @@
 //!
 //! After a lost connection the task reconnects with back-off and asks Redis
 //! where the stream ends, then sends from the next event: explicit entry IDs
-//! make that exact, whether Redis kept the stream or came back empty.
+//! make that exact, whether Redis kept the stream or came back empty. A
+//! refusal (a missing permission, a key of another type) is not retried:
+//! the task says why, once, and stops; the run goes on.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
@@ -16,7 +18,7 @@ use serde_json::json;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::{Backoff, Target, describe, event_id, latest_key, run_key, within};
+use super::{Backoff, Failure, Target, event_id, latest_key, run_key, within};
 use crate::events::log::{Entry, EventLog};
 use crate::events::{Event, Level};
 
@@ -24,12 +26,16 @@ use crate::events::{Event, Level};
 const BATCH: usize = 512;
 /// A round trip that takes longer counts as a lost connection.
 const REPLY_LIMIT: Duration = Duration::from_secs(10);
+/// How long the exit waits quietly before it says it is waiting for Redis.
+const QUIET_DRAIN: Duration = Duration::from_millis(250);
 
 /// The running publisher.
 pub struct Publisher {
     task: JoinHandle<()>,
     /// The highest event id Redis holds.
     acked: watch::Receiver<u64>,
+    /// Why events are not reaching Redis, while they are not.
+    trouble: Arc<Mutex<Option<String>>>,
     log: Arc<EventLog>,
     target: Arc<Target>,
 }
@@ -43,16 +49,19 @@ pub fn spawn(
 ) -> Publisher {
     let (acked_tx, acked) = watch::channel(0);
     let target = Arc::new(target);
+    let trouble = Arc::new(Mutex::new(None));
     let task = Task {
         target: target.clone(),
         ttl: ttl.as_secs().max(1),
         log: log.clone(),
         acked: acked_tx,
-        outage: None,
+        trouble: trouble.clone(),
+        start_sent: false,
     };
     Publisher {
         task: tokio::spawn(task.run(conn)),
         acked,
+        trouble,
         log,
         target,
     }
@@ -64,20 +73,43 @@ impl Publisher {
         self.target.shown()
     }
 
-    /// At exit: waits up to `limit` until Redis holds every logged event;
-    /// says on stderr how many it does not.
-    pub async fn drain(mut self, limit: Duration) {
+    /// At exit: waits up to `limit` (a Ctrl-C or SIGTERM cuts it short)
+    /// until Redis holds every logged event; says on stderr how many it
+    /// does not, and why.
+    pub async fn drain(mut self, limit: Duration, mut signals: watch::Receiver<u32>) {
         let last = self.log.last_id();
-        let all_in = self.acked.wait_for(|a| *a >= last);
-        let _ = tokio::time::timeout(limit, all_in).await;
+        let seen = *signals.borrow_and_update();
+        let started = tokio::time::Instant::now();
+        let mut acked = self.acked.clone();
+        let wait = async {
+            let slow = tokio::time::timeout(QUIET_DRAIN, acked.wait_for(|a| *a >= last))
+                .await
+                .is_err();
+            if slow {
+                let left = self.log.after(*acked.borrow()).len();
+                crate::errln!(
+                    "batchsse: waiting up to {} s for {} to take the last {left} event(s) (--drain-timeout; Ctrl-C stops waiting)",
+                    limit.as_secs_f64(),
+                    self.target.shown()
+                );
+                let rest = limit.saturating_sub(started.elapsed());
+                let _ = tokio::time::timeout(rest, acked.wait_for(|a| *a >= last)).await;
+            }
+        };
+        tokio::select! {
+            () = wait => {}
+            _ = signals.wait_for(|n| *n > seen) => {}
+            // The task stopped on a refusal: nothing more will be sent.
+            _ = &mut self.task => {}
+        }
         self.task.abort();
-        let acked = *self.acked.borrow();
-        let missing = self.log.after(acked).len();
+        let missing = self.log.after(*self.acked.borrow()).len();
         if missing > 0 {
+            let why = self.trouble.lock().ok().and_then(|t| t.clone());
             crate::errln!(
-                "batchsse: warning: {missing} event(s) were not published to {} (it did not take them within --drain-timeout {} s); the run itself is unaffected",
+                "batchsse: warning: {missing} event(s) were not published to {} ({}); the run itself is unaffected",
                 self.target.shown(),
-                limit.as_secs_f64()
+                why.unwrap_or_else(|| "it did not take them in time".into())
             );
         }
     }
@@ -89,71 +121,104 @@ struct Task {
     ttl: u64,
     log: Arc<EventLog>,
     acked: watch::Sender<u64>,
-    /// Why Redis is out of reach, while it is.
-    outage: Option<String>,
+    /// Why Redis is out of reach, while it is (shared with the exit).
+    trouble: Arc<Mutex<Option<String>>>,
+    /// `start` has reached Redis once: from then on the plan's `latest`
+    /// key is only set where it is missing, so a resend after Redis came
+    /// back empty never takes it back from a newer run.
+    start_sent: bool,
 }
 
 /// Where the run's keys are, once `start` names the run.
 struct Keys {
     stream: String,
+    latest: String,
     run_id: String,
 }
 
 impl Task {
     async fn run(mut self, conn: MultiplexedConnection) {
         let mut changed = self.log.subscribe();
-        let keys = loop {
-            if let Some(run_id) = self.log.run_id() {
-                break Keys {
-                    stream: run_key(&run_id),
-                    run_id,
-                };
-            }
-            if changed.changed().await.is_err() {
-                return;
-            }
+        let Some(keys) = self.keys(&mut changed).await else {
+            return;
         };
         let mut conn = Some(conn);
         let mut backoff = Backoff::new();
+        // While the run lives, its keys are kept alive: touched at least
+        // this often, so they expire only `ttl` after its last sign of life.
+        let touch_every = Duration::from_millis(self.ttl * 1000 / 3).min(Duration::from_secs(60));
         loop {
             let Some(c) = conn.as_mut() else {
                 backoff.wait().await;
                 conn = self.reconnect(&keys).await;
+                if self.stopped() {
+                    return;
+                }
                 continue;
             };
             let acked = *self.acked.borrow();
-            let pending: Vec<Arc<Entry>> = self.log.after(acked).into_iter().take(BATCH).collect();
-            let Some(last) = pending.last().map(|e| e.id) else {
-                if self.log.finished_id().is_some_and(|f| acked >= f) {
-                    return;
+            let pending = self.log.after_at_most(acked, BATCH);
+            let sent = match pending.last().map(|e| e.id) {
+                Some(last) => {
+                    let round = within(REPLY_LIMIT, self.send(c, &keys, &pending)).await;
+                    round.map(|()| Some(last))
                 }
-                changed.borrow_and_update();
-                if self.log.after(acked).is_empty() && changed.changed().await.is_err() {
-                    return;
+                None if self.log.finished_id().is_some_and(|f| acked >= f) => return,
+                None => {
+                    changed.borrow_and_update();
+                    if !self.log.after_at_most(acked, 1).is_empty() {
+                        continue;
+                    }
+                    match tokio::time::timeout(touch_every, changed.changed()).await {
+                        Ok(Ok(())) => continue,
+                        Ok(Err(_)) => return,
+                        Err(_) => within(REPLY_LIMIT, self.touch(c, &keys))
+                            .await
+                            .map(|()| None),
+                    }
                 }
-                continue;
             };
-            match within(REPLY_LIMIT, self.send(c, &keys, &pending)).await {
-                Ok(()) => {
-                    self.acked.send_replace(last);
+            match sent {
+                Ok(last) => {
+                    if let Some(last) = last {
+                        self.acked.send_replace(last);
+                    }
                     backoff.reset();
                 }
                 Err(e) => {
-                    self.lost(&e);
                     conn = None;
+                    if !self.failed(e) {
+                        return;
+                    }
                 }
             }
         }
     }
 
+    /// The run's keys, once `start` is logged; `None` if the log ends first.
+    async fn keys(&self, changed: &mut watch::Receiver<u64>) -> Option<Keys> {
+        loop {
+            let start = self.log.after_at_most(0, 1);
+            if let Some(Event::Start(s)) = start.first().map(|e| &e.event) {
+                return Some(Keys {
+                    stream: run_key(&s.run_id),
+                    latest: latest_key(&s.plan),
+                    run_id: s.run_id.clone(),
+                });
+            }
+            changed.changed().await.ok()?;
+        }
+    }
+
     /// One round trip: the events, then the keys' expiry pushed back.
     async fn send(
-        &self,
+        &mut self,
         conn: &mut MultiplexedConnection,
         keys: &Keys,
         pending: &[Arc<Entry>],
     ) -> redis::RedisResult<()> {
         let mut p = redis::pipe();
+        let mut has_start = false;
         for e in pending {
             p.cmd("XADD")
                 .arg(&keys.stream)
@@ -163,43 +228,106 @@ impl Task {
                 .arg("data")
                 .arg(&e.data)
                 .ignore();
-            if let Event::Start(s) = &e.event {
-                p.cmd("SET")
-                    .arg(latest_key(&s.plan))
-                    .arg(&keys.run_id)
-                    .arg("EX")
-                    .arg(self.ttl)
-                    .ignore();
+            if matches!(e.event, Event::Start(_)) {
+                has_start = true;
+                let set = p.cmd("SET").arg(&keys.latest).arg(&keys.run_id);
+                if self.start_sent {
+                    set.arg("NX");
+                }
+                set.arg("EX").arg(self.ttl).ignore();
             }
         }
         p.cmd("EXPIRE").arg(&keys.stream).arg(self.ttl).ignore();
-        p.query_async::<()>(conn).await
+        p.cmd("EXPIRE").arg(&keys.latest).arg(self.ttl).ignore();
+        p.query_async::<()>(conn).await?;
+        self.start_sent |= has_start;
+        Ok(())
+    }
+
+    /// Keeps the keys of a run that is alive but quiet (paused, throttled,
+    /// waiting for clients) from expiring.
+    async fn touch(&self, conn: &mut MultiplexedConnection, keys: &Keys) -> redis::RedisResult<()> {
+        redis::pipe()
+            .cmd("EXPIRE")
+            .arg(&keys.stream)
+            .arg(self.ttl)
+            .ignore()
+            .cmd("EXPIRE")
+            .arg(&keys.latest)
+            .arg(self.ttl)
+            .ignore()
+            .query_async::<()>(conn)
+            .await
+    }
+
+    /// Notes a failure; false when it is a refusal, which ends publishing.
+    fn failed(&mut self, e: redis::RedisError) -> bool {
+        match Failure::of(e) {
+            Failure::Away(why) => {
+                self.lost(why);
+                true
+            }
+            Failure::Refused(why) => {
+                let text = format!(
+                    "Redis at {} refused the run's events ({why}); publishing stops here, and the run goes on",
+                    self.target.shown()
+                );
+                self.say(Level::Error, text);
+                self.set_trouble(Some(format!("publishing stopped: {why}")));
+                false
+            }
+        }
+    }
+
+    fn stopped(&self) -> bool {
+        self.trouble
+            .lock()
+            .map(|t| {
+                t.as_deref()
+                    .is_some_and(|t| t.starts_with("publishing stopped"))
+            })
+            .unwrap_or(false)
     }
 
     /// Once per outage: a warning in the run's own log (it reaches Redis
-    /// too, once Redis is back), or on stderr after `finished`.
-    fn lost(&mut self, e: &redis::RedisError) {
-        if self.outage.is_some() {
+    /// too, once Redis is back).
+    fn lost(&mut self, why: String) {
+        if self.trouble().is_some() {
             return;
         }
-        let why = describe(e);
         let text = format!(
             "lost the connection to Redis at {} ({why}); the run goes on, and its events will be sent when Redis is back",
             self.target.shown()
         );
-        let event = Event::message(json!({"redis": self.target.shown()}), Level::Warn, &text);
+        self.say(Level::Warn, text);
+        self.set_trouble(Some(why));
+    }
+
+    /// A message in the run's log, or on stderr once the log has ended.
+    fn say(&self, level: Level, text: String) {
+        let event = Event::message(json!({"redis": self.target.shown()}), level, &text);
         if self.log.push(event).is_none() {
-            crate::errln!("batchsse: warning: {text}");
+            crate::errln!("batchsse: {text}");
         }
-        self.outage = Some(why);
+    }
+
+    fn trouble(&self) -> Option<String> {
+        self.trouble.lock().ok().and_then(|t| t.clone())
+    }
+
+    fn set_trouble(&self, why: Option<String>) {
+        if let Ok(mut t) = self.trouble.lock() {
+            *t = why;
+        }
     }
 
     /// A new connection, resuming after the last event Redis holds (none,
-    /// if it came back empty); `None` while Redis is still out of reach.
+    /// if it came back empty); `None` while Redis is still out of reach,
+    /// or once it has refused.
     async fn reconnect(&mut self, keys: &Keys) -> Option<MultiplexedConnection> {
         let attempt = async {
             let mut conn = self.target.connect().await?;
-            let top: Vec<(String, Vec<String>)> = redis::cmd("XREVRANGE")
+            let top: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XREVRANGE")
                 .arg(&keys.stream)
                 .arg("+")
                 .arg("-")
@@ -213,22 +341,19 @@ impl Task {
         match within(REPLY_LIMIT, attempt).await {
             Ok((conn, held)) => {
                 self.acked.send_replace(held);
-                if self.outage.take().is_some() {
+                if self.trouble().is_some() {
+                    self.set_trouble(None);
                     let text = format!(
                         "reconnected to Redis at {}; publishing again from event {}",
                         self.target.shown(),
                         held + 1
                     );
-                    let event =
-                        Event::message(json!({"redis": self.target.shown()}), Level::Info, &text);
-                    if self.log.push(event).is_none() {
-                        crate::errln!("batchsse: {text}");
-                    }
+                    self.say(Level::Info, text);
                 }
                 Some(conn)
             }
             Err(e) => {
-                self.lost(&e);
+                self.failed(e);
                 None
             }
         }
