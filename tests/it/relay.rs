@@ -788,3 +788,239 @@ fn help_documents_publish_and_relay() {
         }
     }
 }
+
+/// Runs one Redis command on the test's server.
+fn redis_cmd<T: redis::FromRedisValue>(redis: &Redis, cmd: &mut redis::Cmd) -> T {
+    cmd.query(&mut redis_conn(redis)).expect("a Redis command")
+}
+
+#[test]
+fn a_relay_by_plan_catches_a_run_that_ends_between_two_looks() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let url = redis.url();
+    let mut mirror = relay(&url, &["--plan", "quick"]);
+    // A run with no server and no pace is over in well under the relay's
+    // 200 ms between looks.
+    let db = TempDb::counters(30);
+    let plan = db.file("plan.json", &counter_plan("quick", 10));
+    let args = run_args(&db, path_str(&plan), &["--no-serve", "--publish", &url]);
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    assert_exits_ok(&mut mirror, "relay", PATIENCE);
+    assert!(
+        mirror.stderr().contains("relaying run"),
+        "{}",
+        mirror.stderr()
+    );
+}
+
+#[test]
+fn a_quiet_live_run_keeps_its_keys_past_the_ttl() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let db = TempDb::counters(100);
+    let pause = paused(&db);
+    let url = redis.url();
+    let mut run = publishing_run(&db, "quiet", &url, &pause, &["--publish-ttl", "1"]);
+    let mut s = Stream::open(run.addr(), "/events", &[]);
+    let before = until_paused(&mut s);
+    let run_id = run_id_of(&before[0]);
+    wait_published(&redis, &run_id, before.len());
+    // Paused for three times the TTL: nothing is written, yet the keys stay.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(xlen(&redis, &run_id), before.len(), "the stream expired");
+    let latest: Option<String> = redis_cmd(&redis, redis::cmd("GET").arg(latest_key("quiet")));
+    assert_eq!(latest.as_deref(), Some(run_id.as_str()), "latest expired");
+    std::fs::remove_file(&pause).expect("remove the pause file");
+    let rest = s.rest();
+    assert_exits_ok(&mut run, "run", PATIENCE);
+    let mut all = before;
+    all.extend(rest);
+    assert_published(&redis, &run_id, &all);
+}
+
+#[test]
+fn a_foreign_entry_is_skipped_once_and_a_foreign_key_is_refused() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let url = redis.url();
+    let _: String = redis_cmd(
+        &redis,
+        redis::cmd("XADD")
+            .arg(stream_key("foreign"))
+            .arg("1-0")
+            .arg("foo")
+            .arg(&b"\xff\xfe"[..]),
+    );
+    let mut mirror = relay(&url, &["--run", "foreign"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let err = mirror.stderr();
+    assert_eq!(
+        err.matches("skipped stream entry 1-0").count(),
+        1,
+        "read once, not in a loop:\n{err}"
+    );
+    assert!(mirror.child.try_wait().unwrap().is_none(), "still waiting");
+    mirror.signal("TERM");
+    assert_eq!(mirror.wait().code(), Some(130), "{}", mirror.stderr());
+    // A key batchsse did not write: refused before listening.
+    let _: () = redis_cmd(&redis, redis::cmd("SET").arg(stream_key("str")).arg("x"));
+    let (code, err) = exit_of(
+        &["relay", &url, "--run", "str", "--listen", "127.0.0.1:0"],
+        &[],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("is a string, not a stream"), "{err}");
+    // A plan whose latest key is of another type: Redis's refusal, exit 3.
+    let _: () = redis_cmd(
+        &redis,
+        redis::cmd("HSET").arg(latest_key("odd")).arg("a").arg("b"),
+    );
+    let (code, err) = exit_of(
+        &["relay", &url, "--plan", "odd", "--listen", "127.0.0.1:0"],
+        &[],
+    );
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("WRONGTYPE"), "{err}");
+}
+
+#[test]
+fn a_refusal_stops_publishing_once_and_the_run_goes_on() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    // A user that may connect and read, but not append to a stream.
+    let _: () = redis_cmd(
+        &redis,
+        redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg("pub")
+            .arg("on")
+            .arg(">pw")
+            .arg("~*")
+            .arg("+@all")
+            .arg("-xadd"),
+    );
+    let db = TempDb::counters(100);
+    let plan = db.file("plan.json", &counter_plan("refused", 10));
+    let url = format!("redis://pub:pw@127.0.0.1:{}/0", redis.port);
+    let args = run_args(
+        &db,
+        path_str(&plan),
+        &[
+            "--no-serve",
+            "--progress",
+            "json",
+            "--sleep",
+            "20",
+            "--publish",
+            &url,
+        ],
+    );
+    let (code, out, err) = run(&args);
+    assert_eq!(code, 0, "the run is unaffected: {err}");
+    assert_eq!(db.counter_spread(), (100, 0));
+    let refusals: Vec<Value> = json_lines(&out)
+        .into_iter()
+        .filter(|l| l["event"] == "message" && l["data"]["status"] == "error")
+        .collect();
+    assert_eq!(refusals.len(), 1, "said once: {refusals:?}");
+    let said = refusals[0]["data"]["message"].as_str().unwrap_or_default();
+    assert!(
+        said.contains("NOPERM") && said.contains("publishing stops"),
+        "{said}"
+    );
+    assert!(!out.contains("lost the connection"), "not an outage: {out}");
+    assert!(
+        err.contains("not published") && err.contains("NOPERM"),
+        "{err}"
+    );
+    assert!(!err.contains("pw@"), "no password on stderr: {err}");
+}
+
+#[test]
+fn a_relay_whose_stream_vanishes_before_finished_exits_3() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let db = TempDb::counters(100);
+    let pause = paused(&db);
+    let url = redis.url();
+    let mut run = publishing_run(&db, "vanish", &url, &pause, &[]);
+    let mut s = Stream::open(run.addr(), "/events", &[]);
+    let before = until_paused(&mut s);
+    let run_id = run_id_of(&before[0]);
+    wait_published(&redis, &run_id, before.len());
+    let mut mirror = relay(&url, &["--run", &run_id]);
+    wait_relay_status(&mirror, |v| v["last_event_id"] == before.len() as u64);
+    // The run dies and its stream goes (as it would after --publish-ttl).
+    run.signal("KILL");
+    run.wait();
+    let _: i64 = redis_cmd(&redis, redis::cmd("DEL").arg(stream_key(&run_id)));
+    let status = mirror.wait_for(PATIENCE);
+    assert_eq!(status.code(), Some(3), "{}", mirror.stderr());
+    assert!(
+        mirror.stderr().contains("is gone from"),
+        "{}",
+        mirror.stderr()
+    );
+}
+
+#[test]
+fn a_signal_ends_the_waits_for_redis_and_for_a_run_that_will_not_finish() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let db = TempDb::counters(100);
+    let pause = paused(&db);
+    let url = redis.url();
+    let mut run = publishing_run(&db, "signal", &url, &pause, &["--drain-timeout", "60"]);
+    let mut s = Stream::open(run.addr(), "/events", &[]);
+    let before = until_paused(&mut s);
+    let run_id = run_id_of(&before[0]);
+    wait_published(&redis, &run_id, before.len());
+    // A relay with a client, on a run that will never finish.
+    let mut mirror = relay(&url, &["--run", &run_id, "--drain-timeout", "60"]);
+    let mut watcher = Stream::open(mirror.addr(), "/events", &[]);
+    watcher.next_event().expect("the relay's first event");
+    mirror.signal("INT");
+    let asked = Instant::now();
+    assert_eq!(
+        mirror.wait_for(PATIENCE).code(),
+        Some(130),
+        "{}",
+        mirror.stderr()
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        asked.elapsed()
+    );
+    // The run finishes with Redis gone: it waits for Redis until Ctrl-C.
+    redis.kill();
+    std::fs::remove_file(&pause).expect("remove the pause file");
+    s.rest();
+    wait_until(|| run.stderr().contains("waiting up to 60 s"));
+    run.signal("INT");
+    let asked = Instant::now();
+    assert_exits_ok(&mut run, "run", PATIENCE);
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert!(run.stderr().contains("not published"), "{}", run.stderr());
+}
+
+/// Polls `cond` until it holds, within PATIENCE.
+fn wait_until(cond: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < PATIENCE, "the condition never held");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
