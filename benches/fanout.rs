@@ -111,6 +111,8 @@ fn run_relayed(clients: usize, redis: &Redis, rt: &tokio::runtime::Runtime) -> R
         "127.0.0.1:0",
         "--drain-timeout",
         "10",
+        "--linger",
+        "0",
     ];
     let mut relay = Server::start(&relay_args, &db.dir.path().join("relay.out"));
     let relay_addr = relay.addr();

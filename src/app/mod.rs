@@ -133,9 +133,14 @@ async fn drive(mut session: Session, parts: Parts) -> Result<RunStatus, UsageErr
     };
     if let Some((p, _)) = &publisher {
         crate::errln!(
-            "batchsse: publishing every event to {0}; `batchsse relay {0} {1}` serves the run from any host",
+            "batchsse: publishing every event to {0}; `batchsse relay {0} {1}` serves the run from any host{2}",
             p.shown(),
-            plan_flag(&session.plan.name)
+            plan_flag(&session.plan.name),
+            if p.has_password() {
+                " (add the password to that URL)"
+            } else {
+                ""
+            }
         );
     }
     // Terminal output may block (a full pipe, a slow terminal); on its own
@@ -191,8 +196,10 @@ async fn start_publishing(
     ttl: std::time::Duration,
     parts: &Parts,
 ) -> Result<crate::relay::publish::Publisher, UsageError> {
-    let fix = "start Redis there, or fix --publish (or BATCHSSE_PUBLISH) and its password; nothing was written";
-    let conn = target.connect_or_refuse("publish to", fix).await?;
+    let conn = target
+        .connect_or_refuse("publish to", "--publish (or BATCHSSE_PUBLISH)")
+        .await
+        .map_err(|e| UsageError::new(format!("{e}; nothing was written")))?;
     Ok(crate::relay::publish::spawn(
         conn,
         target,

@@ -54,6 +54,7 @@ async fn serve(config: RelayConfig) -> Result<u8, UsageError> {
             stopped_tx.send_replace(Some(why));
         })
     };
+    tokio::spawn(say_when_finished(log.clone(), s.linger));
     let stop = lifecycle::stop_after_linger(log.clone(), s.linger, signals.clone());
     let serving = server::serve(listener, state, stop, s.drain);
     // Before `finished`, a signal or the end of the copy ends the streams
@@ -80,6 +81,10 @@ async fn serve(config: RelayConfig) -> Result<u8, UsageError> {
     let interrupted = *signals.borrow() > 0;
     let (code, why) = match (why, interrupted) {
         (Some(why), _) => (exit::UNREACHABLE, why),
+        (None, true) if log.run_id().is_none() => (
+            exit::INTERRUPTED,
+            "interrupted while waiting for a run".into(),
+        ),
         (None, true) => (
             exit::INTERRUPTED,
             "interrupted before the run finished".into(),
@@ -91,4 +96,23 @@ async fn serve(config: RelayConfig) -> Result<u8, UsageError> {
     };
     crate::errln!("batchsse: relay stopped: {why}");
     Ok(code)
+}
+
+/// Once the run has finished: how it ended, and how long the relay stays.
+async fn say_when_finished(log: Arc<EventLog>, linger: std::time::Duration) {
+    let mut rx = log.subscribe();
+    if rx.wait_for(|_| log.finished_id().is_some()).await.is_err() {
+        return;
+    }
+    let snap = log.snapshot();
+    let status = snap
+        .status
+        .and_then(|s| serde_json::to_value(s).ok())
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    crate::errln!(
+        "batchsse: run {} finished ({status}); serving its replay for {} s (--linger), then exiting",
+        snap.run_id.unwrap_or_default(),
+        linger.as_secs_f64()
+    );
 }

@@ -357,7 +357,7 @@ pub struct RelayArgs {
     )]
     pub redis: String,
 
-    /// The run to serve (its run_id, from the start event, /status or the run's terminal).
+    /// The run to serve: its run_id (in the run's /status, its x-batchsse-run-id header, its start event, or `redis-cli GET batchsse:plan:NAME:latest`).
     #[arg(long, value_name = "RUN_ID")]
     pub run: Option<String>,
 
@@ -386,7 +386,7 @@ pub struct RelayArgs {
     pub max_clients: usize,
 
     /// After `finished`, keep answering for SECS (late clients get the full replay).
-    #[arg(long, value_name = "SECS", default_value_t = 0.0)]
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
     pub linger: f64,
 
     /// How long open streams may take to receive their tail before the relay exits anyway.

@@ -30,6 +30,8 @@ pub struct Entry {
 /// What `/status` reports, kept current as events are appended.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Snapshot {
+    /// The `start` event's `run_id` (`batchsse relay --run` takes it).
+    pub run_id: Option<String>,
     pub state: RunState,
     pub status: Option<RunStatus>,
     pub step: Option<usize>,
@@ -395,6 +397,7 @@ fn update_snapshot(inner: &mut Inner, event: &Event, id: u64) {
     s.last_event_id = id;
     match event {
         Event::Start(e) => {
+            s.run_id = Some(e.run_id.clone());
             s.steps_total = e.steps.len();
             s.settings = e.settings;
             s.ended = vec![false; e.steps.len()];

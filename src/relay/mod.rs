@@ -7,7 +7,10 @@
 //! - the stream `batchsse:run:<run_id>`: one entry per event, with the
 //!   explicit entry ID `<event id>-0` (so a resend is refused, never doubled)
 //!   and the fields `event` (its name) and `data` (the SSE `data:` JSON);
-//! - the string `batchsse:plan:<plan>:latest`: the plan's newest run id.
+//! - the string `batchsse:plan:<plan>:latest`: the plan's newest run id;
+//! - the string `batchsse:alive:<run_id>`, while the run's process lives
+//!   and reaches Redis (it expires [`ALIVE_SECS`] after the last sign), so
+//!   a relay can tell a quiet run from one that was killed.
 //!
 //! While the run's process lives, the publisher keeps both alive; they
 //! expire `--publish-ttl` after its last write: the `finished` event, or,
@@ -129,25 +132,66 @@ impl Target {
     }
 
     /// A connection at start, or the usage error that ends the command
-    /// before anything is done (`doing`: "publish to", "relay from").
+    /// before anything is done (`doing`: "publish to", "relay from"; `url`:
+    /// where the URL came from, for the fix).
     pub async fn connect_or_refuse(
         &self,
         doing: &str,
-        fix: &str,
+        url: &str,
     ) -> Result<MultiplexedConnection, UsageError> {
         self.connect().await.map_err(|e| {
+            let failure = Failure::of(e);
+            let fix = match failure {
+                Failure::Away(_) => format!("is Redis running there? Start it, or fix {url}"),
+                Failure::Refused(_) => {
+                    format!("fix the password (or user, or database) in {url}")
+                }
+            };
             UsageError::new(format!(
                 "cannot {doing} {}: {}; {fix}",
                 self.shown,
-                Failure::of(e).why()
+                failure.why()
             ))
         })
+    }
+
+    /// Whether the URL carries a password (which messages leave out).
+    pub fn has_password(&self) -> bool {
+        self.auth.is_some()
+    }
+
+    /// `redis-cli` options for this server (without the password).
+    pub fn cli_options(&self) -> String {
+        let (host, port) = self
+            .shown
+            .trim_start_matches("redis://")
+            .rsplit_once('/')
+            .and_then(|(addr, _)| addr.rsplit_once(':'))
+            .unwrap_or(("127.0.0.1", "6379"));
+        let auth = if self.auth.is_some() {
+            " -a PASSWORD"
+        } else {
+            ""
+        };
+        format!(
+            "-h {} -p {port} -n {}{auth}",
+            host.trim_matches(['[', ']']),
+            self.db
+        )
     }
 }
 
 /// The stream that holds one run's events.
 pub fn run_key(run_id: &str) -> String {
     format!("batchsse:run:{run_id}")
+}
+
+/// How long a run's `alive` key outlives its last refresh.
+pub const ALIVE_SECS: u64 = 15;
+
+/// The key that exists while a run's process lives.
+pub fn alive_key(run_id: &str) -> String {
+    format!("batchsse:alive:{run_id}")
 }
 
 /// The key that names a plan's newest run.
@@ -206,14 +250,15 @@ impl Failure {
         if e.is_connection_refusal() {
             Failure::Away(format!("nothing is listening there ({e})"))
         } else if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
-            Failure::Away(e.to_string())
+            Failure::Away(one_line(&e))
         } else if let Some(code) = e.code() {
             Failure::Refused(format!(
                 "Redis answered \"{code} {}\"",
                 e.detail().unwrap_or_default().trim_end_matches('.')
             ))
         } else {
-            Failure::Refused(e.to_string())
+            // Not Redis's answer at all (another server on that port, say).
+            Failure::Refused(one_line(&e))
         }
     }
 
@@ -222,6 +267,14 @@ impl Failure {
             Failure::Away(why) | Failure::Refused(why) => why,
         }
     }
+}
+
+/// An error's text on one line.
+fn one_line(e: &redis::RedisError) -> String {
+    e.to_string()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Runs a Redis call with a time limit; running out counts as an I/O error,
@@ -269,6 +322,7 @@ mod tests {
     fn urls_are_checked_and_shown_without_their_password() {
         let t = Target::parse("--publish", "redis://:s3cret@10.0.0.5:6380/2").unwrap();
         assert_eq!(t.shown(), "redis://10.0.0.5:6380/2");
+        assert_eq!(t.cli_options(), "-h 10.0.0.5 -p 6380 -n 2 -a PASSWORD");
         let t = Target::parse("--publish", "redis://127.0.0.1").unwrap();
         assert_eq!(t.shown(), "redis://127.0.0.1:6379/0");
         for (bad, says) in [

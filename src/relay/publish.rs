@@ -18,7 +18,9 @@ use serde_json::json;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::{Backoff, Failure, Target, event_id, latest_key, run_key, within};
+use super::{
+    ALIVE_SECS, Backoff, Failure, Target, alive_key, event_id, latest_key, run_key, within,
+};
 use crate::events::log::{Entry, EventLog};
 use crate::events::{Event, Level};
 
@@ -71,6 +73,10 @@ impl Publisher {
     /// Where it publishes, without the password.
     pub fn shown(&self) -> &str {
         self.target.shown()
+    }
+
+    pub fn has_password(&self) -> bool {
+        self.target.has_password()
     }
 
     /// At exit: waits up to `limit` (a Ctrl-C or SIGTERM cuts it short)
@@ -133,6 +139,7 @@ struct Task {
 struct Keys {
     stream: String,
     latest: String,
+    alive: String,
     run_id: String,
 }
 
@@ -146,7 +153,8 @@ impl Task {
         let mut backoff = Backoff::new();
         // While the run lives, its keys are kept alive: touched at least
         // this often, so they expire only `ttl` after its last sign of life.
-        let touch_every = Duration::from_millis(self.ttl * 1000 / 3).min(Duration::from_secs(60));
+        let touch_every =
+            Duration::from_millis(self.ttl * 1000 / 3).min(Duration::from_secs(ALIVE_SECS / 3));
         loop {
             let Some(c) = conn.as_mut() else {
                 backoff.wait().await;
@@ -203,6 +211,7 @@ impl Task {
                 return Some(Keys {
                     stream: run_key(&s.run_id),
                     latest: latest_key(&s.plan),
+                    alive: alive_key(&s.run_id),
                     run_id: s.run_id.clone(),
                 });
             }
@@ -219,7 +228,9 @@ impl Task {
     ) -> redis::RedisResult<()> {
         let mut p = redis::pipe();
         let mut has_start = false;
+        let mut has_finished = false;
         for e in pending {
+            has_finished |= matches!(e.event, Event::Finished(_));
             p.cmd("XADD")
                 .arg(&keys.stream)
                 .arg(format!("{}-0", e.id))
@@ -239,6 +250,16 @@ impl Task {
         }
         p.cmd("EXPIRE").arg(&keys.stream).arg(self.ttl).ignore();
         p.cmd("EXPIRE").arg(&keys.latest).arg(self.ttl).ignore();
+        if has_finished {
+            p.cmd("DEL").arg(&keys.alive).ignore();
+        } else {
+            p.cmd("SET")
+                .arg(&keys.alive)
+                .arg(1)
+                .arg("EX")
+                .arg(ALIVE_SECS)
+                .ignore();
+        }
         p.query_async::<()>(conn).await?;
         self.start_sent |= has_start;
         Ok(())
@@ -255,6 +276,12 @@ impl Task {
             .cmd("EXPIRE")
             .arg(&keys.latest)
             .arg(self.ttl)
+            .ignore()
+            .cmd("SET")
+            .arg(&keys.alive)
+            .arg(1)
+            .arg("EX")
+            .arg(ALIVE_SECS)
             .ignore()
             .query_async::<()>(conn)
             .await

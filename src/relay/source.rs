@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 
-use super::{Backoff, Failure, Target, event_id, latest_key, run_key, within};
+use super::{Backoff, Failure, Target, alive_key, event_id, latest_key, run_key, within};
 use crate::error::UsageError;
 use crate::events::Event;
 use crate::events::log::EventLog;
@@ -33,6 +33,17 @@ const READ_COUNT: usize = 1000;
 const REPLY_LIMIT: Duration = Duration::from_secs(5);
 /// How often `--plan` looks for the plan's next run.
 const POLL: Duration = Duration::from_millis(200);
+/// A run with no `finished` whose `alive` key has been gone this long was
+/// stopped (or cannot reach Redis): the relay gives up on it.
+const DEAD_AFTER: Duration = Duration::from_secs(20);
+
+/// [`DEAD_AFTER`], or `BATCHSSE_RELAY_DEAD_AFTER_MS` (for tests).
+fn dead_after() -> Duration {
+    std::env::var("BATCHSSE_RELAY_DEAD_AFTER_MS")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .map_or(DEAD_AFTER, Duration::from_millis)
+}
 
 /// Stream entries as `XREAD` and `XREVRANGE` give them: each ID with its
 /// field-value pairs, flat, as bytes (an entry batchsse did not write may
@@ -55,8 +66,8 @@ impl Source {
     /// Connects (a refusal is a usage error: the relay has not started) and,
     /// for `--run`, checks that Redis holds that run's stream.
     pub async fn open(target: Target, which: &Which) -> Result<Source, UsageError> {
-        let fix = "start Redis there, or fix the URL (and its password)";
-        let mut conn = target.connect_or_refuse("relay from", fix).await?;
+        let url = "the URL (REDIS_URL, or BATCHSSE_PUBLISH)";
+        let mut conn = target.connect_or_refuse("relay from", url).await?;
         if let Which::Run(id) = which {
             let key = run_key(id);
             let kind: String = within(REPLY_LIMIT, async {
@@ -66,7 +77,7 @@ impl Source {
             .map_err(|e| {
                 let why = Failure::of(e);
                 UsageError::new(format!(
-                    "cannot relay from {}: {}; {fix}",
+                    "cannot relay from {}: {}",
                     target.shown(),
                     why.why()
                 ))
@@ -75,8 +86,9 @@ impl Source {
                 "stream" => {}
                 "none" => {
                     return Err(UsageError::new(format!(
-                        "run {id:?} is not in {}: there is no stream {key} (it was never published there, or it expired after the run's --publish-ttl); `redis-cli --scan --pattern 'batchsse:run:*'` lists the runs it holds, or use --plan NAME",
+                        "run {id:?} is not in {}: there is no stream {key} (it was never published there, or it expired after the run's --publish-ttl); `redis-cli {} --scan --pattern 'batchsse:run:*'` lists the runs it holds, or use --plan NAME",
                         target.shown(),
+                        target.cli_options(),
                     )));
                 }
                 other => {
@@ -114,16 +126,29 @@ impl Source {
     async fn next_run(&mut self, plan: &str) -> Result<String, Stop> {
         let key = latest_key(plan);
         let first: Option<String> = self.query(redis::cmd("GET").arg(&key)).await?;
+        let mut why_over = "has finished";
         let over = match first {
-            Some(id) if !self.has_finished(&id).await? => return Ok(id),
+            Some(id) if !self.has_finished(&id).await? => {
+                if self.is_alive(&id).await? {
+                    return Ok(id);
+                }
+                why_over = "stopped without finishing";
+                Some(id)
+            }
             over => over,
         };
         let last = over
             .as_ref()
-            .map(|id| format!(" (its latest, {id}, has finished)"))
+            .map(|id| format!(" (its latest, {id}, {why_over})"))
             .unwrap_or_default();
+        // `run --plan` takes a path; `relay --plan` the plan's name.
+        let path_hint = if std::path::Path::new(plan).is_file() {
+            "; note: --plan takes the plan's name (a JSON plan's \"name\", a SQL script's file name), not its path"
+        } else {
+            ""
+        };
         crate::errln!(
-            "batchsse: waiting for the next run of plan {plan:?} in {}{last}",
+            "batchsse: waiting for the next run of plan {plan:?} in {}{last}{path_hint}",
             self.target.shown()
         );
         loop {
@@ -133,6 +158,12 @@ impl Source {
                 return Ok(id);
             }
         }
+    }
+
+    /// Whether a run's process is alive and publishing.
+    async fn is_alive(&mut self, run_id: &str) -> Result<bool, Stop> {
+        self.query(redis::cmd("EXISTS").arg(alive_key(run_id)))
+            .await
     }
 
     /// Whether a run's stream ends with `finished` (or is gone).
@@ -155,6 +186,8 @@ impl Source {
     async fn copy(&mut self, run_id: &str, log: &EventLog) -> Result<(), Stop> {
         let stream = run_key(run_id);
         let mut cursor = "0-0".to_owned();
+        let mut last_sign = tokio::time::Instant::now();
+        let dead_after = dead_after();
         while log.finished_id().is_none() {
             let mut read = redis::cmd("XREAD");
             read.arg("COUNT")
@@ -166,14 +199,14 @@ impl Source {
                 .arg(&cursor);
             let reply: Option<Vec<(String, Entries)>> = self.query(&read).await?;
             let entries: Entries = reply.into_iter().flatten().flat_map(|(_, e)| e).collect();
-            if entries.is_empty() {
-                let exists: bool = self.query(redis::cmd("EXISTS").arg(&stream)).await?;
-                if !exists {
-                    return Err(format!(
-                        "the stream of run {run_id} is gone from {} before its finished event: the run's process was stopped or lost Redis, and the stream expired after its --publish-ttl (or was deleted)",
-                        self.target.shown()
-                    ));
-                }
+            if !entries.is_empty() || self.is_alive(run_id).await? {
+                last_sign = tokio::time::Instant::now();
+            } else if last_sign.elapsed() >= dead_after {
+                return Err(format!(
+                    "run {run_id} has published nothing for {} s and has no finished event: its process was stopped, or has lost {}",
+                    last_sign.elapsed().as_secs(),
+                    self.target.shown()
+                ));
             }
             for (id, fields) in entries {
                 append(log, &id, &fields);

@@ -156,6 +156,11 @@ fn route<B>(state: &Arc<State>, req: &Request<B>) -> Response<Body> {
         return r;
     }
     match path {
+        "/" if state.relayed => full(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            dashboard::RELAYED.as_str(),
+        ),
         "/" => full(StatusCode::OK, "text/html; charset=utf-8", dashboard::HTML),
         "/status" => status(state),
         "/metrics" => metrics_page(state),

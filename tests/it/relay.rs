@@ -800,7 +800,7 @@ fn a_relay_by_plan_catches_a_run_that_ends_between_two_looks() {
         return;
     };
     let url = redis.url();
-    let mut mirror = relay(&url, &["--plan", "quick"]);
+    let mut mirror = relay(&url, &["--plan", "quick", "--linger", "0"]);
     // A run with no server and no pace is over in well under the relay's
     // 200 ms between looks.
     let db = TempDb::counters(30);
@@ -943,30 +943,62 @@ fn a_refusal_stops_publishing_once_and_the_run_goes_on() {
 }
 
 #[test]
-fn a_relay_whose_stream_vanishes_before_finished_exits_3() {
+fn a_run_that_dies_is_given_up_by_its_relay_and_skipped_by_the_next() {
     let Some(redis) = Redis::start() else {
         return;
     };
     let db = TempDb::counters(100);
     let pause = paused(&db);
     let url = redis.url();
-    let mut run = publishing_run(&db, "vanish", &url, &pause, &[]);
-    let mut s = Stream::open(run.addr(), "/events", &[]);
+    let mut dying = publishing_run(&db, "dies", &url, &pause, &[]);
+    let mut s = Stream::open(dying.addr(), "/events", &[]);
     let before = until_paused(&mut s);
     let run_id = run_id_of(&before[0]);
     wait_published(&redis, &run_id, before.len());
-    let mut mirror = relay(&url, &["--run", &run_id]);
+    let quick = |c: &mut std::process::Command| {
+        c.env("BATCHSSE_RELAY_DEAD_AFTER_MS", "1500");
+    };
+    let args = ["relay", &url, "--listen", "127.0.0.1:0", "--run", &run_id];
+    let mut mirror = Proc::start_with(&args, quick);
     wait_relay_status(&mirror, |v| v["last_event_id"] == before.len() as u64);
-    // The run dies and its stream goes (as it would after --publish-ttl).
-    run.signal("KILL");
-    run.wait();
-    let _: i64 = redis_cmd(&redis, redis::cmd("DEL").arg(stream_key(&run_id)));
+    // Paused, the run still shows it is alive: the relay keeps waiting.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(
+        mirror.child.try_wait().unwrap().is_none(),
+        "{}",
+        mirror.stderr()
+    );
+    // Killed: its alive key lapses (deleted here rather than waited for).
+    dying.signal("KILL");
+    dying.wait();
+    let _: i64 = redis_cmd(
+        &redis,
+        redis::cmd("DEL").arg(format!("batchsse:alive:{run_id}")),
+    );
     let status = mirror.wait_for(PATIENCE);
     assert_eq!(status.code(), Some(3), "{}", mirror.stderr());
     assert!(
-        mirror.stderr().contains("is gone from"),
+        mirror.stderr().contains("has published nothing"),
         "{}",
         mirror.stderr()
+    );
+    // A relay for the plan does not latch onto the dead run: it waits for
+    // the next one, and follows that.
+    let mut next = relay(&url, &["--plan", "dies", "--linger", "0"]);
+    wait_until(|| next.stderr().contains("stopped without finishing"));
+    let again = TempDb::counters(20);
+    let plan = again.file("plan.json", &counter_plan("dies", 10));
+    let (code, _, err) = run(&run_args(
+        &again,
+        path_str(&plan),
+        &["--no-serve", "--publish", &url],
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert_exits_ok(&mut next, "relay", PATIENCE);
+    assert!(
+        !next.stderr().contains(&format!("relaying run {run_id}")),
+        "{}",
+        next.stderr()
     );
 }
 
