@@ -426,6 +426,12 @@ fn a_relay_started_after_the_run_replays_all_of_it_and_exits() {
     assert_contiguous(&evs, 1);
     assert_eq!(evs.iter().map(event_triple).collect::<Vec<_>>(), want);
     assert_exits_ok(&mut late, "relay", PATIENCE);
+    assert!(
+        late.stderr()
+            .contains(&format!("run {run_id} finished (ok)")),
+        "the relay says how the run ended:\n{}",
+        late.stderr()
+    );
     // With nothing left to wait for and no linger, it goes at once.
     let mut gone = relay(&url, &["--run", &run_id, "--linger", "0"]);
     assert_exits_ok(&mut gone, "relay --linger 0", Duration::from_secs(15));
@@ -704,6 +710,12 @@ fn a_relay_answers_status_metrics_and_health_as_the_run_does_and_refuses_control
     };
     assert_eq!(without_clients(&mine), without_clients(&theirs));
     assert_eq!(mine["rows_changed"], 300);
+    assert_eq!(mine["run_id"], run_id.as_str(), "the id relay --run takes");
+    let page = get(addr, "/", &[]).text();
+    assert!(
+        page.contains(r#"aria-label="Steer the run" hidden>"#),
+        "a relay's dashboard offers no steering"
+    );
     assert_eq!(mine["status"], "ok");
     assert_eq!(mine["last_event_id"], id(own.last().unwrap()));
     let metrics = get(addr, "/metrics", &[]);
