@@ -231,6 +231,19 @@ fn assert_complete(v: &Value, rows: i64, log: &[String]) {
     );
 }
 
+/// A reconnect (`req`, one of the page's `requests`) must resume with a
+/// `Last-Event-ID` past the first event.
+fn assert_resumes(req: &Value, v: &Value) {
+    let from: u64 = req["last_event_id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        from > 1,
+        "the reconnect must resume with Last-Event-ID: {v:#}"
+    );
+}
+
 /// No request to `/events` may start after the banner showed `finished`.
 fn assert_no_request_after_end(v: &Value) {
     let end = v["ended_at"]
@@ -405,14 +418,7 @@ fn a_dropped_stream_resumes_without_duplicate_rows() {
             .contains("token=s3cret"),
         "{v:#}"
     );
-    let from: u64 = resumed["last_event_id"]
-        .as_str()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    assert!(
-        from > 1,
-        "the reconnect must resume with Last-Event-ID: {v:#}"
-    );
+    assert_resumes(resumed, &v);
     assert!(
         v["conn_history"]
             .as_array()
@@ -1067,14 +1073,7 @@ fn the_dashboard_behind_a_load_balancer_moves_between_relays_without_a_duplicate
     assert_no_request_after_end(&v);
     let reqs = v["requests"].as_array().expect("requests");
     assert!(reqs.len() >= 2, "the page never reconnected: {v:#}");
-    let from: u64 = reqs[1]["last_event_id"]
-        .as_str()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    assert!(
-        from > 1,
-        "the reconnect must resume with Last-Event-ID: {v:#}"
-    );
+    assert_resumes(&reqs[1], &v);
     // Relay B served it: its stream is the run's, message for message.
     assert_eq!(messages(b.addr(), &[]), messages(p.addr(), &[]));
 }
