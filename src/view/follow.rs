@@ -388,6 +388,16 @@ async fn attempt(
     if let Some(end) = check_answer(target, &resp)? {
         return Ok(end);
     }
+    // A batchsse stream (it asks proxies not to buffer) that names no run
+    // comes from a relay still waiting for its plan's next run: say why
+    // nothing shows yet.
+    let batchsse = resp.headers().contains_key("x-accel-buffering");
+    if batchsse && resp.headers().get(RUN_ID_HEADER).is_none() && seen.run_id.is_none() {
+        crate::errln!(
+            "batchsse: {} has no run yet (a relay waiting for its plan's next run); waiting for it to start",
+            target.url(&target.events)
+        );
+    }
     let mut body = resp.into_body();
     // A fresh parser per connection: a frame cut in half is never dispatched.
     let mut parser = Parser::new();

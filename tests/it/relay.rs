@@ -1068,3 +1068,30 @@ fn wait_until(cond: impl Fn() -> bool) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn watch_on_a_relay_waiting_for_a_run_says_so_and_follows_it() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let url = redis.url();
+    let mut mirror = relay(&url, &["--plan", "watched", "--linger", "0"]);
+    let base = format!("http://{}/", mirror.addr());
+    let mut watcher = spawn(&["watch", &base, "--progress", "plain"], |_| {});
+    wait_until(|| watcher.stderr().contains("has no run yet"));
+    let db = TempDb::counters(30);
+    let plan = db.file("plan.json", &counter_plan("watched", 10));
+    let (code, _, err) = run(&run_args(
+        &db,
+        path_str(&plan),
+        &["--no-serve", "--publish", &url],
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert_exits_ok(&mut watcher, "watch", PATIENCE);
+    assert!(
+        watcher.stderr().contains("finished ok"),
+        "{}",
+        watcher.stderr()
+    );
+    assert_exits_ok(&mut mirror, "relay", PATIENCE);
+}
