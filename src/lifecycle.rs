@@ -16,6 +16,12 @@
 //!    stop future resolves);
 //! 7. **exit** with the run's status; tasks still running get 100 ms.
 //!
+//! `batchsse relay` goes through the same phases without a runner (its
+//! wiring is in `app::relay`): connect and check (refusals exit 2) →
+//! listen → copy the run from Redis → `finished` → linger → drain → exit 0.
+//! It counts signals with [`count_signals`]; one before `finished` ends the
+//! streams at once (they would get nothing more) and exits 130.
+//!
 //! [`Lifecycle`] holds phases 1, 3 and 7; [`Cancel`] is the runner's side of
 //! phases 2 and 3; [`Steering`] carries live commands (pause, a new pace)
 //! from the server to the runner, read between chunks.
