@@ -213,10 +213,21 @@ const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(2);
 /// (`x-batchsse-run-id`): a request may come between a server's listening
 /// line and its first event, or while a relay copies it from Redis.
 pub async fn ready<B>(state: &State, req: &Request<B>) {
-    if req.uri().path() == "/events" {
-        // `start` is always id 1.
-        state.log.wait_for_id(1, CATCH_UP).await;
+    if req.uri().path() != "/events" {
+        return;
     }
+    // A request that will be refused for its token is refused at once.
+    if let Some(token) = &state.config.token
+        && !authorized(
+            token,
+            req.headers(),
+            Query::parse(req.uri().query()).get("token"),
+        )
+    {
+        return;
+    }
+    // `start` is always id 1.
+    state.log.wait_for_id(1, CATCH_UP).await;
 }
 
 fn events<B>(state: &Arc<State>, req: &Request<B>, query: &Query) -> Response<Body> {
@@ -367,6 +378,24 @@ mod tests {
         // A run's own server has given out every id it ever will: one it
         // does not hold comes from another run, so the client starts over.
         assert_eq!(cursor_for_an_id_not_held_yet(false).await, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_without_the_token_is_not_held_for_start() {
+        let log = Arc::new(EventLog::new());
+        let config = Config {
+            token: Some("t0ken".into()),
+            ..Config::default()
+        };
+        let state = State::relayed(log, config);
+        let req = Request::get("/events").body(()).unwrap();
+        let before = tokio::time::Instant::now();
+        ready(&state, &req).await;
+        assert_eq!(before.elapsed(), std::time::Duration::ZERO);
+        assert_eq!(respond(&state, req).status(), StatusCode::UNAUTHORIZED);
+        let with = Request::get("/events?token=t0ken").body(()).unwrap();
+        ready(&state, &with).await;
+        assert_eq!(before.elapsed(), CATCH_UP, "no start: held the full wait");
     }
 
     #[tokio::test(start_paused = true)]
