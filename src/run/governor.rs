@@ -230,6 +230,24 @@ impl<'a> Governor<'a> {
             .unwrap_or(0)
     }
 
+    /// Right after `start`: when the run begins at the live pace, a line
+    /// for people (`start`'s `settings` already tell programs), as a
+    /// change of pace mid-run gets.
+    pub(super) fn say_starting_pace(&self) {
+        if !self.live() {
+            return;
+        }
+        let now = self.settings();
+        self.log.push(Event::message(
+            json!({"db": self.db, "settings": now}),
+            Level::Info,
+            format!(
+                "another process has the database open: short chunks, yielding between them (chunks of ~{} ms, nice ratio {})",
+                now.chunk_time_ms, now.nice_ratio
+            ),
+        ));
+    }
+
     /// Looks again at who else uses the file, and says when that changes
     /// the pace (the new settings ride on the message, for `/status`).
     fn observe(&mut self, step: Option<usize>) {

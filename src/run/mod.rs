@@ -200,6 +200,7 @@ impl Runner<'_> {
 
     fn run_all(&mut self, resume: &Resume, gate: impl FnOnce()) -> Tally {
         self.announce(resume);
+        self.governor.borrow().say_starting_pace();
         gate();
         self.started = Instant::now();
         if self.cancel.is_cancelled() {

@@ -317,3 +317,37 @@ fn the_terminal_and_watch_say_when_the_run_waits_and_goes_on() {
     p.signal("TERM");
     let _ = p.wait();
 }
+
+#[test]
+fn a_run_that_starts_beside_another_process_says_it_takes_the_live_pace() {
+    let db = TempDb::counters(100);
+    let plan = db.file("plan.json", &counter_plan("beside", 50));
+    let args = run_args(&db, path_str(&plan), &["--no-serve", "--progress", "json"]);
+    let first_message = |out: &str| -> Option<String> {
+        json_lines(out)
+            .iter()
+            .take_while(|l| l["event"] != "step")
+            .find(|l| l["event"] == "message")
+            .map(|l| l["data"]["message"].as_str().unwrap_or_default().to_owned())
+    };
+    // Alone with the file: no word of pace before the first step.
+    let (code, out, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(first_message(&out), None, "{out}");
+    // With the file open in this test's process, the run starts live and
+    // says so before its first step.
+    let _app = db.conn();
+    let again = run_args(
+        &db,
+        path_str(&plan),
+        &["--no-serve", "--progress", "json", "--force"],
+    );
+    let (code, out, err) = run(&again);
+    assert_eq!(code, 0, "{err}");
+    let said = first_message(&out).unwrap_or_else(|| panic!("no pace message: {out}"));
+    assert!(
+        said.starts_with("another process has the database open"),
+        "{said}"
+    );
+    assert!(said.contains("chunks of ~20 ms, nice ratio 1"), "{said}");
+}
