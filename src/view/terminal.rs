@@ -53,6 +53,9 @@ pub struct Renderer {
     /// Set once a write to standard output failed (its reader is gone,
     /// or the disk is full): no more lines are tried.
     stdout_failed: bool,
+    /// The error of the step that failed, once its line has shown it: the
+    /// same words in an error message or the final line are not repeated.
+    failure: Option<String>,
 }
 
 struct Bars {
@@ -108,6 +111,17 @@ impl Bars {
 }
 
 impl Renderer {
+    fn note_failure(&mut self, s: &crate::events::StepEvent) {
+        if s.state == StepState::Failed {
+            self.failure.clone_from(&s.error);
+        }
+    }
+
+    /// An error message that repeats the failed step's line.
+    fn already_said(&self, m: &crate::events::Message) -> bool {
+        m.status == Level::Error && self.failure.as_deref() == Some(m.message.as_str())
+    }
+
     /// `interval`: at most one plain progress line per step this often.
     pub fn new(mode: ProgressMode, interval: Duration) -> Renderer {
         Renderer {
@@ -118,6 +132,7 @@ impl Renderer {
             bars: None,
             github: Github::default(),
             stdout_failed: false,
+            failure: None,
         }
     }
 
@@ -143,7 +158,8 @@ impl Renderer {
                 if let Event::Finished(f) = event
                     && f.status != RunStatus::Ok
                 {
-                    print_line(&format!("batchsse: {}", finished_line(f)));
+                    let line = finished_line_after(f, self.failure.as_deref());
+                    print_line(&format!("batchsse: {line}"));
                 }
             }
             ProgressMode::Json => self.json(id, event.name(), data),
@@ -227,6 +243,7 @@ impl Renderer {
             }
             Event::Step(s) => {
                 self.last_plain.remove(&s.index);
+                self.note_failure(s);
                 self.say(&format!("{}: {}", self.label(s.index), step_line(s)));
             }
             Event::Progress(p) => {
@@ -241,10 +258,14 @@ impl Renderer {
                     self.say(&format!("{}: {}", self.label(p.step), progress_line(p)));
                 }
             }
+            Event::Message(m) if self.already_said(m) => {}
             Event::Message(m) => self.say(&message_line(m)),
             Event::Throttle(t) => self.say(&throttle_line(t)),
             Event::Control(c) => self.say(&control_line(c)),
-            Event::Finished(f) => self.say(&format!("batchsse: {}", finished_line(f))),
+            Event::Finished(f) => {
+                let line = finished_line_after(f, self.failure.as_deref());
+                self.say(&format!("batchsse: {line}"));
+            }
         }
     }
 
@@ -257,6 +278,7 @@ impl Renderer {
             }
             Event::Step(s) => {
                 let label = self.label(s.index);
+                self.note_failure(s);
                 if let Some(b) = self.bars.as_mut() {
                     b.step(s, label);
                 }
@@ -287,7 +309,7 @@ impl Renderer {
             Event::Control(c) => self.say(&control_line(c)),
             Event::Message(m) => {
                 // Info messages would crowd the bars; warnings and errors stay.
-                if m.status != Level::Info {
+                if m.status != Level::Info && !self.already_said(m) {
                     self.say(&message_line(m));
                 }
             }
@@ -431,6 +453,11 @@ fn message_line(m: &crate::events::Message) -> String {
 }
 
 pub fn finished_line(f: &crate::events::Finished) -> String {
+    finished_line_after(f, None)
+}
+
+/// The final line, without its error when `said` already showed it.
+fn finished_line_after(f: &crate::events::Finished, said: Option<&str>) -> String {
     let status = match f.status {
         RunStatus::Ok => "finished ok",
         RunStatus::Failed => "FAILED",
@@ -448,7 +475,7 @@ pub fn finished_line(f: &crate::events::Finished) -> String {
         },
         duration(f.elapsed_ms)
     );
-    if let Some(e) = &f.error {
+    if let Some(e) = f.error.as_deref().filter(|e| Some(*e) != said) {
         line += &format!("\n  {e}");
     }
     line

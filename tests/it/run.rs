@@ -784,3 +784,25 @@ fn every_stream_answer_names_the_run_and_a_resume_from_another_run_gets_all_of_t
     p.signal("INT");
     assert!(p.wait().success());
 }
+
+#[test]
+fn an_interrupted_run_says_why_once_on_the_terminal() {
+    let db = TempDb::counters(2000);
+    let plan = db.file("plan.json", &counter_plan("once", 100));
+    let mut p = Proc::start(&args(
+        &db,
+        path_str(&plan),
+        &words("--wait-for-clients 1 --batch-size 100 --sleep 20 --progress plain"),
+    ));
+    let mut s = Stream::open(p.addr(), "/events", &[]);
+    s.until("progress");
+    p.signal("INT");
+    assert_eq!(p.wait().code(), Some(130));
+    let err = p.stderr();
+    let why = data(s.rest().last().expect("finished"))["error"]
+        .as_str()
+        .expect("the finished event says why")
+        .to_owned();
+    assert_eq!(err.matches(why.as_str()).count(), 1, "{err}");
+    assert!(err.contains("cancelled: "), "{err}");
+}
