@@ -234,15 +234,25 @@ impl<'a> Governor<'a> {
     /// for people (`start`'s `settings` already tell programs), as a
     /// change of pace mid-run gets.
     pub(super) fn say_starting_pace(&self) {
-        if !self.live() {
-            return;
+        if self.live() {
+            let why = "another process has the database open: short chunks, yielding between them";
+            self.say_pace(why, None);
         }
+    }
+
+    /// A pace message: why, and the settings now in force (which ride on
+    /// the message, for `/status`).
+    fn say_pace(&self, why: &str, step: Option<usize>) {
         let now = self.settings();
+        let mut target = json!({"db": self.db, "settings": now});
+        if let Some(i) = step {
+            target["step"] = i.into();
+        }
         self.log.push(Event::message(
-            json!({"db": self.db, "settings": now}),
+            target,
             Level::Info,
             format!(
-                "another process has the database open: short chunks, yielding between them (chunks of ~{} ms, nice ratio {})",
+                "{why} (chunks of ~{} ms, nice ratio {})",
                 now.chunk_time_ms, now.nice_ratio
             ),
         ));
@@ -273,18 +283,7 @@ impl<'a> Governor<'a> {
             } else {
                 "nobody else is using the database now: long chunks, no yield"
             };
-            let mut target = json!({"db": self.db, "settings": now});
-            if let Some(i) = step {
-                target["step"] = i.into();
-            }
-            self.log.push(Event::message(
-                target,
-                Level::Info,
-                format!(
-                    "{why} (chunks of ~{} ms, nice ratio {})",
-                    now.chunk_time_ms, now.nice_ratio
-                ),
-            ));
+            self.say_pace(why, step);
         }
     }
 
