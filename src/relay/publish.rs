@@ -59,6 +59,7 @@ pub fn spawn(
         acked: acked_tx,
         trouble: trouble.clone(),
         start_sent: false,
+        refused: false,
     };
     Publisher {
         task: tokio::spawn(task.run(conn)),
@@ -133,6 +134,8 @@ struct Task {
     /// key is only set where it is missing, so a resend after Redis came
     /// back empty never takes it back from a newer run.
     start_sent: bool,
+    /// Redis refused the events: nothing more is sent.
+    refused: bool,
 }
 
 /// Where the run's keys are, once `start` names the run.
@@ -159,7 +162,7 @@ impl Task {
             let Some(c) = conn.as_mut() else {
                 backoff.wait().await;
                 conn = self.reconnect(&keys).await;
-                if self.stopped() {
+                if self.refused {
                     return;
                 }
                 continue;
@@ -248,18 +251,7 @@ impl Task {
                 set.arg("EX").arg(self.ttl).ignore();
             }
         }
-        p.cmd("EXPIRE").arg(&keys.stream).arg(self.ttl).ignore();
-        p.cmd("EXPIRE").arg(&keys.latest).arg(self.ttl).ignore();
-        if has_finished {
-            p.cmd("DEL").arg(&keys.alive).ignore();
-        } else {
-            p.cmd("SET")
-                .arg(&keys.alive)
-                .arg(1)
-                .arg("EX")
-                .arg(ALIVE_SECS)
-                .ignore();
-        }
+        self.keep_alive(&mut p, keys, !has_finished);
         p.query_async::<()>(conn).await?;
         self.start_sent |= has_start;
         Ok(())
@@ -268,23 +260,22 @@ impl Task {
     /// Keeps the keys of a run that is alive but quiet (paused, throttled,
     /// waiting for clients) from expiring.
     async fn touch(&self, conn: &mut MultiplexedConnection, keys: &Keys) -> redis::RedisResult<()> {
-        redis::pipe()
-            .cmd("EXPIRE")
-            .arg(&keys.stream)
-            .arg(self.ttl)
-            .ignore()
-            .cmd("EXPIRE")
-            .arg(&keys.latest)
-            .arg(self.ttl)
-            .ignore()
-            .cmd("SET")
-            .arg(&keys.alive)
-            .arg(1)
-            .arg("EX")
-            .arg(ALIVE_SECS)
-            .ignore()
-            .query_async::<()>(conn)
-            .await
+        let mut p = redis::pipe();
+        self.keep_alive(&mut p, keys, true);
+        p.query_async::<()>(conn).await
+    }
+
+    /// Pushes the keys' expiry back; `alive` while the run has not finished,
+    /// else its `alive` key goes.
+    fn keep_alive(&self, p: &mut redis::Pipeline, keys: &Keys, alive: bool) {
+        p.cmd("EXPIRE").arg(&keys.stream).arg(self.ttl).ignore();
+        p.cmd("EXPIRE").arg(&keys.latest).arg(self.ttl).ignore();
+        if alive {
+            let set = p.cmd("SET").arg(&keys.alive).arg(1);
+            set.arg("EX").arg(ALIVE_SECS).ignore();
+        } else {
+            p.cmd("DEL").arg(&keys.alive).ignore();
+        }
     }
 
     /// Notes a failure; false when it is a refusal, which ends publishing.
@@ -301,19 +292,10 @@ impl Task {
                 );
                 self.say(Level::Error, text);
                 self.set_trouble(Some(format!("publishing stopped: {why}")));
+                self.refused = true;
                 false
             }
         }
-    }
-
-    fn stopped(&self) -> bool {
-        self.trouble
-            .lock()
-            .map(|t| {
-                t.as_deref()
-                    .is_some_and(|t| t.starts_with("publishing stopped"))
-            })
-            .unwrap_or(false)
     }
 
     /// Once per outage: a warning in the run's own log (it reaches Redis
