@@ -34,6 +34,8 @@ pub struct Target {
     client: redis::Client,
     /// `AUTH`'s arguments: the user, if any, and the password.
     auth: Option<(Option<String>, String)>,
+    host: String,
+    port: u16,
     db: i64,
     shown: String,
 }
@@ -94,6 +96,8 @@ impl Target {
         Ok(Target {
             client,
             auth,
+            host: host.trim_matches(['[', ']']).to_owned(),
+            port: *port,
             db: settings.db(),
             shown: format!("{server}/{}", settings.db()),
         })
@@ -162,22 +166,12 @@ impl Target {
 
     /// `redis-cli` options for this server (without the password).
     pub fn cli_options(&self) -> String {
-        let (host, port) = self
-            .shown
-            .trim_start_matches("redis://")
-            .rsplit_once('/')
-            .and_then(|(addr, _)| addr.rsplit_once(':'))
-            .unwrap_or(("127.0.0.1", "6379"));
         let auth = if self.auth.is_some() {
             " -a PASSWORD"
         } else {
             ""
         };
-        format!(
-            "-h {} -p {port} -n {}{auth}",
-            host.trim_matches(['[', ']']),
-            self.db
-        )
+        format!("-h {} -p {} -n {}{auth}", self.host, self.port, self.db)
     }
 }
 
