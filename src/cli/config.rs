@@ -65,30 +65,15 @@ impl RelayConfig {
             (None, Some(plan)) => Which::Plan(plan.clone()),
             _ => return Err(UsageError::new("give exactly one of --run or --plan")),
         };
-        // The relay's server takes the same flags as a run's and the same
-        // checks; it has no control token and no start gate.
-        let serve = check_serve(
-            &ServeArgs {
-                listen: a.listen.clone(),
-                no_serve: false,
-                token: a.token.clone(),
-                control_token: None,
-                allow_host: a.allow_host.clone(),
-                cors: a.cors.clone(),
-                max_clients: a.max_clients,
-                wait_for_clients: 0,
-                linger: Some(a.linger),
-                drain_timeout: a.drain_timeout,
-                progress: ProgressMode::None,
-                progress_interval: 0.0,
-                publish: PublishArgs {
-                    publish: None,
-                    publish_ttl: 0,
-                },
-            },
-            0.0,
-        )?
-        .ok_or_else(|| UsageError::new("the relay always serves"))?;
+        let serve = check_server(ServerFlags {
+            listen: &a.listen,
+            token: a.token.as_ref(),
+            cors: a.cors.as_ref(),
+            allow_host: &a.allow_host,
+            max_clients: a.max_clients,
+            linger: a.linger,
+            drain_timeout: a.drain_timeout,
+        })?;
         Ok(RelayConfig {
             target: Target::parse("the Redis URL (REDIS_URL, or BATCHSSE_PUBLISH)", &a.redis)?,
             which,
@@ -250,11 +235,31 @@ pub fn parse_listen(s: &str) -> Result<SocketAddr, UsageError> {
     )))
 }
 
+/// The flags every server takes, a run's and a relay's.
+struct ServerFlags<'a> {
+    listen: &'a str,
+    token: Option<&'a String>,
+    cors: Option<&'a String>,
+    allow_host: &'a [String],
+    max_clients: usize,
+    linger: f64,
+    drain_timeout: f64,
+}
+
 /// Checks the server flags; `None` with `--no-serve`.
 pub fn check_serve(a: &ServeArgs, default_linger: f64) -> Result<Option<Serve>, UsageError> {
-    let linger = seconds("--linger", a.linger.unwrap_or(default_linger))?;
-    let drain = seconds("--drain-timeout", a.drain_timeout)?;
+    let flags = ServerFlags {
+        listen: &a.listen,
+        token: a.token.as_ref(),
+        cors: a.cors.as_ref(),
+        allow_host: &a.allow_host,
+        max_clients: a.max_clients,
+        linger: a.linger.unwrap_or(default_linger),
+        drain_timeout: a.drain_timeout,
+    };
     if a.no_serve {
+        seconds("--linger", flags.linger)?;
+        seconds("--drain-timeout", flags.drain_timeout)?;
         if a.wait_for_clients > 0 {
             return Err(UsageError::new(
                 "--wait-for-clients needs the server; drop --no-serve or --wait-for-clients",
@@ -262,24 +267,34 @@ pub fn check_serve(a: &ServeArgs, default_linger: f64) -> Result<Option<Serve>, 
         }
         return Ok(None);
     }
-    let addr = parse_listen(&a.listen)?;
-    if a.max_clients == 0 {
-        return Err(UsageError::new("--max-clients must be at least 1"));
-    }
+    let mut serve = check_server(flags)?;
     if a.wait_for_clients > a.max_clients {
         return Err(UsageError::new(format!(
             "--wait-for-clients {} can never be met with --max-clients {}; lower one or raise the other",
             a.wait_for_clients, a.max_clients
         )));
     }
-    if let Some(t) = &a.token {
-        serve::check_token(t)?;
-    }
     if let Some(t) = &a.control_token {
         serve::check_control_token(t)?;
     }
-    if let Some(o) = &a.cors {
-        if o == "*" && a.token.is_some() {
+    serve.config.control_token = a.control_token.clone();
+    serve.wait_for_clients = a.wait_for_clients;
+    Ok(Some(serve))
+}
+
+/// Checks what every server takes: no control token, no start gate.
+fn check_server(f: ServerFlags<'_>) -> Result<Serve, UsageError> {
+    let linger = seconds("--linger", f.linger)?;
+    let drain = seconds("--drain-timeout", f.drain_timeout)?;
+    let addr = parse_listen(f.listen)?;
+    if f.max_clients == 0 {
+        return Err(UsageError::new("--max-clients must be at least 1"));
+    }
+    if let Some(t) = f.token {
+        serve::check_token(t)?;
+    }
+    if let Some(o) = f.cors {
+        if o == "*" && f.token.is_some() {
             return Err(UsageError::new(
                 "--cors '*' would let any web page read a token-protected stream; name the page's origin, e.g. --cors http://localhost:5173",
             ));
@@ -290,20 +305,19 @@ pub fn check_serve(a: &ServeArgs, default_linger: f64) -> Result<Option<Serve>, 
             )));
         }
     }
-    Ok(Some(Serve {
+    Ok(Serve {
         addr,
         config: serve::Config {
-            token: a.token.clone(),
-            control_token: a.control_token.clone(),
-            cors: a.cors.clone(),
-            max_clients: a.max_clients,
-            allow_hosts: a.allow_host.clone(),
+            token: f.token.cloned(),
+            cors: f.cors.cloned(),
+            max_clients: f.max_clients,
+            allow_hosts: f.allow_host.to_vec(),
             ..serve::Config::default()
         },
         linger,
         drain,
-        wait_for_clients: a.wait_for_clients,
-    }))
+        wait_for_clients: 0,
+    })
 }
 
 /// `--token` and `--control-token` typed on the command line beside
