@@ -68,10 +68,7 @@ enum Phase {
 impl Lifecycle {
     /// Builds the runtime and installs the signal handlers before returning.
     pub fn start() -> anyhow::Result<Lifecycle> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()?;
+        let rt = runtime()?;
         let log = Arc::new(EventLog::new());
         let cancel = Arc::new(Cancel::default());
         let phase = Arc::new(Mutex::new(Phase::Checking));
@@ -102,6 +99,15 @@ impl Lifecycle {
         self.rt.shutdown_timeout(Duration::from_millis(100));
         out
     }
+}
+
+/// The runtime a run or a relay serves on: two workers, so reading from
+/// Redis or the runner's events never waits behind the fan-out writer.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
 }
 
 /// Counts Ctrl-C and SIGTERM. During the pre-run check one exits 130 at once

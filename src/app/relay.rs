@@ -20,10 +20,7 @@ use crate::serve as server;
 
 pub fn run(args: RelayArgs) -> anyhow::Result<ExitCode> {
     let config = RelayConfig::from_args(&args)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = lifecycle::runtime()?;
     let code = rt.block_on(serve(config))?;
     rt.shutdown_timeout(std::time::Duration::from_millis(100));
     Ok(ExitCode::from(code))
