@@ -17,7 +17,7 @@ use clap::{Args, Parser, Subcommand};
         every step as SSE (curl -N, EventSource, `batchsse watch`), and the terminal shows the same progress.",
     after_help = "Exit status: 0 ok (or already applied), 1 a step failed, 2 bad usage or input \
         (nothing written; for `ctl`: the run refused the command), 3 `watch` or `ctl` could not \
-        reach a run, 130 interrupted, 141 `watch --progress json` lost its reader."
+        reach a run (`relay`: Redis refused it, or its run stopped without finishing), 130 interrupted, 141 `watch --progress json` lost its reader."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -60,9 +60,10 @@ pub enum Command {
         batchsse relay redis://:s3cret@redis.internal:6379/0 --run 20261201T101500Z-4f2a --listen 0.0.0.0:7078 --token T\n\n\
         Ids and bytes are the run's own, so a client can move between relays (or from the run's \
         own server to a relay) with Last-Event-ID. --plan follows the plan's live run, or waits for \
-        its next one. The relay exits after the run's finished event and --linger.\n\n\
-        Exit status: 0 it served the run to its end, 2 bad usage (Redis unreachable, a wrong \
-        password, no such run), 130 interrupted.")]
+        its next one. The relay exits after the run's finished event and --linger (30 s).\n\n\
+        Exit status: 0 it served the run to its end (whatever the run's own outcome), 2 bad usage \
+        (Redis unreachable, a wrong password, no such run), 3 Redis refused the relay or the run \
+        stopped without finishing, 130 interrupted.")]
     Relay(RelayArgs),
 
     /// Steer a running batch: pause, resume, cancel, or a new pace (needs the run's --control-token).
