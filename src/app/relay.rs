@@ -4,8 +4,8 @@
 //! run's without the run (see `lifecycle`): connect and check → listen →
 //! copy the stream → `finished` → linger → drain → exit 0. A signal before
 //! `finished` ends the streams at once (they would get nothing more) and
-//! exits 130; Redis refusing the relay, or the stream vanishing before its
-//! `finished`, exits 3 with the reason.
+//! exits 130; Redis refusing the relay, or its run dying before its
+//! `finished` (its `alive` key lapsed), exits 3 with the reason.
 
 use std::process::ExitCode;
 use std::sync::Arc;

@@ -3,8 +3,9 @@
 //! ids and payloads. Redis going away only pauses the copy: every call
 //! retries with back-off until Redis answers again, and the copy goes on
 //! after the last entry it read, so no client sees a gap or a duplicate.
-//! A refusal (a key of another type, a missing permission) or a stream that
-//! vanishes before its `finished` ends the relay with the reason.
+//! A refusal (a key of another type, a missing permission) or a run that
+//! dies before its `finished` (its `alive` key lapsed) ends the relay with
+//! the reason.
 
 use std::sync::Arc;
 use std::time::Duration;
