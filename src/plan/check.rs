@@ -1,6 +1,7 @@
 //! The pre-run check: every statement compiled against an empty in-memory
 //! copy of the database's schema (schema statements run on it), bounded in
-//! time and memory, with SQLite's authorizer watching what a step writes.
+//! time and memory, with SQLite's authorizer watching what a step reads and
+//! writes.
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -26,36 +27,55 @@ pub(super) struct Rehearsal {
     /// handler) and when the whole rehearsal's time is spent.
     deadline: Arc<Mutex<Instant>>,
     spent_at: Instant,
-    /// Every column write SQLite's authorizer saw since last taken.
-    writes: Writes,
+    /// Every column read and write SQLite's authorizer saw since last taken.
+    seen: Seen,
 }
 
-/// Column writes seen by the authorizer while a statement compiled,
-/// triggers' included: `(table, column, trigger)`, in the main schema.
+/// Column reads and writes seen by the authorizer while a statement
+/// compiled, triggers' included, in the main schema.
 #[derive(Clone, Default)]
-struct Writes(Arc<Mutex<Vec<Write>>>);
+struct Seen(Arc<Mutex<Vec<Access>>>);
 
-/// A column write: `(table, column, the trigger that writes it)`.
-type Write = (String, String, Option<String>);
+/// One column a statement reads or writes. SQLite names the rowid by its
+/// `INTEGER PRIMARY KEY` alias, or else `ROWID`.
+struct Access {
+    write: bool,
+    table: String,
+    column: String,
+    /// The trigger (or view) that reads or writes it; `None` for the
+    /// statement itself.
+    by: Option<String>,
+}
 
-impl Writes {
-    fn take(&self) -> Vec<Write> {
+impl Seen {
+    fn take(&self) -> Vec<Access> {
         std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     fn record(&self, ctx: rusqlite::hooks::AuthContext<'_>) -> rusqlite::hooks::Authorization {
-        if let rusqlite::hooks::AuthAction::Update {
-            table_name,
-            column_name,
-        } = ctx.action
-            && ctx.database_name == Some("main")
-        {
-            let seen = (
-                table_name.to_owned(),
-                column_name.to_owned(),
-                ctx.accessor.map(str::to_owned),
-            );
-            self.0.lock().unwrap_or_else(|p| p.into_inner()).push(seen);
+        use rusqlite::hooks::AuthAction::{Read, Update};
+        let (write, table, column) = match ctx.action {
+            Update {
+                table_name,
+                column_name,
+            } => (true, table_name, column_name),
+            Read {
+                table_name,
+                column_name,
+            } => (false, table_name, column_name),
+            _ => return rusqlite::hooks::Authorization::Allow,
+        };
+        if ctx.database_name == Some("main") {
+            let access = Access {
+                write,
+                table: table.to_owned(),
+                column: column.to_owned(),
+                by: ctx.accessor.map(str::to_owned),
+            };
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(access);
         }
         rusqlite::hooks::Authorization::Allow
     }
@@ -154,10 +174,10 @@ impl Rehearsal {
             Some(move || Instant::now() > *cut.lock().unwrap_or_else(|p| p.into_inner())),
         )
         .map_err(|e| UsageError::new(format!("cannot bound the pre-run check: {e}")))?;
-        let writes = Writes::default();
-        let seen = writes.clone();
+        let seen = Seen::default();
+        let recorder = seen.clone();
         conn.authorizer(Some(move |ctx: rusqlite::hooks::AuthContext<'_>| {
-            seen.record(ctx)
+            recorder.record(ctx)
         }))
         .map_err(|e| UsageError::new(format!("cannot set up the pre-run check: {e}")))?;
         let mut complete = true;
@@ -191,7 +211,7 @@ impl Rehearsal {
             complete: std::cell::Cell::new(complete),
             deadline,
             spent_at: started + bounds::TOTAL,
-            writes,
+            seen,
         })
     }
 
@@ -340,7 +360,7 @@ impl Rehearsal {
         let (mut chunk, key_names) = self.unique_key(label, &table, c.key.as_deref())?;
         chunk.size = size;
         let key = chunk.key.clone();
-        self.writes.take();
+        self.seen.take();
         let mut batch = Batch::new(&self.conn, sql);
         let stmt = match batch.next() {
             Ok(Some(s)) => s,
@@ -373,7 +393,9 @@ impl Rehearsal {
         // Compiled is checked: running it on the empty copy would change
         // nothing but rows, which the check has no use for.
         drop(stmt);
-        self.refuse_key_writes(label, &table, &key_names)?;
+        let seen = self.seen.take();
+        self.refuse_key_writes(label, &table, &key_names, &seen)?;
+        self.refuse_other_key(label, &table, &chunk, &key_names, &seen)?;
         match batch.next() {
             Ok(None) => {}
             _ => {
@@ -394,22 +416,59 @@ impl Rehearsal {
         label: &str,
         table: &str,
         key_names: &[String],
+        seen: &[Access],
     ) -> Result<(), UsageError> {
-        let hit = self.writes.take().into_iter().find(|(t, c, _)| {
-            t.eq_ignore_ascii_case(table) && key_names.iter().any(|k| k.eq_ignore_ascii_case(c))
+        let hit = seen.iter().find(|a| {
+            a.write && a.table.eq_ignore_ascii_case(table) && key_names.contains(&a.column)
         });
-        let Some((_, column, trigger)) = hit else {
+        let Some(Access { column, by, .. }) = hit else {
             return Ok(());
         };
-        let via = trigger.map_or_else(String::new, |t| format!(" (through trigger {t:?})"));
-        let column = if column == "ROWID" {
-            "rowid".into()
-        } else {
-            column
-        };
+        let via = by
+            .as_ref()
+            .map_or_else(String::new, |t| format!(" (through trigger {t:?})"));
+        let column = if column == "ROWID" { "rowid" } else { column };
         Err(UsageError::new(format!(
             "{label} changes its own chunk key: it writes {table}.{column}{via}. The walk goes in key order, so a row whose key moves ahead would be visited again and one that moves back skipped. Chunk by a key the step does not change (rowid, or another unique column), or make it a plain step"
         )))
+    }
+
+    /// Refuses a chunked step that reads its table but never the key the
+    /// walk binds to `:lo` and `:hi`: it would compare the chunk's keys with
+    /// another column and change the wrong rows, or none, and still finish
+    /// ok. A column named like the rowid is the usual way in, since in the
+    /// step's SQL that name means the column. Names are compared exactly:
+    /// the authorizer spells a column as declared and the rowid `ROWID`.
+    fn refuse_other_key(
+        &self,
+        label: &str,
+        table: &str,
+        chunk: &Chunk,
+        key_names: &[String],
+        seen: &[Access],
+    ) -> Result<(), UsageError> {
+        let reads: Vec<&Access> = seen
+            .iter()
+            .filter(|a| !a.write && a.by.is_none() && a.table.eq_ignore_ascii_case(table))
+            .collect();
+        if reads.is_empty() || reads.iter().any(|a| key_names.contains(&a.column)) {
+            return Ok(());
+        }
+        let hiding = reads.iter().find(|a| {
+            ROWID_NAMES
+                .iter()
+                .any(|n| n.eq_ignore_ascii_case(&a.column))
+        });
+        let (key, key_sql) = (&chunk.key, &chunk.key_sql);
+        Err(UsageError::new(match hiding {
+            Some(a) if chunk.rowid => format!(
+                "{label}: in {table}, {col} is a column, not the rowid the walk binds to :lo and :hi, so the step would compare rowids with that column and change the wrong rows or none. Write {key_sql} for the rowid (a name no column takes), or set chunk.key to the column you mean",
+                col = a.column
+            ),
+            _ => format!(
+                "{label} reads {table} but never its chunk key {key}: the walk binds {table}.{key} to :lo and :hi, so the step must compare that key (e.g. WHERE {key_sql} BETWEEN :lo AND :hi), or set chunk.key to the column it compares"
+            ),
+        }))
     }
 
     /// The table's name as the schema spells it.

@@ -100,7 +100,27 @@ pub(super) fn run(r: &Runner<'_>, step: &Step, chunk: &Chunk, resume: &Resume) -
             break;
         }
     }
+    warn_if_unchanged(r, step, chunk, &c);
     Ok(c)
+}
+
+/// The last guard against a step that compares the wrong column with
+/// `:lo`/`:hi`: a walk over rows that changed none of them is worth a
+/// look, even when it was meant (a re-run of an idempotent update).
+fn warn_if_unchanged(r: &Runner<'_>, step: &Step, chunk: &Chunk, c: &Counts) {
+    if c.done > 0 && c.changed == 0 {
+        r.message(
+            Some(step.index),
+            Level::Warn,
+            format!(
+                "visited {} rows of {} by {} and changed none; if that is not what you meant, check that the step compares {} with :lo and :hi",
+                thousands(c.done),
+                chunk.table,
+                chunk.key,
+                chunk.key_sql
+            ),
+        );
+    }
 }
 
 /// Where an earlier run of this step stopped (its last committed key),

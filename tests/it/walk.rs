@@ -286,3 +286,130 @@ fn the_check_cuts_short_a_schema_step_that_computes_for_minutes() {
     assert_eq!(status.code(), Some(2), "{}", p.stderr());
     assert!(p.stderr().contains("step 2"), "{}", p.stderr());
 }
+
+/// `x` with 3,000 rows whose column `name` (of type `ty`) holds `value`
+/// (SQL over `i`, 1 to 3,000): the issue's reproduction.
+fn hidden(name: &str, ty: &str, value: &str) -> TempDb {
+    TempDb::with_sql(&format!(
+        "CREATE TABLE x(\"{name}\" {ty}, v INT DEFAULT 0);
+         INSERT INTO x(\"{name}\") WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM c WHERE i < 3000) SELECT {value} FROM c;"
+    ))
+}
+
+/// Runs a one-step chunked plan; returns exit code and stderr.
+fn run_chunked(db: &TempDb, plan: serde_json::Value) -> (i32, String) {
+    let path = db.file("plan.json", &plan.to_string());
+    let (code, _, err) = run(&run_args(
+        db,
+        path_str(&path),
+        &words("--no-serve --progress plain"),
+    ));
+    (code, err)
+}
+
+#[test]
+fn a_step_that_says_rowid_where_a_column_takes_that_name_is_refused() {
+    // A text column (no row changes), an oid holding 2*i (half of them), an
+    // int rowid holding other numbers (none): each finished "ok" before.
+    for (name, ty, value, free) in [
+        ("rowid", "TEXT", "'r' || i", "_rowid_"),
+        ("oid", "INTEGER", "2 * i", "rowid"),
+        ("rowid", "INT", "i + 100000", "_rowid_"),
+    ] {
+        let db = hidden(name, ty, value);
+        let sql = format!("UPDATE x SET v = v + 1 WHERE {name} BETWEEN :lo AND :hi");
+        let before = db.bytes();
+        let (code, err) = run_chunked(&db, chunked("x", None, &sql));
+        assert_eq!(code, 2, "{name} {ty}: {err}");
+        assert!(
+            err.contains(&format!("{name} is a column, not the rowid"))
+                && err.contains(&format!("Write {free} for the rowid"))
+                && err.contains("chunk.key"),
+            "{name} {ty}: names the column and the ways out: {err}"
+        );
+        assert_eq!(db.bytes(), before, "{name} {ty}: database untouched");
+        // The way out it names works: every row changed once.
+        let fixed = sql.replace(&format!("WHERE {name} "), &format!("WHERE {free} "));
+        let (code, err) = run_chunked(&db, chunked("x", None, &fixed));
+        assert_eq!(code, 0, "{name} {ty}: {err}");
+        assert_eq!(db.query_i64("SELECT count(*) FROM x WHERE v = 1"), 3000);
+    }
+}
+
+#[test]
+fn a_step_that_compares_another_column_than_the_walks_key_is_refused() {
+    let db = TempDb::with_sql(
+        "CREATE TABLE t(code TEXT UNIQUE, n INT, v INT DEFAULT 0);
+         INSERT INTO t(code, n) VALUES ('a', 1), ('b', 2), ('c', 3);",
+    );
+    let before = db.bytes();
+    let plan = chunked(
+        "t",
+        Some("code"),
+        "UPDATE t SET v = 1 WHERE n BETWEEN :lo AND :hi",
+    );
+    let (code, err) = run_chunked(&db, plan);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("never its chunk key code") && err.contains("\"code\" BETWEEN :lo AND :hi"),
+        "says which key the walk binds and how to compare it: {err}"
+    );
+    assert_eq!(db.bytes(), before, "database untouched");
+    // A step on another table, bounded by this one's keys, is fine.
+    let db = TempDb::with_sql(
+        "CREATE TABLE users(id INTEGER PRIMARY KEY);
+         CREATE TABLE orders(user_id INT, v INT DEFAULT 0);
+         INSERT INTO users(id) VALUES (1), (2), (3);
+         INSERT INTO orders(user_id) VALUES (1), (2), (3), (3);",
+    );
+    let plan = chunked(
+        "users",
+        None,
+        "UPDATE orders SET v = 1 WHERE user_id BETWEEN :lo AND :hi",
+    );
+    let (code, err) = run_chunked(&db, plan);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(db.query_i64("SELECT count(*) FROM orders WHERE v = 1"), 4);
+}
+
+#[test]
+fn a_walk_that_changes_no_row_says_so_in_the_events_and_the_terminal() {
+    let db = hidden("name", "TEXT", "'r' || i");
+    let plan = chunked(
+        "x",
+        None,
+        "UPDATE x SET v = 1 WHERE rowid BETWEEN :lo AND :hi AND v > 5",
+    );
+    let path = db.file("plan.json", &plan.to_string());
+    let (code, out, _) = run(&run_args(
+        &db,
+        path_str(&path),
+        &words("--no-serve --progress json"),
+    ));
+    assert_eq!(code, 0);
+    let warned = json_lines(&out).into_iter().any(|l| {
+        l["event"] == "message"
+            && l["data"]["status"] == "warn"
+            && l["data"]["message"].as_str().is_some_and(|m| {
+                m.contains("visited 3,000 rows of x") && m.contains("changed none")
+            })
+    });
+    assert!(warned, "a warn message in the events: {out}");
+    let (code, err) = run_chunked(&db, plan.clone());
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("already applied"),
+        "the first run's checkpoint: {err}"
+    );
+    let path = db.file("plan.json", &plan.to_string());
+    let (code, _, err) = run(&run_args(
+        &db,
+        path_str(&path),
+        &words("--no-serve --progress plain --force"),
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("warning: visited 3,000 rows of x by rowid and changed none"),
+        "the terminal says it: {err}"
+    );
+}
