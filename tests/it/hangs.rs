@@ -149,12 +149,7 @@ fn an_atomic_run_never_waits_for_its_own_wal_to_shrink() {
     // 40,000 rows of 200 bytes: the run's one transaction spills far more
     // than 1 MiB of its own frames into the WAL, which no checkpoint can
     // take back before it commits.
-    let db = TempDb::with_sql(
-        "PRAGMA journal_mode = WAL;
-         CREATE TABLE t(id INTEGER PRIMARY KEY, counter INTEGER NOT NULL DEFAULT 0, pad TEXT);
-         INSERT INTO t(id, pad) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < 40000)
-           SELECT i, printf('%.200c', 'x') FROM s;",
-    );
+    let db = TempDb::padded_wal(40000);
     let plan = db.file("plan.json", &counter_plan("own-wal", 2000));
     for mode in ["--dry-run", "--atomic"] {
         let mut p = Proc::start(&run_args(
