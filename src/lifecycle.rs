@@ -27,6 +27,7 @@
 //! from the server to the runner, read between chunks.
 
 use std::future::Future;
+use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -231,8 +232,9 @@ pub fn open_gate_at(cancel: Arc<Cancel>, clients: Option<watch::Receiver<usize>>
 }
 
 /// Cancellation shared between the signal listener and the runner: a flag,
-/// SQLite's interrupt for the running statement, and one condition variable
-/// that wakes the runner's waits (the start gate, `--sleep`) at once.
+/// SQLite's interrupt for the statements running on the run's connections,
+/// and one condition variable that wakes the runner's waits (the start
+/// gate, `--sleep`, a pause) at once, for a cancel or any live command.
 #[derive(Default)]
 pub struct Cancel {
     flag: AtomicBool,
@@ -242,8 +244,21 @@ pub struct Cancel {
 
 #[derive(Default)]
 struct Shared {
-    interrupt: Option<InterruptHandle>,
+    /// The run's connection and the throttle query's.
+    interrupts: Vec<InterruptHandle>,
     gate_open: bool,
+    /// Counts live commands, so a wait can tell it was nudged.
+    nudges: u64,
+}
+
+/// How a wait between chunks ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Woken {
+    /// Its time was up.
+    Elapsed,
+    /// A live command came: read the settings again.
+    Nudged,
+    Cancelled,
 }
 
 impl Cancel {
@@ -254,7 +269,7 @@ impl Cancel {
     pub fn cancel(&self) {
         self.flag.store(true, Ordering::SeqCst);
         let shared = self.lock();
-        if let Some(h) = shared.interrupt.as_ref() {
+        for h in &shared.interrupts {
             h.interrupt();
         }
         self.wake.notify_all();
@@ -264,9 +279,10 @@ impl Cancel {
         self.shared.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Lets `cancel` interrupt statements running on `conn`.
+    /// Lets `cancel` interrupt statements running on `conn` (as well as on
+    /// those attached before).
     pub fn attach(&self, conn: &Connection) {
-        self.lock().interrupt = Some(conn.get_interrupt_handle());
+        self.lock().interrupts.push(conn.get_interrupt_handle());
     }
 
     /// Lets the first step begin.
@@ -284,16 +300,45 @@ impl Cancel {
         shared.gate_open && !self.is_cancelled()
     }
 
+    /// A live command was taken: wakes the runner's wait, whatever it
+    /// waits for, so it reads the settings again.
+    pub fn nudge(&self) {
+        self.lock().nudges += 1;
+        self.wake.notify_all();
+    }
+
+    /// The live commands so far; give it to [`Cancel::nap`] to be woken by
+    /// any that comes after it was read.
+    pub fn nudges(&self) -> u64 {
+        self.lock().nudges
+    }
+
     /// Sleeps up to `d`; true when woken by cancellation.
     pub fn sleep(&self, d: Duration) -> bool {
+        self.wait(d, None) == Woken::Cancelled
+    }
+
+    /// Sleeps up to `d`, or until a cancel or a live command after the
+    /// `seen`-th (at once if one has already come).
+    pub fn nap(&self, d: Duration, seen: u64) -> Woken {
+        self.wait(d, Some(seen))
+    }
+
+    fn wait(&self, d: Duration, seen: Option<u64>) -> Woken {
         // A huge --sleep is "until cancelled", not an overflow.
         let far = Duration::from_secs(100 * 365 * 24 * 3600);
         let deadline = Instant::now() + d.min(far);
         let mut shared = self.lock();
-        while !self.is_cancelled() {
+        loop {
+            if self.is_cancelled() {
+                return Woken::Cancelled;
+            }
+            if seen.is_some_and(|n| n != shared.nudges) {
+                return Woken::Nudged;
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                break;
+                return Woken::Elapsed;
             }
             shared = self
                 .wake
@@ -301,7 +346,6 @@ impl Cancel {
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
-        self.is_cancelled()
     }
 }
 
@@ -310,7 +354,15 @@ impl Cancel {
 #[derive(Default)]
 pub struct Steering {
     state: Mutex<(bool, PacePatch)>,
+    /// Why this run cannot be paused, if it cannot.
+    no_pause: std::sync::OnceLock<String>,
 }
+
+/// The values a pace may take, on the command line as in `POST /control`.
+pub const CHUNK_TIME_MS: RangeInclusive<u64> = 1..=600_000;
+pub const NICE_RATIO: RangeInclusive<f64> = 0.0..=100.0;
+pub const SLEEP_MS: RangeInclusive<u64> = 0..=600_000;
+pub const BATCH_SIZE: RangeInclusive<u64> = 1..=10_000_000;
 
 /// A change to the pace; `None` leaves a value as it is. `batch_size:
 /// Some(None)` makes chunks adapt again.
@@ -366,6 +418,16 @@ impl Steering {
         self.lock().0
     }
 
+    /// From now on a pause is refused, for this reason.
+    pub fn refuse_pause(&self, why: String) {
+        let _ = self.no_pause.set(why);
+    }
+
+    /// Why a pause is refused, if it is.
+    pub fn pause_refused(&self) -> Option<&str> {
+        self.no_pause.get().map(String::as_str)
+    }
+
     pub fn change_pace(&self, patch: PacePatch) {
         self.lock().1.merge(patch);
     }
@@ -396,6 +458,58 @@ mod tests {
         };
         c.cancel();
         assert!(!waiter.join().unwrap(), "cancelled while waiting");
+    }
+
+    #[test]
+    fn a_cancel_interrupts_every_attached_connection() {
+        let c = Arc::new(Cancel::default());
+        let (query, other) = (
+            Connection::open_in_memory().unwrap(),
+            Connection::open_in_memory().unwrap(),
+        );
+        c.attach(&query);
+        c.attach(&other);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let endless = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c) SELECT count(*) FROM c";
+            let r = query.query_row(endless, [], |r| r.get::<_, i64>(0));
+            let _ = tx.send(r.map_err(|e| e.sqlite_error_code()));
+        });
+        // An interrupt before the query starts is lost, so cancel again
+        // until it ends.
+        let start = Instant::now();
+        let got = loop {
+            c.cancel();
+            if let Ok(got) = rx.recv_timeout(Duration::from_millis(20)) {
+                break got;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "never interrupted"
+            );
+        };
+        assert_eq!(got, Err(Some(rusqlite::ErrorCode::OperationInterrupted)));
+    }
+
+    #[test]
+    fn a_nap_ends_at_a_nudge_even_one_that_came_before_it() {
+        let c = Arc::new(Cancel::default());
+        let seen = c.nudges();
+        c.nudge();
+        assert_eq!(c.nap(Duration::from_secs(3600), seen), Woken::Nudged);
+        let seen = c.nudges();
+        let napper = {
+            let c = c.clone();
+            std::thread::spawn(move || c.nap(Duration::from_secs(3600), seen))
+        };
+        c.nudge();
+        assert_eq!(napper.join().unwrap(), Woken::Nudged);
+        assert_eq!(c.nap(Duration::from_millis(1), c.nudges()), Woken::Elapsed);
+        c.cancel();
+        assert_eq!(
+            c.nap(Duration::from_secs(3600), c.nudges()),
+            Woken::Cancelled
+        );
     }
 
     #[test]

@@ -44,6 +44,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         )
         .into());
     }
+    let sleep = crate::cli::config::sleep_ms(args.sleep.unwrap_or(DEFAULT_SLEEP_MS))?;
     let mut serve = check_serve(&args.serve, 15.0)?;
     // The demo can always be steered: a fresh control token, in the
     // dashboard address it prints (after `#`, so no server or log sees it).
@@ -73,7 +74,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     }
     let mut opts = runner::Options::default();
     opts.pace.batch_size = Some(args.rows.div_ceil(CHUNKS_PER_STEP));
-    opts.pace.sleep = Duration::from_millis(args.sleep.unwrap_or(DEFAULT_SLEEP_MS));
+    opts.pace.sleep = sleep;
     let source = Source::Json {
         name: "plan.json".into(),
         text: PLAN.into(),

@@ -112,6 +112,9 @@ pub fn execute(lifecycle: Lifecycle, session: Session) -> anyhow::Result<ExitCod
 /// The run with its readers: the server (if on), the terminal, then the
 /// runner on a blocking thread; returns once every reader is done.
 async fn drive(mut session: Session, parts: Parts) -> Result<RunStatus, UsageError> {
+    if let Some(why) = runner::why_no_pause(&session.opts) {
+        parts.steering.refuse_pause(why);
+    }
     let banner = session.banner.take();
     let publisher = match session.publish.take() {
         Some(p) => Some((start_publishing(p.target, p.ttl, &parts).await?, p.drain)),

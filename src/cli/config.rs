@@ -4,11 +4,13 @@
 
 use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{PaceArgs, ProgressMode, PublishArgs, RelayArgs, RunArgs, ServeArgs};
 use crate::error::UsageError;
+use crate::lifecycle::{BATCH_SIZE, CHUNK_TIME_MS, NICE_RATIO, SLEEP_MS};
 use crate::plan::{self, Source};
 use crate::relay::{Target, source::Which};
 use crate::run;
@@ -165,25 +167,26 @@ fn io_reason(e: &std::io::Error) -> String {
 }
 
 fn options(pace: &PaceArgs, args: &RunArgs) -> Result<run::Options, UsageError> {
-    if pace.batch_size == Some(0) {
-        return Err(UsageError::new("--batch-size must be at least 1"));
-    }
-    if pace.chunk_time == Some(0) {
-        return Err(UsageError::new("--chunk-time must be at least 1 ms"));
-    }
-    if let Some(r) = pace.nice_ratio
-        && !(0.0..=100.0).contains(&r)
-    {
-        return Err(UsageError::new(format!(
-            "--nice-ratio takes 0 to 100 (0: never yield; 1: yield as long as each chunk took); got {r}"
-        )));
-    }
+    check_pace(pace)?;
     if let Some(q) = &pace.throttle_query
         && q.trim().is_empty()
     {
         return Err(UsageError::new(
             "--throttle-query is empty; give a SELECT whose first column is truthy while the run should wait",
         ));
+    }
+    let one_transaction = run::one_transaction(args.dry_run, args.atomic);
+    if let Some(mode) = one_transaction {
+        let brake = [
+            ("--pause-file", pace.pause_file.is_some()),
+            ("--throttle-query", pace.throttle_query.is_some()),
+        ];
+        if let Some((flag, _)) = brake.iter().find(|(_, given)| *given) {
+            return Err(UsageError::new(format!(
+                "{flag} cannot be used with {mode}: {}; drop one of them",
+                run::LOCK_HELD
+            )));
+        }
     }
     Ok(run::Options {
         dry_run: args.dry_run,
@@ -198,9 +201,54 @@ fn options(pace: &PaceArgs, args: &RunArgs) -> Result<run::Options, UsageError> 
         brakes: run::Brakes {
             pause_file: pace.pause_file.clone(),
             throttle_query: pace.throttle_query.clone(),
-            max_wal: pace.max_wal_mb.saturating_mul(1 << 20),
+            // One transaction's own frames are not checkpointed before it
+            // ends: waiting for its WAL to shrink would wait forever.
+            max_wal: match one_transaction {
+                Some(_) => 0,
+                None => pace.max_wal_mb.saturating_mul(1 << 20),
+            },
         },
     })
+}
+
+/// The pace flags take what `POST /control` takes.
+fn check_pace(pace: &PaceArgs) -> Result<(), UsageError> {
+    sleep_ms(pace.sleep)?;
+    if let Some(n) = pace.batch_size {
+        in_range("--batch-size", n, &BATCH_SIZE, "rows")?;
+    }
+    if let Some(ms) = pace.chunk_time {
+        in_range("--chunk-time", ms, &CHUNK_TIME_MS, "ms")?;
+    }
+    if let Some(r) = pace.nice_ratio
+        && !NICE_RATIO.contains(&r)
+    {
+        return Err(UsageError::new(format!(
+            "--nice-ratio takes 0 to 100 (0: never yield; 1: yield as long as each chunk took); got {r}"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks `--sleep` (for `run` and `demo`).
+pub fn sleep_ms(ms: u64) -> Result<Duration, UsageError> {
+    in_range("--sleep", ms, &SLEEP_MS, "ms").map(Duration::from_millis)
+}
+
+fn in_range(
+    flag: &str,
+    v: u64,
+    range: &RangeInclusive<u64>,
+    unit: &str,
+) -> Result<u64, UsageError> {
+    if range.contains(&v) {
+        return Ok(v);
+    }
+    Err(UsageError::new(format!(
+        "{flag} takes {} to {} {unit}, as a live `batchsse ctl set` does; got {v}",
+        range.start(),
+        range.end()
+    )))
 }
 
 /// Checks `--progress-interval` (for `run`, `demo` and `watch`).

@@ -129,7 +129,7 @@ pub struct CtlArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum CtlAction {
-    /// Stop at the next chunk boundary (the current chunk commits first); holds no lock while paused.
+    /// Stop at the next chunk boundary (the current chunk commits first); holds no lock while paused (so an --atomic or --dry-run run refuses it).
     Pause,
     /// Go on after a pause.
     Resume,
@@ -398,19 +398,19 @@ pub struct RelayArgs {
 /// How fast chunked steps go.
 #[derive(Debug, Args)]
 pub struct PaceArgs {
-    /// Fix every chunked step's chunk size (turns adapting off).
+    /// Fix every chunked step's chunk size, 1–10000000 (turns adapting off).
     #[arg(long, value_name = "N", help_heading = "Pace")]
     pub batch_size: Option<u64>,
 
-    /// Adapt chunk sizes so one chunk holds the write lock about MS [default: 20 while another process has the database open, else 250].
+    /// Adapt chunk sizes so one chunk holds the write lock about MS, 1–600000 [default: 20 while another process has the database open, else 250].
     #[arg(long, value_name = "MS", help_heading = "Pace")]
     pub chunk_time: Option<u64>,
 
-    /// After each chunk, yield R times its time so others get the lock (gh-ost's name) [default: 1 while another process has the database open, else 0].
+    /// After each chunk, yield R times its time so others get the lock (gh-ost's name), 0–100 [default: 1 while another process has the database open, else 0].
     #[arg(long, value_name = "R", help_heading = "Pace")]
     pub nice_ratio: Option<f64>,
 
-    /// Fixed pause between chunks.
+    /// Fixed pause between chunks, 0–600000 (a live command cuts it short).
     #[arg(long, value_name = "MS", default_value_t = 0, help_heading = "Pace")]
     pub sleep: u64,
 
@@ -418,11 +418,11 @@ pub struct PaceArgs {
     #[arg(long, value_name = "PATH", help_heading = "Pace")]
     pub pause_file: Option<PathBuf>,
 
-    /// Wait between chunks while this SELECT's first column is truthy (not NULL, 0 or ''); run on its own read connection at most every 100 ms.
+    /// Wait between chunks while this SELECT's first column is truthy (not NULL, 0 or ''); run on its own read connection at most every 100 ms; a check that takes over 1 s is stopped and counts as truthy.
     #[arg(long, value_name = "SQL", help_heading = "Pace")]
     pub throttle_query: Option<String>,
 
-    /// WAL databases: wait while the -wal file is over N MiB and cannot be checkpointed (0: no limit).
+    /// WAL databases: wait while the -wal file is over N MiB and cannot be checkpointed (0: no limit; off with --atomic and --dry-run, whose own transaction fills it).
     #[arg(long, value_name = "N", default_value_t = 256, help_heading = "Pace")]
     pub max_wal_mb: u64,
 }
@@ -433,7 +433,7 @@ pub struct DemoArgs {
     #[arg(long, value_name = "N", default_value_t = 100_000)]
     pub rows: u64,
 
-    /// Pause between chunks; the default paces the demo to about 20 s.
+    /// Pause between chunks, 0–600000; the default paces the demo to about 20 s.
     #[arg(long, value_name = "MS")]
     pub sleep: Option<u64>,
 

@@ -24,7 +24,7 @@ use crate::error::UsageError;
 use crate::events::log::EventLog;
 use crate::events::{Event, Level, Settings, Throttle, ThrottleReason};
 use crate::human::duration;
-use crate::lifecycle::{Cancel, Steering};
+use crate::lifecycle::{Cancel, Steering, Woken};
 
 /// Pacing for a file nobody else has open: long chunks, no yield.
 const IDLE: (Duration, f64) = (Duration::from_millis(250), 0.0);
@@ -45,6 +45,10 @@ const RECHECK: Duration = Duration::from_millis(250);
 const QUIET: Duration = Duration::from_millis(3);
 /// The throttle query runs at most this often.
 const QUERY_EVERY: Duration = Duration::from_millis(100);
+/// A throttle check still running after this is stopped and counts as
+/// "wait": a database too busy to answer a monitoring query in time is too
+/// busy for the batch. The next check comes as long after.
+const CHECK_BOUND: Duration = Duration::from_secs(1);
 
 /// The pace as the flags set it; `None` leaves a value to the governor.
 #[derive(Debug, Clone, Default)]
@@ -122,8 +126,43 @@ pub(super) struct Governor<'a> {
 struct ThrottleQuery {
     conn: Connection,
     sql: String,
-    checked: Option<Instant>,
-    last: bool,
+    /// No check before this.
+    next: Option<Instant>,
+    /// Why the last check said to wait, if it did.
+    last: Option<String>,
+}
+
+/// What one throttle check found.
+enum Check {
+    Answer(bool),
+    /// Still running at [`CHECK_BOUND`] (or locked out that long).
+    CutOff,
+    Failed(String),
+    Cancelled,
+}
+
+impl ThrottleQuery {
+    /// Runs the query once, for at most [`CHECK_BOUND`]; a cancel stops it
+    /// at once (the connection is attached to `Cancel`).
+    fn check(&mut self, cancel: &Cancel) -> Check {
+        let deadline = Instant::now() + CHECK_BOUND;
+        let _ = self
+            .conn
+            .progress_handler(1000, Some(move || Instant::now() >= deadline));
+        let answer = self
+            .conn
+            .query_row(&self.sql, [], |r| r.get::<_, rusqlite::types::Value>(0))
+            .optional();
+        let _ = self.conn.progress_handler(0, None::<fn() -> bool>);
+        match answer {
+            Ok(v) => Check::Answer(v.is_some_and(|v| truthy(&v))),
+            Err(_) if cancel.is_cancelled() => Check::Cancelled,
+            // Interrupted at the bound, or locked out for the whole busy
+            // timeout, which is as long.
+            Err(_) if Instant::now() >= deadline => Check::CutOff,
+            Err(e) => Check::Failed(crate::plan::sqlite_message(&e)),
+        }
+    }
 }
 
 impl<'a> Governor<'a> {
@@ -143,11 +182,12 @@ impl<'a> Governor<'a> {
         }
         let throttle = brakes.throttle_query.clone().and_then(|sql| {
             let conn = open_reader(path.as_deref()?).ok()?;
+            cancel.attach(&conn);
             Some(ThrottleQuery {
                 conn,
                 sql,
-                checked: None,
-                last: false,
+                next: None,
+                last: None,
             })
         });
         let db = path
@@ -296,7 +336,7 @@ impl<'a> Governor<'a> {
             return false; // the step is done; what follows checks again
         }
         let yielded = took.mul_f64(self.settings().nice_ratio.max(0.0));
-        if self.yield_lock(yielded) || self.cancel.sleep(self.pace.sleep) {
+        if self.yield_lock(yielded) || self.sleep_between_chunks() {
             return true;
         }
         self.wait_while_braked(Some(step))
@@ -327,6 +367,26 @@ impl<'a> Governor<'a> {
         }
     }
 
+    /// `--sleep` after a chunk. A live command wakes it: the sleep is then
+    /// measured against the new setting from where it began, and a pause
+    /// or cancel is taken at once. True when cancelled meanwhile.
+    fn sleep_between_chunks(&mut self) -> bool {
+        let start = Instant::now();
+        loop {
+            let seen = self.cancel.nudges();
+            self.steer();
+            let left = self.pace.sleep.saturating_sub(start.elapsed());
+            if left.is_zero() || self.steering.paused() {
+                return self.cancel.is_cancelled();
+            }
+            match self.cancel.nap(left, seen) {
+                Woken::Cancelled => return true,
+                Woken::Elapsed => return false,
+                Woken::Nudged => {}
+            }
+        }
+    }
+
     /// The pause after a chunk, counted in its rate and ETA.
     pub(super) fn rest_after(&self, took: Duration) -> Duration {
         took.mul_f64(self.settings().nice_ratio.max(0.0)) + self.pace.sleep
@@ -349,6 +409,7 @@ impl<'a> Governor<'a> {
                 }
                 return true;
             }
+            let seen = self.cancel.nudges();
             let brake = self.brake();
             match (&waiting, brake) {
                 (None, None) => return false,
@@ -367,9 +428,8 @@ impl<'a> Governor<'a> {
                     waiting = Some((reason, Instant::now()));
                 }
             }
-            if self.cancel.sleep(RECHECK) {
-                continue;
-            }
+            // A cancel or a live command looks again at once.
+            self.cancel.nap(RECHECK, seen);
         }
     }
 
@@ -429,48 +489,55 @@ impl<'a> Governor<'a> {
                 format!("{} exists; remove it to go on", p.display()),
             ));
         }
-        if self.throttled_by_query() {
-            return Some((
-                ThrottleReason::ThrottleQuery,
-                "--throttle-query answered truthy".into(),
-            ));
+        if let Some(detail) = self.throttled_by_query() {
+            return Some((ThrottleReason::ThrottleQuery, detail));
         }
         self.wal_over().map(|detail| (ThrottleReason::Wal, detail))
     }
 
-    fn throttled_by_query(&mut self) -> bool {
-        let Some(q) = self.throttle.as_mut() else {
-            return false;
+    /// Why the throttle query says to wait, if it does.
+    fn throttled_by_query(&mut self) -> Option<String> {
+        let q = self.throttle.as_mut()?;
+        if q.next.is_some_and(|t| Instant::now() < t) {
+            return q.last.clone();
+        }
+        let started = Instant::now();
+        let check = q.check(self.cancel);
+        q.next = Some(Instant::now() + QUERY_EVERY.max(started.elapsed()));
+        let bound = CHECK_BOUND.as_secs();
+        let (last, problem) = match check {
+            Check::Answer(wait) => (
+                wait.then(|| "--throttle-query answered truthy".into()),
+                None,
+            ),
+            Check::Cancelled => return None,
+            Check::CutOff => (
+                Some(format!(
+                    "--throttle-query took over {bound} s and was stopped; checking again"
+                )),
+                Some(format!(
+                    "--throttle-query took over {bound} s and was stopped; the run waits while its checks take that long (is the database overloaded, or does the query need an index?)"
+                )),
+            ),
+            // A broken monitoring query must not stop the batch, nor
+            // hold it forever: say so once and go on.
+            Check::Failed(text) => (
+                None,
+                Some(format!(
+                    "--throttle-query failed ({text}); not throttling until it works"
+                )),
+            ),
         };
-        if q.checked.is_some_and(|t| t.elapsed() < QUERY_EVERY) {
-            return q.last;
+        q.last = last.clone();
+        if problem.is_some() && problem != self.query_error {
+            self.log.push(Event::message(
+                json!({"db": self.db}),
+                Level::Warn,
+                problem.clone().unwrap_or_default(),
+            ));
         }
-        q.checked = Some(Instant::now());
-        let answer = q
-            .conn
-            .query_row(&q.sql, [], |r| r.get::<_, rusqlite::types::Value>(0))
-            .optional();
-        match answer {
-            Ok(v) => {
-                q.last = v.is_some_and(|v| truthy(&v));
-                self.query_error = None;
-            }
-            Err(e) => {
-                // A broken monitoring query must not stop the batch, nor
-                // hold it forever: say so once and go on.
-                q.last = false;
-                let text = crate::plan::sqlite_message(&e);
-                if self.query_error.as_deref() != Some(&text) {
-                    self.log.push(Event::message(
-                        json!({"db": self.db}),
-                        Level::Warn,
-                        format!("--throttle-query failed ({text}); not throttling until it works"),
-                    ));
-                    self.query_error = Some(text);
-                }
-            }
-        }
-        self.throttle.as_ref().is_some_and(|q| q.last)
+        self.query_error = problem;
+        last
     }
 
     /// In WAL mode, a passive checkpoint after every chunk: its cost is the

@@ -549,21 +549,42 @@ fn run_id() -> String {
 
 /// Refuses option combinations the plan cannot honour.
 pub fn check(plan: &Plan, opts: &Options) -> Result<(), UsageError> {
-    if (opts.atomic || opts.dry_run)
+    if let Some(flag) = one_transaction(opts.dry_run, opts.atomic)
         && let Some(s) = plan.steps.iter().find(|s| s.autocommit)
     {
         return Err(UsageError::new(format!(
-            "step {} ({:?}) must run outside a transaction, so it cannot be part of {}; remove the step or the flag",
+            "step {} ({:?}) must run outside a transaction, so it cannot be part of {flag}; remove the step or the flag",
             s.index + 1,
             s.name,
-            if opts.dry_run {
-                "--dry-run"
-            } else {
-                "--atomic"
-            }
         )));
     }
     Ok(())
+}
+
+/// The flag that makes the whole run one transaction (`--dry-run` or
+/// `--atomic`), if one does.
+pub fn one_transaction(dry_run: bool, atomic: bool) -> Option<&'static str> {
+    if dry_run {
+        Some("--dry-run")
+    } else if atomic {
+        Some("--atomic")
+    } else {
+        None
+    }
+}
+
+/// Why a run that is one transaction never waits between chunks.
+pub const LOCK_HELD: &str = "its one transaction holds the write lock until the run ends, so a wait between chunks would keep other writers locked out, not let them in";
+
+/// Why a live pause is refused in this run, if it is: with `--atomic` or
+/// `--dry-run` it would keep the write lock, while a pause promises to
+/// free it.
+pub fn why_no_pause(opts: &Options) -> Option<String> {
+    one_transaction(opts.dry_run, opts.atomic).map(|flag| {
+        format!(
+            "this run cannot be paused: it is {flag}, and {LOCK_HELD}; cancel it (everything rolls back) or let it finish"
+        )
+    })
 }
 
 #[cfg(test)]

@@ -1,10 +1,13 @@
 //! `POST /control`: live commands for the run — pause, resume, cancel, a
 //! new pace. Off without `--control-token`; the token only in
 //! `Authorization: Bearer`; a JSON body of at most 4 KiB; refused once the
-//! run has finished. Each accepted command becomes a `control` event, and
-//! the answer is the new `/status`.
+//! run has finished, and a pause refused in a run that holds its write lock
+//! throughout (`--atomic`, `--dry-run`). Each accepted command becomes a
+//! `control` event, wakes the runner's wait, and the answer is the new
+//! `/status`.
 
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::sync::Arc;
 
 use http_body_util::{BodyExt, Limited};
@@ -16,7 +19,7 @@ use super::auth::same_secret;
 use super::routes::{self, Body, Query};
 use super::state::State;
 use crate::events::{Control, ControlAction, ControlBy, Event};
-use crate::lifecycle::PacePatch;
+use crate::lifecycle::{BATCH_SIZE, CHUNK_TIME_MS, NICE_RATIO, PacePatch, SLEEP_MS};
 
 /// The largest body accepted.
 const MAX_BODY: usize = 4096;
@@ -156,6 +159,12 @@ fn command(
             "this server shows a run but cannot steer it".into(),
         ));
     };
+    if cmd.pause == Some(true)
+        && !cmd.cancel
+        && let Some(why) = steering.pause_refused()
+    {
+        return Err((StatusCode::CONFLICT, why.to_owned()));
+    }
     let action = if cmd.cancel {
         ControlAction::Cancel
     } else {
@@ -177,8 +186,11 @@ fn command(
         remote: peer.to_string(),
         settings,
     }));
+    // Either way the runner's wait ends now, and it reads the settings again.
     if cmd.cancel {
         cancel.cancel();
+    } else {
+        cancel.nudge();
     }
     Ok(())
 }
@@ -222,18 +234,18 @@ fn field(cmd: &mut Command, key: &str, value: &Value) -> Result<(), String> {
             }
             cmd.cancel = true;
         }
-        "chunk_time_ms" => cmd.pace.chunk_time_ms = Some(int(key, value, 1, 600_000)?),
-        "sleep_ms" => cmd.pace.sleep_ms = Some(int(key, value, 0, 600_000)?),
+        "chunk_time_ms" => cmd.pace.chunk_time_ms = Some(int(key, value, CHUNK_TIME_MS)?),
+        "sleep_ms" => cmd.pace.sleep_ms = Some(int(key, value, SLEEP_MS)?),
         "batch_size" => {
             cmd.pace.batch_size = Some(match value {
                 Value::Null => None,
-                v => Some(int(key, v, 1, 10_000_000)?),
+                v => Some(int(key, v, BATCH_SIZE)?),
             });
         }
         "nice_ratio" => {
             let r = value
                 .as_f64()
-                .filter(|r| (0.0..=100.0).contains(r))
+                .filter(|r| NICE_RATIO.contains(r))
                 .ok_or("nice_ratio must be a number from 0 to 100")?;
             cmd.pace.nice_ratio = Some(r);
         }
@@ -246,11 +258,14 @@ fn field(cmd: &mut Command, key: &str, value: &Value) -> Result<(), String> {
     Ok(())
 }
 
-fn int(key: &str, value: &Value, lo: u64, hi: u64) -> Result<u64, String> {
-    value
-        .as_u64()
-        .filter(|n| (lo..=hi).contains(n))
-        .ok_or_else(|| format!("{key} must be a whole number from {lo} to {hi}"))
+fn int(key: &str, value: &Value, range: RangeInclusive<u64>) -> Result<u64, String> {
+    value.as_u64().filter(|n| range.contains(n)).ok_or_else(|| {
+        format!(
+            "{key} must be a whole number from {} to {}",
+            range.start(),
+            range.end()
+        )
+    })
 }
 
 #[cfg(test)]

@@ -185,12 +185,7 @@ fn a_throttle_query_that_fails_mid_run_is_said_once_and_does_not_stop_the_run() 
 
 #[test]
 fn a_reader_pinning_the_wal_past_max_wal_mb_throttles_the_run_until_it_lets_go() {
-    let db = TempDb::with_sql(
-        "PRAGMA journal_mode = WAL;
-         CREATE TABLE t(id INTEGER PRIMARY KEY, counter INTEGER NOT NULL DEFAULT 0, pad TEXT);
-         INSERT INTO t(id, pad) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < 20000)
-           SELECT i, printf('%.200c', 'x') FROM s;",
-    );
+    let db = TempDb::padded_wal(20000);
     // A reader whose snapshot predates the run: no frame can be copied back.
     let reader = Connection::open(&db.path).expect("reader");
     reader.execute_batch("BEGIN").expect("begin");

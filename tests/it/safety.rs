@@ -764,7 +764,7 @@ fn every_bad_input_gets_a_clear_message_exit_2_and_an_untouched_database() {
         (
             v(&["--db", &dbp, "--plan", &good, "--batch-size", "0"]),
             None,
-            &["at least 1"],
+            &["--batch-size takes 1 to 10000000 rows"],
         ),
         (
             v(&[

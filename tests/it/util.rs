@@ -60,6 +60,17 @@ impl TempDb {
         ))
     }
 
+    /// Like [`TempDb::counters`], in WAL mode, with 200 bytes of padding a
+    /// row, so a few thousand rows fill megabytes of WAL.
+    pub fn padded_wal(rows: u64) -> TempDb {
+        TempDb::with_sql(&format!(
+            "PRAGMA journal_mode = WAL;
+             CREATE TABLE t(id INTEGER PRIMARY KEY, counter INTEGER NOT NULL DEFAULT 0, pad TEXT);
+             INSERT INTO t(id, pad) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < {rows})
+               SELECT i, printf('%.200c', 'x') FROM s;"
+        ))
+    }
+
     pub fn conn(&self) -> Connection {
         Connection::open(&self.path).expect("open test db")
     }
