@@ -135,6 +135,11 @@ impl Target {
 
 /// `batchsse watch`.
 pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
+    let mode = args.progress;
+    crate::view::github::guard(mode, watch(args))
+}
+
+fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
     let target = Target::parse(&args.url, args.token.as_deref())?;
     let patience = Duration::try_from_secs_f64(args.connect_timeout)
         .map_err(|_| {

@@ -9,6 +9,7 @@ mod control;
 mod fanout;
 mod fuzz;
 mod govern;
+mod hostile;
 mod operate;
 mod ops;
 mod relay;

@@ -1,0 +1,131 @@
+//! What a hostile user tries: text that would pass for a GitHub workflow
+//! command, floods of live commands, a server that never stops talking,
+//! and flags and bodies that look harmless but are not.
+
+use crate::util::*;
+
+/// The lines GitHub would read as workflow commands: every physical line
+/// (the runner splits on CR and LF alike) that starts with `::`, leading
+/// blanks ignored, or with the older `##[` form.
+fn commands(log: &str) -> Vec<&str> {
+    log.split(['\n', '\r'])
+        .filter(|l| {
+            let l = l.trim_start();
+            l.starts_with("::") || l.starts_with("##[")
+        })
+        .collect()
+}
+
+/// A table of two rows whose names, and whose trigger's message, carry
+/// CR, LF, `%` and `::`: the first step works, the second fails.
+fn injecting() -> (TempDb, std::path::PathBuf) {
+    let db = TempDb::with_sql(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, n INT NOT NULL DEFAULT 0);
+         INSERT INTO t(id) VALUES (1), (2);
+         CREATE TABLE u(id INTEGER PRIMARY KEY, v INT);
+         INSERT INTO u VALUES (1, 0);
+         CREATE TRIGGER no_u BEFORE UPDATE ON u BEGIN
+           SELECT RAISE(ABORT, 'refused 100%
+::error::from-trigger::x');
+         END;",
+    );
+    let plan = serde_json::json!({
+        "name": "inject",
+        "steps": [
+            {"name": "bump\n::error::name-lf", "sql": "UPDATE t SET n = n + 1"},
+            {"name": "touch u 50%\r::warning::name-cr\n  ::notice::indented", "sql": "UPDATE u SET v = 1"},
+        ]
+    });
+    let path = db.file("plan.json", &plan.to_string());
+    (db, path)
+}
+
+/// Exactly the commands batchsse means for this plan: a group per step,
+/// its end, and one error annotation for the failed step, whose escaped
+/// message still carries the trigger's words.
+fn assert_only_meant_commands(log: &str) {
+    let cmds = commands(log);
+    let kinds: Vec<&str> = cmds
+        .iter()
+        .map(|c| match c {
+            c if c.starts_with("::group::[1/2] bump%0A::error::name-lf") => "group 1",
+            c if c.starts_with("::group::[2/2] touch u 50%25%0D::warning::name-cr%0A") => "group 2",
+            &"::endgroup::" => "endgroup",
+            c if c.starts_with("::error title=step 2 (touch u 50%25%0D%3A%3Awarning") => "error",
+            other => panic!("a command batchsse did not mean: {other:?} in:\n{log}"),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        ["group 1", "endgroup", "group 2", "endgroup", "error"],
+        "{log}"
+    );
+    let error = cmds[4];
+    assert!(
+        error.ends_with(": refused 100%25%0A::error::from-trigger::x"),
+        "{error}"
+    );
+    // The words are still there for a person, one line each.
+    assert!(log.contains("from-trigger"), "{log}");
+    assert!(log.contains("name-lf"), "{log}");
+}
+
+#[test]
+fn in_github_mode_no_name_or_error_can_start_a_workflow_command() {
+    let (db, plan) = injecting();
+    let summary = db.dir.path().join("summary.md");
+    let mut p = spawn(
+        &run_args(
+            &db,
+            path_str(&plan),
+            &["--no-serve", "--no-checkpoint", "--progress", "github"],
+        ),
+        |c| {
+            c.env("GITHUB_STEP_SUMMARY", &summary);
+        },
+    );
+    assert_eq!(p.wait().code(), Some(1), "{}", p.stderr());
+    assert_only_meant_commands(&p.stderr());
+    // The summary's table keeps its shape: every row has the header's
+    // five cells, whatever the names held.
+    let md = std::fs::read_to_string(&summary).unwrap();
+    let rows: Vec<&str> = md.lines().filter(|l| l.starts_with('|')).collect();
+    assert_eq!(rows.len(), 4, "{md}");
+    for row in rows {
+        let bars = row.matches('|').count() - row.matches("\\|").count();
+        assert_eq!(bars, 6, "{row:?} in:\n{md}");
+    }
+}
+
+#[test]
+fn watch_in_github_mode_is_as_safe_as_the_run() {
+    let (db, plan) = injecting();
+    let run = serving(&db, path_str(&plan), &["--no-checkpoint", "--linger", "30"]);
+    let url = format!("http://{}/", run.addr());
+    let (code, _, err) = crate::util::run(&["watch", &url, "--progress", "github"]);
+    assert_eq!(code, 1, "{err}");
+    assert_only_meant_commands(&err);
+    run.signal("TERM");
+}
+
+#[test]
+fn a_refused_plan_that_echoes_its_sql_starts_no_command_in_github_mode() {
+    let db = TempDb::with_sql("CREATE TABLE t(id INTEGER PRIMARY KEY);");
+    let plan = db.file(
+        "plan.json",
+        &serde_json::json!({"name": "bad", "steps": [
+            {"name": "s", "sql": "UPDATE \"no\n::error::check-lf\r::warning::check-cr\" SET x = 1"}
+        ]})
+        .to_string(),
+    );
+    let before = db.bytes();
+    let (code, _, err) = crate::util::run(&run_args(
+        &db,
+        path_str(&plan),
+        &["--no-serve", "--progress", "github"],
+    ));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("check-lf"), "the error still names it: {err}");
+    assert_eq!(commands(&err), Vec::<&str>::new(), "{err}");
+    assert_eq!(db.bytes(), before);
+}
