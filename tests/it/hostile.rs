@@ -2,6 +2,8 @@
 //! command, floods of live commands, a server that never stops talking,
 //! and flags and bodies that look harmless but are not.
 
+use serde_json::Value;
+
 use crate::util::*;
 
 /// The lines GitHub would read as workflow commands: every physical line
@@ -128,4 +130,81 @@ fn a_refused_plan_that_echoes_its_sql_starts_no_command_in_github_mode() {
     assert!(err.contains("check-lf"), "the error still names it: {err}");
     assert_eq!(commands(&err), Vec::<&str>::new(), "{err}");
     assert_eq!(db.bytes(), before);
+}
+
+const TOKEN: &str = "c0ntrol";
+
+/// `POST /control` with `authorization` (a whole header value) and `body`.
+fn control(addr: std::net::SocketAddr, authorization: &str, body: &str) -> Response {
+    let req = format!(
+        "POST /control HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
+         Authorization: {authorization}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    raw(addr, req.as_bytes())
+}
+
+/// A run held at the gate (nothing written) until a stream client comes,
+/// with live control on and the log compacting at `compact_at` entries.
+fn held(compact_at: &str, extra: &[&str]) -> (TempDb, Proc) {
+    let db = TempDb::counters(500);
+    let plan = db.file("plan.json", &counter_plan("steer", 50));
+    let mut args = run_args(&db, path_str(&plan), &[]);
+    args.extend(words(
+        "--listen 127.0.0.1:0 --progress none --wait-for-clients 1 --batch-size 50",
+    ));
+    args.extend(["--control-token", TOKEN]);
+    args.extend_from_slice(extra);
+    let compact_at = compact_at.to_owned();
+    let p = Proc::start_with(&args, move |c| {
+        c.env("BATCHSSE_LOG_COMPACT_AT", compact_at);
+    });
+    (db, p)
+}
+
+#[test]
+fn a_flood_of_set_commands_leaves_a_bounded_replay_with_the_latest_pace() {
+    let (_db, p) = held("64", &[]);
+    let addr = p.addr();
+    let bearer = format!("Bearer {TOKEN}");
+    for n in 0..400 {
+        let r = control(addr, &bearer, &format!("{{\"sleep_ms\": {n}}}"));
+        assert_eq!(r.status, 200, "{}", r.text());
+        if n == 200 {
+            let r = control(addr, &bearer, r#"{"pause": true}"#);
+            assert_eq!(r.status, 200, "{}", r.text());
+        }
+    }
+    let last = get(addr, "/status", &[]).json()["last_event_id"]
+        .as_u64()
+        .unwrap();
+    assert!(last > 400, "every command was logged: {last}");
+    // A late client's replay (it also opens the gate).
+    let mut s = Stream::open(addr, "/events", &[]);
+    let mut replay = Vec::new();
+    while let Some(e) = s.next_event() {
+        let id = id(&e);
+        replay.push(e);
+        if id >= last {
+            break;
+        }
+    }
+    let controls: Vec<Value> = replay
+        .iter()
+        .filter(|e| e.event == "control")
+        .map(data)
+        .collect();
+    // Less than the 64 entries a compaction waits for, the latest set
+    // before them and the pause: 401 without compaction.
+    assert!(
+        controls.len() <= 66,
+        "{} control events replayed",
+        controls.len()
+    );
+    assert!(
+        controls.iter().any(|c| c["action"] == "pause"),
+        "the pause is kept"
+    );
+    assert_eq!(controls.last().unwrap()["settings"]["sleep_ms"], 399);
 }
