@@ -341,6 +341,26 @@ impl Target {
     }
 }
 
+/// The most a JSON answer (`/status`, `/control`) may take: a run's is a
+/// few KiB, so anything near this is not a batchsse run talking.
+pub const MAX_ANSWER: usize = 1 << 20;
+
+/// A whole (small) answer body, or why not: past `MAX_ANSWER` the rest is
+/// not read, so a server that never stops sending cannot fill memory.
+pub async fn answer_body(body: Incoming) -> Result<Bytes, String> {
+    match http_body_util::Limited::new(body, MAX_ANSWER)
+        .collect()
+        .await
+    {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(format!(
+            "it sent more than {} KiB, where a batchsse run answers in a few KiB",
+            MAX_ANSWER >> 10
+        )),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Sends `GET path`, resuming after `seen` if given; connecting and the
 /// response head must come by `deadline`.
 async fn get(
@@ -539,11 +559,10 @@ async fn outcome_after_204(target: &Target, last_id: u64, deadline: Instant) -> 
     if resp.status() != StatusCode::OK {
         return Err(refused(target, resp.status()));
     }
-    let body = tokio::time::timeout_at(deadline, resp.into_body().collect())
+    let body = tokio::time::timeout_at(deadline, answer_body(resp.into_body()))
         .await
         .map_err(|_| Unreachable(format!("{url} timed out")))?
-        .map_err(|e| Unreachable(format!("{url}: {e}")))?
-        .to_bytes();
+        .map_err(|e| Unreachable(format!("{url}: {e}")))?;
     #[derive(serde::Deserialize)]
     struct Status {
         status: Option<RunStatus>,

@@ -208,3 +208,48 @@ fn a_flood_of_set_commands_leaves_a_bounded_replay_with_the_latest_pace() {
     );
     assert_eq!(controls.last().unwrap()["settings"]["sleep_ms"], 399);
 }
+
+/// A server on a free loopback port that answers its first request with a
+/// 200 JSON body of `size` bytes (one object with a long string), written
+/// until the reader hangs up; the thread returns how much it wrote.
+fn talkative(size: usize) -> (String, std::thread::JoinHandle<usize>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    let t = std::thread::spawn(move || {
+        let (mut tcp, _) = listener.accept().unwrap();
+        let mut head = [0u8; 4096];
+        let _ = std::io::Read::read(&mut tcp, &mut head);
+        let mut written = 0;
+        let mut send = |b: &[u8]| {
+            let ok = std::io::Write::write_all(&mut tcp, b).is_ok();
+            written += b.len();
+            ok
+        };
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {size}\r\n\r\n{{\"pad\":\""
+        );
+        let pad = vec![b'x'; 64 * 1024];
+        let mut left = size - 10;
+        let mut ok = send(head.as_bytes());
+        while ok && left > 0 {
+            let n = left.min(pad.len());
+            ok = send(&pad[..n]);
+            left -= n;
+        }
+        if ok {
+            send(b"\"}");
+        }
+        written
+    });
+    (url, t)
+}
+
+#[test]
+fn ctl_reads_at_most_a_mebibyte_of_answer() {
+    let size = 64 << 20;
+    let (url, server) = talkative(size);
+    let (code, out, err) = crate::util::run(&["ctl", &url, "pause", "--control-token", TOKEN]);
+    assert_eq!(code, 3, "stdout {out:.200} stderr {err:.400}");
+    assert!(err.contains("more than 1024 KiB"), "{err:.400}");
+    assert!(server.join().unwrap() < size, "the rest was never read");
+}
