@@ -47,8 +47,10 @@ pub struct Target {
 }
 
 impl Target {
-    /// Accepts `http://HOST:PORT/`, `http://HOST:PORT/events` (a prefix
-    /// before either is kept, for reverse proxies) and `HOST:PORT`.
+    /// Accepts `http://HOST:PORT/`, any of the run's routes under it
+    /// (`/events`, `/status`, `/metrics`, `/healthz`, `/control`; a prefix
+    /// before them is kept, for reverse proxies) and `HOST:PORT`. A user
+    /// name or password in the URL is refused, not sent.
     pub fn parse(url: &str, token: Option<&str>) -> Result<Target, UsageError> {
         let bad = |why: &str| {
             UsageError::new(format!(
@@ -72,6 +74,12 @@ impl Target {
             _ => return Err(bad("only http:// is supported")),
         }
         let authority = uri.authority().ok_or_else(|| bad("no host"))?;
+        if authority.as_str().contains('@') {
+            // Not echoed: the URL holds a password.
+            return Err(UsageError::new(
+                "the URL has a user name or password (USER:PASS@), which batchsse never sends; drop that part and give the run's token with --token or --control-token",
+            ));
+        }
         let host = authority
             .host()
             .trim_start_matches('[')
@@ -80,12 +88,7 @@ impl Target {
             return Err(bad("no host"));
         }
         let port = authority.port_u16().unwrap_or(80);
-        let path = uri.path();
-        let base = match path.strip_suffix("/events") {
-            Some(prefix) => format!("{prefix}/"),
-            None if path.ends_with('/') => path.to_owned(),
-            None => format!("{path}/"),
-        };
+        let base = base_path(uri.path());
         let mut after = 0;
         let mut query = form_urlencoded::Serializer::new(String::new());
         for (k, v) in form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()) {
@@ -130,6 +133,18 @@ impl Target {
 
     fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.authority)
+    }
+}
+
+/// The run's base path (ending in `/`) from a URL's path: the path itself,
+/// or its prefix when it names one of the run's routes.
+fn base_path(path: &str) -> String {
+    match path.rsplit_once('/') {
+        Some((prefix, "events" | "status" | "metrics" | "healthz" | "control")) => {
+            format!("{prefix}/")
+        }
+        _ if path.ends_with('/') => path.to_owned(),
+        _ => format!("{path}/"),
     }
 }
 
@@ -614,6 +629,15 @@ mod tests {
         assert_eq!((t.host.as_str(), t.port, t.after), ("ci.local", 80, 7));
         assert_eq!(t.events, "/batch/events?token=a+b");
         assert_eq!(t.status, "/batch/status?token=a+b");
+        for route in ["status", "metrics", "healthz", "control", "events", ""] {
+            let t = Target::parse(&format!("http://h:1/batch/{route}"), None).unwrap();
+            assert_eq!(
+                (t.events.as_str(), t.status.as_str()),
+                ("/batch/events", "/batch/status")
+            );
+        }
+        let t = Target::parse("http://h:1/batch", None).unwrap();
+        assert_eq!(t.status, "/batch/status");
         let t = Target::parse("http://[::1]:9/", Some("s3cret")).unwrap();
         assert_eq!((t.host.as_str(), t.authority.as_str()), ("::1", "[::1]:9"));
         assert_eq!(t.auth.unwrap(), "Bearer s3cret");
@@ -632,6 +656,17 @@ mod tests {
         ] {
             let e = Target::parse(url, token).unwrap_err();
             assert!(!e.0.is_empty(), "{url}");
+        }
+        for url in [
+            "http://user:pa55@h:1/",
+            "http://user@h:1/events",
+            "u:pa55@h:1",
+        ] {
+            let e = Target::parse(url, None).unwrap_err().0;
+            assert!(
+                e.contains("USER:PASS@") && !e.contains("pa55"),
+                "{url}: {e}"
+            );
         }
     }
 }

@@ -147,12 +147,12 @@ fn control(addr: std::net::SocketAddr, authorization: &str, body: &str) -> Respo
 
 /// A run held at the gate (nothing written) until a stream client comes,
 /// with live control on and the log compacting at `compact_at` entries.
-fn held(compact_at: &str, extra: &[&str]) -> (TempDb, Proc) {
+fn held(compact_at: &str, progress: &str, extra: &[&str]) -> (TempDb, Proc) {
     let db = TempDb::counters(500);
     let plan = db.file("plan.json", &counter_plan("steer", 50));
-    let mut args = run_args(&db, path_str(&plan), &[]);
+    let mut args = run_args(&db, path_str(&plan), &["--progress", progress]);
     args.extend(words(
-        "--listen 127.0.0.1:0 --progress none --wait-for-clients 1 --batch-size 50",
+        "--listen 127.0.0.1:0 --wait-for-clients 1 --batch-size 50",
     ));
     args.extend(["--control-token", TOKEN]);
     args.extend_from_slice(extra);
@@ -165,7 +165,7 @@ fn held(compact_at: &str, extra: &[&str]) -> (TempDb, Proc) {
 
 #[test]
 fn a_flood_of_set_commands_leaves_a_bounded_replay_with_the_latest_pace() {
-    let (_db, p) = held("64", &[]);
+    let (_db, p) = held("64", "none", &[]);
     let addr = p.addr();
     let bearer = format!("Bearer {TOKEN}");
     for n in 0..400 {
@@ -252,4 +252,153 @@ fn ctl_reads_at_most_a_mebibyte_of_answer() {
     assert_eq!(code, 3, "stdout {out:.200} stderr {err:.400}");
     assert!(err.contains("more than 1024 KiB"), "{err:.400}");
     assert!(server.join().unwrap() < size, "the rest was never read");
+}
+
+/// A plan that would change every row, and its database's bytes.
+fn untouched_run(flags: &[&str]) -> (i32, String) {
+    let db = TempDb::counters(10);
+    let plan = db.file("plan.json", &counter_plan("p", 5));
+    let before = db.bytes();
+    let mut args = run_args(&db, path_str(&plan), &["--listen", "127.0.0.1:0"]);
+    args.extend_from_slice(flags);
+    let (code, _, err) = crate::util::run(&args);
+    assert_eq!(db.bytes(), before, "{flags:?}: {err}");
+    (code, err)
+}
+
+#[test]
+fn server_flags_that_would_open_a_hole_are_refused_before_anything_runs() {
+    let long = "t".repeat(20_000);
+    for (flags, says) in [
+        (vec!["--allow-host", ""], "--allow-host \"\""),
+        (vec!["--allow-host", "http://proxy/"], "no scheme"),
+        (
+            vec!["--control-token", long.as_str()],
+            "--control-token (or",
+        ),
+        (vec!["--token", long.as_str()], "--token (or"),
+        (
+            vec!["--token", "same", "--control-token", "same"],
+            "same as --token",
+        ),
+    ] {
+        let (code, err) = untouched_run(&flags);
+        assert_eq!(code, 2, "{flags:.60?}: {err}");
+        assert!(err.contains(says), "{flags:.60?}: {err}");
+        assert!(!err.contains(&long), "the secret is not echoed");
+    }
+}
+
+#[test]
+fn the_longest_token_taken_can_be_sent() {
+    let token = "t".repeat(4096);
+    let (_db, p) = held("32768", "none", &["--token", &token]);
+    let addr = p.addr();
+    let status = get(
+        addr,
+        "/status",
+        &[("Authorization", &format!("Bearer {token}"))],
+    );
+    assert_eq!(status.status, 200, "{}", status.text());
+    let r = get(addr, &format!("/status?token={token}"), &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[test]
+fn the_bearer_scheme_may_come_in_any_case_and_a_repeated_field_is_refused() {
+    let (_db, p) = held("32768", "none", &[]);
+    let addr = p.addr();
+    for scheme in ["bearer", "BEARER", "bEaReR"] {
+        let r = control(addr, &format!("{scheme} {TOKEN}"), r#"{"sleep_ms": 5}"#);
+        assert_eq!(r.status, 200, "{scheme}: {}", r.text());
+    }
+    let before = get(addr, "/status", &[]).json()["last_event_id"].clone();
+    for body in [
+        r#"{"pause": true, "pause": false}"#,
+        r#"{"pause": false, "sleep_ms": 1, "pause": true}"#,
+    ] {
+        let r = control(addr, &format!("Bearer {TOKEN}"), body);
+        assert_eq!(r.status, 400, "{body}: {}", r.text());
+        assert!(
+            r.text().contains("\"pause\" is given twice"),
+            "{}",
+            r.text()
+        );
+    }
+    let after = get(addr, "/status", &[]).json();
+    assert_eq!(after["last_event_id"], before, "nothing was logged");
+    assert_eq!(after["paused"], false);
+}
+
+/// Waits until `p`'s stderr holds `n` lines containing `needle`; returns them.
+fn stderr_lines(p: &Proc, needle: &str, n: usize) -> Vec<String> {
+    let start = std::time::Instant::now();
+    loop {
+        let lines: Vec<String> = p
+            .stderr()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_owned)
+            .collect();
+        if lines.len() >= n {
+            return lines;
+        }
+        assert!(start.elapsed() < PATIENCE, "{}", p.stderr());
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_tiny_or_negative_zero_nice_ratio_reads_as_zero_everywhere() {
+    let (_db, p) = held("32768", "plain", &["--nice-ratio=-0"]);
+    let addr = p.addr();
+    let r = control(
+        addr,
+        &format!("Bearer {TOKEN}"),
+        r#"{"nice_ratio": 1e-320}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.text().matches("\"nice_ratio\":0.0").count(),
+        1,
+        "{}",
+        r.text()
+    );
+    let url = format!("http://{addr}/");
+    let (code, out, err) = crate::util::run(&[
+        "ctl",
+        &url,
+        "set",
+        "--nice-ratio=-0.0",
+        "--control-token",
+        TOKEN,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("nice ratio 0.0,"), "{out}");
+    let lines = stderr_lines(&p, "new pace", 2);
+    for line in lines {
+        assert!(line.contains("nice ratio 0,"), "{line:.200}");
+    }
+    let status = get(addr, "/status", &[]).text();
+    assert!(status.contains("\"nice_ratio\":0.0"), "{status}");
+}
+
+#[test]
+fn ctl_takes_any_route_of_the_run_and_never_sends_a_password() {
+    let (_db, p) = held("32768", "none", &[]);
+    let addr = p.addr();
+    for route in ["status", "metrics", "control", "events", ""] {
+        let url = format!("http://{addr}/{route}");
+        let (code, out, err) =
+            crate::util::run(&["ctl", &url, "set", "--sleep", "3", "--control-token", TOKEN]);
+        assert_eq!(code, 0, "{url}: {out} {err}");
+    }
+    // A server that would see the request, if one were sent.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://user:pa55@{}/", listener.local_addr().unwrap());
+    let (code, _, err) = crate::util::run(&["ctl", &url, "pause", "--control-token", TOKEN]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("USER:PASS@") && !err.contains("pa55"), "{err}");
+    listener.set_nonblocking(true).unwrap();
+    assert!(listener.accept().is_err(), "ctl connected anyway");
 }
