@@ -660,6 +660,12 @@ mod tests {
         })
     }
 
+    /// Limits small enough to compact a lot in a test.
+    const SMALL: Limits = Limits {
+        compact_at: 1000,
+        keep_recent: 300,
+    };
+
     /// A two-step run of 2 × `n` progress events with a message every 97.
     fn long_run(log: &EventLog, n: u64) -> Vec<u64> {
         let mut kept = Vec::new();
@@ -680,10 +686,7 @@ mod tests {
 
     #[test]
     fn compaction_keeps_every_non_progress_event_and_monotonic_ids() {
-        let limits = Limits {
-            compact_at: 1000,
-            keep_recent: 300,
-        };
+        let limits = SMALL;
         let log = EventLog::with_limits(limits);
         let must_keep = long_run(&log, 5000);
         let last = log.last_id();
@@ -741,10 +744,7 @@ mod tests {
 
     #[test]
     fn a_flood_of_set_commands_keeps_the_latest_and_every_pause_resume_cancel() {
-        let limits = Limits {
-            compact_at: 1000,
-            keep_recent: 300,
-        };
+        let limits = SMALL;
         let log = EventLog::with_limits(limits);
         log.push(step(0, StepState::Running));
         let mut must_keep = Vec::new();
