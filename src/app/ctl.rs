@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, StatusCode};
 use serde_json::{Value, json};
@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use crate::cli::{CtlAction, CtlArgs};
 use crate::error::{Unreachable, UsageError};
 use crate::human::thousands;
-use crate::view::follow::Target;
+use crate::view::follow::{Target, answer_body};
 
 /// How long to wait for the run to answer.
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -120,12 +120,7 @@ async fn post(target: &Target, path: &str, body: Value) -> anyhow::Result<(Statu
             .body(Full::new(Bytes::from(body.to_string())))?;
         let resp = target.send(req).await.map_err(unreachable)?;
         let status = resp.status();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| unreachable(e.to_string()))?
-            .to_bytes();
+        let bytes = answer_body(resp.into_body()).await.map_err(unreachable)?;
         Ok::<_, anyhow::Error>((status, String::from_utf8_lossy(&bytes).into_owned()))
     };
     tokio::time::timeout(PATIENCE, exchange)

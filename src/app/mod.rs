@@ -50,6 +50,11 @@ pub struct Session {
 
 /// `batchsse run`: check everything, then execute.
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let mode = args.serve.progress;
+    crate::view::github::guard(mode, check_and_run(args))
+}
+
+fn check_and_run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let config = RunConfig::from_args(&args)?;
     let lifecycle = Lifecycle::start()?;
     let session = open(config)?;
@@ -180,6 +185,24 @@ fn shell_word(s: &str) -> String {
             .all(|c| c.is_ascii_alphanumeric() || "-_.:/@%+=,".contains(c));
     if plain {
         s.to_owned()
+    } else if s.chars().any(char::is_control) {
+        // ANSI-C quoting keeps the word on one line (a workflow command
+        // cannot hide in it) and is still one word to bash and zsh.
+        let mut out = String::from("$'");
+        for c in s.chars() {
+            match c {
+                '\\' | '\'' => {
+                    out.push('\\');
+                    out.push(c);
+                }
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+                c => out.push(c),
+            }
+        }
+        out + "'"
     } else {
         format!("'{}'", s.replace('\'', r"'\''"))
     }
@@ -366,6 +389,8 @@ mod tests {
         assert_eq!(shell_word("it's"), r"'it'\''s'");
         assert_eq!(shell_word(""), "''");
         assert_eq!(shell_word("=x"), "'=x'", "zsh expands a leading =");
+        assert_eq!(shell_word("a\n::error::x"), r"$'a\n::error::x'");
+        assert_eq!(shell_word("it's\r"), r"$'it\'s\r'");
         assert_eq!(plan_flag("-x"), "--plan=-x", "not taken for a flag");
         assert_eq!(plan_flag("my plan"), "--plan 'my plan'");
     }

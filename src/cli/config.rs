@@ -194,7 +194,7 @@ fn options(pace: &PaceArgs, args: &RunArgs) -> Result<run::Options, UsageError> 
         checkpoint: !args.no_checkpoint,
         pace: run::Pace {
             chunk_time: pace.chunk_time.map(Duration::from_millis),
-            nice_ratio: pace.nice_ratio,
+            nice_ratio: pace.nice_ratio.map(crate::events::Settings::tidy_ratio),
             sleep: Duration::from_millis(pace.sleep),
             batch_size: pace.batch_size,
         },
@@ -325,6 +325,7 @@ pub fn check_serve(a: &ServeArgs, default_linger: f64) -> Result<Option<Serve>, 
     if let Some(t) = &a.control_token {
         serve::check_control_token(t)?;
     }
+    serve::check_distinct(a.token.as_deref(), a.control_token.as_deref())?;
     serve.config.control_token = a.control_token.clone();
     serve.wait_for_clients = a.wait_for_clients;
     Ok(Some(serve))
@@ -340,6 +341,9 @@ fn check_server(f: ServerFlags<'_>) -> Result<Serve, UsageError> {
     }
     if let Some(t) = f.token {
         serve::check_token(t)?;
+    }
+    for name in f.allow_host {
+        check_allow_host(name)?;
     }
     if let Some(o) = f.cors {
         if o == "*" && f.token.is_some() {
@@ -368,6 +372,23 @@ fn check_server(f: ServerFlags<'_>) -> Result<Serve, UsageError> {
     })
 }
 
+/// An `--allow-host` is a name as it comes in `Host` (a proxy's
+/// `batch.example.com`, optionally with `:PORT`): never empty (an empty
+/// name would let in a request with an empty `Host`), no URL, no blanks.
+fn check_allow_host(name: &str) -> Result<(), UsageError> {
+    let ok = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-_:[]".contains(c))
+        && !name.starts_with(':');
+    if ok {
+        return Ok(());
+    }
+    Err(UsageError::new(format!(
+        "--allow-host {name:?} is not a host name; give the name a proxy sends in Host, e.g. --allow-host batch.example.com (no scheme, path or spaces)"
+    )))
+}
+
 /// `--token` and `--control-token` typed on the command line beside
 /// `--no-serve` mean nothing: there is no server to guard or steer, and a
 /// user who expects to steer the run must hear so before it starts. The
@@ -394,6 +415,32 @@ pub fn typed_without_server(matches: &clap::ArgMatches) -> Result<(), UsageError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn allowed_hosts_are_names_only() {
+        for good in [
+            "proxy",
+            "batch.example.com",
+            "batch.example.com:8443",
+            "[::1]:80",
+            "a_b-c",
+        ] {
+            assert_eq!(check_allow_host(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            ":80",
+            "http://proxy",
+            "a b",
+            "proxy/",
+            "tök",
+            "a,b",
+            " ",
+        ] {
+            let e = check_allow_host(bad).unwrap_err().0;
+            assert!(e.contains("--allow-host"), "{bad:?}: {e}");
+        }
+    }
 
     #[test]
     fn listen_addresses_people_type_parse() {

@@ -105,7 +105,7 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct CtlArgs {
-    /// The run's address: its base URL, e.g. http://127.0.0.1:7077/.
+    /// The run's address: its base URL, e.g. http://127.0.0.1:7077/ (or any of its routes, such as /status).
     #[arg(value_name = "URL")]
     pub url: String,
 

@@ -103,6 +103,14 @@ pub struct Settings {
     pub batch_size: Option<u64>,
 }
 
+impl Settings {
+    /// A nice ratio as kept and shown: to a millionth (1e-320 would print
+    /// 330 digits, and -0.0 as "-0"), never negative zero.
+    pub fn tidy_ratio(r: f64) -> f64 {
+        (r * 1e6).round() / 1e6 + 0.0
+    }
+}
+
 /// Why a run is waiting between chunks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]

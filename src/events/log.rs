@@ -1,7 +1,8 @@
 //! The run's append-only event log: the one broadcast. Each event gets the
 //! next id and is encoded to SSE bytes once; every reader (HTTP client,
 //! terminal) is a cursor into it, woken through a `watch` channel. Long runs
-//! are bounded by compacting superseded `progress` events (see `Limits`).
+//! are bounded by compacting superseded `progress` and `control` `set`
+//! events (see `Limits`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -76,8 +77,9 @@ pub struct RunIdentity {
 
 /// How much history the log keeps. Once it holds `compact_at` entries, every
 /// `progress` event older than the newest `keep_recent` entries is dropped,
-/// unless it is the latest progress of its step; `start`, `step`, `message`
-/// and `finished` are never dropped. An entry is about 1 KiB, so the defaults
+/// unless it is the latest progress of its step, and so is every `control`
+/// `set` but the latest; `start`, `step`, `message`, `throttle`, `finished`
+/// and the other `control` events are never dropped. An entry is about 1 KiB, so the defaults
 /// hold the log near 32 MiB however long the run.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -360,16 +362,26 @@ impl EventLog {
     }
 }
 
-/// Drops the superseded `progress` events from all but the newest
-/// `keep_recent` entries. Readers are cursors by id, so one whose next event
-/// was dropped simply gets the next retained one: ids stay monotonic and no
-/// reader sees an event twice.
+/// Drops the superseded events from all but the newest `keep_recent`
+/// entries: `progress` but the latest of each step, and `control` `set`
+/// but the latest (each `control` carries the settings after it, so the
+/// newest one left says the pace; pause, resume and cancel all stay).
+/// Readers are cursors by id, so one whose next event was dropped simply
+/// gets the next retained one: ids stay monotonic and no reader sees an
+/// event twice.
 fn compact(inner: &mut Inner, limits: Limits) {
     let old_end = inner.entries.len().saturating_sub(limits.keep_recent);
     let mut latest: HashMap<usize, u64> = HashMap::new();
+    let mut latest_set = None;
     for e in inner.entries.iter().rev() {
-        if let Event::Progress(p) = &e.event {
-            latest.entry(p.step).or_insert(e.id);
+        match &e.event {
+            Event::Progress(p) => {
+                latest.entry(p.step).or_insert(e.id);
+            }
+            Event::Control(c) if c.action == ControlAction::Set => {
+                latest_set.get_or_insert(e.id);
+            }
+            _ => {}
         }
     }
     let before = inner.entries.len();
@@ -378,6 +390,7 @@ fn compact(inner: &mut Inner, limits: Limits) {
         let keep = i >= old_end
             || match &e.event {
                 Event::Progress(p) => latest.get(&p.step) == Some(&e.id),
+                Event::Control(c) if c.action == ControlAction::Set => latest_set == Some(e.id),
                 _ => true,
             };
         i += 1;
@@ -647,6 +660,12 @@ mod tests {
         })
     }
 
+    /// Limits small enough to compact a lot in a test.
+    const SMALL: Limits = Limits {
+        compact_at: 1000,
+        keep_recent: 300,
+    };
+
     /// A two-step run of 2 × `n` progress events with a message every 97.
     fn long_run(log: &EventLog, n: u64) -> Vec<u64> {
         let mut kept = Vec::new();
@@ -667,10 +686,7 @@ mod tests {
 
     #[test]
     fn compaction_keeps_every_non_progress_event_and_monotonic_ids() {
-        let limits = Limits {
-            compact_at: 1000,
-            keep_recent: 300,
-        };
+        let limits = SMALL;
         let log = EventLog::with_limits(limits);
         let must_keep = long_run(&log, 5000);
         let last = log.last_id();
@@ -710,6 +726,61 @@ mod tests {
         let snap = log.snapshot();
         assert_eq!((snap.state, snap.last_event_id), (RunState::Finished, last));
         assert_eq!(log.final_status(), Some(RunStatus::Ok));
+    }
+
+    fn control(action: ControlAction, sleep_ms: u64) -> Event {
+        Event::Control(crate::events::Control {
+            action,
+            by: crate::events::ControlBy::Ctl,
+            remote: "127.0.0.1:9".into(),
+            settings: Settings {
+                chunk_time_ms: 250,
+                nice_ratio: 0.0,
+                sleep_ms,
+                batch_size: None,
+            },
+        })
+    }
+
+    #[test]
+    fn a_flood_of_set_commands_keeps_the_latest_and_every_pause_resume_cancel() {
+        let limits = SMALL;
+        let log = EventLog::with_limits(limits);
+        log.push(step(0, StepState::Running));
+        let mut must_keep = Vec::new();
+        for n in 0..50_000u64 {
+            let action = match n % 5_000 {
+                1_000 => ControlAction::Pause,
+                2_000 => ControlAction::Resume,
+                _ => ControlAction::Set,
+            };
+            let id = log.push(control(action, n)).unwrap();
+            if action != ControlAction::Set {
+                must_keep.push(id);
+            }
+        }
+        let last_set = log.push(control(ControlAction::Set, 7)).unwrap();
+        // Enough later events that the flood is all old at the next compaction.
+        for n in 0..2 * limits.compact_at {
+            log.push(msg(n));
+        }
+        must_keep.push(log.push(control(ControlAction::Cancel, 7)).unwrap());
+        let all = log.after(0);
+        let ids: Vec<u64> = all.iter().map(|e| e.id).collect();
+        for id in must_keep.iter().chain([&1, &last_set]) {
+            assert!(ids.contains(id), "event {id} was dropped");
+        }
+        let sets = all
+            .iter()
+            .filter(|e| matches!(&e.event, Event::Control(c) if c.action == ControlAction::Set))
+            .count();
+        assert_eq!(sets, 1, "only the latest set is left once it is old");
+        // The step, the messages, every pause/resume/cancel, one set.
+        assert_eq!(all.len(), 1 + 2 * limits.compact_at + must_keep.len() + 1);
+        let (held, dropped) = log.retained();
+        assert_eq!(held as u64 + dropped, log.last_id());
+        assert_eq!(log.snapshot().settings.sleep_ms, 7);
+        assert!(!log.snapshot().paused, "the last pause was resumed");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use serde_json::Value;
 
-use super::auth::same_secret;
+use super::auth::{bearer, same_secret};
 use super::routes::{self, Body, Query};
 use super::state::State;
 use crate::events::{Control, ControlAction, ControlBy, Event};
@@ -87,12 +87,7 @@ fn admit(state: &State, headers: &HeaderMap, query: Option<&str>) -> Result<(), 
             "the control token is taken only as 'Authorization: Bearer T', never in the URL (where logs and history keep it)".into(),
         ));
     }
-    let sent = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().strip_prefix("Bearer "))
-        .map(str::trim);
-    match sent {
+    match bearer(headers) {
         None => {
             return Err((
                 StatusCode::UNAUTHORIZED,
@@ -208,15 +203,47 @@ fn client(headers: &HeaderMap) -> ControlBy {
     }
 }
 
+/// A JSON object's fields as sent, repeats included (`serde_json`'s map
+/// keeps only the last of a repeated key).
+struct Fields(Vec<(String, Value)>);
+
+impl<'de> serde::Deserialize<'de> for Fields {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Fields, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Fields;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(self, mut m: M) -> Result<Fields, M::Error> {
+                let mut fields = Vec::new();
+                while let Some(field) = m.next_entry::<String, Value>()? {
+                    fields.push(field);
+                }
+                Ok(Fields(fields))
+            }
+        }
+        d.deserialize_map(Visit)
+    }
+}
+
 /// The body as a command, or why not (naming the field).
 fn parse(body: &[u8]) -> Result<Command, String> {
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| format!("the body is not JSON ({e}); send e.g. {{\"pause\": true}}"))?;
-    let Value::Object(map) = v else {
-        return Err("the body must be a JSON object, e.g. {\"pause\": true}".into());
-    };
+    let Fields(map) = serde_json::from_slice(body).map_err(|e| {
+        if e.classify() == serde_json::error::Category::Data {
+            "the body must be a JSON object, e.g. {\"pause\": true}".to_owned()
+        } else {
+            format!("the body is not JSON ({e}); send e.g. {{\"pause\": true}}")
+        }
+    })?;
     let mut cmd = Command::default();
-    for (key, value) in &map {
+    for (i, (key, value)) in map.iter().enumerate() {
+        // `{"pause": true, "pause": false}` could mean either: refused.
+        if map[..i].iter().any(|(k, _)| k == key) {
+            return Err(format!(
+                "the field {key:?} is given twice; give each field once"
+            ));
+        }
         field(&mut cmd, key, value)?;
     }
     if map.is_empty() {
@@ -247,7 +274,7 @@ fn field(cmd: &mut Command, key: &str, value: &Value) -> Result<(), String> {
                 .as_f64()
                 .filter(|r| NICE_RATIO.contains(r))
                 .ok_or("nice_ratio must be a number from 0 to 100")?;
-            cmd.pace.nice_ratio = Some(r);
+            cmd.pace.nice_ratio = Some(crate::events::Settings::tidy_ratio(r));
         }
         other => {
             return Err(format!(
@@ -290,5 +317,21 @@ mod tests {
         assert!(bad("{}").contains("empty"));
         assert!(bad("[1]").contains("object"));
         assert!(bad("pause").contains("not JSON"));
+        for not_object in ["true", "1", "-1", "1.5", "\"x\"", "null", "[]"] {
+            assert!(bad(not_object).contains("object"), "{not_object}");
+        }
+        assert!(bad(r#"{"pause": true, "pause": false}"#).contains("\"pause\" is given twice"));
+        assert!(bad(r#"{"sleep_ms": 1, "pause": true, "sleep_ms": 1}"#).contains("\"sleep_ms\""));
+        assert!(bad(r#"{"pause": true} x"#).contains("not JSON"));
+        for (sent, kept) in [
+            ("1e-320", 0.0),
+            ("-0.0", 0.0),
+            ("0.1234567", 0.123457),
+            ("2", 2.0),
+        ] {
+            let r = parse(format!("{{\"nice_ratio\": {sent}}}").as_bytes()).unwrap();
+            let r = r.pace.nice_ratio.unwrap();
+            assert_eq!((r, r.to_string()), (kept, kept.to_string()), "{sent}");
+        }
     }
 }

@@ -35,7 +35,7 @@ use crate::error::UsageError;
 use direct::Sniffed;
 use fanout::Fanout;
 
-pub use auth::{check_control_token, check_token};
+pub use auth::{check_control_token, check_distinct, check_token};
 pub use routes::RUN_ID_HEADER;
 pub use state::{Config, State};
 

@@ -47,8 +47,10 @@ pub struct Target {
 }
 
 impl Target {
-    /// Accepts `http://HOST:PORT/`, `http://HOST:PORT/events` (a prefix
-    /// before either is kept, for reverse proxies) and `HOST:PORT`.
+    /// Accepts `http://HOST:PORT/`, any of the run's routes under it
+    /// (`/events`, `/status`, `/metrics`, `/healthz`, `/control`; a prefix
+    /// before them is kept, for reverse proxies) and `HOST:PORT`. A user
+    /// name or password in the URL is refused, not sent.
     pub fn parse(url: &str, token: Option<&str>) -> Result<Target, UsageError> {
         let bad = |why: &str| {
             UsageError::new(format!(
@@ -72,6 +74,12 @@ impl Target {
             _ => return Err(bad("only http:// is supported")),
         }
         let authority = uri.authority().ok_or_else(|| bad("no host"))?;
+        if authority.as_str().contains('@') {
+            // Not echoed: the URL holds a password.
+            return Err(UsageError::new(
+                "the URL has a user name or password (USER:PASS@), which batchsse never sends; drop that part and give the run's token with --token or --control-token",
+            ));
+        }
         let host = authority
             .host()
             .trim_start_matches('[')
@@ -80,12 +88,7 @@ impl Target {
             return Err(bad("no host"));
         }
         let port = authority.port_u16().unwrap_or(80);
-        let path = uri.path();
-        let base = match path.strip_suffix("/events") {
-            Some(prefix) => format!("{prefix}/"),
-            None if path.ends_with('/') => path.to_owned(),
-            None => format!("{path}/"),
-        };
+        let base = base_path(uri.path());
         let mut after = 0;
         let mut query = form_urlencoded::Serializer::new(String::new());
         for (k, v) in form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()) {
@@ -133,8 +136,25 @@ impl Target {
     }
 }
 
+/// The run's base path (ending in `/`) from a URL's path: the path itself,
+/// or its prefix when it names one of the run's routes.
+fn base_path(path: &str) -> String {
+    match path.rsplit_once('/') {
+        Some((prefix, "events" | "status" | "metrics" | "healthz" | "control")) => {
+            format!("{prefix}/")
+        }
+        _ if path.ends_with('/') => path.to_owned(),
+        _ => format!("{path}/"),
+    }
+}
+
 /// `batchsse watch`.
 pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
+    let mode = args.progress;
+    crate::view::github::guard(mode, watch(args))
+}
+
+fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
     let target = Target::parse(&args.url, args.token.as_deref())?;
     let patience = Duration::try_from_secs_f64(args.connect_timeout)
         .map_err(|_| {
@@ -336,6 +356,26 @@ impl Target {
     }
 }
 
+/// The most a JSON answer (`/status`, `/control`) may take: a run's is a
+/// few KiB, so anything near this is not a batchsse run talking.
+pub const MAX_ANSWER: usize = 1 << 20;
+
+/// A whole (small) answer body, or why not: past `MAX_ANSWER` the rest is
+/// not read, so a server that never stops sending cannot fill memory.
+pub async fn answer_body(body: Incoming) -> Result<Bytes, String> {
+    match http_body_util::Limited::new(body, MAX_ANSWER)
+        .collect()
+        .await
+    {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(format!(
+            "it sent more than {} KiB, where a batchsse run answers in a few KiB",
+            MAX_ANSWER >> 10
+        )),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Sends `GET path`, resuming after `seen` if given; connecting and the
 /// response head must come by `deadline`.
 async fn get(
@@ -534,11 +574,10 @@ async fn outcome_after_204(target: &Target, last_id: u64, deadline: Instant) -> 
     if resp.status() != StatusCode::OK {
         return Err(refused(target, resp.status()));
     }
-    let body = tokio::time::timeout_at(deadline, resp.into_body().collect())
+    let body = tokio::time::timeout_at(deadline, answer_body(resp.into_body()))
         .await
         .map_err(|_| Unreachable(format!("{url} timed out")))?
-        .map_err(|e| Unreachable(format!("{url}: {e}")))?
-        .to_bytes();
+        .map_err(|e| Unreachable(format!("{url}: {e}")))?;
     #[derive(serde::Deserialize)]
     struct Status {
         status: Option<RunStatus>,
@@ -590,6 +629,15 @@ mod tests {
         assert_eq!((t.host.as_str(), t.port, t.after), ("ci.local", 80, 7));
         assert_eq!(t.events, "/batch/events?token=a+b");
         assert_eq!(t.status, "/batch/status?token=a+b");
+        for route in ["status", "metrics", "healthz", "control", "events", ""] {
+            let t = Target::parse(&format!("http://h:1/batch/{route}"), None).unwrap();
+            assert_eq!(
+                (t.events.as_str(), t.status.as_str()),
+                ("/batch/events", "/batch/status")
+            );
+        }
+        let t = Target::parse("http://h:1/batch", None).unwrap();
+        assert_eq!(t.status, "/batch/status");
         let t = Target::parse("http://[::1]:9/", Some("s3cret")).unwrap();
         assert_eq!((t.host.as_str(), t.authority.as_str()), ("::1", "[::1]:9"));
         assert_eq!(t.auth.unwrap(), "Bearer s3cret");
@@ -608,6 +656,17 @@ mod tests {
         ] {
             let e = Target::parse(url, token).unwrap_err();
             assert!(!e.0.is_empty(), "{url}");
+        }
+        for url in [
+            "http://user:pa55@h:1/",
+            "http://user@h:1/events",
+            "u:pa55@h:1",
+        ] {
+            let e = Target::parse(url, None).unwrap_err().0;
+            assert!(
+                e.contains("USER:PASS@") && !e.contains("pa55"),
+                "{url}: {e}"
+            );
         }
     }
 }

@@ -1,12 +1,51 @@
 //! `--progress github`: GitHub Actions workflow commands around the plain
 //! lines (a `::group::` per step, `::error` for a failed step, `::warning`
 //! for warnings) and, with `GITHUB_STEP_SUMMARY` set, a Markdown table of
-//! the steps appended to that file at the end.
+//! the steps appended to that file at the end. Every line printed in this
+//! mode is one physical line: a CR or LF from a step name, an SQL error or
+//! a message is shown as `\r`/`\n`, so no text can start a line with `::`.
 
 use std::io::Write;
 
 use crate::events::{Finished, Level, Message, Start, StepEvent, StepState};
 use crate::human::{duration, thousands};
+
+/// A human line as one physical line: GitHub reads every line of the log
+/// for a workflow command (`::…`), so CR and LF inside a step name or an
+/// error are shown as `\r` and `\n` and a line always starts with the text
+/// batchsse put there.
+pub fn one_line(s: &str) -> String {
+    if !s.contains(['\r', '\n']) {
+        return s.to_owned();
+    }
+    s.replace('\r', "\\r").replace('\n', "\\n")
+}
+
+/// An error for `main` to print, on one line: in github mode a failure
+/// before or around the run (a pre-run check echoes the step's SQL) must not
+/// carry a workflow command either. The kind that picks the exit status
+/// stays.
+pub fn one_line_error(err: anyhow::Error) -> anyhow::Error {
+    use crate::error::{Unreachable, UsageError};
+    let text = one_line(&format!("{err:#}"));
+    if err.chain().any(|e| e.is::<Unreachable>()) {
+        Unreachable(text).into()
+    } else if err.chain().any(|e| e.is::<UsageError>()) {
+        UsageError::new(text).into()
+    } else {
+        anyhow::anyhow!(text)
+    }
+}
+
+/// `result` as it is, or its error on one line when `mode` is (or `auto`
+/// resolves to) github.
+pub fn guard<T>(mode: crate::cli::ProgressMode, result: anyhow::Result<T>) -> anyhow::Result<T> {
+    if mode.resolve() == crate::cli::ProgressMode::Github {
+        result.map_err(one_line_error)
+    } else {
+        result
+    }
+}
 
 /// A command's message, per the workflow-command rules.
 pub fn escape_data(s: &str) -> String {
@@ -71,7 +110,13 @@ impl Github {
     /// Closes a group left open, and appends the summary if asked for.
     pub fn finished(&mut self, f: &Finished, line: &str) -> Vec<String> {
         let mut out: Vec<String> = self.end_group().into_iter().collect();
-        out.push(format!("batchsse: {line}"));
+        // The outcome, then the error (if any) on its own line, each one
+        // physical line once the renderer has made it so.
+        let (outcome, detail) = line.split_once('\n').unwrap_or((line, ""));
+        out.push(format!("batchsse: {outcome}"));
+        if !detail.trim().is_empty() {
+            out.push(detail.to_owned());
+        }
         let Some(path) = std::env::var_os("GITHUB_STEP_SUMMARY").filter(|p| !p.is_empty()) else {
             return out;
         };
@@ -221,6 +266,19 @@ mod tests {
         );
         assert_eq!(Github::warning(&m(Level::Info)), None);
         assert_eq!(Github::warning(&m(Level::Error)), None);
+    }
+
+    #[test]
+    fn a_human_line_is_one_physical_line() {
+        for (raw, shown) in [
+            ("plain 100% :: x", "plain 100% :: x"),
+            ("a\n::error::x", "a\\n::error::x"),
+            ("a\r::warning::x", "a\\r::warning::x"),
+            ("a\r\n\n", "a\\r\\n\\n"),
+            ("", ""),
+        ] {
+            assert_eq!(one_line(raw), shown, "{raw:?}");
+        }
     }
 
     #[test]

@@ -136,13 +136,19 @@ impl Renderer {
         }
     }
 
-    /// Prints one line of human text, above the bars if there are any.
+    /// Prints one line of human text, above the bars if there are any; in
+    /// github mode as one physical line (see `github::one_line`).
     fn say(&self, line: &str) {
+        let line = if self.mode == ProgressMode::Github {
+            crate::view::github::one_line(line).into()
+        } else {
+            std::borrow::Cow::Borrowed(line)
+        };
         match &self.bars {
             Some(b) => {
                 let _ = b.multi.println(line);
             }
-            None => print_line(line),
+            None => print_line(&line),
         }
     }
 
@@ -182,7 +188,7 @@ impl Renderer {
         self.steps.clear();
         self.last_plain.clear();
         if self.mode != ProgressMode::None {
-            print_line(line);
+            self.say(line);
         }
     }
 

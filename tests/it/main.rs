@@ -10,6 +10,7 @@ mod fanout;
 mod fuzz;
 mod govern;
 mod hangs;
+mod hostile;
 mod operate;
 mod ops;
 mod relay;

@@ -1,0 +1,404 @@
+//! What a hostile user tries: text that would pass for a GitHub workflow
+//! command, floods of live commands, a server that never stops talking,
+//! and flags and bodies that look harmless but are not.
+
+use serde_json::Value;
+
+use crate::util::*;
+
+/// The lines GitHub would read as workflow commands: every physical line
+/// (the runner splits on CR and LF alike) that starts with `::`, leading
+/// blanks ignored, or with the older `##[` form.
+fn commands(log: &str) -> Vec<&str> {
+    log.split(['\n', '\r'])
+        .filter(|l| {
+            let l = l.trim_start();
+            l.starts_with("::") || l.starts_with("##[")
+        })
+        .collect()
+}
+
+/// A table of two rows whose names, and whose trigger's message, carry
+/// CR, LF, `%` and `::`: the first step works, the second fails.
+fn injecting() -> (TempDb, std::path::PathBuf) {
+    let db = TempDb::with_sql(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, n INT NOT NULL DEFAULT 0);
+         INSERT INTO t(id) VALUES (1), (2);
+         CREATE TABLE u(id INTEGER PRIMARY KEY, v INT);
+         INSERT INTO u VALUES (1, 0);
+         CREATE TRIGGER no_u BEFORE UPDATE ON u BEGIN
+           SELECT RAISE(ABORT, 'refused 100%
+::error::from-trigger::x');
+         END;",
+    );
+    let plan = serde_json::json!({
+        "name": "inject",
+        "steps": [
+            {"name": "bump\n::error::name-lf", "sql": "UPDATE t SET n = n + 1"},
+            {"name": "touch u 50%\r::warning::name-cr\n  ::notice::indented", "sql": "UPDATE u SET v = 1"},
+        ]
+    });
+    let path = db.file("plan.json", &plan.to_string());
+    (db, path)
+}
+
+/// Exactly the commands batchsse means for this plan: a group per step,
+/// its end, and one error annotation for the failed step, whose escaped
+/// message still carries the trigger's words.
+fn assert_only_meant_commands(log: &str) {
+    let cmds = commands(log);
+    let kinds: Vec<&str> = cmds
+        .iter()
+        .map(|c| match c {
+            c if c.starts_with("::group::[1/2] bump%0A::error::name-lf") => "group 1",
+            c if c.starts_with("::group::[2/2] touch u 50%25%0D::warning::name-cr%0A") => "group 2",
+            &"::endgroup::" => "endgroup",
+            c if c.starts_with("::error title=step 2 (touch u 50%25%0D%3A%3Awarning") => "error",
+            other => panic!("a command batchsse did not mean: {other:?} in:\n{log}"),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        ["group 1", "endgroup", "group 2", "endgroup", "error"],
+        "{log}"
+    );
+    let error = cmds[4];
+    assert!(
+        error.ends_with(": refused 100%25%0A::error::from-trigger::x"),
+        "{error}"
+    );
+    // The words are still there for a person, one line each.
+    assert!(log.contains("from-trigger"), "{log}");
+    assert!(log.contains("name-lf"), "{log}");
+}
+
+#[test]
+fn in_github_mode_no_name_or_error_can_start_a_workflow_command() {
+    let (db, plan) = injecting();
+    let summary = db.dir.path().join("summary.md");
+    let mut p = spawn(
+        &run_args(
+            &db,
+            path_str(&plan),
+            &["--no-serve", "--no-checkpoint", "--progress", "github"],
+        ),
+        |c| {
+            c.env("GITHUB_STEP_SUMMARY", &summary);
+        },
+    );
+    assert_eq!(p.wait().code(), Some(1), "{}", p.stderr());
+    assert_only_meant_commands(&p.stderr());
+    // The summary's table keeps its shape: every row has the header's
+    // five cells, whatever the names held.
+    let md = std::fs::read_to_string(&summary).unwrap();
+    let rows: Vec<&str> = md.lines().filter(|l| l.starts_with('|')).collect();
+    assert_eq!(rows.len(), 4, "{md}");
+    for row in rows {
+        let bars = row.matches('|').count() - row.matches("\\|").count();
+        assert_eq!(bars, 6, "{row:?} in:\n{md}");
+    }
+}
+
+#[test]
+fn watch_in_github_mode_is_as_safe_as_the_run() {
+    let (db, plan) = injecting();
+    let run = serving(&db, path_str(&plan), &["--no-checkpoint", "--linger", "30"]);
+    let url = format!("http://{}/", run.addr());
+    let (code, _, err) = crate::util::run(&["watch", &url, "--progress", "github"]);
+    assert_eq!(code, 1, "{err}");
+    assert_only_meant_commands(&err);
+    run.signal("TERM");
+}
+
+#[test]
+fn a_refused_plan_that_echoes_its_sql_starts_no_command_in_github_mode() {
+    let db = TempDb::with_sql("CREATE TABLE t(id INTEGER PRIMARY KEY);");
+    let plan = db.file(
+        "plan.json",
+        &serde_json::json!({"name": "bad", "steps": [
+            {"name": "s", "sql": "UPDATE \"no\n::error::check-lf\r::warning::check-cr\" SET x = 1"}
+        ]})
+        .to_string(),
+    );
+    let before = db.bytes();
+    let (code, _, err) = crate::util::run(&run_args(
+        &db,
+        path_str(&plan),
+        &["--no-serve", "--progress", "github"],
+    ));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("check-lf"), "the error still names it: {err}");
+    assert_eq!(commands(&err), Vec::<&str>::new(), "{err}");
+    assert_eq!(db.bytes(), before);
+}
+
+const TOKEN: &str = "c0ntrol";
+
+/// `POST /control` with `authorization` (a whole header value) and `body`.
+fn control(addr: std::net::SocketAddr, authorization: &str, body: &str) -> Response {
+    let req = format!(
+        "POST /control HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
+         Authorization: {authorization}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    raw(addr, req.as_bytes())
+}
+
+/// A run held at the gate (nothing written) until a stream client comes,
+/// with live control on and the log compacting at `compact_at` entries.
+fn held(compact_at: &str, progress: &str, extra: &[&str]) -> (TempDb, Proc) {
+    let db = TempDb::counters(500);
+    let plan = db.file("plan.json", &counter_plan("steer", 50));
+    let mut args = run_args(&db, path_str(&plan), &["--progress", progress]);
+    args.extend(words(
+        "--listen 127.0.0.1:0 --wait-for-clients 1 --batch-size 50",
+    ));
+    args.extend(["--control-token", TOKEN]);
+    args.extend_from_slice(extra);
+    let compact_at = compact_at.to_owned();
+    let p = Proc::start_with(&args, move |c| {
+        c.env("BATCHSSE_LOG_COMPACT_AT", compact_at);
+    });
+    (db, p)
+}
+
+#[test]
+fn a_flood_of_set_commands_leaves_a_bounded_replay_with_the_latest_pace() {
+    let (_db, p) = held("64", "none", &[]);
+    let addr = p.addr();
+    let bearer = format!("Bearer {TOKEN}");
+    for n in 0..400 {
+        let r = control(addr, &bearer, &format!("{{\"sleep_ms\": {n}}}"));
+        assert_eq!(r.status, 200, "{}", r.text());
+        if n == 200 {
+            let r = control(addr, &bearer, r#"{"pause": true}"#);
+            assert_eq!(r.status, 200, "{}", r.text());
+        }
+    }
+    let last = get(addr, "/status", &[]).json()["last_event_id"]
+        .as_u64()
+        .unwrap();
+    assert!(last > 400, "every command was logged: {last}");
+    // A late client's replay (it also opens the gate).
+    let mut s = Stream::open(addr, "/events", &[]);
+    let mut replay = Vec::new();
+    while let Some(e) = s.next_event() {
+        let id = id(&e);
+        replay.push(e);
+        if id >= last {
+            break;
+        }
+    }
+    let controls: Vec<Value> = replay
+        .iter()
+        .filter(|e| e.event == "control")
+        .map(data)
+        .collect();
+    // Less than the 64 entries a compaction waits for, the latest set
+    // before them and the pause: 401 without compaction.
+    assert!(
+        controls.len() <= 66,
+        "{} control events replayed",
+        controls.len()
+    );
+    assert!(
+        controls.iter().any(|c| c["action"] == "pause"),
+        "the pause is kept"
+    );
+    assert_eq!(controls.last().unwrap()["settings"]["sleep_ms"], 399);
+}
+
+/// A server on a free loopback port that answers its first request with a
+/// 200 JSON body of `size` bytes (one object with a long string), written
+/// until the reader hangs up; the thread returns how much it wrote.
+fn talkative(size: usize) -> (String, std::thread::JoinHandle<usize>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    let t = std::thread::spawn(move || {
+        let (mut tcp, _) = listener.accept().unwrap();
+        let mut head = [0u8; 4096];
+        let _ = std::io::Read::read(&mut tcp, &mut head);
+        let mut written = 0;
+        let mut send = |b: &[u8]| {
+            let ok = std::io::Write::write_all(&mut tcp, b).is_ok();
+            written += b.len();
+            ok
+        };
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {size}\r\n\r\n{{\"pad\":\""
+        );
+        let pad = vec![b'x'; 64 * 1024];
+        let mut left = size - 10;
+        let mut ok = send(head.as_bytes());
+        while ok && left > 0 {
+            let n = left.min(pad.len());
+            ok = send(&pad[..n]);
+            left -= n;
+        }
+        if ok {
+            send(b"\"}");
+        }
+        written
+    });
+    (url, t)
+}
+
+#[test]
+fn ctl_reads_at_most_a_mebibyte_of_answer() {
+    let size = 64 << 20;
+    let (url, server) = talkative(size);
+    let (code, out, err) = crate::util::run(&["ctl", &url, "pause", "--control-token", TOKEN]);
+    assert_eq!(code, 3, "stdout {out:.200} stderr {err:.400}");
+    assert!(err.contains("more than 1024 KiB"), "{err:.400}");
+    assert!(server.join().unwrap() < size, "the rest was never read");
+}
+
+/// A plan that would change every row, and its database's bytes.
+fn untouched_run(flags: &[&str]) -> (i32, String) {
+    let db = TempDb::counters(10);
+    let plan = db.file("plan.json", &counter_plan("p", 5));
+    let before = db.bytes();
+    let mut args = run_args(&db, path_str(&plan), &["--listen", "127.0.0.1:0"]);
+    args.extend_from_slice(flags);
+    let (code, _, err) = crate::util::run(&args);
+    assert_eq!(db.bytes(), before, "{flags:?}: {err}");
+    (code, err)
+}
+
+#[test]
+fn server_flags_that_would_open_a_hole_are_refused_before_anything_runs() {
+    let long = "t".repeat(20_000);
+    for (flags, says) in [
+        (vec!["--allow-host", ""], "--allow-host \"\""),
+        (vec!["--allow-host", "http://proxy/"], "no scheme"),
+        (
+            vec!["--control-token", long.as_str()],
+            "--control-token (or",
+        ),
+        (vec!["--token", long.as_str()], "--token (or"),
+        (
+            vec!["--token", "same", "--control-token", "same"],
+            "same as --token",
+        ),
+    ] {
+        let (code, err) = untouched_run(&flags);
+        assert_eq!(code, 2, "{flags:.60?}: {err}");
+        assert!(err.contains(says), "{flags:.60?}: {err}");
+        assert!(!err.contains(&long), "the secret is not echoed");
+    }
+}
+
+#[test]
+fn the_longest_token_taken_can_be_sent() {
+    let token = "t".repeat(4096);
+    let (_db, p) = held("32768", "none", &["--token", &token]);
+    let addr = p.addr();
+    let status = get(
+        addr,
+        "/status",
+        &[("Authorization", &format!("Bearer {token}"))],
+    );
+    assert_eq!(status.status, 200, "{}", status.text());
+    let r = get(addr, &format!("/status?token={token}"), &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[test]
+fn the_bearer_scheme_may_come_in_any_case_and_a_repeated_field_is_refused() {
+    let (_db, p) = held("32768", "none", &[]);
+    let addr = p.addr();
+    for scheme in ["bearer", "BEARER", "bEaReR"] {
+        let r = control(addr, &format!("{scheme} {TOKEN}"), r#"{"sleep_ms": 5}"#);
+        assert_eq!(r.status, 200, "{scheme}: {}", r.text());
+    }
+    let before = get(addr, "/status", &[]).json()["last_event_id"].clone();
+    for body in [
+        r#"{"pause": true, "pause": false}"#,
+        r#"{"pause": false, "sleep_ms": 1, "pause": true}"#,
+    ] {
+        let r = control(addr, &format!("Bearer {TOKEN}"), body);
+        assert_eq!(r.status, 400, "{body}: {}", r.text());
+        assert!(
+            r.text().contains("\"pause\" is given twice"),
+            "{}",
+            r.text()
+        );
+    }
+    let after = get(addr, "/status", &[]).json();
+    assert_eq!(after["last_event_id"], before, "nothing was logged");
+    assert_eq!(after["paused"], false);
+}
+
+/// Waits until `p`'s stderr holds `n` lines containing `needle`; returns them.
+fn stderr_lines(p: &Proc, needle: &str, n: usize) -> Vec<String> {
+    let start = std::time::Instant::now();
+    loop {
+        let lines: Vec<String> = p
+            .stderr()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_owned)
+            .collect();
+        if lines.len() >= n {
+            return lines;
+        }
+        assert!(start.elapsed() < PATIENCE, "{}", p.stderr());
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_tiny_or_negative_zero_nice_ratio_reads_as_zero_everywhere() {
+    let (_db, p) = held("32768", "plain", &["--nice-ratio=-0"]);
+    let addr = p.addr();
+    let r = control(
+        addr,
+        &format!("Bearer {TOKEN}"),
+        r#"{"nice_ratio": 1e-320}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.text().matches("\"nice_ratio\":0.0").count(),
+        1,
+        "{}",
+        r.text()
+    );
+    let url = format!("http://{addr}/");
+    let (code, out, err) = crate::util::run(&[
+        "ctl",
+        &url,
+        "set",
+        "--nice-ratio=-0.0",
+        "--control-token",
+        TOKEN,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("nice ratio 0.0,"), "{out}");
+    let lines = stderr_lines(&p, "new pace", 2);
+    for line in lines {
+        assert!(line.contains("nice ratio 0,"), "{line:.200}");
+    }
+    let status = get(addr, "/status", &[]).text();
+    assert!(status.contains("\"nice_ratio\":0.0"), "{status}");
+}
+
+#[test]
+fn ctl_takes_any_route_of_the_run_and_never_sends_a_password() {
+    let (_db, p) = held("32768", "none", &[]);
+    let addr = p.addr();
+    for route in ["status", "metrics", "control", "events", ""] {
+        let url = format!("http://{addr}/{route}");
+        let (code, out, err) =
+            crate::util::run(&["ctl", &url, "set", "--sleep", "3", "--control-token", TOKEN]);
+        assert_eq!(code, 0, "{url}: {out} {err}");
+    }
+    // A server that would see the request, if one were sent.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://user:pa55@{}/", listener.local_addr().unwrap());
+    let (code, _, err) = crate::util::run(&["ctl", &url, "pause", "--control-token", TOKEN]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("USER:PASS@") && !err.contains("pa55"), "{err}");
+    listener.set_nonblocking(true).unwrap();
+    assert!(listener.accept().is_err(), "ctl connected anyway");
+}
