@@ -8,10 +8,10 @@
 //! write lock: an application that finds it taken sleeps in the busy
 //! handler (1, 2, 5, 10, 15, 20, 25 ms…) and retries. A runner that takes
 //! the lock back the moment it commits makes such an application wait for
-//! the whole batch. So when another process has the database open (or
-//! commits to it), chunks are short and each is followed by a yield longer
-//! than the application's next retry; on a file nobody else uses, chunks
-//! are long and nothing yields.
+//! the whole batch. So while anyone else may be about (see `neighbours`),
+//! chunks are short and each is followed by a yield that lasts while the
+//! others keep writing; only once the run has seen nobody for a while are
+//! chunks long, with no yield.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use serde_json::json;
 
-use super::db::{other_processes, without_waiting};
+use super::db::without_waiting;
+use super::neighbours::Neighbours;
 use crate::error::UsageError;
 use crate::events::log::EventLog;
 use crate::events::{Event, Level, Settings, Throttle, ThrottleReason};
@@ -36,13 +37,20 @@ const IDLE: (Duration, f64) = (Duration::from_millis(250), 0.0);
 const LIVE: (Duration, f64) = (Duration::from_millis(20), 1.0);
 /// How often to look again for other processes that have the file open.
 const RESCAN: Duration = Duration::from_secs(1);
-/// After another connection's commit is seen, pace as live for this long.
-const LIVE_AFTER_COMMIT: Duration = Duration::from_secs(10);
+/// The run paces as live until it has seen nobody else for this long: no
+/// commit, no lock, no process with the file open.
+const ALONE_AFTER: Duration = Duration::from_secs(5);
+/// A file written this recently may belong to an application that opens
+/// it per request and has it closed right now: start at the live pace.
+const RECENT_WRITE: Duration = Duration::from_secs(60);
+/// A yield goes on while others write, until they have been quiet for this
+/// long: longer than the sleep of a writer that has waited one chunk in
+/// SQLite's busy handler (1, 2, 5, 10, 15 ms…), so it wakes inside it.
+const QUIET: Duration = Duration::from_millis(15);
+/// …but for at most this much beyond the yield's own length.
+const YIELD_EXTRA: Duration = Duration::from_millis(40);
 /// How often a wait re-checks what it waits for.
 const RECHECK: Duration = Duration::from_millis(250);
-/// A yield in which another connection committed ends once commits have
-/// stopped for this long.
-const QUIET: Duration = Duration::from_millis(3);
 /// The throttle query runs at most this often.
 const QUERY_EVERY: Duration = Duration::from_millis(100);
 /// A throttle check still running after this is stopped and counts as
@@ -108,16 +116,20 @@ pub(super) struct Governor<'a> {
     pace: Pace,
     brakes: Brakes,
     db: String,
-    path: Option<PathBuf>,
-    /// Another process had the file open at the last look.
-    others: bool,
+    neighbours: Option<Neighbours>,
     scanned: Instant,
-    /// `PRAGMA data_version` at the last look, and when it last moved.
+    /// When another connection was last seen (a commit, a lock, the file
+    /// open elsewhere, or at the start a recent write).
+    seen_at: Option<Instant>,
+    /// Why the run began at the live pace.
+    start_reason: Option<&'static str>,
+    /// `PRAGMA data_version` at the last look.
     data_version: i64,
-    committed_at: Option<Instant>,
     /// The settings last announced, to tell when they change.
     announced: Settings,
     wal: Option<PathBuf>,
+    /// The run switched a DELETE journal to TRUNCATE (see `lighten_commits`).
+    restore_delete: bool,
     throttle: Option<ThrottleQuery>,
     /// The throttle query's last failure, said once.
     query_error: Option<String>,
@@ -194,9 +206,8 @@ impl<'a> Governor<'a> {
             .as_deref()
             .and_then(Path::file_name)
             .map_or_else(|| "database".into(), |n| n.to_string_lossy().into_owned());
-        let others = path
-            .as_deref()
-            .is_some_and(|p| !other_processes(p).is_empty());
+        let mut neighbours = path.as_deref().map(Neighbours::new);
+        let start_reason = neighbours.as_mut().and_then(first_look);
         let mut g = Governor {
             conn,
             log,
@@ -205,20 +216,60 @@ impl<'a> Governor<'a> {
             pace,
             brakes,
             db,
-            path,
-            others,
+            neighbours,
             scanned: Instant::now(),
+            seen_at: start_reason.map(|_| Instant::now()),
+            start_reason,
             data_version: 0,
-            committed_at: None,
             announced: Settings::default(),
             wal,
+            restore_delete: false,
             throttle,
             query_error: None,
         };
         g.data_version = g.read_data_version();
         g.announced = g.settings();
         g.size_cache();
+        g.restore_delete = g.lighten_commits();
         g
+    }
+
+    /// Makes each chunk's commit cheaper, since a chunk commits with its
+    /// checkpoint row and a resume repeats whatever a crash loses: in WAL
+    /// mode no fsync per commit (`synchronous = NORMAL`; checkpoints still
+    /// sync, and [`Self::finish`] syncs the rest), in rollback mode a
+    /// journal truncated rather than deleted after each commit. True when
+    /// the journal mode must go back to DELETE at the end.
+    fn lighten_commits(&self) -> bool {
+        if self.wal.is_some() {
+            let _ = self.conn.execute_batch("PRAGMA synchronous = NORMAL");
+            return false;
+        }
+        let mode: Option<String> = self
+            .conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .ok();
+        mode.is_some_and(|m| m.eq_ignore_ascii_case("delete"))
+            && self
+                .conn
+                .query_row("PRAGMA journal_mode = TRUNCATE", [], |r| {
+                    r.get::<_, String>(0)
+                })
+                .is_ok_and(|m| m.eq_ignore_ascii_case("truncate"))
+    }
+
+    /// Before `finished`: what the run committed is on disk (the WAL
+    /// synced), and the journal mode is as the run found it, which also
+    /// removes the empty journal file.
+    pub(super) fn finish(&self) {
+        if let Some(wal) = &self.wal {
+            let _ = std::fs::File::open(wal).and_then(|f| f.sync_all());
+        }
+        if self.restore_delete {
+            let _ = self
+                .conn
+                .query_row("PRAGMA journal_mode = DELETE", [], |_| Ok(()));
+        }
     }
 
     /// Readers never wait on a chunk in WAL mode, and in rollback mode only
@@ -258,10 +309,7 @@ impl<'a> Governor<'a> {
     }
 
     fn live(&self) -> bool {
-        self.others
-            || self
-                .committed_at
-                .is_some_and(|t| t.elapsed() < LIVE_AFTER_COMMIT)
+        self.seen_at.is_some_and(|t| t.elapsed() < ALONE_AFTER)
     }
 
     fn read_data_version(&self) -> i64 {
@@ -274,9 +322,9 @@ impl<'a> Governor<'a> {
     /// for people (`start`'s `settings` already tell programs), as a
     /// change of pace mid-run gets.
     pub(super) fn say_starting_pace(&self) {
-        if self.live() {
-            let why = "another process has the database open: short chunks, yielding between them";
-            self.say_pace(why, None);
+        if let Some(why) = self.start_reason {
+            let why = format!("{why}: short chunks, yielding between them");
+            self.say_pace(&why, None);
         }
     }
 
@@ -302,17 +350,13 @@ impl<'a> Governor<'a> {
     /// the pace (the new settings ride on the message, for `/status`).
     fn observe(&mut self, step: Option<usize>) {
         self.steer();
-        let version = self.read_data_version();
-        if version != self.data_version {
-            self.data_version = version;
-            self.committed_at = Some(Instant::now());
-        }
-        if self.scanned.elapsed() >= RESCAN {
+        let rescan = self.scanned.elapsed() >= RESCAN;
+        if rescan {
             self.scanned = Instant::now();
-            self.others = self
-                .path
-                .as_deref()
-                .is_some_and(|p| !other_processes(p).is_empty());
+        }
+        let open = rescan && self.neighbours.as_ref().is_some_and(|n| n.open_elsewhere());
+        if self.committed() || self.locks().any || open {
+            self.seen_at = Some(Instant::now());
         }
         let now = self.settings();
         if now != self.announced {
@@ -321,7 +365,7 @@ impl<'a> Governor<'a> {
             let why = if self.live() {
                 "another connection is using the database: short chunks, yielding between them"
             } else {
-                "nobody else is using the database now: long chunks, no yield"
+                "nobody else has used the database for 5 s: long chunks, no yield"
             };
             self.say_pace(why, step);
         }
@@ -342,27 +386,32 @@ impl<'a> Governor<'a> {
         self.wait_while_braked(Some(step))
     }
 
-    /// Leaves the write lock free for up to `most`, for whoever waits for
-    /// it. Once another connection has committed (it got its turn) the
-    /// yield ends when commits stop coming for `QUIET`: writes queued
-    /// behind the chunk go first, an application's next round does not.
-    /// True when cancelled meanwhile.
-    fn yield_lock(&mut self, most: Duration) -> bool {
-        let end = Instant::now() + most;
-        let mut last_commit: Option<Instant> = None;
+    /// Leaves the write lock free for `least`, for whoever waits for it,
+    /// and then for as long as others keep writing (a commit, or a write
+    /// lock held) until they have been quiet for `QUIET`, but no more
+    /// than `YIELD_EXTRA` longer: writers sleeping in SQLite's busy
+    /// handler wake inside the yield, and the batch still moves. Nothing
+    /// is waited for when nothing is yielded. True when cancelled
+    /// meanwhile.
+    fn yield_lock(&mut self, least: Duration) -> bool {
+        if least.is_zero() {
+            return false;
+        }
+        let start = Instant::now();
+        let mut active: Option<Instant> = None;
         loop {
             let now = Instant::now();
-            if now >= end || last_commit.is_some_and(|t| now - t >= QUIET) {
+            let waited = now - start;
+            let quiet = active.is_none_or(|t| now - t >= QUIET);
+            if waited >= least + YIELD_EXTRA || (waited >= least && quiet) {
                 return false;
             }
             if self.cancel.sleep(Duration::from_millis(1)) {
                 return true;
             }
-            let version = self.read_data_version();
-            if version != self.data_version {
-                self.data_version = version;
-                last_commit = Some(Instant::now());
-                self.committed_at = last_commit;
+            if self.committed() || self.locks().writing {
+                active = Some(Instant::now());
+                self.seen_at = active;
             }
         }
     }
@@ -385,6 +434,21 @@ impl<'a> Governor<'a> {
                 Woken::Nudged => {}
             }
         }
+    }
+
+    /// Another connection committed since the last look.
+    fn committed(&mut self) -> bool {
+        let version = self.read_data_version();
+        let moved = version != self.data_version;
+        self.data_version = version;
+        moved
+    }
+
+    fn locks(&mut self) -> super::neighbours::Locks {
+        self.neighbours
+            .as_mut()
+            .map(Neighbours::locks)
+            .unwrap_or_default()
     }
 
     /// The pause after a chunk, counted in its rate and ETA.
@@ -605,4 +669,18 @@ fn wal_file(conn: &Connection, path: Option<&Path>) -> Option<PathBuf> {
 
 fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
+}
+
+/// Why the run should begin at the live pace, if it should: someone has
+/// the file open or locked, or wrote it lately and may come back.
+fn first_look(n: &mut Neighbours) -> Option<&'static str> {
+    if n.open_elsewhere() || n.locks().any {
+        Some("another process has the database open")
+    } else if n.written_within(RECENT_WRITE) {
+        Some(
+            "the database was written within the last minute, maybe by an application between its requests",
+        )
+    } else {
+        None
+    }
 }

@@ -12,6 +12,7 @@ mod chunk;
 mod db;
 mod governor;
 pub mod housekeeping;
+mod neighbours;
 mod tx;
 
 use std::path::Path;
@@ -150,6 +151,7 @@ pub fn run(
         nested: job.opts.atomic || job.opts.dry_run,
     };
     let tally = r.run_all(job.resume, gate);
+    r.governor.borrow().finish();
     let (status, error) = match tally.end {
         None => (RunStatus::Ok, None),
         Some((status, why)) => (status, Some(why)),

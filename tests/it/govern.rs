@@ -325,7 +325,9 @@ fn a_run_that_starts_beside_another_process_says_it_takes_the_live_pace() {
             .find(|l| l["event"] == "message")
             .map(|l| l["data"]["message"].as_str().unwrap_or_default().to_owned())
     };
-    // Alone with the file: no word of pace before the first step.
+    // Alone with a file nobody wrote lately: no word of pace before the
+    // first step.
+    db.age();
     let (code, out, err) = run(&args);
     assert_eq!(code, 0, "{err}");
     assert_eq!(first_message(&out), None, "{out}");

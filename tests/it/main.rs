@@ -13,6 +13,7 @@ mod hangs;
 mod hostile;
 mod operate;
 mod ops;
+mod pace;
 mod relay;
 mod run;
 mod safety;

@@ -1,0 +1,256 @@
+//! Who else uses the database, as far as a process can tell from outside
+//! SQLite: another process that has the file open (/proc, Linux only), a
+//! POSIX lock another process holds on the file or its WAL index (every
+//! Unix: SQLite's own locks, so a connection between its requests in WAL
+//! mode, and any transaction under way in either mode), and the files'
+//! modification time (a write, by anyone, lately). The governor paces by
+//! these; commits show in `PRAGMA data_version`, which it reads itself.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use super::db::other_processes;
+
+/// What the locks of other processes say right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(super) struct Locks {
+    /// Another process holds some lock on the database or its WAL index:
+    /// it has the file open in WAL mode, or is in a transaction.
+    pub any: bool,
+    /// Another process is writing: it holds the rollback journal's
+    /// RESERVED or PENDING lock, or the WAL's write lock.
+    pub writing: bool,
+}
+
+pub(super) struct Neighbours {
+    path: PathBuf,
+    probe: probe::Probe,
+}
+
+impl Neighbours {
+    pub(super) fn new(path: &Path) -> Neighbours {
+        Neighbours {
+            path: path.to_owned(),
+            probe: probe::Probe::new(path),
+        }
+    }
+
+    /// The database or one of its side files was written within `within`.
+    pub(super) fn written_within(&self, within: Duration) -> bool {
+        ["", "-wal", "-journal"].iter().any(|suffix| {
+            let mut name = self.path.as_os_str().to_owned();
+            name.push(suffix);
+            std::fs::metadata(PathBuf::from(name))
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| {
+                    SystemTime::now()
+                        .duration_since(t)
+                        .map_or(true, |age| age < within)
+                })
+        })
+    }
+
+    /// Another process has the file open (where /proc tells; never
+    /// elsewhere).
+    pub(super) fn open_elsewhere(&self) -> bool {
+        !other_processes(&self.path).is_empty()
+    }
+
+    pub(super) fn locks(&mut self) -> Locks {
+        self.probe.locks()
+    }
+}
+
+#[cfg(unix)]
+mod probe {
+    //! `fcntl(F_GETLK)` on the bytes SQLite's unix VFS locks. POSIX locks
+    //! belong to a process, so the probe never sees the run's own.
+    use std::fs::File;
+    use std::mem::ManuallyDrop;
+    use std::os::fd::AsRawFd;
+    use std::path::{Path, PathBuf};
+
+    use super::Locks;
+
+    /// The rollback journal's lock bytes: PENDING, RESERVED, then the
+    /// 510-byte SHARED range (SQLite's os_unix.c).
+    const PENDING: i64 = 0x4000_0000;
+    const DB_LOCKS: i64 = 512;
+    /// The WAL index's lock bytes: write, checkpoint, recover, five read
+    /// marks, then the one every open connection holds (DMS).
+    const SHM_LOCKS: i64 = 120;
+    const SHM_LEN: i64 = 9;
+
+    pub(super) struct Probe {
+        /// Never closed: closing any descriptor of a file drops every
+        /// POSIX lock this process holds on it, SQLite's included. One of
+        /// each per run, so nothing piles up.
+        db: Option<ManuallyDrop<File>>,
+        shm: Option<ManuallyDrop<File>>,
+        shm_path: PathBuf,
+    }
+
+    impl Probe {
+        pub(super) fn new(path: &Path) -> Probe {
+            let mut shm_path = path.as_os_str().to_owned();
+            shm_path.push("-shm");
+            Probe {
+                db: File::open(path).ok().map(ManuallyDrop::new),
+                shm: None,
+                shm_path: PathBuf::from(shm_path),
+            }
+        }
+
+        pub(super) fn locks(&mut self) -> Locks {
+            if self.shm.is_none() && self.shm_path.exists() {
+                self.shm = File::open(&self.shm_path).ok().map(ManuallyDrop::new);
+            }
+            let db = |start, len| self.db.as_deref().is_some_and(|f| held(f, start, len));
+            let shm = |start, len| self.shm.as_deref().is_some_and(|f| held(f, start, len));
+            Locks {
+                any: db(PENDING, DB_LOCKS) || shm(SHM_LOCKS, SHM_LEN),
+                writing: db(PENDING, 2) || shm(SHM_LOCKS, 1),
+            }
+        }
+    }
+
+    /// Another process holds a lock that overlaps `len` bytes at `start`.
+    fn held(file: &File, start: i64, len: i64) -> bool {
+        // SAFETY: `flock` is plain data, all zeroes is a valid value, and
+        // F_GETLK only writes into the struct it is given.
+        let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+        lock.l_type = libc::F_WRLCK as _;
+        lock.l_whence = libc::SEEK_SET as _;
+        lock.l_start = start as _;
+        lock.l_len = len as _;
+        // SAFETY: a valid descriptor and a valid `flock`.
+        let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut lock) };
+        rc == 0 && i32::from(lock.l_type) != libc::F_UNLCK
+    }
+}
+
+#[cfg(not(unix))]
+mod probe {
+    //! Elsewhere SQLite locks with the platform's own calls, which have no
+    //! way to ask without taking: nothing is seen, and the governor goes
+    //! by commits, recent writes and its quiet time.
+    use std::path::Path;
+
+    use super::Locks;
+
+    pub(super) struct Probe;
+
+    impl Probe {
+        pub(super) fn new(_: &Path) -> Probe {
+            Probe
+        }
+
+        pub(super) fn locks(&mut self) -> Locks {
+            Locks::default()
+        }
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Child, Command, Stdio};
+
+    use super::*;
+
+    /// A Python child that opens the file, runs `sql` (statements split at
+    /// `;`), says so, and holds
+    /// the connection until its stdin closes. `None` (the test skipped)
+    /// without python3, unless `CI` is set.
+    fn holder(path: &Path, sql: &str) -> Option<Child> {
+        let script = r#"
+import sqlite3, sys
+c = sqlite3.connect(sys.argv[1], isolation_level=None)
+for sql in sys.argv[2].split(';'):
+    c.execute(sql).fetchall()
+print('ready', flush=True)
+sys.stdin.read()
+"#;
+        let spawned = Command::new("python3")
+            .args(["-c", script])
+            .arg(path)
+            .arg(sql)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn();
+        let Ok(mut child) = spawned else {
+            assert!(std::env::var_os("CI").is_none(), "python3 is needed");
+            eprintln!("skipped: no python3 to hold a connection open");
+            return None;
+        };
+        let mut line = String::new();
+        let out = child.stdout.take().expect("stdout");
+        BufReader::new(out).read_line(&mut line).expect("ready");
+        assert_eq!(line.trim(), "ready");
+        Some(child)
+    }
+
+    fn release(mut child: Child) {
+        drop(child.stdin.take());
+        child.wait().expect("the holder exits");
+    }
+
+    fn db(wal: bool) -> (tempfile::TempDir, PathBuf, rusqlite::Connection) {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("n.sqlite");
+        let c = rusqlite::Connection::open(&path).expect("open");
+        let mode = if wal { "WAL" } else { "DELETE" };
+        c.query_row(&format!("PRAGMA journal_mode = {mode}"), [], |_| Ok(()))
+            .expect("mode");
+        c.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1)")
+            .expect("table");
+        (dir, path, c)
+    }
+
+    #[test]
+    fn the_probe_sees_a_wal_connection_between_its_requests_until_it_closes() {
+        let (_dir, path, _mine) = db(true);
+        let mut n = Neighbours::new(&path);
+        assert_eq!(n.locks(), Locks::default(), "only this process yet");
+        let Some(child) = holder(&path, "SELECT * FROM t") else {
+            return;
+        };
+        let seen = n.locks();
+        assert!(seen.any && !seen.writing, "{seen:?}");
+        release(child);
+        assert_eq!(n.locks(), Locks::default(), "gone with its process");
+    }
+
+    #[test]
+    fn the_probe_sees_a_rollback_transaction_and_a_writer_while_they_last() {
+        let (_dir, path, _mine) = db(false);
+        let mut n = Neighbours::new(&path);
+        let Some(reader) = holder(&path, "BEGIN; SELECT * FROM t") else {
+            return;
+        };
+        let seen = n.locks();
+        release(reader);
+        let Some(writer) = holder(&path, "BEGIN IMMEDIATE") else {
+            return;
+        };
+        let writing = n.locks();
+        release(writer);
+        assert!(seen.any, "{seen:?}");
+        assert!(writing.any && writing.writing, "{writing:?}");
+        assert_eq!(n.locks(), Locks::default());
+    }
+
+    #[test]
+    fn a_write_shows_in_the_modification_time() {
+        let (_dir, path, _mine) = db(false);
+        let n = Neighbours::new(&path);
+        assert!(n.written_within(Duration::from_secs(60)));
+        let f = std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .expect("open");
+        f.set_modified(SystemTime::now() - Duration::from_secs(3600))
+            .expect("mtime");
+        assert!(!n.written_within(Duration::from_secs(60)));
+    }
+}

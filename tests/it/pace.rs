@@ -1,0 +1,87 @@
+//! Which pace a run starts at and when it changes: a file written lately
+//! may belong to an application that opens it per request and has it
+//! closed right now, so the run starts gentle and goes to the idle pace
+//! only once it has seen nobody for the stated quiet time. The latencies
+//! these choices buy are measured by the live_app benchmark, not here.
+
+use serde_json::Value;
+
+use crate::util::*;
+
+const LIVE_CHUNK_MS: u64 = 20;
+const IDLE_CHUNK_MS: u64 = 250;
+/// The quiet time the README states.
+const ALONE_AFTER_MS: u64 = 5000;
+
+fn events(db: &TempDb, plan: &str, extra: &str) -> Vec<Value> {
+    let path = db.file("plan.json", &counter_plan(plan, 10));
+    let flags = format!("--no-serve --progress json {extra}");
+    let (code, out, err) = run(&run_args(db, path_str(&path), &words(&flags)));
+    assert_eq!(code, 0, "{err}");
+    json_lines(&out)
+}
+
+fn pace_messages(events: &[Value]) -> Vec<&Value> {
+    events
+        .iter()
+        .filter(|e| e["event"] == "message" && e["data"]["target"]["settings"].is_object())
+        .collect()
+}
+
+#[test]
+fn a_file_written_lately_starts_at_the_live_pace_an_old_one_at_the_idle_pace() {
+    let db = TempDb::counters(200);
+    let fresh = events(&db, "fresh", "");
+    let start = &fresh[0]["data"];
+    assert_eq!(start["settings"]["chunk_time_ms"], LIVE_CHUNK_MS, "{start}");
+    let said = pace_messages(&fresh);
+    assert!(
+        said.first().is_some_and(|m| m["data"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("written within the last minute")),
+        "says why it starts gentle: {said:?}"
+    );
+
+    db.age();
+    let old = events(&db, "old", "");
+    assert_eq!(
+        old[0]["data"]["settings"]["chunk_time_ms"], IDLE_CHUNK_MS,
+        "{}",
+        old[0]
+    );
+    assert!(pace_messages(&old).is_empty(), "{old:?}");
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM t WHERE counter = 2"),
+        200
+    );
+}
+
+#[test]
+fn the_run_goes_to_the_idle_pace_only_after_the_quiet_time() {
+    // 60 chunks 100 ms apart: about 6 s, past the 5 s quiet time.
+    let db = TempDb::counters(600);
+    let all = events(&db, "quiet", "--batch-size 10 --sleep 100");
+    let start_ts = all[0]["data"]["ts_ms"].as_u64().unwrap();
+    let said = pace_messages(&all);
+    let idle = said
+        .iter()
+        .find(|m| m["data"]["target"]["settings"]["chunk_time_ms"] == IDLE_CHUNK_MS)
+        .unwrap_or_else(|| panic!("went to the idle pace: {said:?}"));
+    let after = idle["data"]["ts_ms"].as_u64().unwrap() - start_ts;
+    assert!(
+        after >= ALONE_AFTER_MS,
+        "not before the quiet time: after {after} ms"
+    );
+    assert!(
+        idle["data"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("for 5 s"),
+        "{idle}"
+    );
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM t WHERE counter = 1"),
+        600
+    );
+}
