@@ -202,7 +202,7 @@ fn one_mode(dir: &Path, seed: &Path, plan: &Path, wal: bool) {
     // The idle file: nobody has written it for an hour.
     let idle = fresh("idle");
     age(&idle);
-    let alone = timed(batchsse(&idle, plan, &[]));
+    let alone = timed(batchsse(&idle, plan, &[])).expect("the idle run within BENCH_LIMIT");
     let wanted = std::env::var("BENCH_PROFILES").ok();
     for profile in PROFILES {
         if wanted
@@ -219,9 +219,13 @@ fn one_mode(dir: &Path, seed: &Path, plan: &Path, wal: bool) {
                 Batch::Batchsse(flags) => Some(batchsse(&db, plan, flags)),
             };
             let (app, took) = beside_app(&db, profile, cmd);
-            let ratio = match (&batch, took) {
-                (Batch::None, _) | (_, None) => "—".into(),
-                (_, Some(t)) => format!("{:.2}×", t.as_secs_f64() / alone.as_secs_f64()),
+            let (took, ratio) = match (&batch, took) {
+                (Batch::None, _) => ("—".into(), "—".into()),
+                (_, None) => ("stopped".into(), "—".into()),
+                (_, Some(t)) => (
+                    format!("{:.2} s", t.as_secs_f64()),
+                    format!("{:.2}×", t.as_secs_f64() / alone.as_secs_f64()),
+                ),
             };
             println!(
                 "| {} | {mode} | {name} | {} | {} | {} | {} | {ratio} |",
@@ -229,7 +233,7 @@ fn one_mode(dir: &Path, seed: &Path, plan: &Path, wal: bool) {
                 app.writes.summary(),
                 app.reads.summary(),
                 app.errors,
-                took.map_or("—".into(), |t| format!("{:.2} s", t.as_secs_f64())),
+                took,
             );
         }
     }
@@ -293,11 +297,24 @@ fn bare_main(path: &Path) {
     c.execute(&all, []).expect("bare update");
 }
 
-fn timed(mut cmd: Command) -> Duration {
+/// How long a batch took, or `None` when it was still running after
+/// `BENCH_LIMIT` seconds (default 180) and was stopped.
+fn timed(mut cmd: Command) -> Option<Duration> {
+    let limit = Duration::from_secs(env_parse("BENCH_LIMIT").unwrap_or(180));
     let t = Instant::now();
-    let status = cmd.stdout(Stdio::null()).status().expect("batch");
-    assert!(status.success(), "batch failed: {status}");
-    t.elapsed()
+    let mut child = cmd.stdout(Stdio::null()).spawn().expect("batch");
+    loop {
+        if let Some(status) = child.try_wait().expect("batch wait") {
+            assert!(status.success(), "batch failed: {status}");
+            return Some(t.elapsed());
+        }
+        if t.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Latencies (ms) of one kind of operation.
@@ -343,7 +360,7 @@ fn beside_app(
     std::thread::sleep(Duration::from_millis(300));
     let window_start = now_ms();
     let took = match batch {
-        Some(b) => Some(timed(b)),
+        Some(b) => timed(b),
         None => {
             std::thread::sleep(Duration::from_secs(2));
             None
