@@ -114,6 +114,24 @@ fn state(r: &mut Registry, snap: &Snapshot, clients: usize) {
         "1 while the run waits on a brake (pause file, throttle query, WAL)",
         flag(snap.throttled.is_some()),
     );
+    let pace = &snap.settings;
+    r.register_with_unit(
+        "batchsse_pace_chunk_time",
+        "The time one chunk may hold the write lock, in force now",
+        Unit::Seconds,
+        ConstGauge::new(pace.chunk_time_ms as f64 / 1000.0),
+    );
+    r.register(
+        "batchsse_pace_nice_ratio",
+        "How long the run yields after a chunk, as a multiple of the chunk's time",
+        ConstGauge::new(pace.nice_ratio),
+    );
+    r.register_with_unit(
+        "batchsse_pace_sleep",
+        "The fixed pause between chunks",
+        Unit::Seconds,
+        ConstGauge::new(pace.sleep_ms as f64 / 1000.0),
+    );
     r.register(
         "batchsse_stream_clients",
         "Stream clients connected now",

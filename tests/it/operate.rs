@@ -238,6 +238,20 @@ fn metrics_follow_a_real_run_and_agree_with_status() {
     let m = get(a, "/metrics", &[]).text();
     assert!(promtool_accepts(&m));
     assert_eq!(sample(&m, "batchsse_finished"), Some(1.0), "{m}");
+    let pace = &status["settings"];
+    for (metric, value) in [
+        ("batchsse_pace_chunk_time_seconds", &pace["chunk_time_ms"]),
+        ("batchsse_pace_nice_ratio", &pace["nice_ratio"]),
+        ("batchsse_pace_sleep_seconds", &pace["sleep_ms"]),
+    ] {
+        let scale = if metric.ends_with("_seconds") {
+            1000.0
+        } else {
+            1.0
+        };
+        let want = value.as_f64().unwrap() / scale;
+        assert_eq!(sample(&m, metric), Some(want), "{metric}: {m}\n{status}");
+    }
     for (metric, field) in [
         ("batchsse_steps_done", "steps_done"),
         ("batchsse_rows_changed_total", "rows_changed"),
