@@ -10,6 +10,7 @@
 pub mod checkpoint;
 mod chunk;
 mod db;
+mod expect;
 mod governor;
 pub mod housekeeping;
 mod tx;
@@ -466,6 +467,8 @@ impl Runner<'_> {
             return Err((StepError::Sql(self.checkpoint.conflict()), none));
         }
         let changed = self.execute(step).map_err(|e| self.fail(e, none))?;
+        self.expectations(step, changed, true)
+            .map_err(|e| (e, none))?;
         self.checkpoint
             .step_done(step, changed, changed)
             .map_err(|e| self.fail(e, none))?;
@@ -474,6 +477,22 @@ impl Runner<'_> {
         }
         tx.commit().map_err(|e| self.fail(e, none))?;
         Ok(Counts::all(changed))
+    }
+
+    /// Checks what the step expects once it has changed `changed` rows:
+    /// the most it may change, and at its `end` the fewest and its query.
+    /// Called inside the transaction, which the caller drops on an error.
+    fn expectations(&self, step: &Step, changed: u64, end: bool) -> Result<(), StepError> {
+        let failed = match expect::over_max(&step.expect, changed) {
+            Some(why) => Some(why),
+            None if end => expect::at_end(self.conn, &step.expect, changed)
+                .map_err(|e| self.fail(e, Counts::default()).0)?,
+            None => None,
+        };
+        match failed {
+            None => Ok(()),
+            Some(why) => Err(StepError::Sql(why)),
+        }
     }
 
     /// Runs a plain step's statements; returns the rows they changed.

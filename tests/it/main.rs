@@ -6,6 +6,7 @@ mod util;
 
 mod browser;
 mod control;
+mod expect;
 mod fanout;
 mod fuzz;
 mod govern;
