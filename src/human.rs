@@ -24,6 +24,19 @@ pub fn duration(ms: u64) -> String {
     }
 }
 
+/// `s` as one shell word, quoted only if it must be.
+pub fn shell_word(s: &str) -> String {
+    let plain = !s.is_empty()
+        && !s.starts_with(['=', '~'])
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:/@%+=,".contains(c));
+    if plain {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

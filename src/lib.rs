@@ -80,6 +80,7 @@ pub fn execute(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Relay(args) => app::relay::run(args),
         cli::Command::Ctl(args) => app::ctl::run(args),
         cli::Command::Checkpoint(args) => app::checkpoint::run(args),
+        cli::Command::Undo(args) => app::undo::run(args),
         cli::Command::Completions(args) => app::docs::completions(args),
         cli::Command::Man => app::docs::man(),
         cli::Command::Schema => app::docs::schema(),

@@ -215,42 +215,58 @@ fn prepare_json(
                 "{label}: its SQL contains a NUL character (\\u0000), where SQLite would stop reading; remove it"
             )));
         }
-        let sum = checksum(
-            &s.sql,
-            s.chunk
-                .as_ref()
-                .map(|c| (c.table.as_str(), c.key.as_deref().unwrap_or(""))),
-        );
-        let done = skipped_on_resume(&finished, index, &sum, &s.sql, &name, &plan_name)?;
-        r.take_tables();
-        let (chunk, autocommit) = match s.chunk {
-            None if done => (None, classify(&label, &s.sql)?),
-            None => (None, r.rehearse_plain(&label, &s.sql)?),
-            Some(c) if done => (Some(r.finished_chunk(&label, c)?), false),
-            Some(c) => (Some(r.rehearse_chunked(&label, &s.sql, c)?), false),
+        let done = |sum: &str, sql: &str, name: &str| {
+            skipped_on_resume(&finished, index, sum, sql, name, &plan_name)
         };
-        let writes = r.take_tables();
-        let expect = expectations(&label, s.expect, s.expect_changes, autocommit)?;
-        if let (Some(sql), false) = (&expect.sql, done) {
-            r.check_expect(&label, sql)?;
-        }
-        steps.push(Step {
-            index,
-            name,
-            checksum: sum,
-            sql: s.sql,
-            chunk,
-            autocommit,
-            expect,
-            undo: s.undo.unwrap_or(true),
-            writes,
-        });
+        steps.push(json_step(r, index, name, &label, s, done)?);
     }
     Ok(Plan {
         name: plan_name,
         steps,
         foreign_keys: file.foreign_keys,
         undo: file.undo,
+    })
+}
+
+/// One step of a JSON plan, checked (or, when `done` says a resumed run
+/// skips it, only resolved).
+fn json_step(
+    r: &Rehearsal,
+    index: usize,
+    name: String,
+    label: &str,
+    s: StepFile,
+    done: impl FnOnce(&str, &str, &str) -> Result<bool, UsageError>,
+) -> Result<Step, UsageError> {
+    let sum = checksum(
+        &s.sql,
+        s.chunk
+            .as_ref()
+            .map(|c| (c.table.as_str(), c.key.as_deref().unwrap_or(""))),
+    );
+    let done = done(&sum, &s.sql, &name)?;
+    r.take_tables();
+    let (chunk, autocommit) = match s.chunk {
+        None if done => (None, classify(label, &s.sql)?),
+        None => (None, r.rehearse_plain(label, &s.sql)?),
+        Some(c) if done => (Some(r.finished_chunk(label, c)?), false),
+        Some(c) => (Some(r.rehearse_chunked(label, &s.sql, c)?), false),
+    };
+    let writes = r.take_tables();
+    let expect = expectations(label, s.expect, s.expect_changes, autocommit)?;
+    if let (Some(sql), false) = (&expect.sql, done) {
+        r.check_expect(label, sql)?;
+    }
+    Ok(Step {
+        index,
+        name,
+        checksum: sum,
+        sql: s.sql,
+        chunk,
+        autocommit,
+        expect,
+        undo: s.undo.unwrap_or(true),
+        writes,
     })
 }
 

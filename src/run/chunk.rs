@@ -165,6 +165,7 @@ fn one_chunk(
         tx.commit().map_err(fail)?;
         return Ok(None);
     }
+    let mark = r.undo_mark(step).map_err(fail)?;
     let changed = walk
         .work
         .execute(named_params! {":lo": lo, ":hi": hi})
@@ -172,6 +173,7 @@ fn one_chunk(
     let (done, total_changed) = (c.done + rows, c.changed + changed);
     r.expectations(step, total_changed, hi == *max)
         .map_err(|e| (e, c))?;
+    r.undo_record(step, mark, changed).map_err(fail)?;
     if hi == *max {
         r.checkpoint.step_done(step, done, total_changed)
     } else {

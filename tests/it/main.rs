@@ -15,5 +15,6 @@ mod ops;
 mod relay;
 mod run;
 mod safety;
+mod undo;
 mod walk;
 mod watch;
