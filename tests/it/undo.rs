@@ -328,3 +328,48 @@ fn sigkill_during_run_undo_and_during_undo_reverts_every_row_exactly_once() {
     assert!(killed >= 3, "the undo was killed {killed} times");
     assert_eq!(content(&db), before, "every row taken back exactly once");
 }
+
+#[test]
+fn undo_list_and_clear_and_checkpoint_clear_take_the_records_away() {
+    let db = TempDb::counters(40);
+    let plan = db.file("plan.json", &counter_plan("kept", 10));
+    for _ in 0..2 {
+        let (code, _, err) = run(&run_args(
+            &db,
+            path_str(&plan),
+            &["--no-serve", "--undo", "--force"],
+        ));
+        assert_eq!(code, 0, "{err}");
+    }
+    let (code, out, _) = run(&["undo", "list", "--db", path_str(&db.path), "--json"]);
+    assert_eq!(code, 0);
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let runs = list["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2, "{out}");
+    assert_eq!(
+        (runs[0]["plan"].as_str(), runs[0]["rows"].as_u64()),
+        (Some("kept"), Some(40))
+    );
+    assert!(runs[0]["bytes"].as_u64().unwrap() > 0);
+    let first = runs[0]["run"].as_str().unwrap().to_owned();
+    let (code, out, err) = run(&["undo", "clear", "--db", path_str(&db.path), "--run", &first]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&first), "{out}");
+    let (code, _, err) = run(&["undo", "clear", "--db", path_str(&db.path), "--run", &first]);
+    assert_eq!(code, 2, "{err}");
+    let (code, out, err) = run(&[
+        "checkpoint",
+        "clear",
+        "--db",
+        path_str(&db.path),
+        "--plan",
+        "kept",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("undo records of 1 run"), "{out}");
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM sqlite_schema WHERE name LIKE 'batchsse_undo%'"),
+        0,
+        "the undo tables are dropped once empty"
+    );
+}
