@@ -57,6 +57,8 @@ struct Chunk {
     chunk: i64,
     first: i64,
     last: i64,
+    /// Rows the chunk changed when it ran.
+    rows: u64,
 }
 
 /// One record row.
@@ -67,6 +69,49 @@ struct Rec {
     col: Option<String>,
     old: Value,
     new: Value,
+}
+
+/// What an interrupted undo says.
+const INTERRUPTED: &str =
+    "interrupted; every chunk taken back so far is committed: run the same undo again to go on";
+
+/// Where the undo of one recorded step is.
+struct At<'g> {
+    index: usize,
+    g: &'g [Chunk],
+    t0: Instant,
+    /// Rows of the recorded chunks taken back so far, and of all of them.
+    done: u64,
+    total: u64,
+    /// Rows reverted (conflicts not counted).
+    changed: u64,
+}
+
+impl At<'_> {
+    fn name(&self) -> String {
+        format!("undo step {}: {}", self.g[0].step + 1, self.g[0].name)
+    }
+
+    fn progress(&self) -> Progress {
+        let elapsed = self.t0.elapsed();
+        let rate = self.done as f64 / elapsed.as_secs_f64().max(1e-6);
+        let left = self.total.saturating_sub(self.done);
+        Progress {
+            step: self.index,
+            name: self.name(),
+            done: Some(self.done),
+            total: Some(self.total),
+            changed: self.changed,
+            percent: Some(if self.total == 0 {
+                100.0
+            } else {
+                (self.done as f64 * 1000.0 / self.total as f64).round() / 10.0
+            }),
+            rate: Some(rate.round()),
+            eta_ms: (rate > 0.0).then(|| (left as f64 / rate * 1000.0) as u64),
+            elapsed_ms: ms(elapsed),
+        }
+    }
 }
 
 /// How the undo went.
@@ -147,7 +192,7 @@ impl Undoer<'_> {
     /// first; a group of an unrecorded step ends the list.
     fn groups(&self) -> rusqlite::Result<Vec<Vec<Chunk>>> {
         let mut stmt = self.conn.prepare(
-            "SELECT id, run, step, name, chunk, first, last FROM batchsse_undo WHERE run = ?1 ORDER BY id DESC",
+            "SELECT id, run, step, name, chunk, first, last, rows FROM batchsse_undo WHERE run = ?1 ORDER BY id DESC",
         )?;
         let mut groups: Vec<Vec<Chunk>> = Vec::new();
         for run in &self.spec.runs {
@@ -160,6 +205,7 @@ impl Undoer<'_> {
                     chunk: r.get(4)?,
                     first: r.get(5)?,
                     last: r.get(6)?,
+                    rows: r.get::<_, i64>(7)?.max(0) as u64,
                 })
             })?;
             for c in rows {
@@ -209,7 +255,15 @@ impl Undoer<'_> {
         let mut end = None;
         for (i, g) in groups.iter().enumerate() {
             if g.iter().any(|c| c.chunk == UNRECORDED) {
-                self.step_event(i, g, StepState::Skipped, (0, 0), 0, None);
+                let at = At {
+                    index: i,
+                    g,
+                    t0: Instant::now(),
+                    done: 0,
+                    total: 0,
+                    changed: 0,
+                };
+                self.step_event(&at, StepState::Skipped, None);
                 self.message(
                     Level::Warn,
                     format!("the undo stops at step {} ({:?}), which the run did not record (\"undo\": false); earlier steps stay as they are", g[0].step + 1, g[0].name),
@@ -267,90 +321,66 @@ impl Undoer<'_> {
         }));
     }
 
-    fn step_event(
-        &self,
-        i: usize,
-        g: &[Chunk],
-        state: StepState,
-        (done, total): (u64, u64),
-        changed: u64,
-        error: Option<String>,
-    ) {
+    /// A `step` event for group `at`: `skipped` before it began.
+    fn step_event(&self, at: &At<'_>, state: StepState, error: Option<String>) {
         self.log.push(Event::Step(StepEvent {
-            index: i,
-            name: format!("undo step {}: {}", g[0].step + 1, g[0].name),
+            index: at.index,
+            name: at.name(),
             state,
-            done,
-            total,
-            changed,
-            elapsed_ms: 0,
+            done: at.done,
+            total: at.total,
+            changed: at.changed,
+            elapsed_ms: ms(at.t0.elapsed()),
             error,
         }));
     }
 
     /// Takes back one step's chunks, newest first.
-    fn group(&self, i: usize, g: &[Chunk], tally: &mut Tally) -> Result<(), (RunStatus, String)> {
-        let total = g.len() as u64;
-        let (t0, reverted0) = (Instant::now(), tally.reverted);
-        self.step_event(i, g, StepState::Running, (0, total), 0, None);
+    fn group(
+        &self,
+        index: usize,
+        g: &[Chunk],
+        tally: &mut Tally,
+    ) -> Result<(), (RunStatus, String)> {
+        let mut at = At {
+            index,
+            g,
+            t0: Instant::now(),
+            done: 0,
+            total: g.iter().map(|c| c.rows).sum(),
+            changed: 0,
+        };
+        self.step_event(&at, StepState::Running, None);
         for (n, c) in g.iter().enumerate() {
-            if self.governor.borrow_mut().wait_while_braked(Some(i)) || self.cancel.is_cancelled() {
-                let why = "interrupted; every chunk taken back so far is committed, run the same undo again to go on".to_owned();
-                self.step_event(
-                    i,
-                    g,
-                    StepState::Failed,
-                    (n as u64, total),
-                    tally.reverted - reverted0,
-                    Some(why.clone()),
-                );
-                return Err((RunStatus::Cancelled, why));
+            let last = n + 1 == g.len();
+            if self.governor.borrow_mut().wait_while_braked(Some(index))
+                || self.cancel.is_cancelled()
+            {
+                return Err(self.stopped(&at, RunStatus::Cancelled, INTERRUPTED.into()));
             }
-            let c0 = Instant::now();
+            let (c0, reverted0) = (Instant::now(), tally.reverted);
             if let Err(why) = self.chunk(c, tally) {
-                self.step_event(
-                    i,
-                    g,
-                    StepState::Failed,
-                    (n as u64, total),
-                    tally.reverted - reverted0,
-                    Some(why.clone()),
-                );
                 self.message(Level::Error, why.clone());
-                return Err((RunStatus::Failed, why));
+                return Err(self.stopped(&at, RunStatus::Failed, why));
             }
-            let done = n as u64 + 1;
-            self.log.push(Event::Progress(Progress {
-                step: i,
-                name: format!("undo step {}: {}", g[0].step + 1, g[0].name),
-                done: Some(done),
-                total: Some(total),
-                changed: tally.reverted - reverted0,
-                percent: Some((done as f64 * 1000.0 / total as f64).round() / 10.0),
-                rate: None,
-                eta_ms: None,
-                elapsed_ms: ms(t0.elapsed()),
-            }));
+            (at.done, at.changed) = (at.done + c.rows, at.changed + tally.reverted - reverted0);
+            self.log.push(Event::Progress(at.progress()));
             if self
                 .governor
                 .borrow_mut()
-                .after_chunk(c0.elapsed(), i, done == total)
+                .after_chunk(c0.elapsed(), index, last)
             {
-                return Err((
-                    RunStatus::Cancelled,
-                    "interrupted; run the same undo again to go on".into(),
-                ));
+                return Err(self.stopped(&at, RunStatus::Cancelled, INTERRUPTED.into()));
             }
         }
-        self.step_event(
-            i,
-            g,
-            StepState::Done,
-            (total, total),
-            tally.reverted - reverted0,
-            None,
-        );
+        at.done = at.total;
+        self.step_event(&at, StepState::Done, None);
         Ok(())
+    }
+
+    fn stopped(&self, at: &At<'_>, status: RunStatus, why: String) -> (RunStatus, String) {
+        self.step_event(at, StepState::Failed, Some(why.clone()));
+        (status, why)
     }
 
     /// One recorded chunk in its own transaction: its records applied
