@@ -56,13 +56,20 @@ pub(super) fn at_end(
     }))
 }
 
-/// A value as a person reads it in a message.
-fn shown(v: &Value) -> String {
+/// A value (or key) as a person reads it in a message: a short blob as
+/// SQL writes it, a long one by its size.
+pub(super) fn shown(v: &Value) -> String {
     match v {
         Value::Null => "NULL".into(),
         Value::Integer(i) => i.to_string(),
         Value::Real(f) => f.to_string(),
         Value::Text(t) => format!("{t:?}"),
+        Value::Blob(b) if b.len() <= 32 => {
+            format!(
+                "x'{}'",
+                b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+            )
+        }
         Value::Blob(b) => format!("a blob of {} bytes", b.len()),
     }
 }
@@ -90,7 +97,8 @@ mod tests {
             ("SELECT NULL", "returned NULL"),
             ("SELECT 'abc'", "returned \"abc\""),
             ("SELECT 1 WHERE 0", "returned no row"),
-            ("SELECT x'00'", "a blob of 1 bytes"),
+            ("SELECT x'00'", "returned x'00'"),
+            ("SELECT zeroblob(33)", "a blob of 33 bytes"),
         ] {
             let why = check(no).unwrap_or_else(|| panic!("{no} passed"));
             assert!(why.contains(shown), "{why}");

@@ -5,7 +5,8 @@
 //! `mod.rs` runs the plan step by step; `chunk` walks a chunked step;
 //! `tx` is the transaction guard; `checkpoint` records what is done, in
 //! the same transaction as the work; `housekeeping` lists and clears it
-//! for `batchsse checkpoint`; `db` opens the file.
+//! for `batchsse checkpoint`; `db` opens the file; `expect` checks what a
+//! step expects; `undo` records a run (`--undo`) and takes it back.
 
 pub mod checkpoint;
 mod chunk;

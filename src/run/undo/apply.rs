@@ -20,6 +20,7 @@ use crate::events::{
 use crate::human::thousands;
 use crate::lifecycle::{Cancel, Steering};
 use crate::plan::quote;
+use crate::run::expect::shown;
 use crate::run::governor::Governor;
 use crate::run::tx::Tx;
 use crate::run::{Options, ms};
@@ -571,20 +572,7 @@ impl Undoer<'_> {
     }
 }
 
-/// A key or value for a message.
-fn shown(v: &Value) -> String {
-    match v {
-        Value::Null => "NULL".into(),
-        Value::Integer(i) => i.to_string(),
-        Value::Real(f) => f.to_string(),
-        Value::Text(t) => format!("{t:?}"),
-        Value::Blob(b) => format!(
-            "x'{}'",
-            b.iter().map(|x| format!("{x:02x}")).collect::<String>()
-        ),
-    }
-}
-
+/// A key for a message's `target`: blobs as their SQL literal.
 fn json_value(v: &Value) -> serde_json::Value {
     match v {
         Value::Null => serde_json::Value::Null,
