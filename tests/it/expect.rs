@@ -127,3 +127,27 @@ fn an_expect_that_writes_or_does_not_compile_is_refused_before_anything_runs() {
     assert_eq!(code, 2, "{err}");
     assert_eq!(sha256(&db.path), before);
 }
+
+#[test]
+fn with_undo_a_failed_expectation_names_the_undo_command() {
+    let db = TempDb::counters(100);
+    let (code, _, err) = run_plan(
+        &db,
+        r#"{"steps":[{"sql":"UPDATE t SET counter = 1 WHERE id BETWEEN :lo AND :hi","chunk":{"table":"t","size":10},
+            "expect_changes":{"max":50}}]}"#,
+        &["--undo", "--batch-size", "10"],
+    );
+    assert_eq!(code, 1, "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.contains("max is 50"))
+        .unwrap_or_default();
+    let command = line.split("taken back with: ").nth(1).unwrap_or_default();
+    assert!(command.starts_with("batchsse undo --db "), "{err}");
+    assert_eq!(db.query_i64("SELECT count(*) FROM t WHERE counter = 1"), 50);
+    let mut args: Vec<&str> = command.split_whitespace().skip(1).collect();
+    args.push("--no-serve");
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "the named command works: {err}");
+    assert_eq!(db.query_i64("SELECT count(*) FROM t WHERE counter = 1"), 0);
+}
