@@ -68,7 +68,6 @@ type Keys = HashSet<(String, String)>;
 
 /// One record row.
 struct Rec {
-    rec: i64,
     tbl: String,
     op: i64,
     k: Value,
@@ -121,6 +120,18 @@ impl At<'_> {
 }
 
 impl Rec {
+    /// From `SELECT rec, tbl, op, k, col, old, new`.
+    fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<Rec> {
+        Ok(Rec {
+            tbl: r.get(1)?,
+            op: r.get(2)?,
+            k: r.get(3)?,
+            col: r.get(4)?,
+            old: r.get(5)?,
+            new: r.get(6)?,
+        })
+    }
+
     fn key(&self) -> (String, String) {
         (self.tbl.clone(), format!("{:?}", self.k))
     }
@@ -400,11 +411,14 @@ impl Undoer<'_> {
     fn chunk(&self, c: &Chunk, tally: &mut Tally) -> Result<(), String> {
         let sql = |e: rusqlite::Error| crate::run::db::run_time_message(self.conn, &e);
         let tx = Tx::begin(self.conn, self.dry_run).map_err(sql)?;
-        let recs = self.records(c).map_err(sql)?;
-        let (rows, conflicts) = if self.at_once(&recs) {
-            self.updates_at_once(c, &recs, tally.conflicts)?
-        } else {
-            self.one_by_one(c, &recs, tally.conflicts)?
+        let (reverted, kept) = match self.updates_at_once(c, tally.conflicts)? {
+            Some(counts) => counts,
+            None => {
+                let recs = self.records(c).map_err(sql)?;
+                let (rows, conflicts) = self.one_by_one(c, &recs, tally.conflicts)?;
+                let reverted = rows.difference(&conflicts).count() as u64;
+                (reverted, conflicts.len() as u64)
+            }
         };
         self.conn
             .execute(
@@ -419,8 +433,8 @@ impl Undoer<'_> {
             return Err("interrupted; the current chunk was rolled back".into());
         }
         tx.commit().map_err(sql)?;
-        tally.reverted += rows.iter().filter(|k| !conflicts.contains(*k)).count() as u64;
-        tally.conflicts += conflicts.len() as u64;
+        tally.reverted += reverted;
+        tally.conflicts += kept;
         Ok(())
     }
 
@@ -474,79 +488,102 @@ impl Undoer<'_> {
         Ok(())
     }
 
-    /// Whether a chunk's records can go back a column at a time, one
-    /// statement each: only updates, of tables that can be keyed, each
-    /// (row, column) once, so their order does not matter. The common case
-    /// (an `UPDATE` step without triggers), and far faster.
-    fn at_once(&self, recs: &[Rec]) -> bool {
-        let mut seen = HashSet::new();
-        recs.iter().all(|r| {
-            r.op == op::UPDATE
-                && matches!(self.shapes.get(&r.tbl), Some(Ok(_)))
-                && seen.insert((r.key(), r.col.clone()))
-        })
+    /// When a chunk holds only updates, of tables that can be keyed, each
+    /// (row, column) once, their order does not matter: per table and
+    /// column, one query finds the conflicts and one `UPDATE … FROM` the
+    /// record restores the rest. The common case (an `UPDATE` step without
+    /// triggers), and far faster than one record at a time. Returns the
+    /// rows reverted and kept, or `None` when the chunk holds anything else.
+    fn updates_at_once(&self, c: &Chunk, before: u64) -> Result<Option<(u64, u64)>, String> {
+        let sql = |e: rusqlite::Error| crate::run::db::run_time_message(self.conn, &e);
+        let range = "FROM batchsse_undo_row WHERE rec BETWEEN ?1 AND ?2";
+        let (others, all, distinct, rows): (i64, i64, i64, i64) = self
+            .conn
+            .query_row(
+                &format!(
+                    "SELECT (SELECT count(*) {range} AND op <> {u}), (SELECT count(*) {range}),
+                       (SELECT count(*) FROM (SELECT DISTINCT tbl, k, col {range})),
+                       (SELECT count(*) FROM (SELECT DISTINCT tbl, k {range}))",
+                    u = op::UPDATE
+                ),
+                params![c.first, c.last],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .map_err(sql)?;
+        if others > 0 || distinct != all {
+            return Ok(None);
+        }
+        let pairs: Vec<(String, String)> = self
+            .conn
+            .prepare_cached(&format!("SELECT DISTINCT tbl, ifnull(col, '') {range}"))
+            .and_then(|mut st| {
+                st.query_map(params![c.first, c.last], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect()
+            })
+            .map_err(sql)?;
+        if pairs
+            .iter()
+            .any(|(t, _)| !matches!(self.shapes.get(t), Some(Ok(_))))
+        {
+            return Ok(None);
+        }
+        let mut conflicts = Keys::new();
+        for (tbl, col) in &pairs {
+            self.column_at_once(c, (tbl, col), &mut conflicts, before)?;
+        }
+        let kept = conflicts.len() as u64;
+        Ok(Some(((rows.max(0) as u64).saturating_sub(kept), kept)))
     }
 
-    /// [`Undoer::at_once`]'s way: per table and column, the conflicts found
-    /// with one query, then the rest restored with one `UPDATE … FROM`.
-    fn updates_at_once(
+    /// One table's column of [`Undoer::updates_at_once`].
+    fn column_at_once(
         &self,
         c: &Chunk,
-        recs: &[Rec],
+        (tbl, col): (&str, &str),
+        conflicts: &mut Keys,
         before: u64,
-    ) -> Result<(Keys, Keys), String> {
+    ) -> Result<(), String> {
         let sql = |e: rusqlite::Error| crate::run::db::run_time_message(self.conn, &e);
-        let by_rec: HashMap<i64, &Rec> = recs.iter().map(|r| (r.rec, r)).collect();
-        let mut pairs: Vec<(&str, &str)> = recs
-            .iter()
-            .map(|r| (r.tbl.as_str(), r.col.as_deref().unwrap_or_default()))
-            .collect();
-        pairs.sort_unstable();
-        pairs.dedup();
-        let (rows, mut conflicts): (Keys, Keys) =
-            (recs.iter().map(Rec::key).collect(), Keys::new());
+        let Some(Ok(shape)) = self.shapes.get(tbl) else {
+            return Ok(()); // checked by the caller
+        };
+        let (t, k, q) = (quote(tbl), &shape.key, quote(col));
         let overwrite = self.spec.on_conflict == OnConflict::Overwrite;
-        for (tbl, col) in pairs {
-            let Some(Ok(shape)) = self.shapes.get(tbl) else {
-                continue; // at_once checked
+        let args = params![c.first, c.last, tbl, col, overwrite];
+        let odd: Vec<(i64, Option<Value>)> = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT r.rec, (SELECT {q} FROM {t} WHERE {k} = r.k) FROM batchsse_undo_row r
+                 WHERE r.rec BETWEEN ?1 AND ?2 AND r.tbl = ?3 AND r.col = ?4
+                   AND NOT EXISTS (SELECT 1 FROM {t} WHERE {k} = r.k AND (?5 OR {q} IS r.new))"
+            ))
+            .and_then(|mut st| {
+                st.query_map(args, |row| Ok((row.get(0)?, row.get(1)?)))?
+                    .collect()
+            })
+            .map_err(sql)?;
+        for (rec, now) in odd {
+            let r = self.record(rec).map_err(sql)?;
+            let why = if self.gone(&t, k, &r.k).map_err(sql)? {
+                "the row is gone".to_owned()
+            } else {
+                format!(
+                    "{col} is {} now, not the {} the run wrote",
+                    shown(&now.unwrap_or(Value::Null)),
+                    shown(&r.new)
+                )
             };
-            let (t, k, q) = (quote(tbl), &shape.key, quote(col));
-            let range = params![c.first, c.last, tbl, col, overwrite];
-            let odd: Vec<(i64, Option<Value>)> = self
-                .conn
-                .prepare_cached(&format!(
-                    "SELECT r.rec, (SELECT {q} FROM {t} WHERE {k} = r.k) FROM batchsse_undo_row r
-                     WHERE r.rec BETWEEN ?1 AND ?2 AND r.tbl = ?3 AND r.col = ?4
-                       AND NOT EXISTS (SELECT 1 FROM {t} WHERE {k} = r.k AND (?5 OR {q} IS r.new))"
-                ))
-                .and_then(|mut st| {
-                    st.query_map(range, |row| Ok((row.get(0)?, row.get(1)?)))?
-                        .collect()
-                })
-                .map_err(sql)?;
-            for (rec, now) in odd {
-                let Some(r) = by_rec.get(&rec) else { continue };
-                let gone = self.gone(&t, k, &r.k).map_err(sql)?;
-                let why = match now {
-                    _ if gone => "the row is gone".to_owned(),
-                    now => format!(
-                        "{col} is {} now, not the {} the run wrote",
-                        shown(&now.unwrap_or(Value::Null)),
-                        shown(&r.new)
-                    ),
-                };
-                self.kept(c, r, &why, &mut conflicts, before)?;
-            }
-            self.conn
-                .prepare_cached(&format!(
-                    "UPDATE {t} SET {q} = r.old FROM batchsse_undo_row r
-                     WHERE r.rec BETWEEN ?1 AND ?2 AND r.tbl = ?3 AND r.col = ?4
-                       AND {t}.{k} = r.k AND (?5 OR {t}.{q} IS r.new)"
-                ))
-                .and_then(|mut st| st.execute(params![c.first, c.last, tbl, col, overwrite]))
-                .map_err(sql)?;
+            self.kept(c, &r, &why, conflicts, before)?;
         }
-        Ok((rows, conflicts))
+        self.conn
+            .prepare_cached(&format!(
+                "UPDATE {t} SET {q} = r.old FROM batchsse_undo_row r
+                 WHERE r.rec BETWEEN ?1 AND ?2 AND r.tbl = ?3 AND r.col = ?4
+                   AND {t}.{k} = r.k AND (?5 OR {t}.{q} IS r.new)"
+            ))
+            .and_then(|mut st| st.execute(args))
+            .map_err(sql)?;
+        Ok(())
     }
 
     fn gone(&self, t: &str, k: &str, key: &Value) -> rusqlite::Result<bool> {
@@ -559,19 +596,19 @@ impl Undoer<'_> {
 
     fn records(&self, c: &Chunk) -> rusqlite::Result<Vec<Rec>> {
         self.conn
-            .prepare_cached("SELECT rec, tbl, op, k, col, old, new FROM batchsse_undo_row WHERE rec BETWEEN ?1 AND ?2 ORDER BY rec DESC")?
-            .query_map(params![c.first, c.last], |r| {
-                Ok(Rec {
-                    rec: r.get(0)?,
-                    tbl: r.get(1)?,
-                    op: r.get(2)?,
-                    k: r.get(3)?,
-                    col: r.get(4)?,
-                    old: r.get(5)?,
-                    new: r.get(6)?,
-                })
-            })?
+            .prepare_cached(
+                "SELECT rec, tbl, op, k, col, old, new FROM batchsse_undo_row WHERE rec BETWEEN ?1 AND ?2 ORDER BY rec DESC",
+            )?
+            .query_map(params![c.first, c.last], Rec::read)?
             .collect()
+    }
+
+    fn record(&self, rec: i64) -> rusqlite::Result<Rec> {
+        self.conn
+            .prepare_cached(
+                "SELECT rec, tbl, op, k, col, old, new FROM batchsse_undo_row WHERE rec = ?1",
+            )?
+            .query_row([rec], Rec::read)
     }
 
     /// Applies one change back (a deleted row's records together); returns
