@@ -373,3 +373,75 @@ fn undo_list_and_clear_and_checkpoint_clear_take_the_records_away() {
         "the undo tables are dropped once empty"
     );
 }
+
+#[test]
+fn an_application_writing_during_the_run_is_never_recorded_and_its_rows_are_kept() {
+    let db = TempDb::counters(300);
+    let plan = db.file("plan.json", &counter_plan("live", 30));
+    let mut p = Proc::start(&run_args(
+        &db,
+        path_str(&plan),
+        &words(
+            "--undo --batch-size 30 --sleep 100 --listen 127.0.0.1:0 --wait-for-clients 1 --progress none --linger 2",
+        ),
+    ));
+    let mut s = Stream::open(p.addr(), "/events", &[]);
+    s.until("progress");
+    // After the first chunk (ids 1..=30): the application inserts a row,
+    // changes one the run has passed and one it has not reached yet.
+    db.conn()
+        .execute_batch(
+            "INSERT INTO t(id, counter) VALUES (5000, 42);
+             UPDATE t SET counter = 77 WHERE id = 10;
+             UPDATE t SET counter = 100 WHERE id = 290;",
+        )
+        .unwrap();
+    s.until("finished");
+    let status = get(p.addr(), "/status", &[]).json();
+    assert!(status["undo_bytes"].as_u64().unwrap() > 0, "{status}");
+    assert_eq!(p.wait().code(), Some(0));
+    assert_eq!(
+        db.query_i64("SELECT counter FROM t WHERE id = 290"),
+        101,
+        "the run bumped the application's value"
+    );
+    let (code, out, err) = run(&[
+        "undo",
+        "--db",
+        path_str(&db.path),
+        "--plan",
+        "live",
+        "--no-serve",
+        "--progress",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let fin: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        (
+            fin["data"]["conflicts"].as_u64(),
+            fin["data"]["rows_changed"].as_u64()
+        ),
+        (Some(1), Some(299)),
+        "{fin}"
+    );
+    assert_eq!(
+        db.query_i64("SELECT counter FROM t WHERE id = 5000"),
+        42,
+        "never recorded, so never undone"
+    );
+    assert_eq!(
+        db.query_i64("SELECT counter FROM t WHERE id = 10"),
+        77,
+        "the conflict is kept"
+    );
+    assert_eq!(
+        db.query_i64("SELECT counter FROM t WHERE id = 290"),
+        100,
+        "back to the application's value"
+    );
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM t WHERE counter = 0"),
+        298
+    );
+}
