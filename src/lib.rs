@@ -25,7 +25,9 @@
 //!   check against a schema copy (`check`).
 //! - `run`: the runner: steps, the chunk walk (`chunk`), the pace and the
 //!   waits between chunks (`governor`), the transaction guard (`tx`), the
-//!   checkpoint (`checkpoint`), opening the file (`db`).
+//!   checkpoint (`checkpoint`), opening the file (`db`), a step's
+//!   expectations (`expect`), and the undo record: made by TEMP triggers
+//!   during `run --undo`, applied back by `batchsse undo` (`undo`).
 //! - `events`: the typed events (`event`), the append-only log every
 //!   reader follows (`log`), SSE framing (`sse`), and the events' JSON
 //!   Schema (`schema`).
@@ -44,8 +46,8 @@
 //!   drain, in the order a run goes through them; live commands for the
 //!   runner (`Steering`).
 //! - `app`: the commands, wiring the parts together (`run`, `demo`, `ctl`,
-//!   `checkpoint`, `relay`, and `docs` for completions, man page and event
-//!   schema).
+//!   `checkpoint`, `undo`, `relay`, and `docs` for completions, man page
+//!   and event schema).
 //! - `human`, [`error`]: number and duration wording; exit codes and the
 //!   errors that choose them.
 //!
@@ -80,6 +82,7 @@ pub fn execute(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Relay(args) => app::relay::run(args),
         cli::Command::Ctl(args) => app::ctl::run(args),
         cli::Command::Checkpoint(args) => app::checkpoint::run(args),
+        cli::Command::Undo(args) => app::undo::run(args),
         cli::Command::Completions(args) => app::docs::completions(args),
         cli::Command::Man => app::docs::man(),
         cli::Command::Schema => app::docs::schema(),

@@ -55,6 +55,18 @@ fn clear(args: CheckpointClearArgs) -> anyhow::Result<ExitCode> {
     if cleared.dropped {
         text += &format!("dropped the {TABLE} table: no checkpoint is left in {db}\n");
     }
+    if cleared.undo_runs > 0 {
+        text += &format!(
+            "removed the undo records of {} run{} of {}: they can no longer be taken back\n",
+            cleared.undo_runs,
+            plural(cleared.undo_runs),
+            if cleared.plans.len() == 1 {
+                "that plan"
+            } else {
+                "those plans"
+            }
+        );
+    }
     print(text.as_bytes())
 }
 
@@ -160,10 +172,10 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn plural(n: usize) -> &'static str {
+pub(super) fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
 }
 
-fn file_name(path: &std::path::Path) -> String {
+pub(super) fn file_name(path: &std::path::Path) -> String {
     path.display().to_string()
 }

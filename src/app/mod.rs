@@ -10,6 +10,7 @@ pub mod ctl;
 pub mod demo;
 pub mod docs;
 pub mod relay;
+pub mod undo;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,6 +25,7 @@ use crate::cli::config::{Publish, RunConfig, Serve};
 use crate::error::UsageError;
 use crate::events::log::EventLog;
 use crate::events::{Event, Finished, Level, RunStatus};
+use crate::human::shell_word;
 use crate::lifecycle::{self, Lifecycle, Parts};
 use crate::plan::{self, Plan};
 use crate::run::{self as runner, Resume};
@@ -46,6 +48,9 @@ pub struct Session {
     /// control token after `#`, `{base}` it without a query, `{events}` the
     /// stream's address and `{control_token}`.
     pub banner: Option<String>,
+    /// `batchsse undo`: take these runs back instead of applying `plan`
+    /// (which then only names the plan).
+    pub undo: Option<runner::undo::apply::Spec>,
 }
 
 /// `batchsse run`: check everything, then execute.
@@ -84,6 +89,9 @@ pub fn open(config: RunConfig) -> Result<Session, UsageError> {
         }
     })?;
     runner::check(&plan, &opts)?;
+    if (opts.undo || plan.undo) && !opts.dry_run {
+        runner::undo::refuse_unrecordable(&conn, &plan)?;
+    }
     if let Some(q) = &opts.brakes.throttle_query {
         runner::check_throttle_query(&db, q)?;
     }
@@ -105,6 +113,7 @@ pub fn open(config: RunConfig) -> Result<Session, UsageError> {
         progress_interval,
         publish,
         banner: None,
+        undo: None,
     })
 }
 
@@ -175,37 +184,6 @@ async fn drive(mut session: Session, parts: Parts) -> Result<RunStatus, UsageErr
     };
     tokio::join!(serving, publishing);
     Ok(status)
-}
-
-/// `s` as one shell word, quoted only if it must be.
-fn shell_word(s: &str) -> String {
-    let plain = !s.is_empty()
-        && !s.starts_with(['=', '~'])
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.:/@%+=,".contains(c));
-    if plain {
-        s.to_owned()
-    } else if s.chars().any(char::is_control) {
-        // ANSI-C quoting keeps the word on one line (a workflow command
-        // cannot hide in it) and is still one word to bash and zsh.
-        let mut out = String::from("$'");
-        for c in s.chars() {
-            match c {
-                '\\' | '\'' => {
-                    out.push('\\');
-                    out.push(c);
-                }
-                '\n' => out.push_str("\\n"),
-                '\r' => out.push_str("\\r"),
-                '\t' => out.push_str("\\t"),
-                c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
-                c => out.push(c),
-            }
-        }
-        out + "'"
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
-    }
 }
 
 /// `--plan NAME` for a command line, in the `=` form for a name that
@@ -298,6 +276,17 @@ async fn run_blocking(session: Session, parts: &Parts, wait_for: usize) -> RunSt
             }
             cancel.wait_for_gate();
         };
+        if let Some(spec) = &session.undo {
+            let conn = &session.conn;
+            return runner::undo::apply::run(
+                conn,
+                spec,
+                &session.opts,
+                &log,
+                (&cancel, &steering),
+                gate,
+            );
+        }
         let job = runner::Job {
             conn: &session.conn,
             plan: &session.plan,
@@ -324,6 +313,8 @@ fn runner_died(log: &EventLog, e: &tokio::task::JoinError) -> RunStatus {
         error: Some(format!(
             "internal error, please report it: the runner stopped ({e}); its open transaction was rolled back"
         )),
+        undo_bytes: None,
+        conflicts: None,
     }));
     RunStatus::Failed
 }

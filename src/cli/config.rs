@@ -102,6 +102,48 @@ impl RunConfig {
     }
 }
 
+/// `batchsse undo`'s flags, checked.
+pub struct UndoConfig {
+    pub db: PathBuf,
+    /// `Ok(run id)` for `--run`, `Err(plan name)` for `--plan`.
+    pub which: Result<String, String>,
+    pub opts: run::Options,
+    pub on_conflict: run::undo::apply::OnConflict,
+    pub busy_timeout: Duration,
+    pub serve: Option<Serve>,
+    pub progress: ProgressMode,
+    pub progress_interval: Duration,
+    pub publish: Option<Publish>,
+}
+
+impl UndoConfig {
+    pub fn from_args(a: &crate::cli::UndoApplyArgs) -> Result<UndoConfig, UsageError> {
+        let which = match (&a.run, &a.plan) {
+            (Some(r), _) => Ok(r.clone()),
+            (None, Some(p)) => Err(p.clone()),
+            (None, None) => {
+                return Err(UsageError::new(
+                    "say what to take back: --run RUN_ID or --plan NAME (`batchsse undo list --db FILE` shows them)",
+                ));
+            }
+        };
+        Ok(UndoConfig {
+            db: a.db.clone().unwrap_or_default(),
+            which,
+            opts: run::Options {
+                dry_run: a.dry_run,
+                ..paced(&a.pace)?
+            },
+            on_conflict: a.on_conflict,
+            busy_timeout: Duration::from_millis(a.busy_timeout),
+            serve: check_serve(&a.serve, 0.0)?,
+            progress: a.serve.progress,
+            progress_interval: progress_interval(a.serve.progress_interval)?,
+            publish: publish(&a.serve.publish, a.serve.drain_timeout)?,
+        })
+    }
+}
+
 /// The checked server settings.
 pub struct Serve {
     pub addr: SocketAddr,
@@ -167,14 +209,6 @@ fn io_reason(e: &std::io::Error) -> String {
 }
 
 fn options(pace: &PaceArgs, args: &RunArgs) -> Result<run::Options, UsageError> {
-    check_pace(pace)?;
-    if let Some(q) = &pace.throttle_query
-        && q.trim().is_empty()
-    {
-        return Err(UsageError::new(
-            "--throttle-query is empty; give a SELECT whose first column is truthy while the run should wait",
-        ));
-    }
     let one_transaction = run::one_transaction(args.dry_run, args.atomic);
     if let Some(mode) = one_transaction {
         let brake = [
@@ -188,10 +222,32 @@ fn options(pace: &PaceArgs, args: &RunArgs) -> Result<run::Options, UsageError> 
             )));
         }
     }
+    let mut paced = paced(pace)?;
+    if one_transaction.is_some() {
+        // One transaction's own frames are not checkpointed before it
+        // ends: waiting for its WAL to shrink would wait forever.
+        paced.brakes.max_wal = 0;
+    }
     Ok(run::Options {
         dry_run: args.dry_run,
         atomic: args.atomic,
         checkpoint: !args.no_checkpoint,
+        undo: args.undo,
+        ..paced
+    })
+}
+
+/// The options the pace flags set (shared by `run` and `undo`).
+pub fn paced(pace: &PaceArgs) -> Result<run::Options, UsageError> {
+    check_pace(pace)?;
+    if let Some(q) = &pace.throttle_query
+        && q.trim().is_empty()
+    {
+        return Err(UsageError::new(
+            "--throttle-query is empty; give a SELECT whose first column is truthy while the run should wait",
+        ));
+    }
+    Ok(run::Options {
         pace: run::Pace {
             chunk_time: pace.chunk_time.map(Duration::from_millis),
             nice_ratio: pace.nice_ratio.map(crate::events::Settings::tidy_ratio),
@@ -201,13 +257,9 @@ fn options(pace: &PaceArgs, args: &RunArgs) -> Result<run::Options, UsageError> 
         brakes: run::Brakes {
             pause_file: pace.pause_file.clone(),
             throttle_query: pace.throttle_query.clone(),
-            // One transaction's own frames are not checkpointed before it
-            // ends: waiting for its WAL to shrink would wait forever.
-            max_wal: match one_transaction {
-                Some(_) => 0,
-                None => pace.max_wal_mb.saturating_mul(1 << 20),
-            },
+            max_wal: pace.max_wal_mb.saturating_mul(1 << 20),
         },
+        ..run::Options::default()
     })
 }
 
@@ -396,7 +448,7 @@ fn check_allow_host(name: &str) -> Result<(), UsageError> {
 /// `BATCHSSE_CONTROL_TOKEN`) stay harmless. Clap's derive cannot tell the
 /// two apart, so this reads where the values came from.
 pub fn typed_without_server(matches: &clap::ArgMatches) -> Result<(), UsageError> {
-    let Some(("run" | "demo", m)) = matches.subcommand() else {
+    let Some(("run" | "demo" | "undo", m)) = matches.subcommand() else {
         return Ok(());
     };
     if !m.get_flag("no_serve") {

@@ -82,6 +82,16 @@ pub enum Command {
         Clearing a plan's records makes its next run start from the first step (as --force would). \
         Only the batchsse_checkpoint table is touched; it is dropped once it is empty.")]
     Checkpoint(CheckpointArgs),
+    /// Take back a run recorded with `run --undo`, streamed and steerable like a run; list or clear the records.
+    #[command(after_help = "Examples:\n  \
+        batchsse undo --db shop.sqlite --plan reprice-2026 --dry-run --no-serve\n  \
+        batchsse undo --db shop.sqlite --run 18ee14...-6959 --listen 127.0.0.1:0\n  \
+        batchsse undo list --db shop.sqlite\n  \
+        batchsse undo clear --db shop.sqlite --older-than 7d\n\n\
+        A row the application changed since the run is a conflict: --on-conflict skip (default) keeps \
+        it and reports it (all of them in the table batchsse_undo_conflict), abort rolls back the \
+        current chunk and exits 1, overwrite restores the run's old value anyway.")]
+    Undo(UndoArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on standard output.
     #[command(after_help = "Examples:\n  \
         batchsse completions bash > ~/.local/share/bash-completion/completions/batchsse\n  \
@@ -207,6 +217,84 @@ pub struct CheckpointClearArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct UndoArgs {
+    #[command(subcommand)]
+    pub action: Option<UndoAction>,
+
+    #[command(flatten)]
+    pub apply: UndoApplyArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UndoAction {
+    /// Each run with undo records: its plan, chunks, rows, size and age.
+    List(CheckpointListArgs),
+    /// Remove undo records: of one run (--run), of runs older than --older-than, or all (--all).
+    Clear(UndoClearArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("which").args(["run", "plan"]))]
+pub struct UndoApplyArgs {
+    /// The SQLite database file the run changed.
+    #[arg(long, value_name = "PATH", required = true)]
+    pub db: Option<PathBuf>,
+
+    /// The run to take back (its run_id, as `undo list` shows it).
+    #[arg(long, value_name = "RUN_ID")]
+    pub run: Option<String>,
+
+    /// Take back every recorded run of this plan, newest first.
+    #[arg(long, value_name = "NAME")]
+    pub plan: Option<String>,
+
+    /// Count what would be reverted and what conflicts; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// What to do with a row the application changed since the run.
+    #[arg(long, value_enum, default_value_t)]
+    pub on_conflict: crate::run::undo::apply::OnConflict,
+
+    /// Wait this long for another process's lock before failing.
+    #[arg(long, value_name = "MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(0..=i32::MAX as u64))]
+    pub busy_timeout: u64,
+
+    #[command(flatten)]
+    pub serve: ServeArgs,
+
+    #[command(flatten)]
+    pub pace: PaceArgs,
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("which").required(true).args(["run", "older_than", "all"]))]
+pub struct UndoClearArgs {
+    /// The SQLite database file.
+    #[arg(long, value_name = "PATH")]
+    pub db: PathBuf,
+
+    /// The run whose records to remove.
+    #[arg(long, value_name = "RUN_ID")]
+    pub run: Option<String>,
+
+    /// Remove the records of runs last recorded longer ago than this (30m, 12h, 7d).
+    #[arg(long, value_name = "AGE")]
+    pub older_than: Option<String>,
+
+    /// Remove every run's records and the tables themselves.
+    #[arg(long)]
+    pub all: bool,
+
+    /// Wait this long for another process's lock before failing.
+    #[arg(long, value_name = "MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(0..=i32::MAX as u64))]
+    pub busy_timeout: u64,
+}
+
+#[derive(Debug, Args)]
 pub struct CompletionsArgs {
     /// The shell to complete for.
     #[arg(value_enum, value_name = "SHELL")]
@@ -254,6 +342,10 @@ pub struct RunArgs {
     /// Run a plan again from the start even if it was applied or edited since.
     #[arg(long)]
     pub force: bool,
+
+    /// Record every change so `batchsse undo` can take the run back.
+    #[arg(long)]
+    pub undo: bool,
 }
 
 /// The progress server and the terminal, shared by `run` and `demo`.

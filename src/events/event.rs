@@ -88,6 +88,39 @@ pub struct Start {
     /// The pace the run starts with.
     #[serde(default)]
     pub settings: Settings,
+    /// `undo` for `batchsse undo`, which takes an earlier run back.
+    #[serde(default, skip_serializing_if = "RunKind::is_run")]
+    pub kind: RunKind,
+    /// How this run can be taken back, or what it takes back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub undo: Option<UndoInfo>,
+}
+
+/// What a run does: apply a plan, or take an earlier run back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RunKind {
+    #[default]
+    Run,
+    Undo,
+}
+
+impl RunKind {
+    pub fn is_run(&self) -> bool {
+        *self == RunKind::Run
+    }
+}
+
+/// A recorded run (`run --undo`): the steps it leaves unrecorded. An undo:
+/// the runs it takes back, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct UndoInfo {
+    /// Steps (0-based) with `"undo": false`: an undo stops at the last.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unrecorded_steps: Vec<usize>,
+    /// For an undo: the run ids it takes back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reverts: Vec<String>,
 }
 
 /// The pace in force: what the governor gives each chunk.
@@ -194,6 +227,8 @@ impl Finished {
             elapsed_ms: 0,
             dry_run: false,
             error: None,
+            undo_bytes: None,
+            conflicts: None,
         })
     }
 }
@@ -255,6 +290,12 @@ pub struct Finished {
     pub dry_run: bool,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub error: Option<String>,
+    /// With `run --undo`: the bytes of the undo record this run wrote.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub undo_bytes: Option<u64>,
+    /// For an undo: rows it kept because the application changed them.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub conflicts: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -360,6 +401,8 @@ mod tests {
             dry_run: false,
             resumed: false,
             settings: Settings::default(),
+            kind: RunKind::Run,
+            undo: None,
         });
         assert_eq!(new.to_json(5)["protocol"], 1);
     }

@@ -42,6 +42,12 @@ pub struct Snapshot {
     pub total: u64,
     pub changed: u64,
     pub rows_changed: u64,
+    /// With `run --undo`, once finished: the undo record's bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub undo_bytes: Option<u64>,
+    /// For an undo, once finished: the rows it kept as conflicts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conflicts: Option<u64>,
     pub last_event_id: u64,
     /// Paused by a live command.
     pub paused: bool,
@@ -481,6 +487,7 @@ fn update_snapshot(inner: &mut Inner, event: &Event, id: u64) {
             s.status = Some(e.status);
             s.steps_done = e.steps_done;
             s.rows_changed = e.rows_changed;
+            (s.undo_bytes, s.conflicts) = (e.undo_bytes, e.conflicts);
             s.step = None;
             (s.rate, s.eta_ms, s.run_eta_ms) = (None, None, None);
             (s.paused, s.throttled) = (false, None);
@@ -584,6 +591,8 @@ mod tests {
             resumed: false,
             protocol: 1,
             settings: pace(250),
+            kind: Default::default(),
+            undo: None,
         }));
         assert_eq!(log.snapshot().settings, pace(250));
         log.push(Event::message(

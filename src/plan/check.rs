@@ -34,7 +34,11 @@ pub(super) struct Rehearsal {
 /// Column reads and writes seen by the authorizer while a statement
 /// compiled, triggers' included, in the main schema.
 #[derive(Clone, Default)]
-struct Seen(Arc<Mutex<Vec<Access>>>);
+struct Seen(Arc<Mutex<Vec<Access>>>, Tables);
+
+/// The tables a statement writes (inserts, updates, deletes), as
+/// `schema.table` for any schema but `main`, whose tables go by name.
+type Tables = Arc<Mutex<std::collections::BTreeSet<String>>>;
 
 /// One column a statement reads or writes. SQLite names the rowid by its
 /// `INTEGER PRIMARY KEY` alias, or else `ROWID`.
@@ -52,8 +56,25 @@ impl Seen {
         std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
+    fn take_tables(&self) -> Vec<String> {
+        let mut set = self.1.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::take(&mut *set).into_iter().collect()
+    }
+
     fn record(&self, ctx: rusqlite::hooks::AuthContext<'_>) -> rusqlite::hooks::Authorization {
-        use rusqlite::hooks::AuthAction::{Read, Update};
+        use rusqlite::hooks::AuthAction::{Delete, Insert, Read, Update};
+        if let Insert { table_name } | Delete { table_name } | Update { table_name, .. } =
+            ctx.action
+        {
+            let name = match ctx.database_name {
+                Some("main") | None => table_name.to_owned(),
+                Some(db) => format!("{db}.{table_name}"),
+            };
+            self.1
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(name);
+        }
         let (write, table, column) = match ctx.action {
             Update {
                 table_name,
@@ -219,6 +240,47 @@ impl Rehearsal {
     /// plan's `foreign_keys` does for the real run.
     pub(super) fn set_foreign_keys(&self, on: bool) {
         let _ = self.conn.pragma_update(None, "foreign_keys", on);
+    }
+
+    /// The tables written by what was rehearsed since last taken.
+    pub(super) fn take_tables(&self) -> Vec<String> {
+        self.seen.take_tables()
+    }
+
+    /// Checks a step's `expect` query: one statement that compiles against
+    /// the schema as the step leaves it, binds nothing and only reads.
+    pub(super) fn check_expect(&self, label: &str, sql: &str) -> Result<(), UsageError> {
+        let bad = |why: String| {
+            UsageError::new(format!(
+                "{label}: its \"expect\" {why}\n  in: {}",
+                short(sql.trim(), 200)
+            ))
+        };
+        let mut batch = Batch::new(&self.conn, sql);
+        let stmt = match batch.next() {
+            Ok(Some(s)) => s,
+            Ok(None) => return Err(bad("has no SQL statement".into())),
+            Err(e) if !self.complete.get() && !sqlite_message(&e).contains("syntax") => {
+                return Ok(()); // the copy may lack what it reads
+            }
+            Err(e) => return Err(bad(format!("is not valid SQL: {}", sqlite_message(&e)))),
+        };
+        if let Some(names) = parameter_names(&stmt) {
+            return Err(bad(format!(
+                "uses {names}; write the values into the query"
+            )));
+        }
+        if !stmt.readonly() || stmt.column_count() == 0 {
+            return Err(bad(
+                "must be a query that only reads, such as SELECT count(*) = 0 FROM t WHERE …"
+                    .into(),
+            ));
+        }
+        drop(stmt);
+        match batch.next() {
+            Ok(None) => Ok(()),
+            _ => Err(bad("must be one statement".into())),
+        }
     }
 
     /// Sets when the next statement is cut short: at the end of the

@@ -27,6 +27,9 @@ pub struct Plan {
     pub name: String,
     pub steps: Vec<Step>,
     pub foreign_keys: bool,
+    /// `"undo": true`: record every step so the run can be taken back, as
+    /// `run --undo` does.
+    pub undo: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -40,6 +43,25 @@ pub struct Step {
     pub autocommit: bool,
     /// Identifies the step's work for checkpoints: its SQL and chunking.
     pub checksum: String,
+    /// What must hold after the step, or it fails.
+    pub expect: Expect,
+    /// `"undo": false`: this step is not recorded, so an undo stops at it.
+    pub undo: bool,
+    /// The tables of the main database the step writes (triggers' and
+    /// foreign-key actions' writes included), as the pre-run check saw.
+    pub writes: Vec<String>,
+}
+
+/// A step's expectations: checked after it (`sql`), and while it runs
+/// (`max`, then `min` at its end).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Expect {
+    /// A read-only query whose first column must be truthy.
+    pub sql: Option<String>,
+    /// The most rows the step may change.
+    pub max: Option<u64>,
+    /// The fewest rows the step must change.
+    pub min: Option<u64>,
 }
 
 impl Step {
@@ -74,6 +96,8 @@ struct PlanFile {
     name: Option<String>,
     #[serde(default)]
     foreign_keys: bool,
+    #[serde(default)]
+    undo: bool,
     steps: Vec<StepFile>,
 }
 
@@ -83,6 +107,16 @@ struct StepFile {
     name: Option<String>,
     sql: String,
     chunk: Option<ChunkFile>,
+    expect: Option<String>,
+    expect_changes: Option<ChangesFile>,
+    undo: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChangesFile {
+    max: Option<u64>,
+    min: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -181,32 +215,58 @@ fn prepare_json(
                 "{label}: its SQL contains a NUL character (\\u0000), where SQLite would stop reading; remove it"
             )));
         }
-        let sum = checksum(
-            &s.sql,
-            s.chunk
-                .as_ref()
-                .map(|c| (c.table.as_str(), c.key.as_deref().unwrap_or(""))),
-        );
-        let done = skipped_on_resume(&finished, index, &sum, &s.sql, &name, &plan_name)?;
-        let (chunk, autocommit) = match s.chunk {
-            None if done => (None, classify(&label, &s.sql)?),
-            None => (None, r.rehearse_plain(&label, &s.sql)?),
-            Some(c) if done => (Some(r.finished_chunk(&label, c)?), false),
-            Some(c) => (Some(r.rehearse_chunked(&label, &s.sql, c)?), false),
+        let done = |sum: &str, sql: &str, name: &str| {
+            skipped_on_resume(&finished, index, sum, sql, name, &plan_name)
         };
-        steps.push(Step {
-            index,
-            name,
-            checksum: sum,
-            sql: s.sql,
-            chunk,
-            autocommit,
-        });
+        steps.push(json_step(r, index, name, &label, s, done)?);
     }
     Ok(Plan {
         name: plan_name,
         steps,
         foreign_keys: file.foreign_keys,
+        undo: file.undo,
+    })
+}
+
+/// One step of a JSON plan, checked (or, when `done` says a resumed run
+/// skips it, only resolved).
+fn json_step(
+    r: &Rehearsal,
+    index: usize,
+    name: String,
+    label: &str,
+    s: StepFile,
+    done: impl FnOnce(&str, &str, &str) -> Result<bool, UsageError>,
+) -> Result<Step, UsageError> {
+    let sum = checksum(
+        &s.sql,
+        s.chunk
+            .as_ref()
+            .map(|c| (c.table.as_str(), c.key.as_deref().unwrap_or(""))),
+    );
+    let done = done(&sum, &s.sql, &name)?;
+    r.take_tables();
+    let (chunk, autocommit) = match s.chunk {
+        None if done => (None, classify(label, &s.sql)?),
+        None => (None, r.rehearse_plain(label, &s.sql)?),
+        Some(c) if done => (Some(r.finished_chunk(label, c)?), false),
+        Some(c) => (Some(r.rehearse_chunked(label, &s.sql, c)?), false),
+    };
+    let writes = r.take_tables();
+    let expect = expectations(label, s.expect, s.expect_changes, autocommit)?;
+    if let (Some(sql), false) = (&expect.sql, done) {
+        r.check_expect(label, sql)?;
+    }
+    Ok(Step {
+        index,
+        name,
+        checksum: sum,
+        sql: s.sql,
+        chunk,
+        autocommit,
+        expect,
+        undo: s.undo.unwrap_or(true),
+        writes,
     })
 }
 
@@ -231,6 +291,7 @@ fn prepare_sql(
         let label = format!("{label} ({name:?})");
         let sum = checksum(&sql, None);
         let autocommit = classify(&label, &sql)?;
+        r.take_tables();
         if !skipped_on_resume(&finished, index, &sum, &sql, &name, origin)? {
             r.rehearse_script_statement(origin, &label, &sql)?;
         }
@@ -241,6 +302,9 @@ fn prepare_sql(
             sql,
             chunk: None,
             autocommit,
+            expect: Expect::default(),
+            undo: true,
+            writes: r.take_tables(),
         });
     }
     if steps.is_empty() {
@@ -252,6 +316,7 @@ fn prepare_sql(
         name: origin.to_owned(),
         steps,
         foreign_keys: false,
+        undo: false,
     })
 }
 
@@ -272,6 +337,35 @@ fn skipped_on_resume(
         Some(done) if done == sum => Ok(!sets_up_connection(sql)),
         Some(_) => Err(edited(index, name, plan)),
     }
+}
+
+/// A step's `expect` and `expect_changes`, checked for sense.
+fn expectations(
+    label: &str,
+    sql: Option<String>,
+    changes: Option<ChangesFile>,
+    autocommit: bool,
+) -> Result<Expect, UsageError> {
+    let (max, min) = changes.map_or((None, None), |c| (c.max, c.min));
+    if let (Some(max), Some(min)) = (max, min)
+        && min > max
+    {
+        return Err(UsageError::new(format!(
+            "{label}: expect_changes.min ({min}) is more than expect_changes.max ({max}); no run could meet both"
+        )));
+    }
+    let expect = Expect { sql, max, min };
+    if autocommit && expect != Expect::default() {
+        return Err(UsageError::new(format!(
+            "{label} runs outside a transaction (VACUUM, ATTACH, PRAGMA), so nothing could be rolled back when an expectation fails; remove \"expect\" and \"expect_changes\" from it"
+        )));
+    }
+    if expect.sql.as_deref().is_some_and(|q| q.trim().is_empty()) {
+        return Err(UsageError::new(format!(
+            "{label}: \"expect\" is empty; give a query whose first column must be true, e.g. \"SELECT count(*) = 0 FROM t WHERE price < 0\""
+        )));
+    }
+    Ok(expect)
 }
 
 fn chunk_size(label: &str, c: &ChunkFile) -> Result<u64, UsageError> {

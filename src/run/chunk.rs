@@ -57,6 +57,7 @@ pub(super) fn run(r: &Runner<'_>, step: &Step, chunk: &Chunk, resume: &Resume) -
     if matches!(span.max, Key::Null) {
         // Nothing to visit; still record the step as applied.
         let tx = Tx::begin(r.conn, r.nested).map_err(|e| r.fail(e, c))?;
+        r.expectations(step, 0, true).map_err(|e| (e, c))?;
         r.checkpoint
             .step_done(step, 0, 0)
             .map_err(|e| r.fail(e, c))?;
@@ -177,17 +178,22 @@ fn one_chunk(
     }
     let (lo, hi, rows) = walk.keys.next(prev, max, size).map_err(fail)?;
     if rows == 0 {
+        r.expectations(step, c.changed, true).map_err(|e| (e, c))?;
         r.checkpoint
             .step_done(step, c.done, c.changed)
             .map_err(fail)?;
         tx.commit().map_err(fail)?;
         return Ok(None);
     }
+    let mark = r.undo_mark(step).map_err(fail)?;
     let changed = walk
         .work
         .execute(named_params! {":lo": lo, ":hi": hi})
         .map_err(fail)? as u64;
     let (done, total_changed) = (c.done + rows, c.changed + changed);
+    r.expectations(step, total_changed, hi == *max)
+        .map_err(|e| (e, c))?;
+    r.undo_record(step, mark, changed).map_err(fail)?;
     if hi == *max {
         r.checkpoint.step_done(step, done, total_changed)
     } else {

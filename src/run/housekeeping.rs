@@ -74,6 +74,8 @@ pub struct Cleared {
     pub plans: Vec<(String, usize)>,
     /// The table was empty afterwards, so it was dropped.
     pub dropped: bool,
+    /// Runs of those plans whose undo records were removed too.
+    pub undo_runs: usize,
 }
 
 /// Removes the records of `which`, then the table if nothing is left, in
@@ -118,8 +120,30 @@ pub fn clear(conn: &Connection, which: Which) -> Result<Cleared, UsageError> {
         conn.execute_batch("DROP TABLE batchsse_checkpoint")
             .map_err(failed)?;
     }
+    let undo_runs = clear_undo(conn, &plans).map_err(failed)?;
     tx.commit().map_err(failed)?;
-    Ok(Cleared { plans, dropped })
+    Ok(Cleared {
+        plans,
+        dropped,
+        undo_runs,
+    })
+}
+
+/// The undo records of the cleared plans go with their checkpoint: a plan
+/// that may run again from the start must not be taken back by an old
+/// record. Returns the runs removed.
+fn clear_undo(conn: &Connection, plans: &[(String, usize)]) -> rusqlite::Result<usize> {
+    let mut runs = 0;
+    for (plan, _) in plans {
+        for run in super::undo::store::runs_of_plan(conn, plan)? {
+            super::undo::store::remove_run(conn, &run)?;
+            runs += 1;
+        }
+    }
+    if runs > 0 {
+        super::undo::store::drop_if_empty(conn)?;
+    }
+    Ok(runs)
 }
 
 fn no_such_plan(name: &str, known: &[(String, usize)]) -> UsageError {

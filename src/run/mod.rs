@@ -5,15 +5,18 @@
 //! `mod.rs` runs the plan step by step; `chunk` walks a chunked step;
 //! `tx` is the transaction guard; `checkpoint` records what is done, in
 //! the same transaction as the work; `housekeeping` lists and clears it
-//! for `batchsse checkpoint`; `db` opens the file.
+//! for `batchsse checkpoint`; `db` opens the file; `expect` checks what a
+//! step expects; `undo` records a run (`--undo`) and takes it back.
 
 pub mod checkpoint;
 mod chunk;
 mod db;
+mod expect;
 mod governor;
 pub mod housekeeping;
 mod neighbours;
 mod tx;
+pub mod undo;
 
 use std::path::Path;
 use std::sync::mpsc::RecvTimeoutError;
@@ -49,6 +52,8 @@ pub struct Options {
     pub pace: Pace,
     /// What makes the run wait between chunks.
     pub brakes: Brakes,
+    /// `--undo`: record every step so the run can be taken back.
+    pub undo: bool,
 }
 
 impl Default for Options {
@@ -62,6 +67,7 @@ impl Default for Options {
                 max_wal: 256 << 20,
                 ..Brakes::default()
             },
+            undo: false,
         }
     }
 }
@@ -138,7 +144,11 @@ pub fn run(
         job.opts.pace.clone(),
         job.opts.brakes.clone(),
     );
+    let run_id = run_id();
+    let recording = (job.opts.undo || job.plan.undo) && !job.opts.dry_run;
     let mut r = Runner {
+        recorder: recording.then(|| undo::Recorder::new(job.conn, run_id.clone(), &job.plan.name)),
+        run_id,
         conn: job.conn,
         plan: job.plan,
         opts: job.opts,
@@ -156,6 +166,17 @@ pub fn run(
         None => (RunStatus::Ok, None),
         Some((status, why)) => (status, Some(why)),
     };
+    if let Some(rec) = &r.recorder {
+        r.message(
+            None,
+            Level::Info,
+            format!(
+                "recorded for undo; to take this run back: batchsse undo --db {} --run {}",
+                crate::human::shell_word(job.conn.path().unwrap_or(&r.db)),
+                rec.run_id
+            ),
+        );
+    }
     log.push(Event::Finished(Finished {
         status,
         steps_done: tally.steps_done,
@@ -164,6 +185,8 @@ pub fn run(
         elapsed_ms: ms(r.started.elapsed()),
         dry_run: job.opts.dry_run,
         error,
+        undo_bytes: r.recorder.as_ref().map(|rec| rec.bytes()),
+        conflicts: None,
     }));
     status
 }
@@ -177,6 +200,9 @@ fn db_name(conn: &Connection) -> String {
 
 struct Runner<'a> {
     conn: &'a Connection,
+    run_id: String,
+    /// With `--undo`: what records each chunk's old values.
+    recorder: Option<undo::Recorder<'a>>,
     plan: &'a Plan,
     opts: &'a Options,
     log: &'a EventLog,
@@ -265,7 +291,7 @@ impl Runner<'_> {
         let plan = self.plan;
         self.log.push(Event::Start(Start {
             protocol: crate::events::PROTOCOL,
-            run_id: run_id(),
+            run_id: self.run_id.clone(),
             plan: plan.name.clone(),
             db: self.db.clone(),
             steps: plan
@@ -284,6 +310,16 @@ impl Runner<'_> {
             dry_run: self.opts.dry_run,
             resumed: resume.resumed(),
             settings: self.governor.borrow().settings(),
+            kind: crate::events::RunKind::Run,
+            undo: self.recorder.as_ref().map(|_| crate::events::UndoInfo {
+                unrecorded_steps: plan
+                    .steps
+                    .iter()
+                    .filter(|s| !s.undo)
+                    .map(|s| s.index)
+                    .collect(),
+                reverts: Vec::new(),
+            }),
         }));
         if self.opts.dry_run {
             self.message(
@@ -331,10 +367,16 @@ impl Runner<'_> {
         }
         let t0 = Instant::now();
         self.step_event(step, StepState::Running, Counts::default(), Some(t0), None);
-        let result = match &step.chunk {
-            None => self.run_plain(step),
-            Some(chunk) => chunk::run(self, step, chunk, resume),
+        let result = match self.recorder.as_ref().map(|rec| rec.arm(step)) {
+            Some(Err(e)) => Err(self.fail(e, Counts::default())),
+            _ => match &step.chunk {
+                None => self.run_plain(step),
+                Some(chunk) => chunk::run(self, step, chunk, resume),
+            },
         };
+        if let Some(rec) = &self.recorder {
+            rec.disarm();
+        }
         let (err, c) = match result {
             Ok(c) => {
                 self.step_event(step, StepState::Done, c, Some(t0), None);
@@ -467,7 +509,12 @@ impl Runner<'_> {
         {
             return Err((StepError::Sql(self.checkpoint.conflict()), none));
         }
+        let mark = self.undo_mark(step).map_err(|e| self.fail(e, none))?;
         let changed = self.execute(step).map_err(|e| self.fail(e, none))?;
+        self.expectations(step, changed, true)
+            .map_err(|e| (e, none))?;
+        self.undo_record(step, mark, changed)
+            .map_err(|e| self.fail(e, none))?;
         self.checkpoint
             .step_done(step, changed, changed)
             .map_err(|e| self.fail(e, none))?;
@@ -476,6 +523,44 @@ impl Runner<'_> {
         }
         tx.commit().map_err(|e| self.fail(e, none))?;
         Ok(Counts::all(changed))
+    }
+
+    /// With `--undo`, where this chunk's records will begin (call in its
+    /// transaction, before the work).
+    fn undo_mark(&self, step: &Step) -> rusqlite::Result<Option<i64>> {
+        match &self.recorder {
+            Some(rec) if step.undo => rec.mark().map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// Notes the chunk's records (from `mark`) as one chunk of the step.
+    fn undo_record(&self, step: &Step, mark: Option<i64>, changed: u64) -> rusqlite::Result<()> {
+        match (&self.recorder, mark) {
+            (Some(rec), Some(mark)) => rec.chunk_done(step, mark, changed),
+            _ => Ok(()),
+        }
+    }
+
+    /// Checks what the step expects once it has changed `changed` rows:
+    /// the most it may change, and at its `end` the fewest and its query.
+    /// Called inside the transaction, which the caller drops on an error.
+    fn expectations(&self, step: &Step, changed: u64, end: bool) -> Result<(), StepError> {
+        let failed = match expect::over_max(&step.expect, changed) {
+            Some(why) => Some(why),
+            None if end => expect::at_end(self.conn, &step.expect, changed)
+                .map_err(|e| self.fail(e, Counts::default()).0)?,
+            None => None,
+        };
+        match (failed, &self.recorder) {
+            (None, _) => Ok(()),
+            (Some(why), None) => Err(StepError::Sql(why)),
+            (Some(why), Some(rec)) => Err(StepError::Sql(format!(
+                "{why}; what committed before can be taken back with: batchsse undo --db {} --run {}",
+                crate::human::shell_word(self.conn.path().unwrap_or(&self.db)),
+                rec.run_id
+            ))),
+        }
     }
 
     /// Runs a plain step's statements; returns the rows they changed.

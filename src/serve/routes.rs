@@ -415,6 +415,8 @@ mod tests {
                 resumed: false,
                 protocol: 1,
                 settings: Settings::default(),
+                kind: Default::default(),
+                undo: None,
             }));
         });
         ready(&state, &req).await;

@@ -340,8 +340,14 @@ fn style(template: &str) -> ProgressStyle {
 }
 
 fn start_line(s: &crate::events::Start) -> String {
+    let what = match (&s.kind, &s.undo) {
+        (crate::events::RunKind::Undo, Some(u)) => {
+            format!("undo of run {} of plan", u.reverts.join(", "))
+        }
+        _ => "plan".to_owned(),
+    };
     format!(
-        "batchsse: plan {:?} on {}: {} step{}{}{}",
+        "batchsse: {what} {:?} on {}: {} step{}{}{}",
         s.plan,
         s.db,
         s.steps.len(),
@@ -481,6 +487,16 @@ fn finished_line_after(f: &crate::events::Finished, said: Option<&str>) -> Strin
         },
         duration(f.elapsed_ms)
     );
+    if let Some(b) = f.undo_bytes {
+        line += &format!(", undo record {} bytes", thousands(b));
+    }
+    if let Some(n) = f.conflicts.filter(|n| *n > 0) {
+        line += &format!(
+            "; {} conflict{} kept the application's rows (every one is in the table batchsse_undo_conflict)",
+            thousands(n),
+            if n == 1 { "" } else { "s" }
+        );
+    }
     if let Some(e) = f.error.as_deref().filter(|e| Some(*e) != said) {
         line += &format!("\n  {e}");
     }

@@ -6,6 +6,7 @@ mod util;
 
 mod browser;
 mod control;
+mod expect;
 mod fanout;
 mod fuzz;
 mod govern;
@@ -17,5 +18,6 @@ mod pace;
 mod relay;
 mod run;
 mod safety;
+mod undo;
 mod walk;
 mod watch;

@@ -1,0 +1,87 @@
+//! Benchmark: what taking a run back costs, on the 1,000,000-row update of
+//! `batch_overhead`. Per round, on fresh copies: the run without `--undo`,
+//! the same run with it, then `batchsse undo` of that run; medians of the
+//! per-round ratios against the targets (`--undo` ≤ 1.5× the run,
+//! the undo ≤ 2× the run, the record ≤ 1.2× the old values it holds).
+//!
+//! The old values are what the update overwrote: a REAL and an INTEGER per
+//! row, 8 bytes each as SQLite stores them at most; the record's size is
+//! the file's growth over the run without `--undo`.
+//! `BENCH_ROWS` takes a smaller table for a quick look.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use common::*;
+
+const ROUNDS: usize = 3;
+
+fn timed(args: &[&str]) -> f64 {
+    let t0 = Instant::now();
+    let st = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("spawn");
+    assert!(st.success(), "{args:?} failed");
+    t0.elapsed().as_secs_f64()
+}
+
+/// Sum of the table, to show the undo restored it.
+fn digest(path: &std::path::Path) -> (f64, i64) {
+    let c = rusqlite::Connection::open(path).expect("open");
+    c.query_row("SELECT total(total), total(counter) FROM t", [], |r| {
+        Ok((r.get(0)?, r.get::<_, f64>(1)? as i64))
+    })
+    .expect("digest")
+}
+
+fn main() {
+    let rows: u64 = std::env::var("BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let db = bench_db(rows);
+    let plan = write_plan(&db, 10_000);
+    let before = digest(&db.path);
+    let (mut slow, mut back, mut size) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        let copy = |name: &str| {
+            let p = db.dir.path().join(name);
+            std::fs::copy(&db.path, &p).expect("copy");
+            p
+        };
+        let (plain, recorded) = (copy("plain.sqlite"), copy("undo.sqlite"));
+        let quiet = ["--no-serve", "--progress", "none"];
+        let t_plain = timed(&run_args(&plain, path_str(&plan), &quiet));
+        let mut with = quiet.to_vec();
+        with.push("--undo");
+        let t_undo = timed(&run_args(&recorded, path_str(&plan), &with));
+        let grown = std::fs::metadata(&recorded).unwrap().len() as f64
+            - std::fs::metadata(&plain).unwrap().len() as f64;
+        let mut undo = vec!["undo", "--db", path_str(&recorded), "--plan", "bench"];
+        undo.extend_from_slice(&quiet);
+        let t_back = timed(&undo);
+        assert_eq!(digest(&recorded), before, "the undo restored every row");
+        let old_values = rows as f64 * 16.0;
+        println!(
+            "  round {}: run {t_plain:.2} s, run --undo {t_undo:.2} s, undo {t_back:.2} s, record {:.1} MiB for {:.1} MiB of old values",
+            round + 1,
+            grown / 1048576.0,
+            old_values / 1048576.0
+        );
+        slow.push(t_undo / t_plain);
+        back.push(t_back / t_plain);
+        size.push(grown / old_values);
+    }
+    println!(
+        "undo ({rows} rows, median of {ROUNDS}): run --undo {:.2}x the run (target <= 1.5), undo {:.2}x the run (target <= 2), record {:.2}x the old values (target <= 1.2)",
+        median(&mut slow),
+        median(&mut back),
+        median(&mut size)
+    );
+}

@@ -1,0 +1,209 @@
+//! `batchsse undo`: take back a run recorded with `run --undo`, as a run of
+//! its own (the same server, terminal, steering and publishing), and
+//! `undo list|clear` for the records.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+use super::checkpoint::{file_name, plural};
+use super::docs::print;
+use super::{Session, execute};
+use crate::cli::config::UndoConfig;
+use crate::cli::{CheckpointListArgs, UndoAction, UndoArgs, UndoClearArgs};
+use crate::error::UsageError;
+use crate::human::thousands;
+use crate::lifecycle::Lifecycle;
+use crate::plan::{Plan, sqlite_message};
+use crate::run::undo::apply::Spec;
+use crate::run::undo::store;
+use crate::run::{self as runner, Resume};
+
+pub fn run(args: UndoArgs) -> anyhow::Result<ExitCode> {
+    match args.action {
+        Some(UndoAction::List(a)) => list(a),
+        Some(UndoAction::Clear(a)) => clear(a),
+        None => {
+            let config = UndoConfig::from_args(&args.apply)?;
+            let lifecycle = Lifecycle::start()?;
+            let session = open(config)?;
+            execute(lifecycle, session)
+        }
+    }
+}
+
+/// Opens the database and finds the runs to take back; nothing is written.
+fn open(c: UndoConfig) -> Result<Session, UsageError> {
+    let conn = runner::open_db(&c.db, c.busy_timeout)?;
+    // The record holds every change the plan's triggers and foreign-key
+    // actions made; applying it must not set them off again.
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER,
+        false,
+    )
+    .and_then(|_| conn.execute_batch("PRAGMA foreign_keys = OFF"))
+    .map_err(|e| UsageError::new(format!("cannot turn triggers off for the undo: {e}")))?;
+    let (runs, plan) = find(&conn, &c.which).map_err(|e| UsageError::new(sqlite_message(&e)))?;
+    if runs.is_empty() {
+        let what = match &c.which {
+            Ok(run) => format!("run {run:?}"),
+            Err(plan) => format!("plan {plan:?}"),
+        };
+        return Err(UsageError::new(format!(
+            "no undo record of {what} in {}; only runs made with --undo (or \"undo\": true) can be taken back, and `batchsse undo list --db FILE` shows them",
+            file_name(&c.db)
+        )));
+    }
+    Ok(Session {
+        conn,
+        plan: Plan {
+            name: plan,
+            steps: Vec::new(),
+            foreign_keys: false,
+            undo: false,
+        },
+        resume: Resume::none(),
+        opts: c.opts,
+        serve: c.serve,
+        progress: c.progress,
+        progress_interval: c.progress_interval,
+        publish: c.publish,
+        banner: None,
+        undo: Some(Spec {
+            runs,
+            plan: String::new(),
+            on_conflict: c.on_conflict,
+        }),
+    })
+    .map(|mut s| {
+        if let Some(spec) = &mut s.undo {
+            spec.plan = s.plan.name.clone();
+        }
+        s
+    })
+}
+
+/// The runs to take back, newest first, and their plan.
+fn find(
+    conn: &Connection,
+    which: &Result<String, String>,
+) -> rusqlite::Result<(Vec<String>, String)> {
+    if !store::exists(conn)? {
+        return Ok((Vec::new(), String::new()));
+    }
+    match which {
+        Ok(run) => {
+            let plan: Option<String> = rusqlite::OptionalExtension::optional(conn.query_row(
+                "SELECT plan FROM batchsse_undo WHERE run = ?1 LIMIT 1",
+                [run],
+                |r| r.get(0),
+            ))?;
+            Ok(plan.map_or((Vec::new(), String::new()), |p| (vec![run.clone()], p)))
+        }
+        Err(plan) => Ok((store::runs_of_plan(conn, plan)?, plan.clone())),
+    }
+}
+
+fn list(args: CheckpointListArgs) -> anyhow::Result<ExitCode> {
+    let conn = runner::open_db_to_read(&args.db, Duration::from_millis(args.busy_timeout))?;
+    let runs = store::runs(&conn)?;
+    let db = file_name(&args.db);
+    let text = if args.json {
+        let list: Vec<_> = runs
+            .iter()
+            .map(|r| {
+                serde_json::json!({"run": r.run, "plan": r.plan, "chunks": r.chunks, "rows": r.rows,
+                    "bytes": r.bytes, "first_at": r.first_at, "last_at": r.last_at})
+            })
+            .collect();
+        format!("{}\n", serde_json::json!({"db": db, "runs": list}))
+    } else if runs.is_empty() {
+        format!("no undo records in {db}\n")
+    } else {
+        let mut t = format!("undo records in {db}:\n");
+        for r in &runs {
+            t += &format!(
+                "  run {}  plan {:?}: {} chunk{}, {} rows, {} bytes, recorded {} to {}\n",
+                r.run,
+                r.plan,
+                r.chunks,
+                plural(r.chunks as usize),
+                thousands(r.rows),
+                thousands(r.bytes),
+                r.first_at,
+                r.last_at
+            );
+        }
+        t
+    };
+    print(text.as_bytes())
+}
+
+fn clear(args: UndoClearArgs) -> anyhow::Result<ExitCode> {
+    let conn = runner::open_db(&args.db, Duration::from_millis(args.busy_timeout))?;
+    let older = args.older_than.as_deref().map(age).transpose()?;
+    let runs = store::runs(&conn)?;
+    let chosen: Vec<&store::RunRecord> = runs
+        .iter()
+        .filter(|r| match (&args.run, older) {
+            (Some(id), _) => &r.run == id,
+            (None, Some(secs)) => older_than(&conn, &r.last_at, secs),
+            (None, None) => true,
+        })
+        .collect();
+    if let (Some(id), true) = (&args.run, chosen.is_empty()) {
+        return Err(UsageError::new(format!(
+            "no undo record of run {id:?} in {}; `batchsse undo list` shows them",
+            file_name(&args.db)
+        ))
+        .into());
+    }
+    let ids: Vec<String> = chosen.iter().map(|r| r.run.clone()).collect();
+    let dropped = runner::undo::store::clear(&conn, &ids, args.all)?;
+    let db = file_name(&args.db);
+    let mut text = String::new();
+    for r in &chosen {
+        text += &format!(
+            "removed the undo record of run {} (plan {:?}, {} bytes) from {db}; it can no longer be taken back\n",
+            r.run,
+            r.plan,
+            thousands(r.bytes)
+        );
+    }
+    if chosen.is_empty() {
+        text += &format!("no undo record to clear in {db}\n");
+    }
+    if dropped {
+        text += &format!("dropped the undo tables: no undo record is left in {db}\n");
+    }
+    print(text.as_bytes())
+}
+
+/// `30m`, `12h`, `7d` (or plain seconds) in seconds.
+fn age(s: &str) -> Result<i64, UsageError> {
+    let s = s.trim();
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => 0,
+    };
+    match n.parse::<i64>() {
+        Ok(n) if mult > 0 => Ok(n.saturating_mul(mult)),
+        _ => Err(UsageError::new(format!(
+            "--older-than takes an age such as 30m, 12h or 7d; got {s:?}"
+        ))),
+    }
+}
+
+fn older_than(conn: &Connection, at: &str, secs: i64) -> bool {
+    conn.query_row(
+        "SELECT (julianday('now') - julianday(?1)) * 86400 > ?2",
+        rusqlite::params![at, secs],
+        |r| r.get::<_, bool>(0),
+    )
+    .unwrap_or(false)
+}

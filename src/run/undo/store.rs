@@ -1,0 +1,188 @@
+//! The undo record's tables, beside the checkpoint in the database file:
+//! `batchsse_undo` (one row per recorded chunk: run, plan, step, the range
+//! of its rows), `batchsse_undo_row` (one row per changed value, key or
+//! deleted column) and `batchsse_undo_conflict` (rows an undo kept).
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::error::UsageError;
+use crate::plan::sqlite_message;
+
+pub const CHUNKS: &str = "batchsse_undo";
+
+/// What a record row is: `op` in `batchsse_undo_row`.
+pub mod op {
+    /// The run inserted the row with key `k`.
+    pub const INSERT: i64 = 1;
+    /// The run changed column `col` of row `k` from `old` to `new`.
+    pub const UPDATE: i64 = 2;
+    /// The run deleted row `k`, whose column `col` was `old` (one row per
+    /// column; a table of only its key has one row with `col` NULL).
+    pub const DELETE: i64 = 3;
+}
+
+/// A chunk's `chunk` number for a step the run did not record (`"undo":
+/// false`): an undo stops there.
+pub const UNRECORDED: i64 = -1;
+
+// Columns without a type have no affinity: every value is kept exactly.
+const CREATE: &str = "CREATE TABLE IF NOT EXISTS batchsse_undo (
+    id INTEGER PRIMARY KEY,
+    run TEXT NOT NULL,
+    plan TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    chunk INTEGER NOT NULL,
+    first INTEGER NOT NULL,
+    last INTEGER NOT NULL,
+    rows INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);
+CREATE INDEX IF NOT EXISTS batchsse_undo_by_run ON batchsse_undo(run, id);
+CREATE TABLE IF NOT EXISTS batchsse_undo_row (
+    rec INTEGER PRIMARY KEY,
+    tbl TEXT NOT NULL,
+    op INTEGER NOT NULL,
+    k, col TEXT, old, new
+);
+CREATE TABLE IF NOT EXISTS batchsse_undo_conflict (
+    run TEXT NOT NULL,
+    tbl TEXT NOT NULL,
+    k,
+    col TEXT,
+    why TEXT NOT NULL,
+    at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);";
+
+/// Makes the tables if they are not there (inside the caller's transaction).
+pub fn create(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(CREATE)
+}
+
+pub fn exists(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+        [CHUNKS],
+        |_| Ok(()),
+    )
+    .optional()
+    .map(|o| o.is_some())
+}
+
+/// A run with undo records, as `undo list` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRecord {
+    pub run: String,
+    pub plan: String,
+    pub chunks: u64,
+    pub rows: u64,
+    pub bytes: u64,
+    /// When its first and last chunk were recorded (UTC, ISO 8601).
+    pub first_at: String,
+    pub last_at: String,
+}
+
+/// Every run with records, oldest first.
+pub fn runs(conn: &Connection) -> Result<Vec<RunRecord>, UsageError> {
+    if !exists(conn).map_err(|e| UsageError::new(sqlite_message(&e)))? {
+        return Ok(Vec::new());
+    }
+    let read = || -> rusqlite::Result<Vec<RunRecord>> {
+        let mut stmt = conn.prepare(
+            "SELECT run, plan, count(*) FILTER (WHERE chunk >= 0), total(rows), total(bytes), min(created_at), max(created_at)
+             FROM batchsse_undo GROUP BY run ORDER BY min(id)",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(RunRecord {
+                run: r.get(0)?,
+                plan: r.get(1)?,
+                chunks: r.get::<_, i64>(2)?.max(0) as u64,
+                rows: r.get::<_, f64>(3)?.max(0.0) as u64,
+                bytes: r.get::<_, f64>(4)?.max(0.0) as u64,
+                first_at: r.get(5)?,
+                last_at: r.get(6)?,
+            })
+        })?;
+        rows.collect()
+    };
+    read().map_err(|e| {
+        UsageError::new(format!(
+            "cannot read {CHUNKS}: {}; it may have been altered by hand",
+            sqlite_message(&e)
+        ))
+    })
+}
+
+/// Removes a run's records (chunks and their rows); returns the chunks
+/// removed. Inside the caller's transaction.
+pub fn remove_run(conn: &Connection, run: &str) -> rusqlite::Result<usize> {
+    let ranges: Vec<(i64, i64)> = conn
+        .prepare("SELECT first, last FROM batchsse_undo WHERE run = ?1")?
+        .query_map([run], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut rows = conn.prepare("DELETE FROM batchsse_undo_row WHERE rec BETWEEN ?1 AND ?2")?;
+    for (a, b) in ranges {
+        rows.execute(params![a, b])?;
+    }
+    conn.execute("DELETE FROM batchsse_undo WHERE run = ?1", [run])
+}
+
+/// The runs recorded for a plan, newest first.
+pub fn runs_of_plan(conn: &Connection, plan: &str) -> rusqlite::Result<Vec<String>> {
+    if !exists(conn)? {
+        return Ok(Vec::new());
+    }
+    conn.prepare(
+        "SELECT run FROM batchsse_undo WHERE plan = ?1 GROUP BY run ORDER BY max(id) DESC",
+    )?
+    .query_map([plan], |r| r.get(0))?
+    .collect()
+}
+
+/// Drops the tables when no record is left (inside the caller's
+/// transaction); returns whether it did.
+pub fn drop_if_empty(conn: &Connection) -> rusqlite::Result<bool> {
+    if !exists(conn)? {
+        return Ok(false);
+    }
+    let left: i64 = conn.query_row("SELECT count(*) FROM batchsse_undo", [], |r| r.get(0))?;
+    let conflicts: i64 =
+        conn.query_row("SELECT count(*) FROM batchsse_undo_conflict", [], |r| {
+            r.get(0)
+        })?;
+    if left > 0 || conflicts > 0 {
+        return Ok(false);
+    }
+    conn.execute_batch(
+        "DROP TABLE batchsse_undo; DROP TABLE batchsse_undo_row; DROP TABLE batchsse_undo_conflict",
+    )?;
+    Ok(true)
+}
+
+/// Removes the records of `runs` (every run's, tables and all, with
+/// `all`) in one transaction; returns whether the tables were dropped.
+pub fn clear(conn: &Connection, runs: &[String], all: bool) -> Result<bool, UsageError> {
+    let go = || -> rusqlite::Result<bool> {
+        if !exists(conn)? {
+            return Ok(false);
+        }
+        let tx = crate::run::tx::Tx::begin(conn, false)?;
+        for run in runs {
+            remove_run(conn, run)?;
+            conn.execute("DELETE FROM batchsse_undo_conflict WHERE run = ?1", [run])?;
+        }
+        if all {
+            conn.execute_batch("DELETE FROM batchsse_undo_conflict")?;
+        }
+        let dropped = drop_if_empty(conn)?;
+        tx.commit()?;
+        Ok(dropped)
+    };
+    go().map_err(|e| {
+        UsageError::new(format!(
+            "cannot clear the undo records: {}",
+            sqlite_message(&e)
+        ))
+    })
+}

@@ -1,0 +1,153 @@
+//! A step's `expect` and `expect_changes`: a wrong step stops before it
+//! spreads, and what it stopped is rolled back.
+
+use crate::util::*;
+
+/// `run --no-serve` on `db` with plan text `plan`; plain lines on stderr
+/// unless `extra` asks for JSON events on stdout.
+fn run_plan(db: &TempDb, plan: &str, extra: &[&str]) -> (i32, String, String) {
+    let plan = db.file("plan.json", plan);
+    let mut a = run_args(db, path_str(&plan), &["--no-serve"]);
+    if !extra.contains(&"json") {
+        a.extend_from_slice(&["--progress", "plain"]);
+    }
+    a.extend_from_slice(extra);
+    run(&a)
+}
+
+#[test]
+fn a_false_expect_in_an_atomic_run_leaves_the_file_unchanged() {
+    let db = TempDb::counters(50);
+    let before = sha256(&db.path);
+    let plan = r#"{"steps":[
+            {"sql":"UPDATE t SET counter = counter + 1"},
+            {"name":"oops","sql":"UPDATE t SET counter = -1 WHERE id > 40",
+             "expect":"SELECT count(*) = 0 FROM t WHERE counter < 0"}]}"#;
+    let (code, _, err) = run_plan(&db, plan, &["--atomic"]);
+    assert_eq!(code, 1, "{err}");
+    let said = "expect SELECT count(*) = 0 FROM t WHERE counter < 0 returned 0";
+    assert!(err.contains(said), "on the terminal: {err}");
+    assert_eq!(sha256(&db.path), before, "the file is as it was");
+    let (code, out, _) = run_plan(&db, plan, &["--atomic", "--progress", "json"]);
+    assert_eq!(code, 1);
+    let failed = out
+        .lines()
+        .find(|l| l.contains("\"state\":\"failed\""))
+        .unwrap_or_default();
+    assert!(failed.contains(said), "in the step's event: {out}");
+}
+
+#[test]
+fn a_false_expect_rolls_back_its_own_plain_step_only() {
+    let db = TempDb::counters(10);
+    let (code, _, err) = run_plan(
+        &db,
+        r#"{"steps":[
+            {"sql":"UPDATE t SET counter = 1"},
+            {"sql":"DELETE FROM t WHERE id > 5", "expect":"SELECT count(*) = 10 FROM t"}]}"#,
+        &[],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(
+        db.counter_spread(),
+        (10, 0),
+        "step 1 kept, step 2 rolled back"
+    );
+}
+
+#[test]
+fn expect_changes_max_stops_a_step_missing_its_where_after_one_chunk() {
+    let db = TempDb::counters(1000);
+    let (code, _, err) = run_plan(
+        &db,
+        r#"{"steps":[{"name":"forgot where","sql":"UPDATE t SET counter = 7 WHERE :lo IS NOT NULL AND :hi IS NOT NULL",
+            "chunk":{"table":"t","size":10},"expect_changes":{"max":100}}]}"#,
+        &["--batch-size", "10"],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("expect_changes.max is 100"), "{err}");
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM t WHERE counter <> 0"),
+        0,
+        "the first chunk changed every row, and was rolled back"
+    );
+    assert!(err.contains("0 rows changed"), "no chunk committed: {err}");
+}
+
+#[test]
+fn expect_changes_min_and_expect_are_checked_in_the_last_chunk() {
+    let db = TempDb::counters(100);
+    let (code, _, err) = run_plan(
+        &db,
+        r#"{"steps":[{"sql":"UPDATE t SET counter = 1 WHERE id BETWEEN :lo AND :hi AND id <= 30",
+            "chunk":{"table":"t","size":40},"expect_changes":{"min":50}}]}"#,
+        &["--batch-size", "40"],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("expect_changes.min is 50"), "{err}");
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM t WHERE counter = 1"),
+        30,
+        "earlier chunks are kept; the last one rolled back (it changed none)"
+    );
+    let db = TempDb::counters(100);
+    let (code, _, err) = run_plan(
+        &db,
+        r#"{"steps":[{"sql":"UPDATE t SET counter = 1 WHERE id BETWEEN :lo AND :hi",
+            "chunk":{"table":"t","size":40},"expect":"SELECT min(counter) = 1 FROM t",
+            "expect_changes":{"min":100,"max":100}}]}"#,
+        &["--batch-size", "40"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(db.counter_spread(), (100, 0));
+}
+
+#[test]
+fn an_expect_that_writes_or_does_not_compile_is_refused_before_anything_runs() {
+    let db = TempDb::counters(5);
+    let before = sha256(&db.path);
+    for (expect, says) in [
+        ("DELETE FROM t", "only reads"),
+        ("SELECT nope FROM t", "no such column"),
+        ("SELECT 1; SELECT 2", "one statement"),
+        ("SELECT :x", "parameter"),
+        ("", "empty"),
+    ] {
+        let plan =
+            serde_json::json!({"steps":[{"sql":"UPDATE t SET counter = 1","expect":expect}]});
+        let (code, _, err) = run_plan(&db, &plan.to_string(), &[]);
+        assert_eq!(code, 2, "{expect}: {err}");
+        assert!(err.contains(says), "{expect}: {err}");
+    }
+    let (code, _, err) = run_plan(
+        &db,
+        r#"{"steps":[{"sql":"UPDATE t SET counter = 1","expect_changes":{"min":5,"max":2}}]}"#,
+        &[],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(sha256(&db.path), before);
+}
+
+#[test]
+fn with_undo_a_failed_expectation_names_the_undo_command() {
+    let db = TempDb::counters(100);
+    let (code, _, err) = run_plan(
+        &db,
+        r#"{"steps":[{"sql":"UPDATE t SET counter = 1 WHERE id BETWEEN :lo AND :hi","chunk":{"table":"t","size":10},
+            "expect_changes":{"max":50}}]}"#,
+        &["--undo", "--batch-size", "10"],
+    );
+    assert_eq!(code, 1, "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.contains("max is 50"))
+        .unwrap_or_default();
+    let command = line.split("taken back with: ").nth(1).unwrap_or_default();
+    assert!(command.starts_with("batchsse undo --db "), "{err}");
+    assert_eq!(db.query_i64("SELECT count(*) FROM t WHERE counter = 1"), 50);
+    let mut args: Vec<&str> = command.split_whitespace().skip(1).collect();
+    args.push("--no-serve");
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "the named command works: {err}");
+    assert_eq!(db.query_i64("SELECT count(*) FROM t WHERE counter = 1"), 0);
+}

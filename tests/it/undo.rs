@@ -1,0 +1,447 @@
+//! `run --undo` and `batchsse undo`: every change a run made (its
+//! triggers' and foreign-key actions' too) taken back, the application's
+//! later writes kept as conflicts, and kill -9 anywhere in either.
+
+use std::time::Duration;
+
+use rusqlite::types::Value;
+
+use crate::util::*;
+
+/// Every user table's rows (with the rowid where there is one), sorted: two
+/// databases with the same content give the same text.
+fn content(db: &TempDb) -> String {
+    let c = db.conn();
+    let tables: Vec<(String, bool)> = c
+        .prepare("SELECT name, wr FROM pragma_table_list WHERE schema = 'main' AND type = 'table' AND name NOT LIKE 'sqlite_%' AND name NOT LIKE 'batchsse_%' ORDER BY name")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let mut out = String::new();
+    for (t, without_rowid) in tables {
+        let sql = if without_rowid {
+            format!("SELECT * FROM \"{t}\"")
+        } else {
+            format!("SELECT rowid, * FROM \"{t}\"")
+        };
+        let mut stmt = c.prepare(&sql).unwrap();
+        let n = stmt.column_count();
+        let mut rows: Vec<String> = stmt
+            .query_map([], |r| {
+                Ok((0..n)
+                    .map(|i| format!("{:?}", r.get::<_, Value>(i).unwrap()))
+                    .collect::<Vec<_>>()
+                    .join("|"))
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        rows.sort();
+        out += &format!("{t}:\n{}\n", rows.join("\n"));
+    }
+    out
+}
+
+const SHAPES: &str = "
+    CREATE TABLE p(id INTEGER PRIMARY KEY, name TEXT, price REAL, pic BLOB);
+    CREATE TABLE c(id INTEGER PRIMARY KEY, p INT REFERENCES p(id) ON DELETE CASCADE, q INT);
+    CREATE TABLE audit(what TEXT);
+    CREATE TABLE kv(k TEXT PRIMARY KEY, v) WITHOUT ROWID;
+    CREATE TABLE tagged(code TEXT PRIMARY KEY, n INT);
+    CREATE TRIGGER tp AFTER UPDATE OF price ON p BEGIN INSERT INTO audit VALUES ('price ' || NEW.id); END;
+    INSERT INTO p(id, name, price, pic) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < 300)
+      SELECT i, 'n' || i, CASE WHEN i % 7 = 0 THEN NULL ELSE i * 1.25 END, CASE WHEN i % 5 = 0 THEN NULL ELSE randomblob(i % 40) END FROM s;
+    INSERT INTO c(p, q) SELECT id, id * 10 FROM p WHERE id % 3 = 0;
+    INSERT INTO kv VALUES ('é', 1), ('', NULL), ('a b', x'00ff'), ('z', 2.5);
+    INSERT INTO tagged VALUES ('A', 1), ('B', 2), ('C', NULL);
+    INSERT INTO audit VALUES ('before');";
+
+const SHAPES_PLAN: &str = r#"{"name":"shapes","foreign_keys":true,"undo":true,"steps":[
+    {"name":"reprice","sql":"UPDATE p SET price = price * 2, pic = NULL WHERE id BETWEEN :lo AND :hi","chunk":{"table":"p","size":40}},
+    {"name":"drop some","sql":"DELETE FROM p WHERE id % 9 = 0"},
+    {"name":"kv","sql":"INSERT INTO kv VALUES ('new', x'abcd'); UPDATE kv SET v = 'x' WHERE k <> 'new'; DELETE FROM kv WHERE k = ''"},
+    {"name":"tagged","sql":"UPDATE tagged SET n = ifnull(n, 0) + 1; DELETE FROM tagged WHERE code = 'B'; INSERT INTO tagged VALUES ('D', 4)"},
+    {"name":"audit","sql":"DELETE FROM audit WHERE what = 'before'"}]}"#;
+
+fn undo_args<'a>(db: &'a TempDb, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec![
+        "undo",
+        "--db",
+        path_str(&db.path),
+        "--no-serve",
+        "--progress",
+        "plain",
+    ];
+    a.extend_from_slice(extra);
+    a
+}
+
+#[test]
+fn an_undo_restores_every_table_triggers_cascades_and_key_kinds_included() {
+    let db = TempDb::with_sql(SHAPES);
+    let before = content(&db);
+    let plan = db.file("plan.json", SHAPES_PLAN);
+    let (code, _, err) = run(&run_args(
+        &db,
+        path_str(&plan),
+        &["--no-serve", "--progress", "plain", "--batch-size", "40"],
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("batchsse undo --db"), "{err}");
+    assert!(err.contains("undo record"), "{err}");
+    assert_ne!(content(&db), before);
+    assert!(
+        db.query_i64("SELECT count(*) FROM c") < 100,
+        "the cascade deleted rows of c"
+    );
+    assert!(
+        db.query_i64("SELECT count(*) FROM audit") > 200,
+        "the trigger wrote audit rows"
+    );
+    let after_run = sha256(&db.path);
+    let (code, _, err) = run(&undo_args(&db, &["--plan", "shapes", "--dry-run"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("would"), "{err}");
+    assert_eq!(sha256(&db.path), after_run, "a dry run writes nothing");
+    let (code, _, err) = run(&undo_args(&db, &["--plan", "shapes"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(content(&db), before, "every table as before the run");
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM batchsse_checkpoint WHERE plan = 'shapes'"),
+        0
+    );
+    let (code, out, _) = run(&["undo", "list", "--db", path_str(&db.path)]);
+    assert_eq!(code, 0);
+    assert!(out.contains("no undo records"), "{out}");
+}
+
+#[test]
+fn application_writes_after_the_run_are_conflicts_kept_under_skip() {
+    let db = TempDb::counters(200);
+    let plan = db.file("plan.json", &counter_plan("bump", 25));
+    let (code, _, err) = run(&run_args(
+        &db,
+        path_str(&plan),
+        &["--no-serve", "--undo", "--batch-size", "25"],
+    ));
+    assert_eq!(code, 0, "{err}");
+    // The application: changes 3 rows the run wrote, deletes 2, and adds
+    // one the run never saw.
+    db.conn()
+        .execute_batch(
+            "UPDATE t SET counter = 50 WHERE id IN (3, 60, 199);
+             DELETE FROM t WHERE id IN (10, 11);
+             INSERT INTO t(id, counter) VALUES (1000, 9);",
+        )
+        .unwrap();
+    let (code, _, err) = run(&undo_args(&db, &["--plan", "bump", "--dry-run"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("195 rows would change") && err.contains("5 conflicts"),
+        "{err}"
+    );
+    let json = [
+        "undo",
+        "--db",
+        path_str(&db.path),
+        "--no-serve",
+        "--progress",
+        "json",
+        "--plan",
+        "bump",
+    ];
+    let (code, out, err) = run(&json);
+    assert_eq!(code, 0, "{err}");
+    let fin: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(fin["data"]["conflicts"], 5, "{fin}");
+    assert_eq!(fin["data"]["rows_changed"], 195);
+    let warned = out
+        .lines()
+        .filter(|l| l.contains("conflict in t at key"))
+        .count();
+    assert_eq!(warned, 5, "each conflict in the events: {out}");
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM t WHERE counter = 50"),
+        3,
+        "the application's values kept"
+    );
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM t WHERE counter = 0"),
+        195,
+        "every other row restored"
+    );
+    assert_eq!(db.query_i64("SELECT counter FROM t WHERE id = 1000"), 9);
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM batchsse_undo_conflict"),
+        5
+    );
+}
+
+#[test]
+fn abort_rolls_back_the_chunk_and_overwrite_restores_anyway() {
+    let db = TempDb::counters(100);
+    let plan = db.file("plan.json", &counter_plan("bump", 10));
+    let (code, _, err) = run(&run_args(
+        &db,
+        path_str(&plan),
+        &["--no-serve", "--undo", "--batch-size", "10"],
+    ));
+    assert_eq!(code, 0, "{err}");
+    db.conn()
+        .execute_batch("UPDATE t SET counter = 7 WHERE id = 5")
+        .unwrap();
+    let (code, _, err) = run(&undo_args(
+        &db,
+        &["--plan", "bump", "--on-conflict", "abort"],
+    ));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("conflict in t at key 5"), "{err}");
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM t WHERE counter = 0"),
+        90,
+        "chunks after the conflict's were taken back; its own rolled back"
+    );
+    let (code, _, err) = run(&undo_args(
+        &db,
+        &["--plan", "bump", "--on-conflict", "overwrite"],
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM t WHERE counter = 0"),
+        100
+    );
+}
+
+#[test]
+fn a_ddl_step_is_refused_unless_it_opts_out_and_the_undo_stops_there() {
+    let db = TempDb::counters(20);
+    let before = sha256(&db.path);
+    let ddl = r#"{"name":"ddl","steps":[{"sql":"UPDATE t SET counter = 1"},{"sql":"ALTER TABLE t ADD COLUMN x INT"},{"sql":"UPDATE t SET counter = 2 WHERE id <= 10"}]}"#;
+    let plan = db.file("plan.json", ddl);
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve", "--undo"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("step 2") && err.contains("\"undo\": false"),
+        "{err}"
+    );
+    assert_eq!(sha256(&db.path), before);
+    let plan = db.file(
+        "plan.json",
+        &ddl.replace(r#"{"sql":"ALTER"#, r#"{"undo":false,"sql":"ALTER"#),
+    );
+    let (code, out, err) = run(&run_args(
+        &db,
+        path_str(&plan),
+        &["--no-serve", "--undo", "--progress", "json"],
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.lines()
+            .next()
+            .unwrap()
+            .contains("\"unrecorded_steps\":[1]"),
+        "{out}"
+    );
+    let (code, _, err) = run(&undo_args(&db, &["--plan", "ddl"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("stops at step 2"), "{err}");
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM t WHERE counter = 1"),
+        20,
+        "step 3 taken back, step 1 not"
+    );
+}
+
+#[test]
+fn a_plan_without_undo_writes_no_undo_record() {
+    let db = TempDb::counters(30);
+    let plan = db.file("plan.json", &counter_plan("plain", 10));
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM sqlite_schema WHERE name LIKE 'batchsse_undo%'"),
+        0
+    );
+    let (code, _, err) = run(&undo_args(&db, &["--plan", "plain"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no undo record"), "{err}");
+}
+
+/// Runs `args` with the server on, kills it with SIGKILL after `chunks`
+/// progress events (or lets it end); returns whether it ended by itself.
+fn kill_after(args: &[&str], chunks: usize, round: u64) -> bool {
+    let mut a = args.to_vec();
+    a.extend_from_slice(&words(
+        "--listen 127.0.0.1:0 --wait-for-clients 1 --sleep 2 --progress none",
+    ));
+    let mut p = Proc::start(&a);
+    let mut s = Stream::open(p.addr(), "/events", &[]);
+    let mut seen = 0;
+    while seen < chunks {
+        match s.next_event() {
+            Some(e) if e.event == "progress" => seen += 1,
+            Some(e) if e.event == "finished" => {
+                assert_eq!(p.wait().code(), Some(0));
+                return true;
+            }
+            Some(_) => {}
+            None => break,
+        }
+    }
+    std::thread::sleep(Duration::from_micros((round * 731) % 3000));
+    if p.child.try_wait().unwrap().is_some() {
+        return true;
+    }
+    p.child.kill().unwrap();
+    p.child.wait().unwrap();
+    false
+}
+
+#[test]
+fn sigkill_during_run_undo_and_during_undo_reverts_every_row_exactly_once() {
+    let db = TempDb::counters(600);
+    let before = content(&db);
+    let plan = db.file("plan.json", &counter_plan("crash", 30));
+    let run_cmd = run_args(&db, path_str(&plan), &["--undo", "--batch-size", "30"]);
+    let mut round = 0;
+    while !kill_after(&run_cmd, 1 + (round as usize % 3), round) {
+        round += 1;
+        assert!(round < 40, "the run never finished");
+    }
+    assert!(round >= 3, "killed {round} times");
+    assert_eq!(
+        db.counter_spread(),
+        (600, 0),
+        "every row bumped exactly once"
+    );
+    let undo_cmd = vec!["undo", "--db", path_str(&db.path), "--plan", "crash"];
+    let mut killed = 0;
+    // A kill right after the last chunk's commit leaves nothing to undo.
+    let left = || db.query_i64("SELECT count(*) FROM batchsse_undo");
+    while left() > 0 && !kill_after(&undo_cmd, 1 + (round as usize % 3), round) {
+        round += 1;
+        killed += 1;
+        assert!(killed < 40, "the undo never finished");
+    }
+    assert!(killed >= 3, "the undo was killed {killed} times");
+    assert_eq!(content(&db), before, "every row taken back exactly once");
+}
+
+#[test]
+fn undo_list_and_clear_and_checkpoint_clear_take_the_records_away() {
+    let db = TempDb::counters(40);
+    let plan = db.file("plan.json", &counter_plan("kept", 10));
+    for _ in 0..2 {
+        let (code, _, err) = run(&run_args(
+            &db,
+            path_str(&plan),
+            &["--no-serve", "--undo", "--force"],
+        ));
+        assert_eq!(code, 0, "{err}");
+    }
+    let (code, out, _) = run(&["undo", "list", "--db", path_str(&db.path), "--json"]);
+    assert_eq!(code, 0);
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let runs = list["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2, "{out}");
+    assert_eq!(
+        (runs[0]["plan"].as_str(), runs[0]["rows"].as_u64()),
+        (Some("kept"), Some(40))
+    );
+    assert!(runs[0]["bytes"].as_u64().unwrap() > 0);
+    let first = runs[0]["run"].as_str().unwrap().to_owned();
+    let (code, out, err) = run(&["undo", "clear", "--db", path_str(&db.path), "--run", &first]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&first), "{out}");
+    let (code, _, err) = run(&["undo", "clear", "--db", path_str(&db.path), "--run", &first]);
+    assert_eq!(code, 2, "{err}");
+    let (code, out, err) = run(&[
+        "checkpoint",
+        "clear",
+        "--db",
+        path_str(&db.path),
+        "--plan",
+        "kept",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("undo records of 1 run"), "{out}");
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM sqlite_schema WHERE name LIKE 'batchsse_undo%'"),
+        0,
+        "the undo tables are dropped once empty"
+    );
+}
+
+#[test]
+fn an_application_writing_during_the_run_is_never_recorded_and_its_rows_are_kept() {
+    let db = TempDb::counters(300);
+    let plan = db.file("plan.json", &counter_plan("live", 30));
+    let mut p = Proc::start(&run_args(
+        &db,
+        path_str(&plan),
+        &words(
+            "--undo --batch-size 30 --sleep 100 --listen 127.0.0.1:0 --wait-for-clients 1 --progress none --linger 2",
+        ),
+    ));
+    let mut s = Stream::open(p.addr(), "/events", &[]);
+    s.until("progress");
+    // After the first chunk (ids 1..=30): the application inserts a row,
+    // changes one the run has passed and one it has not reached yet.
+    db.conn()
+        .execute_batch(
+            "INSERT INTO t(id, counter) VALUES (5000, 42);
+             UPDATE t SET counter = 77 WHERE id = 10;
+             UPDATE t SET counter = 100 WHERE id = 290;",
+        )
+        .unwrap();
+    s.until("finished");
+    let status = get(p.addr(), "/status", &[]).json();
+    assert!(status["undo_bytes"].as_u64().unwrap() > 0, "{status}");
+    assert_eq!(p.wait().code(), Some(0));
+    assert_eq!(
+        db.query_i64("SELECT counter FROM t WHERE id = 290"),
+        101,
+        "the run bumped the application's value"
+    );
+    let (code, out, err) = run(&[
+        "undo",
+        "--db",
+        path_str(&db.path),
+        "--plan",
+        "live",
+        "--no-serve",
+        "--progress",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let fin: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        (
+            fin["data"]["conflicts"].as_u64(),
+            fin["data"]["rows_changed"].as_u64()
+        ),
+        (Some(1), Some(299)),
+        "{fin}"
+    );
+    assert_eq!(
+        db.query_i64("SELECT counter FROM t WHERE id = 5000"),
+        42,
+        "never recorded, so never undone"
+    );
+    assert_eq!(
+        db.query_i64("SELECT counter FROM t WHERE id = 10"),
+        77,
+        "the conflict is kept"
+    );
+    assert_eq!(
+        db.query_i64("SELECT counter FROM t WHERE id = 290"),
+        100,
+        "back to the application's value"
+    );
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM t WHERE counter = 0"),
+        298
+    );
+}
