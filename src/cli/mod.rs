@@ -62,8 +62,8 @@ pub enum Command {
         own server to a relay) with Last-Event-ID. --plan follows the plan's live run, or waits for \
         its next one. The relay exits after the run's finished event and --linger (30 s).\n\n\
         Exit status: 0 it served the run to its end (whatever the run's own outcome), 2 bad usage \
-        (Redis unreachable, a wrong password, no such run), 3 Redis refused the relay or the run \
-        stopped without finishing, 130 interrupted.")]
+        (Redis unreachable, a wrong password, no such run), 3 Redis refused the relay, the run \
+        stopped without finishing, or its stream does not begin with its start, 130 interrupted.")]
     Relay(RelayArgs),
 
     /// Steer a running batch: pause, resume, cancel, or a new pace (needs the run's --control-token).

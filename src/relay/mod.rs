@@ -198,6 +198,35 @@ pub fn event_id(entry: &str) -> Option<u64> {
     entry.strip_suffix("-0")?.parse().ok()
 }
 
+/// Stream entries as `XRANGE` and `XREAD` give them: each ID with its
+/// field-value pairs, flat, as bytes (an entry batchsse did not write may
+/// hold anything).
+pub type Entries = Vec<(String, Vec<Vec<u8>>)>;
+
+/// `XRANGE <stream> - + COUNT 1`: the stream's first entry, if any.
+pub fn head_cmd(stream: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("XRANGE");
+    cmd.arg(stream).arg("-").arg("+").arg("COUNT").arg(1);
+    cmd
+}
+
+/// Whether a stream's first entry (from [`head_cmd`]) is the run's `start`
+/// at `1-0`, as every published run begins. Anything else means Redis lost
+/// the stream's head (a `FLUSHALL`, an eviction under `maxmemory`, a
+/// restart) after events were sent: what is left is not the whole run.
+pub fn begins_at_start(head: &Entries) -> bool {
+    head.first()
+        .is_some_and(|(id, fields)| id == "1-0" && field(fields, "event") == Some(&b"start"[..]))
+}
+
+/// A field's value in a flat field-value list.
+pub fn field<'a>(fields: &'a [Vec<u8>], name: &str) -> Option<&'a [u8]> {
+    fields
+        .chunks_exact(2)
+        .find(|pair| pair[0] == name.as_bytes())
+        .map(|pair| pair[1].as_slice())
+}
+
 /// What a failed Redis call means for whoever made it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {
@@ -363,5 +392,20 @@ mod tests {
         assert_eq!(event_id("42-0"), Some(42));
         assert_eq!(event_id("42-1"), None);
         assert_eq!(event_id("x-0"), None);
+    }
+
+    #[test]
+    fn a_stream_is_whole_only_if_it_begins_with_start_at_1() {
+        let entry = |id: &str, name: &str| {
+            (
+                id.to_owned(),
+                vec![b"event".to_vec(), name.as_bytes().to_vec()],
+            )
+        };
+        assert!(begins_at_start(&vec![entry("1-0", "start")]));
+        assert!(!begins_at_start(&vec![entry("52-0", "progress")]));
+        assert!(!begins_at_start(&vec![entry("1-0", "message")]));
+        assert!(!begins_at_start(&vec![entry("1-1", "start")]));
+        assert!(!begins_at_start(&Vec::new()));
     }
 }

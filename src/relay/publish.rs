@@ -19,7 +19,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::{
-    ALIVE_SECS, Backoff, Failure, Target, alive_key, event_id, latest_key, run_key, within,
+    ALIVE_SECS, Backoff, Entries, Failure, Target, alive_key, begins_at_start, event_id, head_cmd,
+    latest_key, run_key, within,
 };
 use crate::events::log::{Entry, EventLog};
 use crate::events::{Event, Level};
@@ -169,10 +170,10 @@ impl Task {
             };
             let acked = *self.acked.borrow();
             let pending = self.log.after_at_most(acked, BATCH);
-            let sent = match pending.last().map(|e| e.id) {
+            let round = match pending.last().map(|e| e.id) {
                 Some(last) => {
                     let round = within(REPLY_LIMIT, self.send(c, &keys, &pending)).await;
-                    round.map(|()| Some(last))
+                    round.map(|whole| whole.then_some(last))
                 }
                 None if self.log.finished_id().is_some_and(|f| acked >= f) => return,
                 None => {
@@ -185,15 +186,21 @@ impl Task {
                         Ok(Err(_)) => return,
                         Err(_) => within(REPLY_LIMIT, self.touch(c, &keys))
                             .await
-                            .map(|()| None),
+                            .map(|whole| whole.then_some(acked)),
                     }
                 }
             };
-            match sent {
+            let round = match round {
+                Ok(Some(last)) => Ok(last),
+                // The stream lost its head: send the run again from event 1.
+                Ok(None) => within(REPLY_LIMIT, self.emptied(c, &keys))
+                    .await
+                    .map(|()| 0),
+                Err(e) => Err(e),
+            };
+            match round {
                 Ok(last) => {
-                    if let Some(last) = last {
-                        self.acked.send_replace(last);
-                    }
+                    self.acked.send_replace(last);
                     backoff.reset();
                 }
                 Err(e) => {
@@ -222,13 +229,14 @@ impl Task {
         }
     }
 
-    /// One round trip: the events, then the keys' expiry pushed back.
+    /// One round trip: the events, then the keys' expiry pushed back;
+    /// false if the stream no longer begins with the run's `start`.
     async fn send(
         &mut self,
         conn: &mut MultiplexedConnection,
         keys: &Keys,
         pending: &[Arc<Entry>],
-    ) -> redis::RedisResult<()> {
+    ) -> redis::RedisResult<bool> {
         let mut p = redis::pipe();
         let mut has_start = false;
         let mut has_finished = false;
@@ -252,17 +260,50 @@ impl Task {
             }
         }
         self.keep_alive(&mut p, keys, !has_finished);
-        p.query_async::<()>(conn).await?;
+        let (head,): (Entries,) = p
+            .add_command(head_cmd(&keys.stream))
+            .query_async(conn)
+            .await?;
         self.start_sent |= has_start;
-        Ok(())
+        Ok(begins_at_start(&head))
     }
 
     /// Keeps the keys of a run that is alive but quiet (paused, throttled,
-    /// waiting for clients) from expiring.
-    async fn touch(&self, conn: &mut MultiplexedConnection, keys: &Keys) -> redis::RedisResult<()> {
+    /// waiting for clients) from expiring; false if the stream no longer
+    /// begins with the run's `start`.
+    async fn touch(
+        &self,
+        conn: &mut MultiplexedConnection,
+        keys: &Keys,
+    ) -> redis::RedisResult<bool> {
         let mut p = redis::pipe();
         self.keep_alive(&mut p, keys, true);
-        p.query_async::<()>(conn).await
+        let (head,): (Entries,) = p
+            .add_command(head_cmd(&keys.stream))
+            .query_async(conn)
+            .await?;
+        Ok(begins_at_start(&head))
+    }
+
+    /// The stream was emptied under a live connection (`FLUSHALL`, an
+    /// eviction): what is left of it goes, so that it is written again
+    /// from event 1 (and the plan's `latest` key with it), and the run says
+    /// so. Explicit ids keep a relay that had read part of it in step.
+    async fn emptied(
+        &self,
+        conn: &mut MultiplexedConnection,
+        keys: &Keys,
+    ) -> redis::RedisResult<()> {
+        redis::cmd("DEL")
+            .arg(&keys.stream)
+            .query_async::<()>(conn)
+            .await?;
+        let text = format!(
+            "the run's stream in Redis at {} was emptied (FLUSHALL, or evicted under maxmemory); publishing it again from event 1",
+            self.target.shown()
+        );
+        self.say(Level::Warn, text);
+        Ok(())
     }
 
     /// Pushes the keys' expiry back; `alive` while the run has not finished,
