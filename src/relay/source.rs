@@ -89,6 +89,15 @@ impl Source {
     pub async fn open(target: Target, which: &Which) -> Result<Source, UsageError> {
         let url = "the URL (REDIS_URL, or BATCHSSE_PUBLISH)";
         let mut conn = target.connect_or_refuse("relay from", url).await?;
+        within(REPLY_LIMIT, may_multi(&mut conn))
+            .await
+            .map_err(|e| {
+                UsageError::new(format!(
+                    "cannot relay from {}: {} (a relay reads with MULTI and EXEC; see the README's ACL rules for a relay)",
+                    target.shown(),
+                    Failure::of(e).why()
+                ))
+            })?;
         if let Which::Run(id) = which {
             let key = run_key(id);
             let kind: String = within(REPLY_LIMIT, async {
@@ -296,7 +305,7 @@ impl Source {
         loop {
             let conn = match self.conn.as_mut() {
                 Some(c) => c,
-                None => match self.target.connect().await {
+                None => match connect_checked(&self.target).await {
                     Ok(c) => self.conn.insert(c),
                     Err(e) => {
                         self.failed(e)?;
@@ -341,6 +350,22 @@ impl Source {
             }
         }
     }
+}
+
+/// A connection on which `MULTI` has been tried (see [`may_multi`]).
+async fn connect_checked(target: &Target) -> redis::RedisResult<MultiplexedConnection> {
+    let mut conn = target.connect().await?;
+    within(REPLY_LIMIT, may_multi(&mut conn)).await?;
+    Ok(conn)
+}
+
+/// An empty `MULTI` … `EXEC`, one command at a time: a user whose ACL
+/// refuses `MULTI` learns it here, in Redis's words. (In a pipeline, the
+/// `redis` crate cannot take a refused `MULTI`: its connection task
+/// panics, and the relay would wait forever.)
+async fn may_multi(conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
+    redis::cmd("MULTI").query_async::<()>(conn).await?;
+    redis::cmd("EXEC").query_async::<()>(conn).await
 }
 
 /// A command or a pipeline: what [`Source::query`] sends.

@@ -11,6 +11,7 @@ mod fuzz;
 mod govern;
 mod operate;
 mod ops;
+mod redis_prod;
 mod relay;
 mod run;
 mod safety;
