@@ -314,6 +314,12 @@ impl Target {
         })
     }
 
+    /// Whether the primary is found through Sentinel (whose failovers the
+    /// publisher guards against with `WAIT`).
+    pub fn is_sentinel(&self) -> bool {
+        matches!(self.server, Server::Sentinel(_))
+    }
+
     /// Whether the URL carries a password (which messages leave out).
     pub fn has_password(&self) -> bool {
         self.auth.is_some()
@@ -400,10 +406,12 @@ pub enum Failure {
     Refused(String),
 }
 
-/// Redis's error replies that pass: loading its data after a restart, busy
+/// Redis's error replies that pass: a primary with too few replicas
+/// (`min-replicas-to-write`), loading its data after a restart, busy
 /// with a script, a failover or cluster change under way, out of memory
 /// until something expires, a replica until it is promoted.
-const PASSING: [&str; 7] = [
+const PASSING: [&str; 8] = [
+    "NOREPLICAS",
     "LOADING",
     "BUSY",
     "TRYAGAIN",

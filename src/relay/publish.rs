@@ -8,7 +8,10 @@
 //! where the stream ends, then sends from the next event: explicit entry IDs
 //! make that exact, whether Redis kept the stream or came back empty. A
 //! refusal (a missing permission, a key of another type) is not retried:
-//! the task says why, once, and stops; the run goes on.
+//! the task says why, once, and stops; the run goes on. Each batch also
+//! reads the stream's head, so a stream emptied under a live connection
+//! is sent again from event 1; under Sentinel a batch counts only once a
+//! replica has it (`WAIT`), so a failover cannot drop it unnoticed.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,6 +34,24 @@ const BATCH: usize = 512;
 const REPLY_LIMIT: Duration = Duration::from_secs(10);
 /// How long the exit waits quietly before it says it is waiting for Redis.
 const QUIET_DRAIN: Duration = Duration::from_millis(250);
+
+/// Under Sentinel, how long a batch waits for one replica to have it.
+const REPLICA_WAIT: Duration = Duration::from_secs(1);
+
+/// A batch that no replica took: its primary may have been replaced by a
+/// failover (and would lose it when it rejoins as a replica). Counted as a
+/// lost connection: the publisher asks Sentinel for the primary again and
+/// sends from where the stream ends there.
+fn unreplicated() -> redis::RedisError {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!(
+            "no replica took the events within {} s (WAIT 1); a failover may be under way",
+            REPLICA_WAIT.as_secs()
+        ),
+    )
+    .into()
+}
 
 /// The running publisher.
 pub struct Publisher {
@@ -260,10 +281,17 @@ impl Task {
             }
         }
         self.keep_alive(&mut p, keys, !has_finished);
-        let (head,): (Entries,) = p
-            .add_command(head_cmd(&keys.stream))
-            .query_async(conn)
-            .await?;
+        p.add_command(head_cmd(&keys.stream));
+        if self.target.is_sentinel() {
+            p.cmd("WAIT").arg(1).arg(REPLICA_WAIT.as_millis() as u64);
+        }
+        let (head, replicas): (Entries, Option<u64>) = match self.target.is_sentinel() {
+            true => p.query_async(conn).await?,
+            false => (p.query_async::<(Entries,)>(conn).await?.0, None),
+        };
+        if replicas == Some(0) {
+            return Err(unreplicated());
+        }
         self.start_sent |= has_start;
         Ok(begins_at_start(&head))
     }

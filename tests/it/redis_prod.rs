@@ -385,3 +385,167 @@ fn acl_users_with_the_minimal_rules_publish_and_relay_and_one_rule_fewer_fails()
     assert!(err.contains("NOPERM") && err.contains("multi"), "{err}");
     assert!(!err.contains("s3cret"), "{err}");
 }
+
+/// A `redis-sentinel` watching the primary `main` at `primary_port`, on a
+/// free port; killed (by pid) when dropped.
+struct Sentinel {
+    port: u16,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Sentinel {
+    fn start(primary_port: u16) -> Sentinel {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\nlogfile {}\n\
+                 sentinel monitor main 127.0.0.1 {primary_port} 2\n\
+                 sentinel down-after-milliseconds main 2000\n\
+                 sentinel failover-timeout main 10000\n",
+                dir.path().display(),
+                dir.path().join("sentinel.log").display()
+            ),
+        )
+        .expect("write sentinel.conf");
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn redis-server --sentinel");
+        let s = Sentinel {
+            port,
+            child,
+            _dir: dir,
+        };
+        wait_for_redis("the sentinel", || {
+            s.ask::<String>(&mut redis::cmd("PING")).ok()
+        });
+        s
+    }
+
+    fn ask<T: redis::FromRedisValue>(&self, cmd: &mut redis::Cmd) -> redis::RedisResult<T> {
+        let mut conn =
+            redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))?.get_connection()?;
+        cmd.query(&mut conn)
+    }
+
+    /// The primary's port, as this sentinel names it.
+    fn primary_port(&self) -> Option<u16> {
+        let addr: Option<(String, String)> = self
+            .ask(
+                redis::cmd("SENTINEL")
+                    .arg("get-master-addr-by-name")
+                    .arg("main"),
+            )
+            .ok()
+            .flatten();
+        addr.and_then(|(_, p)| p.parse().ok())
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `probe` until it gives a value (bounded by PATIENCE).
+fn wait_for_redis<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(start.elapsed() < PATIENCE, "{what} never got ready");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// One command on a plain node.
+fn on<T: redis::FromRedisValue>(redis: &Redis, cmd: &mut redis::Cmd) -> redis::RedisResult<T> {
+    let mut conn = redis::Client::open(redis.url())?.get_connection()?;
+    cmd.query(&mut conn)
+}
+
+#[test]
+fn a_sentinel_failover_mid_run_loses_and_doubles_nothing() {
+    use crate::relay::{paused, publishing_run, run_id_of, until_paused, wait_published};
+    let Some(primary) = Redis::start() else {
+        return;
+    };
+    let replica_of = [
+        "--replicaof".to_string(),
+        "127.0.0.1".into(),
+        primary.port.to_string(),
+    ];
+    let Some(replica) = Redis::start_with(&replica_of) else {
+        return;
+    };
+    wait_for_redis("the replica's link", || {
+        let info: String = on(&replica, redis::cmd("INFO").arg("replication")).ok()?;
+        info.contains("master_link_status:up").then_some(())
+    });
+    let sentinels: Vec<Sentinel> = (0..3).map(|_| Sentinel::start(primary.port)).collect();
+    // Each sentinel must know the replica before a failover can pick it.
+    for s in &sentinels {
+        wait_for_redis("the sentinel's view of the replica", || {
+            let replicas: Vec<redis::Value> = s
+                .ask(redis::cmd("SENTINEL").arg("replicas").arg("main"))
+                .ok()?;
+            (!replicas.is_empty()).then_some(())
+        });
+    }
+    let hosts: Vec<String> = sentinels
+        .iter()
+        .map(|s| format!("127.0.0.1:{}", s.port))
+        .collect();
+    let url = format!("redis+sentinel://{}/main/0", hosts.join(","));
+    let db = TempDb::counters(200);
+    let pause = paused(&db);
+    let mut run = publishing_run(&db, "failover", &url, &pause, &["--drain-timeout", "30"]);
+    let mut s = Stream::open(run.addr(), "/events", &[]);
+    let mut seen = until_paused(&mut s);
+    let run_id = run_id_of(&seen[0]);
+    wait_published(&primary, &run_id, seen.len());
+    let mut mirror = Proc::start(&["relay", &url, "--run", &run_id, "--listen", "127.0.0.1:0"]);
+    // The failover, while the run is paused: the replica becomes primary.
+    let _: () = sentinels[0]
+        .ask(redis::cmd("SENTINEL").arg("failover").arg("main"))
+        .expect("SENTINEL FAILOVER");
+    wait_for_redis("the failover", || {
+        let role: Vec<redis::Value> = on(&replica, &mut redis::cmd("ROLE")).ok()?;
+        let promoted = matches!(role.first(), Some(redis::Value::BulkString(r)) if r == b"master");
+        (promoted
+            && sentinels
+                .iter()
+                .all(|s| s.primary_port() == Some(replica.port)))
+        .then_some(())
+    });
+    std::fs::remove_file(&pause).expect("remove the pause file");
+    seen.extend(s.rest());
+    let status = run.wait();
+    assert_eq!(status.code(), Some(0), "{}", run.stderr());
+    assert_contiguous(&seen, 1);
+    assert_eq!(db.counter_spread(), (200, 0));
+    // The new primary holds every event once.
+    crate::relay::assert_published(&replica, &run_id, &seen);
+    // The relay, which followed the failover too, served the same run.
+    let mut r = Stream::open(mirror.addr(), "/events", &[]);
+    let relayed: Vec<_> = r.rest().iter().map(event_triple).collect();
+    assert_eq!(relayed, seen.iter().map(event_triple).collect::<Vec<_>>());
+    // A client that leaves the run mid-way resumes on the relay: no gap,
+    // no duplicate.
+    let half = (seen.len() / 2).to_string();
+    let mut resumed = Stream::open(mirror.addr(), "/events", &[("Last-Event-ID", &half)]);
+    assert_contiguous(&resumed.rest(), seen.len() as u64 / 2 + 1);
+    mirror.signal("TERM");
+    mirror.wait();
+}

@@ -63,7 +63,7 @@ fn ttl(redis: &Redis, key: &str) -> i64 {
 /// read off `/events`): entry `<id>-0` for each, in order, once, with the
 /// fields `event` (the event's name, `message` included) and `data` (the
 /// SSE `data:` text, byte for byte) and nothing else.
-fn assert_published(redis: &Redis, run_id: &str, events: &[ParsedEvent]) {
+pub(crate) fn assert_published(redis: &Redis, run_id: &str, events: &[ParsedEvent]) {
     let entries = published(redis, run_id);
     let ids: Vec<&str> = entries.iter().map(|(id, _)| id.as_str()).collect();
     let want: Vec<String> = events.iter().map(|e| format!("{}-0", id(e))).collect();
@@ -83,7 +83,7 @@ fn assert_published(redis: &Redis, run_id: &str, events: &[ParsedEvent]) {
 }
 
 /// Polls until the run's Redis stream holds at least `n` entries.
-fn wait_published(redis: &Redis, run_id: &str, n: usize) {
+pub(crate) fn wait_published(redis: &Redis, run_id: &str, n: usize) {
     let start = Instant::now();
     while xlen(redis, run_id) < n {
         assert!(
@@ -184,7 +184,13 @@ fn exit_of(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
 /// A run of `counter_plan(plan)` over `db`, 10 rows a chunk, 20 ms apart,
 /// publishing to `url`; it waits for one stream client and, while
 /// `pause` exists, between chunks.
-fn publishing_run(db: &TempDb, plan: &str, url: &str, pause: &Path, extra: &[&str]) -> Proc {
+pub(crate) fn publishing_run(
+    db: &TempDb,
+    plan: &str,
+    url: &str,
+    pause: &Path,
+    extra: &[&str],
+) -> Proc {
     let plan = db.file("plan.json", &counter_plan(plan, 10));
     let mut flags = vec![
         "--publish",
@@ -203,7 +209,7 @@ fn publishing_run(db: &TempDb, plan: &str, url: &str, pause: &Path, extra: &[&st
 }
 
 /// A pause file, in place: the run stops at its first chunk boundary.
-fn paused(db: &TempDb) -> PathBuf {
+pub(crate) fn paused(db: &TempDb) -> PathBuf {
     let pause = db.dir.path().join("pause");
     std::fs::write(&pause, "").expect("pause file");
     pause
@@ -211,7 +217,7 @@ fn paused(db: &TempDb) -> PathBuf {
 
 /// Reads until the run waits on its pause file: the events up to and
 /// including that `throttle`.
-fn until_paused(s: &mut Stream) -> Vec<ParsedEvent> {
+pub(crate) fn until_paused(s: &mut Stream) -> Vec<ParsedEvent> {
     let mut evs = Vec::new();
     loop {
         let e = s
@@ -225,7 +231,7 @@ fn until_paused(s: &mut Stream) -> Vec<ParsedEvent> {
     }
 }
 
-fn run_id_of(start: &ParsedEvent) -> String {
+pub(crate) fn run_id_of(start: &ParsedEvent) -> String {
     assert_eq!(start.event, "start", "{start:?}");
     data(start)["run_id"]
         .as_str()
