@@ -196,6 +196,11 @@ impl Target {
         let tls = match parts.scheme.as_str() {
             "redis" | "redis+sentinel" => false,
             "rediss" | "rediss+sentinel" => true,
+            s if s.contains("cluster") => {
+                return Err(usage(
+                    "is a Redis Cluster URL, which batchsse does not speak yet (its keys are not under one hash tag); publish to one node, or a Sentinel-managed primary".into(),
+                ));
+            }
             _ => return Err(usage("is not a redis:// URL".into())),
         };
         let sentinel = parts.scheme.ends_with("+sentinel");
@@ -544,6 +549,7 @@ mod tests {
             ("redis+sentinel://a:1", "no service"),
             ("redis://a/b", "database number"),
             ("redis://:%zz@a", "%-escape"),
+            ("redis+cluster://a:1,b:2", "Cluster"),
         ] {
             let e = parse(bad).unwrap_err().to_string();
             assert!(

@@ -53,18 +53,8 @@ impl Pem {
 }
 
 /// One node at `host`, over TLS where `pem` or the scheme says so.
-pub fn node((host, port): &(String, u16), tls: bool, pem: Pem) -> redis::RedisResult<Server> {
-    let addr = if tls {
-        ConnectionAddr::TcpTls {
-            host: host.clone(),
-            port: *port,
-            insecure: false,
-            tls_params: None,
-        }
-    } else {
-        ConnectionAddr::Tcp(host.clone(), *port)
-    };
-    let info = addr.into_connection_info()?;
+pub fn node(host: &(String, u16), tls: bool, pem: Pem) -> redis::RedisResult<Server> {
+    let info = address(host, tls).into_connection_info()?;
     let client = match pem.0 {
         Some(certs) => redis::Client::build_with_tls(info, certs)?,
         None => redis::Client::open(info)?,
@@ -80,18 +70,7 @@ pub fn sentinel(
     tls: bool,
     pem: Pem,
 ) -> redis::RedisResult<Server> {
-    let addrs = hosts.iter().map(|(h, p)| {
-        if tls {
-            ConnectionAddr::TcpTls {
-                host: h.clone(),
-                port: *p,
-                insecure: false,
-                tls_params: None,
-            }
-        } else {
-            ConnectionAddr::Tcp(h.clone(), *p)
-        }
-    });
+    let addrs = hosts.iter().map(|h| address(h, tls));
     let mut b = SentinelClientBuilder::new(addrs, service, SentinelServerType::Master)?;
     if tls {
         b = b
@@ -104,6 +83,20 @@ pub fn sentinel(
         }
     }
     Ok(Server::Sentinel(tokio::sync::Mutex::new(b.build()?)))
+}
+
+/// A host and port, over TLS (its certificate checked) or plain TCP.
+fn address((host, port): &(String, u16), tls: bool) -> ConnectionAddr {
+    if tls {
+        ConnectionAddr::TcpTls {
+            host: host.clone(),
+            port: *port,
+            insecure: false,
+            tls_params: None,
+        }
+    } else {
+        ConnectionAddr::Tcp(host.clone(), *port)
+    }
 }
 
 /// A failed TLS handshake, in plain words; `None` for any other failure.

@@ -4,28 +4,49 @@
 //! `redis-server` processes on free ports, killed by pid.
 
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
 use crate::util::*;
 
-/// Runs `batchsse ARGS` with `env` to its exit: (code, stdout, stderr).
+/// Runs `batchsse ARGS` with `env` to its exit (within PATIENCE):
+/// (code, stdout, stderr), each read to its end.
 fn run_env(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
-    let env: Vec<(String, String)> = env
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let mut p = spawn(args, move |c| {
-        c.env_remove("BATCHSSE_PUBLISH")
-            .env_remove("BATCHSSE_REDIS_PASSWORD");
-        for (k, v) in env {
-            c.env(k, v);
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_remove("BATCHSSE_PUBLISH")
+        .env_remove("BATCHSSE_REDIS_PASSWORD")
+        .env_remove("BATCHSSE_TOKEN")
+        .env("NO_COLOR", "1")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("run batchsse");
+    let read_all = |mut r: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = r.read_to_string(&mut s);
+            s
+        })
+    };
+    let out = read_all(Box::new(child.stdout.take().expect("stdout")));
+    let err = read_all(Box::new(child.stderr.take().expect("stderr")));
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
         }
-    });
-    let code = p.wait().code();
-    let out = p.stdout();
-    (code, out, p.stderr())
+        if start.elapsed() > PATIENCE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("batchsse {args:?} did not exit within {PATIENCE:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    let (out, err) = (out.join().expect("stdout"), err.join().expect("stderr"));
+    (status.code(), out, err)
 }
 
 /// Certificates made by `openssl` in a temporary folder: `ca.pem` (with
@@ -414,9 +435,9 @@ impl Sentinel {
         let child = Command::new("redis-server")
             .arg(&conf)
             .arg("--sentinel")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .spawn()
             .expect("spawn redis-server --sentinel");
         let s = Sentinel {
@@ -477,7 +498,7 @@ fn on<T: redis::FromRedisValue>(redis: &Redis, cmd: &mut redis::Cmd) -> redis::R
 
 #[test]
 fn a_sentinel_failover_mid_run_loses_and_doubles_nothing() {
-    use crate::relay::{paused, publishing_run, run_id_of, until_paused, wait_published};
+    use crate::relay::published_until_paused;
     let Some(primary) = Redis::start() else {
         return;
     };
@@ -508,13 +529,10 @@ fn a_sentinel_failover_mid_run_loses_and_doubles_nothing() {
         .map(|s| format!("127.0.0.1:{}", s.port))
         .collect();
     let url = format!("redis+sentinel://{}/main/0", hosts.join(","));
-    let db = TempDb::counters(200);
-    let pause = paused(&db);
-    let mut run = publishing_run(&db, "failover", &url, &pause, &["--drain-timeout", "30"]);
-    let mut s = Stream::open(run.addr(), "/events", &[]);
-    let mut seen = until_paused(&mut s);
-    let run_id = run_id_of(&seen[0]);
-    wait_published(&primary, &run_id, seen.len());
+    let extra = ["--drain-timeout", "30"];
+    let (mut run, mut s, mut seen, run_id, db) =
+        published_until_paused(&primary, 200, "failover", &url, &extra);
+    let pause = db.dir.path().join("pause");
     let mut mirror = Proc::start(&["relay", &url, "--run", &run_id, "--listen", "127.0.0.1:0"]);
     // The failover, while the run is paused: the replica becomes primary.
     let _: () = sentinels[0]

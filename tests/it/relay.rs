@@ -83,7 +83,7 @@ pub(crate) fn assert_published(redis: &Redis, run_id: &str, events: &[ParsedEven
 }
 
 /// Polls until the run's Redis stream holds at least `n` entries.
-pub(crate) fn wait_published(redis: &Redis, run_id: &str, n: usize) {
+fn wait_published(redis: &Redis, run_id: &str, n: usize) {
     let start = Instant::now();
     while xlen(redis, run_id) < n {
         assert!(
@@ -184,13 +184,7 @@ fn exit_of(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
 /// A run of `counter_plan(plan)` over `db`, 10 rows a chunk, 20 ms apart,
 /// publishing to `url`; it waits for one stream client and, while
 /// `pause` exists, between chunks.
-pub(crate) fn publishing_run(
-    db: &TempDb,
-    plan: &str,
-    url: &str,
-    pause: &Path,
-    extra: &[&str],
-) -> Proc {
+fn publishing_run(db: &TempDb, plan: &str, url: &str, pause: &Path, extra: &[&str]) -> Proc {
     let plan = db.file("plan.json", &counter_plan(plan, 10));
     let mut flags = vec![
         "--publish",
@@ -208,8 +202,29 @@ pub(crate) fn publishing_run(
     serving(db, path_str(&plan), &flags)
 }
 
+/// A run of `rows` counters publishing to `url` (Redis `redis` holds what
+/// it publishes), paused at its first chunk boundary with one client read
+/// up to the pause and Redis holding that much: the run, the client's
+/// stream, the events so far, the run id and the pause file.
+pub(crate) fn published_until_paused(
+    redis: &Redis,
+    rows: u64,
+    plan: &str,
+    url: &str,
+    extra: &[&str],
+) -> (Proc, Stream, Vec<ParsedEvent>, String, TempDb) {
+    let db = TempDb::counters(rows);
+    let pause = paused(&db);
+    let run = publishing_run(&db, plan, url, &pause, extra);
+    let mut s = Stream::open(run.addr(), "/events", &[]);
+    let seen = until_paused(&mut s);
+    let run_id = run_id_of(&seen[0]);
+    wait_published(redis, &run_id, seen.len());
+    (run, s, seen, run_id, db)
+}
+
 /// A pause file, in place: the run stops at its first chunk boundary.
-pub(crate) fn paused(db: &TempDb) -> PathBuf {
+fn paused(db: &TempDb) -> PathBuf {
     let pause = db.dir.path().join("pause");
     std::fs::write(&pause, "").expect("pause file");
     pause
@@ -217,7 +232,7 @@ pub(crate) fn paused(db: &TempDb) -> PathBuf {
 
 /// Reads until the run waits on its pause file: the events up to and
 /// including that `throttle`.
-pub(crate) fn until_paused(s: &mut Stream) -> Vec<ParsedEvent> {
+fn until_paused(s: &mut Stream) -> Vec<ParsedEvent> {
     let mut evs = Vec::new();
     loop {
         let e = s
@@ -231,7 +246,7 @@ pub(crate) fn until_paused(s: &mut Stream) -> Vec<ParsedEvent> {
     }
 }
 
-pub(crate) fn run_id_of(start: &ParsedEvent) -> String {
+fn run_id_of(start: &ParsedEvent) -> String {
     assert_eq!(start.event, "start", "{start:?}");
     data(start)["run_id"]
         .as_str()
@@ -1122,14 +1137,10 @@ fn a_flush_mid_run_is_noticed_and_the_run_published_again_from_event_1() {
     let Some(redis) = Redis::start() else {
         return;
     };
-    let db = TempDb::counters(200);
-    let pause = paused(&db);
     let url = redis.url();
-    let mut run = publishing_run(&db, "flushed", &url, &pause, &[]);
-    let mut s = Stream::open(run.addr(), "/events", &[]);
-    let mut seen = until_paused(&mut s);
-    let run_id = run_id_of(&seen[0]);
-    wait_published(&redis, &run_id, seen.len());
+    let (mut run, mut s, mut seen, run_id, db) =
+        published_until_paused(&redis, 200, "flushed", &url, &[]);
+    let pause = db.dir.path().join("pause");
     // Everything goes (FLUSHALL, or an eviction of the run's keys); the
     // connection stays, so the publisher must see it from the stream.
     let _: () = redis_cmd(&redis, &mut redis::cmd("FLUSHALL"));
