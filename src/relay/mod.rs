@@ -3,7 +3,8 @@
 //! terminal); `source` fills a relay's log from Redis, so the same server
 //! code serves it with the same ids and bytes.
 //!
-//! What is in Redis, per run:
+//! What is in Redis, per run (on a Cluster, `<run_id>` goes in braces,
+//! a hash tag: see [`Target::tagged`]):
 //! - the stream `batchsse:run:<run_id>`: one entry per event, with the
 //!   explicit entry ID `<event id>-0` (so a resend is refused, never doubled)
 //!   and the fields `event` (its name) and `data` (the SSE `data:` JSON);
@@ -60,6 +61,9 @@ enum Server {
     Node(redis::Client),
     /// The primary Sentinel names: `redis+sentinel://`.
     Sentinel(tokio::sync::Mutex<redis::sentinel::SentinelClient>),
+    /// A Redis Cluster: `redis+cluster://`. The crate authenticates each
+    /// node's connection itself.
+    Cluster(redis::cluster::ClusterClient),
 }
 
 impl std::fmt::Debug for Target {
@@ -73,7 +77,7 @@ impl std::fmt::Debug for Target {
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The URL forms batchsse takes, for messages.
-const FORMS: &str = "redis://[USER:PASSWORD@]HOST:PORT[/DB] (rediss:// for TLS, redis+sentinel://HOST:PORT[,HOST:PORT…]/SERVICE[/DB]), e.g. redis://127.0.0.1:6379/0";
+const FORMS: &str = "redis://[USER:PASSWORD@]HOST:PORT[/DB] (rediss:// for TLS, redis+sentinel://HOST:PORT[,HOST:PORT…]/SERVICE[/DB], redis+cluster://HOST:PORT[,HOST:PORT…]), e.g. redis://127.0.0.1:6379/0";
 
 /// A URL taken apart: scheme, user, password, the hosts and what follows.
 struct Parts {
@@ -196,14 +200,17 @@ impl Target {
         let tls = match parts.scheme.as_str() {
             "redis" | "redis+sentinel" => false,
             "rediss" | "rediss+sentinel" => true,
-            s if s.contains("cluster") => {
-                return Err(usage(
-                    "is a Redis Cluster URL, which batchsse does not speak yet (its keys are not under one hash tag); publish to one node, or a Sentinel-managed primary".into(),
-                ));
-            }
+            "redis+cluster" => false,
+            "rediss+cluster" => true,
             _ => return Err(usage("is not a redis:// URL".into())),
         };
         let sentinel = parts.scheme.ends_with("+sentinel");
+        let cluster = parts.scheme.ends_with("+cluster");
+        if cluster && !parts.path.is_empty() {
+            return Err(usage(
+                "names a database, which Redis Cluster does not have".into(),
+            ));
+        }
         let (service, db) = match (sentinel, parts.path.as_slice()) {
             (false, []) => (None, "0"),
             (false, [db]) => (None, db.as_str()),
@@ -215,9 +222,10 @@ impl Target {
         let db: i64 = db
             .parse()
             .map_err(|_| usage(format!("has {db:?} where the database number goes")))?;
-        if parts.hosts.len() > 1 && !sentinel {
+        if parts.hosts.len() > 1 && !sentinel && !cluster {
             return Err(usage(
-                "lists several hosts, which only redis+sentinel:// takes".into(),
+                "lists several hosts, which only redis+sentinel:// and redis+cluster:// take"
+                    .into(),
             ));
         }
         let password = parts.password.clone().or_else(|| access.password.clone());
@@ -225,6 +233,7 @@ impl Target {
         let pem = tls::Pem::read(access, tls).map_err(UsageError::new)?;
         let server = match &service {
             Some(service) => tls::sentinel(&parts.hosts, service, tls, pem),
+            None if cluster => tls::cluster(&parts.hosts, tls, pem, auth.as_ref()),
             None => tls::node(&parts.hosts[0], tls, pem),
         }
         .map_err(|e| usage(format!("is not usable ({e})")))?;
@@ -246,7 +255,10 @@ impl Target {
             port: parts.hosts[0].1,
             db,
             tls,
-            shown: format!("{}://{user}{}/{path}{db}", parts.scheme, hosts.join(",")),
+            shown: match cluster {
+                true => format!("{}://{user}{}", parts.scheme, hosts.join(",")),
+                false => format!("{}://{user}{}/{path}{db}", parts.scheme, hosts.join(",")),
+            },
         })
     }
 
@@ -262,20 +274,31 @@ impl Target {
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(None);
         let mut conn = match &self.server {
-            Server::Node(client) => {
+            Server::Node(client) => Conn::Node(
                 within(
                     CONNECT_TIMEOUT,
                     client.get_multiplexed_async_connection_with_config(&config),
                 )
-                .await?
-            }
+                .await?,
+            ),
             Server::Sentinel(client) => {
                 let mut client = client.lock().await;
-                within(
-                    CONNECT_TIMEOUT * 2,
-                    client.get_async_connection_with_config(&config),
+                Conn::Node(
+                    within(
+                        CONNECT_TIMEOUT * 2,
+                        client.get_async_connection_with_config(&config),
+                    )
+                    .await?,
                 )
-                .await?
+            }
+            Server::Cluster(client) => {
+                let mut conn = within(CONNECT_TIMEOUT * 2, client.get_async_connection()).await?;
+                within(
+                    CONNECT_TIMEOUT,
+                    redis::cmd("PING").query_async::<()>(&mut conn),
+                )
+                .await?;
+                return Ok(Conn::Cluster(conn));
             }
         };
         // One at a time, so a refusal is Redis's own sentence. A server that
@@ -325,6 +348,23 @@ impl Target {
         matches!(self.server, Server::Sentinel(_))
     }
 
+    /// Whether this is a Redis Cluster, where what is written together
+    /// must be in one slot.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.server, Server::Cluster(_))
+    }
+
+    /// A run id as it goes into the run's key names: in a Cluster, as a
+    /// hash tag (`{run_id}`), so that the run's stream and `alive` key share
+    /// a slot; elsewhere as it is (the layout relays already read).
+    pub fn tagged(&self, run_id: &str) -> String {
+        if self.is_cluster() {
+            format!("{{{run_id}}}")
+        } else {
+            run_id.to_owned()
+        }
+    }
+
     /// Whether the URL carries a password (which messages leave out).
     pub fn has_password(&self) -> bool {
         self.auth.is_some()
@@ -345,8 +385,44 @@ impl Target {
     }
 }
 
-/// A connection to Redis, as publisher and relay hold it.
-pub type Conn = MultiplexedConnection;
+/// A connection to Redis, as publisher and relay hold it: to one node
+/// (directly or as Sentinel named it), or to a Cluster.
+#[derive(Clone)]
+pub enum Conn {
+    Node(MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Node(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Node(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Node(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
 
 /// The stream that holds one run's events.
 pub fn run_key(run_id: &str) -> String {
@@ -539,7 +615,11 @@ mod tests {
             t.shown(),
             "redis+sentinel://u@10.0.0.1:26379,10.0.0.2:26380/main/3"
         );
+        let t = parse("redis+cluster://u:pw@10.0.0.1:7000,10.0.0.2:7001").unwrap();
+        assert_eq!(t.shown(), "redis+cluster://u@10.0.0.1:7000,10.0.0.2:7001");
+        assert_eq!(t.tagged("r-1"), "{r-1}");
         let t = parse("redis://[::1]:7000").unwrap();
+        assert_eq!(t.tagged("r-1"), "r-1");
         assert_eq!(t.shown(), "redis://[::1]:7000/0");
         for (bad, says) in [
             ("http://127.0.0.1:6379", "not a redis:// URL"),
@@ -549,7 +629,7 @@ mod tests {
             ("redis+sentinel://a:1", "no service"),
             ("redis://a/b", "database number"),
             ("redis://:%zz@a", "%-escape"),
-            ("redis+cluster://a:1,b:2", "Cluster"),
+            ("redis+cluster://a:1,b:2/0", "does not have"),
         ] {
             let e = parse(bad).unwrap_err().to_string();
             assert!(

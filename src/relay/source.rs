@@ -12,10 +12,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use redis::aio::MultiplexedConnection;
-
 use super::{
-    Backoff, Entries, Failure, Target, alive_key, begins_at_start, event_id, field, head_cmd,
+    Backoff, Conn, Entries, Failure, Target, alive_key, begins_at_start, event_id, field, head_cmd,
     latest_key, run_key, within,
 };
 use crate::error::UsageError;
@@ -77,7 +75,7 @@ pub type Stop = String;
 /// A connection to Redis that comes back by itself.
 pub struct Source {
     target: Arc<Target>,
-    conn: Option<MultiplexedConnection>,
+    conn: Option<Conn>,
     backoff: Backoff,
     /// Why Redis is out of reach, while it is.
     outage: Option<String>,
@@ -99,7 +97,7 @@ impl Source {
                 ))
             })?;
         if let Which::Run(id) = which {
-            let key = run_key(id);
+            let key = run_key(&target.tagged(id));
             let kind: String = within(REPLY_LIMIT, async {
                 redis::cmd("TYPE").arg(&key).query_async(&mut conn).await
             })
@@ -192,7 +190,7 @@ impl Source {
 
     /// Whether a run's process is alive and publishing.
     async fn is_alive(&mut self, run_id: &str) -> Result<bool, Stop> {
-        self.query(redis::cmd("EXISTS").arg(alive_key(run_id)))
+        self.query(redis::cmd("EXISTS").arg(alive_key(&self.target.tagged(run_id))))
             .await
     }
 
@@ -200,7 +198,7 @@ impl Source {
     async fn has_finished(&mut self, run_id: &str) -> Result<bool, Stop> {
         let mut last_entry = redis::cmd("XREVRANGE");
         last_entry
-            .arg(run_key(run_id))
+            .arg(run_key(&self.target.tagged(run_id)))
             .arg("+")
             .arg("-")
             .arg("COUNT")
@@ -217,7 +215,7 @@ impl Source {
     /// (the run may be writing it again); the cursor is the last entry
     /// read, so an entry that is skipped is read only once.
     async fn copy(&mut self, run_id: &str, log: &EventLog) -> Result<(), Stop> {
-        let stream = run_key(run_id);
+        let stream = run_key(&self.target.tagged(run_id));
         let mut cursor = "0-0".to_owned();
         let mut last_sign = Instant::now();
         let mut cut_since = None;
@@ -353,7 +351,7 @@ impl Source {
 }
 
 /// A connection on which `MULTI` has been tried (see [`may_multi`]).
-async fn connect_checked(target: &Target) -> redis::RedisResult<MultiplexedConnection> {
+async fn connect_checked(target: &Target) -> redis::RedisResult<Conn> {
     let mut conn = target.connect().await?;
     within(REPLY_LIMIT, may_multi(&mut conn)).await?;
     Ok(conn)
@@ -363,7 +361,12 @@ async fn connect_checked(target: &Target) -> redis::RedisResult<MultiplexedConne
 /// refuses `MULTI` learns it here, in Redis's words. (In a pipeline, the
 /// `redis` crate cannot take a refused `MULTI`: its connection task
 /// panics, and the relay would wait forever.)
-async fn may_multi(conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
+async fn may_multi(conn: &mut Conn) -> redis::RedisResult<()> {
+    // A Cluster sends keyless commands to any node: MULTI and EXEC could
+    // land on two; there, a refused MULTI is not caught early.
+    if matches!(conn, Conn::Cluster(_)) {
+        return Ok(());
+    }
     redis::cmd("MULTI").query_async::<()>(conn).await?;
     redis::cmd("EXEC").query_async::<()>(conn).await
 }
@@ -372,14 +375,14 @@ async fn may_multi(conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
 pub trait Ask {
     fn ask<T: redis::FromRedisValue>(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Conn,
     ) -> impl Future<Output = redis::RedisResult<T>>;
 }
 
 impl Ask for redis::Cmd {
     fn ask<T: redis::FromRedisValue>(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Conn,
     ) -> impl Future<Output = redis::RedisResult<T>> {
         self.query_async(conn)
     }
@@ -388,7 +391,7 @@ impl Ask for redis::Cmd {
 impl Ask for redis::Pipeline {
     fn ask<T: redis::FromRedisValue>(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Conn,
     ) -> impl Future<Output = redis::RedisResult<T>> {
         self.query_async(conn)
     }

@@ -1,6 +1,7 @@
 //! Reaching Redis past one plain TCP node: `rediss://` (the `redis` crate's
 //! rustls, on ring), the PEM files of `--redis-ca`, `--redis-cert` and
-//! `--redis-key`, and Sentinel's `redis+sentinel://`; and a TLS failure told
+//! `--redis-key`, Sentinel's `redis+sentinel://` and Cluster's
+//! `redis+cluster://`; and a TLS failure told
 //! in plain words.
 
 use redis::sentinel::{SentinelClientBuilder, SentinelServerType};
@@ -83,6 +84,33 @@ pub fn sentinel(
         }
     }
     Ok(Server::Sentinel(tokio::sync::Mutex::new(b.build()?)))
+}
+
+/// A Redis Cluster reached through any of `hosts`, with `auth` for each
+/// node it connects to.
+pub fn cluster(
+    hosts: &[(String, u16)],
+    tls: bool,
+    pem: Pem,
+    auth: Option<&(Option<String>, String)>,
+) -> redis::RedisResult<Server> {
+    let nodes: Vec<ConnectionAddr> = hosts.iter().map(|h| address(h, tls)).collect();
+    let mut b = redis::cluster::ClusterClientBuilder::new(nodes)
+        .connection_timeout(super::CONNECT_TIMEOUT)
+        .retries(2);
+    if tls {
+        b = b.tls(TlsMode::Secure);
+        if let Some(certs) = pem.0 {
+            b = b.certs(certs);
+        }
+    }
+    if let Some((user, password)) = auth {
+        b = b.password(password);
+        if let Some(user) = user {
+            b = b.username(user);
+        }
+    }
+    Ok(Server::Cluster(b.build()?))
 }
 
 /// A host and port, over TLS (its certificate checked) or plain TCP.

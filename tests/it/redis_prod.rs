@@ -567,3 +567,119 @@ fn a_sentinel_failover_mid_run_loses_and_doubles_nothing() {
     mirror.signal("TERM");
     mirror.wait();
 }
+
+/// A 3-primary Redis Cluster on free ports, made with
+/// `redis-cli --cluster create`; its nodes are killed when dropped.
+struct Cluster(Vec<Redis>);
+
+impl Cluster {
+    fn start() -> Option<Cluster> {
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            let args: Vec<String> = ["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            nodes.push(Redis::start_with(&args)?);
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        for n in &nodes {
+            wait_for_redis("the cluster", || {
+                let info: String = on(n, redis::cmd("CLUSTER").arg("INFO")).ok()?;
+                info.contains("cluster_state:ok").then_some(())
+            });
+        }
+        Some(Cluster(nodes))
+    }
+
+    fn url(&self) -> String {
+        let addrs: Vec<String> = self
+            .0
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        format!("redis+cluster://{}", addrs.join(","))
+    }
+
+    /// The entry ids of a run's stream (under its hash tag), read from
+    /// whichever node holds it.
+    fn entry_ids(&self, run_id: &str) -> Vec<String> {
+        let nodes: Vec<String> = self
+            .0
+            .iter()
+            .map(|n| format!("redis://127.0.0.1:{}/", n.port))
+            .collect();
+        let mut conn = redis::cluster::ClusterClient::new(nodes)
+            .and_then(|c| c.get_connection())
+            .expect("connect to the cluster");
+        let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+            .arg(format!("batchsse:run:{{{run_id}}}"))
+            .arg("-")
+            .arg("+")
+            .query(&mut conn)
+            .expect("XRANGE");
+        entries.into_iter().map(|(id, _)| id).collect()
+    }
+}
+
+#[test]
+fn a_run_published_to_a_cluster_is_served_by_two_relays() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let url = cluster.url();
+    let db = TempDb::counters(100);
+    let (lines, run_id, err) = publish(&db, &["--publish", &url], &[]);
+    assert!(
+        err.contains(&format!("publishing every event to {url}")),
+        "{err}"
+    );
+    let want: Vec<String> = (1..=lines.len()).map(|n| format!("{n}-0")).collect();
+    assert_eq!(
+        cluster.entry_ids(&run_id),
+        want,
+        "every event once, in order"
+    );
+    for _ in 0..2 {
+        relay_serves(&url, &run_id, &[], &[], &lines);
+    }
+    // A client that read half on one relay resumes on another.
+    let relays: Vec<Proc> = (0..2)
+        .map(|_| Proc::start(&["relay", &url, "--run", &run_id, "--listen", "127.0.0.1:0"]))
+        .collect();
+    let half = lines.len() / 2;
+    let mut first = Stream::open(relays[0].addr(), "/events", &[]);
+    let before: Vec<_> = (0..half)
+        .map(|_| first.next_event().expect("an event"))
+        .collect();
+    let last = id(&before[half - 1]).to_string();
+    let mut second = Stream::open(relays[1].addr(), "/events", &[("Last-Event-ID", &last)]);
+    let after = second.rest();
+    assert_contiguous(&before, 1);
+    assert_contiguous(&after, half as u64 + 1);
+    let mut got: Vec<_> = before.iter().map(event_triple).collect();
+    got.extend(after.iter().map(event_triple));
+    assert_eq!(got, lines.iter().map(line_triple).collect::<Vec<_>>());
+    // A relay by plan finds the run through the plan's key, in its own slot.
+    let mut by_plan = Proc::start(&["relay", &url, "--plan", "prod", "--listen", "127.0.0.1:0"]);
+    let found = format!("its latest, {run_id}, has finished");
+    wait_for_redis("the relay by plan", || {
+        by_plan.stderr().contains(&found).then_some(())
+    });
+    by_plan.signal("TERM");
+    by_plan.wait();
+}
