@@ -197,7 +197,8 @@ fn publish(db: &TempDb, flags: &[&str], env: &[(&str, &str)]) -> (Vec<Value>, St
 }
 
 /// A relay for `run_id` with `flags` (and `env`): every event it serves
-/// must be the run's, in order; returns its stderr.
+/// must be the run's, in order; returns what it showed besides: its
+/// stderr, `/status` and `/metrics`.
 fn relay_serves(
     url: &str,
     run_id: &str,
@@ -230,10 +231,12 @@ fn relay_serves(
     let got: Vec<_> = s.rest().iter().map(event_triple).collect();
     let want: Vec<_> = lines.iter().map(line_triple).collect();
     assert_eq!(got, want, "relay stderr:\n{}", mirror.stderr());
+    let status = get(mirror.addr(), "/status", &[]).text();
+    let metrics = get(mirror.addr(), "/metrics", &[]).text();
     // It has served the run to its end: a signal in its linger is a clean exit.
     mirror.signal("TERM");
     assert_eq!(mirror.wait().code(), Some(0), "{}", mirror.stderr());
-    mirror.stderr()
+    format!("{}\n{status}\n{metrics}", mirror.stderr())
 }
 
 #[test]
