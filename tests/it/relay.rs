@@ -1159,14 +1159,16 @@ fn a_flush_mid_run_is_noticed_and_the_run_published_again_from_event_1() {
     assert_published(&redis, &run_id, &seen);
     let latest: Option<String> = redis_cmd(&redis, redis::cmd("GET").arg(latest_key("flushed")));
     assert_eq!(latest.as_deref(), Some(run_id.as_str()), "latest rewritten");
-    // A relay serves all of it, as the run did.
-    let mut mirror = relay(&url, &["--run", &run_id, "--linger", "0"]);
+    // A relay serves all of it, as the run did (it lingers, so the client
+    // cannot come too late).
+    let mut mirror = relay(&url, &["--run", &run_id, "--linger", "30"]);
     let mut r = Stream::open(mirror.addr(), "/events", &[]);
     let relayed = r.rest();
     assert_eq!(
         relayed.iter().map(event_triple).collect::<Vec<_>>(),
         seen.iter().map(event_triple).collect::<Vec<_>>()
     );
+    mirror.signal("TERM");
     assert_exits_ok(&mut mirror, "relay", PATIENCE);
 }
 
@@ -1231,7 +1233,7 @@ fn a_relay_replays_from_1_an_id_beyond_its_finished_run() {
     let db = TempDb::counters(50);
     let url = redis.url();
     let (lines, run_id) = published_run(&redis, &db, "stale", 10);
-    let mut mirror = relay(&url, &["--run", &run_id, "--linger", "5"]);
+    let mut mirror = relay(&url, &["--run", &run_id, "--linger", "30"]);
     wait_relay_status(&mirror, |v| v["state"] == "finished");
     // An id from an earlier, longer run (a dashboard left open): EventSource
     // would stop for good on a 204.
