@@ -37,9 +37,9 @@
 //!   body for the rest (`body`), one keep-alive rule for both
 //!   (`keepalive`), live commands (`control`), the dashboard page
 //!   (`dashboard`), `/metrics` (`metrics`).
-//! - `relay`: Redis: the keys and connections (`mod.rs`), the run's
-//!   publisher (`publish`), and a relay's copy of a published run into its
-//!   own log (`source`).
+//! - `relay`: Redis: the URL forms, keys and connections (`mod.rs`), TLS,
+//!   Sentinel and Cluster clients (`tls`), the run's publisher (`publish`),
+//!   and a relay's copy of a published run into its own log (`source`).
 //! - `view`: the terminal (`terminal`), GitHub Actions output (`github`)
 //!   and `batchsse watch` (`follow`).
 //! - `lifecycle`: signals, cancel, the wait-for-clients gate, linger and

@@ -154,7 +154,7 @@ async fn drive(mut session: Session, parts: Parts) -> Result<RunStatus, UsageErr
             p.shown(),
             plan_flag(&session.plan.name),
             if p.has_password() {
-                " (add the password to that URL)"
+                " (add the password to that URL, or set BATCHSSE_REDIS_PASSWORD)"
             } else {
                 ""
             }

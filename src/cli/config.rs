@@ -8,11 +8,11 @@ use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{PaceArgs, ProgressMode, PublishArgs, RelayArgs, RunArgs, ServeArgs};
+use super::{PaceArgs, ProgressMode, PublishArgs, RedisAccessArgs, RelayArgs, RunArgs, ServeArgs};
 use crate::error::UsageError;
 use crate::lifecycle::{BATCH_SIZE, CHUNK_TIME_MS, NICE_RATIO, SLEEP_MS};
 use crate::plan::{self, Source};
-use crate::relay::{Target, source::Which};
+use crate::relay::{Access, Target, source::Which};
 use crate::run;
 use crate::serve;
 
@@ -44,13 +44,32 @@ pub struct Publish {
 /// Checks `--publish` and `--publish-ttl` (for `run` and `demo`).
 pub fn publish(a: &PublishArgs, drain_timeout: f64) -> Result<Option<Publish>, UsageError> {
     let Some(url) = &a.publish else {
+        if a.redis.redis_ca.is_some() || a.redis.redis_cert.is_some() || a.redis.redis_key.is_some()
+        {
+            return Err(UsageError::new(
+                "--redis-ca, --redis-cert and --redis-key go with --publish rediss://…; add --publish, or leave them out",
+            ));
+        }
         return Ok(None);
     };
     Ok(Some(Publish {
-        target: Target::parse("--publish (or BATCHSSE_PUBLISH)", url)?,
+        target: Target::parse("--publish (or BATCHSSE_PUBLISH)", url, &access(&a.redis))?,
         ttl: Duration::from_secs(a.publish_ttl),
         drain: seconds("--drain-timeout", drain_timeout)?,
     }))
+}
+
+/// The TLS files, and the password from `BATCHSSE_REDIS_PASSWORD` (used
+/// where the URL has none), so that it need not show in `ps`.
+fn access(a: &RedisAccessArgs) -> Access {
+    Access {
+        ca: a.redis_ca.clone(),
+        cert: a.redis_cert.clone(),
+        key: a.redis_key.clone(),
+        password: std::env::var("BATCHSSE_REDIS_PASSWORD")
+            .ok()
+            .filter(|p| !p.is_empty()),
+    }
 }
 
 /// A checked `relay`.
@@ -77,7 +96,11 @@ impl RelayConfig {
             drain_timeout: a.drain_timeout,
         })?;
         Ok(RelayConfig {
-            target: Target::parse("the Redis URL (REDIS_URL, or BATCHSSE_PUBLISH)", &a.redis)?,
+            target: Target::parse(
+                "the Redis URL (REDIS_URL, or BATCHSSE_PUBLISH)",
+                &a.redis,
+                &access(&a.access),
+            )?,
             which,
             serve,
         })

@@ -62,8 +62,8 @@ pub enum Command {
         own server to a relay) with Last-Event-ID. --plan follows the plan's live run, or waits for \
         its next one. The relay exits after the run's finished event and --linger (30 s).\n\n\
         Exit status: 0 it served the run to its end (whatever the run's own outcome), 2 bad usage \
-        (Redis unreachable, a wrong password, no such run), 3 Redis refused the relay or the run \
-        stopped without finishing, 130 interrupted.")]
+        (Redis unreachable, a wrong password, no such run), 3 Redis refused the relay, the run \
+        stopped without finishing, or its stream does not begin with its start, 130 interrupted.")]
     Relay(RelayArgs),
 
     /// Steer a running batch: pause, resume, cancel, or a new pace (needs the run's --control-token).
@@ -421,7 +421,7 @@ pub struct ServeArgs {
 /// Publishing the run's events to Redis, for `batchsse relay`.
 #[derive(Debug, Args)]
 pub struct PublishArgs {
-    /// Also append every event to the Redis stream batchsse:run:<run_id> (redis://[:PASSWORD@]HOST:PORT[/DB]), for `batchsse relay`.
+    /// Also append every event to the Redis stream batchsse:run:<run_id> (redis://[USER:PASSWORD@]HOST:PORT[/DB], rediss:// for TLS, redis+sentinel://HOST:PORT[,…]/SERVICE[/DB]; the password may come from BATCHSSE_REDIS_PASSWORD), for `batchsse relay`.
     #[arg(
         long,
         value_name = "URL",
@@ -436,13 +436,33 @@ pub struct PublishArgs {
           value_parser = clap::value_parser!(u64).range(1..=10 * 365 * 86_400),
           requires = "publish", help_heading = "Publish")]
     pub publish_ttl: u64,
+
+    #[command(flatten)]
+    pub redis: RedisAccessArgs,
+}
+
+/// TLS files for a `rediss://` Redis (the password may come from
+/// BATCHSSE_REDIS_PASSWORD, read where the URL is checked).
+#[derive(Debug, Args, Default)]
+pub struct RedisAccessArgs {
+    /// Trust this CA (PEM) for a rediss:// Redis, instead of the system's roots.
+    #[arg(long, value_name = "FILE", help_heading = "Redis")]
+    pub redis_ca: Option<PathBuf>,
+
+    /// Client certificate (PEM) for a rediss:// Redis that wants one; with --redis-key.
+    #[arg(long, value_name = "FILE", help_heading = "Redis")]
+    pub redis_cert: Option<PathBuf>,
+
+    /// The client certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", help_heading = "Redis")]
+    pub redis_key: Option<PathBuf>,
 }
 
 /// `batchsse relay`: one run, from Redis, served as `run` serves it.
 #[derive(Debug, Args)]
 #[command(group = clap::ArgGroup::new("which").required(true).args(["run", "plan"]))]
 pub struct RelayArgs {
-    /// The Redis the run publishes to: redis://[:PASSWORD@]HOST:PORT[/DB].
+    /// The Redis the run publishes to: redis://[USER:PASSWORD@]HOST:PORT[/DB], rediss:// for TLS, redis+sentinel://HOST:PORT[,…]/SERVICE[/DB] (the password may come from BATCHSSE_REDIS_PASSWORD).
     #[arg(
         value_name = "REDIS_URL",
         env = "BATCHSSE_PUBLISH",
@@ -485,6 +505,9 @@ pub struct RelayArgs {
     /// How long open streams may take to receive their tail before the relay exits anyway.
     #[arg(long, value_name = "SECS", default_value_t = 5.0)]
     pub drain_timeout: f64,
+
+    #[command(flatten)]
+    pub access: RedisAccessArgs,
 }
 
 /// How fast chunked steps go.

@@ -3,7 +3,8 @@
 //! terminal); `source` fills a relay's log from Redis, so the same server
 //! code serves it with the same ids and bytes.
 //!
-//! What is in Redis, per run:
+//! What is in Redis, per run (on a Cluster, `<run_id>` goes in braces,
+//! a hash tag: see [`Target::tagged`]):
 //! - the stream `batchsse:run:<run_id>`: one entry per event, with the
 //!   explicit entry ID `<event id>-0` (so a resend is refused, never doubled)
 //!   and the fields `event` (its name) and `data` (the SSE `data:` JSON);
@@ -18,26 +19,51 @@
 
 pub mod publish;
 pub mod source;
+mod tls;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 
 use crate::error::UsageError;
 
-/// A Redis server from a `redis://` URL, with the URL as shown to people
+/// What a Redis URL does not say, from flags and the environment: the
+/// PEM files for `rediss://` (`--redis-ca`, `--redis-cert`, `--redis-key`)
+/// and a password kept out of `ps` (`BATCHSSE_REDIS_PASSWORD`).
+#[derive(Debug, Default, Clone)]
+pub struct Access {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub password: Option<String>,
+}
+
+/// Where the Redis is and how to reach it, with the URL as shown to people
 /// (no password).
 pub struct Target {
-    /// The server without credentials or database: `connect` sends `AUTH`
-    /// and `SELECT` itself, so a refusal reaches the user in Redis's own
-    /// words (the crate would replace them with its own).
-    client: redis::Client,
+    server: Server,
     /// `AUTH`'s arguments: the user, if any, and the password.
     auth: Option<(Option<String>, String)>,
+    /// The first host and port, for `redis-cli` hints.
     host: String,
     port: u16,
     db: i64,
+    tls: bool,
     shown: String,
+}
+
+/// The server behind a URL. Credentials and the database are not in it:
+/// `connect` sends `AUTH` and `SELECT` itself, so a refusal reaches the
+/// user in Redis's own words (the crate would replace them with its own).
+enum Server {
+    /// One node: `redis://`, `rediss://`.
+    Node(redis::Client),
+    /// The primary Sentinel names: `redis+sentinel://`.
+    Sentinel(tokio::sync::Mutex<redis::sentinel::SentinelClient>),
+    /// A Redis Cluster: `redis+cluster://`. The crate authenticates each
+    /// node's connection itself.
+    Cluster(redis::cluster::ClusterClient),
 }
 
 impl std::fmt::Debug for Target {
@@ -50,56 +76,189 @@ impl std::fmt::Debug for Target {
 /// How long a connection attempt may take before it counts as failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The URL forms batchsse takes, for messages.
+const FORMS: &str = "redis://[USER:PASSWORD@]HOST:PORT[/DB] (rediss:// for TLS, redis+sentinel://HOST:PORT[,HOST:PORT…]/SERVICE[/DB], redis+cluster://HOST:PORT[,HOST:PORT…]), e.g. redis://127.0.0.1:6379/0";
+
+/// A URL taken apart: scheme, user, password, the hosts and what follows.
+struct Parts {
+    scheme: String,
+    user: Option<String>,
+    password: Option<String>,
+    hosts: Vec<(String, u16)>,
+    path: Vec<String>,
+}
+
+impl Parts {
+    fn of(url: &str) -> Result<Parts, String> {
+        let (scheme, rest) = url.split_once("://").ok_or("is not a URL")?;
+        let scheme = scheme.to_ascii_lowercase();
+        let rest = rest.split(['?', '#']).next().unwrap_or_default();
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let (userinfo, hosts) = match authority.rsplit_once('@') {
+            Some((u, h)) => (Some(u), h),
+            None => (None, authority),
+        };
+        let decode = |s: &str| {
+            percent_decode(s).ok_or_else(|| "has a bad %-escape in its user or password".to_owned())
+        };
+        let (user, password) = match userinfo.map(|u| u.split_once(':').unwrap_or((u, ""))) {
+            Some((u, p)) => (
+                Some(decode(u)?).filter(|u| !u.is_empty()),
+                Some(decode(p)?).filter(|p| !p.is_empty()),
+            ),
+            None => (None, None),
+        };
+        let default_port = if scheme.contains("sentinel") {
+            26379
+        } else {
+            6379
+        };
+        let hosts = hosts
+            .split(',')
+            .map(|h| host_port(h, default_port))
+            .collect::<Result<Vec<_>, _>>()?;
+        let path = path
+            .split('/')
+            .filter(|p| !p.is_empty())
+            .map(str::to_owned)
+            .collect();
+        Ok(Parts {
+            scheme,
+            user,
+            password,
+            hosts,
+            path,
+        })
+    }
+}
+
+/// `HOST[:PORT]` or `[V6][:PORT]`.
+fn host_port(h: &str, default_port: u16) -> Result<(String, u16), String> {
+    let (host, port) = match h.strip_prefix('[') {
+        Some(v6) => {
+            let (host, rest) = v6.split_once(']').ok_or("has an unclosed [")?;
+            (host, rest.strip_prefix(':'))
+        }
+        None => match h.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (h, None),
+        },
+    };
+    if host.is_empty() {
+        return Err("has no host".into());
+    }
+    let port = match port {
+        Some(p) => p.parse().map_err(|_| format!("has a bad port {p:?}"))?,
+        None => default_port,
+    };
+    Ok((host.to_owned(), port))
+}
+
+/// `%XX` escapes decoded; `None` for a bad one.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// A host as it goes in a URL (an IPv6 address in brackets).
+fn url_host(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    }
+}
+
 impl Target {
-    /// Parses `redis://[:PASSWORD@]HOST:PORT[/DB]` given to `flag` (which
-    /// names the environment variable too, where one can set it).
-    pub fn parse(flag: &str, url: &str) -> Result<Target, UsageError> {
-        let usage = |why: String| {
-            UsageError::new(format!(
-                "{flag} {why}; give redis://[:PASSWORD@]HOST:PORT[/DB], e.g. redis://127.0.0.1:6379/0"
-            ))
-        };
+    /// Parses a Redis URL given to `flag` (which names the environment
+    /// variable too, where one can set it), with what `access` adds.
+    pub fn parse(flag: &str, url: &str, access: &Access) -> Result<Target, UsageError> {
+        let usage = |why: String| UsageError::new(format!("{flag} {why}; give {FORMS}"));
         let url = url.trim();
-        // A URL's scheme is case-insensitive; the crate's parser is not.
-        let url = match url.split_once("://") {
-            Some((scheme, rest)) => format!("{}://{rest}", scheme.to_ascii_lowercase()),
-            None => url.to_owned(),
-        };
         if url.is_empty() {
             return Err(usage("is empty".into()));
         }
-        if !url.starts_with("redis://") {
-            return Err(usage(if url.starts_with("rediss://") {
-                "uses TLS (rediss://), which batchsse does not speak".into()
+        let parts = Parts::of(url).map_err(|why| {
+            usage(if url.contains("://") {
+                why
             } else {
                 "is not a redis:// URL".into()
-            }));
+            })
+        })?;
+        let tls = match parts.scheme.as_str() {
+            "redis" | "redis+sentinel" => false,
+            "rediss" | "rediss+sentinel" => true,
+            "redis+cluster" => false,
+            "rediss+cluster" => true,
+            _ => return Err(usage("is not a redis:// URL".into())),
+        };
+        let sentinel = parts.scheme.ends_with("+sentinel");
+        let cluster = parts.scheme.ends_with("+cluster");
+        if cluster && !parts.path.is_empty() {
+            return Err(usage(
+                "names a database, which Redis Cluster does not have".into(),
+            ));
         }
-        let parsed =
-            redis::Client::open(url.as_str()).map_err(|e| usage(format!("is not usable ({e})")))?;
-        let info = parsed.get_connection_info();
-        let redis::ConnectionAddr::Tcp(host, port) = info.addr() else {
-            return Err(usage("is not a TCP address".into()));
+        let (service, db) = match (sentinel, parts.path.as_slice()) {
+            (false, []) => (None, "0"),
+            (false, [db]) => (None, db.as_str()),
+            (true, [service]) => (Some(service.clone()), "0"),
+            (true, [service, db]) => (Some(service.clone()), db.as_str()),
+            (true, []) => return Err(usage("names no service (…/SERVICE[/DB])".into())),
+            _ => return Err(usage("has more path than a database number".into())),
         };
-        let settings = info.redis_settings();
-        let host = if host.contains(':') && !host.starts_with('[') {
-            format!("[{host}]")
-        } else {
-            host.clone()
-        };
-        let server = format!("redis://{host}:{port}");
-        let client = redis::Client::open(format!("{server}/0"))
-            .map_err(|e| usage(format!("is not usable ({e})")))?;
-        let auth = settings
-            .password()
-            .map(|p| (settings.username().map(str::to_owned), p.to_owned()));
+        let db: i64 = db
+            .parse()
+            .map_err(|_| usage(format!("has {db:?} where the database number goes")))?;
+        if parts.hosts.len() > 1 && !sentinel && !cluster {
+            return Err(usage(
+                "lists several hosts, which only redis+sentinel:// and redis+cluster:// take"
+                    .into(),
+            ));
+        }
+        let password = parts.password.clone().or_else(|| access.password.clone());
+        let auth = password.map(|p| (parts.user.clone(), p));
+        let pem = tls::Pem::read(access, tls).map_err(UsageError::new)?;
+        let server = match &service {
+            Some(service) => tls::sentinel(&parts.hosts, service, tls, pem),
+            None if cluster => tls::cluster(&parts.hosts, tls, pem, auth.as_ref()),
+            None => tls::node(&parts.hosts[0], tls, pem),
+        }
+        .map_err(|e| usage(format!("is not usable ({e})")))?;
+        let hosts: Vec<String> = parts
+            .hosts
+            .iter()
+            .map(|(h, p)| format!("{}:{p}", url_host(h)))
+            .collect();
+        let path = service.map(|s| format!("{s}/")).unwrap_or_default();
+        let user = parts
+            .user
+            .as_ref()
+            .map(|u| format!("{u}@"))
+            .unwrap_or_default();
         Ok(Target {
-            client,
+            server,
             auth,
-            host: host.trim_matches(['[', ']']).to_owned(),
-            port: *port,
-            db: settings.db(),
-            shown: format!("{server}/{}", settings.db()),
+            host: parts.hosts[0].0.clone(),
+            port: parts.hosts[0].1,
+            db,
+            tls,
+            shown: match cluster {
+                true => format!("{}://{user}{}", parts.scheme, hosts.join(",")),
+                false => format!("{}://{user}{}/{path}{db}", parts.scheme, hosts.join(",")),
+            },
         })
     }
 
@@ -110,14 +269,38 @@ impl Target {
 
     /// A new connection. Replies are not timed out here: a relay's reads
     /// block on purpose, so callers bound each call themselves.
-    pub async fn connect(&self) -> redis::RedisResult<MultiplexedConnection> {
+    pub async fn connect(&self) -> redis::RedisResult<Conn> {
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(None);
-        let mut conn = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
+        let mut conn = match &self.server {
+            Server::Node(client) => Conn::Node(
+                within(
+                    CONNECT_TIMEOUT,
+                    client.get_multiplexed_async_connection_with_config(&config),
+                )
+                .await?,
+            ),
+            Server::Sentinel(client) => {
+                let mut client = client.lock().await;
+                Conn::Node(
+                    within(
+                        CONNECT_TIMEOUT * 2,
+                        client.get_async_connection_with_config(&config),
+                    )
+                    .await?,
+                )
+            }
+            Server::Cluster(client) => {
+                let mut conn = within(CONNECT_TIMEOUT * 2, client.get_async_connection()).await?;
+                within(
+                    CONNECT_TIMEOUT,
+                    redis::cmd("PING").query_async::<()>(&mut conn),
+                )
+                .await?;
+                return Ok(Conn::Cluster(conn));
+            }
+        };
         // One at a time, so a refusal is Redis's own sentence. A server that
         // wants a password answers the first command, not the connection,
         // with NOAUTH; hence the PING.
@@ -138,25 +321,48 @@ impl Target {
     /// A connection at start, or the usage error that ends the command
     /// before anything is done (`doing`: "publish to", "relay from"; `url`:
     /// where the URL came from, for the fix).
-    pub async fn connect_or_refuse(
-        &self,
-        doing: &str,
-        url: &str,
-    ) -> Result<MultiplexedConnection, UsageError> {
+    pub async fn connect_or_refuse(&self, doing: &str, url: &str) -> Result<Conn, UsageError> {
         self.connect().await.map_err(|e| {
+            let tls_failure = self.tls.then(|| tls::failure(&e)).flatten();
             let failure = Failure::of(e);
-            let fix = match failure {
-                Failure::Away(_) => format!("is Redis running there? Start it, or fix {url}"),
-                Failure::Refused(_) => {
-                    format!("fix the password (or user, or database) in {url}")
-                }
+            let (why, fix) = match (&tls_failure, &failure) {
+                (Some(why), _) => (why.as_str(), tls::FIX.to_owned()),
+                (None, Failure::Away(_)) => (
+                    failure.why(),
+                    format!("is Redis running there? Start it, or fix {url}"),
+                ),
+                (None, Failure::Refused(_)) => (
+                    failure.why(),
+                    format!(
+                        "fix the password (or user, or database) in {url}, or BATCHSSE_REDIS_PASSWORD"
+                    ),
+                ),
             };
-            UsageError::new(format!(
-                "cannot {doing} {}: {}; {fix}",
-                self.shown,
-                failure.why()
-            ))
+            UsageError::new(format!("cannot {doing} {}: {why}; {fix}", self.shown))
         })
+    }
+
+    /// Whether the primary is found through Sentinel (whose failovers the
+    /// publisher guards against with `WAIT`).
+    pub fn is_sentinel(&self) -> bool {
+        matches!(self.server, Server::Sentinel(_))
+    }
+
+    /// Whether this is a Redis Cluster, where what is written together
+    /// must be in one slot.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.server, Server::Cluster(_))
+    }
+
+    /// A run id as it goes into the run's key names: in a Cluster, as a
+    /// hash tag (`{run_id}`), so that the run's stream and `alive` key share
+    /// a slot; elsewhere as it is (the layout relays already read).
+    pub fn tagged(&self, run_id: &str) -> String {
+        if self.is_cluster() {
+            format!("{{{run_id}}}")
+        } else {
+            run_id.to_owned()
+        }
     }
 
     /// Whether the URL carries a password (which messages leave out).
@@ -171,7 +377,50 @@ impl Target {
         } else {
             ""
         };
-        format!("-h {} -p {} -n {}{auth}", self.host, self.port, self.db)
+        let tls = if self.tls { " --tls" } else { "" };
+        format!(
+            "-h {} -p {} -n {}{tls}{auth}",
+            self.host, self.port, self.db
+        )
+    }
+}
+
+/// A connection to Redis, as publisher and relay hold it: to one node
+/// (directly or as Sentinel named it), or to a Cluster.
+#[derive(Clone)]
+pub enum Conn {
+    Node(MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Node(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Node(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Node(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
     }
 }
 
@@ -198,6 +447,35 @@ pub fn event_id(entry: &str) -> Option<u64> {
     entry.strip_suffix("-0")?.parse().ok()
 }
 
+/// Stream entries as `XRANGE` and `XREAD` give them: each ID with its
+/// field-value pairs, flat, as bytes (an entry batchsse did not write may
+/// hold anything).
+pub type Entries = Vec<(String, Vec<Vec<u8>>)>;
+
+/// `XRANGE <stream> - + COUNT 1`: the stream's first entry, if any.
+pub fn head_cmd(stream: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("XRANGE");
+    cmd.arg(stream).arg("-").arg("+").arg("COUNT").arg(1);
+    cmd
+}
+
+/// Whether a stream's first entry (from [`head_cmd`]) is the run's `start`
+/// at `1-0`, as every published run begins. Anything else means Redis lost
+/// the stream's head (a `FLUSHALL`, an eviction under `maxmemory`, a
+/// restart) after events were sent: what is left is not the whole run.
+pub fn begins_at_start(head: &Entries) -> bool {
+    head.first()
+        .is_some_and(|(id, fields)| id == "1-0" && field(fields, "event") == Some(&b"start"[..]))
+}
+
+/// A field's value in a flat field-value list.
+pub fn field<'a>(fields: &'a [Vec<u8>], name: &str) -> Option<&'a [u8]> {
+    fields
+        .chunks_exact(2)
+        .find(|pair| pair[0] == name.as_bytes())
+        .map(|pair| pair[1].as_slice())
+}
+
 /// What a failed Redis call means for whoever made it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {
@@ -209,10 +487,12 @@ pub enum Failure {
     Refused(String),
 }
 
-/// Redis's error replies that pass: loading its data after a restart, busy
+/// Redis's error replies that pass: a primary with too few replicas
+/// (`min-replicas-to-write`), loading its data after a restart, busy
 /// with a script, a failover or cluster change under way, out of memory
 /// until something expires, a replica until it is promoted.
-const PASSING: [&str; 7] = [
+const PASSING: [&str; 8] = [
+    "NOREPLICAS",
     "LOADING",
     "BUSY",
     "TRYAGAIN",
@@ -312,19 +592,46 @@ impl Backoff {
 mod tests {
     use super::*;
 
+    fn parse(url: &str) -> Result<Target, UsageError> {
+        Target::parse("--publish", url, &Access::default())
+    }
+
     #[test]
     fn urls_are_checked_and_shown_without_their_password() {
-        let t = Target::parse("--publish", "redis://:s3cret@10.0.0.5:6380/2").unwrap();
+        let t = parse("redis://:s3cret@10.0.0.5:6380/2").unwrap();
         assert_eq!(t.shown(), "redis://10.0.0.5:6380/2");
         assert_eq!(t.cli_options(), "-h 10.0.0.5 -p 6380 -n 2 -a PASSWORD");
-        let t = Target::parse("--publish", "redis://127.0.0.1").unwrap();
+        let t = parse("redis://127.0.0.1").unwrap();
         assert_eq!(t.shown(), "redis://127.0.0.1:6379/0");
+        let t = parse("rediss://app:p%40ss@cache.example:6380/1").unwrap();
+        assert_eq!(t.shown(), "rediss://app@cache.example:6380/1");
+        assert_eq!(t.auth, Some((Some("app".into()), "p@ss".into())));
+        assert_eq!(
+            t.cli_options(),
+            "-h cache.example -p 6380 -n 1 --tls -a PASSWORD"
+        );
+        let t = parse("redis+sentinel://u:pw@10.0.0.1,10.0.0.2:26380/main/3").unwrap();
+        assert_eq!(
+            t.shown(),
+            "redis+sentinel://u@10.0.0.1:26379,10.0.0.2:26380/main/3"
+        );
+        let t = parse("redis+cluster://u:pw@10.0.0.1:7000,10.0.0.2:7001").unwrap();
+        assert_eq!(t.shown(), "redis+cluster://u@10.0.0.1:7000,10.0.0.2:7001");
+        assert_eq!(t.tagged("r-1"), "{r-1}");
+        let t = parse("redis://[::1]:7000").unwrap();
+        assert_eq!(t.tagged("r-1"), "r-1");
+        assert_eq!(t.shown(), "redis://[::1]:7000/0");
         for (bad, says) in [
             ("http://127.0.0.1:6379", "not a redis:// URL"),
-            ("rediss://127.0.0.1:6379", "TLS"),
             ("127.0.0.1:6379", "not a redis:// URL"),
+            ("redis://127.0.0.1:x", "bad port"),
+            ("redis://a:1,b:2/0", "several hosts"),
+            ("redis+sentinel://a:1", "no service"),
+            ("redis://a/b", "database number"),
+            ("redis://:%zz@a", "%-escape"),
+            ("redis+cluster://a:1,b:2/0", "does not have"),
         ] {
-            let e = Target::parse("--publish", bad).unwrap_err().to_string();
+            let e = parse(bad).unwrap_err().to_string();
             assert!(
                 e.contains(says) && e.contains("redis://127.0.0.1:6379/0"),
                 "{bad}: {e}"
@@ -333,10 +640,46 @@ mod tests {
     }
 
     #[test]
+    fn the_password_comes_from_the_environment_where_the_url_has_none() {
+        let access = Access {
+            password: Some("from-env".into()),
+            ..Access::default()
+        };
+        let t = Target::parse("--publish", "redis://pub@h:1/0", &access).unwrap();
+        assert_eq!(t.auth, Some((Some("pub".into()), "from-env".into())));
+        assert_eq!(t.shown(), "redis://pub@h:1/0");
+        let t = Target::parse("--publish", "redis://:inurl@h:1/0", &access).unwrap();
+        assert_eq!(t.auth, Some((None, "inurl".into())));
+    }
+
+    #[test]
+    fn tls_files_go_with_rediss_only_and_must_be_readable() {
+        let ca = Access {
+            ca: Some("/nonexistent/ca.pem".into()),
+            ..Access::default()
+        };
+        let e = Target::parse("--publish", "redis://h:1", &ca).unwrap_err();
+        assert!(e.to_string().contains("use a rediss:// URL"), "{e}");
+        let e = Target::parse("--publish", "rediss://h:1", &ca).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("--redis-ca /nonexistent/ca.pem: cannot read it"),
+            "{e}"
+        );
+        let half = Access {
+            cert: Some("/nonexistent/c.pem".into()),
+            ..Access::default()
+        };
+        let e = Target::parse("--publish", "rediss://h:1", &half).unwrap_err();
+        assert!(e.to_string().contains("cannot read it"), "{e}");
+    }
+
+    #[test]
     fn schemes_ignore_case_and_an_empty_url_says_so() {
-        let t = Target::parse("--publish", "REDIS://127.0.0.1:6380").unwrap();
+        let t = parse("REDIS://127.0.0.1:6380").unwrap();
         assert_eq!(t.shown(), "redis://127.0.0.1:6380/0");
-        let e = Target::parse("--publish (or BATCHSSE_PUBLISH)", " ").unwrap_err();
+        let e =
+            Target::parse("--publish (or BATCHSSE_PUBLISH)", " ", &Access::default()).unwrap_err();
         assert!(e.to_string().contains("BATCHSSE_PUBLISH) is empty"), "{e}");
     }
 
@@ -363,5 +706,20 @@ mod tests {
         assert_eq!(event_id("42-0"), Some(42));
         assert_eq!(event_id("42-1"), None);
         assert_eq!(event_id("x-0"), None);
+    }
+
+    #[test]
+    fn a_stream_is_whole_only_if_it_begins_with_start_at_1() {
+        let entry = |id: &str, name: &str| {
+            (
+                id.to_owned(),
+                vec![b"event".to_vec(), name.as_bytes().to_vec()],
+            )
+        };
+        assert!(begins_at_start(&vec![entry("1-0", "start")]));
+        assert!(!begins_at_start(&vec![entry("52-0", "progress")]));
+        assert!(!begins_at_start(&vec![entry("1-0", "message")]));
+        assert!(!begins_at_start(&vec![entry("1-1", "start")]));
+        assert!(!begins_at_start(&Vec::new()));
     }
 }

@@ -8,18 +8,21 @@
 //! where the stream ends, then sends from the next event: explicit entry IDs
 //! make that exact, whether Redis kept the stream or came back empty. A
 //! refusal (a missing permission, a key of another type) is not retried:
-//! the task says why, once, and stops; the run goes on.
+//! the task says why, once, and stops; the run goes on. Each batch also
+//! reads the stream's head, so a stream emptied under a live connection
+//! is sent again from event 1; under Sentinel a batch counts only once a
+//! replica has it (`WAIT`), so a failover cannot drop it unnoticed.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
 use serde_json::json;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::{
-    ALIVE_SECS, Backoff, Failure, Target, alive_key, event_id, latest_key, run_key, within,
+    ALIVE_SECS, Backoff, Conn, Entries, Failure, Target, alive_key, begins_at_start, event_id,
+    head_cmd, latest_key, run_key, within,
 };
 use crate::events::log::{Entry, EventLog};
 use crate::events::{Event, Level};
@@ -30,6 +33,24 @@ const BATCH: usize = 512;
 const REPLY_LIMIT: Duration = Duration::from_secs(10);
 /// How long the exit waits quietly before it says it is waiting for Redis.
 const QUIET_DRAIN: Duration = Duration::from_millis(250);
+
+/// Under Sentinel, how long a batch waits for one replica to have it.
+const REPLICA_WAIT: Duration = Duration::from_secs(1);
+
+/// A batch that no replica took: its primary may have been replaced by a
+/// failover (and would lose it when it rejoins as a replica). Counted as a
+/// lost connection: the publisher asks Sentinel for the primary again and
+/// sends from where the stream ends there.
+fn unreplicated() -> redis::RedisError {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!(
+            "no replica took the events within {} s (WAIT 1); a failover may be under way",
+            REPLICA_WAIT.as_secs()
+        ),
+    )
+    .into()
+}
 
 /// The running publisher.
 pub struct Publisher {
@@ -43,12 +64,7 @@ pub struct Publisher {
 }
 
 /// Starts publishing `log` over `conn` (already checked at start).
-pub fn spawn(
-    conn: MultiplexedConnection,
-    target: Target,
-    ttl: Duration,
-    log: Arc<EventLog>,
-) -> Publisher {
+pub fn spawn(conn: Conn, target: Target, ttl: Duration, log: Arc<EventLog>) -> Publisher {
     let (acked_tx, acked) = watch::channel(0);
     let target = Arc::new(target);
     let trouble = Arc::new(Mutex::new(None));
@@ -147,7 +163,7 @@ struct Keys {
 }
 
 impl Task {
-    async fn run(mut self, conn: MultiplexedConnection) {
+    async fn run(mut self, conn: Conn) {
         let mut changed = self.log.subscribe();
         let Some(keys) = self.keys(&mut changed).await else {
             return;
@@ -169,10 +185,10 @@ impl Task {
             };
             let acked = *self.acked.borrow();
             let pending = self.log.after_at_most(acked, BATCH);
-            let sent = match pending.last().map(|e| e.id) {
+            let round = match pending.last().map(|e| e.id) {
                 Some(last) => {
                     let round = within(REPLY_LIMIT, self.send(c, &keys, &pending)).await;
-                    round.map(|()| Some(last))
+                    round.map(|whole| whole.then_some(last))
                 }
                 None if self.log.finished_id().is_some_and(|f| acked >= f) => return,
                 None => {
@@ -185,15 +201,21 @@ impl Task {
                         Ok(Err(_)) => return,
                         Err(_) => within(REPLY_LIMIT, self.touch(c, &keys))
                             .await
-                            .map(|()| None),
+                            .map(|whole| whole.then_some(acked)),
                     }
                 }
             };
-            match sent {
+            let round = match round {
+                Ok(Some(last)) => Ok(last),
+                // The stream lost its head: send the run again from event 1.
+                Ok(None) => within(REPLY_LIMIT, self.emptied(c, &keys))
+                    .await
+                    .map(|()| 0),
+                Err(e) => Err(e),
+            };
+            match round {
                 Ok(last) => {
-                    if let Some(last) = last {
-                        self.acked.send_replace(last);
-                    }
+                    self.acked.send_replace(last);
                     backoff.reset();
                 }
                 Err(e) => {
@@ -212,9 +234,9 @@ impl Task {
             let start = self.log.after_at_most(0, 1);
             if let Some(Event::Start(s)) = start.first().map(|e| &e.event) {
                 return Some(Keys {
-                    stream: run_key(&s.run_id),
+                    stream: run_key(&self.target.tagged(&s.run_id)),
                     latest: latest_key(&s.plan),
-                    alive: alive_key(&s.run_id),
+                    alive: alive_key(&self.target.tagged(&s.run_id)),
                     run_id: s.run_id.clone(),
                 });
             }
@@ -222,14 +244,16 @@ impl Task {
         }
     }
 
-    /// One round trip: the events, then the keys' expiry pushed back.
+    /// One round trip: the events, then the keys' expiry pushed back;
+    /// false if the stream no longer begins with the run's `start`.
     async fn send(
         &mut self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Conn,
         keys: &Keys,
         pending: &[Arc<Entry>],
-    ) -> redis::RedisResult<()> {
+    ) -> redis::RedisResult<bool> {
         let mut p = redis::pipe();
+        let mut latest = redis::pipe();
         let mut has_start = false;
         let mut has_finished = false;
         for e in pending {
@@ -244,38 +268,102 @@ impl Task {
                 .ignore();
             if matches!(e.event, Event::Start(_)) {
                 has_start = true;
-                let set = p.cmd("SET").arg(&keys.latest).arg(&keys.run_id);
+                let set = latest.cmd("SET").arg(&keys.latest).arg(&keys.run_id);
                 if self.start_sent {
                     set.arg("NX");
                 }
                 set.arg("EX").arg(self.ttl).ignore();
             }
         }
-        self.keep_alive(&mut p, keys, !has_finished);
-        p.query_async::<()>(conn).await?;
+        self.keep_alive(&mut p, &mut latest, keys, !has_finished);
+        let latest = self.along(&mut p, latest);
+        p.add_command(head_cmd(&keys.stream));
+        if self.target.is_sentinel() {
+            p.cmd("WAIT").arg(1).arg(REPLICA_WAIT.as_millis() as u64);
+        }
+        let (head, replicas): (Entries, Option<u64>) = match self.target.is_sentinel() {
+            true => p.query_async(conn).await?,
+            false => (p.query_async::<(Entries,)>(conn).await?.0, None),
+        };
+        if let Some(latest) = latest {
+            latest.query_async::<()>(conn).await?;
+        }
+        if replicas == Some(0) {
+            return Err(unreplicated());
+        }
         self.start_sent |= has_start;
-        Ok(())
+        Ok(begins_at_start(&head))
     }
 
     /// Keeps the keys of a run that is alive but quiet (paused, throttled,
-    /// waiting for clients) from expiring.
-    async fn touch(&self, conn: &mut MultiplexedConnection, keys: &Keys) -> redis::RedisResult<()> {
-        let mut p = redis::pipe();
-        self.keep_alive(&mut p, keys, true);
-        p.query_async::<()>(conn).await
+    /// waiting for clients) from expiring; false if the stream no longer
+    /// begins with the run's `start`.
+    async fn touch(&self, conn: &mut Conn, keys: &Keys) -> redis::RedisResult<bool> {
+        let (mut p, mut latest) = (redis::pipe(), redis::pipe());
+        self.keep_alive(&mut p, &mut latest, keys, true);
+        let latest = self.along(&mut p, latest);
+        let (head,): (Entries,) = p
+            .add_command(head_cmd(&keys.stream))
+            .query_async(conn)
+            .await?;
+        if let Some(latest) = latest {
+            latest.query_async::<()>(conn).await?;
+        }
+        Ok(begins_at_start(&head))
+    }
+
+    /// The stream was emptied under a live connection (`FLUSHALL`, an
+    /// eviction): what is left of it goes, so that it is written again
+    /// from event 1 (and the plan's `latest` key with it), and the run says
+    /// so. Explicit ids keep a relay that had read part of it in step.
+    async fn emptied(&self, conn: &mut Conn, keys: &Keys) -> redis::RedisResult<()> {
+        redis::cmd("DEL")
+            .arg(&keys.stream)
+            .query_async::<()>(conn)
+            .await?;
+        let text = format!(
+            "the run's stream in Redis at {} was emptied (FLUSHALL, or evicted under maxmemory); publishing it again from event 1",
+            self.target.shown()
+        );
+        self.say(Level::Warn, text);
+        Ok(())
     }
 
     /// Pushes the keys' expiry back; `alive` while the run has not finished,
     /// else its `alive` key goes.
-    fn keep_alive(&self, p: &mut redis::Pipeline, keys: &Keys, alive: bool) {
+    fn keep_alive(
+        &self,
+        p: &mut redis::Pipeline,
+        latest: &mut redis::Pipeline,
+        keys: &Keys,
+        alive: bool,
+    ) {
         p.cmd("EXPIRE").arg(&keys.stream).arg(self.ttl).ignore();
-        p.cmd("EXPIRE").arg(&keys.latest).arg(self.ttl).ignore();
+        latest
+            .cmd("EXPIRE")
+            .arg(&keys.latest)
+            .arg(self.ttl)
+            .ignore();
         if alive {
             let set = p.cmd("SET").arg(&keys.alive).arg(1);
             set.arg("EX").arg(ALIVE_SECS).ignore();
         } else {
             p.cmd("DEL").arg(&keys.alive).ignore();
         }
+    }
+
+    /// The commands on the plan's `latest` key go in the run's round trip;
+    /// in a Cluster, where that key lives in another slot than the run's,
+    /// they come back to be sent on their own, after the run's (so a
+    /// relay never finds `latest` naming a stream not written yet).
+    fn along(&self, p: &mut redis::Pipeline, latest: redis::Pipeline) -> Option<redis::Pipeline> {
+        if self.target.is_cluster() {
+            return Some(latest);
+        }
+        for cmd in latest.cmd_iter() {
+            p.add_command(cmd.clone()).ignore();
+        }
+        None
     }
 
     /// Notes a failure; false when it is a refusal, which ends publishing.
@@ -333,7 +421,7 @@ impl Task {
     /// A new connection, resuming after the last event Redis holds (none,
     /// if it came back empty); `None` while Redis is still out of reach,
     /// or once it has refused.
-    async fn reconnect(&mut self, keys: &Keys) -> Option<MultiplexedConnection> {
+    async fn reconnect(&mut self, keys: &Keys) -> Option<Conn> {
         let attempt = async {
             let mut conn = self.target.connect().await?;
             let top: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XREVRANGE")

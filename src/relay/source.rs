@@ -10,9 +10,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
+use tokio::time::Instant;
 
-use super::{Backoff, Failure, Target, alive_key, event_id, latest_key, run_key, within};
+use super::{
+    Backoff, Conn, Entries, Failure, Target, alive_key, begins_at_start, event_id, field, head_cmd,
+    latest_key, run_key, within,
+};
 use crate::error::UsageError;
 use crate::events::Event;
 use crate::events::log::EventLog;
@@ -38,18 +41,33 @@ const POLL: Duration = Duration::from_millis(200);
 /// stopped (or cannot reach Redis): the relay gives up on it.
 const DEAD_AFTER: Duration = Duration::from_secs(20);
 
-/// [`DEAD_AFTER`], or `BATCHSSE_RELAY_DEAD_AFTER_MS` (for tests).
-fn dead_after() -> Duration {
-    std::env::var("BATCHSSE_RELAY_DEAD_AFTER_MS")
+/// A stream that does not begin with the run's `start` is waited on this
+/// long for the run to publish it again (its publisher notices within
+/// [`super::ALIVE_SECS`] / 3), then refused.
+const CUT_GRACE: Duration = Duration::from_secs(10);
+
+/// `default`, or the milliseconds in the environment variable `name`
+/// (`BATCHSSE_RELAY_DEAD_AFTER_MS`, `BATCHSSE_RELAY_CUT_GRACE_MS`: for tests).
+fn env_ms(name: &str, default: Duration) -> Duration {
+    std::env::var(name)
         .ok()
         .and_then(|v| v.trim().parse().ok())
-        .map_or(DEAD_AFTER, Duration::from_millis)
+        .map_or(default, Duration::from_millis)
 }
 
-/// Stream entries as `XREAD` and `XREVRANGE` give them: each ID with its
-/// field-value pairs, flat, as bytes (an entry batchsse did not write may
-/// hold anything).
-type Entries = Vec<(String, Vec<Vec<u8>>)>;
+/// The lowest entry ID above `id` (`XRANGE`'s exclusive `(id` needs Redis
+/// 6.2; batchsse supports 5).
+fn next_entry(id: &str) -> String {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    let (ms, seq) = (
+        ms.parse::<u64>().unwrap_or(0),
+        seq.parse::<u64>().unwrap_or(0),
+    );
+    match seq.checked_add(1) {
+        Some(seq) => format!("{ms}-{seq}"),
+        None => format!("{}-0", ms.saturating_add(1)),
+    }
+}
 
 /// Why the copy ended before `finished`: what the relay says as it exits.
 pub type Stop = String;
@@ -57,7 +75,7 @@ pub type Stop = String;
 /// A connection to Redis that comes back by itself.
 pub struct Source {
     target: Arc<Target>,
-    conn: Option<MultiplexedConnection>,
+    conn: Option<Conn>,
     backoff: Backoff,
     /// Why Redis is out of reach, while it is.
     outage: Option<String>,
@@ -69,8 +87,17 @@ impl Source {
     pub async fn open(target: Target, which: &Which) -> Result<Source, UsageError> {
         let url = "the URL (REDIS_URL, or BATCHSSE_PUBLISH)";
         let mut conn = target.connect_or_refuse("relay from", url).await?;
+        within(REPLY_LIMIT, may_multi(&mut conn))
+            .await
+            .map_err(|e| {
+                UsageError::new(format!(
+                    "cannot relay from {}: {} (a relay reads with MULTI and EXEC; see the README's ACL rules for a relay)",
+                    target.shown(),
+                    Failure::of(e).why()
+                ))
+            })?;
         if let Which::Run(id) = which {
-            let key = run_key(id);
+            let key = run_key(&target.tagged(id));
             let kind: String = within(REPLY_LIMIT, async {
                 redis::cmd("TYPE").arg(&key).query_async(&mut conn).await
             })
@@ -163,7 +190,7 @@ impl Source {
 
     /// Whether a run's process is alive and publishing.
     async fn is_alive(&mut self, run_id: &str) -> Result<bool, Stop> {
-        self.query(redis::cmd("EXISTS").arg(alive_key(run_id)))
+        self.query(redis::cmd("EXISTS").arg(alive_key(&self.target.tagged(run_id))))
             .await
     }
 
@@ -171,7 +198,7 @@ impl Source {
     async fn has_finished(&mut self, run_id: &str) -> Result<bool, Stop> {
         let mut last_entry = redis::cmd("XREVRANGE");
         last_entry
-            .arg(run_key(run_id))
+            .arg(run_key(&self.target.tagged(run_id)))
             .arg("+")
             .arg("-")
             .arg("COUNT")
@@ -182,33 +209,41 @@ impl Source {
             .is_none_or(|(_, fields)| field(fields, "event") == Some(&b"finished"[..])))
     }
 
-    /// Copies the stream into the log until `finished` is in. The cursor is
-    /// the last entry read, so an entry that is skipped is read only once.
+    /// Copies the stream into the log until `finished` is in. Each read
+    /// takes the stream's first entry and the entries after the cursor in
+    /// one `MULTI`, so nothing is served from a stream that lost its head
+    /// (the run may be writing it again); the cursor is the last entry
+    /// read, so an entry that is skipped is read only once.
     async fn copy(&mut self, run_id: &str, log: &EventLog) -> Result<(), Stop> {
-        let stream = run_key(run_id);
+        let stream = run_key(&self.target.tagged(run_id));
         let mut cursor = "0-0".to_owned();
-        let mut last_sign = tokio::time::Instant::now();
-        let dead_after = dead_after();
+        let mut last_sign = Instant::now();
+        let mut cut_since = None;
         while log.finished_id().is_none() {
-            let mut read = redis::cmd("XREAD");
-            read.arg("COUNT")
-                .arg(READ_COUNT)
-                .arg("BLOCK")
-                .arg(BLOCK_MS)
-                .arg("STREAMS")
+            let mut read = redis::pipe();
+            read.atomic().add_command(head_cmd(&stream));
+            read.cmd("XRANGE")
                 .arg(&stream)
-                .arg(&cursor);
-            let reply: Option<Vec<(String, Entries)>> = self.query(&read).await?;
-            let entries: Entries = reply.into_iter().flatten().flat_map(|(_, e)| e).collect();
-            if !entries.is_empty() || self.is_alive(run_id).await? {
-                last_sign = tokio::time::Instant::now();
-            } else if last_sign.elapsed() >= dead_after {
-                return Err(format!(
-                    "run {run_id} has published nothing for {} s and has no finished event: its process was stopped, or has lost {}",
-                    last_sign.elapsed().as_secs(),
-                    self.target.shown()
-                ));
+                .arg(next_entry(&cursor))
+                .arg("+")
+                .arg("COUNT")
+                .arg(READ_COUNT);
+            let (head, entries): (Entries, Entries) = self.query(&read).await?;
+            if !begins_at_start(&head) {
+                let since = *cut_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= env_ms("BATCHSSE_RELAY_CUT_GRACE_MS", CUT_GRACE) {
+                    return Err(self.cut(&stream, &head, since.elapsed()));
+                }
+                tokio::time::sleep(POLL).await;
+                continue;
             }
+            cut_since = None;
+            if entries.is_empty() {
+                self.wait_for_more(run_id, &stream, &cursor, &mut last_sign)
+                    .await?;
+                continue;
+            }
+            last_sign = Instant::now();
             for (id, fields) in entries {
                 append(log, &id, &fields);
                 cursor = id;
@@ -217,14 +252,58 @@ impl Source {
         Ok(())
     }
 
+    /// Blocks until the stream grows past `cursor` (or [`BLOCK_MS`] passes),
+    /// and gives up on a run that shows no sign of life for too long.
+    async fn wait_for_more(
+        &mut self,
+        run_id: &str,
+        stream: &str,
+        cursor: &str,
+        last_sign: &mut Instant,
+    ) -> Result<(), Stop> {
+        let mut read = redis::cmd("XREAD");
+        read.arg("COUNT")
+            .arg(1)
+            .arg("BLOCK")
+            .arg(BLOCK_MS)
+            .arg("STREAMS")
+            .arg(stream)
+            .arg(cursor);
+        let more: Option<redis::Value> = self.query(&read).await?;
+        let dead_after = env_ms("BATCHSSE_RELAY_DEAD_AFTER_MS", DEAD_AFTER);
+        if more.is_some() || self.is_alive(run_id).await? {
+            *last_sign = Instant::now();
+        } else if last_sign.elapsed() >= dead_after {
+            return Err(format!(
+                "run {run_id} has published nothing for {} s and has no finished event: its process was stopped, or has lost {}",
+                last_sign.elapsed().as_secs(),
+                self.target.shown()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Why a stream that lost its head is not served.
+    fn cut(&self, stream: &str, head: &Entries, waited: Duration) -> Stop {
+        let first = match head.first() {
+            Some((id, _)) => format!("its first entry is {id}"),
+            None => "it is empty or gone".into(),
+        };
+        format!(
+            "{stream} in {} does not begin with the run's start at 1-0 ({first}), and the run did not publish it again within {} s: Redis lost the stream's head (FLUSHALL, an eviction under maxmemory, a restart without persistence), so what is left is not the whole run, and serving it would show viewers a run without its beginning",
+            self.target.shown(),
+            waited.as_secs()
+        )
+    }
+
     /// Runs `cmd` until Redis answers it, reconnecting as often as it takes
     /// (and saying so on stderr once per outage); a refusal is returned.
-    async fn query<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> Result<T, Stop> {
+    async fn query<T: redis::FromRedisValue>(&mut self, cmd: &impl Ask) -> Result<T, Stop> {
         let limit = REPLY_LIMIT + Duration::from_millis(BLOCK_MS);
         loop {
             let conn = match self.conn.as_mut() {
                 Some(c) => c,
-                None => match self.target.connect().await {
+                None => match connect_checked(&self.target).await {
                     Ok(c) => self.conn.insert(c),
                     Err(e) => {
                         self.failed(e)?;
@@ -233,7 +312,7 @@ impl Source {
                     }
                 },
             };
-            match within(limit, cmd.query_async::<T>(conn)).await {
+            match within(limit, cmd.ask::<T>(conn)).await {
                 Ok(v) => {
                     self.backoff.reset();
                     if self.outage.take().is_some() {
@@ -271,6 +350,53 @@ impl Source {
     }
 }
 
+/// A connection on which `MULTI` has been tried (see [`may_multi`]).
+async fn connect_checked(target: &Target) -> redis::RedisResult<Conn> {
+    let mut conn = target.connect().await?;
+    within(REPLY_LIMIT, may_multi(&mut conn)).await?;
+    Ok(conn)
+}
+
+/// An empty `MULTI` … `EXEC`, one command at a time: a user whose ACL
+/// refuses `MULTI` learns it here, in Redis's words. (In a pipeline, the
+/// `redis` crate cannot take a refused `MULTI`: its connection task
+/// panics, and the relay would wait forever.)
+async fn may_multi(conn: &mut Conn) -> redis::RedisResult<()> {
+    // A Cluster sends keyless commands to any node: MULTI and EXEC could
+    // land on two; there, a refused MULTI is not caught early.
+    if matches!(conn, Conn::Cluster(_)) {
+        return Ok(());
+    }
+    redis::cmd("MULTI").query_async::<()>(conn).await?;
+    redis::cmd("EXEC").query_async::<()>(conn).await
+}
+
+/// A command or a pipeline: what [`Source::query`] sends.
+pub trait Ask {
+    fn ask<T: redis::FromRedisValue>(
+        &self,
+        conn: &mut Conn,
+    ) -> impl Future<Output = redis::RedisResult<T>>;
+}
+
+impl Ask for redis::Cmd {
+    fn ask<T: redis::FromRedisValue>(
+        &self,
+        conn: &mut Conn,
+    ) -> impl Future<Output = redis::RedisResult<T>> {
+        self.query_async(conn)
+    }
+}
+
+impl Ask for redis::Pipeline {
+    fn ask<T: redis::FromRedisValue>(
+        &self,
+        conn: &mut Conn,
+    ) -> impl Future<Output = redis::RedisResult<T>> {
+        self.query_async(conn)
+    }
+}
+
 /// Logs one stream entry as the run logged it; an entry this relay cannot
 /// serve as the run did is skipped with a warning.
 fn append(log: &EventLog, id: &str, fields: &[Vec<u8>]) {
@@ -295,10 +421,14 @@ fn append(log: &EventLog, id: &str, fields: &[Vec<u8>]) {
     }
 }
 
-/// A field's value in a flat field-value list.
-fn field<'a>(fields: &'a [Vec<u8>], name: &str) -> Option<&'a [u8]> {
-    fields
-        .chunks_exact(2)
-        .find(|pair| pair[0] == name.as_bytes())
-        .map(|pair| pair[1].as_slice())
+#[cfg(test)]
+mod tests {
+    use super::next_entry;
+
+    #[test]
+    fn the_entry_after_an_id() {
+        assert_eq!(next_entry("0-0"), "0-1");
+        assert_eq!(next_entry("41-0"), "41-1");
+        assert_eq!(next_entry("7-18446744073709551615"), "8-0");
+    }
 }

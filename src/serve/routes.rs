@@ -241,10 +241,12 @@ fn events<B>(state: &Arc<State>, req: &Request<B>, query: &Query) -> Response<Bo
         .is_some_and(|asked| run_id.as_deref() != Some(asked));
     // An id this run never gave out comes from an earlier run on the same
     // address (a dashboard left open): treat it as a new client. A relay
-    // cannot tell: it trails Redis, and a client that moves here from the
-    // run's own server or another relay may have seen ids it has not copied
-    // yet. It trusts the id, so the client gets no duplicate.
-    let beyond = last_seen > state.log.last_id() && !state.relayed;
+    // cannot tell while it copies a live run: it trails Redis, and a client
+    // that moves here from the run's own server or another relay may have
+    // seen ids it has not copied yet, so it trusts the id (no duplicate).
+    // Once it has copied `finished` it holds every id the run gave out.
+    let complete = !state.relayed || state.log.finished_id().is_some();
+    let beyond = last_seen > state.log.last_id() && complete;
     let last_seen = if for_another_run || beyond {
         0
     } else {

@@ -15,6 +15,7 @@ mod hostile;
 mod operate;
 mod ops;
 mod pace;
+mod redis_prod;
 mod relay;
 mod run;
 mod safety;

@@ -63,7 +63,7 @@ fn ttl(redis: &Redis, key: &str) -> i64 {
 /// read off `/events`): entry `<id>-0` for each, in order, once, with the
 /// fields `event` (the event's name, `message` included) and `data` (the
 /// SSE `data:` text, byte for byte) and nothing else.
-fn assert_published(redis: &Redis, run_id: &str, events: &[ParsedEvent]) {
+pub(crate) fn assert_published(redis: &Redis, run_id: &str, events: &[ParsedEvent]) {
     let entries = published(redis, run_id);
     let ids: Vec<&str> = entries.iter().map(|(id, _)| id.as_str()).collect();
     let want: Vec<String> = events.iter().map(|e| format!("{}-0", id(e))).collect();
@@ -200,6 +200,27 @@ fn publishing_run(db: &TempDb, plan: &str, url: &str, pause: &Path, extra: &[&st
     ];
     flags.extend_from_slice(extra);
     serving(db, path_str(&plan), &flags)
+}
+
+/// A run of `rows` counters publishing to `url` (Redis `redis` holds what
+/// it publishes), paused at its first chunk boundary with one client read
+/// up to the pause and Redis holding that much: the run, the client's
+/// stream, the events so far, the run id and the pause file.
+pub(crate) fn published_until_paused(
+    redis: &Redis,
+    rows: u64,
+    plan: &str,
+    url: &str,
+    extra: &[&str],
+) -> (Proc, Stream, Vec<ParsedEvent>, String, TempDb) {
+    let db = TempDb::counters(rows);
+    let pause = paused(&db);
+    let run = publishing_run(&db, plan, url, &pause, extra);
+    let mut s = Stream::open(run.addr(), "/events", &[]);
+    let seen = until_paused(&mut s);
+    let run_id = run_id_of(&seen[0]);
+    wait_published(redis, &run_id, seen.len());
+    (run, s, seen, run_id, db)
 }
 
 /// A pause file, in place: the run stops at its first chunk boundary.
@@ -860,11 +881,26 @@ fn a_foreign_entry_is_skipped_once_and_a_foreign_key_is_refused() {
         return;
     };
     let url = redis.url();
+    // A run's own `start`, then an entry batchsse did not write.
+    let db = TempDb::counters(10);
+    let (_, run_id) = published_run(&redis, &db, "foreign", 10);
+    let head: Vec<Entry> = redis_cmd(
+        &redis,
+        redis::cmd("XRANGE")
+            .arg(stream_key(&run_id))
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1),
+    );
+    let mut copy = redis::cmd("XADD");
+    copy.arg(stream_key("foreign")).arg("1-0").arg(&head[0].1);
+    let _: String = redis_cmd(&redis, &mut copy);
     let _: String = redis_cmd(
         &redis,
         redis::cmd("XADD")
             .arg(stream_key("foreign"))
-            .arg("1-0")
+            .arg("2-0")
             .arg("foo")
             .arg(&b"\xff\xfe"[..]),
     );
@@ -872,7 +908,7 @@ fn a_foreign_entry_is_skipped_once_and_a_foreign_key_is_refused() {
     std::thread::sleep(Duration::from_millis(1500));
     let err = mirror.stderr();
     assert_eq!(
-        err.matches("skipped stream entry 1-0").count(),
+        err.matches("skipped stream entry 2-0").count(),
         1,
         "read once, not in a loop:\n{err}"
     );
@@ -1094,4 +1130,126 @@ fn watch_on_a_relay_waiting_for_a_run_says_so_and_follows_it() {
         watcher.stderr()
     );
     assert_exits_ok(&mut mirror, "relay", PATIENCE);
+}
+
+#[test]
+fn a_flush_mid_run_is_noticed_and_the_run_published_again_from_event_1() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let url = redis.url();
+    let (mut run, mut s, mut seen, run_id, db) =
+        published_until_paused(&redis, 200, "flushed", &url, &[]);
+    let pause = db.dir.path().join("pause");
+    // Everything goes (FLUSHALL, or an eviction of the run's keys); the
+    // connection stays, so the publisher must see it from the stream.
+    let _: () = redis_cmd(&redis, &mut redis::cmd("FLUSHALL"));
+    std::fs::remove_file(&pause).expect("remove the pause file");
+    seen.extend(s.rest());
+    assert_exits_ok(&mut run, "run", PATIENCE);
+    assert_contiguous(&seen, 1);
+    assert!(
+        seen.iter().any(|e| e.event == "message"
+            && data(e)["status"] == "warn"
+            && data(e)["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("emptied"))),
+        "the run says its stream was emptied"
+    );
+    assert_published(&redis, &run_id, &seen);
+    let latest: Option<String> = redis_cmd(&redis, redis::cmd("GET").arg(latest_key("flushed")));
+    assert_eq!(latest.as_deref(), Some(run_id.as_str()), "latest rewritten");
+    // A relay serves all of it, as the run did (it lingers, so the client
+    // cannot come too late).
+    let mut mirror = relay(&url, &["--run", &run_id, "--linger", "30"]);
+    let mut r = Stream::open(mirror.addr(), "/events", &[]);
+    let relayed = r.rest();
+    assert_eq!(
+        relayed.iter().map(event_triple).collect::<Vec<_>>(),
+        seen.iter().map(event_triple).collect::<Vec<_>>()
+    );
+    mirror.signal("TERM");
+    assert_exits_ok(&mut mirror, "relay", PATIENCE);
+}
+
+/// Deletes entries `ids` (`N-0`) from a run's stream.
+fn xdel(redis: &Redis, run_id: &str, ids: &[u64]) {
+    let mut cmd = redis::cmd("XDEL");
+    cmd.arg(stream_key(run_id));
+    for n in ids {
+        cmd.arg(format!("{n}-0"));
+    }
+    let deleted: usize = redis_cmd(redis, &mut cmd);
+    assert_eq!(deleted, ids.len());
+}
+
+#[test]
+fn a_relay_refuses_a_stream_that_does_not_begin_with_start() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let url = redis.url();
+    let db = TempDb::counters(100);
+    let (lines, run_id) = published_run(&redis, &db, "cut", 10);
+    // The head of the stream is gone, its tail (with `finished`) is there.
+    xdel(&redis, &run_id, &[1, 2, 3]);
+    // A live run would publish it again; this one does not, so after a
+    // grace (10 s; shortened here) the relay refuses it.
+    let quick = [("BATCHSSE_RELAY_CUT_GRACE_MS", "300")];
+    let (code, err) = exit_of(
+        &["relay", &url, "--run", &run_id, "--listen", "127.0.0.1:0"],
+        &quick,
+    );
+    assert_eq!(code, Some(3), "{err}");
+    assert!(
+        err.contains("does not begin with the run's start") && err.contains("4-0"),
+        "{err}"
+    );
+    // `--plan` on a live run whose stream lost its head does not wait on it
+    // forever either.
+    let last = lines.len() as u64;
+    xdel(&redis, &run_id, &[last]);
+    let _: () = redis_cmd(
+        &redis,
+        redis::cmd("SET")
+            .arg(format!("batchsse:alive:{run_id}"))
+            .arg(1)
+            .arg("EX")
+            .arg(60),
+    );
+    let (code, err) = exit_of(
+        &["relay", &url, "--plan", "cut", "--listen", "127.0.0.1:0"],
+        &quick,
+    );
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("does not begin with the run's start"), "{err}");
+}
+
+#[test]
+fn a_relay_replays_from_1_an_id_beyond_its_finished_run() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let db = TempDb::counters(50);
+    let url = redis.url();
+    let (lines, run_id) = published_run(&redis, &db, "stale", 10);
+    let mut mirror = relay(&url, &["--run", &run_id, "--linger", "30"]);
+    wait_relay_status(&mirror, |v| v["state"] == "finished");
+    // An id from an earlier, longer run (a dashboard left open): EventSource
+    // would stop for good on a 204.
+    let stale = (lines.len() + 1000).to_string();
+    let mut s = Stream::open(mirror.addr(), "/events", &[("Last-Event-ID", &stale)]);
+    assert_eq!(s.status, 200, "relay stderr:\n{}", mirror.stderr());
+    let evs = s.rest();
+    assert_contiguous(&evs, 1);
+    assert_eq!(
+        evs.iter().map(event_triple).collect::<Vec<_>>(),
+        lines.iter().map(line_triple).collect::<Vec<_>>()
+    );
+    // The run's own last id is still the end for it.
+    let last = lines.len().to_string();
+    let r = get(mirror.addr(), "/events", &[("Last-Event-ID", &last)]);
+    assert_eq!(r.status, 204);
+    mirror.signal("TERM");
+    mirror.wait();
 }

@@ -691,6 +691,8 @@ pub struct Redis {
     pub port: u16,
     child: Option<Child>,
     password: Option<String>,
+    /// More `redis-server` arguments (TLS, replication).
+    extra: Vec<String>,
     dir: tempfile::TempDir,
 }
 
@@ -704,6 +706,15 @@ impl Redis {
     /// The same, with `--requirepass PASSWORD`.
     pub fn start_with_password(password: &str) -> Option<Redis> {
         Self::launch(Some(password))
+    }
+
+    /// The same, with more `redis-server` arguments.
+    pub fn start_with(extra: &[String]) -> Option<Redis> {
+        let mut r = Self::launch(None)?;
+        r.kill();
+        r.extra = extra.to_vec();
+        r.restart();
+        Some(r)
     }
 
     fn launch(password: Option<&str>) -> Option<Redis> {
@@ -721,6 +732,7 @@ impl Redis {
             port: 0,
             child: None,
             password: password.map(str::to_owned),
+            extra: Vec::new(),
             dir: tempfile::tempdir().expect("tempdir"),
         };
         // Another process may take the free port before the server binds
@@ -760,6 +772,7 @@ impl Redis {
         if let Some(pw) = &self.password {
             cmd.args(["--requirepass", pw]);
         }
+        cmd.args(&self.extra);
         let mut child = cmd.spawn().expect("spawn redis-server");
         let start = Instant::now();
         while start.elapsed() < PATIENCE {

@@ -1,0 +1,152 @@
+//! Reaching Redis past one plain TCP node: `rediss://` (the `redis` crate's
+//! rustls, on ring), the PEM files of `--redis-ca`, `--redis-cert` and
+//! `--redis-key`, Sentinel's `redis+sentinel://` and Cluster's
+//! `redis+cluster://`; and a TLS failure told
+//! in plain words.
+
+use redis::sentinel::{SentinelClientBuilder, SentinelServerType};
+use redis::{ClientTlsConfig, ConnectionAddr, IntoConnectionInfo, TlsCertificates, TlsMode};
+
+use super::{Access, Server};
+
+/// What to try when the TLS handshake fails.
+pub const FIX: &str = "check that the server's certificate is signed by the CA you trust (the system's, or --redis-ca FILE) and names the URL's host, and that --redis-cert/--redis-key are given where the server wants a client certificate";
+
+/// The PEM files' contents, read at start.
+pub struct Pem(Option<TlsCertificates>);
+
+impl Pem {
+    /// Reads the files `access` names; refuses them without TLS, and a
+    /// certificate without its key (or the other way round).
+    pub fn read(access: &Access, tls: bool) -> Result<Pem, String> {
+        let named = [&access.ca, &access.cert, &access.key];
+        if !tls && named.iter().any(|f| f.is_some()) {
+            return Err(
+                "--redis-ca, --redis-cert and --redis-key are for TLS: use a rediss:// URL (or rediss+sentinel://)"
+                    .into(),
+            );
+        }
+        let read = |flag: &str, path: &Option<std::path::PathBuf>| -> Result<_, String> {
+            path.as_ref()
+                .map(|p| {
+                    std::fs::read(p)
+                        .map_err(|e| format!("{flag} {}: cannot read it ({e})", p.display()))
+                })
+                .transpose()
+        };
+        let ca = read("--redis-ca", &access.ca)?;
+        let client_tls = match (read("--redis-cert", &access.cert)?, read("--redis-key", &access.key)?) {
+            (Some(client_cert), Some(client_key)) => Some(ClientTlsConfig {
+                client_cert,
+                client_key,
+            }),
+            (None, None) => None,
+            _ => return Err("give --redis-cert and --redis-key together (the client certificate and its private key)".into()),
+        };
+        if ca.is_none() && client_tls.is_none() {
+            return Ok(Pem(None));
+        }
+        Ok(Pem(Some(TlsCertificates {
+            client_tls,
+            root_cert: ca,
+        })))
+    }
+}
+
+/// One node at `host`, over TLS where `pem` or the scheme says so.
+pub fn node(host: &(String, u16), tls: bool, pem: Pem) -> redis::RedisResult<Server> {
+    let info = address(host, tls).into_connection_info()?;
+    let client = match pem.0 {
+        Some(certs) => redis::Client::build_with_tls(info, certs)?,
+        None => redis::Client::open(info)?,
+    };
+    Ok(Server::Node(client))
+}
+
+/// The primary of `service`, as the sentinels at `hosts` name it; TLS
+/// (with the same files) to the sentinels and to the nodes alike.
+pub fn sentinel(
+    hosts: &[(String, u16)],
+    service: &str,
+    tls: bool,
+    pem: Pem,
+) -> redis::RedisResult<Server> {
+    let addrs = hosts.iter().map(|h| address(h, tls));
+    let mut b = SentinelClientBuilder::new(addrs, service, SentinelServerType::Master)?;
+    if tls {
+        b = b
+            .set_client_to_redis_tls_mode(TlsMode::Secure)
+            .set_client_to_sentinel_tls_mode(TlsMode::Secure);
+        if let Some(certs) = pem.0 {
+            b = b
+                .set_client_to_redis_certificates(certs.clone())
+                .set_client_to_sentinel_certificates(certs);
+        }
+    }
+    Ok(Server::Sentinel(tokio::sync::Mutex::new(b.build()?)))
+}
+
+/// A Redis Cluster reached through any of `hosts`, with `auth` for each
+/// node it connects to.
+pub fn cluster(
+    hosts: &[(String, u16)],
+    tls: bool,
+    pem: Pem,
+    auth: Option<&(Option<String>, String)>,
+) -> redis::RedisResult<Server> {
+    let nodes: Vec<ConnectionAddr> = hosts.iter().map(|h| address(h, tls)).collect();
+    let mut b = redis::cluster::ClusterClientBuilder::new(nodes)
+        .connection_timeout(super::CONNECT_TIMEOUT)
+        .retries(2);
+    if tls {
+        b = b.tls(TlsMode::Secure);
+        if let Some(certs) = pem.0 {
+            b = b.certs(certs);
+        }
+    }
+    if let Some((user, password)) = auth {
+        b = b.password(password);
+        if let Some(user) = user {
+            b = b.username(user);
+        }
+    }
+    Ok(Server::Cluster(b.build()?))
+}
+
+/// A host and port, over TLS (its certificate checked) or plain TCP.
+fn address((host, port): &(String, u16), tls: bool) -> ConnectionAddr {
+    if tls {
+        ConnectionAddr::TcpTls {
+            host: host.clone(),
+            port: *port,
+            insecure: false,
+            tls_params: None,
+        }
+    } else {
+        ConnectionAddr::Tcp(host.clone(), *port)
+    }
+}
+
+/// A failed TLS handshake, in plain words; `None` for any other failure.
+pub fn failure(e: &redis::RedisError) -> Option<String> {
+    let text = e.to_string();
+    let lower = text.to_ascii_lowercase();
+    let says = |w: &str| lower.contains(w);
+    let why = if says("unknownissuer") || says("unknown issuer") {
+        "the server's TLS certificate is not signed by a CA this side trusts"
+    } else if says("notvalidforname") || says("not valid for name") {
+        "the server's TLS certificate does not name the URL's host"
+    } else if says("expired") {
+        "the server's TLS certificate has expired"
+    } else if says("certificaterequired") || says("certificate required") {
+        "the server wants a client certificate (--redis-cert and --redis-key)"
+    } else if says("certificate") || says("handshake") || says("tls") || says("alert") {
+        "the TLS handshake failed"
+    } else {
+        return None;
+    };
+    Some(format!(
+        "{why} ({})",
+        text.split_whitespace().collect::<Vec<_>>().join(" ")
+    ))
+}

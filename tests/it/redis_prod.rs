@@ -1,0 +1,688 @@
+//! Publish and relay on the Redis that production teams run: TLS with
+//! certificates made here by `openssl` (a CA, a server, a client, and a CA
+//! nobody trusts), and ACL users with the README's minimal rules. Real
+//! `redis-server` processes on free ports, killed by pid.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+use crate::util::*;
+
+/// Runs `batchsse ARGS` with `env` to its exit (within PATIENCE):
+/// (code, stdout, stderr), each read to its end.
+fn run_env(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_remove("BATCHSSE_PUBLISH")
+        .env_remove("BATCHSSE_REDIS_PASSWORD")
+        .env_remove("BATCHSSE_TOKEN")
+        .env("NO_COLOR", "1")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("run batchsse");
+    let read_all = |mut r: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = r.read_to_string(&mut s);
+            s
+        })
+    };
+    let out = read_all(Box::new(child.stdout.take().expect("stdout")));
+    let err = read_all(Box::new(child.stderr.take().expect("stderr")));
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if start.elapsed() > PATIENCE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("batchsse {args:?} did not exit within {PATIENCE:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    let (out, err) = (out.join().expect("stdout"), err.join().expect("stderr"));
+    (status.code(), out, err)
+}
+
+/// Certificates made by `openssl` in a temporary folder: `ca.pem` (with
+/// `ca.key`), `server.pem`/`server.key` for 127.0.0.1 signed by it,
+/// `client.pem`/`client.key` signed by it, and `other-ca.pem`, which
+/// signed nothing here.
+struct Certs(tempfile::TempDir);
+
+impl Certs {
+    fn make() -> Option<Certs> {
+        if Command::new("openssl").arg("version").output().is_err() {
+            skip_unless_ci("openssl is not installed (apt-get install openssl)");
+            return None;
+        }
+        let certs = Certs(tempfile::tempdir().expect("tempdir"));
+        std::fs::write(
+            certs.path("ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+        )
+        .expect("write ext");
+        for ca in ["ca", "other-ca"] {
+            certs.openssl(&[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN=batchsse test {ca}"),
+                "-keyout",
+                &format!("{ca}.key"),
+                "-out",
+                &format!("{ca}.pem"),
+            ]);
+        }
+        for leaf in ["server", "client"] {
+            certs.openssl(&[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-keyout",
+                &format!("{leaf}.key"),
+                "-out",
+                &format!("{leaf}.csr"),
+            ]);
+            certs.openssl(&[
+                "x509",
+                "-req",
+                "-days",
+                "2",
+                "-in",
+                &format!("{leaf}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-extfile",
+                "ext",
+                "-out",
+                &format!("{leaf}.pem"),
+            ]);
+        }
+        Some(certs)
+    }
+
+    fn openssl(&self, args: &[&str]) {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(self.0.path())
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.path().join(name)
+    }
+
+    fn arg(&self, name: &str) -> String {
+        self.path(name).to_string_lossy().into_owned()
+    }
+}
+
+/// A Redis with TLS on its own port (and plain TCP on `port`, for the
+/// test's own reads): `rediss://127.0.0.1:TLS_PORT/0`. With `clients`, it
+/// wants a client certificate signed by the CA.
+fn tls_redis(certs: &Certs, clients: bool) -> Option<(Redis, String)> {
+    let tls_port = free_port().to_string();
+    let args: Vec<String> = [
+        "--tls-port",
+        &tls_port,
+        "--tls-cert-file",
+        &certs.arg("server.pem"),
+        "--tls-key-file",
+        &certs.arg("server.key"),
+        "--tls-ca-cert-file",
+        &certs.arg("ca.pem"),
+        "--tls-auth-clients",
+        if clients { "yes" } else { "no" },
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let redis = Redis::start_with(&args)?;
+    Some((redis, format!("rediss://127.0.0.1:{tls_port}/0")))
+}
+
+/// `XLEN` of a run's stream, read over the plain port.
+fn xlen(redis: &Redis, run_id: &str) -> usize {
+    redis::cmd("XLEN")
+        .arg(format!("batchsse:run:{run_id}"))
+        .query(
+            &mut redis::Client::open(redis.url())
+                .and_then(|c| c.get_connection())
+                .expect("connect to the test's Redis"),
+        )
+        .expect("XLEN")
+}
+
+/// A finished run of a counter plan published with `flags` (and `env`):
+/// its `--progress json` lines and its run id.
+fn publish(db: &TempDb, flags: &[&str], env: &[(&str, &str)]) -> (Vec<Value>, String, String) {
+    let plan = db.file("plan.json", &counter_plan("prod", 10));
+    let mut args = run_args(
+        db,
+        path_str(&plan),
+        &["--listen", "127.0.0.1:0", "--progress", "json"],
+    );
+    args.extend_from_slice(flags);
+    let (code, out, err) = run_env(&args, env);
+    assert_eq!(code, Some(0), "run: {err}");
+    let lines = json_lines(&out);
+    let run_id = lines[0]["data"]["run_id"]
+        .as_str()
+        .expect("run_id")
+        .to_owned();
+    (lines, run_id, err)
+}
+
+/// A relay for `run_id` with `flags` (and `env`): every event it serves
+/// must be the run's, in order; returns what it showed besides: its
+/// stderr, `/status` and `/metrics`.
+fn relay_serves(
+    url: &str,
+    run_id: &str,
+    flags: &[&str],
+    env: &[(&str, &str)],
+    lines: &[Value],
+) -> String {
+    let mut args = vec![
+        "relay",
+        url,
+        "--run",
+        run_id,
+        "--listen",
+        "127.0.0.1:0",
+        "--linger",
+        "30",
+    ];
+    args.extend_from_slice(flags);
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let mut mirror = Proc::start_with(&args, move |c| {
+        c.env_remove("BATCHSSE_REDIS_PASSWORD");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+    });
+    let mut s = Stream::open(mirror.addr(), "/events", &[]);
+    let got: Vec<_> = s.rest().iter().map(event_triple).collect();
+    let want: Vec<_> = lines.iter().map(line_triple).collect();
+    assert_eq!(got, want, "relay stderr:\n{}", mirror.stderr());
+    let status = get(mirror.addr(), "/status", &[]).text();
+    let metrics = get(mirror.addr(), "/metrics", &[]).text();
+    // It has served the run to its end: a signal in its linger is a clean exit.
+    mirror.signal("TERM");
+    assert_eq!(mirror.wait().code(), Some(0), "{}", mirror.stderr());
+    format!("{}\n{status}\n{metrics}", mirror.stderr())
+}
+
+#[test]
+fn a_run_published_over_tls_is_relayed_event_for_event() {
+    let Some(certs) = Certs::make() else { return };
+    let Some((redis, url)) = tls_redis(&certs, false) else {
+        return;
+    };
+    let db = TempDb::counters(100);
+    let ca = certs.arg("ca.pem");
+    let (lines, run_id, err) = publish(&db, &["--publish", &url, "--redis-ca", &ca], &[]);
+    assert_eq!(
+        xlen(&redis, &run_id),
+        lines.len(),
+        "every event in Redis once"
+    );
+    assert!(
+        err.contains(&format!("publishing every event to {url}")),
+        "{err}"
+    );
+    relay_serves(&url, &run_id, &["--redis-ca", &ca], &[], &lines);
+}
+
+#[test]
+fn a_certificate_that_fails_is_refused_at_start_in_plain_words() {
+    let Some(certs) = Certs::make() else { return };
+    let Some((_redis, url)) = tls_redis(&certs, true) else {
+        return;
+    };
+    let db = TempDb::counters(20);
+    let plan = db.file("plan.json", &counter_plan("tls", 10));
+    let attempt = |extra: &[&str]| {
+        let mut args = run_args(&db, path_str(&plan), &["--no-serve", "--publish", &url]);
+        args.extend_from_slice(extra);
+        run_env(&args, &[])
+    };
+    let (ca, other) = (certs.arg("ca.pem"), certs.arg("other-ca.pem"));
+    let (cert, key) = (certs.arg("client.pem"), certs.arg("client.key"));
+    // A CA that did not sign the server's certificate; then the system's
+    // roots, which did not either.
+    for extra in [&["--redis-ca", &other][..], &[]] {
+        let (code, _, err) = attempt(extra);
+        assert_eq!(code, Some(2), "{extra:?}: {err}");
+        assert!(
+            err.contains("not signed by a CA this side trusts") && err.contains("--redis-ca"),
+            "{extra:?}: {err}"
+        );
+    }
+    // The right CA, but the server wants a client certificate.
+    let (code, _, err) = attempt(&["--redis-ca", &ca]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("the server wants a client certificate"),
+        "{err}"
+    );
+    assert_eq!(db.counter_spread(), (0, 20), "nothing ran");
+    // A key without its certificate is a usage error before connecting.
+    let (code, _, err) = attempt(&["--redis-ca", &ca, "--redis-key", &key]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("together"), "{err}");
+    let (code, _, err) = attempt(&[
+        "--redis-ca",
+        &ca,
+        "--redis-cert",
+        &cert,
+        "--redis-key",
+        &key,
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(db.counter_spread(), (20, 0));
+}
+
+/// The README's minimal ACL rules (keep them the same there).
+const PUBLISHER_RULES: &[&str] = &[
+    "resetkeys",
+    "~batchsse:*",
+    "-@all",
+    "+ping",
+    "+xadd",
+    "+xrange",
+    "+xrevrange",
+    "+set",
+    "+expire",
+    "+del",
+];
+const RELAY_RULES: &[&str] = &[
+    "resetkeys",
+    "~batchsse:*",
+    "-@all",
+    "+ping",
+    "+xread",
+    "+xrange",
+    "+xrevrange",
+    "+get",
+    "+exists",
+    "+type",
+    "+multi",
+    "+exec",
+];
+
+fn acl_user(redis: &Redis, user: &str, password: &str, rules: &[&str]) {
+    let mut cmd = redis::cmd("ACL");
+    cmd.arg("SETUSER")
+        .arg(user)
+        .arg("reset")
+        .arg("on")
+        .arg(format!(">{password}"));
+    for r in rules {
+        cmd.arg(*r);
+    }
+    let mut conn = redis::Client::open(redis.url())
+        .and_then(|c| c.get_connection())
+        .expect("connect to the test's Redis");
+    let _: () = cmd.query(&mut conn).expect("ACL SETUSER");
+}
+
+#[test]
+fn acl_users_with_the_minimal_rules_publish_and_relay_and_one_rule_fewer_fails() {
+    let Some(redis) = Redis::start() else { return };
+    let port = redis.port;
+    acl_user(&redis, "bpub", "pub-s3cret", PUBLISHER_RULES);
+    acl_user(&redis, "brelay", "relay-s3cret", RELAY_RULES);
+    let db = TempDb::counters(60);
+    // The publisher's password in the URL; the relay's from the environment.
+    let pub_url = format!("redis://bpub:pub-s3cret@127.0.0.1:{port}/0");
+    let (lines, run_id, err) = publish(&db, &["--publish", &pub_url], &[]);
+    let out: String = lines.iter().map(Value::to_string).collect();
+    assert!(!out.contains("\"error\""), "no refusal: {out}");
+    assert_eq!(xlen(&redis, &run_id), lines.len());
+    let relay_url = format!("redis://brelay@127.0.0.1:{port}/0");
+    let env = [("BATCHSSE_REDIS_PASSWORD", "relay-s3cret")];
+    let relay_err = relay_serves(&relay_url, &run_id, &[], &env, &lines);
+    for text in [&err, &out, &relay_err] {
+        assert!(!text.contains("s3cret"), "a password shown: {text}");
+    }
+    assert!(err.contains("redis://bpub@127.0.0.1"), "{err}");
+    // One command fewer for each: a clear refusal, in Redis's words.
+    acl_user(
+        &redis,
+        "bpub",
+        "pub-s3cret",
+        &[PUBLISHER_RULES, &["-expire"]].concat(),
+    );
+    let db = TempDb::counters(20);
+    let (lines, _, err) = publish(&db, &["--publish", &pub_url], &[]);
+    let said: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["event"] == "message" && l["data"]["status"] == "error")
+        .collect();
+    assert_eq!(said.len(), 1, "{lines:?}");
+    let text = said[0]["data"]["message"].as_str().unwrap_or_default();
+    assert!(text.contains("NOPERM") && text.contains("expire"), "{text}");
+    assert!(err.contains("not published"), "{err}");
+    acl_user(
+        &redis,
+        "brelay",
+        "relay-s3cret",
+        &[RELAY_RULES, &["-multi"]].concat(),
+    );
+    let args = [
+        "relay",
+        &relay_url,
+        "--run",
+        &run_id,
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    let (code, _, err) = run_env(&args, &env);
+    assert_eq!(code, Some(2), "refused at start: {err}");
+    assert!(err.contains("NOPERM") && err.contains("multi"), "{err}");
+    assert!(!err.contains("s3cret"), "{err}");
+}
+
+/// A `redis-sentinel` watching the primary `main` at `primary_port`, on a
+/// free port; killed (by pid) when dropped.
+struct Sentinel {
+    port: u16,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Sentinel {
+    fn start(primary_port: u16) -> Sentinel {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\nlogfile {}\n\
+                 sentinel monitor main 127.0.0.1 {primary_port} 2\n\
+                 sentinel down-after-milliseconds main 2000\n\
+                 sentinel failover-timeout main 10000\n",
+                dir.path().display(),
+                dir.path().join("sentinel.log").display()
+            ),
+        )
+        .expect("write sentinel.conf");
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server --sentinel");
+        let s = Sentinel {
+            port,
+            child,
+            _dir: dir,
+        };
+        wait_for_redis("the sentinel", || {
+            s.ask::<String>(&mut redis::cmd("PING")).ok()
+        });
+        s
+    }
+
+    fn ask<T: redis::FromRedisValue>(&self, cmd: &mut redis::Cmd) -> redis::RedisResult<T> {
+        let mut conn =
+            redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))?.get_connection()?;
+        cmd.query(&mut conn)
+    }
+
+    /// The primary's port, as this sentinel names it.
+    fn primary_port(&self) -> Option<u16> {
+        let addr: Option<(String, String)> = self
+            .ask(
+                redis::cmd("SENTINEL")
+                    .arg("get-master-addr-by-name")
+                    .arg("main"),
+            )
+            .ok()
+            .flatten();
+        addr.and_then(|(_, p)| p.parse().ok())
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `probe` until it gives a value (bounded by PATIENCE).
+fn wait_for_redis<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(start.elapsed() < PATIENCE, "{what} never got ready");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// One command on a plain node.
+fn on<T: redis::FromRedisValue>(redis: &Redis, cmd: &mut redis::Cmd) -> redis::RedisResult<T> {
+    let mut conn = redis::Client::open(redis.url())?.get_connection()?;
+    cmd.query(&mut conn)
+}
+
+#[test]
+fn a_sentinel_failover_mid_run_loses_and_doubles_nothing() {
+    use crate::relay::published_until_paused;
+    let Some(primary) = Redis::start() else {
+        return;
+    };
+    let replica_of = [
+        "--replicaof".to_string(),
+        "127.0.0.1".into(),
+        primary.port.to_string(),
+    ];
+    let Some(replica) = Redis::start_with(&replica_of) else {
+        return;
+    };
+    wait_for_redis("the replica's link", || {
+        let info: String = on(&replica, redis::cmd("INFO").arg("replication")).ok()?;
+        info.contains("master_link_status:up").then_some(())
+    });
+    let sentinels: Vec<Sentinel> = (0..3).map(|_| Sentinel::start(primary.port)).collect();
+    // Each sentinel must know the replica before a failover can pick it.
+    for s in &sentinels {
+        wait_for_redis("the sentinel's view of the replica", || {
+            let replicas: Vec<redis::Value> = s
+                .ask(redis::cmd("SENTINEL").arg("replicas").arg("main"))
+                .ok()?;
+            (!replicas.is_empty()).then_some(())
+        });
+    }
+    let hosts: Vec<String> = sentinels
+        .iter()
+        .map(|s| format!("127.0.0.1:{}", s.port))
+        .collect();
+    let url = format!("redis+sentinel://{}/main/0", hosts.join(","));
+    let extra = ["--drain-timeout", "30"];
+    let (mut run, mut s, mut seen, run_id, db) =
+        published_until_paused(&primary, 200, "failover", &url, &extra);
+    let pause = db.dir.path().join("pause");
+    let mut mirror = Proc::start(&["relay", &url, "--run", &run_id, "--listen", "127.0.0.1:0"]);
+    // The failover, while the run is paused: the replica becomes primary.
+    let _: () = sentinels[0]
+        .ask(redis::cmd("SENTINEL").arg("failover").arg("main"))
+        .expect("SENTINEL FAILOVER");
+    wait_for_redis("the failover", || {
+        let role: Vec<redis::Value> = on(&replica, &mut redis::cmd("ROLE")).ok()?;
+        let promoted = matches!(role.first(), Some(redis::Value::BulkString(r)) if r == b"master");
+        (promoted
+            && sentinels
+                .iter()
+                .all(|s| s.primary_port() == Some(replica.port)))
+        .then_some(())
+    });
+    std::fs::remove_file(&pause).expect("remove the pause file");
+    seen.extend(s.rest());
+    let status = run.wait();
+    assert_eq!(status.code(), Some(0), "{}", run.stderr());
+    assert_contiguous(&seen, 1);
+    assert_eq!(db.counter_spread(), (200, 0));
+    // The new primary holds every event once.
+    crate::relay::assert_published(&replica, &run_id, &seen);
+    // The relay, which followed the failover too, served the same run.
+    let mut r = Stream::open(mirror.addr(), "/events", &[]);
+    let relayed: Vec<_> = r.rest().iter().map(event_triple).collect();
+    assert_eq!(relayed, seen.iter().map(event_triple).collect::<Vec<_>>());
+    // A client that leaves the run mid-way resumes on the relay: no gap,
+    // no duplicate.
+    let half = (seen.len() / 2).to_string();
+    let mut resumed = Stream::open(mirror.addr(), "/events", &[("Last-Event-ID", &half)]);
+    assert_contiguous(&resumed.rest(), seen.len() as u64 / 2 + 1);
+    mirror.signal("TERM");
+    mirror.wait();
+}
+
+/// A 3-primary Redis Cluster on free ports, made with
+/// `redis-cli --cluster create`; its nodes are killed when dropped.
+struct Cluster(Vec<Redis>);
+
+impl Cluster {
+    fn start() -> Option<Cluster> {
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            let args: Vec<String> = ["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            nodes.push(Redis::start_with(&args)?);
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        for n in &nodes {
+            wait_for_redis("the cluster", || {
+                let info: String = on(n, redis::cmd("CLUSTER").arg("INFO")).ok()?;
+                info.contains("cluster_state:ok").then_some(())
+            });
+        }
+        Some(Cluster(nodes))
+    }
+
+    fn url(&self) -> String {
+        let addrs: Vec<String> = self
+            .0
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        format!("redis+cluster://{}", addrs.join(","))
+    }
+
+    /// The entry ids of a run's stream (under its hash tag), read from
+    /// whichever node holds it.
+    fn entry_ids(&self, run_id: &str) -> Vec<String> {
+        let nodes: Vec<String> = self
+            .0
+            .iter()
+            .map(|n| format!("redis://127.0.0.1:{}/", n.port))
+            .collect();
+        let mut conn = redis::cluster::ClusterClient::new(nodes)
+            .and_then(|c| c.get_connection())
+            .expect("connect to the cluster");
+        let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+            .arg(format!("batchsse:run:{{{run_id}}}"))
+            .arg("-")
+            .arg("+")
+            .query(&mut conn)
+            .expect("XRANGE");
+        entries.into_iter().map(|(id, _)| id).collect()
+    }
+}
+
+#[test]
+fn a_run_published_to_a_cluster_is_served_by_two_relays() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let url = cluster.url();
+    let db = TempDb::counters(100);
+    let (lines, run_id, err) = publish(&db, &["--publish", &url], &[]);
+    assert!(
+        err.contains(&format!("publishing every event to {url}")),
+        "{err}"
+    );
+    let want: Vec<String> = (1..=lines.len()).map(|n| format!("{n}-0")).collect();
+    assert_eq!(
+        cluster.entry_ids(&run_id),
+        want,
+        "every event once, in order"
+    );
+    for _ in 0..2 {
+        relay_serves(&url, &run_id, &[], &[], &lines);
+    }
+    // A client that read half on one relay resumes on another.
+    let relays: Vec<Proc> = (0..2)
+        .map(|_| Proc::start(&["relay", &url, "--run", &run_id, "--listen", "127.0.0.1:0"]))
+        .collect();
+    let half = lines.len() / 2;
+    let mut first = Stream::open(relays[0].addr(), "/events", &[]);
+    let before: Vec<_> = (0..half)
+        .map(|_| first.next_event().expect("an event"))
+        .collect();
+    let last = id(&before[half - 1]).to_string();
+    let mut second = Stream::open(relays[1].addr(), "/events", &[("Last-Event-ID", &last)]);
+    let after = second.rest();
+    assert_contiguous(&before, 1);
+    assert_contiguous(&after, half as u64 + 1);
+    let mut got: Vec<_> = before.iter().map(event_triple).collect();
+    got.extend(after.iter().map(event_triple));
+    assert_eq!(got, lines.iter().map(line_triple).collect::<Vec<_>>());
+    // A relay by plan finds the run through the plan's key, in its own slot.
+    let mut by_plan = Proc::start(&["relay", &url, "--plan", "prod", "--listen", "127.0.0.1:0"]);
+    let found = format!("its latest, {run_id}, has finished");
+    wait_for_redis("the relay by plan", || {
+        by_plan.stderr().contains(&found).then_some(())
+    });
+    by_plan.signal("TERM");
+    by_plan.wait();
+}
