@@ -119,6 +119,7 @@ fn main() {
     // replays (adaptive sizes differ a little from run to run).
     let warm = dir.path().join("warm.sqlite");
     std::fs::copy(template, &warm).expect("copy");
+    age_file(&warm);
     timed(&mut run_batchsse(&warm, &plan), &out);
     let ends = chunk_ends(&std::fs::read_to_string(&out).expect("batchsse output"));
     assert_eq!(ends.last(), Some(&ROWS), "the warm-up run did not finish");
@@ -143,6 +144,8 @@ fn main() {
             .map(|n| {
                 let p = dir.path().join(format!("{n}.sqlite"));
                 std::fs::copy(template, &p).expect("copy");
+                // An idle file: nobody has written it lately.
+                age_file(&p);
                 p
             })
             .collect();

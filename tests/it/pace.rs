@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::util::*;
 
-const LIVE_CHUNK_MS: u64 = 20;
+const LIVE_CHUNK_MS: u64 = 10;
 const IDLE_CHUNK_MS: u64 = 250;
 /// The quiet time the README states.
 const ALONE_AFTER_MS: u64 = 5000;

@@ -86,12 +86,7 @@ impl TempDb {
     /// written it lately (a file written within the last minute starts a
     /// run at the live pace).
     pub fn age(&self) {
-        let f = std::fs::File::options()
-            .write(true)
-            .open(&self.path)
-            .expect("open to age");
-        f.set_modified(std::time::SystemTime::now() - Duration::from_secs(3600))
-            .expect("set mtime");
+        age_file(&self.path);
     }
 
     pub fn bytes(&self) -> Vec<u8> {
@@ -118,6 +113,16 @@ impl AsRef<Path> for TempDb {
 }
 
 /// A JSON plan with one chunked `counter = counter + 1` step over `t`.
+/// Sets a file's modification time an hour back (see [`TempDb::age`]).
+pub fn age_file(path: &Path) {
+    let f = std::fs::File::options()
+        .write(true)
+        .open(path)
+        .expect("open to age");
+    f.set_modified(std::time::SystemTime::now() - Duration::from_secs(3600))
+        .expect("set mtime");
+}
+
 pub fn counter_plan(name: &str, size: u64) -> String {
     serde_json::json!({
         "name": name,
