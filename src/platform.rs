@@ -24,6 +24,7 @@ use std::path::Path;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Sight {
     /// The other processes (pid, name) that have it open; empty: none.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     Seen(Vec<(u32, String)>),
     /// This system gives batchsse no way to list them.
     Blind,
