@@ -677,13 +677,13 @@ fn ms(d: Duration) -> u64 {
 fn first_look(n: &mut Neighbours) -> Option<&'static str> {
     if n.open_elsewhere() || n.locks().any {
         Some("another process has the database open")
+    } else if n.blind() {
+        // Not taken for idle unseen: see `platform`.
+        Some("this system cannot see which processes have the database open")
     } else if n.written_within(RECENT_WRITE) {
         Some(
             "the database was written within the last minute, maybe by an application between its requests",
         )
-    } else if n.blind() {
-        // Not taken for idle unseen: see `platform`.
-        Some("this system cannot see which processes have the database open")
     } else {
         None
     }
