@@ -130,7 +130,8 @@ mod probe {
         lock.l_len = len as _;
         // SAFETY: a valid descriptor and a valid `flock`.
         let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut lock) };
-        rc == 0 && i32::from(lock.l_type) != libc::F_UNLCK
+        // F_UNLCK is an int on Linux and a short (as `l_type` is) on macOS.
+        rc == 0 && lock.l_type != libc::F_UNLCK as libc::c_short
     }
 }
 
