@@ -50,9 +50,12 @@
 //!   and event schema).
 //! - `human`, [`error`]: number and duration wording; exit codes and the
 //!   errors that choose them.
+//! - `platform`: what differs between Linux, macOS and Windows (who else
+//!   has the database open, whether a pid runs, the stop signals), with
+//!   the list of differences in its doc.
 //!
 //! Imports run one way, with no cycles: `app` → `view` → `cli` →
-//! {`run`, `serve`, `relay`} → {`plan`, `lifecycle`, `events`} → {`human`, `error`}
+//! {`run`, `serve`, `relay`} → {`plan`, `lifecycle`, `events`} → {`human`, `error`, `platform`}
 //! (`run` also uses `lifecycle` and `human`; `view` uses `serve` for the
 //! run-id header and the token rule).
 
@@ -63,6 +66,7 @@ mod events;
 mod human;
 mod lifecycle;
 pub mod plan;
+mod platform;
 mod relay;
 mod run;
 mod serve;

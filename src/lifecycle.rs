@@ -37,6 +37,7 @@ use tokio::sync::watch;
 
 use crate::error::exit;
 use crate::events::log::EventLog;
+use crate::platform::StopSignals;
 
 /// One run's process from before its pre-run check to its exit: the runtime
 /// and the Ctrl-C / SIGTERM listener. Start it before the check, so a signal
@@ -135,28 +136,14 @@ pub fn count_signals() -> watch::Receiver<u32> {
     rx
 }
 
-/// Calls `f` at each Ctrl-C or SIGTERM; on Unix the handlers are installed
-/// before this returns.
+/// Calls `f` at each request to stop (Ctrl-C or SIGTERM; on Windows
+/// Ctrl-C or Ctrl-Break: see `platform`); the handlers are installed before
+/// this returns.
 fn on_each_signal(mut f: impl FnMut() + Send + 'static) {
-    #[cfg(unix)]
-    let (mut int, mut term) = {
-        use tokio::signal::unix::{SignalKind, signal};
-        (
-            signal(SignalKind::interrupt()).ok(),
-            signal(SignalKind::terminate()).ok(),
-        )
-    };
+    let mut signals = StopSignals::install();
     tokio::spawn(async move {
         loop {
-            #[cfg(unix)]
-            tokio::select! {
-                () = next_signal(&mut int) => {}
-                () = next_signal(&mut term) => {}
-            }
-            #[cfg(not(unix))]
-            if tokio::signal::ctrl_c().await.is_err() {
-                return;
-            }
+            signals.next().await;
             f();
         }
     });
@@ -184,17 +171,6 @@ fn on_signal(tx: &watch::Sender<u32>, cancel: &Cancel, log: &EventLog, phase: &M
     } else {
         crate::errln!("batchsse: quitting now; the open transaction is rolled back by SQLite");
         std::process::exit(i32::from(exit::INTERRUPTED));
-    }
-}
-
-/// The next delivery of a signal; never, if its handler could not be installed.
-#[cfg(unix)]
-async fn next_signal(s: &mut Option<tokio::signal::unix::Signal>) {
-    match s.as_mut() {
-        Some(s) => {
-            s.recv().await;
-        }
-        None => std::future::pending::<()>().await,
     }
 }
 

@@ -4,13 +4,33 @@
 pub mod config;
 
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
 use clap::{Args, Parser, Subcommand};
+
+/// `--version`: the version, the commit it was built from when the build
+/// was told (`BATCHSSE_COMMIT`, which `.ci/release` sets), and the SQLite
+/// compiled in.
+fn long_version() -> &'static str {
+    static TEXT: OnceLock<String> = OnceLock::new();
+    TEXT.get_or_init(|| {
+        let commit = option_env!("BATCHSSE_COMMIT")
+            .filter(|c| !c.is_empty())
+            .map(|c| format!("commit {c}, "))
+            .unwrap_or_default();
+        format!(
+            "{} ({commit}SQLite {})",
+            env!("CARGO_PKG_VERSION"),
+            rusqlite::version()
+        )
+    })
+}
 
 #[derive(Debug, Parser)]
 #[command(
     name = "batchsse",
     version,
+    long_version = long_version(),
     about = "Run a batch update on a SQLite file and stream its progress as server-sent events",
     long_about = "Run a batch update on a SQLite file and stream its progress as server-sent events.\n\n\
         While `batchsse run` works, http://127.0.0.1:7077/ shows a live dashboard, /events streams \

@@ -9,6 +9,7 @@ use rusqlite::{Connection, OpenFlags};
 
 use crate::error::UsageError;
 use crate::plan::{self, sqlite_message};
+use crate::platform::{Sight, open_by_others};
 
 /// Opens an existing database read-write (never creating one) and checks it
 /// is a SQLite file we may write.
@@ -129,9 +130,12 @@ pub(super) fn without_waiting<T>(f: impl FnOnce() -> T) -> T {
 }
 
 /// Names the other processes that have the database (or its journal) open,
-/// as far as /proc tells; empty where it cannot.
+/// as far as the system tells (see `platform`); empty where it cannot.
 fn lock_holders(path: &Path) -> String {
-    let holders: Vec<String> = other_processes(path)
+    let Sight::Seen(others) = open_by_others(path) else {
+        return String::new();
+    };
+    let holders: Vec<String> = others
         .into_iter()
         .map(|(pid, comm)| format!("pid {pid} ({comm})"))
         .collect();
@@ -140,38 +144,6 @@ fn lock_holders(path: &Path) -> String {
     } else {
         format!(" (open in {})", holders.join(", "))
     }
-}
-
-/// The other processes (pid, name) that have the database or one of its
-/// side files (`-wal`, `-shm`, `-journal`) open, as far as /proc tells:
-/// none where it cannot.
-pub(super) fn other_processes(path: &Path) -> Vec<(String, String)> {
-    let Ok(db) = std::fs::canonicalize(path) else {
-        return Vec::new();
-    };
-    let db = db.to_string_lossy().into_owned();
-    let me = std::process::id().to_string();
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let mut found = Vec::new();
-    for p in procs.flatten() {
-        let pid = p.file_name().to_string_lossy().into_owned();
-        if !pid.bytes().all(|b| b.is_ascii_digit()) || pid == me {
-            continue;
-        }
-        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
-            continue;
-        };
-        let holds = fds.flatten().any(|fd| {
-            std::fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy().starts_with(&*db))
-        });
-        if holds {
-            let comm = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default();
-            found.push((pid, comm.trim().to_owned()));
-        }
-    }
-    found
 }
 
 /// An error met while running: SQLite's text, and for a lock another

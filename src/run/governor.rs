@@ -673,10 +673,14 @@ fn ms(d: Duration) -> u64 {
 }
 
 /// Why the run should begin at the live pace, if it should: someone has
-/// the file open or locked, or wrote it lately and may come back.
+/// the file open or locked, or wrote it lately and may come back, or the
+/// system cannot tell who has it open.
 fn first_look(n: &mut Neighbours) -> Option<&'static str> {
     if n.open_elsewhere() || n.locks().any {
         Some("another process has the database open")
+    } else if n.blind() {
+        // Not taken for idle unseen: see `platform`.
+        Some("this system cannot see which processes have the database open")
     } else if n.written_within(RECENT_WRITE) {
         Some(
             "the database was written within the last minute, maybe by an application between its requests",

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use super::db::other_processes;
+use crate::platform::{Sight, open_by_others};
 
 /// What the locks of other processes say right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -50,10 +50,15 @@ impl Neighbours {
         })
     }
 
-    /// Another process has the file open (where /proc tells; never
-    /// elsewhere).
+    /// Another process has the file open (where the system tells: see
+    /// `platform`; never elsewhere).
     pub(super) fn open_elsewhere(&self) -> bool {
-        !other_processes(&self.path).is_empty()
+        matches!(open_by_others(&self.path), Sight::Seen(v) if !v.is_empty())
+    }
+
+    /// This system cannot list the processes that have the file open.
+    pub(super) fn blind(&self) -> bool {
+        open_by_others(&self.path) == Sight::Blind
     }
 
     pub(super) fn locks(&mut self) -> Locks {
@@ -125,7 +130,8 @@ mod probe {
         lock.l_len = len as _;
         // SAFETY: a valid descriptor and a valid `flock`.
         let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut lock) };
-        rc == 0 && i32::from(lock.l_type) != libc::F_UNLCK
+        // F_UNLCK is an int on Linux and a short (as `l_type` is) on macOS.
+        rc == 0 && lock.l_type != libc::F_UNLCK as libc::c_short
     }
 }
 

@@ -19,6 +19,7 @@ use crate::error::print_line;
 use crate::error::{Unreachable, UsageError, exit};
 use crate::events::sse::{ParsedEvent, Parser};
 use crate::events::{Event, RunStatus};
+use crate::platform;
 use crate::serve::RUN_ID_HEADER;
 use crate::view::terminal::Renderer;
 
@@ -265,7 +266,7 @@ async fn follow(
             Attempt::Failed(why) => why,
         };
         let last_id = seen.last_id;
-        if let Some(pid) = run_pid.filter(|&p| !process_alive(p)) {
+        if let Some(pid) = run_pid.filter(|&p| !platform::process_alive(p)) {
             let url = target.url(&target.events);
             return Err(Unreachable(if connected {
                 format!(
@@ -299,31 +300,6 @@ async fn follow(
             .into());
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
-    }
-}
-
-/// Whether process `pid` still runs. One that has exited but was not yet
-/// reaped by its parent (a zombie) counts as exited.
-fn process_alive(pid: u32) -> bool {
-    #[cfg(target_os = "linux")]
-    if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the command name, which is in parentheses.
-        let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
-        return !state.is_some_and(|s| s.starts_with('Z') || s.starts_with('X'));
-    }
-    #[cfg(unix)]
-    {
-        let Ok(pid) = libc::pid_t::try_from(pid) else {
-            return false;
-        };
-        // SAFETY: signal 0 only checks that the process exists; nothing is sent.
-        let r = unsafe { libc::kill(pid, 0) };
-        r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = pid;
-        true
     }
 }
 

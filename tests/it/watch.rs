@@ -521,6 +521,20 @@ fn every_subcommand_has_help_with_examples_and_there_is_a_version() {
     }
     let (code, out, _) = run(&["--version"]);
     assert_eq!(code, 0);
+    let commit = option_env!("BATCHSSE_COMMIT")
+        .filter(|c| !c.is_empty())
+        .map(|c| format!("commit {c}, "))
+        .unwrap_or_default();
+    assert_eq!(
+        out.trim(),
+        format!(
+            "batchsse {} ({commit}SQLite {})",
+            env!("CARGO_PKG_VERSION"),
+            rusqlite::version()
+        )
+    );
+    let (code, out, _) = run(&["-V"]);
+    assert_eq!(code, 0);
     assert_eq!(
         out.trim(),
         format!("batchsse {}", env!("CARGO_PKG_VERSION"))

@@ -1,0 +1,236 @@
+//! Everything batchsse does differently on Linux, on other Unix systems
+//! (macOS) and on Windows, in one place: nothing outside this file asks
+//! which system it runs on.
+//!
+//! | What | Linux | macOS, other Unix | Windows |
+//! |---|---|---|---|
+//! | Who else has the database open ([`open_by_others`]): the live pace, and the names in a lock message | scans `/proc/*/fd` (without a `/proc`: cannot tell) | cannot tell ([`Sight::Blind`]) | cannot tell ([`Sight::Blind`]) |
+//! | Whether `watch --pid`'s process still runs ([`process_alive`]) | `/proc/PID/stat` (a zombie counts as gone) | `kill(pid, 0)` (a zombie counts as running) | `OpenProcess` + `WaitForSingleObject` |
+//! | What stops a run ([`StopSignals`]) | Ctrl-C (SIGINT), SIGTERM | Ctrl-C (SIGINT), SIGTERM | Ctrl-C, Ctrl-Break |
+//!
+//! Where the system cannot tell who else has the file open, the run does
+//! not take the file for idle: it starts at the live pace, and goes to
+//! the idle pace only once 10 s pass with no commit from another
+//! connection (`PRAGMA data_version`, which works everywhere); its
+//! messages say why. On Windows, `taskkill /F` (or closing the console)
+//! ends a run without a rollback of its own: SQLite rolls the open chunk
+//! back from its journal the next time the file is opened, as after a
+//! power cut.
+
+use std::path::Path;
+
+/// What this system can tell about the other processes that have a file
+/// open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sight {
+    /// The other processes (pid, name) that have it open; empty: none.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    Seen(Vec<(u32, String)>),
+    /// This system gives batchsse no way to list them.
+    Blind,
+}
+
+/// The other processes (pid, name) that have the database `path` or one of
+/// its side files (`-wal`, `-shm`, `-journal`) open.
+pub fn open_by_others(path: &Path) -> Sight {
+    #[cfg(target_os = "linux")]
+    return proc_scan(path).map_or(Sight::Blind, Sight::Seen);
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = path;
+        Sight::Blind
+    }
+}
+
+/// Scans `/proc` for processes other than this one with a descriptor
+/// open on `path` or a file whose name starts with it. A process whose
+/// descriptors we may not read is skipped; `None` without a `/proc`.
+#[cfg(target_os = "linux")]
+fn proc_scan(path: &Path) -> Option<Vec<(u32, String)>> {
+    let procs = std::fs::read_dir("/proc").ok()?;
+    let Ok(db) = std::fs::canonicalize(path) else {
+        return Some(Vec::new());
+    };
+    let db = db.to_string_lossy().into_owned();
+    let me = std::process::id();
+    let mut found = Vec::new();
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        let holds = fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy().starts_with(&*db))
+        });
+        if holds {
+            let comm = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default();
+            found.push((pid, comm.trim().to_owned()));
+        }
+    }
+    Some(found)
+}
+
+/// Whether process `pid` still runs.
+pub fn process_alive(pid: u32) -> bool {
+    #[cfg(target_os = "linux")]
+    if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses.
+        let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
+        return !state.is_some_and(|s| s.starts_with('Z') || s.starts_with('X'));
+    }
+    #[cfg(unix)]
+    {
+        let Ok(pid) = libc::pid_t::try_from(pid) else {
+            return false;
+        };
+        // SAFETY: signal 0 only checks that the process exists; nothing is sent.
+        let r = unsafe { libc::kill(pid, 0) };
+        r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    }
+    #[cfg(windows)]
+    {
+        windows_process_alive(pid)
+    }
+}
+
+/// A process we may not open still exists; one we may is running until
+/// its handle is signalled.
+#[cfg(windows)]
+fn windows_process_alive(pid: u32) -> bool {
+    use windows_sys::Win32::Foundation::{
+        CloseHandle, ERROR_ACCESS_DENIED, GetLastError, WAIT_TIMEOUT,
+    };
+    use windows_sys::Win32::System::Threading::{
+        OpenProcess, PROCESS_QUERY_LIMITED_INFORMATION, PROCESS_SYNCHRONIZE, WaitForSingleObject,
+    };
+    let access = PROCESS_QUERY_LIMITED_INFORMATION | PROCESS_SYNCHRONIZE;
+    // SAFETY: plain Win32 calls on a handle we own and close.
+    unsafe {
+        let h = OpenProcess(access, 0, pid);
+        if h.is_null() {
+            return GetLastError() == ERROR_ACCESS_DENIED;
+        }
+        let running = WaitForSingleObject(h, 0) == WAIT_TIMEOUT;
+        CloseHandle(h);
+        running
+    }
+}
+
+/// The requests to stop a run: Ctrl-C and SIGTERM on Unix, Ctrl-C and
+/// Ctrl-Break on Windows. Install inside the runtime; on Unix the handlers
+/// are in place once [`StopSignals::install`] returns.
+pub struct StopSignals {
+    #[cfg(unix)]
+    both: [Option<tokio::signal::unix::Signal>; 2],
+    #[cfg(windows)]
+    c: Option<tokio::signal::windows::CtrlC>,
+    #[cfg(windows)]
+    brk: Option<tokio::signal::windows::CtrlBreak>,
+}
+
+impl StopSignals {
+    pub fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            StopSignals {
+                both: [
+                    signal(SignalKind::interrupt()).ok(),
+                    signal(SignalKind::terminate()).ok(),
+                ],
+            }
+        }
+        #[cfg(windows)]
+        {
+            StopSignals {
+                c: tokio::signal::windows::ctrl_c().ok(),
+                brk: tokio::signal::windows::ctrl_break().ok(),
+            }
+        }
+    }
+
+    /// Resolves at the next request; never, if no handler could be
+    /// installed.
+    pub async fn next(&mut self) {
+        #[cfg(unix)]
+        {
+            let [int, term] = &mut self.both;
+            tokio::select! {
+                Some(()) = maybe(int.as_mut().map(|s| s.recv())) => {}
+                Some(()) = maybe(term.as_mut().map(|s| s.recv())) => {}
+                else => std::future::pending::<()>().await,
+            }
+        }
+        #[cfg(windows)]
+        {
+            tokio::select! {
+                Some(()) = maybe(self.c.as_mut().map(|s| s.recv())) => {}
+                Some(()) = maybe(self.brk.as_mut().map(|s| s.recv())) => {}
+                else => std::future::pending::<()>().await,
+            }
+        }
+    }
+}
+
+/// The future's output, or never if there is none to wait for.
+async fn maybe<F: Future<Output = Option<()>>>(f: Option<F>) -> Option<()> {
+    match f {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn this_process_is_alive_and_a_reaped_child_is_not() {
+        assert!(process_alive(std::process::id()));
+        let mut child = std::process::Command::new("true")
+            .spawn()
+            .expect("spawn true");
+        let pid = child.id();
+        child.wait().expect("wait");
+        assert!(!process_alive(pid));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_process_holding_the_file_or_its_journal_is_seen_and_this_one_is_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("shop.sqlite");
+        std::fs::write(&db, b"").expect("db");
+        std::fs::write(dir.path().join("shop.sqlite-journal"), b"").expect("journal");
+        let _mine = std::fs::File::open(&db).expect("open");
+        assert_eq!(open_by_others(&db), Sight::Seen(Vec::new()));
+        // `sleep` holds the journal open on descriptor 3 until killed.
+        let mut holder = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("exec 3<\"$1\"; exec sleep 30")
+            .arg("sh")
+            .arg(dir.path().join("shop.sqlite-journal"))
+            .spawn()
+            .expect("spawn sh");
+        let pid = holder.id();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let seen = loop {
+            // Until `sleep` has replaced `sh`, which opened the journal.
+            let s = open_by_others(&db);
+            let slept = matches!(&s, Sight::Seen(v) if v.iter().any(|(_, n)| n == "sleep"));
+            if slept || std::time::Instant::now() > deadline {
+                break s;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        holder.kill().expect("kill");
+        holder.wait().expect("wait");
+        assert_eq!(seen, Sight::Seen(vec![(pid, "sleep".to_owned())]));
+    }
+}
