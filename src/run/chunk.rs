@@ -69,6 +69,9 @@ pub(super) fn run(r: &Runner<'_>, step: &Step, chunk: &Chunk, resume: &Resume) -
         if r.cancel.is_cancelled() {
             return Err((StepError::Cancelled, c));
         }
+        if !r.nested && r.governor.borrow_mut().before_chunk() {
+            return Err((StepError::Cancelled, c));
+        }
         let c0 = Instant::now();
         let Some(w) = one_chunk(r, step, &mut walk, prev.as_ref(), &span.max, sizer.size, c)?
         else {
@@ -172,7 +175,12 @@ fn one_chunk(
     c: Counts,
 ) -> Result<Option<Walked>, (StepError, Counts)> {
     let fail = |e| r.fail(e, c);
-    let tx = Tx::begin(r.conn, r.nested).map_err(fail)?;
+    let tx = if !r.nested && r.governor.borrow().exclusive() {
+        Tx::begin_exclusive(r.conn)
+    } else {
+        Tx::begin(r.conn, r.nested)
+    }
+    .map_err(fail)?;
     if r.checkpoint.moved(step, prev).map_err(fail)? {
         return Err((StepError::Sql(r.checkpoint.conflict()), c));
     }

@@ -20,6 +20,10 @@ pub(super) struct Locks {
     /// Another process is writing: it holds the rollback journal's
     /// RESERVED or PENDING lock, or the WAL's write lock.
     pub writing: bool,
+    /// Another process is inside a transaction, reading or writing: a
+    /// chunk begun now could make its write fail at once (SQLite gives a
+    /// transaction that read first no busy wait for the write lock).
+    pub busy: bool,
 }
 
 pub(super) struct Neighbours {
@@ -28,10 +32,12 @@ pub(super) struct Neighbours {
 }
 
 impl Neighbours {
-    pub(super) fn new(path: &Path) -> Neighbours {
+    /// `wal`: the database is in WAL mode, where every open connection
+    /// holds a lock, so only the WAL index's locks tell a transaction.
+    pub(super) fn new(path: &Path, wal: bool) -> Neighbours {
         Neighbours {
             path: path.to_owned(),
-            probe: probe::Probe::new(path),
+            probe: probe::Probe::new(path, wal),
         }
     }
 
@@ -82,8 +88,10 @@ mod probe {
     const PENDING: i64 = 0x4000_0000;
     const DB_LOCKS: i64 = 512;
     /// The WAL index's lock bytes: write, checkpoint, recover, five read
-    /// marks, then the one every open connection holds (DMS).
+    /// marks (held through a transaction), then the one every open
+    /// connection holds (DMS).
     const SHM_LOCKS: i64 = 120;
+    const SHM_TX_LEN: i64 = 8;
     const SHM_LEN: i64 = 9;
 
     pub(super) struct Probe {
@@ -93,16 +101,18 @@ mod probe {
         db: Option<ManuallyDrop<File>>,
         shm: Option<ManuallyDrop<File>>,
         shm_path: PathBuf,
+        wal: bool,
     }
 
     impl Probe {
-        pub(super) fn new(path: &Path) -> Probe {
+        pub(super) fn new(path: &Path, wal: bool) -> Probe {
             let mut shm_path = path.as_os_str().to_owned();
             shm_path.push("-shm");
             Probe {
                 db: File::open(path).ok().map(ManuallyDrop::new),
                 shm: None,
                 shm_path: PathBuf::from(shm_path),
+                wal,
             }
         }
 
@@ -112,9 +122,12 @@ mod probe {
             }
             let db = |start, len| self.db.as_deref().is_some_and(|f| held(f, start, len));
             let shm = |start, len| self.shm.as_deref().is_some_and(|f| held(f, start, len));
+            let db_any = db(PENDING, DB_LOCKS);
+            let shm_tx = shm(SHM_LOCKS, SHM_TX_LEN);
             Locks {
-                any: db(PENDING, DB_LOCKS) || shm(SHM_LOCKS, SHM_LEN),
+                any: db_any || shm_tx || shm(SHM_LOCKS + SHM_TX_LEN, SHM_LEN - SHM_TX_LEN),
                 writing: db(PENDING, 2) || shm(SHM_LOCKS, 1),
+                busy: if self.wal { shm_tx } else { db_any },
             }
         }
     }
@@ -147,7 +160,7 @@ mod probe {
     pub(super) struct Probe;
 
     impl Probe {
-        pub(super) fn new(_: &Path) -> Probe {
+        pub(super) fn new(_: &Path, _: bool) -> Probe {
             Probe
         }
 
@@ -216,13 +229,13 @@ sys.stdin.read()
     #[test]
     fn the_probe_sees_a_wal_connection_between_its_requests_until_it_closes() {
         let (_dir, path, _mine) = db(true);
-        let mut n = Neighbours::new(&path);
+        let mut n = Neighbours::new(&path, true);
         assert_eq!(n.locks(), Locks::default(), "only this process yet");
         let Some(child) = holder(&path, "SELECT * FROM t") else {
             return;
         };
         let seen = n.locks();
-        assert!(seen.any && !seen.writing, "{seen:?}");
+        assert!(seen.any && !seen.writing && !seen.busy, "{seen:?}");
         release(child);
         assert_eq!(n.locks(), Locks::default(), "gone with its process");
     }
@@ -230,7 +243,7 @@ sys.stdin.read()
     #[test]
     fn the_probe_sees_a_rollback_transaction_and_a_writer_while_they_last() {
         let (_dir, path, _mine) = db(false);
-        let mut n = Neighbours::new(&path);
+        let mut n = Neighbours::new(&path, false);
         let Some(reader) = holder(&path, "BEGIN; SELECT * FROM t") else {
             return;
         };
@@ -241,15 +254,18 @@ sys.stdin.read()
         };
         let writing = n.locks();
         release(writer);
-        assert!(seen.any, "{seen:?}");
-        assert!(writing.any && writing.writing, "{writing:?}");
+        assert!(seen.any && seen.busy && !seen.writing, "{seen:?}");
+        assert!(
+            writing.any && writing.writing && writing.busy,
+            "{writing:?}"
+        );
         assert_eq!(n.locks(), Locks::default());
     }
 
     #[test]
     fn a_write_shows_in_the_modification_time() {
         let (_dir, path, _mine) = db(false);
-        let n = Neighbours::new(&path);
+        let n = Neighbours::new(&path, false);
         assert!(n.written_within(Duration::from_secs(60)));
         let f = std::fs::File::options()
             .write(true)

@@ -27,6 +27,18 @@ impl<'c> Tx<'c> {
         })
     }
 
+    /// `BEGIN EXCLUSIVE`: in rollback-journal mode, no one may even start
+    /// reading until the chunk commits, so no transaction can read during
+    /// it and then find it cannot write (see `Governor::exclusive`).
+    pub(super) fn begin_exclusive(conn: &'c Connection) -> rusqlite::Result<Self> {
+        conn.execute_batch("BEGIN EXCLUSIVE")?;
+        Ok(Tx {
+            conn,
+            nested: false,
+            open: true,
+        })
+    }
+
     pub(super) fn commit(mut self) -> rusqlite::Result<()> {
         self.conn.execute_batch(if self.nested {
             "RELEASE batchsse_step"

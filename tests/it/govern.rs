@@ -4,6 +4,7 @@
 //! readers in while it works. Pace itself (nice ratio, sleep) shows only
 //! in timing, which the live_app benchmark measures, not these tests.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
@@ -218,12 +219,10 @@ fn a_reader_pinning_the_wal_past_max_wal_mb_throttles_the_run_until_it_lets_go()
     assert_eq!(db.counter_spread(), (20000, 0));
 }
 
-#[test]
-fn in_rollback_mode_a_reader_is_not_locked_out_for_the_whole_of_a_chunk() {
-    // One chunk of 40,000 rows dirties ~10 MB of pages (more than SQLite's
-    // default 2 MB cache) and takes a second or more: a chunk that spilled
-    // would take the exclusive lock early and shut readers out until it
-    // commits.
+/// 40,000 rows of `t` and a plan whose one chunked step is slow on
+/// purpose (a correlated scan of `spin` for every row), with the plan's
+/// first chunk as big as the table: one chunk of a second or more.
+fn one_slow_chunk() -> (TempDb, PathBuf) {
     let db = TempDb::with_sql(
         "CREATE TABLE t(id INTEGER PRIMARY KEY, counter INTEGER NOT NULL DEFAULT 0, pad TEXT);
          INSERT INTO t(id, pad) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < 40000)
@@ -236,10 +235,21 @@ fn in_rollback_mode_a_reader_is_not_locked_out_for_the_whole_of_a_chunk() {
     let plan = db.file(
         "plan.json",
         &serde_json::json!({"name": "one-chunk", "steps": [
-            {"sql": slow, "chunk": {"table": "t", "key": "id"}}
+            {"sql": slow, "chunk": {"table": "t", "key": "id", "size": 40000}}
         ]})
         .to_string(),
     );
+    (db, plan)
+}
+
+#[test]
+fn in_rollback_mode_a_reader_is_not_locked_out_for_the_whole_of_a_fixed_size_chunk() {
+    // One chunk of 40,000 rows dirties ~10 MB of pages (more than SQLite's
+    // default 2 MB cache) and takes a second or more: a chunk that spilled
+    // would take the exclusive lock early and shut readers out until it
+    // commits. A size fixed by --batch-size may be long, so readers come
+    // first there.
+    let (db, plan) = one_slow_chunk();
     // The application's reader is there before the run starts.
     let reader = Connection::open(&db.path).expect("reader");
     // Longer than a commit takes, far shorter than the chunk.
@@ -270,6 +280,39 @@ fn in_rollback_mode_a_reader_is_not_locked_out_for_the_whole_of_a_chunk() {
         reads >= 5,
         "the reader tried during the chunk ({reads} reads)"
     );
+    assert_eq!(db.counter_spread(), (40000, 0));
+}
+
+/// At the live pace with chunks that adapt to a short time, a rollback
+/// chunk keeps readers out while it runs: a transaction that could read
+/// during it would then find it cannot write, and SQLite fails such an
+/// upgrade at once instead of waiting.
+#[test]
+fn in_rollback_mode_an_adaptive_live_chunk_lets_no_transaction_begin_under_it() {
+    let (db, plan) = one_slow_chunk();
+    // An application's connection, open before the run: the live pace.
+    let app = Connection::open(&db.path).expect("app");
+    let _: i64 = app
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .expect("read");
+    let mut p = serving(&db, path_str(&plan), &[]);
+    wait_status(p.addr(), |v| v["state"] == "running");
+    // Well inside the first chunk (a second or more).
+    std::thread::sleep(Duration::from_millis(300));
+    app.busy_timeout(Duration::ZERO).expect("busy");
+    let read = app.execute_batch("BEGIN; SELECT count(*) FROM t;");
+    let _ = app.execute_batch("ROLLBACK");
+    let err = read.expect_err("the chunk keeps readers out");
+    assert_eq!(
+        err.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy),
+        "{err}"
+    );
+    assert!(
+        p.child.try_wait().expect("try_wait").is_none(),
+        "still in its first chunk"
+    );
+    assert_eq!(p.wait().code(), Some(0));
     assert_eq!(db.counter_spread(), (40000, 0));
 }
 
