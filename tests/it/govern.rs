@@ -389,5 +389,5 @@ fn a_run_that_starts_beside_another_process_says_it_takes_the_live_pace() {
         said.starts_with("another process has the database open"),
         "{said}"
     );
-    assert!(said.contains("chunks of ~10 ms, nice ratio 0.5"), "{said}");
+    assert!(said.contains("chunks of ~10 ms, nice ratio 1)"), "{said}");
 }
