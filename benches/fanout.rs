@@ -8,12 +8,14 @@
 //! serves it (issue 16). Its latency is from the run's own `ts_ms` to
 //! receipt, as for the run's server, so it includes the trip through Redis.
 //! Without `redis-server` on the PATH the relay rows are skipped, with the
-//! reason.
+//! reason. Last, the relay over TLS (`rediss://`, certificates made with
+//! `openssl`) against plain TCP at 1,000 clients.
 //!
 //! Knobs: `BENCH_CLIENTS=N` runs one size only (for profiling);
 //! `BENCH_ROUNDS=N` (default 3) runs the run's server and the relay N times
 //! each per size, interleaved, and compares their medians;
-//! `BENCH_QUICK=1` skips the bare-writer floor.
+//! `BENCH_QUICK=1` skips the bare-writer floor; `BENCH_TLS_ONLY=1` runs the
+//! TLS comparison alone.
 
 mod common;
 
@@ -99,12 +101,20 @@ fn run(clients: usize, rt: &tokio::runtime::Runtime) -> Outcome {
 /// own server, which lets the run begin: so, as with the run's server,
 /// every event after the gate is timed on every relay client, and the
 /// events before it (`start`, the waiting message) are history.
-fn run_relayed(clients: usize, redis: &Redis, rt: &tokio::runtime::Runtime) -> Relayed {
+/// `via`: the Redis address both use and the flags that go with it (the
+/// plain one, or `rediss://` with `--redis-ca`).
+fn run_relayed(
+    clients: usize,
+    redis: &Redis,
+    via: (&str, &[&str]),
+    rt: &tokio::runtime::Runtime,
+) -> Relayed {
     let db = bench_db(ROWS);
     let plan = write_plan(&db, 100);
-    let relay_args = [
+    let (url, tls) = via;
+    let mut relay_args = vec![
         "relay",
-        &redis.url,
+        url,
         "--plan",
         "bench",
         "--listen",
@@ -114,24 +124,23 @@ fn run_relayed(clients: usize, redis: &Redis, rt: &tokio::runtime::Runtime) -> R
         "--linger",
         "0",
     ];
+    relay_args.extend_from_slice(tls);
     let mut relay = Server::start(&relay_args, &db.dir.path().join("relay.out"));
     let relay_addr = relay.addr();
-    let args = bench_args(
-        &db,
-        &plan,
-        &[
-            "--batch-size",
-            "100",
-            "--sleep",
-            SLEEP_MS,
-            "--drain-timeout",
-            "10",
-            "--publish",
-            &redis.url,
-            "--wait-for-clients",
-            "1",
-        ],
-    );
+    let mut flags = vec![
+        "--batch-size",
+        "100",
+        "--sleep",
+        SLEEP_MS,
+        "--drain-timeout",
+        "10",
+        "--publish",
+        url,
+        "--wait-for-clients",
+        "1",
+    ];
+    flags.extend_from_slice(tls);
+    let args = bench_args(&db, &plan, &flags);
     let out = db.dir.path().join("progress.jsonl");
     let mut server = Server::start(&args, &out);
     let run_addr = server.addr();
@@ -254,6 +263,94 @@ fn machine_and_own_cpu() -> (f64, f64) {
     (machine / 100.0, own / 100.0)
 }
 
+/// The relay over TLS against the relay over plain TCP, both to one Redis
+/// (its TLS port and its plain one), `rounds` pairs at 1,000 clients,
+/// interleaved; a table of medians with the ranges. Skipped, with the
+/// reason, without `openssl` or a TLS-capable `redis-server`.
+/// `BENCH_ROUNDS` (default 3).
+fn bench_rounds() -> usize {
+    std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3usize)
+        .max(1)
+}
+
+fn tls_table(rounds: usize, rt: &tokio::runtime::Runtime) {
+    const CLIENTS: usize = 1_000;
+    let Some(certs) = Certs::make() else {
+        println!("TLS rows skipped: no openssl");
+        return;
+    };
+    let tls_port = free_port().to_string();
+    let args: Vec<String> = [
+        "--tls-port",
+        &tls_port,
+        "--tls-cert-file",
+        &certs.arg("server.pem"),
+        "--tls-key-file",
+        &certs.arg("server.key"),
+        "--tls-ca-cert-file",
+        &certs.arg("ca.pem"),
+        "--tls-auth-clients",
+        "no",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    let redis = match Redis::start_with(&args) {
+        Ok(r) => r,
+        Err(why) => {
+            println!("TLS rows skipped: {why}");
+            return;
+        }
+    };
+    let url = format!("rediss://127.0.0.1:{tls_port}/0");
+    let ca = certs.arg("ca.pem");
+    let tls = ["--redis-ca", ca.as_str()];
+    let (mut plain, mut secure) = (Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        let mut tls_run = || secure.push(run_relayed(CLIENTS, &redis, (&url, &tls), rt).o);
+        if round % 2 == 0 {
+            tls_run();
+        }
+        plain.push(run_relayed(CLIENTS, &redis, (&redis.url, &[]), rt).o);
+        if round % 2 == 1 {
+            tls_run();
+        }
+    }
+    let (plain, secure): (Vec<&Outcome>, Vec<&Outcome>) =
+        (plain.iter().collect(), secure.iter().collect());
+    for o in plain.iter().chain(&secure) {
+        assert_eq!(o.totals.missing, 0, "a relay client missed events");
+    }
+    let p99 = (
+        spread(&plain, |o| o.p99 as f64),
+        spread(&secure, |o| o.p99 as f64),
+    );
+    let rss = (spread(&plain, |o| o.rss), spread(&secure, |o| o.rss));
+    let p99_ratio = p99.1.0 / p99.0.0.max(1.0);
+    let rss_ratio = rss.1.0 / rss.0.0.max(0.1);
+    let met = |ok: bool| if ok { "met" } else { "missed" };
+    println!();
+    println!(
+        "relay over TLS vs plain TCP, {CLIENTS} clients, {rounds} interleaved rounds (median, range)"
+    );
+    println!(
+        "| p99 plain / TLS | p99 ratio | relay peak RSS plain / TLS | RSS ratio | p99 <= 1.2x | RSS <= 1.2x |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- |");
+    println!(
+        "| {} / {} ms | {p99_ratio:.2}x | {} / {} MiB | {rss_ratio:.2}x | {} | {} |",
+        shown(p99.0, 0),
+        shown(p99.1, 0),
+        shown(rss.0, 1),
+        shown(rss.1, 1),
+        met(p99_ratio <= 1.2),
+        met(rss_ratio <= 1.2)
+    );
+}
+
 fn main() {
     bare_writer_main();
     let rt = runtime();
@@ -261,6 +358,9 @@ fn main() {
     let (machine_before, own_before) = machine_and_own_cpu();
     let started = std::time::Instant::now();
     let quick = std::env::var_os("BENCH_QUICK").is_some();
+    if std::env::var_os("BENCH_TLS_ONLY").is_some() {
+        return tls_table(bench_rounds(), &rt);
+    }
     let (redis, no_relay) = match Redis::start() {
         Ok(r) => (Some(r), None),
         Err(why) => (None, Some(format!("relay rows skipped: {why}"))),
@@ -290,11 +390,7 @@ fn main() {
     // interleaved. One pair is not enough to judge the relay by: on this
     // 2-core machine the p99 at 10,000 clients moves by 2x from one run to
     // the next, on either server.
-    let rounds = std::env::var("BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3usize)
-        .max(1);
+    let rounds = bench_rounds();
     for clients in sizes {
         for round in 1..=rounds {
             // Which goes first alternates, so a drift in the machine's
@@ -302,7 +398,7 @@ fn main() {
             let relay_first = round % 2 == 0;
             let mut relay = || {
                 if let Some(redis) = &redis {
-                    let mut r = run_relayed(clients, redis, &rt);
+                    let mut r = run_relayed(clients, redis, (&redis.url, &[]), &rt);
                     r.o.round = round;
                     errors(&r.o, "the relay");
                     relayed.push(r);
@@ -453,8 +549,11 @@ fn main() {
         println!();
         println!("{why}");
     }
+    if no_relay.is_none() && std::env::var_os("BENCH_CLIENTS").is_none() {
+        tls_table(rounds, &rt);
+    }
     println!(
-        "targets: 0 missing; p99 <= 5 ms at 1,000 and <= 30 ms at 10,000; RSS <= 100 MiB at 10,000; pace slip <= 10%; relay p99 <= 1.5x and RSS <= 1.2x the run's own server"
+        "targets: 0 missing; p99 <= 5 ms at 1,000 and <= 30 ms at 10,000; RSS <= 100 MiB at 10,000; pace slip <= 10%; relay p99 <= 1.5x and RSS <= 1.2x the run's own server; over TLS p99 and RSS <= 1.2x plain"
     );
     let (machine, own) = machine_and_own_cpu();
     let others = (machine - machine_before) - (own - own_before);

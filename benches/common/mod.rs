@@ -637,10 +637,16 @@ impl Redis {
     /// there is none (no `redis-server` on the PATH, it exited, it never
     /// answered), for the caller to print before it skips what needs Redis.
     pub fn start() -> Result<Redis, String> {
+        Redis::start_with(&[])
+    }
+
+    /// [`Redis::start`] with more `redis-server` arguments (a TLS port).
+    pub fn start_with(extra: &[String]) -> Result<Redis, String> {
         let port = free_port();
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

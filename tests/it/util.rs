@@ -863,3 +863,118 @@ impl Drop for Redis {
         self.kill();
     }
 }
+
+/// Certificates made by `openssl` in a temporary folder: `ca.pem` (with
+/// `ca.key`), `server.pem`/`server.key` for 127.0.0.1 signed by it,
+/// `client.pem`/`client.key` signed by it, and `other-ca.pem`, which
+/// signed nothing here.
+pub struct Certs(tempfile::TempDir);
+
+impl Certs {
+    pub fn make() -> Option<Certs> {
+        if Command::new("openssl").arg("version").output().is_err() {
+            skip_unless_ci("openssl is not installed (apt-get install openssl)");
+            return None;
+        }
+        let certs = Certs(tempfile::tempdir().expect("tempdir"));
+        std::fs::write(
+            certs.path("ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+        )
+        .expect("write ext");
+        for ca in ["ca", "other-ca"] {
+            certs.openssl(&[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN=batchsse test {ca}"),
+                "-keyout",
+                &format!("{ca}.key"),
+                "-out",
+                &format!("{ca}.pem"),
+            ]);
+        }
+        for leaf in ["server", "client"] {
+            certs.openssl(&[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-keyout",
+                &format!("{leaf}.key"),
+                "-out",
+                &format!("{leaf}.csr"),
+            ]);
+            certs.openssl(&[
+                "x509",
+                "-req",
+                "-days",
+                "2",
+                "-in",
+                &format!("{leaf}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-extfile",
+                "ext",
+                "-out",
+                &format!("{leaf}.pem"),
+            ]);
+        }
+        Some(certs)
+    }
+
+    fn openssl(&self, args: &[&str]) {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(self.0.path())
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.path().join(name)
+    }
+
+    pub fn arg(&self, name: &str) -> String {
+        self.path(name).to_string_lossy().into_owned()
+    }
+}
+
+/// A Redis with TLS on its own port (and plain TCP on `port`, for the
+/// test's own reads): `rediss://127.0.0.1:TLS_PORT/0`. With `clients`, it
+/// wants a client certificate signed by the CA.
+pub fn tls_redis(certs: &Certs, clients: bool) -> Option<(Redis, String)> {
+    let tls_port = free_port().to_string();
+    let args: Vec<String> = [
+        "--tls-port",
+        &tls_port,
+        "--tls-cert-file",
+        &certs.arg("server.pem"),
+        "--tls-key-file",
+        &certs.arg("server.key"),
+        "--tls-ca-cert-file",
+        &certs.arg("ca.pem"),
+        "--tls-auth-clients",
+        if clients { "yes" } else { "no" },
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let redis = Redis::start_with(&args)?;
+    Some((redis, format!("rediss://127.0.0.1:{tls_port}/0")))
+}
