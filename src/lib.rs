@@ -24,7 +24,9 @@
 //! - `plan`: loading a JSON plan or SQL script (`split`) and the pre-run
 //!   check against a schema copy (`check`).
 //! - `run`: the runner: steps, the chunk walk (`chunk`), the pace and the
-//!   waits between chunks (`governor`), the transaction guard (`tx`), the
+//!   waits between chunks (`governor`), who else uses the file: SQLite's
+//!   locks seen from outside, recent writes (`neighbours`), the
+//!   transaction guard (`tx`), the
 //!   checkpoint (`checkpoint`), opening the file (`db`), a step's
 //!   expectations (`expect`), and the undo record: made by TEMP triggers
 //!   during `run --undo`, applied back by `batchsse undo` (`undo`).
