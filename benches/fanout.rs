@@ -267,6 +267,35 @@ fn machine_and_own_cpu() -> (f64, f64) {
 /// (its TLS port and its plain one), `rounds` pairs at 1,000 clients,
 /// interleaved; a table of medians with the ranges. Skipped, with the
 /// reason, without `openssl` or a TLS-capable `redis-server`.
+/// Two sets of rounds side by side: p99 and peak RSS as (median, min,
+/// max) each, and the ratios of the second's medians to the first's.
+struct Compared {
+    p99: ((f64, f64, f64), (f64, f64, f64)),
+    rss: ((f64, f64, f64), (f64, f64, f64)),
+    p99_ratio: f64,
+    rss_ratio: f64,
+}
+
+impl Compared {
+    fn of(base: &[&Outcome], other: &[&Outcome]) -> Compared {
+        let p99 = (
+            spread(base, |o| o.p99 as f64),
+            spread(other, |o| o.p99 as f64),
+        );
+        let rss = (spread(base, |o| o.rss), spread(other, |o| o.rss));
+        Compared {
+            p99_ratio: p99.1.0 / p99.0.0.max(1.0),
+            rss_ratio: rss.1.0 / rss.0.0.max(0.1),
+            p99,
+            rss,
+        }
+    }
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok { "met" } else { "missed" }
+}
+
 /// `BENCH_ROUNDS` (default 3).
 fn bench_rounds() -> usize {
     std::env::var("BENCH_ROUNDS")
@@ -283,22 +312,7 @@ fn tls_table(rounds: usize, rt: &tokio::runtime::Runtime) {
         return;
     };
     let tls_port = free_port().to_string();
-    let args: Vec<String> = [
-        "--tls-port",
-        &tls_port,
-        "--tls-cert-file",
-        &certs.arg("server.pem"),
-        "--tls-key-file",
-        &certs.arg("server.key"),
-        "--tls-ca-cert-file",
-        &certs.arg("ca.pem"),
-        "--tls-auth-clients",
-        "no",
-    ]
-    .iter()
-    .map(|a| a.to_string())
-    .collect();
-    let redis = match Redis::start_with(&args) {
+    let redis = match Redis::start_with(&certs.server_args(&tls_port, false)) {
         Ok(r) => r,
         Err(why) => {
             println!("TLS rows skipped: {why}");
@@ -324,14 +338,12 @@ fn tls_table(rounds: usize, rt: &tokio::runtime::Runtime) {
     for o in plain.iter().chain(&secure) {
         assert_eq!(o.totals.missing, 0, "a relay client missed events");
     }
-    let p99 = (
-        spread(&plain, |o| o.p99 as f64),
-        spread(&secure, |o| o.p99 as f64),
-    );
-    let rss = (spread(&plain, |o| o.rss), spread(&secure, |o| o.rss));
-    let p99_ratio = p99.1.0 / p99.0.0.max(1.0);
-    let rss_ratio = rss.1.0 / rss.0.0.max(0.1);
-    let met = |ok: bool| if ok { "met" } else { "missed" };
+    let Compared {
+        p99,
+        rss,
+        p99_ratio,
+        rss_ratio,
+    } = Compared::of(&plain, &secure);
     println!();
     println!(
         "relay over TLS vs plain TCP, {CLIENTS} clients, {rounds} interleaved rounds (median, range)"
@@ -506,14 +518,12 @@ fn main() {
                 spread(&own, |o| o.p50 as f64),
                 spread(&rel, |o| o.p50 as f64),
             );
-            let p99 = (
-                spread(&own, |o| o.p99 as f64),
-                spread(&rel, |o| o.p99 as f64),
-            );
-            let rss = (spread(&own, |o| o.rss), spread(&rel, |o| o.rss));
-            let p99_ratio = p99.1.0 / p99.0.0.max(1.0);
-            let rss_ratio = rss.1.0 / rss.0.0.max(0.1);
-            let met = |ok: bool| if ok { "met" } else { "missed" };
+            let Compared {
+                p99,
+                rss,
+                p99_ratio,
+                rss_ratio,
+            } = Compared::of(&own, &rel);
             println!(
                 "| {n} | {} / {} ms | {} / {} ms | {p99_ratio:.2}x | {} / {} MiB | {rss_ratio:.2}x | {} | {} |",
                 shown(p50.0, 0),

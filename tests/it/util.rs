@@ -950,6 +950,26 @@ impl Certs {
         self.0.path().join(name)
     }
 
+    /// `redis-server` arguments for TLS on `tls_port` with these
+    /// certificates; with `clients`, a client certificate is required.
+    pub fn server_args(&self, tls_port: &str, clients: bool) -> Vec<String> {
+        [
+            "--tls-port",
+            tls_port,
+            "--tls-cert-file",
+            &self.arg("server.pem"),
+            "--tls-key-file",
+            &self.arg("server.key"),
+            "--tls-ca-cert-file",
+            &self.arg("ca.pem"),
+            "--tls-auth-clients",
+            if clients { "yes" } else { "no" },
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
     pub fn arg(&self, name: &str) -> String {
         self.path(name).to_string_lossy().into_owned()
     }
@@ -960,21 +980,6 @@ impl Certs {
 /// wants a client certificate signed by the CA.
 pub fn tls_redis(certs: &Certs, clients: bool) -> Option<(Redis, String)> {
     let tls_port = free_port().to_string();
-    let args: Vec<String> = [
-        "--tls-port",
-        &tls_port,
-        "--tls-cert-file",
-        &certs.arg("server.pem"),
-        "--tls-key-file",
-        &certs.arg("server.key"),
-        "--tls-ca-cert-file",
-        &certs.arg("ca.pem"),
-        "--tls-auth-clients",
-        if clients { "yes" } else { "no" },
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let redis = Redis::start_with(&args)?;
+    let redis = Redis::start_with(&certs.server_args(&tls_port, clients))?;
     Some((redis, format!("rediss://127.0.0.1:{tls_port}/0")))
 }
