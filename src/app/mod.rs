@@ -287,7 +287,13 @@ async fn run_blocking(session: Session, parts: &Parts, wait_for: usize) -> RunSt
                 gate,
             );
         }
+        let mut session = session;
+        // Without the hook (never expected) every step is recorded staged.
+        let hook = (runner::records(&session.plan, &session.opts) && !runner::undo::PREUPDATE)
+            .then(|| runner::undo::Hook::install(&mut session.conn).ok())
+            .flatten();
         let job = runner::Job {
+            hook,
             conn: &session.conn,
             plan: &session.plan,
             opts: &session.opts,

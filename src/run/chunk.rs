@@ -193,15 +193,21 @@ fn one_chunk(
         tx.commit().map_err(fail)?;
         return Ok(None);
     }
-    let mark = r.undo_mark(step).map_err(fail)?;
-    let changed = walk
-        .work
-        .execute(named_params! {":lo": lo, ":hi": hi})
-        .map_err(fail)? as u64;
+    let work = &mut walk.work;
+    let recorded = r
+        .recorded(step, Some((&lo, &hi)), &mut || {
+            let n = work.execute(named_params! {":lo": lo, ":hi": hi})?;
+            Ok(n as u64)
+        })
+        .map_err(fail)?;
+    let Some(changed) = recorded else {
+        // Its undo record must be made another way: again, from scratch.
+        drop(tx);
+        return one_chunk(r, step, walk, prev, max, size, c);
+    };
     let (done, total_changed) = (c.done + rows, c.changed + changed);
     r.expectations(step, total_changed, hi == *max)
         .map_err(|e| (e, c))?;
-    r.undo_record(step, mark, changed).map_err(fail)?;
     if hi == *max {
         r.checkpoint.step_done(step, done, total_changed)
     } else {

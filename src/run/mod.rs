@@ -79,6 +79,8 @@ pub struct Job<'a> {
     pub plan: &'a Plan,
     pub opts: &'a Options,
     pub resume: &'a Resume,
+    /// With `--undo`: the connection's update hook ([`records`]).
+    pub hook: Option<undo::Hook>,
 }
 
 /// Why a step stopped.
@@ -129,6 +131,11 @@ impl Tally {
 
 /// Runs the plan and logs every event up to `finished`; returns the status.
 /// `gate` is called after `start` and blocks until the first step may begin.
+/// Whether a run of `plan` with `opts` is recorded for undo.
+pub fn records(plan: &Plan, opts: &Options) -> bool {
+    (opts.undo || plan.undo) && !opts.dry_run
+}
+
 pub fn run(
     job: Job<'_>,
     log: &EventLog,
@@ -145,9 +152,9 @@ pub fn run(
         job.opts.brakes.clone(),
     );
     let run_id = run_id();
-    let recording = (job.opts.undo || job.plan.undo) && !job.opts.dry_run;
     let mut r = Runner {
-        recorder: recording.then(|| undo::Recorder::new(job.conn, run_id.clone(), &job.plan.name)),
+        recorder: records(job.plan, job.opts)
+            .then(|| undo::Recorder::new(job.conn, run_id.clone(), &job.plan.name, job.hook)),
         run_id,
         conn: job.conn,
         plan: job.plan,
@@ -509,12 +516,13 @@ impl Runner<'_> {
         {
             return Err((StepError::Sql(self.checkpoint.conflict()), none));
         }
-        let mark = self.undo_mark(step).map_err(|e| self.fail(e, none))?;
-        let changed = self.execute(step).map_err(|e| self.fail(e, none))?;
+        // A plain step is never recorded by reading around it.
+        let changed = self
+            .recorded(step, None, &mut || self.execute(step))
+            .map_err(|e| self.fail(e, none))?
+            .unwrap_or_default();
         self.expectations(step, changed, true)
             .map_err(|e| (e, none))?;
-        self.undo_record(step, mark, changed)
-            .map_err(|e| self.fail(e, none))?;
         self.checkpoint
             .step_done(step, changed, changed)
             .map_err(|e| self.fail(e, none))?;
@@ -525,20 +533,17 @@ impl Runner<'_> {
         Ok(Counts::all(changed))
     }
 
-    /// With `--undo`, where this chunk's records will begin (call in its
-    /// transaction, before the work).
-    fn undo_mark(&self, step: &Step) -> rusqlite::Result<Option<i64>> {
+    /// Does a step's (or chunk's) work, recorded with `--undo`; `None`:
+    /// roll the chunk back and do it again (see [`undo::Recorder::record`]).
+    fn recorded(
+        &self,
+        step: &Step,
+        range: Option<(&plan::Key, &plan::Key)>,
+        work: &mut dyn FnMut() -> rusqlite::Result<u64>,
+    ) -> rusqlite::Result<Option<u64>> {
         match &self.recorder {
-            Some(rec) if step.undo => rec.mark().map(Some),
-            _ => Ok(None),
-        }
-    }
-
-    /// Notes the chunk's records (from `mark`) as one chunk of the step.
-    fn undo_record(&self, step: &Step, mark: Option<i64>, changed: u64) -> rusqlite::Result<()> {
-        match (&self.recorder, mark) {
-            (Some(rec), Some(mark)) => rec.chunk_done(step, mark, changed),
-            _ => Ok(()),
+            Some(rec) => rec.record(step, range, work),
+            None => work().map(Some),
         }
     }
 
@@ -734,6 +739,7 @@ mod tests {
             plan: &plan,
             opts: &opts,
             resume: &Resume::none(),
+            hook: None,
         };
         let status = run(job, &log, (&Cancel::default(), &Steering::default()), || {});
         let events = log.after(0).iter().map(|e| e.event.clone()).collect();
@@ -935,6 +941,7 @@ mod tests {
             plan: &plan,
             opts: &Options::default(),
             resume: &Resume::none(),
+            hook: None,
         };
         let status = run(job, &log, (&cancel, &Steering::default()), || {
             cancel.cancel()

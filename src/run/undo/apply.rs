@@ -3,15 +3,16 @@
 //! so an undo killed anywhere resumes without applying anything twice),
 //! paced by the governor and reported as events like a run.
 
-use std::collections::{HashMap, HashSet};
+use std::cell::RefCell;
 use std::time::Instant;
 
 use rusqlite::types::Value;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension};
 use serde_json::json;
 
-use super::record::{Shape, shapes};
-use super::store::{UNRECORDED, op};
+use super::codec::decode;
+use super::revert::{Conflict, Reverter};
+use super::store::UNRECORDED;
 use crate::events::log::EventLog;
 use crate::events::{
     Event, Finished, Level, Progress, RunKind, RunStatus, Start, StepEvent, StepInfo, StepKind,
@@ -19,7 +20,6 @@ use crate::events::{
 };
 use crate::human::thousands;
 use crate::lifecycle::{Cancel, Steering};
-use crate::plan::quote;
 use crate::run::expect::shown;
 use crate::run::governor::Governor;
 use crate::run::tx::Tx;
@@ -56,24 +56,8 @@ struct Chunk {
     step: i64,
     name: String,
     chunk: i64,
-    first: i64,
-    last: i64,
     /// Rows the chunk changed when it ran.
     rows: u64,
-}
-
-/// Rows by (table, key), the key as its debug text (a `Value` has no
-/// hash).
-type Keys = HashSet<(String, String)>;
-
-/// One record row.
-struct Rec {
-    tbl: String,
-    op: i64,
-    k: Value,
-    col: Option<String>,
-    old: Value,
-    new: Value,
 }
 
 /// What an interrupted undo says.
@@ -119,24 +103,6 @@ impl At<'_> {
     }
 }
 
-impl Rec {
-    /// From `SELECT rec, tbl, op, k, col, old, new`.
-    fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<Rec> {
-        Ok(Rec {
-            tbl: r.get(1)?,
-            op: r.get(2)?,
-            k: r.get(3)?,
-            col: r.get(4)?,
-            old: r.get(5)?,
-            new: r.get(6)?,
-        })
-    }
-
-    fn key(&self) -> (String, String) {
-        (self.tbl.clone(), format!("{:?}", self.k))
-    }
-}
-
 /// How the undo went.
 #[derive(Default)]
 struct Tally {
@@ -167,9 +133,12 @@ pub fn run(
         spec,
         log,
         cancel,
-        governor: std::cell::RefCell::new(governor),
+        governor: RefCell::new(governor),
         dry_run: opts.dry_run,
-        shapes: HashMap::new(),
+        reverter: RefCell::new(Reverter::new(
+            conn,
+            spec.on_conflict == OnConflict::Overwrite,
+        )),
         db: crate::run::db_name(conn),
     };
     let started = Instant::now();
@@ -197,9 +166,9 @@ struct Undoer<'a> {
     spec: &'a Spec,
     log: &'a EventLog,
     cancel: &'a Cancel,
-    governor: std::cell::RefCell<Governor<'a>>,
+    governor: RefCell<Governor<'a>>,
     dry_run: bool,
-    shapes: HashMap<String, Result<Shape, String>>,
+    reverter: RefCell<Reverter<'a>>,
     db: String,
 }
 
@@ -215,7 +184,7 @@ impl Undoer<'_> {
     /// first; a group of an unrecorded step ends the list.
     fn groups(&self) -> rusqlite::Result<Vec<Vec<Chunk>>> {
         let mut stmt = self.conn.prepare(
-            "SELECT id, run, step, name, chunk, first, last, rows FROM batchsse_undo WHERE run = ?1 ORDER BY id DESC",
+            "SELECT id, run, step, name, chunk, rows FROM batchsse_undo WHERE run = ?1 ORDER BY id DESC",
         )?;
         let mut groups: Vec<Vec<Chunk>> = Vec::new();
         for run in &self.spec.runs {
@@ -226,9 +195,7 @@ impl Undoer<'_> {
                     step: r.get(2)?,
                     name: r.get(3)?,
                     chunk: r.get(4)?,
-                    first: r.get(5)?,
-                    last: r.get(6)?,
-                    rows: r.get::<_, i64>(7)?.max(0) as u64,
+                    rows: r.get::<_, i64>(5)?.max(0) as u64,
                 })
             })?;
             for c in rows {
@@ -243,11 +210,8 @@ impl Undoer<'_> {
     }
 
     fn run_all(&mut self, gate: impl FnOnce()) -> (Tally, End, usize) {
-        let groups = match self.groups().and_then(|g| Ok((g, shapes(self.conn)?))) {
-            Ok((g, s)) => {
-                self.shapes = s.into_iter().collect();
-                g
-            }
+        let groups = match self.groups() {
+            Ok(g) => g,
             Err(e) => {
                 let end = self.failed(format!("cannot read the undo record: {e}"));
                 return (Tally::default(), end, 0);
@@ -406,26 +370,26 @@ impl Undoer<'_> {
         (status, why)
     }
 
-    /// One recorded chunk in its own transaction: its records applied
-    /// newest first, then deleted.
+    /// One recorded part in its own transaction: its entries put back
+    /// newest first, then its row deleted.
     fn chunk(&self, c: &Chunk, tally: &mut Tally) -> Result<(), String> {
         let sql = |e: rusqlite::Error| crate::run::db::run_time_message(self.conn, &e);
         let tx = Tx::begin(self.conn, self.dry_run).map_err(sql)?;
-        let (reverted, kept) = match self.updates_at_once(c, tally.conflicts)? {
-            Some(counts) => counts,
-            None => {
-                let recs = self.records(c).map_err(sql)?;
-                let (rows, conflicts) = self.one_by_one(c, &recs, tally.conflicts)?;
-                let reverted = rows.difference(&conflicts).count() as u64;
-                (reverted, conflicts.len() as u64)
-            }
-        };
-        self.conn
-            .execute(
-                "DELETE FROM batchsse_undo_row WHERE rec BETWEEN ?1 AND ?2",
-                params![c.first, c.last],
-            )
-            .map_err(sql)?;
+        let blob: Option<Vec<u8>> = self
+            .conn
+            .query_row("SELECT rec FROM batchsse_undo WHERE id = ?1", [c.id], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(sql)?
+            .flatten();
+        let rec = decode(blob.as_deref().unwrap_or_default()).map_err(|e| e.to_string())?;
+        let before = tally.conflicts;
+        let mut kept = 0u64;
+        let reverted = self.reverter.borrow_mut().apply(&rec, &mut |conflict| {
+            kept += 1;
+            self.kept(c, conflict, before + kept)
+        })?;
         self.conn
             .execute("DELETE FROM batchsse_undo WHERE id = ?1", [c.id])
             .map_err(sql)?;
@@ -438,257 +402,37 @@ impl Undoer<'_> {
         Ok(())
     }
 
-    /// Applies the records one by one, newest first; returns the rows
-    /// taken back and those kept as conflicts. `before`: conflicts so far.
-    fn one_by_one(&self, c: &Chunk, recs: &[Rec], before: u64) -> Result<(Keys, Keys), String> {
-        let sql = |e: rusqlite::Error| crate::run::db::run_time_message(self.conn, &e);
-        let (mut rows, mut conflicts) = (Keys::new(), Keys::new());
-        let mut i = 0;
-        while i < recs.len() {
-            let r = &recs[i];
-            // A deleted row's columns are consecutive records.
-            let mut j = i + 1;
-            while r.op == op::DELETE
-                && j < recs.len()
-                && recs[j].op == op::DELETE
-                && recs[j].tbl == r.tbl
-                && recs[j].k == r.k
-            {
-                j += 1;
-            }
-            rows.insert(r.key());
-            if let Some(why) = self.one(&recs[i..j]).map_err(sql)? {
-                self.kept(c, r, &why, &mut conflicts, before)?;
-            }
-            i = j;
-        }
-        Ok((rows, conflicts))
-    }
-
-    /// A conflict met: an error under `abort`, else recorded once per row.
-    fn kept(
-        &self,
-        c: &Chunk,
-        r: &Rec,
-        why: &str,
-        conflicts: &mut Keys,
-        before: u64,
-    ) -> Result<(), String> {
+    /// A conflict met: an error under `abort`, else recorded and (the
+    /// first ones) reported. `nth`: the undo's conflicts so far.
+    fn kept(&self, c: &Chunk, k: Conflict<'_>, nth: u64) -> Result<(), String> {
         if self.spec.on_conflict == OnConflict::Abort {
             return Err(format!(
-                "conflict in {} at key {}: {why}; --on-conflict abort rolled this chunk back",
-                r.tbl,
-                shown(&r.k)
+                "conflict in {} at key {}: {}; --on-conflict abort rolled this chunk back",
+                k.table,
+                shown(&k.key),
+                k.why
             ));
         }
-        if conflicts.insert(r.key()) {
-            self.conflict(c, r, why, before + conflicts.len() as u64)
-                .map_err(|e| crate::run::db::run_time_message(self.conn, &e))?;
-        }
-        Ok(())
-    }
-
-    /// When a chunk holds only updates, of tables that can be keyed, each
-    /// (row, column) once, their order does not matter: per table and
-    /// column, one query finds the conflicts and one `UPDATE … FROM` the
-    /// record restores the rest. The common case (an `UPDATE` step without
-    /// triggers), and far faster than one record at a time. Returns the
-    /// rows reverted and kept, or `None` when the chunk holds anything else.
-    fn updates_at_once(&self, c: &Chunk, before: u64) -> Result<Option<(u64, u64)>, String> {
-        let sql = |e: rusqlite::Error| crate::run::db::run_time_message(self.conn, &e);
-        let range = "FROM batchsse_undo_row WHERE rec BETWEEN ?1 AND ?2";
-        let (others, all, distinct, rows): (i64, i64, i64, i64) = self
-            .conn
-            .query_row(
-                &format!(
-                    "SELECT (SELECT count(*) {range} AND op <> {u}), (SELECT count(*) {range}),
-                       (SELECT count(*) FROM (SELECT DISTINCT tbl, k, col {range})),
-                       (SELECT count(*) FROM (SELECT DISTINCT tbl, k {range}))",
-                    u = op::UPDATE
-                ),
-                params![c.first, c.last],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-            )
-            .map_err(sql)?;
-        if others > 0 || distinct != all {
-            return Ok(None);
-        }
-        let pairs: Vec<(String, String)> = self
-            .conn
-            .prepare_cached(&format!("SELECT DISTINCT tbl, ifnull(col, '') {range}"))
-            .and_then(|mut st| {
-                st.query_map(params![c.first, c.last], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect()
-            })
-            .map_err(sql)?;
-        if pairs
-            .iter()
-            .any(|(t, _)| !matches!(self.shapes.get(t), Some(Ok(_))))
-        {
-            return Ok(None);
-        }
-        let mut conflicts = Keys::new();
-        for (tbl, col) in &pairs {
-            self.column_at_once(c, (tbl, col), &mut conflicts, before)?;
-        }
-        let kept = conflicts.len() as u64;
-        Ok(Some(((rows.max(0) as u64).saturating_sub(kept), kept)))
-    }
-
-    /// One table's column of [`Undoer::updates_at_once`].
-    fn column_at_once(
-        &self,
-        c: &Chunk,
-        (tbl, col): (&str, &str),
-        conflicts: &mut Keys,
-        before: u64,
-    ) -> Result<(), String> {
-        let sql = |e: rusqlite::Error| crate::run::db::run_time_message(self.conn, &e);
-        let Some(Ok(shape)) = self.shapes.get(tbl) else {
-            return Ok(()); // checked by the caller
-        };
-        let (t, k, q) = (quote(tbl), &shape.key, quote(col));
-        let overwrite = self.spec.on_conflict == OnConflict::Overwrite;
-        let args = params![c.first, c.last, tbl, col, overwrite];
-        let odd: Vec<(i64, Option<Value>)> = self
-            .conn
-            .prepare_cached(&format!(
-                "SELECT r.rec, (SELECT {q} FROM {t} WHERE {k} = r.k) FROM batchsse_undo_row r
-                 WHERE r.rec BETWEEN ?1 AND ?2 AND r.tbl = ?3 AND r.col = ?4
-                   AND NOT EXISTS (SELECT 1 FROM {t} WHERE {k} = r.k AND (?5 OR {q} IS r.new))"
-            ))
-            .and_then(|mut st| {
-                st.query_map(args, |row| Ok((row.get(0)?, row.get(1)?)))?
-                    .collect()
-            })
-            .map_err(sql)?;
-        for (rec, now) in odd {
-            let r = self.record(rec).map_err(sql)?;
-            let why = if self.gone(&t, k, &r.k).map_err(sql)? {
-                "the row is gone".to_owned()
-            } else {
-                format!(
-                    "{col} is {} now, not the {} the run wrote",
-                    shown(&now.unwrap_or(Value::Null)),
-                    shown(&r.new)
-                )
-            };
-            self.kept(c, &r, &why, conflicts, before)?;
-        }
-        self.conn
-            .prepare_cached(&format!(
-                "UPDATE {t} SET {q} = r.old FROM batchsse_undo_row r
-                 WHERE r.rec BETWEEN ?1 AND ?2 AND r.tbl = ?3 AND r.col = ?4
-                   AND {t}.{k} = r.k AND (?5 OR {t}.{q} IS r.new)"
-            ))
-            .and_then(|mut st| st.execute(args))
-            .map_err(sql)?;
-        Ok(())
-    }
-
-    fn gone(&self, t: &str, k: &str, key: &Value) -> rusqlite::Result<bool> {
-        let found = self
-            .conn
-            .prepare_cached(&format!("SELECT 1 FROM {t} WHERE {k} = ?1"))?
-            .exists([key])?;
-        Ok(!found)
-    }
-
-    fn records(&self, c: &Chunk) -> rusqlite::Result<Vec<Rec>> {
-        self.conn
-            .prepare_cached(
-                "SELECT rec, tbl, op, k, col, old, new FROM batchsse_undo_row WHERE rec BETWEEN ?1 AND ?2 ORDER BY rec DESC",
-            )?
-            .query_map(params![c.first, c.last], Rec::read)?
-            .collect()
-    }
-
-    fn record(&self, rec: i64) -> rusqlite::Result<Rec> {
-        self.conn
-            .prepare_cached(
-                "SELECT rec, tbl, op, k, col, old, new FROM batchsse_undo_row WHERE rec = ?1",
-            )?
-            .query_row([rec], Rec::read)
-    }
-
-    /// Applies one change back (a deleted row's records together); returns
-    /// why it is a conflict, if it is one and was not overwritten.
-    fn one(&self, recs: &[Rec]) -> rusqlite::Result<Option<String>> {
-        let r = &recs[0];
-        let shape = match self.shapes.get(&r.tbl) {
-            Some(Ok(s)) => s,
-            Some(Err(why)) => return Ok(Some(why.clone())),
-            None => return Ok(Some("the table is gone".into())),
-        };
-        let (t, k) = (quote(&r.tbl), &shape.key);
-        let exists = |col: &str| -> rusqlite::Result<Option<Value>> {
-            self.conn
-                .prepare_cached(&format!("SELECT {col} FROM {t} WHERE {k} = ?1"))?
-                .query_row([&r.k], |row| row.get(0))
-                .optional()
-        };
-        let overwrite = self.spec.on_conflict == OnConflict::Overwrite;
-        match r.op {
-            op::INSERT => {
-                if exists("1")?.is_none() {
-                    return Ok(Some("the row the run inserted is gone".into()));
-                }
-                self.conn
-                    .prepare_cached(&format!("DELETE FROM {t} WHERE {k} = ?1"))?
-                    .execute([&r.k])?;
-            }
-            op::UPDATE => {
-                let col = quote(r.col.as_deref().unwrap_or_default());
-                let Some(now) = exists(&col)? else {
-                    return Ok(Some("the row is gone".into()));
-                };
-                if now != r.new && !overwrite {
-                    return Ok(Some(format!(
-                        "{} is {} now, not the {} the run wrote",
-                        r.col.as_deref().unwrap_or_default(),
-                        shown(&now),
-                        shown(&r.new)
-                    )));
-                }
-                self.conn
-                    .prepare_cached(&format!("UPDATE {t} SET {col} = ?1 WHERE {k} = ?2"))?
-                    .execute([&r.old, &r.k])?;
-            }
-            _ => {
-                let there = exists("1")?.is_some();
-                if there && !overwrite {
-                    return Ok(Some("the row the run deleted exists again".into()));
-                }
-                let cols: Vec<&Rec> = recs.iter().filter(|c| c.col.is_some()).collect();
-                let names: String = cols
-                    .iter()
-                    .map(|c| format!(", {}", quote(c.col.as_deref().unwrap_or_default())))
-                    .collect();
-                let marks: String = (0..cols.len()).map(|n| format!(", ?{}", n + 2)).collect();
-                let verb = if there { "INSERT OR REPLACE" } else { "INSERT" };
-                let mut values: Vec<&Value> = vec![&r.k];
-                values.extend(cols.iter().map(|c| &c.old));
-                self.conn
-                    .prepare_cached(&format!("{verb} INTO {t}({k}{names}) VALUES (?1{marks})"))?
-                    .execute(rusqlite::params_from_iter(values))?;
-            }
-        }
-        Ok(None)
+        self.conflict(c, &k, nth)
+            .map_err(|e| crate::run::db::run_time_message(self.conn, &e))
     }
 
     /// Records (and, for the first ones, reports) a row kept under `skip`.
-    fn conflict(&self, c: &Chunk, r: &Rec, why: &str, nth: u64) -> rusqlite::Result<()> {
+    fn conflict(&self, c: &Chunk, k: &Conflict<'_>, nth: u64) -> rusqlite::Result<()> {
         self.conn
-            .prepare_cached("INSERT INTO batchsse_undo_conflict (run, tbl, k, col, why) VALUES (?1, ?2, ?3, ?4, ?5)")?
-            .execute(params![c.run, r.tbl, r.k, r.col, why])?;
+            .prepare_cached(
+                "INSERT INTO batchsse_undo_conflict (run, tbl, k, why) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(rusqlite::params![c.run, k.table, k.key, k.why])?;
         let text = format!(
-            "conflict in {} at key {}: {why}; kept the application's row",
-            r.tbl,
-            shown(&r.k)
+            "conflict in {} at key {}: {}; kept the application's row",
+            k.table,
+            shown(&k.key),
+            k.why
         );
         if nth <= SHOWN_CONFLICTS {
             self.log.push(Event::message(
-                json!({"db": self.db, "table": r.tbl, "key": json_value(&r.k)}),
+                json!({"db": self.db, "table": k.table, "key": json_value(&k.key)}),
                 Level::Warn,
                 text,
             ));

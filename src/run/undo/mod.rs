@@ -1,17 +1,28 @@
 //! Taking a run back. `run --undo` records, on the batch's own connection,
-//! the old values of every row each chunk changes (`record`), into tables
-//! of the database file written in the chunk's own transaction (`store`);
-//! `batchsse undo` applies them newest first, chunk by chunk (`apply`).
+//! what every chunk changed (`record`, in the format of `codec`, for the
+//! tables `shape` can key) into a table of the database file, written in
+//! the chunk's own transaction (`store`); `batchsse undo` applies the
+//! records newest first, chunk by chunk (`apply`).
 //!
-//! The recording is done by TEMP triggers: SQLite's session extension would
-//! need rusqlite's `session` feature, whose bindgen build needs libclang,
-//! and the README's set-up must need only a Rust toolchain. A TEMP trigger
-//! is seen only by the connection that made it, so the application's writes
-//! are never recorded, while the writes of the plan's own triggers and
-//! foreign-key actions are.
+//! No session extension: rusqlite's `session` feature builds through
+//! bindgen, which needs libclang, and the README's set-up must need only a
+//! Rust toolchain. The update hook and TEMP triggers are seen only by the
+//! connection that made them, so the application's writes are never
+//! recorded, while the writes of the plan's own triggers and foreign-key
+//! actions are.
 
 pub mod apply;
+mod codec;
+#[cfg(batchsse_preupdate)]
+mod preupdate;
 mod record;
+mod revert;
+mod shape;
 pub mod store;
 
-pub use record::{Recorder, refuse_unrecordable};
+pub use record::{Hook, Recorder};
+
+/// Whether this build records through SQLite's pre-update hook (else by
+/// reading around chunks and by TEMP triggers).
+pub const PREUPDATE: bool = cfg!(batchsse_preupdate);
+pub use shape::refuse_unrecordable;

@@ -1,243 +1,153 @@
-//! Recording a run for undo: TEMP triggers on every table of the main
-//! database, made on the batch's connection before each recorded step,
-//! write each changed row's key and old (and new) values into
-//! `batchsse_undo_row`; each chunk's range of those rows is then noted in
-//! `batchsse_undo`, all inside the chunk's transaction.
+//! Recording a run for undo, inside each chunk's own transaction, in one of
+//! two ways:
+//! - **read around** (a chunked step that only updates its own rowid
+//!   table): the chunk's rows are read before and after the work, and the
+//!   update hook proves the work touched no other row; the common case,
+//!   and as cheap as two range scans;
+//! - **staged**: TEMP triggers on every table copy each changed row, old
+//!   and new, into a TEMP table, which is packed into the record after the
+//!   work. Everything else, and a chunk whose work strayed (rolled back to
+//!   a savepoint and done again this way).
+//!
+//! A TEMP trigger, like the update hook, belongs to the batch's connection:
+//! the application's writes are never recorded, while the writes of the
+//! plan's own triggers and foreign-key actions are.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::sync::{Arc, Mutex};
 
+use rusqlite::hooks::Action;
+use rusqlite::types::Value;
 use rusqlite::{Connection, params};
 
-use super::store::{self, UNRECORDED, op};
-use crate::error::UsageError;
-use crate::plan::{Plan, Step, first_keyword, quote, sqlite_message};
+use super::codec::{Encoder, KeyRef, Layout, mask_of, op, print, put_value};
+use super::shape::shapes;
+use super::store::{self, UNRECORDED};
+use crate::plan::{Step, quote};
 
-/// How a table's rows are found again: the key to record, and the other
-/// columns to restore.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Shape {
-    pub table: String,
-    /// The key as SQL: a rowid name no column hides, its `INTEGER PRIMARY
-    /// KEY`, or the single primary key of a `WITHOUT ROWID` table.
-    pub key: String,
-    pub columns: Vec<String>,
+/// A recorded chunk's blob is cut into parts of about this size, so a
+/// plain step over millions of rows never holds one huge value.
+const PART_BYTES: usize = 4 << 20;
+
+/// What the update hook saw while a read-around chunk worked.
+#[derive(Default)]
+struct Seen {
+    /// The table being watched; `None`: not watching.
+    table: Option<String>,
+    rowids: Vec<i64>,
+    /// A change anywhere else, or not an update.
+    other: bool,
 }
 
-/// The tables of the main database (not SQLite's, not batchsse's), each
-/// with its shape or why it cannot be recorded.
-pub fn shapes(conn: &Connection) -> rusqlite::Result<Vec<(String, Result<Shape, String>)>> {
-    let tables: Vec<(String, String, bool)> = conn
-        .prepare(
-            "SELECT name, type, wr FROM pragma_table_list
-             WHERE schema = 'main' AND name NOT LIKE 'sqlite_%' AND name NOT LIKE 'batchsse_%'",
-        )?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-        .collect::<Result<_, _>>()?;
-    let mut out = Vec::new();
-    for (name, kind, without_rowid) in tables {
-        let shape = match kind.as_str() {
-            "table" => shape(conn, &name, without_rowid)?,
-            "virtual" => Err("it is a virtual table, which triggers cannot watch".into()),
-            _ => continue, // views and shadow tables are written through others
-        };
-        out.push((name, shape));
-    }
-    Ok(out)
-}
+/// The batch connection's update hook, for the read-around recording.
+#[derive(Clone, Default)]
+pub struct Hook(Arc<Mutex<Seen>>);
 
-fn shape(
-    conn: &Connection,
-    table: &str,
-    without_rowid: bool,
-) -> rusqlite::Result<Result<Shape, String>> {
-    // (name, declared type, pk position, hidden: 0 = an ordinary column)
-    let cols: Vec<(String, String, i64, i64)> = conn
-        .prepare(&format!(
-            "SELECT name, type, pk, hidden FROM pragma_table_xinfo({})",
-            lit(table)
-        ))?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-        .collect::<Result<_, _>>()?;
-    let cols: Vec<_> = cols.into_iter().filter(|c| c.3 == 0).collect();
-    let pk: Vec<&(String, String, i64, i64)> = cols.iter().filter(|c| c.2 > 0).collect();
-    let is_col = |n: &str| cols.iter().any(|c| c.0.eq_ignore_ascii_case(n));
-    let key_col: Option<String> = if without_rowid {
-        match pk.as_slice() {
-            [one] => Some(one.0.clone()),
-            _ => {
-                return Ok(Err(
-                    "it is a WITHOUT ROWID table with a primary key of several columns, which the undo record cannot key yet".into(),
-                ));
+impl Hook {
+    /// Installs the hook on the batch's connection (before it is shared).
+    pub fn install(conn: &mut Connection) -> rusqlite::Result<Hook> {
+        let hook = Hook::default();
+        let seen = hook.0.clone();
+        conn.update_hook(Some(move |action, db: &str, table: &str, rowid| {
+            let mut s = seen.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(watched) = &s.table else { return };
+            if action == Action::SQLITE_UPDATE && db == "main" && table == watched {
+                s.rowids.push(rowid);
+            } else {
+                s.other = true;
             }
-        }
-    } else {
-        None
-    };
-    let key = match &key_col {
-        Some(k) => quote(k),
-        None => match ["rowid", "_rowid_", "oid"].iter().find(|n| !is_col(n)) {
-            Some(n) => (*n).to_owned(),
-            None => match pk.as_slice() {
-                [one] if one.1.eq_ignore_ascii_case("integer") => quote(&one.0),
-                _ => {
-                    return Ok(Err(
-                        "its columns rowid, _rowid_ and oid hide its rowid".into()
-                    ));
-                }
-            },
-        },
-    };
-    let columns = cols
-        .iter()
-        .map(|c| c.0.clone())
-        .filter(|c| key_col.as_deref() != Some(c.as_str()) && quote(c) != key)
-        .collect();
-    Ok(Ok(Shape {
-        table: table.to_owned(),
-        key,
-        columns,
-    }))
+        }))?;
+        Ok(hook)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Seen> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn watch(&self, table: Option<&str>) {
+        let mut s = self.lock();
+        s.table = table.map(str::to_owned);
+        s.rowids.clear();
+        s.other = false;
+    }
+
+    /// Stops watching; whether every change was an update of one of
+    /// `rowids` (sorted).
+    fn stayed_within(&self, rowids: &[i64]) -> bool {
+        let mut s = self.lock();
+        s.table = None;
+        !s.other && s.rowids.iter().all(|r| rowids.binary_search(r).is_ok())
+    }
 }
 
-/// An SQL string literal.
-fn lit(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
+/// How the current step is recorded.
+enum Mode {
+    Off,
+    /// By SQLite's pre-update hook (builds that have it).
+    Pre,
+    Around(Around),
+    Staged(Vec<Layout>),
 }
 
-/// The TEMP triggers that record changes to one table: `n` keeps names
-/// apart.
-fn triggers(n: usize, s: &Shape) -> String {
-    let (t, k) = (lit(&s.table), &s.key);
-    let on = format!("ON main.{}", quote(&s.table));
-    let into = "INSERT INTO batchsse_undo_row(tbl, op, k, col, old, new)";
-    let deleted = |row: &str| {
-        if s.columns.is_empty() {
-            format!(
-                "{into} VALUES ({t}, {}, {row}.{k}, NULL, NULL, NULL);",
-                op::DELETE
-            )
-        } else {
-            let values: Vec<String> = s
-                .columns
-                .iter()
-                .map(|c| {
-                    format!(
-                        "({t}, {}, {row}.{k}, {}, {row}.{}, NULL)",
-                        op::DELETE,
-                        lit(c),
-                        quote(c)
-                    )
-                })
-                .collect();
-            format!("{into} VALUES {};", values.join(", "))
-        }
-    };
-    let inserted = |row: &str| {
-        format!(
-            "{into} VALUES ({t}, {}, {row}.{k}, NULL, NULL, NULL);",
-            op::INSERT
-        )
-    };
-    let updated: String = s
-        .columns
-        .iter()
-        .map(|c| {
-            let q = quote(c);
-            format!(
-                "{into} SELECT {t}, {}, OLD.{k}, {}, OLD.{q}, NEW.{q} WHERE OLD.{q} IS NOT NEW.{q};",
-                op::UPDATE,
-                lit(c)
-            )
-        })
-        .collect();
-    // A changed key is the old row deleted and the new one inserted.
-    format!(
-        "CREATE TEMP TRIGGER batchsse_undo_i{n} AFTER INSERT {on} BEGIN {ins} END;
-         CREATE TEMP TRIGGER batchsse_undo_d{n} AFTER DELETE {on} BEGIN {del} END;
-         CREATE TEMP TRIGGER batchsse_undo_u{n} AFTER UPDATE {on} WHEN OLD.{k} IS NEW.{k} BEGIN {upd} END;
-         CREATE TEMP TRIGGER batchsse_undo_m{n} AFTER UPDATE {on} WHEN OLD.{k} IS NOT NEW.{k} BEGIN {del_old} {ins_new} END;",
-        ins = inserted("NEW"),
-        del = deleted("OLD"),
-        upd = if updated.is_empty() { "SELECT 1;".into() } else { updated },
-        del_old = deleted("OLD"),
-        ins_new = inserted("NEW"),
-    )
+/// A read-around step: its table and the query that reads a chunk.
+struct Around {
+    layout: Layout,
+    /// `SELECT rowid, columns… WHERE key BETWEEN ?1 AND ?2 ORDER BY key`.
+    read: String,
 }
 
-/// Refuses, before anything runs, a step `run --undo` cannot record: one
-/// that changes the schema or runs outside a transaction, one that may
-/// replace rows (REPLACE deletes without telling triggers), or one that
-/// writes a table the triggers cannot watch or key.
-pub fn refuse_unrecordable(conn: &Connection, plan: &Plan) -> Result<(), UsageError> {
-    let shapes = shapes(conn).map_err(|e| UsageError::new(sqlite_message(&e)))?;
-    for step in plan.steps.iter().filter(|s| s.undo) {
-        if let Some(why) = why_unrecordable(step, &shapes) {
-            return Err(UsageError::new(format!(
-                "step {} ({:?}) cannot be recorded for --undo: {why}. Give the step \"undo\": false to run it unrecorded (an undo then stops at it), or run without --undo",
-                step.index + 1,
-                step.name
-            )));
-        }
-    }
-    Ok(())
+/// A chunk's rows as read: rowids, and each row's values encoded one
+/// after the other (`ends`: where each value ends).
+#[derive(Default, PartialEq)]
+struct Rows {
+    rowids: Vec<i64>,
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
 }
 
-fn why_unrecordable(step: &Step, shapes: &[(String, Result<Shape, String>)]) -> Option<String> {
-    let word = first_keyword(&step.sql);
-    if step.autocommit {
-        return Some(format!("{word} runs outside a transaction"));
+impl Rows {
+    /// Value `j` of row `i`, for rows of `n` values.
+    fn value(&self, n: usize, i: usize, j: usize) -> &[u8] {
+        let at = i * n + j;
+        let start = if at == 0 { 0 } else { self.ends[at - 1] };
+        &self.bytes[start..self.ends[at]]
     }
-    if !matches!(
-        word.as_str(),
-        "INSERT" | "UPDATE" | "DELETE" | "REPLACE" | "WITH" | "SELECT"
-    ) {
-        return Some(format!(
-            "{word} changes the schema, which the undo record cannot take back"
-        ));
-    }
-    let upper = step.sql.to_ascii_uppercase();
-    let words: Vec<&str> = upper
-        .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
-        .filter(|w| !w.is_empty())
-        .collect();
-    if word == "REPLACE" || words.windows(2).any(|w| w == ["OR", "REPLACE"]) {
-        return Some(
-            "REPLACE deletes the rows it replaces without firing the triggers that record them"
-                .into(),
-        );
-    }
-    for table in &step.writes {
-        if table.contains('.') && !table.starts_with("temp.") {
-            return Some(format!("it writes {table}, in an attached database"));
-        }
-        if let Some((_, Err(why))) = shapes.iter().find(|(n, _)| n.eq_ignore_ascii_case(table)) {
-            return Some(format!("it writes {table}, and {why}"));
-        }
-    }
-    None
 }
 
-/// This run's recording: arms the triggers for a step, and notes each
-/// chunk's records in the chunk's transaction.
+/// This run's recording: arms a step, records each chunk in the chunk's
+/// transaction.
 pub struct Recorder<'c> {
     conn: &'c Connection,
     pub run_id: String,
     plan: String,
-    /// Records written so far, for `finished`.
+    hook: Option<Hook>,
+    /// Record bytes written so far, for `finished`.
     bytes: Cell<u64>,
     chunk: Cell<i64>,
+    mode: RefCell<Mode>,
     armed: Cell<usize>,
+    /// A read-around chunk's rows, before and after.
+    rows: RefCell<(Rows, Rows)>,
+    #[cfg(batchsse_preupdate)]
+    pre: super::preupdate::PreHook,
 }
 
 impl<'c> Recorder<'c> {
-    pub fn new(conn: &'c Connection, run_id: String, plan: &str) -> Self {
+    /// `hook`: the connection's update hook; without it every step is
+    /// staged.
+    pub fn new(conn: &'c Connection, run_id: String, plan: &str, hook: Option<Hook>) -> Self {
         Recorder {
             conn,
             run_id,
             plan: plan.to_owned(),
+            hook,
             bytes: Cell::new(0),
             chunk: Cell::new(0),
+            mode: RefCell::new(Mode::Off),
             armed: Cell::new(0),
+            rows: RefCell::default(),
+            #[cfg(batchsse_preupdate)]
+            pre: super::preupdate::PreHook::install(conn, PART_BYTES),
         }
     }
 
@@ -245,32 +155,70 @@ impl<'c> Recorder<'c> {
         self.bytes.get()
     }
 
-    /// Makes the tables and (again: an earlier step may have changed the
-    /// schema) the triggers, before `step` runs. A step that opts out is
-    /// noted instead, so an undo stops at it.
+    /// Makes the tables and chooses how `step` is recorded (again for each
+    /// step: an earlier one may have changed the schema). A step that
+    /// opts out is noted instead, so an undo stops at it.
     pub fn arm(&self, step: &Step) -> rusqlite::Result<()> {
         self.disarm();
         store::create(self.conn)?;
+        self.chunk.set(0);
         if !step.undo {
-            self.note(step, UNRECORDED, (1, 0), (0, 0))?;
+            return self.note(step, 0, &[]).map(|_| ());
+        }
+        let layouts: Vec<Layout> = shapes(self.conn)?
+            .into_iter()
+            .filter_map(|(_, s)| s.ok())
+            .collect();
+        #[cfg(batchsse_preupdate)]
+        {
+            self.pre.arm(self.conn, layouts)?;
+            *self.mode.borrow_mut() = Mode::Pre;
             return Ok(());
         }
-        let shapes = shapes(self.conn)?;
-        let mut sql = String::new();
-        let mut n = 0;
-        for (_, s) in &shapes {
-            if let Ok(s) = s {
-                sql += &triggers(n, s);
-                n += 1;
-            }
-        }
-        self.conn.execute_batch(&sql)?;
-        self.armed.set(n);
-        self.chunk.set(0);
+        #[allow(unreachable_code)]
+        let around = step
+            .chunk
+            .as_ref()
+            .zip(self.hook.as_ref())
+            .and_then(|(c, _)| {
+                let only_own =
+                    matches!(step.writes.as_slice(), [t] if t.eq_ignore_ascii_case(&c.table));
+                let layout = layouts
+                    .iter()
+                    .find(|l| l.table.eq_ignore_ascii_case(&c.table))?;
+                (only_own && layout.int_key).then(|| Around {
+                    read: around_query(layout, &c.key_sql),
+                    layout: layout.clone(),
+                })
+            });
+        *self.mode.borrow_mut() = match around {
+            Some(a) => Mode::Around(a),
+            None => self.stage(layouts)?,
+        };
         Ok(())
     }
 
-    /// Drops the triggers (the run's last step is over).
+    /// Makes the staging table and the TEMP triggers that fill it.
+    fn stage(&self, layouts: Vec<Layout>) -> rusqlite::Result<Mode> {
+        let width = layouts
+            .iter()
+            .map(|l| l.key.len() + 2 * l.columns.len())
+            .max()
+            .unwrap_or(1);
+        let cols: String = (1..=width).map(|i| format!(", v{i}")).collect();
+        let mut sql = format!(
+            "DROP TABLE IF EXISTS temp.batchsse_stage;
+             CREATE TEMP TABLE batchsse_stage(seq INTEGER PRIMARY KEY, tno INTEGER, op INTEGER{cols});"
+        );
+        for (n, l) in layouts.iter().enumerate() {
+            sql += &triggers(n, l);
+        }
+        self.conn.execute_batch(&sql)?;
+        self.armed.set(layouts.len());
+        Ok(Mode::Staged(layouts))
+    }
+
+    /// Drops the triggers and the staging table (the step is over).
     pub fn disarm(&self) {
         for n in 0..self.armed.get() {
             for kind in ["i", "d", "u", "m"] {
@@ -279,45 +227,190 @@ impl<'c> Recorder<'c> {
                 ));
             }
         }
-        self.armed.set(0);
+        #[cfg(batchsse_preupdate)]
+        self.pre.disarm();
+        if self.armed.replace(0) > 0 {
+            let _ = self
+                .conn
+                .execute_batch("DROP TABLE IF EXISTS temp.batchsse_stage");
+        }
+        *self.mode.borrow_mut() = Mode::Off;
     }
 
-    /// Where the next record will go: call before the chunk's work.
-    pub fn mark(&self) -> rusqlite::Result<i64> {
-        self.conn
-            .prepare_cached("SELECT ifnull(max(rec), 0) FROM batchsse_undo_row")?
-            .query_row([], |r| r.get(0))
-    }
-
-    /// Notes the records made since `mark` as the step's next chunk.
-    pub fn chunk_done(&self, step: &Step, mark: i64, rows: u64) -> rusqlite::Result<()> {
-        let last = self.mark()?;
-        let no = self.chunk.get();
-        self.chunk.set(no + 1);
-        let bytes: f64 = self
-            .conn
-            .prepare_cached(
-                "SELECT total(length(tbl) + ifnull(length(col), 0) + ifnull(length(CAST(k AS BLOB)), 0)
-                   + ifnull(length(CAST(old AS BLOB)), 0) + ifnull(length(CAST(new AS BLOB)), 0) + 4)
-                 FROM batchsse_undo_row WHERE rec BETWEEN ?1 AND ?2",
-            )?
-            .query_row(params![mark + 1, last], |r| r.get(0))?;
-        self.bytes.set(self.bytes.get() + bytes as u64);
-        self.note(step, no, (mark + 1, last), (rows, bytes as u64))
-    }
-
-    /// `sizes`: the rows the chunk changed and the bytes it recorded.
-    fn note(
+    /// Does the work of one chunk (`range`: its keys; `None` for a plain
+    /// step) and records it, in the caller's transaction; returns what the
+    /// work returns, the rows it changed. `None`: the work strayed from
+    /// the chunk's rows, so it could not be recorded by reading around it;
+    /// the caller rolls the chunk back and does it again, which is then
+    /// recorded staged (as is the rest of the step).
+    pub fn record(
         &self,
         step: &Step,
-        chunk: i64,
-        (first, last): (i64, i64),
-        sizes: (u64, u64),
+        range: Option<(&Value, &Value)>,
+        work: &mut dyn FnMut() -> rusqlite::Result<u64>,
+    ) -> rusqlite::Result<Option<u64>> {
+        let around = match (&*self.mode.borrow(), range) {
+            (Mode::Off, _) => return work().map(Some),
+            (Mode::Pre, _) => return self.record_pre(step, work).map(Some),
+            (Mode::Around(a), Some(range)) => Some((a.read.clone(), a.layout.clone(), range)),
+            _ => None,
+        };
+        match around {
+            Some((read, layout, range)) => self.read_around(step, (&read, &layout), range, work),
+            None => {
+                let changed = work()?;
+                self.pack_staged(step)?;
+                Ok(Some(changed))
+            }
+        }
+    }
+
+    /// The work, recorded by the pre-update hook as it goes.
+    fn record_pre(
+        &self,
+        step: &Step,
+        work: &mut dyn FnMut() -> rusqlite::Result<u64>,
+    ) -> rusqlite::Result<u64> {
+        #[cfg(batchsse_preupdate)]
+        {
+            self.pre.discard();
+            let changed = work().inspect_err(|_| self.pre.discard())?;
+            for (rows, blob) in self.pre.take().map_err(store::failure)? {
+                self.note_part(step, rows, &blob)?;
+            }
+            return Ok(changed);
+        }
+        #[allow(unreachable_code)]
+        {
+            let _ = step;
+            work()
+        }
+    }
+
+    /// The read-around recording of one chunk (see [`Recorder::record`]).
+    fn read_around(
+        &self,
+        step: &Step,
+        (read, layout): (&str, &Layout),
+        (lo, hi): (&Value, &Value),
+        work: &mut dyn FnMut() -> rusqlite::Result<u64>,
+    ) -> rusqlite::Result<Option<u64>> {
+        let hook = self.hook.as_ref().expect("read-around needs the hook");
+        let n = layout.columns.len();
+        let mut rows = self.rows.borrow_mut();
+        let (before, after) = &mut *rows;
+        read_rows(self.conn, read, (lo, hi), n, before)?;
+        hook.watch(Some(&layout.table));
+        let worked = work();
+        let stayed = hook.stayed_within(&before.rowids);
+        let changed = worked?;
+        if stayed {
+            read_rows(self.conn, read, (lo, hi), n, after)?;
+            if after.rowids == before.rowids {
+                self.pack_around(step, layout, before, after)?;
+                return Ok(Some(changed));
+            }
+        }
+        let layouts = shapes(self.conn)?
+            .into_iter()
+            .filter_map(|(_, s)| s.ok())
+            .collect();
+        *self.mode.borrow_mut() = self.stage(layouts)?;
+        Ok(None)
+    }
+
+    /// Records the rows whose values differ between the two reads.
+    fn pack_around(
+        &self,
+        step: &Step,
+        layout: &Layout,
+        before: &Rows,
+        after: &Rows,
     ) -> rusqlite::Result<()> {
+        let n = layout.columns.len();
+        let mut enc = Encoder::new(true);
+        let t = enc.table(layout);
+        let (mut old, mut new) = (Vec::new(), Vec::new());
+        for (i, rowid) in before.rowids.iter().enumerate() {
+            let differs = (0..n).filter(|&j| before.value(n, i, j) != after.value(n, i, j));
+            let changed: Vec<usize> = differs.collect();
+            if changed.is_empty() {
+                continue;
+            }
+            old.clear();
+            new.clear();
+            for &j in &changed {
+                old.extend_from_slice(before.value(n, i, j));
+                new.extend_from_slice(after.value(n, i, j));
+            }
+            enc.update(
+                t,
+                KeyRef::Int(*rowid),
+                &mask_of(n, changed),
+                &old,
+                print(&new),
+            );
+            self.flush_part(step, &mut enc, false)?;
+        }
+        self.flush_part(step, &mut enc, true)
+    }
+
+    /// Packs what the triggers staged into the record, and empties the
+    /// staging table.
+    fn pack_staged(&self, step: &Step) -> rusqlite::Result<()> {
+        let mode = self.mode.borrow();
+        let Mode::Staged(layouts) = &*mode else {
+            return Ok(());
+        };
+        let mut enc = Encoder::new(false);
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT * FROM temp.batchsse_stage ORDER BY seq")?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let (tno, what): (i64, u8) = (row.get(1)?, row.get(2)?);
+            let Some(layout) = layouts.get(tno as usize) else {
+                continue;
+            };
+            pack_staged_row(&mut enc, layout, what, row)?;
+            self.flush_part(step, &mut enc, false)?;
+        }
+        drop(rows);
+        self.conn.execute_batch("DELETE FROM temp.batchsse_stage")?;
+        self.flush_part(step, &mut enc, true)
+    }
+
+    /// Writes the encoder's blob as the next part when it is big enough,
+    /// or (`last`) when it holds anything.
+    fn flush_part(&self, step: &Step, enc: &mut Encoder, last: bool) -> rusqlite::Result<()> {
+        if enc.is_empty() || (!last && enc.len() < PART_BYTES) {
+            return Ok(());
+        }
+        let rows = enc.entries();
+        let blob = enc.finish();
+        self.note_part(step, rows, &blob)
+    }
+
+    /// Notes the next recorded part of the step.
+    fn note_part(&self, step: &Step, rows: u64, blob: &[u8]) -> rusqlite::Result<()> {
+        self.note(step, rows, blob)?;
+        self.chunk.set(self.chunk.get() + 1);
+        self.bytes.set(self.bytes.get() + blob.len() as u64);
+        Ok(())
+    }
+
+    /// Notes a recorded part: `rows` entries in `blob`; no blob: the step
+    /// is not recorded.
+    fn note(&self, step: &Step, rows: u64, blob: &[u8]) -> rusqlite::Result<()> {
+        let chunk = if blob.is_empty() {
+            UNRECORDED
+        } else {
+            self.chunk.get()
+        };
         self.conn
             .prepare_cached(
-                "INSERT INTO batchsse_undo (run, plan, step, name, chunk, first, last, rows, bytes)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT INTO batchsse_undo (run, plan, step, name, chunk, rows, bytes, rec)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?
             .execute(params![
                 self.run_id,
@@ -325,11 +418,144 @@ impl<'c> Recorder<'c> {
                 step.index as i64,
                 step.name,
                 chunk,
-                first,
-                last,
-                sizes.0 as i64,
-                sizes.1 as i64
+                rows as i64,
+                blob.len() as i64,
+                (!blob.is_empty()).then_some(blob),
             ])?;
         Ok(())
     }
+}
+
+/// The read-around query of a table chunked by `key_sql`.
+fn around_query(layout: &Layout, key_sql: &str) -> String {
+    let cols: String = layout
+        .columns
+        .iter()
+        .map(|c| format!(", {}", quote(c)))
+        .collect();
+    format!(
+        "SELECT {k}{cols} FROM main.{t} WHERE {key_sql} BETWEEN ?1 AND ?2 ORDER BY {key_sql}",
+        k = layout.key[0],
+        t = quote(&layout.table)
+    )
+}
+
+/// A chunk's rows by `read`, with `n` values each, rowids sorted, into
+/// `out` (its buffers kept from chunk to chunk).
+fn read_rows(
+    conn: &Connection,
+    read: &str,
+    (lo, hi): (&Value, &Value),
+    n: usize,
+    out: &mut Rows,
+) -> rusqlite::Result<()> {
+    out.rowids.clear();
+    out.bytes.clear();
+    out.ends.clear();
+    let mut stmt = conn.prepare_cached(read)?;
+    let mut rows = stmt.query(params![lo, hi])?;
+    while let Some(row) = rows.next()? {
+        out.rowids.push(row.get(0)?);
+        for j in 0..n {
+            put_value(&mut out.bytes, row.get_ref(j + 1)?);
+            out.ends.push(out.bytes.len());
+        }
+    }
+    if !out.rowids.is_sorted() {
+        // Chunked by another key: the hook's rowids are looked up.
+        let n_rows = out.rowids.len();
+        let mut order: Vec<usize> = (0..n_rows).collect();
+        order.sort_by_key(|&i| out.rowids[i]);
+        *out = reorder(out, &order, n);
+    }
+    Ok(())
+}
+
+/// `rows` in the order `order` gives.
+fn reorder(rows: &Rows, order: &[usize], n: usize) -> Rows {
+    let mut out = Rows::default();
+    for &i in order {
+        out.rowids.push(rows.rowids[i]);
+        for j in 0..n {
+            out.bytes.extend_from_slice(rows.value(n, i, j));
+            out.ends.push(out.bytes.len());
+        }
+    }
+    out
+}
+
+/// One staged row (`seq, tno, op, v1…`) into the record.
+fn pack_staged_row(
+    enc: &mut Encoder,
+    layout: &Layout,
+    what: u8,
+    row: &rusqlite::Row<'_>,
+) -> rusqlite::Result<()> {
+    let (p, n) = (layout.key.len(), layout.columns.len());
+    let t = enc.table(layout);
+    let encoded = |from: usize, count: usize| -> rusqlite::Result<Vec<Vec<u8>>> {
+        (from..from + count)
+            .map(|i| {
+                let mut b = Vec::new();
+                put_value(&mut b, row.get_ref(i)?);
+                Ok(b)
+            })
+            .collect()
+    };
+    let key_bytes = encoded(3, p)?.concat();
+    let key = if layout.int_key {
+        KeyRef::Int(row.get(3)?)
+    } else {
+        KeyRef::Encoded(&key_bytes)
+    };
+    let values = encoded(3 + p, n)?;
+    match what {
+        op::INSERT => enc.insert(t, key, print(&values.concat())),
+        op::DELETE => enc.delete(t, key, &values.concat()),
+        _ => {
+            let new = encoded(3 + p + n, n)?;
+            let changed: Vec<usize> = (0..n).filter(|&j| values[j] != new[j]).collect();
+            if !changed.is_empty() {
+                let old: Vec<u8> = changed.iter().flat_map(|&j| values[j].clone()).collect();
+                let new: Vec<u8> = changed.iter().flat_map(|&j| new[j].clone()).collect();
+                enc.update(t, key, &mask_of(n, changed), &old, print(&new));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The TEMP triggers that stage changes to one table: `n` is its `tno`.
+/// A changed key is the old row deleted and the new one inserted.
+fn triggers(n: usize, l: &Layout) -> String {
+    let on = format!("ON main.{}", quote(&l.table));
+    let row = |from: &str| -> Vec<String> {
+        let keys = l.key.iter().map(|k| format!("{from}.{k}"));
+        keys.chain(l.columns.iter().map(|c| format!("{from}.{}", quote(c))))
+            .collect()
+    };
+    let stage = |what: u8, values: Vec<String>| {
+        let names: String = (1..=values.len()).map(|i| format!(", v{i}")).collect();
+        format!(
+            "INSERT INTO temp.batchsse_stage(tno, op{names}) VALUES ({n}, {what}, {});",
+            values.join(", ")
+        )
+    };
+    let same_key: Vec<String> = l
+        .key
+        .iter()
+        .map(|k| format!("OLD.{k} IS NEW.{k}"))
+        .collect();
+    let same_key = same_key.join(" AND ");
+    let mut update = row("OLD");
+    update.extend(l.columns.iter().map(|c| format!("NEW.{}", quote(c))));
+    format!(
+        "CREATE TEMP TRIGGER batchsse_undo_i{n} AFTER INSERT {on} BEGIN {ins} END;
+         CREATE TEMP TRIGGER batchsse_undo_d{n} AFTER DELETE {on} BEGIN {del} END;
+         CREATE TEMP TRIGGER batchsse_undo_u{n} AFTER UPDATE {on} WHEN {same_key} BEGIN {upd} END;
+         CREATE TEMP TRIGGER batchsse_undo_m{n} AFTER UPDATE {on} WHEN NOT ({same_key}) BEGIN {del} {ins} END;",
+        ins = stage(op::INSERT, row("NEW")),
+        del = stage(op::DELETE, row("OLD")),
+        upd = stage(op::UPDATE, update),
+    )
 }

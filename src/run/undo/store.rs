@@ -1,25 +1,14 @@
 //! The undo record's tables, beside the checkpoint in the database file:
-//! `batchsse_undo` (one row per recorded chunk: run, plan, step, the range
-//! of its rows), `batchsse_undo_row` (one row per changed value, key or
-//! deleted column) and `batchsse_undo_conflict` (rows an undo kept).
+//! `batchsse_undo` (one row per recorded chunk, or part of one: run, plan,
+//! step, and the record itself, a blob in the format of `codec`) and
+//! `batchsse_undo_conflict` (rows an undo kept).
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension};
 
 use crate::error::UsageError;
 use crate::plan::sqlite_message;
 
 pub const CHUNKS: &str = "batchsse_undo";
-
-/// What a record row is: `op` in `batchsse_undo_row`.
-pub mod op {
-    /// The run inserted the row with key `k`.
-    pub const INSERT: i64 = 1;
-    /// The run changed column `col` of row `k` from `old` to `new`.
-    pub const UPDATE: i64 = 2;
-    /// The run deleted row `k`, whose column `col` was `old` (one row per
-    /// column; a table of only its key has one row with `col` NULL).
-    pub const DELETE: i64 = 3;
-}
 
 /// A chunk's `chunk` number for a step the run did not record (`"undo":
 /// false`): an undo stops there.
@@ -33,19 +22,12 @@ const CREATE: &str = "CREATE TABLE IF NOT EXISTS batchsse_undo (
     step INTEGER NOT NULL,
     name TEXT NOT NULL,
     chunk INTEGER NOT NULL,
-    first INTEGER NOT NULL,
-    last INTEGER NOT NULL,
     rows INTEGER NOT NULL,
     bytes INTEGER NOT NULL,
+    rec BLOB,
     created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
 );
 CREATE INDEX IF NOT EXISTS batchsse_undo_by_run ON batchsse_undo(run, id);
-CREATE TABLE IF NOT EXISTS batchsse_undo_row (
-    rec INTEGER PRIMARY KEY,
-    tbl TEXT NOT NULL,
-    op INTEGER NOT NULL,
-    k, col TEXT, old, new
-);
 CREATE TABLE IF NOT EXISTS batchsse_undo_conflict (
     run TEXT NOT NULL,
     tbl TEXT NOT NULL,
@@ -55,9 +37,29 @@ CREATE TABLE IF NOT EXISTS batchsse_undo_conflict (
     at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
 );";
 
-/// Makes the tables if they are not there (inside the caller's transaction).
+/// Makes the tables if they are not there (inside the caller's
+/// transaction). Records of an earlier format (a row per value, from
+/// before the first release) are refused with what to do.
 pub fn create(conn: &Connection) -> rusqlite::Result<()> {
+    let old: bool = conn.query_row(
+        "SELECT count(*) FROM pragma_table_info('batchsse_undo') WHERE name = 'first'",
+        [],
+        |r| r.get(0),
+    )?;
+    if old {
+        return Err(failure(
+            "this file holds undo records of an older batchsse; take them back with that version, or remove them with `batchsse undo clear --all`".into(),
+        ));
+    }
     conn.execute_batch(CREATE)
+}
+
+/// An error of the undo record, as SQLite's errors are carried.
+pub fn failure(why: String) -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+        Some(why),
+    )
 }
 
 pub fn exists(conn: &Connection) -> rusqlite::Result<bool> {
@@ -114,17 +116,9 @@ pub fn runs(conn: &Connection) -> Result<Vec<RunRecord>, UsageError> {
     })
 }
 
-/// Removes a run's records (chunks and their rows); returns the chunks
-/// removed. Inside the caller's transaction.
+/// Removes a run's records; returns the rows removed. Inside the
+/// caller's transaction.
 pub fn remove_run(conn: &Connection, run: &str) -> rusqlite::Result<usize> {
-    let ranges: Vec<(i64, i64)> = conn
-        .prepare("SELECT first, last FROM batchsse_undo WHERE run = ?1")?
-        .query_map([run], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<Result<_, _>>()?;
-    let mut rows = conn.prepare("DELETE FROM batchsse_undo_row WHERE rec BETWEEN ?1 AND ?2")?;
-    for (a, b) in ranges {
-        rows.execute(params![a, b])?;
-    }
     conn.execute("DELETE FROM batchsse_undo WHERE run = ?1", [run])
 }
 
@@ -154,8 +148,9 @@ pub fn drop_if_empty(conn: &Connection) -> rusqlite::Result<bool> {
     if left > 0 || conflicts > 0 {
         return Ok(false);
     }
+    // `batchsse_undo_row`: the tables of the format before the first release.
     conn.execute_batch(
-        "DROP TABLE batchsse_undo; DROP TABLE batchsse_undo_row; DROP TABLE batchsse_undo_conflict",
+        "DROP TABLE batchsse_undo; DROP TABLE batchsse_undo_conflict; DROP TABLE IF EXISTS batchsse_undo_row",
     )?;
     Ok(true)
 }

@@ -1,0 +1,581 @@
+//! The undo record's format: one blob per recorded chunk, holding for each
+//! changed row its key, what the run overwrote, and a fingerprint of what
+//! it wrote (so a later undo can tell the application's changes from the
+//! run's without the record holding the new values).
+//!
+//! ```text
+//! blob    = version flags tables entry*
+//! tables  = count { name  keys{count name*}  columns{count name*} }*
+//! entry   = head key body
+//! head    = varint(table << 3 | same_mask << 2 | op)
+//! key     = zigzag-varint delta from the table's last key (integer keys)
+//!         | value*                                        (other keys)
+//! body    = UPDATE: [mask] value* (old, masked columns) print
+//!         | INSERT: print (of every column as inserted)
+//!         | DELETE: value* (old, every column)
+//! value   = tag: 0 NULL, 1 REAL + 8 bytes, 2 TEXT / 3 BLOB + varint length
+//!           + bytes, 4 INTEGER + zigzag varint, 16..=255 the integers
+//!           -64..=175 in the tag alone
+//! print   = 48 bits of a 64-bit hash of the values' encodings, 6 bytes
+//! ```
+
+use rusqlite::types::{Value, ValueRef};
+
+pub const VERSION: u8 = 1;
+
+/// What an entry is.
+pub mod op {
+    /// The run inserted the row.
+    pub const INSERT: u8 = 1;
+    /// The run changed some columns of the row (the mask says which).
+    pub const UPDATE: u8 = 2;
+    /// The run deleted the row.
+    pub const DELETE: u8 = 3;
+}
+
+/// `flags` bit: every entry of the blob is a different row, so an undo
+/// need not count rows with a set.
+pub const UNIQUE_KEYS: u8 = 1;
+
+const PRINT_BYTES: usize = 6;
+const SMALL_TAG: u8 = 16;
+const SMALL_ZERO: i64 = 80;
+
+/// A table as a record names it: what keys a row, and the columns an
+/// undo restores.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Layout {
+    pub table: String,
+    /// Column names, or one rowid name.
+    pub key: Vec<String>,
+    /// The key is the rowid (or its alias): always an integer.
+    pub int_key: bool,
+    pub columns: Vec<String>,
+}
+
+impl Layout {
+    fn mask_bytes(&self) -> usize {
+        self.columns.len().div_ceil(8)
+    }
+}
+
+/// Appends `v`'s encoding.
+pub fn put_value(out: &mut Vec<u8>, v: ValueRef<'_>) {
+    match v {
+        ValueRef::Null => out.push(0),
+        ValueRef::Real(f) => {
+            out.push(1);
+            out.extend_from_slice(&f.to_bits().to_le_bytes());
+        }
+        ValueRef::Text(b) | ValueRef::Blob(b) => {
+            out.push(if matches!(v, ValueRef::Text(_)) { 2 } else { 3 });
+            put_varint(out, b.len() as u64);
+            out.extend_from_slice(b);
+        }
+        ValueRef::Integer(i) => match i.checked_add(SMALL_ZERO) {
+            Some(t) if (i64::from(SMALL_TAG)..=255).contains(&t) => out.push(t as u8),
+            _ => {
+                out.push(4);
+                put_varint(out, zigzag(i));
+            }
+        },
+    }
+}
+
+fn put_varint(out: &mut Vec<u8>, mut n: u64) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+fn zigzag(i: i64) -> u64 {
+    ((i << 1) ^ (i >> 63)) as u64
+}
+
+fn unzigzag(n: u64) -> i64 {
+    ((n >> 1) as i64) ^ -((n & 1) as i64)
+}
+
+/// The fingerprint of some values' encodings (FNV-1a, then a finalizer
+/// that spreads every bit, cut to 48 bits).
+pub fn print(encoded: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in encoded {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h & ((1 << (8 * PRINT_BYTES)) - 1)
+}
+
+/// Builds one blob.
+#[derive(Default)]
+pub struct Encoder {
+    body: Vec<u8>,
+    tables: Vec<Layout>,
+    /// Per table: the last integer key, and the last update's mask.
+    last_key: Vec<i64>,
+    last_mask: Vec<Vec<u8>>,
+    unique: bool,
+    entries: u64,
+}
+
+/// A row's key, as the encoder takes it.
+pub enum KeyRef<'a> {
+    Int(i64),
+    /// The key columns' values, encoded one after the other.
+    Encoded(&'a [u8]),
+}
+
+impl Encoder {
+    /// `unique`: the caller promises every entry is a different row.
+    pub fn new(unique: bool) -> Self {
+        Encoder {
+            unique,
+            ..Encoder::default()
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries == 0
+    }
+
+    pub fn entries(&self) -> u64 {
+        self.entries
+    }
+
+    /// Bytes so far (the blob is a little longer: its header).
+    pub fn len(&self) -> usize {
+        self.body.len()
+    }
+
+    /// The index of `layout`'s table in this blob, added the first time.
+    pub fn table(&mut self, layout: &Layout) -> usize {
+        if let Some(i) = self.tables.iter().position(|t| t.table == layout.table) {
+            return i;
+        }
+        self.tables.push(layout.clone());
+        self.last_key.push(0);
+        self.last_mask.push(Vec::new());
+        self.tables.len() - 1
+    }
+
+    fn head(&mut self, table: usize, op: u8, same_mask: bool, key: KeyRef<'_>) {
+        put_varint(
+            &mut self.body,
+            (table as u64) << 3 | u64::from(same_mask) << 2 | u64::from(op),
+        );
+        match key {
+            KeyRef::Int(k) => {
+                let delta = k.wrapping_sub(self.last_key[table]);
+                put_varint(&mut self.body, zigzag(delta));
+                self.last_key[table] = k;
+            }
+            KeyRef::Encoded(b) => self.body.extend_from_slice(b),
+        }
+        self.entries += 1;
+    }
+
+    /// The run changed the masked columns of a row from `old` (their
+    /// encodings, in column order) to values whose fingerprint is `print`.
+    pub fn update(&mut self, table: usize, key: KeyRef<'_>, mask: &[u8], old: &[u8], print: u64) {
+        let same = self.last_mask[table] == mask;
+        self.head(table, op::UPDATE, same, key);
+        if !same {
+            self.body.extend_from_slice(mask);
+            self.last_mask[table] = mask.to_vec();
+        }
+        self.body.extend_from_slice(old);
+        self.put_print(print);
+    }
+
+    pub fn insert(&mut self, table: usize, key: KeyRef<'_>, print: u64) {
+        self.head(table, op::INSERT, false, key);
+        self.put_print(print);
+    }
+
+    /// `old`: every column's encoding, in column order.
+    pub fn delete(&mut self, table: usize, key: KeyRef<'_>, old: &[u8]) {
+        self.head(table, op::DELETE, false, key);
+        self.body.extend_from_slice(old);
+    }
+
+    fn put_print(&mut self, print: u64) {
+        self.body
+            .extend_from_slice(&print.to_le_bytes()[..PRINT_BYTES]);
+    }
+
+    /// The blob; the encoder goes on with the next, empty one.
+    pub fn finish(&mut self) -> Vec<u8> {
+        let mut out = vec![VERSION, if self.unique { UNIQUE_KEYS } else { 0 }];
+        put_varint(&mut out, self.tables.len() as u64);
+        for t in &self.tables {
+            put_name(&mut out, &t.table);
+            out.push(u8::from(t.int_key));
+            for list in [&t.key, &t.columns] {
+                put_varint(&mut out, list.len() as u64);
+                for n in list {
+                    put_name(&mut out, n);
+                }
+            }
+        }
+        out.extend_from_slice(&self.body);
+        // The next part names the same tables (their indices hold).
+        self.body.clear();
+        self.entries = 0;
+        self.last_key.iter_mut().for_each(|k| *k = 0);
+        self.last_mask.iter_mut().for_each(Vec::clear);
+        out
+    }
+}
+
+fn put_name(out: &mut Vec<u8>, s: &str) {
+    put_varint(out, s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// One decoded entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub table: usize,
+    pub op: u8,
+    pub key: Vec<Value>,
+    /// The columns (indices into the layout's) the entry restores: those
+    /// the run changed, or every one.
+    pub columns: Vec<usize>,
+    /// Their old values (empty for an insert).
+    pub old: Vec<Value>,
+    /// For an update or insert: the fingerprint of what the run wrote.
+    pub print: Option<u64>,
+}
+
+/// A decoded blob.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub tables: Vec<Layout>,
+    pub unique: bool,
+    pub entries: Vec<Entry>,
+}
+
+/// Why a blob could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("the undo record is damaged ({0})")]
+pub struct Damaged(&'static str);
+
+struct Reader<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn byte(&mut self) -> Result<u8, Damaged> {
+        let x = *self.b.get(self.at).ok_or(Damaged("it ends early"))?;
+        self.at += 1;
+        Ok(x)
+    }
+
+    fn bytes(&mut self, n: usize) -> Result<&'a [u8], Damaged> {
+        let end = self
+            .at
+            .checked_add(n)
+            .ok_or(Damaged("a length overflows"))?;
+        let s = self.b.get(self.at..end).ok_or(Damaged("it ends early"))?;
+        self.at = end;
+        Ok(s)
+    }
+
+    fn varint(&mut self) -> Result<u64, Damaged> {
+        let mut n = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.byte()?;
+            n |= u64::from(b & 0x7f) << shift;
+            if b < 0x80 {
+                return Ok(n);
+            }
+        }
+        Err(Damaged("a number is too long"))
+    }
+
+    fn len(&mut self) -> Result<usize, Damaged> {
+        let n = self.varint()?;
+        usize::try_from(n)
+            .ok()
+            .filter(|n| *n <= self.b.len())
+            .ok_or(Damaged("a length is past its end"))
+    }
+
+    fn name(&mut self) -> Result<String, Damaged> {
+        let n = self.len()?;
+        String::from_utf8(self.bytes(n)?.to_vec()).map_err(|_| Damaged("a name is not UTF-8"))
+    }
+
+    fn value(&mut self) -> Result<Value, Damaged> {
+        Ok(match self.byte()? {
+            0 => Value::Null,
+            1 => {
+                let b: [u8; 8] = self.bytes(8)?.try_into().map_err(|_| Damaged("a real"))?;
+                Value::Real(f64::from_bits(u64::from_le_bytes(b)))
+            }
+            2 => {
+                let n = self.len()?;
+                Value::Text(
+                    String::from_utf8(self.bytes(n)?.to_vec())
+                        .map_err(|_| Damaged("a text is not UTF-8"))?,
+                )
+            }
+            3 => {
+                let n = self.len()?;
+                Value::Blob(self.bytes(n)?.to_vec())
+            }
+            4 => Value::Integer(unzigzag(self.varint()?)),
+            t if t >= SMALL_TAG => Value::Integer(i64::from(t) - SMALL_ZERO),
+            _ => return Err(Damaged("an unknown value tag")),
+        })
+    }
+
+    fn values(&mut self, n: usize) -> Result<Vec<Value>, Damaged> {
+        (0..n).map(|_| self.value()).collect()
+    }
+
+    fn print(&mut self) -> Result<u64, Damaged> {
+        let mut b = [0u8; 8];
+        b[..PRINT_BYTES].copy_from_slice(self.bytes(PRINT_BYTES)?);
+        Ok(u64::from_le_bytes(b))
+    }
+
+    fn layout(&mut self) -> Result<Layout, Damaged> {
+        let table = self.name()?;
+        let int_key = self.byte()? == 1;
+        let mut lists = [Vec::new(), Vec::new()];
+        for list in &mut lists {
+            let n = self.len()?;
+            *list = (0..n).map(|_| self.name()).collect::<Result<_, _>>()?;
+        }
+        let [key, columns] = lists;
+        if key.is_empty() || (int_key && key.len() != 1) {
+            return Err(Damaged("a table without a key"));
+        }
+        Ok(Layout {
+            table,
+            key,
+            int_key,
+            columns,
+        })
+    }
+}
+
+/// Reads a blob written by [`Encoder::finish`].
+pub fn decode(blob: &[u8]) -> Result<Record, Damaged> {
+    let mut r = Reader { b: blob, at: 0 };
+    if r.byte()? != VERSION {
+        return Err(Damaged("written by another version of batchsse"));
+    }
+    let unique = r.byte()? & UNIQUE_KEYS != 0;
+    let n = r.len()?;
+    let tables: Vec<Layout> = (0..n).map(|_| r.layout()).collect::<Result<_, _>>()?;
+    let mut last_key = vec![0i64; tables.len()];
+    let mut last_mask: Vec<Vec<usize>> = vec![Vec::new(); tables.len()];
+    let mut entries = Vec::new();
+    while r.at < blob.len() {
+        entries.push(entry(&mut r, &tables, &mut last_key, &mut last_mask)?);
+    }
+    Ok(Record {
+        tables,
+        unique,
+        entries,
+    })
+}
+
+fn entry(
+    r: &mut Reader<'_>,
+    tables: &[Layout],
+    last_key: &mut [i64],
+    last_mask: &mut [Vec<usize>],
+) -> Result<Entry, Damaged> {
+    let head = r.varint()?;
+    let (table, same, op) = ((head >> 3) as usize, head & 4 != 0, (head & 3) as u8);
+    let t = tables.get(table).ok_or(Damaged("an unknown table"))?;
+    let key = if t.int_key {
+        last_key[table] = last_key[table].wrapping_add(unzigzag(r.varint()?));
+        vec![Value::Integer(last_key[table])]
+    } else {
+        r.values(t.key.len())?
+    };
+    let every: Vec<usize> = (0..t.columns.len()).collect();
+    let (columns, old, print) = match op {
+        op::UPDATE => {
+            if !same {
+                let mask = r.bytes(t.mask_bytes())?;
+                last_mask[table] = every
+                    .iter()
+                    .copied()
+                    .filter(|i| mask[i / 8] & (1 << (i % 8)) != 0)
+                    .collect();
+            }
+            let columns = last_mask[table].clone();
+            let old = r.values(columns.len())?;
+            (columns, old, Some(r.print()?))
+        }
+        op::INSERT => (every, Vec::new(), Some(r.print()?)),
+        op::DELETE => {
+            let old = r.values(every.len())?;
+            (every, old, None)
+        }
+        _ => return Err(Damaged("an unknown entry kind")),
+    };
+    Ok(Entry {
+        table,
+        op,
+        key,
+        columns,
+        old,
+        print,
+    })
+}
+
+/// A mask over `n` columns with the given ones set.
+pub fn mask_of(n: usize, set: impl IntoIterator<Item = usize>) -> Vec<u8> {
+    let mut m = vec![0u8; n.div_ceil(8)];
+    for i in set {
+        m[i / 8] |= 1 << (i % 8);
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn layout(int_key: bool, key: usize, cols: usize) -> Layout {
+        Layout {
+            table: "t".into(),
+            key: (0..key).map(|i| format!("k{i}")).collect(),
+            int_key,
+            columns: (0..cols).map(|i| format!("c{i}")).collect(),
+        }
+    }
+
+    fn enc(vals: &[Value]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for v in vals {
+            put_value(&mut out, v.into());
+        }
+        out
+    }
+
+    fn value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<i64>().prop_map(Value::Integer),
+            (-100i64..200).prop_map(Value::Integer),
+            any::<f64>()
+                .prop_filter("SQLite has no NaN", |f| !f.is_nan())
+                .prop_map(Value::Real),
+            ".{0,20}".prop_map(Value::Text),
+            proptest::collection::vec(any::<u8>(), 0..40).prop_map(Value::Blob),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn every_value_comes_back_exactly(vals in proptest::collection::vec(value(), 1..6), k in any::<i64>()) {
+            let t = layout(true, 1, vals.len());
+            let mut e = Encoder::new(false);
+            let ti = e.table(&t);
+            let all: Vec<usize> = (0..vals.len()).collect();
+            e.update(ti, KeyRef::Int(k), &mask_of(vals.len(), all.clone()), &enc(&vals), print(&enc(&vals)));
+            e.delete(ti, KeyRef::Int(k.wrapping_sub(3)), &enc(&vals));
+            let rec = decode(&e.finish()).unwrap();
+            prop_assert_eq!(&rec.tables, &vec![t]);
+            prop_assert_eq!(&rec.entries[0].key, &vec![Value::Integer(k)]);
+            prop_assert_eq!(&rec.entries[0].old, &vals);
+            prop_assert_eq!(rec.entries[0].print, Some(print(&enc(&vals))));
+            prop_assert_eq!(&rec.entries[1].key, &vec![Value::Integer(k.wrapping_sub(3))]);
+            prop_assert_eq!(&rec.entries[1].old, &vals);
+        }
+
+        #[test]
+        fn a_damaged_blob_is_an_error_never_a_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = decode(&bytes);
+        }
+    }
+
+    #[test]
+    fn masks_repeat_for_free_and_composite_keys_keep_their_values() {
+        let t = layout(false, 2, 10);
+        let mut e = Encoder::new(true);
+        let ti = e.table(&t);
+        let key = enc(&[Value::Text("a".into()), Value::Integer(7)]);
+        let old = enc(&[Value::Integer(1), Value::Null]);
+        let mask = mask_of(10, [2, 9]);
+        e.update(ti, KeyRef::Encoded(&key), &mask, &old, 42);
+        let one = e.len();
+        e.update(ti, KeyRef::Encoded(&key), &mask, &old, 43);
+        assert_eq!(
+            e.len() - one,
+            one - mask.len(),
+            "the second mask is not written"
+        );
+        e.insert(ti, KeyRef::Encoded(&key), 44);
+        let rec = decode(&e.finish()).unwrap();
+        assert!(rec.unique);
+        assert_eq!(rec.entries.len(), 3);
+        for entry in &rec.entries[..2] {
+            assert_eq!(entry.columns, vec![2, 9]);
+            assert_eq!(entry.key, vec![Value::Text("a".into()), Value::Integer(7)]);
+            assert_eq!(entry.old, vec![Value::Integer(1), Value::Null]);
+        }
+        assert_eq!(rec.entries[2].op, op::INSERT);
+        assert_eq!(rec.entries[2].columns.len(), 10);
+        assert_eq!(rec.entries[2].print, Some(44));
+    }
+
+    #[test]
+    fn a_consecutive_rowid_update_costs_its_old_values_and_little_more() {
+        let t = layout(true, 1, 2);
+        let mut e = Encoder::new(true);
+        let ti = e.table(&t);
+        let mask = mask_of(2, [0, 1]);
+        for k in 1..=1000 {
+            let old = enc(&[Value::Real(k as f64 * 0.37), Value::Integer(0)]);
+            e.update(ti, KeyRef::Int(k), &mask, &old, print(&old));
+        }
+        // head 1 + key delta 1 + REAL 9 + small integer 1 + print 6
+        assert!(e.finish().len() <= 1000 * 18 + 40);
+    }
+
+    #[test]
+    fn a_part_finished_midway_leaves_the_encoder_ready_for_the_next() {
+        let t = layout(true, 1, 1);
+        let mut e = Encoder::new(true);
+        let ti = e.table(&t);
+        let old = enc(&[Value::Integer(5)]);
+        e.update(ti, KeyRef::Int(10), &mask_of(1, [0]), &old, 1);
+        let first = decode(&e.finish()).unwrap();
+        assert!(e.is_empty());
+        e.update(ti, KeyRef::Int(11), &mask_of(1, [0]), &old, 2);
+        let second = decode(&e.finish()).unwrap();
+        assert_eq!(first.entries[0].key, vec![Value::Integer(10)]);
+        assert_eq!(second.entries[0].key, vec![Value::Integer(11)]);
+        assert_eq!(
+            second.entries[0].columns,
+            vec![0],
+            "the mask is written again"
+        );
+        assert_eq!(second.tables, vec![t]);
+    }
+
+    #[test]
+    fn different_values_have_different_prints() {
+        let a = enc(&[Value::Integer(1)]);
+        let b = enc(&[Value::Real(1.0)]);
+        let c = enc(&[Value::Text("1".into())]);
+        assert_ne!(print(&a), print(&b));
+        assert_ne!(print(&a), print(&c));
+        assert!(print(&a) < 1 << 48);
+    }
+}

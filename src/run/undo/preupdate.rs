@@ -1,0 +1,371 @@
+//! Recording through SQLite's pre-update hook: SQLite hands over each
+//! changed row's old and new values as it changes it (the step's own
+//! writes, its triggers', its foreign-key actions', and the rows REPLACE
+//! deletes), so the record costs no extra query at all. The hook belongs
+//! to the batch's connection: the application's writes are never seen.
+//!
+//! It exists only in builds whose bundled SQLite was compiled with
+//! `SQLITE_ENABLE_PREUPDATE_HOOK` (the repository's `.cargo/config.toml`
+//! sets it; `build.rs` turns on `cfg(batchsse_preupdate)` when it is set).
+//! The declarations come with rusqlite's bundled bindings, so no bindgen
+//! (and no libclang) is needed.
+
+use std::cell::RefCell;
+use std::ffi::{CStr, c_char, c_int, c_void};
+
+use rusqlite::Connection;
+use rusqlite::ffi;
+use rusqlite::types::ValueRef;
+
+use super::codec::{Encoder, KeyRef, Layout, mask_of, print, put_value};
+
+/// A recorded part: its entries and its blob.
+pub type Part = (u64, Vec<u8>);
+
+/// One table the hook records, with where its columns are in SQLite's
+/// column order.
+struct Watched {
+    layout: Layout,
+    /// The key columns' positions; `None`: the key is the rowid.
+    key: Option<Vec<c_int>>,
+    columns: Vec<c_int>,
+    /// The table's index in the encoder, once it has one.
+    index: Option<usize>,
+}
+
+#[derive(Default)]
+struct State {
+    on: bool,
+    tables: Vec<Watched>,
+    enc: Encoder,
+    parts: Vec<Part>,
+    /// Why the record is incomplete (a table it cannot key, a value
+    /// SQLite would not give).
+    broken: Option<String>,
+    part_bytes: usize,
+}
+
+/// The hook, installed on the batch's connection for the run.
+pub struct PreHook {
+    db: *mut ffi::sqlite3,
+    state: Box<RefCell<State>>,
+}
+
+impl PreHook {
+    /// Installs the hook on `conn`, which must outlive it; recording is
+    /// off until [`PreHook::arm`]. Parts are cut at `part_bytes`.
+    pub fn install(conn: &Connection, part_bytes: usize) -> PreHook {
+        let state = Box::new(RefCell::new(State {
+            enc: Encoder::new(false),
+            part_bytes,
+            ..State::default()
+        }));
+        // SAFETY: the handle is the open connection's; the state lives in
+        // a box owned by the returned value, which removes the hook when
+        // dropped, before the box goes.
+        let db = unsafe { conn.handle() };
+        let ctx = &*state as *const RefCell<State> as *mut c_void;
+        unsafe { ffi::sqlite3_preupdate_hook(db, Some(on_change), ctx) };
+        PreHook { db, state }
+    }
+
+    /// Records changes to `layouts` (all of the main database's tables the
+    /// record can key, with their columns' positions from `conn`) until
+    /// [`PreHook::disarm`].
+    pub fn arm(&self, conn: &Connection, layouts: Vec<Layout>) -> rusqlite::Result<()> {
+        let mut tables = Vec::new();
+        for layout in layouts {
+            let cids = column_ids(conn, &layout.table)?;
+            let at = |name: &str| cids.iter().find(|c| c.0 == name).map(|c| c.1);
+            let key = if layout.int_key {
+                None
+            } else {
+                Some(
+                    layout
+                        .key
+                        .iter()
+                        .map(|k| at(&unquote(k)).unwrap_or(-1))
+                        .collect(),
+                )
+            };
+            let columns = layout.columns.iter().map(|c| at(c).unwrap_or(-1)).collect();
+            tables.push(Watched {
+                layout,
+                key,
+                columns,
+                index: None,
+            });
+        }
+        let mut s = self.state.borrow_mut();
+        s.tables = tables;
+        s.enc = Encoder::new(false);
+        s.parts.clear();
+        s.broken = None;
+        s.on = true;
+        Ok(())
+    }
+
+    pub fn disarm(&self) {
+        let mut s = self.state.borrow_mut();
+        s.on = false;
+        s.tables.clear();
+    }
+
+    /// Forgets what was recorded since the last [`PreHook::take`] (work
+    /// that failed and is rolled back).
+    pub fn discard(&self) {
+        let mut s = self.state.borrow_mut();
+        let _ = s.enc.finish();
+        s.parts.clear();
+        s.broken = None;
+    }
+
+    /// What was recorded since the last call, as parts; an error when the
+    /// record is incomplete.
+    pub fn take(&self) -> Result<Vec<Part>, String> {
+        let mut s = self.state.borrow_mut();
+        if let Some(why) = s.broken.take() {
+            let _ = s.enc.finish();
+            s.parts.clear();
+            return Err(why);
+        }
+        if !s.enc.is_empty() {
+            let rows = s.enc.entries();
+            let blob = s.enc.finish();
+            s.parts.push((rows, blob));
+        }
+        Ok(std::mem::take(&mut s.parts))
+    }
+}
+
+impl Drop for PreHook {
+    fn drop(&mut self) {
+        // SAFETY: removes this hook from the connection it was put on.
+        unsafe { ffi::sqlite3_preupdate_hook(self.db, None, std::ptr::null_mut()) };
+    }
+}
+
+/// A column's name without the quotes a layout's key may have.
+fn unquote(k: &str) -> String {
+    match k.strip_prefix('"').and_then(|k| k.strip_suffix('"')) {
+        Some(inner) => inner.replace("\"\"", "\""),
+        None => k.to_owned(),
+    }
+}
+
+/// Every column's position in the table, as the hook counts them.
+fn column_ids(conn: &Connection, table: &str) -> rusqlite::Result<Vec<(String, c_int)>> {
+    conn.prepare("SELECT name, cid FROM pragma_table_xinfo(?1)")?
+        .query_map([table], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect()
+}
+
+/// SQLite calls this before it changes a row.
+unsafe extern "C" fn on_change(
+    ctx: *mut c_void,
+    db: *mut ffi::sqlite3,
+    op: c_int,
+    z_db: *const c_char,
+    z_name: *const c_char,
+    key1: ffi::sqlite3_int64,
+    key2: ffi::sqlite3_int64,
+) {
+    // SAFETY: ctx is the state `install` gave, alive while the hook is on.
+    let cell = unsafe { &*(ctx as *const RefCell<State>) };
+    let Ok(mut s) = cell.try_borrow_mut() else {
+        return;
+    };
+    if !s.on || z_db.is_null() || z_name.is_null() {
+        return;
+    }
+    // SAFETY: SQLite passes NUL-terminated names.
+    let (schema, name) = unsafe { (CStr::from_ptr(z_db), CStr::from_ptr(z_name)) };
+    let name = name.to_bytes();
+    if schema.to_bytes() != b"main"
+        || name.starts_with(b"batchsse_")
+        || name.starts_with(b"sqlite_")
+    {
+        return;
+    }
+    let Some(t) = s
+        .tables
+        .iter()
+        .position(|w| w.layout.table.as_bytes() == name)
+    else {
+        s.broken = Some(format!(
+            "the step changed {}, which the undo record cannot key",
+            String::from_utf8_lossy(name)
+        ));
+        return;
+    };
+    let change = Change {
+        db,
+        op,
+        keys: (key1, key2),
+    };
+    if let Err(why) = change.record(&mut s, t) {
+        s.broken = Some(why);
+    }
+}
+
+/// One row change, as the hook reports it.
+struct Change {
+    db: *mut ffi::sqlite3,
+    op: c_int,
+    /// The rowid before and after.
+    keys: (i64, i64),
+}
+
+/// Which image of the row: before the change or after.
+#[derive(Clone, Copy, PartialEq)]
+enum Image {
+    Old,
+    New,
+}
+
+impl Change {
+    fn record(&self, s: &mut State, t: usize) -> Result<(), String> {
+        let index = match s.tables[t].index {
+            Some(i) => i,
+            None => {
+                let i = s.enc.table(&s.tables[t].layout);
+                s.tables[t].index = Some(i);
+                i
+            }
+        };
+        // Only the images SQLite has: no old row for an insert, no new
+        // one for a delete.
+        let w = &s.tables[t];
+        let all = |img| self.values(&w.columns, img);
+        match self.op {
+            ffi::SQLITE_DELETE => {
+                let key = self.key(w, Image::Old)?;
+                s.enc.delete(index, key.as_ref(), &all(Image::Old)?);
+            }
+            ffi::SQLITE_INSERT => {
+                let key = self.key(w, Image::New)?;
+                s.enc.insert(index, key.as_ref(), print(&all(Image::New)?));
+            }
+            _ => {
+                let (old_key, new_key) = (self.key(w, Image::Old)?, self.key(w, Image::New)?);
+                if old_key == new_key {
+                    self.update(s, t, index, &old_key)?;
+                } else {
+                    let (old, new) = (all(Image::Old)?, all(Image::New)?);
+                    s.enc.delete(index, old_key.as_ref(), &old);
+                    s.enc.insert(index, new_key.as_ref(), print(&new));
+                }
+            }
+        }
+        if s.enc.len() >= s.part_bytes {
+            let rows = s.enc.entries();
+            let blob = s.enc.finish();
+            s.parts.push((rows, blob));
+        }
+        Ok(())
+    }
+
+    fn update(&self, s: &mut State, t: usize, index: usize, key: &Key) -> Result<(), String> {
+        let w = &s.tables[t];
+        let (mut old, mut new) = (Vec::new(), Vec::new());
+        let mut changed = Vec::new();
+        for (j, &cid) in w.columns.iter().enumerate() {
+            let (o, n) = (old.len(), new.len());
+            self.value(cid, Image::Old, &mut old)?;
+            self.value(cid, Image::New, &mut new)?;
+            if old[o..] == new[n..] {
+                old.truncate(o);
+                new.truncate(n);
+            } else {
+                changed.push(j);
+            }
+        }
+        if !changed.is_empty() {
+            let mask = mask_of(w.columns.len(), changed);
+            s.enc.update(index, key.as_ref(), &mask, &old, print(&new));
+        }
+        Ok(())
+    }
+
+    fn key(&self, w: &Watched, img: Image) -> Result<Key, String> {
+        Ok(match &w.key {
+            None => Key::Int(if img == Image::Old {
+                self.keys.0
+            } else {
+                self.keys.1
+            }),
+            Some(cids) => Key::Encoded(self.values(cids, img)?),
+        })
+    }
+
+    fn values(&self, cids: &[c_int], img: Image) -> Result<Vec<u8>, String> {
+        let mut out = Vec::new();
+        for &cid in cids {
+            self.value(cid, img, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// Appends column `cid`'s value's encoding.
+    fn value(&self, cid: c_int, img: Image, out: &mut Vec<u8>) -> Result<(), String> {
+        let mut v: *mut ffi::sqlite3_value = std::ptr::null_mut();
+        // SAFETY: called from inside the hook, as SQLite requires.
+        let rc = unsafe {
+            match img {
+                Image::Old => ffi::sqlite3_preupdate_old(self.db, cid, &mut v),
+                Image::New => ffi::sqlite3_preupdate_new(self.db, cid, &mut v),
+            }
+        };
+        if rc != ffi::SQLITE_OK || v.is_null() {
+            return Err(format!(
+                "SQLite would not give column {cid} of a changed row (code {rc})"
+            ));
+        }
+        // SAFETY: v is a protected value, valid for the rest of the hook.
+        unsafe { put_raw(out, v) };
+        Ok(())
+    }
+}
+
+/// A row's key as the hook found it.
+#[derive(PartialEq)]
+enum Key {
+    Int(i64),
+    Encoded(Vec<u8>),
+}
+
+impl Key {
+    fn as_ref(&self) -> KeyRef<'_> {
+        match self {
+            Key::Int(k) => KeyRef::Int(*k),
+            Key::Encoded(b) => KeyRef::Encoded(b),
+        }
+    }
+}
+
+/// Appends a raw SQLite value's encoding.
+///
+/// # Safety
+/// `v` must be a valid `sqlite3_value`.
+unsafe fn put_raw(out: &mut Vec<u8>, v: *mut ffi::sqlite3_value) {
+    // SAFETY: the caller's promise; text and blob pointers are read for
+    // the length SQLite gives, before anything else touches the value.
+    unsafe {
+        let bytes = |p: *const u8| {
+            let n = ffi::sqlite3_value_bytes(v).max(0) as usize;
+            if p.is_null() || n == 0 {
+                &[][..]
+            } else {
+                std::slice::from_raw_parts(p, n)
+            }
+        };
+        let value = match ffi::sqlite3_value_type(v) {
+            ffi::SQLITE_INTEGER => ValueRef::Integer(ffi::sqlite3_value_int64(v)),
+            ffi::SQLITE_FLOAT => ValueRef::Real(ffi::sqlite3_value_double(v)),
+            ffi::SQLITE_TEXT => ValueRef::Text(bytes(ffi::sqlite3_value_text(v))),
+            ffi::SQLITE_BLOB => ValueRef::Blob(bytes(ffi::sqlite3_value_blob(v) as *const u8)),
+            _ => ValueRef::Null,
+        };
+        put_value(out, value);
+    }
+}

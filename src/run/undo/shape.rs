@@ -1,0 +1,170 @@
+//! What the undo record can key: each table of the main database with the
+//! key that finds its rows again and the columns an undo restores, and
+//! the steps `run --undo` refuses before anything runs.
+
+use rusqlite::Connection;
+
+use super::codec::Layout;
+use crate::error::UsageError;
+use crate::plan::{Plan, Step, first_keyword, quote, sqlite_message};
+
+/// The tables of the main database (not SQLite's, not batchsse's), each
+/// with its layout or why it cannot be recorded.
+pub fn shapes(conn: &Connection) -> rusqlite::Result<Vec<(String, Result<Layout, String>)>> {
+    let tables: Vec<(String, String, bool)> = conn
+        .prepare(
+            "SELECT name, type, wr FROM pragma_table_list
+             WHERE schema = 'main' AND name NOT LIKE 'sqlite_%' AND name NOT LIKE 'batchsse_%'",
+        )?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut out = Vec::new();
+    for (name, kind, without_rowid) in tables {
+        let shape = match kind.as_str() {
+            "table" => shape(conn, &name, without_rowid)?,
+            "virtual" => Err("it is a virtual table, which triggers cannot watch".into()),
+            _ => continue, // views and shadow tables are written through others
+        };
+        out.push((name, shape));
+    }
+    Ok(out)
+}
+
+/// One column: name, declared type, position in the primary key (0: not
+/// in it).
+type Column = (String, String, i64);
+
+fn shape(
+    conn: &Connection,
+    table: &str,
+    without_rowid: bool,
+) -> rusqlite::Result<Result<Layout, String>> {
+    // Hidden columns (generated ones) cannot be written; they follow.
+    let cols: Vec<Column> = conn
+        .prepare(&format!(
+            "SELECT name, type, pk FROM pragma_table_xinfo({}) WHERE hidden = 0",
+            lit(table)
+        ))?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut pk: Vec<&Column> = cols.iter().filter(|c| c.2 > 0).collect();
+    pk.sort_by_key(|c| c.2);
+    let is_col = |n: &str| cols.iter().any(|c| c.0.eq_ignore_ascii_case(n));
+    let rowid_name = ["rowid", "_rowid_", "oid"].into_iter().find(|n| !is_col(n));
+    let (key, int_key): (Vec<String>, bool) = match (without_rowid, pk.as_slice()) {
+        (false, [one]) if one.1.eq_ignore_ascii_case("integer") => (vec![one.0.clone()], true),
+        (false, _) if rowid_name.is_some() => (Vec::new(), true),
+        (_, []) => {
+            return Ok(Err(
+                "its columns rowid, _rowid_ and oid hide its rowid, and it has no primary key"
+                    .into(),
+            ));
+        }
+        (_, keys) => (keys.iter().map(|c| c.0.clone()).collect(), false),
+    };
+    let columns = cols
+        .iter()
+        .map(|c| c.0.clone())
+        .filter(|c| !key.contains(c))
+        .collect();
+    // A free rowid name goes bare (no column has it); columns go quoted.
+    let key = match (key.is_empty(), rowid_name) {
+        (true, Some(n)) => vec![n.to_owned()],
+        _ => key.iter().map(|k| quote(k)).collect(),
+    };
+    Ok(Ok(Layout {
+        table: table.to_owned(),
+        key,
+        int_key,
+        columns,
+    }))
+}
+
+/// An SQL string literal.
+fn lit(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Refuses, before anything runs, a step `run --undo` cannot record: one
+/// that changes the schema or runs outside a transaction, one that may
+/// replace rows (REPLACE deletes without telling triggers or hooks), or
+/// one that writes a table that cannot be watched or keyed.
+pub fn refuse_unrecordable(conn: &Connection, plan: &Plan) -> Result<(), UsageError> {
+    let shapes = shapes(conn).map_err(|e| UsageError::new(sqlite_message(&e)))?;
+    let replacing = replacing_tables(conn).map_err(|e| UsageError::new(sqlite_message(&e)))?;
+    for step in plan.steps.iter().filter(|s| s.undo) {
+        if let Some(why) = why_unrecordable(step, &shapes, &replacing) {
+            return Err(UsageError::new(format!(
+                "step {} ({:?}) cannot be recorded for --undo: {why}. Give the step \"undo\": false to run it unrecorded (an undo then stops at it), or run without --undo",
+                step.index + 1,
+                step.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Tables whose definition resolves conflicts by REPLACE (`UNIQUE … ON
+/// CONFLICT REPLACE`): any insert or update may delete other rows there.
+fn replacing_tables(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+    let defs: Vec<(String, String)> = conn
+        .prepare("SELECT name, sql FROM sqlite_schema WHERE type = 'table' AND sql IS NOT NULL")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    Ok(defs
+        .into_iter()
+        .filter(|(_, sql)| {
+            words(sql)
+                .windows(2)
+                .any(|w| w[0] == "CONFLICT" && w[1] == "REPLACE")
+        })
+        .map(|(name, _)| name)
+        .collect())
+}
+
+fn words(sql: &str) -> Vec<String> {
+    sql.to_ascii_uppercase()
+        .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+        .filter(|w| !w.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn why_unrecordable(
+    step: &Step,
+    shapes: &[(String, Result<Layout, String>)],
+    replacing: &[String],
+) -> Option<String> {
+    let word = first_keyword(&step.sql);
+    if step.autocommit {
+        return Some(format!("{word} runs outside a transaction"));
+    }
+    if !matches!(
+        word.as_str(),
+        "INSERT" | "UPDATE" | "DELETE" | "REPLACE" | "WITH" | "SELECT"
+    ) {
+        return Some(format!(
+            "{word} changes the schema, which the undo record cannot take back"
+        ));
+    }
+    if word == "REPLACE" || words(&step.sql).windows(2).any(|w| w == ["OR", "REPLACE"]) {
+        return Some(
+            "REPLACE deletes the rows it replaces without telling the triggers and hooks that record them"
+                .into(),
+        );
+    }
+    for table in &step.writes {
+        if table.contains('.') && !table.starts_with("temp.") {
+            return Some(format!("it writes {table}, in an attached database"));
+        }
+        if let Some((_, Err(why))) = shapes.iter().find(|(n, _)| n.eq_ignore_ascii_case(table)) {
+            return Some(format!("it writes {table}, and {why}"));
+        }
+        if replacing.iter().any(|n| n.eq_ignore_ascii_case(table)) {
+            return Some(format!(
+                "it writes {table}, whose definition resolves conflicts by REPLACE (ON CONFLICT REPLACE), which deletes rows without telling the triggers and hooks that record them"
+            ));
+        }
+    }
+    None
+}
