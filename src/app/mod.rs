@@ -289,7 +289,7 @@ async fn run_blocking(session: Session, parts: &Parts, wait_for: usize) -> RunSt
         }
         let mut session = session;
         // Without the hook (never expected) every step is recorded staged.
-        let hook = (runner::records(&session.plan, &session.opts) && !runner::undo::PREUPDATE)
+        let hook = (runner::records(&session.plan, &session.opts) && !runner::undo::preupdate())
             .then(|| runner::undo::Hook::install(&mut session.conn).ok())
             .flatten();
         let job = runner::Job {

@@ -50,6 +50,8 @@ const SHAPES: &str = "
     CREATE TABLE audit(what TEXT);
     CREATE TABLE kv(k TEXT PRIMARY KEY, v) WITHOUT ROWID;
     CREATE TABLE tagged(code TEXT PRIMARY KEY, n INT);
+    CREATE TABLE stock(shop TEXT, sku INT, qty INT, PRIMARY KEY (shop, sku)) WITHOUT ROWID;
+    INSERT INTO stock VALUES ('n', 1, 5), ('n', 2, NULL), ('s', 1, 7);
     CREATE TRIGGER tp AFTER UPDATE OF price ON p BEGIN INSERT INTO audit VALUES ('price ' || NEW.id); END;
     INSERT INTO p(id, name, price, pic) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < 300)
       SELECT i, 'n' || i, CASE WHEN i % 7 = 0 THEN NULL ELSE i * 1.25 END, CASE WHEN i % 5 = 0 THEN NULL ELSE randomblob(i % 40) END FROM s;
@@ -63,7 +65,8 @@ const SHAPES_PLAN: &str = r#"{"name":"shapes","foreign_keys":true,"undo":true,"s
     {"name":"drop some","sql":"DELETE FROM p WHERE id % 9 = 0"},
     {"name":"kv","sql":"INSERT INTO kv VALUES ('new', x'abcd'); UPDATE kv SET v = 'x' WHERE k <> 'new'; DELETE FROM kv WHERE k = ''"},
     {"name":"tagged","sql":"UPDATE tagged SET n = ifnull(n, 0) + 1; DELETE FROM tagged WHERE code = 'B'; INSERT INTO tagged VALUES ('D', 4)"},
-    {"name":"audit","sql":"DELETE FROM audit WHERE what = 'before'"}]}"#;
+    {"name":"audit","sql":"DELETE FROM audit WHERE what = 'before'"},
+    {"name":"stock","sql":"UPDATE stock SET qty = ifnull(qty, 0) + 1; INSERT INTO stock VALUES ('e', 9, 1); DELETE FROM stock WHERE shop = 's'"}]}"#;
 
 fn undo_args<'a>(db: &'a TempDb, extra: &[&'a str]) -> Vec<&'a str> {
     let mut a = vec![
@@ -80,6 +83,20 @@ fn undo_args<'a>(db: &'a TempDb, extra: &[&'a str]) -> Vec<&'a str> {
 
 #[test]
 fn an_undo_restores_every_table_triggers_cascades_and_key_kinds_included() {
+    shapes_round_trip(&[]);
+}
+
+/// A build without SQLite's pre-update hook (`cargo install` from
+/// crates.io) records by TEMP triggers: the same round trip.
+#[test]
+fn recorded_without_the_pre_update_hook_the_same_undo_restores_every_table() {
+    shapes_round_trip(&[("BATCHSSE_UNDO_HOOK", "off")]);
+}
+
+/// Runs the shapes plan with `--undo`, then its undo (a dry run first),
+/// with `env`: every table as before.
+fn shapes_round_trip(env: &[(&str, &str)]) {
+    let run = |args: &[&str]| run_with_env(args, None, env);
     let db = TempDb::with_sql(SHAPES);
     let before = content(&db);
     let plan = db.file("plan.json", SHAPES_PLAN);
@@ -115,6 +132,44 @@ fn an_undo_restores_every_table_triggers_cascades_and_key_kinds_included() {
     let (code, out, _) = run(&["undo", "list", "--db", path_str(&db.path)]);
     assert_eq!(code, 0);
     assert!(out.contains("no undo records"), "{out}");
+}
+
+/// Without the pre-update hook, a chunk of an `UPDATE` of its own table is
+/// recorded by reading its rows before and after; a chunk whose work also
+/// changes rows outside its range is rolled back and recorded by triggers.
+#[test]
+fn recorded_without_the_hook_a_chunk_that_strays_from_its_rows_is_still_recorded() {
+    let env = [("BATCHSSE_UNDO_HOOK", "off")];
+    let db = TempDb::counters(120);
+    db.conn()
+        .execute_batch("UPDATE t SET counter = id % 7")
+        .unwrap();
+    let before = content(&db);
+    let plan = db.file(
+        "plan.json",
+        r#"{"name":"stray","steps":[
+            {"sql":"UPDATE t SET counter = counter + 1 WHERE id BETWEEN :lo AND :hi","chunk":{"table":"t","size":25}},
+            {"sql":"UPDATE t SET counter = counter * 2 WHERE id BETWEEN :lo AND :hi OR id = 1","chunk":{"table":"t","size":25}}]}"#,
+    );
+    let args = run_args(
+        &db,
+        path_str(&plan),
+        &["--no-serve", "--undo", "--batch-size", "25"],
+    );
+    let (code, _, err) = run_with_env(&args, None, &env);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        db.query_i64("SELECT counter FROM t WHERE id = 1"),
+        2 << 5,
+        "id 1 (counter 1, bumped to 2) doubled by each of the 5 chunks"
+    );
+    let (code, _, err) = run_with_env(&undo_args(&db, &["--plan", "stray"]), None, &env);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        content(&db),
+        before,
+        "every row taken back, id 1 five times"
+    );
 }
 
 #[test]
@@ -444,4 +499,56 @@ fn an_application_writing_during_the_run_is_never_recorded_and_its_rows_are_kept
         db.query_i64("SELECT count(*) FROM t WHERE counter = 0"),
         298
     );
+}
+
+#[test]
+fn composite_keys_are_recorded_and_an_edited_inserted_row_is_a_conflict() {
+    let db = TempDb::with_sql(
+        "CREATE TABLE stock(shop TEXT, sku INT, qty INT, note TEXT, PRIMARY KEY (shop, sku)) WITHOUT ROWID;
+         INSERT INTO stock VALUES ('n', 1, 5, NULL), ('n', 2, 0, 'x'), ('s', 1, 7, x'00');",
+    );
+    let before = content(&db);
+    let plan = db.file(
+        "plan.json",
+        r#"{"name":"stock","steps":[{"sql":"UPDATE stock SET qty = qty + 10; INSERT INTO stock VALUES ('e', 9, 1, 'new'), ('e', 8, 2, 'new'); DELETE FROM stock WHERE shop = 's'"}]}"#,
+    );
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve", "--undo"]));
+    assert_eq!(code, 0, "{err}");
+    // The application edits one of the rows the run inserted.
+    db.conn()
+        .execute_batch("UPDATE stock SET qty = 99 WHERE shop = 'e' AND sku = 9")
+        .unwrap();
+    let (code, _, err) = run(&undo_args(&db, &["--plan", "stock"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("conflict in stock at key (\"e\", 9)")
+            && err.contains("inserted has been changed since"),
+        "{err}"
+    );
+    assert_eq!(
+        db.query_i64("SELECT qty FROM stock WHERE shop = 'e' AND sku = 9"),
+        99,
+        "the application's row kept"
+    );
+    db.conn()
+        .execute_batch("DELETE FROM stock WHERE shop = 'e'")
+        .unwrap();
+    assert_eq!(content(&db), before, "every other row as before the run");
+}
+
+#[test]
+fn a_table_that_resolves_conflicts_by_replace_is_refused() {
+    let db = TempDb::with_sql(
+        "CREATE TABLE u(id INTEGER PRIMARY KEY, code TEXT UNIQUE ON CONFLICT REPLACE);
+         INSERT INTO u VALUES (1, 'a'), (2, 'b');",
+    );
+    let before = sha256(&db.path);
+    let plan = db.file(
+        "plan.json",
+        r#"{"name":"u","steps":[{"sql":"UPDATE u SET code = 'b' WHERE id = 1"}]}"#,
+    );
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve", "--undo"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("ON CONFLICT REPLACE"), "{err}");
+    assert_eq!(sha256(&db.path), before, "nothing ran");
 }

@@ -256,8 +256,18 @@ pub fn run(args: &[&str]) -> (i32, String, String) {
 }
 
 pub fn run_with_stdin(args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
+    run_with_env(args, stdin, &[])
+}
+
+/// [`run_with_stdin`] with more environment variables.
+pub fn run_with_env(
+    args: &[&str],
+    stdin: Option<&str>,
+    env: &[(&str, &str)],
+) -> (i32, String, String) {
     let mut child = Command::new(BIN)
         .args(args)
+        .envs(env.iter().copied())
         .env_remove("BATCHSSE_TOKEN")
         .env("NO_COLOR", "1")
         .stdin(if stdin.is_some() {

@@ -408,9 +408,7 @@ impl Undoer<'_> {
         if self.spec.on_conflict == OnConflict::Abort {
             return Err(format!(
                 "conflict in {} at key {}: {}; --on-conflict abort rolled this chunk back",
-                k.table,
-                shown(&k.key),
-                k.why
+                k.table, k.shown, k.why
             ));
         }
         self.conflict(c, &k, nth)
@@ -426,9 +424,7 @@ impl Undoer<'_> {
             .execute(rusqlite::params![c.run, k.table, k.key, k.why])?;
         let text = format!(
             "conflict in {} at key {}: {}; kept the application's row",
-            k.table,
-            shown(&k.key),
-            k.why
+            k.table, k.shown, k.why
         );
         if nth <= SHOWN_CONFLICTS {
             self.log.push(Event::message(

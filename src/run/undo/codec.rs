@@ -119,7 +119,12 @@ pub struct Encoder {
     /// Per table: the last integer key, and the last update's mask.
     last_key: Vec<i64>,
     last_mask: Vec<Vec<u8>>,
+    /// Per table: whether this part has an entry of it yet.
+    seen: Vec<bool>,
     unique: bool,
+    /// Every entry so far had an integer key above its table's last one
+    /// (so each is a different row, promised or not).
+    ascending: bool,
     entries: u64,
 }
 
@@ -135,6 +140,7 @@ impl Encoder {
     pub fn new(unique: bool) -> Self {
         Encoder {
             unique,
+            ascending: true,
             ..Encoder::default()
         }
     }
@@ -160,7 +166,12 @@ impl Encoder {
         self.tables.push(layout.clone());
         self.last_key.push(0);
         self.last_mask.push(Vec::new());
+        self.seen.push(false);
         self.tables.len() - 1
+    }
+
+    fn seen_table(&self, table: usize) -> bool {
+        self.seen[table]
     }
 
     fn head(&mut self, table: usize, op: u8, same_mask: bool, key: KeyRef<'_>) {
@@ -170,12 +181,19 @@ impl Encoder {
         );
         match key {
             KeyRef::Int(k) => {
+                if k <= self.last_key[table] && self.entries > 0 {
+                    self.ascending &= !self.seen_table(table);
+                }
                 let delta = k.wrapping_sub(self.last_key[table]);
                 put_varint(&mut self.body, zigzag(delta));
                 self.last_key[table] = k;
             }
-            KeyRef::Encoded(b) => self.body.extend_from_slice(b),
+            KeyRef::Encoded(b) => {
+                self.ascending = false;
+                self.body.extend_from_slice(b);
+            }
         }
+        self.seen[table] = true;
         self.entries += 1;
     }
 
@@ -210,7 +228,8 @@ impl Encoder {
 
     /// The blob; the encoder goes on with the next, empty one.
     pub fn finish(&mut self) -> Vec<u8> {
-        let mut out = vec![VERSION, if self.unique { UNIQUE_KEYS } else { 0 }];
+        let unique = self.unique || self.ascending;
+        let mut out = vec![VERSION, if unique { UNIQUE_KEYS } else { 0 }];
         put_varint(&mut out, self.tables.len() as u64);
         for t in &self.tables {
             put_name(&mut out, &t.table);
@@ -228,6 +247,8 @@ impl Encoder {
         self.entries = 0;
         self.last_key.iter_mut().for_each(|k| *k = 0);
         self.last_mask.iter_mut().for_each(Vec::clear);
+        self.seen.iter_mut().for_each(|s| *s = false);
+        self.ascending = true;
         out
     }
 }
@@ -436,6 +457,16 @@ fn entry(
     })
 }
 
+/// The values in a string of encodings (as [`put_value`] writes them).
+pub fn values(bytes: &[u8]) -> Result<Vec<Value>, Damaged> {
+    let mut r = Reader { b: bytes, at: 0 };
+    let mut out = Vec::new();
+    while r.at < bytes.len() {
+        out.push(r.value()?);
+    }
+    Ok(out)
+}
+
 /// A mask over `n` columns with the given ones set.
 pub fn mask_of(n: usize, set: impl IntoIterator<Item = usize>) -> Vec<u8> {
     let mut m = vec![0u8; n.div_ceil(8)];
@@ -567,6 +598,31 @@ mod tests {
             "the mask is written again"
         );
         assert_eq!(second.tables, vec![t]);
+    }
+
+    #[test]
+    fn keys_that_only_go_up_make_a_record_of_distinct_rows() {
+        let t = layout(true, 1, 1);
+        let old = enc(&[Value::Integer(5)]);
+        let mask = mask_of(1, [0]);
+        let mut e = Encoder::new(false);
+        let ti = e.table(&t);
+        for k in [-3, 0, 7] {
+            e.update(ti, KeyRef::Int(k), &mask, &old, 1);
+        }
+        assert!(decode(&e.finish()).unwrap().unique);
+        for k in [4, 9, 9] {
+            e.update(ti, KeyRef::Int(k), &mask, &old, 1);
+        }
+        assert!(!decode(&e.finish()).unwrap().unique, "9 twice");
+        let key = enc(&[Value::Integer(1)]);
+        let mut e = Encoder::new(false);
+        let ti = e.table(&layout(false, 1, 1));
+        e.update(ti, KeyRef::Encoded(&key), &mask, &old, 1);
+        assert!(
+            !decode(&e.finish()).unwrap().unique,
+            "other keys are not compared"
+        );
     }
 
     #[test]

@@ -22,7 +22,11 @@ pub mod store;
 
 pub use record::{Hook, Recorder};
 
-/// Whether this build records through SQLite's pre-update hook (else by
-/// reading around chunks and by TEMP triggers).
-pub const PREUPDATE: bool = cfg!(batchsse_preupdate);
+/// Whether runs are recorded through SQLite's pre-update hook: in builds
+/// that have it, unless `BATCHSSE_UNDO_HOOK=off` asks for the ways a build
+/// without it records (reading around chunks, TEMP triggers), to compare
+/// them or to work around the hook.
+pub fn preupdate() -> bool {
+    cfg!(batchsse_preupdate) && std::env::var_os("BATCHSSE_UNDO_HOOK").is_none_or(|v| v != "off")
+}
 pub use shape::refuse_unrecordable;

@@ -17,7 +17,7 @@ use rusqlite::Connection;
 use rusqlite::ffi;
 use rusqlite::types::ValueRef;
 
-use super::codec::{Encoder, KeyRef, Layout, mask_of, print, put_value};
+use super::codec::{Encoder, KeyRef, Layout, print, put_value};
 
 /// A recorded part: its entries and its blob.
 pub type Part = (u64, Vec<u8>);
@@ -43,6 +43,15 @@ struct State {
     /// SQLite would not give).
     broken: Option<String>,
     part_bytes: usize,
+    scratch: Scratch,
+}
+
+/// Buffers reused from row to row.
+#[derive(Default)]
+struct Scratch {
+    old: Vec<u8>,
+    new: Vec<u8>,
+    mask: Vec<u8>,
 }
 
 /// The hook, installed on the batch's connection for the run.
@@ -266,23 +275,32 @@ impl Change {
     }
 
     fn update(&self, s: &mut State, t: usize, index: usize, key: &Key) -> Result<(), String> {
-        let w = &s.tables[t];
-        let (mut old, mut new) = (Vec::new(), Vec::new());
-        let mut changed = Vec::new();
-        for (j, &cid) in w.columns.iter().enumerate() {
-            let (o, n) = (old.len(), new.len());
-            self.value(cid, Image::Old, &mut old)?;
-            self.value(cid, Image::New, &mut new)?;
-            if old[o..] == new[n..] {
-                old.truncate(o);
-                new.truncate(n);
-            } else {
-                changed.push(j);
-            }
+        let mut b = std::mem::take(&mut s.scratch);
+        let done = self.changed_columns(&s.tables[t], &mut b);
+        if done.is_ok() && b.mask.iter().any(|m| *m != 0) {
+            s.enc
+                .update(index, key.as_ref(), &b.mask, &b.old, print(&b.new));
         }
-        if !changed.is_empty() {
-            let mask = mask_of(w.columns.len(), changed);
-            s.enc.update(index, key.as_ref(), &mask, &old, print(&new));
+        s.scratch = b;
+        done
+    }
+
+    /// The changed columns' old and new encodings, and their mask.
+    fn changed_columns(&self, w: &Watched, b: &mut Scratch) -> Result<(), String> {
+        b.old.clear();
+        b.new.clear();
+        b.mask.clear();
+        b.mask.resize(w.columns.len().div_ceil(8), 0);
+        for (j, &cid) in w.columns.iter().enumerate() {
+            let (o, n) = (b.old.len(), b.new.len());
+            self.value(cid, Image::Old, &mut b.old)?;
+            self.value(cid, Image::New, &mut b.new)?;
+            if b.old[o..] == b.new[n..] {
+                b.old.truncate(o);
+                b.new.truncate(n);
+            } else {
+                b.mask[j / 8] |= 1 << (j % 8);
+            }
         }
         Ok(())
     }

@@ -86,6 +86,8 @@ enum Mode {
     /// By SQLite's pre-update hook (builds that have it).
     Pre,
     Around(Around),
+    /// A read-around chunk strayed: staged from the next try on.
+    Strayed,
     Staged(Vec<Layout>),
 }
 
@@ -129,7 +131,7 @@ pub struct Recorder<'c> {
     /// A read-around chunk's rows, before and after.
     rows: RefCell<(Rows, Rows)>,
     #[cfg(batchsse_preupdate)]
-    pre: super::preupdate::PreHook,
+    pre: Option<super::preupdate::PreHook>,
 }
 
 impl<'c> Recorder<'c> {
@@ -147,7 +149,7 @@ impl<'c> Recorder<'c> {
             armed: Cell::new(0),
             rows: RefCell::default(),
             #[cfg(batchsse_preupdate)]
-            pre: super::preupdate::PreHook::install(conn, PART_BYTES),
+            pre: super::preupdate().then(|| super::preupdate::PreHook::install(conn, PART_BYTES)),
         }
     }
 
@@ -170,12 +172,11 @@ impl<'c> Recorder<'c> {
             .filter_map(|(_, s)| s.ok())
             .collect();
         #[cfg(batchsse_preupdate)]
-        {
-            self.pre.arm(self.conn, layouts)?;
+        if let Some(pre) = &self.pre {
+            pre.arm(self.conn, layouts)?;
             *self.mode.borrow_mut() = Mode::Pre;
             return Ok(());
         }
-        #[allow(unreachable_code)]
         let around = step
             .chunk
             .as_ref()
@@ -228,7 +229,9 @@ impl<'c> Recorder<'c> {
             }
         }
         #[cfg(batchsse_preupdate)]
-        self.pre.disarm();
+        if let Some(pre) = &self.pre {
+            pre.disarm();
+        }
         if self.armed.replace(0) > 0 {
             let _ = self
                 .conn
@@ -249,6 +252,14 @@ impl<'c> Recorder<'c> {
         range: Option<(&Value, &Value)>,
         work: &mut dyn FnMut() -> rusqlite::Result<u64>,
     ) -> rusqlite::Result<Option<u64>> {
+        if matches!(*self.mode.borrow(), Mode::Strayed) {
+            let layouts = shapes(self.conn)?
+                .into_iter()
+                .filter_map(|(_, s)| s.ok())
+                .collect();
+            let staged = self.stage(layouts)?;
+            *self.mode.borrow_mut() = staged;
+        }
         let around = match (&*self.mode.borrow(), range) {
             (Mode::Off, _) => return work().map(Some),
             (Mode::Pre, _) => return self.record_pre(step, work).map(Some),
@@ -272,10 +283,10 @@ impl<'c> Recorder<'c> {
         work: &mut dyn FnMut() -> rusqlite::Result<u64>,
     ) -> rusqlite::Result<u64> {
         #[cfg(batchsse_preupdate)]
-        {
-            self.pre.discard();
-            let changed = work().inspect_err(|_| self.pre.discard())?;
-            for (rows, blob) in self.pre.take().map_err(store::failure)? {
+        if let Some(pre) = &self.pre {
+            pre.discard();
+            let changed = work().inspect_err(|_| pre.discard())?;
+            for (rows, blob) in pre.take().map_err(store::failure)? {
                 self.note_part(step, rows, &blob)?;
             }
             return Ok(changed);
@@ -311,11 +322,9 @@ impl<'c> Recorder<'c> {
                 return Ok(Some(changed));
             }
         }
-        let layouts = shapes(self.conn)?
-            .into_iter()
-            .filter_map(|(_, s)| s.ok())
-            .collect();
-        *self.mode.borrow_mut() = self.stage(layouts)?;
+        // Staged from now on; the triggers are made in the chunk's next
+        // transaction (this one is rolled back).
+        *self.mode.borrow_mut() = Mode::Strayed;
         Ok(None)
     }
 

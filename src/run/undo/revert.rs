@@ -1,13 +1,15 @@
 //! Applying one recorded part back: its entries newest first, each checked
 //! for a later change by the application (a conflict) before the row is
-//! put back as it was.
+//! put back as it was. The common part (one `UPDATE` statement's chunk:
+//! the same columns of distinct rows of one rowid table) reads the rows'
+//! current values in one range scan instead of one query per row.
 
 use std::collections::{HashMap, HashSet};
 
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, params_from_iter};
 
-use super::codec::{Entry, Layout, Record, op, print, put_value};
+use super::codec::{Entry, Layout, Record, op, print, put_value, values};
 use crate::plan::quote;
 use crate::run::expect::shown;
 
@@ -16,6 +18,8 @@ pub struct Conflict<'r> {
     pub table: &'r str,
     /// The key's value; several columns' as one text, `(a, b)`.
     pub key: Value,
+    /// The key as a message shows it.
+    pub shown: String,
     pub why: String,
 }
 
@@ -23,12 +27,17 @@ pub struct Conflict<'r> {
 /// back).
 pub type OnKept<'a> = dyn FnMut(Conflict<'_>) -> Result<(), String> + 'a;
 
-/// Puts records back on one connection, keeping each kind of statement's
-/// SQL.
+/// An entry's statements: one reads the row's columns the entry restores
+/// (or, for a delete, whether the key exists), one puts it back.
+type Statements = [String; 2];
+
+/// Puts records back on one connection.
 pub struct Reverter<'c> {
     conn: &'c Connection,
     overwrite: bool,
-    sql: HashMap<(usize, u8, Vec<usize>), [String; 2]>,
+    sql: HashMap<(usize, u8, Vec<usize>), Statements>,
+    /// The current values' encodings, reused from row to row.
+    buf: Vec<u8>,
 }
 
 impl<'c> Reverter<'c> {
@@ -37,6 +46,7 @@ impl<'c> Reverter<'c> {
             conn,
             overwrite,
             sql: HashMap::new(),
+            buf: Vec::new(),
         }
     }
 
@@ -45,6 +55,9 @@ impl<'c> Reverter<'c> {
     pub fn apply(&mut self, rec: &Record, kept: &mut OnKept<'_>) -> Result<u64, String> {
         self.sql.clear();
         let sql = |e: rusqlite::Error| crate::run::db::run_time_message(self.conn, &e);
+        if let Some(done) = self.in_range(rec, kept).map_err(sql)? {
+            return done;
+        }
         // A row changed several times is one row: counted with sets, unless
         // the record promises one entry per row.
         let mut rows: HashSet<(usize, Vec<u8>)> = HashSet::new();
@@ -62,6 +75,7 @@ impl<'c> Reverter<'c> {
                 Some(why) if rec.unique || conflicts.insert(id()) => kept(Conflict {
                     table: &layout.table,
                     key: key_value(&e.key),
+                    shown: key_shown(&e.key),
                     why,
                 })?,
                 Some(_) => {}
@@ -73,6 +87,132 @@ impl<'c> Reverter<'c> {
         Ok(reverted)
     }
 
+    /// The common part, all at once: the current values by one range scan,
+    /// then each row put back. `None`: not such a part.
+    fn in_range(
+        &mut self,
+        rec: &Record,
+        kept: &mut OnKept<'_>,
+    ) -> rusqlite::Result<Option<Result<u64, String>>> {
+        let (Some(first), Some(last)) = (rec.entries.first(), rec.entries.last()) else {
+            return Ok(Some(Ok(0)));
+        };
+        let l = &rec.tables[first.table];
+        let int = |e: &Entry| match e.key.first() {
+            Some(Value::Integer(k)) => Some(*k),
+            _ => None,
+        };
+        let alike = |e: &Entry| e.op == op::UPDATE && e.table == first.table;
+        if !rec.unique || !l.int_key || !rec.entries.iter().all(alike) {
+            return Ok(None);
+        }
+        if !rec.entries.is_sorted_by_key(int) || int(first).is_none() {
+            return Ok(None);
+        }
+        let verdicts = self.verdicts(l, rec, (int(first), int(last)))?;
+        let mut writes: HashMap<&[usize], rusqlite::Statement<'c>> = HashMap::new();
+        let mut reverted = 0;
+        for (e, why) in rec.entries.iter().zip(verdicts) {
+            let put_back = match &why {
+                None => true,
+                Some((gone, _)) => self.overwrite && !gone,
+            };
+            if put_back {
+                let stmt = match writes.entry(&e.columns) {
+                    std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        let [_, write] = statements(l, e);
+                        v.insert(self.conn.prepare(&write)?)
+                    }
+                };
+                stmt.execute(params_from_iter(e.old.iter().chain(&e.key)))?;
+            }
+            match why {
+                Some((_, why)) if !put_back => {
+                    let conflict = Conflict {
+                        table: &l.table,
+                        key: key_value(&e.key),
+                        shown: key_shown(&e.key),
+                        why,
+                    };
+                    if let Err(stop) = kept(conflict) {
+                        return Ok(Some(Err(stop)));
+                    }
+                }
+                _ => reverted += 1,
+            }
+        }
+        Ok(Some(Ok(reverted)))
+    }
+
+    /// For each entry of an [`Reverter::in_range`] part, in key order: why
+    /// it conflicts (and whether because its row is gone), if it does.
+    fn verdicts(
+        &mut self,
+        l: &Layout,
+        rec: &Record,
+        (lo, hi): (Option<i64>, Option<i64>),
+    ) -> rusqlite::Result<Vec<Option<(bool, String)>>> {
+        // Every column some entry restores, read once per row.
+        let mut union: Vec<usize> = rec
+            .entries
+            .iter()
+            .flat_map(|e| e.columns.iter().copied())
+            .collect();
+        union.sort_unstable();
+        union.dedup();
+        let cols: String = union
+            .iter()
+            .map(|&c| format!(", {}", quote(&l.columns[c])))
+            .collect();
+        let k = &l.key[0];
+        let read = format!(
+            "SELECT {k}{cols} FROM main.{} WHERE {k} BETWEEN ?1 AND ?2 ORDER BY {k}",
+            quote(&l.table)
+        );
+        let mut stmt = self.conn.prepare_cached(&read)?;
+        let mut rows = stmt.query(rusqlite::params![lo, hi])?;
+        let mut out = Vec::with_capacity(rec.entries.len());
+        let mut row = rows.next()?;
+        for e in &rec.entries {
+            let want = match e.key.first() {
+                Some(Value::Integer(k)) => *k,
+                _ => i64::MIN,
+            };
+            while let Some(r) = row {
+                if r.get::<_, i64>(0)? >= want {
+                    break;
+                }
+                row = rows.next()?;
+            }
+            let Some(r) = row.filter(|r| r.get::<_, i64>(0).ok() == Some(want)) else {
+                out.push(Some((true, "the row is gone".to_owned())));
+                continue;
+            };
+            self.buf.clear();
+            for c in &e.columns {
+                let at = union.binary_search(c).unwrap_or_default();
+                put_value(&mut self.buf, r.get_ref(at + 1)?);
+            }
+            out.push((Some(print(&self.buf)) != e.print).then(|| (false, self.changed(l, e))));
+            row = Some(r);
+        }
+        Ok(out)
+    }
+
+    /// Why an updated row whose current values (in `buf`) are not the
+    /// run's is a conflict.
+    fn changed(&self, l: &Layout, e: &Entry) -> String {
+        let now = values(&self.buf).unwrap_or_default();
+        let cols: Vec<String> = e
+            .columns
+            .iter()
+            .zip(&now)
+            .map(|(&c, v)| format!("{} is {}", l.columns[c], shown(v)))
+            .collect();
+        format!("{} now, not what the run wrote", cols.join(", "))
+    }
+
     /// Puts one entry back; why it is a conflict, if it is one and was
     /// not overwritten.
     fn entry(&mut self, l: &Layout, e: &Entry) -> rusqlite::Result<Option<String>> {
@@ -82,44 +222,41 @@ impl<'c> Reverter<'c> {
         } else {
             e.columns.len()
         };
-        let now: Option<Vec<Value>> = self
+        self.buf.clear();
+        let buf = &mut self.buf;
+        let found = self
             .conn
             .prepare_cached(&read)?
             .query_row(params_from_iter(&e.key), |r| {
-                (0..n).map(|i| r.get(i)).collect()
+                (0..n).try_for_each(|i| {
+                    put_value(buf, r.get_ref(i)?);
+                    Ok(())
+                })
             })
-            .optional()?;
-        let why = match (e.op, &now) {
-            (op::DELETE, None) => None,
-            (op::DELETE, Some(_)) => Some("the row the run deleted exists again".to_owned()),
-            (op::INSERT, None) => return Ok(Some("the row the run inserted is gone".into())),
-            (op::INSERT, Some(now)) => (Some(print(&encoded(now))) != e.print)
-                .then(|| "the row the run inserted has been changed since".to_owned()),
-            (_, None) => return Ok(Some("the row is gone".into())),
-            (_, Some(now)) => (Some(print(&encoded(now))) != e.print).then(|| {
-                let cols: Vec<String> = e
-                    .columns
-                    .iter()
-                    .zip(now)
-                    .map(|(&c, v)| format!("{} is {}", l.columns[c], shown(v)))
-                    .collect();
-                format!("{} now, not what the run wrote", cols.join(", "))
-            }),
+            .optional()?
+            .is_some();
+        let same = Some(print(&self.buf)) == e.print;
+        let why = match (e.op, found) {
+            (op::DELETE, false) => None,
+            (op::DELETE, true) => Some("the row the run deleted exists again".to_owned()),
+            (op::INSERT, false) => return Ok(Some("the row the run inserted is gone".into())),
+            (op::INSERT, true) => {
+                (!same).then(|| "the row the run inserted has been changed since".to_owned())
+            }
+            (_, false) => return Ok(Some("the row is gone".into())),
+            (_, true) => (!same).then(|| self.changed(l, e)),
         };
         if why.is_some() && !self.overwrite {
             return Ok(why);
         }
-        if e.op == op::DELETE && now.is_some() {
+        if e.op == op::DELETE && found {
             // Overwritten: the application's row goes, the run's comes back.
-            let delete = self.statements(
-                l,
-                &Entry {
-                    op: op::INSERT,
-                    columns: Vec::new(),
-                    ..e.clone()
-                },
-            )[1]
-            .clone();
+            let gone = Entry {
+                op: op::INSERT,
+                columns: Vec::new(),
+                ..e.clone()
+            };
+            let [_, delete] = self.statements(l, &gone);
             self.conn
                 .prepare_cached(&delete)?
                 .execute(params_from_iter(&e.key))?;
@@ -133,68 +270,60 @@ impl<'c> Reverter<'c> {
         Ok(None)
     }
 
-    /// The entry's two statements: one reads the row's columns the entry
-    /// restores (for an insert, all of them; for a delete, whether the key
-    /// exists), one puts it back.
-    fn statements(&mut self, l: &Layout, e: &Entry) -> [String; 2] {
+    /// The entry's [`Statements`], made once per table, kind and columns.
+    fn statements(&mut self, l: &Layout, e: &Entry) -> Statements {
         let id = (e.table, e.op, e.columns.clone());
         if let Some(s) = self.sql.get(&id) {
             return s.clone();
         }
-        let t = format!("main.{}", quote(&l.table));
-        let by = if l.int_key {
-            format!("{} = ?1", l.key[0])
-        } else {
-            let each: Vec<String> = (0..l.key.len())
-                .map(|i| format!("{} IS ?{}", l.key[i], i + 1))
-                .collect();
-            each.join(" AND ")
-        };
-        let cols: Vec<String> = e.columns.iter().map(|&c| quote(&l.columns[c])).collect();
-        let read = match e.op {
-            _ if e.op == op::DELETE || cols.is_empty() => format!("SELECT 1 FROM {t} WHERE {by}"),
-            _ => format!("SELECT {} FROM {t} WHERE {by}", cols.join(", ")),
-        };
-        let write = match e.op {
-            op::INSERT => format!("DELETE FROM {t} WHERE {by}"),
-            op::DELETE => {
-                let names: Vec<&str> = l
-                    .key
-                    .iter()
-                    .map(String::as_str)
-                    .chain(cols.iter().map(String::as_str))
-                    .collect();
-                let marks: Vec<String> = (1..=names.len()).map(|i| format!("?{i}")).collect();
-                format!(
-                    "INSERT INTO {t}({}) VALUES ({})",
-                    names.join(", "),
-                    marks.join(", ")
-                )
-            }
-            _ => {
-                let n = cols.len();
-                let set: Vec<String> = cols
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| format!("{c} = ?{}", i + 1))
-                    .collect();
-                let by: Vec<String> = (0..l.key.len())
-                    .map(|i| {
-                        let op = if l.int_key { "=" } else { "IS" };
-                        format!("{} {op} ?{}", l.key[i], n + i + 1)
-                    })
-                    .collect();
-                format!(
-                    "UPDATE {t} SET {} WHERE {}",
-                    set.join(", "),
-                    by.join(" AND ")
-                )
-            }
-        };
-        let s = [read, write];
+        let s = statements(l, e);
         self.sql.insert(id, s.clone());
         s
     }
+}
+
+fn statements(l: &Layout, e: &Entry) -> Statements {
+    let t = format!("main.{}", quote(&l.table));
+    let cols: Vec<String> = e.columns.iter().map(|&c| quote(&l.columns[c])).collect();
+    let by = key_clause(l, 1);
+    let read = if e.op == op::DELETE || cols.is_empty() {
+        format!("SELECT 1 FROM {t} WHERE {by}")
+    } else {
+        format!("SELECT {} FROM {t} WHERE {by}", cols.join(", "))
+    };
+    let write = match e.op {
+        op::INSERT => format!("DELETE FROM {t} WHERE {by}"),
+        op::DELETE => {
+            let names: Vec<&str> = l.key.iter().chain(&cols).map(String::as_str).collect();
+            let marks: Vec<String> = (1..=names.len()).map(|i| format!("?{i}")).collect();
+            format!(
+                "INSERT INTO {t}({}) VALUES ({})",
+                names.join(", "),
+                marks.join(", ")
+            )
+        }
+        _ => {
+            let set: Vec<String> = cols
+                .iter()
+                .enumerate()
+                .map(|(i, c)| format!("{c} = ?{}", i + 1))
+                .collect();
+            let by = key_clause(l, cols.len() + 1);
+            format!("UPDATE {t} SET {} WHERE {by}", set.join(", "))
+        }
+    };
+    [read, write]
+}
+
+/// The condition that finds a row by its key, the key's values bound from
+/// parameter `?from` on (a composite key may hold NULLs in a rowid table:
+/// `IS`, not `=`).
+fn key_clause(l: &Layout, from: usize) -> String {
+    let op = if l.int_key { "=" } else { "IS" };
+    let each: Vec<String> = (0..l.key.len())
+        .map(|i| format!("{} {op} ?{}", l.key[i], from + i))
+        .collect();
+    each.join(" AND ")
 }
 
 /// Values' encodings, one after the other.
@@ -210,9 +339,17 @@ fn encoded(values: &[Value]) -> Vec<u8> {
 fn key_value(key: &[Value]) -> Value {
     match key {
         [one] => one.clone(),
+        _ => Value::Text(key_shown(key)),
+    }
+}
+
+/// A key as a message shows it: `5`, `"a"`, `("a", 5)`.
+fn key_shown(key: &[Value]) -> String {
+    match key {
+        [one] => shown(one),
         _ => {
             let each: Vec<String> = key.iter().map(shown).collect();
-            Value::Text(format!("({})", each.join(", ")))
+            format!("({})", each.join(", "))
         }
     }
 }
