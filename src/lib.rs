@@ -28,8 +28,10 @@
 //!   locks seen from outside, recent writes (`neighbours`), the
 //!   transaction guard (`tx`), the
 //!   checkpoint (`checkpoint`), opening the file (`db`), a step's
-//!   expectations (`expect`), and the undo record: made by TEMP triggers
-//!   during `run --undo`, applied back by `batchsse undo` (`undo`).
+//!   expectations (`expect`), and the undo record (`undo`): made during
+//!   `run --undo` by SQLite's pre-update hook (or, in a build without it,
+//!   by reading around chunks and by TEMP triggers), one compact blob per
+//!   chunk, applied back by `batchsse undo`.
 //! - `events`: the typed events (`event`), the append-only log every
 //!   reader follows (`log`), SSE framing (`sse`), and the events' JSON
 //!   Schema (`schema`).
