@@ -44,6 +44,8 @@ struct State {
     broken: Option<String>,
     part_bytes: usize,
     scratch: Scratch,
+    /// The last change's schema and table name pointers, and its table.
+    last: Option<(*const c_char, *const c_char, Found)>,
 }
 
 /// Buffers reused from row to row.
@@ -107,6 +109,7 @@ impl PreHook {
         }
         let mut s = self.state.borrow_mut();
         s.tables = tables;
+        s.last = None;
         s.enc = Encoder::new(false);
         s.parts.clear();
         s.broken = None;
@@ -117,6 +120,7 @@ impl PreHook {
     pub fn disarm(&self) {
         let mut s = self.state.borrow_mut();
         s.on = false;
+        s.last = None;
         s.tables.clear();
     }
 
@@ -187,25 +191,24 @@ unsafe extern "C" fn on_change(
     if !s.on || z_db.is_null() || z_name.is_null() {
         return;
     }
-    // SAFETY: SQLite passes NUL-terminated names.
-    let (schema, name) = unsafe { (CStr::from_ptr(z_db), CStr::from_ptr(z_name)) };
-    let name = name.to_bytes();
-    if schema.to_bytes() != b"main"
-        || name.starts_with(b"batchsse_")
-        || name.starts_with(b"sqlite_")
-    {
-        return;
-    }
-    let Some(t) = s
-        .tables
-        .iter()
-        .position(|w| w.layout.table.as_bytes() == name)
-    else {
-        s.broken = Some(format!(
-            "the step changed {}, which the undo record cannot key",
-            String::from_utf8_lossy(name)
-        ));
-        return;
+    // SQLite passes the same name pointers for every row of a table.
+    let found = match s.last {
+        Some((db_at, name_at, ref t)) if db_at == z_db && name_at == z_name => t.clone(),
+        _ => {
+            let found = find(&s.tables, z_db, z_name);
+            s.last = Some((z_db, z_name, found.clone()));
+            found
+        }
+    };
+    let t = match found {
+        Found::Table(t) => t,
+        Found::Ignored => return,
+        Found::Unknown(name) => {
+            s.broken = Some(format!(
+                "the step changed {name}, which the undo record cannot key"
+            ));
+            return;
+        }
     };
     let change = Change {
         db,
@@ -214,6 +217,34 @@ unsafe extern "C" fn on_change(
     };
     if let Err(why) = change.record(&mut s, t) {
         s.broken = Some(why);
+    }
+}
+
+/// What a change's table is to the record.
+#[derive(Clone)]
+enum Found {
+    Table(usize),
+    /// Another schema's, SQLite's or batchsse's own.
+    Ignored,
+    Unknown(String),
+}
+
+fn find(tables: &[Watched], z_db: *const c_char, z_name: *const c_char) -> Found {
+    // SAFETY: SQLite passes NUL-terminated names.
+    let (schema, name) = unsafe { (CStr::from_ptr(z_db), CStr::from_ptr(z_name)) };
+    let name = name.to_bytes();
+    if schema.to_bytes() != b"main"
+        || name.starts_with(b"batchsse_")
+        || name.starts_with(b"sqlite_")
+    {
+        return Found::Ignored;
+    }
+    match tables
+        .iter()
+        .position(|w| w.layout.table.as_bytes() == name)
+    {
+        Some(t) => Found::Table(t),
+        None => Found::Unknown(String::from_utf8_lossy(name).into_owned()),
     }
 }
 

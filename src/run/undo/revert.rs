@@ -204,13 +204,14 @@ impl<'c> Reverter<'c> {
     /// run's is a conflict.
     fn changed(&self, l: &Layout, e: &Entry) -> String {
         let now = values(&self.buf).unwrap_or_default();
-        let cols: Vec<String> = e
-            .columns
-            .iter()
-            .zip(&now)
-            .map(|(&c, v)| format!("{} is {}", l.columns[c], shown(v)))
-            .collect();
-        format!("{} now, not what the run wrote", cols.join(", "))
+        let names: Vec<&str> = e.columns.iter().map(|&c| l.columns[c].as_str()).collect();
+        let now: Vec<String> = now.iter().map(shown).collect();
+        let verb = if names.len() == 1 { "is" } else { "are" };
+        format!(
+            "{} {verb} not what the run wrote (now {})",
+            names.join(", "),
+            now.join(", ")
+        )
     }
 
     /// Puts one entry back; why it is a conflict, if it is one and was
