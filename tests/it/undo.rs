@@ -536,19 +536,37 @@ fn composite_keys_are_recorded_and_an_edited_inserted_row_is_a_conflict() {
     assert_eq!(content(&db), before, "every other row as before the run");
 }
 
+/// REPLACE deletes the rows it replaces: the pre-update hook sees those
+/// deletes and the undo brings the rows back; a build without the hook
+/// refuses such steps up front.
 #[test]
-fn a_table_that_resolves_conflicts_by_replace_is_refused() {
+fn replace_is_taken_back_with_the_hook_and_refused_without_it() {
     let db = TempDb::with_sql(
         "CREATE TABLE u(id INTEGER PRIMARY KEY, code TEXT UNIQUE ON CONFLICT REPLACE);
-         INSERT INTO u VALUES (1, 'a'), (2, 'b');",
+         CREATE TABLE w(k TEXT PRIMARY KEY, v) WITHOUT ROWID;
+         INSERT INTO u VALUES (1, 'a'), (2, 'b'), (3, 'c');
+         INSERT INTO w VALUES ('x', 1), ('y', 2);",
     );
-    let before = sha256(&db.path);
+    let before = content(&db);
+    let file = sha256(&db.path);
     let plan = db.file(
         "plan.json",
-        r#"{"name":"u","steps":[{"sql":"UPDATE u SET code = 'b' WHERE id = 1"}]}"#,
+        r#"{"name":"u","steps":[{"sql":"UPDATE u SET code = 'b' WHERE id = 1; REPLACE INTO u VALUES (3, 'z'); INSERT OR REPLACE INTO w VALUES ('x', 9)"}]}"#,
     );
-    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve", "--undo"]));
+    let args = run_args(&db, path_str(&plan), &["--no-serve", "--undo"]);
+    let off = [("BATCHSSE_UNDO_HOOK", "off")];
+    let (code, _, err) = run_with_env(&args, None, &off);
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("ON CONFLICT REPLACE"), "{err}");
-    assert_eq!(sha256(&db.path), before, "nothing ran");
+    assert!(err.contains("REPLACE"), "{err}");
+    assert_eq!(sha256(&db.path), file, "nothing ran");
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM u"),
+        2,
+        "the UPDATE replaced row 2"
+    );
+    let (code, _, err) = run(&undo_args(&db, &["--plan", "u"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(content(&db), before, "the replaced rows are back");
 }

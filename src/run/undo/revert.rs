@@ -283,6 +283,9 @@ impl<'c> Reverter<'c> {
     }
 }
 
+/// `OR ABORT`: a table's own `ON CONFLICT REPLACE` must not let a row put
+/// back delete a row the application has written since; the clash stops
+/// the undo instead, the part rolled back.
 fn statements(l: &Layout, e: &Entry) -> Statements {
     let t = format!("main.{}", quote(&l.table));
     let cols: Vec<String> = e.columns.iter().map(|&c| quote(&l.columns[c])).collect();
@@ -298,7 +301,7 @@ fn statements(l: &Layout, e: &Entry) -> Statements {
             let names: Vec<&str> = l.key.iter().chain(&cols).map(String::as_str).collect();
             let marks: Vec<String> = (1..=names.len()).map(|i| format!("?{i}")).collect();
             format!(
-                "INSERT INTO {t}({}) VALUES ({})",
+                "INSERT OR ABORT INTO {t}({}) VALUES ({})",
                 names.join(", "),
                 marks.join(", ")
             )
@@ -310,7 +313,7 @@ fn statements(l: &Layout, e: &Entry) -> Statements {
                 .map(|(i, c)| format!("{c} = ?{}", i + 1))
                 .collect();
             let by = key_clause(l, cols.len() + 1);
-            format!("UPDATE {t} SET {} WHERE {by}", set.join(", "))
+            format!("UPDATE OR ABORT {t} SET {} WHERE {by}", set.join(", "))
         }
     };
     [read, write]

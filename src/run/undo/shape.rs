@@ -86,14 +86,19 @@ fn lit(s: &str) -> String {
 }
 
 /// Refuses, before anything runs, a step `run --undo` cannot record: one
-/// that changes the schema or runs outside a transaction, one that may
-/// replace rows (REPLACE deletes without telling triggers or hooks), or
-/// one that writes a table that cannot be watched or keyed.
+/// that changes the schema or runs outside a transaction, one that writes
+/// a table that cannot be watched or keyed, and, unless the pre-update hook
+/// records (it sees the rows REPLACE deletes; triggers and the update hook
+/// do not), one that may replace rows.
 pub fn refuse_unrecordable(conn: &Connection, plan: &Plan) -> Result<(), UsageError> {
     let shapes = shapes(conn).map_err(|e| UsageError::new(sqlite_message(&e)))?;
-    let replacing = replacing_tables(conn).map_err(|e| UsageError::new(sqlite_message(&e)))?;
+    let replacing = if super::preupdate() {
+        None
+    } else {
+        Some(replacing_tables(conn).map_err(|e| UsageError::new(sqlite_message(&e)))?)
+    };
     for step in plan.steps.iter().filter(|s| s.undo) {
-        if let Some(why) = why_unrecordable(step, &shapes, &replacing) {
+        if let Some(why) = why_unrecordable(step, &shapes, replacing.as_deref()) {
             return Err(UsageError::new(format!(
                 "step {} ({:?}) cannot be recorded for --undo: {why}. Give the step \"undo\": false to run it unrecorded (an undo then stops at it), or run without --undo",
                 step.index + 1,
@@ -130,10 +135,12 @@ fn words(sql: &str) -> Vec<String> {
         .collect()
 }
 
+/// `replacing`: the tables that resolve conflicts by REPLACE, when
+/// replacing cannot be recorded.
 fn why_unrecordable(
     step: &Step,
     shapes: &[(String, Result<Layout, String>)],
-    replacing: &[String],
+    replacing: Option<&[String]>,
 ) -> Option<String> {
     let word = first_keyword(&step.sql);
     if step.autocommit {
@@ -147,9 +154,10 @@ fn why_unrecordable(
             "{word} changes the schema, which the undo record cannot take back"
         ));
     }
-    if word == "REPLACE" || words(&step.sql).windows(2).any(|w| w == ["OR", "REPLACE"]) {
+    let replaces = word == "REPLACE" || words(&step.sql).windows(2).any(|w| w == ["OR", "REPLACE"]);
+    if replacing.is_some() && replaces {
         return Some(
-            "REPLACE deletes the rows it replaces without telling the triggers and hooks that record them"
+            "REPLACE deletes the rows it replaces without telling the triggers and hooks that record them in this build (one built without SQLite's pre-update hook, or with BATCHSSE_UNDO_HOOK=off)"
                 .into(),
         );
     }
@@ -160,9 +168,9 @@ fn why_unrecordable(
         if let Some((_, Err(why))) = shapes.iter().find(|(n, _)| n.eq_ignore_ascii_case(table)) {
             return Some(format!("it writes {table}, and {why}"));
         }
-        if replacing.iter().any(|n| n.eq_ignore_ascii_case(table)) {
+        if replacing.is_some_and(|r| r.iter().any(|n| n.eq_ignore_ascii_case(table))) {
             return Some(format!(
-                "it writes {table}, whose definition resolves conflicts by REPLACE (ON CONFLICT REPLACE), which deletes rows without telling the triggers and hooks that record them"
+                "it writes {table}, whose definition resolves conflicts by REPLACE (ON CONFLICT REPLACE), which deletes rows without telling the triggers and hooks that record them in this build (one built without SQLite's pre-update hook, or with BATCHSSE_UNDO_HOOK=off)"
             ));
         }
     }
