@@ -125,6 +125,11 @@ fn shapes_round_trip(env: &[(&str, &str)]) {
     let (code, _, err) = run(&undo_args(&db, &["--plan", "shapes"]));
     assert_eq!(code, 0, "{err}");
     assert_eq!(content(&db), before, "every table as before the run");
+    let journal = db.path.with_file_name("test.sqlite-journal");
+    assert!(
+        !journal.exists(),
+        "the undo leaves the journal mode as it found it, no journal file behind"
+    );
     assert_eq!(
         db.query_i64("SELECT count(*) FROM batchsse_checkpoint WHERE plan = 'shapes'"),
         0

@@ -143,6 +143,9 @@ pub fn run(
     };
     let started = Instant::now();
     let (tally, end, steps_total) = u.run_all(gate);
+    // As a run ends: the WAL synced, the rollback journal back to DELETE
+    // (a journal file left behind would look like a recent writer).
+    u.governor.borrow().finish();
     let (status, error) = match end {
         None => (RunStatus::Ok, None),
         Some((s, why)) => (s, Some(why)),
