@@ -19,6 +19,8 @@
 //! print   = 48 bits of a 64-bit hash of the values' encodings, 6 bytes
 //! ```
 
+use std::rc::Rc;
+
 use rusqlite::types::{Value, ValueRef};
 
 pub const VERSION: u8 = 1;
@@ -265,8 +267,8 @@ pub struct Entry {
     pub op: u8,
     pub key: Vec<Value>,
     /// The columns (indices into the layout's) the entry restores: those
-    /// the run changed, or every one.
-    pub columns: Vec<usize>,
+    /// the run changed, or every one (shared by the entries alike).
+    pub columns: Rc<[usize]>,
     /// Their old values (empty for an insert).
     pub old: Vec<Value>,
     /// For an update or insert: the fingerprint of what the run wrote.
@@ -398,10 +400,19 @@ pub fn decode(blob: &[u8]) -> Result<Record, Damaged> {
     let n = r.len()?;
     let tables: Vec<Layout> = (0..n).map(|_| r.layout()).collect::<Result<_, _>>()?;
     let mut last_key = vec![0i64; tables.len()];
-    let mut last_mask: Vec<Vec<usize>> = vec![Vec::new(); tables.len()];
+    let every: Vec<Rc<[usize]>> = tables
+        .iter()
+        .map(|t| (0..t.columns.len()).collect())
+        .collect();
+    let mut last_mask: Vec<Rc<[usize]>> = vec![Rc::from([]); tables.len()];
     let mut entries = Vec::new();
     while r.at < blob.len() {
-        entries.push(entry(&mut r, &tables, &mut last_key, &mut last_mask)?);
+        entries.push(entry(
+            &mut r,
+            (&tables, &every),
+            &mut last_key,
+            &mut last_mask,
+        )?);
     }
     Ok(Record {
         tables,
@@ -410,11 +421,12 @@ pub fn decode(blob: &[u8]) -> Result<Record, Damaged> {
     })
 }
 
+/// One entry; `every`: each table's list of all its columns.
 fn entry(
     r: &mut Reader<'_>,
-    tables: &[Layout],
+    (tables, every): (&[Layout], &[Rc<[usize]>]),
     last_key: &mut [i64],
-    last_mask: &mut [Vec<usize>],
+    last_mask: &mut [Rc<[usize]>],
 ) -> Result<Entry, Damaged> {
     let head = r.varint()?;
     let (table, same, op) = ((head >> 3) as usize, head & 4 != 0, (head & 3) as u8);
@@ -425,7 +437,7 @@ fn entry(
     } else {
         r.values(t.key.len())?
     };
-    let every: Vec<usize> = (0..t.columns.len()).collect();
+    let every = every[table].clone();
     let (columns, old, print) = match op {
         op::UPDATE => {
             if !same {
@@ -556,7 +568,7 @@ mod tests {
         assert!(rec.unique);
         assert_eq!(rec.entries.len(), 3);
         for entry in &rec.entries[..2] {
-            assert_eq!(entry.columns, vec![2, 9]);
+            assert_eq!(&entry.columns[..], &[2, 9]);
             assert_eq!(entry.key, vec![Value::Text("a".into()), Value::Integer(7)]);
             assert_eq!(entry.old, vec![Value::Integer(1), Value::Null]);
         }
@@ -593,8 +605,8 @@ mod tests {
         assert_eq!(first.entries[0].key, vec![Value::Integer(10)]);
         assert_eq!(second.entries[0].key, vec![Value::Integer(11)]);
         assert_eq!(
-            second.entries[0].columns,
-            vec![0],
+            &second.entries[0].columns[..],
+            &[0],
             "the mask is written again"
         );
         assert_eq!(second.tables, vec![t]);

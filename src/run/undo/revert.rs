@@ -35,7 +35,7 @@ type Statements = [String; 2];
 pub struct Reverter<'c> {
     conn: &'c Connection,
     overwrite: bool,
-    sql: HashMap<(usize, u8, Vec<usize>), Statements>,
+    sql: HashMap<(usize, u8, std::rc::Rc<[usize]>), Statements>,
     /// The current values' encodings, reused from row to row.
     buf: Vec<u8>,
 }
@@ -110,7 +110,9 @@ impl<'c> Reverter<'c> {
             return Ok(None);
         }
         let verdicts = self.verdicts(l, rec, (int(first), int(last)))?;
-        let mut writes: HashMap<&[usize], rusqlite::Statement<'c>> = HashMap::new();
+        // One statement per set of columns; entries alike share theirs.
+        let mut writes: Vec<(&[usize], rusqlite::Statement<'c>)> = Vec::new();
+        let mut at = 0;
         let mut reverted = 0;
         for (e, why) in rec.entries.iter().zip(verdicts) {
             let put_back = match &why {
@@ -118,13 +120,17 @@ impl<'c> Reverter<'c> {
                 Some((gone, _)) => self.overwrite && !gone,
             };
             if put_back {
-                let stmt = match writes.entry(&e.columns) {
-                    std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                    std::collections::hash_map::Entry::Vacant(v) => {
-                        let [_, write] = statements(l, e);
-                        v.insert(self.conn.prepare(&write)?)
-                    }
-                };
+                if writes.get(at).is_none_or(|w| w.0 != &e.columns[..]) {
+                    at = match writes.iter().position(|w| w.0 == &e.columns[..]) {
+                        Some(i) => i,
+                        None => {
+                            let [_, write] = statements(l, e);
+                            writes.push((&e.columns[..], self.conn.prepare(&write)?));
+                            writes.len() - 1
+                        }
+                    };
+                }
+                let stmt = &mut writes[at].1;
                 stmt.execute(params_from_iter(e.old.iter().chain(&e.key)))?;
             }
             match why {
@@ -190,7 +196,7 @@ impl<'c> Reverter<'c> {
                 continue;
             };
             self.buf.clear();
-            for c in &e.columns {
+            for c in e.columns.iter() {
                 let at = union.binary_search(c).unwrap_or_default();
                 put_value(&mut self.buf, r.get_ref(at + 1)?);
             }
@@ -254,7 +260,7 @@ impl<'c> Reverter<'c> {
             // Overwritten: the application's row goes, the run's comes back.
             let gone = Entry {
                 op: op::INSERT,
-                columns: Vec::new(),
+                columns: std::rc::Rc::from([]),
                 ..e.clone()
             };
             let [_, delete] = self.statements(l, &gone);
