@@ -21,10 +21,11 @@ fn content(db: &TempDb) -> String {
         .unwrap();
     let mut out = String::new();
     for (t, without_rowid) in tables {
+        let q = t.replace('"', "\"\"");
         let sql = if without_rowid {
-            format!("SELECT * FROM \"{t}\"")
+            format!("SELECT * FROM \"{q}\"")
         } else {
-            format!("SELECT rowid, * FROM \"{t}\"")
+            format!("SELECT rowid, * FROM \"{q}\"")
         };
         let mut stmt = c.prepare(&sql).unwrap();
         let n = stmt.column_count();
@@ -574,4 +575,36 @@ fn replace_is_taken_back_with_the_hook_and_refused_without_it() {
     let (code, _, err) = run(&undo_args(&db, &["--plan", "u"]));
     assert_eq!(code, 0, "{err}");
     assert_eq!(content(&db), before, "the replaced rows are back");
+}
+
+/// Quotes, spaces and keywords in table and column names, in both ways of
+/// recording.
+#[test]
+fn odd_names_are_recorded_and_taken_back() {
+    for env in [&[][..], &[("BATCHSSE_UNDO_HOOK", "off")][..]] {
+        let db = TempDb::with_sql(
+            r#"CREATE TABLE "odd ""t"" name"("order" INTEGER PRIMARY KEY, "a b" TEXT, "x""y" REAL);
+               CREATE TABLE "k v"("sh""op" TEXT, "select" INT, "qty ""n""" INT, PRIMARY KEY ("sh""op", "select")) WITHOUT ROWID;
+               INSERT INTO "odd ""t"" name" VALUES (1, 'one', 1.5), (2, NULL, 2.5), (3, 'three', NULL);
+               INSERT INTO "k v" VALUES ('a', 1, 10), ('b', 2, 20);"#,
+        );
+        let before = content(&db);
+        let plan = db.file(
+            "plan.json",
+            r#"{"name":"odd","steps":[
+                {"sql":"UPDATE \"odd \"\"t\"\" name\" SET \"a b\" = upper(ifnull(\"a b\", 'none')), \"x\"\"y\" = 0 WHERE \"order\" BETWEEN :lo AND :hi","chunk":{"table":"odd \"t\" name","key":"order","size":2}},
+                {"sql":"UPDATE \"k v\" SET \"qty \"\"n\"\"\" = 0 WHERE \"sh\"\"op\" = 'a'; DELETE FROM \"k v\" WHERE \"select\" = 2; INSERT INTO \"k v\" VALUES ('c', 3, 30)"}]}"#,
+        );
+        let args = run_args(
+            &db,
+            path_str(&plan),
+            &["--no-serve", "--undo", "--batch-size", "2"],
+        );
+        let (code, _, err) = run_with_env(&args, None, env);
+        assert_eq!(code, 0, "{env:?}: {err}");
+        assert_ne!(content(&db), before);
+        let (code, _, err) = run_with_env(&undo_args(&db, &["--plan", "odd"]), None, env);
+        assert_eq!(code, 0, "{env:?}: {err}");
+        assert_eq!(content(&db), before, "{env:?}: every row as before");
+    }
 }
