@@ -34,7 +34,11 @@ pub(super) struct Rehearsal {
 /// Column reads and writes seen by the authorizer while a statement
 /// compiled, triggers' included, in the main schema.
 #[derive(Clone, Default)]
-struct Seen(Arc<Mutex<Vec<Access>>>, Tables);
+struct Seen(Arc<Mutex<Vec<Access>>>, Tables, Columns);
+
+/// The columns of the main database's tables a statement updates, as
+/// (table, column).
+type Columns = Arc<Mutex<std::collections::BTreeSet<(String, String)>>>;
 
 /// The tables a statement writes (inserts, updates, deletes), as
 /// `schema.table` for any schema but `main`, whose tables go by name.
@@ -58,6 +62,11 @@ impl Seen {
 
     fn take_tables(&self) -> Vec<String> {
         let mut set = self.1.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::take(&mut *set).into_iter().collect()
+    }
+
+    fn take_columns(&self) -> Vec<(String, String)> {
+        let mut set = self.2.lock().unwrap_or_else(|p| p.into_inner());
         std::mem::take(&mut *set).into_iter().collect()
     }
 
@@ -87,6 +96,12 @@ impl Seen {
             _ => return rusqlite::hooks::Authorization::Allow,
         };
         if ctx.database_name == Some("main") {
+            if write {
+                self.2
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert((table.to_owned(), column.to_owned()));
+            }
             let access = Access {
                 write,
                 table: table.to_owned(),
@@ -245,6 +260,13 @@ impl Rehearsal {
     /// The tables written by what was rehearsed since last taken.
     pub(super) fn take_tables(&self) -> Vec<String> {
         self.seen.take_tables()
+    }
+
+    /// The columns updated by what was rehearsed since last taken; `None`
+    /// when the schema copy is incomplete, so some may have been missed.
+    pub(super) fn take_columns(&self) -> Option<Vec<(String, String)>> {
+        let columns = self.seen.take_columns();
+        self.complete.get().then_some(columns)
     }
 
     /// Checks a step's `expect` query: one statement that compiles against

@@ -50,6 +50,9 @@ pub struct Step {
     /// The tables of the main database the step writes (triggers' and
     /// foreign-key actions' writes included), as the pre-run check saw.
     pub writes: Vec<String>,
+    /// The columns (table, column) of the main database the step may
+    /// update, likewise; `None` when the check could not see them all.
+    pub updates: Option<Vec<(String, String)>>,
 }
 
 /// A step's expectations: checked after it (`sql`), and while it runs
@@ -246,6 +249,7 @@ fn json_step(
     );
     let done = done(&sum, &s.sql, &name)?;
     r.take_tables();
+    r.take_columns();
     let (chunk, autocommit) = match s.chunk {
         None if done => (None, classify(label, &s.sql)?),
         None => (None, r.rehearse_plain(label, &s.sql)?),
@@ -253,6 +257,7 @@ fn json_step(
         Some(c) => (Some(r.rehearse_chunked(label, &s.sql, c)?), false),
     };
     let writes = r.take_tables();
+    let updates = r.take_columns().filter(|_| !done);
     let expect = expectations(label, s.expect, s.expect_changes, autocommit)?;
     if let (Some(sql), false) = (&expect.sql, done) {
         r.check_expect(label, sql)?;
@@ -267,6 +272,7 @@ fn json_step(
         expect,
         undo: s.undo.unwrap_or(true),
         writes,
+        updates,
     })
 }
 
@@ -292,7 +298,9 @@ fn prepare_sql(
         let sum = checksum(&sql, None);
         let autocommit = classify(&label, &sql)?;
         r.take_tables();
-        if !skipped_on_resume(&finished, index, &sum, &sql, &name, origin)? {
+        r.take_columns();
+        let skipped = skipped_on_resume(&finished, index, &sum, &sql, &name, origin)?;
+        if !skipped {
             r.rehearse_script_statement(origin, &label, &sql)?;
         }
         steps.push(Step {
@@ -305,6 +313,7 @@ fn prepare_sql(
             expect: Expect::default(),
             undo: true,
             writes: r.take_tables(),
+            updates: r.take_columns().filter(|_| !skipped),
         });
     }
     if steps.is_empty() {

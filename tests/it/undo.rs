@@ -608,3 +608,63 @@ fn odd_names_are_recorded_and_taken_back() {
         assert_eq!(content(&db), before, "{env:?}: every row as before");
     }
 }
+
+/// What a step changes beyond the columns it names: a trigger that stamps
+/// another column, foreign-key actions that update child rows (CASCADE, SET
+/// NULL), an upsert. All of it is recorded and taken back.
+#[test]
+fn updates_by_triggers_cascades_and_upserts_to_columns_the_step_does_not_name_are_taken_back() {
+    let db = TempDb::with_sql(
+        "CREATE TABLE p(id INTEGER PRIMARY KEY, code TEXT UNIQUE, price REAL, stamp INT, note TEXT);
+         CREATE TABLE c(id INTEGER PRIMARY KEY, pcode TEXT REFERENCES p(code) ON UPDATE CASCADE, q INT, other TEXT);
+         CREATE TABLE d(id INTEGER PRIMARY KEY, pid INT REFERENCES p(id) ON DELETE SET NULL, w TEXT);
+         CREATE TRIGGER stamp AFTER UPDATE OF price ON p BEGIN UPDATE p SET stamp = ifnull(stamp, 0) + 1, note = 'repriced' WHERE id = NEW.id; END;
+         INSERT INTO p VALUES (1, 'a', 1.0, NULL, 'x'), (2, 'b', 2.0, 5, NULL), (3, 'c', 3.0, 7, 'y');
+         INSERT INTO c VALUES (1, 'a', 10, 'o'), (2, 'b', 20, NULL), (3, 'b', 30, 'p');
+         INSERT INTO d VALUES (1, 3, 'w1'), (2, 2, 'w2');",
+    );
+    let before = content(&db);
+    let plan = db.file(
+        "plan.json",
+        r#"{"name":"more","foreign_keys":true,"steps":[
+            {"sql":"UPDATE p SET price = price * 2 WHERE id BETWEEN :lo AND :hi","chunk":{"table":"p","size":2}},
+            {"sql":"UPDATE p SET code = code || '2' WHERE id <= 2"},
+            {"sql":"DELETE FROM p WHERE id = 3"},
+            {"sql":"INSERT INTO c(id, pcode, q) VALUES (1, 'a2', 0) ON CONFLICT(id) DO UPDATE SET other = 'upserted'"}]}"#,
+    );
+    for env in [&[][..], &[("BATCHSSE_UNDO_HOOK", "off")][..]] {
+        let args = run_args(
+            &db,
+            path_str(&plan),
+            &["--no-serve", "--undo", "--batch-size", "2"],
+        );
+        let (code, _, err) = run_with_env(&args, None, env);
+        assert_eq!(code, 0, "{env:?}: {err}");
+        assert_eq!(
+            db.query_i64("SELECT stamp FROM p WHERE id = 2"),
+            6,
+            "the trigger stamped"
+        );
+        assert_eq!(
+            db.query_i64("SELECT count(*) FROM c WHERE pcode = 'b2'"),
+            2,
+            "cascaded"
+        );
+        assert_eq!(
+            db.query_i64("SELECT count(*) FROM d WHERE pid IS NULL"),
+            1,
+            "set null"
+        );
+        assert_eq!(
+            db.query_i64("SELECT count(*) FROM c WHERE other = 'upserted'"),
+            1
+        );
+        let (code, _, err) = run_with_env(&undo_args(&db, &["--plan", "more"]), None, env);
+        assert_eq!(code, 0, "{env:?}: {err}");
+        assert_eq!(
+            content(&db),
+            before,
+            "{env:?}: every column of every row as before"
+        );
+    }
+}

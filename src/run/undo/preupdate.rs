@@ -29,6 +29,9 @@ struct Watched {
     /// The key columns' positions; `None`: the key is the rowid.
     key: Option<Vec<c_int>>,
     columns: Vec<c_int>,
+    /// The columns (indices into `columns`) an update may change: those
+    /// the step may update, or all of them.
+    updated: Vec<usize>,
     /// The table's index in the encoder, once it has one.
     index: Option<usize>,
 }
@@ -82,10 +85,26 @@ impl PreHook {
 
     /// Records changes to `layouts` (all of the main database's tables the
     /// record can key, with their columns' positions from `conn`) until
-    /// [`PreHook::disarm`].
-    pub fn arm(&self, conn: &Connection, layouts: Vec<Layout>) -> rusqlite::Result<()> {
+    /// [`PreHook::disarm`]. `updates`: the (table, column) pairs the step
+    /// may update, when known; an update reads only those.
+    pub fn arm(
+        &self,
+        conn: &Connection,
+        layouts: Vec<Layout>,
+        updates: Option<&[(String, String)]>,
+    ) -> rusqlite::Result<()> {
         let mut tables = Vec::new();
         for layout in layouts {
+            let updated = (0..layout.columns.len())
+                .filter(|&j| {
+                    updates.is_none_or(|u| {
+                        u.iter().any(|(t, c)| {
+                            t.eq_ignore_ascii_case(&layout.table)
+                                && c.eq_ignore_ascii_case(&layout.columns[j])
+                        })
+                    })
+                })
+                .collect();
             let cids = column_ids(conn, &layout.table)?;
             let at = |name: &str| cids.iter().find(|c| c.0 == name).map(|c| c.1);
             let key = if layout.int_key {
@@ -104,6 +123,7 @@ impl PreHook {
                 layout,
                 key,
                 columns,
+                updated,
                 index: None,
             });
         }
@@ -322,7 +342,8 @@ impl Change {
         b.new.clear();
         b.mask.clear();
         b.mask.resize(w.columns.len().div_ceil(8), 0);
-        for (j, &cid) in w.columns.iter().enumerate() {
+        for &j in &w.updated {
+            let cid = w.columns[j];
             let (o, n) = (b.old.len(), b.new.len());
             self.value(cid, Image::Old, &mut b.old)?;
             self.value(cid, Image::New, &mut b.new)?;

@@ -173,7 +173,7 @@ impl<'c> Recorder<'c> {
             .collect();
         #[cfg(batchsse_preupdate)]
         if let Some(pre) = &self.pre {
-            pre.arm(self.conn, layouts)?;
+            pre.arm(self.conn, layouts, step.updates.as_deref())?;
             *self.mode.borrow_mut() = Mode::Pre;
             return Ok(());
         }
