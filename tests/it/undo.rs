@@ -668,3 +668,109 @@ fn updates_by_triggers_cascades_and_upserts_to_columns_the_step_does_not_name_ar
         );
     }
 }
+
+/// Runs `plan` with `--undo` on a file made by `setup`, lets the
+/// "application" run `app`, then takes the plan back; returns the undo's
+/// stderr and the file.
+fn round_trip(setup: &str, plan: &str, app: &str, env: &[(&str, &str)]) -> (String, TempDb) {
+    let db = TempDb::with_sql(setup);
+    let plan = db.file("plan.json", plan);
+    let args = run_args(&db, path_str(&plan), &["--no-serve", "--undo"]);
+    let (code, _, err) = run_with_env(&args, None, env);
+    assert_eq!(code, 0, "{env:?}: {err}");
+    if !app.is_empty() {
+        db.conn().execute_batch(app).unwrap();
+    }
+    let (code, _, err) = run_with_env(&undo_args(&db, &["--plan", "p"]), None, env);
+    assert_eq!(code, 0, "{env:?}: {err}");
+    (err, db)
+}
+
+const HOOK_OFF: [(&str, &str); 1] = [("BATCHSSE_UNDO_HOOK", "off")];
+
+/// Once a row is kept as a conflict, none of the run's older changes to it
+/// is put back either: an older one could match what the application wrote
+/// and undo it.
+#[test]
+fn a_row_kept_as_a_conflict_keeps_all_of_the_applications_values() {
+    let setup = "CREATE TABLE t(id INTEGER PRIMARY KEY, flag INT, note TEXT);
+                 INSERT INTO t VALUES (1, 0, 'a'), (2, 0, 'b');";
+    let across = r#"{"name":"p","steps":[{"sql":"UPDATE t SET flag = 1"},{"sql":"UPDATE t SET flag = 0, note = note || '!'"}]}"#;
+    let within = r#"{"name":"p","steps":[{"sql":"UPDATE t SET flag = 1; UPDATE t SET flag = 2"}]}"#;
+    for plan in [across, within] {
+        for env in [&[][..], &HOOK_OFF[..]] {
+            let (err, db) = round_trip(setup, plan, "UPDATE t SET flag = 1 WHERE id = 1", env);
+            assert!(err.contains("conflict in t at key 1"), "{err}");
+            assert_eq!(
+                db.query_i64("SELECT flag FROM t WHERE id = 1"),
+                1,
+                "{env:?} {plan}: the application's flag kept"
+            );
+            assert_eq!(
+                db.query_i64("SELECT flag FROM t WHERE id = 2"),
+                0,
+                "{env:?}"
+            );
+        }
+    }
+}
+
+/// Shapes the first version got wrong: a user table named like batchsse's
+/// own, `INTEGER PRIMARY KEY DESC` (not the rowid), and values unique in
+/// the run's order (put back newest first).
+#[test]
+fn batchsse_named_tables_desc_keys_and_unique_shifts_are_taken_back() {
+    let cases = [
+        (
+            "CREATE TABLE batchsse_orders(id INTEGER PRIMARY KEY, v INT); INSERT INTO batchsse_orders VALUES (1, 1), (2, 2);",
+            r#"{"name":"p","steps":[{"sql":"UPDATE batchsse_orders SET v = v + 100"}]}"#,
+        ),
+        (
+            "CREATE TABLE t(id INTEGER PRIMARY KEY DESC, v TEXT); INSERT INTO t(rowid, id, v) VALUES (1, 100, 'a'), (2, 200, 'b'), (100, 1, 'c');",
+            r#"{"name":"p","steps":[{"sql":"UPDATE t SET v = v || '!' WHERE id = 1; DELETE FROM t WHERE id = 200"}]}"#,
+        ),
+        (
+            "CREATE TABLE item(id INTEGER PRIMARY KEY, pos INT UNIQUE); INSERT INTO item VALUES (1, 1), (2, 2), (3, 3);",
+            r#"{"name":"p","steps":[{"sql":"UPDATE item SET pos = pos - 1"}]}"#,
+        ),
+    ];
+    for (setup, plan) in cases {
+        for env in [&[][..], &HOOK_OFF[..]] {
+            let before = content(&TempDb::with_sql(setup));
+            let (err, db) = round_trip(setup, plan, "", env);
+            assert!(!err.contains("conflict"), "{env:?} {setup}: {err}");
+            assert_eq!(content(&db), before, "{env:?}: {setup}");
+        }
+    }
+}
+
+/// Refused up front: a rowid table keyed by a primary key that may hold
+/// NULLs; without the hook, a step whose table has a trigger that replaces.
+#[test]
+fn tables_the_record_cannot_trust_are_refused() {
+    let db = TempDb::with_sql(
+        "CREATE TABLE o(rowid TEXT, _rowid_ TEXT, oid TEXT, k TEXT PRIMARY KEY, v INT);
+         INSERT INTO o VALUES ('r1', 'r1', 'o1', NULL, 1);
+         CREATE TABLE t(id INTEGER PRIMARY KEY, v INT);
+         CREATE TABLE last(k INTEGER PRIMARY KEY, note TEXT);
+         CREATE TRIGGER tr AFTER UPDATE ON t BEGIN INSERT OR REPLACE INTO last VALUES (NEW.id, 'v'); END;
+         INSERT INTO t VALUES (1, 1);",
+    );
+    let file = sha256(&db.path);
+    let nulls = db.file(
+        "o.json",
+        r#"{"name":"p","steps":[{"sql":"UPDATE o SET v = 2"}]}"#,
+    );
+    let (code, _, err) = run(&run_args(&db, path_str(&nulls), &["--no-serve", "--undo"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("may hold NULLs"), "{err}");
+    let replaces = db.file(
+        "t.json",
+        r#"{"name":"p","steps":[{"sql":"UPDATE t SET v = 2"}]}"#,
+    );
+    let args = run_args(&db, path_str(&replaces), &["--no-serve", "--undo"]);
+    let (code, _, err) = run_with_env(&args, None, &HOOK_OFF);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("a trigger (INSERT OR REPLACE)"), "{err}");
+    assert_eq!(sha256(&db.path), file, "nothing ran");
+}

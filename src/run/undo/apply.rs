@@ -78,7 +78,11 @@ struct At<'g> {
 
 impl At<'_> {
     fn name(&self) -> String {
-        format!("undo step {}: {}", self.g[0].step + 1, self.g[0].name)
+        format!(
+            "undo step {}: {}",
+            self.g[0].step.saturating_add(1),
+            self.g[0].name
+        )
     }
 
     fn progress(&self) -> Progress {
@@ -213,7 +217,12 @@ impl Undoer<'_> {
     }
 
     fn run_all(&mut self, gate: impl FnOnce()) -> (Tally, End, usize) {
-        let groups = match self.groups() {
+        let read = self.groups().and_then(|g| {
+            let runs = &self.spec.runs;
+            self.reverter.borrow_mut().hold_kept(runs)?;
+            Ok(g)
+        });
+        let groups = match read {
             Ok(g) => g,
             Err(e) => {
                 let end = self.failed(format!("cannot read the undo record: {e}"));
@@ -256,7 +265,7 @@ impl Undoer<'_> {
                 self.step_event(&at, StepState::Skipped, None);
                 self.message(
                     Level::Warn,
-                    format!("the undo stops at step {} ({:?}), which the run did not record (\"undo\": false); earlier steps stay as they are", g[0].step + 1, g[0].name),
+                    format!("the undo stops at step {} ({:?}), which the run did not record (\"undo\": false); earlier steps stay as they are", g[0].step.saturating_add(1), g[0].name),
                 );
                 break;
             }
@@ -296,7 +305,7 @@ impl Undoer<'_> {
                 .enumerate()
                 .map(|(i, g)| StepInfo {
                     index: i,
-                    name: format!("undo step {}: {}", g[0].step + 1, g[0].name),
+                    name: format!("undo step {}: {}", g[0].step.saturating_add(1), g[0].name),
                     kind: StepKind::Chunked,
                 })
                 .collect(),

@@ -10,7 +10,7 @@
 //! The declarations come with rusqlite's bundled bindings, so no bindgen
 //! (and no libclang) is needed.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::ffi::{CStr, c_char, c_int, c_void};
 
 use rusqlite::Connection;
@@ -59,28 +59,39 @@ struct Scratch {
     mask: Vec<u8>,
 }
 
+/// What the hook and its owner share.
+struct Shared {
+    state: RefCell<State>,
+    /// A change came while the state was in use (never expected): the
+    /// record would miss it, so the chunk fails instead.
+    missed: Cell<bool>,
+}
+
 /// The hook, installed on the batch's connection for the run.
 pub struct PreHook {
     db: *mut ffi::sqlite3,
-    state: Box<RefCell<State>>,
+    shared: Box<Shared>,
 }
 
 impl PreHook {
     /// Installs the hook on `conn`, which must outlive it; recording is
     /// off until [`PreHook::arm`]. Parts are cut at `part_bytes`.
     pub fn install(conn: &Connection, part_bytes: usize) -> PreHook {
-        let state = Box::new(RefCell::new(State {
-            enc: Encoder::new(false),
-            part_bytes,
-            ..State::default()
-        }));
+        let shared = Box::new(Shared {
+            state: RefCell::new(State {
+                enc: Encoder::new(false),
+                part_bytes,
+                ..State::default()
+            }),
+            missed: Cell::new(false),
+        });
         // SAFETY: the handle is the open connection's; the state lives in
         // a box owned by the returned value, which removes the hook when
         // dropped, before the box goes.
         let db = unsafe { conn.handle() };
-        let ctx = &*state as *const RefCell<State> as *mut c_void;
+        let ctx = &*shared as *const Shared as *mut c_void;
         unsafe { ffi::sqlite3_preupdate_hook(db, Some(on_change), ctx) };
-        PreHook { db, state }
+        PreHook { db, shared }
     }
 
     /// Records changes to `layouts` (all of the main database's tables the
@@ -127,7 +138,7 @@ impl PreHook {
                 index: None,
             });
         }
-        let mut s = self.state.borrow_mut();
+        let mut s = self.shared.state.borrow_mut();
         s.tables = tables;
         s.last = None;
         s.enc = Encoder::new(false);
@@ -138,7 +149,7 @@ impl PreHook {
     }
 
     pub fn disarm(&self) {
-        let mut s = self.state.borrow_mut();
+        let mut s = self.shared.state.borrow_mut();
         s.on = false;
         s.last = None;
         s.tables.clear();
@@ -147,7 +158,10 @@ impl PreHook {
     /// Forgets what was recorded since the last [`PreHook::take`] (work
     /// that failed and is rolled back).
     pub fn discard(&self) {
-        let mut s = self.state.borrow_mut();
+        self.shared.missed.set(false);
+        let mut s = self.shared.state.borrow_mut();
+        // SQLite may reuse a name's memory after a schema change.
+        s.last = None;
         let _ = s.enc.finish();
         s.parts.clear();
         s.broken = None;
@@ -156,7 +170,10 @@ impl PreHook {
     /// What was recorded since the last call, as parts; an error when the
     /// record is incomplete.
     pub fn take(&self) -> Result<Vec<Part>, String> {
-        let mut s = self.state.borrow_mut();
+        let mut s = self.shared.state.borrow_mut();
+        if self.shared.missed.replace(false) {
+            s.broken = Some("a change came while the record was busy".into());
+        }
         if let Some(why) = s.broken.take() {
             let _ = s.enc.finish();
             s.parts.clear();
@@ -204,8 +221,9 @@ unsafe extern "C" fn on_change(
     key2: ffi::sqlite3_int64,
 ) {
     // SAFETY: ctx is the state `install` gave, alive while the hook is on.
-    let cell = unsafe { &*(ctx as *const RefCell<State>) };
-    let Ok(mut s) = cell.try_borrow_mut() else {
+    let shared = unsafe { &*(ctx as *const Shared) };
+    let Ok(mut s) = shared.state.try_borrow_mut() else {
+        shared.missed.set(true);
         return;
     };
     if !s.on || z_db.is_null() || z_name.is_null() {
@@ -253,10 +271,7 @@ fn find(tables: &[Watched], z_db: *const c_char, z_name: *const c_char) -> Found
     // SAFETY: SQLite passes NUL-terminated names.
     let (schema, name) = unsafe { (CStr::from_ptr(z_db), CStr::from_ptr(z_name)) };
     let name = name.to_bytes();
-    if schema.to_bytes() != b"main"
-        || name.starts_with(b"batchsse_")
-        || name.starts_with(b"sqlite_")
-    {
+    if schema.to_bytes() != b"main" || super::store::not_recorded(name) {
         return Found::Ignored;
     }
     match tables

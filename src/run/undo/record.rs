@@ -194,13 +194,18 @@ impl<'c> Recorder<'c> {
             });
         *self.mode.borrow_mut() = match around {
             Some(a) => Mode::Around(a),
-            None => self.stage(layouts)?,
+            None => self.stage(step, layouts)?,
         };
         Ok(())
     }
 
-    /// Makes the staging table and the TEMP triggers that fill it.
-    fn stage(&self, layouts: Vec<Layout>) -> rusqlite::Result<Mode> {
+    /// Makes the staging table and the TEMP triggers that fill it, for the
+    /// tables `step` writes (its triggers' and foreign-key actions' too).
+    fn stage(&self, step: &Step, layouts: Vec<Layout>) -> rusqlite::Result<Mode> {
+        let layouts: Vec<Layout> = layouts
+            .into_iter()
+            .filter(|l| step.writes.iter().any(|w| w.eq_ignore_ascii_case(&l.table)))
+            .collect();
         let width = layouts
             .iter()
             .map(|l| l.key.len() + 2 * l.columns.len())
@@ -257,7 +262,7 @@ impl<'c> Recorder<'c> {
                 .into_iter()
                 .filter_map(|(_, s)| s.ok())
                 .collect();
-            let staged = self.stage(layouts)?;
+            let staged = self.stage(step, layouts)?;
             *self.mode.borrow_mut() = staged;
         }
         let around = match (&*self.mode.borrow(), range) {

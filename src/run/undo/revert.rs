@@ -38,6 +38,11 @@ pub struct Reverter<'c> {
     sql: HashMap<(usize, u8, std::rc::Rc<[usize]>), Statements>,
     /// The current values' encodings, reused from row to row.
     buf: Vec<u8>,
+    /// Rows kept as conflicts in this undo (and in earlier tries of it):
+    /// their older entries are not put back either, or a value the
+    /// application wrote could be undone by an older entry that happens to
+    /// match it. By table and encoded key value.
+    held: HashSet<(String, Vec<u8>)>,
 }
 
 impl<'c> Reverter<'c> {
@@ -47,7 +52,30 @@ impl<'c> Reverter<'c> {
             overwrite,
             sql: HashMap::new(),
             buf: Vec::new(),
+            held: HashSet::new(),
         }
+    }
+
+    /// Holds the rows an earlier try of this undo kept, as
+    /// `batchsse_undo_conflict` lists them for `runs`.
+    pub fn hold_kept(&mut self, runs: &[String]) -> rusqlite::Result<()> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT tbl, k FROM batchsse_undo_conflict WHERE run = ?1")?;
+        for run in runs {
+            let rows = stmt.query_map([run], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Value>(1)?))
+            })?;
+            for row in rows {
+                let (table, key) = row?;
+                self.held.insert((table, encoded(&[key])));
+            }
+        }
+        Ok(())
+    }
+
+    fn held(&self, table: &str, key: &[Value]) -> bool {
+        !self.held.is_empty() && self.held.contains(&held_id(table, key))
     }
 
     /// Applies `rec` newest first; returns the rows put back. Each row in
@@ -65,20 +93,28 @@ impl<'c> Reverter<'c> {
         let mut reverted = 0u64;
         for e in rec.entries.iter().rev() {
             let layout = &rec.tables[e.table];
-            let why = self.entry(layout, e).map_err(sql)?;
             let id = || (e.table, encoded(&e.key));
             if !rec.unique {
                 rows.insert(id());
             }
+            if self.held(&layout.table, &e.key) {
+                conflicts.insert(id()); // kept already, and said so
+                continue;
+            }
+            let why = self.entry(layout, e).map_err(sql)?;
             match why {
                 None => reverted += 1,
-                Some(why) if rec.unique || conflicts.insert(id()) => kept(Conflict {
-                    table: &layout.table,
-                    key: key_value(&e.key),
-                    shown: key_shown(&e.key),
-                    why,
-                })?,
-                Some(_) => {}
+                Some(why) => {
+                    self.held.insert(held_id(&layout.table, &e.key));
+                    if rec.unique || conflicts.insert(id()) {
+                        kept(Conflict {
+                            table: &layout.table,
+                            key: key_value(&e.key),
+                            shown: key_shown(&e.key),
+                            why,
+                        })?;
+                    }
+                }
             }
         }
         if !rec.unique {
@@ -114,7 +150,11 @@ impl<'c> Reverter<'c> {
         let mut writes: Vec<(&[usize], rusqlite::Statement<'c>)> = Vec::new();
         let mut at = 0;
         let mut reverted = 0;
-        for (e, why) in rec.entries.iter().zip(verdicts) {
+        // Newest first, as the run's changes are undone everywhere.
+        for (e, why) in rec.entries.iter().zip(verdicts).rev() {
+            if self.held(&l.table, &e.key) {
+                continue; // kept already, and said so
+            }
             let put_back = match &why {
                 None => true,
                 Some((gone, _)) => self.overwrite && !gone,
@@ -135,6 +175,7 @@ impl<'c> Reverter<'c> {
             }
             match why {
                 Some((_, why)) if !put_back => {
+                    self.held.insert(held_id(&l.table, &e.key));
                     let conflict = Conflict {
                         table: &l.table,
                         key: key_value(&e.key),
@@ -334,6 +375,11 @@ fn key_clause(l: &Layout, from: usize) -> String {
         .map(|i| format!("{} {op} ?{}", l.key[i], from + i))
         .collect();
     each.join(" AND ")
+}
+
+/// A row's entry in [`Reverter::held`].
+fn held_id(table: &str, key: &[Value]) -> (String, Vec<u8>) {
+    (table.to_owned(), encoded(&[key_value(key)]))
 }
 
 /// Values' encodings, one after the other.

@@ -12,14 +12,14 @@ use crate::plan::{Plan, Step, first_keyword, quote, sqlite_message};
 /// with its layout or why it cannot be recorded.
 pub fn shapes(conn: &Connection) -> rusqlite::Result<Vec<(String, Result<Layout, String>)>> {
     let tables: Vec<(String, String, bool)> = conn
-        .prepare(
-            "SELECT name, type, wr FROM pragma_table_list
-             WHERE schema = 'main' AND name NOT LIKE 'sqlite_%' AND name NOT LIKE 'batchsse_%'",
-        )?
+        .prepare("SELECT name, type, wr FROM pragma_table_list WHERE schema = 'main'")?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect::<Result<_, _>>()?;
     let mut out = Vec::new();
     for (name, kind, without_rowid) in tables {
+        if super::store::not_recorded(name.as_bytes()) {
+            continue;
+        }
         let shape = match kind.as_str() {
             "table" => shape(conn, &name, without_rowid)?,
             "virtual" => Err("it is a virtual table, which triggers cannot watch".into()),
@@ -31,8 +31,8 @@ pub fn shapes(conn: &Connection) -> rusqlite::Result<Vec<(String, Result<Layout,
 }
 
 /// One column: name, declared type, position in the primary key (0: not
-/// in it).
-type Column = (String, String, i64);
+/// in it), whether it is NOT NULL.
+type Column = (String, String, i64, bool);
 
 fn shape(
     conn: &Connection,
@@ -42,21 +42,40 @@ fn shape(
     // Hidden columns (generated ones) cannot be written; they follow.
     let cols: Vec<Column> = conn
         .prepare(&format!(
-            "SELECT name, type, pk FROM pragma_table_xinfo({}) WHERE hidden = 0",
+            "SELECT name, type, pk, \"notnull\" FROM pragma_table_xinfo({}) WHERE hidden = 0",
             lit(table)
         ))?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
         .collect::<Result<_, _>>()?;
+    // `INTEGER PRIMARY KEY DESC` is an ordinary column with an index of
+    // its own, not the rowid (SQLite's documented quirk).
+    let pk_index: bool = conn.query_row(
+        &format!(
+            "SELECT count(*) FROM pragma_index_list({}) WHERE origin = 'pk'",
+            lit(table)
+        ),
+        [],
+        |r| r.get(0),
+    )?;
     let mut pk: Vec<&Column> = cols.iter().filter(|c| c.2 > 0).collect();
     pk.sort_by_key(|c| c.2);
     let is_col = |n: &str| cols.iter().any(|c| c.0.eq_ignore_ascii_case(n));
     let rowid_name = ["rowid", "_rowid_", "oid"].into_iter().find(|n| !is_col(n));
     let (key, int_key): (Vec<String>, bool) = match (without_rowid, pk.as_slice()) {
-        (false, [one]) if one.1.eq_ignore_ascii_case("integer") => (vec![one.0.clone()], true),
+        (false, [one]) if one.1.eq_ignore_ascii_case("integer") && !pk_index => {
+            (vec![one.0.clone()], true)
+        }
         (false, _) if rowid_name.is_some() => (Vec::new(), true),
         (_, []) => {
             return Ok(Err(
                 "its columns rowid, _rowid_ and oid hide its rowid, and it has no primary key"
+                    .into(),
+            ));
+        }
+        // A rowid table's other primary key may hold NULLs, which key no row.
+        (false, keys) if keys.iter().any(|c| !c.3) => {
+            return Ok(Err(
+                "its columns rowid, _rowid_ and oid hide its rowid, and its primary key may hold NULLs (declare it NOT NULL)"
                     .into(),
             ));
         }
@@ -109,21 +128,27 @@ pub fn refuse_unrecordable(conn: &Connection, plan: &Plan) -> Result<(), UsageEr
     Ok(())
 }
 
-/// Tables whose definition resolves conflicts by REPLACE (`UNIQUE … ON
-/// CONFLICT REPLACE`): any insert or update may delete other rows there.
+/// Tables where a write may replace rows: their definition resolves
+/// conflicts by REPLACE (`UNIQUE … ON CONFLICT REPLACE`), or a trigger on
+/// them uses `INSERT OR REPLACE` / `REPLACE INTO`.
 fn replacing_tables(conn: &Connection) -> rusqlite::Result<Vec<String>> {
-    let defs: Vec<(String, String)> = conn
-        .prepare("SELECT name, sql FROM sqlite_schema WHERE type = 'table' AND sql IS NOT NULL")?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+    let defs: Vec<(String, String, String)> = conn
+        .prepare(
+            "SELECT type, tbl_name, sql FROM sqlite_schema
+             WHERE type IN ('table', 'trigger') AND sql IS NOT NULL",
+        )?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect::<Result<_, _>>()?;
     Ok(defs
         .into_iter()
-        .filter(|(_, sql)| {
-            words(sql)
-                .windows(2)
-                .any(|w| w[0] == "CONFLICT" && w[1] == "REPLACE")
+        .filter(|(kind, _, sql)| {
+            let pair = |a: &str, b: &str| words(sql).windows(2).any(|w| w[0] == a && w[1] == b);
+            match kind.as_str() {
+                "table" => pair("CONFLICT", "REPLACE"),
+                _ => pair("OR", "REPLACE") || pair("REPLACE", "INTO"),
+            }
         })
-        .map(|(name, _)| name)
+        .map(|(_, table, _)| table)
         .collect())
 }
 
@@ -165,12 +190,18 @@ fn why_unrecordable(
         if table.contains('.') && !table.starts_with("temp.") {
             return Some(format!("it writes {table}, in an attached database"));
         }
-        if let Some((_, Err(why))) = shapes.iter().find(|(n, _)| n.eq_ignore_ascii_case(table)) {
-            return Some(format!("it writes {table}, and {why}"));
+        match shapes.iter().find(|(n, _)| n.eq_ignore_ascii_case(table)) {
+            Some((_, Err(why))) => return Some(format!("it writes {table}, and {why}")),
+            // A table a step before makes is not there yet: it is keyed
+            // when its step begins.
+            None if super::store::is_own(table.as_bytes()) => {
+                return Some(format!("it writes {table}, which is batchsse's own"));
+            }
+            _ => {}
         }
         if replacing.is_some_and(|r| r.iter().any(|n| n.eq_ignore_ascii_case(table))) {
             return Some(format!(
-                "it writes {table}, whose definition resolves conflicts by REPLACE (ON CONFLICT REPLACE), which deletes rows without telling the triggers and hooks that record them in this build (one built without SQLite's pre-update hook, or with BATCHSSE_UNDO_HOOK=off)"
+                "it writes {table}, whose definition (ON CONFLICT REPLACE) or a trigger (INSERT OR REPLACE) may replace rows, which deletes them without telling the triggers and hooks that record them in this build (one built without SQLite's pre-update hook, or with BATCHSSE_UNDO_HOOK=off)"
             ));
         }
     }

@@ -10,6 +10,30 @@ use crate::plan::sqlite_message;
 
 pub const CHUNKS: &str = "batchsse_undo";
 
+/// batchsse's own tables in a database file, never recorded (the last is
+/// the undo record's format from before the first release).
+const OWN: [&str; 4] = [
+    crate::run::checkpoint::TABLE,
+    CHUNKS,
+    "batchsse_undo_conflict",
+    "batchsse_undo_row",
+];
+
+/// Whether `table` (as SQLite names it) is one of batchsse's own or one of
+/// SQLite's (`sqlite_…`, in any case), which no step's record holds.
+pub fn not_recorded(table: &[u8]) -> bool {
+    is_own(table)
+        || table
+            .get(..7)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"sqlite_"))
+}
+
+/// Whether `table` is one of batchsse's own.
+pub fn is_own(table: &[u8]) -> bool {
+    OWN.iter()
+        .any(|own| own.as_bytes().eq_ignore_ascii_case(table))
+}
+
 /// A chunk's `chunk` number for a step the run did not record (`"undo":
 /// false`): an undo stops there.
 pub const UNRECORDED: i64 = -1;
