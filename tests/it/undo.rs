@@ -4,8 +4,6 @@
 
 use std::time::Duration;
 
-use rusqlite::types::Value;
-
 use crate::util::*;
 
 /// Every user table's rows (with the rowid where there is one), sorted: two
@@ -32,7 +30,7 @@ fn content(db: &TempDb) -> String {
         let mut rows: Vec<String> = stmt
             .query_map([], |r| {
                 Ok((0..n)
-                    .map(|i| format!("{:?}", r.get::<_, Value>(i).unwrap()))
+                    .map(|i| format!("{:?}", r.get_ref(i).unwrap()))
                     .collect::<Vec<_>>()
                     .join("|"))
             })
@@ -716,10 +714,10 @@ fn a_row_kept_as_a_conflict_keeps_all_of_the_applications_values() {
 }
 
 /// Shapes the first version got wrong: a user table named like batchsse's
-/// own, `INTEGER PRIMARY KEY DESC` (not the rowid), and values unique in
-/// the run's order (put back newest first).
+/// own, `INTEGER PRIMARY KEY DESC` (not the rowid), values unique in the
+/// run's order (put back newest first), text that is not UTF-8.
 #[test]
-fn batchsse_named_tables_desc_keys_and_unique_shifts_are_taken_back() {
+fn batchsse_named_tables_desc_keys_unique_shifts_and_raw_text_are_taken_back() {
     let cases = [
         (
             "CREATE TABLE batchsse_orders(id INTEGER PRIMARY KEY, v INT); INSERT INTO batchsse_orders VALUES (1, 1), (2, 2);",
@@ -732,6 +730,11 @@ fn batchsse_named_tables_desc_keys_and_unique_shifts_are_taken_back() {
         (
             "CREATE TABLE item(id INTEGER PRIMARY KEY, pos INT UNIQUE); INSERT INTO item VALUES (1, 1), (2, 2), (3, 3);",
             r#"{"name":"p","steps":[{"sql":"UPDATE item SET pos = pos - 1"}]}"#,
+        ),
+        // SQLite keeps text that is not UTF-8 as given; so must the undo.
+        (
+            "CREATE TABLE u(id INTEGER PRIMARY KEY, s TEXT, v INT); INSERT INTO u VALUES (1, CAST(x'80ff41' AS TEXT), 1), (2, 'ok', 2);",
+            r#"{"name":"p","steps":[{"sql":"UPDATE u SET s = 'new', v = v + 1"}]}"#,
         ),
     ];
     for (setup, plan) in cases {

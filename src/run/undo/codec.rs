@@ -43,6 +43,58 @@ const PRINT_BYTES: usize = 6;
 const SMALL_TAG: u8 = 16;
 const SMALL_ZERO: i64 = 80;
 
+/// A recorded value as SQLite holds it: text as bytes, since SQLite keeps
+/// text that is not UTF-8 as it was given, and an undo must put it back so.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Val {
+    Null,
+    Integer(i64),
+    Real(f64),
+    Text(Vec<u8>),
+    Blob(Vec<u8>),
+}
+
+impl Val {
+    pub fn as_ref(&self) -> ValueRef<'_> {
+        match self {
+            Val::Null => ValueRef::Null,
+            Val::Integer(i) => ValueRef::Integer(*i),
+            Val::Real(f) => ValueRef::Real(*f),
+            Val::Text(t) => ValueRef::Text(t),
+            Val::Blob(b) => ValueRef::Blob(b),
+        }
+    }
+
+    /// As rusqlite's value (text made UTF-8), for messages and tables.
+    pub fn to_value(&self) -> Value {
+        match self {
+            Val::Null => Value::Null,
+            Val::Integer(i) => Value::Integer(*i),
+            Val::Real(f) => Value::Real(*f),
+            Val::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+            Val::Blob(b) => Value::Blob(b.clone()),
+        }
+    }
+}
+
+impl From<ValueRef<'_>> for Val {
+    fn from(v: ValueRef<'_>) -> Val {
+        match v {
+            ValueRef::Null => Val::Null,
+            ValueRef::Integer(i) => Val::Integer(i),
+            ValueRef::Real(f) => Val::Real(f),
+            ValueRef::Text(t) => Val::Text(t.to_vec()),
+            ValueRef::Blob(b) => Val::Blob(b.to_vec()),
+        }
+    }
+}
+
+impl rusqlite::ToSql for Val {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(rusqlite::types::ToSqlOutput::Borrowed(self.as_ref()))
+    }
+}
+
 /// A table as a record names it: what keys a row, and the columns an
 /// undo restores.
 #[derive(Debug, Clone, PartialEq)]
@@ -265,12 +317,12 @@ fn put_name(out: &mut Vec<u8>, s: &str) {
 pub struct Entry {
     pub table: usize,
     pub op: u8,
-    pub key: Vec<Value>,
+    pub key: Vec<Val>,
     /// The columns (indices into the layout's) the entry restores: those
     /// the run changed, or every one (shared by the entries alike).
     pub columns: Rc<[usize]>,
     /// Their old values (empty for an insert).
-    pub old: Vec<Value>,
+    pub old: Vec<Val>,
     /// For an update or insert: the fingerprint of what the run wrote.
     pub print: Option<u64>,
 }
@@ -335,31 +387,28 @@ impl<'a> Reader<'a> {
         String::from_utf8(self.bytes(n)?.to_vec()).map_err(|_| Damaged("a name is not UTF-8"))
     }
 
-    fn value(&mut self) -> Result<Value, Damaged> {
+    fn value(&mut self) -> Result<Val, Damaged> {
         Ok(match self.byte()? {
-            0 => Value::Null,
+            0 => Val::Null,
             1 => {
                 let b: [u8; 8] = self.bytes(8)?.try_into().map_err(|_| Damaged("a real"))?;
-                Value::Real(f64::from_bits(u64::from_le_bytes(b)))
+                Val::Real(f64::from_bits(u64::from_le_bytes(b)))
             }
             2 => {
                 let n = self.len()?;
-                Value::Text(
-                    String::from_utf8(self.bytes(n)?.to_vec())
-                        .map_err(|_| Damaged("a text is not UTF-8"))?,
-                )
+                Val::Text(self.bytes(n)?.to_vec())
             }
             3 => {
                 let n = self.len()?;
-                Value::Blob(self.bytes(n)?.to_vec())
+                Val::Blob(self.bytes(n)?.to_vec())
             }
-            4 => Value::Integer(unzigzag(self.varint()?)),
-            t if t >= SMALL_TAG => Value::Integer(i64::from(t) - SMALL_ZERO),
+            4 => Val::Integer(unzigzag(self.varint()?)),
+            t if t >= SMALL_TAG => Val::Integer(i64::from(t) - SMALL_ZERO),
             _ => return Err(Damaged("an unknown value tag")),
         })
     }
 
-    fn values(&mut self, n: usize) -> Result<Vec<Value>, Damaged> {
+    fn values(&mut self, n: usize) -> Result<Vec<Val>, Damaged> {
         (0..n).map(|_| self.value()).collect()
     }
 
@@ -433,7 +482,7 @@ fn entry(
     let t = tables.get(table).ok_or(Damaged("an unknown table"))?;
     let key = if t.int_key {
         last_key[table] = last_key[table].wrapping_add(unzigzag(r.varint()?));
-        vec![Value::Integer(last_key[table])]
+        vec![Val::Integer(last_key[table])]
     } else {
         r.values(t.key.len())?
     };
@@ -470,7 +519,7 @@ fn entry(
 }
 
 /// The values in a string of encodings (as [`put_value`] writes them).
-pub fn values(bytes: &[u8]) -> Result<Vec<Value>, Damaged> {
+pub fn values(bytes: &[u8]) -> Result<Vec<Val>, Damaged> {
     let mut r = Reader { b: bytes, at: 0 };
     let mut out = Vec::new();
     while r.at < bytes.len() {
@@ -534,11 +583,11 @@ mod tests {
             e.delete(ti, KeyRef::Int(k.wrapping_sub(3)), &enc(&vals));
             let rec = decode(&e.finish()).unwrap();
             prop_assert_eq!(&rec.tables, &vec![t]);
-            prop_assert_eq!(&rec.entries[0].key, &vec![Value::Integer(k)]);
-            prop_assert_eq!(&rec.entries[0].old, &vals);
+            prop_assert_eq!(&rec.entries[0].key, &vec![Val::Integer(k)]);
+            prop_assert_eq!(&rec.entries[0].old, &vals.iter().map(|v| Val::from(ValueRef::from(v))).collect::<Vec<_>>());
             prop_assert_eq!(rec.entries[0].print, Some(print(&enc(&vals))));
-            prop_assert_eq!(&rec.entries[1].key, &vec![Value::Integer(k.wrapping_sub(3))]);
-            prop_assert_eq!(&rec.entries[1].old, &vals);
+            prop_assert_eq!(&rec.entries[1].key, &vec![Val::Integer(k.wrapping_sub(3))]);
+            prop_assert_eq!(&rec.entries[1].old, &vals.iter().map(|v| Val::from(ValueRef::from(v))).collect::<Vec<_>>());
         }
 
         #[test]
@@ -569,8 +618,8 @@ mod tests {
         assert_eq!(rec.entries.len(), 3);
         for entry in &rec.entries[..2] {
             assert_eq!(&entry.columns[..], &[2, 9]);
-            assert_eq!(entry.key, vec![Value::Text("a".into()), Value::Integer(7)]);
-            assert_eq!(entry.old, vec![Value::Integer(1), Value::Null]);
+            assert_eq!(entry.key, vec![Val::Text(b"a".to_vec()), Val::Integer(7)]);
+            assert_eq!(entry.old, vec![Val::Integer(1), Val::Null]);
         }
         assert_eq!(rec.entries[2].op, op::INSERT);
         assert_eq!(rec.entries[2].columns.len(), 10);
@@ -602,8 +651,8 @@ mod tests {
         assert!(e.is_empty());
         e.update(ti, KeyRef::Int(11), &mask_of(1, [0]), &old, 2);
         let second = decode(&e.finish()).unwrap();
-        assert_eq!(first.entries[0].key, vec![Value::Integer(10)]);
-        assert_eq!(second.entries[0].key, vec![Value::Integer(11)]);
+        assert_eq!(first.entries[0].key, vec![Val::Integer(10)]);
+        assert_eq!(second.entries[0].key, vec![Val::Integer(11)]);
         assert_eq!(
             &second.entries[0].columns[..],
             &[0],

@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, params_from_iter};
 
-use super::codec::{Entry, Layout, Record, op, print, put_value, values};
+use super::codec::{Entry, Layout, Record, Val, op, print, put_value, values};
 use crate::plan::quote;
 use crate::run::expect::shown;
 
@@ -68,13 +68,15 @@ impl<'c> Reverter<'c> {
             })?;
             for row in rows {
                 let (table, key) = row?;
-                self.held.insert((table, encoded(&[key])));
+                let mut id = Vec::new();
+                put_value(&mut id, (&key).into());
+                self.held.insert((table, id));
             }
         }
         Ok(())
     }
 
-    fn held(&self, table: &str, key: &[Value]) -> bool {
+    fn held(&self, table: &str, key: &[Val]) -> bool {
         !self.held.is_empty() && self.held.contains(&held_id(table, key))
     }
 
@@ -135,7 +137,7 @@ impl<'c> Reverter<'c> {
         };
         let l = &rec.tables[first.table];
         let int = |e: &Entry| match e.key.first() {
-            Some(Value::Integer(k)) => Some(*k),
+            Some(Val::Integer(k)) => Some(*k),
             _ => None,
         };
         let alike = |e: &Entry| e.op == op::UPDATE && e.table == first.table;
@@ -223,7 +225,7 @@ impl<'c> Reverter<'c> {
         let mut row = rows.next()?;
         for e in &rec.entries {
             let want = match e.key.first() {
-                Some(Value::Integer(k)) => *k,
+                Some(Val::Integer(k)) => *k,
                 _ => i64::MIN,
             };
             while let Some(r) = row {
@@ -252,7 +254,7 @@ impl<'c> Reverter<'c> {
     fn changed(&self, l: &Layout, e: &Entry) -> String {
         let now = values(&self.buf).unwrap_or_default();
         let names: Vec<&str> = e.columns.iter().map(|&c| l.columns[c].as_str()).collect();
-        let now: Vec<String> = now.iter().map(shown).collect();
+        let now: Vec<String> = now.iter().map(|v| shown(&v.to_value())).collect();
         let verb = if names.len() == 1 { "is" } else { "are" };
         format!(
             "{} {verb} not what the run wrote (now {})",
@@ -377,34 +379,37 @@ fn key_clause(l: &Layout, from: usize) -> String {
     each.join(" AND ")
 }
 
-/// A row's entry in [`Reverter::held`].
-fn held_id(table: &str, key: &[Value]) -> (String, Vec<u8>) {
-    (table.to_owned(), encoded(&[key_value(key)]))
+/// A row's entry in [`Reverter::held`]: its key as the conflict table
+/// keeps it, encoded.
+fn held_id(table: &str, key: &[Val]) -> (String, Vec<u8>) {
+    let mut id = Vec::new();
+    put_value(&mut id, (&key_value(key)).into());
+    (table.to_owned(), id)
 }
 
 /// Values' encodings, one after the other.
-fn encoded(values: &[Value]) -> Vec<u8> {
+fn encoded(values: &[Val]) -> Vec<u8> {
     let mut out = Vec::new();
     for v in values {
-        put_value(&mut out, v.into());
+        put_value(&mut out, v.as_ref());
     }
     out
 }
 
 /// A key as one value: a composite key's as the text `(a, b)`.
-fn key_value(key: &[Value]) -> Value {
+fn key_value(key: &[Val]) -> Value {
     match key {
-        [one] => one.clone(),
+        [one] => one.to_value(),
         _ => Value::Text(key_shown(key)),
     }
 }
 
 /// A key as a message shows it: `5`, `"a"`, `("a", 5)`.
-fn key_shown(key: &[Value]) -> String {
+fn key_shown(key: &[Val]) -> String {
     match key {
-        [one] => shown(one),
+        [one] => shown(&one.to_value()),
         _ => {
-            let each: Vec<String> = key.iter().map(shown).collect();
+            let each: Vec<String> = key.iter().map(|v| shown(&v.to_value())).collect();
             format!("({})", each.join(", "))
         }
     }
