@@ -395,7 +395,11 @@ impl Undoer<'_> {
             .optional()
             .map_err(sql)?
             .flatten();
-        let rec = decode(blob.as_deref().unwrap_or_default()).map_err(|e| e.to_string())?;
+        // Gone: another undo (or `undo clear`) took this part meanwhile.
+        let Some(blob) = blob else {
+            return Ok(());
+        };
+        let rec = decode(&blob).map_err(|e| e.to_string())?;
         let before = tally.conflicts;
         let mut kept = 0u64;
         let reverted = self.reverter.borrow_mut().apply(&rec, &mut |conflict| {
