@@ -1,6 +1,6 @@
 """Checks a macOS binary built here: a Mach-O executable for the CPU
 given, that runs on macOS MIN or later and loads nothing but libSystem
-(no framework: see macos_link_without_sdk in .ci/zigbuild-env).
+(no framework: see macos_link in .ci/zigbuild-env).
 
     python3 .ci/macho.py BINARY x86_64|aarch64 MIN
 """
