@@ -465,7 +465,7 @@ pub struct PublishArgs {
 /// BATCHSSE_REDIS_PASSWORD, read where the URL is checked).
 #[derive(Debug, Args, Default)]
 pub struct RedisAccessArgs {
-    /// Trust this CA (PEM) for a rediss:// Redis, instead of the system's roots.
+    /// Trust this CA (PEM) for a rediss:// Redis, instead of the system's roots (Mozilla's on macOS).
     #[arg(long, value_name = "FILE", help_heading = "Redis")]
     pub redis_ca: Option<PathBuf>,
 

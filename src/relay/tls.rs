@@ -10,7 +10,7 @@ use redis::{ClientTlsConfig, ConnectionAddr, IntoConnectionInfo, TlsCertificates
 use super::{Access, Server};
 
 /// What to try when the TLS handshake fails.
-pub const FIX: &str = "check that the server's certificate is signed by the CA you trust (the system's, or --redis-ca FILE) and names the URL's host, and that --redis-cert/--redis-key are given where the server wants a client certificate";
+pub const FIX: &str = "check that the server's certificate is signed by the CA you trust (the system's roots, Mozilla's on macOS, or --redis-ca FILE) and names the URL's host, and that --redis-cert/--redis-key are given where the server wants a client certificate";
 
 /// The PEM files' contents, read at start.
 pub struct Pem(Option<TlsCertificates>);
