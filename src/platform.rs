@@ -10,7 +10,7 @@
 //!
 //! Where the system cannot tell who else has the file open, the run does
 //! not take the file for idle: it starts at the live pace, and goes to
-//! the idle pace only once 10 s pass with no commit from another
+//! the idle pace only once 5 s pass with no commit from another
 //! connection (`PRAGMA data_version`, which works everywhere); its
 //! messages say why. On Windows, `taskkill /F` (or closing the console)
 //! ends a run without a rollback of its own: SQLite rolls the open chunk

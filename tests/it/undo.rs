@@ -593,13 +593,7 @@ fn odd_names_are_recorded_and_taken_back() {
                 {"sql":"UPDATE \"odd \"\"t\"\" name\" SET \"a b\" = upper(ifnull(\"a b\", 'none')), \"x\"\"y\" = 0 WHERE \"order\" BETWEEN :lo AND :hi","chunk":{"table":"odd \"t\" name","key":"order","size":2}},
                 {"sql":"UPDATE \"k v\" SET \"qty \"\"n\"\"\" = 0 WHERE \"sh\"\"op\" = 'a'; DELETE FROM \"k v\" WHERE \"select\" = 2; INSERT INTO \"k v\" VALUES ('c', 3, 30)"}]}"#,
         );
-        let args = run_args(
-            &db,
-            path_str(&plan),
-            &["--no-serve", "--undo", "--batch-size", "2"],
-        );
-        let (code, _, err) = run_with_env(&args, None, env);
-        assert_eq!(code, 0, "{env:?}: {err}");
+        run_recorded(&db, &plan, env);
         assert_ne!(content(&db), before);
         let (code, _, err) = run_with_env(&undo_args(&db, &["--plan", "odd"]), None, env);
         assert_eq!(code, 0, "{env:?}: {err}");
@@ -631,13 +625,7 @@ fn updates_by_triggers_cascades_and_upserts_to_columns_the_step_does_not_name_ar
             {"sql":"INSERT INTO c(id, pcode, q) VALUES (1, 'a2', 0) ON CONFLICT(id) DO UPDATE SET other = 'upserted'"}]}"#,
     );
     for env in [&[][..], &[("BATCHSSE_UNDO_HOOK", "off")][..]] {
-        let args = run_args(
-            &db,
-            path_str(&plan),
-            &["--no-serve", "--undo", "--batch-size", "2"],
-        );
-        let (code, _, err) = run_with_env(&args, None, env);
-        assert_eq!(code, 0, "{env:?}: {err}");
+        run_recorded(&db, &plan, env);
         assert_eq!(
             db.query_i64("SELECT stamp FROM p WHERE id = 2"),
             6,
@@ -682,6 +670,18 @@ fn round_trip(setup: &str, plan: &str, app: &str, env: &[(&str, &str)]) -> (Stri
     let (code, _, err) = run_with_env(&undo_args(&db, &["--plan", "p"]), None, env);
     assert_eq!(code, 0, "{env:?}: {err}");
     (err, db)
+}
+
+/// `batchsse run --undo --batch-size 2` of `plan` on `db`, with `env`;
+/// it must succeed.
+fn run_recorded(db: &TempDb, plan: &std::path::Path, env: &[(&str, &str)]) {
+    let args = run_args(
+        db,
+        path_str(plan),
+        &["--no-serve", "--undo", "--batch-size", "2"],
+    );
+    let (code, _, err) = run_with_env(&args, None, env);
+    assert_eq!(code, 0, "{env:?}: {err}");
 }
 
 const HOOK_OFF: [(&str, &str); 1] = [("BATCHSSE_UNDO_HOOK", "off")];
