@@ -383,6 +383,9 @@ impl Runner<'_> {
         };
         if let Some(rec) = &self.recorder {
             rec.disarm();
+            if result.is_ok() {
+                let _ = rec.step_done(step);
+            }
         }
         let (err, c) = match result {
             Ok(c) => {

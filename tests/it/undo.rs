@@ -777,3 +777,43 @@ fn tables_the_record_cannot_trust_are_refused() {
     assert!(err.contains("a trigger (INSERT OR REPLACE)"), "{err}");
     assert_eq!(sha256(&db.path), file, "nothing ran");
 }
+
+/// A plan resumed with `--undo` after a run without it: the undo takes
+/// back only the recorded steps, clears only their checkpoint, and says
+/// so; running the plan again does not apply the unrecorded step twice.
+#[test]
+fn an_undo_clears_only_the_checkpoint_of_the_steps_it_took_back() {
+    let db = TempDb::with_sql(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v INT); INSERT INTO t VALUES (1, 1), (2, 2);
+         CREATE TABLE u(id INTEGER PRIMARY KEY, w INT); INSERT INTO u VALUES (1, 5);
+         CREATE TABLE flag(x); INSERT INTO flag VALUES (1);
+         CREATE TRIGGER guard BEFORE UPDATE ON u WHEN (SELECT count(*) FROM flag) > 0
+           BEGIN SELECT RAISE(ABORT, 'not yet'); END;",
+    );
+    let plan = db.file(
+        "plan.json",
+        r#"{"name":"p","steps":[{"name":"ten","sql":"UPDATE t SET v = v * 10"},{"name":"bump","sql":"UPDATE u SET w = w + 1"},{"name":"nothing","sql":"UPDATE u SET w = 0 WHERE id = 99"}]}"#,
+    );
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+    assert_eq!(code, 1, "step 2 fails: {err}");
+    db.conn().execute_batch("DELETE FROM flag").unwrap();
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve", "--undo"]));
+    assert_eq!(code, 0, "resumed, recorded: {err}");
+    assert_eq!(db.query_i64("SELECT w FROM u"), 6);
+    let (code, _, err) = run(&undo_args(&db, &["--plan", "p"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("step(s) 1 were applied by a run that was not recorded"),
+        "{err}"
+    );
+    assert_eq!(db.query_i64("SELECT w FROM u"), 5, "step 2 taken back");
+    assert_eq!(db.query_i64("SELECT sum(v) FROM t"), 30, "step 1 stays");
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        db.query_i64("SELECT sum(v) FROM t"),
+        30,
+        "step 1 not applied twice"
+    );
+    assert_eq!(db.query_i64("SELECT w FROM u"), 6, "step 2 applied again");
+}

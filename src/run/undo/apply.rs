@@ -143,6 +143,7 @@ pub fn run(
             conn,
             spec.on_conflict == OnConflict::Overwrite,
         )),
+        recorded: RefCell::default(),
         db: crate::run::db_name(conn),
     };
     let started = Instant::now();
@@ -176,6 +177,8 @@ struct Undoer<'a> {
     governor: RefCell<Governor<'a>>,
     dry_run: bool,
     reverter: RefCell<Reverter<'a>>,
+    /// The steps this undo takes back (their checkpoint may go).
+    recorded: RefCell<std::collections::BTreeSet<i64>>,
     db: String,
 }
 
@@ -223,7 +226,11 @@ impl Undoer<'_> {
             Ok(g)
         });
         let groups = match read {
-            Ok(g) => g,
+            Ok(g) => {
+                let steps = g.iter().filter(|g| g.iter().all(|c| c.chunk != UNRECORDED));
+                *self.recorded.borrow_mut() = steps.map(|g| g[0].step).collect();
+                g
+            }
             Err(e) => {
                 let end = self.failed(format!("cannot read the undo record: {e}"));
                 return (Tally::default(), end, 0);
@@ -387,19 +394,20 @@ impl Undoer<'_> {
     fn chunk(&self, c: &Chunk, tally: &mut Tally) -> Result<(), String> {
         let sql = |e: rusqlite::Error| crate::run::db::run_time_message(self.conn, &e);
         let tx = Tx::begin(self.conn, self.dry_run).map_err(sql)?;
-        let blob: Option<Vec<u8>> = self
+        let blob: Option<Option<Vec<u8>>> = self
             .conn
             .query_row("SELECT rec FROM batchsse_undo WHERE id = ?1", [c.id], |r| {
                 r.get(0)
             })
             .optional()
-            .map_err(sql)?
-            .flatten();
-        // Gone: another undo (or `undo clear`) took this part meanwhile.
-        let Some(blob) = blob else {
-            return Ok(());
+            .map_err(sql)?;
+        let rec = match blob {
+            // Gone: another undo (or `undo clear`) took this part meanwhile.
+            None => return Ok(()),
+            Some(Some(blob)) => decode(&blob).map_err(|e| e.to_string())?,
+            // A step that changed nothing: only its note goes.
+            Some(None) => decode_nothing(),
         };
-        let rec = decode(&blob).map_err(|e| e.to_string())?;
         let before = tally.conflicts;
         let mut kept = 0u64;
         let reverted = self.reverter.borrow_mut().apply(&rec, &mut |conflict| {
@@ -460,29 +468,47 @@ impl Undoer<'_> {
     /// After a complete undo: the plan's checkpoint goes (it can run
     /// again), and the undo tables if nothing is left in them.
     fn finish(&self) {
-        let done = || -> rusqlite::Result<()> {
+        let plan = &self.spec.plan;
+        let done = || -> rusqlite::Result<Vec<i64>> {
             let left: i64 = self.conn.query_row(
                 "SELECT count(*) FROM batchsse_undo WHERE plan = ?1",
-                [&self.spec.plan],
+                [plan],
                 |r| r.get(0),
             )?;
-            if left == 0 && crate::run::checkpoint::table_exists(self.conn).unwrap_or(false) {
-                self.conn.execute(
-                    "DELETE FROM batchsse_checkpoint WHERE plan = ?1",
-                    [&self.spec.plan],
-                )?;
-                self.message(Level::Info, format!("plan {:?} is fully taken back; its checkpoint is cleared, so it can run again", self.spec.plan));
+            if left > 0 || !crate::run::checkpoint::table_exists(self.conn).unwrap_or(false) {
+                return Ok(Vec::new());
             }
-            Ok(())
+            let mut clear = self
+                .conn
+                .prepare("DELETE FROM batchsse_checkpoint WHERE plan = ?1 AND step = ?2")?;
+            for step in self.recorded.borrow().iter() {
+                clear.execute(rusqlite::params![plan, step])?;
+            }
+            self.conn
+                .prepare("SELECT step FROM batchsse_checkpoint WHERE plan = ?1 ORDER BY step")?
+                .query_map([plan], |r| r.get(0))?
+                .collect()
         };
-        if let Err(e) = done() {
-            self.message(
+        match done() {
+            Ok(kept) if kept.is_empty() => self.message(Level::Info, format!("plan {plan:?} is fully taken back; its checkpoint is cleared, so it can run again")),
+            Ok(kept) => {
+                let steps: Vec<String> = kept.iter().map(|s| s.saturating_add(1).to_string()).collect();
+                self.message(Level::Warn, format!("plan {plan:?}: the steps taken back can run again, but step(s) {} were applied by a run that was not recorded, so they stay applied and checkpointed (running the plan again will not apply them twice)", steps.join(", ")));
+            }
+            Err(e) => self.message(
                 Level::Warn,
-                format!(
-                    "the undo is complete, but the plan's checkpoint could not be cleared: {e}"
-                ),
-            );
+                format!("the undo is complete, but the plan's checkpoint could not be cleared: {e}"),
+            ),
         }
+    }
+}
+
+/// The record of a step that changed nothing.
+fn decode_nothing() -> super::codec::Record {
+    super::codec::Record {
+        tables: Vec::new(),
+        unique: true,
+        entries: Vec::new(),
     }
 }
 

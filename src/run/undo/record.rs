@@ -22,7 +22,7 @@ use rusqlite::{Connection, params};
 
 use super::codec::{Encoder, KeyRef, Layout, mask_of, op, print, put_value};
 use super::shape::shapes;
-use super::store::{self, UNRECORDED};
+use super::store::{self, NOTHING, UNRECORDED};
 use crate::plan::{Step, quote};
 
 /// A recorded chunk's blob is cut into parts of about this size, so a
@@ -224,6 +224,16 @@ impl<'c> Recorder<'c> {
         Ok(Mode::Staged(layouts))
     }
 
+    /// After a recorded step succeeded: a step that changed nothing is
+    /// noted as recorded all the same. (A crash before this leaves it
+    /// unnoted, which only keeps an undo from clearing its checkpoint.)
+    pub fn step_done(&self, step: &Step) -> rusqlite::Result<()> {
+        if step.undo && self.chunk.get() == 0 {
+            self.note(step, 0, &[])?;
+        }
+        Ok(())
+    }
+
     /// Drops the triggers and the staging table (the step is over).
     pub fn disarm(&self) {
         for n in 0..self.armed.get() {
@@ -416,10 +426,10 @@ impl<'c> Recorder<'c> {
     /// Notes a recorded part: `rows` entries in `blob`; no blob: the step
     /// is not recorded.
     fn note(&self, step: &Step, rows: u64, blob: &[u8]) -> rusqlite::Result<()> {
-        let chunk = if blob.is_empty() {
-            UNRECORDED
-        } else {
-            self.chunk.get()
+        let chunk = match (blob.is_empty(), step.undo) {
+            (false, _) => self.chunk.get(),
+            (true, true) => NOTHING,
+            (true, false) => UNRECORDED,
         };
         self.conn
             .prepare_cached(

@@ -38,6 +38,11 @@ pub fn is_own(table: &[u8]) -> bool {
 /// false`): an undo stops there.
 pub const UNRECORDED: i64 = -1;
 
+/// A chunk's `chunk` number for a recorded step that changed nothing: it
+/// holds no record, but says the step was recorded (so an undo may clear
+/// its checkpoint).
+pub const NOTHING: i64 = -2;
+
 // Columns without a type have no affinity: every value is kept exactly.
 const CREATE: &str = "CREATE TABLE IF NOT EXISTS batchsse_undo (
     id INTEGER PRIMARY KEY,
