@@ -406,7 +406,7 @@ impl Undoer<'_> {
             None => return Ok(()),
             Some(Some(blob)) => decode(&blob).map_err(|e| e.to_string())?,
             // A step that changed nothing: only its note goes.
-            Some(None) => decode_nothing(),
+            Some(None) => super::codec::Record::default(),
         };
         let before = tally.conflicts;
         let mut kept = 0u64;
@@ -500,15 +500,6 @@ impl Undoer<'_> {
                 format!("the undo is complete, but the plan's checkpoint could not be cleared: {e}"),
             ),
         }
-    }
-}
-
-/// The record of a step that changed nothing.
-fn decode_nothing() -> super::codec::Record {
-    super::codec::Record {
-        tables: Vec::new(),
-        unique: true,
-        entries: Vec::new(),
     }
 }
 

@@ -136,6 +136,15 @@ pub fn put_value(out: &mut Vec<u8>, v: ValueRef<'_>) {
     }
 }
 
+/// Values' encodings, one after the other.
+pub fn encode<'a>(values: impl IntoIterator<Item = ValueRef<'a>>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for v in values {
+        put_value(&mut out, v);
+    }
+    out
+}
+
 fn put_varint(out: &mut Vec<u8>, mut n: u64) {
     while n >= 0x80 {
         out.push((n as u8) | 0x80);
@@ -328,7 +337,7 @@ pub struct Entry {
 }
 
 /// A decoded blob.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Record {
     pub tables: Vec<Layout>,
     pub unique: bool,
@@ -552,11 +561,7 @@ mod tests {
     }
 
     fn enc(vals: &[Value]) -> Vec<u8> {
-        let mut out = Vec::new();
-        for v in vals {
-            put_value(&mut out, v.into());
-        }
-        out
+        encode(vals.iter().map(ValueRef::from))
     }
 
     fn value() -> impl Strategy<Value = Value> {

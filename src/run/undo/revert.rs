@@ -6,10 +6,10 @@
 
 use std::collections::{HashMap, HashSet};
 
-use rusqlite::types::Value;
+use rusqlite::types::{Value, ValueRef};
 use rusqlite::{Connection, OptionalExtension, params_from_iter};
 
-use super::codec::{Entry, Layout, Record, Val, op, print, put_value, values};
+use super::codec::{Entry, Layout, Record, Val, encode, op, print, put_value, values};
 use crate::plan::quote;
 use crate::run::expect::shown;
 
@@ -68,9 +68,8 @@ impl<'c> Reverter<'c> {
             })?;
             for row in rows {
                 let (table, key) = row?;
-                let mut id = Vec::new();
-                put_value(&mut id, (&key).into());
-                self.held.insert((table, id));
+                let key = [Val::from(ValueRef::from(&key))];
+                self.held.insert(held_id(&table, &key));
             }
         }
         Ok(())
@@ -389,11 +388,7 @@ fn held_id(table: &str, key: &[Val]) -> (String, Vec<u8>) {
 
 /// Values' encodings, one after the other.
 fn encoded(values: &[Val]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for v in values {
-        put_value(&mut out, v.as_ref());
-    }
-    out
+    encode(values.iter().map(Val::as_ref))
 }
 
 /// A key as one value: a composite key's as the text `(a, b)`.

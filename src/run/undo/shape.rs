@@ -30,6 +30,14 @@ pub fn shapes(conn: &Connection) -> rusqlite::Result<Vec<(String, Result<Layout,
     Ok(out)
 }
 
+/// The layouts of the tables the record can key.
+pub fn layouts(conn: &Connection) -> rusqlite::Result<Vec<Layout>> {
+    Ok(shapes(conn)?
+        .into_iter()
+        .filter_map(|(_, s)| s.ok())
+        .collect())
+}
+
 /// One column: name, declared type, position in the primary key (0: not
 /// in it), whether it is NOT NULL.
 type Column = (String, String, i64, bool);
