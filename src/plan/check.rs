@@ -257,16 +257,13 @@ impl Rehearsal {
         let _ = self.conn.pragma_update(None, "foreign_keys", on);
     }
 
-    /// The tables written by what was rehearsed since last taken.
-    pub(super) fn take_tables(&self) -> Vec<String> {
-        self.seen.take_tables()
-    }
-
-    /// The columns updated by what was rehearsed since last taken; `None`
-    /// when the schema copy is incomplete, so some may have been missed.
-    pub(super) fn take_columns(&self) -> Option<Vec<(String, String)>> {
+    /// What was rehearsed since last taken writes: the tables, and the
+    /// columns it updates (`None` when the schema copy is incomplete, so
+    /// some may have been missed).
+    pub(super) fn take_writes(&self) -> (Vec<String>, Option<Vec<(String, String)>>) {
+        let tables = self.seen.take_tables();
         let columns = self.seen.take_columns();
-        self.complete.get().then_some(columns)
+        (tables, self.complete.get().then_some(columns))
     }
 
     /// Checks a step's `expect` query: one statement that compiles against

@@ -248,16 +248,15 @@ fn json_step(
             .map(|c| (c.table.as_str(), c.key.as_deref().unwrap_or(""))),
     );
     let done = done(&sum, &s.sql, &name)?;
-    r.take_tables();
-    r.take_columns();
+    r.take_writes();
     let (chunk, autocommit) = match s.chunk {
         None if done => (None, classify(label, &s.sql)?),
         None => (None, r.rehearse_plain(label, &s.sql)?),
         Some(c) if done => (Some(r.finished_chunk(label, c)?), false),
         Some(c) => (Some(r.rehearse_chunked(label, &s.sql, c)?), false),
     };
-    let writes = r.take_tables();
-    let updates = r.take_columns().filter(|_| !done);
+    let (writes, updates) = r.take_writes();
+    let updates = updates.filter(|_| !done);
     let expect = expectations(label, s.expect, s.expect_changes, autocommit)?;
     if let (Some(sql), false) = (&expect.sql, done) {
         r.check_expect(label, sql)?;
@@ -297,12 +296,12 @@ fn prepare_sql(
         let label = format!("{label} ({name:?})");
         let sum = checksum(&sql, None);
         let autocommit = classify(&label, &sql)?;
-        r.take_tables();
-        r.take_columns();
+        r.take_writes();
         let skipped = skipped_on_resume(&finished, index, &sum, &sql, &name, origin)?;
         if !skipped {
             r.rehearse_script_statement(origin, &label, &sql)?;
         }
+        let (writes, updates) = r.take_writes();
         steps.push(Step {
             index,
             name,
@@ -312,8 +311,8 @@ fn prepare_sql(
             autocommit,
             expect: Expect::default(),
             undo: true,
-            writes: r.take_tables(),
-            updates: r.take_columns().filter(|_| !skipped),
+            writes,
+            updates: updates.filter(|_| !skipped),
         });
     }
     if steps.is_empty() {

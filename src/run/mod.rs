@@ -129,13 +129,13 @@ impl Tally {
     }
 }
 
-/// Runs the plan and logs every event up to `finished`; returns the status.
-/// `gate` is called after `start` and blocks until the first step may begin.
 /// Whether a run of `plan` with `opts` is recorded for undo.
 pub fn records(plan: &Plan, opts: &Options) -> bool {
     (opts.undo || plan.undo) && !opts.dry_run
 }
 
+/// Runs the plan and logs every event up to `finished`; returns the status.
+/// `gate` is called after `start` and blocks until the first step may begin.
 pub fn run(
     job: Job<'_>,
     log: &EventLog,
