@@ -165,7 +165,7 @@ impl<'c> Recorder<'c> {
         store::create(self.conn)?;
         self.chunk.set(0);
         if !step.undo {
-            return self.note(step, 0, &[]).map(|_| ());
+            return self.note(step, 0, &[]);
         }
         let layouts = layouts(self.conn)?;
         #[cfg(batchsse_preupdate)]
