@@ -10,7 +10,6 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension};
 use serde_json::json;
 
-use super::codec::decode;
 use super::revert::{Conflict, Reverter};
 use super::store::UNRECORDED;
 use crate::events::log::EventLog;
@@ -401,19 +400,22 @@ impl Undoer<'_> {
             })
             .optional()
             .map_err(sql)?;
-        let rec = match blob {
+        let blob = match blob {
             // Gone: another undo (or `undo clear`) took this part meanwhile.
             None => return Ok(()),
-            Some(Some(blob)) => decode(&blob).map_err(|e| e.to_string())?,
-            // A step that changed nothing: only its note goes.
-            Some(None) => super::codec::Record::default(),
+            Some(blob) => blob,
         };
         let before = tally.conflicts;
         let mut kept = 0u64;
-        let reverted = self.reverter.borrow_mut().apply(&rec, &mut |conflict| {
+        let mut on_kept = |conflict: Conflict<'_>| {
             kept += 1;
             self.kept(c, conflict, before + kept)
-        })?;
+        };
+        let reverted = match blob {
+            Some(blob) => self.reverter.borrow_mut().apply_blob(blob, &mut on_kept)?,
+            // A step that changed nothing: only its note goes.
+            None => 0,
+        };
         self.conn
             .execute("DELETE FROM batchsse_undo WHERE id = ?1", [c.id])
             .map_err(sql)?;

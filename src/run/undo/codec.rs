@@ -397,22 +397,27 @@ impl<'a> Reader<'a> {
     }
 
     fn value(&mut self) -> Result<Val, Damaged> {
+        self.value_ref().map(Val::from)
+    }
+
+    /// The next value, borrowed from the blob.
+    fn value_ref(&mut self) -> Result<ValueRef<'a>, Damaged> {
         Ok(match self.byte()? {
-            0 => Val::Null,
+            0 => ValueRef::Null,
             1 => {
                 let b: [u8; 8] = self.bytes(8)?.try_into().map_err(|_| Damaged("a real"))?;
-                Val::Real(f64::from_bits(u64::from_le_bytes(b)))
+                ValueRef::Real(f64::from_bits(u64::from_le_bytes(b)))
             }
             2 => {
                 let n = self.len()?;
-                Val::Text(self.bytes(n)?.to_vec())
+                ValueRef::Text(self.bytes(n)?)
             }
             3 => {
                 let n = self.len()?;
-                Val::Blob(self.bytes(n)?.to_vec())
+                ValueRef::Blob(self.bytes(n)?)
             }
-            4 => Val::Integer(unzigzag(self.varint()?)),
-            t if t >= SMALL_TAG => Val::Integer(i64::from(t) - SMALL_ZERO),
+            4 => ValueRef::Integer(unzigzag(self.varint()?)),
+            t if t >= SMALL_TAG => ValueRef::Integer(i64::from(t) - SMALL_ZERO),
             _ => return Err(Damaged("an unknown value tag")),
         })
     }
@@ -500,11 +505,7 @@ fn entry(
         op::UPDATE => {
             if !same {
                 let mask = r.bytes(t.mask_bytes())?;
-                last_mask[table] = every
-                    .iter()
-                    .copied()
-                    .filter(|i| mask[i / 8] & (1 << (i % 8)) != 0)
-                    .collect();
+                last_mask[table] = columns_of(mask, every.len()).into();
             }
             let columns = last_mask[table].clone();
             let old = r.values(columns.len())?;
@@ -525,6 +526,98 @@ fn entry(
         old,
         print,
     })
+}
+
+/// The columns a mask over `n` columns sets.
+fn columns_of(mask: &[u8], n: usize) -> Vec<usize> {
+    (0..n)
+        .filter(|i| mask[i / 8] & (1 << (i % 8)) != 0)
+        .collect()
+}
+
+/// One entry of an [`Updates`] part; its old values stay in the blob.
+pub struct Lean {
+    pub key: i64,
+    pub print: u64,
+    /// Its columns: an index into [`Updates::masks`].
+    pub mask: u32,
+    /// Where its old values begin in the blob.
+    at: u32,
+}
+
+/// A part that only updates rows of one rowid table, each row once, in
+/// rising key order (what one `UPDATE` chunk records), indexed without
+/// copying a value out of its blob.
+pub struct Updates {
+    pub layout: Layout,
+    /// The column lists the entries restore (indices into the layout's).
+    pub masks: Vec<Vec<usize>>,
+    pub entries: Vec<Lean>,
+}
+
+impl Lean {
+    /// Where its old values begin in the blob.
+    pub fn at(&self) -> usize {
+        self.at as usize
+    }
+}
+
+/// The value encoded at `at` in `blob`, and where the next one begins.
+pub fn value_at(blob: &[u8], at: usize) -> Result<(ValueRef<'_>, usize), Damaged> {
+    let mut r = Reader { b: blob, at };
+    Ok((r.value_ref()?, r.at))
+}
+
+/// Indexes `blob` as [`Updates`]; `None`: it is not such a part.
+pub fn updates(blob: &[u8]) -> Result<Option<Updates>, Damaged> {
+    let mut r = Reader { b: blob, at: 0 };
+    if r.byte()? != VERSION {
+        return Err(Damaged("written by another version of batchsse"));
+    }
+    let unique = r.byte()? & UNIQUE_KEYS != 0;
+    if !unique || r.len()? != 1 {
+        return Ok(None);
+    }
+    let layout = r.layout()?;
+    let (mut masks, mut entries, mut key) = (Vec::new(), Vec::new(), 0i64);
+    while r.at < blob.len() && layout.int_key {
+        let head = r.varint()?;
+        let next = key.wrapping_add(unzigzag(r.varint()?));
+        if head >> 3 != 0
+            || head & 3 != u64::from(op::UPDATE)
+            || (next <= key && !entries.is_empty())
+        {
+            return Ok(None);
+        }
+        key = next;
+        if head & 4 == 0 {
+            masks.push(columns_of(
+                r.bytes(layout.mask_bytes())?,
+                layout.columns.len(),
+            ));
+        } else if masks.is_empty() {
+            masks.push(Vec::new()); // as in `decode`: the last mask of none
+        }
+        let (mask, at) = (masks.len() - 1, r.at);
+        for _ in 0..masks[mask].len() {
+            r.value_ref()?;
+        }
+        let print = r.print()?;
+        let (Ok(mask), Ok(at)) = (u32::try_from(mask), u32::try_from(at)) else {
+            return Ok(None); // past 4 GiB: not a part SQLite could hold
+        };
+        entries.push(Lean {
+            key,
+            print,
+            mask,
+            at,
+        });
+    }
+    Ok(layout.int_key.then_some(Updates {
+        layout,
+        masks,
+        entries,
+    }))
 }
 
 /// The values in a string of encodings (as [`put_value`] writes them).
@@ -596,9 +689,84 @@ mod tests {
         }
 
         #[test]
+        fn an_update_part_indexed_in_place_holds_what_decode_reads(
+            rows in proptest::collection::vec((1i64..4, proptest::collection::vec(value(), 3)), 1..30),
+            masks in proptest::collection::vec(1u8..8, 30),
+        ) {
+            let t = layout(true, 1, 3);
+            let mut e = Encoder::new(true);
+            let ti = e.table(&t);
+            let mut k = -5;
+            for ((step, vals), m) in rows.iter().zip(&masks) {
+                k += step;
+                let cols: Vec<usize> = (0..3).filter(|c| m & (1 << c) != 0).collect();
+                let old: Vec<Value> = cols.iter().map(|&c| vals[c].clone()).collect();
+                e.update(ti, KeyRef::Int(k), &mask_of(3, cols), &enc(&old), print(&enc(vals)));
+            }
+            let blob = e.finish();
+            let rec = decode(&blob).unwrap();
+            let part = updates(&blob).unwrap().expect("one table's updates, keys rising");
+            prop_assert_eq!(&part.layout, &t);
+            prop_assert_eq!(part.entries.len(), rec.entries.len());
+            for (lean, entry) in part.entries.iter().zip(&rec.entries) {
+                prop_assert_eq!(Some(lean.key), entry.key[0].as_ref().as_i64().ok());
+                prop_assert_eq!(Some(lean.print), entry.print);
+                prop_assert_eq!(&part.masks[lean.mask as usize][..], &entry.columns[..]);
+                let mut at = lean.at();
+                for old in &entry.old {
+                    let (v, next) = value_at(&blob, at).unwrap();
+                    prop_assert_eq!(&Val::from(v), old);
+                    at = next;
+                }
+            }
+        }
+
+        #[test]
         fn a_damaged_blob_is_an_error_never_a_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = decode(&bytes);
+            let _ = updates(&bytes);
         }
+    }
+
+    #[test]
+    fn only_one_tables_rising_updates_are_indexed_in_place() {
+        let old = enc(&[Value::Integer(5)]);
+        let mask = mask_of(1, [0]);
+        let part = |int_key: bool, f: &dyn Fn(&mut Encoder, usize)| {
+            let mut e = Encoder::new(false);
+            let ti = e.table(&layout(int_key, 1, 1));
+            f(&mut e, ti);
+            updates(&e.finish()).unwrap().is_some()
+        };
+        let key = enc(&[Value::Integer(1)]);
+        assert!(part(true, &|e, t| e.update(
+            t,
+            KeyRef::Int(3),
+            &mask,
+            &old,
+            1
+        )));
+        assert!(!part(true, &|e, t| e.insert(t, KeyRef::Int(3), 1)));
+        assert!(!part(true, &|e, t| e.delete(t, KeyRef::Int(3), &old)));
+        assert!(!part(false, &|e, t| e.update(
+            t,
+            KeyRef::Encoded(&key),
+            &mask,
+            &old,
+            1
+        )));
+        assert!(!part(true, &|e, t| {
+            e.update(t, KeyRef::Int(3), &mask, &old, 1);
+            e.update(t, KeyRef::Int(2), &mask, &old, 1);
+        }));
+        assert!(!part(true, &|e, t| {
+            e.update(t, KeyRef::Int(3), &mask, &old, 1);
+            let other = e.table(&Layout {
+                table: "u".into(),
+                ..layout(true, 1, 1)
+            });
+            e.update(other, KeyRef::Int(4), &mask, &old, 1);
+        }));
     }
 
     #[test]

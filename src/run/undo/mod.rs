@@ -12,9 +12,11 @@
 //! actions are.
 
 pub mod apply;
+mod bulk;
 mod codec;
 #[cfg(batchsse_preupdate)]
 mod preupdate;
+mod raw;
 mod record;
 mod revert;
 mod shape;

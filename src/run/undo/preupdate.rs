@@ -15,9 +15,9 @@ use std::ffi::{CStr, c_char, c_int, c_void};
 
 use rusqlite::Connection;
 use rusqlite::ffi;
-use rusqlite::types::ValueRef;
 
-use super::codec::{Encoder, KeyRef, Layout, print, put_value};
+use super::codec::{Encoder, KeyRef, Layout, print};
+use super::raw::put_raw;
 
 /// A recorded part: its entries and its blob.
 pub type Part = (u64, Vec<u8>);
@@ -425,32 +425,5 @@ impl Key {
             Key::Int(k) => KeyRef::Int(*k),
             Key::Encoded(b) => KeyRef::Encoded(b),
         }
-    }
-}
-
-/// Appends a raw SQLite value's encoding.
-///
-/// # Safety
-/// `v` must be a valid `sqlite3_value`.
-unsafe fn put_raw(out: &mut Vec<u8>, v: *mut ffi::sqlite3_value) {
-    // SAFETY: the caller's promise; text and blob pointers are read for
-    // the length SQLite gives, before anything else touches the value.
-    unsafe {
-        let bytes = |p: *const u8| {
-            let n = ffi::sqlite3_value_bytes(v).max(0) as usize;
-            if p.is_null() || n == 0 {
-                &[][..]
-            } else {
-                std::slice::from_raw_parts(p, n)
-            }
-        };
-        let value = match ffi::sqlite3_value_type(v) {
-            ffi::SQLITE_INTEGER => ValueRef::Integer(ffi::sqlite3_value_int64(v)),
-            ffi::SQLITE_FLOAT => ValueRef::Real(ffi::sqlite3_value_double(v)),
-            ffi::SQLITE_TEXT => ValueRef::Text(bytes(ffi::sqlite3_value_text(v))),
-            ffi::SQLITE_BLOB => ValueRef::Blob(bytes(ffi::sqlite3_value_blob(v) as *const u8)),
-            _ => ValueRef::Null,
-        };
-        put_value(out, value);
     }
 }

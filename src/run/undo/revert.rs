@@ -9,7 +9,10 @@ use std::collections::{HashMap, HashSet};
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::{Connection, OptionalExtension, params_from_iter};
 
-use super::codec::{Entry, Layout, Record, Val, encode, op, print, put_value, values};
+use super::bulk::{Bulk, Job, Verdict};
+use super::codec::{
+    Entry, Layout, Record, Updates, Val, decode, encode, op, print, put_value, updates, values,
+};
 use crate::plan::quote;
 use crate::run::expect::shown;
 
@@ -43,6 +46,9 @@ pub struct Reverter<'c> {
     /// application wrote could be undone by an older entry that happens to
     /// match it. By table and encoded key value.
     held: HashSet<(String, Vec<u8>)>,
+    /// The one-statement way for an `UPDATE` chunk's part, when SQLite
+    /// takes its functions.
+    bulk: Option<Bulk>,
 }
 
 impl<'c> Reverter<'c> {
@@ -53,6 +59,7 @@ impl<'c> Reverter<'c> {
             sql: HashMap::new(),
             buf: Vec::new(),
             held: HashSet::new(),
+            bulk: Bulk::new(conn),
         }
     }
 
@@ -77,6 +84,91 @@ impl<'c> Reverter<'c> {
 
     fn held(&self, table: &str, key: &[Val]) -> bool {
         !self.held.is_empty() && self.held.contains(&held_id(table, key))
+    }
+
+    /// Applies a part as stored; returns the rows put back. Each row in
+    /// conflict goes to `kept` once.
+    pub fn apply_blob(&mut self, blob: Vec<u8>, kept: &mut OnKept<'_>) -> Result<u64, String> {
+        let blob = match updates(&blob).map_err(|e| e.to_string())? {
+            Some(part) => match self.bulk(blob, part, kept)? {
+                Ok(reverted) => return Ok(reverted),
+                Err(blob) => blob,
+            },
+            None => blob,
+        };
+        let rec = decode(&blob).map_err(|e| e.to_string())?;
+        self.apply(&rec, kept)
+    }
+
+    /// An `UPDATE` chunk's part in one statement (see `bulk`): the rows put
+    /// back, or the blob again when this way cannot take it.
+    fn bulk(
+        &mut self,
+        blob: Vec<u8>,
+        part: Updates,
+        kept: &mut OnKept<'_>,
+    ) -> Result<Result<u64, Vec<u8>>, String> {
+        let sql = |e: rusqlite::Error| crate::run::db::run_time_message(self.conn, &e);
+        // No trigger fires on the undo's connection (see `app::undo`): none
+        // can see or change the rows part-way.
+        let Some(bulk) = self.bulk.as_ref() else {
+            return Ok(Err(blob));
+        };
+        let held = if self.held.is_empty() {
+            Vec::new()
+        } else {
+            let table = &part.layout.table;
+            let held = |e: &super::codec::Lean| self.held(table, &[Val::Integer(e.key)]);
+            part.entries.iter().map(held).collect()
+        };
+        let (job, done) = bulk.run(self.conn, Job::new(blob, part, held, self.overwrite));
+        let changed = match done {
+            Ok(n) => n,
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                return Ok(Err(job.blob)); // one row at a time finds which
+            }
+            Err(e) => return Err(sql(e)),
+        };
+        if changed != job.puts() {
+            return Err(format!(
+                "the undo put back {changed} rows where it meant {}; this chunk was rolled back",
+                job.puts()
+            ));
+        }
+        self.report(&job, kept).map(Ok)
+    }
+
+    /// Counts a [`Reverter::bulk`] part's rows put back and reports its
+    /// conflicts, newest first.
+    fn report(&mut self, job: &Job, kept: &mut OnKept<'_>) -> Result<u64, String> {
+        let l = &job.part.layout;
+        let mut reverted = 0;
+        let entries = job.part.entries.iter().zip(&job.verdicts).enumerate();
+        for (i, (e, verdict)) in entries.rev() {
+            let why = match verdict {
+                Verdict::Put => {
+                    reverted += 1;
+                    continue;
+                }
+                Verdict::Held => continue, // kept already, and said so
+                Verdict::Unseen => "the row is gone".to_owned(),
+                Verdict::Kept => {
+                    let now = job.now.get(&i).map_or(&[][..], Vec::as_slice);
+                    changed(l, &job.part.masks[e.mask as usize], now)
+                }
+            };
+            let key = [Val::Integer(e.key)];
+            self.held.insert(held_id(&l.table, &key));
+            kept(Conflict {
+                table: &l.table,
+                key: key_value(&key),
+                shown: key_shown(&key),
+                why,
+            })?;
+        }
+        Ok(reverted)
     }
 
     /// Applies `rec` newest first; returns the rows put back. Each row in
@@ -242,24 +334,13 @@ impl<'c> Reverter<'c> {
                 let at = union.binary_search(c).unwrap_or_default();
                 put_value(&mut self.buf, r.get_ref(at + 1)?);
             }
-            out.push((Some(print(&self.buf)) != e.print).then(|| (false, self.changed(l, e))));
+            out.push(
+                (Some(print(&self.buf)) != e.print)
+                    .then(|| (false, changed(l, &e.columns, &self.buf))),
+            );
             row = Some(r);
         }
         Ok(out)
-    }
-
-    /// Why an updated row whose current values (in `buf`) are not the
-    /// run's is a conflict.
-    fn changed(&self, l: &Layout, e: &Entry) -> String {
-        let now = values(&self.buf).unwrap_or_default();
-        let names: Vec<&str> = e.columns.iter().map(|&c| l.columns[c].as_str()).collect();
-        let now: Vec<String> = now.iter().map(|v| shown(&v.to_value())).collect();
-        let verb = if names.len() == 1 { "is" } else { "are" };
-        format!(
-            "{} {verb} not what the run wrote (now {})",
-            names.join(", "),
-            now.join(", ")
-        )
     }
 
     /// Puts one entry back; why it is a conflict, if it is one and was
@@ -293,7 +374,7 @@ impl<'c> Reverter<'c> {
                 (!same).then(|| "the row the run inserted has been changed since".to_owned())
             }
             (_, false) => return Ok(Some("the row is gone".into())),
-            (_, true) => (!same).then(|| self.changed(l, e)),
+            (_, true) => (!same).then(|| changed(l, &e.columns, &self.buf)),
         };
         if why.is_some() && !self.overwrite {
             return Ok(why);
@@ -329,6 +410,20 @@ impl<'c> Reverter<'c> {
         self.sql.insert(id, s.clone());
         s
     }
+}
+
+/// Why an updated row whose restored columns' current values (`now`,
+/// encoded) are not the run's is a conflict.
+fn changed(l: &Layout, columns: &[usize], now: &[u8]) -> String {
+    let now = values(now).unwrap_or_default();
+    let names: Vec<&str> = columns.iter().map(|&c| l.columns[c].as_str()).collect();
+    let now: Vec<String> = now.iter().map(|v| shown(&v.to_value())).collect();
+    let verb = if names.len() == 1 { "is" } else { "are" };
+    format!(
+        "{} {verb} not what the run wrote (now {})",
+        names.join(", "),
+        now.join(", ")
+    )
 }
 
 /// `OR ABORT`: a table's own `ON CONFLICT REPLACE` must not let a row put

@@ -1,0 +1,346 @@
+//! Putting one `UPDATE` chunk's record back in one statement. A range
+//! `UPDATE` over the chunk's keys asks, in its `WHERE`, row by row, whether
+//! the record has the row and finds it as the run left it, and gives each
+//! restored column its old value in its `SET`: two SQL functions of this
+//! connection that read the record where it lies, in its blob. The rows are
+//! read and written in one pass, in key order, as the run wrote them,
+//! instead of a query and a statement per row.
+//!
+//! The caller decides what a verdict means (conflicts, messages); a part
+//! the statement cannot take (a constraint it trips part-way) is left to
+//! the row-by-row way, the statement's writes backed out by `OR ABORT`.
+
+use std::cell::RefCell;
+use std::ffi::{CString, c_int, c_void};
+
+use rusqlite::types::ValueRef;
+use rusqlite::{Connection, ffi};
+
+use super::codec::{Damaged, Lean, Updates, print, value_at};
+use super::raw::{put_raw, set_result, value_ref};
+use crate::plan::quote;
+
+const PICK: &str = "batchsse_undo_pick";
+const OLD: &str = "batchsse_undo_old";
+
+/// What became of an entry.
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub enum Verdict {
+    /// Its row never came: it is gone.
+    Unseen,
+    /// Put back (as the run left it, or overwritten).
+    Put,
+    /// Kept by an earlier conflict of this undo.
+    Held,
+    /// Kept as the application has it (see [`Job::now`]).
+    Kept,
+}
+
+/// One part being put back.
+pub struct Job {
+    pub blob: Vec<u8>,
+    pub part: Updates,
+    /// The columns the statement writes (layout indices), rising.
+    union: Vec<usize>,
+    /// Per mask, per written column: its place among the mask's values.
+    slots: Vec<Vec<Option<usize>>>,
+    /// Per entry: kept by an earlier conflict (empty: none is).
+    held: Vec<bool>,
+    pub verdicts: Vec<Verdict>,
+    /// For each entry kept: its restored columns' current encodings.
+    pub now: std::collections::HashMap<usize, Vec<u8>>,
+    overwrite: bool,
+    /// Where the two functions found their last entry.
+    at: [usize; 2],
+    /// Where the last value `OLD` gave ended: entry, its next value's
+    /// place among the entry's, and offset in the blob.
+    next: (usize, usize, usize),
+    buf: Vec<u8>,
+}
+
+impl Job {
+    pub fn new(blob: Vec<u8>, part: Updates, held: Vec<bool>, overwrite: bool) -> Job {
+        let mut union: Vec<usize> = part.masks.iter().flatten().copied().collect();
+        union.sort_unstable();
+        union.dedup();
+        let slots = part
+            .masks
+            .iter()
+            .map(|m| {
+                union
+                    .iter()
+                    .map(|c| m.iter().position(|x| x == c))
+                    .collect()
+            })
+            .collect();
+        Job {
+            verdicts: vec![Verdict::Unseen; part.entries.len()],
+            now: Default::default(),
+            blob,
+            part,
+            union,
+            slots,
+            held,
+            overwrite,
+            at: [0; 2],
+            next: (usize::MAX, 0, 0),
+            buf: Vec::new(),
+        }
+    }
+
+    /// The statement: `?1`, `?2` the part's lowest and highest keys.
+    fn statement(&self) -> String {
+        let l = &self.part.layout;
+        let k = &l.key[0];
+        let cols: Vec<String> = self.union.iter().map(|&c| quote(&l.columns[c])).collect();
+        // A column every entry restores needs no current value.
+        let set: Vec<String> = cols
+            .iter()
+            .enumerate()
+            .map(|(i, c)| match self.slots.iter().all(|s| s[i].is_some()) {
+                true => format!("{c} = {OLD}({k}, {i})"),
+                false => format!("{c} = {OLD}({k}, {i}, {c})"),
+            })
+            .collect();
+        format!(
+            "UPDATE OR ABORT main.{} SET {} WHERE {k} BETWEEN ?1 AND ?2 AND {PICK}({k}, {})",
+            quote(&l.table),
+            set.join(", "),
+            cols.join(", ")
+        )
+    }
+
+    /// The entry of the row keyed `key`, looked for from where function
+    /// `f` found its last one (rows come in key order).
+    fn find(&mut self, f: usize, key: i64) -> Option<usize> {
+        let es = &self.part.entries;
+        let at = self.at[f];
+        let i = if es.get(at).is_some_and(|e| e.key == key) {
+            at
+        } else if es.get(at + 1).is_some_and(|e| e.key == key) {
+            at + 1
+        } else {
+            let i = es.partition_point(|e| e.key < key);
+            es.get(i).filter(|e| e.key == key)?;
+            i
+        };
+        self.at[f] = i;
+        Some(i)
+    }
+
+    /// `PICK(key, the written columns' current values…)`: whether to put
+    /// the row back.
+    fn pick(&mut self, args: &[*mut ffi::sqlite3_value]) -> Result<bool, String> {
+        let Some(i) = self.find(0, int_arg(args, 0)?) else {
+            return Ok(false); // a row the run did not change
+        };
+        if self.held.get(i) == Some(&true) {
+            self.verdicts[i] = Verdict::Held;
+            return Ok(false);
+        }
+        let e: &Lean = &self.part.entries[i];
+        self.buf.clear();
+        for (u, slot) in self.slots[e.mask as usize].iter().enumerate() {
+            if slot.is_some() {
+                let v = *args.get(u + 1).ok_or("too few arguments")?;
+                // SAFETY: an argument of the call in progress.
+                unsafe { put_raw(&mut self.buf, v) };
+            }
+        }
+        let put = self.overwrite || print(&self.buf) == e.print;
+        self.verdicts[i] = if put {
+            Verdict::Put
+        } else {
+            self.now.insert(i, self.buf.clone());
+            Verdict::Kept
+        };
+        Ok(put)
+    }
+
+    /// `OLD(key, n[, current])`: the `n`th written column's value to put
+    /// back (its current one when the entry does not restore it).
+    fn old(
+        &mut self,
+        ctx: *mut ffi::sqlite3_context,
+        args: &[*mut ffi::sqlite3_value],
+    ) -> Result<(), String> {
+        let (key, n) = (int_arg(args, 0)?, int_arg(args, 1)?);
+        let slot = self.find(1, key).and_then(|i| {
+            let mask = self.part.entries[i].mask as usize;
+            let at = usize::try_from(n).ok()?;
+            Some(i).zip(self.slots[mask].get(at).copied().flatten())
+        });
+        // SAFETY: ctx and the argument belong to the call in progress.
+        unsafe {
+            match slot {
+                Some((i, s)) => {
+                    let v = self.value(i, s).map_err(|e| e.to_string())?;
+                    set_result(ctx, v)
+                }
+                None => {
+                    let current = *args.get(2).ok_or("a value the record lacks")?;
+                    set_result(ctx, value_ref(current))
+                }
+            }
+        }
+    }
+
+    /// Entry `i`'s `s`th old value, read on from the last one when it was
+    /// the one before.
+    fn value(&mut self, i: usize, s: usize) -> Result<ValueRef<'_>, Damaged> {
+        let mut at = match self.next {
+            (e, next, at) if e == i && next == s => at,
+            _ => {
+                let mut at = self.part.entries[i].at();
+                for _ in 0..s {
+                    at = value_at(&self.blob, at)?.1;
+                }
+                at
+            }
+        };
+        let v;
+        (v, at) = value_at(&self.blob, at)?;
+        self.next = (i, s + 1, at);
+        Ok(v)
+    }
+
+    /// Rows the statement should have written.
+    pub fn puts(&self) -> usize {
+        self.verdicts.iter().filter(|v| **v == Verdict::Put).count()
+    }
+}
+
+/// An integer argument (the rowid, a column's place: never anything else).
+fn int_arg(args: &[*mut ffi::sqlite3_value], i: usize) -> Result<i64, String> {
+    let v = *args.get(i).ok_or("too few arguments")?;
+    // SAFETY: an argument of the call in progress.
+    Ok(unsafe { ffi::sqlite3_value_int64(v) })
+}
+
+type Slot = RefCell<Option<Job>>;
+
+/// The two functions, registered on a connection while this lives.
+pub struct Bulk {
+    db: *mut ffi::sqlite3,
+    job: Box<Slot>,
+}
+
+impl Bulk {
+    /// `None`: SQLite would not take the functions.
+    pub fn new(conn: &Connection) -> Option<Bulk> {
+        // SAFETY: the handle is the open connection's, which outlives this
+        // value (it belongs to the undo that owns both).
+        let db = unsafe { conn.handle() };
+        let bulk = Bulk {
+            db,
+            job: Box::new(RefCell::new(None)),
+        };
+        let ok = bulk.register(PICK, -1, Some(pick_fn)) && bulk.register(OLD, -1, Some(old_fn));
+        ok.then_some(bulk)
+    }
+
+    /// Registers function `name` (or, with `None`, removes it).
+    fn register(&self, name: &str, args: c_int, f: Option<Call>) -> bool {
+        let Ok(name) = CString::new(name) else {
+            return false;
+        };
+        let app = &*self.job as *const Slot as *mut c_void;
+        // DIRECTONLY: no trigger or view of the file may call them.
+        let flags = ffi::SQLITE_UTF8 | ffi::SQLITE_DIRECTONLY;
+        // SAFETY: `app` lives as long as the registration (see Drop).
+        let rc = unsafe {
+            ffi::sqlite3_create_function_v2(
+                self.db,
+                name.as_ptr(),
+                args,
+                flags,
+                app,
+                f,
+                None,
+                None,
+                None,
+            )
+        };
+        rc == ffi::SQLITE_OK
+    }
+
+    /// Runs `job`'s statement; gives the job back with the rows the
+    /// statement changed.
+    pub fn run(&self, conn: &Connection, job: Job) -> (Job, rusqlite::Result<usize>) {
+        let sql = job.statement();
+        let (lo, hi) = match (job.part.entries.first(), job.part.entries.last()) {
+            (Some(lo), Some(hi)) => (lo.key, hi.key),
+            _ => return (job, Ok(0)),
+        };
+        *self.job.borrow_mut() = Some(job);
+        // Not cached: no statement that names the functions outlives them.
+        let done = conn
+            .prepare(&sql)
+            .and_then(|mut s| s.execute(rusqlite::params![lo, hi]));
+        let job = self.job.borrow_mut().take().expect("the job put in above");
+        (job, done)
+    }
+}
+
+impl Drop for Bulk {
+    fn drop(&mut self) {
+        self.register(PICK, -1, None);
+        self.register(OLD, -1, None);
+    }
+}
+
+type Call = unsafe extern "C" fn(*mut ffi::sqlite3_context, c_int, *mut *mut ffi::sqlite3_value);
+
+unsafe extern "C" fn pick_fn(
+    ctx: *mut ffi::sqlite3_context,
+    argc: c_int,
+    argv: *mut *mut ffi::sqlite3_value,
+) {
+    // SAFETY: SQLite's own call.
+    unsafe {
+        with_job(ctx, argc, argv, |job, args| {
+            let put = job.pick(args)?;
+            ffi::sqlite3_result_int(ctx, c_int::from(put));
+            Ok(())
+        })
+    }
+}
+
+unsafe extern "C" fn old_fn(
+    ctx: *mut ffi::sqlite3_context,
+    argc: c_int,
+    argv: *mut *mut ffi::sqlite3_value,
+) {
+    // SAFETY: SQLite's own call.
+    unsafe { with_job(ctx, argc, argv, |job, args| job.old(ctx, args)) }
+}
+
+/// Runs `f` on the job in progress; its error becomes the call's.
+///
+/// # Safety
+/// The arguments must be SQLite's, for a call of one of [`Bulk`]'s
+/// functions.
+unsafe fn with_job(
+    ctx: *mut ffi::sqlite3_context,
+    argc: c_int,
+    argv: *mut *mut ffi::sqlite3_value,
+    f: impl FnOnce(&mut Job, &[*mut ffi::sqlite3_value]) -> Result<(), String>,
+) {
+    // SAFETY: the user data is the slot `Bulk::register` gave, alive while
+    // the functions are registered; argv holds argc values.
+    unsafe {
+        let slot = &*(ffi::sqlite3_user_data(ctx) as *const Slot);
+        let args = match usize::try_from(argc) {
+            Ok(n) if n > 0 && !argv.is_null() => std::slice::from_raw_parts(argv, n),
+            _ => &[],
+        };
+        let done = match slot.try_borrow_mut().as_deref_mut() {
+            Ok(Some(job)) => f(job, args),
+            _ => Err("called outside an undo".into()),
+        };
+        if let Err(why) = done {
+            let why = CString::new(why).unwrap_or_default();
+            ffi::sqlite3_result_error(ctx, why.as_ptr(), -1);
+        }
+    }
+}
