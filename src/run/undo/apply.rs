@@ -6,12 +6,12 @@
 use std::cell::RefCell;
 use std::time::Instant;
 
+use rusqlite::Connection;
 use rusqlite::types::Value;
-use rusqlite::{Connection, OptionalExtension};
 use serde_json::json;
 
 use super::revert::{Conflict, Reverter};
-use super::store::UNRECORDED;
+use super::store::{self, UNRECORDED};
 use crate::events::log::EventLog;
 use crate::events::{
     Event, Finished, Level, Progress, RunKind, RunStatus, Start, StepEvent, StepInfo, StepKind,
@@ -393,17 +393,12 @@ impl Undoer<'_> {
     fn chunk(&self, c: &Chunk, tally: &mut Tally) -> Result<(), String> {
         let sql = |e: rusqlite::Error| crate::run::db::run_time_message(self.conn, &e);
         let tx = Tx::begin(self.conn, self.dry_run).map_err(sql)?;
-        let blob: Option<Option<Vec<u8>>> = self
-            .conn
-            .query_row("SELECT rec FROM batchsse_undo WHERE id = ?1", [c.id], |r| {
-                r.get(0)
-            })
-            .optional()
-            .map_err(sql)?;
-        let blob = match blob {
+        let mut blob = self.reverter.borrow_mut().buffer();
+        let recorded = match store::read_part(self.conn, c.id, &mut blob).map_err(sql)? {
             // Gone: another undo (or `undo clear`) took this part meanwhile.
             None => return Ok(()),
-            Some(blob) => blob,
+            // `false`: a step that changed nothing; only its note goes.
+            Some(recorded) => recorded,
         };
         let before = tally.conflicts;
         let mut kept = 0u64;
@@ -411,11 +406,12 @@ impl Undoer<'_> {
             kept += 1;
             self.kept(c, conflict, before + kept)
         };
-        let reverted = match blob {
-            Some(blob) => self.reverter.borrow_mut().apply_blob(blob, &mut on_kept)?,
-            // A step that changed nothing: only its note goes.
-            None => 0,
+        let mut reverter = self.reverter.borrow_mut();
+        let reverted = match recorded {
+            true => reverter.apply_blob(blob, &mut on_kept)?,
+            false => 0,
         };
+        drop(reverter);
         self.conn
             .execute("DELETE FROM batchsse_undo WHERE id = ?1", [c.id])
             .map_err(sql)?;

@@ -568,8 +568,10 @@ pub fn value_at(blob: &[u8], at: usize) -> Result<(ValueRef<'_>, usize), Damaged
     Ok((r.value_ref()?, r.at))
 }
 
-/// Indexes `blob` as [`Updates`]; `None`: it is not such a part.
-pub fn updates(blob: &[u8]) -> Result<Option<Updates>, Damaged> {
+/// Indexes `blob` as [`Updates`] (into `entries`, emptied first: a
+/// buffer reused); `None`: it is not such a part.
+pub fn updates(blob: &[u8], mut entries: Vec<Lean>) -> Result<Option<Updates>, Damaged> {
+    entries.clear();
     let mut r = Reader { b: blob, at: 0 };
     if r.byte()? != VERSION {
         return Err(Damaged("written by another version of batchsse"));
@@ -579,7 +581,7 @@ pub fn updates(blob: &[u8]) -> Result<Option<Updates>, Damaged> {
         return Ok(None);
     }
     let layout = r.layout()?;
-    let (mut masks, mut entries, mut key) = (Vec::new(), Vec::new(), 0i64);
+    let (mut masks, mut key) = (Vec::new(), 0i64);
     while r.at < blob.len() && layout.int_key {
         let head = r.varint()?;
         let next = key.wrapping_add(unzigzag(r.varint()?));
@@ -705,7 +707,7 @@ mod tests {
             }
             let blob = e.finish();
             let rec = decode(&blob).unwrap();
-            let part = updates(&blob).unwrap().expect("one table's updates, keys rising");
+            let part = updates(&blob, Vec::new()).unwrap().expect("one table's updates, keys rising");
             prop_assert_eq!(&part.layout, &t);
             prop_assert_eq!(part.entries.len(), rec.entries.len());
             for (lean, entry) in part.entries.iter().zip(&rec.entries) {
@@ -724,7 +726,7 @@ mod tests {
         #[test]
         fn a_damaged_blob_is_an_error_never_a_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = decode(&bytes);
-            let _ = updates(&bytes);
+            let _ = updates(&bytes, Vec::new());
         }
     }
 
@@ -736,7 +738,7 @@ mod tests {
             let mut e = Encoder::new(false);
             let ti = e.table(&layout(int_key, 1, 1));
             f(&mut e, ti);
-            updates(&e.finish()).unwrap().is_some()
+            updates(&e.finish(), Vec::new()).unwrap().is_some()
         };
         let key = enc(&[Value::Integer(1)]);
         assert!(part(true, &|e, t| e.update(

@@ -11,7 +11,8 @@ use rusqlite::{Connection, OptionalExtension, params_from_iter};
 
 use super::bulk::{Bulk, Job, Verdict};
 use super::codec::{
-    Entry, Layout, Record, Updates, Val, decode, encode, op, print, put_value, updates, values,
+    Entry, Layout, Lean, Record, Updates, Val, decode, encode, op, print, put_value, updates,
+    values,
 };
 use crate::plan::quote;
 use crate::run::expect::shown;
@@ -49,6 +50,9 @@ pub struct Reverter<'c> {
     /// The one-statement way for an `UPDATE` chunk's part, when SQLite
     /// takes its functions.
     bulk: Option<Bulk>,
+    /// A part's buffers, kept for the next: megabytes the kernel need not
+    /// hand over (and zero) afresh for every part.
+    spare: (Vec<u8>, Vec<Lean>),
 }
 
 impl<'c> Reverter<'c> {
@@ -60,6 +64,7 @@ impl<'c> Reverter<'c> {
             buf: Vec::new(),
             held: HashSet::new(),
             bulk: Bulk::new(conn),
+            spare: Default::default(),
         }
     }
 
@@ -89,7 +94,8 @@ impl<'c> Reverter<'c> {
     /// Applies a part as stored; returns the rows put back. Each row in
     /// conflict goes to `kept` once.
     pub fn apply_blob(&mut self, blob: Vec<u8>, kept: &mut OnKept<'_>) -> Result<u64, String> {
-        let blob = match updates(&blob).map_err(|e| e.to_string())? {
+        let spare = std::mem::take(&mut self.spare.1);
+        let blob = match updates(&blob, spare).map_err(|e| e.to_string())? {
             Some(part) => match self.bulk(blob, part, kept)? {
                 Ok(reverted) => return Ok(reverted),
                 Err(blob) => blob,
@@ -118,7 +124,7 @@ impl<'c> Reverter<'c> {
             Vec::new()
         } else {
             let table = &part.layout.table;
-            let held = |e: &super::codec::Lean| self.held(table, &[Val::Integer(e.key)]);
+            let held = |e: &Lean| self.held(table, &[Val::Integer(e.key)]);
             part.entries.iter().map(held).collect()
         };
         let (job, done) = bulk.run(self.conn, Job::new(blob, part, held, self.overwrite));
@@ -137,7 +143,14 @@ impl<'c> Reverter<'c> {
                 job.puts()
             ));
         }
-        self.report(&job, kept).map(Ok)
+        let reverted = self.report(&job, kept);
+        self.spare = (job.blob, job.part.entries);
+        reverted.map(Ok)
+    }
+
+    /// A buffer for the next part's blob.
+    pub fn buffer(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.spare.0)
     }
 
     /// Counts a [`Reverter::bulk`] part's rows put back and reports its

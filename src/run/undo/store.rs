@@ -83,6 +83,26 @@ pub fn create(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(CREATE)
 }
 
+/// Reads part `id`'s record into `into` (a buffer reused from part to
+/// part): `None` when the part is gone (another undo took it), `Some(false)`
+/// when it holds no record (a step that changed nothing).
+pub fn read_part(conn: &Connection, id: i64, into: &mut Vec<u8>) -> rusqlite::Result<Option<bool>> {
+    let len: Option<Option<i64>> = conn
+        .prepare_cached("SELECT length(rec) FROM batchsse_undo WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))
+        .optional()?;
+    let Some(len) = len else { return Ok(None) };
+    let Some(len) = len else {
+        return Ok(Some(false));
+    };
+    into.clear();
+    into.resize(usize::try_from(len).unwrap_or_default(), 0);
+    // Straight into the buffer: no copy of the whole part made on the way.
+    let blob = conn.blob_open(rusqlite::MAIN_DB, "batchsse_undo", "rec", id, true)?;
+    blob.read_at_exact(into, 0)?;
+    Ok(Some(true))
+}
+
 /// An error of the undo record, as SQLite's errors are carried.
 pub fn failure(why: String) -> rusqlite::Error {
     rusqlite::Error::SqliteFailure(
