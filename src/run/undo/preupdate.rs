@@ -15,9 +15,10 @@ use std::ffi::{CStr, c_char, c_int, c_void};
 
 use rusqlite::Connection;
 use rusqlite::ffi;
+use rusqlite::types::ValueRef;
 
-use super::codec::{Encoder, KeyRef, Layout, print};
-use super::raw::put_raw;
+use super::codec::{Encoder, KeyRef, Layout, print, put_value};
+use super::raw::{put_raw, value_ref};
 
 /// A recorded part: its entries and its blob.
 pub type Part = (u64, Vec<u8>);
@@ -359,13 +360,13 @@ impl Change {
         b.mask.resize(w.columns.len().div_ceil(8), 0);
         for &j in &w.updated {
             let cid = w.columns[j];
-            let (o, n) = (b.old.len(), b.new.len());
-            self.value(cid, Image::Old, &mut b.old)?;
-            self.value(cid, Image::New, &mut b.new)?;
-            if b.old[o..] == b.new[n..] {
-                b.old.truncate(o);
-                b.new.truncate(n);
-            } else {
+            let (old, new) = (self.raw(cid, Image::Old)?, self.raw(cid, Image::New)?);
+            // SAFETY: both are protected values, valid for the rest of the
+            // hook; neither is touched again before these go.
+            let (old, new) = unsafe { (value_ref(old), value_ref(new)) };
+            if !same(old, new) {
+                put_value(&mut b.old, old);
+                put_value(&mut b.new, new);
                 b.mask[j / 8] |= 1 << (j % 8);
             }
         }
@@ -393,6 +394,14 @@ impl Change {
 
     /// Appends column `cid`'s value's encoding.
     fn value(&self, cid: c_int, img: Image, out: &mut Vec<u8>) -> Result<(), String> {
+        let v = self.raw(cid, img)?;
+        // SAFETY: v is a protected value, valid for the rest of the hook.
+        unsafe { put_raw(out, v) };
+        Ok(())
+    }
+
+    /// Column `cid`'s value in image `img`, as SQLite holds it.
+    fn raw(&self, cid: c_int, img: Image) -> Result<*mut ffi::sqlite3_value, String> {
         let mut v: *mut ffi::sqlite3_value = std::ptr::null_mut();
         // SAFETY: called from inside the hook, as SQLite requires.
         let rc = unsafe {
@@ -406,9 +415,19 @@ impl Change {
                 "SQLite would not give column {cid} of a changed row (code {rc})"
             ));
         }
-        // SAFETY: v is a protected value, valid for the rest of the hook.
-        unsafe { put_raw(out, v) };
-        Ok(())
+        Ok(v)
+    }
+}
+
+/// Whether two values are the same as the record encodes them: of one
+/// type, with the same bits (a REAL -0.0 is not 0.0 there).
+fn same(a: ValueRef<'_>, b: ValueRef<'_>) -> bool {
+    match (a, b) {
+        (ValueRef::Null, ValueRef::Null) => true,
+        (ValueRef::Integer(x), ValueRef::Integer(y)) => x == y,
+        (ValueRef::Real(x), ValueRef::Real(y)) => x.to_bits() == y.to_bits(),
+        (ValueRef::Text(x), ValueRef::Text(y)) | (ValueRef::Blob(x), ValueRef::Blob(y)) => x == y,
+        _ => false,
     }
 }
 
