@@ -892,3 +892,56 @@ fn a_chunk_whose_rows_changed_different_columns_is_put_back_whole() {
     want.conn().execute_batch(others).unwrap();
     assert_eq!(content(&db), content(&want));
 }
+
+/// An undo is steered like a run: its stream says what it takes back,
+/// `ctl` pauses and cancels it (the parts done stay done), and the same
+/// command then finishes it.
+#[test]
+fn ctl_pauses_and_cancels_an_undo_and_the_same_command_finishes_it() {
+    const TOKEN: &str = "c0ntrol";
+    let db = TempDb::counters(500);
+    let plan = db.file("plan.json", &counter_plan("bump", 50));
+    let (code, _, err) = run(&run_args(
+        &db,
+        path_str(&plan),
+        &["--no-serve", "--undo", "--batch-size", "50"],
+    ));
+    assert_eq!(code, 0, "{err}");
+    let mut args = words(
+        "undo --plan bump --listen 127.0.0.1:0 --progress none --wait-for-clients 1 --sleep 50",
+    );
+    args.extend_from_slice(&["--db", path_str(&db.path), "--control-token", TOKEN]);
+    let mut p = Proc::start(&args);
+    let base = format!("http://{}/", p.addr());
+    let mut s = Stream::open(p.addr(), "/events", &[]);
+    let start = data(&s.until("start"));
+    assert_eq!(start["kind"], "undo", "{start}");
+    s.until("progress");
+    let ctl = |what: &str| run(&["ctl", &base, what, "--control-token", TOKEN]);
+    let (code, _, err) = ctl("pause");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(data(&s.until("control"))["by"], "ctl");
+    let (code, _, err) = ctl("cancel");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(p.wait_for(Duration::from_secs(10)).code(), Some(130));
+    assert_eq!(data(s.rest().last().unwrap())["status"], "cancelled");
+    let back = db.query_i64("SELECT count(*) FROM t WHERE counter = 0");
+    assert!(
+        back > 0 && back < 500 && back % 50 == 0,
+        "whole parts taken back: {back}"
+    );
+    assert_eq!(
+        back + db.query_i64("SELECT count(*) FROM t WHERE counter = 1"),
+        500
+    );
+    let (code, _, err) = run(&undo_args(&db, &["--plan", "bump"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(&format!("{} rows", 500 - back)),
+        "only the rest: {err}"
+    );
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM t WHERE counter = 0"),
+        500
+    );
+}
