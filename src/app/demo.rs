@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context;
 use rusqlite::Connection;
 use sha2::Digest;
 
@@ -19,6 +20,16 @@ use crate::run as runner;
 pub const SCHEMA: &str = include_str!("../../sample-data/schema.sql");
 pub const GENERATE: &str = include_str!("../../sample-data/generate.sql");
 pub const PLAN: &str = include_str!("../../sample-data/plan.json");
+/// The sample files a kept shop gets beside it, so the README's commands
+/// work with the binary alone (no checkout).
+const SAMPLES: [(&str, &str); 3] = [
+    ("plan.json", PLAN),
+    (
+        "undo-plan.json",
+        include_str!("../../sample-data/undo-plan.json"),
+    ),
+    ("fix.sql", include_str!("../../sample-data/fix.sql")),
+];
 
 /// Chunks per chunked step; with the default sleep the demo takes ~20 s.
 const CHUNKS_PER_STEP: u64 = 40;
@@ -63,12 +74,16 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .into());
     }
     create_sample_db(&db, args.rows)?;
+    if args.keep.is_some() {
+        write_samples(&dir)?;
+    }
     if args.create_only {
         crate::errln!(
-            "batchsse: demo: created {} with {} orders; the sample plan has not run on it. Try:\n  batchsse run --db {} --plan sample-data/plan.json",
+            "batchsse: demo: created {} with {} orders, and the sample plans beside it; the sample plan has not run on it. Try:\n  batchsse run --db {} --plan {}",
             db.display(),
             crate::human::thousands(args.rows),
-            db.display()
+            db.display(),
+            dir.join("plan.json").display()
         );
         return Ok(ExitCode::SUCCESS);
     }
@@ -102,6 +117,20 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         }
     ));
     app::execute(lifecycle, session)
+}
+
+/// Writes the sample plans into `dir`, leaving alone a file of the same
+/// name already there (it may be the user's own).
+fn write_samples(dir: &Path) -> anyhow::Result<()> {
+    for (name, text) in SAMPLES {
+        let path = dir.join(name);
+        if path.exists() {
+            crate::errln!("batchsse: demo: {} exists; left as it is", path.display());
+            continue;
+        }
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// 128 random bits as hex, from the system's generator.

@@ -572,7 +572,8 @@ pub struct DemoArgs {
     #[arg(long, value_name = "MS")]
     pub sleep: Option<u64>,
 
-    /// Keep the sample database in this folder instead of a temporary one.
+    /// Keep the sample database in this folder instead of a temporary one,
+    /// with the sample plans beside it (plan.json, undo-plan.json, fix.sql).
     #[arg(long, value_name = "DIR")]
     pub keep: Option<PathBuf>,
 

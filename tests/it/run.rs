@@ -563,24 +563,37 @@ fn the_demo_prints_working_addresses_with_its_token() {
 fn demo_create_only_keeps_a_fresh_shop_for_trying_run() {
     let dir = tempfile::tempdir().unwrap();
     let keep = dir.path().join("shop");
+    // A file of the user's own in the folder is left alone.
+    std::fs::create_dir(&keep).unwrap();
+    std::fs::write(keep.join("fix.sql"), "-- mine").unwrap();
     let keep = path_str(&keep);
     let (code, _, err) = run(&["demo", "--keep", keep, "--create-only", "--rows", "500"]);
     assert_eq!(code, 0, "{err}");
-    let db = dir.path().join("shop").join("shop.sqlite");
+    let shop = dir.path().join("shop");
+    let (db, plan) = (shop.join("shop.sqlite"), shop.join("plan.json"));
     assert!(
-        err.contains(&format!(
-            "--db {} --plan sample-data/plan.json",
-            db.display()
-        )),
+        err.contains(&format!("--db {} --plan {}", db.display(), plan.display())),
         "{err}"
     );
-    let plan = concat!(env!("CARGO_MANIFEST_DIR"), "/sample-data/plan.json");
+    assert!(err.contains("fix.sql exists; left as it is"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(shop.join("fix.sql")).unwrap(),
+        "-- mine"
+    );
+    let sample = |name: &str| {
+        let repo = format!("{}/sample-data/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read_to_string(repo).unwrap()
+    };
+    for name in ["plan.json", "undo-plan.json"] {
+        let beside = std::fs::read_to_string(shop.join(name)).unwrap();
+        assert_eq!(beside, sample(name), "{name}: the sample, beside the shop");
+    }
     let args = [
         "run",
         "--db",
         path_str(&db),
         "--plan",
-        plan,
+        path_str(&plan),
         "--no-serve",
         "--progress",
         "plain",
