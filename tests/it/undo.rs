@@ -945,3 +945,68 @@ fn ctl_pauses_and_cancels_an_undo_and_the_same_command_finishes_it() {
         500
     );
 }
+
+/// The rows an `INSERT` chunk added go in one `DELETE` per chunk: those
+/// the application changed since (or deleted) are conflicts, every other
+/// one goes, with the hook or without it.
+#[test]
+fn rows_an_insert_chunk_added_are_deleted_whole_and_changed_ones_kept() {
+    let setup = "CREATE TABLE src(id INTEGER PRIMARY KEY, v TEXT, w REAL);
+                 INSERT INTO src WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 90)
+                   SELECT i, CASE WHEN i % 4 = 0 THEN NULL ELSE 'v' || i END, i / 3.0 FROM s;
+                 CREATE TABLE copy(id INTEGER PRIMARY KEY, v TEXT, w REAL, note TEXT DEFAULT 'copied');
+                 INSERT INTO copy(id, v) VALUES (1000, 'the application''s own');";
+    let plan = r#"{"name":"p","steps":[{"sql":"INSERT INTO copy(id, v, w) SELECT id, v, w FROM src WHERE id BETWEEN :lo AND :hi","chunk":{"table":"src","size":25}}]}"#;
+    for env in [&[][..], &HOOK_OFF[..]] {
+        let db = TempDb::with_sql(setup);
+        let before = content(&db);
+        let plan = db.file("plan.json", plan);
+        let args = run_args(&db, path_str(&plan), &["--no-serve", "--undo"]);
+        let (code, _, err) = run_with_env(&args, None, env);
+        assert_eq!(code, 0, "{env:?}: {err}");
+        assert_eq!(db.query_i64("SELECT count(*) FROM copy"), 91);
+        db.conn()
+            .execute_batch(
+                "UPDATE copy SET note = 'seen' WHERE id = 30; DELETE FROM copy WHERE id = 31;",
+            )
+            .unwrap();
+        let file = sha256(&db.path);
+        let (code, _, err) =
+            run_with_env(&undo_args(&db, &["--plan", "p", "--dry-run"]), None, env);
+        assert_eq!(code, 0, "{env:?}: {err}");
+        assert!(
+            err.contains("88 rows would change") && err.contains("2 conflicts"),
+            "{env:?}: {err}"
+        );
+        assert_eq!(sha256(&db.path), file, "a dry run writes nothing");
+        let (code, _, err) = run_with_env(&undo_args(&db, &["--plan", "p"]), None, env);
+        assert_eq!(code, 0, "{env:?}: {err}");
+        assert!(
+            err.contains(
+                "conflict in copy at key 30: the row the run inserted has been changed since"
+            ),
+            "{err}"
+        );
+        assert!(
+            err.contains("conflict in copy at key 31: the row the run inserted is gone"),
+            "{err}"
+        );
+        let left: Vec<i64> = db
+            .conn()
+            .prepare("SELECT id FROM copy ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            left,
+            [30, 1000],
+            "{env:?}: the changed copy and the application's row"
+        );
+        db.conn()
+            .execute_batch("DELETE FROM copy WHERE id = 30")
+            .unwrap();
+        assert_eq!(content(&db), before, "{env:?}");
+    }
+}

@@ -1,10 +1,12 @@
-//! Putting one `UPDATE` chunk's record back in one statement. A range
-//! `UPDATE` over the chunk's keys asks, in its `WHERE`, row by row, whether
-//! the record has the row and finds it as the run left it, and gives each
-//! restored column its old value in its `SET`: two SQL functions of this
-//! connection that read the record where it lies, in its blob. The rows are
-//! read and written in one pass, in key order, as the run wrote them,
-//! instead of a query and a statement per row.
+//! Putting one `UPDATE` or `INSERT` chunk's record back in one statement.
+//! A range `UPDATE` over the chunk's keys asks, in its `WHERE`, row by row,
+//! whether the record has the row and finds it as the run left it, and
+//! gives each restored column its old value in its `SET`: two SQL
+//! functions of this connection that read the record where it lies, in its
+//! blob. The rows an `INSERT` chunk added go the same way, by a range
+//! `DELETE` that asks the same question. The rows are read and written in
+//! one pass, in key order, as the run wrote them, instead of a query and a
+//! statement per row.
 //!
 //! The caller decides what a verdict means (conflicts, messages); a part
 //! the statement cannot take (a constraint it trips part-way) is left to
@@ -16,7 +18,7 @@ use std::ffi::{CString, c_int, c_void};
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, ffi};
 
-use super::codec::{Damaged, Lean, Updates, print, value_at};
+use super::codec::{Damaged, Indexed, Lean, op, print, value_at};
 use super::raw::{put_raw, set_result, value_ref};
 use crate::plan::quote;
 
@@ -39,7 +41,7 @@ pub enum Verdict {
 /// One part being put back.
 pub struct Job {
     pub blob: Vec<u8>,
-    pub part: Updates,
+    pub part: Indexed,
     /// The columns the statement writes (layout indices), rising.
     union: Vec<usize>,
     /// Per mask, per written column: its place among the mask's values.
@@ -59,7 +61,7 @@ pub struct Job {
 }
 
 impl Job {
-    pub fn new(blob: Vec<u8>, part: Updates, held: Vec<bool>, overwrite: bool) -> Job {
+    pub fn new(blob: Vec<u8>, part: Indexed, held: Vec<bool>, overwrite: bool) -> Job {
         let mut union: Vec<usize> = part.masks.iter().flatten().copied().collect();
         union.sort_unstable();
         union.dedup();
@@ -88,7 +90,8 @@ impl Job {
         }
     }
 
-    /// The statement: `?1`, `?2` the part's lowest and highest keys.
+    /// The statement (for an insert's part, a `DELETE`): `?1`, `?2` the
+    /// part's lowest and highest keys.
     fn statement(&self) -> String {
         let l = &self.part.layout;
         let k = &l.key[0];
@@ -102,11 +105,14 @@ impl Job {
                 false => format!("{c} = {OLD}({k}, {i}, {c})"),
             })
             .collect();
+        let (t, pick) = (quote(&l.table), format!("{PICK}({k}, {})", cols.join(", ")));
+        let range = format!("{k} BETWEEN ?1 AND ?2 AND {pick}");
+        if self.part.op == op::INSERT {
+            return format!("DELETE FROM main.{t} WHERE {range}");
+        }
         format!(
-            "UPDATE OR ABORT main.{} SET {} WHERE {k} BETWEEN ?1 AND ?2 AND {PICK}({k}, {})",
-            quote(&l.table),
-            set.join(", "),
-            cols.join(", ")
+            "UPDATE OR ABORT main.{t} SET {} WHERE {range}",
+            set.join(", ")
         )
     }
 

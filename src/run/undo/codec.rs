@@ -535,24 +535,14 @@ fn columns_of(mask: &[u8], n: usize) -> Vec<usize> {
         .collect()
 }
 
-/// One entry of an [`Updates`] part; its old values stay in the blob.
+/// One entry of an [`Indexed`] part; its old values stay in the blob.
 pub struct Lean {
     pub key: i64,
     pub print: u64,
-    /// Its columns: an index into [`Updates::masks`].
+    /// Its columns: an index into [`Indexed::masks`].
     pub mask: u32,
     /// Where its old values begin in the blob.
     at: u32,
-}
-
-/// A part that only updates rows of one rowid table, each row once, in
-/// rising key order (what one `UPDATE` chunk records), indexed without
-/// copying a value out of its blob.
-pub struct Updates {
-    pub layout: Layout,
-    /// The column lists the entries restore (indices into the layout's).
-    pub masks: Vec<Vec<usize>>,
-    pub entries: Vec<Lean>,
 }
 
 impl Lean {
@@ -562,15 +552,62 @@ impl Lean {
     }
 }
 
+/// A part that only updates, or only inserts, rows of one rowid table,
+/// each row once, in rising key order (what one `UPDATE` or `INSERT`
+/// chunk records), indexed without copying a value out of its blob.
+pub struct Indexed {
+    pub layout: Layout,
+    /// [`op::UPDATE`] or [`op::INSERT`].
+    pub op: u8,
+    /// The column lists the entries restore (indices into the layout's);
+    /// for inserts, every column (their prints cover all).
+    pub masks: Vec<Vec<usize>>,
+    pub entries: Vec<Lean>,
+}
+
+impl Indexed {
+    /// The rest of an entry whose head and key are read; `None`: past
+    /// what a part SQLite could hold would need.
+    fn lean(&mut self, r: &mut Reader<'_>, head: u64, key: i64) -> Result<Option<Lean>, Damaged> {
+        let n = self.layout.columns.len();
+        if self.op == op::INSERT {
+            if self.masks.is_empty() {
+                self.masks.push((0..n).collect());
+            }
+        } else if head & 4 == 0 {
+            self.masks
+                .push(columns_of(r.bytes(self.layout.mask_bytes())?, n));
+        } else if self.masks.is_empty() {
+            self.masks.push(Vec::new()); // as in `decode`: the last mask of none
+        }
+        let (mask, at) = (self.masks.len() - 1, r.at);
+        if self.op == op::UPDATE {
+            for _ in 0..self.masks[mask].len() {
+                r.value_ref()?;
+            }
+        }
+        let print = r.print()?;
+        let (Ok(mask), Ok(at)) = (u32::try_from(mask), u32::try_from(at)) else {
+            return Ok(None);
+        };
+        Ok(Some(Lean {
+            key,
+            print,
+            mask,
+            at,
+        }))
+    }
+}
+
 /// The value encoded at `at` in `blob`, and where the next one begins.
 pub fn value_at(blob: &[u8], at: usize) -> Result<(ValueRef<'_>, usize), Damaged> {
     let mut r = Reader { b: blob, at };
     Ok((r.value_ref()?, r.at))
 }
 
-/// Indexes `blob` as [`Updates`] (into `entries`, emptied first: a
+/// Indexes `blob` as [`Indexed`] (into `entries`, emptied first: a
 /// buffer reused); `None`: it is not such a part.
-pub fn updates(blob: &[u8], mut entries: Vec<Lean>) -> Result<Option<Updates>, Damaged> {
+pub fn index(blob: &[u8], mut entries: Vec<Lean>) -> Result<Option<Indexed>, Damaged> {
     entries.clear();
     let mut r = Reader { b: blob, at: 0 };
     if r.byte()? != VERSION {
@@ -581,45 +618,30 @@ pub fn updates(blob: &[u8], mut entries: Vec<Lean>) -> Result<Option<Updates>, D
         return Ok(None);
     }
     let layout = r.layout()?;
-    let (mut masks, mut key) = (Vec::new(), 0i64);
-    while r.at < blob.len() && layout.int_key {
+    if !layout.int_key {
+        return Ok(None);
+    }
+    let mut part = Indexed {
+        layout,
+        op: 0,
+        masks: Vec::new(),
+        entries,
+    };
+    let mut key = 0i64;
+    while r.at < blob.len() {
         let head = r.varint()?;
-        let next = key.wrapping_add(unzigzag(r.varint()?));
-        if head >> 3 != 0
-            || head & 3 != u64::from(op::UPDATE)
-            || (next <= key && !entries.is_empty())
-        {
+        let (op, next) = ((head & 3) as u8, key.wrapping_add(unzigzag(r.varint()?)));
+        let alike = op == part.op || (part.op == 0 && [op::UPDATE, op::INSERT].contains(&op));
+        if head >> 3 != 0 || !alike || (next <= key && !part.entries.is_empty()) {
             return Ok(None);
         }
-        key = next;
-        if head & 4 == 0 {
-            masks.push(columns_of(
-                r.bytes(layout.mask_bytes())?,
-                layout.columns.len(),
-            ));
-        } else if masks.is_empty() {
-            masks.push(Vec::new()); // as in `decode`: the last mask of none
-        }
-        let (mask, at) = (masks.len() - 1, r.at);
-        for _ in 0..masks[mask].len() {
-            r.value_ref()?;
-        }
-        let print = r.print()?;
-        let (Ok(mask), Ok(at)) = (u32::try_from(mask), u32::try_from(at)) else {
-            return Ok(None); // past 4 GiB: not a part SQLite could hold
+        (part.op, key) = (op, next);
+        let Some(lean) = part.lean(&mut r, head, key)? else {
+            return Ok(None);
         };
-        entries.push(Lean {
-            key,
-            print,
-            mask,
-            at,
-        });
+        part.entries.push(lean);
     }
-    Ok(layout.int_key.then_some(Updates {
-        layout,
-        masks,
-        entries,
-    }))
+    Ok((part.op != 0).then_some(part))
 }
 
 /// The values in a string of encodings (as [`put_value`] writes them).
@@ -707,7 +729,7 @@ mod tests {
             }
             let blob = e.finish();
             let rec = decode(&blob).unwrap();
-            let part = updates(&blob, Vec::new()).unwrap().expect("one table's updates, keys rising");
+            let part = index(&blob, Vec::new()).unwrap().expect("one table's updates, keys rising");
             prop_assert_eq!(&part.layout, &t);
             prop_assert_eq!(part.entries.len(), rec.entries.len());
             for (lean, entry) in part.entries.iter().zip(&rec.entries) {
@@ -726,19 +748,19 @@ mod tests {
         #[test]
         fn a_damaged_blob_is_an_error_never_a_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = decode(&bytes);
-            let _ = updates(&bytes, Vec::new());
+            let _ = index(&bytes, Vec::new());
         }
     }
 
     #[test]
-    fn only_one_tables_rising_updates_are_indexed_in_place() {
+    fn only_one_tables_rising_updates_or_inserts_are_indexed_in_place() {
         let old = enc(&[Value::Integer(5)]);
         let mask = mask_of(1, [0]);
         let part = |int_key: bool, f: &dyn Fn(&mut Encoder, usize)| {
             let mut e = Encoder::new(false);
             let ti = e.table(&layout(int_key, 1, 1));
             f(&mut e, ti);
-            updates(&e.finish(), Vec::new()).unwrap().is_some()
+            index(&e.finish(), Vec::new()).unwrap().is_some()
         };
         let key = enc(&[Value::Integer(1)]);
         assert!(part(true, &|e, t| e.update(
@@ -748,7 +770,14 @@ mod tests {
             &old,
             1
         )));
-        assert!(!part(true, &|e, t| e.insert(t, KeyRef::Int(3), 1)));
+        assert!(part(true, &|e, t| {
+            e.insert(t, KeyRef::Int(3), 1);
+            e.insert(t, KeyRef::Int(4), 2);
+        }));
+        assert!(!part(true, &|e, t| {
+            e.insert(t, KeyRef::Int(3), 1);
+            e.update(t, KeyRef::Int(4), &mask, &old, 1);
+        }));
         assert!(!part(true, &|e, t| e.delete(t, KeyRef::Int(3), &old)));
         assert!(!part(false, &|e, t| e.update(
             t,
@@ -769,6 +798,24 @@ mod tests {
             });
             e.update(other, KeyRef::Int(4), &mask, &old, 1);
         }));
+    }
+
+    #[test]
+    fn an_insert_part_is_indexed_with_every_column_and_its_prints() {
+        let mut e = Encoder::new(true);
+        let ti = e.table(&layout(true, 1, 3));
+        for (k, p) in [(5, 50), (9, 90), (200, 7)] {
+            e.insert(ti, KeyRef::Int(k), p);
+        }
+        let part = index(&e.finish(), Vec::new()).unwrap().unwrap();
+        assert_eq!(part.op, op::INSERT);
+        assert_eq!(part.masks, vec![vec![0, 1, 2]]);
+        let got: Vec<(i64, u64, u32)> = part
+            .entries
+            .iter()
+            .map(|l| (l.key, l.print, l.mask))
+            .collect();
+        assert_eq!(got, [(5, 50, 0), (9, 90, 0), (200, 7, 0)]);
     }
 
     #[test]

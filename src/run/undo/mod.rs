@@ -3,7 +3,7 @@
 //! tables `shape` can key) into a table of the database file, written in
 //! the chunk's own transaction (`store`); `batchsse undo` applies the
 //! records newest first, chunk by chunk (`apply`, `revert`; an `UPDATE`
-//! chunk's record in one statement, `bulk`).
+//! or `INSERT` chunk's record in one statement, `bulk`).
 //!
 //! No session extension: rusqlite's `session` feature builds through
 //! bindgen, which needs libclang, and the README's set-up must need only a

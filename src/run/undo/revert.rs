@@ -11,8 +11,7 @@ use rusqlite::{Connection, OptionalExtension, params_from_iter};
 
 use super::bulk::{Bulk, Job, Verdict};
 use super::codec::{
-    Entry, Layout, Lean, Record, Updates, Val, decode, encode, op, print, put_value, updates,
-    values,
+    Entry, Indexed, Layout, Lean, Record, Val, decode, encode, index, op, print, put_value, values,
 };
 use crate::plan::quote;
 use crate::run::expect::shown;
@@ -95,7 +94,7 @@ impl<'c> Reverter<'c> {
     /// conflict goes to `kept` once.
     pub fn apply_blob(&mut self, blob: Vec<u8>, kept: &mut OnKept<'_>) -> Result<u64, String> {
         let spare = std::mem::take(&mut self.spare.1);
-        let blob = match updates(&blob, spare).map_err(|e| e.to_string())? {
+        let blob = match index(&blob, spare).map_err(|e| e.to_string())? {
             Some(part) => match self.bulk(blob, part, kept)? {
                 Ok(reverted) => return Ok(reverted),
                 Err(blob) => blob,
@@ -106,12 +105,13 @@ impl<'c> Reverter<'c> {
         self.apply(&rec, kept)
     }
 
-    /// An `UPDATE` chunk's part in one statement (see `bulk`): the rows put
+    /// An `UPDATE` or `INSERT` chunk's part in one statement (see `bulk`):
+    /// the rows put
     /// back, or the blob again when this way cannot take it.
     fn bulk(
         &mut self,
         blob: Vec<u8>,
-        part: Updates,
+        part: Indexed,
         kept: &mut OnKept<'_>,
     ) -> Result<Result<u64, Vec<u8>>, String> {
         let sql = |e: rusqlite::Error| crate::run::db::run_time_message(self.conn, &e);
@@ -166,7 +166,13 @@ impl<'c> Reverter<'c> {
                     continue;
                 }
                 Verdict::Held => continue, // kept already, and said so
+                Verdict::Unseen if job.part.op == op::INSERT => {
+                    "the row the run inserted is gone".to_owned()
+                }
                 Verdict::Unseen => "the row is gone".to_owned(),
+                Verdict::Kept if job.part.op == op::INSERT => {
+                    "the row the run inserted has been changed since".to_owned()
+                }
                 Verdict::Kept => {
                     let now = job.now.get(&i).map_or(&[][..], Vec::as_slice);
                     changed(l, &job.part.masks[e.mask as usize], now)
