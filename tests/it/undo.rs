@@ -1010,3 +1010,60 @@ fn rows_an_insert_chunk_added_are_deleted_whole_and_changed_ones_kept() {
         assert_eq!(content(&db), before, "{env:?}");
     }
 }
+
+/// The rows a `DELETE` chunk removed come back in one `INSERT` per chunk,
+/// with their rowids and every kind of value; a key the application has
+/// used again since is a conflict (the whole chunk then goes row by row),
+/// with the hook or without it.
+#[test]
+fn rows_a_delete_chunk_removed_come_back_whole_and_a_reused_key_is_kept() {
+    let setup = "CREATE TABLE s(id INTEGER PRIMARY KEY, v TEXT, w REAL, b BLOB, n);
+                 INSERT INTO s WITH RECURSIVE q(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM q WHERE i < 90)
+                   SELECT i, CASE WHEN i % 4 = 0 THEN NULL ELSE 'v' || i END, i / 3.0,
+                     CASE i % 3 WHEN 0 THEN x'' WHEN 1 THEN CAST('b' || i AS BLOB) END, i % 5 FROM q;
+                 CREATE TABLE plain(a, b);
+                 INSERT INTO plain VALUES (1, 'x'), (2, 'y'), (3, 'z');
+                 DELETE FROM plain WHERE a = 2;";
+    let plan = r#"{"name":"p","steps":[
+        {"sql":"DELETE FROM s WHERE id BETWEEN :lo AND :hi AND id % 7 <> 0","chunk":{"table":"s","size":30}},
+        {"sql":"DELETE FROM plain"}]}"#;
+    for env in [&[][..], &HOOK_OFF[..]] {
+        let db = TempDb::with_sql(setup);
+        let before = content(&db);
+        let plan = db.file("plan.json", plan);
+        let args = run_args(&db, path_str(&plan), &["--no-serve", "--undo"]);
+        let (code, _, err) = run_with_env(&args, None, env);
+        assert_eq!(code, 0, "{env:?}: {err}");
+        assert_eq!(db.query_i64("SELECT count(*) FROM s"), 12);
+        db.conn()
+            .execute_batch("INSERT INTO s(id, v) VALUES (50, 'the application''s')")
+            .unwrap();
+        let file = sha256(&db.path);
+        let (code, _, err) =
+            run_with_env(&undo_args(&db, &["--plan", "p", "--dry-run"]), None, env);
+        assert_eq!(code, 0, "{env:?}: {err}");
+        assert!(
+            err.contains("79 rows would change") && err.contains("1 conflict"),
+            "{env:?}: {err}"
+        );
+        assert_eq!(sha256(&db.path), file, "a dry run writes nothing");
+        let (code, _, err) = run_with_env(&undo_args(&db, &["--plan", "p"]), None, env);
+        assert_eq!(code, 0, "{env:?}: {err}");
+        assert!(
+            err.contains("conflict in s at key 50: the row the run deleted exists again"),
+            "{err}"
+        );
+        assert_eq!(
+            db.query_i64("SELECT count(*) FROM s WHERE v = 'the application''s'"),
+            1
+        );
+        db.conn()
+            .execute_batch("UPDATE s SET v = 'v50', w = 50 / 3.0, b = NULL, n = 0 WHERE id = 50")
+            .unwrap();
+        assert_eq!(
+            content(&db),
+            before,
+            "{env:?}: every row back, with its rowid"
+        );
+    }
+}

@@ -1,12 +1,13 @@
-//! Putting one `UPDATE` or `INSERT` chunk's record back in one statement.
+//! Putting one chunk's record back in one statement.
 //! A range `UPDATE` over the chunk's keys asks, in its `WHERE`, row by row,
 //! whether the record has the row and finds it as the run left it, and
 //! gives each restored column its old value in its `SET`: two SQL
 //! functions of this connection that read the record where it lies, in its
 //! blob. The rows an `INSERT` chunk added go the same way, by a range
-//! `DELETE` that asks the same question. The rows are read and written in
-//! one pass, in key order, as the run wrote them, instead of a query and a
-//! statement per row.
+//! `DELETE` that asks the same question; the rows a `DELETE` chunk removed
+//! come back by one `INSERT … SELECT` over `generate_series`, a row per
+//! entry. The rows are read and written in one pass, in key order, as the
+//! run wrote them, instead of a query and a statement per row.
 //!
 //! The caller decides what a verdict means (conflicts, messages); a part
 //! the statement cannot take (a constraint it trips part-way) is left to
@@ -24,6 +25,8 @@ use crate::plan::quote;
 
 const PICK: &str = "batchsse_undo_pick";
 const OLD: &str = "batchsse_undo_old";
+const GONE: &str = "batchsse_undo_gone";
+const VALUE: &str = "batchsse_undo_value";
 
 /// What became of an entry.
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -107,13 +110,68 @@ impl Job {
             .collect();
         let (t, pick) = (quote(&l.table), format!("{PICK}({k}, {})", cols.join(", ")));
         let range = format!("{k} BETWEEN ?1 AND ?2 AND {pick}");
-        if self.part.op == op::INSERT {
-            return format!("DELETE FROM main.{t} WHERE {range}");
+        match self.part.op {
+            op::INSERT => return format!("DELETE FROM main.{t} WHERE {range}"),
+            op::DELETE => return self.reinsert(&t, k, &cols),
+            _ => {}
         }
         format!(
             "UPDATE OR ABORT main.{t} SET {} WHERE {range}",
             set.join(", ")
         )
+    }
+
+    /// For a delete's part: the rows back, the `i`th entry's from row `i`
+    /// of a counting query (`?1` the last entry's place), unless its key
+    /// exists again.
+    fn reinsert(&self, t: &str, k: &str, cols: &[String]) -> String {
+        let values: Vec<String> = (0..cols.len())
+            .map(|n| format!("{VALUE}(i, {n})"))
+            .collect();
+        format!(
+            "INSERT OR ABORT INTO main.{t}({k}, {}) SELECT {VALUE}(i, -1), {} \
+             FROM (SELECT value AS i FROM generate_series(0, ?1)) \
+             WHERE {GONE}(i, 0)",
+            cols.join(", "),
+            values.join(", ")
+        )
+    }
+
+    /// `GONE(i, exists)`: whether to put back the `i`th entry's row (not
+    /// when its key exists again: a conflict).
+    fn gone(&mut self, args: &[*mut ffi::sqlite3_value]) -> Result<bool, String> {
+        let (i, exists) = (int_arg(args, 0)?, int_arg(args, 1)?);
+        let i = usize::try_from(i)
+            .ok()
+            .filter(|&i| i < self.verdicts.len())
+            .ok_or("no such entry")?;
+        self.verdicts[i] = if self.held.get(i) == Some(&true) {
+            Verdict::Held
+        } else if exists != 0 {
+            Verdict::Kept
+        } else {
+            Verdict::Put
+        };
+        Ok(self.verdicts[i] == Verdict::Put)
+    }
+
+    /// `VALUE(i, n)`: the `i`th entry's key (`n` = -1) or `n`th value.
+    fn entry_value(
+        &mut self,
+        ctx: *mut ffi::sqlite3_context,
+        args: &[*mut ffi::sqlite3_value],
+    ) -> Result<(), String> {
+        let (i, n) = (int_arg(args, 0)?, int_arg(args, 1)?);
+        let i = usize::try_from(i)
+            .ok()
+            .filter(|&i| i < self.part.entries.len())
+            .ok_or("no such entry")?;
+        let v = match usize::try_from(n) {
+            Err(_) => ValueRef::Integer(self.part.entries[i].key),
+            Ok(n) => self.value(i, n).map_err(|e| e.to_string())?,
+        };
+        // SAFETY: ctx belongs to the call in progress.
+        unsafe { set_result(ctx, v) }
     }
 
     /// The entry of the row keyed `key`, looked for from where function
@@ -229,6 +287,8 @@ type Slot = RefCell<Option<Job>>;
 pub struct Bulk {
     db: *mut ffi::sqlite3,
     job: Box<Slot>,
+    /// `generate_series` is there, which a delete's part counts with.
+    pub series: bool,
 }
 
 impl Bulk {
@@ -240,8 +300,11 @@ impl Bulk {
         let bulk = Bulk {
             db,
             job: Box::new(RefCell::new(None)),
+            series: rusqlite::vtab::series::load_module(conn).is_ok(),
         };
-        let ok = bulk.register(PICK, -1, Some(pick_fn)) && bulk.register(OLD, -1, Some(old_fn));
+        let ok = FUNCTIONS
+            .iter()
+            .all(|&(name, args, f)| bulk.register(name, args, Some(f)));
         ok.then_some(bulk)
     }
 
@@ -278,11 +341,14 @@ impl Bulk {
             (Some(lo), Some(hi)) => (lo.key, hi.key),
             _ => return (job, Ok(0)),
         };
+        let last = job.part.entries.len() as i64 - 1;
+        let delete = job.part.op == op::DELETE;
         *self.job.borrow_mut() = Some(job);
         // Not cached: no statement that names the functions outlives them.
-        let done = conn
-            .prepare(&sql)
-            .and_then(|mut s| s.execute(rusqlite::params![lo, hi]));
+        let done = conn.prepare(&sql).and_then(|mut s| match delete {
+            true => s.execute([last]),
+            false => s.execute([lo, hi]),
+        });
         let job = self.job.borrow_mut().take().expect("the job put in above");
         (job, done)
     }
@@ -290,10 +356,19 @@ impl Bulk {
 
 impl Drop for Bulk {
     fn drop(&mut self) {
-        self.register(PICK, -1, None);
-        self.register(OLD, -1, None);
+        for (name, args, _) in FUNCTIONS {
+            self.register(name, args, None);
+        }
     }
 }
+
+/// Each function's name, argument count (-1: any) and entry point.
+const FUNCTIONS: [(&str, c_int, Call); 4] = [
+    (PICK, -1, pick_fn),
+    (OLD, -1, old_fn),
+    (GONE, 2, gone_fn),
+    (VALUE, 2, value_fn),
+];
 
 type Call = unsafe extern "C" fn(*mut ffi::sqlite3_context, c_int, *mut *mut ffi::sqlite3_value);
 
@@ -310,6 +385,30 @@ unsafe extern "C" fn pick_fn(
             Ok(())
         })
     }
+}
+
+unsafe extern "C" fn gone_fn(
+    ctx: *mut ffi::sqlite3_context,
+    argc: c_int,
+    argv: *mut *mut ffi::sqlite3_value,
+) {
+    // SAFETY: SQLite's own call.
+    unsafe {
+        with_job(ctx, argc, argv, |job, args| {
+            let put = job.gone(args)?;
+            ffi::sqlite3_result_int(ctx, c_int::from(put));
+            Ok(())
+        })
+    }
+}
+
+unsafe extern "C" fn value_fn(
+    ctx: *mut ffi::sqlite3_context,
+    argc: c_int,
+    argv: *mut *mut ffi::sqlite3_value,
+) {
+    // SAFETY: SQLite's own call.
+    unsafe { with_job(ctx, argc, argv, |job, args| job.entry_value(ctx, args)) }
 }
 
 unsafe extern "C" fn old_fn(

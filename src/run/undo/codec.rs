@@ -552,15 +552,17 @@ impl Lean {
     }
 }
 
-/// A part that only updates, or only inserts, rows of one rowid table,
-/// each row once, in rising key order (what one `UPDATE` or `INSERT`
-/// chunk records), indexed without copying a value out of its blob.
+/// A part that only updates, only inserts or only deletes rows of one
+/// rowid table, each row once, in rising key order (what one chunk of an
+/// `UPDATE`, `INSERT` or `DELETE` step records), indexed without copying a
+/// value out of its blob.
 pub struct Indexed {
     pub layout: Layout,
-    /// [`op::UPDATE`] or [`op::INSERT`].
+    /// [`op::UPDATE`], [`op::INSERT`] or [`op::DELETE`].
     pub op: u8,
     /// The column lists the entries restore (indices into the layout's);
-    /// for inserts, every column (their prints cover all).
+    /// for inserts and deletes, every column (an insert's print covers
+    /// all, a delete holds all).
     pub masks: Vec<Vec<usize>>,
     pub entries: Vec<Lean>,
 }
@@ -570,7 +572,7 @@ impl Indexed {
     /// what a part SQLite could hold would need.
     fn lean(&mut self, r: &mut Reader<'_>, head: u64, key: i64) -> Result<Option<Lean>, Damaged> {
         let n = self.layout.columns.len();
-        if self.op == op::INSERT {
+        if self.op != op::UPDATE {
             if self.masks.is_empty() {
                 self.masks.push((0..n).collect());
             }
@@ -581,12 +583,13 @@ impl Indexed {
             self.masks.push(Vec::new()); // as in `decode`: the last mask of none
         }
         let (mask, at) = (self.masks.len() - 1, r.at);
-        if self.op == op::UPDATE {
+        if self.op != op::INSERT {
             for _ in 0..self.masks[mask].len() {
                 r.value_ref()?;
             }
         }
-        let print = r.print()?;
+        // A delete's entry has no print: the undo puts its row back whole.
+        let print = if self.op == op::DELETE { 0 } else { r.print()? };
         let (Ok(mask), Ok(at)) = (u32::try_from(mask), u32::try_from(at)) else {
             return Ok(None);
         };
@@ -631,7 +634,7 @@ pub fn index(blob: &[u8], mut entries: Vec<Lean>) -> Result<Option<Indexed>, Dam
     while r.at < blob.len() {
         let head = r.varint()?;
         let (op, next) = ((head & 3) as u8, key.wrapping_add(unzigzag(r.varint()?)));
-        let alike = op == part.op || (part.op == 0 && [op::UPDATE, op::INSERT].contains(&op));
+        let alike = op == part.op || (part.op == 0 && (1..=3).contains(&op));
         if head >> 3 != 0 || !alike || (next <= key && !part.entries.is_empty()) {
             return Ok(None);
         }
@@ -753,7 +756,7 @@ mod tests {
     }
 
     #[test]
-    fn only_one_tables_rising_updates_or_inserts_are_indexed_in_place() {
+    fn only_one_tables_rising_changes_of_one_kind_are_indexed_in_place() {
         let old = enc(&[Value::Integer(5)]);
         let mask = mask_of(1, [0]);
         let part = |int_key: bool, f: &dyn Fn(&mut Encoder, usize)| {
@@ -778,7 +781,11 @@ mod tests {
             e.insert(t, KeyRef::Int(3), 1);
             e.update(t, KeyRef::Int(4), &mask, &old, 1);
         }));
-        assert!(!part(true, &|e, t| e.delete(t, KeyRef::Int(3), &old)));
+        assert!(part(true, &|e, t| e.delete(t, KeyRef::Int(3), &old)));
+        assert!(!part(true, &|e, t| {
+            e.delete(t, KeyRef::Int(3), &old);
+            e.insert(t, KeyRef::Int(4), 1);
+        }));
         assert!(!part(false, &|e, t| e.update(
             t,
             KeyRef::Encoded(&key),

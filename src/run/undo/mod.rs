@@ -2,8 +2,8 @@
 //! what every chunk changed (`record`, in the format of `codec`, for the
 //! tables `shape` can key) into a table of the database file, written in
 //! the chunk's own transaction (`store`); `batchsse undo` applies the
-//! records newest first, chunk by chunk (`apply`, `revert`; an `UPDATE`
-//! or `INSERT` chunk's record in one statement, `bulk`).
+//! records newest first, chunk by chunk (`apply`, `revert`; a chunk's
+//! record of one kind of change in one statement, `bulk`).
 //!
 //! No session extension: rusqlite's `session` feature builds through
 //! bindgen, which needs libclang, and the README's set-up must need only a

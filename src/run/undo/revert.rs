@@ -105,9 +105,9 @@ impl<'c> Reverter<'c> {
         self.apply(&rec, kept)
     }
 
-    /// An `UPDATE` or `INSERT` chunk's part in one statement (see `bulk`):
-    /// the rows put
-    /// back, or the blob again when this way cannot take it.
+    /// One chunk's part of one kind of change in one statement (see
+    /// `bulk`): the rows put back, or the blob again when this way cannot
+    /// take it.
     fn bulk(
         &mut self,
         blob: Vec<u8>,
@@ -120,6 +120,11 @@ impl<'c> Reverter<'c> {
         let Some(bulk) = self.bulk.as_ref() else {
             return Ok(Err(blob));
         };
+        // Overwriting a row that exists again deletes it first: row by row;
+        // as is a key used again (the statement's constraint fails).
+        if part.op == op::DELETE && (self.overwrite || !bulk.series) {
+            return Ok(Err(blob));
+        }
         let held = if self.held.is_empty() {
             Vec::new()
         } else {
@@ -166,6 +171,12 @@ impl<'c> Reverter<'c> {
                     continue;
                 }
                 Verdict::Held => continue, // kept already, and said so
+                Verdict::Kept if job.part.op == op::DELETE => {
+                    "the row the run deleted exists again".to_owned()
+                }
+                Verdict::Unseen if job.part.op == op::DELETE => {
+                    "the row the run deleted was not put back".to_owned()
+                }
                 Verdict::Unseen if job.part.op == op::INSERT => {
                     "the row the run inserted is gone".to_owned()
                 }
