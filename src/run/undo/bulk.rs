@@ -356,8 +356,16 @@ impl Bulk {
 
 impl Drop for Bulk {
     fn drop(&mut self) {
+        let mut gone = true;
         for (name, args, _) in FUNCTIONS {
-            self.register(name, args, None);
+            gone &= self.register(name, args, None);
+        }
+        if !gone {
+            // SQLite keeps a function while any statement runs: the slot it
+            // points to must then outlive this value (a few bytes, leaked).
+            let slot = std::mem::replace(&mut self.job, Box::new(RefCell::new(None)));
+            *slot.borrow_mut() = None;
+            Box::leak(slot);
         }
     }
 }
