@@ -892,3 +892,32 @@ fn a_chunk_whose_rows_changed_different_columns_is_put_back_whole() {
     want.conn().execute_batch(others).unwrap();
     assert_eq!(content(&db), content(&want));
 }
+
+/// A row kept as a conflict that is also gone (the application deleted
+/// it) is one conflict, however many steps changed it: an older part's
+/// entry for it is held silently, as for a row still there.
+#[test]
+fn a_gone_row_changed_by_several_steps_is_one_conflict() {
+    let setup = "CREATE TABLE t(id INTEGER PRIMARY KEY, a INT);
+                 INSERT INTO t VALUES (1, 1), (2, 2), (3, 3), (4, 4), (5, 5), (6, 6);";
+    let step = |add: u32| {
+        format!(
+            r#"{{"sql":"UPDATE t SET a = a + {add} WHERE id BETWEEN :lo AND :hi","chunk":{{"table":"t","size":100}}}}"#
+        )
+    };
+    let plan = format!(r#"{{"name":"p","steps":[{},{}]}}"#, step(1), step(10));
+    for env in [&[][..], &HOOK_OFF[..]] {
+        let (err, db) = round_trip(setup, &plan, "DELETE FROM t WHERE id = 3", env);
+        let said = err
+            .matches("conflict in t at key 3: the row is gone")
+            .count();
+        assert_eq!(said, 1, "{env:?}: {err}");
+        assert!(err.contains("1 conflict kept"), "{env:?}: {err}");
+        assert_eq!(
+            db.query_i64("SELECT count(*) FROM batchsse_undo_conflict"),
+            1,
+            "{env:?}"
+        );
+        assert_eq!(db.query_i64("SELECT sum(a) FROM t"), 1 + 2 + 4 + 5 + 6);
+    }
+}

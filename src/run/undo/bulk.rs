@@ -73,8 +73,16 @@ impl Job {
                     .collect()
             })
             .collect();
+        // A held row is held whether or not it is still there: one that
+        // is gone must not be reported again as gone.
+        let verdicts = (0..part.entries.len())
+            .map(|i| match held.get(i) {
+                Some(true) => Verdict::Held,
+                _ => Verdict::Unseen,
+            })
+            .collect();
         Job {
-            verdicts: vec![Verdict::Unseen; part.entries.len()],
+            verdicts,
             now: Default::default(),
             blob,
             part,
