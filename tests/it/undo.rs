@@ -2,7 +2,7 @@
 //! triggers' and foreign-key actions' too) taken back, the application's
 //! later writes kept as conflicts, and kill -9 anywhere in either.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::util::*;
 
@@ -920,4 +920,39 @@ fn a_gone_row_changed_by_several_steps_is_one_conflict() {
         );
         assert_eq!(db.query_i64("SELECT sum(a) FROM t"), 1 + 2 + 4 + 5 + 6);
     }
+}
+
+/// Ctrl-C while a part is being put back (most of an undo's time is in
+/// the one statement that puts a part back) is an interrupt, as in a run:
+/// exit 130, that part rolled back; the same undo run again finishes.
+#[test]
+fn ctrl_c_in_the_middle_of_a_part_exits_130_and_the_undo_goes_on_after() {
+    let setup = "CREATE TABLE t(id INTEGER PRIMARY KEY, a INT, b TEXT);
+        INSERT INTO t WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 400000)
+          SELECT i, i, 'x' FROM s;";
+    let db = TempDb::with_sql(setup);
+    let before = content(&db);
+    let plan = db.file(
+        "plan.json",
+        r#"{"name":"p","steps":[{"sql":"UPDATE t SET a = a + 1, b = b || id WHERE id BETWEEN :lo AND :hi","chunk":{"table":"t","size":400000}}]}"#,
+    );
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve", "--undo"]));
+    assert_eq!(code, 0, "{err}");
+    // No pause between parts: the signal comes while one is put back.
+    let args = undo_args(&db, &["--plan", "p", "--nice-ratio", "0"]);
+    let mut p = spawn(&args, |_| {});
+    let start = Instant::now();
+    while !p.stderr().contains(": running") {
+        assert!(start.elapsed() < PATIENCE, "{}", p.stderr());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(20));
+    p.signal("INT");
+    let status = p.wait();
+    let err = p.stderr();
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(err.contains("run the same undo again"), "{err}");
+    let (code, _, err) = run(&undo_args(&db, &["--plan", "p"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(content(&db), before);
 }
