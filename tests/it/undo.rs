@@ -956,3 +956,29 @@ fn ctrl_c_in_the_middle_of_a_part_exits_130_and_the_undo_goes_on_after() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(content(&db), before);
 }
+
+/// A part that restores more columns than an SQL function may take
+/// arguments (1000) goes back row by row, as any part did before.
+#[test]
+fn a_part_restoring_a_thousand_columns_is_put_back() {
+    let cols: Vec<String> = (0..1000).map(|i| format!("c{i}")).collect();
+    let setup = format!(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, {});
+         INSERT INTO t(id) VALUES (1), (2), (3);",
+        cols.join(", ")
+    );
+    let set: Vec<String> = cols.iter().map(|c| format!("{c} = id")).collect();
+    let set = set.join(", ");
+    let plan = format!(
+        r#"{{"name":"p","steps":[{{"sql":"UPDATE t SET {set} WHERE id BETWEEN :lo AND :hi","chunk":{{"table":"t","size":10}}}}]}}"#
+    );
+    let app = "UPDATE t SET c5 = 0 WHERE id = 2";
+    let (err, db) = round_trip(&setup, &plan, app, &[]);
+    assert!(err.contains("conflict in t at key 2: c0, c1, c2"), "{err}");
+    assert!(err.contains("1 conflict kept"), "{err}");
+    // Rows 1 and 3 as before the run, row 2 as the application left it.
+    let want = TempDb::with_sql(&setup);
+    let kept = format!("UPDATE t SET {set} WHERE id = 2; {app}");
+    want.conn().execute_batch(&kept).unwrap();
+    assert_eq!(content(&db), content(&want));
+}

@@ -272,6 +272,14 @@ impl Bulk {
         rc == ffi::SQLITE_OK
     }
 
+    /// Whether `job`'s statement can be made: `PICK` takes the key and
+    /// every written column, and SQLite caps a function's arguments.
+    pub fn fits(&self, job: &Job) -> bool {
+        // SAFETY: the open connection's handle (see `new`); -1 only reads.
+        let most = unsafe { ffi::sqlite3_limit(self.db, ffi::SQLITE_LIMIT_FUNCTION_ARG, -1) };
+        usize::try_from(most).is_ok_and(|most| job.union.len() < most)
+    }
+
     /// Runs `job`'s statement; gives the job back with the rows the
     /// statement changed.
     pub fn run(&self, conn: &Connection, job: Job) -> (Job, rusqlite::Result<usize>) {
