@@ -42,8 +42,8 @@ pub struct Job {
     pub part: Updates,
     /// The columns the statement writes (layout indices), rising.
     union: Vec<usize>,
-    /// Per mask, per written column: its place among the mask's values.
-    slots: Vec<Vec<Option<usize>>>,
+    /// Per written column: whether every entry restores it.
+    every: Vec<bool>,
     /// Per entry: kept by an earlier conflict (empty: none is).
     held: Vec<bool>,
     pub verdicts: Vec<Verdict>,
@@ -63,16 +63,15 @@ impl Job {
         let mut union: Vec<usize> = part.masks.iter().flatten().copied().collect();
         union.sort_unstable();
         union.dedup();
-        let slots = part
-            .masks
-            .iter()
-            .map(|m| {
-                union
-                    .iter()
-                    .map(|c| m.iter().position(|x| x == c))
-                    .collect()
-            })
-            .collect();
+        // Counted, not tabled per mask: a part's masks may be as many as
+        // its entries, and a table of masks by columns would grow as both.
+        let mut holding = vec![0usize; union.len()];
+        for c in part.masks.iter().flatten() {
+            if let Ok(u) = union.binary_search(c) {
+                holding[u] += 1;
+            }
+        }
+        let every = holding.iter().map(|&n| n == part.masks.len()).collect();
         // A held row is held whether or not it is still there: one that
         // is gone must not be reported again as gone.
         let verdicts = (0..part.entries.len())
@@ -87,7 +86,7 @@ impl Job {
             blob,
             part,
             union,
-            slots,
+            every,
             held,
             overwrite,
             at: [0; 2],
@@ -105,7 +104,7 @@ impl Job {
         let set: Vec<String> = cols
             .iter()
             .enumerate()
-            .map(|(i, c)| match self.slots.iter().all(|s| s[i].is_some()) {
+            .map(|(i, c)| match self.every[i] {
                 true => format!("{c} = {OLD}({k}, {i})"),
                 false => format!("{c} = {OLD}({k}, {i}, {c})"),
             })
@@ -148,12 +147,14 @@ impl Job {
         }
         let e: &Lean = &self.part.entries[i];
         self.buf.clear();
-        for (u, slot) in self.slots[e.mask as usize].iter().enumerate() {
-            if slot.is_some() {
-                let v = *args.get(u + 1).ok_or("too few arguments")?;
-                // SAFETY: an argument of the call in progress.
-                unsafe { put_raw(&mut self.buf, v) };
-            }
+        for c in &self.part.masks[e.mask as usize] {
+            let u = self
+                .union
+                .binary_search(c)
+                .map_err(|_| "a column not written")?;
+            let v = *args.get(u + 1).ok_or("too few arguments")?;
+            // SAFETY: an argument of the call in progress.
+            unsafe { put_raw(&mut self.buf, v) };
         }
         let put = self.overwrite || print(&self.buf) == e.print;
         self.verdicts[i] = if put {
@@ -176,7 +177,8 @@ impl Job {
         let slot = self.find(1, key).and_then(|i| {
             let mask = self.part.entries[i].mask as usize;
             let at = usize::try_from(n).ok()?;
-            Some(i).zip(self.slots[mask].get(at).copied().flatten())
+            let c = self.union.get(at)?;
+            Some(i).zip(self.part.masks[mask].binary_search(c).ok())
         });
         // SAFETY: ctx and the argument belong to the call in progress.
         unsafe {
