@@ -2,7 +2,7 @@
 //! triggers' and foreign-key actions' too) taken back, the application's
 //! later writes kept as conflicts, and kill -9 anywhere in either.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::util::*;
 
@@ -1066,4 +1066,133 @@ fn rows_a_delete_chunk_removed_come_back_whole_and_a_reused_key_is_kept() {
             "{env:?}: every row back, with its rowid"
         );
     }
+}
+
+/// A row kept as a conflict that is also gone (the application deleted
+/// it) is one conflict, however many steps changed it: an older part's
+/// entry for it is held silently, as for a row still there.
+#[test]
+fn a_gone_row_changed_by_several_steps_is_one_conflict() {
+    let setup = "CREATE TABLE t(id INTEGER PRIMARY KEY, a INT);
+                 INSERT INTO t VALUES (1, 1), (2, 2), (3, 3), (4, 4), (5, 5), (6, 6);";
+    let step = |add: u32| {
+        format!(
+            r#"{{"sql":"UPDATE t SET a = a + {add} WHERE id BETWEEN :lo AND :hi","chunk":{{"table":"t","size":100}}}}"#
+        )
+    };
+    let plan = format!(r#"{{"name":"p","steps":[{},{}]}}"#, step(1), step(10));
+    for env in [&[][..], &HOOK_OFF[..]] {
+        let (err, db) = round_trip(setup, &plan, "DELETE FROM t WHERE id = 3", env);
+        let said = err
+            .matches("conflict in t at key 3: the row is gone")
+            .count();
+        assert_eq!(said, 1, "{env:?}: {err}");
+        assert!(err.contains("1 conflict kept"), "{env:?}: {err}");
+        assert_eq!(
+            db.query_i64("SELECT count(*) FROM batchsse_undo_conflict"),
+            1,
+            "{env:?}"
+        );
+        assert_eq!(db.query_i64("SELECT sum(a) FROM t"), 1 + 2 + 4 + 5 + 6);
+    }
+}
+
+/// Ctrl-C while a part is being put back (most of an undo's time is in
+/// the one statement that puts a part back) is an interrupt, as in a run:
+/// exit 130, that part rolled back; the same undo run again finishes.
+#[test]
+fn ctrl_c_in_the_middle_of_a_part_exits_130_and_the_undo_goes_on_after() {
+    let setup = "CREATE TABLE t(id INTEGER PRIMARY KEY, a INT, b TEXT);
+        INSERT INTO t WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 400000)
+          SELECT i, i, 'x' FROM s;";
+    let db = TempDb::with_sql(setup);
+    let before = content(&db);
+    let plan = db.file(
+        "plan.json",
+        r#"{"name":"p","steps":[{"sql":"UPDATE t SET a = a + 1, b = b || id WHERE id BETWEEN :lo AND :hi","chunk":{"table":"t","size":400000}}]}"#,
+    );
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve", "--undo"]));
+    assert_eq!(code, 0, "{err}");
+    // No pause between parts: the signal comes while one is put back.
+    let args = undo_args(&db, &["--plan", "p", "--nice-ratio", "0"]);
+    let mut p = spawn(&args, |_| {});
+    let start = Instant::now();
+    while !p.stderr().contains(": running") {
+        assert!(start.elapsed() < PATIENCE, "{}", p.stderr());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(20));
+    p.signal("INT");
+    let status = p.wait();
+    let err = p.stderr();
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(err.contains("run the same undo again"), "{err}");
+    let (code, _, err) = run(&undo_args(&db, &["--plan", "p"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(content(&db), before);
+}
+
+/// A part that restores more columns than an SQL function may take
+/// arguments (1000) goes back row by row, as any part did before.
+#[test]
+fn a_part_restoring_a_thousand_columns_is_put_back() {
+    let cols: Vec<String> = (0..1000).map(|i| format!("c{i}")).collect();
+    let setup = format!(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, {});
+         INSERT INTO t(id) VALUES (1), (2), (3);",
+        cols.join(", ")
+    );
+    let set: Vec<String> = cols.iter().map(|c| format!("{c} = id")).collect();
+    let set = set.join(", ");
+    let plan = format!(
+        r#"{{"name":"p","steps":[{{"sql":"UPDATE t SET {set} WHERE id BETWEEN :lo AND :hi","chunk":{{"table":"t","size":10}}}}]}}"#
+    );
+    let app = "UPDATE t SET c5 = 0 WHERE id = 2";
+    let (err, db) = round_trip(&setup, &plan, app, &[]);
+    assert!(err.contains("conflict in t at key 2: c0, c1, c2"), "{err}");
+    assert!(err.contains("1 conflict kept"), "{err}");
+    // Rows 1 and 3 as before the run, row 2 as the application left it.
+    let want = TempDb::with_sql(&setup);
+    let kept = format!("UPDATE t SET {set} WHERE id = 2; {app}");
+    want.conn().execute_batch(&kept).unwrap();
+    assert_eq!(content(&db), content(&want));
+}
+
+/// A part whose rows each changed another column (so nearly every entry
+/// has a mask of its own) goes back in memory that grows with the part,
+/// not with its entries times its columns: the undo fits in a 96 MiB data
+/// limit (the record is under 2 MiB).
+#[test]
+fn a_part_whose_rows_changed_different_columns_is_put_back_in_bounded_memory() {
+    let n = 64;
+    let cols: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
+    // Row `id` has a 0 in column `id % n` only: the run changes that one.
+    let zero: Vec<String> = (0..n).map(|i| format!("i % {n} <> {i}")).collect();
+    let setup = format!(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, {});
+         INSERT INTO t WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 100000)
+           SELECT i, {} FROM s;",
+        cols.join(", "),
+        zero.join(", ")
+    );
+    let db = TempDb::with_sql(&setup);
+    let before = content(&db);
+    let set: Vec<String> = cols.iter().map(|c| format!("{c} = 1")).collect();
+    let plan = db.file(
+        "plan.json",
+        &format!(
+            r#"{{"name":"p","steps":[{{"sql":"UPDATE t SET {} WHERE id BETWEEN :lo AND :hi","chunk":{{"table":"t","size":100000}}}}]}}"#,
+            set.join(", ")
+        ),
+    );
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve", "--undo"]));
+    assert_eq!(code, 0, "{err}");
+    let out = std::process::Command::new("sh")
+        .args(["-c", "ulimit -d 98304 && exec \"$0\" \"$@\"", BIN])
+        .args(undo_args(&db, &["--plan", "p"]))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert_eq!(content(&db), before);
 }

@@ -365,6 +365,11 @@ impl Undoer<'_> {
             }
             let (c0, reverted0) = (Instant::now(), tally.reverted);
             if let Err(why) = self.chunk(c, tally) {
+                // Ctrl-C stops the statement under way with an error: that
+                // is the interrupt, not a failure (the part rolled back).
+                if self.cancel.is_cancelled() {
+                    return Err(self.stopped(&at, RunStatus::Cancelled, INTERRUPTED.into()));
+                }
                 self.message(Level::Error, why.clone());
                 return Err(self.stopped(&at, RunStatus::Failed, why));
             }

@@ -47,8 +47,8 @@ pub struct Job {
     pub part: Indexed,
     /// The columns the statement writes (layout indices), rising.
     union: Vec<usize>,
-    /// Per mask, per written column: its place among the mask's values.
-    slots: Vec<Vec<Option<usize>>>,
+    /// Per written column: whether every entry restores it.
+    every: Vec<bool>,
     /// Per entry: kept by an earlier conflict (empty: none is).
     held: Vec<bool>,
     pub verdicts: Vec<Verdict>,
@@ -68,23 +68,30 @@ impl Job {
         let mut union: Vec<usize> = part.masks.iter().flatten().copied().collect();
         union.sort_unstable();
         union.dedup();
-        let slots = part
-            .masks
-            .iter()
-            .map(|m| {
-                union
-                    .iter()
-                    .map(|c| m.iter().position(|x| x == c))
-                    .collect()
+        // Counted, not tabled per mask: a part's masks may be as many as
+        // its entries, and a table of masks by columns would grow as both.
+        let mut holding = vec![0usize; union.len()];
+        for c in part.masks.iter().flatten() {
+            if let Ok(u) = union.binary_search(c) {
+                holding[u] += 1;
+            }
+        }
+        let every = holding.iter().map(|&n| n == part.masks.len()).collect();
+        // A held row is held whether or not it is still there: one that
+        // is gone must not be reported again as gone.
+        let verdicts = (0..part.entries.len())
+            .map(|i| match held.get(i) {
+                Some(true) => Verdict::Held,
+                _ => Verdict::Unseen,
             })
             .collect();
         Job {
-            verdicts: vec![Verdict::Unseen; part.entries.len()],
+            verdicts,
             now: Default::default(),
             blob,
             part,
             union,
-            slots,
+            every,
             held,
             overwrite,
             at: [0; 2],
@@ -103,7 +110,7 @@ impl Job {
         let set: Vec<String> = cols
             .iter()
             .enumerate()
-            .map(|(i, c)| match self.slots.iter().all(|s| s[i].is_some()) {
+            .map(|(i, c)| match self.every[i] {
                 true => format!("{c} = {OLD}({k}, {i})"),
                 false => format!("{c} = {OLD}({k}, {i}, {c})"),
             })
@@ -204,12 +211,14 @@ impl Job {
         }
         let e: &Lean = &self.part.entries[i];
         self.buf.clear();
-        for (u, slot) in self.slots[e.mask as usize].iter().enumerate() {
-            if slot.is_some() {
-                let v = *args.get(u + 1).ok_or("too few arguments")?;
-                // SAFETY: an argument of the call in progress.
-                unsafe { put_raw(&mut self.buf, v) };
-            }
+        for c in &self.part.masks[e.mask as usize] {
+            let u = self
+                .union
+                .binary_search(c)
+                .map_err(|_| "a column not written")?;
+            let v = *args.get(u + 1).ok_or("too few arguments")?;
+            // SAFETY: an argument of the call in progress.
+            unsafe { put_raw(&mut self.buf, v) };
         }
         let put = self.overwrite || print(&self.buf) == e.print;
         self.verdicts[i] = if put {
@@ -232,7 +241,8 @@ impl Job {
         let slot = self.find(1, key).and_then(|i| {
             let mask = self.part.entries[i].mask as usize;
             let at = usize::try_from(n).ok()?;
-            Some(i).zip(self.slots[mask].get(at).copied().flatten())
+            let c = self.union.get(at)?;
+            Some(i).zip(self.part.masks[mask].binary_search(c).ok())
         });
         // SAFETY: ctx and the argument belong to the call in progress.
         unsafe {
@@ -331,6 +341,14 @@ impl Bulk {
             )
         };
         rc == ffi::SQLITE_OK
+    }
+
+    /// Whether `job`'s statement can be made: `PICK` takes the key and
+    /// every written column, and SQLite caps a function's arguments.
+    pub fn fits(&self, job: &Job) -> bool {
+        // SAFETY: the open connection's handle (see `new`); -1 only reads.
+        let most = unsafe { ffi::sqlite3_limit(self.db, ffi::SQLITE_LIMIT_FUNCTION_ARG, -1) };
+        usize::try_from(most).is_ok_and(|most| job.union.len() < most)
     }
 
     /// Runs `job`'s statement; gives the job back with the rows the

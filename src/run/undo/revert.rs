@@ -132,7 +132,11 @@ impl<'c> Reverter<'c> {
             let held = |e: &Lean| self.held(table, &[Val::Integer(e.key)]);
             part.entries.iter().map(held).collect()
         };
-        let (job, done) = bulk.run(self.conn, Job::new(blob, part, held, self.overwrite));
+        let job = Job::new(blob, part, held, self.overwrite);
+        if !bulk.fits(&job) {
+            return Ok(Err(job.blob));
+        }
+        let (job, done) = bulk.run(self.conn, job);
         let changed = match done {
             Ok(n) => n,
             Err(rusqlite::Error::SqliteFailure(e, _))
