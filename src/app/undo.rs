@@ -38,10 +38,13 @@ fn open(c: UndoConfig) -> Result<Session, UsageError> {
     let conn = runner::open_db(&c.db, c.busy_timeout)?;
     // The record holds every change the plan's triggers and foreign-key
     // actions made; applying it must not set them off again.
+    // And a column renamed or dropped since the run must be an error, not
+    // a double-quoted name read as a string (every row a false conflict).
     conn.set_db_config(
         rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER,
         false,
     )
+    .and_then(|_| conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_DQS_DML, false))
     .and_then(|_| conn.execute_batch("PRAGMA foreign_keys = OFF"))
     .map_err(|e| UsageError::new(format!("cannot turn triggers off for the undo: {e}")))?;
     let (runs, plan) = find(&conn, &c.which).map_err(|e| UsageError::new(sqlite_message(&e)))?;

@@ -1196,3 +1196,40 @@ fn a_part_whose_rows_changed_different_columns_is_put_back_in_bounded_memory() {
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert_eq!(content(&db), before);
 }
+
+/// A column renamed since the run stops the undo with what to do, the
+/// file untouched, whichever way its part goes back (a double-quoted name
+/// is not read as a string, which made every row a false conflict).
+#[test]
+fn a_column_renamed_since_the_run_stops_the_undo_and_says_what_to_do() {
+    let setup = "CREATE TABLE t(id INTEGER PRIMARY KEY, v INT);
+                 CREATE TABLE kv(k TEXT PRIMARY KEY, v INT) WITHOUT ROWID;
+                 INSERT INTO t VALUES (1, 1), (2, 2), (3, 3);
+                 INSERT INTO kv VALUES ('a', 1), ('b', 2);";
+    for (table, step) in [
+        (
+            "t",
+            r#"{"sql":"UPDATE t SET v = v + 1 WHERE id BETWEEN :lo AND :hi","chunk":{"table":"t","size":2}}"#,
+        ),
+        ("kv", r#"{"sql":"UPDATE kv SET v = v + 1"}"#),
+    ] {
+        let db = TempDb::with_sql(setup);
+        let plan = db.file("plan.json", &format!(r#"{{"name":"p","steps":[{step}]}}"#));
+        run_recorded(&db, &plan, &[]);
+        db.conn()
+            .execute_batch(&format!("ALTER TABLE {table} RENAME COLUMN v TO w"))
+            .unwrap();
+        let file = sha256(&db.path);
+        let (code, _, err) = run(&undo_args(&db, &["--plan", "p"]));
+        assert_eq!(code, 1, "{table}: {err}");
+        assert!(
+            !err.contains("conflict"),
+            "{table}: no false conflicts: {err}"
+        );
+        assert!(
+            err.contains("no such column") && err.contains("give the column its old name back"),
+            "{table}: {err}"
+        );
+        assert_eq!(sha256(&db.path), file, "{table}: nothing written");
+    }
+}

@@ -370,6 +370,7 @@ impl Undoer<'_> {
                 if self.cancel.is_cancelled() {
                     return Err(self.stopped(&at, RunStatus::Cancelled, INTERRUPTED.into()));
                 }
+                let why = schema_hint(why);
                 self.message(Level::Error, why.clone());
                 return Err(self.stopped(&at, RunStatus::Failed, why));
             }
@@ -515,4 +516,15 @@ fn json_value(v: &Value) -> serde_json::Value {
         Value::Text(t) => json!(t),
         Value::Blob(_) => json!(shown(v)),
     }
+}
+
+/// A failure from a column the record names that the table no longer has,
+/// with what to do about it.
+fn schema_hint(why: String) -> String {
+    if !why.contains("no such column") && !why.contains("has no column named") {
+        return why;
+    }
+    format!(
+        "{why}: the table's columns changed since the run was recorded, and the undo puts back the columns it recorded; give the column its old name back and run the undo again, or drop the record with `batchsse undo clear`"
+    )
 }
