@@ -659,17 +659,25 @@ fn updates_by_triggers_cascades_and_upserts_to_columns_the_step_does_not_name_ar
 /// "application" run `app`, then takes the plan back; returns the undo's
 /// stderr and the file.
 fn round_trip(setup: &str, plan: &str, app: &str, env: &[(&str, &str)]) -> (String, TempDb) {
-    let db = TempDb::with_sql(setup);
-    let plan = db.file("plan.json", plan);
-    let args = run_args(&db, path_str(&plan), &["--no-serve", "--undo"]);
-    let (code, _, err) = run_with_env(&args, None, env);
-    assert_eq!(code, 0, "{env:?}: {err}");
+    let (db, _) = recorded_run(setup, plan, env);
     if !app.is_empty() {
         db.conn().execute_batch(app).unwrap();
     }
     let (code, _, err) = run_with_env(&undo_args(&db, &["--plan", "p"]), None, env);
     assert_eq!(code, 0, "{env:?}: {err}");
     (err, db)
+}
+
+/// A file made by `setup`, its content then, and `plan` run on it with
+/// `--undo` (and `env`), which must succeed.
+fn recorded_run(setup: &str, plan: &str, env: &[(&str, &str)]) -> (TempDb, String) {
+    let db = TempDb::with_sql(setup);
+    let before = content(&db);
+    let plan = db.file("plan.json", plan);
+    let args = run_args(&db, path_str(&plan), &["--no-serve", "--undo"]);
+    let (code, _, err) = run_with_env(&args, None, env);
+    assert_eq!(code, 0, "{env:?}: {err}");
+    (db, before)
 }
 
 /// `batchsse run --undo --batch-size 2` of `plan` on `db`, with `env`;
@@ -685,6 +693,20 @@ fn run_recorded(db: &TempDb, plan: &std::path::Path, env: &[(&str, &str)]) {
 }
 
 const HOOK_OFF: [(&str, &str); 1] = [("BATCHSSE_UNDO_HOOK", "off")];
+
+/// `batchsse undo --plan p` with `env`, after a `--dry-run` of it that
+/// must say each of `said` and leave the file as it was; the undo must
+/// succeed. Returns its stderr.
+fn dry_run_then_undo(db: &TempDb, env: &[(&str, &str)], said: &[&str]) -> String {
+    let file = sha256(&db.path);
+    let (code, _, err) = run_with_env(&undo_args(db, &["--plan", "p", "--dry-run"]), None, env);
+    assert_eq!(code, 0, "{env:?}: {err}");
+    assert!(said.iter().all(|s| err.contains(s)), "{env:?}: {err}");
+    assert_eq!(sha256(&db.path), file, "a dry run writes nothing");
+    let (code, _, err) = run_with_env(&undo_args(db, &["--plan", "p"]), None, env);
+    assert_eq!(code, 0, "{env:?}: {err}");
+    err
+}
 
 /// Once a row is kept as a conflict, none of the run's older changes to it
 /// is put back either: an older one could match what the application wrote
@@ -861,17 +883,8 @@ fn a_chunk_whose_rows_changed_different_columns_is_put_back_whole() {
         kept, "7'app'X''NULL",
         "the run's a and e, the application's b"
     );
-    let file = sha256(&db.path);
-    let (code, _, err) = run(&undo_args(&db, &["--plan", "p", "--dry-run"]));
-    assert_eq!(code, 0, "{err}");
     // 58 rows of each table, and the 60 rows the trigger logged.
-    assert!(
-        err.contains("176 rows would change") && err.contains("4 conflicts"),
-        "{err}"
-    );
-    assert_eq!(sha256(&db.path), file, "a dry run writes nothing");
-    let (code, _, err) = run(&undo_args(&db, &["--plan", "p"]));
-    assert_eq!(code, 0, "{err}");
+    let err = dry_run_then_undo(&db, &[], &["176 rows would change", "4 conflicts"]);
     for t in ["m", "slow"] {
         assert!(
             err.contains(&format!("conflict in {t} at key 6: a, b, e are")),
@@ -958,29 +971,14 @@ fn rows_an_insert_chunk_added_are_deleted_whole_and_changed_ones_kept() {
                  INSERT INTO copy(id, v) VALUES (1000, 'the application''s own');";
     let plan = r#"{"name":"p","steps":[{"sql":"INSERT INTO copy(id, v, w) SELECT id, v, w FROM src WHERE id BETWEEN :lo AND :hi","chunk":{"table":"src","size":25}}]}"#;
     for env in [&[][..], &HOOK_OFF[..]] {
-        let db = TempDb::with_sql(setup);
-        let before = content(&db);
-        let plan = db.file("plan.json", plan);
-        let args = run_args(&db, path_str(&plan), &["--no-serve", "--undo"]);
-        let (code, _, err) = run_with_env(&args, None, env);
-        assert_eq!(code, 0, "{env:?}: {err}");
+        let (db, before) = recorded_run(setup, plan, env);
         assert_eq!(db.query_i64("SELECT count(*) FROM copy"), 91);
         db.conn()
             .execute_batch(
                 "UPDATE copy SET note = 'seen' WHERE id = 30; DELETE FROM copy WHERE id = 31;",
             )
             .unwrap();
-        let file = sha256(&db.path);
-        let (code, _, err) =
-            run_with_env(&undo_args(&db, &["--plan", "p", "--dry-run"]), None, env);
-        assert_eq!(code, 0, "{env:?}: {err}");
-        assert!(
-            err.contains("88 rows would change") && err.contains("2 conflicts"),
-            "{env:?}: {err}"
-        );
-        assert_eq!(sha256(&db.path), file, "a dry run writes nothing");
-        let (code, _, err) = run_with_env(&undo_args(&db, &["--plan", "p"]), None, env);
-        assert_eq!(code, 0, "{env:?}: {err}");
+        let err = dry_run_then_undo(&db, env, &["88 rows would change", "2 conflicts"]);
         assert!(
             err.contains(
                 "conflict in copy at key 30: the row the run inserted has been changed since"
@@ -1028,27 +1026,12 @@ fn rows_a_delete_chunk_removed_come_back_whole_and_a_reused_key_is_kept() {
         {"sql":"DELETE FROM s WHERE id BETWEEN :lo AND :hi AND id % 7 <> 0","chunk":{"table":"s","size":30}},
         {"sql":"DELETE FROM plain"}]}"#;
     for env in [&[][..], &HOOK_OFF[..]] {
-        let db = TempDb::with_sql(setup);
-        let before = content(&db);
-        let plan = db.file("plan.json", plan);
-        let args = run_args(&db, path_str(&plan), &["--no-serve", "--undo"]);
-        let (code, _, err) = run_with_env(&args, None, env);
-        assert_eq!(code, 0, "{env:?}: {err}");
+        let (db, before) = recorded_run(setup, plan, env);
         assert_eq!(db.query_i64("SELECT count(*) FROM s"), 12);
         db.conn()
             .execute_batch("INSERT INTO s(id, v) VALUES (50, 'the application''s')")
             .unwrap();
-        let file = sha256(&db.path);
-        let (code, _, err) =
-            run_with_env(&undo_args(&db, &["--plan", "p", "--dry-run"]), None, env);
-        assert_eq!(code, 0, "{env:?}: {err}");
-        assert!(
-            err.contains("79 rows would change") && err.contains("1 conflict"),
-            "{env:?}: {err}"
-        );
-        assert_eq!(sha256(&db.path), file, "a dry run writes nothing");
-        let (code, _, err) = run_with_env(&undo_args(&db, &["--plan", "p"]), None, env);
-        assert_eq!(code, 0, "{env:?}: {err}");
+        let err = dry_run_then_undo(&db, env, &["79 rows would change", "1 conflict"]);
         assert!(
             err.contains("conflict in s at key 50: the row the run deleted exists again"),
             "{err}"
