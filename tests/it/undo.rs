@@ -1216,3 +1216,17 @@ fn a_column_renamed_since_the_run_stops_the_undo_and_says_what_to_do() {
         assert_eq!(sha256(&db.path), file, "{table}: nothing written");
     }
 }
+
+/// A file with a table of its own named `generate_series` (the name the
+/// one-statement way counts a purge's rows with) still gets its purge back.
+#[test]
+fn a_table_named_generate_series_does_not_stop_a_purge_coming_back() {
+    let setup = "CREATE TABLE generate_series(x);
+                 CREATE TABLE t(id INTEGER PRIMARY KEY, v INT);
+                 INSERT INTO t VALUES (1, 1), (2, 2), (3, 3);";
+    let plan = r#"{"name":"p","steps":[{"sql":"DELETE FROM t WHERE id BETWEEN :lo AND :hi","chunk":{"table":"t","size":2}}]}"#;
+    let before = content(&TempDb::with_sql(setup));
+    let (err, db) = round_trip(setup, plan, "", &[]);
+    assert!(err.contains("3 rows changed"), "{err}");
+    assert_eq!(content(&db), before);
+}

@@ -310,7 +310,7 @@ impl Bulk {
         let bulk = Bulk {
             db,
             job: Box::new(RefCell::new(None)),
-            series: rusqlite::vtab::series::load_module(conn).is_ok(),
+            series: rusqlite::vtab::series::load_module(conn).is_ok() && !shadowed(conn),
         };
         let ok = FUNCTIONS
             .iter()
@@ -395,6 +395,14 @@ const FUNCTIONS: [(&str, c_int, Call); 4] = [
     (GONE, 2, gone_fn),
     (VALUE, 2, value_fn),
 ];
+
+/// Whether the file has a table or view of its own named
+/// `generate_series`, which the name would then mean.
+fn shadowed(conn: &Connection) -> bool {
+    let sql = "SELECT EXISTS (SELECT 1 FROM main.sqlite_schema WHERE name = 'generate_series' COLLATE NOCASE)
+                   OR EXISTS (SELECT 1 FROM temp.sqlite_schema WHERE name = 'generate_series' COLLATE NOCASE)";
+    conn.query_row(sql, [], |r| r.get(0)).unwrap_or(true)
+}
 
 type Call = unsafe extern "C" fn(*mut ffi::sqlite3_context, c_int, *mut *mut ffi::sqlite3_value);
 
