@@ -100,8 +100,9 @@ impl Job {
         }
     }
 
-    /// The statement (for an insert's part, a `DELETE`): `?1`, `?2` the
-    /// part's lowest and highest keys.
+    /// The statement: for an update's part an `UPDATE`, for an insert's a
+    /// `DELETE` (`?1`, `?2` the part's lowest and highest keys), for a
+    /// delete's an `INSERT` (see [`Job::reinsert`]).
     fn statement(&self) -> String {
         let l = &self.part.layout;
         let k = &l.key[0];
@@ -129,8 +130,9 @@ impl Job {
     }
 
     /// For a delete's part: the rows back, the `i`th entry's from row `i`
-    /// of a counting query (`?1` the last entry's place), unless its key
-    /// exists again.
+    /// of a counting query (`?1` the last entry's place), but for rows held
+    /// by an earlier conflict. A key used again since trips the insert's
+    /// constraint: the part then goes row by row, which reports it.
     fn reinsert(&self, t: &str, k: &str, cols: &[String]) -> String {
         let values: Vec<String> = (0..cols.len())
             .map(|n| format!("{VALUE}(i, {n})"))
@@ -138,27 +140,22 @@ impl Job {
         format!(
             "INSERT OR ABORT INTO main.{t}({k}, {}) SELECT {VALUE}(i, -1), {} \
              FROM (SELECT value AS i FROM generate_series(0, ?1)) \
-             WHERE {GONE}(i, 0)",
+             WHERE {GONE}(i)",
             cols.join(", "),
             values.join(", ")
         )
     }
 
-    /// `GONE(i, exists)`: whether to put back the `i`th entry's row (not
-    /// when its key exists again: a conflict).
+    /// `GONE(i)`: whether to put back the `i`th entry's row (not when an
+    /// earlier conflict holds it).
     fn gone(&mut self, args: &[*mut ffi::sqlite3_value]) -> Result<bool, String> {
-        let (i, exists) = (int_arg(args, 0)?, int_arg(args, 1)?);
-        let i = usize::try_from(i)
+        let i = usize::try_from(int_arg(args, 0)?)
             .ok()
             .filter(|&i| i < self.verdicts.len())
             .ok_or("no such entry")?;
-        self.verdicts[i] = if self.held.get(i) == Some(&true) {
-            Verdict::Held
-        } else if exists != 0 {
-            Verdict::Kept
-        } else {
-            Verdict::Put
-        };
+        if self.verdicts[i] != Verdict::Held {
+            self.verdicts[i] = Verdict::Put;
+        }
         Ok(self.verdicts[i] == Verdict::Put)
     }
 
@@ -392,7 +389,7 @@ impl Drop for Bulk {
 const FUNCTIONS: [(&str, c_int, Call); 4] = [
     (PICK, -1, pick_fn),
     (OLD, -1, old_fn),
-    (GONE, 2, gone_fn),
+    (GONE, 1, gone_fn),
     (VALUE, 2, value_fn),
 ];
 

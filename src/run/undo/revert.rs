@@ -175,9 +175,6 @@ impl<'c> Reverter<'c> {
                     continue;
                 }
                 Verdict::Held => continue, // kept already, and said so
-                Verdict::Kept if job.part.op == op::DELETE => {
-                    "the row the run deleted exists again".to_owned()
-                }
                 Verdict::Unseen if job.part.op == op::DELETE => {
                     "the row the run deleted was not put back".to_owned()
                 }
