@@ -49,8 +49,7 @@ pub struct Job {
     union: Vec<usize>,
     /// Per written column: whether every entry restores it.
     every: Vec<bool>,
-    /// Per entry: kept by an earlier conflict (empty: none is).
-    held: Vec<bool>,
+    /// Per entry; those an earlier conflict keeps start as held.
     pub verdicts: Vec<Verdict>,
     /// For each entry kept: its restored columns' current encodings.
     pub now: std::collections::HashMap<usize, Vec<u8>>,
@@ -92,7 +91,6 @@ impl Job {
             part,
             union,
             every,
-            held,
             overwrite,
             at: [0; 2],
             next: (usize::MAX, 0, 0),
@@ -202,8 +200,7 @@ impl Job {
         let Some(i) = self.find(0, int_arg(args, 0)?) else {
             return Ok(false); // a row the run did not change
         };
-        if self.held.get(i) == Some(&true) {
-            self.verdicts[i] = Verdict::Held;
+        if self.verdicts[i] == Verdict::Held {
             return Ok(false);
         }
         let e: &Lean = &self.part.entries[i];
@@ -409,13 +406,7 @@ unsafe extern "C" fn pick_fn(
     argv: *mut *mut ffi::sqlite3_value,
 ) {
     // SAFETY: SQLite's own call.
-    unsafe {
-        with_job(ctx, argc, argv, |job, args| {
-            let put = job.pick(args)?;
-            ffi::sqlite3_result_int(ctx, c_int::from(put));
-            Ok(())
-        })
-    }
+    unsafe { answer(ctx, argc, argv, Job::pick) }
 }
 
 unsafe extern "C" fn gone_fn(
@@ -424,10 +415,24 @@ unsafe extern "C" fn gone_fn(
     argv: *mut *mut ffi::sqlite3_value,
 ) {
     // SAFETY: SQLite's own call.
+    unsafe { answer(ctx, argc, argv, Job::gone) }
+}
+
+/// A yes-or-no function: `f`'s answer as 1 or 0.
+///
+/// # Safety
+/// As for [`with_job`].
+unsafe fn answer(
+    ctx: *mut ffi::sqlite3_context,
+    argc: c_int,
+    argv: *mut *mut ffi::sqlite3_value,
+    f: fn(&mut Job, &[*mut ffi::sqlite3_value]) -> Result<bool, String>,
+) {
+    // SAFETY: the caller's promise.
     unsafe {
         with_job(ctx, argc, argv, |job, args| {
-            let put = job.gone(args)?;
-            ffi::sqlite3_result_int(ctx, c_int::from(put));
+            let yes = f(job, args)?;
+            ffi::sqlite3_result_int(ctx, c_int::from(yes));
             Ok(())
         })
     }

@@ -1,8 +1,9 @@
 //! Applying one recorded part back: its entries newest first, each checked
 //! for a later change by the application (a conflict) before the row is
-//! put back as it was. The common part (one `UPDATE` statement's chunk:
-//! the same columns of distinct rows of one rowid table) reads the rows'
-//! current values in one range scan instead of one query per row.
+//! put back as it was. The common parts (one chunk's updates, inserts or
+//! deletes of distinct rows of one rowid table) go back in one statement
+//! instead (`bulk`); this row-by-row way takes the rest, and a part that
+//! statement cannot take.
 
 use std::collections::{HashMap, HashSet};
 
@@ -207,9 +208,6 @@ impl<'c> Reverter<'c> {
     pub fn apply(&mut self, rec: &Record, kept: &mut OnKept<'_>) -> Result<u64, String> {
         self.sql.clear();
         let sql = |e: rusqlite::Error| crate::run::db::run_time_message(self.conn, &e);
-        if let Some(done) = self.in_range(rec, kept).map_err(sql)? {
-            return done;
-        }
         // A row changed several times is one row: counted with sets, unless
         // the record promises one entry per row.
         let mut rows: HashSet<(usize, Vec<u8>)> = HashSet::new();
@@ -245,133 +243,6 @@ impl<'c> Reverter<'c> {
             reverted = (rows.len() - conflicts.len()) as u64;
         }
         Ok(reverted)
-    }
-
-    /// The common part, all at once: the current values by one range scan,
-    /// then each row put back. `None`: not such a part.
-    fn in_range(
-        &mut self,
-        rec: &Record,
-        kept: &mut OnKept<'_>,
-    ) -> rusqlite::Result<Option<Result<u64, String>>> {
-        let (Some(first), Some(last)) = (rec.entries.first(), rec.entries.last()) else {
-            return Ok(Some(Ok(0)));
-        };
-        let l = &rec.tables[first.table];
-        let int = |e: &Entry| match e.key.first() {
-            Some(Val::Integer(k)) => Some(*k),
-            _ => None,
-        };
-        let alike = |e: &Entry| e.op == op::UPDATE && e.table == first.table;
-        if !rec.unique || !l.int_key || !rec.entries.iter().all(alike) {
-            return Ok(None);
-        }
-        if !rec.entries.is_sorted_by_key(int) || int(first).is_none() {
-            return Ok(None);
-        }
-        let verdicts = self.verdicts(l, rec, (int(first), int(last)))?;
-        // One statement per set of columns; entries alike share theirs.
-        let mut writes: Vec<(&[usize], rusqlite::Statement<'c>)> = Vec::new();
-        let mut at = 0;
-        let mut reverted = 0;
-        // Newest first, as the run's changes are undone everywhere.
-        for (e, why) in rec.entries.iter().zip(verdicts).rev() {
-            if self.held(&l.table, &e.key) {
-                continue; // kept already, and said so
-            }
-            let put_back = match &why {
-                None => true,
-                Some((gone, _)) => self.overwrite && !gone,
-            };
-            if put_back {
-                if writes.get(at).is_none_or(|w| w.0 != &e.columns[..]) {
-                    at = match writes.iter().position(|w| w.0 == &e.columns[..]) {
-                        Some(i) => i,
-                        None => {
-                            let [_, write] = statements(l, e);
-                            writes.push((&e.columns[..], self.conn.prepare(&write)?));
-                            writes.len() - 1
-                        }
-                    };
-                }
-                let stmt = &mut writes[at].1;
-                stmt.execute(params_from_iter(e.old.iter().chain(&e.key)))?;
-            }
-            match why {
-                Some((_, why)) if !put_back => {
-                    self.held.insert(held_id(&l.table, &e.key));
-                    let conflict = Conflict {
-                        table: &l.table,
-                        key: key_value(&e.key),
-                        shown: key_shown(&e.key),
-                        why,
-                    };
-                    if let Err(stop) = kept(conflict) {
-                        return Ok(Some(Err(stop)));
-                    }
-                }
-                _ => reverted += 1,
-            }
-        }
-        Ok(Some(Ok(reverted)))
-    }
-
-    /// For each entry of an [`Reverter::in_range`] part, in key order: why
-    /// it conflicts (and whether because its row is gone), if it does.
-    fn verdicts(
-        &mut self,
-        l: &Layout,
-        rec: &Record,
-        (lo, hi): (Option<i64>, Option<i64>),
-    ) -> rusqlite::Result<Vec<Option<(bool, String)>>> {
-        // Every column some entry restores, read once per row.
-        let mut union: Vec<usize> = rec
-            .entries
-            .iter()
-            .flat_map(|e| e.columns.iter().copied())
-            .collect();
-        union.sort_unstable();
-        union.dedup();
-        let cols: String = union
-            .iter()
-            .map(|&c| format!(", {}", quote(&l.columns[c])))
-            .collect();
-        let k = &l.key[0];
-        let read = format!(
-            "SELECT {k}{cols} FROM main.{} WHERE {k} BETWEEN ?1 AND ?2 ORDER BY {k}",
-            quote(&l.table)
-        );
-        let mut stmt = self.conn.prepare_cached(&read)?;
-        let mut rows = stmt.query(rusqlite::params![lo, hi])?;
-        let mut out = Vec::with_capacity(rec.entries.len());
-        let mut row = rows.next()?;
-        for e in &rec.entries {
-            let want = match e.key.first() {
-                Some(Val::Integer(k)) => *k,
-                _ => i64::MIN,
-            };
-            while let Some(r) = row {
-                if r.get::<_, i64>(0)? >= want {
-                    break;
-                }
-                row = rows.next()?;
-            }
-            let Some(r) = row.filter(|r| r.get::<_, i64>(0).ok() == Some(want)) else {
-                out.push(Some((true, "the row is gone".to_owned())));
-                continue;
-            };
-            self.buf.clear();
-            for c in e.columns.iter() {
-                let at = union.binary_search(c).unwrap_or_default();
-                put_value(&mut self.buf, r.get_ref(at + 1)?);
-            }
-            out.push(
-                (Some(print(&self.buf)) != e.print)
-                    .then(|| (false, changed(l, &e.columns, &self.buf))),
-            );
-            row = Some(r);
-        }
-        Ok(out)
     }
 
     /// Puts one entry back; why it is a conflict, if it is one and was
