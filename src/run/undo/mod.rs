@@ -21,6 +21,8 @@ mod raw;
 mod record;
 mod revert;
 mod shape;
+#[cfg(batchsse_preupdate)]
+mod spill;
 pub mod store;
 
 pub use record::{Hook, Recorder};

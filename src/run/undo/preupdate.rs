@@ -19,9 +19,7 @@ use rusqlite::types::ValueRef;
 
 use super::codec::{Encoder, KeyRef, Layout, print, put_value};
 use super::raw::{put_raw, value_ref};
-
-/// A recorded part: its entries and its blob.
-pub type Part = (u64, Vec<u8>);
+use super::spill::Parts;
 
 /// One table the hook records, with where its columns are in SQLite's
 /// column order.
@@ -37,12 +35,11 @@ struct Watched {
     index: Option<usize>,
 }
 
-#[derive(Default)]
 struct State {
     on: bool,
     tables: Vec<Watched>,
     enc: Encoder,
-    parts: Vec<Part>,
+    parts: Parts,
     /// Why the record is incomplete (a table it cannot key, a value
     /// SQLite would not give).
     broken: Option<String>,
@@ -76,13 +73,19 @@ pub struct PreHook {
 
 impl PreHook {
     /// Installs the hook on `conn`, which must outlive it; recording is
-    /// off until [`PreHook::arm`]. Parts are cut at `part_bytes`.
-    pub fn install(conn: &Connection, part_bytes: usize) -> PreHook {
+    /// off until [`PreHook::arm`]. Parts are cut at `part_bytes`; a
+    /// statement's parts past `held_bytes` wait in a temporary file.
+    pub fn install(conn: &Connection, part_bytes: usize, held_bytes: usize) -> PreHook {
         let shared = Box::new(Shared {
             state: RefCell::new(State {
+                on: false,
+                tables: Vec::new(),
                 enc: Encoder::new(false),
+                parts: Parts::new(held_bytes),
+                broken: None,
                 part_bytes,
-                ..State::default()
+                scratch: Scratch::default(),
+                last: None,
             }),
             missed: Cell::new(false),
         });
@@ -143,7 +146,7 @@ impl PreHook {
         s.tables = tables;
         s.last = None;
         s.enc = Encoder::new(false);
-        s.parts.clear();
+        s.parts.take();
         s.broken = None;
         s.on = true;
         Ok(())
@@ -164,28 +167,31 @@ impl PreHook {
         // SQLite may reuse a name's memory after a schema change.
         s.last = None;
         let _ = s.enc.finish();
-        s.parts.clear();
+        s.parts.take();
         s.broken = None;
     }
 
     /// What was recorded since the last call, as parts; an error when the
     /// record is incomplete.
-    pub fn take(&self) -> Result<Vec<Part>, String> {
+    pub fn take(&self) -> Result<Parts, String> {
         let mut s = self.shared.state.borrow_mut();
         if self.shared.missed.replace(false) {
             s.broken = Some("a change came while the record was busy".into());
         }
         if let Some(why) = s.broken.take() {
             let _ = s.enc.finish();
-            s.parts.clear();
+            s.parts.take();
             return Err(why);
         }
         if !s.enc.is_empty() {
             let rows = s.enc.entries();
             let blob = s.enc.finish();
-            s.parts.push((rows, blob));
+            if let Err(e) = s.parts.push((rows, blob)) {
+                s.parts.take();
+                return Err(spill_failed(e));
+            }
         }
-        Ok(std::mem::take(&mut s.parts))
+        Ok(s.parts.take())
     }
 }
 
@@ -194,6 +200,14 @@ impl Drop for PreHook {
         // SAFETY: removes this hook from the connection it was put on.
         unsafe { ffi::sqlite3_preupdate_hook(self.db, None, std::ptr::null_mut()) };
     }
+}
+
+/// Why the record is incomplete when a part could not be put aside.
+fn spill_failed(e: std::io::Error) -> String {
+    format!(
+        "could not write the undo record to a temporary file ({e}); \
+         give the step a chunk, or point TMPDIR at a folder with room"
+    )
 }
 
 /// A column's name without the quotes a layout's key may have.
@@ -336,7 +350,7 @@ impl Change {
         if s.enc.len() >= s.part_bytes {
             let rows = s.enc.entries();
             let blob = s.enc.finish();
-            s.parts.push((rows, blob));
+            s.parts.push((rows, blob)).map_err(spill_failed)?;
         }
         Ok(())
     }
@@ -444,5 +458,48 @@ impl Key {
             Key::Int(k) => KeyRef::Int(*k),
             Key::Encoded(b) => KeyRef::Encoded(b),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The parts recorded for one statement over 3,000 rows, cut at 1 KiB,
+    /// with `held` bytes of them kept in memory; and whether any went to a
+    /// file.
+    fn recorded(held: usize) -> (Vec<(u64, Vec<u8>)>, bool) {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, n INTEGER);
+             INSERT INTO t WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 3000)
+               SELECT i, printf('row %d', i), i FROM s;",
+        )
+        .unwrap();
+        let hook = PreHook::install(&conn, 1024, held);
+        hook.arm(&conn, super::super::shape::layouts(&conn).unwrap(), None)
+            .unwrap();
+        conn.execute("UPDATE t SET v = v || '!', n = -n", [])
+            .unwrap();
+        let parts = hook.take().unwrap();
+        let spilled = parts.spilled();
+        let mut out = Vec::new();
+        parts
+            .each(|rows, blob| {
+                out.push((rows, blob.to_vec()));
+                Ok(())
+            })
+            .unwrap();
+        (out, spilled)
+    }
+
+    #[test]
+    fn a_statement_past_the_budget_records_the_same_parts_through_a_file() {
+        let (held, spilled_none) = recorded(usize::MAX);
+        let (spilled, spilled_some) = recorded(4096);
+        assert!(!spilled_none && spilled_some);
+        assert!(held.len() > 20, "{} parts", held.len());
+        assert_eq!(held.iter().map(|p| p.0).sum::<u64>(), 3000);
+        assert_eq!(held, spilled);
     }
 }

@@ -149,7 +149,9 @@ impl<'c> Recorder<'c> {
             armed: Cell::new(0),
             rows: RefCell::default(),
             #[cfg(batchsse_preupdate)]
-            pre: super::preupdate().then(|| super::preupdate::PreHook::install(conn, PART_BYTES)),
+            pre: super::preupdate().then(|| {
+                super::preupdate::PreHook::install(conn, PART_BYTES, super::spill::HELD_BYTES)
+            }),
         }
     }
 
@@ -295,9 +297,8 @@ impl<'c> Recorder<'c> {
         if let Some(pre) = &self.pre {
             pre.discard();
             let changed = work().inspect_err(|_| pre.discard())?;
-            for (rows, blob) in pre.take().map_err(store::failure)? {
-                self.note_part(step, rows, &blob)?;
-            }
+            let parts = pre.take().map_err(store::failure)?;
+            parts.each(|rows, blob| self.note_part(step, rows, blob))?;
             return Ok(changed);
         }
         let _ = step; // a build without the hook never comes here
