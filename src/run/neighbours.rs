@@ -42,17 +42,22 @@ impl Neighbours {
     }
 
     /// The database or one of its side files was written within `within`.
+    /// An empty `-wal` does not count: SQLite makes one when a connection
+    /// opens a WAL database whose last user closed it (the run's own
+    /// connection, too), and one emptied by a checkpoint leaves the
+    /// database file itself written.
     pub(super) fn written_within(&self, within: Duration) -> bool {
         ["", "-wal", "-journal"].iter().any(|suffix| {
             let mut name = self.path.as_os_str().to_owned();
             name.push(suffix);
-            std::fs::metadata(PathBuf::from(name))
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| {
+            std::fs::metadata(PathBuf::from(name)).is_ok_and(|m| {
+                let fresh = m.modified().is_ok_and(|t| {
                     SystemTime::now()
                         .duration_since(t)
                         .map_or(true, |age| age < within)
-                })
+                });
+                fresh && (*suffix != "-wal" || m.len() > 0)
+            })
         })
     }
 
@@ -274,5 +279,42 @@ sys.stdin.read()
         f.set_modified(SystemTime::now() - Duration::from_secs(3600))
             .expect("mtime");
         assert!(!n.written_within(Duration::from_secs(60)));
+    }
+
+    /// Sets `path`'s modification time `secs` back.
+    fn age(path: &Path, secs: u64) {
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .expect("open")
+            .set_modified(SystemTime::now() - Duration::from_secs(secs))
+            .expect("mtime");
+    }
+
+    #[test]
+    fn an_empty_wal_made_just_now_is_no_write_but_one_with_frames_is() {
+        let (_dir, path, mine) = db(true);
+        drop(mine); // the last connection: SQLite removes the -wal
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        let wal = PathBuf::from(wal);
+        assert!(!wal.exists());
+        age(&path, 3600);
+        let n = Neighbours::new(&path, true);
+        assert!(!n.written_within(Duration::from_secs(60)));
+        // Opening the file again makes an empty -wal: nobody wrote.
+        let reader = rusqlite::Connection::open(&path).expect("open");
+        let rows: i64 = reader
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .expect("read");
+        assert_eq!(rows, 1);
+        assert_eq!(std::fs::metadata(&wal).expect("-wal").len(), 0);
+        assert!(!n.written_within(Duration::from_secs(60)));
+        // A commit puts frames in it.
+        reader
+            .execute("INSERT INTO t VALUES (2)", [])
+            .expect("write");
+        assert!(std::fs::metadata(&wal).expect("-wal").len() > 0);
+        assert!(n.written_within(Duration::from_secs(60)));
     }
 }

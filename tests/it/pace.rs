@@ -57,6 +57,29 @@ fn a_file_written_lately_starts_at_the_live_pace_an_old_one_at_the_idle_pace() {
     );
 }
 
+/// A WAL database nobody has open has no `-wal` file (the last connection
+/// removes it); the run's own connection makes an empty one, which must not
+/// read as an application's write.
+#[test]
+fn an_idle_wal_file_starts_at_the_idle_pace() {
+    let db = TempDb::counters(200);
+    db.conn()
+        .query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
+        .unwrap();
+    db.age();
+    let idle = events(&db, "idle", "");
+    assert_eq!(
+        idle[0]["data"]["settings"]["chunk_time_ms"], IDLE_CHUNK_MS,
+        "{}",
+        idle[0]
+    );
+    assert!(pace_messages(&idle).is_empty(), "{idle:?}");
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM t WHERE counter = 1"),
+        200
+    );
+}
+
 #[test]
 fn the_run_goes_to_the_idle_pace_only_after_the_quiet_time() {
     // 60 chunks 100 ms apart: about 6 s, past the 5 s quiet time.
