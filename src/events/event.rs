@@ -145,7 +145,7 @@ impl Settings {
 }
 
 /// Why a run is waiting between chunks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ThrottleReason {
     /// Paused by a live command.

@@ -368,37 +368,23 @@ impl EventLog {
     }
 }
 
-/// Drops the superseded events from all but the newest `keep_recent`
-/// entries: `progress` but the latest of each step, and `control` `set`
-/// but the latest (each `control` carries the settings after it, so the
-/// newest one left says the pace; pause, resume and cancel all stay).
-/// Readers are cursors by id, so one whose next event was dropped simply
+/// Drops the superseded events (see [`Superseded`]) from all but the
+/// newest `keep_recent` entries, keeping the latest of each kind. Readers are cursors by id, so one whose next event was dropped simply
 /// gets the next retained one: ids stay monotonic and no reader sees an
 /// event twice.
 fn compact(inner: &mut Inner, limits: Limits) {
     let old_end = inner.entries.len().saturating_sub(limits.keep_recent);
-    let mut latest: HashMap<usize, u64> = HashMap::new();
-    let mut latest_set = None;
+    let mut latest: HashMap<Superseded, u64> = HashMap::new();
     for e in inner.entries.iter().rev() {
-        match &e.event {
-            Event::Progress(p) => {
-                latest.entry(p.step).or_insert(e.id);
-            }
-            Event::Control(c) if c.action == ControlAction::Set => {
-                latest_set.get_or_insert(e.id);
-            }
-            _ => {}
+        if let Some(kind) = superseded(&e.event) {
+            latest.entry(kind).or_insert(e.id);
         }
     }
     let before = inner.entries.len();
     let mut i = 0;
     inner.entries.retain(|e| {
         let keep = i >= old_end
-            || match &e.event {
-                Event::Progress(p) => latest.get(&p.step) == Some(&e.id),
-                Event::Control(c) if c.action == ControlAction::Set => latest_set == Some(e.id),
-                _ => true,
-            };
+            || superseded(&e.event).is_none_or(|kind| latest.get(&kind) == Some(&e.id));
         i += 1;
         keep
     });
@@ -408,6 +394,32 @@ fn compact(inner: &mut Inner, limits: Limits) {
     // stays amortised O(1) per push.
     let room = (limits.compact_at - limits.keep_recent).max(1);
     inner.next_compaction = inner.entries.len().max(limits.compact_at - room) + room;
+}
+
+/// Events of which an old part of the log keeps only the latest of each
+/// kind, since a later one says all a viewer needs: a step's progress, the
+/// pace (`set`), paused or not (`pause` and `resume`), and each reason's
+/// waiting or not (`throttle`). A run that goes on for days, or a throttle
+/// query that flaps, then holds a bounded log.
+#[derive(PartialEq, Eq, Hash)]
+enum Superseded {
+    Progress(usize),
+    Pace,
+    Paused,
+    Waiting(ThrottleReason),
+}
+
+fn superseded(event: &Event) -> Option<Superseded> {
+    match event {
+        Event::Progress(p) => Some(Superseded::Progress(p.step)),
+        Event::Control(c) => match c.action {
+            ControlAction::Set => Some(Superseded::Pace),
+            ControlAction::Pause | ControlAction::Resume => Some(Superseded::Paused),
+            ControlAction::Cancel => None,
+        },
+        Event::Throttle(t) => Some(Superseded::Waiting(t.reason)),
+        _ => None,
+    }
 }
 
 fn update_snapshot(inner: &mut Inner, event: &Event, id: u64) {
@@ -751,45 +763,53 @@ mod tests {
         })
     }
 
+    fn throttle(active: bool, reason: ThrottleReason) -> Event {
+        Event::Throttle(crate::events::Throttle {
+            active,
+            reason,
+            detail: String::new(),
+            step: Some(0),
+        })
+    }
+
     #[test]
-    fn a_flood_of_set_commands_keeps_the_latest_and_every_pause_resume_cancel() {
+    fn a_flood_of_commands_and_waits_keeps_the_latest_of_each_and_every_cancel() {
         let limits = SMALL;
         let log = EventLog::with_limits(limits);
         log.push(step(0, StepState::Running));
-        let mut must_keep = Vec::new();
         for n in 0..50_000u64 {
-            let action = match n % 5_000 {
-                1_000 => ControlAction::Pause,
-                2_000 => ControlAction::Resume,
+            let action = match n % 3 {
+                0 => ControlAction::Pause,
+                1 => ControlAction::Resume,
                 _ => ControlAction::Set,
             };
-            let id = log.push(control(action, n)).unwrap();
-            if action != ControlAction::Set {
-                must_keep.push(id);
-            }
+            log.push(control(action, n));
+            // A throttle query that flaps.
+            log.push(throttle(n % 2 == 0, ThrottleReason::ThrottleQuery));
         }
-        let last_set = log.push(control(ControlAction::Set, 7)).unwrap();
+        let wal = log.push(throttle(true, ThrottleReason::Wal)).unwrap();
+        let paused = log.push(control(ControlAction::Pause, 7)).unwrap();
+        let set = log.push(control(ControlAction::Set, 7)).unwrap();
+        let waiting = log
+            .push(throttle(false, ThrottleReason::ThrottleQuery))
+            .unwrap();
+        let cancel = log.push(control(ControlAction::Cancel, 7)).unwrap();
         // Enough later events that the flood is all old at the next compaction.
         for n in 0..2 * limits.compact_at {
             log.push(msg(n));
         }
-        must_keep.push(log.push(control(ControlAction::Cancel, 7)).unwrap());
         let all = log.after(0);
         let ids: Vec<u64> = all.iter().map(|e| e.id).collect();
-        for id in must_keep.iter().chain([&1, &last_set]) {
-            assert!(ids.contains(id), "event {id} was dropped");
+        for id in [1, wal, paused, set, waiting, cancel] {
+            assert!(ids.contains(&id), "event {id} was dropped");
         }
-        let sets = all
-            .iter()
-            .filter(|e| matches!(&e.event, Event::Control(c) if c.action == ControlAction::Set))
-            .count();
-        assert_eq!(sets, 1, "only the latest set is left once it is old");
-        // The step, the messages, every pause/resume/cancel, one set.
-        assert_eq!(all.len(), 1 + 2 * limits.compact_at + must_keep.len() + 1);
+        // The step, the latest of each kind and the cancel, the messages.
+        assert_eq!(all.len(), 1 + 5 + 2 * limits.compact_at);
         let (held, dropped) = log.retained();
         assert_eq!(held as u64 + dropped, log.last_id());
-        assert_eq!(log.snapshot().settings.sleep_ms, 7);
-        assert!(!log.snapshot().paused, "the last pause was resumed");
+        let snap = log.snapshot();
+        assert_eq!(snap.settings.sleep_ms, 7);
+        assert!(snap.paused, "the last command paused");
     }
 
     #[test]
