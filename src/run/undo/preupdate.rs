@@ -483,14 +483,7 @@ mod tests {
             .unwrap();
         let parts = hook.take().unwrap();
         let spilled = parts.spilled();
-        let mut out = Vec::new();
-        parts
-            .each(|rows, blob| {
-                out.push((rows, blob.to_vec()));
-                Ok(())
-            })
-            .unwrap();
-        (out, spilled)
+        (parts.into_vec(), spilled)
     }
 
     #[test]

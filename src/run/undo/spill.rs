@@ -95,22 +95,25 @@ impl Parts {
 }
 
 #[cfg(test)]
+impl Parts {
+    /// Every part, oldest first, read back into memory.
+    pub fn into_vec(self) -> Vec<Part> {
+        let mut out = Vec::new();
+        self.each(|rows, blob| {
+            out.push((rows, blob.to_vec()));
+            Ok(())
+        })
+        .expect("parts read back");
+        out
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
     fn part(n: u8, len: usize) -> Part {
         (n as u64, vec![n; len])
-    }
-
-    fn collect(parts: Parts) -> Vec<Part> {
-        let mut out = Vec::new();
-        parts
-            .each(|rows, blob| {
-                out.push((rows, blob.to_vec()));
-                Ok(())
-            })
-            .unwrap();
-        out
     }
 
     #[test]
@@ -122,7 +125,7 @@ mod tests {
         }
         assert_eq!(parts.held.len(), 1, "only the first fits in 10 bytes");
         assert!(parts.spilled());
-        assert_eq!(collect(parts.take()), want);
+        assert_eq!(parts.take().into_vec(), want);
         assert!(!parts.spilled() && parts.held.is_empty());
     }
 
@@ -132,7 +135,7 @@ mod tests {
         parts.push(part(1, 40)).unwrap();
         parts.push(part(2, 60)).unwrap();
         assert!(!parts.spilled());
-        assert_eq!(collect(parts.take()), vec![part(1, 40), part(2, 60)]);
+        assert_eq!(parts.take().into_vec(), vec![part(1, 40), part(2, 60)]);
     }
 
     #[test]
