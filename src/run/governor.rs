@@ -743,3 +743,40 @@ fn first_look(n: &mut Neighbours) -> Option<&'static str> {
         None
     }
 }
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use crate::run::neighbours::tests::{holder, release};
+
+    #[test]
+    fn before_a_live_chunk_the_run_waits_while_another_process_is_in_a_transaction() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("g.sqlite");
+        let conn = Connection::open(&path).expect("open");
+        conn.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1)")
+            .expect("table");
+        let (log, cancel, steering) = (EventLog::new(), Cancel::default(), Steering::default());
+        let pace = (Pace::default(), Brakes::default());
+        let mut g = Governor::new(&conn, &log, (&cancel, &steering), pace.0, pace.1);
+        assert!(g.live(), "a file written just now is live");
+        // Another process inside a transaction: the chunk waits, up to
+        // CLEAR_WAIT, then goes on.
+        let Some(reader) = holder(&path, "BEGIN; SELECT * FROM t") else {
+            return;
+        };
+        let t0 = Instant::now();
+        assert!(!g.before_chunk());
+        assert!(t0.elapsed() >= CLEAR_WAIT, "waited {:?}", t0.elapsed());
+        // A cancel is seen only inside the wait: true while it waits,
+        // false (no wait at all) once the transaction is over.
+        cancel.cancel();
+        assert!(g.before_chunk(), "cancelled while waiting");
+        release(reader);
+        let Some(idle) = holder(&path, "SELECT * FROM t") else {
+            return;
+        };
+        assert!(!g.before_chunk(), "no transaction, no wait");
+        release(idle);
+    }
+}

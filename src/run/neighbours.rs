@@ -176,7 +176,7 @@ mod probe {
 }
 
 #[cfg(all(test, unix))]
-mod tests {
+pub(super) mod tests {
     use std::io::{BufRead, BufReader};
     use std::process::{Child, Command, Stdio};
 
@@ -186,7 +186,7 @@ mod tests {
     /// `;`), says so, and holds
     /// the connection until its stdin closes. `None` (the test skipped)
     /// without python3, unless `CI` is set.
-    fn holder(path: &Path, sql: &str) -> Option<Child> {
+    pub(in crate::run) fn holder(path: &Path, sql: &str) -> Option<Child> {
         let script = r#"
 import sqlite3, sys
 c = sqlite3.connect(sys.argv[1], isolation_level=None)
@@ -214,7 +214,7 @@ sys.stdin.read()
         Some(child)
     }
 
-    fn release(mut child: Child) {
+    pub(in crate::run) fn release(mut child: Child) {
         drop(child.stdin.take());
         child.wait().expect("the holder exits");
     }
