@@ -29,21 +29,17 @@ use crate::lifecycle::{Cancel, Steering, Woken};
 
 /// Pacing for a file nobody else has open: long chunks, no yield.
 const IDLE: (Duration, f64) = (Duration::from_millis(250), 0.0);
-/// Pacing for a live database in rollback-journal mode: chunks short
-/// enough that an application waiting in SQLite's busy handler has slept
-/// only its short steps (1, 2, 5 ms…) when the chunk ends, and a yield as
-/// long as the chunk that lets it in (see `yield_lock`). Chosen on the
-/// frontier `cargo bench --bench live_app` measures over its application
-/// profiles (README, "On a live database"): half the yield left reads at
-/// 80 ms p99 beside a web application.
+/// Pacing for a live database: chunks short enough that an application
+/// waiting in SQLite's busy handler has slept only its short steps (1, 2,
+/// 5 ms…) when the chunk ends, and a yield as long as the chunk that lets
+/// it in (see `yield_lock`). Chosen on the frontier `cargo bench --bench
+/// live_app` measures over its application profiles (README, "On a live
+/// database"), in both journal modes: half the yield left reads at 80 ms
+/// p99 beside a web application in rollback mode; in WAL mode 5 ms chunks
+/// with three quarters of the yield halved writers' p99 but made 1.7 times
+/// as many deferred transactions fail, and half the yield left writes at
+/// 30–80 ms, varying with the machine's load.
 const LIVE: (Duration, f64) = (Duration::from_millis(10), 1.0);
-/// The live pace in WAL mode, where only writers wait: a 5 ms chunk ends
-/// before a waiting writer's third sleep (1 + 2 + 5 ms), and three
-/// quarters of it, stretched while others write, let that writer in. On
-/// the same frontier this kept writes at 9–10 ms p99 and ran the batch in
-/// 1.9–2.7× its idle time, against 19–21 ms and 2.6–3.3× at the rollback
-/// pace; half the yield left writes at 30–34 ms.
-const LIVE_WAL: (Duration, f64) = (Duration::from_millis(5), 0.75);
 /// How often to look again for other processes that have the file open.
 const RESCAN: Duration = Duration::from_secs(1);
 /// The run paces as live until it has seen nobody else for this long: no
@@ -306,11 +302,7 @@ impl<'a> Governor<'a> {
 
     /// The pace in force now.
     pub(super) fn settings(&self) -> Settings {
-        let (chunk, nice) = match (self.live(), self.wal.is_some()) {
-            (true, true) => LIVE_WAL,
-            (true, false) => LIVE,
-            (false, _) => IDLE,
-        };
+        let (chunk, nice) = if self.live() { LIVE } else { IDLE };
         Settings {
             chunk_time_ms: self.pace.chunk_time.unwrap_or(chunk).as_millis() as u64,
             nice_ratio: self.pace.nice_ratio.unwrap_or(nice),
