@@ -234,11 +234,15 @@ fn events<B>(state: &Arc<State>, req: &Request<B>, query: &Query) -> Response<Bo
     let last_seen = last_seen(req, query);
     // None only between the server's start and the runner's `start` event.
     let run_id = state.log.run_id();
+    // The run the client's `Last-Event-ID` belongs to: the header, or
+    // `?run=` (which an EventSource, which cannot send headers, can).
     let for_another_run = req
         .headers()
         .get(RUN_ID_HEADER)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|asked| run_id.as_deref() != Some(asked));
+        .map(str::to_owned)
+        .or_else(|| query.get("run"))
+        .is_some_and(|asked| run_id.as_deref() != Some(asked.as_str()));
     // An id this run never gave out comes from an earlier run on the same
     // address (a dashboard left open): treat it as a new client. A relay
     // cannot tell while it copies a live run: it trails Redis, and a client

@@ -745,11 +745,12 @@ fn every_stream_answer_names_the_run_and_a_resume_from_another_run_gets_all_of_t
     let finished = id(all.last().unwrap()).to_string();
     assert!(all.len() > 4, "{all:?}");
 
-    let first_id = |headers: &[(&str, &str)]| {
-        let mut s = Stream::open(a, "/events", headers);
+    let first_id_at = |path: &str, headers: &[(&str, &str)]| {
+        let mut s = Stream::open(a, path, headers);
         assert_eq!(s.header("x-batchsse-run-id"), Some(run_id.as_str()));
         s.next_event().map(|e| id(&e))
     };
+    let first_id = |headers: &[(&str, &str)]| first_id_at("/events", headers);
     // Its own id resumes, with or without naming the run.
     assert_eq!(first_id(&[("Last-Event-ID", "3")]), Some(4));
     assert_eq!(
@@ -759,6 +760,17 @@ fn every_stream_answer_names_the_run_and_a_resume_from_another_run_gets_all_of_t
     // An id from another run on this address means nothing here.
     assert_eq!(
         first_id(&[("Last-Event-ID", "3"), ("X-Batchsse-Run-Id", "other")]),
+        Some(1)
+    );
+    // The same with the run in the URL, as an EventSource can say it.
+    let mine = format!("/events?run={run_id}");
+    assert_eq!(first_id_at(&mine, &[("Last-Event-ID", "3")]), Some(4));
+    assert_eq!(
+        first_id_at("/events?run=other", &[("Last-Event-ID", "3")]),
+        Some(1)
+    );
+    assert_eq!(
+        first_id_at("/events?run=other&last_event_id=3", &[]),
         Some(1)
     );
     let again = Stream::open(
