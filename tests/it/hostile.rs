@@ -209,6 +209,47 @@ fn a_flood_of_set_commands_leaves_a_bounded_replay_with_the_latest_pace() {
     assert_eq!(controls.last().unwrap()["settings"]["sleep_ms"], 399);
 }
 
+/// Pause and resume flapping: old ones compact to the latest, and a late
+/// client's replay still ends in the run's state, as `/status` says it.
+#[test]
+fn a_flood_of_pauses_and_resumes_leaves_a_bounded_replay_that_ends_paused() {
+    let (_db, p) = held("64", "none", &[]);
+    let addr = p.addr();
+    let bearer = format!("Bearer {TOKEN}");
+    for n in 0..401 {
+        let body = format!("{{\"pause\": {}}}", n % 2 == 0);
+        let r = control(addr, &bearer, &body);
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let status = get(addr, "/status", &[]).json();
+    assert_eq!(status["paused"], true, "{status}");
+    let last = status["last_event_id"].as_u64().unwrap();
+    let mut s = Stream::open(addr, "/events", &[]);
+    let mut replay = Vec::new();
+    while let Some(e) = s.next_event() {
+        let id = id(&e);
+        replay.push(e);
+        if id >= last {
+            break;
+        }
+    }
+    let actions: Vec<String> = replay
+        .iter()
+        .filter(|e| e.event == "control")
+        .map(|e| data(e)["action"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert!(
+        actions.len() <= 65,
+        "{} control events replayed",
+        actions.len()
+    );
+    assert_eq!(
+        actions.last().map(String::as_str),
+        Some("pause"),
+        "{actions:?}"
+    );
+}
+
 /// A server on a free loopback port that answers its first request with a
 /// 200 JSON body of `size` bytes (one object with a long string), written
 /// until the reader hangs up; the thread returns how much it wrote.
