@@ -857,18 +857,8 @@ fn the_pace_form_follows_a_change_of_pace_mid_run() {
         .execute_batch("CREATE TABLE app_log(at INTEGER)")
         .expect("the application's table");
     db.age();
-    let p = start_run(
-        &db,
-        60,
-        &[
-            "--control-token",
-            CONTROL,
-            "--wait-for-clients",
-            "1",
-            "--linger",
-            "20",
-        ],
-    );
+    let args = format!("--control-token {CONTROL} --wait-for-clients 1 --linger 20");
+    let p = start_run(&db, 60, &words(&args));
     let url = format!("http://{}/#control={CONTROL}", p.addr());
     let page = Observer::start(
         &url,
