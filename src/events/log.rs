@@ -1,8 +1,8 @@
 //! The run's append-only event log: the one broadcast. Each event gets the
 //! next id and is encoded to SSE bytes once; every reader (HTTP client,
 //! terminal) is a cursor into it, woken through a `watch` channel. Long runs
-//! are bounded by compacting superseded `progress` and `control` `set`
-//! events (see `Limits`).
+//! are bounded by compacting superseded `progress`, `control` and
+//! `throttle` events (see `Limits`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -81,12 +81,13 @@ pub struct RunIdentity {
     pub db: String,
 }
 
-/// How much history the log keeps. Once it holds `compact_at` entries, every
-/// `progress` event older than the newest `keep_recent` entries is dropped,
-/// unless it is the latest progress of its step, and so is every `control`
-/// `set` but the latest; `start`, `step`, `message`, `throttle`, `finished`
-/// and the other `control` events are never dropped. An entry is about 1 KiB, so the defaults
-/// hold the log near 32 MiB however long the run.
+/// How much history the log keeps. Once it holds `compact_at` entries, the
+/// entries older than the newest `keep_recent` keep only the latest of each
+/// kind a later one supersedes (see `Superseded`): a step's `progress`, a
+/// `control` `set`, a `pause` or `resume`, a reason's `throttle`. `start`,
+/// `step`, `message`, `finished` and `cancel` are never dropped. An entry
+/// is about 1 KiB, so the defaults hold the log near 32 MiB however long
+/// the run.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub compact_at: usize,
@@ -369,9 +370,12 @@ impl EventLog {
 }
 
 /// Drops the superseded events (see [`Superseded`]) from all but the
-/// newest `keep_recent` entries, keeping the latest of each kind. Readers are cursors by id, so one whose next event was dropped simply
-/// gets the next retained one: ids stay monotonic and no reader sees an
-/// event twice.
+/// newest `keep_recent` entries, keeping the latest of each kind. Readers
+/// are cursors by id, so one whose next event was dropped simply gets the
+/// next retained one: ids stay monotonic and no reader sees an event twice.
+/// The latest event that sets each piece of a viewer's state (paused, the
+/// active throttle, the pace) is always kept, in order, so a late joiner
+/// or a relay replaying the log ends in the run's state.
 fn compact(inner: &mut Inner, limits: Limits) {
     let old_end = inner.entries.len().saturating_sub(limits.keep_recent);
     let mut latest: HashMap<Superseded, u64> = HashMap::new();

@@ -2,7 +2,8 @@
 //! order, by one background task that reads the event log like any other
 //! reader. The runner never waits on it: the log is the queue, bounded by
 //! the log's own compaction (a publisher that falls far behind skips only
-//! superseded `progress` events, as a slow stream client would).
+//! superseded `progress`, `control` and `throttle` events, as a slow stream
+//! client would).
 //!
 //! After a lost connection the task reconnects with back-off and asks Redis
 //! where the stream ends, then sends from the next event: explicit entry IDs

@@ -559,8 +559,10 @@ impl<'a> Governor<'a> {
         }));
     }
 
-    /// Applies pace changes from live commands (their `control` event has
-    /// already said so).
+    /// Applies pace changes from live commands. Their `control` event has
+    /// already said so, as a change to the pace said before it: a change
+    /// of pace that no look has said yet (the run went idle while it
+    /// waited) is still said by the next one.
     fn steer(&mut self) {
         let patch = self.steering.take_pace();
         if patch.is_empty() {
@@ -578,7 +580,7 @@ impl<'a> Governor<'a> {
         if let Some(n) = patch.batch_size {
             self.pace.batch_size = n;
         }
-        self.announced = self.settings();
+        self.announced = patch.apply(self.announced);
         self.size_cache();
     }
 
@@ -770,5 +772,42 @@ mod tests {
         };
         assert!(!g.before_chunk(), "no transaction, no wait");
         release(idle);
+    }
+
+    /// The settings every pace `message` carried, in order.
+    fn said(log: &EventLog) -> Vec<Settings> {
+        log.after(0)
+            .iter()
+            .filter_map(|e| match &e.event {
+                Event::Message(m) => serde_json::from_value(m.target.get("settings")?.clone()).ok(),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_pace_command_taken_after_the_run_went_idle_unseen_leaves_the_change_said() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("g.sqlite");
+        let conn = Connection::open(&path).expect("open");
+        conn.execute_batch("CREATE TABLE t(x)").expect("table");
+        let (log, cancel, steering) = (EventLog::new(), Cancel::default(), Steering::default());
+        let pace = (Pace::default(), Brakes::default());
+        let mut g = Governor::new(&conn, &log, (&cancel, &steering), pace.0, pace.1);
+        assert!(g.live(), "a file written just now is live");
+        // Paused past the quiet time: no chunk ran, so no look said the
+        // run went idle. A command comes, and the wait takes it.
+        g.seen_at = None;
+        steering.change_pace(crate::lifecycle::PacePatch {
+            sleep_ms: Some(20),
+            ..Default::default()
+        });
+        assert_eq!(g.brake(), None);
+        // The `control` event told the live pace with the new sleep; the
+        // first look after the wait must say the idle one.
+        g.observe(None);
+        let now = g.settings();
+        assert_eq!((now.chunk_time_ms, now.sleep_ms), (250, 20));
+        assert_eq!(said(&log).last(), Some(&now), "{:?}", said(&log));
     }
 }

@@ -845,6 +845,69 @@ fn the_dashboard_pauses_and_resumes_the_run_with_the_fragment_token() {
     );
 }
 
+/// The pace form shows the pace in force: when the run changes pace
+/// mid-run (here from idle to live, as another connection commits), the
+/// `message` that says so carries the new settings, the inputs follow
+/// them, and Apply sends a field that differs from them.
+#[test]
+fn the_pace_form_follows_a_change_of_pace_mid_run() {
+    let Some(_b) = browser() else { return };
+    let db = TempDb::shop(2000);
+    db.conn()
+        .execute_batch("CREATE TABLE app_log(at INTEGER)")
+        .expect("the application's table");
+    db.age();
+    let args = format!("--control-token {CONTROL} --wait-for-clients 1 --linger 20");
+    let p = start_run(&db, 60, &words(&args));
+    let url = format!("http://{}/#control={CONTROL}", p.addr());
+    let page = Observer::start(
+        &url,
+        json!({"timeout_ms": 20000, "actions": [
+            {"wait": "#pause"},
+            {"wait": "#log li:has-text('another connection is using the database')"},
+            {"snapshot": "live"},
+            // The idle pace's chunk time, which the run no longer has.
+            {"fill": "#chunk-time", "value": "250"},
+            {"click": "#apply"},
+            {"wait": "#log li[data-level=control]"},
+        ]}),
+    );
+    // An application that commits now and then for as long as the page
+    // steers, so the run stays at the live pace meanwhile.
+    wait_status(p.addr(), &[], |s| s["state"] == "running");
+    let writing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let app = {
+        let (writing, conn) = (writing.clone(), db.conn());
+        std::thread::spawn(move || {
+            conn.busy_timeout(Duration::from_secs(5))
+                .expect("busy_timeout");
+            let start = Instant::now();
+            while writing.load(std::sync::atomic::Ordering::Relaxed) && start.elapsed() < PATIENCE {
+                conn.execute("INSERT INTO app_log VALUES (1)", [])
+                    .expect("the application's write");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
+    let v = page.finish();
+    writing.store(false, std::sync::atomic::Ordering::Relaxed);
+    app.join().expect("the application's thread");
+    assert_eq!(v.get("action_error"), None, "{v:#}");
+    let live = &v["snapshots"]["live"]["steer"]["inputs"];
+    assert_eq!(
+        (&live["chunk_time_ms"], &live["nice_ratio"]),
+        (&json!("10"), &json!("1")),
+        "the form must show the live pace the run said it took: {v:#}"
+    );
+    let bodies: Vec<&str> = v["control_requests"]
+        .as_array()
+        .expect("control requests")
+        .iter()
+        .map(|r| r["body"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(bodies, [r#"{"chunk_time_ms":250}"#], "{v:#}");
+}
+
 #[test]
 fn cancel_from_the_dashboard_asks_first_and_then_ends_the_run() {
     let Some(_b) = browser() else { return };

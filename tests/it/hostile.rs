@@ -163,6 +163,23 @@ fn held(compact_at: &str, progress: &str, extra: &[&str]) -> (TempDb, Proc) {
     (db, p)
 }
 
+/// The `control` events of a late client's replay up to id `last` (the
+/// client also opens the gate).
+fn late_controls(addr: std::net::SocketAddr, last: u64) -> Vec<Value> {
+    let mut s = Stream::open(addr, "/events", &[]);
+    let mut controls = Vec::new();
+    while let Some(e) = s.next_event() {
+        let id = id(&e);
+        if e.event == "control" {
+            controls.push(data(&e));
+        }
+        if id >= last {
+            break;
+        }
+    }
+    controls
+}
+
 #[test]
 fn a_flood_of_set_commands_leaves_a_bounded_replay_with_the_latest_pace() {
     let (_db, p) = held("64", "none", &[]);
@@ -180,21 +197,7 @@ fn a_flood_of_set_commands_leaves_a_bounded_replay_with_the_latest_pace() {
         .as_u64()
         .unwrap();
     assert!(last > 400, "every command was logged: {last}");
-    // A late client's replay (it also opens the gate).
-    let mut s = Stream::open(addr, "/events", &[]);
-    let mut replay = Vec::new();
-    while let Some(e) = s.next_event() {
-        let id = id(&e);
-        replay.push(e);
-        if id >= last {
-            break;
-        }
-    }
-    let controls: Vec<Value> = replay
-        .iter()
-        .filter(|e| e.event == "control")
-        .map(data)
-        .collect();
+    let controls = late_controls(addr, last);
     // Less than the 64 entries a compaction waits for, the latest set
     // before them and the pause: 401 without compaction.
     assert!(
@@ -207,6 +210,37 @@ fn a_flood_of_set_commands_leaves_a_bounded_replay_with_the_latest_pace() {
         "the pause is kept"
     );
     assert_eq!(controls.last().unwrap()["settings"]["sleep_ms"], 399);
+}
+
+/// Pause and resume flapping: old ones compact to the latest, and a late
+/// client's replay still ends in the run's state, as `/status` says it.
+#[test]
+fn a_flood_of_pauses_and_resumes_leaves_a_bounded_replay_that_ends_paused() {
+    let (_db, p) = held("64", "none", &[]);
+    let addr = p.addr();
+    let bearer = format!("Bearer {TOKEN}");
+    for n in 0..401 {
+        let body = format!("{{\"pause\": {}}}", n % 2 == 0);
+        let r = control(addr, &bearer, &body);
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let status = get(addr, "/status", &[]).json();
+    assert_eq!(status["paused"], true, "{status}");
+    let last = status["last_event_id"].as_u64().unwrap();
+    let actions: Vec<String> = late_controls(addr, last)
+        .iter()
+        .map(|c| c["action"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert!(
+        actions.len() <= 65,
+        "{} control events replayed",
+        actions.len()
+    );
+    assert_eq!(
+        actions.last().map(String::as_str),
+        Some("pause"),
+        "{actions:?}"
+    );
 }
 
 /// A server on a free loopback port that answers its first request with a

@@ -19,7 +19,7 @@ use rusqlite::types::ValueRef;
 
 use super::codec::{Encoder, KeyRef, Layout, print, put_value};
 use super::raw::{put_raw, value_ref};
-use super::spill::Parts;
+use super::spill::{Parts, TEMP_VAR};
 
 /// One table the hook records, with where its columns are in SQLite's
 /// column order.
@@ -206,7 +206,7 @@ impl Drop for PreHook {
 fn spill_failed(e: std::io::Error) -> String {
     format!(
         "could not write the undo record to a temporary file ({e}); \
-         give the step a chunk, or point TMPDIR at a folder with room"
+         give the step a chunk, or point {TEMP_VAR} at a folder with room"
     )
 }
 

@@ -15,6 +15,10 @@ pub type Part = (u64, Vec<u8>);
 /// goes to a temporary file.
 pub const HELD_BYTES: usize = 32 << 20;
 
+/// The variable that names the folder the file goes in (Rust's
+/// `std::env::temp_dir` reads `TMP` first on Windows).
+pub const TEMP_VAR: &str = if cfg!(windows) { "TMP" } else { "TMPDIR" };
+
 /// The finished parts, oldest first.
 pub struct Parts {
     budget: usize,
