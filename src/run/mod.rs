@@ -173,7 +173,11 @@ pub fn run(
         None => (RunStatus::Ok, None),
         Some((status, why)) => (status, Some(why)),
     };
-    if let Some(rec) = &r.recorder {
+    let recorded = r
+        .recorder
+        .as_ref()
+        .map(|rec| (rec, rec.committed().unwrap_or_default()));
+    if let Some((rec, _)) = recorded.filter(|(_, (rows, _))| *rows > 0) {
         r.message(
             None,
             Level::Info,
@@ -192,7 +196,7 @@ pub fn run(
         elapsed_ms: ms(r.started.elapsed()),
         dry_run: job.opts.dry_run,
         error,
-        undo_bytes: r.recorder.as_ref().map(|rec| rec.bytes()),
+        undo_bytes: recorded.map(|(_, (_, bytes))| bytes),
         conflicts: None,
     }));
     status

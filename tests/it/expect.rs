@@ -151,3 +151,34 @@ fn with_undo_a_failed_expectation_names_the_undo_command() {
     assert_eq!(code, 0, "the named command works: {err}");
     assert_eq!(db.query_i64("SELECT count(*) FROM t WHERE counter = 1"), 0);
 }
+
+/// `finished.undo_bytes` and the offer of an undo count only what was
+/// committed: a chunk rolled back takes its record with it.
+#[test]
+fn a_failed_run_reports_only_the_record_it_kept() {
+    let db = TempDb::counters(100);
+    let (code, out, err) = run_plan(
+        &db,
+        r#"{"steps":[{"sql":"UPDATE t SET counter = 1 WHERE id BETWEEN :lo AND :hi","chunk":{"table":"t","size":10},
+            "expect_changes":{"max":50}}]}"#,
+        &["--undo", "--batch-size", "10", "--progress", "json"],
+    );
+    assert_eq!(code, 1, "{err}");
+    let kept = db.query_i64("SELECT sum(bytes) FROM batchsse_undo");
+    assert!(kept > 0);
+    let events = json_lines(&out);
+    let finished = &events.last().unwrap()["data"];
+    assert_eq!(finished["undo_bytes"], kept, "{finished}");
+
+    // A run whose only step fails records nothing, and says nothing of undo.
+    let db = TempDb::counters(10);
+    let (code, out, err) = run_plan(
+        &db,
+        r#"{"steps":[{"sql":"UPDATE t SET counter = NULL"}]}"#,
+        &["--undo", "--progress", "json"],
+    );
+    assert_eq!(code, 1, "{err}");
+    let events = json_lines(&out);
+    assert_eq!(events.last().unwrap()["data"]["undo_bytes"], 0);
+    assert!(!out.contains("recorded for undo"), "{out}");
+}

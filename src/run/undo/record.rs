@@ -123,8 +123,7 @@ pub struct Recorder<'c> {
     pub run_id: String,
     plan: String,
     hook: Option<Hook>,
-    /// Record bytes written so far, for `finished`.
-    bytes: Cell<u64>,
+    /// The number the step's next part gets.
     chunk: Cell<i64>,
     mode: RefCell<Mode>,
     armed: Cell<usize>,
@@ -143,7 +142,6 @@ impl<'c> Recorder<'c> {
             run_id,
             plan: plan.to_owned(),
             hook,
-            bytes: Cell::new(0),
             chunk: Cell::new(0),
             mode: RefCell::new(Mode::Off),
             armed: Cell::new(0),
@@ -155,8 +153,18 @@ impl<'c> Recorder<'c> {
         }
     }
 
-    pub fn bytes(&self) -> u64 {
-        self.bytes.get()
+    /// What this run recorded and committed: its rows in the record table
+    /// (parts and step notes) and their bytes. Read from the table, since a
+    /// chunk rolled back takes the parts it wrote with it.
+    pub fn committed(&self) -> rusqlite::Result<(u64, u64)> {
+        if !store::exists(self.conn)? {
+            return Ok((0, 0));
+        }
+        self.conn.query_row(
+            "SELECT count(*), total(bytes) FROM batchsse_undo WHERE run = ?1",
+            [&self.run_id],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, f64>(1)? as u64)),
+        )
     }
 
     /// Makes the tables and chooses how `step` is recorded (again for each
@@ -411,7 +419,6 @@ impl<'c> Recorder<'c> {
     fn note_part(&self, step: &Step, rows: u64, blob: &[u8]) -> rusqlite::Result<()> {
         self.note(step, rows, blob)?;
         self.chunk.set(self.chunk.get() + 1);
-        self.bytes.set(self.bytes.get() + blob.len() as u64);
         Ok(())
     }
 
