@@ -128,15 +128,14 @@ fn an_expect_that_writes_or_does_not_compile_is_refused_before_anything_runs() {
     assert_eq!(sha256(&db.path), before);
 }
 
+/// A chunked step over 100 rows that stops past 50 changed rows.
+const STOPS_AT_50: &str = r#"{"steps":[{"sql":"UPDATE t SET counter = 1 WHERE id BETWEEN :lo AND :hi",
+    "chunk":{"table":"t","size":10},"expect_changes":{"max":50}}]}"#;
+
 #[test]
 fn with_undo_a_failed_expectation_names_the_undo_command() {
     let db = TempDb::counters(100);
-    let (code, _, err) = run_plan(
-        &db,
-        r#"{"steps":[{"sql":"UPDATE t SET counter = 1 WHERE id BETWEEN :lo AND :hi","chunk":{"table":"t","size":10},
-            "expect_changes":{"max":50}}]}"#,
-        &["--undo", "--batch-size", "10"],
-    );
+    let (code, _, err) = run_plan(&db, STOPS_AT_50, &["--undo", "--batch-size", "10"]);
     assert_eq!(code, 1, "{err}");
     let line = err
         .lines()
@@ -159,8 +158,7 @@ fn a_failed_run_reports_only_the_record_it_kept() {
     let db = TempDb::counters(100);
     let (code, out, err) = run_plan(
         &db,
-        r#"{"steps":[{"sql":"UPDATE t SET counter = 1 WHERE id BETWEEN :lo AND :hi","chunk":{"table":"t","size":10},
-            "expect_changes":{"max":50}}]}"#,
+        STOPS_AT_50,
         &["--undo", "--batch-size", "10", "--progress", "json"],
     );
     assert_eq!(code, 1, "{err}");
