@@ -537,11 +537,11 @@ pub struct PaceArgs {
     #[arg(long, value_name = "N", help_heading = "Pace")]
     pub batch_size: Option<u64>,
 
-    /// Adapt chunk sizes so one chunk holds the write lock about MS, 1–600000 [default: 10 while another process may be using the database, else 250].
+    /// Adapt chunk sizes so one chunk holds the write lock about MS, 1–600000 [default: while another process may be using the database 10, or 20 in WAL mode; else 250].
     #[arg(long, value_name = "MS", help_heading = "Pace")]
     pub chunk_time: Option<u64>,
 
-    /// After each chunk, yield R times its time so others get the lock (gh-ost's name), 0–100 [default: 1 while another process may be using the database, else 0].
+    /// After each chunk, yield R times its time so others get the lock (gh-ost's name), 0–100 [default: while another process may be using the database 1, or 0.75 in WAL mode; else 0].
     #[arg(long, value_name = "R", help_heading = "Pace")]
     pub nice_ratio: Option<f64>,
 

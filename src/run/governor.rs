@@ -29,17 +29,24 @@ use crate::lifecycle::{Cancel, Steering, Woken};
 
 /// Pacing for a file nobody else has open: long chunks, no yield.
 const IDLE: (Duration, f64) = (Duration::from_millis(250), 0.0);
-/// Pacing for a live database: chunks short enough that an application
-/// waiting in SQLite's busy handler has slept only its short steps (1, 2,
-/// 5 ms…) when the chunk ends, and a yield as long as the chunk that lets
-/// it in (see `yield_lock`). Chosen on the frontier `cargo bench --bench
-/// live_app` measures over its application profiles (README, "On a live
-/// database"), in both journal modes: half the yield left reads at 80 ms
-/// p99 beside a web application in rollback mode; in WAL mode 5 ms chunks
-/// with three quarters of the yield halved writers' p99 but made 1.7 times
-/// as many deferred transactions fail, and half the yield left writes at
-/// 30–80 ms, varying with the machine's load.
+/// Pacing for a live database in rollback-journal mode: chunks short
+/// enough that an application waiting in SQLite's busy handler has slept
+/// only its short steps (1, 2, 5 ms…) when the chunk ends, and a yield as
+/// long as the chunk that lets it in (see `yield_lock`). Chosen on the
+/// frontier `cargo bench --bench live_app` measures over its application
+/// profiles (README, "On a live database"): half the yield left reads at
+/// 80 ms p99 beside a web application; three quarters of it left a
+/// single-connection application's writes at 81–96 ms.
 const LIVE: (Duration, f64) = (Duration::from_millis(10), 1.0);
+/// The live pace in WAL mode, where only writers wait: a writer that
+/// waits out a 20 ms chunk wakes at 33 ms (1 + 2 + 5 + 10 + 15), inside
+/// the yield. On the same frontier, over three runs of all five
+/// application profiles, this was the one point that met every target:
+/// writes at 34 ms p99, the batch at 2.2–2.5× its idle time, and as many
+/// failed deferred transactions as 10 ms × 1 (which took 2.7–2.9×). Shorter
+/// chunks commit more often and fail more of those; half the yield left
+/// writes at 40–79 ms under load.
+const LIVE_WAL: (Duration, f64) = (Duration::from_millis(20), 0.75);
 /// How often to look again for other processes that have the file open.
 const RESCAN: Duration = Duration::from_secs(1);
 /// The run paces as live until it has seen nobody else for this long: no
@@ -302,7 +309,11 @@ impl<'a> Governor<'a> {
 
     /// The pace in force now.
     pub(super) fn settings(&self) -> Settings {
-        let (chunk, nice) = if self.live() { LIVE } else { IDLE };
+        let (chunk, nice) = match (self.live(), self.wal.is_some()) {
+            (true, true) => LIVE_WAL,
+            (true, false) => LIVE,
+            (false, _) => IDLE,
+        };
         Settings {
             chunk_time_ms: self.pace.chunk_time.unwrap_or(chunk).as_millis() as u64,
             nice_ratio: self.pace.nice_ratio.unwrap_or(nice),

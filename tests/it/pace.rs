@@ -9,6 +9,8 @@ use serde_json::Value;
 use crate::util::*;
 
 const LIVE_CHUNK_MS: u64 = 10;
+const LIVE_WAL_CHUNK_MS: u64 = 20;
+const LIVE_WAL_NICE: f64 = 0.75;
 const IDLE_CHUNK_MS: u64 = 250;
 /// The quiet time the README states.
 const ALONE_AFTER_MS: u64 = 5000;
@@ -57,19 +59,20 @@ fn a_file_written_lately_starts_at_the_live_pace_an_old_one_at_the_idle_pace() {
     );
 }
 
-/// A WAL database nobody has open has no `-wal` file (the last connection
+/// In WAL mode the live pace has longer chunks and a shorter yield. A WAL
+/// database nobody has open has no `-wal` file (the last connection
 /// removes it); the run's own connection makes an empty one, which must not
 /// read as an application's write.
 #[test]
-fn a_wal_file_written_lately_starts_live_and_an_idle_one_at_the_idle_pace() {
+fn a_wal_file_has_its_own_live_pace_and_an_idle_one_starts_at_the_idle_pace() {
     let db = TempDb::counters(200);
     db.conn()
         .query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
         .unwrap();
     let fresh = events(&db, "fresh", "");
     let settings = &fresh[0]["data"]["settings"];
-    assert_eq!(settings["chunk_time_ms"], LIVE_CHUNK_MS, "{settings}");
-    assert_eq!(settings["nice_ratio"], 1.0, "{settings}");
+    assert_eq!(settings["chunk_time_ms"], LIVE_WAL_CHUNK_MS, "{settings}");
+    assert_eq!(settings["nice_ratio"], LIVE_WAL_NICE, "{settings}");
     db.age();
     let idle = events(&db, "idle", "");
     assert_eq!(
