@@ -272,12 +272,7 @@ sys.stdin.read()
         let (_dir, path, _mine) = db(false);
         let n = Neighbours::new(&path, false);
         assert!(n.written_within(Duration::from_secs(60)));
-        let f = std::fs::File::options()
-            .write(true)
-            .open(&path)
-            .expect("open");
-        f.set_modified(SystemTime::now() - Duration::from_secs(3600))
-            .expect("mtime");
+        age(&path, 3600);
         assert!(!n.written_within(Duration::from_secs(60)));
     }
 

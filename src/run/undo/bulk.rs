@@ -147,10 +147,7 @@ impl Job {
     /// `GONE(i)`: whether to put back the `i`th entry's row (not when an
     /// earlier conflict holds it).
     fn gone(&mut self, args: &[*mut ffi::sqlite3_value]) -> Result<bool, String> {
-        let i = usize::try_from(int_arg(args, 0)?)
-            .ok()
-            .filter(|&i| i < self.verdicts.len())
-            .ok_or("no such entry")?;
+        let i = self.entry(int_arg(args, 0)?)?;
         if self.verdicts[i] != Verdict::Held {
             self.verdicts[i] = Verdict::Put;
         }
@@ -163,17 +160,21 @@ impl Job {
         ctx: *mut ffi::sqlite3_context,
         args: &[*mut ffi::sqlite3_value],
     ) -> Result<(), String> {
-        let (i, n) = (int_arg(args, 0)?, int_arg(args, 1)?);
-        let i = usize::try_from(i)
-            .ok()
-            .filter(|&i| i < self.part.entries.len())
-            .ok_or("no such entry")?;
+        let (i, n) = (self.entry(int_arg(args, 0)?)?, int_arg(args, 1)?);
         let v = match usize::try_from(n) {
             Err(_) => ValueRef::Integer(self.part.entries[i].key),
             Ok(n) => self.value(i, n).map_err(|e| e.to_string())?,
         };
         // SAFETY: ctx belongs to the call in progress.
         unsafe { set_result(ctx, v) }
+    }
+
+    /// Entry number `i` as a function's argument gave it, if there is one.
+    fn entry(&self, i: i64) -> Result<usize, String> {
+        usize::try_from(i)
+            .ok()
+            .filter(|&i| i < self.part.entries.len())
+            .ok_or_else(|| "no such entry".to_owned())
     }
 
     /// The entry of the row keyed `key`, looked for from where function
