@@ -34,9 +34,9 @@ const IDLE: (Duration, f64) = (Duration::from_millis(250), 0.0);
 /// only its short steps (1, 2, 5 ms…) when the chunk ends, and a yield as
 /// long as the chunk that lets it in (see `yield_lock`). Chosen on the
 /// frontier `cargo bench --bench live_app` measures over its application
-/// profiles (README, "On a live database"): half the yield left reads at
-/// 80 ms p99 beside a web application; three quarters of it left a
-/// single-connection application's writes at 81–96 ms.
+/// profiles (README, "On a live database"): half the yield left a
+/// single-connection application's writes at 47–124 ms p99 and its reads
+/// at 410–913 ms; three quarters of it, its writes at 34–84 ms.
 const LIVE: (Duration, f64) = (Duration::from_millis(10), 1.0);
 /// The live pace in WAL mode, where only writers wait: a writer that
 /// waits out a 20 ms chunk wakes at 33 ms (1 + 2 + 5 + 10 + 15), inside
@@ -45,7 +45,7 @@ const LIVE: (Duration, f64) = (Duration::from_millis(10), 1.0);
 /// writes at 34 ms p99, the batch at 2.2–2.5× its idle time, and as many
 /// failed deferred transactions as 10 ms × 1 (which took 2.7–2.9×). Shorter
 /// chunks commit more often and fail more of those; half the yield left
-/// writes at 40–79 ms under load.
+/// writes at 51–63 ms.
 const LIVE_WAL: (Duration, f64) = (Duration::from_millis(20), 0.75);
 /// How often to look again for other processes that have the file open.
 const RESCAN: Duration = Duration::from_secs(1);
