@@ -61,6 +61,8 @@ const RECENT_WRITE: Duration = Duration::from_secs(60);
 const QUIET: Duration = Duration::from_millis(15);
 /// …but to at most this multiple of its own length, so the batch moves.
 const YIELD_STRETCH: f64 = 2.0;
+/// How often a yield looks whether others write.
+const YIELD_POLL: Duration = Duration::from_millis(1);
 /// How often a wait re-checks what it waits for.
 const RECHECK: Duration = Duration::from_millis(250);
 /// How long a chunk at the live pace waits for another process's
@@ -426,10 +428,10 @@ impl<'a> Governor<'a> {
             let now = Instant::now();
             let waited = now - start;
             let quiet = active.is_none_or(|t| now - t >= QUIET);
-            if waited >= least.mul_f64(YIELD_STRETCH) || (waited >= least && quiet) {
+            let Some(nap) = yield_nap(waited, least, quiet) else {
                 return false;
-            }
-            if self.cancel.sleep(Duration::from_millis(1)) {
+            };
+            if self.cancel.sleep(nap) {
                 return true;
             }
             if self.committed() || self.locks().writing {
@@ -749,6 +751,22 @@ fn first_look(n: &mut Neighbours) -> Option<&'static str> {
     }
 }
 
+/// How long a yield that has lasted `waited` of its `least` sleeps before
+/// it looks again at whether others write (`quiet`: nobody has lately);
+/// `None` when it is over. It looks every `YIELD_POLL`, but never sleeps
+/// past the end it could have: a chunk of 0.2 ms yields about 0.2 ms, not
+/// a whole poll. (Rounding every yield up to the poll made a run of
+/// 100-row chunks at `--sleep 10` 10% slower, and slower again on a busy
+/// machine, where each short sleep wakes late.)
+fn yield_nap(waited: Duration, least: Duration, quiet: bool) -> Option<Duration> {
+    let most = least.mul_f64(YIELD_STRETCH);
+    if waited >= most || (waited >= least && quiet) {
+        return None;
+    }
+    let end = if quiet { least } else { most };
+    Some((end - waited).min(YIELD_POLL))
+}
+
 #[cfg(all(test, unix))]
 mod tests {
     use super::*;
@@ -783,6 +801,21 @@ mod tests {
         };
         assert!(!g.before_chunk(), "no transaction, no wait");
         release(idle);
+    }
+
+    #[test]
+    fn a_yield_sleeps_no_longer_than_it_has_left() {
+        let ms = |n: f64| Duration::from_secs_f64(n / 1000.0);
+        // Nobody writing: a short yield is its own length, a long one is
+        // looked at every poll, and it ends at `least`.
+        assert_eq!(yield_nap(ms(0.0), ms(0.2), true), Some(ms(0.2)));
+        assert_eq!(yield_nap(ms(0.0), ms(10.0), true), Some(YIELD_POLL));
+        assert_eq!(yield_nap(ms(9.5), ms(10.0), true), Some(ms(0.5)));
+        assert_eq!(yield_nap(ms(10.0), ms(10.0), true), None);
+        // Others writing: it goes on past `least`, to the stretch at most.
+        assert_eq!(yield_nap(ms(10.0), ms(10.0), false), Some(YIELD_POLL));
+        assert_eq!(yield_nap(ms(19.5), ms(10.0), false), Some(ms(0.5)));
+        assert_eq!(yield_nap(ms(20.0), ms(10.0), false), None);
     }
 
     /// The settings every pace `message` carried, in order.
