@@ -47,8 +47,6 @@ const LIVE: (Duration, f64) = (Duration::from_millis(10), 1.0);
 /// chunks commit more often and fail more of those; half the yield left
 /// writes at 51–63 ms.
 const LIVE_WAL: (Duration, f64) = (Duration::from_millis(20), 0.75);
-/// How often to look again for other processes that have the file open.
-const RESCAN: Duration = Duration::from_secs(1);
 /// The run paces as live until it has seen nobody else for this long: no
 /// commit, no lock, no process with the file open.
 const ALONE_AFTER: Duration = Duration::from_secs(5);
@@ -137,7 +135,6 @@ pub(super) struct Governor<'a> {
     brakes: Brakes,
     db: String,
     neighbours: Option<Neighbours>,
-    scanned: Instant,
     /// When another connection was last seen (a commit, a lock, the file
     /// open elsewhere, or at the start a recent write).
     seen_at: Option<Instant>,
@@ -228,6 +225,9 @@ impl<'a> Governor<'a> {
             .map_or_else(|| "database".into(), |n| n.to_string_lossy().into_owned());
         let mut neighbours = path.as_deref().map(|p| Neighbours::new(p, wal.is_some()));
         let start_reason = neighbours.as_mut().and_then(first_look);
+        if let Some(n) = neighbours.as_mut() {
+            n.watch();
+        }
         let mut g = Governor {
             conn,
             log,
@@ -237,7 +237,6 @@ impl<'a> Governor<'a> {
             brakes,
             db,
             neighbours,
-            scanned: Instant::now(),
             seen_at: start_reason.map(|_| Instant::now()),
             start_reason,
             data_version: 0,
@@ -374,11 +373,10 @@ impl<'a> Governor<'a> {
     /// the pace (the new settings ride on the message, for `/status`).
     fn observe(&mut self, step: Option<usize>) {
         self.steer();
-        let rescan = self.scanned.elapsed() >= RESCAN;
-        if rescan {
-            self.scanned = Instant::now();
-        }
-        let open = rescan && self.neighbours.as_ref().is_some_and(|n| n.open_elsewhere());
+        let open = self
+            .neighbours
+            .as_ref()
+            .is_some_and(Neighbours::open_lately);
         if self.committed() || self.locks().any || open {
             self.seen_at = Some(Instant::now());
         }
