@@ -143,6 +143,9 @@ struct Inner {
     entries: Vec<Arc<Entry>>,
     /// Entries dropped by compaction so far.
     compacted: u64,
+    /// The ids compaction dropped and nobody has taken yet, while someone
+    /// mirrors the log (see [`EventLog::track_dropped`]).
+    dropped: Option<Vec<u64>>,
     /// Compact when `entries` reaches this length.
     next_compaction: usize,
     finished_id: Option<u64>,
@@ -361,6 +364,22 @@ impl EventLog {
         self.read().snapshot.clone()
     }
 
+    /// From now on, keeps the ids compaction drops until
+    /// [`EventLog::take_dropped`] takes them: a copy of the log elsewhere
+    /// (the run's Redis stream) drops them too, and stays as bounded.
+    pub fn track_dropped(&self) {
+        self.write().dropped.get_or_insert_with(Vec::new);
+    }
+
+    /// The ids compaction dropped since the last call, oldest first.
+    pub fn take_dropped(&self) -> Vec<u64> {
+        self.write()
+            .dropped
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
     #[cfg(test)]
     /// The run's final outcome, once `finished` is logged.
     pub fn final_status(&self) -> Option<RunStatus> {
@@ -386,12 +405,17 @@ fn compact(inner: &mut Inner, limits: Limits) {
     }
     let before = inner.entries.len();
     let mut i = 0;
+    let mut dropped = inner.dropped.take();
     inner.entries.retain(|e| {
         let keep = i >= old_end
             || superseded(&e.event).is_none_or(|kind| latest.get(&kind) == Some(&e.id));
+        if let (false, Some(d)) = (keep, dropped.as_mut()) {
+            d.push(e.id);
+        }
         i += 1;
         keep
     });
+    inner.dropped = dropped;
     inner.compacted += (before - inner.entries.len()) as u64;
     // A log of mostly non-progress events cannot shrink much; wait for as
     // many new entries as a full compaction would have freed, so the cost
@@ -707,6 +731,38 @@ mod tests {
         }
         keep(log.push(finished()));
         kept
+    }
+
+    #[test]
+    fn a_tracked_log_hands_over_exactly_the_ids_it_dropped() {
+        let log = EventLog::with_limits(SMALL);
+        log.track_dropped();
+        let mut taken = log.take_dropped();
+        assert!(taken.is_empty(), "nothing dropped yet");
+        for n in 1..=6000u64 {
+            log.push(progress(0, n));
+            if n % 700 == 0 {
+                taken.extend(log.take_dropped());
+            }
+        }
+        taken.extend(log.take_dropped());
+        let held: Vec<u64> = log.after(0).iter().map(|e| e.id).collect();
+        let mut all: Vec<u64> = held.iter().chain(&taken).copied().collect();
+        all.sort_unstable();
+        assert_eq!(
+            all,
+            (1..=6000).collect::<Vec<_>>(),
+            "held and dropped are every id once"
+        );
+        assert_eq!(taken.len() as u64, log.retained().1);
+        assert!(taken.windows(2).all(|w| w[0] < w[1]), "oldest first");
+        assert!(log.take_dropped().is_empty(), "taken once");
+        // An untracked log keeps no list.
+        let quiet = EventLog::with_limits(SMALL);
+        for n in 1..=6000 {
+            quiet.push(progress(0, n));
+        }
+        assert!(quiet.retained().1 > 0 && quiet.take_dropped().is_empty());
     }
 
     #[test]

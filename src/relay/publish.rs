@@ -69,6 +69,7 @@ pub fn spawn(conn: Conn, target: Target, ttl: Duration, log: Arc<EventLog>) -> P
     let (acked_tx, acked) = watch::channel(0);
     let target = Arc::new(target);
     let trouble = Arc::new(Mutex::new(None));
+    log.track_dropped();
     let task = Task {
         target: target.clone(),
         ttl: ttl.as_secs().max(1),
@@ -77,6 +78,8 @@ pub fn spawn(conn: Conn, target: Target, ttl: Duration, log: Arc<EventLog>) -> P
         trouble: trouble.clone(),
         start_sent: false,
         refused: false,
+        gone: Vec::new(),
+        trimming: true,
     };
     Publisher {
         task: tokio::spawn(task.run(conn)),
@@ -153,6 +156,10 @@ struct Task {
     start_sent: bool,
     /// Redis refused the events: nothing more is sent.
     refused: bool,
+    /// Entries the log's compaction dropped, to go from the stream too.
+    gone: Vec<u64>,
+    /// False once Redis refused an `XDEL`: the stream then keeps them all.
+    trimming: bool,
 }
 
 /// Where the run's keys are, once `start` names the run.
@@ -293,7 +300,45 @@ impl Task {
             return Err(unreplicated());
         }
         self.start_sent |= has_start;
+        self.trim(conn, keys).await?;
         Ok(begins_at_start(&head))
+    }
+
+    /// Deletes from the stream what the log's compaction dropped (old
+    /// `progress`, `control` and `throttle` events a later one supersedes),
+    /// so a run of days keeps a stream as bounded as its log, and a relay
+    /// replaying it ends in the run's state just the same. A user without
+    /// `XDEL` is told once, and its stream keeps every event.
+    async fn trim(&mut self, conn: &mut Conn, keys: &Keys) -> redis::RedisResult<()> {
+        self.gone.extend(self.log.take_dropped());
+        if !self.trimming || self.gone.is_empty() {
+            self.gone.clear();
+            return Ok(());
+        }
+        let mut p = redis::pipe();
+        for ids in self.gone.chunks(BATCH) {
+            let del = p.cmd("XDEL").arg(&keys.stream);
+            for id in ids {
+                del.arg(format!("{id}-0"));
+            }
+            del.ignore();
+        }
+        match p.query_async::<()>(conn).await {
+            Ok(()) => self.gone.clear(),
+            Err(e) => match Failure::of(e) {
+                Failure::Away(why) => return Err(std::io::Error::other(why).into()),
+                Failure::Refused(why) => {
+                    self.trimming = false;
+                    self.gone.clear();
+                    let text = format!(
+                        "Redis at {} refused to delete superseded events from the run's stream ({why}); it keeps every event (give the Redis user +xdel)",
+                        self.target.shown()
+                    );
+                    self.say(Level::Warn, text);
+                }
+            },
+        }
+        Ok(())
     }
 
     /// Keeps the keys of a run that is alive but quiet (paused, throttled,
@@ -317,7 +362,9 @@ impl Task {
     /// eviction): what is left of it goes, so that it is written again
     /// from event 1 (and the plan's `latest` key with it), and the run says
     /// so. Explicit ids keep a relay that had read part of it in step.
-    async fn emptied(&self, conn: &mut Conn, keys: &Keys) -> redis::RedisResult<()> {
+    async fn emptied(&mut self, conn: &mut Conn, keys: &Keys) -> redis::RedisResult<()> {
+        // It is sent again from the log, which no longer holds these.
+        self.gone.clear();
         redis::cmd("DEL")
             .arg(&keys.stream)
             .query_async::<()>(conn)

@@ -1253,3 +1253,81 @@ fn a_relay_replays_from_1_an_id_beyond_its_finished_run() {
     mirror.signal("TERM");
     mirror.wait();
 }
+
+/// A run of 1,200 counters two at a time (600 `progress` events), its log
+/// compacting at 200 events, publishing to `url` and lingering: every
+/// event (a client's from the start) and what its compacted log still
+/// holds at the end (a late joiner's), with the run id.
+fn compacting_published_run(url: &str) -> (Proc, Vec<ParsedEvent>, Vec<ParsedEvent>, String) {
+    let db = TempDb::counters(1_200);
+    let plan = db.file("plan.json", &counter_plan("compacted", 2));
+    let flags =
+        "--listen 127.0.0.1:0 --progress plain --linger 30 --wait-for-clients 1 --batch-size 2";
+    let mut args = run_args(&db, path_str(&plan), &words(flags));
+    args.extend(["--publish", url]);
+    let run = Proc::start_with(&args, |c| {
+        c.env("BATCHSSE_LOG_COMPACT_AT", "200");
+    });
+    let live = Stream::open(run.addr(), "/events", &[]).rest();
+    assert_eq!(live.last().map(|e| e.event.as_str()), Some("finished"));
+    let late = Stream::open(run.addr(), "/events", &[]).rest();
+    let run_id = run_id_of(&live[0]);
+    (run, live, late, run_id)
+}
+
+#[test]
+fn a_long_runs_stream_in_redis_is_compacted_as_its_log_is() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let (_run, live, late, run_id) = compacting_published_run(&redis.url());
+    assert!(
+        late.len() < live.len() / 2,
+        "the log compacted: {} of {}",
+        late.len(),
+        live.len()
+    );
+    // Redis ends holding exactly what the log holds: every start, step,
+    // message and finished, and the progress a late joiner still gets.
+    wait_until(|| xlen(&redis, &run_id) == late.len());
+    assert_published(&redis, &run_id, &late);
+    // So a relay replaying it ends where the run did.
+    let mut relayed = relay(&redis.url(), &["--run", &run_id, "--linger", "3"]);
+    let status = wait_relay_status(&relayed, |s| s["state"] == "finished");
+    assert_eq!(status["rows_changed"], 1_200, "{status}");
+    assert_exits_ok(&mut relayed, "relay", PATIENCE);
+}
+
+#[test]
+fn a_redis_user_who_may_not_xdel_keeps_every_event_and_is_told_once() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let _: () = redis_cmd(
+        &redis,
+        redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg("pub")
+            .arg("on")
+            .arg(">pw")
+            .arg("~*")
+            .arg("+@all")
+            .arg("-xdel"),
+    );
+    let url = format!("redis://pub:pw@127.0.0.1:{}/0", redis.port);
+    let (_run, live, late, run_id) = compacting_published_run(&url);
+    assert!(late.len() < live.len() / 2, "the log itself compacted");
+    wait_until(|| xlen(&redis, &run_id) == live.len());
+    assert_published(&redis, &run_id, &live);
+    let told: Vec<String> = live
+        .iter()
+        .filter(|e| e.event == "message")
+        .map(|e| data(e)["message"].as_str().unwrap_or_default().to_owned())
+        .filter(|m| m.contains("+xdel"))
+        .collect();
+    assert_eq!(told.len(), 1, "told once: {told:?}");
+    assert!(
+        told[0].contains("NOPERM") && !told[0].contains("pw@"),
+        "{told:?}"
+    );
+}
