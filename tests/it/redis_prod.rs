@@ -205,6 +205,7 @@ const PUBLISHER_RULES: &[&str] = &[
     "+set",
     "+expire",
     "+del",
+    "+xdel",
 ];
 const RELAY_RULES: &[&str] = &[
     "resetkeys",
@@ -257,6 +258,13 @@ fn acl_users_with_the_minimal_rules_publish_and_relay_and_one_rule_fewer_fails()
         assert!(!text.contains("s3cret"), "a password shown: {text}");
     }
     assert!(err.contains("redis://bpub@127.0.0.1"), "{err}");
+    // A long run's stream drops what its log's compaction drops.
+    let db = TempDb::counters(60);
+    let flags = ["--publish", &pub_url, "--batch-size", "1"];
+    let (lines, run_id, _) = publish(&db, &flags, &[("BATCHSSE_LOG_COMPACT_AT", "16")]);
+    let out: String = lines.iter().map(Value::to_string).collect();
+    assert!(!out.contains("xdel") && !out.contains("\"error\""), "{out}");
+    assert!(xlen(&redis, &run_id) < lines.len() / 2, "{out}");
     // One command fewer for each: a clear refusal, in Redis's words.
     acl_user(
         &redis,
