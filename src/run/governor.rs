@@ -735,9 +735,10 @@ fn ms(d: Duration) -> u64 {
 /// the file open or locked, or wrote it lately and may come back, or the
 /// system cannot tell who has it open.
 fn first_look(n: &mut Neighbours) -> Option<&'static str> {
-    if n.open_elsewhere() || n.locks().any {
+    let open = n.open_elsewhere();
+    if open == Some(true) || n.locks().any {
         Some("another process has the database open")
-    } else if n.blind() {
+    } else if open.is_none() {
         // Not taken for idle unseen: see `platform`.
         Some("this system cannot see which processes have the database open")
     } else if n.written_within(RECENT_WRITE) {

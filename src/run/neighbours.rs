@@ -86,15 +86,13 @@ impl Neighbours {
         })
     }
 
-    /// Another process has the file open (where the system tells: see
-    /// `platform`; never elsewhere).
-    pub(super) fn open_elsewhere(&self) -> bool {
-        matches!(open_by_others(&self.path), Sight::Seen(v) if !v.is_empty())
-    }
-
-    /// This system cannot list the processes that have the file open.
-    pub(super) fn blind(&self) -> bool {
-        open_by_others(&self.path) == Sight::Blind
+    /// Whether another process has the file open; `None` where the
+    /// system cannot tell (see `platform`).
+    pub(super) fn open_elsewhere(&self) -> Option<bool> {
+        match open_by_others(&self.path) {
+            Sight::Seen(v) => Some(!v.is_empty()),
+            Sight::Blind => None,
+        }
     }
 
     pub(super) fn locks(&mut self) -> Locks {
