@@ -936,14 +936,11 @@ fn a_foreign_entry_is_skipped_once_and_a_foreign_key_is_refused() {
     assert!(err.contains("WRONGTYPE"), "{err}");
 }
 
-#[test]
-fn a_refusal_stops_publishing_once_and_the_run_goes_on() {
-    let Some(redis) = Redis::start() else {
-        return;
-    };
-    // A user that may connect and read, but not append to a stream.
+/// Makes the Redis user `pub` (password `pw`), who may run every command
+/// but `command`; its URL.
+fn user_without(redis: &Redis, command: &str) -> String {
     let _: () = redis_cmd(
-        &redis,
+        redis,
         redis::cmd("ACL")
             .arg("SETUSER")
             .arg("pub")
@@ -951,11 +948,20 @@ fn a_refusal_stops_publishing_once_and_the_run_goes_on() {
             .arg(">pw")
             .arg("~*")
             .arg("+@all")
-            .arg("-xadd"),
+            .arg(format!("-{command}")),
     );
+    format!("redis://pub:pw@127.0.0.1:{}/0", redis.port)
+}
+
+#[test]
+fn a_refusal_stops_publishing_once_and_the_run_goes_on() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    // A user that may connect and read, but not append to a stream.
+    let url = user_without(&redis, "xadd");
     let db = TempDb::counters(100);
     let plan = db.file("plan.json", &counter_plan("refused", 10));
-    let url = format!("redis://pub:pw@127.0.0.1:{}/0", redis.port);
     let args = run_args(
         &db,
         path_str(&plan),
@@ -1303,18 +1309,7 @@ fn a_redis_user_who_may_not_xdel_keeps_every_event_and_is_told_once() {
     let Some(redis) = Redis::start() else {
         return;
     };
-    let _: () = redis_cmd(
-        &redis,
-        redis::cmd("ACL")
-            .arg("SETUSER")
-            .arg("pub")
-            .arg("on")
-            .arg(">pw")
-            .arg("~*")
-            .arg("+@all")
-            .arg("-xdel"),
-    );
-    let url = format!("redis://pub:pw@127.0.0.1:{}/0", redis.port);
+    let url = user_without(&redis, "xdel");
     let (_run, live, late, run_id) = compacting_published_run(&url);
     assert!(late.len() < live.len() / 2, "the log itself compacted");
     wait_until(|| xlen(&redis, &run_id) == live.len());
