@@ -550,6 +550,9 @@ impl<'a> Governor<'a> {
                     waiting = Some((reason, Instant::now()));
                 }
             }
+            // While it waits, who else uses the file still changes the
+            // pace it will go on at: said now, not at the next chunk.
+            self.observe(step);
             // A cancel or a live command looks again at once.
             self.cancel.nap(RECHECK, seen);
         }

@@ -115,3 +115,36 @@ fn the_run_goes_to_the_idle_pace_only_after_the_quiet_time() {
         600
     );
 }
+
+/// A run held by its pause file sees nobody for the quiet time: it says
+/// it will go on at the idle pace while it still waits, so `/status` and
+/// the dashboard show the pace it will take, not the one from before.
+#[test]
+fn a_run_that_waits_goes_idle_while_it_waits_and_says_so() {
+    let db = TempDb::counters(100);
+    let pause = db.dir.path().join("hold");
+    std::fs::write(&pause, "").expect("pause file");
+    let plan = db.file("plan.json", &counter_plan("held", 10));
+    let flags = ["--batch-size", "10", "--pause-file", path_str(&pause)];
+    let mut p = serving(&db, path_str(&plan), &flags);
+    let start = std::time::Instant::now();
+    let until = |what: &str, done: &dyn Fn(&Value) -> bool| loop {
+        let now = get(p.addr(), "/status", &[]).json();
+        if done(&now) {
+            return now;
+        }
+        assert!(start.elapsed() < PATIENCE, "never {what}: {now}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let held = until("held", &|s| s["throttled"] == "pause-file");
+    assert_eq!(held["settings"]["chunk_time_ms"], LIVE_CHUNK_MS, "{held}");
+    let idle = until("idle", &|s| s["settings"]["chunk_time_ms"] == IDLE_CHUNK_MS);
+    assert_eq!(idle["throttled"], "pause-file", "still held: {idle}");
+    assert!(start.elapsed().as_millis() as u64 >= ALONE_AFTER_MS - 1000);
+    std::fs::remove_file(&pause).expect("go on");
+    assert!(p.wait().success(), "{}", p.stderr());
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM t WHERE counter = 1"),
+        100
+    );
+}
