@@ -427,6 +427,38 @@ fn a_dropped_stream_resumes_without_duplicate_rows() {
     );
 }
 
+/// A page whose address now serves another run (the first was restarted,
+/// or a balancer moved it): its stream names its run, so the new server
+/// replays its own run whole, and the page starts over and shows that run
+/// alone, not the first run's rows with the second's end.
+#[test]
+fn a_page_whose_address_serves_another_run_shows_that_run_whole() {
+    let Some(_b) = browser() else { return };
+    let (first_db, second_db) = (TempDb::shop(2000), TempDb::shop(2000));
+    let old = old_sessions(&second_db);
+    let gate = ["--wait-for-clients", "1", "--linger", "20"];
+    let first = start_run(&first_db, 60, &gate);
+    let second = start_run(&second_db, 20, &gate);
+    let proxy = Proxy::balancing(vec![first.addr(), second.addr()]);
+    let page = Observer::start(&format!("http://{}/", proxy.addr), json!({}));
+    wait_status(first.addr(), &[], |s| s["steps_done"].as_u64() >= Some(2));
+    proxy.cut();
+    let v = page.finish();
+    assert_complete(
+        &v,
+        rows_changed(&second_db, old),
+        &messages(second.addr(), &[]),
+    );
+    let first_run = get(first.addr(), "/status", &[]).json()["run_id"].clone();
+    let pinned = v["requests"].as_array().expect("requests").iter().any(|r| {
+        let u = r["url"].as_str().unwrap_or_default();
+        first_run
+            .as_str()
+            .is_some_and(|id| u.contains(&format!("run={id}")))
+    });
+    assert!(pinned, "the stream named its run: {v:#}");
+}
+
 #[test]
 fn the_page_says_when_the_server_is_gone() {
     let Some(_b) = browser() else { return };
@@ -1134,9 +1166,17 @@ fn the_dashboard_behind_a_load_balancer_moves_between_relays_without_a_duplicate
     // exactly after Last-Event-ID is checked in tests/it/relay.rs.)
     assert_complete(&v, rows_changed(&db, old), &messages(p.addr(), &[]));
     assert_no_request_after_end(&v);
+    // Pinned to the run once it started (`?run=`, a request of its own,
+    // since the relay had no run yet when the page opened), the page's own
+    // reconnect after the cut resumed with Last-Event-ID for that run.
     let reqs = v["requests"].as_array().expect("requests");
-    assert!(reqs.len() >= 2, "the page never reconnected: {v:#}");
-    assert_resumes(&reqs[1], &v);
+    let retry = reqs
+        .iter()
+        .find(|r| r["last_event_id"].is_string())
+        .unwrap_or_else(|| panic!("the page never reconnected: {v:#}"));
+    assert_resumes(retry, &v);
+    let url = retry["url"].as_str().unwrap_or_default();
+    assert!(url.contains("run="), "the reconnect names its run: {v:#}");
     // Relay B served it: its stream is the run's, message for message.
     assert_eq!(messages(b.addr(), &[]), messages(p.addr(), &[]));
 }
