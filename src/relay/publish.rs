@@ -192,7 +192,7 @@ impl Task {
                 continue;
             };
             let acked = *self.acked.borrow();
-            let pending = self.log.after_at_most(acked, BATCH);
+            let pending = self.log.mirror_after(acked, BATCH);
             let round = match pending.last().map(|e| e.id) {
                 Some(last) => {
                     let round = within(REPLY_LIMIT, self.send(c, &keys, &pending)).await;
