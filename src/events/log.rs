@@ -395,7 +395,9 @@ impl EventLog {
         read
     }
 
-    /// The ids compaction dropped since the last call, oldest first.
+    /// The ids compaction dropped since the last call, in the order it
+    /// dropped them (not always oldest first: a compaction can drop an
+    /// old `control` an earlier one kept as the latest).
     pub fn take_dropped(&self) -> Vec<u64> {
         self.write()
             .dropped
