@@ -145,7 +145,7 @@ struct Inner {
     compacted: u64,
     /// The ids compaction dropped and nobody has taken yet, while someone
     /// mirrors the log (see [`EventLog::track_dropped`]).
-    dropped: Option<Vec<u64>>,
+    dropped: Option<Dropped>,
     /// Compact when `entries` reaches this length.
     next_compaction: usize,
     finished_id: Option<u64>,
@@ -155,6 +155,16 @@ struct Inner {
     /// Rows changed by steps that have ended, so `rows_changed` can add
     /// the running step's count to it.
     changed_before: u64,
+}
+
+/// What compaction dropped, for the log's mirror: only ids up to the last
+/// the mirror has read (see [`EventLog::mirror_after`]), since it never
+/// holds the others; so a mirror that reads no more (its Redis refused,
+/// or is away for a day) leaves the log bounded.
+#[derive(Debug, Default)]
+struct Dropped {
+    ids: Vec<u64>,
+    read_to: u64,
 }
 
 #[derive(Debug)]
@@ -368,15 +378,31 @@ impl EventLog {
     /// [`EventLog::take_dropped`] takes them: a copy of the log elsewhere
     /// (the run's Redis stream) drops them too, and stays as bounded.
     pub fn track_dropped(&self) {
-        self.write().dropped.get_or_insert_with(Vec::new);
+        self.write().dropped.get_or_insert_with(Dropped::default);
     }
 
-    /// The ids compaction dropped since the last call, oldest first.
+    /// At most `n` of the entries above `cursor`, for the log's mirror:
+    /// from now on, what compaction drops of these is kept for
+    /// [`EventLog::take_dropped`] (in the same lock, so none slips by
+    /// while the mirror copies them).
+    pub fn mirror_after(&self, cursor: u64, n: usize) -> Vec<Arc<Entry>> {
+        let mut inner = self.write();
+        let start = inner.entries.partition_point(|e| e.id <= cursor);
+        let read: Vec<Arc<Entry>> = inner.entries[start..].iter().take(n).cloned().collect();
+        if let (Some(d), Some(last)) = (inner.dropped.as_mut(), read.last()) {
+            d.read_to = d.read_to.max(last.id);
+        }
+        read
+    }
+
+    /// The ids compaction dropped since the last call, in the order it
+    /// dropped them (not always oldest first: a compaction can drop an
+    /// old `control` an earlier one kept as the latest).
     pub fn take_dropped(&self) -> Vec<u64> {
         self.write()
             .dropped
             .as_mut()
-            .map(std::mem::take)
+            .map(|d| std::mem::take(&mut d.ids))
             .unwrap_or_default()
     }
 
@@ -409,8 +435,10 @@ fn compact(inner: &mut Inner, limits: Limits) {
     inner.entries.retain(|e| {
         let keep = i >= old_end
             || superseded(&e.event).is_none_or(|kind| latest.get(&kind) == Some(&e.id));
-        if let (false, Some(d)) = (keep, dropped.as_mut()) {
-            d.push(e.id);
+        if let (false, Some(d)) = (keep, dropped.as_mut())
+            && e.id <= d.read_to
+        {
+            d.ids.push(e.id);
         }
         i += 1;
         keep
@@ -739,8 +767,11 @@ mod tests {
         log.track_dropped();
         let mut taken = log.take_dropped();
         assert!(taken.is_empty(), "nothing dropped yet");
+        // The mirror reads every event (before compaction drops it).
+        let mut read = 0;
         for n in 1..=6000u64 {
             log.push(progress(0, n));
+            read = log.mirror_after(read, 1).last().map_or(read, |e| e.id);
             if n % 700 == 0 {
                 taken.extend(log.take_dropped());
             }
@@ -763,6 +794,25 @@ mod tests {
             quiet.push(progress(0, n));
         }
         assert!(quiet.retained().1 > 0 && quiet.take_dropped().is_empty());
+    }
+
+    #[test]
+    fn a_mirror_that_stops_reading_does_not_grow_the_log() {
+        // A publisher whose Redis refused it, or is away for a day, reads
+        // no further: the log keeps the dropped ids of what it had read,
+        // not of every event the run goes on to compact.
+        let log = EventLog::with_limits(SMALL);
+        log.track_dropped();
+        for n in 1..=200 {
+            log.push(progress(0, n));
+        }
+        let read = log.mirror_after(0, 150);
+        assert_eq!(read.last().map(|e| e.id), Some(150));
+        for n in 201..=60_000 {
+            log.push(progress(0, n));
+        }
+        assert!(log.retained().1 > 50_000, "the log compacted");
+        assert_eq!(log.take_dropped(), (1..=150).collect::<Vec<_>>());
     }
 
     #[test]

@@ -192,7 +192,7 @@ impl Task {
                 continue;
             };
             let acked = *self.acked.borrow();
-            let pending = self.log.after_at_most(acked, BATCH);
+            let pending = self.log.mirror_after(acked, BATCH);
             let round = match pending.last().map(|e| e.id) {
                 Some(last) => {
                     let round = within(REPLY_LIMIT, self.send(c, &keys, &pending)).await;
@@ -323,8 +323,19 @@ impl Task {
             }
             del.ignore();
         }
-        match p.query_async::<()>(conn).await {
-            Ok(()) => self.gone.clear(),
+        // Under Sentinel, as for the events: a deletion only the primary
+        // has would come back with a failover, and be forgotten here.
+        let sentinel = self.target.is_sentinel();
+        if sentinel {
+            p.cmd("WAIT").arg(1).arg(REPLICA_WAIT.as_millis() as u64);
+        }
+        let replicas = match sentinel {
+            true => p.query_async::<(u64,)>(conn).await.map(|(n,)| n),
+            false => p.query_async::<()>(conn).await.map(|()| 1),
+        };
+        match replicas {
+            Ok(0) => return Err(unreplicated()),
+            Ok(_) => self.gone.clear(),
             Err(e) => match Failure::of(e) {
                 Failure::Away(why) => return Err(std::io::Error::other(why).into()),
                 Failure::Refused(why) => {

@@ -391,25 +391,127 @@ fn on<T: redis::FromRedisValue>(redis: &Redis, cmd: &mut redis::Cmd) -> redis::R
     cmd.query(&mut conn)
 }
 
-#[test]
-fn a_sentinel_failover_mid_run_loses_and_doubles_nothing() {
-    use crate::relay::published_until_paused;
-    let Some(primary) = Redis::start() else {
-        return;
-    };
+/// A primary, its replica (linked), and `n` sentinels watching them.
+fn replicated(n: usize) -> Option<(Redis, Redis, Vec<Sentinel>)> {
+    let primary = Redis::start()?;
     let replica_of = [
         "--replicaof".to_string(),
         "127.0.0.1".into(),
         primary.port.to_string(),
     ];
-    let Some(replica) = Redis::start_with(&replica_of) else {
-        return;
-    };
+    let replica = Redis::start_with(&replica_of)?;
     wait_for_redis("the replica's link", || {
         let info: String = on(&replica, redis::cmd("INFO").arg("replication")).ok()?;
         info.contains("master_link_status:up").then_some(())
     });
-    let sentinels: Vec<Sentinel> = (0..3).map(|_| Sentinel::start(primary.port)).collect();
+    let sentinels = (0..n).map(|_| Sentinel::start(primary.port)).collect();
+    Some((primary, replica, sentinels))
+}
+
+/// The `redis+sentinel://` URL of `sentinels`.
+fn sentinel_url(sentinels: &[Sentinel]) -> String {
+    let hosts: Vec<String> = sentinels
+        .iter()
+        .map(|s| format!("127.0.0.1:{}", s.port))
+        .collect();
+    format!("redis+sentinel://{}/main/0", hosts.join(","))
+}
+
+/// `redis-cli MONITOR` on `redis`: each command it runs, as one line
+/// (`TIME [DB CLIENT] "CMD" "ARG"…`), until dropped (killed by pid).
+struct Monitor {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Monitor {
+    fn start(redis: &Redis) -> Monitor {
+        use std::io::BufRead;
+        let mut child = Command::new("redis-cli")
+            .args(["-p", &redis.port.to_string(), "monitor"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-cli monitor");
+        let out = child.stdout.take().expect("monitor's stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let m = Monitor { child, lines };
+        let ok = m.lines.recv_timeout(PATIENCE).expect("MONITOR answers");
+        assert_eq!(ok, "OK", "MONITOR");
+        m
+    }
+
+    /// The lines seen until `done` holds for one (that one included).
+    fn until(&self, done: impl Fn(&str) -> bool) -> Vec<String> {
+        let mut seen = Vec::new();
+        loop {
+            let line = self.lines.recv_timeout(PATIENCE).expect("a MONITOR line");
+            let last = done(&line);
+            seen.push(line);
+            if last {
+                return seen;
+            }
+        }
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn under_sentinel_a_deletion_counts_only_once_a_replica_has_it() {
+    // A failover to a replica that missed an XDEL would bring the deleted
+    // events back for good: the publisher had forgotten them. So each
+    // XDEL is followed, on its connection, by a WAIT before anything else
+    // is written there (a WAIT with no replica is a lost connection, and
+    // the deletions are sent again).
+    let Some((primary, _replica, sentinels)) = replicated(1) else {
+        return;
+    };
+    let url = sentinel_url(&sentinels);
+    let monitor = Monitor::start(&primary);
+    let db = TempDb::counters(60);
+    let flags = ["--publish", &url, "--batch-size", "1"];
+    let (lines, run_id, err) = publish(&db, &flags, &[("BATCHSSE_LOG_COMPACT_AT", "16")]);
+    let finished = format!("\"{}-0\"", lines.len());
+    let seen = monitor.until(|l| l.contains("\"XADD\"") && l.contains(&finished));
+    // The publisher's connection: the one that wrote the stream.
+    let client = |l: &str| l.split(['[', ']']).nth(1).map(str::to_owned);
+    let publisher = client(&seen[seen.len() - 1]);
+    let mut mine = seen.iter().filter(|l| client(l) == publisher);
+    let mut deletes = 0;
+    while let Some(l) = mine.next() {
+        if !l.contains("\"XDEL\"") {
+            continue;
+        }
+        deletes += 1;
+        let next = mine.find(|l| !l.contains("\"XDEL\""));
+        assert!(
+            next.is_some_and(|n| n.contains("\"WAIT\"")),
+            "an XDEL not waited on: {next:?}\n{err}"
+        );
+    }
+    assert!(deletes > 0, "the stream was compacted: {run_id}");
+}
+
+#[test]
+fn a_sentinel_failover_mid_run_loses_and_doubles_nothing() {
+    use crate::relay::published_until_paused;
+    let Some((primary, replica, sentinels)) = replicated(3) else {
+        return;
+    };
     // Each sentinel must know the replica before a failover can pick it.
     for s in &sentinels {
         wait_for_redis("the sentinel's view of the replica", || {
@@ -419,11 +521,7 @@ fn a_sentinel_failover_mid_run_loses_and_doubles_nothing() {
             (!replicas.is_empty()).then_some(())
         });
     }
-    let hosts: Vec<String> = sentinels
-        .iter()
-        .map(|s| format!("127.0.0.1:{}", s.port))
-        .collect();
-    let url = format!("redis+sentinel://{}/main/0", hosts.join(","));
+    let url = sentinel_url(&sentinels);
     let extra = ["--drain-timeout", "30"];
     let (mut run, mut s, mut seen, run_id, db) =
         published_until_paused(&primary, 200, "failover", &url, &extra);
