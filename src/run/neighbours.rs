@@ -38,6 +38,8 @@ pub(super) struct Neighbours {
     path: PathBuf,
     probe: probe::Probe,
     watcher: Option<Watcher>,
+    /// A look found that this system cannot tell who has the file open.
+    blind: bool,
 }
 
 impl Neighbours {
@@ -48,13 +50,15 @@ impl Neighbours {
             path: path.to_owned(),
             probe: probe::Probe::new(path, wal),
             watcher: None,
+            blind: false,
         }
     }
 
     /// From now on, looks for other processes with the file open on a
-    /// thread of its own (see [`Watcher`]), until this is dropped.
+    /// thread of its own (see [`Watcher`]), until this is dropped; not
+    /// where a look has found that the system cannot tell.
     pub(super) fn watch(&mut self) {
-        if self.watcher.is_none() {
+        if self.watcher.is_none() && !self.blind {
             self.watcher = Watcher::start(&self.path);
         }
     }
@@ -87,11 +91,15 @@ impl Neighbours {
     }
 
     /// Whether another process has the file open; `None` where the
-    /// system cannot tell (see `platform`).
-    pub(super) fn open_elsewhere(&self) -> Option<bool> {
+    /// system cannot tell (see `platform`), which [`Neighbours::watch`]
+    /// then remembers.
+    pub(super) fn open_elsewhere(&mut self) -> Option<bool> {
         match open_by_others(&self.path) {
             Sight::Seen(v) => Some(!v.is_empty()),
-            Sight::Blind => None,
+            Sight::Blind => {
+                self.blind = true;
+                None
+            }
         }
     }
 
@@ -128,8 +136,9 @@ impl Watcher {
                 let began = Instant::now();
                 match open_by_others(&path) {
                     Sight::Seen(v) => found.store(!v.is_empty(), Ordering::Relaxed),
-                    // Nothing to look at on this system.
-                    Sight::Blind => return,
+                    // Nothing to look at any more (no /proc): what was
+                    // seen last no longer holds.
+                    Sight::Blind => return found.store(false, Ordering::Relaxed),
                 }
                 pause = next_look(began.elapsed());
             }
