@@ -143,8 +143,8 @@ struct Inner {
     entries: Vec<Arc<Entry>>,
     /// Entries dropped by compaction so far.
     compacted: u64,
-    /// The ids compaction dropped and nobody has taken yet, while someone
-    /// mirrors the log (see [`EventLog::track_dropped`]).
+    /// The ids compaction dropped and nobody has taken yet, once something
+    /// mirrors the log (see [`EventLog::mirror_after`]).
     dropped: Option<Dropped>,
     /// Compact when `entries` reaches this length.
     next_compaction: usize,
@@ -279,9 +279,7 @@ impl EventLog {
 
     /// At most `n` of the entries with an id above `cursor`, oldest first.
     pub fn after_at_most(&self, cursor: u64, n: usize) -> Vec<Arc<Entry>> {
-        let inner = self.read();
-        let start = inner.entries.partition_point(|e| e.id <= cursor);
-        inner.entries[start..].iter().take(n).cloned().collect()
+        at_most_after(&self.read().entries, cursor, n)
     }
 
     /// The SSE bytes of the entries above `cursor`, as one buffer ready to
@@ -374,22 +372,17 @@ impl EventLog {
         self.read().snapshot.clone()
     }
 
-    /// From now on, keeps the ids compaction drops until
-    /// [`EventLog::take_dropped`] takes them: a copy of the log elsewhere
-    /// (the run's Redis stream) drops them too, and stays as bounded.
-    pub fn track_dropped(&self) {
-        self.write().dropped.get_or_insert_with(Dropped::default);
-    }
-
-    /// At most `n` of the entries above `cursor`, for the log's mirror:
-    /// from now on, what compaction drops of these is kept for
-    /// [`EventLog::take_dropped`] (in the same lock, so none slips by
-    /// while the mirror copies them).
+    /// At most `n` of the entries above `cursor`, for the log's one mirror
+    /// (the run's Redis stream): from its first read on, what compaction
+    /// drops of the entries it has read is kept for
+    /// [`EventLog::take_dropped`] (in the same lock, so none slips by while
+    /// the mirror copies them), so the mirror drops them too and stays as
+    /// bounded as the log.
     pub fn mirror_after(&self, cursor: u64, n: usize) -> Vec<Arc<Entry>> {
         let mut inner = self.write();
-        let start = inner.entries.partition_point(|e| e.id <= cursor);
-        let read: Vec<Arc<Entry>> = inner.entries[start..].iter().take(n).cloned().collect();
-        if let (Some(d), Some(last)) = (inner.dropped.as_mut(), read.last()) {
+        let read = at_most_after(&inner.entries, cursor, n);
+        let d = inner.dropped.get_or_insert_with(Dropped::default);
+        if let Some(last) = read.last() {
             d.read_to = d.read_to.max(last.id);
         }
         read
@@ -412,6 +405,12 @@ impl EventLog {
         let inner = self.read();
         inner.finished_id.and(inner.snapshot.status)
     }
+}
+
+/// At most `n` of `entries` with ids above `cursor`.
+fn at_most_after(entries: &[Arc<Entry>], cursor: u64, n: usize) -> Vec<Arc<Entry>> {
+    let start = entries.partition_point(|e| e.id <= cursor);
+    entries[start..].iter().take(n).cloned().collect()
 }
 
 /// Drops the superseded events (see [`Superseded`]) from all but the
@@ -764,7 +763,6 @@ mod tests {
     #[test]
     fn a_tracked_log_hands_over_exactly_the_ids_it_dropped() {
         let log = EventLog::with_limits(SMALL);
-        log.track_dropped();
         let mut taken = log.take_dropped();
         assert!(taken.is_empty(), "nothing dropped yet");
         // The mirror reads every event (before compaction drops it).
@@ -802,7 +800,6 @@ mod tests {
         // no further: the log keeps the dropped ids of what it had read,
         // not of every event the run goes on to compact.
         let log = EventLog::with_limits(SMALL);
-        log.track_dropped();
         for n in 1..=200 {
             log.push(progress(0, n));
         }

@@ -69,7 +69,6 @@ pub fn spawn(conn: Conn, target: Target, ttl: Duration, log: Arc<EventLog>) -> P
     let (acked_tx, acked) = watch::channel(0);
     let target = Arc::new(target);
     let trouble = Arc::new(Mutex::new(None));
-    log.track_dropped();
     let task = Task {
         target: target.clone(),
         ttl: ttl.as_secs().max(1),
