@@ -100,7 +100,8 @@ pub enum Command {
         batchsse checkpoint clear --db shop.sqlite --plan reprice-2026\n  \
         batchsse checkpoint clear --db shop.sqlite --all\n\n\
         Clearing a plan's records makes its next run start from the first step (as --force would). \
-        Only the batchsse_checkpoint table is touched; it is dropped once it is empty.")]
+        Only batchsse's own tables are touched: batchsse_checkpoint (dropped once it is empty), and \
+        the undo records of the plans cleared.")]
     Checkpoint(CheckpointArgs),
     /// Take back a run recorded with `run --undo`, streamed and steerable like a run; list or clear the records.
     #[command(after_help = "Examples:\n  \
@@ -126,7 +127,7 @@ pub enum Command {
     /// Print a JSON Schema (draft 2020-12) of every event's data, by event name.
     #[command(
         after_help = "Its $defs hold one schema per event (start, step, progress, message, \
-        throttle, finished); the document itself validates a `--progress json` line \
+        throttle, control, finished); the document itself validates a `--progress json` line \
         ({\"id\":N,\"event\":\"…\",\"data\":{…}}).\n\nExample:\n  \
         batchsse schema > batchsse-events.schema.json"
     )]
@@ -441,7 +442,7 @@ pub struct ServeArgs {
 /// Publishing the run's events to Redis, for `batchsse relay`.
 #[derive(Debug, Args)]
 pub struct PublishArgs {
-    /// Also append every event to the Redis stream batchsse:run:<run_id> (redis://[USER:PASSWORD@]HOST:PORT[/DB], rediss:// for TLS, redis+sentinel://HOST:PORT[,…]/SERVICE[/DB]; the password may come from BATCHSSE_REDIS_PASSWORD), for `batchsse relay`.
+    /// Also append every event to the Redis stream batchsse:run:<run_id> (redis://[USER:PASSWORD@]HOST:PORT[/DB], rediss:// for TLS, redis+sentinel://HOST:PORT[,…]/SERVICE[/DB], redis+cluster://HOST:PORT[,…]; the password may come from BATCHSSE_REDIS_PASSWORD), for `batchsse relay`.
     #[arg(
         long,
         value_name = "URL",
@@ -482,7 +483,7 @@ pub struct RedisAccessArgs {
 #[derive(Debug, Args)]
 #[command(group = clap::ArgGroup::new("which").required(true).args(["run", "plan"]))]
 pub struct RelayArgs {
-    /// The Redis the run publishes to: redis://[USER:PASSWORD@]HOST:PORT[/DB], rediss:// for TLS, redis+sentinel://HOST:PORT[,…]/SERVICE[/DB] (the password may come from BATCHSSE_REDIS_PASSWORD).
+    /// The Redis the run publishes to: redis://[USER:PASSWORD@]HOST:PORT[/DB], rediss:// for TLS, redis+sentinel://HOST:PORT[,…]/SERVICE[/DB], redis+cluster://HOST:PORT[,…] (the password may come from BATCHSSE_REDIS_PASSWORD).
     #[arg(
         value_name = "REDIS_URL",
         env = "BATCHSSE_PUBLISH",

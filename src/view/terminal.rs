@@ -491,8 +491,17 @@ fn finished_line_after(f: &crate::events::Finished, said: Option<&str>) -> Strin
         line += &format!(", undo record {} bytes", thousands(b));
     }
     if let Some(n) = f.conflicts.filter(|n| *n > 0) {
+        // A dry run rolled its conflict rows back with everything else.
+        let (kept, listed) = if f.dry_run {
+            ("would keep", "")
+        } else {
+            (
+                "kept",
+                " (every one is in the table batchsse_undo_conflict)",
+            )
+        };
         line += &format!(
-            "; {} conflict{} kept the application's rows (every one is in the table batchsse_undo_conflict)",
+            "; {} conflict{} {kept} the application's rows{listed}",
             thousands(n),
             if n == 1 { "" } else { "s" }
         );

@@ -201,6 +201,11 @@ fn application_writes_after_the_run_are_conflicts_kept_under_skip() {
         err.contains("195 rows would change") && err.contains("5 conflicts"),
         "{err}"
     );
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        !last.contains("batchsse_undo_conflict"),
+        "a dry run rolls its conflict rows back, so it must not point at them: {last}"
+    );
     let json = [
         "undo",
         "--db",
