@@ -3,6 +3,11 @@
 //! (The dashboard's script follows the same rules in its own `fmt`.)
 
 /// `1234567` as `1,234,567`.
+/// `n` rows, in words: "1 row", "1,200 rows".
+pub fn rows(n: u64) -> String {
+    format!("{} row{}", thousands(n), if n == 1 { "" } else { "s" })
+}
+
 pub fn thousands(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::with_capacity(s.len() + s.len() / 3);
@@ -58,6 +63,14 @@ pub fn shell_word(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_row_is_a_row() {
+        assert_eq!(
+            [rows(0), rows(1), rows(1200)],
+            ["0 rows", "1 row", "1,200 rows"]
+        );
+    }
 
     #[test]
     fn numbers_and_durations_read_as_people_write_them() {

@@ -31,9 +31,9 @@ pub(super) fn at_end(
         && changed < min
     {
         return Ok(Some(format!(
-            "expect_changes.min is {}, but the step changed only {} rows",
+            "expect_changes.min is {}, but the step changed only {}",
             thousands(min),
-            thousands(changed)
+            crate::human::rows(changed)
         )));
     }
     let Some(sql) = &expect.sql else {

@@ -432,8 +432,8 @@ impl Runner<'_> {
             drop(outer);
             let text = if self.opts.dry_run {
                 format!(
-                    "dry run finished: {} rows would change; rolled back, nothing was written",
-                    crate::human::thousands(tally.rows_changed)
+                    "dry run finished: {} would change; rolled back, nothing was written",
+                    crate::human::rows(tally.rows_changed)
                 )
             } else {
                 tally.rows_changed = 0;

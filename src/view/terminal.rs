@@ -12,7 +12,7 @@ pub use crate::cli::ProgressMode;
 use crate::error::print_line;
 use crate::events::log::EventLog;
 use crate::events::{Event, Level, Progress, RunStatus, StepState, ThrottleReason};
-use crate::human::{duration, thousands};
+use crate::human::{duration, rows, thousands};
 use crate::view::github::Github;
 
 impl ProgressMode {
@@ -402,8 +402,8 @@ fn step_line(s: &crate::events::StepEvent) -> String {
     match s.state {
         StepState::Running => "running".into(),
         StepState::Done => format!(
-            "done, {} rows changed in {}",
-            thousands(s.changed),
+            "done, {} changed in {}",
+            rows(s.changed),
             duration(s.elapsed_ms)
         ),
         StepState::Skipped => "skipped (already applied)".into(),
@@ -476,10 +476,10 @@ fn finished_line_after(f: &crate::events::Finished, said: Option<&str>) -> Strin
         RunStatus::Cancelled => "cancelled",
     };
     let mut line = format!(
-        "{status}: {}/{} steps, {} rows {} in {}",
+        "{status}: {}/{} steps, {} {} in {}",
         f.steps_done,
         f.steps_total,
-        thousands(f.rows_changed),
+        rows(f.rows_changed),
         if f.dry_run {
             "would change (dry run, nothing written)"
         } else {

@@ -384,7 +384,7 @@ fn in_github_actions_a_failed_step_is_an_error_annotation_and_the_summary_has_ev
         "| 1 | UPDATE t SET name = 'b' | done | 1 |",
         "| 2 | UPDATE t SET name = NULL | **failed** | 0 |",
         "| 3 | UPDATE t SET name = 'never' | not run |  |  |",
-        "**FAILED: 1/3 steps, 1 rows changed in ",
+        "**FAILED: 1/3 steps, 1 row changed in ",
         "NOT NULL constraint failed: t.name",
     ] {
         assert!(md.contains(row), "no {row:?} in:\n{md}");
@@ -415,7 +415,7 @@ fn outside_github_actions_auto_prints_plain_lines_and_no_summary() {
     let md = std::fs::read_to_string(&summary).unwrap();
     assert!(md.contains("| 1 | UPDATE t SET n = 2 | done | 1 |"), "{md}");
     assert!(
-        md.contains("**finished ok: 1/1 steps, 1 rows changed in "),
+        md.contains("**finished ok: 1/1 steps, 1 row changed in "),
         "{md}"
     );
 }
