@@ -165,10 +165,11 @@ impl Resume {
     }
 
     pub fn describe(&self, plan: &Plan) -> String {
+        // Setup steps (PRAGMA, ATTACH) run again: the connection is new.
         let done: Vec<String> = plan
             .steps
             .iter()
-            .filter(|s| self.is_done(s))
+            .filter(|s| self.is_done(s) && (!s.sets_up_connection() || self.already_applied(plan)))
             .map(|s| (s.index + 1).to_string())
             .collect();
         let partial = plan

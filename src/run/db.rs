@@ -150,8 +150,15 @@ fn lock_holders(path: &Path) -> String {
 /// process held past the busy timeout, who holds it and what to do, as
 /// [`open_db`] says before the run.
 pub(super) fn run_time_message(conn: &Connection, e: &rusqlite::Error) -> String {
-    if e.sqlite_error_code() != Some(rusqlite::ErrorCode::DatabaseBusy) {
-        return sqlite_message(e);
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DatabaseBusy) => {}
+        Some(rusqlite::ErrorCode::DiskFull) => {
+            return format!(
+                "{}: the disk that holds the database, its journal or the temporary folder has no room left (or the file reached a PRAGMA max_page_count); free some space",
+                sqlite_message(e)
+            );
+        }
+        _ => return sqlite_message(e),
     }
     let holders = conn
         .path()

@@ -127,6 +127,11 @@ impl Tally {
             ..Tally::default()
         }
     }
+
+    /// Whether the run got anywhere: a step done, or rows committed.
+    fn kept(&self) -> bool {
+        self.steps_done > 0 || self.rows_changed > 0
+    }
 }
 
 /// Whether a run of `plan` with `opts` is recorded for undo.
@@ -169,6 +174,7 @@ pub fn run(
     };
     let tally = r.run_all(job.resume, gate);
     r.governor.borrow().finish();
+    let kept = tally.kept();
     let (status, error) = match tally.end {
         None => (RunStatus::Ok, None),
         Some((status, why)) => (status, Some(why)),
@@ -187,6 +193,9 @@ pub fn run(
                 rec.run_id
             ),
         );
+    }
+    if status != RunStatus::Ok && on && !job.opts.atomic && kept {
+        r.message(None, Level::Info, r.to_go_on(status));
     }
     log.push(Event::Finished(Finished {
         status,
@@ -229,6 +238,21 @@ struct Runner<'a> {
 }
 
 impl Runner<'_> {
+    /// How to go on after a run that stopped with work committed: the
+    /// checkpoint makes the same command continue from there.
+    fn to_go_on(&self, status: RunStatus) -> String {
+        let first = match status {
+            RunStatus::Cancelled => "",
+            _ => "once the cause is fixed, ",
+        };
+        format!(
+            "what committed is checkpointed: {first}run the same command again to go on from where this run stopped \
+             (or start over after `batchsse checkpoint clear --db {} --plan {}`)",
+            crate::human::shell_word(self.conn.path().unwrap_or(&self.db)),
+            crate::human::shell_word(&self.plan.name)
+        )
+    }
+
     fn message(&self, step: Option<usize>, level: Level, text: impl Into<String>) {
         let target = match step {
             Some(i) => json!({"db": self.db, "step": i}),

@@ -314,18 +314,27 @@ fn an_atomic_run_that_fails_leaves_the_database_exactly_as_before() {
     ));
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("rolled back"), "{err}");
+    assert!(
+        !err.contains(GO_ON),
+        "nothing was kept to go on from: {err}"
+    );
     assert_eq!(
         sha256(&db.path),
         before,
         "--atomic failure must leave every byte as it was"
     );
-    // Without --atomic the same plan keeps its first step and nine chunks.
-    let (code, _, _) = run(&run_args(
+    // Without --atomic the same plan keeps its first step and nine chunks,
+    // and says how to go on from there.
+    let (code, _, err) = run(&run_args(
         &db,
         path_str(&plan),
         &["--no-serve", "--batch-size", "10"],
     ));
     assert_eq!(code, 1);
+    assert!(
+        err.contains(&format!("once the cause is fixed, {GO_ON}")),
+        "{err}"
+    );
     assert_eq!(db.counter_spread(), (200, 0));
     assert_eq!(
         db.query_i64("SELECT count(*) FROM t WHERE v IS NOT NULL"),
@@ -372,7 +381,19 @@ fn ctrl_c_rolls_back_the_current_chunk_exits_130_and_the_rerun_resumes() {
         (last_done, 1000 - last_done),
         "committed chunks kept, no more"
     );
-    assert!(p.stderr().contains("cancelled"), "{}", p.stderr());
+    let err = p.stderr();
+    assert!(err.contains("cancelled"), "{err}");
+    assert!(
+        err.contains(&format!("checkpointed: {GO_ON}")),
+        "a cancelled run has no cause to fix: {err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "batchsse checkpoint clear --db {} --plan cancel",
+            path_str(&db.path)
+        )),
+        "{err}"
+    );
     let (code, _, err) = run(&run_args(
         &db,
         path_str(&plan),
@@ -380,6 +401,63 @@ fn ctrl_c_rolls_back_the_current_chunk_exits_130_and_the_rerun_resumes() {
     ));
     assert_eq!(code, 0, "{err}");
     assert_eq!(db.counter_spread(), (1000, 0));
+}
+
+/// What a run that stopped with work committed says about going on.
+const GO_ON: &str = "run the same command again to go on from where this run stopped";
+
+/// A full disk, as SQLite reports it (here a page limit the plan's first
+/// step sets on the run's connection, a few chunks past the start): the
+/// chunk that meets it is rolled back and the message says what to do.
+/// Space freed inside the file (a filler table emptied) lets the same
+/// command finish the run.
+#[test]
+fn a_full_disk_says_what_to_do_and_the_same_command_then_finishes() {
+    let db = TempDb::counters(3000);
+    db.conn()
+        .execute_batch(
+            "ALTER TABLE t ADD COLUMN pad BLOB;
+             CREATE TABLE filler(b);
+             INSERT INTO filler SELECT randomblob(1000) FROM t WHERE id <= 1500;",
+        )
+        .unwrap();
+    let pages = db.query_i64("PRAGMA page_count") + 30;
+    let plan = db.file(
+        "plan.json",
+        &serde_json::json!({
+            "name": "full",
+            "steps": [
+                {"name": "cap", "sql": format!("PRAGMA max_page_count = {pages}")},
+                {"name": "bump", "sql": "UPDATE t SET counter = counter + 1, pad = randomblob(200) WHERE id BETWEEN :lo AND :hi",
+                 "chunk": {"table": "t", "key": "id", "size": 100}}
+            ]
+        })
+        .to_string(),
+    );
+    let args = run_args(&db, path_str(&plan), &words("--no-serve --batch-size 100"));
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("database or disk is full") && err.contains("free some space"),
+        "{err}"
+    );
+    assert!(err.contains(GO_ON), "{err}");
+    let (done, left) = db.counter_spread();
+    assert!(
+        done > 0 && done < 3000 && done % 100 == 0,
+        "some whole chunks only: {done}"
+    );
+    assert_eq!(done + left, 3000);
+    db.conn().execute_batch("DELETE FROM filler").unwrap();
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(db.counter_spread(), (3000, 0), "every row bumped once");
+    // The PRAGMA ran again on the new connection, as setup steps do.
+    assert!(
+        err.contains("resuming plan \"full\"; step 2 (\"bump\") continues after")
+            && err.contains("[1/2] cap: done"),
+        "{err}"
+    );
 }
 
 /// Adds a column, then bumps it chunk by chunk: re-running the finished
