@@ -508,6 +508,8 @@ fn the_demo_runs_the_sample_plan_to_the_end() {
     );
     assert!(err.contains("finished ok: 5/5 steps"), "{err}");
     assert!(err.contains("in a browser"), "{err}");
+    // Its own writes to the fresh shop are not an application's.
+    assert!(!err.contains("written within the last minute"), "{err}");
 }
 
 #[test]
@@ -601,6 +603,10 @@ fn demo_create_only_keeps_a_fresh_shop_for_trying_run() {
     let (code, _, err) = run(&args);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("finished ok: 5/5 steps"), "{err}");
+    assert!(
+        !err.contains("written within the last minute"),
+        "the fresh shop is idle until someone uses it: {err}"
+    );
     let (code, _, err) = run(&args);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("already applied"), "{err}");
