@@ -2,12 +2,12 @@
 //! runner's messages and `watch`, so every place says the same thing.
 //! (The dashboard's script follows the same rules in its own `fmt`.)
 
-/// `1234567` as `1,234,567`.
 /// `n` rows, in words: "1 row", "1,200 rows".
 pub fn rows(n: u64) -> String {
     format!("{} row{}", thousands(n), if n == 1 { "" } else { "s" })
 }
 
+/// `1234567` as `1,234,567`.
 pub fn thousands(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::with_capacity(s.len() + s.len() / 3);
