@@ -2,6 +2,8 @@
 //! hand, or starts two undos of the same plan at once. Neither may end in
 //! rows taken back wrongly, or left out, while the undo says all is well.
 
+use std::time::{Duration, Instant};
+
 use crate::util::*;
 
 /// `t` of 40 counters bumped by a recorded run of plan `bump`, ten rows a
@@ -56,4 +58,79 @@ fn a_record_altered_by_hand_is_refused_before_anything_is_taken_back() {
         );
         assert_eq!(sha256(&db.path), before, "{tamper}: nothing written");
     }
+}
+
+/// Two undos of one plan at once share its parts, each taking the next
+/// one left: a row one of them kept as a conflict is kept by the other
+/// too, although the other began before the conflict was met.
+#[test]
+fn a_conflict_one_undo_keeps_is_kept_by_another_undo_of_the_same_plan() {
+    let db = TempDb::counters(4);
+    let plan = db.file(
+        "plan.json",
+        r#"{"name":"p","undo":true,"steps":[
+            {"name":"one","sql":"UPDATE t SET counter = 1 WHERE id BETWEEN :lo AND :hi","chunk":{"table":"t","size":2}},
+            {"name":"two","sql":"UPDATE t SET counter = 2"}]}"#,
+    );
+    let args = run_args(&db, path_str(&plan), &["--no-serve", "--batch-size", "2"]);
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    // The application sets row 2 to the value step "one" wrote.
+    db.conn()
+        .execute_batch("UPDATE t SET counter = 1 WHERE id = 2")
+        .unwrap();
+    let file = path_str(&db.path);
+    // The second undo reads the conflicts kept so far (none) and waits for
+    // a client before it takes anything back.
+    let mut second = Proc::start(&[
+        "undo",
+        "--db",
+        file,
+        "--plan",
+        "p",
+        "--listen",
+        "127.0.0.1:0",
+        "--wait-for-clients",
+        "1",
+        "--progress",
+        "plain",
+    ]);
+    wait_status(second.addr(), |s| s["steps_total"] == 2);
+    // The first takes back step "two" (keeping row 2) and the part of step
+    // "one" over rows 3 and 4, then rests.
+    let first = Proc::start(&[
+        "undo",
+        "--db",
+        file,
+        "--plan",
+        "p",
+        "--no-serve",
+        "--progress",
+        "plain",
+        "--sleep",
+        "600000",
+    ]);
+    let t0 = Instant::now();
+    while db.query_i64("SELECT count(*) FROM batchsse_undo") > 1 {
+        assert!(t0.elapsed() < PATIENCE, "{}", first.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        first.stderr().contains("conflict in t at key 2"),
+        "{}",
+        first.stderr()
+    );
+    // The second takes back the part left, over rows 1 and 2.
+    let _client = Stream::open(second.addr(), "/events", &[]);
+    assert_eq!(second.wait().code(), Some(0), "{}", second.stderr());
+    drop(first);
+    let counters: Vec<i64> = db
+        .conn()
+        .prepare("SELECT counter FROM t ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(counters, [0, 1, 0, 0], "{}", second.stderr());
 }

@@ -399,7 +399,10 @@ impl Undoer<'_> {
     fn chunk(&self, c: &Chunk, tally: &mut Tally) -> Result<(), String> {
         let sql = |e: rusqlite::Error| crate::run::db::run_time_message(self.conn, &e);
         let tx = Tx::begin(self.conn, self.dry_run).map_err(sql)?;
-        let mut blob = self.reverter.borrow_mut().buffer();
+        let mut reverter = self.reverter.borrow_mut();
+        reverter.hold_kept(&self.spec.runs).map_err(sql)?;
+        let mut blob = reverter.buffer();
+        drop(reverter);
         let recorded = match store::read_part(self.conn, c.id, &mut blob).map_err(sql)? {
             // Gone: another undo (or `undo clear`) took this part meanwhile.
             None => return Ok(()),

@@ -47,6 +47,8 @@ pub struct Reverter<'c> {
     /// application wrote could be undone by an older entry that happens to
     /// match it. By table and encoded key value.
     held: HashSet<(String, Vec<u8>)>,
+    /// The last row of `batchsse_undo_conflict` read into `held`.
+    kept_seen: i64,
     /// The one-statement way for an `UPDATE` chunk's part, when SQLite
     /// takes its functions.
     bulk: Option<Bulk>,
@@ -63,25 +65,34 @@ impl<'c> Reverter<'c> {
             sql: HashMap::new(),
             buf: Vec::new(),
             held: HashSet::new(),
+            kept_seen: 0,
             bulk: Bulk::new(conn),
             spare: Default::default(),
         }
     }
 
-    /// Holds the rows an earlier try of this undo kept, as
-    /// `batchsse_undo_conflict` lists them for `runs`.
+    /// Holds the rows kept for `runs`, as `batchsse_undo_conflict` lists
+    /// them, that it did not hold yet: by an earlier try of this undo, or
+    /// by another undo of the same runs at work at the same time (so read
+    /// again in each part's transaction).
     pub fn hold_kept(&mut self, runs: &[String]) -> rusqlite::Result<()> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT tbl, k FROM batchsse_undo_conflict WHERE run = ?1")?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT rowid, tbl, k FROM batchsse_undo_conflict WHERE rowid > ?1 AND run = ?2",
+        )?;
+        let from = self.kept_seen;
         for run in runs {
-            let rows = stmt.query_map([run], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, Value>(1)?))
+            let rows = stmt.query_map(rusqlite::params![from, run], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Value>(2)?,
+                ))
             })?;
             for row in rows {
-                let (table, key) = row?;
+                let (rowid, table, key) = row?;
                 let key = [Val::from(ValueRef::from(&key))];
                 self.held.insert(held_id(&table, &key));
+                self.kept_seen = self.kept_seen.max(rowid);
             }
         }
         Ok(())
