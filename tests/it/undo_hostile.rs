@@ -134,3 +134,36 @@ fn a_conflict_one_undo_keeps_is_kept_by_another_undo_of_the_same_plan() {
         .unwrap();
     assert_eq!(counters, [0, 1, 0, 0], "{}", second.stderr());
 }
+
+/// A row that cannot go back because the application has since written
+/// its `UNIQUE` value into another row stops the undo, nothing of the
+/// chunk written, with the row named and what to do.
+#[test]
+fn a_row_that_clashes_with_a_later_unique_value_is_named_with_what_to_do() {
+    let db = TempDb::with_sql(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, email TEXT UNIQUE);
+         INSERT INTO t VALUES (1, 'a'), (2, 'b'), (3, 'c');",
+    );
+    let plan = db.file(
+        "plan.json",
+        r#"{"name":"p","undo":true,"steps":[{"sql":"UPDATE t SET email = email || '.old'"}]}"#,
+    );
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+    assert_eq!(code, 0, "{err}");
+    db.conn()
+        .execute_batch("INSERT INTO t VALUES (4, 'b')")
+        .unwrap();
+    let before = sha256(&db.path);
+    let (code, _, err) = run(&[
+        "undo",
+        "--db",
+        path_str(&db.path),
+        "--plan",
+        "p",
+        "--no-serve",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("row of t at key 2"), "{err}");
+    assert!(err.contains("run the undo again"), "{err}");
+    assert_eq!(sha256(&db.path), before, "the chunk rolled back");
+}

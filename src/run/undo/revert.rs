@@ -234,7 +234,14 @@ impl<'c> Reverter<'c> {
                 conflicts.insert(id()); // kept already, and said so
                 continue;
             }
-            let why = self.entry(layout, e).map_err(sql)?;
+            let why = self.entry(layout, e).map_err(|err| match &err {
+                rusqlite::Error::SqliteFailure(f, _)
+                    if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    clash(layout, e, f.extended_code, &sql(err))
+                }
+                _ => sql(err),
+            })?;
             match why {
                 None => reverted += 1,
                 Some(why) => {
@@ -336,6 +343,25 @@ fn changed(l: &Layout, columns: &[usize], now: &[u8]) -> String {
         "{} {verb} not what the run wrote (now {})",
         names.join(", "),
         now.join(", ")
+    )
+}
+
+/// Why putting entry `e` back failed on a constraint (`code`, SQLite's
+/// extended one), with what to do.
+fn clash(l: &Layout, e: &Entry, code: std::ffi::c_int, err: &str) -> String {
+    let unique = [
+        rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE,
+        rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY,
+    ];
+    let cause = if unique.contains(&code) {
+        "a row written since the run holds a value it needs"
+    } else {
+        "the table no longer takes it as the run found it"
+    };
+    format!(
+        "putting back the row of {} at key {} fails ({err}): {cause}. The undo stopped here, this chunk rolled back, what it took back before stays taken back; change that row or the table, then run the undo again (or give up on this record with `batchsse undo clear`)",
+        l.table,
+        key_shown(&e.key)
     )
 }
 
