@@ -76,25 +76,30 @@ impl<'c> Reverter<'c> {
     /// by another undo of the same runs at work at the same time (so read
     /// again in each part's transaction).
     pub fn hold_kept(&mut self, runs: &[String]) -> rusqlite::Result<()> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT rowid, tbl, k FROM batchsse_undo_conflict WHERE rowid > ?1 AND run = ?2",
+        // Up to the table's last row, whoever's: rows of other runs are
+        // passed over once, not in every part.
+        let upto: i64 = self.conn.query_row(
+            "SELECT ifnull(max(rowid), 0) FROM batchsse_undo_conflict",
+            [],
+            |r| r.get(0),
         )?;
-        let from = self.kept_seen;
+        if upto <= self.kept_seen {
+            return Ok(());
+        }
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT tbl, k FROM batchsse_undo_conflict WHERE rowid > ?1 AND rowid <= ?2 AND run = ?3",
+        )?;
         for run in runs {
-            let rows = stmt.query_map(rusqlite::params![from, run], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, Value>(2)?,
-                ))
+            let rows = stmt.query_map(rusqlite::params![self.kept_seen, upto, run], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Value>(1)?))
             })?;
             for row in rows {
-                let (rowid, table, key) = row?;
+                let (table, key) = row?;
                 let key = [Val::from(ValueRef::from(&key))];
                 self.held.insert(held_id(&table, &key));
-                self.kept_seen = self.kept_seen.max(rowid);
             }
         }
+        self.kept_seen = upto;
         Ok(())
     }
 
