@@ -165,3 +165,17 @@ fn stopped_undo(db: &TempDb, plan: &str) -> (i32, String) {
     assert_eq!(sha256(&db.path), before, "nothing written: {err}");
     (code, err)
 }
+
+/// A table renamed since the run stops the undo before it writes, with
+/// what to do.
+#[test]
+fn a_table_renamed_since_the_run_stops_the_undo_and_says_what_to_do() {
+    let db = bumped();
+    db.conn()
+        .execute_batch("ALTER TABLE t RENAME TO counters")
+        .unwrap();
+    let (code, err) = stopped_undo(&db, "bump");
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("renamed or dropped"), "{err}");
+    assert!(err.contains("give the table its old name back"), "{err}");
+}

@@ -521,9 +521,14 @@ fn json_value(v: &Value) -> serde_json::Value {
     }
 }
 
-/// A failure from a column the record names that the table no longer has,
-/// with what to do about it.
+/// A failure from a column or table the record names that the database
+/// no longer has, with what to do about it.
 fn schema_hint(why: String) -> String {
+    if why.contains("no such table") {
+        return format!(
+            "{why}: the table was renamed or dropped since the run was recorded, and the undo puts rows back into the table it recorded; give the table its old name back and run the undo again, or drop the record with `batchsse undo clear`"
+        );
+    }
     if !why.contains("no such column") && !why.contains("has no column named") {
         return why;
     }
