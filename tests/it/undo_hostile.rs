@@ -179,3 +179,41 @@ fn a_table_renamed_since_the_run_stops_the_undo_and_says_what_to_do() {
     assert!(err.contains("renamed or dropped"), "{err}");
     assert!(err.contains("give the table its old name back"), "{err}");
 }
+
+/// An undo that stops at a step the run did not record takes back the
+/// steps after it: their checkpoint goes, so running the plan again
+/// applies them again, and the undo does not claim the plan is fully
+/// taken back.
+#[test]
+fn an_undo_stopped_at_an_unrecorded_step_lets_the_steps_it_took_back_run_again() {
+    let db = TempDb::counters(10);
+    let plan = db.file(
+        "plan.json",
+        r#"{"name":"p","undo":true,"steps":[
+            {"sql":"UPDATE t SET counter = counter + 1"},
+            {"sql":"CREATE INDEX t_counter ON t(counter)","undo":false},
+            {"sql":"UPDATE t SET counter = counter + 10"}]}"#,
+    );
+    let args = run_args(&db, path_str(&plan), &["--no-serve"]);
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(&[
+        "undo",
+        "--db",
+        path_str(&db.path),
+        "--plan",
+        "p",
+        "--no-serve",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("is fully taken back"), "{err}");
+    assert!(err.contains("still have undo records"), "{err}");
+    assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 10, "{err}");
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        db.query_i64("SELECT sum(counter) FROM t"),
+        110,
+        "step 3 applied again, step 1 not: {err}"
+    );
+}

@@ -472,36 +472,44 @@ impl Undoer<'_> {
         Ok(())
     }
 
-    /// After a complete undo: the plan's checkpoint goes (it can run
-    /// again), and the undo tables if nothing is left in them.
+    /// After a complete undo: the checkpoint of each step it took back
+    /// whose record is all gone (of every run of the plan) goes, so that
+    /// step can run again, and the undo says what is left.
     fn finish(&self) {
         let plan = &self.spec.plan;
-        let done = || -> rusqlite::Result<Vec<i64>> {
-            let left: i64 = self.conn.query_row(
-                "SELECT count(*) FROM batchsse_undo WHERE plan = ?1",
-                [plan],
-                |r| r.get(0),
-            )?;
-            if left > 0 || !crate::run::checkpoint::table_exists(self.conn).unwrap_or(false) {
-                return Ok(Vec::new());
+        let steps = |sql: &str| -> rusqlite::Result<Vec<i64>> {
+            self.conn
+                .prepare(sql)?
+                .query_map([plan], |r| r.get(0))?
+                .collect()
+        };
+        let done = || -> rusqlite::Result<(Vec<i64>, Vec<i64>)> {
+            let recorded =
+                steps("SELECT DISTINCT step FROM batchsse_undo WHERE plan = ?1 ORDER BY step")?;
+            if !crate::run::checkpoint::table_exists(self.conn).unwrap_or(false) {
+                return Ok((Vec::new(), recorded));
             }
             let mut clear = self
                 .conn
                 .prepare("DELETE FROM batchsse_checkpoint WHERE plan = ?1 AND step = ?2")?;
             for step in self.recorded.borrow().iter() {
-                clear.execute(rusqlite::params![plan, step])?;
+                if !recorded.contains(step) {
+                    clear.execute(rusqlite::params![plan, step])?;
+                }
             }
-            self.conn
-                .prepare("SELECT step FROM batchsse_checkpoint WHERE plan = ?1 ORDER BY step")?
-                .query_map([plan], |r| r.get(0))?
-                .collect()
+            let kept = steps("SELECT step FROM batchsse_checkpoint WHERE plan = ?1 ORDER BY step")?;
+            Ok((kept, recorded))
+        };
+        let listed = |s: &[i64]| -> String {
+            let s: Vec<String> = s.iter().map(|s| s.saturating_add(1).to_string()).collect();
+            s.join(", ")
         };
         match done() {
-            Ok(kept) if kept.is_empty() => self.message(Level::Info, format!("plan {plan:?} is fully taken back; its checkpoint is cleared, so it can run again")),
-            Ok(kept) => {
-                let steps: Vec<String> = kept.iter().map(|s| s.saturating_add(1).to_string()).collect();
-                self.message(Level::Warn, format!("plan {plan:?}: the steps taken back can run again, but step(s) {} were applied by a run that was not recorded, so they stay applied and checkpointed (running the plan again will not apply them twice)", steps.join(", ")));
+            Ok((kept, left)) if kept.is_empty() && left.is_empty() => self.message(Level::Info, format!("plan {plan:?} is fully taken back; its checkpoint is cleared, so it can run again")),
+            Ok((kept, left)) if left.is_empty() => {
+                self.message(Level::Warn, format!("plan {plan:?}: the steps taken back can run again, but step(s) {} were applied by a run that was not recorded, so they stay applied and checkpointed (running the plan again will not apply them twice)", listed(&kept)));
             }
+            Ok((_, left)) => self.message(Level::Warn, format!("plan {plan:?} is not fully taken back: step(s) {} still have undo records (a step the run did not record stopped the undo, or only some of the plan's runs were taken back), so they stay checkpointed and running the plan again skips them (`batchsse undo list` shows what is left); the steps taken back in full can run again", listed(&left))),
             Err(e) => self.message(
                 Level::Warn,
                 format!("the undo is complete, but the plan's checkpoint could not be cleared: {e}"),
