@@ -103,6 +103,9 @@ pub fn open(config: RunConfig) -> Result<Session, UsageError> {
     } else {
         Resume::none()
     };
+    if (opts.undo || plan.undo) && !opts.dry_run {
+        runner::undo::refuse_unrecorded_part(&conn, &plan, &resume)?;
+    }
     Ok(Session {
         conn,
         plan,

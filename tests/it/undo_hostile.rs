@@ -217,3 +217,29 @@ fn an_undo_stopped_at_an_unrecorded_step_lets_the_steps_it_took_back_run_again()
         "step 3 applied again, step 1 not: {err}"
     );
 }
+
+/// A chunked step partly applied by a run without `--undo` cannot be
+/// resumed recorded: an undo would take back only the recorded part, and
+/// running the plan again would apply the other part twice. Refused before
+/// anything runs, with the way on.
+#[test]
+fn resuming_with_undo_a_step_partly_applied_unrecorded_is_refused() {
+    let db = TempDb::with_sql(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, counter INT NOT NULL DEFAULT 0);
+         INSERT INTO t(id) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 100) SELECT i FROM s;
+         CREATE TABLE flag(x); INSERT INTO flag VALUES (1);
+         CREATE TRIGGER guard BEFORE UPDATE ON t WHEN NEW.id > 50 AND (SELECT count(*) FROM flag) > 0
+           BEGIN SELECT RAISE(ABORT, 'not yet'); END;",
+    );
+    let plan = db.file("plan.json", &counter_plan("bump", 10));
+    let args = run_args(&db, path_str(&plan), &["--no-serve", "--batch-size", "10"]);
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 1, "stops at id 51: {err}");
+    assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 50);
+    db.conn().execute_batch("DELETE FROM flag").unwrap();
+    let before = sha256(&db.path);
+    let (code, _, err) = run(&[&args[..], &["--undo"]].concat());
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("\"undo\": false"), "{err}");
+    assert_eq!(sha256(&db.path), before, "nothing written");
+}

@@ -136,6 +136,38 @@ pub fn refuse_unrecordable(conn: &Connection, plan: &Plan) -> Result<(), UsageEr
     Ok(())
 }
 
+/// Refuses, before anything runs, to resume recorded a chunked step that
+/// an earlier run applied in part without a record (a run without
+/// `--undo`, or one whose record was cleared): an undo would take back
+/// only the recorded part, and then clear the step's checkpoint, so
+/// running the plan again would apply the other part twice.
+pub fn refuse_unrecorded_part(
+    conn: &Connection,
+    plan: &Plan,
+    resume: &crate::run::checkpoint::Resume,
+) -> Result<(), UsageError> {
+    let recorded = |step: &Step| -> rusqlite::Result<bool> {
+        if !super::store::exists(conn)? {
+            return Ok(false);
+        }
+        conn.prepare("SELECT 1 FROM batchsse_undo WHERE plan = ?1 AND step = ?2 LIMIT 1")?
+            .exists(rusqlite::params![plan.name, step.index as i64])
+    };
+    for step in plan.steps.iter().filter(|s| s.undo) {
+        if resume.chunk_position(step).is_none()
+            || recorded(step).map_err(|e| UsageError::new(sqlite_message(&e)))?
+        {
+            continue;
+        }
+        return Err(UsageError::new(format!(
+            "step {} ({:?}) was applied in part by a run that did not record it (one without --undo, or whose record was cleared), so an undo could not take it back whole, and running the plan again after one would apply that part twice. Give the step \"undo\": false to resume it unrecorded (an undo then stops at it), or resume without --undo",
+            step.index + 1,
+            step.name
+        )));
+    }
+    Ok(())
+}
+
 /// Tables where a write may replace rows: their definition resolves
 /// conflicts by REPLACE (`UNIQUE … ON CONFLICT REPLACE`), or a trigger on
 /// them uses `INSERT OR REPLACE` / `REPLACE INTO`.
