@@ -243,3 +243,41 @@ fn resuming_with_undo_a_step_partly_applied_unrecorded_is_refused() {
     assert!(err.contains("\"undo\": false"), "{err}");
     assert_eq!(sha256(&db.path), before, "nothing written");
 }
+
+/// Recorded without the pre-update hook, the changes are staged in a TEMP
+/// table, which would hide a table of the file with its name from the
+/// step's own SQL: a step reading the user's `batchsse_stage` must read
+/// the user's rows, and one writing it must write them.
+#[test]
+fn a_table_named_like_the_staging_table_is_the_users_own() {
+    let db = TempDb::with_sql(
+        "CREATE TABLE batchsse_stage(id INTEGER PRIMARY KEY, v INT);
+         INSERT INTO batchsse_stage VALUES (1, 10), (2, 20), (3, 30);
+         CREATE TABLE t(id INTEGER PRIMARY KEY, v INT);
+         INSERT INTO t VALUES (1, 0), (2, 0);",
+    );
+    let plan = db.file(
+        "plan.json",
+        r#"{"name":"p","undo":true,"steps":[
+            {"sql":"UPDATE t SET v = (SELECT count(*) FROM batchsse_stage)"},
+            {"sql":"UPDATE batchsse_stage SET v = v + 1"}]}"#,
+    );
+    let off = [("BATCHSSE_UNDO_HOOK", "off")];
+    let args = run_args(&db, path_str(&plan), &["--no-serve"]);
+    let (code, _, err) = run_with_env(&args, None, &off);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(db.query_i64("SELECT sum(v) FROM t"), 6, "{err}");
+    assert_eq!(db.query_i64("SELECT sum(v) FROM batchsse_stage"), 63);
+    let undo = [
+        "undo",
+        "--db",
+        path_str(&db.path),
+        "--plan",
+        "p",
+        "--no-serve",
+    ];
+    let (code, _, err) = run_with_env(&undo, None, &off);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(db.query_i64("SELECT sum(v) FROM t"), 0, "{err}");
+    assert_eq!(db.query_i64("SELECT sum(v) FROM batchsse_stage"), 60);
+}

@@ -129,6 +129,8 @@ pub struct Recorder<'c> {
     armed: Cell<usize>,
     /// A read-around chunk's rows, before and after.
     rows: RefCell<(Rows, Rows)>,
+    /// The TEMP staging table's name (see [`stage_name`]).
+    stage: RefCell<String>,
     #[cfg(batchsse_preupdate)]
     pre: Option<super::preupdate::PreHook>,
 }
@@ -144,6 +146,7 @@ impl<'c> Recorder<'c> {
             hook,
             chunk: Cell::new(0),
             mode: RefCell::new(Mode::Off),
+            stage: RefCell::new(String::new()),
             armed: Cell::new(0),
             rows: RefCell::default(),
             #[cfg(batchsse_preupdate)]
@@ -219,13 +222,15 @@ impl<'c> Recorder<'c> {
             .max()
             .unwrap_or(1);
         let cols: String = (1..=width).map(|i| format!(", v{i}")).collect();
+        let name = stage_name(self.conn)?;
         let mut sql = format!(
-            "DROP TABLE IF EXISTS temp.batchsse_stage;
-             CREATE TEMP TABLE batchsse_stage(seq INTEGER PRIMARY KEY, tno INTEGER, op INTEGER{cols});"
+            "DROP TABLE IF EXISTS temp.{name};
+             CREATE TEMP TABLE {name}(seq INTEGER PRIMARY KEY, tno INTEGER, op INTEGER{cols});"
         );
         for (n, l) in layouts.iter().enumerate() {
-            sql += &triggers(n, l);
+            sql += &triggers(n, l, &name);
         }
+        *self.stage.borrow_mut() = name;
         self.conn.execute_batch(&sql)?;
         self.armed.set(layouts.len());
         Ok(Mode::Staged(layouts))
@@ -255,9 +260,10 @@ impl<'c> Recorder<'c> {
             pre.disarm();
         }
         if self.armed.replace(0) > 0 {
+            let name = self.stage.borrow();
             let _ = self
                 .conn
-                .execute_batch("DROP TABLE IF EXISTS temp.batchsse_stage");
+                .execute_batch(&format!("DROP TABLE IF EXISTS temp.{name}"));
         }
         *self.mode.borrow_mut() = Mode::Off;
     }
@@ -387,9 +393,10 @@ impl<'c> Recorder<'c> {
             return Ok(());
         };
         let mut enc = Encoder::new(false);
+        let name = self.stage.borrow();
         let mut stmt = self
             .conn
-            .prepare_cached("SELECT * FROM temp.batchsse_stage ORDER BY seq")?;
+            .prepare_cached(&format!("SELECT * FROM temp.{name} ORDER BY seq"))?;
         let mut rows = stmt.query([])?;
         while let Some(row) = rows.next()? {
             let (tno, what): (i64, u8) = (row.get(1)?, row.get(2)?);
@@ -400,7 +407,8 @@ impl<'c> Recorder<'c> {
             self.flush_part(step, &mut enc, false)?;
         }
         drop(rows);
-        self.conn.execute_batch("DELETE FROM temp.batchsse_stage")?;
+        self.conn
+            .execute_batch(&format!("DELETE FROM temp.{name}"))?;
         self.flush_part(step, &mut enc, true)
     }
 
@@ -548,9 +556,27 @@ fn pack_staged_row(
     Ok(())
 }
 
-/// The TEMP triggers that stage changes to one table: `n` is its `tno`.
-/// A changed key is the old row deleted and the new one inserted.
-fn triggers(n: usize, l: &Layout) -> String {
+/// A name for the TEMP staging table that no table or view of another
+/// schema has: a TEMP table hides one of its name from the step's own SQL,
+/// which would read or write the staging table instead.
+fn stage_name(conn: &Connection) -> rusqlite::Result<String> {
+    let mut stmt = conn.prepare(
+        "SELECT 1 FROM pragma_table_list WHERE schema <> 'temp' AND name = ?1 COLLATE NOCASE",
+    )?;
+    let mut name = "batchsse_stage".to_owned();
+    for n in 2.. {
+        if !stmt.exists([&name])? {
+            break;
+        }
+        name = format!("batchsse_stage_{n}");
+    }
+    Ok(name)
+}
+
+/// The TEMP triggers that stage changes to one table (in TEMP table
+/// `stage`): `n` is its `tno`. A changed key is the old row deleted and
+/// the new one inserted.
+fn triggers(n: usize, l: &Layout, stage: &str) -> String {
     let on = format!("ON main.{}", quote(&l.table));
     let row = |from: &str| -> Vec<String> {
         let keys = l.key.iter().map(|k| format!("{from}.{k}"));
@@ -560,7 +586,7 @@ fn triggers(n: usize, l: &Layout) -> String {
     let stage = |what: u8, values: Vec<String>| {
         let names: String = (1..=values.len()).map(|i| format!(", v{i}")).collect();
         format!(
-            "INSERT INTO temp.batchsse_stage(tno, op{names}) VALUES ({n}, {what}, {});",
+            "INSERT INTO temp.{stage}(tno, op{names}) VALUES ({n}, {what}, {});",
             values.join(", ")
         )
     };
