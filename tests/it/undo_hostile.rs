@@ -281,3 +281,26 @@ fn a_table_named_like_the_staging_table_is_the_users_own() {
     assert_eq!(db.query_i64("SELECT sum(v) FROM t"), 0, "{err}");
     assert_eq!(db.query_i64("SELECT sum(v) FROM batchsse_stage"), 60);
 }
+
+/// Without the pre-update hook a changed row is staged with its old and
+/// new values side by side, so a table of over 1,000 columns cannot be:
+/// refused before anything runs, not failed at its step.
+#[test]
+fn a_table_too_wide_to_stage_is_refused_up_front_without_the_hook() {
+    let cols: Vec<String> = (0..1200).map(|i| format!("c{i} INT")).collect();
+    let db = TempDb::with_sql(&format!(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, {}); INSERT INTO t(id) VALUES (1), (2);",
+        cols.join(", ")
+    ));
+    let plan = db.file(
+        "plan.json",
+        r#"{"name":"p","undo":true,"steps":[{"sql":"UPDATE t SET c5 = 1"}]}"#,
+    );
+    let before = sha256(&db.path);
+    let args = run_args(&db, path_str(&plan), &["--no-serve"]);
+    let (code, _, err) = run_with_env(&args, None, &[("BATCHSSE_UNDO_HOOK", "off")]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("more than this build can record"), "{err}");
+    assert!(err.contains("\"undo\": false"), "{err}");
+    assert_eq!(sha256(&db.path), before, "nothing written");
+}

@@ -124,8 +124,16 @@ pub fn refuse_unrecordable(conn: &Connection, plan: &Plan) -> Result<(), UsageEr
     } else {
         Some(replacing_tables(conn).map_err(|e| UsageError::new(sqlite_message(&e)))?)
     };
+    let most = conn
+        .limit(rusqlite::limits::Limit::SQLITE_LIMIT_COLUMN)
+        .unwrap_or(i32::MAX);
     for step in plan.steps.iter().filter(|s| s.undo) {
-        if let Some(why) = why_unrecordable(step, &shapes, replacing.as_deref()) {
+        let why = why_unrecordable(step, &shapes, replacing.as_deref()).or_else(|| {
+            replacing
+                .as_ref()
+                .and_then(|_| too_wide(step, &shapes, most))
+        });
+        if let Some(why) = why {
             return Err(UsageError::new(format!(
                 "step {} ({:?}) cannot be recorded for --undo: {why}. Give the step \"undo\": false to run it unrecorded (an undo then stops at it), or run without --undo",
                 step.index + 1,
@@ -166,6 +174,34 @@ pub fn refuse_unrecorded_part(
         )));
     }
     Ok(())
+}
+
+/// Without the pre-update hook, a step is staged (unless it is a chunked
+/// `UPDATE` of its own rowid table only, which is read around): in a TEMP
+/// table of three columns and, per written table, its key and its
+/// columns' old and new values, within SQLite's `most` columns.
+fn too_wide(step: &Step, shapes: &[(String, Result<Layout, String>)], most: i32) -> Option<String> {
+    let layout = |t: &str| {
+        let found = shapes.iter().find(|(n, _)| n.eq_ignore_ascii_case(t));
+        found.and_then(|(_, s)| s.as_ref().ok())
+    };
+    let around = match (&step.chunk, step.writes.as_slice()) {
+        (Some(c), [t]) => t.eq_ignore_ascii_case(&c.table) && layout(t).is_some_and(|l| l.int_key),
+        _ => false,
+    };
+    if around {
+        return None;
+    }
+    step.writes.iter().find_map(|t| {
+        let l = layout(t)?;
+        let width = 3 + l.key.len() + 2 * l.columns.len();
+        (width > usize::try_from(most).unwrap_or(usize::MAX)).then(|| {
+            format!(
+                "it writes {t}, whose {} columns are more than this build can record (one built without SQLite's pre-update hook, or with BATCHSSE_UNDO_HOOK=off, keeps each changed row's old and new values side by side, at most {most} columns)",
+                l.columns.len() + l.key.len()
+            )
+        })
+    })
 }
 
 /// Tables where a write may replace rows: their definition resolves
