@@ -154,15 +154,23 @@ fn a_row_that_clashes_with_a_later_unique_value_is_named_with_what_to_do() {
 /// byte for byte as it was; its exit code and stderr.
 fn stopped_undo(db: &TempDb, plan: &str) -> (i32, String) {
     let before = sha256(&db.path);
-    let (code, _, err) = run(&[
+    let (code, err) = undo_plan(db, plan, &[]);
+    assert_eq!(sha256(&db.path), before, "nothing written: {err}");
+    (code, err)
+}
+
+/// `batchsse undo --plan PLAN --no-serve` on `db` with `env`: its exit
+/// code and stderr.
+fn undo_plan(db: &TempDb, plan: &str, env: &[(&str, &str)]) -> (i32, String) {
+    let args = [
         "undo",
         "--db",
         path_str(&db.path),
         "--plan",
         plan,
         "--no-serve",
-    ]);
-    assert_eq!(sha256(&db.path), before, "nothing written: {err}");
+    ];
+    let (code, _, err) = run_with_env(&args, None, env);
     (code, err)
 }
 
@@ -197,14 +205,7 @@ fn an_undo_stopped_at_an_unrecorded_step_lets_the_steps_it_took_back_run_again()
     let args = run_args(&db, path_str(&plan), &["--no-serve"]);
     let (code, _, err) = run(&args);
     assert_eq!(code, 0, "{err}");
-    let (code, _, err) = run(&[
-        "undo",
-        "--db",
-        path_str(&db.path),
-        "--plan",
-        "p",
-        "--no-serve",
-    ]);
+    let (code, err) = undo_plan(&db, "p", &[]);
     assert_eq!(code, 0, "{err}");
     assert!(!err.contains("is fully taken back"), "{err}");
     assert!(err.contains("still have undo records"), "{err}");
@@ -268,15 +269,7 @@ fn a_table_named_like_the_staging_table_is_the_users_own() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(db.query_i64("SELECT sum(v) FROM t"), 6, "{err}");
     assert_eq!(db.query_i64("SELECT sum(v) FROM batchsse_stage"), 63);
-    let undo = [
-        "undo",
-        "--db",
-        path_str(&db.path),
-        "--plan",
-        "p",
-        "--no-serve",
-    ];
-    let (code, _, err) = run_with_env(&undo, None, &off);
+    let (code, err) = undo_plan(&db, "p", &off);
     assert_eq!(code, 0, "{err}");
     assert_eq!(db.query_i64("SELECT sum(v) FROM t"), 0, "{err}");
     assert_eq!(db.query_i64("SELECT sum(v) FROM batchsse_stage"), 60);
