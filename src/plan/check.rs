@@ -45,9 +45,14 @@ type Setting = Arc<Mutex<Option<String>>>;
 /// (table, column).
 type Columns = Arc<Mutex<std::collections::BTreeSet<(String, String)>>>;
 
-/// The tables a statement writes (inserts, updates, deletes), as
-/// `schema.table` for any schema but `main`, whose tables go by name.
+/// The tables a statement writes (inserts, updates, deletes): a table of
+/// `main` by its name, any other as its schema, [`OTHER_SCHEMA`], its name
+/// (a name may hold a dot, never a NUL).
 type Tables = Arc<Mutex<std::collections::BTreeSet<String>>>;
+
+/// Parts a written table of another schema than `main` from its schema
+/// (see [`Tables`]).
+pub(crate) const OTHER_SCHEMA: char = '\0';
 
 /// One column a statement reads or writes. SQLite names the rowid by its
 /// `INTEGER PRIMARY KEY` alias, or else `ROWID`.
@@ -94,7 +99,7 @@ impl Seen {
         {
             let name = match ctx.database_name {
                 Some("main") | None => table_name.to_owned(),
-                Some(db) => format!("{db}.{table_name}"),
+                Some(db) => format!("{db}{OTHER_SCHEMA}{table_name}"),
             };
             self.1
                 .lock()

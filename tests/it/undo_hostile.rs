@@ -297,3 +297,22 @@ fn a_table_too_wide_to_stage_is_refused_up_front_without_the_hook() {
     assert!(err.contains("\"undo\": false"), "{err}");
     assert_eq!(sha256(&db.path), before, "nothing written");
 }
+
+/// A table whose name holds a dot is a table of the file, not one of an
+/// attached database: recorded, and taken back.
+#[test]
+fn a_table_named_with_a_dot_is_recorded_and_taken_back() {
+    let db = TempDb::with_sql(
+        r#"CREATE TABLE "a.b"(id INTEGER PRIMARY KEY, v INT); INSERT INTO "a.b" VALUES (1, 1), (2, 2);"#,
+    );
+    let plan = db.file(
+        "plan.json",
+        r#"{"name":"p","undo":true,"steps":[{"sql":"UPDATE \"a.b\" SET v = v * 10"}]}"#,
+    );
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(db.query_i64(r#"SELECT sum(v) FROM "a.b""#), 30);
+    let (code, err) = undo_plan(&db, "p", &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(db.query_i64(r#"SELECT sum(v) FROM "a.b""#), 3, "{err}");
+}

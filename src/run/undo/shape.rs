@@ -263,8 +263,11 @@ fn why_unrecordable(
         );
     }
     for table in &step.writes {
-        if table.contains('.') && !table.starts_with("temp.") {
-            return Some(format!("it writes {table}, in an attached database"));
+        match table.split_once(crate::plan::OTHER_SCHEMA) {
+            // A TEMP table goes with the connection: nothing to take back.
+            Some(("temp", _)) => continue,
+            Some((db, t)) => return Some(format!("it writes {db}.{t}, in an attached database")),
+            None => {}
         }
         match shapes.iter().find(|(n, _)| n.eq_ignore_ascii_case(table)) {
             Some((_, Err(why))) => return Some(format!("it writes {table}, and {why}")),
