@@ -295,8 +295,12 @@ async fn run_blocking(session: Session, parts: &Parts, wait_for: usize) -> RunSt
         let hook = (runner::records(&session.plan, &session.opts) && !runner::undo::preupdate())
             .then(|| runner::undo::Hook::install(&mut session.conn).ok())
             .flatten();
+        let guard = runner::records(&session.plan, &session.opts)
+            .then(|| runner::undo::Guard::install(&mut session.conn).ok())
+            .flatten();
         let job = runner::Job {
             hook,
+            guard,
             conn: &session.conn,
             plan: &session.plan,
             opts: &session.opts,

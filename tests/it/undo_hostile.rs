@@ -316,3 +316,35 @@ fn a_table_named_with_a_dot_is_recorded_and_taken_back() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(db.query_i64(r#"SELECT sum(v) FROM "a.b""#), 3, "{err}");
 }
+
+/// The pre-run check cannot see into a database a step attaches; a
+/// recorded step that writes one is stopped as SQLite compiles it, with
+/// nothing of the step kept, rather than run unrecorded and left out of
+/// the undo.
+#[test]
+fn a_recorded_write_to_a_database_a_step_attached_is_stopped() {
+    let db = TempDb::with_sql(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v INT); INSERT INTO t VALUES (1, 1);",
+    );
+    let aux = db.dir.path().join("aux.sqlite");
+    rusqlite::Connection::open(&aux)
+        .unwrap()
+        .execute_batch("CREATE TABLE x(v); INSERT INTO x VALUES (1);")
+        .unwrap();
+    let plan = serde_json::json!({"name": "p", "undo": true, "steps": [
+        {"sql": format!("ATTACH '{}' AS aux", path_str(&aux).replace('\'', "''")), "undo": false},
+        {"sql": "UPDATE t SET v = 5; UPDATE aux.x SET v = 2"}]});
+    let plan = db.file("plan.json", &plan.to_string());
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("it writes aux.x, a table of an attached database"),
+        "{err}"
+    );
+    let aux_v: i64 = rusqlite::Connection::open(&aux)
+        .unwrap()
+        .query_row("SELECT v FROM x", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(aux_v, 1, "not written unrecorded: {err}");
+    assert_eq!(db.query_i64("SELECT v FROM t"), 1, "the step rolled back");
+}

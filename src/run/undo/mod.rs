@@ -25,7 +25,7 @@ mod shape;
 mod spill;
 pub mod store;
 
-pub use record::{Hook, Recorder};
+pub use record::{Guard, Hook, Recorder};
 
 /// Whether runs are recorded through SQLite's pre-update hook: in builds
 /// that have it, unless `BATCHSSE_UNDO_HOOK=off` asks for the ways a build

@@ -16,7 +16,7 @@
 use std::cell::{Cell, RefCell};
 use std::sync::{Arc, Mutex};
 
-use rusqlite::hooks::Action;
+use rusqlite::hooks::{Action, AuthContext, Authorization};
 use rusqlite::types::Value;
 use rusqlite::{Connection, params};
 
@@ -80,6 +80,56 @@ impl Hook {
     }
 }
 
+/// Refuses, as SQLite compiles a recorded step's statements (and the
+/// triggers they set off), a write to a table of an attached database:
+/// neither the hooks nor the TEMP triggers record one, and the pre-run
+/// check cannot see one into a database a step before attached. An
+/// authorizer of the batch's connection, which only an armed step arms.
+#[derive(Clone, Default)]
+pub struct Guard(Arc<Mutex<Watch>>);
+
+#[derive(Default)]
+struct Watch {
+    armed: bool,
+    /// The table refused, as `schema.table`.
+    denied: Option<String>,
+}
+
+impl Guard {
+    /// Installs the guard on the batch's connection (before it is shared).
+    pub fn install(conn: &mut Connection) -> rusqlite::Result<Guard> {
+        let guard = Guard::default();
+        let watch = guard.0.clone();
+        conn.authorizer(Some(move |ctx: AuthContext<'_>| {
+            use rusqlite::hooks::AuthAction::{Delete, Insert, Update};
+            let (Insert { table_name } | Delete { table_name } | Update { table_name, .. }) =
+                ctx.action
+            else {
+                return Authorization::Allow;
+            };
+            let mut w = watch.lock().unwrap_or_else(|p| p.into_inner());
+            match ctx.database_name {
+                Some(db) if w.armed && db != "main" && db != "temp" => {
+                    w.denied = Some(format!("{db}.{table_name}"));
+                    Authorization::Deny
+                }
+                _ => Authorization::Allow,
+            }
+        }))?;
+        Ok(guard)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Watch> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn arm(&self, on: bool) {
+        let mut w = self.lock();
+        w.armed = on;
+        w.denied = None;
+    }
+}
+
 /// How the current step is recorded.
 enum Mode {
     Off,
@@ -131,6 +181,8 @@ pub struct Recorder<'c> {
     rows: RefCell<(Rows, Rows)>,
     /// The TEMP staging table's name (see [`stage_name`]).
     stage: RefCell<String>,
+    /// Refuses a write the record cannot hold (see [`Guard`]).
+    guard: Option<Guard>,
     #[cfg(batchsse_preupdate)]
     pre: Option<super::preupdate::PreHook>,
 }
@@ -138,7 +190,12 @@ pub struct Recorder<'c> {
 impl<'c> Recorder<'c> {
     /// `hook`: the connection's update hook; without it every step is
     /// staged.
-    pub fn new(conn: &'c Connection, run_id: String, plan: &str, hook: Option<Hook>) -> Self {
+    pub fn new(
+        conn: &'c Connection,
+        run_id: String,
+        plan: &str,
+        (hook, guard): (Option<Hook>, Option<Guard>),
+    ) -> Self {
         Recorder {
             conn,
             run_id,
@@ -147,6 +204,7 @@ impl<'c> Recorder<'c> {
             chunk: Cell::new(0),
             mode: RefCell::new(Mode::Off),
             stage: RefCell::new(String::new()),
+            guard,
             armed: Cell::new(0),
             rows: RefCell::default(),
             #[cfg(batchsse_preupdate)]
@@ -179,6 +237,9 @@ impl<'c> Recorder<'c> {
         self.chunk.set(0);
         if !step.undo {
             return self.note(step, 0, &[]);
+        }
+        if let Some(g) = &self.guard {
+            g.arm(true);
         }
         let layouts = layouts(self.conn)?;
         #[cfg(batchsse_preupdate)]
@@ -236,6 +297,15 @@ impl<'c> Recorder<'c> {
         Ok(Mode::Staged(layouts))
     }
 
+    /// Why the armed step failed, when it did because it would write a
+    /// table of an attached database.
+    pub fn refused(&self) -> Option<String> {
+        let table = self.guard.as_ref()?.lock().denied.take()?;
+        Some(format!(
+            "it writes {table}, a table of an attached database, which the undo record cannot hold, so it was not run; give the step \"undo\": false to run it unrecorded (an undo then stops at it), or run without --undo"
+        ))
+    }
+
     /// After a recorded step succeeded: a step that changed nothing is
     /// noted as recorded all the same. (A crash before this leaves it
     /// unnoted, which only keeps an undo from clearing its checkpoint.)
@@ -248,6 +318,9 @@ impl<'c> Recorder<'c> {
 
     /// Drops the triggers and the staging table (the step is over).
     pub fn disarm(&self) {
+        if let Some(g) = &self.guard {
+            g.arm(false);
+        }
         for n in 0..self.armed.get() {
             for kind in ["i", "d", "u", "m"] {
                 let _ = self.conn.execute_batch(&format!(
