@@ -348,3 +348,47 @@ fn a_recorded_write_to_a_database_a_step_attached_is_stopped() {
     assert_eq!(aux_v, 1, "not written unrecorded: {err}");
     assert_eq!(db.query_i64("SELECT v FROM t"), 1, "the step rolled back");
 }
+
+/// An undo stopped part-way (here by `--on-conflict abort`) has taken back
+/// some of a step's chunks while its checkpoint still says it is applied:
+/// running the plan then is refused until the undo is finished, rather
+/// than skipping the step as applied.
+#[test]
+fn a_plan_whose_undo_stopped_part_way_is_not_run_until_the_undo_ends() {
+    let db = TempDb::counters(40);
+    let plan = db.file("plan.json", &counter_plan("bump", 10));
+    let args = run_args(&db, path_str(&plan), &["--no-serve", "--batch-size", "10"]);
+    let (code, _, err) = run(&[&args[..], &["--undo"]].concat());
+    assert_eq!(code, 0, "{err}");
+    // The application changes a row of the first chunk, which the undo
+    // meets last.
+    db.conn()
+        .execute_batch("UPDATE t SET counter = 7 WHERE id = 3")
+        .unwrap();
+    let undo = [
+        "undo",
+        "--db",
+        path_str(&db.path),
+        "--plan",
+        "bump",
+        "--no-serve",
+    ];
+    let (code, _, err) = run(&[&undo[..], &["--on-conflict", "abort"]].concat());
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(db.query_i64("SELECT count(*) FROM t WHERE counter = 0"), 30);
+    let before = sha256(&db.path);
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("undo of plan \"bump\" is under way"), "{err}");
+    assert_eq!(sha256(&db.path), before, "nothing written");
+    let (code, _, err) = run(&undo);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM t WHERE counter = 1"),
+        39,
+        "{err}"
+    );
+    assert_eq!(db.query_i64("SELECT counter FROM t WHERE id = 3"), 8);
+}

@@ -19,6 +19,7 @@ use crate::events::{
 };
 use crate::human::thousands;
 use crate::lifecycle::{Cancel, Steering};
+use crate::run::checkpoint;
 use crate::run::expect::shown;
 use crate::run::governor::Governor;
 use crate::run::tx::Tx;
@@ -424,12 +425,32 @@ impl Undoer<'_> {
         self.conn
             .execute("DELETE FROM batchsse_undo WHERE id = ?1", [c.id])
             .map_err(sql)?;
+        self.mark_undoing(c).map_err(sql)?;
         if self.cancel.is_cancelled() {
             return Err("interrupted; the current chunk was rolled back".into());
         }
         tx.commit().map_err(sql)?;
         tally.reverted += reverted;
         tally.conflicts += kept;
+        Ok(())
+    }
+
+    /// Marks the step of part `c` in the plan's checkpoint as partly
+    /// taken back, in the part's transaction (see [`checkpoint::UNDOING`]):
+    /// a run of the plan waits for the undo to end instead of skipping it.
+    fn mark_undoing(&self, c: &Chunk) -> rusqlite::Result<()> {
+        if !checkpoint::table_exists(self.conn).unwrap_or(false) {
+            return Ok(());
+        }
+        self.conn
+            .prepare_cached(
+                "UPDATE batchsse_checkpoint SET checksum = ?3 WHERE plan = ?1 AND step = ?2",
+            )?
+            .execute(rusqlite::params![
+                self.spec.plan,
+                c.step,
+                checkpoint::UNDOING
+            ])?;
         Ok(())
     }
 
@@ -486,7 +507,7 @@ impl Undoer<'_> {
         let done = || -> rusqlite::Result<(Vec<i64>, Vec<i64>)> {
             let recorded =
                 steps("SELECT DISTINCT step FROM batchsse_undo WHERE plan = ?1 ORDER BY step")?;
-            if !crate::run::checkpoint::table_exists(self.conn).unwrap_or(false) {
+            if !checkpoint::table_exists(self.conn).unwrap_or(false) {
                 return Ok((Vec::new(), recorded));
             }
             let mut clear = self
@@ -509,7 +530,7 @@ impl Undoer<'_> {
             Ok((kept, left)) if left.is_empty() => {
                 self.message(Level::Warn, format!("plan {plan:?}: the steps taken back can run again, but step(s) {} were applied by a run that was not recorded, so they stay applied and checkpointed (running the plan again will not apply them twice)", listed(&kept)));
             }
-            Ok((_, left)) => self.message(Level::Warn, format!("plan {plan:?} is not fully taken back: step(s) {} still have undo records (a step the run did not record stopped the undo, or only some of the plan's runs were taken back), so they stay checkpointed and running the plan again skips them (`batchsse undo list` shows what is left); the steps taken back in full can run again", listed(&left))),
+            Ok((_, left)) => self.message(Level::Warn, format!("plan {plan:?} is not fully taken back: step(s) {} still have undo records (a step the run did not record stopped the undo, or only some of the plan's runs were taken back), so they stay checkpointed: running the plan again skips them, or is refused while a step is taken back only in part (`batchsse undo list` shows what is left); the steps taken back in full can run again", listed(&left))),
             Err(e) => self.message(
                 Level::Warn,
                 format!("the undo is complete, but the plan's checkpoint could not be cleared: {e}"),

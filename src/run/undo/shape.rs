@@ -158,8 +158,14 @@ pub fn refuse_unrecorded_part(
         if !super::store::exists(conn)? {
             return Ok(false);
         }
-        conn.prepare("SELECT 1 FROM batchsse_undo WHERE plan = ?1 AND step = ?2 LIMIT 1")?
-            .exists(rusqlite::params![plan.name, step.index as i64])
+        conn.prepare(
+            "SELECT 1 FROM batchsse_undo WHERE plan = ?1 AND step = ?2 AND chunk <> ?3 LIMIT 1",
+        )?
+        .exists(rusqlite::params![
+            plan.name,
+            step.index as i64,
+            super::store::UNRECORDED
+        ])
     };
     for step in plan.steps.iter().filter(|s| s.undo) {
         if resume.chunk_position(step).is_none()
