@@ -103,6 +103,9 @@ pub fn open(config: RunConfig) -> Result<Session, UsageError> {
     } else {
         Resume::none()
     };
+    if (opts.undo || plan.undo) && !opts.dry_run {
+        runner::undo::refuse_unrecorded_part(&conn, &plan, &resume)?;
+    }
     Ok(Session {
         conn,
         plan,
@@ -292,8 +295,12 @@ async fn run_blocking(session: Session, parts: &Parts, wait_for: usize) -> RunSt
         let hook = (runner::records(&session.plan, &session.opts) && !runner::undo::preupdate())
             .then(|| runner::undo::Hook::install(&mut session.conn).ok())
             .flatten();
+        let guard = runner::records(&session.plan, &session.opts)
+            .then(|| runner::undo::Guard::install(&mut session.conn).ok())
+            .flatten();
         let job = runner::Job {
             hook,
+            guard,
             conn: &session.conn,
             plan: &session.plan,
             opts: &session.opts,

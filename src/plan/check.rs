@@ -34,15 +34,25 @@ pub(super) struct Rehearsal {
 /// Column reads and writes seen by the authorizer while a statement
 /// compiled, triggers' included, in the main schema.
 #[derive(Clone, Default)]
-struct Seen(Arc<Mutex<Vec<Access>>>, Tables, Columns);
+struct Seen(Arc<Mutex<Vec<Access>>>, Tables, Columns, Setting);
+
+/// The last `PRAGMA name = value` (or `name(value)`) compiled, which may
+/// set what it names: `PRAGMA busy_timeout = 1` is a query SQLite calls
+/// read-only.
+type Setting = Arc<Mutex<Option<String>>>;
 
 /// The columns of the main database's tables a statement updates, as
 /// (table, column).
 type Columns = Arc<Mutex<std::collections::BTreeSet<(String, String)>>>;
 
-/// The tables a statement writes (inserts, updates, deletes), as
-/// `schema.table` for any schema but `main`, whose tables go by name.
+/// The tables a statement writes (inserts, updates, deletes): a table of
+/// `main` by its name, any other as its schema, [`OTHER_SCHEMA`], its name
+/// (a name may hold a dot, never a NUL).
 type Tables = Arc<Mutex<std::collections::BTreeSet<String>>>;
+
+/// Parts a written table of another schema than `main` from its schema
+/// (see [`Tables`]).
+pub(crate) const OTHER_SCHEMA: char = '\0';
 
 /// One column a statement reads or writes. SQLite names the rowid by its
 /// `INTEGER PRIMARY KEY` alias, or else `ROWID`.
@@ -70,14 +80,26 @@ impl Seen {
         std::mem::take(&mut *set).into_iter().collect()
     }
 
+    fn take_setting(&self) -> Option<String> {
+        self.3.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
     fn record(&self, ctx: rusqlite::hooks::AuthContext<'_>) -> rusqlite::hooks::Authorization {
-        use rusqlite::hooks::AuthAction::{Delete, Insert, Read, Update};
+        use rusqlite::hooks::AuthAction::{Delete, Insert, Pragma, Read, Update};
+        if let Pragma {
+            pragma_name,
+            pragma_value: Some(value),
+        } = ctx.action
+        {
+            *self.3.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(format!("PRAGMA {pragma_name} = {value}"));
+        }
         if let Insert { table_name } | Delete { table_name } | Update { table_name, .. } =
             ctx.action
         {
             let name = match ctx.database_name {
                 Some("main") | None => table_name.to_owned(),
-                Some(db) => format!("{db}.{table_name}"),
+                Some(db) => format!("{db}{OTHER_SCHEMA}{table_name}"),
             };
             self.1
                 .lock()
@@ -275,6 +297,7 @@ impl Rehearsal {
                 short(sql.trim(), 200)
             ))
         };
+        self.seen.take_setting();
         let mut batch = Batch::new(&self.conn, sql);
         let stmt = match batch.next() {
             Ok(Some(s)) => s,
@@ -287,6 +310,11 @@ impl Rehearsal {
         if let Some(names) = parameter_names(&stmt) {
             return Err(bad(format!(
                 "uses {names}; write the values into the query"
+            )));
+        }
+        if let Some(pragma) = self.seen.take_setting() {
+            return Err(bad(format!(
+                "is {pragma}, which may set what it names; read it with its table-valued function instead, e.g. SELECT count(*) = 0 FROM pragma_foreign_key_check('t')"
             )));
         }
         if !stmt.readonly() || stmt.column_count() == 0 {

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::UsageError;
 use check::Rehearsal;
-pub(crate) use check::parameter_names;
+pub(crate) use check::{OTHER_SCHEMA, parameter_names};
 use split::split_statements;
 
 /// Where a plan came from, before it is checked against a database.
@@ -47,8 +47,9 @@ pub struct Step {
     pub expect: Expect,
     /// `"undo": false`: this step is not recorded, so an undo stops at it.
     pub undo: bool,
-    /// The tables of the main database the step writes (triggers' and
-    /// foreign-key actions' writes included), as the pre-run check saw.
+    /// The tables the step writes (triggers' and foreign-key actions'
+    /// writes included), as the pre-run check saw: those of `main` by name,
+    /// others with their schema (see [`OTHER_SCHEMA`]).
     pub writes: Vec<String>,
     /// The columns (table, column) of the main database the step may
     /// update, likewise; `None` when the check could not see them all.

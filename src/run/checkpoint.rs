@@ -11,6 +11,11 @@ use crate::plan::{Key, Plan, Step, edited, sqlite_message};
 
 pub const TABLE: &str = "batchsse_checkpoint";
 
+/// A step's checksum once an undo has taken back part of it, until the
+/// undo clears its checkpoint: the step is no longer as the checkpoint
+/// says, and only the undo, finished, may say what it is.
+pub const UNDOING: &str = "undoing";
+
 const CREATE: &str = "CREATE TABLE IF NOT EXISTS batchsse_checkpoint (
     plan TEXT NOT NULL,
     step INTEGER NOT NULL,
@@ -116,6 +121,13 @@ impl Resume {
                 sqlite_message(&e)
             ))
         })?;
+        if rows.iter().any(|(_, row)| row.checksum == UNDOING) {
+            return Err(UsageError::new(format!(
+                "an undo of plan {:?} is under way: it stopped after taking back part of what the plan applied, so the checkpoint no longer says what is applied. Finish it with `batchsse undo --db FILE --plan {}` (or start over with `batchsse checkpoint clear`), then run the plan again",
+                plan.name,
+                crate::human::shell_word(&plan.name)
+            )));
+        }
         for (index, row) in &rows {
             match plan.steps.get(*index) {
                 Some(step) if step.checksum == row.checksum => {}
@@ -201,7 +213,7 @@ pub fn finished_steps(conn: &Connection, plan: &str) -> crate::plan::Finished {
     }
     let read = || -> rusqlite::Result<crate::plan::Finished> {
         let mut stmt = conn.prepare(
-            "SELECT step, checksum FROM batchsse_checkpoint WHERE plan = ?1 AND state = 'done' AND step >= 0",
+            "SELECT step, checksum FROM batchsse_checkpoint WHERE plan = ?1 AND state = 'done' AND step >= 0 AND checksum <> 'undoing'",
         )?;
         let rows = stmt.query_map([plan], |r| {
             Ok((r.get::<_, i64>(0)? as usize, r.get::<_, String>(1)?))

@@ -39,9 +39,17 @@ pub(super) fn at_end(
     let Some(sql) = &expect.sql else {
         return Ok(None);
     };
-    let value: Option<Value> = conn
-        .query_row(sql, [], |r| r.get::<_, Value>(0))
-        .optional()?;
+    let mut stmt = conn.prepare(sql)?;
+    // The check before the run proves this only where its schema copy
+    // could compile the query (not over a table a step before made too
+    // slowly to copy, say): never let an expectation write.
+    if !stmt.readonly() || stmt.column_count() == 0 {
+        return Ok(Some(format!(
+            "expect {} is not a query that only reads, so it was not run; write one such as SELECT count(*) = 0 FROM t WHERE …",
+            sql.trim()
+        )));
+    }
+    let value: Option<Value> = stmt.query_row([], |r| r.get::<_, Value>(0)).optional()?;
     // SQLite's own idea of true, so '1', 1.0 and 1 agree with a WHERE.
     let truthy = match &value {
         None => false,

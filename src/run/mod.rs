@@ -81,6 +81,8 @@ pub struct Job<'a> {
     pub resume: &'a Resume,
     /// With `--undo`: the connection's update hook ([`records`]).
     pub hook: Option<undo::Hook>,
+    /// With `--undo`: the connection's guard against unrecordable writes.
+    pub guard: Option<undo::Guard>,
 }
 
 /// Why a step stopped.
@@ -158,8 +160,10 @@ pub fn run(
     );
     let run_id = run_id();
     let mut r = Runner {
-        recorder: records(job.plan, job.opts)
-            .then(|| undo::Recorder::new(job.conn, run_id.clone(), &job.plan.name, job.hook)),
+        recorder: records(job.plan, job.opts).then(|| {
+            let hooks = (job.hook, job.guard);
+            undo::Recorder::new(job.conn, run_id.clone(), &job.plan.name, hooks)
+        }),
         run_id,
         conn: job.conn,
         plan: job.plan,
@@ -504,6 +508,15 @@ impl Runner<'_> {
             || e.sqlite_error_code() == Some(rusqlite::ErrorCode::OperationInterrupted)
         {
             StepError::Cancelled
+        } else if let Some(why) = self
+            .recorder
+            .as_ref()
+            .filter(|_| {
+                e.sqlite_error_code() == Some(rusqlite::ErrorCode::AuthorizationForStatementDenied)
+            })
+            .and_then(|r| r.refused())
+        {
+            StepError::Sql(why)
         } else {
             StepError::Sql(run_time_message(self.conn, &e))
         };
@@ -771,6 +784,7 @@ mod tests {
             opts: &opts,
             resume: &Resume::none(),
             hook: None,
+            guard: None,
         };
         let status = run(job, &log, (&Cancel::default(), &Steering::default()), || {});
         let events = log.after(0).iter().map(|e| e.event.clone()).collect();
@@ -978,6 +992,7 @@ mod tests {
             opts: &Options::default(),
             resume: &Resume::none(),
             hook: None,
+            guard: None,
         };
         let status = run(job, &log, (&cancel, &Steering::default()), || {
             cancel.cancel()

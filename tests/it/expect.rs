@@ -111,6 +111,9 @@ fn an_expect_that_writes_or_does_not_compile_is_refused_before_anything_runs() {
         ("SELECT nope FROM t", "no such column"),
         ("SELECT 1; SELECT 2", "one statement"),
         ("SELECT :x", "parameter"),
+        // SQLite calls these read-only, and they answer a true row.
+        ("PRAGMA busy_timeout = 1", "may set"),
+        ("pragma main.BUSY_TIMEOUT(1)", "may set"),
         ("", "empty"),
     ] {
         let plan =
@@ -179,4 +182,29 @@ fn a_failed_run_reports_only_the_record_it_kept() {
     let events = json_lines(&out);
     assert_eq!(events.last().unwrap()["data"]["undo_bytes"], 0);
     assert!(!out.contains("recorded for undo"), "{out}");
+}
+
+/// The check before the run cannot compile an `expect` over a database a
+/// step attaches; one that writes there is still never run: its step
+/// fails, rolled back.
+#[test]
+fn an_expect_the_check_could_not_see_never_writes() {
+    let db = TempDb::counters(5);
+    let aux = db.dir.path().join("aux.sqlite");
+    rusqlite::Connection::open(&aux)
+        .unwrap()
+        .execute_batch("CREATE TABLE x(v); INSERT INTO x VALUES (1), (2), (3);")
+        .unwrap();
+    let plan = serde_json::json!({"steps":[
+        {"sql": format!("ATTACH '{}' AS aux", path_str(&aux).replace('\'', "''"))},
+        {"sql": "UPDATE t SET counter = 1", "expect": "DELETE FROM aux.x WHERE v > 1 RETURNING 1"}]});
+    let (code, _, err) = run_plan(&db, &plan.to_string(), &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("only reads"), "{err}");
+    let left: i64 = rusqlite::Connection::open(&aux)
+        .unwrap()
+        .query_row("SELECT count(*) FROM x", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(left, 3, "the expect wrote: {err}");
+    assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 0);
 }

@@ -20,5 +20,6 @@ mod relay;
 mod run;
 mod safety;
 mod undo;
+mod undo_hostile;
 mod walk;
 mod watch;

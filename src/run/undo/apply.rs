@@ -19,6 +19,7 @@ use crate::events::{
 };
 use crate::human::thousands;
 use crate::lifecycle::{Cancel, Steering};
+use crate::run::checkpoint;
 use crate::run::expect::shown;
 use crate::run::governor::Governor;
 use crate::run::tx::Tx;
@@ -399,7 +400,10 @@ impl Undoer<'_> {
     fn chunk(&self, c: &Chunk, tally: &mut Tally) -> Result<(), String> {
         let sql = |e: rusqlite::Error| crate::run::db::run_time_message(self.conn, &e);
         let tx = Tx::begin(self.conn, self.dry_run).map_err(sql)?;
-        let mut blob = self.reverter.borrow_mut().buffer();
+        let mut reverter = self.reverter.borrow_mut();
+        reverter.hold_kept(&self.spec.runs).map_err(sql)?;
+        let mut blob = reverter.buffer();
+        drop(reverter);
         let recorded = match store::read_part(self.conn, c.id, &mut blob).map_err(sql)? {
             // Gone: another undo (or `undo clear`) took this part meanwhile.
             None => return Ok(()),
@@ -421,12 +425,32 @@ impl Undoer<'_> {
         self.conn
             .execute("DELETE FROM batchsse_undo WHERE id = ?1", [c.id])
             .map_err(sql)?;
+        self.mark_undoing(c).map_err(sql)?;
         if self.cancel.is_cancelled() {
             return Err("interrupted; the current chunk was rolled back".into());
         }
         tx.commit().map_err(sql)?;
         tally.reverted += reverted;
         tally.conflicts += kept;
+        Ok(())
+    }
+
+    /// Marks the step of part `c` in the plan's checkpoint as partly
+    /// taken back, in the part's transaction (see [`checkpoint::UNDOING`]):
+    /// a run of the plan waits for the undo to end instead of skipping it.
+    fn mark_undoing(&self, c: &Chunk) -> rusqlite::Result<()> {
+        if !checkpoint::table_exists(self.conn).unwrap_or(false) {
+            return Ok(());
+        }
+        self.conn
+            .prepare_cached(
+                "UPDATE batchsse_checkpoint SET checksum = ?3 WHERE plan = ?1 AND step = ?2",
+            )?
+            .execute(rusqlite::params![
+                self.spec.plan,
+                c.step,
+                checkpoint::UNDOING
+            ])?;
         Ok(())
     }
 
@@ -469,36 +493,44 @@ impl Undoer<'_> {
         Ok(())
     }
 
-    /// After a complete undo: the plan's checkpoint goes (it can run
-    /// again), and the undo tables if nothing is left in them.
+    /// After a complete undo: the checkpoint of each step it took back
+    /// whose record is all gone (of every run of the plan) goes, so that
+    /// step can run again, and the undo says what is left.
     fn finish(&self) {
         let plan = &self.spec.plan;
-        let done = || -> rusqlite::Result<Vec<i64>> {
-            let left: i64 = self.conn.query_row(
-                "SELECT count(*) FROM batchsse_undo WHERE plan = ?1",
-                [plan],
-                |r| r.get(0),
-            )?;
-            if left > 0 || !crate::run::checkpoint::table_exists(self.conn).unwrap_or(false) {
-                return Ok(Vec::new());
+        let steps = |sql: &str| -> rusqlite::Result<Vec<i64>> {
+            self.conn
+                .prepare(sql)?
+                .query_map([plan], |r| r.get(0))?
+                .collect()
+        };
+        let done = || -> rusqlite::Result<(Vec<i64>, Vec<i64>)> {
+            let recorded =
+                steps("SELECT DISTINCT step FROM batchsse_undo WHERE plan = ?1 ORDER BY step")?;
+            if !checkpoint::table_exists(self.conn).unwrap_or(false) {
+                return Ok((Vec::new(), recorded));
             }
             let mut clear = self
                 .conn
                 .prepare("DELETE FROM batchsse_checkpoint WHERE plan = ?1 AND step = ?2")?;
             for step in self.recorded.borrow().iter() {
-                clear.execute(rusqlite::params![plan, step])?;
+                if !recorded.contains(step) {
+                    clear.execute(rusqlite::params![plan, step])?;
+                }
             }
-            self.conn
-                .prepare("SELECT step FROM batchsse_checkpoint WHERE plan = ?1 ORDER BY step")?
-                .query_map([plan], |r| r.get(0))?
-                .collect()
+            let kept = steps("SELECT step FROM batchsse_checkpoint WHERE plan = ?1 ORDER BY step")?;
+            Ok((kept, recorded))
+        };
+        let listed = |s: &[i64]| -> String {
+            let s: Vec<String> = s.iter().map(|s| s.saturating_add(1).to_string()).collect();
+            s.join(", ")
         };
         match done() {
-            Ok(kept) if kept.is_empty() => self.message(Level::Info, format!("plan {plan:?} is fully taken back; its checkpoint is cleared, so it can run again")),
-            Ok(kept) => {
-                let steps: Vec<String> = kept.iter().map(|s| s.saturating_add(1).to_string()).collect();
-                self.message(Level::Warn, format!("plan {plan:?}: the steps taken back can run again, but step(s) {} were applied by a run that was not recorded, so they stay applied and checkpointed (running the plan again will not apply them twice)", steps.join(", ")));
+            Ok((kept, left)) if kept.is_empty() && left.is_empty() => self.message(Level::Info, format!("plan {plan:?} is fully taken back; its checkpoint is cleared, so it can run again")),
+            Ok((kept, left)) if left.is_empty() => {
+                self.message(Level::Warn, format!("plan {plan:?}: the steps taken back can run again, but step(s) {} were applied by a run that was not recorded, so they stay applied and checkpointed (running the plan again will not apply them twice)", listed(&kept)));
             }
+            Ok((_, left)) => self.message(Level::Warn, format!("plan {plan:?} is not fully taken back: step(s) {} still have undo records (a step the run did not record stopped the undo, or only some of the plan's runs were taken back), so they stay checkpointed: running the plan again skips them, or is refused while a step is taken back only in part (`batchsse undo list` shows what is left); the steps taken back in full can run again", listed(&left))),
             Err(e) => self.message(
                 Level::Warn,
                 format!("the undo is complete, but the plan's checkpoint could not be cleared: {e}"),
@@ -518,9 +550,14 @@ fn json_value(v: &Value) -> serde_json::Value {
     }
 }
 
-/// A failure from a column the record names that the table no longer has,
-/// with what to do about it.
+/// A failure from a column or table the record names that the database
+/// no longer has, with what to do about it.
 fn schema_hint(why: String) -> String {
+    if why.contains("no such table") {
+        return format!(
+            "{why}: the table was renamed or dropped since the run was recorded, and the undo puts rows back into the table it recorded; give the table its old name back and run the undo again, or drop the record with `batchsse undo clear`"
+        );
+    }
     if !why.contains("no such column") && !why.contains("has no column named") {
         return why;
     }

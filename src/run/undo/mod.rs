@@ -25,7 +25,7 @@ mod shape;
 mod spill;
 pub mod store;
 
-pub use record::{Hook, Recorder};
+pub use record::{Guard, Hook, Recorder};
 
 /// Whether runs are recorded through SQLite's pre-update hook: in builds
 /// that have it, unless `BATCHSSE_UNDO_HOOK=off` asks for the ways a build
@@ -34,4 +34,4 @@ pub use record::{Hook, Recorder};
 pub fn preupdate() -> bool {
     cfg!(batchsse_preupdate) && std::env::var_os("BATCHSSE_UNDO_HOOK").is_none_or(|v| v != "off")
 }
-pub use shape::refuse_unrecordable;
+pub use shape::{refuse_unrecordable, refuse_unrecorded_part};

@@ -16,7 +16,7 @@
 use std::cell::{Cell, RefCell};
 use std::sync::{Arc, Mutex};
 
-use rusqlite::hooks::Action;
+use rusqlite::hooks::{Action, AuthContext, Authorization};
 use rusqlite::types::Value;
 use rusqlite::{Connection, params};
 
@@ -80,6 +80,56 @@ impl Hook {
     }
 }
 
+/// Refuses, as SQLite compiles a recorded step's statements (and the
+/// triggers they set off), a write to a table of an attached database:
+/// neither the hooks nor the TEMP triggers record one, and the pre-run
+/// check cannot see one into a database a step before attached. An
+/// authorizer of the batch's connection, which only an armed step arms.
+#[derive(Clone, Default)]
+pub struct Guard(Arc<Mutex<Watch>>);
+
+#[derive(Default)]
+struct Watch {
+    armed: bool,
+    /// The table refused, as `schema.table`.
+    denied: Option<String>,
+}
+
+impl Guard {
+    /// Installs the guard on the batch's connection (before it is shared).
+    pub fn install(conn: &mut Connection) -> rusqlite::Result<Guard> {
+        let guard = Guard::default();
+        let watch = guard.0.clone();
+        conn.authorizer(Some(move |ctx: AuthContext<'_>| {
+            use rusqlite::hooks::AuthAction::{Delete, Insert, Update};
+            let (Insert { table_name } | Delete { table_name } | Update { table_name, .. }) =
+                ctx.action
+            else {
+                return Authorization::Allow;
+            };
+            let mut w = watch.lock().unwrap_or_else(|p| p.into_inner());
+            match ctx.database_name {
+                Some(db) if w.armed && db != "main" && db != "temp" => {
+                    w.denied = Some(format!("{db}.{table_name}"));
+                    Authorization::Deny
+                }
+                _ => Authorization::Allow,
+            }
+        }))?;
+        Ok(guard)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Watch> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn arm(&self, on: bool) {
+        let mut w = self.lock();
+        w.armed = on;
+        w.denied = None;
+    }
+}
+
 /// How the current step is recorded.
 enum Mode {
     Off,
@@ -129,6 +179,10 @@ pub struct Recorder<'c> {
     armed: Cell<usize>,
     /// A read-around chunk's rows, before and after.
     rows: RefCell<(Rows, Rows)>,
+    /// The TEMP staging table's name (see [`stage_name`]).
+    stage: RefCell<String>,
+    /// Refuses a write the record cannot hold (see [`Guard`]).
+    guard: Option<Guard>,
     #[cfg(batchsse_preupdate)]
     pre: Option<super::preupdate::PreHook>,
 }
@@ -136,7 +190,12 @@ pub struct Recorder<'c> {
 impl<'c> Recorder<'c> {
     /// `hook`: the connection's update hook; without it every step is
     /// staged.
-    pub fn new(conn: &'c Connection, run_id: String, plan: &str, hook: Option<Hook>) -> Self {
+    pub fn new(
+        conn: &'c Connection,
+        run_id: String,
+        plan: &str,
+        (hook, guard): (Option<Hook>, Option<Guard>),
+    ) -> Self {
         Recorder {
             conn,
             run_id,
@@ -144,6 +203,8 @@ impl<'c> Recorder<'c> {
             hook,
             chunk: Cell::new(0),
             mode: RefCell::new(Mode::Off),
+            stage: RefCell::new(String::new()),
+            guard,
             armed: Cell::new(0),
             rows: RefCell::default(),
             #[cfg(batchsse_preupdate)]
@@ -176,6 +237,9 @@ impl<'c> Recorder<'c> {
         self.chunk.set(0);
         if !step.undo {
             return self.note(step, 0, &[]);
+        }
+        if let Some(g) = &self.guard {
+            g.arm(true);
         }
         let layouts = layouts(self.conn)?;
         #[cfg(batchsse_preupdate)]
@@ -219,16 +283,27 @@ impl<'c> Recorder<'c> {
             .max()
             .unwrap_or(1);
         let cols: String = (1..=width).map(|i| format!(", v{i}")).collect();
+        let name = stage_name(self.conn)?;
         let mut sql = format!(
-            "DROP TABLE IF EXISTS temp.batchsse_stage;
-             CREATE TEMP TABLE batchsse_stage(seq INTEGER PRIMARY KEY, tno INTEGER, op INTEGER{cols});"
+            "DROP TABLE IF EXISTS temp.{name};
+             CREATE TEMP TABLE {name}(seq INTEGER PRIMARY KEY, tno INTEGER, op INTEGER{cols});"
         );
         for (n, l) in layouts.iter().enumerate() {
-            sql += &triggers(n, l);
+            sql += &triggers(n, l, &name);
         }
+        *self.stage.borrow_mut() = name;
         self.conn.execute_batch(&sql)?;
         self.armed.set(layouts.len());
         Ok(Mode::Staged(layouts))
+    }
+
+    /// Why the armed step failed, when it did because it would write a
+    /// table of an attached database.
+    pub fn refused(&self) -> Option<String> {
+        let table = self.guard.as_ref()?.lock().denied.take()?;
+        Some(format!(
+            "it writes {table}, a table of an attached database, which the undo record cannot hold, so it was not run; give the step \"undo\": false to run it unrecorded (an undo then stops at it), or run without --undo"
+        ))
     }
 
     /// After a recorded step succeeded: a step that changed nothing is
@@ -243,6 +318,9 @@ impl<'c> Recorder<'c> {
 
     /// Drops the triggers and the staging table (the step is over).
     pub fn disarm(&self) {
+        if let Some(g) = &self.guard {
+            g.arm(false);
+        }
         for n in 0..self.armed.get() {
             for kind in ["i", "d", "u", "m"] {
                 let _ = self.conn.execute_batch(&format!(
@@ -255,9 +333,10 @@ impl<'c> Recorder<'c> {
             pre.disarm();
         }
         if self.armed.replace(0) > 0 {
+            let name = self.stage.borrow();
             let _ = self
                 .conn
-                .execute_batch("DROP TABLE IF EXISTS temp.batchsse_stage");
+                .execute_batch(&format!("DROP TABLE IF EXISTS temp.{name}"));
         }
         *self.mode.borrow_mut() = Mode::Off;
     }
@@ -387,9 +466,10 @@ impl<'c> Recorder<'c> {
             return Ok(());
         };
         let mut enc = Encoder::new(false);
+        let name = self.stage.borrow();
         let mut stmt = self
             .conn
-            .prepare_cached("SELECT * FROM temp.batchsse_stage ORDER BY seq")?;
+            .prepare_cached(&format!("SELECT * FROM temp.{name} ORDER BY seq"))?;
         let mut rows = stmt.query([])?;
         while let Some(row) = rows.next()? {
             let (tno, what): (i64, u8) = (row.get(1)?, row.get(2)?);
@@ -400,7 +480,8 @@ impl<'c> Recorder<'c> {
             self.flush_part(step, &mut enc, false)?;
         }
         drop(rows);
-        self.conn.execute_batch("DELETE FROM temp.batchsse_stage")?;
+        self.conn
+            .execute_batch(&format!("DELETE FROM temp.{name}"))?;
         self.flush_part(step, &mut enc, true)
     }
 
@@ -548,9 +629,27 @@ fn pack_staged_row(
     Ok(())
 }
 
-/// The TEMP triggers that stage changes to one table: `n` is its `tno`.
-/// A changed key is the old row deleted and the new one inserted.
-fn triggers(n: usize, l: &Layout) -> String {
+/// A name for the TEMP staging table that no table or view of another
+/// schema has: a TEMP table hides one of its name from the step's own SQL,
+/// which would read or write the staging table instead.
+fn stage_name(conn: &Connection) -> rusqlite::Result<String> {
+    let mut stmt = conn.prepare(
+        "SELECT 1 FROM pragma_table_list WHERE schema <> 'temp' AND name = ?1 COLLATE NOCASE",
+    )?;
+    let mut name = "batchsse_stage".to_owned();
+    for n in 2.. {
+        if !stmt.exists([&name])? {
+            break;
+        }
+        name = format!("batchsse_stage_{n}");
+    }
+    Ok(name)
+}
+
+/// The TEMP triggers that stage changes to one table (in TEMP table
+/// `stage`): `n` is its `tno`. A changed key is the old row deleted and
+/// the new one inserted.
+fn triggers(n: usize, l: &Layout, stage: &str) -> String {
     let on = format!("ON main.{}", quote(&l.table));
     let row = |from: &str| -> Vec<String> {
         let keys = l.key.iter().map(|k| format!("{from}.{k}"));
@@ -560,7 +659,7 @@ fn triggers(n: usize, l: &Layout) -> String {
     let stage = |what: u8, values: Vec<String>| {
         let names: String = (1..=values.len()).map(|i| format!(", v{i}")).collect();
         format!(
-            "INSERT INTO temp.batchsse_stage(tno, op{names}) VALUES ({n}, {what}, {});",
+            "INSERT INTO temp.{stage}(tno, op{names}) VALUES ({n}, {what}, {});",
             values.join(", ")
         )
     };

@@ -47,6 +47,8 @@ pub struct Reverter<'c> {
     /// application wrote could be undone by an older entry that happens to
     /// match it. By table and encoded key value.
     held: HashSet<(String, Vec<u8>)>,
+    /// The last row of `batchsse_undo_conflict` read into `held`.
+    kept_seen: i64,
     /// The one-statement way for an `UPDATE` chunk's part, when SQLite
     /// takes its functions.
     bulk: Option<Bulk>,
@@ -63,19 +65,32 @@ impl<'c> Reverter<'c> {
             sql: HashMap::new(),
             buf: Vec::new(),
             held: HashSet::new(),
+            kept_seen: 0,
             bulk: Bulk::new(conn),
             spare: Default::default(),
         }
     }
 
-    /// Holds the rows an earlier try of this undo kept, as
-    /// `batchsse_undo_conflict` lists them for `runs`.
+    /// Holds the rows kept for `runs`, as `batchsse_undo_conflict` lists
+    /// them, that it did not hold yet: by an earlier try of this undo, or
+    /// by another undo of the same runs at work at the same time (so read
+    /// again in each part's transaction).
     pub fn hold_kept(&mut self, runs: &[String]) -> rusqlite::Result<()> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT tbl, k FROM batchsse_undo_conflict WHERE run = ?1")?;
+        // Up to the table's last row, whoever's: rows of other runs are
+        // passed over once, not in every part.
+        let upto: i64 = self.conn.query_row(
+            "SELECT ifnull(max(rowid), 0) FROM batchsse_undo_conflict",
+            [],
+            |r| r.get(0),
+        )?;
+        if upto <= self.kept_seen {
+            return Ok(());
+        }
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT tbl, k FROM batchsse_undo_conflict WHERE rowid > ?1 AND rowid <= ?2 AND run = ?3",
+        )?;
         for run in runs {
-            let rows = stmt.query_map([run], |r| {
+            let rows = stmt.query_map(rusqlite::params![self.kept_seen, upto, run], |r| {
                 Ok((r.get::<_, String>(0)?, r.get::<_, Value>(1)?))
             })?;
             for row in rows {
@@ -84,6 +99,7 @@ impl<'c> Reverter<'c> {
                 self.held.insert(held_id(&table, &key));
             }
         }
+        self.kept_seen = upto;
         Ok(())
     }
 
@@ -223,7 +239,14 @@ impl<'c> Reverter<'c> {
                 conflicts.insert(id()); // kept already, and said so
                 continue;
             }
-            let why = self.entry(layout, e).map_err(sql)?;
+            let why = self.entry(layout, e).map_err(|err| match &err {
+                rusqlite::Error::SqliteFailure(f, _)
+                    if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    clash(layout, e, f.extended_code, &sql(err))
+                }
+                _ => sql(err),
+            })?;
             match why {
                 None => reverted += 1,
                 Some(why) => {
@@ -325,6 +348,25 @@ fn changed(l: &Layout, columns: &[usize], now: &[u8]) -> String {
         "{} {verb} not what the run wrote (now {})",
         names.join(", "),
         now.join(", ")
+    )
+}
+
+/// Why putting entry `e` back failed on a constraint (`code`, SQLite's
+/// extended one), with what to do.
+fn clash(l: &Layout, e: &Entry, code: std::ffi::c_int, err: &str) -> String {
+    let unique = [
+        rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE,
+        rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY,
+    ];
+    let cause = if unique.contains(&code) {
+        "a row written since the run holds a value it needs"
+    } else {
+        "the table no longer takes it as the run found it"
+    };
+    format!(
+        "putting back the row of {} at key {} fails ({err}): {cause}. The undo stopped here, this chunk rolled back, what it took back before stays taken back; change that row or the table, then run the undo again (or give up on this record with `batchsse undo clear`)",
+        l.table,
+        key_shown(&e.key)
     )
 }
 

@@ -124,8 +124,16 @@ pub fn refuse_unrecordable(conn: &Connection, plan: &Plan) -> Result<(), UsageEr
     } else {
         Some(replacing_tables(conn).map_err(|e| UsageError::new(sqlite_message(&e)))?)
     };
+    let most = conn
+        .limit(rusqlite::limits::Limit::SQLITE_LIMIT_COLUMN)
+        .unwrap_or(i32::MAX);
     for step in plan.steps.iter().filter(|s| s.undo) {
-        if let Some(why) = why_unrecordable(step, &shapes, replacing.as_deref()) {
+        let why = why_unrecordable(step, &shapes, replacing.as_deref()).or_else(|| {
+            replacing
+                .as_ref()
+                .and_then(|_| too_wide(step, &shapes, most))
+        });
+        if let Some(why) = why {
             return Err(UsageError::new(format!(
                 "step {} ({:?}) cannot be recorded for --undo: {why}. Give the step \"undo\": false to run it unrecorded (an undo then stops at it), or run without --undo",
                 step.index + 1,
@@ -134,6 +142,72 @@ pub fn refuse_unrecordable(conn: &Connection, plan: &Plan) -> Result<(), UsageEr
         }
     }
     Ok(())
+}
+
+/// Refuses, before anything runs, to resume recorded a chunked step that
+/// an earlier run applied in part without a record (a run without
+/// `--undo`, or one whose record was cleared): an undo would take back
+/// only the recorded part, and then clear the step's checkpoint, so
+/// running the plan again would apply the other part twice.
+pub fn refuse_unrecorded_part(
+    conn: &Connection,
+    plan: &Plan,
+    resume: &crate::run::checkpoint::Resume,
+) -> Result<(), UsageError> {
+    let recorded = |step: &Step| -> rusqlite::Result<bool> {
+        if !super::store::exists(conn)? {
+            return Ok(false);
+        }
+        conn.prepare(
+            "SELECT 1 FROM batchsse_undo WHERE plan = ?1 AND step = ?2 AND chunk <> ?3 LIMIT 1",
+        )?
+        .exists(rusqlite::params![
+            plan.name,
+            step.index as i64,
+            super::store::UNRECORDED
+        ])
+    };
+    for step in plan.steps.iter().filter(|s| s.undo) {
+        if resume.chunk_position(step).is_none()
+            || recorded(step).map_err(|e| UsageError::new(sqlite_message(&e)))?
+        {
+            continue;
+        }
+        return Err(UsageError::new(format!(
+            "step {} ({:?}) was applied in part by a run that did not record it (one without --undo, or whose record was cleared), so an undo could not take it back whole, and running the plan again after one would apply that part twice. Give the step \"undo\": false to resume it unrecorded (an undo then stops at it), or resume without --undo",
+            step.index + 1,
+            step.name
+        )));
+    }
+    Ok(())
+}
+
+/// Without the pre-update hook, a step is staged (unless it is a chunked
+/// `UPDATE` of its own rowid table only, which is read around): in a TEMP
+/// table of three columns and, per written table, its key and its
+/// columns' old and new values, within SQLite's `most` columns.
+fn too_wide(step: &Step, shapes: &[(String, Result<Layout, String>)], most: i32) -> Option<String> {
+    let layout = |t: &str| {
+        let found = shapes.iter().find(|(n, _)| n.eq_ignore_ascii_case(t));
+        found.and_then(|(_, s)| s.as_ref().ok())
+    };
+    let around = match (&step.chunk, step.writes.as_slice()) {
+        (Some(c), [t]) => t.eq_ignore_ascii_case(&c.table) && layout(t).is_some_and(|l| l.int_key),
+        _ => false,
+    };
+    if around {
+        return None;
+    }
+    step.writes.iter().find_map(|t| {
+        let l = layout(t)?;
+        let width = 3 + l.key.len() + 2 * l.columns.len();
+        (width > usize::try_from(most).unwrap_or(usize::MAX)).then(|| {
+            format!(
+                "it writes {t}, whose {} columns are more than this build can record (one built without SQLite's pre-update hook, or with BATCHSSE_UNDO_HOOK=off, keeps each changed row's old and new values side by side, at most {most} columns)",
+                l.columns.len() + l.key.len()
+            )
+        })
+    })
 }
 
 /// Tables where a write may replace rows: their definition resolves
@@ -195,8 +269,11 @@ fn why_unrecordable(
         );
     }
     for table in &step.writes {
-        if table.contains('.') && !table.starts_with("temp.") {
-            return Some(format!("it writes {table}, in an attached database"));
+        match table.split_once(crate::plan::OTHER_SCHEMA) {
+            // A TEMP table goes with the connection: nothing to take back.
+            Some(("temp", _)) => continue,
+            Some((db, t)) => return Some(format!("it writes {db}.{t}, in an attached database")),
+            None => {}
         }
         match shapes.iter().find(|(n, _)| n.eq_ignore_ascii_case(table)) {
             Some((_, Err(why))) => return Some(format!("it writes {table}, and {why}")),

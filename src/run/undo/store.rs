@@ -121,6 +121,44 @@ pub fn exists(conn: &Connection) -> rusqlite::Result<bool> {
     .map(|o| o.is_some())
 }
 
+/// What is wrong with `run`'s record, if it was altered since it was
+/// written: a part of another type or length than noted, a note with a
+/// record, a step whose parts are not numbered 0, 1, 2… (the run numbers
+/// them so, and an undo takes the highest first, so one missing from the
+/// middle or the start was removed by hand). Taking such a record back
+/// would leave rows out while saying all went well.
+pub fn damage(conn: &Connection, run: &str) -> rusqlite::Result<Option<String>> {
+    let part: Option<String> = conn
+        .query_row(
+            "SELECT 'row ' || id || ' of batchsse_undo: ' || why FROM (SELECT id, CASE
+                 WHEN typeof(step) <> 'integer' OR typeof(chunk) <> 'integer'
+                     OR typeof(rows) <> 'integer' OR typeof(bytes) <> 'integer'
+                     THEN 'its step, part, rows or bytes is not a whole number'
+                 WHEN chunk < ?2 THEN 'its part number is ' || chunk
+                 WHEN chunk >= 0 AND typeof(rec) <> 'blob' THEN 'its record is ' || typeof(rec)
+                 WHEN chunk >= 0 AND length(rec) <> bytes
+                     THEN 'its record is ' || length(rec) || ' bytes, but ' || bytes || ' were written'
+                 WHEN chunk < 0 AND rec IS NOT NULL THEN 'a note of a step holds a record'
+                 END AS why
+             FROM batchsse_undo WHERE run = ?1) WHERE why IS NOT NULL LIMIT 1",
+            rusqlite::params![run, NOTHING.min(UNRECORDED)],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if part.is_some() {
+        return Ok(part);
+    }
+    conn.query_row(
+        "SELECT 'step ' || (step + 1) || ': ' || count(*) || ' part(s) numbered ' || (min(chunk) + 1) || ' to ' || (max(chunk) + 1)
+         FROM batchsse_undo WHERE run = ?1 AND chunk >= 0 GROUP BY step
+         HAVING min(chunk) <> 0 OR max(chunk) <> count(*) - 1 OR count(DISTINCT chunk) <> count(*)
+         LIMIT 1",
+        [run],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
 /// A run with undo records, as `undo list` shows it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunRecord {

@@ -1,0 +1,394 @@
+//! What a careless or hostile user does to an undo: edits its record by
+//! hand, or starts two undos of the same plan at once. Neither may end in
+//! rows taken back wrongly, or left out, while the undo says all is well.
+
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+/// `t` of 40 counters bumped by a recorded run of plan `bump`, ten rows a
+/// part: four parts in the record.
+fn bumped() -> TempDb {
+    let db = TempDb::counters(40);
+    let plan = db.file("plan.json", &counter_plan("bump", 10));
+    let args = run_args(
+        &db,
+        path_str(&plan),
+        &["--no-serve", "--undo", "--batch-size", "10"],
+    );
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(db.query_i64("SELECT count(*) FROM batchsse_undo"), 4);
+    db
+}
+
+/// A record edited by hand (a part cut short, emptied, of another type,
+/// or gone from the middle of its step) is refused before anything is
+/// taken back, rather than taken back in part with `finished ok`.
+#[test]
+fn a_record_altered_by_hand_is_refused_before_anything_is_taken_back() {
+    let newest = "(SELECT max(id) FROM batchsse_undo)";
+    for tamper in [
+        format!(
+            "UPDATE batchsse_undo SET rec = substr(rec, 1, length(rec) - 3) WHERE id = {newest}"
+        ),
+        format!("UPDATE batchsse_undo SET rec = NULL WHERE id = {newest}"),
+        format!("UPDATE batchsse_undo SET rec = 'text' WHERE id = {newest}"),
+        format!("UPDATE batchsse_undo SET chunk = -1 WHERE id = {newest}"),
+        format!("UPDATE batchsse_undo SET rows = 'ten' WHERE id = {newest}"),
+        "DELETE FROM batchsse_undo WHERE chunk = 1".to_owned(),
+        "DELETE FROM batchsse_undo WHERE chunk = 0".to_owned(),
+    ] {
+        let db = bumped();
+        db.conn().execute_batch(&tamper).unwrap();
+        let (code, err) = stopped_undo(&db, "bump");
+        assert_eq!(code, 2, "{tamper}: {err}");
+        assert!(err.contains("damaged"), "{tamper}: {err}");
+        assert!(
+            err.contains("batchsse undo clear --db FILE --run"),
+            "{tamper}: {err}"
+        );
+    }
+}
+
+/// Two undos of one plan at once share its parts, each taking the next
+/// one left: a row one of them kept as a conflict is kept by the other
+/// too, although the other began before the conflict was met.
+#[test]
+fn a_conflict_one_undo_keeps_is_kept_by_another_undo_of_the_same_plan() {
+    let db = TempDb::counters(4);
+    let plan = db.file(
+        "plan.json",
+        r#"{"name":"p","undo":true,"steps":[
+            {"name":"one","sql":"UPDATE t SET counter = 1 WHERE id BETWEEN :lo AND :hi","chunk":{"table":"t","size":2}},
+            {"name":"two","sql":"UPDATE t SET counter = 2"}]}"#,
+    );
+    let args = run_args(&db, path_str(&plan), &["--no-serve", "--batch-size", "2"]);
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    // The application sets row 2 to the value step "one" wrote.
+    db.conn()
+        .execute_batch("UPDATE t SET counter = 1 WHERE id = 2")
+        .unwrap();
+    let file = path_str(&db.path);
+    // The second undo reads the conflicts kept so far (none) and waits for
+    // a client before it takes anything back.
+    let mut second = Proc::start(&[
+        "undo",
+        "--db",
+        file,
+        "--plan",
+        "p",
+        "--listen",
+        "127.0.0.1:0",
+        "--wait-for-clients",
+        "1",
+        "--progress",
+        "plain",
+    ]);
+    wait_status(second.addr(), |s| s["steps_total"] == 2);
+    // The first takes back step "two" (keeping row 2) and the part of step
+    // "one" over rows 3 and 4, then rests.
+    let first = Proc::start(&[
+        "undo",
+        "--db",
+        file,
+        "--plan",
+        "p",
+        "--no-serve",
+        "--progress",
+        "plain",
+        "--sleep",
+        "600000",
+    ]);
+    let t0 = Instant::now();
+    while db.query_i64("SELECT count(*) FROM batchsse_undo") > 1 {
+        assert!(t0.elapsed() < PATIENCE, "{}", first.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        first.stderr().contains("conflict in t at key 2"),
+        "{}",
+        first.stderr()
+    );
+    // The second takes back the part left, over rows 1 and 2.
+    let _client = Stream::open(second.addr(), "/events", &[]);
+    assert_eq!(second.wait().code(), Some(0), "{}", second.stderr());
+    drop(first);
+    let counters: Vec<i64> = db
+        .conn()
+        .prepare("SELECT counter FROM t ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(counters, [0, 1, 0, 0], "{}", second.stderr());
+}
+
+/// A row that cannot go back because the application has since written
+/// its `UNIQUE` value into another row stops the undo, nothing of the
+/// chunk written, with the row named and what to do.
+#[test]
+fn a_row_that_clashes_with_a_later_unique_value_is_named_with_what_to_do() {
+    let db = TempDb::with_sql(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, email TEXT UNIQUE);
+         INSERT INTO t VALUES (1, 'a'), (2, 'b'), (3, 'c');",
+    );
+    let plan = db.file(
+        "plan.json",
+        r#"{"name":"p","undo":true,"steps":[{"sql":"UPDATE t SET email = email || '.old'"}]}"#,
+    );
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+    assert_eq!(code, 0, "{err}");
+    db.conn()
+        .execute_batch("INSERT INTO t VALUES (4, 'b')")
+        .unwrap();
+    let (code, err) = stopped_undo(&db, "p");
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("row of t at key 2"), "{err}");
+    assert!(err.contains("run the undo again"), "{err}");
+}
+
+/// `batchsse undo --plan PLAN` on `db`, which must stop with the file
+/// byte for byte as it was; its exit code and stderr.
+fn stopped_undo(db: &TempDb, plan: &str) -> (i32, String) {
+    let before = sha256(&db.path);
+    let (code, err) = undo_plan(db, plan, &[]);
+    assert_eq!(sha256(&db.path), before, "nothing written: {err}");
+    (code, err)
+}
+
+/// `batchsse undo --plan PLAN --no-serve` on `db` with `env`: its exit
+/// code and stderr.
+fn undo_plan(db: &TempDb, plan: &str, env: &[(&str, &str)]) -> (i32, String) {
+    let args = [
+        "undo",
+        "--db",
+        path_str(&db.path),
+        "--plan",
+        plan,
+        "--no-serve",
+    ];
+    let (code, _, err) = run_with_env(&args, None, env);
+    (code, err)
+}
+
+/// A table renamed since the run stops the undo before it writes, with
+/// what to do.
+#[test]
+fn a_table_renamed_since_the_run_stops_the_undo_and_says_what_to_do() {
+    let db = bumped();
+    db.conn()
+        .execute_batch("ALTER TABLE t RENAME TO counters")
+        .unwrap();
+    let (code, err) = stopped_undo(&db, "bump");
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("renamed or dropped"), "{err}");
+    assert!(err.contains("give the table its old name back"), "{err}");
+}
+
+/// An undo that stops at a step the run did not record takes back the
+/// steps after it: their checkpoint goes, so running the plan again
+/// applies them again, and the undo does not claim the plan is fully
+/// taken back.
+#[test]
+fn an_undo_stopped_at_an_unrecorded_step_lets_the_steps_it_took_back_run_again() {
+    let db = TempDb::counters(10);
+    let plan = db.file(
+        "plan.json",
+        r#"{"name":"p","undo":true,"steps":[
+            {"sql":"UPDATE t SET counter = counter + 1"},
+            {"sql":"CREATE INDEX t_counter ON t(counter)","undo":false},
+            {"sql":"UPDATE t SET counter = counter + 10"}]}"#,
+    );
+    let args = run_args(&db, path_str(&plan), &["--no-serve"]);
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    let (code, err) = undo_plan(&db, "p", &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("is fully taken back"), "{err}");
+    assert!(err.contains("still have undo records"), "{err}");
+    assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 10, "{err}");
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        db.query_i64("SELECT sum(counter) FROM t"),
+        110,
+        "step 3 applied again, step 1 not: {err}"
+    );
+}
+
+/// A chunked step partly applied by a run without `--undo` cannot be
+/// resumed recorded: an undo would take back only the recorded part, and
+/// running the plan again would apply the other part twice. Refused before
+/// anything runs, with the way on.
+#[test]
+fn resuming_with_undo_a_step_partly_applied_unrecorded_is_refused() {
+    let db = TempDb::with_sql(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, counter INT NOT NULL DEFAULT 0);
+         INSERT INTO t(id) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 100) SELECT i FROM s;
+         CREATE TABLE flag(x); INSERT INTO flag VALUES (1);
+         CREATE TRIGGER guard BEFORE UPDATE ON t WHEN NEW.id > 50 AND (SELECT count(*) FROM flag) > 0
+           BEGIN SELECT RAISE(ABORT, 'not yet'); END;",
+    );
+    let plan = db.file("plan.json", &counter_plan("bump", 10));
+    let args = run_args(&db, path_str(&plan), &["--no-serve", "--batch-size", "10"]);
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 1, "stops at id 51: {err}");
+    assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 50);
+    db.conn().execute_batch("DELETE FROM flag").unwrap();
+    let before = sha256(&db.path);
+    let (code, _, err) = run(&[&args[..], &["--undo"]].concat());
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("\"undo\": false"), "{err}");
+    assert_eq!(sha256(&db.path), before, "nothing written");
+}
+
+/// Recorded without the pre-update hook, the changes are staged in a TEMP
+/// table, which would hide a table of the file with its name from the
+/// step's own SQL: a step reading the user's `batchsse_stage` must read
+/// the user's rows, and one writing it must write them.
+#[test]
+fn a_table_named_like_the_staging_table_is_the_users_own() {
+    let db = TempDb::with_sql(
+        "CREATE TABLE batchsse_stage(id INTEGER PRIMARY KEY, v INT);
+         INSERT INTO batchsse_stage VALUES (1, 10), (2, 20), (3, 30);
+         CREATE TABLE t(id INTEGER PRIMARY KEY, v INT);
+         INSERT INTO t VALUES (1, 0), (2, 0);",
+    );
+    let plan = db.file(
+        "plan.json",
+        r#"{"name":"p","undo":true,"steps":[
+            {"sql":"UPDATE t SET v = (SELECT count(*) FROM batchsse_stage)"},
+            {"sql":"UPDATE batchsse_stage SET v = v + 1"}]}"#,
+    );
+    let off = [("BATCHSSE_UNDO_HOOK", "off")];
+    let args = run_args(&db, path_str(&plan), &["--no-serve"]);
+    let (code, _, err) = run_with_env(&args, None, &off);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(db.query_i64("SELECT sum(v) FROM t"), 6, "{err}");
+    assert_eq!(db.query_i64("SELECT sum(v) FROM batchsse_stage"), 63);
+    let (code, err) = undo_plan(&db, "p", &off);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(db.query_i64("SELECT sum(v) FROM t"), 0, "{err}");
+    assert_eq!(db.query_i64("SELECT sum(v) FROM batchsse_stage"), 60);
+}
+
+/// Without the pre-update hook a changed row is staged with its old and
+/// new values side by side, so a table of over 1,000 columns cannot be:
+/// refused before anything runs, not failed at its step.
+#[test]
+fn a_table_too_wide_to_stage_is_refused_up_front_without_the_hook() {
+    let cols: Vec<String> = (0..1200).map(|i| format!("c{i} INT")).collect();
+    let db = TempDb::with_sql(&format!(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, {}); INSERT INTO t(id) VALUES (1), (2);",
+        cols.join(", ")
+    ));
+    let plan = db.file(
+        "plan.json",
+        r#"{"name":"p","undo":true,"steps":[{"sql":"UPDATE t SET c5 = 1"}]}"#,
+    );
+    let before = sha256(&db.path);
+    let args = run_args(&db, path_str(&plan), &["--no-serve"]);
+    let (code, _, err) = run_with_env(&args, None, &[("BATCHSSE_UNDO_HOOK", "off")]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("more than this build can record"), "{err}");
+    assert!(err.contains("\"undo\": false"), "{err}");
+    assert_eq!(sha256(&db.path), before, "nothing written");
+}
+
+/// A table whose name holds a dot is a table of the file, not one of an
+/// attached database: recorded, and taken back.
+#[test]
+fn a_table_named_with_a_dot_is_recorded_and_taken_back() {
+    let db = TempDb::with_sql(
+        r#"CREATE TABLE "a.b"(id INTEGER PRIMARY KEY, v INT); INSERT INTO "a.b" VALUES (1, 1), (2, 2);"#,
+    );
+    let plan = db.file(
+        "plan.json",
+        r#"{"name":"p","undo":true,"steps":[{"sql":"UPDATE \"a.b\" SET v = v * 10"}]}"#,
+    );
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(db.query_i64(r#"SELECT sum(v) FROM "a.b""#), 30);
+    let (code, err) = undo_plan(&db, "p", &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(db.query_i64(r#"SELECT sum(v) FROM "a.b""#), 3, "{err}");
+}
+
+/// The pre-run check cannot see into a database a step attaches; a
+/// recorded step that writes one is stopped as SQLite compiles it, with
+/// nothing of the step kept, rather than run unrecorded and left out of
+/// the undo.
+#[test]
+fn a_recorded_write_to_a_database_a_step_attached_is_stopped() {
+    let db = TempDb::with_sql(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v INT); INSERT INTO t VALUES (1, 1);",
+    );
+    let aux = db.dir.path().join("aux.sqlite");
+    rusqlite::Connection::open(&aux)
+        .unwrap()
+        .execute_batch("CREATE TABLE x(v); INSERT INTO x VALUES (1);")
+        .unwrap();
+    let plan = serde_json::json!({"name": "p", "undo": true, "steps": [
+        {"sql": format!("ATTACH '{}' AS aux", path_str(&aux).replace('\'', "''")), "undo": false},
+        {"sql": "UPDATE t SET v = 5; UPDATE aux.x SET v = 2"}]});
+    let plan = db.file("plan.json", &plan.to_string());
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("it writes aux.x, a table of an attached database"),
+        "{err}"
+    );
+    let aux_v: i64 = rusqlite::Connection::open(&aux)
+        .unwrap()
+        .query_row("SELECT v FROM x", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(aux_v, 1, "not written unrecorded: {err}");
+    assert_eq!(db.query_i64("SELECT v FROM t"), 1, "the step rolled back");
+}
+
+/// An undo stopped part-way (here by `--on-conflict abort`) has taken back
+/// some of a step's chunks while its checkpoint still says it is applied:
+/// running the plan then is refused until the undo is finished, rather
+/// than skipping the step as applied.
+#[test]
+fn a_plan_whose_undo_stopped_part_way_is_not_run_until_the_undo_ends() {
+    let db = TempDb::counters(40);
+    let plan = db.file("plan.json", &counter_plan("bump", 10));
+    let args = run_args(&db, path_str(&plan), &["--no-serve", "--batch-size", "10"]);
+    let (code, _, err) = run(&[&args[..], &["--undo"]].concat());
+    assert_eq!(code, 0, "{err}");
+    // The application changes a row of the first chunk, which the undo
+    // meets last.
+    db.conn()
+        .execute_batch("UPDATE t SET counter = 7 WHERE id = 3")
+        .unwrap();
+    let undo = [
+        "undo",
+        "--db",
+        path_str(&db.path),
+        "--plan",
+        "bump",
+        "--no-serve",
+    ];
+    let (code, _, err) = run(&[&undo[..], &["--on-conflict", "abort"]].concat());
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(db.query_i64("SELECT count(*) FROM t WHERE counter = 0"), 30);
+    let before = sha256(&db.path);
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("undo of plan \"bump\" is under way"), "{err}");
+    assert_eq!(sha256(&db.path), before, "nothing written");
+    let (code, _, err) = run(&undo);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM t WHERE counter = 1"),
+        39,
+        "{err}"
+    );
+    assert_eq!(db.query_i64("SELECT counter FROM t WHERE id = 3"), 8);
+}
