@@ -176,6 +176,76 @@ fn recorded_without_the_hook_a_chunk_that_strays_from_its_rows_is_still_recorded
     );
 }
 
+/// A row whose changed columns the run recorded together: the conflict
+/// says one of them changed, without claiming which.
+#[test]
+fn a_conflict_on_a_row_the_run_changed_in_two_columns_names_both_with_their_values() {
+    let db = TempDb::counters(10);
+    db.conn()
+        .execute_batch("ALTER TABLE t ADD COLUMN total REAL NOT NULL DEFAULT 2.5")
+        .unwrap();
+    let plan = db.file(
+        "plan.json",
+        r#"{"name":"two","steps":[{"sql":"UPDATE t SET total = total * 2, counter = counter + 1 WHERE id BETWEEN :lo AND :hi","chunk":{"table":"t","size":5}}]}"#,
+    );
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve", "--undo"]));
+    assert_eq!(code, 0, "{err}");
+    db.conn()
+        .execute_batch("UPDATE t SET total = 9.5 WHERE id = 4")
+        .unwrap();
+    let (code, _, err) = run(&undo_args(&db, &["--plan", "two"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(
+            "conflict in t at key 4: counter, total are not all what the run wrote (now counter = 1, total = 9.5)"
+        ),
+        "{err}"
+    );
+    assert_eq!(db.query_i64("SELECT count(*) FROM t WHERE counter = 0"), 9);
+}
+
+/// Past the first 100 conflicts a dry run neither keeps nor points at the
+/// conflict table, which it rolls back with everything else.
+#[test]
+fn a_dry_run_with_many_conflicts_says_what_it_would_keep() {
+    let db = TempDb::counters(300);
+    let plan = db.file("plan.json", &counter_plan("many", 50));
+    let (code, _, err) = run(&run_args(
+        &db,
+        path_str(&plan),
+        &["--no-serve", "--undo", "--batch-size", "50"],
+    ));
+    assert_eq!(code, 0, "{err}");
+    db.conn()
+        .execute_batch("UPDATE t SET counter = 7 WHERE id <= 150")
+        .unwrap();
+    let (code, _, err) = run(&undo_args(&db, &["--plan", "many", "--dry-run"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("150 conflicts would keep"), "{err}");
+    assert_eq!(
+        err.lines()
+            .filter(|l| l.ends_with("would keep the application's row"))
+            .count(),
+        100,
+        "the first 100, each said as what would happen: {err}"
+    );
+    assert!(
+        err.contains("more conflicts: the last line counts them all")
+            && !err.contains("batchsse_undo_conflict"),
+        "{err}"
+    );
+    let (code, _, err) = run(&undo_args(&db, &["--plan", "many"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("more conflicts: every one is in the table batchsse_undo_conflict"),
+        "{err}"
+    );
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM batchsse_undo_conflict"),
+        150
+    );
+}
+
 #[test]
 fn application_writes_after_the_run_are_conflicts_kept_under_skip() {
     let db = TempDb::counters(200);

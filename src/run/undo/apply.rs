@@ -474,8 +474,12 @@ impl Undoer<'_> {
                 "INSERT INTO batchsse_undo_conflict (run, tbl, k, why) VALUES (?1, ?2, ?3, ?4)",
             )?
             .execute(rusqlite::params![c.run, k.table, k.key, k.why])?;
+        let kept = match self.dry_run {
+            true => "would keep",
+            false => "kept",
+        };
         let text = format!(
-            "conflict in {} at key {}: {}; kept the application's row",
+            "conflict in {} at key {}: {}; {kept} the application's row",
             k.table, k.shown, k.why
         );
         if nth <= SHOWN_CONFLICTS {
@@ -485,9 +489,13 @@ impl Undoer<'_> {
                 text,
             ));
         } else if nth == SHOWN_CONFLICTS + 1 {
+            // A dry run rolls the table back with everything else.
             self.message(
                 Level::Warn,
-                "more conflicts: every one is in the table batchsse_undo_conflict",
+                match self.dry_run {
+                    true => "more conflicts: the last line counts them all",
+                    false => "more conflicts: every one is in the table batchsse_undo_conflict",
+                },
             );
         }
         Ok(())

@@ -343,9 +343,18 @@ fn changed(l: &Layout, columns: &[usize], now: &[u8]) -> String {
     let now = values(now).unwrap_or_default();
     let names: Vec<&str> = columns.iter().map(|&c| l.columns[c].as_str()).collect();
     let now: Vec<String> = now.iter().map(|v| shown(&v.to_value())).collect();
-    let verb = if names.len() == 1 { "is" } else { "are" };
+    if let ([name], [value]) = (&names[..], &now[..]) {
+        return format!("{name} is not what the run wrote (now {value})");
+    }
+    // The record holds one fingerprint of what the run wrote to them all,
+    // so it can tell that one of them changed, not which.
+    let now: Vec<String> = names
+        .iter()
+        .zip(&now)
+        .map(|(n, v)| format!("{n} = {v}"))
+        .collect();
     format!(
-        "{} {verb} not what the run wrote (now {})",
+        "{} are not all what the run wrote (now {})",
         names.join(", "),
         now.join(", ")
     )
