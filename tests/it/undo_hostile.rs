@@ -99,7 +99,7 @@ fn a_conflict_one_undo_keeps_is_kept_by_another_undo_of_the_same_plan() {
         "--progress",
         "plain",
         "--sleep",
-        "600000",
+        "3000",
     ]);
     let t0 = Instant::now();
     while db.query_i64("SELECT count(*) FROM batchsse_undo") > 1 {
@@ -391,4 +391,64 @@ fn a_plan_whose_undo_stopped_part_way_is_not_run_until_the_undo_ends() {
         "{err}"
     );
     assert_eq!(db.query_i64("SELECT counter FROM t WHERE id = 3"), 8);
+}
+
+/// An undo killed between two steps (after the last part of one, before
+/// the next one's first) leaves the step it took back whole free to run
+/// again: its checkpoint went in its last part's transaction, not at the
+/// end of the undo, which the kill never reached.
+#[test]
+fn an_undo_killed_between_two_steps_leaves_the_step_it_took_back_free_to_run() {
+    let db = TempDb::counters(100);
+    let plan = db.file(
+        "plan.json",
+        r#"{"name":"two","steps":[
+            {"name":"a","sql":"UPDATE t SET counter = counter + 1 WHERE id BETWEEN :lo AND :hi","chunk":{"table":"t","size":50}},
+            {"name":"b","sql":"UPDATE t SET counter = counter + 10 WHERE id BETWEEN :lo AND :hi","chunk":{"table":"t","size":100}}]}"#,
+    );
+    let args = run_args(&db, path_str(&plan), &["--no-serve"]);
+    let (code, _, err) = run(&[&args[..], &["--undo"]].concat());
+    assert_eq!(code, 0, "{err}");
+    let mut undo = Proc::start(&[
+        "undo",
+        "--db",
+        path_str(&db.path),
+        "--plan",
+        "two",
+        "--listen",
+        "127.0.0.1:0",
+        "--wait-for-clients",
+        "1",
+        "--sleep",
+        "600000",
+        "--progress",
+        "none",
+    ]);
+    let mut s = Stream::open(undo.addr(), "/events", &[]);
+    // Step b goes back first (one part), then a's first part; the undo
+    // then sleeps before a's second.
+    loop {
+        let e = s.until("step");
+        if data(&e)["index"] == 1 && data(&e)["state"] == "running" {
+            break;
+        }
+    }
+    s.until("progress");
+    undo.child.kill().unwrap();
+    undo.child.wait().unwrap();
+    assert_eq!(
+        db.query_i64("SELECT sum(counter) FROM t"),
+        50,
+        "b taken back whole, a's first part too"
+    );
+    let (code, err) = undo_plan(&db, "two", &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("fully taken back"), "{err}");
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM t WHERE counter = 11"),
+        100,
+        "both steps ran again: {err}"
+    );
 }

@@ -425,7 +425,7 @@ impl Undoer<'_> {
         self.conn
             .execute("DELETE FROM batchsse_undo WHERE id = ?1", [c.id])
             .map_err(sql)?;
-        self.mark_undoing(c).map_err(sql)?;
+        self.settle(c).map_err(sql)?;
         if self.cancel.is_cancelled() {
             return Err("interrupted; the current chunk was rolled back".into());
         }
@@ -435,22 +435,33 @@ impl Undoer<'_> {
         Ok(())
     }
 
-    /// Marks the step of part `c` in the plan's checkpoint as partly
-    /// taken back, in the part's transaction (see [`checkpoint::UNDOING`]):
-    /// a run of the plan waits for the undo to end instead of skipping it.
-    fn mark_undoing(&self, c: &Chunk) -> rusqlite::Result<()> {
+    /// In part `c`'s transaction, once its record is gone: a step with no
+    /// record left (of any run of the plan) is taken back whole, so its
+    /// checkpoint goes and the step can run again; one with records left
+    /// is marked as taken back in part (see [`checkpoint::UNDOING`]), so a
+    /// run of the plan waits for the undo to end instead of skipping it.
+    /// A kill between two parts leaves the checkpoint saying just that.
+    fn settle(&self, c: &Chunk) -> rusqlite::Result<()> {
         if !checkpoint::table_exists(self.conn).unwrap_or(false) {
             return Ok(());
         }
-        self.conn
+        let plan = &self.spec.plan;
+        let left: bool = self
+            .conn
             .prepare_cached(
-                "UPDATE batchsse_checkpoint SET checksum = ?3 WHERE plan = ?1 AND step = ?2",
+                "SELECT EXISTS (SELECT 1 FROM batchsse_undo WHERE plan = ?1 AND step = ?2)",
             )?
-            .execute(rusqlite::params![
-                self.spec.plan,
-                c.step,
+            .query_row(rusqlite::params![plan, c.step], |r| r.get(0))?;
+        let mut set = match left {
+            true => self.conn.prepare_cached(&format!(
+                "UPDATE batchsse_checkpoint SET checksum = '{}' WHERE plan = ?1 AND step = ?2",
                 checkpoint::UNDOING
-            ])?;
+            ))?,
+            false => self
+                .conn
+                .prepare_cached("DELETE FROM batchsse_checkpoint WHERE plan = ?1 AND step = ?2")?,
+        };
+        set.execute(rusqlite::params![plan, c.step])?;
         Ok(())
     }
 

@@ -57,6 +57,7 @@ const CREATE: &str = "CREATE TABLE IF NOT EXISTS batchsse_undo (
     created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
 );
 CREATE INDEX IF NOT EXISTS batchsse_undo_by_run ON batchsse_undo(run, id);
+CREATE INDEX IF NOT EXISTS batchsse_undo_by_step ON batchsse_undo(plan, step);
 CREATE TABLE IF NOT EXISTS batchsse_undo_conflict (
     run TEXT NOT NULL,
     tbl TEXT NOT NULL,
