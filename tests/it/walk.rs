@@ -413,3 +413,78 @@ fn a_walk_that_changes_no_row_says_so_in_the_events_and_the_terminal() {
         "the terminal says it: {err}"
     );
 }
+
+/// A table keyed by a unique `n` with gaps (10, 20, …, 1000) and a rowid.
+fn numbered() -> TempDb {
+    TempDb::with_sql(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, n INTEGER UNIQUE, v TEXT);
+         INSERT INTO t(n, v) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < 100) SELECT i * 10, 'orig' FROM s;
+         CREATE TABLE log(n INTEGER UNIQUE, v TEXT);
+         INSERT INTO log VALUES (5, 'x');
+         CREATE TRIGGER log_echo AFTER UPDATE OF v ON log WHEN new.v = 'seen' BEGIN INSERT INTO log VALUES (new.n + 501, 'echo'); END;",
+    )
+}
+
+#[test]
+fn a_chunked_step_that_inserts_ahead_of_its_own_walk_is_refused_up_front() {
+    // Copying rows to n + 501 within t walked by n: the copies of the first
+    // rows land ahead of the walk, which would copy them again (copies of
+    // copies) and still finish ok.
+    for (table, sql, via) in [
+        (
+            "t",
+            "INSERT INTO t(n, v) SELECT n + 501, 'copy' FROM t WHERE n BETWEEN :lo AND :hi",
+            "",
+        ),
+        (
+            "t",
+            "INSERT INTO t(n, v) SELECT n + 501, 'copy' FROM t WHERE n BETWEEN :lo AND :hi ON CONFLICT(n) DO UPDATE SET v = 'seen'",
+            "",
+        ),
+        (
+            "log",
+            "UPDATE log SET v = 'seen' WHERE n BETWEEN :lo AND :hi",
+            "through trigger \"log_echo\"",
+        ),
+    ] {
+        let db = numbered();
+        let plan = json!({"name": "copy", "steps": [{"sql": sql, "chunk": {"table": table, "key": "n", "size": 10}}]});
+        let path = db.file("plan.json", &plan.to_string());
+        let before = db.bytes();
+        let (code, _, err) = run(&run_args(
+            &db,
+            path_str(&path),
+            &words("--no-serve --progress plain"),
+        ));
+        assert_eq!(code, 2, "{sql}: {err}");
+        assert!(
+            err.contains(&format!("inserts into {table}"))
+                && err.contains(via)
+                && err.contains("by rowid"),
+            "{sql}: says why and the way out: {err}"
+        );
+        assert_eq!(db.bytes(), before, "{sql}: database untouched");
+    }
+}
+
+#[test]
+fn a_rowid_walk_that_inserts_into_its_table_copies_each_row_once() {
+    let db = numbered();
+    let plan = json!({"name": "copy", "steps": [{
+        "sql": "INSERT INTO t(n, v) SELECT n + 501, 'copy' FROM t WHERE id BETWEEN :lo AND :hi",
+        "chunk": {"table": "t", "size": 10},
+    }]});
+    let path = db.file("plan.json", &plan.to_string());
+    let (code, _, err) = run(&run_args(
+        &db,
+        path_str(&path),
+        &words("--no-serve --progress plain --batch-size 10"),
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM t WHERE v = 'copy'"),
+        100,
+        "{err}"
+    );
+    assert_eq!(db.query_i64("SELECT count(*) FROM t"), 200, "{err}");
+}
