@@ -504,6 +504,11 @@ impl Rehearsal {
                 )));
             }
         }
+        if stmt.readonly() {
+            return Err(UsageError::new(format!(
+                "{label} is chunked but only reads; a chunked step changes rows, e.g. \"UPDATE {table} SET … WHERE {key} BETWEEN :lo AND :hi\""
+            )));
+        }
         // Compiled is checked: running it on the empty copy would change
         // nothing but rows, which the check has no use for.
         drop(stmt);

@@ -196,8 +196,7 @@ fn one_chunk(
     let work = &mut walk.work;
     let recorded = r
         .recorded(step, Some((&lo, &hi)), &mut || {
-            let n = work.execute(named_params! {":lo": lo, ":hi": hi})?;
-            Ok(n as u64)
+            execute(r.conn, work, &lo, &hi)
         })
         .map_err(fail)?;
     let Some(changed) = recorded else {
@@ -219,6 +218,21 @@ fn one_chunk(
     }
     tx.commit().map_err(fail)?;
     Ok(Some(Walked { hi, rows, changed }))
+}
+
+/// Runs the step's statement on one chunk and returns the rows it changed.
+/// Rows a `RETURNING` clause gives are read and dropped, as a plain step's
+/// are (`execute` would refuse a statement that gives rows).
+fn execute(
+    conn: &Connection,
+    work: &mut Statement<'_>,
+    lo: &Key,
+    hi: &Key,
+) -> rusqlite::Result<u64> {
+    let mut rows = work.query(named_params! {":lo": lo, ":hi": hi})?;
+    while rows.next()?.is_some() {}
+    drop(rows);
+    Ok(conn.changes())
 }
 
 /// Counts the rows once, as the step begins. One query each: SQLite's fast

@@ -488,3 +488,41 @@ fn a_rowid_walk_that_inserts_into_its_table_copies_each_row_once() {
     );
     assert_eq!(db.query_i64("SELECT count(*) FROM t"), 200, "{err}");
 }
+
+#[test]
+fn a_chunked_step_with_returning_runs_and_one_that_only_reads_is_refused() {
+    let db = numbered();
+    let plan = |sql: &str| {
+        let plan =
+            json!({"name": sql, "steps": [{"sql": sql, "chunk": {"table": "t", "size": 7}}]});
+        db.file("plan.json", &plan.to_string())
+    };
+    // RETURNING works in a plain step; chunked, its rows are dropped too.
+    let path = plan("UPDATE t SET v = 'seen' WHERE id BETWEEN :lo AND :hi RETURNING id, v");
+    let (code, _, err) = run(&run_args(
+        &db,
+        path_str(&path),
+        &words("--no-serve --progress plain"),
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM t WHERE v = 'seen'"),
+        100,
+        "{err}"
+    );
+    assert!(err.contains("100 rows changed"), "{err}");
+    // A chunked SELECT would walk the table and change nothing.
+    let path = plan("SELECT * FROM t WHERE id BETWEEN :lo AND :hi");
+    let before = db.bytes();
+    let (code, _, err) = run(&run_args(
+        &db,
+        path_str(&path),
+        &words("--no-serve --progress plain"),
+    ));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("only reads") && err.contains("UPDATE t SET"),
+        "{err}"
+    );
+    assert_eq!(db.bytes(), before, "database untouched");
+}
