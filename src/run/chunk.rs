@@ -184,7 +184,8 @@ fn one_chunk(
     if r.checkpoint.moved(step, prev).map_err(fail)? {
         return Err((StepError::Sql(r.checkpoint.conflict()), c));
     }
-    let (lo, hi, rows) = walk.keys.next(prev, max, size).map_err(fail)?;
+    let (first, hi, rows) = walk.keys.next(prev, max, size).map_err(fail)?;
+    let lo = if walk.rowid { rowid_lo(prev) } else { first };
     if rows == 0 {
         r.expectations(step, c.changed, true).map_err(|e| (e, c))?;
         r.checkpoint
@@ -277,6 +278,22 @@ fn span(conn: &Connection, chunk: &Chunk) -> rusqlite::Result<Span> {
 struct Walk<'c> {
     keys: Keyset<'c>,
     work: Statement<'c>,
+    /// The key is the rowid, always an integer: see [`rowid_lo`].
+    rowid: bool,
+}
+
+/// A rowid walk's `:lo`: one above the previous chunk's last key, the
+/// smallest integer for the first. The chunks' ranges then leave no gap,
+/// so a step on another table bounded by this one's keys (orders by a
+/// `user_id` between `:lo` and `:hi`, walking users) also reaches the rows
+/// whose key falls between two of this table's, such as the orders of a
+/// deleted user, whatever the chunk sizes. The walked table has no rows
+/// in a gap (its chunk begins at its first key after the last).
+fn rowid_lo(prev: Option<&Key>) -> Key {
+    match prev {
+        Some(Key::Integer(p)) => Key::Integer(p.saturating_add(1)),
+        _ => Key::Integer(i64::MIN),
+    }
 }
 
 impl<'c> Walk<'c> {
@@ -290,6 +307,7 @@ impl<'c> Walk<'c> {
         Ok(Walk {
             keys: Keyset::new(conn, &table, &chunk.key_sql, dense)?,
             work: conn.prepare(&step.sql)?,
+            rowid: chunk.rowid,
         })
     }
 }

@@ -526,3 +526,47 @@ fn a_chunked_step_with_returning_runs_and_one_that_only_reads_is_refused() {
     );
     assert_eq!(db.bytes(), before, "database untouched");
 }
+
+#[test]
+fn a_step_on_another_table_bounded_by_a_rowid_walk_misses_no_row_between_its_keys() {
+    // Users 1..=61 with every third one deleted; each user had two orders,
+    // and a few orders belong to no user at all (0, -7). Walking users,
+    // the step must reach every order whose user_id is at most the largest
+    // user id, whatever the chunk sizes: a plain UPDATE's result.
+    let db = TempDb::with_sql(
+        "CREATE TABLE users(id INTEGER PRIMARY KEY, name TEXT);
+         CREATE TABLE orders(id INTEGER PRIMARY KEY, user_id INT, flag INT DEFAULT 0);
+         INSERT INTO users(id, name) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < 61) SELECT i, 'u' FROM s;
+         INSERT INTO orders(user_id) SELECT id FROM users UNION ALL SELECT id FROM users;
+         INSERT INTO orders(user_id) VALUES (0), (-7), (62), (NULL);
+         DELETE FROM users WHERE id % 3 = 0;",
+    );
+    for size in ["1", "7"] {
+        db.conn()
+            .execute_batch("UPDATE orders SET flag = 0")
+            .unwrap();
+        let plan = json!({"name": format!("flag-{size}"), "steps": [{
+            "sql": "UPDATE orders SET flag = 1 WHERE user_id BETWEEN :lo AND :hi",
+            "chunk": {"table": "users"},
+        }]});
+        let path = db.file("plan.json", &plan.to_string());
+        let (code, _, err) = run(&run_args(
+            &db,
+            path_str(&path),
+            &["--no-serve", "--progress", "plain", "--batch-size", size],
+        ));
+        assert_eq!(code, 0, "chunks of {size}: {err}");
+        assert_eq!(
+            db.query_i64("SELECT count(*) FROM orders WHERE flag = 1"),
+            124,
+            "chunks of {size}: every order of a user id up to 61, deleted users' too; {err}"
+        );
+        assert_eq!(
+            db.query_i64(
+                "SELECT count(*) FROM orders WHERE flag = 0 AND (user_id > 61 OR user_id IS NULL)"
+            ),
+            2,
+            "chunks of {size}: none above the largest key; {err}"
+        );
+    }
+}
