@@ -184,7 +184,10 @@ fn one_chunk(
     if r.checkpoint.moved(step, prev).map_err(fail)? {
         return Err((StepError::Sql(r.checkpoint.conflict()), c));
     }
-    let (first, hi, rows) = walk.keys.next(prev, max, size).map_err(fail)?;
+    let (first, hi, rows) = walk
+        .keys
+        .next(prev, max, size)
+        .map_err(|e| fail(unreadable_key(e, walk.chunk)))?;
     let lo = if walk.rowid { rowid_lo(prev) } else { first };
     if rows == 0 {
         r.expectations(step, c.changed, true).map_err(|e| (e, c))?;
@@ -271,7 +274,27 @@ fn span(conn: &Connection, chunk: &Chunk) -> rusqlite::Result<Span> {
         })
     })();
     let _ = conn.execute_batch("PRAGMA mmap_size = 0");
-    counted
+    counted.map_err(|e| unreadable_key(e, chunk))
+}
+
+/// Says what a text key that is not UTF-8 (bytes cast to text) means for
+/// the walk, in place of the decoder's byte offsets: such a key cannot be
+/// read, so neither bound to `:lo`/`:hi` nor recorded for a resume.
+fn unreadable_key(e: rusqlite::Error, chunk: &Chunk) -> rusqlite::Error {
+    use rusqlite::types::Type;
+    match e {
+        rusqlite::Error::Utf8Error(..)
+        | rusqlite::Error::FromSqlConversionFailure(_, Type::Text, _) => {
+            rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_MISMATCH),
+                Some(format!(
+                    "{}.{} holds text that is not valid UTF-8 (bytes cast to text), which the walk cannot carry from one chunk to the next; chunk by rowid, or fix those values",
+                    chunk.table, chunk.key
+                )),
+            )
+        }
+        e => e,
+    }
 }
 
 /// The step's prepared statements: the keyset queries and the work.
@@ -280,6 +303,7 @@ struct Walk<'c> {
     work: Statement<'c>,
     /// The key is the rowid, always an integer: see [`rowid_lo`].
     rowid: bool,
+    chunk: &'c Chunk,
 }
 
 /// A rowid walk's `:lo`: one above the previous chunk's last key, the
@@ -297,7 +321,12 @@ fn rowid_lo(prev: Option<&Key>) -> Key {
 }
 
 impl<'c> Walk<'c> {
-    fn new(conn: &'c Connection, chunk: &Chunk, step: &Step, total: u64) -> rusqlite::Result<Self> {
+    fn new(
+        conn: &'c Connection,
+        chunk: &'c Chunk,
+        step: &Step,
+        total: u64,
+    ) -> rusqlite::Result<Self> {
         let table = quote(&chunk.table);
         let dense = if chunk.rowid {
             dense_from(conn, &table, &chunk.key_sql, total)?
@@ -308,6 +337,7 @@ impl<'c> Walk<'c> {
             keys: Keyset::new(conn, &table, &chunk.key_sql, dense)?,
             work: conn.prepare(&step.sql)?,
             rowid: chunk.rowid,
+            chunk,
         })
     }
 }

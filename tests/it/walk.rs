@@ -570,3 +570,31 @@ fn a_step_on_another_table_bounded_by_a_rowid_walk_misses_no_row_between_its_key
         );
     }
 }
+
+#[test]
+fn a_text_key_that_is_not_utf8_stops_the_walk_with_a_message_that_says_so() {
+    // Bytes cast to text: the largest key (read as the walk begins) and
+    // one in the middle (read at a chunk's boundary).
+    for bytes in ["ff61", "62ff"] {
+        let db = TempDb::with_sql(&format!(
+            "CREATE TABLE t(k TEXT UNIQUE, v INT DEFAULT 0);
+             INSERT INTO t(k) VALUES ('a'), ('b'), (CAST(x'{bytes}' AS TEXT)), ('c');"
+        ));
+        let plan = json!({"name": "u", "steps": [{
+            "sql": "UPDATE t SET v = v + 1 WHERE k BETWEEN :lo AND :hi",
+            "chunk": {"table": "t", "key": "k"},
+        }]});
+        let path = db.file("plan.json", &plan.to_string());
+        let (code, _, err) = run(&run_args(
+            &db,
+            path_str(&path),
+            &words("--no-serve --progress plain --batch-size 1"),
+        ));
+        assert_eq!(code, 1, "{bytes}: {err}");
+        assert!(
+            err.contains("t.k holds text that is not valid UTF-8")
+                && err.contains("chunk by rowid"),
+            "{bytes}: says what and the way out: {err}"
+        );
+    }
+}
