@@ -414,6 +414,12 @@ fn a_walk_that_changes_no_row_says_so_in_the_events_and_the_terminal() {
     );
 }
 
+/// Writes `plan` to the database's folder and runs it with `extra`.
+fn run_plan(db: &TempDb, plan: &serde_json::Value, extra: &[&str]) -> (i32, String, String) {
+    let path = db.file("plan.json", &plan.to_string());
+    run(&run_args(db, path_str(&path), extra))
+}
+
 /// A table keyed by a unique `n` with gaps (10, 20, …, 1000) and a rowid.
 fn numbered() -> TempDb {
     TempDb::with_sql(
@@ -449,13 +455,8 @@ fn a_chunked_step_that_inserts_ahead_of_its_own_walk_is_refused_up_front() {
     ] {
         let db = numbered();
         let plan = json!({"name": "copy", "steps": [{"sql": sql, "chunk": {"table": table, "key": "n", "size": 10}}]});
-        let path = db.file("plan.json", &plan.to_string());
         let before = db.bytes();
-        let (code, _, err) = run(&run_args(
-            &db,
-            path_str(&path),
-            &words("--no-serve --progress plain"),
-        ));
+        let (code, _, err) = run_plan(&db, &plan, &words("--no-serve --progress plain"));
         assert_eq!(code, 2, "{sql}: {err}");
         assert!(
             err.contains(&format!("inserts into {table}"))
@@ -474,12 +475,11 @@ fn a_rowid_walk_that_inserts_into_its_table_copies_each_row_once() {
         "sql": "INSERT INTO t(n, v) SELECT n + 501, 'copy' FROM t WHERE id BETWEEN :lo AND :hi",
         "chunk": {"table": "t", "size": 10},
     }]});
-    let path = db.file("plan.json", &plan.to_string());
-    let (code, _, err) = run(&run_args(
+    let (code, _, err) = run_plan(
         &db,
-        path_str(&path),
+        &plan,
         &words("--no-serve --progress plain --batch-size 10"),
-    ));
+    );
     assert_eq!(code, 0, "{err}");
     assert_eq!(
         db.query_i64("SELECT count(*) FROM t WHERE v = 'copy'"),
@@ -549,12 +549,11 @@ fn a_step_on_another_table_bounded_by_a_rowid_walk_misses_no_row_between_its_key
             "sql": "UPDATE orders SET flag = 1 WHERE user_id BETWEEN :lo AND :hi",
             "chunk": {"table": "users"},
         }]});
-        let path = db.file("plan.json", &plan.to_string());
-        let (code, _, err) = run(&run_args(
+        let (code, _, err) = run_plan(
             &db,
-            path_str(&path),
+            &plan,
             &["--no-serve", "--progress", "plain", "--batch-size", size],
-        ));
+        );
         assert_eq!(code, 0, "chunks of {size}: {err}");
         assert_eq!(
             db.query_i64("SELECT count(*) FROM orders WHERE flag = 1"),
@@ -584,12 +583,11 @@ fn a_text_key_that_is_not_utf8_stops_the_walk_with_a_message_that_says_so() {
             "sql": "UPDATE t SET v = v + 1 WHERE k BETWEEN :lo AND :hi",
             "chunk": {"table": "t", "key": "k"},
         }]});
-        let path = db.file("plan.json", &plan.to_string());
-        let (code, _, err) = run(&run_args(
+        let (code, _, err) = run_plan(
             &db,
-            path_str(&path),
+            &plan,
             &words("--no-serve --progress plain --batch-size 1"),
-        ));
+        );
         assert_eq!(code, 1, "{bytes}: {err}");
         assert!(
             err.contains("t.k holds text that is not valid UTF-8")
