@@ -54,6 +54,7 @@ pub(super) fn run(r: &Runner<'_>, step: &Step, chunk: &Chunk, resume: &Resume) -
     let fixed = r.governor.borrow().batch_size();
     let mut sizer = Sizer::new(fixed.unwrap_or(chunk.size));
     announce(r, step, chunk, &c, sizer.size);
+    warn_if_gaps(r, step, chunk);
     if matches!(span.max, Key::Null) {
         // Nothing to visit; still record the step as applied.
         let tx = Tx::begin(r.conn, r.nested).map_err(|e| r.fail(e, c))?;
@@ -125,6 +126,30 @@ fn warn_if_unchanged(r: &Runner<'_>, step: &Step, chunk: &Chunk, c: &Counts) {
             ),
         );
     }
+}
+
+/// A walk by another key than the rowid binds each chunk's first key to
+/// `:lo`, so a step that writes only other tables, bounded by this one's
+/// keys, never reaches their rows whose key falls between two chunks.
+fn warn_if_gaps(r: &Runner<'_>, step: &Step, chunk: &Chunk) {
+    let own = step
+        .writes
+        .iter()
+        .any(|t| t.eq_ignore_ascii_case(&chunk.table));
+    if chunk.rowid || own || step.writes.is_empty() {
+        return;
+    }
+    r.message(
+        Some(step.index),
+        Level::Warn,
+        format!(
+            "the step writes {} but walks {} by {}: its rows whose key falls between two chunks' keys are not reached; walk {} by rowid to reach them all",
+            step.writes.join(", "),
+            chunk.table,
+            chunk.key,
+            chunk.table
+        ),
+    );
 }
 
 /// Where an earlier run of this step stopped (its last committed key),

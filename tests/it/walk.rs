@@ -596,3 +596,47 @@ fn a_text_key_that_is_not_utf8_stops_the_walk_with_a_message_that_says_so() {
         );
     }
 }
+
+#[test]
+fn a_step_on_another_table_bounded_by_a_text_key_is_warned_of_the_gaps() {
+    let db = TempDb::with_sql(
+        "CREATE TABLE users(id INTEGER PRIMARY KEY, email TEXT UNIQUE);
+         CREATE TABLE orders(id INTEGER PRIMARY KEY, email TEXT, flag INT DEFAULT 0);
+         INSERT INTO users(email) VALUES ('a@x'), ('c@x'), ('e@x');
+         INSERT INTO orders(email) VALUES ('a@x'), ('b@x'), ('c@x'), ('e@x');",
+    );
+    let step = |key: &str, column: &str| {
+        json!({"name": key, "steps": [{
+            "sql": format!("UPDATE orders SET flag = 1 WHERE {column} BETWEEN :lo AND :hi"),
+            "chunk": {"table": "users", "key": key},
+        }]})
+    };
+    let (code, _, err) = run_plan(
+        &db,
+        &step("email", "email"),
+        &words("--no-serve --progress plain --batch-size 1"),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("writes orders but walks users by email")
+            && err.contains("walk users by rowid"),
+        "the gap is said, with the way out: {err}"
+    );
+    // b@x fell between two chunks: what the warning is about.
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM orders WHERE flag = 0"),
+        1
+    );
+    // A rowid walk has no gaps, and no warning.
+    let (code, _, err) = run_plan(
+        &db,
+        &step("rowid", "id"),
+        &words("--no-serve --progress plain --batch-size 1"),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("are not reached"), "{err}");
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM orders WHERE flag = 0"),
+        0
+    );
+}
