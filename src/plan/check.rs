@@ -199,18 +199,23 @@ impl Shape {
             (true, Some(pk)) => {
                 format!("; {table} is WITHOUT ROWID, so use its primary key: \"key\": {pk:?}")
             }
-            _ => format!(
-                " (columns: {})",
-                self.columns
-                    .iter()
-                    .map(|c| c.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+            (true, None) => format!(
+                "; {table} is WITHOUT ROWID and its primary key has several columns, so set \"key\" to a column with a UNIQUE index of its own (columns: {})",
+                self.column_names()
             ),
+            _ => format!(" (columns: {})", self.column_names()),
         };
         UsageError::new(format!(
             "{label}: chunk.key {wanted:?} is not a column of {table}{hint}"
         ))
+    }
+
+    fn column_names(&self) -> String {
+        self.columns
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 

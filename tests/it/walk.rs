@@ -640,3 +640,24 @@ fn a_step_on_another_table_bounded_by_a_text_key_is_warned_of_the_gaps() {
         0
     );
 }
+
+#[test]
+fn a_without_rowid_table_with_a_composite_key_and_no_chunk_key_says_what_to_set() {
+    let db = TempDb::with_sql(
+        "CREATE TABLE w(a INT, b TEXT, v INT DEFAULT 0, PRIMARY KEY(a, b)) WITHOUT ROWID;
+         INSERT INTO w(a, b) VALUES (1, 'x'), (1, 'y'), (2, 'x');",
+    );
+    let plan = json!({"name": "w", "steps": [{
+        "sql": "UPDATE w SET v = v + 1 WHERE a BETWEEN :lo AND :hi",
+        "chunk": {"table": "w"},
+    }]});
+    let before = db.bytes();
+    let (code, _, err) = run_plan(&db, &plan, &words("--no-serve --progress plain"));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("WITHOUT ROWID and its primary key has several columns")
+            && err.contains("UNIQUE index"),
+        "says why there is no default key and what to set: {err}"
+    );
+    assert_eq!(db.bytes(), before, "database untouched");
+}
