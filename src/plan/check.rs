@@ -54,10 +54,12 @@ type Tables = Arc<Mutex<std::collections::BTreeSet<String>>>;
 /// (see [`Tables`]).
 pub(crate) const OTHER_SCHEMA: char = '\0';
 
-/// One column a statement reads or writes. SQLite names the rowid by its
+/// One column a statement reads or writes, or (with `inserts` and an
+/// empty `column`) a table it inserts into. SQLite names the rowid by its
 /// `INTEGER PRIMARY KEY` alias, or else `ROWID`.
 struct Access {
     write: bool,
+    inserts: bool,
     table: String,
     column: String,
     /// The trigger (or view) that reads or writes it; `None` for the
@@ -115,10 +117,12 @@ impl Seen {
                 table_name,
                 column_name,
             } => (false, table_name, column_name),
+            Insert { table_name } => (true, table_name, ""),
             _ => return rusqlite::hooks::Authorization::Allow,
         };
+        let inserts = matches!(ctx.action, Insert { .. });
         if ctx.database_name == Some("main") {
-            if write {
+            if write && !inserts {
                 self.2
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -126,6 +130,7 @@ impl Seen {
             }
             let access = Access {
                 write,
+                inserts,
                 table: table.to_owned(),
                 column: column.to_owned(),
                 by: ctx.accessor.map(str::to_owned),
@@ -194,18 +199,23 @@ impl Shape {
             (true, Some(pk)) => {
                 format!("; {table} is WITHOUT ROWID, so use its primary key: \"key\": {pk:?}")
             }
-            _ => format!(
-                " (columns: {})",
-                self.columns
-                    .iter()
-                    .map(|c| c.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+            (true, None) => format!(
+                "; {table} is WITHOUT ROWID and its primary key has several columns, so set \"key\" to a column with a UNIQUE index of its own (columns: {})",
+                self.column_names()
             ),
+            _ => format!(" (columns: {})", self.column_names()),
         };
         UsageError::new(format!(
             "{label}: chunk.key {wanted:?} is not a column of {table}{hint}"
         ))
+    }
+
+    fn column_names(&self) -> String {
+        self.columns
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -499,11 +509,17 @@ impl Rehearsal {
                 )));
             }
         }
+        if stmt.readonly() {
+            return Err(UsageError::new(format!(
+                "{label} is chunked but only reads; a chunked step changes rows, e.g. \"UPDATE {table} SET … WHERE {key} BETWEEN :lo AND :hi\""
+            )));
+        }
         // Compiled is checked: running it on the empty copy would change
         // nothing but rows, which the check has no use for.
         drop(stmt);
         let seen = self.seen.take();
         self.refuse_key_writes(label, &table, &key_names, &seen)?;
+        refuse_inserts_ahead(label, &table, &chunk, &seen)?;
         self.refuse_other_key(label, &table, &chunk, &key_names, &seen)?;
         match batch.next() {
             Ok(None) => {}
@@ -803,6 +819,35 @@ pub(crate) fn parameter_names(stmt: &rusqlite::Statement<'_>) -> Option<String> 
         [one] => Some(format!("the parameter {one}")),
         many => Some(format!("the parameters {}", many.join(", "))),
     }
+}
+
+/// Refuses a chunked step that inserts into the table it walks (directly,
+/// through a trigger or as an upsert) by a key other than the rowid: a row
+/// it inserts with a key ahead of the walk, up to the largest key when the
+/// step began, would be visited again and copied again. A rowid walk gives
+/// new rows rowids above every existing one, past where the walk stops.
+fn refuse_inserts_ahead(
+    label: &str,
+    table: &str,
+    chunk: &Chunk,
+    seen: &[Access],
+) -> Result<(), UsageError> {
+    if chunk.rowid {
+        return Ok(());
+    }
+    let hit = seen
+        .iter()
+        .find(|a| a.inserts && a.table.eq_ignore_ascii_case(table));
+    let Some(Access { by, .. }) = hit else {
+        return Ok(());
+    };
+    let via = by
+        .as_ref()
+        .map_or_else(String::new, |t| format!(" (through trigger {t:?})"));
+    Err(UsageError::new(format!(
+        "{label} inserts into {table}, the table it walks by {key}{via}: a row it inserts with a {key} ahead of the walk would be visited again, and copied again. Walk {table} by rowid (new rows get rowids past where the walk stops), or make it a plain step",
+        key = chunk.key
+    )))
 }
 
 /// Runs a statement on the rehearsal copy if it may change the schema, so

@@ -419,11 +419,13 @@ pub fn first_keyword(sql: &str) -> String {
         .to_ascii_uppercase()
 }
 
-/// The statement after its leading whitespace and comments.
+/// The statement after its leading whitespace and comments, and the
+/// byte-order mark a script saved on Windows starts with (which SQLite
+/// skips, so `PRAGMA` after one is still a `PRAGMA`).
 fn skip_comments(sql: &str) -> &str {
     let mut s = sql;
     loop {
-        s = s.trim_start();
+        s = s.trim_start_matches(|c: char| c.is_whitespace() || c == '\u{feff}');
         if let Some(rest) = s.strip_prefix("--") {
             s = rest.split_once('\n').map_or("", |(_, r)| r);
         } else if let Some(rest) = s.strip_prefix("/*") {

@@ -54,6 +54,7 @@ pub(super) fn run(r: &Runner<'_>, step: &Step, chunk: &Chunk, resume: &Resume) -
     let fixed = r.governor.borrow().batch_size();
     let mut sizer = Sizer::new(fixed.unwrap_or(chunk.size));
     announce(r, step, chunk, &c, sizer.size);
+    warn_if_gaps(r, step, chunk);
     if matches!(span.max, Key::Null) {
         // Nothing to visit; still record the step as applied.
         let tx = Tx::begin(r.conn, r.nested).map_err(|e| r.fail(e, c))?;
@@ -127,6 +128,30 @@ fn warn_if_unchanged(r: &Runner<'_>, step: &Step, chunk: &Chunk, c: &Counts) {
     }
 }
 
+/// A walk by another key than the rowid binds each chunk's first key to
+/// `:lo`, so a step that writes only other tables, bounded by this one's
+/// keys, never reaches their rows whose key falls between two chunks.
+fn warn_if_gaps(r: &Runner<'_>, step: &Step, chunk: &Chunk) {
+    let own = step
+        .writes
+        .iter()
+        .any(|t| t.eq_ignore_ascii_case(&chunk.table));
+    if chunk.rowid || own || step.writes.is_empty() {
+        return;
+    }
+    r.message(
+        Some(step.index),
+        Level::Warn,
+        format!(
+            "the step writes {} but walks {} by {}: its rows whose key falls between two chunks' keys are not reached; walk {} by rowid to reach them all",
+            step.writes.join(", "),
+            chunk.table,
+            chunk.key,
+            chunk.table
+        ),
+    );
+}
+
 /// Where an earlier run of this step stopped (its last committed key),
 /// with its counts taken over into `c`.
 fn resume_point(r: &Runner<'_>, step: &Step, resume: &Resume, c: &mut Counts) -> Option<Key> {
@@ -184,7 +209,11 @@ fn one_chunk(
     if r.checkpoint.moved(step, prev).map_err(fail)? {
         return Err((StepError::Sql(r.checkpoint.conflict()), c));
     }
-    let (lo, hi, rows) = walk.keys.next(prev, max, size).map_err(fail)?;
+    let (first, hi, rows) = walk
+        .keys
+        .next(prev, max, size)
+        .map_err(|e| fail(unreadable_key(e, walk.chunk)))?;
+    let lo = if walk.rowid { rowid_lo(prev) } else { first };
     if rows == 0 {
         r.expectations(step, c.changed, true).map_err(|e| (e, c))?;
         r.checkpoint
@@ -196,8 +225,7 @@ fn one_chunk(
     let work = &mut walk.work;
     let recorded = r
         .recorded(step, Some((&lo, &hi)), &mut || {
-            let n = work.execute(named_params! {":lo": lo, ":hi": hi})?;
-            Ok(n as u64)
+            execute(r.conn, work, &lo, &hi)
         })
         .map_err(fail)?;
     let Some(changed) = recorded else {
@@ -219,6 +247,21 @@ fn one_chunk(
     }
     tx.commit().map_err(fail)?;
     Ok(Some(Walked { hi, rows, changed }))
+}
+
+/// Runs the step's statement on one chunk and returns the rows it changed.
+/// Rows a `RETURNING` clause gives are read and dropped, as a plain step's
+/// are (`execute` would refuse a statement that gives rows).
+fn execute(
+    conn: &Connection,
+    work: &mut Statement<'_>,
+    lo: &Key,
+    hi: &Key,
+) -> rusqlite::Result<u64> {
+    let mut rows = work.query(named_params! {":lo": lo, ":hi": hi})?;
+    while rows.next()?.is_some() {}
+    drop(rows);
+    Ok(conn.changes())
 }
 
 /// Counts the rows once, as the step begins. One query each: SQLite's fast
@@ -256,17 +299,59 @@ fn span(conn: &Connection, chunk: &Chunk) -> rusqlite::Result<Span> {
         })
     })();
     let _ = conn.execute_batch("PRAGMA mmap_size = 0");
-    counted
+    counted.map_err(|e| unreadable_key(e, chunk))
+}
+
+/// Says what a text key that is not UTF-8 (bytes cast to text) means for
+/// the walk, in place of the decoder's byte offsets: such a key cannot be
+/// read, so neither bound to `:lo`/`:hi` nor recorded for a resume.
+fn unreadable_key(e: rusqlite::Error, chunk: &Chunk) -> rusqlite::Error {
+    use rusqlite::types::Type;
+    match e {
+        rusqlite::Error::Utf8Error(..)
+        | rusqlite::Error::FromSqlConversionFailure(_, Type::Text, _) => {
+            rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_MISMATCH),
+                Some(format!(
+                    "{}.{} holds text that is not valid UTF-8 (bytes cast to text), which the walk cannot carry from one chunk to the next; chunk by rowid, or fix those values",
+                    chunk.table, chunk.key
+                )),
+            )
+        }
+        e => e,
+    }
 }
 
 /// The step's prepared statements: the keyset queries and the work.
 struct Walk<'c> {
     keys: Keyset<'c>,
     work: Statement<'c>,
+    /// The key is the rowid, always an integer: see [`rowid_lo`].
+    rowid: bool,
+    chunk: &'c Chunk,
+}
+
+/// A rowid walk's `:lo`: one above the previous chunk's last key, the
+/// smallest integer for the first. The chunks' ranges then leave no gap,
+/// so a step on another table bounded by this one's keys (orders by a
+/// `user_id` between `:lo` and `:hi`, walking users) also reaches the rows
+/// whose key falls between two of this table's, such as the orders of a
+/// deleted user, whatever the chunk sizes. The walked table has no rows
+/// in a gap (its chunk begins at its first key after the last).
+fn rowid_lo(prev: Option<&Key>) -> Key {
+    match prev {
+        Some(Key::Integer(p)) => Key::Integer(p.saturating_add(1)),
+        _ => Key::Integer(i64::MIN),
+    }
 }
 
 impl<'c> Walk<'c> {
-    fn new(conn: &'c Connection, chunk: &Chunk, step: &Step, total: u64) -> rusqlite::Result<Self> {
+    fn new(
+        conn: &'c Connection,
+        chunk: &'c Chunk,
+        step: &Step,
+        total: u64,
+    ) -> rusqlite::Result<Self> {
         let table = quote(&chunk.table);
         let dense = if chunk.rowid {
             dense_from(conn, &table, &chunk.key_sql, total)?
@@ -276,6 +361,8 @@ impl<'c> Walk<'c> {
         Ok(Walk {
             keys: Keyset::new(conn, &table, &chunk.key_sql, dense)?,
             work: conn.prepare(&step.sql)?,
+            rowid: chunk.rowid,
+            chunk,
         })
     }
 }

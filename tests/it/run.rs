@@ -837,3 +837,42 @@ fn an_interrupted_run_says_why_once_on_the_terminal() {
     assert_eq!(err.matches(why.as_str()).count(), 1, "{err}");
     assert!(err.contains("cancelled: "), "{err}");
 }
+
+#[test]
+fn a_sql_script_saved_with_a_utf8_bom_still_runs_its_pragma_outside_a_transaction() {
+    // Inside a transaction `PRAGMA foreign_keys = ON` does nothing, so the
+    // cascade below would silently not happen.
+    let db = TempDb::with_sql(
+        "CREATE TABLE p(id INTEGER PRIMARY KEY); INSERT INTO p VALUES (1), (2);
+         CREATE TABLE c(id INTEGER PRIMARY KEY, p INT REFERENCES p(id) ON DELETE CASCADE);
+         INSERT INTO c(p) VALUES (1), (1), (2);",
+    );
+    let run_script = |script: &std::path::Path| {
+        run(&[
+            "run",
+            "--db",
+            path_str(db.as_ref()),
+            "--sql",
+            path_str(script),
+            "--no-serve",
+        ])
+    };
+    let script = db.file(
+        "fk.sql",
+        "\u{feff}PRAGMA foreign_keys = ON;\r\nDELETE FROM p WHERE id = 1;\r\n",
+    );
+    let (code, _, err) = run_script(&script);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(db.query_i64("SELECT count(*) FROM c"), 1, "cascaded: {err}");
+    assert!(
+        !err.contains('\u{feff}'),
+        "step names without the mark: {err}"
+    );
+    // And transaction control behind the mark is refused before anything runs.
+    let script = db.file("begin.sql", "\u{feff}BEGIN;\nDELETE FROM c;\n");
+    let before = db.bytes();
+    let (code, _, err) = run_script(&script);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("controls transactions"), "{err}");
+    assert_eq!(db.bytes(), before, "database untouched");
+}

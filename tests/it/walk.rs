@@ -413,3 +413,251 @@ fn a_walk_that_changes_no_row_says_so_in_the_events_and_the_terminal() {
         "the terminal says it: {err}"
     );
 }
+
+/// Writes `plan` to the database's folder and runs it with `extra`.
+fn run_plan(db: &TempDb, plan: &serde_json::Value, extra: &[&str]) -> (i32, String, String) {
+    let path = db.file("plan.json", &plan.to_string());
+    run(&run_args(db, path_str(&path), extra))
+}
+
+/// A table keyed by a unique `n` with gaps (10, 20, …, 1000) and a rowid.
+fn numbered() -> TempDb {
+    TempDb::with_sql(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, n INTEGER UNIQUE, v TEXT);
+         INSERT INTO t(n, v) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < 100) SELECT i * 10, 'orig' FROM s;
+         CREATE TABLE log(n INTEGER UNIQUE, v TEXT);
+         INSERT INTO log VALUES (5, 'x');
+         CREATE TRIGGER log_echo AFTER UPDATE OF v ON log WHEN new.v = 'seen' BEGIN INSERT INTO log VALUES (new.n + 501, 'echo'); END;",
+    )
+}
+
+#[test]
+fn a_chunked_step_that_inserts_ahead_of_its_own_walk_is_refused_up_front() {
+    // Copying rows to n + 501 within t walked by n: the copies of the first
+    // rows land ahead of the walk, which would copy them again (copies of
+    // copies) and still finish ok.
+    for (table, sql, via) in [
+        (
+            "t",
+            "INSERT INTO t(n, v) SELECT n + 501, 'copy' FROM t WHERE n BETWEEN :lo AND :hi",
+            "",
+        ),
+        (
+            "t",
+            "INSERT INTO t(n, v) SELECT n + 501, 'copy' FROM t WHERE n BETWEEN :lo AND :hi ON CONFLICT(n) DO UPDATE SET v = 'seen'",
+            "",
+        ),
+        (
+            "log",
+            "UPDATE log SET v = 'seen' WHERE n BETWEEN :lo AND :hi",
+            "through trigger \"log_echo\"",
+        ),
+    ] {
+        let db = numbered();
+        let plan = json!({"name": "copy", "steps": [{"sql": sql, "chunk": {"table": table, "key": "n", "size": 10}}]});
+        let before = db.bytes();
+        let (code, _, err) = run_plan(&db, &plan, &words("--no-serve --progress plain"));
+        assert_eq!(code, 2, "{sql}: {err}");
+        assert!(
+            err.contains(&format!("inserts into {table}"))
+                && err.contains(via)
+                && err.contains("by rowid"),
+            "{sql}: says why and the way out: {err}"
+        );
+        assert_eq!(db.bytes(), before, "{sql}: database untouched");
+    }
+}
+
+#[test]
+fn a_rowid_walk_that_inserts_into_its_table_copies_each_row_once() {
+    let db = numbered();
+    let plan = json!({"name": "copy", "steps": [{
+        "sql": "INSERT INTO t(n, v) SELECT n + 501, 'copy' FROM t WHERE id BETWEEN :lo AND :hi",
+        "chunk": {"table": "t", "size": 10},
+    }]});
+    let (code, _, err) = run_plan(
+        &db,
+        &plan,
+        &words("--no-serve --progress plain --batch-size 10"),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM t WHERE v = 'copy'"),
+        100,
+        "{err}"
+    );
+    assert_eq!(db.query_i64("SELECT count(*) FROM t"), 200, "{err}");
+}
+
+#[test]
+fn a_chunked_step_with_returning_runs_and_one_that_only_reads_is_refused() {
+    let db = numbered();
+    let plan = |sql: &str| {
+        let plan =
+            json!({"name": sql, "steps": [{"sql": sql, "chunk": {"table": "t", "size": 7}}]});
+        db.file("plan.json", &plan.to_string())
+    };
+    // RETURNING works in a plain step; chunked, its rows are dropped too.
+    let path = plan("UPDATE t SET v = 'seen' WHERE id BETWEEN :lo AND :hi RETURNING id, v");
+    let (code, _, err) = run(&run_args(
+        &db,
+        path_str(&path),
+        &words("--no-serve --progress plain"),
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM t WHERE v = 'seen'"),
+        100,
+        "{err}"
+    );
+    assert!(err.contains("100 rows changed"), "{err}");
+    // A chunked SELECT would walk the table and change nothing.
+    let path = plan("SELECT * FROM t WHERE id BETWEEN :lo AND :hi");
+    let before = db.bytes();
+    let (code, _, err) = run(&run_args(
+        &db,
+        path_str(&path),
+        &words("--no-serve --progress plain"),
+    ));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("only reads") && err.contains("UPDATE t SET"),
+        "{err}"
+    );
+    assert_eq!(db.bytes(), before, "database untouched");
+}
+
+#[test]
+fn a_step_on_another_table_bounded_by_a_rowid_walk_misses_no_row_between_its_keys() {
+    // Users 1..=61 with every third one deleted; each user had two orders,
+    // and a few orders belong to no user at all (0, -7). Walking users,
+    // the step must reach every order whose user_id is at most the largest
+    // user id, whatever the chunk sizes: a plain UPDATE's result.
+    let db = TempDb::with_sql(
+        "CREATE TABLE users(id INTEGER PRIMARY KEY, name TEXT);
+         CREATE TABLE orders(id INTEGER PRIMARY KEY, user_id INT, flag INT DEFAULT 0);
+         INSERT INTO users(id, name) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < 61) SELECT i, 'u' FROM s;
+         INSERT INTO orders(user_id) SELECT id FROM users UNION ALL SELECT id FROM users;
+         INSERT INTO orders(user_id) VALUES (0), (-7), (62), (NULL);
+         DELETE FROM users WHERE id % 3 = 0;",
+    );
+    for size in ["1", "7"] {
+        db.conn()
+            .execute_batch("UPDATE orders SET flag = 0")
+            .unwrap();
+        let plan = json!({"name": format!("flag-{size}"), "steps": [{
+            "sql": "UPDATE orders SET flag = 1 WHERE user_id BETWEEN :lo AND :hi",
+            "chunk": {"table": "users"},
+        }]});
+        let (code, _, err) = run_plan(
+            &db,
+            &plan,
+            &["--no-serve", "--progress", "plain", "--batch-size", size],
+        );
+        assert_eq!(code, 0, "chunks of {size}: {err}");
+        assert_eq!(
+            db.query_i64("SELECT count(*) FROM orders WHERE flag = 1"),
+            124,
+            "chunks of {size}: every order of a user id up to 61, deleted users' too; {err}"
+        );
+        assert_eq!(
+            db.query_i64(
+                "SELECT count(*) FROM orders WHERE flag = 0 AND (user_id > 61 OR user_id IS NULL)"
+            ),
+            2,
+            "chunks of {size}: none above the largest key; {err}"
+        );
+    }
+}
+
+#[test]
+fn a_text_key_that_is_not_utf8_stops_the_walk_with_a_message_that_says_so() {
+    // Bytes cast to text: the largest key (read as the walk begins) and
+    // one in the middle (read at a chunk's boundary).
+    for bytes in ["ff61", "62ff"] {
+        let db = TempDb::with_sql(&format!(
+            "CREATE TABLE t(k TEXT UNIQUE, v INT DEFAULT 0);
+             INSERT INTO t(k) VALUES ('a'), ('b'), (CAST(x'{bytes}' AS TEXT)), ('c');"
+        ));
+        let plan = json!({"name": "u", "steps": [{
+            "sql": "UPDATE t SET v = v + 1 WHERE k BETWEEN :lo AND :hi",
+            "chunk": {"table": "t", "key": "k"},
+        }]});
+        let (code, _, err) = run_plan(
+            &db,
+            &plan,
+            &words("--no-serve --progress plain --batch-size 1"),
+        );
+        assert_eq!(code, 1, "{bytes}: {err}");
+        assert!(
+            err.contains("t.k holds text that is not valid UTF-8")
+                && err.contains("chunk by rowid"),
+            "{bytes}: says what and the way out: {err}"
+        );
+    }
+}
+
+#[test]
+fn a_step_on_another_table_bounded_by_a_text_key_is_warned_of_the_gaps() {
+    let db = TempDb::with_sql(
+        "CREATE TABLE users(id INTEGER PRIMARY KEY, email TEXT UNIQUE);
+         CREATE TABLE orders(id INTEGER PRIMARY KEY, email TEXT, flag INT DEFAULT 0);
+         INSERT INTO users(email) VALUES ('a@x'), ('c@x'), ('e@x');
+         INSERT INTO orders(email) VALUES ('a@x'), ('b@x'), ('c@x'), ('e@x');",
+    );
+    let step = |key: &str, column: &str| {
+        json!({"name": key, "steps": [{
+            "sql": format!("UPDATE orders SET flag = 1 WHERE {column} BETWEEN :lo AND :hi"),
+            "chunk": {"table": "users", "key": key},
+        }]})
+    };
+    let (code, _, err) = run_plan(
+        &db,
+        &step("email", "email"),
+        &words("--no-serve --progress plain --batch-size 1"),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("writes orders but walks users by email")
+            && err.contains("walk users by rowid"),
+        "the gap is said, with the way out: {err}"
+    );
+    // b@x fell between two chunks: what the warning is about.
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM orders WHERE flag = 0"),
+        1
+    );
+    // A rowid walk has no gaps, and no warning.
+    let (code, _, err) = run_plan(
+        &db,
+        &step("rowid", "id"),
+        &words("--no-serve --progress plain --batch-size 1"),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("are not reached"), "{err}");
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM orders WHERE flag = 0"),
+        0
+    );
+}
+
+#[test]
+fn a_without_rowid_table_with_a_composite_key_and_no_chunk_key_says_what_to_set() {
+    let db = TempDb::with_sql(
+        "CREATE TABLE w(a INT, b TEXT, v INT DEFAULT 0, PRIMARY KEY(a, b)) WITHOUT ROWID;
+         INSERT INTO w(a, b) VALUES (1, 'x'), (1, 'y'), (2, 'x');",
+    );
+    let plan = json!({"name": "w", "steps": [{
+        "sql": "UPDATE w SET v = v + 1 WHERE a BETWEEN :lo AND :hi",
+        "chunk": {"table": "w"},
+    }]});
+    let before = db.bytes();
+    let (code, _, err) = run_plan(&db, &plan, &words("--no-serve --progress plain"));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("WITHOUT ROWID and its primary key has several columns")
+            && err.contains("UNIQUE index"),
+        "says why there is no default key and what to set: {err}"
+    );
+    assert_eq!(db.bytes(), before, "database untouched");
+}
