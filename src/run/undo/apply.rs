@@ -143,7 +143,6 @@ pub fn run(
             conn,
             spec.on_conflict == OnConflict::Overwrite,
         )),
-        recorded: RefCell::default(),
         db: crate::run::db_name(conn),
     };
     let started = Instant::now();
@@ -177,8 +176,6 @@ struct Undoer<'a> {
     governor: RefCell<Governor<'a>>,
     dry_run: bool,
     reverter: RefCell<Reverter<'a>>,
-    /// The steps this undo takes back (their checkpoint may go).
-    recorded: RefCell<std::collections::BTreeSet<i64>>,
     db: String,
 }
 
@@ -226,11 +223,7 @@ impl Undoer<'_> {
             Ok(g)
         });
         let groups = match read {
-            Ok(g) => {
-                let steps = g.iter().filter(|g| g.iter().all(|c| c.chunk != UNRECORDED));
-                *self.recorded.borrow_mut() = steps.map(|g| g[0].step).collect();
-                g
-            }
+            Ok(g) => g,
             Err(e) => {
                 let end = self.failed(format!("cannot read the undo record: {e}"));
                 return (Tally::default(), end, 0);
@@ -512,9 +505,9 @@ impl Undoer<'_> {
         Ok(())
     }
 
-    /// After a complete undo: the checkpoint of each step it took back
-    /// whose record is all gone (of every run of the plan) goes, so that
-    /// step can run again, and the undo says what is left.
+    /// After a complete undo: says what is left. The checkpoint of each
+    /// step taken back whole went in its last part's transaction
+    /// ([`Undoer::settle`]), so those steps can run again.
     fn finish(&self) {
         let plan = &self.spec.plan;
         let steps = |sql: &str| -> rusqlite::Result<Vec<i64>> {
@@ -528,14 +521,6 @@ impl Undoer<'_> {
                 steps("SELECT DISTINCT step FROM batchsse_undo WHERE plan = ?1 ORDER BY step")?;
             if !checkpoint::table_exists(self.conn).unwrap_or(false) {
                 return Ok((Vec::new(), recorded));
-            }
-            let mut clear = self
-                .conn
-                .prepare("DELETE FROM batchsse_checkpoint WHERE plan = ?1 AND step = ?2")?;
-            for step in self.recorded.borrow().iter() {
-                if !recorded.contains(step) {
-                    clear.execute(rusqlite::params![plan, step])?;
-                }
             }
             let kept = steps("SELECT step FROM batchsse_checkpoint WHERE plan = ?1 ORDER BY step")?;
             Ok((kept, recorded))
