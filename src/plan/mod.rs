@@ -96,6 +96,7 @@ pub struct Chunk {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "a plan object such as {\"name\": \"x\", \"steps\": [{\"sql\": \"…\"}]}")]
 struct PlanFile {
     name: Option<String>,
     #[serde(default)]
@@ -107,6 +108,7 @@ struct PlanFile {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "a step object such as {\"sql\": \"UPDATE …\"}")]
 struct StepFile {
     name: Option<String>,
     sql: String,
@@ -118,6 +120,7 @@ struct StepFile {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "an object such as {\"max\": 1000} or {\"min\": 1, \"max\": 1000}")]
 struct ChangesFile {
     max: Option<u64>,
     min: Option<u64>,
@@ -125,6 +128,7 @@ struct ChangesFile {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "an object such as {\"table\": \"orders\", \"size\": 1000}")]
 struct ChunkFile {
     table: String,
     key: Option<String>,
@@ -612,6 +616,17 @@ mod tests {
             ("", &["empty"]),
             ("{\"steps\": [", &["line 1", "column"]),
             (r#"{"steps":[]}"#, &["no steps"]),
+            // The plan file's own type names must not show.
+            ("[]", &["expected a plan object such as"]),
+            (r#"{"steps":[1]}"#, &["expected a step object such as"]),
+            (
+                r#"{"steps":[{"sql":"SELECT 1","expect_changes":5}]}"#,
+                &["expected an object such as {\"max\": 1000}"],
+            ),
+            (
+                r#"{"steps":[{"sql":"SELECT 1","chunk":"orders"}]}"#,
+                &["expected an object such as {\"table\": \"orders\""],
+            ),
             (
                 r#"{"steps":[{"sql":"SELECT 1","sqll":"x"}]}"#,
                 &["unknown field `sqll`"],
@@ -672,6 +687,7 @@ mod tests {
             for n in *needles {
                 assert!(e.contains(n), "plan {plan:?}: {e:?} lacks {n:?}");
             }
+            assert!(!e.contains("struct "), "plan {plan:?}: {e:?}");
         }
     }
 
