@@ -56,6 +56,8 @@ pub struct Renderer {
     /// The error of the step that failed, once its line has shown it: the
     /// same words in an error message or the final line are not repeated.
     failure: Option<String>,
+    /// What a skipped step's line says: why this kind of run skips one.
+    skipped: &'static str,
 }
 
 struct Bars {
@@ -85,7 +87,7 @@ impl Bars {
     }
 
     /// A step bar while a step runs; a line above the bars once it ends.
-    fn step(&mut self, s: &crate::events::StepEvent, label: String) {
+    fn step(&mut self, s: &crate::events::StepEvent, label: String, skipped: &str) {
         if s.state == StepState::Running {
             let pb = self.multi.add(ProgressBar::new(s.total.max(1)));
             pb.set_style(style(if colors() {
@@ -106,7 +108,9 @@ impl Bars {
             self.multi.remove(&pb);
         }
         self.overall.inc(1);
-        let _ = self.multi.println(format!("{label}: {}", step_line(s)));
+        let _ = self
+            .multi
+            .println(format!("{label}: {}", step_line(s, skipped)));
     }
 }
 
@@ -133,6 +137,7 @@ impl Renderer {
             github: Github::default(),
             stdout_failed: false,
             failure: None,
+            skipped: SKIPPED_RUN,
         }
     }
 
@@ -159,6 +164,12 @@ impl Renderer {
 
     /// Shows one event; `data` is its JSON payload as sent over SSE.
     pub fn show(&mut self, id: u64, event: &Event, data: &str) {
+        if let Event::Start(s) = event {
+            self.skipped = match s.kind {
+                crate::events::RunKind::Undo => SKIPPED_UNDO,
+                _ => SKIPPED_RUN,
+            };
+        }
         match self.mode {
             ProgressMode::None => {
                 if let Event::Finished(f) = event
@@ -226,7 +237,7 @@ impl Renderer {
             Event::Step(s) => {
                 self.last_plain.remove(&s.index);
                 let label = self.label(s.index);
-                let line = format!("{label}: {}", step_line(s));
+                let line = format!("{label}: {}", step_line(s, self.skipped));
                 self.github.step(s, &label, line)
             }
             Event::Message(m) => match Github::warning(m) {
@@ -250,7 +261,11 @@ impl Renderer {
             Event::Step(s) => {
                 self.last_plain.remove(&s.index);
                 self.note_failure(s);
-                self.say(&format!("{}: {}", self.label(s.index), step_line(s)));
+                self.say(&format!(
+                    "{}: {}",
+                    self.label(s.index),
+                    step_line(s, self.skipped)
+                ));
             }
             Event::Progress(p) => {
                 let now = Instant::now();
@@ -286,7 +301,7 @@ impl Renderer {
                 let label = self.label(s.index);
                 self.note_failure(s);
                 if let Some(b) = self.bars.as_mut() {
-                    b.step(s, label);
+                    b.step(s, label, self.skipped);
                 }
             }
             Event::Progress(p) => {
@@ -398,7 +413,11 @@ fn bar_message(p: &Progress) -> String {
     }
 }
 
-fn step_line(s: &crate::events::StepEvent) -> String {
+const SKIPPED_RUN: &str = "skipped (already applied)";
+/// An undo skips only the step its run did not record, and stops there.
+const SKIPPED_UNDO: &str = "skipped (not recorded by the run; the undo stops here)";
+
+fn step_line(s: &crate::events::StepEvent, skipped: &str) -> String {
     match s.state {
         StepState::Running => "running".into(),
         StepState::Done => format!(
@@ -406,7 +425,7 @@ fn step_line(s: &crate::events::StepEvent) -> String {
             rows(s.changed),
             duration(s.elapsed_ms)
         ),
-        StepState::Skipped => "skipped (already applied)".into(),
+        StepState::Skipped => skipped.into(),
         StepState::Failed => format!(
             "FAILED after {}: {}",
             duration(s.elapsed_ms),

@@ -209,6 +209,9 @@ fn an_undo_stopped_at_an_unrecorded_step_lets_the_steps_it_took_back_run_again()
     assert_eq!(code, 0, "{err}");
     assert!(!err.contains("is fully taken back"), "{err}");
     assert!(err.contains("still have undo records"), "{err}");
+    // The step the undo stops at is not "already applied" by the undo.
+    assert!(err.contains("skipped (not recorded by the run"), "{err}");
+    assert!(!err.contains("already applied"), "{err}");
     assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 10, "{err}");
     let (code, _, err) = run(&args);
     assert_eq!(code, 0, "{err}");
