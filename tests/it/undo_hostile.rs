@@ -455,3 +455,41 @@ fn an_undo_killed_between_two_steps_leaves_the_step_it_took_back_free_to_run() {
         "both steps ran again: {err}"
     );
 }
+
+/// Parts another undo took meanwhile cost no pause: an undo that read the
+/// record, then found every part gone, ends at once instead of sleeping
+/// its `--sleep` after each of them.
+#[test]
+fn an_undo_does_not_pause_on_parts_another_undo_took() {
+    let db = bumped();
+    let file = path_str(&db.path);
+    let mut late = Proc::start(&[
+        "undo",
+        "--db",
+        file,
+        "--plan",
+        "bump",
+        "--listen",
+        "127.0.0.1:0",
+        "--wait-for-clients",
+        "1",
+        "--progress",
+        "plain",
+        "--sleep",
+        "4000",
+    ]);
+    wait_status(late.addr(), |s| s["steps_total"] == 1);
+    let (code, err) = undo_plan(&db, "bump", &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 0, "{err}");
+    let t0 = Instant::now();
+    let _client = Stream::open(late.addr(), "/events", &[]);
+    assert_eq!(late.wait().code(), Some(0), "{}", late.stderr());
+    // Four parts: 12 s or more of pauses if each were slept after.
+    assert!(
+        t0.elapsed() < Duration::from_secs(6),
+        "{:?}: {}",
+        t0.elapsed(),
+        late.stderr()
+    );
+}

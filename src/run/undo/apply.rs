@@ -358,22 +358,17 @@ impl Undoer<'_> {
                 return Err(self.stopped(&at, RunStatus::Cancelled, INTERRUPTED.into()));
             }
             let (c0, reverted0) = (Instant::now(), tally.reverted);
-            if let Err(why) = self.chunk(c, tally) {
-                // Ctrl-C stops the statement under way with an error: that
-                // is the interrupt, not a failure (the part rolled back).
-                if self.cancel.is_cancelled() {
-                    return Err(self.stopped(&at, RunStatus::Cancelled, INTERRUPTED.into()));
-                }
-                let why = schema_hint(why);
-                self.message(Level::Error, why.clone());
-                return Err(self.stopped(&at, RunStatus::Failed, why));
-            }
+            let taken = self
+                .chunk(c, tally)
+                .map_err(|why| self.chunk_failed(&at, why))?;
             (at.done, at.changed) = (at.done + c.rows, at.changed + tally.reverted - reverted0);
             self.log.push(Event::Progress(at.progress()));
-            if self
-                .governor
-                .borrow_mut()
-                .after_chunk(c0.elapsed(), index, last)
+            // A part another undo took meanwhile cost nothing: no pause.
+            if taken
+                && self
+                    .governor
+                    .borrow_mut()
+                    .after_chunk(c0.elapsed(), index, last)
             {
                 return Err(self.stopped(&at, RunStatus::Cancelled, INTERRUPTED.into()));
             }
@@ -383,14 +378,26 @@ impl Undoer<'_> {
         Ok(())
     }
 
+    /// How a part that failed with `why` ends the undo.
+    fn chunk_failed(&self, at: &At<'_>, why: String) -> (RunStatus, String) {
+        // Ctrl-C stops the statement under way with an error: that is the
+        // interrupt, not a failure (the part rolled back).
+        if self.cancel.is_cancelled() {
+            return self.stopped(at, RunStatus::Cancelled, INTERRUPTED.into());
+        }
+        let why = schema_hint(why);
+        self.message(Level::Error, why.clone());
+        self.stopped(at, RunStatus::Failed, why)
+    }
+
     fn stopped(&self, at: &At<'_>, status: RunStatus, why: String) -> (RunStatus, String) {
         self.step_event(at, StepState::Failed, Some(why.clone()));
         (status, why)
     }
 
     /// One recorded part in its own transaction: its entries put back
-    /// newest first, then its row deleted.
-    fn chunk(&self, c: &Chunk, tally: &mut Tally) -> Result<(), String> {
+    /// newest first, then its row deleted. False when the part was gone.
+    fn chunk(&self, c: &Chunk, tally: &mut Tally) -> Result<bool, String> {
         let sql = |e: rusqlite::Error| crate::run::db::run_time_message(self.conn, &e);
         let tx = Tx::begin(self.conn, self.dry_run).map_err(sql)?;
         let mut reverter = self.reverter.borrow_mut();
@@ -399,7 +406,7 @@ impl Undoer<'_> {
         drop(reverter);
         let recorded = match store::read_part(self.conn, c.id, &mut blob).map_err(sql)? {
             // Gone: another undo (or `undo clear`) took this part meanwhile.
-            None => return Ok(()),
+            None => return Ok(false),
             // `false`: a step that changed nothing; only its note goes.
             Some(recorded) => recorded,
         };
@@ -425,7 +432,7 @@ impl Undoer<'_> {
         tx.commit().map_err(sql)?;
         tally.reverted += reverted;
         tally.conflicts += kept;
-        Ok(())
+        Ok(true)
     }
 
     /// In part `c`'s transaction, once its record is gone: a step with no
