@@ -493,3 +493,59 @@ fn an_undo_does_not_pause_on_parts_another_undo_took() {
         late.stderr()
     );
 }
+
+/// The undo writes with foreign keys off, to put rows back as the run
+/// found them: a row it puts back whose parent the application deleted
+/// since is said to dangle, counted against what dangled before it began.
+#[test]
+fn an_undo_says_which_rows_it_left_pointing_at_a_deleted_parent() {
+    let db = TempDb::with_sql(
+        "PRAGMA foreign_keys = OFF;
+         CREATE TABLE p(id INTEGER PRIMARY KEY);
+         CREATE TABLE c(id INTEGER PRIMARY KEY, pid INTEGER REFERENCES p(id));
+         INSERT INTO p VALUES (1), (2), (3);
+         INSERT INTO c VALUES (1, 1), (2, 2), (3, 2), (4, 3), (5, 99);",
+    );
+    let plan = db.file(
+        "plan.json",
+        r#"{"name":"purge","undo":true,"steps":[{"sql":"DELETE FROM c WHERE pid = 2"}]}"#,
+    );
+    let file = path_str(&db.path);
+    let undo = |extra: &[&str]| {
+        let args = [
+            &["undo", "--db", file, "--plan", "purge", "--no-serve"],
+            extra,
+        ]
+        .concat();
+        let (code, _, err) = run(&args);
+        assert_eq!(code, 0, "{err}");
+        err
+    };
+    let purge = || {
+        let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+        assert_eq!(code, 0, "{err}");
+    };
+    // Row 5 dangled before: no word of it.
+    purge();
+    let err = undo(&[]);
+    assert!(!err.contains("foreign key"), "{err}");
+    purge();
+    db.conn()
+        .execute_batch("PRAGMA foreign_keys = ON; DELETE FROM p WHERE id = 2")
+        .unwrap();
+    let before = sha256(&db.path);
+    let err = undo(&["--dry-run"]);
+    assert!(
+        err.contains(
+            "the undo would leave 2 rows in c whose foreign key would point at a row that is gone"
+        ),
+        "{err}"
+    );
+    assert_eq!(sha256(&db.path), before, "a dry run writes nothing");
+    let err = undo(&[]);
+    assert!(
+        err.contains("the undo left 2 rows in c whose foreign key point"),
+        "{err}"
+    );
+    assert_eq!(db.query_i64("SELECT count(*) FROM c"), 5, "{err}");
+}

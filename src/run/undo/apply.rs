@@ -4,12 +4,14 @@
 //! paced by the governor and reported as events like a run.
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use rusqlite::Connection;
 use rusqlite::types::Value;
 use serde_json::json;
 
+use super::dangling;
 use super::revert::{Conflict, Reverter};
 use super::store::{self, UNRECORDED};
 use crate::events::log::EventLog;
@@ -229,6 +231,8 @@ impl Undoer<'_> {
                 return (Tally::default(), end, 0);
             }
         };
+        // Unreadable (a schema SQLite cannot check): no check, no word.
+        let dangling = dangling::count(self.conn).ok().flatten();
         self.announce(&groups);
         self.governor.borrow().say_starting_pace();
         gate();
@@ -277,6 +281,7 @@ impl Undoer<'_> {
                 }
             }
         }
+        self.say_dangling(dangling.as_ref());
         if let Some(outer) = outer {
             drop(outer);
             self.message(Level::Info, format!(
@@ -287,6 +292,17 @@ impl Undoer<'_> {
             self.finish();
         }
         (tally, end, groups.len())
+    }
+
+    /// Warns of rows the undo left with a foreign key pointing at nothing
+    /// (see [`dangling`]), against the count `before` it began.
+    fn say_dangling(&self, before: Option<&BTreeMap<String, u64>>) {
+        let Some(before) = before else { return };
+        if let Ok(Some(after)) = dangling::count(self.conn)
+            && let Some(text) = dangling::grown(before, &after, self.dry_run)
+        {
+            self.message(Level::Warn, text);
+        }
     }
 
     fn failed(&self, why: String) -> End {
