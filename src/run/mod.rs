@@ -198,6 +198,11 @@ pub fn run(
             ),
         );
     }
+    if let Some((_, (0, _))) = recorded {
+        // Nothing to take back: no empty tables left behind (if no other
+        // run has records in them).
+        let _ = undo::store::drop_if_empty(job.conn);
+    }
     if status != RunStatus::Ok && on && !job.opts.atomic && kept {
         r.message(None, Level::Info, r.to_go_on(status));
     }

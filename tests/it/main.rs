@@ -21,5 +21,6 @@ mod run;
 mod safety;
 mod undo;
 mod undo_hostile;
+mod undo_tables;
 mod walk;
 mod watch;

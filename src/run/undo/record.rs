@@ -511,22 +511,32 @@ impl<'c> Recorder<'c> {
             (true, true) => NOTHING,
             (true, false) => UNRECORDED,
         };
-        self.conn
-            .prepare_cached(
-                "INSERT INTO batchsse_undo (run, plan, step, name, chunk, rows, bytes, rec)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )?
-            .execute(params![
-                self.run_id,
-                self.plan,
-                step.index as i64,
-                step.name,
-                chunk,
-                rows as i64,
-                blob.len() as i64,
-                (!blob.is_empty()).then_some(blob),
-            ])?;
-        Ok(())
+        let insert = || {
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO batchsse_undo (run, plan, step, name, chunk, rows, bytes, rec)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )?
+                .execute(params![
+                    self.run_id,
+                    self.plan,
+                    step.index as i64,
+                    step.name,
+                    chunk,
+                    rows as i64,
+                    blob.len() as i64,
+                    (!blob.is_empty()).then_some(blob),
+                ])
+        };
+        // `undo clear` drops the tables it empties, this run's records
+        // too: they come back, in this part's transaction, and the run
+        // goes on (its record, without its first parts, is refused by an
+        // undo as incomplete).
+        match insert() {
+            Err(e) if store::is_missing(&e) => store::create(self.conn).and_then(|()| insert()),
+            done => done,
+        }
+        .map(drop)
     }
 }
 

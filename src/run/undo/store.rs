@@ -112,6 +112,12 @@ pub fn failure(why: String) -> rusqlite::Error {
     )
 }
 
+/// Whether `e` says the record's table is not there (dropped by `undo
+/// clear` since it was made).
+pub fn is_missing(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(_, Some(m)) if m == &format!("no such table: {CHUNKS}"))
+}
+
 pub fn exists(conn: &Connection) -> rusqlite::Result<bool> {
     conn.query_row(
         "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1",

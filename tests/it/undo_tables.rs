@@ -1,0 +1,71 @@
+//! The undo tables come and go with the records they hold: a run that
+//! recorded nothing leaves none behind, and a run recording while its
+//! records are cleared (`undo clear --all` drops the tables) goes on.
+
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+fn has_undo_table(db: &TempDb) -> bool {
+    db.query_i64("SELECT count(*) FROM sqlite_schema WHERE name = 'batchsse_undo'") > 0
+}
+
+/// Polls until `ready` holds, failing the test after `PATIENCE`.
+fn wait_until(p: &Proc, ready: impl Fn() -> bool) {
+    let t0 = Instant::now();
+    while !ready() {
+        assert!(t0.elapsed() < PATIENCE, "{}", p.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A recorded run that fails at its first chunk has nothing to take
+/// back: no undo table stays behind.
+#[test]
+fn a_recorded_run_that_committed_nothing_leaves_no_undo_tables() {
+    let db = TempDb::counters(40);
+    let plan = db.file(
+        "plan.json",
+        r#"{"name":"bad","steps":[{"sql":"UPDATE t SET counter = NULL WHERE id BETWEEN :lo AND :hi","chunk":{"table":"t","size":10}}]}"#,
+    );
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve", "--undo"]));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("NOT NULL"), "{err}");
+    assert!(!has_undo_table(&db), "{err}");
+}
+
+/// `undo clear --all` while a run records drops the tables under it: the
+/// run goes on recording (it does not fail on a missing table), and its
+/// record, now without its first parts, is refused as incomplete instead
+/// of being taken back in part.
+#[test]
+fn clearing_every_record_during_a_recorded_run_does_not_break_the_run() {
+    let db = TempDb::counters(40);
+    let plan = db.file("plan.json", &counter_plan("bump", 10));
+    let file = path_str(&db.path);
+    let mut p = Proc::start(&run_args(
+        &db,
+        path_str(&plan),
+        &[
+            "--no-serve",
+            "--undo",
+            "--batch-size",
+            "10",
+            "--sleep",
+            "1000",
+        ],
+    ));
+    wait_until(&p, || {
+        has_undo_table(&db) && db.query_i64("SELECT count(*) FROM batchsse_undo") > 0
+    });
+    let (code, out, err) = run(&["undo", "clear", "--db", file, "--all"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("dropped the undo tables"), "{out}");
+    assert_eq!(p.wait().code(), Some(0), "{}", p.stderr());
+    assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 40);
+    let before = sha256(&db.path);
+    let (code, _, err) = run(&["undo", "--db", file, "--plan", "bump", "--no-serve"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("is damaged"), "{err}");
+    assert_eq!(sha256(&db.path), before, "nothing taken back");
+}
