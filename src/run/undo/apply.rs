@@ -4,14 +4,12 @@
 //! paced by the governor and reported as events like a run.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
 use std::time::Instant;
 
 use rusqlite::Connection;
 use rusqlite::types::Value;
 use serde_json::json;
 
-use super::dangling;
 use super::revert::{Conflict, Reverter};
 use super::store::{self, UNRECORDED};
 use crate::events::log::EventLog;
@@ -231,8 +229,6 @@ impl Undoer<'_> {
                 return (Tally::default(), end, 0);
             }
         };
-        // Unreadable (a schema SQLite cannot check): no check, no word.
-        let dangling = dangling::count(self.conn).ok().flatten();
         self.announce(&groups);
         self.governor.borrow().say_starting_pace();
         gate();
@@ -281,7 +277,7 @@ impl Undoer<'_> {
                 }
             }
         }
-        self.say_dangling(dangling.as_ref());
+        self.say_dangling();
         if let Some(outer) = outer {
             drop(outer);
             self.message(Level::Info, format!(
@@ -295,12 +291,21 @@ impl Undoer<'_> {
     }
 
     /// Warns of rows the undo left with a foreign key pointing at nothing
-    /// (see [`dangling`]), against the count `before` it began.
-    fn say_dangling(&self, before: Option<&BTreeMap<String, u64>>) {
-        let Some(before) = before else { return };
-        if let Ok(Some(after)) = dangling::count(self.conn)
-            && let Some(text) = dangling::grown(before, &after, self.dry_run)
-        {
+    /// (see [`super::dangling`]).
+    fn say_dangling(&self) {
+        let reverter = self.reverter.borrow();
+        let Some(w) = reverter.watch.as_ref().filter(|w| !w.watched().is_empty()) else {
+            return;
+        };
+        // A scan of each table: seconds on millions of rows.
+        self.message(
+            Level::Info,
+            format!(
+                "checking the foreign keys of {}, which the undo may have left pointing at rows that are gone",
+                w.watched().join(", ")
+            ),
+        );
+        if let Some(text) = w.said(self.conn, self.dry_run) {
             self.message(Level::Warn, text);
         }
     }

@@ -1,36 +1,136 @@
 //! Foreign keys an undo leaves pointing at nothing. The undo writes with
-//! foreign keys off, to put every row back as the run found it, so a row
+//! foreign keys off, to put every row back as the run found them, so a row
 //! it restores whose parent the application deleted since the run stays
-//! in, dangling. Counted before and after, per table, so what was already
-//! dangling is not laid at the undo's door.
+//! in, dangling. Only the tables a part can leave dangling are checked
+//! (a child whose rows come back or whose keys are restored; the children
+//! of a parent whose rows go or whose keys are restored), each counted
+//! before the first such part and again at the end, so what was already
+//! dangling is not laid at the undo's door, and an undo that restores
+//! other columns (a repricing) checks nothing.
 
 use std::collections::BTreeMap;
 
 use rusqlite::Connection;
 
-/// Rows whose foreign key finds no parent, per child table; `None` when
-/// no table of the main database declares a foreign key (nothing to
-/// count, nothing scanned).
-pub fn count(conn: &Connection) -> rusqlite::Result<Option<BTreeMap<String, u64>>> {
-    let declared: bool = conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM main.sqlite_schema s, pragma_foreign_key_list(s.name) WHERE s.type = 'table')",
-        [],
-        |r| r.get(0),
-    )?;
-    if !declared {
-        return Ok(None);
-    }
-    conn.prepare(
-        "SELECT \"table\", count(*) FROM pragma_foreign_key_check(NULL, 'main') GROUP BY 1",
-    )?
-    .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)?.max(0) as u64)))?
-    .collect::<rusqlite::Result<_>>()
-    .map(Some)
+use super::codec::op;
+
+/// One foreign key: `child`'s columns `from` refer to `parent`'s `to`.
+struct Fk {
+    child: String,
+    parent: String,
+    from: Vec<String>,
+    to: Vec<String>,
 }
 
-/// What an undo that found `before` and leaves `after` should say, if it
-/// left more rows dangling in some table than there were.
-pub fn grown(
+/// The file's foreign keys, and the dangling rows of each child table
+/// counted so far, before the undo first wrote what could change them.
+pub struct Watch {
+    fks: Vec<Fk>,
+    before: BTreeMap<String, u64>,
+}
+
+impl Watch {
+    /// `None` when no table of the main database declares a foreign key.
+    pub fn new(conn: &Connection) -> rusqlite::Result<Option<Watch>> {
+        let mut fks: BTreeMap<(String, i64), Fk> = BTreeMap::new();
+        let mut stmt = conn.prepare(
+            "SELECT s.name, f.id, f.\"table\", f.\"from\", f.\"to\"
+             FROM main.sqlite_schema s, pragma_foreign_key_list(s.name) f
+             WHERE s.type = 'table' ORDER BY s.name, f.id, f.seq",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            let to: Option<String> = r.get(4)?;
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, to))
+        })?;
+        for row in rows {
+            let (child, id, parent, from, to): (String, i64, String, String, _) = row?;
+            let fk = fks.entry((child.clone(), id)).or_insert_with(|| Fk {
+                child,
+                parent,
+                from: Vec::new(),
+                to: Vec::new(),
+            });
+            fk.from.push(from);
+            fk.to.extend(to);
+        }
+        let mut fks: Vec<Fk> = fks.into_values().collect();
+        for fk in &mut fks {
+            if fk.to.is_empty() {
+                fk.to = primary_key(conn, &fk.parent)?;
+            }
+        }
+        Ok((!fks.is_empty()).then_some(Watch {
+            fks,
+            before: BTreeMap::new(),
+        }))
+    }
+
+    /// Whether `table` is the child or the parent of a foreign key.
+    pub fn involves(&self, table: &str) -> bool {
+        let is = |t: &String| t.eq_ignore_ascii_case(table);
+        self.fks.iter().any(|f| is(&f.child) || is(&f.parent))
+    }
+
+    /// Before a part that takes back the run's `op` on rows of `table`
+    /// (restoring `columns`) is applied: counts the dangling rows of each
+    /// child table it could add to, not counted yet. A count SQLite
+    /// cannot make leaves that table unchecked.
+    pub fn touch(&mut self, conn: &Connection, table: &str, op: u8, columns: &[&str]) {
+        let overlaps = |names: &[String]| {
+            names
+                .iter()
+                .any(|n| columns.iter().any(|c| c.eq_ignore_ascii_case(n)))
+        };
+        for fk in &self.fks {
+            let child = fk.child.eq_ignore_ascii_case(table)
+                && (op == op::DELETE || (op == op::UPDATE && overlaps(&fk.from)));
+            let parent = fk.parent.eq_ignore_ascii_case(table)
+                && (op == op::INSERT || (op == op::UPDATE && overlaps(&fk.to)));
+            if (child || parent)
+                && !self.before.contains_key(&fk.child)
+                && let Ok(n) = dangling(conn, &fk.child)
+            {
+                self.before.insert(fk.child.clone(), n);
+            }
+        }
+    }
+
+    /// The child tables counted so far (checked again at the end).
+    pub fn watched(&self) -> Vec<&str> {
+        self.before.keys().map(String::as_str).collect()
+    }
+
+    /// What the undo should say at its end, if it left more rows dangling
+    /// in some table than there were before it wrote.
+    pub fn said(&self, conn: &Connection, dry_run: bool) -> Option<String> {
+        let after: BTreeMap<String, u64> = self
+            .before
+            .keys()
+            .filter_map(|t| Some((t.clone(), dangling(conn, t).ok()?)))
+            .collect();
+        grown(&self.before, &after, dry_run)
+    }
+}
+
+/// `table`'s primary key columns, in key order.
+fn primary_key(conn: &Connection, table: &str) -> rusqlite::Result<Vec<String>> {
+    conn.prepare("SELECT name FROM pragma_table_info(?1, 'main') WHERE pk > 0 ORDER BY pk")?
+        .query_map([table], |r| r.get(0))?
+        .collect()
+}
+
+/// Rows of `table` whose foreign key finds no parent.
+fn dangling(conn: &Connection, table: &str) -> rusqlite::Result<u64> {
+    conn.query_row(
+        "SELECT count(*) FROM pragma_foreign_key_check(?1, 'main')",
+        [table],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n.max(0) as u64)
+}
+
+/// The warning for tables with more dangling rows `after` than `before`.
+fn grown(
     before: &BTreeMap<String, u64>,
     after: &BTreeMap<String, u64>,
     dry_run: bool,
@@ -59,27 +159,59 @@ pub fn grown(
 mod tests {
     use super::*;
 
-    #[test]
-    fn only_rows_dangling_since_the_first_count_are_reported() {
+    fn shop() -> Connection {
         let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch("CREATE TABLE a(x)").unwrap();
-        assert_eq!(count(&conn).unwrap(), None, "no foreign key, no scan");
         conn.execute_batch(
             "PRAGMA foreign_keys = OFF;
-             CREATE TABLE p(id INTEGER PRIMARY KEY);
-             CREATE TABLE c(id INTEGER PRIMARY KEY, pid REFERENCES p(id));
-             INSERT INTO p VALUES (1);
-             INSERT INTO c VALUES (1, 1), (2, 9);",
+             CREATE TABLE p(id INTEGER PRIMARY KEY, name TEXT);
+             CREATE TABLE c(id INTEGER PRIMARY KEY, pid REFERENCES p, qty INT);
+             INSERT INTO p VALUES (1, 'a');
+             INSERT INTO c VALUES (1, 1, 5), (2, 9, 5);",
         )
         .unwrap();
-        let before = count(&conn).unwrap().unwrap();
-        assert_eq!(before, BTreeMap::from([("c".to_owned(), 1)]));
-        assert_eq!(grown(&before, &before, false), None);
+        conn
+    }
+
+    #[test]
+    fn a_file_without_foreign_keys_is_not_watched() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE a(x)").unwrap();
+        assert!(Watch::new(&conn).unwrap().is_none());
+    }
+
+    #[test]
+    fn only_parts_that_can_leave_rows_dangling_count_their_tables() {
+        let conn = shop();
+        let mut w = Watch::new(&conn).unwrap().unwrap();
+        assert_eq!(w.fks[0].to, ["id"], "the parent's primary key");
+        assert!(w.involves("P") && !w.involves("other"));
+        // Restoring other columns, or deleting children: nothing to count.
+        w.touch(&conn, "c", op::UPDATE, &["qty"]);
+        w.touch(&conn, "c", op::INSERT, &["id", "pid", "qty"]);
+        w.touch(&conn, "p", op::UPDATE, &["name"]);
+        w.touch(&conn, "p", op::DELETE, &["id", "name"]);
+        assert!(w.before.is_empty());
+        for (table, op, cols) in [
+            ("c", op::UPDATE, &["pid"][..]),
+            ("c", op::DELETE, &["id", "pid", "qty"]),
+            ("p", op::INSERT, &["id", "name"]),
+        ] {
+            let mut w = Watch::new(&conn).unwrap().unwrap();
+            w.touch(&conn, table, op, cols);
+            assert_eq!(w.before, BTreeMap::from([("c".into(), 1)]), "{table} {op}");
+        }
+    }
+
+    #[test]
+    fn only_rows_dangling_since_the_first_count_are_reported() {
+        let conn = shop();
+        let mut w = Watch::new(&conn).unwrap().unwrap();
+        w.touch(&conn, "p", op::INSERT, &["id", "name"]);
+        assert_eq!(w.said(&conn, false), None, "row 2 dangled before");
         conn.execute_batch("DELETE FROM p").unwrap();
-        let after = count(&conn).unwrap().unwrap();
-        let said = grown(&before, &after, false).unwrap();
+        let said = w.said(&conn, false).unwrap();
         assert!(said.starts_with("the undo left 1 row in c whose"), "{said}");
-        let said = grown(&before, &after, true).unwrap();
+        let said = w.said(&conn, true).unwrap();
         assert!(
             said.starts_with("the undo would leave 1 row in c"),
             "{said}"

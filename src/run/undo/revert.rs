@@ -14,6 +14,7 @@ use super::bulk::{Bulk, Job, Verdict};
 use super::codec::{
     Entry, Indexed, Layout, Lean, Record, Val, decode, encode, index, op, print, put_value, values,
 };
+use super::dangling::Watch;
 use crate::plan::quote;
 use crate::run::expect::shown;
 
@@ -55,6 +56,8 @@ pub struct Reverter<'c> {
     /// A part's buffers, kept for the next: megabytes the kernel need not
     /// hand over (and zero) afresh for every part.
     spare: (Vec<u8>, Vec<Lean>),
+    /// The file's foreign keys, to say what the undo left dangling.
+    pub watch: Option<Watch>,
 }
 
 impl<'c> Reverter<'c> {
@@ -68,6 +71,8 @@ impl<'c> Reverter<'c> {
             kept_seen: 0,
             bulk: Bulk::new(conn),
             spare: Default::default(),
+            // Unreadable (a schema SQLite cannot list): no check, no word.
+            watch: Watch::new(conn).ok().flatten(),
         }
     }
 
@@ -112,14 +117,45 @@ impl<'c> Reverter<'c> {
     pub fn apply_blob(&mut self, blob: Vec<u8>, kept: &mut OnKept<'_>) -> Result<u64, String> {
         let spare = std::mem::take(&mut self.spare.1);
         let blob = match index(&blob, spare).map_err(|e| e.to_string())? {
-            Some(part) => match self.bulk(blob, part, kept)? {
-                Ok(reverted) => return Ok(reverted),
-                Err(blob) => blob,
-            },
+            Some(part) => {
+                self.watch_part(&part);
+                match self.bulk(blob, part, kept)? {
+                    Ok(reverted) => return Ok(reverted),
+                    Err(blob) => blob,
+                }
+            }
             None => blob,
         };
         let rec = decode(&blob).map_err(|e| e.to_string())?;
+        self.watch_record(&rec);
         self.apply(&rec, kept)
+    }
+
+    /// Before `part` is applied: its table's foreign keys counted, if it
+    /// can leave rows dangling (see [`Watch::touch`]).
+    fn watch_part(&mut self, part: &Indexed) {
+        let conn = self.conn;
+        let l = &part.layout;
+        let Some(w) = self.watch.as_mut().filter(|w| w.involves(&l.table)) else {
+            return;
+        };
+        let mut columns: Vec<usize> = part.masks.iter().flatten().copied().collect();
+        columns.sort_unstable();
+        columns.dedup();
+        w.touch(conn, &l.table, part.op, &names(l, &columns));
+    }
+
+    /// As [`Reverter::watch_part`], for each kind of entry of `rec`.
+    fn watch_record(&mut self, rec: &Record) {
+        let conn = self.conn;
+        let Some(w) = self.watch.as_mut() else { return };
+        let mut seen = HashSet::new();
+        for e in &rec.entries {
+            let l = &rec.tables[e.table];
+            if w.involves(&l.table) && seen.insert((e.table, e.op, e.columns.clone())) {
+                w.touch(conn, &l.table, e.op, &names(l, &e.columns));
+            }
+        }
     }
 
     /// One chunk's part of one kind of change in one statement (see
@@ -440,6 +476,14 @@ fn encoded(values: &[Val]) -> Vec<u8> {
 }
 
 /// A key as one value: a composite key's as the text `(a, b)`.
+/// The names of `l`'s columns at `columns`.
+fn names<'l>(l: &'l Layout, columns: &[usize]) -> Vec<&'l str> {
+    columns
+        .iter()
+        .filter_map(|&c| l.columns.get(c).map(String::as_str))
+        .collect()
+}
+
 fn key_value(key: &[Val]) -> Value {
     match key {
         [one] => one.to_value(),
