@@ -15,6 +15,7 @@
 pub mod apply;
 mod bulk;
 mod codec;
+mod hash;
 #[cfg(batchsse_preupdate)]
 mod preupdate;
 mod raw;
