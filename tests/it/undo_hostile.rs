@@ -102,16 +102,22 @@ fn a_part_with_one_flipped_bit_is_refused_before_anything_is_taken_back() {
 #[test]
 fn a_step_whose_newest_part_was_removed_is_refused() {
     for db in [bumped(), two_steps_bumped()] {
-        db.conn()
-            .execute_batch(
-                "DELETE FROM batchsse_undo WHERE id = (SELECT max(id) FROM batchsse_undo WHERE chunk >= 0 AND step = 0)",
-            )
-            .unwrap();
-        let (code, err) = stopped_undo(&db, "bump");
-        assert_eq!(code, 2, "{err}");
-        assert!(err.contains("damaged"), "{err}");
-        assert!(err.contains("the newest were removed"), "{err}");
+        refused_without_its_newest_part(&db);
     }
+}
+
+/// Removes the newest part of step 1 of plan `bump` in `db`, whose undo
+/// must then be refused, the file untouched.
+fn refused_without_its_newest_part(db: &TempDb) {
+    db.conn()
+        .execute_batch(
+            "DELETE FROM batchsse_undo WHERE id = (SELECT max(id) FROM batchsse_undo WHERE chunk >= 0 AND step = 0)",
+        )
+        .unwrap();
+    let (code, err) = stopped_undo(db, "bump");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("damaged"), "{err}");
+    assert!(err.contains("the newest were removed"), "{err}");
 }
 
 /// Plan `bump` with two chunked steps over `t` of 40 counters, ten rows a
@@ -163,14 +169,7 @@ fn a_run_killed_in_the_middle_of_a_step_undoes_cleanly_and_its_newest_part_is_co
     assert_eq!(db.counter_spread(), (20, 40), "two chunks committed");
     let copy = TempDb::empty();
     std::fs::write(&copy.path, db.bytes()).unwrap();
-    copy.conn()
-        .execute_batch(
-            "DELETE FROM batchsse_undo WHERE id = (SELECT max(id) FROM batchsse_undo WHERE chunk >= 0)",
-        )
-        .unwrap();
-    let (code, err) = stopped_undo(&copy, "bump");
-    assert_eq!(code, 2, "{err}");
-    assert!(err.contains("the newest were removed"), "{err}");
+    refused_without_its_newest_part(&copy);
     let (code, err) = undo_plan(&db, "bump", &[]);
     assert_eq!(code, 0, "{err}");
     assert!(!err.contains("damaged"), "{err}");
