@@ -62,7 +62,7 @@ fn open(c: UndoConfig) -> Result<Session, UsageError> {
         let damage = store::damage(&conn, run).map_err(|e| UsageError::new(sqlite_message(&e)))?;
         if let Some(why) = damage {
             return Err(UsageError::new(format!(
-                "the undo record of run {run} in {} is damaged ({why}); it was altered since the run wrote it, and taking it back would leave rows out. Nothing was taken back: put the table batchsse_undo back from a copy of the file, or remove the record with `batchsse undo clear --db FILE --run {run}`",
+                "the undo record of run {run} in {} is damaged ({why}); it was altered since the run wrote it, and taking it back would leave rows out or put wrong values back. Nothing was taken back: put the table batchsse_undo back from a copy of the file, or remove the record with `batchsse undo clear --db FILE --run {run}`",
                 file_name(&c.db)
             )));
         }

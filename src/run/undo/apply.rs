@@ -11,7 +11,7 @@ use rusqlite::types::Value;
 use serde_json::json;
 
 use super::revert::{Conflict, Reverter};
-use super::store::{self, UNRECORDED};
+use super::store::{self, PARTS, UNRECORDED};
 use crate::events::log::EventLog;
 use crate::events::{
     Event, Finished, Level, Progress, RunKind, RunStatus, Start, StepEvent, StepInfo, StepKind,
@@ -58,6 +58,9 @@ struct Chunk {
     chunk: i64,
     /// Rows the chunk changed when it ran.
     rows: u64,
+    /// The row that counts its step's parts (none in a record of a
+    /// batchsse from before that count).
+    count: Option<i64>,
 }
 
 /// What an interrupted undo says.
@@ -203,6 +206,7 @@ impl Undoer<'_> {
                     name: r.get(3)?,
                     chunk: r.get(4)?,
                     rows: r.get::<_, i64>(5)?.max(0) as u64,
+                    count: None,
                 })
             })?;
             for c in rows {
@@ -213,6 +217,15 @@ impl Undoer<'_> {
                 }
             }
         }
+        for g in &mut groups {
+            // A step's count of parts is no part to take back: it goes
+            // down in the transaction of each part taken.
+            if let Some(at) = g.iter().position(|c| c.chunk == PARTS) {
+                let count = g.remove(at).id;
+                g.iter_mut().for_each(|c| c.count = Some(count));
+            }
+        }
+        groups.retain(|g| !g.is_empty());
         Ok(groups)
     }
 
@@ -446,6 +459,9 @@ impl Undoer<'_> {
         self.conn
             .execute("DELETE FROM batchsse_undo WHERE id = ?1", [c.id])
             .map_err(sql)?;
+        if let Some(count) = c.count {
+            store::part_taken(self.conn, count, c.chunk).map_err(sql)?;
+        }
         self.settle(c).map_err(sql)?;
         if self.cancel.is_cancelled() {
             return Err("interrupted; the current chunk was rolled back".into());

@@ -16,6 +16,7 @@ pub mod apply;
 mod bulk;
 mod codec;
 mod dangling;
+mod hash;
 #[cfg(batchsse_preupdate)]
 mod preupdate;
 mod raw;

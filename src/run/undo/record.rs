@@ -22,7 +22,7 @@ use rusqlite::{Connection, params};
 
 use super::codec::{Encoder, KeyRef, Layout, mask_of, op, print, put_value};
 use super::shape::layouts;
-use super::store::{self, NOTHING, UNRECORDED};
+use super::store::{self, NOTHING, PARTS, UNRECORDED};
 use crate::plan::{Step, quote};
 
 /// A recorded chunk's blob is cut into parts of about this size, so a
@@ -175,6 +175,9 @@ pub struct Recorder<'c> {
     hook: Option<Hook>,
     /// The number the step's next part gets.
     chunk: Cell<i64>,
+    /// The row of `batchsse_undo` that counts the step's parts, once it
+    /// has one, and the count it was given.
+    count: Cell<Option<(i64, i64)>>,
     mode: RefCell<Mode>,
     armed: Cell<usize>,
     /// A read-around chunk's rows, before and after.
@@ -202,6 +205,7 @@ impl<'c> Recorder<'c> {
             plan: plan.to_owned(),
             hook,
             chunk: Cell::new(0),
+            count: Cell::new(None),
             mode: RefCell::new(Mode::Off),
             stage: RefCell::new(String::new()),
             guard,
@@ -235,6 +239,7 @@ impl<'c> Recorder<'c> {
         self.disarm();
         store::create(self.conn)?;
         self.chunk.set(0);
+        self.count.set(None);
         if !step.undo {
             return self.note(step, 0, &[]);
         }
@@ -348,6 +353,20 @@ impl<'c> Recorder<'c> {
     /// the caller rolls the chunk back and does it again, which is then
     /// recorded staged (as is the rest of the step).
     pub fn record(
+        &self,
+        step: &Step,
+        range: Option<(&Value, &Value)>,
+        work: &mut dyn FnMut() -> rusqlite::Result<u64>,
+    ) -> rusqlite::Result<Option<u64>> {
+        let recorded = self.record_chunk(step, range, work)?;
+        if recorded.is_some() {
+            self.count_parts(step)?;
+        }
+        Ok(recorded)
+    }
+
+    /// What [`Recorder::record`] does but count the step's parts.
+    fn record_chunk(
         &self,
         step: &Step,
         range: Option<(&Value, &Value)>,
@@ -511,21 +530,56 @@ impl<'c> Recorder<'c> {
             (true, true) => NOTHING,
             (true, false) => UNRECORDED,
         };
+        self.insert(step, chunk, rows, blob)
+    }
+
+    /// After a chunk's parts, in its transaction: the step's count of
+    /// parts, so that its newest cannot go unseen (see [`PARTS`]). One
+    /// small write a chunk, none for a chunk that added no part.
+    fn count_parts(&self, step: &Step) -> rusqlite::Result<()> {
+        let parts = self.chunk.get();
+        let counted = self.count.get();
+        if parts == 0 || counted.is_some_and(|(_, n)| n == parts) {
+            return Ok(());
+        }
+        if let Some((id, _)) = counted {
+            let updated = self
+                .conn
+                .prepare_cached("UPDATE batchsse_undo SET rows = ?1 WHERE id = ?2 AND chunk = ?3")?
+                .execute(params![parts, id, PARTS])?;
+            // Not updated: the chunk that made the row was rolled back.
+            if updated == 1 {
+                self.count.set(Some((id, parts)));
+                return Ok(());
+            }
+        }
+        self.insert(step, PARTS, parts as u64, &[])?;
+        self.count.set(Some((self.conn.last_insert_rowid(), parts)));
+        Ok(())
+    }
+
+    /// Writes a row of the record: part `chunk` (0, 1, 2…) of the step
+    /// with its checksum, or a note of the step (`chunk` < 0), which holds
+    /// neither record nor checksum.
+    fn insert(&self, step: &Step, chunk: i64, rows: u64, blob: &[u8]) -> rusqlite::Result<()> {
+        let part = chunk >= 0;
+        let index = step.index as i64;
         let insert = || {
             self.conn
                 .prepare_cached(
-                    "INSERT INTO batchsse_undo (run, plan, step, name, chunk, rows, bytes, rec)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    "INSERT INTO batchsse_undo (run, plan, step, name, chunk, rows, bytes, rec, rec_hash)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 )?
                 .execute(params![
                     self.run_id,
                     self.plan,
-                    step.index as i64,
+                    index,
                     step.name,
                     chunk,
                     rows as i64,
                     blob.len() as i64,
-                    (!blob.is_empty()).then_some(blob),
+                    part.then_some(blob),
+                    part.then(|| store::checksum(index, chunk, blob)),
                 ])
         };
         // `undo clear` drops the tables it empties, this run's records

@@ -1,7 +1,8 @@
 //! The undo record's tables, beside the checkpoint in the database file:
 //! `batchsse_undo` (one row per recorded chunk, or part of one: run, plan,
-//! step, and the record itself, a blob in the format of `codec`) and
-//! `batchsse_undo_conflict` (rows an undo kept).
+//! step, and the record itself, a blob in the format of `codec`, with its
+//! checksum) and `batchsse_undo_conflict` (rows an undo kept); and the
+//! check that a record is whole before an undo takes it back.
 
 use rusqlite::{Connection, OptionalExtension};
 
@@ -43,6 +44,12 @@ pub const UNRECORDED: i64 = -1;
 /// its checkpoint).
 pub const NOTHING: i64 = -2;
 
+/// A chunk's `chunk` number for a recorded step's count of its parts (in
+/// `rows`), kept in the transaction of each chunk that adds parts and of
+/// each part an undo takes back: without it a step's newest parts could
+/// go by hand unseen, as the parts left would still be numbered 0, 1, 2…
+pub const PARTS: i64 = -3;
+
 // Columns without a type have no affinity: every value is kept exactly.
 const CREATE: &str = "CREATE TABLE IF NOT EXISTS batchsse_undo (
     id INTEGER PRIMARY KEY,
@@ -54,6 +61,7 @@ const CREATE: &str = "CREATE TABLE IF NOT EXISTS batchsse_undo (
     rows INTEGER NOT NULL,
     bytes INTEGER NOT NULL,
     rec BLOB,
+    rec_hash INTEGER,
     created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
 );
 CREATE INDEX IF NOT EXISTS batchsse_undo_by_run ON batchsse_undo(run, id);
@@ -81,7 +89,30 @@ pub fn create(conn: &Connection) -> rusqlite::Result<()> {
             "this file holds undo records of an older batchsse; take them back with that version, or remove them with `batchsse undo clear --all`".into(),
         ));
     }
-    conn.execute_batch(CREATE)
+    conn.execute_batch(CREATE)?;
+    // A table made by a batchsse from before the checksum: its old parts
+    // keep a NULL there, which `damage` takes as unchecked.
+    if !has_checksums(conn)? {
+        conn.execute_batch("ALTER TABLE batchsse_undo ADD COLUMN rec_hash INTEGER")?;
+    }
+    Ok(())
+}
+
+/// Whether the record table has the checksum column (a table made by a
+/// batchsse from before it has not, until a run with `--undo` adds it).
+fn has_checksums(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT count(*) FROM pragma_table_info('batchsse_undo') WHERE name = 'rec_hash'",
+        [],
+        |r| r.get(0),
+    )
+}
+
+/// The checksum written with part `chunk` of step `step`: of its record,
+/// and of where it belongs, so a part moved to another place is found too.
+pub fn checksum(step: i64, chunk: i64, rec: &[u8]) -> i64 {
+    let seed = (step as u64).rotate_left(32) ^ chunk as u64;
+    super::hash::hash(seed, rec) as i64
 }
 
 /// Reads part `id`'s record into `into` (a buffer reused from part to
@@ -131,39 +162,110 @@ pub fn exists(conn: &Connection) -> rusqlite::Result<bool> {
 /// What is wrong with `run`'s record, if it was altered since it was
 /// written: a part of another type or length than noted, a note with a
 /// record, a step whose parts are not numbered 0, 1, 2… (the run numbers
-/// them so, and an undo takes the highest first, so one missing from the
-/// middle or the start was removed by hand). Taking such a record back
-/// would leave rows out while saying all went well.
+/// them so, and an undo takes the highest first), or fewer than its count
+/// of parts says (its newest removed), or a part whose record does not
+/// match its checksum. Taking such a record back would leave rows out, or
+/// put wrong values back, while saying all went well. Reads every part
+/// once; writes nothing.
 pub fn damage(conn: &Connection, run: &str) -> rusqlite::Result<Option<String>> {
-    let part: Option<String> = conn
-        .query_row(
+    let summed = has_checksums(conn)?;
+    // A table without the column holds only records of an older batchsse.
+    let sum = if summed { "rec_hash" } else { "NULL" };
+    if let Some(why) = bad_row(conn, run, sum)? {
+        return Ok(Some(why));
+    }
+    if let Some(why) = bad_step(conn, run, sum)? {
+        return Ok(Some(why));
+    }
+    match summed {
+        true => bad_checksum(conn, run),
+        false => Ok(None),
+    }
+}
+
+/// The first row of `run` that no batchsse writes as it is.
+fn bad_row(conn: &Connection, run: &str, sum: &str) -> rusqlite::Result<Option<String>> {
+    conn.query_row(
+        &format!(
             "SELECT 'row ' || id || ' of batchsse_undo: ' || why FROM (SELECT id, CASE
                  WHEN typeof(step) <> 'integer' OR typeof(chunk) <> 'integer'
                      OR typeof(rows) <> 'integer' OR typeof(bytes) <> 'integer'
-                     THEN 'its step, part, rows or bytes is not a whole number'
+                     OR typeof({sum}) NOT IN ('integer', 'null')
+                     THEN 'its step, part, rows, bytes or checksum is not a whole number'
                  WHEN chunk < ?2 THEN 'its part number is ' || chunk
                  WHEN chunk >= 0 AND typeof(rec) <> 'blob' THEN 'its record is ' || typeof(rec)
                  WHEN chunk >= 0 AND length(rec) <> bytes
                      THEN 'its record is ' || length(rec) || ' bytes, but ' || bytes || ' were written'
                  WHEN chunk < 0 AND rec IS NOT NULL THEN 'a note of a step holds a record'
                  END AS why
-             FROM batchsse_undo WHERE run = ?1) WHERE why IS NOT NULL LIMIT 1",
-            rusqlite::params![run, NOTHING.min(UNRECORDED)],
-            |r| r.get(0),
-        )
-        .optional()?;
-    if part.is_some() {
-        return Ok(part);
-    }
-    conn.query_row(
-        "SELECT 'step ' || (step + 1) || ': ' || count(*) || ' part(s) numbered ' || (min(chunk) + 1) || ' to ' || (max(chunk) + 1)
-         FROM batchsse_undo WHERE run = ?1 AND chunk >= 0 GROUP BY step
-         HAVING min(chunk) <> 0 OR max(chunk) <> count(*) - 1 OR count(DISTINCT chunk) <> count(*)
-         LIMIT 1",
-        [run],
+             FROM batchsse_undo WHERE run = ?1) WHERE why IS NOT NULL LIMIT 1"
+        ),
+        rusqlite::params![run, PARTS.min(NOTHING).min(UNRECORDED)],
         |r| r.get(0),
     )
     .optional()
+}
+
+/// The first step of `run` whose parts are not the ones it wrote: not
+/// numbered 0, 1, 2…, or not as many as its count of parts says. A
+/// step's parts all carry a checksum exactly when it has a count (an
+/// older batchsse wrote neither); a step killed in the middle has as many
+/// as the count, which was kept in the transaction of each of them.
+fn bad_step(conn: &Connection, run: &str, sum: &str) -> rusqlite::Result<Option<String>> {
+    conn.query_row(
+        &format!(
+            "SELECT CASE
+                 WHEN held > 0 AND (lo <> 0 OR hi <> held - 1 OR numbers <> held)
+                     THEN 'step ' || (step + 1) || ': ' || held || ' part(s) numbered ' || (lo + 1) || ' to ' || (hi + 1)
+                 WHEN counts > 1 THEN 'step ' || (step + 1) || ': ' || counts || ' rows count its parts'
+                 WHEN counts = 1 AND counted IS NOT held
+                     THEN 'row ' || count_id || ' of batchsse_undo counts ' || counted || ' part(s) of step '
+                         || (step + 1) || ', but ' || held || CASE WHEN held < counted
+                             THEN ' are left: the newest were removed' ELSE ' are there: parts were added' END
+                 WHEN counts = 1 AND unsummed IS NOT NULL
+                     THEN 'row ' || unsummed || ' of batchsse_undo: its checksum is gone'
+                 WHEN counts = 0 AND summed > 0
+                     THEN 'step ' || (step + 1) || ': the row that counts its parts is gone'
+                 END AS why
+             FROM (SELECT step,
+                     count(*) FILTER (WHERE chunk >= 0) AS held,
+                     min(chunk) FILTER (WHERE chunk >= 0) AS lo,
+                     max(chunk) FILTER (WHERE chunk >= 0) AS hi,
+                     count(DISTINCT CASE WHEN chunk >= 0 THEN chunk END) AS numbers,
+                     count(*) FILTER (WHERE chunk = ?2) AS counts,
+                     max(rows) FILTER (WHERE chunk = ?2) AS counted,
+                     max(id) FILTER (WHERE chunk = ?2) AS count_id,
+                     min(id) FILTER (WHERE chunk >= 0 AND {sum} IS NULL) AS unsummed,
+                     count({sum}) FILTER (WHERE chunk >= 0) AS summed
+                   FROM batchsse_undo WHERE run = ?1 GROUP BY step)
+             WHERE why IS NOT NULL LIMIT 1"
+        ),
+        rusqlite::params![run, PARTS],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
+/// The first part of `run` whose record does not match its checksum.
+/// Parts written by a batchsse from before the checksum have none and are
+/// not checked (`bad_step` refuses one missing from a part of this one).
+fn bad_checksum(conn: &Connection, run: &str) -> rusqlite::Result<Option<String>> {
+    let mut stmt = conn.prepare(
+        "SELECT id, step, chunk, rec_hash FROM batchsse_undo
+         WHERE run = ?1 AND chunk >= 0 AND rec_hash IS NOT NULL ORDER BY id",
+    )?;
+    let mut rows = stmt.query([run])?;
+    let mut rec = Vec::new();
+    while let Some(row) = rows.next()? {
+        let (id, step, chunk, sum): (i64, i64, i64, i64) =
+            (row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?);
+        if read_part(conn, id, &mut rec)? == Some(true) && checksum(step, chunk, &rec) != sum {
+            return Ok(Some(format!(
+                "row {id} of batchsse_undo: its record does not match the checksum written with it"
+            )));
+        }
+    }
+    Ok(None)
 }
 
 /// A run with undo records, as `undo list` shows it.
@@ -186,7 +288,7 @@ pub fn runs(conn: &Connection) -> Result<Vec<RunRecord>, UsageError> {
     }
     let read = || -> rusqlite::Result<Vec<RunRecord>> {
         let mut stmt = conn.prepare(
-            "SELECT run, plan, count(*) FILTER (WHERE chunk >= 0), total(rows), total(bytes), min(created_at), max(created_at)
+            "SELECT run, plan, count(*) FILTER (WHERE chunk >= 0), total(rows) FILTER (WHERE chunk >= 0), total(bytes), min(created_at), max(created_at)
              FROM batchsse_undo GROUP BY run ORDER BY min(id)",
         )?;
         let rows = stmt.query_map([], |r| {
@@ -274,4 +376,17 @@ pub fn clear(conn: &Connection, runs: &[String], all: bool) -> Result<bool, Usag
             sqlite_message(&e)
         ))
     })
+}
+
+/// In the transaction of an undo that took back part `chunk` of a step
+/// whose count of parts is row `count`: the parts left are 0 to
+/// `chunk` - 1, and the count goes with the last of them.
+pub fn part_taken(conn: &Connection, count: i64, chunk: i64) -> rusqlite::Result<()> {
+    let sql = match chunk {
+        0 => "DELETE FROM batchsse_undo WHERE id = ?1 AND chunk = ?3",
+        _ => "UPDATE batchsse_undo SET rows = ?2 WHERE id = ?1 AND chunk = ?3",
+    };
+    conn.prepare_cached(sql)?
+        .execute(rusqlite::params![count, chunk, PARTS])?;
+    Ok(())
 }
