@@ -25,6 +25,13 @@ fn bumped() -> TempDb {
     db
 }
 
+/// An undo of `plan` serving on a free port, waiting for a client (an
+/// event stream opened) before it takes anything back.
+fn gated_undo(file: &str, plan: &str, extra: &[&str]) -> Proc {
+    let gate = ["--listen", "127.0.0.1:0", "--wait-for-clients", "1"];
+    Proc::start(&[&["undo", "--db", file, "--plan", plan], &gate[..], extra].concat())
+}
+
 /// A record edited by hand (a part cut short, emptied, of another type,
 /// or gone from the middle of its step) is refused before anything is
 /// taken back, rather than taken back in part with `finished ok`.
@@ -227,19 +234,7 @@ fn a_conflict_one_undo_keeps_is_kept_by_another_undo_of_the_same_plan() {
     let file = path_str(&db.path);
     // The second undo reads the conflicts kept so far (none) and waits for
     // a client before it takes anything back.
-    let mut second = Proc::start(&[
-        "undo",
-        "--db",
-        file,
-        "--plan",
-        "p",
-        "--listen",
-        "127.0.0.1:0",
-        "--wait-for-clients",
-        "1",
-        "--progress",
-        "plain",
-    ]);
+    let mut second = gated_undo(file, "p", &["--progress", "plain"]);
     wait_status(second.addr(), |s| s["steps_total"] == 2);
     // The first takes back step "two" (keeping row 2) and the part of step
     // "one" over rows 3 and 4, then rests.
@@ -567,21 +562,11 @@ fn an_undo_killed_between_two_steps_leaves_the_step_it_took_back_free_to_run() {
     let args = run_args(&db, path_str(&plan), &["--no-serve", "--batch-size", "50"]);
     let (code, _, err) = run(&[&args[..], &["--undo"]].concat());
     assert_eq!(code, 0, "{err}");
-    let mut undo = Proc::start(&[
-        "undo",
-        "--db",
+    let mut undo = gated_undo(
         path_str(&db.path),
-        "--plan",
         "two",
-        "--listen",
-        "127.0.0.1:0",
-        "--wait-for-clients",
-        "1",
-        "--sleep",
-        "600000",
-        "--progress",
-        "none",
-    ]);
+        &["--sleep", "600000", "--progress", "none"],
+    );
     let mut s = Stream::open(undo.addr(), "/events", &[]);
     // Step b goes back first (one part), then a's first part; the undo
     // then sleeps before a's second.
@@ -618,21 +603,7 @@ fn an_undo_killed_between_two_steps_leaves_the_step_it_took_back_free_to_run() {
 fn an_undo_does_not_pause_on_parts_another_undo_took() {
     let db = bumped();
     let file = path_str(&db.path);
-    let mut late = Proc::start(&[
-        "undo",
-        "--db",
-        file,
-        "--plan",
-        "bump",
-        "--listen",
-        "127.0.0.1:0",
-        "--wait-for-clients",
-        "1",
-        "--progress",
-        "plain",
-        "--sleep",
-        "4000",
-    ]);
+    let mut late = gated_undo(file, "bump", &["--progress", "plain", "--sleep", "4000"]);
     wait_status(late.addr(), |s| s["steps_total"] == 1);
     let (code, err) = undo_plan(&db, "bump", &[]);
     assert_eq!(code, 0, "{err}");
