@@ -24,7 +24,8 @@
 //! - `plan`: loading a JSON plan or SQL script (`split`) and the pre-run
 //!   check against a schema copy (`check`).
 //! - `run`: the runner: steps, the chunk walk (`chunk`), the pace and the
-//!   waits between chunks (`governor`), who else uses the file: SQLite's
+//!   waits between chunks (`governor`), a long plain step's "still
+//!   running" (`heartbeat`), who else uses the file: SQLite's
 //!   locks seen from outside, recent writes (`neighbours`), the
 //!   transaction guard (`tx`), the
 //!   checkpoint (`checkpoint`), opening the file (`db`), a step's

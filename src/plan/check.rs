@@ -161,11 +161,13 @@ mod bounds {
     pub const LENGTH: i32 = 8 << 20;
 }
 
-/// A column as `PRAGMA table_info` gives it.
+/// A column as `PRAGMA table_xinfo` gives it (generated columns included).
 struct Column {
     name: String,
     ty: String,
     pk: bool,
+    /// VIRTUAL or STORED: computed from other columns, never written.
+    generated: bool,
 }
 
 /// A table as the chunk walk sees it.
@@ -479,6 +481,11 @@ impl Rehearsal {
         let (mut chunk, key_names) = self.unique_key(label, &table, c.key.as_deref())?;
         chunk.size = size;
         let key = chunk.key.clone();
+        let inputs = if chunk.rowid {
+            Vec::new()
+        } else {
+            self.generated_key_inputs(&table, &key)
+        };
         self.seen.take();
         let mut batch = Batch::new(&self.conn, sql);
         let stmt = match batch.next() {
@@ -518,7 +525,7 @@ impl Rehearsal {
         // nothing but rows, which the check has no use for.
         drop(stmt);
         let seen = self.seen.take();
-        self.refuse_key_writes(label, &table, &key_names, &seen)?;
+        self.refuse_key_writes(label, &table, (&key_names, &inputs), &seen)?;
         refuse_inserts_ahead(label, &table, &chunk, &seen)?;
         self.refuse_other_key(label, &table, &chunk, &key_names, &seen)?;
         match batch.next() {
@@ -534,17 +541,20 @@ impl Rehearsal {
     }
 
     /// Refuses a chunked step that writes its own key (directly or through
-    /// a trigger), as the authorizer saw while it compiled: the walk goes in
-    /// key order, so a row whose key moved ahead would be visited again.
+    /// a trigger), or for a generated key one of its `inputs`, as the
+    /// authorizer saw while it compiled: the walk goes in key order, so a
+    /// row whose key moved ahead would be visited again.
     fn refuse_key_writes(
         &self,
         label: &str,
         table: &str,
-        key_names: &[String],
+        (key_names, inputs): (&[String], &[String]),
         seen: &[Access],
     ) -> Result<(), UsageError> {
         let hit = seen.iter().find(|a| {
-            a.write && a.table.eq_ignore_ascii_case(table) && key_names.contains(&a.column)
+            a.write
+                && a.table.eq_ignore_ascii_case(table)
+                && (key_names.contains(&a.column) || inputs.contains(&a.column))
         });
         let Some(Access { column, by, .. }) = hit else {
             return Ok(());
@@ -552,9 +562,15 @@ impl Rehearsal {
         let via = by
             .as_ref()
             .map_or_else(String::new, |t| format!(" (through trigger {t:?})"));
+        let moves = match key_names.first() {
+            Some(key) if !key_names.contains(column) => {
+                format!(", and its generated key {key} may change with it")
+            }
+            _ => String::new(),
+        };
         let column = if column == "ROWID" { "rowid" } else { column };
         Err(UsageError::new(format!(
-            "{label} changes its own chunk key: it writes {table}.{column}{via}. The walk goes in key order, so a row whose key moves ahead would be visited again and one that moves back skipped. Chunk by a key the step does not change (rowid, or another unique column), or make it a plain step"
+            "{label} changes its own chunk key: it writes {table}.{column}{via}{moves}. The walk goes in key order, so a row whose key moves ahead would be visited again and one that moves back skipped. Chunk by a key the step does not change (rowid, or another unique column), or make it a plain step"
         )))
     }
 
@@ -632,15 +648,22 @@ impl Rehearsal {
     fn shape(&self, table: &str) -> Shape {
         let columns: Vec<Column> = self
             .conn
-            .prepare(&format!("PRAGMA table_info({})", quote(table)))
+            .prepare(&format!("PRAGMA table_xinfo({})", quote(table)))
             .and_then(|mut s| {
                 s.query_map([], |r| {
-                    Ok(Column {
-                        name: r.get(1)?,
-                        ty: r.get(2)?,
-                        pk: r.get::<_, i64>(5)? > 0,
-                    })
+                    Ok((
+                        Column {
+                            name: r.get(1)?,
+                            ty: r.get(2)?,
+                            pk: r.get::<_, i64>(5)? > 0,
+                            generated: matches!(r.get::<_, i64>(6)?, 2 | 3),
+                        },
+                        r.get::<_, i64>(6)?,
+                    ))
                 })?
+                // 1: a virtual table's hidden column, which no walk uses.
+                .filter(|c| !matches!(c, Ok((_, 1))))
+                .map(|c| c.map(|(c, _)| c))
                 .collect()
             })
             .unwrap_or_default();
@@ -760,6 +783,11 @@ impl Rehearsal {
     }
 
     fn has_unique_index(&self, table: &str, column: &str) -> bool {
+        self.unique_index(table, column).is_some()
+    }
+
+    /// A UNIQUE index on `column` alone, over every row (not partial).
+    fn unique_index(&self, table: &str, column: &str) -> Option<String> {
         let indexes: Vec<(String, bool, bool)> = self
             .conn
             .prepare(&format!("PRAGMA index_list({})", quote(table)))
@@ -768,7 +796,7 @@ impl Rehearsal {
                     .collect()
             })
             .unwrap_or_default();
-        indexes.iter().any(|(idx, unique, partial)| {
+        let found = indexes.into_iter().find(|(idx, unique, partial)| {
             *unique
                 && !*partial
                 && self
@@ -782,6 +810,63 @@ impl Rehearsal {
                         cols.len() == 1 && cols[0].as_deref() == Some(column)
                     })
                     .unwrap_or(false)
+        });
+        found.map(|(idx, ..)| idx)
+    }
+
+    /// The columns a generated key is computed from, as SQLite itself
+    /// sees them: an UPDATE of such a column rewrites the key's UNIQUE
+    /// index (so do one of the rowid or the primary key, which count in
+    /// too). Empty for a key that is not generated. The authorizer names
+    /// only the columns a step writes, never the generated ones that
+    /// change with them, so these are what a step must not write.
+    fn generated_key_inputs(&self, table: &str, key: &str) -> Vec<String> {
+        let shape = self.shape(table);
+        if !shape.columns.iter().any(|c| c.generated && c.name == key) {
+            return Vec::new();
+        }
+        let root: Option<i64> = self.unique_index(table, key).and_then(|idx| {
+            self.conn
+                .query_row(
+                    "SELECT rootpage FROM sqlite_schema WHERE type = 'index' AND name = ?1",
+                    [idx],
+                    |r| r.get(0),
+                )
+                .ok()
+        });
+        let Some(root) = root else {
+            return Vec::new(); // not unique: refused before this matters
+        };
+        let ordinary = shape.columns.iter().filter(|c| !c.generated);
+        let mut inputs: Vec<(String, String)> =
+            ordinary.map(|c| (c.name.clone(), quote(&c.name))).collect();
+        if let Some(Some(rowid)) = &shape.rowid_sql {
+            inputs.push(("ROWID".into(), rowid.clone()));
+        }
+        inputs
+            .into_iter()
+            .filter(|(_, sql)| self.rewrites_index(table, sql, root))
+            .map(|(name, _)| name)
+            .collect()
+    }
+
+    /// Whether `UPDATE table SET column = column` writes the index whose
+    /// b-tree starts at page `root` (an `OpenWrite` of it in the program);
+    /// true as well when that UPDATE does not compile, to be safe.
+    fn rewrites_index(&self, table: &str, column_sql: &str, root: i64) -> bool {
+        self.arm();
+        let sql = format!(
+            "EXPLAIN UPDATE main.{} SET {column_sql} = {column_sql}",
+            quote(table)
+        );
+        let ops: rusqlite::Result<Vec<(String, i64, i64)>> =
+            self.conn.prepare(&sql).and_then(|mut s| {
+                s.query_map([], |r| Ok((r.get(1)?, r.get(3)?, r.get(4)?)))?
+                    .collect()
+            });
+        ops.map_or(true, |ops| {
+            ops.iter()
+                .any(|(op, p2, db)| op == "OpenWrite" && *p2 == root && *db == 0)
         })
     }
 

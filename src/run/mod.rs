@@ -6,20 +6,21 @@
 //! `tx` is the transaction guard; `checkpoint` records what is done, in
 //! the same transaction as the work; `housekeeping` lists and clears it
 //! for `batchsse checkpoint`; `db` opens the file; `expect` checks what a
-//! step expects; `undo` records a run (`--undo`) and takes it back.
+//! step expects; `heartbeat` says a long plain step still runs; `undo`
+//! records a run (`--undo`) and takes it back.
 
 pub mod checkpoint;
 mod chunk;
 mod db;
 mod expect;
 mod governor;
+mod heartbeat;
 pub mod housekeeping;
 mod neighbours;
 mod tx;
 pub mod undo;
 
 use std::path::Path;
-use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 use fallible_iterator::FallibleIterator;
@@ -32,6 +33,7 @@ use db::run_time_message;
 pub use db::{open_db, open_db_to_read};
 use governor::Governor;
 pub use governor::{Brakes, Pace, check_throttle_query};
+use heartbeat::Heartbeat;
 use tx::Tx;
 
 use crate::error::UsageError;
@@ -149,6 +151,19 @@ pub fn run(
     (cancel, steering): (&Cancel, &Steering),
     gate: impl FnOnce(),
 ) -> RunStatus {
+    heartbeat::with_heartbeat(log, |hb| {
+        run_beating(job, log, (cancel, steering), gate, hb)
+    })
+}
+
+/// [`run`], with the heartbeat its plain steps use.
+fn run_beating(
+    job: Job<'_>,
+    log: &EventLog,
+    (cancel, steering): (&Cancel, &Steering),
+    gate: impl FnOnce(),
+    heartbeat: &Heartbeat,
+) -> RunStatus {
     cancel.attach(job.conn);
     let on = job.opts.checkpoint && !job.opts.dry_run;
     let governor = Governor::new(
@@ -170,6 +185,7 @@ pub fn run(
         opts: job.opts,
         log,
         cancel,
+        heartbeat,
         governor: std::cell::RefCell::new(governor),
         checkpoint: Checkpoint::new(job.conn, job.plan, on),
         db: db_name(job.conn),
@@ -236,6 +252,8 @@ struct Runner<'a> {
     opts: &'a Options,
     log: &'a EventLog,
     cancel: &'a Cancel,
+    /// Says a plain step still runs when it runs long.
+    heartbeat: &'a Heartbeat,
     checkpoint: Checkpoint<'a>,
     /// Paces chunks and holds the run while a brake is on.
     governor: std::cell::RefCell<Governor<'a>>,
@@ -528,24 +546,13 @@ impl Runner<'_> {
         (err, c)
     }
 
-    /// A plain step, with a heartbeat `progress` every [`HEARTBEAT`] while
-    /// it runs (one statement cannot say how far it is, but a viewer should
-    /// see it is alive). The heartbeat is its own thread, so the statement
-    /// is never held up by it.
+    /// A plain step, with a heartbeat `progress` every
+    /// [`heartbeat::EVERY`] while it runs (one statement cannot say how far
+    /// it is, but a viewer should see it is alive). The heartbeat has its
+    /// own thread, so the statement is never held up by it.
     fn run_plain(&self, step: &Step) -> StepResult {
-        let (log, t0) = (self.log, Instant::now());
-        let (stop, stopped) = std::sync::mpsc::channel::<()>();
-        std::thread::scope(|s| {
-            s.spawn(move || {
-                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(HEARTBEAT) {
-                    let beat = Progress::heartbeat(step.index, step.name.clone(), ms(t0.elapsed()));
-                    log.push(Event::Progress(beat));
-                }
-            });
-            let result = self.plain_step(step);
-            drop(stop);
-            result
-        })
+        let _beating = self.heartbeat.start(step.index, &step.name);
+        self.plain_step(step)
     }
 
     fn plain_step(&self, step: &Step) -> StepResult {
@@ -672,9 +679,6 @@ impl Runner<'_> {
         }));
     }
 }
-
-/// How often a plain step that is still running says so.
-const HEARTBEAT: Duration = Duration::from_secs(5);
 
 fn ms(d: Duration) -> u64 {
     d.as_millis() as u64

@@ -661,3 +661,79 @@ fn a_without_rowid_table_with_a_composite_key_and_no_chunk_key_says_what_to_set(
     );
     assert_eq!(db.bytes(), before, "database untouched");
 }
+
+/// `g` with 300 rows and two generated keys, each with a UNIQUE index:
+/// `norm` (VIRTUAL, from `email`) and `code` (STORED, from `id`); the
+/// 301st row has no email, so no `norm`. Setting a `note` rewrites the
+/// email, through a trigger.
+fn generated() -> TempDb {
+    TempDb::with_sql(
+        "CREATE TABLE g(id INTEGER PRIMARY KEY, email TEXT, c INT DEFAULT 0, note TEXT,
+           norm TEXT AS (lower(email)) VIRTUAL,
+           code INT GENERATED ALWAYS AS (id * 7 % 1009) STORED);
+         CREATE UNIQUE INDEX g_norm ON g(norm);
+         CREATE UNIQUE INDEX g_code ON g(code);
+         INSERT INTO g(email) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < 300) SELECT 'U' || i || '@x' FROM s;
+         INSERT INTO g(email) VALUES (NULL);
+         CREATE TRIGGER g_touch AFTER UPDATE OF note ON g BEGIN UPDATE g SET email = new.note || new.id WHERE id = new.id; END;",
+    )
+}
+
+#[test]
+fn a_generated_column_with_a_unique_index_is_a_walk_key_virtual_or_stored() {
+    for (key, visited) in [("norm", 300), ("code", 301)] {
+        let db = generated();
+        let plan = chunked(
+            "g",
+            Some(key),
+            &format!("UPDATE g SET c = c + 1 WHERE {key} BETWEEN :lo AND :hi"),
+        );
+        let (code, _, err) = run_plan(
+            &db,
+            &plan,
+            &words("--no-serve --progress plain --batch-size 7"),
+        );
+        assert_eq!(code, 0, "{key}: {err}");
+        assert_eq!(db.query_i64("SELECT count(*) FROM g WHERE c = 1"), visited);
+        assert_eq!(db.query_i64("SELECT count(*) FROM g WHERE c > 1"), 0);
+        if visited == 300 {
+            // As for any key that is not the rowid: a NULL key is said.
+            assert!(err.contains("1 rows of g have a NULL norm"), "{err}");
+        }
+    }
+}
+
+#[test]
+fn a_step_that_writes_what_a_generated_key_is_computed_from_is_refused() {
+    let db = generated();
+    // Directly: `norm` is lower(email).
+    refused(
+        &db,
+        chunked(
+            "g",
+            Some("norm"),
+            "UPDATE g SET email = email || 'x' WHERE norm BETWEEN :lo AND :hi",
+        ),
+        "g.email",
+    );
+    // Through the trigger that rewrites the email.
+    refused(
+        &db,
+        chunked(
+            "g",
+            Some("norm"),
+            "UPDATE g SET note = 'n' WHERE norm BETWEEN :lo AND :hi",
+        ),
+        "g.note, and its generated key norm may change with it",
+    );
+    // `code` is computed from the rowid.
+    refused(
+        &db,
+        chunked(
+            "g",
+            Some("code"),
+            "UPDATE g SET id = id + 1000 WHERE code BETWEEN :lo AND :hi",
+        ),
+        "g.id",
+    );
+}
