@@ -58,8 +58,10 @@ fn open(c: UndoConfig) -> Result<Session, UsageError> {
             file_name(&c.db)
         )));
     }
+    let mut kept = store::Kept::default();
     for run in &runs {
-        let damage = store::damage(&conn, run).map_err(|e| UsageError::new(sqlite_message(&e)))?;
+        let damage = store::damage(&conn, run, &mut kept)
+            .map_err(|e| UsageError::new(sqlite_message(&e)))?;
         if let Some(why) = damage {
             return Err(UsageError::new(format!(
                 "the undo record of run {run} in {} is damaged ({why}); it was altered since the run wrote it, and taking it back would leave rows out or put wrong values back. Nothing was taken back: put the table batchsse_undo back from a copy of the file, or remove the record with `batchsse undo clear --db FILE --run {run}`",
@@ -86,6 +88,7 @@ fn open(c: UndoConfig) -> Result<Session, UsageError> {
             runs,
             plan: String::new(),
             on_conflict: c.on_conflict,
+            kept: std::cell::RefCell::new(kept),
         }),
     })
     .map(|mut s| {

@@ -44,6 +44,8 @@ pub struct Spec {
     pub runs: Vec<String>,
     pub plan: String,
     pub on_conflict: OnConflict,
+    /// The parts the damage check read, to apply without reading again.
+    pub kept: RefCell<store::Kept>,
 }
 
 /// The conflicts shown as messages; all are kept in `batchsse_undo_conflict`.
@@ -438,7 +440,10 @@ impl Undoer<'_> {
         reverter.hold_kept(&self.spec.runs).map_err(sql)?;
         let mut blob = reverter.buffer();
         drop(reverter);
-        let recorded = match store::read_part(self.conn, c.id, &mut blob).map_err(sql)? {
+        let mut kept = self.spec.kept.borrow_mut();
+        let read = store::read_kept(self.conn, c.id, &mut blob, Some(&mut kept));
+        drop(kept);
+        let recorded = match read.map_err(sql)? {
             // Gone: another undo (or `undo clear`) took this part meanwhile.
             None => return Ok(false),
             // `false`: a step that changed nothing; only its note goes.

@@ -51,6 +51,9 @@ pub const NOTHING: i64 = -2;
 pub const PARTS: i64 = -3;
 
 // Columns without a type have no affinity: every value is kept exactly.
+// The record last: SQLite reads a column after a blob of megabytes by
+// walking the blob's overflow pages, so every query of the other columns
+// (the damage check, `undo list`) would read the whole record.
 const CREATE: &str = "CREATE TABLE IF NOT EXISTS batchsse_undo (
     id INTEGER PRIMARY KEY,
     run TEXT NOT NULL,
@@ -60,9 +63,9 @@ const CREATE: &str = "CREATE TABLE IF NOT EXISTS batchsse_undo (
     chunk INTEGER NOT NULL,
     rows INTEGER NOT NULL,
     bytes INTEGER NOT NULL,
-    rec BLOB,
     rec_hash INTEGER,
-    created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+    created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    rec BLOB
 );
 CREATE INDEX IF NOT EXISTS batchsse_undo_by_run ON batchsse_undo(run, id);
 CREATE INDEX IF NOT EXISTS batchsse_undo_by_step ON batchsse_undo(plan, step);
@@ -119,6 +122,18 @@ pub fn checksum(step: i64, chunk: i64, rec: &[u8]) -> i64 {
 /// part): `None` when the part is gone (another undo took it), `Some(false)`
 /// when it holds no record (a step that changed nothing).
 pub fn read_part(conn: &Connection, id: i64, into: &mut Vec<u8>) -> rusqlite::Result<Option<bool>> {
+    read_kept(conn, id, into, None)
+}
+
+/// As [`read_part`], taking the part's bytes from `kept` (read by
+/// [`damage`] a moment before) when it holds them: only whether the part
+/// is still there is read again.
+pub fn read_kept(
+    conn: &Connection,
+    id: i64,
+    into: &mut Vec<u8>,
+    kept: Option<&mut Kept>,
+) -> rusqlite::Result<Option<bool>> {
     let len: Option<Option<i64>> = conn
         .prepare_cached("SELECT length(rec) FROM batchsse_undo WHERE id = ?1")?
         .query_row([id], |r| r.get(0))
@@ -127,6 +142,12 @@ pub fn read_part(conn: &Connection, id: i64, into: &mut Vec<u8>) -> rusqlite::Re
     let Some(len) = len else {
         return Ok(Some(false));
     };
+    if let Some(bytes) = kept.and_then(|k| k.parts.remove(&id))
+        && i64::try_from(bytes.len()) == Ok(len)
+    {
+        *into = bytes;
+        return Ok(Some(true));
+    }
     into.clear();
     into.resize(usize::try_from(len).unwrap_or_default(), 0);
     // Straight into the buffer: no copy of the whole part made on the way.
@@ -159,6 +180,17 @@ pub fn exists(conn: &Connection) -> rusqlite::Result<bool> {
     .map(|o| o.is_some())
 }
 
+/// How much of the record [`damage`] keeps in memory for the undo, so
+/// that a record of up to this size is read once, not twice.
+const KEPT_BYTES: usize = 64 << 20;
+
+/// Parts [`damage`] read and checked, by id, up to [`KEPT_BYTES`].
+#[derive(Default)]
+pub struct Kept {
+    parts: std::collections::HashMap<i64, Vec<u8>>,
+    bytes: usize,
+}
+
 /// What is wrong with `run`'s record, if it was altered since it was
 /// written: a part of another type or length than noted, a note with a
 /// record, a step whose parts are not numbered 0, 1, 2… (the run numbers
@@ -166,8 +198,8 @@ pub fn exists(conn: &Connection) -> rusqlite::Result<bool> {
 /// of parts says (its newest removed), or a part whose record does not
 /// match its checksum. Taking such a record back would leave rows out, or
 /// put wrong values back, while saying all went well. Reads every part
-/// once; writes nothing.
-pub fn damage(conn: &Connection, run: &str) -> rusqlite::Result<Option<String>> {
+/// once, keeping what fits in `kept`; writes nothing.
+pub fn damage(conn: &Connection, run: &str, kept: &mut Kept) -> rusqlite::Result<Option<String>> {
     let summed = has_checksums(conn)?;
     // A table without the column holds only records of an older batchsse.
     let sum = if summed { "rec_hash" } else { "NULL" };
@@ -178,7 +210,7 @@ pub fn damage(conn: &Connection, run: &str) -> rusqlite::Result<Option<String>> 
         return Ok(Some(why));
     }
     match summed {
-        true => bad_checksum(conn, run),
+        true => bad_checksum(conn, run, kept),
         false => Ok(None),
     }
 }
@@ -249,7 +281,7 @@ fn bad_step(conn: &Connection, run: &str, sum: &str) -> rusqlite::Result<Option<
 /// The first part of `run` whose record does not match its checksum.
 /// Parts written by a batchsse from before the checksum have none and are
 /// not checked (`bad_step` refuses one missing from a part of this one).
-fn bad_checksum(conn: &Connection, run: &str) -> rusqlite::Result<Option<String>> {
+fn bad_checksum(conn: &Connection, run: &str, kept: &mut Kept) -> rusqlite::Result<Option<String>> {
     let mut stmt = conn.prepare(
         "SELECT id, step, chunk, rec_hash FROM batchsse_undo
          WHERE run = ?1 AND chunk >= 0 AND rec_hash IS NOT NULL ORDER BY id",
@@ -259,10 +291,17 @@ fn bad_checksum(conn: &Connection, run: &str) -> rusqlite::Result<Option<String>
     while let Some(row) = rows.next()? {
         let (id, step, chunk, sum): (i64, i64, i64, i64) =
             (row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?);
-        if read_part(conn, id, &mut rec)? == Some(true) && checksum(step, chunk, &rec) != sum {
+        if read_part(conn, id, &mut rec)? != Some(true) {
+            continue;
+        }
+        if checksum(step, chunk, &rec) != sum {
             return Ok(Some(format!(
                 "row {id} of batchsse_undo: its record does not match the checksum written with it"
             )));
+        }
+        if kept.bytes + rec.len() <= KEPT_BYTES {
+            kept.bytes += rec.len();
+            kept.parts.insert(id, std::mem::take(&mut rec));
         }
     }
     Ok(None)
@@ -389,4 +428,51 @@ pub fn part_taken(conn: &Connection, count: i64, chunk: i64) -> rusqlite::Result
     conn.prepare_cached(sql)?
         .execute(rusqlite::params![count, chunk, PARTS])?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A part the damage check read is applied from memory, once; one
+    /// taken meanwhile (by another undo) is still found gone.
+    #[test]
+    fn parts_the_damage_check_read_are_not_read_again() {
+        let conn = Connection::open_in_memory().unwrap();
+        create(&conn).unwrap();
+        let rec = vec![7u8; 3000];
+        for (id, chunk) in [(1, 0), (2, 1)] {
+            conn.execute(
+                "INSERT INTO batchsse_undo (id, run, plan, step, name, chunk, rows, bytes, rec, rec_hash)
+                 VALUES (?1, 'r', 'p', 0, 's', ?2, 1, 3000, ?3, ?4)",
+                rusqlite::params![id, chunk, rec, checksum(0, chunk, &rec)],
+            )
+            .unwrap();
+        }
+        conn.execute(
+            "INSERT INTO batchsse_undo (run, plan, step, name, chunk, rows, bytes) VALUES ('r', 'p', 0, 's', ?1, 2, 0)",
+            [PARTS],
+        )
+        .unwrap();
+        let mut kept = Kept::default();
+        assert_eq!(damage(&conn, "r", &mut kept).unwrap(), None);
+        assert_eq!((kept.parts.len(), kept.bytes), (2, 6000));
+        // Read from memory: the table's bytes (changed behind its back
+        // here, to tell the two apart) are not read.
+        conn.execute(
+            "UPDATE batchsse_undo SET rec = zeroblob(3000) WHERE id = 2",
+            [],
+        )
+        .unwrap();
+        let mut into = Vec::new();
+        let read = read_kept(&conn, 2, &mut into, Some(&mut kept)).unwrap();
+        assert_eq!((read, into == rec), (Some(true), true));
+        assert!(!kept.parts.contains_key(&2), "given away, not copied");
+        conn.execute("DELETE FROM batchsse_undo WHERE id = 1", [])
+            .unwrap();
+        assert_eq!(
+            read_kept(&conn, 1, &mut into, Some(&mut kept)).unwrap(),
+            None
+        );
+    }
 }
