@@ -69,3 +69,42 @@ fn clearing_every_record_during_a_recorded_run_does_not_break_the_run() {
     assert!(err.contains("is damaged"), "{err}");
     assert_eq!(sha256(&db.path), before, "nothing taken back");
 }
+
+/// `undo clear --all` while an undo rests between parts removes what it
+/// had left to take back: it stops saying so, not that one of the user's
+/// tables was renamed, and what it took back stays taken back.
+#[test]
+fn clearing_the_record_during_an_undo_stops_it_with_what_happened() {
+    let db = TempDb::counters(40);
+    let plan = db.file("plan.json", &counter_plan("bump", 10));
+    let (code, _, err) = run(&run_args(
+        &db,
+        path_str(&plan),
+        &["--no-serve", "--undo", "--batch-size", "10"],
+    ));
+    assert_eq!(code, 0, "{err}");
+    let file = path_str(&db.path);
+    let mut p = Proc::start(&[
+        "undo",
+        "--db",
+        file,
+        "--plan",
+        "bump",
+        "--no-serve",
+        "--sleep",
+        "1500",
+    ]);
+    wait_until(&p, || {
+        db.query_i64("SELECT count(*) FROM batchsse_undo WHERE chunk >= 0") < 4
+    });
+    let (code, _, err) = run(&["undo", "clear", "--db", file, "--all"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(p.wait().code(), Some(1), "{}", p.stderr());
+    let said = p.stderr();
+    assert!(
+        said.contains("the undo record was removed while the undo ran"),
+        "{said}"
+    );
+    assert!(!said.contains("give the table its old name back"), "{said}");
+    assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 30, "{said}");
+}

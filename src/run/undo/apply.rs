@@ -606,6 +606,12 @@ fn json_value(v: &Value) -> serde_json::Value {
 /// A failure from a column or table the record names that the database
 /// no longer has, with what to do about it.
 fn schema_hint(why: String) -> String {
+    // The record's own tables (`batchsse_undo`, `batchsse_undo_conflict`).
+    if why.contains(&format!("no such table: {}", store::CHUNKS)) {
+        return format!(
+            "the undo record was removed while the undo ran (by `batchsse undo clear`?; {why}): the parts taken back so far stay taken back, and the rest can no longer be"
+        );
+    }
     if why.contains("no such table") {
         return format!(
             "{why}: the table was renamed or dropped since the run was recorded, and the undo puts rows back into the table it recorded; give the table its old name back and run the undo again, or drop the record with `batchsse undo clear`"
