@@ -44,8 +44,12 @@ pub(super) fn run(r: &Runner<'_>, step: &Step, chunk: &Chunk, resume: &Resume) -
             Some(step.index),
             Level::Warn,
             format!(
-                "{} rows of {} have a NULL {} and are not visited",
-                span.nulls, chunk.table, chunk.key
+                "{} of {} {} a NULL {} and {} not visited",
+                crate::human::rows(span.nulls),
+                chunk.table,
+                if span.nulls == 1 { "has" } else { "have" },
+                chunk.key,
+                if span.nulls == 1 { "is" } else { "are" },
             ),
         );
     }
