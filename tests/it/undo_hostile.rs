@@ -676,3 +676,45 @@ fn an_undo_says_which_rows_it_left_pointing_at_a_deleted_parent() {
     );
     assert_eq!(db.query_i64("SELECT count(*) FROM c"), 5, "{err}");
 }
+
+/// An undo that listed its run's parts, then found the record cleared and
+/// another plan's run recorded in its place (SQLite gives a new row the
+/// ids the cleared rows had), takes back nothing of that other run: the
+/// other plan's rows stay changed and its record whole.
+#[test]
+fn an_undo_never_takes_back_another_runs_part_that_got_the_id_of_its_own() {
+    let db = bumped();
+    let file = path_str(&db.path);
+    db.conn()
+        .execute_batch(
+            "CREATE TABLE u(id INTEGER PRIMARY KEY, counter INTEGER NOT NULL DEFAULT 0);
+             INSERT INTO u(id) SELECT id FROM t;",
+        )
+        .unwrap();
+    let mut late = gated_undo(file, "bump", &["--progress", "plain"]);
+    wait_status(late.addr(), |s| s["steps_total"] == 1);
+    let (code, _, err) = run(&["undo", "clear", "--db", file, "--all"]);
+    assert_eq!(code, 0, "{err}");
+    let other = db.file(
+        "other.json",
+        r#"{"name":"other","steps":[{"sql":"UPDATE u SET counter = counter + 1 WHERE id BETWEEN :lo AND :hi","chunk":{"table":"u","key":"id","size":10}}]}"#,
+    );
+    let args = run_args(
+        &db,
+        path_str(&other),
+        &["--no-serve", "--undo", "--batch-size", "10"],
+    );
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    let record = "SELECT count(*) FROM batchsse_undo WHERE plan = 'other'";
+    let parts = db.query_i64(record);
+    let _client = Stream::open(late.addr(), "/events", &[]);
+    late.wait();
+    assert_eq!(
+        db.query_i64("SELECT sum(counter) FROM u"),
+        40,
+        "{}",
+        late.stderr()
+    );
+    assert_eq!(db.query_i64(record), parts, "{}", late.stderr());
+}
