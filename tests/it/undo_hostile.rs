@@ -718,3 +718,35 @@ fn an_undo_never_takes_back_another_runs_part_that_got_the_id_of_its_own() {
     );
     assert_eq!(db.query_i64(record), parts, "{}", late.stderr());
 }
+
+/// A table of nothing but its key (a set of ids): the rows a run added
+/// go and the rows it deleted come back, in one statement each.
+#[test]
+fn a_table_of_only_its_key_is_taken_back() {
+    let db = TempDb::with_sql(
+        "CREATE TABLE ids(id INTEGER PRIMARY KEY);
+         CREATE TABLE codes(code TEXT PRIMARY KEY) WITHOUT ROWID;
+         INSERT INTO ids VALUES (1), (2);
+         INSERT INTO codes VALUES ('a'), ('b');",
+    );
+    let plan = db.file(
+        "plan.json",
+        r#"{"name":"p","undo":true,"steps":[
+            {"sql":"INSERT INTO ids VALUES (3), (4)"},
+            {"sql":"DELETE FROM ids WHERE id = 1"},
+            {"sql":"INSERT INTO codes VALUES ('c')"},
+            {"sql":"DELETE FROM codes WHERE code = 'a'"}]}"#,
+    );
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+    assert_eq!(code, 0, "{err}");
+    let (code, err) = undo_plan(&db, "p", &[]);
+    assert_eq!(code, 0, "{err}");
+    let ids = "SELECT group_concat(id) FROM (SELECT id FROM ids ORDER BY id)";
+    let codes = "SELECT group_concat(code) FROM (SELECT code FROM codes ORDER BY code)";
+    let read = |sql| -> String { db.conn().query_row(sql, [], |r| r.get(0)).unwrap() };
+    assert_eq!(
+        (read(ids), read(codes)),
+        ("1,2".into(), "a,b".into()),
+        "{err}"
+    );
+}
