@@ -719,6 +719,41 @@ fn an_undo_never_takes_back_another_runs_part_that_got_the_id_of_its_own() {
     assert_eq!(db.query_i64(record), parts, "{}", late.stderr());
 }
 
+/// An undo of a cleanup of rows that already pointed at nothing puts
+/// them back as they were: its warning says they dangle without laying
+/// it on the application, which did nothing, and so does an undo that
+/// takes away a parent the run added and the application then used.
+#[test]
+fn the_dangling_warning_does_not_blame_the_application_for_what_the_run_found() {
+    for (step, app) in [
+        ("DELETE FROM c WHERE pid NOT IN (SELECT id FROM p)", ""),
+        ("INSERT INTO p VALUES (2)", "INSERT INTO c VALUES (3, 2)"),
+    ] {
+        let db = TempDb::with_sql(
+            "PRAGMA foreign_keys = OFF;
+             CREATE TABLE p(id INTEGER PRIMARY KEY);
+             CREATE TABLE c(id INTEGER PRIMARY KEY, pid INTEGER REFERENCES p(id));
+             INSERT INTO p VALUES (1);
+             INSERT INTO c VALUES (1, 1), (2, 9);",
+        );
+        let plan = db.file(
+            "plan.json",
+            &serde_json::json!({"name": "p", "undo": true, "steps": [{"sql": step}]}).to_string(),
+        );
+        let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+        assert_eq!(code, 0, "{err}");
+        db.conn().execute_batch(app).unwrap();
+        let (code, err) = undo_plan(&db, "p", &[]);
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            err.contains("the undo left 1 row in c whose"),
+            "{step}: {err}"
+        );
+        assert!(!err.contains("the application deleted"), "{step}: {err}");
+        assert!(err.contains("foreign_key_check"), "{step}: {err}");
+    }
+}
+
 /// A table of nothing but its key (a set of ids): the rows a run added
 /// go and the rows it deleted come back, in one statement each.
 #[test]
