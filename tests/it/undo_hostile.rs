@@ -671,8 +671,117 @@ fn an_undo_says_which_rows_it_left_pointing_at_a_deleted_parent() {
     assert_eq!(sha256(&db.path), before, "a dry run writes nothing");
     let err = undo(&[]);
     assert!(
-        err.contains("the undo left 2 rows in c whose foreign key point"),
+        err.contains("the undo left 2 rows in c whose foreign key points at"),
         "{err}"
     );
     assert_eq!(db.query_i64("SELECT count(*) FROM c"), 5, "{err}");
+}
+
+/// An undo that listed its run's parts, then found the record cleared and
+/// another plan's run recorded in its place (SQLite gives a new row the
+/// ids the cleared rows had), takes back nothing of that other run: the
+/// other plan's rows stay changed and its record whole.
+#[test]
+fn an_undo_never_takes_back_another_runs_part_that_got_the_id_of_its_own() {
+    let db = bumped();
+    let file = path_str(&db.path);
+    db.conn()
+        .execute_batch(
+            "CREATE TABLE u(id INTEGER PRIMARY KEY, counter INTEGER NOT NULL DEFAULT 0);
+             INSERT INTO u(id) SELECT id FROM t;",
+        )
+        .unwrap();
+    let mut late = gated_undo(file, "bump", &["--progress", "plain"]);
+    wait_status(late.addr(), |s| s["steps_total"] == 1);
+    let (code, _, err) = run(&["undo", "clear", "--db", file, "--all"]);
+    assert_eq!(code, 0, "{err}");
+    let other = db.file(
+        "other.json",
+        r#"{"name":"other","steps":[{"sql":"UPDATE u SET counter = counter + 1 WHERE id BETWEEN :lo AND :hi","chunk":{"table":"u","key":"id","size":10}}]}"#,
+    );
+    let args = run_args(
+        &db,
+        path_str(&other),
+        &["--no-serve", "--undo", "--batch-size", "10"],
+    );
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    let record = "SELECT count(*) FROM batchsse_undo WHERE plan = 'other'";
+    let parts = db.query_i64(record);
+    let _client = Stream::open(late.addr(), "/events", &[]);
+    late.wait();
+    assert_eq!(
+        db.query_i64("SELECT sum(counter) FROM u"),
+        40,
+        "{}",
+        late.stderr()
+    );
+    assert_eq!(db.query_i64(record), parts, "{}", late.stderr());
+}
+
+/// An undo of a cleanup of rows that already pointed at nothing puts
+/// them back as they were: its warning says they dangle without laying
+/// it on the application, which did nothing, and so does an undo that
+/// takes away a parent the run added and the application then used.
+#[test]
+fn the_dangling_warning_does_not_blame_the_application_for_what_the_run_found() {
+    for (step, app) in [
+        ("DELETE FROM c WHERE pid NOT IN (SELECT id FROM p)", ""),
+        ("INSERT INTO p VALUES (2)", "INSERT INTO c VALUES (3, 2)"),
+    ] {
+        let db = TempDb::with_sql(
+            "PRAGMA foreign_keys = OFF;
+             CREATE TABLE p(id INTEGER PRIMARY KEY);
+             CREATE TABLE c(id INTEGER PRIMARY KEY, pid INTEGER REFERENCES p(id));
+             INSERT INTO p VALUES (1);
+             INSERT INTO c VALUES (1, 1), (2, 9);",
+        );
+        let plan = db.file(
+            "plan.json",
+            &serde_json::json!({"name": "p", "undo": true, "steps": [{"sql": step}]}).to_string(),
+        );
+        let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+        assert_eq!(code, 0, "{err}");
+        db.conn().execute_batch(app).unwrap();
+        let (code, err) = undo_plan(&db, "p", &[]);
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            err.contains("the undo left 1 row in c whose"),
+            "{step}: {err}"
+        );
+        assert!(!err.contains("the application deleted"), "{step}: {err}");
+        assert!(err.contains("foreign_key_check"), "{step}: {err}");
+    }
+}
+
+/// A table of nothing but its key (a set of ids): the rows a run added
+/// go and the rows it deleted come back, in one statement each.
+#[test]
+fn a_table_of_only_its_key_is_taken_back() {
+    let db = TempDb::with_sql(
+        "CREATE TABLE ids(id INTEGER PRIMARY KEY);
+         CREATE TABLE codes(code TEXT PRIMARY KEY) WITHOUT ROWID;
+         INSERT INTO ids VALUES (1), (2);
+         INSERT INTO codes VALUES ('a'), ('b');",
+    );
+    let plan = db.file(
+        "plan.json",
+        r#"{"name":"p","undo":true,"steps":[
+            {"sql":"INSERT INTO ids VALUES (3), (4)"},
+            {"sql":"DELETE FROM ids WHERE id = 1"},
+            {"sql":"INSERT INTO codes VALUES ('c')"},
+            {"sql":"DELETE FROM codes WHERE code = 'a'"}]}"#,
+    );
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+    assert_eq!(code, 0, "{err}");
+    let (code, err) = undo_plan(&db, "p", &[]);
+    assert_eq!(code, 0, "{err}");
+    let ids = "SELECT group_concat(id) FROM (SELECT id FROM ids ORDER BY id)";
+    let codes = "SELECT group_concat(code) FROM (SELECT code FROM codes ORDER BY code)";
+    let read = |sql| -> String { db.conn().query_row(sql, [], |r| r.get(0)).unwrap() };
+    assert_eq!(
+        (read(ids), read(codes)),
+        ("1,2".into(), "a,b".into()),
+        "{err}"
+    );
 }

@@ -108,3 +108,61 @@ fn clearing_the_record_during_an_undo_stops_it_with_what_happened() {
     assert!(!said.contains("give the table its old name back"), "{said}");
     assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 30, "{said}");
 }
+
+/// A run that recorded nothing drops the empty undo tables as it ends,
+/// but never with a record another process wrote after it looked: the
+/// look and the drop are one transaction.
+#[test]
+fn a_run_ending_never_drops_a_record_written_while_it_looked() {
+    let db = TempDb::counters(40);
+    db.conn()
+        .execute_batch("PRAGMA journal_mode = WAL")
+        .unwrap();
+    let file = path_str(&db.path);
+    let done = db.file("done.json", &counter_plan("done", 10));
+    let (code, _, err) = run(&run_args(&db, path_str(&done), &["--no-serve"]));
+    assert_eq!(code, 0, "{err}");
+    // Empty undo tables: a recorded run, taken back.
+    let rec = db.file("rec.json", &counter_plan("rec", 10));
+    let (code, _, err) = run(&run_args(&db, path_str(&rec), &["--no-serve", "--undo"]));
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(&["undo", "--db", file, "--plan", "rec", "--no-serve"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(db.query_i64("SELECT count(*) FROM batchsse_undo"), 0);
+    // A recorded run of a plan already applied records nothing; it takes
+    // the write lock once as it opens, then waits for a client.
+    let mut p = Proc::start(&run_args(
+        &db,
+        path_str(&done),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--wait-for-clients",
+            "1",
+            "--undo",
+            "--busy-timeout",
+            "60000",
+        ],
+    ));
+    let addr = p.addr();
+    // Meanwhile another process writes a record, not committed yet, so the
+    // run finds the tables empty at its end.
+    let other = db.conn();
+    other
+        .execute_batch(
+            "BEGIN IMMEDIATE;
+             INSERT INTO batchsse_undo (run, plan, step, name, chunk, rows, bytes)
+             VALUES ('other', 'other', 0, 'step', -2, 0, 0);",
+        )
+        .unwrap();
+    let _client = Stream::open(addr, "/events", &[]);
+    // Time for it to look, and to wait for the lock.
+    std::thread::sleep(Duration::from_millis(1000));
+    other.execute_batch("COMMIT").unwrap();
+    assert_eq!(p.wait().code(), Some(0), "{}", p.stderr());
+    assert!(has_undo_table(&db), "{}", p.stderr());
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM batchsse_undo WHERE run = 'other'"),
+        1
+    );
+}

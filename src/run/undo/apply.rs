@@ -65,6 +65,17 @@ struct Chunk {
     count: Option<i64>,
 }
 
+impl Chunk {
+    fn part(&self) -> store::Part<'_> {
+        store::Part {
+            id: self.id,
+            run: &self.run,
+            step: self.step,
+            chunk: self.chunk,
+        }
+    }
+}
+
 /// What an interrupted undo says.
 const INTERRUPTED: &str =
     "interrupted; every chunk taken back so far is committed: run the same undo again to go on";
@@ -441,7 +452,7 @@ impl Undoer<'_> {
         let mut blob = reverter.buffer();
         drop(reverter);
         let mut kept = self.spec.kept.borrow_mut();
-        let read = store::read_kept(self.conn, c.id, &mut blob, Some(&mut kept));
+        let read = store::read_kept(self.conn, c.part(), &mut blob, Some(&mut kept));
         drop(kept);
         let recorded = match read.map_err(sql)? {
             // Gone: another undo (or `undo clear`) took this part meanwhile.
@@ -465,7 +476,7 @@ impl Undoer<'_> {
             .execute("DELETE FROM batchsse_undo WHERE id = ?1", [c.id])
             .map_err(sql)?;
         if let Some(count) = c.count {
-            store::part_taken(self.conn, count, c.chunk).map_err(sql)?;
+            store::part_taken(self.conn, count, c.part()).map_err(sql)?;
         }
         self.settle(c).map_err(sql)?;
         if self.cancel.is_cancelled() {

@@ -114,7 +114,8 @@ impl Job {
                 false => format!("{c} = {OLD}({k}, {i}, {c})"),
             })
             .collect();
-        let (t, pick) = (quote(&l.table), format!("{PICK}({k}, {})", cols.join(", ")));
+        // A table of nothing but its key writes no column: no comma then.
+        let (t, pick) = (quote(&l.table), format!("{PICK}({k}{})", listed(&cols)));
         let range = format!("{k} BETWEEN ?1 AND ?2 AND {pick}");
         match self.part.op {
             op::INSERT => return format!("DELETE FROM main.{t} WHERE {range}"),
@@ -136,11 +137,11 @@ impl Job {
             .map(|n| format!("{VALUE}(i, {n})"))
             .collect();
         format!(
-            "INSERT OR ABORT INTO main.{t}({k}, {}) SELECT {VALUE}(i, -1), {} \
+            "INSERT OR ABORT INTO main.{t}({k}{}) SELECT {VALUE}(i, -1){} \
              FROM (SELECT value AS i FROM generate_series(0, ?1)) \
              WHERE {GONE}(i)",
-            cols.join(", "),
-            values.join(", ")
+            listed(cols),
+            listed(&values)
         )
     }
 
@@ -381,6 +382,11 @@ impl Drop for Bulk {
             Box::leak(slot);
         }
     }
+}
+
+/// `items` to follow a first item in a list: `, a, b`, or nothing.
+fn listed(items: &[String]) -> String {
+    items.iter().map(|i| format!(", {i}")).collect()
 }
 
 /// Each function's name, argument count (-1: any) and entry point.

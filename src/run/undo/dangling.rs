@@ -147,10 +147,10 @@ fn grown(
     }
     let (verb, left) = match dry_run {
         true => ("would leave", "would point"),
-        false => ("left", "point"),
+        false => ("left", "points"),
     };
     Some(format!(
-        "the undo {verb} {} whose foreign key {left} at a row that is gone: the application deleted their parent since the run, and the undo puts rows back as the run found them (with foreign keys off); `PRAGMA foreign_key_check` lists them, to fix by hand",
+        "the undo {verb} {} whose foreign key {left} at a row that is gone: the undo puts rows back as the run found them (with foreign keys off), whether their parent was deleted by the application since the run, taken away by this undo (a row the run added), or already missing when the run changed them; `PRAGMA foreign_key_check` lists them, to fix by hand",
         more.join(", ")
     ))
 }

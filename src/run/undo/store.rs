@@ -118,11 +118,27 @@ pub fn checksum(step: i64, chunk: i64, rec: &[u8]) -> i64 {
     super::hash::hash(seed, rec) as i64
 }
 
-/// Reads part `id`'s record into `into` (a buffer reused from part to
-/// part): `None` when the part is gone (another undo took it), `Some(false)`
-/// when it holds no record (a step that changed nothing).
-pub fn read_part(conn: &Connection, id: i64, into: &mut Vec<u8>) -> rusqlite::Result<Option<bool>> {
-    read_kept(conn, id, into, None)
+/// Which part of the record: its row's id, and what the row says it is.
+/// An id alone is not enough: SQLite gives a new row the highest id left
+/// plus one, so once a part is taken (or cleared) another run's part can
+/// come to have its id.
+#[derive(Clone, Copy)]
+pub struct Part<'r> {
+    pub id: i64,
+    pub run: &'r str,
+    pub step: i64,
+    pub chunk: i64,
+}
+
+/// Reads `part`'s record into `into` (a buffer reused from part to part):
+/// `None` when the part is gone (another undo took it), `Some(false)` when
+/// it holds no record (a step that changed nothing).
+pub fn read_part(
+    conn: &Connection,
+    part: Part<'_>,
+    into: &mut Vec<u8>,
+) -> rusqlite::Result<Option<bool>> {
+    read_kept(conn, part, into, None)
 }
 
 /// As [`read_part`], taking the part's bytes from `kept` (read by
@@ -130,13 +146,20 @@ pub fn read_part(conn: &Connection, id: i64, into: &mut Vec<u8>) -> rusqlite::Re
 /// is still there is read again.
 pub fn read_kept(
     conn: &Connection,
-    id: i64,
+    part: Part<'_>,
     into: &mut Vec<u8>,
     kept: Option<&mut Kept>,
 ) -> rusqlite::Result<Option<bool>> {
+    let id = part.id;
     let len: Option<Option<i64>> = conn
-        .prepare_cached("SELECT length(rec) FROM batchsse_undo WHERE id = ?1")?
-        .query_row([id], |r| r.get(0))
+        .prepare_cached(
+            "SELECT length(rec) FROM batchsse_undo
+             WHERE id = ?1 AND run = ?2 AND step = ?3 AND chunk = ?4",
+        )?
+        .query_row(
+            rusqlite::params![id, part.run, part.step, part.chunk],
+            |r| r.get(0),
+        )
         .optional()?;
     let Some(len) = len else { return Ok(None) };
     let Some(len) = len else {
@@ -291,7 +314,13 @@ fn bad_checksum(conn: &Connection, run: &str, kept: &mut Kept) -> rusqlite::Resu
     while let Some(row) = rows.next()? {
         let (id, step, chunk, sum): (i64, i64, i64, i64) =
             (row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?);
-        if read_part(conn, id, &mut rec)? != Some(true) {
+        let part = Part {
+            id,
+            run,
+            step,
+            chunk,
+        };
+        if read_part(conn, part, &mut rec)? != Some(true) {
             continue;
         }
         if checksum(step, chunk, &rec) != sum {
@@ -419,14 +448,18 @@ pub fn clear(conn: &Connection, runs: &[String], all: bool) -> Result<bool, Usag
 
 /// In the transaction of an undo that took back part `chunk` of a step
 /// whose count of parts is row `count`: the parts left are 0 to
-/// `chunk` - 1, and the count goes with the last of them.
-pub fn part_taken(conn: &Connection, count: i64, chunk: i64) -> rusqlite::Result<()> {
-    let sql = match chunk {
-        0 => "DELETE FROM batchsse_undo WHERE id = ?1 AND chunk = ?3",
-        _ => "UPDATE batchsse_undo SET rows = ?2 WHERE id = ?1 AND chunk = ?3",
+/// `chunk` - 1, and the count goes with the last of them. (`part` names
+/// the run and step, so another run's row of the same id is left alone.)
+pub fn part_taken(conn: &Connection, count: i64, part: Part<'_>) -> rusqlite::Result<()> {
+    let sql = match part.chunk {
+        0 => "DELETE FROM batchsse_undo WHERE id = ?1 AND chunk = ?3 AND run = ?4 AND step = ?5",
+        _ => {
+            "UPDATE batchsse_undo SET rows = ?2 WHERE id = ?1 AND chunk = ?3 AND run = ?4 AND step = ?5"
+        }
     };
-    conn.prepare_cached(sql)?
-        .execute(rusqlite::params![count, chunk, PARTS])?;
+    conn.prepare_cached(sql)?.execute(rusqlite::params![
+        count, part.chunk, PARTS, part.run, part.step
+    ])?;
     Ok(())
 }
 
@@ -465,13 +498,19 @@ mod tests {
         )
         .unwrap();
         let mut into = Vec::new();
-        let read = read_kept(&conn, 2, &mut into, Some(&mut kept)).unwrap();
+        let part = |id, chunk| Part {
+            id,
+            run: "r",
+            step: 0,
+            chunk,
+        };
+        let read = read_kept(&conn, part(2, 1), &mut into, Some(&mut kept)).unwrap();
         assert_eq!((read, into == rec), (Some(true), true));
         assert!(!kept.parts.contains_key(&2), "given away, not copied");
         conn.execute("DELETE FROM batchsse_undo WHERE id = 1", [])
             .unwrap();
         assert_eq!(
-            read_kept(&conn, 1, &mut into, Some(&mut kept)).unwrap(),
+            read_kept(&conn, part(1, 0), &mut into, Some(&mut kept)).unwrap(),
             None
         );
     }
