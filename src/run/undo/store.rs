@@ -380,10 +380,12 @@ pub fn runs(conn: &Connection) -> Result<Vec<RunRecord>, UsageError> {
     })
 }
 
-/// Removes a run's records; returns the rows removed. Inside the
-/// caller's transaction.
+/// Removes a run's records and the conflicts its undos kept; returns the
+/// record's rows removed. Inside the caller's transaction.
 pub fn remove_run(conn: &Connection, run: &str) -> rusqlite::Result<usize> {
-    conn.execute("DELETE FROM batchsse_undo WHERE run = ?1", [run])
+    let removed = conn.execute("DELETE FROM batchsse_undo WHERE run = ?1", [run])?;
+    conn.execute("DELETE FROM batchsse_undo_conflict WHERE run = ?1", [run])?;
+    Ok(removed)
 }
 
 /// The runs recorded for a plan, newest first.
@@ -429,7 +431,6 @@ pub fn clear(conn: &Connection, runs: &[String], all: bool) -> Result<bool, Usag
         let tx = crate::run::tx::Tx::begin(conn, false)?;
         for run in runs {
             remove_run(conn, run)?;
-            conn.execute("DELETE FROM batchsse_undo_conflict WHERE run = ?1", [run])?;
         }
         if all {
             conn.execute_batch("DELETE FROM batchsse_undo_conflict")?;
@@ -466,6 +467,23 @@ pub fn part_taken(conn: &Connection, count: i64, part: Part<'_>) -> rusqlite::Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Removing a run takes its conflicts with it: with nothing left, the
+    /// tables can go (`checkpoint clear` removes runs this way).
+    #[test]
+    fn a_removed_run_leaves_no_conflicts_behind() {
+        let conn = Connection::open_in_memory().unwrap();
+        create(&conn).unwrap();
+        conn.execute_batch(
+            "INSERT INTO batchsse_undo (run, plan, step, name, chunk, rows, bytes) VALUES ('r', 'p', 0, 's', -2, 0, 0);
+             INSERT INTO batchsse_undo_conflict (run, tbl, k, why) VALUES ('r', 't', 1, 'x'), ('q', 't', 2, 'y');",
+        )
+        .unwrap();
+        assert_eq!(remove_run(&conn, "r").unwrap(), 1);
+        assert!(!drop_if_empty(&conn).unwrap(), "run q's conflict stays");
+        remove_run(&conn, "q").unwrap();
+        assert!(drop_if_empty(&conn).unwrap());
+    }
 
     /// A part the damage check read is applied from memory, once; one
     /// taken meanwhile (by another undo) is still found gone.
