@@ -6,25 +6,6 @@ use std::time::{Duration, Instant};
 
 use crate::util::*;
 
-/// `t` of 40 counters bumped by a recorded run of plan `bump`, ten rows a
-/// part: four parts in the record.
-fn bumped() -> TempDb {
-    let db = TempDb::counters(40);
-    let plan = db.file("plan.json", &counter_plan("bump", 10));
-    let args = run_args(
-        &db,
-        path_str(&plan),
-        &["--no-serve", "--undo", "--batch-size", "10"],
-    );
-    let (code, _, err) = run(&args);
-    assert_eq!(code, 0, "{err}");
-    assert_eq!(
-        db.query_i64("SELECT count(*) FROM batchsse_undo WHERE chunk >= 0"),
-        4
-    );
-    db
-}
-
 /// An undo of `plan` serving on a free port, waiting for a client (an
 /// event stream opened) before it takes anything back.
 fn gated_undo(file: &str, plan: &str, extra: &[&str]) -> Proc {

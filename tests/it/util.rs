@@ -135,6 +135,25 @@ pub fn counter_plan(name: &str, size: u64) -> String {
     .to_string()
 }
 
+/// `t` of 40 counters bumped by a recorded run (`--undo`) of plan `bump`,
+/// ten rows a part: four parts in the record.
+pub fn bumped() -> TempDb {
+    let db = TempDb::counters(40);
+    let plan = db.file("plan.json", &counter_plan("bump", 10));
+    let args = run_args(
+        &db,
+        path_str(&plan),
+        &["--no-serve", "--undo", "--batch-size", "10"],
+    );
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM batchsse_undo WHERE chunk >= 0"),
+        4
+    );
+    db
+}
+
 /// The real binary, running; killed when dropped.
 pub struct Proc {
     pub child: Child,
