@@ -217,7 +217,7 @@ fn run_beating(
     if let Some((_, (0, _))) = recorded {
         // Nothing to take back: no empty tables left behind (if no other
         // run has records in them).
-        let _ = drop_empty_undo_tables(job.conn);
+        let _ = undo::store::drop_empty(job.conn);
     }
     if status != RunStatus::Ok && on && !job.opts.atomic && kept {
         r.message(None, Level::Info, r.to_go_on(status));
@@ -678,20 +678,6 @@ impl Runner<'_> {
             elapsed_ms: ms(elapsed),
         }));
     }
-}
-
-/// Drops the undo tables if they hold no record, the look and the drop
-/// in one transaction: a record another process commits in between would
-/// go with them.
-fn drop_empty_undo_tables(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
-    if !undo::store::exists(conn)? {
-        return Ok(());
-    }
-    let tx = Tx::begin(conn, false)?;
-    if undo::store::drop_if_empty(conn)? {
-        tx.commit()?;
-    }
-    Ok(())
 }
 
 fn ms(d: Duration) -> u64 {

@@ -400,6 +400,20 @@ pub fn runs_of_plan(conn: &Connection, plan: &str) -> rusqlite::Result<Vec<Strin
     .collect()
 }
 
+/// Drops the tables if they hold no record and no kept conflict, the
+/// look and the drop in one transaction of its own: a record another
+/// process commits in between would go with them.
+pub fn drop_empty(conn: &Connection) -> rusqlite::Result<()> {
+    if !exists(conn)? {
+        return Ok(());
+    }
+    let tx = crate::run::tx::Tx::begin(conn, false)?;
+    if drop_if_empty(conn)? {
+        tx.commit()?;
+    }
+    Ok(())
+}
+
 /// Drops the tables when no record is left (inside the caller's
 /// transaction); returns whether it did.
 pub fn drop_if_empty(conn: &Connection) -> rusqlite::Result<bool> {
