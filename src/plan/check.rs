@@ -651,15 +651,14 @@ impl Rehearsal {
             .prepare(&format!("PRAGMA table_xinfo({})", quote(table)))
             .and_then(|mut s| {
                 s.query_map([], |r| {
-                    Ok((
-                        Column {
-                            name: r.get(1)?,
-                            ty: r.get(2)?,
-                            pk: r.get::<_, i64>(5)? > 0,
-                            generated: matches!(r.get::<_, i64>(6)?, 2 | 3),
-                        },
-                        r.get::<_, i64>(6)?,
-                    ))
+                    let hidden: i64 = r.get(6)?;
+                    let column = Column {
+                        name: r.get(1)?,
+                        ty: r.get(2)?,
+                        pk: r.get::<_, i64>(5)? > 0,
+                        generated: matches!(hidden, 2 | 3),
+                    };
+                    Ok((column, hidden))
                 })?
                 // 1: a virtual table's hidden column, which no walk uses.
                 .filter(|c| !matches!(c, Ok((_, 1))))

@@ -217,7 +217,12 @@ fn one_chunk(
         .keys
         .next(prev, max, size)
         .map_err(|e| fail(unreadable_key(e, walk.chunk)))?;
-    let lo = if walk.rowid { rowid_lo(prev) } else { first };
+    // A rowid is always an integer: see [`rowid_lo`].
+    let lo = if walk.chunk.rowid {
+        rowid_lo(prev)
+    } else {
+        first
+    };
     if rows == 0 {
         r.expectations(step, c.changed, true).map_err(|e| (e, c))?;
         r.checkpoint
@@ -330,8 +335,6 @@ fn unreadable_key(e: rusqlite::Error, chunk: &Chunk) -> rusqlite::Error {
 struct Walk<'c> {
     keys: Keyset<'c>,
     work: Statement<'c>,
-    /// The key is the rowid, always an integer: see [`rowid_lo`].
-    rowid: bool,
     chunk: &'c Chunk,
 }
 
@@ -365,7 +368,6 @@ impl<'c> Walk<'c> {
         Ok(Walk {
             keys: Keyset::new(conn, &table, &chunk.key_sql, dense)?,
             work: conn.prepare(&step.sql)?,
-            rowid: chunk.rowid,
             chunk,
         })
     }

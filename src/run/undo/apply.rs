@@ -320,15 +320,19 @@ impl Undoer<'_> {
     /// (see [`super::dangling`]).
     fn say_dangling(&self) {
         let reverter = self.reverter.borrow();
-        let Some(w) = reverter.watch.as_ref().filter(|w| !w.watched().is_empty()) else {
+        let Some(w) = reverter.watch.as_ref() else {
             return;
         };
+        let tables = w.watched();
+        if tables.is_empty() {
+            return;
+        }
         // A scan of each table: seconds on millions of rows.
         self.message(
             Level::Info,
             format!(
                 "checking the foreign keys of {}, which the undo may have left pointing at rows that are gone",
-                w.watched().join(", ")
+                tables.join(", ")
             ),
         );
         if let Some(text) = w.said(self.conn, self.dry_run) {
@@ -617,8 +621,7 @@ fn json_value(v: &Value) -> serde_json::Value {
 /// A failure from a column or table the record names that the database
 /// no longer has, with what to do about it.
 fn schema_hint(why: String) -> String {
-    // The record's own tables (`batchsse_undo`, `batchsse_undo_conflict`).
-    if why.contains(&format!("no such table: {}", store::CHUNKS)) {
+    if store::says_missing(&why) {
         return format!(
             "the undo record was removed while the undo ran (by `batchsse undo clear`?; {why}): the parts taken back so far stay taken back, and the rest can no longer be"
         );

@@ -190,7 +190,13 @@ pub fn failure(why: String) -> rusqlite::Error {
 /// Whether `e` says the record's table is not there (dropped by `undo
 /// clear` since it was made).
 pub fn is_missing(e: &rusqlite::Error) -> bool {
-    matches!(e, rusqlite::Error::SqliteFailure(_, Some(m)) if m == &format!("no such table: {CHUNKS}"))
+    matches!(e, rusqlite::Error::SqliteFailure(_, Some(m)) if says_missing(m))
+}
+
+/// Whether SQLite's message `m` says a table of the record is not there
+/// (`batchsse_undo`, or `batchsse_undo_conflict`, whose name begins so).
+pub fn says_missing(m: &str) -> bool {
+    m.contains(&format!("no such table: {CHUNKS}"))
 }
 
 pub fn exists(conn: &Connection) -> rusqlite::Result<bool> {
