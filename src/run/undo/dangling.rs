@@ -3,10 +3,12 @@
 //! it restores whose parent the application deleted since the run stays
 //! in, dangling. Only the tables a part can leave dangling are checked
 //! (a child whose rows come back or whose keys are restored; the children
-//! of a parent whose rows go or whose keys are restored), each counted
+//! of a parent whose rows go or whose keys are restored), each listed
 //! before the first such part and again at the end, so what was already
 //! dangling is not laid at the undo's door, and an undo that restores
-//! other columns (a repricing) checks nothing.
+//! other columns (a repricing) checks nothing. The lists are compared row
+//! by row: a row the undo leaves dangling is reported even where another
+//! stopped dangling meanwhile.
 
 use std::collections::BTreeMap;
 
@@ -23,10 +25,42 @@ struct Fk {
 }
 
 /// The file's foreign keys, and the dangling rows of each child table
-/// counted so far, before the undo first wrote what could change them.
+/// listed so far, before the undo first wrote what could change them.
 pub struct Watch {
     fks: Vec<Fk>,
-    before: BTreeMap<String, u64>,
+    before: BTreeMap<String, Dangling>,
+}
+
+/// A table's rows whose foreign key finds no parent.
+#[derive(Debug, PartialEq)]
+struct Dangling {
+    /// (rowid, foreign key id), sorted, while there are at most [`LISTED`].
+    rows: Option<Vec<(i64, i64)>>,
+    /// Those without a rowid (a `WITHOUT ROWID` table's), which can only
+    /// be counted; all of them once past [`LISTED`].
+    counted: u64,
+}
+
+/// How many dangling rows of one table are listed one by one (16 bytes
+/// each); past it they are only counted.
+const LISTED: usize = 1 << 20;
+
+impl Dangling {
+    /// How many of these rows were not dangling in `before`: row by row
+    /// where both are listed, else by count.
+    fn added_since(&self, before: &Dangling) -> u64 {
+        match (&self.rows, &before.rows) {
+            (Some(now), Some(then)) => {
+                let new = now.iter().filter(|r| then.binary_search(r).is_err());
+                new.count() as u64 + self.counted.saturating_sub(before.counted)
+            }
+            _ => self.total().saturating_sub(before.total()),
+        }
+    }
+
+    fn total(&self) -> u64 {
+        self.rows.as_ref().map_or(0, |r| r.len() as u64) + self.counted
+    }
 }
 
 impl Watch {
@@ -72,9 +106,9 @@ impl Watch {
     }
 
     /// Before a part that takes back the run's `op` on rows of `table`
-    /// (restoring `columns`) is applied: counts the dangling rows of each
-    /// child table it could add to, not counted yet. A count SQLite
-    /// cannot make leaves that table unchecked.
+    /// (restoring `columns`) is applied: lists the dangling rows of each
+    /// child table it could add to, not listed yet. A list SQLite cannot
+    /// make leaves that table unchecked.
     pub fn touch(&mut self, conn: &Connection, table: &str, op: u8, columns: &[&str]) {
         let overlaps = |names: &[String]| {
             names
@@ -88,14 +122,14 @@ impl Watch {
                 && (op == op::INSERT || (op == op::UPDATE && overlaps(&fk.to)));
             if (child || parent)
                 && !self.before.contains_key(&fk.child)
-                && let Ok(n) = dangling(conn, &fk.child)
+                && let Ok(rows) = dangling(conn, &fk.child)
             {
-                self.before.insert(fk.child.clone(), n);
+                self.before.insert(fk.child.clone(), rows);
             }
         }
     }
 
-    /// The child tables counted so far (checked again at the end).
+    /// The child tables listed so far (checked again at the end).
     pub fn watched(&self) -> Vec<&str> {
         self.before.keys().map(String::as_str).collect()
     }
@@ -103,7 +137,7 @@ impl Watch {
     /// What the undo should say at its end, if it left more rows dangling
     /// in some table than there were before it wrote.
     pub fn said(&self, conn: &Connection, dry_run: bool) -> Option<String> {
-        let after: BTreeMap<String, u64> = self
+        let after: BTreeMap<String, Dangling> = self
             .before
             .keys()
             .filter_map(|t| Some((t.clone(), dangling(conn, t).ok()?)))
@@ -120,25 +154,38 @@ fn primary_key(conn: &Connection, table: &str) -> rusqlite::Result<Vec<String>> 
 }
 
 /// Rows of `table` whose foreign key finds no parent.
-fn dangling(conn: &Connection, table: &str) -> rusqlite::Result<u64> {
-    conn.query_row(
-        "SELECT count(*) FROM pragma_foreign_key_check(?1, 'main')",
-        [table],
-        |r| r.get::<_, i64>(0),
-    )
-    .map(|n| n.max(0) as u64)
+fn dangling(conn: &Connection, table: &str) -> rusqlite::Result<Dangling> {
+    let mut stmt = conn.prepare("SELECT rowid, fkid FROM pragma_foreign_key_check(?1, 'main')")?;
+    let mut found = stmt.query([table])?;
+    let (mut rows, mut counted) = (Some(Vec::new()), 0u64);
+    while let Some(r) = found.next()? {
+        match (r.get::<_, Option<i64>>(0)?, rows.as_mut()) {
+            (Some(rowid), Some(list)) if list.len() < LISTED => list.push((rowid, r.get(1)?)),
+            (Some(_), Some(list)) => {
+                counted += list.len() as u64 + 1;
+                rows = None;
+            }
+            _ => counted += 1,
+        }
+    }
+    if let Some(list) = rows.as_mut() {
+        list.sort_unstable();
+    }
+    Ok(Dangling { rows, counted })
 }
 
-/// The warning for tables with more dangling rows `after` than `before`.
+/// The warning for tables with rows dangling `after` that did not `before`.
 fn grown(
-    before: &BTreeMap<String, u64>,
-    after: &BTreeMap<String, u64>,
+    before: &BTreeMap<String, Dangling>,
+    after: &BTreeMap<String, Dangling>,
     dry_run: bool,
 ) -> Option<String> {
     let more: Vec<String> = after
         .iter()
-        .filter_map(|(table, &n)| {
-            let added = n.saturating_sub(before.get(table).copied().unwrap_or(0));
+        .filter_map(|(table, now)| {
+            let added = before
+                .get(table)
+                .map_or(now.total(), |b| now.added_since(b));
             (added > 0).then(|| format!("{} in {table}", crate::human::rows(added)))
         })
         .collect();
@@ -198,7 +245,15 @@ mod tests {
         ] {
             let mut w = Watch::new(&conn).unwrap().unwrap();
             w.touch(&conn, table, op, cols);
-            assert_eq!(w.before, BTreeMap::from([("c".into(), 1)]), "{table} {op}");
+            let row_2 = Dangling {
+                rows: Some(vec![(2, 0)]),
+                counted: 0,
+            };
+            assert_eq!(
+                w.before,
+                BTreeMap::from([("c".into(), row_2)]),
+                "{table} {op}"
+            );
         }
     }
 
@@ -216,5 +271,40 @@ mod tests {
             said.starts_with("the undo would leave 1 row in c"),
             "{said}"
         );
+    }
+
+    #[test]
+    fn a_row_left_dangling_is_reported_though_another_stopped_dangling() {
+        let conn = shop();
+        let mut w = Watch::new(&conn).unwrap().unwrap();
+        w.touch(&conn, "p", op::INSERT, &["id", "name"]);
+        // Row 2 finds its parent; row 1 loses its own: one dangles still.
+        conn.execute_batch("INSERT INTO p VALUES (9, 'z'); DELETE FROM p WHERE id = 1")
+            .unwrap();
+        let said = w.said(&conn, false).unwrap();
+        assert!(said.starts_with("the undo left 1 row in c whose"), "{said}");
+    }
+
+    #[test]
+    fn rows_without_a_rowid_are_counted() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "PRAGMA foreign_keys = OFF;
+             CREATE TABLE p(id INTEGER PRIMARY KEY);
+             CREATE TABLE c(k TEXT PRIMARY KEY, pid REFERENCES p) WITHOUT ROWID;
+             INSERT INTO c VALUES ('a', 1);",
+        )
+        .unwrap();
+        let mut w = Watch::new(&conn).unwrap().unwrap();
+        w.touch(&conn, "c", op::DELETE, &["k", "pid"]);
+        let one = Dangling {
+            rows: Some(vec![]),
+            counted: 1,
+        };
+        assert_eq!(w.before, BTreeMap::from([("c".into(), one)]));
+        assert_eq!(w.said(&conn, false), None);
+        conn.execute_batch("INSERT INTO c VALUES ('b', 2)").unwrap();
+        let said = w.said(&conn, false).unwrap();
+        assert!(said.starts_with("the undo left 1 row in c whose"), "{said}");
     }
 }
