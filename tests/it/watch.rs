@@ -249,6 +249,32 @@ fn after_the_end_watch_replays_or_reads_status_on_204() {
     run.wait();
 }
 
+/// A URL's `last_event_id` past anything this run gave out (copied from an
+/// earlier run's page): the server replays the run from `start`, and watch
+/// shows it and ends with its status instead of hiding every event as
+/// "seen" and reconnecting until the server is gone.
+#[test]
+fn an_id_this_run_never_gave_out_shows_the_whole_run_and_its_status() {
+    let db = TempDb::counters(100);
+    let mut run = start_run(&db, FAILING_PLAN, &["--linger", "30"]);
+    let addr = run.addr();
+    let all = Stream::open(addr, "/events", &[]).rest();
+    let beyond = id(all.last().expect("events")) + 1000;
+    let url = format!("http://{addr}/events?last_event_id={beyond}");
+    let mut w = watch(&url, &["--connect-timeout", "1"]);
+    assert_eq!(w.wait().code(), Some(1), "{}", w.stderr());
+    let lines = assert_full_run(&w.stdout(), "failed");
+    assert_eq!(lines.len(), all.len());
+    assert!(
+        w.stderr()
+            .contains(&format!("event {beyond} is not one this run gave out")),
+        "{}",
+        w.stderr()
+    );
+    run.signal("INT");
+    run.wait();
+}
+
 #[test]
 fn an_unreachable_url_exits_3_after_the_timeout() {
     let url = format!("http://127.0.0.1:{}/", free_port());
