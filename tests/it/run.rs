@@ -561,6 +561,80 @@ fn the_demo_prints_working_addresses_with_its_token() {
     assert_eq!(p.wait().code(), Some(0), "{}", p.stderr());
 }
 
+/// A control token with the characters of a base64 secret (`+`, `/`, `=`)
+/// and of a URL or a shell (`%`, `&`, `'`): the dashboard address the demo
+/// prints gives the page the token itself (it reads the fragment as
+/// `URLSearchParams` does), and its `ctl` command works when pasted.
+#[test]
+fn the_demo_prints_its_control_token_so_that_page_and_shell_get_it_intact() {
+    let token = "ab+c/d=%41&x'y";
+    let mut p = Proc::start(&[
+        "demo",
+        "--rows",
+        "300",
+        "--sleep",
+        "0",
+        "--listen",
+        "127.0.0.1:0",
+        "--control-token",
+        token,
+        "--wait-for-clients",
+        "1",
+        "--progress",
+        "none",
+    ]);
+    let addr = p.addr();
+    let start = Instant::now();
+    let hint = loop {
+        let err = p.stderr();
+        if let Some(line) = err.lines().find(|l| l.contains("batchsse ctl ")) {
+            break line.to_owned();
+        }
+        assert!(start.elapsed() < PATIENCE, "no ctl hint: {err}");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let url = hint
+        .split_whitespace()
+        .find(|w| w.starts_with("http://") && w.contains('#'))
+        .unwrap_or_else(|| panic!("no dashboard address: {hint}"));
+    let fragment = url.split_once('#').unwrap().1;
+    let from_page: Vec<_> = form_urlencoded::parse(fragment.as_bytes())
+        .filter(|(k, _)| k == "control")
+        .map(|(_, v)| v.into_owned())
+        .collect();
+    assert_eq!(from_page, [token], "{url}");
+    let command = hint
+        .split('`')
+        .nth(1)
+        .unwrap_or_else(|| panic!("no command: {hint}"));
+    let command = command
+        .strip_prefix("batchsse ")
+        .unwrap_or_else(|| panic!("{command}"));
+    let pasted = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!("\"$0\" {command}"))
+        .arg(BIN)
+        .output()
+        .expect("bash");
+    assert_eq!(
+        pasted.status.code(),
+        Some(0),
+        "{command}: {}",
+        String::from_utf8_lossy(&pasted.stderr)
+    );
+    let (code, _, err) = run(&[
+        "ctl",
+        &format!("http://{addr}/"),
+        "cancel",
+        "--control-token",
+        token,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let mut s = Stream::open(addr, "/events", &[]);
+    assert_eq!(data(&s.until("finished"))["status"], "cancelled");
+    assert_eq!(p.wait().code(), Some(130), "{}", p.stderr());
+}
+
 #[test]
 fn demo_create_only_keeps_a_fresh_shop_for_trying_run() {
     let dir = tempfile::tempdir().unwrap();
