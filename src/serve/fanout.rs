@@ -350,6 +350,9 @@ fn write_pending(
                     return Outcome::HandBack;
                 }
             }
+            // At or past `finished` (an id a relay trusted before it had
+            // copied the end): nothing more will come, so end as `body` does.
+            None if batches.finished.is_some_and(|f| c.cursor >= f) => return Outcome::Done,
             None if keep_alive.due_in_sweep(c.last_write, now) => {
                 c.pending = Pending::one(KeepAlive::FRAME);
             }
@@ -448,6 +451,8 @@ struct Batches<'a> {
     /// The log's last id when the lookups began, and when that was.
     upto: u64,
     since: std::time::Instant,
+    /// The log's `finished` id when the lookups began, if it had one.
+    finished: Option<u64>,
     by_cursor: HashMap<u64, Option<Frames>>,
 }
 
@@ -457,6 +462,7 @@ impl<'a> Batches<'a> {
             log,
             upto,
             since: std::time::Instant::now(),
+            finished: log.finished_id(),
             by_cursor: HashMap::new(),
         }
     }
