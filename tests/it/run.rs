@@ -804,6 +804,77 @@ fn idle_connections_do_not_hold_the_exit() {
     );
 }
 
+/// Sets the child's soft limit of open files to `soft`, keeping its hard
+/// limit (a login shell's usual 1,024 is the same story, only later).
+#[cfg(unix)]
+fn soft_file_limit(c: &mut std::process::Command, soft: libc::rlim_t) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: getrlimit and setrlimit are async-signal-safe, as pre_exec
+    // requires, and touch only the child's own limits.
+    unsafe {
+        c.pre_exec(move || {
+            let mut lim = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            lim.rlim_cur = soft.min(lim.rlim_max);
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Under a low soft limit of open files (the hard one is far higher), a
+/// few hundred connections that send half a request must not use up the
+/// server's descriptors: the server takes the hard limit, so a new viewer
+/// is answered at once and the half-sent requests still get theirs.
+#[cfg(unix)]
+#[test]
+fn idle_connections_under_a_low_soft_file_limit_do_not_lock_others_out() {
+    use std::io::{Read, Write};
+    let db = TempDb::counters(50);
+    let plan = db.file("plan.json", &counter_plan("fds", 10));
+    let mut p = Proc::start_with(
+        &args(
+            &db,
+            path_str(&plan),
+            &words("--wait-for-clients 1 --batch-size 10 --progress none"),
+        ),
+        |c| soft_file_limit(c, 256),
+    );
+    let addr = p.addr();
+    let mut idle: Vec<std::net::TcpStream> = (0..300)
+        .map(|_| {
+            let mut t = std::net::TcpStream::connect(addr).expect("connect");
+            t.write_all(b"GET /healthz HTTP/1.1\r\n")
+                .expect("half a head");
+            t
+        })
+        .collect();
+    // Answered now, while the 300 still wait (they have 10 s to finish).
+    let r = get(addr, "/healthz", &[]);
+    assert_eq!(r.status, 200);
+    for (i, t) in idle.iter_mut().enumerate() {
+        t.set_read_timeout(Some(PATIENCE)).unwrap();
+        t.write_all(b"Host: 127.0.0.1\r\n\r\n")
+            .expect("rest of the head");
+        let mut answer = String::new();
+        let _ = t.read_to_string(&mut answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "connection {i}: {answer:?}"
+        );
+    }
+    let events = Stream::open(addr, "/events", &[]).rest();
+    assert_eq!(events.last().unwrap().event, "finished");
+    assert!(p.wait().success(), "{}", p.stderr());
+}
+
 #[test]
 fn every_stream_answer_names_the_run_and_a_resume_from_another_run_gets_all_of_this_one() {
     use std::io::{Read, Write};
