@@ -1,7 +1,7 @@
 //! `batchsse run` end to end: the real binary, a real SQLite file, the real
 //! stream over HTTP.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::util::*;
 
@@ -541,15 +541,7 @@ fn the_demo_prints_working_addresses_with_its_token() {
         "demo --rows 300 --sleep 0 --linger 0 --listen 127.0.0.1:0 --token a&b --wait-for-clients 1 --progress none",
     ));
     let addr = p.addr();
-    let start = Instant::now();
-    let hint = loop {
-        let err = p.stderr();
-        if let Some(line) = err.lines().find(|l| l.contains("curl -N '")) {
-            break line.to_owned();
-        }
-        assert!(start.elapsed() < PATIENCE, "no curl hint: {err}");
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let hint = stderr_lines(&p, "curl -N '", 1).remove(0);
     // The dashboard's address carries the demo's control token after `#`.
     let open = format!("open http://{addr}/?token=a%26b#control=");
     assert!(hint.contains(&open), "{hint}");
@@ -584,15 +576,7 @@ fn the_demo_prints_its_control_token_so_that_page_and_shell_get_it_intact() {
         "none",
     ]);
     let addr = p.addr();
-    let start = Instant::now();
-    let hint = loop {
-        let err = p.stderr();
-        if let Some(line) = err.lines().find(|l| l.contains("batchsse ctl ")) {
-            break line.to_owned();
-        }
-        assert!(start.elapsed() < PATIENCE, "no ctl hint: {err}");
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let hint = stderr_lines(&p, "batchsse ctl ", 1).remove(0);
     let url = hint
         .split_whitespace()
         .find(|w| w.starts_with("http://") && w.contains('#'))
