@@ -56,7 +56,8 @@
 //! - `human`, [`error`]: number and duration wording; exit codes and the
 //!   errors that choose them.
 //! - `platform`: what differs between Linux, macOS and Windows (who else
-//!   has the database open, whether a pid runs, the stop signals), with
+//!   has the database open, whether a pid runs, the stop signals, the
+//!   open-files limit a server raises), with
 //!   the list of differences in its doc.
 //!
 //! Imports run one way, with no cycles: `app` → `view` → `cli` →

@@ -7,6 +7,7 @@
 //! | Who else has the database open ([`open_by_others`]): the live pace, and the names in a lock message | scans `/proc/*/fd` (without a `/proc`: cannot tell) | cannot tell ([`Sight::Blind`]) | cannot tell ([`Sight::Blind`]) |
 //! | Whether `watch --pid`'s process still runs ([`process_alive`]) | `/proc/PID/stat` (a zombie counts as gone) | `kill(pid, 0)` (a zombie counts as running) | `OpenProcess` + `WaitForSingleObject` |
 //! | What stops a run ([`StopSignals`]) | Ctrl-C (SIGINT), SIGTERM | Ctrl-C (SIGINT), SIGTERM | Ctrl-C, Ctrl-Break |
+//! | Open files a server may hold ([`raise_open_file_limit`]) | soft limit raised to the hard one | the same (macOS: at most 10,240 if the hard one is refused) | no such limit on sockets |
 //!
 //! Where the system cannot tell who else has the file open, the run does
 //! not take the file for idle: it starts at the live pace, and goes to
@@ -95,6 +96,31 @@ pub fn process_alive(pid: u32) -> bool {
     #[cfg(windows)]
     {
         windows_process_alive(pid)
+    }
+}
+
+/// Lifts the soft limit of open files to the hard one, as a server needs:
+/// a shell's usual soft 1,024 (macOS: 256) is far below `--max-clients`,
+/// and past it `accept` fails, so a few hundred half-open connections
+/// would lock every new client out. A refusal leaves the limit as it was.
+pub fn raise_open_file_limit() {
+    #[cfg(unix)]
+    // SAFETY: plain calls on this process's own limits, with a valid struct.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 || lim.rlim_cur >= lim.rlim_max {
+            return;
+        }
+        let current = lim.rlim_cur;
+        lim.rlim_cur = lim.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+            // macOS refuses more than OPEN_MAX when the hard limit is unlimited.
+            lim.rlim_cur = lim.rlim_max.min(10_240).max(current);
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
     }
 }
 

@@ -226,14 +226,17 @@ fn announce(listener: &TcpListener, s: &Serve, banner: Option<String>) {
     if let Some(b) = banner {
         let url = page_url(local, &s.config, "");
         let control = s.config.control_token.as_deref().unwrap_or("");
+        // The page reads its fragment as `URLSearchParams` does: a `+`,
+        // `%` or `&` of the token (base64 has `+`) must come encoded.
+        let fragment: String = form_urlencoded::byte_serialize(control.as_bytes()).collect();
         let base = url.split('?').next().unwrap_or(&url).to_owned();
         crate::errln!(
             "{}",
-            b.replace("{control_url}", &format!("{url}#control={control}"))
+            b.replace("{control_url}", &format!("{url}#control={fragment}"))
                 .replace("{url}", &url)
                 .replace("{events}", &page_url(local, &s.config, "events"))
                 .replace("{base}", &base)
-                .replace("{control_token}", control)
+                .replace("{control_token}", &shell_word(control))
         );
     }
 }

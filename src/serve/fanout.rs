@@ -43,8 +43,9 @@ struct Client {
     /// `pending` ends with `finished`: close once it is written.
     ends: bool,
     last_write: Instant,
-    /// Set by the connection task when the client sent end-of-input: it
-    /// either left, or only half-closed and still reads. A probe tells.
+    /// Set by the connection task when the client sent end-of-input (or
+    /// too much input): it either left, or only half-closed and still
+    /// reads. A probe tells.
     quiet: Arc<AtomicBool>,
     probed: bool,
 }
@@ -104,6 +105,8 @@ impl Fanout {
         let _guard = guard;
         let (mut rd, wr) = tcp.into_split();
         let quiet = Arc::new(AtomicBool::new(false));
+        // What the client sent after its request, over every turn here.
+        let mut taken = 0;
         let mut client = Client {
             tcp: wr,
             cursor,
@@ -128,7 +131,7 @@ impl Fanout {
             } else {
                 tokio::select! {
                     c = &mut returned => c,
-                    () = closed(&mut rd) => {
+                    () = closed(&mut rd, &mut taken) => {
                         // Gone, or only done sending (a half-close): the
                         // writer's probe tells which, and lets go at once
                         // of a client that left.
@@ -160,9 +163,16 @@ impl Fanout {
     }
 }
 
-/// Resolves when the client has sent end-of-input (or the socket broke).
-/// Anything it sends after its request is read and ignored.
-async fn closed(rd: &mut OwnedReadHalf) {
+/// The most a stream client may send after its request and still be read:
+/// an SSE client sends nothing, and a flood read 64 bytes at a time kept
+/// the server's workers busy. Past it the socket is read no more, so the
+/// kernel's flow control stops the sender.
+const MAX_INPUT: usize = 64 * 1024;
+
+/// Resolves when the client has sent end-of-input (or the socket broke, or
+/// `taken`, what it sent after its request, passed [`MAX_INPUT`]). What it
+/// sends is read and ignored.
+async fn closed(rd: &mut OwnedReadHalf, taken: &mut usize) {
     loop {
         if rd.readable().await.is_err() {
             return;
@@ -170,7 +180,12 @@ async fn closed(rd: &mut OwnedReadHalf) {
         let mut scrap = [0u8; 64];
         match rd.try_read(&mut scrap) {
             Ok(0) => return,
-            Ok(_) => {}
+            Ok(n) => {
+                *taken += n;
+                if *taken > MAX_INPUT {
+                    return;
+                }
+            }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(_) => return,
         }
@@ -350,6 +365,9 @@ fn write_pending(
                     return Outcome::HandBack;
                 }
             }
+            // At or past `finished` (an id a relay trusted before it had
+            // copied the end): nothing more will come, so end as `body` does.
+            None if batches.finished.is_some_and(|f| c.cursor >= f) => return Outcome::Done,
             None if keep_alive.due_in_sweep(c.last_write, now) => {
                 c.pending = Pending::one(KeepAlive::FRAME);
             }
@@ -448,6 +466,8 @@ struct Batches<'a> {
     /// The log's last id when the lookups began, and when that was.
     upto: u64,
     since: std::time::Instant,
+    /// The log's `finished` id when the lookups began, if it had one.
+    finished: Option<u64>,
     by_cursor: HashMap<u64, Option<Frames>>,
 }
 
@@ -457,6 +477,7 @@ impl<'a> Batches<'a> {
             log,
             upto,
             since: std::time::Instant::now(),
+            finished: log.finished_id(),
             by_cursor: HashMap::new(),
         }
     }

@@ -146,6 +146,8 @@ pub const LISTEN_BACKLOG: u32 = 4096;
 
 /// Binds the listen address with a message that says what to do on failure.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, UsageError> {
+    // Every client is a descriptor: take what the system allows.
+    crate::platform::raise_open_file_limit();
     let listen = || -> std::io::Result<TcpListener> {
         let socket = if addr.is_ipv4() {
             TcpSocket::new_v4()?

@@ -60,7 +60,7 @@ pub(super) fn add_cors(state: &State, resp: &mut Response<Body>) {
 
 /// Against DNS rebinding: a server on a loopback address answers only to a
 /// loopback name in `Host` (with any port: a local proxy in front keeps the
-/// name) or a name `--allow-host` lets in; anything else, such as a
+/// name), its own address, or a name `--allow-host` lets in; anything else, such as a
 /// hostile domain that resolves to 127.0.0.1, gets `421`. A request
 /// without `Host` (HTTP/1.0 tools) passes: a browser always sends one.
 pub(super) fn misdirected(state: &State, headers: &hyper::HeaderMap) -> Option<Response<Body>> {
@@ -71,7 +71,13 @@ pub(super) fn misdirected(state: &State, headers: &hyper::HeaderMap) -> Option<R
         Some((n, p)) if !n.is_empty() && !p.contains(']') => n.to_owned(),
         _ => host.clone(),
     };
-    let loopback = matches!(name.as_str(), "127.0.0.1" | "localhost" | "[::1]");
+    // The address the listening line prints is the server's own (an IP
+    // literal cannot be rebound), e.g. 127.0.0.2 of 127.0.0.0/8.
+    let own = match listen.ip() {
+        std::net::IpAddr::V4(ip) => ip.to_string(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+    };
+    let loopback = matches!(name.as_str(), "127.0.0.1" | "localhost" | "[::1]") || name == own;
     let allowed = state
         .config
         .allow_hosts

@@ -208,6 +208,9 @@ enum Attempt {
 struct Seen {
     last_id: u64,
     run_id: Option<String>,
+    /// Whether an event was shown: until then `last_id` is only the URL's
+    /// `last_event_id`, which the server may not know.
+    shown: bool,
 }
 
 impl Seen {
@@ -245,6 +248,7 @@ async fn follow(
     let mut seen = Seen {
         last_id: target.after,
         run_id: None,
+        shown: false,
     };
     // The clock for --connect-timeout restarts whenever a stream was live.
     let mut since = Instant::now();
@@ -483,10 +487,18 @@ fn show(ev: &ParsedEvent, seen: &mut Seen, renderer: &mut Renderer) -> Option<At
     // A new run that answered before logging its `start` sent no run id
     // header, so its `start` (it replays from id 1: our id is beyond its
     // log) is what tells the runs apart.
-    if let Ok(Event::Start(s)) = &parsed
-        && seen.is_new_run(&s.run_id)
-    {
-        seen.restart(&s.run_id, renderer);
+    if let Ok(Event::Start(s)) = &parsed {
+        if seen.is_new_run(&s.run_id) {
+            seen.restart(&s.run_id, renderer);
+        } else if !seen.shown && seen.last_id > 0 {
+            // The server replays from `start` an id it never gave out (one
+            // from an earlier run's page): every event is new to us.
+            renderer.new_run(&format!(
+                "batchsse: event {} is not one this run gave out; showing run {} from its start",
+                seen.last_id, s.run_id
+            ));
+            seen.last_id = 0;
+        }
     }
     if let Some(id) = id {
         // The replay after a reconnect starts after our id, but a server
@@ -498,6 +510,7 @@ fn show(ev: &ParsedEvent, seen: &mut Seen, renderer: &mut Renderer) -> Option<At
     }
     match parsed {
         Ok(event) => {
+            seen.shown = true;
             renderer.show(id.unwrap_or(seen.last_id), &event, &ev.data);
             if let Event::Finished(f) = event {
                 return Some(Attempt::Finished(f.status));

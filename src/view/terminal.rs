@@ -212,6 +212,14 @@ impl Renderer {
         if self.stdout_failed {
             return;
         }
+        // A stream may split its JSON over several `data:` lines (valid
+        // SSE); in valid JSON a line break is only ever blank space, so a
+        // space keeps it one line of the same JSON.
+        let data = if data.contains(['\r', '\n']) {
+            std::borrow::Cow::Owned(data.replace(['\r', '\n'], " "))
+        } else {
+            std::borrow::Cow::Borrowed(data)
+        };
         let mut out = std::io::stdout().lock();
         let ok = writeln!(out, "{{\"id\":{id},\"event\":\"{name}\",\"data\":{data}}}")
             .and_then(|()| out.flush());

@@ -396,6 +396,41 @@ fn a_hostile_host_gets_421_on_every_route_unless_allowed() {
     }
 }
 
+/// The address the listening line prints must answer. On a loopback
+/// address other than 127.0.0.1 (all of 127.0.0.0/8 is loopback), a `Host`
+/// naming that very address is no rebinding: it gets the run, and `watch`
+/// follows it. Another loopback literal still gets `421`.
+#[test]
+fn a_server_on_another_loopback_address_answers_to_that_address() {
+    let db = TempDb::counters(20);
+    let plan = db.file("plan.json", &counter_plan("lo2", 10));
+    let mut p = Proc::start(&run_args(
+        &db,
+        path_str(&plan),
+        &words("--listen 127.0.0.2:0 --progress none --wait-for-clients 1"),
+    ));
+    let addr = p.addr();
+    assert_eq!(addr.ip().to_string(), "127.0.0.2");
+    let (code, text) = send(
+        addr,
+        &format!("GET /status HTTP/1.1\r\nHost: {addr}\r\n"),
+        b"",
+    );
+    assert_eq!(code, 200, "{text}");
+    let other = format!(
+        "GET /status HTTP/1.1\r\nHost: 127.0.0.3:{}\r\n",
+        addr.port()
+    );
+    assert_eq!(send(addr, &other, b"").0, 421);
+    let mut w = spawn(
+        &["watch", &format!("http://{addr}/"), "--progress", "none"],
+        |_| {},
+    );
+    assert_eq!(w.wait().code(), Some(0), "{}", w.stderr());
+    assert_eq!(p.wait().code(), Some(0), "{}", p.stderr());
+    assert_eq!(db.counter_spread(), (20, 0));
+}
+
 #[test]
 fn a_token_typed_beside_no_serve_is_refused_but_one_from_the_environment_is_not() {
     let db = TempDb::counters(10);

@@ -304,6 +304,62 @@ fn a_client_that_half_closes_after_its_request_still_gets_the_stream() {
     assert!(p.wait().success(), "{}", p.stderr());
 }
 
+/// A stream client has nothing to send after its request. One that keeps
+/// sending (junk, as fast as it can) is read no further past a small
+/// allowance, so the kernel's flow control stops it rather than the
+/// server's workers spending themselves on tiny reads (four such clients
+/// held `/status` up for seconds); it still gets its stream.
+#[test]
+fn a_stream_client_that_floods_the_server_with_input_is_no_longer_read() {
+    use std::io::{Read, Write};
+    let db = TempDb::counters(100);
+    let pause = db.dir.path().join("pause");
+    std::fs::write(&pause, "").unwrap();
+    let mut p = counters_run(
+        &db,
+        10,
+        &[
+            "--wait-for-clients",
+            "1",
+            "--progress",
+            "none",
+            "--pause-file",
+            path_str(&pause),
+        ],
+        &[],
+    );
+    let mut tcp = std::net::TcpStream::connect(p.addr()).unwrap();
+    tcp.write_all(&request("GET", "/events", &[])).unwrap();
+    // Loopback buffers hold a few MiB: a server that stops reading blocks
+    // the writes long before 256 MiB.
+    tcp.set_write_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let junk = vec![b'x'; 64 * 1024];
+    let mut sent = 0usize;
+    let stalled = loop {
+        match tcp.write(&junk) {
+            Ok(n) => sent += n,
+            Err(e) => break e,
+        }
+        assert!(sent < 256 << 20, "the server read {sent} bytes of junk");
+    };
+    assert!(
+        matches!(
+            stalled.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+        "{stalled} after {sent} bytes"
+    );
+    std::fs::remove_file(&pause).unwrap();
+    tcp.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut got = Vec::new();
+    let _ = tcp.read_to_end(&mut got);
+    let evs = events_after_head(&got);
+    assert_contiguous(&evs, 1);
+    assert_eq!(evs.last().map(|e| e.event.as_str()), Some("finished"));
+    assert!(p.wait().success(), "{}", p.stderr());
+}
+
 /// The backlog of the LISTEN socket on `addr` as the kernel holds it: `ss
 /// -ltn` shows it as a listening socket's Send-Q. `Err` says why not.
 fn listen_backlog(addr: SocketAddr) -> Result<u32, String> {

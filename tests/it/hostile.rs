@@ -367,24 +367,6 @@ fn the_bearer_scheme_may_come_in_any_case_and_a_repeated_field_is_refused() {
     assert!(controls.iter().all(|e| data(e)["action"] == "set"));
 }
 
-/// Waits until `p`'s stderr holds `n` lines containing `needle`; returns them.
-fn stderr_lines(p: &Proc, needle: &str, n: usize) -> Vec<String> {
-    let start = std::time::Instant::now();
-    loop {
-        let lines: Vec<String> = p
-            .stderr()
-            .lines()
-            .filter(|l| l.contains(needle))
-            .map(str::to_owned)
-            .collect();
-        if lines.len() >= n {
-            return lines;
-        }
-        assert!(start.elapsed() < PATIENCE, "{}", p.stderr());
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-}
-
 #[test]
 fn a_tiny_or_negative_zero_nice_ratio_reads_as_zero_everywhere() {
     let (_db, p) = held("32768", "plain", &["--nice-ratio=-0"]);

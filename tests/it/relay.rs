@@ -1326,3 +1326,39 @@ fn a_redis_user_who_may_not_xdel_keeps_every_event_and_is_told_once() {
         "{told:?}"
     );
 }
+
+/// A relay copying a live run trusts an id it has not copied yet. Once it
+/// has copied `finished`, a direct stream at or past that id has nothing
+/// more to get: it ends then, as a stream on hyper's path does, and the
+/// client's reconnect gets the whole run (or `204`), instead of a silent
+/// stream until the relay's linger and drain are over.
+#[test]
+fn a_relay_stream_past_the_runs_last_id_ends_when_the_run_finishes() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let url = redis.url();
+    let (mut run, mut s, seen, run_id, db) =
+        published_until_paused(&redis, 100, "ahead", &url, &[]);
+    let mut mirror = relay(&url, &["--run", &run_id, "--linger", "30"]);
+    wait_relay_status(&mirror, |v| {
+        v["last_event_id"].as_u64() >= Some(seen.len() as u64)
+    });
+    let ahead = (seen.len() + 1000).to_string();
+    let mut far = Stream::open(mirror.addr(), "/events", &[("Last-Event-ID", &ahead)]);
+    assert_eq!(far.status, 200, "relay stderr:\n{}", mirror.stderr());
+    std::fs::remove_file(db.dir.path().join("pause")).expect("unpause");
+    let all: Vec<_> = seen.into_iter().chain(s.rest()).collect();
+    assert_exits_ok(&mut run, "run", PATIENCE);
+    assert_eq!(far.rest(), Vec::new(), "nothing after an id past the end");
+    // It ended with the run, while the relay still lingers.
+    let status = status_of(mirror.addr()).expect("the relay lingers");
+    assert_eq!(status["state"], "finished");
+    let again = Stream::open(mirror.addr(), "/events", &[("Last-Event-ID", &ahead)]).rest();
+    assert_eq!(
+        again.iter().map(event_triple).collect::<Vec<_>>(),
+        all.iter().map(event_triple).collect::<Vec<_>>()
+    );
+    mirror.signal("TERM");
+    mirror.wait();
+}

@@ -1,7 +1,7 @@
 //! `batchsse run` end to end: the real binary, a real SQLite file, the real
 //! stream over HTTP.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::util::*;
 
@@ -541,15 +541,7 @@ fn the_demo_prints_working_addresses_with_its_token() {
         "demo --rows 300 --sleep 0 --linger 0 --listen 127.0.0.1:0 --token a&b --wait-for-clients 1 --progress none",
     ));
     let addr = p.addr();
-    let start = Instant::now();
-    let hint = loop {
-        let err = p.stderr();
-        if let Some(line) = err.lines().find(|l| l.contains("curl -N '")) {
-            break line.to_owned();
-        }
-        assert!(start.elapsed() < PATIENCE, "no curl hint: {err}");
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let hint = stderr_lines(&p, "curl -N '", 1).remove(0);
     // The dashboard's address carries the demo's control token after `#`.
     let open = format!("open http://{addr}/?token=a%26b#control=");
     assert!(hint.contains(&open), "{hint}");
@@ -559,6 +551,72 @@ fn the_demo_prints_working_addresses_with_its_token() {
     let mut s = Stream::open(addr, "/events?token=a%26b", &[]);
     assert_eq!(data(&s.until("finished"))["status"], "ok");
     assert_eq!(p.wait().code(), Some(0), "{}", p.stderr());
+}
+
+/// A control token with the characters of a base64 secret (`+`, `/`, `=`)
+/// and of a URL or a shell (`%`, `&`, `'`): the dashboard address the demo
+/// prints gives the page the token itself (it reads the fragment as
+/// `URLSearchParams` does), and its `ctl` command works when pasted.
+#[test]
+fn the_demo_prints_its_control_token_so_that_page_and_shell_get_it_intact() {
+    let token = "ab+c/d=%41&x'y";
+    let mut p = Proc::start(&[
+        "demo",
+        "--rows",
+        "300",
+        "--sleep",
+        "0",
+        "--listen",
+        "127.0.0.1:0",
+        "--control-token",
+        token,
+        "--wait-for-clients",
+        "1",
+        "--progress",
+        "none",
+    ]);
+    let addr = p.addr();
+    let hint = stderr_lines(&p, "batchsse ctl ", 1).remove(0);
+    let url = hint
+        .split_whitespace()
+        .find(|w| w.starts_with("http://") && w.contains('#'))
+        .unwrap_or_else(|| panic!("no dashboard address: {hint}"));
+    let fragment = url.split_once('#').unwrap().1;
+    let from_page: Vec<_> = form_urlencoded::parse(fragment.as_bytes())
+        .filter(|(k, _)| k == "control")
+        .map(|(_, v)| v.into_owned())
+        .collect();
+    assert_eq!(from_page, [token], "{url}");
+    let command = hint
+        .split('`')
+        .nth(1)
+        .unwrap_or_else(|| panic!("no command: {hint}"));
+    let command = command
+        .strip_prefix("batchsse ")
+        .unwrap_or_else(|| panic!("{command}"));
+    let pasted = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!("\"$0\" {command}"))
+        .arg(BIN)
+        .output()
+        .expect("bash");
+    assert_eq!(
+        pasted.status.code(),
+        Some(0),
+        "{command}: {}",
+        String::from_utf8_lossy(&pasted.stderr)
+    );
+    let (code, _, err) = run(&[
+        "ctl",
+        &format!("http://{addr}/"),
+        "cancel",
+        "--control-token",
+        token,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let mut s = Stream::open(addr, "/events", &[]);
+    assert_eq!(data(&s.until("finished"))["status"], "cancelled");
+    assert_eq!(p.wait().code(), Some(130), "{}", p.stderr());
 }
 
 #[test]
@@ -728,6 +786,77 @@ fn idle_connections_do_not_hold_the_exit() {
         "idle connections held the exit for {:?} (drain timeout 30 s)",
         exited - finished
     );
+}
+
+/// Sets the child's soft limit of open files to `soft`, keeping its hard
+/// limit (a login shell's usual 1,024 is the same story, only later).
+#[cfg(unix)]
+fn soft_file_limit(c: &mut std::process::Command, soft: libc::rlim_t) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: getrlimit and setrlimit are async-signal-safe, as pre_exec
+    // requires, and touch only the child's own limits.
+    unsafe {
+        c.pre_exec(move || {
+            let mut lim = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            lim.rlim_cur = soft.min(lim.rlim_max);
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Under a low soft limit of open files (the hard one is far higher), a
+/// few hundred connections that send half a request must not use up the
+/// server's descriptors: the server takes the hard limit, so a new viewer
+/// is answered at once and the half-sent requests still get theirs.
+#[cfg(unix)]
+#[test]
+fn idle_connections_under_a_low_soft_file_limit_do_not_lock_others_out() {
+    use std::io::{Read, Write};
+    let db = TempDb::counters(50);
+    let plan = db.file("plan.json", &counter_plan("fds", 10));
+    let mut p = Proc::start_with(
+        &args(
+            &db,
+            path_str(&plan),
+            &words("--wait-for-clients 1 --batch-size 10 --progress none"),
+        ),
+        |c| soft_file_limit(c, 256),
+    );
+    let addr = p.addr();
+    let mut idle: Vec<std::net::TcpStream> = (0..300)
+        .map(|_| {
+            let mut t = std::net::TcpStream::connect(addr).expect("connect");
+            t.write_all(b"GET /healthz HTTP/1.1\r\n")
+                .expect("half a head");
+            t
+        })
+        .collect();
+    // Answered now, while the 300 still wait (they have 10 s to finish).
+    let r = get(addr, "/healthz", &[]);
+    assert_eq!(r.status, 200);
+    for (i, t) in idle.iter_mut().enumerate() {
+        t.set_read_timeout(Some(PATIENCE)).unwrap();
+        t.write_all(b"Host: 127.0.0.1\r\n\r\n")
+            .expect("rest of the head");
+        let mut answer = String::new();
+        let _ = t.read_to_string(&mut answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "connection {i}: {answer:?}"
+        );
+    }
+    let events = Stream::open(addr, "/events", &[]).rest();
+    assert_eq!(events.last().unwrap().event, "finished");
+    assert!(p.wait().success(), "{}", p.stderr());
 }
 
 #[test]

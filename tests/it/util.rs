@@ -620,6 +620,24 @@ pub fn wait_status(addr: SocketAddr, pred: impl Fn(&Value) -> bool) -> Value {
     }
 }
 
+/// Waits until `p`'s stderr holds `n` lines containing `needle`; returns them.
+pub fn stderr_lines(p: &Proc, needle: &str, n: usize) -> Vec<String> {
+    let start = std::time::Instant::now();
+    loop {
+        let lines: Vec<String> = p
+            .stderr()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_owned)
+            .collect();
+        if lines.len() >= n {
+            return lines;
+        }
+        assert!(start.elapsed() < PATIENCE, "{}", p.stderr());
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 /// Parses NDJSON output: every line must be one JSON object.
 pub fn json_lines(out: &str) -> Vec<Value> {
     out.lines()

@@ -249,6 +249,32 @@ fn after_the_end_watch_replays_or_reads_status_on_204() {
     run.wait();
 }
 
+/// A URL's `last_event_id` past anything this run gave out (copied from an
+/// earlier run's page): the server replays the run from `start`, and watch
+/// shows it and ends with its status instead of hiding every event as
+/// "seen" and reconnecting until the server is gone.
+#[test]
+fn an_id_this_run_never_gave_out_shows_the_whole_run_and_its_status() {
+    let db = TempDb::counters(100);
+    let mut run = start_run(&db, FAILING_PLAN, &["--linger", "30"]);
+    let addr = run.addr();
+    let all = Stream::open(addr, "/events", &[]).rest();
+    let beyond = id(all.last().expect("events")) + 1000;
+    let url = format!("http://{addr}/events?last_event_id={beyond}");
+    let mut w = watch(&url, &["--connect-timeout", "1"]);
+    assert_eq!(w.wait().code(), Some(1), "{}", w.stderr());
+    let lines = assert_full_run(&w.stdout(), "failed");
+    assert_eq!(lines.len(), all.len());
+    assert!(
+        w.stderr()
+            .contains(&format!("event {beyond} is not one this run gave out")),
+        "{}",
+        w.stderr()
+    );
+    run.signal("INT");
+    run.wait();
+}
+
 #[test]
 fn an_unreachable_url_exits_3_after_the_timeout() {
     let url = format!("http://127.0.0.1:{}/", free_port());
@@ -871,4 +897,53 @@ fn a_new_run_that_answers_before_its_start_is_logged_is_told_apart_by_its_start(
     let again = requests.lock().unwrap()[1].to_ascii_lowercase();
     assert!(again.contains("last-event-id: 5\r\n"), "{again}");
     assert!(again.contains("x-batchsse-run-id: run-a\r\n"), "{again}");
+}
+
+/// Odd but valid `text/event-stream` bytes (WHATWG): a BOM, CR-only and
+/// CRLF line ends, comments, `retry:`, a field without a colon, an id with
+/// NUL (ignored), `data` over two lines, and a last event cut before its
+/// blank line (never dispatched: the reconnect gets it). `--progress json`
+/// still prints one JSON object a line, and the exit is the run's.
+#[test]
+fn odd_but_valid_streams_are_read_as_a_browser_would_and_printed_one_line_an_event() {
+    let start = serde_json::json!({"run_id": "odd", "plan": "p", "db": "x.sqlite", "ts_ms": 1,
+        "steps": [{"index": 0, "name": "s", "kind": "sql"}], "dry_run": false, "resumed": false});
+    let message = serde_json::json!({"target": {}, "status": "info", "message": "m", "ts_ms": 1});
+    let finished = serde_json::json!({"status": "failed", "steps_done": 0, "steps_total": 1,
+        "rows_changed": 0, "elapsed_ms": 1, "dry_run": false, "ts_ms": 1, "error": "boom"});
+    let first = format!(
+        "\u{feff}: hello\rretry: 100\rid: 1\revent: start\rdata: {start}\r\r\
+         id: 2\r\ndata: {{\"target\":{{}},\r\ndata: \"status\":\"info\",\"message\":\"two lines\",\"ts_ms\":1}}\r\n\r\n\
+         id: 3\0x\nid: 3\nnocolon\ndata:{message}\n\n\
+         id: 4\nevent: finished\ndata: {finished}\n"
+    );
+    let second = format!("id: 4\nevent: finished\ndata: {finished}\n\n");
+    let (addr, requests) = scripted_streams(vec![first, second]);
+    let mut w = watch(&format!("http://{addr}/"), &["--connect-timeout", "2"]);
+    assert_eq!(w.wait().code(), Some(1), "{}", w.stderr());
+    let out = w.stdout();
+    assert_eq!(out.lines().count(), 4, "one line an event:\n{out}");
+    let got: Vec<_> = json_lines(&out)
+        .iter()
+        .map(|l| {
+            (
+                l["id"].as_u64().unwrap(),
+                l["event"].clone(),
+                l["data"].clone(),
+            )
+        })
+        .collect();
+    let two =
+        serde_json::json!({"target": {}, "status": "info", "message": "two lines", "ts_ms": 1});
+    assert_eq!(
+        got,
+        [
+            (1, "start".into(), start),
+            (2, "message".into(), two),
+            (3, "message".into(), message),
+            (4, "finished".into(), finished),
+        ]
+    );
+    let again = requests.lock().unwrap()[1].to_ascii_lowercase();
+    assert!(again.contains("last-event-id: 3\r\n"), "{again}");
 }
