@@ -469,7 +469,11 @@ fn check_answer<B>(target: &Target, resp: &hyper::Response<B>) -> anyhow::Result
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"));
+        .is_some_and(|v| {
+            // Media types are case-insensitive; parameters may follow.
+            let kind = v.split(';').next().unwrap_or_default().trim();
+            kind.eq_ignore_ascii_case("text/event-stream")
+        });
     if !is_sse {
         return Err(Unreachable(format!(
             "{} answered, but not with an event stream; is this a batchsse run? Try its base URL, e.g. http://127.0.0.1:7077/",

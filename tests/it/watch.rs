@@ -810,6 +810,14 @@ fn a_run_restarted_on_the_same_address_is_followed_to_its_own_end() {
 /// each as a `200 text/event-stream` without a run id header, closing the
 /// connection after the body; records each request head.
 fn scripted_streams(bodies: Vec<String>) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    scripted_streams_as(bodies, "text/event-stream")
+}
+
+/// [`scripted_streams`], sent as `content_type`.
+fn scripted_streams_as(
+    bodies: Vec<String>,
+    content_type: &'static str,
+) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
     let requests = Arc::new(Mutex::new(Vec::new()));
@@ -826,7 +834,7 @@ fn scripted_streams(bodies: Vec<String>) -> (SocketAddr, Arc<Mutex<Vec<String>>>
                 .unwrap()
                 .push(String::from_utf8_lossy(&head[..n]).into_owned());
             let _ = s.write_all(
-                format!("HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n{body}")
+                format!("HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\nconnection: close\r\n\r\n{body}")
                     .as_bytes(),
             );
         }
@@ -946,4 +954,19 @@ fn odd_but_valid_streams_are_read_as_a_browser_would_and_printed_one_line_an_eve
     );
     let again = requests.lock().unwrap()[1].to_ascii_lowercase();
     assert!(again.contains("last-event-id: 3\r\n"), "{again}");
+}
+
+/// Media types are case-insensitive: a stream sent as
+/// `Text/Event-Stream; charset=utf-8` is followed like any other.
+#[test]
+fn a_stream_whose_media_type_is_written_in_capitals_is_followed() {
+    let start = serde_json::json!({"run_id": "caps", "plan": "p", "db": "x.sqlite", "ts_ms": 1,
+        "steps": [], "dry_run": false, "resumed": false});
+    let finished = serde_json::json!({"status": "ok", "steps_done": 0, "steps_total": 0,
+        "rows_changed": 0, "elapsed_ms": 1, "dry_run": false, "ts_ms": 1});
+    let body = frames(&[("start", start), ("finished", finished)]);
+    let (addr, _) = scripted_streams_as(vec![body], "Text/Event-Stream; charset=UTF-8");
+    let mut w = watch(&format!("http://{addr}/"), &["--connect-timeout", "2"]);
+    assert_eq!(w.wait().code(), Some(0), "{}", w.stderr());
+    assert_eq!(json_lines(&w.stdout()).len(), 2, "{}", w.stdout());
 }
