@@ -24,6 +24,9 @@ use crate::lifecycle::{BATCH_SIZE, CHUNK_TIME_MS, NICE_RATIO, PacePatch, SLEEP_M
 /// The largest body accepted.
 const MAX_BODY: usize = 4096;
 
+/// Why a command after the run's end is refused.
+const FINISHED: &str = "the run has finished; there is nothing left to steer";
+
 /// A refusal: its status and what to do about it.
 type Refusal = (StatusCode, String);
 
@@ -143,10 +146,7 @@ fn command(
 ) -> Result<(), Refusal> {
     let cmd = parse(body).map_err(|why| (StatusCode::BAD_REQUEST, why))?;
     if state.log.finished_id().is_some() {
-        return Err((
-            StatusCode::CONFLICT,
-            "the run has finished; there is nothing left to steer".into(),
-        ));
+        return Err((StatusCode::CONFLICT, FINISHED.into()));
     }
     let Some((cancel, steering)) = &state.control else {
         return Err((
@@ -170,17 +170,21 @@ fn command(
         }
     };
     let settings = cmd.pace.apply(state.log.snapshot().settings);
-    steering.change_pace(cmd.pace);
-    if let Some(p) = cmd.pause {
-        steering.set_paused(p);
-    }
-    // Logged before the cancel, so `control` comes before the run's end.
-    state.log.push(Event::Control(Control {
+    // Logged before anything changes, so `control` comes before the run's
+    // end; a run that finished since the check above takes no command.
+    let logged = state.log.push(Event::Control(Control {
         action,
         by: client(headers),
         remote: peer.to_string(),
         settings,
     }));
+    if logged.is_none() {
+        return Err((StatusCode::CONFLICT, FINISHED.into()));
+    }
+    steering.change_pace(cmd.pace);
+    if let Some(p) = cmd.pause {
+        steering.set_paused(p);
+    }
     // Either way the runner's wait ends now, and it reads the settings again.
     if cmd.cancel {
         cancel.cancel();
