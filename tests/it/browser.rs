@@ -1180,3 +1180,63 @@ fn the_dashboard_behind_a_load_balancer_moves_between_relays_without_a_duplicate
     // Relay B served it: its stream is the run's, message for message.
     assert_eq!(messages(b.addr(), &[]), messages(p.addr(), &[]));
 }
+
+/// A control token with a character no HTTP header can carry (a zero-width
+/// space or a curly quote picked up in copying, a `+` the address decoded
+/// to a space) is refused as a token, at once, and never kept: `fetch`
+/// would throw on it, and the page took that for an unreachable server, on
+/// every click. A good token typed after it steers the run.
+#[test]
+fn a_token_no_header_can_carry_is_refused_as_a_token_not_as_a_lost_server() {
+    let Some(_b) = browser() else { return };
+    let db = TempDb::shop(2000);
+    let mut p = start_run(
+        &db,
+        60,
+        &["--control-token", CONTROL, "--wait-for-clients", "1"],
+    );
+    let url = format!("http://{}/#control={CONTROL}%E2%80%8B", p.addr());
+    let v = observe(
+        &url,
+        json!({"timeout_ms": 15000, "actions": [
+            {"wait": ".step[data-state=running]"},
+            {"snapshot": "fragment"},
+            {"wait": "#control-token"},
+            {"fill": "#control-token", "value": format!("{CONTROL}\u{2019}")},
+            {"press": "#control-token", "key": "Enter"},
+            {"snapshot": "typed"},
+            {"fill": "#control-token", "value": CONTROL},
+            {"press": "#control-token", "key": "Enter"},
+            {"dialogs": "accept"},
+            {"click": "#cancel"},
+        ]}),
+    );
+    for name in ["fragment", "typed"] {
+        let steer = &v["snapshots"][name]["steer"];
+        let message = steer["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("control token") && !message.contains("reach"),
+            "{name}: the page must say what is wrong with the token: {v:#}"
+        );
+        assert_eq!(steer["stored_token"], Value::Null, "{name}: {v:#}");
+        assert_eq!(steer["controls"], false, "{name}: {v:#}");
+        assert_eq!(steer["token_field"], true, "{name}: {v:#}");
+        assert!(
+            !steer["address"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("control="),
+            "{name}: {v:#}"
+        );
+    }
+    assert_eq!(v.get("action_error"), None, "{v:#}");
+    let posts = v["control_requests"].as_array().expect("control requests");
+    assert_eq!(posts.len(), 1, "only the good token's cancel: {v:#}");
+    assert_eq!(
+        posts[0]["authorization"],
+        format!("Bearer {CONTROL}"),
+        "{v:#}"
+    );
+    assert_eq!(v["banner"]["status"], "cancelled", "{v:#}");
+    assert_eq!(p.wait().code(), Some(130), "{}", p.stderr());
+}
