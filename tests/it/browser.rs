@@ -1240,3 +1240,63 @@ fn a_token_no_header_can_carry_is_refused_as_a_token_not_as_a_lost_server() {
     assert_eq!(v["banner"]["status"], "cancelled", "{v:#}");
     assert_eq!(p.wait().code(), Some(130), "{}", p.stderr());
 }
+
+/// Text a run can carry into the page, shaped to run if it were ever taken
+/// for HTML: any `alert` it ran would show up as a dialog.
+const HOSTILE: &str = r#"<img src=x onerror=alert(1)>"'</script><script>alert(2)</script>&amp;"#;
+
+/// Plan, step and file names, SQL text in an `expect` failure and the
+/// message that carries it reach the page as text, never as markup; and an
+/// undo of that run is titled as an undo.
+#[test]
+fn hostile_names_and_errors_are_shown_as_text_and_an_undo_as_an_undo() {
+    let Some(_b) = browser() else { return };
+    let shop = TempDb::shop(1000);
+    let path = shop.dir.path().join("x<img src=x onerror=alert(3)>.sqlite");
+    std::fs::rename(&shop.path, &path).expect("rename the database");
+    let db = TempDb {
+        dir: shop.dir,
+        path,
+    };
+    let plan = json!({"name": HOSTILE, "undo": true, "steps": [
+        {"name": format!("s1 {HOSTILE}"),
+         "sql": "UPDATE orders SET counter = counter + 1 WHERE id BETWEEN :lo AND :hi",
+         "chunk": {"table": "orders", "key": "id", "size": 500}},
+        {"name": format!("s2 {HOSTILE}"),
+         "sql": "UPDATE orders SET counter = counter + 1 WHERE id < 10",
+         "expect": format!("SELECT '{}' = 'no'", HOSTILE.replace('\'', "''"))},
+    ]});
+    let plan = db.file("plan.json", &plan.to_string());
+    let gate = ["--wait-for-clients", "1", "--linger", "20"];
+    let p = serving(&db, path_str(&plan), &gate);
+    let v = observe(&format!("http://{}/", p.addr()), json!({}));
+    drop(p);
+    assert_eq!(v["dialogs"], json!([]), "markup ran: {v:#}");
+    assert_eq!(v["plan"], HOSTILE, "{v:#}");
+    assert_eq!(v["title"], format!("{HOSTILE} · batchsse"), "{v:#}");
+    assert_eq!(v["db"], "x<img src=x onerror=alert(3)>.sqlite", "{v:#}");
+    assert_eq!(v["steps"][0]["name"], format!("s1 {HOSTILE}"), "{v:#}");
+    assert_eq!(v["steps"][1]["state"], "failed", "{v:#}");
+    let expect = format!("expect SELECT '{}' = 'no'", HOSTILE.replace('\'', "''"));
+    for shown in [&v["steps"][1]["text"], &v["banner"]["text"]] {
+        assert!(
+            shown.as_str().is_some_and(|t| t.contains(&expect)),
+            "the expect failure, as text: {v:#}"
+        );
+    }
+    assert_eq!(v["banner"]["status"], "failed", "{v:#}");
+
+    let db_arg = path_str(&db.path);
+    let mut args = vec!["undo", "--db", db_arg, "--plan", HOSTILE];
+    args.extend_from_slice(&["--listen", "127.0.0.1:0", "--progress", "none"]);
+    args.extend_from_slice(&gate);
+    let u = Proc::start(&args);
+    let v = observe(&format!("http://{}/", u.addr()), json!({}));
+    assert_eq!(v["dialogs"], json!([]), "markup ran: {v:#}");
+    assert_eq!(v["plan"], format!("Undo of {HOSTILE}"), "{v:#}");
+    assert_eq!(v["title"], format!("Undo of {HOSTILE} · batchsse"), "{v:#}");
+    assert_eq!(v["banner"]["status"], "ok", "{v:#}");
+    let step = v["steps"][0]["name"].as_str().unwrap_or_default();
+    assert!(step.ends_with(&format!("s1 {HOSTILE}")), "{v:#}");
+    assert_eq!(db.query_i64("SELECT sum(counter) FROM orders"), 0);
+}
