@@ -940,15 +940,20 @@ fn the_pace_form_follows_a_change_of_pace_mid_run() {
     assert_eq!(bodies, [r#"{"chunk_time_ms":250}"#], "{v:#}");
 }
 
+/// A run the page can steer with `CONTROL`, held until its stream connects.
+fn steerable_run(db: &TempDb) -> Proc {
+    start_run(
+        db,
+        60,
+        &["--control-token", CONTROL, "--wait-for-clients", "1"],
+    )
+}
+
 #[test]
 fn cancel_from_the_dashboard_asks_first_and_then_ends_the_run() {
     let Some(_b) = browser() else { return };
     let db = TempDb::shop(2000);
-    let mut p = start_run(
-        &db,
-        60,
-        &["--control-token", CONTROL, "--wait-for-clients", "1"],
-    );
+    let mut p = steerable_run(&db);
     let url = format!("http://{}/#control={CONTROL}", p.addr());
     let v = observe(
         &url,
@@ -1190,11 +1195,7 @@ fn the_dashboard_behind_a_load_balancer_moves_between_relays_without_a_duplicate
 fn a_token_no_header_can_carry_is_refused_as_a_token_not_as_a_lost_server() {
     let Some(_b) = browser() else { return };
     let db = TempDb::shop(2000);
-    let mut p = start_run(
-        &db,
-        60,
-        &["--control-token", CONTROL, "--wait-for-clients", "1"],
-    );
+    let mut p = steerable_run(&db);
     let url = format!("http://{}/#control={CONTROL}%E2%80%8B", p.addr());
     let v = observe(
         &url,
