@@ -940,15 +940,20 @@ fn the_pace_form_follows_a_change_of_pace_mid_run() {
     assert_eq!(bodies, [r#"{"chunk_time_ms":250}"#], "{v:#}");
 }
 
+/// A run the page can steer with `CONTROL`, held until its stream connects.
+fn steerable_run(db: &TempDb) -> Proc {
+    start_run(
+        db,
+        60,
+        &["--control-token", CONTROL, "--wait-for-clients", "1"],
+    )
+}
+
 #[test]
 fn cancel_from_the_dashboard_asks_first_and_then_ends_the_run() {
     let Some(_b) = browser() else { return };
     let db = TempDb::shop(2000);
-    let mut p = start_run(
-        &db,
-        60,
-        &["--control-token", CONTROL, "--wait-for-clients", "1"],
-    );
+    let mut p = steerable_run(&db);
     let url = format!("http://{}/#control={CONTROL}", p.addr());
     let v = observe(
         &url,
@@ -1179,4 +1184,120 @@ fn the_dashboard_behind_a_load_balancer_moves_between_relays_without_a_duplicate
     assert!(url.contains("run="), "the reconnect names its run: {v:#}");
     // Relay B served it: its stream is the run's, message for message.
     assert_eq!(messages(b.addr(), &[]), messages(p.addr(), &[]));
+}
+
+/// A control token with a character no HTTP header can carry (a zero-width
+/// space or a curly quote picked up in copying, a `+` the address decoded
+/// to a space) is refused as a token, at once, and never kept: `fetch`
+/// would throw on it, and the page took that for an unreachable server, on
+/// every click. A good token typed after it steers the run.
+#[test]
+fn a_token_no_header_can_carry_is_refused_as_a_token_not_as_a_lost_server() {
+    let Some(_b) = browser() else { return };
+    let db = TempDb::shop(2000);
+    let mut p = steerable_run(&db);
+    let url = format!("http://{}/#control={CONTROL}%E2%80%8B", p.addr());
+    let v = observe(
+        &url,
+        json!({"timeout_ms": 15000, "actions": [
+            {"wait": ".step[data-state=running]"},
+            {"snapshot": "fragment"},
+            {"wait": "#control-token"},
+            {"fill": "#control-token", "value": format!("{CONTROL}\u{2019}")},
+            {"press": "#control-token", "key": "Enter"},
+            {"snapshot": "typed"},
+            {"fill": "#control-token", "value": CONTROL},
+            {"press": "#control-token", "key": "Enter"},
+            {"dialogs": "accept"},
+            {"click": "#cancel"},
+        ]}),
+    );
+    for name in ["fragment", "typed"] {
+        let steer = &v["snapshots"][name]["steer"];
+        let message = steer["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("control token") && !message.contains("reach"),
+            "{name}: the page must say what is wrong with the token: {v:#}"
+        );
+        assert_eq!(steer["stored_token"], Value::Null, "{name}: {v:#}");
+        assert_eq!(steer["controls"], false, "{name}: {v:#}");
+        assert_eq!(steer["token_field"], true, "{name}: {v:#}");
+        assert!(
+            !steer["address"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("control="),
+            "{name}: {v:#}"
+        );
+    }
+    assert_eq!(v.get("action_error"), None, "{v:#}");
+    let posts = v["control_requests"].as_array().expect("control requests");
+    assert_eq!(posts.len(), 1, "only the good token's cancel: {v:#}");
+    assert_eq!(
+        posts[0]["authorization"],
+        format!("Bearer {CONTROL}"),
+        "{v:#}"
+    );
+    assert_eq!(v["banner"]["status"], "cancelled", "{v:#}");
+    assert_eq!(p.wait().code(), Some(130), "{}", p.stderr());
+}
+
+/// Text a run can carry into the page, shaped to run if it were ever taken
+/// for HTML: any `alert` it ran would show up as a dialog.
+const HOSTILE: &str = r#"<img src=x onerror=alert(1)>"'</script><script>alert(2)</script>&amp;"#;
+
+/// Plan, step and file names, SQL text in an `expect` failure and the
+/// message that carries it reach the page as text, never as markup; and an
+/// undo of that run is titled as an undo.
+#[test]
+fn hostile_names_and_errors_are_shown_as_text_and_an_undo_as_an_undo() {
+    let Some(_b) = browser() else { return };
+    let shop = TempDb::shop(1000);
+    let path = shop.dir.path().join("x<img src=x onerror=alert(3)>.sqlite");
+    std::fs::rename(&shop.path, &path).expect("rename the database");
+    let db = TempDb {
+        dir: shop.dir,
+        path,
+    };
+    let plan = json!({"name": HOSTILE, "undo": true, "steps": [
+        {"name": format!("s1 {HOSTILE}"),
+         "sql": "UPDATE orders SET counter = counter + 1 WHERE id BETWEEN :lo AND :hi",
+         "chunk": {"table": "orders", "key": "id", "size": 500}},
+        {"name": format!("s2 {HOSTILE}"),
+         "sql": "UPDATE orders SET counter = counter + 1 WHERE id < 10",
+         "expect": format!("SELECT '{}' = 'no'", HOSTILE.replace('\'', "''"))},
+    ]});
+    let plan = db.file("plan.json", &plan.to_string());
+    let gate = ["--wait-for-clients", "1", "--linger", "20"];
+    let p = serving(&db, path_str(&plan), &gate);
+    let v = observe(&format!("http://{}/", p.addr()), json!({}));
+    drop(p);
+    assert_eq!(v["dialogs"], json!([]), "markup ran: {v:#}");
+    assert_eq!(v["plan"], HOSTILE, "{v:#}");
+    assert_eq!(v["title"], format!("{HOSTILE} · batchsse"), "{v:#}");
+    assert_eq!(v["db"], "x<img src=x onerror=alert(3)>.sqlite", "{v:#}");
+    assert_eq!(v["steps"][0]["name"], format!("s1 {HOSTILE}"), "{v:#}");
+    assert_eq!(v["steps"][1]["state"], "failed", "{v:#}");
+    let expect = format!("expect SELECT '{}' = 'no'", HOSTILE.replace('\'', "''"));
+    for shown in [&v["steps"][1]["text"], &v["banner"]["text"]] {
+        assert!(
+            shown.as_str().is_some_and(|t| t.contains(&expect)),
+            "the expect failure, as text: {v:#}"
+        );
+    }
+    assert_eq!(v["banner"]["status"], "failed", "{v:#}");
+
+    let db_arg = path_str(&db.path);
+    let mut args = vec!["undo", "--db", db_arg, "--plan", HOSTILE];
+    args.extend_from_slice(&["--listen", "127.0.0.1:0", "--progress", "none"]);
+    args.extend_from_slice(&gate);
+    let u = Proc::start(&args);
+    let v = observe(&format!("http://{}/", u.addr()), json!({}));
+    assert_eq!(v["dialogs"], json!([]), "markup ran: {v:#}");
+    assert_eq!(v["plan"], format!("Undo of {HOSTILE}"), "{v:#}");
+    assert_eq!(v["title"], format!("Undo of {HOSTILE} · batchsse"), "{v:#}");
+    assert_eq!(v["banner"]["status"], "ok", "{v:#}");
+    let step = v["steps"][0]["name"].as_str().unwrap_or_default();
+    assert!(step.ends_with(&format!("s1 {HOSTILE}")), "{v:#}");
+    assert_eq!(db.query_i64("SELECT sum(counter) FROM orders"), 0);
 }
