@@ -162,16 +162,24 @@ fn route<B>(state: &Arc<State>, req: &Request<B>) -> Response<Body> {
         return r;
     }
     match path {
-        "/" if state.relayed => full(
-            StatusCode::OK,
-            "text/html; charset=utf-8",
-            dashboard::RELAYED.as_str(),
-        ),
-        "/" => full(StatusCode::OK, "text/html; charset=utf-8", dashboard::HTML),
+        "/" if state.relayed => page(state, dashboard::RELAYED.as_str()),
+        "/" => page(state, dashboard::HTML),
         "/status" => status(state),
         "/metrics" => metrics_page(state),
         _ => events(state, req, &query),
     }
+}
+
+/// The dashboard. Only the `--cors` origin's pages may frame it (none
+/// without one), so no other site can lay it under its own buttons.
+fn page(state: &State, html: &'static str) -> Response<Body> {
+    let mut r = full(StatusCode::OK, "text/html; charset=utf-8", html);
+    let ancestors = state.config.cors.as_deref().unwrap_or("'none'");
+    let policy = HeaderValue::from_str(&format!("frame-ancestors {ancestors}"))
+        .unwrap_or(HeaderValue::from_static("frame-ancestors 'none'"));
+    r.headers_mut()
+        .insert(header::CONTENT_SECURITY_POLICY, policy);
+    r
 }
 
 pub(super) fn status(state: &State) -> Response<Body> {

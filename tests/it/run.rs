@@ -340,6 +340,26 @@ fn a_json_plan_saved_with_a_utf8_bom_runs() {
     assert_eq!(db.counter_spread(), (30, 0));
 }
 
+/// With `--cors`, the origin allowed to read the run may also frame its
+/// dashboard; no other may.
+#[test]
+fn only_the_cors_origin_may_frame_the_dashboard() {
+    let db = TempDb::counters(10);
+    let plan = db.file("plan.json", &counter_plan("framed", 10));
+    let mut p = Proc::start(&args(
+        &db,
+        path_str(&plan),
+        &words("--wait-for-clients 1 --progress none --cors http://app.test:5173"),
+    ));
+    let page = get(p.addr(), "/", &[]);
+    assert_eq!(
+        page.header("content-security-policy"),
+        Some("frame-ancestors http://app.test:5173")
+    );
+    Stream::open(p.addr(), "/events", &[]).rest();
+    assert_eq!(p.wait().code(), Some(0));
+}
+
 #[test]
 fn routes_status_and_linger() {
     let db = TempDb::counters(100);
@@ -362,6 +382,11 @@ fn routes_status_and_linger() {
             .starts_with("text/html")
     );
     assert!(page.text().contains("EventSource"));
+    // No other site may frame the dashboard.
+    assert_eq!(
+        page.header("content-security-policy"),
+        Some("frame-ancestors 'none'")
+    );
     assert_eq!(get(a, "/nope", &[]).status, 404);
     let post = raw(a, &request("POST", "/events", &[("Content-Length", "0")]));
     assert_eq!(post.status, 405);
