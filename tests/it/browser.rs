@@ -1286,7 +1286,13 @@ fn hostile_names_and_errors_are_shown_as_text_and_an_undo_as_an_undo() {
         );
     }
     assert_eq!(v["banner"]["status"], "failed", "{v:#}");
+    let said = v["banner"]["text"].as_str().unwrap_or_default();
+    assert!(said.contains("Undo record "), "the record's size: {v:#}");
 
+    // The application changes an order the run changed: a conflict.
+    db.conn()
+        .execute("UPDATE orders SET counter = 5 WHERE id = 7", [])
+        .expect("the application's write");
     let db_arg = path_str(&db.path);
     let mut args = vec!["undo", "--db", db_arg, "--plan", HOSTILE];
     args.extend_from_slice(&["--listen", "127.0.0.1:0", "--progress", "none"]);
@@ -1299,5 +1305,10 @@ fn hostile_names_and_errors_are_shown_as_text_and_an_undo_as_an_undo() {
     assert_eq!(v["banner"]["status"], "ok", "{v:#}");
     let step = v["steps"][0]["name"].as_str().unwrap_or_default();
     assert!(step.ends_with(&format!("s1 {HOSTILE}")), "{v:#}");
-    assert_eq!(db.query_i64("SELECT sum(counter) FROM orders"), 0);
+    let said = v["banner"]["text"].as_str().unwrap_or_default();
+    assert!(
+        said.contains("1 conflict kept the application's rows"),
+        "{v:#}"
+    );
+    assert_eq!(db.query_i64("SELECT sum(counter) FROM orders"), 5);
 }
