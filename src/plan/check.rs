@@ -391,6 +391,26 @@ impl Rehearsal {
         Ok(autocommit)
     }
 
+    /// Whether a plain step writes nothing but TEMP tables (see
+    /// [`only_temp_writes`]), found by rehearsing it in a savepoint that is
+    /// rolled back at once, so the copy is as it was. For a step a resumed
+    /// run would skip: the checkpoint cannot say, and its TEMP tables went
+    /// with the connection of the run that made them.
+    pub(super) fn only_temp(&self, label: &str, sql: &str) -> bool {
+        if self.conn.execute_batch("SAVEPOINT batchsse_probe").is_err() {
+            return false;
+        }
+        let complete = self.complete.get();
+        self.take_writes();
+        let rehearsed = self.rehearse_plain(label, sql).is_ok();
+        let (writes, _) = self.take_writes();
+        let _ = self
+            .conn
+            .execute_batch("ROLLBACK TO batchsse_probe; RELEASE batchsse_probe");
+        self.complete.set(complete);
+        rehearsed && only_temp_writes(&writes)
+    }
+
     /// Checks and rehearses one statement of a SQL script.
     pub(super) fn rehearse_script_statement(
         &self,
@@ -887,6 +907,17 @@ impl Rehearsal {
         }
         Ok(false)
     }
+}
+
+/// Whether the tables a step writes (as [`Rehearsal::take_writes`] gives
+/// them) are all of the TEMP schema, its own schema table included (which
+/// a `CREATE TEMP …` writes), and there is one at least.
+pub(super) fn only_temp_writes(writes: &[String]) -> bool {
+    !writes.is_empty()
+        && writes.iter().all(|w| {
+            w.split_once(OTHER_SCHEMA)
+                .is_some_and(|(db, _)| db == "temp")
+        })
 }
 
 /// "the parameter :v" / "the parameters :a, ?2" when a statement has any.

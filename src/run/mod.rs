@@ -565,10 +565,13 @@ impl Runner<'_> {
             return Ok(Counts::all(changed));
         }
         let tx = Tx::begin(self.conn, self.nested).map_err(|e| self.fail(e, none))?;
-        if self
-            .checkpoint
-            .moved(step, None)
-            .map_err(|e| self.fail(e, none))?
+        // A step that sets up the connection is done again on a resume, over
+        // its own checkpoint row; two runs doing it at once is harmless.
+        if !step.sets_up_connection()
+            && self
+                .checkpoint
+                .moved(step, None)
+                .map_err(|e| self.fail(e, none))?
         {
             return Err((StepError::Sql(self.checkpoint.conflict()), none));
         }

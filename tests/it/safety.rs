@@ -1365,6 +1365,50 @@ fn a_resumed_run_sets_its_connection_up_again() {
     );
 }
 
+/// A TEMP table lives in the connection that made it, so the step that
+/// makes (and fills) it sets the connection up, as a PRAGMA does: a resumed
+/// run does it again. Skipped, later steps would not compile, or (with a
+/// table of `main` of the same name, as here on the second round) would
+/// silently read that one and change every row.
+#[test]
+fn a_resumed_run_makes_its_temp_tables_again() {
+    for shadowed in [false, true] {
+        let db = TempDb::counters(100);
+        db.conn()
+            .execute_batch("CREATE TABLE log(n INTEGER PRIMARY KEY); INSERT INTO log VALUES (1);")
+            .unwrap();
+        if shadowed {
+            db.conn()
+                .execute_batch("CREATE TABLE pick(id INTEGER); INSERT INTO pick SELECT id FROM t;")
+                .unwrap();
+        }
+        let plan = db.file(
+            "plan.json",
+            r#"{"name":"tmp","steps":[
+              {"sql":"CREATE TEMP TABLE pick(id INTEGER); INSERT INTO temp.pick SELECT id FROM t WHERE id % 10 = 0"},
+              {"sql":"UPDATE t SET counter = counter + 1 WHERE id IN (SELECT id FROM pick) AND id BETWEEN :lo AND :hi","chunk":{"table":"t"}},
+              {"sql":"INSERT INTO log VALUES (1)"},
+              {"sql":"UPDATE t SET counter = counter + 100 WHERE id IN (SELECT id FROM pick)"}]}"#,
+        );
+        let args = run_args(&db, path_str(&plan), &["--no-serve"]);
+        let (code, _, err) = run(&args);
+        assert_eq!(code, 1, "the log row is in the way: {err}");
+        db.conn().execute_batch("DELETE FROM log").unwrap();
+        let (code, _, err) = run(&args);
+        assert_eq!(code, 0, "shadowed {shadowed}: {err}");
+        assert_eq!(
+            db.query_i64("SELECT count(*) FROM t WHERE id % 10 = 0 AND counter = 101"),
+            10,
+            "shadowed {shadowed}: the picked rows, once by each step"
+        );
+        assert_eq!(
+            db.query_i64("SELECT count(*) FROM t WHERE id % 10 <> 0 AND counter <> 0"),
+            0,
+            "shadowed {shadowed}: no other row"
+        );
+    }
+}
+
 /// A plan over a database it `ATTACH`es; `aux.log` has a row already, so
 /// the last step fails until it is removed.
 fn attached(db: &TempDb, last: &str) -> (std::path::PathBuf, std::path::PathBuf) {
