@@ -251,10 +251,12 @@ impl Rehearsal {
         }))
         .map_err(|e| UsageError::new(format!("cannot set up the pre-run check: {e}")))?;
         let mut complete = true;
+        // Only names that begin `sqlite_` are SQLite's own (`_` unescaped
+        // is LIKE's wildcard, which would leave out a table `SQLiteLog`).
         let schema: Vec<(String, String)> = db
             .prepare(
                 "SELECT type, sql FROM sqlite_schema
-                 WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%' ORDER BY rowid",
+                 WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY rowid",
             )
             .and_then(|mut s| {
                 s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
@@ -654,7 +656,7 @@ impl Rehearsal {
     fn known_tables(&self) -> String {
         let names: Vec<String> = self
             .conn
-            .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
+            .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name")
             .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
             .unwrap_or_default();
         if names.is_empty() {
