@@ -1305,3 +1305,30 @@ fn a_table_named_generate_series_does_not_stop_a_purge_coming_back() {
     assert!(err.contains("3 rows changed"), "{err}");
     assert_eq!(content(&db), before);
 }
+
+/// A step that writes only TEMP tables changes nothing in the file, so a
+/// recorded run takes it in (there is nothing of it to take back) and the
+/// undo goes past it to the steps before, where `"undo": false` would
+/// have stopped it. Run again afterwards, the plan makes its TEMP table
+/// anew and does what it did the first time.
+#[test]
+fn a_step_that_makes_a_temp_table_is_recorded_and_the_undo_goes_past_it() {
+    let setup = "CREATE TABLE t(id INTEGER PRIMARY KEY, v INT);
+        INSERT INTO t VALUES (1, 1), (2, 2), (3, 3), (4, 4), (5, 5);";
+    let plan = r#"{"name":"p","steps":[
+        {"sql":"UPDATE t SET v = v + 1"},
+        {"sql":"CREATE TEMP TABLE pick AS SELECT id FROM t WHERE id % 2 = 1; INSERT INTO pick VALUES (4)"},
+        {"sql":"UPDATE t SET v = v * 100 WHERE id IN pick AND id BETWEEN :lo AND :hi","chunk":{"table":"t"}},
+        {"sql":"DELETE FROM t WHERE id IN pick AND id > 3"}]}"#;
+    for env in [&[][..], &HOOK_OFF[..]] {
+        let (db, before) = recorded_run(setup, plan, env);
+        let applied = content(&db);
+        let (code, _, err) = run_with_env(&undo_args(&db, &["--plan", "p"]), None, env);
+        assert_eq!(code, 0, "{env:?}: {err}");
+        assert!(err.contains("fully taken back"), "{env:?}: {err}");
+        assert_eq!(content(&db), before, "{env:?}");
+        let plan = db.dir.path().join("plan.json");
+        run_recorded(&db, &plan, env);
+        assert_eq!(content(&db), applied, "{env:?}");
+    }
+}

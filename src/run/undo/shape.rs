@@ -250,6 +250,10 @@ fn why_unrecordable(
     replacing: Option<&[String]>,
 ) -> Option<String> {
     let word = first_keyword(&step.sql);
+    if step.temp_only {
+        // Its TEMP tables go with the connection: nothing to take back.
+        return None;
+    }
     if step.autocommit {
         return Some(format!("{word} runs outside a transaction"));
     }
