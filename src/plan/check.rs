@@ -34,7 +34,18 @@ pub(super) struct Rehearsal {
 /// Column reads and writes seen by the authorizer while a statement
 /// compiled, triggers' included, in the main schema.
 #[derive(Clone, Default)]
-struct Seen(Arc<Mutex<Vec<Access>>>, Tables, Columns, Setting);
+struct Seen(
+    Arc<Mutex<Vec<Access>>>,
+    Tables,
+    Columns,
+    Setting,
+    AfterTempTrigger,
+);
+
+/// The last action was the creation of a TEMP trigger. For one on a table
+/// of `main`, SQLite then checks an insert into main's schema table, but
+/// writes the trigger into the TEMP schema.
+type AfterTempTrigger = Arc<Mutex<bool>>;
 
 /// The last `PRAGMA name = value` (or `name(value)`) compiled, which may
 /// set what it names: `PRAGMA busy_timeout = 1` is a query SQLite calls
@@ -49,6 +60,9 @@ type Columns = Arc<Mutex<std::collections::BTreeSet<(String, String)>>>;
 /// `main` by its name, any other as its schema, [`OTHER_SCHEMA`], its name
 /// (a name may hold a dot, never a NUL).
 type Tables = Arc<Mutex<std::collections::BTreeSet<String>>>;
+
+/// The schema table of `main`, as the authorizer names it.
+const MAIN_SCHEMA_TABLE: &str = "sqlite_master";
 
 /// Parts a written table of another schema than `main` from its schema
 /// (see [`Tables`]).
@@ -87,7 +101,13 @@ impl Seen {
     }
 
     fn record(&self, ctx: rusqlite::hooks::AuthContext<'_>) -> rusqlite::hooks::Authorization {
-        use rusqlite::hooks::AuthAction::{Delete, Insert, Pragma, Read, Update};
+        use rusqlite::hooks::AuthAction::{
+            CreateTempTrigger, Delete, Insert, Pragma, Read, Update,
+        };
+        let after_temp_trigger = std::mem::replace(
+            &mut *self.4.lock().unwrap_or_else(|p| p.into_inner()),
+            matches!(ctx.action, CreateTempTrigger { .. }),
+        );
         if let Pragma {
             pragma_name,
             pragma_value: Some(value),
@@ -103,10 +123,13 @@ impl Seen {
                 Some("main") | None => table_name.to_owned(),
                 Some(db) => format!("{db}{OTHER_SCHEMA}{table_name}"),
             };
-            self.1
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(name);
+            let only_checked = after_temp_trigger && name == MAIN_SCHEMA_TABLE;
+            if !only_checked {
+                self.1
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(name);
+            }
         }
         let (write, table, column) = match ctx.action {
             Update {

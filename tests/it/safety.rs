@@ -1409,6 +1409,39 @@ fn a_resumed_run_makes_its_temp_tables_again() {
     }
 }
 
+/// A TEMP trigger on a table of the file is kept in the TEMP schema too:
+/// a resumed run makes it again, so the steps after the resume set it off.
+#[test]
+fn a_resumed_run_makes_its_temp_triggers_again() {
+    let db = TempDb::counters(10);
+    db.conn()
+        .execute_batch(
+            "CREATE TABLE log(n INTEGER PRIMARY KEY); INSERT INTO log VALUES (1);
+             CREATE TABLE audit(id INTEGER);",
+        )
+        .unwrap();
+    let plan = db.file(
+        "plan.json",
+        r#"{"name":"trig","steps":[
+          {"sql":"CREATE TEMP TRIGGER seen AFTER UPDATE ON t BEGIN INSERT INTO audit VALUES (new.id); END"},
+          {"sql":"UPDATE t SET counter = counter + 1 WHERE id BETWEEN :lo AND :hi","chunk":{"table":"t"}},
+          {"sql":"INSERT INTO log VALUES (1)"},
+          {"sql":"UPDATE t SET counter = counter + 100 WHERE id <= 3"}]}"#,
+    );
+    let args = run_args(&db, path_str(&plan), &["--no-serve"]);
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 1, "the log row is in the way: {err}");
+    db.conn().execute_batch("DELETE FROM log").unwrap();
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 310);
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM audit"),
+        13,
+        "every update of t set the trigger off, the resumed run's too"
+    );
+}
+
 /// A plan over a database it `ATTACH`es; `aux.log` has a row already, so
 /// the last step fails until it is removed.
 fn attached(db: &TempDb, last: &str) -> (std::path::PathBuf, std::path::PathBuf) {

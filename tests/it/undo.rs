@@ -1306,18 +1306,20 @@ fn a_table_named_generate_series_does_not_stop_a_purge_coming_back() {
     assert_eq!(content(&db), before);
 }
 
-/// A step that writes only TEMP tables changes nothing in the file, so a
-/// recorded run takes it in (there is nothing of it to take back) and the
+/// A step that writes only TEMP tables (or makes a TEMP trigger) changes
+/// nothing in the file, so a recorded run takes it in (there is nothing of it to take back) and the
 /// undo goes past it to the steps before, where `"undo": false` would
 /// have stopped it. Run again afterwards, the plan makes its TEMP table
 /// anew and does what it did the first time.
 #[test]
 fn a_step_that_makes_a_temp_table_is_recorded_and_the_undo_goes_past_it() {
     let setup = "CREATE TABLE t(id INTEGER PRIMARY KEY, v INT);
-        INSERT INTO t VALUES (1, 1), (2, 2), (3, 3), (4, 4), (5, 5);";
+        INSERT INTO t VALUES (1, 1), (2, 2), (3, 3), (4, 4), (5, 5);
+        CREATE TABLE log(v INT);";
     let plan = r#"{"name":"p","steps":[
         {"sql":"UPDATE t SET v = v + 1"},
         {"sql":"CREATE TEMP TABLE pick AS SELECT id FROM t WHERE id % 2 = 1; INSERT INTO pick VALUES (4)"},
+        {"sql":"CREATE TEMP TRIGGER logged AFTER UPDATE ON t BEGIN INSERT INTO log VALUES (new.v); END"},
         {"sql":"UPDATE t SET v = v * 100 WHERE id IN pick AND id BETWEEN :lo AND :hi","chunk":{"table":"t"}},
         {"sql":"DELETE FROM t WHERE id IN pick AND id > 3"}]}"#;
     for env in [&[][..], &HOOK_OFF[..]] {
