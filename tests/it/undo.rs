@@ -1334,3 +1334,45 @@ fn a_step_that_makes_a_temp_table_is_recorded_and_the_undo_goes_past_it() {
         assert_eq!(content(&db), applied, "{env:?}");
     }
 }
+
+/// A comment between `OR` and `REPLACE` (or `CONFLICT` and `REPLACE`) is
+/// still a REPLACE: a build without the pre-update hook must refuse it as
+/// it refuses the plain spelling, or the rows it replaces are deleted
+/// unrecorded and an undo that says it took everything back cannot bring
+/// them back.
+#[test]
+fn without_the_hook_a_replace_parted_by_a_comment_is_still_refused() {
+    let cases = [
+        (
+            "CREATE TABLE k(name TEXT PRIMARY KEY, n INT); INSERT INTO k VALUES ('x', 1);",
+            "INSERT OR /* last wins */ REPLACE INTO k VALUES ('x', 2)",
+        ),
+        (
+            "CREATE TABLE k(name TEXT PRIMARY KEY, n INT); INSERT INTO k VALUES ('x', 1);",
+            "INSERT OR -- last wins\n REPLACE INTO k VALUES ('x', 2)",
+        ),
+        (
+            "CREATE TABLE k(name TEXT UNIQUE ON CONFLICT -- last wins\n REPLACE, n INT);
+             INSERT INTO k VALUES ('x', 1);",
+            "INSERT INTO k VALUES ('x', 2)",
+        ),
+        (
+            "CREATE TABLE k(name TEXT PRIMARY KEY, n INT); INSERT INTO k VALUES ('x', 1);
+             CREATE TABLE feed(name TEXT, n INT);
+             CREATE TRIGGER fed AFTER INSERT ON feed BEGIN
+               INSERT OR /* last wins */ REPLACE INTO k VALUES (new.name, new.n); END;",
+            "INSERT INTO feed VALUES ('x', 2)",
+        ),
+    ];
+    for (setup, sql) in cases {
+        let db = TempDb::with_sql(setup);
+        let file = sha256(&db.path);
+        let plan = serde_json::json!({"name": "r", "steps": [{"sql": sql}]}).to_string();
+        let plan = db.file("plan.json", &plan);
+        let args = run_args(&db, path_str(&plan), &["--no-serve", "--undo"]);
+        let (code, _, err) = run_with_env(&args, None, &HOOK_OFF);
+        assert_eq!(code, 2, "{sql}: {err}");
+        assert!(err.contains("REPLACE"), "{sql}: {err}");
+        assert_eq!(sha256(&db.path), file, "{sql}: nothing ran");
+    }
+}

@@ -234,12 +234,39 @@ fn replacing_tables(conn: &Connection) -> rusqlite::Result<Vec<String>> {
         .collect())
 }
 
+/// The words of some SQL, upper-cased, its comments left out (one between
+/// `OR` and `REPLACE` must not hide them). Quoted text is read as words
+/// too, which can only refuse more.
 fn words(sql: &str) -> Vec<String> {
-    sql.to_ascii_uppercase()
+    uncommented(sql)
+        .to_ascii_uppercase()
         .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
         .filter(|w| !w.is_empty())
         .map(str::to_owned)
         .collect()
+}
+
+/// `sql` with each comment made a space; quoted strings and names stay
+/// whole (a `--` inside one is no comment), as SQLite reads them.
+fn uncommented(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut rest = sql;
+    while let Some(c) = rest.chars().next() {
+        let (end, comment) = match c {
+            '\'' | '"' | '`' | '[' => {
+                let close = if c == '[' { ']' } else { c };
+                (rest[1..].find(close).map_or(rest.len(), |i| i + 2), false)
+            }
+            '-' if rest.starts_with("--") => (rest.find('\n').unwrap_or(rest.len()), true),
+            '/' if rest.starts_with("/*") => {
+                (rest[2..].find("*/").map_or(rest.len(), |i| i + 4), true)
+            }
+            _ => (c.len_utf8(), false),
+        };
+        out.push_str(if comment { " " } else { &rest[..end] });
+        rest = &rest[end..];
+    }
+    out
 }
 
 /// `replacing`: the tables that resolve conflicts by REPLACE, when
