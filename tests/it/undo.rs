@@ -1336,8 +1336,9 @@ fn a_step_that_makes_a_temp_table_is_recorded_and_the_undo_goes_past_it() {
 }
 
 /// A comment between `OR` and `REPLACE` (or `CONFLICT` and `REPLACE`) is
-/// still a REPLACE: a build without the pre-update hook must refuse it as
-/// it refuses the plain spelling, or the rows it replaces are deleted
+/// still a REPLACE, and so is a `REPLACE INTO` after a `WITH` or another
+/// statement of the step: a build without the pre-update hook must refuse
+/// it as it refuses the plain spelling, or the rows it replaces are deleted
 /// unrecorded and an undo that says it took everything back cannot bring
 /// them back.
 #[test]
@@ -1350,6 +1351,14 @@ fn without_the_hook_a_replace_parted_by_a_comment_is_still_refused() {
         (
             "CREATE TABLE k(name TEXT PRIMARY KEY, n INT); INSERT INTO k VALUES ('x', 1);",
             "INSERT OR -- last wins\n REPLACE INTO k VALUES ('x', 2)",
+        ),
+        (
+            "CREATE TABLE k(name TEXT PRIMARY KEY, n INT); INSERT INTO k VALUES ('x', 1);",
+            "WITH v(name, n) AS (VALUES ('x', 2)) REPLACE INTO k SELECT * FROM v",
+        ),
+        (
+            "CREATE TABLE k(name TEXT PRIMARY KEY, n INT); INSERT INTO k VALUES ('x', 1);",
+            "UPDATE k SET n = n + 1; REPLACE INTO k VALUES ('x', 2)",
         ),
         (
             "CREATE TABLE k(name TEXT UNIQUE ON CONFLICT -- last wins\n REPLACE, n INT);

@@ -292,7 +292,10 @@ fn why_unrecordable(
             "{word} changes the schema, which the undo record cannot take back"
         ));
     }
-    let replaces = word == "REPLACE" || words(&step.sql).windows(2).any(|w| w == ["OR", "REPLACE"]);
+    // Any statement of the step, after a WITH too.
+    let replaces = words(&step.sql)
+        .windows(2)
+        .any(|w| w == ["OR", "REPLACE"] || w == ["REPLACE", "INTO"]);
     if replacing.is_some() && replaces {
         return Some(
             "REPLACE deletes the rows it replaces without telling the triggers and hooks that record them in this build (one built without SQLite's pre-update hook, or with BATCHSSE_UNDO_HOOK=off)"
