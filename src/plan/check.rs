@@ -551,13 +551,13 @@ impl Rehearsal {
                 "{label} is chunked but its SQL lacks :lo and :hi; add e.g. \"WHERE {key} BETWEEN :lo AND :hi\" so each chunk touches only its keys"
             )));
         }
+        // A bare `?` has no name: nothing would bind it, so it would be NULL.
         for i in 1..=stmt.parameter_count() {
-            if let Some(p) = stmt.parameter_name(i)
-                && p != ":lo"
-                && p != ":hi"
-            {
+            let name = stmt.parameter_name(i);
+            if !matches!(name, Some(":lo" | ":hi")) {
+                let p = name.map_or_else(|| format!("?{i}"), str::to_owned);
                 return Err(UsageError::new(format!(
-                    "{label} uses the parameter {p}, but a chunked step binds only :lo and :hi"
+                    "{label} uses the parameter {p}, but a chunked step binds only :lo and :hi; write the value into the SQL"
                 )));
             }
         }

@@ -741,6 +741,23 @@ fn every_bad_input_gets_a_clear_message_exit_2_and_an_untouched_database() {
             &["step 1 (\"x\")", ":lo and :hi"],
         ),
         (
+            // A bare `?` has no name; unrefused, it would be NULL in every row.
+            v(&[
+                "--db",
+                &dbp,
+                "--plan",
+                &file(
+                    "bare.json",
+                    r#"{"steps":[{"name":"x","sql":"UPDATE t SET counter = ? WHERE id BETWEEN :lo AND :hi","chunk":{"table":"t"}}]}"#,
+                ),
+            ]),
+            None,
+            &[
+                "step 1 (\"x\") uses the parameter ?1",
+                "binds only :lo and :hi",
+            ],
+        ),
+        (
             v(&[
                 "--db",
                 &dbp,
