@@ -114,6 +114,12 @@ pub fn check_throttle_query(db: &Path, sql: &str) -> Result<(), UsageError> {
             "--throttle-query must be one read-only SELECT that returns a column (truthy: wait)",
         ));
     }
+    // Nothing binds one: it would be NULL, and the run would never wait.
+    if let Some(names) = crate::plan::parameter_names(&stmt) {
+        return Err(UsageError::new(format!(
+            "--throttle-query uses {names}, which nothing binds; write the values into the query"
+        )));
+    }
     Ok(())
 }
 

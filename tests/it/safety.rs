@@ -880,6 +880,19 @@ fn every_bad_input_gets_a_clear_message_exit_2_and_an_untouched_database() {
             &["outside a transaction", "--atomic"],
         ),
         (
+            // Nothing binds it: NULL, so the run would never wait.
+            v(&[
+                "--db",
+                &dbp,
+                "--plan",
+                &good,
+                "--throttle-query",
+                "SELECT :busy > 0",
+            ]),
+            None,
+            &["--throttle-query uses the parameter :busy"],
+        ),
+        (
             v(&["--db", &dbp, "--plan", &good, "--batch-size", "0"]),
             None,
             &["--batch-size takes 1 to 10000000 rows"],
