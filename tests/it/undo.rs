@@ -1385,3 +1385,23 @@ fn without_the_hook_a_replace_parted_by_a_comment_is_still_refused() {
         assert_eq!(sha256(&db.path), file, "{sql}: nothing ran");
     }
 }
+
+/// `undo` takes `run`'s pace flags, and checks them as `run` does: a
+/// throttle query that cannot work is refused before anything is taken
+/// back, not found out at the first chunk (which then went on unthrottled).
+#[test]
+fn an_undo_refuses_a_throttle_query_that_cannot_work() {
+    let db = bumped();
+    let file = sha256(&db.path);
+    for (query, said) in [
+        ("SELEC 1", "does not compile"),
+        ("DELETE FROM t", "read-only"),
+        ("SELECT :busy", "the parameter :busy"),
+    ] {
+        let args = undo_args(&db, &["--plan", "bump", "--throttle-query", query]);
+        let (code, _, err) = run(&args);
+        assert_eq!(code, 2, "{query}: {err}");
+        assert!(err.contains(said), "{query}: {err}");
+        assert_eq!(sha256(&db.path), file, "{query}: nothing was taken back");
+    }
+}
