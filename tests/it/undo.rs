@@ -1405,3 +1405,50 @@ fn an_undo_refuses_a_throttle_query_that_cannot_work() {
         assert_eq!(sha256(&db.path), file, "{query}: nothing was taken back");
     }
 }
+
+/// An undo's dry run is one transaction that holds the write lock until
+/// it ends, as `run --dry-run` is: a wait between its chunks would lock the
+/// application out, and its own WAL frames cannot be checkpointed before
+/// it ends, so waiting for the WAL to shrink would wait forever. The
+/// brakes are refused as `run` refuses them, and the WAL cap is off.
+#[test]
+fn an_undo_dry_run_never_waits_holding_the_lock() {
+    let db = TempDb::padded_wal(40_000);
+    let plan = db.file(
+        "plan.json",
+        r#"{"name":"pad","steps":[{"sql":"UPDATE t SET counter = counter + 1, pad = upper(pad) WHERE id BETWEEN :lo AND :hi","chunk":{"table":"t"}}]}"#,
+    );
+    let args = run_args(
+        &db,
+        path_str(&plan),
+        &["--no-serve", "--undo", "--batch-size", "5000"],
+    );
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    let file = sha256(&db.path);
+    let pause = db.file("pause", "");
+    // Each in a guard that kills it if it waits after all.
+    let finish = |extra: &[&str]| {
+        let mut p = Proc::start(&undo_args(
+            &db,
+            &[&["--plan", "pad", "--dry-run"], extra].concat(),
+        ));
+        let code = p.wait_for(PATIENCE).code();
+        (code, p.stderr())
+    };
+    for (flag, value) in [
+        ("--pause-file", path_str(&pause)),
+        ("--throttle-query", "SELECT 1"),
+    ] {
+        let (code, err) = finish(&[flag, value]);
+        assert_eq!(code, Some(2), "{flag}: {err}");
+        assert!(
+            err.contains(&format!("{flag} cannot be used with --dry-run")),
+            "{err}"
+        );
+    }
+    let (code, err) = finish(&["--max-wal-mb", "1", "--batch-size", "5000"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("40,000 rows would change"), "{err}");
+    assert_eq!(sha256(&db.path), file, "a dry run writes nothing");
+}
