@@ -1651,3 +1651,43 @@ fn a_token_that_cannot_travel_in_a_header_is_refused_by_run_demo_and_watch() {
     assert_eq!(w.wait().code(), Some(0), "{}", w.stderr());
     assert!(p.wait().success(), "{}", p.stderr());
 }
+
+/// A run that is one transaction (`--dry-run`, `--atomic`, an undo's dry
+/// run) holds the write lock from its first chunk to its end: a wait
+/// between its chunks (`--sleep`, the live pace's yield) would only keep
+/// the application locked out longer, so there is none. Ten minutes of
+/// sleep between each of three chunks would not end within the test.
+#[test]
+fn a_run_that_is_one_transaction_never_sleeps_between_chunks() {
+    let db = TempDb::counters(30);
+    let plan = db.file("plan.json", &counter_plan("bump", 10));
+    let sleepy = ["--no-serve", "--batch-size", "10", "--sleep", "600000"];
+    let finish = |args: &[&str]| {
+        let mut p = Proc::start(args);
+        let code = p.wait_for(PATIENCE).code();
+        (code, p.stderr())
+    };
+    for flag in ["--dry-run", "--atomic"] {
+        let args = run_args(&db, path_str(&plan), &[&sleepy[..], &[flag]].concat());
+        let (code, err) = finish(&args);
+        assert_eq!(code, Some(0), "{flag}: {err}");
+    }
+    assert_eq!(db.counter_spread(), (30, 0), "the atomic run applied it");
+    let plan = db.file("undone.json", &counter_plan("undone", 10));
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve", "--undo"]));
+    assert_eq!(code, 0, "{err}");
+    let undo = [
+        &[
+            "undo",
+            "--db",
+            path_str(&db.path),
+            "--plan",
+            "undone",
+            "--dry-run",
+        ][..],
+        &sleepy[..],
+    ]
+    .concat();
+    let (code, err) = finish(&undo);
+    assert_eq!(code, Some(0), "undo --dry-run: {err}");
+}
