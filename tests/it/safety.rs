@@ -1395,6 +1395,21 @@ fn a_resumed_run_sets_its_connection_up_again() {
     );
 }
 
+/// Runs `plan`, whose `INSERT INTO log VALUES (1)` step fails on the row
+/// put there first; removes the row and runs it again, which resumes and
+/// must finish.
+fn fail_then_resume(db: &TempDb, plan: &std::path::Path) {
+    db.conn()
+        .execute_batch("CREATE TABLE log(n INTEGER PRIMARY KEY); INSERT INTO log VALUES (1);")
+        .unwrap();
+    let args = run_args(db, path_str(plan), &["--no-serve"]);
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 1, "the log row is in the way: {err}");
+    db.conn().execute_batch("DELETE FROM log").unwrap();
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+}
+
 /// A TEMP table lives in the connection that made it, so the step that
 /// makes (and fills) it sets the connection up, as a PRAGMA does: a resumed
 /// run does it again. Skipped, later steps would not compile, or (with a
@@ -1404,9 +1419,6 @@ fn a_resumed_run_sets_its_connection_up_again() {
 fn a_resumed_run_makes_its_temp_tables_again() {
     for shadowed in [false, true] {
         let db = TempDb::counters(100);
-        db.conn()
-            .execute_batch("CREATE TABLE log(n INTEGER PRIMARY KEY); INSERT INTO log VALUES (1);")
-            .unwrap();
         if shadowed {
             db.conn()
                 .execute_batch("CREATE TABLE pick(id INTEGER); INSERT INTO pick SELECT id FROM t;")
@@ -1420,12 +1432,7 @@ fn a_resumed_run_makes_its_temp_tables_again() {
               {"sql":"INSERT INTO log VALUES (1)"},
               {"sql":"UPDATE t SET counter = counter + 100 WHERE id IN (SELECT id FROM pick)"}]}"#,
         );
-        let args = run_args(&db, path_str(&plan), &["--no-serve"]);
-        let (code, _, err) = run(&args);
-        assert_eq!(code, 1, "the log row is in the way: {err}");
-        db.conn().execute_batch("DELETE FROM log").unwrap();
-        let (code, _, err) = run(&args);
-        assert_eq!(code, 0, "shadowed {shadowed}: {err}");
+        fail_then_resume(&db, &plan);
         assert_eq!(
             db.query_i64("SELECT count(*) FROM t WHERE id % 10 = 0 AND counter = 101"),
             10,
@@ -1445,10 +1452,7 @@ fn a_resumed_run_makes_its_temp_tables_again() {
 fn a_resumed_run_makes_its_temp_triggers_again() {
     let db = TempDb::counters(10);
     db.conn()
-        .execute_batch(
-            "CREATE TABLE log(n INTEGER PRIMARY KEY); INSERT INTO log VALUES (1);
-             CREATE TABLE audit(id INTEGER);",
-        )
+        .execute_batch("CREATE TABLE audit(id INTEGER)")
         .unwrap();
     let plan = db.file(
         "plan.json",
@@ -1458,12 +1462,7 @@ fn a_resumed_run_makes_its_temp_triggers_again() {
           {"sql":"INSERT INTO log VALUES (1)"},
           {"sql":"UPDATE t SET counter = counter + 100 WHERE id <= 3"}]}"#,
     );
-    let args = run_args(&db, path_str(&plan), &["--no-serve"]);
-    let (code, _, err) = run(&args);
-    assert_eq!(code, 1, "the log row is in the way: {err}");
-    db.conn().execute_batch("DELETE FROM log").unwrap();
-    let (code, _, err) = run(&args);
-    assert_eq!(code, 0, "{err}");
+    fail_then_resume(&db, &plan);
     assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 310);
     assert_eq!(
         db.query_i64("SELECT count(*) FROM audit"),
