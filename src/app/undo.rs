@@ -79,6 +79,7 @@ fn open(c: UndoConfig) -> Result<Session, UsageError> {
             steps: Vec::new(),
             foreign_keys: false,
             undo: false,
+            script: false,
         },
         resume: Resume::none(),
         opts: c.opts,

@@ -30,6 +30,8 @@ pub struct Plan {
     /// `"undo": true`: record every step so the run can be taken back, as
     /// `run --undo` does.
     pub undo: bool,
+    /// A SQL script (`--sql`), whose steps cannot say `"undo": false`.
+    pub script: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -237,6 +239,7 @@ fn prepare_json(
         steps,
         foreign_keys: file.foreign_keys,
         undo: file.undo,
+        script: false,
     })
 }
 
@@ -341,6 +344,7 @@ fn prepare_sql(
         steps,
         foreign_keys: false,
         undo: false,
+        script: true,
     })
 }
 

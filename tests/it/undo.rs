@@ -361,6 +361,25 @@ fn a_ddl_step_is_refused_unless_it_opts_out_and_the_undo_stops_there() {
         "{err}"
     );
     assert_eq!(sha256(&db.path), before);
+    // A script's statements cannot opt out: the way is a JSON plan.
+    let script = db.file(
+        "fix.sql",
+        "UPDATE t SET counter = 1;
+ALTER TABLE t ADD COLUMN x INT;",
+    );
+    let args = [
+        "run",
+        "--db",
+        path_str(&db.path),
+        "--sql",
+        path_str(&script),
+        "--no-serve",
+        "--undo",
+    ];
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("put the script in a JSON plan"), "{err}");
+    assert_eq!(sha256(&db.path), before);
     let plan = db.file(
         "plan.json",
         &ddl.replace(r#"{"sql":"ALTER"#, r#"{"undo":false,"sql":"ALTER"#),

@@ -134,8 +134,13 @@ pub fn refuse_unrecordable(conn: &Connection, plan: &Plan) -> Result<(), UsageEr
                 .and_then(|_| too_wide(step, &shapes, most))
         });
         if let Some(why) = why {
+            let opt_out = if plan.script {
+                "A SQL script's statements cannot say \"undo\": false: put the script in a JSON plan to give that step \"undo\": false and run it unrecorded (an undo then stops at it)"
+            } else {
+                "Give the step \"undo\": false to run it unrecorded (an undo then stops at it)"
+            };
             return Err(UsageError::new(format!(
-                "step {} ({:?}) cannot be recorded for --undo: {why}. Give the step \"undo\": false to run it unrecorded (an undo then stops at it), or run without --undo",
+                "step {} ({:?}) cannot be recorded for --undo: {why}. {opt_out}, or run without --undo",
                 step.index + 1,
                 step.name
             )));
