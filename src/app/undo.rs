@@ -36,6 +36,9 @@ pub fn run(args: UndoArgs) -> anyhow::Result<ExitCode> {
 /// Opens the database and finds the runs to take back; nothing is written.
 fn open(c: UndoConfig) -> Result<Session, UsageError> {
     let conn = runner::open_db(&c.db, c.busy_timeout)?;
+    if let Some(q) = &c.opts.brakes.throttle_query {
+        runner::check_throttle_query(&c.db, q)?;
+    }
     // The record holds every change the plan's triggers and foreign-key
     // actions made; applying it must not set them off again.
     // And a column renamed or dropped since the run must be an error, not
@@ -76,6 +79,7 @@ fn open(c: UndoConfig) -> Result<Session, UsageError> {
             steps: Vec::new(),
             foreign_keys: false,
             undo: false,
+            script: false,
         },
         resume: Resume::none(),
         opts: c.opts,

@@ -155,7 +155,7 @@ impl UndoConfig {
             which,
             opts: run::Options {
                 dry_run: a.dry_run,
-                ..paced(&a.pace)?
+                ..paced_within(&a.pace, run::one_transaction(a.dry_run, false))?
             },
             on_conflict: a.on_conflict,
             busy_timeout: Duration::from_millis(a.busy_timeout),
@@ -232,8 +232,23 @@ fn io_reason(e: &std::io::Error) -> String {
 }
 
 fn options(pace: &PaceArgs, args: &RunArgs) -> Result<run::Options, UsageError> {
-    let one_transaction = run::one_transaction(args.dry_run, args.atomic);
-    if let Some(mode) = one_transaction {
+    let paced = paced_within(pace, run::one_transaction(args.dry_run, args.atomic))?;
+    Ok(run::Options {
+        dry_run: args.dry_run,
+        atomic: args.atomic,
+        checkpoint: !args.no_checkpoint,
+        undo: args.undo,
+        ..paced
+    })
+}
+
+/// [`paced`], for a run (or undo) that may be one transaction, which
+/// `mode` names (`--dry-run`, `--atomic`): it holds the write lock until
+/// it ends, so the brakes that wait between chunks are refused, and its
+/// own WAL frames are not checkpointed before it ends, so waiting for the
+/// WAL to shrink would wait forever: that cap is off.
+fn paced_within(pace: &PaceArgs, mode: Option<&str>) -> Result<run::Options, UsageError> {
+    if let Some(mode) = mode {
         let brake = [
             ("--pause-file", pace.pause_file.is_some()),
             ("--throttle-query", pace.throttle_query.is_some()),
@@ -246,18 +261,10 @@ fn options(pace: &PaceArgs, args: &RunArgs) -> Result<run::Options, UsageError> 
         }
     }
     let mut paced = paced(pace)?;
-    if one_transaction.is_some() {
-        // One transaction's own frames are not checkpointed before it
-        // ends: waiting for its WAL to shrink would wait forever.
+    if mode.is_some() {
         paced.brakes.max_wal = 0;
     }
-    Ok(run::Options {
-        dry_run: args.dry_run,
-        atomic: args.atomic,
-        checkpoint: !args.no_checkpoint,
-        undo: args.undo,
-        ..paced
-    })
+    Ok(paced)
 }
 
 /// The options the pace flags set (shared by `run` and `undo`).

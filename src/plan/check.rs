@@ -34,7 +34,18 @@ pub(super) struct Rehearsal {
 /// Column reads and writes seen by the authorizer while a statement
 /// compiled, triggers' included, in the main schema.
 #[derive(Clone, Default)]
-struct Seen(Arc<Mutex<Vec<Access>>>, Tables, Columns, Setting);
+struct Seen(
+    Arc<Mutex<Vec<Access>>>,
+    Tables,
+    Columns,
+    Setting,
+    AfterTempTrigger,
+);
+
+/// The last action was the creation of a TEMP trigger. For one on a table
+/// of `main`, SQLite then checks an insert into main's schema table, but
+/// writes the trigger into the TEMP schema.
+type AfterTempTrigger = Arc<Mutex<bool>>;
 
 /// The last `PRAGMA name = value` (or `name(value)`) compiled, which may
 /// set what it names: `PRAGMA busy_timeout = 1` is a query SQLite calls
@@ -49,6 +60,9 @@ type Columns = Arc<Mutex<std::collections::BTreeSet<(String, String)>>>;
 /// `main` by its name, any other as its schema, [`OTHER_SCHEMA`], its name
 /// (a name may hold a dot, never a NUL).
 type Tables = Arc<Mutex<std::collections::BTreeSet<String>>>;
+
+/// The schema table of `main`, as the authorizer names it.
+const MAIN_SCHEMA_TABLE: &str = "sqlite_master";
 
 /// Parts a written table of another schema than `main` from its schema
 /// (see [`Tables`]).
@@ -87,7 +101,13 @@ impl Seen {
     }
 
     fn record(&self, ctx: rusqlite::hooks::AuthContext<'_>) -> rusqlite::hooks::Authorization {
-        use rusqlite::hooks::AuthAction::{Delete, Insert, Pragma, Read, Update};
+        use rusqlite::hooks::AuthAction::{
+            CreateTempTrigger, Delete, Insert, Pragma, Read, Update,
+        };
+        let after_temp_trigger = std::mem::replace(
+            &mut *self.4.lock().unwrap_or_else(|p| p.into_inner()),
+            matches!(ctx.action, CreateTempTrigger { .. }),
+        );
         if let Pragma {
             pragma_name,
             pragma_value: Some(value),
@@ -103,10 +123,13 @@ impl Seen {
                 Some("main") | None => table_name.to_owned(),
                 Some(db) => format!("{db}{OTHER_SCHEMA}{table_name}"),
             };
-            self.1
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(name);
+            let only_checked = after_temp_trigger && name == MAIN_SCHEMA_TABLE;
+            if !only_checked {
+                self.1
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(name);
+            }
         }
         let (write, table, column) = match ctx.action {
             Update {
@@ -251,10 +274,12 @@ impl Rehearsal {
         }))
         .map_err(|e| UsageError::new(format!("cannot set up the pre-run check: {e}")))?;
         let mut complete = true;
+        // Only names that begin `sqlite_` are SQLite's own (`_` unescaped
+        // is LIKE's wildcard, which would leave out a table `SQLiteLog`).
         let schema: Vec<(String, String)> = db
             .prepare(
                 "SELECT type, sql FROM sqlite_schema
-                 WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%' ORDER BY rowid",
+                 WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY rowid",
             )
             .and_then(|mut s| {
                 s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
@@ -391,6 +416,26 @@ impl Rehearsal {
         Ok(autocommit)
     }
 
+    /// Whether a plain step writes nothing but TEMP tables (see
+    /// [`only_temp_writes`]), found by rehearsing it in a savepoint that is
+    /// rolled back at once, so the copy is as it was. For a step a resumed
+    /// run would skip: the checkpoint cannot say, and its TEMP tables went
+    /// with the connection of the run that made them.
+    pub(super) fn only_temp(&self, label: &str, sql: &str) -> bool {
+        if self.conn.execute_batch("SAVEPOINT batchsse_probe").is_err() {
+            return false;
+        }
+        let complete = self.complete.get();
+        self.take_writes();
+        let rehearsed = self.rehearse_plain(label, sql).is_ok();
+        let (writes, _) = self.take_writes();
+        let _ = self
+            .conn
+            .execute_batch("ROLLBACK TO batchsse_probe; RELEASE batchsse_probe");
+        self.complete.set(complete);
+        rehearsed && only_temp_writes(&writes)
+    }
+
     /// Checks and rehearses one statement of a SQL script.
     pub(super) fn rehearse_script_statement(
         &self,
@@ -506,13 +551,13 @@ impl Rehearsal {
                 "{label} is chunked but its SQL lacks :lo and :hi; add e.g. \"WHERE {key} BETWEEN :lo AND :hi\" so each chunk touches only its keys"
             )));
         }
+        // A bare `?` has no name: nothing would bind it, so it would be NULL.
         for i in 1..=stmt.parameter_count() {
-            if let Some(p) = stmt.parameter_name(i)
-                && p != ":lo"
-                && p != ":hi"
-            {
+            let name = stmt.parameter_name(i);
+            if !matches!(name, Some(":lo" | ":hi")) {
+                let p = name.map_or_else(|| format!("?{i}"), str::to_owned);
                 return Err(UsageError::new(format!(
-                    "{label} uses the parameter {p}, but a chunked step binds only :lo and :hi"
+                    "{label} uses the parameter {p}, but a chunked step binds only :lo and :hi; write the value into the SQL"
                 )));
             }
         }
@@ -634,7 +679,7 @@ impl Rehearsal {
     fn known_tables(&self) -> String {
         let names: Vec<String> = self
             .conn
-            .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
+            .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name")
             .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
             .unwrap_or_default();
         if names.is_empty() {
@@ -887,6 +932,17 @@ impl Rehearsal {
         }
         Ok(false)
     }
+}
+
+/// Whether the tables a step writes (as [`Rehearsal::take_writes`] gives
+/// them) are all of the TEMP schema, its own schema table included (which
+/// a `CREATE TEMP …` writes), and there is one at least.
+pub(super) fn only_temp_writes(writes: &[String]) -> bool {
+    !writes.is_empty()
+        && writes.iter().all(|w| {
+            w.split_once(OTHER_SCHEMA)
+                .is_some_and(|(db, _)| db == "temp")
+        })
 }
 
 /// "the parameter :v" / "the parameters :a, ?2" when a statement has any.

@@ -30,6 +30,8 @@ pub struct Plan {
     /// `"undo": true`: record every step so the run can be taken back, as
     /// `run --undo` does.
     pub undo: bool,
+    /// A SQL script (`--sql`), whose steps cannot say `"undo": false`.
+    pub script: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -54,6 +56,9 @@ pub struct Step {
     /// The columns (table, column) of the main database the step may
     /// update, likewise; `None` when the check could not see them all.
     pub updates: Option<Vec<(String, String)>>,
+    /// It writes nothing but the TEMP schema (makes, fills or drops TEMP
+    /// tables, views or triggers), which lives with the connection.
+    pub temp_only: bool,
 }
 
 /// A step's expectations: checked after it (`sql`), and while it runs
@@ -69,10 +74,11 @@ pub struct Expect {
 }
 
 impl Step {
-    /// PRAGMA, ATTACH and DETACH set up this connection only, so a resumed
-    /// run does them again even when the checkpoint has them done.
+    /// PRAGMA, ATTACH, DETACH and a step that writes only TEMP tables set
+    /// up this connection only, so a resumed run does them again even when
+    /// the checkpoint has them done.
     pub fn sets_up_connection(&self) -> bool {
-        self.autocommit && sets_up_connection(&self.sql)
+        (self.autocommit && sets_up_connection(&self.sql)) || self.temp_only
     }
 }
 
@@ -233,6 +239,7 @@ fn prepare_json(
         steps,
         foreign_keys: file.foreign_keys,
         undo: file.undo,
+        script: false,
     })
 }
 
@@ -252,7 +259,9 @@ fn json_step(
             .as_ref()
             .map(|c| (c.table.as_str(), c.key.as_deref().unwrap_or(""))),
     );
-    let done = done(&sum, &s.sql, &name)?;
+    // A done step that writes only TEMP tables is done again (see
+    // [`Step::sets_up_connection`]), so it is checked as a new one.
+    let done = done(&sum, &s.sql, &name)? && !(s.chunk.is_none() && r.only_temp(label, &s.sql));
     r.take_writes();
     let (chunk, autocommit) = match s.chunk {
         None if done => (None, classify(label, &s.sql)?),
@@ -262,6 +271,7 @@ fn json_step(
     };
     let (writes, updates) = r.take_writes();
     let updates = updates.filter(|_| !done);
+    let temp_only = !done && chunk.is_none() && check::only_temp_writes(&writes);
     let expect = expectations(label, s.expect, s.expect_changes, autocommit)?;
     if let (Some(sql), false) = (&expect.sql, done) {
         r.check_expect(label, sql)?;
@@ -277,6 +287,7 @@ fn json_step(
         undo: s.undo.unwrap_or(true),
         writes,
         updates,
+        temp_only,
     })
 }
 
@@ -302,11 +313,13 @@ fn prepare_sql(
         let sum = checksum(&sql, None);
         let autocommit = classify(&label, &sql)?;
         r.take_writes();
-        let skipped = skipped_on_resume(&finished, index, &sum, &sql, &name, origin)?;
+        let skipped = skipped_on_resume(&finished, index, &sum, &sql, &name, origin)?
+            && !r.only_temp(&label, &sql);
         if !skipped {
             r.rehearse_script_statement(origin, &label, &sql)?;
         }
         let (writes, updates) = r.take_writes();
+        let temp_only = !skipped && check::only_temp_writes(&writes);
         steps.push(Step {
             index,
             name,
@@ -318,6 +331,7 @@ fn prepare_sql(
             undo: true,
             writes,
             updates: updates.filter(|_| !skipped),
+            temp_only,
         });
     }
     if steps.is_empty() {
@@ -330,6 +344,7 @@ fn prepare_sql(
         steps,
         foreign_keys: false,
         undo: false,
+        script: true,
     })
 }
 

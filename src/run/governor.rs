@@ -114,6 +114,12 @@ pub fn check_throttle_query(db: &Path, sql: &str) -> Result<(), UsageError> {
             "--throttle-query must be one read-only SELECT that returns a column (truthy: wait)",
         ));
     }
+    // Nothing binds one: it would be NULL, and the run would never wait.
+    if let Some(names) = crate::plan::parameter_names(&stmt) {
+        return Err(UsageError::new(format!(
+            "--throttle-query uses {names}, which nothing binds; write the values into the query"
+        )));
+    }
     Ok(())
 }
 
@@ -150,6 +156,9 @@ pub(super) struct Governor<'a> {
     throttle: Option<ThrottleQuery>,
     /// The throttle query's last failure, said once.
     query_error: Option<String>,
+    /// The run is one transaction (`--atomic`, `--dry-run`): it holds the
+    /// write lock throughout, so nothing waits between its chunks.
+    one_transaction: bool,
 }
 
 struct ThrottleQuery {
@@ -245,6 +254,7 @@ impl<'a> Governor<'a> {
             restore_delete: false,
             throttle,
             query_error: None,
+            one_transaction: false,
         };
         g.data_version = g.read_data_version();
         g.announced = g.settings();
@@ -398,8 +408,10 @@ impl<'a> Governor<'a> {
     pub(super) fn after_chunk(&mut self, took: Duration, step: usize, last: bool) -> bool {
         self.checkpoint(step);
         self.observe(Some(step));
-        if last {
-            return false; // the step is done; what follows checks again
+        if last || self.one_transaction {
+            // The step is done (what follows checks again), or the lock is
+            // held throughout: a wait would only keep others out longer.
+            return false;
         }
         let yielded = took.mul_f64(self.settings().nice_ratio.max(0.0));
         if self.yield_lock(yielded) || self.sleep_between_chunks() {
@@ -511,7 +523,15 @@ impl<'a> Governor<'a> {
 
     /// The pause after a chunk, counted in its rate and ETA.
     pub(super) fn rest_after(&self, took: Duration) -> Duration {
+        if self.one_transaction {
+            return Duration::ZERO;
+        }
         took.mul_f64(self.settings().nice_ratio.max(0.0)) + self.pace.sleep
+    }
+
+    /// Says the run is one transaction (see [`Governor::after_chunk`]).
+    pub(super) fn in_one_transaction(&mut self) {
+        self.one_transaction = true;
     }
 
     /// Waits while the pause file exists, the throttle query says so, or

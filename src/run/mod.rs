@@ -166,13 +166,7 @@ fn run_beating(
 ) -> RunStatus {
     cancel.attach(job.conn);
     let on = job.opts.checkpoint && !job.opts.dry_run;
-    let governor = Governor::new(
-        job.conn,
-        log,
-        (cancel, steering),
-        job.opts.pace.clone(),
-        job.opts.brakes.clone(),
-    );
+    let governor = governor(&job, log, (cancel, steering));
     let run_id = run_id();
     let mut r = Runner {
         recorder: records(job.plan, job.opts).then(|| {
@@ -234,6 +228,21 @@ fn run_beating(
         conflicts: None,
     }));
     status
+}
+
+/// The run's governor: one that is one transaction never waits between
+/// chunks (see [`Governor::after_chunk`]).
+fn governor<'a>(
+    job: &Job<'a>,
+    log: &'a EventLog,
+    lines: (&'a Cancel, &'a Steering),
+) -> Governor<'a> {
+    let opts = job.opts;
+    let mut g = Governor::new(job.conn, log, lines, opts.pace.clone(), opts.brakes.clone());
+    if one_transaction(opts.dry_run, opts.atomic).is_some() {
+        g.in_one_transaction();
+    }
+    g
 }
 
 fn db_name(conn: &Connection) -> String {
@@ -565,10 +574,13 @@ impl Runner<'_> {
             return Ok(Counts::all(changed));
         }
         let tx = Tx::begin(self.conn, self.nested).map_err(|e| self.fail(e, none))?;
-        if self
-            .checkpoint
-            .moved(step, None)
-            .map_err(|e| self.fail(e, none))?
+        // A step that sets up the connection is done again on a resume, over
+        // its own checkpoint row; two runs doing it at once is harmless.
+        if !step.sets_up_connection()
+            && self
+                .checkpoint
+                .moved(step, None)
+                .map_err(|e| self.fail(e, none))?
         {
             return Err((StepError::Sql(self.checkpoint.conflict()), none));
         }

@@ -1030,3 +1030,25 @@ fn a_sql_script_saved_with_a_utf8_bom_still_runs_its_pragma_outside_a_transactio
     assert!(err.contains("controls transactions"), "{err}");
     assert_eq!(db.bytes(), before, "database untouched");
 }
+
+/// SQLite keeps only names that begin `sqlite_` to itself: a table called
+/// `SQLiteLog` or `sqlite1` is the user's, and the check must see it.
+#[test]
+fn tables_whose_names_begin_with_sqlite_but_not_its_prefix_are_checked_and_run() {
+    let db = TempDb::with_sql(
+        "CREATE TABLE SQLiteLog(id INTEGER PRIMARY KEY, v INT);
+         INSERT INTO SQLiteLog VALUES (1, 0), (2, 0), (3, 0);
+         CREATE TABLE sqlite1(n INT);
+         CREATE VIEW sqlitev AS SELECT count(*) AS n FROM sqlite1;",
+    );
+    let plan = db.file(
+        "plan.json",
+        r#"{"name":"names","steps":[
+          {"sql":"UPDATE SQLiteLog SET v = v + 1 WHERE id BETWEEN :lo AND :hi","chunk":{"table":"sqlitelog"}},
+          {"sql":"INSERT INTO sqlite1 SELECT v FROM SQLiteLog","expect":"SELECT n = 3 FROM sqlitev"}]}"#,
+    );
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(db.query_i64("SELECT sum(v) FROM SQLiteLog"), 3);
+    assert_eq!(db.query_i64("SELECT sum(n) FROM sqlite1"), 3);
+}

@@ -741,6 +741,23 @@ fn every_bad_input_gets_a_clear_message_exit_2_and_an_untouched_database() {
             &["step 1 (\"x\")", ":lo and :hi"],
         ),
         (
+            // A bare `?` has no name; unrefused, it would be NULL in every row.
+            v(&[
+                "--db",
+                &dbp,
+                "--plan",
+                &file(
+                    "bare.json",
+                    r#"{"steps":[{"name":"x","sql":"UPDATE t SET counter = ? WHERE id BETWEEN :lo AND :hi","chunk":{"table":"t"}}]}"#,
+                ),
+            ]),
+            None,
+            &[
+                "step 1 (\"x\") uses the parameter ?1",
+                "binds only :lo and :hi",
+            ],
+        ),
+        (
             v(&[
                 "--db",
                 &dbp,
@@ -861,6 +878,19 @@ fn every_bad_input_gets_a_clear_message_exit_2_and_an_untouched_database() {
             v(&["--db", &dbp, "--plan", &vacuum, "--atomic"]),
             None,
             &["outside a transaction", "--atomic"],
+        ),
+        (
+            // Nothing binds it: NULL, so the run would never wait.
+            v(&[
+                "--db",
+                &dbp,
+                "--plan",
+                &good,
+                "--throttle-query",
+                "SELECT :busy > 0",
+            ]),
+            None,
+            &["--throttle-query uses the parameter :busy"],
         ),
         (
             v(&["--db", &dbp, "--plan", &good, "--batch-size", "0"]),
@@ -1365,6 +1395,82 @@ fn a_resumed_run_sets_its_connection_up_again() {
     );
 }
 
+/// Runs `plan`, whose `INSERT INTO log VALUES (1)` step fails on the row
+/// put there first; removes the row and runs it again, which resumes and
+/// must finish.
+fn fail_then_resume(db: &TempDb, plan: &std::path::Path) {
+    db.conn()
+        .execute_batch("CREATE TABLE log(n INTEGER PRIMARY KEY); INSERT INTO log VALUES (1);")
+        .unwrap();
+    let args = run_args(db, path_str(plan), &["--no-serve"]);
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 1, "the log row is in the way: {err}");
+    db.conn().execute_batch("DELETE FROM log").unwrap();
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+}
+
+/// A TEMP table lives in the connection that made it, so the step that
+/// makes (and fills) it sets the connection up, as a PRAGMA does: a resumed
+/// run does it again. Skipped, later steps would not compile, or (with a
+/// table of `main` of the same name, as here on the second round) would
+/// silently read that one and change every row.
+#[test]
+fn a_resumed_run_makes_its_temp_tables_again() {
+    for shadowed in [false, true] {
+        let db = TempDb::counters(100);
+        if shadowed {
+            db.conn()
+                .execute_batch("CREATE TABLE pick(id INTEGER); INSERT INTO pick SELECT id FROM t;")
+                .unwrap();
+        }
+        let plan = db.file(
+            "plan.json",
+            r#"{"name":"tmp","steps":[
+              {"sql":"CREATE TEMP TABLE pick(id INTEGER); INSERT INTO temp.pick SELECT id FROM t WHERE id % 10 = 0"},
+              {"sql":"UPDATE t SET counter = counter + 1 WHERE id IN (SELECT id FROM pick) AND id BETWEEN :lo AND :hi","chunk":{"table":"t"}},
+              {"sql":"INSERT INTO log VALUES (1)"},
+              {"sql":"UPDATE t SET counter = counter + 100 WHERE id IN (SELECT id FROM pick)"}]}"#,
+        );
+        fail_then_resume(&db, &plan);
+        assert_eq!(
+            db.query_i64("SELECT count(*) FROM t WHERE id % 10 = 0 AND counter = 101"),
+            10,
+            "shadowed {shadowed}: the picked rows, once by each step"
+        );
+        assert_eq!(
+            db.query_i64("SELECT count(*) FROM t WHERE id % 10 <> 0 AND counter <> 0"),
+            0,
+            "shadowed {shadowed}: no other row"
+        );
+    }
+}
+
+/// A TEMP trigger on a table of the file is kept in the TEMP schema too:
+/// a resumed run makes it again, so the steps after the resume set it off.
+#[test]
+fn a_resumed_run_makes_its_temp_triggers_again() {
+    let db = TempDb::counters(10);
+    db.conn()
+        .execute_batch("CREATE TABLE audit(id INTEGER)")
+        .unwrap();
+    let plan = db.file(
+        "plan.json",
+        r#"{"name":"trig","steps":[
+          {"sql":"CREATE TEMP TRIGGER seen AFTER UPDATE ON t BEGIN INSERT INTO audit VALUES (new.id); END"},
+          {"sql":"UPDATE t SET counter = counter + 1 WHERE id BETWEEN :lo AND :hi","chunk":{"table":"t"}},
+          {"sql":"INSERT INTO log VALUES (1)"},
+          {"sql":"UPDATE t SET counter = counter + 100 WHERE id <= 3"}]}"#,
+    );
+    fail_then_resume(&db, &plan);
+    assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 310);
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM audit"),
+        13,
+        "every update of t set the trigger off, the resumed run's too"
+    );
+}
+
 /// A plan over a database it `ATTACH`es; `aux.log` has a row already, so
 /// the last step fails until it is removed.
 fn attached(db: &TempDb, last: &str) -> (std::path::PathBuf, std::path::PathBuf) {
@@ -1543,4 +1649,44 @@ fn a_token_that_cannot_travel_in_a_header_is_refused_by_run_demo_and_watch() {
     );
     assert_eq!(w.wait().code(), Some(0), "{}", w.stderr());
     assert!(p.wait().success(), "{}", p.stderr());
+}
+
+/// A run that is one transaction (`--dry-run`, `--atomic`, an undo's dry
+/// run) holds the write lock from its first chunk to its end: a wait
+/// between its chunks (`--sleep`, the live pace's yield) would only keep
+/// the application locked out longer, so there is none. Ten minutes of
+/// sleep between each of three chunks would not end within the test.
+#[test]
+fn a_run_that_is_one_transaction_never_sleeps_between_chunks() {
+    let db = TempDb::counters(30);
+    let plan = db.file("plan.json", &counter_plan("bump", 10));
+    let sleepy = ["--no-serve", "--batch-size", "10", "--sleep", "600000"];
+    let finish = |args: &[&str]| {
+        let mut p = Proc::start(args);
+        let code = p.wait_for(PATIENCE).code();
+        (code, p.stderr())
+    };
+    for flag in ["--dry-run", "--atomic"] {
+        let args = run_args(&db, path_str(&plan), &[&sleepy[..], &[flag]].concat());
+        let (code, err) = finish(&args);
+        assert_eq!(code, Some(0), "{flag}: {err}");
+    }
+    assert_eq!(db.counter_spread(), (30, 0), "the atomic run applied it");
+    let plan = db.file("undone.json", &counter_plan("undone", 10));
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve", "--undo"]));
+    assert_eq!(code, 0, "{err}");
+    let undo = [
+        &[
+            "undo",
+            "--db",
+            path_str(&db.path),
+            "--plan",
+            "undone",
+            "--dry-run",
+        ][..],
+        &sleepy[..],
+    ]
+    .concat();
+    let (code, err) = finish(&undo);
+    assert_eq!(code, Some(0), "undo --dry-run: {err}");
 }

@@ -361,6 +361,25 @@ fn a_ddl_step_is_refused_unless_it_opts_out_and_the_undo_stops_there() {
         "{err}"
     );
     assert_eq!(sha256(&db.path), before);
+    // A script's statements cannot opt out: the way is a JSON plan.
+    let script = db.file(
+        "fix.sql",
+        "UPDATE t SET counter = 1;
+ALTER TABLE t ADD COLUMN x INT;",
+    );
+    let args = [
+        "run",
+        "--db",
+        path_str(&db.path),
+        "--sql",
+        path_str(&script),
+        "--no-serve",
+        "--undo",
+    ];
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("put the script in a JSON plan"), "{err}");
+    assert_eq!(sha256(&db.path), before);
     let plan = db.file(
         "plan.json",
         &ddl.replace(r#"{"sql":"ALTER"#, r#"{"undo":false,"sql":"ALTER"#),
@@ -1304,4 +1323,151 @@ fn a_table_named_generate_series_does_not_stop_a_purge_coming_back() {
     let (err, db) = round_trip(setup, plan, "", &[]);
     assert!(err.contains("3 rows changed"), "{err}");
     assert_eq!(content(&db), before);
+}
+
+/// A step that writes only TEMP tables (or makes a TEMP trigger) changes
+/// nothing in the file, so a recorded run takes it in (there is nothing of it to take back) and the
+/// undo goes past it to the steps before, where `"undo": false` would
+/// have stopped it. Run again afterwards, the plan makes its TEMP table
+/// anew and does what it did the first time.
+#[test]
+fn a_step_that_makes_a_temp_table_is_recorded_and_the_undo_goes_past_it() {
+    let setup = "CREATE TABLE t(id INTEGER PRIMARY KEY, v INT);
+        INSERT INTO t VALUES (1, 1), (2, 2), (3, 3), (4, 4), (5, 5);
+        CREATE TABLE log(v INT);";
+    let plan = r#"{"name":"p","steps":[
+        {"sql":"UPDATE t SET v = v + 1"},
+        {"sql":"CREATE TEMP TABLE pick AS SELECT id FROM t WHERE id % 2 = 1; INSERT INTO pick VALUES (4)"},
+        {"sql":"CREATE TEMP TRIGGER logged AFTER UPDATE ON t BEGIN INSERT INTO log VALUES (new.v); END"},
+        {"sql":"UPDATE t SET v = v * 100 WHERE id IN pick AND id BETWEEN :lo AND :hi","chunk":{"table":"t"}},
+        {"sql":"DELETE FROM t WHERE id IN pick AND id > 3"}]}"#;
+    for env in [&[][..], &HOOK_OFF[..]] {
+        let (db, before) = recorded_run(setup, plan, env);
+        let applied = content(&db);
+        let (code, _, err) = run_with_env(&undo_args(&db, &["--plan", "p"]), None, env);
+        assert_eq!(code, 0, "{env:?}: {err}");
+        assert!(err.contains("fully taken back"), "{env:?}: {err}");
+        assert_eq!(content(&db), before, "{env:?}");
+        let plan = db.dir.path().join("plan.json");
+        run_recorded(&db, &plan, env);
+        assert_eq!(content(&db), applied, "{env:?}");
+    }
+}
+
+/// A comment between `OR` and `REPLACE` (or `CONFLICT` and `REPLACE`) is
+/// still a REPLACE, and so is a `REPLACE INTO` after a `WITH` or another
+/// statement of the step: a build without the pre-update hook must refuse
+/// it as it refuses the plain spelling, or the rows it replaces are deleted
+/// unrecorded and an undo that says it took everything back cannot bring
+/// them back.
+#[test]
+fn without_the_hook_a_replace_parted_by_a_comment_is_still_refused() {
+    let cases = [
+        (
+            "CREATE TABLE k(name TEXT PRIMARY KEY, n INT); INSERT INTO k VALUES ('x', 1);",
+            "INSERT OR /* last wins */ REPLACE INTO k VALUES ('x', 2)",
+        ),
+        (
+            "CREATE TABLE k(name TEXT PRIMARY KEY, n INT); INSERT INTO k VALUES ('x', 1);",
+            "INSERT OR -- last wins\n REPLACE INTO k VALUES ('x', 2)",
+        ),
+        (
+            "CREATE TABLE k(name TEXT PRIMARY KEY, n INT); INSERT INTO k VALUES ('x', 1);",
+            "WITH v(name, n) AS (VALUES ('x', 2)) REPLACE INTO k SELECT * FROM v",
+        ),
+        (
+            "CREATE TABLE k(name TEXT PRIMARY KEY, n INT); INSERT INTO k VALUES ('x', 1);",
+            "UPDATE k SET n = n + 1; REPLACE INTO k VALUES ('x', 2)",
+        ),
+        (
+            "CREATE TABLE k(name TEXT UNIQUE ON CONFLICT -- last wins\n REPLACE, n INT);
+             INSERT INTO k VALUES ('x', 1);",
+            "INSERT INTO k VALUES ('x', 2)",
+        ),
+        (
+            "CREATE TABLE k(name TEXT PRIMARY KEY, n INT); INSERT INTO k VALUES ('x', 1);
+             CREATE TABLE feed(name TEXT, n INT);
+             CREATE TRIGGER fed AFTER INSERT ON feed BEGIN
+               INSERT OR /* last wins */ REPLACE INTO k VALUES (new.name, new.n); END;",
+            "INSERT INTO feed VALUES ('x', 2)",
+        ),
+    ];
+    for (setup, sql) in cases {
+        let db = TempDb::with_sql(setup);
+        let file = sha256(&db.path);
+        let plan = serde_json::json!({"name": "r", "steps": [{"sql": sql}]}).to_string();
+        let plan = db.file("plan.json", &plan);
+        let args = run_args(&db, path_str(&plan), &["--no-serve", "--undo"]);
+        let (code, _, err) = run_with_env(&args, None, &HOOK_OFF);
+        assert_eq!(code, 2, "{sql}: {err}");
+        assert!(err.contains("REPLACE"), "{sql}: {err}");
+        assert_eq!(sha256(&db.path), file, "{sql}: nothing ran");
+    }
+}
+
+/// `undo` takes `run`'s pace flags, and checks them as `run` does: a
+/// throttle query that cannot work is refused before anything is taken
+/// back, not found out at the first chunk (which then went on unthrottled).
+#[test]
+fn an_undo_refuses_a_throttle_query_that_cannot_work() {
+    let db = bumped();
+    let file = sha256(&db.path);
+    for (query, said) in [
+        ("SELEC 1", "does not compile"),
+        ("DELETE FROM t", "read-only"),
+        ("SELECT :busy", "the parameter :busy"),
+    ] {
+        let args = undo_args(&db, &["--plan", "bump", "--throttle-query", query]);
+        let (code, _, err) = run(&args);
+        assert_eq!(code, 2, "{query}: {err}");
+        assert!(err.contains(said), "{query}: {err}");
+        assert_eq!(sha256(&db.path), file, "{query}: nothing was taken back");
+    }
+}
+
+/// An undo's dry run is one transaction that holds the write lock until
+/// it ends, as `run --dry-run` is: a wait between its chunks would lock the
+/// application out, and its own WAL frames cannot be checkpointed before
+/// it ends, so waiting for the WAL to shrink would wait forever. The
+/// brakes are refused as `run` refuses them, and the WAL cap is off.
+#[test]
+fn an_undo_dry_run_never_waits_holding_the_lock() {
+    let db = TempDb::padded_wal(40_000);
+    let plan = db.file(
+        "plan.json",
+        r#"{"name":"pad","steps":[{"sql":"UPDATE t SET counter = counter + 1, pad = upper(pad) WHERE id BETWEEN :lo AND :hi","chunk":{"table":"t"}}]}"#,
+    );
+    let args = run_args(
+        &db,
+        path_str(&plan),
+        &["--no-serve", "--undo", "--batch-size", "5000"],
+    );
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    let file = sha256(&db.path);
+    let pause = db.file("pause", "");
+    // Each in a guard that kills it if it waits after all.
+    let finish = |extra: &[&str]| {
+        let mut p = Proc::start(&undo_args(
+            &db,
+            &[&["--plan", "pad", "--dry-run"], extra].concat(),
+        ));
+        let code = p.wait_for(PATIENCE).code();
+        (code, p.stderr())
+    };
+    for (flag, value) in [
+        ("--pause-file", path_str(&pause)),
+        ("--throttle-query", "SELECT 1"),
+    ] {
+        let (code, err) = finish(&[flag, value]);
+        assert_eq!(code, Some(2), "{flag}: {err}");
+        assert!(
+            err.contains(&format!("{flag} cannot be used with --dry-run")),
+            "{err}"
+        );
+    }
+    let (code, err) = finish(&["--max-wal-mb", "1", "--batch-size", "5000"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("40,000 rows would change"), "{err}");
+    assert_eq!(sha256(&db.path), file, "a dry run writes nothing");
 }

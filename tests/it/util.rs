@@ -478,7 +478,15 @@ impl Stream {
                 read_chunk(&mut self.reader).expect("read chunk")
             } else {
                 let mut buf = vec![0; 8192];
-                let n = self.reader.read(&mut buf).expect("read");
+                // A read cut short by a signal (a stop and continue of
+                // the whole test, say) is tried again, as std's own
+                // read_exact would.
+                let n = loop {
+                    match self.reader.read(&mut buf) {
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        other => break other.expect("read"),
+                    }
+                };
                 buf.truncate(n);
                 (n > 0).then_some(buf)
             };

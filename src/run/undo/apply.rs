@@ -141,13 +141,16 @@ pub fn run(
     gate: impl FnOnce(),
 ) -> RunStatus {
     cancel.attach(conn);
-    let governor = Governor::new(
+    let mut governor = Governor::new(
         conn,
         log,
         (cancel, steering),
         opts.pace.clone(),
         opts.brakes.clone(),
     );
+    if opts.dry_run {
+        governor.in_one_transaction();
+    }
     let mut u = Undoer {
         conn,
         spec,

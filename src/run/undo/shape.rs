@@ -134,8 +134,13 @@ pub fn refuse_unrecordable(conn: &Connection, plan: &Plan) -> Result<(), UsageEr
                 .and_then(|_| too_wide(step, &shapes, most))
         });
         if let Some(why) = why {
+            let opt_out = if plan.script {
+                "A SQL script's statements cannot say \"undo\": false: put the script in a JSON plan to give that step \"undo\": false and run it unrecorded (an undo then stops at it)"
+            } else {
+                "Give the step \"undo\": false to run it unrecorded (an undo then stops at it)"
+            };
             return Err(UsageError::new(format!(
-                "step {} ({:?}) cannot be recorded for --undo: {why}. Give the step \"undo\": false to run it unrecorded (an undo then stops at it), or run without --undo",
+                "step {} ({:?}) cannot be recorded for --undo: {why}. {opt_out}, or run without --undo",
                 step.index + 1,
                 step.name
             )));
@@ -234,12 +239,39 @@ fn replacing_tables(conn: &Connection) -> rusqlite::Result<Vec<String>> {
         .collect())
 }
 
+/// The words of some SQL, upper-cased, its comments left out (one between
+/// `OR` and `REPLACE` must not hide them). Quoted text is read as words
+/// too, which can only refuse more.
 fn words(sql: &str) -> Vec<String> {
-    sql.to_ascii_uppercase()
+    uncommented(sql)
+        .to_ascii_uppercase()
         .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
         .filter(|w| !w.is_empty())
         .map(str::to_owned)
         .collect()
+}
+
+/// `sql` with each comment made a space; quoted strings and names stay
+/// whole (a `--` inside one is no comment), as SQLite reads them.
+fn uncommented(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut rest = sql;
+    while let Some(c) = rest.chars().next() {
+        let (end, comment) = match c {
+            '\'' | '"' | '`' | '[' => {
+                let close = if c == '[' { ']' } else { c };
+                (rest[1..].find(close).map_or(rest.len(), |i| i + 2), false)
+            }
+            '-' if rest.starts_with("--") => (rest.find('\n').unwrap_or(rest.len()), true),
+            '/' if rest.starts_with("/*") => {
+                (rest[2..].find("*/").map_or(rest.len(), |i| i + 4), true)
+            }
+            _ => (c.len_utf8(), false),
+        };
+        out.push_str(if comment { " " } else { &rest[..end] });
+        rest = &rest[end..];
+    }
+    out
 }
 
 /// `replacing`: the tables that resolve conflicts by REPLACE, when
@@ -250,6 +282,10 @@ fn why_unrecordable(
     replacing: Option<&[String]>,
 ) -> Option<String> {
     let word = first_keyword(&step.sql);
+    if step.temp_only {
+        // Its TEMP tables go with the connection: nothing to take back.
+        return None;
+    }
     if step.autocommit {
         return Some(format!("{word} runs outside a transaction"));
     }
@@ -261,7 +297,10 @@ fn why_unrecordable(
             "{word} changes the schema, which the undo record cannot take back"
         ));
     }
-    let replaces = word == "REPLACE" || words(&step.sql).windows(2).any(|w| w == ["OR", "REPLACE"]);
+    // Any statement of the step, after a WITH too.
+    let replaces = words(&step.sql)
+        .windows(2)
+        .any(|w| w == ["OR", "REPLACE"] || w == ["REPLACE", "INTO"]);
     if replacing.is_some() && replaces {
         return Some(
             "REPLACE deletes the rows it replaces without telling the triggers and hooks that record them in this build (one built without SQLite's pre-update hook, or with BATCHSSE_UNDO_HOOK=off)"
