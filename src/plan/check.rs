@@ -561,6 +561,7 @@ impl Rehearsal {
                 )));
             }
         }
+        super::bounds::refuse_strict(label, sql, &key, &key_names)?;
         if stmt.readonly() {
             return Err(UsageError::new(format!(
                 "{label} is chunked but only reads; a chunked step changes rows, e.g. \"UPDATE {table} SET … WHERE {key} BETWEEN :lo AND :hi\""

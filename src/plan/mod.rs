@@ -3,6 +3,7 @@
 //! before anything runs by compiling the whole plan against an empty
 //! in-memory copy of the database's schema, bounded in time and memory.
 
+mod bounds;
 mod check;
 mod split;
 

@@ -758,6 +758,23 @@ fn every_bad_input_gets_a_clear_message_exit_2_and_an_untouched_database() {
             ],
         ),
         (
+            // A bound compared strictly skips a row in every chunk.
+            v(&[
+                "--db",
+                &dbp,
+                "--plan",
+                &file(
+                    "open.json",
+                    r#"{"steps":[{"name":"x","sql":"UPDATE t SET counter = 1 WHERE id >= :lo AND t.id < :hi","chunk":{"table":"t"}}]}"#,
+                ),
+            ]),
+            None,
+            &[
+                "step 1 (\"x\") compares its chunk key as id < :hi",
+                "skipped in every chunk. Write <= :hi",
+            ],
+        ),
+        (
             v(&[
                 "--db",
                 &dbp,

@@ -1,0 +1,236 @@
+//! A chunk's bounds are inclusive: `:lo` is its first key and `:hi` its
+//! last. A chunked step that compares its key with them strictly
+//! (`id < :hi`, `id > :lo`) skips the row at the end of every chunk and
+//! still finishes "ok", so the pre-run check looks for exactly those four
+//! comparisons of the chunk key, read token by token (comments left out,
+//! strings and quoted names kept whole, a `t.` before the key allowed).
+
+use crate::error::UsageError;
+
+/// Refuses chunked step `label` if its SQL compares the chunk key (`key`,
+/// also named `keys`) strictly with a bound.
+pub(super) fn refuse_strict(
+    label: &str,
+    sql: &str,
+    key: &str,
+    keys: &[String],
+) -> Result<(), UsageError> {
+    let Some(said) = strict_bound(sql, keys) else {
+        return Ok(());
+    };
+    let (bound, fix) = match said.contains(":hi") {
+        true => (":hi is each chunk's last key", "<= :hi"),
+        false => (":lo is each chunk's first key", ">= :lo"),
+    };
+    Err(UsageError::new(format!(
+        "{label} compares its chunk key as {said}, but {bound}, included: the row there would be skipped in every chunk. Write {fix}, or {key} BETWEEN :lo AND :hi"
+    )))
+}
+
+/// One token of SQL, as far as this check needs to tell them apart.
+#[derive(Debug, PartialEq)]
+enum Token {
+    /// A name, unquoted.
+    Name(String),
+    /// `:lo`, `:hi`, or another parameter.
+    Param(String),
+    Op(&'static str),
+    Dot,
+    Other,
+}
+
+/// The first strict comparison of a key named in `keys` with `:lo` or
+/// `:hi`, as written (`id < :hi`).
+fn strict_bound(sql: &str, keys: &[String]) -> Option<String> {
+    let tokens = tokens(sql);
+    for (i, w) in tokens.windows(3).enumerate() {
+        let Token::Op(op) = w[1] else { continue };
+        let found = match (&w[0], last_part(&tokens, i + 2)) {
+            (Token::Name(k), _) if is_key_name(k, keys) => match &w[2] {
+                Token::Param(p) => strict(op, p, true).then(|| format!("{k} {op} {p}")),
+                _ => None,
+            },
+            (Token::Param(p), Some(k)) if is_key_name(k, keys) => {
+                strict(op, p, false).then(|| format!("{p} {op} {k}"))
+            }
+            _ => None,
+        };
+        if found.is_some() {
+            return found;
+        }
+    }
+    None
+}
+
+/// The name a possibly qualified name starting at token `at` ends with
+/// (`id` of `main.t.id`).
+fn last_part(tokens: &[Token], mut at: usize) -> Option<&str> {
+    while tokens.get(at + 1) == Some(&Token::Dot)
+        && matches!(tokens.get(at + 2), Some(Token::Name(_)))
+    {
+        at += 2;
+    }
+    match tokens.get(at) {
+        Some(Token::Name(n)) => Some(n),
+        _ => None,
+    }
+}
+
+/// Whether `key op param` (or `param op key`) leaves a bound out.
+fn strict(op: &str, param: &str, key_first: bool) -> bool {
+    match (op, param) {
+        ("<", ":hi") | (">", ":lo") => key_first,
+        (">", ":hi") | ("<", ":lo") => !key_first,
+        _ => false,
+    }
+}
+
+fn is_key_name(name: &str, keys: &[String]) -> bool {
+    let rowid = ["ROWID", "OID", "_ROWID_"];
+    keys.iter().any(|k| {
+        k.eq_ignore_ascii_case(name)
+            || (k.eq_ignore_ascii_case("ROWID")
+                && rowid.iter().any(|r| r.eq_ignore_ascii_case(name)))
+    })
+}
+
+/// The tokens of `sql`, comments left out.
+fn tokens(sql: &str) -> Vec<Token> {
+    let b = sql.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    let name_byte = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
+    // The end of a run of name bytes from `at`.
+    let name_end = |at: usize| (at..b.len()).find(|&j| !name_byte(b[j])).unwrap_or(b.len());
+    while i < b.len() {
+        let c = b[i];
+        let rest = &sql[i..];
+        let (len, token) = if c.is_ascii_whitespace() {
+            (1, None)
+        } else if rest.starts_with("--") {
+            (rest.find('\n').unwrap_or(rest.len()), None)
+        } else if let Some(body) = rest.strip_prefix("/*") {
+            (body.find("*/").map_or(rest.len(), |j| j + 4), None)
+        } else if matches!(c, b'\'' | b'"' | b'`' | b'[') {
+            let close = if c == b'[' { ']' } else { c as char };
+            // The opening quote is one byte; an unclosed one runs to the end.
+            let (len, inner) = match rest[1..].find(close) {
+                Some(j) => (j + 2, &rest[1..=j]),
+                None => (rest.len(), &rest[1..]),
+            };
+            let token = match c {
+                b'\'' => Token::Other,
+                _ => Token::Name(inner.to_owned()),
+            };
+            (len, Some(token))
+        } else if matches!(c, b':' | b'@' | b'$') && i + 1 < b.len() && name_byte(b[i + 1]) {
+            let end = name_end(i + 1);
+            (
+                end - i,
+                Some(Token::Param(sql[i..end].to_ascii_lowercase())),
+            )
+        } else if name_byte(c) {
+            let end = name_end(i);
+            (end - i, Some(Token::Name(sql[i..end].to_owned())))
+        } else {
+            operator(rest)
+        };
+        out.extend(token);
+        // Never stall, and never cut a character in two.
+        i += len.max(1);
+        while i < b.len() && !sql.is_char_boundary(i) {
+            i += 1;
+        }
+    }
+    out
+}
+
+/// The operator or punctuation `rest` starts with, and its length.
+fn operator(rest: &str) -> (usize, Option<Token>) {
+    for op in ["<=", ">=", "<>", "!=", "==", "<<", ">>"] {
+        if rest.starts_with(op) {
+            return (2, Some(Token::Other));
+        }
+    }
+    match rest.as_bytes()[0] {
+        b'<' => (1, Some(Token::Op("<"))),
+        b'>' => (1, Some(Token::Op(">"))),
+        b'.' => (1, Some(Token::Dot)),
+        _ => (1, Some(Token::Other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn found(sql: &str) -> Option<String> {
+        strict_bound(sql, &["id".to_owned()])
+    }
+
+    #[test]
+    fn strict_comparisons_of_the_key_with_its_bounds_are_found() {
+        let q = "UPDATE t SET v = 1 WHERE";
+        assert_eq!(
+            found(&format!("{q} id >= :lo AND id < :hi")).as_deref(),
+            Some("id < :hi")
+        );
+        assert_eq!(
+            found(&format!("{q} ID > :lo AND id <= :hi")).as_deref(),
+            Some("ID > :lo")
+        );
+        assert_eq!(
+            found(&format!("{q} :hi > t.id")).as_deref(),
+            Some(":hi > id")
+        );
+        assert_eq!(
+            found(&format!("{q} :lo<\"id\"")).as_deref(),
+            Some(":lo < id")
+        );
+        assert_eq!(
+            found(&format!("{q} t.[id] <:hi")).as_deref(),
+            Some("id < :hi")
+        );
+        let rowid = strict_bound(&format!("{q} oid < :hi"), &["ROWID".to_owned()]);
+        assert_eq!(rowid.as_deref(), Some("oid < :hi"));
+    }
+
+    #[test]
+    fn inclusive_bounds_other_columns_comments_and_strings_pass() {
+        let q = "UPDATE t SET v = 1 WHERE";
+        for sql in [
+            format!("{q} id BETWEEN :lo AND :hi"),
+            format!("{q} id >= :lo AND id <= :hi"),
+            format!("{q} id BETWEEN :lo AND :hi AND other < :hi"),
+            format!("{q} id BETWEEN :lo AND :hi -- not id < :hi"),
+            format!("{q} id BETWEEN :lo AND :hi /* id < :hi */"),
+            format!("{q} id BETWEEN :lo AND :hi AND note = 'id < :hi'"),
+            format!("{q} id BETWEEN :lo AND :hi AND :hi > id.x"),
+            format!("{q} id BETWEEN :lo AND :hi AND id.x < :hi"),
+            format!("{q} id BETWEEN :lo AND :hi AND id << 2 < :hi"),
+            format!("{q} ид BETWEEN :lo AND :hi AND 'ü' < :hi"),
+        ] {
+            assert_eq!(found(&sql), None, "{sql}");
+        }
+    }
+
+    #[test]
+    fn unfinished_quotes_comments_and_wide_characters_are_read_to_the_end() {
+        for sql in [
+            "'ü",
+            "\"ид",
+            "[é",
+            ":",
+            "$",
+            "/*",
+            "--",
+            "é<:hi",
+            "id <",
+            "< :hi",
+            "\"id\" < :hi é",
+        ] {
+            let _ = found(sql);
+        }
+        assert_eq!(found("\"id\" < :hi é").as_deref(), Some("id < :hi"));
+    }
+}
