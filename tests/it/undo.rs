@@ -407,6 +407,29 @@ ALTER TABLE t ADD COLUMN x INT;",
     );
 }
 
+/// Steps that only read, however they begin, are recorded (as nothing),
+/// not refused as schema changes, and an undo goes past them.
+#[test]
+fn steps_that_only_read_are_recorded_and_the_undo_goes_past_them() {
+    let db = TempDb::counters(20);
+    let plan = db.file(
+        "plan.json",
+        r#"{"name":"reads","steps":[{"sql":"UPDATE t SET counter = 1"},{"sql":"VALUES (1)"},{"sql":"EXPLAIN UPDATE t SET counter = 9"},{"sql":"UPDATE t SET counter = 2 WHERE id <= 10"}]}"#,
+    );
+    let (code, out, err) = run(&run_args(
+        &db,
+        path_str(&plan),
+        &["--no-serve", "--undo", "--progress", "json"],
+    ));
+    assert_eq!(code, 0, "{err}");
+    let start = out.lines().next().unwrap_or_default();
+    assert!(!start.contains("unrecorded_steps"), "{start}");
+    let (code, _, err) = run(&undo_args(&db, &["--plan", "reads"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("fully taken back"), "{err}");
+    assert_eq!(db.query_i64("SELECT count(*) FROM t WHERE counter = 0"), 20);
+}
+
 #[test]
 fn a_plan_without_undo_writes_no_undo_record() {
     let db = TempDb::counters(30);

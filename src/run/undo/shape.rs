@@ -289,9 +289,10 @@ fn why_unrecordable(
     if step.autocommit {
         return Some(format!("{word} runs outside a transaction"));
     }
+    // VALUES and EXPLAIN only read, as SELECT does: nothing to record.
     if !matches!(
         word.as_str(),
-        "INSERT" | "UPDATE" | "DELETE" | "REPLACE" | "WITH" | "SELECT"
+        "INSERT" | "UPDATE" | "DELETE" | "REPLACE" | "WITH" | "SELECT" | "VALUES" | "EXPLAIN"
     ) {
         return Some(format!(
             "{word} changes the schema, which the undo record cannot take back"
