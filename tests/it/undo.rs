@@ -1214,18 +1214,31 @@ fn ctrl_c_in_the_middle_of_a_part_exits_130_and_the_undo_goes_on_after() {
     let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve", "--undo"]));
     assert_eq!(code, 0, "{err}");
     // No pause between parts: the signal comes while one is put back.
-    let args = undo_args(&db, &["--plan", "p", "--nice-ratio", "0"]);
-    let mut p = spawn(&args, |_| {});
-    let start = Instant::now();
-    while !p.stderr().contains(": running") {
-        assert!(start.elapsed() < PATIENCE, "{}", p.stderr());
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    std::thread::sleep(Duration::from_millis(20));
-    p.signal("INT");
-    let status = p.wait();
-    let err = p.stderr();
-    assert_eq!(status.code(), Some(130), "{err}");
+    let interrupted = |extra: &[&str]| {
+        let args = undo_args(
+            &db,
+            &[&["--plan", "p", "--nice-ratio", "0"], extra].concat(),
+        );
+        let mut p = spawn(&args, |_| {});
+        let start = Instant::now();
+        while !p.stderr().contains(": running") {
+            assert!(start.elapsed() < PATIENCE, "{}", p.stderr());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        p.signal("INT");
+        let status = p.wait();
+        (status.code(), p.stderr())
+    };
+    // A dry run, interrupted, says it took nothing back.
+    let recorded = content(&db);
+    let (code, err) = interrupted(&["--dry-run"]);
+    assert_eq!(code, Some(130), "{err}");
+    assert!(err.contains("a dry run writes nothing"), "{err}");
+    assert!(!err.contains("run the same undo again"), "{err}");
+    assert_eq!(content(&db), recorded);
+    let (code, err) = interrupted(&[]);
+    assert_eq!(code, Some(130), "{err}");
     assert!(err.contains("run the same undo again"), "{err}");
     let (code, _, err) = run(&undo_args(&db, &["--plan", "p"]));
     assert_eq!(code, 0, "{err}");

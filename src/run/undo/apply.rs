@@ -79,6 +79,8 @@ impl Chunk {
 /// What an interrupted undo says.
 const INTERRUPTED: &str =
     "interrupted; every chunk taken back so far is committed: run the same undo again to go on";
+/// What an interrupted dry run says: it wrote nothing.
+const INTERRUPTED_DRY: &str = "interrupted; a dry run writes nothing, so nothing was taken back";
 
 /// Where the undo of one recorded step is.
 struct At<'g> {
@@ -201,6 +203,14 @@ struct Undoer<'a> {
 type End = Option<(RunStatus, String)>;
 
 impl Undoer<'_> {
+    /// Why an interrupted undo stopped, and what is kept.
+    fn interrupted(&self) -> String {
+        match self.dry_run {
+            true => INTERRUPTED_DRY.into(),
+            false => INTERRUPTED.into(),
+        }
+    }
+
     fn message(&self, level: Level, text: impl Into<String>) {
         self.log
             .push(Event::message(json!({"db": self.db}), level, text));
@@ -409,7 +419,7 @@ impl Undoer<'_> {
             if self.governor.borrow_mut().wait_while_braked(Some(index))
                 || self.cancel.is_cancelled()
             {
-                return Err(self.stopped(&at, RunStatus::Cancelled, INTERRUPTED.into()));
+                return Err(self.stopped(&at, RunStatus::Cancelled, self.interrupted()));
             }
             let (c0, reverted0) = (Instant::now(), tally.reverted);
             let taken = self
@@ -424,7 +434,7 @@ impl Undoer<'_> {
                     .borrow_mut()
                     .after_chunk(c0.elapsed(), index, last)
             {
-                return Err(self.stopped(&at, RunStatus::Cancelled, INTERRUPTED.into()));
+                return Err(self.stopped(&at, RunStatus::Cancelled, self.interrupted()));
             }
         }
         at.done = at.total;
@@ -437,7 +447,7 @@ impl Undoer<'_> {
         // Ctrl-C stops the statement under way with an error: that is the
         // interrupt, not a failure (the part rolled back).
         if self.cancel.is_cancelled() {
-            return self.stopped(at, RunStatus::Cancelled, INTERRUPTED.into());
+            return self.stopped(at, RunStatus::Cancelled, self.interrupted());
         }
         let why = schema_hint(why);
         self.message(Level::Error, why.clone());
