@@ -35,6 +35,8 @@ enum Token {
     /// `:lo`, `:hi`, or another parameter.
     Param(String),
     Op(&'static str),
+    /// An arithmetic or bitwise operator, or `||`.
+    Arith,
     Dot,
     Other,
 }
@@ -43,14 +45,21 @@ enum Token {
 /// `:hi`, as written (`id < :hi`).
 fn strict_bound(sql: &str, keys: &[String]) -> Option<String> {
     let tokens = tokens(sql);
+    // Arithmetic next to either side makes it another comparison
+    // (`id < :hi + 1` includes the last key).
+    let arith = |at: Option<usize>| matches!(at.and_then(|j| tokens.get(j)), Some(Token::Arith));
     for (i, w) in tokens.windows(3).enumerate() {
         let Token::Op(op) = w[1] else { continue };
         let found = match (&w[0], last_part(&tokens, i + 2)) {
             (Token::Name(k), _) if is_key_name(k, keys) => match &w[2] {
-                Token::Param(p) => strict(op, p, true).then(|| format!("{k} {op} {p}")),
+                Token::Param(p) if !arith(i.checked_sub(1)) && !arith(Some(i + 3)) => {
+                    strict(op, p, true).then(|| format!("{k} {op} {p}"))
+                }
                 _ => None,
             },
-            (Token::Param(p), Some(k)) if is_key_name(k, keys) => {
+            (Token::Param(p), Some((k, end)))
+                if is_key_name(k, keys) && !arith(i.checked_sub(1)) && !arith(Some(end + 1)) =>
+            {
                 strict(op, p, false).then(|| format!("{p} {op} {k}"))
             }
             _ => None,
@@ -63,15 +72,15 @@ fn strict_bound(sql: &str, keys: &[String]) -> Option<String> {
 }
 
 /// The name a possibly qualified name starting at token `at` ends with
-/// (`id` of `main.t.id`).
-fn last_part(tokens: &[Token], mut at: usize) -> Option<&str> {
+/// (`id` of `main.t.id`), and where it is.
+fn last_part(tokens: &[Token], mut at: usize) -> Option<(&str, usize)> {
     while tokens.get(at + 1) == Some(&Token::Dot)
         && matches!(tokens.get(at + 2), Some(Token::Name(_)))
     {
         at += 2;
     }
     match tokens.get(at) {
-        Some(Token::Name(n)) => Some(n),
+        Some(Token::Name(n)) => Some((n, at)),
         _ => None,
     }
 }
@@ -147,15 +156,21 @@ fn tokens(sql: &str) -> Vec<Token> {
 
 /// The operator or punctuation `rest` starts with, and its length.
 fn operator(rest: &str) -> (usize, Option<Token>) {
-    for op in ["<=", ">=", "<>", "!=", "==", "<<", ">>"] {
+    for op in ["<=", ">=", "<>", "!=", "=="] {
         if rest.starts_with(op) {
             return (2, Some(Token::Other));
+        }
+    }
+    for op in ["<<", ">>", "||"] {
+        if rest.starts_with(op) {
+            return (2, Some(Token::Arith));
         }
     }
     match rest.as_bytes()[0] {
         b'<' => (1, Some(Token::Op("<"))),
         b'>' => (1, Some(Token::Op(">"))),
         b'.' => (1, Some(Token::Dot)),
+        b'+' | b'-' | b'*' | b'/' | b'%' | b'&' | b'|' | b'~' => (1, Some(Token::Arith)),
         _ => (1, Some(Token::Other)),
     }
 }
@@ -208,6 +223,12 @@ mod tests {
             format!("{q} id BETWEEN :lo AND :hi AND :hi > id.x"),
             format!("{q} id BETWEEN :lo AND :hi AND id.x < :hi"),
             format!("{q} id BETWEEN :lo AND :hi AND id << 2 < :hi"),
+            format!("{q} id >= :lo AND id < :hi + 1"),
+            format!("{q} id > :lo - 1 AND id <= :hi"),
+            format!("{q} :hi + 1 > t.id AND :lo - 1 < id"),
+            format!("{q} id BETWEEN :lo AND :hi AND 1 + :hi > id"),
+            format!("{q} id BETWEEN :lo AND :hi AND :hi > id - 1"),
+            format!("{q} id BETWEEN :lo AND :hi AND x * id < :hi"),
             format!("{q} ид BETWEEN :lo AND :hi AND 'ü' < :hi"),
         ] {
             assert_eq!(found(&sql), None, "{sql}");
