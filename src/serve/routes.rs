@@ -89,7 +89,7 @@ pub(super) fn misdirected(state: &State, headers: &hyper::HeaderMap) -> Option<R
     Some(text(
         StatusCode::MISDIRECTED_REQUEST,
         &format!(
-            "this server answers only to 127.0.0.1, localhost or [::1], not {host:?} (a guard against DNS rebinding); behind a reverse proxy, start it with --allow-host NAME (port {} here)",
+            "this server answers only to 127.0.0.1, localhost, [::1] or {own}, not {host:?} (a guard against DNS rebinding); behind a reverse proxy, start it with --allow-host NAME (port {} here)",
             listen.port()
         ),
     ))
@@ -171,10 +171,17 @@ fn route<B>(state: &Arc<State>, req: &Request<B>) -> Response<Body> {
 }
 
 /// The dashboard. Only the `--cors` origin's pages may frame it (none
-/// without one), so no other site can lay it under its own buttons.
+/// without one, or with `*`: every site is no one origin), so no other
+/// site can lay it under its own buttons.
 fn page(state: &State, html: &'static str) -> Response<Body> {
     let mut r = full(StatusCode::OK, "text/html; charset=utf-8", html);
-    let ancestors = state.config.cors.as_deref().unwrap_or("'none'");
+    let one_origin = |o: &&str| !o.contains(['*', ';', ',', ' ']);
+    let ancestors = state
+        .config
+        .cors
+        .as_deref()
+        .filter(one_origin)
+        .unwrap_or("'none'");
     let policy = HeaderValue::from_str(&format!("frame-ancestors {ancestors}"))
         .unwrap_or(HeaderValue::from_static("frame-ancestors 'none'"));
     r.headers_mut()

@@ -358,6 +358,19 @@ fn only_the_cors_origin_may_frame_the_dashboard() {
     );
     Stream::open(p.addr(), "/events", &[]).rest();
     assert_eq!(p.wait().code(), Some(0));
+    // Every origin may read the run; that lets none of them frame it.
+    let mut p = Proc::start(&args(
+        &db,
+        path_str(&plan),
+        &words("--wait-for-clients 1 --progress none --no-checkpoint --cors *"),
+    ));
+    let page = get(p.addr(), "/", &[]);
+    assert_eq!(
+        page.header("content-security-policy"),
+        Some("frame-ancestors 'none'")
+    );
+    Stream::open(p.addr(), "/events", &[]).rest();
+    assert_eq!(p.wait().code(), Some(0));
 }
 
 #[test]
