@@ -222,6 +222,10 @@ fn a_dry_run_with_many_conflicts_says_what_it_would_keep() {
     let (code, _, err) = run(&undo_args(&db, &["--plan", "many", "--dry-run"]));
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("150 conflicts would keep"), "{err}");
+    assert!(
+        err.contains("dry run: 150 rows would be reverted, 150 conflicts; rolled back"),
+        "{err}"
+    );
     assert_eq!(
         err.lines()
             .filter(|l| l.ends_with("would keep the application's row"))

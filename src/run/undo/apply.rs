@@ -320,8 +320,9 @@ impl Undoer<'_> {
         if let Some(outer) = outer {
             drop(outer);
             self.message(Level::Info, format!(
-                "dry run: {} rows would be reverted, {} conflict(s); rolled back, nothing was written",
-                thousands(tally.reverted), tally.conflicts
+                "dry run: {} rows would be reverted, {} conflict{}; rolled back, nothing was written",
+                thousands(tally.reverted), thousands(tally.conflicts),
+                if tally.conflicts == 1 { "" } else { "s" }
             ));
         } else if end.is_none() {
             self.finish();
