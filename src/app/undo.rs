@@ -191,7 +191,13 @@ fn clear(args: UndoClearArgs) -> anyhow::Result<ExitCode> {
         );
     }
     if chosen.is_empty() {
-        text += &format!("no undo record to clear in {db}\n");
+        text += &match (&args.older_than, runs.len()) {
+            (Some(age), n) if n > 0 => format!(
+                "no undo record older than {age} in {db}; {n} newer run{} kept (`batchsse undo list` shows them)\n",
+                plural(n)
+            ),
+            _ => format!("no undo record to clear in {db}\n"),
+        };
     }
     if dropped {
         text += &format!("dropped the undo tables: no undo record is left in {db}\n");

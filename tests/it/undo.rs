@@ -554,6 +554,39 @@ fn undo_list_and_clear_and_checkpoint_clear_take_the_records_away() {
     );
 }
 
+/// What the housekeeping commands say about what is there: a plan taken
+/// back whole leaves its checkpoint table empty, and a clear by age that
+/// finds only newer records says they are kept, not that there are none.
+#[test]
+fn housekeeping_after_an_undo_and_a_clear_by_age_says_what_is_there() {
+    let db = TempDb::counters(20);
+    let plan = db.file("plan.json", &counter_plan("back", 10));
+    let dbp = path_str(&db.path);
+    let recorded = run_args(&db, path_str(&plan), &["--no-serve", "--undo"]);
+    let (code, _, err) = run(&recorded);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(&undo_args(&db, &["--plan", "back"]));
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = run(&["checkpoint", "list", "--db", dbp]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.trim(),
+        format!("no checkpoint recorded in {dbp} (no step in a batchsse_checkpoint table)")
+    );
+
+    let (code, _, err) = run(&recorded);
+    assert_eq!(code, 0, "the plan runs again: {err}");
+    let (code, out, err) = run(&["undo", "clear", "--db", dbp, "--older-than", "7d"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("no undo record older than 7d in ") && out.contains("; 1 newer run kept"),
+        "{out}"
+    );
+    let (_, listed, _) = run(&["undo", "list", "--db", dbp, "--json"]);
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed["runs"].as_array().map(Vec::len), Some(1), "{listed}");
+}
+
 #[test]
 fn an_application_writing_during_the_run_is_never_recorded_and_its_rows_are_kept() {
     let db = TempDb::counters(300);
