@@ -554,6 +554,31 @@ fn undo_list_and_clear_and_checkpoint_clear_take_the_records_away() {
     );
 }
 
+/// On a terminal the bars hide a step's info messages, but not the run's
+/// own: the line that names the undo command (the README's walkthrough
+/// points at it) must be there, as it is in plain lines.
+#[cfg(unix)]
+#[test]
+fn on_a_terminal_the_bars_keep_the_line_that_names_the_undo_command() {
+    let db = TempDb::counters(40);
+    let plan = db.file("plan.json", &counter_plan("tty", 10));
+    let args = run_args(&db, path_str(&plan), &["--no-serve", "--undo"]);
+    let (code, text) = run_on_terminal(&args);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("1/1 steps") && text.contains("run  ["),
+        "the run drew its bars: {text}"
+    );
+    assert!(
+        text.contains("batchsse: recorded for undo; to take this run back: batchsse undo --db "),
+        "{text}"
+    );
+    assert!(
+        !text.contains("rows of t to visit"),
+        "a step's info stays off the bars: {text}"
+    );
+}
+
 /// What the housekeeping commands say about what is there: a plan taken
 /// back whole leaves its checkpoint table empty, and a clear by age that
 /// finds only newer records says they are kept, not that there are none.
