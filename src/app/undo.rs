@@ -52,14 +52,7 @@ fn open(c: UndoConfig) -> Result<Session, UsageError> {
     .map_err(|e| UsageError::new(format!("cannot turn triggers off for the undo: {e}")))?;
     let (runs, plan) = find(&conn, &c.which).map_err(|e| UsageError::new(sqlite_message(&e)))?;
     if runs.is_empty() {
-        let what = match &c.which {
-            Ok(run) => format!("run {run:?}"),
-            Err(plan) => format!("plan {plan:?}"),
-        };
-        return Err(UsageError::new(format!(
-            "no undo record of {what} in {}; only runs made with --undo (or \"undo\": true) can be taken back, and `batchsse undo list --db FILE` shows them",
-            file_name(&c.db)
-        )));
+        return Err(nothing_recorded(&conn, &c));
     }
     let mut kept = store::Kept::default();
     for run in &runs {
@@ -157,6 +150,33 @@ fn list(args: CheckpointListArgs) -> anyhow::Result<ExitCode> {
         t
     };
     print(text.as_bytes())
+}
+
+/// No record of the run or plan asked for: say which plans have one (most
+/// often the name was mistyped), or that only recorded runs can go back.
+fn nothing_recorded(conn: &Connection, c: &UndoConfig) -> UsageError {
+    let what = match &c.which {
+        Ok(run) => format!("run {run:?}"),
+        Err(plan) => format!("plan {plan:?}"),
+    };
+    let mut plans: Vec<String> = store::runs(conn)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| format!("{:?}", r.plan))
+        .collect();
+    plans.sort();
+    plans.dedup();
+    let db = file_name(&c.db);
+    UsageError::new(if plans.is_empty() {
+        format!(
+            "no undo record of {what} in {db}; only runs made with --undo (or \"undo\": true) can be taken back, and `batchsse undo list --db FILE` shows them"
+        )
+    } else {
+        format!(
+            "no undo record of {what} in {db}; recorded plans: {} (`batchsse undo list --db FILE` shows their runs)",
+            plans.join(", ")
+        )
+    })
 }
 
 fn clear(args: UndoClearArgs) -> anyhow::Result<ExitCode> {

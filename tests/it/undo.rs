@@ -610,6 +610,19 @@ fn housekeeping_after_an_undo_and_a_clear_by_age_says_what_is_there() {
     let (_, listed, _) = run(&["undo", "list", "--db", dbp, "--json"]);
     let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
     assert_eq!(listed["runs"].as_array().map(Vec::len), Some(1), "{listed}");
+
+    // A mistyped plan name: refused, with the names that do have records.
+    let bytes = db.bytes();
+    let (code, _, err) = run(&undo_args(&db, &["--plan", "bak"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("no undo record of plan \"bak\" in ")
+            && err.contains(
+                "; recorded plans: \"back\" (`batchsse undo list --db FILE` shows their runs)"
+            ),
+        "{err}"
+    );
+    assert_eq!(db.bytes(), bytes, "database untouched");
 }
 
 #[test]
