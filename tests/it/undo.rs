@@ -336,6 +336,10 @@ fn abort_rolls_back_the_chunk_and_overwrite_restores_anyway() {
     ));
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("conflict in t at key 5"), "{err}");
+    assert!(
+        err.contains("To finish the undo, run it again with --on-conflict skip"),
+        "says how to go on: {err}"
+    );
     assert_eq!(
         db.query_i64("SELECT count(*) FROM t WHERE counter = 0"),
         90,
