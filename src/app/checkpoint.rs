@@ -74,7 +74,7 @@ fn clear(args: CheckpointClearArgs) -> anyhow::Result<ExitCode> {
 /// the terminal shows steps).
 fn as_text(db: &str, records: &[Record]) -> String {
     if records.is_empty() {
-        return format!("no checkpoint recorded in {db} (no run has left a {TABLE} table)\n");
+        return format!("no checkpoint recorded in {db} (no step in a {TABLE} table)\n");
     }
     let mut out = String::new();
     for (plan, steps) in by_plan(records) {

@@ -52,14 +52,7 @@ fn open(c: UndoConfig) -> Result<Session, UsageError> {
     .map_err(|e| UsageError::new(format!("cannot turn triggers off for the undo: {e}")))?;
     let (runs, plan) = find(&conn, &c.which).map_err(|e| UsageError::new(sqlite_message(&e)))?;
     if runs.is_empty() {
-        let what = match &c.which {
-            Ok(run) => format!("run {run:?}"),
-            Err(plan) => format!("plan {plan:?}"),
-        };
-        return Err(UsageError::new(format!(
-            "no undo record of {what} in {}; only runs made with --undo (or \"undo\": true) can be taken back, and `batchsse undo list --db FILE` shows them",
-            file_name(&c.db)
-        )));
+        return Err(nothing_recorded(&conn, &c));
     }
     let mut kept = store::Kept::default();
     for run in &runs {
@@ -159,6 +152,33 @@ fn list(args: CheckpointListArgs) -> anyhow::Result<ExitCode> {
     print(text.as_bytes())
 }
 
+/// No record of the run or plan asked for: say which plans have one (most
+/// often the name was mistyped), or that only recorded runs can go back.
+fn nothing_recorded(conn: &Connection, c: &UndoConfig) -> UsageError {
+    let what = match &c.which {
+        Ok(run) => format!("run {run:?}"),
+        Err(plan) => format!("plan {plan:?}"),
+    };
+    let mut plans: Vec<String> = store::runs(conn)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| format!("{:?}", r.plan))
+        .collect();
+    plans.sort();
+    plans.dedup();
+    let db = file_name(&c.db);
+    UsageError::new(if plans.is_empty() {
+        format!(
+            "no undo record of {what} in {db}; only runs made with --undo (or \"undo\": true) can be taken back, and `batchsse undo list --db FILE` shows them"
+        )
+    } else {
+        format!(
+            "no undo record of {what} in {db}; recorded plans: {} (`batchsse undo list --db FILE` shows their runs)",
+            plans.join(", ")
+        )
+    })
+}
+
 fn clear(args: UndoClearArgs) -> anyhow::Result<ExitCode> {
     let conn = runner::open_db(&args.db, Duration::from_millis(args.busy_timeout))?;
     let older = args.older_than.as_deref().map(age).transpose()?;
@@ -191,7 +211,13 @@ fn clear(args: UndoClearArgs) -> anyhow::Result<ExitCode> {
         );
     }
     if chosen.is_empty() {
-        text += &format!("no undo record to clear in {db}\n");
+        text += &match (&args.older_than, runs.len()) {
+            (Some(age), n) if n > 0 => format!(
+                "no undo record older than {age} in {db}; {n} newer run{} kept (`batchsse undo list` shows them)\n",
+                plural(n)
+            ),
+            _ => format!("no undo record to clear in {db}\n"),
+        };
     }
     if dropped {
         text += &format!("dropped the undo tables: no undo record is left in {db}\n");

@@ -249,7 +249,7 @@ pub struct UndoArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum UndoAction {
-    /// Each run with undo records: its plan, chunks, rows, size and age.
+    /// Each run with undo records: its plan, chunks, rows, size and when it was recorded.
     List(CheckpointListArgs),
     /// Remove undo records: of one run (--run), of runs older than --older-than, or all (--all).
     Clear(UndoClearArgs),

@@ -337,8 +337,11 @@ impl Renderer {
             }
             Event::Control(c) => self.say(&control_line(c)),
             Event::Message(m) => {
-                // Info messages would crowd the bars; warnings and errors stay.
-                if m.status != Level::Info && !self.already_said(m) {
+                // A step's info messages would crowd the bars; the run's own
+                // (what it found, what to do next: the undo command, how to
+                // go on) are few, and warnings and errors always stay.
+                let step_info = m.status == Level::Info && m.target.get("step").is_some();
+                if !step_info && !self.already_said(m) {
                     self.say(&message_line(m));
                 }
             }

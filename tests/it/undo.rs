@@ -222,6 +222,10 @@ fn a_dry_run_with_many_conflicts_says_what_it_would_keep() {
     let (code, _, err) = run(&undo_args(&db, &["--plan", "many", "--dry-run"]));
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("150 conflicts would keep"), "{err}");
+    assert!(
+        err.contains("dry run: 150 rows would be reverted, 150 conflicts; rolled back"),
+        "{err}"
+    );
     assert_eq!(
         err.lines()
             .filter(|l| l.ends_with("would keep the application's row"))
@@ -332,6 +336,10 @@ fn abort_rolls_back_the_chunk_and_overwrite_restores_anyway() {
     ));
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("conflict in t at key 5"), "{err}");
+    assert!(
+        err.contains("To finish the undo, run it again with --on-conflict skip"),
+        "says how to go on: {err}"
+    );
     assert_eq!(
         db.query_i64("SELECT count(*) FROM t WHERE counter = 0"),
         90,
@@ -548,6 +556,77 @@ fn undo_list_and_clear_and_checkpoint_clear_take_the_records_away() {
         0,
         "the undo tables are dropped once empty"
     );
+}
+
+/// On a terminal the bars hide a step's info messages, but not the run's
+/// own: the line that names the undo command (the README's walkthrough
+/// points at it) must be there, as it is in plain lines.
+#[cfg(unix)]
+#[test]
+fn on_a_terminal_the_bars_keep_the_line_that_names_the_undo_command() {
+    let db = TempDb::counters(40);
+    let plan = db.file("plan.json", &counter_plan("tty", 10));
+    let args = run_args(&db, path_str(&plan), &["--no-serve", "--undo"]);
+    let (code, text) = run_on_terminal(&args);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("1/1 steps") && text.contains("run  ["),
+        "the run drew its bars: {text}"
+    );
+    assert!(
+        text.contains("batchsse: recorded for undo; to take this run back: batchsse undo --db "),
+        "{text}"
+    );
+    assert!(
+        !text.contains("rows of t to visit"),
+        "a step's info stays off the bars: {text}"
+    );
+}
+
+/// What the housekeeping commands say about what is there: a plan taken
+/// back whole leaves its checkpoint table empty, and a clear by age that
+/// finds only newer records says they are kept, not that there are none.
+#[test]
+fn housekeeping_after_an_undo_and_a_clear_by_age_says_what_is_there() {
+    let db = TempDb::counters(20);
+    let plan = db.file("plan.json", &counter_plan("back", 10));
+    let dbp = path_str(&db.path);
+    let recorded = run_args(&db, path_str(&plan), &["--no-serve", "--undo"]);
+    let (code, _, err) = run(&recorded);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(&undo_args(&db, &["--plan", "back"]));
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = run(&["checkpoint", "list", "--db", dbp]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.trim(),
+        format!("no checkpoint recorded in {dbp} (no step in a batchsse_checkpoint table)")
+    );
+
+    let (code, _, err) = run(&recorded);
+    assert_eq!(code, 0, "the plan runs again: {err}");
+    let (code, out, err) = run(&["undo", "clear", "--db", dbp, "--older-than", "7d"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("no undo record older than 7d in ") && out.contains("; 1 newer run kept"),
+        "{out}"
+    );
+    let (_, listed, _) = run(&["undo", "list", "--db", dbp, "--json"]);
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed["runs"].as_array().map(Vec::len), Some(1), "{listed}");
+
+    // A mistyped plan name: refused, with the names that do have records.
+    let bytes = db.bytes();
+    let (code, _, err) = run(&undo_args(&db, &["--plan", "bak"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("no undo record of plan \"bak\" in ")
+            && err.contains(
+                "; recorded plans: \"back\" (`batchsse undo list --db FILE` shows their runs)"
+            ),
+        "{err}"
+    );
+    assert_eq!(db.bytes(), bytes, "database untouched");
 }
 
 #[test]

@@ -310,6 +310,87 @@ pub fn run_with_env(
     )
 }
 
+/// Runs `batchsse ARGS` to completion with its standard error on a
+/// pseudo-terminal, as a person at a terminal sees it (bars and all):
+/// (exit code, what the terminal got, escape sequences taken out).
+#[cfg(unix)]
+pub fn run_on_terminal(args: &[&str]) -> (i32, String) {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let (mut master, mut slave) = (-1, -1);
+    let size = libc::winsize {
+        ws_row: 40,
+        ws_col: 120,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: openpty writes two descriptors, which are then owned here.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            &size,
+        )
+    };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env("TERM", "xterm")
+        .env("NO_COLOR", "1")
+        .env_remove("BATCHSSE_TOKEN")
+        .env_remove("GITHUB_ACTIONS")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(slave));
+    let mut child = cmd.spawn().expect("spawn batchsse");
+    drop(cmd); // the last copy of the terminal's other end: EOF once the child exits
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        // Ends with EIO once no process holds the terminal open.
+        let _ = std::fs::File::from(master).read_to_end(&mut got);
+        got
+    });
+    let end = Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            panic!("batchsse on a terminal still running after {PATIENCE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let got = reader.join().expect("terminal reader");
+    (status.code().unwrap_or(-1), without_escapes(&got))
+}
+
+/// Terminal output as text: CSI sequences (`ESC [ … letter`) removed, and
+/// every carriage return a line end.
+fn without_escapes(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\x1b' => {
+                if chars.next() == Some('[') {
+                    for c in chars.by_ref() {
+                        if c.is_ascii_alphabetic() {
+                            break;
+                        }
+                    }
+                }
+            }
+            '\r' => out.push('\n'),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// A response read off a real socket.
 pub struct Response {
     pub status: u16,

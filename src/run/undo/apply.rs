@@ -320,8 +320,9 @@ impl Undoer<'_> {
         if let Some(outer) = outer {
             drop(outer);
             self.message(Level::Info, format!(
-                "dry run: {} rows would be reverted, {} conflict(s); rolled back, nothing was written",
-                thousands(tally.reverted), tally.conflicts
+                "dry run: {} rows would be reverted, {} conflict{}; rolled back, nothing was written",
+                thousands(tally.reverted), thousands(tally.conflicts),
+                if tally.conflicts == 1 { "" } else { "s" }
             ));
         } else if end.is_none() {
             self.finish();
@@ -540,7 +541,7 @@ impl Undoer<'_> {
     fn kept(&self, c: &Chunk, k: Conflict<'_>, nth: u64) -> Result<(), String> {
         if self.spec.on_conflict == OnConflict::Abort {
             return Err(format!(
-                "conflict in {} at key {}: {}; --on-conflict abort rolled this chunk back",
+                "conflict in {} at key {}: {}; --on-conflict abort rolled this chunk back. To finish the undo, run it again with --on-conflict skip (keep the application's rows) or overwrite (put the run's old values back)",
                 k.table, k.shown, k.why
             ));
         }
