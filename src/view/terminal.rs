@@ -530,10 +530,10 @@ fn finished_line_after(f: &crate::events::Finished, said: Option<&str>) -> Strin
                 " (every one is in the table batchsse_undo_conflict)",
             )
         };
+        let s = if n == 1 { "" } else { "s" };
         line += &format!(
-            "; {} conflict{} {kept} the application's rows{listed}",
-            thousands(n),
-            if n == 1 { "" } else { "s" }
+            "; {} conflict{s} {kept} the application's row{s}{listed}",
+            thousands(n)
         );
     }
     if let Some(e) = f.error.as_deref().filter(|e| Some(*e) != said) {

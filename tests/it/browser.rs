@@ -1307,7 +1307,7 @@ fn hostile_names_and_errors_are_shown_as_text_and_an_undo_as_an_undo() {
     assert!(step.ends_with(&format!("s1 {HOSTILE}")), "{v:#}");
     let said = v["banner"]["text"].as_str().unwrap_or_default();
     assert!(
-        said.contains("1 conflict kept the application's rows"),
+        said.contains("1 conflict kept the application's row ("),
         "{v:#}"
     );
     assert_eq!(db.query_i64("SELECT sum(counter) FROM orders"), 5);

@@ -1342,7 +1342,10 @@ fn a_part_restoring_a_thousand_columns_is_put_back() {
     let app = "UPDATE t SET c5 = 0 WHERE id = 2";
     let (err, db) = round_trip(&setup, &plan, app, &[]);
     assert!(err.contains("conflict in t at key 2: c0, c1, c2"), "{err}");
-    assert!(err.contains("1 conflict kept"), "{err}");
+    assert!(
+        err.contains("1 conflict kept the application's row ("),
+        "{err}"
+    );
     // Rows 1 and 3 as before the run, row 2 as the application left it.
     let want = TempDb::with_sql(&setup);
     let kept = format!("UPDATE t SET {set} WHERE id = 2; {app}");
