@@ -1507,3 +1507,53 @@ fn an_undo_dry_run_never_waits_holding_the_lock() {
     assert!(err.contains("40,000 rows would change"), "{err}");
     assert_eq!(sha256(&db.path), file, "a dry run writes nothing");
 }
+
+/// A trigger the application adds after the check before the run (here
+/// while the run waits for its first client) makes the run change columns
+/// and tables the check did not see the step write. The record must hold
+/// those changes too: an undo that says all is well must leave every table
+/// as before.
+#[test]
+fn changes_by_a_trigger_added_after_the_check_are_taken_back() {
+    let setup = "CREATE TABLE t(id INTEGER PRIMARY KEY, a INT, other TEXT DEFAULT 'o');
+         CREATE TABLE stats(k TEXT PRIMARY KEY, n INT);
+         INSERT INTO stats VALUES ('updates', 0);
+         INSERT INTO t(id, a) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < 12) SELECT i, i FROM s;";
+    let trigger = "CREATE TRIGGER late AFTER UPDATE OF a ON t BEGIN
+         UPDATE t SET other = 'by trigger' WHERE id = NEW.id;
+         UPDATE stats SET n = n + 1; END;";
+    for env in [&[][..], &HOOK_OFF[..]] {
+        let db = TempDb::with_sql(setup);
+        let before = content(&db);
+        let plan = db.file(
+            "plan.json",
+            r#"{"name":"late","steps":[
+                {"sql":"UPDATE t SET a = a + 1 WHERE id BETWEEN :lo AND :hi","chunk":{"table":"t","size":4}},
+                {"sql":"UPDATE t SET a = a * 2 WHERE id <= 3"}]}"#,
+        );
+        let gate = [
+            "--undo",
+            "--listen",
+            "127.0.0.1:0",
+            "--wait-for-clients",
+            "1",
+            "--progress",
+            "plain",
+        ];
+        let mut p = Proc::start_with(&run_args(&db, path_str(&plan), &gate), |c| {
+            c.envs(env.iter().copied());
+        });
+        db.conn().execute_batch(trigger).unwrap();
+        let _s = Stream::open(p.addr(), "/events", &[]);
+        assert_eq!(p.wait().code(), Some(0), "{env:?}: {}", p.stderr());
+        assert_eq!(
+            db.query_i64("SELECT n FROM stats"),
+            15,
+            "{env:?}: the trigger fired"
+        );
+        db.conn().execute_batch("DROP TRIGGER late").unwrap();
+        let (code, _, err) = run_with_env(&undo_args(&db, &["--plan", "late"]), None, env);
+        assert_eq!(code, 0, "{env:?}: {err}");
+        assert_eq!(content(&db), before, "{env:?}: {err}");
+    }
+}
