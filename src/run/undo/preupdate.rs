@@ -164,6 +164,14 @@ impl PreHook {
         Ok(())
     }
 
+    /// Whether any of `layouts` is a table the hook was not armed with
+    /// (one made since).
+    pub fn lacks_any(&self, layouts: &[Layout]) -> bool {
+        let s = self.shared.state.borrow();
+        let known = |l: &Layout| s.tables.iter().any(|w| w.layout.table == l.table);
+        !layouts.iter().all(known)
+    }
+
     pub fn disarm(&self) {
         let mut s = self.shared.state.borrow_mut();
         s.on = false;

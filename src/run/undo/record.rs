@@ -344,7 +344,7 @@ impl<'c> Recorder<'c> {
         }
         let around = match (&*self.mode.borrow(), range) {
             (Mode::Off, _) => return work().map(Some),
-            (Mode::Pre, _) => return self.record_pre(step, work).map(Some),
+            (Mode::Pre, _) => return self.record_pre(step, work),
             (Mode::Around(a), Some(range)) => Some((a.read.clone(), a.layout.clone(), range)),
             _ => None,
         };
@@ -392,21 +392,35 @@ impl<'c> Recorder<'c> {
     }
 
     /// The work, recorded by the pre-update hook as it goes.
+    /// `None`: the work wrote a table made since the step was armed
+    /// (through a trigger added since): armed again with it, to be done
+    /// again.
     fn record_pre(
         &self,
         step: &Step,
         work: &mut dyn FnMut() -> rusqlite::Result<u64>,
-    ) -> rusqlite::Result<u64> {
+    ) -> rusqlite::Result<Option<u64>> {
         #[cfg(batchsse_preupdate)]
         if let Some(pre) = &self.pre {
             pre.discard();
             let changed = work().inspect_err(|_| pre.discard())?;
-            let parts = pre.take().map_err(store::failure)?;
+            let parts = match pre.take() {
+                Ok(parts) => parts,
+                Err(why) => {
+                    let layouts = layouts(self.conn)?;
+                    if !pre.lacks_any(&layouts) {
+                        return Err(store::failure(why));
+                    }
+                    let updates = step.updates.as_deref();
+                    pre.arm(self.conn, layouts, updates, self.guard.as_ref())?;
+                    return Ok(None);
+                }
+            };
             parts.each(|rows, blob| self.note_part(step, rows, blob))?;
-            return Ok(changed);
+            return Ok(Some(changed));
         }
         let _ = step; // a build without the hook never comes here
-        work()
+        work().map(Some)
     }
 
     /// The read-around recording of one chunk (see [`Recorder::record`]).
