@@ -1608,3 +1608,54 @@ fn a_table_made_and_filled_by_a_trigger_during_a_step_is_taken_back() {
         assert_eq!(content(&db), before, "{env:?}: {err}");
     }
 }
+
+/// `--on-conflict overwrite` puts the run's old values back over what the
+/// application wrote since, and says which rows it overwrote (a dry run
+/// which it would), whichever way a part goes back: a chunk of updates in
+/// one statement, a deleted row whose key is used again, an inserted row
+/// changed since.
+#[test]
+fn overwrite_names_every_row_of_the_application_it_overwrites() {
+    let setup = "CREATE TABLE t(id INTEGER PRIMARY KEY, a);
+         INSERT INTO t WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < 20) SELECT i, i FROM s;";
+    let plan = r#"{"name":"p","steps":[
+        {"sql":"UPDATE t SET a = -a WHERE id BETWEEN :lo AND :hi","chunk":{"table":"t","size":5}},
+        {"sql":"DELETE FROM t WHERE id = 20"},
+        {"sql":"INSERT INTO t VALUES (50, 1)"}]}"#;
+    let (db, before) = recorded_run(setup, plan, &[]);
+    db.conn()
+        .execute_batch(
+            "UPDATE t SET a = 100 WHERE id = 3; INSERT INTO t VALUES (20, 'app');
+             UPDATE t SET a = 2 WHERE id = 50;",
+        )
+        .unwrap();
+    let file = sha256(&db.path);
+    let overwrite = ["--plan", "p", "--on-conflict", "overwrite"];
+    let (code, _, err) = run(&undo_args(&db, &[&overwrite[..], &["--dry-run"]].concat()));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(sha256(&db.path), file, "a dry run writes nothing");
+    for key in [3, 20, 50] {
+        let said = format!("conflict in t at key {key}: ");
+        let line = err.lines().find(|l| l.contains(&said));
+        assert!(
+            line.is_some_and(|l| l.ends_with("would overwrite the application's row")),
+            "{key}: {err}"
+        );
+    }
+    assert!(
+        err.contains("3 rows the application changed since the run would be overwritten"),
+        "{err}"
+    );
+    let (code, _, err) = run(&undo_args(&db, &overwrite));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        err.matches("overwrote the application's row").count(),
+        3,
+        "{err}"
+    );
+    assert!(
+        err.contains("3 rows the application changed since the run were overwritten"),
+        "{err}"
+    );
+    assert_eq!(content(&db), before);
+}
