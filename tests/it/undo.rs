@@ -1558,55 +1558,73 @@ fn changes_by_a_trigger_added_after_the_check_are_taken_back() {
     }
 }
 
-/// A table the application makes while a recorded step runs (between two
-/// of its chunks), with a trigger that fills it from the step's writes:
-/// the rest of the step goes on recorded, that table too, and the undo
-/// empties it again.
+/// A trigger the application makes while a recorded step runs (between
+/// two of its chunks), which updates a column the step never names and
+/// (second case) fills a table made with it: the step's statement is
+/// compiled again then, and the rest of the step goes on recorded, those
+/// writes too, so the undo puts every table back.
 #[test]
-fn a_table_made_and_filled_by_a_trigger_during_a_step_is_taken_back() {
-    let setup = "CREATE TABLE t(id INTEGER PRIMARY KEY, a INT);
+fn writes_of_a_trigger_made_during_a_step_are_taken_back() {
+    let setup = "CREATE TABLE t(id INTEGER PRIMARY KEY, a INT, other TEXT);
          INSERT INTO t(id, a) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < 12) SELECT i, i FROM s;";
-    let made = "CREATE TABLE log(id INTEGER PRIMARY KEY, what INT);
-         CREATE TRIGGER fill AFTER UPDATE OF a ON t BEGIN INSERT INTO log(what) VALUES (NEW.id); END;";
-    let before = {
-        let fresh = TempDb::with_sql(setup);
-        fresh.conn().execute_batch(made).unwrap();
-        content(&fresh)
-    };
-    for env in [&[][..], &HOOK_OFF[..]] {
-        let db = TempDb::with_sql(setup);
-        let plan = db.file(
-            "plan.json",
-            r#"{"name":"made","steps":[{"sql":"UPDATE t SET a = a + 1 WHERE id BETWEEN :lo AND :hi","chunk":{"table":"t","size":4}}]}"#,
-        );
-        let slow = [
-            "--undo",
-            "--no-serve",
-            "--batch-size",
-            "4",
-            "--sleep",
-            "1500",
-        ];
-        let mut p = Proc::start_with(&run_args(&db, path_str(&plan), &slow), |c| {
-            c.envs(env.iter().copied());
-        });
-        let t0 = Instant::now();
-        // The first chunk is recorded: the run rests before the next.
-        let recorded = || {
-            db.query_i64("SELECT count(*) FROM sqlite_schema WHERE name = 'batchsse_undo'") > 0
-                && db.query_i64("SELECT count(*) FROM batchsse_undo WHERE chunk >= 0") > 0
+    let column = "CREATE TRIGGER fill AFTER UPDATE OF a ON t BEGIN
+           UPDATE t SET other = 'filled' WHERE id = NEW.id; END;";
+    let table = "CREATE TABLE log(id INTEGER PRIMARY KEY, what INT);
+         CREATE TRIGGER fill AFTER UPDATE OF a ON t BEGIN
+           INSERT INTO log(what) VALUES (NEW.id);
+           UPDATE t SET other = 'filled' WHERE id = NEW.id; END;";
+    for made in [column, table] {
+        let before = {
+            let fresh = TempDb::with_sql(setup);
+            fresh.conn().execute_batch(made).unwrap();
+            content(&fresh)
         };
-        while !recorded() {
-            assert!(t0.elapsed() < PATIENCE, "{}", p.stderr());
-            std::thread::sleep(Duration::from_millis(20));
+        for env in [&[][..], &HOOK_OFF[..]] {
+            let db = made_during_a_step(setup, made, env);
+            let filled = db.query_i64("SELECT count(*) FROM t WHERE other = 'filled'");
+            assert_eq!(
+                filled, 8,
+                "{env:?}: the trigger fired after the first chunk"
+            );
+            let (code, _, err) = run_with_env(&undo_args(&db, &["--plan", "made"]), None, env);
+            assert_eq!(code, 0, "{env:?}: {err}");
+            assert_eq!(content(&db), before, "{made} {env:?}: {err}");
         }
-        db.conn().execute_batch(made).unwrap();
-        assert_eq!(p.wait().code(), Some(0), "{env:?}: {}", p.stderr());
-        assert_eq!(db.query_i64("SELECT count(*) FROM log"), 8, "{env:?}");
-        let (code, _, err) = run_with_env(&undo_args(&db, &["--plan", "made"]), None, env);
-        assert_eq!(code, 0, "{env:?}: {err}");
-        assert_eq!(content(&db), before, "{env:?}: {err}");
     }
+}
+
+/// A file made by `setup`, with a plan run on it recorded, 4 rows a chunk
+/// 1.5 s apart, and `made` done by the "application" once its first
+/// chunk is recorded. The run must succeed.
+fn made_during_a_step(setup: &str, made: &str, env: &[(&str, &str)]) -> TempDb {
+    let db = TempDb::with_sql(setup);
+    let plan = db.file(
+        "plan.json",
+        r#"{"name":"made","steps":[{"sql":"UPDATE t SET a = a + 1 WHERE id BETWEEN :lo AND :hi","chunk":{"table":"t","size":4}}]}"#,
+    );
+    let slow = [
+        "--undo",
+        "--no-serve",
+        "--batch-size",
+        "4",
+        "--sleep",
+        "1500",
+    ];
+    let mut p = Proc::start_with(&run_args(&db, path_str(&plan), &slow), |c| {
+        c.envs(env.iter().copied());
+    });
+    let t0 = Instant::now();
+    let recorded = || {
+        db.query_i64("SELECT count(*) FROM sqlite_schema WHERE name = 'batchsse_undo'") > 0
+            && db.query_i64("SELECT count(*) FROM batchsse_undo WHERE chunk >= 0") > 0
+    };
+    while !recorded() {
+        assert!(t0.elapsed() < PATIENCE, "{}", p.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    db.conn().execute_batch(made).unwrap();
+    assert_eq!(p.wait().code(), Some(0), "{env:?}: {}", p.stderr());
+    db
 }
 
 /// `--on-conflict overwrite` puts the run's old values back over what the
