@@ -264,8 +264,10 @@ unsafe extern "C" fn on_change(
     if !s.on || z_db.is_null() || z_name.is_null() {
         return;
     }
-    if let Some(g) = s.guard.clone().filter(Guard::fresh) {
-        widen(&mut s.tables, &g);
+    // One atomic load a row while nothing new was compiled.
+    let st = &mut *s;
+    if let Some(g) = st.guard.as_ref().filter(|g| g.fresh()) {
+        widen(&mut st.tables, g);
     }
     // SQLite passes the same name pointers for every row of a table.
     let found = match s.last {
