@@ -1580,7 +1580,7 @@ fn writes_of_a_trigger_made_during_a_step_are_taken_back() {
             content(&fresh)
         };
         for env in [&[][..], &HOOK_OFF[..]] {
-            let db = made_during_a_step(setup, made, env);
+            let db = made_during_a_step(setup, BUMP_A, made, env);
             let filled = db.query_i64("SELECT count(*) FROM t WHERE other = 'filled'");
             assert_eq!(
                 filled, 8,
@@ -1593,14 +1593,18 @@ fn writes_of_a_trigger_made_during_a_step_are_taken_back() {
     }
 }
 
-/// A file made by `setup`, with a plan run on it recorded, 4 rows a chunk
-/// 1.5 s apart, and `made` done by the "application" once its first
-/// chunk is recorded. The run must succeed.
-fn made_during_a_step(setup: &str, made: &str, env: &[(&str, &str)]) -> TempDb {
+const BUMP_A: &str = "UPDATE t SET a = a + 1 WHERE id BETWEEN :lo AND :hi";
+
+/// A file made by `setup`, with plan "made" of one step, `sql` chunked
+/// over `t`, run on it recorded, 4 rows a chunk 1.5 s apart, and `made`
+/// done by the "application" once its first chunk is recorded. The run
+/// must succeed.
+fn made_during_a_step(setup: &str, sql: &str, made: &str, env: &[(&str, &str)]) -> TempDb {
     let db = TempDb::with_sql(setup);
+    let step = serde_json::json!({"sql": sql, "chunk": {"table": "t", "size": 4}});
     let plan = db.file(
         "plan.json",
-        r#"{"name":"made","steps":[{"sql":"UPDATE t SET a = a + 1 WHERE id BETWEEN :lo AND :hi","chunk":{"table":"t","size":4}}]}"#,
+        &serde_json::json!({"name": "made", "steps": [step]}).to_string(),
     );
     let slow = [
         "--undo",
@@ -1676,4 +1680,32 @@ fn overwrite_names_every_row_of_the_application_it_overwrites() {
         "{err}"
     );
     assert_eq!(content(&db), before);
+}
+
+/// A column the application adds while a recorded purge runs (a migration
+/// between two of its chunks), and fills: the rows the purge deletes from
+/// then on come back with the column's values, not its default.
+#[test]
+fn a_column_added_during_a_step_comes_back_with_the_rows_it_deletes() {
+    let setup = "CREATE TABLE t(id INTEGER PRIMARY KEY, a INT);
+         INSERT INTO t(id, a) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < 12) SELECT i, i FROM s;";
+    let added = "ALTER TABLE t ADD COLUMN note TEXT; UPDATE t SET note = 'kept ' || id;";
+    // Rows 1 to 4 were deleted before the column came, so without a note.
+    let before = {
+        let fresh = TempDb::with_sql(setup);
+        fresh.conn().execute_batch(added).unwrap();
+        fresh
+            .conn()
+            .execute_batch("UPDATE t SET note = NULL WHERE id <= 4")
+            .unwrap();
+        content(&fresh)
+    };
+    let purge = "DELETE FROM t WHERE id BETWEEN :lo AND :hi";
+    for env in [&[][..], &HOOK_OFF[..]] {
+        let db = made_during_a_step(setup, purge, added, env);
+        assert_eq!(db.query_i64("SELECT count(*) FROM t"), 0, "{env:?}");
+        let (code, _, err) = run_with_env(&undo_args(&db, &["--plan", "made"]), None, env);
+        assert_eq!(code, 0, "{env:?}: {err}");
+        assert_eq!(content(&db), before, "{env:?}: {err}");
+    }
 }

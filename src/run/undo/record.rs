@@ -130,6 +130,8 @@ pub struct Recorder<'c> {
     /// has one, and the count it was given.
     count: Cell<Option<(i64, i64)>>,
     mode: RefCell<Mode>,
+    /// The main schema's version when the step's recording was made.
+    schema: Cell<i64>,
     armed: Cell<usize>,
     /// A read-around chunk's rows, before and after.
     rows: RefCell<(Rows, Rows)>,
@@ -158,6 +160,7 @@ impl<'c> Recorder<'c> {
             chunk: Cell::new(0),
             count: Cell::new(None),
             mode: RefCell::new(Mode::Off),
+            schema: Cell::new(0),
             stage: RefCell::new(String::new()),
             guard,
             armed: Cell::new(0),
@@ -197,13 +200,20 @@ impl<'c> Recorder<'c> {
         if let Some(g) = &self.guard {
             g.arm(true);
         }
-        let layouts = layouts(self.conn)?;
+        let mode = self.choose(step, layouts(self.conn)?)?;
+        *self.mode.borrow_mut() = mode;
+        self.schema.set(schema_version(self.conn)?);
+        Ok(())
+    }
+
+    /// How `step` is recorded over tables `layouts`: by the pre-update
+    /// hook, armed with them, or else read around or staged.
+    fn choose(&self, step: &Step, layouts: Vec<Layout>) -> rusqlite::Result<Mode> {
         #[cfg(batchsse_preupdate)]
         if let Some(pre) = &self.pre {
             let updates = step.updates.as_deref();
             pre.arm(self.conn, layouts, updates, self.guard.as_ref())?;
-            *self.mode.borrow_mut() = Mode::Pre;
-            return Ok(());
+            return Ok(Mode::Pre);
         }
         let around = step
             .chunk
@@ -220,10 +230,30 @@ impl<'c> Recorder<'c> {
                     layout: layout.clone(),
                 })
             });
-        *self.mode.borrow_mut() = match around {
-            Some(a) => Mode::Around(a),
-            None => self.stage(step, layouts)?,
+        match around {
+            Some(a) => Ok(Mode::Around(a)),
+            None => self.stage(step, layouts),
+        }
+    }
+
+    /// In a chunk's transaction, before its work: when the schema changed
+    /// since the step was armed (an application's migration between two
+    /// chunks adds a column, or a table), the tables are read again and
+    /// the recording made anew, so that a row deleted from now on comes
+    /// back with the new column's value too.
+    fn follow_schema(&self, step: &Step) -> rusqlite::Result<()> {
+        let now = schema_version(self.conn)?;
+        if now == self.schema.get() || matches!(*self.mode.borrow(), Mode::Off) {
+            return Ok(());
+        }
+        let layouts = layouts(self.conn)?;
+        let staged = matches!(*self.mode.borrow(), Mode::Strayed | Mode::Staged(_));
+        let mode = match staged {
+            true => self.stage(step, layouts)?,
+            false => self.choose(step, layouts)?,
         };
+        *self.mode.borrow_mut() = mode;
+        self.schema.set(now);
         Ok(())
     }
 
@@ -337,6 +367,7 @@ impl<'c> Recorder<'c> {
         range: Option<(&Value, &Value)>,
         work: &mut dyn FnMut() -> rusqlite::Result<u64>,
     ) -> rusqlite::Result<Option<u64>> {
+        self.follow_schema(step)?;
         if matches!(*self.mode.borrow(), Mode::Strayed) {
             let layouts = layouts(self.conn)?;
             let staged = self.stage(step, layouts)?;
@@ -604,6 +635,11 @@ impl<'c> Recorder<'c> {
         }
         .map(drop)
     }
+}
+
+/// The main schema's version: changed by every change to the schema.
+fn schema_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("PRAGMA main.schema_version", [], |r| r.get(0))
 }
 
 /// The read-around query of a table chunked by `key_sql`.
