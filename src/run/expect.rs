@@ -64,13 +64,14 @@ pub(super) fn at_end(
     }))
 }
 
-/// A value (or key) as a person reads it in a message: a short blob as
-/// SQL writes it, a long one by its size.
+/// A value (or key) as a person reads it in a message: a REAL with its
+/// point (`1.0`, `-0.0`: a conflict between 1.0 and 1 must show why), a
+/// short blob as SQL writes it, a long one by its size.
 pub(super) fn shown(v: &Value) -> String {
     match v {
         Value::Null => "NULL".into(),
         Value::Integer(i) => i.to_string(),
-        Value::Real(f) => f.to_string(),
+        Value::Real(f) => format!("{f:?}"),
         Value::Text(t) => format!("{t:?}"),
         Value::Blob(b) if b.len() <= 32 => {
             format!(
@@ -107,6 +108,9 @@ mod tests {
             ("SELECT 1 WHERE 0", "returned no row"),
             ("SELECT x'00'", "returned x'00'"),
             ("SELECT zeroblob(33)", "a blob of 33 bytes"),
+            // A REAL reads as one, never as the INTEGER it equals.
+            ("SELECT 0.0", "returned 0.0,"),
+            ("SELECT -0.0", "returned -0.0,"),
         ] {
             let why = check(no).unwrap_or_else(|| panic!("{no} passed"));
             assert!(why.contains(shown), "{why}");

@@ -1589,3 +1589,205 @@ fn an_undo_dry_run_never_waits_holding_the_lock() {
     assert!(err.contains("40,000 rows would change"), "{err}");
     assert_eq!(sha256(&db.path), file, "a dry run writes nothing");
 }
+
+/// A trigger the application adds after the check before the run (here
+/// while the run waits for its first client) makes the run change columns
+/// and tables the check did not see the step write. The record must hold
+/// those changes too: an undo that says all is well must leave every table
+/// as before.
+#[test]
+fn changes_by_a_trigger_added_after_the_check_are_taken_back() {
+    let setup = "CREATE TABLE t(id INTEGER PRIMARY KEY, a INT, other TEXT DEFAULT 'o');
+         CREATE TABLE stats(k TEXT PRIMARY KEY, n INT);
+         INSERT INTO stats VALUES ('updates', 0);
+         INSERT INTO t(id, a) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < 12) SELECT i, i FROM s;";
+    let trigger = "CREATE TRIGGER late AFTER UPDATE OF a ON t BEGIN
+         UPDATE t SET other = 'by trigger' WHERE id = NEW.id;
+         UPDATE stats SET n = n + 1; END;";
+    for env in [&[][..], &HOOK_OFF[..]] {
+        let db = TempDb::with_sql(setup);
+        let before = content(&db);
+        let plan = db.file(
+            "plan.json",
+            r#"{"name":"late","steps":[
+                {"sql":"UPDATE t SET a = a + 1 WHERE id BETWEEN :lo AND :hi","chunk":{"table":"t","size":4}},
+                {"sql":"UPDATE t SET a = a * 2 WHERE id <= 3"}]}"#,
+        );
+        let gate = [
+            "--undo",
+            "--listen",
+            "127.0.0.1:0",
+            "--wait-for-clients",
+            "1",
+            "--progress",
+            "plain",
+        ];
+        let mut p = Proc::start_with(&run_args(&db, path_str(&plan), &gate), |c| {
+            c.envs(env.iter().copied());
+        });
+        db.conn().execute_batch(trigger).unwrap();
+        let _s = Stream::open(p.addr(), "/events", &[]);
+        assert_eq!(p.wait().code(), Some(0), "{env:?}: {}", p.stderr());
+        assert_eq!(
+            db.query_i64("SELECT n FROM stats"),
+            15,
+            "{env:?}: the trigger fired"
+        );
+        db.conn().execute_batch("DROP TRIGGER late").unwrap();
+        let (code, _, err) = run_with_env(&undo_args(&db, &["--plan", "late"]), None, env);
+        assert_eq!(code, 0, "{env:?}: {err}");
+        assert_eq!(content(&db), before, "{env:?}: {err}");
+    }
+}
+
+/// A trigger the application makes while a recorded step runs (between
+/// two of its chunks), which updates a column the step never names and
+/// (second case) fills a table made with it: the step's statement is
+/// compiled again then, and the rest of the step goes on recorded, those
+/// writes too, so the undo puts every table back.
+#[test]
+fn writes_of_a_trigger_made_during_a_step_are_taken_back() {
+    let setup = "CREATE TABLE t(id INTEGER PRIMARY KEY, a INT, other TEXT);
+         INSERT INTO t(id, a) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < 12) SELECT i, i FROM s;";
+    let column = "CREATE TRIGGER fill AFTER UPDATE OF a ON t BEGIN
+           UPDATE t SET other = 'filled' WHERE id = NEW.id; END;";
+    let table = "CREATE TABLE log(id INTEGER PRIMARY KEY, what INT);
+         CREATE TRIGGER fill AFTER UPDATE OF a ON t BEGIN
+           INSERT INTO log(what) VALUES (NEW.id);
+           UPDATE t SET other = 'filled' WHERE id = NEW.id; END;";
+    for made in [column, table] {
+        let before = {
+            let fresh = TempDb::with_sql(setup);
+            fresh.conn().execute_batch(made).unwrap();
+            content(&fresh)
+        };
+        for env in [&[][..], &HOOK_OFF[..]] {
+            let db = made_during_a_step(setup, BUMP_A, made, env);
+            let filled = db.query_i64("SELECT count(*) FROM t WHERE other = 'filled'");
+            assert_eq!(
+                filled, 8,
+                "{env:?}: the trigger fired after the first chunk"
+            );
+            let (code, _, err) = run_with_env(&undo_args(&db, &["--plan", "made"]), None, env);
+            assert_eq!(code, 0, "{env:?}: {err}");
+            assert_eq!(content(&db), before, "{made} {env:?}: {err}");
+        }
+    }
+}
+
+const BUMP_A: &str = "UPDATE t SET a = a + 1 WHERE id BETWEEN :lo AND :hi";
+
+/// A file made by `setup`, with plan "made" of one step, `sql` chunked
+/// over `t`, run on it recorded, 4 rows a chunk 1.5 s apart, and `made`
+/// done by the "application" once its first chunk is recorded. The run
+/// must succeed.
+fn made_during_a_step(setup: &str, sql: &str, made: &str, env: &[(&str, &str)]) -> TempDb {
+    let db = TempDb::with_sql(setup);
+    let step = serde_json::json!({"sql": sql, "chunk": {"table": "t", "size": 4}});
+    let plan = db.file(
+        "plan.json",
+        &serde_json::json!({"name": "made", "steps": [step]}).to_string(),
+    );
+    let slow = [
+        "--undo",
+        "--no-serve",
+        "--batch-size",
+        "4",
+        "--sleep",
+        "1500",
+    ];
+    let mut p = Proc::start_with(&run_args(&db, path_str(&plan), &slow), |c| {
+        c.envs(env.iter().copied());
+    });
+    let t0 = Instant::now();
+    let recorded = || {
+        db.query_i64("SELECT count(*) FROM sqlite_schema WHERE name = 'batchsse_undo'") > 0
+            && db.query_i64("SELECT count(*) FROM batchsse_undo WHERE chunk >= 0") > 0
+    };
+    while !recorded() {
+        assert!(t0.elapsed() < PATIENCE, "{}", p.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    db.conn().execute_batch(made).unwrap();
+    assert_eq!(p.wait().code(), Some(0), "{env:?}: {}", p.stderr());
+    db
+}
+
+/// `--on-conflict overwrite` puts the run's old values back over what the
+/// application wrote since, and says which rows it overwrote (a dry run
+/// which it would), whichever way a part goes back: a chunk of updates in
+/// one statement, a deleted row whose key is used again, an inserted row
+/// changed since.
+#[test]
+fn overwrite_names_every_row_of_the_application_it_overwrites() {
+    let setup = "CREATE TABLE t(id INTEGER PRIMARY KEY, a);
+         INSERT INTO t WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < 20) SELECT i, i FROM s;";
+    let plan = r#"{"name":"p","steps":[
+        {"sql":"UPDATE t SET a = -a WHERE id BETWEEN :lo AND :hi","chunk":{"table":"t","size":5}},
+        {"sql":"DELETE FROM t WHERE id = 20"},
+        {"sql":"INSERT INTO t VALUES (50, 1)"}]}"#;
+    let (db, before) = recorded_run(setup, plan, &[]);
+    db.conn()
+        .execute_batch(
+            "UPDATE t SET a = 100 WHERE id = 3; INSERT INTO t VALUES (20, 'app');
+             UPDATE t SET a = 2 WHERE id = 50;",
+        )
+        .unwrap();
+    let file = sha256(&db.path);
+    let overwrite = ["--plan", "p", "--on-conflict", "overwrite"];
+    let (code, _, err) = run(&undo_args(&db, &[&overwrite[..], &["--dry-run"]].concat()));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(sha256(&db.path), file, "a dry run writes nothing");
+    for key in [3, 20, 50] {
+        let said = format!("conflict in t at key {key}: ");
+        let line = err.lines().find(|l| l.contains(&said));
+        assert!(
+            line.is_some_and(|l| l.ends_with("would overwrite the application's row")),
+            "{key}: {err}"
+        );
+    }
+    assert!(
+        err.contains("3 rows the application changed since the run would be overwritten"),
+        "{err}"
+    );
+    let (code, _, err) = run(&undo_args(&db, &overwrite));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        err.matches("overwrote the application's row").count(),
+        3,
+        "{err}"
+    );
+    assert!(
+        err.contains("3 rows the application changed since the run were overwritten"),
+        "{err}"
+    );
+    assert_eq!(content(&db), before);
+}
+
+/// A column the application adds while a recorded purge runs (a migration
+/// between two of its chunks), and fills: the rows the purge deletes from
+/// then on come back with the column's values, not its default.
+#[test]
+fn a_column_added_during_a_step_comes_back_with_the_rows_it_deletes() {
+    let setup = "CREATE TABLE t(id INTEGER PRIMARY KEY, a INT);
+         INSERT INTO t(id, a) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < 12) SELECT i, i FROM s;";
+    let added = "ALTER TABLE t ADD COLUMN note TEXT; UPDATE t SET note = 'kept ' || id;";
+    // Rows 1 to 4 were deleted before the column came, so without a note.
+    let before = {
+        let fresh = TempDb::with_sql(setup);
+        fresh.conn().execute_batch(added).unwrap();
+        fresh
+            .conn()
+            .execute_batch("UPDATE t SET note = NULL WHERE id <= 4")
+            .unwrap();
+        content(&fresh)
+    };
+    let purge = "DELETE FROM t WHERE id BETWEEN :lo AND :hi";
+    for env in [&[][..], &HOOK_OFF[..]] {
+        let db = made_during_a_step(setup, purge, added, env);
+        assert_eq!(db.query_i64("SELECT count(*) FROM t"), 0, "{env:?}");
+        let (code, _, err) = run_with_env(&undo_args(&db, &["--plan", "made"]), None, env);
+        assert_eq!(code, 0, "{env:?}: {err}");
+        assert_eq!(content(&db), before, "{env:?}: {err}");
+    }
+}

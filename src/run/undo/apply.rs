@@ -129,7 +129,10 @@ impl At<'_> {
 #[derive(Default)]
 struct Tally {
     reverted: u64,
+    /// Rows kept as the application has them.
     conflicts: u64,
+    /// Rows put back over the application's values (`overwrite`).
+    overwritten: u64,
     steps_done: usize,
 }
 
@@ -317,6 +320,7 @@ impl Undoer<'_> {
             }
         }
         self.say_dangling();
+        self.say_overwritten(tally.overwritten);
         if let Some(outer) = outer {
             drop(outer);
             self.message(Level::Info, format!(
@@ -352,6 +356,28 @@ impl Undoer<'_> {
         if let Some(text) = w.said(self.conn, self.dry_run) {
             self.message(Level::Warn, text);
         }
+    }
+
+    /// Counts the rows of the application put back over (`overwrite`).
+    fn say_overwritten(&self, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let (rows, was) = match n {
+            1 => ("row", "was"),
+            _ => ("rows", "were"),
+        };
+        let overwritten = match self.dry_run {
+            true => "would be overwritten",
+            false => &format!("{was} overwritten"),
+        };
+        self.message(
+            Level::Warn,
+            format!(
+                "{} {rows} the application changed since the run {overwritten} with the values from before the run",
+                thousands(n)
+            ),
+        );
     }
 
     fn failed(&self, why: String) -> End {
@@ -478,11 +504,18 @@ impl Undoer<'_> {
             // `false`: a step that changed nothing; only its note goes.
             Some(recorded) => recorded,
         };
-        let before = tally.conflicts;
-        let mut kept = 0u64;
-        let mut on_kept = |conflict: Conflict<'_>| {
-            kept += 1;
-            self.kept(c, conflict, before + kept)
+        let before = (tally.conflicts, tally.overwritten);
+        let (mut kept, mut overwritten) = (0u64, 0u64);
+        let mut on_kept = |conflict: Conflict<'_>| match conflict.overwritten {
+            true => {
+                overwritten += 1;
+                self.said_overwritten(&conflict, before.1 + overwritten);
+                Ok(())
+            }
+            false => {
+                kept += 1;
+                self.kept(c, conflict, before.0 + kept)
+            }
         };
         let mut reverter = self.reverter.borrow_mut();
         let reverted = match recorded {
@@ -503,6 +536,7 @@ impl Undoer<'_> {
         tx.commit().map_err(sql)?;
         tally.reverted += reverted;
         tally.conflicts += kept;
+        tally.overwritten += overwritten;
         Ok(true)
     }
 
@@ -547,6 +581,31 @@ impl Undoer<'_> {
         }
         self.conflict(c, &k, nth)
             .map_err(|e| crate::run::db::run_time_message(self.conn, &e))
+    }
+
+    /// Reports (the first ones of) the rows of the application put back
+    /// over; none goes to `batchsse_undo_conflict`, which holds the rows
+    /// kept (an undo run again must not keep these).
+    fn said_overwritten(&self, k: &Conflict<'_>, nth: u64) {
+        let overwrote = match self.dry_run {
+            true => "would overwrite",
+            false => "overwrote",
+        };
+        if nth <= SHOWN_CONFLICTS {
+            self.log.push(Event::message(
+                json!({"db": self.db, "table": k.table, "key": json_value(&k.key)}),
+                Level::Warn,
+                format!(
+                    "conflict in {} at key {}: {}; {overwrote} the application's row",
+                    k.table, k.shown, k.why
+                ),
+            ));
+        } else if nth == SHOWN_CONFLICTS + 1 {
+            self.message(
+                Level::Warn,
+                "more rows of the application overwritten: the last lines count them",
+            );
+        }
     }
 
     /// Records (and, for the first ones, reports) a row kept under `skip`.

@@ -39,6 +39,9 @@ pub enum Verdict {
     Held,
     /// Kept as the application has it (see [`Job::now`]).
     Kept,
+    /// Put back over what the application wrote since (`overwrite`; its
+    /// values then, in [`Job::now`]).
+    Overwrote,
 }
 
 /// One part being put back.
@@ -216,14 +219,16 @@ impl Job {
             // SAFETY: an argument of the call in progress.
             unsafe { put_raw(&mut self.buf, v) };
         }
-        let put = self.overwrite || print(&self.buf) == e.print;
-        self.verdicts[i] = if put {
-            Verdict::Put
-        } else {
-            self.now.insert(i, self.buf.clone());
-            Verdict::Kept
+        if print(&self.buf) == e.print {
+            self.verdicts[i] = Verdict::Put;
+            return Ok(true);
+        }
+        self.now.insert(i, self.buf.clone());
+        self.verdicts[i] = match self.overwrite {
+            true => Verdict::Overwrote,
+            false => Verdict::Kept,
         };
-        Ok(put)
+        Ok(self.overwrite)
     }
 
     /// `OLD(key, n[, current])`: the `n`th written column's value to put
@@ -276,7 +281,8 @@ impl Job {
 
     /// Rows the statement should have written.
     pub fn puts(&self) -> usize {
-        self.verdicts.iter().filter(|v| **v == Verdict::Put).count()
+        let put = |v: &&Verdict| matches!(v, Verdict::Put | Verdict::Overwrote);
+        self.verdicts.iter().filter(put).count()
     }
 }
 

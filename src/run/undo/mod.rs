@@ -16,6 +16,7 @@ pub mod apply;
 mod bulk;
 mod codec;
 mod dangling;
+mod guard;
 mod hash;
 #[cfg(batchsse_preupdate)]
 mod preupdate;
@@ -27,7 +28,8 @@ mod shape;
 mod spill;
 pub mod store;
 
-pub use record::{Guard, Hook, Recorder};
+pub use guard::Guard;
+pub use record::{Hook, Recorder};
 
 /// Whether runs are recorded through SQLite's pre-update hook: in builds
 /// that have it, unless `BATCHSSE_UNDO_HOOK=off` asks for the ways a build

@@ -18,6 +18,7 @@ use rusqlite::ffi;
 use rusqlite::types::ValueRef;
 
 use super::codec::{Encoder, KeyRef, Layout, print, put_value};
+use super::guard::Guard;
 use super::raw::{put_raw, value_ref};
 use super::spill::{Parts, TEMP_VAR};
 
@@ -47,6 +48,9 @@ struct State {
     scratch: Scratch,
     /// The last change's schema and table name pointers, and its table.
     last: Option<(*const c_char, *const c_char, Found)>,
+    /// What the step's statements update as SQLite compiled them, which
+    /// widens `updated` (see [`Guard`]).
+    guard: Option<Guard>,
 }
 
 /// Buffers reused from row to row.
@@ -86,6 +90,7 @@ impl PreHook {
                 part_bytes,
                 scratch: Scratch::default(),
                 last: None,
+                guard: None,
             }),
             missed: Cell::new(false),
         });
@@ -101,12 +106,14 @@ impl PreHook {
     /// Records changes to `layouts` (all of the main database's tables the
     /// record can key, with their columns' positions from `conn`) until
     /// [`PreHook::disarm`]. `updates`: the (table, column) pairs the step
-    /// may update, when known; an update reads only those.
+    /// may update, when known; an update reads only those, and those the
+    /// `guard` sees compiled.
     pub fn arm(
         &self,
         conn: &Connection,
         layouts: Vec<Layout>,
         updates: Option<&[(String, String)]>,
+        guard: Option<&Guard>,
     ) -> rusqlite::Result<()> {
         let mut tables = Vec::new();
         for layout in layouts {
@@ -148,8 +155,21 @@ impl PreHook {
         s.enc = Encoder::new(false);
         s.parts.take();
         s.broken = None;
+        s.guard = guard.cloned();
+        if let Some(g) = guard {
+            g.fresh();
+            widen(&mut s.tables, g);
+        }
         s.on = true;
         Ok(())
+    }
+
+    /// Whether any of `layouts` is a table the hook was not armed with
+    /// (one made since).
+    pub fn lacks_any(&self, layouts: &[Layout]) -> bool {
+        let s = self.shared.state.borrow();
+        let known = |l: &Layout| s.tables.iter().any(|w| w.layout.table == l.table);
+        !layouts.iter().all(known)
     }
 
     pub fn disarm(&self) {
@@ -244,6 +264,11 @@ unsafe extern "C" fn on_change(
     if !s.on || z_db.is_null() || z_name.is_null() {
         return;
     }
+    // One atomic load a row while nothing new was compiled.
+    let st = &mut *s;
+    if let Some(g) = st.guard.as_ref().filter(|g| g.fresh()) {
+        widen(&mut st.tables, g);
+    }
     // SQLite passes the same name pointers for every row of a table.
     let found = match s.last {
         Some((db_at, name_at, ref t)) if db_at == z_db && name_at == z_name => t.clone(),
@@ -270,6 +295,32 @@ unsafe extern "C" fn on_change(
     };
     if let Err(why) = change.record(&mut s, t) {
         s.broken = Some(why);
+    }
+}
+
+/// Adds to each table's `updated` the columns `guard` saw compiled
+/// updates of: a trigger the check before the run never saw may update
+/// them.
+fn widen(tables: &mut [Watched], guard: &Guard) {
+    let w = guard.lock();
+    for (table, column) in &w.updates {
+        let Some(t) = tables
+            .iter_mut()
+            .find(|t| t.layout.table.eq_ignore_ascii_case(table))
+        else {
+            continue; // unknown: its change breaks the record, said then
+        };
+        let at = t
+            .layout
+            .columns
+            .iter()
+            .position(|c| c.eq_ignore_ascii_case(column));
+        // Kept in column order: the record's values follow it.
+        if let Some(j) = at
+            && let Err(i) = t.updated.binary_search(&j)
+        {
+            t.updated.insert(i, j);
+        }
     }
 }
 
@@ -477,8 +528,13 @@ mod tests {
         )
         .unwrap();
         let hook = PreHook::install(&conn, 1024, held);
-        hook.arm(&conn, super::super::shape::layouts(&conn).unwrap(), None)
-            .unwrap();
+        hook.arm(
+            &conn,
+            super::super::shape::layouts(&conn).unwrap(),
+            None,
+            None,
+        )
+        .unwrap();
         conn.execute("UPDATE t SET v = v || '!', n = -n", [])
             .unwrap();
         let parts = hook.take().unwrap();

@@ -16,11 +16,12 @@
 use std::cell::{Cell, RefCell};
 use std::sync::{Arc, Mutex};
 
-use rusqlite::hooks::{Action, AuthContext, Authorization};
+use rusqlite::hooks::Action;
 use rusqlite::types::Value;
 use rusqlite::{Connection, params};
 
 use super::codec::{Encoder, KeyRef, Layout, mask_of, op, print, put_value};
+use super::guard::Guard;
 use super::shape::layouts;
 use super::store::{self, NOTHING, PARTS, UNRECORDED};
 use crate::plan::{Step, quote};
@@ -80,56 +81,6 @@ impl Hook {
     }
 }
 
-/// Refuses, as SQLite compiles a recorded step's statements (and the
-/// triggers they set off), a write to a table of an attached database:
-/// neither the hooks nor the TEMP triggers record one, and the pre-run
-/// check cannot see one into a database a step before attached. An
-/// authorizer of the batch's connection, which only an armed step arms.
-#[derive(Clone, Default)]
-pub struct Guard(Arc<Mutex<Watch>>);
-
-#[derive(Default)]
-struct Watch {
-    armed: bool,
-    /// The table refused, as `schema.table`.
-    denied: Option<String>,
-}
-
-impl Guard {
-    /// Installs the guard on the batch's connection (before it is shared).
-    pub fn install(conn: &mut Connection) -> rusqlite::Result<Guard> {
-        let guard = Guard::default();
-        let watch = guard.0.clone();
-        conn.authorizer(Some(move |ctx: AuthContext<'_>| {
-            use rusqlite::hooks::AuthAction::{Delete, Insert, Update};
-            let (Insert { table_name } | Delete { table_name } | Update { table_name, .. }) =
-                ctx.action
-            else {
-                return Authorization::Allow;
-            };
-            let mut w = watch.lock().unwrap_or_else(|p| p.into_inner());
-            match ctx.database_name {
-                Some(db) if w.armed && db != "main" && db != "temp" => {
-                    w.denied = Some(format!("{db}.{table_name}"));
-                    Authorization::Deny
-                }
-                _ => Authorization::Allow,
-            }
-        }))?;
-        Ok(guard)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Watch> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn arm(&self, on: bool) {
-        let mut w = self.lock();
-        w.armed = on;
-        w.denied = None;
-    }
-}
-
 /// How the current step is recorded.
 enum Mode {
     Off,
@@ -179,6 +130,8 @@ pub struct Recorder<'c> {
     /// has one, and the count it was given.
     count: Cell<Option<(i64, i64)>>,
     mode: RefCell<Mode>,
+    /// The main schema's version when the step's recording was made.
+    schema: Cell<i64>,
     armed: Cell<usize>,
     /// A read-around chunk's rows, before and after.
     rows: RefCell<(Rows, Rows)>,
@@ -207,6 +160,7 @@ impl<'c> Recorder<'c> {
             chunk: Cell::new(0),
             count: Cell::new(None),
             mode: RefCell::new(Mode::Off),
+            schema: Cell::new(0),
             stage: RefCell::new(String::new()),
             guard,
             armed: Cell::new(0),
@@ -246,12 +200,20 @@ impl<'c> Recorder<'c> {
         if let Some(g) = &self.guard {
             g.arm(true);
         }
-        let layouts = layouts(self.conn)?;
+        let mode = self.choose(step, layouts(self.conn)?)?;
+        *self.mode.borrow_mut() = mode;
+        self.schema.set(schema_version(self.conn)?);
+        Ok(())
+    }
+
+    /// How `step` is recorded over tables `layouts`: by the pre-update
+    /// hook, armed with them, or else read around or staged.
+    fn choose(&self, step: &Step, layouts: Vec<Layout>) -> rusqlite::Result<Mode> {
         #[cfg(batchsse_preupdate)]
         if let Some(pre) = &self.pre {
-            pre.arm(self.conn, layouts, step.updates.as_deref())?;
-            *self.mode.borrow_mut() = Mode::Pre;
-            return Ok(());
+            let updates = step.updates.as_deref();
+            pre.arm(self.conn, layouts, updates, self.guard.as_ref())?;
+            return Ok(Mode::Pre);
         }
         let around = step
             .chunk
@@ -268,19 +230,44 @@ impl<'c> Recorder<'c> {
                     layout: layout.clone(),
                 })
             });
-        *self.mode.borrow_mut() = match around {
-            Some(a) => Mode::Around(a),
-            None => self.stage(step, layouts)?,
+        match around {
+            Some(a) => Ok(Mode::Around(a)),
+            None => self.stage(step, layouts),
+        }
+    }
+
+    /// In a chunk's transaction, before its work: when the schema changed
+    /// since the step was armed (an application's migration between two
+    /// chunks adds a column, or a table), the tables are read again and
+    /// the recording made anew, so that a row deleted from now on comes
+    /// back with the new column's value too.
+    fn follow_schema(&self, step: &Step) -> rusqlite::Result<()> {
+        let now = schema_version(self.conn)?;
+        if now == self.schema.get() || matches!(*self.mode.borrow(), Mode::Off) {
+            return Ok(());
+        }
+        let layouts = layouts(self.conn)?;
+        let staged = matches!(*self.mode.borrow(), Mode::Strayed | Mode::Staged(_));
+        let mode = match staged {
+            true => self.stage(step, layouts)?,
+            false => self.choose(step, layouts)?,
         };
+        *self.mode.borrow_mut() = mode;
+        self.schema.set(now);
         Ok(())
     }
 
     /// Makes the staging table and the TEMP triggers that fill it, for the
     /// tables `step` writes (its triggers' and foreign-key actions' too).
     fn stage(&self, step: &Step, layouts: Vec<Layout>) -> rusqlite::Result<Mode> {
+        let compiled = self.guard.as_ref().map(Guard::writes).unwrap_or_default();
         let layouts: Vec<Layout> = layouts
             .into_iter()
-            .filter(|l| step.writes.iter().any(|w| w.eq_ignore_ascii_case(&l.table)))
+            .filter(|l| {
+                let t = &l.table;
+                let mut writes = step.writes.iter().chain(&compiled);
+                writes.any(|w| w.eq_ignore_ascii_case(t))
+            })
             .collect();
         let width = layouts
             .iter()
@@ -288,6 +275,8 @@ impl<'c> Recorder<'c> {
             .max()
             .unwrap_or(1);
         let cols: String = (1..=width).map(|i| format!(", v{i}")).collect();
+        // Staged again with more tables: the first ones' triggers go.
+        self.drop_triggers();
         let name = stage_name(self.conn)?;
         let mut sql = format!(
             "DROP TABLE IF EXISTS temp.{name};
@@ -300,6 +289,17 @@ impl<'c> Recorder<'c> {
         self.conn.execute_batch(&sql)?;
         self.armed.set(layouts.len());
         Ok(Mode::Staged(layouts))
+    }
+
+    /// Drops the TEMP triggers that stage changes.
+    fn drop_triggers(&self) {
+        for n in 0..self.armed.get() {
+            for kind in ["i", "d", "u", "m"] {
+                let _ = self.conn.execute_batch(&format!(
+                    "DROP TRIGGER IF EXISTS temp.batchsse_undo_{kind}{n}"
+                ));
+            }
+        }
     }
 
     /// Why the armed step failed, when it did because it would write a
@@ -326,13 +326,7 @@ impl<'c> Recorder<'c> {
         if let Some(g) = &self.guard {
             g.arm(false);
         }
-        for n in 0..self.armed.get() {
-            for kind in ["i", "d", "u", "m"] {
-                let _ = self.conn.execute_batch(&format!(
-                    "DROP TRIGGER IF EXISTS temp.batchsse_undo_{kind}{n}"
-                ));
-            }
-        }
+        self.drop_triggers();
         #[cfg(batchsse_preupdate)]
         if let Some(pre) = &self.pre {
             pre.disarm();
@@ -349,9 +343,10 @@ impl<'c> Recorder<'c> {
     /// Does the work of one chunk (`range`: its keys; `None` for a plain
     /// step) and records it, in the caller's transaction; returns what the
     /// work returns, the rows it changed. `None`: the work strayed from
-    /// the chunk's rows, so it could not be recorded by reading around it;
-    /// the caller rolls the chunk back and does it again, which is then
-    /// recorded staged (as is the rest of the step).
+    /// the chunk's rows, so it could not be recorded by reading around it,
+    /// or wrote a table the staging did not cover; the caller rolls the
+    /// chunk back and does it again, which is then recorded staged, those
+    /// tables too (as is the rest of the step).
     pub fn record(
         &self,
         step: &Step,
@@ -372,6 +367,7 @@ impl<'c> Recorder<'c> {
         range: Option<(&Value, &Value)>,
         work: &mut dyn FnMut() -> rusqlite::Result<u64>,
     ) -> rusqlite::Result<Option<u64>> {
+        self.follow_schema(step)?;
         if matches!(*self.mode.borrow(), Mode::Strayed) {
             let layouts = layouts(self.conn)?;
             let staged = self.stage(step, layouts)?;
@@ -379,7 +375,7 @@ impl<'c> Recorder<'c> {
         }
         let around = match (&*self.mode.borrow(), range) {
             (Mode::Off, _) => return work().map(Some),
-            (Mode::Pre, _) => return self.record_pre(step, work).map(Some),
+            (Mode::Pre, _) => return self.record_pre(step, work),
             (Mode::Around(a), Some(range)) => Some((a.read.clone(), a.layout.clone(), range)),
             _ => None,
         };
@@ -387,28 +383,75 @@ impl<'c> Recorder<'c> {
             Some((read, layout, range)) => self.read_around(step, (&read, &layout), range, work),
             None => {
                 let changed = work()?;
+                if self.staged_too_few()? {
+                    // Staged from now on with those tables too; the
+                    // triggers are made in the next try's transaction.
+                    *self.mode.borrow_mut() = Mode::Strayed;
+                    return Ok(None);
+                }
                 self.pack_staged(step)?;
                 Ok(Some(changed))
             }
         }
     }
 
+    /// Whether the work wrote a table no TEMP trigger stages: one a
+    /// trigger added since the check before the run writes (see
+    /// [`Guard`]). An error when that table cannot be recorded at all.
+    fn staged_too_few(&self) -> rusqlite::Result<bool> {
+        let (Some(guard), Mode::Staged(staged)) = (&self.guard, &*self.mode.borrow()) else {
+            return Ok(false);
+        };
+        let missing: Vec<String> = guard
+            .writes()
+            .into_iter()
+            .filter(|w| !staged.iter().any(|l| l.table.eq_ignore_ascii_case(w)))
+            .collect();
+        if missing.is_empty() {
+            return Ok(false);
+        }
+        let keyable = layouts(self.conn)?;
+        match missing
+            .iter()
+            .find(|m| !keyable.iter().any(|l| l.table.eq_ignore_ascii_case(m)))
+        {
+            Some(t) => Err(store::failure(format!(
+                "the step changed {t}, which the undo record cannot key"
+            ))),
+            None => Ok(true),
+        }
+    }
+
     /// The work, recorded by the pre-update hook as it goes.
+    /// `None`: the work wrote a table made since the step was armed
+    /// (through a trigger added since): armed again with it, to be done
+    /// again.
     fn record_pre(
         &self,
         step: &Step,
         work: &mut dyn FnMut() -> rusqlite::Result<u64>,
-    ) -> rusqlite::Result<u64> {
+    ) -> rusqlite::Result<Option<u64>> {
         #[cfg(batchsse_preupdate)]
         if let Some(pre) = &self.pre {
             pre.discard();
             let changed = work().inspect_err(|_| pre.discard())?;
-            let parts = pre.take().map_err(store::failure)?;
+            let parts = match pre.take() {
+                Ok(parts) => parts,
+                Err(why) => {
+                    let layouts = layouts(self.conn)?;
+                    if !pre.lacks_any(&layouts) {
+                        return Err(store::failure(why));
+                    }
+                    let updates = step.updates.as_deref();
+                    pre.arm(self.conn, layouts, updates, self.guard.as_ref())?;
+                    return Ok(None);
+                }
+            };
             parts.each(|rows, blob| self.note_part(step, rows, blob))?;
-            return Ok(changed);
+            return Ok(Some(changed));
         }
         let _ = step; // a build without the hook never comes here
-        work()
+        work().map(Some)
     }
 
     /// The read-around recording of one chunk (see [`Recorder::record`]).
@@ -592,6 +635,11 @@ impl<'c> Recorder<'c> {
         }
         .map(drop)
     }
+}
+
+/// The main schema's version: changed by every change to the schema.
+fn schema_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("PRAGMA main.schema_version", [], |r| r.get(0))
 }
 
 /// The read-around query of a table chunked by `key_sql`.

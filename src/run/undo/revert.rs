@@ -26,6 +26,8 @@ pub struct Conflict<'r> {
     /// The key as a message shows it.
     pub shown: String,
     pub why: String,
+    /// Put back all the same (`--on-conflict overwrite`), not kept.
+    pub overwritten: bool,
 }
 
 /// What to do with a conflict: `Err` stops the undo (and rolls the part
@@ -235,21 +237,26 @@ impl<'c> Reverter<'c> {
                     "the row the run inserted is gone".to_owned()
                 }
                 Verdict::Unseen => "the row is gone".to_owned(),
-                Verdict::Kept if job.part.op == op::INSERT => {
+                Verdict::Kept | Verdict::Overwrote if job.part.op == op::INSERT => {
                     "the row the run inserted has been changed since".to_owned()
                 }
-                Verdict::Kept => {
+                Verdict::Kept | Verdict::Overwrote => {
                     let now = job.now.get(&i).map_or(&[][..], Vec::as_slice);
                     changed(l, &job.part.masks[e.mask as usize], now)
                 }
             };
             let key = [Val::Integer(e.key)];
-            self.held.insert(held_id(&l.table, &key));
+            let overwritten = *verdict == Verdict::Overwrote;
+            match overwritten {
+                true => reverted += 1,
+                false => _ = self.held.insert(held_id(&l.table, &key)),
+            }
             kept(Conflict {
                 table: &l.table,
                 key: key_value(&key),
                 shown: key_shown(&key),
                 why,
+                overwritten,
             })?;
         }
         Ok(reverted)
@@ -263,7 +270,9 @@ impl<'c> Reverter<'c> {
         // A row changed several times is one row: counted with sets, unless
         // the record promises one entry per row.
         let mut rows: HashSet<(usize, Vec<u8>)> = HashSet::new();
+        // Rows kept, and rows said (kept or overwritten).
         let mut conflicts: HashSet<(usize, Vec<u8>)> = HashSet::new();
+        let mut said: HashSet<(usize, Vec<u8>)> = HashSet::new();
         let mut reverted = 0u64;
         for e in rec.entries.iter().rev() {
             let layout = &rec.tables[e.table];
@@ -275,7 +284,7 @@ impl<'c> Reverter<'c> {
                 conflicts.insert(id()); // kept already, and said so
                 continue;
             }
-            let why = self.entry(layout, e).map_err(|err| match &err {
+            let (put, why) = self.entry(layout, e).map_err(|err| match &err {
                 rusqlite::Error::SqliteFailure(f, _)
                     if f.code == rusqlite::ErrorCode::ConstraintViolation =>
                 {
@@ -283,19 +292,22 @@ impl<'c> Reverter<'c> {
                 }
                 _ => sql(err),
             })?;
-            match why {
-                None => reverted += 1,
-                Some(why) => {
-                    self.held.insert(held_id(&layout.table, &e.key));
-                    if rec.unique || conflicts.insert(id()) {
-                        kept(Conflict {
-                            table: &layout.table,
-                            key: key_value(&e.key),
-                            shown: key_shown(&e.key),
-                            why,
-                        })?;
-                    }
-                }
+            if put {
+                reverted += 1;
+            } else {
+                self.held.insert(held_id(&layout.table, &e.key));
+                conflicts.insert(id());
+            }
+            if let Some(why) = why
+                && (rec.unique || said.insert(id()))
+            {
+                kept(Conflict {
+                    table: &layout.table,
+                    key: key_value(&e.key),
+                    shown: key_shown(&e.key),
+                    why,
+                    overwritten: put,
+                })?;
             }
         }
         if !rec.unique {
@@ -304,9 +316,9 @@ impl<'c> Reverter<'c> {
         Ok(reverted)
     }
 
-    /// Puts one entry back; why it is a conflict, if it is one and was
-    /// not overwritten.
-    fn entry(&mut self, l: &Layout, e: &Entry) -> rusqlite::Result<Option<String>> {
+    /// Puts one entry back: whether it did, and why it is a conflict, if
+    /// it is one (put back all the same under `overwrite`).
+    fn entry(&mut self, l: &Layout, e: &Entry) -> rusqlite::Result<(bool, Option<String>)> {
         let [read, write] = self.statements(l, e);
         let n = if e.op == op::DELETE {
             0
@@ -330,15 +342,17 @@ impl<'c> Reverter<'c> {
         let why = match (e.op, found) {
             (op::DELETE, false) => None,
             (op::DELETE, true) => Some("the row the run deleted exists again".to_owned()),
-            (op::INSERT, false) => return Ok(Some("the row the run inserted is gone".into())),
+            (op::INSERT, false) => {
+                return Ok((false, Some("the row the run inserted is gone".into())));
+            }
             (op::INSERT, true) => {
                 (!same).then(|| "the row the run inserted has been changed since".to_owned())
             }
-            (_, false) => return Ok(Some("the row is gone".into())),
+            (_, false) => return Ok((false, Some("the row is gone".into()))),
             (_, true) => (!same).then(|| changed(l, &e.columns, &self.buf)),
         };
         if why.is_some() && !self.overwrite {
-            return Ok(why);
+            return Ok((false, why));
         }
         if e.op == op::DELETE && found {
             // Overwritten: the application's row goes, the run's comes back.
@@ -358,7 +372,7 @@ impl<'c> Reverter<'c> {
             op::DELETE => stmt.execute(params_from_iter(e.key.iter().chain(&e.old)))?,
             _ => stmt.execute(params_from_iter(e.old.iter().chain(&e.key)))?,
         };
-        Ok(None)
+        Ok((true, why))
     }
 
     /// The entry's [`Statements`], made once per table, kind and columns.
