@@ -489,7 +489,6 @@ fn encoded(values: &[Val]) -> Vec<u8> {
     encode(values.iter().map(Val::as_ref))
 }
 
-/// A key as one value: a composite key's as the text `(a, b)`.
 /// The names of `l`'s columns at `columns`.
 fn names<'l>(l: &'l Layout, columns: &[usize]) -> Vec<&'l str> {
     columns
@@ -498,10 +497,22 @@ fn names<'l>(l: &'l Layout, columns: &[usize]) -> Vec<&'l str> {
         .collect()
 }
 
+/// A key as one value: a composite key's as the text `(a, b)`, as
+/// `batchsse_undo_conflict` has always kept it (a whole REAL without its
+/// point, unlike a message), so an undo stopped by an earlier batchsse
+/// still finds the rows it kept. (A key column cannot hold both 2 and
+/// 2.0: SQLite finds them equal.)
 fn key_value(key: &[Val]) -> Value {
+    let stored = |v: &Val| match v {
+        Val::Real(f) => f.to_string(),
+        v => shown(&v.to_value()),
+    };
     match key {
         [one] => one.to_value(),
-        _ => Value::Text(key_shown(key)),
+        _ => {
+            let each: Vec<String> = key.iter().map(stored).collect();
+            Value::Text(format!("({})", each.join(", ")))
+        }
     }
 }
 
@@ -513,5 +524,20 @@ fn key_shown(key: &[Val]) -> String {
             let each: Vec<String> = key.iter().map(|v| shown(&v.to_value())).collect();
             format!("({})", each.join(", "))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The conflict table's keys are stored state: their text must not
+    /// follow a message's wording.
+    #[test]
+    fn a_composite_key_is_kept_as_it_always_was_and_shown_with_its_point() {
+        let key = [Val::Real(2.0), Val::Text(b"a".to_vec()), Val::Integer(7)];
+        assert_eq!(key_value(&key), Value::Text(r#"(2, "a", 7)"#.into()));
+        assert_eq!(key_shown(&key), r#"(2.0, "a", 7)"#);
+        assert_eq!(key_value(&[Val::Real(2.0)]), Value::Real(2.0));
     }
 }
