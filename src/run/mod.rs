@@ -91,6 +91,9 @@ pub struct Job<'a> {
 enum StepError {
     Cancelled,
     Sql(String),
+    /// An expectation failed; with `--undo` the message gets the command
+    /// that takes back what committed, once the step's work rolled back.
+    Expect(String),
 }
 
 /// A step's rows so far: visited, to visit, changed.
@@ -479,6 +482,15 @@ impl Runner<'_> {
                 RunStatus::Failed,
                 format!("step {} ({:?}) failed: {e}", step.index + 1, step.name),
             ),
+            StepError::Expect(e) => (
+                RunStatus::Failed,
+                format!(
+                    "step {} ({:?}) failed: {e}{}",
+                    step.index + 1,
+                    step.name,
+                    self.undo_hint()
+                ),
+            ),
         };
         self.step_event(step, StepState::Failed, c, Some(t0), Some(why.clone()));
         self.message(Some(step.index), Level::Error, why.clone());
@@ -619,20 +631,41 @@ impl Runner<'_> {
     /// the most it may change, and at its `end` the fewest and its query.
     /// Called inside the transaction, which the caller drops on an error.
     fn expectations(&self, step: &Step, changed: u64, end: bool) -> Result<(), StepError> {
-        let failed = match expect::over_max(&step.expect, changed) {
-            Some(why) => Some(why),
-            None if end => expect::at_end(self.conn, &step.expect, changed)
-                .map_err(|e| self.fail(e, Counts::default()).0)?,
-            None => None,
+        if let Some(why) = expect::over_max(&step.expect, changed) {
+            return Err(StepError::Expect(why));
+        }
+        if !end {
+            return Ok(());
+        }
+        match expect::at_end(self.conn, &step.expect, changed) {
+            Ok(None) => Ok(()),
+            Ok(Some(why)) => Err(StepError::Expect(why)),
+            // Said as the query's failure: "integer overflow" alone would
+            // read as the step's own SQL failing.
+            Err(e) => Err(match self.fail(e, Counts::default()).0 {
+                StepError::Sql(why) => StepError::Expect(format!(
+                    "expect {} could not run: {why}",
+                    step.expect.sql.as_deref().unwrap_or_default().trim()
+                )),
+                other => other,
+            }),
+        }
+    }
+
+    /// With `--undo`, after a failed expectation rolled its work back: the
+    /// command that takes back what this run committed, if it committed
+    /// any (read now, so the rolled-back chunk's record is not counted).
+    fn undo_hint(&self) -> String {
+        let Some(rec) = self.recorder.as_ref().filter(|_| !self.nested) else {
+            return String::new();
         };
-        match (failed, &self.recorder) {
-            (None, _) => Ok(()),
-            (Some(why), None) => Err(StepError::Sql(why)),
-            (Some(why), Some(rec)) => Err(StepError::Sql(format!(
-                "{why}; what committed before can be taken back with: batchsse undo --db {} --run {}",
+        match rec.committed() {
+            Ok((rows, _)) if rows > 0 => format!(
+                "; what this run committed can be taken back with: batchsse undo --db {} --run {}",
                 crate::human::shell_word(self.conn.path().unwrap_or(&self.db)),
                 rec.run_id
-            ))),
+            ),
+            _ => "; this run committed nothing, so it has nothing to take back".into(),
         }
     }
 

@@ -208,3 +208,54 @@ fn an_expect_the_check_could_not_see_never_writes() {
     assert_eq!(left, 3, "the expect wrote: {err}");
     assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 0);
 }
+
+/// The undo command is named only where it has something to take back:
+/// not when the failed step was the run's first, nor under `--atomic`
+/// (where the named command would fail with "no undo record").
+#[test]
+fn a_failed_expectation_names_no_undo_when_nothing_committed() {
+    for extra in [&[][..], &["--atomic"][..]] {
+        let db = TempDb::counters(10);
+        let mut args = vec!["--undo"];
+        args.extend_from_slice(extra);
+        let (code, _, err) = run_plan(
+            &db,
+            r#"{"steps":[{"sql":"UPDATE t SET counter = 1"},
+                {"sql":"UPDATE t SET counter = 2","expect":"SELECT 0"}]}"#,
+            &args,
+        );
+        assert_eq!(code, 1, "{err}");
+        let failed = err.lines().find(|l| l.contains("FAILED after")).unwrap();
+        if extra.is_empty() {
+            assert!(failed.contains("taken back with: batchsse undo"), "{err}");
+        } else {
+            assert!(!failed.contains("batchsse undo"), "{extra:?}: {err}");
+        }
+        let db = TempDb::counters(10);
+        let (code, _, err) = run_plan(
+            &db,
+            r#"{"steps":[{"sql":"UPDATE t SET counter = 2","expect":"SELECT 0"}]}"#,
+            &args,
+        );
+        assert_eq!(code, 1, "{err}");
+        assert!(!err.contains("batchsse undo --db"), "{extra:?}: {err}");
+    }
+}
+
+/// An `expect` that fails as it runs (SQLite errors on an integer
+/// overflow) says so, rather than reading as the step's own SQL failing.
+#[test]
+fn an_expect_that_errors_is_named_as_the_expect() {
+    let db = TempDb::counters(10);
+    let (code, _, err) = run_plan(
+        &db,
+        r#"{"steps":[{"sql":"UPDATE t SET counter = 1","expect":"SELECT abs(-9223372036854775808)"}]}"#,
+        &[],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("expect SELECT abs(-9223372036854775808) could not run: integer overflow"),
+        "{err}"
+    );
+    assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 0);
+}
