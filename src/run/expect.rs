@@ -49,6 +49,14 @@ pub(super) fn at_end(
             sql.trim()
         )));
     }
+    // SQLite calls `PRAGMA aux.max_page_count = 3` read-only, and it
+    // answers a row: it would set the run's connection.
+    if sets_a_pragma(sql) {
+        return Ok(Some(format!(
+            "expect {} gives a PRAGMA a value, which may set it, so it was not run; read a pragma with its table-valued function, e.g. SELECT * FROM pragma_user_version",
+            sql.trim()
+        )));
+    }
     let value: Option<Value> = stmt.query_row([], |r| r.get::<_, Value>(0)).optional()?;
     // SQLite's own idea of true, so '1', 1.0 and 1 agree with a WHERE.
     let truthy = match &value {
@@ -59,9 +67,30 @@ pub(super) fn at_end(
         format!(
             "expect {} returned {}, which is not true",
             sql.trim(),
-            value.as_ref().map_or_else(|| "no row".to_owned(), shown)
+            value.as_ref().map_or_else(|| "no row".to_owned(), answer)
         )
     }))
+}
+
+/// A `PRAGMA` given a value (`= v` or `(v)`): no pragma's name holds
+/// either sign, so one in the text is the value's.
+fn sets_a_pragma(sql: &str) -> bool {
+    crate::plan::first_keyword(sql) == "PRAGMA" && sql.contains(['=', '('])
+}
+
+/// The answer of a false `expect` as a message shows it: a real as SQL
+/// writes it (`0.0`, not `0`), a long text cut short (it goes into an
+/// event and a terminal line), anything else as [`shown`].
+fn answer(v: &Value) -> String {
+    const TEXT: usize = 100;
+    match v {
+        Value::Real(f) if f.is_finite() && f.fract() == 0.0 && f.abs() < 1e15 => format!("{f:.1}"),
+        Value::Text(t) if t.chars().count() > TEXT => {
+            let head: String = t.chars().take(TEXT).collect();
+            format!("{head:?}… (a text of {} characters)", t.chars().count())
+        }
+        _ => shown(v),
+    }
 }
 
 /// A value (or key) as a person reads it in a message: a short blob as
@@ -107,10 +136,48 @@ mod tests {
             ("SELECT 1 WHERE 0", "returned no row"),
             ("SELECT x'00'", "returned x'00'"),
             ("SELECT zeroblob(33)", "a blob of 33 bytes"),
+            ("SELECT 0.0", "returned 0.0,"),
+            (
+                "SELECT printf('%.*c', 5000, 'x')",
+                "(a text of 5000 characters)",
+            ),
         ] {
             let why = check(no).unwrap_or_else(|| panic!("{no} passed"));
             assert!(why.contains(shown), "{why}");
         }
+    }
+
+    #[test]
+    fn a_long_answer_is_cut_short() {
+        let why = check("SELECT printf('%.*c', 100000, 'x')").unwrap();
+        assert!(why.len() < 300, "{} bytes", why.len());
+    }
+
+    #[test]
+    fn a_pragma_given_a_value_is_not_run() {
+        for sql in [
+            "PRAGMA max_page_count = 3",
+            "pragma main.max_page_count(3)",
+            "/* c */ PRAGMA busy_timeout=1",
+        ] {
+            let why = check(sql).unwrap_or_else(|| panic!("{sql} passed"));
+            assert!(why.contains("was not run"), "{why}");
+        }
+        assert_eq!(
+            check("PRAGMA max_page_count"),
+            None,
+            "reading one still runs"
+        );
+        let c = Connection::open_in_memory().unwrap();
+        let e = Expect {
+            sql: Some("PRAGMA max_page_count = 3".into()),
+            ..Expect::default()
+        };
+        at_end(&c, &e, 0).unwrap();
+        let now: i64 = c
+            .query_row("PRAGMA max_page_count", [], |r| r.get(0))
+            .unwrap();
+        assert_ne!(now, 3, "the pragma was set");
     }
 
     #[test]

@@ -259,3 +259,23 @@ fn an_expect_that_errors_is_named_as_the_expect() {
     );
     assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 0);
 }
+
+/// Nor does one that gives a PRAGMA a value there: SQLite calls
+/// `PRAGMA aux.max_page_count = 3` read-only and answers a true row, and
+/// run, it would cap the attached file for every later step.
+#[test]
+fn an_expect_the_check_could_not_see_never_sets_a_pragma() {
+    let db = TempDb::counters(5);
+    let aux = db.dir.path().join("aux.sqlite");
+    rusqlite::Connection::open(&aux)
+        .unwrap()
+        .execute_batch("CREATE TABLE x(v)")
+        .unwrap();
+    let plan = serde_json::json!({"steps":[
+        {"sql": format!("ATTACH '{}' AS aux", path_str(&aux).replace('\'', "''"))},
+        {"sql": "UPDATE t SET counter = 1", "expect": "PRAGMA aux.max_page_count = 3"}]});
+    let (code, _, err) = run_plan(&db, &plan.to_string(), &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("gives a PRAGMA a value"), "{err}");
+    assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 0);
+}
