@@ -190,8 +190,16 @@ fn clear(args: UndoClearArgs) -> anyhow::Result<ExitCode> {
             thousands(r.bytes)
         );
     }
-    if chosen.is_empty() {
-        text += &format!("no undo record to clear in {db}\n");
+    match (chosen.is_empty(), &args.older_than) {
+        (true, Some(age)) if !runs.is_empty() => {
+            text += &format!(
+                "no undo record in {db} is older than {age}; {} run{} kept (`batchsse undo list` shows them)\n",
+                runs.len(),
+                plural(runs.len())
+            );
+        }
+        (true, _) => text += &format!("no undo record to clear in {db}\n"),
+        _ => {}
     }
     if dropped {
         text += &format!("dropped the undo tables: no undo record is left in {db}\n");

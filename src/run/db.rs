@@ -158,6 +158,14 @@ pub(super) fn run_time_message(conn: &Connection, e: &rusqlite::Error) -> String
                 sqlite_message(e)
             );
         }
+        // The file is open already: what cannot be opened now is the
+        // journal SQLite makes beside it.
+        Some(rusqlite::ErrorCode::ReadOnly | rusqlite::ErrorCode::CannotOpen) => {
+            return format!(
+                "{}: batchsse needs write access to the file and to its directory (SQLite makes its journal there)",
+                sqlite_message(e)
+            );
+        }
         _ => return sqlite_message(e),
     }
     let holders = conn

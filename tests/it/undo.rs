@@ -550,6 +550,68 @@ fn undo_list_and_clear_and_checkpoint_clear_take_the_records_away() {
     );
 }
 
+/// `--older-than` that keeps every record says so, rather than that there
+/// is no record at all.
+#[test]
+fn undo_clear_older_than_an_age_no_record_has_says_what_it_kept() {
+    let db = TempDb::counters(20);
+    let plan = db.file("plan.json", &counter_plan("young", 10));
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve", "--undo"]));
+    assert_eq!(code, 0, "{err}");
+    let dbp = path_str(&db.path);
+    let (code, out, err) = run(&["undo", "clear", "--db", dbp, "--older-than", "7d"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("is older than 7d; 1 run kept"), "{out}");
+    assert!(db.query_i64("SELECT count(*) FROM batchsse_undo") > 0);
+}
+
+/// Clears the immutable flag again, even when the test fails.
+struct Unlocked<'a>(&'a std::path::Path);
+
+impl Drop for Unlocked<'_> {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(self.0)
+            .status();
+    }
+}
+
+/// A file SQLite may write in a folder where it may not make its journal:
+/// the clear fails on its first write, says what it needs, removes nothing.
+#[test]
+fn undo_clear_in_a_folder_it_cannot_write_says_so_and_removes_nothing() {
+    let db = TempDb::counters(20);
+    let plan = db.file("plan.json", &counter_plan("kept", 10));
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve", "--undo"]));
+    assert_eq!(code, 0, "{err}");
+    // Root ignores modes, so the folder is made immutable instead.
+    let dir = db.dir.path();
+    if !std::process::Command::new("chattr")
+        .arg("+i")
+        .arg(dir)
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "chattr +i is needed in CI"
+        );
+        eprintln!("skipped: chattr +i is not available here (needs root on ext4)");
+        return;
+    }
+    let _guard = Unlocked(dir);
+    let before = sha256(&db.path);
+    let (code, _, err) = run(&["undo", "clear", "--db", path_str(&db.path), "--all"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("write access to the file and to its directory")
+            && err.contains("nothing was removed"),
+        "{err}"
+    );
+    assert_eq!(sha256(&db.path), before);
+}
+
 #[test]
 fn an_application_writing_during_the_run_is_never_recorded_and_its_rows_are_kept() {
     let db = TempDb::counters(300);

@@ -461,8 +461,8 @@ pub fn clear(conn: &Connection, runs: &[String], all: bool) -> Result<bool, Usag
     };
     go().map_err(|e| {
         UsageError::new(format!(
-            "cannot clear the undo records: {}",
-            sqlite_message(&e)
+            "cannot clear the undo records: {}; nothing was removed",
+            crate::run::db::run_time_message(conn, &e)
         ))
     })
 }
