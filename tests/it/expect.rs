@@ -279,3 +279,37 @@ fn an_expect_the_check_could_not_see_never_sets_a_pragma() {
     assert!(err.contains("gives a PRAGMA a value"), "{err}");
     assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 0);
 }
+
+/// A step stopped by `max` and run again (with a higher `max`, which
+/// leaves its checkpoint valid) counts on from what committed, so the
+/// two runs together never change more than the `max` they ran under;
+/// rows its trigger writes are not counted.
+#[test]
+fn expect_changes_max_counts_on_across_a_resume_and_not_trigger_rows() {
+    let db = TempDb::counters(100);
+    db.conn()
+        .execute_batch(
+            "CREATE TABLE log(id); CREATE TRIGGER tg AFTER UPDATE ON t
+             BEGIN INSERT INTO log VALUES (new.id); INSERT INTO log VALUES (new.id); END;",
+        )
+        .unwrap();
+    let plan = |max: u64| {
+        serde_json::json!({"name":"capped","steps":[{
+            "sql":"UPDATE t SET counter = 1 WHERE id BETWEEN :lo AND :hi",
+            "chunk":{"table":"t","size":10},"expect_changes":{"max":max}}]})
+        .to_string()
+    };
+    let (code, _, err) = run_plan(&db, &plan(30), &["--batch-size", "10"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("has changed 40 rows"), "{err}");
+    assert_eq!(db.query_i64("SELECT count(*) FROM t WHERE counter = 1"), 30);
+    assert_eq!(db.query_i64("SELECT count(*) FROM log"), 60, "trigger rows");
+    let (code, _, err) = run_plan(&db, &plan(50), &["--batch-size", "10"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("resuming after 30 rows"), "{err}");
+    assert!(
+        err.contains("max is 50, but the step has changed 60 rows"),
+        "{err}"
+    );
+    assert_eq!(db.query_i64("SELECT count(*) FROM t WHERE counter = 1"), 50);
+}
