@@ -67,6 +67,10 @@ fn clearing_every_record_during_a_recorded_run_does_not_break_the_run() {
     let (code, _, err) = run(&["undo", "--db", file, "--plan", "bump", "--no-serve"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("is damaged"), "{err}");
+    assert!(
+        err.contains("part(s) are gone") && err.contains("while the run was still recording"),
+        "what most likely happened: {err}"
+    );
     assert_eq!(sha256(&db.path), before, "nothing taken back");
 }
 

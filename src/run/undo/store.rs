@@ -276,6 +276,10 @@ fn bad_step(conn: &Connection, run: &str, sum: &str) -> rusqlite::Result<Option<
     conn.query_row(
         &format!(
             "SELECT CASE
+                 WHEN held > 0 AND lo > 0 AND hi = lo + held - 1 AND numbers = held
+                     THEN 'step ' || (step + 1) || ': its first ' || lo || ' part(s) are gone, '
+                         || held || ' left (numbered ' || (lo + 1) || ' to ' || (hi + 1)
+                         || '), as when `batchsse undo clear` ran while the run was still recording'
                  WHEN held > 0 AND (lo <> 0 OR hi <> held - 1 OR numbers <> held)
                      THEN 'step ' || (step + 1) || ': ' || held || ' part(s) numbered ' || (lo + 1) || ' to ' || (hi + 1)
                  WHEN counts > 1 THEN 'step ' || (step + 1) || ': ' || counts || ' rows count its parts'
