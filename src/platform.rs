@@ -4,7 +4,7 @@
 //!
 //! | What | Linux | macOS, other Unix | Windows |
 //! |---|---|---|---|
-//! | Who else has the database open ([`open_by_others`]): the live pace, and the names in a lock message | scans `/proc/*/fd` (without a `/proc`: cannot tell) | cannot tell ([`Sight::Blind`]) | cannot tell ([`Sight::Blind`]) |
+//! | Who else has the database open ([`open_by_others`], [`open_by_this_program`]): the live pace, the names in a lock message, `checkpoint clear` refused under a live run | scans `/proc/*/fd` (without a `/proc`: cannot tell) | cannot tell ([`Sight::Blind`]) | cannot tell ([`Sight::Blind`]) |
 //! | Whether `watch --pid`'s process still runs ([`process_alive`]) | `/proc/PID/stat` (a zombie counts as gone) | `kill(pid, 0)` (a zombie counts as running) | `OpenProcess` + `WaitForSingleObject` |
 //! | What stops a run ([`StopSignals`]) | Ctrl-C (SIGINT), SIGTERM | Ctrl-C (SIGINT), SIGTERM | Ctrl-C, Ctrl-Break |
 //! | Open files a server may hold ([`raise_open_file_limit`]) | soft limit raised to the hard one | the same (macOS: at most 10,240 if the hard one is refused) | no such limit on sockets |
@@ -41,6 +41,25 @@ pub fn open_by_others(path: &Path) -> Sight {
         let _ = path;
         Sight::Blind
     }
+}
+
+/// The other processes of this same program (by name) that have `path`
+/// open: a run or an undo on the file, as far as the system tells (see
+/// [`open_by_others`]; empty where it cannot).
+pub fn open_by_this_program(path: &Path) -> Vec<u32> {
+    let Sight::Seen(others) = open_by_others(path) else {
+        return Vec::new();
+    };
+    #[cfg(target_os = "linux")]
+    let me = std::fs::read_to_string("/proc/self/comm").unwrap_or_default();
+    #[cfg(not(target_os = "linux"))]
+    let me = String::new();
+    let me = me.trim();
+    others
+        .into_iter()
+        .filter(|(_, name)| !me.is_empty() && name == me)
+        .map(|(pid, _)| pid)
+        .collect()
 }
 
 /// Scans `/proc` for processes other than this one with a descriptor

@@ -74,6 +74,43 @@ fn clearing_every_record_during_a_recorded_run_does_not_break_the_run() {
     assert_eq!(sha256(&db.path), before, "nothing taken back");
 }
 
+/// `checkpoint clear` while a run of the file is going is refused: the run
+/// would fail at its next chunk with its checkpoint gone, and the plan run
+/// again as told would bump the rows it had bumped a second time.
+#[test]
+fn checkpoint_clear_under_a_live_run_is_refused() {
+    let db = TempDb::counters(40);
+    let plan = db.file("plan.json", &counter_plan("bump", 10));
+    let file = path_str(&db.path);
+    let mut p = Proc::start(&run_args(
+        &db,
+        path_str(&plan),
+        &[
+            "--no-serve",
+            "--undo",
+            "--batch-size",
+            "10",
+            "--sleep",
+            "1000",
+        ],
+    ));
+    wait_until(&p, || {
+        db.query_i64("SELECT count(*) FROM sqlite_schema WHERE name = 'batchsse_checkpoint'") > 0
+    });
+    let before = db.query_i64("SELECT count(*) FROM batchsse_checkpoint");
+    let (code, _, err) = run(&["checkpoint", "clear", "--db", file, "--all"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("a run or an undo still going"), "{err}");
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM batchsse_checkpoint"),
+        before
+    );
+    assert_eq!(p.wait().code(), Some(0), "{}", p.stderr());
+    assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 40);
+    let (code, _, err) = run(&["checkpoint", "clear", "--db", file, "--all"]);
+    assert_eq!(code, 0, "once the run ended: {err}");
+}
+
 /// `undo clear --all` while an undo rests between parts removes what it
 /// had left to take back: it stops saying so, not that one of the user's
 /// tables was renamed, and what it took back stays taken back.
