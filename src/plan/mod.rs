@@ -433,6 +433,11 @@ fn expectations(
             "{label} runs outside a transaction (VACUUM, ATTACH, PRAGMA), so nothing could be rolled back when an expectation fails; remove \"expect\" and \"expect_changes\" from it"
         )));
     }
+    if expect.sql.as_deref().is_some_and(|q| q.contains('\0')) {
+        return Err(UsageError::new(format!(
+            "{label}: its \"expect\" contains a NUL character (\\u0000), where SQLite would stop reading and check less than it says; remove it"
+        )));
+    }
     if expect.sql.as_deref().is_some_and(|q| q.trim().is_empty()) {
         return Err(UsageError::new(format!(
             "{label}: \"expect\" is empty; give a query whose first column must be true, e.g. \"SELECT count(*) = 0 FROM t WHERE price < 0\""
@@ -679,6 +684,10 @@ mod tests {
             // The plan file's own type names must not show.
             ("[]", &["expected a plan object such as"]),
             (r#"{"steps":[1]}"#, &["expected a step object such as"]),
+            (
+                r#"{"steps":[{"sql":"SELECT 1","expect":"SELECT 1\u0000 AND 0"}]}"#,
+                &["step 1", "\"expect\" contains a NUL character"],
+            ),
             (
                 r#"{"steps":[{"sql":"SELECT 1","expect_changes":{"max":1.5}}]}"#,
                 &["floating point `1.5`, expected expect_changes.max as a whole number of rows"],
