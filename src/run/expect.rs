@@ -46,7 +46,7 @@ pub(super) fn at_end(
     if !stmt.readonly() || stmt.column_count() == 0 {
         return Ok(Some(format!(
             "expect {} is not a query that only reads, so it was not run; write one such as SELECT count(*) = 0 FROM t WHERE …",
-            sql.trim()
+            query(sql)
         )));
     }
     // SQLite calls `PRAGMA aux.max_page_count = 3` read-only, and it
@@ -54,7 +54,7 @@ pub(super) fn at_end(
     if sets_a_pragma(sql) {
         return Ok(Some(format!(
             "expect {} gives a PRAGMA a value, which may set it, so it was not run; read a pragma with its table-valued function, e.g. SELECT * FROM pragma_user_version",
-            sql.trim()
+            query(sql)
         )));
     }
     let value: Option<Value> = stmt.query_row([], |r| r.get::<_, Value>(0)).optional()?;
@@ -66,10 +66,22 @@ pub(super) fn at_end(
     Ok((!truthy).then(|| {
         format!(
             "expect {} returned {}, which is not true",
-            sql.trim(),
+            query(sql),
             value.as_ref().map_or_else(|| "no row".to_owned(), answer)
         )
     }))
+}
+
+/// The query as a one-line message shows it: its whitespace runs made one
+/// space, and cut short past 200 characters.
+pub(super) fn query(sql: &str) -> String {
+    const MAX: usize = 200;
+    let one_line = sql.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one_line.chars().count() <= MAX {
+        return one_line;
+    }
+    let cut: String = one_line.chars().take(MAX).collect();
+    format!("{cut}…")
 }
 
 /// A `PRAGMA` given a value (`= v` or `(v)`): no pragma's name holds
@@ -145,6 +157,17 @@ mod tests {
             let why = check(no).unwrap_or_else(|| panic!("{no} passed"));
             assert!(why.contains(shown), "{why}");
         }
+    }
+
+    #[test]
+    fn the_query_is_shown_on_one_line() {
+        let why = check("SELECT\n  0\n  AS zero").unwrap();
+        assert!(
+            why.starts_with("expect SELECT 0 AS zero returned 0"),
+            "{why}"
+        );
+        let long = format!("SELECT 0 WHERE 1 IN ({})", vec!["1"; 500].join(", "));
+        assert!(check(&long).unwrap().len() < 300);
     }
 
     #[test]

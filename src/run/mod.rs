@@ -645,7 +645,7 @@ impl Runner<'_> {
             Err(e) => Err(match self.fail(e, Counts::default()).0 {
                 StepError::Sql(why) => StepError::Expect(format!(
                     "expect {} could not run: {why}",
-                    step.expect.sql.as_deref().unwrap_or_default().trim()
+                    expect::query(step.expect.sql.as_deref().unwrap_or_default())
                 )),
                 other => other,
             }),
