@@ -35,7 +35,7 @@ pub enum Sight {
 /// its side files (`-wal`, `-shm`, `-journal`) open.
 pub fn open_by_others(path: &Path) -> Sight {
     #[cfg(target_os = "linux")]
-    return proc_scan(path).map_or(Sight::Blind, Sight::Seen);
+    return proc_scan(path, false).map_or(Sight::Blind, Sight::Seen);
     #[cfg(not(target_os = "linux"))]
     {
         let _ = path;
@@ -44,29 +44,34 @@ pub fn open_by_others(path: &Path) -> Sight {
 }
 
 /// The other processes of this same program (by name) that have `path`
-/// open: a run or an undo on the file, as far as the system tells (see
-/// [`open_by_others`]; empty where it cannot).
+/// open for writing: a run or an undo on the file (a run that has ended
+/// and lingers only reads it), as far as the system tells (empty where it
+/// cannot).
 pub fn open_by_this_program(path: &Path) -> Vec<u32> {
-    let Sight::Seen(others) = open_by_others(path) else {
-        return Vec::new();
-    };
     #[cfg(target_os = "linux")]
-    let me = std::fs::read_to_string("/proc/self/comm").unwrap_or_default();
+    {
+        let me = std::fs::read_to_string("/proc/self/comm").unwrap_or_default();
+        let me = me.trim();
+        proc_scan(path, true)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(_, name)| !me.is_empty() && name == me)
+            .map(|(pid, _)| pid)
+            .collect()
+    }
     #[cfg(not(target_os = "linux"))]
-    let me = String::new();
-    let me = me.trim();
-    others
-        .into_iter()
-        .filter(|(_, name)| !me.is_empty() && name == me)
-        .map(|(pid, _)| pid)
-        .collect()
+    {
+        let _ = path;
+        Vec::new()
+    }
 }
 
 /// Scans `/proc` for processes other than this one with a descriptor
 /// open on `path` or a file whose name starts with it. A process whose
 /// descriptors we may not read is skipped; `None` without a `/proc`.
+/// `writing`: only descriptors of the file itself open for writing.
 #[cfg(target_os = "linux")]
-fn proc_scan(path: &Path) -> Option<Vec<(u32, String)>> {
+fn proc_scan(path: &Path, writing: bool) -> Option<Vec<(u32, String)>> {
     let procs = std::fs::read_dir("/proc").ok()?;
     let Ok(db) = std::fs::canonicalize(path) else {
         return Some(Vec::new());
@@ -84,8 +89,12 @@ fn proc_scan(path: &Path) -> Option<Vec<(u32, String)>> {
         let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
             continue;
         };
-        let holds = fds.flatten().any(|fd| {
-            std::fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy().starts_with(&*db))
+        // A writer opens the file itself read-write (a reader of a WAL
+        // file may open its side files so too).
+        let holds = fds.flatten().any(|fd| match std::fs::read_link(fd.path()) {
+            Ok(t) if writing => t.to_string_lossy() == db && writable(&fd.path()),
+            Ok(t) => t.to_string_lossy().starts_with(&*db),
+            Err(_) => false,
         });
         if holds {
             let comm = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default();
@@ -93,6 +102,14 @@ fn proc_scan(path: &Path) -> Option<Vec<(u32, String)>> {
         }
     }
     Some(found)
+}
+
+/// Whether the descriptor behind `/proc/PID/fd/N` is open for writing:
+/// the link's owner write bit is.
+#[cfg(target_os = "linux")]
+fn writable(fd: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(fd).is_ok_and(|m| m.permissions().mode() & 0o200 != 0)
 }
 
 /// Whether process `pid` still runs.

@@ -109,6 +109,14 @@ fn checkpoint_clear_under_a_live_run_is_refused() {
     assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 40);
     let (code, _, err) = run(&["checkpoint", "clear", "--db", file, "--all"]);
     assert_eq!(code, 0, "once the run ended: {err}");
+    // A run that has finished and lingers for late viewers is no run
+    // going on.
+    let mut p = serving(&db, path_str(&plan), &["--linger", "30"]);
+    Stream::open(p.addr(), "/events", &[]).until("finished");
+    let (code, _, err) = run(&["checkpoint", "clear", "--db", file, "--all"]);
+    assert_eq!(code, 0, "while the run lingers: {err}");
+    p.signal("TERM");
+    p.wait();
 }
 
 /// `undo clear --all` while an undo rests between parts removes what it
