@@ -127,6 +127,7 @@ fn find(
 fn list(args: CheckpointListArgs) -> anyhow::Result<ExitCode> {
     let conn = runner::open_db_to_read(&args.db, Duration::from_millis(args.busy_timeout))?;
     let runs = store::runs(&conn)?;
+    let kept = store::kept_conflicts(&conn)?;
     let db = file_name(&args.db);
     let text = if args.json {
         let list: Vec<_> = runs
@@ -136,66 +137,91 @@ fn list(args: CheckpointListArgs) -> anyhow::Result<ExitCode> {
                     "bytes": r.bytes, "first_at": r.first_at, "last_at": r.last_at})
             })
             .collect();
-        format!("{}\n", serde_json::json!({"db": db, "runs": list}))
-    } else if runs.is_empty() {
-        format!("no undo records in {db}\n")
+        let kept: Vec<_> = kept
+            .iter()
+            .map(|k| serde_json::json!({"run": k.run, "conflicts": k.conflicts, "last_at": k.last_at}))
+            .collect();
+        format!(
+            "{}\n",
+            serde_json::json!({"db": db, "runs": list, "conflicts_kept": kept})
+        )
     } else {
-        let mut t = format!("undo records in {db}:\n");
-        for r in &runs {
-            t += &format!(
-                "  run {}  plan {:?}: {} chunk{}, {} rows, {} bytes, recorded {} to {}\n",
-                r.run,
-                r.plan,
-                r.chunks,
-                plural(r.chunks as usize),
-                thousands(r.rows),
-                thousands(r.bytes),
-                r.first_at,
-                r.last_at
-            );
-        }
-        t
+        list_text(&db, &runs, &kept)
     };
     print(text.as_bytes())
+}
+
+fn list_text(db: &str, runs: &[store::RunRecord], kept: &[store::KeptConflicts]) -> String {
+    let mut t = if runs.is_empty() {
+        format!("no undo records in {db}\n")
+    } else {
+        format!("undo records in {db}:\n")
+    };
+    for r in runs {
+        t += &format!(
+            "  run {}  plan {:?}: {} chunk{}, {} rows, {} bytes, recorded {} to {}\n",
+            r.run,
+            r.plan,
+            r.chunks,
+            plural(r.chunks as usize),
+            thousands(r.rows),
+            thousands(r.bytes),
+            r.first_at,
+            r.last_at
+        );
+    }
+    for k in kept {
+        t += &format!(
+            "  run {}: taken back; its undo kept {} conflict{} in batchsse_undo_conflict, the last at {} (`batchsse undo clear --run {}` removes them)\n",
+            k.run,
+            thousands(k.conflicts),
+            plural(k.conflicts as usize),
+            k.last_at,
+            k.run
+        );
+    }
+    t
 }
 
 fn clear(args: UndoClearArgs) -> anyhow::Result<ExitCode> {
     let conn = runner::open_db(&args.db, Duration::from_millis(args.busy_timeout))?;
     let older = args.older_than.as_deref().map(age).transpose()?;
     let runs = store::runs(&conn)?;
+    let kept = store::kept_conflicts(&conn)?;
+    let chosen_at = |run: &str, at: &str| match (&args.run, older) {
+        (Some(id), _) => run == id,
+        (None, Some(secs)) => older_than(&conn, at, secs),
+        (None, None) => true,
+    };
     let chosen: Vec<&store::RunRecord> = runs
         .iter()
-        .filter(|r| match (&args.run, older) {
-            (Some(id), _) => &r.run == id,
-            (None, Some(secs)) => older_than(&conn, &r.last_at, secs),
-            (None, None) => true,
-        })
+        .filter(|r| chosen_at(&r.run, &r.last_at))
         .collect();
-    if let (Some(id), true) = (&args.run, chosen.is_empty()) {
+    let reports: Vec<&store::KeptConflicts> = kept
+        .iter()
+        .filter(|k| chosen_at(&k.run, &k.last_at))
+        .collect();
+    if let (Some(id), true) = (&args.run, chosen.is_empty() && reports.is_empty()) {
         return Err(UsageError::new(format!(
             "no undo record of run {id:?} in {}; `batchsse undo list` shows them",
             file_name(&args.db)
         ))
         .into());
     }
-    let ids: Vec<String> = chosen.iter().map(|r| r.run.clone()).collect();
+    let ids: Vec<String> = chosen
+        .iter()
+        .map(|r| r.run.clone())
+        .chain(reports.iter().map(|k| k.run.clone()))
+        .collect();
     let dropped = runner::undo::store::clear(&conn, &ids, args.all)?;
     let db = file_name(&args.db);
-    let mut text = String::new();
-    for r in &chosen {
-        text += &format!(
-            "removed the undo record of run {} (plan {:?}, {} bytes) from {db}; it can no longer be taken back\n",
-            r.run,
-            r.plan,
-            thousands(r.bytes)
-        );
-    }
-    match (chosen.is_empty(), &args.older_than) {
-        (true, Some(age)) if !runs.is_empty() => {
+    let mut text = cleared_text(&db, &chosen, &reports);
+    match (ids.is_empty(), &args.older_than) {
+        (true, Some(age)) if !runs.is_empty() || !kept.is_empty() => {
+            let n = runs.len() + kept.len();
             text += &format!(
-                "no undo record in {db} is older than {age}; {} run{} kept (`batchsse undo list` shows them)\n",
-                runs.len(),
-                plural(runs.len())
+                "no undo record in {db} is older than {age}; {n} run{} kept (`batchsse undo list` shows them)\n",
+                plural(n)
             );
         }
         (true, _) => text += &format!("no undo record to clear in {db}\n"),
@@ -205,6 +231,32 @@ fn clear(args: UndoClearArgs) -> anyhow::Result<ExitCode> {
         text += &format!("dropped the undo tables: no undo record is left in {db}\n");
     }
     print(text.as_bytes())
+}
+
+/// One line per record or report removed.
+fn cleared_text(
+    db: &str,
+    chosen: &[&store::RunRecord],
+    reports: &[&store::KeptConflicts],
+) -> String {
+    let mut text = String::new();
+    for r in chosen {
+        text += &format!(
+            "removed the undo record of run {} (plan {:?}, {} bytes) from {db}; it can no longer be taken back\n",
+            r.run,
+            r.plan,
+            thousands(r.bytes)
+        );
+    }
+    for k in reports {
+        text += &format!(
+            "removed the {} conflict{} the undo of run {} kept from {db}\n",
+            thousands(k.conflicts),
+            plural(k.conflicts as usize),
+            k.run
+        );
+    }
+    text
 }
 
 /// `30m`, `12h`, `7d` (or plain seconds) in seconds.

@@ -565,6 +565,40 @@ fn undo_clear_older_than_an_age_no_record_has_says_what_it_kept() {
     assert!(db.query_i64("SELECT count(*) FROM batchsse_undo") > 0);
 }
 
+/// The conflicts an undo kept stay as its report once the record is all
+/// taken back: `undo list` shows them and `undo clear --run` removes them
+/// (before, only `--all` could, and `list` said there was nothing).
+#[test]
+fn the_conflicts_an_undo_kept_are_listed_and_cleared_by_run() {
+    let db = TempDb::counters(20);
+    let plan = db.file("plan.json", &counter_plan("kept", 10));
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve", "--undo"]));
+    assert_eq!(code, 0, "{err}");
+    let dbp = path_str(&db.path);
+    let run_id: String = db
+        .conn()
+        .query_row("SELECT run FROM batchsse_undo LIMIT 1", [], |r| r.get(0))
+        .unwrap();
+    db.conn()
+        .execute_batch("UPDATE t SET counter = 99 WHERE id = 3")
+        .unwrap();
+    let (code, _, err) = run(&["undo", "--db", dbp, "--run", &run_id, "--no-serve"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, _) = run(&["undo", "list", "--db", dbp]);
+    assert_eq!(code, 0);
+    assert!(out.contains("its undo kept 1 conflict in"), "{out}");
+    let (code, out, _) = run(&["undo", "list", "--db", dbp, "--json"]);
+    assert_eq!(code, 0);
+    assert!(out.contains(r#""conflicts_kept":[{"run""#), "{out}");
+    let (code, out, err) = run(&["undo", "clear", "--db", dbp, "--run", &run_id]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("removed the 1 conflict the undo of run"),
+        "{out}"
+    );
+    assert!(out.contains("dropped the undo tables"), "{out}");
+}
+
 /// Clears the immutable flag again, even when the test fails.
 struct Unlocked<'a>(&'a std::path::Path);
 

@@ -390,6 +390,44 @@ pub fn runs(conn: &Connection) -> Result<Vec<RunRecord>, UsageError> {
     })
 }
 
+/// A run taken back whole whose undo kept conflicts: they stay in
+/// `batchsse_undo_conflict` as its report, with no record left beside them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeptConflicts {
+    pub run: String,
+    pub conflicts: u64,
+    /// When the last of them was kept (UTC, ISO 8601).
+    pub last_at: String,
+}
+
+/// Every run with conflicts kept but no record left, oldest first.
+pub fn kept_conflicts(conn: &Connection) -> Result<Vec<KeptConflicts>, UsageError> {
+    let read = || -> rusqlite::Result<Vec<KeptConflicts>> {
+        if !exists(conn)? {
+            return Ok(Vec::new());
+        }
+        conn.prepare(
+            "SELECT run, count(*), max(at) FROM batchsse_undo_conflict AS c
+             WHERE NOT EXISTS (SELECT 1 FROM batchsse_undo AS u WHERE u.run = c.run)
+             GROUP BY run ORDER BY min(rowid)",
+        )?
+        .query_map([], |r| {
+            Ok(KeptConflicts {
+                run: r.get(0)?,
+                conflicts: r.get::<_, i64>(1)?.max(0) as u64,
+                last_at: r.get(2)?,
+            })
+        })?
+        .collect()
+    };
+    read().map_err(|e| {
+        UsageError::new(format!(
+            "cannot read batchsse_undo_conflict: {}; it may have been altered by hand",
+            sqlite_message(&e)
+        ))
+    })
+}
+
 /// Removes a run's records and the conflicts its undos kept; returns the
 /// record's rows removed. Inside the caller's transaction.
 pub fn remove_run(conn: &Connection, run: &str) -> rusqlite::Result<usize> {
