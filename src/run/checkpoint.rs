@@ -266,6 +266,21 @@ impl<'a> Checkpoint<'a> {
         Ok(self.exists.get())
     }
 
+    /// Whether the table holds any row of this plan, looked up afresh (it
+    /// may have been dropped since this run saw it).
+    pub fn holds_plan(&self) -> rusqlite::Result<bool> {
+        let found = self
+            .conn
+            .prepare_cached("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1")?
+            .exists([TABLE])?;
+        if !found {
+            return Ok(false);
+        }
+        self.conn
+            .prepare_cached("SELECT 1 FROM batchsse_checkpoint WHERE plan = ?1")?
+            .exists([&self.plan.name])
+    }
+
     /// Forgets an earlier run of the plan (for `--force`).
     pub fn reset(&self) -> rusqlite::Result<()> {
         if self.on && self.table_exists()? {

@@ -217,7 +217,10 @@ fn run_beating(
         let _ = undo::store::drop_empty(job.conn);
     }
     if status != RunStatus::Ok && on && !job.opts.atomic && kept {
-        r.message(None, Level::Info, r.to_go_on(status));
+        match r.checkpoint.holds_plan() {
+            Ok(false) => r.message(None, Level::Warn, r.checkpoint_gone()),
+            _ => r.message(None, Level::Info, r.to_go_on(status)),
+        }
     }
     log.push(Event::Finished(Finished {
         status,
@@ -289,6 +292,16 @@ impl Runner<'_> {
              (or start over after `batchsse checkpoint clear --db {} --plan {}`)",
             crate::human::shell_word(self.conn.path().unwrap_or(&self.db)),
             crate::human::shell_word(&self.plan.name)
+        )
+    }
+
+    /// For a run that committed work but whose checkpoint is gone: it was
+    /// removed while the run ran (`checkpoint clear`, or by hand), and
+    /// running the plan again would do that work a second time.
+    fn checkpoint_gone(&self) -> String {
+        format!(
+            "the checkpoint of plan {:?} was removed while this run ran (by `batchsse checkpoint clear`, or by hand): what this run committed is no longer recorded, so running the plan again starts from its first step and applies it a second time; make sure its steps can be applied twice, or narrow them to the rows not yet done",
+            self.plan.name
         )
     }
 
