@@ -272,8 +272,10 @@ fn age(s: &str) -> Result<i64, UsageError> {
     };
     match n.parse::<i64>() {
         Ok(n) if mult > 0 => Ok(n.saturating_mul(mult)),
+        // Digits alone, but more than any age: as good as "never".
+        Err(e) if mult > 0 && *e.kind() == std::num::IntErrorKind::PosOverflow => Ok(i64::MAX),
         _ => Err(UsageError::new(format!(
-            "--older-than takes an age such as 30m, 12h or 7d; got {s:?}"
+            "--older-than takes a whole number followed by s, m, h or d (seconds, minutes, hours, days), such as 30m, 12h or 7d; got {s:?}"
         ))),
     }
 }
@@ -285,4 +287,30 @@ fn older_than(conn: &Connection, at: &str, secs: i64) -> bool {
         |r| r.get::<_, bool>(0),
     )
     .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::age;
+
+    #[test]
+    fn ages_are_read_or_refused_with_the_units() {
+        for (text, secs) in [
+            ("0", 0),
+            ("45", 45),
+            ("45s", 45),
+            ("30m", 1800),
+            ("12h", 43_200),
+            ("7d", 604_800),
+            ("99999999999d", 8_639_999_999_913_600),
+            ("999999999999999999d", i64::MAX),
+            ("99999999999999999999", i64::MAX),
+        ] {
+            assert_eq!(age(text).unwrap(), secs, "{text}");
+        }
+        for bad in ["", "-1d", "1y", "7D", "1.5h", "+5m", "1 d", "d", "garbage"] {
+            let why = age(bad).unwrap_err().to_string();
+            assert!(why.contains("followed by s, m, h or d"), "{bad}: {why}");
+        }
+    }
 }
