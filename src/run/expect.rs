@@ -85,9 +85,33 @@ pub(super) fn query(sql: &str) -> String {
 }
 
 /// A `PRAGMA` given a value (`= v` or `(v)`): no pragma's name holds
-/// either sign, so one in the text is the value's.
+/// either sign, so one outside a comment or a quoted name is the value's.
 fn sets_a_pragma(sql: &str) -> bool {
-    crate::plan::first_keyword(sql) == "PRAGMA" && sql.contains(['=', '('])
+    if crate::plan::first_keyword(sql) != "PRAGMA" {
+        return false;
+    }
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        let close = match c {
+            '=' | '(' => return true,
+            '-' if chars.peek() == Some(&'-') => '\n',
+            '/' if chars.peek() == Some(&'*') => {
+                chars.next();
+                while let Some(c) = chars.next() {
+                    if c == '*' && chars.peek() == Some(&'/') {
+                        chars.next();
+                        break;
+                    }
+                }
+                continue;
+            }
+            '\'' | '"' | '`' => c,
+            '[' => ']',
+            _ => continue,
+        };
+        chars.by_ref().find(|&c| c == close);
+    }
+    false
 }
 
 /// The answer of a false `expect` as a message shows it: a real as SQL
@@ -191,6 +215,13 @@ mod tests {
             None,
             "reading one still runs"
         );
+        for reads in [
+            "PRAGMA max_page_count -- not = 3",
+            "PRAGMA /* (x) */ max_page_count",
+            "PRAGMA \"max_page_count\"",
+        ] {
+            assert_eq!(check(reads), None, "{reads}");
+        }
         let c = Connection::open_in_memory().unwrap();
         let e = Expect {
             sql: Some("PRAGMA max_page_count = 3".into()),
