@@ -403,7 +403,15 @@ pub struct KeptConflicts {
 /// Every run with conflicts kept but no record left, oldest first.
 pub fn kept_conflicts(conn: &Connection) -> Result<Vec<KeptConflicts>, UsageError> {
     let read = || -> rusqlite::Result<Vec<KeptConflicts>> {
-        if !exists(conn)? {
+        // Both tables, though they come and go together: one dropped by
+        // hand must not keep `undo list` from showing the other.
+        let both: i64 = conn.query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE type = 'table'
+             AND name IN ('batchsse_undo', 'batchsse_undo_conflict')",
+            [],
+            |r| r.get(0),
+        )?;
+        if both < 2 {
             return Ok(Vec::new());
         }
         conn.prepare(
@@ -545,6 +553,27 @@ mod tests {
         assert!(!drop_if_empty(&conn).unwrap(), "run q's conflict stays");
         remove_run(&conn, "q").unwrap();
         assert!(drop_if_empty(&conn).unwrap());
+    }
+
+    /// The conflicts of a run with no record left are its undo's report;
+    /// a run that still has records is not one, and a conflict table
+    /// dropped by hand leaves nothing to report rather than an error.
+    #[test]
+    fn kept_conflicts_are_those_of_runs_with_no_record_left() {
+        let conn = Connection::open_in_memory().unwrap();
+        assert_eq!(kept_conflicts(&conn).unwrap(), Vec::new());
+        create(&conn).unwrap();
+        conn.execute_batch(
+            "INSERT INTO batchsse_undo (run, plan, step, name, chunk, rows, bytes) VALUES ('r', 'p', 0, 's', -2, 0, 0);
+             INSERT INTO batchsse_undo_conflict (run, tbl, k, why) VALUES ('r', 't', 1, 'x'), ('q', 't', 2, 'y'), ('q', 't', 3, 'z');",
+        )
+        .unwrap();
+        let kept = kept_conflicts(&conn).unwrap();
+        assert_eq!(kept.len(), 1);
+        assert_eq!((kept[0].run.as_str(), kept[0].conflicts), ("q", 2));
+        conn.execute_batch("DROP TABLE batchsse_undo_conflict")
+            .unwrap();
+        assert_eq!(kept_conflicts(&conn).unwrap(), Vec::new());
     }
 
     /// A part the damage check read is applied from memory, once; one
