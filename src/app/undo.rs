@@ -146,12 +146,17 @@ fn list(args: CheckpointListArgs) -> anyhow::Result<ExitCode> {
             serde_json::json!({"db": db, "runs": list, "conflicts_kept": kept})
         )
     } else {
-        list_text(&db, &runs, &kept)
+        list_text(&conn, &db, &runs, &kept)
     };
     print(text.as_bytes())
 }
 
-fn list_text(db: &str, runs: &[store::RunRecord], kept: &[store::KeptConflicts]) -> String {
+fn list_text(
+    conn: &Connection,
+    db: &str,
+    runs: &[store::RunRecord],
+    kept: &[store::KeptConflicts],
+) -> String {
     let mut t = if runs.is_empty() {
         format!("no undo records in {db}\n")
     } else {
@@ -159,7 +164,7 @@ fn list_text(db: &str, runs: &[store::RunRecord], kept: &[store::KeptConflicts])
     };
     for r in runs {
         t += &format!(
-            "  run {}  plan {:?}: {} chunk{}, {} rows, {} bytes, recorded {} to {}\n",
+            "  run {}  plan {:?}: {} chunk{}, {} rows, {} bytes, recorded {} to {}{}\n",
             r.run,
             r.plan,
             r.chunks,
@@ -167,7 +172,8 @@ fn list_text(db: &str, runs: &[store::RunRecord], kept: &[store::KeptConflicts])
             thousands(r.rows),
             thousands(r.bytes),
             r.first_at,
-            r.last_at
+            r.last_at,
+            age_of(conn, &r.last_at).map_or_else(String::new, |a| format!(" ({a} ago)"))
         );
     }
     for k in kept {
@@ -278,6 +284,23 @@ fn age(s: &str) -> Result<i64, UsageError> {
             "--older-than takes a whole number followed by s, m, h or d (seconds, minutes, hours, days), such as 30m, 12h or 7d; got {s:?}"
         ))),
     }
+}
+
+/// How long ago `at` (as SQLite wrote it) was, as a person says it.
+fn age_of(conn: &Connection, at: &str) -> Option<String> {
+    let secs: i64 = conn
+        .query_row(
+            "SELECT CAST((julianday('now') - julianday(?1)) * 86400 AS INTEGER)",
+            [at],
+            |r| r.get(0),
+        )
+        .ok()?;
+    Some(match secs.max(0) {
+        0..60 => "under a minute".to_owned(),
+        s @ 60..7200 => format!("{} min", s / 60),
+        s @ 7200..172_800 => format!("{} h", s / 3600),
+        s => format!("{} days", s / 86_400),
+    })
 }
 
 fn older_than(conn: &Connection, at: &str, secs: i64) -> bool {

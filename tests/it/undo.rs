@@ -563,6 +563,37 @@ fn undo_clear_older_than_an_age_no_record_has_says_what_it_kept() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("is older than 7d; 1 run kept"), "{out}");
     assert!(db.query_i64("SELECT count(*) FROM batchsse_undo") > 0);
+    let (code, out, _) = run(&["undo", "list", "--db", dbp]);
+    assert_eq!(code, 0);
+    assert!(out.contains("(under a minute ago)"), "its age: {out}");
+    // A second run, then the first made three days old: only it goes.
+    let (code, _, err) = run(&run_args(
+        &db,
+        path_str(&plan),
+        &["--no-serve", "--undo", "--force"],
+    ));
+    assert_eq!(code, 0, "{err}");
+    db.conn()
+        .execute_batch(
+            "UPDATE batchsse_undo SET created_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-3 days')
+             WHERE run = (SELECT run FROM batchsse_undo ORDER BY id LIMIT 1)",
+        )
+        .unwrap();
+    let (code, out, _) = run(&["undo", "list", "--db", dbp]);
+    assert_eq!(code, 0);
+    assert!(out.contains("(3 days ago)"), "{out}");
+    let (code, out, err) = run(&["undo", "clear", "--db", dbp, "--older-than", "2d"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.matches("removed the undo record of run").count(),
+        1,
+        "{out}"
+    );
+    let (_, out, _) = run(&["undo", "list", "--db", dbp]);
+    assert!(
+        out.contains("(under a minute ago)") && !out.contains("days ago"),
+        "{out}"
+    );
 }
 
 /// The conflicts an undo kept stay as its report once the record is all
