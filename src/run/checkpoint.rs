@@ -319,8 +319,15 @@ impl<'a> Checkpoint<'a> {
         })
     }
 
-    /// The message for [`Checkpoint::moved`].
+    /// The message for [`Checkpoint::moved`]: the plan's records gone
+    /// (cleared while this run ran), or another run's progress.
     pub fn conflict(&self) -> String {
+        if let Ok(false) = self.holds_plan() {
+            return format!(
+                "the checkpoint of plan {:?} was removed while this run ran (by `batchsse checkpoint clear`, a run of the plan with --force, or by hand), so this run stopped rather than go on unrecorded",
+                self.plan.name
+            );
+        }
         format!(
             "another batchsse run is applying plan {:?} to this database (its checkpoint moved under this run); let one run finish, then run the plan again to resume",
             self.plan.name

@@ -300,7 +300,7 @@ impl Runner<'_> {
     /// running the plan again would do that work a second time.
     fn checkpoint_gone(&self) -> String {
         format!(
-            "the checkpoint of plan {:?} was removed while this run ran (by `batchsse checkpoint clear`, or by hand): what this run committed is no longer recorded, so running the plan again starts from its first step and applies it a second time; make sure its steps can be applied twice, or narrow them to the rows not yet done",
+            "the checkpoint of plan {:?} was removed while this run ran (by `batchsse checkpoint clear`, a run of the plan with --force, or by hand): what this run committed is no longer recorded, so running the plan again starts from its first step and applies it a second time; make sure its steps can be applied twice, or narrow them to the rows not yet done",
             self.plan.name
         )
     }

@@ -160,6 +160,40 @@ fn a_run_whose_checkpoint_vanished_says_a_new_run_starts_over() {
         !said.contains("run the same command again to go on"),
         "{said}"
     );
+
+    // Its rows deleted, the table kept for another plan's: the chunk that
+    // finds them gone says so, not that another run is applying the plan.
+    let db = TempDb::counters(40);
+    let other = db.file("other.json", &counter_plan("other", 40));
+    let (code, _, err) = run(&run_args(&db, path_str(&other), &["--no-serve"]));
+    assert_eq!(code, 0, "{err}");
+    let plan = db.file("plan.json", &counter_plan("bump", 10));
+    let mut p = Proc::start(&run_args(
+        &db,
+        path_str(&plan),
+        &[
+            "--no-serve",
+            "--progress",
+            "plain",
+            "--batch-size",
+            "10",
+            "--sleep",
+            "1000",
+        ],
+    ));
+    wait_until(&p, || {
+        db.query_i64("SELECT count(*) FROM batchsse_checkpoint WHERE plan = 'bump'") > 0
+    });
+    db.conn()
+        .execute_batch("DELETE FROM batchsse_checkpoint WHERE plan = 'bump'")
+        .unwrap();
+    assert_eq!(p.wait().code(), Some(1), "{}", p.stderr());
+    let said = p.stderr();
+    assert!(
+        said.contains("so this run stopped rather than go on unrecorded"),
+        "{said}"
+    );
+    assert!(!said.contains("another batchsse run is applying"), "{said}");
 }
 
 /// `undo clear --all` while an undo rests between parts removes what it
