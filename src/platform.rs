@@ -4,9 +4,10 @@
 //!
 //! | What | Linux | macOS, other Unix | Windows |
 //! |---|---|---|---|
-//! | Who else has the database open ([`open_by_others`]): the live pace, and the names in a lock message | scans `/proc/*/fd` (without a `/proc`: cannot tell) | cannot tell ([`Sight::Blind`]) | cannot tell ([`Sight::Blind`]) |
+//! | Who else has the database open ([`open_by_others`], [`open_by_this_program`]): the live pace, the names in a lock message, `checkpoint clear` refused under a live run | scans `/proc/*/fd` (without a `/proc`: cannot tell) | cannot tell ([`Sight::Blind`]) | cannot tell ([`Sight::Blind`]) |
 //! | Whether `watch --pid`'s process still runs ([`process_alive`]) | `/proc/PID/stat` (a zombie counts as gone) | `kill(pid, 0)` (a zombie counts as running) | `OpenProcess` + `WaitForSingleObject` |
 //! | What stops a run ([`StopSignals`]) | Ctrl-C (SIGINT), SIGTERM | Ctrl-C (SIGINT), SIGTERM | Ctrl-C, Ctrl-Break |
+//! | Whether SQLite may make its journal beside the file ([`may_create_in`]) | `access(W_OK)` | `access(W_OK)` | cannot tell (found at the first write) |
 //! | Open files a server may hold ([`raise_open_file_limit`]) | soft limit raised to the hard one | the same (macOS: at most 10,240 if the hard one is refused) | no such limit on sockets |
 //!
 //! Where the system cannot tell who else has the file open, the run does
@@ -35,7 +36,7 @@ pub enum Sight {
 /// its side files (`-wal`, `-shm`, `-journal`) open.
 pub fn open_by_others(path: &Path) -> Sight {
     #[cfg(target_os = "linux")]
-    return proc_scan(path).map_or(Sight::Blind, Sight::Seen);
+    return proc_scan(path, false).map_or(Sight::Blind, Sight::Seen);
     #[cfg(not(target_os = "linux"))]
     {
         let _ = path;
@@ -43,11 +44,35 @@ pub fn open_by_others(path: &Path) -> Sight {
     }
 }
 
+/// The other processes of this same program (by name) that have `path`
+/// open for writing: a run or an undo on the file (a run that has ended
+/// and lingers only reads it), as far as the system tells (empty where it
+/// cannot).
+pub fn open_by_this_program(path: &Path) -> Vec<u32> {
+    #[cfg(target_os = "linux")]
+    {
+        let me = std::fs::read_to_string("/proc/self/comm").unwrap_or_default();
+        let me = me.trim();
+        proc_scan(path, true)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(_, name)| !me.is_empty() && name == me)
+            .map(|(pid, _)| pid)
+            .collect()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = path;
+        Vec::new()
+    }
+}
+
 /// Scans `/proc` for processes other than this one with a descriptor
 /// open on `path` or a file whose name starts with it. A process whose
 /// descriptors we may not read is skipped; `None` without a `/proc`.
+/// `writing`: only descriptors of the file itself open for writing.
 #[cfg(target_os = "linux")]
-fn proc_scan(path: &Path) -> Option<Vec<(u32, String)>> {
+fn proc_scan(path: &Path, writing: bool) -> Option<Vec<(u32, String)>> {
     let procs = std::fs::read_dir("/proc").ok()?;
     let Ok(db) = std::fs::canonicalize(path) else {
         return Some(Vec::new());
@@ -65,8 +90,12 @@ fn proc_scan(path: &Path) -> Option<Vec<(u32, String)>> {
         let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
             continue;
         };
-        let holds = fds.flatten().any(|fd| {
-            std::fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy().starts_with(&*db))
+        // A writer opens the file itself read-write (a reader of a WAL
+        // file may open its side files so too).
+        let holds = fds.flatten().any(|fd| match std::fs::read_link(fd.path()) {
+            Ok(t) if writing => t.to_string_lossy() == db && writable(&fd.path()),
+            Ok(t) => t.to_string_lossy().starts_with(&*db),
+            Err(_) => false,
         });
         if holds {
             let comm = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default();
@@ -74,6 +103,14 @@ fn proc_scan(path: &Path) -> Option<Vec<(u32, String)>> {
         }
     }
     Some(found)
+}
+
+/// Whether the descriptor behind `/proc/PID/fd/N` is open for writing:
+/// the link's owner write bit is.
+#[cfg(target_os = "linux")]
+fn writable(fd: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(fd).is_ok_and(|m| m.permissions().mode() & 0o200 != 0)
 }
 
 /// Whether process `pid` still runs.
@@ -96,6 +133,25 @@ pub fn process_alive(pid: u32) -> bool {
     #[cfg(windows)]
     {
         windows_process_alive(pid)
+    }
+}
+
+/// Whether this process may make a file in `dir` (as SQLite makes its
+/// rollback journal beside the database): `access(W_OK)`, which also
+/// answers no on a read-only mount or an immutable folder, even for root.
+/// `None` where the system gives no such answer.
+pub fn may_create_in(dir: &Path) -> Option<bool> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+        // SAFETY: a valid NUL-terminated path, only read.
+        Some(unsafe { libc::access(c.as_ptr(), libc::W_OK) } == 0)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        None
     }
 }
 

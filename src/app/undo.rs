@@ -120,6 +120,7 @@ fn find(
 fn list(args: CheckpointListArgs) -> anyhow::Result<ExitCode> {
     let conn = runner::open_db_to_read(&args.db, Duration::from_millis(args.busy_timeout))?;
     let runs = store::runs(&conn)?;
+    let kept = store::kept_conflicts(&conn)?;
     let db = file_name(&args.db);
     let text = if args.json {
         let list: Vec<_> = runs
@@ -129,25 +130,16 @@ fn list(args: CheckpointListArgs) -> anyhow::Result<ExitCode> {
                     "bytes": r.bytes, "first_at": r.first_at, "last_at": r.last_at})
             })
             .collect();
-        format!("{}\n", serde_json::json!({"db": db, "runs": list}))
-    } else if runs.is_empty() {
-        format!("no undo records in {db}\n")
+        let kept: Vec<_> = kept
+            .iter()
+            .map(|k| serde_json::json!({"run": k.run, "conflicts": k.conflicts, "last_at": k.last_at}))
+            .collect();
+        format!(
+            "{}\n",
+            serde_json::json!({"db": db, "runs": list, "conflicts_kept": kept})
+        )
     } else {
-        let mut t = format!("undo records in {db}:\n");
-        for r in &runs {
-            t += &format!(
-                "  run {}  plan {:?}: {} chunk{}, {} rows, {} bytes, recorded {} to {}\n",
-                r.run,
-                r.plan,
-                r.chunks,
-                plural(r.chunks as usize),
-                thousands(r.rows),
-                thousands(r.bytes),
-                r.first_at,
-                r.last_at
-            );
-        }
-        t
+        list_text(&conn, &db, &runs, &kept)
     };
     print(text.as_bytes())
 }
@@ -179,30 +171,102 @@ fn nothing_recorded(conn: &Connection, c: &UndoConfig) -> UsageError {
     })
 }
 
+fn list_text(
+    conn: &Connection,
+    db: &str,
+    runs: &[store::RunRecord],
+    kept: &[store::KeptConflicts],
+) -> String {
+    let mut t = if runs.is_empty() {
+        format!("no undo records in {db}\n")
+    } else {
+        format!("undo records in {db}:\n")
+    };
+    for r in runs {
+        t += &format!(
+            "  run {}  plan {:?}: {} chunk{}, {} rows, {} bytes, recorded {} to {}{}\n",
+            r.run,
+            r.plan,
+            r.chunks,
+            plural(r.chunks as usize),
+            thousands(r.rows),
+            thousands(r.bytes),
+            r.first_at,
+            r.last_at,
+            age_of(conn, &r.last_at).map_or_else(String::new, |a| format!(" ({a} ago)"))
+        );
+    }
+    for k in kept {
+        t += &format!(
+            "  run {}: taken back; its undo kept {} conflict{} in batchsse_undo_conflict, the last at {} (`batchsse undo clear --run {}` removes them)\n",
+            k.run,
+            thousands(k.conflicts),
+            plural(k.conflicts as usize),
+            k.last_at,
+            k.run
+        );
+    }
+    t
+}
+
 fn clear(args: UndoClearArgs) -> anyhow::Result<ExitCode> {
     let conn = runner::open_db(&args.db, Duration::from_millis(args.busy_timeout))?;
     let older = args.older_than.as_deref().map(age).transpose()?;
     let runs = store::runs(&conn)?;
+    let kept = store::kept_conflicts(&conn)?;
+    let chosen_at = |run: &str, at: &str| match (&args.run, older) {
+        (Some(id), _) => run == id,
+        (None, Some(secs)) => older_than(&conn, at, secs),
+        (None, None) => true,
+    };
     let chosen: Vec<&store::RunRecord> = runs
         .iter()
-        .filter(|r| match (&args.run, older) {
-            (Some(id), _) => &r.run == id,
-            (None, Some(secs)) => older_than(&conn, &r.last_at, secs),
-            (None, None) => true,
-        })
+        .filter(|r| chosen_at(&r.run, &r.last_at))
         .collect();
-    if let (Some(id), true) = (&args.run, chosen.is_empty()) {
+    let reports: Vec<&store::KeptConflicts> = kept
+        .iter()
+        .filter(|k| chosen_at(&k.run, &k.last_at))
+        .collect();
+    if let (Some(id), true) = (&args.run, chosen.is_empty() && reports.is_empty()) {
         return Err(UsageError::new(format!(
             "no undo record of run {id:?} in {}; `batchsse undo list` shows them",
             file_name(&args.db)
         ))
         .into());
     }
-    let ids: Vec<String> = chosen.iter().map(|r| r.run.clone()).collect();
+    let ids: Vec<String> = chosen
+        .iter()
+        .map(|r| r.run.clone())
+        .chain(reports.iter().map(|k| k.run.clone()))
+        .collect();
     let dropped = runner::undo::store::clear(&conn, &ids, args.all)?;
     let db = file_name(&args.db);
+    let mut text = cleared_text(&db, &chosen, &reports);
+    match (ids.is_empty(), &args.older_than) {
+        (true, Some(age)) if !runs.is_empty() || !kept.is_empty() => {
+            let n = runs.len() + kept.len();
+            text += &format!(
+                "no undo record in {db} is older than {age}; {n} run{} kept (`batchsse undo list` shows them)\n",
+                plural(n)
+            );
+        }
+        (true, _) => text += &format!("no undo record to clear in {db}\n"),
+        _ => {}
+    }
+    if dropped {
+        text += &format!("dropped the undo tables: no undo record is left in {db}\n");
+    }
+    print(text.as_bytes())
+}
+
+/// One line per record or report removed.
+fn cleared_text(
+    db: &str,
+    chosen: &[&store::RunRecord],
+    reports: &[&store::KeptConflicts],
+) -> String {
     let mut text = String::new();
-    for r in &chosen {
+    for r in chosen {
         text += &format!(
             "removed the undo record of run {} (plan {:?}, {} bytes) from {db}; it can no longer be taken back\n",
             r.run,
@@ -210,19 +274,15 @@ fn clear(args: UndoClearArgs) -> anyhow::Result<ExitCode> {
             thousands(r.bytes)
         );
     }
-    if chosen.is_empty() {
-        text += &match (&args.older_than, runs.len()) {
-            (Some(age), n) if n > 0 => format!(
-                "no undo record older than {age} in {db}; {n} newer run{} kept (`batchsse undo list` shows them)\n",
-                plural(n)
-            ),
-            _ => format!("no undo record to clear in {db}\n"),
-        };
+    for k in reports {
+        text += &format!(
+            "removed the {} conflict{} the undo of run {} kept from {db}\n",
+            thousands(k.conflicts),
+            plural(k.conflicts as usize),
+            k.run
+        );
     }
-    if dropped {
-        text += &format!("dropped the undo tables: no undo record is left in {db}\n");
-    }
-    print(text.as_bytes())
+    text
 }
 
 /// `30m`, `12h`, `7d` (or plain seconds) in seconds.
@@ -238,10 +298,29 @@ fn age(s: &str) -> Result<i64, UsageError> {
     };
     match n.parse::<i64>() {
         Ok(n) if mult > 0 => Ok(n.saturating_mul(mult)),
+        // Digits alone, but more than any age: as good as "never".
+        Err(e) if mult > 0 && *e.kind() == std::num::IntErrorKind::PosOverflow => Ok(i64::MAX),
         _ => Err(UsageError::new(format!(
-            "--older-than takes an age such as 30m, 12h or 7d; got {s:?}"
+            "--older-than takes a whole number followed by s, m, h or d (seconds, minutes, hours, days), such as 30m, 12h or 7d; got {s:?}"
         ))),
     }
+}
+
+/// How long ago `at` (as SQLite wrote it) was, as a person says it.
+fn age_of(conn: &Connection, at: &str) -> Option<String> {
+    let secs: i64 = conn
+        .query_row(
+            "SELECT CAST((julianday('now') - julianday(?1)) * 86400 AS INTEGER)",
+            [at],
+            |r| r.get(0),
+        )
+        .ok()?;
+    Some(match secs.max(0) {
+        0..60 => "under a minute".to_owned(),
+        s @ 60..7200 => format!("{} min", s / 60),
+        s @ 7200..172_800 => format!("{} h", s / 3600),
+        s => format!("{} days", s / 86_400),
+    })
 }
 
 fn older_than(conn: &Connection, at: &str, secs: i64) -> bool {
@@ -251,4 +330,30 @@ fn older_than(conn: &Connection, at: &str, secs: i64) -> bool {
         |r| r.get::<_, bool>(0),
     )
     .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::age;
+
+    #[test]
+    fn ages_are_read_or_refused_with_the_units() {
+        for (text, secs) in [
+            ("0", 0),
+            ("45", 45),
+            ("45s", 45),
+            ("30m", 1800),
+            ("12h", 43_200),
+            ("7d", 604_800),
+            ("99999999999d", 8_639_999_999_913_600),
+            ("999999999999999999d", i64::MAX),
+            ("99999999999999999999", i64::MAX),
+        ] {
+            assert_eq!(age(text).unwrap(), secs, "{text}");
+        }
+        for bad in ["", "-1d", "1y", "7D", "1.5h", "+5m", "1 d", "d", "garbage"] {
+            let why = age(bad).unwrap_err().to_string();
+            assert!(why.contains("followed by s, m, h or d"), "{bad}: {why}");
+        }
+    }
 }

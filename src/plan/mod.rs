@@ -129,8 +129,52 @@ struct StepFile {
 #[serde(deny_unknown_fields)]
 #[serde(expecting = "an object such as {\"max\": 1000} or {\"min\": 1, \"max\": 1000}")]
 struct ChangesFile {
+    #[serde(default, deserialize_with = "max_rows")]
     max: Option<u64>,
+    #[serde(default, deserialize_with = "min_rows")]
     min: Option<u64>,
+}
+
+fn max_rows<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    d.deserialize_option(Rows("expect_changes.max"))
+}
+
+fn min_rows<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    d.deserialize_option(Rows("expect_changes.min"))
+}
+
+/// A count of rows, said as such when it is not one (serde's own words
+/// would be "expected u64", and nothing of what to write).
+struct Rows(&'static str);
+
+impl<'de> serde::de::Visitor<'de> for Rows {
+    type Value = Option<u64>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(
+            f,
+            "{} as a whole number of rows, 0 or more, written without quotes or a decimal point, such as 1000",
+            self.0
+        )
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_u64(self)
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(Some(v))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        u64::try_from(v)
+            .map(Some)
+            .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+    }
 }
 
 #[derive(Deserialize)]
@@ -389,6 +433,11 @@ fn expectations(
             "{label} runs outside a transaction (VACUUM, ATTACH, PRAGMA), so nothing could be rolled back when an expectation fails; remove \"expect\" and \"expect_changes\" from it"
         )));
     }
+    if expect.sql.as_deref().is_some_and(|q| q.contains('\0')) {
+        return Err(UsageError::new(format!(
+            "{label}: its \"expect\" contains a NUL character (\\u0000), where SQLite would stop reading and check less than it says; remove it"
+        )));
+    }
     if expect.sql.as_deref().is_some_and(|q| q.trim().is_empty()) {
         return Err(UsageError::new(format!(
             "{label}: \"expect\" is empty; give a query whose first column must be true, e.g. \"SELECT count(*) = 0 FROM t WHERE price < 0\""
@@ -635,6 +684,29 @@ mod tests {
             // The plan file's own type names must not show.
             ("[]", &["expected a plan object such as"]),
             (r#"{"steps":[1]}"#, &["expected a step object such as"]),
+            (
+                r#"{"steps":[{"sql":"SELECT 1","expect":"SELECT 1\u0000 AND 0"}]}"#,
+                &["step 1", "\"expect\" contains a NUL character"],
+            ),
+            (
+                r#"{"steps":[{"sql":"SELECT 1","expect_changes":{"max":1.5}}]}"#,
+                &["floating point `1.5`, expected expect_changes.max as a whole number of rows"],
+            ),
+            (
+                r#"{"steps":[{"sql":"SELECT 1","expect_changes":{"min":-1}}]}"#,
+                &["integer `-1`, expected expect_changes.min as a whole number of rows, 0 or more"],
+            ),
+            (
+                r#"{"steps":[{"sql":"SELECT 1","expect_changes":{"max":"10"}}]}"#,
+                &[
+                    "string \"10\", expected expect_changes.max",
+                    "without quotes",
+                ],
+            ),
+            (
+                r#"{"steps":[{"sql":"SELECT 1","expect_changes":{"max":1e3}}]}"#,
+                &["expected expect_changes.max as a whole number"],
+            ),
             (
                 r#"{"steps":[{"sql":"SELECT 1","expect_changes":5}]}"#,
                 &["expected an object such as {\"max\": 1000}"],

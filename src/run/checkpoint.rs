@@ -266,6 +266,21 @@ impl<'a> Checkpoint<'a> {
         Ok(self.exists.get())
     }
 
+    /// Whether the table holds any row of this plan, looked up afresh (it
+    /// may have been dropped since this run saw it).
+    pub fn holds_plan(&self) -> rusqlite::Result<bool> {
+        let found = self
+            .conn
+            .prepare_cached("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1")?
+            .exists([TABLE])?;
+        if !found {
+            return Ok(false);
+        }
+        self.conn
+            .prepare_cached("SELECT 1 FROM batchsse_checkpoint WHERE plan = ?1")?
+            .exists([&self.plan.name])
+    }
+
     /// Forgets an earlier run of the plan (for `--force`).
     pub fn reset(&self) -> rusqlite::Result<()> {
         if self.on && self.table_exists()? {
@@ -304,8 +319,15 @@ impl<'a> Checkpoint<'a> {
         })
     }
 
-    /// The message for [`Checkpoint::moved`].
+    /// The message for [`Checkpoint::moved`]: the plan's records gone
+    /// (cleared while this run ran), or another run's progress.
     pub fn conflict(&self) -> String {
+        if let Ok(false) = self.holds_plan() {
+            return format!(
+                "the checkpoint of plan {:?} was removed while this run ran (by `batchsse checkpoint clear`, a run of the plan with --force, or by hand), so this run stopped rather than go on unrecorded",
+                self.plan.name
+            );
+        }
         format!(
             "another batchsse run is applying plan {:?} to this database (its checkpoint moved under this run); let one run finish, then run the plan again to resume",
             self.plan.name

@@ -82,6 +82,11 @@ fn open(path: &Path, busy_timeout: Duration, write: bool) -> Result<Connection, 
     if conn.is_readonly("main").unwrap_or(false) {
         return Err(read_only());
     }
+    if !journal_can_be_made(&conn, path) {
+        return Err(UsageError::new(format!(
+            "{shown} is in a folder batchsse may not write to, where SQLite must make its journal; give write access to the folder (or move the file)"
+        )));
+    }
     // Take the write lock once (and let it go) so a database another
     // process holds is reported now, before anything runs, not mid-plan.
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK") {
@@ -92,6 +97,31 @@ fn open(path: &Path, busy_timeout: Duration, write: bool) -> Result<Connection, 
         });
     }
     Ok(conn)
+}
+
+/// Whether SQLite can make the rollback journal it needs at the first
+/// write: taking the lock (below) makes none, so a folder it may not
+/// write to would fail the run only mid-plan. A WAL file's side files, or
+/// a kept journal, may be there already; those are left to SQLite.
+fn journal_can_be_made(conn: &Connection, path: &Path) -> bool {
+    let mode: String = conn
+        .pragma_query_value(None, "journal_mode", |r| r.get(0))
+        .unwrap_or_default();
+    let journal = {
+        let mut p = path.as_os_str().to_owned();
+        p.push("-journal");
+        std::path::PathBuf::from(p)
+    };
+    let needs_new = match mode.to_ascii_lowercase().as_str() {
+        "delete" => true,
+        "truncate" | "persist" => !journal.exists(),
+        _ => false,
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    !needs_new || crate::platform::may_create_in(dir) != Some(false)
 }
 
 /// `--busy-timeout`, for messages (a custom handler leaves SQLite's own
@@ -155,6 +185,14 @@ pub(super) fn run_time_message(conn: &Connection, e: &rusqlite::Error) -> String
         Some(rusqlite::ErrorCode::DiskFull) => {
             return format!(
                 "{}: the disk that holds the database, its journal or the temporary folder has no room left (or the file reached a PRAGMA max_page_count); free some space",
+                sqlite_message(e)
+            );
+        }
+        // The file is open already: what cannot be opened now is the
+        // journal SQLite makes beside it.
+        Some(rusqlite::ErrorCode::ReadOnly | rusqlite::ErrorCode::CannotOpen) => {
+            return format!(
+                "{}: batchsse needs write access to the file and to its directory (SQLite makes its journal there)",
                 sqlite_message(e)
             );
         }

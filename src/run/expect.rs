@@ -46,7 +46,15 @@ pub(super) fn at_end(
     if !stmt.readonly() || stmt.column_count() == 0 {
         return Ok(Some(format!(
             "expect {} is not a query that only reads, so it was not run; write one such as SELECT count(*) = 0 FROM t WHERE …",
-            sql.trim()
+            query(sql)
+        )));
+    }
+    // SQLite calls `PRAGMA aux.max_page_count = 3` read-only, and it
+    // answers a row: it would set the run's connection.
+    if sets_a_pragma(sql) {
+        return Ok(Some(format!(
+            "expect {} gives a PRAGMA a value, which may set it, so it was not run; read a pragma with its table-valued function, e.g. SELECT * FROM pragma_user_version",
+            query(sql)
         )));
     }
     let value: Option<Value> = stmt.query_row([], |r| r.get::<_, Value>(0)).optional()?;
@@ -58,10 +66,66 @@ pub(super) fn at_end(
     Ok((!truthy).then(|| {
         format!(
             "expect {} returned {}, which is not true",
-            sql.trim(),
-            value.as_ref().map_or_else(|| "no row".to_owned(), shown)
+            query(sql),
+            value.as_ref().map_or_else(|| "no row".to_owned(), answer)
         )
     }))
+}
+
+/// The query as a one-line message shows it: its whitespace runs made one
+/// space, and cut short past 200 characters.
+pub(super) fn query(sql: &str) -> String {
+    const MAX: usize = 200;
+    let one_line = sql.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one_line.chars().count() <= MAX {
+        return one_line;
+    }
+    let cut: String = one_line.chars().take(MAX).collect();
+    format!("{cut}…")
+}
+
+/// A `PRAGMA` given a value (`= v` or `(v)`): no pragma's name holds
+/// either sign, so one outside a comment or a quoted name is the value's.
+fn sets_a_pragma(sql: &str) -> bool {
+    if crate::plan::first_keyword(sql) != "PRAGMA" {
+        return false;
+    }
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        let close = match c {
+            '=' | '(' => return true,
+            '-' if chars.peek() == Some(&'-') => '\n',
+            '/' if chars.peek() == Some(&'*') => {
+                chars.next();
+                while let Some(c) = chars.next() {
+                    if c == '*' && chars.peek() == Some(&'/') {
+                        chars.next();
+                        break;
+                    }
+                }
+                continue;
+            }
+            '\'' | '"' | '`' => c,
+            '[' => ']',
+            _ => continue,
+        };
+        chars.by_ref().find(|&c| c == close);
+    }
+    false
+}
+
+/// The answer of a false `expect` as a message shows it: a long text cut
+/// short (it goes into an event and a terminal line), anything else as
+/// [`shown`].
+fn answer(v: &Value) -> String {
+    const TEXT: usize = 100;
+    match v {
+        Value::Text(t) if t.chars().count() > TEXT => {
+            let head: String = t.chars().take(TEXT).collect();
+            format!("{head:?}… (a text of {} characters)", t.chars().count())
+        }
+        _ => shown(v),
+    }
 }
 
 /// A value (or key) as a person reads it in a message: a REAL with its
@@ -111,10 +175,65 @@ mod tests {
             // A REAL reads as one, never as the INTEGER it equals.
             ("SELECT 0.0", "returned 0.0,"),
             ("SELECT -0.0", "returned -0.0,"),
+            (
+                "SELECT printf('%.*c', 5000, 'x')",
+                "(a text of 5000 characters)",
+            ),
         ] {
             let why = check(no).unwrap_or_else(|| panic!("{no} passed"));
             assert!(why.contains(shown), "{why}");
         }
+    }
+
+    #[test]
+    fn the_query_is_shown_on_one_line() {
+        let why = check("SELECT\n  0\n  AS zero").unwrap();
+        assert!(
+            why.starts_with("expect SELECT 0 AS zero returned 0"),
+            "{why}"
+        );
+        let long = format!("SELECT 0 WHERE 1 IN ({})", vec!["1"; 500].join(", "));
+        assert!(check(&long).unwrap().len() < 300);
+    }
+
+    #[test]
+    fn a_long_answer_is_cut_short() {
+        let why = check("SELECT printf('%.*c', 100000, 'x')").unwrap();
+        assert!(why.len() < 300, "{} bytes", why.len());
+    }
+
+    #[test]
+    fn a_pragma_given_a_value_is_not_run() {
+        for sql in [
+            "PRAGMA max_page_count = 3",
+            "pragma main.max_page_count(3)",
+            "/* c */ PRAGMA busy_timeout=1",
+        ] {
+            let why = check(sql).unwrap_or_else(|| panic!("{sql} passed"));
+            assert!(why.contains("was not run"), "{why}");
+        }
+        assert_eq!(
+            check("PRAGMA max_page_count"),
+            None,
+            "reading one still runs"
+        );
+        for reads in [
+            "PRAGMA max_page_count -- not = 3",
+            "PRAGMA /* (x) */ max_page_count",
+            "PRAGMA \"max_page_count\"",
+        ] {
+            assert_eq!(check(reads), None, "{reads}");
+        }
+        let c = Connection::open_in_memory().unwrap();
+        let e = Expect {
+            sql: Some("PRAGMA max_page_count = 3".into()),
+            ..Expect::default()
+        };
+        at_end(&c, &e, 0).unwrap();
+        let now: i64 = c
+            .query_row("PRAGMA max_page_count", [], |r| r.get(0))
+            .unwrap();
+        assert_ne!(now, 3, "the pragma was set");
     }
 
     #[test]

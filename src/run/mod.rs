@@ -91,6 +91,9 @@ pub struct Job<'a> {
 enum StepError {
     Cancelled,
     Sql(String),
+    /// An expectation failed; with `--undo` the message gets the command
+    /// that takes back what committed, once the step's work rolled back.
+    Expect(String),
 }
 
 /// A step's rows so far: visited, to visit, changed.
@@ -214,7 +217,10 @@ fn run_beating(
         let _ = undo::store::drop_empty(job.conn);
     }
     if status != RunStatus::Ok && on && !job.opts.atomic && kept {
-        r.message(None, Level::Info, r.to_go_on(status));
+        match r.checkpoint.holds_plan() {
+            Ok(false) => r.message(None, Level::Warn, r.checkpoint_gone()),
+            _ => r.message(None, Level::Info, r.to_go_on(status)),
+        }
     }
     log.push(Event::Finished(Finished {
         status,
@@ -286,6 +292,16 @@ impl Runner<'_> {
              (or start over after `batchsse checkpoint clear --db {} --plan {}`)",
             crate::human::shell_word(self.conn.path().unwrap_or(&self.db)),
             crate::human::shell_word(&self.plan.name)
+        )
+    }
+
+    /// For a run that committed work but whose checkpoint is gone: it was
+    /// removed while the run ran (`checkpoint clear`, or by hand), and
+    /// running the plan again would do that work a second time.
+    fn checkpoint_gone(&self) -> String {
+        format!(
+            "the checkpoint of plan {:?} was removed while this run ran (by `batchsse checkpoint clear`, a run of the plan with --force, or by hand): what this run committed is no longer recorded, so running the plan again starts from its first step and applies it a second time; make sure its steps can be applied twice, or narrow them to the rows not yet done",
+            self.plan.name
         )
     }
 
@@ -479,6 +495,15 @@ impl Runner<'_> {
                 RunStatus::Failed,
                 format!("step {} ({:?}) failed: {e}", step.index + 1, step.name),
             ),
+            StepError::Expect(e) => (
+                RunStatus::Failed,
+                format!(
+                    "step {} ({:?}) failed: {e}{}",
+                    step.index + 1,
+                    step.name,
+                    self.undo_hint()
+                ),
+            ),
         };
         self.step_event(step, StepState::Failed, c, Some(t0), Some(why.clone()));
         self.message(Some(step.index), Level::Error, why.clone());
@@ -624,20 +649,41 @@ impl Runner<'_> {
     /// the most it may change, and at its `end` the fewest and its query.
     /// Called inside the transaction, which the caller drops on an error.
     fn expectations(&self, step: &Step, changed: u64, end: bool) -> Result<(), StepError> {
-        let failed = match expect::over_max(&step.expect, changed) {
-            Some(why) => Some(why),
-            None if end => expect::at_end(self.conn, &step.expect, changed)
-                .map_err(|e| self.fail(e, Counts::default()).0)?,
-            None => None,
+        if let Some(why) = expect::over_max(&step.expect, changed) {
+            return Err(StepError::Expect(why));
+        }
+        if !end {
+            return Ok(());
+        }
+        match expect::at_end(self.conn, &step.expect, changed) {
+            Ok(None) => Ok(()),
+            Ok(Some(why)) => Err(StepError::Expect(why)),
+            // Said as the query's failure: "integer overflow" alone would
+            // read as the step's own SQL failing.
+            Err(e) => Err(match self.fail(e, Counts::default()).0 {
+                StepError::Sql(why) => StepError::Expect(format!(
+                    "expect {} could not run: {why}",
+                    expect::query(step.expect.sql.as_deref().unwrap_or_default())
+                )),
+                other => other,
+            }),
+        }
+    }
+
+    /// With `--undo`, after a failed expectation rolled its work back: the
+    /// command that takes back what this run committed, if it committed
+    /// any (read now, so the rolled-back chunk's record is not counted).
+    fn undo_hint(&self) -> String {
+        let Some(rec) = self.recorder.as_ref().filter(|_| !self.nested) else {
+            return String::new();
         };
-        match (failed, &self.recorder) {
-            (None, _) => Ok(()),
-            (Some(why), None) => Err(StepError::Sql(why)),
-            (Some(why), Some(rec)) => Err(StepError::Sql(format!(
-                "{why}; what committed before can be taken back with: batchsse undo --db {} --run {}",
+        match rec.committed() {
+            Ok((rows, _)) if rows > 0 => format!(
+                "; what this run committed can be taken back with: batchsse undo --db {} --run {}",
                 crate::human::shell_word(self.conn.path().unwrap_or(&self.db)),
                 rec.run_id
-            ))),
+            ),
+            _ => "; this run committed nothing, so it has nothing to take back".into(),
         }
     }
 

@@ -208,3 +208,108 @@ fn an_expect_the_check_could_not_see_never_writes() {
     assert_eq!(left, 3, "the expect wrote: {err}");
     assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 0);
 }
+
+/// The undo command is named only where it has something to take back:
+/// not when the failed step was the run's first, nor under `--atomic`
+/// (where the named command would fail with "no undo record").
+#[test]
+fn a_failed_expectation_names_no_undo_when_nothing_committed() {
+    for extra in [&[][..], &["--atomic"][..]] {
+        let db = TempDb::counters(10);
+        let mut args = vec!["--undo"];
+        args.extend_from_slice(extra);
+        let (code, _, err) = run_plan(
+            &db,
+            r#"{"steps":[{"sql":"UPDATE t SET counter = 1"},
+                {"sql":"UPDATE t SET counter = 2","expect":"SELECT 0"}]}"#,
+            &args,
+        );
+        assert_eq!(code, 1, "{err}");
+        let failed = err.lines().find(|l| l.contains("FAILED after")).unwrap();
+        if extra.is_empty() {
+            assert!(failed.contains("taken back with: batchsse undo"), "{err}");
+        } else {
+            assert!(!failed.contains("batchsse undo"), "{extra:?}: {err}");
+        }
+        let db = TempDb::counters(10);
+        let (code, _, err) = run_plan(
+            &db,
+            r#"{"steps":[{"sql":"UPDATE t SET counter = 2","expect":"SELECT 0"}]}"#,
+            &args,
+        );
+        assert_eq!(code, 1, "{err}");
+        assert!(!err.contains("batchsse undo --db"), "{extra:?}: {err}");
+    }
+}
+
+/// An `expect` that fails as it runs (SQLite errors on an integer
+/// overflow) says so, rather than reading as the step's own SQL failing.
+#[test]
+fn an_expect_that_errors_is_named_as_the_expect() {
+    let db = TempDb::counters(10);
+    let (code, _, err) = run_plan(
+        &db,
+        r#"{"steps":[{"sql":"UPDATE t SET counter = 1","expect":"SELECT abs(-9223372036854775808)"}]}"#,
+        &[],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("expect SELECT abs(-9223372036854775808) could not run: integer overflow"),
+        "{err}"
+    );
+    assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 0);
+}
+
+/// Nor does one that gives a PRAGMA a value there: SQLite calls
+/// `PRAGMA aux.max_page_count = 3` read-only and answers a true row, and
+/// run, it would cap the attached file for every later step.
+#[test]
+fn an_expect_the_check_could_not_see_never_sets_a_pragma() {
+    let db = TempDb::counters(5);
+    let aux = db.dir.path().join("aux.sqlite");
+    rusqlite::Connection::open(&aux)
+        .unwrap()
+        .execute_batch("CREATE TABLE x(v)")
+        .unwrap();
+    let plan = serde_json::json!({"steps":[
+        {"sql": format!("ATTACH '{}' AS aux", path_str(&aux).replace('\'', "''"))},
+        {"sql": "UPDATE t SET counter = 1", "expect": "PRAGMA aux.max_page_count = 3"}]});
+    let (code, _, err) = run_plan(&db, &plan.to_string(), &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("gives a PRAGMA a value"), "{err}");
+    assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 0);
+}
+
+/// A step stopped by `max` and run again (with a higher `max`, which
+/// leaves its checkpoint valid) counts on from what committed, so the
+/// two runs together never change more than the `max` they ran under;
+/// rows its trigger writes are not counted.
+#[test]
+fn expect_changes_max_counts_on_across_a_resume_and_not_trigger_rows() {
+    let db = TempDb::counters(100);
+    db.conn()
+        .execute_batch(
+            "CREATE TABLE log(id); CREATE TRIGGER tg AFTER UPDATE ON t
+             BEGIN INSERT INTO log VALUES (new.id); INSERT INTO log VALUES (new.id); END;",
+        )
+        .unwrap();
+    let plan = |max: u64| {
+        serde_json::json!({"name":"capped","steps":[{
+            "sql":"UPDATE t SET counter = 1 WHERE id BETWEEN :lo AND :hi",
+            "chunk":{"table":"t","size":10},"expect_changes":{"max":max}}]})
+        .to_string()
+    };
+    let (code, _, err) = run_plan(&db, &plan(30), &["--batch-size", "10"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("has changed 40 rows"), "{err}");
+    assert_eq!(db.query_i64("SELECT count(*) FROM t WHERE counter = 1"), 30);
+    assert_eq!(db.query_i64("SELECT count(*) FROM log"), 60, "trigger rows");
+    let (code, _, err) = run_plan(&db, &plan(50), &["--batch-size", "10"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("resuming after 30 rows"), "{err}");
+    assert!(
+        err.contains("max is 50, but the step has changed 60 rows"),
+        "{err}"
+    );
+    assert_eq!(db.query_i64("SELECT count(*) FROM t WHERE counter = 1"), 50);
+}

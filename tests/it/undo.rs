@@ -608,7 +608,7 @@ fn housekeeping_after_an_undo_and_a_clear_by_age_says_what_is_there() {
     let (code, out, err) = run(&["undo", "clear", "--db", dbp, "--older-than", "7d"]);
     assert_eq!(code, 0, "{err}");
     assert!(
-        out.contains("no undo record older than 7d in ") && out.contains("; 1 newer run kept"),
+        out.contains("no undo record in ") && out.contains(" is older than 7d; 1 run kept"),
         "{out}"
     );
     let (_, listed, _) = run(&["undo", "list", "--db", dbp, "--json"]);
@@ -627,6 +627,133 @@ fn housekeeping_after_an_undo_and_a_clear_by_age_says_what_is_there() {
         "{err}"
     );
     assert_eq!(db.bytes(), bytes, "database untouched");
+}
+
+/// `--older-than` that keeps every record says so, rather than that there
+/// is no record at all.
+#[test]
+fn undo_clear_older_than_an_age_no_record_has_says_what_it_kept() {
+    let db = TempDb::counters(20);
+    let plan = db.file("plan.json", &counter_plan("young", 10));
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve", "--undo"]));
+    assert_eq!(code, 0, "{err}");
+    let dbp = path_str(&db.path);
+    let (code, out, err) = run(&["undo", "clear", "--db", dbp, "--older-than", "7d"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("is older than 7d; 1 run kept"), "{out}");
+    assert!(db.query_i64("SELECT count(*) FROM batchsse_undo") > 0);
+    let (code, out, _) = run(&["undo", "list", "--db", dbp]);
+    assert_eq!(code, 0);
+    assert!(out.contains("(under a minute ago)"), "its age: {out}");
+    // A second run, then the first made three days old: only it goes.
+    let (code, _, err) = run(&run_args(
+        &db,
+        path_str(&plan),
+        &["--no-serve", "--undo", "--force"],
+    ));
+    assert_eq!(code, 0, "{err}");
+    db.conn()
+        .execute_batch(
+            "UPDATE batchsse_undo SET created_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-3 days')
+             WHERE run = (SELECT run FROM batchsse_undo ORDER BY id LIMIT 1)",
+        )
+        .unwrap();
+    let (code, out, _) = run(&["undo", "list", "--db", dbp]);
+    assert_eq!(code, 0);
+    assert!(out.contains("(3 days ago)"), "{out}");
+    let (code, out, err) = run(&["undo", "clear", "--db", dbp, "--older-than", "2d"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.matches("removed the undo record of run").count(),
+        1,
+        "{out}"
+    );
+    let (_, out, _) = run(&["undo", "list", "--db", dbp]);
+    assert!(
+        out.contains("(under a minute ago)") && !out.contains("days ago"),
+        "{out}"
+    );
+}
+
+/// The conflicts an undo kept stay as its report once the record is all
+/// taken back: `undo list` shows them and `undo clear --run` removes them
+/// (before, only `--all` could, and `list` said there was nothing).
+#[test]
+fn the_conflicts_an_undo_kept_are_listed_and_cleared_by_run() {
+    let db = TempDb::counters(20);
+    let plan = db.file("plan.json", &counter_plan("kept", 10));
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve", "--undo"]));
+    assert_eq!(code, 0, "{err}");
+    let dbp = path_str(&db.path);
+    let run_id: String = db
+        .conn()
+        .query_row("SELECT run FROM batchsse_undo LIMIT 1", [], |r| r.get(0))
+        .unwrap();
+    db.conn()
+        .execute_batch("UPDATE t SET counter = 99 WHERE id = 3")
+        .unwrap();
+    let (code, _, err) = run(&["undo", "--db", dbp, "--run", &run_id, "--no-serve"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, _) = run(&["undo", "list", "--db", dbp]);
+    assert_eq!(code, 0);
+    assert!(out.contains("its undo kept 1 conflict in"), "{out}");
+    let (code, out, _) = run(&["undo", "list", "--db", dbp, "--json"]);
+    assert_eq!(code, 0);
+    assert!(out.contains(r#""conflicts_kept":[{"run""#), "{out}");
+    let (code, out, err) = run(&["undo", "clear", "--db", dbp, "--run", &run_id]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("removed the 1 conflict the undo of run"),
+        "{out}"
+    );
+    assert!(out.contains("dropped the undo tables"), "{out}");
+}
+
+/// Clears the immutable flag again, even when the test fails.
+struct Unlocked<'a>(&'a std::path::Path);
+
+impl Drop for Unlocked<'_> {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(self.0)
+            .status();
+    }
+}
+
+/// A file SQLite may write in a folder where it may not make its journal:
+/// the clear, and a run, are refused before they write anything (taking
+/// the lock makes no journal, so only the first write would find out).
+#[test]
+fn undo_clear_in_a_folder_it_cannot_write_says_so_and_removes_nothing() {
+    let db = TempDb::counters(20);
+    let plan = db.file("plan.json", &counter_plan("kept", 10));
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve", "--undo"]));
+    assert_eq!(code, 0, "{err}");
+    // Root ignores modes, so the folder is made immutable instead.
+    let dir = db.dir.path();
+    if !std::process::Command::new("chattr")
+        .arg("+i")
+        .arg(dir)
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "chattr +i is needed in CI"
+        );
+        eprintln!("skipped: chattr +i is not available here (needs root on ext4)");
+        return;
+    }
+    let _guard = Unlocked(dir);
+    let before = sha256(&db.path);
+    let (code, _, err) = run(&["undo", "clear", "--db", path_str(&db.path), "--all"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("give write access to the folder"), "{err}");
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve", "--force"]));
+    assert_eq!(code, 2, "refused before the first step: {err}");
+    assert!(err.contains("give write access to the folder"), "{err}");
+    assert_eq!(sha256(&db.path), before);
 }
 
 #[test]

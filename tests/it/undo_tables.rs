@@ -67,7 +67,133 @@ fn clearing_every_record_during_a_recorded_run_does_not_break_the_run() {
     let (code, _, err) = run(&["undo", "--db", file, "--plan", "bump", "--no-serve"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("is damaged"), "{err}");
+    assert!(
+        err.contains("part(s) are gone") && err.contains("while the run was still recording"),
+        "what most likely happened: {err}"
+    );
     assert_eq!(sha256(&db.path), before, "nothing taken back");
+}
+
+/// `checkpoint clear` while a run of the file is going is refused: the run
+/// would fail at its next chunk with its checkpoint gone, and the plan run
+/// again as told would bump the rows it had bumped a second time.
+#[test]
+fn checkpoint_clear_under_a_live_run_is_refused() {
+    let db = TempDb::counters(40);
+    let plan = db.file("plan.json", &counter_plan("bump", 10));
+    let file = path_str(&db.path);
+    let mut p = Proc::start(&run_args(
+        &db,
+        path_str(&plan),
+        &[
+            "--no-serve",
+            "--undo",
+            "--batch-size",
+            "10",
+            "--sleep",
+            "1000",
+        ],
+    ));
+    wait_until(&p, || {
+        db.query_i64("SELECT count(*) FROM sqlite_schema WHERE name = 'batchsse_checkpoint'") > 0
+    });
+    let before = db.query_i64("SELECT count(*) FROM batchsse_checkpoint");
+    let (code, _, err) = run(&["checkpoint", "clear", "--db", file, "--all"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("a run or an undo still going"), "{err}");
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM batchsse_checkpoint"),
+        before
+    );
+    assert_eq!(p.wait().code(), Some(0), "{}", p.stderr());
+    assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 40);
+    let (code, _, err) = run(&["checkpoint", "clear", "--db", file, "--all"]);
+    assert_eq!(code, 0, "once the run ended: {err}");
+    // A run that has finished and lingers for late viewers is no run
+    // going on.
+    let mut p = serving(&db, path_str(&plan), &["--linger", "30"]);
+    Stream::open(p.addr(), "/events", &[]).until("finished");
+    // `finished` goes out just before the run lets go of its connection.
+    let t0 = Instant::now();
+    let cleared = loop {
+        let (code, _, err) = run(&["checkpoint", "clear", "--db", file, "--all"]);
+        if code == 0 || t0.elapsed() > Duration::from_secs(10) {
+            break (code, err);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(cleared.0, 0, "while the run lingers: {}", cleared.1);
+    p.signal("TERM");
+    p.wait();
+}
+
+/// Where the clear cannot see the run (another system, or the table
+/// dropped by hand), the run that fails for it must not tell the user to
+/// run the same command again to go on: that would apply its chunks twice.
+#[test]
+fn a_run_whose_checkpoint_vanished_says_a_new_run_starts_over() {
+    let db = TempDb::counters(40);
+    let plan = db.file("plan.json", &counter_plan("bump", 10));
+    let mut p = Proc::start(&run_args(
+        &db,
+        path_str(&plan),
+        &[
+            "--no-serve",
+            "--progress",
+            "plain",
+            "--batch-size",
+            "10",
+            "--sleep",
+            "1000",
+        ],
+    ));
+    wait_until(&p, || {
+        db.query_i64("SELECT count(*) FROM sqlite_schema WHERE name = 'batchsse_checkpoint'") > 0
+    });
+    db.conn()
+        .execute_batch("DROP TABLE batchsse_checkpoint")
+        .unwrap();
+    assert_eq!(p.wait().code(), Some(1), "{}", p.stderr());
+    let said = p.stderr();
+    assert!(said.contains("was removed while this run ran"), "{said}");
+    assert!(
+        !said.contains("run the same command again to go on"),
+        "{said}"
+    );
+
+    // Its rows deleted, the table kept for another plan's: the chunk that
+    // finds them gone says so, not that another run is applying the plan.
+    let db = TempDb::counters(40);
+    let other = db.file("other.json", &counter_plan("other", 40));
+    let (code, _, err) = run(&run_args(&db, path_str(&other), &["--no-serve"]));
+    assert_eq!(code, 0, "{err}");
+    let plan = db.file("plan.json", &counter_plan("bump", 10));
+    let mut p = Proc::start(&run_args(
+        &db,
+        path_str(&plan),
+        &[
+            "--no-serve",
+            "--progress",
+            "plain",
+            "--batch-size",
+            "10",
+            "--sleep",
+            "1000",
+        ],
+    ));
+    wait_until(&p, || {
+        db.query_i64("SELECT count(*) FROM batchsse_checkpoint WHERE plan = 'bump'") > 0
+    });
+    db.conn()
+        .execute_batch("DELETE FROM batchsse_checkpoint WHERE plan = 'bump'")
+        .unwrap();
+    assert_eq!(p.wait().code(), Some(1), "{}", p.stderr());
+    let said = p.stderr();
+    assert!(
+        said.contains("so this run stopped rather than go on unrecorded"),
+        "{said}"
+    );
+    assert!(!said.contains("another batchsse run is applying"), "{said}");
 }
 
 /// `undo clear --all` while an undo rests between parts removes what it

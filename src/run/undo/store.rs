@@ -276,6 +276,10 @@ fn bad_step(conn: &Connection, run: &str, sum: &str) -> rusqlite::Result<Option<
     conn.query_row(
         &format!(
             "SELECT CASE
+                 WHEN held > 0 AND lo > 0 AND hi = lo + held - 1 AND numbers = held
+                     THEN 'step ' || (step + 1) || ': its first ' || lo || ' part(s) are gone, '
+                         || held || ' left (numbered ' || (lo + 1) || ' to ' || (hi + 1)
+                         || '), as when `batchsse undo clear` ran while the run was still recording'
                  WHEN held > 0 AND (lo <> 0 OR hi <> held - 1 OR numbers <> held)
                      THEN 'step ' || (step + 1) || ': ' || held || ' part(s) numbered ' || (lo + 1) || ' to ' || (hi + 1)
                  WHEN counts > 1 THEN 'step ' || (step + 1) || ': ' || counts || ' rows count its parts'
@@ -386,6 +390,52 @@ pub fn runs(conn: &Connection) -> Result<Vec<RunRecord>, UsageError> {
     })
 }
 
+/// A run taken back whole whose undo kept conflicts: they stay in
+/// `batchsse_undo_conflict` as its report, with no record left beside them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeptConflicts {
+    pub run: String,
+    pub conflicts: u64,
+    /// When the last of them was kept (UTC, ISO 8601).
+    pub last_at: String,
+}
+
+/// Every run with conflicts kept but no record left, oldest first.
+pub fn kept_conflicts(conn: &Connection) -> Result<Vec<KeptConflicts>, UsageError> {
+    let read = || -> rusqlite::Result<Vec<KeptConflicts>> {
+        // Both tables, though they come and go together: one dropped by
+        // hand must not keep `undo list` from showing the other.
+        let both: i64 = conn.query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE type = 'table'
+             AND name IN ('batchsse_undo', 'batchsse_undo_conflict')",
+            [],
+            |r| r.get(0),
+        )?;
+        if both < 2 {
+            return Ok(Vec::new());
+        }
+        conn.prepare(
+            "SELECT run, count(*), max(at) FROM batchsse_undo_conflict AS c
+             WHERE NOT EXISTS (SELECT 1 FROM batchsse_undo AS u WHERE u.run = c.run)
+             GROUP BY run ORDER BY min(rowid)",
+        )?
+        .query_map([], |r| {
+            Ok(KeptConflicts {
+                run: r.get(0)?,
+                conflicts: r.get::<_, i64>(1)?.max(0) as u64,
+                last_at: r.get(2)?,
+            })
+        })?
+        .collect()
+    };
+    read().map_err(|e| {
+        UsageError::new(format!(
+            "cannot read batchsse_undo_conflict: {}; it may have been altered by hand",
+            sqlite_message(&e)
+        ))
+    })
+}
+
 /// Removes a run's records and the conflicts its undos kept; returns the
 /// record's rows removed. Inside the caller's transaction.
 pub fn remove_run(conn: &Connection, run: &str) -> rusqlite::Result<usize> {
@@ -461,8 +511,8 @@ pub fn clear(conn: &Connection, runs: &[String], all: bool) -> Result<bool, Usag
     };
     go().map_err(|e| {
         UsageError::new(format!(
-            "cannot clear the undo records: {}",
-            sqlite_message(&e)
+            "cannot clear the undo records: {}; nothing was removed",
+            crate::run::db::run_time_message(conn, &e)
         ))
     })
 }
@@ -503,6 +553,27 @@ mod tests {
         assert!(!drop_if_empty(&conn).unwrap(), "run q's conflict stays");
         remove_run(&conn, "q").unwrap();
         assert!(drop_if_empty(&conn).unwrap());
+    }
+
+    /// The conflicts of a run with no record left are its undo's report;
+    /// a run that still has records is not one, and a conflict table
+    /// dropped by hand leaves nothing to report rather than an error.
+    #[test]
+    fn kept_conflicts_are_those_of_runs_with_no_record_left() {
+        let conn = Connection::open_in_memory().unwrap();
+        assert_eq!(kept_conflicts(&conn).unwrap(), Vec::new());
+        create(&conn).unwrap();
+        conn.execute_batch(
+            "INSERT INTO batchsse_undo (run, plan, step, name, chunk, rows, bytes) VALUES ('r', 'p', 0, 's', -2, 0, 0);
+             INSERT INTO batchsse_undo_conflict (run, tbl, k, why) VALUES ('r', 't', 1, 'x'), ('q', 't', 2, 'y'), ('q', 't', 3, 'z');",
+        )
+        .unwrap();
+        let kept = kept_conflicts(&conn).unwrap();
+        assert_eq!(kept.len(), 1);
+        assert_eq!((kept[0].run.as_str(), kept[0].conflicts), ("q", 2));
+        conn.execute_batch("DROP TABLE batchsse_undo_conflict")
+            .unwrap();
+        assert_eq!(kept_conflicts(&conn).unwrap(), Vec::new());
     }
 
     /// A part the damage check read is applied from memory, once; one
