@@ -201,15 +201,7 @@ fn run_beating(
         .as_ref()
         .map(|rec| (rec, rec.committed().unwrap_or_default()));
     if let Some((rec, _)) = recorded.filter(|(_, (rows, _))| *rows > 0) {
-        r.message(
-            None,
-            Level::Info,
-            format!(
-                "recorded for undo; to take this run back: batchsse undo --db {} --run {}",
-                crate::human::shell_word(job.conn.path().unwrap_or(&r.db)),
-                rec.run_id
-            ),
-        );
+        r.say_how_to_undo(rec);
     }
     if let Some((_, (0, _))) = recorded {
         // Nothing to take back: no empty tables left behind (if no other
@@ -280,6 +272,30 @@ struct Runner<'a> {
 }
 
 impl Runner<'_> {
+    /// The command that takes the run back; or, when its record lost
+    /// parts while it ran (`batchsse undo clear`), that it cannot be.
+    fn say_how_to_undo(&self, rec: &undo::Recorder) {
+        let (level, text) = match undo::store::incomplete(self.conn, &rec.run_id) {
+            Ok(None) => (
+                Level::Info,
+                format!(
+                    "recorded for undo; to take this run back: batchsse undo --db {} --run {}",
+                    crate::human::shell_word(self.conn.path().unwrap_or(&self.db)),
+                    rec.run_id
+                ),
+            ),
+            Ok(Some(why)) => (
+                Level::Warn,
+                format!("this run cannot be taken back: its undo record is incomplete ({why})"),
+            ),
+            Err(e) => (
+                Level::Warn,
+                format!("could not read this run's undo record: {e}"),
+            ),
+        };
+        self.message(None, level, text);
+    }
+
     /// How to go on after a run that stopped with work committed: the
     /// checkpoint makes the same command continue from there.
     fn to_go_on(&self, status: RunStatus) -> String {

@@ -62,6 +62,15 @@ fn clearing_every_record_during_a_recorded_run_does_not_break_the_run() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("dropped the undo tables"), "{out}");
     assert_eq!(p.wait().code(), Some(0), "{}", p.stderr());
+    // The run does not offer an undo that would be refused.
+    let said = p.stderr();
+    assert!(!said.contains("to take this run back"), "{said}");
+    assert!(
+        said.contains(
+            "this run cannot be taken back: its undo record is incomplete (step 1: its first"
+        ),
+        "{said}"
+    );
     assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 40);
     let before = sha256(&db.path);
     let (code, _, err) = run(&["undo", "--db", file, "--plan", "bump", "--no-serve"]);

@@ -244,6 +244,21 @@ pub fn damage(conn: &Connection, run: &str, kept: &mut Kept) -> rusqlite::Result
     }
 }
 
+/// What is wrong with `run`'s record as an undo would first find it, by
+/// its rows alone (no record is read): a part cleared while the run was
+/// recording, say.
+pub fn incomplete(conn: &Connection, run: &str) -> rusqlite::Result<Option<String>> {
+    let sum = if has_checksums(conn)? {
+        "rec_hash"
+    } else {
+        "NULL"
+    };
+    match bad_row(conn, run, sum)? {
+        Some(why) => Ok(Some(why)),
+        None => bad_step(conn, run, sum),
+    }
+}
+
 /// The first row of `run` that no batchsse writes as it is.
 fn bad_row(conn: &Connection, run: &str, sum: &str) -> rusqlite::Result<Option<String>> {
     conn.query_row(
