@@ -83,6 +83,55 @@ fn clearing_every_record_during_a_recorded_run_does_not_break_the_run() {
     assert_eq!(sha256(&db.path), before, "nothing taken back");
 }
 
+/// The same between two steps: the first step's record is gone whole,
+/// the second's is complete. An undo of the run must not take back the
+/// second step alone and call the run taken back; the run must not offer
+/// one either.
+#[test]
+fn clearing_the_records_between_two_steps_is_not_a_run_taken_back() {
+    let db = TempDb::with_sql(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, counter INTEGER NOT NULL DEFAULT 0);
+         INSERT INTO t(id) VALUES (1), (2), (3);
+         CREATE TABLE go(x);",
+    );
+    let plan = db.file(
+        "plan.json",
+        r#"{"name":"two","steps":[
+            {"name":"first","sql":"UPDATE t SET counter = counter + 1 WHERE (WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 8000000) SELECT count(*) FROM s) > 0"},
+            {"name":"second","sql":"UPDATE t SET counter = counter + 10"}]}"#,
+    );
+    let file = path_str(&db.path);
+    // Held after the first step (slow enough for the query to be asked
+    // again before the second) until the test says go.
+    let hold = "SELECT (SELECT sum(counter) FROM t) = 3 AND NOT EXISTS (SELECT 1 FROM go)";
+    let mut p = Proc::start(&run_args(
+        &db,
+        path_str(&plan),
+        &["--no-serve", "--undo", "--throttle-query", hold],
+    ));
+    wait_until(&p, || p.stderr().contains("throttled (throttle-query)"));
+    let (code, out, err) = run(&["undo", "clear", "--db", file, "--all"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("dropped the undo tables"), "{out}");
+    db.conn()
+        .execute_batch("INSERT INTO go VALUES (1)")
+        .unwrap();
+    assert_eq!(p.wait().code(), Some(0), "{}", p.stderr());
+    assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 33);
+    let said = p.stderr();
+    assert!(!said.contains("to take this run back"), "{said}");
+    assert!(
+        said.contains("this run cannot be taken back: its undo record is incomplete (step 1"),
+        "{said}"
+    );
+    let before = sha256(&db.path);
+    let (code, _, err) = run(&["undo", "--db", file, "--plan", "two", "--no-serve"]);
+    assert_eq!(code, 2, "not taken back in part: {err}");
+    assert!(err.contains("is damaged"), "{err}");
+    assert!(err.contains("while the run was still recording"), "{err}");
+    assert_eq!(sha256(&db.path), before, "nothing taken back");
+}
+
 /// `checkpoint clear` while a run of the file is going is refused: the run
 /// would fail at its next chunk with its checkpoint gone, and the plan run
 /// again as told would bump the rows it had bumped a second time.
