@@ -198,12 +198,13 @@ fn list_text(
     }
     for k in kept {
         t += &format!(
-            "  run {}: taken back; its undo kept {} conflict{} in batchsse_undo_conflict, the last at {} (`batchsse undo clear --run {}` removes them)\n",
+            "  run {}: taken back; its undo kept {} conflict{} in batchsse_undo_conflict, the last at {} (`batchsse undo clear --db {} --run {}` removes them)\n",
             k.run,
             thousands(k.conflicts),
             plural(k.conflicts as usize),
             k.last_at,
-            k.run
+            crate::human::shell_word(db),
+            crate::human::shell_word(&k.run)
         );
     }
     t
