@@ -218,7 +218,7 @@ fn undo_clear_under_a_live_undo_is_refused() {
         &id,
         "--no-serve",
         "--sleep",
-        "1000",
+        "1500",
     ]);
     wait_until(&p, || db.query_i64("SELECT sum(counter) FROM t") < 40);
     let (code, _, err) = run(&["undo", "clear", "--db", file, "--run", &id]);
