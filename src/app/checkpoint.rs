@@ -36,7 +36,10 @@ fn list(args: CheckpointListArgs) -> anyhow::Result<ExitCode> {
 
 fn clear(args: CheckpointClearArgs) -> anyhow::Result<ExitCode> {
     let conn = runner::open_db(&args.db, Duration::from_millis(args.busy_timeout))?;
-    refuse_under_a_live_run(&args.db)?;
+    refuse_under_a_live_run(
+        &args.db,
+        "clearing the checkpoint under it would stop it, and running its plan again would apply what it committed twice",
+    )?;
     let which = match &args.plan {
         Some(name) => Which::Plan(name),
         None => Which::All,
@@ -73,15 +76,19 @@ fn clear(args: CheckpointClearArgs) -> anyhow::Result<ExitCode> {
 
 /// A run (or undo) of this file still going would fail at its next chunk
 /// with its checkpoint gone, and told to run again it would apply what it
-/// had committed a second time: so no clear while one has the file open.
-fn refuse_under_a_live_run(db: &std::path::Path) -> Result<(), crate::error::UsageError> {
+/// had committed a second time; an undo would find its record gone: so no
+/// clear while one has the file open. `why`: what the clear would do.
+pub(super) fn refuse_under_a_live_run(
+    db: &std::path::Path,
+    why: &str,
+) -> Result<(), crate::error::UsageError> {
     let pids = crate::platform::open_by_this_program(db);
     if pids.is_empty() {
         return Ok(());
     }
     let pids: Vec<String> = pids.iter().map(|p| format!("pid {p}")).collect();
     Err(crate::error::UsageError::new(format!(
-        "another batchsse ({}) has {} open, a run or an undo still going: clearing the checkpoint under it would stop it, and running its plan again would apply what it committed twice. Nothing was removed; let it finish (or cancel it: Ctrl-C, or `batchsse ctl URL cancel`), then clear",
+        "another batchsse ({}) has {} open, a run or an undo still going: {why}. Nothing was removed; let it finish (or cancel it: Ctrl-C, or `batchsse ctl URL cancel`), then clear",
         pids.join(", "),
         file_name(db)
     )))

@@ -198,12 +198,13 @@ fn list_text(
     }
     for k in kept {
         t += &format!(
-            "  run {}: taken back; its undo kept {} conflict{} in batchsse_undo_conflict, the last at {} (`batchsse undo clear --run {}` removes them)\n",
+            "  run {}: taken back; its undo kept {} conflict{} in batchsse_undo_conflict, the last at {} (`batchsse undo clear --db {} --run {}` removes them)\n",
             k.run,
             thousands(k.conflicts),
             plural(k.conflicts as usize),
             k.last_at,
-            k.run
+            crate::human::shell_word(db),
+            crate::human::shell_word(&k.run)
         );
     }
     t
@@ -211,6 +212,10 @@ fn list_text(
 
 fn clear(args: UndoClearArgs) -> anyhow::Result<ExitCode> {
     let conn = runner::open_db(&args.db, Duration::from_millis(args.busy_timeout))?;
+    super::checkpoint::refuse_under_a_live_run(
+        &args.db,
+        "an undo under way would find its record gone and stop short of taking the run back, while saying it finished, and a run recording would record what no undo can take back",
+    )?;
     let older = args.older_than.as_deref().map(age).transpose()?;
     let runs = store::runs(&conn)?;
     let kept = store::kept_conflicts(&conn)?;

@@ -104,6 +104,9 @@ fn open(path: &Path, busy_timeout: Duration, write: bool) -> Result<Connection, 
 /// write to would fail the run only mid-plan. A WAL file's side files, or
 /// a kept journal, may be there already; those are left to SQLite.
 fn journal_can_be_made(conn: &Connection, path: &Path) -> bool {
+    // SQLite follows symlinks: its journal goes beside the file itself.
+    let real = std::fs::canonicalize(path);
+    let path = real.as_deref().unwrap_or(path);
     let mode: String = conn
         .pragma_query_value(None, "journal_mode", |r| r.get(0))
         .unwrap_or_default();

@@ -196,6 +196,9 @@ fn run_beating(
         None => (RunStatus::Ok, None),
         Some((status, why)) => (status, Some(why)),
     };
+    if let Some(rec) = r.recorder.as_ref().filter(|_| !r.nested) {
+        let _ = rec.mark_cleared_steps();
+    }
     let recorded = r
         .recorder
         .as_ref()

@@ -1264,6 +1264,72 @@ fn a_read_only_database_is_refused_before_anything_runs() {
     assert_eq!(sha256(&db.path), before);
 }
 
+/// SQLite makes the journal beside the file a symlink points to, not
+/// beside the link: a link in a folder batchsse may not write to, to a
+/// file in one it may, runs; the other way round is refused up front.
+#[test]
+fn the_journal_folder_is_the_linked_file_s_not_the_link_s() {
+    let db = TempDb::counters(10);
+    let plan = db.file("plan.json", &counter_plan("linked", 10));
+    let locked = db.dir.path().join("locked");
+    std::fs::create_dir(&locked).unwrap();
+    let link = locked.join("via-link.sqlite");
+    std::os::unix::fs::symlink(&db.path, &link).unwrap();
+    let made = std::process::Command::new("chattr")
+        .arg("+i")
+        .arg(&locked)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !made {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "chattr +i is needed for this test in CI"
+        );
+        eprintln!("skipped: chattr +i is not available here (needs root on ext4)");
+        return;
+    }
+    let _guard = Immutable(&locked);
+    let args = [
+        "run",
+        "--db",
+        path_str(&link),
+        "--plan",
+        path_str(&plan),
+        "--no-serve",
+    ];
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "the journal goes beside the real file: {err}");
+    assert_eq!(db.counter_spread(), (10, 0));
+    // A link beside the plan, to a file in the folder it may not write to.
+    let real = TempDb::counters(10);
+    let inner = db.dir.path().join("to-locked.sqlite");
+    drop(_guard);
+    let moved = locked.join("real.sqlite");
+    std::fs::rename(&real.path, &moved).unwrap();
+    std::os::unix::fs::symlink(&moved, &inner).unwrap();
+    assert!(
+        std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(&locked)
+            .status()
+            .is_ok_and(|s| s.success())
+    );
+    let _guard = Immutable(&locked);
+    let before = sha256(&moved);
+    let args = [
+        "run",
+        "--db",
+        path_str(&inner),
+        "--plan",
+        path_str(&plan),
+        "--no-serve",
+    ];
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 2, "refused before anything runs: {err}");
+    assert!(err.contains("give write access to the folder"), "{err}");
+    assert_eq!(sha256(&moved), before);
+}
+
 /// Interrupts a text-keyed chunked run after two chunks, then resumes.
 fn resume_text_keys(schema: &str, keys: &[&str], size: u64) -> TempDb {
     let values: Vec<String> = keys.iter().map(|k| format!("('{k}')")).collect();

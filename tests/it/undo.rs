@@ -700,8 +700,16 @@ fn the_conflicts_an_undo_kept_are_listed_and_cleared_by_run() {
     let (code, out, _) = run(&["undo", "list", "--db", dbp, "--json"]);
     assert_eq!(code, 0);
     assert!(out.contains(r#""conflicts_kept":[{"run""#), "{out}");
-    let (code, out, err) = run(&["undo", "clear", "--db", dbp, "--run", &run_id]);
-    assert_eq!(code, 0, "{err}");
+    // The command the list names, as it names it, removes them.
+    let (code, out, _) = run(&["undo", "list", "--db", dbp]);
+    assert_eq!(code, 0);
+    let named = out
+        .split("(`batchsse ")
+        .nth(1)
+        .and_then(|rest| rest.split('`').next())
+        .unwrap_or_else(|| panic!("no command in {out}"));
+    let (code, out, err) = run(&words(named));
+    assert_eq!(code, 0, "{named}: {err}");
     assert!(
         out.contains("removed the 1 conflict the undo of run"),
         "{out}"

@@ -1,6 +1,7 @@
 //! The undo tables come and go with the records they hold: a run that
 //! recorded nothing leaves none behind, and a run recording while its
-//! records are cleared (`undo clear --all` drops the tables) goes on.
+//! records are cleared (by hand, or by `undo clear` where it cannot see
+//! the run) goes on.
 
 use std::time::{Duration, Instant};
 
@@ -34,8 +35,8 @@ fn a_recorded_run_that_committed_nothing_leaves_no_undo_tables() {
     assert!(!has_undo_table(&db), "{err}");
 }
 
-/// `undo clear --all` while a run records drops the tables under it: the
-/// run goes on recording (it does not fail on a missing table), and its
+/// `undo clear` while a run records is refused; the tables dropped under
+/// it by hand (or where the clear cannot see the run): the run goes on recording (it does not fail on a missing table), and its
 /// record, now without its first parts, is refused as incomplete instead
 /// of being taken back in part.
 #[test]
@@ -58,9 +59,10 @@ fn clearing_every_record_during_a_recorded_run_does_not_break_the_run() {
     wait_until(&p, || {
         has_undo_table(&db) && db.query_i64("SELECT count(*) FROM batchsse_undo") > 0
     });
-    let (code, out, err) = run(&["undo", "clear", "--db", file, "--all"]);
-    assert_eq!(code, 0, "{err}");
-    assert!(out.contains("dropped the undo tables"), "{out}");
+    let (code, _, err) = run(&["undo", "clear", "--db", file, "--all"]);
+    assert_eq!(code, 2, "refused under the live run: {err}");
+    assert!(err.contains("a run or an undo still going"), "{err}");
+    clear_undo_by_hand(&db);
     assert_eq!(p.wait().code(), Some(0), "{}", p.stderr());
     // The run does not offer an undo that would be refused.
     let said = p.stderr();
@@ -80,6 +82,53 @@ fn clearing_every_record_during_a_recorded_run_does_not_break_the_run() {
         err.contains("part(s) are gone") && err.contains("while the run was still recording"),
         "what most likely happened: {err}"
     );
+    assert_eq!(sha256(&db.path), before, "nothing taken back");
+}
+
+/// The same between two steps: the first step's record is gone whole,
+/// the second's is complete. An undo of the run must not take back the
+/// second step alone and call the run taken back; the run must not offer
+/// one either.
+#[test]
+fn clearing_the_records_between_two_steps_is_not_a_run_taken_back() {
+    let db = TempDb::with_sql(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, counter INTEGER NOT NULL DEFAULT 0);
+         INSERT INTO t(id) VALUES (1), (2), (3);
+         CREATE TABLE go(x);",
+    );
+    let plan = db.file(
+        "plan.json",
+        r#"{"name":"two","steps":[
+            {"name":"first","sql":"UPDATE t SET counter = counter + 1 WHERE (WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 8000000) SELECT count(*) FROM s) > 0"},
+            {"name":"second","sql":"UPDATE t SET counter = counter + 10"}]}"#,
+    );
+    let file = path_str(&db.path);
+    // Held after the first step (slow enough for the query to be asked
+    // again before the second) until the test says go.
+    let hold = "SELECT (SELECT sum(counter) FROM t) = 3 AND NOT EXISTS (SELECT 1 FROM go)";
+    let mut p = Proc::start(&run_args(
+        &db,
+        path_str(&plan),
+        &["--no-serve", "--undo", "--throttle-query", hold],
+    ));
+    wait_until(&p, || p.stderr().contains("throttled (throttle-query)"));
+    clear_undo_by_hand(&db);
+    db.conn()
+        .execute_batch("INSERT INTO go VALUES (1)")
+        .unwrap();
+    assert_eq!(p.wait().code(), Some(0), "{}", p.stderr());
+    assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 33);
+    let said = p.stderr();
+    assert!(!said.contains("to take this run back"), "{said}");
+    assert!(
+        said.contains("this run cannot be taken back: its undo record is incomplete (step 1"),
+        "{said}"
+    );
+    let before = sha256(&db.path);
+    let (code, _, err) = run(&["undo", "--db", file, "--plan", "two", "--no-serve"]);
+    assert_eq!(code, 2, "not taken back in part: {err}");
+    assert!(err.contains("is damaged"), "{err}");
+    assert!(err.contains("while the run was still recording"), "{err}");
     assert_eq!(sha256(&db.path), before, "nothing taken back");
 }
 
@@ -134,6 +183,55 @@ fn checkpoint_clear_under_a_live_run_is_refused() {
     assert_eq!(cleared.0, 0, "while the run lingers: {}", cleared.1);
     p.signal("TERM");
     p.wait();
+}
+
+/// `undo clear --run` while an undo of that run is going is refused: the
+/// undo would take a part gone for one another undo took, and say
+/// `finished ok` with the rest of the run still applied.
+#[test]
+fn undo_clear_under_a_live_undo_is_refused() {
+    let db = bumped();
+    let file = path_str(&db.path);
+    // Another run's record keeps the tables when this one's is cleared.
+    db.conn()
+        .execute_batch("CREATE TABLE u(id INTEGER PRIMARY KEY, v INT); INSERT INTO u VALUES (1, 0)")
+        .unwrap();
+    let other = db.file(
+        "other.json",
+        r#"{"name":"other","steps":[{"sql":"UPDATE u SET v = 5"}]}"#,
+    );
+    let (code, _, err) = run(&run_args(&db, path_str(&other), &["--no-serve", "--undo"]));
+    assert_eq!(code, 0, "{err}");
+    let id: String = db
+        .conn()
+        .query_row(
+            "SELECT run FROM batchsse_undo WHERE plan = 'bump' LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let mut p = Proc::start(&[
+        "undo",
+        "--db",
+        file,
+        "--run",
+        &id,
+        "--no-serve",
+        "--sleep",
+        "1500",
+    ]);
+    wait_until(&p, || db.query_i64("SELECT sum(counter) FROM t") < 40);
+    let (code, _, err) = run(&["undo", "clear", "--db", file, "--run", &id]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("a run or an undo still going"), "{err}");
+    assert!(err.contains("Nothing was removed"), "{err}");
+    assert_eq!(p.wait().code(), Some(0), "{}", p.stderr());
+    assert_eq!(
+        db.query_i64("SELECT sum(counter) FROM t"),
+        0,
+        "{}",
+        p.stderr()
+    );
 }
 
 /// Where the clear cannot see the run (another system, or the table
@@ -205,7 +303,8 @@ fn a_run_whose_checkpoint_vanished_says_a_new_run_starts_over() {
     assert!(!said.contains("another batchsse run is applying"), "{said}");
 }
 
-/// `undo clear --all` while an undo rests between parts removes what it
+/// The record dropped while an undo rests between parts (by hand, or by
+/// `undo clear` where it cannot see the undo) removes what it
 /// had left to take back: it stops saying so, not that one of the user's
 /// tables was renamed, and what it took back stays taken back.
 #[test]
@@ -225,8 +324,7 @@ fn clearing_the_record_during_an_undo_stops_it_with_what_happened() {
     wait_until(&p, || {
         db.query_i64("SELECT count(*) FROM batchsse_undo WHERE chunk >= 0") < 4
     });
-    let (code, _, err) = run(&["undo", "clear", "--db", file, "--all"]);
-    assert_eq!(code, 0, "{err}");
+    clear_undo_by_hand(&db);
     assert_eq!(p.wait().code(), Some(1), "{}", p.stderr());
     let said = p.stderr();
     assert!(

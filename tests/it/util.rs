@@ -112,6 +112,16 @@ impl AsRef<Path> for TempDb {
     }
 }
 
+/// What `undo clear --all` does, done by hand: it refuses while another
+/// batchsse has the file open (where the system tells), so a record
+/// cleared under a live run or undo comes from elsewhere (another system,
+/// or by hand).
+pub fn clear_undo_by_hand(db: &TempDb) {
+    db.conn()
+        .execute_batch("DROP TABLE batchsse_undo; DROP TABLE batchsse_undo_conflict;")
+        .expect("drop the undo tables");
+}
+
 /// A JSON plan with one chunked `counter = counter + 1` step over `t`.
 /// Sets a file's modification time an hour back (see [`TempDb::age`]).
 pub fn age_file(path: &Path) {

@@ -139,6 +139,8 @@ pub struct Recorder<'c> {
     stage: RefCell<String>,
     /// Refuses a write the record cannot hold (see [`Guard`]).
     guard: Option<Guard>,
+    /// The steps recorded to their end with parts: (index, name, parts).
+    finished: RefCell<Vec<(usize, String, i64)>>,
     #[cfg(batchsse_preupdate)]
     pre: Option<super::preupdate::PreHook>,
 }
@@ -165,6 +167,7 @@ impl<'c> Recorder<'c> {
             guard,
             armed: Cell::new(0),
             rows: RefCell::default(),
+            finished: RefCell::default(),
             #[cfg(batchsse_preupdate)]
             pre: super::preupdate().then(|| {
                 super::preupdate::PreHook::install(conn, PART_BYTES, super::spill::HELD_BYTES)
@@ -317,6 +320,36 @@ impl<'c> Recorder<'c> {
     pub fn step_done(&self, step: &Step) -> rusqlite::Result<()> {
         if step.undo && self.chunk.get() == 0 {
             self.note(step, 0, &[])?;
+        }
+        if self.chunk.get() > 0 {
+            let done = (step.index, step.name.clone(), self.chunk.get());
+            self.finished.borrow_mut().push(done);
+        }
+        Ok(())
+    }
+
+    /// At the end of a run that committed as it went: a step recorded to
+    /// its end whose every row is gone (`batchsse undo clear` ran between
+    /// two steps) gets its count of parts back, so that an undo finds its
+    /// parts gone and refuses the record, instead of taking back the
+    /// other steps alone and calling the run taken back.
+    pub fn mark_cleared_steps(&self) -> rusqlite::Result<()> {
+        if !store::exists(self.conn)? {
+            return Ok(()); // the whole record is gone: no undo will run
+        }
+        for (index, name, parts) in self.finished.borrow().iter() {
+            let left: bool = self.conn.query_row(
+                "SELECT EXISTS (SELECT 1 FROM batchsse_undo WHERE run = ?1 AND step = ?2)",
+                params![self.run_id, *index as i64],
+                |r| r.get(0),
+            )?;
+            if !left {
+                self.conn.execute(
+                    "INSERT INTO batchsse_undo (run, plan, step, name, chunk, rows, bytes)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0)",
+                    params![self.run_id, self.plan, *index as i64, name, PARTS, parts],
+                )?;
+            }
         }
         Ok(())
     }

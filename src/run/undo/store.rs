@@ -297,6 +297,8 @@ fn bad_step(conn: &Connection, run: &str, sum: &str) -> rusqlite::Result<Option<
                          || '), as when `batchsse undo clear` ran while the run was still recording'
                  WHEN held > 0 AND (lo <> 0 OR hi <> held - 1 OR numbers <> held)
                      THEN 'step ' || (step + 1) || ': ' || held || ' part(s) numbered ' || (lo + 1) || ' to ' || (hi + 1)
+                 WHEN counts = 1 AND held = 0 AND counted > 0
+                     THEN 'step ' || (step + 1) || ': its ' || counted || ' part(s) are gone, as when `batchsse undo clear` ran while the run was still recording'
                  WHEN counts > 1 THEN 'step ' || (step + 1) || ': ' || counts || ' rows count its parts'
                  WHEN counts = 1 AND counted IS NOT held
                      THEN 'row ' || count_id || ' of batchsse_undo counts ' || counted || ' part(s) of step '
