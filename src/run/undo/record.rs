@@ -203,9 +203,13 @@ impl<'c> Recorder<'c> {
         if let Some(g) = &self.guard {
             g.arm(true);
         }
+        // The version first: a migration landing between the two reads
+        // then makes the first chunk read the tables again, rather than
+        // leaving a layout older than its version.
+        let version = schema_version(self.conn)?;
         let mode = self.choose(step, layouts(self.conn)?)?;
         *self.mode.borrow_mut() = mode;
-        self.schema.set(schema_version(self.conn)?);
+        self.schema.set(version);
         Ok(())
     }
 
