@@ -90,19 +90,33 @@ fn proc_scan(path: &Path, writing: bool) -> Option<Vec<(u32, String)>> {
         let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
             continue;
         };
-        // A writer opens the file itself read-write (a reader of a WAL
-        // file may open its side files so too).
-        let holds = fds.flatten().any(|fd| match std::fs::read_link(fd.path()) {
-            Ok(t) if writing => t.to_string_lossy() == db && writable(&fd.path()),
-            Ok(t) => t.to_string_lossy().starts_with(&*db),
-            Err(_) => false,
-        });
-        if holds {
+        if holds(fds, &db, writing) {
             let comm = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default();
             found.push((pid, comm.trim().to_owned()));
         }
     }
     Some(found)
+}
+
+/// Whether a process's descriptors (`/proc/PID/fd`) hold `db`. A writer
+/// opens the file itself read-write (a reader of a WAL file may open its
+/// side files so too). A process whose first descriptor may not be read
+/// (another user's) is passed over at once: the rest are refused alike,
+/// and one such process can hold thousands.
+#[cfg(target_os = "linux")]
+fn holds(fds: std::fs::ReadDir, db: &str, writing: bool) -> bool {
+    for fd in fds.flatten() {
+        let found = match std::fs::read_link(fd.path()) {
+            Ok(t) if writing => t.to_string_lossy() == db && writable(&fd.path()),
+            Ok(t) => t.to_string_lossy().starts_with(db),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return false,
+            Err(_) => false, // closed since it was listed
+        };
+        if found {
+            return true;
+        }
+    }
+    false
 }
 
 /// Whether the descriptor behind `/proc/PID/fd/N` is open for writing:
