@@ -12,6 +12,14 @@ fn has_undo_table(db: &TempDb) -> bool {
 }
 
 /// Polls until `ready` holds, failing the test after `PATIENCE`.
+/// A run of `plan` slow enough to act on while it goes: chunks of 10
+/// rows, a second apart.
+fn slow_run(db: &TempDb, plan: &std::path::Path, extra: &[&str]) -> Proc {
+    let mut args = vec!["--no-serve", "--batch-size", "10", "--sleep", "1000"];
+    args.extend_from_slice(extra);
+    Proc::start(&run_args(db, path_str(plan), &args))
+}
+
 fn wait_until(p: &Proc, ready: impl Fn() -> bool) {
     let t0 = Instant::now();
     while !ready() {
@@ -44,18 +52,7 @@ fn clearing_every_record_during_a_recorded_run_does_not_break_the_run() {
     let db = TempDb::counters(40);
     let plan = db.file("plan.json", &counter_plan("bump", 10));
     let file = path_str(&db.path);
-    let mut p = Proc::start(&run_args(
-        &db,
-        path_str(&plan),
-        &[
-            "--no-serve",
-            "--undo",
-            "--batch-size",
-            "10",
-            "--sleep",
-            "1000",
-        ],
-    ));
+    let mut p = slow_run(&db, &plan, &["--undo"]);
     wait_until(&p, || {
         has_undo_table(&db) && db.query_i64("SELECT count(*) FROM batchsse_undo") > 0
     });
@@ -140,18 +137,7 @@ fn checkpoint_clear_under_a_live_run_is_refused() {
     let db = TempDb::counters(40);
     let plan = db.file("plan.json", &counter_plan("bump", 10));
     let file = path_str(&db.path);
-    let mut p = Proc::start(&run_args(
-        &db,
-        path_str(&plan),
-        &[
-            "--no-serve",
-            "--undo",
-            "--batch-size",
-            "10",
-            "--sleep",
-            "1000",
-        ],
-    ));
+    let mut p = slow_run(&db, &plan, &["--undo"]);
     wait_until(&p, || {
         db.query_i64("SELECT count(*) FROM sqlite_schema WHERE name = 'batchsse_checkpoint'") > 0
     });
@@ -241,19 +227,7 @@ fn undo_clear_under_a_live_undo_is_refused() {
 fn a_run_whose_checkpoint_vanished_says_a_new_run_starts_over() {
     let db = TempDb::counters(40);
     let plan = db.file("plan.json", &counter_plan("bump", 10));
-    let mut p = Proc::start(&run_args(
-        &db,
-        path_str(&plan),
-        &[
-            "--no-serve",
-            "--progress",
-            "plain",
-            "--batch-size",
-            "10",
-            "--sleep",
-            "1000",
-        ],
-    ));
+    let mut p = slow_run(&db, &plan, &["--progress", "plain"]);
     wait_until(&p, || {
         db.query_i64("SELECT count(*) FROM sqlite_schema WHERE name = 'batchsse_checkpoint'") > 0
     });
@@ -275,19 +249,7 @@ fn a_run_whose_checkpoint_vanished_says_a_new_run_starts_over() {
     let (code, _, err) = run(&run_args(&db, path_str(&other), &["--no-serve"]));
     assert_eq!(code, 0, "{err}");
     let plan = db.file("plan.json", &counter_plan("bump", 10));
-    let mut p = Proc::start(&run_args(
-        &db,
-        path_str(&plan),
-        &[
-            "--no-serve",
-            "--progress",
-            "plain",
-            "--batch-size",
-            "10",
-            "--sleep",
-            "1000",
-        ],
-    ));
+    let mut p = slow_run(&db, &plan, &["--progress", "plain"]);
     wait_until(&p, || {
         db.query_i64("SELECT count(*) FROM batchsse_checkpoint WHERE plan = 'bump'") > 0
     });
