@@ -1214,18 +1214,6 @@ fn malformed_and_huge_requests_get_4xx_and_never_disturb_the_run() {
     assert_eq!(db.counter_spread(), (500, 0));
 }
 
-/// Clears the immutable flag again, even when the test fails.
-struct Immutable<'a>(&'a std::path::Path);
-
-impl Drop for Immutable<'_> {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("chattr")
-            .arg("-i")
-            .arg(self.0)
-            .status();
-    }
-}
-
 #[test]
 fn a_read_only_database_is_refused_before_anything_runs() {
     let db = TempDb::counters(10);
@@ -1235,21 +1223,9 @@ fn a_read_only_database_is_refused_before_anything_runs() {
     let (code, _, err) = run(&run_args(&db, path_str(&first), &["--no-serve"]));
     assert_eq!(code, 0, "{err}");
     let plan = db.file("plan.json", &counter_plan("ro", 10));
-    // Root ignores file modes, so make the file immutable instead.
-    let made = std::process::Command::new("chattr")
-        .arg("+i")
-        .arg(&db.path)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !made {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "chattr +i is needed for this test in CI"
-        );
-        eprintln!("skipped: chattr +i is not available here (needs root on ext4)");
+    let Some(_guard) = immutable(&db.path) else {
         return;
-    }
-    let _guard = Immutable(&db.path);
+    };
     let before = sha256(&db.path);
     let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve"]));
     assert_eq!(code, 2, "{err}");
@@ -1275,20 +1251,9 @@ fn the_journal_folder_is_the_linked_file_s_not_the_link_s() {
     std::fs::create_dir(&locked).unwrap();
     let link = locked.join("via-link.sqlite");
     std::os::unix::fs::symlink(&db.path, &link).unwrap();
-    let made = std::process::Command::new("chattr")
-        .arg("+i")
-        .arg(&locked)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !made {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "chattr +i is needed for this test in CI"
-        );
-        eprintln!("skipped: chattr +i is not available here (needs root on ext4)");
+    let Some(guard) = immutable(&locked) else {
         return;
-    }
-    let _guard = Immutable(&locked);
+    };
     let args = [
         "run",
         "--db",
@@ -1303,18 +1268,11 @@ fn the_journal_folder_is_the_linked_file_s_not_the_link_s() {
     // A link beside the plan, to a file in the folder it may not write to.
     let real = TempDb::counters(10);
     let inner = db.dir.path().join("to-locked.sqlite");
-    drop(_guard);
+    drop(guard);
     let moved = locked.join("real.sqlite");
     std::fs::rename(&real.path, &moved).unwrap();
     std::os::unix::fs::symlink(&moved, &inner).unwrap();
-    assert!(
-        std::process::Command::new("chattr")
-            .arg("+i")
-            .arg(&locked)
-            .status()
-            .is_ok_and(|s| s.success())
-    );
-    let _guard = Immutable(&locked);
+    let _guard = immutable(&locked).expect("chattr +i worked a moment ago");
     let before = sha256(&moved);
     let args = [
         "run",

@@ -717,18 +717,6 @@ fn the_conflicts_an_undo_kept_are_listed_and_cleared_by_run() {
     assert!(out.contains("dropped the undo tables"), "{out}");
 }
 
-/// Clears the immutable flag again, even when the test fails.
-struct Unlocked<'a>(&'a std::path::Path);
-
-impl Drop for Unlocked<'_> {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("chattr")
-            .arg("-i")
-            .arg(self.0)
-            .status();
-    }
-}
-
 /// A file SQLite may write in a folder where it may not make its journal:
 /// the clear, and a run, are refused before they write anything (taking
 /// the lock makes no journal, so only the first write would find out).
@@ -738,22 +726,9 @@ fn undo_clear_in_a_folder_it_cannot_write_says_so_and_removes_nothing() {
     let plan = db.file("plan.json", &counter_plan("kept", 10));
     let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve", "--undo"]));
     assert_eq!(code, 0, "{err}");
-    // Root ignores modes, so the folder is made immutable instead.
-    let dir = db.dir.path();
-    if !std::process::Command::new("chattr")
-        .arg("+i")
-        .arg(dir)
-        .status()
-        .is_ok_and(|s| s.success())
-    {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "chattr +i is needed in CI"
-        );
-        eprintln!("skipped: chattr +i is not available here (needs root on ext4)");
+    let Some(_guard) = immutable(db.dir.path()) else {
         return;
-    }
-    let _guard = Unlocked(dir);
+    };
     let before = sha256(&db.path);
     let (code, _, err) = run(&["undo", "clear", "--db", path_str(&db.path), "--all"]);
     assert_eq!(code, 2, "{err}");

@@ -1129,3 +1129,33 @@ pub fn tls_redis(certs: &Certs, clients: bool) -> Option<(Redis, String)> {
     let redis = Redis::start_with(&certs.server_args(&tls_port, clients))?;
     Some((redis, format!("rediss://127.0.0.1:{tls_port}/0")))
 }
+
+/// Makes `path` immutable (`chattr +i`: root ignores file modes, so this
+/// is how a test makes a file or folder it may not write to) until the
+/// guard drops, even when the test fails. `None`: not possible here, and
+/// the caller skips, which in CI is a failure.
+pub fn immutable(path: &Path) -> Option<Immutable<'_>> {
+    let made = Command::new("chattr")
+        .arg("+i")
+        .arg(path)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !made {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "chattr +i is needed for this test in CI"
+        );
+        eprintln!("skipped: chattr +i is not available here (needs root on ext4)");
+        return None;
+    }
+    Some(Immutable(path))
+}
+
+/// See [`immutable`].
+pub struct Immutable<'a>(&'a Path);
+
+impl Drop for Immutable<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-i").arg(self.0).status();
+    }
+}
