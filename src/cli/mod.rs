@@ -302,7 +302,7 @@ pub struct UndoClearArgs {
     pub run: Option<String>,
 
     /// Remove the records of runs last recorded longer ago than this (30m, 12h, 7d).
-    #[arg(long, value_name = "AGE")]
+    #[arg(long, value_name = "AGE", allow_hyphen_values = true)]
     pub older_than: Option<String>,
 
     /// Remove every run's records and the tables themselves.

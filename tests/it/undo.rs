@@ -673,6 +673,16 @@ fn undo_clear_older_than_an_age_no_record_has_says_what_it_kept() {
         out.contains("(under a minute ago)") && !out.contains("days ago"),
         "{out}"
     );
+    // A negative age is ours to refuse, with what to write, not clap's
+    // "unexpected argument '-1'"; nothing is removed.
+    let bytes = db.bytes();
+    let (code, _, err) = run(&["undo", "clear", "--db", dbp, "--older-than", "-1d"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--older-than takes a whole number") && err.contains("got \"-1d\""),
+        "{err}"
+    );
+    assert_eq!(db.bytes(), bytes);
 }
 
 /// The conflicts an undo kept stay as its report once the record is all
