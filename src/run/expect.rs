@@ -53,7 +53,7 @@ pub(super) fn at_end(
     // answers a row: it would set the run's connection.
     if sets_a_pragma(sql) {
         return Ok(Some(format!(
-            "expect {} gives a PRAGMA a value, which may set it, so it was not run; read a pragma with its table-valued function, e.g. SELECT * FROM pragma_user_version",
+            "expect {} gives a PRAGMA a value or an argument, which may set something, so it was not run; read a pragma with its table-valued function, e.g. SELECT * FROM pragma_user_version or SELECT name FROM pragma_table_info('t')",
             query(sql)
         )));
     }
