@@ -61,6 +61,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
 fn check_and_run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let config = RunConfig::from_args(&args)?;
+    runner::look_ahead(&config.db);
     let lifecycle = Lifecycle::start()?;
     let session = open(config)?;
     execute(lifecycle, session)

@@ -26,6 +26,7 @@ pub fn run(args: UndoArgs) -> anyhow::Result<ExitCode> {
         Some(UndoAction::Clear(a)) => clear(a),
         None => {
             let config = UndoConfig::from_args(&args.apply)?;
+            runner::look_ahead(&config.db);
             let lifecycle = Lifecycle::start()?;
             let session = open(config)?;
             execute(lifecycle, session)

@@ -34,6 +34,7 @@ pub use db::{open_db, open_db_to_read};
 use governor::Governor;
 pub use governor::{Brakes, Pace, check_throttle_query};
 use heartbeat::Heartbeat;
+pub use neighbours::look_ahead;
 use tx::Tx;
 
 use crate::error::UsageError;
