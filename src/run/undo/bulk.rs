@@ -19,7 +19,7 @@ use std::ffi::{CString, c_int, c_void};
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, ffi};
 
-use super::codec::{Damaged, Indexed, Lean, op, print, value_at};
+use super::codec::{Damaged, Indexed, op, print, value_at};
 use super::raw::{put_raw, set_result, value_ref};
 use crate::plan::quote;
 
@@ -62,6 +62,11 @@ pub struct Job {
     /// Where the last value `OLD` gave ended: entry, its next value's
     /// place among the entry's, and offset in the blob.
     next: (usize, usize, usize),
+    /// The last mask the functions met, and for each written column its
+    /// place among that mask's columns (`None`: the mask lacks it). Masks
+    /// change seldom within a part (a chunk's rows share one): found once,
+    /// not by a search per value.
+    places: (usize, Vec<Option<usize>>),
     buf: Vec<u8>,
 }
 
@@ -97,6 +102,7 @@ impl Job {
             overwrite,
             at: [0; 2],
             next: (usize::MAX, 0, 0),
+            places: (usize::MAX, Vec::new()),
             buf: Vec::new(),
         }
     }
@@ -208,18 +214,22 @@ impl Job {
         if self.verdicts[i] == Verdict::Held {
             return Ok(false);
         }
-        let e: &Lean = &self.part.entries[i];
+        let (mask, print_then) = (
+            self.part.entries[i].mask as usize,
+            self.part.entries[i].print,
+        );
+        self.places(mask);
         self.buf.clear();
-        for c in &self.part.masks[e.mask as usize] {
-            let u = self
-                .union
-                .binary_search(c)
-                .map_err(|_| "a column not written")?;
-            let v = *args.get(u + 1).ok_or("too few arguments")?;
-            // SAFETY: an argument of the call in progress.
-            unsafe { put_raw(&mut self.buf, v) };
+        // Both lists rise: the written columns the mask has come in its
+        // order, as the run encoded them.
+        for (u, place) in self.places.1.iter().enumerate() {
+            if place.is_some() {
+                let v = *args.get(u + 1).ok_or("too few arguments")?;
+                // SAFETY: an argument of the call in progress.
+                unsafe { put_raw(&mut self.buf, v) };
+            }
         }
-        if print(&self.buf) == e.print {
+        if print(&self.buf) == print_then {
             self.verdicts[i] = Verdict::Put;
             return Ok(true);
         }
@@ -240,10 +250,9 @@ impl Job {
     ) -> Result<(), String> {
         let (key, n) = (int_arg(args, 0)?, int_arg(args, 1)?);
         let slot = self.find(1, key).and_then(|i| {
-            let mask = self.part.entries[i].mask as usize;
-            let at = usize::try_from(n).ok()?;
-            let c = self.union.get(at)?;
-            Some(i).zip(self.part.masks[mask].binary_search(c).ok())
+            self.places(self.part.entries[i].mask as usize);
+            let place = *self.places.1.get(usize::try_from(n).ok()?)?;
+            Some(i).zip(place)
         });
         // SAFETY: ctx and the argument belong to the call in progress.
         unsafe {
@@ -257,6 +266,17 @@ impl Job {
                     set_result(ctx, value_ref(current))
                 }
             }
+        }
+    }
+
+    /// Makes [`Job::places`] mask `mask`'s.
+    fn places(&mut self, mask: usize) {
+        if self.places.0 != mask {
+            let m = &self.part.masks[mask];
+            let (at, places) = &mut self.places;
+            places.clear();
+            places.extend(self.union.iter().map(|c| m.binary_search(c).ok()));
+            *at = mask;
         }
     }
 

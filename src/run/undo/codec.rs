@@ -422,6 +422,23 @@ impl<'a> Reader<'a> {
         })
     }
 
+    /// Past the next value, as [`Reader::value_ref`] reads it, without
+    /// making it.
+    fn skip_value(&mut self) -> Result<(), Damaged> {
+        match self.byte()? {
+            0 => {}
+            1 => drop(self.bytes(8)?),
+            2 | 3 => {
+                let n = self.len()?;
+                self.bytes(n)?;
+            }
+            4 => drop(self.varint()?),
+            t if t >= SMALL_TAG => {}
+            _ => return Err(Damaged("an unknown value tag")),
+        }
+        Ok(())
+    }
+
     fn values(&mut self, n: usize) -> Result<Vec<Val>, Damaged> {
         (0..n).map(|_| self.value()).collect()
     }
@@ -585,7 +602,7 @@ impl Indexed {
         let (mask, at) = (self.masks.len() - 1, r.at);
         if self.op != op::INSERT {
             for _ in 0..self.masks[mask].len() {
-                r.value_ref()?;
+                r.skip_value()?;
             }
         }
         // A delete's entry has no print: the undo puts its row back whole.
