@@ -257,34 +257,110 @@ fn a_conflict_one_undo_keeps_is_kept_by_another_undo_of_the_same_plan() {
 }
 
 /// A row that cannot go back because the application has since written
-/// its `UNIQUE` value into another row stops the undo, nothing of the
-/// chunk written, with the row named and what to do.
+/// its `UNIQUE` value into another row is a conflict like any other under
+/// `skip` (the default): kept as the run left it, named, counted, and
+/// every other row put back, whether the run changed it (a chunk that
+/// goes back in one statement) or deleted it (one `INSERT`). `abort`
+/// stops there, and `overwrite`, which would have to change the
+/// application's row, stops with the row named and what to do; both
+/// leave the file as it was.
 #[test]
-fn a_row_that_clashes_with_a_later_unique_value_is_named_with_what_to_do() {
-    let db = TempDb::with_sql(
-        "CREATE TABLE t(id INTEGER PRIMARY KEY, email TEXT UNIQUE);
-         INSERT INTO t VALUES (1, 'a'), (2, 'b'), (3, 'c');",
-    );
-    let plan = db.file(
-        "plan.json",
-        r#"{"name":"p","undo":true,"steps":[{"sql":"UPDATE t SET email = email || '.old'"}]}"#,
-    );
-    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve"]));
-    assert_eq!(code, 0, "{err}");
+fn a_row_whose_unique_value_a_later_row_holds_is_a_conflict_kept_under_skip() {
+    let setup = "CREATE TABLE t(id INTEGER PRIMARY KEY, email TEXT UNIQUE);
+                 INSERT INTO t VALUES (1, 'a'), (2, 'b'), (3, 'c');";
+    let steps = [
+        r#"{"sql":"UPDATE t SET email = email || '.old' WHERE id BETWEEN :lo AND :hi","chunk":{"table":"t","size":10}}"#,
+        r#"{"sql":"DELETE FROM t WHERE id BETWEEN :lo AND :hi","chunk":{"table":"t","size":10}}"#,
+    ];
+    for step in steps {
+        let db = TempDb::with_sql(setup);
+        let plan = db.file(
+            "plan.json",
+            &format!(r#"{{"name":"p","undo":true,"steps":[{step}]}}"#),
+        );
+        let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+        assert_eq!(code, 0, "{err}");
+        db.conn()
+            .execute_batch("INSERT INTO t VALUES (4, 'b')")
+            .unwrap();
+        let after_run = emails(&db);
+        for way in ["abort", "overwrite"] {
+            let (code, err) = stopped_undo_with(&db, "p", &["--on-conflict", way]);
+            assert_eq!(code, 1, "{step} {way}: {err}");
+            assert!(err.contains("at key 2"), "{step} {way}: {err}");
+        }
+        let (_, err) = stopped_undo_with(&db, "p", &["--on-conflict", "overwrite"]);
+        assert!(err.contains("run the undo again"), "{err}");
+        assert!(err.contains("--on-conflict skip"), "{err}");
+        let (code, err) = stopped_undo_with(&db, "p", &["--dry-run"]);
+        assert_eq!(code, 0, "{step} dry run: {err}");
+        assert!(err.contains("1 conflict"), "{step} dry run: {err}");
+        let json = [
+            "undo",
+            "--db",
+            path_str(&db.path),
+            "--plan",
+            "p",
+            "--no-serve",
+            "--progress",
+            "json",
+        ];
+        let (code, out, err) = run(&json);
+        assert_eq!(code, 0, "{step}: {err}");
+        let fin: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+        assert_eq!(fin["data"]["conflicts"], 1, "{step}: {fin}");
+        assert_eq!(fin["data"]["rows_changed"], 2, "{step}: {fin}");
+        assert!(
+            out.contains("conflict in t at key 2")
+                && out.contains("another row holds a value it would get back"),
+            "{step}: {out}"
+        );
+        // Row 2 as the run left it (changed, or gone), the rest put back,
+        // the application's row kept.
+        let row2 = after_run.iter().find(|(id, _)| *id == 2).cloned();
+        let mut want = vec![
+            (1, "a".to_owned()),
+            (3, "c".to_owned()),
+            (4, "b".to_owned()),
+        ];
+        want.extend(row2);
+        want.sort();
+        assert_eq!(emails(&db), want, "{step}");
+    }
+}
+
+fn emails(db: &TempDb) -> Vec<(i64, String)> {
     db.conn()
-        .execute_batch("INSERT INTO t VALUES (4, 'b')")
-        .unwrap();
-    let (code, err) = stopped_undo(&db, "p");
-    assert_eq!(code, 1, "{err}");
-    assert!(err.contains("row of t at key 2"), "{err}");
-    assert!(err.contains("run the undo again"), "{err}");
+        .prepare("SELECT id, email FROM t ORDER BY id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
 }
 
 /// `batchsse undo --plan PLAN` on `db`, which must stop with the file
 /// byte for byte as it was; its exit code and stderr.
 fn stopped_undo(db: &TempDb, plan: &str) -> (i32, String) {
+    stopped_undo_with(db, plan, &[])
+}
+
+/// [`stopped_undo`] with more flags.
+fn stopped_undo_with(db: &TempDb, plan: &str, extra: &[&str]) -> (i32, String) {
     let before = sha256(&db.path);
-    let (code, err) = undo_plan(db, plan, &[]);
+    let args = [
+        &[
+            "undo",
+            "--db",
+            path_str(&db.path),
+            "--plan",
+            plan,
+            "--no-serve",
+        ],
+        extra,
+    ]
+    .concat();
+    let (code, _, err) = run(&args);
     assert_eq!(sha256(&db.path), before, "nothing written: {err}");
     (code, err)
 }

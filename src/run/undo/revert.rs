@@ -284,14 +284,24 @@ impl<'c> Reverter<'c> {
                 conflicts.insert(id()); // kept already, and said so
                 continue;
             }
-            let (put, why) = self.entry(layout, e).map_err(|err| match &err {
-                rusqlite::Error::SqliteFailure(f, _)
-                    if f.code == rusqlite::ErrorCode::ConstraintViolation =>
-                {
-                    clash(layout, e, f.extended_code, &sql(err))
+            let (put, why) = match self.entry(layout, e) {
+                Ok(done) => done,
+                // Only its own statement is backed out (`OR ABORT`): the
+                // row stays as the run left it, a conflict like another.
+                Err(err) if !self.overwrite && taken(&err) => {
+                    (false, Some(format!("{TAKEN} ({})", sql(err))))
                 }
-                _ => sql(err),
-            })?;
+                Err(err) => {
+                    return Err(match &err {
+                        rusqlite::Error::SqliteFailure(f, _)
+                            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                        {
+                            clash(layout, e, f.extended_code, &sql(err))
+                        }
+                        _ => sql(err),
+                    });
+                }
+            };
             if put {
                 reverted += 1;
             } else {
@@ -410,28 +420,46 @@ fn changed(l: &Layout, columns: &[usize], now: &[u8]) -> String {
     )
 }
 
+/// Why a row is kept when another row holds a `UNIQUE` value (or the
+/// key) it would get back: one the application wrote since, or one kept
+/// as a conflict before it.
+const TAKEN: &str = "another row holds a value it would get back";
+
+/// Whether `err` is a `UNIQUE` (or primary key) constraint's: a row
+/// written since holds a value the row put back needs.
+fn taken(err: &rusqlite::Error) -> bool {
+    matches!(err, rusqlite::Error::SqliteFailure(f, _) if UNIQUE.contains(&f.extended_code))
+}
+
+/// The constraints a row written since can trip by holding a value.
+const UNIQUE: [std::ffi::c_int; 2] = [
+    rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE,
+    rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY,
+];
+
 /// Why putting entry `e` back failed on a constraint (`code`, SQLite's
-/// extended one), with what to do.
+/// extended one), with what to do: under `overwrite`, or a constraint
+/// other than a `UNIQUE` one.
 fn clash(l: &Layout, e: &Entry, code: std::ffi::c_int, err: &str) -> String {
-    let unique = [
-        rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE,
-        rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY,
-    ];
-    let cause = if unique.contains(&code) {
-        "a row written since the run holds a value it needs"
+    let (cause, or_skip) = if UNIQUE.contains(&code) {
+        (
+            "a row written since the run holds a value it needs",
+            "; `--on-conflict skip` keeps that row as it is and goes on",
+        )
     } else {
-        "the table no longer takes it as the run found it"
+        ("the table no longer takes it as the run found it", "")
     };
     format!(
-        "putting back the row of {} at key {} fails ({err}): {cause}. The undo stopped here, this chunk rolled back, what it took back before stays taken back; change that row or the table, then run the undo again (or give up on this record with `batchsse undo clear`)",
+        "putting back the row of {} at key {} fails ({err}): {cause}. The undo stopped here, this chunk rolled back, what it took back before stays taken back; change that row or the table, then run the undo again{or_skip} (or give up on this record with `batchsse undo clear`)",
         l.table,
         key_shown(&e.key)
     )
 }
 
 /// `OR ABORT`: a table's own `ON CONFLICT REPLACE` must not let a row put
-/// back delete a row the application has written since; the clash stops
-/// the undo instead, the part rolled back.
+/// back delete a row the application has written since; the clash keeps
+/// the row as a conflict instead (or, under `overwrite`, stops the undo,
+/// the part rolled back).
 fn statements(l: &Layout, e: &Entry) -> Statements {
     let t = format!("main.{}", quote(&l.table));
     let cols: Vec<String> = e.columns.iter().map(|&c| quote(&l.columns[c])).collect();
