@@ -332,6 +332,7 @@ fn runner_died(log: &EventLog, e: &tokio::task::JoinError) -> RunStatus {
         )),
         undo_bytes: None,
         conflicts: None,
+        conflicts_earlier: None,
     }));
     RunStatus::Failed
 }

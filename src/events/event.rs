@@ -229,6 +229,7 @@ impl Finished {
             error: None,
             undo_bytes: None,
             conflicts: None,
+            conflicts_earlier: None,
         })
     }
 }
@@ -296,6 +297,10 @@ pub struct Finished {
     /// For an undo: rows it kept because the application changed them.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub conflicts: Option<u64>,
+    /// For an undo that goes on from an earlier try of it (interrupted, or
+    /// stopped): the rows those tries kept, not counted in `conflicts`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub conflicts_earlier: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -48,6 +48,9 @@ pub struct Snapshot {
     /// For an undo, once finished: the rows it kept as conflicts.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conflicts: Option<u64>,
+    /// For an undo, once finished: the rows earlier tries of it kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conflicts_earlier: Option<u64>,
     pub last_event_id: u64,
     /// Paused by a live command.
     pub paused: bool,
@@ -555,6 +558,7 @@ fn update_snapshot(inner: &mut Inner, event: &Event, id: u64) {
             s.steps_done = e.steps_done;
             s.rows_changed = e.rows_changed;
             (s.undo_bytes, s.conflicts) = (e.undo_bytes, e.conflicts);
+            s.conflicts_earlier = e.conflicts_earlier;
             s.step = None;
             (s.rate, s.eta_ms, s.run_eta_ms) = (None, None, None);
             (s.paused, s.throttled) = (false, None);

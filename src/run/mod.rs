@@ -228,6 +228,7 @@ fn run_beating(
         error,
         undo_bytes: recorded.map(|(_, (_, bytes))| bytes),
         conflicts: None,
+        conflicts_earlier: None,
     }));
     status
 }

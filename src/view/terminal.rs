@@ -520,26 +520,42 @@ fn finished_line_after(f: &crate::events::Finished, said: Option<&str>) -> Strin
     if let Some(b) = f.undo_bytes {
         line += &format!(", undo record {} bytes", thousands(b));
     }
-    if let Some(n) = f.conflicts.filter(|n| *n > 0) {
-        // A dry run rolled its conflict rows back with everything else.
-        let (kept, listed) = if f.dry_run {
-            ("would keep", "")
-        } else {
-            (
-                "kept",
-                " (every one is in the table batchsse_undo_conflict)",
-            )
-        };
-        let s = if n == 1 { "" } else { "s" };
-        line += &format!(
-            "; {} conflict{s} {kept} the application's row{s}{listed}",
-            thousands(n)
-        );
-    }
+    line += &kept_said(f);
     if let Some(e) = f.error.as_deref().filter(|e| Some(*e) != said) {
         line += &format!("\n  {e}");
     }
     line
+}
+
+/// What an undo's `finished` says of the rows it kept: this try's (a dry
+/// run rolled its conflict rows back with everything else), and those an
+/// earlier try kept, which a try that went on from it must not leave out.
+fn kept_said(f: &crate::events::Finished) -> String {
+    let (n, earlier) = (f.conflicts.unwrap_or(0), f.conflicts_earlier.unwrap_or(0));
+    let s = |n: u64| if n == 1 { "" } else { "s" };
+    let count = |n: u64| format!("{} conflict{}", thousands(n), s(n));
+    let theirs = |n: u64| format!("the application's row{}", s(n));
+    let listed = " (every one is in the table batchsse_undo_conflict)";
+    let before = "in an earlier try of this undo";
+    match (n, earlier, f.dry_run) {
+        (0, 0, _) => String::new(),
+        (0, e, _) => format!("; {} kept {} {before}{listed}", count(e), theirs(e)),
+        (n, 0, true) => format!("; {} would keep {}", count(n), theirs(n)),
+        (n, e, true) => format!(
+            "; {} would keep {}, and {} {before} kept {}{listed}",
+            count(n),
+            theirs(n),
+            count(e),
+            theirs(e)
+        ),
+        (n, 0, false) => format!("; {} kept {}{listed}", count(n), theirs(n)),
+        (n, e, false) => format!(
+            "; {} kept {}, and {} more {before}{listed}",
+            count(n),
+            theirs(n),
+            thousands(e)
+        ),
+    }
 }
 
 /// Follows the log from the first event to `finished`.

@@ -653,6 +653,70 @@ fn an_undo_killed_between_two_steps_leaves_the_step_it_took_back_free_to_run() {
     );
 }
 
+/// An undo that goes on from a killed try counts the rows that try kept
+/// apart from its own, and its last line names them: it must not end
+/// looking as if everything went back.
+#[test]
+fn an_undo_gone_on_from_a_killed_try_names_the_conflicts_that_try_kept() {
+    let db = TempDb::counters(100);
+    let plan = db.file(
+        "plan.json",
+        r#"{"name":"two","steps":[
+            {"name":"a","sql":"UPDATE t SET counter = counter + 1 WHERE id BETWEEN :lo AND :hi","chunk":{"table":"t","size":50}},
+            {"name":"b","sql":"UPDATE t SET counter = counter + 10"}]}"#,
+    );
+    let args = run_args(&db, path_str(&plan), &["--no-serve", "--batch-size", "50"]);
+    let (code, _, err) = run(&[&args[..], &["--undo"]].concat());
+    assert_eq!(code, 0, "{err}");
+    db.conn()
+        .execute_batch("UPDATE t SET counter = 99 WHERE id = 7")
+        .unwrap();
+    let mut undo = gated_undo(
+        path_str(&db.path),
+        "two",
+        &["--sleep", "600000", "--progress", "none"],
+    );
+    let mut s = Stream::open(undo.addr(), "/events", &[]);
+    // Step b goes back first, keeping row 7; then a's first part.
+    loop {
+        let e = s.until("step");
+        if data(&e)["index"] == 1 && data(&e)["state"] == "running" {
+            break;
+        }
+    }
+    s.until("progress");
+    undo.child.kill().unwrap();
+    undo.child.wait().unwrap();
+    // The same file twice over: one to go on with as a script reads it,
+    // one as a person does.
+    let seen = TempDb::empty();
+    std::fs::copy(&db.path, &seen.path).unwrap();
+    let json = [
+        "undo",
+        "--db",
+        path_str(&db.path),
+        "--plan",
+        "two",
+        "--no-serve",
+        "--progress",
+        "json",
+    ];
+    let (code, out, err) = run(&json);
+    assert_eq!(code, 0, "{err}");
+    let fin: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(fin["data"]["conflicts"], 0, "{fin}");
+    assert_eq!(fin["data"]["conflicts_earlier"], 1, "{fin}");
+    assert_eq!(db.query_i64("SELECT counter FROM t WHERE id = 7"), 99);
+    assert_eq!(db.query_i64("SELECT sum(counter) FROM t WHERE id <> 7"), 0);
+    let (code, err) = undo_plan(&seen, "two", &[]);
+    assert_eq!(code, 0, "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("; 1 conflict kept the application's row in an earlier try of this undo"),
+        "{last}"
+    );
+}
+
 /// Parts another undo took meanwhile cost no pause: an undo that read the
 /// record, then found every part gone, ends at once instead of sleeping
 /// its `--sleep` after each of them.

@@ -170,6 +170,8 @@ pub fn run(
         db: crate::run::db_name(conn),
     };
     let started = Instant::now();
+    // Read before this try keeps any: only conflicts it does not count.
+    let earlier = store::kept_of(conn, &spec.runs).unwrap_or(0);
     let (tally, end, steps_total) = u.run_all(gate);
     // As a run ends: the WAL synced, the rollback journal back to DELETE
     // (a journal file left behind would look like a recent writer).
@@ -188,6 +190,7 @@ pub fn run(
         error,
         undo_bytes: None,
         conflicts: Some(tally.conflicts),
+        conflicts_earlier: (earlier > 0).then_some(earlier),
     }));
     status
 }

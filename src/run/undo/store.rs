@@ -417,6 +417,17 @@ pub struct KeptConflicts {
     pub last_at: String,
 }
 
+/// The rows kept as conflicts of `runs` so far, by earlier tries of an
+/// undo of them.
+pub fn kept_of(conn: &Connection, runs: &[String]) -> rusqlite::Result<u64> {
+    let mut count = conn.prepare("SELECT count(*) FROM batchsse_undo_conflict WHERE run = ?1")?;
+    let mut n = 0;
+    for run in runs {
+        n += count.query_row([run], |r| r.get::<_, i64>(0))?.max(0) as u64;
+    }
+    Ok(n)
+}
+
 /// Every run with conflicts kept but no record left, oldest first.
 pub fn kept_conflicts(conn: &Connection) -> Result<Vec<KeptConflicts>, UsageError> {
     let read = || -> rusqlite::Result<Vec<KeptConflicts>> {
