@@ -329,6 +329,42 @@ fn a_row_whose_unique_value_a_later_row_holds_is_a_conflict_kept_under_skip() {
     }
 }
 
+/// A row whose `UNIQUE` value the application took, but whose later
+/// change in the same chunk the undo has already put back (a `REPLACE`
+/// that deleted it and inserted it anew, or an `UPDATE` of its key, which
+/// the record holds as the old row deleted and a new one inserted), cannot
+/// be kept as the run left it: that later change is gone with the row it
+/// made. Keeping it would lose the row; the undo stops there instead, the
+/// file untouched, and says why.
+#[test]
+fn a_row_whose_unique_value_is_taken_after_its_later_change_went_back_stops_the_undo() {
+    let setup = "CREATE TABLE t(id INTEGER PRIMARY KEY, email TEXT UNIQUE);
+                 INSERT INTO t VALUES (1, 'a'), (2, 'b'), (3, 'c');";
+    for sql in [
+        "REPLACE INTO t(id, email) VALUES (2, 'b2')",
+        "UPDATE t SET id = 20, email = 'b2' WHERE id = 2",
+    ] {
+        let db = TempDb::with_sql(setup);
+        let plan = db.file(
+            "plan.json",
+            &format!(r#"{{"name":"p","undo":true,"steps":[{{"sql":"{sql}"}}]}}"#),
+        );
+        let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+        assert_eq!(code, 0, "{err}");
+        db.conn()
+            .execute_batch("INSERT INTO t VALUES (4, 'b')")
+            .unwrap();
+        let after_run = emails(&db);
+        for extra in [&[][..], &["--dry-run"][..]] {
+            let (code, err) = stopped_undo_with(&db, "p", extra);
+            assert_eq!(code, 1, "{sql} {extra:?}: {err}");
+            assert!(err.contains("at key 2"), "{sql}: {err}");
+            assert!(err.contains("would lose the row"), "{sql}: {err}");
+        }
+        assert_eq!(emails(&db), after_run, "{sql}: the run's row is there");
+    }
+}
+
 fn emails(db: &TempDb) -> Vec<(i64, String)> {
     db.conn()
         .prepare("SELECT id, email FROM t ORDER BY id")

@@ -273,6 +273,7 @@ impl<'c> Reverter<'c> {
         // Rows kept, and rows said (kept or overwritten).
         let mut conflicts: HashSet<(usize, Vec<u8>)> = HashSet::new();
         let mut said: HashSet<(usize, Vec<u8>)> = HashSet::new();
+        let mut undone = Undone::default();
         let mut reverted = 0u64;
         for e in rec.entries.iter().rev() {
             let layout = &rec.tables[e.table];
@@ -289,6 +290,9 @@ impl<'c> Reverter<'c> {
                 // Only its own statement is backed out (`OR ABORT`): the
                 // row stays as the run left it, a conflict like another.
                 Err(err) if !self.overwrite && taken(&err) => {
+                    if undone.later_change_of(e) {
+                        return Err(lost(layout, e, &sql(err)));
+                    }
                     (false, Some(format!("{TAKEN} ({})", sql(err))))
                 }
                 Err(err) => {
@@ -304,6 +308,7 @@ impl<'c> Reverter<'c> {
             };
             if put {
                 reverted += 1;
+                undone.went_back(e);
             } else {
                 self.held.insert(held_id(&layout.table, &e.key));
                 conflicts.insert(id());
@@ -429,6 +434,47 @@ const TAKEN: &str = "another row holds a value it would get back";
 /// written since holds a value the row put back needs.
 fn taken(err: &rusqlite::Error) -> bool {
     matches!(err, rusqlite::Error::SqliteFailure(f, _) if UNIQUE.contains(&f.extended_code))
+}
+
+/// What a part has put back so far, row by row: enough to tell whether
+/// a row that cannot go back had a later change in the part that already
+/// went (see [`lost`]).
+#[derive(Default)]
+struct Undone {
+    /// The rows (table, encoded key) put back.
+    rows: HashSet<(usize, Vec<u8>)>,
+    /// The tables a row the run inserted was deleted from.
+    emptied: HashSet<usize>,
+}
+
+impl Undone {
+    fn went_back(&mut self, e: &Entry) {
+        self.rows.insert((e.table, encoded(&e.key)));
+        if e.op == op::INSERT {
+            self.emptied.insert(e.table);
+        }
+    }
+
+    /// Whether a later change of `e`'s row may have gone back already:
+    /// one of the same key, or, for a row the run deleted, a row the run
+    /// inserted into its table (a `REPLACE`, or an `UPDATE` of the key,
+    /// is recorded as the row deleted and inserted anew).
+    fn later_change_of(&self, e: &Entry) -> bool {
+        self.rows.contains(&(e.table, encoded(&e.key)))
+            || (e.op == op::DELETE && self.emptied.contains(&e.table))
+    }
+}
+
+/// Why a part stops when a row cannot get back a `UNIQUE` value (`err`)
+/// that another row holds, after a later change of the row in the same
+/// part went back: kept, the row would be neither as the run left it nor
+/// as it was, and possibly gone (under `overwrite`, [`clash`] says it).
+fn lost(l: &Layout, e: &Entry, err: &str) -> String {
+    format!(
+        "putting back the row of {} at key {} fails ({err}): a row written since the run holds a value it needs, and the same chunk of the run changed this row again (a REPLACE, or its key changed), which the undo has already taken back; keeping it as a conflict would lose the row. The undo stopped here, this chunk rolled back, what it took back before stays taken back; change the row that holds the value, then run the undo again (or give up on this record with `batchsse undo clear`)",
+        l.table,
+        key_shown(&e.key)
+    )
 }
 
 /// The constraints a row written since can trip by holding a value.
