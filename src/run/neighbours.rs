@@ -47,13 +47,17 @@ pub fn look_ahead(path: &Path) {
     }
 }
 
-/// The answer of the look begun ahead, if it was of `path` and is fresh;
-/// taken once.
-fn looked_ahead(path: &Path) -> Option<Sight> {
-    let (db, look) = AHEAD.lock().unwrap_or_else(|p| p.into_inner()).take()?;
+/// The answer of the look begun ahead, and when it was taken, if it was
+/// of `path` and is fresh; taken once, and only by a look at its file
+/// (so no other file's look, a test's, takes it away).
+fn looked_ahead(path: &Path) -> Option<(Sight, Instant)> {
+    let db = std::fs::canonicalize(path).ok()?;
+    let (_, look) = {
+        let mut ahead = AHEAD.lock().unwrap_or_else(|p| p.into_inner());
+        ahead.take_if(|(of, _)| *of == db)?
+    };
     let (sight, at) = look.join().ok()?;
-    let same = std::fs::canonicalize(path).is_ok_and(|p| p == db);
-    (same && at.elapsed() < AHEAD_FRESH).then_some(sight)
+    (at.elapsed() < AHEAD_FRESH).then_some((sight, at))
 }
 
 /// What the locks of other processes say right now.
@@ -77,6 +81,9 @@ pub(super) struct Neighbours {
     watcher: Option<Watcher>,
     /// A look found that this system cannot tell who has the file open.
     blind: bool,
+    /// When the answer of the last [`Neighbours::open_elsewhere`] was
+    /// taken: the watcher's first look comes `LOOK_EVERY` after it.
+    looked: Option<Instant>,
 }
 
 impl Neighbours {
@@ -88,6 +95,7 @@ impl Neighbours {
             probe: probe::Probe::new(path, wal),
             watcher: None,
             blind: false,
+            looked: None,
         }
     }
 
@@ -96,7 +104,9 @@ impl Neighbours {
     /// where a look has found that the system cannot tell.
     pub(super) fn watch(&mut self) {
         if self.watcher.is_none() && !self.blind {
-            self.watcher = Watcher::start(&self.path);
+            // A look taken ahead may be most of `LOOK_EVERY` old already.
+            let age = self.looked.map_or(Duration::ZERO, |at| at.elapsed());
+            self.watcher = Watcher::start(&self.path, LOOK_EVERY.saturating_sub(age));
         }
     }
 
@@ -131,7 +141,9 @@ impl Neighbours {
     /// system cannot tell (see `platform`), which [`Neighbours::watch`]
     /// then remembers.
     pub(super) fn open_elsewhere(&mut self) -> Option<bool> {
-        let sight = looked_ahead(&self.path).unwrap_or_else(|| open_by_others(&self.path));
+        let (sight, at) = looked_ahead(&self.path)
+            .unwrap_or_else(|| (open_by_others(&self.path), Instant::now()));
+        self.looked = Some(at);
         match sight {
             Sight::Seen(v) => Some(!v.is_empty()),
             Sight::Blind => {
@@ -162,14 +174,14 @@ struct Watcher {
 
 impl Watcher {
     /// `None` where the thread cannot start: the run then sees others by
-    /// their commits and locks only. The first look comes after
-    /// `LOOK_EVERY` (the run has just looked itself).
-    fn start(path: &Path) -> Option<Watcher> {
+    /// their commits and locks only. The first look comes after `first`
+    /// (`LOOK_EVERY` after the run's own look).
+    fn start(path: &Path, first: Duration) -> Option<Watcher> {
         let open = Arc::new(AtomicBool::new(false));
         let (stop, stopped) = mpsc::channel::<()>();
         let (path, found) = (path.to_owned(), open.clone());
         let look = move || {
-            let mut pause = LOOK_EVERY;
+            let mut pause = first;
             while stopped.recv_timeout(pause) == Err(RecvTimeoutError::Timeout) {
                 let began = Instant::now();
                 match open_by_others(&path) {
@@ -379,10 +391,14 @@ sys.stdin.read()
         until(false);
     }
 
-    /// One test: the look taken ahead is one per process.
+    /// The tests that take a look ahead, one at a time: it is one per
+    /// process.
+    static AHEAD_TESTS: Mutex<()> = Mutex::new(());
+
     #[cfg(target_os = "linux")]
     #[test]
     fn the_first_look_takes_the_look_begun_ahead_of_its_own_file_only() {
+        let _one = AHEAD_TESTS.lock().unwrap_or_else(|p| p.into_inner());
         let (_dir, path, _c) = db(false);
         let (_other_dir, other, _o) = db(false);
         let Some(child) = holder(&path, "SELECT 1") else {
@@ -408,6 +424,48 @@ sys.stdin.read()
         release(child);
         assert_eq!(n.open_elsewhere(), Some(true), "the look ahead's answer");
         assert_eq!(n.open_elsewhere(), Some(false), "taken once");
+    }
+
+    /// The first look taken ahead may be most of a second old: the
+    /// watcher's first look then comes a second after it was taken, not
+    /// a second after the run began, which would leave a process that
+    /// opened the file meanwhile unseen for up to two.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_watcher_looks_first_a_second_after_the_look_taken_ahead() {
+        let _one = AHEAD_TESTS.lock().unwrap_or_else(|p| p.into_inner());
+        let (_dir, path, _c) = db(false);
+        // A child that opens the file only when told to.
+        let script = "import sqlite3, sys\nsys.stdin.readline()\nc = sqlite3.connect(sys.argv[1])\nc.execute('SELECT 1').fetchall()\nprint('ready', flush=True)\nsys.stdin.read()\n";
+        let Ok(mut child) = Command::new("python3")
+            .args(["-c", script])
+            .arg(&path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+        else {
+            assert!(std::env::var_os("CI").is_none(), "python3 is needed");
+            return;
+        };
+        look_ahead(&path);
+        let taken = Instant::now();
+        std::thread::sleep(Duration::from_millis(600));
+        let mut stdin = child.stdin.take().expect("stdin");
+        std::io::Write::write_all(&mut stdin, b"open\n").expect("told");
+        let mut line = String::new();
+        let out = child.stdout.take().expect("stdout");
+        BufReader::new(out).read_line(&mut line).expect("ready");
+        assert_eq!(line.trim(), "ready");
+        let mut n = Neighbours::new(&path, false);
+        assert_eq!(n.open_elsewhere(), Some(false), "the look taken ahead");
+        n.watch();
+        while !n.open_lately() {
+            let waited = taken.elapsed();
+            assert!(waited < LOOK_EVERY * 13 / 10, "unseen after {waited:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        drop(stdin);
+        child.wait().expect("the child exits");
     }
 
     #[test]
