@@ -289,6 +289,11 @@ fn a_row_whose_unique_value_a_later_row_holds_is_a_conflict_kept_under_skip() {
             assert_eq!(code, 1, "{step} {way}: {err}");
             assert!(err.contains("at key 2"), "{step} {way}: {err}");
         }
+        let (_, err) = stopped_undo_with(&db, "p", &["--on-conflict", "abort"]);
+        assert!(
+            err.contains("--on-conflict skip") && !err.contains("or overwrite"),
+            "abort points where overwrite stops too: {err}"
+        );
         let (_, err) = stopped_undo_with(&db, "p", &["--on-conflict", "overwrite"]);
         assert!(err.contains("run the undo again"), "{err}");
         assert!(err.contains("--on-conflict skip"), "{err}");
@@ -313,6 +318,12 @@ fn a_row_whose_unique_value_a_later_row_holds_is_a_conflict_kept_under_skip() {
         assert!(
             out.contains("conflict in t at key 2")
                 && out.contains("another row holds a value it would get back"),
+            "{step}: {out}"
+        );
+        // Row 2 is the run's, not the application's (that is row 4).
+        assert!(
+            out.contains("kept its row as it is (the run's values")
+                && !out.contains("kept the application's row"),
             "{step}: {out}"
         );
         // Row 2 as the run left it (changed, or gone), the rest put back,

@@ -577,8 +577,15 @@ impl Undoer<'_> {
     /// first ones) reported. `nth`: the undo's conflicts so far.
     fn kept(&self, c: &Chunk, k: Conflict<'_>, nth: u64) -> Result<(), String> {
         if self.spec.on_conflict == OnConflict::Abort {
+            // Overwrite cannot put back a value another row holds.
+            let ways = match k.as_run_left {
+                true => "--on-conflict skip (keep that row as it is)",
+                false => {
+                    "--on-conflict skip (keep the application's rows) or overwrite (put the run's old values back)"
+                }
+            };
             return Err(format!(
-                "conflict in {} at key {}: {}; --on-conflict abort rolled this chunk back. To finish the undo, run it again with --on-conflict skip (keep the application's rows) or overwrite (put the run's old values back)",
+                "conflict in {} at key {}: {}; --on-conflict abort rolled this chunk back. To finish the undo, run it again with {ways}",
                 k.table, k.shown, k.why
             ));
         }
@@ -622,8 +629,12 @@ impl Undoer<'_> {
             true => "would keep",
             false => "kept",
         };
+        let whose = match k.as_run_left {
+            true => "its row as it is (the run's values, not the application's)",
+            false => "the application's row",
+        };
         let text = format!(
-            "conflict in {} at key {}: {}; {kept} the application's row",
+            "conflict in {} at key {}: {}; {kept} {whose}",
             k.table, k.shown, k.why
         );
         if nth <= SHOWN_CONFLICTS {

@@ -28,6 +28,10 @@ pub struct Conflict<'r> {
     pub why: String,
     /// Put back all the same (`--on-conflict overwrite`), not kept.
     pub overwritten: bool,
+    /// Kept with the run's values, not the application's (a later step's
+    /// change to it may have gone back already): another row holds a
+    /// value it would get back.
+    pub as_run_left: bool,
 }
 
 /// What to do with a conflict: `Err` stops the undo (and rolls the part
@@ -257,6 +261,7 @@ impl<'c> Reverter<'c> {
                 shown: key_shown(&key),
                 why,
                 overwritten,
+                as_run_left: false,
             })?;
         }
         Ok(reverted)
@@ -285,6 +290,7 @@ impl<'c> Reverter<'c> {
                 conflicts.insert(id()); // kept already, and said so
                 continue;
             }
+            let mut as_run_left = false;
             let (put, why) = match self.entry(layout, e) {
                 Ok(done) => done,
                 // Only its own statement is backed out (`OR ABORT`): the
@@ -293,6 +299,7 @@ impl<'c> Reverter<'c> {
                     if undone.later_change_of(e) {
                         return Err(lost(layout, e, &sql(err)));
                     }
+                    as_run_left = true;
                     (false, Some(format!("{TAKEN} ({})", sql(err))))
                 }
                 Err(err) => {
@@ -322,6 +329,7 @@ impl<'c> Reverter<'c> {
                     shown: key_shown(&e.key),
                     why,
                     overwritten: put,
+                    as_run_left,
                 })?;
             }
         }
