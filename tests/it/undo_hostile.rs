@@ -602,31 +602,38 @@ fn a_plan_whose_undo_stopped_part_way_is_not_run_until_the_undo_ends() {
     assert_eq!(db.query_i64("SELECT counter FROM t WHERE id = 3"), 8);
 }
 
-/// An undo killed between two steps (after the last part of one, before
-/// the next one's first) leaves the step it took back whole free to run
-/// again: its checkpoint went in its last part's transaction, not at the
-/// end of the undo, which the kill never reached.
-#[test]
-fn an_undo_killed_between_two_steps_leaves_the_step_it_took_back_free_to_run() {
-    let db = TempDb::counters(100);
+/// Runs plan "two" on `db` with `--undo` ([`two_steps_args`]): step a (a
+/// counter + 1) in two parts of 50 rows, then step b (+ 10) in one.
+/// Returns the plan's file.
+fn two_steps_recorded(db: &TempDb) -> std::path::PathBuf {
     let plan = db.file(
         "plan.json",
         r#"{"name":"two","steps":[
             {"name":"a","sql":"UPDATE t SET counter = counter + 1 WHERE id BETWEEN :lo AND :hi","chunk":{"table":"t","size":50}},
             {"name":"b","sql":"UPDATE t SET counter = counter + 10"}]}"#,
     );
-    // Fixed chunks: a in two parts, whatever the pace makes of its time.
-    let args = run_args(&db, path_str(&plan), &["--no-serve", "--batch-size", "50"]);
+    let args = two_steps_args(db, &plan);
     let (code, _, err) = run(&[&args[..], &["--undo"]].concat());
     assert_eq!(code, 0, "{err}");
+    plan
+}
+
+/// A run of plan "two" without `--undo`.
+fn two_steps_args<'a>(db: &'a TempDb, plan: &'a std::path::Path) -> Vec<&'a str> {
+    // Fixed chunks: a in two parts, whatever the pace makes of its time.
+    run_args(db, path_str(plan), &["--no-serve", "--batch-size", "50"])
+}
+
+/// An undo of plan "two" (see [`two_steps_recorded`]) killed once step b
+/// and step a's first part have gone back, while it sleeps before a's
+/// second.
+fn undo_killed_in_second_step(db: &TempDb) {
     let mut undo = gated_undo(
         path_str(&db.path),
         "two",
         &["--sleep", "600000", "--progress", "none"],
     );
     let mut s = Stream::open(undo.addr(), "/events", &[]);
-    // Step b goes back first (one part), then a's first part; the undo
-    // then sleeps before a's second.
     loop {
         let e = s.until("step");
         if data(&e)["index"] == 1 && data(&e)["state"] == "running" {
@@ -636,6 +643,18 @@ fn an_undo_killed_between_two_steps_leaves_the_step_it_took_back_free_to_run() {
     s.until("progress");
     undo.child.kill().unwrap();
     undo.child.wait().unwrap();
+}
+
+/// An undo killed between two steps (after the last part of one, before
+/// the next one's first) leaves the step it took back whole free to run
+/// again: its checkpoint went in its last part's transaction, not at the
+/// end of the undo, which the kill never reached.
+#[test]
+fn an_undo_killed_between_two_steps_leaves_the_step_it_took_back_free_to_run() {
+    let db = TempDb::counters(100);
+    let plan = two_steps_recorded(&db);
+    let args = two_steps_args(&db, &plan);
+    undo_killed_in_second_step(&db);
     assert_eq!(
         db.query_i64("SELECT sum(counter) FROM t"),
         50,
@@ -659,34 +678,12 @@ fn an_undo_killed_between_two_steps_leaves_the_step_it_took_back_free_to_run() {
 #[test]
 fn an_undo_gone_on_from_a_killed_try_names_the_conflicts_that_try_kept() {
     let db = TempDb::counters(100);
-    let plan = db.file(
-        "plan.json",
-        r#"{"name":"two","steps":[
-            {"name":"a","sql":"UPDATE t SET counter = counter + 1 WHERE id BETWEEN :lo AND :hi","chunk":{"table":"t","size":50}},
-            {"name":"b","sql":"UPDATE t SET counter = counter + 10"}]}"#,
-    );
-    let args = run_args(&db, path_str(&plan), &["--no-serve", "--batch-size", "50"]);
-    let (code, _, err) = run(&[&args[..], &["--undo"]].concat());
-    assert_eq!(code, 0, "{err}");
+    two_steps_recorded(&db);
+    // Step b goes back first, keeping row 7.
     db.conn()
         .execute_batch("UPDATE t SET counter = 99 WHERE id = 7")
         .unwrap();
-    let mut undo = gated_undo(
-        path_str(&db.path),
-        "two",
-        &["--sleep", "600000", "--progress", "none"],
-    );
-    let mut s = Stream::open(undo.addr(), "/events", &[]);
-    // Step b goes back first, keeping row 7; then a's first part.
-    loop {
-        let e = s.until("step");
-        if data(&e)["index"] == 1 && data(&e)["state"] == "running" {
-            break;
-        }
-    }
-    s.until("progress");
-    undo.child.kill().unwrap();
-    undo.child.wait().unwrap();
+    undo_killed_in_second_step(&db);
     // The same file twice over: one to go on with as a script reads it,
     // one as a person does.
     let seen = TempDb::empty();
