@@ -295,19 +295,7 @@ fn a_row_whose_unique_value_a_later_row_holds_is_a_conflict_kept_under_skip() {
         let (code, err) = stopped_undo_with(&db, "p", &["--dry-run"]);
         assert_eq!(code, 0, "{step} dry run: {err}");
         assert!(err.contains("1 conflict"), "{step} dry run: {err}");
-        let json = [
-            "undo",
-            "--db",
-            path_str(&db.path),
-            "--plan",
-            "p",
-            "--no-serve",
-            "--progress",
-            "json",
-        ];
-        let (code, out, err) = run(&json);
-        assert_eq!(code, 0, "{step}: {err}");
-        let fin: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+        let (fin, out) = undo_json(&db, "p");
         assert_eq!(fin["data"]["conflicts"], 1, "{step}: {fin}");
         assert_eq!(fin["data"]["rows_changed"], 2, "{step}: {fin}");
         assert!(
@@ -327,6 +315,21 @@ fn a_row_whose_unique_value_a_later_row_holds_is_a_conflict_kept_under_skip() {
         want.sort();
         assert_eq!(emails(&db), want, "{step}");
     }
+}
+
+/// `batchsse undo --plan PLAN` on `db` with JSON progress, which must
+/// exit 0: its `finished` event and its whole output.
+fn undo_json(db: &TempDb, plan: &str) -> (serde_json::Value, String) {
+    let json = ["--progress", "json", "--plan", plan];
+    let args = [
+        &["undo", "--db", path_str(&db.path), "--no-serve"],
+        &json[..],
+    ]
+    .concat();
+    let (code, out, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    let fin = serde_json::from_str(out.lines().last().unwrap_or_default()).expect("finished");
+    (fin, out)
 }
 
 fn emails(db: &TempDb) -> Vec<(i64, String)> {
@@ -688,19 +691,7 @@ fn an_undo_gone_on_from_a_killed_try_names_the_conflicts_that_try_kept() {
     // one as a person does.
     let seen = TempDb::empty();
     std::fs::copy(&db.path, &seen.path).unwrap();
-    let json = [
-        "undo",
-        "--db",
-        path_str(&db.path),
-        "--plan",
-        "two",
-        "--no-serve",
-        "--progress",
-        "json",
-    ];
-    let (code, out, err) = run(&json);
-    assert_eq!(code, 0, "{err}");
-    let fin: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    let (fin, _) = undo_json(&db, "two");
     assert_eq!(fin["data"]["conflicts"], 0, "{fin}");
     assert_eq!(fin["data"]["conflicts_earlier"], 1, "{fin}");
     assert_eq!(db.query_i64("SELECT counter FROM t WHERE id = 7"), 99);
