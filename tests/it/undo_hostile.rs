@@ -320,13 +320,7 @@ fn a_row_whose_unique_value_a_later_row_holds_is_a_conflict_kept_under_skip() {
 /// `batchsse undo --plan PLAN` on `db` with JSON progress, which must
 /// exit 0: its `finished` event and its whole output.
 fn undo_json(db: &TempDb, plan: &str) -> (serde_json::Value, String) {
-    let json = ["--progress", "json", "--plan", plan];
-    let args = [
-        &["undo", "--db", path_str(&db.path), "--no-serve"],
-        &json[..],
-    ]
-    .concat();
-    let (code, out, err) = run(&args);
+    let (code, out, err) = run(&undo_of_plan(db, plan, &["--progress", "json"]));
     assert_eq!(code, 0, "{err}");
     let fin = serde_json::from_str(out.lines().last().unwrap_or_default()).expect("finished");
     (fin, out)
@@ -351,19 +345,7 @@ fn stopped_undo(db: &TempDb, plan: &str) -> (i32, String) {
 /// [`stopped_undo`] with more flags.
 fn stopped_undo_with(db: &TempDb, plan: &str, extra: &[&str]) -> (i32, String) {
     let before = sha256(&db.path);
-    let args = [
-        &[
-            "undo",
-            "--db",
-            path_str(&db.path),
-            "--plan",
-            plan,
-            "--no-serve",
-        ],
-        extra,
-    ]
-    .concat();
-    let (code, _, err) = run(&args);
+    let (code, _, err) = run(&undo_of_plan(db, plan, extra));
     assert_eq!(sha256(&db.path), before, "nothing written: {err}");
     (code, err)
 }
@@ -371,7 +353,13 @@ fn stopped_undo_with(db: &TempDb, plan: &str, extra: &[&str]) -> (i32, String) {
 /// `batchsse undo --plan PLAN --no-serve` on `db` with `env`: its exit
 /// code and stderr.
 fn undo_plan(db: &TempDb, plan: &str, env: &[(&str, &str)]) -> (i32, String) {
-    let args = [
+    let (code, _, err) = run_with_env(&undo_of_plan(db, plan, &[]), None, env);
+    (code, err)
+}
+
+/// `undo --db DB --plan PLAN --no-serve`, then `extra`.
+fn undo_of_plan<'a>(db: &'a TempDb, plan: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let undo = [
         "undo",
         "--db",
         path_str(&db.path),
@@ -379,8 +367,7 @@ fn undo_plan(db: &TempDb, plan: &str, env: &[(&str, &str)]) -> (i32, String) {
         plan,
         "--no-serve",
     ];
-    let (code, _, err) = run_with_env(&args, None, env);
-    (code, err)
+    [&undo[..], extra].concat()
 }
 
 /// A table renamed since the run stops the undo before it writes, with
