@@ -48,12 +48,22 @@ pub fn look_ahead(path: &Path) {
 }
 
 /// The answer of the look begun ahead, if it was of `path` and is fresh;
-/// taken once.
+/// taken once, and only by a look of that file (another file's governor,
+/// in a test, must not take it).
 fn looked_ahead(path: &Path) -> Option<Sight> {
-    let (db, look) = AHEAD.lock().unwrap_or_else(|p| p.into_inner()).take()?;
+    let db = std::fs::canonicalize(path).ok()?;
+    let look = {
+        let mut ahead = AHEAD.lock().unwrap_or_else(|p| p.into_inner());
+        match ahead.take() {
+            Some((of, look)) if of == db => look,
+            other => {
+                *ahead = other;
+                return None;
+            }
+        }
+    };
     let (sight, at) = look.join().ok()?;
-    let same = std::fs::canonicalize(path).is_ok_and(|p| p == db);
-    (same && at.elapsed() < AHEAD_FRESH).then_some(sight)
+    (at.elapsed() < AHEAD_FRESH).then_some(sight)
 }
 
 /// What the locks of other processes say right now.
@@ -389,9 +399,11 @@ sys.stdin.read()
             return;
         };
         let mut n = Neighbours::new(&path, false);
-        // Another file's look (nobody has it open) is not this one's.
+        // Another file's look (nobody has it open) is not this one's, nor
+        // taken by it.
         look_ahead(&other);
         assert_eq!(n.open_elsewhere(), Some(true), "looked afresh");
+        assert!(AHEAD.lock().unwrap().is_some(), "left for its own file");
         // This file's, taken while the child had it, answers the first
         // look even after the child has gone; the next looks afresh.
         look_ahead(&path);
