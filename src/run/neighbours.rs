@@ -405,9 +405,11 @@ sys.stdin.read()
             return;
         };
         let mut n = Neighbours::new(&path, false);
-        // Another file's look (nobody has it open) is not this one's.
+        // Another file's look (nobody has it open) is not this one's, nor
+        // taken by it.
         look_ahead(&other);
         assert_eq!(n.open_elsewhere(), Some(true), "looked afresh");
+        assert!(AHEAD.lock().unwrap().is_some(), "left for its own file");
         // This file's, taken while the child had it, answers the first
         // look even after the child has gone; the next looks afresh.
         look_ahead(&path);

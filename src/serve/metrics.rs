@@ -29,6 +29,7 @@ pub fn render(snap: &Snapshot, clients: usize) -> Result<String, std::fmt::Error
     );
     progress(&mut r, snap);
     state(&mut r, snap, clients);
+    undo(&mut r, snap);
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &r)?;
     Ok(out)
@@ -147,6 +148,31 @@ fn state(r: &mut Registry, snap: &Snapshot, clients: usize) {
         "1 once the run has finished",
         flag(snap.state == RunState::Finished),
     );
+}
+
+/// Once finished, as `finished` says it: a recorded run's undo record, or
+/// the rows an undo kept. Absent otherwise.
+fn undo(r: &mut Registry, snap: &Snapshot) {
+    if let Some(bytes) = snap.undo_bytes {
+        r.register_with_unit(
+            "batchsse_undo_record",
+            "The undo record this run wrote (run --undo), once finished",
+            Unit::Bytes,
+            gauge(bytes),
+        );
+    }
+    if let Some(kept) = snap.conflicts {
+        r.register(
+            "batchsse_undo_conflicts",
+            "Rows this undo kept as the application has them, once finished",
+            gauge(kept),
+        );
+        r.register(
+            "batchsse_undo_conflicts_earlier",
+            "Rows earlier tries of this undo kept, once finished",
+            gauge(snap.conflicts_earlier.unwrap_or(0)),
+        );
+    }
 }
 
 /// The chunk histogram, from counts the log already keeps.

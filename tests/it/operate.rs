@@ -185,6 +185,46 @@ fn promtool_accepts(text: &str) -> bool {
     true
 }
 
+/// Once a recorded run has finished, `/metrics` gives its undo record's
+/// size; once an undo has, the rows it kept (and those earlier tries kept);
+/// neither shows before, nor for the other kind of run.
+#[test]
+fn metrics_give_the_undo_record_and_the_rows_an_undo_kept_once_finished() {
+    let db = TempDb::counters(100);
+    let plan = db.file("plan.json", &counter_plan("kept", 10));
+    let run = serving(
+        &db,
+        path_str(&plan),
+        &words("--batch-size 10 --linger 30 --undo"),
+    );
+    let status = wait_status(run.addr(), |s| s["state"] == "finished");
+    let m = get(run.addr(), "/metrics", &[]).text();
+    if !promtool_accepts(&m) {
+        return;
+    }
+    let bytes = status["undo_bytes"].as_f64().expect("a record");
+    assert!(bytes > 0.0, "{status}");
+    assert_eq!(sample(&m, "batchsse_undo_record_bytes"), Some(bytes), "{m}");
+    assert_eq!(sample(&m, "batchsse_undo_conflicts"), None, "{m}");
+    drop(run);
+    db.conn()
+        .execute_batch("UPDATE t SET counter = 99 WHERE id = 3")
+        .unwrap();
+    let file = path_str(&db.path);
+    let serve = words("--listen 127.0.0.1:0 --linger 30 --progress none");
+    let undo = Proc::start(&[&["undo", "--db", file, "--plan", "kept"], &serve[..]].concat());
+    wait_status(undo.addr(), |s| s["state"] == "finished");
+    let m = get(undo.addr(), "/metrics", &[]).text();
+    assert!(promtool_accepts(&m));
+    assert_eq!(sample(&m, "batchsse_undo_conflicts"), Some(1.0), "{m}");
+    assert_eq!(
+        sample(&m, "batchsse_undo_conflicts_earlier"),
+        Some(0.0),
+        "{m}"
+    );
+    assert_eq!(sample(&m, "batchsse_undo_record_bytes"), None, "{m}");
+}
+
 #[test]
 fn metrics_follow_a_real_run_and_agree_with_status() {
     let db = TempDb::counters(1000);

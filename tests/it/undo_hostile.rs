@@ -300,19 +300,7 @@ fn a_row_whose_unique_value_a_later_row_holds_is_a_conflict_kept_under_skip() {
         let (code, err) = stopped_undo_with(&db, "p", &["--dry-run"]);
         assert_eq!(code, 0, "{step} dry run: {err}");
         assert!(err.contains("1 conflict"), "{step} dry run: {err}");
-        let json = [
-            "undo",
-            "--db",
-            path_str(&db.path),
-            "--plan",
-            "p",
-            "--no-serve",
-            "--progress",
-            "json",
-        ];
-        let (code, out, err) = run(&json);
-        assert_eq!(code, 0, "{step}: {err}");
-        let fin: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+        let (fin, out) = undo_json(&db, "p");
         assert_eq!(fin["data"]["conflicts"], 1, "{step}: {fin}");
         assert_eq!(fin["data"]["rows_changed"], 2, "{step}: {fin}");
         assert!(
@@ -376,6 +364,15 @@ fn a_row_whose_unique_value_is_taken_after_its_later_change_went_back_stops_the_
     }
 }
 
+/// `batchsse undo --plan PLAN` on `db` with JSON progress, which must
+/// exit 0: its `finished` event and its whole output.
+fn undo_json(db: &TempDb, plan: &str) -> (serde_json::Value, String) {
+    let (code, out, err) = run(&undo_of_plan(db, plan, &["--progress", "json"]));
+    assert_eq!(code, 0, "{err}");
+    let fin = serde_json::from_str(out.lines().last().unwrap_or_default()).expect("finished");
+    (fin, out)
+}
+
 fn emails(db: &TempDb) -> Vec<(i64, String)> {
     db.conn()
         .prepare("SELECT id, email FROM t ORDER BY id")
@@ -395,19 +392,7 @@ fn stopped_undo(db: &TempDb, plan: &str) -> (i32, String) {
 /// [`stopped_undo`] with more flags.
 fn stopped_undo_with(db: &TempDb, plan: &str, extra: &[&str]) -> (i32, String) {
     let before = sha256(&db.path);
-    let args = [
-        &[
-            "undo",
-            "--db",
-            path_str(&db.path),
-            "--plan",
-            plan,
-            "--no-serve",
-        ],
-        extra,
-    ]
-    .concat();
-    let (code, _, err) = run(&args);
+    let (code, _, err) = run(&undo_of_plan(db, plan, extra));
     assert_eq!(sha256(&db.path), before, "nothing written: {err}");
     (code, err)
 }
@@ -415,7 +400,13 @@ fn stopped_undo_with(db: &TempDb, plan: &str, extra: &[&str]) -> (i32, String) {
 /// `batchsse undo --plan PLAN --no-serve` on `db` with `env`: its exit
 /// code and stderr.
 fn undo_plan(db: &TempDb, plan: &str, env: &[(&str, &str)]) -> (i32, String) {
-    let args = [
+    let (code, _, err) = run_with_env(&undo_of_plan(db, plan, &[]), None, env);
+    (code, err)
+}
+
+/// `undo --db DB --plan PLAN --no-serve`, then `extra`.
+fn undo_of_plan<'a>(db: &'a TempDb, plan: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let undo = [
         "undo",
         "--db",
         path_str(&db.path),
@@ -423,8 +414,7 @@ fn undo_plan(db: &TempDb, plan: &str, env: &[(&str, &str)]) -> (i32, String) {
         plan,
         "--no-serve",
     ];
-    let (code, _, err) = run_with_env(&args, None, env);
-    (code, err)
+    [&undo[..], extra].concat()
 }
 
 /// A table renamed since the run stops the undo before it writes, with
@@ -649,31 +639,38 @@ fn a_plan_whose_undo_stopped_part_way_is_not_run_until_the_undo_ends() {
     assert_eq!(db.query_i64("SELECT counter FROM t WHERE id = 3"), 8);
 }
 
-/// An undo killed between two steps (after the last part of one, before
-/// the next one's first) leaves the step it took back whole free to run
-/// again: its checkpoint went in its last part's transaction, not at the
-/// end of the undo, which the kill never reached.
-#[test]
-fn an_undo_killed_between_two_steps_leaves_the_step_it_took_back_free_to_run() {
-    let db = TempDb::counters(100);
+/// Runs plan "two" on `db` with `--undo` ([`two_steps_args`]): step a (a
+/// counter + 1) in two parts of 50 rows, then step b (+ 10) in one.
+/// Returns the plan's file.
+fn two_steps_recorded(db: &TempDb) -> std::path::PathBuf {
     let plan = db.file(
         "plan.json",
         r#"{"name":"two","steps":[
             {"name":"a","sql":"UPDATE t SET counter = counter + 1 WHERE id BETWEEN :lo AND :hi","chunk":{"table":"t","size":50}},
             {"name":"b","sql":"UPDATE t SET counter = counter + 10"}]}"#,
     );
-    // Fixed chunks: a in two parts, whatever the pace makes of its time.
-    let args = run_args(&db, path_str(&plan), &["--no-serve", "--batch-size", "50"]);
+    let args = two_steps_args(db, &plan);
     let (code, _, err) = run(&[&args[..], &["--undo"]].concat());
     assert_eq!(code, 0, "{err}");
+    plan
+}
+
+/// A run of plan "two" without `--undo`.
+fn two_steps_args<'a>(db: &'a TempDb, plan: &'a std::path::Path) -> Vec<&'a str> {
+    // Fixed chunks: a in two parts, whatever the pace makes of its time.
+    run_args(db, path_str(plan), &["--no-serve", "--batch-size", "50"])
+}
+
+/// An undo of plan "two" (see [`two_steps_recorded`]) killed once step b
+/// and step a's first part have gone back, while it sleeps before a's
+/// second.
+fn undo_killed_in_second_step(db: &TempDb) {
     let mut undo = gated_undo(
         path_str(&db.path),
         "two",
         &["--sleep", "600000", "--progress", "none"],
     );
     let mut s = Stream::open(undo.addr(), "/events", &[]);
-    // Step b goes back first (one part), then a's first part; the undo
-    // then sleeps before a's second.
     loop {
         let e = s.until("step");
         if data(&e)["index"] == 1 && data(&e)["state"] == "running" {
@@ -683,6 +680,18 @@ fn an_undo_killed_between_two_steps_leaves_the_step_it_took_back_free_to_run() {
     s.until("progress");
     undo.child.kill().unwrap();
     undo.child.wait().unwrap();
+}
+
+/// An undo killed between two steps (after the last part of one, before
+/// the next one's first) leaves the step it took back whole free to run
+/// again: its checkpoint went in its last part's transaction, not at the
+/// end of the undo, which the kill never reached.
+#[test]
+fn an_undo_killed_between_two_steps_leaves_the_step_it_took_back_free_to_run() {
+    let db = TempDb::counters(100);
+    let plan = two_steps_recorded(&db);
+    let args = two_steps_args(&db, &plan);
+    undo_killed_in_second_step(&db);
     assert_eq!(
         db.query_i64("SELECT sum(counter) FROM t"),
         50,
@@ -706,51 +715,17 @@ fn an_undo_killed_between_two_steps_leaves_the_step_it_took_back_free_to_run() {
 #[test]
 fn an_undo_gone_on_from_a_killed_try_names_the_conflicts_that_try_kept() {
     let db = TempDb::counters(100);
-    let plan = db.file(
-        "plan.json",
-        r#"{"name":"two","steps":[
-            {"name":"a","sql":"UPDATE t SET counter = counter + 1 WHERE id BETWEEN :lo AND :hi","chunk":{"table":"t","size":50}},
-            {"name":"b","sql":"UPDATE t SET counter = counter + 10"}]}"#,
-    );
-    let args = run_args(&db, path_str(&plan), &["--no-serve", "--batch-size", "50"]);
-    let (code, _, err) = run(&[&args[..], &["--undo"]].concat());
-    assert_eq!(code, 0, "{err}");
+    two_steps_recorded(&db);
+    // Step b goes back first, keeping row 7.
     db.conn()
         .execute_batch("UPDATE t SET counter = 99 WHERE id = 7")
         .unwrap();
-    let mut undo = gated_undo(
-        path_str(&db.path),
-        "two",
-        &["--sleep", "600000", "--progress", "none"],
-    );
-    let mut s = Stream::open(undo.addr(), "/events", &[]);
-    // Step b goes back first, keeping row 7; then a's first part.
-    loop {
-        let e = s.until("step");
-        if data(&e)["index"] == 1 && data(&e)["state"] == "running" {
-            break;
-        }
-    }
-    s.until("progress");
-    undo.child.kill().unwrap();
-    undo.child.wait().unwrap();
+    undo_killed_in_second_step(&db);
     // The same file twice over: one to go on with as a script reads it,
     // one as a person does.
     let seen = TempDb::empty();
     std::fs::copy(&db.path, &seen.path).unwrap();
-    let json = [
-        "undo",
-        "--db",
-        path_str(&db.path),
-        "--plan",
-        "two",
-        "--no-serve",
-        "--progress",
-        "json",
-    ];
-    let (code, out, err) = run(&json);
-    assert_eq!(code, 0, "{err}");
-    let fin: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    let (fin, _) = undo_json(&db, "two");
     assert_eq!(fin["data"]["conflicts"], 0, "{fin}");
     assert_eq!(fin["data"]["conflicts_earlier"], 1, "{fin}");
     assert_eq!(db.query_i64("SELECT counter FROM t WHERE id = 7"), 99);
