@@ -709,6 +709,42 @@ fn an_undo_killed_between_two_steps_leaves_the_step_it_took_back_free_to_run() {
     );
 }
 
+/// A row whose key the run changed, and whose old key the application
+/// has used since, cannot go back: the row at its new key would be taken
+/// away and the old one not put back, losing it while the undo said
+/// `finished ok`. The undo stops there instead, the file as it was, for a
+/// rowid table and a `WITHOUT ROWID` one alike.
+#[test]
+fn a_row_whose_old_key_the_application_took_since_stops_the_undo() {
+    let setup = "CREATE TABLE p(sku TEXT PRIMARY KEY, name TEXT) WITHOUT ROWID;
+                 INSERT INTO p VALUES ('OLD-1', 'widget'), ('OLD-2', 'gadget');
+                 CREATE TABLE u(id INTEGER PRIMARY KEY, name TEXT);
+                 INSERT INTO u VALUES (1, 'one'), (2, 'two');";
+    for (step, app) in [
+        (
+            r#"{"sql":"UPDATE p SET sku = 'NEW-' || substr(sku, 5)"}"#,
+            "INSERT INTO p VALUES ('OLD-1', 'new widget')",
+        ),
+        (
+            r#"{"sql":"UPDATE u SET id = id + 10"}"#,
+            "INSERT INTO u VALUES (1, 'app one')",
+        ),
+    ] {
+        let db = TempDb::with_sql(setup);
+        let plan = db.file(
+            "plan.json",
+            &format!(r#"{{"name":"p","undo":true,"steps":[{step}]}}"#),
+        );
+        let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+        assert_eq!(code, 0, "{err}");
+        db.conn().execute_batch(app).unwrap();
+        let (code, err) = stopped_undo(&db, "p");
+        assert_eq!(code, 1, "{step}: {err}");
+        assert!(err.contains("holds its key"), "{step}: {err}");
+        assert!(err.contains("would lose the row"), "{step}: {err}");
+    }
+}
+
 /// An undo that goes on from a killed try counts the rows that try kept
 /// apart from its own, and its last line names them: it must not end
 /// looking as if everything went back.

@@ -271,7 +271,6 @@ impl<'c> Reverter<'c> {
     /// conflict goes to `kept` once.
     pub fn apply(&mut self, rec: &Record, kept: &mut OnKept<'_>) -> Result<u64, String> {
         self.sql.clear();
-        let sql = |e: rusqlite::Error| crate::run::db::run_time_message(self.conn, &e);
         // A row changed several times is one row: counted with sets, unless
         // the record promises one entry per row.
         let mut rows: HashSet<(usize, Vec<u8>)> = HashSet::new();
@@ -290,29 +289,7 @@ impl<'c> Reverter<'c> {
                 conflicts.insert(id()); // kept already, and said so
                 continue;
             }
-            let mut as_run_left = false;
-            let (put, why) = match self.entry(layout, e) {
-                Ok(done) => done,
-                // Only its own statement is backed out (`OR ABORT`): the
-                // row stays as the run left it, a conflict like another.
-                Err(err) if !self.overwrite && taken(&err) => {
-                    if undone.later_change_of(e) {
-                        return Err(lost(layout, e, &sql(err)));
-                    }
-                    as_run_left = true;
-                    (false, Some(format!("{TAKEN} ({})", sql(err))))
-                }
-                Err(err) => {
-                    return Err(match &err {
-                        rusqlite::Error::SqliteFailure(f, _)
-                            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
-                        {
-                            clash(layout, e, f.extended_code, &sql(err))
-                        }
-                        _ => sql(err),
-                    });
-                }
-            };
+            let (put, why, as_run_left) = self.put_back(layout, e, &undone)?;
             if put {
                 reverted += 1;
                 undone.went_back(e);
@@ -337,6 +314,49 @@ impl<'c> Reverter<'c> {
             reverted = (rows.len() - conflicts.len()) as u64;
         }
         Ok(reverted)
+    }
+
+    /// [`Reverter::entry`], with its refusals: whether the row went back,
+    /// why it is a conflict, and whether it is kept as the run left it
+    /// (another row holds a value it needs); `Err` stops the undo.
+    fn put_back(
+        &mut self,
+        layout: &Layout,
+        e: &Entry,
+        undone: &Undone,
+    ) -> Result<(bool, Option<String>, bool), String> {
+        let sql = |e: rusqlite::Error| crate::run::db::run_time_message(self.conn, &e);
+        let (put, why) = match self.entry(layout, e) {
+            Ok(done) => done,
+            // Only its own statement is backed out (`OR ABORT`): the row
+            // stays as the run left it, a conflict like another.
+            Err(err) if !self.overwrite && taken(&err) => {
+                if undone.later_change_of(e) {
+                    let why = format!(
+                        "{}: a row written since the run holds a value it needs",
+                        sql(err)
+                    );
+                    return Err(lost(layout, e, &why));
+                }
+                return Ok((false, Some(format!("{TAKEN} ({})", sql(err))), true));
+            }
+            Err(err) => {
+                return Err(match &err {
+                    rusqlite::Error::SqliteFailure(f, _)
+                        if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                    {
+                        clash(layout, e, f.extended_code, &sql(err))
+                    }
+                    _ => sql(err),
+                });
+            }
+        };
+        // A row the run deleted whose key is taken again: the same goes for
+        // its later change (its key changed, or a REPLACE).
+        if !put && e.op == op::DELETE && undone.later_change_of(e) {
+            return Err(lost(layout, e, "a row written since the run holds its key"));
+        }
+        Ok((put, why, false))
     }
 
     /// Puts one entry back: whether it did, and why it is a conflict, if
@@ -473,13 +493,14 @@ impl Undone {
     }
 }
 
-/// Why a part stops when a row cannot get back a `UNIQUE` value (`err`)
-/// that another row holds, after a later change of the row in the same
-/// part went back: kept, the row would be neither as the run left it nor
-/// as it was, and possibly gone (under `overwrite`, [`clash`] says it).
-fn lost(l: &Layout, e: &Entry, err: &str) -> String {
+/// Why a part stops when a row cannot go back (`why`: a row written since
+/// holds a `UNIQUE` value or the key it needs) after a later change of the
+/// row in the same part went back: kept, the row would be neither as the
+/// run left it nor as it was, and possibly gone (under `overwrite`,
+/// [`clash`] says it).
+fn lost(l: &Layout, e: &Entry, why: &str) -> String {
     format!(
-        "putting back the row of {} at key {} fails ({err}): a row written since the run holds a value it needs, and the same chunk of the run changed this row again (a REPLACE, or its key changed), which the undo has already taken back; keeping it as a conflict would lose the row. The undo stopped here, this chunk rolled back, what it took back before stays taken back; change the row that holds the value, then run the undo again (or give up on this record with `batchsse undo clear`)",
+        "putting back the row of {} at key {} fails ({why}), and the same chunk of the run changed this row again (a REPLACE, or its key changed), which the undo has already taken back; keeping it as a conflict would lose the row. The undo stopped here, this chunk rolled back, what it took back before stays taken back; change the row that holds the value, then run the undo again (or give up on this record with `batchsse undo clear`)",
         l.table,
         key_shown(&e.key)
     )
