@@ -298,7 +298,9 @@ pub struct Finished {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub conflicts: Option<u64>,
     /// For an undo that goes on from an earlier try of it (interrupted, or
-    /// stopped): the rows those tries kept, not counted in `conflicts`.
+    /// stopped), or that follows an undo of a newer run of the same plan:
+    /// the rows those kept (which it holds too), not counted in
+    /// `conflicts`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub conflicts_earlier: Option<u64>,
 }

@@ -48,7 +48,7 @@ pub struct Snapshot {
     /// For an undo, once finished: the rows it kept as conflicts.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conflicts: Option<u64>,
-    /// For an undo, once finished: the rows earlier tries of it kept.
+    /// For an undo, once finished: the rows kept before this try of it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conflicts_earlier: Option<u64>,
     pub last_event_id: u64,

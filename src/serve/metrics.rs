@@ -169,7 +169,7 @@ fn undo(r: &mut Registry, snap: &Snapshot) {
         );
         r.register(
             "batchsse_undo_conflicts_earlier",
-            "Rows earlier tries of this undo kept, once finished",
+            "Rows kept before this try of the undo (by an earlier try, or an undo of a newer run of the plan), once finished",
             gauge(snap.conflicts_earlier.unwrap_or(0)),
         );
     }

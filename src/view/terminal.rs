@@ -536,7 +536,7 @@ fn kept_said(f: &crate::events::Finished) -> String {
     let count = |n: u64| format!("{} conflict{}", thousands(n), s(n));
     let theirs = |n: u64| format!("the application's row{}", s(n));
     let listed = " (every one is in the table batchsse_undo_conflict)";
-    let before = "in an earlier try of this undo";
+    let before = "before this try";
     match (n, earlier, f.dry_run) {
         (0, 0, _) => String::new(),
         (0, e, _) => format!("; {} kept {} {before}{listed}", count(e), theirs(e)),

@@ -186,7 +186,7 @@ fn promtool_accepts(text: &str) -> bool {
 }
 
 /// Once a recorded run has finished, `/metrics` gives its undo record's
-/// size; once an undo has, the rows it kept (and those earlier tries kept);
+/// size; once an undo has, the rows it kept (and those kept before it);
 /// neither shows before, nor for the other kind of run.
 #[test]
 fn metrics_give_the_undo_record_and_the_rows_an_undo_kept_once_finished() {

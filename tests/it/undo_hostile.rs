@@ -661,10 +661,10 @@ fn two_steps_args<'a>(db: &'a TempDb, plan: &'a std::path::Path) -> Vec<&'a str>
     run_args(db, path_str(plan), &["--no-serve", "--batch-size", "50"])
 }
 
-/// An undo of plan "two" (see [`two_steps_recorded`]) killed once step b
-/// and step a's first part have gone back, while it sleeps before a's
-/// second.
-fn undo_killed_in_second_step(db: &TempDb) {
+/// An undo of plan "two" (see [`two_steps_recorded`]) killed once the
+/// step it takes back `index`th (from 0) has had its first part go back,
+/// while it sleeps before the next: with one run, 1 is step a, after b.
+fn undo_killed_in_step(db: &TempDb, index: u64) {
     let mut undo = gated_undo(
         path_str(&db.path),
         "two",
@@ -673,7 +673,7 @@ fn undo_killed_in_second_step(db: &TempDb) {
     let mut s = Stream::open(undo.addr(), "/events", &[]);
     loop {
         let e = s.until("step");
-        if data(&e)["index"] == 1 && data(&e)["state"] == "running" {
+        if data(&e)["index"] == index && data(&e)["state"] == "running" {
             break;
         }
     }
@@ -691,7 +691,7 @@ fn an_undo_killed_between_two_steps_leaves_the_step_it_took_back_free_to_run() {
     let db = TempDb::counters(100);
     let plan = two_steps_recorded(&db);
     let args = two_steps_args(&db, &plan);
-    undo_killed_in_second_step(&db);
+    undo_killed_in_step(&db, 1);
     assert_eq!(
         db.query_i64("SELECT sum(counter) FROM t"),
         50,
@@ -756,7 +756,7 @@ fn an_undo_gone_on_from_a_killed_try_names_the_conflicts_that_try_kept() {
     db.conn()
         .execute_batch("UPDATE t SET counter = 99 WHERE id = 7")
         .unwrap();
-    undo_killed_in_second_step(&db);
+    undo_killed_in_step(&db, 1);
     // The same file twice over: one to go on with as a script reads it,
     // one as a person does.
     let seen = TempDb::empty();
@@ -770,9 +770,36 @@ fn an_undo_gone_on_from_a_killed_try_names_the_conflicts_that_try_kept() {
     assert_eq!(code, 0, "{err}");
     let last = err.lines().last().unwrap_or_default();
     assert!(
-        last.contains("; 1 conflict kept the application's row in an earlier try of this undo"),
+        last.contains("; 1 conflict kept the application's row before this try"),
         "{last}"
     );
+}
+
+/// An interrupted `--plan` undo that had taken the newer of two runs
+/// back whole no longer lists that run; going on, it still holds the row
+/// that run's undo kept, so the older run's change to it is not put back
+/// over the application's value (which happens to be what the older run
+/// wrote), and counts it as kept before.
+#[test]
+fn an_undo_gone_on_after_a_newer_run_went_back_whole_still_holds_its_kept_rows() {
+    let db = TempDb::counters(100);
+    let plan = two_steps_recorded(&db);
+    // The newer run's a in one part: the undo's only pause is in the
+    // older's a.
+    let newer = ["--no-serve", "--batch-size", "100", "--undo", "--force"];
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &newer));
+    assert_eq!(code, 0, "{err}");
+    db.conn()
+        .execute_batch("UPDATE t SET counter = 1 WHERE id = 7")
+        .unwrap();
+    // The newer run's b, its a, the older's b, then the older's a (index
+    // 3), whose part of rows 51-100 goes back first.
+    undo_killed_in_step(&db, 3);
+    let (fin, _) = undo_json(&db, "two");
+    assert_eq!(db.query_i64("SELECT counter FROM t WHERE id = 7"), 1);
+    assert_eq!(db.query_i64("SELECT sum(counter) FROM t WHERE id <> 7"), 0);
+    assert_eq!(fin["data"]["conflicts_earlier"], 1, "{fin}");
+    assert_eq!(fin["data"]["conflicts"], 0, "{fin}");
 }
 
 /// Parts another undo took meanwhile cost no pause: an undo that read the

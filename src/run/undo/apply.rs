@@ -156,8 +156,13 @@ pub fn run(
     if opts.dry_run {
         governor.in_one_transaction();
     }
+    if !opts.dry_run {
+        // Unreadable, it says so at the first part.
+        let _ = store::give_conflicts_their_plan(conn);
+    }
     let mut u = Undoer {
         conn,
+        scope: store::Scope::of(conn, &spec.runs, &spec.plan),
         spec,
         log,
         cancel,
@@ -171,7 +176,7 @@ pub fn run(
     };
     let started = Instant::now();
     // Read before this try keeps any: only conflicts it does not count.
-    let earlier = store::kept_of(conn, &spec.runs).unwrap_or(0);
+    let earlier = store::kept_of(conn, &u.scope).unwrap_or(0);
     let (tally, end, steps_total) = u.run_all(gate);
     // As a run ends: the WAL synced, the rollback journal back to DELETE
     // (a journal file left behind would look like a recent writer).
@@ -198,6 +203,8 @@ pub fn run(
 struct Undoer<'a> {
     conn: &'a Connection,
     spec: &'a Spec,
+    /// The rows kept before that it holds too.
+    scope: store::Scope,
     log: &'a EventLog,
     cancel: &'a Cancel,
     governor: RefCell<Governor<'a>>,
@@ -263,8 +270,7 @@ impl Undoer<'_> {
 
     fn run_all(&mut self, gate: impl FnOnce()) -> (Tally, End, usize) {
         let read = self.groups().and_then(|g| {
-            let runs = &self.spec.runs;
-            self.reverter.borrow_mut().hold_kept(runs)?;
+            self.reverter.borrow_mut().hold_kept(&self.scope)?;
             Ok(g)
         });
         let groups = match read {
@@ -495,7 +501,7 @@ impl Undoer<'_> {
         let sql = |e: rusqlite::Error| crate::run::db::run_time_message(self.conn, &e);
         let tx = Tx::begin(self.conn, self.dry_run).map_err(sql)?;
         let mut reverter = self.reverter.borrow_mut();
-        reverter.hold_kept(&self.spec.runs).map_err(sql)?;
+        reverter.hold_kept(&self.scope).map_err(sql)?;
         let mut blob = reverter.buffer();
         drop(reverter);
         let mut kept = self.spec.kept.borrow_mut();
@@ -622,9 +628,9 @@ impl Undoer<'_> {
     fn conflict(&self, c: &Chunk, k: &Conflict<'_>, nth: u64) -> rusqlite::Result<()> {
         self.conn
             .prepare_cached(
-                "INSERT INTO batchsse_undo_conflict (run, tbl, k, why) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO batchsse_undo_conflict (run, tbl, k, why, plan) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
-            .execute(rusqlite::params![c.run, k.table, k.key, k.why])?;
+            .execute(rusqlite::params![c.run, k.table, k.key, k.why, self.spec.plan])?;
         let kept = match self.dry_run {
             true => "would keep",
             false => "kept",

@@ -15,6 +15,7 @@ use super::codec::{
     Entry, Indexed, Layout, Lean, Record, Val, decode, encode, index, op, print, put_value, values,
 };
 use super::dangling::Watch;
+use super::store::{Scope, kept_rows};
 use crate::plan::quote;
 use crate::run::expect::shown;
 
@@ -82,11 +83,11 @@ impl<'c> Reverter<'c> {
         }
     }
 
-    /// Holds the rows kept for `runs`, as `batchsse_undo_conflict` lists
+    /// Holds the rows kept for `scope`, as `batchsse_undo_conflict` lists
     /// them, that it did not hold yet: by an earlier try of this undo, or
     /// by another undo of the same runs at work at the same time (so read
     /// again in each part's transaction).
-    pub fn hold_kept(&mut self, runs: &[String]) -> rusqlite::Result<()> {
+    pub fn hold_kept(&mut self, scope: &Scope) -> rusqlite::Result<()> {
         // Up to the table's last row, whoever's: rows of other runs are
         // passed over once, not in every part.
         let upto: i64 = self.conn.query_row(
@@ -97,18 +98,9 @@ impl<'c> Reverter<'c> {
         if upto <= self.kept_seen {
             return Ok(());
         }
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT tbl, k FROM batchsse_undo_conflict WHERE rowid > ?1 AND rowid <= ?2 AND run = ?3",
-        )?;
-        for run in runs {
-            let rows = stmt.query_map(rusqlite::params![self.kept_seen, upto, run], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, Value>(1)?))
-            })?;
-            for row in rows {
-                let (table, key) = row?;
-                let key = [Val::from(ValueRef::from(&key))];
-                self.held.insert(held_id(&table, &key));
-            }
+        for (table, key) in kept_rows(self.conn, scope, (self.kept_seen, upto))? {
+            let key = [Val::from(ValueRef::from(&key))];
+            self.held.insert(held_id(&table, &key));
         }
         self.kept_seen = upto;
         Ok(())

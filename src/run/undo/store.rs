@@ -75,7 +75,8 @@ CREATE TABLE IF NOT EXISTS batchsse_undo_conflict (
     k,
     col TEXT,
     why TEXT NOT NULL,
-    at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+    at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    plan TEXT
 );";
 
 /// Makes the tables if they are not there (inside the caller's
@@ -98,7 +99,84 @@ pub fn create(conn: &Connection) -> rusqlite::Result<()> {
     if !has_checksums(conn)? {
         conn.execute_batch("ALTER TABLE batchsse_undo ADD COLUMN rec_hash INTEGER")?;
     }
+    give_conflicts_their_plan(conn)
+}
+
+/// Adds the conflict table's `plan` column to a table made by a batchsse
+/// from before it (its rows keep a NULL there: found by their run only).
+pub fn give_conflicts_their_plan(conn: &Connection) -> rusqlite::Result<()> {
+    if !conflicts_have_plan(conn)? {
+        conn.execute_batch("ALTER TABLE batchsse_undo_conflict ADD COLUMN plan TEXT")?;
+    }
     Ok(())
+}
+
+fn conflicts_have_plan(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT count(*) FROM pragma_table_info('batchsse_undo_conflict') WHERE name = 'plan'",
+        [],
+        |r| r.get(0),
+    )
+}
+
+/// The rows an undo holds as kept before it keeps any itself: those kept
+/// for its runs, and those kept for its plan since its oldest run was
+/// recorded, by an undo of a newer run of the plan (one that a try of this
+/// undo took back whole before it was interrupted has no record left, so
+/// it is no longer among the runs): the run it takes back changed those
+/// rows before the application did, so it must not put them back either.
+pub struct Scope {
+    /// The runs, as a JSON array (`json_each` reads it).
+    runs: String,
+    plan: String,
+    /// When the oldest of the runs began to be recorded; `None` where the
+    /// conflict table has no `plan` (a dry run on a table made before it).
+    since: Option<String>,
+}
+
+impl Scope {
+    /// The scope of an undo of `runs` of `plan`: by its runs alone where
+    /// the tables cannot tell more.
+    pub fn of(conn: &Connection, runs: &[String], plan: &str) -> Scope {
+        let runs = serde_json::to_string(runs).unwrap_or_else(|_| "[]".into());
+        let oldest = || {
+            conn.query_row(
+                "SELECT min(created_at) FROM batchsse_undo WHERE run IN (SELECT value FROM json_each(?1))",
+                [&runs],
+                |r| r.get(0),
+            )
+        };
+        let since = match conflicts_have_plan(conn) {
+            Ok(true) => oldest().ok().flatten(),
+            _ => None,
+        };
+        Scope {
+            plan: plan.to_owned(),
+            runs,
+            since,
+        }
+    }
+
+    /// The condition on a conflict row, its parameters ([`Scope::params`])
+    /// from `?first` on.
+    fn holds(&self, first: usize) -> String {
+        let runs = format!("run IN (SELECT value FROM json_each(?{first}))");
+        match self.since {
+            Some(_) => format!(
+                "({runs} OR (plan = ?{} AND at >= ?{}))",
+                first + 1,
+                first + 2
+            ),
+            None => runs,
+        }
+    }
+
+    fn params(&self) -> Vec<&dyn rusqlite::ToSql> {
+        match &self.since {
+            Some(since) => vec![&self.runs, &self.plan, since],
+            None => vec![&self.runs],
+        }
+    }
 }
 
 /// Whether the record table has the checksum column (a table made by a
@@ -417,15 +495,33 @@ pub struct KeptConflicts {
     pub last_at: String,
 }
 
-/// The rows kept as conflicts of `runs` so far, by earlier tries of an
-/// undo of them.
-pub fn kept_of(conn: &Connection, runs: &[String]) -> rusqlite::Result<u64> {
-    let mut count = conn.prepare("SELECT count(*) FROM batchsse_undo_conflict WHERE run = ?1")?;
-    let mut n = 0;
-    for run in runs {
-        n += count.query_row([run], |r| r.get::<_, i64>(0))?.max(0) as u64;
-    }
-    Ok(n)
+/// The rows kept so far that an undo of `scope` holds: by earlier tries
+/// of it (or an undo of a newer run of its plan).
+pub fn kept_of(conn: &Connection, scope: &Scope) -> rusqlite::Result<u64> {
+    let sql = format!(
+        "SELECT count(*) FROM batchsse_undo_conflict WHERE {}",
+        scope.holds(1)
+    );
+    let n: i64 = conn.query_row(&sql, scope.params().as_slice(), |r| r.get(0))?;
+    Ok(n.max(0) as u64)
+}
+
+/// The rows kept (table, key) with a rowid in `after..=upto` that an undo
+/// of `scope` holds.
+pub fn kept_rows(
+    conn: &Connection,
+    scope: &Scope,
+    (after, upto): (i64, i64),
+) -> rusqlite::Result<Vec<(String, rusqlite::types::Value)>> {
+    let sql = format!(
+        "SELECT tbl, k FROM batchsse_undo_conflict WHERE rowid > ?1 AND rowid <= ?2 AND {}",
+        scope.holds(3)
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut params: Vec<&dyn rusqlite::ToSql> = vec![&after, &upto];
+    params.extend(scope.params());
+    let rows = stmt.query_map(params.as_slice(), |r| Ok((r.get(0)?, r.get(1)?)))?;
+    rows.collect()
 }
 
 /// Every run with conflicts kept but no record left, oldest first.
@@ -581,6 +677,48 @@ mod tests {
         assert!(!drop_if_empty(&conn).unwrap(), "run q's conflict stays");
         remove_run(&conn, "q").unwrap();
         assert!(drop_if_empty(&conn).unwrap());
+    }
+
+    /// An undo holds the rows kept for its runs, and those kept for its
+    /// plan since its oldest run was recorded (not those of an earlier
+    /// round of the plan, nor another plan's); a conflict table from
+    /// before the `plan` column is read by run alone until it gets it.
+    #[test]
+    fn an_undo_holds_its_runs_rows_and_its_plans_since_its_oldest_run() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(&CREATE.replace(",\n    plan TEXT\n", "\n"))
+            .unwrap();
+        let t = |s: &str| format!("'2026-01-0{s}T00:00:00.000Z'");
+        conn.execute_batch(&format!(
+            "INSERT INTO batchsse_undo (run, plan, step, name, chunk, rows, bytes, created_at)
+               VALUES ('r1', 'p', 0, 's', -2, 0, 0, {});
+             INSERT INTO batchsse_undo_conflict (run, tbl, k, why, at) VALUES
+               ('r1', 't', 1, 'x', {}), ('r2', 't', 2, 'x', {}), ('r0', 't', 3, 'x', {})",
+            t("5"),
+            t("6"),
+            t("7"),
+            t("1")
+        ))
+        .unwrap();
+        assert!(!conflicts_have_plan(&conn).unwrap());
+        let runs = ["r1".to_owned()];
+        let old = Scope::of(&conn, &runs, "p");
+        assert_eq!(kept_of(&conn, &old).unwrap(), 1, "by run alone");
+        give_conflicts_their_plan(&conn).unwrap();
+        give_conflicts_their_plan(&conn).unwrap();
+        conn.execute_batch(
+            "UPDATE batchsse_undo_conflict SET plan = 'p';
+             INSERT INTO batchsse_undo_conflict (run, tbl, k, why, at, plan)
+               VALUES ('q', 't', 4, 'x', '2026-01-08T00:00:00.000Z', 'other')",
+        )
+        .unwrap();
+        let scope = Scope::of(&conn, &runs, "p");
+        assert_eq!(kept_of(&conn, &scope).unwrap(), 2, "r1's and r2's");
+        let rows = kept_rows(&conn, &scope, (0, 10)).unwrap();
+        let keys: Vec<_> = rows.iter().map(|(_, k)| k.clone()).collect();
+        use rusqlite::types::Value::Integer;
+        assert_eq!(keys, [Integer(1), Integer(2)]);
+        assert_eq!(kept_rows(&conn, &scope, (1, 10)).unwrap().len(), 1);
     }
 
     /// The conflicts of a run with no record left are its undo's report;
