@@ -273,16 +273,7 @@ fn a_row_whose_unique_value_a_later_row_holds_is_a_conflict_kept_under_skip() {
         r#"{"sql":"DELETE FROM t WHERE id BETWEEN :lo AND :hi","chunk":{"table":"t","size":10}}"#,
     ];
     for step in steps {
-        let db = TempDb::with_sql(setup);
-        let plan = db.file(
-            "plan.json",
-            &format!(r#"{{"name":"p","undo":true,"steps":[{step}]}}"#),
-        );
-        let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve"]));
-        assert_eq!(code, 0, "{err}");
-        db.conn()
-            .execute_batch("INSERT INTO t VALUES (4, 'b')")
-            .unwrap();
+        let db = recorded_then(setup, step, "INSERT INTO t VALUES (4, 'b')");
         let after_run = emails(&db);
         for way in ["abort", "overwrite"] {
             let (code, err) = stopped_undo_with(&db, "p", &["--on-conflict", way]);
@@ -343,16 +334,8 @@ fn a_row_whose_unique_value_is_taken_after_its_later_change_went_back_stops_the_
         "REPLACE INTO t(id, email) VALUES (2, 'b2')",
         "UPDATE t SET id = 20, email = 'b2' WHERE id = 2",
     ] {
-        let db = TempDb::with_sql(setup);
-        let plan = db.file(
-            "plan.json",
-            &format!(r#"{{"name":"p","undo":true,"steps":[{{"sql":"{sql}"}}]}}"#),
-        );
-        let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve"]));
-        assert_eq!(code, 0, "{err}");
-        db.conn()
-            .execute_batch("INSERT INTO t VALUES (4, 'b')")
-            .unwrap();
+        let step = format!(r#"{{"sql":"{sql}"}}"#);
+        let db = recorded_then(setup, &step, "INSERT INTO t VALUES (4, 'b')");
         let after_run = emails(&db);
         for extra in [&[][..], &["--dry-run"][..]] {
             let (code, err) = stopped_undo_with(&db, "p", extra);
@@ -362,6 +345,20 @@ fn a_row_whose_unique_value_is_taken_after_its_later_change_went_back_stops_the_
         }
         assert_eq!(emails(&db), after_run, "{sql}: the run's row is there");
     }
+}
+
+/// A database made by `setup`, on which plan "p", recorded, ran `step`
+/// (its JSON), and then the application ran `app`.
+fn recorded_then(setup: &str, step: &str, app: &str) -> TempDb {
+    let db = TempDb::with_sql(setup);
+    let plan = db.file(
+        "plan.json",
+        &format!(r#"{{"name":"p","undo":true,"steps":[{step}]}}"#),
+    );
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+    assert_eq!(code, 0, "{err}");
+    db.conn().execute_batch(app).unwrap();
+    db
 }
 
 /// `batchsse undo --plan PLAN` on `db` with JSON progress, which must
@@ -730,14 +727,7 @@ fn a_row_whose_old_key_the_application_took_since_stops_the_undo() {
             "INSERT INTO u VALUES (1, 'app one')",
         ),
     ] {
-        let db = TempDb::with_sql(setup);
-        let plan = db.file(
-            "plan.json",
-            &format!(r#"{{"name":"p","undo":true,"steps":[{step}]}}"#),
-        );
-        let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve"]));
-        assert_eq!(code, 0, "{err}");
-        db.conn().execute_batch(app).unwrap();
+        let db = recorded_then(setup, step, app);
         let (code, err) = stopped_undo(&db, "p");
         assert_eq!(code, 1, "{step}: {err}");
         assert!(err.contains("holds its key"), "{step}: {err}");
