@@ -83,12 +83,7 @@ CREATE TABLE IF NOT EXISTS batchsse_undo_conflict (
 /// transaction). Records of an earlier format (a row per value, from
 /// before the first release) are refused with what to do.
 pub fn create(conn: &Connection) -> rusqlite::Result<()> {
-    let old: bool = conn.query_row(
-        "SELECT count(*) FROM pragma_table_info('batchsse_undo') WHERE name = 'first'",
-        [],
-        |r| r.get(0),
-    )?;
-    if old {
+    if has_column(conn, "batchsse_undo", "first")? {
         return Err(failure(
             "this file holds undo records of an older batchsse; take them back with that version, or remove them with `batchsse undo clear --all`".into(),
         ));
@@ -112,9 +107,15 @@ pub fn give_conflicts_their_plan(conn: &Connection) -> rusqlite::Result<()> {
 }
 
 fn conflicts_have_plan(conn: &Connection) -> rusqlite::Result<bool> {
+    has_column(conn, "batchsse_undo_conflict", "plan")
+}
+
+/// Whether batchsse's own `table` has `column` (a table made by an older
+/// batchsse may lack one, or have one it no longer writes).
+fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
     conn.query_row(
-        "SELECT count(*) FROM pragma_table_info('batchsse_undo_conflict') WHERE name = 'plan'",
-        [],
+        "SELECT count(*) FROM pragma_table_info(?1) WHERE name = ?2",
+        [table, column],
         |r| r.get(0),
     )
 }
@@ -182,11 +183,7 @@ impl Scope {
 /// Whether the record table has the checksum column (a table made by a
 /// batchsse from before it has not, until a run with `--undo` adds it).
 fn has_checksums(conn: &Connection) -> rusqlite::Result<bool> {
-    conn.query_row(
-        "SELECT count(*) FROM pragma_table_info('batchsse_undo') WHERE name = 'rec_hash'",
-        [],
-        |r| r.get(0),
-    )
+    has_column(conn, "batchsse_undo", "rec_hash")
 }
 
 /// The checksum written with part `chunk` of step `step`: of its record,
