@@ -4,7 +4,15 @@
 
 /// `n` rows, in words: "1 row", "1,200 rows".
 pub fn rows(n: u64) -> String {
-    format!("{} row{}", thousands(n), if n == 1 { "" } else { "s" })
+    format!("{} row{}", thousands(n), plural(n))
+}
+
+/// The plural ending for `n` things: "" for one, "s" for any other count.
+pub fn plural(n: impl TryInto<u64>) -> &'static str {
+    match n.try_into() {
+        Ok(1) => "",
+        _ => "s",
+    }
 }
 
 /// `1234567` as `1,234,567`.

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::docs::print;
 use crate::cli::{CheckpointAction, CheckpointArgs, CheckpointClearArgs, CheckpointListArgs};
-use crate::human::thousands;
+use crate::human::{plural, thousands};
 use crate::run::checkpoint::TABLE;
 use crate::run::housekeeping::{self, Record, Which};
 use crate::run::{self as runner};
@@ -194,10 +194,6 @@ fn key_json(key: &Sql) -> Value {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-pub(super) fn plural(n: usize) -> &'static str {
-    if n == 1 { "" } else { "s" }
 }
 
 pub(super) fn file_name(path: &std::path::Path) -> String {

@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
-use super::checkpoint::{file_name, plural};
+use super::checkpoint::file_name;
 use super::docs::print;
 use super::{Session, execute};
 use crate::cli::config::UndoConfig;
 use crate::cli::{CheckpointListArgs, UndoAction, UndoArgs, UndoClearArgs};
 use crate::error::UsageError;
+use crate::human::plural;
 use crate::human::thousands;
 use crate::lifecycle::Lifecycle;
 use crate::plan::{Plan, sqlite_message};

@@ -12,7 +12,7 @@ pub use crate::cli::ProgressMode;
 use crate::error::print_line;
 use crate::events::log::EventLog;
 use crate::events::{Event, Level, Progress, RunStatus, StepState, ThrottleReason};
-use crate::human::{duration, rows, thousands};
+use crate::human::{duration, plural, rows, thousands};
 use crate::view::github::Github;
 
 impl ProgressMode {
@@ -377,7 +377,7 @@ fn start_line(s: &crate::events::Start) -> String {
         s.plan,
         s.db,
         s.steps.len(),
-        if s.steps.len() == 1 { "" } else { "s" },
+        plural(s.steps.len()),
         if s.resumed {
             ", an earlier run's checkpoint found"
         } else {
@@ -532,9 +532,8 @@ fn finished_line_after(f: &crate::events::Finished, said: Option<&str>) -> Strin
 /// earlier try kept, which a try that went on from it must not leave out.
 fn kept_said(f: &crate::events::Finished) -> String {
     let (n, earlier) = (f.conflicts.unwrap_or(0), f.conflicts_earlier.unwrap_or(0));
-    let s = |n: u64| if n == 1 { "" } else { "s" };
-    let count = |n: u64| format!("{} conflict{}", thousands(n), s(n));
-    let theirs = |n: u64| format!("the application's row{}", s(n));
+    let count = |n: u64| format!("{} conflict{}", thousands(n), plural(n));
+    let theirs = |n: u64| format!("the application's row{}", plural(n));
     let listed = " (every one is in the table batchsse_undo_conflict)";
     let before = "before this try";
     match (n, earlier, f.dry_run) {

@@ -17,7 +17,7 @@ use crate::events::{
     Event, Finished, Level, Progress, RunKind, RunStatus, Start, StepEvent, StepInfo, StepKind,
     StepState, UndoInfo,
 };
-use crate::human::thousands;
+use crate::human::{plural, thousands};
 use crate::lifecycle::{Cancel, Steering};
 use crate::run::checkpoint;
 use crate::run::expect::shown;
@@ -335,7 +335,7 @@ impl Undoer<'_> {
             self.message(Level::Info, format!(
                 "dry run: {} rows would be reverted, {} conflict{}; rolled back, nothing was written",
                 thousands(tally.reverted), thousands(tally.conflicts),
-                if tally.conflicts == 1 { "" } else { "s" }
+                plural(tally.conflicts)
             ));
         } else if end.is_none() {
             self.finish();
@@ -607,21 +607,8 @@ impl Undoer<'_> {
             true => "would overwrite",
             false => "overwrote",
         };
-        if nth <= SHOWN_CONFLICTS {
-            self.log.push(Event::message(
-                json!({"db": self.db, "table": k.table, "key": json_value(&k.key)}),
-                Level::Warn,
-                format!(
-                    "conflict in {} at key {}: {}; {overwrote} the application's row",
-                    k.table, k.shown, k.why
-                ),
-            ));
-        } else if nth == SHOWN_CONFLICTS + 1 {
-            self.message(
-                Level::Warn,
-                "more rows of the application overwritten: the last lines count them",
-            );
-        }
+        let more = "more rows of the application overwritten: the last lines count them";
+        self.say_conflict(k, &format!("{overwrote} the application's row"), nth, more);
     }
 
     /// Records (and, for the first ones, reports) a row kept under `skip`.
@@ -639,27 +626,31 @@ impl Undoer<'_> {
             true => "its row as it is (the run's values, not the application's)",
             false => "the application's row",
         };
-        let text = format!(
-            "conflict in {} at key {}: {}; {kept} {whose}",
-            k.table, k.shown, k.why
-        );
+        // A dry run rolls the table back with everything else.
+        let more = match self.dry_run {
+            true => "more conflicts: the last line counts them all",
+            false => "more conflicts: every one is in the table batchsse_undo_conflict",
+        };
+        self.say_conflict(k, &format!("{kept} {whose}"), nth, more);
+        Ok(())
+    }
+
+    /// The undo's `nth` conflict, `k`, and what became of its row
+    /// (`done`), as a message for each of the first ones, then `more`
+    /// once.
+    fn say_conflict(&self, k: &Conflict<'_>, done: &str, nth: u64, more: &str) {
         if nth <= SHOWN_CONFLICTS {
             self.log.push(Event::message(
                 json!({"db": self.db, "table": k.table, "key": json_value(&k.key)}),
                 Level::Warn,
-                text,
+                format!(
+                    "conflict in {} at key {}: {}; {done}",
+                    k.table, k.shown, k.why
+                ),
             ));
         } else if nth == SHOWN_CONFLICTS + 1 {
-            // A dry run rolls the table back with everything else.
-            self.message(
-                Level::Warn,
-                match self.dry_run {
-                    true => "more conflicts: the last line counts them all",
-                    false => "more conflicts: every one is in the table batchsse_undo_conflict",
-                },
-            );
+            self.message(Level::Warn, more);
         }
-        Ok(())
     }
 
     /// After a complete undo: says what is left. The checkpoint of each

@@ -324,10 +324,7 @@ impl<'c> Reverter<'c> {
             // stays as the run left it, a conflict like another.
             Err(err) if !self.overwrite && taken(&err) => {
                 if undone.later_change_of(e) {
-                    let why = format!(
-                        "{}: a row written since the run holds a value it needs",
-                        sql(err)
-                    );
+                    let why = format!("{}: {HOLDS_VALUE}", sql(err));
                     return Err(lost(layout, e, &why));
                 }
                 return Ok((false, Some(format!("{TAKEN} ({})", sql(err))), true));
@@ -450,6 +447,10 @@ fn changed(l: &Layout, columns: &[usize], now: &[u8]) -> String {
 /// as a conflict before it.
 const TAKEN: &str = "another row holds a value it would get back";
 
+/// Why a row cannot go back when a `UNIQUE` constraint (or the key)
+/// stops it.
+const HOLDS_VALUE: &str = "a row written since the run holds a value it needs";
+
 /// Whether `err` is a `UNIQUE` (or primary key) constraint's: a row
 /// written since holds a value the row put back needs.
 fn taken(err: &rusqlite::Error) -> bool {
@@ -510,7 +511,7 @@ const UNIQUE: [std::ffi::c_int; 2] = [
 fn clash(l: &Layout, e: &Entry, code: std::ffi::c_int, err: &str) -> String {
     let (cause, or_skip) = if UNIQUE.contains(&code) {
         (
-            "a row written since the run holds a value it needs",
+            HOLDS_VALUE,
             "; `--on-conflict skip` keeps that row as it is and goes on",
         )
     } else {
