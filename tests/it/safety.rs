@@ -1714,8 +1714,7 @@ fn a_run_that_is_one_transaction_never_sleeps_between_chunks() {
     }
     assert_eq!(db.counter_spread(), (30, 0), "the atomic run applied it");
     let plan = db.file("undone.json", &counter_plan("undone", 10));
-    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve", "--undo"]));
-    assert_eq!(code, 0, "{err}");
+    run_undoable(&db, &plan);
     let undo = [
         &[
             "undo",

@@ -188,8 +188,7 @@ fn a_conflict_on_a_row_the_run_changed_in_two_columns_names_both_with_their_valu
         "plan.json",
         r#"{"name":"two","steps":[{"sql":"UPDATE t SET total = total * 2, counter = counter + 1 WHERE id BETWEEN :lo AND :hi","chunk":{"table":"t","size":5}}]}"#,
     );
-    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve", "--undo"]));
-    assert_eq!(code, 0, "{err}");
+    run_undoable(&db, &plan);
     db.conn()
         .execute_batch("UPDATE t SET total = 9.5 WHERE id = 4")
         .unwrap();
@@ -635,8 +634,7 @@ fn housekeeping_after_an_undo_and_a_clear_by_age_says_what_is_there() {
 fn undo_clear_older_than_an_age_no_record_has_says_what_it_kept() {
     let db = TempDb::counters(20);
     let plan = db.file("plan.json", &counter_plan("young", 10));
-    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve", "--undo"]));
-    assert_eq!(code, 0, "{err}");
+    run_undoable(&db, &plan);
     let dbp = path_str(&db.path);
     let (code, out, err) = run(&["undo", "clear", "--db", dbp, "--older-than", "7d"]);
     assert_eq!(code, 0, "{err}");
@@ -692,8 +690,7 @@ fn undo_clear_older_than_an_age_no_record_has_says_what_it_kept() {
 fn the_conflicts_an_undo_kept_are_listed_and_cleared_by_run() {
     let db = TempDb::counters(20);
     let plan = db.file("plan.json", &counter_plan("kept", 10));
-    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve", "--undo"]));
-    assert_eq!(code, 0, "{err}");
+    run_undoable(&db, &plan);
     let dbp = path_str(&db.path);
     let run_id: String = db
         .conn()
@@ -734,8 +731,7 @@ fn the_conflicts_an_undo_kept_are_listed_and_cleared_by_run() {
 fn undo_clear_in_a_folder_it_cannot_write_says_so_and_removes_nothing() {
     let db = TempDb::counters(20);
     let plan = db.file("plan.json", &counter_plan("kept", 10));
-    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve", "--undo"]));
-    assert_eq!(code, 0, "{err}");
+    run_undoable(&db, &plan);
     let Some(_guard) = immutable(db.dir.path()) else {
         return;
     };
@@ -832,8 +828,7 @@ fn composite_keys_are_recorded_and_an_edited_inserted_row_is_a_conflict() {
         "plan.json",
         r#"{"name":"stock","steps":[{"sql":"UPDATE stock SET qty = qty + 10; INSERT INTO stock VALUES ('e', 9, 1, 'new'), ('e', 8, 2, 'new'); DELETE FROM stock WHERE shop = 's'"}]}"#,
     );
-    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve", "--undo"]));
-    assert_eq!(code, 0, "{err}");
+    run_undoable(&db, &plan);
     // The application edits one of the rows the run inserted.
     db.conn()
         .execute_batch("UPDATE stock SET qty = 99 WHERE shop = 'e' AND sku = 9")
@@ -1410,8 +1405,7 @@ fn ctrl_c_in_the_middle_of_a_part_exits_130_and_the_undo_goes_on_after() {
         "plan.json",
         r#"{"name":"p","steps":[{"sql":"UPDATE t SET a = a + 1, b = b || id WHERE id BETWEEN :lo AND :hi","chunk":{"table":"t","size":400000}}]}"#,
     );
-    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve", "--undo"]));
-    assert_eq!(code, 0, "{err}");
+    run_undoable(&db, &plan);
     // No pause between parts: the signal comes while one is put back.
     let interrupted = |extra: &[&str]| {
         let args = undo_args(
@@ -1500,8 +1494,7 @@ fn a_part_whose_rows_changed_different_columns_is_put_back_in_bounded_memory() {
             set.join(", ")
         ),
     );
-    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve", "--undo"]));
-    assert_eq!(code, 0, "{err}");
+    run_undoable(&db, &plan);
     let out = std::process::Command::new("sh")
         .args(["-c", "ulimit -d 98304 && exec \"$0\" \"$@\"", BIN])
         .args(undo_args(&db, &["--plan", "p"]))

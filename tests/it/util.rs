@@ -785,6 +785,12 @@ pub fn run_args<'a>(
     a
 }
 
+/// Runs `plan` on `db` with `--undo` and no server, which must succeed.
+pub fn run_undoable(db: &TempDb, plan: &Path) {
+    let (code, _, err) = run(&run_args(db, path_str(plan), &["--no-serve", "--undo"]));
+    assert_eq!(code, 0, "{err}");
+}
+
 /// Starts a run of `plan` with the server on a free port and no terminal
 /// output, then `extra`.
 pub fn serving(db: &TempDb, plan: &str, extra: &[&str]) -> Proc {
