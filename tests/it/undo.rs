@@ -1460,6 +1460,8 @@ fn a_part_restoring_a_thousand_columns_is_put_back() {
         err.contains("1 conflict kept the application's row ("),
         "{err}"
     );
+    // The application's value stands in place of the run's change.
+    assert!(err.contains("fully taken back"), "{err}");
     // Rows 1 and 3 as before the run, row 2 as the application left it.
     let want = TempDb::with_sql(&setup);
     let kept = format!("UPDATE t SET {set} WHERE id = 2; {app}");

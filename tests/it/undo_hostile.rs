@@ -305,6 +305,13 @@ fn a_row_whose_unique_value_a_later_row_holds_is_a_conflict_kept_under_skip() {
                 && !out.contains("kept the application's row"),
             "{step}: {out}"
         );
+        // Its change is still on it: the plan run again would apply it twice.
+        assert!(
+            out.contains("all but 1 row kept as the run left it")
+                && out.contains("change it a second time")
+                && !out.contains("fully taken back"),
+            "{step}: {out}"
+        );
         // Row 2 as the run left it (changed, or gone), the rest put back,
         // the application's row kept.
         let row2 = after_run.iter().find(|(id, _)| *id == 2).cloned();

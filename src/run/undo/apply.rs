@@ -10,7 +10,7 @@ use rusqlite::Connection;
 use rusqlite::types::Value;
 use serde_json::json;
 
-use super::revert::{Conflict, Reverter};
+use super::revert::{Conflict, Reverter, TAKEN};
 use super::store::{self, PARTS, UNRECORDED};
 use crate::events::log::EventLog;
 use crate::events::{
@@ -653,6 +653,23 @@ impl Undoer<'_> {
         }
     }
 
+    /// Says that the plan is taken back, and names the rows that still
+    /// carry its change: kept as the run left them, since another row holds
+    /// a value they would get back. Running the plan again would change
+    /// them twice.
+    fn say_taken_back(&self) {
+        let plan = &self.spec.plan;
+        let as_left = store::kept_why(self.conn, &self.scope, TAKEN).unwrap_or(0);
+        if as_left == 0 {
+            return self.message(Level::Info, format!("plan {plan:?} is fully taken back; its checkpoint is cleared, so it can run again"));
+        }
+        self.message(Level::Warn, format!(
+            "plan {plan:?} is taken back, all but {} row{} kept as the run left it (another row holds a value it would get back; see the table batchsse_undo_conflict). Each still carries the run's change, so running the plan again would change it a second time: put those rows right, or leave them out of the plan's WHERE, before it runs again (its checkpoint is cleared)",
+            thousands(as_left),
+            plural(as_left)
+        ));
+    }
+
     /// After a complete undo: says what is left. The checkpoint of each
     /// step taken back whole went in its last part's transaction
     /// ([`Undoer::settle`]), so those steps can run again.
@@ -678,7 +695,7 @@ impl Undoer<'_> {
             s.join(", ")
         };
         match done() {
-            Ok((kept, left)) if kept.is_empty() && left.is_empty() => self.message(Level::Info, format!("plan {plan:?} is fully taken back; its checkpoint is cleared, so it can run again")),
+            Ok((kept, left)) if kept.is_empty() && left.is_empty() => self.say_taken_back(),
             Ok((kept, left)) if left.is_empty() => {
                 self.message(Level::Warn, format!("plan {plan:?}: the steps taken back can run again, but step(s) {} were applied by a run that was not recorded, so they stay applied and checkpointed (running the plan again will not apply them twice)", listed(&kept)));
             }

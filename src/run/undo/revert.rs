@@ -445,7 +445,7 @@ fn changed(l: &Layout, columns: &[usize], now: &[u8]) -> String {
 /// Why a row is kept when another row holds a `UNIQUE` value (or the
 /// key) it would get back: one the application wrote since, or one kept
 /// as a conflict before it.
-const TAKEN: &str = "another row holds a value it would get back";
+pub(super) const TAKEN: &str = "another row holds a value it would get back";
 
 /// Why a row cannot go back when a `UNIQUE` constraint (or the key)
 /// stops it.

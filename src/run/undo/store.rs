@@ -495,11 +495,19 @@ pub struct KeptConflicts {
 /// The rows kept so far that an undo of `scope` holds: by earlier tries
 /// of it (or an undo of a newer run of its plan).
 pub fn kept_of(conn: &Connection, scope: &Scope) -> rusqlite::Result<u64> {
+    kept_why(conn, scope, "")
+}
+
+/// Of the rows kept that an undo of `scope` holds, those whose reason
+/// begins with `why` (every one for `""`).
+pub fn kept_why(conn: &Connection, scope: &Scope, why: &str) -> rusqlite::Result<u64> {
     let sql = format!(
-        "SELECT count(*) FROM batchsse_undo_conflict WHERE {}",
-        scope.holds(1)
+        "SELECT count(*) FROM batchsse_undo_conflict WHERE substr(why, 1, length(?1)) = ?1 AND {}",
+        scope.holds(2)
     );
-    let n: i64 = conn.query_row(&sql, scope.params().as_slice(), |r| r.get(0))?;
+    let mut params: Vec<&dyn rusqlite::ToSql> = vec![&why];
+    params.extend(scope.params());
+    let n: i64 = conn.query_row(&sql, params.as_slice(), |r| r.get(0))?;
     Ok(n.max(0) as u64)
 }
 
@@ -690,7 +698,7 @@ mod tests {
             "INSERT INTO batchsse_undo (run, plan, step, name, chunk, rows, bytes, created_at)
                VALUES ('r1', 'p', 0, 's', -2, 0, 0, {});
              INSERT INTO batchsse_undo_conflict (run, tbl, k, why, at) VALUES
-               ('r1', 't', 1, 'x', {}), ('r2', 't', 2, 'x', {}), ('r0', 't', 3, 'x', {})",
+               ('r1', 't', 1, 'x', {}), ('r2', 't', 2, 'y: x', {}), ('r0', 't', 3, 'y', {})",
             t("5"),
             t("6"),
             t("7"),
@@ -711,6 +719,8 @@ mod tests {
         .unwrap();
         let scope = Scope::of(&conn, &runs, "p");
         assert_eq!(kept_of(&conn, &scope).unwrap(), 2, "r1's and r2's");
+        assert_eq!(kept_why(&conn, &scope, "y").unwrap(), 1, "r2's alone");
+        assert_eq!(kept_why(&conn, &scope, "y: xx").unwrap(), 0);
         let rows = kept_rows(&conn, &scope, (0, 10)).unwrap();
         let keys: Vec<_> = rows.iter().map(|(_, k)| k.clone()).collect();
         use rusqlite::types::Value::Integer;
