@@ -6,43 +6,6 @@ use std::time::{Duration, Instant};
 
 use crate::util::*;
 
-/// Every user table's rows (with the rowid where there is one), sorted: two
-/// databases with the same content give the same text.
-fn content(db: &TempDb) -> String {
-    let c = db.conn();
-    let tables: Vec<(String, bool)> = c
-        .prepare("SELECT name, wr FROM pragma_table_list WHERE schema = 'main' AND type = 'table' AND name NOT LIKE 'sqlite_%' AND name NOT LIKE 'batchsse_%' ORDER BY name")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    let mut out = String::new();
-    for (t, without_rowid) in tables {
-        let q = t.replace('"', "\"\"");
-        let sql = if without_rowid {
-            format!("SELECT * FROM \"{q}\"")
-        } else {
-            format!("SELECT rowid, * FROM \"{q}\"")
-        };
-        let mut stmt = c.prepare(&sql).unwrap();
-        let n = stmt.column_count();
-        let mut rows: Vec<String> = stmt
-            .query_map([], |r| {
-                Ok((0..n)
-                    .map(|i| format!("{:?}", r.get_ref(i).unwrap()))
-                    .collect::<Vec<_>>()
-                    .join("|"))
-            })
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        rows.sort();
-        out += &format!("{t}:\n{}\n", rows.join("\n"));
-    }
-    out
-}
-
 const SHAPES: &str = "
     CREATE TABLE p(id INTEGER PRIMARY KEY, name TEXT, price REAL, pic BLOB);
     CREATE TABLE c(id INTEGER PRIMARY KEY, p INT REFERENCES p(id) ON DELETE CASCADE, q INT);

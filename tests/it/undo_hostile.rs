@@ -742,6 +742,50 @@ fn a_row_whose_old_key_the_application_took_since_stops_the_undo() {
     }
 }
 
+/// A row whose key the run changed, and whose row at the new key the
+/// application has changed (or deleted) since, cannot go back under
+/// `skip`: the row at the new key is the application's and stays, so
+/// putting the old one back would make the product exist twice (or bring
+/// back one the application deleted). The undo stops there, the file as
+/// it was; `overwrite` takes the row back to its old key whole.
+#[test]
+fn a_row_whose_new_key_row_the_application_changed_since_stops_the_undo() {
+    let setup = "CREATE TABLE p(sku TEXT PRIMARY KEY, price INT) WITHOUT ROWID;
+                 INSERT INTO p VALUES ('OLD-1', 10), ('OLD-2', 20);
+                 CREATE TABLE u(id INTEGER PRIMARY KEY, name TEXT);
+                 INSERT INTO u VALUES (1, 'one'), (2, 'two');";
+    for (step, app) in [
+        (
+            r#"{"sql":"UPDATE p SET sku = 'NEW-' || substr(sku, 5)"}"#,
+            "UPDATE p SET price = 11 WHERE sku = 'NEW-1'",
+        ),
+        (
+            r#"{"sql":"UPDATE p SET sku = 'NEW-' || substr(sku, 5)"}"#,
+            "DELETE FROM p WHERE sku = 'NEW-2'",
+        ),
+        (
+            r#"{"sql":"UPDATE u SET id = id + 10"}"#,
+            "UPDATE u SET name = 'app' WHERE id = 11",
+        ),
+    ] {
+        let db = recorded_then(setup, step, app);
+        let (code, err) = stopped_undo(&db, "p");
+        assert_eq!(code, 1, "{step} {app}: {err}");
+        assert!(err.contains("exist twice"), "{step} {app}: {err}");
+        assert!(
+            err.contains("--on-conflict overwrite"),
+            "{step} {app}: {err}"
+        );
+        let (code, _, err) = run(&undo_of_plan(&db, "p", &["--on-conflict", "overwrite"]));
+        assert_eq!(code, 0, "{step} {app}: {err}");
+        assert_eq!(
+            content(&db),
+            content(&TempDb::with_sql(setup)),
+            "{step} {app}"
+        );
+    }
+}
+
 /// An undo that goes on from a killed try counts the rows that try kept
 /// apart from its own, and its last line names them: it must not end
 /// looking as if everything went back.

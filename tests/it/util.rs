@@ -1165,3 +1165,40 @@ impl Drop for Immutable<'_> {
         let _ = Command::new("chattr").arg("-i").arg(self.0).status();
     }
 }
+
+/// Every user table's rows (with the rowid where there is one), sorted: two
+/// databases with the same content give the same text.
+pub fn content(db: &TempDb) -> String {
+    let c = db.conn();
+    let tables: Vec<(String, bool)> = c
+        .prepare("SELECT name, wr FROM pragma_table_list WHERE schema = 'main' AND type = 'table' AND name NOT LIKE 'sqlite_%' AND name NOT LIKE 'batchsse_%' ORDER BY name")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let mut out = String::new();
+    for (t, without_rowid) in tables {
+        let q = t.replace('"', "\"\"");
+        let sql = if without_rowid {
+            format!("SELECT * FROM \"{q}\"")
+        } else {
+            format!("SELECT rowid, * FROM \"{q}\"")
+        };
+        let mut stmt = c.prepare(&sql).unwrap();
+        let n = stmt.column_count();
+        let mut rows: Vec<String> = stmt
+            .query_map([], |r| {
+                Ok((0..n)
+                    .map(|i| format!("{:?}", r.get_ref(i).unwrap()))
+                    .collect::<Vec<_>>()
+                    .join("|"))
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        rows.sort();
+        out += &format!("{t}:\n{}\n", rows.join("\n"));
+    }
+    out
+}

@@ -278,6 +278,7 @@ impl<'c> Reverter<'c> {
                 rows.insert(id());
             }
             if self.held(&layout.table, &e.key) {
+                undone.kept(e);
                 conflicts.insert(id()); // kept already, and said so
                 continue;
             }
@@ -286,6 +287,7 @@ impl<'c> Reverter<'c> {
                 reverted += 1;
                 undone.went_back(e);
             } else {
+                undone.kept(e);
                 self.held.insert(held_id(&layout.table, &e.key));
                 conflicts.insert(id());
             }
@@ -344,6 +346,9 @@ impl<'c> Reverter<'c> {
         // its later change (its key changed, or a REPLACE).
         if !put && e.op == op::DELETE && undone.later_change_of(e) {
             return Err(lost(layout, e, "a row written since the run holds its key"));
+        }
+        if put && e.op == op::DELETE && !self.overwrite && undone.kept_new.contains(&e.table) {
+            return Err(twice(layout, e));
         }
         Ok((put, why, false))
     }
@@ -466,6 +471,9 @@ struct Undone {
     rows: HashSet<(usize, Vec<u8>)>,
     /// The tables a row the run inserted was deleted from.
     emptied: HashSet<usize>,
+    /// The tables where a row the run inserted stays: the application
+    /// changed or deleted it since (or an undo kept it before).
+    kept_new: HashSet<usize>,
 }
 
 impl Undone {
@@ -473,6 +481,12 @@ impl Undone {
         self.rows.insert((e.table, encoded(&e.key)));
         if e.op == op::INSERT {
             self.emptied.insert(e.table);
+        }
+    }
+
+    fn kept(&mut self, e: &Entry) {
+        if e.op == op::INSERT {
+            self.kept_new.insert(e.table);
         }
     }
 
@@ -494,6 +508,19 @@ impl Undone {
 fn lost(l: &Layout, e: &Entry, why: &str) -> String {
     format!(
         "putting back the row of {} at key {} fails ({why}), and the same chunk of the run changed this row again (a REPLACE, or its key changed), which the undo has already taken back; keeping it as a conflict would lose the row. The undo stopped here, this chunk rolled back, what it took back before stays taken back; change the row that holds the value, then run the undo again (or give up on this record with `batchsse undo clear`)",
+        l.table,
+        key_shown(&e.key)
+    )
+}
+
+/// Why a part stops when a row the run deleted would go back while a row
+/// the same part inserted into its table stays, as the application changed
+/// or deleted it: an `UPDATE` of the key is recorded as the row deleted
+/// and inserted anew, so the row would be back at its old key beside the
+/// application's at its new one (or back where the application deleted it).
+fn twice(l: &Layout, e: &Entry) -> String {
+    format!(
+        "putting back the row of {} at key {} would let it exist twice: the same chunk of the run also inserted a row into {0} that the application has changed or deleted since, and kept (if the run changed this row's key, that is this row at its new key). The undo stopped here, this chunk rolled back, what it took back before stays taken back; run the undo again with `--on-conflict overwrite` to take the application's change of that row back too, or settle the rows by hand and give up on this record with `batchsse undo clear`",
         l.table,
         key_shown(&e.key)
     )
