@@ -67,6 +67,22 @@ pub fn open_by_this_program(path: &Path) -> Vec<u32> {
     }
 }
 
+/// The first argument process `pid` was started with after the program's
+/// name (its subcommand, for this program), as far as the system tells.
+pub fn first_argument(pid: u32) -> Option<String> {
+    #[cfg(target_os = "linux")]
+    {
+        let line = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let arg = line.split(|b| *b == 0).nth(1)?;
+        Some(String::from_utf8_lossy(arg).into_owned())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = pid;
+        None
+    }
+}
+
 /// Scans `/proc` for processes other than this one with a descriptor
 /// open on `path` or a file whose name starts with it. A process whose
 /// descriptors we may not read is skipped; `None` without a `/proc`.

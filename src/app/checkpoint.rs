@@ -83,12 +83,51 @@ pub(super) fn refuse_under_a_live_run(
     why: &str,
 ) -> Result<(), crate::error::UsageError> {
     let pids = crate::platform::open_by_this_program(db);
+    refuse_beside(
+        db,
+        &pids,
+        ("a run or an undo", why),
+        "Nothing was removed",
+        "clear",
+    )
+}
+
+/// Refuses (where the system tells) while another batchsse has `db` open
+/// for writing as a run: `why` says what going on would do, `done` what
+/// was not, and `then` what to do once the run has ended.
+pub(super) fn refuse_beside_a_run(
+    db: &std::path::Path,
+    why: &str,
+    done: &str,
+    then: &str,
+) -> Result<(), crate::error::UsageError> {
+    let runs: Vec<u32> = crate::platform::open_by_this_program(db)
+        .into_iter()
+        .filter(|p| {
+            matches!(
+                crate::platform::first_argument(*p).as_deref(),
+                Some("run" | "demo")
+            )
+        })
+        .collect();
+    refuse_beside(db, &runs, ("a run", why), done, then)
+}
+
+/// The refusal of [`refuse_beside_a_run`] and its kin when `pids` (what
+/// `going` names) have the file open.
+fn refuse_beside(
+    db: &std::path::Path,
+    pids: &[u32],
+    (going, why): (&str, &str),
+    done: &str,
+    then: &str,
+) -> Result<(), crate::error::UsageError> {
     if pids.is_empty() {
         return Ok(());
     }
     let pids: Vec<String> = pids.iter().map(|p| format!("pid {p}")).collect();
     Err(crate::error::UsageError::new(format!(
-        "another batchsse ({}) has {} open, a run or an undo still going: {why}. Nothing was removed; let it finish (or cancel it: Ctrl-C, or `batchsse ctl URL cancel`), then clear",
+        "another batchsse ({}) has {} open, {going} still going: {why}. {done}; let it finish (or cancel it: Ctrl-C, or `batchsse ctl URL cancel`), then {then}",
         pids.join(", "),
         file_name(db)
     )))

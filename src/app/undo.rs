@@ -56,6 +56,15 @@ fn open(c: UndoConfig) -> Result<Session, UsageError> {
     if runs.is_empty() {
         return Err(nothing_recorded(&conn, &c));
     }
+    refuse_renumbered(&conn, &runs, &c.db)?;
+    if !c.opts.dry_run {
+        super::checkpoint::refuse_beside_a_run(
+            &c.db,
+            "it would go on changing rows after the undo took back what it had recorded so far",
+            "Nothing was taken back",
+            "undo",
+        )?;
+    }
     let mut kept = store::Kept::default();
     for run in &runs {
         let damage = store::damage(&conn, run, &mut kept)
@@ -96,6 +105,42 @@ fn open(c: UndoConfig) -> Result<Session, UsageError> {
         }
         s
     })
+}
+
+/// Refuses runs whose record finds rows by a rowid that a `VACUUM` since
+/// has renumbered: the undo would put old values into other rows. SQLite
+/// keeps the rowids of a table with an index (it copies the index as it
+/// is); those of one without are numbered anew from 1.
+fn refuse_renumbered(
+    conn: &Connection,
+    runs: &[String],
+    db: &std::path::Path,
+) -> Result<(), UsageError> {
+    let sql = |e: rusqlite::Error| UsageError::new(sqlite_message(&e));
+    for run in runs {
+        if !store::renumbered(conn, run).map_err(sql)? {
+            continue;
+        }
+        let tables = store::by_rowid(conn, run).map_err(sql)?;
+        if tables.is_empty() {
+            continue;
+        }
+        return Err(UsageError::new(format!(
+            "the rowids of {} were numbered anew since run {run} was recorded (by a VACUUM: {} neither an INTEGER PRIMARY KEY nor any index), and the record finds {} rows by rowid, so taking it back would put old values into other rows. Nothing was taken back, and this record can no longer be taken back safely: remove it with `batchsse undo clear --db {} --run {}`. To keep this from happening, take runs back before vacuuming, or give such tables an index or an INTEGER PRIMARY KEY",
+            tables.join(", "),
+            match tables.len() {
+                1 => "it has",
+                _ => "they have",
+            },
+            match tables.len() {
+                1 => "its",
+                _ => "their",
+            },
+            crate::human::shell_word(&db.to_string_lossy()),
+            crate::human::shell_word(run)
+        )));
+    }
+    Ok(())
 }
 
 /// The runs to take back, newest first, and their plan.

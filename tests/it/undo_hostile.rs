@@ -786,6 +786,49 @@ fn a_row_whose_new_key_row_the_application_changed_since_stops_the_undo() {
     }
 }
 
+/// A `VACUUM` numbers anew the rowids of a table with neither an `INTEGER
+/// PRIMARY KEY` nor any index, by which the record finds its rows: with
+/// rowids gone from the middle, an undo would write each old status into
+/// the next row along (every row says 'archived', so none would look
+/// changed). It is refused instead, dry run too, the file untouched, and
+/// says what to do. A table with an index keeps its rowids (SQLite copies
+/// the index as it is), so it is taken back as ever, and so is a run
+/// recorded after the `VACUUM`.
+#[test]
+fn an_undo_after_a_vacuum_that_renumbered_rowids_is_refused() {
+    let setup = "CREATE TABLE u(email TEXT, status TEXT);
+                 INSERT INTO u VALUES ('a@x', 'new'), ('b@x', 'old'), ('c@x', 'new'), ('d@x', 'old');
+                 DELETE FROM u WHERE email = 'b@x';
+                 CREATE TABLE k(email TEXT PRIMARY KEY, status TEXT);
+                 INSERT INTO k SELECT * FROM u;
+                 DELETE FROM k WHERE email = 'a@x';";
+    let archive = |t: &str| format!(r#"{{"sql":"UPDATE {t} SET status = 'archived'"}}"#);
+    let db = recorded_then(setup, &archive("u"), "VACUUM");
+    for extra in [&[][..], &["--dry-run"]] {
+        let (code, err) = stopped_undo_with(&db, "p", extra);
+        assert_eq!(code, 2, "{extra:?}: {err}");
+        assert!(err.contains("the rowids of u were numbered anew"), "{err}");
+        assert!(err.contains("Nothing was taken back"), "{err}");
+        assert!(err.contains("batchsse undo clear --db"), "{err}");
+    }
+    let db = recorded_then(setup, &archive("k"), "VACUUM");
+    let (code, _, err) = run(&undo_of_plan(&db, "p", &[]));
+    assert_eq!(code, 0, "an indexed table keeps its rowids: {err}");
+    let fresh = TempDb::with_sql(setup);
+    fresh.conn().execute_batch("VACUUM").unwrap();
+    let vacuumed = content(&fresh);
+    assert_eq!(content(&db), vacuumed, "k as before the run");
+    let db = fresh;
+    let plan = db.file(
+        "plan.json",
+        &format!(r#"{{"name":"p","undo":true,"steps":[{}]}}"#, archive("u")),
+    );
+    run_undoable(&db, &plan);
+    let (code, _, err) = run(&undo_of_plan(&db, "p", &[]));
+    assert_eq!(code, 0, "recorded after the VACUUM: {err}");
+    assert_eq!(content(&db), vacuumed);
+}
+
 /// An undo that goes on from a killed try counts the rows that try kept
 /// apart from its own, and its last line names them: it must not end
 /// looking as if everything went back.

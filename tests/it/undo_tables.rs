@@ -43,6 +43,39 @@ fn a_recorded_run_that_committed_nothing_leaves_no_undo_tables() {
     assert!(!has_undo_table(&db), "{err}");
 }
 
+/// `batchsse undo` of a run still recording is refused, the file left as
+/// the run has it: the run would go on changing rows after the undo took
+/// back what it had so far. A dry run, which writes nothing, may look;
+/// once the run has ended, the undo takes all of it back. (Two undos at
+/// once share the parts: see `undo_hostile`.)
+#[test]
+fn an_undo_beside_a_live_run_is_refused() {
+    let db = TempDb::counters(40);
+    let plan = db.file("plan.json", &counter_plan("bump", 10));
+    let file = path_str(&db.path);
+    let mut p = slow_run(&db, &plan, &["--undo"]);
+    wait_until(&p, || {
+        has_undo_table(&db) && db.query_i64("SELECT count(*) FROM batchsse_undo") > 0
+    });
+    let undo = ["undo", "--db", file, "--plan", "bump", "--no-serve"];
+    let (code, _, err) = run(&undo);
+    assert_eq!(code, 2, "refused under the live run: {err}");
+    assert!(err.contains("a run still going"), "{err}");
+    assert!(err.contains("Nothing was taken back"), "{err}");
+    assert!(err.contains("then undo"), "{err}");
+    let (code, _, err) = run(&[&undo[..], &["--dry-run"]].concat());
+    assert_eq!(code, 0, "a dry run may look: {err}");
+    assert_eq!(p.wait().code(), Some(0), "{}", p.stderr());
+    assert_eq!(
+        db.query_i64("SELECT sum(counter) FROM t"),
+        40,
+        "the run went on whole"
+    );
+    let (code, _, err) = run(&undo);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 0);
+}
+
 /// `undo clear` while a run records is refused; the tables dropped under
 /// it by hand (or where the clear cannot see the run): the run goes on recording (it does not fail on a missing table), and its
 /// record, now without its first parts, is refused as incomplete instead

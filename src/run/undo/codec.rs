@@ -108,6 +108,12 @@ pub struct Layout {
 }
 
 impl Layout {
+    /// Whether the table's rows are found by a rowid no column names (a
+    /// key column's name is quoted), which a `VACUUM` may renumber.
+    pub fn by_bare_rowid(&self) -> bool {
+        self.int_key && self.key.first().is_some_and(|k| !k.starts_with('"'))
+    }
+
     fn mask_bytes(&self) -> usize {
         self.columns.len().div_ceil(8)
     }
@@ -470,15 +476,28 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Reads a blob written by [`Encoder::finish`].
-pub fn decode(blob: &[u8]) -> Result<Record, Damaged> {
-    let mut r = Reader { b: blob, at: 0 };
+/// The tables of a blob written by [`Encoder::finish`], its entries
+/// left unread.
+pub fn layouts(blob: &[u8]) -> Result<Vec<Layout>, Damaged> {
+    header(&mut Reader { b: blob, at: 0 }).map(|(_, tables)| tables)
+}
+
+/// A blob's version checked, then whether its keys are unique, and its
+/// tables.
+fn header(r: &mut Reader<'_>) -> Result<(bool, Vec<Layout>), Damaged> {
     if r.byte()? != VERSION {
         return Err(Damaged("written by another version of batchsse"));
     }
     let unique = r.byte()? & UNIQUE_KEYS != 0;
     let n = r.len()?;
-    let tables: Vec<Layout> = (0..n).map(|_| r.layout()).collect::<Result<_, _>>()?;
+    let tables = (0..n).map(|_| r.layout()).collect::<Result<_, _>>()?;
+    Ok((unique, tables))
+}
+
+/// Reads a blob written by [`Encoder::finish`].
+pub fn decode(blob: &[u8]) -> Result<Record, Damaged> {
+    let mut r = Reader { b: blob, at: 0 };
+    let (unique, tables) = header(&mut r)?;
     let mut last_key = vec![0i64; tables.len()];
     let every: Vec<Rc<[usize]>> = tables
         .iter()

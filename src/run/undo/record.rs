@@ -195,6 +195,7 @@ impl<'c> Recorder<'c> {
     pub fn arm(&self, step: &Step) -> rusqlite::Result<()> {
         self.disarm();
         store::create(self.conn)?;
+        store::probe(self.conn, &self.run_id)?;
         self.chunk.set(0);
         self.count.set(None);
         if !step.undo {

@@ -13,12 +13,20 @@ pub const CHUNKS: &str = "batchsse_undo";
 
 /// batchsse's own tables in a database file, never recorded (the last is
 /// the undo record's format from before the first release).
-const OWN: [&str; 4] = [
+const OWN: [&str; 5] = [
     crate::run::checkpoint::TABLE,
     CHUNKS,
     "batchsse_undo_conflict",
+    PROBE,
     "batchsse_undo_row",
 ];
+
+/// A row per recorded run, given the rowid `at` with a gap before it, in
+/// a table without an index: a `VACUUM` numbers the rows of such a table
+/// anew from 1, so a row whose rowid is no longer `at` tells that those
+/// of every table with neither an `INTEGER PRIMARY KEY` nor an index have
+/// moved since the run, and with them the rows its record finds by rowid.
+const PROBE: &str = "batchsse_undo_probe";
 
 /// Whether `table` (as SQLite names it) is one of batchsse's own or one of
 /// SQLite's (`sqlite_…`, in any case), which no step's record holds.
@@ -77,6 +85,10 @@ CREATE TABLE IF NOT EXISTS batchsse_undo_conflict (
     why TEXT NOT NULL,
     at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
     plan TEXT
+);
+CREATE TABLE IF NOT EXISTS batchsse_undo_probe (
+    run TEXT NOT NULL,
+    at INTEGER NOT NULL
 );";
 
 /// Makes the tables if they are not there (inside the caller's
@@ -95,6 +107,76 @@ pub fn create(conn: &Connection) -> rusqlite::Result<()> {
         conn.execute_batch("ALTER TABLE batchsse_undo ADD COLUMN rec_hash INTEGER")?;
     }
     give_conflicts_their_plan(conn)
+}
+
+/// Gives `run` its [`PROBE`] row, unless it has one (inside the caller's
+/// transaction, once the tables are made).
+pub fn probe(conn: &Connection, run: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO batchsse_undo_probe (rowid, run, at)
+         SELECT n, ?1, n FROM (SELECT ifnull(max(rowid), 0) + 2 AS n FROM batchsse_undo_probe)
+         WHERE NOT EXISTS (SELECT 1 FROM batchsse_undo_probe WHERE run = ?1)",
+    )?
+    .execute([run])
+    .map(drop)
+}
+
+/// Whether the rowids of tables without an `INTEGER PRIMARY KEY` may have
+/// been numbered anew since `run` was recorded (see [`PROBE`]); `false`
+/// for a run recorded by a batchsse from before the probe.
+pub fn renumbered(conn: &Connection, run: &str) -> rusqlite::Result<bool> {
+    let exists = conn
+        .query_row(
+            "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+            [PROBE],
+            |_| Ok(()),
+        )
+        .optional()?;
+    if exists.is_none() {
+        return Ok(false);
+    }
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM batchsse_undo_probe WHERE run = ?1 AND rowid <> at)",
+        [run],
+        |r| r.get(0),
+    )
+}
+
+/// The tables without an index whose rows `run`'s record finds by their
+/// bare rowid, by name (reads every part of the record).
+pub fn by_rowid(conn: &Connection, run: &str) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare(
+        "SELECT id, step, chunk FROM batchsse_undo WHERE run = ?1 AND chunk >= 0 ORDER BY id",
+    )?;
+    let parts: Vec<(i64, i64, i64)> = stmt
+        .query_map([run], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    let (mut tables, mut rec) = (std::collections::BTreeSet::new(), Vec::new());
+    for (id, step, chunk) in parts {
+        let part = Part {
+            id,
+            run,
+            step,
+            chunk,
+        };
+        if read_part(conn, part, &mut rec)? != Some(true) {
+            continue;
+        }
+        let layouts = super::codec::layouts(&rec).map_err(|e| failure(e.to_string()))?;
+        let bare = layouts.into_iter().filter(|l| l.by_bare_rowid());
+        tables.extend(bare.map(|l| l.table));
+    }
+    let mut unindexed = Vec::new();
+    for t in tables {
+        let indexes: i64 =
+            conn.query_row("SELECT count(*) FROM pragma_index_list(?1)", [&t], |r| {
+                r.get(0)
+            })?;
+        if indexes == 0 {
+            unindexed.push(t);
+        }
+    }
+    Ok(unindexed)
 }
 
 /// Adds the conflict table's `plan` column to a table made by a batchsse
@@ -570,6 +652,8 @@ pub fn kept_conflicts(conn: &Connection) -> Result<Vec<KeptConflicts>, UsageErro
 pub fn remove_run(conn: &Connection, run: &str) -> rusqlite::Result<usize> {
     let removed = conn.execute("DELETE FROM batchsse_undo WHERE run = ?1", [run])?;
     conn.execute("DELETE FROM batchsse_undo_conflict WHERE run = ?1", [run])?;
+    conn.execute("DELETE FROM batchsse_undo_probe WHERE run = ?1", [run])
+        .or_else(|e| if is_missing(&e) { Ok(0) } else { Err(e) })?;
     Ok(removed)
 }
 
@@ -615,7 +699,8 @@ pub fn drop_if_empty(conn: &Connection) -> rusqlite::Result<bool> {
     }
     // `batchsse_undo_row`: the tables of the format before the first release.
     conn.execute_batch(
-        "DROP TABLE batchsse_undo; DROP TABLE batchsse_undo_conflict; DROP TABLE IF EXISTS batchsse_undo_row",
+        "DROP TABLE batchsse_undo; DROP TABLE batchsse_undo_conflict;
+         DROP TABLE IF EXISTS batchsse_undo_probe; DROP TABLE IF EXISTS batchsse_undo_row",
     )?;
     Ok(true)
 }
