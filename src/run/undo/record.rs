@@ -571,13 +571,20 @@ impl<'c> Recorder<'c> {
             .conn
             .prepare_cached(&format!("SELECT * FROM temp.{name} ORDER BY seq"))?;
         let mut rows = stmt.query([])?;
+        let mut last = None;
         while let Some(row) = rows.next()? {
             let (tno, what): (i64, u8) = (row.get(1)?, row.get(2)?);
             let Some(layout) = layouts.get(tno as usize) else {
                 continue;
             };
+            // A key's change is staged as the row deleted, then inserted
+            // anew: the two stay in one part, where the undo sees them
+            // side by side (see `revert`).
+            if !(what == op::INSERT && last == Some((tno, op::DELETE))) {
+                self.flush_part(step, &mut enc, false)?;
+            }
             pack_staged_row(&mut enc, layout, what, row)?;
-            self.flush_part(step, &mut enc, false)?;
+            last = Some((tno, what));
         }
         drop(rows);
         self.conn
