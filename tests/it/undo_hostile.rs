@@ -897,6 +897,22 @@ fn an_undo_after_a_vacuum_that_renumbered_rowids_is_refused() {
     assert_eq!(content(&db), vacuumed);
 }
 
+/// An index given after the `VACUUM` to a table that had none when the
+/// run was recorded does not bring back the rowids the `VACUUM` numbered
+/// anew: the undo is still refused, the file untouched, rather than
+/// writing each old status into the next row along.
+#[test]
+fn an_index_added_after_the_vacuum_does_not_hide_it() {
+    let setup = "CREATE TABLE u(email TEXT, status TEXT);
+                 INSERT INTO u VALUES ('a@x', 'new'), ('b@x', 'old'), ('c@x', 'new'), ('d@x', 'old');
+                 DELETE FROM u WHERE email = 'b@x';";
+    let step = r#"{"sql":"UPDATE u SET status = 'archived'"}"#;
+    let db = recorded_then(setup, step, "VACUUM; CREATE INDEX u_email ON u(email)");
+    let (code, err) = stopped_undo(&db, "p");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("the rowids of u were numbered anew"), "{err}");
+}
+
 /// An undo that goes on from a killed try counts the rows that try kept
 /// apart from its own, and its last line names them: it must not end
 /// looking as if everything went back.
