@@ -308,7 +308,8 @@ fn a_row_whose_unique_value_a_later_row_holds_is_a_conflict_kept_under_skip() {
         // Its change is still on it: the plan run again would apply it twice.
         assert!(
             out.contains("all but 1 row kept as the run left it")
-                && out.contains("change it a second time")
+                && out.contains("It still carries the run's change")
+                && out.contains("change it a second time: put that row right")
                 && !out.contains("fully taken back"),
             "{step}: {out}"
         );
@@ -324,6 +325,23 @@ fn a_row_whose_unique_value_a_later_row_holds_is_a_conflict_kept_under_skip() {
         want.sort();
         assert_eq!(emails(&db), want, "{step}");
     }
+}
+
+/// Rows kept because other rows hold their old values are counted, and
+/// the warning speaks of them as many.
+#[test]
+fn rows_kept_as_the_run_left_them_are_counted_as_many() {
+    let setup = "CREATE TABLE t(id INTEGER PRIMARY KEY, email TEXT UNIQUE);
+                 INSERT INTO t VALUES (1, 'a'), (2, 'b'), (3, 'c');";
+    let step = r#"{"sql":"UPDATE t SET email = email || '.old'"}"#;
+    let db = recorded_then(setup, step, "INSERT INTO t VALUES (4, 'b'), (5, 'c')");
+    let (fin, out) = undo_json(&db, "p");
+    assert_eq!(fin["data"]["conflicts"], 2, "{out}");
+    assert!(
+        out.contains("all but 2 rows kept as the run left them (other rows hold values")
+            && out.contains("would change them a second time: put those rows right"),
+        "{out}"
+    );
 }
 
 /// A row whose `UNIQUE` value the application took, but whose later
