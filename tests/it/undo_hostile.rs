@@ -826,6 +826,33 @@ fn a_replaced_row_the_application_changed_since_does_not_stop_the_others() {
     );
 }
 
+/// A step that deletes a row and then inserts another into the same table
+/// records them side by side, as a key's change is recorded, but they are
+/// two rows: the application's change to the new one keeps it (a
+/// conflict) and must not stop the undo from putting the deleted one back.
+/// (`overwrite`, which the stop pointed at, would have deleted the
+/// application's row.) Recorded either way.
+#[test]
+fn a_row_deleted_beside_another_inserted_comes_back_when_that_one_is_kept() {
+    let setup = "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
+                 INSERT INTO t VALUES (1, 'a'), (2, 'b'), (3, 'c');";
+    let step = r#"{"name":"p","undo":true,"steps":[{"sql":"DELETE FROM t WHERE id = 1; INSERT INTO t(v) VALUES ('new')"}]}"#;
+    for env in [&[][..], &[("BATCHSSE_UNDO_HOOK", "off")][..]] {
+        let db = TempDb::with_sql(setup);
+        let plan = db.file("plan.json", step);
+        let (code, _, err) =
+            run_with_env(&run_args(&db, path_str(&plan), &["--no-serve"]), None, env);
+        assert_eq!(code, 0, "{env:?}: {err}");
+        db.conn()
+            .execute_batch("UPDATE t SET v = 'app' WHERE id = 4")
+            .unwrap();
+        let (fin, out) = undo_json(&db, "p");
+        assert_eq!(fin["data"]["conflicts"], 1, "{env:?}: {out}");
+        let want = TempDb::with_sql(&format!("{setup} INSERT INTO t VALUES (4, 'app');"));
+        assert_eq!(content(&db), content(&want), "{env:?}");
+    }
+}
+
 /// Without the pre-update hook a key's change is staged as two rows, the
 /// row deleted and the row inserted anew. A part cut between them (parts
 /// end at 4 MiB, here after the third row's old picture) would put the

@@ -571,7 +571,6 @@ impl<'c> Recorder<'c> {
             .conn
             .prepare_cached(&format!("SELECT * FROM temp.{name} ORDER BY seq"))?;
         let mut rows = stmt.query([])?;
-        let mut last = None;
         while let Some(row) = rows.next()? {
             let (tno, what): (i64, u8) = (row.get(1)?, row.get(2)?);
             let Some(layout) = layouts.get(tno as usize) else {
@@ -580,11 +579,10 @@ impl<'c> Recorder<'c> {
             // A key's change is staged as the row deleted, then inserted
             // anew: the two stay in one part, where the undo sees them
             // side by side (see `revert`).
-            if !(what == op::INSERT && last == Some((tno, op::DELETE))) {
+            if what != MOVED {
                 self.flush_part(step, &mut enc, false)?;
             }
             pack_staged_row(&mut enc, layout, what, row)?;
-            last = Some((tno, what));
         }
         drop(rows);
         self.conn
@@ -772,6 +770,7 @@ fn pack_staged_row(
     let values = encoded(3 + p, n)?;
     match what {
         op::INSERT => enc.insert(t, key, print(&values.concat())),
+        MOVED => enc.moved(t, key, print(&values.concat())),
         op::DELETE => enc.delete(t, key, &values.concat()),
         _ => {
             let new = encoded(3 + p + n, n)?;
@@ -803,6 +802,10 @@ fn stage_name(conn: &Connection) -> rusqlite::Result<String> {
     Ok(name)
 }
 
+/// A staged row's `op` for the row inserted at its new key after its key
+/// changed (an [`op::INSERT`] the record marks as moved).
+const MOVED: u8 = op::INSERT | 4;
+
 /// The TEMP triggers that stage changes to one table (in TEMP table
 /// `stage`): `n` is its `tno`. A changed key is the old row deleted and
 /// the new one inserted.
@@ -832,8 +835,9 @@ fn triggers(n: usize, l: &Layout, stage: &str) -> String {
         "CREATE TEMP TRIGGER batchsse_undo_i{n} AFTER INSERT {on} BEGIN {ins} END;
          CREATE TEMP TRIGGER batchsse_undo_d{n} AFTER DELETE {on} BEGIN {del} END;
          CREATE TEMP TRIGGER batchsse_undo_u{n} AFTER UPDATE {on} WHEN {same_key} BEGIN {upd} END;
-         CREATE TEMP TRIGGER batchsse_undo_m{n} AFTER UPDATE {on} WHEN NOT ({same_key}) BEGIN {del} {ins} END;",
+         CREATE TEMP TRIGGER batchsse_undo_m{n} AFTER UPDATE {on} WHEN NOT ({same_key}) BEGIN {del} {moved} END;",
         ins = stage(op::INSERT, row("NEW")),
+        moved = stage(MOVED, row("NEW")),
         del = stage(op::DELETE, row("OLD")),
         upd = stage(op::UPDATE, update),
     )

@@ -269,7 +269,10 @@ impl<'c> Reverter<'c> {
         // Rows kept, and rows said (kept or overwritten).
         let mut conflicts: HashSet<(usize, Vec<u8>)> = HashSet::new();
         let mut said: HashSet<(usize, Vec<u8>)> = HashSet::new();
-        let mut undone = Undone::default();
+        let mut undone = Undone {
+            moves: rec.moves,
+            ..Undone::default()
+        };
         let mut reverted = 0u64;
         for e in rec.entries.iter().rev() {
             let layout = &rec.tables[e.table];
@@ -473,12 +476,16 @@ struct Undone {
     emptied: HashSet<usize>,
     /// The table of the entry just before this one (the next newer, as a
     /// part goes back newest first) when that entry is a row the run
-    /// inserted that stays: the application changed or deleted it since
-    /// (or an undo kept it before). An `UPDATE` of a key is recorded as
-    /// the row deleted then inserted anew, side by side; a row deleted
-    /// anywhere else in the part (a `REPLACE` of another row, a step that
-    /// deletes some rows and inserts others) is another row.
+    /// inserted at a key it changed and that stays: the application
+    /// changed or deleted it since (or an undo kept it before). An
+    /// `UPDATE` of a key is recorded as the row deleted then inserted
+    /// anew, side by side; a row deleted anywhere else in the part (a
+    /// `REPLACE` of another row, a step that deletes some rows and inserts
+    /// others) is another row.
     kept_new: Option<usize>,
+    /// The record marks the inserts that are a key's change; a record from
+    /// before does not, and every insert right after a delete counts.
+    moves: bool,
 }
 
 impl Undone {
@@ -491,7 +498,8 @@ impl Undone {
 
     /// Moves on past `e`, which stays as it is when `kept`.
     fn next(&mut self, e: &Entry, kept: bool) {
-        self.kept_new = (kept && e.op == op::INSERT).then_some(e.table);
+        let moved = e.moved || !self.moves;
+        self.kept_new = (kept && e.op == op::INSERT && moved).then_some(e.table);
     }
 
     /// Whether a later change of `e`'s row may have gone back already:
