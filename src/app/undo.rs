@@ -126,11 +126,11 @@ fn refuse_renumbered(
             continue;
         }
         return Err(UsageError::new(format!(
-            "the rowids of {} were numbered anew since run {run} was recorded (by a VACUUM: {} neither an INTEGER PRIMARY KEY nor any index), and the record finds {} rows by rowid, so taking it back would put old values into other rows. Nothing was taken back, and this record can no longer be taken back safely: remove it with `batchsse undo clear --db {} --run {}`. To keep this from happening, take runs back before vacuuming, or give such tables an index or an INTEGER PRIMARY KEY",
+            "the rowids of {} were numbered anew since run {run} was recorded (by a VACUUM, which renumbers a table with neither an INTEGER PRIMARY KEY nor any index: {} no index when the run was recorded, or none now; an index added since does not give the old rowids back), and the record finds {} rows by rowid, so taking it back would put old values into other rows. Nothing was taken back, and this record can no longer be taken back safely: remove it with `batchsse undo clear --db {} --run {}`. To keep this from happening, take runs back before vacuuming, or give such tables an index or an INTEGER PRIMARY KEY",
             tables.join(", "),
             match tables.len() {
-                1 => "it has",
-                _ => "they have",
+                1 => "it had",
+                _ => "they had",
             },
             match tables.len() {
                 1 => "its",

@@ -308,7 +308,8 @@ fn a_row_whose_unique_value_a_later_row_holds_is_a_conflict_kept_under_skip() {
         // Its change is still on it: the plan run again would apply it twice.
         assert!(
             out.contains("all but 1 row kept as the run left it")
-                && out.contains("change it a second time")
+                && out.contains("It still carries the run's change")
+                && out.contains("change it a second time: put that row right")
                 && !out.contains("fully taken back"),
             "{step}: {out}"
         );
@@ -324,6 +325,23 @@ fn a_row_whose_unique_value_a_later_row_holds_is_a_conflict_kept_under_skip() {
         want.sort();
         assert_eq!(emails(&db), want, "{step}");
     }
+}
+
+/// Rows kept because other rows hold their old values are counted, and
+/// the warning speaks of them as many.
+#[test]
+fn rows_kept_as_the_run_left_them_are_counted_as_many() {
+    let setup = "CREATE TABLE t(id INTEGER PRIMARY KEY, email TEXT UNIQUE);
+                 INSERT INTO t VALUES (1, 'a'), (2, 'b'), (3, 'c');";
+    let step = r#"{"sql":"UPDATE t SET email = email || '.old'"}"#;
+    let db = recorded_then(setup, step, "INSERT INTO t VALUES (4, 'b'), (5, 'c')");
+    let (fin, out) = undo_json(&db, "p");
+    assert_eq!(fin["data"]["conflicts"], 2, "{out}");
+    assert!(
+        out.contains("all but 2 rows kept as the run left them (other rows hold values")
+            && out.contains("would change them a second time: put those rows right"),
+        "{out}"
+    );
 }
 
 /// A row whose `UNIQUE` value the application took, but whose later
@@ -786,6 +804,101 @@ fn a_row_whose_new_key_row_the_application_changed_since_stops_the_undo() {
     }
 }
 
+/// A `REPLACE` records each replaced row as deleted and its new row as
+/// inserted, of the same key. The application's change to one new row
+/// keeps that row (a conflict) and must not stop the undo from putting
+/// back the other row it replaced: that one is another row, which cannot
+/// exist twice.
+#[test]
+fn a_replaced_row_the_application_changed_since_does_not_stop_the_others() {
+    let setup = "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
+                 INSERT INTO t VALUES (1, 'a'), (2, 'b'), (3, 'c');";
+    let step = r#"{"sql":"INSERT OR REPLACE INTO t(id, v) VALUES (1, 'A'), (2, 'B')"}"#;
+    let db = recorded_then(setup, step, "UPDATE t SET v = 'app' WHERE id = 2");
+    let (fin, out) = undo_json(&db, "p");
+    assert_eq!(fin["data"]["conflicts"], 1, "{out}");
+    assert!(!out.contains("exist twice"), "{out}");
+    let want = TempDb::with_sql(&format!("{setup} UPDATE t SET v = 'app' WHERE id = 2"));
+    assert_eq!(
+        content(&db),
+        content(&want),
+        "row 1 back, row 2 the application's"
+    );
+}
+
+/// A step that deletes a row and then inserts another into the same table
+/// records them side by side, as a key's change is recorded, but they are
+/// two rows: the application's change to the new one keeps it (a
+/// conflict) and must not stop the undo from putting the deleted one back.
+/// (`overwrite`, which the stop pointed at, would have deleted the
+/// application's row.) Recorded either way.
+#[test]
+fn a_row_deleted_beside_another_inserted_comes_back_when_that_one_is_kept() {
+    let setup = "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
+                 INSERT INTO t VALUES (1, 'a'), (2, 'b'), (3, 'c');";
+    let step = r#"{"name":"p","undo":true,"steps":[{"sql":"DELETE FROM t WHERE id = 1; INSERT INTO t(v) VALUES ('new')"}]}"#;
+    for env in [&[][..], &[("BATCHSSE_UNDO_HOOK", "off")][..]] {
+        let db = TempDb::with_sql(setup);
+        let plan = db.file("plan.json", step);
+        let (code, _, err) =
+            run_with_env(&run_args(&db, path_str(&plan), &["--no-serve"]), None, env);
+        assert_eq!(code, 0, "{env:?}: {err}");
+        db.conn()
+            .execute_batch("UPDATE t SET v = 'app' WHERE id = 4")
+            .unwrap();
+        let (fin, out) = undo_json(&db, "p");
+        assert_eq!(fin["data"]["conflicts"], 1, "{env:?}: {out}");
+        let want = TempDb::with_sql(&format!("{setup} INSERT INTO t VALUES (4, 'app');"));
+        assert_eq!(content(&db), content(&want), "{env:?}");
+    }
+}
+
+/// Without the pre-update hook a key's change is staged as two rows, the
+/// row deleted and the row inserted anew. A part cut between them (parts
+/// end at 4 MiB, here after the third row's old picture) would put the
+/// third product back at its old key in one part while the other kept the
+/// application's change at the new one: the product twice, the undo
+/// ending ok. The two stay in one part, and the undo stops as it does for
+/// a small record (after taking back the newer part); `overwrite` then
+/// takes every product back to its old key.
+#[test]
+fn a_key_change_recorded_without_the_hook_stays_in_one_part() {
+    let setup = "CREATE TABLE p(sku TEXT PRIMARY KEY, price INT, pic BLOB) WITHOUT ROWID;
+                 INSERT INTO p VALUES ('OLD-1', 1, randomblob(1500000)),
+                   ('OLD-2', 2, randomblob(1500000)), ('OLD-3', 3, randomblob(1500000)),
+                   ('OLD-4', 4, randomblob(1500000));";
+    let db = TempDb::with_sql(setup);
+    let plan = db.file(
+        "plan.json",
+        r#"{"name":"p","undo":true,"steps":[{"sql":"UPDATE p SET sku = 'NEW-' || substr(sku, 5)"}]}"#,
+    );
+    let off = [("BATCHSSE_UNDO_HOOK", "off")];
+    let (code, _, err) = run_with_env(&run_args(&db, path_str(&plan), &["--no-serve"]), None, &off);
+    assert_eq!(code, 0, "{err}");
+    let parts = db.query_i64("SELECT count(*) FROM batchsse_undo WHERE chunk >= 0");
+    assert_eq!(parts, 2, "a part cut after the third row");
+    db.conn()
+        .execute_batch("UPDATE p SET price = 33 WHERE sku = 'NEW-3'")
+        .unwrap();
+    let skus = || -> Vec<(String, i64)> {
+        let c = db.conn();
+        let mut stmt = c.prepare("SELECT sku, price FROM p ORDER BY sku").unwrap();
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+        rows.collect::<Result<_, _>>().unwrap()
+    };
+    // The newer part (the fourth row) goes back; the older one stops.
+    let (code, _, err) = run(&undo_of_plan(&db, "p", &[]));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("exist twice"), "{err}");
+    let new = |i: i64| (format!("NEW-{i}"), i);
+    let want = vec![new(1), new(2), ("NEW-3".into(), 33), ("OLD-4".into(), 4)];
+    assert_eq!(skus(), want);
+    let (code, _, err) = run(&undo_of_plan(&db, "p", &["--on-conflict", "overwrite"]));
+    assert_eq!(code, 0, "{err}");
+    let old: Vec<_> = (1..=4).map(|i| (format!("OLD-{i}"), i)).collect();
+    assert_eq!(skus(), old);
+}
+
 /// A `VACUUM` numbers anew the rowids of a table with neither an `INTEGER
 /// PRIMARY KEY` nor any index, by which the record finds its rows: with
 /// rowids gone from the middle, an undo would write each old status into
@@ -827,6 +940,22 @@ fn an_undo_after_a_vacuum_that_renumbered_rowids_is_refused() {
     let (code, _, err) = run(&undo_of_plan(&db, "p", &[]));
     assert_eq!(code, 0, "recorded after the VACUUM: {err}");
     assert_eq!(content(&db), vacuumed);
+}
+
+/// An index given after the `VACUUM` to a table that had none when the
+/// run was recorded does not bring back the rowids the `VACUUM` numbered
+/// anew: the undo is still refused, the file untouched, rather than
+/// writing each old status into the next row along.
+#[test]
+fn an_index_added_after_the_vacuum_does_not_hide_it() {
+    let setup = "CREATE TABLE u(email TEXT, status TEXT);
+                 INSERT INTO u VALUES ('a@x', 'new'), ('b@x', 'old'), ('c@x', 'new'), ('d@x', 'old');
+                 DELETE FROM u WHERE email = 'b@x';";
+    let step = r#"{"sql":"UPDATE u SET status = 'archived'"}"#;
+    let db = recorded_then(setup, step, "VACUUM; CREATE INDEX u_email ON u(email)");
+    let (code, err) = stopped_undo(&db, "p");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("the rowids of u were numbered anew"), "{err}");
 }
 
 /// An undo that goes on from a killed try counts the rows that try kept

@@ -663,8 +663,24 @@ impl Undoer<'_> {
         if as_left == 0 {
             return self.message(Level::Info, format!("plan {plan:?} is fully taken back; its checkpoint is cleared, so it can run again"));
         }
+        let [left, why, carries, it, those] = match as_left {
+            1 => [
+                "it",
+                "another row holds a value it",
+                "It still carries",
+                "it",
+                "that row right, or leave it",
+            ],
+            _ => [
+                "them",
+                "other rows hold values they",
+                "Each still carries",
+                "them",
+                "those rows right, or leave them",
+            ],
+        };
         self.message(Level::Warn, format!(
-            "plan {plan:?} is taken back, all but {} row{} kept as the run left it (another row holds a value it would get back; see the table batchsse_undo_conflict). Each still carries the run's change, so running the plan again would change it a second time: put those rows right, or leave them out of the plan's WHERE, before it runs again (its checkpoint is cleared)",
+            "plan {plan:?} is taken back, all but {} row{} kept as the run left {left} ({why} would get back; see the table batchsse_undo_conflict). {carries} the run's change, so running the plan again would change {it} a second time: put {those} out of the plan's WHERE, before it runs again (its checkpoint is cleared)",
             thousands(as_left),
             plural(as_left)
         ));

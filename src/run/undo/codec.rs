@@ -7,7 +7,7 @@
 //! blob    = version flags tables entry*
 //! tables  = count { name  keys{count name*}  columns{count name*} }*
 //! entry   = head key body
-//! head    = varint(table << 3 | same_mask << 2 | op)
+//! head    = varint(table << 3 | same_mask << 2 | op)   (INSERT: moved << 2)
 //! key     = zigzag-varint delta from the table's last key (integer keys)
 //!         | value*                                        (other keys)
 //! body    = UPDATE: [mask] value* (old, masked columns) print
@@ -38,6 +38,11 @@ pub mod op {
 /// `flags` bit: every entry of the blob is a different row, so an undo
 /// need not count rows with a set.
 pub const UNIQUE_KEYS: u8 = 1;
+
+/// `flags` bit: an insert that is a row's key changing (right after the
+/// row deleted at its old key) says so with bit 2 of its head, which an
+/// insert does not otherwise use. A blob without it is from before.
+pub const MOVES: u8 = 2;
 
 const PRINT_BYTES: usize = 6;
 const SMALL_TAG: u8 = 16;
@@ -284,6 +289,13 @@ impl Encoder {
         self.put_print(print);
     }
 
+    /// A row's new key: the row at `key`, after [`Encoder::delete`] at
+    /// its old one.
+    pub fn moved(&mut self, table: usize, key: KeyRef<'_>, print: u64) {
+        self.head(table, op::INSERT, true, key);
+        self.put_print(print);
+    }
+
     /// `old`: every column's encoding, in column order.
     pub fn delete(&mut self, table: usize, key: KeyRef<'_>, old: &[u8]) {
         self.head(table, op::DELETE, false, key);
@@ -298,7 +310,7 @@ impl Encoder {
     /// The blob; the encoder goes on with the next, empty one.
     pub fn finish(&mut self) -> Vec<u8> {
         let unique = self.unique || self.ascending;
-        let mut out = vec![VERSION, if unique { UNIQUE_KEYS } else { 0 }];
+        let mut out = vec![VERSION, if unique { UNIQUE_KEYS } else { 0 } | MOVES];
         put_varint(&mut out, self.tables.len() as u64);
         for t in &self.tables {
             put_name(&mut out, &t.table);
@@ -340,6 +352,8 @@ pub struct Entry {
     pub old: Vec<Val>,
     /// For an update or insert: the fingerprint of what the run wrote.
     pub print: Option<u64>,
+    /// An insert that is the row of the entry before at a new key.
+    pub moved: bool,
 }
 
 /// A decoded blob.
@@ -347,6 +361,8 @@ pub struct Entry {
 pub struct Record {
     pub tables: Vec<Layout>,
     pub unique: bool,
+    /// Its inserts say which are a key's change ([`MOVES`]).
+    pub moves: bool,
     pub entries: Vec<Entry>,
 }
 
@@ -482,22 +498,21 @@ pub fn layouts(blob: &[u8]) -> Result<Vec<Layout>, Damaged> {
     header(&mut Reader { b: blob, at: 0 }).map(|(_, tables)| tables)
 }
 
-/// A blob's version checked, then whether its keys are unique, and its
-/// tables.
-fn header(r: &mut Reader<'_>) -> Result<(bool, Vec<Layout>), Damaged> {
+/// A blob's version checked, then its flags, and its tables.
+fn header(r: &mut Reader<'_>) -> Result<(u8, Vec<Layout>), Damaged> {
     if r.byte()? != VERSION {
         return Err(Damaged("written by another version of batchsse"));
     }
-    let unique = r.byte()? & UNIQUE_KEYS != 0;
+    let flags = r.byte()?;
     let n = r.len()?;
     let tables = (0..n).map(|_| r.layout()).collect::<Result<_, _>>()?;
-    Ok((unique, tables))
+    Ok((flags, tables))
 }
 
 /// Reads a blob written by [`Encoder::finish`].
 pub fn decode(blob: &[u8]) -> Result<Record, Damaged> {
     let mut r = Reader { b: blob, at: 0 };
-    let (unique, tables) = header(&mut r)?;
+    let (flags, tables) = header(&mut r)?;
     let mut last_key = vec![0i64; tables.len()];
     let every: Vec<Rc<[usize]>> = tables
         .iter()
@@ -515,7 +530,8 @@ pub fn decode(blob: &[u8]) -> Result<Record, Damaged> {
     }
     Ok(Record {
         tables,
-        unique,
+        unique: flags & UNIQUE_KEYS != 0,
+        moves: flags & MOVES != 0,
         entries,
     })
 }
@@ -561,6 +577,7 @@ fn entry(
         columns,
         old,
         print,
+        moved: op == op::INSERT && same,
     })
 }
 
@@ -789,6 +806,29 @@ mod tests {
             let _ = decode(&bytes);
             let _ = index(&bytes, Vec::new());
         }
+    }
+
+    /// A key's change is told from a delete and an insert of two rows;
+    /// a blob from before the mark says it has none.
+    #[test]
+    fn an_insert_at_a_changed_key_is_marked_moved() {
+        let mut e = Encoder::new(false);
+        let ti = e.table(&layout(true, 1, 1));
+        let old = enc(&[Value::Integer(5)]);
+        e.delete(ti, KeyRef::Int(1), &old);
+        e.moved(ti, KeyRef::Int(11), 7);
+        e.insert(ti, KeyRef::Int(12), 7);
+        let mut blob = e.finish();
+        let rec = decode(&blob).unwrap();
+        assert!(rec.moves);
+        let moved: Vec<bool> = rec.entries.iter().map(|e| e.moved).collect();
+        assert_eq!(moved, [false, true, false]);
+        assert_eq!(
+            (rec.entries[1].op, rec.entries[1].print),
+            (op::INSERT, Some(7))
+        );
+        blob[1] &= !MOVES;
+        assert!(!decode(&blob).unwrap().moves);
     }
 
     #[test]

@@ -394,7 +394,7 @@ impl Change {
                 } else {
                     let (old, new) = (all(Image::Old)?, all(Image::New)?);
                     s.enc.delete(index, old_key.as_ref(), &old);
-                    s.enc.insert(index, new_key.as_ref(), print(&new));
+                    s.enc.moved(index, new_key.as_ref(), print(&new));
                 }
             }
         }

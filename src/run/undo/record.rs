@@ -576,8 +576,13 @@ impl<'c> Recorder<'c> {
             let Some(layout) = layouts.get(tno as usize) else {
                 continue;
             };
+            // A key's change is staged as the row deleted, then inserted
+            // anew: the two stay in one part, where the undo sees them
+            // side by side (see `revert`).
+            if what != MOVED {
+                self.flush_part(step, &mut enc, false)?;
+            }
             pack_staged_row(&mut enc, layout, what, row)?;
-            self.flush_part(step, &mut enc, false)?;
         }
         drop(rows);
         self.conn
@@ -765,6 +770,7 @@ fn pack_staged_row(
     let values = encoded(3 + p, n)?;
     match what {
         op::INSERT => enc.insert(t, key, print(&values.concat())),
+        MOVED => enc.moved(t, key, print(&values.concat())),
         op::DELETE => enc.delete(t, key, &values.concat()),
         _ => {
             let new = encoded(3 + p + n, n)?;
@@ -796,6 +802,10 @@ fn stage_name(conn: &Connection) -> rusqlite::Result<String> {
     Ok(name)
 }
 
+/// A staged row's `op` for the row inserted at its new key after its key
+/// changed (an [`op::INSERT`] the record marks as moved).
+const MOVED: u8 = op::INSERT | 4;
+
 /// The TEMP triggers that stage changes to one table (in TEMP table
 /// `stage`): `n` is its `tno`. A changed key is the old row deleted and
 /// the new one inserted.
@@ -825,8 +835,9 @@ fn triggers(n: usize, l: &Layout, stage: &str) -> String {
         "CREATE TEMP TRIGGER batchsse_undo_i{n} AFTER INSERT {on} BEGIN {ins} END;
          CREATE TEMP TRIGGER batchsse_undo_d{n} AFTER DELETE {on} BEGIN {del} END;
          CREATE TEMP TRIGGER batchsse_undo_u{n} AFTER UPDATE {on} WHEN {same_key} BEGIN {upd} END;
-         CREATE TEMP TRIGGER batchsse_undo_m{n} AFTER UPDATE {on} WHEN NOT ({same_key}) BEGIN {del} {ins} END;",
+         CREATE TEMP TRIGGER batchsse_undo_m{n} AFTER UPDATE {on} WHEN NOT ({same_key}) BEGIN {del} {moved} END;",
         ins = stage(op::INSERT, row("NEW")),
+        moved = stage(MOVED, row("NEW")),
         del = stage(op::DELETE, row("OLD")),
         upd = stage(op::UPDATE, update),
     )

@@ -269,7 +269,10 @@ impl<'c> Reverter<'c> {
         // Rows kept, and rows said (kept or overwritten).
         let mut conflicts: HashSet<(usize, Vec<u8>)> = HashSet::new();
         let mut said: HashSet<(usize, Vec<u8>)> = HashSet::new();
-        let mut undone = Undone::default();
+        let mut undone = Undone {
+            moves: rec.moves,
+            ..Undone::default()
+        };
         let mut reverted = 0u64;
         for e in rec.entries.iter().rev() {
             let layout = &rec.tables[e.table];
@@ -278,16 +281,16 @@ impl<'c> Reverter<'c> {
                 rows.insert(id());
             }
             if self.held(&layout.table, &e.key) {
-                undone.kept(e);
+                undone.next(e, true);
                 conflicts.insert(id()); // kept already, and said so
                 continue;
             }
             let (put, why, as_run_left) = self.put_back(layout, e, &undone)?;
+            undone.next(e, !put);
             if put {
                 reverted += 1;
                 undone.went_back(e);
             } else {
-                undone.kept(e);
                 self.held.insert(held_id(&layout.table, &e.key));
                 conflicts.insert(id());
             }
@@ -347,7 +350,7 @@ impl<'c> Reverter<'c> {
         if !put && e.op == op::DELETE && undone.later_change_of(e) {
             return Err(lost(layout, e, "a row written since the run holds its key"));
         }
-        if put && e.op == op::DELETE && !self.overwrite && undone.kept_new.contains(&e.table) {
+        if put && e.op == op::DELETE && !self.overwrite && undone.kept_new == Some(e.table) {
             return Err(twice(layout, e));
         }
         Ok((put, why, false))
@@ -471,9 +474,18 @@ struct Undone {
     rows: HashSet<(usize, Vec<u8>)>,
     /// The tables a row the run inserted was deleted from.
     emptied: HashSet<usize>,
-    /// The tables where a row the run inserted stays: the application
-    /// changed or deleted it since (or an undo kept it before).
-    kept_new: HashSet<usize>,
+    /// The table of the entry just before this one (the next newer, as a
+    /// part goes back newest first) when that entry is a row the run
+    /// inserted at a key it changed and that stays: the application
+    /// changed or deleted it since (or an undo kept it before). An
+    /// `UPDATE` of a key is recorded as the row deleted then inserted
+    /// anew, side by side; a row deleted anywhere else in the part (a
+    /// `REPLACE` of another row, a step that deletes some rows and inserts
+    /// others) is another row.
+    kept_new: Option<usize>,
+    /// The record marks the inserts that are a key's change; a record from
+    /// before does not, and every insert right after a delete counts.
+    moves: bool,
 }
 
 impl Undone {
@@ -484,10 +496,10 @@ impl Undone {
         }
     }
 
-    fn kept(&mut self, e: &Entry) {
-        if e.op == op::INSERT {
-            self.kept_new.insert(e.table);
-        }
+    /// Moves on past `e`, which stays as it is when `kept`.
+    fn next(&mut self, e: &Entry, kept: bool) {
+        let moved = e.moved || !self.moves;
+        self.kept_new = (kept && e.op == op::INSERT && moved).then_some(e.table);
     }
 
     /// Whether a later change of `e`'s row may have gone back already:
@@ -513,14 +525,15 @@ fn lost(l: &Layout, e: &Entry, why: &str) -> String {
     )
 }
 
-/// Why a part stops when a row the run deleted would go back while a row
-/// the same part inserted into its table stays, as the application changed
-/// or deleted it: an `UPDATE` of the key is recorded as the row deleted
-/// and inserted anew, so the row would be back at its old key beside the
-/// application's at its new one (or back where the application deleted it).
+/// Why a part stops when a row the run deleted would go back while the
+/// row recorded right after it, inserted into its table, stays, as the
+/// application changed or deleted it: an `UPDATE` of the key is recorded
+/// as the row deleted and inserted anew, so the row would be back at its
+/// old key beside the application's at its new one (or back where the
+/// application deleted it).
 fn twice(l: &Layout, e: &Entry) -> String {
     format!(
-        "putting back the row of {} at key {} would let it exist twice: the same chunk of the run also inserted a row into {0} that the application has changed or deleted since, and kept (if the run changed this row's key, that is this row at its new key). The undo stopped here, this chunk rolled back, what it took back before stays taken back; run the undo again with `--on-conflict overwrite` to take the application's change of that row back too, or settle the rows by hand and give up on this record with `batchsse undo clear`",
+        "putting back the row of {} at key {} would let it exist twice: right after deleting it, the same chunk of the run inserted a row into {0} (this row at its new key, if the run changed its key) that the application has changed or deleted since, and that stays. The undo stopped here, this chunk rolled back, what it took back before stays taken back; run the undo again with `--on-conflict overwrite` to take the application's change of that row back too, or settle the rows by hand and give up on this record with `batchsse undo clear`",
         l.table,
         key_shown(&e.key)
     )

@@ -88,7 +88,8 @@ CREATE TABLE IF NOT EXISTS batchsse_undo_conflict (
 );
 CREATE TABLE IF NOT EXISTS batchsse_undo_probe (
     run TEXT NOT NULL,
-    at INTEGER NOT NULL
+    at INTEGER NOT NULL,
+    bare TEXT
 );";
 
 /// Makes the tables if they are not there (inside the caller's
@@ -106,15 +107,23 @@ pub fn create(conn: &Connection) -> rusqlite::Result<()> {
     if !has_checksums(conn)? {
         conn.execute_batch("ALTER TABLE batchsse_undo ADD COLUMN rec_hash INTEGER")?;
     }
+    if !has_column(conn, PROBE, "bare")? {
+        conn.execute_batch("ALTER TABLE batchsse_undo_probe ADD COLUMN bare TEXT")?;
+    }
     give_conflicts_their_plan(conn)
 }
 
 /// Gives `run` its [`PROBE`] row, unless it has one (inside the caller's
-/// transaction, once the tables are made).
+/// transaction, once the tables are made), with the tables that have no
+/// index as it is written (`bare`): one given an index after a `VACUUM`
+/// renumbered it must not look as if it kept its rowids.
 pub fn probe(conn: &Connection, run: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(
-        "INSERT INTO batchsse_undo_probe (rowid, run, at)
-         SELECT n, ?1, n FROM (SELECT ifnull(max(rowid), 0) + 2 AS n FROM batchsse_undo_probe)
+        "INSERT INTO batchsse_undo_probe (rowid, run, at, bare)
+         SELECT n, ?1, n, (SELECT json_group_array(t.name) FROM pragma_table_list AS t
+             WHERE t.schema = 'main' AND t.type = 'table' AND substr(t.name, 1, 7) <> 'sqlite_'
+             AND NOT EXISTS (SELECT 1 FROM pragma_index_list(t.name, 'main')))
+         FROM (SELECT ifnull(max(rowid), 0) + 2 AS n FROM batchsse_undo_probe)
          WHERE NOT EXISTS (SELECT 1 FROM batchsse_undo_probe WHERE run = ?1)",
     )?
     .execute([run])
@@ -142,8 +151,10 @@ pub fn renumbered(conn: &Connection, run: &str) -> rusqlite::Result<bool> {
     )
 }
 
-/// The tables without an index whose rows `run`'s record finds by their
-/// bare rowid, by name (reads every part of the record).
+/// The tables whose rows `run`'s record finds by their bare rowid and
+/// that have no index, or had none when the run was recorded (an index
+/// added after a `VACUUM` does not give back the rowids it renumbered),
+/// by name (reads every part of the record).
 pub fn by_rowid(conn: &Connection, run: &str) -> rusqlite::Result<Vec<String>> {
     let mut stmt = conn.prepare(
         "SELECT id, step, chunk FROM batchsse_undo WHERE run = ?1 AND chunk >= 0 ORDER BY id",
@@ -168,11 +179,14 @@ pub fn by_rowid(conn: &Connection, run: &str) -> rusqlite::Result<Vec<String>> {
     }
     let mut unindexed = Vec::new();
     for t in tables {
-        let indexes: i64 =
-            conn.query_row("SELECT count(*) FROM pragma_index_list(?1)", [&t], |r| {
-                r.get(0)
-            })?;
-        if indexes == 0 {
+        let bare: bool = conn.query_row(
+            "SELECT NOT EXISTS (SELECT 1 FROM pragma_index_list(?2, 'main'))
+                 OR EXISTS (SELECT 1 FROM batchsse_undo_probe, json_each(bare)
+                     WHERE run = ?1 AND json_each.value = ?2 COLLATE NOCASE)",
+            [run, &t],
+            |r| r.get(0),
+        )?;
+        if bare {
             unindexed.push(t);
         }
     }
