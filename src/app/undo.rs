@@ -107,10 +107,11 @@ fn open(c: UndoConfig) -> Result<Session, UsageError> {
     })
 }
 
-/// Refuses runs whose record finds rows by a rowid that a `VACUUM` since
-/// has renumbered: the undo would put old values into other rows. SQLite
-/// keeps the rowids of a table with an index (it copies the index as it
-/// is); those of one without are numbered anew from 1.
+/// Refuses runs whose record finds rows by a rowid that a `VACUUM` or a
+/// copy through `.dump` has renumbered since: the undo would put old
+/// values into other rows. A `VACUUM` keeps the rowids of a table with an
+/// index (SQLite copies the index as it is) and numbers those of one
+/// without anew from 1; a `.dump` copy numbers every such table anew.
 fn refuse_renumbered(
     conn: &Connection,
     runs: &[String],
@@ -118,24 +119,25 @@ fn refuse_renumbered(
 ) -> Result<(), UsageError> {
     let sql = |e: rusqlite::Error| UsageError::new(sqlite_message(&e));
     for run in runs {
-        if !store::renumbered(conn, run).map_err(sql)? {
+        let Some(how) = store::renumbered(conn, run).map_err(sql)? else {
             continue;
-        }
-        let tables = store::by_rowid(conn, run).map_err(sql)?;
+        };
+        let tables = store::by_rowid(conn, run, how).map_err(sql)?;
         if tables.is_empty() {
             continue;
         }
+        let one = tables.len() == 1;
+        let by = match how {
+            store::Renumbered::Vacuum => format!(
+                "by a VACUUM, which renumbers a table with neither an INTEGER PRIMARY KEY nor any index: {} no index when the run was recorded, or none now; an index added since does not give the old rowids back",
+                if one { "it had" } else { "they had" }
+            ),
+            store::Renumbered::Copy => "in a copy of the file made through .dump, which numbers anew every table without an INTEGER PRIMARY KEY".to_owned(),
+        };
         return Err(UsageError::new(format!(
-            "the rowids of {} were numbered anew since run {run} was recorded (by a VACUUM, which renumbers a table with neither an INTEGER PRIMARY KEY nor any index: {} no index when the run was recorded, or none now; an index added since does not give the old rowids back), and the record finds {} rows by rowid, so taking it back would put old values into other rows. Nothing was taken back, and this record can no longer be taken back safely: remove it with `batchsse undo clear --db {} --run {}`. To keep this from happening, take runs back before vacuuming, or give such tables an index or an INTEGER PRIMARY KEY",
+            "the rowids of {} were numbered anew since run {run} was recorded ({by}), and the record finds {} rows by rowid, so taking it back would put old values into other rows. Nothing was taken back, and this record can no longer be taken back safely: remove it with `batchsse undo clear --db {} --run {}`. To keep this from happening, take runs back before vacuuming or copying the file, or give such tables an INTEGER PRIMARY KEY",
             tables.join(", "),
-            match tables.len() {
-                1 => "it had",
-                _ => "they had",
-            },
-            match tables.len() {
-                1 => "its",
-                _ => "their",
-            },
+            if one { "its" } else { "their" },
             crate::human::shell_word(&db.to_string_lossy()),
             crate::human::shell_word(run)
         )));

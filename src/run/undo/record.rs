@@ -669,11 +669,17 @@ impl<'c> Recorder<'c> {
                 ])
         };
         // `undo clear` drops the tables it empties, this run's records
-        // too: they come back, in this part's transaction, and the run
-        // goes on (its record, without its first parts, is refused by an
-        // undo as incomplete).
+        // too: they come back, in this part's transaction, with the run's
+        // probe row, and the run goes on (its record, without its first
+        // parts, is refused by an undo as incomplete; dropped before its
+        // first part, it is whole, and a VACUUM must still be seen).
+        let again = || {
+            store::create(self.conn)?;
+            store::probe(self.conn, &self.run_id)?;
+            insert()
+        };
         match insert() {
-            Err(e) if store::is_missing(&e) => store::create(self.conn).and_then(|()| insert()),
+            Err(e) if store::is_missing(&e) => again(),
             done => done,
         }
         .map(drop)

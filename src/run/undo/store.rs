@@ -13,11 +13,12 @@ pub const CHUNKS: &str = "batchsse_undo";
 
 /// batchsse's own tables in a database file, never recorded (the last is
 /// the undo record's format from before the first release).
-const OWN: [&str; 5] = [
+const OWN: [&str; 6] = [
     crate::run::checkpoint::TABLE,
     CHUNKS,
     "batchsse_undo_conflict",
     PROBE,
+    COPY_PROBE,
     "batchsse_undo_row",
 ];
 
@@ -27,6 +28,12 @@ const OWN: [&str; 5] = [
 /// of every table with neither an `INTEGER PRIMARY KEY` nor an index have
 /// moved since the run, and with them the rows its record finds by rowid.
 const PROBE: &str = "batchsse_undo_probe";
+
+/// The same as [`PROBE`], in a table with an index, whose rowids a
+/// `VACUUM` keeps (SQLite copies the index as it is) but a copy of the
+/// file made through `.dump` does not: that copy numbers anew every table
+/// without an `INTEGER PRIMARY KEY`, indexed or not.
+const COPY_PROBE: &str = "batchsse_undo_copy";
 
 /// Whether `table` (as SQLite names it) is one of batchsse's own or one of
 /// SQLite's (`sqlite_…`, in any case), which no step's record holds.
@@ -90,7 +97,12 @@ CREATE TABLE IF NOT EXISTS batchsse_undo_probe (
     run TEXT NOT NULL,
     at INTEGER NOT NULL,
     bare TEXT
-);";
+);
+CREATE TABLE IF NOT EXISTS batchsse_undo_copy (
+    run TEXT NOT NULL,
+    at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS batchsse_undo_copy_by_run ON batchsse_undo_copy(run);";
 
 /// Makes the tables if they are not there (inside the caller's
 /// transaction). Records of an earlier format (a row per value, from
@@ -116,8 +128,15 @@ pub fn create(conn: &Connection) -> rusqlite::Result<()> {
 /// Gives `run` its [`PROBE`] row, unless it has one (inside the caller's
 /// transaction, once the tables are made), with the tables that have no
 /// index as it is written (`bare`): one given an index after a `VACUUM`
-/// renumbered it must not look as if it kept its rowids.
+/// renumbered it must not look as if it kept its rowids; and its
+/// [`COPY_PROBE`] row.
 pub fn probe(conn: &Connection, run: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO batchsse_undo_copy (rowid, run, at)
+         SELECT n, ?1, n FROM (SELECT ifnull(max(rowid), 0) + 2 AS n FROM batchsse_undo_copy)
+         WHERE NOT EXISTS (SELECT 1 FROM batchsse_undo_copy WHERE run = ?1)",
+    )?
+    .execute([run])?;
     conn.prepare_cached(
         "INSERT INTO batchsse_undo_probe (rowid, run, at, bare)
          SELECT n, ?1, n, (SELECT json_group_array(t.name) FROM pragma_table_list AS t
@@ -130,32 +149,52 @@ pub fn probe(conn: &Connection, run: &str) -> rusqlite::Result<()> {
     .map(drop)
 }
 
-/// Whether the rowids of tables without an `INTEGER PRIMARY KEY` may have
-/// been numbered anew since `run` was recorded (see [`PROBE`]); `false`
-/// for a run recorded by a batchsse from before the probe.
-pub fn renumbered(conn: &Connection, run: &str) -> rusqlite::Result<bool> {
-    let exists = conn
-        .query_row(
-            "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1",
-            [PROBE],
-            |_| Ok(()),
-        )
-        .optional()?;
-    if exists.is_none() {
-        return Ok(false);
-    }
-    conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM batchsse_undo_probe WHERE run = ?1 AND rowid <> at)",
-        [run],
-        |r| r.get(0),
-    )
+/// What numbered rowids anew since a run was recorded.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Renumbered {
+    /// A `VACUUM`: those of tables with neither an `INTEGER PRIMARY KEY`
+    /// nor an index.
+    Vacuum,
+    /// A copy through `.dump`: those of every table without an `INTEGER
+    /// PRIMARY KEY`.
+    Copy,
 }
 
-/// The tables whose rows `run`'s record finds by their bare rowid and
-/// that have no index, or had none when the run was recorded (an index
-/// added after a `VACUUM` does not give back the rowids it renumbered),
-/// by name (reads every part of the record).
-pub fn by_rowid(conn: &Connection, run: &str) -> rusqlite::Result<Vec<String>> {
+/// Whether, and how, the rowids of tables without an `INTEGER PRIMARY
+/// KEY` were numbered anew since `run` was recorded (see [`PROBE`] and
+/// [`COPY_PROBE`]); `None` too for a run recorded by a batchsse from
+/// before the probes.
+pub fn renumbered(conn: &Connection, run: &str) -> rusqlite::Result<Option<Renumbered>> {
+    let moved = |table: &str| -> rusqlite::Result<bool> {
+        let exists = conn
+            .query_row(
+                "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+                [table],
+                |_| Ok(()),
+            )
+            .optional()?;
+        if exists.is_none() {
+            return Ok(false);
+        }
+        conn.query_row(
+            &format!("SELECT EXISTS (SELECT 1 FROM {table} WHERE run = ?1 AND rowid <> at)"),
+            [run],
+            |r| r.get(0),
+        )
+    };
+    Ok(match (moved(COPY_PROBE)?, moved(PROBE)?) {
+        (true, _) => Some(Renumbered::Copy),
+        (false, true) => Some(Renumbered::Vacuum),
+        (false, false) => None,
+    })
+}
+
+/// The tables whose rows `run`'s record finds by their bare rowid, by
+/// name (reads every part of the record): after a copy, all of them;
+/// after a `VACUUM`, those that have no index, or had none when the run
+/// was recorded (an index added after a `VACUUM` does not give back the
+/// rowids it renumbered).
+pub fn by_rowid(conn: &Connection, run: &str, how: Renumbered) -> rusqlite::Result<Vec<String>> {
     let mut stmt = conn.prepare(
         "SELECT id, step, chunk FROM batchsse_undo WHERE run = ?1 AND chunk >= 0 ORDER BY id",
     )?;
@@ -176,6 +215,9 @@ pub fn by_rowid(conn: &Connection, run: &str) -> rusqlite::Result<Vec<String>> {
         let layouts = super::codec::layouts(&rec).map_err(|e| failure(e.to_string()))?;
         let bare = layouts.into_iter().filter(|l| l.by_bare_rowid());
         tables.extend(bare.map(|l| l.table));
+    }
+    if how == Renumbered::Copy {
+        return Ok(tables.into_iter().collect());
     }
     let mut unindexed = Vec::new();
     for t in tables {
@@ -666,8 +708,10 @@ pub fn kept_conflicts(conn: &Connection) -> Result<Vec<KeptConflicts>, UsageErro
 pub fn remove_run(conn: &Connection, run: &str) -> rusqlite::Result<usize> {
     let removed = conn.execute("DELETE FROM batchsse_undo WHERE run = ?1", [run])?;
     conn.execute("DELETE FROM batchsse_undo_conflict WHERE run = ?1", [run])?;
-    conn.execute("DELETE FROM batchsse_undo_probe WHERE run = ?1", [run])
-        .or_else(|e| if is_missing(&e) { Ok(0) } else { Err(e) })?;
+    for probe in [PROBE, COPY_PROBE] {
+        conn.execute(&format!("DELETE FROM {probe} WHERE run = ?1"), [run])
+            .or_else(|e| if is_missing(&e) { Ok(0) } else { Err(e) })?;
+    }
     Ok(removed)
 }
 
@@ -714,7 +758,8 @@ pub fn drop_if_empty(conn: &Connection) -> rusqlite::Result<bool> {
     // `batchsse_undo_row`: the tables of the format before the first release.
     conn.execute_batch(
         "DROP TABLE batchsse_undo; DROP TABLE batchsse_undo_conflict;
-         DROP TABLE IF EXISTS batchsse_undo_probe; DROP TABLE IF EXISTS batchsse_undo_row",
+         DROP TABLE IF EXISTS batchsse_undo_probe; DROP TABLE IF EXISTS batchsse_undo_copy;
+         DROP TABLE IF EXISTS batchsse_undo_row",
     )?;
     Ok(true)
 }
