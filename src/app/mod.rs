@@ -333,6 +333,7 @@ fn runner_died(log: &EventLog, e: &tokio::task::JoinError) -> RunStatus {
         undo_bytes: None,
         conflicts: None,
         conflicts_earlier: None,
+        conflicts_as_left: None,
     }));
     RunStatus::Failed
 }

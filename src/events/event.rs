@@ -230,6 +230,7 @@ impl Finished {
             undo_bytes: None,
             conflicts: None,
             conflicts_earlier: None,
+            conflicts_as_left: None,
         })
     }
 }
@@ -294,7 +295,8 @@ pub struct Finished {
     /// With `run --undo`: the bytes of the undo record this run wrote.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub undo_bytes: Option<u64>,
-    /// For an undo: rows it kept because the application changed them.
+    /// For an undo: rows it kept as conflicts (the application changed
+    /// them since the run, or another row holds a value they would get back).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub conflicts: Option<u64>,
     /// For an undo that goes on from an earlier try of it (interrupted, or
@@ -303,6 +305,11 @@ pub struct Finished {
     /// `conflicts`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub conflicts_earlier: Option<u64>,
+    /// For an undo: of the rows kept (`conflicts` and `conflicts_earlier`),
+    /// those kept as the run left them, since another row holds a value
+    /// they would get back; they still carry the run's change.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub conflicts_as_left: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -51,6 +51,10 @@ pub struct Snapshot {
     /// For an undo, once finished: the rows kept before this try of it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conflicts_earlier: Option<u64>,
+    /// For an undo, once finished: of the rows kept, those kept as the run
+    /// left them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conflicts_as_left: Option<u64>,
     pub last_event_id: u64,
     /// Paused by a live command.
     pub paused: bool,
@@ -558,7 +562,7 @@ fn update_snapshot(inner: &mut Inner, event: &Event, id: u64) {
             s.steps_done = e.steps_done;
             s.rows_changed = e.rows_changed;
             (s.undo_bytes, s.conflicts) = (e.undo_bytes, e.conflicts);
-            s.conflicts_earlier = e.conflicts_earlier;
+            (s.conflicts_earlier, s.conflicts_as_left) = (e.conflicts_earlier, e.conflicts_as_left);
             s.step = None;
             (s.rate, s.eta_ms, s.run_eta_ms) = (None, None, None);
             (s.paused, s.throttled) = (false, None);

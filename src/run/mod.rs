@@ -229,6 +229,7 @@ fn run_beating(
         undo_bytes: recorded.map(|(_, (_, bytes))| bytes),
         conflicts: None,
         conflicts_earlier: None,
+        conflicts_as_left: None,
     }));
     status
 }

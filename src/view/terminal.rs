@@ -536,6 +536,9 @@ fn kept_said(f: &crate::events::Finished) -> String {
     let theirs = |n: u64| format!("the application's row{}", plural(n));
     let listed = " (every one is in the table batchsse_undo_conflict)";
     let before = "before this try";
+    if let Some(left) = f.conflicts_as_left.filter(|&l| l > 0) {
+        return kept_as_left(f.dry_run && earlier == 0, (n, earlier), left);
+    }
     match (n, earlier, f.dry_run) {
         (0, 0, _) => String::new(),
         (0, e, _) => format!("; {} kept {} {before}{listed}", count(e), theirs(e)),
@@ -557,6 +560,45 @@ fn kept_said(f: &crate::events::Finished) -> String {
     }
 }
 
+/// [`kept_said`] when some rows were kept as the run left them
+/// (`left`), since another row holds a value they would get back: not
+/// the application's rows. `dry`: nothing kept was written.
+fn kept_as_left(dry: bool, (n, earlier): (u64, u64), left: u64) -> String {
+    let all = n + earlier;
+    let (verb, listed) = match dry {
+        true => ("would keep", ""),
+        false => (
+            "kept",
+            " (every one is in the table batchsse_undo_conflict)",
+        ),
+    };
+    let (it, they) = match left {
+        1 => ("it", "it"),
+        _ => ("them", "they"),
+    };
+    let before = match earlier {
+        0 => String::new(),
+        e => format!(", {} of them before this try", thousands(e)),
+    };
+    let theirs = all.saturating_sub(left);
+    let whose = match (theirs, left) {
+        (0, 1) => "its row".to_owned(),
+        (0, _) => "their rows".to_owned(),
+        (t, l) => format!(
+            "{} of the application's row{} and {} row{}",
+            thousands(t),
+            plural(t),
+            thousands(l),
+            plural(l)
+        ),
+    };
+    format!(
+        "; {} conflict{} {verb} {whose} as the run left {it} (another row holds a value {they} would get back){before}{listed}",
+        thousands(all),
+        plural(all),
+    )
+}
+
 /// Follows the log from the first event to `finished`.
 pub async fn follow(log: Arc<EventLog>, mut renderer: Renderer) {
     let mut rx = log.subscribe();
@@ -576,6 +618,44 @@ pub async fn follow(log: Arc<EventLog>, mut renderer: Renderer) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An undo's `finished` with its counts of rows kept.
+    fn kept(dry_run: bool, n: u64, earlier: u64, left: u64) -> String {
+        let Event::Finished(mut f) = crate::events::Finished::ok() else {
+            unreachable!()
+        };
+        f.dry_run = dry_run;
+        f.conflicts = Some(n);
+        f.conflicts_earlier = Some(earlier).filter(|&e| e > 0);
+        f.conflicts_as_left = Some(left).filter(|&l| l > 0);
+        kept_said(&f)
+    }
+
+    /// Rows kept as the run left them are not called the application's.
+    #[test]
+    fn an_undo_names_the_rows_it_kept_as_the_run_left_them() {
+        let listed = " (every one is in the table batchsse_undo_conflict)";
+        assert_eq!(
+            kept(false, 2, 0, 0),
+            format!("; 2 conflicts kept the application's rows{listed}")
+        );
+        assert_eq!(
+            kept(false, 1, 0, 1),
+            format!(
+                "; 1 conflict kept its row as the run left it (another row holds a value it would get back){listed}"
+            )
+        );
+        assert_eq!(
+            kept(false, 3, 2, 2),
+            format!(
+                "; 5 conflicts kept 3 of the application's rows and 2 rows as the run left them (another row holds a value they would get back), 2 of them before this try{listed}"
+            )
+        );
+        assert_eq!(
+            kept(true, 2, 0, 2),
+            "; 2 conflicts would keep their rows as the run left them (another row holds a value they would get back)"
+        );
+    }
 
     #[test]
     fn numbers_and_durations_read_well() {

@@ -293,6 +293,7 @@ fn a_row_whose_unique_value_a_later_row_holds_is_a_conflict_kept_under_skip() {
         assert!(err.contains("1 conflict"), "{step} dry run: {err}");
         let (fin, out) = undo_json(&db, "p");
         assert_eq!(fin["data"]["conflicts"], 1, "{step}: {fin}");
+        assert_eq!(fin["data"]["conflicts_as_left"], 1, "{step}: {fin}");
         assert_eq!(fin["data"]["rows_changed"], 2, "{step}: {fin}");
         assert!(
             out.contains("conflict in t at key 2")
@@ -1062,6 +1063,7 @@ fn an_undo_gone_on_after_a_newer_run_went_back_whole_still_holds_its_kept_rows()
     assert_eq!(db.query_i64("SELECT sum(counter) FROM t WHERE id <> 7"), 0);
     assert_eq!(fin["data"]["conflicts_earlier"], 1, "{fin}");
     assert_eq!(fin["data"]["conflicts"], 0, "{fin}");
+    assert!(fin["data"].get("conflicts_as_left").is_none(), "{fin}");
 }
 
 /// Parts another undo took meanwhile cost no pause: an undo that read the

@@ -133,6 +133,8 @@ struct Tally {
     conflicts: u64,
     /// Rows put back over the application's values (`overwrite`).
     overwritten: u64,
+    /// Of the conflicts, rows kept as the run left them.
+    as_left: u64,
     steps_done: usize,
 }
 
@@ -177,6 +179,7 @@ pub fn run(
     let started = Instant::now();
     // Read before this try keeps any: only conflicts it does not count.
     let earlier = store::kept_of(conn, &u.scope).unwrap_or(0);
+    let earlier_as_left = store::kept_why(conn, &u.scope, TAKEN).unwrap_or(0);
     let (tally, end, steps_total) = u.run_all(gate);
     // As a run ends: the WAL synced, the rollback journal back to DELETE
     // (a journal file left behind would look like a recent writer).
@@ -196,6 +199,7 @@ pub fn run(
         undo_bytes: None,
         conflicts: Some(tally.conflicts),
         conflicts_earlier: (earlier > 0).then_some(earlier),
+        conflicts_as_left: Some(tally.as_left + earlier_as_left).filter(|&n| n > 0),
     }));
     status
 }
@@ -514,7 +518,7 @@ impl Undoer<'_> {
             Some(recorded) => recorded,
         };
         let before = (tally.conflicts, tally.overwritten);
-        let (mut kept, mut overwritten) = (0u64, 0u64);
+        let (mut kept, mut overwritten, mut as_left) = (0u64, 0u64, 0u64);
         let mut on_kept = |conflict: Conflict<'_>| match conflict.overwritten {
             true => {
                 overwritten += 1;
@@ -523,6 +527,7 @@ impl Undoer<'_> {
             }
             false => {
                 kept += 1;
+                as_left += u64::from(conflict.as_run_left);
                 self.kept(c, conflict, before.0 + kept)
             }
         };
@@ -546,6 +551,7 @@ impl Undoer<'_> {
         tally.reverted += reverted;
         tally.conflicts += kept;
         tally.overwritten += overwritten;
+        tally.as_left += as_left;
         Ok(true)
     }
 
