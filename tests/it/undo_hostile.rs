@@ -732,6 +732,15 @@ fn an_undo_killed_between_two_steps_leaves_the_step_it_took_back_free_to_run() {
     );
 }
 
+/// A `WITHOUT ROWID` table keyed by text and a rowid table, whose keys
+/// [`RENAME_SKUS`] and [`SHIFT_IDS`] change.
+const KEYED: &str = "CREATE TABLE p(sku TEXT PRIMARY KEY, name TEXT) WITHOUT ROWID;
+    INSERT INTO p VALUES ('OLD-1', 'widget'), ('OLD-2', 'gadget');
+    CREATE TABLE u(id INTEGER PRIMARY KEY, name TEXT);
+    INSERT INTO u VALUES (1, 'one'), (2, 'two');";
+const RENAME_SKUS: &str = r#"{"sql":"UPDATE p SET sku = 'NEW-' || substr(sku, 5)"}"#;
+const SHIFT_IDS: &str = r#"{"sql":"UPDATE u SET id = id + 10"}"#;
+
 /// A row whose key the run changed, and whose old key the application
 /// has used since, cannot go back: the row at its new key would be taken
 /// away and the old one not put back, losing it while the undo said
@@ -739,21 +748,11 @@ fn an_undo_killed_between_two_steps_leaves_the_step_it_took_back_free_to_run() {
 /// rowid table and a `WITHOUT ROWID` one alike.
 #[test]
 fn a_row_whose_old_key_the_application_took_since_stops_the_undo() {
-    let setup = "CREATE TABLE p(sku TEXT PRIMARY KEY, name TEXT) WITHOUT ROWID;
-                 INSERT INTO p VALUES ('OLD-1', 'widget'), ('OLD-2', 'gadget');
-                 CREATE TABLE u(id INTEGER PRIMARY KEY, name TEXT);
-                 INSERT INTO u VALUES (1, 'one'), (2, 'two');";
     for (step, app) in [
-        (
-            r#"{"sql":"UPDATE p SET sku = 'NEW-' || substr(sku, 5)"}"#,
-            "INSERT INTO p VALUES ('OLD-1', 'new widget')",
-        ),
-        (
-            r#"{"sql":"UPDATE u SET id = id + 10"}"#,
-            "INSERT INTO u VALUES (1, 'app one')",
-        ),
+        (RENAME_SKUS, "INSERT INTO p VALUES ('OLD-1', 'new widget')"),
+        (SHIFT_IDS, "INSERT INTO u VALUES (1, 'app one')"),
     ] {
-        let db = recorded_then(setup, step, app);
+        let db = recorded_then(KEYED, step, app);
         let (code, err) = stopped_undo(&db, "p");
         assert_eq!(code, 1, "{step}: {err}");
         assert!(err.contains("holds its key"), "{step}: {err}");
@@ -769,25 +768,12 @@ fn a_row_whose_old_key_the_application_took_since_stops_the_undo() {
 /// it was; `overwrite` takes the row back to its old key whole.
 #[test]
 fn a_row_whose_new_key_row_the_application_changed_since_stops_the_undo() {
-    let setup = "CREATE TABLE p(sku TEXT PRIMARY KEY, price INT) WITHOUT ROWID;
-                 INSERT INTO p VALUES ('OLD-1', 10), ('OLD-2', 20);
-                 CREATE TABLE u(id INTEGER PRIMARY KEY, name TEXT);
-                 INSERT INTO u VALUES (1, 'one'), (2, 'two');";
     for (step, app) in [
-        (
-            r#"{"sql":"UPDATE p SET sku = 'NEW-' || substr(sku, 5)"}"#,
-            "UPDATE p SET price = 11 WHERE sku = 'NEW-1'",
-        ),
-        (
-            r#"{"sql":"UPDATE p SET sku = 'NEW-' || substr(sku, 5)"}"#,
-            "DELETE FROM p WHERE sku = 'NEW-2'",
-        ),
-        (
-            r#"{"sql":"UPDATE u SET id = id + 10"}"#,
-            "UPDATE u SET name = 'app' WHERE id = 11",
-        ),
+        (RENAME_SKUS, "UPDATE p SET name = 'app' WHERE sku = 'NEW-1'"),
+        (RENAME_SKUS, "DELETE FROM p WHERE sku = 'NEW-2'"),
+        (SHIFT_IDS, "UPDATE u SET name = 'app' WHERE id = 11"),
     ] {
-        let db = recorded_then(setup, step, app);
+        let db = recorded_then(KEYED, step, app);
         let (code, err) = stopped_undo(&db, "p");
         assert_eq!(code, 1, "{step} {app}: {err}");
         assert!(err.contains("exist twice"), "{step} {app}: {err}");
@@ -799,7 +785,7 @@ fn a_row_whose_new_key_row_the_application_changed_since_stops_the_undo() {
         assert_eq!(code, 0, "{step} {app}: {err}");
         assert_eq!(
             content(&db),
-            content(&TempDb::with_sql(setup)),
+            content(&TempDb::with_sql(KEYED)),
             "{step} {app}"
         );
     }

@@ -20,6 +20,15 @@ fn slow_run(db: &TempDb, plan: &std::path::Path, extra: &[&str]) -> Proc {
     Proc::start(&run_args(db, path_str(plan), &args))
 }
 
+/// [`slow_run`] with `--undo`, once its first part is recorded.
+fn recording(db: &TempDb, plan: &std::path::Path) -> Proc {
+    let p = slow_run(db, plan, &["--undo"]);
+    wait_until(&p, || {
+        has_undo_table(db) && db.query_i64("SELECT count(*) FROM batchsse_undo") > 0
+    });
+    p
+}
+
 fn wait_until(p: &Proc, ready: impl Fn() -> bool) {
     let t0 = Instant::now();
     while !ready() {
@@ -53,10 +62,7 @@ fn an_undo_beside_a_live_run_is_refused() {
     let db = TempDb::counters(40);
     let plan = db.file("plan.json", &counter_plan("bump", 10));
     let file = path_str(&db.path);
-    let mut p = slow_run(&db, &plan, &["--undo"]);
-    wait_until(&p, || {
-        has_undo_table(&db) && db.query_i64("SELECT count(*) FROM batchsse_undo") > 0
-    });
+    let mut p = recording(&db, &plan);
     let undo = ["undo", "--db", file, "--plan", "bump", "--no-serve"];
     let (code, _, err) = run(&undo);
     assert_eq!(code, 2, "refused under the live run: {err}");
@@ -85,10 +91,7 @@ fn clearing_every_record_during_a_recorded_run_does_not_break_the_run() {
     let db = TempDb::counters(40);
     let plan = db.file("plan.json", &counter_plan("bump", 10));
     let file = path_str(&db.path);
-    let mut p = slow_run(&db, &plan, &["--undo"]);
-    wait_until(&p, || {
-        has_undo_table(&db) && db.query_i64("SELECT count(*) FROM batchsse_undo") > 0
-    });
+    let mut p = recording(&db, &plan);
     let (code, _, err) = run(&["undo", "clear", "--db", file, "--all"]);
     assert_eq!(code, 2, "refused under the live run: {err}");
     assert!(err.contains("a run or an undo still going"), "{err}");

@@ -203,13 +203,7 @@ pub fn by_rowid(conn: &Connection, run: &str, how: Renumbered) -> rusqlite::Resu
         .collect::<Result<_, _>>()?;
     let (mut tables, mut rec) = (std::collections::BTreeSet::new(), Vec::new());
     for (id, step, chunk) in parts {
-        let part = Part {
-            id,
-            run,
-            step,
-            chunk,
-        };
-        if read_part(conn, part, &mut rec)? != Some(true) {
+        if !read_record(conn, run, (id, step, chunk), &mut rec)? {
             continue;
         }
         let layouts = super::codec::layouts(&rec).map_err(|e| failure(e.to_string()))?;
@@ -554,13 +548,7 @@ fn bad_checksum(conn: &Connection, run: &str, kept: &mut Kept) -> rusqlite::Resu
     while let Some(row) = rows.next()? {
         let (id, step, chunk, sum): (i64, i64, i64, i64) =
             (row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?);
-        let part = Part {
-            id,
-            run,
-            step,
-            chunk,
-        };
-        if read_part(conn, part, &mut rec)? != Some(true) {
+        if !read_record(conn, run, (id, step, chunk), &mut rec)? {
             continue;
         }
         if checksum(step, chunk, &rec) != sum {
@@ -574,6 +562,24 @@ fn bad_checksum(conn: &Connection, run: &str, kept: &mut Kept) -> rusqlite::Resu
         }
     }
     Ok(None)
+}
+
+/// Reads into `rec` the record of `run`'s part `id` (step and chunk as
+/// its row says): whether there was one (a step that changed nothing has
+/// none, and a part gone since was taken by an undo).
+fn read_record(
+    conn: &Connection,
+    run: &str,
+    (id, step, chunk): (i64, i64, i64),
+    rec: &mut Vec<u8>,
+) -> rusqlite::Result<bool> {
+    let part = Part {
+        id,
+        run,
+        step,
+        chunk,
+    };
+    Ok(read_part(conn, part, rec)? == Some(true))
 }
 
 /// A run with undo records, as `undo list` shows it.
