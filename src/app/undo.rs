@@ -60,7 +60,7 @@ fn open(c: UndoConfig) -> Result<Session, UsageError> {
     if !c.opts.dry_run {
         super::checkpoint::refuse_beside_a_run(
             &c.db,
-            "it would go on changing rows after the undo took back what it had recorded so far",
+            "a run still recording would go on changing rows after the undo took back what it had recorded so far (which plan the other process runs cannot be told, so any run of the file counts)",
             "Nothing was taken back",
             "undo",
         )?;
