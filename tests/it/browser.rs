@@ -1312,3 +1312,35 @@ fn hostile_names_and_errors_are_shown_as_text_and_an_undo_as_an_undo() {
     );
     assert_eq!(db.query_i64("SELECT sum(counter) FROM orders"), 5);
 }
+
+/// A row an undo kept as the run left it (another row holds the email it
+/// would get back) is named so on the dashboard's banner, as on the
+/// terminal's last line, not as the application's row.
+#[test]
+fn the_banner_names_a_row_an_undo_kept_as_the_run_left_it() {
+    let Some(_b) = browser() else { return };
+    let db = TempDb::with_sql(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, email TEXT UNIQUE);
+         INSERT INTO t VALUES (1, 'a'), (2, 'b'), (3, 'c');",
+    );
+    let plan = db.file(
+        "plan.json",
+        r#"{"name":"p","undo":true,"steps":[{"sql":"UPDATE t SET email = email || '.old'"}]}"#,
+    );
+    run_undoable(&db, &plan);
+    db.conn()
+        .execute("INSERT INTO t VALUES (4, 'b')", [])
+        .expect("the application's write");
+    let mut args = vec!["undo", "--db", path_str(&db.path), "--plan", "p"];
+    args.extend_from_slice(&["--listen", "127.0.0.1:0", "--progress", "none"]);
+    args.extend_from_slice(&["--wait-for-clients", "1", "--linger", "20"]);
+    let u = Proc::start(&args);
+    let v = observe(&format!("http://{}/", u.addr()), json!({}));
+    assert_eq!(v["banner"]["status"], "ok", "{v:#}");
+    let said = v["banner"]["text"].as_str().unwrap_or_default();
+    assert!(
+        said.contains("1 conflict kept its row as the run left it (another row holds a value it would get back)"),
+        "{v:#}"
+    );
+    assert!(!said.contains("the application's row"), "{v:#}");
+}
