@@ -37,6 +37,31 @@ pub struct ChunkPos {
     pub changed: u64,
 }
 
+/// Refuses to resume a step that walks a table by a rowid a `VACUUM` has
+/// numbered anew since its last chunk (see [`super::walk_probe`]): going
+/// on after its last rowid would skip rows.
+fn refuse_renumbered(
+    conn: &Connection,
+    plan: &Plan,
+    rows: &[(usize, Row)],
+) -> Result<(), UsageError> {
+    for (index, row) in rows {
+        let Some(step) = plan.steps.get(*index).filter(|_| row.mark == Mark::Partial) else {
+            continue;
+        };
+        let table = super::walk_probe::renumbered(conn, &plan.name, step)
+            .map_err(|e| UsageError::new(sqlite_message(&e)))?;
+        let Some(table) = table else { continue };
+        return Err(UsageError::new(format!(
+            "step {} ({:?}) of plan {:?} stopped part-way through {table}, which it walks by rowid, and a VACUUM has since numbered the rowids of {table} anew (it has neither an INTEGER PRIMARY KEY nor an index): going on after the last rowid the step committed would skip rows it has not reached. Nothing was run. Run the plan again with --force to start it over, if its steps may meet rows they already changed (a DELETE, or an UPDATE whose WHERE leaves changed rows out); or give {table} an index or an INTEGER PRIMARY KEY before it is vacuumed again",
+            index + 1,
+            step.name,
+            plan.name
+        )));
+    }
+    Ok(())
+}
+
 /// A step's state in the checkpoint (the table's `state` column).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mark {
@@ -142,6 +167,7 @@ impl Resume {
                 }
             }
         }
+        refuse_renumbered(conn, plan, &rows)?;
         Ok(Resume {
             rows: rows.into_iter().collect(),
             forced: false,
@@ -289,6 +315,9 @@ impl<'a> Checkpoint<'a> {
                 [&self.plan.name],
             )?;
         }
+        if self.on {
+            super::walk_probe::forget(self.conn, &self.plan.name, None)?;
+        }
         Ok(())
     }
 
@@ -378,6 +407,9 @@ impl<'a> Checkpoint<'a> {
                 done as i64,
                 changed as i64
             ])?;
-        Ok(())
+        match mark {
+            Mark::Partial => super::walk_probe::note(self.conn, &self.plan.name, step),
+            Mark::Done => super::walk_probe::forget(self.conn, &self.plan.name, Some(step.index)),
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! `batchsse checkpoint`: reading what resumable runs recorded in
 //! `batchsse_checkpoint`, and clearing it by plan or whole. Only that table
-//! is ever read or written here, in one transaction per clear.
+//! and its companions (the walk probe, the cleared plans' undo records)
+//! are ever read or written here, in one transaction per clear.
 
 use rusqlite::Connection;
 
@@ -119,6 +120,9 @@ pub fn clear(conn: &Connection, which: Which) -> Result<Cleared, UsageError> {
     if dropped {
         conn.execute_batch("DROP TABLE batchsse_checkpoint")
             .map_err(failed)?;
+    }
+    for (plan, _) in &plans {
+        super::walk_probe::forget(conn, plan, None).map_err(failed)?;
     }
     let undo_runs = clear_undo(conn, &plans).map_err(failed)?;
     tx.commit().map_err(failed)?;

@@ -19,6 +19,7 @@ pub mod housekeeping;
 mod neighbours;
 mod tx;
 pub mod undo;
+mod walk_probe;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -1730,3 +1730,85 @@ fn a_run_that_is_one_transaction_never_sleeps_between_chunks() {
     let (code, err) = finish(&undo);
     assert_eq!(code, Some(0), "undo --dry-run: {err}");
 }
+
+/// A chunked purge of a table with neither an `INTEGER PRIMARY KEY` nor an
+/// index walks it by rowid; stopped part-way (a trigger fails one chunk),
+/// then vacuumed, its rows are numbered anew from 1, so the rows it had
+/// not reached now lie below its last rowid. Resuming is refused, the
+/// file untouched, rather than skipping them; `--force` starts over and
+/// reaches every row. Without the `VACUUM`, or with an index (whose table
+/// keeps its rowids), the step resumes as ever, and the probe table goes
+/// once the step is done.
+#[test]
+fn a_walk_by_rowid_is_not_resumed_after_a_vacuum_renumbered_it() {
+    let plan = r#"{"name":"purge","steps":[{"sql":"DELETE FROM log WHERE ts % 2 = 0 AND rowid BETWEEN :lo AND :hi","chunk":{"table":"log","size":100}}]}"#;
+    let stopped = |index: &str, between: &str| {
+        let db = TempDb::with_sql(&format!(
+            "CREATE TABLE log(ts INT, msg TEXT);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000)
+             INSERT INTO log SELECT i, 'm' FROM n;
+             DELETE FROM log WHERE ts % 10 = 5;
+             {index}
+             CREATE TABLE flag(v INT); INSERT INTO flag VALUES (1);
+             CREATE TRIGGER stop BEFORE DELETE ON log WHEN old.ts = 700 AND (SELECT v FROM flag) = 1
+             BEGIN SELECT RAISE(ABORT, 'stopped for the test'); END;"
+        ));
+        db.file("plan.json", plan);
+        let (code, err) = purge(&db, &[]);
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains("stopped for the test"), "{err}");
+        db.conn()
+            .execute_batch(&format!("UPDATE flag SET v = 0; {between}"))
+            .unwrap();
+        db
+    };
+    let evens = |db: &TempDb| db.query_i64("SELECT count(*) FROM log WHERE ts % 2 = 0");
+    let probe = |db: &TempDb| {
+        db.query_i64("SELECT count(*) FROM sqlite_schema WHERE name = 'batchsse_walk_probe'")
+    };
+    let db = stopped("", "VACUUM");
+    assert_eq!(probe(&db), 1, "the stopped walk's probe");
+    let before = sha256(&db.path);
+    let (code, err) = purge(&db, &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("a VACUUM has since numbered the rowids of log anew"),
+        "{err}"
+    );
+    assert!(err.contains("Nothing was run"), "{err}");
+    assert_eq!(sha256(&db.path), before, "the file untouched");
+    let (code, err) = purge(&db, &["--force"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(evens(&db), 0, "{err}");
+    assert_eq!(probe(&db), 0, "gone with the step done");
+    let db = stopped("", "");
+    let clear = [
+        "checkpoint",
+        "clear",
+        "--db",
+        path_str(&db.path),
+        "--plan",
+        "purge",
+    ];
+    let (code, _, err) = run(&clear);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(probe(&db), 0, "gone with the checkpoint: {err}");
+    for (index, between) in [("", ""), ("CREATE INDEX log_ts ON log(ts);", "VACUUM")] {
+        let db = stopped(index, between);
+        let (code, err) = purge(&db, &[]);
+        assert_eq!(code, 0, "{index} {between}: {err}");
+        assert!(err.contains("resuming after"), "{err}");
+        assert_eq!(evens(&db), 0, "{index} {between}: {err}");
+        assert_eq!(probe(&db), 0, "{index} {between}");
+    }
+}
+
+/// Runs the `plan.json` beside `db` with no server, then `extra`: its
+/// exit code and stderr.
+fn purge(db: &TempDb, extra: &[&str]) -> (i32, String) {
+    let plan = db.dir.path().join("plan.json");
+    let mut args = run_args(db, path_str(&plan), &["--no-serve"]);
+    args.extend_from_slice(extra);
+    let (code, _, err) = run(&args);
+    (code, err)
+}
