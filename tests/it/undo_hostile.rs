@@ -777,6 +777,14 @@ fn a_row_whose_new_key_row_the_application_changed_since_stops_the_undo() {
         let (code, err) = stopped_undo(&db, "p");
         assert_eq!(code, 1, "{step} {app}: {err}");
         assert!(err.contains("exist twice"), "{step} {app}: {err}");
+        // A dry run foresees the stop, and its counts are said as partial.
+        let (code, err) = stopped_undo_with(&db, "p", &["--dry-run"]);
+        assert_eq!(code, 1, "{step} {app}: {err}");
+        assert!(err.contains("exist twice"), "{step} {app}: {err}");
+        assert!(
+            err.contains("conflicts before it stopped;"),
+            "{step} {app}: {err}"
+        );
         assert!(
             err.contains("--on-conflict overwrite"),
             "{step} {app}: {err}"

@@ -336,8 +336,13 @@ impl Undoer<'_> {
         self.say_overwritten(tally.overwritten);
         if let Some(outer) = outer {
             drop(outer);
-            self.message(Level::Info, format!(
-                "dry run: {} rows would be reverted, {} conflict{}; rolled back, nothing was written",
+            // Stopped, the counts are those of the chunks before the stop.
+            let (level, so_far) = match end {
+                None => (Level::Info, ""),
+                Some(_) => (Level::Warn, " before it stopped"),
+            };
+            self.message(level, format!(
+                "dry run: {} rows would be reverted, {} conflict{}{so_far}; rolled back, nothing was written",
                 thousands(tally.reverted), thousands(tally.conflicts),
                 plural(tally.conflicts)
             ));
