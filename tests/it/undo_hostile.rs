@@ -785,6 +785,15 @@ fn a_row_whose_new_key_row_the_application_changed_since_stops_the_undo() {
             err.contains("conflicts before it stopped;"),
             "{step} {app}: {err}"
         );
+        // Under abort, only overwrite can finish it: skip would stop here.
+        let (code, err) = stopped_undo_with(&db, "p", &["--on-conflict", "abort"]);
+        assert_eq!(code, 1, "{step} {app}: {err}");
+        assert!(
+            err.contains(
+                "run it again with --on-conflict overwrite (the run changed this row's key"
+            ) && !err.contains("--on-conflict skip"),
+            "{step} {app}: {err}"
+        );
         assert!(
             err.contains("--on-conflict overwrite"),
             "{step} {app}: {err}"

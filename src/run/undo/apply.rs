@@ -594,10 +594,14 @@ impl Undoer<'_> {
     /// first ones) reported. `nth`: the undo's conflicts so far.
     fn kept(&self, c: &Chunk, k: Conflict<'_>, nth: u64) -> Result<(), String> {
         if self.spec.on_conflict == OnConflict::Abort {
-            // Overwrite cannot put back a value another row holds.
-            let ways = match k.as_run_left {
-                true => "--on-conflict skip (keep that row as it is)",
-                false => {
+            // Overwrite cannot put back a value another row holds; skip
+            // cannot bring a row back to its old key while its new one stays.
+            let ways = match (k.as_run_left, k.moved) {
+                (true, _) => "--on-conflict skip (keep that row as it is)",
+                (false, true) => {
+                    "--on-conflict overwrite (the run changed this row's key: keeping the application's row at the new key would leave the old one out)"
+                }
+                (false, false) => {
                     "--on-conflict skip (keep the application's rows) or overwrite (put the run's old values back)"
                 }
             };

@@ -33,6 +33,9 @@ pub struct Conflict<'r> {
     /// change to it may have gone back already): another row holds a
     /// value it would get back.
     pub as_run_left: bool,
+    /// A row the run inserted at a key it changed: the row deleted at its
+    /// old key cannot come back while this one stays.
+    pub moved: bool,
 }
 
 /// What to do with a conflict: `Err` stops the undo (and rolls the part
@@ -254,6 +257,7 @@ impl<'c> Reverter<'c> {
                 why,
                 overwritten,
                 as_run_left: false,
+                moved: false,
             })?;
         }
         Ok(reverted)
@@ -304,6 +308,7 @@ impl<'c> Reverter<'c> {
                     why,
                     overwritten: put,
                     as_run_left,
+                    moved: e.moved,
                 })?;
             }
         }
