@@ -34,7 +34,7 @@ pub(super) fn note(conn: &Connection, plan: &str, step: &Step) -> rusqlite::Resu
     if exists(conn)? {
         remove(conn, plan, Some(step.index))?;
     }
-    if indexed {
+    if indexed || keeps_own_rowids(conn, table)? {
         return Ok(());
     }
     conn.prepare_cached(
@@ -87,7 +87,7 @@ pub(super) fn renumbered<'s>(
     let Some(table) = by_bare_rowid(step) else {
         return Ok(None);
     };
-    if !exists(conn)? {
+    if !exists(conn)? || keeps_own_rowids(conn, table)? {
         return Ok(None);
     }
     let moved: Option<bool> = conn
@@ -97,6 +97,18 @@ pub(super) fn renumbered<'s>(
         .query_row(params![plan, step.index as i64], |r| r.get(0))
         .optional()?;
     Ok(moved.unwrap_or(false).then_some(table))
+}
+
+/// Whether `table` keeps its rowids through a `VACUUM` whatever its
+/// indexes: an `INTEGER PRIMARY KEY` is its rowid (any other primary key
+/// comes with an index), and a virtual table numbers its own rows. Only a
+/// rebuild changes either, so this holds at the resume as at the chunk.
+fn keeps_own_rowids(conn: &Connection, table: &str) -> rusqlite::Result<bool> {
+    conn.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM pragma_table_info(?1, 'main') WHERE pk > 0)
+             OR EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1 AND rootpage = 0)",
+    )?
+    .query_row([table], |r| r.get(0))
 }
 
 fn exists(conn: &Connection) -> rusqlite::Result<bool> {

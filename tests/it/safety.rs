@@ -1812,3 +1812,36 @@ fn purge(db: &TempDb, extra: &[&str]) -> (i32, String) {
     let (code, _, err) = run(&args);
     (code, err)
 }
+
+/// A walk of a table whose rowid is an `INTEGER PRIMARY KEY`, by that
+/// column or by the default key: a VACUUM keeps those rowids, so the
+/// stopped walk resumes after one (no probe row, no refusal).
+#[test]
+fn a_walk_by_an_integer_primary_key_is_resumed_after_a_vacuum() {
+    for key in [r#","key":"id""#, ""] {
+        let plan = format!(
+            r#"{{"name":"purge","steps":[{{"sql":"DELETE FROM log WHERE ts % 2 = 0 AND id BETWEEN :lo AND :hi","chunk":{{"table":"log","size":100{key}}}}}]}}"#
+        );
+        let db = TempDb::with_sql(
+            "CREATE TABLE log(id INTEGER PRIMARY KEY, ts INT, msg TEXT);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000)
+             INSERT INTO log SELECT i, i, 'm' FROM n;
+             DELETE FROM log WHERE ts % 10 = 5;
+             CREATE TABLE flag(v INT); INSERT INTO flag VALUES (1);
+             CREATE TRIGGER stop BEFORE DELETE ON log WHEN old.ts = 700 AND (SELECT v FROM flag) = 1
+             BEGIN SELECT RAISE(ABORT, 'stopped for the test'); END;",
+        );
+        db.file("plan.json", &plan);
+        let (code, err) = purge(&db, &[]);
+        assert_eq!(code, 1, "{key}: {err}");
+        assert!(err.contains("stopped for the test"), "{err}");
+        db.conn()
+            .execute_batch("UPDATE flag SET v = 0; VACUUM")
+            .unwrap();
+        let (code, err) = purge(&db, &[]);
+        assert_eq!(code, 0, "{key}: {err}");
+        assert!(err.contains("resuming after"), "{err}");
+        let evens = db.query_i64("SELECT count(*) FROM log WHERE ts % 2 = 0");
+        assert_eq!(evens, 0, "{key}: {err}");
+    }
+}
