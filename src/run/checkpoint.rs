@@ -363,6 +363,22 @@ impl<'a> Checkpoint<'a> {
         )
     }
 
+    /// Why `step` must not go on after its last committed chunk: a
+    /// `VACUUM` has numbered anew, since that chunk, the rowids it walks
+    /// by (see [`super::walk_probe`]), so rows it has not reached may now
+    /// lie below them. Call in the next chunk's transaction, before any
+    /// work, and only once the step has a committed chunk (a probe row
+    /// left by an earlier, cleared run says nothing of this one).
+    pub fn renumbered(&self, step: &Step) -> rusqlite::Result<Option<String>> {
+        if !self.on {
+            return Ok(None);
+        }
+        let table = super::walk_probe::renumbered(self.conn, &self.plan.name, step)?;
+        Ok(table.map(|table| format!(
+            "a VACUUM numbered the rowids of {table} anew while this step walked it by rowid (it has neither an INTEGER PRIMARY KEY nor an index): going on after the last rowid it committed would skip rows it has not reached, so the step stopped before its next chunk. What committed stays applied and checkpointed; run the plan again with --force to start it over, if its steps may meet rows they already changed (a DELETE, or an UPDATE whose WHERE leaves changed rows out)"
+        )))
+    }
+
     /// Records a finished step (a plain one: `done` = `changed`).
     pub fn step_done(&self, step: &Step, done: u64, changed: u64) -> rusqlite::Result<()> {
         self.write(step, Mark::Done, &Key::Null, done, changed)
