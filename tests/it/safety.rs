@@ -1898,3 +1898,32 @@ fn a_vacuum_between_two_chunks_of_a_walk_by_rowid_stops_it() {
     let evens = db.query_i64("SELECT count(*) FROM log WHERE ts % 2 = 0");
     assert_eq!(evens, 0, "{err}");
 }
+
+/// An undo that takes back a stopped walk clears its checkpoint, and with
+/// it the walk's probe row: no batchsse table is left behind for it.
+#[test]
+fn an_undo_of_a_stopped_walk_takes_its_probe_row_away() {
+    let db = gapped_log();
+    db.conn()
+        .execute_batch(
+            "CREATE TRIGGER stop BEFORE DELETE ON log WHEN old.ts = 700
+             BEGIN SELECT RAISE(ABORT, 'stopped for the test'); END;",
+        )
+        .unwrap();
+    let (code, err) = purge(&db, &["--undo"]);
+    assert_eq!(code, 1, "{err}");
+    let probe = "SELECT count(*) FROM sqlite_schema WHERE name = 'batchsse_walk_probe'";
+    assert_eq!(db.query_i64(probe), 1, "the stopped walk's probe");
+    let undo = [
+        "undo",
+        "--db",
+        path_str(&db.path),
+        "--plan",
+        "purge",
+        "--no-serve",
+    ];
+    let (code, _, err) = run(&undo);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("fully taken back"), "{err}");
+    assert_eq!(db.query_i64(probe), 0, "gone with the checkpoint: {err}");
+}
