@@ -1927,3 +1927,57 @@ fn an_undo_of_a_stopped_walk_takes_its_probe_row_away() {
     assert!(err.contains("fully taken back"), "{err}");
     assert_eq!(db.query_i64(probe), 0, "gone with the checkpoint: {err}");
 }
+
+/// A walk by bare rowid of a table with an index, stopped: a VACUUM keeps
+/// its rowids (it resumes, in the loop above), but a copy of the file
+/// through `.dump` numbers them anew, and so does a VACUUM once the index
+/// is dropped. Both resumes are refused, the file untouched.
+#[test]
+fn a_walk_of_an_indexed_table_is_not_resumed_in_a_dump_copy_or_unindexed() {
+    let stopped = || {
+        let db = gapped_log();
+        db.conn()
+            .execute_batch(
+                "CREATE INDEX log_ts ON log(ts);
+                 CREATE TABLE flag(v INT); INSERT INTO flag VALUES (1);
+                 CREATE TRIGGER stop BEFORE DELETE ON log WHEN old.ts = 700 AND (SELECT v FROM flag) = 1
+                 BEGIN SELECT RAISE(ABORT, 'stopped for the test'); END;",
+            )
+            .unwrap();
+        let (code, err) = purge(&db, &[]);
+        assert_eq!(code, 1, "{err}");
+        db.conn().execute_batch("UPDATE flag SET v = 0").unwrap();
+        db
+    };
+    let db = stopped();
+    let copy = dump_copy(&db);
+    copy.file(
+        "plan.json",
+        &std::fs::read_to_string(db.dir.path().join("plan.json")).unwrap(),
+    );
+    let before = sha256(&copy.path);
+    let (code, err) = purge(&copy, &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(
+            "a copy of the file made through .dump has since numbered the rowids of log anew"
+        ),
+        "{err}"
+    );
+    assert_eq!(sha256(&copy.path), before, "the copy untouched");
+    let db = stopped();
+    db.conn()
+        .execute_batch("DROP INDEX log_ts; VACUUM")
+        .unwrap();
+    let (code, err) = purge(&db, &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("a VACUUM has since numbered the rowids of log anew"),
+        "{err}"
+    );
+    let (code, err) = purge(&db, &["--force"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(db.query_i64("SELECT count(*) FROM log WHERE ts % 2 = 0"), 0);
+    let left = "SELECT count(*) FROM sqlite_schema WHERE name LIKE 'batchsse_walk%'";
+    assert_eq!(db.query_i64(left), 0, "both probes gone with the step done");
+}
