@@ -51,15 +51,31 @@ fn refuse_renumbered(
         };
         let table = super::walk_probe::renumbered(conn, &plan.name, step)
             .map_err(|e| UsageError::new(sqlite_message(&e)))?;
-        let Some(table) = table else { continue };
+        let Some((table, how)) = table else { continue };
+        let (by, which) = renumbered_by(how);
         return Err(UsageError::new(format!(
-            "step {} ({:?}) of plan {:?} stopped part-way through {table}, which it walks by rowid, and a VACUUM has since numbered the rowids of {table} anew (it has neither an INTEGER PRIMARY KEY nor an index): going on after the last rowid the step committed would skip rows it has not reached. Nothing was run. Run the plan again with --force to start it over, if its steps may meet rows they already changed (a DELETE, or an UPDATE whose WHERE leaves changed rows out); or give {table} an index or an INTEGER PRIMARY KEY before it is vacuumed again",
+            "step {} ({:?}) of plan {:?} stopped part-way through {table}, which it walks by rowid, and {by} has since numbered the rowids of {table} anew ({which}): going on after the last rowid the step committed would skip rows it has not reached. Nothing was run. Run the plan again with --force to start it over, if its steps may meet rows they already changed (a DELETE, or an UPDATE whose WHERE leaves changed rows out); or give {table} an index or an INTEGER PRIMARY KEY before it is vacuumed again",
             index + 1,
             step.name,
             plan.name
         )));
     }
     Ok(())
+}
+
+/// What numbered a walked table's rowids anew, and which tables it
+/// renumbers, for a message.
+fn renumbered_by(how: super::walk_probe::Renumbered) -> (&'static str, &'static str) {
+    match how {
+        super::walk_probe::Renumbered::Vacuum => (
+            "a VACUUM",
+            "which renumbers a table with neither an INTEGER PRIMARY KEY nor an index: it had none when the step stopped, or has none now",
+        ),
+        super::walk_probe::Renumbered::Copy => (
+            "a copy of the file made through .dump",
+            "which renumbers every table without an INTEGER PRIMARY KEY",
+        ),
+    }
 }
 
 /// A step's state in the checkpoint (the table's `state` column).
@@ -361,6 +377,25 @@ impl<'a> Checkpoint<'a> {
             "another batchsse run is applying plan {:?} to this database (its checkpoint moved under this run); let one run finish, then run the plan again to resume",
             self.plan.name
         )
+    }
+
+    /// Why `step` must not go on after its last committed chunk: a
+    /// `VACUUM` has numbered anew, since that chunk, the rowids it walks
+    /// by (see [`super::walk_probe`]), so rows it has not reached may now
+    /// lie below them. Call in the next chunk's transaction, before any
+    /// work, and only once the step has a committed chunk (a probe row
+    /// left by an earlier, cleared run says nothing of this one).
+    pub fn renumbered(&self, step: &Step) -> rusqlite::Result<Option<String>> {
+        if !self.on {
+            return Ok(None);
+        }
+        let table = super::walk_probe::renumbered(self.conn, &self.plan.name, step)?;
+        Ok(table.map(|(table, how)| {
+            let (by, which) = renumbered_by(how);
+            format!(
+            "{by} numbered the rowids of {table} anew while this step walked it by rowid ({which}): going on after the last rowid it committed would skip rows it has not reached, so the step stopped before its next chunk. What committed stays applied and checkpointed; run the plan again with --force to start it over, if its steps may meet rows they already changed (a DELETE, or an UPDATE whose WHERE leaves changed rows out)"
+        )
+        }))
     }
 
     /// Records a finished step (a plain one: `done` = `changed`).

@@ -213,6 +213,11 @@ fn one_chunk(
     if r.checkpoint.moved(step, prev).map_err(fail)? {
         return Err((StepError::Sql(r.checkpoint.conflict()), c));
     }
+    if prev.is_some()
+        && let Some(why) = r.checkpoint.renumbered(step).map_err(fail)?
+    {
+        return Err((StepError::Sql(why), c));
+    }
     let (first, hi, rows) = walk
         .keys
         .next(prev, max, size)

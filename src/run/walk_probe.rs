@@ -1,14 +1,15 @@
-//! Whether a `VACUUM` has numbered anew the rowids a stopped walk goes on
-//! by. A chunked step that walks a table by its bare rowid (no `INTEGER
-//! PRIMARY KEY`) resumes after the last rowid it committed; a `VACUUM`
-//! numbers the rows of a table with no index anew from 1, so rows the walk
-//! had not reached would then lie below that rowid, and be skipped.
+//! Whether a `VACUUM` or a copy through `.dump` has numbered anew the
+//! rowids a stopped walk goes on by. A chunked step that walks a table by
+//! its bare rowid (no `INTEGER PRIMARY KEY`) resumes after the last rowid
+//! it committed; a `VACUUM` numbers the rows of a table with no index anew
+//! from 1, a `.dump` copy those of every such table, so rows the walk had
+//! not reached would then lie below that rowid, and be skipped.
 //!
-//! With each committed chunk of such a walk over a table without an index,
-//! the table [`TABLE`] (itself without an index) gets the step's row
-//! anew, at the rowid `at` with a gap before it, in the chunk's
-//! transaction. A `VACUUM` numbers that row anew too: a row whose rowid is
-//! no longer `at` tells that the walked table's were.
+//! With each committed chunk of such a walk, in the chunk's transaction,
+//! the step's row is written anew in two tables, at the rowid `at` with a
+//! gap before it: [`TABLE`], without an index (a `VACUUM` renumbers it
+//! too), and [`COPY_TABLE`], with one (a `VACUUM` keeps it, a `.dump` copy
+//! does not), which also holds whether the walked table had an index.
 
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -16,90 +17,154 @@ use crate::plan::Step;
 
 pub const TABLE: &str = "batchsse_walk_probe";
 
+/// The indexed twin of [`TABLE`].
+pub const COPY_TABLE: &str = "batchsse_walk_copy";
+
+const CREATE: &str = "
+CREATE TABLE IF NOT EXISTS batchsse_walk_probe (plan TEXT NOT NULL, step INTEGER NOT NULL, at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS batchsse_walk_copy (plan TEXT NOT NULL, step INTEGER NOT NULL, at INTEGER NOT NULL, indexed INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS batchsse_walk_copy_by_step ON batchsse_walk_copy(plan, step);";
+
+/// What numbered a walked table's rowids anew.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renumbered {
+    /// A `VACUUM`, and the table had no index then (as far as can be told).
+    Vacuum,
+    /// A copy of the file through `.dump`: every table without an
+    /// `INTEGER PRIMARY KEY`, indexed or not.
+    Copy,
+}
+
 /// Whether `step` walks a table by its bare rowid (no column names it).
 fn by_bare_rowid(step: &Step) -> Option<&str> {
     let c = step.chunk.as_ref()?;
     (c.rowid && !c.key_sql.starts_with('"')).then_some(c.table.as_str())
 }
 
-/// After a committed chunk of `step` (in its transaction): its row anew,
-/// when it walks a table without an index by its bare rowid.
+/// After a committed chunk of `step` (in its transaction): its rows anew,
+/// when it walks by its bare rowid a table that may be renumbered.
 pub(super) fn note(conn: &Connection, plan: &str, step: &Step) -> rusqlite::Result<()> {
     let Some(table) = by_bare_rowid(step) else {
         return Ok(());
     };
-    let indexed: bool = conn
-        .prepare_cached("SELECT EXISTS (SELECT 1 FROM pragma_index_list(?1, 'main'))")?
-        .query_row([table], |r| r.get(0))?;
-    if exists(conn)? {
-        remove(conn, plan, Some(step.index))?;
-    }
-    if indexed {
+    remove(conn, plan, Some(step.index))?;
+    if keeps_own_rowids(conn, table)? {
         return Ok(());
     }
-    conn.prepare_cached(
-        "CREATE TABLE IF NOT EXISTS batchsse_walk_probe (plan TEXT NOT NULL, step INTEGER NOT NULL, at INTEGER NOT NULL)",
-    )?
-    .execute([])?;
+    if !(has(conn, TABLE)? && has(conn, COPY_TABLE)?) {
+        conn.execute_batch(CREATE)?;
+    }
+    let (plan, index) = (plan, step.index as i64);
     conn.prepare_cached(
         "INSERT INTO batchsse_walk_probe (rowid, plan, step, at)
          SELECT n, ?1, ?2, n FROM (SELECT ifnull(max(rowid), 0) + 2 AS n FROM batchsse_walk_probe)",
     )?
-    .execute(params![plan, step.index as i64])
+    .execute(params![plan, index])?;
+    conn.prepare_cached(
+        "INSERT INTO batchsse_walk_copy (rowid, plan, step, at, indexed)
+         SELECT n, ?1, ?2, n, ?3 FROM (SELECT ifnull(max(rowid), 0) + 2 AS n FROM batchsse_walk_copy)",
+    )?
+    .execute(params![plan, index, indexed(conn, table)?])
     .map(drop)
 }
 
-/// Removes the rows of `plan` (of its `step` only, if given), and the
+/// Removes the rows of `plan` (of its `step` only, if given), and each
 /// table once it is empty.
 pub(crate) fn forget(conn: &Connection, plan: &str, step: Option<usize>) -> rusqlite::Result<()> {
-    if !exists(conn)? {
-        return Ok(());
-    }
     remove(conn, plan, step)?;
-    let empty: bool = conn
-        .prepare_cached("SELECT NOT EXISTS (SELECT 1 FROM batchsse_walk_probe)")?
-        .query_row([], |r| r.get(0))?;
-    if empty {
-        conn.execute_batch("DROP TABLE batchsse_walk_probe")?;
+    for t in [TABLE, COPY_TABLE] {
+        if !has(conn, t)? {
+            continue;
+        }
+        let empty: bool = conn
+            .prepare_cached(&format!("SELECT NOT EXISTS (SELECT 1 FROM {t})"))?
+            .query_row([], |r| r.get(0))?;
+        if empty {
+            conn.execute_batch(&format!("DROP TABLE {t}"))?;
+        }
     }
     Ok(())
 }
 
-/// Removes the rows of `plan` (of its `step` only, if given); the table
-/// stays (made and dropped at every chunk, it would change the schema
+/// Removes the rows of `plan` (of its `step` only, if given); the tables
+/// stay (made and dropped at every chunk, they would change the schema
 /// under every statement prepared).
 fn remove(conn: &Connection, plan: &str, step: Option<usize>) -> rusqlite::Result<()> {
     let step = step.map(|s| s as i64);
-    conn.prepare_cached(
-        "DELETE FROM batchsse_walk_probe WHERE plan = ?1 AND (?2 IS NULL OR step = ?2)",
-    )?
-    .execute(params![plan, step])
-    .map(drop)
+    for t in [TABLE, COPY_TABLE] {
+        if has(conn, t)? {
+            conn.prepare_cached(&format!(
+                "DELETE FROM {t} WHERE plan = ?1 AND (?2 IS NULL OR step = ?2)"
+            ))?
+            .execute(params![plan, step])?;
+        }
+    }
+    Ok(())
 }
 
-/// The table `step` of `plan` walks by a rowid a `VACUUM` has numbered
-/// anew since its last committed chunk, if it does.
+/// The table `step` of `plan` walks by a rowid numbered anew since its
+/// last committed chunk, and what did it, if it does. After a `VACUUM`,
+/// a table that had an index then keeps its rowids: one that has none
+/// now, or had none at the chunk, counts as renumbered.
 pub(super) fn renumbered<'s>(
     conn: &Connection,
     plan: &str,
     step: &'s Step,
-) -> rusqlite::Result<Option<&'s str>> {
+) -> rusqlite::Result<Option<(&'s str, Renumbered)>> {
     let Some(table) = by_bare_rowid(step) else {
         return Ok(None);
     };
-    if !exists(conn)? {
+    if !has(conn, TABLE)? || keeps_own_rowids(conn, table)? {
         return Ok(None);
     }
-    let moved: Option<bool> = conn
+    let key = params![plan, step.index as i64];
+    let copy: Option<(bool, bool)> = match has(conn, COPY_TABLE)? {
+        true => conn
+            .prepare_cached(
+                "SELECT rowid <> at, indexed FROM batchsse_walk_copy WHERE plan = ?1 AND step = ?2",
+            )?
+            .query_row(key, |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?,
+        false => None,
+    };
+    let vacuumed: bool = conn
         .prepare_cached(
             "SELECT rowid <> at FROM batchsse_walk_probe WHERE plan = ?1 AND step = ?2",
         )?
-        .query_row(params![plan, step.index as i64], |r| r.get(0))
-        .optional()?;
-    Ok(moved.unwrap_or(false).then_some(table))
+        .query_row(key, |r| r.get(0))
+        .optional()?
+        .unwrap_or(false);
+    Ok(match copy {
+        Some((true, _)) => Some((table, Renumbered::Copy)),
+        // No indexed row: written by a batchsse that probed unindexed
+        // tables only.
+        _ if !vacuumed => None,
+        Some((false, true)) if indexed(conn, table)? => None,
+        _ => Some((table, Renumbered::Vacuum)),
+    })
 }
 
-fn exists(conn: &Connection) -> rusqlite::Result<bool> {
+fn indexed(conn: &Connection, table: &str) -> rusqlite::Result<bool> {
+    conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM pragma_index_list(?1, 'main'))")?
+        .query_row([table], |r| r.get(0))
+}
+
+/// Whether `table` keeps its rowids through a `VACUUM` or a `.dump` copy
+/// whatever its indexes: an `INTEGER PRIMARY KEY` is its rowid (one
+/// column of that type, without the index any other primary key has,
+/// `DESC` included), and a virtual table numbers its own rows. Only a
+/// rebuild changes either, so this holds at the resume as at the chunk.
+fn keeps_own_rowids(conn: &Connection, table: &str) -> rusqlite::Result<bool> {
+    conn.prepare_cached(
+        "SELECT ifnull((SELECT count(*) = 1 AND max(upper(type)) = 'INTEGER'
+                        FROM pragma_table_info(?1, 'main') WHERE pk > 0), 0)
+                AND NOT EXISTS (SELECT 1 FROM pragma_index_list(?1, 'main') WHERE origin = 'pk')
+             OR EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1 AND rootpage = 0)",
+    )?
+    .query_row([table], |r| r.get(0))
+}
+
+fn has(conn: &Connection, table: &str) -> rusqlite::Result<bool> {
     conn.prepare_cached("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1")?
-        .exists([TABLE])
+        .exists([table])
 }

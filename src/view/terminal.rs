@@ -537,7 +537,7 @@ fn kept_said(f: &crate::events::Finished) -> String {
     let listed = " (every one is in the table batchsse_undo_conflict)";
     let before = "before this try";
     if let Some(left) = f.conflicts_as_left.filter(|&l| l > 0) {
-        return kept_as_left(f.dry_run && earlier == 0, (n, earlier), left);
+        return kept_as_left(f.dry_run, (n, earlier), left);
     }
     match (n, earlier, f.dry_run) {
         (0, 0, _) => String::new(),
@@ -562,14 +562,19 @@ fn kept_said(f: &crate::events::Finished) -> String {
 
 /// [`kept_said`] when some rows were kept as the run left them
 /// (`left`), since another row holds a value they would get back: not
-/// the application's rows. `dry`: nothing kept was written.
+/// the application's rows. `dry`: this try's `n` would be kept, not
+/// written (those an earlier try kept were).
 fn kept_as_left(dry: bool, (n, earlier): (u64, u64), left: u64) -> String {
     let all = n + earlier;
-    let (verb, listed) = match dry {
-        true => ("would keep", ""),
-        false => (
+    let (verb, listed) = match (dry && n > 0, earlier) {
+        (false, _) => (
             "kept",
             " (every one is in the table batchsse_undo_conflict)",
+        ),
+        (true, 0) => ("would keep", ""),
+        (true, _) => (
+            "kept or would keep",
+            " (those kept are in the table batchsse_undo_conflict)",
         ),
     };
     let (it, they) = match left {
@@ -654,6 +659,17 @@ mod tests {
         assert_eq!(
             kept(true, 2, 0, 2),
             "; 2 conflicts would keep their rows as the run left them (another row holds a value they would get back)"
+        );
+        // A dry run after a try that kept some: only those are kept.
+        assert_eq!(
+            kept(true, 1, 1, 2),
+            "; 2 conflicts kept or would keep their rows as the run left them (another row holds a value they would get back), 1 of them before this try (those kept are in the table batchsse_undo_conflict)"
+        );
+        assert_eq!(
+            kept(true, 0, 1, 1),
+            format!(
+                "; 1 conflict kept its row as the run left it (another row holds a value it would get back), 1 of them before this try{listed}"
+            )
         );
     }
 

@@ -1812,3 +1812,172 @@ fn purge(db: &TempDb, extra: &[&str]) -> (i32, String) {
     let (code, _, err) = run(&args);
     (code, err)
 }
+
+/// A walk of a table whose rowid is an `INTEGER PRIMARY KEY`, by that
+/// column or by the default key: a VACUUM keeps those rowids, so the
+/// stopped walk resumes after one (no probe row, no refusal).
+#[test]
+fn a_walk_by_an_integer_primary_key_is_resumed_after_a_vacuum() {
+    for key in [r#","key":"id""#, ""] {
+        let plan = format!(
+            r#"{{"name":"purge","steps":[{{"sql":"DELETE FROM log WHERE ts % 2 = 0 AND id BETWEEN :lo AND :hi","chunk":{{"table":"log","size":100{key}}}}}]}}"#
+        );
+        let db = TempDb::with_sql(
+            "CREATE TABLE log(id INTEGER PRIMARY KEY, ts INT, msg TEXT);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000)
+             INSERT INTO log SELECT i, i, 'm' FROM n;
+             DELETE FROM log WHERE ts % 10 = 5;
+             CREATE TABLE flag(v INT); INSERT INTO flag VALUES (1);
+             CREATE TRIGGER stop BEFORE DELETE ON log WHEN old.ts = 700 AND (SELECT v FROM flag) = 1
+             BEGIN SELECT RAISE(ABORT, 'stopped for the test'); END;",
+        );
+        db.file("plan.json", &plan);
+        let (code, err) = purge(&db, &[]);
+        assert_eq!(code, 1, "{key}: {err}");
+        assert!(err.contains("stopped for the test"), "{err}");
+        db.conn()
+            .execute_batch("UPDATE flag SET v = 0; VACUUM")
+            .unwrap();
+        let (code, err) = purge(&db, &[]);
+        assert_eq!(code, 0, "{key}: {err}");
+        assert!(err.contains("resuming after"), "{err}");
+        let evens = db.query_i64("SELECT count(*) FROM log WHERE ts % 2 = 0");
+        assert_eq!(evens, 0, "{key}: {err}");
+    }
+}
+
+/// The database of [`a_walk_by_rowid_is_not_resumed_after_a_vacuum_renumbered_it`]
+/// without its stopping trigger: `log` (no index) with gaps in its rowids.
+fn gapped_log() -> TempDb {
+    let db = TempDb::with_sql(
+        "CREATE TABLE log(ts INT, msg TEXT);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000)
+         INSERT INTO log SELECT i, 'm' FROM n;
+         DELETE FROM log WHERE ts % 10 = 5;",
+    );
+    db.file(
+        "plan.json",
+        r#"{"name":"purge","steps":[{"sql":"DELETE FROM log WHERE ts % 2 = 0 AND rowid BETWEEN :lo AND :hi","chunk":{"table":"log","size":100}}]}"#,
+    );
+    db
+}
+
+/// A VACUUM between two chunks of a live walk by bare rowid (another
+/// process, while the run sleeps) stops the step before its next chunk,
+/// instead of going on after its last rowid in the new numbering.
+#[test]
+fn a_vacuum_between_two_chunks_of_a_walk_by_rowid_stops_it() {
+    let db = gapped_log();
+    let plan = db.dir.path().join("plan.json");
+    let args = run_args(
+        &db,
+        path_str(&plan),
+        &["--no-serve", "--batch-size", "100", "--sleep", "1500"],
+    );
+    let mut p = Proc::start(&args);
+    let conn = db.conn();
+    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+    let start = Instant::now();
+    let probed = "SELECT count(*) FROM sqlite_schema WHERE name = 'batchsse_walk_probe'";
+    while conn.query_row(probed, [], |r| r.get::<_, i64>(0)).unwrap() == 0 {
+        assert!(start.elapsed() < Duration::from_secs(20), "{}", p.stderr());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    conn.execute_batch("VACUUM").unwrap();
+    let status = p.wait();
+    let err = p.stderr();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("a VACUUM numbered the rowids of log anew"),
+        "{err}"
+    );
+    let (code, err) = purge(&db, &[]);
+    assert_eq!(code, 2, "the resume refused too: {err}");
+    let (code, err) = purge(&db, &["--force"]);
+    assert_eq!(code, 0, "{err}");
+    let evens = db.query_i64("SELECT count(*) FROM log WHERE ts % 2 = 0");
+    assert_eq!(evens, 0, "{err}");
+}
+
+/// An undo that takes back a stopped walk clears its checkpoint, and with
+/// it the walk's probe row: no batchsse table is left behind for it.
+#[test]
+fn an_undo_of_a_stopped_walk_takes_its_probe_row_away() {
+    let db = gapped_log();
+    db.conn()
+        .execute_batch(
+            "CREATE TRIGGER stop BEFORE DELETE ON log WHEN old.ts = 700
+             BEGIN SELECT RAISE(ABORT, 'stopped for the test'); END;",
+        )
+        .unwrap();
+    let (code, err) = purge(&db, &["--undo"]);
+    assert_eq!(code, 1, "{err}");
+    let probe = "SELECT count(*) FROM sqlite_schema WHERE name = 'batchsse_walk_probe'";
+    assert_eq!(db.query_i64(probe), 1, "the stopped walk's probe");
+    let undo = [
+        "undo",
+        "--db",
+        path_str(&db.path),
+        "--plan",
+        "purge",
+        "--no-serve",
+    ];
+    let (code, _, err) = run(&undo);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("fully taken back"), "{err}");
+    assert_eq!(db.query_i64(probe), 0, "gone with the checkpoint: {err}");
+}
+
+/// A walk by bare rowid of a table with an index, stopped: a VACUUM keeps
+/// its rowids (it resumes, in the loop above), but a copy of the file
+/// through `.dump` numbers them anew, and so does a VACUUM once the index
+/// is dropped. Both resumes are refused, the file untouched.
+#[test]
+fn a_walk_of_an_indexed_table_is_not_resumed_in_a_dump_copy_or_unindexed() {
+    let stopped = || {
+        let db = gapped_log();
+        db.conn()
+            .execute_batch(
+                "CREATE INDEX log_ts ON log(ts);
+                 CREATE TABLE flag(v INT); INSERT INTO flag VALUES (1);
+                 CREATE TRIGGER stop BEFORE DELETE ON log WHEN old.ts = 700 AND (SELECT v FROM flag) = 1
+                 BEGIN SELECT RAISE(ABORT, 'stopped for the test'); END;",
+            )
+            .unwrap();
+        let (code, err) = purge(&db, &[]);
+        assert_eq!(code, 1, "{err}");
+        db.conn().execute_batch("UPDATE flag SET v = 0").unwrap();
+        db
+    };
+    let db = stopped();
+    let copy = dump_copy(&db);
+    copy.file(
+        "plan.json",
+        &std::fs::read_to_string(db.dir.path().join("plan.json")).unwrap(),
+    );
+    let before = sha256(&copy.path);
+    let (code, err) = purge(&copy, &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(
+            "a copy of the file made through .dump has since numbered the rowids of log anew"
+        ),
+        "{err}"
+    );
+    assert_eq!(sha256(&copy.path), before, "the copy untouched");
+    let db = stopped();
+    db.conn()
+        .execute_batch("DROP INDEX log_ts; VACUUM")
+        .unwrap();
+    let (code, err) = purge(&db, &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("a VACUUM has since numbered the rowids of log anew"),
+        "{err}"
+    );
+    let (code, err) = purge(&db, &["--force"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(db.query_i64("SELECT count(*) FROM log WHERE ts % 2 = 0"), 0);
+    let left = "SELECT count(*) FROM sqlite_schema WHERE name LIKE 'batchsse_walk%'";
+    assert_eq!(db.query_i64(left), 0, "both probes gone with the step done");
+}

@@ -962,31 +962,6 @@ fn an_index_added_after_the_vacuum_does_not_hide_it() {
     assert!(err.contains("the rowids of u were numbered anew"), "{err}");
 }
 
-/// A copy of the file made as the `sqlite3` shell's `.dump` makes one:
-/// each table made and filled by its columns alone, so the rows of one
-/// without an `INTEGER PRIMARY KEY` get new rowids, then the indexes.
-fn dump_copy(db: &TempDb) -> TempDb {
-    let copy = TempDb::empty();
-    let c = copy.conn();
-    c.execute("ATTACH ?1 AS s", [path_str(&db.path)]).unwrap();
-    let schema: Vec<(String, String, String)> = c
-        .prepare("SELECT type, name, sql FROM s.sqlite_schema WHERE sql NOT NULL ORDER BY type = 'index', rowid")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    for (kind, name, sql) in schema {
-        c.execute_batch(&sql).unwrap();
-        if kind == "table" {
-            let q = name.replace('"', "\"\"");
-            c.execute_batch(&format!("INSERT INTO main.\"{q}\" SELECT * FROM s.\"{q}\""))
-                .unwrap();
-        }
-    }
-    copy
-}
-
 /// A copy of the file made through `.dump` numbers anew the rowids of
 /// every table without an `INTEGER PRIMARY KEY`, with an index (here a
 /// text key) or not: an undo there is refused too, the file untouched,
