@@ -276,10 +276,16 @@ impl Rehearsal {
         let mut complete = true;
         // Only names that begin `sqlite_` are SQLite's own (`_` unescaped
         // is LIKE's wildcard, which would leave out a table `SQLiteLog`).
+        // A virtual table makes its shadow tables itself: they are left
+        // out, and it comes after the other tables (a `VACUUM` lists it
+        // after its shadow tables, whose names it would then find taken).
         let schema: Vec<(String, String)> = db
             .prepare(
-                "SELECT type, sql FROM sqlite_schema
-                 WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY rowid",
+                "SELECT s.type, s.sql FROM sqlite_schema AS s
+                 LEFT JOIN pragma_table_list AS l ON l.schema = 'main' AND l.name = s.name
+                 WHERE s.sql IS NOT NULL AND s.name NOT LIKE 'sqlite\\_%' ESCAPE '\\'
+                   AND ifnull(l.type, '') <> 'shadow'
+                 ORDER BY ifnull(l.type, '') = 'virtual', s.rowid",
             )
             .and_then(|mut s| {
                 s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
