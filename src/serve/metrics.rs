@@ -164,13 +164,18 @@ fn undo(r: &mut Registry, snap: &Snapshot) {
     if let Some(kept) = snap.conflicts {
         r.register(
             "batchsse_undo_conflicts",
-            "Rows this undo kept as the application has them, once finished",
+            "Rows this undo kept as conflicts (as the application has them, or as the run left them), once finished",
             gauge(kept),
         );
         r.register(
             "batchsse_undo_conflicts_earlier",
             "Rows kept before this try of the undo (by an earlier try, or an undo of a newer run of the plan), once finished",
             gauge(snap.conflicts_earlier.unwrap_or(0)),
+        );
+        r.register(
+            "batchsse_undo_conflicts_as_left",
+            "Of the rows kept (by this try and earlier ones), those kept as the run left them: another row holds a value they would get back, once finished",
+            gauge(snap.conflicts_as_left.unwrap_or(0)),
         );
     }
 }

@@ -222,6 +222,11 @@ fn metrics_give_the_undo_record_and_the_rows_an_undo_kept_once_finished() {
         Some(0.0),
         "{m}"
     );
+    assert_eq!(
+        sample(&m, "batchsse_undo_conflicts_as_left"),
+        Some(0.0),
+        "{m}"
+    );
     assert_eq!(sample(&m, "batchsse_undo_record_bytes"), None, "{m}");
 }
 
