@@ -201,6 +201,8 @@ struct Shape {
     without_rowid: bool,
     /// The `INTEGER PRIMARY KEY` column that is the rowid, if any.
     alias: Option<String>,
+    /// A virtual table, which numbers its own rows.
+    virtual_table: bool,
     /// How to name the real rowid: `None` for a `WITHOUT ROWID` table,
     /// `Some(None)` when columns hide every name of it and there is no alias.
     rowid_sql: Option<Option<String>>,
@@ -214,6 +216,7 @@ impl Shape {
             key,
             key_sql,
             rowid: true,
+            stable_rowid: self.alias.is_some() || self.virtual_table,
             size: 0,
         };
         (chunk, names.collect())
@@ -492,6 +495,7 @@ impl Rehearsal {
                     table: c.table,
                     key,
                     rowid: false,
+                    stable_rowid: false,
                     size,
                 }
             }
@@ -718,14 +722,14 @@ impl Rehearsal {
                 .collect()
             })
             .unwrap_or_default();
-        let without_rowid = self
+        let (without_rowid, virtual_table) = self
             .conn
             .query_row(
-                "SELECT wr FROM pragma_table_list WHERE schema = 'main' AND name = ?1",
+                "SELECT wr, type = 'virtual' FROM pragma_table_list WHERE schema = 'main' AND name = ?1",
                 [table],
-                |r| r.get::<_, bool>(0),
+                |r| Ok((r.get::<_, bool>(0)?, r.get::<_, bool>(1)?)),
             )
-            .unwrap_or(false);
+            .unwrap_or((false, false));
         let pk: Vec<&Column> = columns.iter().filter(|c| c.pk).collect();
         // `INTEGER PRIMARY KEY DESC` is not a rowid alias, and a real
         // alias has no index of its own.
@@ -759,6 +763,7 @@ impl Rehearsal {
             single_pk,
             without_rowid,
             alias,
+            virtual_table,
             rowid_sql,
         }
     }
@@ -818,6 +823,7 @@ impl Rehearsal {
             key_sql: quote(&name),
             key: name.clone(),
             rowid: false,
+            stable_rowid: false,
             size: 0,
         };
         Ok((chunk, vec![name]))

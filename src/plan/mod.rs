@@ -98,6 +98,11 @@ pub struct Chunk {
     /// `INTEGER PRIMARY KEY` alias of it), so dense rowids chunk by
     /// arithmetic and every row has a key.
     pub rowid: bool,
+    /// The rowid walked keeps its numbers through a `VACUUM` or a copy
+    /// through `.dump` whatever the table's indexes: it is an `INTEGER
+    /// PRIMARY KEY`, or a virtual table's own. A bare rowid walk that is
+    /// not may be renumbered between two chunks (see `run::walk_probe`).
+    pub stable_rowid: bool,
     pub size: u64,
 }
 

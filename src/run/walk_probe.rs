@@ -35,10 +35,12 @@ pub enum Renumbered {
     Copy,
 }
 
-/// Whether `step` walks a table by its bare rowid (no column names it).
+/// The table `step` walks by a rowid a `VACUUM` or a `.dump` copy may
+/// renumber: its bare rowid, not an `INTEGER PRIMARY KEY` nor a virtual
+/// table's (the plan check tells, once per run).
 fn by_bare_rowid(step: &Step) -> Option<&str> {
     let c = step.chunk.as_ref()?;
-    (c.rowid && !c.key_sql.starts_with('"')).then_some(c.table.as_str())
+    (c.rowid && !c.stable_rowid).then_some(c.table.as_str())
 }
 
 /// After a committed chunk of `step` (in its transaction): its rows anew,
@@ -48,9 +50,6 @@ pub(super) fn note(conn: &Connection, plan: &str, step: &Step) -> rusqlite::Resu
         return Ok(());
     };
     remove(conn, plan, Some(step.index))?;
-    if keeps_own_rowids(conn, table)? {
-        return Ok(());
-    }
     if !(has(conn, TABLE)? && has(conn, COPY_TABLE)?) {
         conn.execute_batch(CREATE)?;
     }
@@ -114,7 +113,7 @@ pub(super) fn renumbered<'s>(
     let Some(table) = by_bare_rowid(step) else {
         return Ok(None);
     };
-    if !has(conn, TABLE)? || keeps_own_rowids(conn, table)? {
+    if !has(conn, TABLE)? {
         return Ok(None);
     }
     let key = params![plan, step.index as i64];
@@ -147,21 +146,6 @@ pub(super) fn renumbered<'s>(
 fn indexed(conn: &Connection, table: &str) -> rusqlite::Result<bool> {
     conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM pragma_index_list(?1, 'main'))")?
         .query_row([table], |r| r.get(0))
-}
-
-/// Whether `table` keeps its rowids through a `VACUUM` or a `.dump` copy
-/// whatever its indexes: an `INTEGER PRIMARY KEY` is its rowid (one
-/// column of that type, without the index any other primary key has,
-/// `DESC` included), and a virtual table numbers its own rows. Only a
-/// rebuild changes either, so this holds at the resume as at the chunk.
-fn keeps_own_rowids(conn: &Connection, table: &str) -> rusqlite::Result<bool> {
-    conn.prepare_cached(
-        "SELECT ifnull((SELECT count(*) = 1 AND max(upper(type)) = 'INTEGER'
-                        FROM pragma_table_info(?1, 'main') WHERE pk > 0), 0)
-                AND NOT EXISTS (SELECT 1 FROM pragma_index_list(?1, 'main') WHERE origin = 'pk')
-             OR EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1 AND rootpage = 0)",
-    )?
-    .query_row([table], |r| r.get(0))
 }
 
 fn has(conn: &Connection, table: &str) -> rusqlite::Result<bool> {

@@ -799,3 +799,37 @@ fn a_full_text_table_is_walked_before_and_after_a_vacuum() {
         1
     );
 }
+
+/// A virtual table numbers its own rows, which a `VACUUM` leaves alone: a
+/// walk of one stopped part-way writes no probe row and, vacuumed, goes on
+/// where it stopped (an `INTEGER PRIMARY KEY` alike: see `safety`).
+#[test]
+fn a_stopped_walk_of_a_full_text_table_resumes_after_a_vacuum() {
+    let db = TempDb::with_sql(
+        "CREATE VIRTUAL TABLE doc USING fts5(body);
+         INSERT INTO doc VALUES ('one'), ('two'), ('three'), ('four');
+         DELETE FROM doc WHERE rowid = 2;
+         CREATE TABLE flag(v INT); INSERT INTO flag VALUES (1);",
+    );
+    // Row 4 fails while the flag is up: the first chunk (1 and 3) commits.
+    let plan = db.file(
+        "plan.json",
+        r#"{"name":"p","steps":[{"sql":"UPDATE doc SET body = upper(body) || CASE WHEN rowid = 4 AND (SELECT v FROM flag) = 1 THEN abs(-9223372036854775807 - 1) ELSE '' END WHERE rowid BETWEEN :lo AND :hi","chunk":{"table":"doc","size":2}}]}"#,
+    );
+    let args = run_args(&db, path_str(&plan), &["--no-serve", "--batch-size", "2"]);
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 1, "{err}");
+    let probe =
+        "SELECT count(*) FROM sqlite_schema WHERE name LIKE 'batchsse\\_walk\\_%' ESCAPE '\\'";
+    assert_eq!(db.query_i64(probe), 0, "no probe for a virtual table");
+    db.conn()
+        .execute_batch("UPDATE flag SET v = 0; VACUUM")
+        .unwrap();
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("resuming after"), "{err}");
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM doc WHERE body = upper(body)"),
+        3
+    );
+}
