@@ -127,13 +127,14 @@ fn refuse_renumbered(
             continue;
         }
         let one = tables.len() == 1;
-        let by = match how {
+        let tail = match how {
             store::Renumbered::Vacuum => format!(
-                "by a VACUUM, which renumbers a table with neither an INTEGER PRIMARY KEY nor any index: {} no index when the run was recorded, or none now; an index added since does not give the old rowids back",
+                ": {} no index when the run was recorded, or none now; an index added since does not give the old rowids back",
                 if one { "it had" } else { "they had" }
             ),
-            store::Renumbered::Copy => "in a copy of the file made through .dump, which numbers anew every table without an INTEGER PRIMARY KEY".to_owned(),
+            store::Renumbered::Copy => String::new(),
         };
+        let by = format!("by {}, {}{tail}", how.by(), how.which());
         return Err(UsageError::new(format!(
             "the rowids of {} were numbered anew since run {run} was recorded ({by}), and the record finds {} rows by rowid, so taking it back would put old values into other rows. Nothing was taken back, and this record can no longer be taken back safely: remove it with `batchsse undo clear --db {} --run {}`. To keep this from happening, take runs back before vacuuming or copying the file, or give such tables an INTEGER PRIMARY KEY",
             tables.join(", "),

@@ -65,17 +65,14 @@ fn refuse_renumbered(
 
 /// What numbered a walked table's rowids anew, and which tables it
 /// renumbers, for a message.
-fn renumbered_by(how: super::walk_probe::Renumbered) -> (&'static str, &'static str) {
-    match how {
-        super::walk_probe::Renumbered::Vacuum => (
-            "a VACUUM",
-            "which renumbers a table with neither an INTEGER PRIMARY KEY nor an index: it had none when the step stopped, or has none now",
-        ),
-        super::walk_probe::Renumbered::Copy => (
-            "a copy of the file made through .dump",
-            "which renumbers every table without an INTEGER PRIMARY KEY",
-        ),
-    }
+fn renumbered_by(how: super::renumber::Renumbered) -> (&'static str, String) {
+    let tail = match how {
+        super::renumber::Renumbered::Vacuum => {
+            ": it had none when the step stopped, or has none now"
+        }
+        super::renumber::Renumbered::Copy => "",
+    };
+    (how.by(), format!("{}{tail}", how.which()))
 }
 
 /// A step's state in the checkpoint (the table's `state` column).

@@ -17,6 +17,7 @@ mod governor;
 mod heartbeat;
 pub mod housekeeping;
 mod neighbours;
+mod renumber;
 mod tx;
 pub mod undo;
 mod walk_probe;

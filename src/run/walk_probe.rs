@@ -13,6 +13,7 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::renumber::{Renumbered, next_probe_rowid, table_exists};
 use crate::plan::Step;
 
 pub const TABLE: &str = "batchsse_walk_probe";
@@ -24,16 +25,6 @@ const CREATE: &str = "
 CREATE TABLE IF NOT EXISTS batchsse_walk_probe (plan TEXT NOT NULL, step INTEGER NOT NULL, at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS batchsse_walk_copy (plan TEXT NOT NULL, step INTEGER NOT NULL, at INTEGER NOT NULL, indexed INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS batchsse_walk_copy_by_step ON batchsse_walk_copy(plan, step);";
-
-/// What numbered a walked table's rowids anew.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Renumbered {
-    /// A `VACUUM`, and the table had no index then (as far as can be told).
-    Vacuum,
-    /// A copy of the file through `.dump`: every table without an
-    /// `INTEGER PRIMARY KEY`, indexed or not.
-    Copy,
-}
 
 /// The table `step` walks by a rowid a `VACUUM` or a `.dump` copy may
 /// renumber: its bare rowid, not an `INTEGER PRIMARY KEY` nor a virtual
@@ -50,19 +41,19 @@ pub(super) fn note(conn: &Connection, plan: &str, step: &Step) -> rusqlite::Resu
         return Ok(());
     };
     remove(conn, plan, Some(step.index))?;
-    if !(has(conn, TABLE)? && has(conn, COPY_TABLE)?) {
+    if !(table_exists(conn, TABLE)? && table_exists(conn, COPY_TABLE)?) {
         conn.execute_batch(CREATE)?;
     }
     let (plan, index) = (plan, step.index as i64);
-    conn.prepare_cached(
-        "INSERT INTO batchsse_walk_probe (rowid, plan, step, at)
-         SELECT n, ?1, ?2, n FROM (SELECT ifnull(max(rowid), 0) + 2 AS n FROM batchsse_walk_probe)",
-    )?
+    conn.prepare_cached(&format!(
+        "INSERT INTO {TABLE} (rowid, plan, step, at) SELECT n, ?1, ?2, n FROM {}",
+        next_probe_rowid(TABLE)
+    ))?
     .execute(params![plan, index])?;
-    conn.prepare_cached(
-        "INSERT INTO batchsse_walk_copy (rowid, plan, step, at, indexed)
-         SELECT n, ?1, ?2, n, ?3 FROM (SELECT ifnull(max(rowid), 0) + 2 AS n FROM batchsse_walk_copy)",
-    )?
+    conn.prepare_cached(&format!(
+        "INSERT INTO {COPY_TABLE} (rowid, plan, step, at, indexed) SELECT n, ?1, ?2, n, ?3 FROM {}",
+        next_probe_rowid(COPY_TABLE)
+    ))?
     .execute(params![plan, index, indexed(conn, table)?])
     .map(drop)
 }
@@ -72,7 +63,7 @@ pub(super) fn note(conn: &Connection, plan: &str, step: &Step) -> rusqlite::Resu
 pub(crate) fn forget(conn: &Connection, plan: &str, step: Option<usize>) -> rusqlite::Result<()> {
     remove(conn, plan, step)?;
     for t in [TABLE, COPY_TABLE] {
-        if !has(conn, t)? {
+        if !table_exists(conn, t)? {
             continue;
         }
         let empty: bool = conn
@@ -91,7 +82,7 @@ pub(crate) fn forget(conn: &Connection, plan: &str, step: Option<usize>) -> rusq
 fn remove(conn: &Connection, plan: &str, step: Option<usize>) -> rusqlite::Result<()> {
     let step = step.map(|s| s as i64);
     for t in [TABLE, COPY_TABLE] {
-        if has(conn, t)? {
+        if table_exists(conn, t)? {
             conn.prepare_cached(&format!(
                 "DELETE FROM {t} WHERE plan = ?1 AND (?2 IS NULL OR step = ?2)"
             ))?
@@ -113,11 +104,11 @@ pub(super) fn renumbered<'s>(
     let Some(table) = by_bare_rowid(step) else {
         return Ok(None);
     };
-    if !has(conn, TABLE)? {
+    if !table_exists(conn, TABLE)? {
         return Ok(None);
     }
     let key = params![plan, step.index as i64];
-    let copy: Option<(bool, bool)> = match has(conn, COPY_TABLE)? {
+    let copy: Option<(bool, bool)> = match table_exists(conn, COPY_TABLE)? {
         true => conn
             .prepare_cached(
                 "SELECT rowid <> at, indexed FROM batchsse_walk_copy WHERE plan = ?1 AND step = ?2",
@@ -146,9 +137,4 @@ pub(super) fn renumbered<'s>(
 fn indexed(conn: &Connection, table: &str) -> rusqlite::Result<bool> {
     conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM pragma_index_list(?1, 'main'))")?
         .query_row([table], |r| r.get(0))
-}
-
-fn has(conn: &Connection, table: &str) -> rusqlite::Result<bool> {
-    conn.prepare_cached("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1")?
-        .exists([table])
 }

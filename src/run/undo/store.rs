@@ -8,6 +8,8 @@ use rusqlite::{Connection, OptionalExtension};
 
 use crate::error::UsageError;
 use crate::plan::sqlite_message;
+pub use crate::run::renumber::Renumbered;
+use crate::run::renumber::{next_probe_rowid, table_exists};
 
 pub const CHUNKS: &str = "batchsse_undo";
 
@@ -133,33 +135,22 @@ pub fn create(conn: &Connection) -> rusqlite::Result<()> {
 /// renumbered it must not look as if it kept its rowids; and its
 /// [`COPY_PROBE`] row.
 pub fn probe(conn: &Connection, run: &str) -> rusqlite::Result<()> {
-    conn.prepare_cached(
-        "INSERT INTO batchsse_undo_copy (rowid, run, at)
-         SELECT n, ?1, n FROM (SELECT ifnull(max(rowid), 0) + 2 AS n FROM batchsse_undo_copy)
-         WHERE NOT EXISTS (SELECT 1 FROM batchsse_undo_copy WHERE run = ?1)",
-    )?
+    conn.prepare_cached(&format!(
+        "INSERT INTO {COPY_PROBE} (rowid, run, at) SELECT n, ?1, n FROM {}
+         WHERE NOT EXISTS (SELECT 1 FROM {COPY_PROBE} WHERE run = ?1)",
+        next_probe_rowid(COPY_PROBE)
+    ))?
     .execute([run])?;
-    conn.prepare_cached(
-        "INSERT INTO batchsse_undo_probe (rowid, run, at, bare)
+    conn.prepare_cached(&format!(
+        "INSERT INTO {PROBE} (rowid, run, at, bare)
          SELECT n, ?1, n, (SELECT json_group_array(t.name) FROM pragma_table_list AS t
              WHERE t.schema = 'main' AND t.type = 'table' AND substr(t.name, 1, 7) <> 'sqlite_'
              AND NOT EXISTS (SELECT 1 FROM pragma_index_list(t.name, 'main')))
-         FROM (SELECT ifnull(max(rowid), 0) + 2 AS n FROM batchsse_undo_probe)
-         WHERE NOT EXISTS (SELECT 1 FROM batchsse_undo_probe WHERE run = ?1)",
-    )?
+         FROM {} WHERE NOT EXISTS (SELECT 1 FROM {PROBE} WHERE run = ?1)",
+        next_probe_rowid(PROBE)
+    ))?
     .execute([run])
     .map(drop)
-}
-
-/// What numbered rowids anew since a run was recorded.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Renumbered {
-    /// A `VACUUM`: those of tables with neither an `INTEGER PRIMARY KEY`
-    /// nor an index.
-    Vacuum,
-    /// A copy through `.dump`: those of every table without an `INTEGER
-    /// PRIMARY KEY`.
-    Copy,
 }
 
 /// Whether, and how, the rowids of tables without an `INTEGER PRIMARY
@@ -168,14 +159,7 @@ pub enum Renumbered {
 /// before the probes.
 pub fn renumbered(conn: &Connection, run: &str) -> rusqlite::Result<Option<Renumbered>> {
     let moved = |table: &str| -> rusqlite::Result<bool> {
-        let exists = conn
-            .query_row(
-                "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1",
-                [table],
-                |_| Ok(()),
-            )
-            .optional()?;
-        if exists.is_none() {
+        if !table_exists(conn, table)? {
             return Ok(false);
         }
         conn.query_row(
@@ -184,11 +168,7 @@ pub fn renumbered(conn: &Connection, run: &str) -> rusqlite::Result<Option<Renum
             |r| r.get(0),
         )
     };
-    Ok(match (moved(COPY_PROBE)?, moved(PROBE)?) {
-        (true, _) => Some(Renumbered::Copy),
-        (false, true) => Some(Renumbered::Vacuum),
-        (false, false) => None,
-    })
+    Ok(Renumbered::of(moved(COPY_PROBE)?, moved(PROBE)?))
 }
 
 /// The tables whose rows `run`'s record finds by their bare rowid, by
