@@ -441,7 +441,7 @@ impl<'a> Checkpoint<'a> {
             ])?;
         match mark {
             Mark::Partial => super::walk_probe::note(self.conn, &self.plan.name, step),
-            Mark::Done => super::walk_probe::forget(self.conn, &self.plan.name, Some(step.index)),
+            Mark::Done => super::walk_probe::done(self.conn, &self.plan.name, step),
         }
     }
 }

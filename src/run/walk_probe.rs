@@ -58,6 +58,15 @@ pub(super) fn note(conn: &Connection, plan: &str, step: &Step) -> rusqlite::Resu
     .map(drop)
 }
 
+/// Once `step` is done: its rows go, if it is a walk that writes them
+/// (every other step asks nothing of the schema).
+pub(super) fn done(conn: &Connection, plan: &str, step: &Step) -> rusqlite::Result<()> {
+    match by_bare_rowid(step) {
+        Some(_) => forget(conn, plan, Some(step.index)),
+        None => Ok(()),
+    }
+}
+
 /// Removes the rows of `plan` (of its `step` only, if given), and each
 /// table once it is empty.
 pub(crate) fn forget(conn: &Connection, plan: &str, step: Option<usize>) -> rusqlite::Result<()> {
