@@ -49,7 +49,7 @@ type AfterTempTrigger = Arc<Mutex<bool>>;
 
 /// The last `PRAGMA name = value` (or `name(value)`) compiled, which may
 /// set what it names: `PRAGMA busy_timeout = 1` is a query SQLite calls
-/// read-only.
+/// read-only. Also a pragma that acts when read (`PRAGMA optimize`).
 type Setting = Arc<Mutex<Option<String>>>;
 
 /// The columns of the main database's tables a statement updates, as
@@ -110,11 +110,16 @@ impl Seen {
         );
         if let Pragma {
             pragma_name,
-            pragma_value: Some(value),
+            pragma_value,
         } = ctx.action
         {
-            *self.3.lock().unwrap_or_else(|p| p.into_inner()) =
-                Some(format!("PRAGMA {pragma_name} = {value}"));
+            let setting = match pragma_value {
+                Some(value) => Some(format!("PRAGMA {pragma_name} = {value}")),
+                None => super::pragma_acts(pragma_name).then(|| format!("PRAGMA {pragma_name}")),
+            };
+            if setting.is_some() {
+                *self.3.lock().unwrap_or_else(|p| p.into_inner()) = setting;
+            }
         }
         if let Insert { table_name } | Delete { table_name } | Update { table_name, .. } =
             ctx.action
@@ -360,7 +365,7 @@ impl Rehearsal {
         }
         if let Some(pragma) = self.seen.take_setting() {
             return Err(bad(format!(
-                "is {pragma}, which may set what it names; read it with its table-valued function instead, e.g. SELECT count(*) = 0 FROM pragma_foreign_key_check('t')"
+                "is {pragma}, which may set or change something; read a pragma with its table-valued function instead, e.g. SELECT count(*) = 0 FROM pragma_foreign_key_check('t')"
             )));
         }
         if !stmt.readonly() || stmt.column_count() == 0 {

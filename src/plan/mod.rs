@@ -484,6 +484,21 @@ pub fn edited(index: usize, name: &str, plan: &str) -> UsageError {
     ))
 }
 
+/// Whether pragma `name` acts when it is only read, given no value:
+/// SQLite calls `PRAGMA optimize` read-only, and it may run `ANALYZE`.
+/// (The others here SQLite already calls writes; they are named so that
+/// no later SQLite's change of mind lets one through.)
+pub fn pragma_acts(name: &str) -> bool {
+    [
+        "optimize",
+        "wal_checkpoint",
+        "incremental_vacuum",
+        "shrink_memory",
+    ]
+    .iter()
+    .any(|p| name.eq_ignore_ascii_case(p))
+}
+
 /// The first keyword of a statement, upper-cased, after comments.
 pub fn first_keyword(sql: &str) -> String {
     skip_comments(sql)

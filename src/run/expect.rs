@@ -53,7 +53,7 @@ pub(super) fn at_end(
     // answers a row: it would set the run's connection.
     if sets_a_pragma(sql) {
         return Ok(Some(format!(
-            "expect {} gives a PRAGMA a value or an argument, which may set something, so it was not run; read a pragma with its table-valued function, e.g. SELECT * FROM pragma_user_version or SELECT name FROM pragma_table_info('t')",
+            "expect {} gives a PRAGMA a value or an argument, or names one that acts when read, which may set or change something, so it was not run; read a pragma with its table-valued function, e.g. SELECT * FROM pragma_user_version or SELECT name FROM pragma_table_info('t')",
             query(sql)
         )));
     }
@@ -84,12 +84,15 @@ pub(super) fn query(sql: &str) -> String {
     format!("{cut}…")
 }
 
-/// A `PRAGMA` given a value (`= v` or `(v)`): no pragma's name holds
-/// either sign, so one outside a comment or a quoted name is the value's.
+/// A `PRAGMA` given a value (`= v` or `(v)`), or one that acts when read
+/// ([`crate::plan::pragma_acts`]): no pragma's name holds either sign, so
+/// one outside a comment or a quoted name is the value's.
 fn sets_a_pragma(sql: &str) -> bool {
     if crate::plan::first_keyword(sql) != "PRAGMA" {
         return false;
     }
+    // The statement without its comments and quotes, for its name.
+    let mut plain = String::new();
     let mut chars = sql.chars().peekable();
     while let Some(c) = chars.next() {
         let close = match c {
@@ -103,15 +106,21 @@ fn sets_a_pragma(sql: &str) -> bool {
                         break;
                     }
                 }
+                plain.push(' ');
                 continue;
             }
             '\'' | '"' | '`' => c,
             '[' => ']',
-            _ => continue,
+            _ => {
+                plain.push(c);
+                continue;
+            }
         };
-        chars.by_ref().find(|&c| c == close);
+        let inside: String = chars.by_ref().take_while(|&c| c != close).collect();
+        plain.push_str(if close == '\n' { " " } else { &inside });
     }
-    false
+    let name = plain.trim().trim_end_matches(';').rsplit(['.', ' ']).next();
+    name.is_some_and(|n| crate::plan::pragma_acts(n.trim()))
 }
 
 /// The answer of a false `expect` as a message shows it: a long text cut
@@ -217,6 +226,15 @@ mod tests {
             None,
             "reading one still runs"
         );
+        for acts in [
+            "PRAGMA optimize",
+            "pragma main.OPTIMIZE;",
+            "PRAGMA /* c */ \"optimize\" -- now",
+            "PRAGMA [main].[optimize]",
+        ] {
+            let why = check(acts).unwrap_or_else(|| panic!("{acts} passed"));
+            assert!(why.contains("acts when read"), "{why}");
+        }
         for reads in [
             "PRAGMA max_page_count -- not = 3",
             "PRAGMA /* (x) */ max_page_count",

@@ -114,6 +114,8 @@ fn an_expect_that_writes_or_does_not_compile_is_refused_before_anything_runs() {
         // SQLite calls these read-only, and they answer a true row.
         ("PRAGMA busy_timeout = 1", "may set"),
         ("pragma main.BUSY_TIMEOUT(1)", "may set"),
+        // And this one may run ANALYZE, which writes.
+        ("PRAGMA optimize", "may set or change"),
         ("", "empty"),
     ] {
         let plan =
