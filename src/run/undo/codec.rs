@@ -423,6 +423,7 @@ impl<'a> Reader<'a> {
     }
 
     /// The next value, borrowed from the blob.
+    #[inline]
     fn value_ref(&mut self) -> Result<ValueRef<'a>, Damaged> {
         Ok(match self.byte()? {
             0 => ValueRef::Null,
@@ -446,6 +447,7 @@ impl<'a> Reader<'a> {
 
     /// Past the next value, as [`Reader::value_ref`] reads it, without
     /// making it.
+    #[inline]
     fn skip_value(&mut self) -> Result<(), Damaged> {
         match self.byte()? {
             0 => {}
@@ -623,6 +625,7 @@ pub struct Indexed {
 impl Indexed {
     /// The rest of an entry whose head and key are read; `None`: past
     /// what a part SQLite could hold would need.
+    #[inline]
     fn lean(&mut self, r: &mut Reader<'_>, head: u64, key: i64) -> Result<Option<Lean>, Damaged> {
         let n = self.layout.columns.len();
         if self.op != op::UPDATE {
@@ -656,6 +659,7 @@ impl Indexed {
 }
 
 /// The value encoded at `at` in `blob`, and where the next one begins.
+#[inline]
 pub fn value_at(blob: &[u8], at: usize) -> Result<(ValueRef<'_>, usize), Damaged> {
     let mut r = Reader { b: blob, at };
     Ok((r.value_ref()?, r.at))

@@ -13,6 +13,7 @@ use super::codec::put_value;
 /// # Safety
 /// `v` must be a valid `sqlite3_value`, and the result must be dropped
 /// before anything else touches it.
+#[inline]
 pub unsafe fn value_ref<'v>(v: *mut ffi::sqlite3_value) -> ValueRef<'v> {
     // SAFETY: the caller's promise; text and blob pointers are read for
     // the length SQLite gives.
@@ -39,6 +40,7 @@ pub unsafe fn value_ref<'v>(v: *mut ffi::sqlite3_value) -> ValueRef<'v> {
 ///
 /// # Safety
 /// `v` must be a valid `sqlite3_value`.
+#[inline]
 pub unsafe fn put_raw(out: &mut Vec<u8>, v: *mut ffi::sqlite3_value) {
     // SAFETY: the caller's promise; the value is encoded at once.
     put_value(out, unsafe { value_ref(v) });
@@ -48,6 +50,7 @@ pub unsafe fn put_raw(out: &mut Vec<u8>, v: *mut ffi::sqlite3_value) {
 ///
 /// # Safety
 /// `ctx` must be the context of a function call in progress.
+#[inline]
 pub unsafe fn set_result(ctx: *mut ffi::sqlite3_context, v: ValueRef<'_>) -> Result<(), String> {
     let len = |b: &[u8]| c_int::try_from(b.len()).map_err(|_| "a value is too long".to_owned());
     // SAFETY: the caller's promise; SQLite copies text and blobs
