@@ -108,31 +108,36 @@ pub struct Chunk {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-#[serde(expecting = "a plan object such as {\"name\": \"x\", \"steps\": [{\"sql\": \"…\"}]}")]
 struct PlanFile {
     name: Option<String>,
     #[serde(default)]
     foreign_keys: bool,
     #[serde(default)]
     undo: bool,
-    steps: Vec<StepFile>,
+    steps: Vec<Object<StepFile>>,
+}
+
+impl Shape for PlanFile {
+    const EXAMPLE: &str = "a plan object such as {\"name\": \"x\", \"steps\": [{\"sql\": \"…\"}]}";
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-#[serde(expecting = "a step object such as {\"sql\": \"UPDATE …\"}")]
 struct StepFile {
     name: Option<String>,
     sql: String,
-    chunk: Option<ChunkFile>,
+    chunk: Option<Object<ChunkFile>>,
     expect: Option<String>,
-    expect_changes: Option<ChangesFile>,
+    expect_changes: Option<Object<ChangesFile>>,
     undo: Option<bool>,
+}
+
+impl Shape for StepFile {
+    const EXAMPLE: &str = "a step object such as {\"sql\": \"UPDATE …\"}";
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-#[serde(expecting = "an object such as {\"max\": 1000} or {\"min\": 1, \"max\": 1000}")]
 struct ChangesFile {
     #[serde(default, deserialize_with = "max_rows")]
     max: Option<u64>,
@@ -182,13 +187,50 @@ impl<'de> serde::de::Visitor<'de> for Rows {
     }
 }
 
+impl Shape for ChangesFile {
+    const EXAMPLE: &str = "an object such as {\"max\": 1000} or {\"min\": 1, \"max\": 1000}";
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-#[serde(expecting = "an object such as {\"table\": \"orders\", \"size\": 1000}")]
 struct ChunkFile {
     table: String,
     key: Option<String>,
     size: Option<u64>,
+}
+
+impl Shape for ChunkFile {
+    const EXAMPLE: &str = "an object such as {\"table\": \"orders\", \"size\": 1000}";
+}
+
+/// A part of a plan file that must be a JSON object, and what one looks like.
+trait Shape {
+    const EXAMPLE: &str;
+}
+
+/// `T` read from a JSON object only. serde's derive also takes an array of
+/// the fields in order, so `"expect_changes": [1000]` would quietly be a
+/// `max`, and `["x", false, false, [...]]` a whole plan.
+struct Object<T>(T);
+
+impl<'de, T: Deserialize<'de> + Shape> Deserialize<'de> for Object<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(ObjectOnly(std::marker::PhantomData))
+    }
+}
+
+struct ObjectOnly<T>(std::marker::PhantomData<T>);
+
+impl<'de, T: Deserialize<'de> + Shape> serde::de::Visitor<'de> for ObjectOnly<T> {
+    type Value = Object<T>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(T::EXAMPLE)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Object)
+    }
 }
 
 /// SQLite's names for a table's rowid; a column of the same name hides it.
@@ -242,11 +284,12 @@ fn prepare_json(
             "the plan {origin} is empty; give a JSON plan such as {{\"name\": \"x\", \"steps\": [{{\"sql\": \"…\"}}]}}"
         )));
     }
-    let file: PlanFile = serde_json::from_str(text).map_err(|e| {
+    let Object(file) = serde_json::from_str::<Object<PlanFile>>(text).map_err(|e| {
         UsageError::new(format!(
             "invalid plan {origin} at line {}, column {}: {}",
             e.line(),
-            e.column(),
+            // 0 when nothing was read yet (a plan that opens with `[`).
+            e.column().max(1),
             strip_position(&e.to_string())
         ))
     })?;
@@ -263,7 +306,7 @@ fn prepare_json(
     // So the authorizer sees the writes of foreign-key actions too.
     r.set_foreign_keys(file.foreign_keys);
     let mut steps = Vec::with_capacity(file.steps.len());
-    for (index, s) in file.steps.into_iter().enumerate() {
+    for (index, Object(s)) in file.steps.into_iter().enumerate() {
         let name = match s.name.as_deref().map(str::trim) {
             Some(n) if !n.is_empty() => n.to_owned(),
             _ => step_name_from_sql(&s.sql).unwrap_or_else(|| format!("step {}", index + 1)),
@@ -303,17 +346,17 @@ fn json_step(
     s: StepFile,
     done: impl FnOnce(&str, &str, &str) -> Result<bool, UsageError>,
 ) -> Result<Step, UsageError> {
+    let walk = s.chunk.map(|Object(c)| c);
     let sum = checksum(
         &s.sql,
-        s.chunk
-            .as_ref()
+        walk.as_ref()
             .map(|c| (c.table.as_str(), c.key.as_deref().unwrap_or(""))),
     );
     // A done step that writes only TEMP tables is done again (see
     // [`Step::sets_up_connection`]), so it is checked as a new one.
-    let done = done(&sum, &s.sql, &name)? && !(s.chunk.is_none() && r.only_temp(label, &s.sql));
+    let done = done(&sum, &s.sql, &name)? && !(walk.is_none() && r.only_temp(label, &s.sql));
     r.take_writes();
-    let (chunk, autocommit) = match s.chunk {
+    let (chunk, autocommit) = match walk {
         None if done => (None, classify(label, &s.sql)?),
         None => (None, r.rehearse_plain(label, &s.sql)?),
         Some(c) if done => (Some(r.finished_chunk(label, c)?), false),
@@ -322,7 +365,8 @@ fn json_step(
     let (writes, updates) = r.take_writes();
     let updates = updates.filter(|_| !done);
     let temp_only = !done && chunk.is_none() && check::only_temp_writes(&writes);
-    let expect = expectations(label, s.expect, s.expect_changes, autocommit)?;
+    let changes = s.expect_changes.map(|Object(c)| c);
+    let expect = expectations(label, s.expect, changes, autocommit)?;
     if let (Some(sql), false) = (&expect.sql, done) {
         r.check_expect(label, sql)?;
     }

@@ -421,3 +421,41 @@ fn ctl_takes_any_route_of_the_run_and_never_sends_a_password() {
     listener.set_nonblocking(true).unwrap();
     assert!(listener.accept().is_err(), "ctl connected anyway");
 }
+
+/// serde's derive takes an array of a struct's fields, in order, as well
+/// as the object: `"expect_changes": [1000]` would quietly be a `max`, and
+/// a plan written as an array would run.
+#[test]
+fn a_plan_or_a_part_of_one_written_as_an_array_is_refused() {
+    let db = TempDb::counters(10);
+    let chunked = "UPDATE t SET counter = counter + 1 WHERE id BETWEEN :lo AND :hi";
+    let before = db.bytes();
+    for (plan, says) in [
+        (
+            serde_json::json!(["arr", false, false, [{"sql": "UPDATE t SET counter = 1"}]]),
+            "expected a plan object",
+        ),
+        (
+            serde_json::json!({"steps": [[null, "UPDATE t SET counter = 1", null, null, null, null]]}),
+            "expected a step object",
+        ),
+        (
+            serde_json::json!({"steps": [{"sql": chunked, "chunk": ["t", "id", 5]}]}),
+            "expected an object such as {\"table\"",
+        ),
+        (
+            serde_json::json!({"steps": [{"sql": "UPDATE t SET counter = 1", "expect_changes": [1000]}]}),
+            "expected an object such as {\"max\"",
+        ),
+    ] {
+        let path = db.file("plan.json", &plan.to_string());
+        let (code, _, err) = crate::util::run(&run_args(&db, path_str(&path), &["--no-serve"]));
+        assert_eq!(code, 2, "{plan}: {err}");
+        assert!(
+            err.contains("invalid type: sequence") && err.contains(says),
+            "{plan}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+        assert_eq!(db.bytes(), before, "{plan}");
+    }
+}
