@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
+use hyper::http::uri::Authority;
 use hyper::{Request, Response, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -88,7 +89,7 @@ impl Target {
         if host.is_empty() {
             return Err(bad("no host"));
         }
-        let port = authority.port_u16().unwrap_or(80);
+        let port = port(authority).ok_or_else(|| bad("its port must be 1 to 65535"))?;
         let base = base_path(uri.path());
         let mut after = 0;
         let mut query = form_urlencoded::Serializer::new(String::new());
@@ -134,6 +135,15 @@ impl Target {
 
     fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.authority)
+    }
+}
+
+/// The URL's port, 80 when it names none; `None` for one that no TCP port
+/// is (`http`'s own reading takes `:99999` for no port at all: port 80).
+fn port(authority: &Authority) -> Option<u16> {
+    match authority.as_str().rsplit_once(':') {
+        Some((_, p)) if !p.is_empty() && !p.ends_with(']') => p.parse().ok().filter(|p| *p > 0),
+        _ => Some(80),
     }
 }
 

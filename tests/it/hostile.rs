@@ -459,3 +459,23 @@ fn a_plan_or_a_part_of_one_written_as_an_array_is_refused() {
         assert_eq!(db.bytes(), before, "{plan}");
     }
 }
+
+/// A port no TCP port can be is refused at once: read as no port at all,
+/// `:99999` sent `watch` and `ctl` to port 80, whatever answers there.
+#[test]
+fn watch_and_ctl_refuse_a_port_out_of_range() {
+    for url in [
+        "http://127.0.0.1:99999/",
+        "127.0.0.1:65536",
+        "http://[::1]:70000/events",
+    ] {
+        for args in [
+            vec!["watch", url, "--connect-timeout", "0"],
+            vec!["ctl", url, "pause", "--control-token", TOKEN],
+        ] {
+            let (code, _, err) = crate::util::run(&args);
+            assert_eq!(code, 2, "{args:?}: {err}");
+            assert!(err.contains("port must be 1 to 65535"), "{args:?}: {err}");
+        }
+    }
+}
