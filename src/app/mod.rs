@@ -374,7 +374,16 @@ fn page_url(addr: SocketAddr, config: &server::Config, path: &str) -> String {
 pub fn demo_dir(keep: Option<&PathBuf>) -> anyhow::Result<(Option<tempfile::TempDir>, PathBuf)> {
     Ok(match keep {
         Some(dir) => {
-            std::fs::create_dir_all(dir)?;
+            let refuse = |why: String| {
+                UsageError::new(format!(
+                    "cannot keep the demo in --keep {}: {why}; give a folder batchsse may create and write in",
+                    dir.display()
+                ))
+            };
+            std::fs::create_dir_all(dir).map_err(|e| refuse(e.to_string()))?;
+            if crate::platform::may_create_in(dir) == Some(false) {
+                return Err(refuse("no write access to it".into()).into());
+            }
             (None, dir.clone())
         }
         None => {

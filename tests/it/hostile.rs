@@ -479,3 +479,20 @@ fn watch_and_ctl_refuse_a_port_out_of_range() {
         }
     }
 }
+
+/// `demo --keep` at a path that cannot be a folder is bad usage, said
+/// with the flag and the path, not a bare system error and exit 1.
+#[test]
+fn demo_keep_where_no_folder_can_be_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "mine").unwrap();
+    for keep in [file.clone(), file.join("sub")] {
+        let keep = path_str(&keep);
+        let (code, _, err) = crate::util::run(&["demo", "--keep", keep, "--create-only"]);
+        assert_eq!(code, 2, "{keep}: {err}");
+        assert!(err.contains("--keep") && err.contains(keep), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "mine");
+}
