@@ -67,6 +67,8 @@ fn open(path: &Path, busy_timeout: Duration, write: bool) -> Result<Connection, 
     .map_err(|e| {
         if is_lock(&e) {
             locked()
+        } else if let Some(why) = wal_side_files_refused(&e, path) {
+            UsageError::new(why)
         } else {
             UsageError::new(format!("{shown}: {}", plan::db_open_message(&e)))
         }
@@ -97,6 +99,28 @@ fn open(path: &Path, busy_timeout: Duration, write: bool) -> Result<Connection, 
         });
     }
     Ok(conn)
+}
+
+/// What to say when `e`, met reading the schema of the database at `path`,
+/// is SQLite failing to open or write the `-wal` or `-shm` file of a WAL
+/// database (a folder, or files, this user may not write to).
+fn wal_side_files_refused(e: &rusqlite::Error, path: &Path) -> Option<String> {
+    let cannot = matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::ReadOnly | rusqlite::ErrorCode::CannotOpen)
+    );
+    // The header's write and read versions are 2 in WAL mode.
+    let mut header = [0u8; 20];
+    let wal = std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut header))
+        .is_ok_and(|()| header[18] == 2 && header[19] == 2);
+    (cannot && wal).then(|| {
+        format!(
+            "{} is in WAL mode, where SQLite must make or write its -wal and -shm files beside it even to read, and it cannot ({}); give write access to its folder and those files, or run as their owner",
+            path.display(),
+            sqlite_message(e)
+        )
+    })
 }
 
 /// Whether SQLite can make the rollback journal it needs at the first

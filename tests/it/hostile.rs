@@ -496,3 +496,34 @@ fn demo_keep_where_no_folder_can_be_is_refused() {
     }
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "mine");
 }
+
+/// A WAL database in a folder batchsse may not write to: SQLite cannot make
+/// the `-shm` and `-wal` files it needs even to read, and says only
+/// "unable to open database file"; the message says why and what to do.
+#[test]
+fn a_wal_database_in_a_folder_no_one_may_write_to_is_refused_with_the_reason() {
+    let db = TempDb::with_sql(
+        "PRAGMA journal_mode = WAL;
+         CREATE TABLE t(id INTEGER PRIMARY KEY, counter INTEGER NOT NULL DEFAULT 0);
+         INSERT INTO t(id) VALUES (1), (2);",
+    );
+    let plan = db.file("plan.json", &counter_plan("wal-ro", 10));
+    let before = sha256(&db.path);
+    let Some(_guard) = immutable(db.dir.path()) else {
+        return;
+    };
+    let db_path = path_str(&db.path);
+    for args in [
+        run_args(&db, path_str(&plan), &["--no-serve"]),
+        vec!["checkpoint", "list", "--db", db_path],
+        vec!["undo", "list", "--db", db_path],
+    ] {
+        let (code, _, err) = crate::util::run(&args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(
+            err.contains("WAL mode") && err.contains("write access to its folder"),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(sha256(&db.path), before);
+}
