@@ -42,7 +42,30 @@ pub mod exit {
 pub fn print_line(line: &str) {
     use std::io::Write;
     let mut err = std::io::stderr().lock();
-    let _ = writeln!(err, "{line}");
+    let _ = writeln!(err, "{}", terminal_safe(line));
+}
+
+/// `text` with the control characters a plan or a database may carry (an
+/// escape sequence in a step's name, its SQL or an error) written as
+/// `\u{1b}`, so they cannot clear the terminal, move its cursor to
+/// overwrite a line, or retitle it. Line feeds and tabs stay, and so does a
+/// CR before a line feed (a plan saved on Windows).
+pub fn terminal_safe(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_at = |i: usize, c: char| {
+        c.is_control() && c != '\n' && c != '\t' && !(c == '\r' && text[i + 1..].starts_with('\n'))
+    };
+    if !text.char_indices().any(|(i, c)| unsafe_at(i, c)) {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for (i, c) in text.char_indices() {
+        if unsafe_at(i, c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out.into()
 }
 
 /// `eprintln!` that never panics; see [`print_line`].

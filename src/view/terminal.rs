@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 pub use crate::cli::ProgressMode;
-use crate::error::print_line;
+use crate::error::{print_line, terminal_safe};
 use crate::events::log::EventLog;
 use crate::events::{Event, Level, Progress, RunStatus, StepState, ThrottleReason};
 use crate::human::{duration, plural, rows, thousands};
@@ -77,7 +77,7 @@ impl Bars {
             "{prefix} [{bar:30}] {pos}/{len} steps  {elapsed_precise}  {msg}"
         }));
         overall.set_prefix("run ");
-        overall.set_message(format!("{} on {}", s.plan, s.db));
+        overall.set_message(terminal_safe(&format!("{} on {}", s.plan, s.db)).into_owned());
         overall.enable_steady_tick(Duration::from_millis(250));
         Bars {
             multi,
@@ -88,6 +88,8 @@ impl Bars {
 
     /// A step bar while a step runs; a line above the bars once it ends.
     fn step(&mut self, s: &crate::events::StepEvent, label: String, skipped: &str) {
+        // A bar shows its message as it is: see [`terminal_safe`].
+        let label = terminal_safe(&label).into_owned();
         if s.state == StepState::Running {
             let pb = self.multi.add(ProgressBar::new(s.total.max(1)));
             pb.set_style(style(if colors() {
@@ -108,9 +110,8 @@ impl Bars {
             self.multi.remove(&pb);
         }
         self.overall.inc(1);
-        let _ = self
-            .multi
-            .println(format!("{label}: {}", step_line(s, skipped)));
+        let line = format!("{label}: {}", step_line(s, skipped));
+        let _ = self.multi.println(terminal_safe(&line));
     }
 }
 
@@ -151,7 +152,7 @@ impl Renderer {
         };
         match &self.bars {
             Some(b) => {
-                let _ = b.multi.println(line);
+                let _ = b.multi.println(terminal_safe(&line));
             }
             None => print_line(&line),
         }
@@ -319,7 +320,9 @@ impl Renderer {
                         pb.set_length(total.max(1));
                         pb.set_position(done);
                     }
-                    pb.set_message(format!("{}  {label}", bar_message(p)));
+                    pb.set_message(
+                        terminal_safe(&format!("{}  {label}", bar_message(p))).into_owned(),
+                    );
                 }
             }
             Event::Throttle(t) => {

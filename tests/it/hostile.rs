@@ -527,3 +527,42 @@ fn a_wal_database_in_a_folder_no_one_may_write_to_is_refused_with_the_reason() {
     }
     assert_eq!(sha256(&db.path), before);
 }
+
+/// Escape sequences in a plan (a step's name, its SQL echoed in an error)
+/// reach the terminal as text: they cannot clear it, move the cursor to
+/// overwrite a line, or retitle the window.
+#[test]
+fn control_characters_from_a_plan_reach_the_terminal_as_text() {
+    let db = TempDb::counters(3);
+    let plan = db.file(
+        "plan.json",
+        &serde_json::json!({"name": "esc", "steps": [
+            {"name": "bump\u{1b}[2J\u{1b}]0;title\u{7}", "sql": "UPDATE t SET counter = 1"},
+            {"sql": "UPDATE t SET counter = 2 -- x\r\u{1b}[1A\u{1b}[2Kfake\u{9b}31m"},
+        ]})
+        .to_string(),
+    );
+    let bad = db.file(
+        "bad.json",
+        &serde_json::json!({"steps": [{"sql": "UPDATE t SET counter = 3\n\u{1b}[1A\u{1b}[2Knothing wrong"}]})
+            .to_string(),
+    );
+    let before = db.bytes();
+    let (code, _, err) = crate::util::run(&run_args(&db, path_str(&bad), &["--no-serve"]));
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(db.bytes(), before);
+    let mut all = err;
+    let (code, _, err) = crate::util::run(&run_args(
+        &db,
+        path_str(&plan),
+        &["--no-serve", "--progress", "plain", "--no-checkpoint"],
+    ));
+    assert_eq!(code, 0, "{err}");
+    all.push_str(&err);
+    assert!(
+        !all.contains(['\u{1b}', '\u{7}', '\u{9b}', '\r']),
+        "{all:?}"
+    );
+    assert!(all.contains("bump\\u{1b}[2J"), "still said: {all:?}");
+    assert!(all.contains("\\u{1b}[2Knothing wrong"), "{all:?}");
+}
