@@ -146,16 +146,21 @@ struct ChangesFile {
 }
 
 fn max_rows<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    d.deserialize_option(Rows("expect_changes.max"))
+    d.deserialize_option(Rows("expect_changes.max", 0))
 }
 
 fn min_rows<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    d.deserialize_option(Rows("expect_changes.min"))
+    d.deserialize_option(Rows("expect_changes.min", 0))
 }
 
-/// A count of rows, said as such when it is not one (serde's own words
-/// would be "expected u64", and nothing of what to write).
-struct Rows(&'static str);
+fn size_rows<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    d.deserialize_option(Rows("chunk.size", 1))
+}
+
+/// A count of rows (the field, and the fewest it takes), said as such when
+/// it is not one (serde's own words would be "expected u64", and nothing
+/// of what to write).
+struct Rows(&'static str, u64);
 
 impl<'de> serde::de::Visitor<'de> for Rows {
     type Value = Option<u64>;
@@ -163,8 +168,8 @@ impl<'de> serde::de::Visitor<'de> for Rows {
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         write!(
             f,
-            "{} as a whole number of rows, 0 or more, written without quotes or a decimal point, such as 1000",
-            self.0
+            "{} as a whole number of rows, {} or more, written without quotes or a decimal point, such as 1000",
+            self.0, self.1
         )
     }
 
@@ -196,6 +201,7 @@ impl Shape for ChangesFile {
 struct ChunkFile {
     table: String,
     key: Option<String>,
+    #[serde(default, deserialize_with = "size_rows")]
     size: Option<u64>,
 }
 

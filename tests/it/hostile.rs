@@ -566,3 +566,28 @@ fn control_characters_from_a_plan_reach_the_terminal_as_text() {
     assert!(all.contains("bump\\u{1b}[2J"), "still said: {all:?}");
     assert!(all.contains("\\u{1b}[2Knothing wrong"), "{all:?}");
 }
+
+/// `chunk.size` not written as a whole number says how to write it, as
+/// `expect_changes` does, rather than serde's "expected u64".
+#[test]
+fn a_chunk_size_that_is_not_a_whole_number_says_how_to_write_one() {
+    let db = TempDb::counters(10);
+    let before = db.bytes();
+    for size in ["1e3", "10.5", "\"100\"", "-1", "true"] {
+        let plan = db.file(
+            "plan.json",
+            &format!(
+                r#"{{"steps": [{{"sql": "UPDATE t SET counter = 1 WHERE id BETWEEN :lo AND :hi", "chunk": {{"table": "t", "size": {size}}}}}]}}"#
+            ),
+        );
+        let (code, _, err) = crate::util::run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+        assert_eq!(code, 2, "{size}: {err}");
+        assert!(
+            err.contains("chunk.size as a whole number of rows, 1 or more")
+                && err.contains("such as 1000")
+                && !err.contains("u64"),
+            "{size}: {err}"
+        );
+        assert_eq!(db.bytes(), before, "{size}");
+    }
+}
