@@ -54,8 +54,8 @@ pub fn records(conn: &Connection) -> Result<Vec<Record>, UsageError> {
     };
     read().map_err(|e| {
         UsageError::new(format!(
-            "cannot read {TABLE}: {}; it may have been altered by hand (drop it with \
-             `batchsse checkpoint clear --all`, or in the sqlite3 shell)",
+            "cannot read {TABLE}: {}; it may have been altered by hand (drop it in the \
+             sqlite3 shell: DROP TABLE {TABLE}; `checkpoint clear` must read it first)",
             sqlite_message(&e)
         ))
     })

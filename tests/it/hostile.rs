@@ -591,3 +591,31 @@ fn a_chunk_size_that_is_not_a_whole_number_says_how_to_write_one() {
         assert_eq!(db.bytes(), before, "{size}");
     }
 }
+
+/// A checkpoint table altered by hand cannot be read: the way out the
+/// message gives must work, and `checkpoint clear --all` is itself refused
+/// on such a table, so it cannot be that way.
+#[test]
+fn the_way_out_of_an_altered_checkpoint_table_works() {
+    let db = TempDb::with_sql(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY);
+         CREATE TABLE batchsse_checkpoint(x);",
+    );
+    let path = path_str(&db.path);
+    let before = db.bytes();
+    let (code, _, err) = crate::util::run(&["checkpoint", "clear", "--db", path, "--all"]);
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(db.bytes(), before);
+    let (code, _, err) = crate::util::run(&["checkpoint", "list", "--db", path]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        !err.contains("checkpoint clear --all"),
+        "a way out that is refused: {err}"
+    );
+    let sql = "DROP TABLE batchsse_checkpoint";
+    assert!(err.contains(sql), "{err}");
+    db.conn().execute_batch(sql).unwrap();
+    let (code, out, err) = crate::util::run(&["checkpoint", "list", "--db", path]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("no checkpoint"), "{out}");
+}
