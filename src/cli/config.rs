@@ -338,11 +338,16 @@ pub fn progress_interval(v: f64) -> Result<Duration, UsageError> {
     seconds("--progress-interval", v)
 }
 
-fn seconds(flag: &str, v: f64) -> Result<Duration, UsageError> {
+/// `flag`'s number of seconds, ≥ 0 and finite. Beyond a year is "forever"
+/// and taken as a year, which also keeps timer arithmetic safe (a number
+/// too large for a `Duration` too: it still meets the rule).
+pub fn seconds(flag: &str, v: f64) -> Result<Duration, UsageError> {
+    const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+    if v.is_finite() && v > YEAR.as_secs_f64() {
+        return Ok(YEAR);
+    }
     Duration::try_from_secs_f64(v)
         .map_err(|_| UsageError::new(format!("{flag} takes a number of seconds ≥ 0; got {v}")))
-        // Beyond a year is "forever"; it also keeps timer arithmetic safe.
-        .map(|d| d.min(Duration::from_secs(365 * 24 * 3600)))
 }
 
 /// Parses `--listen`: HOST:PORT, [v6]:PORT, localhost:PORT or a bare port.

@@ -619,3 +619,22 @@ fn the_way_out_of_an_altered_checkpoint_table_works() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("no checkpoint"), "{out}");
 }
+
+/// A number of seconds past what a `Duration` holds is still a number of
+/// seconds ≥ 0: it is taken as "a year" (as any beyond a year is), not
+/// refused with a rule it meets.
+#[test]
+fn a_huge_number_of_seconds_is_taken_as_a_year_and_nan_is_refused() {
+    let db = TempDb::counters(3);
+    let plan = db.file("plan.json", &counter_plan("huge-secs", 10));
+    let flags = "--no-serve --progress plain --progress-interval 1e20 --drain-timeout 1e300";
+    let (code, _, err) = crate::util::run(&run_args(&db, path_str(&plan), &words(flags)));
+    assert_eq!(code, 0, "{err}");
+    for bad in ["NaN", "inf", "-1e300"] {
+        let arg = format!("--progress-interval={bad}");
+        let (code, _, err) =
+            crate::util::run(&run_args(&db, path_str(&plan), &["--no-serve", &arg]));
+        assert_eq!(code, 2, "{bad}: {err}");
+        assert!(err.contains("--progress-interval takes"), "{bad}: {err}");
+    }
+}
