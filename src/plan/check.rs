@@ -411,7 +411,7 @@ impl Rehearsal {
                     "{label} uses {names}, but only chunked steps get parameters (:lo and :hi); add a \"chunk\", or write the value into the SQL"
                 )));
             }
-            let text = stmt.expanded_sql().unwrap_or_default();
+            let text = self.text_of(&stmt);
             let own = classify(label, &text)?;
             autocommit |= own;
             drop(stmt);
@@ -428,6 +428,19 @@ impl Rehearsal {
             )));
         }
         Ok(autocommit)
+    }
+
+    /// A statement's text as SQLite read it. SQLite gives none longer than
+    /// the bound on lengths the check sets ([`bounds::LENGTH`]), which a
+    /// plan's own literal may pass, so the bound is lifted while it reads.
+    fn text_of(&self, stmt: &rusqlite::Statement<'_>) -> String {
+        use rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH;
+        let bound = self.conn.set_limit(SQLITE_LIMIT_LENGTH, i32::MAX);
+        let text = stmt.expanded_sql().unwrap_or_default();
+        if let Ok(bound) = bound {
+            let _ = self.conn.set_limit(SQLITE_LIMIT_LENGTH, bound);
+        }
+        text
     }
 
     /// Whether a plain step writes nothing but TEMP tables (see

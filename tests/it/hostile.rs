@@ -638,3 +638,26 @@ fn a_huge_number_of_seconds_is_taken_as_a_year_and_nan_is_refused() {
         assert!(err.contains("--progress-interval takes"), "{bad}: {err}");
     }
 }
+
+/// A plain step longer than the pre-run check lets a statement make (8 MiB)
+/// is checked as written: its text was read back through SQLite, which
+/// gives none past that bound, so the check refused it as "SQL is empty or
+/// comment only", while the same statement in a SQL script ran.
+#[test]
+fn a_step_with_a_literal_of_many_mebibytes_is_checked_and_runs() {
+    let db = TempDb::with_sql(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, s TEXT); INSERT INTO t(id) VALUES (1);",
+    );
+    let long = "x".repeat(9 << 20);
+    let sql = format!("UPDATE t SET s = '{long}' WHERE id = 1");
+    let plan = db.file(
+        "plan.json",
+        &serde_json::json!({"name": "long", "steps": [{"sql": sql}]}).to_string(),
+    );
+    let (code, _, err) = crate::util::run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+    assert_eq!(code, 0, "{:.600}", err);
+    assert_eq!(
+        db.query_i64("SELECT length(s) FROM t WHERE id = 1"),
+        9 << 20
+    );
+}
