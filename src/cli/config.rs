@@ -182,10 +182,14 @@ fn read_source(args: &RunArgs) -> Result<Source, UsageError> {
         (None, Some(p)) => (p, false),
         _ => return Err(UsageError::new("give exactly one of --plan or --sql")),
     };
+    let what = if json { "plan" } else { "SQL script" };
     let (name, text) = if path == Path::new("-") {
-        let mut text = String::new();
-        std::io::stdin().read_to_string(&mut text).map_err(|e| {
+        let mut bytes = Vec::new();
+        std::io::stdin().read_to_end(&mut bytes).map_err(|e| {
             UsageError::new(format!("cannot read the plan from standard input: {e}"))
+        })?;
+        let text = utf8(bytes).map_err(|why| {
+            UsageError::new(format!("cannot read the {what} on standard input: {why}"))
         })?;
         if text.trim().is_empty() {
             return Err(UsageError::new(
@@ -195,14 +199,10 @@ fn read_source(args: &RunArgs) -> Result<Source, UsageError> {
         // Named by content, so the same plan piped in again resumes.
         (format!("stdin-{}", plan::short_digest(&text)), text)
     } else {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            UsageError::new(format!(
-                "cannot read {} {}: {}",
-                if json { "plan" } else { "SQL script" },
-                path.display(),
-                io_reason(&e)
-            ))
-        })?;
+        let unreadable =
+            |why: String| UsageError::new(format!("cannot read {what} {}: {why}", path.display()));
+        let bytes = std::fs::read(path).map_err(|e| unreadable(io_reason(&e)))?;
+        let text = utf8(bytes).map_err(unreadable)?;
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -226,9 +226,23 @@ fn read_source(args: &RunArgs) -> Result<Source, UsageError> {
 fn io_reason(e: &std::io::Error) -> String {
     match e.kind() {
         std::io::ErrorKind::NotFound => "no such file; check the path".into(),
-        std::io::ErrorKind::InvalidData => "it is not UTF-8 text".into(),
+        std::io::ErrorKind::IsADirectory => "it is a folder; give the file".into(),
         _ => e.to_string(),
     }
+}
+
+/// A plan's bytes as text, or why they are not, saying what to do.
+fn utf8(bytes: Vec<u8>) -> Result<String, String> {
+    String::from_utf8(bytes).map_err(|e| {
+        let bytes = e.as_bytes();
+        if bytes.starts_with(b"SQLite format 3\0") {
+            "it is a SQLite database, not a plan (--db takes the database); check the path".into()
+        } else if bytes.starts_with(&[0xff, 0xfe]) || bytes.starts_with(&[0xfe, 0xff]) {
+            "it is UTF-16 text (as Windows PowerShell's > writes); save it as UTF-8".into()
+        } else {
+            "it is not UTF-8 text; save it as UTF-8".into()
+        }
+    })
 }
 
 fn options(pace: &PaceArgs, args: &RunArgs) -> Result<run::Options, UsageError> {

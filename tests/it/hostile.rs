@@ -661,3 +661,64 @@ fn a_step_with_a_literal_of_many_mebibytes_is_checked_and_runs() {
         9 << 20
     );
 }
+
+/// A plan that is not UTF-8 (Windows PowerShell's `>` writes UTF-16) says
+/// what to do about it, from a file or from standard input.
+#[test]
+fn a_plan_that_is_not_utf8_says_to_save_it_as_utf8() {
+    let db = TempDb::counters(3);
+    let text = r#"{"steps": [{"sql": "UPDATE t SET counter = 1"}]}"#;
+    let mut utf16 = vec![0xff, 0xfe];
+    utf16.extend(text.encode_utf16().flat_map(u16::to_le_bytes));
+    let plan = db.dir.path().join("plan.json");
+    std::fs::write(&plan, &utf16).unwrap();
+    let before = db.bytes();
+    let (code, _, err) = crate::util::run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("UTF-16") && err.contains("save it as UTF-8"),
+        "{err}"
+    );
+    let latin1 = db.dir.path().join("fix.sql");
+    std::fs::write(&latin1, b"UPDATE t SET counter = 1 -- caf\xe9\n").unwrap();
+    let path = path_str(&db.path);
+    let (code, _, err) = crate::util::run(&[
+        "run",
+        "--db",
+        path,
+        "--sql",
+        path_str(&latin1),
+        "--no-serve",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("not UTF-8") && err.contains("save it as UTF-8"),
+        "{err}"
+    );
+    // The same from standard input.
+    let mut child = std::process::Command::new(BIN)
+        .args(["run", "--db", path, "--plan", "-", "--no-serve"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(&utf16).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("UTF-16") && err.contains("save it as UTF-8"),
+        "{err}"
+    );
+    // The database given as the plan, and a folder, are named as such.
+    for (plan, says) in [
+        (path, "it is a SQLite database, not a plan"),
+        (path_str(db.dir.path()), "it is a folder"),
+    ] {
+        let (code, _, err) = crate::util::run(&run_args(&db, plan, &["--no-serve"]));
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains(says), "{err}");
+    }
+    assert_eq!(db.bytes(), before);
+}
