@@ -184,9 +184,8 @@ fn read_source(args: &RunArgs) -> Result<Source, UsageError> {
     };
     let what = if json { "plan" } else { "SQL script" };
     let (name, text) = if path == Path::new("-") {
-        let mut bytes = Vec::new();
-        std::io::stdin().read_to_end(&mut bytes).map_err(|e| {
-            UsageError::new(format!("cannot read the plan from standard input: {e}"))
+        let bytes = read_bounded(std::io::stdin().lock(), MOST_PLAN_BYTES).map_err(|e| {
+            UsageError::new(format!("cannot read the {what} from standard input: {e}"))
         })?;
         let text = utf8(bytes).map_err(|why| {
             UsageError::new(format!("cannot read the {what} on standard input: {why}"))
@@ -201,7 +200,7 @@ fn read_source(args: &RunArgs) -> Result<Source, UsageError> {
     } else {
         let unreadable =
             |why: String| UsageError::new(format!("cannot read {what} {}: {why}", path.display()));
-        let bytes = std::fs::read(path).map_err(|e| unreadable(io_reason(&e)))?;
+        let bytes = read_plan_file(path).map_err(|e| unreadable(io_reason(&e)))?;
         let text = utf8(bytes).map_err(unreadable)?;
         let name = path
             .file_name()
@@ -221,6 +220,38 @@ fn read_source(args: &RunArgs) -> Result<Source, UsageError> {
     } else {
         Source::Sql { name, text }
     })
+}
+
+/// The most of a plan or script read: SQLite takes no statement longer
+/// (`SQLITE_MAX_SQL_LENGTH`), and `/dev/zero` or an endless pipe would
+/// otherwise fill the memory.
+const MOST_PLAN_BYTES: u64 = 1_000_000_000;
+
+/// All of `from`, unless it holds more than `most` bytes.
+fn read_bounded(from: impl Read, most: u64) -> std::io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    from.take(most.saturating_add(1)).read_to_end(&mut bytes)?;
+    match bytes.len() as u64 > most {
+        true => Err(too_long()),
+        false => Ok(bytes),
+    }
+}
+
+/// A plan or script past [`MOST_PLAN_BYTES`]: a file, unread (its size
+/// says so), or a stream, once that much came.
+fn read_plan_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    let file = std::fs::File::open(path)?;
+    if file.metadata()?.len() > MOST_PLAN_BYTES {
+        return Err(too_long());
+    }
+    read_bounded(file, MOST_PLAN_BYTES)
+}
+
+fn too_long() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::FileTooLarge,
+        "it is longer than 1,000,000,000 bytes, the longest SQL SQLite takes; check the path, or split the work into several plans",
+    )
 }
 
 fn io_reason(e: &std::io::Error) -> String {
@@ -516,6 +547,14 @@ pub fn typed_without_server(matches: &clap::ArgMatches) -> Result<(), UsageError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stream_is_read_only_up_to_the_bound() {
+        assert_eq!(read_bounded(&b"abc"[..], 3).unwrap(), b"abc");
+        let endless = std::io::repeat(b'x');
+        let e = read_bounded(endless, 1000).unwrap_err();
+        assert!(e.to_string().contains("longest SQL"), "{e}");
+    }
 
     #[test]
     fn allowed_hosts_are_names_only() {

@@ -720,5 +720,19 @@ fn a_plan_that_is_not_utf8_says_to_save_it_as_utf8() {
         assert_eq!(code, 2, "{err}");
         assert!(err.contains(says), "{err}");
     }
+    // A file past the longest SQL SQLite takes is refused unread (this
+    // one is sparse: its size costs no disk), as a stream is once that
+    // much came, instead of filling the memory (`--plan /dev/zero`).
+    let huge = db.dir.path().join("huge.sql");
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len(1_000_000_001)
+        .unwrap();
+    for flag in ["--plan", "--sql"] {
+        let (code, _, err) =
+            crate::util::run(&["run", "--db", path, flag, path_str(&huge), "--no-serve"]);
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("longest SQL SQLite takes"), "{err}");
+    }
     assert_eq!(db.bytes(), before);
 }
