@@ -52,6 +52,12 @@ fn open(c: UndoConfig) -> Result<Session, UsageError> {
     .and_then(|_| conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_DQS_DML, false))
     .and_then(|_| conn.execute_batch("PRAGMA foreign_keys = OFF"))
     .map_err(|e| UsageError::new(format!("cannot turn triggers off for the undo: {e}")))?;
+    let taken = store::not_ours(&conn).map_err(|e| UsageError::new(sqlite_message(&e)))?;
+    if let Some(why) = taken {
+        return Err(UsageError::new(format!(
+            "nothing to take back: {why}, so it holds no undo record; if it is yours, rename it (ALTER TABLE … RENAME TO …) before recording a run with --undo"
+        )));
+    }
     let (runs, plan) = find(&conn, &c.which).map_err(|e| UsageError::new(sqlite_message(&e)))?;
     if runs.is_empty() {
         return Err(nothing_recorded(&conn, &c));

@@ -49,6 +49,49 @@ fn a_record_altered_by_hand_is_refused_before_anything_is_taken_back() {
     }
 }
 
+/// A table or view of the user's that holds a name of the undo's own
+/// tables is named, with what to do, before anything runs (exit 2): a run
+/// with `--undo` failed at its first chunk (exit 1) with SQLite's message
+/// and the whole script that makes the tables, and an undo with a bare
+/// "no such column".
+#[test]
+fn a_name_of_the_undos_tables_taken_by_the_user_is_refused_before_anything_runs() {
+    for (taken, says) in [
+        (
+            "CREATE TABLE batchsse_undo(x)",
+            "the table batchsse_undo has no column run, plan",
+        ),
+        (
+            "CREATE TABLE batchsse_undo_conflict(run)",
+            "has no column tbl, k, why",
+        ),
+        (
+            "CREATE VIEW batchsse_undo_probe AS SELECT 1 AS run",
+            "batchsse_undo_probe is a view",
+        ),
+    ] {
+        let db = TempDb::counters(20);
+        db.conn().execute_batch(taken).unwrap();
+        let before = db.bytes();
+        let plan = db.file("plan.json", &counter_plan("taken", 5));
+        let (code, _, err) =
+            crate::util::run(&run_args(&db, path_str(&plan), &["--no-serve", "--undo"]));
+        assert_eq!(code, 2, "{taken}: {err}");
+        assert!(
+            err.contains(says) && err.contains("Rename it"),
+            "{taken}: {err}"
+        );
+        let file = path_str(&db.path);
+        let (code, _, err) = crate::util::run(&["undo", "--db", file, "--plan", "taken"]);
+        assert_eq!(code, 2, "{taken}: {err}");
+        assert!(
+            err.contains(says) && err.contains("no undo record"),
+            "{taken}: {err}"
+        );
+        assert_eq!(db.bytes(), before, "{taken}");
+    }
+}
+
 /// One bit flipped inside a part's record (its length kept) is found by
 /// the part's checksum before anything is taken back. Unchecked, most
 /// such records still decode: in this part's encoding bit 696 put a wrong

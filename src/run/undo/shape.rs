@@ -118,6 +118,12 @@ fn lit(s: &str) -> String {
 /// records (it sees the rows REPLACE deletes; triggers and the update hook
 /// do not), one that may replace rows.
 pub fn refuse_unrecordable(conn: &Connection, plan: &Plan) -> Result<(), UsageError> {
+    let taken = super::store::not_ours(conn).map_err(|e| UsageError::new(sqlite_message(&e)))?;
+    if let Some(why) = taken {
+        return Err(UsageError::new(format!(
+            "cannot record for --undo: {why}. Rename it (ALTER TABLE … RENAME TO …), or drop it if it holds nothing you need; or run without --undo"
+        )));
+    }
     let shapes = shapes(conn).map_err(|e| UsageError::new(sqlite_message(&e)))?;
     let replacing = if super::preupdate() {
         None

@@ -226,6 +226,55 @@ fn conflicts_have_plan(conn: &Connection) -> rusqlite::Result<bool> {
 
 /// Whether batchsse's own `table` has `column` (a table made by an older
 /// batchsse may lack one, or have one it no longer writes).
+/// The undo's own tables, and the columns each has had since the
+/// first release (later ones are added to an older table as it is met).
+const SHAPES: [(&str, &[&str]); 4] = [
+    (
+        CHUNKS,
+        &["run", "plan", "step", "chunk", "rows", "bytes", "rec"],
+    ),
+    ("batchsse_undo_conflict", &["run", "tbl", "k", "why"]),
+    (PROBE, &["run", "at"]),
+    (COPY_PROBE, &["run", "at"]),
+];
+
+/// Why one of the undo's table names is taken by something batchsse did
+/// not make (a view, or a table without the columns batchsse writes), if
+/// one is: the run or the undo would fail on it part-way.
+pub fn not_ours(conn: &Connection) -> rusqlite::Result<Option<String>> {
+    // The record format from before the first release: `create` names it.
+    if has_column(conn, CHUNKS, "first")? {
+        return Ok(None);
+    }
+    for (name, columns) in SHAPES {
+        let kind: Option<String> = conn
+            .query_row(
+                "SELECT type FROM main.sqlite_schema WHERE name = ?1 COLLATE NOCASE",
+                [name],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match kind.as_deref() {
+            None => continue,
+            Some("table") => {}
+            Some(kind) => return Ok(Some(format!("{name} is a {kind}, not batchsse's table"))),
+        }
+        let mut missing = Vec::new();
+        for c in columns {
+            if !has_column(conn, name, c)? {
+                missing.push(*c);
+            }
+        }
+        if !missing.is_empty() {
+            return Ok(Some(format!(
+                "the table {name} has no column {} (batchsse did not make it)",
+                missing.join(", ")
+            )));
+        }
+    }
+    Ok(None)
+}
+
 fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
     conn.query_row(
         "SELECT count(*) FROM pragma_table_info(?1) WHERE name = ?2",
