@@ -55,7 +55,7 @@ fn open(c: UndoConfig) -> Result<Session, UsageError> {
     let taken = store::not_ours(&conn).map_err(|e| UsageError::new(sqlite_message(&e)))?;
     if let Some(why) = taken {
         return Err(UsageError::new(format!(
-            "nothing to take back: {why}, so it holds no undo record; if it is yours, rename it (ALTER TABLE … RENAME TO …) before recording a run with --undo"
+            "nothing to take back: {why}, so it holds no undo record; if it is yours, give it another name before recording a run with --undo"
         )));
     }
     let (runs, plan) = find(&conn, &c.which).map_err(|e| UsageError::new(sqlite_message(&e)))?;

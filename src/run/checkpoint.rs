@@ -129,8 +129,14 @@ impl Resume {
                 ..Resume::none()
             });
         }
-        if !table_exists(conn)? {
-            return Ok(Resume::none());
+        match kind(conn)?.as_deref() {
+            None => return Ok(Resume::none()),
+            Some("table") => {}
+            Some(other) => {
+                return Err(UsageError::new(format!(
+                    "{TABLE} is a {other} of yours, not batchsse's checkpoint table; give it another name, or pass --no-checkpoint to run without a checkpoint"
+                )));
+            }
         }
         let read = || -> rusqlite::Result<Vec<(usize, Row)>> {
             let mut stmt = conn.prepare(
@@ -260,6 +266,18 @@ pub fn finished_steps(conn: &Connection, plan: &str) -> crate::plan::Finished {
         rows.collect()
     };
     read().unwrap_or_default()
+}
+
+/// What holds the checkpoint table's name (`table`, or a user's `view`,
+/// say), if anything does.
+fn kind(conn: &Connection) -> Result<Option<String>, UsageError> {
+    conn.query_row(
+        "SELECT type FROM main.sqlite_schema WHERE name = ?1 COLLATE NOCASE",
+        [TABLE],
+        |r| r.get(0),
+    )
+    .optional()
+    .map_err(|e| UsageError::new(sqlite_message(&e)))
 }
 
 pub(super) fn table_exists(conn: &Connection) -> Result<bool, UsageError> {

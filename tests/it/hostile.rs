@@ -620,6 +620,29 @@ fn the_way_out_of_an_altered_checkpoint_table_works() {
     assert!(out.contains("no checkpoint"), "{out}");
 }
 
+/// A view of the user's named as the checkpoint table is named before
+/// anything runs (exit 2); the run failed at its first write, exit 1.
+#[test]
+fn a_view_named_as_the_checkpoint_table_is_refused_before_anything_runs() {
+    let db = TempDb::with_sql(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, counter INT NOT NULL DEFAULT 0);
+         INSERT INTO t(counter) VALUES (0), (0);
+         CREATE VIEW batchsse_checkpoint AS SELECT 1 AS x;",
+    );
+    let before = db.bytes();
+    let plan = db.file("plan.json", &counter_plan("view", 10));
+    let (code, _, err) = crate::util::run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("batchsse_checkpoint is a view") && err.contains("--no-checkpoint"),
+        "{err}"
+    );
+    assert_eq!(db.bytes(), before);
+    let flags = ["--no-serve", "--no-checkpoint"];
+    let (code, _, err) = crate::util::run(&run_args(&db, path_str(&plan), &flags));
+    assert_eq!(code, 0, "{err}");
+}
+
 /// A number of seconds past what a `Duration` holds is still a number of
 /// seconds ≥ 0: it is taken as "a year" (as any beyond a year is), not
 /// refused with a rule it meets.

@@ -78,7 +78,7 @@ fn a_name_of_the_undos_tables_taken_by_the_user_is_refused_before_anything_runs(
             crate::util::run(&run_args(&db, path_str(&plan), &["--no-serve", "--undo"]));
         assert_eq!(code, 2, "{taken}: {err}");
         assert!(
-            err.contains(says) && err.contains("Rename it"),
+            err.contains(says) && err.contains("another name"),
             "{taken}: {err}"
         );
         let file = path_str(&db.path);

@@ -121,7 +121,7 @@ pub fn refuse_unrecordable(conn: &Connection, plan: &Plan) -> Result<(), UsageEr
     let taken = super::store::not_ours(conn).map_err(|e| UsageError::new(sqlite_message(&e)))?;
     if let Some(why) = taken {
         return Err(UsageError::new(format!(
-            "cannot record for --undo: {why}. Rename it (ALTER TABLE … RENAME TO …), or drop it if it holds nothing you need; or run without --undo"
+            "cannot record for --undo: {why}. Give it another name, or drop it if it holds nothing you need; or run without --undo"
         )));
     }
     let shapes = shapes(conn).map_err(|e| UsageError::new(sqlite_message(&e)))?;
