@@ -3,7 +3,8 @@
 //! for warnings) and, with `GITHUB_STEP_SUMMARY` set, a Markdown table of
 //! the steps appended to that file at the end. Every line printed in this
 //! mode is one physical line: a CR or LF from a step name, an SQL error or
-//! a message is shown as `\r`/`\n`, so no text can start a line with `::`.
+//! a message is shown as `\r`/`\n`, so no text can start a line with `::`
+//! (and `##[`, the older form the runner finds anywhere, as `##\[`).
 
 use std::io::Write;
 
@@ -13,12 +14,15 @@ use crate::human::{duration, thousands};
 /// A human line as one physical line: GitHub reads every line of the log
 /// for a workflow command (`::…`), so CR and LF inside a step name or an
 /// error are shown as `\r` and `\n` and a line always starts with the text
-/// batchsse put there.
+/// batchsse put there. The runner also takes the older form, `##[name]…`,
+/// anywhere in a line that is not a `::` command: it is shown as `##\[`.
 pub fn one_line(s: &str) -> String {
-    if !s.contains(['\r', '\n']) {
+    if !s.contains(['\r', '\n']) && !s.contains("##[") {
         return s.to_owned();
     }
-    s.replace('\r', "\\r").replace('\n', "\\n")
+    s.replace('\r', "\\r")
+        .replace('\n', "\\n")
+        .replace("##[", "##\\[")
 }
 
 /// An error for `main` to print, on one line: in github mode a failure
@@ -276,6 +280,8 @@ mod tests {
             ("a\r::warning::x", "a\\r::warning::x"),
             ("a\r\n\n", "a\\r\\n\\n"),
             ("", ""),
+            ("x ##[error]y", "x ##\\[error]y"),
+            ("###[a]##[[b]", "###\\[a]##\\[[b]"),
         ] {
             assert_eq!(one_line(raw), shown, "{raw:?}");
         }
