@@ -108,9 +108,18 @@ impl Bars {
             self.multi.remove(&pb);
         }
         self.overall.inc(1);
-        let _ = self
-            .multi
-            .println(format!("{label}: {}", step_line(s, skipped)));
+        self.line(&format!("{label}: {}", step_line(s, skipped)));
+    }
+
+    /// A line above the bars; where they cannot be drawn (`--progress bar`
+    /// with stderr not a terminal: a CI log), a plain line, since indicatif
+    /// drops what it would print above hidden bars.
+    fn line(&self, line: &str) {
+        if self.multi.is_hidden() {
+            print_line(line);
+        } else {
+            let _ = self.multi.println(line);
+        }
     }
 }
 
@@ -150,9 +159,7 @@ impl Renderer {
             std::borrow::Cow::Borrowed(line)
         };
         match &self.bars {
-            Some(b) => {
-                let _ = b.multi.println(line);
-            }
+            Some(b) => b.line(&line),
             None => print_line(&line),
         }
     }

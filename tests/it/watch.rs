@@ -610,6 +610,44 @@ fn plain_output_is_line_by_line_text_on_stderr_only() {
     assert_eq!(run.wait().code(), Some(0));
 }
 
+#[test]
+fn bars_asked_for_off_a_terminal_still_show_each_step_and_every_warning() {
+    // `--progress bar` copied into a CI job: no bars can be drawn into a
+    // log, but the lines meant above them must not be lost with them.
+    let db = TempDb::counters(100);
+    let plan = db.file(
+        "plan.json",
+        &serde_json::json!({"name": "quiet", "steps": [{
+            "name": "bump none",
+            "sql": "UPDATE t SET counter = counter + 1 WHERE id BETWEEN :lo AND :hi AND counter < 0",
+            "chunk": {"table": "t", "key": "id", "size": 50}
+        }]})
+        .to_string(),
+    );
+    let (code, out, err) = run(&run_args(
+        &db,
+        path_str(&plan),
+        &["--no-serve", "--no-checkpoint", "--progress", "bar"],
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "", "human text belongs on stderr");
+    for line in [
+        "batchsse: plan \"quiet\"",
+        "[1/1] bump none: done",
+        "batchsse: warning: visited 100 rows of t by id and changed none",
+        "batchsse: finished ok",
+    ] {
+        assert!(
+            err.lines().any(|l| l.starts_with(line)),
+            "{line:?} in:\n{err}"
+        );
+    }
+    assert!(
+        !err.contains('\x1b'),
+        "no escape codes off a terminal: {err:?}"
+    );
+}
+
 /// The first `sh` block of the README's "In CI" section, for a run on
 /// `port` (the README uses 7077).
 fn readme_ci_script(port: u16) -> String {
