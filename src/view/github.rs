@@ -71,6 +71,9 @@ pub struct Github {
     db: String,
     steps: Vec<(String, Option<StepEvent>)>,
     group_open: bool,
+    /// False for a watch that began after `start` (`?last_event_id=N`):
+    /// the steps are then learnt from their own events.
+    started: bool,
 }
 
 impl Github {
@@ -79,6 +82,7 @@ impl Github {
         self.db = s.db.clone();
         self.steps = s.steps.iter().map(|s| (s.name.clone(), None)).collect();
         self.group_open = false;
+        self.started = true;
     }
 
     /// The commands to print before `line`, the step's plain line.
@@ -100,7 +104,11 @@ impl Github {
                 escape_data(s.error.as_deref().unwrap_or("unknown error"))
             ));
         }
+        if !self.started && self.steps.len() <= s.index {
+            self.steps.resize(s.index + 1, (String::new(), None));
+        }
         if let Some(slot) = self.steps.get_mut(s.index) {
+            slot.0.clone_from(&s.name);
             slot.1 = Some(s.clone());
         }
         out
@@ -147,12 +155,16 @@ impl Github {
 
     /// The run as Markdown: a heading, a table of the steps, the outcome.
     pub fn summary(&self, f: &Finished, line: &str) -> String {
+        let heading = if self.started {
+            format!("batchsse: {} on {}", cell(&self.plan), cell(&self.db))
+        } else {
+            "batchsse: the steps seen since the watch began".to_owned()
+        };
         let mut md = format!(
-            "### batchsse: {} on {}\n\n| # | step | state | rows changed | time |\n| ---: | --- | --- | ---: | ---: |\n",
-            cell(&self.plan),
-            cell(&self.db)
+            "### {heading}\n\n| # | step | state | rows changed | time |\n| ---: | --- | --- | ---: | ---: |\n"
         );
-        for (i, (name, end)) in self.steps.iter().enumerate() {
+        let seen = |end: &Option<StepEvent>| self.started || end.is_some();
+        for (i, (name, end)) in self.steps.iter().enumerate().filter(|(_, s)| seen(&s.1)) {
             let (state, changed, took) = match end {
                 Some(e) => (
                     state_word(e.state),

@@ -164,9 +164,15 @@ impl Renderer {
         }
     }
 
-    fn label(&self, index: usize) -> String {
-        let name = self.steps.get(index).map_or("", String::as_str);
-        format!("[{}/{}] {name}", index + 1, self.steps.len().max(index + 1))
+    /// "[2/5] name": the name the event carries, the count from `start`;
+    /// a watch that began after `start` (`?last_event_id=N`) does not know
+    /// the count: "[2/?] name".
+    fn label(&self, index: usize, name: &str) -> String {
+        let of = match self.steps.len() {
+            0 => "?".to_owned(),
+            n => n.max(index + 1).to_string(),
+        };
+        format!("[{}/{of}] {name}", index + 1)
     }
 
     /// Shows one event; `data` is its JSON payload as sent over SSE.
@@ -251,7 +257,7 @@ impl Renderer {
             }
             Event::Step(s) => {
                 self.last_plain.remove(&s.index);
-                let label = self.label(s.index);
+                let label = self.label(s.index, &s.name);
                 let line = format!("{label}: {}", step_line(s, self.skipped));
                 self.github.step(s, &label, line)
             }
@@ -278,7 +284,7 @@ impl Renderer {
                 self.note_failure(s);
                 self.say(&format!(
                     "{}: {}",
-                    self.label(s.index),
+                    self.label(s.index, &s.name),
                     step_line(s, self.skipped)
                 ));
             }
@@ -291,7 +297,11 @@ impl Renderer {
                 let last = p.done.is_some() && p.done >= p.total;
                 if due || last {
                     self.last_plain.insert(p.step, now);
-                    self.say(&format!("{}: {}", self.label(p.step), progress_line(p)));
+                    self.say(&format!(
+                        "{}: {}",
+                        self.label(p.step, &p.name),
+                        progress_line(p)
+                    ));
                 }
             }
             Event::Message(m) if self.already_said(m) => {}
@@ -313,14 +323,14 @@ impl Renderer {
                 self.say(&start_line(s));
             }
             Event::Step(s) => {
-                let label = self.label(s.index);
+                let label = self.label(s.index, &s.name);
                 self.note_failure(s);
                 if let Some(b) = self.bars.as_mut() {
                     b.step(s, label, self.skipped);
                 }
             }
             Event::Progress(p) => {
-                let label = self.label(p.step);
+                let label = self.label(p.step, &p.name);
                 if let Some(pb) = self.bars.as_ref().and_then(|b| b.step.as_ref()) {
                     if let (Some(done), Some(total)) = (p.done, p.total) {
                         pb.set_length(total.max(1));

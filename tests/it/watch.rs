@@ -249,6 +249,41 @@ fn after_the_end_watch_replays_or_reads_status_on_204() {
     run.wait();
 }
 
+/// `?last_event_id=N` after the run's `start`: the steps' lines and the
+/// step summary still name each step (every `step` and `progress` carries
+/// its name), and say nothing false about how many steps there are.
+#[test]
+fn a_watch_from_the_middle_of_a_run_names_its_steps() {
+    let db = TempDb::counters(100);
+    let mut run = start_run(&db, FAILING_PLAN, &["--linger", "30"]);
+    let addr = run.addr();
+    let all = Stream::open(addr, "/events", &[]).rest();
+    let after_start = id(&all[0]);
+    let summary = db.dir.path().join("summary.md");
+    let url = format!("http://{addr}/events?last_event_id={after_start}");
+    let mut w = spawn(&["watch", &url, "--progress", "github"], |c| {
+        c.env("GITHUB_STEP_SUMMARY", &summary);
+    });
+    assert_eq!(w.wait().code(), Some(1), "{}", w.stderr());
+    let err = w.stderr();
+    for line in [
+        "::group::[1/?] touch",
+        "[1/?] touch: done",
+        "[2/?] dup: FAILED",
+    ] {
+        assert!(
+            err.lines().any(|l| l.starts_with(line)),
+            "{line:?} in:\n{err}"
+        );
+    }
+    let md = std::fs::read_to_string(&summary).unwrap();
+    assert!(md.contains("| 1 | touch | done |"), "{md}");
+    assert!(md.contains("| 2 | dup | **failed** |"), "{md}");
+    assert!(!md.contains(" on \n"), "no empty plan or file name: {md}");
+    run.signal("INT");
+    run.wait();
+}
+
 /// A URL's `last_event_id` past anything this run gave out (copied from an
 /// earlier run's page): the server replays the run from `start`, and watch
 /// shows it and ends with its status instead of hiding every event as
