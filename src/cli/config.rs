@@ -338,11 +338,13 @@ pub fn progress_interval(v: f64) -> Result<Duration, UsageError> {
     seconds("--progress-interval", v)
 }
 
-fn seconds(flag: &str, v: f64) -> Result<Duration, UsageError> {
-    Duration::try_from_secs_f64(v)
+/// A flag's number of seconds: finite and ≥ 0. Beyond a year is "forever"
+/// (so 1e30 is taken as a year, not refused); it also keeps timer
+/// arithmetic safe.
+pub fn seconds(flag: &str, v: f64) -> Result<Duration, UsageError> {
+    const YEAR: f64 = 365.0 * 24.0 * 3600.0;
+    Duration::try_from_secs_f64(if v.is_finite() { v.min(YEAR) } else { v })
         .map_err(|_| UsageError::new(format!("{flag} takes a number of seconds ≥ 0; got {v}")))
-        // Beyond a year is "forever"; it also keeps timer arithmetic safe.
-        .map(|d| d.min(Duration::from_secs(365 * 24 * 3600)))
 }
 
 /// Parses `--listen`: HOST:PORT, [v6]:PORT, localhost:PORT or a bare port.

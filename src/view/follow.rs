@@ -157,15 +157,7 @@ pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
 
 fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
     let target = Target::parse(&args.url, args.token.as_deref())?;
-    let patience = Duration::try_from_secs_f64(args.connect_timeout)
-        .map_err(|_| {
-            UsageError::new(format!(
-                "--connect-timeout takes a number of seconds ≥ 0; got {}",
-                args.connect_timeout
-            ))
-        })?
-        // Beyond a year is "forever"; it also keeps Instant arithmetic safe.
-        .min(Duration::from_secs(365 * 24 * 3600));
+    let patience = crate::cli::config::seconds("--connect-timeout", args.connect_timeout)?;
     let interval = crate::cli::config::progress_interval(args.progress_interval)?;
     let renderer = Renderer::new(args.progress, interval);
     let rt = tokio::runtime::Builder::new_current_thread()

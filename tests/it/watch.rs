@@ -384,6 +384,41 @@ fn watch_rejects_bad_input_with_exit_2() {
     }
 }
 
+/// Beyond a year is "forever": a huge number of seconds is taken as that,
+/// not refused with "takes a number of seconds ≥ 0".
+#[test]
+fn a_huge_number_of_seconds_is_forever_not_refused() {
+    let mut gone = Command::new("true").spawn().expect("spawn true");
+    gone.wait().expect("wait true");
+    let pid = gone.id().to_string();
+    let url = format!("http://127.0.0.1:{}/", free_port());
+    let (code, _, err) = run(&[
+        "watch",
+        &url,
+        "--connect-timeout",
+        "1e30",
+        "--progress-interval",
+        "1e300",
+        "--pid",
+        &pid,
+    ]);
+    assert_eq!(code, 3, "the run is gone, so watch gives up at once: {err}");
+    let db = TempDb::counters(10);
+    let plan = db.file("plan.json", &counter_plan("huge", 5));
+    let (code, _, err) = run(&run_args(
+        &db,
+        path_str(&plan),
+        &[
+            "--no-serve",
+            "--progress-interval",
+            "1e30",
+            "--drain-timeout",
+            "1e30",
+        ],
+    ));
+    assert_eq!(code, 0, "{err}");
+}
+
 #[test]
 fn a_token_protected_run_needs_the_token() {
     let db = TempDb::counters(100);
