@@ -440,6 +440,34 @@ fn a_token_protected_run_needs_the_token() {
     run.wait();
 }
 
+/// A token given in the URL (`?token=T`, as the server takes it) works,
+/// and is never printed: watch's messages land in CI logs.
+#[test]
+fn a_token_in_the_url_is_sent_but_never_printed() {
+    let db = TempDb::counters(100);
+    let mut run = start_run(
+        &db,
+        &counter_plan("tok", 50),
+        &words("--token s3cretTok --linger 30"),
+    );
+    let url = format!("http://{}/events?token=s3cretTok", run.addr());
+    let mut w = watch(&url, &[]);
+    assert_eq!(w.wait().code(), Some(0), "{}", w.stderr());
+    assert_full_run(&w.stdout(), "ok");
+    assert!(!w.stderr().contains("s3cretTok"), "{}", w.stderr());
+    // The messages that name the URL: nobody answers, a bad last_event_id.
+    let nobody = format!("http://127.0.0.1:{}/?token=s3cretTok&x=1", free_port());
+    let bad = format!("{url}&last_event_id=x");
+    for (url, code) in [(&nobody, 3), (&bad, 2)] {
+        let (got, _, err) = crate::util::run(&["watch", url, "--connect-timeout", "0.3"]);
+        assert_eq!(got, code, "{url}: {err}");
+        assert!(!err.contains("s3cretTok"), "the token is printed: {err}");
+        assert!(err.contains("token=***"), "{err}");
+    }
+    run.signal("INT");
+    run.wait();
+}
+
 #[test]
 fn run_progress_json_equals_the_sse_events() {
     let db = TempDb::counters(300);
