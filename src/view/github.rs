@@ -1,6 +1,6 @@
 //! `--progress github`: GitHub Actions workflow commands around the plain
-//! lines (a `::group::` per step, `::error` for a failed step, `::warning`
-//! for warnings) and, with `GITHUB_STEP_SUMMARY` set, a Markdown table of
+//! lines (a `::group::` per step, `::error` for a failed step and for an
+//! error of the run's own, `::warning` for warnings) and, with `GITHUB_STEP_SUMMARY` set, a Markdown table of
 //! the steps appended to that file at the end. Every line printed in this
 //! mode is one physical line: a CR or LF from a step name, an SQL error or
 //! a message is shown as `\r`/`\n`, so no text can start a line with `::`
@@ -114,9 +114,14 @@ impl Github {
         out
     }
 
-    /// A warning as an annotation; `None` for other levels.
-    pub fn warning(m: &Message) -> Option<String> {
-        (m.status == Level::Warn).then(|| format!("::warning::{}", escape_data(&m.message)))
+    /// A warning or an error as an annotation; `None` for `info`.
+    pub fn annotation(m: &Message) -> Option<String> {
+        let command = match m.status {
+            Level::Warn => "warning",
+            Level::Error => "error",
+            Level::Info => return None,
+        };
+        Some(format!("::{command}::{}", escape_data(&m.message)))
     }
 
     /// Closes a group left open, and appends the summary if asked for.
@@ -270,18 +275,21 @@ mod tests {
     }
 
     #[test]
-    fn only_warnings_become_warning_annotations() {
+    fn warnings_and_errors_become_annotations() {
         let m = |status| Message {
             target: serde_json::json!({}),
             status,
             message: "50% done\nnow".into(),
         };
         assert_eq!(
-            Github::warning(&m(Level::Warn)).as_deref(),
+            Github::annotation(&m(Level::Warn)).as_deref(),
             Some("::warning::50%25 done%0Anow")
         );
-        assert_eq!(Github::warning(&m(Level::Info)), None);
-        assert_eq!(Github::warning(&m(Level::Error)), None);
+        assert_eq!(
+            Github::annotation(&m(Level::Error)).as_deref(),
+            Some("::error::50%25 done%0Anow")
+        );
+        assert_eq!(Github::annotation(&m(Level::Info)), None);
     }
 
     #[test]

@@ -257,11 +257,14 @@ impl Renderer {
             }
             Event::Step(s) => {
                 self.last_plain.remove(&s.index);
+                self.note_failure(s);
                 let label = self.label(s.index, &s.name);
                 let line = format!("{label}: {}", step_line(s, self.skipped));
                 self.github.step(s, &label, line)
             }
-            Event::Message(m) => match Github::warning(m) {
+            // A failed step's error has its annotation already.
+            Event::Message(m) if self.already_said(m) => return,
+            Event::Message(m) => match Github::annotation(m) {
                 Some(line) => vec![line],
                 None => return self.plain(event),
             },

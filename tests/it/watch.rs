@@ -1092,6 +1092,47 @@ fn odd_but_valid_streams_are_read_as_a_browser_would_and_printed_one_line_an_eve
     assert!(again.contains("last-event-id: 3\r\n"), "{again}");
 }
 
+/// In github mode every error gets one annotation: a failed step's (and
+/// its repeat as the run's error message is not printed again), and an
+/// error of the run's own, outside any step (an `--atomic` run that cannot
+/// commit, an undo that cannot read its record), which had none.
+#[test]
+fn in_github_mode_every_error_is_annotated_once() {
+    let db = TempDb::counters(10);
+    let mut run = start_run(&db, FAILING_PLAN, &["--linger", "30"]);
+    let (code, _, err) = crate::util::run(&[
+        "watch",
+        &format!("http://{}/", run.addr()),
+        "--progress",
+        "github",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    let errors = err.lines().filter(|l| l.starts_with("::error")).count();
+    assert_eq!(errors, 1, "{err}");
+    assert!(!err.contains("batchsse: error:"), "said twice: {err}");
+    run.signal("INT");
+    run.wait();
+
+    let start = serde_json::json!({"run_id": "own", "plan": "p", "db": "x.sqlite", "ts_ms": 1,
+        "steps": [{"index": 0, "name": "s", "kind": "sql"}], "dry_run": false, "resumed": false});
+    let error = serde_json::json!({"target": {"db": "x.sqlite"}, "status": "error",
+        "message": "the run's transaction could not commit: 100% full", "ts_ms": 1});
+    let finished = serde_json::json!({"status": "failed", "steps_done": 1, "steps_total": 1,
+        "rows_changed": 0, "elapsed_ms": 1, "dry_run": false, "ts_ms": 1,
+        "error": "the run's transaction could not commit: 100% full"});
+    let body = frames(&[("start", start), ("message", error), ("finished", finished)]);
+    let (addr, _) = scripted_streams(vec![body]);
+    let (code, _, err) =
+        crate::util::run(&["watch", &format!("http://{addr}/"), "--progress", "github"]);
+    assert_eq!(code, 1, "{err}");
+    let annotations: Vec<&str> = err.lines().filter(|l| l.starts_with("::error")).collect();
+    assert_eq!(
+        annotations,
+        ["::error::the run's transaction could not commit: 100%25 full"],
+        "{err}"
+    );
+}
+
 /// Media types are case-insensitive: a stream sent as
 /// `Text/Event-Stream; charset=utf-8` is followed like any other.
 #[test]
