@@ -183,16 +183,14 @@ fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     let status = rt.block_on(async {
+        // Ctrl-C or SIGTERM (`timeout`, a CI runner stopping the step); if
+        // no handler could be installed, `next` never resolves: just follow.
+        let mut stop = platform::StopSignals::install();
         tokio::select! {
             r = follow(&target, patience, args.pid, renderer) => r,
-            r = tokio::signal::ctrl_c() => {
-                if r.is_ok() {
-                    print_line("batchsse: watch interrupted; the run itself goes on");
-                    Ok(exit::INTERRUPTED)
-                } else {
-                    // No signal handling here: just follow.
-                    std::future::pending().await
-                }
+            () = stop.next() => {
+                print_line("batchsse: watch interrupted; the run itself goes on");
+                Ok(exit::INTERRUPTED)
             }
         }
     })?;

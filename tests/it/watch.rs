@@ -92,6 +92,28 @@ fn watch_exits_130_when_the_run_is_interrupted() {
     assert_full_run(&w.stdout(), "cancelled");
 }
 
+/// A SIGTERM (`timeout`, a CI runner stopping a step) interrupts watch as
+/// Ctrl-C does: it says so and exits 130, as the exit status table says,
+/// rather than dying of the signal (143) without a word.
+#[test]
+fn watch_stopped_by_sigterm_exits_130_and_says_so() {
+    let db = TempDb::counters(100);
+    let mut run = start_run(&db, &counter_plan("held", 10), &["--wait-for-clients", "2"]);
+    let addr = run.addr();
+    let mut w = watch(&format!("http://{addr}/"), &[]);
+    wait_status(addr, |s| s["clients"] == 1);
+    w.signal("TERM");
+    assert_eq!(w.wait().code(), Some(130), "{}", w.stderr());
+    assert!(
+        w.stderr()
+            .contains("watch interrupted; the run itself goes on"),
+        "{}",
+        w.stderr()
+    );
+    run.signal("INT");
+    assert_eq!(run.wait().code(), Some(130));
+}
+
 #[test]
 fn watch_started_before_the_run_waits_for_it() {
     let port = free_port();
