@@ -41,10 +41,19 @@ pub fn one_line_error(err: anyhow::Error) -> anyhow::Error {
     }
 }
 
+/// Whether stderr is a GitHub Actions job's log (`GITHUB_ACTIONS=true`,
+/// stderr not a terminal). Every line of human text is then one physical
+/// line whatever `--progress` says: a run under `--progress json` (as in
+/// the README's recipe) or a forced `plain` still writes to that log.
+pub fn in_actions() -> bool {
+    use std::io::IsTerminal;
+    !std::io::stderr().is_terminal() && std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true")
+}
+
 /// `result` as it is, or its error on one line when `mode` is (or `auto`
-/// resolves to) github.
+/// resolves to) github, or stderr is an Actions log.
 pub fn guard<T>(mode: crate::cli::ProgressMode, result: anyhow::Result<T>) -> anyhow::Result<T> {
-    if mode.resolve() == crate::cli::ProgressMode::Github {
+    if mode.resolve() == crate::cli::ProgressMode::Github || in_actions() {
         result.map_err(one_line_error)
     } else {
         result

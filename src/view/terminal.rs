@@ -24,7 +24,7 @@ impl ProgressMode {
                 let tty = std::io::stderr().is_terminal();
                 if tty && !dumb {
                     ProgressMode::Bar
-                } else if !tty && std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true") {
+                } else if crate::view::github::in_actions() {
                     ProgressMode::Github
                 } else {
                     ProgressMode::Plain
@@ -58,6 +58,9 @@ pub struct Renderer {
     failure: Option<String>,
     /// What a skipped step's line says: why this kind of run skips one.
     skipped: &'static str,
+    /// Every line one physical line (see `github::one_line`): github mode,
+    /// or any mode writing to a GitHub Actions log.
+    one_line: bool,
 }
 
 struct Bars {
@@ -86,8 +89,14 @@ impl Bars {
         }
     }
 
-    /// A step bar while a step runs; a line above the bars once it ends.
-    fn step(&mut self, s: &crate::events::StepEvent, label: String, skipped: &str) {
+    /// A step bar while a step runs; once it ends, the line to print above
+    /// the bars.
+    fn step(
+        &mut self,
+        s: &crate::events::StepEvent,
+        label: String,
+        skipped: &str,
+    ) -> Option<String> {
         if s.state == StepState::Running {
             let pb = self.multi.add(ProgressBar::new(s.total.max(1)));
             pb.set_style(style(if colors() {
@@ -101,14 +110,14 @@ impl Bars {
                 old.finish_and_clear();
             }
             self.overall.set_message(label);
-            return;
+            return None;
         }
         if let Some(pb) = self.step.take() {
             pb.finish_and_clear();
             self.multi.remove(&pb);
         }
         self.overall.inc(1);
-        self.line(&format!("{label}: {}", step_line(s, skipped)));
+        Some(format!("{label}: {}", step_line(s, skipped)))
     }
 
     /// A line above the bars; where they cannot be drawn (`--progress bar`
@@ -137,8 +146,10 @@ impl Renderer {
 
     /// `interval`: at most one plain progress line per step this often.
     pub fn new(mode: ProgressMode, interval: Duration) -> Renderer {
+        let mode = mode.resolve();
         Renderer {
-            mode: mode.resolve(),
+            one_line: mode == ProgressMode::Github || crate::view::github::in_actions(),
+            mode,
             steps: Vec::new(),
             last_plain: HashMap::new(),
             interval,
@@ -153,7 +164,7 @@ impl Renderer {
     /// Prints one line of human text, above the bars if there are any; in
     /// github mode as one physical line (see `github::one_line`).
     fn say(&self, line: &str) {
-        let line = if self.mode == ProgressMode::Github {
+        let line = if self.one_line {
             crate::view::github::one_line(line).into()
         } else {
             std::borrow::Cow::Borrowed(line)
@@ -167,6 +178,16 @@ impl Renderer {
     /// "[2/5] name": the name the event carries, the count from `start`;
     /// a watch that began after `start` (`?last_event_id=N`) does not know
     /// the count: "[2/?] name".
+    /// The run's final line: its outcome, then its error (if any) as a
+    /// line of its own, each one physical line where that is asked for.
+    fn say_outcome(&self, line: &str) {
+        let (outcome, error) = line.split_once('\n').unwrap_or((line, ""));
+        self.say(&format!("batchsse: {outcome}"));
+        if !error.is_empty() {
+            self.say(error);
+        }
+    }
+
     fn label(&self, index: usize, name: &str) -> String {
         let of = match self.steps.len() {
             0 => "?".to_owned(),
@@ -188,8 +209,7 @@ impl Renderer {
                 if let Event::Finished(f) = event
                     && f.status != RunStatus::Ok
                 {
-                    let line = finished_line_after(f, self.failure.as_deref());
-                    print_line(&format!("batchsse: {line}"));
+                    self.say_outcome(&finished_line_after(f, self.failure.as_deref()));
                 }
             }
             ProgressMode::Json => self.json(id, event.name(), data),
@@ -312,8 +332,7 @@ impl Renderer {
             Event::Throttle(t) => self.say(&throttle_line(t)),
             Event::Control(c) => self.say(&control_line(c)),
             Event::Finished(f) => {
-                let line = finished_line_after(f, self.failure.as_deref());
-                self.say(&format!("batchsse: {line}"));
+                self.say_outcome(&finished_line_after(f, self.failure.as_deref()));
             }
         }
     }
@@ -328,8 +347,9 @@ impl Renderer {
             Event::Step(s) => {
                 let label = self.label(s.index, &s.name);
                 self.note_failure(s);
-                if let Some(b) = self.bars.as_mut() {
-                    b.step(s, label, self.skipped);
+                let skipped = self.skipped;
+                if let Some(line) = self.bars.as_mut().and_then(|b| b.step(s, label, skipped)) {
+                    self.say(&line);
                 }
             }
             Event::Progress(p) => {
@@ -373,7 +393,7 @@ impl Renderer {
                     b.overall.finish_and_clear();
                     let _ = b.multi.clear();
                 }
-                print_line(&format!("batchsse: {}", finished_line(f)));
+                self.say_outcome(&finished_line(f));
             }
         }
     }

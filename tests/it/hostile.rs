@@ -157,6 +157,52 @@ fn the_older_command_form_inside_a_name_or_an_error_is_not_a_command_in_github_m
     assert_eq!(commands(&err), Vec::<&str>::new(), "{err}");
 }
 
+/// In a GitHub Actions job, stderr is the job's log whatever `--progress`
+/// says: the README's own recipe runs `--progress json` (its errors on
+/// stderr), and a job may force `--progress plain`. No text may start a
+/// command there either.
+#[test]
+fn in_github_actions_no_text_starts_a_command_whatever_the_progress_mode() {
+    let (db, plan) = injecting();
+    for mode in ["plain", "json", "none", "bar"] {
+        let mut p = spawn(
+            &run_args(
+                &db,
+                path_str(&plan),
+                &["--no-serve", "--no-checkpoint", "--progress", mode],
+            ),
+            |c| {
+                c.env("GITHUB_ACTIONS", "true");
+            },
+        );
+        assert_eq!(p.wait().code(), Some(1), "{mode}: {}", p.stderr());
+        let err = p.stderr();
+        assert_eq!(commands(&err), Vec::<&str>::new(), "{mode}: {err}");
+        if mode != "json" {
+            assert!(err.contains("from-trigger"), "{mode}: {err}");
+        }
+    }
+    let bad = db.file(
+        "bad.json",
+        &serde_json::json!({"name": "bad", "steps": [
+            {"name": "s", "sql": "UPDATE \"no\n::error::check-lf\" SET x = 1"}
+        ]})
+        .to_string(),
+    );
+    let before = db.bytes();
+    for mode in ["plain", "json"] {
+        let (code, _, err) = crate::util::run_with_env(
+            &run_args(&db, path_str(&bad), &["--no-serve", "--progress", mode]),
+            None,
+            &[("GITHUB_ACTIONS", "true")],
+        );
+        assert_eq!(code, 2, "{mode}: {err}");
+        assert!(err.contains("check-lf"), "{mode}: {err}");
+        assert_eq!(commands(&err), Vec::<&str>::new(), "{mode}: {err}");
+    }
+    assert_eq!(db.bytes(), before);
+}
+
 #[test]
 fn a_refused_plan_that_echoes_its_sql_starts_no_command_in_github_mode() {
     let db = TempDb::with_sql("CREATE TABLE t(id INTEGER PRIMARY KEY);");
