@@ -201,6 +201,17 @@ fn in_github_actions_no_text_starts_a_command_whatever_the_progress_mode() {
         assert_eq!(commands(&err), Vec::<&str>::new(), "{mode}: {err}");
     }
     assert_eq!(db.bytes(), before);
+    // Any command's error, not only run's and watch's.
+    let missing = db.dir.path().join("gone\n::error::path-lf.sqlite");
+    for args in [
+        vec!["undo", "--db", path_str(&missing), "--plan", "p"],
+        vec!["checkpoint", "list", "--db", path_str(&missing)],
+    ] {
+        let (code, _, err) = crate::util::run_with_env(&args, None, &[("GITHUB_ACTIONS", "true")]);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains("path-lf"), "{err}");
+        assert_eq!(commands(&err), Vec::<&str>::new(), "{args:?}: {err}");
+    }
 }
 
 #[test]
