@@ -162,7 +162,8 @@ impl Renderer {
     }
 
     /// Prints one line of human text, above the bars if there are any; in
-    /// github mode as one physical line (see `github::one_line`).
+    /// github mode or an Actions log as one physical line (see
+    /// `github::one_line`).
     fn say(&self, line: &str) {
         let line = if self.one_line {
             crate::view::github::one_line(line).into()
@@ -175,9 +176,6 @@ impl Renderer {
         }
     }
 
-    /// "[2/5] name": the name the event carries, the count from `start`;
-    /// a watch that began after `start` (`?last_event_id=N`) does not know
-    /// the count: "[2/?] name".
     /// The run's final line: its outcome, then its error (if any) as a
     /// line of its own, each one physical line where that is asked for.
     fn say_outcome(&self, line: &str) {
@@ -188,6 +186,9 @@ impl Renderer {
         }
     }
 
+    /// "[2/5] name": the name the event carries, the count from `start`;
+    /// a watch that began after `start` (`?last_event_id=N`) does not know
+    /// the count: "[2/?] name".
     fn label(&self, index: usize, name: &str) -> String {
         let of = match self.steps.len() {
             0 => "?".to_owned(),
