@@ -83,6 +83,17 @@ pub use events::sse;
 
 use std::process::ExitCode;
 
+/// A command's error as `main` prints it; in a GitHub Actions log on one
+/// physical line, so that no text in it can start a workflow command.
+pub fn error_line(err: &anyhow::Error) -> String {
+    let text = format!("batchsse: {err:#}");
+    if view::github::in_actions() {
+        view::github::one_line(&text)
+    } else {
+        text
+    }
+}
+
 /// Runs the command the user gave; the error chain is for `main` to print.
 pub fn execute(cli: cli::Cli) -> anyhow::Result<ExitCode> {
     match cli.command {

@@ -15,7 +15,7 @@ fn main() -> ExitCode {
     match checked.and_then(|()| batchsse::execute(cli)) {
         Ok(code) => code,
         Err(err) => {
-            batchsse::error::print_line(&format!("batchsse: {err:#}"));
+            batchsse::error::print_line(&batchsse::error_line(&err));
             if err.chain().any(|e| e.is::<Unreachable>()) {
                 ExitCode::from(exit::UNREACHABLE)
             } else if err.chain().any(|e| e.is::<UsageError>()) {

@@ -56,7 +56,8 @@ impl Target {
     pub fn parse(url: &str, token: Option<&str>) -> Result<Target, UsageError> {
         let bad = |why: &str| {
             UsageError::new(format!(
-                "{url:?} is not a batchsse URL ({why}); use e.g. http://127.0.0.1:7077/ or http://127.0.0.1:7077/events"
+                "{:?} is not a batchsse URL ({why}); use e.g. http://127.0.0.1:7077/ or http://127.0.0.1:7077/events",
+                hide_token(url)
             ))
         };
         let url = url.trim();
@@ -133,8 +134,10 @@ impl Target {
         })
     }
 
+    /// The URL for a message: a `token` in its query is shown as `***`,
+    /// since messages end up in CI logs.
     fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.authority)
+        format!("http://{}{}", self.authority, hide_token(path))
     }
 }
 
@@ -145,6 +148,22 @@ fn port(authority: &Authority) -> Option<u16> {
         Some((_, p)) if !p.is_empty() && !p.ends_with(']') => p.parse().ok().filter(|p| *p > 0),
         _ => Some(80),
     }
+}
+
+/// `url` with the value of every `token=` query parameter as `***`.
+fn hide_token(url: &str) -> String {
+    let mut out = String::with_capacity(url.len());
+    let mut rest = url;
+    while let Some(i) = rest.find("token=") {
+        let param = i > 0 && matches!(rest.as_bytes()[i - 1], b'?' | b'&');
+        out.push_str(&rest[..i + "token=".len()]);
+        rest = &rest[i + "token=".len()..];
+        if param {
+            out.push_str("***");
+            rest = &rest[rest.find(['&', '#']).unwrap_or(rest.len())..];
+        }
+    }
+    out + rest
 }
 
 /// The run's base path (ending in `/`) from a URL's path: the path itself,
@@ -174,16 +193,14 @@ fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     let status = rt.block_on(async {
+        // Ctrl-C or SIGTERM (`timeout`, a CI runner stopping the step); if
+        // no handler could be installed, `next` never resolves: just follow.
+        let mut stop = platform::StopSignals::install();
         tokio::select! {
             r = follow(&target, patience, args.pid, renderer) => r,
-            r = tokio::signal::ctrl_c() => {
-                if r.is_ok() {
-                    print_line("batchsse: watch interrupted; the run itself goes on");
-                    Ok(exit::INTERRUPTED)
-                } else {
-                    // No signal handling here: just follow.
-                    std::future::pending().await
-                }
+            () = stop.next() => {
+                print_line("batchsse: watch interrupted; the run itself goes on");
+                Ok(exit::INTERRUPTED)
             }
         }
     })?;
@@ -600,6 +617,20 @@ async fn outcome_after_204(target: &Target, last_id: u64, deadline: Instant) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_in_a_url_is_hidden() {
+        for (url, shown) in [
+            ("/events", "/events"),
+            ("/events?token=abc", "/events?token=***"),
+            ("/e?x=1&token=a%20b&y=2", "/e?x=1&token=***&y=2"),
+            ("/e?token=a#f", "/e?token=***#f"),
+            ("/e?mytoken=a&token=", "/e?mytoken=a&token=***"),
+            ("http://h/?token=t&token=u", "http://h/?token=***&token=***"),
+        ] {
+            assert_eq!(hide_token(url), shown, "{url}");
+        }
+    }
 
     #[test]
     fn urls_people_paste_all_work() {

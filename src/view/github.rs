@@ -1,9 +1,10 @@
 //! `--progress github`: GitHub Actions workflow commands around the plain
-//! lines (a `::group::` per step, `::error` for a failed step, `::warning`
-//! for warnings) and, with `GITHUB_STEP_SUMMARY` set, a Markdown table of
+//! lines (a `::group::` per step, `::error` for a failed step and for an
+//! error of the run's own, `::warning` for warnings) and, with `GITHUB_STEP_SUMMARY` set, a Markdown table of
 //! the steps appended to that file at the end. Every line printed in this
 //! mode is one physical line: a CR or LF from a step name, an SQL error or
-//! a message is shown as `\r`/`\n`, so no text can start a line with `::`.
+//! a message is shown as `\r`/`\n`, so no text can start a line with `::`
+//! (and `##[`, the older form the runner finds anywhere, as `##\[`).
 
 use std::io::Write;
 
@@ -13,12 +14,15 @@ use crate::human::{duration, thousands};
 /// A human line as one physical line: GitHub reads every line of the log
 /// for a workflow command (`::…`), so CR and LF inside a step name or an
 /// error are shown as `\r` and `\n` and a line always starts with the text
-/// batchsse put there.
+/// batchsse put there. The runner also takes the older form, `##[name]…`,
+/// anywhere in a line that is not a `::` command: it is shown as `##\[`.
 pub fn one_line(s: &str) -> String {
-    if !s.contains(['\r', '\n']) {
+    if !s.contains(['\r', '\n']) && !s.contains("##[") {
         return s.to_owned();
     }
-    s.replace('\r', "\\r").replace('\n', "\\n")
+    s.replace('\r', "\\r")
+        .replace('\n', "\\n")
+        .replace("##[", "##\\[")
 }
 
 /// An error for `main` to print, on one line: in github mode a failure
@@ -37,10 +41,19 @@ pub fn one_line_error(err: anyhow::Error) -> anyhow::Error {
     }
 }
 
+/// Whether stderr is a GitHub Actions job's log (`GITHUB_ACTIONS=true`,
+/// stderr not a terminal). Every line of human text is then one physical
+/// line whatever `--progress` says: a run under `--progress json` (as in
+/// the README's recipe) or a forced `plain` still writes to that log.
+pub fn in_actions() -> bool {
+    use std::io::IsTerminal;
+    !std::io::stderr().is_terminal() && std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true")
+}
+
 /// `result` as it is, or its error on one line when `mode` is (or `auto`
-/// resolves to) github.
+/// resolves to) github, or stderr is an Actions log.
 pub fn guard<T>(mode: crate::cli::ProgressMode, result: anyhow::Result<T>) -> anyhow::Result<T> {
-    if mode.resolve() == crate::cli::ProgressMode::Github {
+    if mode.resolve() == crate::cli::ProgressMode::Github || in_actions() {
         result.map_err(one_line_error)
     } else {
         result
@@ -67,6 +80,9 @@ pub struct Github {
     db: String,
     steps: Vec<(String, Option<StepEvent>)>,
     group_open: bool,
+    /// False for a watch that began after `start` (`?last_event_id=N`):
+    /// the steps are then learnt from their own events.
+    started: bool,
 }
 
 impl Github {
@@ -75,6 +91,7 @@ impl Github {
         self.db = s.db.clone();
         self.steps = s.steps.iter().map(|s| (s.name.clone(), None)).collect();
         self.group_open = false;
+        self.started = true;
     }
 
     /// The commands to print before `line`, the step's plain line.
@@ -96,15 +113,24 @@ impl Github {
                 escape_data(s.error.as_deref().unwrap_or("unknown error"))
             ));
         }
+        if !self.started && self.steps.len() <= s.index {
+            self.steps.resize(s.index + 1, (String::new(), None));
+        }
         if let Some(slot) = self.steps.get_mut(s.index) {
+            slot.0.clone_from(&s.name);
             slot.1 = Some(s.clone());
         }
         out
     }
 
-    /// A warning as an annotation; `None` for other levels.
-    pub fn warning(m: &Message) -> Option<String> {
-        (m.status == Level::Warn).then(|| format!("::warning::{}", escape_data(&m.message)))
+    /// A warning or an error as an annotation; `None` for `info`.
+    pub fn annotation(m: &Message) -> Option<String> {
+        let command = match m.status {
+            Level::Warn => "warning",
+            Level::Error => "error",
+            Level::Info => return None,
+        };
+        Some(format!("::{command}::{}", escape_data(&m.message)))
     }
 
     /// Closes a group left open, and appends the summary if asked for.
@@ -143,12 +169,16 @@ impl Github {
 
     /// The run as Markdown: a heading, a table of the steps, the outcome.
     pub fn summary(&self, f: &Finished, line: &str) -> String {
+        let heading = if self.started {
+            format!("batchsse: {} on {}", cell(&self.plan), cell(&self.db))
+        } else {
+            "batchsse: the steps seen since the watch began".to_owned()
+        };
         let mut md = format!(
-            "### batchsse: {} on {}\n\n| # | step | state | rows changed | time |\n| ---: | --- | --- | ---: | ---: |\n",
-            cell(&self.plan),
-            cell(&self.db)
+            "### {heading}\n\n| # | step | state | rows changed | time |\n| ---: | --- | --- | ---: | ---: |\n"
         );
-        for (i, (name, end)) in self.steps.iter().enumerate() {
+        let seen = |end: &Option<StepEvent>| self.started || end.is_some();
+        for (i, (name, end)) in self.steps.iter().enumerate().filter(|(_, s)| seen(&s.1)) {
             let (state, changed, took) = match end {
                 Some(e) => (
                     state_word(e.state),
@@ -254,18 +284,21 @@ mod tests {
     }
 
     #[test]
-    fn only_warnings_become_warning_annotations() {
+    fn warnings_and_errors_become_annotations() {
         let m = |status| Message {
             target: serde_json::json!({}),
             status,
             message: "50% done\nnow".into(),
         };
         assert_eq!(
-            Github::warning(&m(Level::Warn)).as_deref(),
+            Github::annotation(&m(Level::Warn)).as_deref(),
             Some("::warning::50%25 done%0Anow")
         );
-        assert_eq!(Github::warning(&m(Level::Info)), None);
-        assert_eq!(Github::warning(&m(Level::Error)), None);
+        assert_eq!(
+            Github::annotation(&m(Level::Error)).as_deref(),
+            Some("::error::50%25 done%0Anow")
+        );
+        assert_eq!(Github::annotation(&m(Level::Info)), None);
     }
 
     #[test]
@@ -276,6 +309,8 @@ mod tests {
             ("a\r::warning::x", "a\\r::warning::x"),
             ("a\r\n\n", "a\\r\\n\\n"),
             ("", ""),
+            ("x ##[error]y", "x ##\\[error]y"),
+            ("###[a]##[[b]", "###\\[a]##\\[[b]"),
         ] {
             assert_eq!(one_line(raw), shown, "{raw:?}");
         }

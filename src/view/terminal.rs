@@ -24,7 +24,7 @@ impl ProgressMode {
                 let tty = std::io::stderr().is_terminal();
                 if tty && !dumb {
                     ProgressMode::Bar
-                } else if !tty && std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true") {
+                } else if crate::view::github::in_actions() {
                     ProgressMode::Github
                 } else {
                     ProgressMode::Plain
@@ -58,6 +58,9 @@ pub struct Renderer {
     failure: Option<String>,
     /// What a skipped step's line says: why this kind of run skips one.
     skipped: &'static str,
+    /// Every line one physical line (see `github::one_line`): github mode,
+    /// or any mode writing to a GitHub Actions log.
+    one_line: bool,
 }
 
 struct Bars {
@@ -86,8 +89,14 @@ impl Bars {
         }
     }
 
-    /// A step bar while a step runs; a line above the bars once it ends.
-    fn step(&mut self, s: &crate::events::StepEvent, label: String, skipped: &str) {
+    /// A step bar while a step runs; once it ends, the line to print above
+    /// the bars.
+    fn step(
+        &mut self,
+        s: &crate::events::StepEvent,
+        label: String,
+        skipped: &str,
+    ) -> Option<String> {
         // A bar shows its message as it is: see [`terminal_safe`].
         let label = terminal_safe(&label).into_owned();
         if s.state == StepState::Running {
@@ -103,15 +112,25 @@ impl Bars {
                 old.finish_and_clear();
             }
             self.overall.set_message(label);
-            return;
+            return None;
         }
         if let Some(pb) = self.step.take() {
             pb.finish_and_clear();
             self.multi.remove(&pb);
         }
         self.overall.inc(1);
-        let line = format!("{label}: {}", step_line(s, skipped));
-        let _ = self.multi.println(terminal_safe(&line));
+        Some(format!("{label}: {}", step_line(s, skipped)))
+    }
+
+    /// A line above the bars; where they cannot be drawn (`--progress bar`
+    /// with stderr not a terminal: a CI log), a plain line, since indicatif
+    /// drops what it would print above hidden bars.
+    fn line(&self, line: &str) {
+        if self.multi.is_hidden() {
+            print_line(line);
+        } else {
+            let _ = self.multi.println(terminal_safe(line));
+        }
     }
 }
 
@@ -129,8 +148,10 @@ impl Renderer {
 
     /// `interval`: at most one plain progress line per step this often.
     pub fn new(mode: ProgressMode, interval: Duration) -> Renderer {
+        let mode = mode.resolve();
         Renderer {
-            mode: mode.resolve(),
+            one_line: mode == ProgressMode::Github || crate::view::github::in_actions(),
+            mode,
             steps: Vec::new(),
             last_plain: HashMap::new(),
             interval,
@@ -143,24 +164,39 @@ impl Renderer {
     }
 
     /// Prints one line of human text, above the bars if there are any; in
-    /// github mode as one physical line (see `github::one_line`).
+    /// github mode or an Actions log as one physical line (see
+    /// `github::one_line`).
     fn say(&self, line: &str) {
-        let line = if self.mode == ProgressMode::Github {
+        let line = if self.one_line {
             crate::view::github::one_line(line).into()
         } else {
             std::borrow::Cow::Borrowed(line)
         };
         match &self.bars {
-            Some(b) => {
-                let _ = b.multi.println(terminal_safe(&line));
-            }
+            Some(b) => b.line(&line),
             None => print_line(&line),
         }
     }
 
-    fn label(&self, index: usize) -> String {
-        let name = self.steps.get(index).map_or("", String::as_str);
-        format!("[{}/{}] {name}", index + 1, self.steps.len().max(index + 1))
+    /// The run's final line: its outcome, then its error (if any) as a
+    /// line of its own, each one physical line where that is asked for.
+    fn say_outcome(&self, line: &str) {
+        let (outcome, error) = line.split_once('\n').unwrap_or((line, ""));
+        self.say(&format!("batchsse: {outcome}"));
+        if !error.is_empty() {
+            self.say(error);
+        }
+    }
+
+    /// "[2/5] name": the name the event carries, the count from `start`;
+    /// a watch that began after `start` (`?last_event_id=N`) does not know
+    /// the count: "[2/?] name".
+    fn label(&self, index: usize, name: &str) -> String {
+        let of = match self.steps.len() {
+            0 => "?".to_owned(),
+            n => n.max(index + 1).to_string(),
+        };
+        format!("[{}/{of}] {name}", index + 1)
     }
 
     /// Shows one event; `data` is its JSON payload as sent over SSE.
@@ -176,8 +212,7 @@ impl Renderer {
                 if let Event::Finished(f) = event
                     && f.status != RunStatus::Ok
                 {
-                    let line = finished_line_after(f, self.failure.as_deref());
-                    print_line(&format!("batchsse: {line}"));
+                    self.say_outcome(&finished_line_after(f, self.failure.as_deref()));
                 }
             }
             ProgressMode::Json => self.json(id, event.name(), data),
@@ -245,11 +280,14 @@ impl Renderer {
             }
             Event::Step(s) => {
                 self.last_plain.remove(&s.index);
-                let label = self.label(s.index);
+                self.note_failure(s);
+                let label = self.label(s.index, &s.name);
                 let line = format!("{label}: {}", step_line(s, self.skipped));
                 self.github.step(s, &label, line)
             }
-            Event::Message(m) => match Github::warning(m) {
+            // A failed step's error has its annotation already.
+            Event::Message(m) if self.already_said(m) => return,
+            Event::Message(m) => match Github::annotation(m) {
                 Some(line) => vec![line],
                 None => return self.plain(event),
             },
@@ -272,7 +310,7 @@ impl Renderer {
                 self.note_failure(s);
                 self.say(&format!(
                     "{}: {}",
-                    self.label(s.index),
+                    self.label(s.index, &s.name),
                     step_line(s, self.skipped)
                 ));
             }
@@ -285,7 +323,11 @@ impl Renderer {
                 let last = p.done.is_some() && p.done >= p.total;
                 if due || last {
                     self.last_plain.insert(p.step, now);
-                    self.say(&format!("{}: {}", self.label(p.step), progress_line(p)));
+                    self.say(&format!(
+                        "{}: {}",
+                        self.label(p.step, &p.name),
+                        progress_line(p)
+                    ));
                 }
             }
             Event::Message(m) if self.already_said(m) => {}
@@ -293,8 +335,7 @@ impl Renderer {
             Event::Throttle(t) => self.say(&throttle_line(t)),
             Event::Control(c) => self.say(&control_line(c)),
             Event::Finished(f) => {
-                let line = finished_line_after(f, self.failure.as_deref());
-                self.say(&format!("batchsse: {line}"));
+                self.say_outcome(&finished_line_after(f, self.failure.as_deref()));
             }
         }
     }
@@ -307,14 +348,15 @@ impl Renderer {
                 self.say(&start_line(s));
             }
             Event::Step(s) => {
-                let label = self.label(s.index);
+                let label = self.label(s.index, &s.name);
                 self.note_failure(s);
-                if let Some(b) = self.bars.as_mut() {
-                    b.step(s, label, self.skipped);
+                let skipped = self.skipped;
+                if let Some(line) = self.bars.as_mut().and_then(|b| b.step(s, label, skipped)) {
+                    self.say(&line);
                 }
             }
             Event::Progress(p) => {
-                let label = self.label(p.step);
+                let label = self.label(p.step, &p.name);
                 if let Some(pb) = self.bars.as_ref().and_then(|b| b.step.as_ref()) {
                     if let (Some(done), Some(total)) = (p.done, p.total) {
                         pb.set_length(total.max(1));
@@ -356,7 +398,7 @@ impl Renderer {
                     b.overall.finish_and_clear();
                     let _ = b.multi.clear();
                 }
-                print_line(&format!("batchsse: {}", finished_line(f)));
+                self.say_outcome(&finished_line(f));
             }
         }
     }

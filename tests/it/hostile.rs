@@ -8,13 +8,12 @@ use crate::util::*;
 
 /// The lines GitHub would read as workflow commands: every physical line
 /// (the runner splits on CR and LF alike) that starts with `::`, leading
-/// blanks ignored, or with the older `##[` form.
+/// blanks ignored, or that holds the older `##[` form anywhere (the runner
+/// tries that form on every line that is not a `::` command, and looks for
+/// it anywhere in the line).
 fn commands(log: &str) -> Vec<&str> {
     log.split(['\n', '\r'])
-        .filter(|l| {
-            let l = l.trim_start();
-            l.starts_with("::") || l.starts_with("##[")
-        })
+        .filter(|l| l.trim_start().starts_with("::") || l.contains("##["))
         .collect()
 }
 
@@ -108,6 +107,111 @@ fn watch_in_github_mode_is_as_safe_as_the_run() {
     assert_eq!(code, 1, "{err}");
     assert_only_meant_commands(&err);
     run.signal("TERM");
+}
+
+#[test]
+fn the_older_command_form_inside_a_name_or_an_error_is_not_a_command_in_github_mode() {
+    let db = TempDb::with_sql(
+        "CREATE TABLE u(id INTEGER PRIMARY KEY, v INT);
+         INSERT INTO u VALUES (1, 0);
+         CREATE TRIGGER no_u BEFORE UPDATE ON u BEGIN
+           SELECT RAISE(ABORT, 'refused ##[stop-commands]from-trigger');
+         END;",
+    );
+    let plan = db.file(
+        "plan.json",
+        &serde_json::json!({"name": "old ##[add-mask]plan-name", "steps": [
+            {"name": "a ##[warning]name-warning", "sql": "UPDATE u SET v = 1"}
+        ]})
+        .to_string(),
+    );
+    let (code, _, err) = crate::util::run(&run_args(
+        &db,
+        path_str(&plan),
+        &["--no-serve", "--no-checkpoint", "--progress", "github"],
+    ));
+    assert_eq!(code, 1, "{err}");
+    let old_form: Vec<&str> = commands(&err)
+        .into_iter()
+        .filter(|l| !l.trim_start().starts_with("::"))
+        .collect();
+    assert_eq!(old_form, Vec::<&str>::new(), "{err}");
+    for words in ["plan-name", "name-warning", "from-trigger"] {
+        assert!(err.contains(words), "the words are still shown: {err}");
+    }
+    // Nor in an error that echoes the SQL, before anything runs.
+    let bad = db.file(
+        "bad.json",
+        &serde_json::json!({"name": "bad", "steps": [
+            {"name": "s", "sql": "UPDATE \"x ##[error]check\" SET v = 1"}
+        ]})
+        .to_string(),
+    );
+    let (code, _, err) = crate::util::run(&run_args(
+        &db,
+        path_str(&bad),
+        &["--no-serve", "--progress", "github"],
+    ));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("check"), "{err}");
+    assert_eq!(commands(&err), Vec::<&str>::new(), "{err}");
+}
+
+/// In a GitHub Actions job, stderr is the job's log whatever `--progress`
+/// says: the README's own recipe runs `--progress json` (its errors on
+/// stderr), and a job may force `--progress plain`. No text may start a
+/// command there either.
+#[test]
+fn in_github_actions_no_text_starts_a_command_whatever_the_progress_mode() {
+    let (db, plan) = injecting();
+    for mode in ["plain", "json", "none", "bar"] {
+        let mut p = spawn(
+            &run_args(
+                &db,
+                path_str(&plan),
+                &["--no-serve", "--no-checkpoint", "--progress", mode],
+            ),
+            |c| {
+                c.env("GITHUB_ACTIONS", "true");
+            },
+        );
+        assert_eq!(p.wait().code(), Some(1), "{mode}: {}", p.stderr());
+        let err = p.stderr();
+        assert_eq!(commands(&err), Vec::<&str>::new(), "{mode}: {err}");
+        if mode != "json" {
+            assert!(err.contains("from-trigger"), "{mode}: {err}");
+        }
+    }
+    let bad = db.file(
+        "bad.json",
+        &serde_json::json!({"name": "bad", "steps": [
+            {"name": "s", "sql": "UPDATE \"no\n::error::check-lf\" SET x = 1"}
+        ]})
+        .to_string(),
+    );
+    let before = db.bytes();
+    for mode in ["plain", "json"] {
+        let (code, _, err) = crate::util::run_with_env(
+            &run_args(&db, path_str(&bad), &["--no-serve", "--progress", mode]),
+            None,
+            &[("GITHUB_ACTIONS", "true")],
+        );
+        assert_eq!(code, 2, "{mode}: {err}");
+        assert!(err.contains("check-lf"), "{mode}: {err}");
+        assert_eq!(commands(&err), Vec::<&str>::new(), "{mode}: {err}");
+    }
+    assert_eq!(db.bytes(), before);
+    // Any command's error, not only run's and watch's.
+    let missing = db.dir.path().join("gone\n::error::path-lf.sqlite");
+    for args in [
+        vec!["undo", "--db", path_str(&missing), "--plan", "p"],
+        vec!["checkpoint", "list", "--db", path_str(&missing)],
+    ] {
+        let (code, _, err) = crate::util::run_with_env(&args, None, &[("GITHUB_ACTIONS", "true")]);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains("path-lf"), "{err}");
+        assert_eq!(commands(&err), Vec::<&str>::new(), "{args:?}: {err}");
+    }
 }
 
 #[test]

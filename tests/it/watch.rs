@@ -92,6 +92,28 @@ fn watch_exits_130_when_the_run_is_interrupted() {
     assert_full_run(&w.stdout(), "cancelled");
 }
 
+/// A SIGTERM (`timeout`, a CI runner stopping a step) interrupts watch as
+/// Ctrl-C does: it says so and exits 130, as the exit status table says,
+/// rather than dying of the signal (143) without a word.
+#[test]
+fn watch_stopped_by_sigterm_exits_130_and_says_so() {
+    let db = TempDb::counters(100);
+    let mut run = start_run(&db, &counter_plan("held", 10), &["--wait-for-clients", "2"]);
+    let addr = run.addr();
+    let mut w = watch(&format!("http://{addr}/"), &[]);
+    wait_status(addr, |s| s["clients"] == 1);
+    w.signal("TERM");
+    assert_eq!(w.wait().code(), Some(130), "{}", w.stderr());
+    assert!(
+        w.stderr()
+            .contains("watch interrupted; the run itself goes on"),
+        "{}",
+        w.stderr()
+    );
+    run.signal("INT");
+    assert_eq!(run.wait().code(), Some(130));
+}
+
 #[test]
 fn watch_started_before_the_run_waits_for_it() {
     let port = free_port();
@@ -249,6 +271,41 @@ fn after_the_end_watch_replays_or_reads_status_on_204() {
     run.wait();
 }
 
+/// `?last_event_id=N` after the run's `start`: the steps' lines and the
+/// step summary still name each step (every `step` and `progress` carries
+/// its name), and say nothing false about how many steps there are.
+#[test]
+fn a_watch_from_the_middle_of_a_run_names_its_steps() {
+    let db = TempDb::counters(100);
+    let mut run = start_run(&db, FAILING_PLAN, &["--linger", "30"]);
+    let addr = run.addr();
+    let all = Stream::open(addr, "/events", &[]).rest();
+    let after_start = id(&all[0]);
+    let summary = db.dir.path().join("summary.md");
+    let url = format!("http://{addr}/events?last_event_id={after_start}");
+    let mut w = spawn(&["watch", &url, "--progress", "github"], |c| {
+        c.env("GITHUB_STEP_SUMMARY", &summary);
+    });
+    assert_eq!(w.wait().code(), Some(1), "{}", w.stderr());
+    let err = w.stderr();
+    for line in [
+        "::group::[1/?] touch",
+        "[1/?] touch: done",
+        "[2/?] dup: FAILED",
+    ] {
+        assert!(
+            err.lines().any(|l| l.starts_with(line)),
+            "{line:?} in:\n{err}"
+        );
+    }
+    let md = std::fs::read_to_string(&summary).unwrap();
+    assert!(md.contains("| 1 | touch | done |"), "{md}");
+    assert!(md.contains("| 2 | dup | **failed** |"), "{md}");
+    assert!(!md.contains(" on \n"), "no empty plan or file name: {md}");
+    run.signal("INT");
+    run.wait();
+}
+
 /// A URL's `last_event_id` past anything this run gave out (copied from an
 /// earlier run's page): the server replays the run from `start`, and watch
 /// shows it and ends with its status instead of hiding every event as
@@ -349,6 +406,41 @@ fn watch_rejects_bad_input_with_exit_2() {
     }
 }
 
+/// Beyond a year is "forever": a huge number of seconds is taken as that,
+/// not refused with "takes a number of seconds ≥ 0".
+#[test]
+fn a_huge_number_of_seconds_is_forever_not_refused() {
+    let mut gone = Command::new("true").spawn().expect("spawn true");
+    gone.wait().expect("wait true");
+    let pid = gone.id().to_string();
+    let url = format!("http://127.0.0.1:{}/", free_port());
+    let (code, _, err) = run(&[
+        "watch",
+        &url,
+        "--connect-timeout",
+        "1e30",
+        "--progress-interval",
+        "1e300",
+        "--pid",
+        &pid,
+    ]);
+    assert_eq!(code, 3, "the run is gone, so watch gives up at once: {err}");
+    let db = TempDb::counters(10);
+    let plan = db.file("plan.json", &counter_plan("huge", 5));
+    let (code, _, err) = run(&run_args(
+        &db,
+        path_str(&plan),
+        &[
+            "--no-serve",
+            "--progress-interval",
+            "1e30",
+            "--drain-timeout",
+            "1e30",
+        ],
+    ));
+    assert_eq!(code, 0, "{err}");
+}
+
 #[test]
 fn a_token_protected_run_needs_the_token() {
     let db = TempDb::counters(100);
@@ -366,6 +458,34 @@ fn a_token_protected_run_needs_the_token() {
     });
     assert_eq!(w.wait().code(), Some(0), "{}", w.stderr());
     assert_full_run(&w.stdout(), "ok");
+    run.signal("INT");
+    run.wait();
+}
+
+/// A token given in the URL (`?token=T`, as the server takes it) works,
+/// and is never printed: watch's messages land in CI logs.
+#[test]
+fn a_token_in_the_url_is_sent_but_never_printed() {
+    let db = TempDb::counters(100);
+    let mut run = start_run(
+        &db,
+        &counter_plan("tok", 50),
+        &words("--token s3cretTok --linger 30"),
+    );
+    let url = format!("http://{}/events?token=s3cretTok", run.addr());
+    let mut w = watch(&url, &[]);
+    assert_eq!(w.wait().code(), Some(0), "{}", w.stderr());
+    assert_full_run(&w.stdout(), "ok");
+    assert!(!w.stderr().contains("s3cretTok"), "{}", w.stderr());
+    // The messages that name the URL: nobody answers, a bad last_event_id.
+    let nobody = format!("http://127.0.0.1:{}/?token=s3cretTok&x=1", free_port());
+    let bad = format!("{url}&last_event_id=x");
+    for (url, code) in [(&nobody, 3), (&bad, 2)] {
+        let (got, _, err) = crate::util::run(&["watch", url, "--connect-timeout", "0.3"]);
+        assert_eq!(got, code, "{url}: {err}");
+        assert!(!err.contains("s3cretTok"), "the token is printed: {err}");
+        assert!(err.contains("token=***"), "{err}");
+    }
     run.signal("INT");
     run.wait();
 }
@@ -608,6 +728,44 @@ fn plain_output_is_line_by_line_text_on_stderr_only() {
         "no escape codes off a terminal: {err:?}"
     );
     assert_eq!(run.wait().code(), Some(0));
+}
+
+#[test]
+fn bars_asked_for_off_a_terminal_still_show_each_step_and_every_warning() {
+    // `--progress bar` copied into a CI job: no bars can be drawn into a
+    // log, but the lines meant above them must not be lost with them.
+    let db = TempDb::counters(100);
+    let plan = db.file(
+        "plan.json",
+        &serde_json::json!({"name": "quiet", "steps": [{
+            "name": "bump none",
+            "sql": "UPDATE t SET counter = counter + 1 WHERE id BETWEEN :lo AND :hi AND counter < 0",
+            "chunk": {"table": "t", "key": "id", "size": 50}
+        }]})
+        .to_string(),
+    );
+    let (code, out, err) = run(&run_args(
+        &db,
+        path_str(&plan),
+        &["--no-serve", "--no-checkpoint", "--progress", "bar"],
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "", "human text belongs on stderr");
+    for line in [
+        "batchsse: plan \"quiet\"",
+        "[1/1] bump none: done",
+        "batchsse: warning: visited 100 rows of t by id and changed none",
+        "batchsse: finished ok",
+    ] {
+        assert!(
+            err.lines().any(|l| l.starts_with(line)),
+            "{line:?} in:\n{err}"
+        );
+    }
+    assert!(
+        !err.contains('\x1b'),
+        "no escape codes off a terminal: {err:?}"
+    );
 }
 
 /// The first `sh` block of the README's "In CI" section, for a run on
@@ -954,6 +1112,47 @@ fn odd_but_valid_streams_are_read_as_a_browser_would_and_printed_one_line_an_eve
     );
     let again = requests.lock().unwrap()[1].to_ascii_lowercase();
     assert!(again.contains("last-event-id: 3\r\n"), "{again}");
+}
+
+/// In github mode every error gets one annotation: a failed step's (and
+/// its repeat as the run's error message is not printed again), and an
+/// error of the run's own, outside any step (an `--atomic` run that cannot
+/// commit, an undo that cannot read its record), which had none.
+#[test]
+fn in_github_mode_every_error_is_annotated_once() {
+    let db = TempDb::counters(10);
+    let mut run = start_run(&db, FAILING_PLAN, &["--linger", "30"]);
+    let (code, _, err) = crate::util::run(&[
+        "watch",
+        &format!("http://{}/", run.addr()),
+        "--progress",
+        "github",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    let errors = err.lines().filter(|l| l.starts_with("::error")).count();
+    assert_eq!(errors, 1, "{err}");
+    assert!(!err.contains("batchsse: error:"), "said twice: {err}");
+    run.signal("INT");
+    run.wait();
+
+    let start = serde_json::json!({"run_id": "own", "plan": "p", "db": "x.sqlite", "ts_ms": 1,
+        "steps": [{"index": 0, "name": "s", "kind": "sql"}], "dry_run": false, "resumed": false});
+    let error = serde_json::json!({"target": {"db": "x.sqlite"}, "status": "error",
+        "message": "the run's transaction could not commit: 100% full", "ts_ms": 1});
+    let finished = serde_json::json!({"status": "failed", "steps_done": 1, "steps_total": 1,
+        "rows_changed": 0, "elapsed_ms": 1, "dry_run": false, "ts_ms": 1,
+        "error": "the run's transaction could not commit: 100% full"});
+    let body = frames(&[("start", start), ("message", error), ("finished", finished)]);
+    let (addr, _) = scripted_streams(vec![body]);
+    let (code, _, err) =
+        crate::util::run(&["watch", &format!("http://{addr}/"), "--progress", "github"]);
+    assert_eq!(code, 1, "{err}");
+    let annotations: Vec<&str> = err.lines().filter(|l| l.starts_with("::error")).collect();
+    assert_eq!(
+        annotations,
+        ["::error::the run's transaction could not commit: 100%25 full"],
+        "{err}"
+    );
 }
 
 /// Media types are case-insensitive: a stream sent as
