@@ -32,6 +32,8 @@ struct Walked {
     hi: Key,
     rows: u64,
     changed: u64,
+    /// The chunk's own work, between taking the lock and committing.
+    work: Duration,
 }
 
 pub(super) fn run(r: &Runner<'_>, step: &Step, chunk: &Chunk, resume: &Resume) -> StepResult {
@@ -92,7 +94,7 @@ pub(super) fn run(r: &Runner<'_>, step: &Step, chunk: &Chunk, resume: &Resume) -
         // `--batch-size` fixes the size; a live command may fix or free it.
         match governor.batch_size() {
             Some(n) => sizer.size = n.max(1),
-            None => sizer.observe(w.rows, took, governor.chunk_time()),
+            None => sizer.observe(w.rows, w.work, took, governor.chunk_time()),
         }
         // The yield after this chunk is part of the pace; counting it now
         // keeps the first rate and ETA of a paced run honest.
@@ -210,6 +212,7 @@ fn one_chunk(
         Tx::begin(r.conn, r.nested)
     }
     .map_err(fail)?;
+    let began = Instant::now();
     if r.checkpoint.moved(step, prev).map_err(fail)? {
         return Err((StepError::Sql(r.checkpoint.conflict()), c));
     }
@@ -259,8 +262,14 @@ fn one_chunk(
     if r.cancel.is_cancelled() {
         return Err((StepError::Cancelled, c)); // the guard rolls back
     }
+    let work = began.elapsed();
     tx.commit().map_err(fail)?;
-    Ok(Some(Walked { hi, rows, changed }))
+    Ok(Some(Walked {
+        hi,
+        rows,
+        changed,
+        work,
+    }))
 }
 
 /// Runs the step's statement on one chunk and returns the rows it changed.
@@ -383,8 +392,11 @@ impl<'c> Walk<'c> {
 /// `--chunk-time` at the rate seen so far.
 struct Sizer {
     size: u64,
-    /// Moving average of rows per second.
+    /// Moving average of rows per second of a chunk's own work.
     rate: Option<f64>,
+    /// Moving average, in seconds, of what a chunk costs whatever its
+    /// size: the wait for the lock and the commit (an fsync).
+    fixed: Option<f64>,
 }
 
 impl Sizer {
@@ -392,12 +404,24 @@ impl Sizer {
         Sizer {
             size: first.max(1),
             rate: None,
+            fixed: None,
         }
     }
 
-    /// `target`: the chunk time the governor wants now.
-    fn observe(&mut self, rows: u64, took: Duration, target: Duration) {
-        (self.size, self.rate) = next_size(self.size, rows, took, self.rate, target);
+    /// A chunk of `rows` took `took`, of which `work` between taking the
+    /// lock and committing; `target`: the chunk time the governor wants
+    /// now. The rows get what the fixed cost leaves of it (the same size
+    /// as rows over the whole time would give, once it settles), but never
+    /// less than half: a commit slower than the target (an fsync on a busy
+    /// disk) would otherwise shrink every chunk to one row, a commit per
+    /// row, which holds the lock far longer in all.
+    fn observe(&mut self, rows: u64, work: Duration, took: Duration, target: Duration) {
+        let fixed = took.saturating_sub(work).as_secs_f64();
+        let fixed = self.fixed.map_or(fixed, |a| 0.3 * fixed + 0.7 * a);
+        self.fixed = Some(fixed);
+        let target = target.as_secs_f64();
+        let for_rows = Duration::from_secs_f64((target - fixed).max(target / 2.0));
+        (self.size, self.rate) = next_size(self.size, rows, work, self.rate, for_rows);
     }
 }
 
@@ -546,6 +570,26 @@ mod tests {
     use super::*;
 
     const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn a_commit_slower_than_the_target_leaves_the_rows_half_of_it() {
+        // 1M rows/s of work, and a commit of 15 ms against a target of
+        // 10 ms: the rows get 5 ms, not a size that shrinks to one row.
+        let mut s = Sizer::new(1000);
+        for _ in 0..40 {
+            let work = Duration::from_secs_f64(s.size as f64 / 1e6);
+            s.observe(s.size, work, work + 15 * MS, 10 * MS);
+        }
+        assert_eq!(s.size, 5000);
+        // A commit of 1 ms: the rows get the other 9 ms, where sizing by
+        // the whole time settled too (a chunk then takes the target time).
+        let mut s = Sizer::new(1000);
+        for _ in 0..40 {
+            let work = Duration::from_secs_f64(s.size as f64 / 1e6);
+            s.observe(s.size, work, work + MS, 10 * MS);
+        }
+        assert_eq!(s.size, 9000);
+    }
 
     #[test]
     fn chunks_grow_at_most_fourfold_towards_the_target_time() {
