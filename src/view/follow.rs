@@ -215,8 +215,10 @@ enum Attempt {
     NoContent,
     /// We were connected and lost the stream; worth resuming.
     Dropped(String),
-    /// We never got a stream this time (refused, timed out, 503).
+    /// We never got a stream this time (refused, timed out).
     Failed(String),
+    /// The run answered 503: it has as many stream clients as it takes.
+    Busy,
     /// Our standard output was closed (`watch … | head`): nobody reads on.
     OutputClosed,
 }
@@ -255,6 +257,9 @@ impl Seen {
     }
 }
 
+/// Why a try failed when the run answered 503.
+const BUSY: &str = "the run has too many stream clients (503)";
+
 /// Follows the stream across reconnects until the run's outcome is known;
 /// returns the exit status. With `run_pid`, gives up as soon as that
 /// process is gone instead of waiting out `patience`.
@@ -271,7 +276,7 @@ async fn follow(
     };
     // The clock for --connect-timeout restarts whenever a stream was live.
     let mut since = Instant::now();
-    let mut connected = false;
+    let (mut connected, mut busy) = (false, false);
     let mut backoff = FIRST_BACKOFF;
     loop {
         // Even --connect-timeout 0 gets one real try.
@@ -286,7 +291,14 @@ async fn follow(
                 backoff = FIRST_BACKOFF;
                 why
             }
-            Attempt::Failed(why) => why,
+            Attempt::Failed(why) => {
+                busy = false;
+                why
+            }
+            Attempt::Busy => {
+                busy = true;
+                BUSY.to_owned()
+            }
         };
         let last_id = seen.last_id;
         if let Some(pid) = run_pid.filter(|&p| !platform::process_alive(p)) {
@@ -314,6 +326,10 @@ async fn follow(
             return Err(Unreachable(if connected {
                 format!(
                     "lost the stream at {url} after event {last_id} and could not reconnect within {secs} s ({why}); the run's outcome is unknown"
+                )
+            } else if busy {
+                format!(
+                    "the run at {url} kept refusing this client for {secs} s: {BUSY} (its --max-clients); try again later, or give the run a larger --max-clients"
                 )
             } else {
                 format!(
@@ -477,11 +493,7 @@ fn check_answer<B>(target: &Target, resp: &hyper::Response<B>) -> anyhow::Result
     match resp.status() {
         StatusCode::OK => {}
         StatusCode::NO_CONTENT => return Ok(Some(Attempt::NoContent)),
-        StatusCode::SERVICE_UNAVAILABLE => {
-            return Ok(Some(Attempt::Failed(
-                "the run has too many stream clients (503)".into(),
-            )));
-        }
+        StatusCode::SERVICE_UNAVAILABLE => return Ok(Some(Attempt::Busy)),
         s => return Err(refused(target, s)),
     }
     let is_sse = resp

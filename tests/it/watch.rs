@@ -462,6 +462,32 @@ fn a_token_protected_run_needs_the_token() {
     run.wait();
 }
 
+/// A run that keeps answering 503 (its --max-clients taken) is named as
+/// such when watch gives up, not as "no batchsse run answered … start
+/// `batchsse run` first".
+#[test]
+fn a_run_with_every_client_slot_taken_is_named_as_such() {
+    let db = TempDb::counters(40);
+    let mut run = start_run(
+        &db,
+        &counter_plan("full", 1),
+        &words("--max-clients 1 --wait-for-clients 1 --batch-size 1 --sleep 50"),
+    );
+    let mut one = Stream::open(run.addr(), "/events", &[]);
+    assert_eq!(one.status, 200);
+    let url = format!("http://{}/", run.addr());
+    let mut w = watch(&url, &["--connect-timeout", "0.5"]);
+    assert_eq!(w.wait().code(), Some(3), "{}", w.stderr());
+    let err = w.stderr();
+    assert!(
+        err.contains("kept refusing") && err.contains("--max-clients"),
+        "{err}"
+    );
+    assert!(!err.contains("start `batchsse run` first"), "{err}");
+    one.rest();
+    run.wait();
+}
+
 /// A token given in the URL (`?token=T`, as the server takes it) works,
 /// and is never printed: watch's messages land in CI logs.
 #[test]
