@@ -165,7 +165,7 @@ fn on_signal(tx: &watch::Sender<u32>, cancel: &Cancel, log: &EventLog, phase: &M
     }
     if n == 1 {
         crate::errln!(
-            "batchsse: interrupted; rolling back the current chunk (press Ctrl-C again to quit at once)"
+            "batchsse: interrupted; stopping, with a chunk under way rolled back (press Ctrl-C again to quit at once)"
         );
         cancel.cancel();
     } else {
