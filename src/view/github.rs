@@ -217,7 +217,7 @@ fn cell(s: &str) -> String {
     for c in s.chars() {
         match c {
             '\r' | '\n' => out.push(' '),
-            '|' | '\\' | '`' | '*' | '_' | '<' | '>' | '[' | ']' => {
+            '|' | '\\' | '`' | '*' | '_' | '<' | '>' | '[' | ']' | '&' | '~' | '!' | '#' => {
                 out.push('\\');
                 out.push(c);
             }
@@ -322,6 +322,12 @@ mod tests {
         assert_eq!(
             cell("UPDATE t SET x = x*2 -- `x`"),
             "UPDATE t SET x = x\\*2 -- \\`x\\`"
+        );
+        // An entity, a strikethrough, an image or a heading is shown as
+        // written, not rendered.
+        assert_eq!(
+            cell("&amp; ~~x~~ ![i](u) #1"),
+            "\\&amp; \\~\\~x\\~\\~ \\!\\[i\\](u) \\#1"
         );
     }
 }
