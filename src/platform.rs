@@ -8,6 +8,7 @@
 //! | Whether `watch --pid`'s process still runs ([`process_alive`]) | `/proc/PID/stat` (a zombie counts as gone) | `kill(pid, 0)` (a zombie counts as running) | `OpenProcess` + `WaitForSingleObject` |
 //! | What stops a run ([`StopSignals`]) | Ctrl-C (SIGINT), SIGTERM | Ctrl-C (SIGINT), SIGTERM | Ctrl-C, Ctrl-Break |
 //! | Whether SQLite may make its journal beside the file ([`may_create_in`]) | `access(W_OK)` | `access(W_OK)` | cannot tell (found at the first write) |
+//! | A database's path from SQLite's bytes ([`path_from_bytes`]) | any bytes | any bytes | UTF-8 |
 //! | Open files a server may hold ([`raise_open_file_limit`]) | soft limit raised to the hard one | the same (macOS: at most 10,240 if the hard one is refused) | no such limit on sockets |
 //!
 //! Where the system cannot tell who else has the file open, the run does
@@ -20,6 +21,15 @@
 //! power cut.
 
 use std::path::Path;
+
+/// A path from the bytes SQLite keeps it in: any bytes on Unix, UTF-8 on
+/// Windows (where SQLite converts the name).
+pub fn path_from_bytes(bytes: &[u8]) -> std::path::PathBuf {
+    #[cfg(unix)]
+    return <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(bytes).into();
+    #[cfg(not(unix))]
+    return String::from_utf8_lossy(bytes).into_owned().into();
+}
 
 /// What this system can tell about the other processes that have a file
 /// open.

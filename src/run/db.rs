@@ -23,6 +23,25 @@ pub fn open_db_to_read(path: &Path, busy_timeout: Duration) -> Result<Connection
     open(path, busy_timeout, false)
 }
 
+/// The file of `conn`'s main database, as SQLite opened it; `None` for
+/// one in memory. rusqlite's own `path()` gives none for a path that is not
+/// UTF-8, which would hide the file from the look for other processes.
+pub fn file_of(conn: &Connection) -> Option<std::path::PathBuf> {
+    if let Some(p) = conn.path() {
+        return (!p.is_empty()).then(|| p.into());
+    }
+    // SAFETY: the open connection's handle; SQLite's answer, a C string
+    // (or NULL), lives while the connection does and is copied at once.
+    let bytes = unsafe {
+        let name = rusqlite::ffi::sqlite3_db_filename(conn.handle(), c"main".as_ptr());
+        if name.is_null() {
+            return None;
+        }
+        std::ffi::CStr::from_ptr(name).to_bytes()
+    };
+    (!bytes.is_empty()).then(|| crate::platform::path_from_bytes(bytes))
+}
+
 fn open(path: &Path, busy_timeout: Duration, write: bool) -> Result<Connection, UsageError> {
     let shown = path.display();
     match std::fs::metadata(path) {

@@ -211,7 +211,7 @@ impl<'a> Governor<'a> {
         pace: Pace,
         brakes: Brakes,
     ) -> Self {
-        let path = conn.path().filter(|p| !p.is_empty()).map(PathBuf::from);
+        let path = super::db::file_of(conn);
         let wal = wal_file(conn, path.as_deref());
         if wal.is_some() {
             // Checkpoints run here, between chunks, not inside some

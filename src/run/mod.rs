@@ -22,7 +22,6 @@ mod tx;
 pub mod undo;
 mod walk_probe;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use fallible_iterator::FallibleIterator;
@@ -252,9 +251,8 @@ fn governor<'a>(
 }
 
 fn db_name(conn: &Connection) -> String {
-    conn.path()
-        .and_then(|p| Path::new(p).file_name())
-        .map(|n| n.to_string_lossy().into_owned())
+    db::file_of(conn)
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
         .unwrap_or_else(|| "database".into())
 }
 

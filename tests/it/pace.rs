@@ -30,6 +30,44 @@ fn pace_messages(events: &[Value]) -> Vec<&Value> {
         .collect()
 }
 
+/// A file whose name is not UTF-8 is looked at as any other: rusqlite's
+/// `path()` gave no path for it, so the run took it for idle and named it
+/// "database".
+#[cfg(unix)]
+#[test]
+fn a_file_whose_name_is_not_utf8_still_starts_at_the_live_pace() {
+    use std::os::unix::ffi::OsStrExt;
+    let db = TempDb::counters(50);
+    let odd = db
+        .dir
+        .path()
+        .join(std::ffi::OsStr::from_bytes(b"caf\xe9.sqlite"));
+    std::fs::copy(&db.path, &odd).unwrap();
+    let plan = db.file("plan.json", &counter_plan("odd", 10));
+    let out = std::process::Command::new(BIN)
+        .arg("run")
+        .arg("--db")
+        .arg(&odd)
+        .args([
+            "--plan",
+            path_str(&plan),
+            "--no-serve",
+            "--progress",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let events = json_lines(&String::from_utf8_lossy(&out.stdout));
+    let start = &events[0]["data"];
+    assert_eq!(start["settings"]["chunk_time_ms"], LIVE_CHUNK_MS, "{start}");
+    assert!(
+        start["db"].as_str().unwrap().ends_with(".sqlite"),
+        "{start}"
+    );
+}
+
 #[test]
 fn a_file_written_lately_starts_at_the_live_pace_an_old_one_at_the_idle_pace() {
     let db = TempDb::counters(200);
