@@ -110,10 +110,9 @@ pub struct Chunk {
 #[serde(deny_unknown_fields)]
 struct PlanFile {
     name: Option<String>,
-    #[serde(default)]
-    foreign_keys: bool,
-    #[serde(default)]
-    undo: bool,
+    // `null` is "not said", as for a step's "undo" and the plan's "name".
+    foreign_keys: Option<bool>,
+    undo: Option<bool>,
     steps: Vec<Object<StepFile>>,
 }
 
@@ -310,7 +309,8 @@ fn prepare_json(
         .unwrap_or_else(|| origin.to_owned());
     let finished = finished(&plan_name);
     // So the authorizer sees the writes of foreign-key actions too.
-    r.set_foreign_keys(file.foreign_keys);
+    let foreign_keys = file.foreign_keys.unwrap_or(false);
+    r.set_foreign_keys(foreign_keys);
     let mut steps = Vec::with_capacity(file.steps.len());
     for (index, Object(s)) in file.steps.into_iter().enumerate() {
         let name = match s.name.as_deref().map(str::trim) {
@@ -336,8 +336,8 @@ fn prepare_json(
     Ok(Plan {
         name: plan_name,
         steps,
-        foreign_keys: file.foreign_keys,
-        undo: file.undo,
+        foreign_keys,
+        undo: file.undo.unwrap_or(false),
         script: false,
     })
 }

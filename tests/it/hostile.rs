@@ -724,6 +724,24 @@ fn the_way_out_of_an_altered_checkpoint_table_works() {
     assert!(out.contains("no checkpoint"), "{out}");
 }
 
+/// `null` for the plan's "undo" or "foreign_keys" is "not said" (off), as
+/// it is for a step's "undo" and the plan's "name"; it was refused.
+#[test]
+fn null_plan_switches_are_off_as_a_steps_null_is_unsaid() {
+    let db = TempDb::counters(5);
+    let plan = db.file(
+        "plan.json",
+        &serde_json::json!({"name": "nulls", "undo": null, "foreign_keys": null, "steps": [
+            {"sql": "UPDATE t SET counter = counter + 1", "undo": null}]})
+        .to_string(),
+    );
+    let (code, _, err) = crate::util::run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 5);
+    let recorded = "SELECT count(*) FROM sqlite_schema WHERE name = 'batchsse_undo'";
+    assert_eq!(db.query_i64(recorded), 0, "null is not undo: true");
+}
+
 /// A view of the user's named as the checkpoint table is named before
 /// anything runs (exit 2); the run failed at its first write, exit 1.
 #[test]
