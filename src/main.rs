@@ -9,7 +9,17 @@ use batchsse::error::{Unreachable, UsageError, exit};
 use clap::{CommandFactory, FromArgMatches};
 
 fn main() -> ExitCode {
-    let matches = Cli::command().get_matches();
+    let matches = Cli::command().try_get_matches().unwrap_or_else(|e| {
+        if e.kind() == clap::error::ErrorKind::InvalidUtf8
+            && let Some(name) = batchsse::cli::non_utf8_env()
+        {
+            batchsse::error::print_line(&format!(
+                "batchsse: the environment variable {name} is not UTF-8 text; unset it, or set it to visible ASCII (a token such as `openssl rand -hex 32` makes)"
+            ));
+            std::process::exit(i32::from(exit::USAGE));
+        }
+        e.exit()
+    });
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let checked = batchsse::cli::config::typed_without_server(&matches).map_err(Into::into);
     match checked.and_then(|()| batchsse::execute(cli)) {

@@ -8,6 +8,20 @@ use std::sync::OnceLock;
 
 use clap::{Args, Parser, Subcommand};
 
+/// The environment variables the command line reads.
+const ENV: [&str; 3] = [
+    "BATCHSSE_TOKEN",
+    "BATCHSSE_CONTROL_TOKEN",
+    "BATCHSSE_PUBLISH",
+];
+
+/// The first of them that is set to something that is not UTF-8, which
+/// clap reports only as "invalid UTF-8 … in one or more arguments".
+pub fn non_utf8_env() -> Option<&'static str> {
+    ENV.into_iter()
+        .find(|name| std::env::var_os(name).is_some_and(|v| v.to_str().is_none()))
+}
+
 /// `--version`: the version, the commit it was built from when the build
 /// was told (`BATCHSSE_COMMIT`, which `.ci/release` sets), and the SQLite
 /// compiled in.

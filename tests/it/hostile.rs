@@ -724,6 +724,35 @@ fn the_way_out_of_an_altered_checkpoint_table_works() {
     assert!(out.contains("no checkpoint"), "{out}");
 }
 
+/// A token (or Redis URL) variable that is not UTF-8 is named, with what
+/// to do; clap said only "invalid UTF-8 … in one or more arguments".
+#[cfg(unix)]
+#[test]
+fn an_environment_variable_that_is_not_utf8_is_named() {
+    use std::os::unix::ffi::OsStrExt;
+    let db = TempDb::counters(3);
+    let before = db.bytes();
+    let plan = db.file("plan.json", &counter_plan("env", 10));
+    for name in [
+        "BATCHSSE_TOKEN",
+        "BATCHSSE_CONTROL_TOKEN",
+        "BATCHSSE_PUBLISH",
+    ] {
+        let out = std::process::Command::new(BIN)
+            .args(run_args(&db, path_str(&plan), &["--no-serve"]))
+            .env(name, std::ffi::OsStr::from_bytes(b"\xff"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}: {err}");
+        assert!(
+            err.contains(&format!("the environment variable {name} is not UTF-8")),
+            "{name}: {err}"
+        );
+    }
+    assert_eq!(db.bytes(), before);
+}
+
 /// `null` for the plan's "undo" or "foreign_keys" is "not said" (off), as
 /// it is for a step's "undo" and the plan's "name"; it was refused.
 #[test]
