@@ -129,7 +129,9 @@ impl Resume {
                 ..Resume::none()
             });
         }
-        match kind(conn)?.as_deref() {
+        let kind =
+            super::db::object_kind(conn, TABLE).map_err(|e| UsageError::new(sqlite_message(&e)))?;
+        match kind.as_deref() {
             None => return Ok(Resume::none()),
             Some("table") => {}
             Some(other) => {
@@ -266,18 +268,6 @@ pub fn finished_steps(conn: &Connection, plan: &str) -> crate::plan::Finished {
         rows.collect()
     };
     read().unwrap_or_default()
-}
-
-/// What holds the checkpoint table's name (`table`, or a user's `view`,
-/// say), if anything does.
-fn kind(conn: &Connection) -> Result<Option<String>, UsageError> {
-    conn.query_row(
-        "SELECT type FROM main.sqlite_schema WHERE name = ?1 COLLATE NOCASE",
-        [TABLE],
-        |r| r.get(0),
-    )
-    .optional()
-    .map_err(|e| UsageError::new(sqlite_message(&e)))
 }
 
 pub(super) fn table_exists(conn: &Connection) -> Result<bool, UsageError> {

@@ -42,6 +42,19 @@ pub fn file_of(conn: &Connection) -> Option<std::path::PathBuf> {
     (!bytes.is_empty()).then(|| crate::platform::path_from_bytes(bytes))
 }
 
+/// What holds `name` in the main database (`table`, `view`, `index`,
+/// `trigger`), if anything does: a user's object may take the name of one
+/// of batchsse's own tables.
+pub fn object_kind(conn: &Connection, name: &str) -> rusqlite::Result<Option<String>> {
+    use rusqlite::OptionalExtension;
+    conn.query_row(
+        "SELECT type FROM main.sqlite_schema WHERE name = ?1 COLLATE NOCASE",
+        [name],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
 fn open(path: &Path, busy_timeout: Duration, write: bool) -> Result<Connection, UsageError> {
     let shown = path.display();
     match std::fs::metadata(path) {

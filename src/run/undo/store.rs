@@ -224,8 +224,6 @@ fn conflicts_have_plan(conn: &Connection) -> rusqlite::Result<bool> {
     has_column(conn, "batchsse_undo_conflict", "plan")
 }
 
-/// Whether batchsse's own `table` has `column` (a table made by an older
-/// batchsse may lack one, or have one it no longer writes).
 /// The undo's own tables, and the columns each has had since the
 /// first release (later ones are added to an older table as it is met).
 const SHAPES: [(&str, &[&str]); 4] = [
@@ -247,14 +245,7 @@ pub fn not_ours(conn: &Connection) -> rusqlite::Result<Option<String>> {
         return Ok(None);
     }
     for (name, columns) in SHAPES {
-        let kind: Option<String> = conn
-            .query_row(
-                "SELECT type FROM main.sqlite_schema WHERE name = ?1 COLLATE NOCASE",
-                [name],
-                |r| r.get(0),
-            )
-            .optional()?;
-        match kind.as_deref() {
+        match crate::run::db::object_kind(conn, name)?.as_deref() {
             None => continue,
             Some("table") => {}
             Some(kind) => return Ok(Some(format!("{name} is a {kind}, not batchsse's table"))),
@@ -275,6 +266,8 @@ pub fn not_ours(conn: &Connection) -> rusqlite::Result<Option<String>> {
     Ok(None)
 }
 
+/// Whether batchsse's own `table` has `column` (a table made by an older
+/// batchsse may lack one, or have one it no longer writes).
 fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
     conn.query_row(
         "SELECT count(*) FROM pragma_table_info(?1) WHERE name = ?2",
