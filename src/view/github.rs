@@ -51,9 +51,10 @@ pub fn in_actions() -> bool {
 }
 
 /// `result` as it is, or its error on one line when `mode` is (or `auto`
-/// resolves to) github, or stderr is an Actions log.
+/// resolves to) github. (In an Actions log `main` makes every command's
+/// error one line: see `crate::error_line`.)
 pub fn guard<T>(mode: crate::cli::ProgressMode, result: anyhow::Result<T>) -> anyhow::Result<T> {
-    if mode.resolve() == crate::cli::ProgressMode::Github || in_actions() {
+    if mode.resolve() == crate::cli::ProgressMode::Github {
         result.map_err(one_line_error)
     } else {
         result
