@@ -119,7 +119,10 @@ fn sets_a_pragma(sql: &str) -> bool {
         let inside: String = chars.by_ref().take_while(|&c| c != close).collect();
         plain.push_str(if close == '\n' { " " } else { &inside });
     }
-    let name = plain.trim().trim_end_matches(';').rsplit(['.', ' ']).next();
+    let name = plain
+        .trim_end_matches(|c: char| c == ';' || c.is_whitespace())
+        .rsplit(['.', ' ', '\t', '\n'])
+        .next();
     name.is_some_and(|n| crate::plan::pragma_acts(n.trim()))
 }
 
@@ -231,6 +234,8 @@ mod tests {
             "pragma main.OPTIMIZE;",
             "PRAGMA /* c */ \"optimize\" -- now",
             "PRAGMA [main].[optimize]",
+            "PRAGMA main.optimize ;",
+            "PRAGMA\toptimize\n",
         ] {
             let why = check(acts).unwrap_or_else(|| panic!("{acts} passed"));
             assert!(why.contains("acts when read"), "{why}");
