@@ -40,7 +40,13 @@ struct Seen(
     Columns,
     Setting,
     AfterTempTrigger,
+    LoadsExtension,
 );
+
+/// A statement called `load_extension()`: it is denied, so the statement
+/// does not compile. The run never enables extensions, so such a step or
+/// `expect` would fail when it ran, after earlier steps had committed.
+type LoadsExtension = Arc<Mutex<bool>>;
 
 /// The last action was the creation of a TEMP trigger. For one on a table
 /// of `main`, SQLite then checks an insert into main's schema table, but
@@ -60,6 +66,9 @@ type Columns = Arc<Mutex<std::collections::BTreeSet<(String, String)>>>;
 /// `main` by its name, any other as its schema, [`OTHER_SCHEMA`], its name
 /// (a name may hold a dot, never a NUL).
 type Tables = Arc<Mutex<std::collections::BTreeSet<String>>>;
+
+/// Why a statement calling `load_extension()` is refused.
+const LOADS: &str = "calls load_extension() (itself, or in a trigger or view it uses), which a run cannot do: batchsse never enables SQLite extensions. Remove the call (a function an extension provides is not available to a plan); nothing was run";
 
 /// The schema table of `main`, as the authorizer names it.
 const MAIN_SCHEMA_TABLE: &str = "sqlite_master";
@@ -100,10 +109,22 @@ impl Seen {
         self.3.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
+    /// Whether a statement compiled since last asked called
+    /// `load_extension()`.
+    fn took_load_extension(&self) -> bool {
+        std::mem::take(&mut *self.5.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
     fn record(&self, ctx: rusqlite::hooks::AuthContext<'_>) -> rusqlite::hooks::Authorization {
         use rusqlite::hooks::AuthAction::{
-            CreateTempTrigger, Delete, Insert, Pragma, Read, Update,
+            CreateTempTrigger, Delete, Function, Insert, Pragma, Read, Update,
         };
+        if let Function { function_name } = ctx.action
+            && function_name.eq_ignore_ascii_case("load_extension")
+        {
+            *self.5.lock().unwrap_or_else(|p| p.into_inner()) = true;
+            return rusqlite::hooks::Authorization::Deny;
+        }
         let after_temp_trigger = std::mem::replace(
             &mut *self.4.lock().unwrap_or_else(|p| p.into_inner()),
             matches!(ctx.action, CreateTempTrigger { .. }),
@@ -315,6 +336,7 @@ impl Rehearsal {
         for sql in later {
             complete &= conn.execute_batch(&sql).is_ok();
         }
+        seen.took_load_extension(); // a view's or trigger's, found when used
         Ok(Rehearsal {
             conn,
             complete: std::cell::Cell::new(complete),
@@ -349,10 +371,12 @@ impl Rehearsal {
             ))
         };
         self.seen.take_setting();
+        self.seen.took_load_extension();
         let mut batch = Batch::new(&self.conn, sql);
         let stmt = match batch.next() {
             Ok(Some(s)) => s,
             Ok(None) => return Err(bad("has no SQL statement".into())),
+            Err(_) if self.seen.took_load_extension() => return Err(bad(LOADS.into())),
             Err(e) if !self.complete.get() && !sqlite_message(&e).contains("syntax") => {
                 return Ok(()); // the copy may lack what it reads
             }
@@ -398,6 +422,7 @@ impl Rehearsal {
     pub(super) fn rehearse_plain(&self, label: &str, sql: &str) -> Result<bool, UsageError> {
         let mut autocommit = false;
         let mut count = 0;
+        self.seen.took_load_extension();
         let mut batch = Batch::new(&self.conn, sql);
         loop {
             let stmt = match batch.next() {
@@ -470,6 +495,7 @@ impl Rehearsal {
         label: &str,
         sql: &str,
     ) -> Result<(), UsageError> {
+        self.seen.took_load_extension();
         let stmt = match self.conn.prepare(sql) {
             Ok(stmt) => Some(stmt),
             Err(e) => {
@@ -526,6 +552,7 @@ impl Rehearsal {
     /// is left to the real run, and the copy may have drifted from then on.
     fn run(&self, label: &str, sql: &str) -> Result<(), UsageError> {
         self.arm();
+        self.seen.took_load_extension();
         match run_in_rehearsal(&self.conn, sql) {
             Ok(()) => {}
             Err(Rehearsed::Compile(e)) => {
@@ -560,14 +587,18 @@ impl Rehearsal {
             self.generated_key_inputs(&table, &key)
         };
         self.seen.take();
+        self.seen.took_load_extension();
         let mut batch = Batch::new(&self.conn, sql);
         let stmt = match batch.next() {
             Ok(Some(s)) => s,
             Ok(None) => return Err(UsageError::new(format!("{label} has no SQL statement"))),
             Err(e) => {
+                let why = match self.seen.took_load_extension() {
+                    true => LOADS.to_owned(),
+                    false => format!("is not valid SQL for this database: {}", sqlite_message(&e)),
+                };
                 return Err(UsageError::new(format!(
-                    "{label} is not valid SQL for this database: {}\n  in: {}",
-                    sqlite_message(&e),
+                    "{label} {why}\n  in: {}",
                     short(sql.trim(), 200)
                 )));
             }
@@ -948,6 +979,12 @@ impl Rehearsal {
     /// Turns a rehearsal error into a usage error, unless an incomplete
     /// schema copy could explain it.
     fn failure(&self, label: &str, sql: &str, e: &rusqlite::Error) -> Result<bool, UsageError> {
+        if self.seen.took_load_extension() {
+            return Err(UsageError::new(format!(
+                "{label} {LOADS}\n  in: {}",
+                short(sql.trim(), 200)
+            )));
+        }
         if is_cut(e) {
             // The check's own bounds, not the plan's fault (a huge literal).
             self.complete.set(false);

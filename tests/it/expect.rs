@@ -133,6 +133,35 @@ fn an_expect_that_writes_or_does_not_compile_is_refused_before_anything_runs() {
     assert_eq!(sha256(&db.path), before);
 }
 
+/// `load_extension()` always fails in a run (extensions are never enabled):
+/// in an `expect`, a chunked step or a later plain step it is refused up
+/// front, not found after earlier chunks and steps committed.
+#[test]
+fn load_extension_anywhere_in_a_plan_is_refused_before_anything_runs() {
+    let db = TempDb::counters(20);
+    let before = sha256(&db.path);
+    let chunked = "UPDATE t SET counter = 1 WHERE id BETWEEN :lo AND :hi";
+    for plan in [
+        serde_json::json!({"steps":[{"sql":chunked,"chunk":{"table":"t","size":5},
+            "expect":"SELECT load_extension('x') IS NULL"}]}),
+        serde_json::json!({"steps":[{"sql":"UPDATE t SET counter = length(LOAD_EXTENSION('x')) WHERE id BETWEEN :lo AND :hi",
+            "chunk":{"table":"t","size":5}}]}),
+        serde_json::json!({"steps":[{"sql":chunked,"chunk":{"table":"t","size":5}},
+            {"sql":"SELECT load_extension('x')"}]}),
+    ] {
+        let (code, _, err) = run_plan(&db, &plan.to_string(), &["--batch-size", "5"]);
+        assert_eq!(code, 2, "{plan}: {err}");
+        assert!(err.contains("calls load_extension()"), "{plan}: {err}");
+        assert_eq!(sha256(&db.path), before, "{plan}");
+    }
+    // Nor does the refusal stick to the next statement checked.
+    let plan = serde_json::json!({"steps":[{"sql":chunked,"chunk":{"table":"t","size":5},
+        "expect":"SELECT nope FROM t"}]});
+    let (code, _, err) = run_plan(&db, &plan.to_string(), &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no such column"), "{err}");
+}
+
 /// A chunked step over 100 rows that stops past 50 changed rows.
 const STOPS_AT_50: &str = r#"{"steps":[{"sql":"UPDATE t SET counter = 1 WHERE id BETWEEN :lo AND :hi",
     "chunk":{"table":"t","size":10},"expect_changes":{"max":50}}]}"#;
