@@ -291,11 +291,16 @@ fn prepare_json(
     }
     let Object(file) = serde_json::from_str::<Object<PlanFile>>(text).map_err(|e| {
         UsageError::new(format!(
-            "invalid plan {origin} at line {}, column {}: {}",
+            "invalid plan {origin} at line {}, column {}: {}{}",
             e.line(),
             // 0 when nothing was read yet (a plan that opens with `[`).
             e.column().max(1),
-            strip_position(&e.to_string())
+            strip_position(&e.to_string()),
+            if looks_like_sql(text) {
+                "; it looks like a SQL script: give it with --sql instead of --plan"
+            } else {
+                ""
+            }
         ))
     })?;
     if file.steps.is_empty() {
@@ -547,6 +552,16 @@ pub fn pragma_acts(name: &str) -> bool {
     ]
     .iter()
     .any(|p| name.eq_ignore_ascii_case(p))
+}
+
+/// Whether a text that is not a JSON plan begins as SQL does: with a
+/// statement's first keyword, after comments.
+fn looks_like_sql(text: &str) -> bool {
+    const FIRST: [&str; 16] = [
+        "SELECT", "UPDATE", "INSERT", "DELETE", "REPLACE", "WITH", "CREATE", "DROP", "ALTER",
+        "PRAGMA", "BEGIN", "ATTACH", "VACUUM", "ANALYZE", "REINDEX", "VALUES",
+    ];
+    FIRST.contains(&first_keyword(text).as_str())
 }
 
 /// The first keyword of a statement, upper-cased, after comments.

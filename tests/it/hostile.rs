@@ -910,3 +910,28 @@ fn a_plan_that_is_not_utf8_says_to_save_it_as_utf8() {
     }
     assert_eq!(db.bytes(), before);
 }
+
+/// A SQL script given as `--plan` says to give it with `--sql`; a JSON
+/// plan with a mistake does not.
+#[test]
+fn a_sql_script_given_as_the_plan_says_to_use_sql() {
+    let db = TempDb::counters(3);
+    let before = db.bytes();
+    for (text, hinted) in [
+        ("-- fix the counters\nUPDATE t SET counter = 1;\n", true),
+        ("with x as (select 1) update t set counter = 1", true),
+        (
+            r#"{"steps": [{"sql": "UPDATE t SET counter = 1"},]}"#,
+            false,
+        ),
+        ("steps: []", false),
+    ] {
+        let plan = db.dir.path().join("plan.json");
+        std::fs::write(&plan, text).unwrap();
+        let (code, _, err) = crate::util::run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("invalid plan"), "{err}");
+        assert_eq!(err.contains("give it with --sql"), hinted, "{text}: {err}");
+    }
+    assert_eq!(db.bytes(), before);
+}
