@@ -857,24 +857,22 @@ impl Redis {
     /// Starts a server and waits until it answers; `None` (after a printed
     /// skip, or a failure with `CI` set) when `redis-server` is missing.
     pub fn start() -> Option<Redis> {
-        Self::launch(None)
+        Self::launch(None, &[])
     }
 
     /// The same, with `--requirepass PASSWORD`.
     pub fn start_with_password(password: &str) -> Option<Redis> {
-        Self::launch(Some(password))
+        Self::launch(Some(password), &[])
     }
 
-    /// The same, with more `redis-server` arguments.
+    /// The same, with more `redis-server` arguments. They are given from
+    /// the first start, so a port they also need (a cluster node's bus,
+    /// the port + 10000) found taken is a reason to try another port too.
     pub fn start_with(extra: &[String]) -> Option<Redis> {
-        let mut r = Self::launch(None)?;
-        r.kill();
-        r.extra = extra.to_vec();
-        r.restart();
-        Some(r)
+        Self::launch(None, extra)
     }
 
-    fn launch(password: Option<&str>) -> Option<Redis> {
+    fn launch(password: Option<&str>, extra: &[String]) -> Option<Redis> {
         let found = Command::new("redis-server")
             .arg("--version")
             .stdout(Stdio::null())
@@ -889,12 +887,12 @@ impl Redis {
             port: 0,
             child: None,
             password: password.map(str::to_owned),
-            extra: Vec::new(),
+            extra: extra.to_vec(),
             dir: tempfile::tempdir().expect("tempdir"),
         };
         // Another process may take the free port before the server binds
-        // it: then try another one.
-        for _ in 0..5 {
+        // it (or hold one the server needs besides): then try another one.
+        for _ in 0..8 {
             r.port = free_port();
             if r.spawn() {
                 return Some(r);
