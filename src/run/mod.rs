@@ -337,7 +337,10 @@ impl Runner<'_> {
 
     fn run_all(&mut self, resume: &Resume, gate: impl FnOnce()) -> Tally {
         self.announce(resume);
-        self.governor.borrow().say_starting_pace();
+        // A run with nothing to do has no pace to speak of.
+        if !resume.already_applied(self.plan) {
+            self.governor.borrow().say_starting_pace();
+        }
         gate();
         self.started = Instant::now();
         if self.cancel.is_cancelled() {
