@@ -356,7 +356,7 @@ impl<'a> Governor<'a> {
     /// change of pace mid-run gets.
     pub(super) fn say_starting_pace(&self) {
         if let Some(why) = self.start_reason {
-            let why = format!("{why}: short chunks, yielding between them");
+            let why = format!("{why}: {}", pace_words(true, self.pace.batch_size));
             self.say_pace(&why, None);
         }
     }
@@ -369,13 +369,14 @@ impl<'a> Governor<'a> {
         if let Some(i) = step {
             target["step"] = i.into();
         }
+        let chunks = match now.batch_size {
+            Some(n) => format!("batch size {}", crate::human::thousands(n)),
+            None => format!("chunks of ~{} ms", now.chunk_time_ms),
+        };
         self.log.push(Event::message(
             target,
             Level::Info,
-            format!(
-                "{why} (chunks of ~{} ms, nice ratio {})",
-                now.chunk_time_ms, now.nice_ratio
-            ),
+            format!("{why} ({chunks}, nice ratio {})", now.nice_ratio),
         ));
     }
 
@@ -395,11 +396,12 @@ impl<'a> Governor<'a> {
             self.announced = now;
             self.size_cache();
             let why = if self.live() {
-                "another connection is using the database: short chunks, yielding between them"
+                "another connection is using the database"
             } else {
-                "nobody else has used the database for 5 s: long chunks, no yield"
+                "nobody else has used the database for 5 s"
             };
-            self.say_pace(why, step);
+            let why = format!("{why}: {}", pace_words(self.live(), now.batch_size));
+            self.say_pace(&why, step);
         }
     }
 
@@ -752,6 +754,18 @@ fn wal_file(conn: &Connection, path: Option<&Path>) -> Option<PathBuf> {
 
 fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
+}
+
+/// What a pace means for the chunks, in words: a fixed batch size
+/// (`--batch-size`, `ctl set --batch-size`) keeps them as they are, so
+/// only the yield changes.
+fn pace_words(live: bool, batch_size: Option<u64>) -> &'static str {
+    match (live, batch_size.is_some()) {
+        (true, false) => "short chunks, yielding between them",
+        (true, true) => "yielding between chunks",
+        (false, false) => "long chunks, no yield",
+        (false, true) => "no yield between chunks",
+    }
 }
 
 /// Why the run should begin at the live pace, if it should: someone has
