@@ -156,9 +156,10 @@ pub(super) struct Governor<'a> {
     throttle: Option<ThrottleQuery>,
     /// The throttle query's last failure, said once.
     query_error: Option<String>,
-    /// The run is one transaction (`--atomic`, `--dry-run`): it holds the
-    /// write lock throughout, so nothing waits between its chunks.
-    one_transaction: bool,
+    /// The flag that makes the run one transaction (`--atomic`,
+    /// `--dry-run`): it holds the write lock throughout, so nothing waits
+    /// between its chunks.
+    one_transaction: Option<&'static str>,
 }
 
 struct ThrottleQuery {
@@ -254,7 +255,7 @@ impl<'a> Governor<'a> {
             restore_delete: false,
             throttle,
             query_error: None,
-            one_transaction: false,
+            one_transaction: None,
         };
         g.data_version = g.read_data_version();
         g.announced = g.settings();
@@ -355,10 +356,44 @@ impl<'a> Governor<'a> {
     /// for people (`start`'s `settings` already tell programs), as a
     /// change of pace mid-run gets.
     pub(super) fn say_starting_pace(&self) {
+        self.say_no_wait_in_one_transaction();
         if let Some(why) = self.start_reason {
             let why = format!("{why}: {}", pace_words(true, self.pace.batch_size));
             self.say_pace(&why, None);
         }
+    }
+
+    /// A run that is one transaction never waits between chunks: a
+    /// `--sleep` or `--nice-ratio` asked for is said to do nothing, rather
+    /// than a run that ends at once looking as if it had slept.
+    fn say_no_wait_in_one_transaction(&self) {
+        let Some(flag) = self.one_transaction else {
+            return;
+        };
+        let asked: Vec<&str> = [
+            ("--sleep", !self.pace.sleep.is_zero()),
+            (
+                "--nice-ratio",
+                self.pace.nice_ratio.is_some_and(|r| r > 0.0),
+            ),
+        ]
+        .iter()
+        .filter(|(_, given)| *given)
+        .map(|(name, _)| *name)
+        .collect();
+        if asked.is_empty() {
+            return;
+        }
+        self.log.push(Event::message(
+            json!({"db": self.db}),
+            Level::Warn,
+            format!(
+                "{} {} nothing in this run: it is {flag}, and {}",
+                asked.join(" and "),
+                if asked.len() > 1 { "do" } else { "does" },
+                super::LOCK_HELD
+            ),
+        ));
     }
 
     /// A pace message: why, and the settings now in force (which ride on
@@ -410,7 +445,7 @@ impl<'a> Governor<'a> {
     pub(super) fn after_chunk(&mut self, took: Duration, step: usize, last: bool) -> bool {
         self.checkpoint(step);
         self.observe(Some(step));
-        if last || self.one_transaction {
+        if last || self.one_transaction.is_some() {
             // The step is done (what follows checks again), or the lock is
             // held throughout: a wait would only keep others out longer.
             return false;
@@ -525,15 +560,16 @@ impl<'a> Governor<'a> {
 
     /// The pause after a chunk, counted in its rate and ETA.
     pub(super) fn rest_after(&self, took: Duration) -> Duration {
-        if self.one_transaction {
+        if self.one_transaction.is_some() {
             return Duration::ZERO;
         }
         took.mul_f64(self.settings().nice_ratio.max(0.0)) + self.pace.sleep
     }
 
-    /// Says the run is one transaction (see [`Governor::after_chunk`]).
-    pub(super) fn in_one_transaction(&mut self) {
-        self.one_transaction = true;
+    /// Says the run is one transaction, made so by `flag` (`--dry-run`,
+    /// `--atomic`; see [`Governor::after_chunk`]).
+    pub(super) fn in_one_transaction(&mut self, flag: &'static str) {
+        self.one_transaction = Some(flag);
     }
 
     /// Waits while the pause file exists, the throttle query says so, or

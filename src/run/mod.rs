@@ -244,8 +244,8 @@ fn governor<'a>(
 ) -> Governor<'a> {
     let opts = job.opts;
     let mut g = Governor::new(job.conn, log, lines, opts.pace.clone(), opts.brakes.clone());
-    if one_transaction(opts.dry_run, opts.atomic).is_some() {
-        g.in_one_transaction();
+    if let Some(flag) = one_transaction(opts.dry_run, opts.atomic) {
+        g.in_one_transaction(flag);
     }
     g
 }
