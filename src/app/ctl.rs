@@ -41,6 +41,9 @@ pub fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     let (status, text) = rt.block_on(post(&target, &path, body))?;
+    if status != StatusCode::OK && !REFUSALS.contains(&status.as_u16()) {
+        return Err(not_a_run(&target.authority, &path, status, &text).into());
+    }
     if status != StatusCode::OK {
         return Err(UsageError::new(format!(
             "{} refused the command ({}): {}",
@@ -62,6 +65,26 @@ pub fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
         println!("batchsse: {}", one_line(&args.action, &v));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The statuses a batchsse run (or relay) refuses a command with at
+/// `POST /control` (README, "Steer a running batch"). Any other, such as
+/// a `404` of a wrong path or a `501` of another web server, means the
+/// address is not a run's: exit 3, as `watch` does.
+const REFUSALS: [u16; 8] = [400, 401, 403, 409, 413, 415, 421, 431];
+
+/// What answered is not a batchsse run; its own text only when it is one
+/// short line (not a whole HTML page).
+fn not_a_run(authority: &str, path: &str, status: StatusCode, text: &str) -> Unreachable {
+    let text = text.trim();
+    let said = if text.is_empty() || text.contains('\n') || text.chars().count() > 200 {
+        String::new()
+    } else {
+        format!(": {text}")
+    };
+    Unreachable(format!(
+        "{authority} answered {status} to POST {path}{said}; this does not look like a batchsse run (give its base URL, e.g. http://127.0.0.1:7077/)"
+    ))
 }
 
 /// The body for an action.
