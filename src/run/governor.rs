@@ -358,7 +358,8 @@ impl<'a> Governor<'a> {
     pub(super) fn say_starting_pace(&self) {
         self.say_no_wait_in_one_transaction();
         if let Some(why) = self.start_reason {
-            let why = format!("{why}: {}", pace_words(true, self.pace.batch_size));
+            let words = pace_words(true, self.pace.batch_size, self.one_transaction);
+            let why = format!("{why}: {words}");
             self.say_pace(&why, None);
         }
     }
@@ -435,7 +436,8 @@ impl<'a> Governor<'a> {
             } else {
                 "nobody else has used the database for 5 s"
             };
-            let why = format!("{why}: {}", pace_words(self.live(), now.batch_size));
+            let words = pace_words(self.live(), now.batch_size, self.one_transaction);
+            let why = format!("{why}: {words}");
             self.say_pace(&why, step);
         }
     }
@@ -794,13 +796,18 @@ fn ms(d: Duration) -> u64 {
 
 /// What a pace means for the chunks, in words: a fixed batch size
 /// (`--batch-size`, `ctl set --batch-size`) keeps them as they are, so
-/// only the yield changes.
-fn pace_words(live: bool, batch_size: Option<u64>) -> &'static str {
-    match (live, batch_size.is_some()) {
-        (true, false) => "short chunks, yielding between them",
-        (true, true) => "yielding between chunks",
-        (false, false) => "long chunks, no yield",
-        (false, true) => "no yield between chunks",
+/// only the yield changes; a run that is one transaction (`one_tx`, the
+/// flag) never yields.
+fn pace_words(live: bool, batch_size: Option<u64>, one_tx: Option<&str>) -> &'static str {
+    match (live, batch_size.is_some(), one_tx.is_some()) {
+        (true, false, false) => "short chunks, yielding between them",
+        (true, true, false) => "yielding between chunks",
+        (true, false, true) => "short chunks, with no yield, since the run is one transaction",
+        (true, true, true) => {
+            "no change, since the batch size is fixed and the run is one transaction, which never yields"
+        }
+        (false, false, _) => "long chunks, no yield",
+        (false, true, _) => "no yield between chunks",
     }
 }
 

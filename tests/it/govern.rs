@@ -449,3 +449,32 @@ fn a_plan_already_applied_says_nothing_of_a_pace_it_will_not_use() {
         "a run with nothing to do spoke of its pace: {said:?}"
     );
 }
+
+#[test]
+fn a_live_pace_in_a_run_that_is_one_transaction_says_it_does_not_yield() {
+    // A dry run (or --atomic) holds its transaction to the end: it never
+    // yields, so "yielding between them" would not be what happens.
+    let db = TempDb::counters(100);
+    let plan = db.file("plan.json", &counter_plan("one-tx", 50));
+    let _app = db.conn();
+    let pace = ": short chunks, with no yield, since the run is one transaction (chunks of ~10 ms";
+    for mode in ["--dry-run", "--atomic"] {
+        let args = run_args(
+            &db,
+            path_str(&plan),
+            &["--no-serve", "--progress", "json", mode],
+        );
+        let (code, out, err) = run(&args);
+        assert_eq!(code, 0, "{mode}: {err}");
+        let said = messages(&out);
+        assert!(
+            said.iter()
+                .any(|m| m.starts_with("another process has the database open") && m.contains(pace)),
+            "{mode}: {said:?}"
+        );
+        assert!(
+            !said.iter().any(|m| m.contains("yielding")),
+            "{mode}: {said:?}"
+        );
+    }
+}
