@@ -233,8 +233,11 @@ fn list_text(
     runs: &[store::RunRecord],
     kept: &[store::KeptConflicts],
 ) -> String {
-    let mut t = if runs.is_empty() {
+    let mut t = if runs.is_empty() && kept.is_empty() {
         format!("no undo records in {db}\n")
+    } else if runs.is_empty() {
+        // Not "no undo records" above a list of runs.
+        format!("no undo records in {db}; only the conflicts kept by undos of runs taken back:\n")
     } else {
         format!("undo records in {db}:\n")
     };

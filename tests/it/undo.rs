@@ -667,6 +667,17 @@ fn the_conflicts_an_undo_kept_are_listed_and_cleared_by_run() {
     let (code, out, _) = run(&["undo", "list", "--db", dbp]);
     assert_eq!(code, 0);
     assert!(out.contains("its undo kept 1 conflict in"), "{out}");
+    // Its first line does not say "no undo records" alone above them.
+    assert_eq!(
+        out.lines().next(),
+        Some(
+            format!(
+                "no undo records in {dbp}; only the conflicts kept by undos of runs taken back:"
+            )
+            .as_str()
+        ),
+        "{out}"
+    );
     let (code, out, _) = run(&["undo", "list", "--db", dbp, "--json"]);
     assert_eq!(code, 0);
     assert!(out.contains(r#""conflicts_kept":[{"run""#), "{out}");
