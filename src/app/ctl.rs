@@ -1,7 +1,7 @@
 //! `batchsse ctl URL pause|resume|cancel|set …`: one `POST /control` to a
 //! running batch, with the control token, then one line saying where the
 //! run stands (`--json`: its `/status`). Exit 0 done, 2 refused (the
-//! server's reason), 3 unreachable.
+//! server's reason), 3 unreachable or not a run.
 
 use std::process::ExitCode;
 use std::time::Duration;
