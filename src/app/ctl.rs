@@ -171,10 +171,19 @@ fn one_line(action: &CtlAction, v: &Value) -> String {
         },
     };
     let n = |k: &str| v[k].as_u64().unwrap_or(0);
-    let step = v["step"]
-        .as_u64()
-        .map(|i| format!(", step {}/{}", i + 1, n("steps_total")))
-        .unwrap_or_default();
+    // Before its first step a run has no rows to count ("0/0 rows").
+    let step = v["step"].as_u64().map_or_else(
+        || ", before the first step".to_owned(),
+        |i| {
+            format!(
+                ", step {}/{}, {}/{} rows",
+                i + 1,
+                n("steps_total"),
+                thousands(n("done")),
+                thousands(n("total"))
+            )
+        },
+    );
     let s = &v["settings"];
     let batch = s["batch_size"]
         .as_u64()
@@ -188,12 +197,8 @@ fn one_line(action: &CtlAction, v: &Value) -> String {
         _ => "",
     };
     format!(
-        "{state}{step}, {}/{} rows; pace: chunks ~{} ms, nice ratio {}, sleep {} ms, batch size {batch}{idle}",
-        thousands(n("done")),
-        thousands(n("total")),
-        s["chunk_time_ms"],
-        s["nice_ratio"],
-        s["sleep_ms"],
+        "{state}{step}; pace: chunks ~{} ms, nice ratio {}, sleep {} ms, batch size {batch}{idle}",
+        s["chunk_time_ms"], s["nice_ratio"], s["sleep_ms"],
     )
 }
 
@@ -231,5 +236,20 @@ mod tests {
             let line = one_line(&action, &status(batch));
             assert!(!line.contains("no effect"), "{line}");
         }
+    }
+
+    #[test]
+    fn a_run_before_its_first_step_is_said_so_not_zero_of_zero_rows() {
+        let mut v = status(Value::Null);
+        assert!(
+            one_line(&CtlAction::Pause, &v).contains(", step 1/1, 1,000/5,000 rows; pace:"),
+            "{v}"
+        );
+        v["step"] = Value::Null;
+        let line = one_line(&CtlAction::Pause, &v);
+        assert!(
+            line.starts_with("pausing at the next chunk boundary, before the first step; pace:"),
+            "{line}"
+        );
     }
 }

@@ -295,6 +295,17 @@ fn ctl_against_a_finished_run_is_refused_with_its_reason() {
     let _ = p.wait();
 }
 
+#[test]
+fn ctl_before_the_first_step_says_so_rather_than_zero_of_zero_rows() {
+    let (_db, mut p) = held(&["--control-token", TOKEN]);
+    let base = format!("http://{}/", p.addr());
+    let (code, out, err) = run(&["ctl", &base, "cancel", "--control-token", TOKEN]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(", before the first step; pace:"), "{out}");
+    assert!(!out.contains("0/0 rows"), "{out}");
+    assert_eq!(p.wait().code(), Some(130));
+}
+
 /// A web server that is no batchsse run: it answers one request with
 /// `501` and an HTML page, as Python's `http.server` does a `POST`.
 fn another_server() -> (String, std::thread::JoinHandle<()>) {
