@@ -217,7 +217,7 @@ fn nothing_recorded(conn: &Connection, c: &UndoConfig) -> UsageError {
     let db = file_name(&c.db);
     UsageError::new(if plans.is_empty() {
         format!(
-            "no undo record of {what} in {db}; only runs made with --undo (or \"undo\": true) can be taken back, and `batchsse undo list --db FILE` shows them"
+            "no undo record of {what} in {db}: it was never recorded (only runs made with --undo, or \"undo\": true, can be taken back), or it has been taken back already; `batchsse undo list --db FILE` shows what is recorded"
         )
     } else {
         format!(

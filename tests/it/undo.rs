@@ -558,6 +558,11 @@ fn housekeeping_after_an_undo_and_a_clear_by_age_says_what_is_there() {
     assert_eq!(code, 0, "{err}");
     let (code, _, err) = run(&undo_args(&db, &["--plan", "back"]));
     assert_eq!(code, 0, "{err}");
+    // The same undo again: nothing left, and not only because the run
+    // was never recorded.
+    let (code, _, err) = run(&undo_args(&db, &["--plan", "back"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("or it has been taken back already"), "{err}");
     let (code, out, err) = run(&["checkpoint", "list", "--db", dbp]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(
