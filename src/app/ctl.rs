@@ -1,7 +1,7 @@
 //! `batchsse ctl URL pause|resume|cancel|set …`: one `POST /control` to a
 //! running batch, with the control token, then one line saying where the
 //! run stands (`--json`: its `/status`). Exit 0 done, 2 refused (the
-//! server's reason), 3 unreachable.
+//! server's reason), 3 unreachable or not a run.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -41,6 +41,9 @@ pub fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     let (status, text) = rt.block_on(post(&target, &path, body))?;
+    if status != StatusCode::OK && !REFUSALS.contains(&status.as_u16()) {
+        return Err(not_a_run(&target.authority, &path, status, &text).into());
+    }
     if status != StatusCode::OK {
         return Err(UsageError::new(format!(
             "{} refused the command ({}): {}",
@@ -62,6 +65,26 @@ pub fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
         println!("batchsse: {}", one_line(&args.action, &v));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The statuses a batchsse run (or relay) refuses a command with at
+/// `POST /control` (README, "Steer a running batch"). Any other, such as
+/// a `404` of a wrong path or a `501` of another web server, means the
+/// address is not a run's: exit 3, as `watch` does.
+const REFUSALS: [u16; 8] = [400, 401, 403, 409, 413, 415, 421, 431];
+
+/// What answered is not a batchsse run; its own text only when it is one
+/// short line (not a whole HTML page).
+fn not_a_run(authority: &str, path: &str, status: StatusCode, text: &str) -> Unreachable {
+    let text = text.trim();
+    let said = if text.is_empty() || text.contains('\n') || text.chars().count() > 200 {
+        String::new()
+    } else {
+        format!(": {text}")
+    };
+    Unreachable(format!(
+        "{authority} answered {status} to POST {path}{said}; this does not look like a batchsse run (give its base URL, e.g. http://127.0.0.1:7077/)"
+    ))
 }
 
 /// The body for an action.
@@ -148,10 +171,19 @@ fn one_line(action: &CtlAction, v: &Value) -> String {
         },
     };
     let n = |k: &str| v[k].as_u64().unwrap_or(0);
-    let step = v["step"]
-        .as_u64()
-        .map(|i| format!(", step {}/{}", i + 1, n("steps_total")))
-        .unwrap_or_default();
+    // Before its first step a run has no rows to count ("0/0 rows").
+    let step = v["step"].as_u64().map_or_else(
+        || ", before the first step".to_owned(),
+        |i| {
+            format!(
+                ", step {}/{}, {}/{} rows",
+                i + 1,
+                n("steps_total"),
+                thousands(n("done")),
+                thousands(n("total"))
+            )
+        },
+    );
     let s = &v["settings"];
     let batch = s["batch_size"]
         .as_u64()
@@ -165,12 +197,8 @@ fn one_line(action: &CtlAction, v: &Value) -> String {
         _ => "",
     };
     format!(
-        "{state}{step}, {}/{} rows; pace: chunks ~{} ms, nice ratio {}, sleep {} ms, batch size {batch}{idle}",
-        thousands(n("done")),
-        thousands(n("total")),
-        s["chunk_time_ms"],
-        s["nice_ratio"],
-        s["sleep_ms"],
+        "{state}{step}; pace: chunks ~{} ms, nice ratio {}, sleep {} ms, batch size {batch}{idle}",
+        s["chunk_time_ms"], s["nice_ratio"], s["sleep_ms"],
     )
 }
 
@@ -208,5 +236,20 @@ mod tests {
             let line = one_line(&action, &status(batch));
             assert!(!line.contains("no effect"), "{line}");
         }
+    }
+
+    #[test]
+    fn a_run_before_its_first_step_is_said_so_not_zero_of_zero_rows() {
+        let mut v = status(Value::Null);
+        assert!(
+            one_line(&CtlAction::Pause, &v).contains(", step 1/1, 1,000/5,000 rows; pace:"),
+            "{v}"
+        );
+        v["step"] = Value::Null;
+        let line = one_line(&CtlAction::Pause, &v);
+        assert!(
+            line.starts_with("pausing at the next chunk boundary, before the first step; pace:"),
+            "{line}"
+        );
     }
 }

@@ -138,18 +138,18 @@ async fn drive(mut session: Session, parts: Parts) -> Result<RunStatus, UsageErr
         Some(p) => Some((start_publishing(p.target, p.ttl, &parts).await?, p.drain)),
         None => None,
     };
-    let (server_task, wait_for) = match session.serve.take() {
+    let (server_task, wait_for, linger) = match session.serve.take() {
         Some(s) => {
             let listener = server::bind(s.addr).await?;
             announce(&listener, &s, banner);
-            let wait_for = s.wait_for_clients;
+            let (wait_for, linger) = (s.wait_for_clients, s.linger);
             let (task, clients) = start_server(listener, s, &parts);
             lifecycle::open_gate_at(parts.cancel.clone(), Some(clients), wait_for);
-            (Some(task), wait_for)
+            (Some(task), wait_for, linger)
         }
         None => {
             parts.cancel.open_gate();
-            (None, 0)
+            (None, 0, std::time::Duration::ZERO)
         }
     };
     if let Some((p, _)) = &publisher {
@@ -173,8 +173,16 @@ async fn drive(mut session: Session, parts: Parts) -> Result<RunStatus, UsageErr
             handle.block_on(crate::view::terminal::follow(log, renderer))
         })
     };
+    let quiet = session.progress == ProgressMode::None;
     let status = run_blocking(session, &parts, wait_for).await;
     let _ = terminal.await;
+    if !linger.is_zero() && !quiet {
+        // Else the terminal sits silent after `finished` (the demo's 15 s).
+        crate::errln!(
+            "batchsse: serving the finished run's replay for {} s (--linger), then exiting; Ctrl-C exits now",
+            linger.as_secs_f64()
+        );
+    }
     // Redis takes the last events while the server lingers and drains.
     let serving = async {
         if let Some(t) = server_task {

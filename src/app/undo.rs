@@ -217,7 +217,7 @@ fn nothing_recorded(conn: &Connection, c: &UndoConfig) -> UsageError {
     let db = file_name(&c.db);
     UsageError::new(if plans.is_empty() {
         format!(
-            "no undo record of {what} in {db}; only runs made with --undo (or \"undo\": true) can be taken back, and `batchsse undo list --db FILE` shows them"
+            "no undo record of {what} in {db}: it was never recorded (only runs made with --undo, or \"undo\": true, can be taken back), or it has been taken back already; `batchsse undo list --db FILE` shows what is recorded"
         )
     } else {
         format!(
@@ -233,8 +233,11 @@ fn list_text(
     runs: &[store::RunRecord],
     kept: &[store::KeptConflicts],
 ) -> String {
-    let mut t = if runs.is_empty() {
+    let mut t = if runs.is_empty() && kept.is_empty() {
         format!("no undo records in {db}\n")
+    } else if runs.is_empty() {
+        // Not "no undo records" above a list of runs.
+        format!("no undo records in {db}; only the conflicts kept by undos of runs taken back:\n")
     } else {
         format!("undo records in {db}:\n")
     };

@@ -105,7 +105,8 @@ pub enum Command {
         batchsse ctl http://127.0.0.1:7077/ pause --control-token T\n  \
         batchsse ctl http://127.0.0.1:7077/ set --chunk-time 50 --nice-ratio 2\n  \
         batchsse ctl http://127.0.0.1:7077/ set --batch-size auto\n\n\
-        Exit status: 0 done, 2 refused (the server's reason is printed), 3 the run could not be reached.")]
+        Exit status: 0 done, 2 refused (the server's reason is printed), 3 the run could not be reached, \
+        or what answered is not a batchsse run.")]
     Ctl(CtlArgs),
     /// Show or clear what resumable runs have recorded in a database (the batchsse_checkpoint table).
     #[command(after_help = "Examples:\n  \

@@ -244,7 +244,7 @@ impl Resume {
                 "; step {} ({:?}) continues after {} committed rows",
                 s.index + 1,
                 s.name,
-                p.done
+                crate::human::thousands(p.done)
             );
         }
         text

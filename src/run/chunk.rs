@@ -169,7 +169,8 @@ fn resume_point(r: &Runner<'_>, step: &Step, resume: &Resume, c: &mut Counts) ->
         Level::Info,
         format!(
             "resuming after {} rows already committed ({} changed)",
-            pos.done, pos.changed
+            crate::human::thousands(pos.done),
+            crate::human::thousands(pos.changed)
         ),
     );
     Some(pos.last_key.clone())

@@ -156,9 +156,10 @@ pub(super) struct Governor<'a> {
     throttle: Option<ThrottleQuery>,
     /// The throttle query's last failure, said once.
     query_error: Option<String>,
-    /// The run is one transaction (`--atomic`, `--dry-run`): it holds the
-    /// write lock throughout, so nothing waits between its chunks.
-    one_transaction: bool,
+    /// The flag that makes the run one transaction (`--atomic`,
+    /// `--dry-run`): it holds the write lock throughout, so nothing waits
+    /// between its chunks.
+    one_transaction: Option<&'static str>,
 }
 
 struct ThrottleQuery {
@@ -254,7 +255,7 @@ impl<'a> Governor<'a> {
             restore_delete: false,
             throttle,
             query_error: None,
-            one_transaction: false,
+            one_transaction: None,
         };
         g.data_version = g.read_data_version();
         g.announced = g.settings();
@@ -355,10 +356,45 @@ impl<'a> Governor<'a> {
     /// for people (`start`'s `settings` already tell programs), as a
     /// change of pace mid-run gets.
     pub(super) fn say_starting_pace(&self) {
+        self.say_no_wait_in_one_transaction();
         if let Some(why) = self.start_reason {
-            let why = format!("{why}: short chunks, yielding between them");
+            let words = pace_words(true, self.pace.batch_size, self.one_transaction);
+            let why = format!("{why}: {words}");
             self.say_pace(&why, None);
         }
+    }
+
+    /// A run that is one transaction never waits between chunks: a
+    /// `--sleep` or `--nice-ratio` asked for is said to do nothing, rather
+    /// than a run that ends at once looking as if it had slept.
+    fn say_no_wait_in_one_transaction(&self) {
+        let Some(flag) = self.one_transaction else {
+            return;
+        };
+        let asked: Vec<&str> = [
+            ("--sleep", !self.pace.sleep.is_zero()),
+            (
+                "--nice-ratio",
+                self.pace.nice_ratio.is_some_and(|r| r > 0.0),
+            ),
+        ]
+        .iter()
+        .filter(|(_, given)| *given)
+        .map(|(name, _)| *name)
+        .collect();
+        if asked.is_empty() {
+            return;
+        }
+        self.log.push(Event::message(
+            json!({"db": self.db}),
+            Level::Warn,
+            format!(
+                "{} {} nothing in this run: it is {flag}, and {}",
+                asked.join(" and "),
+                if asked.len() > 1 { "do" } else { "does" },
+                super::LOCK_HELD
+            ),
+        ));
     }
 
     /// A pace message: why, and the settings now in force (which ride on
@@ -369,13 +405,14 @@ impl<'a> Governor<'a> {
         if let Some(i) = step {
             target["step"] = i.into();
         }
+        let chunks = match now.batch_size {
+            Some(n) => format!("batch size {}", crate::human::thousands(n)),
+            None => format!("chunks of ~{} ms", now.chunk_time_ms),
+        };
         self.log.push(Event::message(
             target,
             Level::Info,
-            format!(
-                "{why} (chunks of ~{} ms, nice ratio {})",
-                now.chunk_time_ms, now.nice_ratio
-            ),
+            format!("{why} ({chunks}, nice ratio {})", now.nice_ratio),
         ));
     }
 
@@ -395,11 +432,13 @@ impl<'a> Governor<'a> {
             self.announced = now;
             self.size_cache();
             let why = if self.live() {
-                "another connection is using the database: short chunks, yielding between them"
+                "another connection is using the database"
             } else {
-                "nobody else has used the database for 5 s: long chunks, no yield"
+                "nobody else has used the database for 5 s"
             };
-            self.say_pace(why, step);
+            let words = pace_words(self.live(), now.batch_size, self.one_transaction);
+            let why = format!("{why}: {words}");
+            self.say_pace(&why, step);
         }
     }
 
@@ -408,7 +447,7 @@ impl<'a> Governor<'a> {
     pub(super) fn after_chunk(&mut self, took: Duration, step: usize, last: bool) -> bool {
         self.checkpoint(step);
         self.observe(Some(step));
-        if last || self.one_transaction {
+        if last || self.one_transaction.is_some() {
             // The step is done (what follows checks again), or the lock is
             // held throughout: a wait would only keep others out longer.
             return false;
@@ -523,15 +562,16 @@ impl<'a> Governor<'a> {
 
     /// The pause after a chunk, counted in its rate and ETA.
     pub(super) fn rest_after(&self, took: Duration) -> Duration {
-        if self.one_transaction {
+        if self.one_transaction.is_some() {
             return Duration::ZERO;
         }
         took.mul_f64(self.settings().nice_ratio.max(0.0)) + self.pace.sleep
     }
 
-    /// Says the run is one transaction (see [`Governor::after_chunk`]).
-    pub(super) fn in_one_transaction(&mut self) {
-        self.one_transaction = true;
+    /// Says the run is one transaction, made so by `flag` (`--dry-run`,
+    /// `--atomic`; see [`Governor::after_chunk`]).
+    pub(super) fn in_one_transaction(&mut self, flag: &'static str) {
+        self.one_transaction = Some(flag);
     }
 
     /// Waits while the pause file exists, the throttle query says so, or
@@ -752,6 +792,23 @@ fn wal_file(conn: &Connection, path: Option<&Path>) -> Option<PathBuf> {
 
 fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
+}
+
+/// What a pace means for the chunks, in words: a fixed batch size
+/// (`--batch-size`, `ctl set --batch-size`) keeps them as they are, so
+/// only the yield changes; a run that is one transaction (`one_tx`, the
+/// flag) never yields.
+fn pace_words(live: bool, batch_size: Option<u64>, one_tx: Option<&str>) -> &'static str {
+    match (live, batch_size.is_some(), one_tx.is_some()) {
+        (true, false, false) => "short chunks, yielding between them",
+        (true, true, false) => "yielding between chunks",
+        (true, false, true) => "short chunks, with no yield, since the run is one transaction",
+        (true, true, true) => {
+            "no change, since the batch size is fixed and the run is one transaction, which never yields"
+        }
+        (false, false, _) => "long chunks, no yield",
+        (false, true, _) => "no yield between chunks",
+    }
 }
 
 /// Why the run should begin at the live pace, if it should: someone has

@@ -244,8 +244,8 @@ fn governor<'a>(
 ) -> Governor<'a> {
     let opts = job.opts;
     let mut g = Governor::new(job.conn, log, lines, opts.pace.clone(), opts.brakes.clone());
-    if one_transaction(opts.dry_run, opts.atomic).is_some() {
-        g.in_one_transaction();
+    if let Some(flag) = one_transaction(opts.dry_run, opts.atomic) {
+        g.in_one_transaction(flag);
     }
     g
 }
@@ -337,7 +337,10 @@ impl Runner<'_> {
 
     fn run_all(&mut self, resume: &Resume, gate: impl FnOnce()) -> Tally {
         self.announce(resume);
-        self.governor.borrow().say_starting_pace();
+        // A run with nothing to do has no pace to speak of.
+        if !resume.already_applied(self.plan) {
+            self.governor.borrow().say_starting_pace();
+        }
         gate();
         self.started = Instant::now();
         if self.cancel.is_cancelled() {

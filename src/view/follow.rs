@@ -30,6 +30,9 @@ const IDLE: Duration = Duration::from_secs(45);
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 const TRY_AT_LEAST: Duration = Duration::from_secs(1);
+/// How long `watch` tries before it says it is still waiting for a run
+/// (a run started at once, as in CI, is reached well before).
+const SAY_WAITING_AFTER: Duration = Duration::from_secs(2);
 
 /// Where the run is, checked once.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -257,6 +260,32 @@ impl Seen {
     }
 }
 
+/// Why `watch` gave up after `patience`: a stream lost and not found
+/// again, a run that kept refusing it, or no run at all.
+fn gave_up(
+    target: &Target,
+    patience: Duration,
+    last_id: u64,
+    (connected, busy): (bool, bool),
+    why: &str,
+) -> Unreachable {
+    let url = target.url(&target.events);
+    let secs = patience.as_secs_f64();
+    Unreachable(if connected {
+        format!(
+            "lost the stream at {url} after event {last_id} and could not reconnect within {secs} s ({why}); the run's outcome is unknown"
+        )
+    } else if busy {
+        format!(
+            "the run at {url} kept refusing this client for {secs} s: {BUSY} (its --max-clients); try again later, or give the run a larger --max-clients"
+        )
+    } else {
+        format!(
+            "no batchsse run answered at {url} within {secs} s ({why}); start `batchsse run` first, check the address, or raise --connect-timeout"
+        )
+    })
+}
+
 /// Why a try failed when the run answered 503.
 const BUSY: &str = "the run has too many stream clients (503)";
 
@@ -276,7 +305,7 @@ async fn follow(
     };
     // The clock for --connect-timeout restarts whenever a stream was live.
     let mut since = Instant::now();
-    let (mut connected, mut busy) = (false, false);
+    let (mut connected, mut busy, mut said_waiting) = (false, false, false);
     let mut backoff = FIRST_BACKOFF;
     loop {
         // Even --connect-timeout 0 gets one real try.
@@ -314,6 +343,15 @@ async fn follow(
             })
             .into());
         }
+        if !connected && !said_waiting && since.elapsed() >= SAY_WAITING_AFTER {
+            // Else a watch started before its run sat silent for 30 s.
+            said_waiting = true;
+            renderer.note(&format!(
+                "batchsse: no run answers at {} yet ({why}); trying again for up to {} s (--connect-timeout)",
+                target.url(&target.events),
+                patience.as_secs_f64()
+            ));
+        }
         // Sleep, then try again only if time is left, so the message below
         // names the last real failure rather than our own deadline.
         let now = Instant::now();
@@ -321,22 +359,7 @@ async fn follow(
             tokio::time::sleep(backoff).await;
         } else {
             tokio::time::sleep_until(since + patience).await;
-            let url = target.url(&target.events);
-            let secs = patience.as_secs_f64();
-            return Err(Unreachable(if connected {
-                format!(
-                    "lost the stream at {url} after event {last_id} and could not reconnect within {secs} s ({why}); the run's outcome is unknown"
-                )
-            } else if busy {
-                format!(
-                    "the run at {url} kept refusing this client for {secs} s: {BUSY} (its --max-clients); try again later, or give the run a larger --max-clients"
-                )
-            } else {
-                format!(
-                    "no batchsse run answered at {url} within {secs} s ({why}); start `batchsse run` first, check the address, or raise --connect-timeout"
-                )
-            })
-            .into());
+            return Err(gave_up(target, patience, last_id, (connected, busy), &why).into());
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }

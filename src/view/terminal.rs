@@ -239,6 +239,13 @@ impl Renderer {
         }
     }
 
+    /// A line of `watch`'s own (not the run's), unless output is off.
+    pub fn note(&self, line: &str) {
+        if self.mode != ProgressMode::None {
+            self.say(line);
+        }
+    }
+
     /// True once a write to standard output failed.
     pub fn stdout_failed(&self) -> bool {
         self.stdout_failed

@@ -296,6 +296,66 @@ fn ctl_against_a_finished_run_is_refused_with_its_reason() {
 }
 
 #[test]
+fn ctl_before_the_first_step_says_so_rather_than_zero_of_zero_rows() {
+    let (_db, mut p) = held(&["--control-token", TOKEN]);
+    let base = format!("http://{}/", p.addr());
+    let (code, out, err) = run(&["ctl", &base, "cancel", "--control-token", TOKEN]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(", before the first step; pace:"), "{out}");
+    assert!(!out.contains("0/0 rows"), "{out}");
+    assert_eq!(p.wait().code(), Some(130));
+}
+
+/// A web server that is no batchsse run: it answers one request with
+/// `501` and an HTML page, as Python's `http.server` does a `POST`.
+fn another_server() -> (String, std::thread::JoinHandle<()>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}/", listener.local_addr().expect("addr"));
+    let t = std::thread::spawn(move || {
+        let (mut tcp, _) = listener.accept().expect("accept");
+        tcp.set_read_timeout(Some(PATIENCE)).expect("timeout");
+        let mut head = [0u8; 4096];
+        let _ = tcp.read(&mut head);
+        let page = "<!DOCTYPE HTML>\n<html><body><h1>Error response</h1>\n<p>Unsupported method ('POST').</p></body></html>\n";
+        let _ = write!(
+            tcp,
+            "HTTP/1.1 501 Not Implemented\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
+            page.len()
+        );
+    });
+    (url, t)
+}
+
+#[test]
+fn ctl_at_an_address_that_is_no_run_exits_3_as_watch_does() {
+    // Another web server: not a refusal by a run (exit 2, its page
+    // printed whole), but no run at that address.
+    let (url, t) = another_server();
+    let (code, _, err) = run(&["ctl", &url, "pause", "--control-token", TOKEN]);
+    t.join().expect("server");
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("does not look like a batchsse run"), "{err}");
+    assert!(!err.contains("<html>"), "the page is not printed: {err}");
+    // A run's address with a path that is not its own (a wrong proxy
+    // prefix): its 404 is no refusal of the command either.
+    let (_db, mut p) = held(&["--control-token", TOKEN]);
+    let wrong = format!("http://{}/prefix/", p.addr());
+    let (code, _, err) = run(&["ctl", &wrong, "pause", "--control-token", TOKEN]);
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("404") && err.contains("POST /prefix/control"),
+        "{err}"
+    );
+    // The run's own refusals stay exit 2.
+    let base = format!("http://{}/", p.addr());
+    let (code, _, err) = run(&["ctl", &base, "pause", "--control-token", "wrong"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("refused the command (401)"), "{err}");
+    p.signal("TERM");
+    let _ = p.wait();
+}
+
+#[test]
 fn a_command_racing_the_end_of_the_run_never_hangs_it_or_leaves_a_transaction_open() {
     // One slow chunk, which is the last: commands sent while it runs find
     // no chunk boundary left, and the run ends as usual.

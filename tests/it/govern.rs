@@ -391,3 +391,90 @@ fn a_run_that_starts_beside_another_process_says_it_takes_the_live_pace() {
     );
     assert!(said.contains("chunks of ~10 ms, nice ratio 1)"), "{said}");
 }
+
+/// The messages of a `--progress json` run, in order.
+fn messages(out: &str) -> Vec<String> {
+    json_lines(out)
+        .iter()
+        .filter(|l| l["event"] == "message")
+        .map(|l| l["data"]["message"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[test]
+fn a_live_pace_under_a_fixed_batch_size_names_the_size_not_short_chunks() {
+    // The README's own undo recipe runs with --batch-size beside an
+    // application: the chunks stay that size, so "short chunks of ~10 ms"
+    // would not be what happens; only the yield changes.
+    let db = TempDb::counters(100);
+    let plan = db.file("plan.json", &counter_plan("fixed", 50));
+    let _app = db.conn();
+    let args = run_args(
+        &db,
+        path_str(&plan),
+        &["--no-serve", "--progress", "json", "--batch-size", "40"],
+    );
+    let (code, out, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    let said = messages(&out);
+    let pace = said
+        .iter()
+        .find(|m| m.starts_with("another process has the database open"))
+        .unwrap_or_else(|| panic!("no pace message: {said:?}"));
+    assert!(
+        pace.ends_with(": yielding between chunks (batch size 40, nice ratio 1)"),
+        "{pace}"
+    );
+}
+
+#[test]
+fn a_plan_already_applied_says_nothing_of_a_pace_it_will_not_use() {
+    let db = TempDb::counters(100);
+    let plan = db.file("plan.json", &counter_plan("twice", 50));
+    let args = run_args(&db, path_str(&plan), &["--no-serve", "--progress", "json"]);
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    // The file was written just now, and is open here: a run with work
+    // to do would start at the live pace and say so.
+    let _app = db.conn();
+    let (code, out, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    let said = messages(&out);
+    assert!(
+        said.iter().any(|m| m.contains("already applied")),
+        "{said:?}"
+    );
+    assert!(
+        !said.iter().any(|m| m.contains("nice ratio")),
+        "a run with nothing to do spoke of its pace: {said:?}"
+    );
+}
+
+#[test]
+fn a_live_pace_in_a_run_that_is_one_transaction_says_it_does_not_yield() {
+    // A dry run (or --atomic) holds its transaction to the end: it never
+    // yields, so "yielding between them" would not be what happens.
+    let db = TempDb::counters(100);
+    let plan = db.file("plan.json", &counter_plan("one-tx", 50));
+    let _app = db.conn();
+    let pace = ": short chunks, with no yield, since the run is one transaction (chunks of ~10 ms";
+    for mode in ["--dry-run", "--atomic"] {
+        let args = run_args(
+            &db,
+            path_str(&plan),
+            &["--no-serve", "--progress", "json", mode],
+        );
+        let (code, out, err) = run(&args);
+        assert_eq!(code, 0, "{mode}: {err}");
+        let said = messages(&out);
+        assert!(
+            said.iter()
+                .any(|m| m.starts_with("another process has the database open") && m.contains(pace)),
+            "{mode}: {said:?}"
+        );
+        assert!(
+            !said.iter().any(|m| m.contains("yielding")),
+            "{mode}: {said:?}"
+        );
+    }
+}

@@ -145,6 +145,45 @@ fn a_pause_file_or_throttle_query_beside_atomic_or_dry_run_is_refused_before_any
 }
 
 #[test]
+fn a_sleep_or_nice_ratio_beside_atomic_or_dry_run_is_said_to_do_nothing() {
+    // Neither waits in a run that is one transaction: a `--dry-run
+    // --sleep 500` of 20 chunks ended in milliseconds without a word.
+    let db = TempDb::counters(100);
+    let plan = db.file("plan.json", &counter_plan("nap", 5));
+    for (mode, pace, said) in [
+        ("--dry-run", "--sleep 500", "--sleep does nothing"),
+        (
+            "--atomic",
+            "--sleep 500 --nice-ratio 2",
+            "--sleep and --nice-ratio do nothing",
+        ),
+    ] {
+        let mut extra = words("--no-serve --progress plain --batch-size 5");
+        extra.extend([mode]);
+        extra.extend(words(pace));
+        let t0 = std::time::Instant::now();
+        let (code, _, err) = run(&run_args(&db, path_str(&plan), &extra));
+        assert_eq!(code, 0, "{extra:?}: {err}");
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(5),
+            "{extra:?} waited"
+        );
+        assert!(
+            err.contains(&format!("warning: {said} in this run: it is {mode}")),
+            "{extra:?}: {err}"
+        );
+    }
+    // Without them, no such warning.
+    let (code, _, err) = run(&run_args(
+        &db,
+        path_str(&plan),
+        &["--no-serve", "--dry-run"],
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("nothing in this run"), "{err}");
+}
+
+#[test]
 fn an_atomic_run_never_waits_for_its_own_wal_to_shrink() {
     // 40,000 rows of 200 bytes: the run's one transaction spills far more
     // than 1 MiB of its own frames into the WAL, which no checkpoint can

@@ -551,6 +551,27 @@ fn the_demo_runs_the_sample_plan_to_the_end() {
 }
 
 #[test]
+fn a_lingering_run_says_why_it_has_not_exited_after_finished() {
+    // The demo lingers 15 s after its last line: without a word the
+    // terminal looked hung.
+    let db = TempDb::counters(10);
+    let plan = db.file("plan.json", &counter_plan("linger", 10));
+    let plan = path_str(&plan);
+    let (code, _, err) = run(&args(&db, plan, &words("--linger 1 --progress plain")));
+    assert_eq!(code, 0, "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert_eq!(
+        last,
+        "batchsse: serving the finished run's replay for 1 s (--linger), then exiting; Ctrl-C exits now",
+        "{err}"
+    );
+    // Without a linger it exits at once, and says nothing of it.
+    let (code, _, err) = run(&args(&db, plan, &words("--force --progress plain")));
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("--linger"), "{err}");
+}
+
+#[test]
 fn a_paced_run_counts_its_pauses_in_rate_and_eta_from_the_first_chunk() {
     let db = TempDb::counters(100);
     let plan = db.file("plan.json", &counter_plan("paced", 10));

@@ -460,6 +460,34 @@ fn a_full_disk_says_what_to_do_and_the_same_command_then_finishes() {
     );
 }
 
+#[test]
+fn a_resume_counts_its_committed_rows_as_every_other_line_does() {
+    // "continues after 7000 committed rows" beside "7,000/100,000 rows".
+    let db = TempDb::counters(3000);
+    db.conn()
+        .execute_batch(
+            "CREATE TRIGGER stop BEFORE UPDATE ON t WHEN old.id = 2500
+             BEGIN SELECT RAISE(ABORT, 'not yet'); END",
+        )
+        .unwrap();
+    let plan = db.file("plan.json", &counter_plan("thousands", 1200));
+    let args = run_args(&db, path_str(&plan), &words("--no-serve --batch-size 1200"));
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 1, "{err}");
+    db.conn().execute_batch("DROP TRIGGER stop").unwrap();
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("step 1 (\"bump counters\") continues after 2,400 committed rows"),
+        "{err}"
+    );
+    assert!(
+        err.contains("resuming after 2,400 rows already committed (2,400 changed)"),
+        "{err}"
+    );
+    assert_eq!(db.counter_spread(), (3000, 0), "every row bumped once");
+}
+
 /// Adds a column, then bumps it chunk by chunk: re-running the finished
 /// `ADD COLUMN` would fail, and a chunk applied twice shows as a 2.
 const SCHEMA_PLAN: &str = r#"{"name":"grow","steps":[

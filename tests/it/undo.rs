@@ -558,6 +558,11 @@ fn housekeeping_after_an_undo_and_a_clear_by_age_says_what_is_there() {
     assert_eq!(code, 0, "{err}");
     let (code, _, err) = run(&undo_args(&db, &["--plan", "back"]));
     assert_eq!(code, 0, "{err}");
+    // The same undo again: nothing left, and not only because the run
+    // was never recorded.
+    let (code, _, err) = run(&undo_args(&db, &["--plan", "back"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("or it has been taken back already"), "{err}");
     let (code, out, err) = run(&["checkpoint", "list", "--db", dbp]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(
@@ -667,6 +672,17 @@ fn the_conflicts_an_undo_kept_are_listed_and_cleared_by_run() {
     let (code, out, _) = run(&["undo", "list", "--db", dbp]);
     assert_eq!(code, 0);
     assert!(out.contains("its undo kept 1 conflict in"), "{out}");
+    // Its first line does not say "no undo records" alone above them.
+    assert_eq!(
+        out.lines().next(),
+        Some(
+            format!(
+                "no undo records in {dbp}; only the conflicts kept by undos of runs taken back:"
+            )
+            .as_str()
+        ),
+        "{out}"
+    );
     let (code, out, _) = run(&["undo", "list", "--db", dbp, "--json"]);
     assert_eq!(code, 0);
     assert!(out.contains(r#""conflicts_kept":[{"run""#), "{out}");

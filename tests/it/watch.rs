@@ -119,10 +119,22 @@ fn watch_started_before_the_run_waits_for_it() {
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}/");
     let mut w = watch(&url, &["--connect-timeout", "30"]);
-    std::thread::sleep(Duration::from_millis(500));
+    // Past 2 s without a run it says it waits (once), rather than sit
+    // silent for the whole --connect-timeout.
+    let waiting = format!("batchsse: no run answers at {url}events yet (");
+    let until = std::time::Instant::now() + PATIENCE;
+    while !w.stderr().contains(&waiting) && std::time::Instant::now() < until {
+        assert!(
+            w.child.try_wait().expect("try_wait").is_none(),
+            "watch gave up before the run started; stderr:\n{}",
+            w.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert!(
-        w.child.try_wait().expect("try_wait").is_none(),
-        "watch gave up before the run started; stderr:\n{}",
+        w.stderr()
+            .contains("trying again for up to 30 s (--connect-timeout)"),
+        "{}",
         w.stderr()
     );
     let db = TempDb::counters(300);
@@ -142,6 +154,7 @@ fn watch_started_before_the_run_waits_for_it() {
     ));
     assert_eq!(w.wait().code(), Some(0), "watch stderr:\n{}", w.stderr());
     assert_full_run(&w.stdout(), "ok");
+    assert_eq!(w.stderr().matches(&waiting).count(), 1, "{}", w.stderr());
     assert_eq!(run.wait().code(), Some(0));
 }
 

@@ -156,7 +156,7 @@ pub fn run(
         opts.brakes.clone(),
     );
     if opts.dry_run {
-        governor.in_one_transaction();
+        governor.in_one_transaction("--dry-run");
     }
     if !opts.dry_run {
         // Unreadable, it says so at the first part.
