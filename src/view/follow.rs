@@ -66,6 +66,9 @@ impl Target {
         let url = url.trim();
         let full = if url.contains("://") {
             url.to_owned()
+        } else if is_bare_port(url) {
+            // As `--listen` takes it: the run's port on this machine.
+            format!("http://127.0.0.1:{}", url.trim_start_matches(':'))
         } else {
             format!("http://{url}")
         };
@@ -167,6 +170,12 @@ fn hide_token(url: &str) -> String {
         }
     }
     out + rest
+}
+
+/// A URL that is only a port (`7077`, `:7077`), as `--listen` takes one.
+fn is_bare_port(url: &str) -> bool {
+    let digits = url.strip_prefix(':').unwrap_or(url);
+    !digits.is_empty() && digits.len() <= 5 && digits.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// The run's base path (ending in `/`) from a URL's path: the path itself,
@@ -682,6 +691,11 @@ mod tests {
         );
         let t = Target::parse("127.0.0.1:7077", None).unwrap();
         assert_eq!(t.events, "/events");
+        for bare in ["7077", ":7077", " 7077 "] {
+            let t = Target::parse(bare, None).unwrap();
+            assert_eq!((t.host.as_str(), t.port), ("127.0.0.1", 7077), "{bare}");
+        }
+        assert!(Target::parse("70770", None).is_err());
         let t = Target::parse(
             "http://ci.local/batch/events?token=a%20b&last_event_id=7",
             None,

@@ -70,6 +70,18 @@ fn watch_exits_with_the_runs_status_ok_and_failed() {
     }
 }
 
+/// A bare port, as `--listen` takes one, is the run on this machine.
+#[test]
+fn watch_takes_a_bare_port_as_listen_does() {
+    let db = TempDb::counters(100);
+    let mut run = start_run(&db, &counter_plan("good", 50), &["--wait-for-clients", "1"]);
+    let port = run.addr().port().to_string();
+    let mut w = watch(&port, &[]);
+    assert_eq!(w.wait().code(), Some(0), "watch stderr:\n{}", w.stderr());
+    assert_full_run(&w.stdout(), "ok");
+    assert_eq!(run.wait().code(), Some(0), "run stderr:\n{}", run.stderr());
+}
+
 #[test]
 fn watch_exits_130_when_the_run_is_interrupted() {
     let db = TempDb::counters(2000);
