@@ -1344,3 +1344,112 @@ fn the_banner_names_a_row_an_undo_kept_as_the_run_left_it() {
     );
     assert!(!said.contains("the application's row"), "{v:#}");
 }
+
+/// The `<script setup>` of the README's Vue recipe (`BatchProgress.vue`),
+/// as printed, without its `import` line.
+fn readme_vue_script() -> String {
+    let readme = include_str!("../../README.md");
+    let sfc = readme
+        .split("```vue\n")
+        .nth(1)
+        .and_then(|s| s.split("```").next())
+        .expect("the README's Vue recipe");
+    let script = sfc
+        .split("<script setup>")
+        .nth(1)
+        .and_then(|s| s.split("</script>").next())
+        .expect("its <script setup>");
+    script
+        .lines()
+        .filter(|l| !l.starts_with("import "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A page on another origin running the README's Vue recipe verbatim, with
+/// a stand-in for the little of Vue it uses (`ref`, `onMounted`,
+/// `defineProps`), showing its refs where `observe.mjs` looks: `connection`
+/// in `#conn`, and once it is no longer a passing state, in the banner.
+const VUE_RECIPE_PAGE: &str = r#"<!doctype html><meta charset="utf-8"><title>the README's Vue recipe</title>
+<span id="conn"></span><ol id="steps"></ol><ol id="log"></ol><div id="banner"></div>
+<script>
+const PROPS = PROPS_JSON;
+const defineProps = () => PROPS;
+const onMounted = (f) => f();
+const onBeforeUnmount = () => {};
+const ref = (value) => ({ value });
+RECIPE
+const PASSING = ["connecting…", "live", "reconnecting…"];
+function show() {
+  const $ = (id) => document.getElementById(id);
+  if ($("conn").textContent !== connection.value) $("conn").textContent = connection.value;
+  $("steps").replaceChildren(...steps.value.map((s) => {
+    const li = document.createElement("li");
+    li.dataset.state = s.state;
+    li.textContent = s.name;
+    return li;
+  }));
+  $("log").replaceChildren(...log.value.map((m) => {
+    const li = document.createElement("li");
+    li.textContent = m.message;
+    return li;
+  }));
+  if (!PASSING.includes(connection.value) && !$("banner").dataset.status) {
+    $("banner").textContent = connection.value;
+    $("banner").dataset.status = result.value ? result.value.status : "ended";
+  }
+}
+setInterval(show, 20);
+</script>"#;
+
+/// Serves the README's Vue recipe, following `server` with `token`, on
+/// `listener`.
+fn serve_vue_recipe(listener: TcpListener, server: SocketAddr, token: &str) {
+    let props = json!({"server": format!("http://{server}"), "token": token});
+    let page = VUE_RECIPE_PAGE
+        .replace("PROPS_JSON", &props.to_string())
+        .replace("RECIPE", &readme_vue_script());
+    serve_page(listener, page);
+}
+
+/// The README's Vue recipe, as printed, follows a run to its end; and where
+/// the browser refuses the stream for good (a wrong token, an origin the run
+/// does not allow), it says so and stops, rather than showing
+/// "reconnecting…" for ever while nothing reconnects.
+#[test]
+fn the_readmes_vue_recipe_follows_a_run_and_ends_on_a_refusal() {
+    let Some(_b) = browser() else { return };
+    let db = TempDb::shop(2000);
+    let old = old_sessions(&db);
+    let auth = [("Authorization", "Bearer s3cret")];
+    let mut final_states = Vec::new();
+    for (token, cors) in [("s3cret", true), ("wrong", true), ("s3cret", false)] {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind page server");
+        let origin = format!("http://{}", listener.local_addr().expect("page addr"));
+        let mut flags = vec!["--token", "s3cret", "--wait-for-clients", "1"];
+        flags.extend_from_slice(&["--linger", "20"]);
+        if cors {
+            flags.extend_from_slice(&["--cors", &origin]);
+        }
+        let p = start_run(&db, 20, &flags);
+        serve_vue_recipe(listener, p.addr(), token);
+        let opts = json!({"settle_ms": SETTLE_MS, "timeout_ms": 15000});
+        let v = observe(&format!("{origin}/"), opts);
+        assert_eq!(v["timed_out"], Value::Null, "no final state: {v:#}");
+        if final_states.is_empty() {
+            assert_eq!(v["banner"]["status"], "ok", "{v:#}");
+            assert_eq!(step_states(&v), vec![json!("done"); 5], "{v:#}");
+            assert_eq!(v["log"], json!(messages(p.addr(), &auth)), "{v:#}");
+            assert_no_request_after_end(&v);
+            assert_eq!(rows_changed(&db, old), 2900);
+        }
+        final_states.push(v["conn"].clone());
+    }
+    let [done, wrong_token, no_cors] = &final_states[..] else {
+        unreachable!()
+    };
+    assert_eq!(done, "finished");
+    let said = |v: &Value, what: &str| v.as_str().is_some_and(|s| s.contains(what));
+    assert!(said(wrong_token, "token"), "{final_states:?}");
+    assert!(said(no_cors, "--cors"), "{final_states:?}");
+}
