@@ -1453,3 +1453,55 @@ fn the_readmes_vue_recipe_follows_a_run_and_ends_on_a_refusal() {
     assert!(said(wrong_token, "token"), "{final_states:?}");
     assert!(said(no_cors, "--cors"), "{final_states:?}");
 }
+
+/// After `run --undo`, the banner says what `batchsse undo` can take back:
+/// it stops at the newest step that ran unrecorded (`"undo": false`), so a
+/// run with one takes back only the steps after it, or nothing at all, and
+/// the banner must not say "can take this run back". The undo, run after,
+/// does what the banner said.
+#[test]
+fn the_banner_says_an_undo_stops_at_a_step_that_ran_unrecorded() {
+    let Some(_b) = browser() else { return };
+    let db = TempDb::with_sql(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, a INT, b INT, c INT);
+         INSERT INTO t VALUES (1, 0, 0, 0);",
+    );
+    let step = |col: &str, undo: bool| json!({"name": format!("set {col}"), "undo": undo, "sql": format!("UPDATE t SET {col} = 1")});
+    let gate = ["--undo", "--wait-for-clients", "1", "--linger", "20"];
+    let plans = [
+        json!({"name": "middle", "steps": [step("a", true), step("b", false), step("c", true)]}),
+        json!({"name": "last", "steps": [step("a", true), step("b", false)]}),
+    ];
+    let mut said = Vec::new();
+    for plan in &plans {
+        let file = db.file("plan.json", &plan.to_string());
+        let p = serving(&db, path_str(&file), &gate);
+        let v = observe(&format!("http://{}/", p.addr()), json!({}));
+        assert_eq!(v["banner"]["status"], "ok", "{v:#}");
+        said.push(v["banner"]["text"].as_str().unwrap_or_default().to_owned());
+        db.conn()
+            .execute("UPDATE t SET a = 0, b = 0, c = 0", [])
+            .expect("reset");
+    }
+    let want = [
+        "batchsse undo can take back only the steps after step 2, which ran unrecorded (\"undo\": false)",
+        "batchsse undo cannot take this run back: its step 2 ran unrecorded (\"undo\": false)",
+    ];
+    for (said, want) in said.iter().zip(want) {
+        assert!(said.contains(want), "{said:?}, want {want:?}");
+        assert!(!said.contains("can take this run back"), "{said:?}");
+    }
+
+    // What the banner said of the first plan: its undo takes back c only.
+    let fresh = TempDb::with_sql(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, a INT, b INT, c INT);
+         INSERT INTO t VALUES (1, 0, 0, 0);",
+    );
+    let file = fresh.file("plan.json", &plans[0].to_string());
+    run_undoable(&fresh, &file);
+    let undo = ["undo", "--db", path_str(&fresh.path), "--plan", "middle"];
+    let (code, _, err) = run(&[&undo[..], &["--no-serve"]].concat());
+    assert_eq!(code, 0, "{err}");
+    let row = fresh.query_i64("SELECT a * 100 + b * 10 + c FROM t");
+    assert_eq!(row, 110, "a and b stay, c is taken back: {err}");
+}
