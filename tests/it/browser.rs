@@ -479,6 +479,13 @@ fn the_page_says_when_the_server_is_gone() {
     let v = page.finish();
     assert_eq!(v["banner"]["status"], "gone", "{v:#}");
     assert_eq!(v["conn"], "server gone", "{v:#}");
+    // The page cannot tell a crash from an end it missed, and must not say
+    // the run never reported one.
+    let said = v["banner"]["text"].as_str().unwrap_or_default();
+    assert!(
+        said.contains("before this page received the run's end"),
+        "{v:#}"
+    );
     assert_no_request_after_end(&v);
     let running = v["steps"]
         .as_array()
