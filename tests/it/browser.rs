@@ -1512,3 +1512,39 @@ fn the_banner_says_an_undo_stops_at_a_step_that_ran_unrecorded() {
     let row = fresh.query_i64("SELECT a * 100 + b * 10 + c FROM t");
     assert_eq!(row, 110, "a and b stay, c is taken back: {err}");
 }
+
+/// An undo's conflict names the table and the row's key, which are the
+/// user's data: markup in them reaches the dashboard's log as text.
+#[test]
+fn a_conflict_on_a_hostile_table_and_key_is_logged_as_text() {
+    let Some(_b) = browser() else { return };
+    let table = r#"<svg onload=alert(1)>"#;
+    let key = r#"<img src=x onerror=alert(2)>"#;
+    let db = TempDb::with_sql(&format!(
+        r#"CREATE TABLE "{table}"(k TEXT PRIMARY KEY, v INT) WITHOUT ROWID;
+           INSERT INTO "{table}" VALUES ('{key}', 0), ('plain', 0);"#
+    ));
+    let plan = json!({"name": "p", "undo": true, "steps": [
+        {"name": "bump", "sql": format!(r#"UPDATE "{table}" SET v = v + 1"#)},
+    ]});
+    let plan = db.file("plan.json", &plan.to_string());
+    run_undoable(&db, &plan);
+    db.conn()
+        .execute(
+            &format!(r#"UPDATE "{table}" SET v = 9 WHERE k = ?1"#),
+            [key],
+        )
+        .expect("the application's write");
+    let mut args = vec!["undo", "--db", path_str(&db.path), "--plan", "p"];
+    args.extend_from_slice(&["--listen", "127.0.0.1:0", "--progress", "none"]);
+    args.extend_from_slice(&["--wait-for-clients", "1", "--linger", "20"]);
+    let u = Proc::start(&args);
+    let v = observe(&format!("http://{}/", u.addr()), json!({}));
+    assert_eq!(v["dialogs"], json!([]), "markup ran: {v:#}");
+    let logged = v["log"].as_array().expect("log").iter().any(|l| {
+        l.as_str()
+            .is_some_and(|l| l.contains(&format!("conflict in {table} at key \"{key}\"")))
+    });
+    assert!(logged, "the conflict, as text: {v:#}");
+    assert_eq!(v["banner"]["status"], "ok", "{v:#}");
+}
