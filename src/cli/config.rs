@@ -483,11 +483,7 @@ fn check_server(f: ServerFlags<'_>) -> Result<Serve, UsageError> {
                 "--cors '*' would let any web page read a token-protected stream; name the page's origin, e.g. --cors http://localhost:5173",
             ));
         }
-        if o.is_empty() || hyper::header::HeaderValue::from_str(o).is_err() {
-            return Err(UsageError::new(format!(
-                "--cors {o:?} is not a valid origin; use e.g. http://localhost:5173"
-            )));
-        }
+        check_cors(o)?;
     }
     Ok(Serve {
         addr,
@@ -518,6 +514,57 @@ fn check_allow_host(name: &str) -> Result<(), UsageError> {
     }
     Err(UsageError::new(format!(
         "--allow-host {name:?} is not a host name; give the name a proxy sends in Host, e.g. --allow-host batch.example.com (no scheme, path or spaces)"
+    )))
+}
+
+/// A `--cors` origin is `*`, `null`, or one origin exactly as a browser
+/// sends it in `Origin`: `scheme://host[:port]`, lower case, without a
+/// path or the scheme's default port. The browser compares the two byte for
+/// byte, so `http://localhost:5173/` (as copied from the address bar) would
+/// let no page in, and say so only in the page's console.
+fn check_cors(o: &str) -> Result<(), UsageError> {
+    if o == "*" || o == "null" {
+        return Ok(());
+    }
+    let usage = || {
+        UsageError::new(format!(
+            "--cors {o:?} is not an origin; give the page's scheme, host and port, e.g. --cors http://localhost:5173"
+        ))
+    };
+    let (scheme, rest) = o.split_once("://").ok_or_else(usage)?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !p.contains(']') => (h, Some(p)),
+        _ => (authority, None),
+    };
+    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+    let host_ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-_[]:".contains(c));
+    let port_ok = port.is_none_or(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()));
+    if !(scheme_ok && host_ok && port_ok) {
+        return Err(usage());
+    }
+    let scheme = scheme.to_ascii_lowercase();
+    let default = matches!(
+        (scheme.as_str(), port),
+        ("http", Some("80")) | ("https", Some("443"))
+    );
+    let port = port.filter(|_| !default).map(|p| format!(":{p}"));
+    let origin = format!(
+        "{scheme}://{}{}",
+        host.to_ascii_lowercase(),
+        port.unwrap_or_default()
+    );
+    if origin == o {
+        return Ok(());
+    }
+    Err(UsageError::new(format!(
+        "--cors {o:?} is not an origin as a browser sends it, and the browser compares the two exactly, so no page would be let in; use --cors {origin} (scheme, host and port only: no path or trailing slash)"
     )))
 }
 
@@ -554,6 +601,45 @@ mod tests {
         let endless = std::io::repeat(b'x');
         let e = read_bounded(endless, 1000).unwrap_err();
         assert!(e.to_string().contains("longest SQL"), "{e}");
+    }
+
+    #[test]
+    fn a_cors_origin_is_one_as_a_browser_sends_it() {
+        for good in [
+            "http://localhost:5173",
+            "https://app.example.com",
+            "http://[::1]:8080",
+            "http://127.0.0.1:5173",
+            "*",
+            "null",
+        ] {
+            assert_eq!(check_cors(good), Ok(()), "{good}");
+        }
+        for (bad, fix) in [
+            (
+                "http://localhost:5173/",
+                "use --cors http://localhost:5173 ",
+            ),
+            (
+                "http://localhost:5173/app",
+                "use --cors http://localhost:5173 ",
+            ),
+            ("HTTP://LocalHost:5173", "use --cors http://localhost:5173 "),
+            ("http://localhost:80", "use --cors http://localhost "),
+            (
+                "https://app.example.com:443/",
+                "use --cors https://app.example.com ",
+            ),
+            ("localhost:5173", "is not an origin;"),
+            ("http://", "is not an origin;"),
+            ("http://a.test, http://b.test", "is not an origin;"),
+            ("http://user@a.test", "is not an origin;"),
+            ("http://a.test:x", "is not an origin;"),
+            ("", "is not an origin;"),
+        ] {
+            let e = check_cors(bad).unwrap_err().0;
+            assert!(e.contains("--cors") && e.contains(fix), "{bad:?}: {e}");
+        }
     }
 
     #[test]

@@ -86,10 +86,14 @@ pub(super) fn misdirected(state: &State, headers: &hyper::HeaderMap) -> Option<R
     if loopback || allowed {
         return None;
     }
+    let names = match own.as_str() {
+        "127.0.0.1" | "[::1]" => "127.0.0.1, localhost or [::1]".to_owned(),
+        _ => format!("127.0.0.1, localhost, [::1] or {own}"),
+    };
     Some(text(
         StatusCode::MISDIRECTED_REQUEST,
         &format!(
-            "this server answers only to 127.0.0.1, localhost, [::1] or {own}, not {host:?} (a guard against DNS rebinding); behind a reverse proxy, start it with --allow-host NAME (port {} here)",
+            "this server answers only to {names}, not {host:?} (a guard against DNS rebinding); behind a reverse proxy, start it with --allow-host NAME (port {} here)",
             listen.port()
         ),
     ))

@@ -479,6 +479,13 @@ fn the_page_says_when_the_server_is_gone() {
     let v = page.finish();
     assert_eq!(v["banner"]["status"], "gone", "{v:#}");
     assert_eq!(v["conn"], "server gone", "{v:#}");
+    // The page cannot tell a crash from an end it missed, and must not say
+    // the run never reported one.
+    let said = v["banner"]["text"].as_str().unwrap_or_default();
+    assert!(
+        said.contains("before this page received the run's end"),
+        "{v:#}"
+    );
     assert_no_request_after_end(&v);
     let running = v["steps"]
         .as_array()
@@ -1343,4 +1350,201 @@ fn the_banner_names_a_row_an_undo_kept_as_the_run_left_it() {
         "{v:#}"
     );
     assert!(!said.contains("the application's row"), "{v:#}");
+}
+
+/// The `<script setup>` of the README's Vue recipe (`BatchProgress.vue`),
+/// as printed, without its `import` line.
+fn readme_vue_script() -> String {
+    let readme = include_str!("../../README.md");
+    let sfc = readme
+        .split("```vue\n")
+        .nth(1)
+        .and_then(|s| s.split("```").next())
+        .expect("the README's Vue recipe");
+    let script = sfc
+        .split("<script setup>")
+        .nth(1)
+        .and_then(|s| s.split("</script>").next())
+        .expect("its <script setup>");
+    script
+        .lines()
+        .filter(|l| !l.starts_with("import "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A page on another origin running the README's Vue recipe verbatim, with
+/// a stand-in for the little of Vue it uses (`ref`, `onMounted`,
+/// `defineProps`), showing its refs where `observe.mjs` looks: `connection`
+/// in `#conn`, and once it is no longer a passing state, in the banner.
+const VUE_RECIPE_PAGE: &str = r#"<!doctype html><meta charset="utf-8"><title>the README's Vue recipe</title>
+<span id="conn"></span><ol id="steps"></ol><ol id="log"></ol><div id="banner"></div>
+<script>
+const PROPS = PROPS_JSON;
+const defineProps = () => PROPS;
+const onMounted = (f) => f();
+const onBeforeUnmount = () => {};
+const ref = (value) => ({ value });
+RECIPE
+const PASSING = ["connecting…", "live", "reconnecting…"];
+function show() {
+  const $ = (id) => document.getElementById(id);
+  if ($("conn").textContent !== connection.value) $("conn").textContent = connection.value;
+  $("steps").replaceChildren(...steps.value.map((s) => {
+    const li = document.createElement("li");
+    li.dataset.state = s.state;
+    li.textContent = s.name;
+    return li;
+  }));
+  $("log").replaceChildren(...log.value.map((m) => {
+    const li = document.createElement("li");
+    li.textContent = m.message;
+    return li;
+  }));
+  if (!PASSING.includes(connection.value) && !$("banner").dataset.status) {
+    $("banner").textContent = connection.value;
+    $("banner").dataset.status = result.value ? result.value.status : "ended";
+  }
+}
+setInterval(show, 20);
+</script>"#;
+
+/// Serves the README's Vue recipe, following `server` with `token`, on
+/// `listener`.
+fn serve_vue_recipe(listener: TcpListener, server: SocketAddr, token: &str) {
+    let props = json!({"server": format!("http://{server}"), "token": token});
+    let page = VUE_RECIPE_PAGE
+        .replace("PROPS_JSON", &props.to_string())
+        .replace("RECIPE", &readme_vue_script());
+    serve_page(listener, page);
+}
+
+/// The README's Vue recipe, as printed, follows a run to its end; and where
+/// the browser refuses the stream for good (a wrong token, an origin the run
+/// does not allow), it says so and stops, rather than showing
+/// "reconnecting…" for ever while nothing reconnects.
+#[test]
+fn the_readmes_vue_recipe_follows_a_run_and_ends_on_a_refusal() {
+    let Some(_b) = browser() else { return };
+    let db = TempDb::shop(2000);
+    let old = old_sessions(&db);
+    let auth = [("Authorization", "Bearer s3cret")];
+    let mut final_states = Vec::new();
+    for (token, cors) in [("s3cret", true), ("wrong", true), ("s3cret", false)] {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind page server");
+        let origin = format!("http://{}", listener.local_addr().expect("page addr"));
+        let mut flags = vec!["--token", "s3cret", "--wait-for-clients", "1"];
+        flags.extend_from_slice(&["--linger", "20"]);
+        if cors {
+            flags.extend_from_slice(&["--cors", &origin]);
+        }
+        let p = start_run(&db, 20, &flags);
+        serve_vue_recipe(listener, p.addr(), token);
+        let opts = json!({"settle_ms": SETTLE_MS, "timeout_ms": 15000});
+        let v = observe(&format!("{origin}/"), opts);
+        assert_eq!(v["timed_out"], Value::Null, "no final state: {v:#}");
+        if final_states.is_empty() {
+            assert_eq!(v["banner"]["status"], "ok", "{v:#}");
+            assert_eq!(step_states(&v), vec![json!("done"); 5], "{v:#}");
+            assert_eq!(v["log"], json!(messages(p.addr(), &auth)), "{v:#}");
+            assert_no_request_after_end(&v);
+            assert_eq!(rows_changed(&db, old), 2900);
+        }
+        final_states.push(v["conn"].clone());
+    }
+    let [done, wrong_token, no_cors] = &final_states[..] else {
+        unreachable!()
+    };
+    assert_eq!(done, "finished");
+    let said = |v: &Value, what: &str| v.as_str().is_some_and(|s| s.contains(what));
+    assert!(said(wrong_token, "token"), "{final_states:?}");
+    assert!(said(no_cors, "--cors"), "{final_states:?}");
+}
+
+/// After `run --undo`, the banner says what `batchsse undo` can take back:
+/// it stops at the newest step that ran unrecorded (`"undo": false`), so a
+/// run with one takes back only the steps after it, or nothing at all, and
+/// the banner must not say "can take this run back". The undo, run after,
+/// does what the banner said.
+#[test]
+fn the_banner_says_an_undo_stops_at_a_step_that_ran_unrecorded() {
+    let Some(_b) = browser() else { return };
+    let db = TempDb::with_sql(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, a INT, b INT, c INT);
+         INSERT INTO t VALUES (1, 0, 0, 0);",
+    );
+    let step = |col: &str, undo: bool| json!({"name": format!("set {col}"), "undo": undo, "sql": format!("UPDATE t SET {col} = 1")});
+    let gate = ["--undo", "--wait-for-clients", "1", "--linger", "20"];
+    let plans = [
+        json!({"name": "middle", "steps": [step("a", true), step("b", false), step("c", true)]}),
+        json!({"name": "last", "steps": [step("a", true), step("b", false)]}),
+    ];
+    let mut said = Vec::new();
+    for plan in &plans {
+        let file = db.file("plan.json", &plan.to_string());
+        let p = serving(&db, path_str(&file), &gate);
+        let v = observe(&format!("http://{}/", p.addr()), json!({}));
+        assert_eq!(v["banner"]["status"], "ok", "{v:#}");
+        said.push(v["banner"]["text"].as_str().unwrap_or_default().to_owned());
+        db.conn()
+            .execute("UPDATE t SET a = 0, b = 0, c = 0", [])
+            .expect("reset");
+    }
+    let want = [
+        "batchsse undo can take back only the steps after step 2, which ran unrecorded (\"undo\": false)",
+        "batchsse undo cannot take this run back: its step 2 ran unrecorded (\"undo\": false)",
+    ];
+    for (said, want) in said.iter().zip(want) {
+        assert!(said.contains(want), "{said:?}, want {want:?}");
+        assert!(!said.contains("can take this run back"), "{said:?}");
+    }
+
+    // What the banner said of the first plan: its undo takes back c only.
+    let fresh = TempDb::with_sql(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, a INT, b INT, c INT);
+         INSERT INTO t VALUES (1, 0, 0, 0);",
+    );
+    let file = fresh.file("plan.json", &plans[0].to_string());
+    run_undoable(&fresh, &file);
+    let undo = ["undo", "--db", path_str(&fresh.path), "--plan", "middle"];
+    let (code, _, err) = run(&[&undo[..], &["--no-serve"]].concat());
+    assert_eq!(code, 0, "{err}");
+    let row = fresh.query_i64("SELECT a * 100 + b * 10 + c FROM t");
+    assert_eq!(row, 110, "a and b stay, c is taken back: {err}");
+}
+
+/// An undo's conflict names the table and the row's key, which are the
+/// user's data: markup in them reaches the dashboard's log as text.
+#[test]
+fn a_conflict_on_a_hostile_table_and_key_is_logged_as_text() {
+    let Some(_b) = browser() else { return };
+    let table = r#"<svg onload=alert(1)>"#;
+    let key = r#"<img src=x onerror=alert(2)>"#;
+    let db = TempDb::with_sql(&format!(
+        r#"CREATE TABLE "{table}"(k TEXT PRIMARY KEY, v INT) WITHOUT ROWID;
+           INSERT INTO "{table}" VALUES ('{key}', 0), ('plain', 0);"#
+    ));
+    let plan = json!({"name": "p", "undo": true, "steps": [
+        {"name": "bump", "sql": format!(r#"UPDATE "{table}" SET v = v + 1"#)},
+    ]});
+    let plan = db.file("plan.json", &plan.to_string());
+    run_undoable(&db, &plan);
+    db.conn()
+        .execute(
+            &format!(r#"UPDATE "{table}" SET v = 9 WHERE k = ?1"#),
+            [key],
+        )
+        .expect("the application's write");
+    let mut args = vec!["undo", "--db", path_str(&db.path), "--plan", "p"];
+    args.extend_from_slice(&["--listen", "127.0.0.1:0", "--progress", "none"]);
+    args.extend_from_slice(&["--wait-for-clients", "1", "--linger", "20"]);
+    let u = Proc::start(&args);
+    let v = observe(&format!("http://{}/", u.addr()), json!({}));
+    assert_eq!(v["dialogs"], json!([]), "markup ran: {v:#}");
+    let logged = v["log"].as_array().expect("log").iter().any(|l| {
+        l.as_str()
+            .is_some_and(|l| l.contains(&format!("conflict in {table} at key \"{key}\"")))
+    });
+    assert!(logged, "the conflict, as text: {v:#}");
+    assert_eq!(v["banner"]["status"], "ok", "{v:#}");
 }

@@ -433,6 +433,11 @@ fn a_hostile_host_gets_421_on_every_route_unless_allowed() {
         );
         assert_eq!(code, 421, "{route}: {text}");
         assert!(text.contains("--allow-host"), "{text}");
+        // Each name once: the server's own address is one of the three.
+        assert!(
+            text.contains("answers only to 127.0.0.1, localhost or [::1], not"),
+            "{text}"
+        );
     }
     let (code, _) = send(
         addr,
@@ -481,7 +486,9 @@ fn a_server_on_another_loopback_address_answers_to_that_address() {
         "GET /status HTTP/1.1\r\nHost: 127.0.0.3:{}\r\n",
         addr.port()
     );
-    assert_eq!(send(addr, &other, b"").0, 421);
+    let (code, text) = send(addr, &other, b"");
+    assert_eq!(code, 421, "{text}");
+    assert!(text.contains("[::1] or 127.0.0.2, not"), "{text}");
     let mut w = spawn(
         &["watch", &format!("http://{addr}/"), "--progress", "none"],
         |_| {},

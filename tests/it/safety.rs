@@ -915,6 +915,20 @@ fn every_bad_input_gets_a_clear_message_exit_2_and_an_untouched_database() {
             &["--cors '*'"],
         ),
         (
+            // As copied from the address bar: the browser would refuse
+            // every answer, saying so only in the page's console.
+            v(&[
+                "--db",
+                &dbp,
+                "--plan",
+                &good,
+                "--cors",
+                "http://localhost:5173/",
+            ]),
+            None,
+            &["use --cors http://localhost:5173 "],
+        ),
+        (
             v(&["--db", &dbp, "--plan", &good, "--token", ""]),
             None,
             &["empty"],
