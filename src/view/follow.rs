@@ -63,16 +63,9 @@ impl Target {
                 hide_token(url)
             ))
         };
-        let url = url.trim();
-        let full = if url.contains("://") {
-            url.to_owned()
-        } else if is_bare_port(url) {
-            // As `--listen` takes it: the run's port on this machine.
-            format!("http://127.0.0.1:{}", url.trim_start_matches(':'))
-        } else {
-            format!("http://{url}")
-        };
-        let uri: Uri = full.parse().map_err(|_| bad("cannot parse it"))?;
+        let uri: Uri = with_scheme(url.trim())
+            .parse()
+            .map_err(|_| bad("cannot parse it"))?;
         match uri.scheme_str() {
             Some("http") => {}
             Some("https") => {
@@ -172,10 +165,18 @@ fn hide_token(url: &str) -> String {
     out + rest
 }
 
-/// A URL that is only a port (`7077`, `:7077`), as `--listen` takes one.
-fn is_bare_port(url: &str) -> bool {
+/// The URL as typed, with `http://` when it has no scheme. A port alone
+/// (`7077`, `:7077`), as `--listen` takes one, is the run on this machine.
+fn with_scheme(url: &str) -> String {
     let digits = url.strip_prefix(':').unwrap_or(url);
-    !digits.is_empty() && digits.len() <= 5 && digits.bytes().all(|b| b.is_ascii_digit())
+    if url.contains("://") {
+        url.to_owned()
+    } else if !digits.is_empty() && digits.len() <= 5 && digits.bytes().all(|b| b.is_ascii_digit())
+    {
+        format!("http://127.0.0.1:{digits}")
+    } else {
+        format!("http://{url}")
+    }
 }
 
 /// The run's base path (ending in `/`) from a URL's path: the path itself,
