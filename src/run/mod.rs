@@ -281,15 +281,35 @@ impl Runner<'_> {
     /// The command that takes the run back; or, when its record lost
     /// parts while it ran (`batchsse undo clear`), that it cannot be.
     fn say_how_to_undo(&self, rec: &undo::Recorder) {
+        let command = format!(
+            "batchsse undo --db {} --run {}",
+            crate::human::shell_word(self.conn.path().unwrap_or(&self.db)),
+            rec.run_id
+        );
+        let stop = undo::store::stop_of(self.conn, &rec.run_id).ok().flatten();
         let (level, text) = match undo::store::incomplete(self.conn, &rec.run_id) {
-            Ok(None) => (
-                Level::Info,
-                format!(
-                    "recorded for undo; to take this run back: batchsse undo --db {} --run {}",
-                    crate::human::shell_word(self.conn.path().unwrap_or(&self.db)),
-                    rec.run_id
+            Ok(None) => match stop {
+                None => (
+                    Level::Info,
+                    format!("recorded for undo; to take this run back: {command}"),
                 ),
-            ),
+                Some((step, name, after)) => {
+                    let unrecorded = format!(
+                        "step {} ({name:?}) ran unrecorded (\"undo\": false), and an undo stops there",
+                        step.saturating_add(1)
+                    );
+                    match after {
+                        true => (
+                            Level::Warn,
+                            format!("{unrecorded}; to take back the steps after it: {command}"),
+                        ),
+                        false => (
+                            Level::Warn,
+                            format!("this run cannot be taken back: its {unrecorded}"),
+                        ),
+                    }
+                }
+            },
             Ok(Some(why)) => (
                 Level::Warn,
                 format!("this run cannot be taken back: its undo record is incomplete ({why})"),
@@ -702,12 +722,27 @@ impl Runner<'_> {
         let Some(rec) = self.recorder.as_ref().filter(|_| !self.nested) else {
             return String::new();
         };
-        match rec.committed() {
-            Ok((rows, _)) if rows > 0 => format!(
-                "; what this run committed can be taken back with: batchsse undo --db {} --run {}",
-                crate::human::shell_word(self.conn.path().unwrap_or(&self.db)),
-                rec.run_id
-            ),
+        let command = format!(
+            "batchsse undo --db {} --run {}",
+            crate::human::shell_word(self.conn.path().unwrap_or(&self.db)),
+            rec.run_id
+        );
+        let stop = undo::store::stop_of(self.conn, &rec.run_id).ok().flatten();
+        match (rec.committed(), stop) {
+            (Ok((rows, _)), None) if rows > 0 => {
+                format!("; what this run committed can be taken back with: {command}")
+            }
+            (_, Some((step, name, after))) => {
+                let step = format!("step {} ({name:?})", step.saturating_add(1));
+                match after {
+                    true => format!(
+                        "; what this run committed after its {step}, which ran unrecorded (\"undo\": false), can be taken back with: {command}"
+                    ),
+                    false => format!(
+                        "; its {step} ran unrecorded (\"undo\": false), and an undo stops there, so it can take back nothing of this run"
+                    ),
+                }
+            }
             _ => "; this run committed nothing, so it has nothing to take back".into(),
         }
     }

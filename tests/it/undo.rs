@@ -400,6 +400,59 @@ fn steps_that_only_read_are_recorded_and_the_undo_goes_past_them() {
     assert_eq!(db.query_i64("SELECT count(*) FROM t WHERE counter = 0"), 20);
 }
 
+/// The run's last words about its undo say where an undo would stop: at
+/// a step that ran unrecorded, taking back only the steps after it, or
+/// nothing when that step was the last.
+#[test]
+fn the_undo_command_a_run_names_says_where_an_unrecorded_step_stops_it() {
+    for (first, second, says, taken_back) in [
+        (true, false, "this run cannot be taken back: its step 2", 0),
+        (
+            false,
+            true,
+            "to take back the steps after it: batchsse undo --db",
+            10,
+        ),
+    ] {
+        let db = TempDb::counters(10);
+        let plan = serde_json::json!({"name": "part", "undo": true, "steps": [
+            {"sql": "UPDATE t SET counter = counter + 1", "undo": first},
+            {"sql": "UPDATE t SET counter = counter + 10", "undo": second}]});
+        let plan = db.file("plan.json", &plan.to_string());
+        let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+        assert_eq!(code, 0, "{err}");
+        assert!(err.contains(says), "{err}");
+        assert!(!err.contains("to take this run back"), "{err}");
+        let (code, _, err) = run(&undo_args(&db, &["--plan", "part"]));
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(
+            db.query_i64("SELECT count(*) FROM t WHERE counter = 11"),
+            10 - taken_back,
+            "{err}"
+        );
+    }
+}
+
+/// The same for the command a failed expectation names.
+#[test]
+fn a_failed_expectation_names_no_undo_an_unrecorded_step_stops() {
+    for (first, second, says) in [
+        (true, false, "its step 2 (\"b\") ran unrecorded"),
+        (false, true, "committed after its step 1 (\"a\"), which ran unrecorded"),
+    ] {
+        let db = TempDb::counters(10);
+        let plan = serde_json::json!({"name": "part", "undo": true, "steps": [
+            {"name": "a", "sql": "UPDATE t SET counter = counter + 1", "undo": first},
+            {"name": "b", "sql": "UPDATE t SET counter = counter + 10", "undo": second},
+            {"name": "c", "sql": "UPDATE t SET counter = 0", "expect": "SELECT 0"}]});
+        let plan = db.file("plan.json", &plan.to_string());
+        let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains(says), "{err}");
+        assert!(!err.contains("what this run committed can be"), "{err}");
+    }
+}
+
 #[test]
 fn a_plan_without_undo_writes_no_undo_record() {
     let db = TempDb::counters(30);

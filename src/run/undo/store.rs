@@ -475,6 +475,20 @@ pub fn damage(conn: &Connection, run: &str, kept: &mut Kept) -> rusqlite::Result
     }
 }
 
+/// The newest step of `run` that ran unrecorded (`"undo": false`), where
+/// an undo of it stops: its index, its name, and whether recorded parts
+/// follow it (what an undo can take back).
+pub fn stop_of(conn: &Connection, run: &str) -> rusqlite::Result<Option<(i64, String, bool)>> {
+    conn.query_row(
+        "SELECT step, name, EXISTS (SELECT 1 FROM batchsse_undo AS a
+                 WHERE a.run = u.run AND a.id > u.id AND a.chunk >= 0)
+         FROM batchsse_undo AS u WHERE run = ?1 AND chunk = ?2 ORDER BY id DESC LIMIT 1",
+        rusqlite::params![run, UNRECORDED],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )
+    .optional()
+}
+
 /// What is wrong with `run`'s record as an undo would first find it, by
 /// its rows alone (no record is read): a part cleared while the run was
 /// recording, say.
