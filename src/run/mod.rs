@@ -523,9 +523,13 @@ impl Runner<'_> {
             StepError::Cancelled => (
                 RunStatus::Cancelled,
                 format!(
-                    "interrupted during step {} ({:?}); its current chunk was rolled back{}",
+                    "interrupted during step {} ({:?}); {} rolled back{}",
                     step.index + 1,
                     step.name,
+                    match step.chunk {
+                        Some(_) => "its current chunk was",
+                        None => "its work was",
+                    },
                     if c.changed > 0 && !self.nested {
                         format!(
                             ", {} rows from earlier chunks are kept",

@@ -641,6 +641,12 @@ fn sigterm_interrupts_a_long_statement() {
         (10, 0),
         "step 1 kept, step 2 rolled back"
     );
+    // A plain step has no chunks: its work is what was rolled back.
+    let err = p.stderr();
+    assert!(
+        err.contains("interrupted during step 2 (\"slow\"); its work was rolled back"),
+        "{err}"
+    );
 }
 
 #[test]

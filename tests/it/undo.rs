@@ -438,7 +438,11 @@ fn the_undo_command_a_run_names_says_where_an_unrecorded_step_stops_it() {
 fn a_failed_expectation_names_no_undo_an_unrecorded_step_stops() {
     for (first, second, says) in [
         (true, false, "its step 2 (\"b\") ran unrecorded"),
-        (false, true, "committed after its step 1 (\"a\"), which ran unrecorded"),
+        (
+            false,
+            true,
+            "committed after its step 1 (\"a\"), which ran unrecorded",
+        ),
     ] {
         let db = TempDb::counters(10);
         let plan = serde_json::json!({"name": "part", "undo": true, "steps": [
