@@ -332,6 +332,8 @@ pub struct Steering {
     state: Mutex<(bool, PacePatch)>,
     /// Why this run cannot be paused, if it cannot.
     no_pause: std::sync::OnceLock<String>,
+    /// Why a sleep or nice ratio would change nothing in this run, if so.
+    no_wait: std::sync::OnceLock<String>,
 }
 
 /// The values a pace may take, on the command line as in `POST /control`.
@@ -402,6 +404,17 @@ impl Steering {
     /// Why a pause is refused, if it is.
     pub fn pause_refused(&self) -> Option<&str> {
         self.no_pause.get().map(String::as_str)
+    }
+
+    /// From now on a change of sleep or nice ratio is refused, for this
+    /// reason: the run never waits between chunks.
+    pub fn refuse_waits(&self, why: String) {
+        let _ = self.no_wait.set(why);
+    }
+
+    /// Why a change of sleep or nice ratio is refused, if it is.
+    pub fn waits_refused(&self) -> Option<&str> {
+        self.no_wait.get().map(String::as_str)
     }
 
     pub fn change_pace(&self, patch: PacePatch) {

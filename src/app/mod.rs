@@ -133,6 +133,9 @@ async fn drive(mut session: Session, parts: Parts) -> Result<RunStatus, UsageErr
     if let Some(why) = runner::why_no_pause(&session.opts) {
         parts.steering.refuse_pause(why);
     }
+    if let Some(why) = runner::why_no_wait(&session.opts) {
+        parts.steering.refuse_waits(why);
+    }
     let banner = session.banner.take();
     let publisher = match session.publish.take() {
         Some(p) => Some((start_publishing(p.target, p.ttl, &parts).await?, p.drain)),

@@ -859,6 +859,17 @@ pub fn why_no_pause(opts: &Options) -> Option<String> {
     })
 }
 
+/// Why a live change of sleep or nice ratio is refused in this run, if it
+/// is: with `--atomic` or `--dry-run` it never waits between chunks, so
+/// the change would be accepted and do nothing.
+pub fn why_no_wait(opts: &Options) -> Option<String> {
+    one_transaction(opts.dry_run, opts.atomic).map(|flag| {
+        format!(
+            "this run never waits between chunks, so sleep_ms and nice_ratio change nothing in it: it is {flag}, and {LOCK_HELD}; chunk_time_ms and batch_size still apply"
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -160,6 +160,14 @@ fn command(
     {
         return Err((StatusCode::CONFLICT, why.to_owned()));
     }
+    let waits =
+        cmd.pace.sleep_ms.is_some_and(|s| s > 0) || cmd.pace.nice_ratio.is_some_and(|r| r > 0.0);
+    if waits
+        && !cmd.cancel
+        && let Some(why) = steering.waits_refused()
+    {
+        return Err((StatusCode::CONFLICT, why.to_owned()));
+    }
     let action = if cmd.cancel {
         ControlAction::Cancel
     } else {

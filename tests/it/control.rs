@@ -184,6 +184,32 @@ fn control_is_off_without_a_token_and_closed_after_finished() {
     assert_eq!(db.counter_spread(), (500, 0));
 }
 
+/// A run that is one transaction never waits between chunks: a live
+/// sleep or nice ratio would be accepted and do nothing, so it is refused
+/// as a pause is; the chunk time still applies, and so does a zero, which
+/// asks for no wait.
+#[test]
+fn a_one_transaction_run_refuses_a_live_sleep_or_nice_ratio() {
+    let (db, mut p) = held(&["--control-token", TOKEN, "--dry-run"]);
+    for body in [
+        r#"{"sleep_ms":100}"#,
+        r#"{"nice_ratio":2}"#,
+        r#"{"pause":true}"#,
+    ] {
+        let (code, text) = authed(p.addr(), body);
+        assert_eq!(code, 409, "{body}: {text}");
+        assert!(text.contains("--dry-run"), "{body}: {text}");
+    }
+    let (code, text) = authed(
+        p.addr(),
+        r#"{"chunk_time_ms":50,"sleep_ms":0,"nice_ratio":0}"#,
+    );
+    assert_eq!(code, 200, "{text}");
+    p.signal("TERM");
+    let _ = p.wait();
+    assert_eq!(db.counter_spread(), (0, 500), "a dry run writes nothing");
+}
+
 #[test]
 fn pause_holds_no_lock_resume_goes_on_and_each_command_is_an_event() {
     let (db, mut p) = held(&["--control-token", TOKEN]);
