@@ -1116,6 +1116,32 @@ fn batchsse_named_tables_desc_keys_unique_shifts_and_raw_text_are_taken_back() {
     }
 }
 
+/// A `WITHOUT ROWID` key changed to a value its own collation (NOCASE) or
+/// SQLite's comparison of numbers (1 and 1.0) calls equal is still a
+/// changed key: the undo puts back the key as it was, byte for byte.
+#[test]
+fn a_key_changed_only_in_case_or_in_type_is_taken_back() {
+    let cases = [
+        (
+            "CREATE TABLE users(email TEXT COLLATE NOCASE PRIMARY KEY, n INT) WITHOUT ROWID;
+             INSERT INTO users VALUES ('Ann@Example.com', 1), ('bob@example.com', 2);",
+            r#"{"name":"p","steps":[{"sql":"UPDATE users SET email = lower(email), n = n + 1"}]}"#,
+        ),
+        (
+            "CREATE TABLE t(k PRIMARY KEY, v) WITHOUT ROWID; INSERT INTO t VALUES (1, 'a'), ('x', 'b');",
+            r#"{"name":"p","steps":[{"sql":"UPDATE t SET k = CAST(k AS REAL) WHERE typeof(k) = 'integer'"}]}"#,
+        ),
+    ];
+    for (setup, plan) in cases {
+        for env in [&[][..], &HOOK_OFF[..]] {
+            let before = content(&TempDb::with_sql(setup));
+            let (err, db) = round_trip(setup, plan, "", env);
+            assert!(!err.contains("conflict"), "{env:?} {setup}: {err}");
+            assert_eq!(content(&db), before, "{env:?}: {setup}");
+        }
+    }
+}
+
 /// Refused up front: a rowid table keyed by a primary key that may hold
 /// NULLs; without the hook, a step whose table has a trigger that replaces.
 #[test]
