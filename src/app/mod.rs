@@ -106,6 +106,8 @@ pub fn open(config: RunConfig) -> Result<Session, UsageError> {
     };
     if (opts.undo || plan.undo) && !opts.dry_run {
         runner::undo::refuse_unrecorded_part(&conn, &plan, &resume)?;
+    } else if !opts.dry_run {
+        runner::undo::refuse_unrecorded_rest(&conn, &plan, &resume)?;
     }
     Ok(Session {
         conn,

@@ -2,7 +2,7 @@
 //! `expect` query as it ends, inside the transaction that would commit its
 //! last work, so a failed one rolls that work back.
 
-use rusqlite::types::Value;
+use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 use rusqlite::{Connection, OptionalExtension};
 
 use crate::human::thousands;
@@ -57,11 +57,22 @@ pub(super) fn at_end(
             query(sql)
         )));
     }
-    let value: Option<Value> = stmt.query_row([], |r| r.get::<_, Value>(0)).optional()?;
-    // SQLite's own idea of true, so '1', 1.0 and 1 agree with a WHERE.
-    let truthy = match &value {
-        None => false,
-        Some(v) => conn.query_row("SELECT ?1 IS TRUE", [v], |r| r.get::<_, bool>(0))?,
+    // SQLite's own idea of true, so '1', 1.0 and 1 agree with a WHERE;
+    // asked of the value as SQLite holds it (text need not be UTF-8).
+    let answer_of = |r: &rusqlite::Row<'_>| -> rusqlite::Result<(bool, Value)> {
+        let v = r.get_ref(0)?;
+        let truthy = conn.query_row("SELECT ?1 IS TRUE", [ToSqlOutput::Borrowed(v)], |r| {
+            r.get::<_, bool>(0)
+        })?;
+        let shown = match v {
+            ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+            other => Value::try_from(other).unwrap_or(Value::Null),
+        };
+        Ok((truthy, shown))
+    };
+    let (truthy, value) = match stmt.query_row([], answer_of).optional()? {
+        Some((truthy, v)) => (truthy, Some(v)),
+        None => (false, None),
     };
     Ok((!truthy).then(|| {
         format!(

@@ -350,3 +350,25 @@ fn expect_changes_max_counts_on_across_a_resume_and_not_trigger_rows() {
     );
     assert_eq!(db.query_i64("SELECT count(*) FROM t WHERE counter = 1"), 50);
 }
+
+/// An `expect` answering text that is not UTF-8 (SQLite keeps text as it
+/// was given) is judged by SQLite's truth like any other answer: true
+/// when it reads as a non-zero number, else a false expectation showing
+/// the text, never "could not run".
+#[test]
+fn an_expect_answering_text_that_is_not_utf8_is_judged_as_sqlite_reads_it() {
+    let step = |expect: &str| {
+        serde_json::json!({"steps": [{"sql": "UPDATE t SET counter = 1", "expect": expect}]})
+            .to_string()
+    };
+    let db = TempDb::counters(3);
+    let (code, _, err) = run_plan(&db, &step("SELECT CAST(x'31ff' AS TEXT)"), &[]);
+    assert_eq!(code, 0, "'1\\xff' is true to SQLite: {err}");
+    let db = TempDb::counters(3);
+    let (code, _, err) = run_plan(&db, &step("SELECT CAST(x'41ff' AS TEXT)"), &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("returned \"A\u{fffd}\", which is not true"),
+        "{err}"
+    );
+}

@@ -1116,6 +1116,69 @@ fn batchsse_named_tables_desc_keys_unique_shifts_and_raw_text_are_taken_back() {
     }
 }
 
+/// A chunked step a recorded run applied in part is not resumed without
+/// `--undo`: its rest would go unrecorded, and an undo, taking back only
+/// the recorded part, would clear the step's checkpoint, so the next run
+/// would apply the rest twice. Resumed with `--undo`, the undo takes it
+/// all back.
+#[test]
+fn a_step_recorded_in_part_is_not_resumed_unrecorded() {
+    let db = TempDb::counters(100);
+    db.conn()
+        .execute_batch("CREATE TRIGGER stop BEFORE UPDATE ON t WHEN NEW.id = 50 BEGIN SELECT RAISE(ABORT, 'stop'); END")
+        .unwrap();
+    let plan = db.file("plan.json", &counter_plan("bump", 10));
+    let recorded = run_args(
+        &db,
+        path_str(&plan),
+        &["--no-serve", "--undo", "--batch-size", "10"],
+    );
+    let (code, _, err) = run(&recorded);
+    assert_eq!(code, 1, "{err}");
+    db.conn().execute_batch("DROP TRIGGER stop").unwrap();
+    assert_eq!(db.counter_spread(), (40, 60), "four chunks committed");
+    let before = sha256(&db.path);
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("was applied in part by a run recorded for undo")
+            && err.contains("Resume with --undo"),
+        "{err}"
+    );
+    assert_eq!(sha256(&db.path), before, "nothing run");
+    let (code, _, err) = run(&recorded);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(&undo_args(&db, &["--plan", "bump"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(db.counter_spread(), (0, 100), "every row as before");
+}
+
+/// A `WITHOUT ROWID` key changed to a value its own collation (NOCASE) or
+/// SQLite's comparison of numbers (1 and 1.0) calls equal is still a
+/// changed key: the undo puts back the key as it was, byte for byte.
+#[test]
+fn a_key_changed_only_in_case_or_in_type_is_taken_back() {
+    let cases = [
+        (
+            "CREATE TABLE users(email TEXT COLLATE NOCASE PRIMARY KEY, n INT) WITHOUT ROWID;
+             INSERT INTO users VALUES ('Ann@Example.com', 1), ('bob@example.com', 2);",
+            r#"{"name":"p","steps":[{"sql":"UPDATE users SET email = lower(email), n = n + 1"}]}"#,
+        ),
+        (
+            "CREATE TABLE t(k PRIMARY KEY, v) WITHOUT ROWID; INSERT INTO t VALUES (1, 'a'), ('x', 'b');",
+            r#"{"name":"p","steps":[{"sql":"UPDATE t SET k = CAST(k AS REAL) WHERE typeof(k) = 'integer'"}]}"#,
+        ),
+    ];
+    for (setup, plan) in cases {
+        for env in [&[][..], &HOOK_OFF[..]] {
+            let before = content(&TempDb::with_sql(setup));
+            let (err, db) = round_trip(setup, plan, "", env);
+            assert!(!err.contains("conflict"), "{env:?} {setup}: {err}");
+            assert_eq!(content(&db), before, "{env:?}: {setup}");
+        }
+    }
+}
+
 /// Refused up front: a rowid table keyed by a primary key that may hold
 /// NULLs; without the hook, a step whose table has a trigger that replaces.
 #[test]

@@ -416,6 +416,40 @@ fn a_row_whose_unique_value_is_taken_after_its_later_change_went_back_stops_the_
     }
 }
 
+/// A row the run deleted whose key the application used again is a
+/// conflict kept under `skip`, even when the same chunk of the run also
+/// inserted another row of the table: that row is not this one at a new
+/// key (the record marks those), so the undo goes on and puts everything
+/// else back.
+#[test]
+fn a_deleted_row_whose_key_is_used_again_beside_a_row_inserted_is_a_conflict() {
+    let setup = "CREATE TABLE k(sku TEXT PRIMARY KEY, n INT) WITHOUT ROWID;
+                 CREATE TABLE r(id INTEGER PRIMARY KEY, n INT);
+                 INSERT INTO k VALUES ('a', 1), ('b', 2);
+                 INSERT INTO r VALUES (1, 1), (2, 2);";
+    let step = r#"{"sql":"DELETE FROM k WHERE sku = 'a'; INSERT INTO k VALUES ('z', 26); DELETE FROM r WHERE id = 1; INSERT INTO r VALUES (9, 9)"}"#;
+    let app = "INSERT INTO k VALUES ('a', 100); INSERT INTO r VALUES (1, 100)";
+    let db = recorded_then(setup, step, app);
+    let (fin, out) = undo_json(&db, "p");
+    assert_eq!(fin["data"]["conflicts"], 2, "{out}");
+    assert!(
+        out.contains("the row the run deleted exists again"),
+        "{out}"
+    );
+    assert_eq!(
+        db.query_i64("SELECT n FROM k WHERE sku = 'a'")
+            + db.query_i64("SELECT n FROM r WHERE id = 1"),
+        200,
+        "the application's rows kept"
+    );
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM k WHERE sku = 'z'")
+            + db.query_i64("SELECT count(*) FROM r WHERE id = 9"),
+        0,
+        "the rows the run inserted taken away"
+    );
+}
+
 /// A database made by `setup`, on which plan "p", recorded, ran `step`
 /// (its JSON), and then the application ran `app`.
 fn recorded_then(setup: &str, step: &str, app: &str) -> TempDb {

@@ -38,4 +38,4 @@ pub use record::{Hook, Recorder};
 pub fn preupdate() -> bool {
     cfg!(batchsse_preupdate) && std::env::var_os("BATCHSSE_UNDO_HOOK").is_none_or(|v| v != "off")
 }
-pub use shape::{refuse_unrecordable, refuse_unrecorded_part};
+pub use shape::{refuse_unrecordable, refuse_unrecorded_part, refuse_unrecorded_rest};

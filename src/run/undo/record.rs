@@ -829,10 +829,15 @@ fn triggers(n: usize, l: &Layout, stage: &str) -> String {
             values.join(", ")
         )
     };
+    // Byte for byte, as the hook compares: `IS` alone takes the column's
+    // collation (a NOCASE key changed only in case) and numbers of two
+    // types (1 and 1.0) for the same key, and the change would be lost.
     let same_key: Vec<String> = l
         .key
         .iter()
-        .map(|k| format!("OLD.{k} IS NEW.{k}"))
+        .map(|k| {
+            format!("(OLD.{k} IS NEW.{k} COLLATE BINARY AND typeof(OLD.{k}) = typeof(NEW.{k}))")
+        })
         .collect();
     let same_key = same_key.join(" AND ");
     let mut update = row("OLD");

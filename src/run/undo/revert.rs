@@ -477,7 +477,9 @@ fn taken(err: &rusqlite::Error) -> bool {
 struct Undone {
     /// The rows (table, encoded key) put back.
     rows: HashSet<(usize, Vec<u8>)>,
-    /// The tables a row the run inserted was deleted from.
+    /// The tables a row the run inserted at a key it changed was deleted
+    /// from (any row the run inserted, in a record from before
+    /// [`MOVES`](super::codec::MOVES)).
     emptied: HashSet<usize>,
     /// The table of the entry just before this one (the next newer, as a
     /// part goes back newest first) when that entry is a row the run
@@ -496,7 +498,10 @@ struct Undone {
 impl Undone {
     fn went_back(&mut self, e: &Entry) {
         self.rows.insert((e.table, encoded(&e.key)));
-        if e.op == op::INSERT {
+        // Only a row inserted at a key it changed is the row of a delete
+        // at another key; any other (a step that deletes some rows and
+        // inserts others) is another row.
+        if e.op == op::INSERT && (e.moved || !self.moves) {
             self.emptied.insert(e.table);
         }
     }
@@ -508,9 +513,9 @@ impl Undone {
     }
 
     /// Whether a later change of `e`'s row may have gone back already:
-    /// one of the same key, or, for a row the run deleted, a row the run
-    /// inserted into its table (a `REPLACE`, or an `UPDATE` of the key,
-    /// is recorded as the row deleted and inserted anew).
+    /// one of the same key (a `REPLACE` of it), or, for a row the run
+    /// deleted, a row the run moved to a new key in its table (an `UPDATE`
+    /// of the key is recorded as the row deleted and inserted anew).
     fn later_change_of(&self, e: &Entry) -> bool {
         self.rows.contains(&(e.table, encoded(&e.key)))
             || (e.op == op::DELETE && self.emptied.contains(&e.table))

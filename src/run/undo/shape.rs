@@ -165,23 +165,8 @@ pub fn refuse_unrecorded_part(
     plan: &Plan,
     resume: &crate::run::checkpoint::Resume,
 ) -> Result<(), UsageError> {
-    let recorded = |step: &Step| -> rusqlite::Result<bool> {
-        if !super::store::exists(conn)? {
-            return Ok(false);
-        }
-        conn.prepare(
-            "SELECT 1 FROM batchsse_undo WHERE plan = ?1 AND step = ?2 AND chunk <> ?3 LIMIT 1",
-        )?
-        .exists(rusqlite::params![
-            plan.name,
-            step.index as i64,
-            super::store::UNRECORDED
-        ])
-    };
     for step in plan.steps.iter().filter(|s| s.undo) {
-        if resume.chunk_position(step).is_none()
-            || recorded(step).map_err(|e| UsageError::new(sqlite_message(&e)))?
-        {
+        if resume.chunk_position(step).is_none() || !recorded_by(conn, plan, step)?.is_empty() {
             continue;
         }
         return Err(UsageError::new(format!(
@@ -191,6 +176,51 @@ pub fn refuse_unrecorded_part(
         )));
     }
     Ok(())
+}
+
+/// Refuses, before anything runs, to resume without `--undo` a chunked
+/// step that a recorded run applied in part: an undo would take back only
+/// the recorded part, and then clear the step's checkpoint, so running the
+/// plan again would apply the rest twice.
+pub fn refuse_unrecorded_rest(
+    conn: &Connection,
+    plan: &Plan,
+    resume: &crate::run::checkpoint::Resume,
+) -> Result<(), UsageError> {
+    for step in &plan.steps {
+        if resume.chunk_position(step).is_none() {
+            continue;
+        }
+        let runs = recorded_by(conn, plan, step)?;
+        let Some(run) = runs.first() else {
+            continue;
+        };
+        return Err(UsageError::new(format!(
+            "step {} ({:?}) was applied in part by a run recorded for undo (run {run}), so resumed without --undo its rest would not be recorded: an undo would take back only the recorded part, and running the plan again after one would apply the rest twice. Resume with --undo; or take the part back first with `batchsse undo --db FILE --plan {:?}`, then run the plan again; or give up on the record with `batchsse undo clear --db FILE --run {run}`",
+            step.index + 1,
+            step.name,
+            plan.name
+        )));
+    }
+    Ok(())
+}
+
+/// The runs whose record holds parts of `step` of `plan`.
+fn recorded_by(conn: &Connection, plan: &Plan, step: &Step) -> Result<Vec<String>, UsageError> {
+    let runs = || -> rusqlite::Result<Vec<String>> {
+        if !super::store::exists(conn)? {
+            return Ok(Vec::new());
+        }
+        conn.prepare(
+            "SELECT DISTINCT run FROM batchsse_undo WHERE plan = ?1 AND step = ?2 AND chunk <> ?3 ORDER BY run",
+        )?
+        .query_map(
+            rusqlite::params![plan.name, step.index as i64, super::store::UNRECORDED],
+            |r| r.get(0),
+        )?
+        .collect()
+    };
+    runs().map_err(|e| UsageError::new(sqlite_message(&e)))
 }
 
 /// Without the pre-update hook, a step is staged (unless it is a chunked
