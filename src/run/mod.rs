@@ -520,26 +520,7 @@ impl Runner<'_> {
             Err(e) => e,
         };
         let (status, why) = match err {
-            StepError::Cancelled => (
-                RunStatus::Cancelled,
-                format!(
-                    "interrupted during step {} ({:?}); {} rolled back{}",
-                    step.index + 1,
-                    step.name,
-                    match step.chunk {
-                        Some(_) => "its current chunk was",
-                        None => "its work was",
-                    },
-                    if c.changed > 0 && !self.nested {
-                        format!(
-                            ", {} rows from earlier chunks are kept",
-                            crate::human::thousands(c.changed)
-                        )
-                    } else {
-                        String::new()
-                    }
-                ),
-            ),
+            StepError::Cancelled => (RunStatus::Cancelled, self.interrupted(step, c)),
             StepError::Sql(e) => (
                 RunStatus::Failed,
                 format!("step {} ({:?}) failed: {e}", step.index + 1, step.name),
@@ -717,6 +698,27 @@ impl Runner<'_> {
                 other => other,
             }),
         }
+    }
+
+    /// Why a step stopped when it was interrupted, and what it keeps.
+    fn interrupted(&self, step: &Step, c: Counts) -> String {
+        format!(
+            "interrupted during step {} ({:?}); {} rolled back{}",
+            step.index + 1,
+            step.name,
+            match step.chunk {
+                Some(_) => "its current chunk was",
+                None => "its work was",
+            },
+            if c.changed > 0 && !self.nested {
+                format!(
+                    ", {} rows from earlier chunks are kept",
+                    crate::human::thousands(c.changed)
+                )
+            } else {
+                String::new()
+            }
+        )
     }
 
     /// With `--undo`, after a failed expectation rolled its work back: the
