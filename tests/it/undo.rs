@@ -532,6 +532,39 @@ fn sigkill_during_run_undo_and_during_undo_reverts_every_row_exactly_once() {
     assert_eq!(content(&db), before, "every row taken back exactly once");
 }
 
+/// Taking back an older run of a plan while a newer one stays recorded
+/// says so, and how to take back both: the rows the newer run changed are
+/// kept as conflicts, still carrying its change. The newest alone is not
+/// warned about.
+#[test]
+fn an_older_run_taken_back_before_a_newer_one_of_its_plan_says_so() {
+    let db = TempDb::counters(40);
+    let plan = db.file("plan.json", &counter_plan("twice", 10));
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let (code, _, err) = run(&run_args(
+            &db,
+            path_str(&plan),
+            &["--no-serve", "--undo", "--force"],
+        ));
+        assert_eq!(code, 0, "{err}");
+        let id = err.split("--run ").nth(1).unwrap_or_default();
+        ids.push(id.split_whitespace().next().unwrap_or_default().to_owned());
+    }
+    let (code, _, err) = run(&undo_args(&db, &["--run", &ids[0], "--dry-run"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(&format!(
+            "run {} of plan \"twice\" was recorded after this one",
+            ids[1]
+        )) && err.contains("--plan twice"),
+        "{err}"
+    );
+    let (code, _, err) = run(&undo_args(&db, &["--run", &ids[1]]));
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("was recorded after this one"), "{err}");
+}
+
 #[test]
 fn undo_list_and_clear_and_checkpoint_clear_take_the_records_away() {
     let db = TempDb::counters(40);

@@ -427,6 +427,33 @@ impl Undoer<'_> {
                 reverts: self.spec.runs.clone(),
             }),
         }));
+        self.say_newer_runs();
+    }
+
+    /// Taking back one run while a newer run of its plan stays recorded:
+    /// the rows the newer one changed after it are no longer as this run
+    /// left them, so they are kept as conflicts, still carrying the newer
+    /// run's change, though no application wrote them.
+    fn say_newer_runs(&self) {
+        let ([run], plan) = (self.spec.runs.as_slice(), &self.spec.plan) else {
+            return;
+        };
+        let Ok(all) = store::runs_of_plan(self.conn, plan) else {
+            return;
+        };
+        let newer: Vec<String> = all.into_iter().take_while(|r| r != run).collect();
+        if newer.is_empty() {
+            return;
+        }
+        self.message(
+            Level::Warn,
+            format!(
+                "run {} of plan {plan:?} was recorded after this one and stays as it is: the rows it changed after this run are kept as conflicts, still carrying its change; to take back both, newest first: batchsse undo --db {} --plan {}",
+                newer.join(", "),
+                crate::human::shell_word(self.conn.path().unwrap_or(&self.db)),
+                crate::human::shell_word(plan)
+            ),
+        );
     }
 
     /// A `step` event for group `at`: `skipped` before it began.
