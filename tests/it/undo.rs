@@ -1669,7 +1669,10 @@ fn a_column_renamed_since_the_run_stops_the_undo_and_says_what_to_do() {
             "{table}: no false conflicts: {err}"
         );
         assert!(
-            err.contains("no such column") && err.contains("give the column its old name back"),
+            err.contains("no such column")
+                && err.contains(
+                    "give a renamed column its old name back (or add a dropped one again)"
+                ),
             "{table}: {err}"
         );
         assert_eq!(sha256(&db.path), file, "{table}: nothing written");

@@ -528,7 +528,10 @@ fn a_table_renamed_since_the_run_stops_the_undo_and_says_what_to_do() {
     let (code, err) = stopped_undo(&db, "bump");
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("renamed or dropped"), "{err}");
-    assert!(err.contains("give the table its old name back"), "{err}");
+    assert!(
+        err.contains("give a renamed table its old name back"),
+        "{err}"
+    );
 }
 
 /// An undo that stops at a step the run did not record takes back the

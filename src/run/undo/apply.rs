@@ -792,13 +792,13 @@ fn schema_hint(why: String) -> String {
     }
     if why.contains("no such table") {
         return format!(
-            "{why}: the table was renamed or dropped since the run was recorded, and the undo puts rows back into the table it recorded; give the table its old name back and run the undo again, or drop the record with `batchsse undo clear`"
+            "{why}: the table was renamed or dropped since the run was recorded, and the undo puts rows back into the table it recorded; give a renamed table its old name back (or make a dropped one again) and run the undo again, or drop the record with `batchsse undo clear`"
         );
     }
     if !why.contains("no such column") && !why.contains("has no column named") {
         return why;
     }
     format!(
-        "{why}: the table's columns changed since the run was recorded, and the undo puts back the columns it recorded; give the column its old name back and run the undo again, or drop the record with `batchsse undo clear`"
+        "{why}: the table's columns changed since the run was recorded, and the undo puts back the columns it recorded; give a renamed column its old name back (or add a dropped one again) and run the undo again, or drop the record with `batchsse undo clear`"
     )
 }
