@@ -1175,7 +1175,11 @@ fn a_step_recorded_in_part_is_not_resumed_unrecorded() {
     assert_eq!(code, 2, "{err}");
     assert!(
         err.contains("was applied in part by a run recorded for undo")
-            && err.contains("Resume with --undo"),
+            && err.contains("Resume with --undo")
+            && err.contains(&format!(
+                "batchsse undo --db {} --plan bump",
+                path_str(&db.path)
+            )),
         "{err}"
     );
     assert_eq!(sha256(&db.path), before, "nothing run");

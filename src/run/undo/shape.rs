@@ -196,10 +196,11 @@ pub fn refuse_unrecorded_rest(
             continue;
         };
         return Err(UsageError::new(format!(
-            "step {} ({:?}) was applied in part by a run recorded for undo (run {run}), so resumed without --undo its rest would not be recorded: an undo would take back only the recorded part, and running the plan again after one would apply the rest twice. Resume with --undo; or take the part back first with `batchsse undo --db FILE --plan {:?}`, then run the plan again; or give up on the record with `batchsse undo clear --db FILE --run {run}`",
+            "step {} ({:?}) was applied in part by a run recorded for undo (run {run}), so resumed without --undo its rest would not be recorded: an undo would take back only the recorded part, and running the plan again after one would apply the rest twice. Resume with --undo; or take the part back first with `batchsse undo --db {db} --plan {}`, then run the plan again; or give up on the record with `batchsse undo clear --db {db} --run {run}`",
             step.index + 1,
             step.name,
-            plan.name
+            crate::human::shell_word(&plan.name),
+            db = crate::human::shell_word(conn.path().unwrap_or("FILE")),
         )));
     }
     Ok(())
