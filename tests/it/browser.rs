@@ -1013,7 +1013,7 @@ const b = document.getElementById("banner");
 fetch("BASE/control", {
   method: "POST",
   headers: { "Authorization": "Bearer TOKEN", "Content-Type": "application/json" },
-  body: JSON.stringify({ sleep_ms: 1 }),
+  body: JSON.stringify({ chunk_time_ms: 7 }),
 }).then(
   async (r) => { b.textContent = r.status + " " + (await r.text()); b.dataset.status = "answered"; },
   (e) => { b.textContent = String(e); b.dataset.status = "refused"; },
@@ -1077,7 +1077,9 @@ fn a_page_on_another_origin_steers_the_run_only_with_cors() {
                 [("set".to_owned(), "http".to_owned())],
                 "{events:?}"
             );
-            assert_eq!(events[0]["settings"]["sleep_ms"], 1, "{events:?}");
+            // A dry run never waits between chunks (a sleep is refused),
+            // but takes a chunk time.
+            assert_eq!(events[0]["settings"]["chunk_time_ms"], 7, "{events:?}");
         } else {
             // The preflight fails, so the browser never sends the command.
             assert_eq!(v["banner"]["status"], "refused", "{v:#}");
