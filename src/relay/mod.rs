@@ -92,6 +92,15 @@ impl Parts {
     fn of(url: &str) -> Result<Parts, String> {
         let (scheme, rest) = url.split_once("://").ok_or("is not a URL")?;
         let scheme = scheme.to_ascii_lowercase();
+        // Unescaped, these end the host part, so a password holding one
+        // would be read, and echoed in an error, as a host or port.
+        let host_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        if rest[host_end..].contains('@') {
+            return Err(
+                "has a '/', '?' or '#' in its user or password: write them %2F, %3F and %23 there, or give the password in BATCHSSE_REDIS_PASSWORD"
+                    .into(),
+            );
+        }
         let rest = rest.split(['?', '#']).next().unwrap_or_default();
         let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
         let (userinfo, hosts) = match authority.rsplit_once('@') {
@@ -630,12 +639,17 @@ mod tests {
             ("redis://a/b", "database number"),
             ("redis://:%zz@a", "%-escape"),
             ("redis+cluster://a:1,b:2/0", "does not have"),
+            ("redis://u:le4k/rest@a:1/0", "%2F"),
+            ("redis://u:le4k?rest@a:1/0", "%3F"),
+            ("redis+sentinel://:le4k#rest@a:1/main", "%23"),
+            ("redis://u:123/le4k@a:1/0", "BATCHSSE_REDIS_PASSWORD"),
         ] {
             let e = parse(bad).unwrap_err().to_string();
             assert!(
                 e.contains(says) && e.contains("redis://127.0.0.1:6379/0"),
                 "{bad}: {e}"
             );
+            assert!(!e.contains("le4k"), "a password shown: {e}");
         }
     }
 

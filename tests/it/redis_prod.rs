@@ -676,3 +676,27 @@ fn a_run_published_to_a_cluster_is_served_by_two_relays() {
     by_plan.signal("TERM");
     by_plan.wait();
 }
+
+#[test]
+fn a_password_with_a_slash_is_refused_and_not_shown() {
+    // Unescaped, a '/', '?' or '#' ends the host part: the password's start
+    // was read as the host and echoed as a bad port.
+    let db = TempDb::counters(10);
+    let plan = db.file("plan.json", &counter_plan("slash", 10));
+    for url in [
+        "redis://pub:le4k3d/rest@127.0.0.1:1/0",
+        "redis://pub:le4k3d?rest@127.0.0.1:1/0",
+        "redis://:le4k3d#rest@127.0.0.1:1/0",
+        "redis://pub:12345/le4k3d@127.0.0.1:1/0",
+    ] {
+        let args = run_args(&db, path_str(&plan), &["--no-serve", "--publish", url]);
+        let (code, _, err) = run_env(&args, &[]);
+        assert_eq!(code, Some(2), "{url}: {err}");
+        assert!(!err.contains("le4k3d"), "a password shown: {err}");
+        assert!(
+            err.contains("%2F") && err.contains("BATCHSSE_REDIS_PASSWORD"),
+            "{err}"
+        );
+    }
+    assert_eq!(db.counter_spread(), (0, 10), "nothing ran");
+}
