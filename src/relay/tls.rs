@@ -4,8 +4,12 @@
 //! `redis+cluster://`; and a TLS failure told
 //! in plain words.
 
+use std::path::Path;
+
 use redis::sentinel::{SentinelClientBuilder, SentinelServerType};
 use redis::{ClientTlsConfig, ConnectionAddr, IntoConnectionInfo, TlsCertificates, TlsMode};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::{Access, Server};
 
@@ -35,11 +39,20 @@ impl Pem {
                 .transpose()
         };
         let ca = read("--redis-ca", &access.ca)?;
+        if let (Some(pem), Some(path)) = (&ca, &access.ca) {
+            certs("--redis-ca", path, pem)?;
+        }
         let client_tls = match (read("--redis-cert", &access.cert)?, read("--redis-key", &access.key)?) {
-            (Some(client_cert), Some(client_key)) => Some(ClientTlsConfig {
-                client_cert,
-                client_key,
-            }),
+            (Some(client_cert), Some(client_key)) => {
+                let paths = access.cert.as_deref().zip(access.key.as_deref());
+                if let Some((cert_path, key_path)) = paths {
+                    key_pair((cert_path, &client_cert), (key_path, &client_key))?;
+                }
+                Some(ClientTlsConfig {
+                    client_cert,
+                    client_key,
+                })
+            }
             (None, None) => None,
             _ => return Err("give --redis-cert and --redis-key together (the client certificate and its private key)".into()),
         };
@@ -51,6 +64,45 @@ impl Pem {
             root_cert: ca,
         })))
     }
+}
+
+/// The certificates in a PEM file named by `flag`: at least one, else
+/// the handshake would fail later in words that blame the server.
+fn certs(flag: &str, path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    let shown = path.display();
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{flag} {shown}: cannot read it as PEM ({e})"))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{flag} {shown} holds no certificate: give a PEM file with a -----BEGIN CERTIFICATE----- block"
+        ));
+    }
+    Ok(certs)
+}
+
+/// Checks `--redis-cert` and `--redis-key`: a certificate, a private key,
+/// and the key the certificate's.
+fn key_pair(
+    (cert_path, cert): (&Path, &[u8]),
+    (key_path, key): (&Path, &[u8]),
+) -> Result<(), String> {
+    let chain = certs("--redis-cert", cert_path, cert)?;
+    let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| {
+        format!(
+            "--redis-key {} holds no private key ({e}): give a PEM file with a -----BEGIN … PRIVATE KEY----- block",
+            key_path.display()
+        )
+    })?;
+    let provider = rustls::crypto::ring::default_provider();
+    rustls::sign::CertifiedKey::from_der(chain, key, &provider).map_err(|e| {
+        format!(
+            "--redis-key {} is not the private key of --redis-cert {} ({e}); give the key the certificate was made for",
+            key_path.display(),
+            cert_path.display()
+        )
+    })?;
+    Ok(())
 }
 
 /// One node at `host`, over TLS where `pem` or the scheme says so.

@@ -700,3 +700,57 @@ fn a_password_with_a_slash_is_refused_and_not_shown() {
     }
     assert_eq!(db.counter_spread(), (0, 10), "nothing ran");
 }
+
+#[test]
+fn pem_files_that_cannot_serve_are_refused_naming_the_flag() {
+    let Some(certs) = Certs::make() else { return };
+    let Some((_redis, url)) = tls_redis(&certs, true) else {
+        return;
+    };
+    let db = TempDb::counters(10);
+    let plan = db.file("plan.json", &counter_plan("pem", 10));
+    let (ca, other_key) = (certs.arg("ca.pem"), certs.arg("server.key"));
+    let (cert, key) = (certs.arg("client.pem"), certs.arg("client.key"));
+    // Each was taken: a CA file with no certificate as no CA (so "not
+    // signed by a CA this side trusts"), a certificate and key swapped as
+    // a bad URL, another key as a failed handshake.
+    for (extra, says) in [
+        (
+            vec!["--redis-ca", &key],
+            format!("--redis-ca {key} holds no certificate"),
+        ),
+        (
+            vec![
+                "--redis-ca",
+                &ca,
+                "--redis-cert",
+                &key,
+                "--redis-key",
+                &cert,
+            ],
+            format!("--redis-cert {key} holds no certificate"),
+        ),
+        (
+            vec!["--redis-ca", &ca, "--redis-cert", &cert, "--redis-key", &ca],
+            format!("--redis-key {ca} holds no private key"),
+        ),
+        (
+            vec![
+                "--redis-ca",
+                &ca,
+                "--redis-cert",
+                &cert,
+                "--redis-key",
+                &other_key,
+            ],
+            format!("--redis-key {other_key} is not the private key of --redis-cert {cert}"),
+        ),
+    ] {
+        let mut args = run_args(&db, path_str(&plan), &["--no-serve", "--publish", &url]);
+        args.extend_from_slice(&extra);
+        let (code, _, err) = run_env(&args, &[]);
+        assert_eq!(code, Some(2), "{extra:?}: {err}");
+        assert!(err.contains(&says), "{extra:?}: {err}");
+    }
+    assert_eq!(db.counter_spread(), (0, 10), "nothing ran");
+}
