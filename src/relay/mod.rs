@@ -332,23 +332,52 @@ impl Target {
     /// where the URL came from, for the fix).
     pub async fn connect_or_refuse(&self, doing: &str, url: &str) -> Result<Conn, UsageError> {
         self.connect().await.map_err(|e| {
-            let tls_failure = self.tls.then(|| tls::failure(&e)).flatten();
-            let failure = Failure::of(e);
-            let (why, fix) = match (&tls_failure, &failure) {
-                (Some(why), _) => (why.as_str(), tls::FIX.to_owned()),
-                (None, Failure::Away(_)) => (
-                    failure.why(),
-                    format!("is Redis running there? Start it, or fix {url}"),
-                ),
-                (None, Failure::Refused(_)) => (
-                    failure.why(),
-                    format!(
-                        "fix the password (or user, or database) in {url}, or BATCHSSE_REDIS_PASSWORD"
-                    ),
-                ),
+            let (why, fix) = match self.tls.then(|| tls::failure(&e)).flatten() {
+                Some(why) => (why, tls::FIX.to_owned()),
+                None => self.refusal(e, url),
             };
             UsageError::new(format!("cannot {doing} {}: {why}; {fix}", self.shown))
         })
+    }
+
+    /// Why a connection at start failed, in Redis's words where it
+    /// answered, and what to try for that cause.
+    fn refusal(&self, e: redis::RedisError, url: &str) -> (String, String) {
+        let not_found = e.kind() == redis::ErrorKind::MasterNameNotFoundBySentinel;
+        let text = e.to_string().to_ascii_lowercase();
+        let failure = Failure::of(e);
+        let why = failure.why().to_owned();
+        let (host, port) = (&self.host, self.port);
+        let fix = if not_found {
+            format!(
+                "the sentinels there watch no primary of that name: fix the SERVICE in {url} (`redis-cli -h {host} -p {port} SENTINEL MASTERS` names the ones they watch)"
+            )
+        } else if text.contains("not point to a sentinel") {
+            format!(
+                "{host}:{port} is a Redis node, not a sentinel: give the sentinels' addresses (port 26379 by default) in {url}, or a redis:// URL for that node"
+            )
+        } else if text.contains("cluster support disabled") {
+            format!(
+                "{host}:{port} is not a Redis Cluster node: give a redis:// URL for a single node in {url}"
+            )
+        } else if why.contains("\"NOPERM") {
+            format!(
+                "give the Redis user that command (see the README's ACL rules, \"On production Redis\"), or another user in {url}"
+            )
+        } else if text.contains("authentication failed") || matches!(failure, Failure::Refused(_)) {
+            format!("fix the password (or user, or database) in {url}, or BATCHSSE_REDIS_PASSWORD")
+        } else if self.tls {
+            format!(
+                "is Redis running there, with TLS on that port (its tls-port)? Start it, or fix {url}"
+            )
+        } else if why.starts_with("nothing is listening") {
+            format!("is Redis running there? Start it, or fix {url}")
+        } else {
+            format!(
+                "is Redis running there? Start it, or fix {url} (a port that wants TLS takes rediss://)"
+            )
+        };
+        (why, fix)
     }
 
     /// Whether the primary is found through Sentinel (whose failovers the

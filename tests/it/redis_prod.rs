@@ -675,6 +675,16 @@ fn a_run_published_to_a_cluster_is_served_by_two_relays() {
     });
     by_plan.signal("TERM");
     by_plan.wait();
+    // A user the nodes do not know is a password to fix, not a Redis to start.
+    let bad = url.replace("redis+cluster://", "redis+cluster://nobody:n0pe@");
+    let plan = db.file("plan.json", &counter_plan("prod", 10));
+    let args = run_args(&db, path_str(&plan), &["--no-serve", "--publish", &bad]);
+    let (code, _, err) = run_env(&args, &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("fix the password") && !err.contains("n0pe"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -751,6 +761,43 @@ fn pem_files_that_cannot_serve_are_refused_naming_the_flag() {
         let (code, _, err) = run_env(&args, &[]);
         assert_eq!(code, Some(2), "{extra:?}: {err}");
         assert!(err.contains(&says), "{extra:?}: {err}");
+    }
+    assert_eq!(db.counter_spread(), (0, 10), "nothing ran");
+}
+
+#[test]
+fn a_redis_refusal_at_start_names_the_fix_for_its_cause() {
+    let Some(redis) = Redis::start() else { return };
+    let sentinel = Sentinel::start(redis.port);
+    acl_user(
+        &redis,
+        "noping",
+        "pw",
+        &[&PUBLISHER_RULES[..3], &PUBLISHER_RULES[4..]].concat(),
+    );
+    let db = TempDb::counters(10);
+    let plan = db.file("plan.json", &counter_plan("causes", 10));
+    let (node, sentinels) = (
+        format!("127.0.0.1:{}", redis.port),
+        format!("127.0.0.1:{}", sentinel.port),
+    );
+    for (url, says) in [
+        (
+            format!("redis+sentinel://{sentinels}/mian"),
+            "watch no primary of that name",
+        ),
+        (format!("redis+sentinel://{node}/main"), "not a sentinel"),
+        (
+            format!("redis+cluster://{node}"),
+            "not a Redis Cluster node",
+        ),
+        (format!("redis://noping:pw@{node}/0"), "ACL rules"),
+    ] {
+        let args = run_args(&db, path_str(&plan), &["--no-serve", "--publish", &url]);
+        let (code, _, err) = run_env(&args, &[]);
+        assert_eq!(code, Some(2), "{url}: {err}");
+        assert!(err.contains(says), "{url}: {err}");
+        assert!(!err.contains("fix the password"), "{url}: {err}");
     }
     assert_eq!(db.counter_spread(), (0, 10), "nothing ran");
 }
