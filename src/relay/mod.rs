@@ -241,7 +241,7 @@ impl Target {
         let auth = password.map(|p| (parts.user.clone(), p));
         let pem = tls::Pem::read(access, tls).map_err(UsageError::new)?;
         let server = match &service {
-            Some(service) => tls::sentinel(&parts.hosts, service, tls, pem),
+            Some(service) => tls::sentinel(&parts.hosts, service, tls, pem, auth.as_ref()),
             None if cluster => tls::cluster(&parts.hosts, tls, pem, auth.as_ref()),
             None => tls::node(&parts.hosts[0], tls, pem),
         }

@@ -116,15 +116,24 @@ pub fn node(host: &(String, u16), tls: bool, pem: Pem) -> redis::RedisResult<Ser
 }
 
 /// The primary of `service`, as the sentinels at `hosts` name it; TLS
-/// (with the same files) to the sentinels and to the nodes alike.
+/// (with the same files) to the sentinels and to the nodes alike. The
+/// crate asks each node it is given for its `ROLE` before handing it over,
+/// so `auth` goes to it too: else a node with a password answers `NOAUTH`.
 pub fn sentinel(
     hosts: &[(String, u16)],
     service: &str,
     tls: bool,
     pem: Pem,
+    auth: Option<&(Option<String>, String)>,
 ) -> redis::RedisResult<Server> {
     let addrs = hosts.iter().map(|h| address(h, tls));
     let mut b = SentinelClientBuilder::new(addrs, service, SentinelServerType::Master)?;
+    if let Some((user, password)) = auth {
+        b = b.set_client_to_redis_password(password);
+        if let Some(user) = user {
+            b = b.set_client_to_redis_username(user);
+        }
+    }
     if tls {
         b = b
             .set_client_to_redis_tls_mode(TlsMode::Secure)

@@ -312,6 +312,11 @@ struct Sentinel {
 
 impl Sentinel {
     fn start(primary_port: u16) -> Sentinel {
+        Sentinel::start_with(primary_port, "")
+    }
+
+    /// The same, with more lines of `sentinel.conf` (`sentinel auth-pass`).
+    fn start_with(primary_port: u16, conf_extra: &str) -> Sentinel {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let conf = dir.path().join("sentinel.conf");
@@ -321,7 +326,7 @@ impl Sentinel {
                 "port {port}\nbind 127.0.0.1\ndir {}\nlogfile {}\n\
                  sentinel monitor main 127.0.0.1 {primary_port} 2\n\
                  sentinel down-after-milliseconds main 2000\n\
-                 sentinel failover-timeout main 10000\n",
+                 sentinel failover-timeout main 10000\n{conf_extra}",
                 dir.path().display(),
                 dir.path().join("sentinel.log").display()
             ),
@@ -800,4 +805,73 @@ fn a_redis_refusal_at_start_names_the_fix_for_its_cause() {
         assert!(!err.contains("fix the password"), "{url}: {err}");
     }
     assert_eq!(db.counter_spread(), (0, 10), "nothing ran");
+}
+
+#[test]
+fn under_sentinel_a_primary_with_a_password_serves_acl_users_and_a_replica_must_have_the_events() {
+    const PW: &str = "node-s3cret";
+    let Some(primary) = Redis::start_with_password(PW) else {
+        return;
+    };
+    let port = primary.port.to_string();
+    let auth = [
+        "--masterauth",
+        PW,
+        "--requirepass",
+        PW,
+        "--replicaof",
+        "127.0.0.1",
+        &port,
+    ];
+    let Some(replica) = Redis::start_with(&auth.map(String::from)) else {
+        return;
+    };
+    let admin = |r: &Redis| {
+        redis::Client::open(r.url_with_password(PW))
+            .and_then(|c| c.get_connection())
+            .expect("connect with the password")
+    };
+    wait_for_redis("the replica's link", || {
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query(&mut admin(&replica))
+            .ok()?;
+        info.contains("master_link_status:up").then_some(())
+    });
+    let sentinel = Sentinel::start_with(primary.port, &format!("sentinel auth-pass main {PW}\n"));
+    // The README's rules, with what Sentinel adds: WAIT, and the crate's
+    // ROLE check of the primary it is given.
+    for (user, rules) in [
+        ("bpub", [PUBLISHER_RULES, &["+wait", "+role"]].concat()),
+        ("brelay", [RELAY_RULES, &["+role"]].concat()),
+    ] {
+        let mut cmd = redis::cmd("ACL");
+        cmd.arg("SETUSER")
+            .arg(user)
+            .arg("reset")
+            .arg("on")
+            .arg(format!(">{user}-pw"));
+        let _: () = cmd
+            .arg(&rules)
+            .query(&mut admin(&primary))
+            .expect("ACL SETUSER");
+    }
+    let url = |user: &str| {
+        format!(
+            "redis+sentinel://{user}:{user}-pw@127.0.0.1:{}/main/0",
+            sentinel.port
+        )
+    };
+    // The node's password went to batchsse's own AUTH only, after the
+    // crate's ROLE check had met NOAUTH: exit 2.
+    let db = TempDb::counters(30);
+    let (lines, run_id, _) = publish(&db, &["--publish", &url("bpub")], &[]);
+    let out: String = lines.iter().map(Value::to_string).collect();
+    assert!(!out.contains("\"error\""), "no refusal: {out}");
+    let xlen: usize = redis::cmd("XLEN")
+        .arg(format!("batchsse:run:{run_id}"))
+        .query(&mut admin(&primary))
+        .expect("XLEN");
+    assert_eq!(xlen, lines.len(), "every event once");
+    relay_serves(&url("brelay"), &run_id, &[], &[], &lines);
 }
