@@ -823,7 +823,7 @@ fn under_sentinel_a_primary_with_a_password_serves_acl_users_and_a_replica_must_
         "127.0.0.1",
         &port,
     ];
-    let Some(replica) = Redis::start_with(&auth.map(String::from)) else {
+    let Some(mut replica) = Redis::start_with(&auth.map(String::from)) else {
         return;
     };
     let admin = |r: &Redis| {
@@ -874,4 +874,15 @@ fn under_sentinel_a_primary_with_a_password_serves_acl_users_and_a_replica_must_
         .expect("XLEN");
     assert_eq!(xlen, lines.len(), "every event once");
     relay_serves(&url("brelay"), &run_id, &[], &[], &lines);
+    // With no replica, no event counts as published: the first batch's
+    // WAIT failed, and the reconnection took the primary's word for it.
+    replica.kill();
+    let db = TempDb::counters(30);
+    let flags = ["--publish", &url("bpub"), "--drain-timeout", "3"];
+    let (lines, _, err) = publish(&db, &flags, &[]);
+    let none = format!("{} event(s) were not published", lines.len());
+    assert!(
+        err.contains(&none) && err.contains("no replica took") && !err.contains("reconnected"),
+        "{err}"
+    );
 }
