@@ -51,6 +51,8 @@ pub struct Target {
     db: i64,
     tls: bool,
     shown: String,
+    /// `--redis-ca FILE` and the rest, as given, for the relay command.
+    tls_flags: String,
 }
 
 /// The server behind a URL. Credentials and the database are not in it:
@@ -181,6 +183,21 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// The TLS file flags of `access`, each with its path as a shell word.
+fn tls_flags(access: &Access) -> String {
+    [
+        ("--redis-ca", &access.ca),
+        ("--redis-cert", &access.cert),
+        ("--redis-key", &access.key),
+    ]
+    .iter()
+    .filter_map(|(flag, path)| {
+        let path = path.as_ref()?.to_string_lossy();
+        Some(format!(" {flag} {}", crate::human::shell_word(&path)))
+    })
+    .collect()
+}
+
 /// A host as it goes in a URL (an IPv6 address in brackets).
 fn url_host(host: &str) -> String {
     if host.contains(':') {
@@ -264,6 +281,7 @@ impl Target {
             port: parts.hosts[0].1,
             db,
             tls,
+            tls_flags: tls_flags(access),
             shown: match cluster {
                 true => format!("{}://{user}{}", parts.scheme, hosts.join(",")),
                 false => format!("{}://{user}{}/{path}{db}", parts.scheme, hosts.join(",")),
@@ -274,6 +292,12 @@ impl Target {
     /// The URL without its password, for messages.
     pub fn shown(&self) -> &str {
         &self.shown
+    }
+
+    /// The TLS file flags given (` --redis-ca ca.pem`…), which a relay of
+    /// this Redis needs as well.
+    pub fn tls_flags(&self) -> &str {
+        &self.tls_flags
     }
 
     /// A new connection. Replies are not timed out here: a relay's reads

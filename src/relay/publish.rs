@@ -99,6 +99,11 @@ impl Publisher {
         self.target.has_password()
     }
 
+    /// The TLS file flags a relay of the same Redis needs.
+    pub fn tls_flags(&self) -> &str {
+        self.target.tls_flags()
+    }
+
     /// At exit: waits up to `limit` (a Ctrl-C or SIGTERM cuts it short)
     /// until Redis holds every logged event; says on stderr how many it
     /// does not, and why.

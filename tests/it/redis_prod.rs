@@ -137,8 +137,11 @@ fn a_run_published_over_tls_is_relayed_event_for_event() {
         lines.len(),
         "every event in Redis once"
     );
+    // The relay command it prints works as printed: with the CA.
     assert!(
-        err.contains(&format!("publishing every event to {url}")),
+        err.contains(&format!(
+            "publishing every event to {url}; `batchsse relay {url} --redis-ca {ca} --plan prod`"
+        )),
         "{err}"
     );
     relay_serves(&url, &run_id, &["--redis-ca", &ca], &[], &lines);
