@@ -576,7 +576,12 @@ impl Failure {
             let detail = detail
                 .map(|d| format!(" {}", d.trim_end_matches('.')))
                 .unwrap_or_default();
-            let words = format!("Redis answered \"{code}{detail}\"");
+            let mut words = format!("Redis answered \"{code}{detail}\"");
+            if code == "MOVED" || code == "ASK" {
+                words.push_str(
+                    ": that node is one of a Redis Cluster; give redis+cluster://HOST:PORT, to the run and its relays alike",
+                );
+            }
             return if PASSING.contains(&code.as_str()) {
                 Failure::Away(words)
             } else {
@@ -758,6 +763,8 @@ mod tests {
         assert!(matches!(Failure::of(io), Failure::Away(_)));
         let parse: RedisError = (ErrorKind::UnexpectedReturnType, "not a string").into();
         assert!(matches!(Failure::of(parse), Failure::Refused(_)));
+        let moved = redis::make_extension_error("MOVED".into(), Some("3134 10.0.0.1:7001".into()));
+        assert!(Failure::of(moved).why().contains("give redis+cluster://"));
         for (code, passes) in [("LOADING", true), ("NOPERM", false), ("WRONGTYPE", false)] {
             let e = redis::make_extension_error(code.into(), Some("the words.".into()));
             let f = Failure::of(e);

@@ -683,6 +683,23 @@ fn a_run_published_to_a_cluster_is_served_by_two_relays() {
     });
     by_plan.signal("TERM");
     by_plan.wait();
+    // A relay given one node's plain URL is told to use the cluster's: the
+    // nodes that do not hold the key (two of the three) answer MOVED.
+    let moved: Vec<String> = cluster
+        .0
+        .iter()
+        .filter_map(|n| {
+            let plain = format!("redis://127.0.0.1:{}/0", n.port);
+            let args = ["relay", &plain, "--run", &run_id, "--listen", "127.0.0.1:0"];
+            let (code, _, err) = run_env(&args, &[]);
+            assert_eq!(code, Some(2), "{err}");
+            err.contains("MOVED").then_some(err)
+        })
+        .collect();
+    assert!(!moved.is_empty(), "no node answered MOVED");
+    for err in moved {
+        assert!(err.contains("give redis+cluster://"), "{err}");
+    }
     // A user the nodes do not know is a password to fix, not a Redis to start.
     let bad = url.replace("redis+cluster://", "redis+cluster://nobody:n0pe@");
     let plan = db.file("plan.json", &counter_plan("prod", 10));
