@@ -357,7 +357,7 @@ impl Target {
     pub async fn connect_or_refuse(&self, doing: &str, url: &str) -> Result<Conn, UsageError> {
         self.connect().await.map_err(|e| {
             let (why, fix) = match self.tls.then(|| tls::failure(&e)).flatten() {
-                Some(why) => (why, tls::FIX.to_owned()),
+                Some(why_fix) => why_fix,
                 None => self.refusal(e, url),
             };
             UsageError::new(format!("cannot {doing} {}: {why}; {fix}", self.shown))

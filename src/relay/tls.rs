@@ -13,7 +13,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::{Access, Server};
 
-/// What to try when the TLS handshake fails.
+/// What to try when the TLS handshake fails for a reason not told apart.
 pub const FIX: &str = "check that the server's certificate is signed by the CA you trust (the system's roots, Mozilla's on macOS, or --redis-ca FILE) and names the URL's host, and that --redis-cert/--redis-key are given where the server wants a client certificate";
 
 /// The PEM files' contents, read at start.
@@ -188,26 +188,42 @@ fn address((host, port): &(String, u16), tls: bool) -> ConnectionAddr {
     }
 }
 
-/// A failed TLS handshake, in plain words; `None` for any other failure.
-pub fn failure(e: &redis::RedisError) -> Option<String> {
+/// A failed TLS handshake, in plain words, and what to do about it;
+/// `None` for any other failure.
+pub fn failure(e: &redis::RedisError) -> Option<(String, String)> {
     let text = e.to_string();
     let lower = text.to_ascii_lowercase();
     let says = |w: &str| lower.contains(w);
-    let why = if says("unknownissuer") || says("unknown issuer") {
-        "the server's TLS certificate is not signed by a CA this side trusts"
+    let (why, fix) = if says("unknownissuer") || says("unknown issuer") {
+        (
+            "the server's TLS certificate is not signed by a CA this side trusts",
+            "give the CA that signed it with --redis-ca FILE (else the system's roots are used, Mozilla's on macOS)",
+        )
     } else if says("notvalidforname") || says("not valid for name") {
-        "the server's TLS certificate does not name the URL's host"
-    } else if says("expired") {
-        "the server's TLS certificate has expired"
+        (
+            "the server's TLS certificate does not name the URL's host",
+            "use a host name (or IP address) the certificate names, or have it reissued for this one",
+        )
+    } else if says("expired") || says("notvalidyet") {
+        (
+            "the server's TLS certificate has expired, or is not valid yet",
+            "have it renewed, or check this machine's clock",
+        )
     } else if says("certificaterequired") || says("certificate required") {
-        "the server wants a client certificate (--redis-cert and --redis-key)"
+        (
+            "the server wants a client certificate",
+            "give --redis-cert FILE and --redis-key FILE, signed by a CA the server trusts (its tls-ca-cert-file)",
+        )
+    } else if says("unknownca") || says("badcertificate") {
+        (
+            "the server refused the client certificate (--redis-cert)",
+            "give one signed by a CA the server trusts (its tls-ca-cert-file)",
+        )
     } else if says("certificate") || says("handshake") || says("tls") || says("alert") {
-        "the TLS handshake failed"
+        ("the TLS handshake failed", FIX)
     } else {
         return None;
     };
-    Some(format!(
-        "{why} ({})",
-        text.split_whitespace().collect::<Vec<_>>().join(" ")
-    ))
+    let words = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    Some((format!("{why} ({words})"), fix.to_owned()))
 }

@@ -176,7 +176,24 @@ fn a_certificate_that_fails_is_refused_at_start_in_plain_words() {
     let (code, _, err) = attempt(&["--redis-ca", &ca]);
     assert_eq!(code, Some(2), "{err}");
     assert!(
-        err.contains("the server wants a client certificate"),
+        err.contains("the server wants a client certificate") && err.contains("give --redis-cert"),
+        "{err}"
+    );
+    // A client certificate the server's CA did not sign: the server's
+    // refusal (an UnknownCA alert) was "the TLS handshake failed".
+    let other_key = certs.arg("other-ca.key");
+    let (code, _, err) = attempt(&[
+        "--redis-ca",
+        &ca,
+        "--redis-cert",
+        &other,
+        "--redis-key",
+        &other_key,
+    ]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("the server refused the client certificate")
+            && err.contains("tls-ca-cert-file"),
         "{err}"
     );
     assert_eq!(db.counter_spread(), (0, 20), "nothing ran");
