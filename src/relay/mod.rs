@@ -384,6 +384,10 @@ impl Target {
             format!(
                 "{host}:{port} is not a Redis Cluster node: give a redis:// URL for a single node in {url}"
             )
+        } else if why.contains("\"NOAUTH") && self.is_sentinel() && self.auth.is_some() {
+            // The crate authenticates to the nodes with the URL's password
+            // now, so a NOAUTH is the sentinels'.
+            "the sentinels want a password (requirepass in sentinel.conf), which batchsse cannot give them: the URL's password goes to the Redis nodes; give batchsse sentinels without one".to_owned()
         } else if why.contains("\"NOPERM") {
             format!(
                 "give the Redis user that command (see the README's ACL rules, \"On production Redis\"), or another user in {url}"

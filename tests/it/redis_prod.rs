@@ -365,8 +365,12 @@ impl Sentinel {
             child,
             _dir: dir,
         };
+        // A sentinel with a password of its own answers NOAUTH once up.
         wait_for_redis("the sentinel", || {
-            s.ask::<String>(&mut redis::cmd("PING")).ok()
+            match s.ask::<String>(&mut redis::cmd("PING")) {
+                Ok(_) => Some(()),
+                Err(e) => (e.code() == Some("NOAUTH")).then_some(()),
+            }
         });
         s
     }
@@ -811,6 +815,7 @@ fn pem_files_that_cannot_serve_are_refused_naming_the_flag() {
 fn a_redis_refusal_at_start_names_the_fix_for_its_cause() {
     let Some(redis) = Redis::start() else { return };
     let sentinel = Sentinel::start(redis.port);
+    let guarded = Sentinel::start_with(redis.port, "requirepass sentinel-pw\n");
     acl_user(
         &redis,
         "noping",
@@ -834,6 +839,10 @@ fn a_redis_refusal_at_start_names_the_fix_for_its_cause() {
             "not a Redis Cluster node",
         ),
         (format!("redis://noping:pw@{node}/0"), "ACL rules"),
+        (
+            format!("redis+sentinel://:pw@127.0.0.1:{}/main", guarded.port),
+            "the sentinels want a password",
+        ),
     ] {
         let args = run_args(&db, path_str(&plan), &["--no-serve", "--publish", &url]);
         let (code, _, err) = run_env(&args, &[]);
