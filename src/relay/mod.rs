@@ -27,6 +27,7 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 
 use crate::error::UsageError;
+use crate::human::shell_word;
 
 /// What a Redis URL does not say, from flags and the environment: the
 /// PEM files for `rediss://` (`--redis-ca`, `--redis-cert`, `--redis-key`)
@@ -50,6 +51,8 @@ pub struct Target {
     port: u16,
     db: i64,
     tls: bool,
+    /// Sentinel's name for the primary.
+    service: Option<String>,
     shown: String,
     /// `--redis-ca FILE` and the rest, as given, for the relay command.
     tls_flags: String,
@@ -143,6 +146,28 @@ impl Parts {
     }
 }
 
+impl Parts {
+    /// The URL as shown to people: without its password.
+    fn shown(&self, service: Option<&str>, db: i64, cluster: bool) -> String {
+        let hosts: Vec<String> = self
+            .hosts
+            .iter()
+            .map(|(h, p)| format!("{}:{p}", url_host(h)))
+            .collect();
+        let user = self
+            .user
+            .as_ref()
+            .map(|u| format!("{u}@"))
+            .unwrap_or_default();
+        let (scheme, hosts) = (&self.scheme, hosts.join(","));
+        match (cluster, service) {
+            (true, _) => format!("{scheme}://{user}{hosts}"),
+            (false, Some(service)) => format!("{scheme}://{user}{hosts}/{service}/{db}"),
+            (false, None) => format!("{scheme}://{user}{hosts}/{db}"),
+        }
+    }
+}
+
 /// `HOST[:PORT]` or `[V6][:PORT]`.
 fn host_port(h: &str, default_port: u16) -> Result<(String, u16), String> {
     let (host, port) = match h.strip_prefix('[') {
@@ -193,7 +218,7 @@ fn tls_flags(access: &Access) -> String {
     .iter()
     .filter_map(|(flag, path)| {
         let path = path.as_ref()?.to_string_lossy();
-        Some(format!(" {flag} {}", crate::human::shell_word(&path)))
+        Some(format!(" {flag} {}", shell_word(&path)))
     })
     .collect()
 }
@@ -263,17 +288,7 @@ impl Target {
             None => tls::node(&parts.hosts[0], tls, pem),
         }
         .map_err(|e| usage(format!("is not usable ({e})")))?;
-        let hosts: Vec<String> = parts
-            .hosts
-            .iter()
-            .map(|(h, p)| format!("{}:{p}", url_host(h)))
-            .collect();
-        let path = service.map(|s| format!("{s}/")).unwrap_or_default();
-        let user = parts
-            .user
-            .as_ref()
-            .map(|u| format!("{u}@"))
-            .unwrap_or_default();
+        let shown = parts.shown(service.as_deref(), db, cluster);
         Ok(Target {
             server,
             auth,
@@ -281,11 +296,9 @@ impl Target {
             port: parts.hosts[0].1,
             db,
             tls,
+            service,
             tls_flags: tls_flags(access),
-            shown: match cluster {
-                true => format!("{}://{user}{}", parts.scheme, hosts.join(",")),
-                false => format!("{}://{user}{}/{path}{db}", parts.scheme, hosts.join(",")),
-            },
+            shown,
         })
     }
 
@@ -436,18 +449,29 @@ impl Target {
         self.auth.is_some()
     }
 
-    /// `redis-cli` options for this server (without the password).
-    pub fn cli_options(&self) -> String {
-        let auth = if self.auth.is_some() {
-            " -a PASSWORD"
-        } else {
-            ""
-        };
+    /// A `redis-cli` command that lists the runs this Redis holds (without
+    /// the password): on one node a scan; under Sentinel, on the primary
+    /// the sentinels name (a sentinel has no keys); in a Cluster, on each
+    /// node (a scan covers only the node it asks).
+    pub fn list_runs_hint(&self) -> String {
         let tls = if self.tls { " --tls" } else { "" };
-        format!(
-            "-h {} -p {} -n {}{tls}{auth}",
-            self.host, self.port, self.db
-        )
+        let auth = match &self.auth {
+            Some((Some(user), _)) => format!(" --user {} -a PASSWORD", shell_word(user)),
+            Some((None, _)) => " -a PASSWORD".to_owned(),
+            None => String::new(),
+        };
+        let (host, port, db) = (&self.host, self.port, self.db);
+        let scan = format!("-n {db}{tls}{auth} --scan --pattern 'batchsse:run:*'");
+        match (&self.server, &self.service) {
+            (Server::Sentinel(_), Some(service)) => format!(
+                "`redis-cli -h {host} -p {port}{tls} SENTINEL get-master-addr-by-name {}` names the primary, where `redis-cli -h HOST -p PORT {scan}` lists the runs it holds",
+                shell_word(service)
+            ),
+            (Server::Cluster(_), _) => format!(
+                "`redis-cli{tls}{auth} --cluster call {host}:{port} KEYS 'batchsse:run:*'` lists the runs each node holds"
+            ),
+            _ => format!("`redis-cli -h {host} -p {port} {scan}` lists the runs it holds"),
+        }
     }
 }
 
@@ -671,23 +695,42 @@ mod tests {
     fn urls_are_checked_and_shown_without_their_password() {
         let t = parse("redis://:s3cret@10.0.0.5:6380/2").unwrap();
         assert_eq!(t.shown(), "redis://10.0.0.5:6380/2");
-        assert_eq!(t.cli_options(), "-h 10.0.0.5 -p 6380 -n 2 -a PASSWORD");
+        assert_eq!(
+            t.list_runs_hint(),
+            "`redis-cli -h 10.0.0.5 -p 6380 -n 2 -a PASSWORD --scan --pattern 'batchsse:run:*'` lists the runs it holds"
+        );
         let t = parse("redis://127.0.0.1").unwrap();
         assert_eq!(t.shown(), "redis://127.0.0.1:6379/0");
         let t = parse("rediss://app:p%40ss@cache.example:6380/1").unwrap();
         assert_eq!(t.shown(), "rediss://app@cache.example:6380/1");
         assert_eq!(t.auth, Some((Some("app".into()), "p@ss".into())));
-        assert_eq!(
-            t.cli_options(),
-            "-h cache.example -p 6380 -n 1 --tls -a PASSWORD"
+        assert!(
+            t.list_runs_hint().starts_with(
+                "`redis-cli -h cache.example -p 6380 -n 1 --tls --user app -a PASSWORD --scan"
+            ),
+            "{}",
+            t.list_runs_hint()
         );
         let t = parse("redis+sentinel://u:pw@10.0.0.1,10.0.0.2:26380/main/3").unwrap();
         assert_eq!(
             t.shown(),
             "redis+sentinel://u@10.0.0.1:26379,10.0.0.2:26380/main/3"
         );
+        assert!(
+            t.list_runs_hint().starts_with(
+                "`redis-cli -h 10.0.0.1 -p 26379 SENTINEL get-master-addr-by-name main`"
+            ),
+            "{}",
+            t.list_runs_hint()
+        );
         let t = parse("redis+cluster://u:pw@10.0.0.1:7000,10.0.0.2:7001").unwrap();
         assert_eq!(t.shown(), "redis+cluster://u@10.0.0.1:7000,10.0.0.2:7001");
+        assert!(
+            t.list_runs_hint()
+                .contains("--user u -a PASSWORD --cluster call 10.0.0.1:7000 KEYS"),
+            "{}",
+            t.list_runs_hint()
+        );
         assert_eq!(t.tagged("r-1"), "{r-1}");
         let t = parse("redis://[::1]:7000").unwrap();
         assert_eq!(t.tagged("r-1"), "r-1");

@@ -48,6 +48,13 @@ fn run_env(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String)
     (status.code(), out, err)
 }
 
+/// The first `command` between backticks in `text`, run by `sh`: its stdout.
+fn run_quoted(text: &str) -> String {
+    let cmd = text.split('`').nth(1).expect("a command in backticks");
+    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("sh");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// `XLEN` of a run's stream, read over the plain port.
 fn xlen(redis: &Redis, run_id: &str) -> usize {
     redis::cmd("XLEN")
@@ -721,6 +728,15 @@ fn a_run_published_to_a_cluster_is_served_by_two_relays() {
     for err in moved {
         assert!(err.contains("give redis+cluster://"), "{err}");
     }
+    // A run it does not hold: the command it gives lists the runs of every
+    // node, through whichever node it names (a scan lists that node's).
+    for n in &cluster.0 {
+        let one = format!("redis+cluster://127.0.0.1:{}", n.port);
+        let args = ["relay", &one, "--run", "nosuch", "--listen", "127.0.0.1:0"];
+        let (code, _, err) = run_env(&args, &[]);
+        assert_eq!(code, Some(2), "{err}");
+        assert!(run_quoted(&err).contains(&run_id), "{err}");
+    }
     // A user the nodes do not know is a password to fix, not a Redis to start.
     let bad = url.replace("redis+cluster://", "redis+cluster://nobody:n0pe@");
     let plan = db.file("plan.json", &counter_plan("prod", 10));
@@ -851,6 +867,13 @@ fn a_redis_refusal_at_start_names_the_fix_for_its_cause() {
         assert!(!err.contains("fix the password"), "{url}: {err}");
     }
     assert_eq!(db.counter_spread(), (0, 10), "nothing ran");
+    // A run Redis does not hold: the command given asks a sentinel, which
+    // has no keys to scan, for the primary.
+    let url = format!("redis+sentinel://{sentinels}/main");
+    let args = ["relay", &url, "--run", "nosuch", "--listen", "127.0.0.1:0"];
+    let (code, _, err) = run_env(&args, &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(run_quoted(&err).contains(&redis.port.to_string()), "{err}");
 }
 
 #[test]
