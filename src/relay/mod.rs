@@ -414,8 +414,10 @@ impl Target {
         } else if why.starts_with("nothing is listening") {
             format!("is Redis running there? Start it, or fix {url}")
         } else {
+            let scheme = self.shown.split("://").next().unwrap_or_default();
             format!(
-                "is Redis running there? Start it, or fix {url} (a port that wants TLS takes rediss://)"
+                "is Redis running there? Start it, or fix {url} (a port that wants TLS takes {}://)",
+                scheme.replacen("redis", "rediss", 1)
             )
         };
         (why, fix)

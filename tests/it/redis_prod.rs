@@ -157,7 +157,7 @@ fn a_run_published_over_tls_is_relayed_event_for_event() {
 #[test]
 fn a_certificate_that_fails_is_refused_at_start_in_plain_words() {
     let Some(certs) = Certs::make() else { return };
-    let Some((_redis, url)) = tls_redis(&certs, true) else {
+    let Some((redis, url)) = tls_redis(&certs, true) else {
         return;
     };
     let db = TempDb::counters(20);
@@ -178,6 +178,23 @@ fn a_certificate_that_fails_is_refused_at_start_in_plain_words() {
             err.contains("not signed by a CA this side trusts") && err.contains("--redis-ca"),
             "{extra:?}: {err}"
         );
+    }
+    // TLS's port without TLS, and the plain port with it: each says so.
+    let no_tls = url.replace("rediss://", "redis://");
+    let plain_port = format!("rediss://127.0.0.1:{}/0", redis.port);
+    for (publish, extra, says) in [
+        (&no_tls, &[][..], "a port that wants TLS takes rediss://"),
+        (
+            &plain_port,
+            &["--redis-ca", &ca][..],
+            "with TLS on that port",
+        ),
+    ] {
+        let mut args = run_args(&db, path_str(&plan), &["--no-serve", "--publish", publish]);
+        args.extend_from_slice(extra);
+        let (code, _, err) = run_env(&args, &[]);
+        assert_eq!(code, Some(2), "{err}");
+        assert!(err.contains(says), "{err}");
     }
     // The right CA, but the server wants a client certificate.
     let (code, _, err) = attempt(&["--redis-ca", &ca]);
