@@ -159,14 +159,15 @@ async fn drive(mut session: Session, parts: Parts) -> Result<RunStatus, UsageErr
     };
     if let Some((p, _)) = &publisher {
         crate::errln!(
-            "batchsse: publishing every event to {0}; `batchsse relay {0} {1}` serves the run from any host{2}",
+            "batchsse: publishing every event to {0}; `batchsse relay {0}{3} {1}` serves the run from any host{2}",
             p.shown(),
             plan_flag(&session.plan.name),
             if p.has_password() {
                 " (add the password to that URL, or set BATCHSSE_REDIS_PASSWORD)"
             } else {
                 ""
-            }
+            },
+            p.tls_flags(),
         );
     }
     // Terminal output may block (a full pipe, a slow terminal); on its own

@@ -27,6 +27,7 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 
 use crate::error::UsageError;
+use crate::human::shell_word;
 
 /// What a Redis URL does not say, from flags and the environment: the
 /// PEM files for `rediss://` (`--redis-ca`, `--redis-cert`, `--redis-key`)
@@ -50,7 +51,11 @@ pub struct Target {
     port: u16,
     db: i64,
     tls: bool,
+    /// Sentinel's name for the primary.
+    service: Option<String>,
     shown: String,
+    /// `--redis-ca FILE` and the rest, as given, for the relay command.
+    tls_flags: String,
 }
 
 /// The server behind a URL. Credentials and the database are not in it:
@@ -92,6 +97,15 @@ impl Parts {
     fn of(url: &str) -> Result<Parts, String> {
         let (scheme, rest) = url.split_once("://").ok_or("is not a URL")?;
         let scheme = scheme.to_ascii_lowercase();
+        // Unescaped, these end the host part, so a password holding one
+        // would be read, and echoed in an error, as a host or port.
+        let host_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        if rest[host_end..].contains('@') {
+            return Err(
+                "has a '/', '?' or '#' in its user or password: write them %2F, %3F and %23 there, or give the password in BATCHSSE_REDIS_PASSWORD"
+                    .into(),
+            );
+        }
         let rest = rest.split(['?', '#']).next().unwrap_or_default();
         let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
         let (userinfo, hosts) = match authority.rsplit_once('@') {
@@ -129,6 +143,28 @@ impl Parts {
             hosts,
             path,
         })
+    }
+}
+
+impl Parts {
+    /// The URL as shown to people: without its password.
+    fn shown(&self, service: Option<&str>, db: i64, cluster: bool) -> String {
+        let hosts: Vec<String> = self
+            .hosts
+            .iter()
+            .map(|(h, p)| format!("{}:{p}", url_host(h)))
+            .collect();
+        let user = self
+            .user
+            .as_ref()
+            .map(|u| format!("{u}@"))
+            .unwrap_or_default();
+        let (scheme, hosts) = (&self.scheme, hosts.join(","));
+        match (cluster, service) {
+            (true, _) => format!("{scheme}://{user}{hosts}"),
+            (false, Some(service)) => format!("{scheme}://{user}{hosts}/{service}/{db}"),
+            (false, None) => format!("{scheme}://{user}{hosts}/{db}"),
+        }
     }
 }
 
@@ -170,6 +206,21 @@ fn percent_decode(s: &str) -> Option<String> {
         }
     }
     String::from_utf8(out).ok()
+}
+
+/// The TLS file flags of `access`, each with its path as a shell word.
+fn tls_flags(access: &Access) -> String {
+    [
+        ("--redis-ca", &access.ca),
+        ("--redis-cert", &access.cert),
+        ("--redis-key", &access.key),
+    ]
+    .iter()
+    .filter_map(|(flag, path)| {
+        let path = path.as_ref()?.to_string_lossy();
+        Some(format!(" {flag} {}", shell_word(&path)))
+    })
+    .collect()
 }
 
 /// A host as it goes in a URL (an IPv6 address in brackets).
@@ -232,22 +283,12 @@ impl Target {
         let auth = password.map(|p| (parts.user.clone(), p));
         let pem = tls::Pem::read(access, tls).map_err(UsageError::new)?;
         let server = match &service {
-            Some(service) => tls::sentinel(&parts.hosts, service, tls, pem),
+            Some(service) => tls::sentinel(&parts.hosts, service, tls, pem, auth.as_ref()),
             None if cluster => tls::cluster(&parts.hosts, tls, pem, auth.as_ref()),
             None => tls::node(&parts.hosts[0], tls, pem),
         }
         .map_err(|e| usage(format!("is not usable ({e})")))?;
-        let hosts: Vec<String> = parts
-            .hosts
-            .iter()
-            .map(|(h, p)| format!("{}:{p}", url_host(h)))
-            .collect();
-        let path = service.map(|s| format!("{s}/")).unwrap_or_default();
-        let user = parts
-            .user
-            .as_ref()
-            .map(|u| format!("{u}@"))
-            .unwrap_or_default();
+        let shown = parts.shown(service.as_deref(), db, cluster);
         Ok(Target {
             server,
             auth,
@@ -255,16 +296,21 @@ impl Target {
             port: parts.hosts[0].1,
             db,
             tls,
-            shown: match cluster {
-                true => format!("{}://{user}{}", parts.scheme, hosts.join(",")),
-                false => format!("{}://{user}{}/{path}{db}", parts.scheme, hosts.join(",")),
-            },
+            service,
+            tls_flags: tls_flags(access),
+            shown,
         })
     }
 
     /// The URL without its password, for messages.
     pub fn shown(&self) -> &str {
         &self.shown
+    }
+
+    /// The TLS file flags given (` --redis-ca ca.pem`…), which a relay of
+    /// this Redis needs as well.
+    pub fn tls_flags(&self) -> &str {
+        &self.tls_flags
     }
 
     /// A new connection. Replies are not timed out here: a relay's reads
@@ -323,23 +369,58 @@ impl Target {
     /// where the URL came from, for the fix).
     pub async fn connect_or_refuse(&self, doing: &str, url: &str) -> Result<Conn, UsageError> {
         self.connect().await.map_err(|e| {
-            let tls_failure = self.tls.then(|| tls::failure(&e)).flatten();
-            let failure = Failure::of(e);
-            let (why, fix) = match (&tls_failure, &failure) {
-                (Some(why), _) => (why.as_str(), tls::FIX.to_owned()),
-                (None, Failure::Away(_)) => (
-                    failure.why(),
-                    format!("is Redis running there? Start it, or fix {url}"),
-                ),
-                (None, Failure::Refused(_)) => (
-                    failure.why(),
-                    format!(
-                        "fix the password (or user, or database) in {url}, or BATCHSSE_REDIS_PASSWORD"
-                    ),
-                ),
+            let (why, fix) = match self.tls.then(|| tls::failure(&e)).flatten() {
+                Some(why_fix) => why_fix,
+                None => self.refusal(e, url),
             };
             UsageError::new(format!("cannot {doing} {}: {why}; {fix}", self.shown))
         })
+    }
+
+    /// Why a connection at start failed, in Redis's words where it
+    /// answered, and what to try for that cause.
+    fn refusal(&self, e: redis::RedisError, url: &str) -> (String, String) {
+        let not_found = e.kind() == redis::ErrorKind::MasterNameNotFoundBySentinel;
+        let text = e.to_string().to_ascii_lowercase();
+        let failure = Failure::of(e);
+        let why = failure.why().to_owned();
+        let (host, port) = (&self.host, self.port);
+        let fix = if not_found {
+            format!(
+                "the sentinels there watch no primary of that name: fix the SERVICE in {url} (`redis-cli -h {host} -p {port} SENTINEL MASTERS` names the ones they watch)"
+            )
+        } else if text.contains("not point to a sentinel") {
+            format!(
+                "{host}:{port} is a Redis node, not a sentinel: give the sentinels' addresses (port 26379 by default) in {url}, or a redis:// URL for that node"
+            )
+        } else if text.contains("cluster support disabled") {
+            format!(
+                "{host}:{port} is not a Redis Cluster node: give a redis:// URL for a single node in {url}"
+            )
+        } else if why.contains("\"NOAUTH") && self.is_sentinel() && self.auth.is_some() {
+            // The crate authenticates to the nodes with the URL's password
+            // now, so a NOAUTH is the sentinels'.
+            "the sentinels want a password (requirepass in sentinel.conf), which batchsse cannot give them: the URL's password goes to the Redis nodes; give batchsse sentinels without one".to_owned()
+        } else if why.contains("\"NOPERM") {
+            format!(
+                "give the Redis user that command (see the README's ACL rules, \"On production Redis\"), or another user in {url}"
+            )
+        } else if text.contains("authentication failed") || matches!(failure, Failure::Refused(_)) {
+            format!("fix the password (or user, or database) in {url}, or BATCHSSE_REDIS_PASSWORD")
+        } else if self.tls {
+            format!(
+                "is Redis running there, with TLS on that port (its tls-port)? Start it, or fix {url}"
+            )
+        } else if why.starts_with("nothing is listening") {
+            format!("is Redis running there? Start it, or fix {url}")
+        } else {
+            let scheme = self.shown.split("://").next().unwrap_or_default();
+            format!(
+                "is Redis running there? Start it, or fix {url} (a port that wants TLS takes {}://)",
+                scheme.replacen("redis", "rediss", 1)
+            )
+        };
+        (why, fix)
     }
 
     /// Whether the primary is found through Sentinel (whose failovers the
@@ -370,18 +451,29 @@ impl Target {
         self.auth.is_some()
     }
 
-    /// `redis-cli` options for this server (without the password).
-    pub fn cli_options(&self) -> String {
-        let auth = if self.auth.is_some() {
-            " -a PASSWORD"
-        } else {
-            ""
-        };
+    /// A `redis-cli` command that lists the runs this Redis holds (without
+    /// the password): on one node a scan; under Sentinel, on the primary
+    /// the sentinels name (a sentinel has no keys); in a Cluster, on each
+    /// node (a scan covers only the node it asks).
+    pub fn list_runs_hint(&self) -> String {
         let tls = if self.tls { " --tls" } else { "" };
-        format!(
-            "-h {} -p {} -n {}{tls}{auth}",
-            self.host, self.port, self.db
-        )
+        let auth = match &self.auth {
+            Some((Some(user), _)) => format!(" --user {} -a PASSWORD", shell_word(user)),
+            Some((None, _)) => " -a PASSWORD".to_owned(),
+            None => String::new(),
+        };
+        let (host, port, db) = (&self.host, self.port, self.db);
+        let scan = format!("-n {db}{tls}{auth} --scan --pattern 'batchsse:run:*'");
+        match (&self.server, &self.service) {
+            (Server::Sentinel(_), Some(service)) => format!(
+                "`redis-cli -h {host} -p {port}{tls} SENTINEL get-master-addr-by-name {}` names the primary, where `redis-cli -h HOST -p PORT {scan}` lists the runs it holds",
+                shell_word(service)
+            ),
+            (Server::Cluster(_), _) => format!(
+                "`redis-cli{tls}{auth} --cluster call {host}:{port} KEYS 'batchsse:run:*'` lists the runs each node holds"
+            ),
+            _ => format!("`redis-cli -h {host} -p {port} {scan}` lists the runs it holds"),
+        }
     }
 }
 
@@ -514,7 +606,12 @@ impl Failure {
             let detail = detail
                 .map(|d| format!(" {}", d.trim_end_matches('.')))
                 .unwrap_or_default();
-            let words = format!("Redis answered \"{code}{detail}\"");
+            let mut words = format!("Redis answered \"{code}{detail}\"");
+            if code == "MOVED" || code == "ASK" {
+                words.push_str(
+                    ": that node is one of a Redis Cluster; give redis+cluster://HOST:PORT, to the run and its relays alike",
+                );
+            }
             return if PASSING.contains(&code.as_str()) {
                 Failure::Away(words)
             } else {
@@ -600,23 +697,42 @@ mod tests {
     fn urls_are_checked_and_shown_without_their_password() {
         let t = parse("redis://:s3cret@10.0.0.5:6380/2").unwrap();
         assert_eq!(t.shown(), "redis://10.0.0.5:6380/2");
-        assert_eq!(t.cli_options(), "-h 10.0.0.5 -p 6380 -n 2 -a PASSWORD");
+        assert_eq!(
+            t.list_runs_hint(),
+            "`redis-cli -h 10.0.0.5 -p 6380 -n 2 -a PASSWORD --scan --pattern 'batchsse:run:*'` lists the runs it holds"
+        );
         let t = parse("redis://127.0.0.1").unwrap();
         assert_eq!(t.shown(), "redis://127.0.0.1:6379/0");
         let t = parse("rediss://app:p%40ss@cache.example:6380/1").unwrap();
         assert_eq!(t.shown(), "rediss://app@cache.example:6380/1");
         assert_eq!(t.auth, Some((Some("app".into()), "p@ss".into())));
-        assert_eq!(
-            t.cli_options(),
-            "-h cache.example -p 6380 -n 1 --tls -a PASSWORD"
+        assert!(
+            t.list_runs_hint().starts_with(
+                "`redis-cli -h cache.example -p 6380 -n 1 --tls --user app -a PASSWORD --scan"
+            ),
+            "{}",
+            t.list_runs_hint()
         );
         let t = parse("redis+sentinel://u:pw@10.0.0.1,10.0.0.2:26380/main/3").unwrap();
         assert_eq!(
             t.shown(),
             "redis+sentinel://u@10.0.0.1:26379,10.0.0.2:26380/main/3"
         );
+        assert!(
+            t.list_runs_hint().starts_with(
+                "`redis-cli -h 10.0.0.1 -p 26379 SENTINEL get-master-addr-by-name main`"
+            ),
+            "{}",
+            t.list_runs_hint()
+        );
         let t = parse("redis+cluster://u:pw@10.0.0.1:7000,10.0.0.2:7001").unwrap();
         assert_eq!(t.shown(), "redis+cluster://u@10.0.0.1:7000,10.0.0.2:7001");
+        assert!(
+            t.list_runs_hint()
+                .contains("--user u -a PASSWORD --cluster call 10.0.0.1:7000 KEYS"),
+            "{}",
+            t.list_runs_hint()
+        );
         assert_eq!(t.tagged("r-1"), "{r-1}");
         let t = parse("redis://[::1]:7000").unwrap();
         assert_eq!(t.tagged("r-1"), "r-1");
@@ -630,12 +746,17 @@ mod tests {
             ("redis://a/b", "database number"),
             ("redis://:%zz@a", "%-escape"),
             ("redis+cluster://a:1,b:2/0", "does not have"),
+            ("redis://u:le4k/rest@a:1/0", "%2F"),
+            ("redis://u:le4k?rest@a:1/0", "%3F"),
+            ("redis+sentinel://:le4k#rest@a:1/main", "%23"),
+            ("redis://u:123/le4k@a:1/0", "BATCHSSE_REDIS_PASSWORD"),
         ] {
             let e = parse(bad).unwrap_err().to_string();
             assert!(
                 e.contains(says) && e.contains("redis://127.0.0.1:6379/0"),
                 "{bad}: {e}"
             );
+            assert!(!e.contains("le4k"), "a password shown: {e}");
         }
     }
 
@@ -691,6 +812,8 @@ mod tests {
         assert!(matches!(Failure::of(io), Failure::Away(_)));
         let parse: RedisError = (ErrorKind::UnexpectedReturnType, "not a string").into();
         assert!(matches!(Failure::of(parse), Failure::Refused(_)));
+        let moved = redis::make_extension_error("MOVED".into(), Some("3134 10.0.0.1:7001".into()));
+        assert!(Failure::of(moved).why().contains("give redis+cluster://"));
         for (code, passes) in [("LOADING", true), ("NOPERM", false), ("WRONGTYPE", false)] {
             let e = redis::make_extension_error(code.into(), Some("the words.".into()));
             let f = Failure::of(e);

@@ -99,6 +99,11 @@ impl Publisher {
         self.target.has_password()
     }
 
+    /// The TLS file flags a relay of the same Redis needs.
+    pub fn tls_flags(&self) -> &str {
+        self.target.tls_flags()
+    }
+
     /// At exit: waits up to `limit` (a Ctrl-C or SIGTERM cuts it short)
     /// until Redis holds every logged event; says on stderr how many it
     /// does not, and why.
@@ -480,16 +485,36 @@ impl Task {
     /// if it came back empty); `None` while Redis is still out of reach,
     /// or once it has refused.
     async fn reconnect(&mut self, keys: &Keys) -> Option<Conn> {
+        let sentinel = self.target.is_sentinel();
         let attempt = async {
             let mut conn = self.target.connect().await?;
-            let top: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XREVRANGE")
+            let mut p = redis::pipe();
+            p.cmd("XREVRANGE")
                 .arg(&keys.stream)
                 .arg("+")
                 .arg("-")
                 .arg("COUNT")
-                .arg(1)
-                .query_async(&mut conn)
-                .await?;
+                .arg(1);
+            if sentinel {
+                // Under Sentinel, where the stream ends counts only once a
+                // replica has it, as a batch does: a write of this
+                // connection's own (the run is alive: it is reconnecting),
+                // then WAIT, covers every write before it.
+                p.cmd("SET")
+                    .arg(&keys.alive)
+                    .arg(1)
+                    .arg("EX")
+                    .arg(ALIVE_SECS)
+                    .ignore();
+                p.cmd("WAIT").arg(1).arg(REPLICA_WAIT.as_millis() as u64);
+            }
+            let (top, replicas): (Entries, Option<u64>) = match sentinel {
+                true => p.query_async(&mut conn).await?,
+                false => (p.query_async::<(Entries,)>(&mut conn).await?.0, None),
+            };
+            if replicas == Some(0) {
+                return Err(unreplicated());
+            }
             let held = top.first().and_then(|(id, _)| event_id(id)).unwrap_or(0);
             redis::RedisResult::Ok((conn, held))
         };

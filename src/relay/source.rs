@@ -114,9 +114,9 @@ impl Source {
                 "stream" => {}
                 "none" => {
                     return Err(UsageError::new(format!(
-                        "run {id:?} is not in {}: there is no stream {key} (it was never published there, or it expired after the run's --publish-ttl); `redis-cli {} --scan --pattern 'batchsse:run:*'` lists the runs it holds, or use --plan NAME",
+                        "run {id:?} is not in {}: there is no stream {key} (it was never published there, or it expired after the run's --publish-ttl); {}, or use --plan NAME",
                         target.shown(),
-                        target.cli_options(),
+                        target.list_runs_hint(),
                     )));
                 }
                 other => {

@@ -4,12 +4,16 @@
 //! `redis+cluster://`; and a TLS failure told
 //! in plain words.
 
+use std::path::Path;
+
 use redis::sentinel::{SentinelClientBuilder, SentinelServerType};
 use redis::{ClientTlsConfig, ConnectionAddr, IntoConnectionInfo, TlsCertificates, TlsMode};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::{Access, Server};
 
-/// What to try when the TLS handshake fails.
+/// What to try when the TLS handshake fails for a reason not told apart.
 pub const FIX: &str = "check that the server's certificate is signed by the CA you trust (the system's roots, Mozilla's on macOS, or --redis-ca FILE) and names the URL's host, and that --redis-cert/--redis-key are given where the server wants a client certificate";
 
 /// The PEM files' contents, read at start.
@@ -35,11 +39,20 @@ impl Pem {
                 .transpose()
         };
         let ca = read("--redis-ca", &access.ca)?;
+        if let (Some(pem), Some(path)) = (&ca, &access.ca) {
+            certs("--redis-ca", path, pem)?;
+        }
         let client_tls = match (read("--redis-cert", &access.cert)?, read("--redis-key", &access.key)?) {
-            (Some(client_cert), Some(client_key)) => Some(ClientTlsConfig {
-                client_cert,
-                client_key,
-            }),
+            (Some(client_cert), Some(client_key)) => {
+                let paths = access.cert.as_deref().zip(access.key.as_deref());
+                if let Some((cert_path, key_path)) = paths {
+                    key_pair((cert_path, &client_cert), (key_path, &client_key))?;
+                }
+                Some(ClientTlsConfig {
+                    client_cert,
+                    client_key,
+                })
+            }
             (None, None) => None,
             _ => return Err("give --redis-cert and --redis-key together (the client certificate and its private key)".into()),
         };
@@ -53,6 +66,45 @@ impl Pem {
     }
 }
 
+/// The certificates in a PEM file named by `flag`: at least one, else
+/// the handshake would fail later in words that blame the server.
+fn certs(flag: &str, path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    let shown = path.display();
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{flag} {shown}: cannot read it as PEM ({e})"))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{flag} {shown} holds no certificate: give a PEM file with a -----BEGIN CERTIFICATE----- block"
+        ));
+    }
+    Ok(certs)
+}
+
+/// Checks `--redis-cert` and `--redis-key`: a certificate, a private key,
+/// and the key the certificate's.
+fn key_pair(
+    (cert_path, cert): (&Path, &[u8]),
+    (key_path, key): (&Path, &[u8]),
+) -> Result<(), String> {
+    let chain = certs("--redis-cert", cert_path, cert)?;
+    let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| {
+        format!(
+            "--redis-key {} holds no private key ({e}): give a PEM file with a -----BEGIN … PRIVATE KEY----- block",
+            key_path.display()
+        )
+    })?;
+    let provider = rustls::crypto::ring::default_provider();
+    rustls::sign::CertifiedKey::from_der(chain, key, &provider).map_err(|e| {
+        format!(
+            "--redis-key {} is not the private key of --redis-cert {} ({e}); give the key the certificate was made for",
+            key_path.display(),
+            cert_path.display()
+        )
+    })?;
+    Ok(())
+}
+
 /// One node at `host`, over TLS where `pem` or the scheme says so.
 pub fn node(host: &(String, u16), tls: bool, pem: Pem) -> redis::RedisResult<Server> {
     let info = address(host, tls).into_connection_info()?;
@@ -64,15 +116,24 @@ pub fn node(host: &(String, u16), tls: bool, pem: Pem) -> redis::RedisResult<Ser
 }
 
 /// The primary of `service`, as the sentinels at `hosts` name it; TLS
-/// (with the same files) to the sentinels and to the nodes alike.
+/// (with the same files) to the sentinels and to the nodes alike. The
+/// crate asks each node it is given for its `ROLE` before handing it over,
+/// so `auth` goes to it too: else a node with a password answers `NOAUTH`.
 pub fn sentinel(
     hosts: &[(String, u16)],
     service: &str,
     tls: bool,
     pem: Pem,
+    auth: Option<&(Option<String>, String)>,
 ) -> redis::RedisResult<Server> {
     let addrs = hosts.iter().map(|h| address(h, tls));
     let mut b = SentinelClientBuilder::new(addrs, service, SentinelServerType::Master)?;
+    if let Some((user, password)) = auth {
+        b = b.set_client_to_redis_password(password);
+        if let Some(user) = user {
+            b = b.set_client_to_redis_username(user);
+        }
+    }
     if tls {
         b = b
             .set_client_to_redis_tls_mode(TlsMode::Secure)
@@ -127,26 +188,42 @@ fn address((host, port): &(String, u16), tls: bool) -> ConnectionAddr {
     }
 }
 
-/// A failed TLS handshake, in plain words; `None` for any other failure.
-pub fn failure(e: &redis::RedisError) -> Option<String> {
+/// A failed TLS handshake, in plain words, and what to do about it;
+/// `None` for any other failure.
+pub fn failure(e: &redis::RedisError) -> Option<(String, String)> {
     let text = e.to_string();
     let lower = text.to_ascii_lowercase();
     let says = |w: &str| lower.contains(w);
-    let why = if says("unknownissuer") || says("unknown issuer") {
-        "the server's TLS certificate is not signed by a CA this side trusts"
+    let (why, fix) = if says("unknownissuer") || says("unknown issuer") {
+        (
+            "the server's TLS certificate is not signed by a CA this side trusts",
+            "give the CA that signed it with --redis-ca FILE (else the system's roots are used, Mozilla's on macOS)",
+        )
     } else if says("notvalidforname") || says("not valid for name") {
-        "the server's TLS certificate does not name the URL's host"
-    } else if says("expired") {
-        "the server's TLS certificate has expired"
+        (
+            "the server's TLS certificate does not name the URL's host",
+            "use a host name (or IP address) the certificate names, or have it reissued for this one",
+        )
+    } else if says("expired") || says("notvalidyet") {
+        (
+            "the server's TLS certificate has expired, or is not valid yet",
+            "have it renewed, or check this machine's clock",
+        )
     } else if says("certificaterequired") || says("certificate required") {
-        "the server wants a client certificate (--redis-cert and --redis-key)"
+        (
+            "the server wants a client certificate",
+            "give --redis-cert FILE and --redis-key FILE, signed by a CA the server trusts (its tls-ca-cert-file)",
+        )
+    } else if says("unknownca") || says("badcertificate") {
+        (
+            "the server refused the client certificate (--redis-cert)",
+            "give one signed by a CA the server trusts (its tls-ca-cert-file)",
+        )
     } else if says("certificate") || says("handshake") || says("tls") || says("alert") {
-        "the TLS handshake failed"
+        ("the TLS handshake failed", FIX)
     } else {
         return None;
     };
-    Some(format!(
-        "{why} ({})",
-        text.split_whitespace().collect::<Vec<_>>().join(" ")
-    ))
+    let words = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    Some((format!("{why} ({words})"), fix.to_owned()))
 }

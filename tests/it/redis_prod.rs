@@ -48,6 +48,13 @@ fn run_env(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String)
     (status.code(), out, err)
 }
 
+/// The first `command` between backticks in `text`, run by `sh`: its stdout.
+fn run_quoted(text: &str) -> String {
+    let cmd = text.split('`').nth(1).expect("a command in backticks");
+    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("sh");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// `XLEN` of a run's stream, read over the plain port.
 fn xlen(redis: &Redis, run_id: &str) -> usize {
     redis::cmd("XLEN")
@@ -137,8 +144,11 @@ fn a_run_published_over_tls_is_relayed_event_for_event() {
         lines.len(),
         "every event in Redis once"
     );
+    // The relay command it prints works as printed: with the CA.
     assert!(
-        err.contains(&format!("publishing every event to {url}")),
+        err.contains(&format!(
+            "publishing every event to {url}; `batchsse relay {url} --redis-ca {ca} --plan prod`"
+        )),
         "{err}"
     );
     relay_serves(&url, &run_id, &["--redis-ca", &ca], &[], &lines);
@@ -147,7 +157,7 @@ fn a_run_published_over_tls_is_relayed_event_for_event() {
 #[test]
 fn a_certificate_that_fails_is_refused_at_start_in_plain_words() {
     let Some(certs) = Certs::make() else { return };
-    let Some((_redis, url)) = tls_redis(&certs, true) else {
+    let Some((redis, url)) = tls_redis(&certs, true) else {
         return;
     };
     let db = TempDb::counters(20);
@@ -169,11 +179,45 @@ fn a_certificate_that_fails_is_refused_at_start_in_plain_words() {
             "{extra:?}: {err}"
         );
     }
+    // TLS's port without TLS, and the plain port with it: each says so.
+    let no_tls = url.replace("rediss://", "redis://");
+    let plain_port = format!("rediss://127.0.0.1:{}/0", redis.port);
+    for (publish, extra, says) in [
+        (&no_tls, &[][..], "a port that wants TLS takes rediss://"),
+        (
+            &plain_port,
+            &["--redis-ca", &ca][..],
+            "with TLS on that port",
+        ),
+    ] {
+        let mut args = run_args(&db, path_str(&plan), &["--no-serve", "--publish", publish]);
+        args.extend_from_slice(extra);
+        let (code, _, err) = run_env(&args, &[]);
+        assert_eq!(code, Some(2), "{err}");
+        assert!(err.contains(says), "{err}");
+    }
     // The right CA, but the server wants a client certificate.
     let (code, _, err) = attempt(&["--redis-ca", &ca]);
     assert_eq!(code, Some(2), "{err}");
     assert!(
-        err.contains("the server wants a client certificate"),
+        err.contains("the server wants a client certificate") && err.contains("give --redis-cert"),
+        "{err}"
+    );
+    // A client certificate the server's CA did not sign: the server's
+    // refusal (an UnknownCA alert) was "the TLS handshake failed".
+    let other_key = certs.arg("other-ca.key");
+    let (code, _, err) = attempt(&[
+        "--redis-ca",
+        &ca,
+        "--redis-cert",
+        &other,
+        "--redis-key",
+        &other_key,
+    ]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("the server refused the client certificate")
+            && err.contains("tls-ca-cert-file"),
         "{err}"
     );
     assert_eq!(db.counter_spread(), (0, 20), "nothing ran");
@@ -312,6 +356,11 @@ struct Sentinel {
 
 impl Sentinel {
     fn start(primary_port: u16) -> Sentinel {
+        Sentinel::start_with(primary_port, "")
+    }
+
+    /// The same, with more lines of `sentinel.conf` (`sentinel auth-pass`).
+    fn start_with(primary_port: u16, conf_extra: &str) -> Sentinel {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let conf = dir.path().join("sentinel.conf");
@@ -321,7 +370,7 @@ impl Sentinel {
                 "port {port}\nbind 127.0.0.1\ndir {}\nlogfile {}\n\
                  sentinel monitor main 127.0.0.1 {primary_port} 2\n\
                  sentinel down-after-milliseconds main 2000\n\
-                 sentinel failover-timeout main 10000\n",
+                 sentinel failover-timeout main 10000\n{conf_extra}",
                 dir.path().display(),
                 dir.path().join("sentinel.log").display()
             ),
@@ -340,8 +389,12 @@ impl Sentinel {
             child,
             _dir: dir,
         };
+        // A sentinel with a password of its own answers NOAUTH once up.
         wait_for_redis("the sentinel", || {
-            s.ask::<String>(&mut redis::cmd("PING")).ok()
+            match s.ask::<String>(&mut redis::cmd("PING")) {
+                Ok(_) => Some(()),
+                Err(e) => (e.code() == Some("NOAUTH")).then_some(()),
+            }
         });
         s
     }
@@ -675,4 +728,247 @@ fn a_run_published_to_a_cluster_is_served_by_two_relays() {
     });
     by_plan.signal("TERM");
     by_plan.wait();
+    // A relay given one node's plain URL is told to use the cluster's: the
+    // nodes that do not hold the key (two of the three) answer MOVED.
+    let moved: Vec<String> = cluster
+        .0
+        .iter()
+        .filter_map(|n| {
+            let plain = format!("redis://127.0.0.1:{}/0", n.port);
+            let args = ["relay", &plain, "--run", &run_id, "--listen", "127.0.0.1:0"];
+            let (code, _, err) = run_env(&args, &[]);
+            assert_eq!(code, Some(2), "{err}");
+            err.contains("MOVED").then_some(err)
+        })
+        .collect();
+    assert!(!moved.is_empty(), "no node answered MOVED");
+    for err in moved {
+        assert!(err.contains("give redis+cluster://"), "{err}");
+    }
+    // A run it does not hold: the command it gives lists the runs of every
+    // node, through whichever node it names (a scan lists that node's).
+    for n in &cluster.0 {
+        let one = format!("redis+cluster://127.0.0.1:{}", n.port);
+        let args = ["relay", &one, "--run", "nosuch", "--listen", "127.0.0.1:0"];
+        let (code, _, err) = run_env(&args, &[]);
+        assert_eq!(code, Some(2), "{err}");
+        assert!(run_quoted(&err).contains(&run_id), "{err}");
+    }
+    // A user the nodes do not know is a password to fix, not a Redis to start.
+    let bad = url.replace("redis+cluster://", "redis+cluster://nobody:n0pe@");
+    let plan = db.file("plan.json", &counter_plan("prod", 10));
+    let args = run_args(&db, path_str(&plan), &["--no-serve", "--publish", &bad]);
+    let (code, _, err) = run_env(&args, &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("fix the password") && !err.contains("n0pe"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_password_with_a_slash_is_refused_and_not_shown() {
+    // Unescaped, a '/', '?' or '#' ends the host part: the password's start
+    // was read as the host and echoed as a bad port.
+    let db = TempDb::counters(10);
+    let plan = db.file("plan.json", &counter_plan("slash", 10));
+    for url in [
+        "redis://pub:le4k3d/rest@127.0.0.1:1/0",
+        "redis://pub:le4k3d?rest@127.0.0.1:1/0",
+        "redis://:le4k3d#rest@127.0.0.1:1/0",
+        "redis://pub:12345/le4k3d@127.0.0.1:1/0",
+    ] {
+        let args = run_args(&db, path_str(&plan), &["--no-serve", "--publish", url]);
+        let (code, _, err) = run_env(&args, &[]);
+        assert_eq!(code, Some(2), "{url}: {err}");
+        assert!(!err.contains("le4k3d"), "a password shown: {err}");
+        assert!(
+            err.contains("%2F") && err.contains("BATCHSSE_REDIS_PASSWORD"),
+            "{err}"
+        );
+    }
+    assert_eq!(db.counter_spread(), (0, 10), "nothing ran");
+}
+
+#[test]
+fn pem_files_that_cannot_serve_are_refused_naming_the_flag() {
+    let Some(certs) = Certs::make() else { return };
+    let Some((_redis, url)) = tls_redis(&certs, true) else {
+        return;
+    };
+    let db = TempDb::counters(10);
+    let plan = db.file("plan.json", &counter_plan("pem", 10));
+    let (ca, other_key) = (certs.arg("ca.pem"), certs.arg("server.key"));
+    let (cert, key) = (certs.arg("client.pem"), certs.arg("client.key"));
+    // Each was taken: a CA file with no certificate as no CA (so "not
+    // signed by a CA this side trusts"), a certificate and key swapped as
+    // a bad URL, another key as a failed handshake.
+    for (extra, says) in [
+        (
+            vec!["--redis-ca", &key],
+            format!("--redis-ca {key} holds no certificate"),
+        ),
+        (
+            vec![
+                "--redis-ca",
+                &ca,
+                "--redis-cert",
+                &key,
+                "--redis-key",
+                &cert,
+            ],
+            format!("--redis-cert {key} holds no certificate"),
+        ),
+        (
+            vec!["--redis-ca", &ca, "--redis-cert", &cert, "--redis-key", &ca],
+            format!("--redis-key {ca} holds no private key"),
+        ),
+        (
+            vec![
+                "--redis-ca",
+                &ca,
+                "--redis-cert",
+                &cert,
+                "--redis-key",
+                &other_key,
+            ],
+            format!("--redis-key {other_key} is not the private key of --redis-cert {cert}"),
+        ),
+    ] {
+        let mut args = run_args(&db, path_str(&plan), &["--no-serve", "--publish", &url]);
+        args.extend_from_slice(&extra);
+        let (code, _, err) = run_env(&args, &[]);
+        assert_eq!(code, Some(2), "{extra:?}: {err}");
+        assert!(err.contains(&says), "{extra:?}: {err}");
+    }
+    assert_eq!(db.counter_spread(), (0, 10), "nothing ran");
+}
+
+#[test]
+fn a_redis_refusal_at_start_names_the_fix_for_its_cause() {
+    let Some(redis) = Redis::start() else { return };
+    let sentinel = Sentinel::start(redis.port);
+    let guarded = Sentinel::start_with(redis.port, "requirepass sentinel-pw\n");
+    acl_user(
+        &redis,
+        "noping",
+        "pw",
+        &[&PUBLISHER_RULES[..3], &PUBLISHER_RULES[4..]].concat(),
+    );
+    let db = TempDb::counters(10);
+    let plan = db.file("plan.json", &counter_plan("causes", 10));
+    let (node, sentinels) = (
+        format!("127.0.0.1:{}", redis.port),
+        format!("127.0.0.1:{}", sentinel.port),
+    );
+    for (url, says) in [
+        (
+            format!("redis+sentinel://{sentinels}/mian"),
+            "watch no primary of that name",
+        ),
+        (format!("redis+sentinel://{node}/main"), "not a sentinel"),
+        (
+            format!("redis+cluster://{node}"),
+            "not a Redis Cluster node",
+        ),
+        (format!("redis://noping:pw@{node}/0"), "ACL rules"),
+        (
+            format!("redis+sentinel://:pw@127.0.0.1:{}/main", guarded.port),
+            "the sentinels want a password",
+        ),
+    ] {
+        let args = run_args(&db, path_str(&plan), &["--no-serve", "--publish", &url]);
+        let (code, _, err) = run_env(&args, &[]);
+        assert_eq!(code, Some(2), "{url}: {err}");
+        assert!(err.contains(says), "{url}: {err}");
+        assert!(!err.contains("fix the password"), "{url}: {err}");
+    }
+    assert_eq!(db.counter_spread(), (0, 10), "nothing ran");
+    // A run Redis does not hold: the command given asks a sentinel, which
+    // has no keys to scan, for the primary.
+    let url = format!("redis+sentinel://{sentinels}/main");
+    let args = ["relay", &url, "--run", "nosuch", "--listen", "127.0.0.1:0"];
+    let (code, _, err) = run_env(&args, &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(run_quoted(&err).contains(&redis.port.to_string()), "{err}");
+}
+
+#[test]
+fn under_sentinel_a_primary_with_a_password_serves_acl_users_and_a_replica_must_have_the_events() {
+    const PW: &str = "node-s3cret";
+    let Some(primary) = Redis::start_with_password(PW) else {
+        return;
+    };
+    let port = primary.port.to_string();
+    let auth = [
+        "--masterauth",
+        PW,
+        "--requirepass",
+        PW,
+        "--replicaof",
+        "127.0.0.1",
+        &port,
+    ];
+    let Some(mut replica) = Redis::start_with(&auth.map(String::from)) else {
+        return;
+    };
+    let admin = |r: &Redis| {
+        redis::Client::open(r.url_with_password(PW))
+            .and_then(|c| c.get_connection())
+            .expect("connect with the password")
+    };
+    wait_for_redis("the replica's link", || {
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query(&mut admin(&replica))
+            .ok()?;
+        info.contains("master_link_status:up").then_some(())
+    });
+    let sentinel = Sentinel::start_with(primary.port, &format!("sentinel auth-pass main {PW}\n"));
+    // The README's rules, with what Sentinel adds: WAIT, and the crate's
+    // ROLE check of the primary it is given.
+    for (user, rules) in [
+        ("bpub", [PUBLISHER_RULES, &["+wait", "+role"]].concat()),
+        ("brelay", [RELAY_RULES, &["+role"]].concat()),
+    ] {
+        let mut cmd = redis::cmd("ACL");
+        cmd.arg("SETUSER")
+            .arg(user)
+            .arg("reset")
+            .arg("on")
+            .arg(format!(">{user}-pw"));
+        let _: () = cmd
+            .arg(&rules)
+            .query(&mut admin(&primary))
+            .expect("ACL SETUSER");
+    }
+    let url = |user: &str| {
+        format!(
+            "redis+sentinel://{user}:{user}-pw@127.0.0.1:{}/main/0",
+            sentinel.port
+        )
+    };
+    // The node's password went to batchsse's own AUTH only, after the
+    // crate's ROLE check had met NOAUTH: exit 2.
+    let db = TempDb::counters(30);
+    let (lines, run_id, _) = publish(&db, &["--publish", &url("bpub")], &[]);
+    let out: String = lines.iter().map(Value::to_string).collect();
+    assert!(!out.contains("\"error\""), "no refusal: {out}");
+    let xlen: usize = redis::cmd("XLEN")
+        .arg(format!("batchsse:run:{run_id}"))
+        .query(&mut admin(&primary))
+        .expect("XLEN");
+    assert_eq!(xlen, lines.len(), "every event once");
+    relay_serves(&url("brelay"), &run_id, &[], &[], &lines);
+    // With no replica, no event counts as published: the first batch's
+    // WAIT failed, and the reconnection took the primary's word for it.
+    replica.kill();
+    let db = TempDb::counters(30);
+    let flags = ["--publish", &url("bpub"), "--drain-timeout", "3"];
+    let (lines, _, err) = publish(&db, &flags, &[]);
+    let none = format!("{} event(s) were not published", lines.len());
+    assert!(
+        err.contains(&none) && err.contains("no replica took") && !err.contains("reconnected"),
+        "{err}"
+    );
 }
