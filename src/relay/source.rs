@@ -87,11 +87,15 @@ impl Source {
     pub async fn open(target: Target, which: &Which) -> Result<Source, UsageError> {
         let url = "the URL (REDIS_URL, or BATCHSSE_PUBLISH)";
         let mut conn = target.connect_or_refuse("relay from", url).await?;
-        within(REPLY_LIMIT, may_multi(&mut conn))
+        let checked = async {
+            may_multi(&mut conn).await?;
+            may_read(&mut conn, &target).await
+        };
+        within(REPLY_LIMIT, checked)
             .await
             .map_err(|e| {
                 UsageError::new(format!(
-                    "cannot relay from {}: {} (a relay reads with MULTI and EXEC; see the README's ACL rules for a relay)",
+                    "cannot relay from {}: {} (a relay reads with MULTI, EXEC, XREAD, XRANGE, XREVRANGE, GET, EXISTS and TYPE; see the README's ACL rules for a relay)",
                     target.shown(),
                     Failure::of(e).why()
                 ))
@@ -369,6 +373,35 @@ async fn may_multi(conn: &mut Conn) -> redis::RedisResult<()> {
     }
     redis::cmd("MULTI").query_async::<()>(conn).await?;
     redis::cmd("EXEC").query_async::<()>(conn).await
+}
+
+/// Each command a relay reads with, once, on keys no run has: a user
+/// whose ACL lacks one is refused at start, in Redis's words, rather than
+/// once the relay listens.
+async fn may_read(conn: &mut Conn, target: &Target) -> redis::RedisResult<()> {
+    let probe = target.tagged("acl-check");
+    let (stream, alive) = (super::run_key(&probe), alive_key(&probe));
+    let mut xread = redis::cmd("XREAD");
+    xread
+        .arg("COUNT")
+        .arg(1)
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg("0-0");
+    let mut xrange = redis::cmd("XRANGE");
+    xrange.arg(&stream).arg("-").arg("+").arg("COUNT").arg(1);
+    let mut xrevrange = redis::cmd("XREVRANGE");
+    xrevrange.arg(&stream).arg("+").arg("-").arg("COUNT").arg(1);
+    let mut get = redis::cmd("GET");
+    get.arg(&alive);
+    let mut exists = redis::cmd("EXISTS");
+    exists.arg(&alive);
+    let mut kind = redis::cmd("TYPE");
+    kind.arg(&stream);
+    for cmd in [xread, xrange, xrevrange, get, exists, kind] {
+        cmd.query_async::<redis::Value>(conn).await?;
+    }
+    Ok(())
 }
 
 /// A command or a pipeline: what [`Source::query`] sends.

@@ -326,24 +326,36 @@ fn acl_users_with_the_minimal_rules_publish_and_relay_and_one_rule_fewer_fails()
     let text = said[0]["data"]["message"].as_str().unwrap_or_default();
     assert!(text.contains("NOPERM") && text.contains("expire"), "{text}");
     assert!(err.contains("not published"), "{err}");
-    acl_user(
-        &redis,
-        "brelay",
-        "relay-s3cret",
-        &[RELAY_RULES, &["-multi"]].concat(),
-    );
-    let args = [
-        "relay",
-        &relay_url,
-        "--run",
-        &run_id,
-        "--listen",
-        "127.0.0.1:0",
-    ];
-    let (code, _, err) = run_env(&args, &env);
-    assert_eq!(code, Some(2), "refused at start: {err}");
-    assert!(err.contains("NOPERM") && err.contains("multi"), "{err}");
-    assert!(!err.contains("s3cret"), "{err}");
+    // Each command a relay reads with is tried at start, so a rule fewer
+    // is refused before it listens, not once it serves.
+    for command in [
+        "multi",
+        "xread",
+        "xrange",
+        "xrevrange",
+        "get",
+        "exists",
+        "type",
+    ] {
+        let fewer = format!("-{command}");
+        acl_user(
+            &redis,
+            "brelay",
+            "relay-s3cret",
+            &[RELAY_RULES, &[fewer.as_str()]].concat(),
+        );
+        for which in [["--run", run_id.as_str()], ["--plan", "counters"]] {
+            let mut args = vec!["relay", &relay_url, "--listen", "127.0.0.1:0"];
+            args.extend_from_slice(&which);
+            let (code, _, err) = run_env(&args, &env);
+            assert_eq!(code, Some(2), "{fewer} {which:?}: refused at start: {err}");
+            assert!(
+                err.contains("NOPERM") && err.contains(command) && !err.contains("listening"),
+                "{fewer} {which:?}: {err}"
+            );
+            assert!(!err.contains("s3cret"), "{err}");
+        }
+    }
 }
 
 /// A `redis-sentinel` watching the primary `main` at `primary_port`, on a
