@@ -642,10 +642,19 @@ impl Failure {
 
 /// An error's text on one line.
 fn one_line(e: &redis::RedisError) -> String {
-    e.to_string()
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
+    let mut words: Vec<String> = Vec::new();
+    for w in e.to_string().split_whitespace() {
+        // rustls points to its own manual ("…close_notify: https://docs.rs/
+        // rustls/…"), which tells a batchsse user nothing.
+        if w.starts_with("https://docs.rs/rustls") {
+            if let Some(last) = words.last_mut() {
+                last.truncate(last.trim_end_matches(':').len());
+            }
+            continue;
+        }
+        words.push(w.to_owned());
+    }
+    words.join(" ")
 }
 
 /// Runs a Redis call with a time limit; running out counts as an I/O error,
@@ -691,6 +700,17 @@ mod tests {
 
     fn parse(url: &str) -> Result<Target, UsageError> {
         Target::parse("--publish", url, &Access::default())
+    }
+
+    #[test]
+    fn a_lost_tls_connection_is_said_without_rustls_s_manual() {
+        let e = redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "peer closed connection without sending TLS close_notify: https://docs.rs/rustls/latest/rustls/manual/_03_howto/index.html#unexpected-eof",
+        ));
+        let said = Failure::of(e).why().to_owned();
+        assert!(said.contains("close_notify"), "{said}");
+        assert!(!said.contains("docs.rs") && !said.ends_with(':'), "{said}");
     }
 
     #[test]
