@@ -539,18 +539,7 @@ fn sigkill_during_run_undo_and_during_undo_reverts_every_row_exactly_once() {
 #[test]
 fn an_older_run_taken_back_before_a_newer_one_of_its_plan_says_so() {
     let db = TempDb::counters(40);
-    let plan = db.file("plan.json", &counter_plan("twice", 10));
-    let mut ids = Vec::new();
-    for _ in 0..2 {
-        let (code, _, err) = run(&run_args(
-            &db,
-            path_str(&plan),
-            &["--no-serve", "--undo", "--force"],
-        ));
-        assert_eq!(code, 0, "{err}");
-        let id = err.split("--run ").nth(1).unwrap_or_default();
-        ids.push(id.split_whitespace().next().unwrap_or_default().to_owned());
-    }
+    let ids = recorded_twice(&db, "twice");
     let (code, _, err) = run(&undo_args(&db, &["--run", &ids[0], "--dry-run"]));
     assert_eq!(code, 0, "{err}");
     assert!(
@@ -565,18 +554,28 @@ fn an_older_run_taken_back_before_a_newer_one_of_its_plan_says_so() {
     assert!(!err.contains("was recorded after this one"), "{err}");
 }
 
-#[test]
-fn undo_list_and_clear_and_checkpoint_clear_take_the_records_away() {
-    let db = TempDb::counters(40);
-    let plan = db.file("plan.json", &counter_plan("kept", 10));
+/// Runs the counter plan `name` twice with `--undo` (the second with
+/// `--force`, over the first); returns the two runs' ids, oldest first.
+fn recorded_twice(db: &TempDb, name: &str) -> Vec<String> {
+    let plan = db.file("plan.json", &counter_plan(name, 10));
+    let mut ids = Vec::new();
     for _ in 0..2 {
         let (code, _, err) = run(&run_args(
-            &db,
+            db,
             path_str(&plan),
             &["--no-serve", "--undo", "--force"],
         ));
         assert_eq!(code, 0, "{err}");
+        let id = err.split("--run ").nth(1).unwrap_or_default();
+        ids.push(id.split_whitespace().next().unwrap_or_default().to_owned());
     }
+    ids
+}
+
+#[test]
+fn undo_list_and_clear_and_checkpoint_clear_take_the_records_away() {
+    let db = TempDb::counters(40);
+    recorded_twice(&db, "kept");
     let (code, out, _) = run(&["undo", "list", "--db", path_str(&db.path), "--json"]);
     assert_eq!(code, 0);
     let list: serde_json::Value = serde_json::from_str(&out).unwrap();
