@@ -198,6 +198,7 @@ pub(super) fn status(state: &State) -> Response<Body> {
     let mut v = serde_json::to_value(&snap).unwrap_or_default();
     if let serde_json::Value::Object(m) = &mut v {
         m.insert("clients".into(), state.clients().into());
+        m.insert("max_clients".into(), state.config.max_clients.into());
     }
     let mut r = full(StatusCode::OK, "application/json", v.to_string());
     r.headers_mut()

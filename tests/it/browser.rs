@@ -459,6 +459,30 @@ fn a_page_whose_address_serves_another_run_shows_that_run_whole() {
     assert!(pinned, "the stream named its run: {v:#}");
 }
 
+/// A page locked out by `--max-clients` (its stream refused with 503)
+/// says the server is full, not only "reconnecting…", and keeps trying.
+#[test]
+fn a_page_locked_out_by_max_clients_says_the_server_is_full() {
+    let Some(_b) = browser() else { return };
+    let db = TempDb::shop(2000);
+    let p = start_run(&db, 100, &["--max-clients", "1", "--wait-for-clients", "1"]);
+    // The one slot, taken before the page comes.
+    let mut taken = Stream::open(p.addr(), "/events", &[]);
+    taken.until("start");
+    let v = observe(
+        &format!("http://{}/", p.addr()),
+        json!({"until": "end", "timeout_ms": 15000}),
+    );
+    let history = v["conn_history"].as_array().cloned().unwrap_or_default();
+    assert!(
+        history.iter().any(|c| c
+            .as_str()
+            .is_some_and(|c| c.starts_with("server full: all 1 viewers (--max-clients)"))),
+        "{v:#}"
+    );
+    drop(taken);
+}
+
 #[test]
 fn the_page_says_when_the_server_is_gone() {
     let Some(_b) = browser() else { return };
