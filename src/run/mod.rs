@@ -281,23 +281,16 @@ impl Runner<'_> {
     /// The command that takes the run back; or, when its record lost
     /// parts while it ran (`batchsse undo clear`), that it cannot be.
     fn say_how_to_undo(&self, rec: &undo::Recorder) {
-        let command = format!(
-            "batchsse undo --db {} --run {}",
-            crate::human::shell_word(self.conn.path().unwrap_or(&self.db)),
-            rec.run_id
-        );
-        let stop = undo::store::stop_of(self.conn, &rec.run_id).ok().flatten();
+        let (command, stop) = self.undo_reach(rec);
         let (level, text) = match undo::store::incomplete(self.conn, &rec.run_id) {
             Ok(None) => match stop {
                 None => (
                     Level::Info,
                     format!("recorded for undo; to take this run back: {command}"),
                 ),
-                Some((step, name, after)) => {
-                    let unrecorded = format!(
-                        "step {} ({name:?}) ran unrecorded (\"undo\": false), and an undo stops there",
-                        step.saturating_add(1)
-                    );
+                Some((step, after)) => {
+                    let unrecorded =
+                        format!("{step} ran unrecorded (\"undo\": false), and an undo stops there");
                     match after {
                         true => (
                             Level::Warn,
@@ -320,6 +313,24 @@ impl Runner<'_> {
             ),
         };
         self.message(None, level, text);
+    }
+
+    /// The command that takes this run back, and the newest of its steps
+    /// that ran unrecorded, where an undo stops ("step N (NAME)"), with
+    /// whether recorded work follows it.
+    fn undo_reach(&self, rec: &undo::Recorder) -> (String, Option<(String, bool)>) {
+        let command = format!(
+            "batchsse undo --db {} --run {}",
+            crate::human::shell_word(self.conn.path().unwrap_or(&self.db)),
+            rec.run_id
+        );
+        let stop = undo::store::stop_of(self.conn, &rec.run_id)
+            .ok()
+            .flatten()
+            .map(|(step, name, after)| {
+                (format!("step {} ({name:?})", step.saturating_add(1)), after)
+            });
+        (command, stop)
     }
 
     /// How to go on after a run that stopped with work committed: the
@@ -728,27 +739,19 @@ impl Runner<'_> {
         let Some(rec) = self.recorder.as_ref().filter(|_| !self.nested) else {
             return String::new();
         };
-        let command = format!(
-            "batchsse undo --db {} --run {}",
-            crate::human::shell_word(self.conn.path().unwrap_or(&self.db)),
-            rec.run_id
-        );
-        let stop = undo::store::stop_of(self.conn, &rec.run_id).ok().flatten();
+        let (command, stop) = self.undo_reach(rec);
         match (rec.committed(), stop) {
             (Ok((rows, _)), None) if rows > 0 => {
                 format!("; what this run committed can be taken back with: {command}")
             }
-            (_, Some((step, name, after))) => {
-                let step = format!("step {} ({name:?})", step.saturating_add(1));
-                match after {
-                    true => format!(
-                        "; what this run committed after its {step}, which ran unrecorded (\"undo\": false), can be taken back with: {command}"
-                    ),
-                    false => format!(
-                        "; its {step} ran unrecorded (\"undo\": false), and an undo stops there, so it can take back nothing of this run"
-                    ),
-                }
-            }
+            (_, Some((step, after))) => match after {
+                true => format!(
+                    "; what this run committed after its {step}, which ran unrecorded (\"undo\": false), can be taken back with: {command}"
+                ),
+                false => format!(
+                    "; its {step} ran unrecorded (\"undo\": false), and an undo stops there, so it can take back nothing of this run"
+                ),
+            },
             _ => "; this run committed nothing, so it has nothing to take back".into(),
         }
     }
