@@ -40,13 +40,7 @@ struct Seen(
     Columns,
     Setting,
     AfterTempTrigger,
-    LoadsExtension,
 );
-
-/// A statement called `load_extension()`: it is denied, so the statement
-/// does not compile. The run never enables extensions, so such a step or
-/// `expect` would fail when it ran, after earlier steps had committed.
-type LoadsExtension = Arc<Mutex<bool>>;
 
 /// The last action was the creation of a TEMP trigger. For one on a table
 /// of `main`, SQLite then checks an insert into main's schema table, but
@@ -66,6 +60,14 @@ type Columns = Arc<Mutex<std::collections::BTreeSet<(String, String)>>>;
 /// `main` by its name, any other as its schema, [`OTHER_SCHEMA`], its name
 /// (a name may hold a dot, never a NUL).
 type Tables = Arc<Mutex<std::collections::BTreeSet<String>>>;
+
+/// Whether a statement failed to compile for calling `load_extension()`,
+/// which the check's authorizer denies: SQLite says so in its own words.
+fn loads_extension(e: &rusqlite::Error) -> bool {
+    sqlite_message(e)
+        .to_ascii_lowercase()
+        .contains("not authorized to use function: load_extension")
+}
 
 /// Why a statement calling `load_extension()` is refused.
 const LOADS: &str = "calls load_extension() (itself, or in a trigger or view it uses), which a run cannot do: batchsse never enables SQLite extensions. Remove the call (a function an extension provides is not available to a plan); nothing was run";
@@ -109,20 +111,16 @@ impl Seen {
         self.3.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
-    /// Whether a statement compiled since last asked called
-    /// `load_extension()`.
-    fn took_load_extension(&self) -> bool {
-        std::mem::take(&mut *self.5.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-
     fn record(&self, ctx: rusqlite::hooks::AuthContext<'_>) -> rusqlite::hooks::Authorization {
         use rusqlite::hooks::AuthAction::{
             CreateTempTrigger, Delete, Function, Insert, Pragma, Read, Update,
         };
+        // The run never enables extensions, so a step or `expect` calling
+        // `load_extension()` would fail when it ran, after earlier steps had
+        // committed: denied, it does not compile (see [`loads_extension`]).
         if let Function { function_name } = ctx.action
             && function_name.eq_ignore_ascii_case("load_extension")
         {
-            *self.5.lock().unwrap_or_else(|p| p.into_inner()) = true;
             return rusqlite::hooks::Authorization::Deny;
         }
         let after_temp_trigger = std::mem::replace(
@@ -336,7 +334,6 @@ impl Rehearsal {
         for sql in later {
             complete &= conn.execute_batch(&sql).is_ok();
         }
-        seen.took_load_extension(); // a view's or trigger's, found when used
         Ok(Rehearsal {
             conn,
             complete: std::cell::Cell::new(complete),
@@ -371,12 +368,11 @@ impl Rehearsal {
             ))
         };
         self.seen.take_setting();
-        self.seen.took_load_extension();
         let mut batch = Batch::new(&self.conn, sql);
         let stmt = match batch.next() {
             Ok(Some(s)) => s,
             Ok(None) => return Err(bad("has no SQL statement".into())),
-            Err(_) if self.seen.took_load_extension() => return Err(bad(LOADS.into())),
+            Err(e) if loads_extension(&e) => return Err(bad(LOADS.into())),
             Err(e) if !self.complete.get() && !sqlite_message(&e).contains("syntax") => {
                 return Ok(()); // the copy may lack what it reads
             }
@@ -422,7 +418,6 @@ impl Rehearsal {
     pub(super) fn rehearse_plain(&self, label: &str, sql: &str) -> Result<bool, UsageError> {
         let mut autocommit = false;
         let mut count = 0;
-        self.seen.took_load_extension();
         let mut batch = Batch::new(&self.conn, sql);
         loop {
             let stmt = match batch.next() {
@@ -495,7 +490,6 @@ impl Rehearsal {
         label: &str,
         sql: &str,
     ) -> Result<(), UsageError> {
-        self.seen.took_load_extension();
         let stmt = match self.conn.prepare(sql) {
             Ok(stmt) => Some(stmt),
             Err(e) => {
@@ -552,7 +546,6 @@ impl Rehearsal {
     /// is left to the real run, and the copy may have drifted from then on.
     fn run(&self, label: &str, sql: &str) -> Result<(), UsageError> {
         self.arm();
-        self.seen.took_load_extension();
         match run_in_rehearsal(&self.conn, sql) {
             Ok(()) => {}
             Err(Rehearsed::Compile(e)) => {
@@ -587,13 +580,12 @@ impl Rehearsal {
             self.generated_key_inputs(&table, &key)
         };
         self.seen.take();
-        self.seen.took_load_extension();
         let mut batch = Batch::new(&self.conn, sql);
         let stmt = match batch.next() {
             Ok(Some(s)) => s,
             Ok(None) => return Err(UsageError::new(format!("{label} has no SQL statement"))),
             Err(e) => {
-                let why = match self.seen.took_load_extension() {
+                let why = match loads_extension(&e) {
                     true => LOADS.to_owned(),
                     false => format!("is not valid SQL for this database: {}", sqlite_message(&e)),
                 };
@@ -979,7 +971,7 @@ impl Rehearsal {
     /// Turns a rehearsal error into a usage error, unless an incomplete
     /// schema copy could explain it.
     fn failure(&self, label: &str, sql: &str, e: &rusqlite::Error) -> Result<bool, UsageError> {
-        if self.seen.took_load_extension() {
+        if loads_extension(e) {
             return Err(UsageError::new(format!(
                 "{label} {LOADS}\n  in: {}",
                 short(sql.trim(), 200)
