@@ -196,9 +196,13 @@ fn one_line(action: &CtlAction, v: &Value) -> String {
         }
         _ => "",
     };
+    // As the run's own terminal says it: 0 and 0.5, not JSON's 0.0.
+    let ratio = s["nice_ratio"]
+        .as_f64()
+        .map_or_else(|| s["nice_ratio"].to_string(), |r| r.to_string());
     format!(
-        "{state}{step}; pace: chunks ~{} ms, nice ratio {}, sleep {} ms, batch size {batch}{idle}",
-        s["chunk_time_ms"], s["nice_ratio"], s["sleep_ms"],
+        "{state}{step}; pace: chunks ~{} ms, nice ratio {ratio}, sleep {} ms, batch size {batch}{idle}",
+        s["chunk_time_ms"], s["sleep_ms"],
     )
 }
 

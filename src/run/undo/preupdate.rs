@@ -407,14 +407,13 @@ impl Change {
     }
 
     fn update(&self, s: &mut State, t: usize, index: usize, key: &Key) -> Result<(), String> {
-        let mut b = std::mem::take(&mut s.scratch);
-        let done = self.changed_columns(&s.tables[t], &mut b);
-        if done.is_ok() && b.mask.iter().any(|m| *m != 0) {
+        let b = &mut s.scratch;
+        self.changed_columns(&s.tables[t], b)?;
+        if b.mask.iter().any(|m| *m != 0) {
             s.enc
                 .update(index, key.as_ref(), &b.mask, &b.old, print(&b.new));
         }
-        s.scratch = b;
-        done
+        Ok(())
     }
 
     /// The changed columns' old and new encodings, and their mask.
