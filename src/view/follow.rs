@@ -193,11 +193,6 @@ fn base_path(path: &str) -> String {
 
 /// `batchsse watch`.
 pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
-    let mode = args.progress;
-    crate::view::github::guard(mode, watch(args))
-}
-
-fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
     let target = Target::parse(&args.url, args.token.as_deref())?;
     let patience = crate::cli::config::seconds("--connect-timeout", args.connect_timeout)?;
     let interval = crate::cli::config::progress_interval(args.progress_interval)?;

@@ -1,7 +1,8 @@
 //! `--progress github`: GitHub Actions workflow commands around the plain
-//! lines (a `::group::` per step, `::error` for a failed step and for an
-//! error of the run's own, `::warning` for warnings) and, with `GITHUB_STEP_SUMMARY` set, a Markdown table of
-//! the steps appended to that file at the end. Every line printed in this
+//! lines (a `::group::` per step, `::error` for a failed step, for an
+//! error of the run's own and for a command's fatal error, `::warning` for
+//! warnings) and, with `GITHUB_STEP_SUMMARY` set, a Markdown table of the
+//! steps (or the fatal error) appended to that file at the end. Every line printed in this
 //! mode is one physical line: a CR or LF from a step name, an SQL error or
 //! a message is shown as `\r`/`\n`, so no text can start a line with `::`
 //! (and `##[`, the older form the runner finds anywhere, as `##\[`).
@@ -25,22 +26,6 @@ pub fn one_line(s: &str) -> String {
         .replace("##[", "##\\[")
 }
 
-/// An error for `main` to print, on one line: in github mode a failure
-/// before or around the run (a pre-run check echoes the step's SQL) must not
-/// carry a workflow command either. The kind that picks the exit status
-/// stays.
-pub fn one_line_error(err: anyhow::Error) -> anyhow::Error {
-    use crate::error::{Unreachable, UsageError};
-    let text = one_line(&format!("{err:#}"));
-    if err.chain().any(|e| e.is::<Unreachable>()) {
-        Unreachable(text).into()
-    } else if err.chain().any(|e| e.is::<UsageError>()) {
-        UsageError::new(text).into()
-    } else {
-        anyhow::anyhow!(text)
-    }
-}
-
 /// Whether stderr is a GitHub Actions job's log (`GITHUB_ACTIONS=true`,
 /// stderr not a terminal). Every line of human text is then one physical
 /// line whatever `--progress` says: a run under `--progress json` (as in
@@ -50,15 +35,51 @@ pub fn in_actions() -> bool {
     !std::io::stderr().is_terminal() && std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true")
 }
 
-/// `result` as it is, or its error on one line when `mode` is (or `auto`
-/// resolves to) github. (In an Actions log `main` makes every command's
-/// error one line: see `crate::error_line`.)
-pub fn guard<T>(mode: crate::cli::ProgressMode, result: anyhow::Result<T>) -> anyhow::Result<T> {
-    if mode.resolve() == crate::cli::ProgressMode::Github {
-        result.map_err(one_line_error)
-    } else {
-        result
-    }
+/// Whether a command's fatal error is shown the GitHub way (see [`fatal`]):
+/// in an Actions job, as the rest of the output is, or when the command
+/// was given `--progress github`.
+pub fn annotates_errors(matches: &clap::ArgMatches) -> bool {
+    let github = matches.subcommand().is_some_and(|(_, m)| {
+        m.try_get_one::<crate::cli::ProgressMode>("progress")
+            .ok()
+            .flatten()
+            == Some(&crate::cli::ProgressMode::Github)
+    });
+    github || in_actions()
+}
+
+/// A fatal error (`batchsse: MESSAGE` elsewhere) as a GitHub Actions job
+/// shows it: one `::error::` line, so that a plan refused before its run
+/// (exit 2) is an annotation as a failed step is, and, with
+/// `GITHUB_STEP_SUMMARY` set, `who` and the exit status with the message
+/// appended to the step summary. The lines to print, in order.
+pub fn fatal(who: &str, code: u8, message: &str) -> Vec<String> {
+    let mut out = vec![format!(
+        "::error::{}",
+        escape_data(&format!("batchsse: {message}"))
+    )];
+    let md = format!("### {who}: failed (exit {code})\n\n{}\n\n", cell(message));
+    out.extend(append_summary(&md));
+    out
+}
+
+/// Appends `md` to the step summary when `GITHUB_STEP_SUMMARY` is set;
+/// a warning annotation to print if it cannot.
+fn append_summary(md: &str) -> Option<String> {
+    let path = std::env::var_os("GITHUB_STEP_SUMMARY").filter(|p| !p.is_empty())?;
+    let appended = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&path)
+        .and_then(|mut file| file.write_all(md.as_bytes()));
+    let e = appended.err()?;
+    Some(format!(
+        "::warning::{}",
+        escape_data(&format!(
+            "cannot append the step summary to {} ({e})",
+            std::path::Path::new(&path).display()
+        ))
+    ))
 }
 
 /// A command's message, per the workflow-command rules.
@@ -144,23 +165,7 @@ impl Github {
         if !detail.trim().is_empty() {
             out.push(detail.to_owned());
         }
-        let Some(path) = std::env::var_os("GITHUB_STEP_SUMMARY").filter(|p| !p.is_empty()) else {
-            return out;
-        };
-        let appended = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(&path)
-            .and_then(|mut file| file.write_all(self.summary(f, line).as_bytes()));
-        if let Err(e) = appended {
-            out.push(format!(
-                "::warning::{}",
-                escape_data(&format!(
-                    "cannot append the step summary to {} ({e})",
-                    std::path::Path::new(&path).display()
-                ))
-            ));
-        }
+        out.extend(append_summary(&self.summary(f, line)));
         out
     }
 

@@ -464,3 +464,77 @@ fn outside_github_actions_auto_prints_plain_lines_and_no_summary() {
         "{md}"
     );
 }
+
+/// `batchsse ARGS` as in a GitHub Actions job (or, with `actions` false,
+/// outside one), its summary going to `summary`: (exit code, stderr).
+fn fatal_in_actions(args: &[&str], summary: &std::path::Path, actions: bool) -> (i32, String) {
+    let mut p = spawn(args, |c| {
+        c.env("GITHUB_STEP_SUMMARY", summary);
+        if actions {
+            c.env("GITHUB_ACTIONS", "true");
+        } else {
+            c.env_remove("GITHUB_ACTIONS");
+        }
+    });
+    let code = p.wait().code().unwrap_or(-1);
+    (code, p.stderr())
+}
+
+/// A plan refused before its run (exit 2) is what a CI user most needs to
+/// see: in an Actions job it is one `::error::` annotation (whatever
+/// `--progress` says: the README's recipe runs `--progress json`), and the
+/// step summary says so; outside one the plain text is as it was.
+#[test]
+fn in_github_actions_a_plan_refused_before_its_run_is_an_error_annotation_and_in_the_summary() {
+    let db = TempDb::with_sql("CREATE TABLE t(id INTEGER PRIMARY KEY, n INT);");
+    let plan = db.file(
+        "plan.json",
+        r#"{"name": "m", "steps": [{"name": "fix, 100%", "sql": "UPDATE nosuch SET n = 1"}]}"#,
+    );
+    let summary = db.dir.path().join("summary.md");
+    let before = db.bytes();
+    for progress in ["auto", "json"] {
+        std::fs::write(&summary, "earlier job output\n").unwrap();
+        let args = run_args(
+            &db,
+            path_str(&plan),
+            &["--no-serve", "--progress", progress],
+        );
+        let (code, err) = fatal_in_actions(&args, &summary, true);
+        assert_eq!(code, 2, "{err}");
+        assert_eq!(
+            err,
+            "::error::batchsse: step 1 (\"fix, 100%25\") is not valid SQL for this database: \
+             no such table: nosuch%0A  in: UPDATE nosuch SET n = 1%0A  fix the statement; nothing was run\n",
+            "{progress}"
+        );
+        let md = std::fs::read_to_string(&summary).unwrap();
+        assert!(
+            md.starts_with("earlier job output\n### batchsse run: failed (exit 2)\n\n"),
+            "{md}"
+        );
+        assert!(md.contains("no such table: nosuch"), "{md}");
+    }
+    assert_eq!(db.bytes(), before);
+    std::fs::remove_file(&summary).unwrap();
+    let args = run_args(&db, path_str(&plan), &["--no-serve"]);
+    let (code, err) = fatal_in_actions(&args, &summary, false);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.starts_with("batchsse: step 1 (\"fix, 100%\") is not valid SQL for this database: no such table: nosuch\n  in: UPDATE"),
+        "{err}"
+    );
+    assert!(!err.contains("::"), "{err}");
+    assert!(!summary.exists());
+    // A command line clap cannot read is a usage error too.
+    let args = run_args(&db, path_str(&plan), &["--no-serve", "--bogus"]);
+    let (code, err) = fatal_in_actions(&args, &summary, true);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.starts_with("::error::batchsse: unexpected argument '--bogus' found%0A"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let md = std::fs::read_to_string(&summary).unwrap();
+    assert!(md.starts_with("### batchsse: failed (exit 2)\n"), "{md}");
+}
