@@ -208,6 +208,17 @@ impl Github {
     }
 }
 
+impl Drop for Github {
+    /// A group still open when the output ends (a watch whose run was
+    /// killed, or that was stopped) is closed, so that the error printed
+    /// next is not folded away inside the last step's group.
+    fn drop(&mut self) {
+        if let Some(line) = self.end_group() {
+            crate::error::print_line(&line);
+        }
+    }
+}
+
 fn state_word(s: StepState) -> &'static str {
     match s {
         StepState::Running => "running",

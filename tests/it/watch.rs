@@ -1220,3 +1220,39 @@ fn a_stream_whose_media_type_is_written_in_capitals_is_followed() {
     assert_eq!(w.wait().code(), Some(0), "{}", w.stderr());
     assert_eq!(json_lines(&w.stdout()).len(), 2, "{}", w.stdout());
 }
+
+/// A watch in github mode whose run is killed mid-step (`kill -9`, an
+/// out-of-memory killer) closes the step's group before its error: a group
+/// left open folds the error, and the rest of the job's step, out of sight.
+#[test]
+fn in_github_mode_a_run_killed_mid_step_leaves_no_group_open() {
+    let db = TempDb::counters(2_000);
+    let run = start_run(
+        &db,
+        &counter_plan("slow", 10),
+        &["--sleep", "20", "--wait-for-clients", "1"],
+    );
+    let url = format!("http://{}/", run.addr());
+    let pid = run.child.id().to_string();
+    let mut w = spawn(
+        &["watch", &url, "--progress", "github", "--pid", &pid],
+        |_| {},
+    );
+    let t0 = Instant::now();
+    while w.stderr_time("::group::").is_none() {
+        assert!(t0.elapsed() < PATIENCE, "no group: {}", w.stderr());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    run.signal("KILL");
+    assert_eq!(w.wait_for(Duration::from_secs(20)).code(), Some(3));
+    let err = w.stderr();
+    let lines: Vec<&str> = err.lines().collect();
+    let at = |p: &str| lines.iter().position(|l| l.starts_with(p));
+    let (group, end, error) = (
+        at("::group::[1/1] bump counters"),
+        at("::endgroup::"),
+        at("::error::batchsse: lost the stream"),
+    );
+    assert!(group.is_some() && error.is_some(), "{err}");
+    assert!(group < end && end < error, "{err}");
+}
