@@ -1,8 +1,9 @@
 //! `--progress github`: GitHub Actions workflow commands around the plain
 //! lines (a `::group::` per step, `::error` for a failed step, for an
 //! error of the run's own and for a command's fatal error, `::warning` for
-//! warnings) and, with `GITHUB_STEP_SUMMARY` set, a Markdown table of the
-//! steps (or the fatal error) appended to that file at the end. Every line printed in this
+//! warnings), with `GITHUB_STEP_SUMMARY` set a Markdown table of the
+//! steps (or the fatal error) appended to that file at the end, and with
+//! `GITHUB_OUTPUT` set the outcome as the step's outputs. Every line printed in this
 //! mode is one physical line: a CR or LF from a step name, an SQL error or
 //! a message is shown as `\r`/`\n`, so no text can start a line with `::`
 //! (and `##[`, the older form the runner finds anywhere, as `##\[`).
@@ -66,20 +67,40 @@ pub fn fatal(who: &str, code: u8, message: &str) -> Vec<String> {
 /// Appends `md` to the step summary when `GITHUB_STEP_SUMMARY` is set;
 /// a warning annotation to print if it cannot.
 fn append_summary(md: &str) -> Option<String> {
-    let path = std::env::var_os("GITHUB_STEP_SUMMARY").filter(|p| !p.is_empty())?;
+    append_to("GITHUB_STEP_SUMMARY", "the step summary", md)
+}
+
+/// Appends `text` to the file the environment variable `var` names, when
+/// it is set; a warning annotation naming `what` to print if it cannot.
+fn append_to(var: &str, what: &str, text: &str) -> Option<String> {
+    let path = std::env::var_os(var).filter(|p| !p.is_empty())?;
     let appended = std::fs::OpenOptions::new()
         .append(true)
         .create(true)
         .open(&path)
-        .and_then(|mut file| file.write_all(md.as_bytes()));
+        .and_then(|mut file| file.write_all(text.as_bytes()));
     let e = appended.err()?;
     Some(format!(
         "::warning::{}",
         escape_data(&format!(
-            "cannot append the step summary to {} ({e})",
+            "cannot append {what} to {} ({e})",
             std::path::Path::new(&path).display()
         ))
     ))
+}
+
+/// One step output as `GITHUB_OUTPUT` takes it: `name=value`, or for a
+/// value with a line break (an SQL error) `name<<END`, the value, `END`,
+/// with an end marker the value does not hold.
+fn output(name: &str, value: &str) -> String {
+    if !value.contains(['\n', '\r']) {
+        return format!("{name}={value}\n");
+    }
+    let mut end = "BATCHSSE_END".to_owned();
+    while value.contains(&end) {
+        end.push('_');
+    }
+    format!("{name}<<{end}\n{value}\n{end}\n")
 }
 
 /// A command's message, per the workflow-command rules.
@@ -99,6 +120,7 @@ pub fn escape_property(s: &str) -> String {
 #[derive(Debug, Default)]
 pub struct Github {
     plan: String,
+    run_id: String,
     db: String,
     steps: Vec<(String, Option<StepEvent>)>,
     group_open: bool,
@@ -110,6 +132,7 @@ pub struct Github {
 impl Github {
     pub fn start(&mut self, s: &Start) {
         self.plan = s.plan.clone();
+        self.run_id = s.run_id.clone();
         self.db = s.db.clone();
         self.steps = s.steps.iter().map(|s| (s.name.clone(), None)).collect();
         self.group_open = false;
@@ -166,6 +189,35 @@ impl Github {
             out.push(detail.to_owned());
         }
         out.extend(append_summary(&self.summary(f, line)));
+        out.extend(append_to(
+            "GITHUB_OUTPUT",
+            "the step outputs",
+            &self.outputs(f),
+        ));
+        out
+    }
+
+    /// The run's outcome as the job step's outputs, for the steps after
+    /// it (`steps.ID.outputs.rows_changed`): every field of `finished`
+    /// (`status`, `rows_changed`, `error`, `undo_bytes`, …), by the same
+    /// names, beside the run's `run_id` and `plan` (a watch that began
+    /// after `start` knows neither).
+    fn outputs(&self, f: &Finished) -> String {
+        let mut out = String::new();
+        if self.started {
+            out += &output("run_id", &self.run_id);
+            out += &output("plan", &self.plan);
+        }
+        let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(f) else {
+            return out;
+        };
+        for (name, value) in fields {
+            match value {
+                serde_json::Value::String(s) => out += &output(&name, &s),
+                serde_json::Value::Null => {}
+                other => out += &output(&name, &other.to_string()),
+            }
+        }
         out
     }
 
@@ -330,6 +382,23 @@ mod tests {
             ("###[a]##[[b]", "###\\[a]##\\[[b]"),
         ] {
             assert_eq!(one_line(raw), shown, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn an_output_with_a_line_break_takes_an_end_marker_it_does_not_hold() {
+        for (value, written) in [
+            ("ok", "n=ok\n"),
+            ("", "n=\n"),
+            ("a = b", "n=a = b\n"),
+            ("a\nb", "n<<BATCHSSE_END\na\nb\nBATCHSSE_END\n"),
+            ("a\rb", "n<<BATCHSSE_END\na\rb\nBATCHSSE_END\n"),
+            (
+                "x\nBATCHSSE_END\nn=forged",
+                "n<<BATCHSSE_END_\nx\nBATCHSSE_END\nn=forged\nBATCHSSE_END_\n",
+            ),
+        ] {
+            assert_eq!(output("n", value), written, "{value:?}");
         }
     }
 

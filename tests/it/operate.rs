@@ -538,3 +538,84 @@ fn in_github_actions_a_plan_refused_before_its_run_is_an_error_annotation_and_in
     let md = std::fs::read_to_string(&summary).unwrap();
     assert!(md.starts_with("### batchsse: failed (exit 2)\n"), "{md}");
 }
+
+/// The outputs a job step gets from `GITHUB_OUTPUT`, read as the runner
+/// reads the file: `name=value` lines and `name<<END` … `END` blocks.
+fn step_outputs(path: &std::path::Path) -> std::collections::BTreeMap<String, String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut out = std::collections::BTreeMap::new();
+    let mut lines = text.split('\n');
+    while let Some(line) = lines.next() {
+        if line.is_empty() {
+            continue;
+        }
+        if let Some((name, end)) = line.split_once("<<").filter(|(n, _)| !n.contains('=')) {
+            let mut value = Vec::new();
+            for l in lines.by_ref() {
+                if l == end {
+                    break;
+                }
+                value.push(l);
+            }
+            out.insert(name.to_owned(), value.join("\n"));
+        } else {
+            let (name, value) = line.split_once('=').expect("name=value");
+            out.insert(name.to_owned(), value.to_owned());
+        }
+    }
+    out
+}
+
+/// In an Actions job the run's outcome is the step's outputs: later steps
+/// read `steps.ID.outputs.status`, `rows_changed`, `error` (an SQL error
+/// that spans lines too), and a recorded run's `run_id` is what `batchsse
+/// undo --run` takes.
+#[test]
+fn in_github_actions_the_outcome_is_the_steps_outputs() {
+    let db = TempDb::with_sql(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, n INT NOT NULL DEFAULT 0);
+         INSERT INTO t(id) VALUES (1), (2);
+         CREATE TRIGGER no_3 BEFORE UPDATE ON t WHEN NEW.n = 3 BEGIN
+           SELECT RAISE(ABORT, 'no 3
+outputs=forged');
+         END;",
+    );
+    let outputs = db.dir.path().join("outputs.txt");
+    let plan = |name: &str, sql: &str| {
+        let json = serde_json::json!({"name": name, "steps": [{"name": "s", "sql": sql}]});
+        db.file(&format!("{name}.json"), &json.to_string())
+    };
+    let in_actions = |plan: &std::path::Path, extra: &[&str]| {
+        let mut args = run_args(&db, path_str(plan), &["--no-serve"]);
+        args.extend_from_slice(extra);
+        let mut p = spawn(&args, |c| {
+            c.env("GITHUB_ACTIONS", "true")
+                .env("GITHUB_OUTPUT", &outputs);
+        });
+        let code = p.wait().code();
+        let got = step_outputs(&outputs);
+        std::fs::remove_file(&outputs).unwrap();
+        (code, got, p.stderr())
+    };
+    let bump = plan("bump", "UPDATE t SET n = n + 1");
+    let (code, got, err) = in_actions(&bump, &["--undo"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(got["status"], "ok", "{got:?}");
+    assert_eq!(got["rows_changed"], "2", "{got:?}");
+    assert_eq!(got["steps_done"], "1", "{got:?}");
+    assert_eq!(got["plan"], "bump", "{got:?}");
+    assert!(got["undo_bytes"].parse::<u64>().unwrap() > 0, "{got:?}");
+    assert!(!got.contains_key("error"), "{got:?}");
+    let (code, _, err) =
+        crate::util::run(&["undo", "--db", path_str(&db.path), "--run", &got["run_id"]]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(db.query_i64("SELECT sum(n) FROM t"), 0);
+
+    let three = plan("three", "UPDATE t SET n = 3");
+    let (code, got, err) = in_actions(&three, &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(got["status"], "failed", "{got:?}");
+    assert_eq!(got["rows_changed"], "0", "{got:?}");
+    assert!(got["error"].ends_with("no 3\noutputs=forged"), "{got:?}");
+    assert!(!got.contains_key("outputs"), "{got:?}");
+}
