@@ -897,6 +897,93 @@ fn the_readme_ci_recipe_passes_a_good_batch_and_fails_fast_on_a_bad_plan() {
     assert_eq!(std::fs::read(dir.join("shop.sqlite")).unwrap(), before);
 }
 
+/// The `run: |` lines of the README's GitHub Actions step in "In CI", as
+/// the runner hands them to bash, for a run on `port`.
+fn readme_actions_step(port: u16) -> String {
+    let readme = include_str!("../../README.md");
+    let section = &readme[readme.find("\n## In CI\n").expect("an In CI section")..];
+    let yaml = &section[section.find("```yaml\n").expect("a yaml block")..];
+    let yaml = &yaml[..yaml[3..].find("```").expect("the block's end")];
+    let body = &yaml[yaml.find("run: |\n").expect("a run block") + "run: |\n".len()..];
+    let indent = body.len() - body.trim_start().len();
+    let script: String = body
+        .lines()
+        .take_while(|l| l.len() > indent && l[..indent].trim().is_empty())
+        .map(|l| format!("{}\n", &l[indent..]))
+        .collect();
+    assert!(script.contains("127.0.0.1:7077"), "{script}");
+    script.replace("127.0.0.1:7077", &format!("127.0.0.1:{port}"))
+}
+
+/// The README's GitHub Actions step, run as the runner runs it (`bash -e
+/// -o pipefail`, stderr a pipe, `GITHUB_ACTIONS`, the summary and output
+/// files set): the log folds by step and the outcome reaches the summary
+/// and the outputs; a plan refused before its run is an error annotation.
+#[test]
+fn the_readme_actions_step_annotates_summarises_and_sets_outputs() {
+    let db = TempDb::shop(2_000);
+    let dir = db.dir.path();
+    std::fs::rename(&db.path, dir.join("shop.sqlite")).expect("name the db shop.sqlite");
+    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/sample-data/plan.json");
+    std::fs::copy(sample, dir.join("plan.json")).expect("copy the sample plan");
+    let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_batchsse"))
+        .parent()
+        .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let (summary, outputs) = (dir.join("summary.md"), dir.join("outputs.txt"));
+    let step = || {
+        std::fs::write(dir.join("step.sh"), readme_actions_step(free_port())).unwrap();
+        let out = Command::new("bash")
+            .args(["--noprofile", "--norc", "-eo", "pipefail", "step.sh"])
+            .current_dir(dir)
+            .env("PATH", &path)
+            .env("GITHUB_ACTIONS", "true")
+            .env("GITHUB_STEP_SUMMARY", &summary)
+            .env("GITHUB_OUTPUT", &outputs)
+            .env_remove("BATCHSSE_TOKEN")
+            .stdin(Stdio::null())
+            .output()
+            .expect("bash must be installed");
+        let log = String::from_utf8_lossy(&out.stderr).into_owned();
+        let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+        let got = (out.status.code(), log, read(&summary), read(&outputs));
+        let _ = (
+            std::fs::remove_file(&summary),
+            std::fs::remove_file(&outputs),
+        );
+        got
+    };
+    let (code, log, md, out) = step();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains("::group::[2/5] backfill total_cents\n"),
+        "{log}"
+    );
+    assert!(
+        md.contains("| 2 | backfill total\\_cents | done | 2,000 |"),
+        "{md}"
+    );
+    assert!(
+        out.contains("status=ok\n") && out.contains("rows_changed="),
+        "{out}"
+    );
+
+    std::fs::write(dir.join("plan.json"), r#"{"name":"typo","stepz":[]}"#).unwrap();
+    let (code, log, md, out) = step();
+    assert_eq!(code, Some(2), "{log}");
+    let errors: Vec<&str> = log.lines().filter(|l| l.starts_with("::error::")).collect();
+    assert!(
+        errors[0].starts_with("::error::batchsse: ") && errors[0].contains("stepz"),
+        "{log}"
+    );
+    assert!(md.contains("### batchsse run: failed (exit 2)"), "{md}");
+    assert!(!out.contains("status="), "{out}");
+}
+
 /// A hostile "event stream" on a free port: a `200 text/event-stream`
 /// head, then `pattern` over and over (at most 64 MiB), then silence until
 /// the client leaves (at most 30 s). It serves one connection.
