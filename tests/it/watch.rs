@@ -897,6 +897,95 @@ fn the_readme_ci_recipe_passes_a_good_batch_and_fails_fast_on_a_bad_plan() {
     assert_eq!(std::fs::read(dir.join("shop.sqlite")).unwrap(), before);
 }
 
+/// The pid of the child of `parent` whose command line holds `word`,
+/// once there is one (within PATIENCE).
+fn child_with(parent: u32, word: &str) -> u32 {
+    let t0 = Instant::now();
+    while t0.elapsed() < PATIENCE {
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            // The parent is the second field after the command's name.
+            let ppid = stat
+                .rsplit_once(") ")
+                .and_then(|(_, r)| r.split(' ').nth(1));
+            let cmd = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            if ppid == Some(&parent.to_string()) && String::from_utf8_lossy(&cmd).contains(word) {
+                return pid;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("no child of {parent} runs {word}");
+}
+
+/// The README's CI script whose `watch` alone is stopped (a `timeout`
+/// around it, a person's Ctrl-C) while the run is still in its pre-run
+/// check: `watch` exits 130, and the script must stop the run, which else
+/// would wait at its `--wait-for-clients` gate for ever.
+#[test]
+#[cfg(unix)]
+fn the_readme_ci_script_ends_when_its_watch_alone_is_stopped_before_the_run_listens() {
+    let db = TempDb::counters(100);
+    let dir = db.dir.path();
+    std::fs::rename(&db.path, dir.join("shop.sqlite")).expect("name the db shop.sqlite");
+    std::fs::write(dir.join("plan.json"), counter_plan("held", 10)).unwrap();
+    // The run waits for this lock (under its 5 s --busy-timeout) before it listens.
+    let lock = rusqlite::Connection::open(dir.join("shop.sqlite")).unwrap();
+    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_batchsse"))
+        .parent()
+        .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    std::fs::write(dir.join("ci.sh"), readme_ci_script(free_port())).unwrap();
+    let mut script = Command::new("bash")
+        .arg("ci.sh")
+        .current_dir(dir)
+        .env("PATH", path)
+        .env_remove("BATCHSSE_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("bash must be installed");
+    let watch = child_with(script.id(), "watch");
+    // Past the start of its signal handling (it dies of a TERM before).
+    std::thread::sleep(Duration::from_millis(500));
+    let ok = Command::new("kill")
+        .args(["-TERM", &watch.to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    std::thread::sleep(Duration::from_millis(500));
+    lock.execute_batch("COMMIT").unwrap();
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = script.try_wait().unwrap() {
+            break Some(s);
+        }
+        if t0.elapsed() > Duration::from_secs(15) {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    if status.is_none() {
+        // The run is a child of the script: stop it, then the script.
+        let run = child_with(script.id(), "--plan");
+        let _ = Command::new("kill")
+            .args(["-TERM", &run.to_string()])
+            .status();
+        let _ = script.wait();
+    }
+    let status = status.expect("the script still waited for its run 15 s after watch stopped");
+    assert_eq!(status.code(), Some(130));
+}
+
 /// The `run: |` lines of the README's GitHub Actions step in "In CI", as
 /// the runner hands them to bash, for a run on `port`.
 fn readme_actions_step(port: u16) -> String {
