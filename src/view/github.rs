@@ -1,12 +1,13 @@
 //! `--progress github`: GitHub Actions workflow commands around the plain
 //! lines (a `::group::` per step, `::error` for a failed step, for an
 //! error of the run's own and for a command's fatal error, `::warning` for
-//! warnings), with `GITHUB_STEP_SUMMARY` set a Markdown table of the
-//! steps (or the fatal error) appended to that file at the end, and with
-//! `GITHUB_OUTPUT` set the outcome as the step's outputs. Every line printed in this
-//! mode is one physical line: a CR or LF from a step name, an SQL error or
-//! a message is shown as `\r`/`\n`, so no text can start a line with `::`
-//! (and `##[`, the older form the runner finds anywhere, as `##\[`).
+//! warnings); with `GITHUB_STEP_SUMMARY` set, a Markdown table of the steps
+//! (or the fatal error) appended to that file at the end; with
+//! `GITHUB_OUTPUT` set, the outcome as the step's outputs. Every line
+//! printed in this mode is one physical line: a CR or LF from a step name,
+//! an SQL error or a message is shown as `\r`/`\n` (escaped as `%0D`/`%0A`
+//! inside a command), so no text can start a line with `::` (and `##[`,
+//! the older form the runner finds anywhere, as `##\[`).
 
 use std::io::Write;
 
