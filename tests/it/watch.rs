@@ -1064,12 +1064,17 @@ fn the_readme_actions_step_annotates_summarises_and_sets_outputs() {
     std::fs::write(dir.join("plan.json"), r#"{"name":"typo","stepz":[]}"#).unwrap();
     let (code, log, md, out) = step();
     assert_eq!(code, Some(2), "{log}");
-    let errors: Vec<&str> = log.lines().filter(|l| l.starts_with("::error::")).collect();
+    // One annotation, the run's: watch, which gave up because the run
+    // exited first, says so on a plain line, not as a second error.
+    let errors: Vec<&str> = log.lines().filter(|l| l.starts_with("::")).collect();
+    assert_eq!(errors.len(), 1, "{log}");
     assert!(
         errors[0].starts_with("::error::batchsse: ") && errors[0].contains("stepz"),
         "{log}"
     );
+    assert!(log.contains("\nbatchsse: the run (pid "), "{log}");
     assert!(md.contains("### batchsse run: failed (exit 2)"), "{md}");
+    assert_eq!(md.matches("### ").count(), 1, "{md}");
     assert!(!out.contains("status="), "{out}");
 }
 
