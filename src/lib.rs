@@ -113,10 +113,15 @@ pub fn exit_on_clap_error(e: clap::Error) -> ! {
     if !e.use_stderr() || !view::github::in_actions() {
         e.exit()
     }
-    let text = e.render().to_string();
-    let text = text.trim().trim_start_matches("error: ");
     let code = u8::try_from(e.exit_code()).unwrap_or(error::exit::USAGE);
-    report_error(None, text, code);
+    if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        // The help, which is ours, as clap shows it; not all in the annotation.
+        let _ = e.print();
+        report_error(None, "a subcommand is missing: see the help above", code);
+    } else {
+        let text = e.render().to_string();
+        report_error(None, text.trim().trim_start_matches("error: "), code);
+    }
     std::process::exit(e.exit_code())
 }
 

@@ -541,6 +541,20 @@ fn in_github_actions_a_plan_refused_before_its_run_is_an_error_annotation_and_in
     assert_eq!(err.lines().count(), 1, "{err}");
     let md = std::fs::read_to_string(&summary).unwrap();
     assert!(md.starts_with("### batchsse: failed (exit 2)\n"), "{md}");
+    // A missing subcommand: clap's help as it is, then the annotation.
+    let (code, err) = fatal_in_actions(&["checkpoint"], &summary, true);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("\nUsage: batchsse checkpoint <COMMAND>\n"),
+        "{err}"
+    );
+    assert_eq!(
+        err.lines()
+            .filter(|l| l.starts_with("::"))
+            .collect::<Vec<_>>(),
+        ["::error::batchsse: a subcommand is missing: see the help above"],
+        "{err}"
+    );
 }
 
 /// The outputs a job step gets from `GITHUB_OUTPUT`, read as the runner
