@@ -83,15 +83,46 @@ pub use events::sse;
 
 use std::process::ExitCode;
 
-/// A command's error as `main` prints it; in a GitHub Actions log on one
-/// physical line, so that no text in it can start a workflow command.
-pub fn error_line(err: &anyhow::Error) -> String {
-    let text = format!("batchsse: {err:#}");
-    if view::github::in_actions() {
-        view::github::one_line(&text)
-    } else {
-        text
+/// Prints a command's fatal error, `batchsse: MESSAGE`; in a GitHub
+/// Actions job (or under `--progress github`) as one `::error::` line,
+/// with the outcome in the step summary (see `view::github::fatal`).
+/// `matches` is `None` when the command line itself could not be read.
+pub fn report_error(matches: Option<&clap::ArgMatches>, message: &str, code: u8) {
+    let github = match matches {
+        Some(m) => view::github::annotates_errors(m),
+        None => view::github::in_actions(),
+    };
+    if !github {
+        return error::print_line(&format!("batchsse: {message}"));
     }
+    let mut who = vec!["batchsse"];
+    let mut at = matches;
+    while let Some((name, sub)) = at.and_then(clap::ArgMatches::subcommand) {
+        who.push(name);
+        at = Some(sub);
+    }
+    for line in view::github::fatal(&who.join(" "), code, message) {
+        error::print_line(&line);
+    }
+}
+
+/// Exits on a command line clap could not read (or on `--help`): as clap
+/// would, except that in a GitHub Actions job the error is reported as
+/// every other one is there (see [`report_error`]).
+pub fn exit_on_clap_error(e: clap::Error) -> ! {
+    if !e.use_stderr() || !view::github::in_actions() {
+        e.exit()
+    }
+    let code = u8::try_from(e.exit_code()).unwrap_or(error::exit::USAGE);
+    if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        // The help, which is ours, as clap shows it; not all in the annotation.
+        let _ = e.print();
+        report_error(None, "a subcommand is missing: see the help above", code);
+    } else {
+        let text = e.render().to_string();
+        report_error(None, text.trim().trim_start_matches("error: "), code);
+    }
+    std::process::exit(e.exit_code())
 }
 
 /// Runs the command the user gave; the error chain is for `main` to print.

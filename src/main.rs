@@ -13,26 +13,31 @@ fn main() -> ExitCode {
         if e.kind() == clap::error::ErrorKind::InvalidUtf8
             && let Some(name) = batchsse::cli::non_utf8_env()
         {
-            batchsse::error::print_line(&format!(
-                "batchsse: the environment variable {name} is not UTF-8 text; unset it, or set it to visible ASCII (a token such as `openssl rand -hex 32` makes)"
-            ));
+            batchsse::report_error(
+                None,
+                &format!(
+                    "the environment variable {name} is not UTF-8 text; unset it, or set it to visible ASCII (a token such as `openssl rand -hex 32` makes)"
+                ),
+                exit::USAGE,
+            );
             std::process::exit(i32::from(exit::USAGE));
         }
-        e.exit()
+        batchsse::exit_on_clap_error(e)
     });
-    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| batchsse::exit_on_clap_error(e));
     let checked = batchsse::cli::config::typed_without_server(&matches).map_err(Into::into);
     match checked.and_then(|()| batchsse::execute(cli)) {
         Ok(code) => code,
         Err(err) => {
-            batchsse::error::print_line(&batchsse::error_line(&err));
-            if err.chain().any(|e| e.is::<Unreachable>()) {
-                ExitCode::from(exit::UNREACHABLE)
+            let code = if err.chain().any(|e| e.is::<Unreachable>()) {
+                exit::UNREACHABLE
             } else if err.chain().any(|e| e.is::<UsageError>()) {
-                ExitCode::from(exit::USAGE)
+                exit::USAGE
             } else {
-                ExitCode::from(exit::FAILED)
-            }
+                exit::FAILED
+            };
+            batchsse::report_error(Some(&matches), &format!("{err:#}"), code);
+            ExitCode::from(code)
         }
     }
 }

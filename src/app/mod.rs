@@ -55,11 +55,6 @@ pub struct Session {
 
 /// `batchsse run`: check everything, then execute.
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let mode = args.serve.progress;
-    crate::view::github::guard(mode, check_and_run(args))
-}
-
-fn check_and_run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let config = RunConfig::from_args(&args)?;
     runner::look_ahead(&config.db);
     let lifecycle = Lifecycle::start()?;

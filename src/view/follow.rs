@@ -193,11 +193,6 @@ fn base_path(path: &str) -> String {
 
 /// `batchsse watch`.
 pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
-    let mode = args.progress;
-    crate::view::github::guard(mode, watch(args))
-}
-
-fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
     let target = Target::parse(&args.url, args.token.as_deref())?;
     let patience = crate::cli::config::seconds("--connect-timeout", args.connect_timeout)?;
     let interval = crate::cli::config::progress_interval(args.progress_interval)?;
@@ -342,15 +337,17 @@ async fn follow(
         let last_id = seen.last_id;
         if let Some(pid) = run_pid.filter(|&p| !platform::process_alive(p)) {
             let url = target.url(&target.events);
-            return Err(Unreachable(if connected {
-                format!(
-                    "lost the stream at {url} after event {last_id} ({why}), and the run (pid {pid}) has exited; the run's outcome is unknown: its exit status tells"
-                )
-            } else {
-                format!(
-                    "the run (pid {pid}) exited before its stream at {url} could be followed ({why}); its exit status and messages say why"
-                )
-            })
+            if !connected {
+                // The run's own error says why (in GitHub Actions, as its
+                // annotation): this is no second error, only why watch ends.
+                print_line(&crate::view::github::one_line(&format!(
+                    "batchsse: the run (pid {pid}) exited before its stream at {url} could be followed ({why}); its exit status and messages say why"
+                )));
+                return Ok(exit::UNREACHABLE);
+            }
+            return Err(Unreachable(format!(
+                "lost the stream at {url} after event {last_id} ({why}), and the run (pid {pid}) has exited; the run's outcome is unknown: its exit status tells"
+            ))
             .into());
         }
         if !connected && !said_waiting && since.elapsed() >= SAY_WAITING_AFTER {

@@ -1,10 +1,13 @@
 //! `--progress github`: GitHub Actions workflow commands around the plain
-//! lines (a `::group::` per step, `::error` for a failed step and for an
-//! error of the run's own, `::warning` for warnings) and, with `GITHUB_STEP_SUMMARY` set, a Markdown table of
-//! the steps appended to that file at the end. Every line printed in this
-//! mode is one physical line: a CR or LF from a step name, an SQL error or
-//! a message is shown as `\r`/`\n`, so no text can start a line with `::`
-//! (and `##[`, the older form the runner finds anywhere, as `##\[`).
+//! lines (a `::group::` per step, `::error` for a failed step, for an
+//! error of the run's own and for a command's fatal error, `::warning` for
+//! warnings); with `GITHUB_STEP_SUMMARY` set, a Markdown table of the steps
+//! (or the fatal error) appended to that file at the end; with
+//! `GITHUB_OUTPUT` set, the outcome as the step's outputs. Every line
+//! printed in this mode is one physical line: a CR or LF from a step name,
+//! an SQL error or a message is shown as `\r`/`\n` (escaped as `%0D`/`%0A`
+//! inside a command), so no text can start a line with `::` (and `##[`,
+//! the older form the runner finds anywhere, as `##\[`).
 
 use std::io::Write;
 
@@ -25,22 +28,6 @@ pub fn one_line(s: &str) -> String {
         .replace("##[", "##\\[")
 }
 
-/// An error for `main` to print, on one line: in github mode a failure
-/// before or around the run (a pre-run check echoes the step's SQL) must not
-/// carry a workflow command either. The kind that picks the exit status
-/// stays.
-pub fn one_line_error(err: anyhow::Error) -> anyhow::Error {
-    use crate::error::{Unreachable, UsageError};
-    let text = one_line(&format!("{err:#}"));
-    if err.chain().any(|e| e.is::<Unreachable>()) {
-        Unreachable(text).into()
-    } else if err.chain().any(|e| e.is::<UsageError>()) {
-        UsageError::new(text).into()
-    } else {
-        anyhow::anyhow!(text)
-    }
-}
-
 /// Whether stderr is a GitHub Actions job's log (`GITHUB_ACTIONS=true`,
 /// stderr not a terminal). Every line of human text is then one physical
 /// line whatever `--progress` says: a run under `--progress json` (as in
@@ -50,15 +37,71 @@ pub fn in_actions() -> bool {
     !std::io::stderr().is_terminal() && std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true")
 }
 
-/// `result` as it is, or its error on one line when `mode` is (or `auto`
-/// resolves to) github. (In an Actions log `main` makes every command's
-/// error one line: see `crate::error_line`.)
-pub fn guard<T>(mode: crate::cli::ProgressMode, result: anyhow::Result<T>) -> anyhow::Result<T> {
-    if mode.resolve() == crate::cli::ProgressMode::Github {
-        result.map_err(one_line_error)
-    } else {
-        result
+/// Whether a command's fatal error is shown the GitHub way (see [`fatal`]):
+/// in an Actions job, as the rest of the output is, or when the command
+/// was given `--progress github`.
+pub fn annotates_errors(matches: &clap::ArgMatches) -> bool {
+    let github = matches.subcommand().is_some_and(|(_, m)| {
+        m.try_get_one::<crate::cli::ProgressMode>("progress")
+            .ok()
+            .flatten()
+            == Some(&crate::cli::ProgressMode::Github)
+    });
+    github || in_actions()
+}
+
+/// A fatal error (`batchsse: MESSAGE` elsewhere) as a GitHub Actions job
+/// shows it: one `::error::` line, so that a plan refused before its run
+/// (exit 2) is an annotation as a failed step is, and, with
+/// `GITHUB_STEP_SUMMARY` set, `who` and the exit status with the message
+/// appended to the step summary. The lines to print, in order.
+pub fn fatal(who: &str, code: u8, message: &str) -> Vec<String> {
+    let mut out = vec![format!(
+        "::error::{}",
+        escape_data(&format!("batchsse: {message}"))
+    )];
+    let md = format!("### {who}: failed (exit {code})\n\n{}\n\n", cell(message));
+    out.extend(append_summary(&md));
+    out
+}
+
+/// Appends `md` to the step summary when `GITHUB_STEP_SUMMARY` is set;
+/// a warning annotation to print if it cannot.
+fn append_summary(md: &str) -> Option<String> {
+    append_to("GITHUB_STEP_SUMMARY", "the step summary", md)
+}
+
+/// Appends `text` to the file the environment variable `var` names, when
+/// it is set; a warning annotation naming `what` to print if it cannot.
+fn append_to(var: &str, what: &str, text: &str) -> Option<String> {
+    let path = std::env::var_os(var).filter(|p| !p.is_empty())?;
+    let appended = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&path)
+        .and_then(|mut file| file.write_all(text.as_bytes()));
+    let e = appended.err()?;
+    Some(format!(
+        "::warning::{}",
+        escape_data(&format!(
+            "cannot append {what} to {} ({e})",
+            std::path::Path::new(&path).display()
+        ))
+    ))
+}
+
+/// One step output as `GITHUB_OUTPUT` takes it: `name=value`, or for a
+/// value with a line break (an SQL error) `name<<END`, the value, `END`,
+/// with an end marker the value does not hold.
+fn output(name: &str, value: &str) -> String {
+    if !value.contains(['\n', '\r']) {
+        return format!("{name}={value}\n");
     }
+    let mut end = "BATCHSSE_END".to_owned();
+    while value.contains(&end) {
+        end.push('_');
+    }
+    format!("{name}<<{end}\n{value}\n{end}\n")
 }
 
 /// A command's message, per the workflow-command rules.
@@ -78,6 +121,7 @@ pub fn escape_property(s: &str) -> String {
 #[derive(Debug, Default)]
 pub struct Github {
     plan: String,
+    run_id: String,
     db: String,
     steps: Vec<(String, Option<StepEvent>)>,
     group_open: bool,
@@ -89,6 +133,7 @@ pub struct Github {
 impl Github {
     pub fn start(&mut self, s: &Start) {
         self.plan = s.plan.clone();
+        self.run_id = s.run_id.clone();
         self.db = s.db.clone();
         self.steps = s.steps.iter().map(|s| (s.name.clone(), None)).collect();
         self.group_open = false;
@@ -144,22 +189,35 @@ impl Github {
         if !detail.trim().is_empty() {
             out.push(detail.to_owned());
         }
-        let Some(path) = std::env::var_os("GITHUB_STEP_SUMMARY").filter(|p| !p.is_empty()) else {
+        out.extend(append_summary(&self.summary(f, line)));
+        out.extend(append_to(
+            "GITHUB_OUTPUT",
+            "the step outputs",
+            &self.outputs(f),
+        ));
+        out
+    }
+
+    /// The run's outcome as the job step's outputs, for the steps after
+    /// it (`steps.ID.outputs.rows_changed`): every field of `finished`
+    /// (`status`, `rows_changed`, `error`, `undo_bytes`, …), by the same
+    /// names, beside the run's `run_id` and `plan` (a watch that began
+    /// after `start` knows neither).
+    fn outputs(&self, f: &Finished) -> String {
+        let mut out = String::new();
+        if self.started {
+            out += &output("run_id", &self.run_id);
+            out += &output("plan", &self.plan);
+        }
+        let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(f) else {
             return out;
         };
-        let appended = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(&path)
-            .and_then(|mut file| file.write_all(self.summary(f, line).as_bytes()));
-        if let Err(e) = appended {
-            out.push(format!(
-                "::warning::{}",
-                escape_data(&format!(
-                    "cannot append the step summary to {} ({e})",
-                    std::path::Path::new(&path).display()
-                ))
-            ));
+        for (name, value) in fields {
+            match value {
+                serde_json::Value::String(s) => out += &output(&name, &s),
+                serde_json::Value::Null => {}
+                other => out += &output(&name, &other.to_string()),
+            }
         }
         out
     }
@@ -200,6 +258,17 @@ impl Github {
             md += &format!("\n{}\n", cell(detail.trim()));
         }
         md + "\n"
+    }
+}
+
+impl Drop for Github {
+    /// A group still open when the output ends (a watch whose run was
+    /// killed, or that was stopped) is closed, so that the error printed
+    /// next is not folded away inside the last step's group.
+    fn drop(&mut self) {
+        if let Some(line) = self.end_group() {
+            crate::error::print_line(&line);
+        }
     }
 }
 
@@ -314,6 +383,23 @@ mod tests {
             ("###[a]##[[b]", "###\\[a]##\\[[b]"),
         ] {
             assert_eq!(one_line(raw), shown, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn an_output_with_a_line_break_takes_an_end_marker_it_does_not_hold() {
+        for (value, written) in [
+            ("ok", "n=ok\n"),
+            ("", "n=\n"),
+            ("a = b", "n=a = b\n"),
+            ("a\nb", "n<<BATCHSSE_END\na\nb\nBATCHSSE_END\n"),
+            ("a\rb", "n<<BATCHSSE_END\na\rb\nBATCHSSE_END\n"),
+            (
+                "x\nBATCHSSE_END\nn=forged",
+                "n<<BATCHSSE_END_\nx\nBATCHSSE_END\nn=forged\nBATCHSSE_END_\n",
+            ),
+        ] {
+            assert_eq!(output("n", value), written, "{value:?}");
         }
     }
 

@@ -464,3 +464,176 @@ fn outside_github_actions_auto_prints_plain_lines_and_no_summary() {
         "{md}"
     );
 }
+
+/// `batchsse ARGS` as in a GitHub Actions job (or, with `actions` false,
+/// outside one), its summary going to `summary`: (exit code, stderr).
+fn fatal_in_actions(args: &[&str], summary: &std::path::Path, actions: bool) -> (i32, String) {
+    let mut p = spawn(args, |c| {
+        c.env("GITHUB_STEP_SUMMARY", summary);
+        if actions {
+            c.env("GITHUB_ACTIONS", "true");
+        } else {
+            c.env_remove("GITHUB_ACTIONS");
+        }
+    });
+    let code = p.wait().code().unwrap_or(-1);
+    (code, p.stderr())
+}
+
+/// A plan refused before its run (exit 2) is what a CI user most needs to
+/// see: in an Actions job it is one `::error::` annotation (whatever
+/// `--progress` says: the README's recipe runs `--progress json`), and the
+/// step summary says so; outside one the plain text is as it was.
+#[test]
+fn in_github_actions_a_plan_refused_before_its_run_is_an_error_annotation_and_in_the_summary() {
+    let db = TempDb::with_sql("CREATE TABLE t(id INTEGER PRIMARY KEY, n INT);");
+    let plan = db.file(
+        "plan.json",
+        r#"{"name": "m", "steps": [{"name": "fix, 100%", "sql": "UPDATE nosuch SET n = 1"}]}"#,
+    );
+    let summary = db.dir.path().join("summary.md");
+    let before = db.bytes();
+    for progress in ["auto", "json"] {
+        std::fs::write(&summary, "earlier job output\n").unwrap();
+        let args = run_args(
+            &db,
+            path_str(&plan),
+            &["--no-serve", "--progress", progress],
+        );
+        let (code, err) = fatal_in_actions(&args, &summary, true);
+        assert_eq!(code, 2, "{err}");
+        // One line, the whole of stderr: the message, escaped.
+        assert_eq!(err.lines().count(), 1, "{progress}: {err}");
+        assert!(
+            err.starts_with("::error::batchsse: step 1 (\"fix, 100%25\")"),
+            "{progress}: {err}"
+        );
+        assert!(
+            err.contains("no such table: nosuch%0A  in: UPDATE nosuch SET n = 1"),
+            "{progress}: {err}"
+        );
+        let md = std::fs::read_to_string(&summary).unwrap();
+        assert!(
+            md.starts_with("earlier job output\n### batchsse run: failed (exit 2)\n\n"),
+            "{md}"
+        );
+        assert!(md.contains("no such table: nosuch"), "{md}");
+    }
+    assert_eq!(db.bytes(), before);
+    std::fs::remove_file(&summary).unwrap();
+    let args = run_args(&db, path_str(&plan), &["--no-serve"]);
+    let (code, err) = fatal_in_actions(&args, &summary, false);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.starts_with("batchsse: step 1 (\"fix, 100%\") is not valid SQL for this database: no such table: nosuch\n  in: UPDATE"),
+        "{err}"
+    );
+    assert!(!err.contains("::"), "{err}");
+    assert!(!summary.exists());
+    // A command line clap cannot read is a usage error too.
+    let args = run_args(&db, path_str(&plan), &["--no-serve", "--bogus"]);
+    let (code, err) = fatal_in_actions(&args, &summary, true);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.starts_with("::error::batchsse: unexpected argument '--bogus' found%0A"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let md = std::fs::read_to_string(&summary).unwrap();
+    assert!(md.starts_with("### batchsse: failed (exit 2)\n"), "{md}");
+    // A missing subcommand: clap's help as it is, then the annotation.
+    let (code, err) = fatal_in_actions(&["checkpoint"], &summary, true);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("\nUsage: batchsse checkpoint <COMMAND>\n"),
+        "{err}"
+    );
+    assert_eq!(
+        err.lines()
+            .filter(|l| l.starts_with("::"))
+            .collect::<Vec<_>>(),
+        ["::error::batchsse: a subcommand is missing: see the help above"],
+        "{err}"
+    );
+}
+
+/// The outputs a job step gets from `GITHUB_OUTPUT`, read as the runner
+/// reads the file: `name=value` lines and `name<<END` … `END` blocks.
+fn step_outputs(path: &std::path::Path) -> std::collections::BTreeMap<String, String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut out = std::collections::BTreeMap::new();
+    let mut lines = text.split('\n');
+    while let Some(line) = lines.next() {
+        if line.is_empty() {
+            continue;
+        }
+        if let Some((name, end)) = line.split_once("<<").filter(|(n, _)| !n.contains('=')) {
+            let mut value = Vec::new();
+            for l in lines.by_ref() {
+                if l == end {
+                    break;
+                }
+                value.push(l);
+            }
+            out.insert(name.to_owned(), value.join("\n"));
+        } else {
+            let (name, value) = line.split_once('=').expect("name=value");
+            out.insert(name.to_owned(), value.to_owned());
+        }
+    }
+    out
+}
+
+/// In an Actions job the run's outcome is the step's outputs: later steps
+/// read `steps.ID.outputs.status`, `rows_changed`, `error` (an SQL error
+/// that spans lines too), and a recorded run's `run_id` is what `batchsse
+/// undo --run` takes.
+#[test]
+fn in_github_actions_the_outcome_is_the_steps_outputs() {
+    let db = TempDb::with_sql(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, n INT NOT NULL DEFAULT 0);
+         INSERT INTO t(id) VALUES (1), (2);
+         CREATE TRIGGER no_3 BEFORE UPDATE ON t WHEN NEW.n = 3 BEGIN
+           SELECT RAISE(ABORT, 'no 3
+outputs=forged');
+         END;",
+    );
+    let outputs = db.dir.path().join("outputs.txt");
+    let plan = |name: &str, sql: &str| {
+        let json = serde_json::json!({"name": name, "steps": [{"name": "s", "sql": sql}]});
+        db.file(&format!("{name}.json"), &json.to_string())
+    };
+    let in_actions = |plan: &std::path::Path, extra: &[&str]| {
+        let mut args = run_args(&db, path_str(plan), &["--no-serve"]);
+        args.extend_from_slice(extra);
+        let mut p = spawn(&args, |c| {
+            c.env("GITHUB_ACTIONS", "true")
+                .env("GITHUB_OUTPUT", &outputs);
+        });
+        let code = p.wait().code();
+        let got = step_outputs(&outputs);
+        std::fs::remove_file(&outputs).unwrap();
+        (code, got, p.stderr())
+    };
+    let bump = plan("bump", "UPDATE t SET n = n + 1");
+    let (code, got, err) = in_actions(&bump, &["--undo"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(got["status"], "ok", "{got:?}");
+    assert_eq!(got["rows_changed"], "2", "{got:?}");
+    assert_eq!(got["steps_done"], "1", "{got:?}");
+    assert_eq!(got["plan"], "bump", "{got:?}");
+    assert!(got["undo_bytes"].parse::<u64>().unwrap() > 0, "{got:?}");
+    assert!(!got.contains_key("error"), "{got:?}");
+    let (code, _, err) =
+        crate::util::run(&["undo", "--db", path_str(&db.path), "--run", &got["run_id"]]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(db.query_i64("SELECT sum(n) FROM t"), 0);
+
+    let three = plan("three", "UPDATE t SET n = 3");
+    let (code, got, err) = in_actions(&three, &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(got["status"], "failed", "{got:?}");
+    assert_eq!(got["rows_changed"], "0", "{got:?}");
+    assert!(got["error"].ends_with("no 3\noutputs=forged"), "{got:?}");
+    assert!(!got.contains_key("outputs"), "{got:?}");
+}

@@ -897,6 +897,187 @@ fn the_readme_ci_recipe_passes_a_good_batch_and_fails_fast_on_a_bad_plan() {
     assert_eq!(std::fs::read(dir.join("shop.sqlite")).unwrap(), before);
 }
 
+/// The pid of the child of `parent` whose command line holds `word`,
+/// once there is one (within PATIENCE).
+fn child_with(parent: u32, word: &str) -> u32 {
+    let t0 = Instant::now();
+    while t0.elapsed() < PATIENCE {
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            // The parent is the second field after the command's name.
+            let ppid = stat
+                .rsplit_once(") ")
+                .and_then(|(_, r)| r.split(' ').nth(1));
+            let cmd = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            if ppid == Some(&parent.to_string()) && String::from_utf8_lossy(&cmd).contains(word) {
+                return pid;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("no child of {parent} runs {word}");
+}
+
+/// The README's CI script whose `watch` alone is stopped (a `timeout`
+/// around it, a person's Ctrl-C) while the run is still in its pre-run
+/// check: `watch` exits 130, and the script must stop the run, which else
+/// would wait at its `--wait-for-clients` gate for ever.
+#[test]
+#[cfg(unix)]
+fn the_readme_ci_script_ends_when_its_watch_alone_is_stopped_before_the_run_listens() {
+    let db = TempDb::counters(100);
+    let dir = db.dir.path();
+    std::fs::rename(&db.path, dir.join("shop.sqlite")).expect("name the db shop.sqlite");
+    std::fs::write(dir.join("plan.json"), counter_plan("held", 10)).unwrap();
+    // The run waits for this lock (under its 5 s --busy-timeout) before it listens.
+    let lock = rusqlite::Connection::open(dir.join("shop.sqlite")).unwrap();
+    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_batchsse"))
+        .parent()
+        .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    std::fs::write(dir.join("ci.sh"), readme_ci_script(free_port())).unwrap();
+    let mut script = Command::new("bash")
+        .arg("ci.sh")
+        .current_dir(dir)
+        .env("PATH", path)
+        .env_remove("BATCHSSE_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("bash must be installed");
+    let watch = child_with(script.id(), "watch");
+    // Past the start of its signal handling (it dies of a TERM before).
+    std::thread::sleep(Duration::from_millis(500));
+    let ok = Command::new("kill")
+        .args(["-TERM", &watch.to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    std::thread::sleep(Duration::from_millis(500));
+    lock.execute_batch("COMMIT").unwrap();
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = script.try_wait().unwrap() {
+            break Some(s);
+        }
+        if t0.elapsed() > Duration::from_secs(15) {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    if status.is_none() {
+        // The run is a child of the script: stop it, then the script.
+        let run = child_with(script.id(), "--plan");
+        let _ = Command::new("kill")
+            .args(["-TERM", &run.to_string()])
+            .status();
+        let _ = script.wait();
+    }
+    let status = status.expect("the script still waited for its run 15 s after watch stopped");
+    assert_eq!(status.code(), Some(130));
+}
+
+/// The `run: |` lines of the README's GitHub Actions step in "In CI", as
+/// the runner hands them to bash, for a run on `port`.
+fn readme_actions_step(port: u16) -> String {
+    let readme = include_str!("../../README.md");
+    let section = &readme[readme.find("\n## In CI\n").expect("an In CI section")..];
+    let yaml = &section[section.find("```yaml\n").expect("a yaml block")..];
+    let yaml = &yaml[..yaml[3..].find("```").expect("the block's end")];
+    let body = &yaml[yaml.find("run: |\n").expect("a run block") + "run: |\n".len()..];
+    let indent = body.len() - body.trim_start().len();
+    let script: String = body
+        .lines()
+        .take_while(|l| l.len() > indent && l[..indent].trim().is_empty())
+        .map(|l| format!("{}\n", &l[indent..]))
+        .collect();
+    assert!(script.contains("127.0.0.1:7077"), "{script}");
+    script.replace("127.0.0.1:7077", &format!("127.0.0.1:{port}"))
+}
+
+/// The README's GitHub Actions step, run as the runner runs it (`bash -e
+/// -o pipefail`, stderr a pipe, `GITHUB_ACTIONS`, the summary and output
+/// files set): the log folds by step and the outcome reaches the summary
+/// and the outputs; a plan refused before its run is an error annotation.
+#[test]
+fn the_readme_actions_step_annotates_summarises_and_sets_outputs() {
+    let db = TempDb::shop(2_000);
+    let dir = db.dir.path();
+    std::fs::rename(&db.path, dir.join("shop.sqlite")).expect("name the db shop.sqlite");
+    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/sample-data/plan.json");
+    std::fs::copy(sample, dir.join("plan.json")).expect("copy the sample plan");
+    let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_batchsse"))
+        .parent()
+        .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let (summary, outputs) = (dir.join("summary.md"), dir.join("outputs.txt"));
+    let step = || {
+        std::fs::write(dir.join("step.sh"), readme_actions_step(free_port())).unwrap();
+        let out = Command::new("bash")
+            .args(["--noprofile", "--norc", "-eo", "pipefail", "step.sh"])
+            .current_dir(dir)
+            .env("PATH", &path)
+            .env("GITHUB_ACTIONS", "true")
+            .env("GITHUB_STEP_SUMMARY", &summary)
+            .env("GITHUB_OUTPUT", &outputs)
+            .env_remove("BATCHSSE_TOKEN")
+            .stdin(Stdio::null())
+            .output()
+            .expect("bash must be installed");
+        let log = String::from_utf8_lossy(&out.stderr).into_owned();
+        let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+        let got = (out.status.code(), log, read(&summary), read(&outputs));
+        let _ = (
+            std::fs::remove_file(&summary),
+            std::fs::remove_file(&outputs),
+        );
+        got
+    };
+    let (code, log, md, out) = step();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains("::group::[2/5] backfill total_cents\n"),
+        "{log}"
+    );
+    assert!(
+        md.contains("| 2 | backfill total\\_cents | done | 2,000 |"),
+        "{md}"
+    );
+    assert!(
+        out.contains("status=ok\n") && out.contains("rows_changed="),
+        "{out}"
+    );
+
+    std::fs::write(dir.join("plan.json"), r#"{"name":"typo","stepz":[]}"#).unwrap();
+    let (code, log, md, out) = step();
+    assert_eq!(code, Some(2), "{log}");
+    // One annotation, the run's: watch, which gave up because the run
+    // exited first, says so on a plain line, not as a second error.
+    let errors: Vec<&str> = log.lines().filter(|l| l.starts_with("::")).collect();
+    assert_eq!(errors.len(), 1, "{log}");
+    assert!(
+        errors[0].starts_with("::error::batchsse: ") && errors[0].contains("stepz"),
+        "{log}"
+    );
+    assert!(log.contains("\nbatchsse: the run (pid "), "{log}");
+    assert!(md.contains("### batchsse run: failed (exit 2)"), "{md}");
+    assert_eq!(md.matches("### ").count(), 1, "{md}");
+    assert!(!out.contains("status="), "{out}");
+}
+
 /// A hostile "event stream" on a free port: a `200 text/event-stream`
 /// head, then `pattern` over and over (at most 64 MiB), then silence until
 /// the client leaves (at most 30 s). It serves one connection.
@@ -1219,4 +1400,40 @@ fn a_stream_whose_media_type_is_written_in_capitals_is_followed() {
     let mut w = watch(&format!("http://{addr}/"), &["--connect-timeout", "2"]);
     assert_eq!(w.wait().code(), Some(0), "{}", w.stderr());
     assert_eq!(json_lines(&w.stdout()).len(), 2, "{}", w.stdout());
+}
+
+/// A watch in github mode whose run is killed mid-step (`kill -9`, an
+/// out-of-memory killer) closes the step's group before its error: a group
+/// left open folds the error, and the rest of the job's step, out of sight.
+#[test]
+fn in_github_mode_a_run_killed_mid_step_leaves_no_group_open() {
+    let db = TempDb::counters(2_000);
+    let run = start_run(
+        &db,
+        &counter_plan("slow", 10),
+        &["--sleep", "20", "--wait-for-clients", "1"],
+    );
+    let url = format!("http://{}/", run.addr());
+    let pid = run.child.id().to_string();
+    let mut w = spawn(
+        &["watch", &url, "--progress", "github", "--pid", &pid],
+        |_| {},
+    );
+    let t0 = Instant::now();
+    while w.stderr_time("::group::").is_none() {
+        assert!(t0.elapsed() < PATIENCE, "no group: {}", w.stderr());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    run.signal("KILL");
+    assert_eq!(w.wait_for(Duration::from_secs(20)).code(), Some(3));
+    let err = w.stderr();
+    let lines: Vec<&str> = err.lines().collect();
+    let at = |p: &str| lines.iter().position(|l| l.starts_with(p));
+    let (group, end, error) = (
+        at("::group::[1/1] bump counters"),
+        at("::endgroup::"),
+        at("::error::batchsse: lost the stream"),
+    );
+    assert!(group.is_some() && error.is_some(), "{err}");
+    assert!(group < end && end < error, "{err}");
 }
