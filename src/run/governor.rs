@@ -290,12 +290,24 @@ impl<'a> Governor<'a> {
 
     /// Before `finished`: what the run committed is on disk (the WAL
     /// synced), and the journal mode is as the run found it, which also
-    /// removes the empty journal file.
+    /// removes the empty journal file. Only while the mode is still the
+    /// run's TRUNCATE: a file someone switched to WAL during the run (an
+    /// application's settings, an operator) stays WAL.
     pub(super) fn finish(&self) {
         if let Some(wal) = &self.wal {
             let _ = std::fs::File::open(wal).and_then(|f| f.sync_all());
         }
-        if self.restore_delete {
+        // A read first: the connection learns of a switch to WAL only
+        // when it next reads the file.
+        let still_truncate = || {
+            let _ = self
+                .conn
+                .query_row("PRAGMA schema_version", [], |r| r.get::<_, i64>(0));
+            self.conn
+                .query_row("PRAGMA journal_mode", [], |r| r.get::<_, String>(0))
+                .is_ok_and(|m| m.eq_ignore_ascii_case("truncate"))
+        };
+        if self.restore_delete && still_truncate() {
             let _ = self
                 .conn
                 .query_row("PRAGMA journal_mode = DELETE", [], |_| Ok(()));

@@ -186,3 +186,39 @@ fn a_run_that_waits_goes_idle_while_it_waits_and_says_so() {
         100
     );
 }
+
+/// In rollback mode the run truncates its journal rather than deleting it,
+/// and puts DELETE back at the end. A file that someone switched to WAL
+/// during the run (Django's `init_command`, or by hand, as the README
+/// advises beside an application) must stay WAL: going back to DELETE
+/// then would silently undo the operator's choice.
+#[test]
+fn a_file_switched_to_wal_during_the_run_stays_in_wal_mode() {
+    let db = TempDb::counters(600);
+    let plan = db.file("plan.json", &counter_plan("switched", 10));
+    let mut p = serving(
+        &db,
+        path_str(&plan),
+        &["--batch-size", "10", "--sleep", "40"],
+    );
+    wait_status(p.addr(), |s| s["done"].as_u64().is_some_and(|d| d > 0));
+    let app = db.conn();
+    app.busy_timeout(std::time::Duration::from_secs(5))
+        .expect("busy timeout");
+    let mode: String = app
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .expect("switch to WAL");
+    assert_eq!(mode, "wal", "the switch took while the run was going");
+    drop(app);
+    let status = p.wait();
+    assert!(status.success(), "{}", p.stderr());
+    let after: String = db
+        .conn()
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .expect("journal mode");
+    assert_eq!(after, "wal", "the run kept the mode it did not set");
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM t WHERE counter = 1"),
+        600
+    );
+}
