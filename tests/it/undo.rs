@@ -1595,8 +1595,15 @@ fn a_part_restoring_a_thousand_columns_is_put_back() {
         err.contains("1 conflict kept the application's row ("),
         "{err}"
     );
-    // The application's value stands in place of the run's change.
-    assert!(err.contains("fully taken back"), "{err}");
+    // The application's value stands in place of the run's change, and
+    // the row's other columns still hold the run's: a second run of the
+    // plan would change them again, which the undo says.
+    assert!(!err.contains("fully taken back"), "{err}");
+    assert!(
+        err.contains("taken back but for 1 row the application changed after the run"),
+        "{err}"
+    );
+    assert!(err.contains("change it a second time"), "{err}");
     // Rows 1 and 3 as before the run, row 2 as the application left it.
     let want = TempDb::with_sql(&setup);
     let kept = format!("UPDATE t SET {set} WHERE id = 2; {app}");

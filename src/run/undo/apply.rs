@@ -707,8 +707,15 @@ impl Undoer<'_> {
     fn say_taken_back(&self) {
         let plan = &self.spec.plan;
         let as_left = store::kept_why(self.conn, &self.scope, TAKEN).unwrap_or(0);
-        if as_left == 0 {
+        let kept = store::kept_why(self.conn, &self.scope, "").unwrap_or(0);
+        if kept == 0 {
             return self.message(Level::Info, format!("plan {plan:?} is fully taken back; its checkpoint is cleared, so it can run again"));
+        }
+        if kept > as_left {
+            self.say_theirs_carry(kept - as_left);
+        }
+        if as_left == 0 {
+            return;
         }
         let [left, why, carries, it, those] = match as_left {
             1 => [
@@ -730,6 +737,22 @@ impl Undoer<'_> {
             "plan {plan:?} is taken back, all but {} row{} kept as the run left {left} ({why} would get back; see the table batchsse_undo_conflict). {carries} the run's change, so running the plan again would change {it} a second time: put {those} out of the plan's WHERE, before it runs again (its checkpoint is cleared)",
             thousands(as_left),
             plural(as_left)
+        ));
+    }
+
+    /// Says that the plan is taken back but for `n` rows the application
+    /// changed after the run, kept as it left them: their columns it did
+    /// not set may still hold the run's values, which a second run of the
+    /// plan would change again.
+    fn say_theirs_carry(&self, n: u64) {
+        let plan = &self.spec.plan;
+        let [row, them, carry, those] = match n {
+            1 => ["row", "it", "its", "that row"],
+            _ => ["rows", "them", "their", "those rows"],
+        };
+        self.message(Level::Warn, format!(
+            "plan {plan:?} is taken back but for {} {row} the application changed after the run, kept as the application left {them} (see the table batchsse_undo_conflict): {carry} columns the application did not set may still hold the run's values, so running the plan again would change {them} a second time: check {those}, or put {them} out of the plan's WHERE, before it runs again (its checkpoint is cleared)",
+            thousands(n)
         ));
     }
 
