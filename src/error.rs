@@ -38,11 +38,49 @@ pub mod exit {
 
 /// Writes one line to stderr and ignores failure: with stderr on a closed
 /// pipe (`2>&1 | head`), `eprintln!` would panic and turn a finished run
-/// into exit 101.
+/// into exit 101. While the terminal draws bars, the line goes above them
+/// (see [`set_bars`]): written straight through, it would land inside a bar
+/// and be half drawn over at the bars' next redraw.
 pub fn print_line(line: &str) {
+    match bars() {
+        Some(suspend) => suspend(&mut || write_line(line)),
+        None => write_line(line),
+    }
+}
+
+/// [`print_line`], then exit with `code`: bars on the terminal are cleared
+/// first and never drawn again, so the line is the last one on the screen.
+pub fn exit_with_line(line: &str, code: u8) -> ! {
+    if let Some(suspend) = bars() {
+        suspend(&mut || {
+            write_line(line);
+            std::process::exit(i32::from(code));
+        });
+    }
+    write_line(line);
+    std::process::exit(i32::from(code))
+}
+
+fn write_line(line: &str) {
     use std::io::Write;
     let mut err = std::io::stderr().lock();
     let _ = writeln!(err, "{}", terminal_safe(line));
+}
+
+/// Runs a closure that writes to stderr with the terminal's bars cleared,
+/// then draws them again (indicatif's `MultiProgress::suspend`).
+pub type Suspend = std::sync::Arc<dyn Fn(&mut dyn FnMut()) + Send + Sync>;
+
+static BARS: std::sync::Mutex<Option<Suspend>> = std::sync::Mutex::new(None);
+
+/// Registers the bars being drawn on the terminal (`None` once they are
+/// gone), so that every line printed from elsewhere goes above them.
+pub fn set_bars(suspend: Option<Suspend>) {
+    *BARS.lock().unwrap_or_else(|p| p.into_inner()) = suspend;
+}
+
+fn bars() -> Option<Suspend> {
+    BARS.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
 /// `text` with the control characters a plan or a database may carry (an

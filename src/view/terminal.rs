@@ -82,6 +82,10 @@ impl Bars {
         overall.set_prefix("run ");
         overall.set_message(terminal_safe(&format!("{} on {}", s.plan, s.db)).into_owned());
         overall.enable_steady_tick(Duration::from_millis(250));
+        if !multi.is_hidden() {
+            let above = multi.clone();
+            crate::error::set_bars(Some(Arc::new(move |f: &mut dyn FnMut()| above.suspend(f))));
+        }
         Bars {
             multi,
             overall,
@@ -131,6 +135,20 @@ impl Bars {
         } else {
             let _ = self.multi.println(terminal_safe(line));
         }
+    }
+}
+
+/// Bars that go (the run finished, another run follows, or `watch` was
+/// stopped) leave nothing behind on the terminal, and lines printed from
+/// elsewhere go straight to stderr again.
+impl Drop for Bars {
+    fn drop(&mut self) {
+        crate::error::set_bars(None);
+        if let Some(pb) = self.step.take() {
+            pb.finish_and_clear();
+        }
+        self.overall.finish_and_clear();
+        let _ = self.multi.clear();
     }
 }
 
@@ -225,13 +243,7 @@ impl Renderer {
     /// Forgets the run shown so far (its bars go) and says why with `line`:
     /// what follows is another run, from its `start`.
     pub fn new_run(&mut self, line: &str) {
-        if let Some(b) = self.bars.take() {
-            if let Some(pb) = b.step {
-                pb.finish_and_clear();
-            }
-            b.overall.finish_and_clear();
-            let _ = b.multi.clear();
-        }
+        self.bars = None;
         self.steps.clear();
         self.last_plain.clear();
         if self.mode != ProgressMode::None {
@@ -398,13 +410,7 @@ impl Renderer {
                 }
             }
             Event::Finished(f) => {
-                if let Some(b) = self.bars.take() {
-                    if let Some(pb) = b.step {
-                        pb.finish_and_clear();
-                    }
-                    b.overall.finish_and_clear();
-                    let _ = b.multi.clear();
-                }
+                self.bars = None;
                 self.say_outcome(&finished_line(f));
             }
         }

@@ -325,56 +325,217 @@ pub fn run_with_env(
 /// (exit code, what the terminal got, escape sequences taken out).
 #[cfg(unix)]
 pub fn run_on_terminal(args: &[&str]) -> (i32, String) {
-    use std::os::fd::{FromRawFd, OwnedFd};
-    let (mut master, mut slave) = (-1, -1);
-    let size = libc::winsize {
-        ws_row: 40,
-        ws_col: 120,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: openpty writes two descriptors, which are then owned here.
-    let rc = unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            &size,
-        )
-    };
-    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
-    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .env("TERM", "xterm")
-        .env("NO_COLOR", "1")
-        .env_remove("BATCHSSE_TOKEN")
-        .env_remove("GITHUB_ACTIONS")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(slave));
-    let mut child = cmd.spawn().expect("spawn batchsse");
-    drop(cmd); // the last copy of the terminal's other end: EOF once the child exits
-    let reader = std::thread::spawn(move || {
-        let mut got = Vec::new();
-        // Ends with EIO once no process holds the terminal open.
-        let _ = std::fs::File::from(master).read_to_end(&mut got);
-        got
-    });
-    let end = Instant::now() + PATIENCE;
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
+    let t = Terminal::start(args, 120, &[]);
+    let (code, got) = t.finish();
+    (code, without_escapes(&got))
+}
+
+/// `batchsse ARGS` with its standard error on a pseudo-terminal `cols`
+/// wide (40 rows), read as it comes; killed when dropped.
+#[cfg(unix)]
+pub struct Terminal {
+    pub child: Child,
+    got: Arc<Mutex<Vec<u8>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+#[cfg(unix)]
+impl Terminal {
+    pub fn start(args: &[&str], cols: u16, env: &[(&str, &str)]) -> Terminal {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        let (mut master, mut slave) = (-1, -1);
+        let size = libc::winsize {
+            ws_row: 40,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: openpty writes two descriptors, which are then owned here.
+        let rc = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                &size,
+            )
+        };
+        assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+        let (master, slave) =
+            unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .env("TERM", "xterm")
+            .env("NO_COLOR", "1")
+            .env_remove("COLUMNS")
+            .env_remove("BATCHSSE_TOKEN")
+            .env_remove("GITHUB_ACTIONS")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(slave));
+        let child = cmd.spawn().expect("spawn batchsse");
+        drop(cmd); // the last copy of the terminal's other end: EOF once the child exits
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let sink = got.clone();
+        let reader = std::thread::spawn(move || {
+            let mut master = std::fs::File::from(master);
+            let mut buf = [0u8; 4096];
+            // Ends with EIO once no process holds the terminal open.
+            while let Ok(n @ 1..) = master.read(&mut buf) {
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        Terminal {
+            child,
+            got,
+            reader: Some(reader),
         }
-        if Instant::now() > end {
-            let _ = child.kill();
-            panic!("batchsse on a terminal still running after {PATIENCE:?}");
+    }
+
+    /// What the terminal got so far, escape sequences taken out.
+    pub fn text(&self) -> String {
+        without_escapes(&self.got.lock().unwrap())
+    }
+
+    /// Waits until the terminal shows `needle`, failing the test after
+    /// [`PATIENCE`].
+    pub fn wait_for(&self, needle: &str) {
+        let end = Instant::now() + PATIENCE;
+        while !self.text().contains(needle) {
+            assert!(
+                Instant::now() < end,
+                "the terminal never showed {needle:?}:\n{}",
+                self.text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let got = reader.join().expect("terminal reader");
-    (status.code().unwrap_or(-1), without_escapes(&got))
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits for the exit: (exit code, every byte the terminal got).
+    pub fn finish(mut self) -> (i32, Vec<u8>) {
+        let end = Instant::now() + PATIENCE;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                break s;
+            }
+            if Instant::now() > end {
+                panic!(
+                    "batchsse on a terminal still running after {PATIENCE:?}:\n{}",
+                    self.text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        if let Some(r) = self.reader.take() {
+            r.join().expect("terminal reader");
+        }
+        let got = std::mem::take(&mut *self.got.lock().unwrap());
+        (status.code().unwrap_or(-1), got)
+    }
+}
+
+#[cfg(unix)]
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a terminal `cols` wide shows once it has drawn `bytes`, every
+/// line that scrolled by included, trailing blanks trimmed: enough of a
+/// VT100 for indicatif (text with auto-wrap, CR, LF, cursor up and down,
+/// erase in line and below; other sequences are ignored).
+pub fn screen(bytes: &[u8], cols: usize) -> Vec<String> {
+    let text = String::from_utf8_lossy(bytes);
+    let mut rows: Vec<Vec<char>> = vec![Vec::new()];
+    let (mut row, mut col, mut wrap) = (0usize, 0usize, false);
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\x1b' => {
+                if chars.peek() != Some(&'[') {
+                    chars.next();
+                    continue;
+                }
+                chars.next();
+                let mut params = String::new();
+                let mut end = ' ';
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() || c == '@' || c == '~' {
+                        end = c;
+                        break;
+                    }
+                    params.push(c);
+                }
+                let n = params.parse::<usize>().unwrap_or(1).max(1);
+                wrap = false;
+                match end {
+                    'A' => row = row.saturating_sub(n),
+                    'B' => row += n,
+                    'G' => col = (n - 1).min(cols - 1),
+                    'K' => {
+                        let line = &mut rows[row];
+                        match params.as_str() {
+                            "2" => line.clear(),
+                            "1" => line.iter_mut().take(col + 1).for_each(|c| *c = ' '),
+                            _ => line.truncate(col),
+                        }
+                    }
+                    'J' => {
+                        rows[row].truncate(col);
+                        rows.truncate(row + 1);
+                    }
+                    _ => {}
+                }
+            }
+            '\r' => (col, wrap) = (0, false),
+            '\n' => (row, wrap) = (row + 1, false),
+            c if c.is_control() => {}
+            c => {
+                if wrap {
+                    (row, col, wrap) = (row + 1, 0, false);
+                }
+                while rows.len() <= row {
+                    rows.push(Vec::new());
+                }
+                let line = &mut rows[row];
+                while line.len() < col {
+                    line.push(' ');
+                }
+                match line.get_mut(col) {
+                    Some(cell) => *cell = c,
+                    None => line.push(c),
+                }
+                if col + 1 == cols {
+                    wrap = true;
+                } else {
+                    col += 1;
+                }
+            }
+        }
+        while rows.len() <= row {
+            rows.push(Vec::new());
+        }
+    }
+    let mut lines: Vec<String> = rows
+        .into_iter()
+        .map(|r| r.into_iter().collect::<String>().trim_end().to_owned())
+        .collect();
+    while lines.last().is_some_and(|l| l.is_empty()) {
+        lines.pop();
+    }
+    lines
 }
 
 /// Terminal output as text: CSI sequences (`ESC [ … letter`) removed, and
