@@ -43,7 +43,7 @@ pub mod exit {
 /// and be half drawn over at the bars' next redraw.
 pub fn print_line(line: &str) {
     match bars() {
-        Some(suspend) => suspend(&mut || write_line(line)),
+        Some(bars) => bars.println(&terminal_safe(line)),
         None => write_line(line),
     }
 }
@@ -51,11 +51,8 @@ pub fn print_line(line: &str) {
 /// [`print_line`], then exit with `code`: bars on the terminal are cleared
 /// first and never drawn again, so the line is the last one on the screen.
 pub fn exit_with_line(line: &str, code: u8) -> ! {
-    if let Some(suspend) = bars() {
-        suspend(&mut || {
-            write_line(line);
-            std::process::exit(i32::from(code));
-        });
+    if let Some(bars) = bars() {
+        bars.clear_for_good();
     }
     write_line(line);
     std::process::exit(i32::from(code))
@@ -67,19 +64,25 @@ fn write_line(line: &str) {
     let _ = writeln!(err, "{}", terminal_safe(line));
 }
 
-/// Runs a closure that writes to stderr with the terminal's bars cleared,
-/// then draws them again (indicatif's `MultiProgress::suspend`).
-pub type Suspend = std::sync::Arc<dyn Fn(&mut dyn FnMut()) + Send + Sync>;
+/// The bars the terminal draws, as the rest of the program may touch
+/// them. Neither may fail or panic: a terminal that was closed refuses
+/// every write.
+pub trait Bars: Send + Sync {
+    /// Prints `line` above the bars.
+    fn println(&self, line: &str);
+    /// Clears the bars and draws them no more: the process is exiting.
+    fn clear_for_good(&self);
+}
 
-static BARS: std::sync::Mutex<Option<Suspend>> = std::sync::Mutex::new(None);
+static BARS: std::sync::Mutex<Option<std::sync::Arc<dyn Bars>>> = std::sync::Mutex::new(None);
 
 /// Registers the bars being drawn on the terminal (`None` once they are
 /// gone), so that every line printed from elsewhere goes above them.
-pub fn set_bars(suspend: Option<Suspend>) {
-    *BARS.lock().unwrap_or_else(|p| p.into_inner()) = suspend;
+pub fn set_bars(bars: Option<std::sync::Arc<dyn Bars>>) {
+    *BARS.lock().unwrap_or_else(|p| p.into_inner()) = bars;
 }
 
-fn bars() -> Option<Suspend> {
+fn bars() -> Option<std::sync::Arc<dyn Bars>> {
     BARS.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
 

@@ -83,8 +83,7 @@ impl Bars {
         overall.set_message(terminal_safe(&format!("{} on {}", s.plan, s.db)).into_owned());
         overall.enable_steady_tick(Duration::from_millis(250));
         if !multi.is_hidden() {
-            let above = multi.clone();
-            crate::error::set_bars(Some(Arc::new(move |f: &mut dyn FnMut()| above.suspend(f))));
+            crate::error::set_bars(Some(Arc::new(Above(multi.clone()))));
         }
         Bars {
             multi,
@@ -135,6 +134,22 @@ impl Bars {
         } else {
             let _ = self.multi.println(terminal_safe(line));
         }
+    }
+}
+
+/// The bars as [`crate::error::print_line`] sees them. Not indicatif's
+/// `suspend`, which panics when the terminal refuses a write (it was
+/// closed).
+struct Above(MultiProgress);
+
+impl crate::error::Bars for Above {
+    fn println(&self, line: &str) {
+        let _ = self.0.println(line);
+    }
+
+    fn clear_for_good(&self) {
+        let _ = self.0.clear();
+        self.0.set_draw_target(ProgressDrawTarget::hidden());
     }
 }
 

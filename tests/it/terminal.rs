@@ -73,3 +73,91 @@ fn ctrl_c_under_the_bars_leaves_its_notice_whole_and_no_bar_behind() {
         "{shown}"
     );
 }
+
+/// The terminal closed (or the SSH session dropped) mid-chunk: SIGHUP
+/// stops the run as Ctrl-C does, the chunk under way rolled back, and
+/// every viewer gets `finished` (a killed process would leave them a
+/// stream cut short and no word of how the run ended).
+#[test]
+fn a_closed_terminal_cancels_the_run_and_tells_its_viewers() {
+    let db = TempDb::counters(400);
+    db.age();
+    let plan = slow_plan(&db, 40, 50_000);
+    let mut p = serving(&db, path_str(&plan), &["--batch-size", "40"]);
+    let mut s = Stream::open(p.addr(), "/events", &[]);
+    s.until("progress");
+    p.signal("HUP");
+    let last = s.rest().pop().expect("events after the hang-up");
+    assert_eq!(last.event, "finished");
+    assert_eq!(data(&last)["status"], "cancelled", "{}", last.data);
+    assert_eq!(p.wait().code(), Some(130), "{}", p.stderr());
+    // Whole chunks only: every row bumped once or not at all.
+    let (once, none) = db.counter_spread();
+    assert_eq!(once % 40, 0, "{once} rows bumped");
+    assert_eq!(once + none, 400);
+}
+
+/// Under `nohup`, SIGHUP stays ignored: the run outlives its terminal.
+#[test]
+fn under_nohup_a_hang_up_leaves_the_run_going() {
+    use std::os::unix::process::CommandExt;
+    let db = TempDb::counters(400);
+    db.age();
+    let plan = slow_plan(&db, 40, 50_000);
+    let args = run_args(&db, path_str(&plan), &["--batch-size", "40", "--no-serve"]);
+    let mut p = Proc::start_with(&args, |c| {
+        // SAFETY: only sets a signal's disposition, which is
+        // async-signal-safe, between fork and exec.
+        unsafe {
+            c.pre_exec(|| {
+                libc::signal(libc::SIGHUP, libc::SIG_IGN);
+                Ok(())
+            });
+        }
+    });
+    let end = std::time::Instant::now() + PATIENCE;
+    while !p.stderr().contains("rows/s") {
+        assert!(std::time::Instant::now() < end, "{}", p.stderr());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    p.signal("HUP");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        p.child.try_wait().expect("try_wait").is_none(),
+        "a hang-up under nohup stopped the run:\n{}",
+        p.stderr()
+    );
+    assert!(!p.stderr().contains("interrupted"), "{}", p.stderr());
+    p.signal("TERM");
+    assert_eq!(p.wait().code(), Some(130), "{}", p.stderr());
+}
+
+/// The terminal window closed under the bars: the kernel's SIGHUP stops
+/// the run as Ctrl-C does, though every write to the terminal now fails
+/// (nothing may panic on it), and the viewers get `finished`.
+#[test]
+fn closing_the_terminal_window_under_the_bars_cancels_cleanly() {
+    let db = TempDb::counters(400);
+    db.age();
+    let plan = slow_plan(&db, 40, 50_000);
+    let args = run_args(
+        &db,
+        path_str(&plan),
+        &["--batch-size", "40", "--listen", "127.0.0.1:0"],
+    );
+    let t = Terminal::start(&args, 100, &[]);
+    t.wait_for("rows/s");
+    let addr = t
+        .text()
+        .lines()
+        .find_map(|l| l.strip_prefix("batchsse: listening on http://"))
+        .and_then(|a| a.trim_end_matches('/').parse().ok())
+        .expect("the listening line");
+    let mut s = Stream::open(addr, "/events", &[]);
+    s.until("progress");
+    t.hang_up();
+    let last = s.rest().pop().expect("events after the hang-up");
+    assert_eq!(data(&last)["status"], "cancelled", "{}", last.data);
+    let (code, _) = t.finish();
+    assert_eq!(code, 130);
+}

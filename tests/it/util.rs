@@ -337,12 +337,43 @@ pub struct Terminal {
     pub child: Child,
     got: Arc<Mutex<Vec<u8>>>,
     reader: Option<std::thread::JoinHandle<()>>,
+    /// Set to close the terminal.
+    hang_up: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Reads the terminal into `sink` until no process holds it open (EIO),
+/// or `close` asks for it to be closed.
+#[cfg(unix)]
+fn read_terminal(
+    master: std::os::fd::OwnedFd,
+    sink: &Mutex<Vec<u8>>,
+    close: &std::sync::atomic::AtomicBool,
+) {
+    use std::os::fd::AsRawFd;
+    let mut master = std::fs::File::from(master);
+    let mut buf = [0u8; 4096];
+    let end = Instant::now() + PATIENCE * 2;
+    while !close.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < end {
+        let mut fd = libc::pollfd {
+            fd: master.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, for the length given.
+        if unsafe { libc::poll(&mut fd, 1, 20) } <= 0 {
+            continue;
+        }
+        match master.read(&mut buf) {
+            Ok(n @ 1..) => sink.lock().unwrap().extend_from_slice(&buf[..n]),
+            _ => return,
+        }
+    }
 }
 
 #[cfg(unix)]
 impl Terminal {
     pub fn start(args: &[&str], cols: u16, env: &[(&str, &str)]) -> Terminal {
-        use std::os::fd::{FromRawFd, OwnedFd};
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
         let (mut master, mut slave) = (-1, -1);
         let size = libc::winsize {
             ws_row: 40,
@@ -363,6 +394,10 @@ impl Terminal {
         assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
         let (master, slave) =
             unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+        // Else the child holds this end open too, and closing it here
+        // would not close the terminal.
+        // SAFETY: sets a flag on a descriptor owned here.
+        unsafe { libc::fcntl(master.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
         let mut cmd = Command::new(BIN);
         cmd.args(args)
             .env("TERM", "xterm")
@@ -374,23 +409,37 @@ impl Terminal {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(slave));
+        // Its own session, with this terminal as its controlling one (as
+        // a shell's job has): closing the terminal hangs it up.
+        // SAFETY: setsid and ioctl are async-signal-safe; stderr (fd 2) is
+        // the terminal by the time this runs.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                if libc::setsid() < 0 || libc::ioctl(2, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         let child = cmd.spawn().expect("spawn batchsse");
         drop(cmd); // the last copy of the terminal's other end: EOF once the child exits
         let got = Arc::new(Mutex::new(Vec::new()));
-        let sink = got.clone();
-        let reader = std::thread::spawn(move || {
-            let mut master = std::fs::File::from(master);
-            let mut buf = [0u8; 4096];
-            // Ends with EIO once no process holds the terminal open.
-            while let Ok(n @ 1..) = master.read(&mut buf) {
-                sink.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        });
+        let hang_up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (sink, close) = (got.clone(), hang_up.clone());
+        let reader = std::thread::spawn(move || read_terminal(master, &sink, &close));
         Terminal {
             child,
             got,
             reader: Some(reader),
+            hang_up,
         }
+    }
+
+    /// Closes the terminal, as a person closing its window does: the
+    /// kernel sends SIGHUP, and every later write to it fails.
+    pub fn hang_up(&self) {
+        self.hang_up
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// What the terminal got so far, escape sequences taken out.
