@@ -161,3 +161,83 @@ fn closing_the_terminal_window_under_the_bars_cancels_cleanly() {
     let (code, _) = t.finish();
     assert_eq!(code, 130);
 }
+
+/// Waits until `p`'s stderr shows `needle`.
+fn wait_stderr(p: &Proc, needle: &str) {
+    let end = std::time::Instant::now() + PATIENCE;
+    while !p.stderr().contains(needle) {
+        assert!(
+            std::time::Instant::now() < end,
+            "never said {needle:?}:\n{}",
+            p.stderr()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+const WAITING: &str = "is locked by another connection";
+
+/// Another process holds the write lock before the run: after a second
+/// the terminal says who holds it and how long the run will wait, instead
+/// of showing nothing until --busy-timeout has passed; once the lock is
+/// free the run goes on.
+#[test]
+fn a_lock_held_elsewhere_is_said_while_the_run_waits_for_it() {
+    let db = TempDb::counters(100);
+    db.age();
+    let plan = db.file("plan.json", &counter_plan("wait", 50));
+    let app = db.conn();
+    app.execute_batch("BEGIN IMMEDIATE").expect("take the lock");
+    let args = run_args(
+        &db,
+        path_str(&plan),
+        &["--no-serve", "--busy-timeout", "30000"],
+    );
+    let mut p = Proc::start(&args);
+    wait_stderr(&p, WAITING);
+    let said = p.stderr();
+    // Only Linux tells who has the file open.
+    let named = !cfg!(target_os = "linux")
+        || said.contains(&format!("(open in pid {} (", std::process::id()));
+    assert!(
+        named && said.contains("waiting for it, at most --busy-timeout 30000 ms (Ctrl-C stops)"),
+        "{said}"
+    );
+    app.execute_batch("COMMIT").expect("let the lock go");
+    assert_eq!(p.wait().code(), Some(0), "{}", p.stderr());
+    assert_eq!(db.counter_spread(), (100, 0));
+}
+
+/// Ctrl-C while a chunk waits for another process's lock stops the run
+/// at once, as the waiting line promises, not once --busy-timeout has
+/// passed (SQLite's busy loop never looked at the interrupt).
+#[test]
+fn ctrl_c_stops_a_run_waiting_for_a_lock_at_once() {
+    let db = TempDb::counters(100);
+    db.age();
+    let plan = db.file("plan.json", &counter_plan("wait", 10));
+    let args = run_args(
+        &db,
+        path_str(&plan),
+        &[
+            "--no-serve",
+            "--busy-timeout",
+            "120000",
+            "--batch-size",
+            "10",
+            "--sleep",
+            "300",
+        ],
+    );
+    let mut p = Proc::start(&args);
+    wait_stderr(&p, "rows/s");
+    let app = db.conn();
+    app.execute_batch("BEGIN IMMEDIATE").expect("take the lock");
+    wait_stderr(&p, WAITING);
+    p.signal("INT");
+    let status = p.wait_for(std::time::Duration::from_secs(10));
+    assert_eq!(status.code(), Some(130), "{}", p.stderr());
+    app.execute_batch("COMMIT").expect("let the lock go");
+    let (once, none) = db.counter_spread();
+    assert!(once > 0 && once % 10 == 0 && once + none == 100, "{once}");
+}
