@@ -74,11 +74,7 @@ impl Bars {
     fn new(s: &crate::events::Start) -> Bars {
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
         let overall = multi.add(ProgressBar::new(s.steps.len() as u64));
-        overall.set_style(style(if colors() {
-            "{prefix:.bold} [{bar:30.green/white}] {pos}/{len} steps  {elapsed_precise}  {msg}"
-        } else {
-            "{prefix} [{bar:30}] {pos}/{len} steps  {elapsed_precise}  {msg}"
-        }));
+        overall.set_style(style(&template(BarKind::Run, width())));
         overall.set_prefix("run ");
         overall.set_message(terminal_safe(&format!("{} on {}", s.plan, s.db)).into_owned());
         overall.enable_steady_tick(Duration::from_millis(250));
@@ -104,13 +100,8 @@ impl Bars {
         let label = terminal_safe(&label).into_owned();
         if s.state == StepState::Running {
             let pb = self.multi.add(ProgressBar::new(s.total.max(1)));
-            pb.set_style(style(if colors() {
-                "{prefix:.bold} [{bar:30.cyan/blue}] {human_pos}/{human_len} rows  {msg}"
-            } else {
-                "{prefix} [{bar:30}] {human_pos}/{human_len} rows  {msg}"
-            }));
+            pb.set_style(style(&template(BarKind::Step, width())));
             pb.set_prefix("step");
-            pb.set_message(label.clone());
             if let Some(old) = self.step.replace(pb) {
                 old.finish_and_clear();
             }
@@ -390,15 +381,13 @@ impl Renderer {
                 }
             }
             Event::Progress(p) => {
-                let label = self.label(p.step, &p.name);
+                // The run's bar names the step.
                 if let Some(pb) = self.bars.as_ref().and_then(|b| b.step.as_ref()) {
                     if let (Some(done), Some(total)) = (p.done, p.total) {
                         pb.set_length(total.max(1));
                         pb.set_position(done);
                     }
-                    pb.set_message(
-                        terminal_safe(&format!("{}  {label}", bar_message(p))).into_owned(),
-                    );
+                    pb.set_message(bar_message(p));
                 }
             }
             Event::Throttle(t) => {
@@ -430,6 +419,46 @@ impl Renderer {
             }
         }
     }
+}
+
+#[derive(Clone, Copy)]
+enum BarKind {
+    /// Steps done, the time so far, and the step under way.
+    Run,
+    /// Rows of the step under way, its ETA and rate.
+    Step,
+}
+
+/// The terminal's width in columns, if stderr is one.
+fn width() -> Option<usize> {
+    console::Term::stderr()
+        .size_checked()
+        .map(|(_, cols)| usize::from(cols))
+}
+
+/// A bar's template for a terminal `cols` wide: one line, never wrapped
+/// (a wrapped bar takes two lines at each redraw). The message is cut to
+/// what is left (`wide_msg`), as the terminal's width is at each redraw;
+/// the bar itself is narrower on a narrower terminal, and gone below 60
+/// columns, where the counts alone take a third of the line.
+fn template(kind: BarKind, cols: Option<usize>) -> String {
+    let cols = cols.unwrap_or(80);
+    let color = colors();
+    let prefix = if color { "{prefix:.bold}" } else { "{prefix}" };
+    let (counts, bar_colors) = match kind {
+        BarKind::Run => ("{pos}/{len} steps  {elapsed_precise}", ".green/white"),
+        BarKind::Step => ("{human_pos}/{human_len} rows", ".cyan/blue"),
+    };
+    if cols < 60 {
+        let percent = match kind {
+            BarKind::Run => "",
+            BarKind::Step => "{percent:>3}% ",
+        };
+        return format!("{prefix} {percent}{counts}  {{wide_msg}}");
+    }
+    let bar = (cols / 4).clamp(10, 30);
+    let bar_colors = if color { bar_colors } else { "" };
+    format!("{prefix} [{{bar:{bar}{bar_colors}}}] {counts}  {{wide_msg}}")
 }
 
 fn style(template: &str) -> ProgressStyle {
@@ -483,16 +512,17 @@ fn progress_line(p: &Progress) -> String {
     )
 }
 
-/// The step bar's message: rate and ETA, or the time so far.
+/// The step bar's message: ETA (first: on a narrow terminal the end of
+/// the line is cut) and rate, or the time so far.
 fn bar_message(p: &Progress) -> String {
     match p.rate {
         None => format!("running for {}", duration(p.elapsed_ms)),
         Some(rate) => format!(
-            "{} rows/s{}",
-            thousands(rate as u64),
+            "{}{} rows/s",
             p.eta_ms
-                .map(|e| format!("  ETA {}", duration(e)))
-                .unwrap_or_default()
+                .map(|e| format!("ETA {}  ", duration(e)))
+                .unwrap_or_default(),
+            thousands(rate as u64),
         ),
     }
 }
@@ -775,6 +805,6 @@ mod tests {
             progress_line(&chunk),
             "2,000/10,000 rows (20.0%), 1,999 changed, 1,500 rows/s, ETA 5.3 s"
         );
-        assert_eq!(bar_message(&chunk), "1,500 rows/s  ETA 5.3 s");
+        assert_eq!(bar_message(&chunk), "ETA 5.3 s  1,500 rows/s");
     }
 }

@@ -241,3 +241,50 @@ fn ctrl_c_stops_a_run_waiting_for_a_lock_at_once() {
     let (once, none) = db.counter_spread();
     assert!(once > 0 && once % 10 == 0 && once + none == 100, "{once}");
 }
+
+/// On terminals 40, 80 and 200 columns wide each bar is one line, the
+/// run's bar naming the step and the step's bar its ETA: a bar wider than
+/// the terminal wraps, and each redraw then takes two lines for it.
+#[test]
+fn the_bars_fit_narrow_and_wide_terminals_on_one_line_each() {
+    for cols in [40u16, 80, 200] {
+        let db = TempDb::counters(400);
+        db.age();
+        let plan = slow_plan(&db, 40, 50_000);
+        let args = run_args(&db, path_str(&plan), &["--no-serve", "--batch-size", "40"]);
+        let t = Terminal::start(&args, cols, &[]);
+        t.wait_for("ETA ");
+        let width = usize::from(cols);
+        // The screen once a whole redraw has landed: the run's bar, then
+        // whatever follows it.
+        let end = std::time::Instant::now() + PATIENCE;
+        let (rows, at) = loop {
+            let rows = screen(&t.got(), width);
+            let at = rows.iter().rposition(|r| r.starts_with("run "));
+            if let Some(at) =
+                at.filter(|&at| rows.len() > at + 1 && rows[at + 1..].concat().contains("ETA "))
+            {
+                break (rows, at);
+            }
+            assert!(std::time::Instant::now() < end, "{rows:#?}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let shown = rows.join("\n");
+        assert_eq!(
+            rows.len(),
+            at + 2,
+            "{cols} columns: a bar took two lines:\n{shown}"
+        );
+        assert!(
+            rows[at].contains("0/2 steps") && rows[at].contains("[1/2] slow"),
+            "{shown}"
+        );
+        assert!(
+            rows[at + 1].starts_with("step ") && rows[at + 1].contains("ETA "),
+            "{shown}"
+        );
+        t.signal("INT");
+        let (code, _) = t.finish();
+        assert_eq!(code, 130);
+    }
+}

@@ -442,6 +442,11 @@ impl Terminal {
             .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// Every byte the terminal got so far.
+    pub fn got(&self) -> Vec<u8> {
+        self.got.lock().unwrap().clone()
+    }
+
     /// What the terminal got so far, escape sequences taken out.
     pub fn text(&self) -> String {
         without_escapes(&self.got.lock().unwrap())
