@@ -91,6 +91,19 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let mut opts = runner::Options::default();
     opts.pace.batch_size = Some(args.rows.div_ceil(CHUNKS_PER_STEP));
     opts.pace.sleep = sleep;
+    // The demo again would start afresh: a stopped demo goes on with
+    // `run` on the kept shop, and a shop deleted on exit has nothing to
+    // go on from.
+    match args.keep {
+        Some(_) => {
+            opts.go_on = Some(format!(
+                "batchsse run --db {} --plan {}",
+                crate::human::shell_word(&db.to_string_lossy()),
+                crate::human::shell_word(&dir.join("plan.json").to_string_lossy())
+            ));
+        }
+        None => opts.checkpoint = false,
+    }
     let source = Source::Json {
         name: "plan.json".into(),
         text: PLAN.into(),

@@ -288,3 +288,54 @@ fn the_bars_fit_narrow_and_wide_terminals_on_one_line_each() {
         assert_eq!(code, 130);
     }
 }
+
+/// A demo stopped with Ctrl-C says how to go on with a command that does
+/// (the demo again would refuse the kept shop, or start a fresh one), and
+/// pasted into a shell that command finishes the plan; a demo whose shop
+/// is deleted on exit names no way to go on.
+#[test]
+fn a_stopped_demo_names_a_command_that_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let keep = dir.path().join("my shop");
+    let demo = |keep: Option<&str>| {
+        let mut args = vec![
+            "demo",
+            "--rows",
+            "4000",
+            "--sleep",
+            "300",
+            "--no-serve",
+            "--progress",
+            "plain",
+        ];
+        args.extend(keep.map(|k| ["--keep", k]).into_iter().flatten());
+        let p = Proc::start(&args);
+        wait_stderr(&p, "rows/s");
+        p.signal("INT");
+        p
+    };
+    let mut p = demo(None);
+    assert_eq!(p.wait().code(), Some(130));
+    assert!(!p.stderr().contains("go on"), "{}", p.stderr());
+    let mut p = demo(Some(path_str(&keep)));
+    assert_eq!(p.wait().code(), Some(130));
+    let err = p.stderr();
+    let command = err
+        .split("what committed is checkpointed: `")
+        .nth(1)
+        .and_then(|rest| rest.split_once("` goes on from where this run stopped"))
+        .unwrap_or_else(|| panic!("no command to go on:\n{err}"))
+        .0;
+    let pasted = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "\"$0\" {} --no-serve",
+            command.strip_prefix("batchsse ").expect(command)
+        ))
+        .arg(BIN)
+        .output()
+        .expect("bash");
+    let said = String::from_utf8_lossy(&pasted.stderr);
+    assert_eq!(pasted.status.code(), Some(0), "{command}: {said}");
+    assert!(said.contains("resuming plan \"reprice-2026\""), "{said}");
+}
