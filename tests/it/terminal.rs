@@ -339,3 +339,62 @@ fn a_stopped_demo_names_a_command_that_goes_on() {
     assert_eq!(pasted.status.code(), Some(0), "{command}: {said}");
     assert!(said.contains("resuming plan \"reprice-2026\""), "{said}");
 }
+
+/// An undo that kept more conflicts than it lists names, past the first
+/// 100, a command that lists them all; pasted into a shell, it is
+/// `sqlite3 FILE SQL`, and the SQL gives every one.
+#[test]
+fn an_undo_past_its_first_100_conflicts_names_a_command_that_lists_them_all() {
+    let db = TempDb::counters(150);
+    let plan = db.file("plan.json", &counter_plan("many", 50));
+    run_undoable(&db, &plan);
+    db.conn()
+        .execute_batch("UPDATE t SET counter = 5")
+        .expect("the application's change");
+    let (code, _, err) = run(&[
+        "undo",
+        "--db",
+        path_str(&db.path),
+        "--plan",
+        "many",
+        "--no-serve",
+        "--progress",
+        "plain",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        err.matches("; kept the application's row").count(),
+        100,
+        "{err}"
+    );
+    let command = err
+        .split_once(
+            "more conflicts: every one is in the table batchsse_undo_conflict; to list them: ",
+        )
+        .and_then(|(_, rest)| rest.lines().next())
+        .unwrap_or_else(|| panic!("no command for the rest:\n{err}"));
+    // The words a shell makes of it.
+    let words = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!("set -- {command}; printf '%s\\0' \"$@\""))
+        .output()
+        .expect("bash");
+    let words: Vec<String> = String::from_utf8(words.stdout)
+        .unwrap()
+        .split_terminator('\0')
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(words.len(), 3, "{command}: {words:?}");
+    assert_eq!(words[0], "sqlite3");
+    assert_eq!(
+        std::fs::canonicalize(&words[1]).unwrap(),
+        std::fs::canonicalize(&db.path).unwrap()
+    );
+    let listed: i64 = db
+        .conn()
+        .query_row(&format!("SELECT count(*) FROM ({})", words[2]), [], |r| {
+            r.get(0)
+        })
+        .unwrap_or_else(|e| panic!("{}: {e}", words[2]));
+    assert_eq!(listed, 150);
+}
