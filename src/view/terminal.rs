@@ -548,7 +548,8 @@ fn step_line(s: &crate::events::StepEvent, skipped: &str) -> String {
     }
 }
 
-/// "batchsse: throttled (pause-file): …" / "batchsse: going on (pause-file): …"
+/// "batchsse: throttled (pause-file): …" / "batchsse: no longer throttled
+/// (pause-file): waited 3.2 s" (not "going on": a wait may end in a cancel).
 fn throttle_line(t: &crate::events::Throttle) -> String {
     let reason = serde_json::to_value(t.reason)
         .ok()
@@ -557,7 +558,8 @@ fn throttle_line(t: &crate::events::Throttle) -> String {
     let what = match (t.active, t.reason) {
         (true, ThrottleReason::Paused) => "paused".to_owned(),
         (true, _) => format!("throttled ({reason})"),
-        (false, _) => format!("going on ({reason})"),
+        (false, ThrottleReason::Paused) => "no longer paused".to_owned(),
+        (false, _) => format!("no longer throttled ({reason})"),
     };
     format!("batchsse: {what}: {}", t.detail)
 }

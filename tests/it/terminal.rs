@@ -398,3 +398,39 @@ fn an_undo_past_its_first_100_conflicts_names_a_command_that_lists_them_all() {
         .unwrap_or_else(|e| panic!("{}: {e}", words[2]));
     assert_eq!(listed, 150);
 }
+
+/// A pause ended by a cancel does not say the run goes on: the line
+/// before the run's last says it is no longer paused, and why.
+#[test]
+fn a_pause_ended_by_a_cancel_does_not_say_going_on() {
+    let db = TempDb::counters(400);
+    db.age();
+    let plan = slow_plan(&db, 40, 50_000);
+    let mut p = Proc::start(&run_args(
+        &db,
+        path_str(&plan),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--progress",
+            "plain",
+            "--control-token",
+            "tok",
+            "--batch-size",
+            "40",
+        ],
+    ));
+    let url = format!("http://{}/", p.addr());
+    for (action, said) in [("pause", "batchsse: paused: "), ("cancel", "cancelled: ")] {
+        let (code, _, err) = run(&["ctl", &url, action, "--control-token", "tok"]);
+        assert_eq!(code, 0, "{err}");
+        wait_stderr(&p, said);
+    }
+    assert_eq!(p.wait().code(), Some(130));
+    let err = p.stderr();
+    assert!(
+        err.contains("batchsse: no longer paused: cancelled after "),
+        "{err}"
+    );
+    assert!(!err.contains("going on"), "{err}");
+}
