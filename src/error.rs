@@ -48,14 +48,38 @@ pub fn print_line(line: &str) {
     }
 }
 
-/// [`print_line`], then exit with `code`: bars on the terminal are cleared
-/// first and never drawn again, so the line is the last one on the screen.
+/// [`print_line`] for a line said because of a signal. On a terminal,
+/// Ctrl-C's `^C` is echoed where the cursor was, at the start of the next
+/// line: it is written over, not run into ("^Cbatchsse: interrupted").
+pub fn print_line_on_signal(line: &str) {
+    match bars() {
+        Some(bars) => bars.println(&terminal_safe(line)),
+        None => {
+            over_ctrl_c();
+            write_line(line);
+        }
+    }
+}
+
+/// [`print_line_on_signal`], then exit with `code`: bars on the terminal
+/// are cleared first and never drawn again, so the line is the last one
+/// on the screen.
 pub fn exit_with_line(line: &str, code: u8) -> ! {
-    if let Some(bars) = bars() {
-        bars.clear_for_good();
+    match bars() {
+        Some(bars) => bars.clear_for_good(),
+        None => over_ctrl_c(),
     }
     write_line(line);
     std::process::exit(i32::from(code))
+}
+
+/// Back to the start of the line, on a terminal only (a log keeps no CR).
+fn over_ctrl_c() {
+    use std::io::{IsTerminal, Write};
+    let mut err = std::io::stderr().lock();
+    if err.is_terminal() {
+        let _ = err.write_all(b"\r");
+    }
 }
 
 fn write_line(line: &str) {

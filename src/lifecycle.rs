@@ -166,8 +166,8 @@ fn on_signal(tx: &watch::Sender<u32>, cancel: &Cancel, log: &EventLog, phase: &M
         return; // the run is over; this only cuts the linger short
     }
     if n == 1 {
-        crate::errln!(
-            "batchsse: interrupted; stopping, with a chunk under way rolled back (press Ctrl-C again to quit at once)"
+        crate::error::print_line_on_signal(
+            "batchsse: interrupted; stopping, with a chunk under way rolled back (press Ctrl-C again to quit at once)",
         );
         cancel.cancel();
     } else {

@@ -434,3 +434,43 @@ fn a_pause_ended_by_a_cancel_does_not_say_going_on() {
     );
     assert!(!err.contains("going on"), "{err}");
 }
+
+/// Ctrl-C typed on a terminal without bars (plain lines; the pre-run
+/// check): the `^C` the terminal echoes is written over, not run into the
+/// notice ("^Cbatchsse: interrupted").
+#[test]
+fn a_typed_ctrl_c_is_not_run_into_the_notice() {
+    let db = TempDb::counters(400);
+    db.age();
+    let plan = slow_plan(&db, 40, 50_000);
+    let args = run_args(
+        &db,
+        path_str(&plan),
+        &["--no-serve", "--batch-size", "40", "--progress", "plain"],
+    );
+    let t = Terminal::start(&args, 100, &[]);
+    t.wait_for("rows/s");
+    t.type_keys(b"\x03");
+    let (code, got) = t.finish();
+    let rows = screen(&got, 100);
+    assert_eq!(code, 130, "{rows:#?}");
+    assert!(
+        rows.iter()
+            .any(|r| r.starts_with("batchsse: interrupted; stopping")),
+        "{rows:#?}"
+    );
+    // The pre-run check, waiting for a lock.
+    let app = db.conn();
+    app.execute_batch("BEGIN IMMEDIATE").expect("take the lock");
+    let t = Terminal::start(&args, 100, &[]);
+    t.wait_for("is locked by another connection");
+    t.type_keys(b"\x03");
+    let (code, got) = t.finish();
+    let rows = screen(&got, 100);
+    assert_eq!(code, 130, "{rows:#?}");
+    assert_eq!(
+        rows.last().map(String::as_str),
+        Some("batchsse: interrupted during the pre-run check; nothing was written"),
+        "{rows:#?}"
+    );
+}

@@ -339,6 +339,8 @@ pub struct Terminal {
     reader: Option<std::thread::JoinHandle<()>>,
     /// Set to close the terminal.
     hang_up: Arc<std::sync::atomic::AtomicBool>,
+    /// The terminal's end for typing on (closed with it).
+    keys: Mutex<Option<std::fs::File>>,
 }
 
 /// Reads the terminal into `sink` until no process holds it open (EIO),
@@ -426,18 +428,29 @@ impl Terminal {
         let got = Arc::new(Mutex::new(Vec::new()));
         let hang_up = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (sink, close) = (got.clone(), hang_up.clone());
+        let keys = master.try_clone().map(std::fs::File::from).ok();
         let reader = std::thread::spawn(move || read_terminal(master, &sink, &close));
         Terminal {
             child,
             got,
             reader: Some(reader),
             hang_up,
+            keys: Mutex::new(keys),
+        }
+    }
+
+    /// Types `keys` on the terminal, as a person would: `\x03` is Ctrl-C,
+    /// which the terminal echoes as `^C` and turns into SIGINT.
+    pub fn type_keys(&self, keys: &[u8]) {
+        if let Some(k) = self.keys.lock().unwrap().as_mut() {
+            k.write_all(keys).expect("type on the terminal");
         }
     }
 
     /// Closes the terminal, as a person closing its window does: the
     /// kernel sends SIGHUP, and every later write to it fails.
     pub fn hang_up(&self) {
+        self.keys.lock().unwrap().take();
         self.hang_up
             .store(true, std::sync::atomic::Ordering::SeqCst);
     }
