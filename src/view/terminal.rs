@@ -506,7 +506,9 @@ fn progress_line(p: &Progress) -> String {
         p.percent.unwrap_or_default(),
         thousands(p.changed),
         thousands(p.rate.unwrap_or_default() as u64),
+        // A step's last chunk needs no ETA ("ETA 0 ms").
         p.eta_ms
+            .filter(|_| done < total)
             .map(|e| format!(", ETA {}", duration(e)))
             .unwrap_or_default()
     )
@@ -808,5 +810,15 @@ mod tests {
             "2,000/10,000 rows (20.0%), 1,999 changed, 1,500 rows/s, ETA 5.3 s"
         );
         assert_eq!(bar_message(&chunk), "ETA 5.3 s  1,500 rows/s");
+        let last = Progress {
+            done: Some(10_000),
+            percent: Some(100.0),
+            eta_ms: Some(0),
+            ..chunk
+        };
+        assert_eq!(
+            progress_line(&last),
+            "10,000/10,000 rows (100.0%), 1,999 changed, 1,500 rows/s"
+        );
     }
 }
