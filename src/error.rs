@@ -1,6 +1,7 @@
 //! Errors that decide the exit status: a `UsageError` anywhere in an error
 //! chain means bad usage or input, found before anything was written (exit 2);
-//! an `Unreachable` means `watch` found no run (exit 3).
+//! an `Unreachable` means `watch` found no run (exit 3). Lines for people go
+//! to stderr through [`print_line`], above the terminal's bars if any.
 
 /// Bad usage or input: the message says what is wrong and what to do.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
