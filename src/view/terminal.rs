@@ -76,7 +76,7 @@ impl Bars {
         let overall = multi.add(ProgressBar::new(s.steps.len() as u64));
         overall.set_style(style(&template(BarKind::Run, width())));
         overall.set_prefix("run ");
-        overall.set_message(terminal_safe(&format!("{} on {}", s.plan, s.db)).into_owned());
+        overall.set_message(on_a_bar(&format!("{} on {}", s.plan, s.db)));
         overall.enable_steady_tick(Duration::from_millis(250));
         if !multi.is_hidden() {
             crate::error::set_bars(Some(Arc::new(Above(multi.clone()))));
@@ -97,7 +97,7 @@ impl Bars {
         skipped: &str,
     ) -> Option<String> {
         // A bar shows its message as it is: see [`terminal_safe`].
-        let label = terminal_safe(&label).into_owned();
+        let label = on_a_bar(&label);
         if s.state == StepState::Running {
             let pb = self.multi.add(ProgressBar::new(s.total.max(1)));
             pb.set_style(style(&template(BarKind::Step, width())));
@@ -123,7 +123,7 @@ impl Bars {
         if self.multi.is_hidden() {
             print_line(line);
         } else {
-            let _ = self.multi.println(terminal_safe(line));
+            let _ = self.multi.println(on_a_bar(line));
         }
     }
 }
@@ -135,7 +135,7 @@ struct Above(MultiProgress);
 
 impl crate::error::Bars for Above {
     fn println(&self, line: &str) {
-        let _ = self.0.println(line);
+        let _ = self.0.println(on_a_bar(line));
     }
 
     fn clear_for_good(&self) {
@@ -419,6 +419,17 @@ impl Renderer {
             }
         }
     }
+}
+
+/// Text for a bar, or a line above the bars: safe for the terminal (see
+/// [`terminal_safe`]), and with no zero-width joiner. indicatif measures a
+/// joined emoji (👨‍👩‍👧) by its parts, six columns, and pads each line to
+/// the terminal's edge by that measure; a terminal that draws it joined,
+/// two columns wide (kitty, WezTerm, iTerm2, Windows Terminal), ends the
+/// line short of the edge, and the next one is drawn on the same row.
+/// Unjoined, every terminal draws the parts, as wide as measured.
+fn on_a_bar(text: &str) -> String {
+    terminal_safe(text).replace('\u{200d}', "")
 }
 
 #[derive(Clone, Copy)]

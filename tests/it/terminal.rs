@@ -474,3 +474,60 @@ fn a_typed_ctrl_c_is_not_run_into_the_notice() {
         "{rows:#?}"
     );
 }
+
+/// A step named with joined emoji (👨‍👩‍👧‍👦, which the bars measure two
+/// columns wide and many terminals draw eight) and CJK: the bar still
+/// fits its line, and the lines above the bars are all left whole.
+#[test]
+fn joined_emoji_and_cjk_in_a_name_keep_the_bars_on_their_lines() {
+    let db = TempDb::counters(400);
+    db.age();
+    let family = "👨\u{200d}👩\u{200d}👧\u{200d}👦";
+    let name = format!("émoji {family} family step {family}{family}{family} 家族 and more text");
+    let sql = "UPDATE t SET counter = counter + 1 + 0 * (WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r WHERE i < 50000 + t.id * 0) SELECT count(*) FROM r) WHERE id BETWEEN :lo AND :hi";
+    let plan = serde_json::json!({"name": "emoji", "steps": [
+        {"name": "first", "sql": "UPDATE t SET counter = 0 WHERE id = 1"},
+        {"name": name, "sql": sql, "chunk": {"table": "t", "key": "id", "size": 40}}
+    ]});
+    let plan = db.file("emoji.json", &plan.to_string());
+    let args = run_args(&db, path_str(&plan), &["--no-serve", "--batch-size", "40"]);
+    let t = Terminal::start(&args, 80, &[]);
+    t.wait_for("ETA ");
+    let end = std::time::Instant::now() + PATIENCE;
+    let rows = loop {
+        let rows = screen(&t.got(), 80);
+        let at = rows.iter().rposition(|r| r.starts_with("run "));
+        if at.is_some_and(|at| rows.len() > at + 1 && rows[at + 1..].concat().contains("ETA ")) {
+            break rows;
+        }
+        assert!(std::time::Instant::now() < end, "{rows:#?}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let at = rows.iter().rposition(|r| r.starts_with("run ")).unwrap();
+    assert!(
+        rows.len() == at + 2 && rows[at + 1].starts_with("step ["),
+        "a bar took two lines:\n{}",
+        rows.join("\n")
+    );
+    t.signal("INT");
+    let (code, got) = t.finish();
+    assert_eq!(code, 130);
+    let rows = screen(&got, 80);
+    let shown = rows.join("\n");
+    for line in [
+        "batchsse: plan \"emoji\" on test.sqlite: 2 steps",
+        "[1/2] first: done",
+        "[2/2] émoji",
+        "batchsse: interrupted; stopping",
+        "batchsse: what committed is checkpointed",
+    ] {
+        assert!(
+            rows.iter().any(|r| r.starts_with(line)),
+            "{line:?} is gone:\n{shown}"
+        );
+    }
+    assert!(
+        !rows.iter().any(|r| is_bar(r) || r.starts_with("step ")),
+        "{shown}"
+    );
+}

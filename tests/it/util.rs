@@ -519,6 +519,23 @@ impl Drop for Terminal {
     }
 }
 
+/// Columns a character takes: none for a joiner, a variation selector or
+/// a combining mark (drawn over the one before), two for CJK and emoji.
+fn cell_width(c: char) -> usize {
+    match u32::from(c) {
+        0x200b..=0x200d | 0xfe00..=0xfe0f | 0x0300..=0x036f => 0,
+        0x1100..=0x115f
+        | 0x2e80..=0xa4cf
+        | 0xac00..=0xd7a3
+        | 0xf900..=0xfaff
+        | 0xff00..=0xff60
+        | 0xffe0..=0xffe6
+        | 0x1f300..=0x1faff
+        | 0x20000..=0x3fffd => 2,
+        _ => 1,
+    }
+}
+
 /// What a terminal `cols` wide shows once it has drawn `bytes`, every
 /// line that scrolled by included, trailing blanks trimmed: enough of a
 /// VT100 for indicatif (text with auto-wrap, CR, LF, cursor up and down,
@@ -526,7 +543,7 @@ impl Drop for Terminal {
 pub fn screen(bytes: &[u8], cols: usize) -> Vec<String> {
     let text = String::from_utf8_lossy(bytes);
     let mut rows: Vec<Vec<char>> = vec![Vec::new()];
-    let (mut row, mut col, mut wrap) = (0usize, 0usize, false);
+    let (mut row, mut col, mut wrap, mut joining) = (0usize, 0usize, false, false);
     let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {
         match c {
@@ -570,24 +587,32 @@ pub fn screen(bytes: &[u8], cols: usize) -> Vec<String> {
             '\n' => (row, wrap) = (row + 1, false),
             c if c.is_control() => {}
             c => {
-                if wrap {
+                // A joined emoji is drawn as one, two columns wide, as
+                // modern terminals (kitty, WezTerm, iTerm2, Windows
+                // Terminal) do.
+                let w = if joining { 0 } else { cell_width(c) };
+                joining = c == '\u{200d}';
+                if w == 0 {
+                    continue; // drawn over the character before it
+                }
+                if wrap || col + w > cols {
                     (row, col, wrap) = (row + 1, 0, false);
                 }
                 while rows.len() <= row {
                     rows.push(Vec::new());
                 }
                 let line = &mut rows[row];
-                while line.len() < col {
+                while line.len() < col + w {
                     line.push(' ');
                 }
-                match line.get_mut(col) {
-                    Some(cell) => *cell = c,
-                    None => line.push(c),
+                line[col] = c;
+                if w == 2 {
+                    line[col + 1] = '\0'; // the right half of a wide character
                 }
-                if col + 1 == cols {
+                if col + w == cols {
                     wrap = true;
                 } else {
-                    col += 1;
+                    col += w;
                 }
             }
         }
@@ -597,7 +622,13 @@ pub fn screen(bytes: &[u8], cols: usize) -> Vec<String> {
     }
     let mut lines: Vec<String> = rows
         .into_iter()
-        .map(|r| r.into_iter().collect::<String>().trim_end().to_owned())
+        .map(|r| {
+            r.into_iter()
+                .filter(|&c| c != '\0')
+                .collect::<String>()
+                .trim_end()
+                .to_owned()
+        })
         .collect();
     while lines.last().is_some_and(|l| l.is_empty()) {
         lines.pop();
