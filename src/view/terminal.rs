@@ -369,6 +369,9 @@ impl Renderer {
         match event {
             Event::Start(s) => {
                 self.steps = s.steps.iter().map(|s| s.name.clone()).collect();
+                // The old bars go first: dropped after the new ones were
+                // made, they would unregister those (see `Drop for Bars`).
+                self.bars = None;
                 self.bars = Some(Bars::new(s));
                 self.say(&start_line(s));
             }
