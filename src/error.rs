@@ -1,6 +1,7 @@
 //! Errors that decide the exit status: a `UsageError` anywhere in an error
 //! chain means bad usage or input, found before anything was written (exit 2);
-//! an `Unreachable` means `watch` found no run (exit 3).
+//! an `Unreachable` means `watch` found no run (exit 3). Lines for people go
+//! to stderr through [`print_line`], above the terminal's bars if any.
 
 /// Bad usage or input: the message says what is wrong and what to do.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -38,11 +39,76 @@ pub mod exit {
 
 /// Writes one line to stderr and ignores failure: with stderr on a closed
 /// pipe (`2>&1 | head`), `eprintln!` would panic and turn a finished run
-/// into exit 101.
+/// into exit 101. While the terminal draws bars, the line goes above them
+/// (see [`set_bars`]): written straight through, it would land inside a bar
+/// and be half drawn over at the bars' next redraw.
 pub fn print_line(line: &str) {
+    match bars() {
+        Some(bars) => bars.println(&terminal_safe(line)),
+        None => write_line(line),
+    }
+}
+
+/// [`print_line`] for a line said because of a signal. On a terminal,
+/// Ctrl-C's `^C` is echoed where the cursor was, at the start of the next
+/// line: it is written over, not run into ("^Cbatchsse: interrupted").
+pub fn print_line_on_signal(line: &str) {
+    match bars() {
+        Some(bars) => bars.println(&terminal_safe(line)),
+        None => {
+            over_ctrl_c();
+            write_line(line);
+        }
+    }
+}
+
+/// [`print_line_on_signal`], then exit with `code`: bars on the terminal
+/// are cleared first and never drawn again, so the line is the last one
+/// on the screen.
+pub fn exit_with_line(line: &str, code: u8) -> ! {
+    match bars() {
+        Some(bars) => bars.clear_for_good(),
+        None => over_ctrl_c(),
+    }
+    write_line(line);
+    std::process::exit(i32::from(code))
+}
+
+/// Back to the start of the line, on a terminal only (a log keeps no CR).
+fn over_ctrl_c() {
+    use std::io::{IsTerminal, Write};
+    let mut err = std::io::stderr().lock();
+    if err.is_terminal() {
+        let _ = err.write_all(b"\r");
+    }
+}
+
+fn write_line(line: &str) {
     use std::io::Write;
     let mut err = std::io::stderr().lock();
     let _ = writeln!(err, "{}", terminal_safe(line));
+}
+
+/// The bars the terminal draws, as the rest of the program may touch
+/// them. Neither may fail or panic: a terminal that was closed refuses
+/// every write.
+pub trait Bars: Send + Sync {
+    /// Prints `line` above the bars.
+    fn println(&self, line: &str);
+    /// Clears the bars and draws them no more: the process is exiting.
+    fn clear_for_good(&self);
+}
+
+static BARS: std::sync::Mutex<Option<std::sync::Arc<dyn Bars>>> = std::sync::Mutex::new(None);
+
+/// Registers the bars being drawn on the terminal (`None` once they are
+/// gone), so that every line printed from elsewhere goes above them.
+pub fn set_bars(bars: Option<std::sync::Arc<dyn Bars>>) {
+    *BARS.lock().unwrap_or_else(|p| p.into_inner()) = bars;
+}
+
+fn bars() -> Option<std::sync::Arc<dyn Bars>> {
+    BARS.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
 /// `text` with the control characters a plan or a database may carry (an

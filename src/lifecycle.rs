@@ -154,8 +154,10 @@ fn on_signal(tx: &watch::Sender<u32>, cancel: &Cancel, log: &EventLog, phase: &M
         let phase = phase.lock().unwrap_or_else(|p| p.into_inner());
         if *phase == Phase::Checking {
             // Exits holding the lock, so the run never starts.
-            crate::errln!("batchsse: interrupted during the pre-run check; nothing was written");
-            std::process::exit(i32::from(exit::INTERRUPTED));
+            crate::error::exit_with_line(
+                "batchsse: interrupted during the pre-run check; nothing was written",
+                exit::INTERRUPTED,
+            );
         }
     }
     let n = *tx.borrow() + 1;
@@ -164,13 +166,15 @@ fn on_signal(tx: &watch::Sender<u32>, cancel: &Cancel, log: &EventLog, phase: &M
         return; // the run is over; this only cuts the linger short
     }
     if n == 1 {
-        crate::errln!(
-            "batchsse: interrupted; stopping, with a chunk under way rolled back (press Ctrl-C again to quit at once)"
+        crate::error::print_line_on_signal(
+            "batchsse: interrupted; stopping, with a chunk under way rolled back (press Ctrl-C again to quit at once)",
         );
         cancel.cancel();
     } else {
-        crate::errln!("batchsse: quitting now; the open transaction is rolled back by SQLite");
-        std::process::exit(i32::from(exit::INTERRUPTED));
+        crate::error::exit_with_line(
+            "batchsse: quitting now; the open transaction is rolled back by SQLite",
+            exit::INTERRUPTED,
+        );
     }
 }
 

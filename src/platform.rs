@@ -6,7 +6,7 @@
 //! |---|---|---|---|
 //! | Who else has the database open ([`open_by_others`], [`open_by_this_program`]): the live pace, the names in a lock message, `checkpoint clear` and `undo clear` refused under a live run | scans `/proc/*/fd` (without a `/proc`: cannot tell) | cannot tell ([`Sight::Blind`]) | cannot tell ([`Sight::Blind`]) |
 //! | Whether `watch --pid`'s process still runs ([`process_alive`]) | `/proc/PID/stat` (a zombie counts as gone) | `kill(pid, 0)` (a zombie counts as running) | `OpenProcess` + `WaitForSingleObject` |
-//! | What stops a run ([`StopSignals`]) | Ctrl-C (SIGINT), SIGTERM | Ctrl-C (SIGINT), SIGTERM | Ctrl-C, Ctrl-Break |
+//! | What stops a run ([`StopSignals`]) | Ctrl-C (SIGINT), SIGTERM, SIGHUP (unless ignored, as under `nohup`) | the same | Ctrl-C, Ctrl-Break |
 //! | Whether SQLite may make its journal beside the file ([`may_create_in`]) | `access(W_OK)` | `access(W_OK)` | cannot tell (found at the first write) |
 //! | A database's path from SQLite's bytes ([`path_from_bytes`]) | any bytes | any bytes | UTF-8 |
 //! | Open files a server may hold ([`raise_open_file_limit`]) | soft limit raised to the hard one | the same (macOS: at most 10,240 if the hard one is refused) | no such limit on sockets |
@@ -243,12 +243,13 @@ fn windows_process_alive(pid: u32) -> bool {
     }
 }
 
-/// The requests to stop a run: Ctrl-C and SIGTERM on Unix, Ctrl-C and
-/// Ctrl-Break on Windows. Install inside the runtime; on Unix the handlers
-/// are in place once [`StopSignals::install`] returns.
+/// The requests to stop a run: Ctrl-C, SIGTERM and SIGHUP (the terminal
+/// closed, an SSH session dropped) on Unix, Ctrl-C and Ctrl-Break on
+/// Windows. Install inside the runtime; on Unix the handlers are in place
+/// once [`StopSignals::install`] returns.
 pub struct StopSignals {
     #[cfg(unix)]
-    both: [Option<tokio::signal::unix::Signal>; 2],
+    all: [Option<tokio::signal::unix::Signal>; 3],
     #[cfg(windows)]
     c: Option<tokio::signal::windows::CtrlC>,
     #[cfg(windows)]
@@ -260,10 +261,16 @@ impl StopSignals {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{SignalKind, signal};
+            // Under `nohup` SIGHUP is ignored, and must stay so: a handler
+            // would stop the run the user meant to outlive the terminal.
+            let hangup = (!hangup_ignored())
+                .then(|| signal(SignalKind::hangup()).ok())
+                .flatten();
             StopSignals {
-                both: [
+                all: [
                     signal(SignalKind::interrupt()).ok(),
                     signal(SignalKind::terminate()).ok(),
+                    hangup,
                 ],
             }
         }
@@ -281,10 +288,11 @@ impl StopSignals {
     pub async fn next(&mut self) {
         #[cfg(unix)]
         {
-            let [int, term] = &mut self.both;
+            let [int, term, hup] = &mut self.all;
             tokio::select! {
                 Some(()) = maybe(int.as_mut().map(|s| s.recv())) => {}
                 Some(()) = maybe(term.as_mut().map(|s| s.recv())) => {}
+                Some(()) = maybe(hup.as_mut().map(|s| s.recv())) => {}
                 else => std::future::pending::<()>().await,
             }
         }
@@ -296,6 +304,18 @@ impl StopSignals {
                 else => std::future::pending::<()>().await,
             }
         }
+    }
+}
+
+/// Whether this process was started with SIGHUP ignored (`nohup`).
+#[cfg(unix)]
+fn hangup_ignored() -> bool {
+    // SAFETY: with a null new action, sigaction only reads the current one
+    // into `old`, a plain C struct for which all zeroes is valid.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(libc::SIGHUP, std::ptr::null(), &mut old) == 0
+            && old.sa_sigaction == libc::SIG_IGN
     }
 }
 

@@ -91,6 +91,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let mut opts = runner::Options::default();
     opts.pace.batch_size = Some(args.rows.div_ceil(CHUNKS_PER_STEP));
     opts.pace.sleep = sleep;
+    go_on(&mut opts, args.keep.is_some().then_some(&dir));
     let source = Source::Json {
         name: "plan.json".into(),
         text: PLAN.into(),
@@ -118,6 +119,22 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         }
     ));
     app::execute(lifecycle, session)
+}
+
+/// The demo again would start afresh: a demo stopped with its shop kept
+/// in `kept` goes on with `run` there, and one whose shop is deleted on
+/// exit has nothing to go on from, so it checkpoints nothing.
+fn go_on(opts: &mut runner::Options, kept: Option<&std::path::PathBuf>) {
+    match kept {
+        Some(dir) => {
+            opts.go_on = Some(format!(
+                "batchsse run --db {} --plan {}",
+                crate::human::shell_word(&dir.join("shop.sqlite").to_string_lossy()),
+                crate::human::shell_word(&dir.join("plan.json").to_string_lossy())
+            ));
+        }
+        None => opts.checkpoint = false,
+    }
 }
 
 /// Dates the fresh shop an hour back. A run takes a file written within

@@ -245,7 +245,7 @@ fn one_chunk(
         .recorded(step, Some((&lo, &hi)), &mut || {
             execute(r.conn, work, &lo, &hi)
         })
-        .map_err(fail)?;
+        .map_err(|e| in_chunk(fail(e), walk.chunk, &lo, &hi))?;
     let Some(changed) = recorded else {
         // Its undo record must be made another way: again, from scratch.
         drop(tx);
@@ -271,6 +271,30 @@ fn one_chunk(
         changed,
         work,
     }))
+}
+
+/// A chunk's failure, naming the chunk's keys: where to look for the row
+/// that broke it ("NOT NULL constraint failed: t.v (in the chunk of id
+/// 29001 to 30000)").
+fn in_chunk(
+    (err, c): (StepError, Counts),
+    chunk: &Chunk,
+    lo: &Key,
+    hi: &Key,
+) -> (StepError, Counts) {
+    match err {
+        StepError::Sql(why) => {
+            let (lo, hi) = (super::expect::shown(lo), super::expect::shown(hi));
+            (
+                StepError::Sql(format!(
+                    "{why} (in the chunk of {} {lo} to {hi})",
+                    chunk.key
+                )),
+                c,
+            )
+        }
+        other => (other, c),
+    }
 }
 
 /// Runs the step's statement on one chunk and returns the rows it changed.

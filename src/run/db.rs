@@ -196,17 +196,49 @@ static NO_WAIT: AtomicBool = AtomicBool::new(false);
 /// governor's yield just gave the application, and the next one too.
 fn wait_for_locks(conn: &mut Connection, timeout: Duration) -> rusqlite::Result<()> {
     BUSY_TIMEOUT_MS.store(timeout.as_millis() as u64, Ordering::Relaxed);
-    let mut since = Instant::now();
+    let file = file_of(conn);
+    let (mut since, mut said) = (Instant::now(), false);
+    // SAFETY: only kept to ask SQLite about this connection from its own
+    // busy handler, which SQLite calls only while the connection is open.
+    let db = unsafe { conn.handle() } as usize;
     conn.busy_handler(Some(move |n: i32| {
-        if NO_WAIT.load(Ordering::Relaxed) {
+        // SAFETY: `db` is the open connection calling this handler.
+        let interrupted =
+            unsafe { rusqlite::ffi::sqlite3_is_interrupted(db as *mut rusqlite::ffi::sqlite3) };
+        // Ctrl-C interrupts the connection, which SQLite's busy loop does
+        // not look at: without this a wait went on to --busy-timeout.
+        if NO_WAIT.load(Ordering::Relaxed) || interrupted != 0 {
             return false;
         }
         if n == 0 {
-            since = Instant::now();
+            (since, said) = (Instant::now(), false);
         }
         std::thread::sleep(Duration::from_millis(1));
-        since.elapsed() < timeout
+        let waited = since.elapsed();
+        if !said && waited >= SAY_WAIT_AFTER && waited < timeout {
+            said = true;
+            say_waiting(file.as_deref(), timeout);
+        }
+        waited < timeout
     }))
+}
+
+/// A wait for another connection's lock this long is said on stderr: a
+/// terminal that shows nothing for --busy-timeout (5 s, or a minute) looks
+/// hung.
+const SAY_WAIT_AFTER: Duration = Duration::from_secs(1);
+
+/// "…/shop.sqlite is locked by another connection (open in pid 4242
+/// (python3)); waiting for it, at most --busy-timeout 5000 ms (Ctrl-C stops)".
+fn say_waiting(file: Option<&Path>, timeout: Duration) {
+    let (shown, holders) = match file {
+        Some(f) => (f.display().to_string(), lock_holders(f)),
+        None => ("the database".into(), String::new()),
+    };
+    crate::errln!(
+        "batchsse: {shown} is locked by another connection{holders}; waiting for it, at most --busy-timeout {} ms (Ctrl-C stops)",
+        timeout.as_millis()
+    );
 }
 
 /// Runs `f` with the run's connection giving up at once on a lock, as a

@@ -58,6 +58,9 @@ pub struct Options {
     pub brakes: Brakes,
     /// `--undo`: record every step so the run can be taken back.
     pub undo: bool,
+    /// The command that goes on after a stop, where it is not the same
+    /// command again (the demo's, which always starts a fresh database).
+    pub go_on: Option<String>,
 }
 
 impl Default for Options {
@@ -72,6 +75,7 @@ impl Default for Options {
                 ..Brakes::default()
             },
             undo: false,
+            go_on: None,
         }
     }
 }
@@ -340,8 +344,12 @@ impl Runner<'_> {
             RunStatus::Cancelled => "",
             _ => "once the cause is fixed, ",
         };
+        let again = match &self.opts.go_on {
+            Some(command) => format!("`{command}` goes on"),
+            None => "run the same command again to go on".to_owned(),
+        };
         format!(
-            "what committed is checkpointed: {first}run the same command again to go on from where this run stopped \
+            "what committed is checkpointed: {first}{again} from where this run stopped \
              (or start over after `batchsse checkpoint clear --db {} --plan {}`)",
             crate::human::shell_word(self.conn.path().unwrap_or(&self.db)),
             crate::human::shell_word(&self.plan.name)

@@ -74,14 +74,13 @@ impl Bars {
     fn new(s: &crate::events::Start) -> Bars {
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
         let overall = multi.add(ProgressBar::new(s.steps.len() as u64));
-        overall.set_style(style(if colors() {
-            "{prefix:.bold} [{bar:30.green/white}] {pos}/{len} steps  {elapsed_precise}  {msg}"
-        } else {
-            "{prefix} [{bar:30}] {pos}/{len} steps  {elapsed_precise}  {msg}"
-        }));
+        overall.set_style(style(&template(BarKind::Run, width())));
         overall.set_prefix("run ");
-        overall.set_message(terminal_safe(&format!("{} on {}", s.plan, s.db)).into_owned());
+        overall.set_message(on_a_bar(&format!("{} on {}", s.plan, s.db)));
         overall.enable_steady_tick(Duration::from_millis(250));
+        if !multi.is_hidden() {
+            crate::error::set_bars(Some(Arc::new(Above(multi.clone()))));
+        }
         Bars {
             multi,
             overall,
@@ -98,16 +97,11 @@ impl Bars {
         skipped: &str,
     ) -> Option<String> {
         // A bar shows its message as it is: see [`terminal_safe`].
-        let label = terminal_safe(&label).into_owned();
+        let label = on_a_bar(&label);
         if s.state == StepState::Running {
             let pb = self.multi.add(ProgressBar::new(s.total.max(1)));
-            pb.set_style(style(if colors() {
-                "{prefix:.bold} [{bar:30.cyan/blue}] {human_pos}/{human_len} rows  {msg}"
-            } else {
-                "{prefix} [{bar:30}] {human_pos}/{human_len} rows  {msg}"
-            }));
+            pb.set_style(style(&template(BarKind::Step, width())));
             pb.set_prefix("step");
-            pb.set_message(label.clone());
             if let Some(old) = self.step.replace(pb) {
                 old.finish_and_clear();
             }
@@ -129,8 +123,38 @@ impl Bars {
         if self.multi.is_hidden() {
             print_line(line);
         } else {
-            let _ = self.multi.println(terminal_safe(line));
+            let _ = self.multi.println(on_a_bar(line));
         }
+    }
+}
+
+/// The bars as [`crate::error::print_line`] sees them. Not indicatif's
+/// `suspend`, which panics when the terminal refuses a write (it was
+/// closed).
+struct Above(MultiProgress);
+
+impl crate::error::Bars for Above {
+    fn println(&self, line: &str) {
+        let _ = self.0.println(on_a_bar(line));
+    }
+
+    fn clear_for_good(&self) {
+        let _ = self.0.clear();
+        self.0.set_draw_target(ProgressDrawTarget::hidden());
+    }
+}
+
+/// Bars that go (the run finished, another run follows, or `watch` was
+/// stopped) leave nothing behind on the terminal, and lines printed from
+/// elsewhere go straight to stderr again.
+impl Drop for Bars {
+    fn drop(&mut self) {
+        crate::error::set_bars(None);
+        if let Some(pb) = self.step.take() {
+            pb.finish_and_clear();
+        }
+        self.overall.finish_and_clear();
+        let _ = self.multi.clear();
     }
 }
 
@@ -225,13 +249,7 @@ impl Renderer {
     /// Forgets the run shown so far (its bars go) and says why with `line`:
     /// what follows is another run, from its `start`.
     pub fn new_run(&mut self, line: &str) {
-        if let Some(b) = self.bars.take() {
-            if let Some(pb) = b.step {
-                pb.finish_and_clear();
-            }
-            b.overall.finish_and_clear();
-            let _ = b.multi.clear();
-        }
+        self.bars = None;
         self.steps.clear();
         self.last_plain.clear();
         if self.mode != ProgressMode::None {
@@ -351,6 +369,9 @@ impl Renderer {
         match event {
             Event::Start(s) => {
                 self.steps = s.steps.iter().map(|s| s.name.clone()).collect();
+                // The old bars go first: dropped after the new ones were
+                // made, they would unregister those (see `Drop for Bars`).
+                self.bars = None;
                 self.bars = Some(Bars::new(s));
                 self.say(&start_line(s));
             }
@@ -363,15 +384,13 @@ impl Renderer {
                 }
             }
             Event::Progress(p) => {
-                let label = self.label(p.step, &p.name);
+                // The run's bar names the step.
                 if let Some(pb) = self.bars.as_ref().and_then(|b| b.step.as_ref()) {
                     if let (Some(done), Some(total)) = (p.done, p.total) {
                         pb.set_length(total.max(1));
                         pb.set_position(done);
                     }
-                    pb.set_message(
-                        terminal_safe(&format!("{}  {label}", bar_message(p))).into_owned(),
-                    );
+                    pb.set_message(bar_message(p));
                 }
             }
             Event::Throttle(t) => {
@@ -398,17 +417,62 @@ impl Renderer {
                 }
             }
             Event::Finished(f) => {
-                if let Some(b) = self.bars.take() {
-                    if let Some(pb) = b.step {
-                        pb.finish_and_clear();
-                    }
-                    b.overall.finish_and_clear();
-                    let _ = b.multi.clear();
-                }
+                self.bars = None;
                 self.say_outcome(&finished_line(f));
             }
         }
     }
+}
+
+/// Text for a bar, or a line above the bars: safe for the terminal (see
+/// [`terminal_safe`]), and with no zero-width joiner. indicatif measures a
+/// joined emoji (👨‍👩‍👧) by its parts, six columns, and pads each line to
+/// the terminal's edge by that measure; a terminal that draws it joined,
+/// two columns wide (kitty, WezTerm, iTerm2, Windows Terminal), ends the
+/// line short of the edge, and the next one is drawn on the same row.
+/// Unjoined, every terminal draws the parts, as wide as measured.
+fn on_a_bar(text: &str) -> String {
+    terminal_safe(text).replace('\u{200d}', "")
+}
+
+#[derive(Clone, Copy)]
+enum BarKind {
+    /// Steps done, the time so far, and the step under way.
+    Run,
+    /// Rows of the step under way, its ETA and rate.
+    Step,
+}
+
+/// The terminal's width in columns, if stderr is one.
+fn width() -> Option<usize> {
+    console::Term::stderr()
+        .size_checked()
+        .map(|(_, cols)| usize::from(cols))
+}
+
+/// A bar's template for a terminal `cols` wide: one line, never wrapped
+/// (a wrapped bar takes two lines at each redraw). The message is cut to
+/// what is left (`wide_msg`), as the terminal's width is at each redraw;
+/// the bar itself is narrower on a narrower terminal, and gone below 60
+/// columns, where the counts alone take a third of the line.
+fn template(kind: BarKind, cols: Option<usize>) -> String {
+    let cols = cols.unwrap_or(80);
+    let color = colors();
+    let prefix = if color { "{prefix:.bold}" } else { "{prefix}" };
+    let (counts, bar_colors) = match kind {
+        BarKind::Run => ("{pos}/{len} steps  {elapsed_precise}", ".green/white"),
+        BarKind::Step => ("{human_pos}/{human_len} rows", ".cyan/blue"),
+    };
+    if cols < 60 {
+        let percent = match kind {
+            BarKind::Run => "",
+            BarKind::Step => "{percent:>3}% ",
+        };
+        return format!("{prefix} {percent}{counts}  {{wide_msg}}");
+    }
+    let bar = (cols / 4).clamp(10, 30);
+    let bar_colors = if color { bar_colors } else { "" };
+    format!("{prefix} [{{bar:{bar}{bar_colors}}}] {counts}  {{wide_msg}}")
 }
 
 fn style(template: &str) -> ProgressStyle {
@@ -456,22 +520,25 @@ fn progress_line(p: &Progress) -> String {
         p.percent.unwrap_or_default(),
         thousands(p.changed),
         thousands(p.rate.unwrap_or_default() as u64),
+        // A step's last chunk needs no ETA ("ETA 0 ms").
         p.eta_ms
+            .filter(|_| done < total)
             .map(|e| format!(", ETA {}", duration(e)))
             .unwrap_or_default()
     )
 }
 
-/// The step bar's message: rate and ETA, or the time so far.
+/// The step bar's message: ETA (first: on a narrow terminal the end of
+/// the line is cut) and rate, or the time so far.
 fn bar_message(p: &Progress) -> String {
     match p.rate {
         None => format!("running for {}", duration(p.elapsed_ms)),
         Some(rate) => format!(
-            "{} rows/s{}",
-            thousands(rate as u64),
+            "{}{} rows/s",
             p.eta_ms
-                .map(|e| format!("  ETA {}", duration(e)))
-                .unwrap_or_default()
+                .map(|e| format!("ETA {}  ", duration(e)))
+                .unwrap_or_default(),
+            thousands(rate as u64),
         ),
     }
 }
@@ -497,7 +564,8 @@ fn step_line(s: &crate::events::StepEvent, skipped: &str) -> String {
     }
 }
 
-/// "batchsse: throttled (pause-file): …" / "batchsse: going on (pause-file): …"
+/// "batchsse: throttled (pause-file): …" / "batchsse: no longer throttled
+/// (pause-file): waited 3.2 s" (not "going on": a wait may end in a cancel).
 fn throttle_line(t: &crate::events::Throttle) -> String {
     let reason = serde_json::to_value(t.reason)
         .ok()
@@ -506,7 +574,8 @@ fn throttle_line(t: &crate::events::Throttle) -> String {
     let what = match (t.active, t.reason) {
         (true, ThrottleReason::Paused) => "paused".to_owned(),
         (true, _) => format!("throttled ({reason})"),
-        (false, _) => format!("going on ({reason})"),
+        (false, ThrottleReason::Paused) => "no longer paused".to_owned(),
+        (false, _) => format!("no longer throttled ({reason})"),
     };
     format!("batchsse: {what}: {}", t.detail)
 }
@@ -754,6 +823,16 @@ mod tests {
             progress_line(&chunk),
             "2,000/10,000 rows (20.0%), 1,999 changed, 1,500 rows/s, ETA 5.3 s"
         );
-        assert_eq!(bar_message(&chunk), "1,500 rows/s  ETA 5.3 s");
+        assert_eq!(bar_message(&chunk), "ETA 5.3 s  1,500 rows/s");
+        let last = Progress {
+            done: Some(10_000),
+            percent: Some(100.0),
+            eta_ms: Some(0),
+            ..chunk
+        };
+        assert_eq!(
+            progress_line(&last),
+            "10,000/10,000 rows (100.0%), 1,999 changed, 1,500 rows/s"
+        );
     }
 }

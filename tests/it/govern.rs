@@ -348,7 +348,7 @@ fn the_terminal_and_watch_say_when_the_run_waits_and_goes_on() {
     for (who, err) in [("run", p.stderr()), ("watch", w.stderr())] {
         assert!(err.contains("throttled (pause-file): "), "{who}: {err}");
         assert!(
-            err.contains("going on (pause-file): waited"),
+            err.contains("no longer throttled (pause-file): waited"),
             "{who}: {err}"
         );
     }

@@ -19,6 +19,7 @@ mod redis_prod;
 mod relay;
 mod run;
 mod safety;
+mod terminal;
 mod undo;
 mod undo_hostile;
 mod undo_tables;

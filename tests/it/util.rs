@@ -325,56 +325,315 @@ pub fn run_with_env(
 /// (exit code, what the terminal got, escape sequences taken out).
 #[cfg(unix)]
 pub fn run_on_terminal(args: &[&str]) -> (i32, String) {
-    use std::os::fd::{FromRawFd, OwnedFd};
-    let (mut master, mut slave) = (-1, -1);
-    let size = libc::winsize {
-        ws_row: 40,
-        ws_col: 120,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: openpty writes two descriptors, which are then owned here.
-    let rc = unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            &size,
-        )
-    };
-    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
-    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .env("TERM", "xterm")
-        .env("NO_COLOR", "1")
-        .env_remove("BATCHSSE_TOKEN")
-        .env_remove("GITHUB_ACTIONS")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(slave));
-    let mut child = cmd.spawn().expect("spawn batchsse");
-    drop(cmd); // the last copy of the terminal's other end: EOF once the child exits
-    let reader = std::thread::spawn(move || {
-        let mut got = Vec::new();
-        // Ends with EIO once no process holds the terminal open.
-        let _ = std::fs::File::from(master).read_to_end(&mut got);
-        got
-    });
-    let end = Instant::now() + PATIENCE;
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
+    let t = Terminal::start(args, 120, &[]);
+    let (code, got) = t.finish();
+    (code, without_escapes(&got))
+}
+
+/// `batchsse ARGS` with its standard error on a pseudo-terminal `cols`
+/// wide (40 rows), read as it comes; killed when dropped.
+#[cfg(unix)]
+pub struct Terminal {
+    pub child: Child,
+    got: Arc<Mutex<Vec<u8>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+    /// Set to close the terminal.
+    hang_up: Arc<std::sync::atomic::AtomicBool>,
+    /// The terminal's end for typing on (closed with it).
+    keys: Mutex<Option<std::fs::File>>,
+}
+
+/// Reads the terminal into `sink` until no process holds it open (EIO),
+/// or `close` asks for it to be closed.
+#[cfg(unix)]
+fn read_terminal(
+    master: std::os::fd::OwnedFd,
+    sink: &Mutex<Vec<u8>>,
+    close: &std::sync::atomic::AtomicBool,
+) {
+    use std::os::fd::AsRawFd;
+    let mut master = std::fs::File::from(master);
+    let mut buf = [0u8; 4096];
+    let end = Instant::now() + PATIENCE * 2;
+    while !close.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < end {
+        let mut fd = libc::pollfd {
+            fd: master.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, for the length given.
+        if unsafe { libc::poll(&mut fd, 1, 20) } <= 0 {
+            continue;
         }
-        if Instant::now() > end {
-            let _ = child.kill();
-            panic!("batchsse on a terminal still running after {PATIENCE:?}");
+        match master.read(&mut buf) {
+            Ok(n @ 1..) => sink.lock().unwrap().extend_from_slice(&buf[..n]),
+            _ => return,
         }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let got = reader.join().expect("terminal reader");
-    (status.code().unwrap_or(-1), without_escapes(&got))
+    }
+}
+
+#[cfg(unix)]
+impl Terminal {
+    pub fn start(args: &[&str], cols: u16, env: &[(&str, &str)]) -> Terminal {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        let (mut master, mut slave) = (-1, -1);
+        let size = libc::winsize {
+            ws_row: 40,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: openpty writes two descriptors, which are then owned here.
+        let rc = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                &size,
+            )
+        };
+        assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+        let (master, slave) =
+            unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+        // Else the child holds this end open too, and closing it here
+        // would not close the terminal.
+        // SAFETY: sets a flag on a descriptor owned here.
+        unsafe { libc::fcntl(master.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .env("TERM", "xterm")
+            .env("NO_COLOR", "1")
+            .env_remove("COLUMNS")
+            .env_remove("BATCHSSE_TOKEN")
+            .env_remove("GITHUB_ACTIONS")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(slave));
+        // Its own session, with this terminal as its controlling one (as
+        // a shell's job has): closing the terminal hangs it up.
+        // SAFETY: setsid and ioctl are async-signal-safe; stderr (fd 2) is
+        // the terminal by the time this runs.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                if libc::setsid() < 0 || libc::ioctl(2, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("spawn batchsse");
+        drop(cmd); // the last copy of the terminal's other end: EOF once the child exits
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let hang_up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (sink, close) = (got.clone(), hang_up.clone());
+        let keys = master.try_clone().map(std::fs::File::from).ok();
+        let reader = std::thread::spawn(move || read_terminal(master, &sink, &close));
+        Terminal {
+            child,
+            got,
+            reader: Some(reader),
+            hang_up,
+            keys: Mutex::new(keys),
+        }
+    }
+
+    /// Types `keys` on the terminal, as a person would: `\x03` is Ctrl-C,
+    /// which the terminal echoes as `^C` and turns into SIGINT.
+    pub fn type_keys(&self, keys: &[u8]) {
+        if let Some(k) = self.keys.lock().unwrap().as_mut() {
+            k.write_all(keys).expect("type on the terminal");
+        }
+    }
+
+    /// Closes the terminal, as a person closing its window does: the
+    /// kernel sends SIGHUP, and every later write to it fails.
+    pub fn hang_up(&self) {
+        self.keys.lock().unwrap().take();
+        self.hang_up
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Every byte the terminal got so far.
+    pub fn got(&self) -> Vec<u8> {
+        self.got.lock().unwrap().clone()
+    }
+
+    /// What the terminal got so far, escape sequences taken out.
+    pub fn text(&self) -> String {
+        without_escapes(&self.got.lock().unwrap())
+    }
+
+    /// Waits until the terminal shows `needle`, failing the test after
+    /// [`PATIENCE`].
+    pub fn wait_for(&self, needle: &str) {
+        let end = Instant::now() + PATIENCE;
+        while !self.text().contains(needle) {
+            assert!(
+                Instant::now() < end,
+                "the terminal never showed {needle:?}:\n{}",
+                self.text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits for the exit: (exit code, every byte the terminal got).
+    pub fn finish(mut self) -> (i32, Vec<u8>) {
+        let end = Instant::now() + PATIENCE;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                break s;
+            }
+            if Instant::now() > end {
+                panic!(
+                    "batchsse on a terminal still running after {PATIENCE:?}:\n{}",
+                    self.text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        if let Some(r) = self.reader.take() {
+            r.join().expect("terminal reader");
+        }
+        let got = std::mem::take(&mut *self.got.lock().unwrap());
+        (status.code().unwrap_or(-1), got)
+    }
+}
+
+#[cfg(unix)]
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Columns a character takes: none for a joiner, a variation selector or
+/// a combining mark (drawn over the one before), two for CJK and emoji.
+fn cell_width(c: char) -> usize {
+    match u32::from(c) {
+        0x200b..=0x200d | 0xfe00..=0xfe0f | 0x0300..=0x036f => 0,
+        0x1100..=0x115f
+        | 0x2e80..=0xa4cf
+        | 0xac00..=0xd7a3
+        | 0xf900..=0xfaff
+        | 0xff00..=0xff60
+        | 0xffe0..=0xffe6
+        | 0x1f300..=0x1faff
+        | 0x20000..=0x3fffd => 2,
+        _ => 1,
+    }
+}
+
+/// What a terminal `cols` wide shows once it has drawn `bytes`, every
+/// line that scrolled by included, trailing blanks trimmed: enough of a
+/// VT100 for indicatif (text with auto-wrap, CR, LF, cursor up and down,
+/// erase in line and below; other sequences are ignored).
+pub fn screen(bytes: &[u8], cols: usize) -> Vec<String> {
+    let text = String::from_utf8_lossy(bytes);
+    let mut rows: Vec<Vec<char>> = vec![Vec::new()];
+    let (mut row, mut col, mut wrap, mut joining) = (0usize, 0usize, false, false);
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\x1b' => {
+                if chars.peek() != Some(&'[') {
+                    chars.next();
+                    continue;
+                }
+                chars.next();
+                let mut params = String::new();
+                let mut end = ' ';
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() || c == '@' || c == '~' {
+                        end = c;
+                        break;
+                    }
+                    params.push(c);
+                }
+                let n = params.parse::<usize>().unwrap_or(1).max(1);
+                wrap = false;
+                match end {
+                    'A' => row = row.saturating_sub(n),
+                    'B' => row += n,
+                    'G' => col = (n - 1).min(cols - 1),
+                    'K' => {
+                        let line = &mut rows[row];
+                        match params.as_str() {
+                            "2" => line.clear(),
+                            "1" => line.iter_mut().take(col + 1).for_each(|c| *c = ' '),
+                            _ => line.truncate(col),
+                        }
+                    }
+                    'J' => {
+                        rows[row].truncate(col);
+                        rows.truncate(row + 1);
+                    }
+                    _ => {}
+                }
+            }
+            '\r' => (col, wrap) = (0, false),
+            '\n' => (row, wrap) = (row + 1, false),
+            c if c.is_control() => {}
+            c => {
+                // A joined emoji is drawn as one, two columns wide, as
+                // modern terminals (kitty, WezTerm, iTerm2, Windows
+                // Terminal) do.
+                let w = if joining { 0 } else { cell_width(c) };
+                joining = c == '\u{200d}';
+                if w == 0 {
+                    continue; // drawn over the character before it
+                }
+                if wrap || col + w > cols {
+                    (row, col, wrap) = (row + 1, 0, false);
+                }
+                while rows.len() <= row {
+                    rows.push(Vec::new());
+                }
+                let line = &mut rows[row];
+                while line.len() < col + w {
+                    line.push(' ');
+                }
+                line[col] = c;
+                if w == 2 {
+                    line[col + 1] = '\0'; // the right half of a wide character
+                }
+                if col + w == cols {
+                    wrap = true;
+                } else {
+                    col += w;
+                }
+            }
+        }
+        while rows.len() <= row {
+            rows.push(Vec::new());
+        }
+    }
+    let mut lines: Vec<String> = rows
+        .into_iter()
+        .map(|r| {
+            r.into_iter()
+                .filter(|&c| c != '\0')
+                .collect::<String>()
+                .trim_end()
+                .to_owned()
+        })
+        .collect();
+    while lines.last().is_some_and(|l| l.is_empty()) {
+        lines.pop();
+    }
+    lines
 }
 
 /// Terminal output as text: CSI sequences (`ESC [ … letter`) removed, and

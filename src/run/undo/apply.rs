@@ -675,11 +675,40 @@ impl Undoer<'_> {
         };
         // A dry run rolls the table back with everything else.
         let more = match self.dry_run {
-            true => "more conflicts: the last line counts them all",
-            false => "more conflicts: every one is in the table batchsse_undo_conflict",
+            true => "more conflicts: the last line counts them all".to_owned(),
+            false => format!(
+                "more conflicts: every one is in the table batchsse_undo_conflict; to list them: {}",
+                self.conflicts_command()
+            ),
         };
-        self.say_conflict(k, &format!("{kept} {whose}"), nth, more);
+        self.say_conflict(k, &format!("{kept} {whose}"), nth, &more);
         Ok(())
+    }
+
+    /// A command to paste that lists the rows this undo kept: its
+    /// messages name only the first [`SHOWN_CONFLICTS`].
+    fn conflicts_command(&self) -> String {
+        let runs: Vec<String> = self
+            .spec
+            .runs
+            .iter()
+            .map(|r| format!("'{}'", r.replace('\'', "''")))
+            .collect();
+        let sql = format!(
+            "SELECT tbl, k, why FROM batchsse_undo_conflict WHERE run IN ({}) ORDER BY rowid",
+            runs.join(", ")
+        );
+        // Run ids are letters, digits and '-': in double quotes the SQL
+        // reads as typed, where single quotes would need '\'' escapes.
+        let shell_safe = !sql.contains(['"', '$', '`', '\\', '!']);
+        format!(
+            "sqlite3 {} {}",
+            crate::human::shell_word(self.conn.path().unwrap_or(&self.db)),
+            match shell_safe {
+                true => format!("\"{sql}\""),
+                false => crate::human::shell_word(&sql),
+            }
+        )
     }
 
     /// The undo's `nth` conflict, `k`, and what became of its row

@@ -1,0 +1,562 @@
+//! A person at a terminal: what the screen shows at the end of a run that
+//! went wrong (Ctrl-C, the terminal closed, a lock held by another
+//! process), on terminals narrow and wide. The run's stderr is a real
+//! pseudo-terminal, so indicatif draws its bars; [`screen`] replays the
+//! bytes on a small terminal model to see what is left on the screen.
+#![cfg(unix)]
+
+use crate::util::*;
+
+/// `counters(rows)` walked in chunks of `size`, each row costing
+/// `work` steps of a recursive query, so a chunk takes a while.
+fn slow_plan(db: &TempDb, size: u64, work: u64) -> std::path::PathBuf {
+    let sql = format!(
+        "UPDATE t SET counter = counter + 1 + 0 * (WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r WHERE i < {work} + t.id * 0) SELECT count(*) FROM r) WHERE id BETWEEN :lo AND :hi"
+    );
+    let plan = serde_json::json!({
+        "name": "slow",
+        "steps": [
+            {"name": "slow walk", "sql": sql, "chunk": {"table": "t", "key": "id", "size": size}},
+            {"name": "after", "sql": "UPDATE t SET counter = counter + 1"}
+        ]
+    });
+    db.file("slow.json", &plan.to_string())
+}
+
+/// A row of the screen that is a progress bar.
+fn is_bar(row: &str) -> bool {
+    row.starts_with("run  [") || row.starts_with("step [") || row.contains("] 0/2 steps")
+}
+
+/// Ctrl-C while the bars are drawn: its notice is printed above them, in
+/// full, not drawn over by their next redraw, and once the run has
+/// stopped no bar is left on the screen; the last lines say what happened.
+#[test]
+fn ctrl_c_under_the_bars_leaves_its_notice_whole_and_no_bar_behind() {
+    let db = TempDb::counters(400);
+    db.age();
+    let plan = slow_plan(&db, 40, 50_000);
+    let t = Terminal::start(
+        &[
+            "run",
+            "--db",
+            path_str(&db.path),
+            "--plan",
+            path_str(&plan),
+            "--no-serve",
+            "--batch-size",
+            "40",
+        ],
+        100,
+        &[],
+    );
+    t.wait_for("rows/s");
+    t.signal("INT");
+    let (code, got) = t.finish();
+    let rows = screen(&got, 100);
+    let shown = rows.join("\n");
+    assert_eq!(code, 130, "{shown}");
+    let notice = "batchsse: interrupted; stopping, with a chunk under way rolled back (press Ctrl-C again to quit at once)";
+    // 104 columns: two rows of a terminal 100 wide.
+    assert!(
+        rows.windows(2)
+            .any(|w| format!("{}{}", w[0], w[1]) == notice),
+        "the notice is not whole on the screen:\n{shown}"
+    );
+    assert!(
+        !rows.iter().any(|r| is_bar(r)),
+        "a bar is left on the screen:\n{shown}"
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r.starts_with("batchsse: cancelled: 0/2 steps")),
+        "{shown}"
+    );
+}
+
+/// The terminal closed (or the SSH session dropped) mid-chunk: SIGHUP
+/// stops the run as Ctrl-C does, the chunk under way rolled back, and
+/// every viewer gets `finished` (a killed process would leave them a
+/// stream cut short and no word of how the run ended).
+#[test]
+fn a_closed_terminal_cancels_the_run_and_tells_its_viewers() {
+    let db = TempDb::counters(400);
+    db.age();
+    let plan = slow_plan(&db, 40, 50_000);
+    let mut p = serving(&db, path_str(&plan), &["--batch-size", "40"]);
+    let mut s = Stream::open(p.addr(), "/events", &[]);
+    s.until("progress");
+    p.signal("HUP");
+    let last = s.rest().pop().expect("events after the hang-up");
+    assert_eq!(last.event, "finished");
+    assert_eq!(data(&last)["status"], "cancelled", "{}", last.data);
+    assert_eq!(p.wait().code(), Some(130), "{}", p.stderr());
+    // Whole chunks only: every row bumped once or not at all.
+    let (once, none) = db.counter_spread();
+    assert_eq!(once % 40, 0, "{once} rows bumped");
+    assert_eq!(once + none, 400);
+}
+
+/// Under `nohup`, SIGHUP stays ignored: the run outlives its terminal.
+#[test]
+fn under_nohup_a_hang_up_leaves_the_run_going() {
+    use std::os::unix::process::CommandExt;
+    let db = TempDb::counters(400);
+    db.age();
+    let plan = slow_plan(&db, 40, 50_000);
+    let args = run_args(&db, path_str(&plan), &["--batch-size", "40", "--no-serve"]);
+    let mut p = Proc::start_with(&args, |c| {
+        // SAFETY: only sets a signal's disposition, which is
+        // async-signal-safe, between fork and exec.
+        unsafe {
+            c.pre_exec(|| {
+                libc::signal(libc::SIGHUP, libc::SIG_IGN);
+                Ok(())
+            });
+        }
+    });
+    let end = std::time::Instant::now() + PATIENCE;
+    while !p.stderr().contains("rows/s") {
+        assert!(std::time::Instant::now() < end, "{}", p.stderr());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    p.signal("HUP");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        p.child.try_wait().expect("try_wait").is_none(),
+        "a hang-up under nohup stopped the run:\n{}",
+        p.stderr()
+    );
+    assert!(!p.stderr().contains("interrupted"), "{}", p.stderr());
+    p.signal("TERM");
+    assert_eq!(p.wait().code(), Some(130), "{}", p.stderr());
+}
+
+/// The terminal window closed under the bars: the kernel's SIGHUP stops
+/// the run as Ctrl-C does, though every write to the terminal now fails
+/// (nothing may panic on it), and the viewers get `finished`.
+#[test]
+fn closing_the_terminal_window_under_the_bars_cancels_cleanly() {
+    let db = TempDb::counters(400);
+    db.age();
+    let plan = slow_plan(&db, 40, 50_000);
+    let args = run_args(
+        &db,
+        path_str(&plan),
+        &["--batch-size", "40", "--listen", "127.0.0.1:0"],
+    );
+    let t = Terminal::start(&args, 100, &[]);
+    t.wait_for("rows/s");
+    let addr = t
+        .text()
+        .lines()
+        .find_map(|l| l.strip_prefix("batchsse: listening on http://"))
+        .and_then(|a| a.trim_end_matches('/').parse().ok())
+        .expect("the listening line");
+    let mut s = Stream::open(addr, "/events", &[]);
+    s.until("progress");
+    t.hang_up();
+    let last = s.rest().pop().expect("events after the hang-up");
+    assert_eq!(data(&last)["status"], "cancelled", "{}", last.data);
+    let (code, _) = t.finish();
+    assert_eq!(code, 130);
+}
+
+/// Waits until `p`'s stderr shows `needle`.
+fn wait_stderr(p: &Proc, needle: &str) {
+    let end = std::time::Instant::now() + PATIENCE;
+    while !p.stderr().contains(needle) {
+        assert!(
+            std::time::Instant::now() < end,
+            "never said {needle:?}:\n{}",
+            p.stderr()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+const WAITING: &str = "is locked by another connection";
+
+/// Another process holds the write lock before the run: after a second
+/// the terminal says who holds it and how long the run will wait, instead
+/// of showing nothing until --busy-timeout has passed; once the lock is
+/// free the run goes on.
+#[test]
+fn a_lock_held_elsewhere_is_said_while_the_run_waits_for_it() {
+    let db = TempDb::counters(100);
+    db.age();
+    let plan = db.file("plan.json", &counter_plan("wait", 50));
+    let app = db.conn();
+    app.execute_batch("BEGIN IMMEDIATE").expect("take the lock");
+    let args = run_args(
+        &db,
+        path_str(&plan),
+        &["--no-serve", "--busy-timeout", "30000"],
+    );
+    let mut p = Proc::start(&args);
+    wait_stderr(&p, WAITING);
+    let said = p.stderr();
+    // Only Linux tells who has the file open.
+    let named = !cfg!(target_os = "linux")
+        || said.contains(&format!("(open in pid {} (", std::process::id()));
+    assert!(
+        named && said.contains("waiting for it, at most --busy-timeout 30000 ms (Ctrl-C stops)"),
+        "{said}"
+    );
+    app.execute_batch("COMMIT").expect("let the lock go");
+    assert_eq!(p.wait().code(), Some(0), "{}", p.stderr());
+    assert_eq!(db.counter_spread(), (100, 0));
+}
+
+/// Ctrl-C while a chunk waits for another process's lock stops the run
+/// at once, as the waiting line promises, not once --busy-timeout has
+/// passed (SQLite's busy loop never looked at the interrupt).
+#[test]
+fn ctrl_c_stops_a_run_waiting_for_a_lock_at_once() {
+    let db = TempDb::counters(100);
+    db.age();
+    let plan = db.file("plan.json", &counter_plan("wait", 10));
+    let args = run_args(
+        &db,
+        path_str(&plan),
+        &[
+            "--no-serve",
+            "--busy-timeout",
+            "120000",
+            "--batch-size",
+            "10",
+            "--sleep",
+            "300",
+        ],
+    );
+    let mut p = Proc::start(&args);
+    wait_stderr(&p, "rows/s");
+    let app = db.conn();
+    app.execute_batch("BEGIN IMMEDIATE").expect("take the lock");
+    wait_stderr(&p, WAITING);
+    p.signal("INT");
+    let status = p.wait_for(std::time::Duration::from_secs(10));
+    assert_eq!(status.code(), Some(130), "{}", p.stderr());
+    app.execute_batch("COMMIT").expect("let the lock go");
+    let (once, none) = db.counter_spread();
+    assert!(once > 0 && once % 10 == 0 && once + none == 100, "{once}");
+}
+
+/// On terminals 40, 80 and 200 columns wide each bar is one line, the
+/// run's bar naming the step and the step's bar its ETA: a bar wider than
+/// the terminal wraps, and each redraw then takes two lines for it.
+#[test]
+fn the_bars_fit_narrow_and_wide_terminals_on_one_line_each() {
+    for cols in [40u16, 80, 200] {
+        let db = TempDb::counters(400);
+        db.age();
+        let plan = slow_plan(&db, 40, 50_000);
+        let args = run_args(&db, path_str(&plan), &["--no-serve", "--batch-size", "40"]);
+        let t = Terminal::start(&args, cols, &[]);
+        t.wait_for("ETA ");
+        let width = usize::from(cols);
+        // The screen once a whole redraw has landed: the run's bar, then
+        // whatever follows it.
+        let end = std::time::Instant::now() + PATIENCE;
+        let (rows, at) = loop {
+            let rows = screen(&t.got(), width);
+            let at = rows.iter().rposition(|r| r.starts_with("run "));
+            if let Some(at) =
+                at.filter(|&at| rows.len() > at + 1 && rows[at + 1..].concat().contains("ETA "))
+            {
+                break (rows, at);
+            }
+            assert!(std::time::Instant::now() < end, "{rows:#?}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let shown = rows.join("\n");
+        assert_eq!(
+            rows.len(),
+            at + 2,
+            "{cols} columns: a bar took two lines:\n{shown}"
+        );
+        assert!(
+            rows[at].contains("0/2 steps") && rows[at].contains("[1/2] slow"),
+            "{shown}"
+        );
+        assert!(
+            rows[at + 1].starts_with("step ") && rows[at + 1].contains("ETA "),
+            "{shown}"
+        );
+        t.signal("INT");
+        let (code, _) = t.finish();
+        assert_eq!(code, 130);
+    }
+}
+
+/// A demo stopped with Ctrl-C says how to go on with a command that does
+/// (the demo again would refuse the kept shop, or start a fresh one), and
+/// pasted into a shell that command finishes the plan; a demo whose shop
+/// is deleted on exit names no way to go on.
+#[test]
+fn a_stopped_demo_names_a_command_that_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let keep = dir.path().join("my shop");
+    let demo = |keep: Option<&str>| {
+        let mut args = vec![
+            "demo",
+            "--rows",
+            "4000",
+            "--sleep",
+            "300",
+            "--no-serve",
+            "--progress",
+            "plain",
+        ];
+        args.extend(keep.map(|k| ["--keep", k]).into_iter().flatten());
+        let p = Proc::start(&args);
+        wait_stderr(&p, "rows/s");
+        p.signal("INT");
+        p
+    };
+    let mut p = demo(None);
+    assert_eq!(p.wait().code(), Some(130));
+    assert!(!p.stderr().contains("go on"), "{}", p.stderr());
+    let mut p = demo(Some(path_str(&keep)));
+    assert_eq!(p.wait().code(), Some(130));
+    let err = p.stderr();
+    let command = err
+        .split("what committed is checkpointed: `")
+        .nth(1)
+        .and_then(|rest| rest.split_once("` goes on from where this run stopped"))
+        .unwrap_or_else(|| panic!("no command to go on:\n{err}"))
+        .0;
+    let pasted = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "\"$0\" {} --no-serve",
+            command.strip_prefix("batchsse ").expect(command)
+        ))
+        .arg(BIN)
+        .output()
+        .expect("bash");
+    let said = String::from_utf8_lossy(&pasted.stderr);
+    assert_eq!(pasted.status.code(), Some(0), "{command}: {said}");
+    assert!(said.contains("resuming plan \"reprice-2026\""), "{said}");
+}
+
+/// An undo that kept more conflicts than it lists names, past the first
+/// 100, a command that lists them all; pasted into a shell, it is
+/// `sqlite3 FILE SQL`, and the SQL gives every one.
+#[test]
+fn an_undo_past_its_first_100_conflicts_names_a_command_that_lists_them_all() {
+    let db = TempDb::counters(150);
+    let plan = db.file("plan.json", &counter_plan("many", 50));
+    run_undoable(&db, &plan);
+    db.conn()
+        .execute_batch("UPDATE t SET counter = 5")
+        .expect("the application's change");
+    let (code, _, err) = run(&[
+        "undo",
+        "--db",
+        path_str(&db.path),
+        "--plan",
+        "many",
+        "--no-serve",
+        "--progress",
+        "plain",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        err.matches("; kept the application's row").count(),
+        100,
+        "{err}"
+    );
+    let command = err
+        .split_once(
+            "more conflicts: every one is in the table batchsse_undo_conflict; to list them: ",
+        )
+        .and_then(|(_, rest)| rest.lines().next())
+        .unwrap_or_else(|| panic!("no command for the rest:\n{err}"));
+    // The words a shell makes of it.
+    let words = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!("set -- {command}; printf '%s\\0' \"$@\""))
+        .output()
+        .expect("bash");
+    let words: Vec<String> = String::from_utf8(words.stdout)
+        .unwrap()
+        .split_terminator('\0')
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(words.len(), 3, "{command}: {words:?}");
+    assert_eq!(words[0], "sqlite3");
+    assert_eq!(
+        std::fs::canonicalize(&words[1]).unwrap(),
+        std::fs::canonicalize(&db.path).unwrap()
+    );
+    let listed: i64 = db
+        .conn()
+        .query_row(&format!("SELECT count(*) FROM ({})", words[2]), [], |r| {
+            r.get(0)
+        })
+        .unwrap_or_else(|e| panic!("{}: {e}", words[2]));
+    assert_eq!(listed, 150);
+}
+
+/// A pause ended by a cancel does not say the run goes on: the line
+/// before the run's last says it is no longer paused, and why.
+#[test]
+fn a_pause_ended_by_a_cancel_does_not_say_going_on() {
+    let db = TempDb::counters(400);
+    db.age();
+    let plan = slow_plan(&db, 40, 50_000);
+    let mut p = Proc::start(&run_args(
+        &db,
+        path_str(&plan),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--progress",
+            "plain",
+            "--control-token",
+            "tok",
+            "--batch-size",
+            "40",
+        ],
+    ));
+    let url = format!("http://{}/", p.addr());
+    for (action, said) in [("pause", "batchsse: paused: "), ("cancel", "cancelled: ")] {
+        let (code, _, err) = run(&["ctl", &url, action, "--control-token", "tok"]);
+        assert_eq!(code, 0, "{err}");
+        wait_stderr(&p, said);
+    }
+    assert_eq!(p.wait().code(), Some(130));
+    let err = p.stderr();
+    assert!(
+        err.contains("batchsse: no longer paused: cancelled after "),
+        "{err}"
+    );
+    assert!(!err.contains("going on"), "{err}");
+}
+
+/// Ctrl-C typed on a terminal without bars (plain lines; the pre-run
+/// check): the `^C` the terminal echoes is written over, not run into the
+/// notice ("^Cbatchsse: interrupted").
+#[test]
+fn a_typed_ctrl_c_is_not_run_into_the_notice() {
+    let db = TempDb::counters(400);
+    db.age();
+    let plan = slow_plan(&db, 40, 50_000);
+    let args = run_args(
+        &db,
+        path_str(&plan),
+        &["--no-serve", "--batch-size", "40", "--progress", "plain"],
+    );
+    let t = Terminal::start(&args, 100, &[]);
+    t.wait_for("rows/s");
+    t.type_keys(b"\x03");
+    let (code, got) = t.finish();
+    let rows = screen(&got, 100);
+    assert_eq!(code, 130, "{rows:#?}");
+    assert!(
+        rows.iter()
+            .any(|r| r.starts_with("batchsse: interrupted; stopping")),
+        "{rows:#?}"
+    );
+    // The pre-run check, waiting for a lock.
+    let app = db.conn();
+    app.execute_batch("BEGIN IMMEDIATE").expect("take the lock");
+    let t = Terminal::start(&args, 100, &[]);
+    t.wait_for("is locked by another connection");
+    t.type_keys(b"\x03");
+    let (code, got) = t.finish();
+    let rows = screen(&got, 100);
+    assert_eq!(code, 130, "{rows:#?}");
+    assert_eq!(
+        rows.last().map(String::as_str),
+        Some("batchsse: interrupted during the pre-run check; nothing was written"),
+        "{rows:#?}"
+    );
+}
+
+/// A step named with joined emoji (👨‍👩‍👧‍👦, which the bars measure two
+/// columns wide and many terminals draw eight) and CJK: the bar still
+/// fits its line, and the lines above the bars are all left whole.
+#[test]
+fn joined_emoji_and_cjk_in_a_name_keep_the_bars_on_their_lines() {
+    let db = TempDb::counters(400);
+    db.age();
+    let family = "👨\u{200d}👩\u{200d}👧\u{200d}👦";
+    let name = format!("émoji {family} family step {family}{family}{family} 家族 and more text");
+    let sql = "UPDATE t SET counter = counter + 1 + 0 * (WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r WHERE i < 50000 + t.id * 0) SELECT count(*) FROM r) WHERE id BETWEEN :lo AND :hi";
+    let plan = serde_json::json!({"name": "emoji", "steps": [
+        {"name": "first", "sql": "UPDATE t SET counter = 0 WHERE id = 1"},
+        {"name": name, "sql": sql, "chunk": {"table": "t", "key": "id", "size": 40}}
+    ]});
+    let plan = db.file("emoji.json", &plan.to_string());
+    let args = run_args(&db, path_str(&plan), &["--no-serve", "--batch-size", "40"]);
+    let t = Terminal::start(&args, 80, &[]);
+    t.wait_for("ETA ");
+    let end = std::time::Instant::now() + PATIENCE;
+    let rows = loop {
+        let rows = screen(&t.got(), 80);
+        let at = rows.iter().rposition(|r| r.starts_with("run "));
+        if at.is_some_and(|at| rows.len() > at + 1 && rows[at + 1..].concat().contains("ETA ")) {
+            break rows;
+        }
+        assert!(std::time::Instant::now() < end, "{rows:#?}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let at = rows.iter().rposition(|r| r.starts_with("run ")).unwrap();
+    assert!(
+        rows.len() == at + 2 && rows[at + 1].starts_with("step ["),
+        "a bar took two lines:\n{}",
+        rows.join("\n")
+    );
+    t.signal("INT");
+    let (code, got) = t.finish();
+    assert_eq!(code, 130);
+    let rows = screen(&got, 80);
+    let shown = rows.join("\n");
+    for line in [
+        "batchsse: plan \"emoji\" on test.sqlite: 2 steps",
+        "[1/2] first: done",
+        "[2/2] émoji",
+        "batchsse: interrupted; stopping",
+        "batchsse: what committed is checkpointed",
+    ] {
+        assert!(
+            rows.iter().any(|r| r.starts_with(line)),
+            "{line:?} is gone:\n{shown}"
+        );
+    }
+    assert!(
+        !rows.iter().any(|r| is_bar(r) || r.starts_with("step ")),
+        "{shown}"
+    );
+}
+
+/// A chunk that fails names its keys, so the row that broke it can be
+/// found: the last lines say where to look, not only what SQLite said.
+#[test]
+fn a_failed_chunk_names_its_keys() {
+    let db = TempDb::counters(100);
+    db.age();
+    let plan = serde_json::json!({"name": "breaks", "steps": [{
+        "name": "bump",
+        "sql": "UPDATE t SET counter = CASE WHEN id = 37 THEN NULL ELSE counter + 1 END WHERE id BETWEEN :lo AND :hi",
+        "chunk": {"table": "t", "key": "id", "size": 10}
+    }]});
+    let plan = db.file("breaks.json", &plan.to_string());
+    let (code, _, err) = run(&run_args(
+        &db,
+        path_str(&plan),
+        &["--no-serve", "--batch-size", "10", "--progress", "plain"],
+    ));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("[1/1] bump: FAILED after ")
+                && l.ends_with(
+                    "failed: NOT NULL constraint failed: t.counter (in the chunk of id 31 to 40)"
+                )),
+        "{err}"
+    );
+    assert_eq!(db.counter_spread(), (30, 70));
+}
