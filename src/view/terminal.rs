@@ -232,17 +232,26 @@ impl Renderer {
             };
         }
         match self.mode {
-            ProgressMode::None => {
-                if let Event::Finished(f) = event
-                    && f.status != RunStatus::Ok
-                {
-                    self.say_outcome(&finished_line_after(f, self.failure.as_deref()));
-                }
+            ProgressMode::None => self.say_if_failed(event),
+            // The JSON is on stdout, often into a file: a failure is said
+            // on stderr too, or a log would show nothing of it.
+            ProgressMode::Json => {
+                self.json(id, event.name(), data);
+                self.say_if_failed(event);
             }
-            ProgressMode::Json => self.json(id, event.name(), data),
             ProgressMode::Plain | ProgressMode::Auto => self.plain(event),
             ProgressMode::Github => self.github(event),
             ProgressMode::Bar => self.bar(event),
+        }
+    }
+
+    /// The outcome of a run that did not end ok, for the modes that show
+    /// nothing else on stderr.
+    fn say_if_failed(&mut self, event: &Event) {
+        if let Event::Finished(f) = event
+            && f.status != RunStatus::Ok
+        {
+            self.say_outcome(&finished_line_after(f, self.failure.as_deref()));
         }
     }
 

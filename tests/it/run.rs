@@ -1086,3 +1086,35 @@ fn tables_whose_names_begin_with_sqlite_but_not_its_prefix_are_checked_and_run()
     assert_eq!(db.query_i64("SELECT sum(v) FROM SQLiteLog"), 3);
     assert_eq!(db.query_i64("SELECT sum(n) FROM sqlite1"), 3);
 }
+
+/// A failed run whose JSON goes to a file (`--progress json > events`)
+/// says its outcome on stderr too, as `--progress none` does: a CI log
+/// showed nothing of the failure.
+#[test]
+fn a_failed_run_with_json_progress_says_its_outcome_on_stderr() {
+    let db = TempDb::with_sql(
+        "CREATE TABLE o(id INTEGER PRIMARY KEY, v INT NOT NULL);
+         INSERT INTO o WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 20) SELECT i, 1 FROM s;",
+    );
+    let plan = db.file(
+        "bad.json",
+        r#"{"name":"bad","steps":[{"name":"nulls","sql":"UPDATE o SET v = NULL WHERE id BETWEEN :lo AND :hi AND id > 12","chunk":{"table":"o","key":"id","size":5}}]}"#,
+    );
+    for mode in ["json", "none"] {
+        let (code, out, err) = run(&run_args(
+            &db,
+            path_str(&plan),
+            &["--no-serve", "--progress", mode],
+        ));
+        assert_eq!(code, 1, "{mode}: {err}");
+        assert!(err.contains("batchsse: FAILED: 0/1 steps"), "{mode}: {err}");
+        assert!(
+            err.contains("step 1 (\"nulls\") failed: NOT NULL constraint failed: o.v"),
+            "{mode}: {err}"
+        );
+        // The JSON is all on stdout, and only there.
+        let events = json_lines(&out);
+        assert_eq!(events.is_empty(), mode == "none", "{mode}: {out}");
+        assert!(!err.contains("\"event\""), "{mode}: {err}");
+    }
+}
