@@ -72,6 +72,21 @@ fn loads_extension(e: &rusqlite::Error) -> bool {
 /// Why a statement calling `load_extension()` is refused.
 const LOADS: &str = "calls load_extension() (itself, or in a trigger or view it uses), which a run cannot do: batchsse never enables SQLite extensions. Remove the call (a function an extension provides is not available to a plan); nothing was run";
 
+/// Whether a statement failed to compile for setting a journal mode the
+/// check's authorizer denies: SQLite's refusal of a pragma has no name in
+/// it, and this is the only other action denied.
+fn unjournaled(e: &rusqlite::Error) -> bool {
+    e.sqlite_error_code() == Some(rusqlite::ErrorCode::AuthorizationForStatementDenied)
+        && !loads_extension(e)
+}
+
+/// Why `PRAGMA journal_mode = OFF` or `MEMORY` is refused: with no
+/// journal SQLite cannot roll back a chunk that fails or is interrupted
+/// (it keeps part of it, uncheckpointed, and a resumed run applies that
+/// part again), and with one in memory a crash mid-chunk may corrupt the
+/// file.
+const UNJOURNALED: &str = "sets PRAGMA journal_mode to OFF or MEMORY, under which SQLite cannot roll back a step or chunk that fails or is interrupted (part of its changes would stay, and a resumed run would apply them again), nor survive a crash mid-transaction; remove it (DELETE, TRUNCATE, PERSIST and WAL are fine); nothing was run";
+
 /// The schema table of `main`, as the authorizer names it.
 const MAIN_SCHEMA_TABLE: &str = "sqlite_master";
 
@@ -120,6 +135,20 @@ impl Seen {
         // committed: denied, it does not compile (see [`loads_extension`]).
         if let Function { function_name } = ctx.action
             && function_name.eq_ignore_ascii_case("load_extension")
+        {
+            return rusqlite::hooks::Authorization::Deny;
+        }
+        // Likewise a journal that cannot roll a failed or interrupted chunk
+        // back (see [`UNJOURNALED`]).
+        if let Pragma {
+            pragma_name,
+            pragma_value: Some(value),
+        } = ctx.action
+            && pragma_name.eq_ignore_ascii_case("journal_mode")
+            && ctx.database_name != Some("temp")
+            && ["off", "memory"]
+                .iter()
+                .any(|m| value.eq_ignore_ascii_case(m))
         {
             return rusqlite::hooks::Authorization::Deny;
         }
@@ -373,6 +402,7 @@ impl Rehearsal {
             Ok(Some(s)) => s,
             Ok(None) => return Err(bad("has no SQL statement".into())),
             Err(e) if loads_extension(&e) => return Err(bad(LOADS.into())),
+            Err(e) if unjournaled(&e) => return Err(bad(UNJOURNALED.into())),
             Err(e) if !self.complete.get() && !sqlite_message(&e).contains("syntax") => {
                 return Ok(()); // the copy may lack what it reads
             }
@@ -974,6 +1004,12 @@ impl Rehearsal {
         if loads_extension(e) {
             return Err(UsageError::new(format!(
                 "{label} {LOADS}\n  in: {}",
+                short(sql.trim(), 200)
+            )));
+        }
+        if unjournaled(e) {
+            return Err(UsageError::new(format!(
+                "{label} {UNJOURNALED}\n  in: {}",
                 short(sql.trim(), 200)
             )));
         }

@@ -1,0 +1,60 @@
+//! A hostile user's databases and plans: what SQLite lets a plan do that
+//! would break the run's promises, and files that are not what they seem.
+
+use crate::util::*;
+
+/// With no rollback journal SQLite cannot undo a failed step: a run whose
+/// plan turned it off kept most of a failed `UPDATE` while saying it rolled
+/// back, and a resumed chunk would be applied twice.
+#[test]
+fn a_plan_that_turns_the_rollback_journal_off_is_refused_before_anything_runs() {
+    let db = TempDb::with_sql(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, counter INTEGER NOT NULL DEFAULT 0, pad BLOB);
+         INSERT INTO t(id, pad) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < 20000)
+           SELECT i, zeroblob(500) FROM s;
+         CREATE TRIGGER late BEFORE UPDATE ON t WHEN new.id = 19999
+           BEGIN SELECT RAISE(ABORT, 'stop late'); END;",
+    );
+    let before = sha256(&db.path);
+    for pragma in [
+        "PRAGMA journal_mode = OFF;",
+        "pragma main.JOURNAL_MODE('Memory');",
+    ] {
+        let script = db.file(
+            "off.sql",
+            &format!("{pragma}\nPRAGMA cache_size = 5;\nUPDATE t SET counter = counter + 1;\n"),
+        );
+        let (code, out, err) = run(&[
+            "run",
+            "--db",
+            path_str(&db.path),
+            "--sql",
+            path_str(&script),
+            "--no-serve",
+        ]);
+        assert_eq!(code, 2, "{pragma}: {err}");
+        assert!(out.is_empty(), "{out}");
+        assert!(
+            err.contains("statement 1")
+                && err.contains("journal_mode to OFF or MEMORY")
+                && err.contains("remove it"),
+            "{err}"
+        );
+        assert_eq!(sha256(&db.path), before, "{pragma} changed the database");
+    }
+    // Reading the mode, or choosing one that rolls back, still runs.
+    let plan = db.file(
+        "wal.json",
+        r#"{"steps":[{"sql":"PRAGMA journal_mode = WAL"},{"sql":"PRAGMA journal_mode"},{"sql":"UPDATE t SET counter = 1 WHERE id < 10"}]}"#,
+    );
+    let (code, _, err) = run(&[
+        "run",
+        "--db",
+        path_str(&db.path),
+        "--plan",
+        path_str(&plan),
+        "--no-serve",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 9);
+}
