@@ -58,3 +58,40 @@ fn a_plan_that_turns_the_rollback_journal_off_is_refused_before_anything_runs() 
     assert_eq!(code, 0, "{err}");
     assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 9);
 }
+
+/// `ctl` piped to a reader that is gone (`| head -0`, `| true`) panicked
+/// (exit 101) after the run had taken its command.
+#[test]
+fn ctl_whose_reader_is_gone_says_its_command_was_taken_with_exit_0() {
+    const TOKEN: &str = "c0ntrol-gone";
+    let db = TempDb::counters(100);
+    let plan = db.file("plan.json", &counter_plan("gone", 1));
+    let p = serving(
+        &db,
+        path_str(&plan),
+        &[
+            "--batch-size",
+            "1",
+            "--sleep",
+            "1000",
+            "--control-token",
+            TOKEN,
+        ],
+    );
+    let base = format!("http://{}/", p.addr());
+    for (action, paused) in [(&["pause"][..], true), (&["resume", "--json"], false)] {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let out = std::process::Command::new(BIN)
+            .args(["ctl", &base])
+            .args(action)
+            .args(["--control-token", TOKEN])
+            .stdout(writer)
+            .output()
+            .expect("run ctl");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{action:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        wait_status(p.addr(), |s| s["paused"] == paused);
+    }
+}
