@@ -31,6 +31,30 @@ pub(super) struct Rehearsal {
     seen: Seen,
 }
 
+/// What the check's authorizer refuses to compile, so the plan is refused
+/// before anything runs. The run never enables extensions, so a step or
+/// `expect` calling `load_extension()` would fail when it ran, after
+/// earlier steps had committed (see [`loads_extension`]). A journal mode
+/// that cannot roll a failed or interrupted chunk back would break the
+/// run's promises (see [`UNJOURNALED`]).
+fn denied(ctx: &rusqlite::hooks::AuthContext<'_>) -> bool {
+    use rusqlite::hooks::AuthAction::{Function, Pragma};
+    match ctx.action {
+        Function { function_name } => function_name.eq_ignore_ascii_case("load_extension"),
+        Pragma {
+            pragma_name,
+            pragma_value: Some(value),
+        } => {
+            pragma_name.eq_ignore_ascii_case("journal_mode")
+                && ctx.database_name != Some("temp")
+                && ["off", "memory"]
+                    .iter()
+                    .any(|m| value.eq_ignore_ascii_case(m))
+        }
+        _ => false,
+    }
+}
+
 /// Column reads and writes seen by the authorizer while a statement
 /// compiled, triggers' included, in the main schema.
 #[derive(Clone, Default)]
@@ -128,28 +152,9 @@ impl Seen {
 
     fn record(&self, ctx: rusqlite::hooks::AuthContext<'_>) -> rusqlite::hooks::Authorization {
         use rusqlite::hooks::AuthAction::{
-            CreateTempTrigger, Delete, Function, Insert, Pragma, Read, Update,
+            CreateTempTrigger, Delete, Insert, Pragma, Read, Update,
         };
-        // The run never enables extensions, so a step or `expect` calling
-        // `load_extension()` would fail when it ran, after earlier steps had
-        // committed: denied, it does not compile (see [`loads_extension`]).
-        if let Function { function_name } = ctx.action
-            && function_name.eq_ignore_ascii_case("load_extension")
-        {
-            return rusqlite::hooks::Authorization::Deny;
-        }
-        // Likewise a journal that cannot roll a failed or interrupted chunk
-        // back (see [`UNJOURNALED`]).
-        if let Pragma {
-            pragma_name,
-            pragma_value: Some(value),
-        } = ctx.action
-            && pragma_name.eq_ignore_ascii_case("journal_mode")
-            && ctx.database_name != Some("temp")
-            && ["off", "memory"]
-                .iter()
-                .any(|m| value.eq_ignore_ascii_case(m))
-        {
+        if denied(&ctx) {
             return rusqlite::hooks::Authorization::Deny;
         }
         let after_temp_trigger = std::mem::replace(

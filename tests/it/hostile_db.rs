@@ -95,3 +95,39 @@ fn ctl_whose_reader_is_gone_says_its_command_was_taken_with_exit_0() {
         wait_status(p.addr(), |s| s["paused"] == paused);
     }
 }
+
+/// Ctrl-C or SIGTERM while the demo fills its shop killed the process
+/// before anything could delete the temporary folder: a large shop (GBs
+/// at `--rows 100000000`) stayed behind in the system's temp folder.
+#[test]
+fn a_demo_stopped_while_it_fills_its_shop_leaves_no_folder_behind() {
+    for sig in ["INT", "TERM"] {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut p = spawn(
+            &["demo", "--rows", "100000000", "--listen", "127.0.0.1:0"],
+            |c| {
+                c.env("TMPDIR", tmp.path());
+            },
+        );
+        let filling = || {
+            std::fs::read_dir(tmp.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|d| d.path().join("shop.sqlite").exists())
+        };
+        let start = std::time::Instant::now();
+        while !filling() {
+            assert!(
+                start.elapsed() < PATIENCE,
+                "no shop.sqlite in the temp folder"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        p.signal(sig);
+        let status = p.wait();
+        assert_eq!(status.code(), Some(130), "SIG{sig}: {}", p.stderr());
+        let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().flatten().collect();
+        assert!(left.is_empty(), "SIG{sig} left {left:?}");
+    }
+}
