@@ -658,6 +658,14 @@ pub fn db_open_message(e: &rusqlite::Error) -> String {
         Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
             "the database is locked by another process; wait for it or raise --busy-timeout".into()
         }
+        Some(rusqlite::ErrorCode::DatabaseCorrupt) => format!(
+            "the file is damaged ({}); restore it from a backup (in the sqlite3 shell, `PRAGMA integrity_check` says where it is damaged and `.recover` saves what can be read)",
+            sqlite_message(e)
+        ),
+        Some(rusqlite::ErrorCode::SystemIoFailure) => format!(
+            "SQLite could not read or write the file, or the -journal, -wal or -shm beside it ({}); check the disk, and that those beside it are files (or absent)",
+            sqlite_message(e)
+        ),
         _ => format!("cannot read the database schema: {}", sqlite_message(e)),
     }
 }

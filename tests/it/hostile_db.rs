@@ -131,3 +131,45 @@ fn a_demo_stopped_while_it_fills_its_shop_leaves_no_folder_behind() {
         assert!(left.is_empty(), "SIG{sig} left {left:?}");
     }
 }
+
+/// A damaged file, or a folder where SQLite keeps its journal, was refused
+/// with SQLite's bare words ("database disk image is malformed", "disk
+/// I/O error"), which say nothing of what to do.
+#[test]
+fn a_damaged_database_or_a_folder_at_its_journal_says_what_to_do() {
+    let db = TempDb::counters(2000);
+    let plan = db.file("plan.json", &counter_plan("damaged", 100));
+    let whole = db.bytes();
+    let page = db.query_i64("PRAGMA page_size") as usize;
+    assert!(whole.len() > 2 * page, "more than one page");
+    // The first page only: the schema names pages that are gone.
+    std::fs::write(&db.path, &whole[..page]).unwrap();
+    let before = sha256(&db.path);
+    let dbp = path_str(&db.path);
+    let commands = [
+        vec!["run", "--db", dbp, "--plan", path_str(&plan), "--no-serve"],
+        vec!["checkpoint", "list", "--db", dbp],
+    ];
+    for args in commands {
+        let (code, _, err) = run(&args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(
+            err.contains("the file is damaged") && err.contains("restore it from a backup"),
+            "{err}"
+        );
+        assert_eq!(sha256(&db.path), before);
+    }
+    std::fs::write(&db.path, &whole).unwrap();
+    let journal = db.dir.path().join("test.sqlite-journal");
+    std::fs::create_dir(&journal).unwrap();
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("-journal, -wal or -shm beside it") && err.contains("check the disk"),
+        "{err}"
+    );
+    assert_eq!(db.bytes(), whole);
+    std::fs::remove_dir(&journal).unwrap();
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+    assert_eq!(code, 0, "{err}");
+}
