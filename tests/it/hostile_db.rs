@@ -183,3 +183,31 @@ fn a_damaged_database_or_a_folder_at_its_journal_says_what_to_do() {
     );
     assert_eq!(db.bytes(), torn);
 }
+
+/// The commands a refusal gives work as they are printed: they said
+/// `--db FILE`, and an empty `--sql -` was called a plan.
+#[test]
+fn refusals_name_the_file_in_the_commands_they_give() {
+    let db = TempDb::counters(2);
+    let dbp = path_str(&db.path);
+    let (code, _, err) = run(&["undo", "--db", dbp]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(&format!("(`batchsse undo list --db {dbp}` shows them)")),
+        "{err}"
+    );
+    let (code, _, err) = run(&["undo", "--db", dbp, "--run", "nope", "--no-serve"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(&format!(
+            "`batchsse undo list --db {dbp}` shows what is recorded"
+        )),
+        "{err}"
+    );
+    let (code, _, err) = run_with_stdin(&["run", "--db", dbp, "--sql", "-"], Some(" \n"));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("the SQL script on standard input is empty"),
+        "{err}"
+    );
+}
