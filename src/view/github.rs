@@ -147,10 +147,7 @@ impl Github {
         let Some(path) = std::env::var_os("GITHUB_STEP_SUMMARY").filter(|p| !p.is_empty()) else {
             return out;
         };
-        let appended = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(&path)
+        let appended = crate::platform::open_to_append(std::path::Path::new(&path))
             .and_then(|mut file| file.write_all(self.summary(f, line).as_bytes()));
         if let Err(e) = appended {
             out.push(format!(

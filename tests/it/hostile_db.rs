@@ -211,3 +211,35 @@ fn refusals_name_the_file_in_the_commands_they_give() {
         "{err}"
     );
 }
+
+/// A step summary file that is a FIFO no one reads blocked the run at its
+/// end forever, past SIGTERM (its signal only cuts a linger short then).
+#[test]
+fn a_step_summary_fifo_no_one_reads_is_warned_about_not_waited_on() {
+    let db = TempDb::counters(10);
+    let plan = db.file("plan.json", &counter_plan("fifo", 10));
+    let fifo = db.dir.path().join("summary");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    if !made.is_ok_and(|s| s.success()) {
+        eprintln!("skipped: no mkfifo");
+        return;
+    }
+    let args = run_args(
+        &db,
+        path_str(&plan),
+        &["--no-serve", "--progress", "github"],
+    );
+    let mut p = spawn(&args, |c| {
+        c.env("GITHUB_ACTIONS", "true")
+            .env("GITHUB_STEP_SUMMARY", &fifo);
+    });
+    let status = p.wait_for(std::time::Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "{}", p.stderr());
+    assert!(
+        p.stderr()
+            .contains("::warning::cannot append the step summary to"),
+        "{}",
+        p.stderr()
+    );
+    assert_eq!(db.counter_spread(), (10, 0));
+}
