@@ -410,6 +410,7 @@ fn prepare_sql(
     }
     let mut steps = Vec::new();
     for piece in split_statements(text) {
+        refuse_shell_command(origin, text, piece)?;
         let index = steps.len();
         let label = format!("statement {}", index + 1);
         let sql = piece.trim().to_owned();
@@ -451,6 +452,22 @@ fn prepare_sql(
         undo: false,
         script: true,
     })
+}
+
+/// Refuses a piece of script `text` that is a sqlite3 shell command
+/// (`.bail on`, `.timeout 5000`): not SQL, it ran into the next statement
+/// and was reported as a syntax error of both.
+fn refuse_shell_command(origin: &str, text: &str, piece: &str) -> Result<(), UsageError> {
+    let rest = skip_comments(piece);
+    if !rest.starts_with('.') || !rest[1..].starts_with(|c: char| c.is_ascii_alphabetic()) {
+        return Ok(());
+    }
+    let at = piece.as_ptr() as usize - text.as_ptr() as usize + (piece.len() - rest.len());
+    let command = rest.split_whitespace().next().unwrap_or(rest);
+    Err(UsageError::new(format!(
+        "{origin}: line {} is a command of the sqlite3 shell ({command}), not SQL; batchsse runs the SQL statements only, so remove it",
+        text[..at].matches('\n').count() + 1
+    )))
 }
 
 /// Whether a resumed run will skip step `index`: the checkpoint has it

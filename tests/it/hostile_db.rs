@@ -243,3 +243,31 @@ fn a_step_summary_fifo_no_one_reads_is_warned_about_not_waited_on() {
     );
     assert_eq!(db.counter_spread(), (10, 0));
 }
+
+/// A script written for the sqlite3 shell often holds its dot-commands:
+/// `.bail on` ran into the next statement and the two were refused as one
+/// syntax error, quoting both.
+#[test]
+fn a_sqlite3_shell_command_in_a_script_is_named_as_one() {
+    let db = TempDb::counters(3);
+    let script = db.file(
+        "shell.sql",
+        "-- made for sqlite3\nUPDATE t SET counter = 1;\n.timeout 5000\nUPDATE t SET counter = 2;\n",
+    );
+    let before = sha256(&db.path);
+    let (code, _, err) = run(&[
+        "run",
+        "--db",
+        path_str(&db.path),
+        "--sql",
+        path_str(&script),
+        "--no-serve",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("shell.sql: line 3 is a command of the sqlite3 shell (.timeout), not SQL")
+            && err.contains("remove it"),
+        "{err}"
+    );
+    assert_eq!(sha256(&db.path), before);
+}
