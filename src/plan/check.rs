@@ -32,26 +32,49 @@ pub(super) struct Rehearsal {
 }
 
 /// What the check's authorizer refuses to compile, so the plan is refused
-/// before anything runs. The run never enables extensions, so a step or
-/// `expect` calling `load_extension()` would fail when it ran, after
-/// earlier steps had committed (see [`loads_extension`]). A journal mode
-/// that cannot roll a failed or interrupted chunk back would break the
-/// run's promises (see [`UNJOURNALED`]).
-fn denied(ctx: &rusqlite::hooks::AuthContext<'_>) -> bool {
-    use rusqlite::hooks::AuthAction::{Function, Pragma};
+/// before anything runs.
+#[derive(Clone, Debug, PartialEq)]
+enum Denied {
+    /// `load_extension()`: the run never enables extensions, so the step
+    /// or `expect` would fail when it ran, after earlier steps had
+    /// committed (see [`loads_extension`]).
+    Extension,
+    /// A journal mode that cannot roll a failed or interrupted chunk back
+    /// (see [`UNJOURNALED`]).
+    Journal,
+    /// A write to one of batchsse's own tables (see [`Own`]): the
+    /// checkpoint or the undo record, which a step would lose or falsify.
+    Own(String),
+}
+
+/// Whether a table is one of batchsse's own (its checkpoint, its undo
+/// record), as the runner, which makes them, tells.
+pub type Own = fn(&str) -> bool;
+
+fn denied(ctx: &rusqlite::hooks::AuthContext<'_>, is_own: Own) -> Option<Denied> {
+    use rusqlite::hooks::AuthAction::*;
+    let own = |table: &str| is_own(table).then(|| Denied::Own(table.to_owned()));
     match ctx.action {
-        Function { function_name } => function_name.eq_ignore_ascii_case("load_extension"),
+        Function { function_name } => function_name
+            .eq_ignore_ascii_case("load_extension")
+            .then_some(Denied::Extension),
         Pragma {
             pragma_name,
             pragma_value: Some(value),
-        } => {
-            pragma_name.eq_ignore_ascii_case("journal_mode")
-                && ctx.database_name != Some("temp")
-                && ["off", "memory"]
-                    .iter()
-                    .any(|m| value.eq_ignore_ascii_case(m))
-        }
-        _ => false,
+        } => (pragma_name.eq_ignore_ascii_case("journal_mode")
+            && ctx.database_name != Some("temp")
+            && ["off", "memory"]
+                .iter()
+                .any(|m| value.eq_ignore_ascii_case(m)))
+        .then_some(Denied::Journal),
+        Insert { table_name }
+        | Delete { table_name }
+        | Update { table_name, .. }
+        | DropTable { table_name }
+        | AlterTable { table_name, .. }
+        | CreateTrigger { table_name, .. }
+        | CreateTempTrigger { table_name, .. } => own(table_name),
+        _ => None,
     }
 }
 
@@ -64,7 +87,12 @@ struct Seen(
     Columns,
     Setting,
     AfterTempTrigger,
+    LastDenied,
 );
+
+/// What the authorizer last refused (see [`Denied`]): SQLite's refusal
+/// names neither a pragma nor a table.
+type LastDenied = Arc<Mutex<Option<Denied>>>;
 
 /// The last action was the creation of a TEMP trigger. For one on a table
 /// of `main`, SQLite then checks an insert into main's schema table, but
@@ -96,12 +124,24 @@ fn loads_extension(e: &rusqlite::Error) -> bool {
 /// Why a statement calling `load_extension()` is refused.
 const LOADS: &str = "calls load_extension() (itself, or in a trigger or view it uses), which a run cannot do: batchsse never enables SQLite extensions. Remove the call (a function an extension provides is not available to a plan); nothing was run";
 
-/// Whether a statement failed to compile for setting a journal mode the
-/// check's authorizer denies: SQLite's refusal of a pragma has no name in
-/// it, and this is the only other action denied.
-fn unjournaled(e: &rusqlite::Error) -> bool {
-    e.sqlite_error_code() == Some(rusqlite::ErrorCode::AuthorizationForStatementDenied)
-        && !loads_extension(e)
+impl Seen {
+    /// Why a statement that failed to compile with `e` was refused by the
+    /// authorizer, if it was.
+    fn refusal(&self, e: &rusqlite::Error) -> Option<String> {
+        if loads_extension(e) {
+            return Some(LOADS.into());
+        }
+        if e.sqlite_error_code() != Some(rusqlite::ErrorCode::AuthorizationForStatementDenied) {
+            return None;
+        }
+        match self.5.lock().unwrap_or_else(|p| p.into_inner()).take()? {
+            Denied::Extension => Some(LOADS.into()),
+            Denied::Journal => Some(UNJOURNALED.into()),
+            Denied::Own(table) => Some(format!(
+                "writes, drops or alters {table} (itself, or by a trigger it fires), one of batchsse's own tables (the checkpoint and the undo record): the runs' records would be lost or made false, and a plan run again would apply steps twice. Remove that statement or trigger; `batchsse checkpoint clear` and `batchsse undo clear` remove records. Nothing was run"
+            )),
+        }
+    }
 }
 
 /// Why `PRAGMA journal_mode = OFF` or `MEMORY` is refused: with no
@@ -150,11 +190,16 @@ impl Seen {
         self.3.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
-    fn record(&self, ctx: rusqlite::hooks::AuthContext<'_>) -> rusqlite::hooks::Authorization {
+    fn record(
+        &self,
+        ctx: rusqlite::hooks::AuthContext<'_>,
+        own: Own,
+    ) -> rusqlite::hooks::Authorization {
         use rusqlite::hooks::AuthAction::{
             CreateTempTrigger, Delete, Insert, Pragma, Read, Update,
         };
-        if denied(&ctx) {
+        if let Some(why) = denied(&ctx, own) {
+            *self.5.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
             return rusqlite::hooks::Authorization::Deny;
         }
         let after_temp_trigger = std::mem::replace(
@@ -306,7 +351,7 @@ impl Shape {
 }
 
 impl Rehearsal {
-    pub(super) fn new(db: &Connection) -> Result<Self, UsageError> {
+    pub(super) fn new(db: &Connection, own: Own) -> Result<Self, UsageError> {
         let mut conn = Connection::open_in_memory()
             .map_err(|e| UsageError::new(format!("cannot open an in-memory database: {e}")))?;
         // As in the real run (and the sqlite3 shell); constraint errors on
@@ -331,7 +376,7 @@ impl Rehearsal {
         let seen = Seen::default();
         let recorder = seen.clone();
         conn.authorizer(Some(move |ctx: rusqlite::hooks::AuthContext<'_>| {
-            recorder.record(ctx)
+            recorder.record(ctx, own)
         }))
         .map_err(|e| UsageError::new(format!("cannot set up the pre-run check: {e}")))?;
         let mut complete = true;
@@ -406,12 +451,15 @@ impl Rehearsal {
         let stmt = match batch.next() {
             Ok(Some(s)) => s,
             Ok(None) => return Err(bad("has no SQL statement".into())),
-            Err(e) if loads_extension(&e) => return Err(bad(LOADS.into())),
-            Err(e) if unjournaled(&e) => return Err(bad(UNJOURNALED.into())),
-            Err(e) if !self.complete.get() && !sqlite_message(&e).contains("syntax") => {
-                return Ok(()); // the copy may lack what it reads
+            Err(e) => {
+                let msg = sqlite_message(&e);
+                return match self.seen.refusal(&e) {
+                    Some(why) => Err(bad(why)),
+                    // The copy may lack what it reads.
+                    None if !self.complete.get() && !msg.contains("syntax") => Ok(()),
+                    None => Err(bad(format!("is not valid SQL: {msg}"))),
+                };
             }
-            Err(e) => return Err(bad(format!("is not valid SQL: {}", sqlite_message(&e)))),
         };
         if let Some(names) = parameter_names(&stmt) {
             return Err(bad(format!(
@@ -620,10 +668,9 @@ impl Rehearsal {
             Ok(Some(s)) => s,
             Ok(None) => return Err(UsageError::new(format!("{label} has no SQL statement"))),
             Err(e) => {
-                let why = match loads_extension(&e) {
-                    true => LOADS.to_owned(),
-                    false => format!("is not valid SQL for this database: {}", sqlite_message(&e)),
-                };
+                let why = self.seen.refusal(&e).unwrap_or_else(|| {
+                    format!("is not valid SQL for this database: {}", sqlite_message(&e))
+                });
                 return Err(UsageError::new(format!(
                     "{label} {why}\n  in: {}",
                     short(sql.trim(), 200)
@@ -1006,15 +1053,9 @@ impl Rehearsal {
     /// Turns a rehearsal error into a usage error, unless an incomplete
     /// schema copy could explain it.
     fn failure(&self, label: &str, sql: &str, e: &rusqlite::Error) -> Result<bool, UsageError> {
-        if loads_extension(e) {
+        if let Some(why) = self.seen.refusal(e) {
             return Err(UsageError::new(format!(
-                "{label} {LOADS}\n  in: {}",
-                short(sql.trim(), 200)
-            )));
-        }
-        if unjournaled(e) {
-            return Err(UsageError::new(format!(
-                "{label} {UNJOURNALED}\n  in: {}",
+                "{label} {why}\n  in: {}",
                 short(sql.trim(), 200)
             )));
         }

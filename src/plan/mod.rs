@@ -12,6 +12,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::error::UsageError;
+pub use check::Own;
 use check::Rehearsal;
 pub(crate) use check::{OTHER_SCHEMA, parameter_names};
 use split::split_statements;
@@ -255,20 +256,23 @@ impl Source {
 /// Parses and checks a plan against the database it will run on. Nothing is
 /// written to `db`: statements are checked on an in-memory schema copy.
 pub fn prepare(source: &Source, db: &Connection) -> Result<Plan, UsageError> {
-    prepare_resumable(source, db, |_| Finished::new())
+    prepare_resumable(source, db, |_| false, |_| Finished::new())
 }
 
 /// As [`prepare`], for a run that resumes: `finished` gives, by plan name,
 /// the steps an earlier run finished (from the checkpoint). Those are not
 /// rehearsed: they will be skipped, and their effects are already in the
 /// schema, where running them again could fail (`ADD COLUMN` twice). They
-/// are still parsed and checksummed, so an edit is still caught.
+/// are still parsed and checksummed, so an edit is still caught. A step
+/// that writes a table `own` names (batchsse's checkpoint, its undo
+/// record) is refused.
 pub fn prepare_resumable(
     source: &Source,
     db: &Connection,
+    own: Own,
     finished: impl FnOnce(&str) -> Finished,
 ) -> Result<Plan, UsageError> {
-    let rehearsal = Rehearsal::new(db)?;
+    let rehearsal = Rehearsal::new(db, own)?;
     match source {
         Source::Json { name, text } => prepare_json(name, text, &rehearsal, finished),
         Source::Sql { name, text } => prepare_sql(name, text, &rehearsal, finished(name)),

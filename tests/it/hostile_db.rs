@@ -271,3 +271,38 @@ fn a_sqlite3_shell_command_in_a_script_is_named_as_one() {
     );
     assert_eq!(sha256(&db.path), before);
 }
+
+/// A step that dropped or emptied batchsse's checkpoint ran: it wiped the
+/// records of every plan, and the same plan run again applied its first
+/// step a second time.
+#[test]
+fn a_step_that_writes_batchsse_s_own_tables_is_refused_before_anything_runs() {
+    let db = TempDb::counters(10);
+    let first = db.file("first.json", &counter_plan("first", 10));
+    let (code, _, err) = run(&run_args(&db, path_str(&first), &["--no-serve"]));
+    assert_eq!(code, 0, "{err}");
+    let before = sha256(&db.path);
+    for evil in [
+        "DELETE FROM batchsse_checkpoint",
+        "DROP TABLE BatchSSE_Checkpoint",
+        "UPDATE batchsse_checkpoint SET state = 'done'",
+        "ALTER TABLE batchsse_checkpoint RENAME TO kept",
+        "CREATE TRIGGER gone AFTER UPDATE ON t BEGIN DELETE FROM batchsse_checkpoint; END;\nUPDATE t SET counter = counter + 1",
+    ] {
+        let plan = serde_json::json!({
+            "name": "evil",
+            "steps": [{"sql": "UPDATE t SET counter = counter + 1"}, {"sql": evil}]
+        });
+        let plan = db.file("evil.json", &plan.to_string());
+        let (code, out, err) = run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+        assert_eq!(code, 2, "{evil}: {err}");
+        assert!(out.is_empty(), "{out}");
+        assert!(
+            err.contains("step 2")
+                && err.contains("batchsse_checkpoint")
+                && err.contains("one of batchsse's own tables"),
+            "{evil}: {err}"
+        );
+        assert_eq!(sha256(&db.path), before, "{evil} changed the database");
+    }
+}
