@@ -299,8 +299,9 @@ fn clear(args: UndoClearArgs) -> anyhow::Result<ExitCode> {
         .collect();
     if let (Some(id), true) = (&args.run, chosen.is_empty() && reports.is_empty()) {
         return Err(UsageError::new(format!(
-            "no undo record of run {id:?} in {}; `batchsse undo list` shows them",
-            file_name(&args.db)
+            "no undo record of run {id:?} in {}; `batchsse undo list --db {}` shows them",
+            file_name(&args.db),
+            crate::human::shell_word(&args.db.to_string_lossy())
         ))
         .into());
     }
@@ -316,8 +317,9 @@ fn clear(args: UndoClearArgs) -> anyhow::Result<ExitCode> {
         (true, Some(age)) if !runs.is_empty() || !kept.is_empty() => {
             let n = runs.len() + kept.len();
             text += &format!(
-                "no undo record in {db} is older than {age}; {n} run{} kept (`batchsse undo list` shows them)\n",
-                plural(n)
+                "no undo record in {db} is older than {age}; {n} run{} kept (`batchsse undo list --db {}` shows them)\n",
+                plural(n),
+                crate::human::shell_word(&args.db.to_string_lossy())
             );
         }
         (true, _) => text += &format!("no undo record to clear in {db}\n"),

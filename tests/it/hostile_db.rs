@@ -204,6 +204,21 @@ fn refusals_name_the_file_in_the_commands_they_give() {
         )),
         "{err}"
     );
+    let (code, _, err) = run(&["undo", "clear", "--db", dbp, "--run", "nope"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(&format!("`batchsse undo list --db {dbp}` shows them")),
+        "{err}"
+    );
+    let plan = db.file("plan.json", &counter_plan("kept", 2));
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(&["checkpoint", "clear", "--db", dbp, "--plan", "kep"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(&format!("(see `batchsse checkpoint list --db {dbp}`)")),
+        "{err}"
+    );
     let (code, _, err) = run_with_stdin(&["run", "--db", dbp, "--sql", "-"], Some(" \n"));
     assert_eq!(code, 2, "{err}");
     assert!(
