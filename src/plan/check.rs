@@ -88,7 +88,11 @@ struct Seen(
     Setting,
     AfterTempTrigger,
     LastDenied,
+    Attaching,
 );
+
+/// The file the last `ATTACH` compiled names, when it is a literal.
+type Attaching = Arc<Mutex<Option<String>>>;
 
 /// What the authorizer last refused (see [`Denied`]): SQLite's refusal
 /// names neither a pragma nor a table.
@@ -190,6 +194,19 @@ impl Seen {
         self.3.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
+    /// Whether to refuse what `ctx` asks (see [`Denied`]), noting why, and
+    /// the file an `ATTACH` names.
+    fn deny(&self, ctx: &rusqlite::hooks::AuthContext<'_>, own: Own) -> bool {
+        if let rusqlite::hooks::AuthAction::Attach { filename } = ctx.action {
+            *self.6.lock().unwrap_or_else(|p| p.into_inner()) = Some(filename.to_owned());
+        }
+        let Some(why) = denied(ctx, own) else {
+            return false;
+        };
+        *self.5.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+        true
+    }
+
     fn record(
         &self,
         ctx: rusqlite::hooks::AuthContext<'_>,
@@ -198,8 +215,7 @@ impl Seen {
         use rusqlite::hooks::AuthAction::{
             CreateTempTrigger, Delete, Insert, Pragma, Read, Update,
         };
-        if let Some(why) = denied(&ctx, own) {
-            *self.5.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+        if self.deny(&ctx, own) {
             return rusqlite::hooks::Authorization::Deny;
         }
         let after_temp_trigger = std::mem::replace(
@@ -642,6 +658,13 @@ impl Rehearsal {
             // The attached file is not copied, so statements using it are
             // checked when they run.
             self.complete.set(false);
+            let file = self.seen.6.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(file) = file.filter(|f| missing_database(f)) {
+                return Err(UsageError::new(format!(
+                    "{label} attaches {file:?}, which does not exist: batchsse never creates a database, so the step would fail when it ran; fix the path, or make the database first (an empty file is one: `touch {}`)",
+                    crate::human::shell_word(&file)
+                )));
+            }
         }
         Ok(())
     }
@@ -1153,6 +1176,18 @@ fn run_in_rehearsal(conn: &Connection, sql: &str) -> Result<(), Rehearsed> {
             Err(_) => return Err(Rehearsed::Run),
         }
     }
+}
+
+/// Whether `ATTACH` of `file` would fail for want of it, as the run opens
+/// databases without creating them: not an in-memory or temporary one
+/// (`:memory:`, `''`), nor a `file:` URI, whose path this does not read.
+fn missing_database(file: &str) -> bool {
+    let special = file.is_empty()
+        || file == ":memory:"
+        || file
+            .get(..5)
+            .is_some_and(|p| p.eq_ignore_ascii_case("file:"));
+    !special && std::fs::metadata(file).is_err()
 }
 
 /// The rehearsal's bounds stopped a statement: its time, pages or the

@@ -961,9 +961,16 @@ mod tests {
         // Still refused: what no data could fix.
         assert!(prepare(&plan("INSERT INTO n(y) VALUES (1)"), &db).is_err());
         // ATTACH: statements on the attached file are checked when they run.
+        let dir = tempfile::tempdir().unwrap();
+        let other = dir.path().join("other.sqlite");
+        std::fs::write(&other, b"").unwrap();
+        let steps = serde_json::json!({"steps": [
+            {"sql": format!("ATTACH '{}' AS o2", other.display())},
+            {"sql": "INSERT INTO o2.archive SELECT id FROM o"}
+        ]});
         let attach = Source::Json {
             name: "p".into(),
-            text: r#"{"steps":[{"sql":"ATTACH 'other.sqlite' AS o2"},{"sql":"INSERT INTO o2.archive SELECT id FROM o"}]}"#.into(),
+            text: steps.to_string(),
         };
         prepare(&attach, &db).unwrap();
     }

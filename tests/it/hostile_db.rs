@@ -321,3 +321,35 @@ fn a_step_that_writes_batchsse_s_own_tables_is_refused_before_anything_runs() {
         assert_eq!(sha256(&db.path), before, "{evil} changed the database");
     }
 }
+
+/// A step that attaches a database that is not there failed only when it
+/// ran (exit 1, after the steps before it had committed), blaming write
+/// access: the run opens databases without creating them.
+#[test]
+fn attaching_a_database_that_does_not_exist_is_refused_before_anything_runs() {
+    let db = TempDb::counters(3);
+    let other = db.dir.path().join("archive.sqlite");
+    let plan = serde_json::json!({"steps": [
+        {"sql": "UPDATE t SET counter = counter + 1"},
+        {"sql": format!("ATTACH '{}' AS archive", path_str(&other))},
+        {"sql": "CREATE TABLE archive.t AS SELECT * FROM main.t"}
+    ]});
+    let plan = db.file("plan.json", &plan.to_string());
+    let before = sha256(&db.path);
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(&format!(
+            "step 2 (\"ATTACH '{}' AS archive\") attaches",
+            path_str(&other)
+        )) && err.contains("which does not exist")
+            && err.contains("touch "),
+        "{err}"
+    );
+    assert_eq!(sha256(&db.path), before);
+    assert!(!other.exists(), "nothing made");
+    std::fs::write(&other, b"").unwrap();
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+    assert_eq!(code, 0, "an empty file is an empty database: {err}");
+    assert_eq!(db.counter_spread(), (3, 0));
+}
