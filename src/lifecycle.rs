@@ -28,6 +28,7 @@
 
 use std::future::Future;
 use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -47,7 +48,13 @@ pub struct Lifecycle {
     rt: tokio::runtime::Runtime,
     parts: Parts,
     phase: Arc<Mutex<Phase>>,
+    leftover: Leftover,
 }
+
+/// A folder of the process's own (the demo's temporary one) that an exit
+/// at a signal removes, as its owner's drop would have: that exit skips
+/// every drop, and the demo's folder can hold gigabytes.
+type Leftover = Arc<Mutex<Option<PathBuf>>>;
 
 /// What the run's async part gets from the lifecycle.
 #[derive(Clone)]
@@ -74,9 +81,14 @@ impl Lifecycle {
         let log = Arc::new(EventLog::new());
         let cancel = Arc::new(Cancel::default());
         let phase = Arc::new(Mutex::new(Phase::Checking));
+        let leftover = Leftover::default();
         let signals = {
             let _in_rt = rt.enter();
-            listen_for_signals(cancel.clone(), log.clone(), phase.clone())
+            let quit = Quit {
+                phase: phase.clone(),
+                leftover: leftover.clone(),
+            };
+            listen_for_signals(cancel.clone(), log.clone(), quit)
         };
         Ok(Lifecycle {
             rt,
@@ -87,7 +99,14 @@ impl Lifecycle {
                 signals,
             },
             phase,
+            leftover,
         })
+    }
+
+    /// Removes `dir` if a signal ends the process at once (during the
+    /// check, or at a second Ctrl-C).
+    pub fn remove_on_quit(&self, dir: &Path) {
+        *self.leftover.lock().unwrap_or_else(|p| p.into_inner()) = Some(dir.to_owned());
     }
 
     /// Phases 2–7: from now a signal cancels the run rather than exiting.
@@ -116,14 +135,33 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 /// (nothing has been written). During the run the first cancels it (the
 /// current chunk rolls back) and a second exits at once (no transaction is
 /// ever committed). On Unix the handlers are installed before this returns.
-fn listen_for_signals(
-    cancel: Arc<Cancel>,
-    log: Arc<EventLog>,
-    phase: Arc<Mutex<Phase>>,
-) -> watch::Receiver<u32> {
+fn listen_for_signals(cancel: Arc<Cancel>, log: Arc<EventLog>, quit: Quit) -> watch::Receiver<u32> {
     let (tx, rx) = watch::channel(0u32);
-    on_each_signal(move || on_signal(&tx, &cancel, &log, &phase));
+    on_each_signal(move || on_signal(&tx, &cancel, &log, &quit));
     rx
+}
+
+/// What a signal that ends the process at once needs: the phase, and
+/// what to remove first.
+struct Quit {
+    phase: Arc<Mutex<Phase>>,
+    leftover: Leftover,
+}
+
+impl Quit {
+    /// Says `line` (the bars cleared) and exits, removing the leftover
+    /// folder first.
+    fn now(&self, line: &str) -> ! {
+        let dir = self
+            .leftover
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(dir) = dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        crate::error::exit_with_line(line, exit::INTERRUPTED)
+    }
 }
 
 /// For a process that only serves a run (`relay`): counts Ctrl-C and
@@ -149,15 +187,12 @@ fn on_each_signal(mut f: impl FnMut() + Send + 'static) {
     });
 }
 
-fn on_signal(tx: &watch::Sender<u32>, cancel: &Cancel, log: &EventLog, phase: &Mutex<Phase>) {
+fn on_signal(tx: &watch::Sender<u32>, cancel: &Cancel, log: &EventLog, quit: &Quit) {
     {
-        let phase = phase.lock().unwrap_or_else(|p| p.into_inner());
+        let phase = quit.phase.lock().unwrap_or_else(|p| p.into_inner());
         if *phase == Phase::Checking {
             // Exits holding the lock, so the run never starts.
-            crate::error::exit_with_line(
-                "batchsse: interrupted during the pre-run check; nothing was written",
-                exit::INTERRUPTED,
-            );
+            quit.now("batchsse: interrupted during the pre-run check; nothing was written");
         }
     }
     let n = *tx.borrow() + 1;
@@ -171,10 +206,7 @@ fn on_signal(tx: &watch::Sender<u32>, cancel: &Cancel, log: &EventLog, phase: &M
         );
         cancel.cancel();
     } else {
-        crate::error::exit_with_line(
-            "batchsse: quitting now; the open transaction is rolled back by SQLite",
-            exit::INTERRUPTED,
-        );
+        quit.now("batchsse: quitting now; the open transaction is rolled back by SQLite");
     }
 }
 

@@ -9,6 +9,7 @@
 //! | What stops a run ([`StopSignals`]) | Ctrl-C (SIGINT), SIGTERM, SIGHUP (unless ignored, as under `nohup`) | the same | Ctrl-C, Ctrl-Break |
 //! | Whether SQLite may make its journal beside the file ([`may_create_in`]) | `access(W_OK)` | `access(W_OK)` | cannot tell (found at the first write) |
 //! | A database's path from SQLite's bytes ([`path_from_bytes`]) | any bytes | any bytes | UTF-8 |
+//! | Appending to a file named by the environment ([`open_to_append`]) | a FIFO no one reads is refused at once (`O_NONBLOCK`) | the same | opened as asked |
 //! | Open files a server may hold ([`raise_open_file_limit`]) | soft limit raised to the hard one | the same (macOS: at most 10,240 if the hard one is refused) | no such limit on sockets |
 //!
 //! Where the system cannot tell who else has the file open, the run does
@@ -193,6 +194,17 @@ pub fn may_create_in(dir: &Path) -> Option<bool> {
         let _ = dir;
         None
     }
+}
+
+/// Opens `path` to append to it, made if missing, without waiting: on
+/// Unix a FIFO no one reads fails at once (ENXIO) instead of blocking the
+/// process, past Ctrl-C, until someone does.
+pub fn open_to_append(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.append(true).create(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
+    options.open(path)
 }
 
 /// Lifts the soft limit of open files to the hard one, as a server needs:

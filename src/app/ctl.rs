@@ -59,12 +59,12 @@ pub fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
             target.authority
         ))
     })?;
-    if args.json {
-        println!("{v}");
-    } else {
-        println!("batchsse: {}", one_line(&args.action, &v));
-    }
-    Ok(ExitCode::SUCCESS)
+    // The command was taken: a reader gone (`| head -0`) changes nothing.
+    let line = match args.json {
+        true => format!("{v}\n"),
+        false => format!("batchsse: {}\n", one_line(&args.action, &v)),
+    };
+    super::docs::print(crate::error::terminal_safe(&line).as_bytes())
 }
 
 /// The statuses a batchsse run (or relay) refuses a command with at

@@ -73,6 +73,12 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         ))
         .into());
     }
+    // From here a signal exits 130 and takes the temporary folder with it:
+    // killed mid-way, a large shop would stay behind in it.
+    let lifecycle = Lifecycle::start()?;
+    if args.keep.is_none() {
+        lifecycle.remove_on_quit(&dir);
+    }
     create_sample_db(&db, args.rows)?;
     as_if_idle(&db)?;
     if args.keep.is_some() {
@@ -96,7 +102,6 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         name: "plan.json".into(),
         text: PLAN.into(),
     };
-    let lifecycle = Lifecycle::start()?;
     let mut session = app::open(RunConfig {
         db: db.clone(),
         source,

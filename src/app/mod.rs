@@ -77,7 +77,8 @@ pub fn open(config: RunConfig) -> Result<Session, UsageError> {
     } = config;
     let conn = runner::open_db(&db, busy_timeout)?;
     let resuming = opts.checkpoint && !force;
-    let plan = plan::prepare_resumable(&source, &conn, |name| {
+    let own = |table: &str| runner::undo::store::is_own(table.as_bytes());
+    let plan = plan::prepare_resumable(&source, &conn, own, |name| {
         if resuming {
             runner::checkpoint::finished_steps(&conn, name)
         } else {

@@ -77,8 +77,10 @@ fn open(c: UndoConfig) -> Result<Session, UsageError> {
             .map_err(|e| UsageError::new(sqlite_message(&e)))?;
         if let Some(why) = damage {
             return Err(UsageError::new(format!(
-                "the undo record of run {run} in {} is damaged ({why}); it was altered since the run wrote it, and taking it back would leave rows out or put wrong values back. Nothing was taken back: put the table batchsse_undo back from a copy of the file, or remove the record with `batchsse undo clear --db FILE --run {run}`",
-                file_name(&c.db)
+                "the undo record of run {run} in {} is damaged ({why}); it was altered since the run wrote it, and taking it back would leave rows out or put wrong values back. Nothing was taken back: put the table batchsse_undo back from a copy of the file, or remove the record with `batchsse undo clear --db {} --run {}`",
+                file_name(&c.db),
+                crate::human::shell_word(&c.db.to_string_lossy()),
+                crate::human::shell_word(run)
             )));
         }
     }
@@ -215,13 +217,17 @@ fn nothing_recorded(conn: &Connection, c: &UndoConfig) -> UsageError {
     plans.sort();
     plans.dedup();
     let db = file_name(&c.db);
+    let list = format!(
+        "`batchsse undo list --db {}`",
+        crate::human::shell_word(&c.db.to_string_lossy())
+    );
     UsageError::new(if plans.is_empty() {
         format!(
-            "no undo record of {what} in {db}: it was never recorded (only runs made with --undo, or \"undo\": true, can be taken back), or it has been taken back already; `batchsse undo list --db FILE` shows what is recorded"
+            "no undo record of {what} in {db}: it was never recorded (only runs made with --undo, or \"undo\": true, can be taken back), or it has been taken back already; {list} shows what is recorded"
         )
     } else {
         format!(
-            "no undo record of {what} in {db}; recorded plans: {} (`batchsse undo list --db FILE` shows their runs)",
+            "no undo record of {what} in {db}; recorded plans: {} ({list} shows their runs)",
             plans.join(", ")
         )
     })
@@ -293,8 +299,9 @@ fn clear(args: UndoClearArgs) -> anyhow::Result<ExitCode> {
         .collect();
     if let (Some(id), true) = (&args.run, chosen.is_empty() && reports.is_empty()) {
         return Err(UsageError::new(format!(
-            "no undo record of run {id:?} in {}; `batchsse undo list` shows them",
-            file_name(&args.db)
+            "no undo record of run {id:?} in {}; `batchsse undo list --db {}` shows them",
+            file_name(&args.db),
+            crate::human::shell_word(&args.db.to_string_lossy())
         ))
         .into());
     }
@@ -310,8 +317,9 @@ fn clear(args: UndoClearArgs) -> anyhow::Result<ExitCode> {
         (true, Some(age)) if !runs.is_empty() || !kept.is_empty() => {
             let n = runs.len() + kept.len();
             text += &format!(
-                "no undo record in {db} is older than {age}; {n} run{} kept (`batchsse undo list` shows them)\n",
-                plural(n)
+                "no undo record in {db} is older than {age}; {n} run{} kept (`batchsse undo list --db {}` shows them)\n",
+                plural(n),
+                crate::human::shell_word(&args.db.to_string_lossy())
             );
         }
         (true, _) => text += &format!("no undo record to clear in {db}\n"),

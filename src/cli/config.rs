@@ -145,9 +145,15 @@ impl UndoConfig {
             (Some(r), _) => Ok(r.clone()),
             (None, Some(p)) => Err(p.clone()),
             (None, None) => {
-                return Err(UsageError::new(
-                    "say what to take back: --run RUN_ID or --plan NAME (`batchsse undo list --db FILE` shows them)",
-                ));
+                return Err(UsageError::new(format!(
+                    "say what to take back: --run RUN_ID or --plan NAME (`batchsse undo list --db {}` shows them)",
+                    crate::human::shell_word(
+                        &a.db
+                            .as_deref()
+                            .unwrap_or(Path::new("FILE"))
+                            .to_string_lossy()
+                    )
+                )));
             }
         };
         Ok(UndoConfig {
@@ -191,9 +197,9 @@ fn read_source(args: &RunArgs) -> Result<Source, UsageError> {
             UsageError::new(format!("cannot read the {what} on standard input: {why}"))
         })?;
         if text.trim().is_empty() {
-            return Err(UsageError::new(
-                "the plan on standard input is empty; pipe a plan in, or pass a file path",
-            ));
+            return Err(UsageError::new(format!(
+                "the {what} on standard input is empty; pipe one in, or pass a file path"
+            )));
         }
         // Named by content, so the same plan piped in again resumes.
         (format!("stdin-{}", plan::short_digest(&text)), text)

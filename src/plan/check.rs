@@ -31,6 +31,53 @@ pub(super) struct Rehearsal {
     seen: Seen,
 }
 
+/// What the check's authorizer refuses to compile, so the plan is refused
+/// before anything runs.
+#[derive(Clone, Debug, PartialEq)]
+enum Denied {
+    /// `load_extension()`: the run never enables extensions, so the step
+    /// or `expect` would fail when it ran, after earlier steps had
+    /// committed (see [`loads_extension`]).
+    Extension,
+    /// A journal mode that cannot roll a failed or interrupted chunk back
+    /// (see [`UNJOURNALED`]).
+    Journal,
+    /// A write to one of batchsse's own tables (see [`Own`]): the
+    /// checkpoint or the undo record, which a step would lose or falsify.
+    Own(String),
+}
+
+/// Whether a table is one of batchsse's own (its checkpoint, its undo
+/// record), as the runner, which makes them, tells.
+pub type Own = fn(&str) -> bool;
+
+fn denied(ctx: &rusqlite::hooks::AuthContext<'_>, is_own: Own) -> Option<Denied> {
+    use rusqlite::hooks::AuthAction::*;
+    let own = |table: &str| is_own(table).then(|| Denied::Own(table.to_owned()));
+    match ctx.action {
+        Function { function_name } => function_name
+            .eq_ignore_ascii_case("load_extension")
+            .then_some(Denied::Extension),
+        Pragma {
+            pragma_name,
+            pragma_value: Some(value),
+        } => (pragma_name.eq_ignore_ascii_case("journal_mode")
+            && ctx.database_name != Some("temp")
+            && ["off", "memory"]
+                .iter()
+                .any(|m| value.eq_ignore_ascii_case(m)))
+        .then_some(Denied::Journal),
+        Insert { table_name }
+        | Delete { table_name }
+        | Update { table_name, .. }
+        | DropTable { table_name }
+        | AlterTable { table_name, .. }
+        | CreateTrigger { table_name, .. }
+        | CreateTempTrigger { table_name, .. } => own(table_name),
+        _ => None,
+    }
+}
+
 /// Column reads and writes seen by the authorizer while a statement
 /// compiled, triggers' included, in the main schema.
 #[derive(Clone, Default)]
@@ -40,7 +87,16 @@ struct Seen(
     Columns,
     Setting,
     AfterTempTrigger,
+    LastDenied,
+    Attaching,
 );
+
+/// The file the last `ATTACH` compiled names, when it is a literal.
+type Attaching = Arc<Mutex<Option<String>>>;
+
+/// What the authorizer last refused (see [`Denied`]): SQLite's refusal
+/// names neither a pragma nor a table.
+type LastDenied = Arc<Mutex<Option<Denied>>>;
 
 /// The last action was the creation of a TEMP trigger. For one on a table
 /// of `main`, SQLite then checks an insert into main's schema table, but
@@ -71,6 +127,33 @@ fn loads_extension(e: &rusqlite::Error) -> bool {
 
 /// Why a statement calling `load_extension()` is refused.
 const LOADS: &str = "calls load_extension() (itself, or in a trigger or view it uses), which a run cannot do: batchsse never enables SQLite extensions. Remove the call (a function an extension provides is not available to a plan); nothing was run";
+
+impl Seen {
+    /// Why a statement that failed to compile with `e` was refused by the
+    /// authorizer, if it was.
+    fn refusal(&self, e: &rusqlite::Error) -> Option<String> {
+        if loads_extension(e) {
+            return Some(LOADS.into());
+        }
+        if e.sqlite_error_code() != Some(rusqlite::ErrorCode::AuthorizationForStatementDenied) {
+            return None;
+        }
+        match self.5.lock().unwrap_or_else(|p| p.into_inner()).take()? {
+            Denied::Extension => Some(LOADS.into()),
+            Denied::Journal => Some(UNJOURNALED.into()),
+            Denied::Own(table) => Some(format!(
+                "writes, drops or alters {table} (itself, or by a trigger it fires), one of batchsse's own tables (the checkpoint and the undo record): the runs' records would be lost or made false, and a plan run again would apply steps twice. Remove that statement or trigger; `batchsse checkpoint clear` and `batchsse undo clear` remove records. Nothing was run"
+            )),
+        }
+    }
+}
+
+/// Why `PRAGMA journal_mode = OFF` or `MEMORY` is refused: with no
+/// journal SQLite cannot roll back a chunk that fails or is interrupted
+/// (it keeps part of it, uncheckpointed, and a resumed run applies that
+/// part again), and with one in memory a crash mid-chunk may corrupt the
+/// file.
+const UNJOURNALED: &str = "sets PRAGMA journal_mode to OFF or MEMORY, under which SQLite cannot roll back a step or chunk that fails or is interrupted (part of its changes would stay, and a resumed run would apply them again), nor survive a crash mid-transaction; remove it (DELETE, TRUNCATE, PERSIST and WAL are fine); nothing was run";
 
 /// The schema table of `main`, as the authorizer names it.
 const MAIN_SCHEMA_TABLE: &str = "sqlite_master";
@@ -111,16 +194,28 @@ impl Seen {
         self.3.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
-    fn record(&self, ctx: rusqlite::hooks::AuthContext<'_>) -> rusqlite::hooks::Authorization {
-        use rusqlite::hooks::AuthAction::{
-            CreateTempTrigger, Delete, Function, Insert, Pragma, Read, Update,
+    /// Whether to refuse what `ctx` asks (see [`Denied`]), noting why, and
+    /// the file an `ATTACH` names.
+    fn deny(&self, ctx: &rusqlite::hooks::AuthContext<'_>, own: Own) -> bool {
+        if let rusqlite::hooks::AuthAction::Attach { filename } = ctx.action {
+            *self.6.lock().unwrap_or_else(|p| p.into_inner()) = Some(filename.to_owned());
+        }
+        let Some(why) = denied(ctx, own) else {
+            return false;
         };
-        // The run never enables extensions, so a step or `expect` calling
-        // `load_extension()` would fail when it ran, after earlier steps had
-        // committed: denied, it does not compile (see [`loads_extension`]).
-        if let Function { function_name } = ctx.action
-            && function_name.eq_ignore_ascii_case("load_extension")
-        {
+        *self.5.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+        true
+    }
+
+    fn record(
+        &self,
+        ctx: rusqlite::hooks::AuthContext<'_>,
+        own: Own,
+    ) -> rusqlite::hooks::Authorization {
+        use rusqlite::hooks::AuthAction::{
+            CreateTempTrigger, Delete, Insert, Pragma, Read, Update,
+        };
+        if self.deny(&ctx, own) {
             return rusqlite::hooks::Authorization::Deny;
         }
         let after_temp_trigger = std::mem::replace(
@@ -272,7 +367,7 @@ impl Shape {
 }
 
 impl Rehearsal {
-    pub(super) fn new(db: &Connection) -> Result<Self, UsageError> {
+    pub(super) fn new(db: &Connection, own: Own) -> Result<Self, UsageError> {
         let mut conn = Connection::open_in_memory()
             .map_err(|e| UsageError::new(format!("cannot open an in-memory database: {e}")))?;
         // As in the real run (and the sqlite3 shell); constraint errors on
@@ -297,7 +392,7 @@ impl Rehearsal {
         let seen = Seen::default();
         let recorder = seen.clone();
         conn.authorizer(Some(move |ctx: rusqlite::hooks::AuthContext<'_>| {
-            recorder.record(ctx)
+            recorder.record(ctx, own)
         }))
         .map_err(|e| UsageError::new(format!("cannot set up the pre-run check: {e}")))?;
         let mut complete = true;
@@ -372,11 +467,15 @@ impl Rehearsal {
         let stmt = match batch.next() {
             Ok(Some(s)) => s,
             Ok(None) => return Err(bad("has no SQL statement".into())),
-            Err(e) if loads_extension(&e) => return Err(bad(LOADS.into())),
-            Err(e) if !self.complete.get() && !sqlite_message(&e).contains("syntax") => {
-                return Ok(()); // the copy may lack what it reads
+            Err(e) => {
+                let msg = sqlite_message(&e);
+                return match self.seen.refusal(&e) {
+                    Some(why) => Err(bad(why)),
+                    // The copy may lack what it reads.
+                    None if !self.complete.get() && !msg.contains("syntax") => Ok(()),
+                    None => Err(bad(format!("is not valid SQL: {msg}"))),
+                };
             }
-            Err(e) => return Err(bad(format!("is not valid SQL: {}", sqlite_message(&e)))),
         };
         if let Some(names) = parameter_names(&stmt) {
             return Err(bad(format!(
@@ -559,6 +658,13 @@ impl Rehearsal {
             // The attached file is not copied, so statements using it are
             // checked when they run.
             self.complete.set(false);
+            let file = self.seen.6.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(file) = file.filter(|f| missing_database(f)) {
+                return Err(UsageError::new(format!(
+                    "{label} attaches {file:?}, which does not exist: batchsse never creates a database, so the step would fail when it ran; fix the path, or make the database first (an empty file is one: `touch {}`)",
+                    crate::human::shell_word(&file)
+                )));
+            }
         }
         Ok(())
     }
@@ -585,10 +691,9 @@ impl Rehearsal {
             Ok(Some(s)) => s,
             Ok(None) => return Err(UsageError::new(format!("{label} has no SQL statement"))),
             Err(e) => {
-                let why = match loads_extension(&e) {
-                    true => LOADS.to_owned(),
-                    false => format!("is not valid SQL for this database: {}", sqlite_message(&e)),
-                };
+                let why = self.seen.refusal(&e).unwrap_or_else(|| {
+                    format!("is not valid SQL for this database: {}", sqlite_message(&e))
+                });
                 return Err(UsageError::new(format!(
                     "{label} {why}\n  in: {}",
                     short(sql.trim(), 200)
@@ -971,9 +1076,9 @@ impl Rehearsal {
     /// Turns a rehearsal error into a usage error, unless an incomplete
     /// schema copy could explain it.
     fn failure(&self, label: &str, sql: &str, e: &rusqlite::Error) -> Result<bool, UsageError> {
-        if loads_extension(e) {
+        if let Some(why) = self.seen.refusal(e) {
             return Err(UsageError::new(format!(
-                "{label} {LOADS}\n  in: {}",
+                "{label} {why}\n  in: {}",
                 short(sql.trim(), 200)
             )));
         }
@@ -1071,6 +1176,18 @@ fn run_in_rehearsal(conn: &Connection, sql: &str) -> Result<(), Rehearsed> {
             Err(_) => return Err(Rehearsed::Run),
         }
     }
+}
+
+/// Whether `ATTACH` of `file` would fail for want of it, as the run opens
+/// databases without creating them: not an in-memory or temporary one
+/// (`:memory:`, `''`), nor a `file:` URI, whose path this does not read.
+fn missing_database(file: &str) -> bool {
+    let special = file.is_empty()
+        || file == ":memory:"
+        || file
+            .get(..5)
+            .is_some_and(|p| p.eq_ignore_ascii_case("file:"));
+    !special && std::fs::metadata(file).is_err()
 }
 
 /// The rehearsal's bounds stopped a statement: its time, pages or the

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::error::UsageError;
+pub use check::Own;
 use check::Rehearsal;
 pub(crate) use check::{OTHER_SCHEMA, parameter_names};
 use split::split_statements;
@@ -255,20 +256,23 @@ impl Source {
 /// Parses and checks a plan against the database it will run on. Nothing is
 /// written to `db`: statements are checked on an in-memory schema copy.
 pub fn prepare(source: &Source, db: &Connection) -> Result<Plan, UsageError> {
-    prepare_resumable(source, db, |_| Finished::new())
+    prepare_resumable(source, db, |_| false, |_| Finished::new())
 }
 
 /// As [`prepare`], for a run that resumes: `finished` gives, by plan name,
 /// the steps an earlier run finished (from the checkpoint). Those are not
 /// rehearsed: they will be skipped, and their effects are already in the
 /// schema, where running them again could fail (`ADD COLUMN` twice). They
-/// are still parsed and checksummed, so an edit is still caught.
+/// are still parsed and checksummed, so an edit is still caught. A step
+/// that writes a table `own` names (batchsse's checkpoint, its undo
+/// record) is refused.
 pub fn prepare_resumable(
     source: &Source,
     db: &Connection,
+    own: Own,
     finished: impl FnOnce(&str) -> Finished,
 ) -> Result<Plan, UsageError> {
-    let rehearsal = Rehearsal::new(db)?;
+    let rehearsal = Rehearsal::new(db, own)?;
     match source {
         Source::Json { name, text } => prepare_json(name, text, &rehearsal, finished),
         Source::Sql { name, text } => prepare_sql(name, text, &rehearsal, finished(name)),
@@ -410,6 +414,7 @@ fn prepare_sql(
     }
     let mut steps = Vec::new();
     for piece in split_statements(text) {
+        refuse_shell_command(origin, text, piece)?;
         let index = steps.len();
         let label = format!("statement {}", index + 1);
         let sql = piece.trim().to_owned();
@@ -451,6 +456,22 @@ fn prepare_sql(
         undo: false,
         script: true,
     })
+}
+
+/// Refuses a piece of script `text` that is a sqlite3 shell command
+/// (`.bail on`, `.timeout 5000`): not SQL, it ran into the next statement
+/// and was reported as a syntax error of both.
+fn refuse_shell_command(origin: &str, text: &str, piece: &str) -> Result<(), UsageError> {
+    let rest = skip_comments(piece);
+    if !rest.starts_with('.') || !rest[1..].starts_with(|c: char| c.is_ascii_alphabetic()) {
+        return Ok(());
+    }
+    let at = piece.as_ptr() as usize - text.as_ptr() as usize + (piece.len() - rest.len());
+    let command = rest.split_whitespace().next().unwrap_or(rest);
+    Err(UsageError::new(format!(
+        "{origin}: line {} is a command of the sqlite3 shell ({command}), not SQL; batchsse runs the SQL statements only, so remove it",
+        text[..at].matches('\n').count() + 1
+    )))
 }
 
 /// Whether a resumed run will skip step `index`: the checkpoint has it
@@ -658,6 +679,14 @@ pub fn db_open_message(e: &rusqlite::Error) -> String {
         Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
             "the database is locked by another process; wait for it or raise --busy-timeout".into()
         }
+        Some(rusqlite::ErrorCode::DatabaseCorrupt) => format!(
+            "the file is damaged ({}); restore it from a backup (in the sqlite3 shell, `PRAGMA integrity_check` says where it is damaged and `.recover` saves what can be read)",
+            sqlite_message(e)
+        ),
+        Some(rusqlite::ErrorCode::SystemIoFailure) => format!(
+            "SQLite could not read or write the file, or the -journal, -wal or -shm beside it ({}); check the disk, and that those beside it are files (or absent)",
+            sqlite_message(e)
+        ),
         _ => format!("cannot read the database schema: {}", sqlite_message(e)),
     }
 }
@@ -932,9 +961,16 @@ mod tests {
         // Still refused: what no data could fix.
         assert!(prepare(&plan("INSERT INTO n(y) VALUES (1)"), &db).is_err());
         // ATTACH: statements on the attached file are checked when they run.
+        let dir = tempfile::tempdir().unwrap();
+        let other = dir.path().join("other.sqlite");
+        std::fs::write(&other, b"").unwrap();
+        let steps = serde_json::json!({"steps": [
+            {"sql": format!("ATTACH '{}' AS o2", other.display())},
+            {"sql": "INSERT INTO o2.archive SELECT id FROM o"}
+        ]});
         let attach = Source::Json {
             name: "p".into(),
-            text: r#"{"steps":[{"sql":"ATTACH 'other.sqlite' AS o2"},{"sql":"INSERT INTO o2.archive SELECT id FROM o"}]}"#.into(),
+            text: steps.to_string(),
         };
         prepare(&attach, &db).unwrap();
     }

@@ -169,9 +169,13 @@ impl Resume {
         })?;
         if rows.iter().any(|(_, row)| row.checksum == UNDOING) {
             return Err(UsageError::new(format!(
-                "an undo of plan {:?} is under way: it stopped after taking back part of what the plan applied, so the checkpoint no longer says what is applied. Finish it with `batchsse undo --db FILE --plan {}` (or start over with `batchsse checkpoint clear`), then run the plan again",
+                "an undo of plan {:?} is under way: it stopped after taking back part of what the plan applied, so the checkpoint no longer says what is applied. Finish it with `batchsse undo --db {db} --plan {name}` (or start over with `batchsse checkpoint clear --db {db} --plan {name}`), then run the plan again",
                 plan.name,
-                crate::human::shell_word(&plan.name)
+                db = crate::human::shell_word(
+                    &super::db::file_of(conn)
+                        .map_or("FILE".into(), |p| p.to_string_lossy().into_owned())
+                ),
+                name = crate::human::shell_word(&plan.name)
             )));
         }
         for (index, row) in &rows {

@@ -279,6 +279,12 @@ pub(super) fn run_time_message(conn: &Connection, e: &rusqlite::Error) -> String
                 sqlite_message(e)
             );
         }
+        Some(rusqlite::ErrorCode::DatabaseCorrupt) => {
+            return format!(
+                "{}: the file is damaged; restore it from a backup (in the sqlite3 shell, `PRAGMA integrity_check` says where it is damaged and `.recover` saves what can be read)",
+                sqlite_message(e)
+            );
+        }
         // The file is open already: what cannot be opened now is the
         // journal SQLite makes beside it.
         Some(rusqlite::ErrorCode::ReadOnly | rusqlite::ErrorCode::CannotOpen) => {

@@ -103,7 +103,7 @@ pub fn clear(conn: &Connection, which: Which) -> Result<Cleared, UsageError> {
     if let Which::Plan(name) = which {
         plans.retain(|(p, _)| p == name);
         if plans.is_empty() {
-            return Err(no_such_plan(name, &known));
+            return Err(no_such_plan(conn, name, &known));
         }
     }
     let removed: usize = plans.iter().map(|(_, n)| n).sum();
@@ -150,7 +150,7 @@ fn clear_undo(conn: &Connection, plans: &[(String, usize)]) -> rusqlite::Result<
     Ok(runs)
 }
 
-fn no_such_plan(name: &str, known: &[(String, usize)]) -> UsageError {
+fn no_such_plan(conn: &Connection, name: &str, known: &[(String, usize)]) -> UsageError {
     let names: Vec<String> = known.iter().map(|(p, _)| format!("{p:?}")).collect();
     UsageError::new(if names.is_empty() {
         format!(
@@ -158,8 +158,12 @@ fn no_such_plan(name: &str, known: &[(String, usize)]) -> UsageError {
         )
     } else {
         format!(
-            "no checkpoint recorded for plan {name:?}; recorded plans: {} (see `batchsse checkpoint list`); nothing was removed",
-            names.join(", ")
+            "no checkpoint recorded for plan {name:?}; recorded plans: {} (see `batchsse checkpoint list --db {}`); nothing was removed",
+            names.join(", "),
+            crate::human::shell_word(
+                &super::db::file_of(conn)
+                    .map_or("FILE".into(), |p| p.to_string_lossy().into_owned())
+            )
         )
     })
 }

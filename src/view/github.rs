@@ -75,10 +75,8 @@ fn append_summary(md: &str) -> Option<String> {
 /// it is set; a warning annotation naming `what` to print if it cannot.
 fn append_to(var: &str, what: &str, text: &str) -> Option<String> {
     let path = std::env::var_os(var).filter(|p| !p.is_empty())?;
-    let appended = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(&path)
+    // Without waiting: a FIFO no one reads must not hold the run for ever.
+    let appended = crate::platform::open_to_append(std::path::Path::new(&path))
         .and_then(|mut file| file.write_all(text.as_bytes()));
     let e = appended.err()?;
     Some(format!(

@@ -12,6 +12,7 @@ mod fuzz;
 mod govern;
 mod hangs;
 mod hostile;
+mod hostile_db;
 mod operate;
 mod ops;
 mod pace;

@@ -677,9 +677,9 @@ fn housekeeping_after_an_undo_and_a_clear_by_age_says_what_is_there() {
     assert_eq!(code, 2, "{err}");
     assert!(
         err.contains("no undo record of plan \"bak\" in ")
-            && err.contains(
-                "; recorded plans: \"back\" (`batchsse undo list --db FILE` shows their runs)"
-            ),
+            && err.contains(&format!(
+                "; recorded plans: \"back\" (`batchsse undo list --db {dbp}` shows their runs)"
+            )),
         "{err}"
     );
     assert_eq!(db.bytes(), bytes, "database untouched");

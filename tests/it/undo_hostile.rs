@@ -42,10 +42,8 @@ fn a_record_altered_by_hand_is_refused_before_anything_is_taken_back() {
         let (code, err) = stopped_undo(&db, "bump");
         assert_eq!(code, 2, "{tamper}: {err}");
         assert!(err.contains("damaged"), "{tamper}: {err}");
-        assert!(
-            err.contains("batchsse undo clear --db FILE --run"),
-            "{tamper}: {err}"
-        );
+        let clear = format!("batchsse undo clear --db {} --run", path_str(&db.path));
+        assert!(err.contains(&clear), "{tamper}: {err}");
     }
 }
 
@@ -123,7 +121,8 @@ fn a_part_with_one_flipped_bit_is_refused_before_anything_is_taken_back() {
                 && err.contains("does not match the checksum"),
             "bit {bit}: {err}"
         );
-        assert!(err.contains("batchsse undo clear --db FILE --run"), "{err}");
+        let clear = format!("batchsse undo clear --db {} --run", path_str(&db.path));
+        assert!(err.contains(&clear), "{err}");
     }
 }
 
@@ -729,6 +728,13 @@ fn a_plan_whose_undo_stopped_part_way_is_not_run_until_the_undo_ends() {
     let (code, _, err) = run(&args);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("undo of plan \"bump\" is under way"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "`batchsse undo --db {0} --plan bump` (or start over with `batchsse checkpoint clear --db {0} --plan bump`)",
+            path_str(&db.path)
+        )),
+        "commands that work: {err}"
+    );
     assert_eq!(sha256(&db.path), before, "nothing written");
     let (code, _, err) = run(&undo);
     assert_eq!(code, 0, "{err}");

@@ -112,6 +112,10 @@ fn clearing_every_record_during_a_recorded_run_does_not_break_the_run() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("is damaged"), "{err}");
     assert!(
+        err.contains(&format!("`batchsse undo clear --db {file} --run ")),
+        "a command that works: {err}"
+    );
+    assert!(
         err.contains("part(s) are gone") && err.contains("while the run was still recording"),
         "what most likely happened: {err}"
     );

@@ -1,0 +1,355 @@
+//! A hostile user's databases and plans: what SQLite lets a plan do that
+//! would break the run's promises, and files that are not what they seem.
+
+use crate::util::*;
+
+/// With no rollback journal SQLite cannot undo a failed step: a run whose
+/// plan turned it off kept most of a failed `UPDATE` while saying it rolled
+/// back, and a resumed chunk would be applied twice.
+#[test]
+fn a_plan_that_turns_the_rollback_journal_off_is_refused_before_anything_runs() {
+    let db = TempDb::with_sql(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, counter INTEGER NOT NULL DEFAULT 0, pad BLOB);
+         INSERT INTO t(id, pad) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < 20000)
+           SELECT i, zeroblob(500) FROM s;
+         CREATE TRIGGER late BEFORE UPDATE ON t WHEN new.id = 19999
+           BEGIN SELECT RAISE(ABORT, 'stop late'); END;",
+    );
+    let before = sha256(&db.path);
+    for pragma in [
+        "PRAGMA journal_mode = OFF;",
+        "pragma main.JOURNAL_MODE('Memory');",
+    ] {
+        let script = db.file(
+            "off.sql",
+            &format!("{pragma}\nPRAGMA cache_size = 5;\nUPDATE t SET counter = counter + 1;\n"),
+        );
+        let (code, out, err) = run(&[
+            "run",
+            "--db",
+            path_str(&db.path),
+            "--sql",
+            path_str(&script),
+            "--no-serve",
+        ]);
+        assert_eq!(code, 2, "{pragma}: {err}");
+        assert!(out.is_empty(), "{out}");
+        assert!(
+            err.contains("statement 1")
+                && err.contains("journal_mode to OFF or MEMORY")
+                && err.contains("remove it"),
+            "{err}"
+        );
+        assert_eq!(sha256(&db.path), before, "{pragma} changed the database");
+    }
+    // Reading the mode, or choosing one that rolls back, still runs.
+    let plan = db.file(
+        "wal.json",
+        r#"{"steps":[{"sql":"PRAGMA journal_mode = WAL"},{"sql":"PRAGMA journal_mode"},{"sql":"UPDATE t SET counter = 1 WHERE id < 10"}]}"#,
+    );
+    let (code, _, err) = run(&[
+        "run",
+        "--db",
+        path_str(&db.path),
+        "--plan",
+        path_str(&plan),
+        "--no-serve",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 9);
+}
+
+/// `ctl` piped to a reader that is gone (`| head -0`, `| true`) panicked
+/// (exit 101) after the run had taken its command.
+#[test]
+fn ctl_whose_reader_is_gone_says_its_command_was_taken_with_exit_0() {
+    const TOKEN: &str = "c0ntrol-gone";
+    let db = TempDb::counters(100);
+    let plan = db.file("plan.json", &counter_plan("gone", 1));
+    let p = serving(
+        &db,
+        path_str(&plan),
+        &[
+            "--batch-size",
+            "1",
+            "--sleep",
+            "1000",
+            "--control-token",
+            TOKEN,
+        ],
+    );
+    let base = format!("http://{}/", p.addr());
+    for (action, paused) in [(&["pause"][..], true), (&["resume", "--json"], false)] {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let out = std::process::Command::new(BIN)
+            .args(["ctl", &base])
+            .args(action)
+            .args(["--control-token", TOKEN])
+            .stdout(writer)
+            .output()
+            .expect("run ctl");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{action:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        wait_status(p.addr(), |s| s["paused"] == paused);
+    }
+}
+
+/// Ctrl-C or SIGTERM while the demo fills its shop killed the process
+/// before anything could delete the temporary folder: a large shop (GBs
+/// at `--rows 100000000`) stayed behind in the system's temp folder.
+#[test]
+fn a_demo_stopped_while_it_fills_its_shop_leaves_no_folder_behind() {
+    for sig in ["INT", "TERM"] {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut p = spawn(
+            &["demo", "--rows", "100000000", "--listen", "127.0.0.1:0"],
+            |c| {
+                c.env("TMPDIR", tmp.path());
+            },
+        );
+        let filling = || {
+            std::fs::read_dir(tmp.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|d| d.path().join("shop.sqlite").exists())
+        };
+        let start = std::time::Instant::now();
+        while !filling() {
+            assert!(
+                start.elapsed() < PATIENCE,
+                "no shop.sqlite in the temp folder"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        p.signal(sig);
+        let status = p.wait();
+        assert_eq!(status.code(), Some(130), "SIG{sig}: {}", p.stderr());
+        let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().flatten().collect();
+        assert!(left.is_empty(), "SIG{sig} left {left:?}");
+    }
+}
+
+/// A damaged file, or a folder where SQLite keeps its journal, was refused
+/// with SQLite's bare words ("database disk image is malformed", "disk
+/// I/O error"), which say nothing of what to do.
+#[test]
+fn a_damaged_database_or_a_folder_at_its_journal_says_what_to_do() {
+    let db = TempDb::counters(2000);
+    let plan = db.file("plan.json", &counter_plan("damaged", 100));
+    let whole = db.bytes();
+    let page = db.query_i64("PRAGMA page_size") as usize;
+    assert!(whole.len() > 2 * page, "more than one page");
+    // The first page only: the schema names pages that are gone.
+    std::fs::write(&db.path, &whole[..page]).unwrap();
+    let before = sha256(&db.path);
+    let dbp = path_str(&db.path);
+    let commands = [
+        vec!["run", "--db", dbp, "--plan", path_str(&plan), "--no-serve"],
+        vec!["checkpoint", "list", "--db", dbp],
+    ];
+    for args in commands {
+        let (code, _, err) = run(&args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(
+            err.contains("the file is damaged") && err.contains("restore it from a backup"),
+            "{err}"
+        );
+        assert_eq!(sha256(&db.path), before);
+    }
+    std::fs::write(&db.path, &whole).unwrap();
+    let journal = db.dir.path().join("test.sqlite-journal");
+    std::fs::create_dir(&journal).unwrap();
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("-journal, -wal or -shm beside it") && err.contains("check the disk"),
+        "{err}"
+    );
+    assert_eq!(db.bytes(), whole);
+    std::fs::remove_dir(&journal).unwrap();
+    // A damaged page of the table, met only once the step reads it.
+    let mut torn = whole.clone();
+    let at = torn.len() - page;
+    torn[at..].fill(0xff);
+    std::fs::write(&db.path, &torn).unwrap();
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("the file is damaged; restore it from a backup"),
+        "{err}"
+    );
+    assert_eq!(db.bytes(), torn);
+}
+
+/// The commands a refusal gives work as they are printed: they said
+/// `--db FILE`, and an empty `--sql -` was called a plan.
+#[test]
+fn refusals_name_the_file_in_the_commands_they_give() {
+    let db = TempDb::counters(2);
+    let dbp = path_str(&db.path);
+    let (code, _, err) = run(&["undo", "--db", dbp]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(&format!("(`batchsse undo list --db {dbp}` shows them)")),
+        "{err}"
+    );
+    let (code, _, err) = run(&["undo", "--db", dbp, "--run", "nope", "--no-serve"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(&format!(
+            "`batchsse undo list --db {dbp}` shows what is recorded"
+        )),
+        "{err}"
+    );
+    let (code, _, err) = run(&["undo", "clear", "--db", dbp, "--run", "nope"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(&format!("`batchsse undo list --db {dbp}` shows them")),
+        "{err}"
+    );
+    let plan = db.file("plan.json", &counter_plan("kept", 2));
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(&["checkpoint", "clear", "--db", dbp, "--plan", "kep"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(&format!("(see `batchsse checkpoint list --db {dbp}`)")),
+        "{err}"
+    );
+    let (code, _, err) = run_with_stdin(&["run", "--db", dbp, "--sql", "-"], Some(" \n"));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("the SQL script on standard input is empty"),
+        "{err}"
+    );
+}
+
+/// A step summary file that is a FIFO no one reads blocked the run at its
+/// end forever, past SIGTERM (its signal only cuts a linger short then).
+#[test]
+fn a_step_summary_fifo_no_one_reads_is_warned_about_not_waited_on() {
+    let db = TempDb::counters(10);
+    let plan = db.file("plan.json", &counter_plan("fifo", 10));
+    let fifo = db.dir.path().join("summary");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    if !made.is_ok_and(|s| s.success()) {
+        eprintln!("skipped: no mkfifo");
+        return;
+    }
+    let args = run_args(
+        &db,
+        path_str(&plan),
+        &["--no-serve", "--progress", "github"],
+    );
+    let mut p = spawn(&args, |c| {
+        c.env("GITHUB_ACTIONS", "true")
+            .env("GITHUB_STEP_SUMMARY", &fifo);
+    });
+    let status = p.wait_for(std::time::Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "{}", p.stderr());
+    assert!(
+        p.stderr()
+            .contains("::warning::cannot append the step summary to"),
+        "{}",
+        p.stderr()
+    );
+    assert_eq!(db.counter_spread(), (10, 0));
+}
+
+/// A script written for the sqlite3 shell often holds its dot-commands:
+/// `.bail on` ran into the next statement and the two were refused as one
+/// syntax error, quoting both.
+#[test]
+fn a_sqlite3_shell_command_in_a_script_is_named_as_one() {
+    let db = TempDb::counters(3);
+    let script = db.file(
+        "shell.sql",
+        "-- made for sqlite3\nUPDATE t SET counter = 1;\n.timeout 5000\nUPDATE t SET counter = 2;\n",
+    );
+    let before = sha256(&db.path);
+    let (code, _, err) = run(&[
+        "run",
+        "--db",
+        path_str(&db.path),
+        "--sql",
+        path_str(&script),
+        "--no-serve",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("shell.sql: line 3 is a command of the sqlite3 shell (.timeout), not SQL")
+            && err.contains("remove it"),
+        "{err}"
+    );
+    assert_eq!(sha256(&db.path), before);
+}
+
+/// A step that dropped or emptied batchsse's checkpoint ran: it wiped the
+/// records of every plan, and the same plan run again applied its first
+/// step a second time.
+#[test]
+fn a_step_that_writes_batchsse_s_own_tables_is_refused_before_anything_runs() {
+    let db = TempDb::counters(10);
+    let first = db.file("first.json", &counter_plan("first", 10));
+    let (code, _, err) = run(&run_args(&db, path_str(&first), &["--no-serve"]));
+    assert_eq!(code, 0, "{err}");
+    let before = sha256(&db.path);
+    for evil in [
+        "DELETE FROM batchsse_checkpoint",
+        "DROP TABLE BatchSSE_Checkpoint",
+        "UPDATE batchsse_checkpoint SET state = 'done'",
+        "ALTER TABLE batchsse_checkpoint RENAME TO kept",
+        "CREATE TRIGGER gone AFTER UPDATE ON t BEGIN DELETE FROM batchsse_checkpoint; END;\nUPDATE t SET counter = counter + 1",
+    ] {
+        let plan = serde_json::json!({
+            "name": "evil",
+            "steps": [{"sql": "UPDATE t SET counter = counter + 1"}, {"sql": evil}]
+        });
+        let plan = db.file("evil.json", &plan.to_string());
+        let (code, out, err) = run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+        assert_eq!(code, 2, "{evil}: {err}");
+        assert!(out.is_empty(), "{out}");
+        assert!(
+            err.contains("step 2")
+                && err.contains("batchsse_checkpoint")
+                && err.contains("one of batchsse's own tables"),
+            "{evil}: {err}"
+        );
+        assert_eq!(sha256(&db.path), before, "{evil} changed the database");
+    }
+}
+
+/// A step that attaches a database that is not there failed only when it
+/// ran (exit 1, after the steps before it had committed), blaming write
+/// access: the run opens databases without creating them.
+#[test]
+fn attaching_a_database_that_does_not_exist_is_refused_before_anything_runs() {
+    let db = TempDb::counters(3);
+    let other = db.dir.path().join("archive.sqlite");
+    let plan = serde_json::json!({"steps": [
+        {"sql": "UPDATE t SET counter = counter + 1"},
+        {"sql": format!("ATTACH '{}' AS archive", path_str(&other))},
+        {"sql": "CREATE TABLE archive.t AS SELECT * FROM main.t"}
+    ]});
+    let plan = db.file("plan.json", &plan.to_string());
+    let before = sha256(&db.path);
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(&format!(
+            "step 2 (\"ATTACH '{}' AS archive\") attaches",
+            path_str(&other)
+        )) && err.contains("which does not exist")
+            && err.contains("touch "),
+        "{err}"
+    );
+    assert_eq!(sha256(&db.path), before);
+    assert!(!other.exists(), "nothing made");
+    std::fs::write(&other, b"").unwrap();
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+    assert_eq!(code, 0, "an empty file is an empty database: {err}");
+    assert_eq!(db.counter_spread(), (3, 0));
+}
