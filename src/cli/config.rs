@@ -356,8 +356,14 @@ fn check_pace(pace: &PaceArgs) -> Result<(), UsageError> {
     if let Some(r) = pace.nice_ratio
         && !NICE_RATIO.contains(&r)
     {
+        // 1e308 as written, not as its 309 digits.
+        let got = if r.abs() >= 1e6 {
+            format!("{r:e}")
+        } else {
+            r.to_string()
+        };
         return Err(UsageError::new(format!(
-            "--nice-ratio takes 0 to 100 (0: never yield; 1: yield as long as each chunk took); got {r}"
+            "--nice-ratio takes 0 to 100 (0: never yield; 1: yield as long as each chunk took); got {got}"
         )));
     }
     Ok(())

@@ -58,9 +58,15 @@ pub fn object_kind(conn: &Connection, name: &str) -> rusqlite::Result<Option<Str
 fn open(path: &Path, busy_timeout: Duration, write: bool) -> Result<Connection, UsageError> {
     let shown = path.display();
     match std::fs::metadata(path) {
-        Err(_) => {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(UsageError::new(format!(
                 "no such database: {shown} (batchsse never creates one; check the path)"
+            )));
+        }
+        // A symbolic link loop, a folder on the way that may not be read.
+        Err(e) => {
+            return Err(UsageError::new(format!(
+                "cannot reach the database {shown} ({e}); check the path and its folders' permissions"
             )));
         }
         Ok(m) if !m.is_file() => {

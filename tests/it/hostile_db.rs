@@ -353,3 +353,30 @@ fn attaching_a_database_that_does_not_exist_is_refused_before_anything_runs() {
     assert_eq!(code, 0, "an empty file is an empty database: {err}");
     assert_eq!(db.counter_spread(), (3, 0));
 }
+
+/// A `--db` that is a loop of symbolic links is said as what it is, not
+/// as a missing file; a huge `--nice-ratio` is shown as written, not as
+/// 309 digits.
+#[test]
+fn a_link_loop_and_a_huge_nice_ratio_are_said_plainly() {
+    let db = TempDb::counters(10);
+    let plan = db.file("plan.json", &counter_plan("plainly", 5));
+    let (a, b) = (db.dir.path().join("a"), db.dir.path().join("b"));
+    std::os::unix::fs::symlink(&b, &a).unwrap();
+    std::os::unix::fs::symlink(&a, &b).unwrap();
+    let (code, _, err) = run(&run_args(&a, path_str(&plan), &["--no-serve"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(!err.contains("no such database"), "{err}");
+    assert!(err.contains("cannot reach the database"), "{err}");
+    assert!(err.to_lowercase().contains("symbolic links"), "{err}");
+    let before = sha256(&db.path);
+    let (code, _, err) = run(&run_args(
+        &db,
+        path_str(&plan),
+        &["--no-serve", "--nice-ratio", "1e308"],
+    ));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("got 1e308"), "{err}");
+    assert!(err.len() < 200, "{err}");
+    assert_eq!(sha256(&db.path), before);
+}
