@@ -450,8 +450,25 @@ sys.stdin.read()
             return;
         };
         look_ahead(&path);
+        // On a loaded machine the look itself may take a while: had it not
+        // ended before the child opens the file, it would see the child.
+        let began = Instant::now();
+        while !AHEAD
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_none_or(|(_, look)| look.is_finished())
+        {
+            assert!(
+                began.elapsed() < Duration::from_secs(10),
+                "the look never ended"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let taken = Instant::now();
-        std::thread::sleep(Duration::from_millis(600));
+        // Old enough that a first look a second after now would come too
+        // late, young enough to stay fresh while the child opens the file.
+        std::thread::sleep(Duration::from_millis(450));
         let mut stdin = child.stdin.take().expect("stdin");
         std::io::Write::write_all(&mut stdin, b"open\n").expect("told");
         let mut line = String::new();
