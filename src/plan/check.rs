@@ -42,10 +42,25 @@ enum Denied {
     /// A journal mode that cannot roll a failed or interrupted chunk back
     /// (see [`UNJOURNALED`]).
     Journal,
+    /// `PRAGMA query_only` on: every later write of the run would fail,
+    /// the checkpoint's too (see [`READ_ONLY`]).
+    QueryOnly,
     /// A write to one of batchsse's own tables (see [`Own`]): the
     /// checkpoint or the undo record, which a step would lose or falsify.
     Own(String),
 }
+
+/// Whether a boolean pragma's value turns it on, as SQLite reads it.
+fn truthy(value: &str) -> bool {
+    let v = value.trim();
+    ["on", "yes", "true"]
+        .iter()
+        .any(|t| v.eq_ignore_ascii_case(t))
+        || v.parse::<i64>().is_ok_and(|n| n != 0)
+}
+
+/// Why `PRAGMA query_only = ON` is refused.
+const READ_ONLY: &str = "sets PRAGMA query_only, which makes every write after it fail, the run's own checkpoint of this step included: the step would fail, and the steps after it could not run. Remove it (a step that only reads needs no such pragma); nothing was run";
 
 /// Whether a table is one of batchsse's own (its checkpoint, its undo
 /// record), as the runner, which makes them, tells.
@@ -58,6 +73,12 @@ fn denied(ctx: &rusqlite::hooks::AuthContext<'_>, is_own: Own) -> Option<Denied>
         Function { function_name } => function_name
             .eq_ignore_ascii_case("load_extension")
             .then_some(Denied::Extension),
+        Pragma {
+            pragma_name,
+            pragma_value: Some(value),
+        } if pragma_name.eq_ignore_ascii_case("query_only") => {
+            truthy(value).then_some(Denied::QueryOnly)
+        }
         Pragma {
             pragma_name,
             pragma_value: Some(value),
@@ -141,6 +162,7 @@ impl Seen {
         match self.5.lock().unwrap_or_else(|p| p.into_inner()).take()? {
             Denied::Extension => Some(LOADS.into()),
             Denied::Journal => Some(UNJOURNALED.into()),
+            Denied::QueryOnly => Some(READ_ONLY.into()),
             Denied::Own(table) => Some(format!(
                 "writes, drops or alters {table} (itself, or by a trigger it fires), one of batchsse's own tables (the checkpoint and the undo record): the runs' records would be lost or made false, and a plan run again would apply steps twice. Remove that statement or trigger; `batchsse checkpoint clear` and `batchsse undo clear` remove records. Nothing was run"
             )),

@@ -55,27 +55,27 @@ pub fn object_kind(conn: &Connection, name: &str) -> rusqlite::Result<Option<Str
     .optional()
 }
 
-fn open(path: &Path, busy_timeout: Duration, write: bool) -> Result<Connection, UsageError> {
+/// Refuses a `--db` that is missing, cannot be reached, or is no file.
+fn is_a_file(path: &Path) -> Result<(), UsageError> {
     let shown = path.display();
     match std::fs::metadata(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(UsageError::new(format!(
-                "no such database: {shown} (batchsse never creates one; check the path)"
-            )));
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(UsageError::new(format!(
+            "no such database: {shown} (batchsse never creates one; check the path)"
+        ))),
         // A symbolic link loop, a folder on the way that may not be read.
-        Err(e) => {
-            return Err(UsageError::new(format!(
-                "cannot reach the database {shown} ({e}); check the path and its folders' permissions"
-            )));
-        }
-        Ok(m) if !m.is_file() => {
-            return Err(UsageError::new(format!(
-                "{shown} is not a file; --db takes a SQLite database file"
-            )));
-        }
-        Ok(_) => {}
+        Err(e) => Err(UsageError::new(format!(
+            "cannot reach the database {shown} ({e}); check the path and its folders' permissions"
+        ))),
+        Ok(m) if !m.is_file() => Err(UsageError::new(format!(
+            "{shown} is not a file; --db takes a SQLite database file"
+        ))),
+        Ok(_) => Ok(()),
     }
+}
+
+fn open(path: &Path, busy_timeout: Duration, write: bool) -> Result<Connection, UsageError> {
+    let shown = path.display();
+    is_a_file(path)?;
     let access = if write {
         OpenFlags::SQLITE_OPEN_READ_WRITE
     } else {

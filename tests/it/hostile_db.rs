@@ -380,3 +380,54 @@ fn a_link_loop_and_a_huge_nice_ratio_are_said_plainly() {
     assert!(err.len() < 200, "{err}");
     assert_eq!(sha256(&db.path), before);
 }
+
+/// A step that turns `query_only` on made itself fail, at its own
+/// checkpoint, with a hint about the file's permissions; it is refused
+/// before anything runs. Turning it off, or reading it, still runs.
+#[test]
+fn a_step_that_turns_query_only_on_is_refused_before_anything_runs() {
+    let db = TempDb::counters(20);
+    let before = sha256(&db.path);
+    for (i, pragma) in [
+        "PRAGMA query_only = 1;",
+        "pragma main.QUERY_ONLY('On');",
+        "PRAGMA query_only = yes;",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let script = db.file(
+            &format!("on{i}.sql"),
+            &format!("{pragma}\nUPDATE t SET counter = counter + 1;\n"),
+        );
+        let (code, _, err) = run(&[
+            "run",
+            "--db",
+            path_str(&db.path),
+            "--sql",
+            path_str(&script),
+            "--no-serve",
+        ]);
+        assert_eq!(code, 2, "{pragma}: {err}");
+        assert!(
+            err.contains("statement 1") && err.contains("sets PRAGMA query_only"),
+            "{err}"
+        );
+        assert!(!err.contains("write access"), "{err}");
+        assert_eq!(sha256(&db.path), before, "{pragma} changed the database");
+    }
+    let script = db.file(
+        "off.sql",
+        "PRAGMA query_only = 0;\nPRAGMA query_only;\nUPDATE t SET counter = counter + 1;\n",
+    );
+    let (code, _, err) = run(&[
+        "run",
+        "--db",
+        path_str(&db.path),
+        "--sql",
+        path_str(&script),
+        "--no-serve",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 20);
+}
