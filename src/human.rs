@@ -37,6 +37,12 @@ pub fn duration(ms: u64) -> String {
     }
 }
 
+/// A path as one word for a shell command a message names (see
+/// [`shell_word`]).
+pub fn shell_path(p: &std::path::Path) -> String {
+    shell_word(&p.to_string_lossy())
+}
+
 /// `s` as one shell word, quoted only if it must be.
 pub fn shell_word(s: &str) -> String {
     let plain = !s.is_empty()

@@ -134,8 +134,8 @@ fn go_on(opts: &mut runner::Options, kept: Option<&std::path::PathBuf>) {
         Some(dir) => {
             opts.go_on = Some(format!(
                 "batchsse run --db {} --plan {}",
-                crate::human::shell_word(&dir.join("shop.sqlite").to_string_lossy()),
-                crate::human::shell_word(&dir.join("plan.json").to_string_lossy())
+                crate::human::shell_path(&dir.join("shop.sqlite")),
+                crate::human::shell_path(&dir.join("plan.json"))
             ));
         }
         None => opts.checkpoint = false,

@@ -79,7 +79,7 @@ fn open(c: UndoConfig) -> Result<Session, UsageError> {
             return Err(UsageError::new(format!(
                 "the undo record of run {run} in {} is damaged ({why}); it was altered since the run wrote it, and taking it back would leave rows out or put wrong values back. Nothing was taken back: put the table batchsse_undo back from a copy of the file, or remove the record with `batchsse undo clear --db {} --run {}`",
                 file_name(&c.db),
-                crate::human::shell_word(&c.db.to_string_lossy()),
+                crate::human::shell_path(&c.db),
                 crate::human::shell_word(run)
             )));
         }
@@ -147,7 +147,7 @@ fn refuse_renumbered(
             "the rowids of {} were numbered anew since run {run} was recorded ({by}), and the record finds {} rows by rowid, so taking it back would put old values into other rows. Nothing was taken back, and this record can no longer be taken back safely: remove it with `batchsse undo clear --db {} --run {}`. To keep this from happening, take runs back before vacuuming or copying the file, or give such tables an INTEGER PRIMARY KEY",
             tables.join(", "),
             if one { "its" } else { "their" },
-            crate::human::shell_word(&db.to_string_lossy()),
+            crate::human::shell_path(db),
             crate::human::shell_word(run)
         )));
     }
@@ -219,7 +219,7 @@ fn nothing_recorded(conn: &Connection, c: &UndoConfig) -> UsageError {
     let db = file_name(&c.db);
     let list = format!(
         "`batchsse undo list --db {}`",
-        crate::human::shell_word(&c.db.to_string_lossy())
+        crate::human::shell_path(&c.db)
     );
     UsageError::new(if plans.is_empty() {
         format!(
@@ -301,7 +301,7 @@ fn clear(args: UndoClearArgs) -> anyhow::Result<ExitCode> {
         return Err(UsageError::new(format!(
             "no undo record of run {id:?} in {}; `batchsse undo list --db {}` shows them",
             file_name(&args.db),
-            crate::human::shell_word(&args.db.to_string_lossy())
+            crate::human::shell_path(&args.db)
         ))
         .into());
     }
@@ -319,7 +319,7 @@ fn clear(args: UndoClearArgs) -> anyhow::Result<ExitCode> {
             text += &format!(
                 "no undo record in {db} is older than {age}; {n} run{} kept (`batchsse undo list --db {}` shows them)\n",
                 plural(n),
-                crate::human::shell_word(&args.db.to_string_lossy())
+                crate::human::shell_path(&args.db)
             );
         }
         (true, _) => text += &format!("no undo record to clear in {db}\n"),
