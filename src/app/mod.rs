@@ -100,6 +100,7 @@ pub fn open(config: RunConfig) -> Result<Session, UsageError> {
     } else {
         Resume::none()
     };
+    runner::refuse_escaping_chunks(&conn, &plan, &resume)?;
     if (opts.undo || plan.undo) && !opts.dry_run {
         runner::undo::refuse_unrecorded_part(&conn, &plan, &resume)?;
     } else if !opts.dry_run {

@@ -5,13 +5,15 @@
 //! `mod.rs` runs the plan step by step; `chunk` walks a chunked step;
 //! `tx` is the transaction guard; `checkpoint` records what is done, in
 //! the same transaction as the work; `housekeeping` lists and clears it
-//! for `batchsse checkpoint`; `db` opens the file; `expect` checks what a
+//! for `batchsse checkpoint`; `db` opens the file; `escape` refuses a
+//! chunked step that changes rows outside its chunk; `expect` checks what a
 //! step expects; `heartbeat` says a long plain step still runs; `undo`
 //! records a run (`--undo`) and takes it back.
 
 pub mod checkpoint;
 mod chunk;
 mod db;
+mod escape;
 mod expect;
 mod governor;
 mod heartbeat;
@@ -32,6 +34,7 @@ use checkpoint::Checkpoint;
 pub use checkpoint::Resume;
 use db::run_time_message;
 pub use db::{open_db, open_db_to_read};
+pub use escape::refuse_escaping_chunks;
 use governor::Governor;
 pub use governor::{Brakes, Pace, check_throttle_query};
 use heartbeat::Heartbeat;

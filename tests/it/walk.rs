@@ -833,3 +833,78 @@ fn a_stopped_walk_of_a_full_text_table_resumes_after_a_vacuum() {
         3
     );
 }
+
+#[test]
+fn a_chunked_step_that_changes_rows_outside_its_chunk_is_refused_up_front() {
+    // `OR` binds looser than the range: without the check, row 7 gets
+    // `+ 1` from each of the four chunks and the run says it finished.
+    for (sql, changed, flags) in [
+        (
+            "UPDATE t SET counter = counter + 1 WHERE id BETWEEN :lo AND :hi OR id = 7",
+            "changed 1 row, and it would change it again",
+            "",
+        ),
+        (
+            "UPDATE t SET counter = counter + 1 WHERE id >= :lo AND id <= :hi OR counter = 0",
+            "changed 20 rows, and it would change them again",
+            "--dry-run",
+        ),
+        (
+            "DELETE FROM t WHERE id BETWEEN :lo AND :hi OR id > 15",
+            "changed 5 rows",
+            "--undo",
+        ),
+        (
+            // A running total of each chunk's rows, kept in another table:
+            // with an empty chunk it still writes its row.
+            "INSERT INTO stats(k, n) SELECT 'rows', count(*) FROM t WHERE id BETWEEN :lo AND :hi ON CONFLICT(k) DO UPDATE SET n = n + excluded.n",
+            "changed 1 row",
+            "",
+        ),
+    ] {
+        let db = TempDb::counters(20);
+        db.conn()
+            .execute_batch("CREATE TABLE stats(k TEXT PRIMARY KEY, n INT)")
+            .unwrap();
+        let plan = json!({"name": "bump", "steps": [
+            {"name": "first", "sql": "UPDATE t SET counter = 1"},
+            {"name": "escapes", "sql": sql, "chunk": {"table": "t", "size": 5}},
+        ]});
+        let before = db.bytes();
+        let mut args = words("--no-serve --progress plain");
+        args.extend(words(flags));
+        let (code, _, err) = run_plan(&db, &plan, &args);
+        assert_eq!(code, 2, "{sql} {flags}: {err}");
+        assert!(
+            err.contains("step 2 (\"escapes\") changes rows outside its chunk")
+                && err.contains(changed)
+                && err.contains("WHERE rowid BETWEEN :lo AND :hi AND (…)")
+                && err.contains("HAVING count(*) > 0"),
+            "{sql}: says why and the way out: {err}"
+        );
+        assert_eq!(db.bytes(), before, "{sql}: database untouched");
+    }
+}
+
+#[test]
+fn a_chunked_step_that_changes_nothing_for_an_empty_chunk_still_runs() {
+    // The running total that writes only for a chunk with rows, and a step
+    // on a table an earlier step makes (the check cannot try it, the run
+    // does).
+    let db = TempDb::counters(20);
+    db.conn()
+        .execute_batch("CREATE TABLE stats(k TEXT PRIMARY KEY, n INT)")
+        .unwrap();
+    let plan = json!({"name": "sum", "steps": [
+        {"sql": "INSERT INTO stats(k, n) SELECT 'rows', count(*) FROM t WHERE id BETWEEN :lo AND :hi HAVING count(*) > 0 ON CONFLICT(k) DO UPDATE SET n = n + excluded.n",
+         "chunk": {"table": "t", "size": 3}},
+        {"sql": "CREATE TABLE u(id INTEGER PRIMARY KEY, counter INT)"},
+        {"sql": "INSERT INTO u SELECT id, counter FROM t"},
+        {"sql": "UPDATE u SET counter = counter + 1 WHERE id BETWEEN :lo AND :hi",
+         "chunk": {"table": "u", "size": 3}},
+    ]});
+    let (code, _, err) = run_plan(&db, &plan, &words("--no-serve --progress plain"));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(db.query_i64("SELECT n FROM stats WHERE k = 'rows'"), 20);
+    assert_eq!(db.query_i64("SELECT sum(counter) FROM u"), 20);
+}
