@@ -22,10 +22,54 @@ use crate::events::{
 pub struct Entry {
     pub id: u64,
     pub event: Event,
-    /// The JSON payload (with `ts_ms`), exactly as sent in SSE `data`.
-    pub data: String,
     /// The whole SSE frame.
     pub frame: Bytes,
+    payload: Payload,
+}
+
+/// Where an entry's payload is. A run's own events are one line of JSON,
+/// which the frame holds whole as its one `data:` line, so the log keeps
+/// them once (a plan of 100,000 statements logs 200,000 `step` events,
+/// which the log never drops).
+#[derive(Debug)]
+enum Payload {
+    /// The frame's bytes from here to its closing blank line.
+    InFrame(usize),
+    /// A payload of several lines (a relay's copy of something published),
+    /// which the frame splits into `data:` lines.
+    Own(Box<str>),
+}
+
+impl Entry {
+    fn new(id: u64, event: Event, data: String, frame: Bytes) -> Entry {
+        // The frame ends with the payload's one line, then "\n\n".
+        let start = frame.len().saturating_sub(data.len() + 2);
+        let payload = if !data.contains(['\r', '\n'])
+            && frame.get(start..frame.len() - 2) == Some(data.as_bytes())
+        {
+            Payload::InFrame(start)
+        } else {
+            Payload::Own(data.into_boxed_str())
+        };
+        Entry {
+            id,
+            event,
+            frame,
+            payload,
+        }
+    }
+
+    /// The JSON payload (with `ts_ms`), exactly as sent in SSE `data`.
+    pub fn data(&self) -> &str {
+        match &self.payload {
+            Payload::InFrame(start) => {
+                let end = self.frame.len().saturating_sub(2);
+                std::str::from_utf8(self.frame.get(*start..end).unwrap_or_default())
+                    .unwrap_or_default()
+            }
+            Payload::Own(data) => data,
+        }
+    }
 }
 
 /// What `/status` reports, kept current as events are appended.
@@ -263,12 +307,9 @@ impl EventLog {
             Event::Start(s) => inner.run_id = Some(s.run_id.clone()),
             _ => {}
         }
-        inner.entries.push(Arc::new(Entry {
-            id,
-            event,
-            data,
-            frame,
-        }));
+        inner
+            .entries
+            .push(Arc::new(Entry::new(id, event, data, frame)));
         if inner.entries.len() >= inner.next_compaction {
             compact(&mut inner, self.limits);
         }
@@ -962,7 +1003,7 @@ mod tests {
         let bytes: usize = all
             .iter()
             .map(|e| {
-                std::mem::size_of::<Entry>() + e.frame.len() + e.data.len() + 2 * 64 // names, allocator slack
+                std::mem::size_of::<Entry>() + e.frame.len() + 2 * 64 // names, allocator slack
             })
             .sum();
         assert!(log.last_id() > 120_000);
@@ -1040,7 +1081,7 @@ mod tests {
         let copy = EventLog::new();
         // The copy starts late: from id 2, as a relay resuming would.
         for e in run.after(1) {
-            assert!(copy.push_published(e.id, e.event.clone(), e.data.clone()));
+            assert!(copy.push_published(e.id, e.event.clone(), e.data().to_owned()));
         }
         let frames = |log: &EventLog, from| -> Vec<Bytes> {
             log.after(from).iter().map(|e| e.frame.clone()).collect()
@@ -1048,7 +1089,7 @@ mod tests {
         assert_eq!(frames(&copy, 0), frames(&run, 1));
         assert_eq!(copy.finished_id(), Some(4));
         let again = run.after(2)[0].clone();
-        assert!(!copy.push_published(again.id, again.event.clone(), again.data.clone()));
+        assert!(!copy.push_published(again.id, again.event.clone(), again.data().to_owned()));
         assert!(
             !copy.push_published(9, msg(9), "{}".into()),
             "after finished"
@@ -1057,6 +1098,29 @@ mod tests {
         assert!(gap.push_published(5, msg(5), "{}".into()));
         assert!(!gap.push_published(5, msg(5), "{}".into()), "same id twice");
         assert_eq!(gap.push(msg(6)), Some(6), "ids go on from the copy's");
+    }
+
+    #[test]
+    fn a_payload_is_kept_once_in_its_frame_unless_it_spans_lines() {
+        let log = EventLog::new();
+        log.push(msg(0));
+        let own = log.after(0)[0].clone();
+        assert!(matches!(own.payload, Payload::InFrame(_)));
+        assert!(own.data().starts_with('{') && own.data().ends_with('}'));
+        let frame = std::str::from_utf8(&own.frame).unwrap();
+        assert!(frame.ends_with(&format!("data: {}\n\n", own.data())));
+        // A relay's copy of a published payload that spans lines: its
+        // frame has two `data:` lines, and the payload is kept as given.
+        let copy = EventLog::new();
+        assert!(copy.push_published(7, msg(7), "{\"a\":\n1}".into()));
+        let two = copy.after(0)[0].clone();
+        assert!(matches!(two.payload, Payload::Own(_)));
+        assert_eq!(two.data(), "{\"a\":\n1}");
+        assert!(
+            std::str::from_utf8(&two.frame)
+                .unwrap()
+                .ends_with("data: {\"a\":\ndata: 1}\n\n")
+        );
     }
 
     #[test]

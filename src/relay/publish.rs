@@ -276,7 +276,7 @@ impl Task {
                 .arg("event")
                 .arg(e.event.name())
                 .arg("data")
-                .arg(&e.data)
+                .arg(e.data())
                 .ignore();
             if matches!(e.event, Event::Start(_)) {
                 has_start = true;

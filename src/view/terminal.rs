@@ -742,7 +742,7 @@ pub async fn follow(log: Arc<EventLog>, mut renderer: Renderer) {
         rx.borrow_and_update();
         for e in log.after(cursor) {
             cursor = e.id;
-            renderer.show(e.id, &e.event, &e.data);
+            renderer.show(e.id, &e.event, e.data());
         }
         if log.finished_id().is_some_and(|f| cursor >= f) || rx.changed().await.is_err() {
             return;
