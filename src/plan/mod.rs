@@ -5,6 +5,7 @@
 
 mod bounds;
 mod check;
+mod collation;
 mod split;
 
 use rusqlite::{Connection, types::Value};

@@ -431,3 +431,81 @@ fn a_step_that_turns_query_only_on_is_refused_before_anything_runs() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 20);
 }
+
+/// A file as an application that registers a collation of its own
+/// (Android's `LOCALIZED`) makes it: an index of `items` is ordered by
+/// it, a column of `notes` is declared with it, and an insert into
+/// `orders` adds an item by trigger. SQLite cannot make such a schema
+/// without the collation, but reads it without one.
+fn app_collated() -> TempDb {
+    let db = TempDb::empty();
+    let conn = db.conn();
+    conn.create_collation("LOCALIZED", |a, b| a.cmp(b))
+        .expect("register the application's collation");
+    conn.execute_batch(
+        "CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT NOT NULL, qty INTEGER NOT NULL DEFAULT 0);
+         CREATE INDEX items_name ON items(name COLLATE LOCALIZED);
+         CREATE TABLE notes(id INTEGER PRIMARY KEY, label TEXT COLLATE LOCALIZED, n INTEGER NOT NULL DEFAULT 0);
+         CREATE TABLE orders(id INTEGER PRIMARY KEY, item TEXT NOT NULL);
+         CREATE TRIGGER order_adds_item AFTER INSERT ON orders
+           BEGIN INSERT INTO items(name) VALUES (new.item); END;
+         CREATE TABLE other(id INTEGER PRIMARY KEY, v INTEGER NOT NULL);
+         INSERT INTO items(name, qty) VALUES ('pear', 1), ('apple', 2), ('fig', 3);
+         INSERT INTO notes(label) VALUES ('x'), ('y');
+         INSERT INTO other(v) VALUES (10), (20);",
+    )
+    .expect("the application's schema");
+    db
+}
+
+/// A step that needed a collation only the application that made the
+/// file has (an index ordered by it, a column compared by it) passed the
+/// check, then failed with SQLite's bare "no such collation sequence"
+/// (exit 1), after the steps before it had committed. It is refused before
+/// anything runs, saying what and why, with `--dry-run` and `--undo` too.
+#[test]
+fn a_step_that_needs_an_application_s_own_collation_is_refused_before_anything_runs() {
+    let db = app_collated();
+    let before = sha256(&db.path);
+    for (evil, says) in [
+        (
+            "UPDATE items SET name = upper(name)",
+            "items.items_name (LOCALIZED)",
+        ),
+        (
+            "DELETE FROM items WHERE qty > 2",
+            "items.items_name (LOCALIZED)",
+        ),
+        (
+            "INSERT INTO orders(item) VALUES ('kiwi')",
+            "items.items_name (LOCALIZED)",
+        ),
+        (
+            "UPDATE notes SET n = 1 WHERE label = 'x'",
+            "a column it compares",
+        ),
+    ] {
+        let plan = serde_json::json!({
+            "name": "app",
+            "steps": [{"sql": "UPDATE other SET v = v + 1"}, {"name": "evil", "sql": evil}]
+        });
+        let plan = db.file("app.json", &plan.to_string());
+        for extra in [&[][..], &["--dry-run"], &["--undo"]] {
+            let mut args = run_args(&db, path_str(&plan), &["--no-serve"]);
+            args.extend_from_slice(extra);
+            let (code, out, err) = run(&args);
+            assert_eq!(code, 2, "{evil} {extra:?}: {err}");
+            assert!(out.is_empty(), "{out}");
+            assert!(
+                err.contains("step 2 (\"evil\")")
+                    && err.contains(says)
+                    && err.contains("LOCALIZED")
+                    && err.contains("an application registers")
+                    && err.contains("batchsse cannot run it")
+                    && err.contains("Nothing was run"),
+                "{evil}: {err}"
+            );
+            assert_eq!(sha256(&db.path), before, "{evil} changed the database");
+        }
+    }
+}
