@@ -679,6 +679,14 @@ impl Rehearsal {
     /// empty tables (a constraint, a trigger's RAISE) depends on data, so it
     /// is left to the real run, and the copy may have drifted from then on.
     fn run(&self, label: &str, sql: &str) -> Result<(), UsageError> {
+        if first_keyword(sql) == "VACUUM"
+            && let Some(why) = self.missing.vacuum_refusal(sql)
+        {
+            return Err(UsageError::new(format!(
+                "{label} {why}\n  in: {}",
+                short(sql.trim(), 200)
+            )));
+        }
         self.arm();
         match run_in_rehearsal(&self.conn, sql) {
             Ok(()) => {}

@@ -5,8 +5,10 @@
 
 use rusqlite::Connection;
 
-/// The indexes that collations batchsse lacks order.
+/// The collations the copy's schema names that batchsse lacks, and the
+/// indexes they order.
 pub(super) struct Missing {
+    names: Vec<String>,
     indexes: Vec<Collated>,
 }
 
@@ -47,7 +49,7 @@ pub(super) fn stand_in(conn: &Connection) {
 
 /// Removes the stand-ins, so that what needs them no longer compiles
 /// (as in the run, whose connections have SQLite's own collations only);
-/// returns them.
+/// returns their names and the indexes they order.
 pub(super) fn withdraw(conn: &Connection) -> Missing {
     let _ = conn.collation_needed(|_, _| Ok(()));
     let names: Vec<String> = collations(conn)
@@ -58,7 +60,7 @@ pub(super) fn withdraw(conn: &Connection) -> Missing {
     for name in &names {
         let _ = conn.remove_collation(name.as_str());
     }
-    Missing { indexes }
+    Missing { names, indexes }
 }
 
 /// The collations built into SQLite, the only ones the run's connections
@@ -127,6 +129,27 @@ impl Missing {
             "needs a collation batchsse does not have ({message}): it writes (itself, or by a trigger or foreign-key action) a table with an index ordered by one: {}. SQLite keeps an index in order for every row inserted or deleted and every indexed column updated, and a comparison with a column declared with the collation needs it too. {APP_OWN} Run this step from the application; or change only columns those indexes leave out, comparing without the collation; or drop such an index (not a constraint's) first and have the application create it again after the run. Nothing was run",
             written.join(", ")
         )
+    }
+
+    /// Why a `VACUUM` of `main` is refused when the schema names such a
+    /// collation: it makes every table and index anew, as their SQL says,
+    /// which compiles on the copy but fails in the run.
+    pub(super) fn vacuum_refusal(&self, sql: &str) -> Option<String> {
+        let names = self.names.join(", ");
+        let schema = sql
+            .split_whitespace()
+            .nth(1)
+            .map(|w| w.trim_end_matches(';'));
+        let of_main = schema.is_none_or(|w| {
+            ["", "main", "into"]
+                .iter()
+                .any(|m| w.eq_ignore_ascii_case(m))
+        });
+        (of_main && !names.is_empty()).then(|| {
+            format!(
+                "is a VACUUM, which makes every table and index of the file anew, as the schema says, and the schema names collations batchsse does not have: {names}. {APP_OWN} Leave the VACUUM to the application. Nothing was run"
+            )
+        })
     }
 }
 

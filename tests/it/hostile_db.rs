@@ -484,6 +484,7 @@ fn a_step_that_needs_an_application_s_own_collation_is_refused_before_anything_r
             "UPDATE notes SET n = 1 WHERE label = 'x'",
             "a column it compares",
         ),
+        ("VACUUM", "is a VACUUM"),
     ] {
         let plan = serde_json::json!({
             "name": "app",
