@@ -99,7 +99,7 @@ fn ordered_by(conn: &Connection, collation: &str) -> Vec<Collated> {
 }
 
 /// Whether a statement failed to compile for want of a collation.
-pub(super) fn missing_collation(e: &rusqlite::Error) -> bool {
+pub(crate) fn missing_collation(e: &rusqlite::Error) -> bool {
     matches!(
         e,
         rusqlite::Error::SqliteFailure(f, _)

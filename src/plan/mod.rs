@@ -16,6 +16,7 @@ use crate::error::UsageError;
 pub use check::Own;
 use check::Rehearsal;
 pub(crate) use check::{OTHER_SCHEMA, parameter_names};
+pub(crate) use collation::missing_collation;
 use split::split_statements;
 
 /// Where a plan came from, before it is checked against a database.

@@ -510,3 +510,53 @@ fn a_step_that_needs_an_application_s_own_collation_is_refused_before_anything_r
         }
     }
 }
+
+/// Steps that leave the application's collation alone still run on its
+/// file: they write other tables, or columns its index leaves out, or read
+/// its tables, chunked by rowid with an undo record (the walk's count had
+/// failed on such an index); `undo` takes them back, and `checkpoint` and
+/// `undo list` read the file.
+#[test]
+fn steps_that_leave_an_application_s_own_collation_alone_still_run() {
+    let db = app_collated();
+    let plan = serde_json::json!({
+        "name": "app",
+        "steps": [
+            {"sql": "UPDATE other SET v = v + 1"},
+            {"sql": "UPDATE items SET qty = qty * 10 WHERE rowid BETWEEN :lo AND :hi", "chunk": {"table": "items"}},
+            {"sql": "UPDATE notes SET n = n + 1"},
+            {"sql": "INSERT INTO other(v) SELECT qty FROM items WHERE name = 'fig' ORDER BY name"}
+        ]
+    });
+    let plan = db.file("app.json", &plan.to_string());
+    let sums = "SELECT (SELECT sum(v) FROM other) * 1000 + (SELECT sum(qty) FROM items)";
+    let (code, _, err) = run(&run_args(
+        &db,
+        path_str(&plan),
+        &["--no-serve", "--dry-run"],
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(db.query_i64(sums), 30_006);
+    run_undoable(&db, &plan);
+    assert_eq!(db.query_i64(sums), 62_060);
+    assert_eq!(db.query_i64("SELECT sum(n) FROM notes"), 2);
+    for args in [
+        &["checkpoint", "list", "--db", path_str(&db.path)][..],
+        &["undo", "list", "--db", path_str(&db.path)],
+    ] {
+        let (code, out, err) = run(args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        assert!(out.contains("app"), "{args:?}: {out}");
+    }
+    let (code, _, err) = run(&[
+        "undo",
+        "--db",
+        path_str(&db.path),
+        "--plan",
+        "app",
+        "--no-serve",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(db.query_i64(sums), 30_006);
+    assert_eq!(db.query_i64("SELECT sum(n) FROM notes"), 0);
+}
