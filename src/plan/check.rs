@@ -726,6 +726,7 @@ impl Rehearsal {
         let inputs = if chunk.rowid {
             Vec::new()
         } else {
+            self.refuse_collated_key(label, &table, &chunk)?;
             self.generated_key_inputs(&table, &key)
         };
         self.seen.take();
@@ -783,6 +784,28 @@ impl Rehearsal {
         }
         chunk.table = table;
         Ok(chunk)
+    }
+
+    /// Refuses a chunk key declared with a collation batchsse lacks: the
+    /// walk orders and compares keys by it, whatever the step compares by.
+    fn refuse_collated_key(
+        &self,
+        label: &str,
+        table: &str,
+        chunk: &Chunk,
+    ) -> Result<(), UsageError> {
+        let key = &chunk.key_sql;
+        let walk = format!(
+            "SELECT {key} FROM main.{} WHERE {key} > ?1 ORDER BY {key} LIMIT 1",
+            quote(table)
+        );
+        match self.conn.prepare(&walk) {
+            Err(e) if collation::missing_collation(&e) => Err(UsageError::new(format!(
+                "{label}: {}",
+                collation::key_refusal(table, &chunk.key, &sqlite_message(&e))
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// Refuses a chunked step that writes its own key (directly or through

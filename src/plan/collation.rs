@@ -153,6 +153,13 @@ impl Missing {
     }
 }
 
+/// Why a chunk key declared with such a collation is refused.
+pub(super) fn key_refusal(table: &str, key: &str, message: &str) -> String {
+    format!(
+        "chunk.key {key:?} of {table} is declared with a collation batchsse does not have ({message}), and the walk orders and compares the keys by it, whatever the step compares by. {APP_OWN} Chunk by rowid (leave \"key\" out) or by another unique key, or run this step from the application. Nothing was run"
+    )
+}
+
 /// What a collation that is not SQLite's own is, and why batchsse cannot
 /// use it.
 const APP_OWN: &str = "Such a collation is a comparison function an application registers on its own connections: it is not stored in the file, and batchsse cannot run it, so the step would fail when it ran.";

@@ -434,7 +434,8 @@ fn a_step_that_turns_query_only_on_is_refused_before_anything_runs() {
 
 /// A file as an application that registers a collation of its own
 /// (Android's `LOCALIZED`) makes it: an index of `items` is ordered by
-/// it, a column of `notes` is declared with it, and an insert into
+/// it, a column of `notes` is declared with it (and a unique one of
+/// `tags`), and an insert into
 /// `orders` adds an item by trigger. SQLite cannot make such a schema
 /// without the collation, but reads it without one.
 fn app_collated() -> TempDb {
@@ -450,9 +451,11 @@ fn app_collated() -> TempDb {
          CREATE TRIGGER order_adds_item AFTER INSERT ON orders
            BEGIN INSERT INTO items(name) VALUES (new.item); END;
          CREATE TABLE other(id INTEGER PRIMARY KEY, v INTEGER NOT NULL);
+         CREATE TABLE tags(code TEXT COLLATE LOCALIZED UNIQUE, n INTEGER NOT NULL DEFAULT 0);
          INSERT INTO items(name, qty) VALUES ('pear', 1), ('apple', 2), ('fig', 3);
          INSERT INTO notes(label) VALUES ('x'), ('y');
-         INSERT INTO other(v) VALUES (10), (20);",
+         INSERT INTO other(v) VALUES (10), (20);
+         INSERT INTO tags(code) VALUES ('a'), ('b');",
     )
     .expect("the application's schema");
     db
@@ -509,6 +512,29 @@ fn a_step_that_needs_an_application_s_own_collation_is_refused_before_anything_r
             assert_eq!(sha256(&db.path), before, "{evil} changed the database");
         }
     }
+}
+
+/// A chunk key declared with such a collation passed the check when the
+/// step compared it by another (`COLLATE BINARY`), then failed at the
+/// walk's first query, which orders the keys by their own collation.
+#[test]
+fn a_chunk_key_declared_with_an_application_s_own_collation_is_refused_before_anything_runs() {
+    let db = app_collated();
+    let before = sha256(&db.path);
+    let plan = serde_json::json!({"steps": [{
+        "sql": "UPDATE tags SET n = n + 1 WHERE code COLLATE BINARY BETWEEN :lo AND :hi",
+        "chunk": {"table": "tags", "key": "code"}
+    }]});
+    let plan = db.file("key.json", &plan.to_string());
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("chunk.key \"code\" of tags")
+            && err.contains("LOCALIZED")
+            && err.contains("Chunk by rowid"),
+        "{err}"
+    );
+    assert_eq!(sha256(&db.path), before);
 }
 
 /// Steps that leave the application's collation alone still run on its
