@@ -9,6 +9,7 @@ use std::time::Instant;
 use fallible_iterator::FallibleIterator;
 use rusqlite::{Batch, Connection, OptionalExtension};
 
+use super::collation::{self, Missing};
 use super::{
     Chunk, ChunkFile, ROWID_NAMES, chunk_size, classify, db_open_message, first_keyword, quote,
     short, sqlite_message,
@@ -29,6 +30,9 @@ pub(super) struct Rehearsal {
     spent_at: Instant,
     /// Every column read and write SQLite's authorizer saw since last taken.
     seen: Seen,
+    /// The collations the schema names that batchsse lacks (see
+    /// [`collation`]).
+    missing: Missing,
 }
 
 /// What the check's authorizer refuses to compile, so the plan is refused
@@ -205,6 +209,12 @@ impl Seen {
     fn take_tables(&self) -> Vec<String> {
         let mut set = self.1.lock().unwrap_or_else(|p| p.into_inner());
         std::mem::take(&mut *set).into_iter().collect()
+    }
+
+    /// The tables written since last taken, left in place.
+    fn tables(&self) -> Vec<String> {
+        let set = self.1.lock().unwrap_or_else(|p| p.into_inner());
+        set.iter().cloned().collect()
     }
 
     fn take_columns(&self) -> Vec<(String, String)> {
@@ -418,6 +428,7 @@ impl Rehearsal {
         }))
         .map_err(|e| UsageError::new(format!("cannot set up the pre-run check: {e}")))?;
         let mut complete = true;
+        collation::stand_in(&conn);
         // Only names that begin `sqlite_` are SQLite's own (`_` unescaped
         // is LIKE's wildcard, which would leave out a table `SQLiteLog`).
         // A virtual table makes its shadow tables itself: they are left
@@ -451,12 +462,14 @@ impl Rehearsal {
         for sql in later {
             complete &= conn.execute_batch(&sql).is_ok();
         }
+        let missing = collation::withdraw(&conn);
         Ok(Rehearsal {
             conn,
             complete: std::cell::Cell::new(complete),
             deadline,
             spent_at: started + bounds::TOTAL,
             seen,
+            missing,
         })
     }
 
@@ -491,7 +504,7 @@ impl Rehearsal {
             Ok(None) => return Err(bad("has no SQL statement".into())),
             Err(e) => {
                 let msg = sqlite_message(&e);
-                return match self.seen.refusal(&e) {
+                return match self.refusal(&e) {
                     Some(why) => Err(bad(why)),
                     // The copy may lack what it reads.
                     None if !self.complete.get() && !msg.contains("syntax") => Ok(()),
@@ -666,6 +679,14 @@ impl Rehearsal {
     /// empty tables (a constraint, a trigger's RAISE) depends on data, so it
     /// is left to the real run, and the copy may have drifted from then on.
     fn run(&self, label: &str, sql: &str) -> Result<(), UsageError> {
+        if first_keyword(sql) == "VACUUM"
+            && let Some(why) = self.missing.vacuum_refusal(sql)
+        {
+            return Err(UsageError::new(format!(
+                "{label} {why}\n  in: {}",
+                short(sql.trim(), 200)
+            )));
+        }
         self.arm();
         match run_in_rehearsal(&self.conn, sql) {
             Ok(()) => {}
@@ -705,6 +726,7 @@ impl Rehearsal {
         let inputs = if chunk.rowid {
             Vec::new()
         } else {
+            self.refuse_collated_key(label, &table, &chunk)?;
             self.generated_key_inputs(&table, &key)
         };
         self.seen.take();
@@ -713,7 +735,7 @@ impl Rehearsal {
             Ok(Some(s)) => s,
             Ok(None) => return Err(UsageError::new(format!("{label} has no SQL statement"))),
             Err(e) => {
-                let why = self.seen.refusal(&e).unwrap_or_else(|| {
+                let why = self.refusal(&e).unwrap_or_else(|| {
                     format!("is not valid SQL for this database: {}", sqlite_message(&e))
                 });
                 return Err(UsageError::new(format!(
@@ -762,6 +784,28 @@ impl Rehearsal {
         }
         chunk.table = table;
         Ok(chunk)
+    }
+
+    /// Refuses a chunk key declared with a collation batchsse lacks: the
+    /// walk orders and compares keys by it, whatever the step compares by.
+    fn refuse_collated_key(
+        &self,
+        label: &str,
+        table: &str,
+        chunk: &Chunk,
+    ) -> Result<(), UsageError> {
+        let key = &chunk.key_sql;
+        let walk = format!(
+            "SELECT {key} FROM main.{} WHERE {key} > ?1 ORDER BY {key} LIMIT 1",
+            quote(table)
+        );
+        match self.conn.prepare(&walk) {
+            Err(e) if collation::missing_collation(&e) => Err(UsageError::new(format!(
+                "{label}: {}",
+                collation::key_refusal(table, &chunk.key, &sqlite_message(&e))
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// Refuses a chunked step that writes its own key (directly or through
@@ -1095,10 +1139,22 @@ impl Rehearsal {
         })
     }
 
+    /// Why a statement that failed to compile with `e` is refused, when the
+    /// check refused it (see [`Seen::refusal`]) or it needs a collation
+    /// batchsse lacks.
+    fn refusal(&self, e: &rusqlite::Error) -> Option<String> {
+        self.seen.refusal(e).or_else(|| {
+            collation::missing_collation(e).then(|| {
+                self.missing
+                    .refusal(&self.seen.tables(), &sqlite_message(e))
+            })
+        })
+    }
+
     /// Turns a rehearsal error into a usage error, unless an incomplete
     /// schema copy could explain it.
     fn failure(&self, label: &str, sql: &str, e: &rusqlite::Error) -> Result<bool, UsageError> {
-        if let Some(why) = self.seen.refusal(e) {
+        if let Some(why) = self.refusal(e) {
             return Err(UsageError::new(format!(
                 "{label} {why}\n  in: {}",
                 short(sql.trim(), 200)

@@ -5,6 +5,7 @@
 
 mod bounds;
 mod check;
+mod collation;
 mod split;
 
 use rusqlite::{Connection, types::Value};
@@ -15,6 +16,7 @@ use crate::error::UsageError;
 pub use check::Own;
 use check::Rehearsal;
 pub(crate) use check::{OTHER_SCHEMA, parameter_names};
+pub(crate) use collation::missing_collation;
 use split::split_statements;
 
 /// Where a plan came from, before it is checked against a database.

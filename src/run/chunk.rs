@@ -334,7 +334,7 @@ fn span(conn: &Connection, chunk: &Chunk) -> rusqlite::Result<Span> {
                 0
             }
         };
-        let all = int(one(format!("SELECT count(*) FROM {table}"))?);
+        let all = int(count_all(conn, &table)?);
         let with_key = if chunk.rowid {
             all
         } else {
@@ -351,6 +351,21 @@ fn span(conn: &Connection, chunk: &Chunk) -> rusqlite::Result<Span> {
     })();
     let _ = conn.execute_batch("PRAGMA mmap_size = 0");
     counted.map_err(|e| unreadable_key(e, chunk))
+}
+
+/// `SELECT count(*)` of a table. SQLite counts a table's smallest index,
+/// and wants its collations then, though counting compares nothing: for an
+/// index ordered by one batchsse lacks (an application's own), it counts
+/// the table itself.
+fn count_all(conn: &Connection, table: &str) -> rusqlite::Result<Key> {
+    let count = |sql: String| conn.query_row(&sql, [], |r| r.get::<_, Key>(0));
+    count(format!("SELECT count(*) FROM {table}")).or_else(|e| {
+        if crate::plan::missing_collation(&e) {
+            count(format!("SELECT count(*) FROM {table} NOT INDEXED"))
+        } else {
+            Err(e)
+        }
+    })
 }
 
 /// Says what a text key that is not UTF-8 (bytes cast to text) means for

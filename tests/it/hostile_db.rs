@@ -431,3 +431,158 @@ fn a_step_that_turns_query_only_on_is_refused_before_anything_runs() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 20);
 }
+
+/// A file as an application that registers a collation of its own
+/// (Android's `LOCALIZED`) makes it: an index of `items` is ordered by
+/// it, a column of `notes` is declared with it (and a unique one of
+/// `tags`), and an insert into
+/// `orders` adds an item by trigger. SQLite cannot make such a schema
+/// without the collation, but reads it without one.
+fn app_collated() -> TempDb {
+    let db = TempDb::empty();
+    let conn = db.conn();
+    conn.create_collation("LOCALIZED", |a, b| a.cmp(b))
+        .expect("register the application's collation");
+    conn.execute_batch(
+        "CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT NOT NULL, qty INTEGER NOT NULL DEFAULT 0);
+         CREATE INDEX items_name ON items(name COLLATE LOCALIZED);
+         CREATE TABLE notes(id INTEGER PRIMARY KEY, label TEXT COLLATE LOCALIZED, n INTEGER NOT NULL DEFAULT 0);
+         CREATE TABLE orders(id INTEGER PRIMARY KEY, item TEXT NOT NULL);
+         CREATE TRIGGER order_adds_item AFTER INSERT ON orders
+           BEGIN INSERT INTO items(name) VALUES (new.item); END;
+         CREATE TABLE other(id INTEGER PRIMARY KEY, v INTEGER NOT NULL);
+         CREATE TABLE tags(code TEXT COLLATE LOCALIZED UNIQUE, n INTEGER NOT NULL DEFAULT 0);
+         INSERT INTO items(name, qty) VALUES ('pear', 1), ('apple', 2), ('fig', 3);
+         INSERT INTO notes(label) VALUES ('x'), ('y');
+         INSERT INTO other(v) VALUES (10), (20);
+         INSERT INTO tags(code) VALUES ('a'), ('b');",
+    )
+    .expect("the application's schema");
+    db
+}
+
+/// A step that needed a collation only the application that made the
+/// file has (an index ordered by it, a column compared by it) passed the
+/// check, then failed with SQLite's bare "no such collation sequence"
+/// (exit 1), after the steps before it had committed. It is refused before
+/// anything runs, saying what and why, with `--dry-run` and `--undo` too.
+#[test]
+fn a_step_that_needs_an_application_s_own_collation_is_refused_before_anything_runs() {
+    let db = app_collated();
+    let before = sha256(&db.path);
+    for (evil, says) in [
+        (
+            "UPDATE items SET name = upper(name)",
+            "items.items_name (LOCALIZED)",
+        ),
+        (
+            "DELETE FROM items WHERE qty > 2",
+            "items.items_name (LOCALIZED)",
+        ),
+        (
+            "INSERT INTO orders(item) VALUES ('kiwi')",
+            "items.items_name (LOCALIZED)",
+        ),
+        (
+            "UPDATE notes SET n = 1 WHERE label = 'x'",
+            "a column it compares",
+        ),
+        ("VACUUM", "is a VACUUM"),
+    ] {
+        let plan = serde_json::json!({
+            "name": "app",
+            "steps": [{"sql": "UPDATE other SET v = v + 1"}, {"name": "evil", "sql": evil}]
+        });
+        let plan = db.file("app.json", &plan.to_string());
+        for extra in [&[][..], &["--dry-run"], &["--undo"]] {
+            let mut args = run_args(&db, path_str(&plan), &["--no-serve"]);
+            args.extend_from_slice(extra);
+            let (code, out, err) = run(&args);
+            assert_eq!(code, 2, "{evil} {extra:?}: {err}");
+            assert!(out.is_empty(), "{out}");
+            assert!(
+                err.contains("step 2 (\"evil\")")
+                    && err.contains(says)
+                    && err.contains("LOCALIZED")
+                    && err.contains("an application registers")
+                    && err.contains("batchsse cannot run it")
+                    && err.contains("Nothing was run"),
+                "{evil}: {err}"
+            );
+            assert_eq!(sha256(&db.path), before, "{evil} changed the database");
+        }
+    }
+}
+
+/// A chunk key declared with such a collation passed the check when the
+/// step compared it by another (`COLLATE BINARY`), then failed at the
+/// walk's first query, which orders the keys by their own collation.
+#[test]
+fn a_chunk_key_declared_with_an_application_s_own_collation_is_refused_before_anything_runs() {
+    let db = app_collated();
+    let before = sha256(&db.path);
+    let plan = serde_json::json!({"steps": [{
+        "sql": "UPDATE tags SET n = n + 1 WHERE code COLLATE BINARY BETWEEN :lo AND :hi",
+        "chunk": {"table": "tags", "key": "code"}
+    }]});
+    let plan = db.file("key.json", &plan.to_string());
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("chunk.key \"code\" of tags")
+            && err.contains("LOCALIZED")
+            && err.contains("Chunk by rowid"),
+        "{err}"
+    );
+    assert_eq!(sha256(&db.path), before);
+}
+
+/// Steps that leave the application's collation alone still run on its
+/// file: they write other tables, or columns its index leaves out, or read
+/// its tables, chunked by rowid with an undo record (the walk's count had
+/// failed on such an index); `undo` takes them back, and `checkpoint` and
+/// `undo list` read the file.
+#[test]
+fn steps_that_leave_an_application_s_own_collation_alone_still_run() {
+    let db = app_collated();
+    let plan = serde_json::json!({
+        "name": "app",
+        "steps": [
+            {"sql": "UPDATE other SET v = v + 1"},
+            {"sql": "UPDATE items SET qty = qty * 10 WHERE rowid BETWEEN :lo AND :hi", "chunk": {"table": "items"}},
+            {"sql": "UPDATE notes SET n = n + 1"},
+            {"sql": "INSERT INTO other(v) SELECT qty FROM items WHERE name = 'fig' ORDER BY name"}
+        ]
+    });
+    let plan = db.file("app.json", &plan.to_string());
+    let sums = "SELECT (SELECT sum(v) FROM other) * 1000 + (SELECT sum(qty) FROM items)";
+    let (code, _, err) = run(&run_args(
+        &db,
+        path_str(&plan),
+        &["--no-serve", "--dry-run"],
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(db.query_i64(sums), 30_006);
+    run_undoable(&db, &plan);
+    assert_eq!(db.query_i64(sums), 62_060);
+    assert_eq!(db.query_i64("SELECT sum(n) FROM notes"), 2);
+    for args in [
+        &["checkpoint", "list", "--db", path_str(&db.path)][..],
+        &["undo", "list", "--db", path_str(&db.path)],
+    ] {
+        let (code, out, err) = run(args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        assert!(out.contains("app"), "{args:?}: {out}");
+    }
+    let (code, _, err) = run(&[
+        "undo",
+        "--db",
+        path_str(&db.path),
+        "--plan",
+        "app",
+        "--no-serve",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(db.query_i64(sums), 30_006);
+    assert_eq!(db.query_i64("SELECT sum(n) FROM notes"), 0);
+}
