@@ -1144,6 +1144,9 @@ impl Rehearsal {
     /// batchsse lacks.
     fn refusal(&self, e: &rusqlite::Error) -> Option<String> {
         self.seen.refusal(e).or_else(|| {
+            if self.missing.explains(e) {
+                return Some(self.missing.unreadable());
+            }
             collation::missing_collation(e).then(|| {
                 self.missing
                     .refusal(&self.seen.tables(), &sqlite_message(e))

@@ -108,6 +108,33 @@ pub(crate) fn missing_collation(e: &rusqlite::Error) -> bool {
 }
 
 impl Missing {
+    /// Whether SQLite's "no query solution" comes of such a collation: a
+    /// `WITHOUT ROWID` table is stored in the order of its PRIMARY KEY, so
+    /// one whose key is ordered by a collation SQLite lacks cannot be read
+    /// at all.
+    pub(super) fn explains(&self, e: &rusqlite::Error) -> bool {
+        self.indexes.iter().any(|c| c.origin == "pk")
+            && super::sqlite_message(e).contains("no query solution")
+    }
+
+    /// Why a statement that [`Missing::explains`] cannot compile is refused.
+    pub(super) fn unreadable(&self) -> String {
+        let keys: Vec<String> = self
+            .indexes
+            .iter()
+            .filter(|c| c.origin == "pk")
+            .map(Collated::describe)
+            .collect();
+        format!(
+            "reads a table SQLite cannot read without a collation batchsse does not have: a WITHOUT ROWID table is stored in the order of its PRIMARY KEY, and {} ordered by one. {APP_OWN} Run this step from the application. Nothing was run",
+            if keys.len() == 1 {
+                format!("{} is", keys[0])
+            } else {
+                format!("{} are", keys.join(", "))
+            }
+        )
+    }
+
     /// Why a statement that needs a collation batchsse lacks is refused
     /// (SQLite's `message` names it): the indexes such a collation orders
     /// on the tables it `writes`, when there are any, or else what else

@@ -435,9 +435,10 @@ fn a_step_that_turns_query_only_on_is_refused_before_anything_runs() {
 /// A file as an application that registers a collation of its own
 /// (Android's `LOCALIZED`) makes it: an index of `items` is ordered by
 /// it, a column of `notes` is declared with it (and a unique one of
-/// `tags`), and an insert into
-/// `orders` adds an item by trigger. SQLite cannot make such a schema
-/// without the collation, but reads it without one.
+/// `tags`), an insert into `orders` adds an item by trigger, and `codes`
+/// is a `WITHOUT ROWID` table keyed by it. SQLite cannot make such a
+/// schema without the collation, but reads it without one, all but
+/// `codes`.
 fn app_collated() -> TempDb {
     let db = TempDb::empty();
     let conn = db.conn();
@@ -452,6 +453,8 @@ fn app_collated() -> TempDb {
            BEGIN INSERT INTO items(name) VALUES (new.item); END;
          CREATE TABLE other(id INTEGER PRIMARY KEY, v INTEGER NOT NULL);
          CREATE TABLE tags(code TEXT COLLATE LOCALIZED UNIQUE, n INTEGER NOT NULL DEFAULT 0);
+         CREATE TABLE codes(code TEXT PRIMARY KEY COLLATE LOCALIZED, n INTEGER) WITHOUT ROWID;
+         INSERT INTO codes VALUES ('a', 1);
          INSERT INTO items(name, qty) VALUES ('pear', 1), ('apple', 2), ('fig', 3);
          INSERT INTO notes(label) VALUES ('x'), ('y');
          INSERT INTO other(v) VALUES (10), (20);
@@ -488,6 +491,11 @@ fn a_step_that_needs_an_application_s_own_collation_is_refused_before_anything_r
             "a column it compares",
         ),
         ("VACUUM", "is a VACUUM"),
+        (
+            // SQLite cannot read it at all ("no query solution").
+            "INSERT INTO other(v) SELECT n FROM codes",
+            "the PRIMARY KEY of codes (LOCALIZED) is ordered by one",
+        ),
     ] {
         let plan = serde_json::json!({
             "name": "app",
