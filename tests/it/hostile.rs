@@ -61,8 +61,8 @@ fn assert_only_meant_commands(log: &str) {
     let kinds: Vec<&str> = cmds
         .iter()
         .map(|c| match c {
-            c if c.starts_with("::group::[1/2] bump%0A::error::name-lf") => "group 1",
-            c if c.starts_with("::group::[2/2] touch u 50%25%0D::warning::name-cr%0A") => "group 2",
+            c if c.starts_with(r"::group::[1/2] bump\n::error::name-lf") => "group 1",
+            c if c.starts_with(r"::group::[2/2] touch u 50%25\r::warning::name-cr\n") => "group 2",
             &"::endgroup::" => "endgroup",
             c if c.starts_with("::error title=step 2 (touch u 50%25%0D%3A%3Awarning") => "error",
             other => panic!("a command batchsse did not mean: {other:?} in:\n{log}"),
@@ -119,6 +119,48 @@ fn watch_in_github_mode_is_as_safe_as_the_run() {
     assert_eq!(code, 1, "{err}");
     assert_only_meant_commands(&err);
     run.signal("TERM");
+}
+
+/// A CR or LF in a step's name is shown as `\r` or `\n` by every
+/// terminal mode, the run's and `watch`'s: the name stays on its line, and
+/// no line starts with what followed the break.
+#[test]
+fn a_line_break_in_a_step_name_keeps_the_name_on_its_line() {
+    let (db, plan) = injecting();
+    let lf = r"bump\n::error::name-lf";
+    let cr = r"touch u 50%\r::warning::name-cr\n  ::notice::indented";
+    let mut said = Vec::new();
+    for mode in ["plain", "bar"] {
+        let flags = ["--no-serve", "--no-checkpoint", "--progress", mode];
+        let (code, _, err) = crate::util::run(&run_args(&db, path_str(&plan), &flags));
+        assert_eq!(code, 1, "{mode}: {err}");
+        said.push((mode, err));
+    }
+    let run = serving(&db, path_str(&plan), &["--no-checkpoint", "--linger", "30"]);
+    let url = format!("http://{}/", run.addr());
+    let (code, _, err) = crate::util::run(&["watch", &url, "--progress", "plain"]);
+    assert_eq!(code, 1, "{err}");
+    run.signal("TERM");
+    said.push(("watch", err));
+    for (mode, err) in said {
+        assert!(err.contains(&format!("[1/2] {lf}: done")), "{mode}: {err}");
+        assert!(
+            err.contains(&format!("[2/2] {cr}: FAILED")),
+            "{mode}: {err}"
+        );
+        assert!(
+            err.contains(&format!("step 2 (\"{cr}\") failed")),
+            "{mode}: {err}"
+        );
+        for line in err.lines() {
+            assert!(
+                !["::error::name-lf", "::warning::name-cr", "  ::notice"]
+                    .iter()
+                    .any(|broken| line.starts_with(broken)),
+                "{mode}: a name broke its line: {line:?} in:\n{err}"
+            );
+        }
+    }
 }
 
 #[test]
