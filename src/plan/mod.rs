@@ -12,6 +12,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::error::UsageError;
+use crate::human::quoted;
 pub use check::Own;
 use check::Rehearsal;
 pub(crate) use check::{OTHER_SCHEMA, parameter_names};
@@ -326,7 +327,7 @@ fn prepare_json(
             Some(n) if !n.is_empty() => n.to_owned(),
             _ => step_name_from_sql(&s.sql).unwrap_or_else(|| format!("step {}", index + 1)),
         };
-        let label = format!("step {} ({name:?})", index + 1);
+        let label = format!("step {} ({})", index + 1, quoted(&name));
         if s.sql.trim().is_empty() {
             return Err(UsageError::new(format!(
                 "{label} has no SQL; fill in \"sql\""
@@ -419,7 +420,7 @@ fn prepare_sql(
         let label = format!("statement {}", index + 1);
         let sql = piece.trim().to_owned();
         let name = step_name_from_sql(&sql).unwrap_or_else(|| label.clone());
-        let label = format!("{label} ({name:?})");
+        let label = format!("{label} ({})", quoted(&name));
         let sum = checksum(&sql, None);
         let autocommit = classify(&label, &sql)?;
         r.take_writes();
@@ -554,9 +555,11 @@ fn classify(label: &str, sql: &str) -> Result<bool, UsageError> {
 /// Step `index` was applied by an earlier run of `plan` and edited since.
 pub fn edited(index: usize, name: &str, plan: &str) -> UsageError {
     UsageError::new(format!(
-        "step {} ({name:?}) has changed since it was applied by plan {plan:?}; \
+        "step {} ({}) has changed since it was applied by plan {}; \
          revert the edit, give the plan a new \"name\" to start fresh, or pass --force to run the whole plan again",
-        index + 1
+        index + 1,
+        quoted(name),
+        quoted(plan)
     ))
 }
 

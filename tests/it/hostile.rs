@@ -163,6 +163,44 @@ fn a_line_break_in_a_step_name_keeps_the_name_on_its_line() {
     }
 }
 
+/// Names in messages are quoted as written: a joined emoji, an accent or
+/// a double quote reads as itself, not as Rust's `\u{200d}` or `\"`.
+#[test]
+fn names_in_messages_read_as_written() {
+    let db = TempDb::counters(3);
+    let family = "👨\u{200d}👩\u{200d}👧";
+    let (plan, step) = (format!("café {family}"), format!("say \"hi\" {family}"));
+    let chunked = |table: &str| {
+        serde_json::json!({"name": plan, "steps": [
+            {"name": step, "sql": "UPDATE t SET counter = 1 WHERE id BETWEEN :lo AND :hi",
+             "chunk": {"table": table}},
+            {"name": format!("dup {family}"), "sql": "INSERT INTO t(id) VALUES (1)"}
+        ]})
+        .to_string()
+    };
+    let bad = db.file("bad.json", &chunked("naïve"));
+    let (code, _, err) = crate::util::run(&run_args(&db, path_str(&bad), &["--no-serve"]));
+    assert_eq!(code, 2, "{err}");
+    let said = format!("step 1 ('{step}'): chunk.table \"naïve\" is not a table");
+    assert!(err.contains(&said), "{err}");
+    let good = db.file("good.json", &chunked("t"));
+    let (code, _, err) = crate::util::run(&run_args(&db, path_str(&good), &["--no-serve"]));
+    assert_eq!(code, 1, "{err}");
+    let said = format!("step 2 (\"dup {family}\") failed: UNIQUE");
+    assert!(err.contains(&said), "{err}");
+    let path = path_str(&db.path);
+    let (code, out, err) = crate::util::run(&["checkpoint", "list", "--db", path]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("plan \"{plan}\": 1 step")), "{out}");
+    assert!(out.contains(&format!("step 1 '{step}': done")), "{out}");
+    let (code, _, e) = crate::util::run(&["checkpoint", "clear", "--db", path, "--plan", "x"]);
+    assert_eq!(code, 2, "{e}");
+    assert!(e.contains(&format!("recorded plans: \"{plan}\" (")), "{e}");
+    for text in [err, out, e] {
+        assert!(!text.contains("\\u{") && !text.contains("\\\""), "{text}");
+    }
+}
+
 #[test]
 fn the_older_command_form_inside_a_name_or_an_error_is_not_a_command_in_github_mode() {
     let db = TempDb::with_sql(
