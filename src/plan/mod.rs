@@ -5,6 +5,7 @@
 
 mod bounds;
 mod check;
+mod huge;
 mod split;
 
 use rusqlite::{Connection, types::Value};
@@ -146,21 +147,30 @@ struct ChangesFile {
     min: Option<u64>,
 }
 
+/// The fields of a plan that count rows: `chunk.size`, then
+/// `expect_changes.max` and `.min`.
+const ROW_FIELDS: [Rows; 3] = [
+    Rows("chunk.size", 1),
+    Rows("expect_changes.max", 0),
+    Rows("expect_changes.min", 0),
+];
+
 fn max_rows<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    d.deserialize_option(Rows("expect_changes.max", 0))
+    d.deserialize_option(ROW_FIELDS[1])
 }
 
 fn min_rows<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    d.deserialize_option(Rows("expect_changes.min", 0))
+    d.deserialize_option(ROW_FIELDS[2])
 }
 
 fn size_rows<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    d.deserialize_option(Rows("chunk.size", 1))
+    d.deserialize_option(ROW_FIELDS[0])
 }
 
 /// A count of rows (the field, and the fewest it takes), said as such when
 /// it is not one (serde's own words would be "expected u64", and nothing
 /// of what to write).
+#[derive(Clone, Copy)]
 struct Rows(&'static str, u64);
 
 impl<'de> serde::de::Visitor<'de> for Rows {
@@ -294,20 +304,8 @@ fn prepare_json(
             "the plan {origin} is empty; give a JSON plan such as {{\"name\": \"x\", \"steps\": [{{\"sql\": \"…\"}}]}}"
         )));
     }
-    let Object(file) = serde_json::from_str::<Object<PlanFile>>(text).map_err(|e| {
-        UsageError::new(format!(
-            "invalid plan {origin} at line {}, column {}: {}{}",
-            e.line(),
-            // 0 when nothing was read yet (a plan that opens with `[`).
-            e.column().max(1),
-            strip_position(&e.to_string()),
-            if looks_like_sql(text) {
-                "; it looks like a SQL script: give it with --sql instead of --plan"
-            } else {
-                ""
-            }
-        ))
-    })?;
+    let Object(file) = serde_json::from_str::<Object<PlanFile>>(text)
+        .map_err(|e| invalid_json(origin, text, &e))?;
     if file.steps.is_empty() {
         return Err(UsageError::new(format!(
             "the plan {origin} has no steps; add at least one {{\"sql\": \"…\"}} to \"steps\""
@@ -695,6 +693,29 @@ pub fn db_open_message(e: &rusqlite::Error) -> String {
 }
 
 /// serde_json appends " at line L column C"; we print the position first.
+/// A plan that is not JSON, or not a plan's JSON, as its error says it.
+fn invalid_json(origin: &str, text: &str, e: &serde_json::Error) -> UsageError {
+    // serde_json counts lines by LF and columns in bytes.
+    let stop = text
+        .split_inclusive('\n')
+        .take(e.line().saturating_sub(1))
+        .map(str::len)
+        .sum::<usize>()
+        + e.column();
+    let what = huge::said(text, stop).unwrap_or_else(|| strip_position(&e.to_string()).into());
+    UsageError::new(format!(
+        "invalid plan {origin} at line {}, column {}: {what}{}",
+        e.line(),
+        // 0 when nothing was read yet (a plan that opens with `[`).
+        e.column().max(1),
+        if looks_like_sql(text) {
+            "; it looks like a SQL script: give it with --sql instead of --plan"
+        } else {
+            ""
+        }
+    ))
+}
+
 fn strip_position(msg: &str) -> &str {
     msg.rfind(" at line ").map_or(msg, |i| &msg[..i])
 }

@@ -798,6 +798,61 @@ fn a_chunk_size_that_is_not_a_whole_number_says_how_to_write_one() {
     }
 }
 
+/// A number too large for any float (1e400) names its field and what the
+/// field takes, wherever it is given, not only serde_json's "number out of
+/// range".
+#[test]
+fn a_number_out_of_range_in_a_plan_names_its_field() {
+    let db = TempDb::counters(10);
+    let before = db.bytes();
+    let sql = "UPDATE t SET counter = 1 WHERE id BETWEEN :lo AND :hi";
+    let rows = "out of range: it takes a whole number of rows from";
+    for (fields, said) in [
+        (
+            r#""chunk": {"table": "t", "size": 1e400}"#,
+            "chunk.size of step 2 is 1e400, ",
+        ),
+        (
+            r#""chunk": {"table": "t", "size": -1e400}"#,
+            "chunk.size of step 2 is -1e400, ",
+        ),
+        (
+            r#""expect_changes": {"max": 1e400}"#,
+            "expect_changes.max of step 2 is 1e400, ",
+        ),
+        (
+            r#""name": 1e400"#,
+            "name of step 2 is 1e400, a number out of range, where a string goes",
+        ),
+        (
+            r#""undo": -1e999"#,
+            "undo of step 2 is -1e999, a number out of range, where true or false",
+        ),
+    ] {
+        let plan = db.file(
+            "plan.json",
+            &format!("{{\"steps\": [{{\"sql\": \"{sql}\"}},\n {{\"sql\": \"{sql}\", {fields}}}]}}"),
+        );
+        let (code, _, err) = crate::util::run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+        assert_eq!(code, 2, "{fields}: {err}");
+        assert!(
+            err.contains(" at line 2, column ") && err.contains(said),
+            "{fields}: {err}"
+        );
+        if said.ends_with(", ") {
+            assert!(err.contains(&format!("{said}{rows}")), "{fields}: {err}");
+        }
+        assert_eq!(db.bytes(), before, "{fields}");
+    }
+    let plan = db.file("plan.json", r#"{"name": 1e400, "steps": []}"#);
+    let (code, _, err) = crate::util::run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("the plan's name is 1e400, a number out of range"),
+        "{err}"
+    );
+}
+
 /// A checkpoint table altered by hand cannot be read: the way out the
 /// message gives must work, and `checkpoint clear --all` is itself refused
 /// on such a table, so it cannot be that way.
