@@ -112,7 +112,9 @@ fn command(action: &CtlAction) -> Result<Value, UsageError> {
                 Some(n) => {
                     let n: u64 = n.parse().map_err(|_| {
                         UsageError::new(format!(
-                            "--batch-size takes a number of rows or `auto`; got {}",
+                            "--batch-size takes a whole number of rows from {} to {}, or `auto`; got {}",
+                            crate::lifecycle::BATCH_SIZE.start(),
+                            crate::lifecycle::BATCH_SIZE.end(),
                             crate::human::quoted(n)
                         ))
                     })?;

@@ -970,6 +970,44 @@ fn a_huge_number_of_seconds_is_taken_as_a_year_and_nan_is_refused() {
     }
 }
 
+/// A pace flag given a number that is not a whole one, or too large to be
+/// read (`1e400`, 23 digits), says the range it takes, not clap's "invalid
+/// digit found in string"; the database is untouched.
+#[test]
+fn a_pace_flag_that_is_not_a_whole_number_says_its_range() {
+    let db = TempDb::counters(3);
+    let plan = db.file("plan.json", &counter_plan("pace", 10));
+    let before = db.bytes();
+    for (flag, value, range) in [
+        ("--batch-size", "1e400", "rows from 1 to 10000000"),
+        (
+            "--batch-size",
+            "99999999999999999999999",
+            "rows from 1 to 10000000",
+        ),
+        ("--chunk-time", "1e400", "ms from 1 to 600000"),
+        ("--sleep", "2.5", "ms from 0 to 600000"),
+    ] {
+        let args = run_args(&db, path_str(&plan), &["--no-serve", flag, value]);
+        let (code, _, err) = crate::util::run(&args);
+        assert_eq!(code, 2, "{flag} {value}: {err}");
+        let said = format!("'{value}' for '{flag} ");
+        assert!(err.contains(&said), "{flag} {value}: {err}");
+        assert!(
+            err.contains(&format!("a whole number of {range}")),
+            "{flag} {value}: {err}"
+        );
+    }
+    assert_eq!(db.bytes(), before);
+    let (code, _, err) =
+        crate::util::run(&["ctl", "http://127.0.0.1:9/", "set", "--batch-size", "1e400"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("rows from 1 to 10000000, or `auto`; got \"1e400\""),
+        "{err}"
+    );
+}
+
 /// A plain step longer than the pre-run check lets a statement make (8 MiB)
 /// is checked as written: its text was read back through SQLite, which
 /// gives none past that bound, so the check refused it as "SQL is empty or
