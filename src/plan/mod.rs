@@ -692,7 +692,6 @@ pub fn db_open_message(e: &rusqlite::Error) -> String {
     }
 }
 
-/// serde_json appends " at line L column C"; we print the position first.
 /// A plan that is not JSON, or not a plan's JSON, as its error says it.
 fn invalid_json(origin: &str, text: &str, e: &serde_json::Error) -> UsageError {
     // serde_json counts lines by LF and columns in bytes.
@@ -716,6 +715,7 @@ fn invalid_json(origin: &str, text: &str, e: &serde_json::Error) -> UsageError {
     ))
 }
 
+/// serde_json appends " at line L column C"; we print the position first.
 fn strip_position(msg: &str) -> &str {
     msg.rfind(" at line ").map_or(msg, |i| &msg[..i])
 }
