@@ -299,16 +299,18 @@ fn prepare_json(
     r: &Rehearsal,
     finished: impl FnOnce(&str) -> Finished,
 ) -> Result<Plan, UsageError> {
+    // In messages: the file's name on one line (see `human::shown`).
+    let plan_file = crate::human::shown(origin);
     if text.trim().is_empty() {
         return Err(UsageError::new(format!(
-            "the plan {origin} is empty; give a JSON plan such as {{\"name\": \"x\", \"steps\": [{{\"sql\": \"…\"}}]}}"
+            "the plan {plan_file} is empty; give a JSON plan such as {{\"name\": \"x\", \"steps\": [{{\"sql\": \"…\"}}]}}"
         )));
     }
     let Object(file) = serde_json::from_str::<Object<PlanFile>>(text)
-        .map_err(|e| invalid_json(origin, text, &e))?;
+        .map_err(|e| invalid_json(&plan_file, text, &e))?;
     if file.steps.is_empty() {
         return Err(UsageError::new(format!(
-            "the plan {origin} has no steps; add at least one {{\"sql\": \"…\"}} to \"steps\""
+            "the plan {plan_file} has no steps; add at least one {{\"sql\": \"…\"}} to \"steps\""
         )));
     }
     let plan_name = file
@@ -405,15 +407,16 @@ fn prepare_sql(
     r: &Rehearsal,
     finished: Finished,
 ) -> Result<Plan, UsageError> {
+    let plan_file = crate::human::shown(origin);
     if let Some(at) = text.find('\0') {
         return Err(UsageError::new(format!(
-            "{origin}: line {} contains a NUL character, where SQLite would stop reading; remove it",
+            "{plan_file}: line {} contains a NUL character, where SQLite would stop reading; remove it",
             text[..at].matches('\n').count() + 1
         )));
     }
     let mut steps = Vec::new();
     for piece in split_statements(text) {
-        refuse_shell_command(origin, text, piece)?;
+        refuse_shell_command(&plan_file, text, piece)?;
         let index = steps.len();
         let label = format!("statement {}", index + 1);
         let sql = piece.trim().to_owned();
@@ -425,7 +428,7 @@ fn prepare_sql(
         let skipped = skipped_on_resume(&finished, index, &sum, &sql, &name, origin)?
             && !r.only_temp(&label, &sql);
         if !skipped {
-            r.rehearse_script_statement(origin, &label, &sql)?;
+            r.rehearse_script_statement(&plan_file, &label, &sql)?;
         }
         let (writes, updates) = r.take_writes();
         let temp_only = !skipped && check::only_temp_writes(&writes);
@@ -445,7 +448,7 @@ fn prepare_sql(
     }
     if steps.is_empty() {
         return Err(UsageError::new(format!(
-            "the SQL script {origin} has no statements; give at least one"
+            "the SQL script {plan_file} has no statements; give at least one"
         )));
     }
     Ok(Plan {

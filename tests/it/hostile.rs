@@ -163,6 +163,36 @@ fn a_line_break_in_a_step_name_keeps_the_name_on_its_line() {
     }
 }
 
+/// A plan file whose name holds a line break is named on one line by the
+/// messages about it, a JSON plan's and a SQL script's alike.
+#[test]
+fn a_line_break_in_a_plan_file_name_keeps_its_message_on_one_line() {
+    let db = TempDb::counters(3);
+    let plan = db.file("bad\nplan.json", r#"{"steps": ["#);
+    let script = db.file("bad\rscript.sql", ".bail on\nUPDATE t SET counter = 1;");
+    for (how, file, said) in [
+        ("--plan", plan, r"invalid plan bad\nplan.json at line 1"),
+        (
+            "--sql",
+            script,
+            r"bad\rscript.sql: line 1 is a command of the sqlite3 shell",
+        ),
+    ] {
+        let args = [
+            "run",
+            "--db",
+            path_str(&db.path),
+            how,
+            path_str(&file),
+            "--no-serve",
+        ];
+        let (code, _, err) = crate::util::run(&args);
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains(said), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    }
+}
+
 /// Names in messages are quoted as written: a joined emoji, an accent or
 /// a double quote reads as itself, not as Rust's `\u{200d}` or `\"`.
 #[test]
