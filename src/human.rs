@@ -37,6 +37,49 @@ pub fn duration(ms: u64) -> String {
     }
 }
 
+/// A name or other text a user gave (a step's, a plan's, a table's, a
+/// file's), as a message shows it: on one line, printable text as written
+/// (accents, CJK, joined emoji), and only what would not show as itself
+/// escaped: control characters (`\n`, `\r`, `\t`, `\u{1b}`), the line
+/// and paragraph separators, and the bidirectional overrides that would
+/// reorder the rest of the line. Where any is, a backslash is doubled, so
+/// a written `\n` is not taken for a line break.
+pub fn shown(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(hidden) {
+        return s.into();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if hidden(c) => out.extend(c.escape_unicode()),
+            c => out.push(c),
+        }
+    }
+    out.into()
+}
+
+/// Characters [`shown`] escapes.
+fn hidden(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// [`shown`] in quotes, for a name within a sentence: `"backfill"`; in
+/// single quotes when it holds a double quote (`'say "hi"'`), and with
+/// `\"` only when it holds both kinds.
+pub fn quoted(s: &str) -> String {
+    let s = shown(s);
+    match (s.contains('"'), s.contains('\'')) {
+        (false, _) => format!("\"{s}\""),
+        (true, false) => format!("'{s}'"),
+        (true, true) => format!("\"{}\"", s.replace('"', "\\\"")),
+    }
+}
+
 /// A path as one word for a shell command a message names (see
 /// [`shell_word`]).
 pub fn shell_path(p: &std::path::Path) -> String {
@@ -84,6 +127,32 @@ mod tests {
             [rows(0), rows(1), rows(1200)],
             ["0 rows", "1 row", "1,200 rows"]
         );
+    }
+
+    #[test]
+    fn a_name_is_shown_on_one_line_as_written_but_for_what_does_not_show() {
+        let family = "👨\u{200d}👩\u{200d}👧";
+        for (raw, want) in [
+            ("backfill", "\"backfill\""),
+            (family, &format!("\"{family}\"")),
+            ("café 家族 e\u{301}", "\"café 家族 e\u{301}\""),
+            ("say \"hi\"", "'say \"hi\"'"),
+            ("it's \"x\"", r#""it's \"x\"""#),
+            ("it's", "\"it's\""),
+            (r"C:\data\n.db", r#""C:\data\n.db""#),
+            ("a\nb\r\tc", r#""a\nb\r\tc""#),
+            ("\\\n", r#""\\\n""#),
+            ("x\u{1b}[2J\u{7}\u{9b}", r#""x\u{1b}[2J\u{7}\u{9b}""#),
+            (
+                "a\u{2028}b\u{202e}c\u{2066}",
+                r#""a\u{2028}b\u{202e}c\u{2066}""#,
+            ),
+            ("", "\"\""),
+        ] {
+            assert_eq!(quoted(raw), want, "{raw:?}");
+            assert!(!shown(raw).contains(|c: char| c.is_control()), "{raw:?}");
+        }
+        assert_eq!(shown("plain"), "plain");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::docs::print;
 use crate::cli::{CheckpointAction, CheckpointArgs, CheckpointClearArgs, CheckpointListArgs};
-use crate::human::{plural, thousands};
+use crate::human::{plural, quoted, thousands};
 use crate::run::checkpoint::TABLE;
 use crate::run::housekeeping::{self, Record, Which};
 use crate::run::{self as runner};
@@ -52,7 +52,8 @@ fn clear(args: CheckpointClearArgs) -> anyhow::Result<ExitCode> {
     }
     for (plan, steps) in &cleared.plans {
         text += &format!(
-            "removed the checkpoint of plan {plan:?} ({steps} step record{}) from {db}; its next run starts from the first step\n",
+            "removed the checkpoint of plan {} ({steps} step record{}) from {db}; its next run starts from the first step\n",
+            quoted(plan),
             plural(*steps)
         );
     }
@@ -146,7 +147,8 @@ fn as_text(db: &str, records: &[Record]) -> String {
             .filter(|r| r.state.as_str() == "partial")
             .count();
         out += &format!(
-            "plan {plan:?}: {} step{} recorded, {} done, {partial} partial\n",
+            "plan {}: {} step{} recorded, {} done, {partial} partial\n",
+            quoted(plan),
             steps.len(),
             plural(steps.len()),
             steps.len() - partial,
@@ -157,9 +159,9 @@ fn as_text(db: &str, records: &[Record]) -> String {
                 (key, _) => format!(" up to key {}", key_text(key)),
             };
             out += &format!(
-                "  step {} {:?}: {}{at}, {} row{} ({} changed), {}\n",
+                "  step {} {}: {}{at}, {} row{} ({} changed), {}\n",
                 r.step + 1,
-                r.name,
+                quoted(&r.name),
                 r.state.as_str(),
                 thousands(r.done),
                 plural(r.done as usize),
@@ -214,7 +216,7 @@ fn key_text(key: &Sql) -> String {
         Sql::Null => "NULL".into(),
         Sql::Integer(i) => i.to_string(),
         Sql::Real(f) => f.to_string(),
-        Sql::Text(t) => format!("{t:?}"),
+        Sql::Text(t) => quoted(t),
         Sql::Blob(b) => format!("x'{}'", hex(b)),
     }
 }

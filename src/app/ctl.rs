@@ -112,7 +112,10 @@ fn command(action: &CtlAction) -> Result<Value, UsageError> {
                 Some(n) => {
                     let n: u64 = n.parse().map_err(|_| {
                         UsageError::new(format!(
-                            "--batch-size takes a number of rows or `auto`; got {n:?}"
+                            "--batch-size takes a whole number of rows from {} to {}, or `auto`; got {}",
+                            crate::lifecycle::BATCH_SIZE.start(),
+                            crate::lifecycle::BATCH_SIZE.end(),
+                            crate::human::quoted(n)
                         ))
                     })?;
                     v.insert("batch_size".into(), n.into());

@@ -14,6 +14,7 @@ use crate::cli::config::UndoConfig;
 use crate::cli::{CheckpointListArgs, UndoAction, UndoArgs, UndoClearArgs};
 use crate::error::UsageError;
 use crate::human::plural;
+use crate::human::quoted;
 use crate::human::thousands;
 use crate::lifecycle::Lifecycle;
 use crate::plan::{Plan, sqlite_message};
@@ -206,13 +207,13 @@ fn list(args: CheckpointListArgs) -> anyhow::Result<ExitCode> {
 /// often the name was mistyped), or that only recorded runs can go back.
 fn nothing_recorded(conn: &Connection, c: &UndoConfig) -> UsageError {
     let what = match &c.which {
-        Ok(run) => format!("run {run:?}"),
-        Err(plan) => format!("plan {plan:?}"),
+        Ok(run) => format!("run {}", quoted(run)),
+        Err(plan) => format!("plan {}", quoted(plan)),
     };
     let mut plans: Vec<String> = store::runs(conn)
         .unwrap_or_default()
         .into_iter()
-        .map(|r| format!("{:?}", r.plan))
+        .map(|r| quoted(&r.plan))
         .collect();
     plans.sort();
     plans.dedup();
@@ -249,9 +250,9 @@ fn list_text(
     };
     for r in runs {
         t += &format!(
-            "  run {}  plan {:?}: {} chunk{}, {} rows, {} bytes, recorded {} to {}{}\n",
+            "  run {}  plan {}: {} chunk{}, {} rows, {} bytes, recorded {} to {}{}\n",
             r.run,
-            r.plan,
+            quoted(&r.plan),
             r.chunks,
             plural(r.chunks as usize),
             thousands(r.rows),
@@ -299,7 +300,8 @@ fn clear(args: UndoClearArgs) -> anyhow::Result<ExitCode> {
         .collect();
     if let (Some(id), true) = (&args.run, chosen.is_empty() && reports.is_empty()) {
         return Err(UsageError::new(format!(
-            "no undo record of run {id:?} in {}; `batchsse undo list --db {}` shows them",
+            "no undo record of run {} in {}; `batchsse undo list --db {}` shows them",
+            quoted(id),
             file_name(&args.db),
             crate::human::shell_path(&args.db)
         ))
@@ -340,9 +342,9 @@ fn cleared_text(
     let mut text = String::new();
     for r in chosen {
         text += &format!(
-            "removed the undo record of run {} (plan {:?}, {} bytes) from {db}; it can no longer be taken back\n",
+            "removed the undo record of run {} (plan {}, {} bytes) from {db}; it can no longer be taken back\n",
             r.run,
-            r.plan,
+            quoted(&r.plan),
             thousands(r.bytes)
         );
     }
@@ -373,7 +375,8 @@ fn age(s: &str) -> Result<i64, UsageError> {
         // Digits alone, but more than any age: as good as "never".
         Err(e) if mult > 0 && *e.kind() == std::num::IntErrorKind::PosOverflow => Ok(i64::MAX),
         _ => Err(UsageError::new(format!(
-            "--older-than takes a whole number followed by s, m, h or d (seconds, minutes, hours, days), such as 30m, 12h or 7d; got {s:?}"
+            "--older-than takes a whole number followed by s, m, h or d (seconds, minutes, hours, days), such as 30m, 12h or 7d; got {}",
+            quoted(s)
         ))),
     }
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use super::{PaceArgs, ProgressMode, PublishArgs, RedisAccessArgs, RelayArgs, RunArgs, ServeArgs};
 use crate::error::UsageError;
+use crate::human::quoted;
 use crate::lifecycle::{BATCH_SIZE, CHUNK_TIME_MS, NICE_RATIO, SLEEP_MS};
 use crate::plan::{self, Source};
 use crate::relay::{Access, Target, source::Which};
@@ -423,7 +424,8 @@ pub fn parse_listen(s: &str) -> Result<SocketAddr, UsageError> {
         return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
     }
     Err(UsageError::new(format!(
-        "--listen {s:?} is not an address; use HOST:PORT such as 127.0.0.1:7077, or 127.0.0.1:0 for any free port"
+        "--listen {} is not an address; use HOST:PORT such as 127.0.0.1:7077, or 127.0.0.1:0 for any free port",
+        quoted(s)
     )))
 }
 
@@ -525,7 +527,8 @@ fn check_allow_host(name: &str) -> Result<(), UsageError> {
         return Ok(());
     }
     Err(UsageError::new(format!(
-        "--allow-host {name:?} is not a host name; give the name a proxy sends in Host, e.g. --allow-host batch.example.com (no scheme, path or spaces)"
+        "--allow-host {} is not a host name; give the name a proxy sends in Host, e.g. --allow-host batch.example.com (no scheme, path or spaces)",
+        quoted(name)
     )))
 }
 
@@ -540,7 +543,8 @@ fn check_cors(o: &str) -> Result<(), UsageError> {
     }
     let usage = || {
         UsageError::new(format!(
-            "--cors {o:?} is not an origin; give the page's scheme, host and port, e.g. --cors http://localhost:5173"
+            "--cors {} is not an origin; give the page's scheme, host and port, e.g. --cors http://localhost:5173",
+            quoted(o)
         ))
     };
     let (scheme, rest) = o.split_once("://").ok_or_else(usage)?;
@@ -576,7 +580,8 @@ fn check_cors(o: &str) -> Result<(), UsageError> {
         return Ok(());
     }
     Err(UsageError::new(format!(
-        "--cors {o:?} is not an origin as a browser sends it, and the browser compares the two exactly, so no page would be let in; use --cors {origin} (scheme, host and port only: no path or trailing slash)"
+        "--cors {} is not an origin as a browser sends it, and the browser compares the two exactly, so no page would be let in; use --cors {origin} (scheme, host and port only: no path or trailing slash)",
+        quoted(o)
     )))
 }
 

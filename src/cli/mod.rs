@@ -8,6 +8,8 @@ use std::sync::OnceLock;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::lifecycle::{BATCH_SIZE, CHUNK_TIME_MS, SLEEP_MS};
+
 /// The environment variables the command line reads.
 const ENV: [&str; 3] = [
     "BATCHSSE_TOKEN",
@@ -188,13 +190,13 @@ pub enum CtlAction {
 #[derive(Debug, Args)]
 pub struct SetArgs {
     /// Target time one chunk holds the write lock (1–600000).
-    #[arg(long, value_name = "MS")]
+    #[arg(long, value_name = "MS", value_parser = whole(CHUNK_TIME_MS, "ms"))]
     pub chunk_time: Option<u64>,
     /// After each chunk, yield R times its time (0–100).
     #[arg(long, value_name = "R")]
     pub nice_ratio: Option<f64>,
     /// Fixed pause between chunks (0–600000).
-    #[arg(long, value_name = "MS")]
+    #[arg(long, value_name = "MS", value_parser = whole(SLEEP_MS, "ms"))]
     pub sleep: Option<u64>,
     /// Fix the chunk size (1–10000000), or `auto` to adapt again.
     #[arg(long, value_name = "N|auto")]
@@ -550,11 +552,11 @@ pub struct RelayArgs {
 #[derive(Debug, Args)]
 pub struct PaceArgs {
     /// Fix every chunked step's chunk size, 1–10000000 (turns adapting off).
-    #[arg(long, value_name = "N", help_heading = "Pace")]
+    #[arg(long, value_name = "N", help_heading = "Pace", value_parser = whole(BATCH_SIZE, "rows"))]
     pub batch_size: Option<u64>,
 
     /// Adapt chunk sizes so one chunk holds the write lock about MS, 1–600000 [default: while another process may be using the database 10, or 20 in WAL mode; else 250].
-    #[arg(long, value_name = "MS", help_heading = "Pace")]
+    #[arg(long, value_name = "MS", help_heading = "Pace", value_parser = whole(CHUNK_TIME_MS, "ms"))]
     pub chunk_time: Option<u64>,
 
     /// After each chunk, yield R times its time so others get the lock (gh-ost's name), 0–100 [default: while another process may be using the database 1, or 0.75 in WAL mode; else 0].
@@ -562,7 +564,7 @@ pub struct PaceArgs {
     pub nice_ratio: Option<f64>,
 
     /// Fixed pause between chunks, 0–600000 (a live command cuts it short).
-    #[arg(long, value_name = "MS", default_value_t = 0, help_heading = "Pace")]
+    #[arg(long, value_name = "MS", default_value_t = 0, help_heading = "Pace", value_parser = whole(SLEEP_MS, "ms"))]
     pub sleep: u64,
 
     /// Wait between chunks while PATH exists (create it to pause, remove it to go on).
@@ -585,7 +587,7 @@ pub struct DemoArgs {
     pub rows: u64,
 
     /// Pause between chunks, 0–600000; the default paces the demo to about 20 s.
-    #[arg(long, value_name = "MS")]
+    #[arg(long, value_name = "MS", value_parser = whole(SLEEP_MS, "ms"))]
     pub sleep: Option<u64>,
 
     /// Keep the sample database in this folder instead of a temporary one,
@@ -643,4 +645,23 @@ pub enum ProgressMode {
     Github,
     /// No progress output (errors are still printed).
     None,
+}
+
+/// A pace flag's value as a whole number, said with the flag's range when
+/// it is not one (clap's own words for `1e400` would be "invalid digit
+/// found in string"). A number out of the range is refused with the rest
+/// of the pace, as `POST /control` refuses it (`config::check_pace`).
+fn whole(
+    range: std::ops::RangeInclusive<u64>,
+    unit: &'static str,
+) -> impl Fn(&str) -> Result<u64, String> + Clone + Send + Sync + 'static {
+    move |s| {
+        s.parse().map_err(|_| {
+            format!(
+                "it takes a whole number of {unit} from {} to {}, written in digits",
+                range.start(),
+                range.end()
+            )
+        })
+    }
 }

@@ -15,6 +15,7 @@ use super::{
     short, sqlite_message,
 };
 use crate::error::UsageError;
+use crate::human::quoted;
 
 /// An in-memory database holding the real one's schema and nothing else.
 pub(super) struct Rehearsal {
@@ -376,7 +377,10 @@ impl Shape {
     fn not_a_column(&self, label: &str, table: &str, wanted: &str) -> UsageError {
         let hint = match (self.without_rowid, &self.single_pk) {
             (true, Some(pk)) => {
-                format!("; {table} is WITHOUT ROWID, so use its primary key: \"key\": {pk:?}")
+                format!(
+                    "; {table} is WITHOUT ROWID, so use its primary key: \"key\": {}",
+                    serde_json::Value::from(pk.as_str())
+                )
             }
             (true, None) => format!(
                 "; {table} is WITHOUT ROWID and its primary key has several columns, so set \"key\" to a column with a UNIQUE index of its own (columns: {})",
@@ -385,7 +389,8 @@ impl Shape {
             _ => format!(" (columns: {})", self.column_names()),
         };
         UsageError::new(format!(
-            "{label}: chunk.key {wanted:?} is not a column of {table}{hint}"
+            "{label}: chunk.key {} is not a column of {table}{hint}",
+            quoted(wanted)
         ))
     }
 
@@ -704,7 +709,8 @@ impl Rehearsal {
             let file = self.seen.6.lock().unwrap_or_else(|p| p.into_inner()).take();
             if let Some(file) = file.filter(|f| missing_database(f)) {
                 return Err(UsageError::new(format!(
-                    "{label} attaches {file:?}, which does not exist: batchsse never creates a database, so the step would fail when it ran; fix the path, or make the database first (an empty file is one: `touch {}`)",
+                    "{label} attaches {}, which does not exist: batchsse never creates a database, so the step would fail when it ran; fix the path, or make the database first (an empty file is one: `touch {}`)",
+                    quoted(&file),
                     crate::human::shell_word(&file)
                 )));
             }
@@ -829,7 +835,7 @@ impl Rehearsal {
         };
         let via = by
             .as_ref()
-            .map_or_else(String::new, |t| format!(" (through trigger {t:?})"));
+            .map_or_else(String::new, |t| format!(" (through trigger {})", quoted(t)));
         let moves = match key_names.first() {
             Some(key) if !key_names.contains(column) => {
                 format!(", and its generated key {key} may change with it")
@@ -893,7 +899,8 @@ impl Rehearsal {
             .unwrap_or(None);
         found.ok_or_else(|| {
             UsageError::new(format!(
-                "{label}: chunk.table {name:?} is not a table in this database{}; check the name",
+                "{label}: chunk.table {} is not a table in this database{}; check the name",
+                quoted(name),
                 self.known_tables()
             ))
         })
@@ -908,6 +915,7 @@ impl Rehearsal {
         if names.is_empty() {
             String::new()
         } else {
+            let names: Vec<_> = names.iter().map(|n| crate::human::shown(n)).collect();
             format!(" (tables: {})", names.join(", "))
         }
     }
@@ -1018,7 +1026,8 @@ impl Rehearsal {
             || self.has_unique_index(table, &name);
         if !unique {
             return Err(UsageError::new(format!(
-                "{label}: chunk.key {name:?} is not unique in {table}; chunking needs a unique key (rowid, the primary key, or a column with a UNIQUE index)"
+                "{label}: chunk.key {} is not unique in {table}; chunking needs a unique key (rowid, the primary key, or a column with a UNIQUE index)",
+                quoted(&name)
             )));
         }
         if shape.alias.as_deref() == Some(name.as_str()) {
@@ -1229,7 +1238,7 @@ fn refuse_inserts_ahead(
     };
     let via = by
         .as_ref()
-        .map_or_else(String::new, |t| format!(" (through trigger {t:?})"));
+        .map_or_else(String::new, |t| format!(" (through trigger {})", quoted(t)));
     Err(UsageError::new(format!(
         "{label} inserts into {table}, the table it walks by {key}{via}: a row it inserts with a {key} ahead of the walk would be visited again, and copied again. Walk {table} by rowid (new rows get rowids past where the walk stops), or make it a plain step",
         key = chunk.key

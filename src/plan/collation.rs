@@ -183,7 +183,9 @@ impl Missing {
 /// Why a chunk key declared with such a collation is refused.
 pub(super) fn key_refusal(table: &str, key: &str, message: &str) -> String {
     format!(
-        "chunk.key {key:?} of {table} is declared with a collation batchsse does not have ({message}), and the walk orders and compares the keys by it, whatever the step compares by. {APP_OWN} Chunk by rowid (leave \"key\" out) or by another unique key, or run this step from the application. Nothing was run"
+        "chunk.key {} of {} is declared with a collation batchsse does not have ({message}), and the walk orders and compares the keys by it, whatever the step compares by. {APP_OWN} Chunk by rowid (leave \"key\" out) or by another unique key, or run this step from the application. Nothing was run",
+        crate::human::quoted(key),
+        crate::human::shown(table)
     )
 }
 

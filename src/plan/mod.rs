@@ -6,6 +6,7 @@
 mod bounds;
 mod check;
 mod collation;
+mod huge;
 mod split;
 
 use rusqlite::{Connection, types::Value};
@@ -13,6 +14,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::error::UsageError;
+use crate::human::quoted;
 pub use check::Own;
 use check::Rehearsal;
 pub(crate) use check::{OTHER_SCHEMA, parameter_names};
@@ -147,21 +149,30 @@ struct ChangesFile {
     min: Option<u64>,
 }
 
+/// The fields of a plan that count rows: `chunk.size`, then
+/// `expect_changes.max` and `.min`.
+const ROW_FIELDS: [Rows; 3] = [
+    Rows("chunk.size", 1),
+    Rows("expect_changes.max", 0),
+    Rows("expect_changes.min", 0),
+];
+
 fn max_rows<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    d.deserialize_option(Rows("expect_changes.max", 0))
+    d.deserialize_option(ROW_FIELDS[1])
 }
 
 fn min_rows<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    d.deserialize_option(Rows("expect_changes.min", 0))
+    d.deserialize_option(ROW_FIELDS[2])
 }
 
 fn size_rows<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    d.deserialize_option(Rows("chunk.size", 1))
+    d.deserialize_option(ROW_FIELDS[0])
 }
 
 /// A count of rows (the field, and the fewest it takes), said as such when
 /// it is not one (serde's own words would be "expected u64", and nothing
 /// of what to write).
+#[derive(Clone, Copy)]
 struct Rows(&'static str, u64);
 
 impl<'de> serde::de::Visitor<'de> for Rows {
@@ -290,28 +301,18 @@ fn prepare_json(
     r: &Rehearsal,
     finished: impl FnOnce(&str) -> Finished,
 ) -> Result<Plan, UsageError> {
+    // In messages: the file's name on one line (see `human::shown`).
+    let plan_file = crate::human::shown(origin);
     if text.trim().is_empty() {
         return Err(UsageError::new(format!(
-            "the plan {origin} is empty; give a JSON plan such as {{\"name\": \"x\", \"steps\": [{{\"sql\": \"…\"}}]}}"
+            "the plan {plan_file} is empty; give a JSON plan such as {{\"name\": \"x\", \"steps\": [{{\"sql\": \"…\"}}]}}"
         )));
     }
-    let Object(file) = serde_json::from_str::<Object<PlanFile>>(text).map_err(|e| {
-        UsageError::new(format!(
-            "invalid plan {origin} at line {}, column {}: {}{}",
-            e.line(),
-            // 0 when nothing was read yet (a plan that opens with `[`).
-            e.column().max(1),
-            strip_position(&e.to_string()),
-            if looks_like_sql(text) {
-                "; it looks like a SQL script: give it with --sql instead of --plan"
-            } else {
-                ""
-            }
-        ))
-    })?;
+    let Object(file) = serde_json::from_str::<Object<PlanFile>>(text)
+        .map_err(|e| invalid_json(&plan_file, text, &e))?;
     if file.steps.is_empty() {
         return Err(UsageError::new(format!(
-            "the plan {origin} has no steps; add at least one {{\"sql\": \"…\"}} to \"steps\""
+            "the plan {plan_file} has no steps; add at least one {{\"sql\": \"…\"}} to \"steps\""
         )));
     }
     let plan_name = file
@@ -328,7 +329,7 @@ fn prepare_json(
             Some(n) if !n.is_empty() => n.to_owned(),
             _ => step_name_from_sql(&s.sql).unwrap_or_else(|| format!("step {}", index + 1)),
         };
-        let label = format!("step {} ({name:?})", index + 1);
+        let label = format!("step {} ({})", index + 1, quoted(&name));
         if s.sql.trim().is_empty() {
             return Err(UsageError::new(format!(
                 "{label} has no SQL; fill in \"sql\""
@@ -408,27 +409,28 @@ fn prepare_sql(
     r: &Rehearsal,
     finished: Finished,
 ) -> Result<Plan, UsageError> {
+    let plan_file = crate::human::shown(origin);
     if let Some(at) = text.find('\0') {
         return Err(UsageError::new(format!(
-            "{origin}: line {} contains a NUL character, where SQLite would stop reading; remove it",
+            "{plan_file}: line {} contains a NUL character, where SQLite would stop reading; remove it",
             text[..at].matches('\n').count() + 1
         )));
     }
     let mut steps = Vec::new();
     for piece in split_statements(text) {
-        refuse_shell_command(origin, text, piece)?;
+        refuse_shell_command(&plan_file, text, piece)?;
         let index = steps.len();
         let label = format!("statement {}", index + 1);
         let sql = piece.trim().to_owned();
         let name = step_name_from_sql(&sql).unwrap_or_else(|| label.clone());
-        let label = format!("{label} ({name:?})");
+        let label = format!("{label} ({})", quoted(&name));
         let sum = checksum(&sql, None);
         let autocommit = classify(&label, &sql)?;
         r.take_writes();
         let skipped = skipped_on_resume(&finished, index, &sum, &sql, &name, origin)?
             && !r.only_temp(&label, &sql);
         if !skipped {
-            r.rehearse_script_statement(origin, &label, &sql)?;
+            r.rehearse_script_statement(&plan_file, &label, &sql)?;
         }
         let (writes, updates) = r.take_writes();
         let temp_only = !skipped && check::only_temp_writes(&writes);
@@ -448,7 +450,7 @@ fn prepare_sql(
     }
     if steps.is_empty() {
         return Err(UsageError::new(format!(
-            "the SQL script {origin} has no statements; give at least one"
+            "the SQL script {plan_file} has no statements; give at least one"
         )));
     }
     Ok(Plan {
@@ -556,9 +558,11 @@ fn classify(label: &str, sql: &str) -> Result<bool, UsageError> {
 /// Step `index` was applied by an earlier run of `plan` and edited since.
 pub fn edited(index: usize, name: &str, plan: &str) -> UsageError {
     UsageError::new(format!(
-        "step {} ({name:?}) has changed since it was applied by plan {plan:?}; \
+        "step {} ({}) has changed since it was applied by plan {}; \
          revert the edit, give the plan a new \"name\" to start fresh, or pass --force to run the whole plan again",
-        index + 1
+        index + 1,
+        quoted(name),
+        quoted(plan)
     ))
 }
 
@@ -691,6 +695,29 @@ pub fn db_open_message(e: &rusqlite::Error) -> String {
         ),
         _ => format!("cannot read the database schema: {}", sqlite_message(e)),
     }
+}
+
+/// A plan that is not JSON, or not a plan's JSON, as its error says it.
+fn invalid_json(origin: &str, text: &str, e: &serde_json::Error) -> UsageError {
+    // serde_json counts lines by LF and columns in bytes.
+    let stop = text
+        .split_inclusive('\n')
+        .take(e.line().saturating_sub(1))
+        .map(str::len)
+        .sum::<usize>()
+        + e.column();
+    let what = huge::said(text, stop).unwrap_or_else(|| strip_position(&e.to_string()).into());
+    UsageError::new(format!(
+        "invalid plan {origin} at line {}, column {}: {what}{}",
+        e.line(),
+        // 0 when nothing was read yet (a plan that opens with `[`).
+        e.column().max(1),
+        if looks_like_sql(text) {
+            "; it looks like a SQL script: give it with --sql instead of --plan"
+        } else {
+            ""
+        }
+    ))
 }
 
 /// serde_json appends " at line L column C"; we print the position first.

@@ -27,7 +27,7 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 
 use crate::error::UsageError;
-use crate::human::shell_word;
+use crate::human::{quoted, shell_word};
 
 /// What a Redis URL does not say, from flags and the environment: the
 /// PEM files for `rediss://` (`--redis-ca`, `--redis-cert`, `--redis-key`)
@@ -184,7 +184,9 @@ fn host_port(h: &str, default_port: u16) -> Result<(String, u16), String> {
         return Err("has no host".into());
     }
     let port = match port {
-        Some(p) => p.parse().map_err(|_| format!("has a bad port {p:?}"))?,
+        Some(p) => p
+            .parse()
+            .map_err(|_| format!("has a bad port {}", quoted(p)))?,
         None => default_port,
     };
     Ok((host.to_owned(), port))
@@ -272,7 +274,7 @@ impl Target {
         };
         let db: i64 = db
             .parse()
-            .map_err(|_| usage(format!("has {db:?} where the database number goes")))?;
+            .map_err(|_| usage(format!("has {} where the database number goes", quoted(db))))?;
         if parts.hosts.len() > 1 && !sentinel && !cluster {
             return Err(usage(
                 "lists several hosts, which only redis+sentinel:// and redis+cluster:// take"

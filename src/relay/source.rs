@@ -19,6 +19,7 @@ use super::{
 use crate::error::UsageError;
 use crate::events::Event;
 use crate::events::log::EventLog;
+use crate::human::quoted;
 
 /// Which run a relay serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,7 +119,8 @@ impl Source {
                 "stream" => {}
                 "none" => {
                     return Err(UsageError::new(format!(
-                        "run {id:?} is not in {}: there is no stream {key} (it was never published there, or it expired after the run's --publish-ttl); {}, or use --plan NAME",
+                        "run {} is not in {}: there is no stream {key} (it was never published there, or it expired after the run's --publish-ttl); {}, or use --plan NAME",
+                        quoted(id),
                         target.shown(),
                         target.list_runs_hint(),
                     )));
@@ -180,7 +182,8 @@ impl Source {
             ""
         };
         crate::errln!(
-            "batchsse: waiting for the next run of plan {plan:?} in {}{last}{path_hint}",
+            "batchsse: waiting for the next run of plan {} in {}{last}{path_hint}",
+            quoted(plan),
             self.target.shown()
         );
         loop {
@@ -446,10 +449,12 @@ fn append(log: &EventLog, id: &str, fields: &[Vec<u8>]) {
             log.push_published(n, event, data.to_owned());
         }
         Ok(_) => crate::errln!(
-            "batchsse: warning: skipped event {n}: this relay does not know events named {name:?}; is the run's batchsse newer than the relay's?"
+            "batchsse: warning: skipped event {n}: this relay does not know events named {}; is the run's batchsse newer than the relay's?",
+            quoted(name)
         ),
         Err(e) => crate::errln!(
-            "batchsse: warning: skipped event {n} ({name}): {e}; is the run's batchsse newer than the relay's?"
+            "batchsse: warning: skipped event {n} ({}): {e}; is the run's batchsse newer than the relay's?",
+            quoted(name)
         ),
     }
 }

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::error::UsageError;
+use crate::human::quoted;
 use crate::plan::{Key, Plan, Step, edited, sqlite_message};
 
 pub const TABLE: &str = "batchsse_checkpoint";
@@ -54,10 +55,10 @@ fn refuse_renumbered(
         let Some((table, how)) = table else { continue };
         let (by, which) = renumbered_by(how);
         return Err(UsageError::new(format!(
-            "step {} ({:?}) of plan {:?} stopped part-way through {table}, which it walks by rowid, and {by} has since numbered the rowids of {table} anew ({which}): going on after the last rowid the step committed would skip rows it has not reached. Nothing was run. Run the plan again with --force to start it over, if its steps may meet rows they already changed (a DELETE, or an UPDATE whose WHERE leaves changed rows out); or give {table} an index or an INTEGER PRIMARY KEY before it is vacuumed again",
+            "step {} ({}) of plan {} stopped part-way through {table}, which it walks by rowid, and {by} has since numbered the rowids of {table} anew ({which}): going on after the last rowid the step committed would skip rows it has not reached. Nothing was run. Run the plan again with --force to start it over, if its steps may meet rows they already changed (a DELETE, or an UPDATE whose WHERE leaves changed rows out); or give {table} an index or an INTEGER PRIMARY KEY before it is vacuumed again",
             index + 1,
-            step.name,
-            plan.name
+            quoted(&step.name),
+            quoted(&plan.name)
         )));
     }
     Ok(())
@@ -169,8 +170,8 @@ impl Resume {
         })?;
         if rows.iter().any(|(_, row)| row.checksum == UNDOING) {
             return Err(UsageError::new(format!(
-                "an undo of plan {:?} is under way: it stopped after taking back part of what the plan applied, so the checkpoint no longer says what is applied. Finish it with `batchsse undo --db {db} --plan {name}` (or start over with `batchsse checkpoint clear --db {db} --plan {name}`), then run the plan again",
-                plan.name,
+                "an undo of plan {} is under way: it stopped after taking back part of what the plan applied, so the checkpoint no longer says what is applied. Finish it with `batchsse undo --db {db} --plan {name}` (or start over with `batchsse checkpoint clear --db {db} --plan {name}`), then run the plan again",
+                quoted(&plan.name),
                 db = crate::human::shell_word(
                     &super::db::file_of(conn)
                         .map_or("FILE".into(), |p| p.to_string_lossy().into_owned())
@@ -184,9 +185,9 @@ impl Resume {
                 Some(step) => return Err(edited(*index, &step.name, &plan.name)),
                 None => {
                     return Err(UsageError::new(format!(
-                        "plan {:?} had a step {} that is gone now; the plan was edited after it ran. \
+                        "plan {} had a step {} that is gone now; the plan was edited after it ran. \
                          Give it a new \"name\" to start fresh, or pass --force to run it again",
-                        plan.name,
+                        quoted(&plan.name),
                         index + 1
                     )));
                 }
@@ -239,15 +240,15 @@ impl Resume {
             .steps
             .iter()
             .find_map(|s| self.chunk_position(s).map(|p| (s, p)));
-        let mut text = format!("resuming plan {:?}", plan.name);
+        let mut text = format!("resuming plan {}", quoted(&plan.name));
         if !done.is_empty() {
             text += &format!(": step(s) {} already applied and skipped", done.join(", "));
         }
         if let Some((s, p)) = partial {
             text += &format!(
-                "; step {} ({:?}) continues after {} committed rows",
+                "; step {} ({}) continues after {} committed rows",
                 s.index + 1,
-                s.name,
+                quoted(&s.name),
                 crate::human::thousands(p.done)
             );
         }
@@ -378,13 +379,13 @@ impl<'a> Checkpoint<'a> {
     pub fn conflict(&self) -> String {
         if let Ok(false) = self.holds_plan() {
             return format!(
-                "the checkpoint of plan {:?} was removed while this run ran (by `batchsse checkpoint clear`, a run of the plan with --force, or by hand), so this run stopped rather than go on unrecorded",
-                self.plan.name
+                "the checkpoint of plan {} was removed while this run ran (by `batchsse checkpoint clear`, a run of the plan with --force, or by hand), so this run stopped rather than go on unrecorded",
+                quoted(&self.plan.name)
             );
         }
         format!(
-            "another batchsse run is applying plan {:?} to this database (its checkpoint moved under this run); let one run finish, then run the plan again to resume",
-            self.plan.name
+            "another batchsse run is applying plan {} to this database (its checkpoint moved under this run); let one run finish, then run the plan again to resume",
+            quoted(&self.plan.name)
         )
     }
 

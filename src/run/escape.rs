@@ -60,9 +60,9 @@ fn run_empty(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
 
 fn escapes(step: &Step, chunk: &Chunk, changed: u64) -> UsageError {
     UsageError::new(format!(
-        "step {} ({:?}) changes rows outside its chunk: run with an empty chunk (:lo and :hi NULL) it changed {}, and it would change {} again in every chunk. A chunked statement must change nothing when its chunk holds no rows: put the chunk's range in an AND with the rest of the WHERE, as in `WHERE {key} BETWEEN :lo AND :hi AND (…)`, and give a change meant to happen once a step of its own, without \"chunk\" (a running total kept in another table passes with `HAVING count(*) > 0`). Nothing was written",
+        "step {} ({}) changes rows outside its chunk: run with an empty chunk (:lo and :hi NULL) it changed {}, and it would change {} again in every chunk. A chunked statement must change nothing when its chunk holds no rows: put the chunk's range in an AND with the rest of the WHERE, as in `WHERE {key} BETWEEN :lo AND :hi AND (…)`, and give a change meant to happen once a step of its own, without \"chunk\" (a running total kept in another table passes with `HAVING count(*) > 0`). Nothing was written",
         step.index + 1,
-        step.name,
+        crate::human::quoted(&step.name),
         crate::human::rows(changed),
         if changed == 1 { "it" } else { "them" },
         key = chunk.key,

@@ -145,7 +145,11 @@ fn answer(v: &Value) -> String {
     match v {
         Value::Text(t) if t.chars().count() > TEXT => {
             let head: String = t.chars().take(TEXT).collect();
-            format!("{head:?}… (a text of {} characters)", t.chars().count())
+            format!(
+                "{}… (a text of {} characters)",
+                crate::human::quoted(&head),
+                t.chars().count()
+            )
         }
         _ => shown(v),
     }
@@ -159,7 +163,7 @@ pub(super) fn shown(v: &Value) -> String {
         Value::Null => "NULL".into(),
         Value::Integer(i) => i.to_string(),
         Value::Real(f) => format!("{f:?}"),
-        Value::Text(t) => format!("{t:?}"),
+        Value::Text(t) => crate::human::quoted(t),
         Value::Blob(b) if b.len() <= 32 => {
             format!(
                 "x'{}'",

@@ -151,14 +151,15 @@ fn clear_undo(conn: &Connection, plans: &[(String, usize)]) -> rusqlite::Result<
 }
 
 fn no_such_plan(conn: &Connection, name: &str, known: &[(String, usize)]) -> UsageError {
-    let names: Vec<String> = known.iter().map(|(p, _)| format!("{p:?}")).collect();
+    let names: Vec<String> = known.iter().map(|(p, _)| crate::human::quoted(p)).collect();
+    let name = crate::human::quoted(name);
     UsageError::new(if names.is_empty() {
         format!(
-            "no checkpoint recorded for plan {name:?}: no plan has one in this database; nothing was removed"
+            "no checkpoint recorded for plan {name}: no plan has one in this database; nothing was removed"
         )
     } else {
         format!(
-            "no checkpoint recorded for plan {name:?}; recorded plans: {} (see `batchsse checkpoint list --db {}`); nothing was removed",
+            "no checkpoint recorded for plan {name}; recorded plans: {} (see `batchsse checkpoint list --db {}`); nothing was removed",
             names.join(", "),
             crate::human::shell_word(
                 &super::db::file_of(conn)

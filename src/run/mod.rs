@@ -46,6 +46,7 @@ use crate::events::log::EventLog;
 use crate::events::{
     Event, Finished, Level, Progress, RunStatus, Start, StepEvent, StepInfo, StepKind, StepState,
 };
+use crate::human::quoted;
 use crate::lifecycle::{Cancel, Steering};
 use crate::plan::{self, Plan, Step, sqlite_message};
 
@@ -335,7 +336,10 @@ impl Runner<'_> {
             .ok()
             .flatten()
             .map(|(step, name, after)| {
-                (format!("step {} ({name:?})", step.saturating_add(1)), after)
+                (
+                    format!("step {} ({})", step.saturating_add(1), quoted(&name)),
+                    after,
+                )
             });
         (command, stop)
     }
@@ -364,8 +368,8 @@ impl Runner<'_> {
     /// running the plan again would do that work a second time.
     fn checkpoint_gone(&self) -> String {
         format!(
-            "the checkpoint of plan {:?} was removed while this run ran (by `batchsse checkpoint clear`, a run of the plan with --force, or by hand): what this run committed is no longer recorded, so running the plan again starts from its first step and applies it a second time; make sure its steps can be applied twice, or narrow them to the rows not yet done",
-            self.plan.name
+            "the checkpoint of plan {} was removed while this run ran (by `batchsse checkpoint clear`, a run of the plan with --force, or by hand): what this run committed is no longer recorded, so running the plan again starts from its first step and applies it a second time; make sure its steps can be applied twice, or narrow them to the rows not yet done",
+            quoted(&self.plan.name)
         )
     }
 
@@ -487,8 +491,9 @@ impl Runner<'_> {
                 None,
                 Level::Info,
                 format!(
-                    "plan {:?} was already applied to {}; nothing to do (use --force to run it again)",
-                    plan.name, self.db
+                    "plan {} was already applied to {}; nothing to do (use --force to run it again)",
+                    quoted(&plan.name),
+                    crate::human::shown(&self.db)
                 ),
             );
         } else if resume.resumed() {
@@ -512,9 +517,9 @@ impl Runner<'_> {
             return Err((
                 RunStatus::Cancelled,
                 format!(
-                    "interrupted before step {} ({:?})",
+                    "interrupted before step {} ({})",
                     step.index + 1,
-                    step.name
+                    quoted(&step.name)
                 ),
                 Counts::default(),
             ));
@@ -545,14 +550,18 @@ impl Runner<'_> {
             StepError::Cancelled => (RunStatus::Cancelled, self.interrupted(step, c)),
             StepError::Sql(e) => (
                 RunStatus::Failed,
-                format!("step {} ({:?}) failed: {e}", step.index + 1, step.name),
+                format!(
+                    "step {} ({}) failed: {e}",
+                    step.index + 1,
+                    quoted(&step.name)
+                ),
             ),
             StepError::Expect(e) => (
                 RunStatus::Failed,
                 format!(
-                    "step {} ({:?}) failed: {e}{}",
+                    "step {} ({}) failed: {e}{}",
                     step.index + 1,
-                    step.name,
+                    quoted(&step.name),
                     self.undo_hint()
                 ),
             ),
@@ -725,9 +734,9 @@ impl Runner<'_> {
     /// Why a step stopped when it was interrupted, and what it keeps.
     fn interrupted(&self, step: &Step, c: Counts) -> String {
         format!(
-            "interrupted during step {} ({:?}); {} rolled back{}",
+            "interrupted during step {} ({}); {} rolled back{}",
             step.index + 1,
-            step.name,
+            quoted(&step.name),
             match step.chunk {
                 Some(_) => "its current chunk was",
                 None => "its work was",
@@ -841,9 +850,9 @@ pub fn check(plan: &Plan, opts: &Options) -> Result<(), UsageError> {
         && let Some(s) = plan.steps.iter().find(|s| s.autocommit)
     {
         return Err(UsageError::new(format!(
-            "step {} ({:?}) must run outside a transaction, so it cannot be part of {flag}; remove the step or the flag",
+            "step {} ({}) must run outside a transaction, so it cannot be part of {flag}; remove the step or the flag",
             s.index + 1,
-            s.name,
+            quoted(&s.name),
         )));
     }
     Ok(())

@@ -253,7 +253,8 @@ fn parse(body: &[u8]) -> Result<Command, String> {
         // `{"pause": true, "pause": false}` could mean either: refused.
         if map[..i].iter().any(|(k, _)| k == key) {
             return Err(format!(
-                "the field {key:?} is given twice; give each field once"
+                "the field {} is given twice; give each field once",
+                crate::human::quoted(key)
             ));
         }
         field(&mut cmd, key, value)?;
@@ -290,7 +291,8 @@ fn field(cmd: &mut Command, key: &str, value: &Value) -> Result<(), String> {
         }
         other => {
             return Err(format!(
-                "unknown field {other:?}; the fields are pause, cancel, chunk_time_ms, nice_ratio, sleep_ms and batch_size"
+                "unknown field {}; the fields are pause, cancel, chunk_time_ms, nice_ratio, sleep_ms and batch_size",
+                crate::human::quoted(other)
             ));
         }
     }

@@ -93,7 +93,8 @@ pub(super) fn misdirected(state: &State, headers: &hyper::HeaderMap) -> Option<R
     Some(text(
         StatusCode::MISDIRECTED_REQUEST,
         &format!(
-            "this server answers only to {names}, not {host:?} (a guard against DNS rebinding); behind a reverse proxy, start it with --allow-host NAME (port {} here)",
+            "this server answers only to {names}, not {} (a guard against DNS rebinding); behind a reverse proxy, start it with --allow-host NAME (port {} here)",
+            crate::human::quoted(&host),
             listen.port()
         ),
     ))

@@ -59,8 +59,8 @@ impl Target {
     pub fn parse(url: &str, token: Option<&str>) -> Result<Target, UsageError> {
         let bad = |why: &str| {
             UsageError::new(format!(
-                "{:?} is not a batchsse URL ({why}); use e.g. http://127.0.0.1:7077/ or http://127.0.0.1:7077/events",
-                hide_token(url)
+                "{} is not a batchsse URL ({why}); use e.g. http://127.0.0.1:7077/ or http://127.0.0.1:7077/events",
+                crate::human::quoted(&hide_token(url))
             ))
         };
         let uri: Uri = with_scheme(url.trim())
@@ -585,9 +585,9 @@ fn show(ev: &ParsedEvent, seen: &mut Seen, renderer: &mut Renderer) -> Option<At
             }
         }
         Err(e) => print_line(&format!(
-            "batchsse: warning: skipped event {} ({:?}): its data is not what batchsse sends ({e})",
+            "batchsse: warning: skipped event {} ({}): its data is not what batchsse sends ({e})",
             id.map_or("without id".into(), |i| i.to_string()),
-            ev.event
+            crate::human::quoted(&ev.event)
         )),
     }
     None

@@ -12,7 +12,7 @@ pub use crate::cli::ProgressMode;
 use crate::error::{print_line, terminal_safe};
 use crate::events::log::EventLog;
 use crate::events::{Event, Level, Progress, RunStatus, StepState, ThrottleReason};
-use crate::human::{duration, plural, rows, thousands};
+use crate::human::{duration, plural, quoted, rows, shown, thousands};
 use crate::view::github::Github;
 
 impl ProgressMode {
@@ -76,7 +76,7 @@ impl Bars {
         let overall = multi.add(ProgressBar::new(s.steps.len() as u64));
         overall.set_style(style(&template(BarKind::Run, width())));
         overall.set_prefix("run ");
-        overall.set_message(on_a_bar(&format!("{} on {}", s.plan, s.db)));
+        overall.set_message(on_a_bar(&format!("{} on {}", shown(&s.plan), shown(&s.db))));
         overall.enable_steady_tick(Duration::from_millis(250));
         if !multi.is_hidden() {
             crate::error::set_bars(Some(Arc::new(Above(multi.clone()))));
@@ -212,7 +212,8 @@ impl Renderer {
         }
     }
 
-    /// "[2/5] name": the name the event carries, the count from `start`;
+    /// "[2/5] name": the name the event carries (on one line, see
+    /// [`shown`]), the count from `start`;
     /// a watch that began after `start` (`?last_event_id=N`) does not know
     /// the count: "[2/?] name".
     fn label(&self, index: usize, name: &str) -> String {
@@ -220,7 +221,7 @@ impl Renderer {
             0 => "?".to_owned(),
             n => n.max(index + 1).to_string(),
         };
-        format!("[{}/{of}] {name}", index + 1)
+        format!("[{}/{of}] {}", index + 1, shown(name))
     }
 
     /// Shows one event; `data` is its JSON payload as sent over SSE.
@@ -498,9 +499,9 @@ fn start_line(s: &crate::events::Start) -> String {
         _ => "plan".to_owned(),
     };
     format!(
-        "batchsse: {what} {:?} on {}: {} step{}{}{}",
-        s.plan,
-        s.db,
+        "batchsse: {what} {} on {}: {} step{}{}{}",
+        quoted(&s.plan),
+        shown(&s.db),
         s.steps.len(),
         plural(s.steps.len()),
         if s.resumed {

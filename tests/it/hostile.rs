@@ -61,8 +61,8 @@ fn assert_only_meant_commands(log: &str) {
     let kinds: Vec<&str> = cmds
         .iter()
         .map(|c| match c {
-            c if c.starts_with("::group::[1/2] bump%0A::error::name-lf") => "group 1",
-            c if c.starts_with("::group::[2/2] touch u 50%25%0D::warning::name-cr%0A") => "group 2",
+            c if c.starts_with(r"::group::[1/2] bump\n::error::name-lf") => "group 1",
+            c if c.starts_with(r"::group::[2/2] touch u 50%25\r::warning::name-cr\n") => "group 2",
             &"::endgroup::" => "endgroup",
             c if c.starts_with("::error title=step 2 (touch u 50%25%0D%3A%3Awarning") => "error",
             other => panic!("a command batchsse did not mean: {other:?} in:\n{log}"),
@@ -119,6 +119,116 @@ fn watch_in_github_mode_is_as_safe_as_the_run() {
     assert_eq!(code, 1, "{err}");
     assert_only_meant_commands(&err);
     run.signal("TERM");
+}
+
+/// A CR or LF in a step's name is shown as `\r` or `\n` by every
+/// terminal mode, the run's and `watch`'s: the name stays on its line, and
+/// no line starts with what followed the break.
+#[test]
+fn a_line_break_in_a_step_name_keeps_the_name_on_its_line() {
+    let (db, plan) = injecting();
+    let lf = r"bump\n::error::name-lf";
+    let cr = r"touch u 50%\r::warning::name-cr\n  ::notice::indented";
+    let mut said = Vec::new();
+    for mode in ["plain", "bar"] {
+        let flags = ["--no-serve", "--no-checkpoint", "--progress", mode];
+        let (code, _, err) = crate::util::run(&run_args(&db, path_str(&plan), &flags));
+        assert_eq!(code, 1, "{mode}: {err}");
+        said.push((mode, err));
+    }
+    let run = serving(&db, path_str(&plan), &["--no-checkpoint", "--linger", "30"]);
+    let url = format!("http://{}/", run.addr());
+    let (code, _, err) = crate::util::run(&["watch", &url, "--progress", "plain"]);
+    assert_eq!(code, 1, "{err}");
+    run.signal("TERM");
+    said.push(("watch", err));
+    for (mode, err) in said {
+        assert!(err.contains(&format!("[1/2] {lf}: done")), "{mode}: {err}");
+        assert!(
+            err.contains(&format!("[2/2] {cr}: FAILED")),
+            "{mode}: {err}"
+        );
+        assert!(
+            err.contains(&format!("step 2 (\"{cr}\") failed")),
+            "{mode}: {err}"
+        );
+        for line in err.lines() {
+            assert!(
+                !["::error::name-lf", "::warning::name-cr", "  ::notice"]
+                    .iter()
+                    .any(|broken| line.starts_with(broken)),
+                "{mode}: a name broke its line: {line:?} in:\n{err}"
+            );
+        }
+    }
+}
+
+/// A plan file whose name holds a line break is named on one line by the
+/// messages about it, a JSON plan's and a SQL script's alike.
+#[test]
+fn a_line_break_in_a_plan_file_name_keeps_its_message_on_one_line() {
+    let db = TempDb::counters(3);
+    let plan = db.file("bad\nplan.json", r#"{"steps": ["#);
+    let script = db.file("bad\rscript.sql", ".bail on\nUPDATE t SET counter = 1;");
+    for (how, file, said) in [
+        ("--plan", plan, r"invalid plan bad\nplan.json at line 1"),
+        (
+            "--sql",
+            script,
+            r"bad\rscript.sql: line 1 is a command of the sqlite3 shell",
+        ),
+    ] {
+        let args = [
+            "run",
+            "--db",
+            path_str(&db.path),
+            how,
+            path_str(&file),
+            "--no-serve",
+        ];
+        let (code, _, err) = crate::util::run(&args);
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains(said), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    }
+}
+
+/// Names in messages are quoted as written: a joined emoji, an accent or
+/// a double quote reads as itself, not as Rust's `\u{200d}` or `\"`.
+#[test]
+fn names_in_messages_read_as_written() {
+    let db = TempDb::counters(3);
+    let family = "👨\u{200d}👩\u{200d}👧";
+    let (plan, step) = (format!("café {family}"), format!("say \"hi\" {family}"));
+    let chunked = |table: &str| {
+        serde_json::json!({"name": plan, "steps": [
+            {"name": step, "sql": "UPDATE t SET counter = 1 WHERE id BETWEEN :lo AND :hi",
+             "chunk": {"table": table}},
+            {"name": format!("dup {family}"), "sql": "INSERT INTO t(id) VALUES (1)"}
+        ]})
+        .to_string()
+    };
+    let bad = db.file("bad.json", &chunked("naïve"));
+    let (code, _, err) = crate::util::run(&run_args(&db, path_str(&bad), &["--no-serve"]));
+    assert_eq!(code, 2, "{err}");
+    let said = format!("step 1 ('{step}'): chunk.table \"naïve\" is not a table");
+    assert!(err.contains(&said), "{err}");
+    let good = db.file("good.json", &chunked("t"));
+    let (code, _, err) = crate::util::run(&run_args(&db, path_str(&good), &["--no-serve"]));
+    assert_eq!(code, 1, "{err}");
+    let said = format!("step 2 (\"dup {family}\") failed: UNIQUE");
+    assert!(err.contains(&said), "{err}");
+    let path = path_str(&db.path);
+    let (code, out, err) = crate::util::run(&["checkpoint", "list", "--db", path]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("plan \"{plan}\": 1 step")), "{out}");
+    assert!(out.contains(&format!("step 1 '{step}': done")), "{out}");
+    let (code, _, e) = crate::util::run(&["checkpoint", "clear", "--db", path, "--plan", "x"]);
+    assert_eq!(code, 2, "{e}");
+    assert!(e.contains(&format!("recorded plans: \"{plan}\" (")), "{e}");
+    for text in [err, out, e] {
+        assert!(!text.contains("\\u{") && !text.contains("\\\""), "{text}");
+    }
 }
 
 #[test]
@@ -718,6 +828,61 @@ fn a_chunk_size_that_is_not_a_whole_number_says_how_to_write_one() {
     }
 }
 
+/// A number too large for any float (1e400) names its field and what the
+/// field takes, wherever it is given, not only serde_json's "number out of
+/// range".
+#[test]
+fn a_number_out_of_range_in_a_plan_names_its_field() {
+    let db = TempDb::counters(10);
+    let before = db.bytes();
+    let sql = "UPDATE t SET counter = 1 WHERE id BETWEEN :lo AND :hi";
+    let rows = "out of range: it takes a whole number of rows from";
+    for (fields, said) in [
+        (
+            r#""chunk": {"table": "t", "size": 1e400}"#,
+            "chunk.size of step 2 is 1e400, ",
+        ),
+        (
+            r#""chunk": {"table": "t", "size": -1e400}"#,
+            "chunk.size of step 2 is -1e400, ",
+        ),
+        (
+            r#""expect_changes": {"max": 1e400}"#,
+            "expect_changes.max of step 2 is 1e400, ",
+        ),
+        (
+            r#""name": 1e400"#,
+            "name of step 2 is 1e400, a number out of range, where a string goes",
+        ),
+        (
+            r#""undo": -1e999"#,
+            "undo of step 2 is -1e999, a number out of range, where true or false",
+        ),
+    ] {
+        let plan = db.file(
+            "plan.json",
+            &format!("{{\"steps\": [{{\"sql\": \"{sql}\"}},\n {{\"sql\": \"{sql}\", {fields}}}]}}"),
+        );
+        let (code, _, err) = crate::util::run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+        assert_eq!(code, 2, "{fields}: {err}");
+        assert!(
+            err.contains(" at line 2, column ") && err.contains(said),
+            "{fields}: {err}"
+        );
+        if said.ends_with(", ") {
+            assert!(err.contains(&format!("{said}{rows}")), "{fields}: {err}");
+        }
+        assert_eq!(db.bytes(), before, "{fields}");
+    }
+    let plan = db.file("plan.json", r#"{"name": 1e400, "steps": []}"#);
+    let (code, _, err) = crate::util::run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("the plan's name is 1e400, a number out of range"),
+        "{err}"
+    );
+}
+
 /// A checkpoint table altered by hand cannot be read: the way out the
 /// message gives must work, and `checkpoint clear --all` is itself refused
 /// on such a table, so it cannot be that way.
@@ -833,6 +998,44 @@ fn a_huge_number_of_seconds_is_taken_as_a_year_and_nan_is_refused() {
         assert_eq!(code, 2, "{bad}: {err}");
         assert!(err.contains("--progress-interval takes"), "{bad}: {err}");
     }
+}
+
+/// A pace flag given a number that is not a whole one, or too large to be
+/// read (`1e400`, 23 digits), says the range it takes, not clap's "invalid
+/// digit found in string"; the database is untouched.
+#[test]
+fn a_pace_flag_that_is_not_a_whole_number_says_its_range() {
+    let db = TempDb::counters(3);
+    let plan = db.file("plan.json", &counter_plan("pace", 10));
+    let before = db.bytes();
+    for (flag, value, range) in [
+        ("--batch-size", "1e400", "rows from 1 to 10000000"),
+        (
+            "--batch-size",
+            "99999999999999999999999",
+            "rows from 1 to 10000000",
+        ),
+        ("--chunk-time", "1e400", "ms from 1 to 600000"),
+        ("--sleep", "2.5", "ms from 0 to 600000"),
+    ] {
+        let args = run_args(&db, path_str(&plan), &["--no-serve", flag, value]);
+        let (code, _, err) = crate::util::run(&args);
+        assert_eq!(code, 2, "{flag} {value}: {err}");
+        let said = format!("'{value}' for '{flag} ");
+        assert!(err.contains(&said), "{flag} {value}: {err}");
+        assert!(
+            err.contains(&format!("a whole number of {range}")),
+            "{flag} {value}: {err}"
+        );
+    }
+    assert_eq!(db.bytes(), before);
+    let (code, _, err) =
+        crate::util::run(&["ctl", "http://127.0.0.1:9/", "set", "--batch-size", "1e400"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("rows from 1 to 10000000, or `auto`; got \"1e400\""),
+        "{err}"
+    );
 }
 
 /// A plain step longer than the pre-run check lets a statement make (8 MiB)

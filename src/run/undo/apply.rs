@@ -17,7 +17,7 @@ use crate::events::{
     Event, Finished, Level, Progress, RunKind, RunStatus, Start, StepEvent, StepInfo, StepKind,
     StepState, UndoInfo,
 };
-use crate::human::{plural, thousands};
+use crate::human::{plural, quoted, thousands};
 use crate::lifecycle::{Cancel, Steering};
 use crate::run::checkpoint;
 use crate::run::expect::shown;
@@ -320,7 +320,7 @@ impl Undoer<'_> {
                 self.step_event(&at, StepState::Skipped, None);
                 self.message(
                     Level::Warn,
-                    format!("the undo stops at step {} ({:?}), which the run did not record (\"undo\": false); earlier steps stay as they are", g[0].step.saturating_add(1), g[0].name),
+                    format!("the undo stops at step {} ({}), which the run did not record (\"undo\": false); earlier steps stay as they are", g[0].step.saturating_add(1), quoted(&g[0].name)),
                 );
                 break;
             }
@@ -448,8 +448,9 @@ impl Undoer<'_> {
         self.message(
             Level::Warn,
             format!(
-                "run {} of plan {plan:?} was recorded after this one and stays as it is: the rows it changed after this run are kept as conflicts, still carrying its change; to take back both, newest first: batchsse undo --db {} --plan {}",
+                "run {} of plan {} was recorded after this one and stays as it is: the rows it changed after this run are kept as conflicts, still carrying its change; to take back both, newest first: batchsse undo --db {} --plan {}",
                 newer.join(", "),
+                quoted(plan),
                 crate::human::shell_word(self.conn.path().unwrap_or(&self.db)),
                 crate::human::shell_word(plan)
             ),
@@ -738,7 +739,13 @@ impl Undoer<'_> {
         let as_left = store::kept_why(self.conn, &self.scope, TAKEN).unwrap_or(0);
         let kept = store::kept_why(self.conn, &self.scope, "").unwrap_or(0);
         if kept == 0 {
-            return self.message(Level::Info, format!("plan {plan:?} is fully taken back; its checkpoint is cleared, so it can run again"));
+            return self.message(
+                Level::Info,
+                format!(
+                    "plan {} is fully taken back; its checkpoint is cleared, so it can run again",
+                    quoted(plan)
+                ),
+            );
         }
         if kept > as_left {
             self.say_theirs_carry(kept - as_left);
@@ -763,7 +770,8 @@ impl Undoer<'_> {
             ],
         };
         self.message(Level::Warn, format!(
-            "plan {plan:?} is taken back, all but {} row{} kept as the run left {left} ({why} would get back; see the table batchsse_undo_conflict). {carries} the run's change, so running the plan again would change {it} a second time: put {those} out of the plan's WHERE, before it runs again (its checkpoint is cleared)",
+            "plan {} is taken back, all but {} row{} kept as the run left {left} ({why} would get back; see the table batchsse_undo_conflict). {carries} the run's change, so running the plan again would change {it} a second time: put {those} out of the plan's WHERE, before it runs again (its checkpoint is cleared)",
+            quoted(plan),
             thousands(as_left),
             plural(as_left)
         ));
@@ -780,7 +788,8 @@ impl Undoer<'_> {
             _ => ["rows", "them", "their", "those rows"],
         };
         self.message(Level::Warn, format!(
-            "plan {plan:?} is taken back but for {} {row} the application changed after the run, kept as the application left {them} (see the table batchsse_undo_conflict): {carry} columns the application did not set may still hold the run's values, so running the plan again would change {them} a second time: check {those}, or put {them} out of the plan's WHERE, before it runs again (its checkpoint is cleared)",
+            "plan {} is taken back but for {} {row} the application changed after the run, kept as the application left {them} (see the table batchsse_undo_conflict): {carry} columns the application did not set may still hold the run's values, so running the plan again would change {them} a second time: check {those}, or put {them} out of the plan's WHERE, before it runs again (its checkpoint is cleared)",
+            quoted(plan),
             thousands(n)
         ));
     }
@@ -812,9 +821,9 @@ impl Undoer<'_> {
         match done() {
             Ok((kept, left)) if kept.is_empty() && left.is_empty() => self.say_taken_back(),
             Ok((kept, left)) if left.is_empty() => {
-                self.message(Level::Warn, format!("plan {plan:?}: the steps taken back can run again, but step(s) {} were applied by a run that was not recorded, so they stay applied and checkpointed (running the plan again will not apply them twice)", listed(&kept)));
+                self.message(Level::Warn, format!("plan {}: the steps taken back can run again, but step(s) {} were applied by a run that was not recorded, so they stay applied and checkpointed (running the plan again will not apply them twice)", quoted(plan), listed(&kept)));
             }
-            Ok((_, left)) => self.message(Level::Warn, format!("plan {plan:?} is not fully taken back: step(s) {} still have undo records (a step the run did not record stopped the undo, or only some of the plan's runs were taken back), so they stay checkpointed: running the plan again skips them, or is refused while a step is taken back only in part (`batchsse undo list` shows what is left); the steps taken back in full can run again", listed(&left))),
+            Ok((_, left)) => self.message(Level::Warn, format!("plan {} is not fully taken back: step(s) {} still have undo records (a step the run did not record stopped the undo, or only some of the plan's runs were taken back), so they stay checkpointed: running the plan again skips them, or is refused while a step is taken back only in part (`batchsse undo list` shows what is left); the steps taken back in full can run again", quoted(plan), listed(&left))),
             Err(e) => self.message(
                 Level::Warn,
                 format!("the undo is complete, but the plan's checkpoint could not be cleared: {e}"),

@@ -6,6 +6,7 @@ use rusqlite::Connection;
 
 use super::codec::Layout;
 use crate::error::UsageError;
+use crate::human::quoted;
 use crate::plan::{Plan, Step, first_keyword, quote, sqlite_message};
 
 /// The tables of the main database (not SQLite's, not batchsse's), each
@@ -146,9 +147,9 @@ pub fn refuse_unrecordable(conn: &Connection, plan: &Plan) -> Result<(), UsageEr
                 "Give the step \"undo\": false to run it unrecorded (an undo then stops at it)"
             };
             return Err(UsageError::new(format!(
-                "step {} ({:?}) cannot be recorded for --undo: {why}. {opt_out}, or run without --undo",
+                "step {} ({}) cannot be recorded for --undo: {why}. {opt_out}, or run without --undo",
                 step.index + 1,
-                step.name
+                quoted(&step.name)
             )));
         }
     }
@@ -170,9 +171,9 @@ pub fn refuse_unrecorded_part(
             continue;
         }
         return Err(UsageError::new(format!(
-            "step {} ({:?}) was applied in part by a run that did not record it (one without --undo, or whose record was cleared), so an undo could not take it back whole, and running the plan again after one would apply that part twice. Give the step \"undo\": false to resume it unrecorded (an undo then stops at it), or resume without --undo",
+            "step {} ({}) was applied in part by a run that did not record it (one without --undo, or whose record was cleared), so an undo could not take it back whole, and running the plan again after one would apply that part twice. Give the step \"undo\": false to resume it unrecorded (an undo then stops at it), or resume without --undo",
             step.index + 1,
-            step.name
+            quoted(&step.name)
         )));
     }
     Ok(())
@@ -196,9 +197,9 @@ pub fn refuse_unrecorded_rest(
             continue;
         };
         return Err(UsageError::new(format!(
-            "step {} ({:?}) was applied in part by a run recorded for undo (run {run}), so resumed without --undo its rest would not be recorded: an undo would take back only the recorded part, and running the plan again after one would apply the rest twice. Resume with --undo; or take the part back first with `batchsse undo --db {db} --plan {}`, then run the plan again; or give up on the record with `batchsse undo clear --db {db} --run {run}`",
+            "step {} ({}) was applied in part by a run recorded for undo (run {run}), so resumed without --undo its rest would not be recorded: an undo would take back only the recorded part, and running the plan again after one would apply the rest twice. Resume with --undo; or take the part back first with `batchsse undo --db {db} --plan {}`, then run the plan again; or give up on the record with `batchsse undo clear --db {db} --run {run}`",
             step.index + 1,
-            step.name,
+            quoted(&step.name),
             crate::human::shell_word(&plan.name),
             db = crate::human::shell_word(conn.path().unwrap_or("FILE")),
         )));
