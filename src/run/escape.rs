@@ -40,7 +40,9 @@ pub fn refuse_escaping_chunks(
 /// The rows `step` changes with an empty chunk, if any: `None` when it
 /// changes none or cannot be tried here.
 fn changed_with_no_chunk(conn: &Connection, step: &Step) -> Option<u64> {
-    conn.execute_batch("BEGIN").ok()?;
+    // The write lock first, as a chunk takes it: a deferred transaction in
+    // WAL mode would fail at once if another process wrote in between.
+    conn.execute_batch("BEGIN IMMEDIATE").ok()?;
     let before = conn.total_changes();
     let ran = run_empty(conn, &step.sql);
     let changed = conn.total_changes().saturating_sub(before);
