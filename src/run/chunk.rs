@@ -9,7 +9,7 @@ use rusqlite::{Connection, OptionalExtension, Statement, named_params};
 use super::tx::Tx;
 use super::{Counts, Runner, StepError, StepResult};
 use crate::events::Level;
-use crate::human::{shown, shown_list, thousands};
+use crate::human::{shown, thousands};
 use crate::plan::{Chunk, Key, Step, quote};
 use crate::run::Resume;
 
@@ -159,7 +159,11 @@ fn warn_if_gaps(r: &Runner<'_>, step: &Step, chunk: &Chunk) {
         Level::Warn,
         format!(
             "the step writes {} but walks {} by {}: its rows whose key falls between two chunks' keys are not reached; walk {} by rowid to reach them all",
-            shown_list(&step.writes),
+            step.writes
+                .iter()
+                .map(|w| crate::plan::written_shown(w))
+                .collect::<Vec<_>>()
+                .join(", "),
             shown(&chunk.table),
             shown(&chunk.key),
             shown(&chunk.table)
