@@ -80,6 +80,17 @@ pub fn quoted(s: &str) -> String {
     }
 }
 
+/// Names a user gave, each [`shown`], joined by ", " (`a, b\nc`).
+pub fn shown_list<S: AsRef<str>>(names: &[S]) -> String {
+    let names: Vec<_> = names.iter().map(|n| shown(n.as_ref())).collect();
+    names.join(", ")
+}
+
+/// A path a user gave, as a message shows it (see [`shown`]).
+pub fn shown_path(p: &std::path::Path) -> String {
+    shown(&p.to_string_lossy()).into_owned()
+}
+
 /// A path as one word for a shell command a message names (see
 /// [`shell_word`]).
 pub fn shell_path(p: &std::path::Path) -> String {
@@ -153,6 +164,17 @@ mod tests {
             assert!(!shown(raw).contains(|c: char| c.is_control()), "{raw:?}");
         }
         assert_eq!(shown("plain"), "plain");
+    }
+
+    #[test]
+    fn a_list_of_names_and_a_path_are_shown_each_on_one_line() {
+        assert_eq!(
+            shown_list(&["t", "a\nb", "k\u{1b}[2J"]),
+            r"t, a\nb, k\u{1b}[2J"
+        );
+        assert_eq!(shown_list::<&str>(&[]), "");
+        let p = std::path::Path::new("/data/gone\n::error::x.db");
+        assert_eq!(shown_path(p), r"/data/gone\n::error::x.db");
     }
 
     #[test]

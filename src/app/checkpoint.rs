@@ -25,11 +25,11 @@ pub fn run(args: CheckpointArgs) -> anyhow::Result<ExitCode> {
 fn list(args: CheckpointListArgs) -> anyhow::Result<ExitCode> {
     let conn = runner::open_db_to_read(&args.db, Duration::from_millis(args.busy_timeout))?;
     let records = housekeeping::records(&conn)?;
-    let db = file_name(&args.db);
     let text = if args.json {
-        format!("{}\n", as_json(&db, &records))
+        // A value in JSON, kept as given.
+        format!("{}\n", as_json(&args.db.to_string_lossy(), &records))
     } else {
-        as_text(&db, &records)
+        as_text(&file_name(&args.db), &records)
     };
     print(text.as_bytes())
 }
@@ -237,6 +237,7 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The database's file as a message names it, on one line.
 pub(super) fn file_name(path: &std::path::Path) -> String {
-    path.display().to_string()
+    crate::human::shown_path(path)
 }

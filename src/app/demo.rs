@@ -69,7 +69,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     if db.exists() {
         return Err(UsageError::new(format!(
             "{} already exists; the demo always starts from a fresh database, so pick another --keep folder",
-            db.display()
+            crate::human::shown_path(&db)
         ))
         .into());
     }
@@ -87,10 +87,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     if args.create_only {
         crate::errln!(
             "batchsse: demo: created {} with {} orders, and the sample plans beside it; the sample plan has not run on it. Try:\n  batchsse run --db {} --plan {}",
-            db.display(),
+            crate::human::shown_path(&db),
             crate::human::thousands(args.rows),
-            db.display(),
-            dir.join("plan.json").display()
+            crate::human::shell_path(&db),
+            crate::human::shell_path(&dir.join("plan.json"))
         );
         return Ok(ExitCode::SUCCESS);
     }
@@ -116,7 +116,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     session.banner = Some(format!(
         "batchsse: demo: {} orders in {}{}\nbatchsse: open {{control_url}} in a browser to watch and steer it (curl -N '{{events}}' shows the raw stream; `batchsse ctl {{base}} pause --control-token {{control_token}}` pauses it)",
         crate::human::thousands(args.rows),
-        db.display(),
+        crate::human::shown_path(&db),
         if args.keep.is_some() {
             ""
         } else {
@@ -159,7 +159,10 @@ fn write_samples(dir: &Path) -> anyhow::Result<()> {
     for (name, text) in SAMPLES {
         let path = dir.join(name);
         if path.exists() {
-            crate::errln!("batchsse: demo: {} exists; left as it is", path.display());
+            crate::errln!(
+                "batchsse: demo: {} exists; left as it is",
+                crate::human::shown_path(&path)
+            );
             continue;
         }
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;

@@ -388,7 +388,7 @@ pub fn demo_dir(keep: Option<&PathBuf>) -> anyhow::Result<(Option<tempfile::Temp
             let refuse = |why: String| {
                 UsageError::new(format!(
                     "cannot keep the demo in --keep {}: {why}; give a folder batchsse may create and write in",
-                    dir.display()
+                    crate::human::shown_path(dir)
                 ))
             };
             std::fs::create_dir_all(dir).map_err(|e| refuse(e.to_string()))?;

@@ -146,7 +146,7 @@ fn refuse_renumbered(
         let by = format!("by {}, {}{tail}", how.by(), how.which());
         return Err(UsageError::new(format!(
             "the rowids of {} were numbered anew since run {run} was recorded ({by}), and the record finds {} rows by rowid, so taking it back would put old values into other rows. Nothing was taken back, and this record can no longer be taken back safely: remove it with `batchsse undo clear --db {} --run {}`. To keep this from happening, take runs back before vacuuming or copying the file, or give such tables an INTEGER PRIMARY KEY",
-            tables.join(", "),
+            crate::human::shown_list(&tables),
             if one { "its" } else { "their" },
             crate::human::shell_path(db),
             crate::human::shell_word(run)
@@ -195,7 +195,7 @@ fn list(args: CheckpointListArgs) -> anyhow::Result<ExitCode> {
             .collect();
         format!(
             "{}\n",
-            serde_json::json!({"db": db, "runs": list, "conflicts_kept": kept})
+            serde_json::json!({"db": args.db.to_string_lossy(), "runs": list, "conflicts_kept": kept})
         )
     } else {
         list_text(&conn, &db, &runs, &kept)

@@ -205,8 +205,12 @@ fn read_source(args: &RunArgs) -> Result<Source, UsageError> {
         // Named by content, so the same plan piped in again resumes.
         (format!("stdin-{}", plan::short_digest(&text)), text)
     } else {
-        let unreadable =
-            |why: String| UsageError::new(format!("cannot read {what} {}: {why}", path.display()));
+        let unreadable = |why: String| {
+            UsageError::new(format!(
+                "cannot read {what} {}: {why}",
+                crate::human::shown_path(path)
+            ))
+        };
         let bytes = read_plan_file(path).map_err(|e| unreadable(io_reason(&e)))?;
         let text = utf8(bytes).map_err(unreadable)?;
         let name = path

@@ -22,6 +22,7 @@ pub(super) fn refuse_strict(
         true => (":hi is each chunk's last key", "<= :hi"),
         false => (":lo is each chunk's first key", ">= :lo"),
     };
+    let (said, key) = (crate::human::shown(&said), crate::human::shown(key));
     Err(UsageError::new(format!(
         "{label} compares its chunk key as {said}, but {bound}, included: the row there would be skipped in every chunk. Write {fix}, or {key} BETWEEN :lo AND :hi"
     )))

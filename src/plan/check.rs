@@ -15,7 +15,7 @@ use super::{
     short, sqlite_message,
 };
 use crate::error::UsageError;
-use crate::human::quoted;
+use crate::human::{quoted, shown};
 
 /// An in-memory database holding the real one's schema and nothing else.
 pub(super) struct Rehearsal {
@@ -375,6 +375,7 @@ impl Shape {
     }
 
     fn not_a_column(&self, label: &str, table: &str, wanted: &str) -> UsageError {
+        let table = shown(table);
         let hint = match (self.without_rowid, &self.single_pk) {
             (true, Some(pk)) => {
                 format!(
@@ -397,7 +398,7 @@ impl Shape {
     fn column_names(&self) -> String {
         self.columns
             .iter()
-            .map(|c| c.name.as_str())
+            .map(|c| shown(&c.name))
             .collect::<Vec<_>>()
             .join(", ")
     }
@@ -754,7 +755,8 @@ impl Rehearsal {
         let hi = stmt.parameter_index(":hi").ok().flatten();
         if lo.is_none() || hi.is_none() {
             return Err(UsageError::new(format!(
-                "{label} is chunked but its SQL lacks :lo and :hi; add e.g. \"WHERE {key} BETWEEN :lo AND :hi\" so each chunk touches only its keys"
+                "{label} is chunked but its SQL lacks :lo and :hi; add e.g. \"WHERE {} BETWEEN :lo AND :hi\" so each chunk touches only its keys",
+                shown(&key)
             )));
         }
         // A bare `?` has no name: nothing would bind it, so it would be NULL.
@@ -770,7 +772,9 @@ impl Rehearsal {
         super::bounds::refuse_strict(label, sql, &key, &key_names)?;
         if stmt.readonly() {
             return Err(UsageError::new(format!(
-                "{label} is chunked but only reads; a chunked step changes rows, e.g. \"UPDATE {table} SET … WHERE {key} BETWEEN :lo AND :hi\""
+                "{label} is chunked but only reads; a chunked step changes rows, e.g. \"UPDATE {} SET … WHERE {} BETWEEN :lo AND :hi\"",
+                shown(&table),
+                shown(&key)
             )));
         }
         // Compiled is checked: running it on the empty copy would change
@@ -838,11 +842,12 @@ impl Rehearsal {
             .map_or_else(String::new, |t| format!(" (through trigger {})", quoted(t)));
         let moves = match key_names.first() {
             Some(key) if !key_names.contains(column) => {
-                format!(", and its generated key {key} may change with it")
+                format!(", and its generated key {} may change with it", shown(key))
             }
             _ => String::new(),
         };
         let column = if column == "ROWID" { "rowid" } else { column };
+        let (table, column) = (shown(table), shown(column));
         Err(UsageError::new(format!(
             "{label} changes its own chunk key: it writes {table}.{column}{via}{moves}. The walk goes in key order, so a row whose key moves ahead would be visited again and one that moves back skipped. Chunk by a key the step does not change (rowid, or another unique column), or make it a plain step"
         )))
@@ -874,11 +879,12 @@ impl Rehearsal {
                 .iter()
                 .any(|n| n.eq_ignore_ascii_case(&a.column))
         });
-        let (key, key_sql) = (&chunk.key, &chunk.key_sql);
+        let (key, key_sql) = (shown(&chunk.key), shown(&chunk.key_sql));
+        let table = shown(table);
         Err(UsageError::new(match hiding {
             Some(a) if chunk.rowid => format!(
                 "{label}: in {table}, {col} is a column, not the rowid the walk binds to :lo and :hi, so the step would compare rowids with that column and change the wrong rows or none. Write {key_sql} for the rowid (a name no column takes), or set chunk.key to the column you mean",
-                col = a.column
+                col = shown(&a.column)
             ),
             _ => format!(
                 "{label} reads {table} but never its chunk key {key}: the walk binds {table}.{key} to :lo and :hi, so the step must compare that key (e.g. WHERE {key_sql} BETWEEN :lo AND :hi), or set chunk.key to the column it compares"
@@ -915,8 +921,7 @@ impl Rehearsal {
         if names.is_empty() {
             String::new()
         } else {
-            let names: Vec<_> = names.iter().map(|n| crate::human::shown(n)).collect();
-            format!(" (tables: {})", names.join(", "))
+            format!(" (tables: {})", crate::human::shown_list(&names))
         }
     }
 
@@ -1003,7 +1008,8 @@ impl Rehearsal {
             return match &shape.rowid_sql {
                 Some(Some(sql)) => Ok(shape.rowid_chunk("rowid".into(), sql.clone())),
                 Some(None) => Err(UsageError::new(format!(
-                    "{label}: {table} has columns named rowid, _rowid_ and oid, which hide its rowid; set chunk.key to a unique column"
+                    "{label}: {} has columns named rowid, _rowid_ and oid, which hide its rowid; set chunk.key to a unique column",
+                    shown(table)
                 ))),
                 None => Err(shape.not_a_column(label, table, "rowid")),
             };
@@ -1026,8 +1032,9 @@ impl Rehearsal {
             || self.has_unique_index(table, &name);
         if !unique {
             return Err(UsageError::new(format!(
-                "{label}: chunk.key {} is not unique in {table}; chunking needs a unique key (rowid, the primary key, or a column with a UNIQUE index)",
-                quoted(&name)
+                "{label}: chunk.key {} is not unique in {}; chunking needs a unique key (rowid, the primary key, or a column with a UNIQUE index)",
+                quoted(&name),
+                shown(table)
             )));
         }
         if shape.alias.as_deref() == Some(name.as_str()) {
@@ -1241,7 +1248,8 @@ fn refuse_inserts_ahead(
         .map_or_else(String::new, |t| format!(" (through trigger {})", quoted(t)));
     Err(UsageError::new(format!(
         "{label} inserts into {table}, the table it walks by {key}{via}: a row it inserts with a {key} ahead of the walk would be visited again, and copied again. Walk {table} by rowid (new rows get rowids past where the walk stops), or make it a plain step",
-        key = chunk.key
+        table = shown(table),
+        key = shown(&chunk.key)
     )))
 }
 

@@ -5,6 +5,8 @@
 
 use rusqlite::Connection;
 
+use crate::human::shown;
+
 /// The collations the copy's schema names that batchsse lacks, and the
 /// indexes they order.
 pub(super) struct Missing {
@@ -32,6 +34,8 @@ impl Collated {
             origin,
             collation,
         } = self;
+        let (table, index) = (shown(table), shown(index));
+        let collation = shown(collation);
         match origin.as_str() {
             "pk" => format!("the PRIMARY KEY of {table} ({collation})"),
             "u" => format!("a UNIQUE constraint of {table} ({collation})"),
@@ -162,7 +166,7 @@ impl Missing {
     /// collation: it makes every table and index anew, as their SQL says,
     /// which compiles on the copy but fails in the run.
     pub(super) fn vacuum_refusal(&self, sql: &str) -> Option<String> {
-        let names = self.names.join(", ");
+        let names = crate::human::shown_list(&self.names);
         let schema = sql
             .split_whitespace()
             .nth(1)
@@ -185,7 +189,7 @@ pub(super) fn key_refusal(table: &str, key: &str, message: &str) -> String {
     format!(
         "chunk.key {} of {} is declared with a collation batchsse does not have ({message}), and the walk orders and compares the keys by it, whatever the step compares by. {APP_OWN} Chunk by rowid (leave \"key\" out) or by another unique key, or run this step from the application. Nothing was run",
         crate::human::quoted(key),
-        crate::human::shown(table)
+        shown(table)
     )
 }
 

@@ -663,6 +663,15 @@ fn checksum(sql: &str, chunk: Option<(&str, &str)>) -> String {
         .collect()
 }
 
+/// A table of [`Step::writes`] as a message names it: `aux.t` for one of
+/// another schema, each part as [`crate::human::shown`] shows it.
+pub fn written_shown(w: &str) -> String {
+    match w.split_once(OTHER_SCHEMA) {
+        Some((db, t)) => format!("{}.{}", crate::human::shown(db), crate::human::shown(t)),
+        None => crate::human::shown(w).into_owned(),
+    }
+}
+
 /// Quotes an SQL identifier.
 pub fn quote(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
@@ -731,6 +740,13 @@ pub type Key = Value;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_written_table_is_named_with_its_schema_on_one_line() {
+        assert_eq!(written_shown("t"), "t");
+        assert_eq!(written_shown("a\nb"), r"a\nb");
+        assert_eq!(written_shown("aux\0t\u{1b}[2J"), r"aux.t\u{1b}[2J");
+    }
 
     #[test]
     fn parameters_are_named_as_written() {

@@ -33,8 +33,10 @@ impl Pem {
         let read = |flag: &str, path: &Option<std::path::PathBuf>| -> Result<_, String> {
             path.as_ref()
                 .map(|p| {
-                    std::fs::read(p)
-                        .map_err(|e| format!("{flag} {}: cannot read it ({e})", p.display()))
+                    std::fs::read(p).map_err(|e| {
+                        let p = crate::human::shown_path(p);
+                        format!("{flag} {p}: cannot read it ({e})")
+                    })
                 })
                 .transpose()
         };
@@ -69,7 +71,7 @@ impl Pem {
 /// The certificates in a PEM file named by `flag`: at least one, else
 /// the handshake would fail later in words that blame the server.
 fn certs(flag: &str, path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
-    let shown = path.display();
+    let shown = crate::human::shown_path(path);
     let certs: Vec<_> = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<_, _>>()
         .map_err(|e| format!("{flag} {shown}: cannot read it as PEM ({e})"))?;
@@ -91,15 +93,15 @@ fn key_pair(
     let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| {
         format!(
             "--redis-key {} holds no private key ({e}): give a PEM file with a -----BEGIN … PRIVATE KEY----- block",
-            key_path.display()
+            crate::human::shown_path(key_path)
         )
     })?;
     let provider = rustls::crypto::ring::default_provider();
     rustls::sign::CertifiedKey::from_der(chain, key, &provider).map_err(|e| {
         format!(
             "--redis-key {} is not the private key of --redis-cert {} ({e}); give the key the certificate was made for",
-            key_path.display(),
-            cert_path.display()
+            crate::human::shown_path(key_path),
+            crate::human::shown_path(cert_path)
         )
     })?;
     Ok(())

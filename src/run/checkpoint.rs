@@ -53,6 +53,7 @@ fn refuse_renumbered(
         let table = super::walk_probe::renumbered(conn, &plan.name, step)
             .map_err(|e| UsageError::new(sqlite_message(&e)))?;
         let Some((table, how)) = table else { continue };
+        let table = crate::human::shown(table);
         let (by, which) = renumbered_by(how);
         return Err(UsageError::new(format!(
             "step {} ({}) of plan {} stopped part-way through {table}, which it walks by rowid, and {by} has since numbered the rowids of {table} anew ({which}): going on after the last rowid the step committed would skip rows it has not reached. Nothing was run. Run the plan again with --force to start it over, if its steps may meet rows they already changed (a DELETE, or an UPDATE whose WHERE leaves changed rows out); or give {table} an index or an INTEGER PRIMARY KEY before it is vacuumed again",
@@ -401,6 +402,7 @@ impl<'a> Checkpoint<'a> {
         }
         let table = super::walk_probe::renumbered(self.conn, &self.plan.name, step)?;
         Ok(table.map(|(table, how)| {
+            let table = crate::human::shown(table);
             let (by, which) = renumbered_by(how);
             format!(
             "{by} numbered the rowids of {table} anew while this step walked it by rowid ({which}): going on after the last rowid it committed would skip rows it has not reached, so the step stopped before its next chunk. What committed stays applied and checkpointed; run the plan again with --force to start it over, if its steps may meet rows they already changed (a DELETE, or an UPDATE whose WHERE leaves changed rows out)"

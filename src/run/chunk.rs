@@ -9,7 +9,7 @@ use rusqlite::{Connection, OptionalExtension, Statement, named_params};
 use super::tx::Tx;
 use super::{Counts, Runner, StepError, StepResult};
 use crate::events::Level;
-use crate::human::thousands;
+use crate::human::{shown, thousands};
 use crate::plan::{Chunk, Key, Step, quote};
 use crate::run::Resume;
 
@@ -41,20 +41,7 @@ pub(super) fn run(r: &Runner<'_>, step: &Step, chunk: &Chunk, resume: &Resume) -
     let mut c = Counts::default();
     let span = span(r.conn, chunk).map_err(|e| r.fail(e, c))?;
     c.total = span.total;
-    if span.nulls > 0 {
-        r.message(
-            Some(step.index),
-            Level::Warn,
-            format!(
-                "{} of {} {} a NULL {} and {} not visited",
-                crate::human::rows(span.nulls),
-                chunk.table,
-                if span.nulls == 1 { "has" } else { "have" },
-                chunk.key,
-                if span.nulls == 1 { "is" } else { "are" },
-            ),
-        );
-    }
+    warn_if_nulls(r, step, chunk, span.nulls);
     let mut prev = resume_point(r, step, resume, &mut c);
     let resumed_from = c.done;
     let fixed = r.governor.borrow().batch_size();
@@ -118,6 +105,25 @@ pub(super) fn run(r: &Runner<'_>, step: &Step, chunk: &Chunk, resume: &Resume) -
     Ok(c)
 }
 
+/// Rows whose key is NULL are never visited: no chunk's range holds them.
+fn warn_if_nulls(r: &Runner<'_>, step: &Step, chunk: &Chunk, nulls: u64) {
+    if nulls == 0 {
+        return;
+    }
+    r.message(
+        Some(step.index),
+        Level::Warn,
+        format!(
+            "{} of {} {} a NULL {} and {} not visited",
+            crate::human::rows(nulls),
+            shown(&chunk.table),
+            if nulls == 1 { "has" } else { "have" },
+            shown(&chunk.key),
+            if nulls == 1 { "is" } else { "are" },
+        ),
+    );
+}
+
 /// The last guard against a step that compares the wrong column with
 /// `:lo`/`:hi`: a walk over rows that changed none of them is worth a
 /// look, even when it was meant (a re-run of an idempotent update).
@@ -129,9 +135,9 @@ fn warn_if_unchanged(r: &Runner<'_>, step: &Step, chunk: &Chunk, c: &Counts) {
             format!(
                 "visited {} rows of {} by {} and changed none; if that is not what you meant, check that the step compares {} with :lo and :hi",
                 thousands(c.done),
-                chunk.table,
-                chunk.key,
-                chunk.key_sql
+                shown(&chunk.table),
+                shown(&chunk.key),
+                shown(&chunk.key_sql)
             ),
         );
     }
@@ -153,10 +159,14 @@ fn warn_if_gaps(r: &Runner<'_>, step: &Step, chunk: &Chunk) {
         Level::Warn,
         format!(
             "the step writes {} but walks {} by {}: its rows whose key falls between two chunks' keys are not reached; walk {} by rowid to reach them all",
-            step.writes.join(", "),
-            chunk.table,
-            chunk.key,
-            chunk.table
+            step.writes
+                .iter()
+                .map(|w| crate::plan::written_shown(w))
+                .collect::<Vec<_>>()
+                .join(", "),
+            shown(&chunk.table),
+            shown(&chunk.key),
+            shown(&chunk.table)
         ),
     );
 }
@@ -186,8 +196,8 @@ fn announce(r: &Runner<'_>, step: &Step, chunk: &Chunk, c: &Counts, first: u64) 
         format!(
             "{} rows of {} to visit by {}, {}",
             thousands(c.total.saturating_sub(c.done)),
-            chunk.table,
-            chunk.key,
+            shown(&chunk.table),
+            shown(&chunk.key),
             if r.governor.borrow().batch_size().is_some() {
                 format!("chunks of {}", thousands(first))
             } else {
@@ -291,7 +301,7 @@ fn in_chunk(
             (
                 StepError::Sql(format!(
                     "{why} (in the chunk of {} {lo} to {hi})",
-                    chunk.key
+                    shown(&chunk.key)
                 )),
                 c,
             )
@@ -380,7 +390,8 @@ fn unreadable_key(e: rusqlite::Error, chunk: &Chunk) -> rusqlite::Error {
                 rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_MISMATCH),
                 Some(format!(
                     "{}.{} holds text that is not valid UTF-8 (bytes cast to text), which the walk cannot carry from one chunk to the next; chunk by rowid, or fix those values",
-                    chunk.table, chunk.key
+                    shown(&chunk.table),
+                    shown(&chunk.key)
                 )),
             )
         }

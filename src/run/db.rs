@@ -57,7 +57,7 @@ pub fn object_kind(conn: &Connection, name: &str) -> rusqlite::Result<Option<Str
 
 /// Refuses a `--db` that is missing, cannot be reached, or is no file.
 fn is_a_file(path: &Path) -> Result<(), UsageError> {
-    let shown = path.display();
+    let shown = crate::human::shown_path(path);
     match std::fs::metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(UsageError::new(format!(
             "no such database: {shown} (batchsse never creates one; check the path)"
@@ -74,7 +74,7 @@ fn is_a_file(path: &Path) -> Result<(), UsageError> {
 }
 
 fn open(path: &Path, busy_timeout: Duration, write: bool) -> Result<Connection, UsageError> {
-    let shown = path.display();
+    let shown = crate::human::shown_path(path);
     is_a_file(path)?;
     let access = if write {
         OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -155,7 +155,7 @@ fn wal_side_files_refused(e: &rusqlite::Error, path: &Path) -> Option<String> {
     (cannot && wal).then(|| {
         format!(
             "{} is in WAL mode, where SQLite must make or write its -wal and -shm files beside it even to read, and it cannot ({}); give write access to its folder and those files, or run as their owner",
-            path.display(),
+            crate::human::shown_path(path),
             sqlite_message(e)
         )
     })
@@ -238,7 +238,7 @@ const SAY_WAIT_AFTER: Duration = Duration::from_secs(1);
 /// (python3)); waiting for it, at most --busy-timeout 5000 ms (Ctrl-C stops)".
 fn say_waiting(file: Option<&Path>, timeout: Duration) {
     let (shown, holders) = match file {
-        Some(f) => (f.display().to_string(), lock_holders(f)),
+        Some(f) => (crate::human::shown_path(f), lock_holders(f)),
         None => ("the database".into(), String::new()),
     };
     crate::errln!(

@@ -67,6 +67,6 @@ fn escapes(step: &Step, chunk: &Chunk, changed: u64) -> UsageError {
         crate::human::quoted(&step.name),
         crate::human::rows(changed),
         if changed == 1 { "it" } else { "them" },
-        key = chunk.key,
+        key = crate::human::shown(&chunk.key),
     ))
 }

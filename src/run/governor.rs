@@ -100,7 +100,7 @@ pub fn check_throttle_query(db: &Path, sql: &str) -> Result<(), UsageError> {
     let conn = open_reader(db).map_err(|e| {
         UsageError::new(format!(
             "cannot open {} to check --throttle-query: {e}",
-            db.display()
+            crate::human::shown_path(db)
         ))
     })?;
     let stmt = conn.prepare(sql).map_err(|e| {
@@ -685,7 +685,7 @@ impl<'a> Governor<'a> {
         {
             return Some((
                 ThrottleReason::PauseFile,
-                format!("{} exists; remove it to go on", p.display()),
+                format!("{} exists; remove it to go on", crate::human::shown_path(p)),
             ));
         }
         if let Some(detail) = self.throttled_by_query() {

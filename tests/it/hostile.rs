@@ -337,7 +337,8 @@ fn in_github_actions_no_text_starts_a_command_whatever_the_progress_mode() {
         assert_eq!(code, 2, "{args:?}: {err}");
         assert!(err.contains("path-lf"), "{err}");
         let text = only_the_fatal_error(&err);
-        assert!(text.contains("gone%0A::error::path-lf"), "{args:?}: {err}");
+        // The path is shown on its line, its line feed as `\n`.
+        assert!(text.contains(r"gone\n::error::path-lf"), "{args:?}: {err}");
     }
 }
 

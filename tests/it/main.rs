@@ -13,6 +13,7 @@ mod govern;
 mod hangs;
 mod hostile;
 mod hostile_db;
+mod names;
 mod operate;
 mod ops;
 mod pace;

@@ -368,7 +368,7 @@ impl Undoer<'_> {
             Level::Info,
             format!(
                 "checking the foreign keys of {}, which the undo may have left pointing at rows that are gone",
-                tables.join(", ")
+                crate::human::shown_list(&tables)
             ),
         );
         if let Some(text) = w.said(self.conn, self.dry_run) {
@@ -640,7 +640,9 @@ impl Undoer<'_> {
             };
             return Err(format!(
                 "conflict in {} at key {}: {}; --on-conflict abort rolled this chunk back. To finish the undo, run it again with {ways}",
-                k.table, k.shown, k.why
+                crate::human::shown(k.table),
+                k.shown,
+                k.why
             ));
         }
         self.conflict(c, &k, nth)
@@ -722,7 +724,9 @@ impl Undoer<'_> {
                 Level::Warn,
                 format!(
                     "conflict in {} at key {}: {}; {done}",
-                    k.table, k.shown, k.why
+                    crate::human::shown(k.table),
+                    k.shown,
+                    k.why
                 ),
             ));
         } else if nth == SHOWN_CONFLICTS + 1 {

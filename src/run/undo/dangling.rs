@@ -186,7 +186,10 @@ fn grown(
             let added = before
                 .get(table)
                 .map_or(now.total(), |b| now.added_since(b));
-            (added > 0).then(|| format!("{} in {table}", crate::human::rows(added)))
+            (added > 0).then(|| {
+                let table = crate::human::shown(table);
+                format!("{} in {table}", crate::human::rows(added))
+            })
         })
         .collect();
     if more.is_empty() {

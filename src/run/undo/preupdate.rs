@@ -283,7 +283,8 @@ unsafe extern "C" fn on_change(
         Found::Ignored => return,
         Found::Unknown(name) => {
             s.broken = Some(format!(
-                "the step changed {name}, which the undo record cannot key"
+                "the step changed {}, which the undo record cannot key",
+                crate::human::shown(&name)
             ));
             return;
         }

@@ -314,6 +314,7 @@ impl<'c> Recorder<'c> {
     /// table of an attached database.
     pub fn refused(&self) -> Option<String> {
         let table = self.guard.as_ref()?.lock().denied.take()?;
+        let table = crate::human::shown(&table);
         Some(format!(
             "it writes {table}, a table of an attached database, which the undo record cannot hold, so it was not run; give the step \"undo\": false to run it unrecorded (an undo then stops at it), or run without --undo"
         ))
@@ -454,7 +455,8 @@ impl<'c> Recorder<'c> {
             .find(|m| !keyable.iter().any(|l| l.table.eq_ignore_ascii_case(m)))
         {
             Some(t) => Err(store::failure(format!(
-                "the step changed {t}, which the undo record cannot key"
+                "the step changed {}, which the undo record cannot key",
+                crate::human::shown(t)
             ))),
             None => Ok(true),
         }

@@ -436,7 +436,10 @@ impl<'c> Reverter<'c> {
 /// encoded) are not the run's is a conflict.
 fn changed(l: &Layout, columns: &[usize], now: &[u8]) -> String {
     let now = values(now).unwrap_or_default();
-    let names: Vec<&str> = columns.iter().map(|&c| l.columns[c].as_str()).collect();
+    let names: Vec<_> = columns
+        .iter()
+        .map(|&c| crate::human::shown(&l.columns[c]))
+        .collect();
     let now: Vec<String> = now.iter().map(|v| shown(&v.to_value())).collect();
     if let ([name], [value]) = (&names[..], &now[..]) {
         return format!("{name} is not what the run wrote (now {value})");
@@ -530,7 +533,7 @@ impl Undone {
 fn lost(l: &Layout, e: &Entry, why: &str) -> String {
     format!(
         "putting back the row of {} at key {} fails ({why}), and the same chunk of the run changed this row again (a REPLACE, or its key changed), which the undo has already taken back; keeping it as a conflict would lose the row. The undo stopped here, this chunk rolled back, what it took back before stays taken back; change the row that holds the value, then run the undo again (or give up on this record with `batchsse undo clear`)",
-        l.table,
+        crate::human::shown(&l.table),
         key_shown(&e.key)
     )
 }
@@ -544,7 +547,7 @@ fn lost(l: &Layout, e: &Entry, why: &str) -> String {
 fn twice(l: &Layout, e: &Entry) -> String {
     format!(
         "putting back the row of {} at key {} would let it exist twice: right after deleting it, the same chunk of the run inserted a row into {0} (this row at its new key, if the run changed its key) that the application has changed or deleted since, and that stays. The undo stopped here, this chunk rolled back, what it took back before stays taken back; run the undo again with `--on-conflict overwrite` to take the application's change of that row back too, or settle the rows by hand and give up on this record with `batchsse undo clear`",
-        l.table,
+        crate::human::shown(&l.table),
         key_shown(&e.key)
     )
 }
@@ -569,7 +572,7 @@ fn clash(l: &Layout, e: &Entry, code: std::ffi::c_int, err: &str) -> String {
     };
     format!(
         "putting back the row of {} at key {} fails ({err}): {cause}. The undo stopped here, this chunk rolled back, what it took back before stays taken back; change that row or the table, then run the undo again{or_skip} (or give up on this record with `batchsse undo clear`)",
-        l.table,
+        crate::human::shown(&l.table),
         key_shown(&e.key)
     )
 }

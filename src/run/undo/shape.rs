@@ -6,7 +6,7 @@ use rusqlite::Connection;
 
 use super::codec::Layout;
 use crate::error::UsageError;
-use crate::human::quoted;
+use crate::human::{quoted, shown};
 use crate::plan::{Plan, Step, first_keyword, quote, sqlite_message};
 
 /// The tables of the main database (not SQLite's, not batchsse's), each
@@ -246,7 +246,8 @@ fn too_wide(step: &Step, shapes: &[(String, Result<Layout, String>)], most: i32)
         let width = 3 + l.key.len() + 2 * l.columns.len();
         (width > usize::try_from(most).unwrap_or(usize::MAX)).then(|| {
             format!(
-                "it writes {t}, whose {} columns are more than this build can record (one built without SQLite's pre-update hook, or with BATCHSSE_UNDO_HOOK=off, keeps each changed row's old and new values side by side, at most {most} columns)",
+                "it writes {}, whose {} columns are more than this build can record (one built without SQLite's pre-update hook, or with BATCHSSE_UNDO_HOOK=off, keeps each changed row's old and new values side by side, at most {most} columns)",
+                shown(t),
                 l.columns.len() + l.key.len()
             )
         })
@@ -350,21 +351,25 @@ fn why_unrecordable(
         match table.split_once(crate::plan::OTHER_SCHEMA) {
             // A TEMP table goes with the connection: nothing to take back.
             Some(("temp", _)) => continue,
-            Some((db, t)) => return Some(format!("it writes {db}.{t}, in an attached database")),
+            Some((db, t)) => {
+                let (db, t) = (shown(db), shown(t));
+                return Some(format!("it writes {db}.{t}, in an attached database"));
+            }
             None => {}
         }
+        let name = shown(table);
         match shapes.iter().find(|(n, _)| n.eq_ignore_ascii_case(table)) {
-            Some((_, Err(why))) => return Some(format!("it writes {table}, and {why}")),
+            Some((_, Err(why))) => return Some(format!("it writes {name}, and {why}")),
             // A table a step before makes is not there yet: it is keyed
             // when its step begins.
             None if super::store::is_own(table.as_bytes()) => {
-                return Some(format!("it writes {table}, which is batchsse's own"));
+                return Some(format!("it writes {name}, which is batchsse's own"));
             }
             _ => {}
         }
         if replacing.is_some_and(|r| r.iter().any(|n| n.eq_ignore_ascii_case(table))) {
             return Some(format!(
-                "it writes {table}, whose definition (ON CONFLICT REPLACE) or a trigger (INSERT OR REPLACE) may replace rows, which deletes them without telling the triggers and hooks that record them in this build (one built without SQLite's pre-update hook, or with BATCHSSE_UNDO_HOOK=off)"
+                "it writes {name}, whose definition (ON CONFLICT REPLACE) or a trigger (INSERT OR REPLACE) may replace rows, which deletes them without telling the triggers and hooks that record them in this build (one built without SQLite's pre-update hook, or with BATCHSSE_UNDO_HOOK=off)"
             ));
         }
     }

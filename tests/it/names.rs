@@ -1,0 +1,168 @@
+//! Table and column names that hold a line feed and an escape sequence:
+//! every message naming them keeps to its line and shows them escaped
+//! (`human::shown`), in a refused plan, a run's warnings and an undo's
+//! conflicts; the JSON fields that carry a name keep it as given.
+
+use serde_json::{Value, json};
+
+use crate::util::*;
+
+/// A table whose name breaks a line and then clears the screen.
+const TABLE: &str = "a\nb\u{1b}[2J";
+/// A unique column whose name breaks a line and moves the cursor up.
+const COLUMN: &str = "k\nl\u{1b}[1A";
+/// The two as a message shows them.
+const TABLE_SHOWN: &str = r"a\nb\u{1b}[2J";
+const COLUMN_SHOWN: &str = r"k\nl\u{1b}[1A";
+
+/// `s` as an SQL identifier.
+fn q(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// A file with TABLE: ten rows, `COLUMN` = 10 × id, `v` = 0.
+fn hostile_db() -> TempDb {
+    TempDb::with_sql(&format!(
+        "CREATE TABLE {t}(id INTEGER PRIMARY KEY, {c} INT UNIQUE, v INT);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 10)
+         INSERT INTO {t}(id, {c}, v) SELECT i, i * 10, 0 FROM n;",
+        t = q(TABLE),
+        c = q(COLUMN)
+    ))
+}
+
+/// A plan `file` of one step chunked over TABLE by `key` (rowid if `None`).
+fn plan(db: &TempDb, file: &str, sql: &str, key: Option<&str>) -> std::path::PathBuf {
+    let mut chunk = json!({"table": TABLE});
+    if let Some(key) = key {
+        chunk["key"] = json!(key);
+    }
+    let text = json!({"name": "p", "steps": [{"name": "s", "sql": sql, "chunk": chunk}]});
+    db.file(file, &text.to_string())
+}
+
+/// No raw escape reaches the terminal, and no line starts with what
+/// followed a line feed in a name.
+fn assert_names_kept_on_their_lines(err: &str) {
+    assert!(!err.contains('\u{1b}'), "a raw ESC: {err:?}");
+    for line in err.lines() {
+        assert!(
+            !["b\\u{1b}", "b\u{1b}", "l\\u{1b}", "l\u{1b}"]
+                .iter()
+                .any(|tail| line.starts_with(tail)),
+            "a name broke its line: {line:?} in:\n{err}"
+        );
+    }
+}
+
+/// A plan the check refuses names the table and its columns escaped, on
+/// the one line of its error, and leaves the file as it was.
+#[test]
+fn a_refused_plan_names_a_hostile_table_and_column_on_one_line() {
+    let db = hostile_db();
+    let (t, c) = (q(TABLE), q(COLUMN));
+    let moves = format!("UPDATE {t} SET {c} = {c} + 1000 WHERE {c} BETWEEN :lo AND :hi");
+    let cases = [
+        (
+            plan(&db, "nope.json", "UPDATE t SET v = 1", Some("nope")),
+            format!("is not a column of {TABLE_SHOWN} (columns: id, {COLUMN_SHOWN}, v)"),
+        ),
+        (
+            plan(&db, "moves.json", &moves, Some(COLUMN)),
+            format!("changes its own chunk key: it writes {TABLE_SHOWN}.{COLUMN_SHOWN}. The walk"),
+        ),
+    ];
+    let before = db.bytes();
+    for (plan, said) in cases {
+        let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains(&said), "{said}\nnot in:\n{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert_names_kept_on_their_lines(&err);
+        assert_eq!(db.bytes(), before);
+    }
+}
+
+/// A walk that changes no row warns, naming the table and its key
+/// escaped: on the terminal, and in the `message` events' text.
+#[test]
+fn a_walk_over_a_hostile_table_warns_on_one_line() {
+    let db = hostile_db();
+    let (t, c) = (q(TABLE), q(COLUMN));
+    let sql = format!("UPDATE {t} SET v = 1 WHERE {c} BETWEEN :lo AND :hi AND v IS NULL");
+    let plan = plan(&db, "plan.json", &sql, Some(COLUMN));
+    let said = format!("visited 10 rows of {TABLE_SHOWN} by {COLUMN_SHOWN} and changed none");
+    let flags = ["--no-serve", "--no-checkpoint", "--progress", "plain"];
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &flags));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains(&said), "{err}");
+    assert!(
+        err.contains(&format!("compares \"{COLUMN_SHOWN}\" with :lo")),
+        "{err}"
+    );
+    assert!(err.contains(&format!("rows of {TABLE_SHOWN} to visit by {COLUMN_SHOWN}")));
+    assert_names_kept_on_their_lines(&err);
+    let flags = ["--no-serve", "--no-checkpoint", "--progress", "json"];
+    let (code, out, err) = run(&run_args(&db, path_str(&plan), &flags));
+    assert_eq!(code, 0, "{err}");
+    let texts: Vec<String> = json_lines(&out)
+        .iter()
+        .filter(|e| e["event"] == "message")
+        .map(|e| e["data"]["message"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert!(texts.iter().any(|m| m.contains(&said)), "{texts:?}");
+    assert!(
+        !texts.iter().any(|m| m.contains(['\n', '\u{1b}'])),
+        "{texts:?}"
+    );
+}
+
+/// An undo that keeps a row the application changed names the table and
+/// the column escaped in its conflict line; the event's `table` field
+/// keeps the name as given.
+#[test]
+fn an_undo_conflict_on_a_hostile_table_is_one_line() {
+    let db = hostile_db();
+    let (t, c) = (q(TABLE), q(COLUMN));
+    let sql = format!("UPDATE {t} SET {c} = {c} + 1 WHERE id BETWEEN :lo AND :hi");
+    run_undoable(&db, &plan(&db, "plan.json", &sql, None));
+    db.conn()
+        .execute_batch(&format!("UPDATE {t} SET {c} = 99 WHERE id = 4"))
+        .unwrap();
+    let undo = |extra: &[&str]| {
+        let mut args = vec![
+            "undo",
+            "--db",
+            path_str(&db.path),
+            "--plan",
+            "p",
+            "--no-serve",
+        ];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let said = format!(
+        "conflict in {TABLE_SHOWN} at key 4: {COLUMN_SHOWN} is not what the run wrote (now 99)"
+    );
+    let (code, _, err) = undo(&["--dry-run", "--progress", "plain"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains(&format!("{said}; would keep")), "{err}");
+    assert_names_kept_on_their_lines(&err);
+    let (code, out, err) = undo(&["--progress", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let conflict: Vec<Value> = json_lines(&out)
+        .into_iter()
+        .filter(|e| e["event"] == "message" && e["data"]["target"]["key"] == 4)
+        .collect();
+    assert_eq!(conflict.len(), 1, "{out}");
+    let data = &conflict[0]["data"];
+    assert_eq!(data["target"]["table"], TABLE, "{data}");
+    assert!(
+        data["message"].as_str().unwrap().starts_with(&said),
+        "{data}"
+    );
+    assert_eq!(
+        db.query_i64(&format!("SELECT {c} FROM {t} WHERE id = 4")),
+        99
+    );
+}
