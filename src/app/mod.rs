@@ -86,7 +86,9 @@ pub fn open(config: RunConfig) -> Result<Session, UsageError> {
         }
     })?;
     runner::check(&plan, &opts)?;
-    if (opts.undo || plan.undo) && !opts.dry_run {
+    // A dry run records nothing, but refuses what the real run would, so
+    // that it passing means the run can go.
+    if opts.undo || plan.undo {
         runner::undo::refuse_unrecordable(&conn, &plan)?;
     }
     if let Some(q) = &opts.brakes.throttle_query {
@@ -101,9 +103,9 @@ pub fn open(config: RunConfig) -> Result<Session, UsageError> {
         Resume::none()
     };
     runner::refuse_escaping_chunks(&conn, &plan, &resume)?;
-    if (opts.undo || plan.undo) && !opts.dry_run {
+    if opts.undo || plan.undo {
         runner::undo::refuse_unrecorded_part(&conn, &plan, &resume)?;
-    } else if !opts.dry_run {
+    } else {
         runner::undo::refuse_unrecorded_rest(&conn, &plan, &resume)?;
     }
     Ok(Session {

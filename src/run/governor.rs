@@ -160,6 +160,9 @@ pub(super) struct Governor<'a> {
     /// `--dry-run`): it holds the write lock throughout, so nothing waits
     /// between its chunks.
     one_transaction: Option<&'static str>,
+    /// An undo's chunks are the run's recorded ones, taken back as they
+    /// are: no chunk time or batch size resizes them.
+    recorded_chunks: bool,
 }
 
 struct ThrottleQuery {
@@ -256,6 +259,7 @@ impl<'a> Governor<'a> {
             throttle,
             query_error: None,
             one_transaction: None,
+            recorded_chunks: false,
         };
         g.data_version = g.read_data_version();
         g.announced = g.settings();
@@ -370,7 +374,8 @@ impl<'a> Governor<'a> {
     pub(super) fn say_starting_pace(&self) {
         self.say_no_wait_in_one_transaction();
         if let Some(why) = self.start_reason {
-            let words = pace_words(true, self.pace.batch_size, self.one_transaction);
+            let fixed = self.recorded_chunks || self.pace.batch_size.is_some();
+            let words = pace_words(true, fixed, self.one_transaction);
             let why = format!("{why}: {words}");
             self.say_pace(&why, None);
         }
@@ -418,6 +423,7 @@ impl<'a> Governor<'a> {
             target["step"] = i.into();
         }
         let chunks = match now.batch_size {
+            _ if self.recorded_chunks => "the run's chunks, as recorded".to_owned(),
             Some(n) => format!("batch size {}", crate::human::thousands(n)),
             None => format!("chunks of ~{} ms", now.chunk_time_ms),
         };
@@ -448,7 +454,8 @@ impl<'a> Governor<'a> {
             } else {
                 "nobody else has used the database for 5 s"
             };
-            let words = pace_words(self.live(), now.batch_size, self.one_transaction);
+            let fixed = self.recorded_chunks || now.batch_size.is_some();
+            let words = pace_words(self.live(), fixed, self.one_transaction);
             let why = format!("{why}: {words}");
             self.say_pace(&why, step);
         }
@@ -584,6 +591,12 @@ impl<'a> Governor<'a> {
     /// `--atomic`; see [`Governor::after_chunk`]).
     pub(super) fn in_one_transaction(&mut self, flag: &'static str) {
         self.one_transaction = Some(flag);
+    }
+
+    /// Says the chunks are an undo's: the run's, as recorded, which the
+    /// pace does not resize, so its messages speak only of the yield.
+    pub(super) fn takes_recorded_chunks(&mut self) {
+        self.recorded_chunks = true;
     }
 
     /// Waits while the pause file exists, the throttle query says so, or
@@ -806,17 +819,17 @@ fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
 }
 
-/// What a pace means for the chunks, in words: a fixed batch size
-/// (`--batch-size`, `ctl set --batch-size`) keeps them as they are, so
-/// only the yield changes; a run that is one transaction (`one_tx`, the
-/// flag) never yields.
-fn pace_words(live: bool, batch_size: Option<u64>, one_tx: Option<&str>) -> &'static str {
-    match (live, batch_size.is_some(), one_tx.is_some()) {
+/// What a pace means for the chunks, in words: `fixed` chunks (a batch
+/// size, `--batch-size` or `ctl set --batch-size`, or an undo's recorded
+/// chunks) stay as they are, so only the yield changes; a run that is one
+/// transaction (`one_tx`, the flag) never yields.
+fn pace_words(live: bool, fixed: bool, one_tx: Option<&str>) -> &'static str {
+    match (live, fixed, one_tx.is_some()) {
         (true, false, false) => "short chunks, yielding between them",
         (true, true, false) => "yielding between chunks",
         (true, false, true) => "short chunks, with no yield, since the run is one transaction",
         (true, true, true) => {
-            "no change, since the batch size is fixed and the run is one transaction, which never yields"
+            "no change, since the chunks keep their size and the run is one transaction, which never yields"
         }
         (false, false, _) => "long chunks, no yield",
         (false, true, _) => "no yield between chunks",

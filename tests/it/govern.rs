@@ -427,6 +427,61 @@ fn a_live_pace_under_a_fixed_batch_size_names_the_size_not_short_chunks() {
     );
 }
 
+/// An undo takes back the run's chunks as they were recorded: neither a
+/// chunk time nor `--batch-size` resizes them. Its live pace said "short
+/// chunks (chunks of ~10 ms …)" or "(batch size 5 …)" all the same, while
+/// it took back parts of ten rows (the README's undo recipe, beside an
+/// application, after a run at the idle pace).
+#[test]
+fn an_undo_beside_an_application_says_its_chunks_are_the_run_s() {
+    for (extra, words) in [
+        (
+            &[][..],
+            ": yielding between chunks (the run's chunks, as recorded, nice ratio 1)",
+        ),
+        (
+            &["--batch-size", "5"],
+            ": yielding between chunks (the run's chunks, as recorded, nice ratio 1)",
+        ),
+        (
+            &["--dry-run"],
+            ": no change, since the chunks keep their size and the run is one transaction, which never yields (the run's chunks, as recorded, nice ratio 1)",
+        ),
+    ] {
+        let db = bumped();
+        let _app = db.conn();
+        let mut args = vec![
+            "undo",
+            "--db",
+            path_str(&db.path),
+            "--plan",
+            "bump",
+            "--no-serve",
+            "--progress",
+            "json",
+        ];
+        args.extend_from_slice(extra);
+        let (code, out, err) = run(&args);
+        assert_eq!(code, 0, "{extra:?}: {err}");
+        let said = messages(&out);
+        let pace = said
+            .iter()
+            .find(|m| m.starts_with("another process has the database open"))
+            .unwrap_or_else(|| panic!("{extra:?}: no pace message: {said:?}"));
+        assert!(pace.ends_with(words), "{extra:?}: {pace}");
+        let sizes: Vec<u64> = json_lines(&out)
+            .iter()
+            .filter(|l| l["event"] == "progress")
+            .map(|l| l["data"]["done"].as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            sizes,
+            [10, 20, 30, 40],
+            "{extra:?}: the run's parts of ten rows"
+        );
+    }
+}
+
 #[test]
 fn a_plan_already_applied_says_nothing_of_a_pace_it_will_not_use() {
     let db = TempDb::counters(100);

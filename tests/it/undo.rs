@@ -330,13 +330,17 @@ fn a_ddl_step_is_refused_unless_it_opts_out_and_the_undo_stops_there() {
     let before = sha256(&db.path);
     let ddl = r#"{"name":"ddl","steps":[{"sql":"UPDATE t SET counter = 1"},{"sql":"ALTER TABLE t ADD COLUMN x INT"},{"sql":"UPDATE t SET counter = 2 WHERE id <= 10"}]}"#;
     let plan = db.file("plan.json", ddl);
-    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve", "--undo"]));
-    assert_eq!(code, 2, "{err}");
-    assert!(
-        err.contains("step 2") && err.contains("\"undo\": false"),
-        "{err}"
-    );
-    assert_eq!(sha256(&db.path), before);
+    // A dry run refuses it too: passing one must mean the run can go.
+    for extra in [&[][..], &["--dry-run"]] {
+        let args = [&["--no-serve", "--undo"][..], extra].concat();
+        let (code, _, err) = run(&run_args(&db, path_str(&plan), &args));
+        assert_eq!(code, 2, "{extra:?}: {err}");
+        assert!(
+            err.contains("step 2") && err.contains("\"undo\": false"),
+            "{extra:?}: {err}"
+        );
+        assert_eq!(sha256(&db.path), before);
+    }
     // A script's statements cannot opt out: the way is a JSON plan.
     let script = db.file(
         "fix.sql",
@@ -1176,18 +1180,21 @@ fn a_step_recorded_in_part_is_not_resumed_unrecorded() {
     db.conn().execute_batch("DROP TRIGGER stop").unwrap();
     assert_eq!(db.counter_spread(), (40, 60), "four chunks committed");
     let before = sha256(&db.path);
-    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve"]));
-    assert_eq!(code, 2, "{err}");
-    assert!(
-        err.contains("was applied in part by a run recorded for undo")
-            && err.contains("Resume with --undo")
-            && err.contains(&format!(
-                "batchsse undo --db {} --plan bump",
-                path_str(&db.path)
-            )),
-        "{err}"
-    );
-    assert_eq!(sha256(&db.path), before, "nothing run");
+    for extra in [&[][..], &["--dry-run"]] {
+        let args = [&["--no-serve"][..], extra].concat();
+        let (code, _, err) = run(&run_args(&db, path_str(&plan), &args));
+        assert_eq!(code, 2, "{extra:?}: {err}");
+        assert!(
+            err.contains("was applied in part by a run recorded for undo")
+                && err.contains("Resume with --undo")
+                && err.contains(&format!(
+                    "batchsse undo --db {} --plan bump",
+                    path_str(&db.path)
+                )),
+            "{extra:?}: {err}"
+        );
+        assert_eq!(sha256(&db.path), before, "nothing run");
+    }
     let (code, _, err) = run(&recorded);
     assert_eq!(code, 0, "{err}");
     let (code, _, err) = run(&undo_args(&db, &["--plan", "bump"]));

@@ -587,10 +587,12 @@ fn resuming_with_undo_a_step_partly_applied_unrecorded_is_refused() {
     assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 50);
     db.conn().execute_batch("DELETE FROM flag").unwrap();
     let before = sha256(&db.path);
-    let (code, _, err) = run(&[&args[..], &["--undo"]].concat());
-    assert_eq!(code, 2, "{err}");
-    assert!(err.contains("\"undo\": false"), "{err}");
-    assert_eq!(sha256(&db.path), before, "nothing written");
+    for extra in [&["--undo"][..], &["--undo", "--dry-run"]] {
+        let (code, _, err) = run(&[&args[..], extra].concat());
+        assert_eq!(code, 2, "{extra:?}: {err}");
+        assert!(err.contains("\"undo\": false"), "{extra:?}: {err}");
+        assert_eq!(sha256(&db.path), before, "nothing written");
+    }
 }
 
 /// Recorded without the pre-update hook, the changes are staged in a TEMP

@@ -155,6 +155,7 @@ pub fn run(
         opts.pace.clone(),
         opts.brakes.clone(),
     );
+    governor.takes_recorded_chunks();
     if opts.dry_run {
         governor.in_one_transaction("--dry-run");
     }
