@@ -370,6 +370,8 @@ pub struct Steering {
     no_pause: std::sync::OnceLock<String>,
     /// Why a sleep or nice ratio would change nothing in this run, if so.
     no_wait: std::sync::OnceLock<String>,
+    /// Why a chunk time or batch size would change nothing, if so.
+    no_resize: std::sync::OnceLock<String>,
 }
 
 /// The values a pace may take, on the command line as in `POST /control`.
@@ -451,6 +453,17 @@ impl Steering {
     /// Why a change of sleep or nice ratio is refused, if it is.
     pub fn waits_refused(&self) -> Option<&str> {
         self.no_wait.get().map(String::as_str)
+    }
+
+    /// From now on a change of chunk time or batch size is refused, for
+    /// this reason: the chunks are not this run's to size.
+    pub fn refuse_resizes(&self, why: String) {
+        let _ = self.no_resize.set(why);
+    }
+
+    /// Why a change of chunk time or batch size is refused, if it is.
+    pub fn resizes_refused(&self) -> Option<&str> {
+        self.no_resize.get().map(String::as_str)
     }
 
     pub fn change_pace(&self, patch: PacePatch) {

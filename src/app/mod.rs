@@ -137,6 +137,11 @@ async fn drive(mut session: Session, parts: Parts) -> Result<RunStatus, UsageErr
     if let Some(why) = runner::why_no_wait(&session.opts) {
         parts.steering.refuse_waits(why);
     }
+    if session.undo.is_some() {
+        parts
+            .steering
+            .refuse_resizes(runner::undo::apply::WHY_NO_RESIZE.into());
+    }
     let banner = session.banner.take();
     let publisher = match session.publish.take() {
         Some(p) => Some((start_publishing(p.target, p.ttl, &parts).await?, p.drain)),

@@ -168,6 +168,13 @@ fn command(
     {
         return Err((StatusCode::CONFLICT, why.to_owned()));
     }
+    let resizes = cmd.pace.chunk_time_ms.is_some() || cmd.pace.batch_size.is_some();
+    if resizes
+        && !cmd.cancel
+        && let Some(why) = steering.resizes_refused()
+    {
+        return Err((StatusCode::CONFLICT, why.to_owned()));
+    }
     let action = if cmd.cancel {
         ControlAction::Cancel
     } else {

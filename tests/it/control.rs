@@ -546,3 +546,43 @@ fn a_token_typed_beside_no_serve_is_refused_but_one_from_the_environment_is_not(
     assert_eq!(p.wait().code(), Some(0), "{}", p.stderr());
     assert_eq!(db.counter_spread(), (10, 0));
 }
+
+/// An undo takes back the run's chunks as they were recorded: a live
+/// chunk time or batch size would be accepted and change nothing, so it is
+/// refused, by `POST /control` and by `ctl`, with the reason; a sleep or
+/// nice ratio still applies.
+#[test]
+fn an_undo_refuses_a_live_chunk_time_or_batch_size_and_takes_a_sleep() {
+    let db = TempDb::counters(500);
+    let plan = db.file("plan.json", &counter_plan("steer", 50));
+    run_undoable(&db, &plan);
+    let dbp = path_str(&db.path);
+    let mut p = Proc::start(&words(&format!(
+        "undo --db {dbp} --plan steer --listen 127.0.0.1:0 --progress none --wait-for-clients 1 --control-token {TOKEN}"
+    )));
+    for body in [r#"{"chunk_time_ms":50}"#, r#"{"batch_size":100}"#] {
+        let (code, text) = authed(p.addr(), body);
+        assert_eq!(code, 409, "{body}: {text}");
+        assert!(
+            text.contains("as they were recorded") && text.contains("sleep_ms still apply"),
+            "{body}: {text}"
+        );
+    }
+    let base = format!("http://{}/", p.addr());
+    let (code, _, err) = run(&[
+        "ctl",
+        &base,
+        "set",
+        "--batch-size",
+        "100",
+        "--control-token",
+        TOKEN,
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("as they were recorded"), "{err}");
+    let (code, text) = authed(p.addr(), r#"{"sleep_ms":5,"nice_ratio":0}"#);
+    assert_eq!(code, 200, "{text}");
+    let _s = Stream::open(p.addr(), "/events", &[]).rest();
+    assert_eq!(p.wait_for(PATIENCE).code(), Some(0), "{}", p.stderr());
+    assert_eq!(db.counter_spread(), (0, 500), "every row taken back");
+}

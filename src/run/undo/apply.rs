@@ -138,6 +138,9 @@ struct Tally {
     steps_done: usize,
 }
 
+/// Why an undo refuses a live change of chunk time or batch size.
+pub const WHY_NO_RESIZE: &str = "an undo takes back the run's chunks as they were recorded, so chunk_time_ms and batch_size change nothing in it; nice_ratio and sleep_ms still apply";
+
 /// Runs the undo and logs every event up to `finished`.
 pub fn run(
     conn: &Connection,
