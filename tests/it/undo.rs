@@ -2064,3 +2064,52 @@ fn a_column_added_during_a_step_comes_back_with_the_rows_it_deletes() {
         assert_eq!(content(&db), before, "{env:?}: {err}");
     }
 }
+
+/// Rows the run wrote that the application deleted since are kept as
+/// conflicts with nothing of the run left in them: the undo says they stay
+/// deleted, not that their other columns may still hold the run's values.
+#[test]
+fn rows_the_application_deleted_since_are_said_to_stay_deleted() {
+    for (sql, deleted) in [
+        (
+            "INSERT INTO c(id, counter) SELECT id, counter FROM t WHERE id BETWEEN :lo AND :hi",
+            "DELETE FROM c WHERE id = 3",
+        ),
+        (
+            "UPDATE t SET counter = counter + 1 WHERE id BETWEEN :lo AND :hi",
+            "DELETE FROM t WHERE id IN (3, 4)",
+        ),
+    ] {
+        let db = TempDb::counters(20);
+        db.conn()
+            .execute_batch("CREATE TABLE c(id INTEGER PRIMARY KEY, counter INT)")
+            .unwrap();
+        let plan = serde_json::json!({"name": "gone", "steps": [
+            {"sql": sql, "chunk": {"table": "t", "size": 5}}]});
+        let plan = db.file("plan.json", &plan.to_string());
+        run_undoable(&db, &plan);
+        db.conn().execute_batch(deleted).unwrap();
+        let (code, _, err) = run(&undo_args(&db, &["--plan", "gone"]));
+        assert_eq!(code, 0, "{sql}: {err}");
+        let n = if deleted.contains("(3, 4)") {
+            "2 rows"
+        } else {
+            "1 row"
+        };
+        assert!(
+            err.contains(&format!(
+                "is taken back but for {n} the run wrote that the application deleted after the run"
+            )) && err.contains("deleted (see the table batchsse_undo_conflict)"),
+            "{sql}: {err}"
+        );
+        assert!(
+            !err.contains("may still hold the run's values"),
+            "{sql}: {err}"
+        );
+        assert_eq!(
+            db.query_i64("SELECT count(*) FROM t WHERE counter <> 0"),
+            0,
+            "{sql}: every other row taken back"
+        );
+    }
+}

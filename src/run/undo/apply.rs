@@ -10,7 +10,7 @@ use rusqlite::Connection;
 use rusqlite::types::Value;
 use serde_json::json;
 
-use super::revert::{Conflict, Reverter, TAKEN};
+use super::revert::{Conflict, GONE, Reverter, TAKEN};
 use super::store::{self, PARTS, UNRECORDED};
 use crate::events::log::EventLog;
 use crate::events::{
@@ -755,8 +755,15 @@ impl Undoer<'_> {
                 ),
             );
         }
-        if kept > as_left {
-            self.say_theirs_carry(kept - as_left);
+        let gone: u64 = GONE
+            .iter()
+            .map(|why| store::kept_why(self.conn, &self.scope, why).unwrap_or(0))
+            .sum();
+        if kept > as_left + gone {
+            self.say_theirs_carry(kept - as_left - gone);
+        }
+        if gone > 0 {
+            self.say_gone(gone);
         }
         if as_left == 0 {
             return;
@@ -782,6 +789,20 @@ impl Undoer<'_> {
             quoted(plan),
             thousands(as_left),
             plural(as_left)
+        ));
+    }
+
+    /// Says that `n` rows the run wrote were deleted by the application
+    /// since: kept as conflicts, with nothing of the run left in them.
+    fn say_gone(&self, n: u64) {
+        let [rows, were, they] = match n {
+            1 => ["row", "was", "it stays"],
+            _ => ["rows", "were", "they stay"],
+        };
+        self.message(Level::Warn, format!(
+            "plan {} is taken back but for {} {rows} the run wrote that the application deleted after the run: there {were} nothing left to take back, so {they} deleted (see the table batchsse_undo_conflict); its checkpoint is cleared, so it can run again",
+            quoted(&self.spec.plan),
+            thousands(n)
         ));
     }
 

@@ -232,10 +232,8 @@ impl<'c> Reverter<'c> {
                 Verdict::Unseen if job.part.op == op::DELETE => {
                     "the row the run deleted was not put back".to_owned()
                 }
-                Verdict::Unseen if job.part.op == op::INSERT => {
-                    "the row the run inserted is gone".to_owned()
-                }
-                Verdict::Unseen => "the row is gone".to_owned(),
+                Verdict::Unseen if job.part.op == op::INSERT => GONE[0].to_owned(),
+                Verdict::Unseen => GONE[1].to_owned(),
                 Verdict::Kept | Verdict::Overwrote if job.part.op == op::INSERT => {
                     "the row the run inserted has been changed since".to_owned()
                 }
@@ -388,12 +386,12 @@ impl<'c> Reverter<'c> {
             (op::DELETE, false) => None,
             (op::DELETE, true) => Some("the row the run deleted exists again".to_owned()),
             (op::INSERT, false) => {
-                return Ok((false, Some("the row the run inserted is gone".into())));
+                return Ok((false, Some(GONE[0].into())));
             }
             (op::INSERT, true) => {
                 (!same).then(|| "the row the run inserted has been changed since".to_owned())
             }
-            (_, false) => return Ok((false, Some("the row is gone".into()))),
+            (_, false) => return Ok((false, Some(GONE[1].into()))),
             (_, true) => (!same).then(|| changed(l, &e.columns, &self.buf)),
         };
         if why.is_some() && !self.overwrite {
@@ -462,6 +460,10 @@ fn changed(l: &Layout, columns: &[usize], now: &[u8]) -> String {
 /// key) it would get back: one the application wrote since, or one kept
 /// as a conflict before it.
 pub(super) const TAKEN: &str = "another row holds a value it would get back";
+
+/// Why a row is kept that the application deleted since the run: nothing
+/// of it is left to take back, nor to carry the run's values.
+pub(super) const GONE: [&str; 2] = ["the row the run inserted is gone", "the row is gone"];
 
 /// Why a row cannot go back when a `UNIQUE` constraint (or the key)
 /// stops it.
