@@ -190,6 +190,7 @@ function look() {
         badge: shown("#throttle") ? text(document.querySelector("#throttle")) : null,
         message: text(document.querySelector("#control-msg")) || null,
         inputs: Object.fromEntries([...document.querySelectorAll("#pace input")].map((i) => [i.name, i.value])),
+        shown_inputs: [...document.querySelectorAll("#pace input")].filter((i) => i.checkVisibility()).map((i) => i.name),
         stored_token: sessionStorage.getItem("batchsse.control"),
         address: location.href,
       };

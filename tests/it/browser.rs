@@ -1574,3 +1574,60 @@ fn a_conflict_on_a_hostile_table_and_key_is_logged_as_text() {
     assert!(logged, "the conflict, as text: {v:#}");
     assert_eq!(v["banner"]["status"], "ok", "{v:#}");
 }
+
+/// An undo takes back the run's chunks as they were recorded, so its page
+/// offers no chunk time (the server would refuse it): the nice ratio and
+/// the sleep stay, and a run's page keeps all three.
+#[test]
+fn an_undo_s_page_steers_its_yield_but_offers_no_chunk_time() {
+    let Some(_b) = browser() else { return };
+    let db = bumped();
+    let dbp = path_str(&db.path).to_owned();
+    let p = Proc::start(&words(&format!(
+        "undo --db {dbp} --plan bump --listen 127.0.0.1:0 --progress none --wait-for-clients 1 --sleep 100 --control-token {CONTROL}"
+    )));
+    let url = format!("http://{}/#control={CONTROL}", p.addr());
+    let v = observe(
+        &url,
+        json!({"timeout_ms": 15000, "actions": [
+            {"wait": "#pause"},
+            {"snapshot": "undo"},
+            {"fill": "#sleep", "value": "5"},
+            {"click": "#apply"},
+            {"wait": "#log li[data-level=control]"},
+        ]}),
+    );
+    assert_eq!(v.get("action_error"), None, "{v:#}");
+    let steer = &v["snapshots"]["undo"]["steer"];
+    assert_eq!(
+        steer["shown_inputs"],
+        json!(["nice_ratio", "sleep_ms"]),
+        "{v:#}"
+    );
+    let posts = v["control_requests"].as_array().expect("control requests");
+    let bodies: Vec<Value> = posts
+        .iter()
+        .map(|r| serde_json::from_str(r["body"].as_str().unwrap_or("null")).unwrap_or_default())
+        .collect();
+    assert_eq!(bodies, [json!({"sleep_ms": 5})], "{v:#}");
+    drop(p);
+    let other = TempDb::counters(40);
+    let plan = other.file("plan.json", &counter_plan("steer", 10));
+    let run = serving(
+        &other,
+        path_str(&plan),
+        &words(&format!(
+            "--wait-for-clients 1 --batch-size 10 --sleep 100 --control-token {CONTROL}"
+        )),
+    );
+    let url = format!("http://{}/#control={CONTROL}", run.addr());
+    let v = observe(
+        &url,
+        json!({"timeout_ms": 15000, "actions": [{"wait": "#pause"}, {"snapshot": "run"}]}),
+    );
+    assert_eq!(
+        v["snapshots"]["run"]["steer"]["shown_inputs"],
+        json!(["chunk_time_ms", "nice_ratio", "sleep_ms"]),
+        "{v:#}"
+    );
+}
