@@ -55,6 +55,31 @@ fn recorded_without_the_pre_update_hook_the_same_undo_restores_every_table() {
     shapes_round_trip(&[("BATCHSSE_UNDO_HOOK", "off")]);
 }
 
+/// Each change its own part (`BATCHSSE_UNDO_PART_BYTES`, a testing aid):
+/// a chunk cut into many parts, each taken back in its own transaction,
+/// gives the same round trip.
+#[test]
+fn a_record_cut_into_a_part_per_change_restores_every_table_the_same() {
+    shapes_round_trip(&[("BATCHSSE_UNDO_PART_BYTES", "1")]);
+}
+
+/// A chunk of a run recorded at the idle pace is cut into parts of at
+/// most about 256 KiB, so that its undo, each part in one transaction,
+/// holds the write lock briefly beside an application.
+#[test]
+fn a_long_chunk_is_recorded_in_small_parts_and_taken_back_whole() {
+    let db = TempDb::counters(100_000);
+    let plan = db.file("plan.json", &counter_plan("long", 100_000));
+    run_undoable(&db, &plan);
+    let parts = db.query_i64("SELECT count(*) FROM batchsse_undo WHERE chunk >= 0");
+    let largest = db.query_i64("SELECT max(bytes) FROM batchsse_undo WHERE chunk >= 0");
+    assert!(parts >= 3, "one chunk in {parts} parts");
+    assert!(largest <= 300 << 10, "the largest part is {largest} bytes");
+    let (code, _, err) = run(&undo_args(&db, &["--plan", "long"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(db.counter_spread(), (0, 100_000), "every row taken back");
+}
+
 /// Runs the shapes plan with `--undo`, then its undo (a dry run first),
 /// with `env`: every table as before.
 fn shapes_round_trip(env: &[(&str, &str)]) {

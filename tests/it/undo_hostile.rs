@@ -947,12 +947,12 @@ fn a_row_deleted_beside_another_inserted_comes_back_when_that_one_is_kept() {
 
 /// Without the pre-update hook a key's change is staged as two rows, the
 /// row deleted and the row inserted anew. A part cut between them (parts
-/// end at 4 MiB, here after the third row's old picture) would put the
-/// third product back at its old key in one part while the other kept the
+/// end at 256 KiB, here at every row's old picture) would put the third
+/// product back at its old key in one part while the other kept the
 /// application's change at the new one: the product twice, the undo
-/// ending ok. The two stay in one part, and the undo stops as it does for
-/// a small record (after taking back the newer part); `overwrite` then
-/// takes every product back to its old key.
+/// ending ok. The two stay in one part (a part a product), and the undo
+/// stops as it does for a small record (after taking back the newer
+/// part); `overwrite` then takes every product back to its old key.
 #[test]
 fn a_key_change_recorded_without_the_hook_stays_in_one_part() {
     let setup = "CREATE TABLE p(sku TEXT PRIMARY KEY, price INT, pic BLOB) WITHOUT ROWID;
@@ -968,7 +968,10 @@ fn a_key_change_recorded_without_the_hook_stays_in_one_part() {
     let (code, _, err) = run_with_env(&run_args(&db, path_str(&plan), &["--no-serve"]), None, &off);
     assert_eq!(code, 0, "{err}");
     let parts = db.query_i64("SELECT count(*) FROM batchsse_undo WHERE chunk >= 0");
-    assert_eq!(parts, 2, "a part cut after the third row");
+    assert_eq!(
+        parts, 4,
+        "a part cut after each row, its old and new key together"
+    );
     db.conn()
         .execute_batch("UPDATE p SET price = 33 WHERE sku = 'NEW-3'")
         .unwrap();

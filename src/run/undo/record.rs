@@ -27,8 +27,22 @@ use super::store::{self, NOTHING, PARTS, UNRECORDED};
 use crate::plan::{Step, quote};
 
 /// A recorded chunk's blob is cut into parts of about this size, so a
-/// plain step over millions of rows never holds one huge value.
-const PART_BYTES: usize = 4 << 20;
+/// plain step over millions of rows never holds one huge value. An undo
+/// takes back each part in one transaction: parts this small hold the
+/// write lock about as long as a chunk at the live pace, beside an
+/// application, whatever pace the run was recorded at (4 MiB parts of a
+/// run recorded on an idle file held it for 180 ms).
+const PART_BYTES: usize = 256 << 10;
+
+/// [`PART_BYTES`], or `BATCHSSE_UNDO_PART_BYTES=N` (at least 1), so tests
+/// can watch chunks cut into many parts. A testing aid, not a knob.
+fn part_bytes() -> usize {
+    std::env::var("BATCHSSE_UNDO_PART_BYTES")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|n| *n >= 1)
+        .unwrap_or(PART_BYTES)
+}
 
 /// What the update hook saw while a read-around chunk worked.
 #[derive(Default)]
@@ -170,7 +184,7 @@ impl<'c> Recorder<'c> {
             finished: RefCell::default(),
             #[cfg(batchsse_preupdate)]
             pre: super::preupdate().then(|| {
-                super::preupdate::PreHook::install(conn, PART_BYTES, super::spill::HELD_BYTES)
+                super::preupdate::PreHook::install(conn, part_bytes(), super::spill::HELD_BYTES)
             }),
         }
     }
@@ -595,7 +609,7 @@ impl<'c> Recorder<'c> {
     /// Writes the encoder's blob as the next part when it is big enough,
     /// or (`last`) when it holds anything.
     fn flush_part(&self, step: &Step, enc: &mut Encoder, last: bool) -> rusqlite::Result<()> {
-        if enc.is_empty() || (!last && enc.len() < PART_BYTES) {
+        if enc.is_empty() || (!last && enc.len() < part_bytes()) {
             return Ok(());
         }
         let rows = enc.entries();
