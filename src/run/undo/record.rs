@@ -155,6 +155,8 @@ pub struct Recorder<'c> {
     guard: Option<Guard>,
     /// The steps recorded to their end with parts: (index, name, parts).
     finished: RefCell<Vec<(usize, String, i64)>>,
+    /// Where a part is cut (see [`part_bytes`]), read once.
+    part_bytes: usize,
     #[cfg(batchsse_preupdate)]
     pre: Option<super::preupdate::PreHook>,
 }
@@ -168,6 +170,7 @@ impl<'c> Recorder<'c> {
         plan: &str,
         (hook, guard): (Option<Hook>, Option<Guard>),
     ) -> Self {
+        let part_bytes = part_bytes();
         Recorder {
             conn,
             run_id,
@@ -182,9 +185,10 @@ impl<'c> Recorder<'c> {
             armed: Cell::new(0),
             rows: RefCell::default(),
             finished: RefCell::default(),
+            part_bytes,
             #[cfg(batchsse_preupdate)]
             pre: super::preupdate().then(|| {
-                super::preupdate::PreHook::install(conn, part_bytes(), super::spill::HELD_BYTES)
+                super::preupdate::PreHook::install(conn, part_bytes, super::spill::HELD_BYTES)
             }),
         }
     }
@@ -609,7 +613,7 @@ impl<'c> Recorder<'c> {
     /// Writes the encoder's blob as the next part when it is big enough,
     /// or (`last`) when it holds anything.
     fn flush_part(&self, step: &Step, enc: &mut Encoder, last: bool) -> rusqlite::Result<()> {
-        if enc.is_empty() || (!last && enc.len() < part_bytes()) {
+        if enc.is_empty() || (!last && enc.len() < self.part_bytes) {
             return Ok(());
         }
         let rows = enc.entries();
