@@ -18,7 +18,7 @@ use crate::human::quoted;
 pub use check::Own;
 use check::Rehearsal;
 pub(crate) use check::{OTHER_SCHEMA, parameter_names};
-pub(crate) use collation::missing_collation;
+pub(crate) use collation::{missing_collation, query_refusal};
 use split::split_statements;
 
 /// Where a plan came from, before it is checked against a database.
