@@ -104,10 +104,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     opts.pace.batch_size = Some(args.rows.div_ceil(CHUNKS_PER_STEP));
     opts.pace.sleep = sleep;
     let sample_beside = !theirs.contains(&"plan.json");
-    go_on(
-        &mut opts,
-        args.keep.as_ref().and(Some(&dir)).filter(|_| sample_beside),
-    );
+    let kept = args.keep.is_some().then_some(&dir);
+    go_on(&mut opts, kept.filter(|_| sample_beside));
     let source = Source::Json {
         name: "plan.json".into(),
         text: PLAN.into(),
@@ -123,13 +121,13 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         progress_interval: crate::cli::config::progress_interval(args.serve.progress_interval)?,
         publish: crate::cli::config::publish(&args.serve.publish, args.serve.drain_timeout)?,
     })?;
-    let kept = if args.keep.is_some() {
+    let deleted = if args.keep.is_some() {
         ""
     } else {
         " (deleted on exit; --keep DIR keeps it)"
     };
     session.banner = Some(format!(
-        "{}batchsse: demo: {} orders in {}{kept}\nbatchsse: open {{control_url}} in a browser to watch and steer it (curl -N '{{events}}' shows the raw stream; `batchsse ctl {{base}} pause --control-token {{control_token}}` pauses it)",
+        "{}batchsse: demo: {} orders in {}{deleted}\nbatchsse: open {{control_url}} in a browser to watch and steer it (curl -N '{{events}}' shows the raw stream; `batchsse ctl {{base}} pause --control-token {{control_token}}` pauses it)",
         if serving { left.as_str() } else { "" },
         crate::human::thousands(args.rows),
         crate::human::shown_path(&db),

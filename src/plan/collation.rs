@@ -186,13 +186,12 @@ impl Missing {
 
 /// Why `sql`, a query that failed to compile with `e`, cannot run, if it
 /// failed for want of collations batchsse does not have: it compiles on
-/// `fresh`, a connection to the same file that has not read its schema
-/// yet, once they are stood in for (a `WITHOUT ROWID` table keyed by one
-/// is readable only if it was there as the schema was read). Said after
-/// what names the query (`--throttle-query needs …`), ending with what to
-/// do.
-pub(crate) fn query_refusal(fresh: &Connection, sql: &str, e: &rusqlite::Error) -> Option<String> {
-    let conn = fresh;
+/// `conn` once they are stood in for. `conn` is a fresh connection to the
+/// same file, which has not read its schema yet: a `WITHOUT ROWID` table
+/// keyed by such a collation is readable only if the stand-in was there
+/// as the schema was read. Said after what names the query
+/// (`--throttle-query needs …`), ending with what to do.
+pub(crate) fn query_refusal(conn: &Connection, sql: &str, e: &rusqlite::Error) -> Option<String> {
     stand_in(conn);
     let compiles = conn.prepare(sql).is_ok();
     let missing = withdraw(conn);
@@ -226,7 +225,7 @@ pub(crate) fn query_refusal(fresh: &Connection, sql: &str, e: &rusqlite::Error) 
         _ => ("collations", "one"),
     };
     Some(format!(
-        "needs {what} batchsse does not have: {}. A column it compares is declared with {it}, a COLLATE in it names {it}, or it reads a table or index ordered by {it}{unreadable}. Such a collation is a comparison function an application registers on its own connections: it is not stored in the file, and batchsse cannot run it. Compare by one of SQLite's own ({}) with a COLLATE of your own (`WHERE name COLLATE NOCASE = 'x'`), or read other columns or tables",
+        "needs {what} batchsse does not have: {}. A column it compares is declared with {it}, a COLLATE in it names {it}, or it reads a table or index ordered by {it}{unreadable}. Such a collation is a comparison function an application registers on its own connections: it is not stored in the file, and batchsse cannot run it. Compare by one of SQLite's own ({}), named in the query (`WHERE name COLLATE NOCASE = 'x'`), or read other columns or tables",
         crate::human::shown_list(&names),
         SQLITE_OWN.join(", ")
     ))
