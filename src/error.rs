@@ -114,11 +114,14 @@ fn bars() -> Option<std::sync::Arc<dyn Bars>> {
 /// `text` with the control characters a plan or a database may carry (an
 /// escape sequence in a step's name, its SQL or an error) written as
 /// `\u{1b}`, so they cannot clear the terminal, move its cursor to
-/// overwrite a line, or retitle it. Line feeds and tabs stay, and so does a
-/// CR before a line feed (a plan saved on Windows).
+/// overwrite a line, or retitle it; and so are the characters that would
+/// reorder the rest of a line or end it unseen ([`crate::human::moves_text`]).
+/// Line feeds and tabs stay, and so does a CR before a line feed (a plan
+/// saved on Windows).
 pub fn terminal_safe(text: &str) -> std::borrow::Cow<'_, str> {
     let unsafe_at = |i: usize, c: char| {
-        c.is_control() && c != '\n' && c != '\t' && !(c == '\r' && text[i + 1..].starts_with('\n'))
+        let kept = c == '\n' || c == '\t' || (c == '\r' && text[i + 1..].starts_with('\n'));
+        (c.is_control() && !kept) || crate::human::moves_text(c)
     };
     if !text.char_indices().any(|(i, c)| unsafe_at(i, c)) {
         return text.into();

@@ -64,8 +64,43 @@ pub fn shown(s: &str) -> std::borrow::Cow<'_, str> {
 
 /// Characters [`shown`] escapes.
 fn hidden(c: char) -> bool {
-    c.is_control()
-        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    c.is_control() || moves_text(c)
+}
+
+/// Characters other than controls that move the text around them: the
+/// line and paragraph separators, and the bidirectional overrides and
+/// isolates that reorder the rest of a line.
+pub fn moves_text(c: char) -> bool {
+    matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `s` with only what would end its line escaped, as [`shown`] escapes
+/// it (`\n`, `\r`, and the other line breaks): for text a message carries
+/// as it is, such as SQLite's own messages, which it builds from names.
+/// Where any is, a backslash is doubled, as in [`shown`].
+pub fn one_line(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(ends_line) {
+        return s.into();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c if ends_line(c) => out.extend(c.escape_unicode()),
+            c => out.push(c),
+        }
+    }
+    out.into()
+}
+
+/// Characters a terminal, a log or a browser may start a new line at.
+fn ends_line(c: char) -> bool {
+    matches!(
+        c,
+        '\n' | '\r' | '\u{b}' | '\u{c}' | '\u{85}' | '\u{2028}' | '\u{2029}'
+    )
 }
 
 /// [`shown`] in quotes, for a name within a sentence: `"backfill"`; in
@@ -164,6 +199,25 @@ mod tests {
             assert!(!shown(raw).contains(|c: char| c.is_control()), "{raw:?}");
         }
         assert_eq!(shown("plain"), "plain");
+    }
+
+    #[test]
+    fn one_line_escapes_line_breaks_only() {
+        for (raw, want) in [
+            (
+                "UNIQUE constraint failed: t.u",
+                "UNIQUE constraint failed: t.u",
+            ),
+            ("a\nb", r"a\nb"),
+            ("a\r\nb", r"a\r\nb"),
+            ("C:\\x\ny", r"C:\\x\ny"),
+            ("C:\\x", r"C:\x"),
+            ("v\u{b}f\u{c}n\u{85}", r"v\u{b}f\u{c}n\u{85}"),
+            ("l\u{2028}p\u{2029}", r"l\u{2028}p\u{2029}"),
+            ("e\u{1b}[2J\tt\u{202e}", "e\u{1b}[2J\tt\u{202e}"),
+        ] {
+            assert_eq!(one_line(raw), want, "{raw:?}");
+        }
     }
 
     #[test]

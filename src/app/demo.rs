@@ -45,16 +45,21 @@ pub fn create_sample_db(path: &Path, rows: u64) -> rusqlite::Result<()> {
     Ok(())
 }
 
-pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
+/// What the flags ask for that the demo cannot do.
+fn refuse_bad(args: &DemoArgs) -> Result<(), UsageError> {
     if args.rows == 0 || args.rows > 100_000_000 {
-        return Err(UsageError::new("--rows takes 1 to 100,000,000").into());
+        return Err(UsageError::new("--rows takes 1 to 100,000,000"));
     }
     if args.create_only && args.keep.is_none() {
         return Err(UsageError::new(
             "--create-only needs --keep DIR: without it the database is deleted on exit",
-        )
-        .into());
+        ));
     }
+    Ok(())
+}
+
+pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    refuse_bad(&args)?;
     let sleep = crate::cli::config::sleep_ms(args.sleep.unwrap_or(DEFAULT_SLEEP_MS))?;
     let mut serve = check_serve(&args.serve, 15.0)?;
     // The demo can always be steered: a fresh control token, in the
@@ -81,23 +86,26 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     }
     create_sample_db(&db, args.rows)?;
     as_if_idle(&db)?;
-    if args.keep.is_some() {
-        write_samples(&dir)?;
-    }
+    let theirs = match args.keep {
+        Some(_) => write_samples(&dir)?,
+        None => Vec::new(),
+    };
+    let left = left_alone(&dir, &theirs);
     if args.create_only {
-        crate::errln!(
-            "batchsse: demo: created {} with {} orders, and the sample plans beside it; the sample plan has not run on it. Try:\n  batchsse run --db {} --plan {}",
-            crate::human::shown_path(&db),
-            crate::human::thousands(args.rows),
-            crate::human::shell_path(&db),
-            crate::human::shell_path(&dir.join("plan.json"))
-        );
+        crate::errln!("{left}{}", created(&dir, args.rows, &theirs));
         return Ok(ExitCode::SUCCESS);
+    }
+    // With the server on, the listening line comes first (scripts read it).
+    let serving = serve.is_some();
+    if !serving && !left.is_empty() {
+        crate::errln!("{}", left.trim_end());
     }
     let mut opts = runner::Options::default();
     opts.pace.batch_size = Some(args.rows.div_ceil(CHUNKS_PER_STEP));
     opts.pace.sleep = sleep;
-    go_on(&mut opts, args.keep.is_some().then_some(&dir));
+    let sample_beside = !theirs.contains(&"plan.json");
+    let kept = args.keep.is_some().then_some(&dir);
+    go_on(&mut opts, kept.filter(|_| sample_beside));
     let source = Source::Json {
         name: "plan.json".into(),
         text: PLAN.into(),
@@ -113,22 +121,76 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         progress_interval: crate::cli::config::progress_interval(args.serve.progress_interval)?,
         publish: crate::cli::config::publish(&args.serve.publish, args.serve.drain_timeout)?,
     })?;
+    let deleted = if args.keep.is_some() {
+        ""
+    } else {
+        " (deleted on exit; --keep DIR keeps it)"
+    };
     session.banner = Some(format!(
-        "batchsse: demo: {} orders in {}{}\nbatchsse: open {{control_url}} in a browser to watch and steer it (curl -N '{{events}}' shows the raw stream; `batchsse ctl {{base}} pause --control-token {{control_token}}` pauses it)",
+        "{}batchsse: demo: {} orders in {}{deleted}\nbatchsse: open {{control_url}} in a browser to watch and steer it (curl -N '{{events}}' shows the raw stream; `batchsse ctl {{base}} pause --control-token {{control_token}}` pauses it)",
+        if serving { left.as_str() } else { "" },
         crate::human::thousands(args.rows),
         crate::human::shown_path(&db),
-        if args.keep.is_some() {
-            ""
-        } else {
-            " (deleted on exit; --keep DIR keeps it)"
-        }
     ));
     app::execute(lifecycle, session)
 }
 
+/// A line for each of `theirs`, the files in `dir` that are not the
+/// samples of their name, left as they were.
+fn left_alone(dir: &Path, theirs: &[&str]) -> String {
+    theirs
+        .iter()
+        .map(|name| {
+            format!(
+                "batchsse: demo: {} exists; left as it is (it is not the sample {name})\n",
+                crate::human::shown_path(&dir.join(name))
+            )
+        })
+        .collect()
+}
+
+/// What `--create-only` made in `dir`, and what to try on it. `theirs`:
+/// the sample files that were there already, and are not the samples.
+fn created(dir: &Path, rows: u64, theirs: &[&str]) -> String {
+    let (db, plan) = (dir.join("shop.sqlite"), dir.join("plan.json"));
+    let run = format!(
+        "batchsse run --db {} --plan {}",
+        crate::human::shell_path(&db),
+        crate::human::shell_path(&plan)
+    );
+    let made = format!(
+        "batchsse: demo: created {} with {} orders",
+        crate::human::shown_path(&db),
+        crate::human::thousands(rows)
+    );
+    if theirs.is_empty() {
+        return format!(
+            "{made}, and the sample plans beside it; the sample plan has not run on it. Try:\n  {run}"
+        );
+    }
+    let beside = format!(
+        "and the sample plans beside it but {}, left as {} found",
+        theirs.join(", "),
+        if theirs.len() == 1 {
+            "it was"
+        } else {
+            "they were"
+        }
+    );
+    if !theirs.contains(&"plan.json") {
+        return format!("{made}, {beside}; the sample plan has not run on it. Try:\n  {run}");
+    }
+    format!(
+        "{made}, {beside}; nothing has run on it. {} is not the sample plan: yours runs on the shop with\n  {run}\nand the sample plan comes beside a fresh shop in a new folder:\n  batchsse demo --keep NEW-FOLDER --create-only",
+        crate::human::shown_path(&plan)
+    )
+}
+
 /// The demo again would start afresh: a demo stopped with its shop kept
 /// in `kept` goes on with `run` there, and one whose shop is deleted on
-/// exit has nothing to go on from, so it checkpoints nothing.
+/// exit has nothing to go on from, so it checkpoints nothing; nor does
+/// one kept beside a `plan.json` of the user's own, which `run` would
+/// apply instead of the sample.
 fn go_on(opts: &mut runner::Options, kept: Option<&std::path::PathBuf>) {
     match kept {
         Some(dir) => {
@@ -154,20 +216,22 @@ fn as_if_idle(db: &Path) -> std::io::Result<()> {
 }
 
 /// Writes the sample plans into `dir`, leaving alone a file of the same
-/// name already there (it may be the user's own).
-fn write_samples(dir: &Path) -> anyhow::Result<()> {
+/// name already there (it may be the user's own); returns the names of
+/// those that are not the sample.
+fn write_samples(dir: &Path) -> anyhow::Result<Vec<&'static str>> {
+    let mut theirs = Vec::new();
     for (name, text) in SAMPLES {
         let path = dir.join(name);
-        if path.exists() {
-            crate::errln!(
-                "batchsse: demo: {} exists; left as it is",
-                crate::human::shown_path(&path)
-            );
+        if !path.exists() {
+            std::fs::write(&path, text)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        } else if std::fs::read_to_string(&path).is_ok_and(|t| t == text) {
             continue;
+        } else {
+            theirs.push(name);
         }
-        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
     }
-    Ok(())
+    Ok(theirs)
 }
 
 /// 128 random bits as hex, from the system's generator.

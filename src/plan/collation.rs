@@ -184,6 +184,69 @@ impl Missing {
     }
 }
 
+/// Why `sql`, a query that failed to compile with `e`, cannot run, if it
+/// failed for want of collations batchsse does not have: it compiles on
+/// `conn` once they are stood in for. `conn` is a fresh connection to the
+/// same file, which has not read its schema yet: a `WITHOUT ROWID` table
+/// keyed by such a collation is readable only if the stand-in was there
+/// as the schema was read. Said after what names the query
+/// (`--throttle-query needs …`), ending with what to do.
+pub(crate) fn query_refusal(conn: &Connection, sql: &str, e: &rusqlite::Error) -> Option<String> {
+    stand_in(conn);
+    let compiles = conn.prepare(sql).is_ok();
+    let missing = withdraw(conn);
+    if !compiles || missing.names.is_empty() {
+        return None;
+    }
+    let mut names = needed_by(conn, sql, &missing.names);
+    if names.is_empty() {
+        names = missing.names.clone();
+    }
+    // SQLite names the collation it lacks, unless it cannot read a
+    // table at all ("no query solution"): one keyed by such a collation.
+    let keys: Vec<String> = missing
+        .indexes
+        .iter()
+        .filter(|c| !missing_collation(e) && c.origin == "pk" && names.contains(&c.collation))
+        .map(Collated::describe)
+        .collect();
+    let unreadable = match keys.as_slice() {
+        [] => String::new(),
+        [one] => format!(
+            " ({one} orders a WITHOUT ROWID table, which SQLite cannot read at all without it)"
+        ),
+        many => format!(
+            " ({} order WITHOUT ROWID tables, which SQLite cannot read at all without it)",
+            many.join(", ")
+        ),
+    };
+    let (what, it) = match names.len() {
+        1 => ("a collation", "it"),
+        _ => ("collations", "one"),
+    };
+    Some(format!(
+        "needs {what} batchsse does not have: {}. A column it compares is declared with {it}, a COLLATE in it names {it}, or it reads a table or index ordered by {it}{unreadable}. Such a collation is a comparison function an application registers on its own connections: it is not stored in the file, and batchsse cannot run it. Compare by one of SQLite's own ({}), named in the query (`WHERE name COLLATE NOCASE = 'x'`), or read other columns or tables",
+        crate::human::shown_list(&names),
+        SQLITE_OWN.join(", ")
+    ))
+}
+
+/// Of the collations `names` (none of them on `conn`), those without
+/// which `sql` does not compile when the others are stood in for.
+fn needed_by(conn: &Connection, sql: &str, names: &[String]) -> Vec<String> {
+    let needed = |name: &&String| {
+        for other in names.iter().filter(|o| o != name) {
+            let _ = conn.create_collation(other.as_str(), |a, b| a.cmp(b));
+        }
+        let fails = conn.prepare(sql).is_err();
+        for other in names {
+            let _ = conn.remove_collation(other.as_str());
+        }
+        fails
+    };
+    names.iter().filter(needed).cloned().collect()
+}
+
 /// Why a chunk key declared with such a collation is refused.
 pub(super) fn key_refusal(table: &str, key: &str, message: &str) -> String {
     format!(

@@ -18,7 +18,7 @@ use crate::human::quoted;
 pub use check::Own;
 use check::Rehearsal;
 pub(crate) use check::{OTHER_SCHEMA, parameter_names};
-pub(crate) use collation::missing_collation;
+pub(crate) use collation::{missing_collation, query_refusal};
 use split::split_statements;
 
 /// Where a plan came from, before it is checked against a database.
@@ -677,11 +677,21 @@ pub fn quote(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
-/// SQLite's own message, without rusqlite's wrapping.
+/// SQLite's own message, without rusqlite's wrapping, on one line
+/// ([`crate::human::one_line`]): SQLite builds its messages from names
+/// (`UNIQUE constraint failed: TABLE.COLUMN`, `no such table: T`), and a
+/// line feed in a name must not start a line that looks like batchsse's.
+/// A trigger's `RAISE` message is the trigger author's own text, and keeps
+/// its lines.
 pub fn sqlite_message(e: &rusqlite::Error) -> String {
     match e {
-        rusqlite::Error::SqliteFailure(_, Some(m)) => m.clone(),
-        other => other.to_string(),
+        rusqlite::Error::SqliteFailure(f, Some(m))
+            if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_TRIGGER =>
+        {
+            m.clone()
+        }
+        rusqlite::Error::SqliteFailure(_, Some(m)) => crate::human::one_line(m).into_owned(),
+        other => crate::human::one_line(&other.to_string()).into_owned(),
     }
 }
 

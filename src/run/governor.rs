@@ -104,10 +104,18 @@ pub fn check_throttle_query(db: &Path, sql: &str) -> Result<(), UsageError> {
         ))
     })?;
     let stmt = conn.prepare(sql).map_err(|e| {
-        UsageError::new(format!(
-            "--throttle-query does not compile: {}; give one SELECT whose first column is truthy while the run should wait",
-            crate::plan::sqlite_message(&e)
-        ))
+        let lacks = open_reader(db)
+            .ok()
+            .and_then(|fresh| crate::plan::query_refusal(&fresh, sql, &e));
+        UsageError::new(match lacks {
+            Some(why) => format!(
+                "--throttle-query {why}; or leave --throttle-query out. Nothing was run"
+            ),
+            None => format!(
+                "--throttle-query does not compile: {}; give one SELECT whose first column is truthy while the run should wait",
+                crate::plan::sqlite_message(&e)
+            ),
+        })
     })?;
     if !stmt.readonly() || stmt.column_count() == 0 {
         return Err(UsageError::new(

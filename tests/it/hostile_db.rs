@@ -522,6 +522,44 @@ fn a_step_that_needs_an_application_s_own_collation_is_refused_before_anything_r
     }
 }
 
+/// A `--throttle-query` that needs such a collation got SQLite's bare "no
+/// such collation sequence" (or, reading a table keyed by one, "no query
+/// solution"); it is refused naming the collation and what to do, exit 2,
+/// the file untouched, and the query rewritten as it says runs.
+#[test]
+fn a_throttle_query_that_needs_an_application_s_own_collation_is_refused_by_name() {
+    let db = app_collated();
+    let plan = serde_json::json!({"name": "app", "steps": [{"sql": "UPDATE other SET v = v + 1"}]});
+    let plan = db.file("app.json", &plan.to_string());
+    let before = sha256(&db.path);
+    for (query, says) in [
+        ("SELECT count(*) > 5 FROM notes WHERE label = 'x'", "it"),
+        (
+            "SELECT count(*) > 5 FROM codes",
+            "it (the PRIMARY KEY of codes (LOCALIZED) orders a WITHOUT ROWID table",
+        ),
+    ] {
+        let flags = ["--no-serve", "--throttle-query", query];
+        let (code, out, err) = run(&run_args(&db, path_str(&plan), &flags));
+        assert_eq!(code, 2, "{query}: {err}");
+        assert!(out.is_empty(), "{out}");
+        assert!(
+            err.contains("--throttle-query needs a collation batchsse does not have: LOCALIZED.")
+                && err.contains(&format!("or it reads a table or index ordered by {says}"))
+                && err.contains("an application registers")
+                && err.contains("COLLATE NOCASE")
+                && err.contains("leave --throttle-query out. Nothing was run"),
+            "{query}: {err}"
+        );
+        assert_eq!(sha256(&db.path), before, "{query} changed the database");
+    }
+    let query = "SELECT count(*) > 5 FROM notes WHERE label COLLATE NOCASE = 'x'";
+    let flags = ["--no-serve", "--throttle-query", query];
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &flags));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(db.query_i64("SELECT sum(v) FROM other"), 32);
+}
+
 /// A chunk key declared with such a collation passed the check when the
 /// step compared it by another (`COLLATE BINARY`), then failed at the
 /// walk's first query, which orders the keys by their own collation.

@@ -166,3 +166,74 @@ fn an_undo_conflict_on_a_hostile_table_is_one_line() {
         99
     );
 }
+
+/// SQLite builds its own messages from names (`UNIQUE constraint failed:
+/// TABLE.COLUMN`, `no such table: T`): a table whose name holds a line
+/// feed, a bidi override and an escape sequence keeps such a message on
+/// its line, in a refused plan (exit 2, the file untouched) and in a failed
+/// step, so no line of the terminal is forged; the JSON escapes only the
+/// line feed. A trigger's `RAISE` message is its author's text and keeps
+/// its lines, its escape shown escaped on the terminal and as written in
+/// the JSON.
+#[test]
+fn sqlite_s_messages_built_from_names_keep_to_their_line() {
+    let table = "x\nbatchsse: finished ok\u{202e}\u{1b}[2J";
+    let raise = "first line\nsecond line\u{1b}[31m";
+    let db = TempDb::with_sql(&format!(
+        "CREATE TABLE {t}(u UNIQUE); INSERT INTO {t} VALUES (1), (2);
+         CREATE TABLE r(v);
+         CREATE VIEW gone AS SELECT * FROM {gone};
+         CREATE TRIGGER r_says BEFORE INSERT ON r BEGIN SELECT RAISE(ABORT, '{raise}'); END;",
+        t = q(table),
+        gone = q(&format!("{table}2"))
+    ));
+    let step = |file: &str, sql: &str| {
+        let text = json!({"name": file, "steps": [{"name": "s", "sql": sql}]});
+        db.file(file, &text.to_string())
+    };
+    let forged = |err: &str| err.lines().any(|l| l.starts_with("batchsse: finished ok"));
+    let unsafe_char = |err: &str| err.contains(['\u{1b}', '\u{202e}']);
+    let before = db.bytes();
+    let missing = step(
+        "missing.json",
+        "DELETE FROM r WHERE v IN (SELECT u FROM gone)",
+    );
+    let (code, _, err) = run(&run_args(&db, path_str(&missing), &["--no-serve"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(r"no such table: main.x\nbatchsse: finished ok\u{202e}\u{1b}[2J2"),
+        "{err}"
+    );
+    assert!(!forged(&err) && !unsafe_char(&err), "{err}");
+    assert_eq!(db.bytes(), before);
+    let unique = step("unique.json", &format!("UPDATE {} SET u = 1", q(table)));
+    let said = r"UNIQUE constraint failed: x\nbatchsse: finished ok\u{202e}\u{1b}[2J.u";
+    let flags = ["--no-serve", "--no-checkpoint", "--progress", "plain"];
+    let (code, _, err) = run(&run_args(&db, path_str(&unique), &flags));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(said), "{said}\nnot in:\n{err}");
+    assert!(!forged(&err) && !unsafe_char(&err), "{err}");
+    let raising = step("raise.json", "INSERT INTO r VALUES (1)");
+    let (code, _, err) = run(&run_args(&db, path_str(&raising), &flags));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("failed: first line\n"), "{err}");
+    assert!(err.lines().any(|l| l == r"second line\u{1b}[31m"), "{err}");
+    assert!(!unsafe_char(&err), "{err}");
+    let json = ["--no-serve", "--no-checkpoint", "--progress", "json"];
+    for (plan, said) in [
+        (
+            &unique,
+            format!("UNIQUE constraint failed: {}.u", table.replace('\n', r"\n")),
+        ),
+        (&raising, raise.to_owned()),
+    ] {
+        let (code, out, err) = run(&run_args(&db, path_str(plan), &json));
+        assert_eq!(code, 1, "{err}");
+        let failed = json_lines(&out)
+            .into_iter()
+            .find(|e| e["event"] == "finished")
+            .expect("a finished event");
+        let error = failed["data"]["error"].as_str().unwrap_or_default();
+        assert!(error.ends_with(&format!("failed: {said}")), "{error:?}");
+    }
+}

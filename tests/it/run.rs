@@ -732,6 +732,57 @@ fn demo_create_only_keeps_a_fresh_shop_for_trying_run() {
     assert!(err.contains("--create-only needs --keep DIR"), "{err}");
 }
 
+/// A `plan.json` of the user's own in the kept folder is left alone, and
+/// nothing the demo says takes it for the sample: `--create-only` said
+/// "the sample plan has not run on it. Try: batchsse run … --plan
+/// DIR/plan.json", which would run the user's plan; and a demo stopped
+/// mid-way said that same command "goes on" with the sample.
+#[test]
+fn a_kept_demo_beside_a_plan_of_the_user_s_own_never_calls_it_the_sample() {
+    let dir = tempfile::tempdir().unwrap();
+    let keep = dir.path().join("shop");
+    std::fs::create_dir(&keep).unwrap();
+    let mine = r#"{"name": "mine", "steps": [{"sql": "DELETE FROM orders"}]}"#;
+    std::fs::write(keep.join("plan.json"), mine).unwrap();
+    let keep_s = path_str(&keep);
+    let (code, _, err) = run(&["demo", "--keep", keep_s, "--create-only", "--rows", "500"]);
+    assert_eq!(code, 0, "{err}");
+    let plan = keep.join("plan.json");
+    assert!(!err.contains("the sample plan has not run"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{} is not the sample plan: yours runs on the shop with",
+            plan.display()
+        )) && err.contains("batchsse demo --keep NEW-FOLDER --create-only"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&plan).unwrap(), mine);
+    std::fs::remove_file(keep.join("shop.sqlite")).unwrap();
+    let mut p = Proc::start(&[
+        "demo",
+        "--keep",
+        keep_s,
+        "--rows",
+        "4000",
+        "--sleep",
+        "100",
+        "--listen",
+        "127.0.0.1:0",
+        "--progress",
+        "plain",
+        "--linger",
+        "0",
+    ]);
+    let mut s = Stream::open(p.addr(), "/events", &[]);
+    s.until("progress");
+    p.signal("INT");
+    assert_eq!(p.wait().code(), Some(130), "{}", p.stderr());
+    let err = p.stderr();
+    assert!(err.contains("plan.json exists; left as it is"), "{err}");
+    assert!(!err.contains("goes on"), "{err}");
+    assert_eq!(std::fs::read_to_string(&plan).unwrap(), mine);
+}
+
 #[test]
 fn every_connection_answers_once_so_a_page_gets_its_stream_on_a_fresh_one() {
     use std::io::{Read, Write};
