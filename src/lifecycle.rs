@@ -10,7 +10,8 @@
 //!    quits at once (no transaction is ever committed by then);
 //! 4. **finished** — the runner logs `finished`;
 //! 5. **linger** — with `--linger`, late clients still get the whole
-//!    replay; a signal cuts it short ([`stop_after_linger`]);
+//!    replay; a signal cuts it short, and a run a signal stopped does not
+//!    linger at all ([`stop_after_linger`]);
 //! 6. **stop accepting**, then **drain** — open streams get their tail for
 //!    at most `--drain-timeout` (the server's `serve` does both when the
 //!    stop future resolves);
@@ -211,7 +212,9 @@ fn on_signal(tx: &watch::Sender<u32>, cancel: &Cancel, log: &EventLog, quit: &Qu
 }
 
 /// Phase 5: resolves once the run has finished and `linger` has passed, or
-/// a signal arrives during the linger. The server's stop future.
+/// a signal arrives during the linger. The server's stop future. A run that
+/// a signal stopped does not linger: whoever sent it (a person's Ctrl-C, a
+/// supervisor's SIGTERM with its grace period) wants the process gone.
 pub async fn stop_after_linger(
     log: Arc<EventLog>,
     linger: Duration,
@@ -219,7 +222,7 @@ pub async fn stop_after_linger(
 ) {
     let mut rx = log.subscribe();
     let _ = rx.wait_for(|_| log.finished_id().is_some()).await;
-    if linger.is_zero() {
+    if !lingers(linger, &signals) {
         return;
     }
     let seen = *signals.borrow_and_update();
@@ -227,6 +230,11 @@ pub async fn stop_after_linger(
         () = tokio::time::sleep(linger) => {}
         _ = signals.wait_for(|n| *n > seen) => {}
     }
+}
+
+/// Whether a finished run lingers: it has a linger, and no signal came.
+pub fn lingers(linger: Duration, signals: &watch::Receiver<u32>) -> bool {
+    !linger.is_zero() && *signals.borrow() == 0
 }
 
 /// Phase 2: opens the gate once `clients` reaches `wanted` (at once when

@@ -186,7 +186,7 @@ async fn drive(mut session: Session, parts: Parts) -> Result<RunStatus, UsageErr
     let quiet = session.progress == ProgressMode::None;
     let status = run_blocking(session, &parts, wait_for).await;
     let _ = terminal.await;
-    if !linger.is_zero() && !quiet {
+    if lifecycle::lingers(linger, &parts.signals) && !quiet {
         // Else the terminal sits silent after `finished` (the demo's 15 s).
         crate::errln!(
             "batchsse: serving the finished run's replay for {} s (--linger), then exiting; Ctrl-C exits now",

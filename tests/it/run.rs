@@ -430,6 +430,34 @@ fn routes_status_and_linger() {
 }
 
 #[test]
+fn a_run_stopped_by_a_signal_does_not_linger() {
+    // A supervisor's SIGTERM (or a person's Ctrl-C) means "be gone": a run
+    // it stopped exits with 130 at once, its long linger skipped; a client
+    // already watching still got `finished`.
+    for sig in ["TERM", "INT"] {
+        let db = TempDb::counters(1_000);
+        let plan = db.file("plan.json", &counter_plan("stopped", 10));
+        let mut p = Proc::start(&args(
+            &db,
+            path_str(&plan),
+            &words("--batch-size 10 --sleep 50 --linger 600 --progress plain"),
+        ));
+        let mut s = Stream::open(p.addr(), "/events", &[]);
+        s.until("progress");
+        p.signal(sig);
+        assert_eq!(
+            p.wait_for(Duration::from_secs(30)).code(),
+            Some(130),
+            "{}",
+            p.stderr()
+        );
+        let last = s.rest().pop().expect("events");
+        assert_eq!(last.event, "finished");
+        assert!(!p.stderr().contains("--linger"), "{}", p.stderr());
+    }
+}
+
+#[test]
 fn with_cors_only_known_routes_answer_the_preflight() {
     let db = TempDb::counters(10);
     let plan = db.file("plan.json", &counter_plan("preflight", 10));

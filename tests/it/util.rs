@@ -308,16 +308,54 @@ pub fn run_with_env(
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn batchsse");
+    let out = drain(child.stdout.take().unwrap());
+    let err = drain(child.stderr.take().unwrap());
     if let Some(text) = stdin {
         let mut i = child.stdin.take().unwrap();
         let _ = i.write_all(text.as_bytes());
     }
-    let out = child.wait_with_output().expect("wait");
+    let Some(status) = wait_or_kill(&mut child) else {
+        panic!(
+            "batchsse {args:?} did not exit within {RUN_LIMIT:?}, so it was killed; stderr:\n{}",
+            String::from_utf8_lossy(&err.join().unwrap())
+        );
+    };
     (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+        status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.join().unwrap()).into_owned(),
+        String::from_utf8_lossy(&err.join().unwrap()).into_owned(),
     )
+}
+
+/// How long [`run`] lets the binary go before it kills it: a hang fails
+/// its test, with what the binary printed, instead of holding up the
+/// whole suite.
+const RUN_LIMIT: Duration = Duration::from_secs(180);
+
+/// Reads a pipe to its end on a thread of its own.
+fn drain(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        bytes
+    })
+}
+
+/// The child's exit status, or `None` once it has been killed for
+/// running past [`RUN_LIMIT`].
+fn wait_or_kill(child: &mut Child) -> Option<ExitStatus> {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        if start.elapsed() > RUN_LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 /// Runs `batchsse ARGS` to completion with its standard error on a
@@ -786,6 +824,11 @@ pub struct Stream {
     pub ended: bool,
 }
 
+/// How long a [`Stream`] waits for its next event. Keep-alive comments
+/// every 15 s keep the socket's read timeout from ever firing, so a run
+/// that hangs would otherwise hold its test for good.
+const EVENT_LIMIT: Duration = Duration::from_secs(120);
+
 impl Stream {
     pub fn open(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Stream {
         let mut s = TcpStream::connect(addr).expect("connect");
@@ -817,6 +860,7 @@ impl Stream {
 
     /// The next event, or `None` once the stream has ended.
     pub fn next_event(&mut self) -> Option<ParsedEvent> {
+        let since = Instant::now();
         loop {
             if let Some(e) = self.pending.pop_front() {
                 return Some(e);
@@ -824,6 +868,11 @@ impl Stream {
             if self.ended {
                 return None;
             }
+            assert!(
+                since.elapsed() < EVENT_LIMIT,
+                "no event for {EVENT_LIMIT:?}, only keep-alives; the stream's end:\n{}",
+                String::from_utf8_lossy(&self.bytes[self.bytes.len().saturating_sub(2000)..])
+            );
             let chunk = if self.chunked {
                 read_chunk(&mut self.reader).expect("read chunk")
             } else {
