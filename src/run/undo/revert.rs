@@ -482,10 +482,16 @@ fn taken(err: &rusqlite::Error) -> bool {
 struct Undone {
     /// The rows (table, encoded key) put back.
     rows: HashSet<(usize, Vec<u8>)>,
-    /// The tables a row the run inserted at a key it changed was deleted
-    /// from (any row the run inserted, in a record from before
-    /// [`MOVES`](super::codec::MOVES)).
+    /// In a record from before [`MOVES`](super::codec::MOVES), which does
+    /// not mark the inserts that are a key's change: the tables a row the
+    /// run inserted was deleted from, any of which may be a deleted row's.
     emptied: HashSet<usize>,
+    /// The table of the entry just before this one when that entry is a
+    /// row the run inserted at a key it changed and that went back: the
+    /// row deleted right before it in the record (side by side, see
+    /// `kept_new`) at its new key. Another deleted row of the table is
+    /// another row, whether or not the part holds a key's change.
+    moved_back: Option<usize>,
     /// The table of the entry just before this one (the next newer, as a
     /// part goes back newest first) when that entry is a row the run
     /// inserted at a key it changed and that stays: the application
@@ -503,10 +509,7 @@ struct Undone {
 impl Undone {
     fn went_back(&mut self, e: &Entry) {
         self.rows.insert((e.table, encoded(&e.key)));
-        // Only a row inserted at a key it changed is the row of a delete
-        // at another key; any other (a step that deletes some rows and
-        // inserts others) is another row.
-        if e.op == op::INSERT && (e.moved || !self.moves) {
+        if e.op == op::INSERT && !self.moves {
             self.emptied.insert(e.table);
         }
     }
@@ -515,15 +518,17 @@ impl Undone {
     fn next(&mut self, e: &Entry, kept: bool) {
         let moved = e.moved || !self.moves;
         self.kept_new = (kept && e.op == op::INSERT && moved).then_some(e.table);
+        self.moved_back = (!kept && e.op == op::INSERT && e.moved).then_some(e.table);
     }
 
     /// Whether a later change of `e`'s row may have gone back already:
     /// one of the same key (a `REPLACE` of it), or, for a row the run
-    /// deleted, a row the run moved to a new key in its table (an `UPDATE`
-    /// of the key is recorded as the row deleted and inserted anew).
+    /// deleted, the row recorded right after it, moved to a new key (an
+    /// `UPDATE` of the key is recorded as the row deleted and inserted
+    /// anew, side by side).
     fn later_change_of(&self, e: &Entry) -> bool {
-        self.rows.contains(&(e.table, encoded(&e.key)))
-            || (e.op == op::DELETE && self.emptied.contains(&e.table))
+        let moved = |t| self.emptied.contains(t) || self.moved_back == Some(*t);
+        self.rows.contains(&(e.table, encoded(&e.key))) || (e.op == op::DELETE && moved(&e.table))
     }
 }
 
