@@ -933,6 +933,44 @@ fn a_row_whose_new_key_row_the_application_changed_since_stops_the_undo() {
     }
 }
 
+/// The same when the run changed the row again at its new key, and the
+/// record holds that later change in a part of its own (parts of one
+/// change each): the first undo keeps the application's row there as a
+/// conflict, in a part it commits, then stops at the key's change. The
+/// `overwrite` it points at must then take the row back to its old key
+/// whole, as it does when both changes are in one part: it skipped the
+/// row kept by the earlier try and put the old one back beside it, the
+/// row twice with `finished ok`.
+#[test]
+fn overwrite_after_a_stop_takes_back_a_moved_row_an_earlier_part_kept() {
+    let setup = "CREATE TABLE u(id INTEGER PRIMARY KEY, n INT, note TEXT);
+                 INSERT INTO u VALUES (1, 1, 'a'), (2, 2, 'b'), (3, 3, 'c');";
+    let step = r#"{"name":"p","undo":true,"steps":[{"sql":"UPDATE u SET id = id + 10 WHERE id = 2; UPDATE u SET n = n + 1 WHERE id = 12"}]}"#;
+    let off = ("BATCHSSE_UNDO_HOOK", "off");
+    let one = ("BATCHSSE_UNDO_PART_BYTES", "1");
+    for env in [&[][..], &[off], &[one], &[one, off]] {
+        let db = TempDb::with_sql(setup);
+        let plan = db.file("plan.json", step);
+        let (code, _, err) =
+            run_with_env(&run_args(&db, path_str(&plan), &["--no-serve"]), None, env);
+        assert_eq!(code, 0, "{env:?}: {err}");
+        db.conn()
+            .execute_batch("UPDATE u SET n = 999 WHERE id = 12")
+            .unwrap();
+        let (code, _, err) = run_with_env(&undo_of_plan(&db, "p", &[]), None, env);
+        assert_eq!(code, 1, "{env:?}: {err}");
+        assert!(err.contains("exist twice"), "{env:?}: {err}");
+        let overwrite = undo_of_plan(&db, "p", &["--on-conflict", "overwrite"]);
+        let (code, _, err) = run_with_env(&overwrite, None, env);
+        assert_eq!(code, 0, "{env:?}: {err}");
+        assert_eq!(
+            content(&db),
+            content(&TempDb::with_sql(setup)),
+            "{env:?}: the row back at its old key, once"
+        );
+    }
+}
+
 /// A `REPLACE` records each replaced row as deleted and its new row as
 /// inserted, of the same key. The application's change to one new row
 /// keeps that row (a conflict) and must not stop the undo from putting

@@ -53,10 +53,10 @@ pub struct Reverter<'c> {
     sql: HashMap<(usize, u8, std::rc::Rc<[usize]>), Statements>,
     /// The current values' encodings, reused from row to row.
     buf: Vec<u8>,
-    /// Rows kept as conflicts in this undo (and in earlier tries of it):
-    /// their older entries are not put back either, or a value the
-    /// application wrote could be undone by an older entry that happens to
-    /// match it. By table and encoded key value.
+    /// Rows kept as conflicts in this undo (and, but under `overwrite`, in
+    /// earlier tries of it): their older entries are not put back either,
+    /// or a value the application wrote could be undone by an older entry
+    /// that happens to match it. By table and encoded key value.
     held: HashSet<(String, Vec<u8>)>,
     /// The last row of `batchsse_undo_conflict` read into `held`.
     kept_seen: i64,
@@ -98,7 +98,12 @@ impl<'c> Reverter<'c> {
             [],
             |r| r.get(0),
         )?;
-        if upto <= self.kept_seen {
+        // Under `overwrite` the run's old values go back over the
+        // application's: a row kept before (a part that kept it commits
+        // apart from an older part's entries of it, when the record was
+        // cut between them) is put back as if the part were whole.
+        if upto <= self.kept_seen || self.overwrite {
+            self.kept_seen = upto;
             return Ok(());
         }
         for (table, key) in kept_rows(self.conn, scope, (self.kept_seen, upto))? {
