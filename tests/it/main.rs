@@ -24,6 +24,7 @@ mod safety;
 mod terminal;
 mod undo;
 mod undo_hostile;
+mod undo_parts;
 mod undo_tables;
 mod walk;
 mod watch;

@@ -449,6 +449,43 @@ fn a_deleted_row_whose_key_is_used_again_beside_a_row_inserted_is_a_conflict() {
     );
 }
 
+/// The same when the chunk changed another row's key: only the row
+/// recorded right after a deleted one, marked as moved, is that row at
+/// its new key. Any moved row of the table used to count, so the undo
+/// stopped ("would lose the row") when the two rows fell in one part and
+/// kept the conflict when a part ended between them: what it did hung on
+/// where the record was cut (parts of one change each here).
+#[test]
+fn a_deleted_row_whose_key_is_used_again_beside_another_rows_key_change_is_a_conflict() {
+    let setup = "CREATE TABLE u(id INTEGER PRIMARY KEY, n INT);
+                 CREATE TABLE k(sku TEXT PRIMARY KEY, n INT) WITHOUT ROWID;
+                 INSERT INTO u VALUES (1, 1), (2, 2), (3, 3);
+                 INSERT INTO k VALUES ('a', 1), ('b', 2), ('c', 3);";
+    let step = r#"{"name":"p","undo":true,"steps":[{"sql":"DELETE FROM u WHERE id = 1; UPDATE u SET id = id + 10 WHERE id = 2; DELETE FROM k WHERE sku = 'a'; UPDATE k SET sku = 'z' WHERE sku = 'b'"}]}"#;
+    let app = "INSERT INTO u VALUES (1, 100); INSERT INTO k VALUES ('a', 100);";
+    let want = TempDb::with_sql(&format!(
+        "{setup} DELETE FROM u WHERE id = 1; DELETE FROM k WHERE sku = 'a'; {app}"
+    ));
+    let off = ("BATCHSSE_UNDO_HOOK", "off");
+    let one = ("BATCHSSE_UNDO_PART_BYTES", "1");
+    for env in [&[][..], &[off], &[one], &[one, off]] {
+        let db = TempDb::with_sql(setup);
+        let plan = db.file("plan.json", step);
+        let (code, _, err) =
+            run_with_env(&run_args(&db, path_str(&plan), &["--no-serve"]), None, env);
+        assert_eq!(code, 0, "{env:?}: {err}");
+        db.conn().execute_batch(app).unwrap();
+        let (code, _, err) = run_with_env(&undo_of_plan(&db, "p", &[]), None, env);
+        assert_eq!(code, 0, "{env:?}: {err}");
+        assert!(err.contains("2 conflicts"), "{env:?}: {err}");
+        assert_eq!(
+            content(&db),
+            content(&want),
+            "{env:?}: the moved rows back, the application's kept"
+        );
+    }
+}
+
 /// A database made by `setup`, on which plan "p", recorded, ran `step`
 /// (its JSON), and then the application ran `app`.
 fn recorded_then(setup: &str, step: &str, app: &str) -> TempDb {
@@ -892,6 +929,44 @@ fn a_row_whose_new_key_row_the_application_changed_since_stops_the_undo() {
             content(&db),
             content(&TempDb::with_sql(KEYED)),
             "{step} {app}"
+        );
+    }
+}
+
+/// The same when the run changed the row again at its new key, and the
+/// record holds that later change in a part of its own (parts of one
+/// change each): the first undo keeps the application's row there as a
+/// conflict, in a part it commits, then stops at the key's change. The
+/// `overwrite` it points at must then take the row back to its old key
+/// whole, as it does when both changes are in one part: it skipped the
+/// row kept by the earlier try and put the old one back beside it, the
+/// row twice with `finished ok`.
+#[test]
+fn overwrite_after_a_stop_takes_back_a_moved_row_an_earlier_part_kept() {
+    let setup = "CREATE TABLE u(id INTEGER PRIMARY KEY, n INT, note TEXT);
+                 INSERT INTO u VALUES (1, 1, 'a'), (2, 2, 'b'), (3, 3, 'c');";
+    let step = r#"{"name":"p","undo":true,"steps":[{"sql":"UPDATE u SET id = id + 10 WHERE id = 2; UPDATE u SET n = n + 1 WHERE id = 12"}]}"#;
+    let off = ("BATCHSSE_UNDO_HOOK", "off");
+    let one = ("BATCHSSE_UNDO_PART_BYTES", "1");
+    for env in [&[][..], &[off], &[one], &[one, off]] {
+        let db = TempDb::with_sql(setup);
+        let plan = db.file("plan.json", step);
+        let (code, _, err) =
+            run_with_env(&run_args(&db, path_str(&plan), &["--no-serve"]), None, env);
+        assert_eq!(code, 0, "{env:?}: {err}");
+        db.conn()
+            .execute_batch("UPDATE u SET n = 999 WHERE id = 12")
+            .unwrap();
+        let (code, _, err) = run_with_env(&undo_of_plan(&db, "p", &[]), None, env);
+        assert_eq!(code, 1, "{env:?}: {err}");
+        assert!(err.contains("exist twice"), "{env:?}: {err}");
+        let overwrite = undo_of_plan(&db, "p", &["--on-conflict", "overwrite"]);
+        let (code, _, err) = run_with_env(&overwrite, None, env);
+        assert_eq!(code, 0, "{env:?}: {err}");
+        assert_eq!(
+            content(&db),
+            content(&TempDb::with_sql(setup)),
+            "{env:?}: the row back at its old key, once"
         );
     }
 }

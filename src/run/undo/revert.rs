@@ -53,10 +53,10 @@ pub struct Reverter<'c> {
     sql: HashMap<(usize, u8, std::rc::Rc<[usize]>), Statements>,
     /// The current values' encodings, reused from row to row.
     buf: Vec<u8>,
-    /// Rows kept as conflicts in this undo (and in earlier tries of it):
-    /// their older entries are not put back either, or a value the
-    /// application wrote could be undone by an older entry that happens to
-    /// match it. By table and encoded key value.
+    /// Rows kept as conflicts in this undo (and, but under `overwrite`, in
+    /// earlier tries of it): their older entries are not put back either,
+    /// or a value the application wrote could be undone by an older entry
+    /// that happens to match it. By table and encoded key value.
     held: HashSet<(String, Vec<u8>)>,
     /// The last row of `batchsse_undo_conflict` read into `held`.
     kept_seen: i64,
@@ -98,7 +98,12 @@ impl<'c> Reverter<'c> {
             [],
             |r| r.get(0),
         )?;
-        if upto <= self.kept_seen {
+        // Under `overwrite` the run's old values go back over the
+        // application's: a row kept before (a part that kept it commits
+        // apart from an older part's entries of it, when the record was
+        // cut between them) is put back as if the part were whole.
+        if upto <= self.kept_seen || self.overwrite {
+            self.kept_seen = upto;
             return Ok(());
         }
         for (table, key) in kept_rows(self.conn, scope, (self.kept_seen, upto))? {
@@ -482,10 +487,16 @@ fn taken(err: &rusqlite::Error) -> bool {
 struct Undone {
     /// The rows (table, encoded key) put back.
     rows: HashSet<(usize, Vec<u8>)>,
-    /// The tables a row the run inserted at a key it changed was deleted
-    /// from (any row the run inserted, in a record from before
-    /// [`MOVES`](super::codec::MOVES)).
+    /// In a record from before [`MOVES`](super::codec::MOVES), which does
+    /// not mark the inserts that are a key's change: the tables a row the
+    /// run inserted was deleted from, any of which may be a deleted row's.
     emptied: HashSet<usize>,
+    /// The table of the entry just before this one when that entry is a
+    /// row the run inserted at a key it changed and that went back: the
+    /// row deleted right before it in the record (side by side, see
+    /// `kept_new`) at its new key. Another deleted row of the table is
+    /// another row, whether or not the part holds a key's change.
+    moved_back: Option<usize>,
     /// The table of the entry just before this one (the next newer, as a
     /// part goes back newest first) when that entry is a row the run
     /// inserted at a key it changed and that stays: the application
@@ -503,10 +514,7 @@ struct Undone {
 impl Undone {
     fn went_back(&mut self, e: &Entry) {
         self.rows.insert((e.table, encoded(&e.key)));
-        // Only a row inserted at a key it changed is the row of a delete
-        // at another key; any other (a step that deletes some rows and
-        // inserts others) is another row.
-        if e.op == op::INSERT && (e.moved || !self.moves) {
+        if e.op == op::INSERT && !self.moves {
             self.emptied.insert(e.table);
         }
     }
@@ -515,15 +523,17 @@ impl Undone {
     fn next(&mut self, e: &Entry, kept: bool) {
         let moved = e.moved || !self.moves;
         self.kept_new = (kept && e.op == op::INSERT && moved).then_some(e.table);
+        self.moved_back = (!kept && e.op == op::INSERT && e.moved).then_some(e.table);
     }
 
     /// Whether a later change of `e`'s row may have gone back already:
     /// one of the same key (a `REPLACE` of it), or, for a row the run
-    /// deleted, a row the run moved to a new key in its table (an `UPDATE`
-    /// of the key is recorded as the row deleted and inserted anew).
+    /// deleted, the row recorded right after it, moved to a new key (an
+    /// `UPDATE` of the key is recorded as the row deleted and inserted
+    /// anew, side by side).
     fn later_change_of(&self, e: &Entry) -> bool {
-        self.rows.contains(&(e.table, encoded(&e.key)))
-            || (e.op == op::DELETE && self.emptied.contains(&e.table))
+        let moved = |t| self.emptied.contains(t) || self.moved_back == Some(*t);
+        self.rows.contains(&(e.table, encoded(&e.key))) || (e.op == op::DELETE && moved(&e.table))
     }
 }
 
