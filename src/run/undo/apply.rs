@@ -181,10 +181,12 @@ pub fn run(
         db: crate::run::db_name(conn),
     };
     let started = Instant::now();
-    // Read before this try keeps any: only conflicts it does not count.
-    let earlier = store::kept_of(conn, &u.scope).unwrap_or(0);
-    let earlier_as_left = store::kept_why(conn, &u.scope, TAKEN).unwrap_or(0);
+    // Rows kept before this try: only conflicts it does not count. Those
+    // still kept at its end (under `overwrite` it puts them back).
+    let upto = store::last_kept(conn).unwrap_or(0);
     let (tally, end, steps_total) = u.run_all(gate);
+    let earlier = store::kept_up_to(conn, &u.scope, "", upto).unwrap_or(0);
+    let earlier_as_left = store::kept_up_to(conn, &u.scope, TAKEN, upto).unwrap_or(0);
     // As a run ends: the WAL synced, the rollback journal back to DELETE
     // (a journal file left behind would look like a recent writer).
     u.governor.borrow().finish();

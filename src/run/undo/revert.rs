@@ -58,6 +58,11 @@ pub struct Reverter<'c> {
     /// or a value the application wrote could be undone by an older entry
     /// that happens to match it. By table and encoded key value.
     held: HashSet<(String, Vec<u8>)>,
+    /// Under `overwrite`, the rows earlier tries kept, with their rows in
+    /// `batchsse_undo_conflict`: a part that puts one back removes them in
+    /// its transaction, since the row is no longer as the application
+    /// left it.
+    kept_before: HashMap<(String, Vec<u8>), Vec<i64>>,
     /// The last row of `batchsse_undo_conflict` read into `held`.
     kept_seen: i64,
     /// The one-statement way for an `UPDATE` chunk's part, when SQLite
@@ -78,6 +83,7 @@ impl<'c> Reverter<'c> {
             sql: HashMap::new(),
             buf: Vec::new(),
             held: HashSet::new(),
+            kept_before: HashMap::new(),
             kept_seen: 0,
             bulk: Bulk::new(conn),
             spare: Default::default(),
@@ -93,24 +99,40 @@ impl<'c> Reverter<'c> {
     pub fn hold_kept(&mut self, scope: &Scope) -> rusqlite::Result<()> {
         // Up to the table's last row, whoever's: rows of other runs are
         // passed over once, not in every part.
-        let upto: i64 = self.conn.query_row(
-            "SELECT ifnull(max(rowid), 0) FROM batchsse_undo_conflict",
-            [],
-            |r| r.get(0),
-        )?;
-        // Under `overwrite` the run's old values go back over the
-        // application's: a row kept before (a part that kept it commits
-        // apart from an older part's entries of it, when the record was
-        // cut between them) is put back as if the part were whole.
-        if upto <= self.kept_seen || self.overwrite {
-            self.kept_seen = upto;
+        let upto = super::store::last_kept(self.conn)?;
+        if upto <= self.kept_seen {
             return Ok(());
         }
-        for (table, key) in kept_rows(self.conn, scope, (self.kept_seen, upto))? {
-            let key = [Val::from(ValueRef::from(&key))];
-            self.held.insert(held_id(&table, &key));
+        for (rowid, table, key) in kept_rows(self.conn, scope, (self.kept_seen, upto))? {
+            let id = held_id(&table, &[Val::from(ValueRef::from(&key))]);
+            // Under `overwrite` the run's old values go back over the
+            // application's: a row kept before (a part that kept it
+            // commits apart from an older part's entries of it, when the
+            // record was cut between them) is put back as if the part
+            // were whole.
+            match self.overwrite {
+                true => self.kept_before.entry(id).or_default().push(rowid),
+                false => _ = self.held.insert(id),
+            }
         }
         self.kept_seen = upto;
+        Ok(())
+    }
+
+    /// A row put back under `overwrite`: no longer kept, if an earlier
+    /// try kept it.
+    fn no_longer_kept(&mut self, table: &str, key: &[Val]) -> Result<(), String> {
+        if self.kept_before.is_empty() {
+            return Ok(());
+        }
+        for rowid in self
+            .kept_before
+            .remove(&held_id(table, key))
+            .unwrap_or_default()
+        {
+            super::store::forget_kept(self.conn, rowid)
+                .map_err(|e| crate::run::db::run_time_message(self.conn, &e))?;
+        }
         Ok(())
     }
 
@@ -228,6 +250,10 @@ impl<'c> Reverter<'c> {
         let mut reverted = 0;
         let entries = job.part.entries.iter().zip(&job.verdicts).enumerate();
         for (i, (e, verdict)) in entries.rev() {
+            let key = [Val::Integer(e.key)];
+            if matches!(verdict, Verdict::Put | Verdict::Overwrote) {
+                self.no_longer_kept(&l.table, &key)?;
+            }
             let why = match verdict {
                 Verdict::Put => {
                     reverted += 1;
@@ -247,7 +273,6 @@ impl<'c> Reverter<'c> {
                     changed(l, &job.part.masks[e.mask as usize], now)
                 }
             };
-            let key = [Val::Integer(e.key)];
             let overwritten = *verdict == Verdict::Overwrote;
             match overwritten {
                 true => reverted += 1,
@@ -297,6 +322,7 @@ impl<'c> Reverter<'c> {
             if put {
                 reverted += 1;
                 undone.went_back(e);
+                self.no_longer_kept(&layout.table, &e.key)?;
             } else {
                 self.held.insert(held_id(&layout.table, &e.key));
                 conflicts.insert(id());

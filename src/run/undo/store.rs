@@ -674,41 +674,63 @@ pub struct KeptConflicts {
     pub last_at: String,
 }
 
-/// The rows kept so far that an undo of `scope` holds: by earlier tries
-/// of it (or an undo of a newer run of its plan).
-pub fn kept_of(conn: &Connection, scope: &Scope) -> rusqlite::Result<u64> {
-    kept_why(conn, scope, "")
-}
-
-/// Of the rows kept that an undo of `scope` holds, those whose reason
+/// Of the rows kept so far that an undo of `scope` holds (by earlier
+/// tries of it, or an undo of a newer run of its plan), those whose reason
 /// begins with `why` (every one for `""`).
 pub fn kept_why(conn: &Connection, scope: &Scope, why: &str) -> rusqlite::Result<u64> {
+    kept_up_to(conn, scope, why, i64::MAX)
+}
+
+/// [`kept_why`], of the rows of `batchsse_undo_conflict` up to rowid
+/// `upto` ([`last_kept`] as an undo began: those kept before it that are
+/// still kept, since an undo under `overwrite` may put them back).
+pub fn kept_up_to(conn: &Connection, scope: &Scope, why: &str, upto: i64) -> rusqlite::Result<u64> {
     let sql = format!(
-        "SELECT count(*) FROM batchsse_undo_conflict WHERE substr(why, 1, length(?1)) = ?1 AND {}",
-        scope.holds(2)
+        "SELECT count(*) FROM batchsse_undo_conflict WHERE substr(why, 1, length(?1)) = ?1 AND rowid <= ?2 AND {}",
+        scope.holds(3)
     );
-    let mut params: Vec<&dyn rusqlite::ToSql> = vec![&why];
+    let mut params: Vec<&dyn rusqlite::ToSql> = vec![&why, &upto];
     params.extend(scope.params());
     let n: i64 = conn.query_row(&sql, params.as_slice(), |r| r.get(0))?;
     Ok(n.max(0) as u64)
 }
 
-/// The rows kept (table, key) with a rowid in `after..=upto` that an undo
-/// of `scope` holds.
+/// The last row of `batchsse_undo_conflict` (0 with none).
+pub fn last_kept(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row(
+        "SELECT ifnull(max(rowid), 0) FROM batchsse_undo_conflict",
+        [],
+        |r| r.get(0),
+    )
+}
+
+/// A row of `batchsse_undo_conflict`: its rowid, table and key.
+pub type KeptRow = (i64, String, rusqlite::types::Value);
+
+/// The rows kept with a rowid in `after..=upto` that an undo of `scope`
+/// holds.
 pub fn kept_rows(
     conn: &Connection,
     scope: &Scope,
     (after, upto): (i64, i64),
-) -> rusqlite::Result<Vec<(String, rusqlite::types::Value)>> {
+) -> rusqlite::Result<Vec<KeptRow>> {
     let sql = format!(
-        "SELECT tbl, k FROM batchsse_undo_conflict WHERE rowid > ?1 AND rowid <= ?2 AND {}",
+        "SELECT rowid, tbl, k FROM batchsse_undo_conflict WHERE rowid > ?1 AND rowid <= ?2 AND {}",
         scope.holds(3)
     );
     let mut stmt = conn.prepare_cached(&sql)?;
     let mut params: Vec<&dyn rusqlite::ToSql> = vec![&after, &upto];
     params.extend(scope.params());
-    let rows = stmt.query_map(params.as_slice(), |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let rows = stmt.query_map(params.as_slice(), |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
     rows.collect()
+}
+
+/// Removes the row `rowid` of `batchsse_undo_conflict`: a row an earlier
+/// try kept that an undo under `overwrite` has put back after all.
+pub fn forget_kept(conn: &Connection, rowid: i64) -> rusqlite::Result<()> {
+    conn.prepare_cached("DELETE FROM batchsse_undo_conflict WHERE rowid = ?1")?
+        .execute([rowid])
+        .map(drop)
 }
 
 /// Every run with conflicts kept but no record left, oldest first.
@@ -896,7 +918,7 @@ mod tests {
         assert!(!conflicts_have_plan(&conn).unwrap());
         let runs = ["r1".to_owned()];
         let old = Scope::of(&conn, &runs, "p");
-        assert_eq!(kept_of(&conn, &old).unwrap(), 1, "by run alone");
+        assert_eq!(kept_why(&conn, &old, "").unwrap(), 1, "by run alone");
         give_conflicts_their_plan(&conn).unwrap();
         give_conflicts_their_plan(&conn).unwrap();
         conn.execute_batch(
@@ -906,11 +928,11 @@ mod tests {
         )
         .unwrap();
         let scope = Scope::of(&conn, &runs, "p");
-        assert_eq!(kept_of(&conn, &scope).unwrap(), 2, "r1's and r2's");
+        assert_eq!(kept_why(&conn, &scope, "").unwrap(), 2, "r1's and r2's");
         assert_eq!(kept_why(&conn, &scope, "y").unwrap(), 1, "r2's alone");
         assert_eq!(kept_why(&conn, &scope, "y: xx").unwrap(), 0);
         let rows = kept_rows(&conn, &scope, (0, 10)).unwrap();
-        let keys: Vec<_> = rows.iter().map(|(_, k)| k.clone()).collect();
+        let keys: Vec<_> = rows.iter().map(|(_, _, k)| k.clone()).collect();
         use rusqlite::types::Value::Integer;
         assert_eq!(keys, [Integer(1), Integer(2)]);
         assert_eq!(kept_rows(&conn, &scope, (1, 10)).unwrap().len(), 1);
