@@ -1583,8 +1583,11 @@ fn an_undo_s_page_steers_its_yield_but_offers_no_chunk_time() {
     let Some(_b) = browser() else { return };
     let db = bumped();
     let dbp = path_str(&db.path).to_owned();
+    // Sleeps long enough that the undo is still going when the page
+    // applies its new sleep (which cuts the one under way short): with
+    // 100 ms, its four parts could end first, and the form with them.
     let p = Proc::start(&words(&format!(
-        "undo --db {dbp} --plan bump --listen 127.0.0.1:0 --progress none --wait-for-clients 1 --sleep 100 --control-token {CONTROL}"
+        "undo --db {dbp} --plan bump --listen 127.0.0.1:0 --progress none --wait-for-clients 1 --sleep 5000 --control-token {CONTROL}"
     )));
     let url = format!("http://{}/#control={CONTROL}", p.addr());
     let v = observe(
@@ -1617,7 +1620,7 @@ fn an_undo_s_page_steers_its_yield_but_offers_no_chunk_time() {
         &other,
         path_str(&plan),
         &words(&format!(
-            "--wait-for-clients 1 --batch-size 10 --sleep 100 --control-token {CONTROL}"
+            "--wait-for-clients 1 --batch-size 10 --sleep 2000 --control-token {CONTROL}"
         )),
     );
     let url = format!("http://{}/#control={CONTROL}", run.addr());
