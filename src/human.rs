@@ -45,18 +45,24 @@ pub fn duration(ms: u64) -> String {
 /// reorder the rest of the line. Where any is, a backslash is doubled, so
 /// a written `\n` is not taken for a line break.
 pub fn shown(s: &str) -> std::borrow::Cow<'_, str> {
-    if !s.chars().any(hidden) {
+    escaped(s, hidden)
+}
+
+/// `s` with the characters `escape` picks written out (`\n`, `\r`, `\t`,
+/// `\u{1b}`), and, where any is, each backslash doubled.
+fn escaped(s: &str, escape: fn(char) -> bool) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(escape) {
         return s.into();
     }
     let mut out = String::with_capacity(s.len() + 8);
     for c in s.chars() {
         match c {
             '\\' => out.push_str("\\\\"),
+            c if !escape(c) => out.push(c),
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            c if hidden(c) => out.extend(c.escape_unicode()),
-            c => out.push(c),
+            c => out.extend(c.escape_unicode()),
         }
     }
     out.into()
@@ -79,20 +85,7 @@ pub fn moves_text(c: char) -> bool {
 /// as it is, such as SQLite's own messages, which it builds from names.
 /// Where any is, a backslash is doubled, as in [`shown`].
 pub fn one_line(s: &str) -> std::borrow::Cow<'_, str> {
-    if !s.chars().any(ends_line) {
-        return s.into();
-    }
-    let mut out = String::with_capacity(s.len() + 8);
-    for c in s.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            c if ends_line(c) => out.extend(c.escape_unicode()),
-            c => out.push(c),
-        }
-    }
-    out.into()
+    escaped(s, ends_line)
 }
 
 /// Characters a terminal, a log or a browser may start a new line at.
