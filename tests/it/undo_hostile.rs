@@ -461,20 +461,13 @@ fn a_deleted_row_whose_key_is_used_again_beside_another_rows_key_change_is_a_con
                  CREATE TABLE k(sku TEXT PRIMARY KEY, n INT) WITHOUT ROWID;
                  INSERT INTO u VALUES (1, 1), (2, 2), (3, 3);
                  INSERT INTO k VALUES ('a', 1), ('b', 2), ('c', 3);";
-    let step = r#"{"name":"p","undo":true,"steps":[{"sql":"DELETE FROM u WHERE id = 1; UPDATE u SET id = id + 10 WHERE id = 2; DELETE FROM k WHERE sku = 'a'; UPDATE k SET sku = 'z' WHERE sku = 'b'"}]}"#;
+    let step = r#"{"sql":"DELETE FROM u WHERE id = 1; UPDATE u SET id = id + 10 WHERE id = 2; DELETE FROM k WHERE sku = 'a'; UPDATE k SET sku = 'z' WHERE sku = 'b'"}"#;
     let app = "INSERT INTO u VALUES (1, 100); INSERT INTO k VALUES ('a', 100);";
     let want = TempDb::with_sql(&format!(
         "{setup} DELETE FROM u WHERE id = 1; DELETE FROM k WHERE sku = 'a'; {app}"
     ));
-    let off = ("BATCHSSE_UNDO_HOOK", "off");
-    let one = ("BATCHSSE_UNDO_PART_BYTES", "1");
-    for env in [&[][..], &[off], &[one], &[one, off]] {
-        let db = TempDb::with_sql(setup);
-        let plan = db.file("plan.json", step);
-        let (code, _, err) =
-            run_with_env(&run_args(&db, path_str(&plan), &["--no-serve"]), None, env);
-        assert_eq!(code, 0, "{env:?}: {err}");
-        db.conn().execute_batch(app).unwrap();
+    for env in EVERY_WAY {
+        let db = recorded_then_with(setup, step, app, env);
         let (code, _, err) = run_with_env(&undo_of_plan(&db, "p", &[]), None, env);
         assert_eq!(code, 0, "{env:?}: {err}");
         assert!(err.contains("2 conflicts"), "{env:?}: {err}");
@@ -489,16 +482,31 @@ fn a_deleted_row_whose_key_is_used_again_beside_another_rows_key_change_is_a_con
 /// A database made by `setup`, on which plan "p", recorded, ran `step`
 /// (its JSON), and then the application ran `app`.
 fn recorded_then(setup: &str, step: &str, app: &str) -> TempDb {
+    recorded_then_with(setup, step, app, &[])
+}
+
+/// [`recorded_then`] with `env` set for the run.
+fn recorded_then_with(setup: &str, step: &str, app: &str, env: &[(&str, &str)]) -> TempDb {
     let db = TempDb::with_sql(setup);
     let plan = db.file(
         "plan.json",
         &format!(r#"{{"name":"p","undo":true,"steps":[{step}]}}"#),
     );
-    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve"]));
-    assert_eq!(code, 0, "{err}");
+    let args = run_args(&db, path_str(&plan), &["--no-serve"]);
+    let (code, _, err) = run_with_env(&args, None, env);
+    assert_eq!(code, 0, "{env:?}: {err}");
     db.conn().execute_batch(app).unwrap();
     db
 }
+
+/// Every way a record is made: through the pre-update hook or around the
+/// chunks (as a build without the hook records), whole or cut into a part
+/// per change.
+const EVERY_WAY: [&[(&str, &str)]; 4] = {
+    const OFF: (&str, &str) = ("BATCHSSE_UNDO_HOOK", "off");
+    const ONE: (&str, &str) = ("BATCHSSE_UNDO_PART_BYTES", "1");
+    [&[], &[OFF], &[ONE], &[ONE, OFF]]
+};
 
 /// `batchsse undo --plan PLAN` on `db` with JSON progress, which must
 /// exit 0: its `finished` event and its whole output.
@@ -945,18 +953,10 @@ fn a_row_whose_new_key_row_the_application_changed_since_stops_the_undo() {
 fn overwrite_after_a_stop_takes_back_a_moved_row_an_earlier_part_kept() {
     let setup = "CREATE TABLE u(id INTEGER PRIMARY KEY, n INT, note TEXT);
                  INSERT INTO u VALUES (1, 1, 'a'), (2, 2, 'b'), (3, 3, 'c');";
-    let step = r#"{"name":"p","undo":true,"steps":[{"sql":"UPDATE u SET id = id + 10 WHERE id = 2; UPDATE u SET n = n + 1 WHERE id = 12"}]}"#;
-    let off = ("BATCHSSE_UNDO_HOOK", "off");
-    let one = ("BATCHSSE_UNDO_PART_BYTES", "1");
-    for env in [&[][..], &[off], &[one], &[one, off]] {
-        let db = TempDb::with_sql(setup);
-        let plan = db.file("plan.json", step);
-        let (code, _, err) =
-            run_with_env(&run_args(&db, path_str(&plan), &["--no-serve"]), None, env);
-        assert_eq!(code, 0, "{env:?}: {err}");
-        db.conn()
-            .execute_batch("UPDATE u SET n = 999 WHERE id = 12")
-            .unwrap();
+    let step =
+        r#"{"sql":"UPDATE u SET id = id + 10 WHERE id = 2; UPDATE u SET n = n + 1 WHERE id = 12"}"#;
+    for env in EVERY_WAY {
+        let db = recorded_then_with(setup, step, "UPDATE u SET n = 999 WHERE id = 12", env);
         let (code, _, err) = run_with_env(&undo_of_plan(&db, "p", &[]), None, env);
         assert_eq!(code, 1, "{env:?}: {err}");
         assert!(err.contains("exist twice"), "{env:?}: {err}");
