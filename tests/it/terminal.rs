@@ -162,19 +162,6 @@ fn closing_the_terminal_window_under_the_bars_cancels_cleanly() {
     assert_eq!(code, 130);
 }
 
-/// Waits until `p`'s stderr shows `needle`.
-fn wait_stderr(p: &Proc, needle: &str) {
-    let end = std::time::Instant::now() + PATIENCE;
-    while !p.stderr().contains(needle) {
-        assert!(
-            std::time::Instant::now() < end,
-            "never said {needle:?}:\n{}",
-            p.stderr()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-}
-
 const WAITING: &str = "is locked by another connection";
 
 /// Another process holds the write lock before the run: after a second
@@ -194,7 +181,7 @@ fn a_lock_held_elsewhere_is_said_while_the_run_waits_for_it() {
         &["--no-serve", "--busy-timeout", "30000"],
     );
     let mut p = Proc::start(&args);
-    wait_stderr(&p, WAITING);
+    p.wait_stderr(WAITING);
     let said = p.stderr();
     // Only Linux tells who has the file open.
     let named = !cfg!(target_os = "linux")
@@ -230,10 +217,10 @@ fn ctrl_c_stops_a_run_waiting_for_a_lock_at_once() {
         ],
     );
     let mut p = Proc::start(&args);
-    wait_stderr(&p, "rows/s");
+    p.wait_stderr("rows/s");
     let app = db.conn();
     app.execute_batch("BEGIN IMMEDIATE").expect("take the lock");
-    wait_stderr(&p, WAITING);
+    p.wait_stderr(WAITING);
     p.signal("INT");
     let status = p.wait_for(std::time::Duration::from_secs(10));
     assert_eq!(status.code(), Some(130), "{}", p.stderr());
@@ -310,7 +297,7 @@ fn a_stopped_demo_names_a_command_that_goes_on() {
         ];
         args.extend(keep.map(|k| ["--keep", k]).into_iter().flatten());
         let p = Proc::start(&args);
-        wait_stderr(&p, "rows/s");
+        p.wait_stderr("rows/s");
         p.signal("INT");
         p
     };
@@ -424,7 +411,7 @@ fn a_pause_ended_by_a_cancel_does_not_say_going_on() {
     for (action, said) in [("pause", "batchsse: paused: "), ("cancel", "cancelled: ")] {
         let (code, _, err) = run(&["ctl", &url, action, "--control-token", "tok"]);
         assert_eq!(code, 0, "{err}");
-        wait_stderr(&p, said);
+        p.wait_stderr(said);
     }
     assert_eq!(p.wait().code(), Some(130));
     let err = p.stderr();

@@ -278,11 +278,7 @@ fn a_conflict_one_undo_keeps_is_kept_by_another_undo_of_the_same_plan() {
         assert!(t0.elapsed() < PATIENCE, "{}", first.stderr());
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(
-        first.stderr().contains("conflict in t at key 2"),
-        "{}",
-        first.stderr()
-    );
+    first.wait_stderr("conflict in t at key 2");
     // The second takes back the part left, over rows 1 and 2.
     let _client = Stream::open(second.addr(), "/events", &[]);
     assert_eq!(second.wait().code(), Some(0), "{}", second.stderr());

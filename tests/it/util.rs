@@ -230,6 +230,21 @@ impl Proc {
             .map(|(t, _)| *t)
     }
 
+    /// Waits until the process has said `needle` on stderr, failing the
+    /// test after [`PATIENCE`]: what it says reaches the test a moment
+    /// after what it does (a commit, a served event).
+    pub fn wait_stderr(&self, needle: &str) {
+        let end = Instant::now() + PATIENCE;
+        while !self.stderr().contains(needle) {
+            assert!(
+                Instant::now() < end,
+                "never said {needle:?}:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits for the exit, failing the test after `limit`.
     pub fn wait_for(&mut self, limit: Duration) -> ExitStatus {
         let start = Instant::now();
