@@ -301,7 +301,8 @@ pub struct Finished {
     pub conflicts: Option<u64>,
     /// For an undo that goes on from an earlier try of it (interrupted, or
     /// stopped), or that follows an undo of a newer run of the same plan:
-    /// the rows those kept (which it holds too), not counted in
+    /// the rows those kept that are still kept at its end (it holds them
+    /// too, but under `overwrite`, which puts them back), not counted in
     /// `conflicts`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub conflicts_earlier: Option<u64>,
