@@ -1,0 +1,81 @@
+//! A hostile user's chunked steps against the empty-chunk try: statements
+//! that escape their chunk in ways a single try before the run missed.
+
+use serde_json::json;
+
+use crate::util::*;
+
+fn run_plan(db: &TempDb, plan: &serde_json::Value, extra: &str) -> (i32, String, String) {
+    let path = db.file("plan.json", &plan.to_string());
+    let mut args = run_args(db, path_str(&path), &["--no-serve", "--progress", "plain"]);
+    args.extend(words(extra));
+    run(&args)
+}
+
+/// `t` of 20 counters at 0, each row `new`.
+fn statuses() -> TempDb {
+    TempDb::with_sql(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, counter INT NOT NULL DEFAULT 0, status TEXT NOT NULL DEFAULT 'new', batch INT NOT NULL DEFAULT 0);
+         INSERT INTO t(id) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < 20) SELECT i FROM s;",
+    )
+}
+
+/// The stray `OR` reaches only rows an earlier step of the plan marks:
+/// tried before the run, on the file as it was, it changed nothing, and
+/// the run then bumped row 7 once a chunk (four times) and said it
+/// finished ok. Tried again as the step begins, it fails with none of its
+/// chunks run; in one transaction (`--atomic`) nothing is kept.
+#[test]
+fn a_stray_or_that_reaches_rows_an_earlier_step_marks_stops_the_step_before_its_chunks() {
+    let plan = json!({"name": "mark then bump", "steps": [
+        {"name": "mark", "sql": "UPDATE t SET status = 'pending' WHERE id = 7"},
+        {"name": "bump",
+         "sql": "UPDATE t SET counter = counter + 1 WHERE id BETWEEN :lo AND :hi AND status = 'new' OR status = 'pending'",
+         "chunk": {"table": "t", "size": 5}},
+    ]});
+    for flags in ["--batch-size 5", "--batch-size 5 --atomic"] {
+        let db = statuses();
+        let (code, _, err) = run_plan(&db, &plan, flags);
+        assert_eq!(code, 1, "{flags}: {err}");
+        assert!(
+            err.contains("step 2 (\"bump\") failed: it changes rows outside its chunk")
+                && err.contains("on the rows the steps before it left, it changed 1 row")
+                && err.contains("None of its chunks ran"),
+            "{flags}: says why: {err}"
+        );
+        assert_eq!(
+            db.query_i64("SELECT count(*) FROM t WHERE counter <> 0"),
+            0,
+            "{flags}: no chunk of the step ran: {err}"
+        );
+        let marked = if flags.contains("atomic") { 0 } else { 1 };
+        assert_eq!(
+            db.query_i64("SELECT count(*) FROM t WHERE status = 'pending'"),
+            marked,
+            "{flags}: the step before it is kept, or with --atomic rolled back"
+        );
+    }
+}
+
+/// A step whose empty chunk changes nothing runs as before after a step
+/// that changes the rows it walks, in every kind of run.
+#[test]
+fn a_contained_chunked_step_after_a_marking_step_still_runs() {
+    let plan = json!({"name": "mark then bump", "steps": [
+        {"name": "mark", "sql": "UPDATE t SET status = 'pending' WHERE id = 7"},
+        {"name": "bump",
+         "sql": "UPDATE t SET counter = counter + 1, batch = :hi WHERE id BETWEEN :lo AND :hi AND (status = 'new' OR status = 'pending')",
+         "chunk": {"table": "t", "size": 5}},
+    ]});
+    for flags in ["", "--atomic", "--dry-run", "--undo"] {
+        let db = statuses();
+        let (code, _, err) = run_plan(&db, &plan, &format!("--batch-size 5 {flags}"));
+        assert_eq!(code, 0, "{flags}: {err}");
+        let bumped = if flags == "--dry-run" { 0 } else { 20 };
+        assert_eq!(
+            db.query_i64("SELECT sum(counter) FROM t"),
+            bumped,
+            "{flags}"
+        );
+    }
+}
