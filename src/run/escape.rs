@@ -9,8 +9,9 @@
 //! transaction that is rolled back: before anything runs, and again as the
 //! step begins, on the rows the steps before it left (a step that marks
 //! rows the next one's stray `OR` reaches passed the first try). A
-//! statement that changes a row then would change it at every chunk, so
-//! the step is refused. Walking one table to change the rows of another found by its keys stays
+//! statement that changes a row then, or is stopped by a constraint as it
+//! writes one, would change it at every chunk, so the step is refused.
+//! Walking one table to change the rows of another found by its keys stays
 //! allowed: with no keys in the chunk it finds none.
 
 use rusqlite::{Connection, named_params};
@@ -18,12 +19,15 @@ use rusqlite::{Connection, named_params};
 use super::checkpoint::Resume;
 use super::{Counts, Runner, StepError};
 use crate::error::UsageError;
-use crate::plan::{Chunk, Plan, Step};
+use crate::plan::{Chunk, Plan, Step, sqlite_message};
 
 /// What a step's statement did with an empty chunk.
 enum Escape {
     /// It changed this many rows.
     Changed(u64),
+    /// A constraint stopped a write (SQLite's message): it still wrote, or
+    /// tried to write, a row.
+    Stopped(String),
 }
 
 /// Refuses the first chunked step still to run whose statement changes
@@ -76,8 +80,8 @@ pub(super) fn refuse_in_run(r: &Runner<'_>, step: &Step) -> Result<(), (StepErro
 
 /// How `step` escapes its chunk, if it does: `Ok(None)` when it changes
 /// nothing with an empty chunk, or cannot be tried (it does not compile
-/// here, or fails). `Err` when the transaction cannot begin (a lock
-/// another connection holds) or end.
+/// here, or fails other than by a constraint). `Err` when the
+/// transaction cannot begin (a lock another connection holds) or end.
 fn tried(conn: &Connection, step: &Step, nested: bool) -> rusqlite::Result<Option<Escape>> {
     // The write lock first, as a chunk takes it: a deferred transaction in
     // WAL mode would fail at once if another process wrote in between.
@@ -100,6 +104,9 @@ fn tried(conn: &Connection, step: &Step, nested: bool) -> rusqlite::Result<Optio
     Ok(match ran {
         Ok(()) if changed > 0 => Some(Escape::Changed(changed)),
         Ok(()) => None,
+        Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation) => {
+            Some(Escape::Stopped(sqlite_message(&e)))
+        }
         Err(_) => None,
     })
 }
@@ -122,6 +129,9 @@ fn escapes(chunk: &Chunk, escape: &Escape, on: &str) -> String {
             "it changed {}, and it would change {} again in every chunk",
             crate::human::rows(*n),
             if *n == 1 { "it" } else { "them" },
+        ),
+        Escape::Stopped(why) => format!(
+            "it still wrote or tried to write a row, which a constraint refused ({why}); with a chunk's keys bound it would write such a row in every chunk"
         ),
     };
     format!(

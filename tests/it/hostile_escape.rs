@@ -57,6 +57,30 @@ fn a_stray_or_that_reaches_rows_an_earlier_step_marks_stops_the_step_before_its_
     }
 }
 
+/// With an empty chunk the statement still writes row 7, but a NOT NULL
+/// column it sets from `:hi` refuses the NULL: the try failed, was taken
+/// for one that cannot run here, and every chunk then bumped row 7.
+#[test]
+fn a_chunked_step_whose_stray_write_a_constraint_stops_in_the_try_is_refused() {
+    let db = statuses();
+    let plan = json!({"name": "stamp", "steps": [
+        {"name": "stamp",
+         "sql": "UPDATE t SET counter = counter + 1, batch = :hi WHERE id BETWEEN :lo AND :hi OR id = 7",
+         "chunk": {"table": "t", "size": 5}},
+    ]});
+    let before = sha256(&db.path);
+    let (code, out, err) = run_plan(&db, &plan, "--batch-size 5");
+    assert_eq!(code, 2, "{err}");
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.contains("step 1 (\"stamp\") changes rows outside its chunk")
+            && err.contains("a constraint refused (NOT NULL constraint failed: t.batch)")
+            && err.contains("Nothing was written"),
+        "says why: {err}"
+    );
+    assert_eq!(sha256(&db.path), before, "database untouched");
+}
+
 /// A step whose empty chunk changes nothing runs as before after a step
 /// that changes the rows it walks, in every kind of run.
 #[test]
