@@ -109,6 +109,12 @@ pub struct Chunk {
     /// not may be renumbered between two chunks (see `run::walk_probe`).
     pub stable_rowid: bool,
     pub size: u64,
+    /// The statement is an `UPDATE` of the walked table and writes no
+    /// other itself (its triggers may): a chunk changes at most the rows
+    /// it holds, so one that changes more changes rows outside its chunk
+    /// (`WHERE id BETWEEN :lo AND :hi + 1`), which other chunks change
+    /// again.
+    pub contained: bool,
 }
 
 #[derive(Deserialize)]

@@ -103,3 +103,41 @@ fn a_contained_chunked_step_after_a_marking_step_still_runs() {
         );
     }
 }
+
+/// A range one key too wide overlaps the next chunk: an empty chunk
+/// (both bounds NULL) changes nothing, so the try passes it, and the run
+/// bumped rows 6, 11 and 16 twice and finished ok. An `UPDATE` of the
+/// walked table changes at most the rows its chunk holds: the first chunk
+/// that changes more is rolled back and the step fails. So does one that
+/// binds :lo and :hi where no key is compared with them.
+#[test]
+fn an_update_whose_range_overlaps_the_next_chunk_fails_at_its_first_chunk() {
+    for (sql, flags, changed) in [
+        ("id BETWEEN :lo AND :hi + 1", "", 6),
+        ("id BETWEEN :lo AND :hi + 1", "--undo", 6),
+        ("id BETWEEN :lo AND :hi + 1", "--atomic", 6),
+        // Bound, but never compared with a key: every row, every chunk.
+        ("id > 0 AND :lo IS NOT NULL AND :hi IS NOT NULL", "", 20),
+    ] {
+        let plan = json!({"name": "overlap", "steps": [
+            {"name": "bump", "sql": format!("UPDATE t SET counter = counter + 1 WHERE {sql}"),
+             "chunk": {"table": "t", "key": "id", "size": 5}},
+        ]});
+        let db = statuses();
+        let (code, _, err) = run_plan(&db, &plan, &format!("--batch-size 5 {flags}"));
+        assert_eq!(code, 1, "{flags}: {err}");
+        assert!(
+            err.contains(&format!(
+                "it changed {changed} rows of t in a chunk that holds 5"
+            )) && err.contains("changes rows outside its chunk")
+                && err.contains("`id BETWEEN :lo AND :hi`")
+                && err.contains("in the chunk of id "),
+            "{flags}: says why and where: {err}"
+        );
+        assert_eq!(
+            db.query_i64("SELECT count(*) FROM t WHERE counter <> 0"),
+            0,
+            "{flags}: the chunk was rolled back"
+        );
+    }
+}
