@@ -45,7 +45,7 @@ pub fn refuse_escaping_chunks(
         if resume.is_done(step) {
             continue;
         }
-        if let Ok(Some(escape)) = tried(conn, step, false) {
+        if let Ok(Some(escape)) = crate::lifecycle::check_write(conn, || tried(conn, step, false)) {
             return Err(UsageError::new(format!(
                 "step {} ({}) {}. Nothing was written",
                 step.index + 1,

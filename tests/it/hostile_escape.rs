@@ -141,3 +141,45 @@ fn an_update_whose_range_overlaps_the_next_chunk_fails_at_its_first_chunk() {
         );
     }
 }
+
+/// Ctrl-C while the try before the run is under way: it had exited at
+/// once, saying nothing was written, and left the pages SQLite had
+/// spilled into the file with a hot journal beside it (a copy of the
+/// file alone was damaged). The try's statement is interrupted and rolled
+/// back before the exit, and the file is as it was.
+#[test]
+fn ctrl_c_during_the_try_before_the_run_leaves_the_file_as_it_was() {
+    // 40 MB of rows, far past SQLite's page cache, and a stray OR that
+    // reaches every row slowly (a random 200 kB blob a row).
+    let db = TempDb::with_sql(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, pad TEXT);
+         INSERT INTO t(pad) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < 20000)
+           SELECT printf('%.2000c', 'x') FROM s;",
+    );
+    let plan = db.file(
+        "plan.json",
+        &json!({"name": "slow", "steps": [{"name": "pad",
+            "sql": "UPDATE t SET pad = pad || 'y' WHERE id BETWEEN :lo AND :hi OR length(hex(randomblob(200000))) > 0",
+            "chunk": {"table": "t", "size": 100}}]})
+        .to_string(),
+    );
+    let before = sha256(&db.path);
+    let written = std::fs::metadata(&db.path).unwrap().modified().unwrap();
+    let mut p = Proc::start(&run_args(&db, path_str(&plan), &["--no-serve"]));
+    let start = std::time::Instant::now();
+    // Until SQLite has spilled pages of the try into the file.
+    while std::fs::metadata(&db.path).unwrap().modified().unwrap() == written {
+        assert!(
+            start.elapsed() < PATIENCE && p.child.try_wait().unwrap().is_none(),
+            "the try never wrote the file: {}",
+            p.stderr()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    p.signal("INT");
+    assert_eq!(p.wait().code(), Some(130), "{}", p.stderr());
+    assert!(p.stderr().contains("nothing was written"), "{}", p.stderr());
+    let journal = db.dir.path().join("test.sqlite-journal");
+    assert!(!journal.exists(), "no hot journal left: {}", p.stderr());
+    assert_eq!(sha256(&db.path), before, "the file is as it was");
+}
