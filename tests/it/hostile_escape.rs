@@ -33,7 +33,11 @@ fn a_stray_or_that_reaches_rows_an_earlier_step_marks_stops_the_step_before_its_
          "sql": "UPDATE t SET counter = counter + 1 WHERE id BETWEEN :lo AND :hi AND status = 'new' OR status = 'pending'",
          "chunk": {"table": "t", "size": 5}},
     ]});
-    for flags in ["--batch-size 5", "--batch-size 5 --atomic"] {
+    for flags in [
+        "--batch-size 5",
+        "--batch-size 5 --undo",
+        "--batch-size 5 --atomic",
+    ] {
         let db = statuses();
         let (code, _, err) = run_plan(&db, &plan, flags);
         assert_eq!(code, 1, "{flags}: {err}");
