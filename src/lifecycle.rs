@@ -1,7 +1,9 @@
 //! The one lifecycle of a process that runs a batch, in this order:
 //!
 //! 1. **check** — signals are caught from before the pre-run check; one
-//!    there exits 130 at once, since nothing has been written;
+//!    there exits 130 at once, since nothing has been written (the
+//!    empty-chunk try's transaction is interrupted and rolled back first,
+//!    see [`check_write`]);
 //! 2. **wait for clients** — with `--wait-for-clients N`, the first step
 //!    waits on the gate (a condition variable, no polling) until N stream
 //!    clients are connected;
@@ -192,6 +194,7 @@ fn on_signal(tx: &watch::Sender<u32>, cancel: &Cancel, log: &EventLog, quit: &Qu
     {
         let phase = quit.phase.lock().unwrap_or_else(|p| p.into_inner());
         if *phase == Phase::Checking {
+            let _rolled_back = stop_check_write();
             // Exits holding the lock, so the run never starts.
             quit.now("batchsse: interrupted during the pre-run check; nothing was written");
         }
@@ -209,6 +212,36 @@ fn on_signal(tx: &watch::Sender<u32>, cancel: &Cancel, log: &EventLog, quit: &Qu
     } else {
         quit.now("batchsse: quitting now; the open transaction is rolled back by SQLite");
     }
+}
+
+/// The write transaction the pre-run check holds open on the real file
+/// (the empty-chunk try), while it is open. An exit then would leave the
+/// pages SQLite spilled into the file, and a hot journal beside it, for
+/// whoever opens it next to roll back: a copy of the file alone is
+/// damaged. A signal interrupts its statement instead, and the exit waits
+/// until it has rolled back ([`check_write`]).
+static CHECK_WRITE: Mutex<Option<InterruptHandle>> = Mutex::new(None);
+/// Held while such a transaction is open.
+static CHECK_WRITING: Mutex<()> = Mutex::new(());
+
+/// Runs `f`, a write transaction of the pre-run check on `conn` that ends
+/// rolled back: a signal meanwhile interrupts it, and the process exits
+/// once `f` has returned.
+pub fn check_write<T>(conn: &Connection, f: impl FnOnce() -> T) -> T {
+    let _writing = CHECK_WRITING.lock().unwrap_or_else(|p| p.into_inner());
+    *CHECK_WRITE.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.get_interrupt_handle());
+    let out = f();
+    *CHECK_WRITE.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    out
+}
+
+/// Interrupts the check's write transaction, if one is open, and waits
+/// until it has ended; holds off any other from beginning.
+fn stop_check_write() -> std::sync::MutexGuard<'static, ()> {
+    if let Some(h) = CHECK_WRITE.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        h.interrupt();
+    }
+    CHECK_WRITING.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Phase 5: resolves once the run has finished and `linger` has passed, or

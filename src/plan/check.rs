@@ -370,6 +370,7 @@ impl Shape {
             rowid: true,
             stable_rowid: self.alias.is_some() || self.virtual_table,
             size: 0,
+            contained: false,
         };
         (chunk, names.collect())
     }
@@ -675,6 +676,7 @@ impl Rehearsal {
                     rowid: false,
                     stable_rowid: false,
                     size,
+                    contained: false,
                 }
             }
         })
@@ -784,6 +786,7 @@ impl Rehearsal {
         self.refuse_key_writes(label, &table, (&key_names, &inputs), &seen)?;
         refuse_inserts_ahead(label, &table, &chunk, &seen)?;
         self.refuse_other_key(label, &table, &chunk, &key_names, &seen)?;
+        chunk.contained = updates_only(&table, &seen);
         match batch.next() {
             Ok(None) => {}
             _ => {
@@ -1053,6 +1056,7 @@ impl Rehearsal {
             rowid: false,
             stable_rowid: false,
             size: 0,
+            contained: false,
         };
         Ok((chunk, vec![name]))
     }
@@ -1221,6 +1225,16 @@ pub(crate) fn parameter_names(stmt: &rusqlite::Statement<'_>) -> Option<String> 
         [one] => Some(format!("the parameter {one}")),
         many => Some(format!("the parameters {}", many.join(", "))),
     }
+}
+
+/// Whether a chunked statement, as the authorizer `seen` it compile, is an
+/// `UPDATE` of `table` that writes no other table itself (see
+/// [`Chunk::contained`]). A `DELETE` is not seen, so never counts.
+fn updates_only(table: &str, seen: &[Access]) -> bool {
+    let own = |a: &&Access| a.write && a.by.is_none();
+    let walked = |a: &&Access| !a.inserts && a.table.eq_ignore_ascii_case(table);
+    let direct: Vec<&Access> = seen.iter().filter(own).collect();
+    !direct.is_empty() && direct.iter().all(walked)
 }
 
 /// Refuses a chunked step that inserts into the table it walks (directly,

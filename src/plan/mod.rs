@@ -109,6 +109,12 @@ pub struct Chunk {
     /// not may be renumbered between two chunks (see `run::walk_probe`).
     pub stable_rowid: bool,
     pub size: u64,
+    /// The statement is an `UPDATE` of the walked table and writes no
+    /// other itself (its triggers may): a chunk changes at most the rows
+    /// it holds, so one that changes more changes rows outside its chunk
+    /// (`WHERE id BETWEEN :lo AND :hi + 1`), which other chunks change
+    /// again.
+    pub contained: bool,
 }
 
 #[derive(Deserialize)]
@@ -681,15 +687,11 @@ pub fn quote(ident: &str) -> String {
 /// ([`crate::human::one_line`]): SQLite builds its messages from names
 /// (`UNIQUE constraint failed: TABLE.COLUMN`, `no such table: T`), and a
 /// line feed in a name must not start a line that looks like batchsse's.
-/// A trigger's `RAISE` message is the trigger author's own text, and keeps
-/// its lines.
+/// A trigger's `RAISE` message too: SQLite takes any expression there, so
+/// it may carry a row's values (`RAISE(ABORT, 'bad name: ' || new.name)`),
+/// which whoever wrote the row chose.
 pub fn sqlite_message(e: &rusqlite::Error) -> String {
     match e {
-        rusqlite::Error::SqliteFailure(f, Some(m))
-            if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_TRIGGER =>
-        {
-            m.clone()
-        }
         rusqlite::Error::SqliteFailure(_, Some(m)) => crate::human::one_line(m).into_owned(),
         other => crate::human::one_line(&other.to_string()).into_owned(),
     }

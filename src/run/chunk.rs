@@ -267,6 +267,10 @@ fn one_chunk(
     let (done, total_changed) = (c.done + rows, c.changed + changed);
     r.expectations(step, total_changed, hi == *max)
         .map_err(|e| (e, c))?;
+    if walk.chunk.contained && changed > rows {
+        let why = StepError::Sql(strayed(walk.chunk, changed, rows));
+        return Err(in_chunk((why, c), walk.chunk, &lo, &hi)); // rolls back
+    }
     if hi == *max {
         r.checkpoint.step_done(step, done, total_changed)
     } else {
@@ -284,6 +288,18 @@ fn one_chunk(
         changed,
         work,
     }))
+}
+
+/// Why a chunk of a [`Chunk::contained`] step that changed more rows than
+/// it holds is rolled back.
+fn strayed(chunk: &Chunk, changed: u64, rows: u64) -> String {
+    format!(
+        "it changed {} of {} in a chunk that holds {}, so it changes rows outside its chunk, which other chunks change again; this chunk was rolled back. Compare {key} with :lo and :hi only as `{key} BETWEEN :lo AND :hi`, in an AND with the rest of the WHERE",
+        crate::human::rows(changed),
+        shown(&chunk.table),
+        thousands(rows),
+        key = shown(&chunk.key),
+    )
 }
 
 /// A chunk's failure, naming the chunk's keys: where to look for the row

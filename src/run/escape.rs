@@ -4,22 +4,37 @@
 //! range) is changed again by every chunk: row 7 gets `+ 1` a hundred
 //! times, and the run says it finished.
 //!
-//! Before anything runs, each chunked step's statement is run once on the
-//! real database with an empty chunk (`:lo` and `:hi` NULL, which no key
-//! is between), in a transaction that is rolled back. A statement that
-//! changes a row then would change it at every chunk, so the run is
-//! refused. Walking one table to change the rows of another found by its
-//! keys stays allowed: with no keys in the chunk it finds none.
+//! Each chunked step's statement is run once on the real database with an
+//! empty chunk (`:lo` and `:hi` NULL, which no key is between), in a
+//! transaction that is rolled back: before anything runs, and again as the
+//! step begins, on the rows the steps before it left (a step that marks
+//! rows the next one's stray `OR` reaches passed the first try). A
+//! statement that changes a row then, or is stopped by a constraint as it
+//! writes one, would change it at every chunk, so the step is refused.
+//! Walking one table to change the rows of another found by its keys stays
+//! allowed: with no keys in the chunk it finds none.
 
 use rusqlite::{Connection, named_params};
 
 use super::checkpoint::Resume;
+use super::{Counts, Runner, StepError};
 use crate::error::UsageError;
-use crate::plan::{Chunk, Plan, Step};
+use crate::plan::{Chunk, Plan, Step, sqlite_message};
+
+/// What a step's statement did with an empty chunk.
+enum Escape {
+    /// It changed this many rows.
+    Changed(u64),
+    /// A constraint stopped a write (SQLite's message): it still wrote, or
+    /// tried to write, a row.
+    Stopped(String),
+}
 
 /// Refuses the first chunked step still to run whose statement changes
 /// rows when its chunk holds none. A step this file cannot run yet (its
-/// table is made by an earlier step) is not tried.
+/// table is made by an earlier step) is not tried; nor is one the
+/// application holds the write lock against: the try as the step begins
+/// covers both.
 pub fn refuse_escaping_chunks(
     conn: &Connection,
     plan: &Plan,
@@ -30,43 +45,97 @@ pub fn refuse_escaping_chunks(
         if resume.is_done(step) {
             continue;
         }
-        if let Some(changed) = changed_with_no_chunk(conn, step) {
-            return Err(escapes(step, chunk, changed));
+        if let Ok(Some(escape)) = crate::lifecycle::check_write(conn, || tried(conn, step, false)) {
+            return Err(UsageError::new(format!(
+                "step {} ({}) {}. Nothing was written",
+                step.index + 1,
+                crate::human::quoted(&step.name),
+                escapes(chunk, &escape, "")
+            )));
         }
     }
     Ok(())
 }
 
-/// The rows `step` changes with an empty chunk, if any: `None` when it
-/// changes none or cannot be tried here.
-fn changed_with_no_chunk(conn: &Connection, step: &Step) -> Option<u64> {
+/// The same try as a chunked step begins, before its first chunk, on the
+/// database as the steps before it left it (inside the run's transaction
+/// with `--atomic` or `--dry-run`). A step that escapes fails with
+/// nothing of it written.
+pub(super) fn refuse_in_run(r: &Runner<'_>, step: &Step) -> Result<(), (StepError, Counts)> {
+    let Some(chunk) = &step.chunk else {
+        return Ok(());
+    };
+    match tried(r.conn, step, r.nested) {
+        Ok(None) => Ok(()),
+        Ok(Some(escape)) => Err((
+            StepError::Sql(format!(
+                "it {}. None of its chunks ran",
+                escapes(chunk, &escape, ", on the rows the steps before it left,")
+            )),
+            Counts::default(),
+        )),
+        Err(e) => Err(r.fail(e, Counts::default())),
+    }
+}
+
+/// How `step` escapes its chunk, if it does: `Ok(None)` when it changes
+/// nothing with an empty chunk, or cannot be tried (it does not compile
+/// here, or fails other than by a constraint). `Err` when the
+/// transaction cannot begin (a lock another connection holds) or end.
+fn tried(conn: &Connection, step: &Step, nested: bool) -> rusqlite::Result<Option<Escape>> {
     // The write lock first, as a chunk takes it: a deferred transaction in
     // WAL mode would fail at once if another process wrote in between.
-    conn.execute_batch("BEGIN IMMEDIATE").ok()?;
+    let (begin, end) = match nested {
+        true => (
+            "SAVEPOINT batchsse_try",
+            "ROLLBACK TO batchsse_try; RELEASE batchsse_try",
+        ),
+        false => ("BEGIN IMMEDIATE", "ROLLBACK"),
+    };
+    conn.execute_batch(begin)?;
     let before = conn.total_changes();
     let ran = run_empty(conn, &step.sql);
     let changed = conn.total_changes().saturating_sub(before);
-    if conn.execute_batch("ROLLBACK").is_err() {
-        return None;
+    // A failed statement may have ended SQLite's transaction already (an
+    // `OR ROLLBACK`, a full disk): the whole of it, outer one included.
+    if !conn.is_autocommit() {
+        conn.execute_batch(end)?;
     }
-    ran.ok().filter(|_| changed > 0).map(|_| changed)
+    Ok(match ran {
+        Ok(()) if changed > 0 => Some(Escape::Changed(changed)),
+        Ok(()) => None,
+        Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation) => {
+            Some(Escape::Stopped(sqlite_message(&e)))
+        }
+        Err(_) => None,
+    })
 }
 
 fn run_empty(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
-    let mut stmt = conn.prepare(sql)?;
+    let Ok(mut stmt) = conn.prepare(sql) else {
+        return Ok(()); // not tried: see `tried`
+    };
     let null: Option<i64> = None;
     let mut rows = stmt.query(named_params! {":lo": null, ":hi": null})?;
     while rows.next()?.is_some() {}
     Ok(())
 }
 
-fn escapes(step: &Step, chunk: &Chunk, changed: u64) -> UsageError {
-    UsageError::new(format!(
-        "step {} ({}) changes rows outside its chunk: run with an empty chunk (:lo and :hi NULL) it changed {}, and it would change {} again in every chunk. A chunked statement must change nothing when its chunk holds no rows: put the chunk's range in an AND with the rest of the WHERE, as in `WHERE {key} BETWEEN :lo AND :hi AND (…)`, and give a change meant to happen once a step of its own, without \"chunk\" (a running total kept in another table passes with `HAVING count(*) > 0`). Nothing was written",
-        step.index + 1,
-        crate::human::quoted(&step.name),
-        crate::human::rows(changed),
-        if changed == 1 { "it" } else { "them" },
+/// Why a step that `escape`s its chunk is refused, from "changes rows
+/// outside its chunk" on; `on` says what the try ran on.
+fn escapes(chunk: &Chunk, escape: &Escape, on: &str) -> String {
+    let did = match escape {
+        Escape::Changed(n) => format!(
+            "it changed {}, and it would change {} again in every chunk",
+            crate::human::rows(*n),
+            if *n == 1 { "it" } else { "them" },
+        ),
+        Escape::Stopped(why) => format!(
+            "it still wrote or tried to write a row, which a constraint refused ({why}); with a chunk's keys bound it would write such a row in every chunk"
+        ),
+    };
+    format!(
+        "changes rows outside its chunk: run with an empty chunk (:lo and :hi NULL){on} {did}. A chunked statement must change nothing when its chunk holds no rows: put the chunk's range in an AND with the rest of the WHERE, as in `WHERE {key} BETWEEN :lo AND :hi AND (…)`, and give a change meant to happen once a step of its own, without \"chunk\" (a running total kept in another table passes with `HAVING count(*) > 0`)",
         key = crate::human::shown(&chunk.key),
-    ))
+    )
 }

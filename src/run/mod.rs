@@ -526,9 +526,9 @@ impl Runner<'_> {
         }
         let t0 = Instant::now();
         self.step_event(step, StepState::Running, Counts::default(), Some(t0), None);
-        let result = match self.recorder.as_ref().map(|rec| rec.arm(step)) {
-            Some(Err(e)) => Err(self.fail(e, Counts::default())),
-            _ => match &step.chunk {
+        let result = match escape::refuse_in_run(self, step).and_then(|()| self.arm(step)) {
+            Err(e) => Err(e),
+            Ok(()) => match &step.chunk {
                 None => self.run_plain(step),
                 Some(chunk) => chunk::run(self, step, chunk, resume),
             },
@@ -569,6 +569,14 @@ impl Runner<'_> {
         self.step_event(step, StepState::Failed, c, Some(t0), Some(why.clone()));
         self.message(Some(step.index), Level::Error, why.clone());
         Err((status, why, c))
+    }
+
+    /// Arms the recorder, if any, for `step`.
+    fn arm(&self, step: &Step) -> Result<(), (StepError, Counts)> {
+        match self.recorder.as_ref().map(|rec| rec.arm(step)) {
+            Some(Err(e)) => Err(self.fail(e, Counts::default())),
+            _ => Ok(()),
+        }
     }
 
     /// Ends the run-wide transaction: rolled back for a dry run or after a

@@ -75,7 +75,7 @@ fn assert_only_meant_commands(log: &str) {
     );
     let error = cmds[4];
     assert!(
-        error.ends_with(": refused 100%25%0A::error::from-trigger::x"),
+        error.ends_with(r": refused 100%25\n::error::from-trigger::x"),
         "{error}"
     );
     // The words are still there for a person, one line each.

@@ -13,6 +13,7 @@ mod govern;
 mod hangs;
 mod hostile;
 mod hostile_db;
+mod hostile_escape;
 mod names;
 mod operate;
 mod ops;

@@ -172,9 +172,9 @@ fn an_undo_conflict_on_a_hostile_table_is_one_line() {
 /// feed, a bidi override and an escape sequence keeps such a message on
 /// its line, in a refused plan (exit 2, the file untouched) and in a failed
 /// step, so no line of the terminal is forged; the JSON escapes only the
-/// line feed. A trigger's `RAISE` message is its author's text and keeps
-/// its lines, its escape shown escaped on the terminal and as written in
-/// the JSON.
+/// line feed. A trigger's `RAISE` message keeps to its line too (it may
+/// be built from a row's values), its escape shown escaped on the terminal
+/// and as written in the JSON.
 #[test]
 fn sqlite_s_messages_built_from_names_keep_to_their_line() {
     let table = "x\nbatchsse: finished ok\u{202e}\u{1b}[2J";
@@ -216,8 +216,10 @@ fn sqlite_s_messages_built_from_names_keep_to_their_line() {
     let raising = step("raise.json", "INSERT INTO r VALUES (1)");
     let (code, _, err) = run(&run_args(&db, path_str(&raising), &flags));
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("failed: first line\n"), "{err}");
-    assert!(err.lines().any(|l| l == r"second line\u{1b}[31m"), "{err}");
+    assert!(
+        err.contains(r"failed: first line\nsecond line\u{1b}[31m"),
+        "{err}"
+    );
     assert!(!unsafe_char(&err), "{err}");
     let json = ["--no-serve", "--no-checkpoint", "--progress", "json"];
     for (plan, said) in [
@@ -225,7 +227,7 @@ fn sqlite_s_messages_built_from_names_keep_to_their_line() {
             &unique,
             format!("UNIQUE constraint failed: {}.u", table.replace('\n', r"\n")),
         ),
-        (&raising, raise.to_owned()),
+        (&raising, raise.replace('\n', r"\n")),
     ] {
         let (code, out, err) = run(&run_args(&db, path_str(plan), &json));
         assert_eq!(code, 1, "{err}");
@@ -236,4 +238,34 @@ fn sqlite_s_messages_built_from_names_keep_to_their_line() {
         let error = failed["data"]["error"].as_str().unwrap_or_default();
         assert!(error.ends_with(&format!("failed: {said}")), "{error:?}");
     }
+}
+
+/// SQLite takes any expression as a `RAISE` message, so a trigger may put
+/// a row's value in it, and whoever wrote that row chooses its text: a
+/// name holding a line feed and "batchsse: finished ok" forged that line
+/// on the terminal of a run that failed. It is shown on its line.
+#[test]
+fn a_raise_message_built_from_a_row_forges_no_line() {
+    let db = TempDb::with_sql(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, name TEXT, counter INT NOT NULL DEFAULT 0);
+         INSERT INTO t(name) VALUES ('a'), ('x' || char(10) || 'batchsse: finished ok: 1/1 steps'), ('c');",
+    );
+    let plan = json!({"name": "raise", "steps": [
+        {"name": "guard",
+         "sql": "CREATE TRIGGER named BEFORE UPDATE ON t WHEN new.id = 2 BEGIN SELECT RAISE(ABORT, 'bad name: ' || new.name); END"},
+        {"name": "bump", "sql": "UPDATE t SET counter = counter + 1 WHERE id BETWEEN :lo AND :hi",
+         "chunk": {"table": "t", "size": 5}},
+    ]});
+    let path = db.file("plan.json", &plan.to_string());
+    let flags = ["--no-serve", "--no-checkpoint", "--progress", "plain"];
+    let (code, _, err) = run(&run_args(&db, path_str(&path), &flags));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(r"failed: bad name: x\nbatchsse: finished ok: 1/1 steps"),
+        "{err}"
+    );
+    assert!(
+        !err.lines().any(|l| l.starts_with("batchsse: finished ok")),
+        "no forged line: {err}"
+    );
 }

@@ -634,6 +634,6 @@ outputs=forged');
     assert_eq!(code, Some(1), "{err}");
     assert_eq!(got["status"], "failed", "{got:?}");
     assert_eq!(got["rows_changed"], "0", "{got:?}");
-    assert!(got["error"].ends_with("no 3\noutputs=forged"), "{got:?}");
+    assert!(got["error"].ends_with(r"no 3\noutputs=forged"), "{got:?}");
     assert!(!got.contains_key("outputs"), "{got:?}");
 }

@@ -1,0 +1,189 @@
+//! A hostile user's chunked steps against the empty-chunk try: statements
+//! that escape their chunk in ways a single try before the run missed.
+
+use serde_json::json;
+
+use crate::util::*;
+
+fn run_plan(db: &TempDb, plan: &serde_json::Value, extra: &str) -> (i32, String, String) {
+    let path = db.file("plan.json", &plan.to_string());
+    let mut args = run_args(db, path_str(&path), &["--no-serve", "--progress", "plain"]);
+    args.extend(words(extra));
+    run(&args)
+}
+
+/// `t` of 20 counters at 0, each row `new`.
+fn statuses() -> TempDb {
+    TempDb::with_sql(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, counter INT NOT NULL DEFAULT 0, status TEXT NOT NULL DEFAULT 'new', batch INT NOT NULL DEFAULT 0);
+         INSERT INTO t(id) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < 20) SELECT i FROM s;",
+    )
+}
+
+/// The stray `OR` reaches only rows an earlier step of the plan marks:
+/// tried before the run, on the file as it was, it changed nothing, and
+/// the run then bumped row 7 once a chunk (four times) and said it
+/// finished ok. Tried again as the step begins, it fails with none of its
+/// chunks run; in one transaction (`--atomic`) nothing is kept.
+#[test]
+fn a_stray_or_that_reaches_rows_an_earlier_step_marks_stops_the_step_before_its_chunks() {
+    let plan = json!({"name": "mark then bump", "steps": [
+        {"name": "mark", "sql": "UPDATE t SET status = 'pending' WHERE id = 7"},
+        {"name": "bump",
+         "sql": "UPDATE t SET counter = counter + 1 WHERE id BETWEEN :lo AND :hi AND status = 'new' OR status = 'pending'",
+         "chunk": {"table": "t", "size": 5}},
+    ]});
+    for flags in [
+        "--batch-size 5",
+        "--batch-size 5 --undo",
+        "--batch-size 5 --atomic",
+    ] {
+        let db = statuses();
+        let (code, _, err) = run_plan(&db, &plan, flags);
+        assert_eq!(code, 1, "{flags}: {err}");
+        assert!(
+            err.contains("step 2 (\"bump\") failed: it changes rows outside its chunk")
+                && err.contains("on the rows the steps before it left, it changed 1 row")
+                && err.contains("None of its chunks ran"),
+            "{flags}: says why: {err}"
+        );
+        assert_eq!(
+            db.query_i64("SELECT count(*) FROM t WHERE counter <> 0"),
+            0,
+            "{flags}: no chunk of the step ran: {err}"
+        );
+        let marked = if flags.contains("atomic") { 0 } else { 1 };
+        assert_eq!(
+            db.query_i64("SELECT count(*) FROM t WHERE status = 'pending'"),
+            marked,
+            "{flags}: the step before it is kept, or with --atomic rolled back"
+        );
+    }
+}
+
+/// With an empty chunk the statement still writes row 7, but a NOT NULL
+/// column it sets from `:hi` refuses the NULL: the try failed, was taken
+/// for one that cannot run here, and every chunk then bumped row 7.
+#[test]
+fn a_chunked_step_whose_stray_write_a_constraint_stops_in_the_try_is_refused() {
+    let db = statuses();
+    let plan = json!({"name": "stamp", "steps": [
+        {"name": "stamp",
+         "sql": "UPDATE t SET counter = counter + 1, batch = :hi WHERE id BETWEEN :lo AND :hi OR id = 7",
+         "chunk": {"table": "t", "size": 5}},
+    ]});
+    let before = sha256(&db.path);
+    let (code, out, err) = run_plan(&db, &plan, "--batch-size 5");
+    assert_eq!(code, 2, "{err}");
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.contains("step 1 (\"stamp\") changes rows outside its chunk")
+            && err.contains("a constraint refused (NOT NULL constraint failed: t.batch)")
+            && err.contains("Nothing was written"),
+        "says why: {err}"
+    );
+    assert_eq!(sha256(&db.path), before, "database untouched");
+}
+
+/// A step whose empty chunk changes nothing runs as before after a step
+/// that changes the rows it walks, in every kind of run.
+#[test]
+fn a_contained_chunked_step_after_a_marking_step_still_runs() {
+    let plan = json!({"name": "mark then bump", "steps": [
+        {"name": "mark", "sql": "UPDATE t SET status = 'pending' WHERE id = 7"},
+        {"name": "bump",
+         "sql": "UPDATE t SET counter = counter + 1, batch = :hi WHERE id BETWEEN :lo AND :hi AND (status = 'new' OR status = 'pending')",
+         "chunk": {"table": "t", "size": 5}},
+    ]});
+    for flags in ["", "--atomic", "--dry-run", "--undo"] {
+        let db = statuses();
+        let (code, _, err) = run_plan(&db, &plan, &format!("--batch-size 5 {flags}"));
+        assert_eq!(code, 0, "{flags}: {err}");
+        let bumped = if flags == "--dry-run" { 0 } else { 20 };
+        assert_eq!(
+            db.query_i64("SELECT sum(counter) FROM t"),
+            bumped,
+            "{flags}"
+        );
+    }
+}
+
+/// A range one key too wide overlaps the next chunk: an empty chunk
+/// (both bounds NULL) changes nothing, so the try passes it, and the run
+/// bumped rows 6, 11 and 16 twice and finished ok. An `UPDATE` of the
+/// walked table changes at most the rows its chunk holds: the first chunk
+/// that changes more is rolled back and the step fails. So does one that
+/// binds :lo and :hi where no key is compared with them.
+#[test]
+fn an_update_whose_range_overlaps_the_next_chunk_fails_at_its_first_chunk() {
+    for (sql, flags, changed) in [
+        ("id BETWEEN :lo AND :hi + 1", "", 6),
+        ("id BETWEEN :lo AND :hi + 1", "--undo", 6),
+        ("id BETWEEN :lo AND :hi + 1", "--atomic", 6),
+        // Bound, but never compared with a key: every row, every chunk.
+        ("id > 0 AND :lo IS NOT NULL AND :hi IS NOT NULL", "", 20),
+    ] {
+        let plan = json!({"name": "overlap", "steps": [
+            {"name": "bump", "sql": format!("UPDATE t SET counter = counter + 1 WHERE {sql}"),
+             "chunk": {"table": "t", "key": "id", "size": 5}},
+        ]});
+        let db = statuses();
+        let (code, _, err) = run_plan(&db, &plan, &format!("--batch-size 5 {flags}"));
+        assert_eq!(code, 1, "{flags}: {err}");
+        assert!(
+            err.contains(&format!(
+                "it changed {changed} rows of t in a chunk that holds 5"
+            )) && err.contains("changes rows outside its chunk")
+                && err.contains("`id BETWEEN :lo AND :hi`")
+                && err.contains("in the chunk of id "),
+            "{flags}: says why and where: {err}"
+        );
+        assert_eq!(
+            db.query_i64("SELECT count(*) FROM t WHERE counter <> 0"),
+            0,
+            "{flags}: the chunk was rolled back"
+        );
+    }
+}
+
+/// Ctrl-C while the try before the run is under way: it had exited at
+/// once, saying nothing was written, and left the pages SQLite had
+/// spilled into the file with a hot journal beside it (a copy of the
+/// file alone was damaged). The try's statement is interrupted and rolled
+/// back before the exit, and the file is as it was.
+#[test]
+fn ctrl_c_during_the_try_before_the_run_leaves_the_file_as_it_was() {
+    // 40 MB of rows, far past SQLite's page cache, and a stray OR that
+    // reaches every row slowly (a random 200 kB blob a row).
+    let db = TempDb::with_sql(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, pad TEXT);
+         INSERT INTO t(pad) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < 20000)
+           SELECT printf('%.2000c', 'x') FROM s;",
+    );
+    let plan = db.file(
+        "plan.json",
+        &json!({"name": "slow", "steps": [{"name": "pad",
+            "sql": "UPDATE t SET pad = pad || 'y' WHERE id BETWEEN :lo AND :hi OR length(hex(randomblob(200000))) > 0",
+            "chunk": {"table": "t", "size": 100}}]})
+        .to_string(),
+    );
+    let before = sha256(&db.path);
+    let written = std::fs::metadata(&db.path).unwrap().modified().unwrap();
+    let mut p = Proc::start(&run_args(&db, path_str(&plan), &["--no-serve"]));
+    let start = std::time::Instant::now();
+    // Until SQLite has spilled pages of the try into the file.
+    while std::fs::metadata(&db.path).unwrap().modified().unwrap() == written {
+        assert!(
+            start.elapsed() < PATIENCE && p.child.try_wait().unwrap().is_none(),
+            "the try never wrote the file: {}",
+            p.stderr()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    p.signal("INT");
+    assert_eq!(p.wait().code(), Some(130), "{}", p.stderr());
+    assert!(p.stderr().contains("nothing was written"), "{}", p.stderr());
+    let journal = db.dir.path().join("test.sqlite-journal");
+    assert!(!journal.exists(), "no hot journal left: {}", p.stderr());
+    assert_eq!(sha256(&db.path), before, "the file is as it was");
+}
