@@ -239,11 +239,13 @@ fn one_chunk(
         .keys
         .next(prev, max, size)
         .map_err(|e| fail(unreadable_key(e, walk.chunk)))?;
-    // A rowid is always an integer: see [`rowid_lo`].
+    // A rowid is always an integer: see [`rowid_lo`]. A message names the
+    // chunk by the keys it holds, not by a bound no row has (the first
+    // chunk of a rowid walk begins at the smallest integer).
     let lo = if walk.chunk.rowid {
         rowid_lo(prev)
     } else {
-        first
+        first.clone()
     };
     if rows == 0 {
         r.expectations(step, c.changed, true).map_err(|e| (e, c))?;
@@ -258,7 +260,7 @@ fn one_chunk(
         .recorded(step, Some((&lo, &hi)), &mut || {
             execute(r.conn, work, &lo, &hi)
         })
-        .map_err(|e| in_chunk(fail(e), walk.chunk, &lo, &hi))?;
+        .map_err(|e| in_chunk(fail(e), walk.chunk, &first, &hi))?;
     let Some(changed) = recorded else {
         // Its undo record must be made another way: again, from scratch.
         drop(tx);
@@ -269,7 +271,7 @@ fn one_chunk(
         .map_err(|e| (e, c))?;
     if walk.chunk.contained && changed > rows {
         let why = StepError::Sql(strayed(walk.chunk, changed, rows));
-        return Err(in_chunk((why, c), walk.chunk, &lo, &hi)); // rolls back
+        return Err(in_chunk((why, c), walk.chunk, &first, &hi)); // rolls back
     }
     if hi == *max {
         r.checkpoint.step_done(step, done, total_changed)

@@ -523,27 +523,30 @@ fn joined_emoji_and_cjk_in_a_name_keep_the_bars_on_their_lines() {
 /// found: the last lines say where to look, not only what SQLite said.
 #[test]
 fn a_failed_chunk_names_its_keys() {
-    let db = TempDb::counters(100);
-    db.age();
-    let plan = serde_json::json!({"name": "breaks", "steps": [{
-        "name": "bump",
-        "sql": "UPDATE t SET counter = CASE WHEN id = 37 THEN NULL ELSE counter + 1 END WHERE id BETWEEN :lo AND :hi",
-        "chunk": {"table": "t", "key": "id", "size": 10}
-    }]});
-    let plan = db.file("breaks.json", &plan.to_string());
-    let (code, _, err) = run(&run_args(
-        &db,
-        path_str(&plan),
-        &["--no-serve", "--batch-size", "10", "--progress", "plain"],
-    ));
-    assert_eq!(code, 1, "{err}");
-    assert!(
-        err.lines()
-            .any(|l| l.starts_with("[1/1] bump: FAILED after ")
-                && l.ends_with(
-                    "failed: NOT NULL constraint failed: t.counter (in the chunk of id 31 to 40)"
-                )),
-        "{err}"
-    );
-    assert_eq!(db.counter_spread(), (30, 70));
+    // The first chunk of a rowid walk is bound from the smallest integer,
+    // but named by the keys it holds.
+    for (bad, keys, spread) in [(37, "31 to 40", (30, 70)), (7, "1 to 10", (0, 100))] {
+        let db = TempDb::counters(100);
+        db.age();
+        let plan = serde_json::json!({"name": "breaks", "steps": [{
+            "name": "bump",
+            "sql": format!("UPDATE t SET counter = CASE WHEN id = {bad} THEN NULL ELSE counter + 1 END WHERE id BETWEEN :lo AND :hi"),
+            "chunk": {"table": "t", "key": "id", "size": 10}
+        }]});
+        let plan = db.file("breaks.json", &plan.to_string());
+        let (code, _, err) = run(&run_args(
+            &db,
+            path_str(&plan),
+            &["--no-serve", "--batch-size", "10", "--progress", "plain"],
+        ));
+        assert_eq!(code, 1, "{err}");
+        let said =
+            format!("failed: NOT NULL constraint failed: t.counter (in the chunk of id {keys})");
+        assert!(
+            err.lines()
+                .any(|l| l.starts_with("[1/1] bump: FAILED after ") && l.ends_with(&said)),
+            "{err}"
+        );
+        assert_eq!(db.counter_spread(), spread);
+    }
 }
