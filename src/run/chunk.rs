@@ -239,9 +239,8 @@ fn one_chunk(
         .keys
         .next(prev, max, size)
         .map_err(|e| fail(unreadable_key(e, walk.chunk)))?;
-    // A rowid is always an integer: see [`rowid_lo`]. A message names the
-    // chunk by the keys it holds, not by a bound no row has (the first
-    // chunk of a rowid walk begins at the smallest integer).
+    // A rowid is always an integer: see [`rowid_lo`]. Messages name the
+    // chunk by its keys (`first`), not by a bound no row has.
     let lo = if walk.chunk.rowid {
         rowid_lo(prev)
     } else {
