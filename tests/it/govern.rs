@@ -450,18 +450,8 @@ fn an_undo_beside_an_application_says_its_chunks_are_the_run_s() {
     ] {
         let db = bumped();
         let _app = db.conn();
-        let mut args = vec![
-            "undo",
-            "--db",
-            path_str(&db.path),
-            "--plan",
-            "bump",
-            "--no-serve",
-            "--progress",
-            "json",
-        ];
-        args.extend_from_slice(extra);
-        let (code, out, err) = run(&args);
+        let args = undo_of_plan(&db, "bump", &["--progress", "json"]);
+        let (code, out, err) = run(&[&args[..], extra].concat());
         assert_eq!(code, 0, "{extra:?}: {err}");
         let said = messages(&out);
         let pace = said

@@ -544,19 +544,6 @@ fn undo_plan(db: &TempDb, plan: &str, env: &[(&str, &str)]) -> (i32, String) {
     (code, err)
 }
 
-/// `undo --db DB --plan PLAN --no-serve`, then `extra`.
-fn undo_of_plan<'a>(db: &'a TempDb, plan: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let undo = [
-        "undo",
-        "--db",
-        path_str(&db.path),
-        "--plan",
-        plan,
-        "--no-serve",
-    ];
-    [&undo[..], extra].concat()
-}
-
 /// A table renamed since the run stops the undo before it writes, with
 /// what to do.
 #[test]
@@ -756,15 +743,8 @@ fn a_plan_whose_undo_stopped_part_way_is_not_run_until_the_undo_ends() {
     db.conn()
         .execute_batch("UPDATE t SET counter = 7 WHERE id = 3")
         .unwrap();
-    let undo = [
-        "undo",
-        "--db",
-        path_str(&db.path),
-        "--plan",
-        "bump",
-        "--no-serve",
-    ];
-    let (code, _, err) = run(&[&undo[..], &["--on-conflict", "abort"]].concat());
+    let undo = undo_of_plan(&db, "bump", &[]);
+    let (code, _, err) = run(&undo_of_plan(&db, "bump", &["--on-conflict", "abort"]));
     assert_eq!(code, 1, "{err}");
     assert_eq!(db.query_i64("SELECT count(*) FROM t WHERE counter = 0"), 30);
     let before = sha256(&db.path);

@@ -145,6 +145,19 @@ pub fn counter_plan(name: &str, size: u64) -> String {
     .to_string()
 }
 
+/// `undo --db DB --plan PLAN --no-serve`, then `extra`.
+pub fn undo_of_plan<'a>(db: &'a TempDb, plan: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let undo = [
+        "undo",
+        "--db",
+        path_str(&db.path),
+        "--plan",
+        plan,
+        "--no-serve",
+    ];
+    [&undo[..], extra].concat()
+}
+
 /// `t` of 40 counters bumped by a recorded run (`--undo`) of plan `bump`,
 /// ten rows a part: four parts in the record.
 pub fn bumped() -> TempDb {
