@@ -225,8 +225,9 @@ pub(crate) fn query_refusal(conn: &Connection, sql: &str, e: &rusqlite::Error) -
         _ => ("collations", "one"),
     };
     Some(format!(
-        "needs {what} batchsse does not have: {}. A column it compares is declared with {it}, a COLLATE in it names {it}, or it reads a table or index ordered by {it}{unreadable}. Such a collation is a comparison function an application registers on its own connections: it is not stored in the file, and batchsse cannot run it. Compare by one of SQLite's own ({}), named in the query (`WHERE name COLLATE NOCASE = 'x'`), or read other columns or tables",
+        "needs {what} batchsse does not have: {}. A column it compares is declared with {it}, a COLLATE in it names {it}, or it reads a table or index ordered by {it}{unreadable}. {}. Compare by one of SQLite's own ({}), named in the query (`WHERE name COLLATE NOCASE = 'x'`), or read other columns or tables",
         crate::human::shown_list(&names),
+        app_function!(),
         SQLITE_OWN.join(", ")
     ))
 }
@@ -256,6 +257,14 @@ pub(super) fn key_refusal(table: &str, key: &str, message: &str) -> String {
     )
 }
 
-/// What a collation that is not SQLite's own is, and why batchsse cannot
-/// use it.
-const APP_OWN: &str = "Such a collation is a comparison function an application registers on its own connections: it is not stored in the file, and batchsse cannot run it, so the step would fail when it ran.";
+/// What a collation that is not SQLite's own is, for any statement that
+/// needs one.
+macro_rules! app_function {
+    () => {
+        "Such a collation is a comparison function an application registers on its own connections: it is not stored in the file, and batchsse cannot run it"
+    };
+}
+use app_function;
+
+/// [`app_function`], and why a step that needs such a collation cannot run.
+const APP_OWN: &str = concat!(app_function!(), ", so the step would fail when it ran.");
