@@ -13,18 +13,34 @@
 //! writes one, would change it at every chunk, so the step is refused.
 //! Walking one table to change the rows of another found by its keys stays
 //! allowed: with no keys in the chunk it finds none.
+//!
+//! The try stops a statement once it has changed [`CAP`] rows, where it
+//! may (see [`WriteCap`]): a step missing its range is refused after a
+//! thousand rows, not after rewriting its whole table under the write
+//! lock, which the application waits on.
 
 use rusqlite::{Connection, named_params};
 
 use super::checkpoint::Resume;
+use super::write_cap::{WriteCap, Writes};
 use super::{Counts, Runner, StepError};
 use crate::error::UsageError;
 use crate::plan::{Chunk, Plan, Step, sqlite_message};
 
+/// Rows a tried statement may change before the try stops it: a stray
+/// `OR` that reaches a few rows is still counted exactly.
+const CAP: u64 = 1000;
+
 /// What a step's statement did with an empty chunk.
 enum Escape {
-    /// It changed this many rows.
-    Changed(u64),
+    /// It changed rows: `first`, when the update hook saw one, and
+    /// `stopped` when the try stopped it at [`CAP`] (`rows` is then that
+    /// many).
+    Changed {
+        rows: u64,
+        first: Option<(String, i64)>,
+        stopped: bool,
+    },
     /// A constraint stopped a write (SQLite's message): it still wrote, or
     /// tried to write, a row.
     Stopped(String),
@@ -45,7 +61,8 @@ pub fn refuse_escaping_chunks(
         if resume.is_done(step) {
             continue;
         }
-        if let Ok(Some(escape)) = crate::lifecycle::check_write(conn, || tried(conn, step, false)) {
+        let try_it = || tried(conn, step, Try::Capped);
+        if let Ok(Some(escape)) = crate::lifecycle::check_write(conn, try_it) {
             return Err(UsageError::new(format!(
                 "step {} ({}) {}. Nothing was written",
                 step.index + 1,
@@ -65,7 +82,17 @@ pub(super) fn refuse_in_run(r: &Runner<'_>, step: &Step) -> Result<(), (StepErro
     let Some(chunk) = &step.chunk else {
         return Ok(());
     };
-    match tried(r.conn, step, r.nested) {
+    // Stopping a statement inside the run's transaction would roll all of
+    // it back; the recorder's update hook is the connection's own.
+    let how = match (
+        r.nested,
+        r.recorder.as_ref().is_some_and(|rec| rec.hooks_updates()),
+    ) {
+        (true, _) => Try::Nested,
+        (false, true) => Try::Whole,
+        (false, false) => Try::Capped,
+    };
+    match tried(r.conn, step, how) {
         Ok(None) => Ok(()),
         Ok(Some(escape)) => Err((
             StepError::Sql(format!(
@@ -78,31 +105,54 @@ pub(super) fn refuse_in_run(r: &Runner<'_>, step: &Step) -> Result<(), (StepErro
     }
 }
 
+/// How a step's statement is tried.
+#[derive(Clone, Copy, PartialEq)]
+enum Try {
+    /// In a transaction of its own, stopped at [`CAP`] rows.
+    Capped,
+    /// In a transaction of its own, to its end.
+    Whole,
+    /// In a savepoint of the run's transaction, to its end.
+    Nested,
+}
+
 /// How `step` escapes its chunk, if it does: `Ok(None)` when it changes
 /// nothing with an empty chunk, or cannot be tried (it does not compile
 /// here, or fails other than by a constraint). `Err` when the
 /// transaction cannot begin (a lock another connection holds) or end.
-fn tried(conn: &Connection, step: &Step, nested: bool) -> rusqlite::Result<Option<Escape>> {
+fn tried(conn: &Connection, step: &Step, how: Try) -> rusqlite::Result<Option<Escape>> {
     // The write lock first, as a chunk takes it: a deferred transaction in
     // WAL mode would fail at once if another process wrote in between.
-    let (begin, end) = match nested {
-        true => (
+    let (begin, end) = match how {
+        Try::Nested => (
             "SAVEPOINT batchsse_try",
             "ROLLBACK TO batchsse_try; RELEASE batchsse_try",
         ),
-        false => ("BEGIN IMMEDIATE", "ROLLBACK"),
+        Try::Capped | Try::Whole => ("BEGIN IMMEDIATE", "ROLLBACK"),
     };
     conn.execute_batch(begin)?;
     let before = conn.total_changes();
+    let cap = (how == Try::Capped).then(|| WriteCap::install(conn, CAP));
     let ran = run_empty(conn, &step.sql);
     let changed = conn.total_changes().saturating_sub(before);
+    let (seen, stopped) = cap.map_or((Writes::default(), false), |c| (c.writes(), c.reached()));
     // A failed statement may have ended SQLite's transaction already (an
-    // `OR ROLLBACK`, a full disk): the whole of it, outer one included.
+    // `OR ROLLBACK`, a full disk, the cap): the whole of it, outer one
+    // included.
     if !conn.is_autocommit() {
         conn.execute_batch(end)?;
     }
+    // Stopped, it changed at least CAP rows (a few more, between two
+    // calls of the progress handler), which is all the message says.
+    let rows = if stopped { CAP } else { changed.max(seen.rows) };
+    let changed = |stopped| Escape::Changed {
+        rows,
+        first: seen.first.clone(),
+        stopped,
+    };
     Ok(match ran {
-        Ok(()) if changed > 0 => Some(Escape::Changed(changed)),
+        _ if stopped => Some(changed(true)),
+        Ok(()) if rows > 0 => Some(changed(false)),
         Ok(()) => None,
         Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation) => {
             Some(Escape::Stopped(sqlite_message(&e)))
@@ -125,10 +175,21 @@ fn run_empty(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
 /// outside its chunk" on; `on` says what the try ran on.
 fn escapes(chunk: &Chunk, escape: &Escape, on: &str) -> String {
     let did = match escape {
-        Escape::Changed(n) => format!(
-            "it changed {}, and it would change {} again in every chunk",
-            crate::human::rows(*n),
-            if *n == 1 { "it" } else { "them" },
+        Escape::Changed {
+            rows,
+            first,
+            stopped,
+        } => format!(
+            "it changed {}{}, and it would change {} again in every chunk",
+            match stopped {
+                true => format!(
+                    "at least {} before the try stopped it",
+                    crate::human::rows(*rows)
+                ),
+                false => crate::human::rows(*rows),
+            },
+            first_row(*rows, first.as_ref()),
+            if *rows == 1 { "it" } else { "them" },
         ),
         Escape::Stopped(why) => format!(
             "it still wrote or tried to write a row, which a constraint refused ({why}); with a chunk's keys bound it would write such a row in every chunk"
@@ -138,4 +199,14 @@ fn escapes(chunk: &Chunk, escape: &Escape, on: &str) -> String {
         "changes rows outside its chunk: run with an empty chunk (:lo and :hi NULL){on} {did}. A chunked statement must change nothing when its chunk holds no rows: put the chunk's range in an AND with the rest of the WHERE, as in `WHERE {key} BETWEEN :lo AND :hi AND (…)`, and give a change meant to happen once a step of its own, without \"chunk\" (a running total kept in another table passes with `HAVING count(*) > 0`)",
         key = crate::human::shown(&chunk.key),
     )
+}
+
+/// ` (rowid 7 of "t")`, or ` (the first: …)` of several; empty when the
+/// update hook saw none (a WITHOUT ROWID table).
+fn first_row(rows: u64, first: Option<&(String, i64)>) -> String {
+    let Some((table, rowid)) = first else {
+        return String::new();
+    };
+    let which = if rows == 1 { "" } else { "the first: " };
+    format!(" ({which}rowid {rowid} of {})", crate::human::quoted(table))
 }

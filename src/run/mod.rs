@@ -23,6 +23,7 @@ mod renumber;
 mod tx;
 pub mod undo;
 mod walk_probe;
+mod write_cap;
 
 use std::time::{Duration, Instant};
 

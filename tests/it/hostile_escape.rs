@@ -187,3 +187,86 @@ fn ctrl_c_during_the_try_before_the_run_leaves_the_file_as_it_was() {
     assert!(!journal.exists(), "no hot journal left: {}", p.stderr());
     assert_eq!(sha256(&db.path), before, "the file is as it was");
 }
+
+/// `t` of `rows` counters at 0, in a rowid table or, with `without_rowid`,
+/// a WITHOUT ROWID one (whose writes SQLite's update hook does not see).
+fn many(rows: u32, without_rowid: bool) -> TempDb {
+    let kind = if without_rowid { " WITHOUT ROWID" } else { "" };
+    TempDb::with_sql(&format!(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, counter INT NOT NULL DEFAULT 0, status TEXT NOT NULL DEFAULT 'new'){kind};
+         INSERT INTO t(id) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < {rows}) SELECT i FROM s;"
+    ))
+}
+
+/// A step missing its range changes every row with an empty chunk: the
+/// try stops it after a thousand rows instead of rewriting the whole
+/// table under the write lock first, and names the first row it changed.
+/// A WITHOUT ROWID table's statement runs to its end, as before.
+#[test]
+fn a_step_missing_its_range_is_stopped_after_a_thousand_rows_in_the_try() {
+    for (without_rowid, says) in [
+        (
+            false,
+            "it changed at least 1,000 rows before the try stopped it (the first: rowid 1 of \"t\"), and it would change them again",
+        ),
+        (
+            true,
+            "it changed 5,000 rows, and it would change them again",
+        ),
+    ] {
+        let db = many(5000, without_rowid);
+        let plan = json!({"name": "no range", "steps": [
+            {"name": "bump",
+             "sql": "UPDATE t SET counter = counter + 1 WHERE :lo IS NULL OR id BETWEEN :lo AND :hi",
+             "chunk": {"table": "t", "key": "id", "size": 500}},
+        ]});
+        let before = sha256(&db.path);
+        let (code, _, err) = run_plan(&db, &plan, "");
+        assert_eq!(code, 2, "{err}");
+        assert!(
+            err.contains("step 1 (\"bump\") changes rows outside its chunk") && err.contains(says),
+            "without rowid {without_rowid}: says how far it got: {err}"
+        );
+        assert_eq!(sha256(&db.path), before, "database untouched");
+    }
+}
+
+/// The same stop as a step begins, on rows an earlier step marked. Inside
+/// the run's transaction (`--atomic`), and where the undo recording holds
+/// the update hook (a build without the pre-update hook), the statement
+/// runs to its end.
+#[test]
+fn a_stray_or_reaching_many_marked_rows_is_stopped_as_the_step_begins() {
+    let plan = json!({"name": "mark then bump", "steps": [
+        {"name": "mark", "sql": "UPDATE t SET status = 'pending' WHERE id > 2000"},
+        {"name": "bump",
+         "sql": "UPDATE t SET counter = counter + 1 WHERE id BETWEEN :lo AND :hi AND status = 'new' OR status = 'pending'",
+         "chunk": {"table": "t", "key": "id", "size": 500}},
+    ]});
+    let stopped =
+        "it changed at least 1,000 rows before the try stopped it (the first: rowid 2001 of \"t\")";
+    let whole = "it changed 3,000 rows, and it would change them again";
+    for (flags, env, says) in [
+        ("--undo", &[][..], stopped),
+        ("", &[][..], stopped),
+        ("--undo", &[("BATCHSSE_UNDO_HOOK", "off")][..], whole),
+        ("--atomic", &[][..], whole),
+    ] {
+        let db = many(5000, false);
+        let path = db.file("plan.json", &plan.to_string());
+        let mut args = run_args(&db, path_str(&path), &["--no-serve", "--progress", "plain"]);
+        args.extend(words(flags));
+        let (code, _, err) = run_with_env(&args, None, env);
+        assert_eq!(code, 1, "{flags} {env:?}: {err}");
+        assert!(
+            err.contains("step 2 (\"bump\") failed: it changes rows outside its chunk")
+                && err.contains(says),
+            "{flags} {env:?}: says how far it got: {err}"
+        );
+        assert_eq!(
+            db.query_i64("SELECT count(*) FROM t WHERE counter <> 0"),
+            0,
+            "{flags} {env:?}: no chunk of the step ran"
+        );
+    }
+}

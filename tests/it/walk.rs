@@ -841,24 +841,24 @@ fn a_chunked_step_that_changes_rows_outside_its_chunk_is_refused_up_front() {
     for (sql, changed, flags) in [
         (
             "UPDATE t SET counter = counter + 1 WHERE id BETWEEN :lo AND :hi OR id = 7",
-            "changed 1 row, and it would change it again",
+            "changed 1 row (rowid 7 of \"t\"), and it would change it again",
             "",
         ),
         (
             "UPDATE t SET counter = counter + 1 WHERE id >= :lo AND id <= :hi OR counter = 0",
-            "changed 20 rows, and it would change them again",
+            "changed 20 rows (the first: rowid 1 of \"t\"), and it would change them again",
             "--dry-run",
         ),
         (
             "DELETE FROM t WHERE id BETWEEN :lo AND :hi OR id > 15",
-            "changed 5 rows",
+            "changed 5 rows (the first: rowid 16 of \"t\")",
             "--undo",
         ),
         (
             // A running total of each chunk's rows, kept in another table:
             // with an empty chunk it still writes its row.
             "INSERT INTO stats(k, n) SELECT 'rows', count(*) FROM t WHERE id BETWEEN :lo AND :hi ON CONFLICT(k) DO UPDATE SET n = n + excluded.n",
-            "changed 1 row",
+            "changed 1 row (rowid 1 of \"stats\")",
             "",
         ),
     ] {

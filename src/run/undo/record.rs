@@ -162,6 +162,12 @@ pub struct Recorder<'c> {
 }
 
 impl<'c> Recorder<'c> {
+    /// Whether the recording watches the connection through its update
+    /// hook, which nothing else may then replace.
+    pub fn hooks_updates(&self) -> bool {
+        self.hook.is_some()
+    }
+
     /// `hook`: the connection's update hook; without it every step is
     /// staged.
     pub fn new(
