@@ -268,9 +268,8 @@ fn one_chunk(
     let (done, total_changed) = (c.done + rows, c.changed + changed);
     r.expectations(step, total_changed, hi == *max)
         .map_err(|e| (e, c))?;
-    if walk.chunk.contained && changed > rows {
-        let why = StepError::Sql(strayed(walk.chunk, changed, rows));
-        return Err(in_chunk((why, c), walk.chunk, &first, &hi)); // rolls back
+    if let Some(why) = strays(r.conn, walk.chunk, (&lo, &hi), (changed, rows)).map_err(fail)? {
+        return Err(in_chunk((StepError::Sql(why), c), walk.chunk, &first, &hi)); // rolls back
     }
     if hi == *max {
         r.checkpoint.step_done(step, done, total_changed)
@@ -289,6 +288,33 @@ fn one_chunk(
         changed,
         work,
     }))
+}
+
+/// Why a chunk of a [`Chunk::contained`] step, bound to `lo` and `hi`,
+/// that changed `changed` rows where the walk counted `rows` keys, changed
+/// rows outside its chunk, if it did. The walk counts keys one by one, but
+/// the key's collation may find more rows between its bounds (a NOCASE
+/// column that a BINARY index keeps unique holds 'a' and 'A'), and a
+/// rowid walk's first chunk reaches below the smallest key it counted: the
+/// rows the bounds hold, counted only when `changed` passes `rows`, are
+/// the ones the chunk may change.
+fn strays(
+    conn: &Connection,
+    chunk: &Chunk,
+    (lo, hi): (&Key, &Key),
+    (changed, rows): (u64, u64),
+) -> rusqlite::Result<Option<String>> {
+    if !chunk.contained || changed <= rows {
+        return Ok(None);
+    }
+    let sql = format!(
+        "SELECT count(*) FROM {} WHERE {} BETWEEN ?1 AND ?2",
+        quote(&chunk.table),
+        chunk.key_sql
+    );
+    let held: i64 = conn.query_row(&sql, rusqlite::params![lo, hi], |r| r.get(0))?;
+    let held = rows.max(held.max(0) as u64);
+    Ok((changed > held).then(|| strayed(chunk, changed, held)))
 }
 
 /// Why a chunk of a [`Chunk::contained`] step that changed more rows than

@@ -270,3 +270,32 @@ fn a_stray_or_reaching_many_marked_rows_is_stopped_as_the_step_begins() {
         );
     }
 }
+
+/// A text key compared in its column's collation (NOCASE) that only a
+/// BINARY index keeps unique holds 'a' and 'A': the walk counts a chunk's
+/// keys one by one, but `k BETWEEN :lo AND :hi` reaches every row equal to
+/// its bounds, so a chunk of three keys ("A" to "B") changes four rows,
+/// each row still once. That chunk was taken for one that strays, and a
+/// step written just as the message asks failed, telling its author to
+/// write what they wrote. A chunk may change the rows its bounds hold.
+#[test]
+fn a_chunk_whose_bounds_hold_more_rows_than_its_keys_counted_still_runs() {
+    let plan = json!({"name": "nocase", "steps": [
+        {"name": "bump", "sql": "UPDATE t SET counter = counter + 1 WHERE k BETWEEN :lo AND :hi",
+         "chunk": {"table": "t", "key": "k", "size": 3}},
+    ]});
+    for flags in ["", "--undo", "--atomic"] {
+        let db = TempDb::with_sql(
+            "CREATE TABLE t(k TEXT COLLATE NOCASE NOT NULL, counter INT NOT NULL DEFAULT 0);
+             CREATE UNIQUE INDEX t_k ON t(k COLLATE BINARY);
+             INSERT INTO t(k) VALUES ('a'), ('A'), ('b'), ('B'), ('c'), ('C'), ('d'), ('D');",
+        );
+        let (code, _, err) = run_plan(&db, &plan, &format!("--batch-size 3 {flags}"));
+        assert_eq!(code, 0, "{flags}: {err}");
+        assert_eq!(
+            db.query_i64("SELECT count(*) FROM t WHERE counter = 1"),
+            8,
+            "{flags}: every row once: {err}"
+        );
+    }
+}
