@@ -15,6 +15,9 @@ impl<'c> Tx<'c> {
     /// `BEGIN IMMEDIATE` (the write lock now, not at the first write), or a
     /// savepoint inside the run's own transaction.
     pub(super) fn begin(conn: &'c Connection, nested: bool) -> rusqlite::Result<Self> {
+        if nested && conn.is_autocommit() {
+            return Err(run_rolled_back());
+        }
         conn.execute_batch(if nested {
             "SAVEPOINT batchsse_step"
         } else {
@@ -48,6 +51,17 @@ impl<'c> Tx<'c> {
         self.open = false;
         Ok(())
     }
+}
+
+/// A savepoint with no transaction around it begins one of its own, which
+/// its release commits: when SQLite has rolled back the run's transaction
+/// under a statement (an interrupted write, a full disk) and a caller went
+/// on, a chunk or a checkpoint row would be committed alone.
+fn run_rolled_back() -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT_ROLLBACK),
+        Some("SQLite rolled the run's transaction back (an interrupt or a full disk), so nothing of the run is kept".into()),
+    )
 }
 
 impl Drop for Tx<'_> {
@@ -112,5 +126,12 @@ mod tests {
         assert_eq!(count(&c), 1);
         c.execute_batch("ROLLBACK").unwrap();
         assert_eq!(count(&c), 0);
+    }
+
+    #[test]
+    fn nested_with_the_outer_transaction_gone_begins_nothing() {
+        let c = conn();
+        assert!(Tx::begin(&c, true).is_err());
+        assert!(c.is_autocommit(), "no transaction of its own");
     }
 }

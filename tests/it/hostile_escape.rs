@@ -299,3 +299,44 @@ fn a_chunk_whose_bounds_hold_more_rows_than_its_keys_counted_still_runs() {
         );
     }
 }
+
+/// Ctrl-C during the try as a chunked step begins, in a run that is one
+/// transaction: SQLite ends an interrupted UPDATE by rolling back the
+/// whole transaction, the run's own included. The try took the interrupt
+/// for a statement that cannot be tried, the step found its table empty
+/// (the rows of the step before it were gone) and marked itself applied
+/// in a savepoint that, with no transaction left around it, began one of
+/// its own and committed it: the run said the step was done and exited 1,
+/// and the next run skipped the step as already applied, leaving every
+/// row it should have changed as it was, and finished ok. (A slow lower
+/// bound, computed only when `:lo` is NULL, keeps the try going.)
+#[test]
+fn ctrl_c_during_the_try_as_a_step_begins_in_one_transaction_commits_nothing() {
+    let slow = "(WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r WHERE i < 6000000) SELECT count(*) FROM r)";
+    let plan = json!({"name": "fill then bump", "steps": [
+        {"name": "fill", "sql": "INSERT INTO t(id) VALUES (1), (2), (3)"},
+        {"name": "bump",
+         "sql": format!("UPDATE t SET counter = counter + 1 WHERE id BETWEEN coalesce(:lo, {slow}) AND :hi"),
+         "chunk": {"table": "t", "size": 2}},
+    ]});
+    for flag in ["--atomic", "--dry-run"] {
+        let db = TempDb::with_sql(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, counter INT NOT NULL DEFAULT 0)",
+        );
+        let path = db.file("plan.json", &plan.to_string());
+        let args = run_args(
+            &db,
+            path_str(&path),
+            &["--no-serve", "--progress", "plain", flag],
+        );
+        let mut p = Proc::start(&args);
+        p.wait_stderr("[2/2] bump: running");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        p.signal("INT");
+        assert_eq!(p.wait().code(), Some(130), "{flag}: {}", p.stderr());
+        assert_eq!(db.query_i64("SELECT count(*) FROM t"), 0, "{flag}");
+        let marked =
+            db.query_i64("SELECT count(*) FROM sqlite_schema WHERE name = 'batchsse_checkpoint'");
+        assert_eq!(marked, 0, "{flag}: no step is checkpointed: {}", p.stderr());
+    }
+}
