@@ -1378,3 +1378,40 @@ fn a_table_of_only_its_key_is_taken_back() {
         "{err}"
     );
 }
+
+/// The row a stopped try kept (the application changed it at the key the
+/// run moved it to) is put back by the `overwrite` the stop points at,
+/// and no longer counted as kept. Its dry run, which must report what the
+/// real one will, read the rows still kept once its transaction had
+/// rolled back, so it counted that row among them (`conflicts_earlier`
+/// 1) where the real overwrite then counted none. Recorded either way.
+#[test]
+fn a_dry_run_of_overwrite_counts_the_rows_kept_before_as_the_real_one_does() {
+    let setup = "CREATE TABLE u(id INTEGER PRIMARY KEY, n INT);
+                 INSERT INTO u VALUES (1, 1), (2, 2), (3, 3);";
+    let steps =
+        r#"{"sql":"UPDATE u SET id = id + 10 WHERE id = 2"},{"sql":"UPDATE u SET n = n + 1"}"#;
+    for env in [&[][..], &[("BATCHSSE_UNDO_HOOK", "off")][..]] {
+        let db = recorded_then_with(setup, steps, "UPDATE u SET n = 999 WHERE id = 12", env);
+        let (code, err) = undo_plan(&db, "p", env);
+        assert_eq!(code, 1, "{env:?}: {err}");
+        assert!(err.contains("exist twice"), "{env:?}: {err}");
+        let kept = db.query_i64("SELECT count(*) FROM batchsse_undo_conflict");
+        assert_eq!(kept, 1, "{env:?}: the stopped try kept row 12: {err}");
+        let mut counts = Vec::new();
+        for dry in [true, false] {
+            let mut extra = vec!["--on-conflict", "overwrite", "--progress", "json"];
+            if dry {
+                extra.push("--dry-run");
+            }
+            let (code, out, err) = run_with_env(&undo_of_plan(&db, "p", &extra), None, env);
+            assert_eq!(code, 0, "{env:?} dry {dry}: {err}");
+            let last = out.lines().last().unwrap_or_default();
+            let fin: serde_json::Value = serde_json::from_str(last).expect("finished");
+            counts.push(fin["data"]["conflicts_earlier"].clone());
+        }
+        assert_eq!(counts[0], counts[1], "{env:?}: the dry run foretells");
+        assert_eq!(counts[1], serde_json::Value::Null, "{env:?}: none kept");
+        assert_eq!(content(&db), content(&TempDb::with_sql(setup)), "{env:?}");
+    }
+}

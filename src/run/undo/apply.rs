@@ -136,6 +136,8 @@ struct Tally {
     /// Of the conflicts, rows kept as the run left them.
     as_left: u64,
     steps_done: usize,
+    /// A dry run's [`Undoer::earlier`], read before it rolls back.
+    earlier: Option<(u64, u64)>,
 }
 
 /// Why an undo refuses a live change of chunk time or batch size.
@@ -166,8 +168,12 @@ pub fn run(
         // Unreadable, it says so at the first part.
         let _ = store::give_conflicts_their_plan(conn);
     }
+    // Rows kept before this try: only conflicts it does not count. Those
+    // still kept at its end (under `overwrite` it puts them back).
+    let upto = store::last_kept(conn).unwrap_or(0);
     let mut u = Undoer {
         conn,
+        upto,
         scope: store::Scope::of(conn, &spec.runs, &spec.plan),
         spec,
         log,
@@ -181,12 +187,8 @@ pub fn run(
         db: crate::run::db_name(conn),
     };
     let started = Instant::now();
-    // Rows kept before this try: only conflicts it does not count. Those
-    // still kept at its end (under `overwrite` it puts them back).
-    let upto = store::last_kept(conn).unwrap_or(0);
     let (tally, end, steps_total) = u.run_all(gate);
-    let earlier = store::kept_up_to(conn, &u.scope, "", upto).unwrap_or(0);
-    let earlier_as_left = store::kept_up_to(conn, &u.scope, TAKEN, upto).unwrap_or(0);
+    let (earlier, earlier_as_left) = tally.earlier.unwrap_or_else(|| u.earlier());
     // As a run ends: the WAL synced, the rollback journal back to DELETE
     // (a journal file left behind would look like a recent writer).
     u.governor.borrow().finish();
@@ -215,6 +217,8 @@ struct Undoer<'a> {
     spec: &'a Spec,
     /// The rows kept before that it holds too.
     scope: store::Scope,
+    /// The last row of `batchsse_undo_conflict` as this try began.
+    upto: i64,
     log: &'a EventLog,
     cancel: &'a Cancel,
     governor: RefCell<Governor<'a>>,
@@ -341,21 +345,35 @@ impl Undoer<'_> {
         self.say_dangling();
         self.say_overwritten(tally.overwritten);
         if let Some(outer) = outer {
+            tally.earlier = Some(self.earlier());
             drop(outer);
-            // Stopped, the counts are those of the chunks before the stop.
-            let (level, so_far) = match end {
-                None => (Level::Info, ""),
-                Some(_) => (Level::Warn, " before it stopped"),
-            };
-            self.message(level, format!(
-                "dry run: {} rows would be reverted, {} conflict{}{so_far}; rolled back, nothing was written",
-                thousands(tally.reverted), thousands(tally.conflicts),
-                plural(tally.conflicts)
-            ));
+            self.say_dry_run(&tally, &end);
         } else if end.is_none() {
             self.finish();
         }
         (tally, end, groups.len())
+    }
+
+    /// Of the rows kept before this try, those still kept (under
+    /// `overwrite` it puts them back), and of those the ones kept as the
+    /// run left them.
+    fn earlier(&self) -> (u64, u64) {
+        let kept = |why| store::kept_up_to(self.conn, &self.scope, why, self.upto).unwrap_or(0);
+        (kept(""), kept(TAKEN))
+    }
+
+    /// A dry run's counts, once it has rolled back: those of the chunks
+    /// before the stop when it stopped.
+    fn say_dry_run(&self, tally: &Tally, end: &End) {
+        let (level, so_far) = match end {
+            None => (Level::Info, ""),
+            Some(_) => (Level::Warn, " before it stopped"),
+        };
+        self.message(level, format!(
+            "dry run: {} rows would be reverted, {} conflict{}{so_far}; rolled back, nothing was written",
+            thousands(tally.reverted), thousands(tally.conflicts),
+            plural(tally.conflicts)
+        ));
     }
 
     /// Warns of rows the undo left with a foreign key pointing at nothing
