@@ -1415,3 +1415,49 @@ fn a_dry_run_of_overwrite_counts_the_rows_kept_before_as_the_real_one_does() {
         assert_eq!(content(&db), content(&TempDb::with_sql(setup)), "{env:?}");
     }
 }
+
+/// A row the application deleted is kept as a conflict once, whichever
+/// try of the undo meets it first. A skip try kept row 3 (gone) at the
+/// run's later change of it, then stopped at a key's change in the part
+/// holding the earlier one; the `overwrite` it points at, which does not
+/// hold the rows kept before (it puts back those it can), met row 3 again
+/// there, found it gone again and kept it a second time: two rows for it
+/// in `batchsse_undo_conflict`, counted once in `conflicts` and again in
+/// `conflicts_earlier`. (An overwrite killed between two parts did the
+/// same.) Recorded either way, the row's earlier change taken back row by
+/// row or in one statement.
+#[test]
+fn a_gone_row_an_earlier_try_kept_is_not_kept_again_by_overwrite() {
+    let setup = "CREATE TABLE u(id INTEGER PRIMARY KEY, n INT);
+                 INSERT INTO u VALUES (1, 1), (2, 2), (3, 3);";
+    // The earlier change of row 3 in the part of the key's change (taken
+    // back row by row), or in a chunk of its own (in one statement).
+    let row_by_row = r#"{"sql":"UPDATE u SET id = id + 10 WHERE id = 2; UPDATE u SET n = n * 10 WHERE id = 3"},{"sql":"UPDATE u SET n = n + 1"}"#;
+    let bulk = r#"{"sql":"UPDATE u SET n = n * 10 WHERE id BETWEEN :lo AND :hi","chunk":{"table":"u"}},{"sql":"UPDATE u SET id = id + 10 WHERE id = 2"},{"sql":"UPDATE u SET n = n + 1"}"#;
+    let app = "UPDATE u SET n = 999 WHERE id = 12; DELETE FROM u WHERE id = 3";
+    let ways = [&[][..], &[("BATCHSSE_UNDO_HOOK", "off")][..]];
+    for (steps, env) in [row_by_row, bulk]
+        .into_iter()
+        .flat_map(|s| ways.map(|w| (s, w)))
+    {
+        let db = recorded_then_with(setup, steps, app, env);
+        let (code, err) = undo_plan(&db, "p", env);
+        assert_eq!(code, 1, "{env:?}: {err}");
+        assert!(err.contains("exist twice"), "{env:?}: {err}");
+        let extra = ["--on-conflict", "overwrite", "--progress", "json"];
+        let (code, out, err) = run_with_env(&undo_of_plan(&db, "p", &extra), None, env);
+        assert_eq!(code, 0, "{env:?}: {err}");
+        let fin: serde_json::Value =
+            serde_json::from_str(out.lines().last().unwrap_or_default()).expect("finished");
+        let data = &fin["data"];
+        assert_eq!(
+            (data["conflicts"].clone(), data["conflicts_earlier"].clone()),
+            (serde_json::json!(0), serde_json::json!(1)),
+            "{env:?}: row 3, kept by the first try: {out}"
+        );
+        let kept = db.query_i64("SELECT count(*) FROM batchsse_undo_conflict WHERE k = 3");
+        assert_eq!(kept, 1, "{env:?}: row 3 kept once");
+        let want = TempDb::with_sql(&format!("{setup} DELETE FROM u WHERE id = 3;"));
+        assert_eq!(content(&db), content(&want), "{env:?}");
+    }
+}

@@ -140,6 +140,12 @@ impl<'c> Reverter<'c> {
         !self.held.is_empty() && self.held.contains(&held_id(table, key))
     }
 
+    /// A row that an earlier try kept, which `overwrite` does not hold:
+    /// kept again (it is gone), it is kept already, and was said so.
+    fn kept_earlier(&self, table: &str, key: &[Val]) -> bool {
+        !self.kept_before.is_empty() && self.kept_before.contains_key(&held_id(table, key))
+    }
+
     /// Applies a part as stored; returns the rows put back. Each row in
     /// conflict goes to `kept` once.
     pub fn apply_blob(&mut self, blob: Vec<u8>, kept: &mut OnKept<'_>) -> Result<u64, String> {
@@ -260,6 +266,10 @@ impl<'c> Reverter<'c> {
                     continue;
                 }
                 Verdict::Held => continue, // kept already, and said so
+                Verdict::Unseen | Verdict::Kept if self.kept_earlier(&l.table, &key) => {
+                    self.held.insert(held_id(&l.table, &key));
+                    continue;
+                }
                 Verdict::Unseen if job.part.op == op::DELETE => {
                     "the row the run deleted was not put back".to_owned()
                 }
@@ -328,6 +338,7 @@ impl<'c> Reverter<'c> {
                 conflicts.insert(id());
             }
             if let Some(why) = why
+                && (put || !self.kept_earlier(&layout.table, &e.key))
                 && (rec.unique || said.insert(id()))
             {
                 kept(Conflict {
