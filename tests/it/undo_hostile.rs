@@ -1461,3 +1461,40 @@ fn a_gone_row_an_earlier_try_kept_is_not_kept_again_by_overwrite() {
         assert_eq!(content(&db), content(&want), "{env:?}");
     }
 }
+
+/// A row this try keeps is not counted among those kept before it. The
+/// conflict table numbers its rows as SQLite does, the highest plus one:
+/// an `overwrite` that put back the row an earlier try kept last (row 12,
+/// changed by the application at the key the run moved it to) removed
+/// that highest row, and the row it kept next (row 4, which the
+/// application deleted) took its number, under the mark of the rows kept
+/// before the try: `conflicts` 1 and `conflicts_earlier` 1 for one row.
+/// Recorded either way.
+#[test]
+fn a_row_kept_after_an_earlier_one_was_put_back_counts_as_this_trys() {
+    let setup = "CREATE TABLE u(id INTEGER PRIMARY KEY, n INT);
+                 INSERT INTO u VALUES (1, 1), (2, 2), (3, 3), (4, 4);";
+    let steps = r#"{"sql":"UPDATE u SET n = n * 10 WHERE id = 4"},{"sql":"UPDATE u SET id = id + 10 WHERE id = 2"},{"sql":"UPDATE u SET n = n + 1 WHERE id <> 4"}"#;
+    let app = "UPDATE u SET n = 999 WHERE id = 12; DELETE FROM u WHERE id = 4";
+    for env in [&[][..], &[("BATCHSSE_UNDO_HOOK", "off")][..]] {
+        let db = recorded_then_with(setup, steps, app, env);
+        let (code, err) = undo_plan(&db, "p", env);
+        assert_eq!(code, 1, "{env:?}: {err}");
+        assert!(err.contains("exist twice"), "{env:?}: {err}");
+        let extra = ["--on-conflict", "overwrite", "--progress", "json"];
+        let (code, out, err) = run_with_env(&undo_of_plan(&db, "p", &extra), None, env);
+        assert_eq!(code, 0, "{env:?}: {err}");
+        let fin: serde_json::Value =
+            serde_json::from_str(out.lines().last().unwrap_or_default()).expect("finished");
+        let data = &fin["data"];
+        assert_eq!(
+            (data["conflicts"].clone(), data["conflicts_earlier"].clone()),
+            (serde_json::json!(1), serde_json::Value::Null),
+            "{env:?}: row 4, kept by this try alone: {out}"
+        );
+        let kept = db.query_i64("SELECT count(*) FROM batchsse_undo_conflict");
+        assert_eq!(kept, 1, "{env:?}");
+        let want = TempDb::with_sql(&format!("{setup} DELETE FROM u WHERE id = 4;"));
+        assert_eq!(content(&db), content(&want), "{env:?}");
+    }
+}

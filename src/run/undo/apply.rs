@@ -687,11 +687,8 @@ impl Undoer<'_> {
 
     /// Records (and, for the first ones, reports) a row kept under `skip`.
     fn conflict(&self, c: &Chunk, k: &Conflict<'_>, nth: u64) -> rusqlite::Result<()> {
-        self.conn
-            .prepare_cached(
-                "INSERT INTO batchsse_undo_conflict (run, tbl, k, why, plan) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?
-            .execute(rusqlite::params![c.run, k.table, k.key, k.why, self.spec.plan])?;
+        let row = [&c.run, k.table, k.why.as_str(), &self.spec.plan];
+        store::keep(self.conn, row, &k.key, self.upto)?;
         let kept = match self.dry_run {
             true => "would keep",
             false => "kept",

@@ -704,6 +704,26 @@ pub fn last_kept(conn: &Connection) -> rusqlite::Result<i64> {
     )
 }
 
+/// Adds a row kept by an undo (`[run, table, why, plan]` and the key)
+/// whose try began with [`last_kept`] at `mark`, numbered above it: SQLite
+/// numbers a row the highest plus one, so once an `overwrite` has removed
+/// the highest rows kept before the try ([`forget_kept`]), a row it keeps
+/// would take one of their numbers, and [`kept_up_to`] would count it
+/// among those kept before.
+pub fn keep(
+    conn: &Connection,
+    [run, table, why, plan]: [&str; 4],
+    key: &rusqlite::types::Value,
+    mark: i64,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO batchsse_undo_conflict (rowid, run, tbl, k, why, plan)
+         SELECT max(ifnull(max(rowid), 0), ?6) + 1, ?1, ?2, ?3, ?4, ?5 FROM batchsse_undo_conflict",
+    )?
+    .execute(rusqlite::params![run, table, key, why, plan, mark])
+    .map(drop)
+}
+
 /// A row of `batchsse_undo_conflict`: its rowid, table and key.
 pub type KeptRow = (i64, String, rusqlite::types::Value);
 
