@@ -371,6 +371,7 @@ impl Shape {
             stable_rowid: self.alias.is_some() || self.virtual_table,
             size: 0,
             contained: false,
+            fenced: false,
         };
         (chunk, names.collect())
     }
@@ -677,6 +678,7 @@ impl Rehearsal {
                     stable_rowid: false,
                     size,
                     contained: false,
+                    fenced: false,
                 }
             }
         })
@@ -787,6 +789,7 @@ impl Rehearsal {
         refuse_inserts_ahead(label, &table, &chunk, &seen)?;
         self.refuse_other_key(label, &table, &chunk, &key_names, &seen)?;
         chunk.contained = updates_only(&table, &seen);
+        chunk.fenced = chunk.contained && chunk.rowid && !written_by_trigger(&table, &seen);
         match batch.next() {
             Ok(None) => {}
             _ => {
@@ -1057,6 +1060,7 @@ impl Rehearsal {
             stable_rowid: false,
             size: 0,
             contained: false,
+            fenced: false,
         };
         Ok((chunk, vec![name]))
     }
@@ -1235,6 +1239,13 @@ fn updates_only(table: &str, seen: &[Access]) -> bool {
     let walked = |a: &&Access| !a.inserts && a.table.eq_ignore_ascii_case(table);
     let direct: Vec<&Access> = seen.iter().filter(own).collect();
     !direct.is_empty() && direct.iter().all(walked)
+}
+
+/// Whether a trigger the statement fires writes `table` (see
+/// [`Chunk::fenced`]).
+fn written_by_trigger(table: &str, seen: &[Access]) -> bool {
+    seen.iter()
+        .any(|a| a.write && a.by.is_some() && a.table.eq_ignore_ascii_case(table))
 }
 
 /// Refuses a chunked step that inserts into the table it walks (directly,

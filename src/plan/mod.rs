@@ -115,6 +115,12 @@ pub struct Chunk {
     /// (`WHERE id BETWEEN :lo AND :hi + 1`), which other chunks change
     /// again.
     pub contained: bool,
+    /// A [`contained`](Chunk::contained) rowid walk none of whose triggers
+    /// writes the walked table: every row a chunk changes in it must be
+    /// one of the chunk's rowids, which SQLite's update hook tells
+    /// (`WHERE id BETWEEN :lo AND :hi + 1 AND active`, which changes fewer
+    /// rows than the chunk holds, still changes one of the next chunk's).
+    pub fenced: bool,
 }
 
 #[derive(Deserialize)]

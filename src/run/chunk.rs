@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OptionalExtension, Statement, named_params};
 
+use super::fence::Fence;
 use super::tx::Tx;
 use super::{Counts, Runner, StepError, StepResult};
 use crate::events::Level;
@@ -58,7 +59,8 @@ pub(super) fn run(r: &Runner<'_>, step: &Step, chunk: &Chunk, resume: &Resume) -
         tx.commit().map_err(|e| r.fail(e, c))?;
         return Ok(c);
     }
-    let mut walk = Walk::new(r.conn, chunk, step, c.total).map_err(|e| r.fail(e, c))?;
+    let fence = fence_for(r, chunk);
+    let mut walk = Walk::new(r.conn, chunk, step, (c.total, fence)).map_err(|e| r.fail(e, c))?;
     loop {
         if r.cancel.is_cancelled() {
             return Err((StepError::Cancelled, c));
@@ -254,10 +256,10 @@ fn one_chunk(
         tx.commit().map_err(fail)?;
         return Ok(None);
     }
-    let work = &mut walk.work;
+    let (work, fence) = (&mut walk.work, walk.fence.as_ref());
     let recorded = r
         .recorded(step, Some((&lo, &hi)), &mut || {
-            execute(r.conn, work, &lo, &hi)
+            execute(r.conn, work, fence, &lo, &hi)
         })
         .map_err(|e| in_chunk(fail(e), walk.chunk, &first, &hi))?;
     let Some(changed) = recorded else {
@@ -268,7 +270,7 @@ fn one_chunk(
     let (done, total_changed) = (c.done + rows, c.changed + changed);
     r.expectations(step, total_changed, hi == *max)
         .map_err(|e| (e, c))?;
-    if let Some(why) = strays(r.conn, walk.chunk, (&lo, &hi), (changed, rows)).map_err(fail)? {
+    if let Some(why) = strays(r.conn, walk, (&lo, &hi), (changed, rows)).map_err(fail)? {
         return Err(in_chunk((StepError::Sql(why), c), walk.chunk, &first, &hi)); // rolls back
     }
     if hi == *max {
@@ -297,24 +299,49 @@ fn one_chunk(
 /// column that a BINARY index keeps unique holds 'a' and 'A'), and a
 /// rowid walk's first chunk reaches below the smallest key it counted: the
 /// rows the bounds hold, counted only when `changed` passes `rows`, are
-/// the ones the chunk may change.
+/// the ones the chunk may change. A [`Chunk::fenced`] step's chunk that
+/// changed no more is checked row by row: by the rowids it wrote.
 fn strays(
     conn: &Connection,
-    chunk: &Chunk,
+    walk: &Walk<'_>,
     (lo, hi): (&Key, &Key),
     (changed, rows): (u64, u64),
 ) -> rusqlite::Result<Option<String>> {
-    if !chunk.contained || changed <= rows {
-        return Ok(None);
+    let chunk = walk.chunk;
+    if chunk.contained && changed > rows {
+        let sql = format!(
+            "SELECT count(*) FROM {} WHERE {} BETWEEN ?1 AND ?2",
+            quote(&chunk.table),
+            chunk.key_sql
+        );
+        let held: i64 = conn.query_row(&sql, rusqlite::params![lo, hi], |r| r.get(0))?;
+        let held = rows.max(held.max(0) as u64);
+        if changed > held {
+            return Ok(Some(strayed(chunk, changed, held)));
+        }
     }
-    let sql = format!(
-        "SELECT count(*) FROM {} WHERE {} BETWEEN ?1 AND ?2",
-        quote(&chunk.table),
-        chunk.key_sql
-    );
-    let held: i64 = conn.query_row(&sql, rusqlite::params![lo, hi], |r| r.get(0))?;
-    let held = rows.max(held.max(0) as u64);
-    Ok((changed > held).then(|| strayed(chunk, changed, held)))
+    Ok(walk
+        .fence
+        .as_ref()
+        .and_then(|f| outside(chunk, f.span()?, lo, hi)))
+}
+
+/// Why a chunk of a [`Chunk::fenced`] step, bound to `lo` and `hi`, that
+/// wrote rowids from `min` to `max` in its table is rolled back, if it is.
+fn outside(chunk: &Chunk, (min, max): (i64, i64), lo: &Key, hi: &Key) -> Option<String> {
+    let (Key::Integer(lo), Key::Integer(hi)) = (lo, hi) else {
+        return None;
+    };
+    let row = match (min < *lo, max > *hi) {
+        (true, _) => min,
+        (false, true) => max,
+        (false, false) => return None,
+    };
+    Some(format!(
+        "it changed the row of {} whose {key} is {row}, outside its chunk, so it changes rows that other chunks change again; this chunk was rolled back. Compare {key} with :lo and :hi only as `{key} BETWEEN :lo AND :hi`, in an AND with the rest of the WHERE",
+        shown(&chunk.table),
+        key = shown(&chunk.key),
+    ))
 }
 
 /// Why a chunk of a [`Chunk::contained`] step that changed more rows than
@@ -359,9 +386,13 @@ fn in_chunk(
 fn execute(
     conn: &Connection,
     work: &mut Statement<'_>,
+    fence: Option<&Fence<'_>>,
     lo: &Key,
     hi: &Key,
 ) -> rusqlite::Result<u64> {
+    if let Some(f) = fence {
+        f.reset();
+    }
     let mut rows = work.query(named_params! {":lo": lo, ":hi": hi})?;
     while rows.next()?.is_some() {}
     drop(rows);
@@ -446,6 +477,8 @@ fn unreadable_key(e: rusqlite::Error, chunk: &Chunk) -> rusqlite::Error {
 struct Walk<'c> {
     keys: Keyset<'c>,
     work: Statement<'c>,
+    /// A fenced step's rowids written (see [`fence_for`]).
+    fence: Option<Fence<'c>>,
     chunk: &'c Chunk,
     /// The schema's version when the statements were prepared.
     schema: i64,
@@ -470,7 +503,7 @@ impl<'c> Walk<'c> {
         conn: &'c Connection,
         chunk: &'c Chunk,
         step: &Step,
-        total: u64,
+        (total, fence): (u64, Option<Fence<'c>>),
     ) -> rusqlite::Result<Self> {
         let table = quote(&chunk.table);
         let dense = if chunk.rowid {
@@ -482,6 +515,7 @@ impl<'c> Walk<'c> {
             schema: schema_version(conn)?,
             keys: Keyset::new(conn, &table, &chunk.key_sql, dense)?,
             work: conn.prepare(&step.sql)?,
+            fence,
             chunk,
         })
     }
@@ -505,6 +539,26 @@ impl<'c> Walk<'c> {
         }
         Ok(())
     }
+}
+
+/// The hook a [`Chunk::fenced`] step's chunks are checked by, unless the
+/// undo recording holds the update hook, or a foreign key of the walked
+/// table to itself may cascade to rows of other chunks (the authorizer
+/// takes its writes for the statement's own).
+fn fence_for<'c>(r: &Runner<'c>, chunk: &Chunk) -> Option<Fence<'c>> {
+    let hooked = r.recorder.as_ref().is_some_and(|rec| rec.hooks_updates());
+    if !chunk.fenced || hooked {
+        return None;
+    }
+    let cascades = r
+        .conn
+        .query_row(
+            "SELECT (SELECT foreign_keys FROM pragma_foreign_keys) AND EXISTS (SELECT 1 FROM pragma_foreign_key_list(?1) WHERE \"table\" = ?1 COLLATE NOCASE)",
+            [&chunk.table],
+            |row| row.get::<_, bool>(0),
+        )
+        .unwrap_or(true);
+    (!cascades).then(|| Fence::install(r.conn, &chunk.table))
 }
 
 fn schema_version(conn: &Connection) -> rusqlite::Result<i64> {

@@ -15,6 +15,7 @@ mod chunk;
 mod db;
 mod escape;
 mod expect;
+mod fence;
 mod governor;
 mod heartbeat;
 pub mod housekeeping;

@@ -340,3 +340,108 @@ fn ctrl_c_during_the_try_as_a_step_begins_in_one_transaction_commits_nothing() {
         assert_eq!(marked, 0, "{flag}: no step is checkpointed: {}", p.stderr());
     }
 }
+
+/// `t` of 20 counters, every third row (3, 6, …) inactive, and `parent`
+/// 1 or 2 for the rows past 2.
+fn actives() -> TempDb {
+    TempDb::with_sql(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, counter INT NOT NULL DEFAULT 0, active INT NOT NULL DEFAULT 1, parent INT);
+         INSERT INTO t(id, active, parent) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < 20)
+           SELECT i, i % 3 <> 0, CASE WHEN i > 2 THEN 1 + i % 2 END FROM s;",
+    )
+}
+
+/// Strays a count cannot see, since the statement also leaves rows of its
+/// own chunk alone: each finished ok with rows bumped twice or four
+/// times. SQLite's update hook tells the rowids a chunk changed, and the
+/// first chunk to change one outside its range is rolled back; the rows
+/// of the chunks before it were each changed once.
+#[test]
+fn a_chunk_that_changes_a_row_of_another_chunk_fails_though_it_changed_fewer_than_it_holds() {
+    for (sql, flags, row) in [
+        (
+            "UPDATE t SET counter = counter + 1 WHERE id BETWEEN :lo AND :hi + 1 AND active",
+            "",
+            11,
+        ),
+        (
+            "UPDATE t SET counter = counter + 1 WHERE id BETWEEN :lo AND :hi + 1 AND active",
+            "--undo",
+            11,
+        ),
+        (
+            "UPDATE t SET counter = counter + 1 WHERE id BETWEEN :lo AND :hi + 1 AND active",
+            "--atomic",
+            11,
+        ),
+        (
+            "UPDATE t SET counter = counter + 1 WHERE id BETWEEN :lo AND :hi AND active OR id = 7 + 0 * :hi",
+            "",
+            7,
+        ),
+        (
+            // Each child bumps its parent: chunked, once a chunk.
+            "UPDATE t AS x SET counter = x.counter + 1 FROM t AS y WHERE y.id BETWEEN :lo AND :hi AND x.id = y.parent",
+            "",
+            1,
+        ),
+    ] {
+        let db = actives();
+        let plan = json!({"name": "strays", "steps": [
+            {"name": "bump", "sql": sql, "chunk": {"table": "t", "key": "id", "size": 5}},
+        ]});
+        let (code, _, err) = run_plan(&db, &plan, &format!("--batch-size 5 {flags}"));
+        assert_eq!(code, 1, "{sql} {flags}: {err}");
+        assert!(
+            err.contains(&format!(
+                "it changed the row of t whose id is {row}, outside its chunk"
+            )) && err.contains("`id BETWEEN :lo AND :hi`"),
+            "{sql} {flags}: says which row and the way out: {err}"
+        );
+        assert_eq!(
+            db.query_i64("SELECT count(*) FROM t WHERE counter > 1"),
+            0,
+            "{sql} {flags}: no row changed twice"
+        );
+    }
+}
+
+/// Rows of other chunks that the walked table's own triggers or foreign
+/// keys change are the step's to change: a trigger that counts a child's
+/// bumps in its parent, and a code renamed with the rows that refer to it
+/// by `ON UPDATE CASCADE`.
+#[test]
+fn rows_of_other_chunks_changed_by_a_trigger_or_a_cascade_still_run() {
+    let db = actives();
+    db.conn()
+        .execute_batch(
+            "ALTER TABLE t ADD COLUMN bumps INT NOT NULL DEFAULT 0;
+             CREATE TRIGGER count_bumps AFTER UPDATE OF counter ON t WHEN NEW.parent IS NOT NULL
+             BEGIN UPDATE t SET bumps = bumps + 1 WHERE id = NEW.parent; END;",
+        )
+        .unwrap();
+    let plan = json!({"name": "trigger", "steps": [
+        {"name": "bump", "sql": "UPDATE t SET counter = counter + 1 WHERE id BETWEEN :lo AND :hi",
+         "chunk": {"table": "t", "key": "id", "size": 5}},
+    ]});
+    let (code, _, err) = run_plan(&db, &plan, "--batch-size 5");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(db.query_i64("SELECT sum(bumps) FROM t"), 18, "{err}");
+
+    let db = TempDb::with_sql(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, code TEXT UNIQUE, up TEXT REFERENCES t(code) ON UPDATE CASCADE);
+         INSERT INTO t(id, code, up) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < 20)
+           SELECT i, 'c' || i, CASE WHEN i > 5 THEN 'c1' END FROM s;",
+    );
+    let plan = json!({"name": "cascade", "foreign_keys": true, "steps": [
+        {"name": "rename", "sql": "UPDATE t SET code = 'k' || id WHERE id BETWEEN :lo AND :hi",
+         "chunk": {"table": "t", "key": "id", "size": 5}},
+    ]});
+    let (code, _, err) = run_plan(&db, &plan, "--batch-size 5");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM t WHERE up = 'k1'"),
+        15,
+        "the children follow their parent: {err}"
+    );
+}
