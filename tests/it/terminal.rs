@@ -28,21 +28,6 @@ fn is_bar(row: &str) -> bool {
     row.starts_with("run  [") || row.starts_with("step [") || row.contains("] 0/2 steps")
 }
 
-/// The screen of a run cancelled under its bars: none is left, and the
-/// last lines say how it ended.
-fn stopped_with_no_bar_left(rows: &[String]) {
-    let shown = rows.join("\n");
-    assert!(
-        !rows.iter().any(|r| is_bar(r)),
-        "a bar is left on the screen:\n{shown}"
-    );
-    assert!(
-        rows.iter()
-            .any(|r| r.starts_with("batchsse: cancelled: 0/2 steps")),
-        "{shown}"
-    );
-}
-
 /// Ctrl-C while the bars are drawn: its notice is printed above them, in
 /// full, not drawn over by their next redraw, and once the run has
 /// stopped no bar is left on the screen; the last lines say what happened.
@@ -78,7 +63,15 @@ fn ctrl_c_under_the_bars_leaves_its_notice_whole_and_no_bar_behind() {
             .any(|w| format!("{}{}", w[0], w[1]) == notice),
         "the notice is not whole on the screen:\n{shown}"
     );
-    stopped_with_no_bar_left(&rows);
+    assert!(
+        !rows.iter().any(|r| is_bar(r)),
+        "a bar is left on the screen:\n{shown}"
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r.starts_with("batchsse: cancelled: 0/2 steps")),
+        "{shown}"
+    );
 }
 
 /// Ctrl-C typed under the bars: the terminal's `^C` echo would land at
@@ -107,7 +100,15 @@ fn a_typed_ctrl_c_under_the_bars_leaves_no_bar_behind() {
     let shown = rows.join("\n");
     assert_eq!(code, 130, "{shown}");
     assert_eq!(echoes, Some(false), "control keys echoed under the bars");
-    stopped_with_no_bar_left(&rows);
+    assert!(
+        !rows.iter().any(|r| is_bar(r)),
+        "a bar is left on the screen:\n{shown}"
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r.starts_with("batchsse: cancelled: 0/2 steps")),
+        "{shown}"
+    );
     assert_eq!(
         echoes_after,
         Some(true),
