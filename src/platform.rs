@@ -11,7 +11,6 @@
 //! | A database's path from SQLite's bytes ([`path_from_bytes`]) | any bytes | any bytes | UTF-8 |
 //! | Appending to a file named by the environment ([`open_to_append`]) | a FIFO no one reads is refused at once (`O_NONBLOCK`) | the same | opened as asked |
 //! | Open files a server may hold ([`raise_open_file_limit`]) | soft limit raised to the hard one | the same (macOS: at most 10,240 if the hard one is refused) | no such limit on sockets |
-//! | Typed control keys while bars are drawn ([`QuietKeys`]) | not echoed (`ECHOCTL` off), given back when the bars go and at exit | the same | the console echoes none |
 //!
 //! Where the system cannot tell who else has the file open, the run does
 //! not take the file for idle: it starts at the live pace, and goes to
@@ -387,96 +386,5 @@ mod tests {
         holder.kill().expect("kill");
         holder.wait().expect("wait");
         assert_eq!(seen, Sight::Seen(vec![(pid, "sleep".to_owned())]));
-    }
-}
-
-/// While bars are drawn on the terminal, control keys typed on it are not
-/// echoed. indicatif leaves the cursor at the right edge of the last bar;
-/// the `^C` a terminal echoes there wraps to a line of its own, and the
-/// next redraw, one line off, leaves the top bar on the screen for good.
-/// The echo is given back when this is dropped, and at exit however the
-/// process ends (but SIGKILL).
-pub struct QuietKeys(());
-
-impl QuietKeys {
-    /// Stops the echo on the terminal stderr is, if it is this process's
-    /// controlling terminal and this process is in its foreground (a
-    /// background job changing it would be stopped, and rude).
-    pub fn on_stderr() -> Option<QuietKeys> {
-        #[cfg(unix)]
-        {
-            unix_keys::quiet().then_some(QuietKeys(()))
-        }
-        #[cfg(not(unix))]
-        {
-            None
-        }
-    }
-}
-
-impl Drop for QuietKeys {
-    fn drop(&mut self) {
-        #[cfg(unix)]
-        unix_keys::give_back();
-    }
-}
-
-#[cfg(unix)]
-mod unix_keys {
-    use std::sync::Mutex;
-
-    /// The terminal's settings before [`quiet`], until given back.
-    static SAVED: Mutex<Option<libc::termios>> = Mutex::new(None);
-
-    pub fn quiet() -> bool {
-        // SAFETY: tcgetpgrp, getpgrp, tcgetattr and tcsetattr on stderr,
-        // with a zeroed termios (a plain C struct) to read into.
-        unsafe {
-            if libc::tcgetpgrp(2) != libc::getpgrp() {
-                return false;
-            }
-            let mut t: libc::termios = std::mem::zeroed();
-            if libc::tcgetattr(2, &mut t) != 0 || t.c_lflag & libc::ECHOCTL == 0 {
-                return false;
-            }
-            let saved = t;
-            t.c_lflag &= !libc::ECHOCTL;
-            if libc::tcsetattr(2, libc::TCSANOW, &t) != 0 {
-                return false;
-            }
-            *SAVED.lock().unwrap_or_else(|p| p.into_inner()) = Some(saved);
-            static AT_EXIT: std::sync::Once = std::sync::Once::new();
-            AT_EXIT.call_once(|| {
-                libc::atexit(at_exit);
-            });
-        }
-        true
-    }
-
-    /// Turns the echo back on, if [`quiet`] turned it off; nothing else of
-    /// the terminal's settings is touched.
-    pub fn give_back() {
-        // At exit another thread may hold the lock: then it is left.
-        let Ok(mut saved) = SAVED.try_lock() else {
-            return;
-        };
-        if saved.take().is_none() {
-            return;
-        }
-        // SAFETY: as in `quiet`; SIGTTOU is ignored for the call, so that
-        // a process moved to the background since is not stopped by it.
-        unsafe {
-            let before = libc::signal(libc::SIGTTOU, libc::SIG_IGN);
-            let mut t: libc::termios = std::mem::zeroed();
-            if libc::tcgetattr(2, &mut t) == 0 {
-                t.c_lflag |= libc::ECHOCTL;
-                libc::tcsetattr(2, libc::TCSANOW, &t);
-            }
-            libc::signal(libc::SIGTTOU, before);
-        }
-    }
-
-    extern "C" fn at_exit() {
-        give_back();
     }
 }

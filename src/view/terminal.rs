@@ -67,8 +67,6 @@ struct Bars {
     multi: MultiProgress,
     overall: ProgressBar,
     step: Option<ProgressBar>,
-    /// No `^C` echoed into the bars while they are drawn.
-    _quiet: Option<crate::platform::QuietKeys>,
 }
 
 impl Bars {
@@ -80,15 +78,13 @@ impl Bars {
         overall.set_prefix("run ");
         overall.set_message(on_a_bar(&format!("{} on {}", shown(&s.plan), shown(&s.db))));
         overall.enable_steady_tick(Duration::from_millis(250));
-        let drawn = !multi.is_hidden();
-        if drawn {
+        if !multi.is_hidden() {
             crate::error::set_bars(Some(Arc::new(Above(multi.clone()))));
         }
         Bars {
             multi,
             overall,
             step: None,
-            _quiet: drawn.then(crate::platform::QuietKeys::on_stderr).flatten(),
         }
     }
 

@@ -74,48 +74,6 @@ fn ctrl_c_under_the_bars_leaves_its_notice_whole_and_no_bar_behind() {
     );
 }
 
-/// Ctrl-C typed under the bars: the terminal's `^C` echo would land at
-/// the right edge of the last bar, where indicatif leaves the cursor, and
-/// wrap to a line of its own, so the next clear missed the top bar by a
-/// line and left it on the screen. While bars are drawn the terminal does
-/// not echo control keys; once the run exits it does again.
-#[test]
-fn a_typed_ctrl_c_under_the_bars_leaves_no_bar_behind() {
-    let db = TempDb::counters(400);
-    db.age();
-    let plan = slow_plan(&db, 40, 50_000);
-    let args = run_args(&db, path_str(&plan), &["--no-serve", "--batch-size", "40"]);
-    let mut t = Terminal::start(&args, 100, &[]);
-    t.wait_for("rows/s");
-    let echoes = t.echoes_control_keys();
-    t.type_keys(b"\x03");
-    let end = std::time::Instant::now() + PATIENCE;
-    while t.child.try_wait().expect("try_wait").is_none() {
-        assert!(std::time::Instant::now() < end, "{}", t.text());
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    let echoes_after = t.echoes_control_keys();
-    let (code, got) = t.finish();
-    let rows = screen(&got, 100);
-    let shown = rows.join("\n");
-    assert_eq!(code, 130, "{shown}");
-    assert_eq!(echoes, Some(false), "control keys echoed under the bars");
-    assert!(
-        !rows.iter().any(|r| is_bar(r)),
-        "a bar is left on the screen:\n{shown}"
-    );
-    assert!(
-        rows.iter()
-            .any(|r| r.starts_with("batchsse: cancelled: 0/2 steps")),
-        "{shown}"
-    );
-    assert_eq!(
-        echoes_after,
-        Some(true),
-        "the terminal's echo was not given back"
-    );
-}
-
 /// The terminal closed (or the SSH session dropped) mid-chunk: SIGHUP
 /// stops the run as Ctrl-C does, the chunk under way rolled back, and
 /// every viewer gets `finished` (a killed process would leave them a

@@ -513,18 +513,6 @@ impl Terminal {
         }
     }
 
-    /// Whether the terminal echoes control keys as `^C` (its ECHOCTL
-    /// flag); `None` once it is closed.
-    pub fn echoes_control_keys(&self) -> Option<bool> {
-        use std::os::fd::AsRawFd;
-        let keys = self.keys.lock().unwrap();
-        let fd = keys.as_ref()?.as_raw_fd();
-        // SAFETY: reads the settings of a descriptor owned here into a
-        // zeroed struct of the right type.
-        let mut t: libc::termios = unsafe { std::mem::zeroed() };
-        (unsafe { libc::tcgetattr(fd, &mut t) } == 0).then_some(t.c_lflag & libc::ECHOCTL != 0)
-    }
-
     /// Closes the terminal, as a person closing its window does: the
     /// kernel sends SIGHUP, and every later write to it fails.
     pub fn hang_up(&self) {
