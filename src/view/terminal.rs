@@ -72,7 +72,7 @@ struct Bars {
 impl Bars {
     /// The run's bar, with its elapsed clock moving between events.
     fn new(s: &crate::events::Start) -> Bars {
-        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+        let multi = MultiProgress::with_draw_target(super::edge::stderr());
         let overall = multi.add(ProgressBar::new(s.steps.len() as u64));
         overall.set_style(style(&template(BarKind::Run, width())));
         overall.set_prefix("run ");
