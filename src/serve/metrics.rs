@@ -112,7 +112,7 @@ fn state(r: &mut Registry, snap: &Snapshot, clients: usize) {
     );
     r.register(
         "batchsse_throttled",
-        "1 while the run waits on a brake (pause file, throttle query, WAL)",
+        "1 while the run waits between chunks: on a brake (pause file, throttle query, WAL) or a live pause",
         flag(snap.throttled.is_some()),
     );
     let pace = &snap.settings;

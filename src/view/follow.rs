@@ -596,8 +596,10 @@ fn show(ev: &ParsedEvent, seen: &mut Seen, renderer: &mut Renderer) -> Option<At
 /// A status that retrying will not change.
 fn refused(target: &Target, status: StatusCode) -> anyhow::Error {
     let url = target.url(&target.events);
+    // A token goes as --token (the header) or in the URL (`?token=T`).
+    let sent = target.auth.is_some() || hide_token(&target.events) != target.events;
     match status {
-        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN if target.auth.is_some() => {
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN if sent => {
             UsageError::new(format!(
                 "{url} refused the token ({status}); pass the run's --token (or BATCHSSE_TOKEN)"
             ))

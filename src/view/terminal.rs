@@ -72,7 +72,7 @@ struct Bars {
 impl Bars {
     /// The run's bar, with its elapsed clock moving between events.
     fn new(s: &crate::events::Start) -> Bars {
-        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+        let multi = MultiProgress::with_draw_target(super::edge::stderr());
         let overall = multi.add(ProgressBar::new(s.steps.len() as u64));
         overall.set_style(style(&template(BarKind::Run, width())));
         overall.set_prefix("run ");
@@ -720,10 +720,14 @@ fn kept_as_left(dry: bool, (n, earlier): (u64, u64), left: u64) -> String {
     let whose = match (theirs, left) {
         (0, 1) => "its row".to_owned(),
         (0, _) => "their rows".to_owned(),
+        (1, l) => format!(
+            "the application's row and {} row{}",
+            thousands(l),
+            plural(l)
+        ),
         (t, l) => format!(
-            "{} of the application's row{} and {} row{}",
+            "{} of the application's rows and {} row{}",
             thousands(t),
-            plural(t),
             thousands(l),
             plural(l)
         ),
@@ -785,6 +789,12 @@ mod tests {
             kept(false, 3, 2, 2),
             format!(
                 "; 5 conflicts kept 3 of the application's rows and 2 rows as the run left them (another row holds a value they would get back), 2 of them before this try{listed}"
+            )
+        );
+        assert_eq!(
+            kept(false, 1, 1, 1),
+            format!(
+                "; 2 conflicts kept the application's row and 1 row as the run left it (another row holds a value it would get back), 1 of them before this try{listed}"
             )
         );
         assert_eq!(

@@ -332,6 +332,41 @@ fn metrics_follow_a_real_run_and_agree_with_status() {
     );
 }
 
+/// `batchsse_throttled` is `/status`'s `throttled`: 1 while the run waits
+/// between chunks for any reason, a live pause included, which
+/// `batchsse_paused` alone tells apart.
+#[test]
+fn metrics_say_a_brake_and_a_live_pause_as_status_does() {
+    let db = TempDb::counters(500);
+    let plan = db.file("plan.json", &counter_plan("braked", 50));
+    let hold = db.file("hold", "");
+    let p = serving(
+        &db,
+        path_str(&plan),
+        &[
+            &words("--batch-size 50 --sleep 20 --linger 30 --control-token c0")[..],
+            &["--pause-file", path_str(&hold)],
+        ]
+        .concat(),
+    );
+    let a = p.addr();
+    let gauges = || {
+        let m = get(a, "/metrics", &[]).text();
+        let g = |name| sample(&m, name).unwrap_or_else(|| panic!("no {name}: {m}"));
+        (g("batchsse_paused"), g("batchsse_throttled"))
+    };
+    wait_status(a, |s| s["throttled"] == "pause-file");
+    assert_eq!(gauges(), (0.0, 1.0), "held by the pause file");
+    let ctl = |cmd| run(&["ctl", &a.to_string(), cmd, "--control-token", "c0"]);
+    assert_eq!(ctl("pause").0, 0);
+    std::fs::remove_file(&hold).unwrap();
+    wait_status(a, |s| s["throttled"] == "paused" && s["paused"] == true);
+    assert_eq!(gauges(), (1.0, 1.0), "paused by a live command");
+    assert_eq!(ctl("resume").0, 0);
+    wait_status(a, |s| s["state"] == "finished");
+    assert_eq!(gauges(), (0.0, 0.0), "finished");
+}
+
 #[test]
 fn metrics_ask_for_the_same_token_as_status() {
     let db = TempDb::counters(10);

@@ -74,6 +74,27 @@ fn ctrl_c_under_the_bars_leaves_its_notice_whole_and_no_bar_behind() {
     );
 }
 
+/// Ctrl-C typed under the bars: the `^C` the terminal echoes after the
+/// last bar, which fills its line, must not leave a bar behind.
+#[test]
+fn a_typed_ctrl_c_under_the_bars_leaves_no_bar_behind() {
+    let db = TempDb::counters(400);
+    db.age();
+    let plan = slow_plan(&db, 40, 50_000);
+    let args = run_args(&db, path_str(&plan), &["--no-serve", "--batch-size", "40"]);
+    let t = Terminal::start(&args, 100, &[]);
+    t.wait_for("rows/s");
+    t.type_keys(b"\x03");
+    let (code, got) = t.finish();
+    let rows = screen(&got, 100);
+    let shown = rows.join("\n");
+    assert_eq!(code, 130, "{shown}");
+    assert!(
+        !rows.iter().any(|r| is_bar(r)),
+        "a bar is left on the screen:\n{shown}"
+    );
+}
+
 /// The terminal closed (or the SSH session dropped) mid-chunk: SIGHUP
 /// stops the run as Ctrl-C does, the chunk under way rolled back, and
 /// every viewer gets `finished` (a killed process would leave them a

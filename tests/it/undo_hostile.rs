@@ -475,6 +475,30 @@ fn a_deleted_row_whose_key_is_used_again_beside_another_rows_key_change_is_a_con
     }
 }
 
+/// One row kept for the application and one as the run left it: the
+/// last line says both in words that read, not "1 of the application's
+/// row".
+#[test]
+fn an_undo_that_kept_one_row_of_each_kind_says_so_in_words_that_read() {
+    let db = recorded_then(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, email TEXT UNIQUE);
+         INSERT INTO t VALUES (1, 'a'), (2, 'b'), (3, 'c');",
+        r#"{"sql":"UPDATE t SET email = email || '.old' WHERE id BETWEEN :lo AND :hi","chunk":{"table":"t","size":10}}"#,
+        "INSERT INTO t VALUES (4, 'b'); UPDATE t SET email = 'app' WHERE id = 3",
+    );
+    let (code, err) = undo_plan(&db, "p", &[]);
+    assert_eq!(code, 0, "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.ends_with(
+            "; 2 conflicts kept the application's row and 1 row as the run left it \
+             (another row holds a value it would get back) \
+             (every one is in the table batchsse_undo_conflict)"
+        ),
+        "{err}"
+    );
+}
+
 /// A database made by `setup`, on which plan "p", recorded, ran `step`
 /// (its JSON), and then the application ran `app`.
 fn recorded_then(setup: &str, step: &str, app: &str) -> TempDb {

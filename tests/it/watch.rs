@@ -478,6 +478,13 @@ fn a_token_protected_run_needs_the_token() {
     let (code, _, err) = crate::util::run(&["watch", &url]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("needs a token"), "{err}");
+    // A wrong token in the URL is sent, so it is the token that is refused.
+    let (code, _, err) = crate::util::run(&["watch", &format!("{url}?token=wrong")]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("?token=*** refused the token (401 Unauthorized)"),
+        "{err}"
+    );
     let mut w = spawn(&["watch", &url, "--progress", "json"], |c| {
         c.env("BATCHSSE_TOKEN", "s3cret");
     });
