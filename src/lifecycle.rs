@@ -54,10 +54,12 @@ pub struct Lifecycle {
     leftover: Leftover,
 }
 
-/// A folder of the process's own (the demo's temporary one) that an exit
-/// at a signal removes, as its owner's drop would have: that exit skips
-/// every drop, and the demo's folder can hold gigabytes.
-type Leftover = Arc<Mutex<Option<PathBuf>>>;
+/// Folders and files of the process's own (the demo's temporary folder,
+/// or its shop while it is made in a `--keep` folder) that an exit at a
+/// signal removes, as their owner's drop would have: that exit skips every
+/// drop, the demo's folder can hold gigabytes, and a half-made shop would
+/// stop the next demo in that folder.
+type Leftover = Arc<Mutex<Vec<PathBuf>>>;
 
 /// What the run's async part gets from the lifecycle.
 #[derive(Clone)]
@@ -106,10 +108,21 @@ impl Lifecycle {
         })
     }
 
-    /// Removes `dir` if a signal ends the process at once (during the
-    /// check, or at a second Ctrl-C).
-    pub fn remove_on_quit(&self, dir: &Path) {
-        *self.leftover.lock().unwrap_or_else(|p| p.into_inner()) = Some(dir.to_owned());
+    /// Removes `path` (a folder, or a file) if a signal ends the process
+    /// at once (during the check, or at a second Ctrl-C).
+    pub fn remove_on_quit(&self, path: &Path) {
+        self.leftover
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(path.to_owned());
+    }
+
+    /// Keeps what [`Lifecycle::remove_on_quit`] would have removed.
+    pub fn keep_on_quit(&self) {
+        self.leftover
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
     /// Phases 2–7: from now a signal cancels the run rather than exiting.
@@ -152,16 +165,15 @@ struct Quit {
 }
 
 impl Quit {
-    /// Says `line` (the bars cleared) and exits, removing the leftover
-    /// folder first.
+    /// Says `line` (the bars cleared) and exits, removing the leftovers
+    /// first.
     fn now(&self, line: &str) -> ! {
-        let dir = self
-            .leftover
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(dir) = dir {
-            let _ = std::fs::remove_dir_all(dir);
+        let left = std::mem::take(&mut *self.leftover.lock().unwrap_or_else(|p| p.into_inner()));
+        for path in left {
+            let _ = match path.is_dir() {
+                true => std::fs::remove_dir_all(path),
+                false => std::fs::remove_file(path),
+            };
         }
         crate::error::exit_with_line(line, exit::INTERRUPTED)
     }

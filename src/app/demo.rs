@@ -80,9 +80,13 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     }
     // From here a signal exits 130 and takes the temporary folder with it:
     // killed mid-way, a large shop would stay behind in it.
+    // In a --keep folder, a shop half made would stop the next demo there.
     let lifecycle = Lifecycle::start()?;
-    if args.keep.is_none() {
-        lifecycle.remove_on_quit(&dir);
+    match args.keep {
+        None => lifecycle.remove_on_quit(&dir),
+        Some(_) => ["", "-journal"].iter().for_each(|end| {
+            lifecycle.remove_on_quit(&dir.join(format!("shop.sqlite{end}")));
+        }),
     }
     create_sample_db(&db, args.rows)?;
     as_if_idle(&db)?;
@@ -90,6 +94,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         Some(_) => write_samples(&dir)?,
         None => Vec::new(),
     };
+    if args.keep.is_some() {
+        lifecycle.keep_on_quit();
+    }
     let left = left_alone(&dir, &theirs);
     if args.create_only {
         crate::errln!("{left}{}", created(&dir, args.rows, &theirs));

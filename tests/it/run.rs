@@ -706,6 +706,36 @@ fn the_demo_prints_its_control_token_so_that_page_and_shell_get_it_intact() {
     assert_eq!(p.wait().code(), Some(130), "{}", p.stderr());
 }
 
+/// Ctrl-C while the demo makes its shop in a `--keep` folder: the half-made
+/// file is removed, so the next demo there does not refuse it as "already
+/// exists".
+#[test]
+fn a_demo_stopped_while_making_its_shop_in_a_kept_folder_leaves_no_shop() {
+    let dir = tempfile::tempdir().unwrap();
+    let keep = path_str(dir.path());
+    let shop = dir.path().join("shop.sqlite");
+    let mut p = Proc::start(&[
+        "demo",
+        "--keep",
+        keep,
+        "--create-only",
+        "--no-serve",
+        "--rows",
+        "20000000",
+    ]);
+    let end = std::time::Instant::now() + PATIENCE;
+    while !shop.exists() {
+        assert!(std::time::Instant::now() < end, "{}", p.stderr());
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    p.signal("INT");
+    assert_eq!(p.wait().code(), Some(130), "{}", p.stderr());
+    assert!(!shop.exists(), "a half-made shop is left: {}", p.stderr());
+    let (code, _, err) = run(&["demo", "--keep", keep, "--create-only", "--rows", "500"]);
+    assert_eq!(code, 0, "{err}");
+}
+
 #[test]
 fn demo_create_only_keeps_a_fresh_shop_for_trying_run() {
     let dir = tempfile::tempdir().unwrap();
