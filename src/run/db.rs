@@ -276,7 +276,7 @@ fn lock_holders(path: &Path) -> String {
 /// An error met while running: SQLite's text, and for a lock another
 /// process held past the busy timeout, who holds it and what to do, as
 /// [`open_db`] says before the run.
-pub(super) fn run_time_message(conn: &Connection, e: &rusqlite::Error) -> String {
+pub fn run_time_message(conn: &Connection, e: &rusqlite::Error) -> String {
     match e.sqlite_error_code() {
         Some(rusqlite::ErrorCode::DatabaseBusy) => {}
         Some(rusqlite::ErrorCode::DiskFull) => {

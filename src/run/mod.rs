@@ -32,8 +32,8 @@ use serde_json::json;
 
 use checkpoint::Checkpoint;
 pub use checkpoint::Resume;
-use db::run_time_message;
-pub use db::{open_db, open_db_to_read};
+
+pub use db::{open_db, open_db_to_read, run_time_message};
 pub use escape::refuse_escaping_chunks;
 use governor::Governor;
 pub use governor::{Brakes, Pace, check_throttle_query};

@@ -20,11 +20,14 @@ const OWN: [&str; 8] = [
     crate::run::walk_probe::TABLE,
     crate::run::walk_probe::COPY_TABLE,
     CHUNKS,
-    "batchsse_undo_conflict",
+    CONFLICTS,
     PROBE,
     COPY_PROBE,
     "batchsse_undo_row",
 ];
+
+/// Where undos keep the rows they leave alone, beside the record.
+pub const CONFLICTS: &str = "batchsse_undo_conflict";
 
 /// A row per recorded run, given the rowid `at` with a gap before it, in
 /// a table without an index: a `VACUUM` numbers the rows of such a table
@@ -430,6 +433,12 @@ pub fn says_missing(m: &str) -> bool {
     m.contains(&format!("no such table: {CHUNKS}"))
 }
 
+/// Whether the record is there without [`CONFLICTS`] beside it: that
+/// table dropped by hand, and with it the rows earlier undos kept.
+pub fn conflicts_gone(conn: &Connection) -> rusqlite::Result<bool> {
+    Ok(exists(conn)? && !table_exists(conn, CONFLICTS)?)
+}
+
 pub fn exists(conn: &Connection) -> rusqlite::Result<bool> {
     conn.query_row(
         "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1",
@@ -773,7 +782,10 @@ pub fn kept_conflicts(conn: &Connection) -> Result<Vec<KeptConflicts>, UsageErro
 /// record's rows removed. Inside the caller's transaction.
 pub fn remove_run(conn: &Connection, run: &str) -> rusqlite::Result<usize> {
     let removed = conn.execute("DELETE FROM batchsse_undo WHERE run = ?1", [run])?;
-    conn.execute("DELETE FROM batchsse_undo_conflict WHERE run = ?1", [run])?;
+    // Dropped by hand, it must not keep the record from being removed.
+    if table_exists(conn, CONFLICTS)? {
+        conn.execute("DELETE FROM batchsse_undo_conflict WHERE run = ?1", [run])?;
+    }
     for probe in [PROBE, COPY_PROBE] {
         conn.execute(&format!("DELETE FROM {probe} WHERE run = ?1"), [run])
             .or_else(|e| if is_missing(&e) { Ok(0) } else { Err(e) })?;
@@ -814,16 +826,18 @@ pub fn drop_if_empty(conn: &Connection) -> rusqlite::Result<bool> {
         return Ok(false);
     }
     let left: i64 = conn.query_row("SELECT count(*) FROM batchsse_undo", [], |r| r.get(0))?;
-    let conflicts: i64 =
-        conn.query_row("SELECT count(*) FROM batchsse_undo_conflict", [], |r| {
+    let conflicts: i64 = match table_exists(conn, CONFLICTS)? {
+        true => conn.query_row("SELECT count(*) FROM batchsse_undo_conflict", [], |r| {
             r.get(0)
-        })?;
+        })?,
+        false => 0,
+    };
     if left > 0 || conflicts > 0 {
         return Ok(false);
     }
     // `batchsse_undo_row`: the tables of the format before the first release.
     conn.execute_batch(
-        "DROP TABLE batchsse_undo; DROP TABLE batchsse_undo_conflict;
+        "DROP TABLE batchsse_undo; DROP TABLE IF EXISTS batchsse_undo_conflict;
          DROP TABLE IF EXISTS batchsse_undo_probe; DROP TABLE IF EXISTS batchsse_undo_copy;
          DROP TABLE IF EXISTS batchsse_undo_row",
     )?;
@@ -841,7 +855,7 @@ pub fn clear(conn: &Connection, runs: &[String], all: bool) -> Result<bool, Usag
         for run in runs {
             remove_run(conn, run)?;
         }
-        if all {
+        if all && table_exists(conn, CONFLICTS)? {
             conn.execute_batch("DELETE FROM batchsse_undo_conflict")?;
         }
         let dropped = drop_if_empty(conn)?;

@@ -1,0 +1,88 @@
+//! Errors that reach the user from batchsse's own tables altered or
+//! damaged by hand, and from an unusable environment: each says what went
+//! wrong and what to do, with the right exit status, and never panics.
+
+use crate::util::*;
+
+/// No panic, no Rust error's debug form: a message for people.
+fn plain(err: &str) {
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!err.contains("SqliteFailure"), "{err}");
+}
+
+/// `bump`, recorded with `--undo` on 40 counters, then its conflict table
+/// dropped by hand.
+fn conflict_table_dropped() -> TempDb {
+    let db = bumped();
+    db.conn()
+        .execute_batch("DROP TABLE batchsse_undo_conflict")
+        .unwrap();
+    db
+}
+
+#[test]
+fn an_undo_whose_conflict_table_was_dropped_is_refused_with_what_to_do() {
+    let db = conflict_table_dropped();
+    let before = db.bytes();
+    let (code, _, err) = run(&undo_of_plan(&db, "bump", &[]));
+    plain(&err);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("batchsse_undo_conflict") && err.contains("batchsse undo clear --db"),
+        "{err}"
+    );
+    assert_eq!(db.bytes(), before);
+}
+
+#[test]
+fn undo_clear_and_checkpoint_clear_work_when_the_conflict_table_was_dropped() {
+    let db = conflict_table_dropped();
+    let dbp = path_str(&db.path);
+    let (code, out, err) = run(&["undo", "clear", "--db", dbp, "--all"]);
+    plain(&err);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("dropped the undo tables"), "{out}");
+    let undo_tables = "SELECT count(*) FROM sqlite_schema WHERE name LIKE 'batchsse_undo%'";
+    assert_eq!(db.query_i64(undo_tables), 0);
+
+    let db = conflict_table_dropped();
+    let dbp = path_str(&db.path);
+    let (code, out, err) = run(&["checkpoint", "clear", "--db", dbp, "--all"]);
+    plain(&err);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("removed the undo records of 1 run"), "{out}");
+    assert_eq!(db.query_i64(undo_tables), 0);
+}
+
+/// Fills the first page of `table` (its root) with 0xff.
+fn tear(db: &TempDb, table: &str) -> Vec<u8> {
+    let (root, page) = {
+        let c = db.conn();
+        let root: i64 = c
+            .query_row(
+                "SELECT rootpage FROM sqlite_schema WHERE name = ?1",
+                [table],
+                |r| r.get(0),
+            )
+            .unwrap();
+        (root as usize, db.query_i64("PRAGMA page_size") as usize)
+    };
+    let mut bytes = db.bytes();
+    bytes[(root - 1) * page..root * page].fill(0xff);
+    std::fs::write(&db.path, &bytes).unwrap();
+    bytes
+}
+
+#[test]
+fn an_undo_record_on_a_damaged_page_says_the_file_is_damaged() {
+    let db = bumped();
+    let torn = tear(&db, "batchsse_undo");
+    let (code, _, err) = run(&undo_of_plan(&db, "bump", &[]));
+    plain(&err);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("undo record") && err.contains("restore it from a backup"),
+        "{err}"
+    );
+    assert_eq!(db.bytes(), torn);
+}
