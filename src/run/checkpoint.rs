@@ -77,6 +77,83 @@ fn renumbered_by(how: super::renumber::Renumbered) -> (&'static str, String) {
     (how.by(), format!("{}{tail}", how.which()))
 }
 
+/// Whether the checkpoint table is there; refused (nothing run) when its
+/// name holds something batchsse cannot write as it must: a view, or a
+/// table altered by hand, on which a run would fail at its first chunk
+/// or, with no primary key, resume from the wrong row.
+fn is_ours(conn: &Connection) -> Result<bool, UsageError> {
+    let read = |e: rusqlite::Error| {
+        UsageError::new(format!(
+            "cannot read {TABLE}: {}",
+            super::db::run_time_message(conn, &e)
+        ))
+    };
+    let kind = super::db::object_kind(conn, TABLE).map_err(read)?;
+    let why = match kind.as_deref() {
+        None => return Ok(false),
+        Some("table") => match altered(conn).map_err(read)? {
+            None => return Ok(true),
+            Some(why) => why,
+        },
+        Some(other) => {
+            return Err(UsageError::new(format!(
+                "{TABLE} is a {other} of yours, not batchsse's checkpoint table; give it another name, or pass --no-checkpoint to run without a checkpoint"
+            )));
+        }
+    };
+    Err(UsageError::new(format!(
+        "{TABLE} is not as batchsse makes it ({why}): it was altered by hand, and a run would fail on it or resume from the wrong place. Nothing was run. Put it back from a copy of the file; or, if it holds nothing you need, drop it (in the sqlite3 shell: DROP TABLE {TABLE}) to run the plan from its first step; or pass --no-checkpoint to run without a checkpoint"
+    )))
+}
+
+/// The columns of the checkpoint table: those a run writes, then the one
+/// it leaves to its default.
+const COLUMNS: [&str; 9] = [
+    "plan",
+    "step",
+    "checksum",
+    "name",
+    "state",
+    "last_key",
+    "done",
+    "changed",
+    "updated_at",
+];
+
+/// What in the checkpoint table is not as [`CREATE`] makes it, in what a
+/// run relies on: a column missing, a primary key other than (plan, step)
+/// (a resume reads one row per step), or a column that must be set and
+/// that no run sets.
+fn altered(conn: &Connection) -> rusqlite::Result<Option<String>> {
+    let mut stmt = conn.prepare(
+        "SELECT lower(name), pk, \"notnull\" AND dflt_value IS NULL FROM pragma_table_info(?1) ORDER BY pk",
+    )?;
+    let columns = stmt
+        .query_map([TABLE], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get(2)?))
+        })?
+        .collect::<rusqlite::Result<Vec<(String, i64, bool)>>>()?;
+    let missing: Vec<&str> = COLUMNS
+        .into_iter()
+        .filter(|c| !columns.iter().any(|(n, ..)| n == c))
+        .collect();
+    if !missing.is_empty() {
+        return Ok(Some(format!("no column {}", missing.join(", "))));
+    }
+    let key: Vec<&str> = columns
+        .iter()
+        .filter(|(_, pk, _)| *pk > 0)
+        .map(|(n, ..)| n.as_str())
+        .collect();
+    if key != ["plan", "step"] {
+        return Ok(Some("its primary key is not (plan, step)".into()));
+    }
+    let unset = columns
+        .iter()
+        .find(|(n, _, must)| *must && !COLUMNS[..8].contains(&n.as_str()));
+    Ok(unset.map(|(n, ..)| format!("a column {} that must be set, which no run sets", quoted(n))))
+}
+
 /// A step's state in the checkpoint (the table's `state` column).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mark {
@@ -125,22 +202,16 @@ impl Resume {
     /// Reads the checkpoint for `plan`, refusing steps edited since they
     /// were applied unless `force` (which starts over).
     pub fn load(conn: &Connection, plan: &Plan, force: bool) -> Result<Resume, UsageError> {
+        // Checked for --force too: it clears the table, then writes it.
+        let present = is_ours(conn)?;
         if force {
             return Ok(Resume {
                 forced: true,
                 ..Resume::none()
             });
         }
-        let kind =
-            super::db::object_kind(conn, TABLE).map_err(|e| UsageError::new(sqlite_message(&e)))?;
-        match kind.as_deref() {
-            None => return Ok(Resume::none()),
-            Some("table") => {}
-            Some(other) => {
-                return Err(UsageError::new(format!(
-                    "{TABLE} is a {other} of yours, not batchsse's checkpoint table; give it another name, or pass --no-checkpoint to run without a checkpoint"
-                )));
-            }
+        if !present {
+            return Ok(Resume::none());
         }
         let read = || -> rusqlite::Result<Vec<(usize, Row)>> {
             let mut stmt = conn.prepare(

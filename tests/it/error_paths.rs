@@ -86,3 +86,58 @@ fn an_undo_record_on_a_damaged_page_says_the_file_is_damaged() {
     );
     assert_eq!(db.bytes(), torn);
 }
+
+/// `batchsse_checkpoint` with every column a run writes, and `tail` after
+/// them (a primary key, or more columns).
+fn checkpoint_table(tail: &str) -> String {
+    format!(
+        "CREATE TABLE batchsse_checkpoint (plan TEXT NOT NULL, step INTEGER NOT NULL,
+         checksum TEXT NOT NULL, name TEXT NOT NULL, state TEXT NOT NULL, last_key BLOB,
+         done INTEGER NOT NULL, changed INTEGER NOT NULL,
+         updated_at TEXT NOT NULL DEFAULT '' {tail})"
+    )
+}
+
+#[test]
+fn a_checkpoint_table_altered_by_hand_is_refused_before_anything_runs() {
+    let cases = [
+        // What `CREATE TABLE … AS SELECT` makes of a copy: no key.
+        (checkpoint_table(""), vec![], "primary key"),
+        (
+            checkpoint_table(", host TEXT NOT NULL, PRIMARY KEY (plan, step)"),
+            vec![],
+            "\"host\"",
+        ),
+        (
+            "CREATE VIEW batchsse_checkpoint AS SELECT 1 AS plan".into(),
+            vec!["--force"],
+            "a view",
+        ),
+        (
+            "CREATE TABLE batchsse_checkpoint (plan TEXT, step INTEGER)".into(),
+            vec!["--force"],
+            "no column checksum",
+        ),
+    ];
+    for (sql, extra, names) in cases {
+        let db = TempDb::counters(100);
+        db.conn().execute_batch(&sql).unwrap();
+        let plan = db.file("plan.json", &counter_plan("altered", 10));
+        let before = db.bytes();
+        let mut args = run_args(&db, path_str(&plan), &["--no-serve"]);
+        args.extend(extra);
+        let (code, _, err) = run(&args);
+        plain(&err);
+        assert_eq!(code, 2, "{sql}: {err}");
+        assert!(
+            err.contains("batchsse_checkpoint") && err.contains(names),
+            "{sql}: {err}"
+        );
+        assert!(err.contains("pass --no-checkpoint"), "{sql}: {err}");
+        assert_eq!(db.bytes(), before, "{sql}");
+        args.push("--no-checkpoint");
+        let (code, _, err) = run(&args);
+        assert_eq!(code, 0, "{sql}: {err}");
+        assert_eq!(db.counter_spread(), (100, 0), "{sql}");
+    }
+}
