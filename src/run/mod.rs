@@ -48,7 +48,7 @@ use crate::events::{
 };
 use crate::human::quoted;
 use crate::lifecycle::{Cancel, Steering};
-use crate::plan::{self, Plan, Step, sqlite_message};
+use crate::plan::{self, Plan, Step};
 
 /// How a run behaves, from the command line.
 #[derive(Debug, Clone)]
@@ -411,7 +411,7 @@ impl Runner<'_> {
         {
             let why = format!(
                 "cannot clear the old checkpoint for --force: {}",
-                sqlite_message(&e)
+                run_time_message(self.conn, &e)
             );
             return self.failed_early(why);
         }

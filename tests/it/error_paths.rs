@@ -141,3 +141,22 @@ fn a_checkpoint_table_altered_by_hand_is_refused_before_anything_runs() {
         assert_eq!(db.counter_spread(), (100, 0), "{sql}");
     }
 }
+
+#[test]
+fn a_forced_run_on_a_damaged_checkpoint_says_the_file_is_damaged() {
+    let db = TempDb::counters(100);
+    let plan = db.file("plan.json", &counter_plan("torn", 10));
+    let args = run_args(&db, path_str(&plan), &["--no-serve"]);
+    assert_eq!(run(&args).0, 0);
+    let torn = tear(&db, "batchsse_checkpoint");
+    let mut args = args.clone();
+    args.push("--force");
+    let (code, _, err) = run(&args);
+    plain(&err);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("--force") && err.contains("restore it from a backup"),
+        "{err}"
+    );
+    assert_eq!(db.bytes(), torn);
+}
