@@ -160,3 +160,21 @@ fn a_forced_run_on_a_damaged_checkpoint_says_the_file_is_damaged() {
     );
     assert_eq!(db.bytes(), torn);
 }
+
+#[test]
+fn a_demo_with_no_temporary_folder_to_use_says_to_set_tmpdir_or_keep() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    for tmp in [dir.path().join("gone"), file.clone()] {
+        let args = ["demo", "--no-serve", "--rows", "10", "--sleep", "0"];
+        let (code, _, err) = run_with_env(&args, None, &[("TMPDIR", path_str(&tmp))]);
+        plain(&err);
+        assert_eq!(code, 2, "{err}");
+        assert!(
+            err.contains("TMPDIR") && err.contains("--keep DIR"),
+            "{err}"
+        );
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}
