@@ -235,10 +235,7 @@ impl Resume {
             rows.collect()
         };
         let rows = read().map_err(|e| {
-            UsageError::new(format!(
-                "cannot read {TABLE}: {}; it may have been altered by hand (pass --no-checkpoint to ignore it)",
-                sqlite_message(&e)
-            ))
+            super::db::unreadable(conn, TABLE, &e, "pass --no-checkpoint to ignore it")
         })?;
         if rows.iter().any(|(_, row)| row.checksum == UNDOING) {
             return Err(UsageError::new(format!(

@@ -273,6 +273,30 @@ fn lock_holders(path: &Path) -> String {
     }
 }
 
+/// `table`, one of batchsse's own, could not be read (`e`): the file
+/// damaged, locked or unreadable, said as [`run_time_message`] says it;
+/// else most likely the table was altered by hand, and `fix` says what to
+/// do about that.
+pub(super) fn unreadable(
+    conn: &Connection,
+    table: &str,
+    e: &rusqlite::Error,
+    fix: &str,
+) -> UsageError {
+    use rusqlite::ErrorCode::*;
+    let by_hand = match e.sqlite_error_code() {
+        Some(
+            DatabaseCorrupt | DatabaseBusy | DatabaseLocked | ReadOnly | CannotOpen | DiskFull,
+        ) => String::new(),
+        Some(SystemIoFailure | NotADatabase) => String::new(),
+        _ => format!("; it may have been altered by hand ({fix})"),
+    };
+    UsageError::new(format!(
+        "cannot read {table}: {}{by_hand}",
+        run_time_message(conn, e)
+    ))
+}
+
 /// An error met while running: SQLite's text, and for a lock another
 /// process held past the busy timeout, who holds it and what to do, as
 /// [`open_db`] says before the run.

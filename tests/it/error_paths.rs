@@ -178,3 +178,44 @@ fn a_demo_with_no_temporary_folder_to_use_says_to_set_tmpdir_or_keep() {
     }
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
 }
+
+#[test]
+fn list_on_a_damaged_page_says_the_file_is_damaged_not_altered() {
+    for (table, command) in [
+        ("batchsse_checkpoint", "checkpoint"),
+        ("batchsse_undo", "undo"),
+    ] {
+        let db = bumped();
+        let torn = tear(&db, table);
+        let (code, _, err) = run(&[command, "list", "--db", path_str(&db.path)]);
+        plain(&err);
+        assert_eq!(code, 2, "{err}");
+        assert!(
+            err.contains(table) && err.contains("restore it from a backup"),
+            "{err}"
+        );
+        assert!(!err.contains("altered by hand"), "{err}");
+        assert_eq!(db.bytes(), torn);
+    }
+}
+
+#[test]
+fn undo_list_and_clear_on_a_record_altered_by_hand_say_how_to_remove_it() {
+    let db = bumped();
+    db.conn()
+        .execute_batch("ALTER TABLE batchsse_undo DROP COLUMN bytes")
+        .unwrap();
+    let before = db.bytes();
+    let dbp = path_str(&db.path);
+    for args in [vec!["undo", "list"], vec!["undo", "clear", "--all"]] {
+        let args = [&args[..], &["--db", dbp]].concat();
+        let (code, _, err) = run(&args);
+        plain(&err);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(
+            err.contains("altered by hand") && err.contains("DROP TABLE batchsse_undo;"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(db.bytes(), before);
+    }
+}

@@ -642,6 +642,10 @@ pub struct RunRecord {
     pub last_at: String,
 }
 
+/// What to do with undo tables altered by hand, which `undo clear` must
+/// read before it removes them.
+const DROP_BY_HAND: &str = "drop them in the sqlite3 shell: DROP TABLE batchsse_undo; DROP TABLE batchsse_undo_conflict; `undo clear` must read them first";
+
 /// Every run with records, oldest first.
 pub fn runs(conn: &Connection) -> Result<Vec<RunRecord>, UsageError> {
     if !exists(conn).map_err(|e| UsageError::new(sqlite_message(&e)))? {
@@ -665,12 +669,7 @@ pub fn runs(conn: &Connection) -> Result<Vec<RunRecord>, UsageError> {
         })?;
         rows.collect()
     };
-    read().map_err(|e| {
-        UsageError::new(format!(
-            "cannot read {CHUNKS}: {}; it may have been altered by hand",
-            sqlite_message(&e)
-        ))
-    })
+    read().map_err(|e| crate::run::db::unreadable(conn, CHUNKS, &e, DROP_BY_HAND))
 }
 
 /// A run taken back whole whose undo kept conflicts: they stay in
@@ -770,12 +769,7 @@ pub fn kept_conflicts(conn: &Connection) -> Result<Vec<KeptConflicts>, UsageErro
         })?
         .collect()
     };
-    read().map_err(|e| {
-        UsageError::new(format!(
-            "cannot read batchsse_undo_conflict: {}; it may have been altered by hand",
-            sqlite_message(&e)
-        ))
-    })
+    read().map_err(|e| crate::run::db::unreadable(conn, CONFLICTS, &e, DROP_BY_HAND))
 }
 
 /// Removes a run's records and the conflicts its undos kept; returns the
