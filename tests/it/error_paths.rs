@@ -219,3 +219,30 @@ fn undo_list_and_clear_on_a_record_altered_by_hand_say_how_to_remove_it() {
         assert_eq!(db.bytes(), before);
     }
 }
+
+#[test]
+fn an_undo_table_with_a_column_of_the_user_s_to_set_is_refused_before_anything_runs() {
+    let tables = [
+        "CREATE TABLE batchsse_undo (id INTEGER PRIMARY KEY, run TEXT NOT NULL,
+         plan TEXT NOT NULL, step INTEGER NOT NULL, name TEXT NOT NULL,
+         chunk INTEGER NOT NULL, rows INTEGER NOT NULL, bytes INTEGER NOT NULL,
+         rec_hash INTEGER, created_at TEXT NOT NULL DEFAULT '', rec BLOB,
+         host TEXT NOT NULL)",
+        "CREATE TABLE batchsse_undo_probe (run TEXT NOT NULL, at INTEGER NOT NULL,
+         bare TEXT, host TEXT NOT NULL)",
+    ];
+    for sql in tables {
+        let db = TempDb::counters(100);
+        db.conn().execute_batch(sql).unwrap();
+        let plan = db.file("plan.json", &counter_plan("hosted", 10));
+        let before = db.bytes();
+        let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve", "--undo"]));
+        plain(&err);
+        assert_eq!(code, 2, "{sql}: {err}");
+        assert!(
+            err.contains("\"host\"") && err.contains("run without --undo"),
+            "{sql}: {err}"
+        );
+        assert_eq!(db.bytes(), before, "{sql}");
+    }
+}

@@ -265,8 +265,55 @@ pub fn not_ours(conn: &Connection) -> rusqlite::Result<Option<String>> {
                 missing.join(", ")
             )));
         }
+        if let Some(column) = must_be_set(conn, name)? {
+            return Ok(Some(format!(
+                "the table {name} has a column {} that must be set, which batchsse never sets (batchsse did not make it)",
+                crate::human::quoted(&column)
+            )));
+        }
     }
     Ok(None)
+}
+
+/// Every column of the undo's own tables as batchsse makes them.
+const COLUMNS: [(&str, &[&str]); 4] = [
+    (
+        CHUNKS,
+        &[
+            "id",
+            "run",
+            "plan",
+            "step",
+            "name",
+            "chunk",
+            "rows",
+            "bytes",
+            "rec_hash",
+            "created_at",
+            "rec",
+        ],
+    ),
+    (CONFLICTS, &["run", "tbl", "k", "col", "why", "at", "plan"]),
+    (PROBE, &["run", "at", "bare"]),
+    (COPY_PROBE, &["run", "at"]),
+];
+
+/// A column of `table` not batchsse's that must be set (`NOT NULL`, with
+/// no default): every write of the run's record would fail on it.
+fn must_be_set(conn: &Connection, table: &str) -> rusqlite::Result<Option<String>> {
+    let ours = COLUMNS
+        .iter()
+        .find(|(t, _)| *t == table)
+        .map_or(&[][..], |(_, c)| c);
+    let mut stmt = conn.prepare(
+        "SELECT name FROM pragma_table_info(?1) WHERE \"notnull\" AND dflt_value IS NULL AND pk = 0",
+    )?;
+    let unset = stmt
+        .query_map([table], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    Ok(unset
+        .into_iter()
+        .find(|c| !ours.iter().any(|o| o.eq_ignore_ascii_case(c))))
 }
 
 /// Whether batchsse's own `table` has `column` (a table made by an older
