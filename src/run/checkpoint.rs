@@ -106,6 +106,23 @@ fn is_ours(conn: &Connection) -> Result<bool, UsageError> {
     )))
 }
 
+/// Refuses probe tables a run cannot write (see
+/// [`super::walk_probe::not_ours`]), nothing run.
+fn refuse_foreign_probes(conn: &Connection) -> Result<(), UsageError> {
+    let why = super::walk_probe::not_ours(conn).map_err(|e| {
+        UsageError::new(format!(
+            "cannot read the walk's probe tables: {}",
+            super::db::run_time_message(conn, &e)
+        ))
+    })?;
+    match why {
+        None => Ok(()),
+        Some(why) => Err(UsageError::new(format!(
+            "{why}: batchsse keeps a row there for each step that walks a table by its bare rowid, beside the checkpoint, and the run would fail on it. Nothing was run. Give it another name, or drop it if it holds nothing you need; or pass --no-checkpoint to run without a checkpoint"
+        ))),
+    }
+}
+
 /// The columns of the checkpoint table: those a run writes, then the one
 /// it leaves to its default.
 const COLUMNS: [&str; 9] = [
@@ -204,6 +221,9 @@ impl Resume {
     pub fn load(conn: &Connection, plan: &Plan, force: bool) -> Result<Resume, UsageError> {
         // Checked for --force too: it clears the table, then writes it.
         let present = is_ours(conn)?;
+        if force || super::walk_probe::written_by(plan) {
+            refuse_foreign_probes(conn)?;
+        }
         if force {
             return Ok(Resume {
                 forced: true,

@@ -55,6 +55,50 @@ pub fn object_kind(conn: &Connection, name: &str) -> rusqlite::Result<Option<Str
     .optional()
 }
 
+/// What keeps `name`, one of batchsse's own tables, from being written as
+/// batchsse writes it, if anything does: something else by that name (a
+/// view), a column of `needed` missing, or a column not among `known`
+/// that must be set (`NOT NULL`, no default), which no write of batchsse
+/// sets. `None` when the name is free, or the table is as batchsse made it.
+pub(super) fn not_as_made(
+    conn: &Connection,
+    name: &str,
+    needed: &[&str],
+    known: &[&str],
+) -> rusqlite::Result<Option<String>> {
+    match object_kind(conn, name)?.as_deref() {
+        None => return Ok(None),
+        Some("table") => {}
+        Some(kind) => return Ok(Some(format!("{name} is a {kind}, not batchsse's table"))),
+    }
+    let columns: Vec<(String, bool)> = conn
+        .prepare(
+            "SELECT lower(name), \"notnull\" AND dflt_value IS NULL AND pk = 0 FROM pragma_table_info(?1)",
+        )?
+        .query_map([name], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let missing: Vec<&str> = needed
+        .iter()
+        .filter(|c| !columns.iter().any(|(n, _)| n == *c))
+        .copied()
+        .collect();
+    if !missing.is_empty() {
+        return Ok(Some(format!(
+            "the table {name} has no column {} (batchsse did not make it)",
+            missing.join(", ")
+        )));
+    }
+    let unset = columns
+        .iter()
+        .find(|(n, must)| *must && !known.contains(&n.as_str()));
+    Ok(unset.map(|(n, _)| {
+        format!(
+            "the table {name} has a column {} that must be set, which batchsse never sets (batchsse did not make it)",
+            crate::human::quoted(n)
+        )
+    }))
+}
+
 /// Refuses a `--db` that is missing, cannot be reached, or is no file.
 fn is_a_file(path: &Path) -> Result<(), UsageError> {
     let shown = crate::human::shown_path(path);

@@ -93,6 +93,11 @@ pub fn clear(conn: &Connection, which: Which) -> Result<Cleared, UsageError> {
             super::db::run_time_message(conn, &e)
         ))
     };
+    if let Some(why) = super::walk_probe::not_ours(conn).map_err(failed)? {
+        return Err(UsageError::new(format!(
+            "cannot clear {TABLE}: {why}, and the walk's rows there go with the checkpoint; nothing was removed. Give it another name, or drop it if it holds nothing you need"
+        )));
+    }
     let tx = Tx::begin(conn, false).map_err(failed)?;
     let all = records(conn)?;
     let mut plans: Vec<(String, usize)> = Vec::new();

@@ -246,3 +246,57 @@ fn an_undo_table_with_a_column_of_the_user_s_to_set_is_refused_before_anything_r
         assert_eq!(db.bytes(), before, "{sql}");
     }
 }
+
+#[test]
+fn a_walk_probe_table_not_batchsse_s_is_refused_before_anything_runs() {
+    let plan = serde_json::json!({"name": "bare", "steps": [{
+        "name": "bump", "sql": "UPDATE t SET v = v + 1 WHERE rowid BETWEEN :lo AND :hi",
+        "chunk": {"table": "t", "size": 10}}]})
+    .to_string();
+    for (sql, names) in [
+        (
+            "CREATE VIEW batchsse_walk_probe AS SELECT 1 AS plan",
+            "a view",
+        ),
+        ("CREATE TABLE batchsse_walk_copy (x)", "no column plan"),
+    ] {
+        let db = TempDb::with_sql(
+            "CREATE TABLE t(v INTEGER);
+             INSERT INTO t(v) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 100) SELECT 0 FROM s;",
+        );
+        db.conn().execute_batch(sql).unwrap();
+        let plan = db.file("plan.json", &plan);
+        let before = db.bytes();
+        let mut args = run_args(&db, path_str(&plan), &["--no-serve"]);
+        let (code, _, err) = run(&args);
+        plain(&err);
+        assert_eq!(code, 2, "{sql}: {err}");
+        assert!(
+            err.contains(names) && err.contains("pass --no-checkpoint"),
+            "{sql}: {err}"
+        );
+        assert_eq!(db.bytes(), before, "{sql}");
+        args.push("--no-checkpoint");
+        assert_eq!(run(&args).0, 0, "{sql}");
+        assert_eq!(db.query_i64("SELECT count(*) FROM t WHERE v = 1"), 100);
+    }
+}
+
+#[test]
+fn checkpoint_clear_beside_a_walk_probe_table_not_batchsse_s_says_what_to_do() {
+    let db = TempDb::counters(100);
+    let plan = db.file("plan.json", &counter_plan("probed", 10));
+    assert_eq!(run(&run_args(&db, path_str(&plan), &["--no-serve"])).0, 0);
+    db.conn()
+        .execute_batch("CREATE TABLE batchsse_walk_probe (x)")
+        .unwrap();
+    let before = db.bytes();
+    let (code, _, err) = run(&["checkpoint", "clear", "--db", path_str(&db.path), "--all"]);
+    plain(&err);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("batchsse_walk_probe has no column plan") && err.contains("another name"),
+        "{err}"
+    );
+    assert_eq!(db.bytes(), before);
+}

@@ -247,29 +247,9 @@ pub fn not_ours(conn: &Connection) -> rusqlite::Result<Option<String>> {
     if has_column(conn, CHUNKS, "first")? {
         return Ok(None);
     }
-    for (name, columns) in SHAPES {
-        match crate::run::db::object_kind(conn, name)?.as_deref() {
-            None => continue,
-            Some("table") => {}
-            Some(kind) => return Ok(Some(format!("{name} is a {kind}, not batchsse's table"))),
-        }
-        let mut missing = Vec::new();
-        for c in columns {
-            if !has_column(conn, name, c)? {
-                missing.push(*c);
-            }
-        }
-        if !missing.is_empty() {
-            return Ok(Some(format!(
-                "the table {name} has no column {} (batchsse did not make it)",
-                missing.join(", ")
-            )));
-        }
-        if let Some(column) = must_be_set(conn, name)? {
-            return Ok(Some(format!(
-                "the table {name} has a column {} that must be set, which batchsse never sets (batchsse did not make it)",
-                crate::human::quoted(&column)
-            )));
+    for ((name, needed), (_, known)) in SHAPES.iter().zip(COLUMNS) {
+        if let Some(why) = crate::run::db::not_as_made(conn, name, needed, known)? {
+            return Ok(Some(why));
         }
     }
     Ok(None)
@@ -297,24 +277,6 @@ const COLUMNS: [(&str, &[&str]); 4] = [
     (PROBE, &["run", "at", "bare"]),
     (COPY_PROBE, &["run", "at"]),
 ];
-
-/// A column of `table` not batchsse's that must be set (`NOT NULL`, with
-/// no default): every write of the run's record would fail on it.
-fn must_be_set(conn: &Connection, table: &str) -> rusqlite::Result<Option<String>> {
-    let ours = COLUMNS
-        .iter()
-        .find(|(t, _)| *t == table)
-        .map_or(&[][..], |(_, c)| c);
-    let mut stmt = conn.prepare(
-        "SELECT name FROM pragma_table_info(?1) WHERE \"notnull\" AND dflt_value IS NULL AND pk = 0",
-    )?;
-    let unset = stmt
-        .query_map([table], |r| r.get::<_, String>(0))?
-        .collect::<rusqlite::Result<Vec<String>>>()?;
-    Ok(unset
-        .into_iter()
-        .find(|c| !ours.iter().any(|o| o.eq_ignore_ascii_case(c))))
-}
 
 /// Whether batchsse's own `table` has `column` (a table made by an older
 /// batchsse may lack one, or have one it no longer writes).
