@@ -135,6 +135,9 @@ fn check_record(
             )));
         }
     }
+    // Read whole now, so that a damaged page stops the undo before it
+    // begins rather than as it begins.
+    store::count_kept(conn).map_err(read_failed)?;
     Ok((kept, (runs, plan)))
 }
 

@@ -300,3 +300,17 @@ fn checkpoint_clear_beside_a_walk_probe_table_not_batchsse_s_says_what_to_do() {
     );
     assert_eq!(db.bytes(), before);
 }
+
+#[test]
+fn an_undo_whose_conflict_table_is_on_a_damaged_page_is_refused_before_it_begins() {
+    let db = bumped();
+    let torn = tear(&db, "batchsse_undo_conflict");
+    let (code, _, err) = run(&undo_of_plan(&db, "bump", &[]));
+    plain(&err);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("undo record") && err.contains("restore it from a backup"),
+        "{err}"
+    );
+    assert_eq!(db.bytes(), torn);
+}

@@ -712,6 +712,13 @@ pub fn kept_up_to(conn: &Connection, scope: &Scope, why: &str, upto: i64) -> rus
     Ok(n.max(0) as u64)
 }
 
+/// How many rows `batchsse_undo_conflict` holds (every page of it read).
+pub fn count_kept(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("SELECT count(*) FROM batchsse_undo_conflict", [], |r| {
+        r.get(0)
+    })
+}
+
 /// The last row of `batchsse_undo_conflict` (0 with none).
 pub fn last_kept(conn: &Connection) -> rusqlite::Result<i64> {
     conn.query_row(
