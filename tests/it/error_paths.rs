@@ -314,3 +314,51 @@ fn an_undo_whose_conflict_table_is_on_a_damaged_page_is_refused_before_it_begins
     );
     assert_eq!(db.bytes(), torn);
 }
+
+/// A server on a free port that answers every connection as a web server
+/// would, for `secs` seconds.
+fn web_server(secs: u64) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        while std::time::Instant::now() < end {
+            match listener.accept() {
+                Ok((mut s, _)) => {
+                    let _ = s.set_nonblocking(false);
+                    let _ = s.set_read_timeout(Some(std::time::Duration::from_millis(500)));
+                    let _ = s.read(&mut [0u8; 1024]);
+                    let _ = s.write_all(
+                        b"HTTP/1.1 400 Bad Request\r\ncontent-length: 13\r\n\r\n<html></html>",
+                    );
+                }
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+            }
+        }
+    });
+    port
+}
+
+#[test]
+fn publishing_to_or_relaying_from_a_server_that_is_not_redis_names_the_port_not_the_password() {
+    let port = web_server(60);
+    let url = format!("redis://127.0.0.1:{port}");
+    let db = TempDb::counters(100);
+    let plan = db.file("plan.json", &counter_plan("web", 10));
+    let before = db.bytes();
+    let run_it = run_args(&db, path_str(&plan), &["--no-serve", "--publish", &url]);
+    let relay = ["relay", &url, "--run", "x", "--listen", "127.0.0.1:0"];
+    for args in [&run_it[..], &relay[..]] {
+        let (code, _, err) = run(args);
+        plain(&err);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(
+            err.contains("does not answer as Redis does") && err.contains("6379"),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("password"), "{args:?}: {err}");
+    }
+    assert_eq!(db.bytes(), before);
+}
