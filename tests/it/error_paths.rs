@@ -362,3 +362,41 @@ fn publishing_to_or_relaying_from_a_server_that_is_not_redis_names_the_port_not_
     }
     assert_eq!(db.bytes(), before);
 }
+
+#[test]
+fn a_step_whose_trigger_calls_an_application_s_function_is_refused_by_name() {
+    let db = TempDb::counters(100);
+    db.conn()
+        .execute_batch("CREATE TRIGGER audit AFTER UPDATE ON t BEGIN SELECT app_audit(NEW.id); END")
+        .unwrap();
+    let plan = db.file("plan.json", &counter_plan("audited", 10));
+    let before = db.bytes();
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+    plain(&err);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("trigger")
+            && err.contains("\"app_audit\"")
+            && err.contains("from the application"),
+        "{err}"
+    );
+    assert_eq!(db.bytes(), before);
+    // A function the step itself misspells is the step's own error.
+    let typo = db.file(
+        "typo.sql",
+        "UPDATE t SET counter = abss(counter) WHERE id = 1;",
+    );
+    let (code, _, err) = run(&[
+        "run",
+        "--db",
+        path_str(&db.path),
+        "--sql",
+        path_str(&typo),
+        "--no-serve",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("no such function: abss") && !err.contains("trigger"),
+        "{err}"
+    );
+}
