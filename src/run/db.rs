@@ -335,10 +335,12 @@ pub(super) fn unreadable(
         Some(SystemIoFailure | NotADatabase) => String::new(),
         _ => format!("; it may have been altered by hand ({fix})"),
     };
-    UsageError::new(format!(
-        "cannot read {table}: {}{by_hand}",
-        run_time_message(conn, e)
-    ))
+    let why = match e {
+        // batchsse's own query, which tells the reader nothing.
+        rusqlite::Error::SqlInputError { msg, .. } => crate::human::one_line(msg).into_owned(),
+        e => run_time_message(conn, e),
+    };
+    UsageError::new(format!("cannot read {table}: {why}{by_hand}"))
 }
 
 /// An error met while running: SQLite's text, and for a lock another
