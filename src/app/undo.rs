@@ -53,7 +53,7 @@ fn open(c: UndoConfig) -> Result<Session, UsageError> {
     .and_then(|_| conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_DQS_DML, false))
     .and_then(|_| conn.execute_batch("PRAGMA foreign_keys = OFF"))
     .map_err(|e| UsageError::new(format!("cannot turn triggers off for the undo: {e}")))?;
-    let (kept, (runs, plan)) = check_record(&conn, &c)?;
+    let (runs, plan, kept) = check_record(&conn, &c)?;
     Ok(Session {
         conn,
         plan: Plan {
@@ -91,7 +91,7 @@ fn open(c: UndoConfig) -> Result<Session, UsageError> {
 fn check_record(
     conn: &Connection,
     c: &UndoConfig,
-) -> Result<(store::Kept, (Vec<String>, String)), UsageError> {
+) -> Result<(Vec<String>, String, store::Kept), UsageError> {
     let read_failed = |e: rusqlite::Error| {
         UsageError::new(format!(
             "cannot read the undo record in {}: {}; nothing was taken back",
@@ -117,28 +117,33 @@ fn check_record(
             "undo",
         )?;
     }
+    if store::conflicts_gone(conn).map_err(read_failed)? {
+        let why = format!(
+            "its table {}, where undos keep the rows they leave alone, is gone, so an undo could put back rows an earlier one kept",
+            store::CONFLICTS
+        );
+        return Err(damaged(c, &runs[0], &why));
+    }
     let mut kept = store::Kept::default();
     for run in &runs {
-        let damage = match store::conflicts_gone(conn).map_err(read_failed)? {
-            true => Some(format!(
-                "its table {}, where undos keep the rows they leave alone, is gone, so an undo could put back rows an earlier one kept",
-                store::CONFLICTS
-            )),
-            false => store::damage(conn, run, &mut kept).map_err(read_failed)?,
-        };
-        if let Some(why) = damage {
-            return Err(UsageError::new(format!(
-                "the undo record of run {run} in {} is damaged ({why}); it was altered since the run wrote it, and taking it back would leave rows out or put wrong values back. Nothing was taken back: put the undo tables back from a copy of the file, or remove the record with `batchsse undo clear --db {} --run {}`",
-                file_name(&c.db),
-                crate::human::shell_path(&c.db),
-                crate::human::shell_word(run)
-            )));
+        if let Some(why) = store::damage(conn, run, &mut kept).map_err(read_failed)? {
+            return Err(damaged(c, run, &why));
         }
     }
     // Read whole now, so that a damaged page stops the undo before it
     // begins rather than as it begins.
     store::count_kept(conn).map_err(read_failed)?;
-    Ok((kept, (runs, plan)))
+    Ok((runs, plan, kept))
+}
+
+/// The refusal of an undo whose record of `run` is damaged (`why`).
+fn damaged(c: &UndoConfig, run: &str, why: &str) -> UsageError {
+    UsageError::new(format!(
+        "the undo record of run {run} in {} is damaged ({why}); it was altered since the run wrote it, and taking it back would leave rows out or put wrong values back. Nothing was taken back: put the undo tables back from a copy of the file, or remove the record with `batchsse undo clear --db {} --run {}`",
+        file_name(&c.db),
+        crate::human::shell_path(&c.db),
+        crate::human::shell_word(run)
+    ))
 }
 
 /// Refuses runs whose record finds rows by a rowid that a `VACUUM` or a
