@@ -405,3 +405,27 @@ fn a_step_whose_trigger_calls_an_application_s_function_is_refused_by_name() {
         "{err}"
     );
 }
+
+#[test]
+fn resuming_beside_a_damaged_undo_record_says_the_file_is_damaged() {
+    let db = TempDb::with_sql(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, counter INTEGER NOT NULL DEFAULT 0 CHECK (counter < 2));
+         INSERT INTO t(id) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 100) SELECT i FROM s;
+         UPDATE t SET counter = 1 WHERE id = 35;",
+    );
+    let plan = db.file("plan.json", &counter_plan("stopped", 10));
+    let args = run_args(&db, path_str(&plan), &["--no-serve", "--undo"]);
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 1, "stopped at row 35: {err}");
+    let torn = tear(&db, "batchsse_undo");
+    for args in [&args[..], &args[..args.len() - 1]] {
+        let (code, _, err) = run(args);
+        plain(&err);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(
+            err.contains("batchsse_undo") && err.contains("restore it from a backup"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(db.bytes(), torn);
+    }
+}

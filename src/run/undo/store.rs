@@ -655,6 +655,11 @@ pub struct RunRecord {
 /// read before it removes them.
 const DROP_BY_HAND: &str = "drop them in the sqlite3 shell: DROP TABLE batchsse_undo; DROP TABLE batchsse_undo_conflict; `undo clear` must read them first";
 
+/// The refusal when the record cannot be read (`e`).
+pub fn unreadable(conn: &Connection, e: &rusqlite::Error) -> UsageError {
+    crate::run::db::unreadable(conn, CHUNKS, e, DROP_BY_HAND)
+}
+
 /// Every run with records, oldest first.
 pub fn runs(conn: &Connection) -> Result<Vec<RunRecord>, UsageError> {
     if !exists(conn).map_err(|e| UsageError::new(sqlite_message(&e)))? {
@@ -678,7 +683,7 @@ pub fn runs(conn: &Connection) -> Result<Vec<RunRecord>, UsageError> {
         })?;
         rows.collect()
     };
-    read().map_err(|e| crate::run::db::unreadable(conn, CHUNKS, &e, DROP_BY_HAND))
+    read().map_err(|e| unreadable(conn, &e))
 }
 
 /// A run taken back whole whose undo kept conflicts: they stay in
