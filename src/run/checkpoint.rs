@@ -50,8 +50,18 @@ fn refuse_renumbered(
         let Some(step) = plan.steps.get(*index).filter(|_| row.mark == Mark::Partial) else {
             continue;
         };
-        let table = super::walk_probe::renumbered(conn, &plan.name, step)
-            .map_err(|e| UsageError::new(sqlite_message(&e)))?;
+        let table = super::walk_probe::renumbered(conn, &plan.name, step).map_err(|e| {
+            super::db::unreadable(
+                conn,
+                &format!(
+                    "the walk's probe ({}, {})",
+                    super::walk_probe::TABLE,
+                    super::walk_probe::COPY_TABLE
+                ),
+                &e,
+                "pass --no-checkpoint to ignore it",
+            )
+        })?;
         let Some((table, how)) = table else { continue };
         let table = crate::human::shown(table);
         let (by, which) = renumbered_by(how);

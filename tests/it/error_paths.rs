@@ -429,3 +429,29 @@ fn resuming_beside_a_damaged_undo_record_says_the_file_is_damaged() {
         assert_eq!(db.bytes(), torn);
     }
 }
+
+#[test]
+fn resuming_a_walk_by_rowid_beside_a_damaged_probe_says_the_file_is_damaged() {
+    let db = TempDb::with_sql(
+        "CREATE TABLE t(v INTEGER NOT NULL DEFAULT 0 CHECK (v < 2));
+         INSERT INTO t(v) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 100) SELECT 0 FROM s;
+         UPDATE t SET v = 1 WHERE rowid = 35;",
+    );
+    let plan = serde_json::json!({"name": "bare", "steps": [{
+        "name": "bump", "sql": "UPDATE t SET v = v + 1 WHERE rowid BETWEEN :lo AND :hi",
+        "chunk": {"table": "t", "size": 10}}]})
+    .to_string();
+    let plan = db.file("plan.json", &plan);
+    let args = run_args(&db, path_str(&plan), &["--no-serve", "--batch-size", "10"]);
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 1, "stopped at row 35: {err}");
+    let torn = tear(&db, "batchsse_walk_probe");
+    let (code, _, err) = run(&args);
+    plain(&err);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("batchsse_walk_probe") && err.contains("restore it from a backup"),
+        "{err}"
+    );
+    assert_eq!(db.bytes(), torn);
+}
