@@ -323,6 +323,15 @@ fn an_undo_whose_conflict_table_is_on_a_damaged_page_is_refused_before_it_begins
 /// A server on a free port that answers every connection as a web server
 /// would, for `secs` seconds.
 fn web_server(secs: u64) -> u16 {
+    answering(
+        secs,
+        b"HTTP/1.1 400 Bad Request\r\ncontent-length: 13\r\n\r\n<html></html>",
+    )
+}
+
+/// A server on a free port that answers every connection with `reply`,
+/// for `secs` seconds.
+fn answering(secs: u64, reply: &'static [u8]) -> u16 {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -335,9 +344,7 @@ fn web_server(secs: u64) -> u16 {
                     let _ = s.set_nonblocking(false);
                     let _ = s.set_read_timeout(Some(std::time::Duration::from_millis(500)));
                     let _ = s.read(&mut [0u8; 1024]);
-                    let _ = s.write_all(
-                        b"HTTP/1.1 400 Bad Request\r\ncontent-length: 13\r\n\r\n<html></html>",
-                    );
+                    let _ = s.write_all(reply);
                 }
                 Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
             }
@@ -454,4 +461,20 @@ fn resuming_a_walk_by_rowid_beside_a_damaged_probe_says_the_file_is_damaged() {
         "{err}"
     );
     assert_eq!(db.bytes(), torn);
+}
+
+#[test]
+fn ctl_answered_by_a_server_that_is_not_a_run_says_to_check_the_address() {
+    let port = answering(
+        60,
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 5\r\n\r\nhello",
+    );
+    let url = format!("http://127.0.0.1:{port}/");
+    let (code, _, err) = run(&["ctl", &url, "pause", "--control-token", "t"]);
+    plain(&err);
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("base URL, e.g. http://127.0.0.1:7077/"),
+        "{err}"
+    );
 }
