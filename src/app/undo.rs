@@ -131,8 +131,10 @@ fn check_record(
         }
     }
     // Read whole now, so that a damaged page stops the undo before it
-    // begins rather than as it begins.
+    // begins rather than as it begins (each part it takes back writes
+    // the checkpoint too).
     store::count_kept(conn).map_err(read_failed)?;
+    runner::housekeeping::records(conn)?;
     Ok((runs, plan, kept))
 }
 

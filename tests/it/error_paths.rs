@@ -478,3 +478,17 @@ fn ctl_answered_by_a_server_that_is_not_a_run_says_to_check_the_address() {
         "{err}"
     );
 }
+
+#[test]
+fn an_undo_beside_a_damaged_checkpoint_is_refused_before_it_begins() {
+    let db = bumped();
+    let torn = tear(&db, "batchsse_checkpoint");
+    let (code, _, err) = run(&undo_of_plan(&db, "bump", &[]));
+    plain(&err);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("batchsse_checkpoint") && err.contains("restore it from a backup"),
+        "{err}"
+    );
+    assert_eq!(db.bytes(), torn);
+}
