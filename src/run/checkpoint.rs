@@ -112,7 +112,7 @@ fn is_ours(conn: &Connection) -> Result<bool, UsageError> {
         }
     };
     Err(UsageError::new(format!(
-        "{TABLE} is not as batchsse makes it ({why}): it was altered by hand, and a run would fail on it or resume from the wrong place. Nothing was run. Put it back from a copy of the file; or, if it holds nothing you need, drop it (in the sqlite3 shell: DROP TABLE {TABLE}) to run the plan from its first step; or pass --no-checkpoint to run without a checkpoint"
+        "{why}: a run would fail on it or resume from the wrong place. Nothing was run. Put it back from a copy of the file; or, if it holds nothing you need, drop it (in the sqlite3 shell: DROP TABLE {TABLE}) to run the plan from its first step; or pass --no-checkpoint to run without a checkpoint"
     )))
 }
 
@@ -148,37 +148,21 @@ const COLUMNS: [&str; 9] = [
 ];
 
 /// What in the checkpoint table is not as [`CREATE`] makes it, in what a
-/// run relies on: a column missing, a primary key other than (plan, step)
-/// (a resume reads one row per step), or a column that must be set and
-/// that no run sets.
+/// run relies on: a column missing, a column that must be set and that no
+/// run sets (see [`super::db::not_as_made`]), or a primary key other than
+/// (plan, step) (a resume reads one row per step).
 fn altered(conn: &Connection) -> rusqlite::Result<Option<String>> {
-    let mut stmt = conn.prepare(
-        "SELECT lower(name), pk, \"notnull\" AND dflt_value IS NULL FROM pragma_table_info(?1) ORDER BY pk",
-    )?;
-    let columns = stmt
-        .query_map([TABLE], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get(2)?))
-        })?
-        .collect::<rusqlite::Result<Vec<(String, i64, bool)>>>()?;
-    let missing: Vec<&str> = COLUMNS
-        .into_iter()
-        .filter(|c| !columns.iter().any(|(n, ..)| n == c))
-        .collect();
-    if !missing.is_empty() {
-        return Ok(Some(format!("no column {}", missing.join(", "))));
+    // Every column but `updated_at`, left to its default, is written.
+    if let Some(why) = super::db::not_as_made(conn, TABLE, &COLUMNS, &COLUMNS[..8])? {
+        return Ok(Some(why));
     }
-    let key: Vec<&str> = columns
-        .iter()
-        .filter(|(_, pk, _)| *pk > 0)
-        .map(|(n, ..)| n.as_str())
-        .collect();
-    if key != ["plan", "step"] {
-        return Ok(Some("its primary key is not (plan, step)".into()));
-    }
-    let unset = columns
-        .iter()
-        .find(|(n, _, must)| *must && !COLUMNS[..8].contains(&n.as_str()));
-    Ok(unset.map(|(n, ..)| format!("a column {} that must be set, which no run sets", quoted(n))))
+    let key = conn
+        .prepare("SELECT lower(name) FROM pragma_table_info(?1) WHERE pk > 0 ORDER BY pk")?
+        .query_map([TABLE], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    Ok((key != ["plan", "step"]).then(|| {
+        format!("the table {TABLE} has no primary key on (plan, step) (batchsse did not make it)")
+    }))
 }
 
 /// A step's state in the checkpoint (the table's `state` column).

@@ -330,9 +330,9 @@ pub(super) fn unreadable(
     use rusqlite::ErrorCode::*;
     let by_hand = match e.sqlite_error_code() {
         Some(
-            DatabaseCorrupt | DatabaseBusy | DatabaseLocked | ReadOnly | CannotOpen | DiskFull,
+            DatabaseCorrupt | DatabaseBusy | DatabaseLocked | ReadOnly | CannotOpen | DiskFull
+            | SystemIoFailure | NotADatabase,
         ) => String::new(),
-        Some(SystemIoFailure | NotADatabase) => String::new(),
         _ => format!("; it may have been altered by hand ({fix})"),
     };
     let why = match e {
