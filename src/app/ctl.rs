@@ -55,7 +55,7 @@ pub fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
     }
     let v: Value = serde_json::from_str(&text).map_err(|_| {
         Unreachable(format!(
-            "{} did not answer as a batchsse run",
+            "{} did not answer POST {path} as a batchsse run does (its answer is not the run's status JSON); check the address (give the run's base URL, e.g. http://127.0.0.1:7077/)",
             target.authority
         ))
     })?;

@@ -407,11 +407,27 @@ pub fn demo_dir(keep: Option<&PathBuf>) -> anyhow::Result<(Option<tempfile::Temp
         None => {
             let t = tempfile::Builder::new()
                 .prefix("batchsse-demo-")
-                .tempdir()?;
+                .tempdir()
+                .map_err(no_temp_dir)?;
             let p = t.path().to_owned();
             (Some(t), p)
         }
     })
+}
+
+/// The demo's temporary folder could not be made (`e`): TMPDIR names a
+/// folder that is not there, not a folder, or one this user may not write.
+fn no_temp_dir(e: std::io::Error) -> UsageError {
+    let tmp = std::env::temp_dir();
+    let why = match std::fs::metadata(&tmp) {
+        Err(gone) => gone.to_string(),
+        Ok(m) if !m.is_dir() => "not a folder".into(),
+        Ok(_) => e.kind().to_string(),
+    };
+    UsageError::new(format!(
+        "cannot make a temporary folder for the demo in {} ({why}); set TMPDIR to a folder batchsse may write in, or keep the demo in one with --keep DIR",
+        crate::human::shown_path(&tmp)
+    ))
 }
 
 #[cfg(test)]

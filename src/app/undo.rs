@@ -17,7 +17,7 @@ use crate::human::plural;
 use crate::human::quoted;
 use crate::human::thousands;
 use crate::lifecycle::Lifecycle;
-use crate::plan::{Plan, sqlite_message};
+use crate::plan::Plan;
 use crate::run::undo::apply::Spec;
 use crate::run::undo::store;
 use crate::run::{self as runner, Resume};
@@ -53,38 +53,7 @@ fn open(c: UndoConfig) -> Result<Session, UsageError> {
     .and_then(|_| conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_DQS_DML, false))
     .and_then(|_| conn.execute_batch("PRAGMA foreign_keys = OFF"))
     .map_err(|e| UsageError::new(format!("cannot turn triggers off for the undo: {e}")))?;
-    let taken = store::not_ours(&conn).map_err(|e| UsageError::new(sqlite_message(&e)))?;
-    if let Some(why) = taken {
-        return Err(UsageError::new(format!(
-            "nothing to take back: {why}, so it holds no undo record; if it is yours, give it another name before recording a run with --undo"
-        )));
-    }
-    let (runs, plan) = find(&conn, &c.which).map_err(|e| UsageError::new(sqlite_message(&e)))?;
-    if runs.is_empty() {
-        return Err(nothing_recorded(&conn, &c));
-    }
-    refuse_renumbered(&conn, &runs, &c.db)?;
-    if !c.opts.dry_run {
-        super::checkpoint::refuse_beside_a_run(
-            &c.db,
-            "a run still recording would go on changing rows after the undo took back what it had recorded so far (which plan the other process runs cannot be told, so any run of the file counts)",
-            "Nothing was taken back",
-            "undo",
-        )?;
-    }
-    let mut kept = store::Kept::default();
-    for run in &runs {
-        let damage = store::damage(&conn, run, &mut kept)
-            .map_err(|e| UsageError::new(sqlite_message(&e)))?;
-        if let Some(why) = damage {
-            return Err(UsageError::new(format!(
-                "the undo record of run {run} in {} is damaged ({why}); it was altered since the run wrote it, and taking it back would leave rows out or put wrong values back. Nothing was taken back: put the table batchsse_undo back from a copy of the file, or remove the record with `batchsse undo clear --db {} --run {}`",
-                file_name(&c.db),
-                crate::human::shell_path(&c.db),
-                crate::human::shell_word(run)
-            )));
-        }
-    }
+    let (runs, plan, kept) = check_record(&conn, &c)?;
     Ok(Session {
         conn,
         plan: Plan {
@@ -116,6 +85,69 @@ fn open(c: UndoConfig) -> Result<Session, UsageError> {
     })
 }
 
+/// The runs to take back and their plan, with their record read and
+/// checked (what fits kept for the undo); refused, nothing written, when
+/// the record cannot be taken back as it is.
+fn check_record(
+    conn: &Connection,
+    c: &UndoConfig,
+) -> Result<(Vec<String>, String, store::Kept), UsageError> {
+    let read_failed = |e: rusqlite::Error| {
+        UsageError::new(format!(
+            "cannot read the undo record in {}: {}; nothing was taken back",
+            file_name(&c.db),
+            runner::run_time_message(conn, &e)
+        ))
+    };
+    if let Some(why) = store::not_ours(conn).map_err(read_failed)? {
+        return Err(UsageError::new(format!(
+            "nothing to take back: {why}, so it holds no undo record; if it is yours, give it another name before recording a run with --undo"
+        )));
+    }
+    let (runs, plan) = find(conn, &c.which).map_err(read_failed)?;
+    if runs.is_empty() {
+        return Err(nothing_recorded(conn, c));
+    }
+    refuse_renumbered(conn, &runs, &c.db, &read_failed)?;
+    if !c.opts.dry_run {
+        super::checkpoint::refuse_beside_a_run(
+            &c.db,
+            "a run still recording would go on changing rows after the undo took back what it had recorded so far (which plan the other process runs cannot be told, so any run of the file counts)",
+            "Nothing was taken back",
+            "undo",
+        )?;
+    }
+    if store::conflicts_gone(conn).map_err(read_failed)? {
+        let why = format!(
+            "its table {}, where undos keep the rows they leave alone, is gone, so an undo could put back rows an earlier one kept",
+            store::CONFLICTS
+        );
+        return Err(damaged(c, &runs[0], &why));
+    }
+    let mut kept = store::Kept::default();
+    for run in &runs {
+        if let Some(why) = store::damage(conn, run, &mut kept).map_err(read_failed)? {
+            return Err(damaged(c, run, &why));
+        }
+    }
+    // Read whole now, so that a damaged page stops the undo before it
+    // begins rather than as it begins (each part it takes back writes
+    // the checkpoint too).
+    store::count_kept(conn).map_err(read_failed)?;
+    runner::housekeeping::records(conn)?;
+    Ok((runs, plan, kept))
+}
+
+/// The refusal of an undo whose record of `run` is damaged (`why`).
+fn damaged(c: &UndoConfig, run: &str, why: &str) -> UsageError {
+    UsageError::new(format!(
+        "the undo record of run {run} in {} is damaged ({why}); it was altered since the run wrote it, and taking it back would leave rows out or put wrong values back. Nothing was taken back: put the undo tables back from a copy of the file, or remove the record with `batchsse undo clear --db {} --run {}`",
+        file_name(&c.db),
+        crate::human::shell_path(&c.db),
+        crate::human::shell_word(run)
+    ))
+}
+
 /// Refuses runs whose record finds rows by a rowid that a `VACUUM` or a
 /// copy through `.dump` has renumbered since: the undo would put old
 /// values into other rows. A `VACUUM` keeps the rowids of a table with an
@@ -125,8 +157,8 @@ fn refuse_renumbered(
     conn: &Connection,
     runs: &[String],
     db: &std::path::Path,
+    sql: &dyn Fn(rusqlite::Error) -> UsageError,
 ) -> Result<(), UsageError> {
-    let sql = |e: rusqlite::Error| UsageError::new(sqlite_message(&e));
     for run in runs {
         let Some(how) = store::renumbered(conn, run).map_err(sql)? else {
             continue;

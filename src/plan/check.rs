@@ -151,6 +151,25 @@ fn loads_extension(e: &rusqlite::Error) -> bool {
         .contains("not authorized to use function: load_extension")
 }
 
+/// Why a statement `sql` that failed with `e` for a function SQLite lacks
+/// is refused, when `sql` does not name the function: a trigger, view or
+/// generated column it uses calls one of an application's own. (One it
+/// names is most often a typo, which SQLite's message shows as it is.)
+fn app_function(e: &rusqlite::Error, sql: &str) -> Option<String> {
+    let rusqlite::Error::SqliteFailure(_, Some(m)) = e else {
+        return None;
+    };
+    let name = m.strip_prefix("no such function: ")?;
+    let named = sql.to_lowercase().contains(&name.to_lowercase());
+    (!named).then(|| {
+        format!(
+            "uses a trigger, view or generated column that calls {}, a function batchsse does not have ({}): an application registers such functions on its own connections; they are not stored in the file, and batchsse cannot run them. Run this step from the application. Nothing was run",
+            crate::human::quoted(name),
+            sqlite_message(e)
+        )
+    })
+}
+
 /// Why a statement calling `load_extension()` is refused.
 const LOADS: &str = "calls load_extension() (itself, or in a trigger or view it uses), which a run cannot do: batchsse never enables SQLite extensions. Remove the call (a function an extension provides is not available to a plan); nothing was run";
 
@@ -512,7 +531,7 @@ impl Rehearsal {
             Ok(None) => return Err(bad("has no SQL statement".into())),
             Err(e) => {
                 let msg = sqlite_message(&e);
-                return match self.refusal(&e) {
+                return match self.refusal(&e, sql) {
                     Some(why) => Err(bad(why)),
                     // The copy may lack what it reads.
                     None if !self.complete.get() && !msg.contains("syntax") => Ok(()),
@@ -746,7 +765,7 @@ impl Rehearsal {
             Ok(Some(s)) => s,
             Ok(None) => return Err(UsageError::new(format!("{label} has no SQL statement"))),
             Err(e) => {
-                let why = self.refusal(&e).unwrap_or_else(|| {
+                let why = self.refusal(&e, sql).unwrap_or_else(|| {
                     format!("is not valid SQL for this database: {}", sqlite_message(&e))
                 });
                 return Err(UsageError::new(format!(
@@ -1163,25 +1182,28 @@ impl Rehearsal {
         })
     }
 
-    /// Why a statement that failed to compile with `e` is refused, when the
-    /// check refused it (see [`Seen::refusal`]) or it needs a collation
-    /// batchsse lacks.
-    fn refusal(&self, e: &rusqlite::Error) -> Option<String> {
-        self.seen.refusal(e).or_else(|| {
-            if self.missing.explains(e) {
-                return Some(self.missing.unreadable());
-            }
-            collation::missing_collation(e).then(|| {
-                self.missing
-                    .refusal(&self.seen.tables(), &sqlite_message(e))
+    /// Why a statement `sql` that failed to compile with `e` is refused,
+    /// when the check refused it (see [`Seen::refusal`]) or it needs a
+    /// function or a collation batchsse lacks.
+    fn refusal(&self, e: &rusqlite::Error, sql: &str) -> Option<String> {
+        self.seen
+            .refusal(e)
+            .or_else(|| app_function(e, sql))
+            .or_else(|| {
+                if self.missing.explains(e) {
+                    return Some(self.missing.unreadable());
+                }
+                collation::missing_collation(e).then(|| {
+                    self.missing
+                        .refusal(&self.seen.tables(), &sqlite_message(e))
+                })
             })
-        })
     }
 
     /// Turns a rehearsal error into a usage error, unless an incomplete
     /// schema copy could explain it.
     fn failure(&self, label: &str, sql: &str, e: &rusqlite::Error) -> Result<bool, UsageError> {
-        if let Some(why) = self.refusal(e) {
+        if let Some(why) = self.refusal(e, sql) {
             return Err(UsageError::new(format!(
                 "{label} {why}\n  in: {}",
                 short(sql.trim(), 200)

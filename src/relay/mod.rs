@@ -382,6 +382,24 @@ impl Target {
     /// Why a connection at start failed, in Redis's words where it
     /// answered, and what to try for that cause.
     fn refusal(&self, e: redis::RedisError, url: &str) -> (String, String) {
+        if e.kind() == redis::ErrorKind::Parse {
+            // Bytes that are no Redis reply: another server on that port.
+            return (
+                format!(
+                    "the server at {}:{} does not answer as Redis does ({})",
+                    self.host,
+                    self.port,
+                    one_line(&e)
+                ),
+                format!(
+                    "is that {}? Fix the host or port in {url}",
+                    match self.is_sentinel() {
+                        true => "a sentinel's port (26379 by default)",
+                        false => "Redis's port (6379 by default)",
+                    }
+                ),
+            );
+        }
         let not_found = e.kind() == redis::ErrorKind::MasterNameNotFoundBySentinel;
         let text = e.to_string().to_ascii_lowercase();
         let failure = Failure::of(e);

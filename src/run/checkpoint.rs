@@ -50,8 +50,18 @@ fn refuse_renumbered(
         let Some(step) = plan.steps.get(*index).filter(|_| row.mark == Mark::Partial) else {
             continue;
         };
-        let table = super::walk_probe::renumbered(conn, &plan.name, step)
-            .map_err(|e| UsageError::new(sqlite_message(&e)))?;
+        let table = super::walk_probe::renumbered(conn, &plan.name, step).map_err(|e| {
+            super::db::unreadable(
+                conn,
+                &format!(
+                    "the walk's probe ({}, {})",
+                    super::walk_probe::TABLE,
+                    super::walk_probe::COPY_TABLE
+                ),
+                &e,
+                "pass --no-checkpoint to ignore it",
+            )
+        })?;
         let Some((table, how)) = table else { continue };
         let table = crate::human::shown(table);
         let (by, which) = renumbered_by(how);
@@ -75,6 +85,84 @@ fn renumbered_by(how: super::renumber::Renumbered) -> (&'static str, String) {
         super::renumber::Renumbered::Copy => "",
     };
     (how.by(), format!("{}{tail}", how.which()))
+}
+
+/// Whether the checkpoint table is there; refused (nothing run) when its
+/// name holds something batchsse cannot write as it must: a view, or a
+/// table altered by hand, on which a run would fail at its first chunk
+/// or, with no primary key, resume from the wrong row.
+fn is_ours(conn: &Connection) -> Result<bool, UsageError> {
+    let read = |e: rusqlite::Error| {
+        UsageError::new(format!(
+            "cannot read {TABLE}: {}",
+            super::db::run_time_message(conn, &e)
+        ))
+    };
+    let kind = super::db::object_kind(conn, TABLE).map_err(read)?;
+    let why = match kind.as_deref() {
+        None => return Ok(false),
+        Some("table") => match altered(conn).map_err(read)? {
+            None => return Ok(true),
+            Some(why) => why,
+        },
+        Some(other) => {
+            return Err(UsageError::new(format!(
+                "{TABLE} is a {other} of yours, not batchsse's checkpoint table; give it another name, or pass --no-checkpoint to run without a checkpoint"
+            )));
+        }
+    };
+    Err(UsageError::new(format!(
+        "{why}: a run would fail on it or resume from the wrong place. Nothing was run. Put it back from a copy of the file; or, if it holds nothing you need, drop it (in the sqlite3 shell: DROP TABLE {TABLE}) to run the plan from its first step; or pass --no-checkpoint to run without a checkpoint"
+    )))
+}
+
+/// Refuses probe tables a run cannot write (see
+/// [`super::walk_probe::not_ours`]), nothing run.
+fn refuse_foreign_probes(conn: &Connection) -> Result<(), UsageError> {
+    let why = super::walk_probe::not_ours(conn).map_err(|e| {
+        UsageError::new(format!(
+            "cannot read the walk's probe tables: {}",
+            super::db::run_time_message(conn, &e)
+        ))
+    })?;
+    match why {
+        None => Ok(()),
+        Some(why) => Err(UsageError::new(format!(
+            "{why}: batchsse keeps a row there for each step that walks a table by its bare rowid, beside the checkpoint, and the run would fail on it. Nothing was run. Give it another name, or drop it if it holds nothing you need; or pass --no-checkpoint to run without a checkpoint"
+        ))),
+    }
+}
+
+/// The columns of the checkpoint table: those a run writes, then the one
+/// it leaves to its default.
+const COLUMNS: [&str; 9] = [
+    "plan",
+    "step",
+    "checksum",
+    "name",
+    "state",
+    "last_key",
+    "done",
+    "changed",
+    "updated_at",
+];
+
+/// What in the checkpoint table is not as [`CREATE`] makes it, in what a
+/// run relies on: a column missing, a column that must be set and that no
+/// run sets (see [`super::db::not_as_made`]), or a primary key other than
+/// (plan, step) (a resume reads one row per step).
+fn altered(conn: &Connection) -> rusqlite::Result<Option<String>> {
+    // Every column but `updated_at`, left to its default, is written.
+    if let Some(why) = super::db::not_as_made(conn, TABLE, &COLUMNS, &COLUMNS[..8])? {
+        return Ok(Some(why));
+    }
+    let key = conn
+        .prepare("SELECT lower(name) FROM pragma_table_info(?1) WHERE pk > 0 ORDER BY pk")?
+        .query_map([TABLE], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    Ok((key != ["plan", "step"]).then(|| {
+        format!("the table {TABLE} has no primary key on (plan, step) (batchsse did not make it)")
+    }))
 }
 
 /// A step's state in the checkpoint (the table's `state` column).
@@ -125,22 +213,19 @@ impl Resume {
     /// Reads the checkpoint for `plan`, refusing steps edited since they
     /// were applied unless `force` (which starts over).
     pub fn load(conn: &Connection, plan: &Plan, force: bool) -> Result<Resume, UsageError> {
+        // Checked for --force too: it clears the table, then writes it.
+        let present = is_ours(conn)?;
+        if force || super::walk_probe::written_by(plan) {
+            refuse_foreign_probes(conn)?;
+        }
         if force {
             return Ok(Resume {
                 forced: true,
                 ..Resume::none()
             });
         }
-        let kind =
-            super::db::object_kind(conn, TABLE).map_err(|e| UsageError::new(sqlite_message(&e)))?;
-        match kind.as_deref() {
-            None => return Ok(Resume::none()),
-            Some("table") => {}
-            Some(other) => {
-                return Err(UsageError::new(format!(
-                    "{TABLE} is a {other} of yours, not batchsse's checkpoint table; give it another name, or pass --no-checkpoint to run without a checkpoint"
-                )));
-            }
+        if !present {
+            return Ok(Resume::none());
         }
         let read = || -> rusqlite::Result<Vec<(usize, Row)>> {
             let mut stmt = conn.prepare(
@@ -164,10 +249,7 @@ impl Resume {
             rows.collect()
         };
         let rows = read().map_err(|e| {
-            UsageError::new(format!(
-                "cannot read {TABLE}: {}; it may have been altered by hand (pass --no-checkpoint to ignore it)",
-                sqlite_message(&e)
-            ))
+            super::db::unreadable(conn, TABLE, &e, "pass --no-checkpoint to ignore it")
         })?;
         if rows.iter().any(|(_, row)| row.checksum == UNDOING) {
             return Err(UsageError::new(format!(

@@ -55,6 +55,50 @@ pub fn object_kind(conn: &Connection, name: &str) -> rusqlite::Result<Option<Str
     .optional()
 }
 
+/// What keeps `name`, one of batchsse's own tables, from being written as
+/// batchsse writes it, if anything does: something else by that name (a
+/// view), a column of `needed` missing, or a column not among `known`
+/// that must be set (`NOT NULL`, no default), which no write of batchsse
+/// sets. `None` when the name is free, or the table is as batchsse made it.
+pub(super) fn not_as_made(
+    conn: &Connection,
+    name: &str,
+    needed: &[&str],
+    known: &[&str],
+) -> rusqlite::Result<Option<String>> {
+    match object_kind(conn, name)?.as_deref() {
+        None => return Ok(None),
+        Some("table") => {}
+        Some(kind) => return Ok(Some(format!("{name} is a {kind}, not batchsse's table"))),
+    }
+    let columns: Vec<(String, bool)> = conn
+        .prepare(
+            "SELECT lower(name), \"notnull\" AND dflt_value IS NULL AND pk = 0 FROM pragma_table_info(?1)",
+        )?
+        .query_map([name], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let missing: Vec<&str> = needed
+        .iter()
+        .filter(|c| !columns.iter().any(|(n, _)| n == *c))
+        .copied()
+        .collect();
+    if !missing.is_empty() {
+        return Ok(Some(format!(
+            "the table {name} has no column {} (batchsse did not make it)",
+            missing.join(", ")
+        )));
+    }
+    let unset = columns
+        .iter()
+        .find(|(n, must)| *must && !known.contains(&n.as_str()));
+    Ok(unset.map(|(n, _)| {
+        format!(
+            "the table {name} has a column {} that must be set, which batchsse never sets (batchsse did not make it)",
+            crate::human::quoted(n)
+        )
+    }))
+}
+
 /// Refuses a `--db` that is missing, cannot be reached, or is no file.
 fn is_a_file(path: &Path) -> Result<(), UsageError> {
     let shown = crate::human::shown_path(path);
@@ -273,10 +317,36 @@ fn lock_holders(path: &Path) -> String {
     }
 }
 
+/// `table`, one of batchsse's own, could not be read (`e`): the file
+/// damaged, locked or unreadable, said as [`run_time_message`] says it;
+/// else most likely the table was altered by hand, and `fix` says what to
+/// do about that.
+pub(super) fn unreadable(
+    conn: &Connection,
+    table: &str,
+    e: &rusqlite::Error,
+    fix: &str,
+) -> UsageError {
+    use rusqlite::ErrorCode::*;
+    let by_hand = match e.sqlite_error_code() {
+        Some(
+            DatabaseCorrupt | DatabaseBusy | DatabaseLocked | ReadOnly | CannotOpen | DiskFull
+            | SystemIoFailure | NotADatabase,
+        ) => String::new(),
+        _ => format!("; it may have been altered by hand ({fix})"),
+    };
+    let why = match e {
+        // batchsse's own query, which tells the reader nothing.
+        rusqlite::Error::SqlInputError { msg, .. } => crate::human::one_line(msg).into_owned(),
+        e => run_time_message(conn, e),
+    };
+    UsageError::new(format!("cannot read {table}: {why}{by_hand}"))
+}
+
 /// An error met while running: SQLite's text, and for a lock another
 /// process held past the busy timeout, who holds it and what to do, as
 /// [`open_db`] says before the run.
-pub(super) fn run_time_message(conn: &Connection, e: &rusqlite::Error) -> String {
+pub fn run_time_message(conn: &Connection, e: &rusqlite::Error) -> String {
     match e.sqlite_error_code() {
         Some(rusqlite::ErrorCode::DatabaseBusy) => {}
         Some(rusqlite::ErrorCode::DiskFull) => {

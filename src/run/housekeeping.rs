@@ -8,7 +8,7 @@ use rusqlite::Connection;
 use super::checkpoint::{Mark, TABLE, table_exists};
 use super::tx::Tx;
 use crate::error::UsageError;
-use crate::plan::{Key, sqlite_message};
+use crate::plan::Key;
 
 /// One step's row in the checkpoint.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,11 +53,14 @@ pub fn records(conn: &Connection) -> Result<Vec<Record>, UsageError> {
         rows.collect()
     };
     read().map_err(|e| {
-        UsageError::new(format!(
-            "cannot read {TABLE}: {}; it may have been altered by hand (drop it in the \
-             sqlite3 shell: DROP TABLE {TABLE}; `checkpoint clear` must read it first)",
-            sqlite_message(&e)
-        ))
+        super::db::unreadable(
+            conn,
+            TABLE,
+            &e,
+            &format!(
+                "drop it in the sqlite3 shell: DROP TABLE {TABLE}; `checkpoint clear` must read it first"
+            ),
+        )
     })
 }
 
@@ -90,6 +93,11 @@ pub fn clear(conn: &Connection, which: Which) -> Result<Cleared, UsageError> {
             super::db::run_time_message(conn, &e)
         ))
     };
+    if let Some(why) = super::walk_probe::not_ours(conn).map_err(failed)? {
+        return Err(UsageError::new(format!(
+            "cannot clear {TABLE}: {why}, and the walk's rows there go with the checkpoint; nothing was removed. Give it another name, or drop it if it holds nothing you need"
+        )));
+    }
     let tx = Tx::begin(conn, false).map_err(failed)?;
     let all = records(conn)?;
     let mut plans: Vec<(String, usize)> = Vec::new();

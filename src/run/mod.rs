@@ -34,8 +34,8 @@ use serde_json::json;
 
 use checkpoint::Checkpoint;
 pub use checkpoint::Resume;
-use db::run_time_message;
-pub use db::{open_db, open_db_to_read};
+
+pub use db::{open_db, open_db_to_read, run_time_message};
 pub use escape::refuse_escaping_chunks;
 use governor::Governor;
 pub use governor::{Brakes, Pace, check_throttle_query};
@@ -50,7 +50,7 @@ use crate::events::{
 };
 use crate::human::quoted;
 use crate::lifecycle::{Cancel, Steering};
-use crate::plan::{self, Plan, Step, sqlite_message};
+use crate::plan::{self, Plan, Step};
 
 /// How a run behaves, from the command line.
 #[derive(Debug, Clone)]
@@ -413,7 +413,7 @@ impl Runner<'_> {
         {
             let why = format!(
                 "cannot clear the old checkpoint for --force: {}",
-                sqlite_message(&e)
+                run_time_message(self.conn, &e)
             );
             return self.failed_early(why);
         }

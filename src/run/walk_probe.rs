@@ -26,6 +26,26 @@ CREATE TABLE IF NOT EXISTS batchsse_walk_probe (plan TEXT NOT NULL, step INTEGER
 CREATE TABLE IF NOT EXISTS batchsse_walk_copy (plan TEXT NOT NULL, step INTEGER NOT NULL, at INTEGER NOT NULL, indexed INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS batchsse_walk_copy_by_step ON batchsse_walk_copy(plan, step);";
 
+/// Why the probe tables cannot be written as they must be, if they
+/// cannot (one is a view, or a table altered by hand): a walk by a bare
+/// rowid, and a clear of its plan's checkpoint, would fail on it.
+pub(super) fn not_ours(conn: &Connection) -> rusqlite::Result<Option<String>> {
+    let probe = ["plan", "step", "at"];
+    let copy = ["plan", "step", "at", "indexed"];
+    for (name, columns) in [(TABLE, &probe[..]), (COPY_TABLE, &copy[..])] {
+        if let Some(why) = super::db::not_as_made(conn, name, columns, columns)? {
+            return Ok(Some(why));
+        }
+    }
+    Ok(None)
+}
+
+/// Whether a step of `plan` walks a table by its bare rowid, and so
+/// writes the probe tables.
+pub(super) fn written_by(plan: &crate::plan::Plan) -> bool {
+    plan.steps.iter().any(|s| by_bare_rowid(s).is_some())
+}
+
 /// The table `step` walks by a rowid a `VACUUM` or a `.dump` copy may
 /// renumber: its bare rowid, not an `INTEGER PRIMARY KEY` nor a virtual
 /// table's (the plan check tells, once per run).

@@ -6,6 +6,7 @@ mod util;
 
 mod browser;
 mod control;
+mod error_paths;
 mod expect;
 mod fanout;
 mod fuzz;

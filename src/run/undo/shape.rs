@@ -7,7 +7,7 @@ use rusqlite::Connection;
 use super::codec::Layout;
 use crate::error::UsageError;
 use crate::human::{quoted, shown};
-use crate::plan::{Plan, Step, first_keyword, quote, sqlite_message};
+use crate::plan::{Plan, Step, first_keyword, quote};
 
 /// The tables of the main database (not SQLite's, not batchsse's), each
 /// with its layout or why it cannot be recorded.
@@ -119,17 +119,23 @@ fn lit(s: &str) -> String {
 /// records (it sees the rows REPLACE deletes; triggers and the update hook
 /// do not), one that may replace rows.
 pub fn refuse_unrecordable(conn: &Connection, plan: &Plan) -> Result<(), UsageError> {
-    let taken = super::store::not_ours(conn).map_err(|e| UsageError::new(sqlite_message(&e)))?;
+    let taken = super::store::not_ours(conn).map_err(|e| super::store::unreadable(conn, &e))?;
     if let Some(why) = taken {
         return Err(UsageError::new(format!(
             "cannot record for --undo: {why}. Give it another name, or drop it if it holds nothing you need; or run without --undo"
         )));
     }
-    let shapes = shapes(conn).map_err(|e| UsageError::new(sqlite_message(&e)))?;
+    let schema = |e: rusqlite::Error| {
+        UsageError::new(format!(
+            "cannot read the tables' columns for --undo: {}",
+            crate::run::run_time_message(conn, &e)
+        ))
+    };
+    let shapes = shapes(conn).map_err(schema)?;
     let replacing = if super::preupdate() {
         None
     } else {
-        Some(replacing_tables(conn).map_err(|e| UsageError::new(sqlite_message(&e)))?)
+        Some(replacing_tables(conn).map_err(schema)?)
     };
     let most = conn
         .limit(rusqlite::limits::Limit::SQLITE_LIMIT_COLUMN)
@@ -222,7 +228,7 @@ fn recorded_by(conn: &Connection, plan: &Plan, step: &Step) -> Result<Vec<String
         )?
         .collect()
     };
-    runs().map_err(|e| UsageError::new(sqlite_message(&e)))
+    runs().map_err(|e| super::store::unreadable(conn, &e))
 }
 
 /// Without the pre-update hook, a step is staged (unless it is a chunked

@@ -20,11 +20,14 @@ const OWN: [&str; 8] = [
     crate::run::walk_probe::TABLE,
     crate::run::walk_probe::COPY_TABLE,
     CHUNKS,
-    "batchsse_undo_conflict",
+    CONFLICTS,
     PROBE,
     COPY_PROBE,
     "batchsse_undo_row",
 ];
+
+/// Where undos keep the rows they leave alone, beside the record.
+pub const CONFLICTS: &str = "batchsse_undo_conflict";
 
 /// A row per recorded run, given the rowid `at` with a gap before it, in
 /// a table without an index: a `VACUUM` numbers the rows of such a table
@@ -244,27 +247,36 @@ pub fn not_ours(conn: &Connection) -> rusqlite::Result<Option<String>> {
     if has_column(conn, CHUNKS, "first")? {
         return Ok(None);
     }
-    for (name, columns) in SHAPES {
-        match crate::run::db::object_kind(conn, name)?.as_deref() {
-            None => continue,
-            Some("table") => {}
-            Some(kind) => return Ok(Some(format!("{name} is a {kind}, not batchsse's table"))),
-        }
-        let mut missing = Vec::new();
-        for c in columns {
-            if !has_column(conn, name, c)? {
-                missing.push(*c);
-            }
-        }
-        if !missing.is_empty() {
-            return Ok(Some(format!(
-                "the table {name} has no column {} (batchsse did not make it)",
-                missing.join(", ")
-            )));
+    for ((name, needed), (_, known)) in SHAPES.iter().zip(COLUMNS) {
+        if let Some(why) = crate::run::db::not_as_made(conn, name, needed, known)? {
+            return Ok(Some(why));
         }
     }
     Ok(None)
 }
+
+/// Every column of the undo's own tables as batchsse makes them.
+const COLUMNS: [(&str, &[&str]); 4] = [
+    (
+        CHUNKS,
+        &[
+            "id",
+            "run",
+            "plan",
+            "step",
+            "name",
+            "chunk",
+            "rows",
+            "bytes",
+            "rec_hash",
+            "created_at",
+            "rec",
+        ],
+    ),
+    (CONFLICTS, &["run", "tbl", "k", "col", "why", "at", "plan"]),
+    (PROBE, &["run", "at", "bare"]),
+    (COPY_PROBE, &["run", "at"]),
+];
 
 /// Whether batchsse's own `table` has `column` (a table made by an older
 /// batchsse may lack one, or have one it no longer writes).
@@ -428,6 +440,12 @@ pub fn is_missing(e: &rusqlite::Error) -> bool {
 /// (`batchsse_undo`, or `batchsse_undo_conflict`, whose name begins so).
 pub fn says_missing(m: &str) -> bool {
     m.contains(&format!("no such table: {CHUNKS}"))
+}
+
+/// Whether the record is there without [`CONFLICTS`] beside it: that
+/// table dropped by hand, and with it the rows earlier undos kept.
+pub fn conflicts_gone(conn: &Connection) -> rusqlite::Result<bool> {
+    Ok(exists(conn)? && !table_exists(conn, CONFLICTS)?)
 }
 
 pub fn exists(conn: &Connection) -> rusqlite::Result<bool> {
@@ -633,6 +651,15 @@ pub struct RunRecord {
     pub last_at: String,
 }
 
+/// What to do with undo tables altered by hand, which `undo clear` must
+/// read before it removes them.
+const DROP_BY_HAND: &str = "drop them in the sqlite3 shell: DROP TABLE batchsse_undo; DROP TABLE batchsse_undo_conflict; `undo clear` must read them first";
+
+/// The refusal when the record cannot be read (`e`).
+pub fn unreadable(conn: &Connection, e: &rusqlite::Error) -> UsageError {
+    crate::run::db::unreadable(conn, CHUNKS, e, DROP_BY_HAND)
+}
+
 /// Every run with records, oldest first.
 pub fn runs(conn: &Connection) -> Result<Vec<RunRecord>, UsageError> {
     if !exists(conn).map_err(|e| UsageError::new(sqlite_message(&e)))? {
@@ -656,12 +683,7 @@ pub fn runs(conn: &Connection) -> Result<Vec<RunRecord>, UsageError> {
         })?;
         rows.collect()
     };
-    read().map_err(|e| {
-        UsageError::new(format!(
-            "cannot read {CHUNKS}: {}; it may have been altered by hand",
-            sqlite_message(&e)
-        ))
-    })
+    read().map_err(|e| unreadable(conn, &e))
 }
 
 /// A run taken back whole whose undo kept conflicts: they stay in
@@ -693,6 +715,13 @@ pub fn kept_up_to(conn: &Connection, scope: &Scope, why: &str, upto: i64) -> rus
     params.extend(scope.params());
     let n: i64 = conn.query_row(&sql, params.as_slice(), |r| r.get(0))?;
     Ok(n.max(0) as u64)
+}
+
+/// How many rows `batchsse_undo_conflict` holds (every page of it read).
+pub fn count_kept(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("SELECT count(*) FROM batchsse_undo_conflict", [], |r| {
+        r.get(0)
+    })
 }
 
 /// The last row of `batchsse_undo_conflict` (0 with none).
@@ -781,19 +810,17 @@ pub fn kept_conflicts(conn: &Connection) -> Result<Vec<KeptConflicts>, UsageErro
         })?
         .collect()
     };
-    read().map_err(|e| {
-        UsageError::new(format!(
-            "cannot read batchsse_undo_conflict: {}; it may have been altered by hand",
-            sqlite_message(&e)
-        ))
-    })
+    read().map_err(|e| crate::run::db::unreadable(conn, CONFLICTS, &e, DROP_BY_HAND))
 }
 
 /// Removes a run's records and the conflicts its undos kept; returns the
 /// record's rows removed. Inside the caller's transaction.
 pub fn remove_run(conn: &Connection, run: &str) -> rusqlite::Result<usize> {
     let removed = conn.execute("DELETE FROM batchsse_undo WHERE run = ?1", [run])?;
-    conn.execute("DELETE FROM batchsse_undo_conflict WHERE run = ?1", [run])?;
+    // Dropped by hand, it must not keep the record from being removed.
+    if table_exists(conn, CONFLICTS)? {
+        conn.execute("DELETE FROM batchsse_undo_conflict WHERE run = ?1", [run])?;
+    }
     for probe in [PROBE, COPY_PROBE] {
         conn.execute(&format!("DELETE FROM {probe} WHERE run = ?1"), [run])
             .or_else(|e| if is_missing(&e) { Ok(0) } else { Err(e) })?;
@@ -834,16 +861,18 @@ pub fn drop_if_empty(conn: &Connection) -> rusqlite::Result<bool> {
         return Ok(false);
     }
     let left: i64 = conn.query_row("SELECT count(*) FROM batchsse_undo", [], |r| r.get(0))?;
-    let conflicts: i64 =
-        conn.query_row("SELECT count(*) FROM batchsse_undo_conflict", [], |r| {
+    let conflicts: i64 = match table_exists(conn, CONFLICTS)? {
+        true => conn.query_row("SELECT count(*) FROM batchsse_undo_conflict", [], |r| {
             r.get(0)
-        })?;
+        })?,
+        false => 0,
+    };
     if left > 0 || conflicts > 0 {
         return Ok(false);
     }
     // `batchsse_undo_row`: the tables of the format before the first release.
     conn.execute_batch(
-        "DROP TABLE batchsse_undo; DROP TABLE batchsse_undo_conflict;
+        "DROP TABLE batchsse_undo; DROP TABLE IF EXISTS batchsse_undo_conflict;
          DROP TABLE IF EXISTS batchsse_undo_probe; DROP TABLE IF EXISTS batchsse_undo_copy;
          DROP TABLE IF EXISTS batchsse_undo_row",
     )?;
@@ -861,7 +890,7 @@ pub fn clear(conn: &Connection, runs: &[String], all: bool) -> Result<bool, Usag
         for run in runs {
             remove_run(conn, run)?;
         }
-        if all {
+        if all && table_exists(conn, CONFLICTS)? {
             conn.execute_batch("DELETE FROM batchsse_undo_conflict")?;
         }
         let dropped = drop_if_empty(conn)?;
