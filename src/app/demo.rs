@@ -45,6 +45,18 @@ pub fn create_sample_db(path: &Path, rows: u64) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// What a signal during the making of the shop removes: the temporary
+/// folder, or in a `--keep` folder the shop, which half made would stop
+/// the next demo there.
+fn remove_on_quit(lifecycle: &Lifecycle, dir: &Path, kept: bool) {
+    if !kept {
+        return lifecycle.remove_on_quit(dir);
+    }
+    for end in ["", "-journal"] {
+        lifecycle.remove_on_quit(&dir.join(format!("shop.sqlite{end}")));
+    }
+}
+
 /// What the flags ask for that the demo cannot do.
 fn refuse_bad(args: &DemoArgs) -> Result<(), UsageError> {
     if args.rows == 0 || args.rows > 100_000_000 {
@@ -80,14 +92,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     }
     // From here a signal exits 130 and takes the temporary folder with it:
     // killed mid-way, a large shop would stay behind in it.
-    // In a --keep folder, a shop half made would stop the next demo there.
     let lifecycle = Lifecycle::start()?;
-    match args.keep {
-        None => lifecycle.remove_on_quit(&dir),
-        Some(_) => ["", "-journal"].iter().for_each(|end| {
-            lifecycle.remove_on_quit(&dir.join(format!("shop.sqlite{end}")));
-        }),
-    }
+    remove_on_quit(&lifecycle, &dir, args.keep.is_some());
     create_sample_db(&db, args.rows)?;
     as_if_idle(&db)?;
     let theirs = match args.keep {
