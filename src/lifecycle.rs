@@ -140,12 +140,23 @@ impl Lifecycle {
 
 /// The runtime a run or a relay serves on: two workers, so reading from
 /// Redis or the runner's events never waits behind the fan-out writer.
-pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    // Out of descriptors, tokio panics as it makes its signal pipe.
+    crate::platform::raise_open_file_limit();
+    if !crate::platform::can_open_files(SPARE_FILES) {
+        return Err(crate::error::UsageError::new(format!(
+            "this process may open too few files (its limit, `ulimit -n`, leaves fewer than {SPARE_FILES}): batchsse needs a few dozen (its runtime, the database and its journal, the server's connections); raise it, e.g. `ulimit -n 1024`, and run again; nothing was written"
+        ))
+        .into());
+    }
+    Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
-        .build()
+        .build()?)
 }
+
+/// Files the process must still be able to open as it starts.
+const SPARE_FILES: usize = 16;
 
 /// Counts Ctrl-C and SIGTERM. During the pre-run check one exits 130 at once
 /// (nothing has been written). During the run the first cancels it (the

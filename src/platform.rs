@@ -10,7 +10,7 @@
 //! | Whether SQLite may make its journal beside the file ([`may_create_in`]) | `access(W_OK)` | `access(W_OK)` | cannot tell (found at the first write) |
 //! | A database's path from SQLite's bytes ([`path_from_bytes`]) | any bytes | any bytes | UTF-8 |
 //! | Appending to a file named by the environment ([`open_to_append`]) | a FIFO no one reads is refused at once (`O_NONBLOCK`) | the same | opened as asked |
-//! | Open files a server may hold ([`raise_open_file_limit`]) | soft limit raised to the hard one | the same (macOS: at most 10,240 if the hard one is refused) | no such limit on sockets |
+//! | Open files a server may hold ([`raise_open_file_limit`], [`can_open_files`]) | soft limit raised to the hard one | the same (macOS: at most 10,240 if the hard one is refused) | no such limit on sockets |
 //!
 //! Where the system cannot tell who else has the file open, the run does
 //! not take the file for idle: it starts at the live pace, and goes to
@@ -229,6 +229,28 @@ pub fn raise_open_file_limit() {
             lim.rlim_cur = lim.rlim_max.min(10_240).max(current);
             let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }
+    }
+}
+
+/// Whether this process can open `n` more files now (Unix: `/dev/null`
+/// `n` times; elsewhere, and where that cannot be opened at all, taken
+/// for yes).
+pub fn can_open_files(n: usize) -> bool {
+    #[cfg(unix)]
+    {
+        let mut open = Vec::with_capacity(n);
+        for _ in 0..n {
+            match std::fs::File::open("/dev/null") {
+                Ok(f) => open.push(f),
+                Err(e) => return !matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)),
+            }
+        }
+        true
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = n;
+        true
     }
 }
 

@@ -492,3 +492,43 @@ fn an_undo_beside_a_damaged_checkpoint_is_refused_before_it_begins() {
     );
     assert_eq!(db.bytes(), torn);
 }
+
+/// Almost no files left to open (`ulimit -n 6`): tokio panicked making its
+/// signal pipe (exit 101), or a bare "Too many open files" came out. Now
+/// exit 2, how to raise the limit, and nothing written.
+#[cfg(unix)]
+#[test]
+fn a_tiny_open_file_limit_is_a_clear_error_not_a_panic() {
+    use std::os::unix::process::CommandExt;
+    let db = TempDb::counters(20);
+    let plan = db.file(
+        "plan.json",
+        r#"{"name":"bump","steps":[{"sql":"UPDATE t SET counter = counter + 1"}]}"#,
+    );
+    let before = db.bytes();
+    let args = run_args(&db, path_str(&plan), &["--listen", "127.0.0.1:0"]);
+    for limit in [6, 8, 10] {
+        let mut p = Proc::start_with(&args, |c| {
+            // SAFETY: only sets this child's own limit, between fork and exec.
+            unsafe {
+                c.pre_exec(move || {
+                    let l = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+                    Ok(())
+                });
+            }
+        });
+        let code = p.wait().code();
+        let err = p.stderr();
+        plain(&err);
+        assert_eq!(code, Some(2), "ulimit -n {limit}: {err}");
+        assert!(
+            err.contains("may open too few files") && err.contains("ulimit -n 1024"),
+            "ulimit -n {limit}: {err}"
+        );
+        assert_eq!(db.bytes(), before, "ulimit -n {limit}: nothing written");
+    }
+}
