@@ -157,11 +157,6 @@ impl UndoConfig {
                 )));
             }
         };
-        if a.pace.batch_size.is_some() || a.pace.chunk_time.is_some() {
-            return Err(UsageError::new(
-                "an undo takes back the run's recorded parts (its chunks, cut at 256 KiB) one transaction each, so --batch-size and --chunk-time, which size a run's chunks, do not apply to it; pace it with --nice-ratio, --sleep, --pause-file or --throttle-query",
-            ));
-        }
         Ok(UndoConfig {
             db: a.db.clone().unwrap_or_default(),
             which,

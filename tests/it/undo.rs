@@ -1882,31 +1882,10 @@ fn an_undo_dry_run_never_waits_holding_the_lock() {
             "{err}"
         );
     }
-    let (code, err) = finish(&["--max-wal-mb", "1"]);
+    let (code, err) = finish(&["--max-wal-mb", "1", "--batch-size", "5000"]);
     assert_eq!(code, Some(0), "{err}");
     assert!(err.contains("40,000 rows would change"), "{err}");
     assert_eq!(sha256(&db.path), file, "a dry run writes nothing");
-}
-
-/// An undo's chunks are the run's recorded parts: the flags that size a
-/// run's chunks are refused, not ignored, and say what paces an undo.
-#[test]
-fn an_undo_refuses_the_flags_that_size_a_runs_chunks() {
-    let db = TempDb::counters(20);
-    let before = db.bytes();
-    for flags in [["--batch-size", "100"], ["--chunk-time", "50"]] {
-        let (code, _, err) = run(&undo_args(
-            &db,
-            &[&["--run", "whatever"][..], &flags].concat(),
-        ));
-        assert_eq!(code, 2, "{flags:?}: {err}");
-        assert!(
-            err.contains("--batch-size and --chunk-time, which size a run's chunks, do not apply")
-                && err.contains("pace it with --nice-ratio, --sleep"),
-            "{flags:?}: {err}"
-        );
-    }
-    assert_eq!(db.bytes(), before, "nothing written");
 }
 
 /// A trigger the application adds after the check before the run (here
