@@ -128,7 +128,10 @@ pub enum Command {
         batchsse undo clear --db shop.sqlite --older-than 7d\n\n\
         A row the application changed since the run is a conflict: --on-conflict skip (default) keeps \
         it and reports it (all of them in the table batchsse_undo_conflict), abort rolls back the \
-        current chunk and exits 1, overwrite restores the run's old value anyway.")]
+        current chunk and exits 1, overwrite restores the run's old value anyway.\n\n\
+        An undo takes back the run's chunks as they were recorded (cut at 256 KiB), one transaction \
+        each: --batch-size and --chunk-time, taken as run takes them, do not resize them; --nice-ratio, \
+        --sleep, --pause-file and --throttle-query pace it.")]
     Undo(UndoArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on standard output.
     #[command(after_help = "Examples:\n  \
