@@ -1465,15 +1465,7 @@ fn a_gone_row_an_earlier_try_kept_is_not_kept_again_by_overwrite() {
         .flat_map(|s| ways.map(|w| (s, w)))
     {
         let db = recorded_then_with(setup, steps, app, env);
-        let (code, err) = undo_plan(&db, "p", env);
-        assert_eq!(code, 1, "{env:?}: {err}");
-        assert!(err.contains("exist twice"), "{env:?}: {err}");
-        let extra = ["--on-conflict", "overwrite", "--progress", "json"];
-        let (code, out, err) = run_with_env(&undo_of_plan(&db, "p", &extra), None, env);
-        assert_eq!(code, 0, "{env:?}: {err}");
-        let fin: serde_json::Value =
-            serde_json::from_str(out.lines().last().unwrap_or_default()).expect("finished");
-        let data = &fin["data"];
+        let (data, out) = stopped_then_overwritten(&db, env);
         assert_eq!(
             (data["conflicts"].clone(), data["conflicts_earlier"].clone()),
             (serde_json::json!(0), serde_json::json!(1)),
@@ -1484,6 +1476,21 @@ fn a_gone_row_an_earlier_try_kept_is_not_kept_again_by_overwrite() {
         let want = TempDb::with_sql(&format!("{setup} DELETE FROM u WHERE id = 3;"));
         assert_eq!(content(&db), content(&want), "{env:?}");
     }
+}
+
+/// Plan `p` on `db` taken back: stopped by a row that would exist twice,
+/// then again with `--on-conflict overwrite`; its `finished` data, and
+/// every line it printed.
+fn stopped_then_overwritten(db: &TempDb, env: &[(&str, &str)]) -> (serde_json::Value, String) {
+    let (code, err) = undo_plan(db, "p", env);
+    assert_eq!(code, 1, "{env:?}: {err}");
+    assert!(err.contains("exist twice"), "{env:?}: {err}");
+    let extra = ["--on-conflict", "overwrite", "--progress", "json"];
+    let (code, out, err) = run_with_env(&undo_of_plan(db, "p", &extra), None, env);
+    assert_eq!(code, 0, "{env:?}: {err}");
+    let fin: serde_json::Value =
+        serde_json::from_str(out.lines().last().unwrap_or_default()).expect("finished");
+    (fin["data"].clone(), out)
 }
 
 /// A row this try keeps is not counted among those kept before it. The
@@ -1502,15 +1509,7 @@ fn a_row_kept_after_an_earlier_one_was_put_back_counts_as_this_trys() {
     let app = "UPDATE u SET n = 999 WHERE id = 12; DELETE FROM u WHERE id = 4";
     for env in [&[][..], &[("BATCHSSE_UNDO_HOOK", "off")][..]] {
         let db = recorded_then_with(setup, steps, app, env);
-        let (code, err) = undo_plan(&db, "p", env);
-        assert_eq!(code, 1, "{env:?}: {err}");
-        assert!(err.contains("exist twice"), "{env:?}: {err}");
-        let extra = ["--on-conflict", "overwrite", "--progress", "json"];
-        let (code, out, err) = run_with_env(&undo_of_plan(&db, "p", &extra), None, env);
-        assert_eq!(code, 0, "{env:?}: {err}");
-        let fin: serde_json::Value =
-            serde_json::from_str(out.lines().last().unwrap_or_default()).expect("finished");
-        let data = &fin["data"];
+        let (data, out) = stopped_then_overwritten(&db, env);
         assert_eq!(
             (data["conflicts"].clone(), data["conflicts_earlier"].clone()),
             (serde_json::json!(1), serde_json::Value::Null),
