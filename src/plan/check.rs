@@ -808,7 +808,7 @@ impl Rehearsal {
         refuse_inserts_ahead(label, &table, &chunk, &seen)?;
         self.refuse_other_key(label, &table, &chunk, &key_names, &seen)?;
         chunk.contained = updates_only(&table, &seen);
-        chunk.fenced = chunk.contained && chunk.rowid && !written_by_trigger(&table, &seen);
+        chunk.fenced = chunk.contained && !written_by_trigger(&table, &seen);
         match batch.next() {
             Ok(None) => {}
             _ => {

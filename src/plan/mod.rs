@@ -115,11 +115,12 @@ pub struct Chunk {
     /// (`WHERE id BETWEEN :lo AND :hi + 1`), which other chunks change
     /// again.
     pub contained: bool,
-    /// A [`contained`](Chunk::contained) rowid walk none of whose triggers
+    /// A [`contained`](Chunk::contained) step none of whose triggers
     /// writes the walked table: every row a chunk changes in it must be
-    /// one of the chunk's rowids, which SQLite's update hook tells
-    /// (`WHERE id BETWEEN :lo AND :hi + 1 AND active`, which changes fewer
-    /// rows than the chunk holds, still changes one of the next chunk's).
+    /// one of the chunk's, which SQLite's update hook tells by rowid (`WHERE
+    /// id BETWEEN :lo AND :hi + 1 AND active` changes fewer rows than the
+    /// chunk holds, and still one of the next chunk's). Checked at every
+    /// chunk of a rowid walk, and by a try on one key before the run.
     pub fenced: bool,
 }
 
@@ -265,7 +266,7 @@ impl<'de, T: Deserialize<'de> + Shape> serde::de::Visitor<'de> for ObjectOnly<T>
 }
 
 /// SQLite's names for a table's rowid; a column of the same name hides it.
-const ROWID_NAMES: [&str; 3] = ["rowid", "_rowid_", "oid"];
+pub const ROWID_NAMES: [&str; 3] = ["rowid", "_rowid_", "oid"];
 
 /// The chunk size when a plan gives none.
 pub const DEFAULT_CHUNK_SIZE: u64 = 1000;

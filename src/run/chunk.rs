@@ -547,18 +547,10 @@ impl<'c> Walk<'c> {
 /// takes its writes for the statement's own).
 fn fence_for<'c>(r: &Runner<'c>, chunk: &Chunk) -> Option<Fence<'c>> {
     let hooked = r.recorder.as_ref().is_some_and(|rec| rec.hooks_updates());
-    if !chunk.fenced || hooked {
+    if !chunk.fenced || !chunk.rowid || hooked || super::fence::cascades(r.conn, &chunk.table) {
         return None;
     }
-    let cascades = r
-        .conn
-        .query_row(
-            "SELECT (SELECT foreign_keys FROM pragma_foreign_keys) AND EXISTS (SELECT 1 FROM pragma_foreign_key_list(?1) WHERE \"table\" = ?1 COLLATE NOCASE)",
-            [&chunk.table],
-            |row| row.get::<_, bool>(0),
-        )
-        .unwrap_or(true);
-    (!cascades).then(|| Fence::install(r.conn, &chunk.table))
+    Some(Fence::install(r.conn, &chunk.table))
 }
 
 fn schema_version(conn: &Connection) -> rusqlite::Result<i64> {

@@ -25,7 +25,7 @@ use super::checkpoint::Resume;
 use super::write_cap::{WriteCap, Writes};
 use super::{Counts, Runner, StepError};
 use crate::error::UsageError;
-use crate::plan::{Chunk, Plan, Step, sqlite_message};
+use crate::plan::{Chunk, Key, Plan, Step, quote, sqlite_message};
 
 /// Rows a tried statement may change before the try stops it: a stray
 /// `OR` that reaches a few rows is still counted exactly.
@@ -44,6 +44,9 @@ enum Escape {
     /// A constraint stopped a write (SQLite's message): it still wrote, or
     /// tried to write, a row.
     Stopped(String),
+    /// On a chunk of the walked table's `first` key alone, it changed the
+    /// row whose key is `theirs`.
+    OneKey { first: Key, theirs: Key },
 }
 
 /// Refuses the first chunked step still to run whose statement changes
@@ -131,17 +134,27 @@ fn tried(conn: &Connection, step: &Step, how: Try) -> rusqlite::Result<Option<Es
         Try::Capped | Try::Whole => ("BEGIN IMMEDIATE", "ROLLBACK"),
     };
     conn.execute_batch(begin)?;
-    let before = conn.total_changes();
-    let cap = (how == Try::Capped).then(|| WriteCap::install(conn, CAP));
-    let ran = run_empty(conn, &step.sql);
-    let changed = conn.total_changes().saturating_sub(before);
-    let (seen, stopped) = cap.map_or((Writes::default(), false), |c| (c.writes(), c.reached()));
+    let mut escape = with_empty_chunk(conn, step, how);
+    if escape.is_none() && how != Try::Whole && !conn.is_autocommit() {
+        escape = with_one_key(conn, step, how);
+    }
     // A failed statement may have ended SQLite's transaction already (an
     // `OR ROLLBACK`, a full disk, the cap): the whole of it, outer one
     // included.
     if !conn.is_autocommit() {
         conn.execute_batch(end)?;
     }
+    Ok(escape)
+}
+
+/// The step's statement with an empty chunk, in the try's transaction.
+fn with_empty_chunk(conn: &Connection, step: &Step, how: Try) -> Option<Escape> {
+    let before = conn.total_changes();
+    let cap = (how == Try::Capped).then(|| WriteCap::install(conn, CAP));
+    let null: Option<i64> = None;
+    let ran = run_bound(conn, &step.sql, &null);
+    let changed = conn.total_changes().saturating_sub(before);
+    let (seen, stopped) = cap.map_or((Writes::default(), false), |c| (c.writes(), c.reached()));
     // Stopped, it changed at least CAP rows (a few more, between two
     // calls of the progress handler), which is all the message says.
     let rows = if stopped { CAP } else { changed.max(seen.rows) };
@@ -150,7 +163,7 @@ fn tried(conn: &Connection, step: &Step, how: Try) -> rusqlite::Result<Option<Es
         first: seen.first.clone(),
         stopped,
     };
-    Ok(match ran {
+    match ran {
         _ if stopped => Some(changed(true)),
         Ok(()) if rows > 0 => Some(changed(false)),
         Ok(()) => None,
@@ -158,15 +171,77 @@ fn tried(conn: &Connection, step: &Step, how: Try) -> rusqlite::Result<Option<Es
             Some(Escape::Stopped(sqlite_message(&e)))
         }
         Err(_) => None,
-    })
+    }
 }
 
-fn run_empty(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+/// The step's statement on a chunk of one key, the walked table's first,
+/// in the try's transaction: a [`Chunk::fenced`] step may change only
+/// that key's rows of the walked table. One that changes another
+/// (`WHERE k BETWEEN :lo + 1 AND :hi + 1`, or an `OR` whose literal hides
+/// behind `:hi`) would change it again in that row's own chunk. Only rows
+/// SQLite's update hook reports are seen: none of a WITHOUT ROWID table.
+fn with_one_key(conn: &Connection, step: &Step, how: Try) -> Option<Escape> {
+    let chunk = step.chunk.as_ref().filter(|c| c.fenced)?;
+    if super::fence::cascades(conn, &chunk.table) {
+        return None;
+    }
+    let (table, key) = (quote(&chunk.table), &chunk.key_sql);
+    let rowid = free_rowid_name(conn, &chunk.table)?;
+    let first: Key = conn
+        .query_row(
+            &format!("SELECT {key} FROM {table} WHERE {key} IS NOT NULL ORDER BY {key} LIMIT 1"),
+            [],
+            |r| r.get(0),
+        )
+        .ok()?;
+    // Inside the run's transaction a stop would roll all of it back.
+    let cap = WriteCap::install(conn, if how == Try::Capped { CAP } else { u64::MAX });
+    let ran = run_bound(conn, &step.sql, &first);
+    let (seen, stopped) = (cap.writes(), cap.reached());
+    drop(cap);
+    if ran.is_err() && !stopped {
+        return None; // the run meets it, in a chunk
+    }
+    let holds = |id: i64| {
+        let sql =
+            format!("SELECT count(*) FROM {table} WHERE {rowid} = ?1 AND {key} BETWEEN ?2 AND ?2");
+        conn.query_row(&sql, rusqlite::params![id, first], |r| r.get::<_, i64>(0))
+            .map_or(true, |n| n > 0)
+    };
+    let walked = |t: &str| t.eq_ignore_ascii_case(&chunk.table);
+    let (_, stray) = seen.all.iter().find(|(t, id)| walked(t) && !holds(*id))?;
+    let theirs = conn
+        .query_row(
+            &format!("SELECT {key} FROM {table} WHERE {rowid} = ?1"),
+            [stray],
+            |r| r.get(0),
+        )
+        .unwrap_or(Key::Null);
+    Some(Escape::OneKey { first, theirs })
+}
+
+/// A name of `table`'s rowid that no column of it takes.
+fn free_rowid_name(conn: &Connection, table: &str) -> Option<&'static str> {
+    let mut stmt = conn
+        .prepare("SELECT name FROM pragma_table_xinfo(?1)")
+        .ok()?;
+    let columns: Vec<String> = stmt
+        .query_map([table], |r| r.get(0))
+        .ok()?
+        .collect::<Result<_, _>>()
+        .ok()?;
+    crate::plan::ROWID_NAMES
+        .into_iter()
+        .find(|n| !columns.iter().any(|c| c.eq_ignore_ascii_case(n)))
+}
+
+/// Runs `sql` with `:lo` and `:hi` both `bound`, its rows read and
+/// dropped.
+fn run_bound(conn: &Connection, sql: &str, bound: &dyn rusqlite::ToSql) -> rusqlite::Result<()> {
     let Ok(mut stmt) = conn.prepare(sql) else {
         return Ok(()); // not tried: see `tried`
     };
-    let null: Option<i64> = None;
-    let mut rows = stmt.query(named_params! {":lo": null, ":hi": null})?;
+    let mut rows = stmt.query(named_params! {":lo": bound, ":hi": bound})?;
     while rows.next()?.is_some() {}
     Ok(())
 }
@@ -191,6 +266,14 @@ fn escapes(chunk: &Chunk, escape: &Escape, on: &str) -> String {
             first_row(*rows, first.as_ref()),
             if *rows == 1 { "it" } else { "them" },
         ),
+        Escape::OneKey { first, theirs } => {
+            let key = crate::human::shown(&chunk.key);
+            return format!(
+                "changes rows outside its chunk: run on a chunk of one key ({key} = {}), it changed the row whose {key} is {}, which another chunk holds and would change again. A chunked statement may change only the rows of its own chunk: compare {key} with :lo and :hi only as `{key} BETWEEN :lo AND :hi`, in an AND with the rest of the WHERE",
+                super::expect::shown(first),
+                super::expect::shown(theirs),
+            );
+        }
         Escape::Stopped(why) => format!(
             "it still wrote or tried to write a row, which a constraint refused ({why}); with a chunk's keys bound it would write such a row in every chunk"
         ),

@@ -113,6 +113,18 @@ unsafe fn another_table(s: &Shared, db: *const c_char, table: *const c_char) {
     s.hit.set(hit);
 }
 
+/// Whether a foreign key of `table` to itself may cascade (foreign keys
+/// on): its writes reach rows of other chunks, and the authorizer takes
+/// them for the statement's own. Taken for yes when it cannot be told.
+pub fn cascades(conn: &Connection, table: &str) -> bool {
+    conn.query_row(
+        "SELECT (SELECT foreign_keys FROM pragma_foreign_keys) AND EXISTS (SELECT 1 FROM pragma_foreign_key_list(?1) WHERE \"table\" = ?1 COLLATE NOCASE)",
+        [table],
+        |row| row.get::<_, bool>(0),
+    )
+    .unwrap_or(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,6 +21,8 @@ pub struct Writes {
     pub rows: u64,
     /// The first of them: its table (`db.table` outside `main`) and rowid.
     pub first: Option<(String, i64)>,
+    /// Each of them, up to the cap: table and rowid, as `first`.
+    pub all: Vec<(String, i64)>,
 }
 
 struct Shared {
@@ -95,16 +97,23 @@ unsafe extern "C" fn on_write(
         return;
     };
     w.rows += 1;
-    if w.first.is_none() {
-        let name = |p: *const c_char| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned();
-        let (db, table) = (name(db), name(table));
-        let table = match db.as_str() {
-            "main" => table,
-            _ => format!("{db}.{table}"),
-        };
-        w.first = Some((table, rowid));
+    if w.rows > shared.cap.min(KEPT) {
+        return;
     }
+    let name = |p: *const c_char| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned();
+    let (db, table) = (name(db), name(table));
+    let table = match db.as_str() {
+        "main" => table,
+        _ => format!("{db}.{table}"),
+    };
+    if w.first.is_none() {
+        w.first = Some((table.clone(), rowid));
+    }
+    w.all.push((table, rowid));
 }
+
+/// Rows a [`WriteCap`] keeps in [`Writes::all`] at most.
+const KEPT: u64 = 1000;
 
 unsafe extern "C" fn on_progress(ctx: *mut c_void) -> c_int {
     // SAFETY: as in `on_write`.
@@ -165,5 +174,7 @@ mod tests {
         let w = cap.writes();
         assert_eq!(w.rows, 4);
         assert_eq!(w.first, Some(("temp.log".to_owned(), 1)));
+        assert_eq!(w.all.len(), 4);
+        assert_eq!(w.all[3], ("temp.log".to_owned(), 4));
     }
 }

@@ -55,15 +55,28 @@ fn a_false_expect_rolls_back_its_own_plain_step_only() {
     );
 }
 
+/// A step missing its `WHERE`: on a rowid table the try before the run,
+/// on a chunk of the first key alone, refuses it; on a WITHOUT ROWID table,
+/// whose writes SQLite's update hook does not report, `expect_changes.max`
+/// stops it after its first chunk.
 #[test]
 fn expect_changes_max_stops_a_step_missing_its_where_after_one_chunk() {
+    let plan = r#"{"steps":[{"name":"forgot where","sql":"UPDATE t SET counter = 7 WHERE :lo IS NOT NULL AND :hi IS NOT NULL",
+            "chunk":{"table":"t","key":"id","size":10},"expect_changes":{"max":100}}]}"#;
     let db = TempDb::counters(1000);
-    let (code, _, err) = run_plan(
-        &db,
-        r#"{"steps":[{"name":"forgot where","sql":"UPDATE t SET counter = 7 WHERE :lo IS NOT NULL AND :hi IS NOT NULL",
-            "chunk":{"table":"t","size":10},"expect_changes":{"max":100}}]}"#,
-        &["--batch-size", "10"],
+    let before = db.bytes();
+    let (code, _, err) = run_plan(&db, plan, &["--batch-size", "10"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("run on a chunk of one key (id = 1), it changed the row whose id is 2"),
+        "{err}"
     );
+    assert_eq!(db.bytes(), before, "nothing written");
+    let db = TempDb::with_sql(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, counter INT NOT NULL DEFAULT 0) WITHOUT ROWID;
+         INSERT INTO t(id) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < 1000) SELECT i FROM s;",
+    );
+    let (code, _, err) = run_plan(&db, plan, &["--batch-size", "10"]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("expect_changes.max is 100"), "{err}");
     assert_eq!(
