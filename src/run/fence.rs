@@ -10,9 +10,10 @@
 
 use std::cell::Cell;
 use std::ffi::{CStr, c_char, c_int, c_void};
-use std::marker::PhantomData;
 
 use rusqlite::{Connection, ffi};
+
+use super::hooked::Hooked;
 
 struct Shared {
     table: String,
@@ -27,40 +28,26 @@ struct Shared {
 }
 
 /// The hook, on one connection while this lives.
-pub struct Fence<'c> {
-    db: *mut ffi::sqlite3,
-    shared: Box<Shared>,
-    conn: PhantomData<&'c Connection>,
-}
+pub struct Fence<'c>(Hooked<'c, Shared>);
 
 impl<'c> Fence<'c> {
     /// Watches writes to `table` of `main` on `conn`, which must have no
     /// update hook of its own meanwhile: this one replaces it, and
     /// removes it when dropped.
     pub fn install(conn: &'c Connection, table: &str) -> Fence<'c> {
-        let shared = Box::new(Shared {
+        let shared = Shared {
             table: table.to_owned(),
             last: Cell::new(std::ptr::null()),
             hit: Cell::new(false),
             min: Cell::new(i64::MAX),
             max: Cell::new(i64::MIN),
-        });
-        // SAFETY: the handle is the open connection's, which outlives this
-        // value ('c); the state lives in a box owned by this value, which
-        // removes the hook when dropped, before the box goes.
-        let db = unsafe { conn.handle() };
-        let ctx = &*shared as *const Shared as *mut c_void;
-        unsafe { ffi::sqlite3_update_hook(db, Some(on_write), ctx) };
-        Fence {
-            db,
-            shared,
-            conn: PhantomData,
-        }
+        };
+        Fence(Hooked::install(conn, shared, on_write, None))
     }
 
     /// Forgets what was written so far, before a chunk's statement.
     pub fn reset(&self) {
-        let s = &self.shared;
+        let s = self.0.state();
         s.min.set(i64::MAX);
         s.max.set(i64::MIN);
         // A name's address may belong to another table once the schema
@@ -70,15 +57,9 @@ impl<'c> Fence<'c> {
 
     /// The smallest and largest rowid written since [`Fence::reset`].
     pub fn span(&self) -> Option<(i64, i64)> {
-        let (min, max) = (self.shared.min.get(), self.shared.max.get());
+        let s = self.0.state();
+        let (min, max) = (s.min.get(), s.max.get());
         (min <= max).then_some((min, max))
-    }
-}
-
-impl Drop for Fence<'_> {
-    fn drop(&mut self) {
-        // SAFETY: removes the hook this value put on its connection.
-        unsafe { ffi::sqlite3_update_hook(self.db, None, std::ptr::null_mut()) };
     }
 }
 

@@ -18,6 +18,7 @@ mod expect;
 mod fence;
 mod governor;
 mod heartbeat;
+mod hooked;
 pub mod housekeeping;
 mod neighbours;
 mod renumber;

@@ -10,9 +10,10 @@
 
 use std::cell::RefCell;
 use std::ffi::{CStr, c_char, c_int, c_void};
-use std::marker::PhantomData;
 
 use rusqlite::{Connection, ffi};
+
+use super::hooked::Hooked;
 
 /// What a statement changed while a [`WriteCap`] watched.
 #[derive(Default, Clone)]
@@ -31,55 +32,29 @@ struct Shared {
 }
 
 /// The hooks, on one connection while this lives.
-pub struct WriteCap<'c> {
-    db: *mut ffi::sqlite3,
-    shared: Box<Shared>,
-    conn: PhantomData<&'c Connection>,
-}
+pub struct WriteCap<'c>(Hooked<'c, Shared>);
 
 impl<'c> WriteCap<'c> {
     /// Watches `conn`'s writes and stops its statement at `cap` rows. The
     /// connection must have no update hook or progress handler of its own
     /// meanwhile: this one replaces it, and removes it when dropped.
     pub fn install(conn: &'c Connection, cap: u64) -> WriteCap<'c> {
-        let shared = Box::new(Shared {
+        let shared = Shared {
             cap,
             writes: RefCell::default(),
-        });
-        // SAFETY: the handle is the open connection's, which outlives this
-        // value ('c); the state lives in a box owned by this value, which
-        // removes both hooks when dropped, before the box goes.
-        let db = unsafe { conn.handle() };
-        let ctx = &*shared as *const Shared as *mut c_void;
-        unsafe {
-            ffi::sqlite3_update_hook(db, Some(on_write), ctx);
-            ffi::sqlite3_progress_handler(db, 100, Some(on_progress), ctx);
-        }
-        WriteCap {
-            db,
-            shared,
-            conn: PhantomData,
-        }
+        };
+        WriteCap(Hooked::install(conn, shared, on_write, Some(on_progress)))
     }
 
     /// What was changed so far.
     pub fn writes(&self) -> Writes {
-        self.shared.writes.borrow().clone()
+        self.0.state().writes.borrow().clone()
     }
 
     /// Whether the statement was stopped at the cap.
     pub fn reached(&self) -> bool {
-        self.shared.writes.borrow().rows >= self.shared.cap
-    }
-}
-
-impl Drop for WriteCap<'_> {
-    fn drop(&mut self) {
-        // SAFETY: removes the hooks this value put on its connection.
-        unsafe {
-            ffi::sqlite3_update_hook(self.db, None, std::ptr::null_mut());
-            ffi::sqlite3_progress_handler(self.db, 0, None, std::ptr::null_mut());
-        }
+        let s = self.0.state();
+        s.writes.borrow().rows >= s.cap
     }
 }
 
