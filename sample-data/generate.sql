@@ -10,7 +10,9 @@ SELECT i, printf('SKU-%04d', i), printf('Product %d', i), round(1 + (i * 37 % 50
 
 INSERT INTO customers (id, name, email, created_at)
 WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < max(1, (SELECT n FROM temp.params) / 10))
-SELECT i, printf('Customer %d', i), printf('customer%d@example.com', i),
+SELECT i, printf('Customer %d', i),
+       -- One customer in 50 signed up with capitals, as people do (fix.sql).
+       printf(CASE WHEN i % 50 = 7 THEN 'Customer%d@Example.COM' ELSE 'customer%d@example.com' END, i),
        date('2024-01-01', printf('+%d days', i % 700)) FROM c;
 
 INSERT INTO orders (id, customer_id, product_id, qty, total, status, created_at)
