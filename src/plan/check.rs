@@ -1002,10 +1002,8 @@ impl Rehearsal {
         // by its INTEGER PRIMARY KEY alias.
         let is_column = |name: &str| columns.iter().any(|c| c.name.eq_ignore_ascii_case(name));
         let rowid_sql = (!without_rowid).then(|| {
-            ROWID_NAMES
-                .iter()
-                .find(|n| !is_column(n))
-                .map(|n| (*n).to_owned())
+            super::free_rowid_name(is_column)
+                .map(str::to_owned)
                 .or_else(|| alias.as_deref().map(quote))
         });
         Shape {

@@ -268,6 +268,12 @@ impl<'de, T: Deserialize<'de> + Shape> serde::de::Visitor<'de> for ObjectOnly<T>
 /// SQLite's names for a table's rowid; a column of the same name hides it.
 pub const ROWID_NAMES: [&str; 3] = ["rowid", "_rowid_", "oid"];
 
+/// The first of SQLite's names for a table's rowid that none of its
+/// columns takes (`is_column`), if any.
+pub fn free_rowid_name(is_column: impl Fn(&str) -> bool) -> Option<&'static str> {
+    ROWID_NAMES.into_iter().find(|n| !is_column(n))
+}
+
 /// The chunk size when a plan gives none.
 pub const DEFAULT_CHUNK_SIZE: u64 = 1000;
 

@@ -230,9 +230,7 @@ fn free_rowid_name(conn: &Connection, table: &str) -> Option<&'static str> {
         .ok()?
         .collect::<Result<_, _>>()
         .ok()?;
-    crate::plan::ROWID_NAMES
-        .into_iter()
-        .find(|n| !columns.iter().any(|c| c.eq_ignore_ascii_case(n)))
+    crate::plan::free_rowid_name(|n| columns.iter().any(|c| c.eq_ignore_ascii_case(n)))
 }
 
 /// Runs `sql` with `:lo` and `:hi` both `bound`, its rows read and

@@ -69,7 +69,7 @@ fn shape(
     let mut pk: Vec<&Column> = cols.iter().filter(|c| c.2 > 0).collect();
     pk.sort_by_key(|c| c.2);
     let is_col = |n: &str| cols.iter().any(|c| c.0.eq_ignore_ascii_case(n));
-    let rowid_name = ["rowid", "_rowid_", "oid"].into_iter().find(|n| !is_col(n));
+    let rowid_name = crate::plan::free_rowid_name(is_col);
     let (key, int_key): (Vec<String>, bool) = match (without_rowid, pk.as_slice()) {
         (false, [one]) if one.1.eq_ignore_ascii_case("integer") && !pk_index => {
             (vec![one.0.clone()], true)
