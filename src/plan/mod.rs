@@ -120,7 +120,7 @@ pub struct Chunk {
     /// one of the chunk's, which SQLite's update hook tells by rowid (`WHERE
     /// id BETWEEN :lo AND :hi + 1 AND active` changes fewer rows than the
     /// chunk holds, and still one of the next chunk's). Checked at every
-    /// chunk of a rowid walk, and by a try on one key before the run.
+    /// chunk of a table with rowids, and by a try on one key before the run.
     pub fenced: bool,
 }
 

@@ -320,10 +320,14 @@ fn strays(
             return Ok(Some(strayed(chunk, changed, held)));
         }
     }
-    Ok(walk
-        .fence
-        .as_ref()
-        .and_then(|f| outside(chunk, f.span()?, lo, hi)))
+    let Some(fence) = &walk.fence else {
+        return Ok(None);
+    };
+    if chunk.rowid {
+        return Ok(fence.span().and_then(|span| outside(chunk, span, lo, hi)));
+    }
+    let stray = fence.outside(conn, chunk, (lo, hi), rows)?;
+    Ok(stray.map(|k| stray_message(chunk, &super::expect::shown(&k))))
 }
 
 /// Why a chunk of a [`Chunk::fenced`] step, bound to `lo` and `hi`, that
@@ -337,11 +341,17 @@ fn outside(chunk: &Chunk, (min, max): (i64, i64), lo: &Key, hi: &Key) -> Option<
         (false, true) => max,
         (false, false) => return None,
     };
-    Some(format!(
+    Some(stray_message(chunk, &row.to_string()))
+}
+
+/// Why a chunk that changed the row whose key is `row` (as shown), outside
+/// its range, is rolled back.
+fn stray_message(chunk: &Chunk, row: &str) -> String {
+    format!(
         "it changed the row of {} whose {key} is {row}, outside its chunk, so it changes rows that other chunks change again; this chunk was rolled back. Compare {key} with :lo and :hi only as `{key} BETWEEN :lo AND :hi`, in an AND with the rest of the WHERE",
         shown(&chunk.table),
         key = shown(&chunk.key),
-    ))
+    )
 }
 
 /// Why a chunk of a [`Chunk::contained`] step that changed more rows than
@@ -547,10 +557,15 @@ impl<'c> Walk<'c> {
 /// takes its writes for the statement's own).
 fn fence_for<'c>(r: &Runner<'c>, chunk: &Chunk) -> Option<Fence<'c>> {
     let hooked = r.recorder.as_ref().is_some_and(|rec| rec.hooks_updates());
-    if !chunk.fenced || !chunk.rowid || hooked || super::fence::cascades(r.conn, &chunk.table) {
+    if !chunk.fenced || hooked || super::fence::cascades(r.conn, &chunk.table) {
         return None;
     }
-    Some(Fence::install(r.conn, &chunk.table))
+    if chunk.rowid {
+        return Some(Fence::install(r.conn, &chunk.table, None));
+    }
+    // None for a WITHOUT ROWID table, whose writes the hook does not see.
+    let rowid = super::escape::free_rowid_name(r.conn, &chunk.table)?;
+    Some(Fence::install(r.conn, &chunk.table, Some(rowid)))
 }
 
 fn schema_version(conn: &Connection) -> rusqlite::Result<i64> {

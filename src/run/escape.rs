@@ -221,7 +221,7 @@ fn with_one_key(conn: &Connection, step: &Step, how: Try) -> Option<Escape> {
 }
 
 /// A name of `table`'s rowid that no column of it takes.
-fn free_rowid_name(conn: &Connection, table: &str) -> Option<&'static str> {
+pub(super) fn free_rowid_name(conn: &Connection, table: &str) -> Option<&'static str> {
     let mut stmt = conn
         .prepare("SELECT name FROM pragma_table_xinfo(?1)")
         .ok()?;

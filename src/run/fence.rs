@@ -3,17 +3,20 @@
 //! hook notes the smallest and the largest, and a chunk that changed one
 //! outside its own range changed a row another chunk changes again. A
 //! count cannot tell when the statement also leaves some of its own rows
-//! alone (`WHERE id BETWEEN :lo AND :hi + 1 AND active`).
+//! alone (`WHERE id BETWEEN :lo AND :hi + 1 AND active`). A walk by
+//! another key than the rowid keeps every rowid written, and then asks
+//! the table which of them lie outside the chunk's keys.
 //!
 //! The hook is called for every row written; it compares the table's name
 //! only when SQLite hands it another table than the last one.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::ffi::{CStr, c_char, c_int, c_void};
 
-use rusqlite::{Connection, ffi};
+use rusqlite::{Connection, OptionalExtension, ffi};
 
 use super::hooked::Hooked;
+use crate::plan::{Chunk, Key, quote};
 
 struct Shared {
     table: String,
@@ -25,24 +28,32 @@ struct Shared {
     /// (`i64::MAX` and `i64::MIN` when none was).
     min: Cell<i64>,
     max: Cell<i64>,
+    /// Every rowid written in the walked table, when the walk is by
+    /// another key (`None` for a rowid walk, which needs only the span).
+    written: Option<RefCell<Vec<i64>>>,
 }
 
 /// The hook, on one connection while this lives.
-pub struct Fence<'c>(Hooked<'c, Shared>);
+/// With a name of the walked table's rowid when it keeps every rowid
+/// written.
+pub struct Fence<'c>(Hooked<'c, Shared>, Option<&'static str>);
 
 impl<'c> Fence<'c> {
     /// Watches writes to `table` of `main` on `conn`, which must have no
     /// update hook of its own meanwhile: this one replaces it, and
-    /// removes it when dropped.
-    pub fn install(conn: &'c Connection, table: &str) -> Fence<'c> {
+    /// removes it when dropped. Given a name of the table's rowid that no
+    /// column takes, it also keeps every rowid written (see
+    /// [`Fence::outside`]).
+    pub fn install(conn: &'c Connection, table: &str, rowid: Option<&'static str>) -> Fence<'c> {
         let shared = Shared {
             table: table.to_owned(),
             last: Cell::new(std::ptr::null()),
             hit: Cell::new(false),
             min: Cell::new(i64::MAX),
             max: Cell::new(i64::MIN),
+            written: rowid.map(|_| RefCell::new(Vec::new())),
         };
-        Fence(Hooked::install(conn, shared, on_write, None))
+        Fence(Hooked::install(conn, shared, on_write, None), rowid)
     }
 
     /// Forgets what was written so far, before a chunk's statement.
@@ -50,6 +61,9 @@ impl<'c> Fence<'c> {
         let s = self.0.state();
         s.min.set(i64::MAX);
         s.max.set(i64::MIN);
+        if let Some(w) = &s.written {
+            w.borrow_mut().clear();
+        }
         // A name's address may belong to another table once the schema
         // has been read again.
         s.last.set(std::ptr::null());
@@ -60,6 +74,126 @@ impl<'c> Fence<'c> {
         let s = self.0.state();
         let (min, max) = (s.min.get(), s.max.get());
         (min <= max).then_some((min, max))
+    }
+
+    /// The key of a row written since [`Fence::reset`] whose key is not
+    /// between `lo` and `hi` (compared as a step compares them, in the
+    /// column's collation), if one was. Only for a fence that keeps its
+    /// rowids. Reads the rowids between the bounds from the key's index
+    /// when the chunk wrote more than a few of the `rows` it holds, or
+    /// each row written by its rowid when it wrote few.
+    pub fn outside(
+        &self,
+        conn: &Connection,
+        chunk: &Chunk,
+        (lo, hi): (&Key, &Key),
+        rows: u64,
+    ) -> rusqlite::Result<Option<Key>> {
+        let (Some(written), Some(rowid)) = (&self.0.state().written, self.1) else {
+            return Ok(None);
+        };
+        let mut written = written.borrow_mut();
+        let at = Table {
+            conn,
+            table: &quote(&chunk.table),
+            key: &chunk.key_sql,
+            rowid,
+        };
+        if self
+            .span()
+            .is_some_and(|span| at.span_inside(span, (lo, hi), written.len()))
+        {
+            return Ok(None);
+        }
+        written.sort_unstable();
+        written.dedup();
+        let stray = if (written.len() as u64).saturating_mul(8) < rows {
+            at.first_stray_by_row(&written, (lo, hi))?
+        } else {
+            at.first_stray_by_range(&written, (lo, hi))?
+        };
+        let Some(stray) = stray else {
+            return Ok(None);
+        };
+        let sql = format!("SELECT {} FROM {} WHERE {rowid} = ?1", at.key, at.table);
+        conn.prepare_cached(&sql)?
+            .query_row([stray], |r| r.get(0))
+            .optional()
+    }
+}
+
+/// The walked table, as SQL, on its connection.
+struct Table<'a> {
+    conn: &'a Connection,
+    table: &'a str,
+    key: &'a str,
+    /// A name of its rowid that no column takes.
+    rowid: &'static str,
+}
+
+impl Table<'_> {
+    /// Whether every row whose rowid is from `min` to `max` has its key
+    /// between `lo` and `hi`: then so has every row written, whose rowids
+    /// span no more. Asked only where that span holds few rows more than
+    /// the `written` ones (a key that grows with the rowid), where it
+    /// reads fewer rows, and reads them in SQLite alone.
+    fn span_inside(&self, (min, max): (i64, i64), (lo, hi): (&Key, &Key), written: usize) -> bool {
+        let wide = (max as i128 - min as i128) >= 2 * written as i128;
+        if wide {
+            return false;
+        }
+        let (rowid, table, key) = (self.rowid, self.table, self.key);
+        let sql = format!(
+            "SELECT NOT EXISTS (SELECT 1 FROM {table} WHERE {rowid} BETWEEN ?1 AND ?2 AND NOT coalesce({key} BETWEEN ?3 AND ?4, 0))"
+        );
+        let inside = self
+            .conn
+            .prepare_cached(&sql)
+            .and_then(|mut s| s.query_row(rusqlite::params![min, max, lo, hi], |r| r.get(0)));
+        inside.unwrap_or(false)
+    }
+
+    /// The first of `written` (sorted, each once) whose row's key is not
+    /// between `lo` and `hi`, if one is: reads every rowid the bounds
+    /// hold.
+    fn first_stray_by_range(
+        &self,
+        written: &[i64],
+        (lo, hi): (&Key, &Key),
+    ) -> rusqlite::Result<Option<i64>> {
+        let (rowid, table, key) = (self.rowid, self.table, self.key);
+        let sql = format!("SELECT {rowid} FROM {table} WHERE {key} BETWEEN ?1 AND ?2");
+        let mut held = self.conn.prepare_cached(&sql)?;
+        let mut rows = held.query(rusqlite::params![lo, hi])?;
+        let mut inside = vec![false; written.len()];
+        while let Some(row) = rows.next()? {
+            if let Ok(i) = written.binary_search(&row.get(0)?) {
+                inside[i] = true;
+            }
+        }
+        Ok(inside.iter().position(|i| !i).map(|i| written[i]))
+    }
+
+    /// As [`Table::first_stray_by_range`], looking up each row written.
+    fn first_stray_by_row(
+        &self,
+        written: &[i64],
+        (lo, hi): (&Key, &Key),
+    ) -> rusqlite::Result<Option<i64>> {
+        let (rowid, table, key) = (self.rowid, self.table, self.key);
+        let sql =
+            format!("SELECT coalesce({key} BETWEEN ?2 AND ?3, 0) FROM {table} WHERE {rowid} = ?1");
+        let mut held = self.conn.prepare_cached(&sql)?;
+        for &row in written {
+            let inside: Option<bool> = held
+                .query_row(rusqlite::params![row, lo, hi], |r| r.get(0))
+                .optional()?;
+            // A row the chunk deleted is gone: a contained step deletes none.
+            if inside == Some(false) {
+                return Ok(Some(row));
+            }
+        }
+        Ok(None)
     }
 }
 
@@ -79,6 +213,9 @@ unsafe extern "C" fn on_write(
     if s.hit.get() {
         s.min.set(s.min.get().min(rowid));
         s.max.set(s.max.get().max(rowid));
+        if let Some(w) = &s.written {
+            w.borrow_mut().push(rowid);
+        }
     }
 }
 
@@ -118,7 +255,7 @@ mod tests {
              INSERT INTO t(id, n) VALUES (1, 0), (5, 0), (9, 0); INSERT INTO u VALUES (100);",
         )
         .unwrap();
-        let fence = Fence::install(&conn, "T");
+        let fence = Fence::install(&conn, "T", None);
         conn.execute("UPDATE t SET n = 1 WHERE id > 1", []).unwrap();
         conn.execute("UPDATE u SET id = 200", []).unwrap();
         assert_eq!(fence.span(), Some((5, 9)));
@@ -128,5 +265,45 @@ mod tests {
         assert_eq!(fence.span(), Some((1, 1)));
         drop(fence);
         conn.execute("UPDATE t SET n = 2", []).unwrap();
+    }
+
+    #[test]
+    fn finds_a_row_written_outside_the_keys_by_range_and_by_row() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE t(k TEXT UNIQUE, n INT);
+             INSERT INTO t(rowid, k, n) VALUES (1, 'd', 0), (2, 'a', 0), (3, 'c', 0), (4, 'b', 0);",
+        )
+        .unwrap();
+        let at = Table {
+            conn: &conn,
+            table: "t",
+            key: "k",
+            rowid: "rowid",
+        };
+        let bounds = (&Key::Text("a".into()), &Key::Text("b".into()));
+        for written in [&[2, 4][..], &[2], &[]] {
+            assert_eq!(at.first_stray_by_range(written, bounds).unwrap(), None);
+            assert_eq!(at.first_stray_by_row(written, bounds).unwrap(), None);
+        }
+        for written in [&[1, 2, 4][..], &[1], &[1, 3]] {
+            assert_eq!(at.first_stray_by_range(written, bounds).unwrap(), Some(1));
+            assert_eq!(at.first_stray_by_row(written, bounds).unwrap(), Some(1));
+        }
+        let fence = Fence::install(&conn, "t", Some("rowid"));
+        conn.execute("UPDATE t SET n = 1 WHERE k IN ('a', 'c')", [])
+            .unwrap();
+        let chunk = Chunk {
+            table: "t".into(),
+            key_sql: "\"k\"".into(),
+            key: "k".into(),
+            rowid: false,
+            stable_rowid: false,
+            size: 2,
+            contained: true,
+            fenced: true,
+        };
+        let found = fence.outside(&conn, &chunk, bounds, 2).unwrap();
+        assert_eq!(found, Some(Key::Text("c".into())));
     }
 }

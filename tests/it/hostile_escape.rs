@@ -489,3 +489,57 @@ fn rows_of_other_chunks_changed_by_a_trigger_or_a_cascade_still_run() {
         "the children follow their parent: {err}"
     );
 }
+
+/// The same strays on a walk by a unique key other than the rowid (keys
+/// 10 to 200, rowids 1 to 20, row 2 inactive): the count and the try on
+/// the first key alone let them through, and the run finished ok with
+/// rows bumped twice. The hook keeps every rowid a chunk wrote, and the
+/// table says which lie outside the chunk's keys: as many of them (the
+/// chunk's index range read once) or a few (each looked up).
+#[test]
+fn a_chunk_walked_by_another_key_that_changes_a_row_of_another_chunk_fails() {
+    for (sql, flags, key) in [
+        (
+            "UPDATE t SET counter = counter + 1 WHERE k BETWEEN :lo AND :hi + 10 AND active",
+            "",
+            "60",
+        ),
+        (
+            "UPDATE t SET counter = counter + 1 WHERE k BETWEEN :lo AND :hi + 10 AND active",
+            "--undo",
+            "60",
+        ),
+        (
+            // Few rows written of the chunk's 40: its first, and the next
+            // chunk's first.
+            "UPDATE t SET counter = counter + 1 WHERE k IN (:lo, :hi + 10) AND active",
+            "",
+            "410",
+        ),
+    ] {
+        let db = actives();
+        db.conn()
+            .execute_batch(
+                "INSERT INTO t(id) WITH RECURSIVE s(i) AS (SELECT 21 UNION ALL SELECT i+1 FROM s WHERE i < 100) SELECT i FROM s;
+                 ALTER TABLE t ADD COLUMN k INT; UPDATE t SET k = id * 10; CREATE UNIQUE INDEX t_k ON t(k);",
+            )
+            .unwrap();
+        let size = if key == "410" { 40 } else { 5 };
+        let plan = json!({"name": "strays", "steps": [
+            {"name": "bump", "sql": sql, "chunk": {"table": "t", "key": "k", "size": size}},
+        ]});
+        let (code, _, err) = run_plan(&db, &plan, &format!("--batch-size {size} {flags}"));
+        assert_eq!(code, 1, "{sql} {flags}: {err}");
+        assert!(
+            err.contains(&format!(
+                "it changed the row of t whose k is {key}, outside its chunk"
+            )) && err.contains("`k BETWEEN :lo AND :hi`"),
+            "{sql} {flags}: says which row and the way out: {err}"
+        );
+        assert_eq!(
+            db.query_i64("SELECT count(*) FROM t WHERE counter > 1"),
+            0,
+            "{sql} {flags}: no row changed twice"
+        );
+    }
+}
