@@ -220,8 +220,19 @@ fn with_one_key(conn: &Connection, step: &Step, how: Try) -> Option<Escape> {
     Some(Escape::OneKey { first, theirs })
 }
 
-/// A name of `table`'s rowid that no column of it takes.
+/// A name of `table`'s rowid that no column of it takes; none for a
+/// WITHOUT ROWID table, which has no rowid.
 pub(super) fn free_rowid_name(conn: &Connection, table: &str) -> Option<&'static str> {
+    let without: bool = conn
+        .query_row(
+            "SELECT wr FROM pragma_table_list WHERE schema = 'main' AND name = ?1 COLLATE NOCASE",
+            [table],
+            |r| r.get(0),
+        )
+        .ok()?;
+    if without {
+        return None;
+    }
     let mut stmt = conn
         .prepare("SELECT name FROM pragma_table_xinfo(?1)")
         .ok()?;

@@ -93,6 +93,9 @@ impl<'c> Fence<'c> {
             return Ok(None);
         };
         let mut written = written.borrow_mut();
+        if written.is_empty() {
+            return Ok(None);
+        }
         let at = Table {
             conn,
             table: &quote(&chunk.table),

@@ -803,6 +803,15 @@ impl Runner<'_> {
                     )),
                 ));
             }
+            // SQLite forgets an interrupt that came while no statement ran,
+            // and a plain step's statement may run for minutes: a Ctrl-C
+            // since the last look is seen here, not when it ends.
+            if self.cancel.is_cancelled() {
+                return Err(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_INTERRUPT),
+                    None,
+                ));
+            }
             let before = self.conn.total_changes();
             let mut rows = stmt.raw_query();
             while rows.next()?.is_some() {}
