@@ -914,3 +914,29 @@ fn a_chunked_step_that_changes_nothing_for_an_empty_chunk_still_runs() {
     assert_eq!(db.query_i64("SELECT n FROM stats WHERE k = 'rows'"), 20);
     assert_eq!(db.query_i64("SELECT sum(counter) FROM u"), 20);
 }
+
+/// A WITHOUT ROWID table walked by its text primary key, in chunks of 2:
+/// every row changed once, recorded or not. (Its writes reach no update
+/// hook, so no rowid is asked of it: one build of the per-chunk check
+/// asked, and failed every such step.)
+#[test]
+fn a_without_rowid_table_walks_by_its_key_in_chunks() {
+    let plan = json!({"name": "kv", "steps": [{
+        "sql": "UPDATE kv SET c = c + 1 WHERE k BETWEEN :lo AND :hi",
+        "chunk": {"table": "kv", "key": "k", "size": 2},
+    }]});
+    for flags in ["", "--undo"] {
+        let db = TempDb::with_sql(
+            "CREATE TABLE kv(k TEXT PRIMARY KEY, c INT DEFAULT 0) WITHOUT ROWID;
+             INSERT INTO kv(k) VALUES ('b'),('a'),('aa'),('Z'),('z'),(''),('a b');",
+        );
+        let args = format!("--no-serve --progress plain --batch-size 2 {flags}");
+        let (code, _, err) = run_plan(&db, &plan, &words(&args));
+        assert_eq!(code, 0, "{flags}: {err}");
+        assert_eq!(
+            db.query_i64("SELECT count(*) FROM kv WHERE c = 1"),
+            7,
+            "{flags}: every row once: {err}"
+        );
+    }
+}
