@@ -55,6 +55,43 @@ pub fn object_kind(conn: &Connection, name: &str) -> rusqlite::Result<Option<Str
     .optional()
 }
 
+/// Refuses, before anything runs, a trigger of the user's on one of
+/// batchsse's own `tables` (batchsse makes none in the file): it would run
+/// at every write batchsse makes there, fail the step with its own text if
+/// it raises, or change what batchsse records. `or` names the way to run
+/// without those tables.
+pub(super) fn refuse_triggers_on(
+    conn: &Connection,
+    tables: &[&str],
+    or: &str,
+) -> Result<(), UsageError> {
+    use rusqlite::OptionalExtension;
+    let names = serde_json::to_string(tables).unwrap_or_default();
+    let found: Option<(String, String)> = conn
+        .query_row(
+            "SELECT name, tbl_name FROM main.sqlite_schema WHERE type = 'trigger'
+             AND lower(tbl_name) IN (SELECT value FROM json_each(?1)) ORDER BY name LIMIT 1",
+            [names],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(|e| {
+            UsageError::new(format!(
+                "cannot read the triggers of the database: {}",
+                run_time_message(conn, &e)
+            ))
+        })?;
+    let Some((trigger, table)) = found else {
+        return Ok(());
+    };
+    Err(UsageError::new(format!(
+        "the trigger {} is on {}, one of batchsse's own tables, where batchsse makes none: it would run at batchsse's writes there, and could fail the run or change what batchsse records. Nothing was run. Drop it (in the sqlite3 shell: DROP TRIGGER {}); or {or}",
+        crate::human::quoted(&trigger),
+        crate::human::shown(&table),
+        plan::quote(&trigger)
+    )))
+}
+
 /// What keeps `name`, one of batchsse's own tables, from being written as
 /// batchsse writes it, if anything does: something else by that name (a
 /// view), a column of `needed` missing, or a column not among `known`
