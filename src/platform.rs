@@ -10,7 +10,7 @@
 //! | Whether SQLite may make its journal beside the file ([`may_create_in`]) | `access(W_OK)` | `access(W_OK)` | cannot tell (found at the first write) |
 //! | A database's path from SQLite's bytes ([`path_from_bytes`]) | any bytes | any bytes | UTF-8 |
 //! | Appending to a file named by the environment ([`open_to_append`]) | a FIFO no one reads is refused at once (`O_NONBLOCK`) | the same | opened as asked |
-//! | Open files a server may hold ([`raise_open_file_limit`], [`can_open_files`]) | soft limit raised to the hard one | the same (macOS: at most 10,240 if the hard one is refused) | no such limit on sockets |
+//! | Open files a server may hold ([`raise_open_file_limit`], [`can_open_files`], [`out_of_files`]) | soft limit raised to the hard one | the same (macOS: at most 10,240 if the hard one is refused) | no such limit on sockets |
 //!
 //! Where the system cannot tell who else has the file open, the run does
 //! not take the file for idle: it starts at the live pace, and goes to
@@ -242,7 +242,7 @@ pub fn can_open_files(n: usize) -> bool {
         for _ in 0..n {
             match std::fs::File::open("/dev/null") {
                 Ok(f) => open.push(f),
-                Err(e) => return !matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)),
+                Err(e) => return !out_of_files(&e),
             }
         }
         true
@@ -251,6 +251,18 @@ pub fn can_open_files(n: usize) -> bool {
     {
         let _ = n;
         true
+    }
+}
+
+/// Whether `e` says the process (or the whole system) may open no more
+/// files: a socket is one too, so `bind` and `accept` fail this way.
+pub fn out_of_files(e: &std::io::Error) -> bool {
+    #[cfg(unix)]
+    return matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+    #[cfg(not(unix))]
+    {
+        let _ = e;
+        false
     }
 }
 

@@ -86,7 +86,8 @@ pub enum Command {
         --pid process has exited), and after a dropped connection it resumes with Last-Event-ID, \
         printing no event twice. A new run started on the same address is followed from its start.\n\n\
         Exit status: 0 the run finished ok, 1 it failed, 130 it was interrupted (or watch was), \
-        2 bad usage (or the token was refused), 3 no run could be reached, 141 its output was \
+        2 bad usage (or the token was refused), 3 no run could be reached (or what answered is \
+        not a batchsse run), 141 its output was \
         closed (--progress json | head) or could not be written.")]
     Watch(WatchArgs),
 

@@ -133,6 +133,22 @@ fn refuse_foreign_probes(conn: &Connection) -> Result<(), UsageError> {
     }
 }
 
+/// Refuses a trigger of the user's on the checkpoint table, and with
+/// `probes` on the walk's probe tables (see [`super::db::refuse_triggers_on`]).
+fn refuse_triggers(conn: &Connection, probes: bool) -> Result<(), UsageError> {
+    let ours = [
+        TABLE,
+        super::walk_probe::TABLE,
+        super::walk_probe::COPY_TABLE,
+    ];
+    let written = if probes { &ours[..] } else { &ours[..1] };
+    super::db::refuse_triggers_on(
+        conn,
+        written,
+        "pass --no-checkpoint to run without a checkpoint",
+    )
+}
+
 /// The columns of the checkpoint table: those a run writes, then the one
 /// it leaves to its default.
 const COLUMNS: [&str; 9] = [
@@ -215,9 +231,11 @@ impl Resume {
     pub fn load(conn: &Connection, plan: &Plan, force: bool) -> Result<Resume, UsageError> {
         // Checked for --force too: it clears the table, then writes it.
         let present = is_ours(conn)?;
-        if force || super::walk_probe::written_by(plan) {
+        let probes = force || super::walk_probe::written_by(plan);
+        if probes {
             refuse_foreign_probes(conn)?;
         }
+        refuse_triggers(conn, probes)?;
         if force {
             return Ok(Resume {
                 forced: true,

@@ -55,6 +55,43 @@ pub fn object_kind(conn: &Connection, name: &str) -> rusqlite::Result<Option<Str
     .optional()
 }
 
+/// Refuses, before anything runs, a trigger of the user's on one of
+/// batchsse's own `tables` (batchsse makes none in the file): it would run
+/// at every write batchsse makes there, fail the step with its own text if
+/// it raises, or change what batchsse records. `or` names the way to run
+/// without those tables.
+pub(super) fn refuse_triggers_on(
+    conn: &Connection,
+    tables: &[&str],
+    or: &str,
+) -> Result<(), UsageError> {
+    use rusqlite::OptionalExtension;
+    let names = serde_json::to_string(tables).unwrap_or_default();
+    let found: Option<(String, String)> = conn
+        .query_row(
+            "SELECT name, tbl_name FROM main.sqlite_schema WHERE type = 'trigger'
+             AND lower(tbl_name) IN (SELECT value FROM json_each(?1)) ORDER BY name LIMIT 1",
+            [names],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(|e| {
+            UsageError::new(format!(
+                "cannot read the triggers of the database: {}",
+                run_time_message(conn, &e)
+            ))
+        })?;
+    let Some((trigger, table)) = found else {
+        return Ok(());
+    };
+    Err(UsageError::new(format!(
+        "the trigger {} is on {}, one of batchsse's own tables, where batchsse makes none: it would run at batchsse's writes there, and could fail the run or change what batchsse records. Nothing was run. Drop it (in the sqlite3 shell: DROP TRIGGER {}); or {or}",
+        crate::human::quoted(&trigger),
+        crate::human::shown(&table),
+        plan::quote(&trigger)
+    )))
+}
+
 /// What keeps `name`, one of batchsse's own tables, from being written as
 /// batchsse writes it, if anything does: something else by that name (a
 /// view), a column of `needed` missing, or a column not among `known`
@@ -128,7 +165,7 @@ fn open(path: &Path, busy_timeout: Duration, write: bool) -> Result<Connection, 
     let flags = access | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let mut conn = Connection::open_with_flags(path, flags)
         .map_err(|e| UsageError::new(format!("cannot open {shown}: {}", sqlite_message(&e))))?;
-    wait_for_locks(&mut conn, busy_timeout)
+    wait_for_locks(&mut conn, path, busy_timeout)
         .map_err(|e| UsageError::new(format!("cannot set the busy timeout: {e}")))?;
     let locked = || {
         UsageError::new(format!(
@@ -244,9 +281,10 @@ static NO_WAIT: AtomicBool = AtomicBool::new(false);
 /// off to sleeps of up to 100 ms, so a runner using it would take the lock
 /// back long after the application let it go, wasting the turn the
 /// governor's yield just gave the application, and the next one too.
-fn wait_for_locks(conn: &mut Connection, timeout: Duration) -> rusqlite::Result<()> {
+/// `path` is the file as the user named it, as messages name it.
+fn wait_for_locks(conn: &mut Connection, path: &Path, timeout: Duration) -> rusqlite::Result<()> {
     BUSY_TIMEOUT_MS.store(timeout.as_millis() as u64, Ordering::Relaxed);
-    let file = file_of(conn);
+    let file = path.to_owned();
     let (mut since, mut said) = (Instant::now(), false);
     // SAFETY: only kept to ask SQLite about this connection from its own
     // busy handler, which SQLite calls only while the connection is open.
@@ -267,7 +305,7 @@ fn wait_for_locks(conn: &mut Connection, timeout: Duration) -> rusqlite::Result<
         let waited = since.elapsed();
         if !said && waited >= SAY_WAIT_AFTER && waited < timeout {
             said = true;
-            say_waiting(file.as_deref(), timeout);
+            say_waiting(&file, timeout);
         }
         waited < timeout
     }))
@@ -278,13 +316,10 @@ fn wait_for_locks(conn: &mut Connection, timeout: Duration) -> rusqlite::Result<
 /// hung.
 const SAY_WAIT_AFTER: Duration = Duration::from_secs(1);
 
-/// "…/shop.sqlite is locked by another connection (open in pid 4242
+/// "shop.sqlite is locked by another connection (open in pid 4242
 /// (python3)); waiting for it, at most --busy-timeout 5000 ms (Ctrl-C stops)".
-fn say_waiting(file: Option<&Path>, timeout: Duration) {
-    let (shown, holders) = match file {
-        Some(f) => (crate::human::shown_path(f), lock_holders(f)),
-        None => ("the database".into(), String::new()),
-    };
+fn say_waiting(file: &Path, timeout: Duration) {
+    let (shown, holders) = (crate::human::shown_path(file), lock_holders(file));
     crate::errln!(
         "batchsse: {shown} is locked by another connection{holders}; waiting for it, at most --busy-timeout {} ms (Ctrl-C stops)",
         timeout.as_millis()

@@ -161,15 +161,56 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, UsageError> {
         socket.bind(addr)?;
         socket.listen(LISTEN_BACKLOG)
     };
-    listen().map_err(|e| {
-        let why = match e.kind() {
-            std::io::ErrorKind::AddrInUse => "the port is already in use".to_owned(),
-            std::io::ErrorKind::AddrNotAvailable => "that address is not on this machine".to_owned(),
-            std::io::ErrorKind::PermissionDenied => "permission denied (ports below 1024 need privileges)".to_owned(),
-            _ => e.to_string(),
-        };
-        UsageError::new(format!(
-            "cannot listen on {addr}: {why}; pick another with --listen, e.g. --listen 127.0.0.1:0 for any free port"
-        ))
-    })
+    listen().map_err(|e| cannot_listen(addr, &e))
+}
+
+/// Why `addr` could not be listened on, and what to do about it.
+fn cannot_listen(addr: SocketAddr, e: &std::io::Error) -> UsageError {
+    if crate::platform::out_of_files(e) {
+        // Another address would fail the same way: a socket is a file.
+        return UsageError::new(format!(
+            "cannot listen on {addr}: this process is out of open files ({e}); raise its limit, e.g. `ulimit -n 4096`, and run again"
+        ));
+    }
+    let why = match e.kind() {
+        std::io::ErrorKind::AddrInUse => "the port is already in use".to_owned(),
+        std::io::ErrorKind::AddrNotAvailable => "that address is not on this machine".to_owned(),
+        std::io::ErrorKind::PermissionDenied => {
+            "permission denied (ports below 1024 need privileges)".to_owned()
+        }
+        _ => e.to_string(),
+    };
+    UsageError::new(format!(
+        "cannot listen on {addr}: {why}; pick another with --listen, e.g. --listen 127.0.0.1:0 for any free port"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The start checks that a few files can still be opened, so a run
+    /// cannot be brought to this point out of files from outside: the
+    /// mapping alone is tested.
+    #[cfg(unix)]
+    #[test]
+    fn out_of_files_at_bind_says_to_raise_the_limit_not_to_change_the_address() {
+        let addr: SocketAddr = "127.0.0.1:7077".parse().unwrap();
+        for errno in [libc::EMFILE, libc::ENFILE] {
+            let e = cannot_listen(addr, &std::io::Error::from_raw_os_error(errno)).0;
+            assert!(
+                e.contains("cannot listen on 127.0.0.1:7077")
+                    && e.contains("out of open files")
+                    && e.contains("ulimit -n"),
+                "{errno}: {e}"
+            );
+            assert!(!e.contains("--listen"), "{errno}: {e}");
+        }
+        let busy = std::io::Error::from(std::io::ErrorKind::AddrInUse);
+        let e = cannot_listen(addr, &busy).0;
+        assert!(
+            e.contains("already in use") && e.contains("--listen 127.0.0.1:0"),
+            "{e}"
+        );
+    }
 }

@@ -30,6 +30,10 @@ const IDLE: Duration = Duration::from_secs(45);
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 const TRY_AT_LEAST: Duration = Duration::from_secs(1);
+/// Events not batchsse's that `watch` takes, before any of batchsse's,
+/// from what answered, then gives up: a run's stream begins with its
+/// `start`, and from the middle with other events batchsse sends.
+const FOREIGN_EVENTS: u32 = 5;
 /// How long `watch` tries before it says it is still waiting for a run
 /// (a run started at once, as in CI, is reached well before).
 const SAY_WAITING_AFTER: Duration = Duration::from_secs(2);
@@ -229,6 +233,8 @@ enum Attempt {
     Busy,
     /// Our standard output was closed (`watch … | head`): nobody reads on.
     OutputClosed,
+    /// The stream is not a batchsse run's (the last of its events, shown).
+    Foreign(String),
 }
 
 /// Where the watch is: the run it follows and the last event it showed.
@@ -240,6 +246,8 @@ struct Seen {
     /// Whether an event was shown: until then `last_id` is only the URL's
     /// `last_event_id`, which the server may not know.
     shown: bool,
+    /// Events not batchsse's met before any was shown.
+    foreign: u32,
 }
 
 impl Seen {
@@ -307,6 +315,7 @@ async fn follow(
         last_id: target.after,
         run_id: None,
         shown: false,
+        foreign: 0,
     };
     // The clock for --connect-timeout restarts whenever a stream was live.
     let mut since = Instant::now();
@@ -318,6 +327,7 @@ async fn follow(
         let why = match attempt(target, &mut seen, &mut renderer, deadline).await? {
             Attempt::Finished(s) => return Ok(s.exit_code()),
             Attempt::OutputClosed => return Ok(exit::OUTPUT_CLOSED),
+            Attempt::Foreign(last) => return Err(not_batchsse(target, &last).into()),
             Attempt::NoContent => return outcome_after_204(target, seen.last_id, deadline).await,
             Attempt::Dropped(why) => {
                 since = Instant::now();
@@ -584,13 +594,33 @@ fn show(ev: &ParsedEvent, seen: &mut Seen, renderer: &mut Renderer) -> Option<At
                 return Some(Attempt::OutputClosed);
             }
         }
-        Err(e) => print_line(&format!(
-            "batchsse: warning: skipped event {} ({}): its data is not what batchsse sends ({e})",
-            id.map_or("without id".into(), |i| i.to_string()),
-            crate::human::quoted(&ev.event)
-        )),
+        Err(e) => {
+            print_line(&format!(
+                "batchsse: warning: skipped event {} ({}): its data is not what batchsse sends ({e})",
+                id.map_or("without id".into(), |i| i.to_string()),
+                crate::human::quoted(&ev.event)
+            ));
+            // Else a server that is not a run is retried, or read, forever.
+            seen.foreign += u32::from(!seen.shown);
+            if seen.foreign >= FOREIGN_EVENTS {
+                return Some(Attempt::Foreign(format!(
+                    "event {}, data {}",
+                    crate::human::quoted(&ev.event),
+                    crate::human::quoted(&ev.data.chars().take(60).collect::<String>())
+                )));
+            }
+        }
     }
     None
+}
+
+/// What answered sends events, but none of a batchsse run's (`last`: the
+/// last of them): another program's event stream.
+fn not_batchsse(target: &Target, last: &str) -> Unreachable {
+    Unreachable(format!(
+        "{} serves an event stream that is not a batchsse run: its first {FOREIGN_EVENTS} events are none of those batchsse sends (the last: {last}); check the address (a run listens on http://127.0.0.1:7077/ unless its --listen says otherwise)",
+        target.url(&target.events)
+    ))
 }
 
 /// A status that retrying will not change.

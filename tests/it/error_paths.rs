@@ -147,6 +147,92 @@ fn a_checkpoint_table_altered_by_hand_is_refused_before_anything_runs() {
     }
 }
 
+/// A trigger of the user's on one of batchsse's own tables ran at every
+/// write batchsse made there, and one that raises failed the step with
+/// its own text (exit 1). It is refused before anything runs, as a table
+/// altered by hand is: exit 2, the file untouched, saying to drop it or
+/// how to run without that table.
+#[test]
+fn a_trigger_of_the_user_s_on_batchsse_s_own_tables_is_refused_before_anything_runs() {
+    for (table, around) in [
+        ("batchsse_checkpoint", "--no-checkpoint"),
+        ("batchsse_undo", "--no-undo"),
+    ] {
+        let db = bumped();
+        db.conn()
+            .execute_batch(&format!(
+                "CREATE TRIGGER \"my log\" BEFORE INSERT ON {table}
+                 BEGIN SELECT RAISE(ABORT, 'not in my table'); END"
+            ))
+            .unwrap();
+        let plan = db.file("again.json", &counter_plan("again", 10));
+        let before = db.bytes();
+        let mut args = run_args(&db, path_str(&plan), &["--no-serve", "--undo"]);
+        let (code, _, err) = run(&args);
+        plain(&err);
+        assert_eq!(code, 2, "{table}: {err}");
+        assert!(
+            err.contains(&format!("the trigger \"my log\" is on {table}"))
+                && err.contains("Nothing was run")
+                && err.contains("DROP TRIGGER \"my log\""),
+            "{table}: {err}"
+        );
+        assert!(!err.contains("not in my table"), "{table}: {err}");
+        assert_eq!(db.bytes(), before, "{table}");
+        // The way around it that the message gives works.
+        if around == "--no-undo" {
+            assert!(err.contains("run without --undo"), "{table}: {err}");
+            args.retain(|a| *a != "--undo");
+        } else {
+            assert!(err.contains("pass --no-checkpoint"), "{table}: {err}");
+            args.push(around);
+        }
+        let (code, _, err) = run(&args);
+        assert_eq!(code, 0, "{table}: {err}");
+        assert_eq!(db.counter_spread(), (0, 40), "{table}: bumped twice");
+    }
+}
+
+/// The same for the probe a walk by bare rowid writes beside the
+/// checkpoint.
+#[test]
+fn a_trigger_of_the_user_s_on_the_walk_s_probe_is_refused_before_anything_runs() {
+    let plan = |name: &str| {
+        serde_json::json!({"name": name, "steps": [{
+            "name": "bump", "sql": "UPDATE t SET v = v + 1 WHERE rowid BETWEEN :lo AND :hi",
+            "chunk": {"table": "t", "size": 10}}]})
+        .to_string()
+    };
+    let db = TempDb::with_sql(
+        "CREATE TABLE t(v INTEGER);
+         INSERT INTO t(v) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 100) SELECT 0 FROM s;",
+    );
+    // The probe lives only while a step is part-way: made here as batchsse
+    // makes it.
+    db.conn()
+        .execute_batch(
+            "CREATE TABLE batchsse_walk_probe (plan TEXT NOT NULL, step INTEGER NOT NULL, at INTEGER NOT NULL);
+             CREATE TRIGGER mine AFTER INSERT ON batchsse_walk_probe
+             BEGIN SELECT RAISE(ABORT, 'not in my table'); END",
+        )
+        .unwrap();
+    let again = db.file("again.json", &plan("again"));
+    let before = db.bytes();
+    let mut args = run_args(&db, path_str(&again), &["--no-serve"]);
+    let (code, _, err) = run(&args);
+    plain(&err);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("the trigger \"mine\" is on batchsse_walk_probe")
+            && err.contains("pass --no-checkpoint"),
+        "{err}"
+    );
+    assert_eq!(db.bytes(), before);
+    args.push("--no-checkpoint");
+    assert_eq!(run(&args).0, 0);
+    assert_eq!(db.query_i64("SELECT count(*) FROM t WHERE v = 1"), 100);
+}
+
 #[test]
 fn a_forced_run_on_a_damaged_checkpoint_says_the_file_is_damaged() {
     let db = TempDb::counters(100);

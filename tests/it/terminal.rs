@@ -216,6 +216,43 @@ fn a_lock_held_elsewhere_is_said_while_the_run_waits_for_it() {
     assert_eq!(db.counter_spread(), (100, 0));
 }
 
+/// The line said while the run waits for a lock names the database as it
+/// was typed, as the error does once the wait is over (it named SQLite's
+/// absolute path of the file).
+#[test]
+fn the_lock_waiting_line_names_the_database_as_typed() {
+    let db = TempDb::counters(10);
+    db.file("plan.json", &counter_plan("wait", 5));
+    let app = db.conn();
+    app.execute_batch("BEGIN IMMEDIATE").expect("take the lock");
+    let args = words("run --db test.sqlite --plan plan.json --no-serve --busy-timeout 2000");
+    let mut p = spawn(&args, |c| {
+        c.current_dir(db.dir.path());
+    });
+    let code = p.wait().code();
+    let err = p.stderr();
+    assert_eq!(code, Some(2), "{err}");
+    let waiting = err.lines().find(|l| l.contains("waiting for it"));
+    assert!(
+        waiting.is_some_and(|l| l.starts_with("batchsse: test.sqlite is locked by another")),
+        "{err}"
+    );
+    // Who holds it is still found from the name as typed.
+    let holder = format!("(open in pid {} (", std::process::id());
+    assert!(
+        !cfg!(target_os = "linux") || waiting.is_some_and(|l| l.contains(&holder)),
+        "{err}"
+    );
+    assert!(
+        err.contains("test.sqlite is locked by another connection")
+            && err.contains("still after --busy-timeout 2000 ms"),
+        "{err}"
+    );
+    let dir = db.dir.path().to_string_lossy();
+    assert!(!err.contains(&*dir), "{err}");
+    app.execute_batch("ROLLBACK").expect("let the lock go");
+}
+
 /// Ctrl-C while a chunk waits for another process's lock stops the run
 /// at once, as the waiting line promises, not once --busy-timeout has
 /// passed (SQLite's busy loop never looked at the interrupt).

@@ -1521,3 +1521,37 @@ fn a_row_kept_after_an_earlier_one_was_put_back_counts_as_this_trys() {
         assert_eq!(content(&db), content(&want), "{env:?}");
     }
 }
+
+/// A dry run's one transaction that cannot begin (another process holds
+/// the write lock past --busy-timeout) says who holds the lock and what
+/// to do, as a run's steps do, not SQLite's bare "database is locked".
+#[test]
+fn a_dry_run_undo_locked_out_at_its_start_says_what_to_do() {
+    let db = bumped();
+    let before = db.bytes();
+    let extra = words("--dry-run --busy-timeout 1000 --progress none");
+    let mut p = gated_undo(path_str(&db.path), "bump", &extra);
+    let app = db.conn();
+    app.execute_batch("BEGIN IMMEDIATE").expect("take the lock");
+    let mut s = Stream::open(p.addr(), "/events", &[]);
+    let code = p.wait_for(Duration::from_secs(20)).code();
+    app.execute_batch("ROLLBACK").expect("let the lock go");
+    let err = p.stderr();
+    assert_eq!(code, Some(1), "{err}");
+    let said =
+        "the dry run's transaction could not begin: database is locked by another connection";
+    assert!(
+        err.contains(said)
+            && err.contains(
+                "still after --busy-timeout 1000 ms; wait for it to finish or raise --busy-timeout"
+            ),
+        "{err}"
+    );
+    let finished = data(&s.until("finished"));
+    assert_eq!(finished["status"], "failed", "{finished}");
+    assert!(
+        finished["error"].as_str().is_some_and(|e| e.contains(said)),
+        "{finished}"
+    );
+    assert_eq!(db.bytes(), before);
+}

@@ -1444,3 +1444,101 @@ fn in_github_mode_a_run_killed_mid_step_leaves_no_group_open() {
     assert!(group.is_some() && error.is_some(), "{err}");
     assert!(group < end && end < error, "{err}");
 }
+
+/// An SSE server that is not batchsse, as a Node or Python app serves one:
+/// each connection gets `body` (events without ids, none of batchsse's),
+/// then is closed, or with `open` gets it again every 50 ms until the
+/// client leaves. One connection at a time, at most 60 s; stopped and
+/// joined on drop.
+struct ForeignSse {
+    addr: SocketAddr,
+    served: Arc<std::sync::atomic::AtomicUsize>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ForeignSse {
+    fn start(body: &'static str, open: bool) -> ForeignSse {
+        use std::sync::atomic::Ordering::Relaxed;
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("addr");
+        let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (n, halt) = (served.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let end = Instant::now() + PATIENCE;
+            while !halt.load(Relaxed) && Instant::now() < end {
+                let Ok((mut s, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                n.fetch_add(1, Relaxed);
+                let _ = s.set_nonblocking(false);
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                let _ = s.read(&mut [0; 4096]);
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nconnection: close\r\n\r\n";
+                let mut sent = s.write_all(head.as_bytes());
+                while sent.is_ok() && !halt.load(Relaxed) && Instant::now() < end {
+                    sent = s.write_all(body.as_bytes());
+                    if !open {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        });
+        ForeignSse {
+            addr,
+            served,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn served(&self) -> usize {
+        self.served.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for ForeignSse {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// `watch` pointed at an event stream that is not a batchsse run (an
+/// app's own, on the wrong port) reconnected to it forever, or printed a
+/// warning an event forever: now it gives up after a few of its events,
+/// with exit 3 (what answered is not a batchsse run) and what to check.
+#[test]
+fn an_event_stream_that_is_not_a_batchsse_run_ends_watch_with_exit_3() {
+    for (body, open) in [
+        ("data: hello\n\ndata: world\n\n", false),
+        ("event: price\ndata: {\"eur\": 3}\n\n", true),
+    ] {
+        let server = ForeignSse::start(body, open);
+        let url = format!("http://{}/", server.addr);
+        let t0 = Instant::now();
+        let mut w = watch(&url, &["--connect-timeout", "30"]);
+        let code = w.wait_for(Duration::from_secs(20)).code();
+        let err = w.stderr();
+        assert_eq!(code, Some(3), "{body:?}: {err}");
+        let says = format!(
+            "batchsse: http://{}/events serves an event stream that is not a batchsse run",
+            server.addr
+        );
+        assert!(err.contains(&says), "{body:?}: {err}");
+        assert!(err.contains("check the address"), "{body:?}: {err}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{body:?}: took {:?}",
+            t0.elapsed()
+        );
+        assert!(server.served() <= 5, "{body:?}: {} tries", server.served());
+        assert_eq!(w.stdout(), "", "{body:?}");
+    }
+}

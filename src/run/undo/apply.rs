@@ -290,7 +290,10 @@ impl Undoer<'_> {
         let groups = match read {
             Ok(g) => g,
             Err(e) => {
-                let end = self.failed(format!("cannot read the undo record: {e}"));
+                let end = self.failed(format!(
+                    "cannot read the undo record: {}; nothing was taken back",
+                    crate::run::db::run_time_message(self.conn, &e)
+                ));
                 return (Tally::default(), end, 0);
             }
         };
@@ -308,7 +311,10 @@ impl Undoer<'_> {
             match Tx::begin(self.conn, false) {
                 Ok(t) => Some(t),
                 Err(e) => {
-                    let end = self.failed(format!("cannot begin: {e}"));
+                    let end = self.failed(format!(
+                        "the dry run's transaction could not begin: {}",
+                        crate::run::db::run_time_message(self.conn, &e)
+                    ));
                     return (Tally::default(), end, groups.len());
                 }
             }
@@ -872,7 +878,10 @@ impl Undoer<'_> {
             Ok((_, left)) => self.message(Level::Warn, format!("plan {} is not fully taken back: step(s) {} still have undo records (a step the run did not record stopped the undo, or only some of the plan's runs were taken back), so they stay checkpointed: running the plan again skips them, or is refused while a step is taken back only in part (`batchsse undo list` shows what is left); the steps taken back in full can run again", quoted(plan), listed(&left))),
             Err(e) => self.message(
                 Level::Warn,
-                format!("the undo is complete, but the plan's checkpoint could not be cleared: {e}"),
+                format!(
+                    "the undo is complete, but the plan's checkpoint could not be cleared: {}",
+                    crate::run::db::run_time_message(self.conn, &e)
+                ),
             ),
         }
     }

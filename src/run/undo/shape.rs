@@ -125,6 +125,7 @@ pub fn refuse_unrecordable(conn: &Connection, plan: &Plan) -> Result<(), UsageEr
             "cannot record for --undo: {why}. Give it another name, or drop it if it holds nothing you need; or run without --undo"
         )));
     }
+    crate::run::db::refuse_triggers_on(conn, &super::store::TABLES, "run without --undo")?;
     let schema = |e: rusqlite::Error| {
         UsageError::new(format!(
             "cannot read the tables' columns for --undo: {}",

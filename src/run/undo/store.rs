@@ -227,6 +227,9 @@ fn conflicts_have_plan(conn: &Connection) -> rusqlite::Result<bool> {
     has_column(conn, "batchsse_undo_conflict", "plan")
 }
 
+/// The undo's own tables.
+pub const TABLES: [&str; 4] = [CHUNKS, CONFLICTS, PROBE, COPY_PROBE];
+
 /// The undo's own tables, and the columns each has had since the
 /// first release (later ones are added to an older table as it is met).
 const SHAPES: [(&str, &[&str]); 4] = [
