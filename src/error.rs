@@ -71,6 +71,8 @@ pub fn exit_with_line(line: &str, code: u8) -> ! {
         None => over_ctrl_c(),
     }
     write_line(line);
+    // Nothing is dropped on the way out: the bars' own guard would not.
+    crate::platform::echo_again();
     std::process::exit(i32::from(code))
 }
 

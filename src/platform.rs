@@ -11,6 +11,7 @@
 //! | A database's path from SQLite's bytes ([`path_from_bytes`]) | any bytes | any bytes | UTF-8 |
 //! | Appending to a file named by the environment ([`open_to_append`]) | a FIFO no one reads is refused at once (`O_NONBLOCK`) | the same | opened as asked |
 //! | Open files a server may hold ([`raise_open_file_limit`], [`can_open_files`], [`out_of_files`]) | soft limit raised to the hard one | the same (macOS: at most 10,240 if the hard one is refused) | no such limit on sockets |
+//! | Keys typed under the bars ([`Unechoed`]) | not echoed (termios `ECHO` off while the bars are drawn, in the foreground) | the same | the console echoes only what a program reads: nothing to do |
 //!
 //! Where the system cannot tell who else has the file open, the run does
 //! not take the file for idle: it starts at the live pace, and goes to
@@ -228,6 +229,78 @@ pub fn raise_open_file_limit() {
             // macOS refuses more than OPEN_MAX when the hard limit is unlimited.
             lim.rlim_cur = lim.rlim_max.min(10_240).max(current);
             let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// The terminal's settings before [`Unechoed::begin`] turned its echo
+/// off, until they are put back.
+#[cfg(unix)]
+static ECHOED: std::sync::Mutex<Option<libc::termios>> = std::sync::Mutex::new(None);
+
+/// Keys typed while the bars are drawn are not echoed: the terminal
+/// echoes Enter as a line feed, which moves the cursor a row below where
+/// the bars' next draw counts from, and that draw left a copy of the
+/// first bar behind. What is typed still reaches the shell after the run.
+/// The echo comes back when this is dropped, or at [`echo_again`] (an
+/// exit that drops nothing).
+pub struct Unechoed(());
+
+impl Unechoed {
+    /// On the terminal the bars are drawn on (standard error), with this
+    /// process in its foreground; `None` anywhere else. The terminal
+    /// echoes what is typed on it whoever reads it, so standard input
+    /// need not be that terminal.
+    pub fn begin() -> Option<Unechoed> {
+        #[cfg(unix)]
+        // SAFETY: plain calls on descriptor 2 with a valid struct, which
+        // tcgetattr fills before it is read.
+        unsafe {
+            let fg = libc::isatty(2) == 1 && libc::tcgetpgrp(2) == libc::getpgrp();
+            let mut was: libc::termios = std::mem::zeroed();
+            if !fg || libc::tcgetattr(2, &mut was) != 0 || was.c_lflag & libc::ECHO == 0 {
+                return None;
+            }
+            let mut quiet = was;
+            quiet.c_lflag &= !libc::ECHO;
+            *ECHOED.lock().unwrap_or_else(|p| p.into_inner()) = Some(was);
+            set_terminal(&quiet);
+            Some(Unechoed(()))
+        }
+        #[cfg(not(unix))]
+        None
+    }
+}
+
+impl Drop for Unechoed {
+    fn drop(&mut self) {
+        echo_again();
+    }
+}
+
+/// Puts the terminal's echo back, if [`Unechoed`] took it away.
+pub fn echo_again() {
+    #[cfg(unix)]
+    if let Some(was) = ECHOED.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        set_terminal(&was);
+    }
+}
+
+/// Sets standard error's terminal to `t`, with SIGTTOU ignored meanwhile:
+/// a run sent to the background (Ctrl-Z, `bg`) would otherwise be stopped
+/// by the call.
+#[cfg(unix)]
+fn set_terminal(t: &libc::termios) {
+    // SAFETY: sigaction with valid structs, restoring the action it read;
+    // tcsetattr on descriptor 2 with a valid struct.
+    unsafe {
+        let mut ignore: libc::sigaction = std::mem::zeroed();
+        ignore.sa_sigaction = libc::SIG_IGN;
+        let mut old: libc::sigaction = std::mem::zeroed();
+        let swapped = libc::sigaction(libc::SIGTTOU, &ignore, &mut old) == 0;
+        libc::tcsetattr(2, libc::TCSANOW, t);
+        if swapped {
+            libc::sigaction(libc::SIGTTOU, &old, std::ptr::null_mut());
         }
     }
 }

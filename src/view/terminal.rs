@@ -67,6 +67,8 @@ struct Bars {
     multi: MultiProgress,
     overall: ProgressBar,
     step: Option<ProgressBar>,
+    /// Typed keys unechoed while the bars are drawn (dropped after them).
+    _keys: Option<crate::platform::Unechoed>,
 }
 
 impl Bars {
@@ -78,13 +80,16 @@ impl Bars {
         overall.set_prefix("run ");
         overall.set_message(on_a_bar(&format!("{} on {}", shown(&s.plan), shown(&s.db))));
         overall.enable_steady_tick(Duration::from_millis(250));
+        let mut keys = None;
         if !multi.is_hidden() {
             crate::error::set_bars(Some(Arc::new(Above(multi.clone()))));
+            keys = crate::platform::Unechoed::begin();
         }
         Bars {
             multi,
             overall,
             step: None,
+            _keys: keys,
         }
     }
 

@@ -608,3 +608,94 @@ fn a_failed_chunk_names_its_keys() {
         assert_eq!(db.counter_spread(), spread);
     }
 }
+
+/// Enter typed under the bars: the terminal echoes it as a line feed,
+/// and the bars' next redraw must not leave a copy of them above it.
+#[test]
+fn enter_typed_under_the_bars_leaves_no_bar_behind() {
+    let db = TempDb::counters(400);
+    db.age();
+    let plan = slow_plan(&db, 40, 50_000);
+    let args = run_args(&db, path_str(&plan), &["--no-serve", "--batch-size", "40"]);
+    let t = Terminal::start(&args, 100, &[]);
+    t.wait_for("rows/s");
+    t.type_keys(b"\r");
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    t.type_keys(b"\x03");
+    let (code, got) = t.finish();
+    let rows = screen(&got, 100);
+    let shown = rows.join("\n");
+    assert_eq!(code, 130, "{shown}");
+    assert!(
+        !rows.iter().any(|r| is_bar(r)),
+        "a bar is left on the screen:\n{shown}"
+    );
+}
+
+/// The echo the bars turn off comes back however the run ends: finished,
+/// stopped by Ctrl-C, or quit at once by a second Ctrl-C (an exit that
+/// drops nothing). `stty` run on the same terminal afterwards says
+/// `echo`, not `-echo`, else the person's next typing would be invisible.
+#[test]
+fn the_terminal_echoes_again_however_the_run_ends() {
+    let echoing = |got: &[u8]| {
+        let text = String::from_utf8_lossy(got);
+        let stty = text.rsplit_once("speed ").map(|(_, s)| s.to_owned());
+        let stty = stty.unwrap_or_else(|| panic!("no stty output:\n{text}"));
+        let words: Vec<&str> = stty.split_whitespace().collect();
+        assert!(
+            words.contains(&"echo") != words.contains(&"-echo"),
+            "{stty}"
+        );
+        words.contains(&"echo")
+    };
+    let db = TempDb::counters(400);
+    db.age();
+    let plan = slow_plan(&db, 40, 50_000);
+    let flags = [
+        "--no-serve",
+        "--batch-size",
+        "40",
+        "--busy-timeout",
+        "60000",
+    ];
+    let args = run_args(&db, path_str(&plan), &flags);
+    // Stopped by a Ctrl-C typed on the terminal.
+    let t = Terminal::start_then(&args, 100, "stty -a <&2 >&2");
+    t.wait_for("rows/s");
+    t.type_keys(b"\x03");
+    let (code, got) = t.finish();
+    assert_eq!(code, 130, "{}", String::from_utf8_lossy(&got));
+    assert!(echoing(&got), "stopped: the echo is back");
+    // Quit at once by a second, while the run's first read waits for a
+    // lock (as in `a_second_ctrl_c_quits_at_once_without_committing`).
+    let port = free_port().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let mut gated = args.clone();
+    gated.extend(["--listen", &listen, "--wait-for-clients", "1"]);
+    gated.retain(|a| *a != "--no-serve");
+    let t = Terminal::start_then(&gated, 100, "stty -a <&2 >&2");
+    t.wait_for("0/2 steps");
+    let holder = db.conn();
+    holder.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let mut s = Stream::open(listen.parse().unwrap(), "/events", &[]);
+    s.until("start");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    t.type_keys(b"\x03");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    t.type_keys(b"\x03");
+    let (code, got) = t.finish();
+    holder.execute_batch("ROLLBACK").unwrap();
+    let text = String::from_utf8_lossy(&got);
+    assert_eq!(code, 130, "{text}");
+    assert!(text.contains("quitting now"), "{text}");
+    assert!(echoing(&got), "quit at once: the echo is back");
+    // Finished.
+    let db = TempDb::counters(40);
+    let plan = slow_plan(&db, 40, 1_000);
+    let args = run_args(&db, path_str(&plan), &["--no-serve"]);
+    let t = Terminal::start_then(&args, 100, "stty -a <&2 >&2");
+    let (code, got) = t.finish();
+    assert_eq!(code, 0, "{}", String::from_utf8_lossy(&got));
+    assert!(echoing(&got), "finished: the echo is back");
+}

@@ -441,6 +441,22 @@ fn read_terminal(
 #[cfg(unix)]
 impl Terminal {
     pub fn start(args: &[&str], cols: u16, env: &[(&str, &str)]) -> Terminal {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args);
+        Terminal::spawn(cmd, cols, env)
+    }
+
+    /// [`Terminal::start`], then the shell command `then` on the same
+    /// terminal once batchsse has exited (the exit code is batchsse's): a
+    /// look at what it left the terminal in (`stty -a`).
+    pub fn start_then(args: &[&str], cols: u16, then: &str) -> Terminal {
+        let script = format!("trap : INT; \"$0\" \"$@\"; code=$?; {then}; exit $code");
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(script).arg(BIN).args(args);
+        Terminal::spawn(cmd, cols, &[])
+    }
+
+    fn spawn(mut cmd: Command, cols: u16, env: &[(&str, &str)]) -> Terminal {
         use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
         let (mut master, mut slave) = (-1, -1);
         let size = libc::winsize {
@@ -466,9 +482,7 @@ impl Terminal {
         // would not close the terminal.
         // SAFETY: sets a flag on a descriptor owned here.
         unsafe { libc::fcntl(master.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
-        let mut cmd = Command::new(BIN);
-        cmd.args(args)
-            .env("TERM", "xterm")
+        cmd.env("TERM", "xterm")
             .env("NO_COLOR", "1")
             .env_remove("COLUMNS")
             .env_remove("BATCHSSE_TOKEN")
