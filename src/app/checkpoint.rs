@@ -35,7 +35,7 @@ fn list(args: CheckpointListArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn clear(args: CheckpointClearArgs) -> anyhow::Result<ExitCode> {
-    let conn = runner::open_db(&args.db, Duration::from_millis(args.busy_timeout))?;
+    let conn = runner::open_db_to_tidy(&args.db, Duration::from_millis(args.busy_timeout))?;
     refuse_under_a_live_run(
         &args.db,
         "clearing the checkpoint under it would stop it, and running its plan again would apply what it committed twice",

@@ -309,7 +309,7 @@ fn list_text(
 }
 
 fn clear(args: UndoClearArgs) -> anyhow::Result<ExitCode> {
-    let conn = runner::open_db(&args.db, Duration::from_millis(args.busy_timeout))?;
+    let conn = runner::open_db_to_tidy(&args.db, Duration::from_millis(args.busy_timeout))?;
     super::checkpoint::refuse_under_a_live_run(
         &args.db,
         "an undo under way would find its record gone and stop short of taking the run back, while saying it finished, and a run recording would record what no undo can take back",

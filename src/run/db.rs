@@ -17,6 +17,19 @@ pub fn open_db(path: &Path, busy_timeout: Duration) -> Result<Connection, UsageE
     open(path, busy_timeout, true)
 }
 
+/// [`open_db`] for `checkpoint clear` and `undo clear`, which write only
+/// batchsse's own tables: a trigger of the user's on one of them (which a
+/// run refuses) does not fire, so it cannot keep them from being cleared.
+pub fn open_db_to_tidy(path: &Path, busy_timeout: Duration) -> Result<Connection, UsageError> {
+    let conn = open(path, busy_timeout, true)?;
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER,
+        false,
+    )
+    .map_err(|e| UsageError::new(format!("cannot turn triggers off: {}", sqlite_message(&e))))?;
+    Ok(conn)
+}
+
 /// [`open_db`] for a command that only reads (`checkpoint list`): a
 /// read-only file is fine, and no write lock is taken.
 pub fn open_db_to_read(path: &Path, busy_timeout: Duration) -> Result<Connection, UsageError> {

@@ -36,7 +36,7 @@ use serde_json::json;
 use checkpoint::Checkpoint;
 pub use checkpoint::Resume;
 
-pub use db::{open_db, open_db_to_read, run_time_message};
+pub use db::{open_db, open_db_to_read, open_db_to_tidy, run_time_message};
 pub use escape::refuse_escaping_chunks;
 use governor::Governor;
 pub use governor::{Brakes, Pace, check_throttle_query};

@@ -193,6 +193,36 @@ fn a_trigger_of_the_user_s_on_batchsse_s_own_tables_is_refused_before_anything_r
     }
 }
 
+/// A trigger of the user's that raises on a delete from batchsse's own
+/// tables kept `checkpoint clear` and `undo clear`, the way out of
+/// those tables, from clearing them: it failed with the trigger's text.
+/// Clearing writes only batchsse's tables, with triggers off.
+#[test]
+fn a_trigger_of_the_user_s_on_batchsse_s_own_tables_does_not_stop_clearing_them() {
+    for (table, command) in [
+        ("batchsse_undo", "undo"),
+        ("batchsse_checkpoint", "checkpoint"),
+    ] {
+        let db = bumped();
+        db.conn()
+            .execute_batch(&format!(
+                "CREATE TRIGGER keep BEFORE DELETE ON {table}
+                 BEGIN SELECT RAISE(ABORT, 'not from my table'); END"
+            ))
+            .unwrap();
+        let (code, _, err) = run(&[command, "clear", "--db", path_str(&db.path), "--all"]);
+        assert_eq!(code, 0, "{command} clear: {err}");
+        assert!(!err.contains("not from my table"), "{command} clear: {err}");
+        assert_eq!(
+            db.query_i64(&format!(
+                "SELECT count(*) FROM sqlite_schema WHERE name = '{table}'"
+            )),
+            0,
+            "{command} clear: {table} is gone, its trigger with it"
+        );
+    }
+}
+
 /// The same for the probe a walk by bare rowid writes beside the
 /// checkpoint.
 #[test]
