@@ -278,11 +278,17 @@ impl Drop for Unechoed {
     }
 }
 
-/// Puts the terminal's echo back, if [`Unechoed`] took it away.
+/// Puts the terminal's echo back, if [`Unechoed`] took it away. Not from
+/// the background (Ctrl-Z, then `bg`): the shell put its own settings
+/// back when the run stopped, and its line editor is using the terminal
+/// now.
 pub fn echo_again() {
     #[cfg(unix)]
     if let Some(was) = ECHOED.lock().unwrap_or_else(|p| p.into_inner()).take() {
-        set_terminal(&was);
+        // SAFETY: plain calls on this process and descriptor 2.
+        if unsafe { libc::tcgetpgrp(2) == libc::getpgrp() } {
+            set_terminal(&was);
+        }
     }
 }
 
