@@ -49,6 +49,7 @@ pub(super) fn run(r: &Runner<'_>, step: &Step, chunk: &Chunk, resume: &Resume) -
     let mut sizer = Sizer::new(fixed.unwrap_or(chunk.size));
     announce(r, step, chunk, &c, sizer.size);
     warn_if_gaps(r, step, chunk);
+    super::scatter::warn_if_scattered(r, step, chunk, c.total.saturating_sub(c.done));
     if matches!(span.max, Key::Null) {
         // Nothing to visit; still record the step as applied.
         let tx = Tx::begin(r.conn, r.nested).map_err(|e| r.fail(e, c))?;

@@ -22,6 +22,7 @@ mod hooked;
 pub mod housekeeping;
 mod neighbours;
 mod renumber;
+mod scatter;
 mod tx;
 pub mod undo;
 mod walk_probe;
