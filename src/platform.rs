@@ -4,7 +4,7 @@
 //!
 //! | What | Linux | macOS, other Unix | Windows |
 //! |---|---|---|---|
-//! | Who else has the database open ([`open_by_others`], [`open_by_this_program`]): the live pace, the names in a lock message, `checkpoint clear` and `undo clear` refused under a live run | scans `/proc/*/fd` (without a `/proc`: cannot tell) | cannot tell ([`Sight::Blind`]) | cannot tell ([`Sight::Blind`]) |
+//! | Who else has the database open ([`open_by_others`], [`open_by_this_program`]): the live pace, the names in a lock message, `checkpoint clear` and `undo clear` refused under a live run, batchsse's emptied tables dropped after a complete undo | scans `/proc/*/fd` (without a `/proc`: cannot tell) | cannot tell ([`Sight::Blind`]) | cannot tell ([`Sight::Blind`]) |
 //! | Whether `watch --pid`'s process still runs ([`process_alive`]) | `/proc/PID/stat` (a zombie counts as gone) | `kill(pid, 0)` (a zombie counts as running) | `OpenProcess` + `WaitForSingleObject` |
 //! | What stops a run ([`StopSignals`]) | Ctrl-C (SIGINT), SIGTERM, SIGHUP (unless ignored, as under `nohup`) | the same | Ctrl-C, Ctrl-Break |
 //! | Whether SQLite may make its journal beside the file ([`may_create_in`]) | `access(W_OK)` | `access(W_OK)` | cannot tell (found at the first write) |

@@ -376,6 +376,23 @@ pub fn finished_steps(conn: &Connection, plan: &str) -> crate::plan::Finished {
     read().unwrap_or_default()
 }
 
+/// Drops the checkpoint table if it holds no plan's steps (a complete
+/// undo took back the last); returns whether it did.
+pub(crate) fn drop_if_empty(conn: &Connection) -> rusqlite::Result<bool> {
+    if !super::renumber::table_exists(conn, TABLE)? {
+        return Ok(false);
+    }
+    let empty: bool = conn.query_row(
+        &format!("SELECT NOT EXISTS (SELECT 1 FROM {TABLE})"),
+        [],
+        |r| r.get(0),
+    )?;
+    if empty {
+        conn.execute_batch(&format!("DROP TABLE {TABLE}"))?;
+    }
+    Ok(empty)
+}
+
 pub(super) fn table_exists(conn: &Connection) -> Result<bool, UsageError> {
     conn.query_row(
         "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1",

@@ -97,6 +97,10 @@ impl TempDb {
         self.conn().query_row(sql, [], |r| r.get(0)).expect(sql)
     }
 
+    pub fn query_text(&self, sql: &str) -> String {
+        self.conn().query_row(sql, [], |r| r.get(0)).expect(sql)
+    }
+
     /// `(count of counter = 1, count of others)` over table `t`.
     pub fn counter_spread(&self) -> (i64, i64) {
         (

@@ -846,6 +846,40 @@ impl Undoer<'_> {
         ));
     }
 
+    /// After a plan is taken back whole, batchsse's own tables that hold
+    /// nothing go, so the file holds what it held before the run. Rows
+    /// kept as conflicts keep the undo's tables, another plan's
+    /// checkpoint the checkpoint's; and nothing goes while another run or
+    /// undo of this program has the file open (an undo of the same run
+    /// beside this one still reads them), nor where the system cannot
+    /// tell.
+    fn tidy(&self) {
+        use crate::platform::{Sight, open_by_others, open_by_this_program};
+        let Some(path) = crate::run::db::file_of(self.conn) else {
+            return;
+        };
+        let alone = matches!(open_by_others(&path), Sight::Seen(_))
+            && open_by_this_program(&path).is_empty();
+        if !alone {
+            return;
+        }
+        let tidy = || -> rusqlite::Result<()> {
+            let tx = Tx::begin(self.conn, false)?;
+            store::drop_if_empty(self.conn)?;
+            checkpoint::drop_if_empty(self.conn)?;
+            tx.commit()
+        };
+        if let Err(e) = tidy() {
+            self.message(
+                Level::Warn,
+                format!(
+                    "the undo is complete, but batchsse's own tables, now empty, could not be removed: {}; `batchsse undo clear` and `batchsse checkpoint clear` remove them",
+                    crate::run::db::run_time_message(self.conn, &e)
+                ),
+            );
+        }
+    }
+
     /// After a complete undo: says what is left. The checkpoint of each
     /// step taken back whole went in its last part's transaction
     /// ([`Undoer::settle`]), so those steps can run again.
@@ -871,7 +905,10 @@ impl Undoer<'_> {
             s.join(", ")
         };
         match done() {
-            Ok((kept, left)) if kept.is_empty() && left.is_empty() => self.say_taken_back(),
+            Ok((kept, left)) if kept.is_empty() && left.is_empty() => {
+                self.say_taken_back();
+                self.tidy();
+            }
             Ok((kept, left)) if left.is_empty() => {
                 self.message(Level::Warn, format!("plan {}: the steps taken back can run again, but step(s) {} were applied by a run that was not recorded, so they stay applied and checkpointed (running the plan again will not apply them twice)", quoted(plan), listed(&kept)));
             }
