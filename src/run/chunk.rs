@@ -56,7 +56,7 @@ pub(super) fn run(r: &Runner<'_>, step: &Step, chunk: &Chunk, resume: &Resume) -
         r.checkpoint
             .step_done(step, 0, 0)
             .map_err(|e| r.fail(e, c))?;
-        tx.commit().map_err(|e| r.fail(e, c))?;
+        r.commit(tx).map_err(|e| r.fail(e, c))?;
         return Ok(c);
     }
     let fence = fence_for(r, chunk);
@@ -253,7 +253,7 @@ fn one_chunk(
         r.checkpoint
             .step_done(step, c.done, c.changed)
             .map_err(fail)?;
-        tx.commit().map_err(fail)?;
+        r.commit(tx).map_err(fail)?;
         return Ok(None);
     }
     let (work, fence) = (&mut walk.work, walk.fence.as_ref());
@@ -283,7 +283,7 @@ fn one_chunk(
         return Err((StepError::Cancelled, c)); // the guard rolls back
     }
     let work = began.elapsed();
-    tx.commit().map_err(fail)?;
+    r.commit(tx).map_err(fail)?;
     Ok(Some(Walked {
         hi,
         rows,

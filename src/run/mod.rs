@@ -585,6 +585,14 @@ impl Runner<'_> {
     /// Ends the run-wide transaction: rolled back for a dry run or after a
     /// failure, committed otherwise.
     fn end_outer(&self, outer: Tx<'_>, tally: &mut Tally) {
+        if self.opts.dry_run && tally.end.is_none() && tx::deferred_violations(self.conn) {
+            let why = format!(
+                "the run's transaction would not commit: {}",
+                tx::foreign_key_failed()
+            );
+            self.message(None, Level::Error, why.clone());
+            tally.end = Some((RunStatus::Failed, why));
+        }
         if self.opts.dry_run || tally.end.is_some() {
             drop(outer);
             let text = if self.opts.dry_run {
@@ -699,8 +707,19 @@ impl Runner<'_> {
         if self.cancel.is_cancelled() {
             return Err((StepError::Cancelled, none));
         }
-        tx.commit().map_err(|e| self.fail(e, none))?;
+        self.commit(tx).map_err(|e| self.fail(e, none))?;
         Ok(Counts::all(changed))
+    }
+
+    /// Commits a step's or a chunk's transaction. In a `--dry-run` without
+    /// `--atomic` it is a savepoint that stands for a transaction of the
+    /// real run: one that leaves a foreign-key violation deferred to the
+    /// commit fails, rolled back, as that commit would.
+    fn commit(&self, tx: Tx<'_>) -> rusqlite::Result<()> {
+        if self.opts.dry_run && !self.opts.atomic && tx::deferred_violations(self.conn) {
+            return Err(tx::foreign_key_failed());
+        }
+        tx.commit()
     }
 
     /// Does a step's (or chunk's) work, recorded with `--undo`; `None`:
