@@ -391,6 +391,7 @@ impl Shape {
             size: 0,
             contained: false,
             fenced: false,
+            inserts: false,
         };
         (chunk, names.collect())
     }
@@ -698,6 +699,7 @@ impl Rehearsal {
                     size,
                     contained: false,
                     fenced: false,
+                    inserts: false,
                 }
             }
         })
@@ -809,6 +811,7 @@ impl Rehearsal {
         self.refuse_other_key(label, &table, &chunk, &key_names, &seen)?;
         chunk.contained = updates_only(&table, &seen);
         chunk.fenced = chunk.contained && !written_by_trigger(&table, &seen);
+        chunk.inserts = inserted(&table, &seen).is_some();
         match batch.next() {
             Ok(None) => {}
             _ => {
@@ -1078,6 +1081,7 @@ impl Rehearsal {
             size: 0,
             contained: false,
             fenced: false,
+            inserts: false,
         };
         Ok((chunk, vec![name]))
     }
@@ -1282,10 +1286,7 @@ fn refuse_inserts_ahead(
     if chunk.rowid {
         return Ok(());
     }
-    let hit = seen
-        .iter()
-        .find(|a| a.inserts && a.table.eq_ignore_ascii_case(table));
-    let Some(Access { by, .. }) = hit else {
+    let Some(Access { by, .. }) = inserted(table, seen) else {
         return Ok(());
     };
     let via = by
@@ -1296,6 +1297,13 @@ fn refuse_inserts_ahead(
         table = shown(table),
         key = shown(&chunk.key)
     )))
+}
+
+/// What inserts into `table`, as the authorizer `seen` the statement
+/// compile (itself, a trigger, an upsert), if anything does.
+fn inserted<'a>(table: &str, seen: &'a [Access]) -> Option<&'a Access> {
+    seen.iter()
+        .find(|a| a.inserts && a.table.eq_ignore_ascii_case(table))
 }
 
 /// Runs a statement on the rehearsal copy if it may change the schema, so

@@ -308,6 +308,12 @@ fn strays(
     (changed, rows): (u64, u64),
 ) -> rusqlite::Result<Option<String>> {
     let chunk = walk.chunk;
+    if chunk.inserts && top_rowid_taken(conn, chunk)? {
+        return Ok(Some(format!(
+            "it {}; this chunk was rolled back",
+            random_rowids(chunk)
+        )));
+    }
     if chunk.contained && changed > rows {
         let sql = format!(
             "SELECT count(*) FROM {} WHERE {} BETWEEN ?1 AND ?2",
@@ -342,6 +348,34 @@ fn outside(chunk: &Chunk, (min, max): (i64, i64), lo: &Key, hi: &Key) -> Option<
         (false, false) => return None,
     };
     Some(stray_message(chunk, &row.to_string()))
+}
+
+/// Whether the table a rowid walk inserts into (see [`Chunk::inserts`])
+/// holds the largest rowid there is. SQLite then gives each new row a
+/// random free rowid, where it would give the next one up, past the end
+/// of the walk: a row inserted ahead of the walk would be visited by a
+/// later chunk, and copied again.
+pub(super) fn top_rowid_taken(conn: &Connection, chunk: &Chunk) -> rusqlite::Result<bool> {
+    if !(chunk.inserts && chunk.rowid) {
+        return Ok(false);
+    }
+    let sql = format!(
+        "SELECT max({}) = {} FROM {}",
+        chunk.key_sql,
+        i64::MAX,
+        quote(&chunk.table)
+    );
+    conn.query_row(&sql, [], |r| r.get::<_, Option<bool>>(0))
+        .map(|top| top == Some(true))
+}
+
+/// What a [`top_rowid_taken`] table means for a step that inserts into it.
+pub(super) fn random_rowids(chunk: &Chunk) -> String {
+    format!(
+        "inserts into {t}, which it walks by rowid, and {t} holds rowid {}, the largest there is: SQLite then gives new rows random rowids, some ahead of the walk, where a later chunk would visit them and insert from them again. Give the rows at the top of {t}'s rowids smaller ones, or make it a plain step",
+        i64::MAX,
+        t = shown(&chunk.table),
+    )
 }
 
 /// Why a chunk that changed the row whose key is `row` (as shown), outside

@@ -68,3 +68,53 @@ fn a_deferred_violation_resolved_before_the_commit_passes_the_dry_run() {
         assert_eq!(db.query_i64("SELECT count(*) FROM c"), 0);
     }
 }
+
+/// `t(v)` with rows 1..=`rows` (v = rowid) and one more at rowid `top`.
+fn rowids_up_to(rows: i64, top: i64) -> TempDb {
+    TempDb::with_sql(&format!(
+        "CREATE TABLE t(v INT);
+         INSERT INTO t(rowid, v) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < {rows}) SELECT i, i FROM s;
+         INSERT INTO t(rowid, v) VALUES ({top}, 0);"
+    ))
+}
+
+fn copy_each_row(db: &TempDb) -> (i32, String) {
+    let plan = serde_json::json!({"name": "copy", "steps": [{
+        "sql": "INSERT INTO t(v) SELECT v + 1000 FROM t WHERE rowid BETWEEN :lo AND :hi",
+        "chunk": {"table": "t", "size": 2}
+    }]});
+    let plan = db.file("copy.json", &plan.to_string());
+    let args = ["--no-serve", "--progress", "plain", "--batch-size", "2"];
+    let (code, _, err) = run(&run_args(db, path_str(&plan), &args));
+    (code, err)
+}
+
+/// A rowid walk may insert into the table it walks because SQLite gives
+/// new rows rowids past the largest, where the walk stops. Once a table
+/// holds rowid 9223372036854775807 SQLite picks random ones instead, some
+/// ahead of the walk, which copied them again and said it finished ok.
+#[test]
+fn a_rowid_walk_that_inserts_into_a_table_at_the_largest_rowid_is_refused() {
+    let db = rowids_up_to(6, i64::MAX);
+    let (code, err) = copy_each_row(&db);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("9223372036854775807"), "{err}");
+    assert!(err.contains("random"), "{err}");
+    assert_eq!(db.query_i64("SELECT count(*) FROM t"), 7);
+}
+
+/// Rowids that reach the largest while the step inserts: the chunk that
+/// reaches it is rolled back, so no row is copied twice, and those before
+/// it stay.
+#[test]
+fn a_rowid_walk_whose_inserts_reach_the_largest_rowid_stops_at_that_chunk() {
+    let db = rowids_up_to(10, i64::MAX - 4);
+    let (code, err) = copy_each_row(&db);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("9223372036854775807"), "{err}");
+    // The first chunk copied rows 1 and 2 to the two rowids after the
+    // top; the second, which took the largest, was rolled back.
+    assert_eq!(db.query_i64("SELECT count(*) FROM t"), 13);
+    assert_eq!(db.query_i64("SELECT count(*) FROM t WHERE v > 1000"), 2);
+    assert_eq!(db.query_i64("SELECT max(rowid) FROM t"), i64::MAX - 2);
+}
