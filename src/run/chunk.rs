@@ -258,18 +258,17 @@ fn one_chunk(
     }
     let (work, fence) = (&mut walk.work, walk.fence.as_ref());
     let recorded = r
-        .recorded(step, Some((&lo, &hi)), &mut || {
+        .recorded(step, Some((&lo, &hi)), (c.changed, hi == *max), &mut || {
             execute(r.conn, work, fence, &lo, &hi)
         })
         .map_err(|e| in_chunk(fail(e), walk.chunk, &first, &hi))?;
-    let Some(changed) = recorded else {
+    let Some((changed, expected)) = recorded else {
         // Its undo record must be made another way: again, from scratch.
         drop(tx);
         return one_chunk(r, step, walk, prev, max, size, c);
     };
     let (done, total_changed) = (c.done + rows, c.changed + changed);
-    r.expectations(step, total_changed, hi == *max)
-        .map_err(|e| (e, c))?;
+    expected.map_err(|e| (e, c))?;
     if let Some(why) = strays(r.conn, walk, (&lo, &hi), (changed, rows)).map_err(fail)? {
         return Err(in_chunk((StepError::Sql(why), c), walk.chunk, &first, &hi)); // rolls back
     }

@@ -118,3 +118,69 @@ fn a_rowid_walk_whose_inserts_reach_the_largest_rowid_stops_at_that_chunk() {
     assert_eq!(db.query_i64("SELECT count(*) FROM t WHERE v > 1000"), 2);
     assert_eq!(db.query_i64("SELECT max(rowid) FROM t"), i64::MAX - 2);
 }
+
+/// An `expect` that asks SQLite what the step's statement did
+/// (`changes()`, `last_insert_rowid()`) gets the same answer with `--undo`
+/// as without, recorded by the pre-update hook or the other ways: the
+/// record batchsse writes beside the step is not the step's. It answered
+/// for that write instead, so a guard that should stop a step passed.
+#[test]
+fn an_expect_that_asks_what_the_statement_did_gets_the_same_answer_with_undo() {
+    let cases = [
+        // (sql, chunk, expect, holds)
+        ("UPDATE t SET v = 9", None, "changes() <= 1", false),
+        ("UPDATE t SET v = 9", None, "changes() = 3", true),
+        (
+            "UPDATE t SET v = 9 WHERE id BETWEEN :lo AND :hi",
+            Some(10),
+            "changes() <= 1",
+            false,
+        ),
+        (
+            "UPDATE t SET v = 9 WHERE id BETWEEN :lo AND :hi",
+            Some(10),
+            "changes() = 3",
+            true,
+        ),
+        (
+            "INSERT INTO t(v) VALUES (4), (5)",
+            None,
+            "last_insert_rowid() = 5",
+            true,
+        ),
+        (
+            "INSERT INTO t(v) VALUES (4), (5)",
+            None,
+            "changes() = 2",
+            true,
+        ),
+    ];
+    for (sql, size, expect, holds) in cases {
+        let mut step = serde_json::json!({"sql": sql, "expect": format!("SELECT {expect}")});
+        if let Some(size) = size {
+            step["chunk"] = serde_json::json!({"table": "t", "size": size});
+        }
+        let plan = serde_json::json!({"name": "ask", "steps": [step]});
+        for (extra, env) in [
+            (&[][..], &[][..]),
+            (&["--undo"][..], &[][..]),
+            (&["--undo"][..], &[("BATCHSSE_UNDO_HOOK", "off")][..]),
+        ] {
+            let db = TempDb::with_sql(
+                "CREATE TABLE t(id INTEGER PRIMARY KEY, v INT); INSERT INTO t(v) VALUES (1), (2), (3);",
+            );
+            let plan = db.file("ask.json", &plan.to_string());
+            let mut args = run_args(&db, path_str(&plan), &["--no-serve"]);
+            args.extend_from_slice(extra);
+            let (code, _, err) = run_with_env(&args, None, env);
+            let want = if holds { 0 } else { 1 };
+            assert_eq!(code, want, "{sql} / {expect} {extra:?} {env:?}: {err}");
+            let untouched = db.query_i64("SELECT count(*) FROM t WHERE v = 9") == 0;
+            assert_eq!(
+                untouched,
+                !holds || sql.starts_with("INSERT"),
+                "{sql} {extra:?}"
+            );
+        }
+    }
+}
