@@ -184,3 +184,61 @@ fn an_expect_that_asks_what_the_statement_did_gets_the_same_answer_with_undo() {
         }
     }
 }
+
+/// A walk orders its keys, and bounds its chunks, by the key column's own
+/// collation. A step that compares the key under another one
+/// (`COLLATE NOCASE` on a column of BINARY text, where 'Z' < 'a') finds
+/// other rows between the bounds: here the chunk from 'Z' to 'a' found
+/// none, and the run said it finished ok with those two rows untouched.
+#[test]
+fn a_chunked_step_that_compares_its_key_under_another_collation_is_refused() {
+    let schema = |coll: &str| {
+        format!(
+            "CREATE TABLE t(e TEXT {coll}, v INT); CREATE UNIQUE INDEX te ON t(e COLLATE BINARY);
+             INSERT INTO t VALUES ('M',0),('N',0),('Z',0),('a',0),('b',0),('c',0);"
+        )
+    };
+    let refused = [
+        ("", "e COLLATE NOCASE BETWEEN :lo AND :hi"),
+        ("", "t.e BETWEEN :lo AND :hi COLLATE nocase"),
+        ("", "e >= :lo COLLATE RTRIM AND e <= :hi"),
+        ("COLLATE NOCASE", "e COLLATE BINARY BETWEEN :lo AND :hi"),
+    ];
+    let passed = [
+        ("", "e BETWEEN :lo AND :hi"),
+        ("", "e COLLATE BINARY BETWEEN :lo AND :hi"),
+        ("COLLATE NOCASE", "\"e\" BETWEEN :lo AND :hi COLLATE NOCASE"),
+        (
+            "",
+            "e BETWEEN :lo AND :hi AND lower(e) = 'z' COLLATE NOCASE",
+        ),
+    ];
+    for (coll, range, ok) in refused
+        .iter()
+        .map(|(c, r)| (c, r, false))
+        .chain(passed.iter().map(|(c, r)| (c, r, true)))
+    {
+        let db = TempDb::with_sql(&schema(coll));
+        let plan = serde_json::json!({"name": "coll", "steps": [{
+            "sql": format!("UPDATE t SET v = v + 1 WHERE {range}"),
+            "chunk": {"table": "t", "key": "e", "size": 2}
+        }]});
+        let plan = db.file("coll.json", &plan.to_string());
+        let args = ["--no-serve", "--batch-size", "2"];
+        let (code, _, err) = run(&run_args(&db, path_str(&plan), &args));
+        if ok {
+            assert_eq!(code, 0, "{coll} {range}: {err}");
+            if !range.contains("lower") {
+                assert_eq!(
+                    db.query_i64("SELECT count(*) FROM t WHERE v = 1"),
+                    6,
+                    "{range}"
+                );
+            }
+        } else {
+            assert_eq!(code, 2, "{coll} {range}: {err}");
+            assert!(err.contains("COLLATE"), "{err}");
+            assert_eq!(db.query_i64("SELECT count(*) FROM t WHERE v <> 0"), 0);
+        }
+    }
+}
