@@ -28,6 +28,48 @@ pub(super) fn refuse_strict(
     )))
 }
 
+/// Refuses chunked step `label` if its SQL compares the chunk key (`key`,
+/// also named `keys`) under another collation than `own`, the column's:
+/// the walk orders the keys, and so bounds each chunk, by the column's
+/// own. Under another one the bounds hold other rows (`COLLATE NOCASE`
+/// on BINARY text, where 'Z' < 'a', finds none from 'Z' to 'a'), some
+/// that no chunk reaches and some that two do. Looks for a `COLLATE` right
+/// after the key's name or after `:lo` or `:hi`.
+pub(super) fn refuse_collated(
+    label: &str,
+    sql: &str,
+    (key, keys): (&str, &[String]),
+    own: &str,
+) -> Result<(), UsageError> {
+    let Some((said, coll)) = collated_bound(sql, keys, own) else {
+        return Ok(());
+    };
+    let (said, key) = (crate::human::shown(&said), crate::human::shown(key));
+    Err(UsageError::new(format!(
+        "{label} compares its chunk key as {said}, but the walk orders {key}, and bounds each chunk, by the column's own collation, {own}: under {coll} the bounds hold other rows, so some rows would be changed by no chunk and some by two. Compare {key} BETWEEN :lo AND :hi without COLLATE, or walk a column declared with COLLATE {coll}"
+    )))
+}
+
+/// The first `COLLATE` other than `own` put on a key named in `keys` or
+/// on `:lo` or `:hi`, as written (`e COLLATE NOCASE`), and its collation.
+fn collated_bound(sql: &str, keys: &[String], own: &str) -> Option<(String, String)> {
+    let tokens = tokens(sql);
+    tokens.windows(3).find_map(|w| {
+        let (Token::Name(collate), Token::Name(coll)) = (&w[1], &w[2]) else {
+            return None;
+        };
+        if !collate.eq_ignore_ascii_case("COLLATE") || coll.eq_ignore_ascii_case(own) {
+            return None;
+        }
+        let on = match &w[0] {
+            Token::Param(p) if p == ":lo" || p == ":hi" => p,
+            Token::Name(k) if is_key_name(k, keys) => k,
+            _ => return None,
+        };
+        Some((format!("{on} COLLATE {coll}"), coll.to_ascii_uppercase()))
+    })
+}
+
 /// One token of SQL, as far as this check needs to tell them apart.
 #[derive(Debug, PartialEq)]
 enum Token {
@@ -233,6 +275,30 @@ mod tests {
             format!("{q} ид BETWEEN :lo AND :hi AND 'ü' < :hi"),
         ] {
             assert_eq!(found(&sql), None, "{sql}");
+        }
+    }
+
+    #[test]
+    fn a_collation_on_the_key_or_a_bound_other_than_the_columns_is_found() {
+        let keys = ["e".to_owned()];
+        let q = "UPDATE t SET v = 1 WHERE";
+        let said = |sql: &str| collated_bound(&format!("{q} {sql}"), &keys, "BINARY").map(|f| f.0);
+        assert_eq!(
+            said("t.\"e\" COLLATE nocase BETWEEN :lo AND :hi").as_deref(),
+            Some("e COLLATE nocase")
+        );
+        assert_eq!(
+            said("e BETWEEN :lo AND :hi COLLATE [RTRIM]").as_deref(),
+            Some(":hi COLLATE RTRIM")
+        );
+        for sql in [
+            "e BETWEEN :lo AND :hi",
+            "e COLLATE binary BETWEEN :lo AND :hi",
+            "e BETWEEN :lo AND :hi AND x = 'y' COLLATE NOCASE",
+            "e BETWEEN :lo AND :hi AND other COLLATE NOCASE = 'y'",
+            "e BETWEEN :lo AND :hi -- e COLLATE NOCASE",
+        ] {
+            assert_eq!(said(sql), None, "{sql}");
         }
     }
 

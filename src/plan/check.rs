@@ -3,6 +3,7 @@
 //! time and memory, with SQLite's authorizer watching what a step reads and
 //! writes.
 
+use std::ffi::CString;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -391,6 +392,7 @@ impl Shape {
             size: 0,
             contained: false,
             fenced: false,
+            inserts: false,
         };
         (chunk, names.collect())
     }
@@ -698,6 +700,7 @@ impl Rehearsal {
                     size,
                     contained: false,
                     fenced: false,
+                    inserts: false,
                 }
             }
         })
@@ -792,7 +795,7 @@ impl Rehearsal {
                 )));
             }
         }
-        super::bounds::refuse_strict(label, sql, &key, &key_names)?;
+        self.refuse_odd_bounds(label, sql, (&table, &chunk), &key_names)?;
         if stmt.readonly() {
             return Err(UsageError::new(format!(
                 "{label} is chunked but only reads; a chunked step changes rows, e.g. \"UPDATE {} SET … WHERE {} BETWEEN :lo AND :hi\"",
@@ -809,6 +812,7 @@ impl Rehearsal {
         self.refuse_other_key(label, &table, &chunk, &key_names, &seen)?;
         chunk.contained = updates_only(&table, &seen);
         chunk.fenced = chunk.contained && !written_by_trigger(&table, &seen);
+        chunk.inserts = inserted(&table, &seen).is_some();
         match batch.next() {
             Ok(None) => {}
             _ => {
@@ -1078,8 +1082,59 @@ impl Rehearsal {
             size: 0,
             contained: false,
             fenced: false,
+            inserts: false,
         };
         Ok((chunk, vec![name]))
+    }
+
+    /// Refuses a chunked step that compares its key with `:lo` and `:hi`
+    /// other than as the walk bounds its chunks: strictly, or (a key other
+    /// than the rowid) under another collation than the column's.
+    fn refuse_odd_bounds(
+        &self,
+        label: &str,
+        sql: &str,
+        (table, chunk): (&str, &Chunk),
+        keys: &[String],
+    ) -> Result<(), UsageError> {
+        super::bounds::refuse_strict(label, sql, &chunk.key, keys)?;
+        if chunk.rowid {
+            return Ok(());
+        }
+        let own = self.collation_of(table, &chunk.key);
+        super::bounds::refuse_collated(label, sql, (&chunk.key, keys), &own)
+    }
+
+    /// The collation `table`'s `column` is declared with (`BINARY` unless
+    /// it says another, or cannot be told).
+    fn collation_of(&self, table: &str, column: &str) -> String {
+        let (Ok(t), Ok(c)) = (CString::new(table), CString::new(column)) else {
+            return "BINARY".into();
+        };
+        let mut coll: *const std::ffi::c_char = std::ptr::null();
+        // SAFETY: the handle is this live connection's, on its thread; the
+        // names are NUL-terminated; SQLite writes only the pointer asked
+        // for, to a name it keeps until the schema changes, read at once.
+        let rc = unsafe {
+            rusqlite::ffi::sqlite3_table_column_metadata(
+                self.conn.handle(),
+                c"main".as_ptr(),
+                t.as_ptr(),
+                c.as_ptr(),
+                std::ptr::null_mut(),
+                &mut coll,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            )
+        };
+        if rc != rusqlite::ffi::SQLITE_OK || coll.is_null() {
+            return "BINARY".into();
+        }
+        // SAFETY: as above; SQLite gave a NUL-terminated name.
+        unsafe { std::ffi::CStr::from_ptr(coll) }
+            .to_string_lossy()
+            .into_owned()
     }
 
     fn has_pk_index(&self, table: &str) -> bool {
@@ -1282,10 +1337,7 @@ fn refuse_inserts_ahead(
     if chunk.rowid {
         return Ok(());
     }
-    let hit = seen
-        .iter()
-        .find(|a| a.inserts && a.table.eq_ignore_ascii_case(table));
-    let Some(Access { by, .. }) = hit else {
+    let Some(Access { by, .. }) = inserted(table, seen) else {
         return Ok(());
     };
     let via = by
@@ -1296,6 +1348,13 @@ fn refuse_inserts_ahead(
         table = shown(table),
         key = shown(&chunk.key)
     )))
+}
+
+/// What inserts into `table`, as the authorizer `seen` the statement
+/// compile (itself, a trigger, an upsert), if anything does.
+fn inserted<'a>(table: &str, seen: &'a [Access]) -> Option<&'a Access> {
+    seen.iter()
+        .find(|a| a.inserts && a.table.eq_ignore_ascii_case(table))
 }
 
 /// Runs a statement on the rehearsal copy if it may change the schema, so

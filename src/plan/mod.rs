@@ -122,6 +122,11 @@ pub struct Chunk {
     /// chunk holds, and still one of the next chunk's). Checked at every
     /// chunk of a table with rowids, and by a try on one key before the run.
     pub fenced: bool,
+    /// The statement inserts into the walked table (itself, through a
+    /// trigger or as an upsert), which only a rowid walk may: SQLite gives
+    /// new rows rowids past the largest, where the walk stops, until the
+    /// table holds the largest rowid there is (see `run::chunk`).
+    pub inserts: bool,
 }
 
 #[derive(Deserialize)]

@@ -57,7 +57,7 @@ pub(super) fn run(r: &Runner<'_>, step: &Step, chunk: &Chunk, resume: &Resume) -
         r.checkpoint
             .step_done(step, 0, 0)
             .map_err(|e| r.fail(e, c))?;
-        tx.commit().map_err(|e| r.fail(e, c))?;
+        r.commit(tx).map_err(|e| r.fail(e, c))?;
         return Ok(c);
     }
     let fence = fence_for(r, chunk);
@@ -254,23 +254,22 @@ fn one_chunk(
         r.checkpoint
             .step_done(step, c.done, c.changed)
             .map_err(fail)?;
-        tx.commit().map_err(fail)?;
+        r.commit(tx).map_err(fail)?;
         return Ok(None);
     }
     let (work, fence) = (&mut walk.work, walk.fence.as_ref());
     let recorded = r
-        .recorded(step, Some((&lo, &hi)), &mut || {
+        .recorded(step, Some((&lo, &hi)), (c.changed, hi == *max), &mut || {
             execute(r.conn, work, fence, &lo, &hi)
         })
         .map_err(|e| in_chunk(fail(e), walk.chunk, &first, &hi))?;
-    let Some(changed) = recorded else {
+    let Some((changed, expected)) = recorded else {
         // Its undo record must be made another way: again, from scratch.
         drop(tx);
         return one_chunk(r, step, walk, prev, max, size, c);
     };
     let (done, total_changed) = (c.done + rows, c.changed + changed);
-    r.expectations(step, total_changed, hi == *max)
-        .map_err(|e| (e, c))?;
+    expected.map_err(|e| (e, c))?;
     if let Some(why) = strays(r.conn, walk, (&lo, &hi), (changed, rows)).map_err(fail)? {
         return Err(in_chunk((StepError::Sql(why), c), walk.chunk, &first, &hi)); // rolls back
     }
@@ -284,7 +283,7 @@ fn one_chunk(
         return Err((StepError::Cancelled, c)); // the guard rolls back
     }
     let work = began.elapsed();
-    tx.commit().map_err(fail)?;
+    r.commit(tx).map_err(fail)?;
     Ok(Some(Walked {
         hi,
         rows,
@@ -309,6 +308,12 @@ fn strays(
     (changed, rows): (u64, u64),
 ) -> rusqlite::Result<Option<String>> {
     let chunk = walk.chunk;
+    if chunk.inserts && top_rowid_taken(conn, chunk)? {
+        return Ok(Some(format!(
+            "it {}; this chunk was rolled back",
+            random_rowids(chunk)
+        )));
+    }
     if chunk.contained && changed > rows {
         let sql = format!(
             "SELECT count(*) FROM {} WHERE {} BETWEEN ?1 AND ?2",
@@ -343,6 +348,34 @@ fn outside(chunk: &Chunk, (min, max): (i64, i64), lo: &Key, hi: &Key) -> Option<
         (false, false) => return None,
     };
     Some(stray_message(chunk, &row.to_string()))
+}
+
+/// Whether the table a rowid walk inserts into (see [`Chunk::inserts`])
+/// holds the largest rowid there is. SQLite then gives each new row a
+/// random free rowid, where it would give the next one up, past the end
+/// of the walk: a row inserted ahead of the walk would be visited by a
+/// later chunk, and copied again.
+pub(super) fn top_rowid_taken(conn: &Connection, chunk: &Chunk) -> rusqlite::Result<bool> {
+    if !(chunk.inserts && chunk.rowid) {
+        return Ok(false);
+    }
+    let sql = format!(
+        "SELECT max({}) = {} FROM {}",
+        chunk.key_sql,
+        i64::MAX,
+        quote(&chunk.table)
+    );
+    conn.query_row(&sql, [], |r| r.get::<_, Option<bool>>(0))
+        .map(|top| top == Some(true))
+}
+
+/// What a [`top_rowid_taken`] table means for a step that inserts into it.
+pub(super) fn random_rowids(chunk: &Chunk) -> String {
+    format!(
+        "inserts into {t}, which it walks by rowid, and {t} holds rowid {}, the largest there is: SQLite then gives new rows random rowids, some ahead of the walk, where a later chunk would visit them and insert from them again. Give the rows at the top of {t}'s rowids smaller ones, or make it a plain step",
+        i64::MAX,
+        t = shown(&chunk.table),
+    )
 }
 
 /// Why a chunk that changed the row whose key is `row` (as shown), outside

@@ -64,6 +64,14 @@ pub fn refuse_escaping_chunks(
         if resume.is_done(step) {
             continue;
         }
+        if super::chunk::top_rowid_taken(conn, chunk).unwrap_or(false) {
+            return Err(UsageError::new(format!(
+                "step {} ({}) {}. Nothing was written",
+                step.index + 1,
+                crate::human::quoted(&step.name),
+                super::chunk::random_rowids(chunk)
+            )));
+        }
         let try_it = || tried(conn, step, Try::Capped);
         if let Ok(Some(escape)) = crate::lifecycle::check_write(conn, try_it) {
             return Err(UsageError::new(format!(

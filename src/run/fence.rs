@@ -305,6 +305,7 @@ mod tests {
             size: 2,
             contained: true,
             fenced: true,
+            inserts: false,
         };
         let found = fence.outside(&conn, &chunk, bounds, 2).unwrap();
         assert_eq!(found, Some(Key::Text("c".into())));

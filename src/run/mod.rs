@@ -586,6 +586,14 @@ impl Runner<'_> {
     /// Ends the run-wide transaction: rolled back for a dry run or after a
     /// failure, committed otherwise.
     fn end_outer(&self, outer: Tx<'_>, tally: &mut Tally) {
+        if self.opts.dry_run && tally.end.is_none() && tx::deferred_violations(self.conn) {
+            let why = format!(
+                "the run's transaction would not commit: {}",
+                tx::foreign_key_failed()
+            );
+            self.message(None, Level::Error, why.clone());
+            tally.end = Some((RunStatus::Failed, why));
+        }
         if self.opts.dry_run || tally.end.is_some() {
             drop(outer);
             let text = if self.opts.dry_run {
@@ -685,37 +693,61 @@ impl Runner<'_> {
         // A plain step is never recorded by reading around it, but may
         // write a table its staging did not cover (see
         // [`undo::Recorder::record`]): rolled back and done again.
-        let Some(changed) = self
-            .recorded(step, None, &mut || self.execute(step))
+        let Some((changed, expected)) = self
+            .recorded(step, None, (0, true), &mut || self.execute(step))
             .map_err(|e| self.fail(e, none))?
         else {
             drop(tx);
             return self.plain_step(step);
         };
-        self.expectations(step, changed, true)
-            .map_err(|e| (e, none))?;
+        expected.map_err(|e| (e, none))?;
         self.checkpoint
             .step_done(step, changed, changed)
             .map_err(|e| self.fail(e, none))?;
         if self.cancel.is_cancelled() {
             return Err((StepError::Cancelled, none));
         }
-        tx.commit().map_err(|e| self.fail(e, none))?;
+        self.commit(tx).map_err(|e| self.fail(e, none))?;
         Ok(Counts::all(changed))
     }
 
-    /// Does a step's (or chunk's) work, recorded with `--undo`; `None`:
-    /// roll the chunk back and do it again (see [`undo::Recorder::record`]).
+    /// Commits a step's or a chunk's transaction. In a `--dry-run` without
+    /// `--atomic` it is a savepoint that stands for a transaction of the
+    /// real run: one that leaves a foreign-key violation deferred to the
+    /// commit fails, rolled back, as that commit would.
+    fn commit(&self, tx: Tx<'_>) -> rusqlite::Result<()> {
+        if self.opts.dry_run && !self.opts.atomic && tx::deferred_violations(self.conn) {
+            return Err(tx::foreign_key_failed());
+        }
+        tx.commit()
+    }
+
+    /// Does a step's (or chunk's) work, recorded with `--undo`, and checks
+    /// the [`expectations`](Runner::expectations) of a step that had
+    /// changed `before` rows, at its `end` or not: right after the work,
+    /// before the record is written, so an `expect` that asks
+    /// `changes()` or `last_insert_rowid()` gets the step's answer, not
+    /// the record's. The rows changed and the check's outcome; `None`:
+    /// roll the chunk back and do it again (see
+    /// [`undo::Recorder::record`]).
     fn recorded(
         &self,
         step: &Step,
         range: Option<(&plan::Key, &plan::Key)>,
+        (before, end): (u64, bool),
         work: &mut dyn FnMut() -> rusqlite::Result<u64>,
-    ) -> rusqlite::Result<Option<u64>> {
-        match &self.recorder {
-            Some(rec) => rec.record(step, range, work),
-            None => work().map(Some),
-        }
+    ) -> rusqlite::Result<Option<(u64, Result<(), StepError>)>> {
+        let mut expected = Ok(());
+        let mut checked = || {
+            let changed = work()?;
+            expected = self.expectations(step, before + changed, end);
+            Ok(changed)
+        };
+        let changed = match &self.recorder {
+            Some(rec) => rec.record(step, range, &mut checked)?,
+            None => Some(checked()?),
+        };
+        Ok(changed.map(|n| (n, expected)))
     }
 
     /// Checks what the step expects once it has changed `changed` rows:

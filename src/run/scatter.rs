@@ -80,6 +80,7 @@ mod tests {
             size: 1000,
             contained: true,
             fenced: true,
+            inserts: false,
         }
     }
 

@@ -53,6 +53,35 @@ impl<'c> Tx<'c> {
     }
 }
 
+/// Whether foreign-key violations deferred to the commit (`DEFERRABLE
+/// INITIALLY DEFERRED`, `PRAGMA defer_foreign_keys`) are still left in
+/// the transaction, which SQLite would then refuse to commit. A
+/// savepoint's release checks none of them: a `--dry-run` asks this where
+/// the real run would commit, so it fails where the run would.
+pub(super) fn deferred_violations(conn: &Connection) -> bool {
+    let (mut now, mut peak) = (0, 0);
+    // SAFETY: the handle is the live connection's, used on its own thread;
+    // SQLite writes the two counters it is given and nothing else.
+    let rc = unsafe {
+        rusqlite::ffi::sqlite3_db_status(
+            conn.handle(),
+            rusqlite::ffi::SQLITE_DBSTATUS_DEFERRED_FKS,
+            &mut now,
+            &mut peak,
+            0,
+        )
+    };
+    rc == rusqlite::ffi::SQLITE_OK && now > 0
+}
+
+/// The error SQLite gives a commit that [`deferred_violations`] refuse.
+pub(super) fn foreign_key_failed() -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY),
+        Some("FOREIGN KEY constraint failed".into()),
+    )
+}
+
 /// A savepoint with no transaction around it begins one of its own, which
 /// its release commits: when SQLite has rolled back the run's transaction
 /// under a statement (an interrupted write, a full disk) and a caller went

@@ -15,6 +15,7 @@ mod hangs;
 mod hostile;
 mod hostile_db;
 mod hostile_escape;
+mod hostile_schema;
 mod names;
 mod operate;
 mod ops;

@@ -469,6 +469,7 @@ impl<'c> Recorder<'c> {
             .writes()
             .into_iter()
             .filter(|w| !staged.iter().any(|l| l.table.eq_ignore_ascii_case(w)))
+            .filter(|w| !is_view(self.conn, w))
             .collect();
         if missing.is_empty() {
             return Ok(false);
@@ -878,4 +879,16 @@ fn triggers(n: usize, l: &Layout, stage: &str) -> String {
         del = stage(op::DELETE, row("OLD")),
         upd = stage(op::UPDATE, update),
     )
+}
+
+/// Whether `name` is a view of `main`. SQLite's authorizer names a view a
+/// step changes as written, but the rows are those its INSTEAD OF
+/// triggers write, in tables of their own, which are staged.
+fn is_view(conn: &Connection, name: &str) -> bool {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM main.sqlite_schema WHERE type = 'view' AND name = ?1 COLLATE NOCASE)",
+        [name],
+        |r| r.get(0),
+    )
+    .unwrap_or(false)
 }
