@@ -213,6 +213,17 @@ struct Row {
     pos: ChunkPos,
 }
 
+impl Row {
+    /// What a step that writes only TEMP tables made, as
+    /// [`Checkpoint::keep_setup`] noted it.
+    fn setup_digest(&self) -> Option<i64> {
+        match (self.mark, &self.pos.last_key) {
+            (Mark::Done, Key::Integer(d)) => Some(*d),
+            _ => None,
+        }
+    }
+}
+
 /// What an earlier run of the same plan left behind.
 #[derive(Debug, Default)]
 pub struct Resume {
@@ -283,6 +294,9 @@ impl Resume {
         for (index, row) in &rows {
             match plan.steps.get(*index) {
                 Some(step) if step.checksum == row.checksum => {}
+                // Wrote only TEMP tables, so nothing of it is in the file:
+                // made again as it is now (see `super::setup`).
+                Some(_) if row.setup_digest().is_some() => {}
                 Some(step) => return Err(edited(*index, &step.name, &plan.name)),
                 None => {
                     return Err(UsageError::new(format!(
@@ -314,7 +328,7 @@ impl Resume {
     pub fn is_done(&self, step: &Step) -> bool {
         self.rows
             .get(&step.index)
-            .is_some_and(|r| r.mark == Mark::Done)
+            .is_some_and(|r| r.mark == Mark::Done && r.checksum == step.checksum)
     }
 
     pub fn already_applied(&self, plan: &Plan) -> bool {
@@ -357,7 +371,10 @@ impl Resume {
     }
 }
 
-/// The steps of `plan` an earlier run finished: index -> checksum. Empty
+/// The steps of `plan` an earlier run finished: index -> checksum; not
+/// those that wrote only TEMP tables (their row holds the digest of what
+/// they made, see `super::setup`), which left nothing in the file and
+/// are made again, as they are now, at every resume. Empty
 /// when there is no checkpoint or it cannot be read (`Resume::load` then
 /// says what is wrong).
 pub fn finished_steps(conn: &Connection, plan: &str) -> crate::plan::Finished {
@@ -366,7 +383,7 @@ pub fn finished_steps(conn: &Connection, plan: &str) -> crate::plan::Finished {
     }
     let read = || -> rusqlite::Result<crate::plan::Finished> {
         let mut stmt = conn.prepare(
-            "SELECT step, checksum FROM batchsse_checkpoint WHERE plan = ?1 AND state = 'done' AND step >= 0 AND checksum <> 'undoing'",
+            "SELECT step, checksum FROM batchsse_checkpoint WHERE plan = ?1 AND state = 'done' AND step >= 0 AND checksum <> 'undoing' AND typeof(last_key) <> 'integer'",
         )?;
         let rows = stmt.query_map([plan], |r| {
             Ok((r.get::<_, i64>(0)? as usize, r.get::<_, String>(1)?))
@@ -525,6 +542,38 @@ impl<'a> Checkpoint<'a> {
             "{by} numbered the rowids of {table} anew while this step walked it by rowid ({which}): going on after the last rowid it committed would skip rows it has not reached, so the step stopped before its next chunk. What committed stays applied and checkpointed; run the plan again with --force to start it over, if its steps may meet rows they already changed (a DELETE, or an UPDATE whose WHERE leaves changed rows out)"
         )
         }))
+    }
+
+    /// Whether this run writes the checkpoint.
+    pub fn is_on(&self) -> bool {
+        self.on
+    }
+
+    /// What the earlier run's TEMP-only `step`, as it is now, made (see
+    /// `super::setup`), as its row says; none where it was edited since.
+    pub fn setup_digest(&self, step: &Step) -> rusqlite::Result<Option<i64>> {
+        if !self.on || !self.table_exists()? {
+            return Ok(None);
+        }
+        let found: Option<Key> = self
+            .conn
+            .prepare_cached(
+                "SELECT last_key FROM batchsse_checkpoint WHERE plan = ?1 AND step = ?2 AND checksum = ?3 AND state = 'done'",
+            )?
+            .query_row(
+                params![self.plan.name, step.index as i64, step.checksum],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(match found {
+            Some(Key::Integer(d)) => Some(d),
+            _ => None,
+        })
+    }
+
+    /// Records a finished TEMP-only step with the `digest` of what it made.
+    pub fn setup_done(&self, step: &Step, changed: u64, digest: i64) -> rusqlite::Result<()> {
+        self.write(step, Mark::Done, &Key::Integer(digest), changed, changed)
     }
 
     /// Records a finished step (a plain one: `done` = `changed`).

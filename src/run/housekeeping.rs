@@ -34,7 +34,10 @@ pub fn records(conn: &Connection) -> Result<Vec<Record>, UsageError> {
     }
     let read = || -> rusqlite::Result<Vec<Record>> {
         let mut stmt = conn.prepare(
-            "SELECT plan, step, name, state, last_key, done, changed, updated_at
+            // A finished step's last_key is NULL, or for a step that wrote
+            // only TEMP tables the digest of what it made (`run::setup`).
+            "SELECT plan, step, name, state, CASE state WHEN 'done' THEN NULL ELSE last_key END,
+                    done, changed, updated_at
              FROM batchsse_checkpoint ORDER BY plan, step",
         )?;
         let rows = stmt.query_map([], |r| {

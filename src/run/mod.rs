@@ -23,6 +23,7 @@ pub mod housekeeping;
 mod neighbours;
 mod renumber;
 mod scatter;
+mod setup;
 mod tx;
 pub mod undo;
 mod walk_probe;
@@ -701,9 +702,9 @@ impl Runner<'_> {
             return self.plain_step(step);
         };
         expected.map_err(|e| (e, none))?;
-        self.checkpoint
-            .step_done(step, changed, changed)
-            .map_err(|e| self.fail(e, none))?;
+        if let Some(why) = setup::step_done(self, step, changed).map_err(|e| self.fail(e, none))? {
+            return Err((StepError::Sql(why), none));
+        }
         if self.cancel.is_cancelled() {
             return Err((StepError::Cancelled, none));
         }

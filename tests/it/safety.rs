@@ -1535,6 +1535,62 @@ fn a_resumed_run_makes_its_temp_tables_again() {
     }
 }
 
+/// A TEMP table made again on a resume from rows a later step has
+/// already changed in part (the average of `v`, which step 2 lowers)
+/// held another average, and the resumed run finished ok with the last
+/// rows lowered by it. The checkpoint keeps a digest of what the step
+/// made; a resume that makes something else fails there, nothing more
+/// written, as often as it is tried; the step, edited to say the value,
+/// is made as it says and the plan goes on.
+#[test]
+fn a_resumed_run_stops_where_its_temp_table_would_hold_other_rows() {
+    let db = TempDb::with_sql(
+        "CREATE TABLE flag(x); INSERT INTO flag VALUES (1);
+         CREATE TABLE t(id INTEGER PRIMARY KEY, v REAL);
+         CREATE TRIGGER stop BEFORE UPDATE ON t WHEN new.id = 7 AND EXISTS (SELECT 1 FROM flag)
+         BEGIN SELECT RAISE(ABORT, 'stopped'); END;
+         INSERT INTO t WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 10) SELECT i, i * 10 FROM s;",
+    );
+    let plan = |avg: &str| {
+        serde_json::json!({"name": "avg", "steps": [
+            {"sql": format!("CREATE TEMP TABLE avgv AS SELECT {avg}")},
+            {"sql": "UPDATE t SET v = v - (SELECT a FROM avgv) WHERE id BETWEEN :lo AND :hi",
+             "chunk": {"table": "t", "size": 3}},
+        ]})
+    };
+    let go = |avg: &str| {
+        let path = db.file("plan.json", &plan(avg).to_string());
+        run(&run_args(
+            &db,
+            path_str(&path),
+            &["--no-serve", "--batch-size", "3"],
+        ))
+    };
+    let (code, _, err) = go("avg(v) AS a FROM t");
+    assert_eq!(code, 1, "{err}");
+    db.conn().execute_batch("DELETE FROM flag").unwrap();
+    let values = "SELECT group_concat(v) FROM t";
+    let stopped = db.query_text(values);
+    for _ in 0..2 {
+        let (code, _, err) = go("avg(v) AS a FROM t");
+        assert_eq!(code, 1, "{err}");
+        assert!(
+            err.contains("its TEMP tables hold other rows than the earlier run's did")
+                && err.contains("step 2")
+                && err.contains("may be edited before a resume"),
+            "{err}"
+        );
+        assert_eq!(db.query_text(values), stopped, "nothing more written");
+    }
+    let (code, _, err) = go("55.0 AS a");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        db.query_text(values),
+        "-45.0,-35.0,-25.0,-15.0,-5.0,5.0,15.0,25.0,35.0,45.0",
+        "every row lowered by the first run's average: {err}"
+    );
+}
+
 /// A TEMP trigger on a table of the file is kept in the TEMP schema too:
 /// a resumed run makes it again, so the steps after the resume set it off.
 #[test]

@@ -14,7 +14,7 @@
 
 pub mod apply;
 mod bulk;
-mod codec;
+pub(super) mod codec;
 mod dangling;
 mod guard;
 mod hash;
