@@ -466,6 +466,13 @@ impl Target {
         }
     }
 
+    /// What a failed call to this Redis means: as [`Failure::of`] says,
+    /// but in a Cluster a `MOVED` or `ASK` passes (a slot being moved
+    /// between nodes, which a reconnection follows).
+    pub fn failure(&self, e: redis::RedisError) -> Failure {
+        Failure::sort(e, self.is_cluster())
+    }
+
     /// Whether the URL carries a password (which messages leave out).
     pub fn has_password(&self) -> bool {
         self.auth.is_some()
@@ -617,6 +624,14 @@ const PASSING: [&str; 8] = [
 impl Failure {
     /// Sorts an error, keeping Redis's own words (from a pipeline too).
     pub fn of(e: redis::RedisError) -> Failure {
+        Failure::sort(e, false)
+    }
+
+    /// The same; `cluster`: the error came through a Cluster connection,
+    /// where `MOVED` and `ASK` are a slot on its way to another node (a
+    /// reshard), which passes. Elsewhere they mean the URL names one node
+    /// of a Cluster.
+    fn sort(e: redis::RedisError, cluster: bool) -> Failure {
         let answered = e.clone().into_server_errors().and_then(|errors| {
             errors
                 .first()
@@ -627,7 +642,12 @@ impl Failure {
                 .map(|d| format!(" {}", d.trim_end_matches('.')))
                 .unwrap_or_default();
             let mut words = format!("Redis answered \"{code}{detail}\"");
-            if code == "MOVED" || code == "ASK" {
+            let redirect = code == "MOVED" || code == "ASK";
+            if redirect && cluster {
+                words.push_str(": a slot of the Cluster is moving to another node");
+                return Failure::Away(words);
+            }
+            if redirect {
                 words.push_str(
                     ": that node is one of a Redis Cluster; give redis+cluster://HOST:PORT, to the run and its relays alike",
                 );
@@ -853,7 +873,14 @@ mod tests {
         let parse: RedisError = (ErrorKind::UnexpectedReturnType, "not a string").into();
         assert!(matches!(Failure::of(parse), Failure::Refused(_)));
         let moved = redis::make_extension_error("MOVED".into(), Some("3134 10.0.0.1:7001".into()));
-        assert!(Failure::of(moved).why().contains("give redis+cluster://"));
+        assert!(
+            Failure::of(moved.clone())
+                .why()
+                .contains("give redis+cluster://")
+        );
+        let in_cluster = Failure::sort(moved, true);
+        assert!(matches!(in_cluster, Failure::Away(_)), "{in_cluster:?}");
+        assert!(in_cluster.why().contains("slot"), "{in_cluster:?}");
         for (code, passes) in [("LOADING", true), ("NOPERM", false), ("WRONGTYPE", false)] {
             let e = redis::make_extension_error(code.into(), Some("the words.".into()));
             let f = Failure::of(e);

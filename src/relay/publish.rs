@@ -79,6 +79,7 @@ pub fn spawn(conn: Conn, target: Target, ttl: Duration, log: Arc<EventLog>) -> P
         refused: false,
         gone: Vec::new(),
         trimming: true,
+        resuming: None,
     };
     Publisher {
         task: tokio::spawn(task.run(conn)),
@@ -164,6 +165,9 @@ struct Task {
     gone: Vec<u64>,
     /// False once Redis refused an `XDEL`: the stream then keeps them all.
     trimming: bool,
+    /// Reconnected after an outage, from this event on: said once a round
+    /// trip goes through.
+    resuming: Option<u64>,
 }
 
 /// Where the run's keys are, once `start` names the run.
@@ -228,6 +232,7 @@ impl Task {
             match round {
                 Ok(last) => {
                     self.acked.send_replace(last);
+                    self.resumed();
                     backoff.reset();
                 }
                 Err(e) => {
@@ -340,7 +345,7 @@ impl Task {
         match replicas {
             Ok(0) => return Err(unreplicated()),
             Ok(_) => self.gone.clear(),
-            Err(e) => match Failure::of(e) {
+            Err(e) => match self.target.failure(e) {
                 Failure::Away(why) => return Err(std::io::Error::other(why).into()),
                 Failure::Refused(why) => {
                     self.trimming = false;
@@ -429,9 +434,25 @@ impl Task {
         None
     }
 
+    /// After an outage, once a round trip has gone through again: says so.
+    /// (Not on reconnecting: a Cluster moving the run's slot answers the
+    /// reconnection's read and refuses the next batch, again and again
+    /// until the move is done, which is one outage.)
+    fn resumed(&mut self) {
+        let Some(from) = self.resuming.take() else {
+            return;
+        };
+        self.set_trouble(None);
+        let text = format!(
+            "reconnected to Redis at {}; publishing again from event {from}",
+            self.target.shown()
+        );
+        self.say(Level::Info, text);
+    }
+
     /// Notes a failure; false when it is a refusal, which ends publishing.
     fn failed(&mut self, e: redis::RedisError) -> bool {
-        match Failure::of(e) {
+        match self.target.failure(e) {
             Failure::Away(why) => {
                 self.lost(why);
                 true
@@ -522,13 +543,7 @@ impl Task {
             Ok((conn, held)) => {
                 self.acked.send_replace(held);
                 if self.trouble().is_some() {
-                    self.set_trouble(None);
-                    let text = format!(
-                        "reconnected to Redis at {}; publishing again from event {}",
-                        self.target.shown(),
-                        held + 1
-                    );
-                    self.say(Level::Info, text);
+                    self.resuming = Some(held + 1);
                 }
                 Some(conn)
             }

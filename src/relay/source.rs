@@ -98,7 +98,7 @@ impl Source {
                 UsageError::new(format!(
                     "cannot relay from {}: {} (a relay reads with MULTI, EXEC, XREAD, XRANGE, XREVRANGE, GET, EXISTS and TYPE; see the README's ACL rules for a relay)",
                     target.shown(),
-                    Failure::of(e).why()
+                    target.failure(e).why()
                 ))
             })?;
         if let Which::Run(id) = which {
@@ -108,7 +108,7 @@ impl Source {
             })
             .await
             .map_err(|e| {
-                let why = Failure::of(e);
+                let why = target.failure(e);
                 UsageError::new(format!(
                     "cannot relay from {}: {}",
                     target.shown(),
@@ -338,7 +338,7 @@ impl Source {
 
     /// Notes a passing failure (once per outage); a refusal is the stop.
     fn failed(&mut self, e: redis::RedisError) -> Result<(), Stop> {
-        match Failure::of(e) {
+        match self.target.failure(e) {
             Failure::Refused(why) => Err(format!(
                 "Redis at {} refused what the relay asked: {why}",
                 self.target.shown()

@@ -778,6 +778,161 @@ fn a_run_published_to_a_cluster_is_served_by_two_relays() {
     );
 }
 
+/// One slot of `cluster` on its way from one node to another, as
+/// `redis-cli --cluster reshard` moves it: its keys already on the new
+/// node, which owns the slot only once [`Moving::done`] says so. Until
+/// then, the old node answers `ASK` for those keys.
+struct Moving<'a> {
+    cluster: &'a Cluster,
+    slot: u64,
+    to: String,
+}
+
+impl Cluster {
+    /// Starts moving the slot of `key` to another node (`MIGRATING`,
+    /// `IMPORTING`, its keys sent over with `MIGRATE`).
+    fn start_moving(&self, key: &str) -> Moving<'_> {
+        let slot: u64 = on(&self.0[0], redis::cmd("CLUSTER").arg("KEYSLOT").arg(key)).unwrap();
+        let count = |n: &Redis| -> u64 {
+            on(n, redis::cmd("CLUSTER").arg("COUNTKEYSINSLOT").arg(slot)).unwrap()
+        };
+        let from = self
+            .0
+            .iter()
+            .find(|n| count(n) > 0)
+            .expect("the slot's node");
+        let to = self
+            .0
+            .iter()
+            .find(|n| n.port != from.port)
+            .expect("another node");
+        let id = |n: &Redis| -> String { on(n, redis::cmd("CLUSTER").arg("MYID")).unwrap() };
+        let (from_id, to_id) = (id(from), id(to));
+        let setslot = |n: &Redis, how: &str, node: &str| {
+            let cmd = redis::cmd("CLUSTER")
+                .arg("SETSLOT")
+                .arg(slot)
+                .arg(how)
+                .arg(node)
+                .clone();
+            on::<()>(n, &mut cmd.clone()).expect("CLUSTER SETSLOT");
+        };
+        setslot(to, "IMPORTING", &from_id);
+        setslot(from, "MIGRATING", &to_id);
+        let keys: Vec<String> = on(
+            from,
+            redis::cmd("CLUSTER")
+                .arg("GETKEYSINSLOT")
+                .arg(slot)
+                .arg(100),
+        )
+        .unwrap();
+        assert!(!keys.is_empty(), "no key in slot {slot}");
+        for k in keys {
+            let mut migrate = redis::cmd("MIGRATE");
+            migrate
+                .arg("127.0.0.1")
+                .arg(to.port)
+                .arg(&k)
+                .arg(0)
+                .arg(5000);
+            on::<()>(from, &mut migrate).expect("MIGRATE");
+        }
+        Moving {
+            cluster: self,
+            slot,
+            to: to_id,
+        }
+    }
+}
+
+impl Moving<'_> {
+    /// The new node owns the slot, on every node's word.
+    fn done(self) {
+        for n in &self.cluster.0 {
+            let mut cmd = redis::cmd("CLUSTER");
+            cmd.arg("SETSLOT").arg(self.slot).arg("NODE").arg(&self.to);
+            on::<()>(n, &mut cmd).expect("CLUSTER SETSLOT NODE");
+        }
+    }
+}
+
+#[test]
+fn a_cluster_slot_that_moves_mid_run_loses_and_doubles_nothing() {
+    // A reshard moves a slot's keys to another node; while it does, the
+    // old node answers ASK for them. That is the Cluster at work, not a
+    // wrong URL: the publisher stopped for good ("publishing stops here"),
+    // and a relay exited 3, both saying to give redis+cluster://.
+    use crate::relay::{paused, publishing_run, run_id_of, until_paused};
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let url = cluster.url();
+    let db = TempDb::counters(200);
+    let pause = paused(&db);
+    let extra = ["--drain-timeout", "30"];
+    let mut run = publishing_run(&db, "reshard", &url, &pause, &extra);
+    let mut s = Stream::open(run.addr(), "/events", &[]);
+    let mut seen = until_paused(&mut s);
+    let run_id = run_id_of(&seen[0]);
+    wait_for_redis("the events before the pause", || {
+        (cluster.entry_ids(&run_id).len() == seen.len()).then_some(())
+    });
+    let mut mirror = Proc::start(&["relay", &url, "--run", &run_id, "--listen", "127.0.0.1:0"]);
+    let mut r = Stream::open(mirror.addr(), "/events", &[]);
+    let mut relayed: Vec<_> = (0..seen.len())
+        .map(|_| r.next_event().expect("an event"))
+        .collect();
+    let moving = cluster.start_moving(&format!("{{{run_id}}}"));
+    // The run goes on while the slot moves: both meet the ASK.
+    std::fs::remove_file(&pause).expect("remove the pause file");
+    loop {
+        let e = s
+            .next_event()
+            .expect("the run's stream ended before Redis was lost");
+        let said = (e.event == "message").then(|| data(&e)["message"].to_string());
+        seen.push(e);
+        if said.is_some_and(|m| m.contains("Redis")) {
+            break;
+        }
+    }
+    wait_for_redis("the relay's word on the move", || {
+        let err = mirror.stderr();
+        (err.contains("lost Redis") || err.contains("relay stopped")).then_some(())
+    });
+    moving.done();
+    seen.extend(s.rest());
+    let status = run.wait();
+    let err = run.stderr();
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(!err.contains("not published"), "{err}");
+    assert_contiguous(&seen, 1);
+    let want: Vec<String> = (1..=seen.len()).map(|n| format!("{n}-0")).collect();
+    assert_eq!(
+        cluster.entry_ids(&run_id),
+        want,
+        "every event once, in order"
+    );
+    // One move, one outage: said once each way, not once per batch that
+    // met the ASK (each a message to every viewer).
+    let said = |what: &str| {
+        seen.iter()
+            .filter(|e| e.event == "message" && data(e)["message"].to_string().contains(what))
+            .count()
+    };
+    assert_eq!(said("lost the connection to Redis"), 1, "{err}");
+    assert!(said("a slot of the Cluster is moving") == 1, "{err}");
+    // (After the run's `finished`, on stderr.)
+    let back = said("reconnected to Redis") + err.matches("reconnected to Redis").count();
+    assert_eq!(back, 1, "{err}");
+    relayed.extend(r.rest());
+    let triples =
+        |evs: &[batchsse::sse::ParsedEvent]| evs.iter().map(event_triple).collect::<Vec<_>>();
+    assert_eq!(triples(&relayed), triples(&seen), "{}", mirror.stderr());
+    mirror.signal("TERM");
+    assert_eq!(mirror.wait().code(), Some(0), "{}", mirror.stderr());
+}
+
 #[test]
 fn a_password_with_a_slash_is_refused_and_not_shown() {
     // Unescaped, a '/', '?' or '#' ends the host part: the password's start

@@ -184,7 +184,13 @@ fn exit_of(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
 /// A run of `counter_plan(plan)` over `db`, 10 rows a chunk, 20 ms apart,
 /// publishing to `url`; it waits for one stream client and, while
 /// `pause` exists, between chunks.
-fn publishing_run(db: &TempDb, plan: &str, url: &str, pause: &Path, extra: &[&str]) -> Proc {
+pub(crate) fn publishing_run(
+    db: &TempDb,
+    plan: &str,
+    url: &str,
+    pause: &Path,
+    extra: &[&str],
+) -> Proc {
     let plan = db.file("plan.json", &counter_plan(plan, 10));
     let mut flags = vec![
         "--publish",
@@ -224,7 +230,7 @@ pub(crate) fn published_until_paused(
 }
 
 /// A pause file, in place: the run stops at its first chunk boundary.
-fn paused(db: &TempDb) -> PathBuf {
+pub(crate) fn paused(db: &TempDb) -> PathBuf {
     let pause = db.dir.path().join("pause");
     std::fs::write(&pause, "").expect("pause file");
     pause
@@ -232,7 +238,7 @@ fn paused(db: &TempDb) -> PathBuf {
 
 /// Reads until the run waits on its pause file: the events up to and
 /// including that `throttle`.
-fn until_paused(s: &mut Stream) -> Vec<ParsedEvent> {
+pub(crate) fn until_paused(s: &mut Stream) -> Vec<ParsedEvent> {
     let mut evs = Vec::new();
     loop {
         let e = s
@@ -246,7 +252,7 @@ fn until_paused(s: &mut Stream) -> Vec<ParsedEvent> {
     }
 }
 
-fn run_id_of(start: &ParsedEvent) -> String {
+pub(crate) fn run_id_of(start: &ParsedEvent) -> String {
     assert_eq!(start.event, "start", "{start:?}");
     data(start)["run_id"]
         .as_str()
