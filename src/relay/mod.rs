@@ -370,13 +370,48 @@ impl Target {
     /// before anything is done (`doing`: "publish to", "relay from"; `url`:
     /// where the URL came from, for the fix).
     pub async fn connect_or_refuse(&self, doing: &str, url: &str) -> Result<Conn, UsageError> {
-        self.connect().await.map_err(|e| {
-            let (why, fix) = match self.tls.then(|| tls::failure(&e)).flatten() {
+        let e = match self.connect().await {
+            Ok(conn) => return Ok(conn),
+            Err(e) => e,
+        };
+        let (why, fix) = match self.tls.then(|| tls::failure(&e)).flatten() {
+            Some(why_fix) => why_fix,
+            None => match self.primary_down(&e).await {
                 Some(why_fix) => why_fix,
                 None => self.refusal(e, url),
-            };
-            UsageError::new(format!("cannot {doing} {}: {why}; {fix}", self.shown))
-        })
+            },
+        };
+        Err(UsageError::new(format!(
+            "cannot {doing} {}: {why}; {fix}",
+            self.shown
+        )))
+    }
+
+    /// Under Sentinel, a failure to reach the primary the sentinels name,
+    /// said as that (with its address and their flags), not as a wrong
+    /// service or a sentinel that is not there; `None` for any other.
+    async fn primary_down(&self, e: &redis::RedisError) -> Option<(String, String)> {
+        let (Server::Sentinel(client), Some(service)) = (&self.server, &self.service) else {
+            return None;
+        };
+        let not_found = e.kind() == redis::ErrorKind::MasterNameNotFoundBySentinel;
+        if !not_found && !e.is_connection_refusal() {
+            return None;
+        }
+        let (addr, flags) = tls::named_primary(client, service).await?;
+        let named = format!(
+            "{addr}, the primary the sentinels name for {}",
+            quoted(service)
+        );
+        let why = if flags.split(',').any(|f| f == "s_down" || f == "o_down") {
+            format!("{named}, is down (the sentinels flag it {flags})")
+        } else if not_found {
+            format!("{named}, does not answer as a primary (ROLE); a failover may be under way")
+        } else {
+            format!("nothing is listening at {named} ({})", one_line(e))
+        };
+        let fix = "start it, or let the sentinels fail over to a replica (one with a replica-priority above 0), then try again";
+        Some((why, fix.to_owned()))
     }
 
     /// Why a connection at start failed, in Redis's words where it
@@ -402,8 +437,12 @@ impl Target {
         }
         let not_found = e.kind() == redis::ErrorKind::MasterNameNotFoundBySentinel;
         let text = e.to_string().to_ascii_lowercase();
+        let crate_words = one_line(&e);
         let failure = Failure::of(e);
-        let why = failure.why().to_owned();
+        let why = match not_found {
+            true => crate_words,
+            false => failure.why().to_owned(),
+        };
         let (host, port) = (&self.host, self.port);
         let fix = if not_found {
             format!(
@@ -632,6 +671,13 @@ impl Failure {
     /// reshard), which passes. Elsewhere they mean the URL names one node
     /// of a Cluster.
     fn sort(e: redis::RedisError, cluster: bool) -> Failure {
+        if e.kind() == redis::ErrorKind::MasterNameNotFoundBySentinel {
+            // The name was found at start: its primary is down, or is not
+            // a primary any more, until the sentinels fail over.
+            return Failure::Away(
+                "the sentinels name no primary that is up (a failover may be under way)".into(),
+            );
+        }
         let answered = e.clone().into_server_errors().and_then(|errors| {
             errors
                 .first()

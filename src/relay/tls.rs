@@ -4,9 +4,10 @@
 //! `redis+cluster://`; and a TLS failure told
 //! in plain words.
 
+use std::collections::HashMap;
 use std::path::Path;
 
-use redis::sentinel::{SentinelClientBuilder, SentinelServerType};
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{ClientTlsConfig, ConnectionAddr, IntoConnectionInfo, TlsCertificates, TlsMode};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -147,6 +148,31 @@ pub fn sentinel(
         }
     }
     Ok(Server::Sentinel(tokio::sync::Mutex::new(b.build()?)))
+}
+
+/// The primary the sentinels name for `service` (`HOST:PORT`) and how
+/// they flag it (`master,s_down,o_down`…), from the first sentinel that
+/// answers; `None` if none knows the service, or none answers.
+pub async fn named_primary(
+    client: &tokio::sync::Mutex<SentinelClient>,
+    service: &str,
+) -> Option<(String, String)> {
+    let limit = super::CONNECT_TIMEOUT;
+    let sentinel = {
+        let mut client = client.lock().await;
+        super::within(limit, client.async_get_sentinel_client()).await
+    };
+    let mut conn = super::within(limit, sentinel.ok()?.get_multiplexed_async_connection())
+        .await
+        .ok()?;
+    let mut ask = redis::cmd("SENTINEL");
+    ask.arg("MASTER").arg(service);
+    let info: HashMap<String, String> = super::within(limit, ask.query_async(&mut conn))
+        .await
+        .ok()?;
+    let host = super::url_host(info.get("ip")?);
+    let flags = info.get("flags").cloned().unwrap_or_default();
+    Some((format!("{host}:{}", info.get("port")?), flags))
 }
 
 /// A Redis Cluster reached through any of `hosts`, with `auth` for each

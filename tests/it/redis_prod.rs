@@ -458,19 +458,29 @@ fn on<T: redis::FromRedisValue>(redis: &Redis, cmd: &mut redis::Cmd) -> redis::R
 
 /// A primary, its replica (linked), and `n` sentinels watching them.
 fn replicated(n: usize) -> Option<(Redis, Redis, Vec<Sentinel>)> {
+    let (primary, mut replicas, sentinels) = replicated_by(1, n)?;
+    Some((primary, replicas.remove(0), sentinels))
+}
+
+/// A primary, `r` replicas (linked), and `n` sentinels watching them.
+fn replicated_by(r: usize, n: usize) -> Option<(Redis, Vec<Redis>, Vec<Sentinel>)> {
     let primary = Redis::start()?;
     let replica_of = [
         "--replicaof".to_string(),
         "127.0.0.1".into(),
         primary.port.to_string(),
     ];
-    let replica = Redis::start_with(&replica_of)?;
-    wait_for_redis("the replica's link", || {
-        let info: String = on(&replica, redis::cmd("INFO").arg("replication")).ok()?;
-        info.contains("master_link_status:up").then_some(())
-    });
+    let mut replicas = Vec::new();
+    for _ in 0..r {
+        let replica = Redis::start_with(&replica_of)?;
+        wait_for_redis("the replica's link", || {
+            let info: String = on(&replica, redis::cmd("INFO").arg("replication")).ok()?;
+            info.contains("master_link_status:up").then_some(())
+        });
+        replicas.push(replica);
+    }
     let sentinels = (0..n).map(|_| Sentinel::start(primary.port)).collect();
-    Some((primary, replica, sentinels))
+    Some((primary, replicas, sentinels))
 }
 
 /// The `redis+sentinel://` URL of `sentinels`.
@@ -624,6 +634,103 @@ fn a_sentinel_failover_mid_run_loses_and_doubles_nothing() {
     assert_contiguous(&resumed.rest(), seen.len() as u64 / 2 + 1);
     mirror.signal("TERM");
     mirror.wait();
+}
+
+impl Sentinel {
+    /// `SENTINEL SET main quorum N`: how many sentinels must agree that
+    /// the primary is down before one of them fails over.
+    fn quorum(&self, n: u32) {
+        let mut cmd = redis::cmd("SENTINEL");
+        cmd.arg("SET").arg("main").arg("quorum").arg(n);
+        self.ask::<()>(&mut cmd).expect("SENTINEL SET quorum");
+    }
+
+    /// How this sentinel flags the primary (`master,s_down,…`).
+    fn primary_flags(&self) -> String {
+        let info: std::collections::HashMap<String, String> = self
+            .ask(redis::cmd("SENTINEL").arg("MASTER").arg("main"))
+            .unwrap_or_default();
+        info.get("flags").cloned().unwrap_or_default()
+    }
+}
+
+#[test]
+fn a_sentinel_primary_that_dies_mid_run_is_waited_for_until_the_failover() {
+    // From the moment the sentinels flag a dead primary down until one of
+    // them has promoted a replica, they name no primary that is up. The
+    // crate says "Master with given name not found", which was taken for
+    // a refusal: the publisher stopped for good and a relay exited 3; at
+    // start, the user was told to fix the service's name.
+    use crate::relay::{paused, publishing_run, run_id_of, until_paused};
+    let Some((mut primary, replicas, sentinels)) = replicated_by(2, 3) else {
+        return;
+    };
+    for s in &sentinels {
+        wait_for_redis("the sentinel's view of the replicas", || {
+            let known: Vec<redis::Value> = s
+                .ask(redis::cmd("SENTINEL").arg("replicas").arg("main"))
+                .ok()?;
+            (known.len() == 2).then_some(())
+        });
+        // No failover until the test says so: no quorum of 4 out of 3.
+        s.quorum(4);
+    }
+    let url = sentinel_url(&sentinels);
+    let db = TempDb::counters(200);
+    let pause = paused(&db);
+    let mut run = publishing_run(&db, "crash", &url, &pause, &["--drain-timeout", "60"]);
+    let mut s = Stream::open(run.addr(), "/events", &[]);
+    let mut seen = until_paused(&mut s);
+    let run_id = run_id_of(&seen[0]);
+    crate::relay::wait_published(&primary, &run_id, seen.len());
+    let mut mirror = Proc::start(&["relay", &url, "--run", &run_id, "--listen", "127.0.0.1:0"]);
+    let mut r = Stream::open(mirror.addr(), "/events", &[]);
+    let mut relayed: Vec<_> = (0..seen.len())
+        .map(|_| r.next_event().expect("an event"))
+        .collect();
+    let dead = primary.port;
+    primary.kill();
+    std::fs::remove_file(&pause).expect("remove the pause file");
+    wait_for_redis("the sentinels' word that the primary is down", || {
+        sentinels
+            .iter()
+            .all(|s| s.primary_flags().contains("s_down"))
+            .then_some(())
+    });
+    // At start, that is said as it is.
+    let (code, _, err) = run_env(
+        &["relay", &url, "--run", &run_id, "--listen", "127.0.0.1:0"],
+        &[],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "127.0.0.1:{dead}, the primary the sentinels name for \"main\", is down"
+        )) && !err.contains("fix the SERVICE"),
+        "{err}"
+    );
+    // Both meet the primary down (reconnections every 2 s at most).
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    for s in &sentinels {
+        s.quorum(2);
+    }
+    seen.extend(s.rest());
+    let status = run.wait();
+    let err = run.stderr();
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(!err.contains("not published"), "{err}");
+    assert_contiguous(&seen, 1);
+    let promoted = replicas
+        .iter()
+        .find(|r| sentinels[0].primary_port() == Some(r.port))
+        .expect("a replica promoted");
+    crate::relay::assert_published(promoted, &run_id, &seen);
+    relayed.extend(r.rest());
+    let triples =
+        |evs: &[batchsse::sse::ParsedEvent]| evs.iter().map(event_triple).collect::<Vec<_>>();
+    assert_eq!(triples(&relayed), triples(&seen), "{}", mirror.stderr());
+    mirror.signal("TERM");
+    assert_eq!(mirror.wait().code(), Some(0), "{}", mirror.stderr());
 }
 
 /// A 3-primary Redis Cluster on free ports, made with

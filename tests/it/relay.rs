@@ -83,7 +83,7 @@ pub(crate) fn assert_published(redis: &Redis, run_id: &str, events: &[ParsedEven
 }
 
 /// Polls until the run's Redis stream holds at least `n` entries.
-fn wait_published(redis: &Redis, run_id: &str, n: usize) {
+pub(crate) fn wait_published(redis: &Redis, run_id: &str, n: usize) {
     let start = Instant::now();
     while xlen(redis, run_id) < n {
         assert!(
