@@ -222,7 +222,11 @@ pub fn failure(e: &redis::RedisError) -> Option<(String, String)> {
     let text = e.to_string();
     let lower = text.to_ascii_lowercase();
     let says = |w: &str| lower.contains(w);
-    let (why, fix) = if says("unknownissuer") || says("unknown issuer") {
+    // An alert is the server's word on this side's certificate; the rest
+    // is this side's on the server's.
+    let (why, fix) = if says("alert") {
+        refused_by_server(&says)
+    } else if says("unknownissuer") || says("unknown issuer") {
         (
             "the server's TLS certificate is not signed by a CA this side trusts",
             "give the CA that signed it with --redis-ca FILE (else the system's roots are used, Mozilla's on macOS)",
@@ -237,21 +241,34 @@ pub fn failure(e: &redis::RedisError) -> Option<(String, String)> {
             "the server's TLS certificate has expired, or is not valid yet",
             "have it renewed, or check this machine's clock",
         )
-    } else if says("certificaterequired") || says("certificate required") {
-        (
-            "the server wants a client certificate",
-            "give --redis-cert FILE and --redis-key FILE, signed by a CA the server trusts (its tls-ca-cert-file)",
-        )
-    } else if says("unknownca") || says("badcertificate") {
-        (
-            "the server refused the client certificate (--redis-cert)",
-            "give one signed by a CA the server trusts (its tls-ca-cert-file)",
-        )
-    } else if says("certificate") || says("handshake") || says("tls") || says("alert") {
+    } else if says("certificate") || says("handshake") || says("tls") {
         ("the TLS handshake failed", FIX)
     } else {
         return None;
     };
     let words = text.split_whitespace().collect::<Vec<_>>().join(" ");
     Some((format!("{why} ({words})"), fix.to_owned()))
+}
+
+/// Why the server ended the handshake with an alert (`says`: whether the
+/// error's words hold this), and what to do.
+fn refused_by_server(says: &dyn Fn(&str) -> bool) -> (&'static str, &'static str) {
+    if says("certificaterequired") || says("certificate required") {
+        (
+            "the server wants a client certificate",
+            "give --redis-cert FILE and --redis-key FILE, signed by a CA the server trusts (its tls-ca-cert-file)",
+        )
+    } else if says("certificateexpired") || says("certificate expired") {
+        (
+            "the server refused the client certificate (--redis-cert): it has expired, or is not valid yet",
+            "renew the certificate given with --redis-cert, or check this machine's clock",
+        )
+    } else if says("unknownca") || says("badcertificate") {
+        (
+            "the server refused the client certificate (--redis-cert)",
+            "give one signed by a CA the server trusts (its tls-ca-cert-file)",
+        )
+    } else {
+        ("the TLS handshake failed", FIX)
+    }
 }

@@ -237,6 +237,55 @@ fn a_certificate_that_fails_is_refused_at_start_in_plain_words() {
     assert_eq!(db.counter_spread(), (20, 0));
 }
 
+#[test]
+fn an_expired_certificate_is_told_apart_on_either_side() {
+    // The server's certificate expired: this side refuses it. The client's
+    // expired: the server refuses it, with an alert that said the same
+    // words ("the server's TLS certificate has expired … have it renewed"),
+    // which sent the user to renew a certificate that was fine.
+    let Some(certs) = Certs::make() else { return };
+    let expired_server = certs.expired("server");
+    let tls_port = free_port().to_string();
+    let mut args = certs.server_args(&tls_port, true);
+    let at = args
+        .iter()
+        .position(|a| a == "--tls-cert-file")
+        .expect("cert flag");
+    args[at + 1] = expired_server;
+    let Some(_old) = Redis::start_with(&args) else {
+        return;
+    };
+    let Some((_redis, url)) = tls_redis(&certs, true) else {
+        return;
+    };
+    let db = TempDb::counters(20);
+    let plan = db.file("plan.json", &counter_plan("tls", 10));
+    let (ca, key) = (certs.arg("ca.pem"), certs.arg("client.key"));
+    let expired_client = certs.expired("client");
+    let old_url = format!("rediss://127.0.0.1:{tls_port}/0");
+    let client = |cert: &str, url: &str| {
+        let mut args = run_args(&db, path_str(&plan), &["--no-serve", "--publish", url]);
+        let tls = ["--redis-ca", &ca, "--redis-cert", cert, "--redis-key", &key];
+        args.extend_from_slice(&tls);
+        run_env(&args, &[])
+    };
+    let (code, _, err) = client(&certs.arg("client.pem"), &old_url);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("the server's TLS certificate has expired") && err.contains("renewed"),
+        "{err}"
+    );
+    let (code, _, err) = client(&expired_client, &url);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("the server refused the client certificate (--redis-cert)")
+            && err.contains("expired")
+            && !err.contains("server's TLS certificate"),
+        "{err}"
+    );
+    assert_eq!(db.counter_spread(), (0, 20), "nothing ran");
+}
+
 /// The README's minimal ACL rules (keep them the same there).
 const PUBLISHER_RULES: &[&str] = &[
     "resetkeys",

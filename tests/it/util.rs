@@ -1419,6 +1419,31 @@ impl Certs {
         Some(certs)
     }
 
+    /// `expired-LEAF.pem`: the certificate of `server` or `client` (its
+    /// key, its names), signed by the CA, but expired a day ago.
+    pub fn expired(&self, leaf: &str) -> String {
+        let csr = format!("{leaf}.csr");
+        let out = format!("expired-{leaf}.pem");
+        self.openssl(&[
+            "x509",
+            "-req",
+            "-days",
+            "-1",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-extfile",
+            "ext",
+            "-out",
+            &out,
+        ]);
+        self.arg(&out)
+    }
+
     fn openssl(&self, args: &[&str]) {
         let out = Command::new("openssl")
             .args(args)
