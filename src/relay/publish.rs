@@ -471,9 +471,12 @@ impl Task {
     }
 
     /// Once per outage: a warning in the run's own log (it reaches Redis
-    /// too, once Redis is back).
+    /// too, once Redis is back). Its cause is kept up to date for the
+    /// exit's count of events not published: the first (a dropped
+    /// connection, say) may not be what holds them back at the end.
     fn lost(&mut self, why: String) {
         if self.trouble().is_some() {
+            self.set_trouble(Some(why));
             return;
         }
         let text = format!(

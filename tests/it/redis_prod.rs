@@ -782,6 +782,51 @@ fn a_sentinel_primary_that_dies_mid_run_is_waited_for_until_the_failover() {
     assert_eq!(mirror.wait().code(), Some(0), "{}", mirror.stderr());
 }
 
+#[test]
+fn events_left_unpublished_at_exit_are_said_with_the_outage_s_last_cause() {
+    // The primary dies; the sentinels promote its only replica, which has
+    // no replica of its own, so no batch counts as published (WAIT 1). The
+    // run's last line named the outage's first cause, the dropped
+    // connection to the dead primary, and nothing said why events stayed
+    // unpublished with a primary up.
+    use crate::relay::{paused, publishing_run, run_id_of, until_paused};
+    let Some((mut primary, replica, sentinels)) = replicated(3) else {
+        return;
+    };
+    for s in &sentinels {
+        wait_for_redis("the sentinel's view of the replica", || {
+            let known: Vec<redis::Value> = s
+                .ask(redis::cmd("SENTINEL").arg("replicas").arg("main"))
+                .ok()?;
+            (!known.is_empty()).then_some(())
+        });
+    }
+    let url = sentinel_url(&sentinels);
+    let db = TempDb::counters(50);
+    let pause = paused(&db);
+    let mut run = publishing_run(&db, "orphan", &url, &pause, &["--drain-timeout", "3"]);
+    let mut s = Stream::open(run.addr(), "/events", &[]);
+    let seen = until_paused(&mut s);
+    crate::relay::wait_published(&primary, &run_id_of(&seen[0]), seen.len());
+    primary.kill();
+    wait_for_redis("the failover", || {
+        sentinels
+            .iter()
+            .all(|s| s.primary_port() == Some(replica.port))
+            .then_some(())
+    });
+    std::fs::remove_file(&pause).expect("remove the pause file");
+    s.rest();
+    let status = run.wait();
+    let err = run.stderr();
+    assert_eq!(status.code(), Some(0), "{err}");
+    let last = err
+        .lines()
+        .find(|l| l.contains("were not published"))
+        .unwrap_or_else(|| panic!("no word of unpublished events:\n{err}"));
+    assert!(last.contains("no replica took the events"), "{err}");
+}
+
 /// A 3-primary Redis Cluster on free ports, made with
 /// `redis-cli --cluster create`; its nodes are killed when dropped.
 struct Cluster(Vec<Redis>);
