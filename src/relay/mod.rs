@@ -106,6 +106,12 @@ impl Parts {
                     .into(),
             );
         }
+        if let Some(at) = rest[host_end..].find(['?', '#']) {
+            let extra = &rest[host_end + at..];
+            if !extra.trim_start_matches(['?', '#']).is_empty() {
+                return Err(unread(extra));
+            }
+        }
         let rest = rest.split(['?', '#']).next().unwrap_or_default();
         let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
         let (userinfo, hosts) = match authority.rsplit_once('@') {
@@ -165,6 +171,16 @@ impl Parts {
             (false, Some(service)) => format!("{scheme}://{user}{hosts}/{service}/{db}"),
             (false, None) => format!("{scheme}://{user}{hosts}/{db}"),
         }
+    }
+}
+
+/// Why a URL's query or fragment is refused: other clients read some
+/// (`?db=2`, `#insecure`), and dropping them would publish elsewhere, or
+/// seem to, than the user wrote. Not quoted: it may hold a password.
+fn unread(extra: &str) -> String {
+    match extra.starts_with('?') {
+        true => "has a query (after '?'), which batchsse does not read: put the database in the path (…/2), the password before the host or in BATCHSSE_REDIS_PASSWORD, and nothing after".into(),
+        false => "has a fragment (after '#'), which batchsse does not read: TLS always checks the server's certificate (for a private CA, give --redis-ca FILE)".into(),
     }
 }
 
@@ -855,6 +871,9 @@ mod tests {
             ("redis://u:le4k/rest@a:1/0", "%2F"),
             ("redis://u:le4k?rest@a:1/0", "%3F"),
             ("redis+sentinel://:le4k#rest@a:1/main", "%23"),
+            ("redis://a:1?db=2", "does not read"),
+            ("redis://a:1/0?password=le4k", "BATCHSSE_REDIS_PASSWORD"),
+            ("rediss://a:1/0#insecure", "--redis-ca"),
             ("redis://u:123/le4k@a:1/0", "BATCHSSE_REDIS_PASSWORD"),
         ] {
             let e = parse(bad).unwrap_err().to_string();

@@ -1159,6 +1159,42 @@ fn a_password_with_a_slash_is_refused_and_not_shown() {
 }
 
 #[test]
+fn a_url_s_query_or_fragment_is_refused_not_dropped() {
+    // Other clients read `?db=2` (redis-py) or `#insecure` (the redis
+    // crate); batchsse dropped both without a word: `?db=2` published to
+    // database 0, where relays given `/2` never found the run.
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let db = TempDb::counters(10);
+    let plan = db.file("plan.json", &counter_plan("query", 10));
+    let port = redis.port;
+    for (url, says) in [
+        (format!("redis://127.0.0.1:{port}?db=2"), "(…/2)"),
+        (
+            format!("redis://127.0.0.1:{port}/0?password=le4k3d"),
+            "BATCHSSE_REDIS_PASSWORD",
+        ),
+        (
+            format!("rediss://127.0.0.1:{port}/0#insecure"),
+            "--redis-ca",
+        ),
+    ] {
+        let args = run_args(&db, path_str(&plan), &["--no-serve", "--publish", &url]);
+        let (code, _, err) = run_env(&args, &[]);
+        assert_eq!(code, Some(2), "{url}: {err}");
+        assert!(
+            err.contains("does not read") && err.contains(says),
+            "{url}: {err}"
+        );
+        assert!(!err.contains("le4k3d"), "a password shown: {err}");
+    }
+    assert_eq!(db.counter_spread(), (0, 10), "nothing ran");
+    let keys: Vec<String> = on(&redis, redis::cmd("KEYS").arg("*")).expect("KEYS");
+    assert!(keys.is_empty(), "{keys:?}");
+}
+
+#[test]
 fn pem_files_that_cannot_serve_are_refused_naming_the_flag() {
     let Some(certs) = Certs::make() else { return };
     let Some((_redis, url)) = tls_redis(&certs, true) else {
