@@ -482,6 +482,9 @@ impl Target {
             )
         } else if text.contains("authentication failed") || matches!(failure, Failure::Refused(_)) {
             format!("fix the password (or user, or database) in {url}, or BATCHSSE_REDIS_PASSWORD")
+        } else if why.starts_with("Redis answered") {
+            "Redis is there but cannot serve for now (its log says why); try again once it can"
+                .to_owned()
         } else if self.tls {
             format!(
                 "is Redis running there, with TLS on that port (its tls-port)? Start it, or fix {url}"
@@ -664,8 +667,10 @@ pub enum Failure {
 /// Redis's error replies that pass: a primary with too few replicas
 /// (`min-replicas-to-write`), loading its data after a restart, busy
 /// with a script, a failover or cluster change under way, out of memory
-/// until something expires, a replica until it is promoted.
-const PASSING: [&str; 8] = [
+/// until something expires, a replica until it is promoted, a snapshot
+/// that failed (a full disk) until one succeeds.
+const PASSING: [&str; 9] = [
+    "MISCONF",
     "NOREPLICAS",
     "LOADING",
     "BUSY",
