@@ -75,7 +75,7 @@ pub fn spawn(conn: Conn, target: Target, ttl: Duration, log: Arc<EventLog>) -> P
         log: log.clone(),
         acked: acked_tx,
         trouble: trouble.clone(),
-        start_sent: false,
+        latest_set: false,
         refused: false,
         gone: Vec::new(),
         trimming: true,
@@ -155,10 +155,14 @@ struct Task {
     acked: watch::Sender<u64>,
     /// Why Redis is out of reach, while it is (shared with the exit).
     trouble: Arc<Mutex<Option<String>>>,
-    /// `start` has reached Redis once: from then on the plan's `latest`
-    /// key is only set where it is missing, so a resend after Redis came
-    /// back empty never takes it back from a newer run.
-    start_sent: bool,
+    /// The plan's `latest` key has been written once, by a round trip
+    /// that went through: from then on it is only set where it is missing,
+    /// so a resend after Redis came back empty never takes it back from a
+    /// newer run. Until then every round trip writes it: the one that
+    /// carried `start` may have failed after its events went in (in a
+    /// Cluster, `latest` goes in a round trip of its own), and the resend
+    /// goes on after them.
+    latest_set: bool,
     /// Redis refused the events: nothing more is sent.
     refused: bool,
     /// Entries the log's compaction dropped, to go from the stream too.
@@ -283,14 +287,11 @@ impl Task {
                 .arg("data")
                 .arg(e.data())
                 .ignore();
-            if matches!(e.event, Event::Start(_)) {
-                has_start = true;
-                let set = latest.cmd("SET").arg(&keys.latest).arg(&keys.run_id);
-                if self.start_sent {
-                    set.arg("NX");
-                }
-                set.arg("EX").arg(self.ttl).ignore();
-            }
+            has_start |= matches!(e.event, Event::Start(_));
+        }
+        let set_latest = has_start || !self.latest_set;
+        if set_latest {
+            self.set_latest(&mut latest, keys);
         }
         self.keep_alive(&mut p, &mut latest, keys, !has_finished);
         let latest = self.along(&mut p, latest);
@@ -308,7 +309,7 @@ impl Task {
         if replicas == Some(0) {
             return Err(unreplicated());
         }
-        self.start_sent |= has_start;
+        self.latest_set |= set_latest;
         self.trim(conn, keys).await?;
         Ok(begins_at_start(&head))
     }
@@ -364,8 +365,13 @@ impl Task {
     /// Keeps the keys of a run that is alive but quiet (paused, throttled,
     /// waiting for clients) from expiring; false if the stream no longer
     /// begins with the run's `start`.
-    async fn touch(&self, conn: &mut Conn, keys: &Keys) -> redis::RedisResult<bool> {
+    async fn touch(&mut self, conn: &mut Conn, keys: &Keys) -> redis::RedisResult<bool> {
         let (mut p, mut latest) = (redis::pipe(), redis::pipe());
+        // Only ever here with `start` in Redis: nothing after it is left.
+        let set_latest = !self.latest_set;
+        if set_latest {
+            self.set_latest(&mut latest, keys);
+        }
         self.keep_alive(&mut p, &mut latest, keys, true);
         let latest = self.along(&mut p, latest);
         let (head,): (Entries,) = p
@@ -375,7 +381,17 @@ impl Task {
         if let Some(latest) = latest {
             latest.query_async::<()>(conn).await?;
         }
+        self.latest_set |= set_latest;
         Ok(begins_at_start(&head))
+    }
+
+    /// `SET` the plan's `latest` key to this run (`NX` once it has been).
+    fn set_latest(&self, latest: &mut redis::Pipeline, keys: &Keys) {
+        let set = latest.cmd("SET").arg(&keys.latest).arg(&keys.run_id);
+        if self.latest_set {
+            set.arg("NX");
+        }
+        set.arg("EX").arg(self.ttl).ignore();
     }
 
     /// The stream was emptied under a live connection (`FLUSHALL`, an

@@ -1134,6 +1134,97 @@ fn a_cluster_slot_that_moves_mid_run_loses_and_doubles_nothing() {
     assert_eq!(mirror.wait().code(), Some(0), "{}", mirror.stderr());
 }
 
+impl Cluster {
+    /// A 2-node Cluster where the second node holds one slot, `key`'s,
+    /// and the first every other one: a run's keys (under its hash tag)
+    /// land on the first, and `key` on the second.
+    fn split_by(key: &str) -> Option<Cluster> {
+        let args: Vec<String> = [
+            "--cluster-enabled",
+            "yes",
+            "--cluster-node-timeout",
+            "60000",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let nodes = vec![Redis::start_with(&args)?, Redis::start_with(&args)?];
+        let cluster = |n: &Redis, args: &[String]| {
+            let mut cmd = redis::cmd("CLUSTER");
+            cmd.arg(args);
+            on::<()>(n, &mut cmd).unwrap_or_else(|e| panic!("CLUSTER {args:?}: {e}"));
+        };
+        let words = |w: &str| w.split(' ').map(str::to_owned).collect::<Vec<_>>();
+        let slot: u16 = on(&nodes[0], redis::cmd("CLUSTER").arg("KEYSLOT").arg(key)).unwrap();
+        for (from, to) in [(0, slot.checked_sub(1)), (slot + 1, Some(16383))] {
+            if let Some(to) = to.filter(|to| *to >= from) {
+                cluster(&nodes[0], &words(&format!("ADDSLOTSRANGE {from} {to}")));
+            }
+        }
+        cluster(&nodes[1], &words(&format!("ADDSLOTS {slot}")));
+        for (n, epoch) in nodes.iter().zip([1, 2]) {
+            cluster(n, &words(&format!("SET-CONFIG-EPOCH {epoch}")));
+        }
+        cluster(
+            &nodes[0],
+            &words(&format!("MEET 127.0.0.1 {}", nodes[1].port)),
+        );
+        for n in &nodes {
+            wait_for_redis("the cluster", || {
+                let info: String = on(n, redis::cmd("CLUSTER").arg("INFO")).ok()?;
+                info.contains("cluster_state:ok").then_some(())
+            });
+        }
+        Some(Cluster(nodes))
+    }
+}
+
+#[test]
+fn in_a_cluster_the_plan_s_latest_key_is_set_even_if_its_first_write_fails() {
+    // The plan's `latest` key lives in another slot than the run's keys,
+    // so in a Cluster it is written in a round trip of its own, after the
+    // run's first batch. When only that second round trip failed, the
+    // resend went on after the events Redis held, `start` among them, and
+    // the key that names the run was never written: relays by plan never
+    // found the run.
+    use crate::relay::{paused, publishing_run, until_paused};
+    let latest = "batchsse:plan:kept:latest";
+    let Some(cluster) = Cluster::split_by(latest) else {
+        return;
+    };
+    let url = cluster.url();
+    let holder = &cluster.0[1];
+    let maxmemory = |bytes: &str| {
+        let mut cmd = redis::cmd("CONFIG");
+        cmd.arg("SET").arg("maxmemory").arg(bytes);
+        on::<()>(holder, &mut cmd).expect("CONFIG SET maxmemory");
+    };
+    // The key's node takes no write for now (OOM, which passes).
+    maxmemory("1");
+    let db = TempDb::counters(30);
+    let pause = paused(&db);
+    let mut run = publishing_run(&db, "kept", &url, &pause, &["--drain-timeout", "30"]);
+    let mut s = Stream::open(run.addr(), "/events", &[]);
+    let mut seen = until_paused(&mut s);
+    let run_id = data(&seen[0])["run_id"]
+        .as_str()
+        .expect("run_id")
+        .to_owned();
+    while !seen
+        .iter()
+        .any(|e| e.event == "message" && e.data.contains("OOM"))
+    {
+        seen.push(s.next_event().expect("the run ended before Redis refused"));
+    }
+    maxmemory("0");
+    std::fs::remove_file(&pause).expect("remove the pause file");
+    s.rest();
+    let status = run.wait();
+    assert_eq!(status.code(), Some(0), "{}", run.stderr());
+    let named: Option<String> = on(holder, redis::cmd("GET").arg(latest)).expect("GET");
+    assert_eq!(named.as_deref(), Some(run_id.as_str()), "{}", run.stderr());
+}
+
 #[test]
 fn a_password_with_a_slash_is_refused_and_not_shown() {
     // Unescaped, a '/', '?' or '#' ends the host part: the password's start
