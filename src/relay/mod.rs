@@ -392,7 +392,7 @@ impl Target {
         };
         let (why, fix) = match self.tls.then(|| tls::failure(&e)).flatten() {
             Some(why_fix) => why_fix,
-            None => match self.primary_down(&e).await {
+            None => match self.primary_down(&e).await.or_else(|| self.nodes_away(&e)) {
                 Some(why_fix) => why_fix,
                 None => self.refusal(e, url),
             },
@@ -428,6 +428,35 @@ impl Target {
         };
         let fix = "start it, or let the sentinels fail over to a replica (one with a replica-priority above 0), then try again";
         Some((why, fix.to_owned()))
+    }
+
+    /// In a Cluster, the node in the URL answered but none of the nodes
+    /// could be reached at the addresses the Cluster gives for them (the
+    /// crate says only that it found no connection): said as that.
+    fn nodes_away(&self, e: &redis::RedisError) -> Option<(String, String)> {
+        if !self.is_cluster() || e.kind() != redis::ErrorKind::ClusterConnectionNotFound {
+            return None;
+        }
+        let why = format!(
+            "the Cluster's nodes cannot be reached at the addresses it gives for them ({})",
+            one_line(e)
+        );
+        let (host, port) = (&self.host, self.port);
+        let tls = match self.tls {
+            true => " --tls",
+            false => "",
+        };
+        let names = match self.tls {
+            true => {
+                ", and that its TLS certificate names (an IP address, unless the nodes announce host names)"
+            }
+            false => "",
+        };
+        let auth = self.cli_auth();
+        let fix = format!(
+            "`redis-cli -h {host} -p {port}{tls}{auth} CLUSTER SLOTS` shows them; have each node announce an address this host can reach (cluster-announce-ip, cluster-announce-port, or cluster-announce-hostname with cluster-preferred-endpoint-type hostname){names}"
+        );
+        Some((why, fix))
     }
 
     /// Why a connection at start failed, in Redis's words where it
@@ -531,6 +560,15 @@ impl Target {
         Failure::sort(e, self.is_cluster())
     }
 
+    /// `redis-cli`'s flags for this user, the password left as `PASSWORD`.
+    fn cli_auth(&self) -> String {
+        match &self.auth {
+            Some((Some(user), _)) => format!(" --user {} -a PASSWORD", shell_word(user)),
+            Some((None, _)) => " -a PASSWORD".to_owned(),
+            None => String::new(),
+        }
+    }
+
     /// Whether the URL carries a password (which messages leave out).
     pub fn has_password(&self) -> bool {
         self.auth.is_some()
@@ -542,11 +580,7 @@ impl Target {
     /// node (a scan covers only the node it asks).
     pub fn list_runs_hint(&self) -> String {
         let tls = if self.tls { " --tls" } else { "" };
-        let auth = match &self.auth {
-            Some((Some(user), _)) => format!(" --user {} -a PASSWORD", shell_word(user)),
-            Some((None, _)) => " -a PASSWORD".to_owned(),
-            None => String::new(),
-        };
+        let auth = self.cli_auth();
         let (host, port, db) = (&self.host, self.port, self.db);
         let scan = format!("-n {db}{tls}{auth} --scan --pattern 'batchsse:run:*'");
         match (&self.server, &self.service) {

@@ -1226,6 +1226,50 @@ fn in_a_cluster_the_plan_s_latest_key_is_set_even_if_its_first_write_fails() {
 }
 
 #[test]
+fn a_cluster_whose_nodes_announce_addresses_out_of_reach_is_told_so() {
+    // The node in the URL answers, but the addresses the Cluster gives for
+    // its nodes (CLUSTER SLOTS) cannot be reached from here: a Cluster in
+    // containers announcing inner addresses, or, over TLS, IP addresses
+    // its certificates do not name. The crate says only that it found no
+    // connection, and batchsse told the user to fix the password.
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let nowhere = free_port().to_string();
+    for n in &cluster.0 {
+        let mut cmd = redis::cmd("CONFIG");
+        cmd.arg("SET").arg("cluster-announce-port").arg(&nowhere);
+        on::<()>(n, &mut cmd).expect("CONFIG SET cluster-announce-port");
+    }
+    // Every node's word on every node: the new port, no old one.
+    wait_for_redis("the new addresses", || {
+        let moved = cluster.0.iter().all(|n| {
+            let slots: Vec<redis::Value> =
+                on(n, redis::cmd("CLUSTER").arg("SLOTS")).unwrap_or_default();
+            let said = format!("{slots:?}");
+            cluster
+                .0
+                .iter()
+                .all(|m| !said.contains(&format!("int({})", m.port)))
+        });
+        moved.then_some(())
+    });
+    let db = TempDb::counters(10);
+    let plan = db.file("plan.json", &counter_plan("announce", 10));
+    let url = cluster.url();
+    let args = run_args(&db, path_str(&plan), &["--no-serve", "--publish", &url]);
+    let (code, _, err) = run_env(&args, &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("CLUSTER SLOTS")
+            && err.contains("cluster-announce")
+            && !err.contains("fix the password"),
+        "{err}"
+    );
+    assert_eq!(db.counter_spread(), (0, 10), "nothing ran");
+}
+
+#[test]
 fn a_password_with_a_slash_is_refused_and_not_shown() {
     // Unescaped, a '/', '?' or '#' ends the host part: the password's start
     // was read as the host and echoed as a bad port.
