@@ -1134,6 +1134,29 @@ fn a_cluster_slot_that_moves_mid_run_loses_and_doubles_nothing() {
     assert_eq!(mirror.wait().code(), Some(0), "{}", mirror.stderr());
 }
 
+#[test]
+fn a_relay_started_on_a_cluster_that_is_down_is_told_to_wait_not_to_fix_its_acl() {
+    // A relay tries each command it reads with at start; an answer that
+    // passes (CLUSTERDOWN, LOADING) was followed by the README's ACL rules,
+    // as if the user lacked a permission.
+    let Some(mut cluster) = Cluster::start() else {
+        return;
+    };
+    let url = cluster.url();
+    cluster.0[0].kill();
+    wait_for_redis("the Cluster down", || {
+        let info: String = on(&cluster.0[1], redis::cmd("CLUSTER").arg("INFO")).ok()?;
+        info.contains("cluster_state:fail").then_some(())
+    });
+    let args = ["relay", &url, "--plan", "down", "--listen", "127.0.0.1:0"];
+    let (code, _, err) = run_env(&args, &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("CLUSTERDOWN") && err.contains("try again") && !err.contains("ACL"),
+        "{err}"
+    );
+}
+
 impl Cluster {
     /// A 2-node Cluster where the second node holds one slot, `key`'s,
     /// and the first every other one: a run's keys (under its hash tag)
