@@ -231,6 +231,11 @@ pub fn failure(e: &redis::RedisError) -> Option<(String, String)> {
             "the server's TLS certificate is not signed by a CA this side trusts",
             "give the CA that signed it with --redis-ca FILE (else the system's roots are used, Mozilla's on macOS)",
         )
+    } else if says("causedasendentity") {
+        (
+            "the server's TLS certificate is a CA certificate (basicConstraints CA:TRUE, as `openssl req -x509` makes one by default), which rustls does not take as a server's",
+            "have a CA sign the server's certificate and give that CA with --redis-ca FILE, or remake the self-signed one with `-addext basicConstraints=critical,CA:FALSE` (and give it with --redis-ca FILE)",
+        )
     } else if says("notvalidforname") || says("not valid for name") {
         (
             "the server's TLS certificate does not name the URL's host",

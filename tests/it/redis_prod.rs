@@ -286,6 +286,56 @@ fn an_expired_certificate_is_told_apart_on_either_side() {
     assert_eq!(db.counter_spread(), (0, 20), "nothing ran");
 }
 
+#[test]
+fn a_self_signed_server_certificate_made_as_a_ca_is_told_how_to_remake() {
+    // `openssl req -x509` makes a CA certificate (CA:TRUE) by default, and
+    // rustls takes no CA certificate as a server's, even one given with
+    // --redis-ca; the user got "the TLS handshake failed (… CaUsedAsEndEntity)"
+    // and the generic advice, which does not name the cause. The same
+    // certificate made with CA:FALSE serves.
+    let Some(certs) = Certs::make() else { return };
+    let db = TempDb::counters(20);
+    let plan = db.file("plan.json", &counter_plan("self", 10));
+    let publish = |pem: &str, key: &str| {
+        let tls_port = free_port().to_string();
+        let args: Vec<String> = [
+            "--tls-port",
+            &tls_port,
+            "--tls-cert-file",
+            pem,
+            "--tls-key-file",
+            key,
+            "--tls-auth-clients",
+            "no",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let redis = Redis::start_with(&args)?;
+        let url = format!("rediss://127.0.0.1:{tls_port}/0");
+        let mut args = run_args(&db, path_str(&plan), &["--no-serve", "--publish", &url]);
+        args.extend_from_slice(&["--redis-ca", pem]);
+        let done = run_env(&args, &[]);
+        drop(redis);
+        Some(done)
+    };
+    let (pem, key) = certs.self_signed("self", None);
+    let Some((code, _, err)) = publish(&pem, &key) else {
+        return;
+    };
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("is a CA certificate") && err.contains("basicConstraints=critical,CA:FALSE"),
+        "{err}"
+    );
+    assert_eq!(db.counter_spread(), (0, 20), "nothing ran");
+    let (pem, key) = certs.self_signed("leaf", Some("basicConstraints=critical,CA:FALSE"));
+    let Some((code, _, err)) = publish(&pem, &key) else {
+        return;
+    };
+    assert_eq!(code, Some(0), "{err}");
+}
+
 /// The README's minimal ACL rules (keep them the same there).
 const PUBLISHER_RULES: &[&str] = &[
     "resetkeys",

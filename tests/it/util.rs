@@ -1444,6 +1444,34 @@ impl Certs {
         self.arg(&out)
     }
 
+    /// `NAME.pem` and `NAME.key`: a self-signed certificate for 127.0.0.1,
+    /// as `openssl req -x509` makes it, with `-addext` `extra` if given.
+    pub fn self_signed(&self, name: &str, extra: Option<&str>) -> (String, String) {
+        let (pem, key) = (format!("{name}.pem"), format!("{name}.key"));
+        let mut args = vec![
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            &key,
+            "-out",
+            &pem,
+        ];
+        if let Some(ext) = extra {
+            args.extend(["-addext", ext]);
+        }
+        self.openssl(&args);
+        (self.arg(&pem), self.arg(&key))
+    }
+
     fn openssl(&self, args: &[&str]) {
         let out = Command::new("openssl")
             .args(args)
