@@ -91,6 +91,14 @@ fn key_pair(
     (key_path, key): (&Path, &[u8]),
 ) -> Result<(), String> {
     let chain = certs("--redis-cert", cert_path, cert)?;
+    // PKCS#8's ENCRYPTED PRIVATE KEY, or OpenSSL's traditional encryption.
+    let text = String::from_utf8_lossy(key);
+    if text.contains("ENCRYPTED PRIVATE KEY") || text.contains("Proc-Type: 4,ENCRYPTED") {
+        let shown = crate::human::shown_path(key_path);
+        return Err(format!(
+            "--redis-key {shown} is encrypted with a passphrase, which batchsse cannot give: decrypt it into a file of its own (`openssl pkey -in KEY -out DECRYPTED.key`), readable only by the user that runs batchsse, and give that"
+        ));
+    }
     let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| {
         format!(
             "--redis-key {} holds no private key ({e}): give a PEM file with a -----BEGIN … PRIVATE KEY----- block",

@@ -1412,10 +1412,23 @@ fn pem_files_that_cannot_serve_are_refused_naming_the_flag() {
     let plan = db.file("plan.json", &counter_plan("pem", 10));
     let (ca, other_key) = (certs.arg("ca.pem"), certs.arg("server.key"));
     let (cert, key) = (certs.arg("client.pem"), certs.arg("client.key"));
+    let encrypted = certs.encrypted_key("client");
     // Each was taken: a CA file with no certificate as no CA (so "not
     // signed by a CA this side trusts"), a certificate and key swapped as
-    // a bad URL, another key as a failed handshake.
+    // a bad URL, another key as a failed handshake; a key encrypted with a
+    // passphrase was said to hold no private key.
     for (extra, says) in [
+        (
+            vec![
+                "--redis-ca",
+                &ca,
+                "--redis-cert",
+                &cert,
+                "--redis-key",
+                &encrypted,
+            ],
+            format!("--redis-key {encrypted} is encrypted"),
+        ),
         (
             vec!["--redis-ca", &key],
             format!("--redis-ca {key} holds no certificate"),

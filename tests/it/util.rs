@@ -1472,6 +1472,22 @@ impl Certs {
         (self.arg(&pem), self.arg(&key))
     }
 
+    /// `LEAF-enc.key`: `LEAF.key` encrypted with a passphrase (PKCS#8).
+    pub fn encrypted_key(&self, leaf: &str) -> String {
+        let (key, out) = (format!("{leaf}.key"), format!("{leaf}-enc.key"));
+        self.openssl(&[
+            "pkcs8",
+            "-topk8",
+            "-in",
+            &key,
+            "-out",
+            &out,
+            "-passout",
+            "pass:hunter2",
+        ]);
+        self.arg(&out)
+    }
+
     fn openssl(&self, args: &[&str]) {
         let out = Command::new("openssl")
             .args(args)
