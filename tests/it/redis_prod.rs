@@ -1403,6 +1403,37 @@ fn a_url_s_query_or_fragment_is_refused_not_dropped() {
 }
 
 #[test]
+fn a_password_in_the_environment_that_is_not_utf8_is_named() {
+    // It was dropped without a word: the user who set it was told Redis
+    // wants a password ("fix the password … or BATCHSSE_REDIS_PASSWORD").
+    use std::os::unix::ffi::OsStrExt;
+    let Some(redis) = Redis::start_with_password("s3cret") else {
+        return;
+    };
+    let db = TempDb::counters(10);
+    let plan = db.file("plan.json", &counter_plan("env", 10));
+    let url = redis.url();
+    let args = run_args(&db, path_str(&plan), &["--no-serve", "--publish", &url]);
+    let out = Command::new(BIN)
+        .args(&args)
+        .env_remove("BATCHSSE_PUBLISH")
+        .env(
+            "BATCHSSE_REDIS_PASSWORD",
+            std::ffi::OsStr::from_bytes(b"s3\xffcret"),
+        )
+        .stdin(Stdio::null())
+        .output()
+        .expect("run batchsse");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("BATCHSSE_REDIS_PASSWORD is not UTF-8"),
+        "{err}"
+    );
+    assert_eq!(db.counter_spread(), (0, 10), "nothing ran");
+}
+
+#[test]
 fn pem_files_that_cannot_serve_are_refused_naming_the_flag() {
     let Some(certs) = Certs::make() else { return };
     let Some((_redis, url)) = tls_redis(&certs, true) else {
