@@ -419,14 +419,23 @@ impl Target {
             "{addr}, the primary the sentinels name for {}",
             quoted(service)
         );
-        let why = if flags.split(',').any(|f| f == "s_down" || f == "o_down") {
-            format!("{named}, is down (the sentinels flag it {flags})")
+        let down = "start it, or let the sentinels fail over to a replica (one with a replica-priority above 0), then try again";
+        let (why, fix) = if flags.split(',').any(|f| f == "s_down" || f == "o_down") {
+            (
+                format!("{named}, is down (the sentinels flag it {flags})"),
+                down,
+            )
         } else if not_found {
-            format!("{named}, does not answer as a primary (ROLE); a failover may be under way")
+            (
+                format!("{named}, does not answer as a primary (its ROLE says otherwise)"),
+                "a failover may be under way: try again once the sentinels name the new primary (if none is, that node was made a replica by hand: see its replicaof)",
+            )
         } else {
-            format!("nothing is listening at {named} ({})", one_line(e))
+            (
+                format!("nothing is listening at {named} ({})", one_line(e)),
+                down,
+            )
         };
-        let fix = "start it, or let the sentinels fail over to a replica (one with a replica-priority above 0), then try again";
         Some((why, fix.to_owned()))
     }
 
