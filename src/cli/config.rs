@@ -54,7 +54,7 @@ pub fn publish(a: &PublishArgs, drain_timeout: f64) -> Result<Option<Publish>, U
         return Ok(None);
     };
     Ok(Some(Publish {
-        target: Target::parse("--publish (or BATCHSSE_PUBLISH)", url, &access(&a.redis))?,
+        target: Target::parse("--publish (or BATCHSSE_PUBLISH)", url, &access(&a.redis)?)?,
         ttl: Duration::from_secs(a.publish_ttl),
         drain: seconds("--drain-timeout", drain_timeout)?,
     }))
@@ -62,15 +62,23 @@ pub fn publish(a: &PublishArgs, drain_timeout: f64) -> Result<Option<Publish>, U
 
 /// The TLS files, and the password from `BATCHSSE_REDIS_PASSWORD` (used
 /// where the URL has none), so that it need not show in `ps`.
-fn access(a: &RedisAccessArgs) -> Access {
-    Access {
+fn access(a: &RedisAccessArgs) -> Result<Access, UsageError> {
+    let password = match std::env::var("BATCHSSE_REDIS_PASSWORD") {
+        Ok(p) => Some(p).filter(|p| !p.is_empty()),
+        Err(std::env::VarError::NotPresent) => None,
+        // Dropped without a word, it left the user with Redis's NOAUTH.
+        Err(std::env::VarError::NotUnicode(_)) => {
+            return Err(UsageError::new(
+                "the environment variable BATCHSSE_REDIS_PASSWORD is not UTF-8 text; set it to the Redis user's password as text (or put the password in the URL, %-escaped)",
+            ));
+        }
+    };
+    Ok(Access {
         ca: a.redis_ca.clone(),
         cert: a.redis_cert.clone(),
         key: a.redis_key.clone(),
-        password: std::env::var("BATCHSSE_REDIS_PASSWORD")
-            .ok()
-            .filter(|p| !p.is_empty()),
-    }
+        password,
+    })
 }
 
 /// A checked `relay`.
@@ -100,7 +108,7 @@ impl RelayConfig {
             target: Target::parse(
                 "the Redis URL (REDIS_URL, or BATCHSSE_PUBLISH)",
                 &a.redis,
-                &access(&a.access),
+                &access(&a.access)?,
             )?,
             which,
             serve,

@@ -106,6 +106,12 @@ impl Parts {
                     .into(),
             );
         }
+        if let Some(at) = rest[host_end..].find(['?', '#']) {
+            let extra = &rest[host_end + at..];
+            if !extra.trim_start_matches(['?', '#']).is_empty() {
+                return Err(unread(extra));
+            }
+        }
         let rest = rest.split(['?', '#']).next().unwrap_or_default();
         let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
         let (userinfo, hosts) = match authority.rsplit_once('@') {
@@ -165,6 +171,16 @@ impl Parts {
             (false, Some(service)) => format!("{scheme}://{user}{hosts}/{service}/{db}"),
             (false, None) => format!("{scheme}://{user}{hosts}/{db}"),
         }
+    }
+}
+
+/// Why a URL's query or fragment is refused: other clients read some
+/// (`?db=2`, `#insecure`), and dropping them would publish elsewhere, or
+/// seem to, than the user wrote. Not quoted: it may hold a password.
+fn unread(extra: &str) -> String {
+    match extra.starts_with('?') {
+        true => "has a query (after '?'), which batchsse does not read: put the database in the path (…/2), the password before the host or in BATCHSSE_REDIS_PASSWORD, and nothing after".into(),
+        false => "has a fragment (after '#'), which batchsse does not read: TLS always checks the server's certificate (for a private CA, give --redis-ca FILE)".into(),
     }
 }
 
@@ -370,13 +386,86 @@ impl Target {
     /// before anything is done (`doing`: "publish to", "relay from"; `url`:
     /// where the URL came from, for the fix).
     pub async fn connect_or_refuse(&self, doing: &str, url: &str) -> Result<Conn, UsageError> {
-        self.connect().await.map_err(|e| {
-            let (why, fix) = match self.tls.then(|| tls::failure(&e)).flatten() {
+        let e = match self.connect().await {
+            Ok(conn) => return Ok(conn),
+            Err(e) => e,
+        };
+        let (why, fix) = match self.tls.then(|| tls::failure(&e)).flatten() {
+            Some(why_fix) => why_fix,
+            None => match self.primary_down(&e).await.or_else(|| self.nodes_away(&e)) {
                 Some(why_fix) => why_fix,
                 None => self.refusal(e, url),
-            };
-            UsageError::new(format!("cannot {doing} {}: {why}; {fix}", self.shown))
-        })
+            },
+        };
+        Err(UsageError::new(format!(
+            "cannot {doing} {}: {why}; {fix}",
+            self.shown
+        )))
+    }
+
+    /// Under Sentinel, a failure to reach the primary the sentinels name,
+    /// said as that (with its address and their flags), not as a wrong
+    /// service or a sentinel that is not there; `None` for any other.
+    async fn primary_down(&self, e: &redis::RedisError) -> Option<(String, String)> {
+        let (Server::Sentinel(client), Some(service)) = (&self.server, &self.service) else {
+            return None;
+        };
+        let not_found = e.kind() == redis::ErrorKind::MasterNameNotFoundBySentinel;
+        if !not_found && !e.is_connection_refusal() {
+            return None;
+        }
+        let (addr, flags) = tls::named_primary(client, service).await?;
+        let named = format!(
+            "{addr}, the primary the sentinels name for {}",
+            quoted(service)
+        );
+        let down = "start it, or let the sentinels fail over to a replica (one with a replica-priority above 0), then try again";
+        let (why, fix) = if flags.split(',').any(|f| f == "s_down" || f == "o_down") {
+            (
+                format!("{named}, is down (the sentinels flag it {flags})"),
+                down,
+            )
+        } else if not_found {
+            (
+                format!("{named}, does not answer as a primary (its ROLE says otherwise)"),
+                "a failover may be under way: try again once the sentinels name the new primary (if none is, that node was made a replica by hand: see its replicaof)",
+            )
+        } else {
+            (
+                format!("nothing is listening at {named} ({})", one_line(e)),
+                down,
+            )
+        };
+        Some((why, fix.to_owned()))
+    }
+
+    /// In a Cluster, the node in the URL answered but none of the nodes
+    /// could be reached at the addresses the Cluster gives for them (the
+    /// crate says only that it found no connection): said as that.
+    fn nodes_away(&self, e: &redis::RedisError) -> Option<(String, String)> {
+        if !self.is_cluster() || e.kind() != redis::ErrorKind::ClusterConnectionNotFound {
+            return None;
+        }
+        let why = format!(
+            "the Cluster's nodes cannot be reached at the addresses it gives for them ({})",
+            one_line(e)
+        );
+        let (host, port) = (&self.host, self.port);
+        let tls = match self.tls {
+            true => " --tls",
+            false => "",
+        };
+        let names = match self.tls {
+            true => {
+                ", and that its TLS certificate names (an IP address, unless the nodes announce host names)"
+            }
+            false => "",
+        };
+        let auth = self.cli_auth();
+        let fix = format!(
+            "`redis-cli -h {host} -p {port}{tls}{auth} CLUSTER SLOTS` shows them; have each node announce an address this host can reach (cluster-announce-ip, cluster-announce-port, or cluster-announce-hostname with cluster-preferred-endpoint-type hostname){names}"
+        );
+        Some((why, fix))
     }
 
     /// Why a connection at start failed, in Redis's words where it
@@ -402,8 +491,12 @@ impl Target {
         }
         let not_found = e.kind() == redis::ErrorKind::MasterNameNotFoundBySentinel;
         let text = e.to_string().to_ascii_lowercase();
+        let crate_words = one_line(&e);
         let failure = Failure::of(e);
-        let why = failure.why().to_owned();
+        let why = match not_found {
+            true => crate_words,
+            false => failure.why().to_owned(),
+        };
         let (host, port) = (&self.host, self.port);
         let fix = if not_found {
             format!(
@@ -427,6 +520,9 @@ impl Target {
             )
         } else if text.contains("authentication failed") || matches!(failure, Failure::Refused(_)) {
             format!("fix the password (or user, or database) in {url}, or BATCHSSE_REDIS_PASSWORD")
+        } else if why.starts_with("Redis answered") {
+            "Redis is there but cannot serve for now (its log says why); try again once it can"
+                .to_owned()
         } else if self.tls {
             format!(
                 "is Redis running there, with TLS on that port (its tls-port)? Start it, or fix {url}"
@@ -466,6 +562,22 @@ impl Target {
         }
     }
 
+    /// What a failed call to this Redis means: as [`Failure::of`] says,
+    /// but in a Cluster a `MOVED` or `ASK` passes (a slot being moved
+    /// between nodes, which a reconnection follows).
+    pub fn failure(&self, e: redis::RedisError) -> Failure {
+        Failure::sort(e, self.is_cluster())
+    }
+
+    /// `redis-cli`'s flags for this user, the password left as `PASSWORD`.
+    fn cli_auth(&self) -> String {
+        match &self.auth {
+            Some((Some(user), _)) => format!(" --user {} -a PASSWORD", shell_word(user)),
+            Some((None, _)) => " -a PASSWORD".to_owned(),
+            None => String::new(),
+        }
+    }
+
     /// Whether the URL carries a password (which messages leave out).
     pub fn has_password(&self) -> bool {
         self.auth.is_some()
@@ -477,11 +589,7 @@ impl Target {
     /// node (a scan covers only the node it asks).
     pub fn list_runs_hint(&self) -> String {
         let tls = if self.tls { " --tls" } else { "" };
-        let auth = match &self.auth {
-            Some((Some(user), _)) => format!(" --user {} -a PASSWORD", shell_word(user)),
-            Some((None, _)) => " -a PASSWORD".to_owned(),
-            None => String::new(),
-        };
+        let auth = self.cli_auth();
         let (host, port, db) = (&self.host, self.port, self.db);
         let scan = format!("-n {db}{tls}{auth} --scan --pattern 'batchsse:run:*'");
         match (&self.server, &self.service) {
@@ -602,8 +710,10 @@ pub enum Failure {
 /// Redis's error replies that pass: a primary with too few replicas
 /// (`min-replicas-to-write`), loading its data after a restart, busy
 /// with a script, a failover or cluster change under way, out of memory
-/// until something expires, a replica until it is promoted.
-const PASSING: [&str; 8] = [
+/// until something expires, a replica until it is promoted, a snapshot
+/// that failed (a full disk) until one succeeds.
+const PASSING: [&str; 9] = [
+    "MISCONF",
     "NOREPLICAS",
     "LOADING",
     "BUSY",
@@ -617,6 +727,21 @@ const PASSING: [&str; 8] = [
 impl Failure {
     /// Sorts an error, keeping Redis's own words (from a pipeline too).
     pub fn of(e: redis::RedisError) -> Failure {
+        Failure::sort(e, false)
+    }
+
+    /// The same; `cluster`: the error came through a Cluster connection,
+    /// where `MOVED` and `ASK` are a slot on its way to another node (a
+    /// reshard), which passes. Elsewhere they mean the URL names one node
+    /// of a Cluster.
+    fn sort(e: redis::RedisError, cluster: bool) -> Failure {
+        if e.kind() == redis::ErrorKind::MasterNameNotFoundBySentinel {
+            // The name was found at start: its primary is down, or is not
+            // a primary any more, until the sentinels fail over.
+            return Failure::Away(
+                "the sentinels name no primary that is up (a failover may be under way)".into(),
+            );
+        }
         let answered = e.clone().into_server_errors().and_then(|errors| {
             errors
                 .first()
@@ -627,7 +752,12 @@ impl Failure {
                 .map(|d| format!(" {}", d.trim_end_matches('.')))
                 .unwrap_or_default();
             let mut words = format!("Redis answered \"{code}{detail}\"");
-            if code == "MOVED" || code == "ASK" {
+            let redirect = code == "MOVED" || code == "ASK";
+            if redirect && cluster {
+                words.push_str(": a slot of the Cluster is moving to another node");
+                return Failure::Away(words);
+            }
+            if redirect {
                 words.push_str(
                     ": that node is one of a Redis Cluster; give redis+cluster://HOST:PORT, to the run and its relays alike",
                 );
@@ -789,6 +919,9 @@ mod tests {
             ("redis://u:le4k/rest@a:1/0", "%2F"),
             ("redis://u:le4k?rest@a:1/0", "%3F"),
             ("redis+sentinel://:le4k#rest@a:1/main", "%23"),
+            ("redis://a:1?db=2", "does not read"),
+            ("redis://a:1/0?password=le4k", "BATCHSSE_REDIS_PASSWORD"),
+            ("rediss://a:1/0#insecure", "--redis-ca"),
             ("redis://u:123/le4k@a:1/0", "BATCHSSE_REDIS_PASSWORD"),
         ] {
             let e = parse(bad).unwrap_err().to_string();
@@ -853,7 +986,14 @@ mod tests {
         let parse: RedisError = (ErrorKind::UnexpectedReturnType, "not a string").into();
         assert!(matches!(Failure::of(parse), Failure::Refused(_)));
         let moved = redis::make_extension_error("MOVED".into(), Some("3134 10.0.0.1:7001".into()));
-        assert!(Failure::of(moved).why().contains("give redis+cluster://"));
+        assert!(
+            Failure::of(moved.clone())
+                .why()
+                .contains("give redis+cluster://")
+        );
+        let in_cluster = Failure::sort(moved, true);
+        assert!(matches!(in_cluster, Failure::Away(_)), "{in_cluster:?}");
+        assert!(in_cluster.why().contains("slot"), "{in_cluster:?}");
         for (code, passes) in [("LOADING", true), ("NOPERM", false), ("WRONGTYPE", false)] {
             let e = redis::make_extension_error(code.into(), Some("the words.".into()));
             let f = Failure::of(e);

@@ -75,10 +75,11 @@ pub fn spawn(conn: Conn, target: Target, ttl: Duration, log: Arc<EventLog>) -> P
         log: log.clone(),
         acked: acked_tx,
         trouble: trouble.clone(),
-        start_sent: false,
+        latest_set: false,
         refused: false,
         gone: Vec::new(),
         trimming: true,
+        resuming: None,
     };
     Publisher {
         task: tokio::spawn(task.run(conn)),
@@ -154,16 +155,23 @@ struct Task {
     acked: watch::Sender<u64>,
     /// Why Redis is out of reach, while it is (shared with the exit).
     trouble: Arc<Mutex<Option<String>>>,
-    /// `start` has reached Redis once: from then on the plan's `latest`
-    /// key is only set where it is missing, so a resend after Redis came
-    /// back empty never takes it back from a newer run.
-    start_sent: bool,
+    /// The plan's `latest` key has been written once, by a round trip
+    /// that went through: from then on it is only set where it is missing,
+    /// so a resend after Redis came back empty never takes it back from a
+    /// newer run. Until then every round trip writes it: the one that
+    /// carried `start` may have failed after its events went in (in a
+    /// Cluster, `latest` goes in a round trip of its own), and the resend
+    /// goes on after them.
+    latest_set: bool,
     /// Redis refused the events: nothing more is sent.
     refused: bool,
     /// Entries the log's compaction dropped, to go from the stream too.
     gone: Vec<u64>,
     /// False once Redis refused an `XDEL`: the stream then keeps them all.
     trimming: bool,
+    /// Reconnected after an outage, from this event on: said once a round
+    /// trip goes through.
+    resuming: Option<u64>,
 }
 
 /// Where the run's keys are, once `start` names the run.
@@ -228,6 +236,7 @@ impl Task {
             match round {
                 Ok(last) => {
                     self.acked.send_replace(last);
+                    self.resumed();
                     backoff.reset();
                 }
                 Err(e) => {
@@ -278,14 +287,11 @@ impl Task {
                 .arg("data")
                 .arg(e.data())
                 .ignore();
-            if matches!(e.event, Event::Start(_)) {
-                has_start = true;
-                let set = latest.cmd("SET").arg(&keys.latest).arg(&keys.run_id);
-                if self.start_sent {
-                    set.arg("NX");
-                }
-                set.arg("EX").arg(self.ttl).ignore();
-            }
+            has_start |= matches!(e.event, Event::Start(_));
+        }
+        let set_latest = has_start || !self.latest_set;
+        if set_latest {
+            self.set_latest(&mut latest, keys);
         }
         self.keep_alive(&mut p, &mut latest, keys, !has_finished);
         let latest = self.along(&mut p, latest);
@@ -303,7 +309,7 @@ impl Task {
         if replicas == Some(0) {
             return Err(unreplicated());
         }
-        self.start_sent |= has_start;
+        self.latest_set |= set_latest;
         self.trim(conn, keys).await?;
         Ok(begins_at_start(&head))
     }
@@ -340,7 +346,7 @@ impl Task {
         match replicas {
             Ok(0) => return Err(unreplicated()),
             Ok(_) => self.gone.clear(),
-            Err(e) => match Failure::of(e) {
+            Err(e) => match self.target.failure(e) {
                 Failure::Away(why) => return Err(std::io::Error::other(why).into()),
                 Failure::Refused(why) => {
                     self.trimming = false;
@@ -359,8 +365,13 @@ impl Task {
     /// Keeps the keys of a run that is alive but quiet (paused, throttled,
     /// waiting for clients) from expiring; false if the stream no longer
     /// begins with the run's `start`.
-    async fn touch(&self, conn: &mut Conn, keys: &Keys) -> redis::RedisResult<bool> {
+    async fn touch(&mut self, conn: &mut Conn, keys: &Keys) -> redis::RedisResult<bool> {
         let (mut p, mut latest) = (redis::pipe(), redis::pipe());
+        // Only ever here with `start` in Redis: nothing after it is left.
+        let set_latest = !self.latest_set;
+        if set_latest {
+            self.set_latest(&mut latest, keys);
+        }
         self.keep_alive(&mut p, &mut latest, keys, true);
         let latest = self.along(&mut p, latest);
         let (head,): (Entries,) = p
@@ -370,7 +381,17 @@ impl Task {
         if let Some(latest) = latest {
             latest.query_async::<()>(conn).await?;
         }
+        self.latest_set |= set_latest;
         Ok(begins_at_start(&head))
+    }
+
+    /// `SET` the plan's `latest` key to this run (`NX` once it has been).
+    fn set_latest(&self, latest: &mut redis::Pipeline, keys: &Keys) {
+        let set = latest.cmd("SET").arg(&keys.latest).arg(&keys.run_id);
+        if self.latest_set {
+            set.arg("NX");
+        }
+        set.arg("EX").arg(self.ttl).ignore();
     }
 
     /// The stream was emptied under a live connection (`FLUSHALL`, an
@@ -429,9 +450,25 @@ impl Task {
         None
     }
 
+    /// After an outage, once a round trip has gone through again: says so.
+    /// (Not on reconnecting: a Cluster moving the run's slot answers the
+    /// reconnection's read and refuses the next batch, again and again
+    /// until the move is done, which is one outage.)
+    fn resumed(&mut self) {
+        let Some(from) = self.resuming.take() else {
+            return;
+        };
+        self.set_trouble(None);
+        let text = format!(
+            "reconnected to Redis at {}; publishing again from event {from}",
+            self.target.shown()
+        );
+        self.say(Level::Info, text);
+    }
+
     /// Notes a failure; false when it is a refusal, which ends publishing.
     fn failed(&mut self, e: redis::RedisError) -> bool {
-        match Failure::of(e) {
+        match self.target.failure(e) {
             Failure::Away(why) => {
                 self.lost(why);
                 true
@@ -450,9 +487,12 @@ impl Task {
     }
 
     /// Once per outage: a warning in the run's own log (it reaches Redis
-    /// too, once Redis is back).
+    /// too, once Redis is back). Its cause is kept up to date for the
+    /// exit's count of events not published: the first (a dropped
+    /// connection, say) may not be what holds them back at the end.
     fn lost(&mut self, why: String) {
         if self.trouble().is_some() {
+            self.set_trouble(Some(why));
             return;
         }
         let text = format!(
@@ -522,13 +562,7 @@ impl Task {
             Ok((conn, held)) => {
                 self.acked.send_replace(held);
                 if self.trouble().is_some() {
-                    self.set_trouble(None);
-                    let text = format!(
-                        "reconnected to Redis at {}; publishing again from event {}",
-                        self.target.shown(),
-                        held + 1
-                    );
-                    self.say(Level::Info, text);
+                    self.resuming = Some(held + 1);
                 }
                 Some(conn)
             }

@@ -92,15 +92,17 @@ impl Source {
             may_multi(&mut conn).await?;
             may_read(&mut conn, &target).await
         };
-        within(REPLY_LIMIT, checked)
-            .await
-            .map_err(|e| {
-                UsageError::new(format!(
-                    "cannot relay from {}: {} (a relay reads with MULTI, EXEC, XREAD, XRANGE, XREVRANGE, GET, EXISTS and TYPE; see the README's ACL rules for a relay)",
-                    target.shown(),
-                    Failure::of(e).why()
-                ))
-            })?;
+        within(REPLY_LIMIT, checked).await.map_err(|e| {
+            let fix = match target.failure(e) {
+                Failure::Refused(why) => format!(
+                    "{why} (a relay reads with MULTI, EXEC, XREAD, XRANGE, XREVRANGE, GET, EXISTS and TYPE; see the README's ACL rules for a relay)"
+                ),
+                Failure::Away(why) => format!(
+                    "{why}; Redis cannot serve for now: try again once it can"
+                ),
+            };
+            UsageError::new(format!("cannot relay from {}: {fix}", target.shown()))
+        })?;
         if let Which::Run(id) = which {
             let key = run_key(&target.tagged(id));
             let kind: String = within(REPLY_LIMIT, async {
@@ -108,7 +110,7 @@ impl Source {
             })
             .await
             .map_err(|e| {
-                let why = Failure::of(e);
+                let why = target.failure(e);
                 UsageError::new(format!(
                     "cannot relay from {}: {}",
                     target.shown(),
@@ -338,7 +340,7 @@ impl Source {
 
     /// Notes a passing failure (once per outage); a refusal is the stop.
     fn failed(&mut self, e: redis::RedisError) -> Result<(), Stop> {
-        match Failure::of(e) {
+        match self.target.failure(e) {
             Failure::Refused(why) => Err(format!(
                 "Redis at {} refused what the relay asked: {why}",
                 self.target.shown()

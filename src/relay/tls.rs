@@ -4,9 +4,10 @@
 //! `redis+cluster://`; and a TLS failure told
 //! in plain words.
 
+use std::collections::HashMap;
 use std::path::Path;
 
-use redis::sentinel::{SentinelClientBuilder, SentinelServerType};
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{ClientTlsConfig, ConnectionAddr, IntoConnectionInfo, TlsCertificates, TlsMode};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -90,6 +91,14 @@ fn key_pair(
     (key_path, key): (&Path, &[u8]),
 ) -> Result<(), String> {
     let chain = certs("--redis-cert", cert_path, cert)?;
+    // PKCS#8's ENCRYPTED PRIVATE KEY, or OpenSSL's traditional encryption.
+    let text = String::from_utf8_lossy(key);
+    if text.contains("ENCRYPTED PRIVATE KEY") || text.contains("Proc-Type: 4,ENCRYPTED") {
+        let shown = crate::human::shown_path(key_path);
+        return Err(format!(
+            "--redis-key {shown} is encrypted with a passphrase, which batchsse cannot give: decrypt it into a file of its own (`openssl pkey -in KEY -out DECRYPTED.key`), readable only by the user that runs batchsse, and give that"
+        ));
+    }
     let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| {
         format!(
             "--redis-key {} holds no private key ({e}): give a PEM file with a -----BEGIN … PRIVATE KEY----- block",
@@ -149,6 +158,31 @@ pub fn sentinel(
     Ok(Server::Sentinel(tokio::sync::Mutex::new(b.build()?)))
 }
 
+/// The primary the sentinels name for `service` (`HOST:PORT`) and how
+/// they flag it (`master,s_down,o_down`…), from the first sentinel that
+/// answers; `None` if none knows the service, or none answers.
+pub async fn named_primary(
+    client: &tokio::sync::Mutex<SentinelClient>,
+    service: &str,
+) -> Option<(String, String)> {
+    let limit = super::CONNECT_TIMEOUT;
+    let sentinel = {
+        let mut client = client.lock().await;
+        super::within(limit, client.async_get_sentinel_client()).await
+    };
+    let mut conn = super::within(limit, sentinel.ok()?.get_multiplexed_async_connection())
+        .await
+        .ok()?;
+    let mut ask = redis::cmd("SENTINEL");
+    ask.arg("MASTER").arg(service);
+    let info: HashMap<String, String> = super::within(limit, ask.query_async(&mut conn))
+        .await
+        .ok()?;
+    let host = super::url_host(info.get("ip")?);
+    let flags = info.get("flags").cloned().unwrap_or_default();
+    Some((format!("{host}:{}", info.get("port")?), flags))
+}
+
 /// A Redis Cluster reached through any of `hosts`, with `auth` for each
 /// node it connects to.
 pub fn cluster(
@@ -196,10 +230,19 @@ pub fn failure(e: &redis::RedisError) -> Option<(String, String)> {
     let text = e.to_string();
     let lower = text.to_ascii_lowercase();
     let says = |w: &str| lower.contains(w);
-    let (why, fix) = if says("unknownissuer") || says("unknown issuer") {
+    // An alert is the server's word on this side's certificate; the rest
+    // is this side's on the server's.
+    let (why, fix) = if says("alert") {
+        refused_by_server(&says)
+    } else if says("unknownissuer") || says("unknown issuer") {
         (
             "the server's TLS certificate is not signed by a CA this side trusts",
             "give the CA that signed it with --redis-ca FILE (else the system's roots are used, Mozilla's on macOS)",
+        )
+    } else if says("causedasendentity") {
+        (
+            "the server's TLS certificate is a CA certificate (basicConstraints CA:TRUE, as `openssl req -x509` makes one by default), which rustls does not take as a server's",
+            "have a CA sign the server's certificate and give that CA with --redis-ca FILE, or remake the self-signed one with `-addext basicConstraints=critical,CA:FALSE` (and give it with --redis-ca FILE)",
         )
     } else if says("notvalidforname") || says("not valid for name") {
         (
@@ -211,21 +254,34 @@ pub fn failure(e: &redis::RedisError) -> Option<(String, String)> {
             "the server's TLS certificate has expired, or is not valid yet",
             "have it renewed, or check this machine's clock",
         )
-    } else if says("certificaterequired") || says("certificate required") {
-        (
-            "the server wants a client certificate",
-            "give --redis-cert FILE and --redis-key FILE, signed by a CA the server trusts (its tls-ca-cert-file)",
-        )
-    } else if says("unknownca") || says("badcertificate") {
-        (
-            "the server refused the client certificate (--redis-cert)",
-            "give one signed by a CA the server trusts (its tls-ca-cert-file)",
-        )
-    } else if says("certificate") || says("handshake") || says("tls") || says("alert") {
+    } else if says("certificate") || says("handshake") || says("tls") {
         ("the TLS handshake failed", FIX)
     } else {
         return None;
     };
     let words = text.split_whitespace().collect::<Vec<_>>().join(" ");
     Some((format!("{why} ({words})"), fix.to_owned()))
+}
+
+/// Why the server ended the handshake with an alert (`says`: whether the
+/// error's words hold this), and what to do.
+fn refused_by_server(says: &dyn Fn(&str) -> bool) -> (&'static str, &'static str) {
+    if says("certificaterequired") || says("certificate required") {
+        (
+            "the server wants a client certificate",
+            "give --redis-cert FILE and --redis-key FILE, signed by a CA the server trusts (its tls-ca-cert-file)",
+        )
+    } else if says("certificateexpired") || says("certificate expired") {
+        (
+            "the server refused the client certificate (--redis-cert): it has expired, or is not valid yet",
+            "renew the certificate given with --redis-cert, or check this machine's clock",
+        )
+    } else if says("unknownca") || says("badcertificate") {
+        (
+            "the server refused the client certificate (--redis-cert)",
+            "give one signed by a CA the server trusts (its tls-ca-cert-file)",
+        )
+    } else {
+        ("the TLS handshake failed", FIX)
+    }
 }

@@ -237,6 +237,105 @@ fn a_certificate_that_fails_is_refused_at_start_in_plain_words() {
     assert_eq!(db.counter_spread(), (20, 0));
 }
 
+#[test]
+fn an_expired_certificate_is_told_apart_on_either_side() {
+    // The server's certificate expired: this side refuses it. The client's
+    // expired: the server refuses it, with an alert that said the same
+    // words ("the server's TLS certificate has expired … have it renewed"),
+    // which sent the user to renew a certificate that was fine.
+    let Some(certs) = Certs::make() else { return };
+    let expired_server = certs.expired("server");
+    let tls_port = free_port().to_string();
+    let mut args = certs.server_args(&tls_port, true);
+    let at = args
+        .iter()
+        .position(|a| a == "--tls-cert-file")
+        .expect("cert flag");
+    args[at + 1] = expired_server;
+    let Some(_old) = Redis::start_with(&args) else {
+        return;
+    };
+    let Some((_redis, url)) = tls_redis(&certs, true) else {
+        return;
+    };
+    let db = TempDb::counters(20);
+    let plan = db.file("plan.json", &counter_plan("tls", 10));
+    let (ca, key) = (certs.arg("ca.pem"), certs.arg("client.key"));
+    let expired_client = certs.expired("client");
+    let old_url = format!("rediss://127.0.0.1:{tls_port}/0");
+    let client = |cert: &str, url: &str| {
+        let mut args = run_args(&db, path_str(&plan), &["--no-serve", "--publish", url]);
+        let tls = ["--redis-ca", &ca, "--redis-cert", cert, "--redis-key", &key];
+        args.extend_from_slice(&tls);
+        run_env(&args, &[])
+    };
+    let (code, _, err) = client(&certs.arg("client.pem"), &old_url);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("the server's TLS certificate has expired") && err.contains("renewed"),
+        "{err}"
+    );
+    let (code, _, err) = client(&expired_client, &url);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("the server refused the client certificate (--redis-cert)")
+            && err.contains("expired")
+            && !err.contains("server's TLS certificate"),
+        "{err}"
+    );
+    assert_eq!(db.counter_spread(), (0, 20), "nothing ran");
+}
+
+#[test]
+fn a_self_signed_server_certificate_made_as_a_ca_is_told_how_to_remake() {
+    // `openssl req -x509` makes a CA certificate (CA:TRUE) by default, and
+    // rustls takes no CA certificate as a server's, even one given with
+    // --redis-ca; the user got "the TLS handshake failed (… CaUsedAsEndEntity)"
+    // and the generic advice, which does not name the cause. The same
+    // certificate made with CA:FALSE serves.
+    let Some(certs) = Certs::make() else { return };
+    let db = TempDb::counters(20);
+    let plan = db.file("plan.json", &counter_plan("self", 10));
+    let publish = |pem: &str, key: &str| {
+        let tls_port = free_port().to_string();
+        let args: Vec<String> = [
+            "--tls-port",
+            &tls_port,
+            "--tls-cert-file",
+            pem,
+            "--tls-key-file",
+            key,
+            "--tls-auth-clients",
+            "no",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let redis = Redis::start_with(&args)?;
+        let url = format!("rediss://127.0.0.1:{tls_port}/0");
+        let mut args = run_args(&db, path_str(&plan), &["--no-serve", "--publish", &url]);
+        args.extend_from_slice(&["--redis-ca", pem]);
+        let done = run_env(&args, &[]);
+        drop(redis);
+        Some(done)
+    };
+    let (pem, key) = certs.self_signed("self", None);
+    let Some((code, _, err)) = publish(&pem, &key) else {
+        return;
+    };
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("is a CA certificate") && err.contains("basicConstraints=critical,CA:FALSE"),
+        "{err}"
+    );
+    assert_eq!(db.counter_spread(), (0, 20), "nothing ran");
+    let (pem, key) = certs.self_signed("leaf", Some("basicConstraints=critical,CA:FALSE"));
+    let Some((code, _, err)) = publish(&pem, &key) else {
+        return;
+    };
+    assert_eq!(code, Some(0), "{err}");
+}
+
 /// The README's minimal ACL rules (keep them the same there).
 const PUBLISHER_RULES: &[&str] = &[
     "resetkeys",
@@ -458,19 +557,29 @@ fn on<T: redis::FromRedisValue>(redis: &Redis, cmd: &mut redis::Cmd) -> redis::R
 
 /// A primary, its replica (linked), and `n` sentinels watching them.
 fn replicated(n: usize) -> Option<(Redis, Redis, Vec<Sentinel>)> {
+    let (primary, mut replicas, sentinels) = replicated_by(1, n)?;
+    Some((primary, replicas.remove(0), sentinels))
+}
+
+/// A primary, `r` replicas (linked), and `n` sentinels watching them.
+fn replicated_by(r: usize, n: usize) -> Option<(Redis, Vec<Redis>, Vec<Sentinel>)> {
     let primary = Redis::start()?;
     let replica_of = [
         "--replicaof".to_string(),
         "127.0.0.1".into(),
         primary.port.to_string(),
     ];
-    let replica = Redis::start_with(&replica_of)?;
-    wait_for_redis("the replica's link", || {
-        let info: String = on(&replica, redis::cmd("INFO").arg("replication")).ok()?;
-        info.contains("master_link_status:up").then_some(())
-    });
+    let mut replicas = Vec::new();
+    for _ in 0..r {
+        let replica = Redis::start_with(&replica_of)?;
+        wait_for_redis("the replica's link", || {
+            let info: String = on(&replica, redis::cmd("INFO").arg("replication")).ok()?;
+            info.contains("master_link_status:up").then_some(())
+        });
+        replicas.push(replica);
+    }
     let sentinels = (0..n).map(|_| Sentinel::start(primary.port)).collect();
-    Some((primary, replica, sentinels))
+    Some((primary, replicas, sentinels))
 }
 
 /// The `redis+sentinel://` URL of `sentinels`.
@@ -626,6 +735,148 @@ fn a_sentinel_failover_mid_run_loses_and_doubles_nothing() {
     mirror.wait();
 }
 
+impl Sentinel {
+    /// `SENTINEL SET main quorum N`: how many sentinels must agree that
+    /// the primary is down before one of them fails over.
+    fn quorum(&self, n: u32) {
+        let mut cmd = redis::cmd("SENTINEL");
+        cmd.arg("SET").arg("main").arg("quorum").arg(n);
+        self.ask::<()>(&mut cmd).expect("SENTINEL SET quorum");
+    }
+
+    /// How this sentinel flags the primary (`master,s_down,…`).
+    fn primary_flags(&self) -> String {
+        let info: std::collections::HashMap<String, String> = self
+            .ask(redis::cmd("SENTINEL").arg("MASTER").arg("main"))
+            .unwrap_or_default();
+        info.get("flags").cloned().unwrap_or_default()
+    }
+}
+
+#[test]
+fn a_sentinel_primary_that_dies_mid_run_is_waited_for_until_the_failover() {
+    // From the moment the sentinels flag a dead primary down until one of
+    // them has promoted a replica, they name no primary that is up. The
+    // crate says "Master with given name not found", which was taken for
+    // a refusal: the publisher stopped for good and a relay exited 3; at
+    // start, the user was told to fix the service's name.
+    use crate::relay::{paused, publishing_run, run_id_of, until_paused};
+    let Some((mut primary, replicas, sentinels)) = replicated_by(2, 3) else {
+        return;
+    };
+    for s in &sentinels {
+        wait_for_redis("the sentinel's view of the replicas", || {
+            let known: Vec<redis::Value> = s
+                .ask(redis::cmd("SENTINEL").arg("replicas").arg("main"))
+                .ok()?;
+            (known.len() == 2).then_some(())
+        });
+        // No failover until the test says so: no quorum of 4 out of 3.
+        s.quorum(4);
+    }
+    let url = sentinel_url(&sentinels);
+    let db = TempDb::counters(200);
+    let pause = paused(&db);
+    let mut run = publishing_run(&db, "crash", &url, &pause, &["--drain-timeout", "60"]);
+    let mut s = Stream::open(run.addr(), "/events", &[]);
+    let mut seen = until_paused(&mut s);
+    let run_id = run_id_of(&seen[0]);
+    crate::relay::wait_published(&primary, &run_id, seen.len());
+    let mut mirror = Proc::start(&["relay", &url, "--run", &run_id, "--listen", "127.0.0.1:0"]);
+    let mut r = Stream::open(mirror.addr(), "/events", &[]);
+    let mut relayed: Vec<_> = (0..seen.len())
+        .map(|_| r.next_event().expect("an event"))
+        .collect();
+    let dead = primary.port;
+    primary.kill();
+    std::fs::remove_file(&pause).expect("remove the pause file");
+    wait_for_redis("the sentinels' word that the primary is down", || {
+        sentinels
+            .iter()
+            .all(|s| s.primary_flags().contains("s_down"))
+            .then_some(())
+    });
+    // At start, that is said as it is.
+    let (code, _, err) = run_env(
+        &["relay", &url, "--run", &run_id, "--listen", "127.0.0.1:0"],
+        &[],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "127.0.0.1:{dead}, the primary the sentinels name for \"main\", is down"
+        )) && !err.contains("fix the SERVICE"),
+        "{err}"
+    );
+    // Both meet the primary down (reconnections every 2 s at most).
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    for s in &sentinels {
+        s.quorum(2);
+    }
+    seen.extend(s.rest());
+    let status = run.wait();
+    let err = run.stderr();
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(!err.contains("not published"), "{err}");
+    assert_contiguous(&seen, 1);
+    let promoted = replicas
+        .iter()
+        .find(|r| sentinels[0].primary_port() == Some(r.port))
+        .expect("a replica promoted");
+    crate::relay::assert_published(promoted, &run_id, &seen);
+    relayed.extend(r.rest());
+    let triples =
+        |evs: &[batchsse::sse::ParsedEvent]| evs.iter().map(event_triple).collect::<Vec<_>>();
+    assert_eq!(triples(&relayed), triples(&seen), "{}", mirror.stderr());
+    mirror.signal("TERM");
+    assert_eq!(mirror.wait().code(), Some(0), "{}", mirror.stderr());
+}
+
+#[test]
+fn events_left_unpublished_at_exit_are_said_with_the_outage_s_last_cause() {
+    // The primary dies; the sentinels promote its only replica, which has
+    // no replica of its own, so no batch counts as published (WAIT 1). The
+    // run's last line named the outage's first cause, the dropped
+    // connection to the dead primary, and nothing said why events stayed
+    // unpublished with a primary up.
+    use crate::relay::{paused, publishing_run, run_id_of, until_paused};
+    let Some((mut primary, replica, sentinels)) = replicated(3) else {
+        return;
+    };
+    for s in &sentinels {
+        wait_for_redis("the sentinel's view of the replica", || {
+            let known: Vec<redis::Value> = s
+                .ask(redis::cmd("SENTINEL").arg("replicas").arg("main"))
+                .ok()?;
+            (!known.is_empty()).then_some(())
+        });
+    }
+    let url = sentinel_url(&sentinels);
+    let db = TempDb::counters(50);
+    let pause = paused(&db);
+    let mut run = publishing_run(&db, "orphan", &url, &pause, &["--drain-timeout", "3"]);
+    let mut s = Stream::open(run.addr(), "/events", &[]);
+    let seen = until_paused(&mut s);
+    crate::relay::wait_published(&primary, &run_id_of(&seen[0]), seen.len());
+    primary.kill();
+    wait_for_redis("the failover", || {
+        sentinels
+            .iter()
+            .all(|s| s.primary_port() == Some(replica.port))
+            .then_some(())
+    });
+    std::fs::remove_file(&pause).expect("remove the pause file");
+    s.rest();
+    let status = run.wait();
+    let err = run.stderr();
+    assert_eq!(status.code(), Some(0), "{err}");
+    let last = err
+        .lines()
+        .find(|l| l.contains("were not published"))
+        .unwrap_or_else(|| panic!("no word of unpublished events:\n{err}"));
+    assert!(last.contains("no replica took the events"), "{err}");
+}
+
 /// A 3-primary Redis Cluster on free ports, made with
 /// `redis-cli --cluster create`; its nodes are killed when dropped.
 struct Cluster(Vec<Redis>);
@@ -778,6 +1029,319 @@ fn a_run_published_to_a_cluster_is_served_by_two_relays() {
     );
 }
 
+/// One slot of `cluster` on its way from one node to another, as
+/// `redis-cli --cluster reshard` moves it: its keys already on the new
+/// node, which owns the slot only once [`Moving::done`] says so. Until
+/// then, the old node answers `ASK` for those keys.
+struct Moving<'a> {
+    cluster: &'a Cluster,
+    slot: u64,
+    to: String,
+}
+
+impl Cluster {
+    /// Starts moving the slot of `key` to another node (`MIGRATING`,
+    /// `IMPORTING`, its keys sent over with `MIGRATE`).
+    fn start_moving(&self, key: &str) -> Moving<'_> {
+        let slot: u64 = on(&self.0[0], redis::cmd("CLUSTER").arg("KEYSLOT").arg(key)).unwrap();
+        let count = |n: &Redis| -> u64 {
+            on(n, redis::cmd("CLUSTER").arg("COUNTKEYSINSLOT").arg(slot)).unwrap()
+        };
+        let from = self
+            .0
+            .iter()
+            .find(|n| count(n) > 0)
+            .expect("the slot's node");
+        let to = self
+            .0
+            .iter()
+            .find(|n| n.port != from.port)
+            .expect("another node");
+        let id = |n: &Redis| -> String { on(n, redis::cmd("CLUSTER").arg("MYID")).unwrap() };
+        let (from_id, to_id) = (id(from), id(to));
+        let setslot = |n: &Redis, how: &str, node: &str| {
+            let cmd = redis::cmd("CLUSTER")
+                .arg("SETSLOT")
+                .arg(slot)
+                .arg(how)
+                .arg(node)
+                .clone();
+            on::<()>(n, &mut cmd.clone()).expect("CLUSTER SETSLOT");
+        };
+        setslot(to, "IMPORTING", &from_id);
+        setslot(from, "MIGRATING", &to_id);
+        let keys: Vec<String> = on(
+            from,
+            redis::cmd("CLUSTER")
+                .arg("GETKEYSINSLOT")
+                .arg(slot)
+                .arg(100),
+        )
+        .unwrap();
+        assert!(!keys.is_empty(), "no key in slot {slot}");
+        for k in keys {
+            let mut migrate = redis::cmd("MIGRATE");
+            migrate
+                .arg("127.0.0.1")
+                .arg(to.port)
+                .arg(&k)
+                .arg(0)
+                .arg(5000);
+            on::<()>(from, &mut migrate).expect("MIGRATE");
+        }
+        Moving {
+            cluster: self,
+            slot,
+            to: to_id,
+        }
+    }
+}
+
+impl Moving<'_> {
+    /// The new node owns the slot, on every node's word.
+    fn done(self) {
+        for n in &self.cluster.0 {
+            let mut cmd = redis::cmd("CLUSTER");
+            cmd.arg("SETSLOT").arg(self.slot).arg("NODE").arg(&self.to);
+            on::<()>(n, &mut cmd).expect("CLUSTER SETSLOT NODE");
+        }
+    }
+}
+
+#[test]
+fn a_cluster_slot_that_moves_mid_run_loses_and_doubles_nothing() {
+    // A reshard moves a slot's keys to another node; while it does, the
+    // old node answers ASK for them. That is the Cluster at work, not a
+    // wrong URL: the publisher stopped for good ("publishing stops here"),
+    // and a relay exited 3, both saying to give redis+cluster://.
+    use crate::relay::{paused, publishing_run, run_id_of, until_paused};
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let url = cluster.url();
+    let db = TempDb::counters(200);
+    let pause = paused(&db);
+    let extra = ["--drain-timeout", "30"];
+    let mut run = publishing_run(&db, "reshard", &url, &pause, &extra);
+    let mut s = Stream::open(run.addr(), "/events", &[]);
+    let mut seen = until_paused(&mut s);
+    let run_id = run_id_of(&seen[0]);
+    wait_for_redis("the events before the pause", || {
+        (cluster.entry_ids(&run_id).len() == seen.len()).then_some(())
+    });
+    let mut mirror = Proc::start(&["relay", &url, "--run", &run_id, "--listen", "127.0.0.1:0"]);
+    let mut r = Stream::open(mirror.addr(), "/events", &[]);
+    let mut relayed: Vec<_> = (0..seen.len())
+        .map(|_| r.next_event().expect("an event"))
+        .collect();
+    let moving = cluster.start_moving(&format!("{{{run_id}}}"));
+    // The run goes on while the slot moves: both meet the ASK.
+    std::fs::remove_file(&pause).expect("remove the pause file");
+    loop {
+        let e = s
+            .next_event()
+            .expect("the run's stream ended before Redis was lost");
+        let said = (e.event == "message").then(|| data(&e)["message"].to_string());
+        seen.push(e);
+        if said.is_some_and(|m| m.contains("Redis")) {
+            break;
+        }
+    }
+    wait_for_redis("the relay's word on the move", || {
+        let err = mirror.stderr();
+        (err.contains("lost Redis") || err.contains("relay stopped")).then_some(())
+    });
+    moving.done();
+    seen.extend(s.rest());
+    let status = run.wait();
+    let err = run.stderr();
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(!err.contains("not published"), "{err}");
+    assert_contiguous(&seen, 1);
+    let want: Vec<String> = (1..=seen.len()).map(|n| format!("{n}-0")).collect();
+    assert_eq!(
+        cluster.entry_ids(&run_id),
+        want,
+        "every event once, in order"
+    );
+    // One move, one outage: said once each way, not once per batch that
+    // met the ASK (each a message to every viewer).
+    let said = |what: &str| {
+        seen.iter()
+            .filter(|e| e.event == "message" && data(e)["message"].to_string().contains(what))
+            .count()
+    };
+    assert_eq!(said("lost the connection to Redis"), 1, "{err}");
+    assert!(said("a slot of the Cluster is moving") == 1, "{err}");
+    // (After the run's `finished`, on stderr.)
+    let back = said("reconnected to Redis") + err.matches("reconnected to Redis").count();
+    assert_eq!(back, 1, "{err}");
+    relayed.extend(r.rest());
+    let triples =
+        |evs: &[batchsse::sse::ParsedEvent]| evs.iter().map(event_triple).collect::<Vec<_>>();
+    assert_eq!(triples(&relayed), triples(&seen), "{}", mirror.stderr());
+    mirror.signal("TERM");
+    assert_eq!(mirror.wait().code(), Some(0), "{}", mirror.stderr());
+}
+
+#[test]
+fn a_relay_started_on_a_cluster_that_is_down_is_told_to_wait_not_to_fix_its_acl() {
+    // A relay tries each command it reads with at start; an answer that
+    // passes (CLUSTERDOWN, LOADING) was followed by the README's ACL rules,
+    // as if the user lacked a permission.
+    let Some(mut cluster) = Cluster::start() else {
+        return;
+    };
+    let url = cluster.url();
+    cluster.0[0].kill();
+    wait_for_redis("the Cluster down", || {
+        let info: String = on(&cluster.0[1], redis::cmd("CLUSTER").arg("INFO")).ok()?;
+        info.contains("cluster_state:fail").then_some(())
+    });
+    let args = ["relay", &url, "--plan", "down", "--listen", "127.0.0.1:0"];
+    let (code, _, err) = run_env(&args, &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("CLUSTERDOWN") && err.contains("try again") && !err.contains("ACL"),
+        "{err}"
+    );
+}
+
+impl Cluster {
+    /// A 2-node Cluster where the second node holds one slot, `key`'s,
+    /// and the first every other one: a run's keys (under its hash tag)
+    /// land on the first, and `key` on the second.
+    fn split_by(key: &str) -> Option<Cluster> {
+        let args: Vec<String> = [
+            "--cluster-enabled",
+            "yes",
+            "--cluster-node-timeout",
+            "60000",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let nodes = vec![Redis::start_with(&args)?, Redis::start_with(&args)?];
+        let cluster = |n: &Redis, args: &[String]| {
+            let mut cmd = redis::cmd("CLUSTER");
+            cmd.arg(args);
+            on::<()>(n, &mut cmd).unwrap_or_else(|e| panic!("CLUSTER {args:?}: {e}"));
+        };
+        let words = |w: &str| w.split(' ').map(str::to_owned).collect::<Vec<_>>();
+        let slot: u16 = on(&nodes[0], redis::cmd("CLUSTER").arg("KEYSLOT").arg(key)).unwrap();
+        for (from, to) in [(0, slot.checked_sub(1)), (slot + 1, Some(16383))] {
+            if let Some(to) = to.filter(|to| *to >= from) {
+                cluster(&nodes[0], &words(&format!("ADDSLOTSRANGE {from} {to}")));
+            }
+        }
+        cluster(&nodes[1], &words(&format!("ADDSLOTS {slot}")));
+        for (n, epoch) in nodes.iter().zip([1, 2]) {
+            cluster(n, &words(&format!("SET-CONFIG-EPOCH {epoch}")));
+        }
+        cluster(
+            &nodes[0],
+            &words(&format!("MEET 127.0.0.1 {}", nodes[1].port)),
+        );
+        for n in &nodes {
+            wait_for_redis("the cluster", || {
+                let info: String = on(n, redis::cmd("CLUSTER").arg("INFO")).ok()?;
+                info.contains("cluster_state:ok").then_some(())
+            });
+        }
+        Some(Cluster(nodes))
+    }
+}
+
+#[test]
+fn in_a_cluster_the_plan_s_latest_key_is_set_even_if_its_first_write_fails() {
+    // The plan's `latest` key lives in another slot than the run's keys,
+    // so in a Cluster it is written in a round trip of its own, after the
+    // run's first batch. When only that second round trip failed, the
+    // resend went on after the events Redis held, `start` among them, and
+    // the key that names the run was never written: relays by plan never
+    // found the run.
+    use crate::relay::{paused, publishing_run, until_paused};
+    let latest = "batchsse:plan:kept:latest";
+    let Some(cluster) = Cluster::split_by(latest) else {
+        return;
+    };
+    let url = cluster.url();
+    let holder = &cluster.0[1];
+    let maxmemory = |bytes: &str| {
+        let mut cmd = redis::cmd("CONFIG");
+        cmd.arg("SET").arg("maxmemory").arg(bytes);
+        on::<()>(holder, &mut cmd).expect("CONFIG SET maxmemory");
+    };
+    // The key's node takes no write for now (OOM, which passes).
+    maxmemory("1");
+    let db = TempDb::counters(30);
+    let pause = paused(&db);
+    let mut run = publishing_run(&db, "kept", &url, &pause, &["--drain-timeout", "30"]);
+    let mut s = Stream::open(run.addr(), "/events", &[]);
+    let mut seen = until_paused(&mut s);
+    let run_id = data(&seen[0])["run_id"]
+        .as_str()
+        .expect("run_id")
+        .to_owned();
+    while !seen
+        .iter()
+        .any(|e| e.event == "message" && e.data.contains("OOM"))
+    {
+        seen.push(s.next_event().expect("the run ended before Redis refused"));
+    }
+    maxmemory("0");
+    std::fs::remove_file(&pause).expect("remove the pause file");
+    s.rest();
+    let status = run.wait();
+    assert_eq!(status.code(), Some(0), "{}", run.stderr());
+    let named: Option<String> = on(holder, redis::cmd("GET").arg(latest)).expect("GET");
+    assert_eq!(named.as_deref(), Some(run_id.as_str()), "{}", run.stderr());
+}
+
+#[test]
+fn a_cluster_whose_nodes_announce_addresses_out_of_reach_is_told_so() {
+    // The node in the URL answers, but the addresses the Cluster gives for
+    // its nodes (CLUSTER SLOTS) cannot be reached from here: a Cluster in
+    // containers announcing inner addresses, or, over TLS, IP addresses
+    // its certificates do not name. The crate says only that it found no
+    // connection, and batchsse told the user to fix the password.
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let nowhere = free_port().to_string();
+    for n in &cluster.0 {
+        let mut cmd = redis::cmd("CONFIG");
+        cmd.arg("SET").arg("cluster-announce-port").arg(&nowhere);
+        on::<()>(n, &mut cmd).expect("CONFIG SET cluster-announce-port");
+    }
+    // Every node's word on every node: the new port, no old one.
+    wait_for_redis("the new addresses", || {
+        let moved = cluster.0.iter().all(|n| {
+            let slots: Vec<redis::Value> =
+                on(n, redis::cmd("CLUSTER").arg("SLOTS")).unwrap_or_default();
+            let said = format!("{slots:?}");
+            cluster
+                .0
+                .iter()
+                .all(|m| !said.contains(&format!("int({})", m.port)))
+        });
+        moved.then_some(())
+    });
+    let db = TempDb::counters(10);
+    let plan = db.file("plan.json", &counter_plan("announce", 10));
+    let url = cluster.url();
+    let args = run_args(&db, path_str(&plan), &["--no-serve", "--publish", &url]);
+    let (code, _, err) = run_env(&args, &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("CLUSTER SLOTS")
+            && err.contains("cluster-announce")
+            && !err.contains("fix the password"),
+        "{err}"
+    );
+    assert_eq!(db.counter_spread(), (0, 10), "nothing ran");
+}
+
 #[test]
 fn a_password_with_a_slash_is_refused_and_not_shown() {
     // Unescaped, a '/', '?' or '#' ends the host part: the password's start
@@ -803,6 +1367,73 @@ fn a_password_with_a_slash_is_refused_and_not_shown() {
 }
 
 #[test]
+fn a_url_s_query_or_fragment_is_refused_not_dropped() {
+    // Other clients read `?db=2` (redis-py) or `#insecure` (the redis
+    // crate); batchsse dropped both without a word: `?db=2` published to
+    // database 0, where relays given `/2` never found the run.
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let db = TempDb::counters(10);
+    let plan = db.file("plan.json", &counter_plan("query", 10));
+    let port = redis.port;
+    for (url, says) in [
+        (format!("redis://127.0.0.1:{port}?db=2"), "(…/2)"),
+        (
+            format!("redis://127.0.0.1:{port}/0?password=le4k3d"),
+            "BATCHSSE_REDIS_PASSWORD",
+        ),
+        (
+            format!("rediss://127.0.0.1:{port}/0#insecure"),
+            "--redis-ca",
+        ),
+    ] {
+        let args = run_args(&db, path_str(&plan), &["--no-serve", "--publish", &url]);
+        let (code, _, err) = run_env(&args, &[]);
+        assert_eq!(code, Some(2), "{url}: {err}");
+        assert!(
+            err.contains("does not read") && err.contains(says),
+            "{url}: {err}"
+        );
+        assert!(!err.contains("le4k3d"), "a password shown: {err}");
+    }
+    assert_eq!(db.counter_spread(), (0, 10), "nothing ran");
+    let keys: Vec<String> = on(&redis, redis::cmd("KEYS").arg("*")).expect("KEYS");
+    assert!(keys.is_empty(), "{keys:?}");
+}
+
+#[test]
+fn a_password_in_the_environment_that_is_not_utf8_is_named() {
+    // It was dropped without a word: the user who set it was told Redis
+    // wants a password ("fix the password … or BATCHSSE_REDIS_PASSWORD").
+    use std::os::unix::ffi::OsStrExt;
+    let Some(redis) = Redis::start_with_password("s3cret") else {
+        return;
+    };
+    let db = TempDb::counters(10);
+    let plan = db.file("plan.json", &counter_plan("env", 10));
+    let url = redis.url();
+    let args = run_args(&db, path_str(&plan), &["--no-serve", "--publish", &url]);
+    let out = Command::new(BIN)
+        .args(&args)
+        .env_remove("BATCHSSE_PUBLISH")
+        .env(
+            "BATCHSSE_REDIS_PASSWORD",
+            std::ffi::OsStr::from_bytes(b"s3\xffcret"),
+        )
+        .stdin(Stdio::null())
+        .output()
+        .expect("run batchsse");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("BATCHSSE_REDIS_PASSWORD is not UTF-8"),
+        "{err}"
+    );
+    assert_eq!(db.counter_spread(), (0, 10), "nothing ran");
+}
+
+#[test]
 fn pem_files_that_cannot_serve_are_refused_naming_the_flag() {
     let Some(certs) = Certs::make() else { return };
     let Some((_redis, url)) = tls_redis(&certs, true) else {
@@ -812,10 +1443,23 @@ fn pem_files_that_cannot_serve_are_refused_naming_the_flag() {
     let plan = db.file("plan.json", &counter_plan("pem", 10));
     let (ca, other_key) = (certs.arg("ca.pem"), certs.arg("server.key"));
     let (cert, key) = (certs.arg("client.pem"), certs.arg("client.key"));
+    let encrypted = certs.encrypted_key("client");
     // Each was taken: a CA file with no certificate as no CA (so "not
     // signed by a CA this side trusts"), a certificate and key swapped as
-    // a bad URL, another key as a failed handshake.
+    // a bad URL, another key as a failed handshake; a key encrypted with a
+    // passphrase was said to hold no private key.
     for (extra, says) in [
+        (
+            vec![
+                "--redis-ca",
+                &ca,
+                "--redis-cert",
+                &cert,
+                "--redis-key",
+                &encrypted,
+            ],
+            format!("--redis-key {encrypted} is encrypted"),
+        ),
         (
             vec!["--redis-ca", &key],
             format!("--redis-ca {key} holds no certificate"),

@@ -83,7 +83,7 @@ pub(crate) fn assert_published(redis: &Redis, run_id: &str, events: &[ParsedEven
 }
 
 /// Polls until the run's Redis stream holds at least `n` entries.
-fn wait_published(redis: &Redis, run_id: &str, n: usize) {
+pub(crate) fn wait_published(redis: &Redis, run_id: &str, n: usize) {
     let start = Instant::now();
     while xlen(redis, run_id) < n {
         assert!(
@@ -184,7 +184,13 @@ fn exit_of(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
 /// A run of `counter_plan(plan)` over `db`, 10 rows a chunk, 20 ms apart,
 /// publishing to `url`; it waits for one stream client and, while
 /// `pause` exists, between chunks.
-fn publishing_run(db: &TempDb, plan: &str, url: &str, pause: &Path, extra: &[&str]) -> Proc {
+pub(crate) fn publishing_run(
+    db: &TempDb,
+    plan: &str,
+    url: &str,
+    pause: &Path,
+    extra: &[&str],
+) -> Proc {
     let plan = db.file("plan.json", &counter_plan(plan, 10));
     let mut flags = vec![
         "--publish",
@@ -224,7 +230,7 @@ pub(crate) fn published_until_paused(
 }
 
 /// A pause file, in place: the run stops at its first chunk boundary.
-fn paused(db: &TempDb) -> PathBuf {
+pub(crate) fn paused(db: &TempDb) -> PathBuf {
     let pause = db.dir.path().join("pause");
     std::fs::write(&pause, "").expect("pause file");
     pause
@@ -232,7 +238,7 @@ fn paused(db: &TempDb) -> PathBuf {
 
 /// Reads until the run waits on its pause file: the events up to and
 /// including that `throttle`.
-fn until_paused(s: &mut Stream) -> Vec<ParsedEvent> {
+pub(crate) fn until_paused(s: &mut Stream) -> Vec<ParsedEvent> {
     let mut evs = Vec::new();
     loop {
         let e = s
@@ -246,7 +252,7 @@ fn until_paused(s: &mut Stream) -> Vec<ParsedEvent> {
     }
 }
 
-fn run_id_of(start: &ParsedEvent) -> String {
+pub(crate) fn run_id_of(start: &ParsedEvent) -> String {
     assert_eq!(start.event, "start", "{start:?}");
     data(start)["run_id"]
         .as_str()
@@ -510,6 +516,68 @@ fn redis_lost_mid_run_gets_every_event_once_when_it_is_back() {
         (86_400 - 300..=86_400).contains(&t),
         "TTL {t}: the default --publish-ttl is 86400"
     );
+}
+
+/// `INFO persistence`'s word on the last background save: `ok`, `err`.
+fn last_save(redis: &Redis) -> String {
+    let info: String = redis_cmd(redis, redis::cmd("INFO").arg("persistence"));
+    info.lines()
+        .find_map(|l| l.strip_prefix("rdb_last_bgsave_status:"))
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn a_redis_that_cannot_save_for_a_while_gets_every_event_once_it_can() {
+    // A Redis whose snapshot fails (a full or read-only disk) answers
+    // every write with MISCONF until one succeeds. That passes, like OOM;
+    // it was taken for a refusal, and publishing stopped for the rest of
+    // the run.
+    let saves = tempfile::tempdir().expect("tempdir");
+    let args: Vec<String> = ["--save", "3600 1", "--dir", &saves.path().to_string_lossy()]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let Some(redis) = Redis::start_with(&args) else {
+        return;
+    };
+    let url = redis.url();
+    let extra = ["--drain-timeout", "30"];
+    let (mut run, mut s, mut seen, run_id, db) =
+        published_until_paused(&redis, 300, "misconf", &url, &extra);
+    let Some(guard) = immutable(saves.path()) else {
+        return;
+    };
+    let _: () = redis_cmd(&redis, &mut redis::cmd("BGSAVE"));
+    wait_until(|| last_save(&redis) == "err");
+    // At start, Redis's answer (it refuses even PING), not "is it running?".
+    let (code, err) = exit_of(
+        &["relay", &url, "--run", &run_id, "--listen", "127.0.0.1:0"],
+        &[],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("MISCONF") && err.contains("try again once it can"),
+        "{err}"
+    );
+    std::fs::remove_file(db.dir.path().join("pause")).expect("remove the pause file");
+    loop {
+        let e = s.next_event().expect("the run ended before Redis refused");
+        let said = e.event == "message" && e.data.contains("MISCONF");
+        seen.push(e);
+        if said {
+            break;
+        }
+    }
+    drop(guard);
+    let _: () = redis_cmd(&redis, &mut redis::cmd("BGSAVE"));
+    wait_until(|| last_save(&redis) == "ok");
+    seen.extend(s.rest());
+    assert_exits_ok(&mut run, "run", PATIENCE);
+    assert!(!run.stderr().contains("not published"), "{}", run.stderr());
+    assert_contiguous(&seen, 1);
+    assert_published(&redis, &run_id, &seen);
 }
 
 #[test]

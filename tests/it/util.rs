@@ -1437,6 +1437,75 @@ impl Certs {
         Some(certs)
     }
 
+    /// `expired-LEAF.pem`: the certificate of `server` or `client` (its
+    /// key, its names), signed by the CA, but expired a day ago.
+    pub fn expired(&self, leaf: &str) -> String {
+        let csr = format!("{leaf}.csr");
+        let out = format!("expired-{leaf}.pem");
+        self.openssl(&[
+            "x509",
+            "-req",
+            "-days",
+            "-1",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-extfile",
+            "ext",
+            "-out",
+            &out,
+        ]);
+        self.arg(&out)
+    }
+
+    /// `NAME.pem` and `NAME.key`: a self-signed certificate for 127.0.0.1,
+    /// as `openssl req -x509` makes it, with `-addext` `extra` if given.
+    pub fn self_signed(&self, name: &str, extra: Option<&str>) -> (String, String) {
+        let (pem, key) = (format!("{name}.pem"), format!("{name}.key"));
+        let mut args = vec![
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            &key,
+            "-out",
+            &pem,
+        ];
+        if let Some(ext) = extra {
+            args.extend(["-addext", ext]);
+        }
+        self.openssl(&args);
+        (self.arg(&pem), self.arg(&key))
+    }
+
+    /// `LEAF-enc.key`: `LEAF.key` encrypted with a passphrase (PKCS#8).
+    pub fn encrypted_key(&self, leaf: &str) -> String {
+        let (key, out) = (format!("{leaf}.key"), format!("{leaf}-enc.key"));
+        self.openssl(&[
+            "pkcs8",
+            "-topk8",
+            "-in",
+            &key,
+            "-out",
+            &out,
+            "-passout",
+            "pass:hunter2",
+        ]);
+        self.arg(&out)
+    }
+
     fn openssl(&self, args: &[&str]) {
         let out = Command::new("openssl")
             .args(args)
