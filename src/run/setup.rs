@@ -70,9 +70,12 @@ fn remade_otherwise(r: &Runner<'_>, step: &Step) -> String {
         .filter(|s| !s.temp_only)
         .map(|s| format!("{} ({})", s.index + 1, quoted(&s.name)))
         .collect();
+    let by = match later.is_empty() {
+        true => String::new(),
+        false => format!("the steps after it (step {}) or ", later.join(", step ")),
+    };
     format!(
-        "made again for this resume, its TEMP tables hold other rows than the earlier run's did: it reads what the steps after it (step {}) have changed since. Going on would change the rest of their rows from other values, so the run stopped here and nothing more was written. Make those TEMP tables from what the later steps leave alone, or from values written into the step (a TEMP-only step may be edited before a resume); edited, it is made again as it says now",
-        later.join(", step "),
+        "made again for this resume, its TEMP tables hold other rows than the earlier run's did: it reads what {by}another program changed since, or something that differs at every run (the time, random()). Going on would change the rest of the rows from other values, so the run stopped here and nothing more was written. Make those TEMP tables from what the later steps leave alone, or from values written into the step (a TEMP-only step may be edited before a resume); edited, it is made again as it says now",
     )
 }
 
