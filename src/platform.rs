@@ -265,6 +265,7 @@ impl Unechoed {
             quiet.c_lflag &= !libc::ECHO;
             *ECHOED.lock().unwrap_or_else(|p| p.into_inner()) = Some(was);
             set_terminal(&quiet);
+            quit::arm();
             Some(Unechoed(()))
         }
         #[cfg(not(unix))]
@@ -284,10 +285,67 @@ impl Drop for Unechoed {
 /// now.
 pub fn echo_again() {
     #[cfg(unix)]
+    quit::disarm();
+    #[cfg(unix)]
     if let Some(was) = ECHOED.lock().unwrap_or_else(|p| p.into_inner()).take() {
         // SAFETY: plain calls on this process and descriptor 2.
         if unsafe { libc::tcgetpgrp(2) == libc::getpgrp() } {
             set_terminal(&was);
+        }
+    }
+}
+
+/// A Ctrl-\\ (SIGQUIT) ends the process where it is, dropping nothing,
+/// and a shell without job control (`sh`, a script) keeps the terminal as
+/// the process left it: while the echo is off, SIGQUIT (where nothing
+/// else handles it) first turns the echo back on, then ends the process
+/// as it would have.
+#[cfg(unix)]
+mod quit {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// Whether the handler below is SIGQUIT's.
+    static ARMED: AtomicBool = AtomicBool::new(false);
+
+    pub(super) fn arm() {
+        // SAFETY: sigaction with valid structs; the handler calls only
+        // async-signal-safe functions.
+        unsafe {
+            let mut was: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(libc::SIGQUIT, std::ptr::null(), &mut was) != 0
+                || was.sa_sigaction != libc::SIG_DFL
+            {
+                return; // ignored, or someone else's
+            }
+            let mut act: libc::sigaction = std::mem::zeroed();
+            act.sa_sigaction = on_quit as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            act.sa_flags = libc::SA_RESETHAND;
+            if libc::sigaction(libc::SIGQUIT, &act, std::ptr::null_mut()) == 0 {
+                ARMED.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+
+    pub(super) fn disarm() {
+        if ARMED.swap(false, Ordering::SeqCst) {
+            // SAFETY: puts back the default action this module replaced.
+            unsafe { libc::signal(libc::SIGQUIT, libc::SIG_DFL) };
+        }
+    }
+
+    /// Turns the echo back on (in the foreground only, as `echo_again`),
+    /// then raises SIGQUIT again, now with its default action.
+    extern "C" fn on_quit(sig: libc::c_int) {
+        // SAFETY: tcgetpgrp, getpgrp, tcgetattr, tcsetattr, signal and
+        // raise are async-signal-safe; the struct is valid.
+        unsafe {
+            let mut t: libc::termios = std::mem::zeroed();
+            if libc::tcgetpgrp(2) == libc::getpgrp() && libc::tcgetattr(2, &mut t) == 0 {
+                t.c_lflag |= libc::ECHO;
+                libc::tcsetattr(2, libc::TCSANOW, &t);
+            }
+            libc::signal(sig, libc::SIG_DFL);
+            libc::raise(sig);
         }
     }
 }

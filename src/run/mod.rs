@@ -691,6 +691,7 @@ impl Runner<'_> {
         {
             return Err((StepError::Sql(self.checkpoint.conflict()), none));
         }
+        let before = setup::before(self, step).map_err(|e| self.fail(e, none))?;
         // A plain step is never recorded by reading around it, but may
         // write a table its staging did not cover (see
         // [`undo::Recorder::record`]): rolled back and done again.
@@ -702,7 +703,9 @@ impl Runner<'_> {
             return self.plain_step(step);
         };
         expected.map_err(|e| (e, none))?;
-        if let Some(why) = setup::step_done(self, step, changed).map_err(|e| self.fail(e, none))? {
+        if let Some(why) =
+            setup::step_done(self, step, changed, before).map_err(|e| self.fail(e, none))?
+        {
             return Err((StepError::Sql(why), none));
         }
         if self.cancel.is_cancelled() {

@@ -6,7 +6,12 @@
 //! changed in part), and the rest of the plan would go on from them,
 //! finished ok with rows changed by other values. So the checkpoint keeps
 //! a digest of what the step made, and a resume that makes something else
-//! stops there, before anything more is written.
+//! stops there, before anything more is written. The digest is of what
+//! the step itself made or changed: the TEMP tables an earlier step made
+//! (one edited since, or one that also wrote the file and so is not done
+//! again) are not the step's.
+
+use std::collections::BTreeMap;
 
 use rusqlite::Connection;
 use rusqlite::types::ValueRef;
@@ -16,20 +21,36 @@ use super::undo::codec::{encode, print};
 use crate::human::quoted;
 use crate::plan::{Step, quote};
 
-/// Records `step` done, in its transaction; for a TEMP-only step with
-/// the digest of what it made, after comparing that with what the earlier
-/// run's made, if there was one. Made otherwise: why the step fails (its
-/// transaction rolled back, so the earlier digest stays for the next try).
+/// Each object of the TEMP schema (batchsse's own left out) by type and
+/// name, with the digest of its SQL and, for a table, of its rows.
+pub(super) type Objects = BTreeMap<(String, String), u64>;
+
+/// The TEMP schema before a TEMP-only `step` runs, for [`step_done`] to
+/// tell what the step made; `None` for any other step, or without a
+/// checkpoint.
+pub(super) fn before(r: &Runner<'_>, step: &Step) -> rusqlite::Result<Option<Objects>> {
+    if !step.temp_only || !r.checkpoint.is_on() {
+        return Ok(None);
+    }
+    objects(r.conn).map(Some)
+}
+
+/// Records `step` done, in its transaction; for a TEMP-only step (whose
+/// TEMP schema was `before` it ran) with the digest of what it made,
+/// after comparing that with what the earlier run's made, if there was
+/// one. Made otherwise: why the step fails (its transaction rolled back,
+/// so the earlier digest stays for the next try).
 pub(super) fn step_done(
     r: &Runner<'_>,
     step: &Step,
     changed: u64,
+    before: Option<Objects>,
 ) -> rusqlite::Result<Option<String>> {
-    if !step.temp_only || !r.checkpoint.is_on() {
+    let Some(before) = before else {
         r.checkpoint.step_done(step, changed, changed)?;
         return Ok(None);
-    }
-    let made = digest(r.conn)?;
+    };
+    let made = digest(&before, &objects(r.conn)?);
     if r.checkpoint
         .setup_digest(step)?
         .is_some_and(|was| was != made)
@@ -49,31 +70,53 @@ fn remade_otherwise(r: &Runner<'_>, step: &Step) -> String {
         .filter(|s| !s.temp_only)
         .map(|s| format!("{} ({})", s.index + 1, quoted(&s.name)))
         .collect();
+    let by = match later.is_empty() {
+        true => String::new(),
+        false => format!("the steps after it (step {}) or ", later.join(", step ")),
+    };
     format!(
-        "made again for this resume, its TEMP tables hold other rows than the earlier run's did: it reads what the steps after it (step {}) have changed since. Going on would change the rest of their rows from other values, so the run stopped here and nothing more was written. Make those TEMP tables from what the later steps leave alone, or from values written into the step (a TEMP-only step may be edited before a resume); edited, it is made again as it says now",
-        later.join(", step "),
+        "made again for this resume, its TEMP tables hold other rows than the earlier run's did: it reads what {by}another program changed since, or something that differs at every run (the time, random()). Going on would change the rest of the rows from other values, so the run stopped here and nothing more was written. Make those TEMP tables from what the later steps leave alone, or from values written into the step (a TEMP-only step may be edited before a resume); edited, it is made again as it says now",
     )
 }
 
-/// An order-free digest of the TEMP schema (batchsse's own objects left
-/// out) and every row of its tables.
-fn digest(conn: &Connection) -> rusqlite::Result<i64> {
-    let mut stmt = conn.prepare(
-        "SELECT type, name, coalesce(sql, '') FROM temp.sqlite_schema
-         WHERE name NOT LIKE 'batchsse%' AND name NOT LIKE 'sqlite_%' ORDER BY type, name",
-    )?;
-    let objects: Vec<(String, String, String)> = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-        .collect::<Result<_, _>>()?;
+/// A digest of what changed from `before` to `after`: the objects made
+/// or changed, with their digests, and the names of those dropped.
+fn digest(before: &Objects, after: &Objects) -> i64 {
     let mut all: u64 = 0;
-    for (kind, name, sql) in &objects {
-        let named = encode([kind, name, sql].map(|t| ValueRef::Text(t.as_bytes())));
-        all = all.rotate_left(7) ^ print(&named);
-        if kind == "table" {
-            all = all.rotate_left(7) ^ rows_digest(conn, name)?;
+    for (id, d) in after {
+        if before.get(id) != Some(d) {
+            all = all.rotate_left(7) ^ print(&named(id, "made")) ^ d;
         }
     }
-    Ok(all as i64)
+    for id in before.keys().filter(|id| !after.contains_key(*id)) {
+        all = all.rotate_left(7) ^ print(&named(id, "dropped"));
+    }
+    all as i64
+}
+
+fn named((kind, name): &(String, String), what: &str) -> Vec<u8> {
+    encode([kind, name, what].map(|t| ValueRef::Text(t.as_bytes())))
+}
+
+/// The TEMP schema's objects (batchsse's own left out), each with an
+/// order-free digest of its SQL and its rows.
+fn objects(conn: &Connection) -> rusqlite::Result<Objects> {
+    let mut stmt = conn.prepare(
+        "SELECT type, name, coalesce(sql, '') FROM temp.sqlite_schema
+         WHERE name NOT LIKE 'batchsse%' AND name NOT LIKE 'sqlite_%'",
+    )?;
+    let found: Vec<(String, String, String)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut all = Objects::new();
+    for (kind, name, sql) in found {
+        let mut d = print(&encode([ValueRef::Text(sql.as_bytes())]));
+        if kind == "table" {
+            d = d.rotate_left(7) ^ rows_digest(conn, &name)?;
+        }
+        all.insert((kind, name), d);
+    }
+    Ok(all)
 }
 
 /// The count and the wrapping sum of the fingerprints of a TEMP table's
@@ -99,9 +142,10 @@ mod tests {
     fn the_same_rows_in_any_order_give_the_same_digest_other_rows_another() {
         let conn = Connection::open_in_memory().unwrap();
         let made = |sql: &str| {
-            conn.execute_batch(&format!("DROP TABLE IF EXISTS temp.x; {sql}"))
-                .unwrap();
-            digest(&conn).unwrap()
+            conn.execute_batch("DROP TABLE IF EXISTS temp.x").unwrap();
+            let before = objects(&conn).unwrap();
+            conn.execute_batch(sql).unwrap();
+            digest(&before, &objects(&conn).unwrap())
         };
         let a = made("CREATE TEMP TABLE x(v); INSERT INTO x VALUES (1), ('two'), (NULL);");
         let b = made("CREATE TEMP TABLE x(v); INSERT INTO x VALUES (NULL), (1), ('two');");
@@ -110,8 +154,12 @@ mod tests {
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert_ne!(a, d);
-        conn.execute_batch("CREATE TEMP TABLE batchsse_undo_stage(v)")
+        conn.execute_batch("CREATE TEMP TABLE batchsse_undo_stage(v); CREATE TEMP TABLE other(v)")
             .unwrap();
-        assert_eq!(digest(&conn).unwrap(), d, "batchsse's own are left out");
+        let e = made("CREATE TEMP TABLE x(v); INSERT INTO x VALUES (1), ('two');");
+        assert_eq!(
+            e, d,
+            "batchsse's own, and what was there before, are left out"
+        );
     }
 }

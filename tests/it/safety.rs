@@ -1591,6 +1591,79 @@ fn a_resumed_run_stops_where_its_temp_table_would_hold_other_rows() {
     );
 }
 
+/// A TEMP table that holds what differs at every run (the time,
+/// `random()`) is made otherwise on a resume though no step has changed
+/// what it reads: the refusal says so, not only that later steps changed
+/// it.
+#[test]
+fn a_resumed_temp_step_that_differs_at_every_run_is_said_so() {
+    let db = TempDb::with_sql(
+        "CREATE TABLE flag(x); INSERT INTO flag VALUES (1);
+         CREATE TABLE t(id INTEGER PRIMARY KEY, stamp);
+         CREATE TRIGGER stop BEFORE UPDATE ON t WHEN new.id = 7 AND EXISTS (SELECT 1 FROM flag)
+         BEGIN SELECT RAISE(ABORT, 'stopped'); END;
+         INSERT INTO t(id) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 10) SELECT i FROM s;",
+    );
+    let plan = serde_json::json!({"name": "stamp", "steps": [
+        {"sql": "CREATE TEMP TABLE run(stamp) ; INSERT INTO run VALUES (random())"},
+        {"sql": "UPDATE t SET stamp = (SELECT stamp FROM run) WHERE id BETWEEN :lo AND :hi",
+         "chunk": {"table": "t", "size": 3}},
+    ]});
+    let path = db.file("plan.json", &plan.to_string());
+    let args = run_args(&db, path_str(&path), &["--no-serve", "--batch-size", "3"]);
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 1, "{err}");
+    db.conn().execute_batch("DELETE FROM flag").unwrap();
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("its TEMP tables hold other rows than the earlier run's did")
+            && err.contains("something that differs at every run (the time, random())"),
+        "{err}"
+    );
+}
+
+/// What a TEMP-only step is checked by on a resume is what it made
+/// itself: not the TEMP table of an earlier step that also wrote the
+/// file (done, so not made again), nor of an earlier TEMP-only step
+/// edited to say another value. Each used to fail the resume at a step
+/// that writes a constant.
+#[test]
+fn a_resumed_temp_step_is_not_failed_by_what_earlier_steps_made() {
+    let db = TempDb::with_sql(
+        "CREATE TABLE flag(x); INSERT INTO flag VALUES (1);
+         CREATE TABLE t(id INTEGER PRIMARY KEY, v REAL, w INT);
+         CREATE TRIGGER stop BEFORE UPDATE OF v ON t WHEN new.id = 7 AND EXISTS (SELECT 1 FROM flag)
+         BEGIN SELECT RAISE(ABORT, 'stopped'); END;
+         INSERT INTO t WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 10) SELECT i, i * 10, 0 FROM s;",
+    );
+    let go = |base: &str| {
+        let plan = serde_json::json!({"name": "consts", "steps": [
+            {"sql": "CREATE TEMP TABLE marked AS SELECT id FROM t WHERE id % 2 = 0; UPDATE t SET w = 1 WHERE id IN (SELECT id FROM marked)"},
+            {"sql": format!("CREATE TEMP TABLE base AS SELECT {base} AS b")},
+            {"sql": "CREATE TEMP TABLE delta AS SELECT 5 AS d"},
+            {"sql": "UPDATE t SET v = v - (SELECT d FROM delta) WHERE id BETWEEN :lo AND :hi",
+             "chunk": {"table": "t", "size": 3}},
+        ]});
+        let path = db.file("plan.json", &plan.to_string());
+        run(&run_args(
+            &db,
+            path_str(&path),
+            &["--no-serve", "--batch-size", "3"],
+        ))
+    };
+    let (code, _, err) = go("1");
+    assert_eq!(code, 1, "{err}");
+    db.conn().execute_batch("DELETE FROM flag").unwrap();
+    let (code, _, err) = go("2");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        db.query_text("SELECT group_concat(v) FROM t"),
+        "5.0,15.0,25.0,35.0,45.0,55.0,65.0,75.0,85.0,95.0",
+        "{err}"
+    );
+}
+
 /// A TEMP trigger on a table of the file is kept in the TEMP schema too:
 /// a resumed run makes it again, so the steps after the resume set it off.
 #[test]

@@ -616,6 +616,30 @@ fn a_failed_chunk_names_its_keys() {
     }
 }
 
+/// A Ctrl-\\ typed under the bars (SIGQUIT, whose default ends the
+/// process with no handler of its own) leaves the terminal echoing: a
+/// shell without job control (`sh`, a script) does not put its settings
+/// back after a program killed by a signal.
+#[test]
+fn a_ctrl_backslash_under_the_bars_leaves_the_terminal_echoing() {
+    let db = TempDb::counters(400);
+    db.age();
+    let plan = slow_plan(&db, 40, 50_000);
+    let args = run_args(&db, path_str(&plan), &["--no-serve", "--batch-size", "40"]);
+    let t = Terminal::start_then(&args, 100, "stty -a <&2 >&2");
+    t.wait_for("rows/s");
+    t.type_keys(b"\x1c");
+    let (code, got) = t.finish();
+    let text = String::from_utf8_lossy(&got);
+    assert_eq!(code, 128 + libc::SIGQUIT, "{text}");
+    let stty = text.rsplit_once("speed ").map_or("", |(_, s)| s);
+    let words: Vec<&str> = stty.split_whitespace().collect();
+    assert!(
+        words.contains(&"echo") && !words.contains(&"-echo"),
+        "{text}"
+    );
+}
+
 /// The echo the bars turn off comes back however the run ends: finished,
 /// stopped by Ctrl-C, or quit at once by a second Ctrl-C (an exit that
 /// drops nothing). `stty` run on the same terminal afterwards says

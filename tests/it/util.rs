@@ -454,7 +454,8 @@ impl Terminal {
     /// terminal once batchsse has exited (the exit code is batchsse's): a
     /// look at what it left the terminal in (`stty -a`).
     pub fn start_then(args: &[&str], cols: u16, then: &str) -> Terminal {
-        let script = format!("trap : INT; \"$0\" \"$@\"; code=$?; {then}; exit $code");
+        let script =
+            format!("trap : INT QUIT; ulimit -c 0; \"$0\" \"$@\"; code=$?; {then}; exit $code");
         let mut cmd = Command::new("sh");
         cmd.arg("-c").arg(script).arg(BIN).args(args);
         Terminal::spawn(cmd, cols, &[])
