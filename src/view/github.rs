@@ -28,6 +28,20 @@ pub fn one_line(s: &str) -> String {
         .replace("##[", "##\\[")
 }
 
+/// A line of text (not a command) that GitHub's runner would still read
+/// as one: it trims the white space before a line's first `::` (the
+/// run's error is printed indented under its outcome, and may begin with
+/// anything a stream sends). Such a line is shown with `\` before that
+/// `::`.
+pub fn not_a_command(line: &str) -> std::borrow::Cow<'_, str> {
+    let text = line.trim_start();
+    if !text.starts_with("::") {
+        return line.into();
+    }
+    let indent = &line[..line.len() - text.len()];
+    format!("{indent}\\{text}").into()
+}
+
 /// Whether stderr is a GitHub Actions job's log (`GITHUB_ACTIONS=true`,
 /// stderr not a terminal). Every line of human text is then one physical
 /// line whatever `--progress` says: a run under `--progress json` (as in
@@ -188,7 +202,7 @@ impl Github {
         let (outcome, detail) = line.split_once('\n').unwrap_or((line, ""));
         out.push(format!("batchsse: {outcome}"));
         if !detail.trim().is_empty() {
-            out.push(detail.to_owned());
+            out.push(not_a_command(detail).into_owned());
         }
         out.extend(append_summary(&self.summary(f, line)));
         out.extend(append_to(
@@ -427,6 +441,20 @@ mod tests {
             ("###[a]##[[b]", "###\\[a]##\\[[b]"),
         ] {
             assert_eq!(one_line(raw), shown, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn a_line_that_would_be_a_command_once_trimmed_is_not_one() {
+        for (raw, shown) in [
+            ("  ::warning::x", "  \\::warning::x"),
+            ("\u{3000}\t::add-mask::x", "\u{3000}\t\\::add-mask::x"),
+            ("::x", "\\::x"),
+            ("  step 2 failed: ::x", "  step 2 failed: ::x"),
+            (": :x", ": :x"),
+            ("", ""),
+        ] {
+            assert_eq!(not_a_command(raw), shown, "{raw:?}");
         }
     }
 
