@@ -222,14 +222,16 @@ impl Github {
         let mut out = String::new();
         if self.started {
             out += &output("run_id", &self.run_id);
-            out += &output("plan", &self.plan);
+            out += &output("plan", &cut(&self.plan, DETAIL_CHARS));
         }
         let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(f) else {
             return out;
         };
         for (name, value) in fields {
             match value {
-                serde_json::Value::String(s) => out += &output(&name, &s),
+                // An error may be megabytes (a trigger's `RAISE` message);
+                // the log has it whole.
+                serde_json::Value::String(s) => out += &output(&name, &cut(&s, DETAIL_CHARS)),
                 serde_json::Value::Null => {}
                 other => out += &output(&name, &other.to_string()),
             }
@@ -303,7 +305,7 @@ impl Github {
 }
 
 /// The most characters of a name (a step's, the plan's, the file's) a
-/// summary shows, and of an outcome or an error.
+/// summary shows, and of an outcome or an error (in an output too).
 const NAME_CHARS: usize = 200;
 const DETAIL_CHARS: usize = 4000;
 /// The most bytes the summary's table rows take: GitHub drops a step's
@@ -336,6 +338,14 @@ fn cell_of(s: &str, max: usize) -> String {
     match s.char_indices().nth(max) {
         Some((at, _)) => cell(&s[..at]) + "…",
         None => cell(s),
+    }
+}
+
+/// At most `max` characters of `s`, with `…` when cut.
+fn cut(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    match s.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &s[..at]).into(),
+        None => s.into(),
     }
 }
 

@@ -670,6 +670,49 @@ fn step_outputs(path: &std::path::Path) -> std::collections::BTreeMap<String, St
     out
 }
 
+/// A trigger's `RAISE` message of megabytes is the step's error: the
+/// `error` output is cut short, since GitHub refuses a job's outputs past
+/// 1 MiB ("Fail to evaluate job outputs") and a step's past what an
+/// expression may evaluate; the log keeps the whole error.
+#[test]
+fn an_error_of_megabytes_is_cut_short_in_the_steps_outputs() {
+    let raise = format!(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, n INT); INSERT INTO t VALUES (1, 0);
+         CREATE TRIGGER tr BEFORE UPDATE ON t BEGIN SELECT RAISE(ABORT, '{}'); END;",
+        "y".repeat(3_000_000)
+    );
+    let db = TempDb::with_sql(&raise);
+    let outputs = db.dir.path().join("outputs");
+    let (code, _, err) = run_with_env(
+        &[
+            "run",
+            "--db",
+            path_str(&db.path),
+            "--sql",
+            "-",
+            "--no-serve",
+            "--no-checkpoint",
+        ],
+        Some("UPDATE t SET n = 1;"),
+        &[
+            ("GITHUB_ACTIONS", "true"),
+            ("GITHUB_OUTPUT", path_str(&outputs)),
+        ],
+    );
+    assert_eq!(code, 1, "{}", &err[..2000.min(err.len())]);
+    assert!(err.contains(&"y".repeat(3_000_000)), "the log has it whole");
+    let out = step_outputs(&outputs);
+    let error = &out["error"];
+    assert!(error.len() < 64 * 1024, "{} bytes", error.len());
+    assert!(
+        error.starts_with("step 1 (\"UPDATE t SET n = 1\") failed: yyy"),
+        "{}",
+        &error[..200]
+    );
+    assert!(error.ends_with("y…"), "{}", &error[error.len() - 200..]);
+    assert_eq!(out["status"], "failed");
+}
+
 /// In an Actions job the run's outcome is the step's outputs: later steps
 /// read `steps.ID.outputs.status`, `rows_changed`, `error` (an SQL error
 /// that spans lines too), and a recorded run's `run_id` is what `batchsse
