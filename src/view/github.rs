@@ -28,6 +28,20 @@ pub fn one_line(s: &str) -> String {
         .replace("##[", "##\\[")
 }
 
+/// A line of text (not a command) that GitHub's runner would still read
+/// as one: it trims the white space before a line's first `::` (the
+/// run's error is printed indented under its outcome, and may begin with
+/// anything a stream sends). Such a line is shown with `\` before that
+/// `::`.
+pub fn not_a_command(line: &str) -> std::borrow::Cow<'_, str> {
+    let text = line.trim_start();
+    if !text.starts_with("::") {
+        return line.into();
+    }
+    let indent = &line[..line.len() - text.len()];
+    format!("{indent}\\{text}").into()
+}
+
 /// Whether stderr is a GitHub Actions job's log (`GITHUB_ACTIONS=true`,
 /// stderr not a terminal). Every line of human text is then one physical
 /// line whatever `--progress` says: a run under `--progress json` (as in
@@ -60,7 +74,10 @@ pub fn fatal(who: &str, code: u8, message: &str) -> Vec<String> {
         "::error::{}",
         escape_data(&format!("batchsse: {message}"))
     )];
-    let md = format!("### {who}: failed (exit {code})\n\n{}\n\n", cell(message));
+    let md = format!(
+        "### {who}: failed (exit {code})\n\n{}\n\n",
+        cell_of(message, DETAIL_CHARS)
+    );
     out.extend(append_summary(&md));
     out
 }
@@ -185,7 +202,7 @@ impl Github {
         let (outcome, detail) = line.split_once('\n').unwrap_or((line, ""));
         out.push(format!("batchsse: {outcome}"));
         if !detail.trim().is_empty() {
-            out.push(detail.to_owned());
+            out.push(not_a_command(detail).into_owned());
         }
         out.extend(append_summary(&self.summary(f, line)));
         out.extend(append_to(
@@ -205,14 +222,16 @@ impl Github {
         let mut out = String::new();
         if self.started {
             out += &output("run_id", &self.run_id);
-            out += &output("plan", &self.plan);
+            out += &output("plan", &cut(&self.plan, DETAIL_CHARS));
         }
         let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(f) else {
             return out;
         };
         for (name, value) in fields {
             match value {
-                serde_json::Value::String(s) => out += &output(&name, &s),
+                // An error may be megabytes (a trigger's `RAISE` message);
+                // the log has it whole.
+                serde_json::Value::String(s) => out += &output(&name, &cut(&s, DETAIL_CHARS)),
                 serde_json::Value::Null => {}
                 other => out += &output(&name, &other.to_string()),
             }
@@ -227,14 +246,31 @@ impl Github {
     /// The run as Markdown: a heading, a table of the steps, the outcome.
     pub fn summary(&self, f: &Finished, line: &str) -> String {
         let heading = if self.started {
-            format!("batchsse: {} on {}", cell(&self.plan), cell(&self.db))
+            format!(
+                "batchsse: {} on {}",
+                cell_of(&self.plan, NAME_CHARS),
+                cell_of(&self.db, NAME_CHARS)
+            )
         } else {
             "batchsse: the steps seen since the watch began".to_owned()
         };
         let mut md = format!(
             "### {heading}\n\n| # | step | state | rows changed | time |\n| ---: | --- | --- | ---: | ---: |\n"
         );
+        md += &self.table_rows();
+        let (outcome, detail) = line.split_once('\n').unwrap_or((line, ""));
+        md += &format!("\n**{}**\n", cell_of(outcome, DETAIL_CHARS));
+        if f.error.is_some() && !detail.trim().is_empty() {
+            md += &format!("\n{}\n", cell_of(detail.trim(), DETAIL_CHARS));
+        }
+        md + "\n"
+    }
+
+    /// The table's rows, at most [`ROWS_BUDGET`] bytes of them: past it,
+    /// only the failed steps, after a row that says how many were left out.
+    fn table_rows(&self) -> String {
         let seen = |end: &Option<StepEvent>| self.started || end.is_some();
+        let (mut listed, mut failed, mut left_out) = (String::new(), String::new(), 0usize);
         for (i, (name, end)) in self.steps.iter().enumerate().filter(|(_, s)| seen(&s.1)) {
             let (state, changed, took) = match end {
                 Some(e) => (
@@ -244,20 +280,38 @@ impl Github {
                 ),
                 None => ("not run", String::new(), String::new()),
             };
-            md += &format!(
+            let row = format!(
                 "| {} | {} | {state} | {changed} | {took} |\n",
                 i + 1,
-                cell(name)
+                cell_of(name, NAME_CHARS)
+            );
+            if left_out == 0 && listed.len() + row.len() <= ROWS_BUDGET {
+                listed += &row;
+            } else if end.as_ref().is_some_and(|e| e.state == StepState::Failed) {
+                failed += &row;
+            } else {
+                left_out += 1;
+            }
+        }
+        if left_out > 0 {
+            listed += &format!(
+                "| … | {} more {} not listed (GitHub shows no step summary over 1 MiB) | | | |\n",
+                thousands(left_out as u64),
+                if left_out == 1 { "step" } else { "steps" }
             );
         }
-        let (outcome, detail) = line.split_once('\n').unwrap_or((line, ""));
-        md += &format!("\n**{}**\n", cell(outcome));
-        if f.error.is_some() && !detail.trim().is_empty() {
-            md += &format!("\n{}\n", cell(detail.trim()));
-        }
-        md + "\n"
+        listed + &failed
     }
 }
+
+/// The most characters of a name (a step's, the plan's, the file's) a
+/// summary shows, and of an outcome or an error (in an output too).
+const NAME_CHARS: usize = 200;
+const DETAIL_CHARS: usize = 4000;
+/// The most bytes the summary's table rows take: GitHub drops a step's
+/// whole summary past 1 MiB ("upload aborted"), and the job's other
+/// commands may write to the same step's summary.
+const ROWS_BUDGET: usize = 384 * 1024;
 
 impl Drop for Github {
     /// A group still open when the output ends (a watch whose run was
@@ -276,6 +330,22 @@ fn state_word(s: StepState) -> &'static str {
         StepState::Done => "done",
         StepState::Failed => "**failed**",
         StepState::Skipped => "skipped",
+    }
+}
+
+/// [`cell`] of at most `max` characters of `s`, with `…` when cut.
+fn cell_of(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((at, _)) => cell(&s[..at]) + "…",
+        None => cell(s),
+    }
+}
+
+/// At most `max` characters of `s`, with `…` when cut.
+fn cut(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    match s.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &s[..at]).into(),
+        None => s.into(),
     }
 }
 
@@ -385,6 +455,20 @@ mod tests {
     }
 
     #[test]
+    fn a_line_that_would_be_a_command_once_trimmed_is_not_one() {
+        for (raw, shown) in [
+            ("  ::warning::x", "  \\::warning::x"),
+            ("\u{3000}\t::add-mask::x", "\u{3000}\t\\::add-mask::x"),
+            ("::x", "\\::x"),
+            ("  step 2 failed: ::x", "  step 2 failed: ::x"),
+            (": :x", ": :x"),
+            ("", ""),
+        ] {
+            assert_eq!(not_a_command(raw), shown, "{raw:?}");
+        }
+    }
+
+    #[test]
     fn an_output_with_a_line_break_takes_an_end_marker_it_does_not_hold() {
         for (value, written) in [
             ("ok", "n=ok\n"),
@@ -399,6 +483,51 @@ mod tests {
         ] {
             assert_eq!(output("n", value), written, "{value:?}");
         }
+    }
+
+    #[test]
+    fn a_summary_of_many_steps_keeps_under_budget_and_keeps_the_failed_ones() {
+        let ended = |index: usize, state| StepEvent {
+            index,
+            name: format!("step {index} {}", "é".repeat(300)),
+            state,
+            done: 1,
+            total: 1,
+            changed: 1,
+            elapsed_ms: 1,
+            error: None,
+        };
+        let mut g = Github::default();
+        g.started = true;
+        for i in 0..20_000 {
+            let state = if i == 19_999 {
+                StepState::Failed
+            } else {
+                StepState::Done
+            };
+            g.steps.push((ended(i, state).name, Some(ended(i, state))));
+        }
+        let rows = g.table_rows();
+        assert!(rows.len() < ROWS_BUDGET + 4096, "{}", rows.len());
+        let lines: Vec<&str> = rows.lines().collect();
+        assert!(lines[0].starts_with("| 1 | step 0 éé"), "{}", lines[0]);
+        assert!(lines[0].contains("é… | done |"), "{}", lines[0]);
+        let listed = lines.len() - 2;
+        assert_eq!(
+            lines[listed],
+            format!(
+                "| … | {} more steps not listed (GitHub shows no step summary over 1 MiB) | | | |",
+                thousands(19_999 - listed as u64)
+            )
+        );
+        assert!(
+            lines[listed + 1].starts_with("| 20000 | step 19999 ")
+                && lines[listed + 1].contains("| **failed** |"),
+            "{}",
+            lines[listed + 1]
+        );
+        assert_eq!(cell_of("ab|c", 2), "ab…");
+        assert_eq!(cell_of("ab|c", 4), "ab\\|c");
     }
 
     #[test]

@@ -213,7 +213,13 @@ impl Renderer {
         let (outcome, error) = line.split_once('\n').unwrap_or((line, ""));
         self.say(&format!("batchsse: {outcome}"));
         if !error.is_empty() {
-            self.say(error);
+            // An Actions log reads a command after the indent.
+            let error = if self.one_line {
+                crate::view::github::not_a_command(error)
+            } else {
+                error.into()
+            };
+            self.say(&error);
         }
     }
 

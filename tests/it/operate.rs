@@ -500,6 +500,57 @@ fn outside_github_actions_auto_prints_plain_lines_and_no_summary() {
     );
 }
 
+/// GitHub drops a step summary over 1 MiB whole ("upload aborted"), so a
+/// plan of many long step names must still leave one it shows, with the
+/// step that failed, last, in it.
+#[test]
+fn a_summary_of_long_step_names_stays_under_githubs_limit_and_keeps_the_failure() {
+    let db = TempDb::with_sql(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, n INT NOT NULL); INSERT INTO t VALUES (1, 0);",
+    );
+    db.age();
+    let long = "x".repeat(4000);
+    let mut steps: Vec<_> = (0..300)
+        .map(|i| serde_json::json!({"name": format!("step {i} {long}"), "sql": "UPDATE t SET n = n + 1"}))
+        .collect();
+    steps.push(serde_json::json!({"name": "the last one", "sql": "UPDATE t SET n = NULL"}));
+    let plan = db.file(
+        "plan.json",
+        &serde_json::json!({"name": "long", "steps": steps}).to_string(),
+    );
+    let summary = db.dir.path().join("summary.md");
+    let (code, _, err) = run_with_env(
+        &[
+            "run",
+            "--db",
+            path_str(&db.path),
+            "--plan",
+            path_str(&plan),
+            "--no-serve",
+            "--no-checkpoint",
+        ],
+        None,
+        &[
+            ("GITHUB_ACTIONS", "true"),
+            ("GITHUB_STEP_SUMMARY", path_str(&summary)),
+        ],
+    );
+    assert_eq!(code, 1, "{}", &err[err.len().saturating_sub(2000)..]);
+    let md = std::fs::read_to_string(&summary).unwrap();
+    assert!(md.len() < 512 * 1024, "{} bytes", md.len());
+    assert!(
+        md.contains("| 301 | the last one | **failed** |"),
+        "{}",
+        &md[md.len().saturating_sub(2000)..]
+    );
+    assert!(md.contains("| 1 | step 0 xxx"), "{}", &md[..2000]);
+    assert!(
+        md.contains("**FAILED: 300/301 steps"),
+        "{}",
+        &md[md.len().saturating_sub(2000)..]
+    );
+}
+
 /// `batchsse ARGS` as in a GitHub Actions job (or, with `actions` false,
 /// outside one), its summary going to `summary`: (exit code, stderr).
 fn fatal_in_actions(args: &[&str], summary: &std::path::Path, actions: bool) -> (i32, String) {
@@ -617,6 +668,49 @@ fn step_outputs(path: &std::path::Path) -> std::collections::BTreeMap<String, St
         }
     }
     out
+}
+
+/// A trigger's `RAISE` message of megabytes is the step's error: the
+/// `error` output is cut short, since GitHub refuses a job's outputs past
+/// 1 MiB ("Fail to evaluate job outputs") and a step's past what an
+/// expression may evaluate; the log keeps the whole error.
+#[test]
+fn an_error_of_megabytes_is_cut_short_in_the_steps_outputs() {
+    let raise = format!(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, n INT); INSERT INTO t VALUES (1, 0);
+         CREATE TRIGGER tr BEFORE UPDATE ON t BEGIN SELECT RAISE(ABORT, '{}'); END;",
+        "y".repeat(3_000_000)
+    );
+    let db = TempDb::with_sql(&raise);
+    let outputs = db.dir.path().join("outputs");
+    let (code, _, err) = run_with_env(
+        &[
+            "run",
+            "--db",
+            path_str(&db.path),
+            "--sql",
+            "-",
+            "--no-serve",
+            "--no-checkpoint",
+        ],
+        Some("UPDATE t SET n = 1;"),
+        &[
+            ("GITHUB_ACTIONS", "true"),
+            ("GITHUB_OUTPUT", path_str(&outputs)),
+        ],
+    );
+    assert_eq!(code, 1, "{}", &err[..2000.min(err.len())]);
+    assert!(err.contains(&"y".repeat(3_000_000)), "the log has it whole");
+    let out = step_outputs(&outputs);
+    let error = &out["error"];
+    assert!(error.len() < 64 * 1024, "{} bytes", error.len());
+    assert!(
+        error.starts_with("step 1 (\"UPDATE t SET n = 1\") failed: yyy"),
+        "{}",
+        &error[..200]
+    );
+    assert!(error.ends_with("y…"), "{}", &error[error.len() - 200..]);
+    assert_eq!(out["status"], "failed");
 }
 
 /// In an Actions job the run's outcome is the step's outputs: later steps

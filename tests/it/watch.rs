@@ -1394,6 +1394,38 @@ fn in_github_mode_every_error_is_annotated_once() {
     );
 }
 
+/// GitHub's runner trims a line's leading white space before it looks for
+/// `::`, so the run's error, printed indented under its outcome, must not
+/// become a command of its own when it begins with one (here from a
+/// stream that is not batchsse's own), in github mode or any mode in an
+/// Actions log.
+#[test]
+fn an_error_that_begins_with_a_command_is_not_one_under_the_outcome() {
+    let start = serde_json::json!({"run_id": "own", "plan": "p", "db": "x.sqlite", "ts_ms": 1,
+        "steps": [{"index": 0, "name": "s", "kind": "sql"}], "dry_run": false, "resumed": false});
+    for error in ["::warning::pwned", "\u{3000}\t::add-mask::pwned"] {
+        let finished = serde_json::json!({"status": "failed", "steps_done": 0, "steps_total": 1,
+            "rows_changed": 0, "elapsed_ms": 1, "dry_run": false, "ts_ms": 1, "error": error});
+        for progress in ["github", "plain", "json"] {
+            let body = frames(&[("start", start.clone()), ("finished", finished.clone())]);
+            let (addr, _) = scripted_streams(vec![body]);
+            let (code, _, err) = run_with_env(
+                &["watch", &format!("http://{addr}/"), "--progress", progress],
+                None,
+                &[("GITHUB_ACTIONS", "true")],
+            );
+            assert_eq!(code, 1, "{err}");
+            assert!(err.contains("pwned"), "the error is shown: {err}");
+            for line in err.lines() {
+                assert!(
+                    !line.trim_start().starts_with("::") || !line.contains("pwned"),
+                    "{progress}: {line:?} in:\n{err}"
+                );
+            }
+        }
+    }
+}
+
 /// Media types are case-insensitive: a stream sent as
 /// `Text/Event-Stream; charset=utf-8` is followed like any other.
 #[test]
