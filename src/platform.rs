@@ -11,6 +11,7 @@
 //! | A database's path from SQLite's bytes ([`path_from_bytes`]) | any bytes | any bytes | UTF-8 |
 //! | Appending to a file named by the environment ([`open_to_append`]) | a FIFO no one reads is refused at once (`O_NONBLOCK`) | the same | opened as asked |
 //! | Open files a server may hold ([`raise_open_file_limit`], [`can_open_files`], [`out_of_files`]) | soft limit raised to the hard one | the same (macOS: at most 10,240 if the hard one is refused) | no such limit on sockets |
+//! | A reader of standard output that is gone, told without a write ([`stdout_reader_gone`]) | poll's `POLLERR`/`POLLHUP` | the same | cannot tell (found at the next write) |
 //! | Keys typed under the bars ([`Unechoed`]) | not echoed (termios `ECHO` off while the bars are drawn, in the foreground) | the same | the console echoes only what a program reads: nothing to do |
 //!
 //! Where the system cannot tell who else has the file open, the run does
@@ -389,6 +390,26 @@ pub fn can_open_files(n: usize) -> bool {
         let _ = n;
         true
     }
+}
+
+/// Whether standard output is a pipe (or socket) whose reader is gone
+/// (`watch --progress json | grep -m1 …` once grep has its line), told
+/// without writing to it: poll's error or hang-up on it. False where that
+/// cannot be told (a terminal, a file, Windows).
+pub fn stdout_reader_gone() -> bool {
+    #[cfg(unix)]
+    {
+        let mut fd = libc::pollfd {
+            fd: 1,
+            events: 0,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, for the length given, no wait.
+        let ready = unsafe { libc::poll(&mut fd, 1, 0) };
+        ready == 1 && fd.revents & (libc::POLLERR | libc::POLLHUP) != 0
+    }
+    #[cfg(not(unix))]
+    false
 }
 
 /// Whether `e` says the process (or the whole system) may open no more

@@ -508,6 +508,11 @@ async fn attempt(
             Ok(Some(Err(e))) => return Ok(Attempt::Dropped(e.to_string())),
             Ok(Some(Ok(f))) => f,
         };
+        // Every frame, a keep-alive included (every 15 s while the run
+        // is paused or quiet), is a chance to see the reader went away.
+        if renderer.stdout_gone() {
+            return Ok(Attempt::OutputClosed);
+        }
         let Ok(bytes) = frame.into_data() else {
             continue;
         };

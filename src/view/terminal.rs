@@ -290,6 +290,16 @@ impl Renderer {
         self.stdout_failed
     }
 
+    /// True once standard output, where `--progress json` writes, has no
+    /// reader left, whether or not a write found it yet: a paused run may
+    /// send nothing but keep-alives for a long time.
+    pub fn stdout_gone(&mut self) -> bool {
+        if self.mode == ProgressMode::Json && crate::platform::stdout_reader_gone() {
+            self.stdout_failed = true;
+        }
+        self.stdout_failed
+    }
+
     fn json(&mut self, id: u64, name: &str, data: &str) {
         if self.stdout_failed {
             return;

@@ -1574,3 +1574,34 @@ fn an_event_stream_that_is_not_a_batchsse_run_ends_watch_with_exit_3() {
         assert_eq!(w.stdout(), "", "{body:?}");
     }
 }
+
+/// `watch --progress json | grep -m1 …` against a run that then sends
+/// nothing for a while (here it waits for a second client): grep has its
+/// line and is gone, but watch noticed only at its next write, so the
+/// pipeline hung as long as the run stayed quiet. It now looks at every
+/// frame, the run's keep-alives (every 15 s) included.
+#[test]
+fn watch_into_a_reader_that_left_ends_while_the_run_is_quiet() {
+    let db = TempDb::counters(10);
+    let mut run = start_run(
+        &db,
+        &counter_plan("quiet", 1),
+        &words("--wait-for-clients 2"),
+    );
+    let url = format!("http://{}/", run.addr());
+    let mut w = spawn(&["watch", &url, "--progress", "json"], |_| {});
+    let mut out = w.child.stdout.take().expect("watch's stdout");
+    // Every event so far is in the pipe by now, and the run sends no more.
+    wait_status(run.addr(), |s| s["clients"] == 1);
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut pending = vec![0u8; 1 << 16];
+    let n = std::io::Read::read(&mut out, &mut pending).unwrap();
+    assert!(String::from_utf8_lossy(&pending[..n]).contains("\"start\""));
+    drop(out); // the reader is gone; the run waits on
+    let code = w.wait_for(Duration::from_secs(40)).code();
+    assert_eq!(code, Some(141), "{}", w.stderr());
+    let s = get(run.addr(), "/status", &[]).json();
+    assert_eq!(s["state"], "waiting", "the run did not notice: {s}");
+    run.signal("INT");
+    assert_eq!(run.wait().code(), Some(130));
+}
