@@ -1417,39 +1417,21 @@ impl Certs {
                 "-out",
                 &format!("{leaf}.csr"),
             ]);
-            certs.openssl(&[
-                "x509",
-                "-req",
-                "-days",
-                "2",
-                "-in",
-                &format!("{leaf}.csr"),
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-extfile",
-                "ext",
-                "-out",
-                &format!("{leaf}.pem"),
-            ]);
+            certs.sign(leaf, "2", &format!("{leaf}.pem"));
         }
         Some(certs)
     }
 
-    /// `expired-LEAF.pem`: the certificate of `server` or `client` (its
-    /// key, its names), signed by the CA, but expired a day ago.
-    pub fn expired(&self, leaf: &str) -> String {
-        let csr = format!("{leaf}.csr");
-        let out = format!("expired-{leaf}.pem");
+    /// Signs `LEAF.csr` with the CA, valid for `days` (negative: expired
+    /// that long ago), into `out`.
+    fn sign(&self, leaf: &str, days: &str, out: &str) {
         self.openssl(&[
             "x509",
             "-req",
             "-days",
-            "-1",
+            days,
             "-in",
-            &csr,
+            &format!("{leaf}.csr"),
             "-CA",
             "ca.pem",
             "-CAkey",
@@ -1458,8 +1440,15 @@ impl Certs {
             "-extfile",
             "ext",
             "-out",
-            &out,
+            out,
         ]);
+    }
+
+    /// `expired-LEAF.pem`: the certificate of `server` or `client` (its
+    /// key, its names), signed by the CA, but expired a day ago.
+    pub fn expired(&self, leaf: &str) -> String {
+        let out = format!("expired-{leaf}.pem");
+        self.sign(leaf, "-1", &out);
         self.arg(&out)
     }
 
