@@ -127,11 +127,7 @@ pub fn clear(conn: &Connection, which: Which) -> Result<Cleared, UsageError> {
         }
         .map_err(failed)?;
     }
-    let dropped = table_exists(conn)? && removed == all.len();
-    if dropped {
-        conn.execute_batch("DROP TABLE batchsse_checkpoint")
-            .map_err(failed)?;
-    }
+    let dropped = super::checkpoint::drop_if_empty(conn).map_err(failed)?;
     for (plan, _) in &plans {
         super::walk_probe::forget(conn, plan, None).map_err(failed)?;
     }
