@@ -118,8 +118,8 @@ pub enum Command {
         batchsse checkpoint clear --db shop.sqlite --plan reprice-2026\n  \
         batchsse checkpoint clear --db shop.sqlite --all\n\n\
         Clearing a plan's records makes its next run start from the first step (as --force would). \
-        Only batchsse's own tables are touched: batchsse_checkpoint (dropped once it is empty), and \
-        the undo records of the plans cleared.")]
+        Only batchsse's own tables are touched: batchsse_checkpoint (dropped once it is empty), the rows \
+        of TEMP tables kept for a resume (batchsse_setup), and the undo records of the plans cleared.")]
     Checkpoint(CheckpointArgs),
     /// Take back a run recorded with `run --undo`, streamed and steerable like a run; list or clear the records.
     #[command(after_help = "Examples:\n  \

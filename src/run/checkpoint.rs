@@ -133,15 +133,34 @@ fn refuse_foreign_probes(conn: &Connection) -> Result<(), UsageError> {
     }
 }
 
+/// Refuses a table of the rows TEMP-only steps keep that a run cannot
+/// write (see [`super::setup::kept::not_ours`]), nothing run.
+fn refuse_foreign_kept(conn: &Connection) -> Result<(), UsageError> {
+    let why = super::setup::kept::not_ours(conn).map_err(|e| {
+        UsageError::new(format!(
+            "cannot read {}: {}",
+            super::setup::kept::TABLE,
+            super::db::run_time_message(conn, &e)
+        ))
+    })?;
+    match why {
+        None => Ok(()),
+        Some(why) => Err(UsageError::new(format!(
+            "{why}: batchsse keeps there, beside the checkpoint, the rows of the TEMP tables a step makes, for a resume to go on from them, and the run would fail on it. Nothing was run. Give it another name, or drop it if it holds nothing you need; or pass --no-checkpoint to run without a checkpoint"
+        ))),
+    }
+}
+
 /// Refuses a trigger of the user's on the checkpoint table, and with
 /// `probes` on the walk's probe tables (see [`super::db::refuse_triggers_on`]).
 fn refuse_triggers(conn: &Connection, probes: bool) -> Result<(), UsageError> {
     let ours = [
         TABLE,
+        super::setup::kept::TABLE,
         super::walk_probe::TABLE,
         super::walk_probe::COPY_TABLE,
     ];
-    let written = if probes { &ours[..] } else { &ours[..1] };
+    let written = if probes { &ours[..] } else { &ours[..2] };
     super::db::refuse_triggers_on(
         conn,
         written,
@@ -245,6 +264,9 @@ impl Resume {
         let probes = force || super::walk_probe::written_by(plan);
         if probes {
             refuse_foreign_probes(conn)?;
+        }
+        if force || plan.steps.iter().any(|s| s.temp_only) {
+            refuse_foreign_kept(conn)?;
         }
         refuse_triggers(conn, probes)?;
         if force {
@@ -478,6 +500,7 @@ impl<'a> Checkpoint<'a> {
         }
         if self.on {
             super::walk_probe::forget(self.conn, &self.plan.name, None)?;
+            super::setup::kept::forget(self.conn, &self.plan.name, None)?;
         }
         Ok(())
     }
@@ -620,6 +643,11 @@ impl<'a> Checkpoint<'a> {
                 done as i64,
                 changed as i64
             ])?;
+        // The rows the plan's TEMP-only steps kept are for a resume: once
+        // its last step is done there is none.
+        if mark == Mark::Done && step.index + 1 == self.plan.steps.len() {
+            super::setup::kept::forget(self.conn, &self.plan.name, None)?;
+        }
         match mark {
             Mark::Partial => super::walk_probe::note(self.conn, &self.plan.name, step),
             Mark::Done => super::walk_probe::done(self.conn, &self.plan.name, step),

@@ -96,9 +96,13 @@ pub fn clear(conn: &Connection, which: Which) -> Result<Cleared, UsageError> {
             super::db::run_time_message(conn, &e)
         ))
     };
-    if let Some(why) = super::walk_probe::not_ours(conn).map_err(failed)? {
+    let foreign = match super::walk_probe::not_ours(conn).map_err(failed)? {
+        None => super::setup::kept::not_ours(conn).map_err(failed)?,
+        why => why,
+    };
+    if let Some(why) = foreign {
         return Err(UsageError::new(format!(
-            "cannot clear {TABLE}: {why}, and the walk's rows there go with the checkpoint; nothing was removed. Give it another name, or drop it if it holds nothing you need"
+            "cannot clear {TABLE}: {why}, and batchsse's rows there go with the checkpoint; nothing was removed. Give it another name, or drop it if it holds nothing you need"
         )));
     }
     let tx = Tx::begin(conn, false).map_err(failed)?;
@@ -130,6 +134,7 @@ pub fn clear(conn: &Connection, which: Which) -> Result<Cleared, UsageError> {
     let dropped = super::checkpoint::drop_if_empty(conn).map_err(failed)?;
     for (plan, _) in &plans {
         super::walk_probe::forget(conn, plan, None).map_err(failed)?;
+        super::setup::kept::forget(conn, plan, None).map_err(failed)?;
     }
     let undo_runs = clear_undo(conn, &plans).map_err(failed)?;
     tx.commit().map_err(failed)?;

@@ -24,6 +24,7 @@ mod redis_prod;
 mod relay;
 mod run;
 mod safety;
+mod temp_steps;
 mod terminal;
 mod undo;
 mod undo_hostile;

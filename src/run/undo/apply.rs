@@ -645,10 +645,11 @@ impl Undoer<'_> {
                 .prepare_cached("DELETE FROM batchsse_checkpoint WHERE plan = ?1 AND step = ?2")?,
         };
         set.execute(rusqlite::params![plan, c.step])?;
-        // With its checkpoint goes its walk's probe row (a run of the
-        // plan starts that step over).
+        // With its checkpoint go its walk's probe row and the rows of
+        // its TEMP tables (a run of the plan starts that step over).
         if let (false, Ok(step)) = (left, usize::try_from(c.step)) {
             crate::run::walk_probe::forget(self.conn, plan, Some(step))?;
+            crate::run::setup::kept::forget(self.conn, plan, Some(step))?;
         }
         Ok(())
     }

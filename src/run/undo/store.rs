@@ -15,8 +15,9 @@ pub const CHUNKS: &str = "batchsse_undo";
 
 /// batchsse's own tables in a database file, never recorded (the last is
 /// the undo record's format from before the first release).
-const OWN: [&str; 8] = [
+const OWN: [&str; 9] = [
     crate::run::checkpoint::TABLE,
+    crate::run::setup::kept::TABLE,
     crate::run::walk_probe::TABLE,
     crate::run::walk_probe::COPY_TABLE,
     CHUNKS,

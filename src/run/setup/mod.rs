@@ -1,15 +1,17 @@
 //! A step that writes only TEMP tables (a view, a trigger, `CREATE TEMP
-//! TABLE avgv AS SELECT avg(v) FROM t`) is made again at every resume:
-//! its tables went with the connection of the run that made them. Made
-//! again from the file as it is now, after the steps that ran since, it
-//! may hold other rows (the average of values a later step has already
-//! changed in part), and the rest of the plan would go on from them,
-//! finished ok with rows changed by other values. So the checkpoint keeps
-//! a digest of what the step made, and a resume that makes something else
-//! stops there, before anything more is written. The digest is of what
-//! the step itself made or changed: the TEMP tables an earlier step made
-//! (one edited since, or one that also wrote the file and so is not done
-//! again) are not the step's.
+//! TABLE todo AS SELECT id FROM orders WHERE status = 'pending'`) is made
+//! again at every resume: its tables went with the connection of the run
+//! that made them. Made again from the file as it is now, after the steps
+//! that ran since, it may hold other rows (the to-do list without the
+//! rows done, the average of values a later step has already changed in
+//! part), and the rest of the plan would go on from them. So the
+//! checkpoint keeps a digest of what the step made, and the file the rows
+//! of its tables ([`kept`]); a resume that makes something else puts
+//! those rows back, and stops there, before anything more is written,
+//! only where it cannot. The digest is of what the step itself made or
+//! changed: the TEMP tables an earlier step made (one edited since, or
+//! one that also wrote the file and so is not done again) are not the
+//! step's.
 
 use std::collections::BTreeMap;
 
@@ -18,8 +20,11 @@ use rusqlite::types::ValueRef;
 
 use super::Runner;
 use super::undo::codec::{encode, print};
+use crate::events::Level;
 use crate::human::quoted;
 use crate::plan::{Step, quote};
+
+pub mod kept;
 
 /// Each object of the TEMP schema (batchsse's own left out) by type and
 /// name, with the digest of its SQL and, for a table, of its rows.
@@ -36,10 +41,11 @@ pub(super) fn before(r: &Runner<'_>, step: &Step) -> rusqlite::Result<Option<Obj
 }
 
 /// Records `step` done, in its transaction; for a TEMP-only step (whose
-/// TEMP schema was `before` it ran) with the digest of what it made,
-/// after comparing that with what the earlier run's made, if there was
-/// one. Made otherwise: why the step fails (its transaction rolled back,
-/// so the earlier digest stays for the next try).
+/// TEMP schema was `before` it ran) with the digest of what it made and
+/// its tables' rows, or, where an earlier run's made something else, with
+/// that run's rows put back. Where they cannot be: why the step fails
+/// (its transaction rolled back, so the earlier digest and rows stay for
+/// the next try).
 pub(super) fn step_done(
     r: &Runner<'_>,
     step: &Step,
@@ -50,15 +56,51 @@ pub(super) fn step_done(
         r.checkpoint.step_done(step, changed, changed)?;
         return Ok(None);
     };
-    let made = digest(&before, &objects(r.conn)?);
-    if r.checkpoint
-        .setup_digest(step)?
-        .is_some_and(|was| was != made)
-    {
-        return Ok(Some(remade_otherwise(r, step)));
-    }
-    r.checkpoint.setup_done(step, changed, made)?;
+    let after = objects(r.conn)?;
+    let made = digest(&before, &after);
+    let kept = match r.checkpoint.setup_digest(step)? {
+        None => {
+            kept::keep(
+                r.conn,
+                &r.plan.name,
+                step.index,
+                &tables_made(&before, &after),
+            )?;
+            made
+        }
+        Some(was) if was == made => made,
+        Some(was) => match kept::restore(r.conn, &r.plan.name, step.index)? {
+            Some(rows) if digest(&before, &objects(r.conn)?) == was => {
+                put_back(r, step, rows);
+                was
+            }
+            _ => return Ok(Some(remade_otherwise(r, step))),
+        },
+    };
+    r.checkpoint.setup_done(step, changed, kept)?;
     Ok(None)
+}
+
+/// The TEMP tables made or changed from `before` to `after`.
+fn tables_made(before: &Objects, after: &Objects) -> Vec<String> {
+    after
+        .iter()
+        .filter(|(id, d)| id.0 == "table" && before.get(*id) != Some(*d))
+        .map(|((_, name), _)| name.clone())
+        .collect()
+}
+
+fn put_back(r: &Runner<'_>, step: &Step, rows: u64) {
+    r.message(
+        Some(step.index),
+        Level::Info,
+        format!(
+            "step {} ({}), made again for this resume from the file as it is now, held other rows than the earlier run's; the earlier run's {} row(s), kept in the file, were put back, and the plan goes on from them",
+            step.index + 1,
+            quoted(&step.name),
+            crate::human::thousands(rows)
+        ),
+    );
 }
 
 fn remade_otherwise(r: &Runner<'_>, step: &Step) -> String {

@@ -1,0 +1,251 @@
+//! The rows of the TEMP tables a TEMP-only step made, kept in the file
+//! until the plan is done, so that a resume goes on from the same rows.
+//! A TEMP table goes with the connection of the run that made it, and a
+//! resume makes it again from the file as it is by then: a list of the
+//! rows still to do (`CREATE TEMP TABLE todo AS SELECT id FROM orders
+//! WHERE status = 'pending'`) has lost the rows the stopped run did, an
+//! average the values it changed. Kept in [`TABLE`] in the step's own
+//! transaction, beside its checkpoint row, and put back in the resumed
+//! step's, the rows are the earlier run's whatever the file holds now.
+//!
+//! A table's rows are kept in parts of about [`PART`] bytes, each value
+//! in the undo record's encoding, its rowid first; a part's first row
+//! holds the names of the columns, so a table made again with other
+//! columns is not filled from it.
+
+use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::{Connection, params};
+
+use crate::plan::quote;
+use crate::run::renumber::table_exists;
+use crate::run::undo::codec::{encode, put_value, values};
+
+pub const TABLE: &str = "batchsse_setup";
+
+const CREATE: &str = "CREATE TABLE IF NOT EXISTS batchsse_setup (
+    plan TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    tbl TEXT NOT NULL,
+    part INTEGER NOT NULL,
+    columns BLOB NOT NULL,
+    rows BLOB NOT NULL,
+    PRIMARY KEY (plan, step, tbl, part)
+)";
+
+/// The columns of [`TABLE`], for [`not_ours`].
+const COLUMNS: [&str; 6] = ["plan", "step", "tbl", "part", "columns", "rows"];
+
+/// Why [`TABLE`] cannot be written as it must be, if it cannot (a view,
+/// or a table altered by hand): a TEMP-only step, and a clear of its
+/// plan's checkpoint, would fail on it.
+pub fn not_ours(conn: &Connection) -> rusqlite::Result<Option<String>> {
+    crate::run::db::not_as_made(conn, TABLE, &COLUMNS, &COLUMNS)
+}
+
+/// About the most bytes of rows a part holds.
+const PART: usize = 256 * 1024;
+
+/// How a TEMP table's rows are read and written again: by its rowid
+/// (under a name no column takes; none for a WITHOUT ROWID table) and
+/// the columns a row may be given (not the generated ones).
+#[derive(Debug, PartialEq)]
+struct Layout {
+    rowid: Option<&'static str>,
+    columns: Vec<String>,
+}
+
+impl Layout {
+    /// The names, as a part keeps them: the rowid's (or NULL), then the
+    /// columns'.
+    fn encoded(&self) -> Vec<u8> {
+        let rowid = self
+            .rowid
+            .map_or(ValueRef::Null, |r| ValueRef::Text(r.as_bytes()));
+        let columns = self.columns.iter().map(|c| ValueRef::Text(c.as_bytes()));
+        encode(std::iter::once(rowid).chain(columns))
+    }
+
+    fn width(&self) -> usize {
+        self.columns.len() + usize::from(self.rowid.is_some())
+    }
+
+    fn names(&self) -> String {
+        let all = self.rowid.map(str::to_string).into_iter();
+        all.chain(self.columns.iter().map(|c| quote(c)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// The layout of the TEMP table `name`; none for a table whose rows
+/// cannot be put back as they were: a virtual table or one of its
+/// shadow tables, or one a TEMP trigger fires on.
+fn layout(conn: &Connection, name: &str) -> rusqlite::Result<Option<Layout>> {
+    let kind: Option<(String, bool)> = conn
+        .prepare_cached(
+            "SELECT type, wr FROM pragma_table_list WHERE schema = 'temp' AND name = ?1",
+        )?
+        .query_map([name], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .next()
+        .transpose()?;
+    let Some((kind, without_rowid)) = kind else {
+        return Ok(None);
+    };
+    let triggered = conn
+        .prepare_cached(
+            "SELECT 1 FROM temp.sqlite_schema WHERE type = 'trigger' AND tbl_name = ?1 COLLATE NOCASE",
+        )?
+        .exists([name])?;
+    if kind != "table" || triggered {
+        return Ok(None);
+    }
+    let all: Vec<(String, i64)> = conn
+        .prepare_cached("SELECT name, hidden FROM pragma_table_xinfo(?1, 'temp')")?
+        .query_map([name], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let rowid = match without_rowid {
+        true => None,
+        false => match crate::plan::free_rowid_name(|n| {
+            all.iter().any(|(c, _)| c.eq_ignore_ascii_case(n))
+        }) {
+            Some(r) => Some(r),
+            None => return Ok(None),
+        },
+    };
+    let columns = all.into_iter().filter(|(_, h)| *h == 0).map(|(c, _)| c);
+    Ok(Some(Layout {
+        rowid,
+        columns: columns.collect(),
+    }))
+}
+
+/// Keeps the rows of the TEMP `tables` step `step` of `plan` made, in
+/// place of what an earlier run of the step kept. Keeps nothing if one
+/// of them cannot be put back (see [`layout`]): a resume then stops where
+/// the step makes other rows, as it did before rows were kept.
+pub fn keep(conn: &Connection, plan: &str, step: usize, tables: &[String]) -> rusqlite::Result<()> {
+    forget(conn, plan, Some(step))?;
+    let mut laid = Vec::new();
+    for t in tables {
+        match layout(conn, t)? {
+            Some(l) => laid.push((t, l)),
+            None => return Ok(()),
+        }
+    }
+    if !laid.is_empty() {
+        conn.prepare_cached(CREATE)?.execute([])?;
+    }
+    for (t, l) in laid {
+        keep_table(conn, (plan, step as i64), t, &l)?;
+    }
+    Ok(())
+}
+
+fn keep_table(
+    conn: &Connection,
+    (plan, step): (&str, i64),
+    table: &str,
+    l: &Layout,
+) -> rusqlite::Result<()> {
+    let columns = l.encoded();
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO batchsse_setup (plan, step, tbl, part, columns, rows) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    let mut select = conn.prepare(&format!("SELECT {} FROM temp.{}", l.names(), quote(table)))?;
+    let mut rows = select.query([])?;
+    let (mut part, mut buf) = (0i64, Vec::new());
+    while let Some(row) = rows.next()? {
+        for i in 0..l.width() {
+            put_value(&mut buf, row.get_ref(i)?);
+        }
+        if buf.len() >= PART {
+            insert.execute(params![plan, step, table, part, columns, buf])?;
+            (part, buf) = (part + 1, Vec::new());
+        }
+    }
+    if part == 0 || !buf.is_empty() {
+        insert.execute(params![plan, step, table, part, columns, buf])?;
+    }
+    Ok(())
+}
+
+/// Puts back in the TEMP tables step `step` of `plan` made again the
+/// rows an earlier run of it kept; the rows put back. None where none
+/// were kept, or a table is not laid out as it was (made again with
+/// other columns, or gone): the caller's transaction must then roll back
+/// what was put.
+pub fn restore(conn: &Connection, plan: &str, step: usize) -> rusqlite::Result<Option<u64>> {
+    if !table_exists(conn, TABLE)? {
+        return Ok(None);
+    }
+    let tables: Vec<(String, Vec<u8>)> = conn
+        .prepare_cached(
+            "SELECT tbl, columns FROM batchsse_setup WHERE plan = ?1 AND step = ?2 AND part = 0",
+        )?
+        .query_map(params![plan, step as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut rows = 0;
+    for (t, columns) in &tables {
+        match layout(conn, t)? {
+            Some(l) if l.encoded() == *columns => rows += restore_table(conn, (plan, step), t, &l)?,
+            _ => return Ok(None),
+        }
+    }
+    Ok((!tables.is_empty()).then_some(rows))
+}
+
+fn restore_table(
+    conn: &Connection,
+    (plan, step): (&str, usize),
+    table: &str,
+    l: &Layout,
+) -> rusqlite::Result<u64> {
+    conn.execute(&format!("DELETE FROM temp.{}", quote(table)), [])?;
+    let marks = vec!["?"; l.width()].join(", ");
+    let mut insert = conn.prepare(&format!(
+        "INSERT INTO temp.{} ({}) VALUES ({marks})",
+        quote(table),
+        l.names()
+    ))?;
+    let mut parts = conn.prepare_cached(
+        "SELECT rows FROM batchsse_setup WHERE plan = ?1 AND step = ?2 AND tbl = ?3 ORDER BY part",
+    )?;
+    let mut read = parts.query(params![plan, step as i64, table])?;
+    let mut count = 0;
+    while let Some(part) = read.next()? {
+        let blob = part.get_ref(0)?.as_blob()?;
+        let vals = values(blob).map_err(|_| damaged(table))?;
+        for row in vals.chunks(l.width()) {
+            let row = row.iter().map(|v| ToSqlOutput::Borrowed(v.as_ref()));
+            insert.execute(rusqlite::params_from_iter(row))?;
+            count += 1;
+        }
+    }
+    Ok(count)
+}
+
+fn damaged(table: &str) -> rusqlite::Error {
+    rusqlite::Error::ModuleError(format!(
+        "the rows kept of the TEMP table {} in {TABLE} are damaged",
+        crate::human::quoted(table)
+    ))
+}
+
+/// Removes what `plan` kept (of its `step` only, if given), and the
+/// table once it is empty.
+pub fn forget(conn: &Connection, plan: &str, step: Option<usize>) -> rusqlite::Result<()> {
+    if !table_exists(conn, TABLE)? {
+        return Ok(());
+    }
+    conn.prepare_cached(
+        "DELETE FROM batchsse_setup WHERE plan = ?1 AND (?2 IS NULL OR step = ?2)",
+    )?
+    .execute(params![plan, step.map(|s| s as i64)])?;
+    let empty: bool = conn
+        .prepare_cached("SELECT NOT EXISTS (SELECT 1 FROM batchsse_setup)")?
+        .query_row([], |r| r.get(0))?;
+    if empty {
+        conn.execute_batch("DROP TABLE batchsse_setup")?;
+    }
+    Ok(())
+}

@@ -1,0 +1,231 @@
+//! A step that writes only TEMP tables is made again at every resume
+//! (its tables went with the stopped run's connection); the rows they
+//! held are kept in the file until the plan is done, and put back where
+//! the step, made again, holds other rows, so the resume goes on from
+//! the stopped run's.
+
+use crate::util::*;
+
+/// `orders(id, status, tag)` with `n` rows, the odd ones pending, and a
+/// trigger that stops any update of `stop_at` while `flag` has a row.
+fn orders(n: u64, stop_at: u64) -> TempDb {
+    TempDb::with_sql(&format!(
+        "CREATE TABLE flag(x); INSERT INTO flag VALUES (1);
+         CREATE TABLE orders(id INTEGER PRIMARY KEY, status TEXT, tag);
+         CREATE TRIGGER stop BEFORE UPDATE ON orders WHEN new.id = {stop_at} AND EXISTS (SELECT 1 FROM flag)
+         BEGIN SELECT RAISE(ABORT, 'stopped'); END;
+         INSERT INTO orders(id, status) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < {n})
+         SELECT i, CASE i % 2 WHEN 1 THEN 'pending' ELSE 'new' END FROM s;"
+    ))
+}
+
+fn go(db: &TempDb, plan: &serde_json::Value, size: &str) -> (i32, String, String) {
+    let path = db.file("plan.json", &plan.to_string());
+    run(&run_args(
+        db,
+        path_str(&path),
+        &["--no-serve", "--batch-size", size],
+    ))
+}
+
+fn ours(db: &TempDb) -> String {
+    db.query_text(
+        "SELECT coalesce(group_concat(name), '') FROM sqlite_schema WHERE name LIKE 'batchsse_setup%'",
+    )
+}
+
+/// The commonest TEMP table: a list of the rows to do. Made again on a
+/// resume it lists only the rows the stopped run had not reached, and
+/// the resume used to stop there. The stopped run's rows are put back
+/// instead, whole (their rowids, BLOBs, REALs and NULLs as they were,
+/// over several parts), and the random tag each row was given is the one
+/// the stopped run drew: the plan finishes as one run would have.
+#[test]
+fn a_resumed_to_do_list_goes_on_from_the_rows_it_listed() {
+    let db = orders(60_000, 30_001);
+    let plan = serde_json::json!({"name": "todo", "steps": [
+        {"sql": "CREATE TEMP TABLE todo(id INTEGER, note TEXT, b BLOB, r REAL, n);
+                 CREATE INDEX temp.todo_id ON todo(id);
+                 INSERT INTO todo(rowid, id, note, b, r, n)
+                 SELECT id * 3, id, 'note ' || id, randomblob(4), id / 7.0, NULL FROM orders WHERE status = 'pending'"},
+        {"sql": "UPDATE orders SET status = 'done', tag = (SELECT b FROM todo WHERE todo.id = orders.id)
+                 WHERE id IN (SELECT id FROM todo) AND id BETWEEN :lo AND :hi",
+         "chunk": {"table": "orders", "size": 1000}},
+        {"sql": "CREATE TABLE seen AS SELECT rowid AS rid, * FROM todo"},
+    ]});
+    let (code, _, err) = go(&db, &plan, "1000");
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        db.query_i64("SELECT count(*) FROM batchsse_setup") > 1,
+        "kept in several parts"
+    );
+    db.conn().execute_batch("DELETE FROM flag").unwrap();
+    let (code, _, err) = go(&db, &plan, "1000");
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("the earlier run's 30,000 row(s), kept in the file, were put back"),
+        "{err}"
+    );
+    assert_eq!(db.query_i64("SELECT count(*) FROM seen"), 30_000, "{err}");
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM orders WHERE status = 'pending'"),
+        0
+    );
+    assert_eq!(
+        db.query_i64(
+            "SELECT count(*) FROM orders o JOIN seen s USING (id) WHERE o.tag IS NOT s.b OR typeof(s.b) <> 'blob'"
+        ),
+        0,
+        "every row tagged by the stopped run's list"
+    );
+    assert_eq!(
+        db.query_i64(
+            "SELECT count(*) FROM seen WHERE rid <> id * 3 OR r <> id / 7.0 OR n IS NOT NULL OR note <> 'note ' || id"
+        ),
+        0,
+        "rowids and values as they were"
+    );
+    assert_eq!(ours(&db), "", "gone once the plan is done");
+}
+
+/// A TEMP table made again from rows a later step has already changed in
+/// part (the average of `v`, which step 2 lowers) would hold another
+/// average; the stopped run's is put back, and every row is lowered by
+/// it. A step edited before the resume is made as it says now.
+#[test]
+fn a_resumed_average_is_the_stopped_runs_unless_the_step_is_edited() {
+    for edited in [false, true] {
+        let db = TempDb::with_sql(
+            "CREATE TABLE flag(x); INSERT INTO flag VALUES (1);
+             CREATE TABLE t(id INTEGER PRIMARY KEY, v REAL);
+             CREATE TRIGGER stop BEFORE UPDATE ON t WHEN new.id = 7 AND EXISTS (SELECT 1 FROM flag)
+             BEGIN SELECT RAISE(ABORT, 'stopped'); END;
+             INSERT INTO t WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 10) SELECT i, i * 10 FROM s;",
+        );
+        let plan = |avg: &str| {
+            serde_json::json!({"name": "avg", "steps": [
+                {"sql": format!("CREATE TEMP TABLE avgv AS SELECT {avg}")},
+                {"sql": "UPDATE t SET v = v - (SELECT a FROM avgv) WHERE id BETWEEN :lo AND :hi",
+                 "chunk": {"table": "t", "size": 3}},
+            ]})
+        };
+        let (code, _, err) = go(&db, &plan("avg(v) AS a FROM t"), "3");
+        assert_eq!(code, 1, "{err}");
+        db.conn().execute_batch("DELETE FROM flag").unwrap();
+        let again = match edited {
+            false => plan("avg(v) AS a FROM t"),
+            true => plan("50.0 AS a"),
+        };
+        let (code, _, err) = go(&db, &again, "3");
+        assert_eq!(code, 0, "{err}");
+        let want = match edited {
+            false => "-45.0,-35.0,-25.0,-15.0,-5.0,5.0,15.0,25.0,35.0,45.0",
+            true => "-45.0,-35.0,-25.0,-15.0,-5.0,5.0,20.0,30.0,40.0,50.0",
+        };
+        assert_eq!(
+            db.query_text("SELECT group_concat(v) FROM t"),
+            want,
+            "edited {edited}: {err}"
+        );
+        assert_eq!(err.contains("were put back"), !edited, "{err}");
+        assert_eq!(ours(&db), "");
+    }
+}
+
+/// A TEMP table a TEMP trigger fires on cannot be filled again as it was
+/// (the trigger would fire): its rows are not kept, and a resume whose
+/// step makes other rows (here `random()`) stops there, nothing more
+/// written, with what to do.
+#[test]
+fn a_resumed_temp_table_that_cannot_be_put_back_stops_the_resume() {
+    let db = orders(10, 7);
+    let plan = serde_json::json!({"name": "stamp", "steps": [
+        {"sql": "CREATE TEMP TABLE run(stamp);
+                 CREATE TEMP TRIGGER run_seen AFTER INSERT ON run BEGIN SELECT 1; END;
+                 INSERT INTO run VALUES (random())"},
+        {"sql": "UPDATE orders SET tag = (SELECT stamp FROM run) WHERE id BETWEEN :lo AND :hi",
+         "chunk": {"table": "orders", "size": 3}},
+    ]});
+    let (code, _, err) = go(&db, &plan, "3");
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(ours(&db), "", "nothing kept");
+    db.conn().execute_batch("DELETE FROM flag").unwrap();
+    let tags = "SELECT group_concat(coalesce(tag, '-')) FROM orders";
+    let stopped = db.query_text(tags);
+    let (code, _, err) = go(&db, &plan, "3");
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("its TEMP tables hold other rows than the earlier run's did")
+            && err.contains("something that differs at every run (the time, random())")
+            && err.contains("may be edited before a resume"),
+        "{err}"
+    );
+    assert_eq!(db.query_text(tags), stopped, "nothing more written");
+}
+
+/// The kept rows go with the plan's checkpoint: by `checkpoint clear`,
+/// and by an undo that takes the run back whole, after which the file
+/// holds none of batchsse's tables.
+#[test]
+fn the_kept_rows_go_with_the_checkpoint_and_with_an_undo() {
+    let plan = serde_json::json!({"name": "todo", "steps": [
+        {"sql": "CREATE TEMP TABLE todo AS SELECT id FROM orders WHERE status = 'pending'"},
+        {"sql": "UPDATE orders SET status = 'done' WHERE id IN (SELECT id FROM todo) AND id BETWEEN :lo AND :hi",
+         "chunk": {"table": "orders", "size": 10}},
+    ]});
+    for how in ["clear", "undo"] {
+        let db = orders(100, 71);
+        let before = db.query_text("SELECT group_concat(id || status) FROM orders");
+        let path = db.file("plan.json", &plan.to_string());
+        let extra: &[&str] = match how {
+            "undo" => &["--no-serve", "--undo"],
+            _ => &["--no-serve"],
+        };
+        let (code, _, err) = run(&run_args(&db, path_str(&path), extra));
+        assert_eq!(code, 1, "{err}");
+        assert_eq!(ours(&db), "batchsse_setup");
+        let dbp = path_str(&db.path);
+        let (code, _, err) = match how {
+            "undo" => run(&["undo", "--db", dbp, "--plan", "todo", "--no-serve"]),
+            _ => run(&["checkpoint", "clear", "--db", dbp, "--plan", "todo"]),
+        };
+        assert_eq!(code, 0, "{how}: {err}");
+        assert_eq!(ours(&db), "", "{how}");
+        if how == "undo" {
+            assert_eq!(
+                db.query_text("SELECT group_concat(id || status) FROM orders"),
+                before
+            );
+        }
+    }
+}
+
+/// A `batchsse_setup` of the user's (here a view) is refused before a
+/// plan with a TEMP-only step runs, with what to do; a plan without one
+/// runs.
+#[test]
+fn a_setup_table_of_the_users_is_refused_before_anything_runs() {
+    let db = orders(10, 0);
+    db.conn()
+        .execute_batch("CREATE VIEW batchsse_setup AS SELECT 1 AS x")
+        .unwrap();
+    let hash = sha256(&db.path);
+    let temp = serde_json::json!({"name": "p", "steps": [
+        {"sql": "CREATE TEMP TABLE todo AS SELECT id FROM orders"},
+        {"sql": "UPDATE orders SET status = 'done' WHERE id IN (SELECT id FROM todo)"},
+    ]});
+    let (code, _, err) = go(&db, &temp, "3");
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("batchsse_setup is a view, not batchsse's table")
+            && err.contains("the rows of the TEMP tables a step makes")
+            && err.contains("--no-checkpoint"),
+        "{err}"
+    );
+    assert_eq!(sha256(&db.path), hash, "untouched");
+    let plain = serde_json::json!({"name": "q", "steps": [
+        {"sql": "UPDATE orders SET status = 'done'"},
+    ]});
+    let (code, _, err) = go(&db, &plain, "3");
+    assert_eq!(code, 0, "{err}");
+}
