@@ -260,7 +260,7 @@ fn one_chunk(
     let (work, fence) = (&mut walk.work, walk.fence.as_ref());
     let recorded = r
         .recorded(step, Some((&lo, &hi)), (c.changed, hi == *max), &mut || {
-            execute(r.conn, work, fence, &lo, &hi)
+            execute(r, work, fence, &lo, &hi)
         })
         .map_err(|e| in_chunk(fail(e), walk.chunk, &first, &hi))?;
     let Some((changed, expected)) = recorded else {
@@ -428,7 +428,7 @@ fn in_chunk(
 /// Rows a `RETURNING` clause gives are read and dropped, as a plain step's
 /// are (`execute` would refuse a statement that gives rows).
 fn execute(
-    conn: &Connection,
+    r: &Runner<'_>,
     work: &mut Statement<'_>,
     fence: Option<&Fence<'_>>,
     lo: &Key,
@@ -437,10 +437,11 @@ fn execute(
     if let Some(f) = fence {
         f.reset();
     }
+    let before = r.writes_so_far()?;
     let mut rows = work.query(named_params! {":lo": lo, ":hi": hi})?;
     while rows.next()?.is_some() {}
     drop(rows);
-    Ok(conn.changes())
+    r.changed_since(before)
 }
 
 /// Counts the rows once, as the step begins. One query each: SQLite's fast

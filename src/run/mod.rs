@@ -849,17 +849,43 @@ impl Runner<'_> {
                     None,
                 ));
             }
-            let before = self.conn.total_changes();
+            let before = self.writes_so_far()?;
             let mut rows = stmt.raw_query();
             while rows.next()?.is_some() {}
             drop(rows);
-            // changes() keeps its old value after DDL; count only when this
-            // statement really changed rows.
-            if self.conn.total_changes() != before {
-                changed += self.conn.changes();
-            }
+            changed += self.changed_since(before)?;
         }
         Ok(changed)
+    }
+
+    /// The rows written on this connection so far, and those of them the
+    /// undo's TEMP triggers staged, for [`Runner::changed_since`].
+    fn writes_so_far(&self) -> rusqlite::Result<(u64, u64)> {
+        let staged = match &self.recorder {
+            Some(rec) => rec.staged()?,
+            None => 0,
+        };
+        Ok((self.conn.total_changes(), staged))
+    }
+
+    /// The rows the statement just run changed, `before` being
+    /// [`Runner::writes_so_far`] before it: SQLite's `changes()`, which
+    /// leaves out what triggers and foreign-key actions wrote. A statement
+    /// on a view changes no row itself (its INSTEAD OF triggers write them
+    /// all, and SQLite counts none): its count is every row written while
+    /// it ran but those the undo staged, or a step through a view would
+    /// report 0 rows and pass any `expect_changes` `max`. Nothing written
+    /// counts 0: `changes()` keeps its old value after DDL.
+    fn changed_since(&self, (total, staged): (u64, u64)) -> rusqlite::Result<u64> {
+        let (now, staged_now) = self.writes_so_far()?;
+        let all = now
+            .saturating_sub(total)
+            .saturating_sub(staged_now.saturating_sub(staged));
+        Ok(match (all, self.conn.changes()) {
+            (0, _) => 0,
+            (all, 0) => all,
+            (_, direct) => direct,
+        })
     }
 
     /// `resumed_from`: rows an earlier run already did, which this run's

@@ -385,3 +385,64 @@ fn an_expect_answering_text_that_is_not_utf8_is_judged_as_sqlite_reads_it() {
         "{err}"
     );
 }
+
+/// A statement on a view changes no row itself: its INSTEAD OF trigger
+/// writes them all, and SQLite's `changes()` counts none. Such a step
+/// said "0 rows changed", and an `expect_changes` `max` of 10 let it
+/// change 1,000 rows. It counts the rows its trigger wrote, plain or
+/// chunked, in a step of two statements too, and under `--undo` however
+/// the record is made (the TEMP triggers that stage it write rows of
+/// their own, which are not the step's).
+#[test]
+fn a_step_through_a_view_counts_the_rows_its_trigger_wrote() {
+    let make = || {
+        TempDb::with_sql(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, v INT);
+             CREATE VIEW vt AS SELECT id, v FROM t;
+             CREATE TRIGGER vu INSTEAD OF UPDATE ON vt BEGIN UPDATE t SET v = new.v WHERE id = old.id; END;
+             INSERT INTO t(id, v) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < 1000) SELECT i, 0 FROM s;",
+        )
+    };
+    let plan = r#"{"steps":[
+        {"name":"plain","sql":"UPDATE vt SET v = 1"},
+        {"name":"chunked","sql":"UPDATE vt SET v = 2 WHERE id BETWEEN :lo AND :hi","chunk":{"table":"t","size":100}},
+        {"name":"two","sql":"UPDATE vt SET v = 3 WHERE id <= 10; UPDATE t SET v = 4 WHERE id > 990"}]}"#;
+    let off = [("BATCHSSE_UNDO_HOOK", "off")];
+    for (extra, env) in [(&[][..], &[][..]), (&["--undo"], &[]), (&["--undo"], &off)] {
+        let db = make();
+        let path = db.file("plan.json", plan);
+        let mut args = run_args(&db, path_str(&path), &["--no-serve", "--progress", "plain"]);
+        args.extend_from_slice(extra);
+        let (code, _, err) = run_with_env(&args, None, env);
+        assert_eq!(code, 0, "{extra:?} {env:?}: {err}");
+        for line in [
+            "plain: done, 1,000 rows changed",
+            "chunked: done, 1,000 rows changed",
+            "two: done, 20 rows changed",
+            "finished ok: 3/3 steps, 2,020 rows changed",
+        ] {
+            assert!(err.contains(line), "{extra:?} {env:?}: {line}: {err}");
+        }
+    }
+    let chunked = r#""sql":"UPDATE vt SET v = 9 WHERE id BETWEEN :lo AND :hi","chunk":{"table":"t","size":100}"#;
+    for (step, changed) in [
+        (r#""sql":"UPDATE vt SET v = 9""#, "1,000"),
+        (chunked, "100"),
+    ] {
+        let db = make();
+        let plan = format!(r#"{{"steps":[{{{step},"expect_changes":{{"max":10}}}}]}}"#);
+        let (code, _, err) = run_plan(&db, &plan, &[]);
+        assert_eq!(code, 1, "{step}: {err}");
+        assert!(
+            err.contains(&format!(
+                "max is 10, but the step has changed {changed} rows"
+            )),
+            "{step}: {err}"
+        );
+        assert_eq!(
+            db.query_i64("SELECT count(*) FROM t WHERE v = 9"),
+            0,
+            "rolled back"
+        );
+    }
+}

@@ -461,6 +461,25 @@ impl<'c> Recorder<'c> {
     /// Whether the work wrote a table no TEMP trigger stages: one a
     /// trigger added since the check before the run writes (see
     /// [`Guard`]). An error when that table cannot be recorded at all.
+    /// The rows staged so far (see [`triggers`]): written by the TEMP
+    /// triggers while the step's statements run, so counted in SQLite's
+    /// `total_changes()` beside the step's own; 0 where nothing is staged.
+    /// Within a statement rows are only added, each under the next rowid.
+    pub fn staged(&self) -> rusqlite::Result<u64> {
+        if !matches!(*self.mode.borrow(), Mode::Staged(_)) {
+            return Ok(0);
+        }
+        let sql = format!(
+            "SELECT coalesce(max(rowid), 0) FROM temp.{}",
+            quote(&self.stage.borrow())
+        );
+        let top: i64 = self
+            .conn
+            .prepare_cached(&sql)?
+            .query_row([], |r| r.get(0))?;
+        Ok(top.max(0) as u64)
+    }
+
     fn staged_too_few(&self) -> rusqlite::Result<bool> {
         let (Some(guard), Mode::Staged(staged)) = (&self.guard, &*self.mode.borrow()) else {
             return Ok(false);
