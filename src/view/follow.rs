@@ -496,16 +496,20 @@ async fn attempt(
     let mut body = resp.into_body();
     // A fresh parser per connection: a frame cut in half is never dispatched.
     let mut parser = Parser::new();
+    // A stream that said nothing (and is not batchsse's by its headers)
+    // was never a run's: lost, it is a failed try, which does not restart
+    // the clock of --connect-timeout, or a server that answers with an
+    // empty stream and closes it would be retried forever.
+    let mut live = batchsse;
     loop {
+        let lost = |why: String| match live {
+            true => Attempt::Dropped(why),
+            false => Attempt::Failed(format!("{why} without sending anything")),
+        };
         let frame = match tokio::time::timeout(IDLE, body.frame()).await {
-            Err(_) => {
-                return Ok(Attempt::Dropped(format!(
-                    "no data for {} s",
-                    IDLE.as_secs()
-                )));
-            }
-            Ok(None) => return Ok(Attempt::Dropped("the server closed the stream".into())),
-            Ok(Some(Err(e))) => return Ok(Attempt::Dropped(e.to_string())),
+            Err(_) => return Ok(lost(format!("no data for {} s", IDLE.as_secs()))),
+            Ok(None) => return Ok(lost("the server closed the stream".into())),
+            Ok(Some(Err(e))) => return Ok(lost(e.to_string())),
             Ok(Some(Ok(f))) => f,
         };
         // Every frame, a keep-alive included (every 15 s while the run
@@ -516,6 +520,7 @@ async fn attempt(
         let Ok(bytes) = frame.into_data() else {
             continue;
         };
+        live |= !bytes.is_empty();
         // A line or event past the parser's limit is not batchsse's:
         // buffering on would only fill memory.
         let events = parser.try_feed(&bytes).map_err(|e| {

@@ -1575,6 +1575,34 @@ fn an_event_stream_that_is_not_a_batchsse_run_ends_watch_with_exit_3() {
     }
 }
 
+/// A server that answers with an empty event stream and closes it (a
+/// proxy in front of nothing, say) was taken for a run's stream lost at
+/// once: every try restarted the clock of --connect-timeout, and `watch`
+/// retried forever. A stream that sent nothing is now a failed try.
+#[test]
+fn an_empty_event_stream_ends_watch_after_its_connect_timeout() {
+    let server = ForeignSse::start("", false);
+    let url = format!("http://{}/", server.addr);
+    let t0 = Instant::now();
+    let mut w = watch(&url, &["--connect-timeout", "2"]);
+    let code = w.wait_for(Duration::from_secs(20)).code();
+    let err = w.stderr();
+    assert_eq!(code, Some(3), "{err}");
+    assert!(
+        err.contains(&format!(
+            "no batchsse run answered at http://{}/events within 2 s (the server closed the stream without sending anything)",
+            server.addr
+        )),
+        "{err}"
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        t0.elapsed()
+    );
+    assert!(server.served() > 1, "tried again meanwhile");
+}
+
 /// `watch --progress json | grep -m1 …` against a run that then sends
 /// nothing for a while (here it waits for a second client): grep has its
 /// line and is gone, but watch noticed only at its next write, so the
