@@ -680,6 +680,9 @@ impl Runner<'_> {
                 .map_err(|e| self.fail(e, none))?;
             return Ok(Counts::all(changed));
         }
+        if step.temp_only && !self.nested {
+            return self.temp_step(step);
+        }
         let tx = Tx::begin(self.conn, self.nested).map_err(|e| self.fail(e, none))?;
         // A step that sets up the connection is done again on a resume, over
         // its own checkpoint row; two runs doing it at once is harmless.
@@ -712,6 +715,48 @@ impl Runner<'_> {
             return Err((StepError::Cancelled, none));
         }
         self.commit(tx).map_err(|e| self.fail(e, none))?;
+        Ok(Counts::all(changed))
+    }
+
+    /// A step that writes only TEMP tables reads the file in a deferred
+    /// transaction, which takes no write lock: made from a scan of a large
+    /// table (the to-do list of the rows a later step changes) it would
+    /// otherwise stop the application's writes as long as the scan takes
+    /// (in WAL mode; in rollback-journal mode a reader holds up their
+    /// commits either way). What it leaves in the file, the rows of its
+    /// tables and its checkpoint row, is written afterwards, a part a
+    /// transaction, the checkpoint row in the last (see [`setup::record`]).
+    fn temp_step(&self, step: &Step) -> StepResult {
+        let none = Counts::default();
+        let fail = |e| self.fail(e, none);
+        let tx = Tx::begin_reading(self.conn, false).map_err(fail)?;
+        let before = setup::before(self, step).map_err(fail)?;
+        let Some((changed, expected)) = self
+            .recorded(step, None, (0, true), &mut || self.execute(step))
+            .map_err(fail)?
+        else {
+            drop(tx);
+            return self.temp_step(step);
+        };
+        expected.map_err(|e| (e, none))?;
+        let made = match before {
+            Some(b) => Some(setup::made(self, step, &b).map_err(fail)?),
+            None => None,
+        };
+        let made = made
+            .transpose()
+            .map_err(|why| (StepError::Sql(why), none))?;
+        if self.cancel.is_cancelled() {
+            return Err((StepError::Cancelled, none));
+        }
+        self.commit(tx).map_err(fail)?;
+        let Some(m) = made else {
+            return Ok(Counts::all(changed));
+        };
+        let tx = Tx::begin(self.conn, false).map_err(fail)?;
+        let mut next = || self.conn.execute_batch("COMMIT; BEGIN IMMEDIATE");
+        setup::record(self, step, changed, m, &mut next).map_err(fail)?;
+        self.commit(tx).map_err(fail)?;
         Ok(Counts::all(changed))
     }
 

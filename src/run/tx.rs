@@ -15,13 +15,23 @@ impl<'c> Tx<'c> {
     /// `BEGIN IMMEDIATE` (the write lock now, not at the first write), or a
     /// savepoint inside the run's own transaction.
     pub(super) fn begin(conn: &'c Connection, nested: bool) -> rusqlite::Result<Self> {
+        Tx::begin_as(conn, nested, "BEGIN IMMEDIATE")
+    }
+
+    /// `BEGIN DEFERRED`, for work that only reads the file (it writes
+    /// TEMP tables alone), and so takes no write lock; or a savepoint.
+    pub(super) fn begin_reading(conn: &'c Connection, nested: bool) -> rusqlite::Result<Self> {
+        Tx::begin_as(conn, nested, "BEGIN DEFERRED")
+    }
+
+    fn begin_as(conn: &'c Connection, nested: bool, begin: &str) -> rusqlite::Result<Self> {
         if nested && conn.is_autocommit() {
             return Err(run_rolled_back());
         }
         conn.execute_batch(if nested {
             "SAVEPOINT batchsse_step"
         } else {
-            "BEGIN IMMEDIATE"
+            begin
         })?;
         Ok(Tx {
             conn,

@@ -229,3 +229,33 @@ fn a_setup_table_of_the_users_is_refused_before_anything_runs() {
     let (code, _, err) = go(&db, &plain, "3");
     assert_eq!(code, 0, "{err}");
 }
+
+/// A TEMP-only step reads the file without its write lock: made from a
+/// long scan (here a count that would not end in time), it stopped the
+/// application's writes as long as it ran. In WAL mode another connection
+/// now writes while it runs, at once; Ctrl-C still stops it.
+#[test]
+fn a_temp_step_lets_the_application_write_while_it_reads() {
+    let db = TempDb::with_sql(
+        "PRAGMA journal_mode = WAL; CREATE TABLE app(v); CREATE TABLE t(id INTEGER PRIMARY KEY);",
+    );
+    let plan = serde_json::json!({"name": "long", "steps": [
+        {"sql": "CREATE TEMP TABLE n AS WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 1000000000) SELECT count(*) AS c FROM s"},
+        {"sql": "UPDATE t SET id = id"},
+    ]});
+    let path = db.file("plan.json", &plan.to_string());
+    let mut run = serving(&db, path_str(&path), &[]);
+    wait_status(run.addr(), |s| s["step"] == 0 && s["state"] == "running");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let app = db.conn();
+    app.busy_timeout(std::time::Duration::ZERO).unwrap();
+    app.execute("INSERT INTO app VALUES (1)", [])
+        .expect("the application writes while the step reads");
+    assert_eq!(
+        get(run.addr(), "/status", &[]).json()["step"],
+        0,
+        "still running"
+    );
+    run.signal("INT");
+    assert_eq!(run.wait().code(), Some(130));
+}

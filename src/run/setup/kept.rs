@@ -120,10 +120,20 @@ fn layout(conn: &Connection, name: &str) -> rusqlite::Result<Option<Layout>> {
 }
 
 /// Keeps the rows of the TEMP `tables` step `step` of `plan` made, in
-/// place of what an earlier run of the step kept. Keeps nothing if one
-/// of them cannot be put back (see [`layout`]): a resume then stops where
-/// the step makes other rows, as it did before rows were kept.
-pub fn keep(conn: &Connection, plan: &str, step: usize, tables: &[String]) -> rusqlite::Result<()> {
+/// place of what an earlier run of the step kept, calling `between` after
+/// each part. Keeps nothing if one of them cannot be put back (see
+/// [`layout`]): a resume then stops where the step makes other rows, as
+/// it did before rows were kept. Parts committed one by one are not used
+/// until the step's checkpoint row names what they hold: the caller
+/// writes it last, and a resume puts back only rows whose digest is the
+/// row's.
+pub fn keep(
+    conn: &Connection,
+    plan: &str,
+    step: usize,
+    tables: &[String],
+    between: &mut dyn FnMut() -> rusqlite::Result<()>,
+) -> rusqlite::Result<()> {
     forget(conn, plan, Some(step))?;
     let mut laid = Vec::new();
     for t in tables {
@@ -136,16 +146,19 @@ pub fn keep(conn: &Connection, plan: &str, step: usize, tables: &[String]) -> ru
         conn.prepare_cached(CREATE)?.execute([])?;
     }
     for (t, l) in laid {
-        keep_table(conn, (plan, step as i64), t, &l)?;
+        keep_table(conn, (plan, step as i64), t, &l, between)?;
     }
     Ok(())
 }
 
+/// Reading a TEMP table goes on across the commits `between` makes: it
+/// is the connection's own, and nothing else writes it meanwhile.
 fn keep_table(
     conn: &Connection,
     (plan, step): (&str, i64),
     table: &str,
     l: &Layout,
+    between: &mut dyn FnMut() -> rusqlite::Result<()>,
 ) -> rusqlite::Result<()> {
     let columns = l.encoded();
     let mut insert = conn.prepare_cached(
@@ -160,6 +173,7 @@ fn keep_table(
         }
         if buf.len() >= PART {
             insert.execute(params![plan, step, table, part, columns, buf])?;
+            between()?;
             (part, buf) = (part + 1, Vec::new());
         }
     }
@@ -215,7 +229,7 @@ fn restore_table(
     while let Some(part) = read.next()? {
         let blob = part.get_ref(0)?.as_blob()?;
         let vals = values(blob).map_err(|_| damaged(table))?;
-        for row in vals.chunks(l.width()) {
+        for row in vals.chunks(l.width().max(1)) {
             let row = row.iter().map(|v| ToSqlOutput::Borrowed(v.as_ref()));
             insert.execute(rusqlite::params_from_iter(row))?;
             count += 1;

@@ -40,12 +40,18 @@ pub(super) fn before(r: &Runner<'_>, step: &Step) -> rusqlite::Result<Option<Obj
     objects(r.conn).map(Some)
 }
 
+/// What a TEMP-only step made: the digest its checkpoint row keeps, and
+/// the tables whose rows to keep (none where the earlier run's are kept
+/// already, and put back).
+pub(super) struct Made {
+    digest: i64,
+    keep: Option<Vec<String>>,
+}
+
 /// Records `step` done, in its transaction; for a TEMP-only step (whose
-/// TEMP schema was `before` it ran) with the digest of what it made and
-/// its tables' rows, or, where an earlier run's made something else, with
-/// that run's rows put back. Where they cannot be: why the step fails
-/// (its transaction rolled back, so the earlier digest and rows stay for
-/// the next try).
+/// TEMP schema was `before` it ran) as [`made`] and [`record`] do. Made
+/// otherwise: why the step fails (its transaction rolled back, so the
+/// earlier digest and rows stay for the next try).
 pub(super) fn step_done(
     r: &Runner<'_>,
     step: &Step,
@@ -56,29 +62,54 @@ pub(super) fn step_done(
         r.checkpoint.step_done(step, changed, changed)?;
         return Ok(None);
     };
+    match made(r, step, &before)? {
+        Ok(m) => record(r, step, changed, m, &mut || Ok(())).map(|()| None),
+        Err(why) => Ok(Some(why)),
+    }
+}
+
+/// What the TEMP-only `step` made, its TEMP schema having been `before`
+/// it ran; where an earlier run's made something else, with that run's
+/// rows put back. Writes only TEMP tables. Where they cannot be put back:
+/// why the step fails.
+pub(super) fn made(
+    r: &Runner<'_>,
+    step: &Step,
+    before: &Objects,
+) -> rusqlite::Result<Result<Made, String>> {
     let after = objects(r.conn)?;
-    let made = digest(&before, &after);
-    let kept = match r.checkpoint.setup_digest(step)? {
-        None => {
-            kept::keep(
-                r.conn,
-                &r.plan.name,
-                step.index,
-                &tables_made(&before, &after),
-            )?;
-            made
-        }
-        Some(was) if was == made => made,
+    let digest = digest(before, &after);
+    let keep = Some(tables_made(before, &after));
+    Ok(Ok(match r.checkpoint.setup_digest(step)? {
+        None => Made { digest, keep },
+        Some(was) if was == digest => Made { digest, keep: None },
         Some(was) => match kept::restore(r.conn, &r.plan.name, step.index)? {
-            Some(rows) if digest(&before, &objects(r.conn)?) == was => {
+            Some(rows) if self::digest(before, &objects(r.conn)?) == was => {
                 put_back(r, step, rows);
-                was
+                Made {
+                    digest: was,
+                    keep: None,
+                }
             }
-            _ => return Ok(Some(remade_otherwise(r, step))),
+            _ => return Ok(Err(remade_otherwise(r, step))),
         },
-    };
-    r.checkpoint.setup_done(step, changed, kept)?;
-    Ok(None)
+    }))
+}
+
+/// Writes in the file what [`made`] says: the rows of the step's TEMP
+/// tables, with `between` called after each part (to commit it), then
+/// the step's checkpoint row.
+pub(super) fn record(
+    r: &Runner<'_>,
+    step: &Step,
+    changed: u64,
+    m: Made,
+    between: &mut dyn FnMut() -> rusqlite::Result<()>,
+) -> rusqlite::Result<()> {
+    if let Some(tables) = &m.keep {
+        kept::keep(r.conn, &r.plan.name, step.index, tables, between)?;
+    }
+    r.checkpoint.setup_done(step, changed, m.digest)
 }
 
 /// The TEMP tables made or changed from `before` to `after`.
