@@ -78,6 +78,8 @@ mod run;
 mod serve;
 mod view;
 
+pub use platform::echo_again_on_panic;
+
 pub use app::demo;
 pub use events::sse;
 

@@ -9,6 +9,7 @@ use batchsse::error::{Unreachable, UsageError, exit};
 use clap::{CommandFactory, FromArgMatches};
 
 fn main() -> ExitCode {
+    batchsse::echo_again_on_panic();
     let matches = Cli::command().try_get_matches().unwrap_or_else(|e| {
         if e.kind() == clap::error::ErrorKind::InvalidUtf8
             && let Some(name) = batchsse::cli::non_utf8_env()

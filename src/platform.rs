@@ -296,6 +296,32 @@ pub fn echo_again() {
     }
 }
 
+/// Has a panic put the terminal's echo back before Rust reports it: a
+/// bug that panics while the bars are drawn must not leave the user's
+/// terminal without echo, and a panic in another thread than the bars'
+/// drops nothing of theirs on the way out. Never waits for the lock (the
+/// panic may have come while this thread held it).
+pub fn echo_again_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        #[cfg(unix)]
+        {
+            use std::sync::TryLockError;
+            let echoed = match ECHOED.try_lock() {
+                Ok(g) => Some(g),
+                Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+                Err(TryLockError::WouldBlock) => None,
+            };
+            // SAFETY: plain calls on this process and descriptor 2.
+            let fg = unsafe { libc::tcgetpgrp(2) == libc::getpgrp() };
+            if let Some(was) = echoed.and_then(|mut e| e.take()).filter(|_| fg) {
+                set_terminal(&was);
+            }
+        }
+        report(info);
+    }));
+}
+
 /// A Ctrl-\\ (SIGQUIT) ends the process where it is, dropping nothing,
 /// and a shell without job control (`sh`, a script) keeps the terminal as
 /// the process left it: while the echo is off, SIGQUIT (where nothing
