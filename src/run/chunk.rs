@@ -260,7 +260,7 @@ fn one_chunk(
     let (work, fence) = (&mut walk.work, walk.fence.as_ref());
     let recorded = r
         .recorded(step, Some((&lo, &hi)), (c.changed, hi == *max), &mut || {
-            execute(r, work, fence, &lo, &hi)
+            execute(r, step, work, fence, (&lo, &hi))
         })
         .map_err(|e| in_chunk(fail(e), walk.chunk, &first, &hi))?;
     let Some((changed, expected)) = recorded else {
@@ -429,15 +429,15 @@ fn in_chunk(
 /// are (`execute` would refuse a statement that gives rows).
 fn execute(
     r: &Runner<'_>,
+    step: &Step,
     work: &mut Statement<'_>,
     fence: Option<&Fence<'_>>,
-    lo: &Key,
-    hi: &Key,
+    (lo, hi): (&Key, &Key),
 ) -> rusqlite::Result<u64> {
     if let Some(f) = fence {
         f.reset();
     }
-    let before = r.writes_so_far()?;
+    let before = r.writes_so_far(step)?;
     let mut rows = work.query(named_params! {":lo": lo, ":hi": hi})?;
     while rows.next()?.is_some() {}
     drop(rows);

@@ -111,6 +111,15 @@ enum StepError {
     Expect(String),
 }
 
+/// Where a connection's writes stood before a statement (see
+/// [`Runner::changed_since`]): the rows written so far, and for a step
+/// that writes a view, those of them the undo's TEMP triggers staged.
+#[derive(Clone, Copy)]
+struct Before {
+    total: u64,
+    staged: Option<u64>,
+}
+
 /// A step's rows so far: visited, to visit, changed.
 #[derive(Debug, Default, Clone, Copy)]
 struct Counts {
@@ -894,7 +903,7 @@ impl Runner<'_> {
                     None,
                 ));
             }
-            let before = self.writes_so_far()?;
+            let before = self.writes_so_far(step)?;
             let mut rows = stmt.raw_query();
             while rows.next()?.is_some() {}
             drop(rows);
@@ -903,33 +912,55 @@ impl Runner<'_> {
         Ok(changed)
     }
 
-    /// The rows written on this connection so far, and those of them the
-    /// undo's TEMP triggers staged, for [`Runner::changed_since`].
-    fn writes_so_far(&self) -> rusqlite::Result<(u64, u64)> {
-        let staged = match &self.recorder {
-            Some(rec) => rec.staged()?,
-            None => 0,
+    /// Where the connection's writes stood before a statement of `step`,
+    /// for [`Runner::changed_since`].
+    fn writes_so_far(&self, step: &Step) -> rusqlite::Result<Before> {
+        let staged = match (self.writes_a_view(step), &self.recorder) {
+            (false, _) => None,
+            (true, Some(rec)) => Some(rec.staged()?),
+            (true, None) => Some(0),
         };
-        Ok((self.conn.total_changes(), staged))
+        Ok(Before {
+            total: self.conn.total_changes(),
+            staged,
+        })
     }
 
     /// The rows the statement just run changed, `before` being
     /// [`Runner::writes_so_far`] before it: SQLite's `changes()`, which
-    /// leaves out what triggers and foreign-key actions wrote. A statement
-    /// on a view changes no row itself (its INSTEAD OF triggers write them
-    /// all, and SQLite counts none): its count is every row written while
-    /// it ran but those the undo staged, or a step through a view would
-    /// report 0 rows and pass any `expect_changes` `max`. Nothing written
-    /// counts 0: `changes()` keeps its old value after DDL.
-    fn changed_since(&self, (total, staged): (u64, u64)) -> rusqlite::Result<u64> {
-        let (now, staged_now) = self.writes_so_far()?;
-        let all = now
-            .saturating_sub(total)
-            .saturating_sub(staged_now.saturating_sub(staged));
-        Ok(match (all, self.conn.changes()) {
-            (0, _) => 0,
-            (all, 0) => all,
-            (_, direct) => direct,
+    /// leaves out what triggers and foreign-key actions wrote (nothing
+    /// written counts 0: `changes()` keeps its old value after DDL). A
+    /// statement on a view changes no row itself (its INSTEAD OF triggers
+    /// write them all, and SQLite counts none): in a step that writes a
+    /// view, one that changed none itself counts every row written while
+    /// it ran, but those the undo staged, or a step through a view would
+    /// report 0 rows and pass any `expect_changes` `max`.
+    fn changed_since(&self, before: Before) -> rusqlite::Result<u64> {
+        let all = self.conn.total_changes().saturating_sub(before.total);
+        let direct = self.conn.changes();
+        let Some(staged) = before.staged.filter(|_| all > 0 && direct == 0) else {
+            return Ok(if all == 0 { 0 } else { direct });
+        };
+        let staged_now = match &self.recorder {
+            Some(rec) => rec.staged()?,
+            None => 0,
+        };
+        Ok(all.saturating_sub(staged_now.saturating_sub(staged)))
+    }
+
+    /// Whether `step` writes a view, as the pre-run check saw (a view it
+    /// cannot find, as after a `DETACH`, counts as none).
+    fn writes_a_view(&self, step: &Step) -> bool {
+        step.writes.iter().any(|w| {
+            let (schema, name) = w.split_once(plan::OTHER_SCHEMA).unwrap_or(("main", w));
+            let sql = format!(
+                "SELECT 1 FROM {}.sqlite_schema WHERE type = 'view' AND name = ?1 COLLATE NOCASE",
+                plan::quote(schema)
+            );
+            self.conn
+                .prepare_cached(&sql)
+                .and_then(|mut q| q.exists([name]))
+                .unwrap_or(false)
         })
     }
 
