@@ -16,7 +16,7 @@
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, params};
 
-use crate::plan::quote;
+use crate::plan::{OTHER_SCHEMA, quote};
 use crate::run::renumber::table_exists;
 use crate::run::undo::codec::{encode, put_value, values};
 
@@ -245,6 +245,30 @@ fn damaged(table: &str) -> rusqlite::Error {
     ))
 }
 
+/// Removes what `plan` kept of the TEMP tables among `writes` (a step's,
+/// as [`crate::plan::Step::writes`] names them): a step that writes the
+/// file is not done again on a resume, so what it changed in a TEMP table
+/// an earlier TEMP-only step made is not in the rows that step kept, and
+/// put back they would lead the rest of the plan astray (a row the step
+/// took off a to-do list back on it). Forgotten, a resume whose TEMP-only
+/// step makes other rows stops there instead.
+pub fn forget_written(conn: &Connection, plan: &str, writes: &[String]) -> rusqlite::Result<()> {
+    let mut temp = writes
+        .iter()
+        .filter_map(|w| w.split_once(OTHER_SCHEMA).filter(|(db, _)| *db == "temp"))
+        .peekable();
+    if temp.peek().is_none() || !table_exists(conn, TABLE)? {
+        return Ok(());
+    }
+    for (_, t) in temp {
+        conn.prepare_cached(
+            "DELETE FROM batchsse_setup WHERE plan = ?1 AND tbl = ?2 COLLATE NOCASE",
+        )?
+        .execute(params![plan, t])?;
+    }
+    drop_if_empty(conn)
+}
+
 /// Removes what `plan` kept (of its `step` only, if given), and the
 /// table once it is empty.
 pub fn forget(conn: &Connection, plan: &str, step: Option<usize>) -> rusqlite::Result<()> {
@@ -255,6 +279,10 @@ pub fn forget(conn: &Connection, plan: &str, step: Option<usize>) -> rusqlite::R
         "DELETE FROM batchsse_setup WHERE plan = ?1 AND (?2 IS NULL OR step = ?2)",
     )?
     .execute(params![plan, step.map(|s| s as i64)])?;
+    drop_if_empty(conn)
+}
+
+fn drop_if_empty(conn: &Connection) -> rusqlite::Result<()> {
     let empty: bool = conn
         .prepare_cached("SELECT NOT EXISTS (SELECT 1 FROM batchsse_setup)")?
         .query_row([], |r| r.get(0))?;
