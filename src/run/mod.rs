@@ -212,6 +212,7 @@ fn run_beating(
         db: db_name(job.conn),
         started: Instant::now(),
         nested: job.opts.atomic || job.opts.dry_run,
+        made_anew: std::cell::Cell::new(None),
     };
     let tally = r.run_all(job.resume, gate);
     r.governor.borrow().finish();
@@ -297,6 +298,10 @@ struct Runner<'a> {
     /// With --atomic or --dry-run the whole run is one transaction and each
     /// step's a savepoint inside it.
     nested: bool,
+    /// The first TEMP-only step this run made with no digest of an
+    /// earlier run's to hold it to (edited since), for [`setup::made`]:
+    /// the rows a later one kept were made from what it made before.
+    made_anew: std::cell::Cell<Option<usize>>,
 }
 
 impl Runner<'_> {

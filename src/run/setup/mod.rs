@@ -81,8 +81,16 @@ pub(super) fn made(
     let digest = digest(before, &after);
     let keep = Some(tables_made(before, &after));
     Ok(Ok(match r.checkpoint.setup_digest(step)? {
-        None => Made { digest, keep },
+        None => {
+            if r.made_anew.get().is_none() {
+                r.made_anew.set(Some(step.index));
+            }
+            Made { digest, keep }
+        }
         Some(was) if was == digest => Made { digest, keep: None },
+        Some(_) if let Some(edited) = r.made_anew.get() => {
+            return Ok(Err(made_on_an_edit(r, step, edited)));
+        }
         Some(was) => match kept::restore(r.conn, &r.plan.name, step.index)? {
             Some(rows) if self::digest(before, &objects(r.conn)?) == was => {
                 put_back(r, step, rows);
@@ -132,6 +140,19 @@ fn put_back(r: &Runner<'_>, step: &Step, rows: u64) {
             crate::human::thousands(rows)
         ),
     );
+}
+
+/// Why `step` stops where it makes other rows than the earlier run's
+/// after step `edited` was made anew: the rows it kept were made from
+/// what that step made before, and put back they would undo the edit.
+fn made_on_an_edit(r: &Runner<'_>, step: &Step, edited: usize) -> String {
+    let e = &r.plan.steps[edited];
+    format!(
+        "made again for this resume, its TEMP tables hold other rows than the earlier run's did, and step {} ({}), edited since that run, was made as it says now: the rows this step kept were made from what step {} made before the edit, so they are not put back, and the run stopped here, nothing more written. Edit this step too (it is then made as it says now), or start the plan over with `batchsse checkpoint clear`",
+        e.index + 1,
+        quoted(&e.name),
+        e.index + 1
+    )
 }
 
 fn remade_otherwise(r: &Runner<'_>, step: &Step) -> String {
