@@ -768,6 +768,9 @@ impl Runner<'_> {
             return Ok(Counts::all(changed));
         };
         let tx = Tx::begin(self.conn, false).map_err(fail)?;
+        if !setup::unmoved(self, step, &m).map_err(fail)? {
+            return Err((StepError::Sql(self.checkpoint.conflict()), none));
+        }
         let mut next = || self.conn.execute_batch("COMMIT; BEGIN IMMEDIATE");
         setup::record(self, step, changed, m, &mut next).map_err(fail)?;
         self.commit(tx).map_err(fail)?;

@@ -359,3 +359,52 @@ fn kept_rows_of_temp_tables_that_refer_to_each_other_are_put_back() {
         );
     }
 }
+
+/// A TEMP-only step reads without the write lock, and writes its kept
+/// rows and checkpoint row afterwards: another run of the plan that
+/// wrote them in between must not be written over. Here run B reads
+/// first, from the file before order 10 turns pending; run A, after it,
+/// lists order 10, stops before reaching it, and keeps its list; B then
+/// wrote its own list over A's, and the resume, putting B's back, left
+/// order 10 pending and finished ok. B now stops, writing nothing. B's
+/// scan takes seconds; A's whole run, and the half second B is given to
+/// begin reading, much less.
+#[test]
+fn a_temp_step_does_not_write_over_what_another_run_kept_meanwhile() {
+    let db = orders(10, 7);
+    db.conn()
+        .execute_batch(
+            "PRAGMA journal_mode = WAL; CREATE TABLE slow(n); INSERT INTO slow VALUES (20000000);",
+        )
+        .unwrap();
+    let plan = serde_json::json!({"name": "twice", "steps": [
+        {"sql": "CREATE TEMP TABLE todo AS SELECT id FROM orders WHERE status = 'pending'
+                 AND (WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < (SELECT n FROM slow))
+                      SELECT count(*) FROM s) > 0"},
+        {"sql": "UPDATE orders SET status = 'done' WHERE id IN (SELECT id FROM todo) AND id BETWEEN :lo AND :hi",
+         "chunk": {"table": "orders", "size": 3}},
+    ]});
+    let path = db.file("plan.json", &plan.to_string());
+    let mut b = serving(&db, path_str(&path), &["--batch-size", "3"]);
+    wait_status(b.addr(), |s| s["step"] == 0 && s["state"] == "running");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    db.conn()
+        .execute_batch("UPDATE slow SET n = 1; UPDATE orders SET status = 'pending' WHERE id = 10;")
+        .unwrap();
+    let (code, _, err) = go(&db, &plan, "3");
+    assert_eq!(code, 1, "A stops at order 7: {err}");
+    assert_eq!(
+        get(b.addr(), "/status", &[]).json()["step"],
+        0,
+        "B still reads"
+    );
+    assert_eq!(b.wait().code(), Some(1));
+    db.conn().execute_batch("DELETE FROM flag").unwrap();
+    let (code, _, err) = go(&db, &plan, "3");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        db.query_text("SELECT coalesce(group_concat(id), '') FROM orders WHERE status = 'pending'"),
+        "",
+        "order 10, on A's list, done: {err}"
+    );
+}

@@ -46,6 +46,8 @@ pub(super) fn before(r: &Runner<'_>, step: &Step) -> rusqlite::Result<Option<Obj
 pub(super) struct Made {
     digest: i64,
     keep: Option<Vec<String>>,
+    /// The digest the checkpoint held when the step ran, for [`unmoved`].
+    seen: Option<i64>,
 }
 
 /// Records `step` done, in its transaction; for a TEMP-only step (whose
@@ -80,14 +82,19 @@ pub(super) fn made(
     let after = objects(r.conn)?;
     let digest = digest(before, &after);
     let keep = Some(tables_made(before, &after));
-    Ok(Ok(match r.checkpoint.setup_digest(step)? {
+    let seen = r.checkpoint.setup_digest(step)?;
+    Ok(Ok(match seen {
         None => {
             if r.made_anew.get().is_none() {
                 r.made_anew.set(Some(step.index));
             }
-            Made { digest, keep }
+            Made { digest, keep, seen }
         }
-        Some(was) if was == digest => Made { digest, keep: None },
+        Some(was) if was == digest => Made {
+            digest,
+            keep: None,
+            seen,
+        },
         Some(_) if let Some(edited) = r.made_anew.get() => {
             return Ok(Err(made_on_an_edit(r, step, edited)));
         }
@@ -97,11 +104,21 @@ pub(super) fn made(
                 Made {
                     digest: was,
                     keep: None,
+                    seen,
                 }
             }
             _ => return Ok(Err(remade_otherwise(r, step))),
         },
     }))
+}
+
+/// Whether the checkpoint still holds for `step` what it held when the
+/// step ran, as [`made`] saw it. A step that read the file in one
+/// transaction and writes in the next must ask: another run of the plan
+/// may have written its own rows meanwhile, which this one's would
+/// replace under the run that goes on from them.
+pub(super) fn unmoved(r: &Runner<'_>, step: &Step, m: &Made) -> rusqlite::Result<bool> {
+    Ok(r.checkpoint.setup_digest(step)? == m.seen)
 }
 
 /// Writes in the file what [`made`] says: the rows of the step's TEMP
