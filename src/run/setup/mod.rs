@@ -96,7 +96,7 @@ pub(super) fn made(
             seen,
         },
         Some(_) if let Some(edited) = r.made_anew.get() => {
-            return Ok(Err(made_on_an_edit(r, step, edited)));
+            return Ok(Err(made_on_an_edit(r, edited)));
         }
         Some(was) => match kept::restore(r.conn, &r.plan.name, step.index)? {
             Some(rows) if self::digest(before, &objects(r.conn)?) == was => {
@@ -159,10 +159,10 @@ fn put_back(r: &Runner<'_>, step: &Step, rows: u64) {
     );
 }
 
-/// Why `step` stops where it makes other rows than the earlier run's
-/// after step `edited` was made anew: the rows it kept were made from
+/// Why a TEMP-only step stops where it makes other rows than the
+/// earlier run's after step `edited` was made anew: the rows it kept were made from
 /// what that step made before, and put back they would undo the edit.
-fn made_on_an_edit(r: &Runner<'_>, step: &Step, edited: usize) -> String {
+fn made_on_an_edit(r: &Runner<'_>, edited: usize) -> String {
     let e = &r.plan.steps[edited];
     format!(
         "made again for this resume, its TEMP tables hold other rows than the earlier run's did, and step {} ({}), edited since that run, was made as it says now: the rows this step kept were made from what step {} made before the edit, so they are not put back, and the run stopped here, nothing more written. Edit this step too (it is then made as it says now), or start the plan over with `batchsse checkpoint clear`",
