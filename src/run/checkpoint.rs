@@ -643,6 +643,9 @@ impl<'a> Checkpoint<'a> {
                 done as i64,
                 changed as i64
             ])?;
+        if !step.temp_only {
+            super::setup::kept::forget_written(self.conn, &self.plan.name, &step.writes)?;
+        }
         // The rows the plan's TEMP-only steps kept are for a resume: once
         // its last step is done there is none.
         if mark == Mark::Done && step.index + 1 == self.plan.steps.len() {

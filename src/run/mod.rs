@@ -212,6 +212,7 @@ fn run_beating(
         db: db_name(job.conn),
         started: Instant::now(),
         nested: job.opts.atomic || job.opts.dry_run,
+        made_anew: std::cell::Cell::new(None),
     };
     let tally = r.run_all(job.resume, gate);
     r.governor.borrow().finish();
@@ -297,6 +298,10 @@ struct Runner<'a> {
     /// With --atomic or --dry-run the whole run is one transaction and each
     /// step's a savepoint inside it.
     nested: bool,
+    /// The first TEMP-only step this run made with no digest of an
+    /// earlier run's to hold it to (edited since), for [`setup::made`]:
+    /// the rows a later one kept were made from what it made before.
+    made_anew: std::cell::Cell<Option<usize>>,
 }
 
 impl Runner<'_> {
@@ -763,6 +768,9 @@ impl Runner<'_> {
             return Ok(Counts::all(changed));
         };
         let tx = Tx::begin(self.conn, false).map_err(fail)?;
+        if !setup::unmoved(self, step, &m).map_err(fail)? {
+            return Err((StepError::Sql(self.checkpoint.conflict()), none));
+        }
         let mut next = || self.conn.execute_batch("COMMIT; BEGIN IMMEDIATE");
         setup::record(self, step, changed, m, &mut next).map_err(fail)?;
         self.commit(tx).map_err(fail)?;

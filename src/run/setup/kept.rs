@@ -16,7 +16,7 @@
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, params};
 
-use crate::plan::quote;
+use crate::plan::{OTHER_SCHEMA, quote};
 use crate::run::renumber::table_exists;
 use crate::run::undo::codec::{encode, put_value, values};
 
@@ -198,23 +198,67 @@ pub fn restore(conn: &Connection, plan: &str, step: usize) -> rusqlite::Result<O
         )?
         .query_map(params![plan, step as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
-    let mut rows = 0;
+    let mut laid = Vec::new();
     for (t, columns) in &tables {
         match layout(conn, t)? {
-            Some(l) if l.encoded() == *columns => rows += restore_table(conn, (plan, step), t, &l)?,
+            Some(l) if l.encoded() == *columns => laid.push((t.as_str(), l)),
             _ => return Ok(None),
         }
     }
+    let names: Vec<&str> = laid.iter().map(|(t, _)| *t).collect();
+    let deferred = defer_foreign_keys(conn, true)?;
+    empty(conn, &names)?;
+    let mut rows = 0;
+    for (t, l) in &laid {
+        rows += fill(conn, (plan, step), t, l)?;
+    }
+    defer_foreign_keys(conn, deferred)?;
     Ok((!tables.is_empty()).then_some(rows))
 }
 
-fn restore_table(
+/// Sets `PRAGMA defer_foreign_keys` (it lasts until the transaction
+/// ends), returning what it was: while the tables are emptied and filled
+/// again a row may refer to one not put back yet.
+fn defer_foreign_keys(conn: &Connection, on: bool) -> rusqlite::Result<bool> {
+    let was = conn.query_row("PRAGMA defer_foreign_keys", [], |r| r.get(0))?;
+    conn.execute_batch(&format!("PRAGMA defer_foreign_keys = {}", i32::from(on)))?;
+    Ok(was)
+}
+
+/// Empties the TEMP `tables`, one that refers to another of them before
+/// that one: a parent's rows go after its children's, as a `RESTRICT`
+/// (checked at once, deferred or not) requires; and all go before any is
+/// filled, so an `ON DELETE CASCADE` or `SET NULL` meets no row put back.
+fn empty(conn: &Connection, tables: &[&str]) -> rusqlite::Result<()> {
+    let mut left: Vec<(&str, Vec<String>)> = Vec::new();
+    for t in tables {
+        let parents = conn
+            .prepare_cached("SELECT \"table\" FROM pragma_foreign_key_list(?1, 'temp')")?
+            .query_map([t], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        left.push((t, parents));
+    }
+    while !left.is_empty() {
+        let referred = |t: &str| {
+            left.iter().any(|(c, ps)| {
+                !c.eq_ignore_ascii_case(t) && ps.iter().any(|p| p.eq_ignore_ascii_case(t))
+            })
+        };
+        // In a cycle every table is referred to: emptied as they come.
+        let next = left.iter().position(|(t, _)| !referred(t)).unwrap_or(0);
+        let (t, _) = left.remove(next);
+        conn.execute(&format!("DELETE FROM temp.{}", quote(t)), [])?;
+    }
+    Ok(())
+}
+
+/// Fills the emptied TEMP `table` with the rows kept of it.
+fn fill(
     conn: &Connection,
     (plan, step): (&str, usize),
     table: &str,
     l: &Layout,
 ) -> rusqlite::Result<u64> {
-    conn.execute(&format!("DELETE FROM temp.{}", quote(table)), [])?;
     let marks = vec!["?"; l.width()].join(", ");
     let mut insert = conn.prepare(&format!(
         "INSERT INTO temp.{} ({}) VALUES ({marks})",
@@ -245,6 +289,30 @@ fn damaged(table: &str) -> rusqlite::Error {
     ))
 }
 
+/// Removes what `plan` kept of the TEMP tables among `writes` (a step's,
+/// as [`crate::plan::Step::writes`] names them): a step that writes the
+/// file is not done again on a resume, so what it changed in a TEMP table
+/// an earlier TEMP-only step made is not in the rows that step kept, and
+/// put back they would lead the rest of the plan astray (a row the step
+/// took off a to-do list back on it). Forgotten, a resume whose TEMP-only
+/// step makes other rows stops there instead.
+pub fn forget_written(conn: &Connection, plan: &str, writes: &[String]) -> rusqlite::Result<()> {
+    let mut temp = writes
+        .iter()
+        .filter_map(|w| w.split_once(OTHER_SCHEMA).filter(|(db, _)| *db == "temp"))
+        .peekable();
+    if temp.peek().is_none() || !table_exists(conn, TABLE)? {
+        return Ok(());
+    }
+    for (_, t) in temp {
+        conn.prepare_cached(
+            "DELETE FROM batchsse_setup WHERE plan = ?1 AND tbl = ?2 COLLATE NOCASE",
+        )?
+        .execute(params![plan, t])?;
+    }
+    drop_if_empty(conn)
+}
+
 /// Removes what `plan` kept (of its `step` only, if given), and the
 /// table once it is empty.
 pub fn forget(conn: &Connection, plan: &str, step: Option<usize>) -> rusqlite::Result<()> {
@@ -255,6 +323,10 @@ pub fn forget(conn: &Connection, plan: &str, step: Option<usize>) -> rusqlite::R
         "DELETE FROM batchsse_setup WHERE plan = ?1 AND (?2 IS NULL OR step = ?2)",
     )?
     .execute(params![plan, step.map(|s| s as i64)])?;
+    drop_if_empty(conn)
+}
+
+fn drop_if_empty(conn: &Connection) -> rusqlite::Result<()> {
     let empty: bool = conn
         .prepare_cached("SELECT NOT EXISTS (SELECT 1 FROM batchsse_setup)")?
         .query_row([], |r| r.get(0))?;

@@ -46,6 +46,8 @@ pub(super) fn before(r: &Runner<'_>, step: &Step) -> rusqlite::Result<Option<Obj
 pub(super) struct Made {
     digest: i64,
     keep: Option<Vec<String>>,
+    /// The digest the checkpoint held when the step ran, for [`unmoved`].
+    seen: Option<i64>,
 }
 
 /// Records `step` done, in its transaction; for a TEMP-only step (whose
@@ -80,20 +82,43 @@ pub(super) fn made(
     let after = objects(r.conn)?;
     let digest = digest(before, &after);
     let keep = Some(tables_made(before, &after));
-    Ok(Ok(match r.checkpoint.setup_digest(step)? {
-        None => Made { digest, keep },
-        Some(was) if was == digest => Made { digest, keep: None },
+    let seen = r.checkpoint.setup_digest(step)?;
+    Ok(Ok(match seen {
+        None => {
+            if r.made_anew.get().is_none() {
+                r.made_anew.set(Some(step.index));
+            }
+            Made { digest, keep, seen }
+        }
+        Some(was) if was == digest => Made {
+            digest,
+            keep: None,
+            seen,
+        },
+        Some(_) if let Some(edited) = r.made_anew.get() => {
+            return Ok(Err(made_on_an_edit(r, edited)));
+        }
         Some(was) => match kept::restore(r.conn, &r.plan.name, step.index)? {
             Some(rows) if self::digest(before, &objects(r.conn)?) == was => {
                 put_back(r, step, rows);
                 Made {
                     digest: was,
                     keep: None,
+                    seen,
                 }
             }
             _ => return Ok(Err(remade_otherwise(r, step))),
         },
     }))
+}
+
+/// Whether the checkpoint still holds for `step` what it held when the
+/// step ran, as [`made`] saw it. A step that read the file in one
+/// transaction and writes in the next must ask: another run of the plan
+/// may have written its own rows meanwhile, which this one's would
+/// replace under the run that goes on from them.
+pub(super) fn unmoved(r: &Runner<'_>, step: &Step, m: &Made) -> rusqlite::Result<bool> {
+    Ok(r.checkpoint.setup_digest(step)? == m.seen)
 }
 
 /// Writes in the file what [`made`] says: the rows of the step's TEMP
@@ -132,6 +157,19 @@ fn put_back(r: &Runner<'_>, step: &Step, rows: u64) {
             crate::human::thousands(rows)
         ),
     );
+}
+
+/// Why a TEMP-only step stops where it makes other rows than the
+/// earlier run's after step `edited` was made anew: the rows it kept were made from
+/// what that step made before, and put back they would undo the edit.
+fn made_on_an_edit(r: &Runner<'_>, edited: usize) -> String {
+    let e = &r.plan.steps[edited];
+    format!(
+        "made again for this resume, its TEMP tables hold other rows than the earlier run's did, and step {} ({}), edited since that run, was made as it says now: the rows this step kept were made from what step {} made before the edit, so they are not put back, and the run stopped here, nothing more written. Edit this step too (it is then made as it says now), or start the plan over with `batchsse checkpoint clear`",
+        e.index + 1,
+        quoted(&e.name),
+        e.index + 1
+    )
 }
 
 fn remade_otherwise(r: &Runner<'_>, step: &Step) -> String {

@@ -458,9 +458,6 @@ impl<'c> Recorder<'c> {
         }
     }
 
-    /// Whether the work wrote a table no TEMP trigger stages: one a
-    /// trigger added since the check before the run writes (see
-    /// [`Guard`]). An error when that table cannot be recorded at all.
     /// The rows staged so far (see [`triggers`]): written by the TEMP
     /// triggers while the step's statements run, so counted in SQLite's
     /// `total_changes()` beside the step's own; 0 where nothing is staged.
@@ -480,6 +477,9 @@ impl<'c> Recorder<'c> {
         Ok(top.max(0) as u64)
     }
 
+    /// Whether the work wrote a table no TEMP trigger stages: one a
+    /// trigger added since the check before the run writes (see
+    /// [`Guard`]). An error when that table cannot be recorded at all.
     fn staged_too_few(&self) -> rusqlite::Result<bool> {
         let (Some(guard), Mode::Staged(staged)) = (&self.guard, &*self.mode.borrow()) else {
             return Ok(false);
