@@ -119,34 +119,44 @@ fn is_ours(conn: &Connection) -> Result<bool, UsageError> {
 /// Refuses probe tables a run cannot write (see
 /// [`super::walk_probe::not_ours`]), nothing run.
 fn refuse_foreign_probes(conn: &Connection) -> Result<(), UsageError> {
-    let why = super::walk_probe::not_ours(conn).map_err(|e| {
-        UsageError::new(format!(
-            "cannot read the walk's probe tables: {}",
-            super::db::run_time_message(conn, &e)
-        ))
-    })?;
-    match why {
-        None => Ok(()),
-        Some(why) => Err(UsageError::new(format!(
-            "{why}: batchsse keeps a row there for each step that walks a table by its bare rowid, beside the checkpoint, and the run would fail on it. Nothing was run. Give it another name, or drop it if it holds nothing you need; or pass --no-checkpoint to run without a checkpoint"
-        ))),
-    }
+    refuse_foreign(
+        conn,
+        super::walk_probe::not_ours(conn),
+        "the walk's probe tables",
+        "a row there for each step that walks a table by its bare rowid,",
+    )
 }
 
 /// Refuses a table of the rows TEMP-only steps keep that a run cannot
 /// write (see [`super::setup::kept::not_ours`]), nothing run.
 fn refuse_foreign_kept(conn: &Connection) -> Result<(), UsageError> {
-    let why = super::setup::kept::not_ours(conn).map_err(|e| {
+    refuse_foreign(
+        conn,
+        super::setup::kept::not_ours(conn),
+        super::setup::kept::TABLE,
+        "there the rows of the TEMP tables a step makes, for a resume to go on from them,",
+    )
+}
+
+/// Refuses one of batchsse's tables beside the checkpoint that is not as
+/// batchsse makes it (`why`, or the error reading `what`); `keeps` says
+/// what batchsse keeps in it.
+fn refuse_foreign(
+    conn: &Connection,
+    why: rusqlite::Result<Option<String>>,
+    what: &str,
+    keeps: &str,
+) -> Result<(), UsageError> {
+    let why = why.map_err(|e| {
         UsageError::new(format!(
-            "cannot read {}: {}",
-            super::setup::kept::TABLE,
+            "cannot read {what}: {}",
             super::db::run_time_message(conn, &e)
         ))
     })?;
     match why {
         None => Ok(()),
         Some(why) => Err(UsageError::new(format!(
-            "{why}: batchsse keeps there, beside the checkpoint, the rows of the TEMP tables a step makes, for a resume to go on from them, and the run would fail on it. Nothing was run. Give it another name, or drop it if it holds nothing you need; or pass --no-checkpoint to run without a checkpoint"
+            "{why}: batchsse keeps {keeps} beside the checkpoint, and the run would fail on it. Nothing was run. Give it another name, or drop it if it holds nothing you need; or pass --no-checkpoint to run without a checkpoint"
         ))),
     }
 }
