@@ -654,7 +654,12 @@ impl<'a> Checkpoint<'a> {
                 changed as i64
             ])?;
         if !step.temp_only {
-            super::setup::kept::forget_written(self.conn, &self.plan.name, &step.writes)?;
+            super::setup::kept::forget_written(
+                self.conn,
+                &self.plan.name,
+                step.index,
+                &step.writes,
+            )?;
         }
         // The rows the plan's TEMP-only steps kept are for a resume: once
         // its last step is done there is none.

@@ -266,7 +266,7 @@ fn fill(
         l.names()
     ))?;
     let mut parts = conn.prepare_cached(
-        "SELECT rows FROM batchsse_setup WHERE plan = ?1 AND step = ?2 AND tbl = ?3 ORDER BY part",
+        "SELECT rows FROM batchsse_setup WHERE plan = ?1 AND step = ?2 AND tbl = ?3 AND part >= 0 ORDER BY part",
     )?;
     let mut read = parts.query(params![plan, step as i64, table])?;
     let mut count = 0;
@@ -290,13 +290,20 @@ fn damaged(table: &str) -> rusqlite::Error {
 }
 
 /// Removes what `plan` kept of the TEMP tables among `writes` (a step's,
-/// as [`crate::plan::Step::writes`] names them): a step that writes the
-/// file is not done again on a resume, so what it changed in a TEMP table
-/// an earlier TEMP-only step made is not in the rows that step kept, and
-/// put back they would lead the rest of the plan astray (a row the step
-/// took off a to-do list back on it). Forgotten, a resume whose TEMP-only
-/// step makes other rows stops there instead.
-pub fn forget_written(conn: &Connection, plan: &str, writes: &[String]) -> rusqlite::Result<()> {
+/// as [`crate::plan::Step::writes`] names them), leaving in its place a
+/// note that step `writer` changed the table (part [`CHANGED`]). A step
+/// that writes the file is not done again on a resume, so what it changed
+/// in a TEMP table an earlier TEMP-only step made is in neither the rows
+/// that step kept nor in the table made again: put back or made again,
+/// the table would lead the rest of the plan astray (a row the step took
+/// off a to-do list back on it). The note stops such a resume at the
+/// TEMP-only step (see [`changed_by`]).
+pub fn forget_written(
+    conn: &Connection,
+    plan: &str,
+    writer: usize,
+    writes: &[String],
+) -> rusqlite::Result<()> {
     let mut temp = writes
         .iter()
         .filter_map(|w| w.split_once(OTHER_SCHEMA).filter(|(db, _)| *db == "temp"))
@@ -304,13 +311,49 @@ pub fn forget_written(conn: &Connection, plan: &str, writes: &[String]) -> rusql
     if temp.peek().is_none() || !table_exists(conn, TABLE)? {
         return Ok(());
     }
+    let note = encode([ValueRef::Integer(writer as i64)]);
     for (_, t) in temp {
         conn.prepare_cached(
-            "DELETE FROM batchsse_setup WHERE plan = ?1 AND tbl = ?2 COLLATE NOCASE",
+            "INSERT OR REPLACE INTO batchsse_setup (plan, step, tbl, part, columns, rows)
+             SELECT DISTINCT plan, step, tbl, ?3, X'', ?4 FROM batchsse_setup
+             WHERE plan = ?1 AND tbl = ?2 COLLATE NOCASE AND step < ?5",
         )?
-        .execute(params![plan, t])?;
+        .execute(params![plan, t, CHANGED, note, writer as i64])?;
+        conn.prepare_cached(
+            "DELETE FROM batchsse_setup WHERE plan = ?1 AND tbl = ?2 COLLATE NOCASE AND part >= 0 AND step < ?3",
+        )?
+        .execute(params![plan, t, writer as i64])?;
     }
     drop_if_empty(conn)
+}
+
+/// The part that notes a TEMP table changed by a later step that writes
+/// the file (see [`forget_written`]).
+const CHANGED: i64 = -1;
+
+/// The step that, as [`forget_written`] noted, changed a TEMP table step
+/// `step` of `plan` made, and that table; none where no such step did.
+pub fn changed_by(
+    conn: &Connection,
+    plan: &str,
+    step: usize,
+) -> rusqlite::Result<Option<(usize, String)>> {
+    if !table_exists(conn, TABLE)? {
+        return Ok(None);
+    }
+    let found: Option<(String, Vec<u8>)> = conn
+        .prepare_cached(
+            "SELECT tbl, rows FROM batchsse_setup WHERE plan = ?1 AND step = ?2 AND part = ?3 ORDER BY tbl LIMIT 1",
+        )?
+        .query_map(params![plan, step as i64, CHANGED], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .next()
+        .transpose()?;
+    Ok(
+        found.and_then(|(t, note)| match values(&note).ok()?.first()? {
+            crate::run::undo::codec::Val::Integer(w) => Some((usize::try_from(*w).ok()?, t)),
+            _ => None,
+        }),
+    )
 }
 
 /// Removes what `plan` kept (of its `step` only, if given), and the

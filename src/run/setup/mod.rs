@@ -79,6 +79,9 @@ pub(super) fn made(
     step: &Step,
     before: &Objects,
 ) -> rusqlite::Result<Result<Made, String>> {
+    if let Some((writer, table)) = kept::changed_by(r.conn, &r.plan.name, step.index)? {
+        return Ok(Err(changed_later(r, writer, &table)));
+    }
     let after = objects(r.conn)?;
     let digest = digest(before, &after);
     let keep = Some(tables_made(before, &after));
@@ -169,6 +172,21 @@ fn made_on_an_edit(r: &Runner<'_>, edited: usize) -> String {
         e.index + 1,
         quoted(&e.name),
         e.index + 1
+    )
+}
+
+/// Why a TEMP-only step stops on a resume where step `writer`, which
+/// writes the file too, changed its TEMP `table` in the earlier run.
+fn changed_later(r: &Runner<'_>, writer: usize, table: &str) -> String {
+    let w = r
+        .plan
+        .steps
+        .get(writer)
+        .map_or(String::new(), |w| quoted(&w.name));
+    format!(
+        "step {} ({w}), which also writes the file, changed the TEMP table {} this step made, in the earlier run: it is not done again on a resume, so the table, made again, would not hold that change, and the rest of the plan would go on from other rows. The run stopped here, nothing more written. Start the plan over (`batchsse checkpoint clear`, or --force) if its steps may be applied again; and give such a change to a TEMP table a TEMP-only step of its own",
+        writer + 1,
+        quoted(table)
     )
 }
 
