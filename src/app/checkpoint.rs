@@ -158,8 +158,15 @@ fn as_text(db: &str, records: &[Record]) -> String {
                 (Sql::Null, _) | (_, "done") => String::new(),
                 (key, _) => format!(" up to key {}", key_text(key)),
             };
+            let kept = match r.kept_bytes {
+                0 => String::new(),
+                n => format!(
+                    "; its TEMP tables' rows kept for a resume, {} bytes",
+                    thousands(n)
+                ),
+            };
             out += &format!(
-                "  step {} {}: {}{at}, {} row{} ({} changed), {}\n",
+                "  step {} {}: {}{at}, {} row{} ({} changed), {}{kept}\n",
                 r.step + 1,
                 quoted(&r.name),
                 r.state.as_str(),
@@ -188,6 +195,7 @@ fn as_json(db: &str, records: &[Record]) -> Value {
                         "done": r.done,
                         "changed": r.changed,
                         "updated_at": r.updated_at,
+                        "kept_bytes": r.kept_bytes,
                     })
                 })
                 .collect();

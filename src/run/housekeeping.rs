@@ -24,6 +24,9 @@ pub struct Record {
     pub changed: u64,
     /// UTC, ISO 8601, as SQLite wrote it.
     pub updated_at: String,
+    /// For a step that wrote only TEMP tables, the bytes of their rows
+    /// kept in the file for a resume (see `run::setup::kept`); else 0.
+    pub kept_bytes: u64,
 }
 
 /// Every row, by plan then step; empty when no run has recorded anything
@@ -51,9 +54,16 @@ pub fn records(conn: &Connection) -> Result<Vec<Record>, UsageError> {
                 done: r.get::<_, i64>(5)?.max(0) as u64,
                 changed: r.get::<_, i64>(6)?.max(0) as u64,
                 updated_at: r.get(7)?,
+                kept_bytes: 0,
             })
         })?;
-        rows.collect()
+        let mut all: Vec<Record> = rows.collect::<rusqlite::Result<_>>()?;
+        for (plan, step, bytes) in super::setup::kept::sizes(conn)? {
+            if let Some(r) = all.iter_mut().find(|r| r.plan == plan && r.step == step) {
+                r.kept_bytes = bytes;
+            }
+        }
+        Ok(all)
     };
     read().map_err(|e| {
         super::db::unreadable(

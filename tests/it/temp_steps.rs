@@ -28,6 +28,19 @@ fn go(db: &TempDb, plan: &serde_json::Value, size: &str) -> (i32, String, String
     ))
 }
 
+/// `n` with a comma between each three digits, as batchsse prints it.
+fn grouped(n: i64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 fn ours(db: &TempDb) -> String {
     db.query_text(
         "SELECT coalesce(group_concat(name), '') FROM sqlite_schema WHERE name LIKE 'batchsse_setup%'",
@@ -59,6 +72,21 @@ fn a_resumed_to_do_list_goes_on_from_the_rows_it_listed() {
         db.query_i64("SELECT count(*) FROM batchsse_setup") > 1,
         "kept in several parts"
     );
+    let kept = db.query_i64("SELECT sum(length(rows)) FROM batchsse_setup");
+    let dbp = path_str(&db.path);
+    let (code, out, err) = run(&["checkpoint", "list", "--db", dbp]);
+    assert_eq!(code, 0, "{err}");
+    let says = format!(
+        "its TEMP tables' rows kept for a resume, {} bytes",
+        grouped(kept)
+    );
+    assert!(out.contains(&says), "{says}: {out}");
+    let (code, out, err) = run(&["checkpoint", "list", "--db", dbp, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let steps = &listed["plans"][0]["steps"];
+    assert_eq!(steps[0]["kept_bytes"], kept, "{out}");
+    assert_eq!(steps[1]["kept_bytes"], 0, "{out}");
     db.conn().execute_batch("DELETE FROM flag").unwrap();
     let (code, _, err) = go(&db, &plan, "1000");
     assert_eq!(code, 0, "{err}");

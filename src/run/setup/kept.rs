@@ -327,6 +327,20 @@ pub fn forget_written(
     drop_if_empty(conn)
 }
 
+/// The bytes of rows each plan's steps keep: (plan, step, bytes).
+pub fn sizes(conn: &Connection) -> rusqlite::Result<Vec<(String, i64, u64)>> {
+    if !table_exists(conn, TABLE)? {
+        return Ok(Vec::new());
+    }
+    conn.prepare(
+        "SELECT plan, step, sum(length(rows)) FROM batchsse_setup WHERE part >= 0 GROUP BY plan, step",
+    )?
+    .query_map([], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)?.max(0) as u64))
+    })?
+    .collect()
+}
+
 /// The part that notes a TEMP table changed by a later step that writes
 /// the file (see [`forget_written`]).
 const CHANGED: i64 = -1;
