@@ -102,6 +102,8 @@ pub fn first_argument(pid: u32) -> Option<String> {
 /// `writing`: only descriptors of the file itself open for writing.
 #[cfg(target_os = "linux")]
 fn proc_scan(path: &Path, writing: bool) -> Option<Vec<(u32, String)>> {
+    #[cfg(test)]
+    let _alone = SPAWNING.lock().unwrap_or_else(|p| p.into_inner());
     let procs = std::fs::read_dir("/proc").ok()?;
     let Ok(db) = std::fs::canonicalize(path) else {
         return Some(Vec::new());
@@ -557,6 +559,22 @@ async fn maybe<F: Future<Output = Option<()>>>(f: Option<F>) -> Option<()> {
     }
 }
 
+/// In the unit tests, a process a test spawns holds, until it has
+/// exec'd, a copy of every file the test process has open (the databases
+/// of other tests included), and a look for other processes holding a
+/// file, taken meanwhile, would see it there: tests spawn through
+/// [`spawn_alone`], and looks wait for it.
+#[cfg(test)]
+static SPAWNING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Spawns `cmd` while no look for other processes holding a file runs
+/// (see [`SPAWNING`]); `spawn` returns once the child has exec'd.
+#[cfg(test)]
+pub(crate) fn spawn_alone(cmd: &mut std::process::Command) -> std::io::Result<std::process::Child> {
+    let _alone = SPAWNING.lock().unwrap_or_else(|p| p.into_inner());
+    cmd.spawn()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -565,9 +583,7 @@ mod tests {
     #[test]
     fn this_process_is_alive_and_a_reaped_child_is_not() {
         assert!(process_alive(std::process::id()));
-        let mut child = std::process::Command::new("true")
-            .spawn()
-            .expect("spawn true");
+        let mut child = spawn_alone(&mut std::process::Command::new("true")).expect("spawn true");
         let pid = child.id();
         child.wait().expect("wait");
         assert!(!process_alive(pid));
@@ -583,13 +599,14 @@ mod tests {
         let _mine = std::fs::File::open(&db).expect("open");
         assert_eq!(open_by_others(&db), Sight::Seen(Vec::new()));
         // `sleep` holds the journal open on descriptor 3 until killed.
-        let mut holder = std::process::Command::new("sh")
-            .arg("-c")
-            .arg("exec 3<\"$1\"; exec sleep 30")
-            .arg("sh")
-            .arg(dir.path().join("shop.sqlite-journal"))
-            .spawn()
-            .expect("spawn sh");
+        let mut holder = spawn_alone(
+            std::process::Command::new("sh")
+                .arg("-c")
+                .arg("exec 3<\"$1\"; exec sleep 30")
+                .arg("sh")
+                .arg(dir.path().join("shop.sqlite-journal")),
+        )
+        .expect("spawn sh");
         let pid = holder.id();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let seen = loop {

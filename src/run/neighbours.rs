@@ -324,13 +324,14 @@ for sql in sys.argv[2].split(';'):
 print('ready', flush=True)
 sys.stdin.read()
 "#;
-        let spawned = Command::new("python3")
-            .args(["-c", script])
-            .arg(path)
-            .arg(sql)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn();
+        let spawned = crate::platform::spawn_alone(
+            Command::new("python3")
+                .args(["-c", script])
+                .arg(path)
+                .arg(sql)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped()),
+        );
         let Ok(mut child) = spawned else {
             assert!(std::env::var_os("CI").is_none(), "python3 is needed");
             eprintln!("skipped: no python3 to hold a connection open");
@@ -439,13 +440,13 @@ sys.stdin.read()
         let (_dir, path, _c) = db(false);
         // A child that opens the file only when told to.
         let script = "import sqlite3, sys\nsys.stdin.readline()\nc = sqlite3.connect(sys.argv[1])\nc.execute('SELECT 1').fetchall()\nprint('ready', flush=True)\nsys.stdin.read()\n";
-        let Ok(mut child) = Command::new("python3")
-            .args(["-c", script])
-            .arg(&path)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-        else {
+        let Ok(mut child) = crate::platform::spawn_alone(
+            Command::new("python3")
+                .args(["-c", script])
+                .arg(&path)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped()),
+        ) else {
             assert!(std::env::var_os("CI").is_none(), "python3 is needed");
             return;
         };
