@@ -139,7 +139,7 @@ pub fn keep(
     for t in tables {
         match layout(conn, t)? {
             Some(l) => laid.push((t, l)),
-            None => return Ok(()),
+            None => return not_kept(conn, (plan, step), tables),
         }
     }
     if !laid.is_empty() {
@@ -147,6 +147,25 @@ pub fn keep(
     }
     for (t, l) in laid {
         keep_table(conn, (plan, step as i64), t, &l, between)?;
+    }
+    Ok(())
+}
+
+/// Notes that step `step` of `plan` made the TEMP `tables` but kept none
+/// of their rows (part [`NOT_KEPT`]): a later step that writes the file
+/// and changes one of them must still leave its note (see
+/// [`forget_written`]), which it finds by what was kept of the table.
+fn not_kept(
+    conn: &Connection,
+    (plan, step): (&str, usize),
+    tables: &[String],
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(CREATE)?.execute([])?;
+    for t in tables {
+        conn.prepare_cached(
+            "INSERT INTO batchsse_setup (plan, step, tbl, part, columns, rows) VALUES (?1, ?2, ?3, ?4, X'', X'')",
+        )?
+        .execute(params![plan, step as i64, t, NOT_KEPT])?;
     }
     Ok(())
 }
@@ -344,6 +363,10 @@ pub fn sizes(conn: &Connection) -> rusqlite::Result<Vec<(String, i64, u64)>> {
 /// The part that notes a TEMP table changed by a later step that writes
 /// the file (see [`forget_written`]).
 const CHANGED: i64 = -1;
+
+/// The part that notes a TEMP table whose rows the step made but could
+/// not keep (see [`not_kept`]).
+const NOT_KEPT: i64 = -2;
 
 /// The step that, as [`forget_written`] noted, changed a TEMP table step
 /// `step` of `plan` made, and that table; none where no such step did.
