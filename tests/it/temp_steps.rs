@@ -498,3 +498,59 @@ fn a_temp_table_not_kept_that_a_later_step_changed_stops_the_resume() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(ours(&db), "", "the note goes with the checkpoint");
 }
+
+/// An undo that takes back the step that changed a TEMP table, while an
+/// earlier step it cannot take back ("undo": false) keeps the TEMP-only
+/// step checkpointed: the note that step left stayed, and running the
+/// plan again failed at the TEMP-only step, saying the step taken back
+/// "is not done again on a resume". It is done again: the run finishes.
+/// Where the step left in place changed the table too, its change is
+/// still noted, and the run stops.
+#[test]
+fn a_note_goes_with_an_undo_of_the_step_that_left_it() {
+    for also in ["", "; DELETE FROM todo WHERE id = 1"] {
+        let db = orders(10, 7);
+        let plan = serde_json::json!({"name": "held", "steps": [
+            {"sql": "CREATE TEMP TABLE todo AS SELECT id FROM orders WHERE id % 2 = 1"},
+            {"sql": format!("UPDATE orders SET tag = 'x' WHERE id = 2{also}"), "undo": false},
+            {"sql": "UPDATE orders SET tag = 'held' WHERE id = 9; DELETE FROM todo WHERE id = 9"},
+            {"sql": "UPDATE orders SET status = 'done' WHERE id IN (SELECT id FROM todo) AND id BETWEEN :lo AND :hi",
+             "chunk": {"table": "orders", "size": 3}},
+        ]});
+        let path = db.file("plan.json", &plan.to_string());
+        let args = run_args(
+            &db,
+            path_str(&path),
+            &["--no-serve", "--undo", "--batch-size", "3"],
+        );
+        let (code, _, err) = run(&args);
+        assert_eq!(code, 1, "{also}: {err}");
+        let dbp = path_str(&db.path);
+        let (code, _, err) = run(&["undo", "--db", dbp, "--plan", "held", "--no-serve"]);
+        assert_eq!(code, 0, "{also}: {err}");
+        assert_eq!(
+            db.query_text("SELECT group_concat(coalesce(tag, '-') || status) FROM orders"),
+            "-pending,xnew,-pending,-new,-pending,-new,-pending,-new,-pending,-new",
+            "{also}: taken back down to step 2: {err}"
+        );
+        db.conn().execute_batch("DELETE FROM flag").unwrap();
+        let (code, _, err) = run(&args);
+        if also.is_empty() {
+            assert_eq!(code, 0, "{err}");
+            assert_eq!(
+                db.query_text(
+                    "SELECT group_concat(id || status) FROM orders WHERE tag IS 'held' OR status = 'pending'"
+                ),
+                "9pending",
+                "{err}"
+            );
+            assert_eq!(ours(&db), "");
+        } else {
+            assert_eq!(code, 1, "{also}: {err}");
+            assert!(
+                err.contains("step 2 (") && err.contains("changed the TEMP table \"todo\""),
+                "{also}: {err}"
+            );
+        }
+    }
+}
