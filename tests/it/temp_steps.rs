@@ -554,3 +554,36 @@ fn a_note_goes_with_an_undo_of_the_step_that_left_it() {
         }
     }
 }
+
+/// An `expect` of a TEMP-only step held for the rows the stopped run
+/// made; made again on a resume the to-do list has lost the rows done,
+/// and the `expect`, checked on that before the stopped run's rows were
+/// put back, failed the resume every time. Where they are put back, the
+/// step leaves the rows its `expect` held for, so the resume goes on
+/// (here one transaction, `--atomic`, too).
+#[test]
+fn an_expect_of_a_temp_step_does_not_fail_the_resume_that_puts_its_rows_back() {
+    for extra in [&[][..], &["--atomic"][..]] {
+        let db = orders(10, 7);
+        let plan = serde_json::json!({"name": "exp", "steps": [
+            {"sql": "CREATE TEMP TABLE todo AS SELECT id FROM orders WHERE status = 'pending'",
+             "expect": "SELECT count(*) = 5 FROM todo"},
+            {"sql": "UPDATE orders SET status = 'done' WHERE id IN (SELECT id FROM todo) AND id BETWEEN :lo AND :hi",
+             "chunk": {"table": "orders", "size": 3}},
+        ]});
+        let (code, _, err) = go(&db, &plan, "3");
+        assert_eq!(code, 1, "{err}");
+        db.conn().execute_batch("DELETE FROM flag").unwrap();
+        let path = db.file("plan.json", &plan.to_string());
+        let mut args = run_args(&db, path_str(&path), &["--no-serve", "--batch-size", "3"]);
+        args.extend_from_slice(extra);
+        let (code, _, err) = run(&args);
+        assert_eq!(code, 0, "{extra:?}: {err}");
+        assert!(err.contains("were put back"), "{extra:?}: {err}");
+        assert_eq!(
+            db.query_i64("SELECT count(*) FROM orders WHERE status = 'pending'"),
+            0,
+            "{extra:?}"
+        );
+    }
+}

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use rusqlite::Connection;
 use rusqlite::types::ValueRef;
 
-use super::Runner;
+use super::{Runner, StepError};
 use super::undo::codec::{encode, print};
 use crate::events::Level;
 use crate::human::quoted;
@@ -48,26 +48,47 @@ pub(super) struct Made {
     keep: Option<Vec<String>>,
     /// The digest the checkpoint held when the step ran, for [`unmoved`].
     seen: Option<i64>,
+    /// The earlier run's rows were put back in place of those made.
+    put_back: bool,
 }
 
-/// Records `step` done, in its transaction; for a TEMP-only step (whose
-/// TEMP schema was `before` it ran) as [`made`] and [`record`] do. Made
-/// otherwise: why the step fails (its transaction rolled back, so the
-/// earlier digest and rows stay for the next try).
+/// What is left of a TEMP-only step's failed `expected`ations once
+/// [`made`] made `m`: nothing where the earlier run's rows were put back.
+/// They failed on the rows made again for the resume (a to-do list less
+/// the rows done), which are gone; the rows put back are those they held
+/// for, as the digest the step's checkpoint row names, written once they
+/// held, says.
+pub(super) fn checked(m: &Made, expected: Result<(), StepError>) -> Result<(), StepError> {
+    match m.put_back {
+        true => Ok(()),
+        false => expected,
+    }
+}
+
+/// Records `step` done, in its transaction, if its `expected`ations
+/// held; for a TEMP-only step (whose TEMP schema was `before` it ran) as
+/// [`made`], [`checked`] and [`record`] do. Otherwise: why the step fails
+/// (its transaction rolled back, so the earlier digest and rows stay for
+/// the next try).
 pub(super) fn step_done(
     r: &Runner<'_>,
     step: &Step,
     changed: u64,
-    before: Option<Objects>,
-) -> rusqlite::Result<Option<String>> {
+    (before, expected): (Option<Objects>, Result<(), StepError>),
+) -> rusqlite::Result<Result<(), StepError>> {
     let Some(before) = before else {
-        r.checkpoint.step_done(step, changed, changed)?;
-        return Ok(None);
+        if expected.is_ok() {
+            r.checkpoint.step_done(step, changed, changed)?;
+        }
+        return Ok(expected);
     };
-    match made(r, step, &before)? {
-        Ok(m) => record(r, step, changed, m, &mut || Ok(())).map(|()| None),
-        Err(why) => Ok(Some(why)),
-    }
+    Ok(match made(r, step, &before)? {
+        Ok(m) => match checked(&m, expected) {
+            Ok(()) => Ok(record(r, step, changed, m, &mut || Ok(()))?),
+            failed => failed,
+        },
+        Err(why) => expected.and(Err(StepError::Sql(why))),
+    })
 }
 
 /// What the TEMP-only `step` made, its TEMP schema having been `before`
@@ -91,12 +112,18 @@ pub(super) fn made(
             if r.made_anew.get().is_none() {
                 r.made_anew.set(Some(step.index));
             }
-            Made { digest, keep, seen }
+            Made {
+                digest,
+                keep,
+                seen,
+                put_back: false,
+            }
         }
         Some(was) if was == digest => Made {
             digest,
             keep: None,
             seen,
+            put_back: false,
         },
         Some(_) if let Some(edited) = r.made_anew.get() => {
             return Ok(Err(made_on_an_edit(r, edited)));
@@ -108,6 +135,7 @@ pub(super) fn made(
                     digest: was,
                     keep: None,
                     seen,
+                    put_back: true,
                 }
             }
             _ => return Ok(Err(remade_otherwise(r, step))),
