@@ -587,3 +587,48 @@ fn an_expect_of_a_temp_step_does_not_fail_the_resume_that_puts_its_rows_back() {
         );
     }
 }
+
+/// A run killed while it writes the rows its first TEMP-only step keeps
+/// (a part a transaction, the step's checkpoint row last) leaves parts in
+/// `batchsse_setup` and no checkpoint: `checkpoint clear`, by plan or
+/// whole, said there was none to clear and left them in the file. They
+/// are cleared with the plan's checkpoint.
+#[test]
+fn rows_kept_by_a_run_killed_before_its_first_checkpoint_are_cleared() {
+    for which in ["--all", "--plan"] {
+        let db = TempDb::with_sql("PRAGMA journal_mode = WAL; CREATE TABLE t(id INTEGER PRIMARY KEY);");
+        // About 40 MB of rows, kept in 160 parts: the kill lands long
+        // before the last one.
+        let plan = serde_json::json!({"name": "big", "steps": [
+            {"sql": "CREATE TEMP TABLE todo AS WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 400000)
+                     SELECT i, randomblob(100) AS b FROM s"},
+            {"sql": "UPDATE t SET id = id"},
+        ]});
+        let path = db.file("plan.json", &plan.to_string());
+        let p = Proc::start(&run_args(&db, path_str(&path), &["--no-serve"]));
+        let watch = db.conn();
+        let kept = "SELECT count(*) FROM sqlite_schema WHERE name = 'batchsse_setup'
+                    AND (SELECT count(*) FROM batchsse_setup) > 0";
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while watch.query_row(kept, [], |r| r.get::<_, i64>(0)).unwrap_or(0) == 0 {
+            assert!(std::time::Instant::now() < deadline, "no part kept");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        p.signal("KILL");
+        drop(p);
+        assert_eq!(
+            db.query_i64("SELECT count(*) FROM sqlite_schema WHERE name = 'batchsse_checkpoint'"),
+            0,
+            "killed before the step's checkpoint row"
+        );
+        let dbp = path_str(&db.path);
+        let mut args = vec!["checkpoint", "clear", "--db", dbp, which];
+        if which == "--plan" {
+            args.push("big");
+        }
+        let (code, out, err) = run(&args);
+        assert_eq!(code, 0, "{which}: {err}");
+        assert_eq!(ours(&db), "", "{which}: {out}");
+        assert!(out.contains("\"big\""), "{which}: {out}");
+    }
+}

@@ -417,6 +417,18 @@ fn set_writers(
     Ok(())
 }
 
+/// The plans that keep anything, by name: one may have no checkpoint row
+/// (a run stopped while it wrote the rows of its first step, the step's
+/// checkpoint row going last).
+pub fn plans(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+    if !table_exists(conn, TABLE)? {
+        return Ok(Vec::new());
+    }
+    conn.prepare("SELECT DISTINCT plan FROM batchsse_setup ORDER BY plan")?
+        .query_map([], |r| r.get(0))?
+        .collect()
+}
+
 /// The bytes of rows each plan's steps keep: (plan, step, bytes).
 pub fn sizes(conn: &Connection) -> rusqlite::Result<Vec<(String, i64, u64)>> {
     if !table_exists(conn, TABLE)? {
