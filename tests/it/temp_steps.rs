@@ -632,3 +632,30 @@ fn rows_kept_by_a_run_killed_before_its_first_checkpoint_are_cleared() {
         assert!(out.contains("\"big\""), "{which}: {out}");
     }
 }
+
+/// The TEMP tables of the user's whose names begin as batchsse's own
+/// (`batchsse…`) or as SQLite's (`sqlite` and any character, a LIKE's
+/// `_`) were left out of what a TEMP-only step made: not kept, made again
+/// with fewer rows on the resume, and the plan finished ok from those.
+#[test]
+fn temp_tables_named_like_batchsses_or_sqlites_own_are_kept() {
+    for t in ["batchsse_todo", "SQLiteTodo", "sqlite1"] {
+        let db = orders(10, 7);
+        let plan = serde_json::json!({"name": "named", "steps": [
+            {"sql": format!("CREATE TEMP TABLE {t} AS SELECT id FROM orders WHERE status = 'pending'")},
+            {"sql": format!("UPDATE orders SET status = 'done' WHERE id IN (SELECT id FROM {t}) AND id BETWEEN :lo AND :hi"),
+             "chunk": {"table": "orders", "size": 3}},
+            {"sql": format!("CREATE TABLE seen AS SELECT id FROM {t}")},
+        ]});
+        let (code, _, err) = go(&db, &plan, "3");
+        assert_eq!(code, 1, "{t}: {err}");
+        db.conn().execute_batch("DELETE FROM flag").unwrap();
+        let (code, _, err) = go(&db, &plan, "3");
+        assert_eq!(code, 0, "{t}: {err}");
+        assert_eq!(
+            db.query_text("SELECT group_concat(id) FROM seen"),
+            "1,3,5,7,9",
+            "{t}: the stopped run's list: {err}"
+        );
+    }
+}

@@ -20,6 +20,7 @@ use rusqlite::types::ValueRef;
 
 use super::{Runner, StepError};
 use super::undo::codec::{encode, print};
+use super::undo::is_own_temp;
 use crate::events::Level;
 use crate::human::quoted;
 use crate::plan::{Step, quote};
@@ -255,18 +256,20 @@ fn named((kind, name): &(String, String), what: &str) -> Vec<u8> {
     encode([kind, name, what].map(|t| ValueRef::Text(t.as_bytes())))
 }
 
-/// The TEMP schema's objects (batchsse's own left out), each with an
-/// order-free digest of its SQL and its rows.
+/// The TEMP schema's objects (batchsse's own and SQLite's left out, by
+/// their exact names: a user's may begin `batchsse` or `sqlite`), each
+/// with an order-free digest of its SQL and its rows.
 fn objects(conn: &Connection) -> rusqlite::Result<Objects> {
     let mut stmt = conn.prepare(
         "SELECT type, name, coalesce(sql, '') FROM temp.sqlite_schema
-         WHERE name NOT LIKE 'batchsse%' AND name NOT LIKE 'sqlite_%'",
+         WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\'",
     )?;
     let found: Vec<(String, String, String)> = stmt
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect::<Result<_, _>>()?;
     let mut all = Objects::new();
-    for (kind, name, sql) in found {
+    let theirs = found.into_iter().filter(|(_, n, _)| !is_own_temp(n));
+    for (kind, name, sql) in theirs {
         let mut d = print(&encode([ValueRef::Text(sql.as_bytes())]));
         if kind == "table" {
             d = d.rotate_left(7) ^ rows_digest(conn, &name)?;
@@ -311,7 +314,7 @@ mod tests {
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert_ne!(a, d);
-        conn.execute_batch("CREATE TEMP TABLE batchsse_undo_stage(v); CREATE TEMP TABLE other(v)")
+        conn.execute_batch("CREATE TEMP TABLE batchsse_stage(v); CREATE TEMP TABLE other(v)")
             .unwrap();
         let e = made("CREATE TEMP TABLE x(v); INSERT INTO x VALUES (1), ('two');");
         assert_eq!(
