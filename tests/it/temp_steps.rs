@@ -596,7 +596,8 @@ fn an_expect_of_a_temp_step_does_not_fail_the_resume_that_puts_its_rows_back() {
 #[test]
 fn rows_kept_by_a_run_killed_before_its_first_checkpoint_are_cleared() {
     for which in ["--all", "--plan"] {
-        let db = TempDb::with_sql("PRAGMA journal_mode = WAL; CREATE TABLE t(id INTEGER PRIMARY KEY);");
+        let db =
+            TempDb::with_sql("PRAGMA journal_mode = WAL; CREATE TABLE t(id INTEGER PRIMARY KEY);");
         // About 40 MB of rows, kept in 160 parts: the kill lands long
         // before the last one.
         let plan = serde_json::json!({"name": "big", "steps": [
@@ -610,7 +611,11 @@ fn rows_kept_by_a_run_killed_before_its_first_checkpoint_are_cleared() {
         let kept = "SELECT count(*) FROM sqlite_schema WHERE name = 'batchsse_setup'
                     AND (SELECT count(*) FROM batchsse_setup) > 0";
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while watch.query_row(kept, [], |r| r.get::<_, i64>(0)).unwrap_or(0) == 0 {
+        while watch
+            .query_row(kept, [], |r| r.get::<_, i64>(0))
+            .unwrap_or(0)
+            == 0
+        {
             assert!(std::time::Instant::now() < deadline, "no part kept");
             std::thread::sleep(std::time::Duration::from_millis(1));
         }

@@ -338,7 +338,9 @@ pub fn forget_written(
                 "SELECT DISTINCT step, tbl FROM batchsse_setup
                  WHERE plan = ?1 AND tbl = ?2 COLLATE NOCASE AND step < ?3",
             )?
-            .query_map(params![plan, t, writer as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .query_map(params![plan, t, writer as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
             .collect::<rusqlite::Result<_>>()?;
         for (step, tbl) in made {
             let mut by = writers(conn, (plan, step, &tbl))?;

@@ -18,9 +18,9 @@ use std::collections::BTreeMap;
 use rusqlite::Connection;
 use rusqlite::types::ValueRef;
 
-use super::{Runner, StepError};
 use super::undo::codec::{encode, print};
 use super::undo::is_own_temp;
+use super::{Runner, StepError};
 use crate::events::Level;
 use crate::human::quoted;
 use crate::plan::{Step, quote};
