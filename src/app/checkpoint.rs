@@ -51,6 +51,13 @@ fn clear(args: CheckpointClearArgs) -> anyhow::Result<ExitCode> {
         text += &format!("no checkpoint recorded in {db}; nothing to clear\n");
     }
     for (plan, steps) in &cleared.plans {
+        if *steps == 0 {
+            text += &format!(
+                "removed from {db} the rows of TEMP tables plan {} kept, with no step of it recorded (a run stopped while it kept them)\n",
+                quoted(plan)
+            );
+            continue;
+        }
         text += &format!(
             "removed the checkpoint of plan {} ({steps} step record{}) from {db}; its next run starts from the first step\n",
             quoted(plan),

@@ -87,7 +87,8 @@ pub enum Which<'a> {
 /// What `clear` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cleared {
-    /// Each plan removed, with how many step records it had.
+    /// Each plan removed, with how many step records it had (none for one
+    /// that had only rows of TEMP tables kept).
     pub plans: Vec<(String, usize)>,
     /// The table was empty afterwards, so it was dropped.
     pub dropped: bool,
@@ -124,6 +125,13 @@ pub fn clear(conn: &Connection, which: Which) -> Result<Cleared, UsageError> {
             _ => plans.push((r.plan.clone(), 1)),
         }
     }
+    // A plan whose run stopped while keeping its first step's TEMP rows
+    // has them and no step record: cleared with the rest.
+    for plan in super::setup::kept::plans(conn).map_err(failed)? {
+        if !plans.iter().any(|(p, _)| *p == plan) {
+            plans.push((plan, 0));
+        }
+    }
     let known = plans.clone();
     if let Which::Plan(name) = which {
         plans.retain(|(p, _)| p == name);
@@ -157,10 +165,12 @@ pub fn clear(conn: &Connection, which: Which) -> Result<Cleared, UsageError> {
 
 /// The undo records of the cleared plans go with their checkpoint: a plan
 /// that may run again from the start must not be taken back by an old
-/// record. Returns the runs removed.
+/// record. Returns the runs removed. A plan with no step record keeps
+/// them: it had no checkpoint to clear (a run with `--no-checkpoint` may
+/// have recorded them).
 fn clear_undo(conn: &Connection, plans: &[(String, usize)]) -> rusqlite::Result<usize> {
     let mut runs = 0;
-    for (plan, _) in plans {
+    for (plan, _) in plans.iter().filter(|(_, steps)| *steps > 0) {
         for run in super::undo::store::runs_of_plan(conn, plan)? {
             super::undo::store::remove_run(conn, &run)?;
             runs += 1;

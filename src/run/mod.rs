@@ -719,12 +719,9 @@ impl Runner<'_> {
             drop(tx);
             return self.plain_step(step);
         };
-        expected.map_err(|e| (e, none))?;
-        if let Some(why) =
-            setup::step_done(self, step, changed, before).map_err(|e| self.fail(e, none))?
-        {
-            return Err((StepError::Sql(why), none));
-        }
+        setup::step_done(self, step, changed, (before, expected))
+            .map_err(|e| self.fail(e, none))?
+            .map_err(|e| (e, none))?;
         if self.cancel.is_cancelled() {
             return Err((StepError::Cancelled, none));
         }
@@ -752,14 +749,16 @@ impl Runner<'_> {
             drop(tx);
             return self.temp_step(step);
         };
-        expected.map_err(|e| (e, none))?;
         let made = match before {
             Some(b) => Some(setup::made(self, step, &b).map_err(fail)?),
             None => None,
         };
-        let made = made
-            .transpose()
-            .map_err(|why| (StepError::Sql(why), none))?;
+        let made = match made {
+            Some(Ok(m)) => setup::checked(&m, expected).map(|()| Some(m)),
+            Some(Err(why)) => expected.and(Err(StepError::Sql(why))),
+            None => expected.map(|()| None),
+        }
+        .map_err(|e| (e, none))?;
         if self.cancel.is_cancelled() {
             return Err((StepError::Cancelled, none));
         }

@@ -18,7 +18,7 @@ use rusqlite::{Connection, params};
 
 use crate::plan::{OTHER_SCHEMA, quote};
 use crate::run::renumber::table_exists;
-use crate::run::undo::codec::{encode, put_value, values};
+use crate::run::undo::codec::{Val, encode, put_value, values};
 
 pub const TABLE: &str = "batchsse_setup";
 
@@ -139,7 +139,7 @@ pub fn keep(
     for t in tables {
         match layout(conn, t)? {
             Some(l) => laid.push((t, l)),
-            None => return Ok(()),
+            None => return not_kept(conn, (plan, step), tables),
         }
     }
     if !laid.is_empty() {
@@ -147,6 +147,25 @@ pub fn keep(
     }
     for (t, l) in laid {
         keep_table(conn, (plan, step as i64), t, &l, between)?;
+    }
+    Ok(())
+}
+
+/// Notes that step `step` of `plan` made the TEMP `tables` but kept none
+/// of their rows (part [`NOT_KEPT`]): a later step that writes the file
+/// and changes one of them must still leave its note (see
+/// [`forget_written`]), which it finds by what was kept of the table.
+fn not_kept(
+    conn: &Connection,
+    (plan, step): (&str, usize),
+    tables: &[String],
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(CREATE)?.execute([])?;
+    for t in tables {
+        conn.prepare_cached(
+            "INSERT INTO batchsse_setup (plan, step, tbl, part, columns, rows) VALUES (?1, ?2, ?3, ?4, X'', X'')",
+        )?
+        .execute(params![plan, step as i64, t, NOT_KEPT])?;
     }
     Ok(())
 }
@@ -297,7 +316,9 @@ fn damaged(table: &str) -> rusqlite::Error {
 /// that step kept nor in the table made again: put back or made again,
 /// the table would lead the rest of the plan astray (a row the step took
 /// off a to-do list back on it). The note stops such a resume at the
-/// TEMP-only step (see [`changed_by`]).
+/// TEMP-only step (see [`changed_by`]). It names every step that changed
+/// the table, so that an undo taking one of them back (see
+/// [`forget_writer`]) leaves the others' change noted.
 pub fn forget_written(
     conn: &Connection,
     plan: &str,
@@ -311,20 +332,103 @@ pub fn forget_written(
     if temp.peek().is_none() || !table_exists(conn, TABLE)? {
         return Ok(());
     }
-    let note = encode([ValueRef::Integer(writer as i64)]);
     for (_, t) in temp {
-        conn.prepare_cached(
-            "INSERT OR REPLACE INTO batchsse_setup (plan, step, tbl, part, columns, rows)
-             SELECT DISTINCT plan, step, tbl, ?3, X'', ?4 FROM batchsse_setup
-             WHERE plan = ?1 AND tbl = ?2 COLLATE NOCASE AND step < ?5",
-        )?
-        .execute(params![plan, t, CHANGED, note, writer as i64])?;
+        let made: Vec<(i64, String)> = conn
+            .prepare_cached(
+                "SELECT DISTINCT step, tbl FROM batchsse_setup
+                 WHERE plan = ?1 AND tbl = ?2 COLLATE NOCASE AND step < ?3",
+            )?
+            .query_map(params![plan, t, writer as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        for (step, tbl) in made {
+            let mut by = writers(conn, (plan, step, &tbl))?;
+            if !by.contains(&(writer as i64)) {
+                by.push(writer as i64);
+            }
+            set_writers(conn, (plan, step, &tbl), &by)?;
+        }
         conn.prepare_cached(
             "DELETE FROM batchsse_setup WHERE plan = ?1 AND tbl = ?2 COLLATE NOCASE AND part >= 0 AND step < ?3",
         )?
         .execute(params![plan, t, writer as i64])?;
     }
     drop_if_empty(conn)
+}
+
+/// Takes step `writer` of `plan` off the notes [`forget_written`] left,
+/// a note naming no other step with it: an undo took the step back, so a
+/// run of the plan does it again, and its change to the TEMP table with
+/// it. The rows kept of the table stay forgotten: a resume that makes
+/// other rows there stops, as where none were kept.
+pub fn forget_writer(conn: &Connection, plan: &str, writer: usize) -> rusqlite::Result<()> {
+    if !table_exists(conn, TABLE)? {
+        return Ok(());
+    }
+    let notes: Vec<(i64, String)> = conn
+        .prepare_cached("SELECT step, tbl FROM batchsse_setup WHERE plan = ?1 AND part = ?2")?
+        .query_map(params![plan, CHANGED], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (step, tbl) in notes {
+        let mut by = writers(conn, (plan, step, &tbl))?;
+        by.retain(|w| *w != writer as i64);
+        set_writers(conn, (plan, step, &tbl), &by)?;
+    }
+    drop_if_empty(conn)
+}
+
+/// The steps the note of (plan, step, table) names; none without one.
+fn writers(conn: &Connection, (plan, step, tbl): (&str, i64, &str)) -> rusqlite::Result<Vec<i64>> {
+    let note: Option<Vec<u8>> = conn
+        .prepare_cached(
+            "SELECT rows FROM batchsse_setup WHERE plan = ?1 AND step = ?2 AND tbl = ?3 AND part = ?4",
+        )?
+        .query_map(params![plan, step, tbl, CHANGED], |r| r.get(0))?
+        .next()
+        .transpose()?;
+    let vals = note.map_or(Ok(Vec::new()), |n| values(&n).map_err(|_| damaged(tbl)))?;
+    Ok(vals
+        .into_iter()
+        .filter_map(|v| match v {
+            Val::Integer(w) => Some(w),
+            _ => None,
+        })
+        .collect())
+}
+
+/// Writes the note of (plan, step, table) naming the steps `by`, or
+/// removes it where they are none.
+fn set_writers(
+    conn: &Connection,
+    (plan, step, tbl): (&str, i64, &str),
+    by: &[i64],
+) -> rusqlite::Result<()> {
+    if by.is_empty() {
+        conn.prepare_cached(
+            "DELETE FROM batchsse_setup WHERE plan = ?1 AND step = ?2 AND tbl = ?3 AND part = ?4",
+        )?
+        .execute(params![plan, step, tbl, CHANGED])?;
+        return Ok(());
+    }
+    let note = encode(by.iter().map(|w| ValueRef::Integer(*w)));
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO batchsse_setup (plan, step, tbl, part, columns, rows) VALUES (?1, ?2, ?3, ?4, X'', ?5)",
+    )?
+    .execute(params![plan, step, tbl, CHANGED, note])?;
+    Ok(())
+}
+
+/// The plans that keep anything, by name: one may have no checkpoint row
+/// (a run stopped while it wrote the rows of its first step, the step's
+/// checkpoint row going last).
+pub fn plans(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+    if !table_exists(conn, TABLE)? {
+        return Ok(Vec::new());
+    }
+    conn.prepare("SELECT DISTINCT plan FROM batchsse_setup ORDER BY plan")?
+        .query_map([], |r| r.get(0))?
+        .collect()
 }
 
 /// The bytes of rows each plan's steps keep: (plan, step, bytes).
@@ -345,6 +449,10 @@ pub fn sizes(conn: &Connection) -> rusqlite::Result<Vec<(String, i64, u64)>> {
 /// the file (see [`forget_written`]).
 const CHANGED: i64 = -1;
 
+/// The part that notes a TEMP table whose rows the step made but could
+/// not keep (see [`not_kept`]).
+const NOT_KEPT: i64 = -2;
+
 /// The step that, as [`forget_written`] noted, changed a TEMP table step
 /// `step` of `plan` made, and that table; none where no such step did.
 pub fn changed_by(
@@ -364,7 +472,7 @@ pub fn changed_by(
         .transpose()?;
     Ok(
         found.and_then(|(t, note)| match values(&note).ok()?.first()? {
-            crate::run::undo::codec::Val::Integer(w) => Some((usize::try_from(*w).ok()?, t)),
+            Val::Integer(w) => Some((usize::try_from(*w).ok()?, t)),
             _ => None,
         }),
     )

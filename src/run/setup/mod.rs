@@ -18,8 +18,9 @@ use std::collections::BTreeMap;
 use rusqlite::Connection;
 use rusqlite::types::ValueRef;
 
-use super::Runner;
 use super::undo::codec::{encode, print};
+use super::undo::is_own_temp;
+use super::{Runner, StepError};
 use crate::events::Level;
 use crate::human::quoted;
 use crate::plan::{Step, quote};
@@ -48,26 +49,47 @@ pub(super) struct Made {
     keep: Option<Vec<String>>,
     /// The digest the checkpoint held when the step ran, for [`unmoved`].
     seen: Option<i64>,
+    /// The earlier run's rows were put back in place of those made.
+    put_back: bool,
 }
 
-/// Records `step` done, in its transaction; for a TEMP-only step (whose
-/// TEMP schema was `before` it ran) as [`made`] and [`record`] do. Made
-/// otherwise: why the step fails (its transaction rolled back, so the
-/// earlier digest and rows stay for the next try).
+/// What is left of a TEMP-only step's failed `expected`ations once
+/// [`made`] made `m`: nothing where the earlier run's rows were put back.
+/// They failed on the rows made again for the resume (a to-do list less
+/// the rows done), which are gone; the rows put back are those they held
+/// for, as the digest the step's checkpoint row names, written once they
+/// held, says.
+pub(super) fn checked(m: &Made, expected: Result<(), StepError>) -> Result<(), StepError> {
+    match m.put_back {
+        true => Ok(()),
+        false => expected,
+    }
+}
+
+/// Records `step` done, in its transaction, if its `expected`ations
+/// held; for a TEMP-only step (whose TEMP schema was `before` it ran) as
+/// [`made`], [`checked`] and [`record`] do. Otherwise: why the step fails
+/// (its transaction rolled back, so the earlier digest and rows stay for
+/// the next try).
 pub(super) fn step_done(
     r: &Runner<'_>,
     step: &Step,
     changed: u64,
-    before: Option<Objects>,
-) -> rusqlite::Result<Option<String>> {
+    (before, expected): (Option<Objects>, Result<(), StepError>),
+) -> rusqlite::Result<Result<(), StepError>> {
     let Some(before) = before else {
-        r.checkpoint.step_done(step, changed, changed)?;
-        return Ok(None);
+        if expected.is_ok() {
+            r.checkpoint.step_done(step, changed, changed)?;
+        }
+        return Ok(expected);
     };
-    match made(r, step, &before)? {
-        Ok(m) => record(r, step, changed, m, &mut || Ok(())).map(|()| None),
-        Err(why) => Ok(Some(why)),
-    }
+    Ok(match made(r, step, &before)? {
+        Ok(m) => match checked(&m, expected) {
+            Ok(()) => Ok(record(r, step, changed, m, &mut || Ok(()))?),
+            failed => failed,
+        },
+        Err(why) => expected.and(Err(StepError::Sql(why))),
+    })
 }
 
 /// What the TEMP-only `step` made, its TEMP schema having been `before`
@@ -91,12 +113,18 @@ pub(super) fn made(
             if r.made_anew.get().is_none() {
                 r.made_anew.set(Some(step.index));
             }
-            Made { digest, keep, seen }
+            Made {
+                digest,
+                keep,
+                seen,
+                put_back: false,
+            }
         }
         Some(was) if was == digest => Made {
             digest,
             keep: None,
             seen,
+            put_back: false,
         },
         Some(_) if let Some(edited) = r.made_anew.get() => {
             return Ok(Err(made_on_an_edit(r, edited)));
@@ -108,6 +136,7 @@ pub(super) fn made(
                     digest: was,
                     keep: None,
                     seen,
+                    put_back: true,
                 }
             }
             _ => return Ok(Err(remade_otherwise(r, step))),
@@ -227,18 +256,20 @@ fn named((kind, name): &(String, String), what: &str) -> Vec<u8> {
     encode([kind, name, what].map(|t| ValueRef::Text(t.as_bytes())))
 }
 
-/// The TEMP schema's objects (batchsse's own left out), each with an
-/// order-free digest of its SQL and its rows.
+/// The TEMP schema's objects (batchsse's own and SQLite's left out, by
+/// their exact names: a user's may begin `batchsse` or `sqlite`), each
+/// with an order-free digest of its SQL and its rows.
 fn objects(conn: &Connection) -> rusqlite::Result<Objects> {
     let mut stmt = conn.prepare(
         "SELECT type, name, coalesce(sql, '') FROM temp.sqlite_schema
-         WHERE name NOT LIKE 'batchsse%' AND name NOT LIKE 'sqlite_%'",
+         WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\'",
     )?;
     let found: Vec<(String, String, String)> = stmt
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect::<Result<_, _>>()?;
     let mut all = Objects::new();
-    for (kind, name, sql) in found {
+    let theirs = found.into_iter().filter(|(_, n, _)| !is_own_temp(n));
+    for (kind, name, sql) in theirs {
         let mut d = print(&encode([ValueRef::Text(sql.as_bytes())]));
         if kind == "table" {
             d = d.rotate_left(7) ^ rows_digest(conn, &name)?;
@@ -283,7 +314,7 @@ mod tests {
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert_ne!(a, d);
-        conn.execute_batch("CREATE TEMP TABLE batchsse_undo_stage(v); CREATE TEMP TABLE other(v)")
+        conn.execute_batch("CREATE TEMP TABLE batchsse_stage(v); CREATE TEMP TABLE other(v)")
             .unwrap();
         let e = made("CREATE TEMP TABLE x(v); INSERT INTO x VALUES (1), ('two');");
         assert_eq!(

@@ -650,6 +650,7 @@ impl Undoer<'_> {
         if let (false, Ok(step)) = (left, usize::try_from(c.step)) {
             crate::run::walk_probe::forget(self.conn, plan, Some(step))?;
             crate::run::setup::kept::forget(self.conn, plan, Some(step))?;
+            crate::run::setup::kept::forget_writer(self.conn, plan, step)?;
         }
         Ok(())
     }

@@ -29,7 +29,7 @@ mod spill;
 pub mod store;
 
 pub use guard::Guard;
-pub use record::{Hook, Recorder};
+pub use record::{Hook, Recorder, is_own_temp};
 
 /// Whether runs are recorded through SQLite's pre-update hook: in builds
 /// that have it, unless `BATCHSSE_UNDO_HOOK=off` asks for the ways a build

@@ -837,6 +837,22 @@ fn pack_staged_row(
     Ok(())
 }
 
+/// Whether `name` is one of the TEMP objects the record makes while a
+/// step runs: the staging table ([`stage_name`]) and the triggers that
+/// fill it ([`triggers`]). A TEMP-only step's digest leaves them out
+/// (`run::setup`), and only them: a TEMP table of the user's named
+/// `batchsse_todo` is the step's.
+pub fn is_own_temp(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    let numbered = |rest: &str| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit());
+    name == "batchsse_stage"
+        || name.strip_prefix("batchsse_stage_").is_some_and(numbered)
+        || name
+            .strip_prefix("batchsse_undo_")
+            .and_then(|r| r.strip_prefix(['i', 'd', 'u', 'm']))
+            .is_some_and(numbered)
+}
+
 /// A name for the TEMP staging table that no table or view of another
 /// schema has: a TEMP table hides one of its name from the step's own SQL,
 /// which would read or write the staging table instead.
