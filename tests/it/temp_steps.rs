@@ -20,12 +20,40 @@ fn orders(n: u64, stop_at: u64) -> TempDb {
 }
 
 fn go(db: &TempDb, plan: &serde_json::Value, size: &str) -> (i32, String, String) {
+    go_with(db, plan, size, &[])
+}
+
+/// [`go`] with more flags.
+fn go_with(
+    db: &TempDb,
+    plan: &serde_json::Value,
+    size: &str,
+    extra: &[&str],
+) -> (i32, String, String) {
     let path = db.file("plan.json", &plan.to_string());
-    run(&run_args(
-        db,
-        path_str(&path),
-        &["--no-serve", "--batch-size", size],
-    ))
+    let mut args = run_args(db, path_str(&path), &["--no-serve", "--batch-size", size]);
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+/// Checks a resume that put the stopped run's rows back and finished
+/// with every pending order done.
+fn resumed_whole(db: &TempDb, (code, _, err): (i32, String, String)) {
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("were put back"), "{err}");
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM orders WHERE status = 'pending'"),
+        0,
+        "{err}"
+    );
+}
+
+/// Runs `plan` until the `orders` trigger stops it (exit 1), then lets
+/// the row it stopped at through: what a resume goes on from.
+fn stop(db: &TempDb, plan: &serde_json::Value, size: &str) {
+    let (code, _, err) = go(db, plan, size);
+    assert_eq!(code, 1, "the trigger stops the run: {err}");
+    db.conn().execute_batch("DELETE FROM flag").unwrap();
 }
 
 /// `n` with a comma between each three digits, as batchsse prints it.
@@ -137,9 +165,7 @@ fn a_resumed_average_is_the_stopped_runs_unless_the_step_is_edited() {
                  "chunk": {"table": "t", "size": 3}},
             ]})
         };
-        let (code, _, err) = go(&db, &plan("avg(v) AS a FROM t"), "3");
-        assert_eq!(code, 1, "{err}");
-        db.conn().execute_batch("DELETE FROM flag").unwrap();
+        stop(&db, &plan("avg(v) AS a FROM t"), "3");
         let again = match edited {
             false => plan("avg(v) AS a FROM t"),
             true => plan("50.0 AS a"),
@@ -312,9 +338,7 @@ fn a_temp_table_a_later_step_changed_stops_the_resume() {
             {"sql": "UPDATE orders SET status = 'done' WHERE id IN (SELECT id FROM todo) AND id BETWEEN :lo AND :hi",
              "chunk": {"table": "orders", "size": 3}},
         ]});
-        let (code, _, err) = go(&db, &plan, "3");
-        assert_eq!(code, 1, "{todo}: {err}");
-        db.conn().execute_batch("DELETE FROM flag").unwrap();
+        stop(&db, &plan, "3");
         let statuses = "SELECT group_concat(status) FROM orders";
         let stopped = db.query_text(statuses);
         let (code, _, err) = go(&db, &plan, "3");
@@ -355,9 +379,7 @@ fn rows_kept_after_a_step_edited_since_are_not_put_back() {
              "chunk": {"table": "orders", "size": 3}},
         ]})
     };
-    let (code, _, err) = go(&db, &plan("status = 'pending'"), "3");
-    assert_eq!(code, 1, "{err}");
-    db.conn().execute_batch("DELETE FROM flag").unwrap();
+    stop(&db, &plan("status = 'pending'"), "3");
     let (code, _, err) = go(&db, &plan("status = 'pending' AND id <> 9"), "3");
     assert_eq!(
         db.query_text("SELECT status FROM orders WHERE id = 9"),
@@ -394,17 +416,8 @@ fn kept_rows_of_temp_tables_that_refer_to_each_other_are_put_back() {
             {"sql": "UPDATE orders SET status = 'done' WHERE id IN (SELECT pid FROM c) AND id BETWEEN :lo AND :hi",
              "chunk": {"table": "orders", "size": 3}},
         ]});
-        let (code, _, err) = go(&db, &plan, "3");
-        assert_eq!(code, 1, "{action}: {err}");
-        db.conn().execute_batch("DELETE FROM flag").unwrap();
-        let (code, _, err) = go(&db, &plan, "3");
-        assert_eq!(code, 0, "{action}: {err}");
-        assert!(err.contains("were put back"), "{action}: {err}");
-        assert_eq!(
-            db.query_i64("SELECT count(*) FROM orders WHERE status = 'pending'"),
-            0,
-            "{action}"
-        );
+        stop(&db, &plan, "3");
+        resumed_whole(&db, go(&db, &plan, "3"));
     }
 }
 
@@ -474,9 +487,7 @@ fn a_temp_table_not_kept_that_a_later_step_changed_stops_the_resume() {
         {"sql": "UPDATE orders SET status = 'done' WHERE id IN (SELECT id FROM todo) AND id BETWEEN :lo AND :hi",
          "chunk": {"table": "orders", "size": 3}},
     ]});
-    let (code, _, err) = go(&db, &plan, "3");
-    assert_eq!(code, 1, "{err}");
-    db.conn().execute_batch("DELETE FROM flag").unwrap();
+    stop(&db, &plan, "3");
     let statuses = "SELECT group_concat(status) FROM orders";
     let stopped = db.query_text(statuses);
     let (code, _, err) = go(&db, &plan, "3");
@@ -571,20 +582,8 @@ fn an_expect_of_a_temp_step_does_not_fail_the_resume_that_puts_its_rows_back() {
             {"sql": "UPDATE orders SET status = 'done' WHERE id IN (SELECT id FROM todo) AND id BETWEEN :lo AND :hi",
              "chunk": {"table": "orders", "size": 3}},
         ]});
-        let (code, _, err) = go(&db, &plan, "3");
-        assert_eq!(code, 1, "{err}");
-        db.conn().execute_batch("DELETE FROM flag").unwrap();
-        let path = db.file("plan.json", &plan.to_string());
-        let mut args = run_args(&db, path_str(&path), &["--no-serve", "--batch-size", "3"]);
-        args.extend_from_slice(extra);
-        let (code, _, err) = run(&args);
-        assert_eq!(code, 0, "{extra:?}: {err}");
-        assert!(err.contains("were put back"), "{extra:?}: {err}");
-        assert_eq!(
-            db.query_i64("SELECT count(*) FROM orders WHERE status = 'pending'"),
-            0,
-            "{extra:?}"
-        );
+        stop(&db, &plan, "3");
+        resumed_whole(&db, go_with(&db, &plan, "3", extra));
     }
 }
 
@@ -652,9 +651,7 @@ fn temp_tables_named_like_batchsses_or_sqlites_own_are_kept() {
              "chunk": {"table": "orders", "size": 3}},
             {"sql": format!("CREATE TABLE seen AS SELECT id FROM {t}")},
         ]});
-        let (code, _, err) = go(&db, &plan, "3");
-        assert_eq!(code, 1, "{t}: {err}");
-        db.conn().execute_batch("DELETE FROM flag").unwrap();
+        stop(&db, &plan, "3");
         let (code, _, err) = go(&db, &plan, "3");
         assert_eq!(code, 0, "{t}: {err}");
         assert_eq!(
