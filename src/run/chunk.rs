@@ -437,11 +437,11 @@ fn execute(
     if let Some(f) = fence {
         f.reset();
     }
-    let before = r.writes_so_far(step)?;
+    let before = r.writes_so_far()?;
     let mut rows = work.query(named_params! {":lo": lo, ":hi": hi})?;
     while rows.next()?.is_some() {}
     drop(rows);
-    r.changed_since(before)
+    r.changed_since(step, before)
 }
 
 /// Counts the rows once, as the step begins. One query each: SQLite's fast

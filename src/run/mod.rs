@@ -112,12 +112,12 @@ enum StepError {
 }
 
 /// Where a connection's writes stood before a statement (see
-/// [`Runner::changed_since`]): the rows written so far, and for a step
-/// that writes a view, those of them the undo's TEMP triggers staged.
+/// [`Runner::changed_since`]): the rows written so far, and those of them
+/// the undo's TEMP triggers staged.
 #[derive(Clone, Copy)]
 struct Before {
     total: u64,
-    staged: Option<u64>,
+    staged: u64,
 }
 
 /// A step's rows so far: visited, to visit, changed.
@@ -910,30 +910,34 @@ impl Runner<'_> {
                     None,
                 ));
             }
-            let before = self.writes_so_far(step)?;
+            let before = self.writes_so_far()?;
             let mut rows = stmt.raw_query();
             while rows.next()?.is_some() {}
             drop(rows);
-            changed += self.changed_since(before)?;
+            changed += self.changed_since(step, before)?;
         }
         Ok(changed)
     }
 
-    /// Where the connection's writes stood before a statement of `step`,
+    /// Where the connection's writes stood before a statement,
     /// for [`Runner::changed_since`].
-    fn writes_so_far(&self, step: &Step) -> rusqlite::Result<Before> {
-        let staged = match (self.writes_a_view(step), &self.recorder) {
-            (false, _) => None,
-            (true, Some(rec)) => Some(rec.staged()?),
-            (true, None) => Some(0),
-        };
+    fn writes_so_far(&self) -> rusqlite::Result<Before> {
         Ok(Before {
             total: self.conn.total_changes(),
-            staged,
+            staged: self.staged()?,
         })
     }
 
-    /// The rows the statement just run changed, `before` being
+    /// The rows the undo's TEMP triggers staged so far (none but in a
+    /// build without the pre-update hook).
+    fn staged(&self) -> rusqlite::Result<u64> {
+        match &self.recorder {
+            Some(rec) => rec.staged(),
+            None => Ok(0),
+        }
+    }
+
+    /// The rows the statement of `step` just run changed, `before` being
     /// [`Runner::writes_so_far`] before it: SQLite's `changes()`, which
     /// leaves out what triggers and foreign-key actions wrote (nothing
     /// written counts 0: `changes()` keeps its old value after DDL). A
@@ -941,18 +945,20 @@ impl Runner<'_> {
     /// write them all, and SQLite counts none): in a step that writes a
     /// view, one that changed none itself counts every row written while
     /// it ran, but those the undo staged, or a step through a view would
-    /// report 0 rows and pass any `expect_changes` `max`.
-    fn changed_since(&self, before: Before) -> rusqlite::Result<u64> {
+    /// report 0 rows and pass any `expect_changes` `max`. Only such a
+    /// statement asks whether the step writes a view, after it ran: the
+    /// chunks of every other step ask nothing more of the schema.
+    fn changed_since(&self, step: &Step, before: Before) -> rusqlite::Result<u64> {
         let all = self.conn.total_changes().saturating_sub(before.total);
         let direct = self.conn.changes();
-        let Some(staged) = before.staged.filter(|_| all > 0 && direct == 0) else {
-            return Ok(if all == 0 { 0 } else { direct });
-        };
-        let staged_now = match &self.recorder {
-            Some(rec) => rec.staged()?,
-            None => 0,
-        };
-        Ok(all.saturating_sub(staged_now.saturating_sub(staged)))
+        if all == 0 {
+            return Ok(0);
+        }
+        if direct > 0 || !self.writes_a_view(step) {
+            return Ok(direct);
+        }
+        let staged = self.staged()?.saturating_sub(before.staged);
+        Ok(all.saturating_sub(staged))
     }
 
     /// Whether `step` writes a view, as the pre-run check saw (a view it
