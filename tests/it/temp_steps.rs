@@ -331,35 +331,51 @@ fn a_temp_step_lets_the_application_write_while_it_reads() {
 fn a_temp_table_a_later_step_changed_stops_the_resume() {
     for todo in ["status = 'pending'", "id % 2 = 1"] {
         let db = orders(10, 7);
-        let plan = serde_json::json!({"name": "held", "steps": [
-            {"sql": format!("CREATE TEMP TABLE todo AS SELECT id FROM orders WHERE {todo}")},
-            {"sql": "CREATE TABLE held(id); INSERT INTO held VALUES (9);
-                     DELETE FROM todo WHERE id IN (SELECT id FROM held)"},
-            {"sql": "UPDATE orders SET status = 'done' WHERE id IN (SELECT id FROM todo) AND id BETWEEN :lo AND :hi",
-             "chunk": {"table": "orders", "size": 3}},
-        ]});
-        stop(&db, &plan, "3");
-        let statuses = "SELECT group_concat(status) FROM orders";
-        let stopped = db.query_text(statuses);
-        let (code, _, err) = go(&db, &plan, "3");
-        assert_eq!(
-            db.query_text("SELECT status FROM orders WHERE id = 9"),
-            "pending",
-            "{todo}: the held order is left alone: {err}"
-        );
-        assert_eq!(code, 1, "{todo}: {err}");
-        assert!(
-            err.contains("step 2 (")
-                && err.contains("changed the TEMP table \"todo\" this step made")
-                && err.contains("Start the plan over"),
-            "{todo}: {err}"
-        );
-        assert_eq!(
-            db.query_text(statuses),
-            stopped,
-            "{todo}: nothing more written"
-        );
+        let plan = held(&format!(
+            "CREATE TEMP TABLE todo AS SELECT id FROM orders WHERE {todo}"
+        ));
+        let err = stops_for_the_held_order(&db, &plan, todo);
+        assert!(err.contains("Start the plan over"), "{todo}: {err}");
     }
+}
+
+/// A plan whose step 2, which writes the file, takes order 9 off the
+/// TEMP to-do list step 1 (`first`) made, and whose step 3 changes the
+/// orders on the list until the trigger stops it at order 7.
+fn held(first: &str) -> serde_json::Value {
+    serde_json::json!({"name": "held", "steps": [
+        {"sql": first},
+        {"sql": "CREATE TABLE held(id); INSERT INTO held VALUES (9);
+                 DELETE FROM todo WHERE id IN (SELECT id FROM held)"},
+        {"sql": "UPDATE orders SET status = 'done' WHERE id IN (SELECT id FROM todo) AND id BETWEEN :lo AND :hi",
+         "chunk": {"table": "orders", "size": 3}},
+    ]})
+}
+
+/// Stops [`held`]'s `plan`, resumes it, and checks the resume stopped at
+/// step 1 naming step 2, the held order and every other row as they
+/// were; the resume's stderr.
+fn stops_for_the_held_order(db: &TempDb, plan: &serde_json::Value, label: &str) -> String {
+    stop(db, plan, "3");
+    let statuses = "SELECT group_concat(status) FROM orders";
+    let stopped = db.query_text(statuses);
+    let (code, _, err) = go(db, plan, "3");
+    assert_eq!(
+        db.query_text("SELECT status FROM orders WHERE id = 9"),
+        "pending",
+        "{label}: the held order is left alone: {err}"
+    );
+    assert_eq!(code, 1, "{label}: {err}");
+    assert!(
+        err.contains("step 2 (") && err.contains("changed the TEMP table \"todo\" this step made"),
+        "{label}: {err}"
+    );
+    assert_eq!(
+        db.query_text(statuses),
+        stopped,
+        "{label}: nothing more written"
+    );
+    err
 }
 
 /// A TEMP-only step edited before a resume is made as it says now; the
@@ -478,30 +494,12 @@ fn a_temp_step_does_not_write_over_what_another_run_kept_meanwhile() {
 #[test]
 fn a_temp_table_not_kept_that_a_later_step_changed_stops_the_resume() {
     let db = orders(10, 7);
-    let plan = serde_json::json!({"name": "held", "steps": [
-        {"sql": "CREATE TEMP TABLE todo(id);
-                 CREATE TEMP TRIGGER todo_seen AFTER INSERT ON todo BEGIN SELECT 1; END;
-                 INSERT INTO todo SELECT id FROM orders WHERE id % 2 = 1"},
-        {"sql": "CREATE TABLE held(id); INSERT INTO held VALUES (9);
-                 DELETE FROM todo WHERE id IN (SELECT id FROM held)"},
-        {"sql": "UPDATE orders SET status = 'done' WHERE id IN (SELECT id FROM todo) AND id BETWEEN :lo AND :hi",
-         "chunk": {"table": "orders", "size": 3}},
-    ]});
-    stop(&db, &plan, "3");
-    let statuses = "SELECT group_concat(status) FROM orders";
-    let stopped = db.query_text(statuses);
-    let (code, _, err) = go(&db, &plan, "3");
-    assert_eq!(
-        db.query_text("SELECT status FROM orders WHERE id = 9"),
-        "pending",
-        "the held order is left alone: {err}"
+    let plan = held(
+        "CREATE TEMP TABLE todo(id);
+         CREATE TEMP TRIGGER todo_seen AFTER INSERT ON todo BEGIN SELECT 1; END;
+         INSERT INTO todo SELECT id FROM orders WHERE id % 2 = 1",
     );
-    assert_eq!(code, 1, "{err}");
-    assert!(
-        err.contains("step 2 (") && err.contains("changed the TEMP table \"todo\" this step made"),
-        "{err}"
-    );
-    assert_eq!(db.query_text(statuses), stopped, "nothing more written");
+    stops_for_the_held_order(&db, &plan, "not kept");
     let (code, _, err) = go(&db, &plan, "3");
     assert_eq!(code, 1, "stops again: {err}");
     let dbp = path_str(&db.path);
