@@ -198,16 +198,7 @@ fn main() {
                 .unwrap();
             assert_eq!(diff, 0, "batchsse and {} disagree", names[i]);
         }
-        println!(
-            "  round {}: {}",
-            round + 1,
-            names
-                .iter()
-                .zip(&t)
-                .map(|(n, s)| format!("{n} {s:.3} s"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+        println!("{}", round_line(round, &names, &t, 3));
         floor_ratios.push(t[3] / t[1]);
         for i in 0..names.len() {
             times[i].push(t[i]);

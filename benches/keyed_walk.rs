@@ -85,16 +85,7 @@ fn main() {
             (t[which], warned[which]) = timed(&db, &copy, plans.get(which).map(|p| p.as_path()));
             std::fs::remove_file(&copy).expect("remove");
         }
-        println!(
-            "  round {}: {}",
-            round + 1,
-            names
-                .iter()
-                .zip(&t)
-                .map(|(n, s)| format!("{n} {s:.2} s"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+        println!("{}", round_line(round, &names, &t, 2));
         for (i, s) in t.iter().enumerate() {
             times[i].push(*s);
         }

@@ -520,6 +520,17 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .expect("tokio runtime")
 }
 
+/// One round's line of an interleaved benchmark: each measure's name and
+/// time in seconds, with `decimals` places.
+pub fn round_line(round: usize, names: &[&str], secs: &[f64], decimals: usize) -> String {
+    let each: Vec<String> = names
+        .iter()
+        .zip(secs)
+        .map(|(n, s)| format!("{n} {s:.decimals$} s"))
+        .collect();
+    format!("  round {}: {}", round + 1, each.join(", "))
+}
+
 pub fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
