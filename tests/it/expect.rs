@@ -389,14 +389,15 @@ fn an_expect_answering_text_that_is_not_utf8_is_judged_as_sqlite_reads_it() {
 /// A statement on a view changes no row itself: its INSTEAD OF trigger
 /// writes them all, and SQLite's `changes()` counts none. Such a step
 /// said "0 rows changed", and an `expect_changes` `max` of 10 let it
-/// change 1,000 rows. It counts the rows its trigger wrote, plain or
-/// chunked, in a step of two statements too, and under `--undo` however
-/// the record is made (the TEMP triggers that stage it write rows of
-/// their own, which are not the step's). A step on a table whose trigger
-/// writes a log row and then skips the row (`RAISE(IGNORE)`) still
-/// changed none.
+/// change 1,000 rows. It counts the view rows it processed (here one row
+/// its trigger writes for each; `views.rs` has triggers that write more),
+/// plain or chunked, in a step of two statements too, and under `--undo`
+/// however the record is made (the TEMP triggers that stage it write rows
+/// of their own, which are not the step's). A step on a table whose
+/// trigger writes a log row and then skips the row (`RAISE(IGNORE)`)
+/// still changed none.
 #[test]
-fn a_step_through_a_view_counts_the_rows_its_trigger_wrote() {
+fn a_step_through_a_view_counts_its_view_rows() {
     let make = || {
         TempDb::with_sql(
             "CREATE TABLE t(id INTEGER PRIMARY KEY, v INT);
