@@ -280,6 +280,28 @@ impl Runner<'_> {
     }
 }
 
+/// Makes SQLite's `changes()` answer 0, as after a statement that changed
+/// no row, for the `expect` of a chunked step whose last chunk held none
+/// (or that had none to visit): no statement of the step ran in it, and
+/// `changes()` would answer for what batchsse wrote after the chunk
+/// before (its checkpoint). Only an INSERT, UPDATE or DELETE sets
+/// `changes()`, so a DELETE runs on a TEMP table made for it and dropped
+/// at once, which never reaches the file.
+pub(super) fn forget_changes(conn: &Connection) -> rusqlite::Result<()> {
+    let mut taken =
+        conn.prepare("SELECT 1 FROM temp.sqlite_schema WHERE name = ?1 COLLATE NOCASE")?;
+    let mut name = "batchsse_changes".to_owned();
+    for n in 2.. {
+        if !taken.exists([&name])? {
+            break;
+        }
+        name = format!("batchsse_changes_{n}");
+    }
+    conn.execute_batch(&format!(
+        "CREATE TEMP TABLE {name}(x); DELETE FROM temp.{name}; DROP TABLE temp.{name};"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
