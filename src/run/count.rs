@@ -6,7 +6,9 @@
 //! SQLite counts those with `PRAGMA count_changes`, which makes an INSERT,
 //! UPDATE or DELETE end with a row holding its count; it is turned on for
 //! one statement at a time, and only in a step that writes a view, so a
-//! step that writes only tables pays nothing more.
+//! step that writes only tables pays no more than one look at the schema
+//! as it begins (a plain one again after a statement that wrote nothing,
+//! which may have made a view), none a chunk.
 //!
 //! What `count_changes` counts (SQLite's insert.c, update.c, delete.c; the
 //! integration tests hold it to it): the top-level statement's rows only,
