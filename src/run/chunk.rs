@@ -4,8 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, OptionalExtension, Statement, named_params};
+use rusqlite::{Connection, OptionalExtension, Statement};
 
+use super::count::Shape;
 use super::fence::Fence;
 use super::tx::Tx;
 use super::{Counts, Runner, StepError, StepResult};
@@ -53,6 +54,7 @@ pub(super) fn run(r: &Runner<'_>, step: &Step, chunk: &Chunk, resume: &Resume) -
     if matches!(span.max, Key::Null) {
         // Nothing to visit; still record the step as applied.
         let tx = Tx::begin(r.conn, r.nested).map_err(|e| r.fail(e, c))?;
+        no_statement_ran(r, step).map_err(|e| r.fail(e, c))?;
         r.expectations(step, 0, true).map_err(|e| (e, c))?;
         r.checkpoint
             .step_done(step, 0, 0)
@@ -250,6 +252,7 @@ fn one_chunk(
         first.clone()
     };
     if rows == 0 {
+        no_statement_ran(r, step).map_err(fail)?;
         r.expectations(step, c.changed, true).map_err(|e| (e, c))?;
         r.checkpoint
             .step_done(step, c.done, c.changed)
@@ -257,10 +260,10 @@ fn one_chunk(
         r.commit(tx).map_err(fail)?;
         return Ok(None);
     }
-    let (work, fence) = (&mut walk.work, walk.fence.as_ref());
+    let (work, shape, fence) = (&mut walk.work, walk.shape, walk.fence.as_ref());
     let recorded = r
         .recorded(step, Some((&lo, &hi)), (c.changed, hi == *max), &mut || {
-            execute(r, step, work, fence, (&lo, &hi))
+            execute(r, step, (work, shape), fence, (&lo, &hi))
         })
         .map_err(|e| in_chunk(fail(e), walk.chunk, &first, &hi))?;
     let Some((changed, expected)) = recorded else {
@@ -290,6 +293,17 @@ fn one_chunk(
         changed,
         work,
     }))
+}
+
+/// Before the `expect` of a step whose last chunk held no rows, or that
+/// had none to visit: its statement did not run there, so `changes()`
+/// answers 0, as after a chunk that changed nothing, not for the
+/// checkpoint written after the chunk before (README, "expect").
+fn no_statement_ran(r: &Runner<'_>, step: &Step) -> rusqlite::Result<()> {
+    match step.expect.sql {
+        Some(_) => super::count::forget_changes(r.conn),
+        None => Ok(()),
+    }
 }
 
 /// Why a chunk of a [`Chunk::contained`] step, bound to `lo` and `hi`,
@@ -430,18 +444,14 @@ fn in_chunk(
 fn execute(
     r: &Runner<'_>,
     step: &Step,
-    work: &mut Statement<'_>,
+    (work, shape): (&mut Statement<'_>, Shape),
     fence: Option<&Fence<'_>>,
     (lo, hi): (&Key, &Key),
 ) -> rusqlite::Result<u64> {
     if let Some(f) = fence {
         f.reset();
     }
-    let before = r.writes_so_far()?;
-    let mut rows = work.query(named_params! {":lo": lo, ":hi": hi})?;
-    while rows.next()?.is_some() {}
-    drop(rows);
-    r.changed_since(step, before)
+    r.run_counted(step, (work, shape), Some((lo, hi)))
 }
 
 /// Counts the rows once, as the step begins. One query each: SQLite's fast
@@ -522,6 +532,8 @@ fn unreadable_key(e: rusqlite::Error, chunk: &Chunk) -> rusqlite::Error {
 struct Walk<'c> {
     keys: Keyset<'c>,
     work: Statement<'c>,
+    /// What `work` is, read as it was prepared (see [`Shape`]).
+    shape: Shape,
     /// A fenced step's rowids written (see [`fence_for`]).
     fence: Option<Fence<'c>>,
     chunk: &'c Chunk,
@@ -556,10 +568,12 @@ impl<'c> Walk<'c> {
         } else {
             None
         };
+        let work = conn.prepare(&step.sql)?;
         Ok(Walk {
             schema: schema_version(conn)?,
             keys: Keyset::new(conn, &table, &chunk.key_sql, dense)?,
-            work: conn.prepare(&step.sql)?,
+            shape: Shape::of(&work),
+            work,
             fence,
             chunk,
         })
@@ -580,6 +594,7 @@ impl<'c> Walk<'c> {
             let dense = self.keys.dense_min;
             self.keys = Keyset::new(conn, &table, &self.chunk.key_sql, dense)?;
             self.work = conn.prepare(&step.sql)?;
+            self.shape = Shape::of(&self.work);
             self.schema = now;
         }
         Ok(())

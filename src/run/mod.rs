@@ -12,6 +12,7 @@
 
 pub mod checkpoint;
 mod chunk;
+mod count;
 mod db;
 mod escape;
 mod expect;
@@ -111,15 +112,6 @@ enum StepError {
     Expect(String),
 }
 
-/// Where a connection's writes stood before a statement (see
-/// [`Runner::changed_since`]): the rows written so far, and those of them
-/// the undo's TEMP triggers staged.
-#[derive(Clone, Copy)]
-struct Before {
-    total: u64,
-    staged: u64,
-}
-
 /// A step's rows so far: visited, to visit, changed.
 #[derive(Debug, Default, Clone, Copy)]
 struct Counts {
@@ -213,6 +205,7 @@ fn run_beating(
         started: Instant::now(),
         nested: job.opts.atomic || job.opts.dry_run,
         made_anew: std::cell::Cell::new(None),
+        views: count::Views::default(),
     };
     let tally = r.run_all(job.resume, gate);
     r.governor.borrow().finish();
@@ -302,6 +295,9 @@ struct Runner<'a> {
     /// earlier run's to hold it to (edited since), for [`setup::made`]:
     /// the rows a later one kept were made from what it made before.
     made_anew: std::cell::Cell<Option<usize>>,
+    /// Whether the current step writes a view, so its statements are
+    /// counted by the view rows they process (see [`count`]).
+    views: count::Views,
 }
 
 impl Runner<'_> {
@@ -545,6 +541,7 @@ impl Runner<'_> {
         }
         let t0 = Instant::now();
         self.step_event(step, StepState::Running, Counts::default(), Some(t0), None);
+        self.views.reset();
         let result = match escape::refuse_in_run(self, step).and_then(|()| self.arm(step)) {
             Err(e) => Err(e),
             Ok(()) => match &step.chunk {
@@ -910,71 +907,10 @@ impl Runner<'_> {
                     None,
                 ));
             }
-            let before = self.writes_so_far()?;
-            let mut rows = stmt.raw_query();
-            while rows.next()?.is_some() {}
-            drop(rows);
-            changed += self.changed_since(step, before)?;
+            let shape = count::Shape::of(&stmt);
+            changed += self.run_counted(step, (&mut stmt, shape), None)?;
         }
         Ok(changed)
-    }
-
-    /// Where the connection's writes stood before a statement,
-    /// for [`Runner::changed_since`].
-    fn writes_so_far(&self) -> rusqlite::Result<Before> {
-        Ok(Before {
-            total: self.conn.total_changes(),
-            staged: self.staged()?,
-        })
-    }
-
-    /// The rows the undo's TEMP triggers staged so far (none but in a
-    /// build without the pre-update hook).
-    fn staged(&self) -> rusqlite::Result<u64> {
-        match &self.recorder {
-            Some(rec) => rec.staged(),
-            None => Ok(0),
-        }
-    }
-
-    /// The rows the statement of `step` just run changed, `before` being
-    /// [`Runner::writes_so_far`] before it: SQLite's `changes()`, which
-    /// leaves out what triggers and foreign-key actions wrote (nothing
-    /// written counts 0: `changes()` keeps its old value after DDL). A
-    /// statement on a view changes no row itself (its INSTEAD OF triggers
-    /// write them all, and SQLite counts none): in a step that writes a
-    /// view, one that changed none itself counts every row written while
-    /// it ran, but those the undo staged, or a step through a view would
-    /// report 0 rows and pass any `expect_changes` `max`. Only such a
-    /// statement asks whether the step writes a view, after it ran: the
-    /// chunks of every other step ask nothing more of the schema.
-    fn changed_since(&self, step: &Step, before: Before) -> rusqlite::Result<u64> {
-        let all = self.conn.total_changes().saturating_sub(before.total);
-        let direct = self.conn.changes();
-        if all == 0 {
-            return Ok(0);
-        }
-        if direct > 0 || !self.writes_a_view(step) {
-            return Ok(direct);
-        }
-        let staged = self.staged()?.saturating_sub(before.staged);
-        Ok(all.saturating_sub(staged))
-    }
-
-    /// Whether `step` writes a view, as the pre-run check saw (a view it
-    /// cannot find, as after a `DETACH`, counts as none).
-    fn writes_a_view(&self, step: &Step) -> bool {
-        step.writes.iter().any(|w| {
-            let (schema, name) = w.split_once(plan::OTHER_SCHEMA).unwrap_or(("main", w));
-            let sql = format!(
-                "SELECT 1 FROM {}.sqlite_schema WHERE type = 'view' AND name = ?1 COLLATE NOCASE",
-                plan::quote(schema)
-            );
-            self.conn
-                .prepare_cached(&sql)
-                .and_then(|mut q| q.exists([name]))
-                .unwrap_or(false)
-        })
     }
 
     /// `resumed_from`: rows an earlier run already did, which this run's

@@ -30,5 +30,6 @@ mod undo;
 mod undo_hostile;
 mod undo_parts;
 mod undo_tables;
+mod views;
 mod walk;
 mod watch;
