@@ -1444,6 +1444,7 @@ fn pem_files_that_cannot_serve_are_refused_naming_the_flag() {
     let (ca, other_key) = (certs.arg("ca.pem"), certs.arg("server.key"));
     let (cert, key) = (certs.arg("client.pem"), certs.arg("client.key"));
     let encrypted = certs.encrypted_key("client");
+    let (ca_der, key_der) = (certs.der("ca.pem"), certs.der("client.key"));
     // Each was taken: a CA file with no certificate as no CA (so "not
     // signed by a CA this side trusts"), a certificate and key swapped as
     // a bad URL, another key as a failed handshake; a key encrypted with a
@@ -1463,6 +1464,23 @@ fn pem_files_that_cannot_serve_are_refused_naming_the_flag() {
         (
             vec!["--redis-ca", &key],
             format!("--redis-ca {key} holds no certificate"),
+        ),
+        (
+            vec!["--redis-ca", &ca_der],
+            format!(
+                "--redis-ca {ca_der} is a DER (binary) certificate, and batchsse reads PEM: convert it with `openssl x509 -inform der -in {ca_der} -out CERT.pem`"
+            ),
+        ),
+        (
+            vec![
+                "--redis-ca",
+                &ca,
+                "--redis-cert",
+                &cert,
+                "--redis-key",
+                &key_der,
+            ],
+            format!("--redis-key {key_der} is a DER (binary) key"),
         ),
         (
             vec![

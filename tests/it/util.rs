@@ -1517,6 +1517,19 @@ impl Certs {
         self.arg(&out)
     }
 
+    /// A copy of `name` (a certificate, or a key when it ends in `.key`)
+    /// in DER, as `openssl … -outform der` writes it.
+    pub fn der(&self, name: &str) -> String {
+        let out = format!("{name}.der");
+        let kind = if name.ends_with(".key") {
+            "pkey"
+        } else {
+            "x509"
+        };
+        self.openssl(&[kind, "-in", name, "-outform", "der", "-out", &out]);
+        self.arg(&out)
+    }
+
     fn openssl(&self, args: &[&str]) {
         let out = Command::new("openssl")
             .args(args)
