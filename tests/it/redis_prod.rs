@@ -1646,3 +1646,32 @@ fn under_sentinel_a_primary_with_a_password_serves_acl_users_and_a_replica_must_
         "{err}"
     );
 }
+
+/// A Redis at its `maxclients` answers a new connection with an error and
+/// closes it; the crate sees a broken pipe, and the start said "is Redis
+/// running there? Start it", of a Redis that is running.
+#[test]
+fn a_redis_at_its_maxclients_is_named_as_full_not_as_missing() {
+    use std::io::{Read, Write};
+    let Some(redis) = Redis::start_with(&["--maxclients".into(), "1".into()]) else {
+        return;
+    };
+    // The one client it takes, held for the test.
+    let mut held = std::net::TcpStream::connect(redis.addr()).unwrap();
+    held.write_all(b"PING\r\n").unwrap();
+    let mut pong = [0u8; 7];
+    held.read_exact(&mut pong).unwrap();
+    assert_eq!(&pong, b"+PONG\r\n");
+    let db = TempDb::counters(10);
+    let plan = db.file("plan.json", &counter_plan("full", 10));
+    let url = redis.url();
+    let args = run_args(&db, path_str(&plan), &["--no-serve", "--publish", &url]);
+    let (code, _, err) = run_env(&args, &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("takes no more clients") && err.contains("maxclients"),
+        "{err}"
+    );
+    assert!(!err.contains("is Redis running there"), "{err}");
+    assert_eq!(db.counter_spread(), (0, 10), "nothing ran");
+}
