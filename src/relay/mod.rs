@@ -807,6 +807,13 @@ impl Failure {
         }
         if e.is_connection_refusal() {
             Failure::Away(format!("nothing is listening there ({e})"))
+        } else if cluster && e.kind() == redis::ErrorKind::ClusterConnectionNotFound {
+            // Every node out of reach at once (all restarted, say): the
+            // crate finds no connection for the slot until one is back.
+            Failure::Away(format!(
+                "no node of the Cluster can be reached ({})",
+                one_line(&e)
+            ))
         } else if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
             Failure::Away(one_line(&e))
         } else if let Some(code) = e.code() {
@@ -1031,6 +1038,15 @@ mod tests {
         let in_cluster = Failure::sort(moved, true);
         assert!(matches!(in_cluster, Failure::Away(_)), "{in_cluster:?}");
         assert!(in_cluster.why().contains("slot"), "{in_cluster:?}");
+        // Mid-run, every node restarted at once: wait for one, not give up.
+        let none: RedisError = (ErrorKind::ClusterConnectionNotFound, "no connection").into();
+        let mid_run = Failure::sort(none.clone(), true);
+        assert!(matches!(mid_run, Failure::Away(_)), "{mid_run:?}");
+        assert!(
+            mid_run.why().contains("no node of the Cluster"),
+            "{mid_run:?}"
+        );
+        assert!(matches!(Failure::of(none), Failure::Refused(_)));
         for (code, passes) in [("LOADING", true), ("NOPERM", false), ("WRONGTYPE", false)] {
             let e = redis::make_extension_error(code.into(), Some("the words.".into()));
             let f = Failure::of(e);
