@@ -1454,16 +1454,10 @@ fn pem_files_that_cannot_serve_are_refused_naming_the_flag() {
     // signed by a CA this side trusts"), a certificate and key swapped as
     // a bad URL, another key as a failed handshake; a key encrypted with a
     // passphrase was said to hold no private key.
+    let with_key = |k| vec!["--redis-ca", &ca, "--redis-cert", &cert, "--redis-key", k];
     for (extra, says) in [
         (
-            vec![
-                "--redis-ca",
-                &ca,
-                "--redis-cert",
-                &cert,
-                "--redis-key",
-                &encrypted,
-            ],
+            with_key(&encrypted),
             format!("--redis-key {encrypted} is encrypted"),
         ),
         (
@@ -1477,14 +1471,7 @@ fn pem_files_that_cannot_serve_are_refused_naming_the_flag() {
             ),
         ),
         (
-            vec![
-                "--redis-ca",
-                &ca,
-                "--redis-cert",
-                &cert,
-                "--redis-key",
-                &key_der,
-            ],
+            with_key(&key_der),
             format!("--redis-key {key_der} is a DER (binary) key"),
         ),
         (
@@ -1499,18 +1486,11 @@ fn pem_files_that_cannot_serve_are_refused_naming_the_flag() {
             format!("--redis-cert {key} holds no certificate"),
         ),
         (
-            vec!["--redis-ca", &ca, "--redis-cert", &cert, "--redis-key", &ca],
+            with_key(&ca),
             format!("--redis-key {ca} holds no private key"),
         ),
         (
-            vec![
-                "--redis-ca",
-                &ca,
-                "--redis-cert",
-                &cert,
-                "--redis-key",
-                &other_key,
-            ],
+            with_key(&other_key),
             format!("--redis-key {other_key} is not the private key of --redis-cert {cert}"),
         ),
     ] {
