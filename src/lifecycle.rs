@@ -143,9 +143,18 @@ impl Lifecycle {
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     // Out of descriptors, tokio panics as it makes its signal pipe.
     crate::platform::raise_open_file_limit();
-    if !crate::platform::can_open_files(SPARE_FILES) {
+    if let Err(e) = crate::platform::can_open_files(SPARE_FILES) {
+        let why = if crate::platform::system_out_of_files(&e) {
+            format!(
+                "the system is out of open files ({e}), whatever this process's limit: close programs that hold many, or raise the system's limit (Linux: `sysctl fs.file-max`)"
+            )
+        } else {
+            format!(
+                "this process may open too few files (its limit, `ulimit -n`, leaves fewer than {SPARE_FILES}): raise it, e.g. `ulimit -n 1024`"
+            )
+        };
         return Err(crate::error::UsageError::new(format!(
-            "this process may open too few files (its limit, `ulimit -n`, leaves fewer than {SPARE_FILES}): batchsse needs a few dozen (its runtime, the database and its journal, the server's connections); raise it, e.g. `ulimit -n 1024`, and run again; nothing was written"
+            "{why}; batchsse needs a few dozen (its runtime, the database and its journal, the server's connections); run again once it has them; nothing was written"
         ))
         .into());
     }

@@ -10,7 +10,7 @@
 //! | Whether SQLite may make its journal beside the file ([`may_create_in`]) | `access(W_OK)` | `access(W_OK)` | cannot tell (found at the first write) |
 //! | A database's path from SQLite's bytes ([`path_from_bytes`]) | any bytes | any bytes | UTF-8 |
 //! | Appending to a file named by the environment ([`open_to_append`]) | a FIFO no one reads is refused at once (`O_NONBLOCK`) | the same | opened as asked |
-//! | Open files a server may hold ([`raise_open_file_limit`], [`can_open_files`], [`out_of_files`]) | soft limit raised to the hard one | the same (macOS: at most 10,240 if the hard one is refused) | no such limit on sockets |
+//! | Open files a server may hold ([`raise_open_file_limit`], [`can_open_files`], [`out_of_files`], [`system_out_of_files`]) | soft limit raised to the hard one | the same (macOS: at most 10,240 if the hard one is refused) | no such limit on sockets |
 //! | A reader of standard output that is gone, told without a write ([`stdout_reader_gone`]) | poll's `POLLERR`/`POLLHUP` | the same | cannot tell (found at the next write) |
 //! | Keys typed under the bars ([`Unechoed`]) | not echoed (termios `ECHO` off while the bars are drawn, in the foreground) | the same | the console echoes only what a program reads: nothing to do |
 //!
@@ -400,23 +400,25 @@ fn set_terminal(t: &libc::termios) {
 
 /// Whether this process can open `n` more files now (Unix: `/dev/null`
 /// `n` times; elsewhere, and where that cannot be opened at all, taken
-/// for yes).
-pub fn can_open_files(n: usize) -> bool {
+/// for yes); if not, the error that said so (see [`out_of_files`] and
+/// [`system_out_of_files`]).
+pub fn can_open_files(n: usize) -> Result<(), std::io::Error> {
     #[cfg(unix)]
     {
         let mut open = Vec::with_capacity(n);
         for _ in 0..n {
             match std::fs::File::open("/dev/null") {
                 Ok(f) => open.push(f),
-                Err(e) => return !out_of_files(&e),
+                Err(e) if out_of_files(&e) => return Err(e),
+                Err(_) => return Ok(()),
             }
         }
-        true
+        Ok(())
     }
     #[cfg(not(unix))]
     {
         let _ = n;
-        true
+        Ok(())
     }
 }
 
@@ -445,6 +447,18 @@ pub fn stdout_reader_gone() -> bool {
 pub fn out_of_files(e: &std::io::Error) -> bool {
     #[cfg(unix)]
     return matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+    #[cfg(not(unix))]
+    {
+        let _ = e;
+        false
+    }
+}
+
+/// Whether `e` says the whole system's table of open files is full
+/// (ENFILE), which no `ulimit` of this process raises.
+pub fn system_out_of_files(e: &std::io::Error) -> bool {
+    #[cfg(unix)]
+    return e.raw_os_error() == Some(libc::ENFILE);
     #[cfg(not(unix))]
     {
         let _ = e;

@@ -25,11 +25,14 @@ pub fn run(args: CheckpointArgs) -> anyhow::Result<ExitCode> {
 fn list(args: CheckpointListArgs) -> anyhow::Result<ExitCode> {
     let conn = runner::open_db_to_read(&args.db, Duration::from_millis(args.busy_timeout))?;
     let records = housekeeping::records(&conn)?;
+    let strays = housekeeping::kept_unrecorded(&conn, &records)?;
     let text = if args.json {
         // A value in JSON, kept as given.
-        format!("{}\n", as_json(&args.db.to_string_lossy(), &records))
+        let mut v = as_json(&args.db.to_string_lossy(), &records);
+        v["kept_unrecorded"] = strays_json(&strays);
+        format!("{v}\n")
     } else {
-        as_text(&file_name(&args.db), &records)
+        as_text(&file_name(&args.db), &records) + &strays_text(&args.db, &strays)
     };
     print(text.as_bytes())
 }
@@ -185,6 +188,32 @@ fn as_text(db: &str, records: &[Record]) -> String {
         }
     }
     out
+}
+
+/// Rows kept for a resume whose step has no record (a run killed while it
+/// kept them), with how to remove them: listed, or the file's size grows
+/// for no reason anyone can see.
+fn strays_text(db: &std::path::Path, strays: &[(String, i64, u64)]) -> String {
+    strays
+        .iter()
+        .map(|(plan, step, bytes)| {
+            format!(
+                "plan {}: rows of the TEMP tables its step {} made, {} bytes, kept by a run stopped before it recorded the step; `batchsse checkpoint clear --db {} --plan {}` removes them\n",
+                quoted(plan),
+                step + 1,
+                thousands(*bytes),
+                crate::human::shell_word(&db.to_string_lossy()),
+                crate::human::shell_word(plan),
+            )
+        })
+        .collect()
+}
+
+fn strays_json(strays: &[(String, i64, u64)]) -> Value {
+    strays
+        .iter()
+        .map(|(plan, step, bytes)| json!({"plan": plan, "index": step, "kept_bytes": bytes}))
+        .collect()
 }
 
 fn as_json(db: &str, records: &[Record]) -> Value {

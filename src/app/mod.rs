@@ -349,6 +349,7 @@ fn runner_died(log: &EventLog, e: &tokio::task::JoinError) -> RunStatus {
             "internal error, please report it: the runner stopped ({e}); its open transaction was rolled back"
         )),
         undo_bytes: None,
+        undo_command: None,
         conflicts: None,
         conflicts_earlier: None,
         conflicts_as_left: None,

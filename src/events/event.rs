@@ -228,6 +228,7 @@ impl Finished {
             dry_run: false,
             error: None,
             undo_bytes: None,
+            undo_command: None,
             conflicts: None,
             conflicts_earlier: None,
             conflicts_as_left: None,
@@ -295,6 +296,13 @@ pub struct Finished {
     /// With `run --undo`: the bytes of the undo record this run wrote.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub undo_bytes: Option<u64>,
+    /// With `run --undo`, when what it committed can be taken back: the
+    /// command that does it (`batchsse undo --db … --run …`). Absent when
+    /// nothing was recorded, when the record is incomplete, and when an
+    /// unrecorded last step (`"undo": false`) leaves nothing an undo can
+    /// reach.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub undo_command: Option<String>,
     /// For an undo: rows it kept as conflicts (the application changed
     /// them since the run, or another row holds a value they would get back).
     #[serde(skip_serializing_if = "Option::is_none", default)]

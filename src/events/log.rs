@@ -89,6 +89,10 @@ pub struct Snapshot {
     /// With `run --undo`, once finished: the undo record's bytes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub undo_bytes: Option<u64>,
+    /// With `run --undo`, once finished: the command that takes it back,
+    /// when one can.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub undo_command: Option<String>,
     /// For an undo, once finished: the rows it kept as conflicts.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conflicts: Option<u64>,
@@ -603,6 +607,7 @@ fn update_snapshot(inner: &mut Inner, event: &Event, id: u64) {
             s.steps_done = e.steps_done;
             s.rows_changed = e.rows_changed;
             (s.undo_bytes, s.conflicts) = (e.undo_bytes, e.conflicts);
+            s.undo_command.clone_from(&e.undo_command);
             (s.conflicts_earlier, s.conflicts_as_left) = (e.conflicts_earlier, e.conflicts_as_left);
             s.step = None;
             (s.rate, s.eta_ms, s.run_eta_ms) = (None, None, None);

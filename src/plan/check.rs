@@ -921,24 +921,45 @@ impl Rehearsal {
         }))
     }
 
-    /// The table's name as the schema spells it.
+    /// The table's name as the schema spells it (`main.t` is `t`).
     fn table(&self, label: &str, name: &str) -> Result<String, UsageError> {
-        let found: Option<String> = self
-            .conn
-            .query_row(
-                "SELECT name FROM sqlite_schema WHERE type = 'table' AND name = ?1 COLLATE NOCASE",
-                [name],
-                |r| r.get(0),
-            )
-            .optional()
-            .unwrap_or(None);
-        found.ok_or_else(|| {
-            UsageError::new(format!(
+        let find = |schema: &str, name: &str| -> Option<String> {
+            let sql = format!(
+                "SELECT name FROM {schema}.sqlite_schema WHERE type = 'table' AND name = ?1 COLLATE NOCASE"
+            );
+            self.conn
+                .query_row(&sql, [name], |r| r.get(0))
+                .optional()
+                .unwrap_or(None)
+        };
+        let dotted = name.split_once('.');
+        let bare = dotted
+            .filter(|(schema, _)| schema.eq_ignore_ascii_case("main"))
+            .map(|(_, t)| t);
+        if let Some(found) = find("main", name).or_else(|| bare.and_then(|t| find("main", t))) {
+            return Ok(found);
+        }
+        let temp = match dotted {
+            Some((schema, t)) if schema.eq_ignore_ascii_case("temp") => Some(t),
+            Some(_) => None,
+            None => find("temp", name).map(|_| name),
+        };
+        Err(UsageError::new(match (temp, dotted) {
+            (Some(t), _) => format!(
+                "{label}: chunk.table {} is a TEMP table, which a walk cannot take: its chunks commit one by one to the file, and a TEMP table lives only in the run's connection. Make it a plain step (no \"chunk\"), or walk the file's table the TEMP table was made from",
+                quoted(t)
+            ),
+            (None, Some((schema, _))) => format!(
+                "{label}: chunk.table {} names a table of another database ({}), and a walk runs only on the tables of the file given with --db; run this step as a plan of its own with --db set to that file",
+                quoted(name),
+                quoted(schema)
+            ),
+            (None, None) => format!(
                 "{label}: chunk.table {} is not a table in this database{}; check the name",
                 quoted(name),
                 self.known_tables()
-            ))
-        })
+            ),
+        }))
     }
 
     fn known_tables(&self) -> String {

@@ -394,7 +394,10 @@ impl Target {
             Some(why_fix) => why_fix,
             None => match self.primary_down(&e).await.or_else(|| self.nodes_away(&e)) {
                 Some(why_fix) => why_fix,
-                None => self.refusal(e, url),
+                None => match self.full(&e).await {
+                    Some(why_fix) => why_fix,
+                    None => self.refusal(e, url),
+                },
             },
         };
         Err(UsageError::new(format!(
@@ -437,6 +440,40 @@ impl Target {
             )
         };
         Some((why, fix.to_owned()))
+    }
+
+    /// A Redis at its `maxclients` answers a new connection with an error
+    /// and closes it, which the crate, writing its first command, sees as
+    /// a broken pipe ("is Redis running there?"). On such a failure a
+    /// plain connection of its own reads what the server says first.
+    async fn full(&self, e: &redis::RedisError) -> Option<(String, String)> {
+        use tokio::io::AsyncReadExt;
+        if self.tls || self.is_sentinel() || !(e.is_io_error() || e.is_connection_dropped()) {
+            return None;
+        }
+        let first = async {
+            let mut conn = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
+                .await
+                .ok()?;
+            let mut said = [0u8; 64];
+            let n = conn.read(&mut said).await.ok()?;
+            Some(said[..n].to_vec())
+        };
+        let said = tokio::time::timeout(Duration::from_millis(500), first)
+            .await
+            .ok()??;
+        if !said.starts_with(b"-ERR max number of clients reached") {
+            return None;
+        }
+        let (host, port) = (&self.host, self.port);
+        Some((
+            format!(
+                "Redis at {host}:{port} takes no more clients (it answered \"ERR max number of clients reached\": it holds as many as its maxclients allows)"
+            ),
+            format!(
+                "close some of its connections (`redis-cli -h {host} -p {port} CLIENT LIST` shows them), or raise its limit (`CONFIG SET maxclients N`, and in redis.conf), then try again"
+            ),
+        ))
     }
 
     /// In a Cluster, the node in the URL answered but none of the nodes
@@ -770,6 +807,13 @@ impl Failure {
         }
         if e.is_connection_refusal() {
             Failure::Away(format!("nothing is listening there ({e})"))
+        } else if cluster && e.kind() == redis::ErrorKind::ClusterConnectionNotFound {
+            // Every node out of reach at once (all restarted, say): the
+            // crate finds no connection for the slot until one is back.
+            Failure::Away(format!(
+                "no node of the Cluster can be reached ({})",
+                one_line(&e)
+            ))
         } else if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
             Failure::Away(one_line(&e))
         } else if let Some(code) = e.code() {
@@ -994,6 +1038,15 @@ mod tests {
         let in_cluster = Failure::sort(moved, true);
         assert!(matches!(in_cluster, Failure::Away(_)), "{in_cluster:?}");
         assert!(in_cluster.why().contains("slot"), "{in_cluster:?}");
+        // Mid-run, every node restarted at once: wait for one, not give up.
+        let none: RedisError = (ErrorKind::ClusterConnectionNotFound, "no connection").into();
+        let mid_run = Failure::sort(none.clone(), true);
+        assert!(matches!(mid_run, Failure::Away(_)), "{mid_run:?}");
+        assert!(
+            mid_run.why().contains("no node of the Cluster"),
+            "{mid_run:?}"
+        );
+        assert!(matches!(Failure::of(none), Failure::Refused(_)));
         for (code, passes) in [("LOADING", true), ("NOPERM", false), ("WRONGTYPE", false)] {
             let e = redis::make_extension_error(code.into(), Some("the words.".into()));
             let f = Failure::of(e);

@@ -229,6 +229,7 @@ impl Source {
         let mut last_sign = Instant::now();
         let mut cut_since = None;
         while log.finished_id().is_none() {
+            let asked = Instant::now();
             let mut read = redis::pipe();
             read.atomic().add_command(head_cmd(&stream));
             read.cmd("XRANGE")
@@ -248,7 +249,7 @@ impl Source {
             }
             cut_since = None;
             if entries.is_empty() {
-                self.wait_for_more(run_id, &stream, &cursor, &mut last_sign)
+                self.wait_for_more(run_id, &stream, &cursor, (&mut last_sign, asked))
                     .await?;
                 continue;
             }
@@ -262,13 +263,15 @@ impl Source {
     }
 
     /// Blocks until the stream grows past `cursor` (or [`BLOCK_MS`] passes),
-    /// and gives up on a run that shows no sign of life for too long.
+    /// and gives up on a run that shows no sign of life for too long: time
+    /// since `asked` (this round's first query) that the relay itself could
+    /// not see Redis is not counted (see [`unseen`]).
     async fn wait_for_more(
         &mut self,
         run_id: &str,
         stream: &str,
         cursor: &str,
-        last_sign: &mut Instant,
+        (last_sign, asked): (&mut Instant, Instant),
     ) -> Result<(), Stop> {
         let mut read = redis::cmd("XREAD");
         read.arg("COUNT")
@@ -282,7 +285,10 @@ impl Source {
         let dead_after = env_ms("BATCHSSE_RELAY_DEAD_AFTER_MS", DEAD_AFTER);
         if more.is_some() || self.is_alive(run_id).await? {
             *last_sign = Instant::now();
-        } else if last_sign.elapsed() >= dead_after {
+            return Ok(());
+        }
+        *last_sign = unseen(*last_sign, asked, Instant::now());
+        if last_sign.elapsed() >= dead_after {
             return Err(format!(
                 "run {run_id} has published nothing for {} s and has no finished event: its process was stopped, or has lost {}",
                 last_sign.elapsed().as_secs(),
@@ -461,9 +467,51 @@ fn append(log: &EventLog, id: &str, fields: &[Vec<u8>]) {
     }
 }
 
+/// A round of queries (read, block, look for the `alive` key) that began
+/// at `asked` and ended at `now` takes [`BLOCK_MS`] and a few round trips;
+/// past that, plus [`BLIND_SLACK`], the relay could not see Redis (it was
+/// out of reach, or this process was stopped). The run's silence is then
+/// counted from `last_sign` moved on by that time, so that after an
+/// outage both shared, the run has its whole grace to publish again
+/// before the relay gives up on it.
+fn unseen(last_sign: Instant, asked: Instant, now: Instant) -> Instant {
+    let expected = Duration::from_millis(BLOCK_MS) + BLIND_SLACK;
+    let blind = now
+        .saturating_duration_since(asked)
+        .saturating_sub(expected);
+    (last_sign + blind).min(now)
+}
+
+/// How much longer than [`BLOCK_MS`] a round of queries may take before
+/// the relay counts the rest as time it could not see Redis.
+const BLIND_SLACK: Duration = Duration::from_secs(2);
+
 #[cfg(test)]
 mod tests {
-    use super::next_entry;
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use super::{BLOCK_MS, next_entry, unseen};
+
+    /// The run's silence counts only the time the relay could see Redis:
+    /// a round that took 30 s (an outage of the relay's own, or the
+    /// process stopped) leaves the clock where it was before the round.
+    #[test]
+    fn time_the_relay_could_not_see_redis_is_not_the_run_s_silence() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // A usual round: the block and a little more moves nothing.
+        assert_eq!(unseen(t0, at(5_000), at(5_000 + BLOCK_MS + 300)), t0);
+        // A round of 30 s after 5 s of silence: 5 s of silence still.
+        let now = at(35_000);
+        let moved = unseen(t0, at(5_000), now);
+        let silence = now - moved;
+        let expected = Duration::from_millis(5_000 + BLOCK_MS + 2_000);
+        assert_eq!(silence, expected, "{silence:?}");
+        // Never past now.
+        assert_eq!(unseen(at(34_000), at(0), now), now);
+    }
 
     #[test]
     fn the_entry_after_an_id() {

@@ -73,6 +73,11 @@ impl Pem {
 /// the handshake would fail later in words that blame the server.
 fn certs(flag: &str, path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
     let shown = crate::human::shown_path(path);
+    if is_der(pem) {
+        return Err(format!(
+            "{flag} {shown} is a DER (binary) certificate, and batchsse reads PEM: convert it with `openssl x509 -inform der -in {shown} -out CERT.pem` and give that"
+        ));
+    }
     let certs: Vec<_> = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<_, _>>()
         .map_err(|e| format!("{flag} {shown}: cannot read it as PEM ({e})"))?;
@@ -82,6 +87,13 @@ fn certs(flag: &str, path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'stat
         ));
     }
     Ok(certs)
+}
+
+/// Whether a file is DER, as `openssl … -outform der` writes certificates
+/// and keys: an ASN.1 SEQUENCE with a long-form length, where a PEM file
+/// is text (a `0` is never followed by a byte past ASCII there).
+fn is_der(bytes: &[u8]) -> bool {
+    bytes.first() == Some(&0x30) && bytes.get(1).is_some_and(|b| (0x81..=0x84).contains(b))
 }
 
 /// Checks `--redis-cert` and `--redis-key`: a certificate, a private key,
@@ -97,6 +109,12 @@ fn key_pair(
         let shown = crate::human::shown_path(key_path);
         return Err(format!(
             "--redis-key {shown} is encrypted with a passphrase, which batchsse cannot give: decrypt it into a file of its own (`openssl pkey -in KEY -out DECRYPTED.key`), readable only by the user that runs batchsse, and give that"
+        ));
+    }
+    if is_der(key) {
+        let shown = crate::human::shown_path(key_path);
+        return Err(format!(
+            "--redis-key {shown} is a DER (binary) key, and batchsse reads PEM: convert it with `openssl pkey -inform der -in {shown} -out KEY.pem` and give that"
         ));
     }
     let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| {

@@ -77,6 +77,28 @@ pub fn records(conn: &Connection) -> Result<Vec<Record>, UsageError> {
     })
 }
 
+/// Rows of TEMP tables kept for a resume (plan, 0-based step, bytes)
+/// whose step has no row in the checkpoint (`records`): a run killed while
+/// it kept them, before it recorded the step. `checkpoint clear` removes
+/// them with the plan.
+pub fn kept_unrecorded(
+    conn: &Connection,
+    records: &[Record],
+) -> Result<Vec<(String, i64, u64)>, UsageError> {
+    let sizes = super::setup::kept::sizes(conn).map_err(|e| {
+        super::db::unreadable(
+            conn,
+            "batchsse_setup",
+            &e,
+            "drop it in the sqlite3 shell: DROP TABLE batchsse_setup (it holds only rows kept for resuming TEMP setup steps)",
+        )
+    })?;
+    Ok(sizes
+        .into_iter()
+        .filter(|(plan, step, _)| !records.iter().any(|r| &r.plan == plan && r.step == *step))
+        .collect())
+}
+
 /// What `clear` removes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Which<'a> {

@@ -221,9 +221,9 @@ fn run_beating(
         .recorder
         .as_ref()
         .map(|rec| (rec, rec.committed().unwrap_or_default()));
-    if let Some((rec, _)) = recorded.filter(|(_, (rows, _))| *rows > 0) {
-        r.say_how_to_undo(rec);
-    }
+    let undo_command = recorded
+        .filter(|(_, (rows, _))| *rows > 0)
+        .and_then(|(rec, _)| r.say_how_to_undo(rec));
     if let Some((_, (0, _))) = recorded {
         // Nothing to take back: no empty tables left behind (if no other
         // run has records in them).
@@ -244,6 +244,7 @@ fn run_beating(
         dry_run: job.opts.dry_run,
         error,
         undo_bytes: recorded.map(|(_, (_, bytes))| bytes),
+        undo_command,
         conflicts: None,
         conflicts_earlier: None,
         conflicts_as_left: None,
@@ -301,11 +302,16 @@ struct Runner<'a> {
 }
 
 impl Runner<'_> {
-    /// The command that takes the run back; or, when its record lost
-    /// parts while it ran (`batchsse undo clear`), that it cannot be.
-    fn say_how_to_undo(&self, rec: &undo::Recorder) {
+    /// Says the command that takes the run back, and returns it for
+    /// `finished`; or, when its record lost parts while it ran (`batchsse
+    /// undo clear`) or an unrecorded last step stops any undo, says that it
+    /// cannot be.
+    fn say_how_to_undo(&self, rec: &undo::Recorder) -> Option<String> {
         let (command, stop) = self.undo_reach(rec);
-        let (level, text) = match undo::store::incomplete(self.conn, &rec.run_id) {
+        let incomplete = undo::store::incomplete(self.conn, &rec.run_id);
+        let reaches =
+            matches!(incomplete, Ok(None)) && stop.as_ref().is_none_or(|(_, after)| *after);
+        let (level, text) = match incomplete {
             Ok(None) => match stop {
                 None => (
                     Level::Info,
@@ -336,6 +342,7 @@ impl Runner<'_> {
             ),
         };
         self.message(None, level, text);
+        reaches.then_some(command)
     }
 
     /// The command that takes this run back, and the newest of its steps

@@ -166,6 +166,11 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, UsageError> {
 
 /// Why `addr` could not be listened on, and what to do about it.
 fn cannot_listen(addr: SocketAddr, e: &std::io::Error) -> UsageError {
+    if crate::platform::system_out_of_files(e) {
+        return UsageError::new(format!(
+            "cannot listen on {addr}: the system is out of open files ({e}), whatever this process's limit; close programs that hold many, or raise the system's limit (Linux: `sysctl fs.file-max`), and run again"
+        ));
+    }
     if crate::platform::out_of_files(e) {
         // Another address would fail the same way: a socket is a file.
         return UsageError::new(format!(
@@ -196,12 +201,15 @@ mod tests {
     #[test]
     fn out_of_files_at_bind_says_to_raise_the_limit_not_to_change_the_address() {
         let addr: SocketAddr = "127.0.0.1:7077".parse().unwrap();
-        for errno in [libc::EMFILE, libc::ENFILE] {
+        for (errno, who, raise) in [
+            (libc::EMFILE, "this process is", "ulimit -n"),
+            (libc::ENFILE, "the system is", "fs.file-max"),
+        ] {
             let e = cannot_listen(addr, &std::io::Error::from_raw_os_error(errno)).0;
             assert!(
                 e.contains("cannot listen on 127.0.0.1:7077")
-                    && e.contains("out of open files")
-                    && e.contains("ulimit -n"),
+                    && e.contains(&format!("{who} out of open files"))
+                    && e.contains(raise),
                 "{errno}: {e}"
             );
             assert!(!e.contains("--listen"), "{errno}: {e}");

@@ -753,8 +753,11 @@ outputs=forged');
     assert_eq!(got["plan"], "bump", "{got:?}");
     assert!(got["undo_bytes"].parse::<u64>().unwrap() > 0, "{got:?}");
     assert!(!got.contains_key("error"), "{got:?}");
-    let (code, _, err) =
-        crate::util::run(&["undo", "--db", path_str(&db.path), "--run", &got["run_id"]]);
+    assert!(
+        got["undo_command"].ends_with(&format!(" --run {}", got["run_id"])),
+        "{got:?}"
+    );
+    let (code, _, err) = crate::util::run_as_typed(&got["undo_command"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(db.query_i64("SELECT sum(n) FROM t"), 0);
 
@@ -763,6 +766,7 @@ outputs=forged');
     assert_eq!(code, Some(1), "{err}");
     assert_eq!(got["status"], "failed", "{got:?}");
     assert_eq!(got["rows_changed"], "0", "{got:?}");
+    assert!(!got.contains_key("undo_command"), "{got:?}");
     assert!(got["error"].ends_with(r"no 3\noutputs=forged"), "{got:?}");
     assert!(!got.contains_key("outputs"), "{got:?}");
 }

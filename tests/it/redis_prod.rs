@@ -130,6 +130,22 @@ fn relay_serves(
     format!("{}\n{status}\n{metrics}", mirror.stderr())
 }
 
+/// Runs a plan of `db` publishing to `url` (with `extra` flags), which must
+/// be refused at start (exit 2) with nothing run: what it said.
+fn publish_refused(db: &TempDb, plan: &std::path::Path, url: &str, extra: &[&str]) -> String {
+    let mut args = run_args(db, path_str(plan), &["--no-serve", "--publish", url]);
+    args.extend_from_slice(extra);
+    let before = sha256(&db.path);
+    let (code, _, err) = run_env(&args, &[]);
+    assert_eq!(code, Some(2), "{url} {extra:?}: {err}");
+    assert_eq!(
+        sha256(&db.path),
+        before,
+        "{url} {extra:?}: the file untouched"
+    );
+    err
+}
+
 #[test]
 fn a_run_published_over_tls_is_relayed_event_for_event() {
     let Some(certs) = Certs::make() else { return };
@@ -190,10 +206,7 @@ fn a_certificate_that_fails_is_refused_at_start_in_plain_words() {
             "with TLS on that port",
         ),
     ] {
-        let mut args = run_args(&db, path_str(&plan), &["--no-serve", "--publish", publish]);
-        args.extend_from_slice(extra);
-        let (code, _, err) = run_env(&args, &[]);
-        assert_eq!(code, Some(2), "{err}");
+        let err = publish_refused(&db, &plan, publish, extra);
         assert!(err.contains(says), "{err}");
     }
     // The right CA, but the server wants a client certificate.
@@ -1020,9 +1033,7 @@ fn a_run_published_to_a_cluster_is_served_by_two_relays() {
     // A user the nodes do not know is a password to fix, not a Redis to start.
     let bad = url.replace("redis+cluster://", "redis+cluster://nobody:n0pe@");
     let plan = db.file("plan.json", &counter_plan("prod", 10));
-    let args = run_args(&db, path_str(&plan), &["--no-serve", "--publish", &bad]);
-    let (code, _, err) = run_env(&args, &[]);
-    assert_eq!(code, Some(2), "{err}");
+    let err = publish_refused(&db, &plan, &bad, &[]);
     assert!(
         err.contains("fix the password") && !err.contains("n0pe"),
         "{err}"
@@ -1330,9 +1341,7 @@ fn a_cluster_whose_nodes_announce_addresses_out_of_reach_is_told_so() {
     let db = TempDb::counters(10);
     let plan = db.file("plan.json", &counter_plan("announce", 10));
     let url = cluster.url();
-    let args = run_args(&db, path_str(&plan), &["--no-serve", "--publish", &url]);
-    let (code, _, err) = run_env(&args, &[]);
-    assert_eq!(code, Some(2), "{err}");
+    let err = publish_refused(&db, &plan, &url, &[]);
     assert!(
         err.contains("CLUSTER SLOTS")
             && err.contains("cluster-announce")
@@ -1354,9 +1363,7 @@ fn a_password_with_a_slash_is_refused_and_not_shown() {
         "redis://:le4k3d#rest@127.0.0.1:1/0",
         "redis://pub:12345/le4k3d@127.0.0.1:1/0",
     ] {
-        let args = run_args(&db, path_str(&plan), &["--no-serve", "--publish", url]);
-        let (code, _, err) = run_env(&args, &[]);
-        assert_eq!(code, Some(2), "{url}: {err}");
+        let err = publish_refused(&db, &plan, url, &[]);
         assert!(!err.contains("le4k3d"), "a password shown: {err}");
         assert!(
             err.contains("%2F") && err.contains("BATCHSSE_REDIS_PASSWORD"),
@@ -1388,9 +1395,7 @@ fn a_url_s_query_or_fragment_is_refused_not_dropped() {
             "--redis-ca",
         ),
     ] {
-        let args = run_args(&db, path_str(&plan), &["--no-serve", "--publish", &url]);
-        let (code, _, err) = run_env(&args, &[]);
-        assert_eq!(code, Some(2), "{url}: {err}");
+        let err = publish_refused(&db, &plan, &url, &[]);
         assert!(
             err.contains("does not read") && err.contains(says),
             "{url}: {err}"
@@ -1444,25 +1449,30 @@ fn pem_files_that_cannot_serve_are_refused_naming_the_flag() {
     let (ca, other_key) = (certs.arg("ca.pem"), certs.arg("server.key"));
     let (cert, key) = (certs.arg("client.pem"), certs.arg("client.key"));
     let encrypted = certs.encrypted_key("client");
+    let (ca_der, key_der) = (certs.der("ca.pem"), certs.der("client.key"));
     // Each was taken: a CA file with no certificate as no CA (so "not
     // signed by a CA this side trusts"), a certificate and key swapped as
     // a bad URL, another key as a failed handshake; a key encrypted with a
     // passphrase was said to hold no private key.
+    let with_key = |k| vec!["--redis-ca", &ca, "--redis-cert", &cert, "--redis-key", k];
     for (extra, says) in [
         (
-            vec![
-                "--redis-ca",
-                &ca,
-                "--redis-cert",
-                &cert,
-                "--redis-key",
-                &encrypted,
-            ],
+            with_key(&encrypted),
             format!("--redis-key {encrypted} is encrypted"),
         ),
         (
             vec!["--redis-ca", &key],
             format!("--redis-ca {key} holds no certificate"),
+        ),
+        (
+            vec!["--redis-ca", &ca_der],
+            format!(
+                "--redis-ca {ca_der} is a DER (binary) certificate, and batchsse reads PEM: convert it with `openssl x509 -inform der -in {ca_der} -out CERT.pem`"
+            ),
+        ),
+        (
+            with_key(&key_der),
+            format!("--redis-key {key_der} is a DER (binary) key"),
         ),
         (
             vec![
@@ -1476,25 +1486,15 @@ fn pem_files_that_cannot_serve_are_refused_naming_the_flag() {
             format!("--redis-cert {key} holds no certificate"),
         ),
         (
-            vec!["--redis-ca", &ca, "--redis-cert", &cert, "--redis-key", &ca],
+            with_key(&ca),
             format!("--redis-key {ca} holds no private key"),
         ),
         (
-            vec![
-                "--redis-ca",
-                &ca,
-                "--redis-cert",
-                &cert,
-                "--redis-key",
-                &other_key,
-            ],
+            with_key(&other_key),
             format!("--redis-key {other_key} is not the private key of --redis-cert {cert}"),
         ),
     ] {
-        let mut args = run_args(&db, path_str(&plan), &["--no-serve", "--publish", &url]);
-        args.extend_from_slice(&extra);
-        let (code, _, err) = run_env(&args, &[]);
-        assert_eq!(code, Some(2), "{extra:?}: {err}");
+        let err = publish_refused(&db, &plan, &url, &extra);
         assert!(err.contains(&says), "{extra:?}: {err}");
     }
     assert_eq!(db.counter_spread(), (0, 10), "nothing ran");
@@ -1533,9 +1533,7 @@ fn a_redis_refusal_at_start_names_the_fix_for_its_cause() {
             "the sentinels want a password",
         ),
     ] {
-        let args = run_args(&db, path_str(&plan), &["--no-serve", "--publish", &url]);
-        let (code, _, err) = run_env(&args, &[]);
-        assert_eq!(code, Some(2), "{url}: {err}");
+        let err = publish_refused(&db, &plan, &url, &[]);
         assert!(err.contains(says), "{url}: {err}");
         assert!(!err.contains("fix the password"), "{url}: {err}");
     }
@@ -1627,4 +1625,31 @@ fn under_sentinel_a_primary_with_a_password_serves_acl_users_and_a_replica_must_
         err.contains(&none) && err.contains("no replica took") && !err.contains("reconnected"),
         "{err}"
     );
+}
+
+/// A Redis at its `maxclients` answers a new connection with an error and
+/// closes it; the crate sees a broken pipe, and the start said "is Redis
+/// running there? Start it", of a Redis that is running.
+#[test]
+fn a_redis_at_its_maxclients_is_named_as_full_not_as_missing() {
+    use std::io::{Read, Write};
+    let Some(redis) = Redis::start_with(&["--maxclients".into(), "1".into()]) else {
+        return;
+    };
+    // The one client it takes, held for the test.
+    let mut held = std::net::TcpStream::connect(redis.addr()).unwrap();
+    held.write_all(b"PING\r\n").unwrap();
+    let mut pong = [0u8; 7];
+    held.read_exact(&mut pong).unwrap();
+    assert_eq!(&pong, b"+PONG\r\n");
+    let db = TempDb::counters(10);
+    let plan = db.file("plan.json", &counter_plan("full", 10));
+    let url = redis.url();
+    let err = publish_refused(&db, &plan, &url, &[]);
+    assert!(
+        err.contains("takes no more clients") && err.contains("maxclients"),
+        "{err}"
+    );
+    assert!(!err.contains("is Redis running there"), "{err}");
+    assert_eq!(db.counter_spread(), (0, 10), "nothing ran");
 }

@@ -624,6 +624,25 @@ fn rows_kept_by_a_run_killed_before_its_first_checkpoint_are_cleared() {
             "killed before the step's checkpoint row"
         );
         let dbp = path_str(&db.path);
+        // Listed, with how to remove them: not "no checkpoint recorded"
+        // alone, which left them unseen.
+        let (code, out, err) = run(&["checkpoint", "list", "--db", dbp]);
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            out.contains("plan \"big\": rows of the TEMP tables its step 1 made, ")
+                && out.contains("checkpoint clear --db "),
+            "{out}"
+        );
+        let (code, out, err) = run(&["checkpoint", "list", "--db", dbp, "--json"]);
+        assert_eq!(code, 0, "{err}");
+        let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let stray = &listed["kept_unrecorded"][0];
+        assert_eq!(
+            (&stray["plan"], &stray["index"]),
+            (&"big".into(), &0.into()),
+            "{out}"
+        );
+        assert!(stray["kept_bytes"].as_u64().unwrap() > 0, "{out}");
         let mut args = vec!["checkpoint", "clear", "--db", dbp, which];
         if which == "--plan" {
             args.push("big");

@@ -442,7 +442,8 @@ fn steps_that_only_read_are_recorded_and_the_undo_goes_past_them() {
 
 /// The run's last words about its undo say where an undo would stop: at
 /// a step that ran unrecorded, taking back only the steps after it, or
-/// nothing when that step was the last.
+/// nothing when that step was the last. `finished` carries the command
+/// only where it takes something back, and that command does.
 #[test]
 fn the_undo_command_a_run_names_says_where_an_unrecorded_step_stops_it() {
     for (first, second, says, taken_back) in [
@@ -453,17 +454,29 @@ fn the_undo_command_a_run_names_says_where_an_unrecorded_step_stops_it() {
             "to take back the steps after it: batchsse undo --db",
             10,
         ),
+        (true, true, "to take this run back: batchsse undo --db", 10),
     ] {
         let db = TempDb::counters(10);
         let plan = serde_json::json!({"name": "part", "undo": true, "steps": [
             {"sql": "UPDATE t SET counter = counter + 1", "undo": first},
             {"sql": "UPDATE t SET counter = counter + 10", "undo": second}]});
         let plan = db.file("plan.json", &plan.to_string());
-        let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+        let (code, out, err) = run(&run_args(
+            &db,
+            path_str(&plan),
+            &["--no-serve", "--progress", "json"],
+        ));
         assert_eq!(code, 0, "{err}");
-        assert!(err.contains(says), "{err}");
-        assert!(!err.contains("to take this run back"), "{err}");
-        let (code, _, err) = run(&undo_args(&db, &["--plan", "part"]));
+        let said = |m: &str| out.lines().any(|l| l.contains(m));
+        assert!(said(says), "{out}");
+        assert!(first && second || !said("to take this run back"), "{out}");
+        let finished = json_lines(&out).pop().unwrap();
+        let command = finished["data"]["undo_command"].as_str();
+        assert_eq!(command.is_some(), taken_back > 0, "{finished}");
+        let (code, _, err) = match command {
+            Some(c) => run_as_typed(c),
+            None => run(&undo_args(&db, &["--plan", "part"])),
+        };
         assert_eq!(code, 0, "{err}");
         assert_eq!(
             db.query_i64("SELECT count(*) FROM t WHERE counter = 11"),
@@ -878,6 +891,11 @@ fn an_application_writing_during_the_run_is_never_recorded_and_its_rows_are_kept
     s.until("finished");
     let status = get(p.addr(), "/status", &[]).json();
     assert!(status["undo_bytes"].as_u64().unwrap() > 0, "{status}");
+    let command = format!("--run {}", status["run_id"].as_str().unwrap());
+    assert!(
+        status["undo_command"].as_str().unwrap().ends_with(&command),
+        "{status}"
+    );
     assert_eq!(p.wait().code(), Some(0));
     assert_eq!(
         db.query_i64("SELECT counter FROM t WHERE id = 290"),

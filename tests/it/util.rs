@@ -320,6 +320,27 @@ pub fn run_with_stdin(args: &[&str], stdin: Option<&str>) -> (i32, String, Strin
     run_with_env(args, stdin, &[])
 }
 
+/// Runs a command line batchsse printed for the user to type
+/// (`batchsse undo --db … --run …`) as a shell runs it, with `batchsse`
+/// this build: (exit code, stdout, stderr).
+pub fn run_as_typed(line: &str) -> (i32, String, String) {
+    assert!(line.starts_with("batchsse "), "{line}");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("batchsse() {{ \"$0\" \"$@\"; }}; {line}"))
+        .arg(BIN)
+        .env_remove("BATCHSSE_TOKEN")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("sh");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// [`run_with_stdin`] with more environment variables.
 pub fn run_with_env(
     args: &[&str],
@@ -1493,6 +1514,19 @@ impl Certs {
             "-passout",
             "pass:hunter2",
         ]);
+        self.arg(&out)
+    }
+
+    /// A copy of `name` (a certificate, or a key when it ends in `.key`)
+    /// in DER, as `openssl … -outform der` writes it.
+    pub fn der(&self, name: &str) -> String {
+        let out = format!("{name}.der");
+        let kind = if name.ends_with(".key") {
+            "pkey"
+        } else {
+            "x509"
+        };
+        self.openssl(&[kind, "-in", name, "-outform", "der", "-out", &out]);
         self.arg(&out)
     }
 

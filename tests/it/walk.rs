@@ -973,3 +973,67 @@ fn a_walk_by_a_key_scattered_over_the_table_says_to_walk_by_rowid() {
     }
     assert_eq!(db.query_i64("SELECT count(*) FROM t WHERE n = 3"), 25000);
 }
+
+/// A walk's table named with its schema: `main.t` is the file's `t` and
+/// runs; a TEMP table, or one of an attached database, is refused saying
+/// why a walk cannot take it (it was "not a table in this database",
+/// beside a list that held `t`), the file untouched.
+#[test]
+fn a_walk_of_main_t_runs_and_of_a_temp_or_attached_table_says_why_not() {
+    let db = TempDb::counters(10);
+    let other = db.dir.path().join("other.sqlite");
+    rusqlite::Connection::open(&other)
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE u(id INTEGER PRIMARY KEY, n INT); INSERT INTO u VALUES (1, 0);",
+        )
+        .unwrap();
+    let attach = format!("ATTACH '{}' AS aux", path_str(&other));
+    let walk = |before: Option<&str>, sql: &str, table: &str| {
+        let mut steps: Vec<serde_json::Value> = before
+            .map(|b| serde_json::json!({"sql": b}))
+            .into_iter()
+            .collect();
+        steps.push(serde_json::json!({"sql": sql, "chunk": {"table": table, "size": 3}}));
+        let plan = serde_json::json!({"name": table, "steps": steps});
+        let plan = db.file("plan.json", &plan.to_string());
+        crate::util::run(&run_args(
+            &db,
+            path_str(&plan),
+            &["--no-serve", "--no-checkpoint"],
+        ))
+    };
+    for (before, sql, table, says) in [
+        (
+            Some("CREATE TEMP TABLE tt AS SELECT * FROM t"),
+            "UPDATE tt SET counter = 1 WHERE id BETWEEN :lo AND :hi",
+            "tt",
+            "chunk.table \"tt\" is a TEMP table, which a walk cannot take",
+        ),
+        (
+            None,
+            "UPDATE temp.x SET counter = 1 WHERE id BETWEEN :lo AND :hi",
+            "temp.x",
+            "chunk.table \"x\" is a TEMP table",
+        ),
+        (
+            Some(attach.as_str()),
+            "UPDATE aux.u SET n = 1 WHERE id BETWEEN :lo AND :hi",
+            "aux.u",
+            "chunk.table \"aux.u\" names a table of another database (\"aux\")",
+        ),
+    ] {
+        let before_hash = sha256(&db.path);
+        let (code, _, err) = walk(before, sql, table);
+        assert_eq!(code, 2, "{table}: {err}");
+        assert!(err.contains(says), "{table}: {err}");
+        assert_eq!(sha256(&db.path), before_hash, "{table}: untouched");
+    }
+    let (code, _, err) = walk(
+        None,
+        "UPDATE main.t SET counter = 7 WHERE id BETWEEN :lo AND :hi",
+        "main.t",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(db.query_i64("SELECT count(*) FROM t WHERE counter = 7"), 10);
+}

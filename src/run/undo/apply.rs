@@ -205,6 +205,7 @@ pub fn run(
         dry_run: opts.dry_run,
         error,
         undo_bytes: None,
+        undo_command: None,
         conflicts: Some(tally.conflicts),
         conflicts_earlier: (earlier > 0).then_some(earlier),
         conflicts_as_left: Some(tally.as_left + earlier_as_left).filter(|&n| n > 0),
