@@ -51,6 +51,8 @@ enum Denied {
     /// `PRAGMA query_only` on: every later write of the run would fail,
     /// the checkpoint's too (see [`READ_ONLY`]).
     QueryOnly,
+    /// `PRAGMA count_changes` on (see [`COUNTING`]).
+    Counting,
     /// A write to one of batchsse's own tables (see [`Own`]): the
     /// checkpoint or the undo record, which a step would lose or falsify.
     Own(String),
@@ -68,6 +70,9 @@ fn truthy(value: &str) -> bool {
 /// Why `PRAGMA query_only = ON` is refused.
 const READ_ONLY: &str = "sets PRAGMA query_only, which makes every write after it fail, the run's own checkpoint of this step included: the step would fail, and the steps after it could not run. Remove it (a step that only reads needs no such pragma); nothing was run";
 
+/// Why `PRAGMA count_changes = ON` is refused.
+const COUNTING: &str = "sets PRAGMA count_changes, which makes every INSERT, UPDATE and DELETE after it answer with a row, the run's own writes of its checkpoint and undo record included, which then fail. Remove it: batchsse counts the rows each step changes itself (\"rows_changed\", and expect_changes to hold a step to a count); nothing was run";
+
 /// Whether a table is one of batchsse's own (its checkpoint, its undo
 /// record), as the runner, which makes them, tells.
 pub type Own = fn(&str) -> bool;
@@ -84,6 +89,12 @@ fn denied(ctx: &rusqlite::hooks::AuthContext<'_>, is_own: Own) -> Option<Denied>
             pragma_value: Some(value),
         } if pragma_name.eq_ignore_ascii_case("query_only") => {
             truthy(value).then_some(Denied::QueryOnly)
+        }
+        Pragma {
+            pragma_name,
+            pragma_value: Some(value),
+        } if pragma_name.eq_ignore_ascii_case("count_changes") => {
+            truthy(value).then_some(Denied::Counting)
         }
         Pragma {
             pragma_name,
@@ -188,6 +199,7 @@ impl Seen {
             Denied::Extension => Some(LOADS.into()),
             Denied::Journal => Some(UNJOURNALED.into()),
             Denied::QueryOnly => Some(READ_ONLY.into()),
+            Denied::Counting => Some(COUNTING.into()),
             Denied::Own(table) => Some(format!(
                 "writes, drops or alters {table} (itself, or by a trigger it fires), one of batchsse's own tables (the checkpoint and the undo record): the runs' records would be lost or made false, and a plan run again would apply steps twice. Remove that statement or trigger; `batchsse checkpoint clear` and `batchsse undo clear` remove records. Nothing was run"
             )),

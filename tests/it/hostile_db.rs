@@ -381,6 +381,45 @@ fn a_link_loop_and_a_huge_nice_ratio_are_said_plainly() {
     assert_eq!(sha256(&db.path), before);
 }
 
+/// A step that turns `count_changes` on made the run's own writes (its
+/// checkpoint) fail with "Execute returned results" after the step had
+/// committed; it is refused before anything runs. Off, it still runs.
+#[test]
+fn a_step_that_turns_count_changes_on_is_refused_before_anything_runs() {
+    let db = TempDb::counters(20);
+    let before = sha256(&db.path);
+    for (i, (pragma, code)) in [
+        ("PRAGMA count_changes = 1;", 2),
+        ("pragma main.COUNT_CHANGES('yes');", 2),
+        ("PRAGMA count_changes = 0;", 0),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let script = db.file(
+            &format!("count{i}.sql"),
+            &format!("{pragma}\nUPDATE t SET counter = counter + 1;\n"),
+        );
+        let (got, _, err) = run(&[
+            "run",
+            "--db",
+            path_str(&db.path),
+            "--sql",
+            path_str(&script),
+            "--no-serve",
+        ]);
+        assert_eq!(got, code, "{pragma}: {err}");
+        if code == 2 {
+            assert!(
+                err.contains("statement 1") && err.contains("sets PRAGMA count_changes"),
+                "{err}"
+            );
+            assert_eq!(sha256(&db.path), before, "{pragma} changed the database");
+        }
+    }
+    assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 20);
+}
+
 /// A step that turns `query_only` on made itself fail, at its own
 /// checkpoint, with a hint about the file's permissions; it is refused
 /// before anything runs. Turning it off, or reading it, still runs.
