@@ -435,3 +435,14 @@ pub fn run_time_message(conn: &Connection, e: &rusqlite::Error) -> String {
         sqlite_message(e)
     )
 }
+
+/// Sets what `last_insert_rowid()` answers on `conn`: the plan's own
+/// statements see the rowid their last insert made, not one of the run's
+/// own writes made since (the checkpoint row after each step or chunk).
+/// A step that inserts an order and the next that inserts its lines with
+/// `last_insert_rowid()` got the checkpoint's rowid instead.
+pub(super) fn set_last_rowid(conn: &Connection, rowid: i64) {
+    // SAFETY: the handle is `conn`'s, open for as long as it is borrowed;
+    // the call only sets a value of the connection.
+    unsafe { rusqlite::ffi::sqlite3_set_last_insert_rowid(conn.handle(), rowid) }
+}

@@ -206,6 +206,7 @@ fn run_beating(
         nested: job.opts.atomic || job.opts.dry_run,
         made_anew: std::cell::Cell::new(None),
         views: count::Views::default(),
+        user_rowid: std::cell::Cell::new(0),
     };
     let tally = r.run_all(job.resume, gate);
     r.governor.borrow().finish();
@@ -299,6 +300,11 @@ struct Runner<'a> {
     /// Whether the current step writes a view, so its statements are
     /// counted by the view rows they process (see [`count`]).
     views: count::Views,
+    /// `last_insert_rowid()` as the plan's own statements left it: put
+    /// back before each of them and each `expect`, so that the run's own
+    /// inserts between (the checkpoint, the undo record, a step's try)
+    /// are not what a step that reads it gets (see [`db::set_last_rowid`]).
+    user_rowid: std::cell::Cell<i64>,
 }
 
 impl Runner<'_> {
@@ -829,6 +835,7 @@ impl Runner<'_> {
         if !end {
             return Ok(());
         }
+        db::set_last_rowid(self.conn, self.user_rowid.get());
         match expect::at_end(self.conn, &step.expect, changed) {
             Ok(None) => Ok(()),
             Ok(Some(why)) => Err(StepError::Expect(why)),

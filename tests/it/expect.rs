@@ -508,3 +508,50 @@ fn changes_in_a_chunked_steps_expect_is_its_last_chunks() {
         }
     }
 }
+
+/// `last_insert_rowid()` answers for the plan's own statements, never for
+/// the rows batchsse writes between them (the checkpoint after each step
+/// or chunk, the undo record): a step that inserts an order and the next
+/// that inserts its line with `last_insert_rowid()` gave the line the
+/// checkpoint row's rowid, and the run finished ok. So did an `expect`
+/// after a last chunk that held no rows.
+#[test]
+fn last_insert_rowid_answers_for_the_plans_own_inserts() {
+    let make = || {
+        TempDb::with_sql(
+            "CREATE TABLE orders(id INTEGER PRIMARY KEY, note TEXT);
+             INSERT INTO orders VALUES (41, 'old');
+             CREATE TABLE lines(id INTEGER PRIMARY KEY, order_id INT);
+             CREATE TABLE src(id INTEGER PRIMARY KEY);
+             INSERT INTO src(id) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < 20) SELECT i FROM s;
+             CREATE TABLE copy(id INTEGER PRIMARY KEY, src INT);
+             INSERT INTO copy VALUES (1000, 0);
+             CREATE TRIGGER cut AFTER INSERT ON copy WHEN new.src = 10 BEGIN DELETE FROM src WHERE id > 10; END;",
+        )
+    };
+    let steps = serde_json::json!([
+        {"sql": "INSERT INTO orders(note) VALUES ('new')"},
+        {"sql": "INSERT INTO lines(order_id) VALUES (last_insert_rowid())"},
+        // Chunks of 10: the second's insert of src 10 deletes the rows
+        // after it, so the last chunk holds none.
+        {"sql": "INSERT INTO copy(src) SELECT id FROM src WHERE id BETWEEN :lo AND :hi",
+         "chunk": {"table": "src", "size": 5},
+         "expect": "SELECT last_insert_rowid() = (SELECT max(id) FROM copy)"},
+        {"sql": "INSERT INTO lines(order_id) VALUES (last_insert_rowid())"},
+    ]);
+    let plan = serde_json::json!({ "name": "rowid", "steps": steps }).to_string();
+    for extra in [&[][..], &["--undo"], &["--no-checkpoint"]] {
+        let db = make();
+        let mut args = vec!["--batch-size", "5"];
+        args.extend_from_slice(extra);
+        let (code, _, err) = run_plan(&db, &plan, &args);
+        assert_eq!(code, 0, "{extra:?}: {err}");
+        assert_eq!(
+            db.query_text(
+                "SELECT group_concat(order_id) FROM (SELECT order_id FROM lines ORDER BY id)"
+            ),
+            "42,1010",
+            "{extra:?}"
+        );
+    }
+}
