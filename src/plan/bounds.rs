@@ -146,6 +146,14 @@ fn is_key_name(name: &str, keys: &[String]) -> bool {
     })
 }
 
+/// Whether `sql` names `function` outside comments and string literals
+/// (as a call, or anything else of that name).
+pub(super) fn calls(sql: &str, function: &str) -> bool {
+    tokens(sql)
+        .iter()
+        .any(|t| matches!(t, Token::Name(n) if n.eq_ignore_ascii_case(function)))
+}
+
 /// The tokens of `sql`, comments left out.
 fn tokens(sql: &str) -> Vec<Token> {
     let b = sql.as_bytes();

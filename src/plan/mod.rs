@@ -369,6 +369,7 @@ fn prepare_json(
         };
         steps.push(json_step(r, index, name, &label, s, done)?);
     }
+    refuse_lost_rowid(&finished, &steps)?;
     Ok(Plan {
         name: plan_name,
         steps,
@@ -427,6 +428,30 @@ fn json_step(
     })
 }
 
+/// A resumed run starts on a new connection, where `last_insert_rowid()`
+/// answers 0: a step that calls it right after a step an earlier run
+/// applied (skipped now) would get 0 where the run it resumes had the
+/// rowid that step's last insert made (an order's lines inserted for
+/// order 0), and finish ok. Refused before anything runs.
+fn refuse_lost_rowid(finished: &Finished, steps: &[Step]) -> Result<(), UsageError> {
+    for pair in steps.windows(2) {
+        let (before, step) = (&pair[0], &pair[1]);
+        let skipped = finished.contains_key(&before.index) && !before.temp_only;
+        if !skipped || finished.contains_key(&step.index) {
+            continue;
+        }
+        if bounds::calls(&step.sql, "last_insert_rowid") {
+            return Err(UsageError::new(format!(
+                "step {} ({}) calls last_insert_rowid(), and this run resumes at it, after step {} was applied by an earlier run: here it would answer 0, not the rowid of that run's last insert, so the rows it writes would be wrong. Have the step find that row itself (for example `(SELECT max(id) FROM orders)`), then run again; nothing was run",
+                step.index + 1,
+                quoted(&step.name),
+                before.index + 1
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn prepare_sql(
     origin: &str,
     text: &str,
@@ -477,6 +502,7 @@ fn prepare_sql(
             "the SQL script {plan_file} has no statements; give at least one"
         )));
     }
+    refuse_lost_rowid(&finished, &steps)?;
     Ok(Plan {
         name: origin.to_owned(),
         steps,

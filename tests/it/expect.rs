@@ -555,3 +555,44 @@ fn last_insert_rowid_answers_for_the_plans_own_inserts() {
         );
     }
 }
+
+/// A resumed run starts on a new connection, where `last_insert_rowid()`
+/// answers 0: the order's line, whose step failed once and was resumed
+/// after the order's step, was inserted for order 0 and the run finished
+/// ok. Such a resume is refused, the file untouched; the step that finds
+/// the order itself resumes.
+#[test]
+fn a_resume_at_a_step_that_reads_the_last_rowid_of_a_step_before_is_refused() {
+    let db = TempDb::with_sql(
+        "CREATE TABLE orders(id INTEGER PRIMARY KEY, note TEXT);
+         INSERT INTO orders VALUES (41, 'old');
+         CREATE TABLE lines(id INTEGER PRIMARY KEY, order_id INT);
+         CREATE TRIGGER once BEFORE INSERT ON lines BEGIN SELECT RAISE(ABORT, 'not yet'); END;",
+    );
+    let plan = |line: &str| {
+        serde_json::json!({"name": "order", "steps": [
+            {"sql": "INSERT INTO orders(note) VALUES ('new')"},
+            {"sql": line}]})
+        .to_string()
+    };
+    let reads = plan("INSERT INTO lines(order_id) VALUES (Last_Insert_Rowid())");
+    let (code, _, err) = run_plan(&db, &reads, &[]);
+    assert_eq!(code, 1, "{err}");
+    db.conn().execute_batch("DROP TRIGGER once").unwrap();
+    let before = sha256(&db.path);
+    let (code, _, err) = run_plan(&db, &reads, &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("step 2 (")
+            && err.contains("calls last_insert_rowid(), and this run resumes at it, after step 1"),
+        "{err}"
+    );
+    assert_eq!(sha256(&db.path), before, "nothing written");
+    // In a comment or a string it is no call.
+    let said = plan(
+        "INSERT INTO lines(order_id) SELECT max(id) FROM orders WHERE note <> 'last_insert_rowid' -- not last_insert_rowid()",
+    );
+    let (code, _, err) = run_plan(&db, &said, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(db.query_i64("SELECT order_id FROM lines"), 42);
+}
