@@ -4,7 +4,10 @@
 //   node tests/browser/observe.mjs URL [OPTIONS_JSON]
 //
 // OPTIONS_JSON (all optional):
-//   until       "end" (default): wait for the banner (#banner[data-status])
+//   until       "end" (default): wait for the banner (#banner[data-status]);
+//               "actions": report once the actions are done (a run that holds)
+//   no_frames   the page draws no frames, as in a hidden tab: its
+//               requestAnimationFrame never calls back
 //   settle_ms   keep watching this long after the banner (catches reconnects)
 //   timeout_ms  give up waiting after this long (then report what was seen)
 //   screenshot  save a PNG here mid-run (two steps done, the third under way)
@@ -13,11 +16,14 @@
 //               for the banner; each an object with one of:
 //                 {"wait": SELECTOR}        until it is visible
 //                 {"gone": SELECTOR}        until it is hidden or absent
+//                 {"text": SELECTOR, "is": TEXT}   until its text is TEXT
 //                 {"click": SELECTOR}       (waits until it is visible first)
 //                 {"fill": SELECTOR, "value": TEXT}
 //                 {"press": SELECTOR, "key": "Enter"}
 //                 {"dialogs": "accept"|"dismiss"}   answer confirm() so from now
 //                 {"wait_file": PATH}       until the test creates PATH
+//                 {"touch": PATH}           create PATH, for the test to wait on
+//                 {"scroll": SELECTOR, "top": N}   scroll it to N px from its top
 //                 {"sleep_ms": N}
 //                 {"snapshot": NAME}        record what the page shows now
 //               A step that fails is recorded in action_error; the rest are
@@ -26,7 +32,7 @@
 // Dialogs (window.confirm …) are dismissed unless an action says otherwise,
 // and every one is recorded in `dialogs`.
 import { chromium } from "playwright-core";
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
@@ -97,6 +103,16 @@ async function main() {
         new MutationObserver(note).observe(c, { childList: true, characterData: true, subtree: true });
       });
     });
+    if (opts.no_frames) {
+      // What a hidden tab does to a page: no frames, so no frame callbacks.
+      await page.addInitScript(() => {
+        let n = 0;
+        window.requestAnimationFrame = () => ++n;
+        window.cancelAnimationFrame = () => {};
+        Object.defineProperty(document, "hidden", { get: () => true });
+        Object.defineProperty(document, "visibilityState", { get: () => "hidden" });
+      });
+    }
     page.on("pageerror", (e) => out.page_errors.push(String(e)));
     let dialogs = "dismiss";
     page.on("dialog", (d) => {
@@ -118,6 +134,11 @@ async function main() {
       for (const a of opts.actions || []) {
         if (a.wait) await page.waitForSelector(a.wait, { state: "visible", timeout: limit });
         else if (a.gone) await page.waitForSelector(a.gone, { state: "hidden", timeout: limit });
+        else if (a.text) {
+          // Polled on a timer: a page without frames never runs a frame poll.
+          await page.waitForFunction(([sel, is]) => document.querySelector(sel)?.textContent === is,
+            [a.text, a.is], { polling: 50, timeout: limit });
+        }
         else if (a.click) await page.click(a.click, { timeout: limit });
         else if (a.fill) await page.fill(a.fill, a.value ?? "", { timeout: limit });
         else if (a.press) await page.press(a.press, a.key, { timeout: limit });
@@ -128,7 +149,9 @@ async function main() {
             if (Date.now() > until) throw new Error("no file " + a.wait_file);
             await page.waitForTimeout(20);
           }
-        } else if (a.sleep_ms != null) await page.waitForTimeout(a.sleep_ms);
+        } else if (a.touch) writeFileSync(a.touch, "");
+        else if (a.scroll) await page.$eval(a.scroll, (e, top) => { e.scrollTop = top; }, a.top ?? 0);
+        else if (a.sleep_ms != null) await page.waitForTimeout(a.sleep_ms);
         else if (a.snapshot) out.snapshots[a.snapshot] = { at: now(), ...(await page.evaluate(look)) };
         else throw new Error("unknown action " + JSON.stringify(a));
         out.actions_done += 1;
@@ -137,8 +160,10 @@ async function main() {
       out.action_error = String(e && e.message || e);
     }
     try {
-      await page.waitForSelector("#banner[data-status]", { state: "attached", timeout: opts.timeout_ms || 30000 });
-      out.ended_at = now();
+      if (opts.until !== "actions") {
+        await page.waitForSelector("#banner[data-status]", { state: "attached", timeout: opts.timeout_ms || 30000 });
+        out.ended_at = now();
+      }
     } catch (_) {
       out.timed_out = true;
     }
@@ -178,6 +203,12 @@ function look() {
       progress: (() => { const p = li.querySelector("progress"); return p && { value: p.value, max: p.max }; })(),
     })),
     log: [...document.querySelectorAll('#log > li:not(.empty):not([data-level="control"])')].map((li) => text(li.querySelector(".text") || li)),
+    // Where the log is scrolled to, how far that is from its end (0: it
+    // follows the tail), and whether it has anything to scroll.
+    log_scroll: (() => {
+      const l = document.querySelector("#log");
+      return l && { top: l.scrollTop, from_end: l.scrollHeight - l.scrollTop - l.clientHeight, overflows: l.scrollHeight > l.clientHeight };
+    })(),
     width: document.documentElement.scrollWidth,
     viewport: window.innerWidth,
     // Live control, where the page has it (null on other pages).

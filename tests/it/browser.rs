@@ -4,7 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -1633,4 +1633,200 @@ fn an_undo_s_page_steers_its_yield_but_offers_no_chunk_time() {
         json!(["chunk_time_ms", "nice_ratio", "sleep_ms"]),
         "{v:#}"
     );
+}
+
+/// Steps in the big plan below: enough that a page drawing event by event
+/// would be slow to catch up, few enough for a quick test.
+const MANY: usize = 1000;
+/// The steps of the big plan after which the run holds (0-based).
+const HOLDS: [usize; 2] = [299, 699];
+
+/// A plan of [`MANY`] steps on `t` (100 rows): one-row updates, and every
+/// tenth step a chunked update (its progress, and a message in the log),
+/// the next tenth one that changes no row (its warning too). The steps at
+/// [`HOLDS`] write `pause` (`VACUUM INTO`), so a run with `--pause-file
+/// pause` holds right after each of them, until the test removes it.
+fn many_steps(db: &TempDb) -> (PathBuf, PathBuf) {
+    let pause = db.dir.path().join("pause");
+    let steps: Vec<Value> = (0..MANY)
+        .map(|i| {
+            let name = format!("step {i}");
+            if HOLDS.contains(&i) {
+                let into = path_str(&pause).replace('\'', "''");
+                return json!({"name": name, "sql": format!("VACUUM INTO '{into}'")});
+            }
+            let chunk = json!({"table": "t", "key": "id", "size": 30});
+            match i % 10 {
+                4 => json!({"name": name, "chunk": chunk,
+                    "sql": "UPDATE t SET counter = counter + 1 WHERE id BETWEEN :lo AND :hi"}),
+                9 => json!({"name": name, "chunk": chunk,
+                    "sql": "UPDATE t SET counter = counter + 1 WHERE id BETWEEN :lo AND :hi AND counter < 0"}),
+                _ => json!({"name": name, "sql": format!("UPDATE t SET counter = counter + 1 WHERE id = {}", i % 100 + 1)}),
+            }
+        })
+        .collect();
+    let plan = db.file(
+        "many.json",
+        &json!({"name": "many", "steps": steps}).to_string(),
+    );
+    (plan, pause)
+}
+
+/// The text of every `message` event up to event `last`, in order.
+fn messages_through(addr: SocketAddr, last: u64) -> Vec<String> {
+    let mut s = Stream::open(addr, "/events", &[]);
+    let mut out = Vec::new();
+    while let Some(e) = s.next_event() {
+        if e.event == "message" {
+            out.push(data(&e)["message"].as_str().unwrap_or_default().to_owned());
+        }
+        if id(&e) >= last {
+            break;
+        }
+    }
+    out
+}
+
+/// What the page must show of the big plan with `done` steps done and the
+/// rest waiting: every row in plan order, the overall count, the run's
+/// messages in order, and the log following its tail (`follows`) or left
+/// where the reader scrolled it, at its top.
+fn assert_many(v: &Value, done: usize, log: &[String], follows: bool) {
+    let steps = v["steps"].as_array().expect("steps");
+    assert_eq!(steps.len(), MANY, "{:#}", v["overall"]);
+    for (i, s) in steps.iter().enumerate() {
+        let (state, bar) = if i < done {
+            ("done", 1)
+        } else {
+            ("waiting", 0)
+        };
+        assert_eq!(s["name"], format!("step {i}"), "row {i}");
+        assert_eq!(s["state"], state, "row {i}: {s}");
+        assert_eq!(
+            s["progress"],
+            json!({"value": bar, "max": 1}),
+            "row {i}: {s}"
+        );
+        let text = s["text"].as_str().unwrap_or_default();
+        assert_eq!(text.contains("took"), i < done, "row {i}: {s}");
+        if i < done && i % 10 == 4 && !HOLDS.contains(&i) {
+            assert!(text.contains("100 / 100 rows 100 changed"), "row {i}: {s}");
+        }
+    }
+    let want = format!("{done} / {MANY} steps done");
+    assert_eq!(
+        v["overall"],
+        json!({"value": done, "max": MANY, "text": want})
+    );
+    assert_eq!(
+        v["log"],
+        json!(log),
+        "the page's log must be the run's messages"
+    );
+    let scroll = &v["log_scroll"];
+    assert_eq!(scroll["overflows"], true, "{scroll}");
+    let (at, what) = match follows {
+        true => (&scroll["from_end"], "the log must follow its tail"),
+        false => (
+            &scroll["top"],
+            "the log must stay where the reader scrolled it",
+        ),
+    };
+    assert!(
+        at.as_f64().is_some_and(|d| d.abs() < 2.0),
+        "{what}: {scroll}"
+    );
+}
+
+/// Waits until the run holds at the pause file after `done` steps; its
+/// messages so far.
+fn held_after(p: &Proc, done: usize) -> Vec<String> {
+    wait_status(p.addr(), &[], |s| {
+        s["throttled"] == "pause-file" && s["steps_done"] == done
+    });
+    let last = get(p.addr(), "/status", &[]).json()["last_event_id"]
+        .as_u64()
+        .expect("last_event_id");
+    messages_through(p.addr(), last)
+}
+
+/// A page that opens on the big plan's run held at its first hold, snapshots
+/// it (`late`), then says so by creating the file returned, and snapshots
+/// the run at its second hold (`live`), which it saw come live. The page
+/// without frames has its reader scroll the log up in between.
+fn held_page(url: &str, db: &TempDb, mut opts: Value) -> (Observer, PathBuf) {
+    let frameless = opts["no_frames"] == true;
+    let ready = db.dir.path().join(format!("caught-up-{frameless}"));
+    let read_up = match frameless {
+        true => json!({"scroll": "#log", "top": 0}),
+        false => json!({"sleep_ms": 0}),
+    };
+    let shows =
+        |done: usize| json!({"text": "#overall-text", "is": format!("{done} / {MANY} steps done")});
+    opts["until"] = json!("actions");
+    opts["actions"] = json!([
+        shows(HOLDS[0] + 1), {"snapshot": "late"}, read_up, {"touch": path_str(&ready)},
+        shows(HOLDS[1] + 1), {"wait": "#throttle"}, {"snapshot": "live"},
+    ]);
+    (Observer::start(url, opts), ready)
+}
+
+/// A page opened late on a run of many steps (the server replays all of it
+/// at once) shows every row, the count and the log as the run left them:
+/// held mid-run, where no `finished` follows the replay, then held again
+/// after events that came live, in a page that draws frames and in one that
+/// draws none (a hidden tab); and once the run is over.
+#[test]
+fn a_late_page_on_a_run_of_many_steps_shows_every_event_held_and_finished() {
+    let Some(_b) = browser() else { return };
+    let db = TempDb::counters(100);
+    db.age();
+    let (plan, pause) = many_steps(&db);
+    let p = serving(
+        &db,
+        path_str(&plan),
+        &["--pause-file", path_str(&pause), "--linger", "60"],
+    );
+    let first = held_after(&p, HOLDS[0] + 1);
+    let url = format!("http://{}/", p.addr());
+    let pages = [json!({}), json!({"no_frames": true})].map(|opts| held_page(&url, &db, opts));
+    for (_, ready) in &pages {
+        wait_for_file(ready);
+    }
+    std::fs::remove_file(&pause).expect("go on");
+    let second = held_after(&p, HOLDS[1] + 1);
+    // The page with frames follows the log's tail; the one without was
+    // scrolled up by its reader.
+    for ((page, _), follows) in pages.into_iter().zip([true, false]) {
+        let v = page.finish();
+        assert_eq!(v["action_error"], Value::Null, "{:#}", v["overall"]);
+        let shot = |name: &str| &v["snapshots"][name];
+        assert_many(shot("late"), HOLDS[0] + 1, &first, true);
+        assert_many(shot("live"), HOLDS[1] + 1, &second, follows);
+        assert_eq!(shot("live")["steer"]["badge"], "Throttled (pause-file)");
+    }
+
+    std::fs::remove_file(&pause).expect("go on");
+    wait_status(p.addr(), &[], |s| s["state"] == "finished");
+    let v = observe(&url, json!({}));
+    assert_many(&v, MANY, &messages(p.addr(), &[]), true);
+    assert_eq!(v["banner"]["status"], "ok", "{:#}", v["banner"]);
+    let banner = v["banner"]["text"].as_str().unwrap_or_default();
+    assert!(
+        banner.contains(&format!("{MANY} / {MANY} steps")),
+        "{banner}"
+    );
+}
+
+/// Waits until `path` exists, failing the test after [`PATIENCE`].
+fn wait_for_file(path: &Path) {
+    let start = Instant::now();
+    while !path.exists() {
+        assert!(
+            start.elapsed() < PATIENCE,
+            "never created: {}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
