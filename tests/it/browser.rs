@@ -1524,6 +1524,10 @@ fn the_banner_says_an_undo_stops_at_a_step_that_ran_unrecorded() {
         assert!(said.contains(want), "{said:?}, want {want:?}");
         assert!(!said.contains("can take this run back"), "{said:?}");
     }
+    // The command to copy, where it takes something back.
+    let command = format!("batchsse undo --db {} --run ", path_str(&db.path));
+    assert!(said[0].contains(&command), "{:?}", said[0]);
+    assert!(!said[1].contains("batchsse undo --db"), "{:?}", said[1]);
 
     // What the banner said of the first plan: its undo takes back c only.
     let fresh = TempDb::with_sql(
