@@ -726,3 +726,32 @@ fn steps_that_leave_an_application_s_own_collation_alone_still_run() {
     assert_eq!(db.query_i64(sums), 30_006);
     assert_eq!(db.query_i64("SELECT sum(n) FROM notes"), 0);
 }
+
+/// `checkpoint list` numbers steps from 1, so a step of the largest
+/// integer, written into batchsse's tables by hand or by a damaged copy,
+/// made it panic ("attempt to add with overflow"), in the checkpoint's
+/// rows as in the TEMP rows kept for a step no row records. It lists them.
+#[test]
+fn checkpoint_list_of_a_step_numbered_past_any_plan_does_not_panic() {
+    let db = TempDb::counters(3);
+    let plan = db.file(
+        "plan.json",
+        r#"{"name":"p","steps":[{"sql":"CREATE TEMP TABLE todo AS SELECT id FROM t"},{"sql":"INSERT INTO t(id) VALUES (1)"}]}"#,
+    );
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+    assert_eq!(
+        code, 1,
+        "the second step fails, the first's record kept: {err}"
+    );
+    let max = i64::MAX;
+    for moved in [
+        format!("UPDATE batchsse_setup SET step = {max}"),
+        format!("UPDATE batchsse_checkpoint SET step = {max}"),
+    ] {
+        db.conn().execute_batch(&moved).unwrap();
+        let (code, out, err) = run(&["checkpoint", "list", "--db", path_str(&db.path)]);
+        assert_eq!(code, 0, "{moved}: {err}");
+        assert!(out.contains(&format!("step {max}")), "{moved}: {out}");
+        assert!(!err.contains("panicked"), "{moved}: {err}");
+    }
+}
