@@ -999,7 +999,9 @@ impl Rehearsal {
             Some(_) => None,
             None => find("temp", name).map(|_| name),
         };
-        Err(UsageError::new(match (temp, dotted) {
+        // `main.x` that main lacks is no table here, not another database's.
+        let other = dotted.filter(|_| bare.is_none());
+        Err(UsageError::new(match (temp, other) {
             (Some(t), _) => format!(
                 "{label}: chunk.table {} is a TEMP table, which a walk cannot take: its chunks commit one by one to the file, and a TEMP table lives only in the run's connection. Make it a plain step (no \"chunk\"), or walk the file's table the TEMP table was made from",
                 quoted(t)
