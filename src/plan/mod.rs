@@ -80,6 +80,13 @@ pub struct Expect {
 }
 
 impl Step {
+    /// Whether [`Step::writes`] names every table the step writes: not
+    /// where the check's schema copy was incomplete (after an `ATTACH`,
+    /// whose file it does not copy), as `updates` says.
+    pub fn writes_seen(&self) -> bool {
+        self.updates.is_some()
+    }
+
     /// PRAGMA, ATTACH, DETACH and a step that writes only TEMP tables set
     /// up this connection only, so a resumed run does them again even when
     /// the checkpoint has them done.
