@@ -262,3 +262,31 @@ fn a_step_on_a_view_of_an_attached_database_counts_its_view_rows() {
     assert!(err.contains("through: done, 5 rows changed"), "{err}");
     assert_eq!(count(&db), 5);
 }
+
+/// A DELETE on a view whose trigger skips rows with `RAISE(IGNORE)` is
+/// counted by the rows written, not by SQLite's count of the rows found;
+/// the trigger was looked for with `LIKE`, which a step's `PRAGMA
+/// case_sensitive_like` made miss `RAISE(IGNORE)` written in capitals:
+/// the DELETE then counted the 15 rows it found, 10 of them skipped, and
+/// passed a `min` of 10. It counts the 5 it deleted.
+#[test]
+fn a_case_sensitive_like_does_not_hide_a_trigger_that_skips_rows() {
+    let db = views();
+    db.conn()
+        .execute_batch(
+            "CREATE TRIGGER vkd INSTEAD OF DELETE ON vk BEGIN
+               SELECT RAISE(IGNORE) WHERE old.id > 90;
+               DELETE FROM t WHERE id = old.id;
+             END;",
+        )
+        .unwrap();
+    let steps = r#"[{"name":"like","sql":"PRAGMA case_sensitive_like = 1"},
+        {"name":"purge","sql":"DELETE FROM vk WHERE id > 85","expect_changes":{"min":10}}]"#;
+    let (code, err) = run_steps(&db, "like", steps, MODES[0]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("min is 10, but the step changed only 5 rows"),
+        "{err}"
+    );
+    assert_eq!(db.query_i64("SELECT count(*) FROM t"), 100, "rolled back");
+}
