@@ -177,7 +177,7 @@ fn as_text(db: &str, records: &[Record]) -> String {
             };
             out += &format!(
                 "  step {} {}: {}{at}, {} row{} ({} changed), {}{kept}\n",
-                r.step + 1,
+                r.step.saturating_add(1),
                 quoted(&r.name),
                 r.state.as_str(),
                 thousands(r.done),
@@ -200,7 +200,7 @@ fn strays_text(db: &std::path::Path, strays: &[(String, i64, u64)]) -> String {
             format!(
                 "plan {}: rows of the TEMP tables its step {} made, {} bytes, kept by a run stopped before it recorded the step; `batchsse checkpoint clear --db {} --plan {}` removes them\n",
                 quoted(plan),
-                step + 1,
+                step.saturating_add(1),
                 thousands(*bytes),
                 crate::human::shell_word(&db.to_string_lossy()),
                 crate::human::shell_word(plan),

@@ -154,6 +154,20 @@ pub(super) fn calls(sql: &str, function: &str) -> bool {
         .any(|t| matches!(t, Token::Name(n) if n.eq_ignore_ascii_case(function)))
 }
 
+/// Whether the statement `sql` inserts, as what sets `last_insert_rowid()`:
+/// an `INSERT` or `REPLACE`, also after a `WITH` clause (whose own
+/// statements only read). A trigger's inserts are not the statement's.
+pub(super) fn inserts(sql: &str) -> bool {
+    let t = tokens(sql);
+    let word =
+        |i: usize, w: &str| matches!(t.get(i), Some(Token::Name(n)) if n.eq_ignore_ascii_case(w));
+    if word(0, "WITH") {
+        return (0..t.len())
+            .any(|i| word(i, "INSERT") || (word(i, "REPLACE") && word(i + 1, "INTO")));
+    }
+    word(0, "INSERT") || word(0, "REPLACE")
+}
+
 /// The tokens of `sql`, comments left out.
 fn tokens(sql: &str) -> Vec<Token> {
     let b = sql.as_bytes();

@@ -58,13 +58,58 @@ enum Denied {
     Own(String),
 }
 
-/// Whether a boolean pragma's value turns it on, as SQLite reads it.
+/// Whether a boolean pragma's value turns it on, as SQLite reads it
+/// (`getSafetyLevel` in pragma.c): one that starts with a digit is the
+/// number its leading digits make, kept in a byte (`1.5` and `0x1` are
+/// on, `256` off); else only `on`, `yes` and `true`, spelled exactly.
 fn truthy(value: &str) -> bool {
-    let v = value.trim();
-    ["on", "yes", "true"]
+    match value.as_bytes().first() {
+        Some(c) if c.is_ascii_digit() => leading_int(value) as u8 != 0,
+        _ => ["on", "yes", "true"]
+            .iter()
+            .any(|t| value.eq_ignore_ascii_case(t)),
+    }
+}
+
+/// The integer `z`'s leading digits make, as SQLite's `sqlite3Atoi` reads
+/// it (`sqlite3GetInt32`): hexadecimal after `0x` (at most 8 digits, below
+/// 2^31), else decimal (at most 10 digits, at most `i32::MAX`); 0 for one
+/// out of that range.
+fn leading_int(z: &str) -> i32 {
+    let b = z.as_bytes();
+    let digits = |from: usize, max: usize, is: fn(&u8) -> bool| -> Vec<u8> {
+        let rest = b[from..].iter().skip_while(|&&c| c == b'0');
+        rest.take(max).take_while(|c| is(c)).copied().collect()
+    };
+    let value = |d: &[u8], radix: u32| {
+        d.iter().fold(0i64, |v, &c| {
+            v * i64::from(radix) + i64::from((c as char).to_digit(radix).unwrap_or(0))
+        })
+    };
+    if b.len() > 2 && b[0] == b'0' && matches!(b[1], b'x' | b'X') && b[2].is_ascii_hexdigit() {
+        let d = digits(2, 9, u8::is_ascii_hexdigit);
+        return match d.len() <= 8 && value(&d, 16) < 1 << 31 {
+            true => value(&d, 16) as i32,
+            false => 0,
+        };
+    }
+    let d = digits(0, 11, u8::is_ascii_digit);
+    match d.len() <= 10 && value(&d, 10) <= i64::from(i32::MAX) {
+        true => value(&d, 10) as i32,
+        false => 0,
+    }
+}
+
+/// Whether `value` sets the journal mode to OFF or MEMORY, as SQLite reads
+/// it (pragma.c): the first mode, in SQLite's order, whose name the value
+/// begins (`of` is OFF, `mem` MEMORY).
+fn unjournaled(value: &str) -> bool {
+    let modes = ["delete", "persist", "off", "truncate", "memory", "wal"];
+    let n = value.len();
+    let mode = modes
         .iter()
-        .any(|t| v.eq_ignore_ascii_case(t))
-        || v.parse::<i64>().is_ok_and(|n| n != 0)
+        .find(|m| m.get(..n).is_some_and(|p| p.eq_ignore_ascii_case(value)));
+    matches!(mode, Some(&"off" | &"memory"))
 }
 
 /// Why `PRAGMA query_only = ON` is refused.
@@ -101,9 +146,7 @@ fn denied(ctx: &rusqlite::hooks::AuthContext<'_>, is_own: Own) -> Option<Denied>
             pragma_value: Some(value),
         } => (pragma_name.eq_ignore_ascii_case("journal_mode")
             && ctx.database_name != Some("temp")
-            && ["off", "memory"]
-                .iter()
-                .any(|m| value.eq_ignore_ascii_case(m)))
+            && unjournaled(value))
         .then_some(Denied::Journal),
         Insert { table_name }
         | Delete { table_name }
@@ -956,7 +999,9 @@ impl Rehearsal {
             Some(_) => None,
             None => find("temp", name).map(|_| name),
         };
-        Err(UsageError::new(match (temp, dotted) {
+        // `main.x` that main lacks is no table here, not another database's.
+        let other = dotted.filter(|_| bare.is_none());
+        Err(UsageError::new(match (temp, other) {
             (Some(t), _) => format!(
                 "{label}: chunk.table {} is a TEMP table, which a walk cannot take: its chunks commit one by one to the file, and a TEMP table lives only in the run's connection. Make it a plain step (no \"chunk\"), or walk the file's table the TEMP table was made from",
                 quoted(t)
@@ -1451,4 +1496,54 @@ enum Rehearsed {
     Run,
     /// The rehearsal's bounds stopped it.
     Cut,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pragma_values_are_read_as_sqlite_reads_them() {
+        for on in [
+            "1",
+            "1.5",
+            "1x",
+            "0x1",
+            "0X0000001",
+            "257",
+            "00001",
+            "2147483647",
+            "ON",
+            "yes",
+            "True",
+        ] {
+            assert!(truthy(on), "{on}");
+        }
+        for off in [
+            "0",
+            "256",
+            "0x",
+            "0x100",
+            "0x80000000",
+            "0x123456789",
+            "99999999999",
+            "2147483648",
+            " 1",
+            "+1",
+            "-1",
+            "on ",
+            "full",
+            "",
+        ] {
+            assert!(!truthy(off), "{off}");
+        }
+        for off in ["off", "OF", "o", "memory", "MEM", "m"] {
+            assert!(unjournaled(off), "{off}");
+        }
+        for kept in [
+            "", "d", "delete", "p", "t", "truncate", "wal", "w", "offx", "memoryx",
+        ] {
+            assert!(!unjournaled(kept), "{kept}");
+        }
+    }
 }

@@ -80,6 +80,13 @@ pub struct Expect {
 }
 
 impl Step {
+    /// Whether [`Step::writes`] names every table the step writes: not
+    /// where the check's schema copy was incomplete (after an `ATTACH`,
+    /// whose file it does not copy), as `updates` says.
+    pub fn writes_seen(&self) -> bool {
+        self.updates.is_some()
+    }
+
     /// PRAGMA, ATTACH, DETACH and a step that writes only TEMP tables set
     /// up this connection only, so a resumed run does them again even when
     /// the checkpoint has them done.
@@ -429,27 +436,48 @@ fn json_step(
 }
 
 /// A resumed run starts on a new connection, where `last_insert_rowid()`
-/// answers 0: a step that calls it right after a step an earlier run
-/// applied (skipped now) would get 0 where the run it resumes had the
-/// rowid that step's last insert made (an order's lines inserted for
-/// order 0), and finish ok. Refused before anything runs.
+/// answers only for this run's inserts: a step that reads it before any
+/// insert of its own (in its SQL, or in its `expect` after a step that
+/// inserts nothing) gets the rowid of the last insert before it, which is
+/// lost where an earlier run applied that insert's step, skipped now (an
+/// order's lines inserted for order 0), however many steps that insert
+/// nothing lie between. Refused before anything runs.
 fn refuse_lost_rowid(finished: &Finished, steps: &[Step]) -> Result<(), UsageError> {
-    for pair in steps.windows(2) {
-        let (before, step) = (&pair[0], &pair[1]);
-        let skipped = finished.contains_key(&before.index) && !before.temp_only;
-        if !skipped || finished.contains_key(&step.index) {
+    // Whether a step runs in this run: not applied by an earlier one, or
+    // done again (it sets up the connection).
+    let runs = |s: &Step| !finished.contains_key(&s.index) || s.sets_up_connection();
+    let inserts = |s: &Step| split_statements(&s.sql).into_iter().any(bounds::inserts);
+    for (k, step) in steps.iter().enumerate() {
+        let Some(place) = reads_rowid_first(step).filter(|_| runs(step)) else {
             continue;
-        }
-        if bounds::calls(&step.sql, "last_insert_rowid") {
-            return Err(UsageError::new(format!(
-                "step {} ({}) calls last_insert_rowid(), and this run resumes at it, after step {} was applied by an earlier run: here it would answer 0, not the rowid of that run's last insert, so the rows it writes would be wrong. Have the step find that row itself (for example `(SELECT max(id) FROM orders)`), then run again; nothing was run",
-                step.index + 1,
-                quoted(&step.name),
-                before.index + 1
-            )));
-        }
+        };
+        let Some(before) = steps[..k].iter().rfind(|s| inserts(s)).filter(|s| !runs(s)) else {
+            continue;
+        };
+        return Err(UsageError::new(format!(
+            "step {} ({}) calls last_insert_rowid(){place}, and this run resumes after step {} ({}), whose inserts an earlier run applied: here it would not answer the rowid of that run's last insert, so the rows it writes or the check it makes would be wrong. Have the step find that row itself (for example `(SELECT max(id) FROM orders)`), then run again; nothing was run",
+            step.index + 1,
+            quoted(&step.name),
+            before.index + 1,
+            quoted(&before.name),
+        )));
     }
     Ok(())
+}
+
+/// Where `step` reads `last_insert_rowid()` before any insert of its own
+/// (`""` in its SQL, or in its `expect`), if it does.
+fn reads_rowid_first(step: &Step) -> Option<&'static str> {
+    for statement in split_statements(&step.sql) {
+        if bounds::calls(statement, "last_insert_rowid") {
+            return Some("");
+        }
+        if bounds::inserts(statement) {
+            return None;
+        }
+    }
+    let expect = step.expect.sql.as_deref().unwrap_or_default();
+    bounds::calls(expect, "last_insert_rowid").then_some(" in its expect")
 }
 
 fn prepare_sql(

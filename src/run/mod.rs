@@ -818,10 +818,15 @@ impl Runner<'_> {
             expected = self.expectations(step, before + changed, end);
             Ok(changed)
         };
+        // A try rolled back to be done again leaves the rowid as before it.
+        let rowid = self.user_rowid.get();
         let changed = match &self.recorder {
             Some(rec) => rec.record(step, range, &mut checked)?,
             None => Some(checked()?),
         };
+        if changed.is_none() {
+            self.user_rowid.set(rowid);
+        }
         Ok(changed.map(|n| (n, expected)))
     }
 

@@ -1834,3 +1834,48 @@ fn wait_for_file(path: &Path) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A recorded run whose undo record lost parts while it ran (its tables
+/// dropped by hand between two steps) cannot be taken back, as the
+/// terminal says and `finished` (no `undo_command`) carries; the banner
+/// said "batchsse undo can take this run back", which `batchsse undo`
+/// then refused as damaged. It says the run cannot be taken back.
+#[test]
+fn the_banner_of_a_run_whose_undo_record_is_incomplete_offers_no_undo() {
+    let Some(_b) = browser() else { return };
+    let db = TempDb::with_sql(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, counter INTEGER NOT NULL DEFAULT 0);
+         INSERT INTO t(id) VALUES (1), (2), (3);
+         CREATE TABLE go(x);",
+    );
+    let plan = db.file(
+        "plan.json",
+        r#"{"name":"two","steps":[
+            {"name":"first","sql":"UPDATE t SET counter = counter + 1 WHERE (WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 8000000) SELECT count(*) FROM s) > 0"},
+            {"name":"second","sql":"UPDATE t SET counter = counter + 10"}]}"#,
+    );
+    // Held after the first step until the test says go.
+    let hold = "SELECT (SELECT sum(counter) FROM t) = 3 AND NOT EXISTS (SELECT 1 FROM go)";
+    let flags = ["--undo", "--throttle-query", hold, "--linger", "20"];
+    let p = serving(&db, path_str(&plan), &flags);
+    let status = |field: &str| get(p.addr(), "/status", &[]).json()[field].clone();
+    let t0 = Instant::now();
+    while status("throttled").is_null() {
+        assert!(t0.elapsed() < PATIENCE, "never held: {}", p.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    clear_undo_by_hand(&db);
+    db.conn()
+        .execute_batch("INSERT INTO go VALUES (1)")
+        .unwrap();
+    while status("state") != "finished" {
+        assert!(t0.elapsed() < PATIENCE, "never finished: {}", p.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(status("undo_command").is_null(), "{}", p.stderr());
+    let v = observe(&format!("http://{}/", p.addr()), json!({}));
+    assert_eq!(v["banner"]["status"], "ok", "{v:#}");
+    let said = v["banner"]["text"].as_str().unwrap_or_default();
+    assert!(said.contains("cannot take this run back"), "{said:?}");
+    assert!(!said.contains("can take"), "{said:?}");
+}

@@ -584,7 +584,7 @@ fn a_resume_at_a_step_that_reads_the_last_rowid_of_a_step_before_is_refused() {
     assert_eq!(code, 2, "{err}");
     assert!(
         err.contains("step 2 (")
-            && err.contains("calls last_insert_rowid(), and this run resumes at it, after step 1"),
+            && err.contains("calls last_insert_rowid(), and this run resumes after step 1"),
         "{err}"
     );
     assert_eq!(sha256(&db.path), before, "nothing written");
@@ -595,4 +595,78 @@ fn a_resume_at_a_step_that_reads_the_last_rowid_of_a_step_before_is_refused() {
     let (code, _, err) = run_plan(&db, &said, &[]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(db.query_i64("SELECT order_id FROM lines"), 42);
+}
+
+/// Runs `steps` as plan "order" on a file of orders (41), lines and `m`
+/// (one row, `v` 0), with the trigger `once` that `block` makes failing
+/// the first run; then drops it and runs the plan again, resuming it:
+/// the file, the resumed run's exit code and its stderr.
+fn resumed_after(block: &str, steps: serde_json::Value) -> (TempDb, i32, String) {
+    let db = TempDb::with_sql(
+        "CREATE TABLE orders(id INTEGER PRIMARY KEY, note TEXT);
+         INSERT INTO orders VALUES (41, 'old');
+         CREATE TABLE lines(id INTEGER PRIMARY KEY, order_id INT);
+         CREATE TABLE m(id INTEGER PRIMARY KEY, v INT);
+         INSERT INTO m VALUES (1, 0);",
+    );
+    db.conn().execute_batch(block).unwrap();
+    let plan = serde_json::json!({"name": "order", "steps": steps}).to_string();
+    let (code, _, err) = run_plan(&db, &plan, &[]);
+    assert_eq!(code, 1, "the first run fails at the trigger: {err}");
+    db.conn().execute_batch("DROP TRIGGER once").unwrap();
+    let (code, _, err) = run_plan(&db, &plan, &[]);
+    (db, code, err)
+}
+
+/// A resume loses the rowid of the last insert an earlier run applied
+/// however far before the step that reads it: a resume at a step before
+/// it that inserts nothing, or one past a TEMP-only step (done again, but
+/// inserting nothing), set `m.v` and the line's order to 0 and finished
+/// ok; an `expect` that reads it, after a step that inserts nothing, was
+/// held to 0. Each is refused, the file untouched. A step that inserts
+/// its own row before it reads the rowid was refused as well, though it
+/// reads only its own insert: it resumes, and gets it.
+#[test]
+fn a_resume_is_refused_wherever_a_later_step_reads_a_rowid_it_lost_and_only_then() {
+    let on_m = "CREATE TRIGGER once BEFORE UPDATE ON m BEGIN SELECT RAISE(ABORT, 'not yet'); END;";
+    let on_lines =
+        "CREATE TRIGGER once BEFORE INSERT ON lines BEGIN SELECT RAISE(ABORT, 'not yet'); END;";
+    let order = serde_json::json!({"sql": "INSERT INTO orders(note) VALUES ('new')"});
+    let refused = [
+        (
+            on_m,
+            serde_json::json!([order, {"sql": "UPDATE m SET v = 1"},
+                {"sql": "UPDATE m SET v = last_insert_rowid()"}]),
+            "step 3 (",
+        ),
+        (
+            on_lines,
+            serde_json::json!([order, {"sql": "CREATE TEMP VIEW tv AS SELECT 1 AS x"},
+                {"sql": "INSERT INTO lines(order_id) VALUES (last_insert_rowid())"}]),
+            "step 3 (",
+        ),
+        (
+            on_m,
+            serde_json::json!([order, {"sql": "UPDATE m SET v = 1",
+                "expect": "SELECT last_insert_rowid() = 42"}]),
+            "step 2 (",
+        ),
+    ];
+    for (block, steps, step) in refused {
+        let (db, code, err) = resumed_after(block, steps.clone());
+        assert_eq!(code, 2, "{steps}: {err}");
+        assert!(
+            err.contains(step)
+                && err.contains("calls last_insert_rowid()")
+                && err.contains("after step 1 ("),
+            "{steps}: {err}"
+        );
+        assert_eq!(db.query_i64("SELECT v FROM m"), 0, "{steps}: nothing run");
+        assert_eq!(db.query_i64("SELECT count(*) FROM lines"), 0, "{steps}");
+    }
+    let own = serde_json::json!([order, {"sql":
+        "INSERT INTO orders(note) VALUES ('second'); INSERT INTO lines(order_id) VALUES (last_insert_rowid())"}]);
+    let (db, code, err) = resumed_after(on_lines, own);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(db.query_i64("SELECT order_id FROM lines"), 43);
 }

@@ -471,6 +471,61 @@ fn a_step_that_turns_query_only_on_is_refused_before_anything_runs() {
     assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 20);
 }
 
+/// SQLite reads a boolean pragma's value that starts with a digit as the
+/// number its leading digits make (`1.5`, `'1x'`, hexadecimal `0x1`, all
+/// on; `256`, kept in a byte, off), and a journal mode as the first one
+/// whose name it begins (`of` is OFF, `MEM` MEMORY). Such spellings turned
+/// `count_changes` or `query_only` on, or the journal off, past the check
+/// that knew only `1`, `on` and `off`: the run then failed at its own
+/// checkpoint ("Execute returned results"), or ran with no journal to roll
+/// back a failed chunk. They are refused before anything runs; a value
+/// SQLite reads as off still runs.
+#[test]
+fn pragma_values_sqlite_reads_as_on_or_unjournaled_are_refused_in_any_spelling() {
+    let db = TempDb::counters(20);
+    let before = sha256(&db.path);
+    for (i, (pragma, said)) in [
+        ("PRAGMA count_changes = 1.5;", "sets PRAGMA count_changes"),
+        ("PRAGMA count_changes = 0x1;", "sets PRAGMA count_changes"),
+        ("PRAGMA query_only = '1x';", "sets PRAGMA query_only"),
+        ("PRAGMA journal_mode = of;", "journal_mode to OFF or MEMORY"),
+        (
+            "PRAGMA journal_mode = 'MEM';",
+            "journal_mode to OFF or MEMORY",
+        ),
+        ("PRAGMA count_changes = 256;", ""),
+        ("PRAGMA query_only = ' 1';", ""),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let script = db.file(
+            &format!("spelled{i}.sql"),
+            &format!("{pragma}\nUPDATE t SET counter = counter + 1;\n"),
+        );
+        let (code, _, err) = run(&[
+            "run",
+            "--db",
+            path_str(&db.path),
+            "--sql",
+            path_str(&script),
+            "--no-serve",
+            "--no-checkpoint",
+        ]);
+        if said.is_empty() {
+            assert_eq!(code, 0, "{pragma}: SQLite reads it as off: {err}");
+            continue;
+        }
+        assert_eq!(code, 2, "{pragma}: {err}");
+        assert!(
+            err.contains("statement 1") && err.contains(said),
+            "{pragma}: {err}"
+        );
+        assert_eq!(sha256(&db.path), before, "{pragma} changed the database");
+    }
+    assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 40);
+}
+
 /// A file as an application that registers a collation of its own
 /// (Android's `LOCALIZED`) makes it: an index of `items` is ordered by
 /// it, a column of `notes` is declared with it (and a unique one of
@@ -670,4 +725,33 @@ fn steps_that_leave_an_application_s_own_collation_alone_still_run() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(db.query_i64(sums), 30_006);
     assert_eq!(db.query_i64("SELECT sum(n) FROM notes"), 0);
+}
+
+/// `checkpoint list` numbers steps from 1, so a step of the largest
+/// integer, written into batchsse's tables by hand or by a damaged copy,
+/// made it panic ("attempt to add with overflow"), in the checkpoint's
+/// rows as in the TEMP rows kept for a step no row records. It lists them.
+#[test]
+fn checkpoint_list_of_a_step_numbered_past_any_plan_does_not_panic() {
+    let db = TempDb::counters(3);
+    let plan = db.file(
+        "plan.json",
+        r#"{"name":"p","steps":[{"sql":"CREATE TEMP TABLE todo AS SELECT id FROM t"},{"sql":"INSERT INTO t(id) VALUES (1)"}]}"#,
+    );
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+    assert_eq!(
+        code, 1,
+        "the second step fails, the first's record kept: {err}"
+    );
+    let max = i64::MAX;
+    for moved in [
+        format!("UPDATE batchsse_setup SET step = {max}"),
+        format!("UPDATE batchsse_checkpoint SET step = {max}"),
+    ] {
+        db.conn().execute_batch(&moved).unwrap();
+        let (code, out, err) = run(&["checkpoint", "list", "--db", path_str(&db.path)]);
+        assert_eq!(code, 0, "{moved}: {err}");
+        assert!(out.contains(&format!("step {max}")), "{moved}: {out}");
+        assert!(!err.contains("panicked"), "{moved}: {err}");
+    }
 }

@@ -1961,6 +1961,55 @@ fn changes_by_a_trigger_added_after_the_check_are_taken_back() {
     }
 }
 
+/// A trigger the application adds after the check before the run makes
+/// a recorded step write a table its record was not armed for: the step
+/// is rolled back and done again, recorded with it. Done again, a step
+/// that reads `last_insert_rowid()` got the rowid of its own rolled-back
+/// try (the line inserted for order 1, the line's own rowid), not the
+/// order the step before inserted; it gets the order's.
+#[test]
+fn a_recorded_step_done_again_reads_the_rowid_the_step_before_left() {
+    let setup = "CREATE TABLE orders(id INTEGER PRIMARY KEY, note TEXT);
+         INSERT INTO orders VALUES (41, 'old');
+         CREATE TABLE lines(id INTEGER PRIMARY KEY, order_id INT);";
+    let trigger = "CREATE TABLE log(id INTEGER PRIMARY KEY, order_id INT);
+         CREATE TRIGGER late AFTER INSERT ON lines BEGIN
+           INSERT INTO log(order_id) VALUES (new.order_id); END;";
+    for env in [&[][..], &HOOK_OFF[..]] {
+        let db = TempDb::with_sql(setup);
+        let plan = db.file(
+            "plan.json",
+            r#"{"name":"again","steps":[
+                {"sql":"INSERT INTO orders(note) VALUES ('new')"},
+                {"sql":"INSERT INTO lines(order_id) VALUES (last_insert_rowid())"}]}"#,
+        );
+        let gate = [
+            "--undo",
+            "--listen",
+            "127.0.0.1:0",
+            "--wait-for-clients",
+            "1",
+            "--progress",
+            "plain",
+        ];
+        let mut p = Proc::start_with(&run_args(&db, path_str(&plan), &gate), |c| {
+            c.envs(env.iter().copied());
+        });
+        db.conn().execute_batch(trigger).unwrap();
+        let _s = Stream::open(p.addr(), "/events", &[]);
+        assert_eq!(p.wait().code(), Some(0), "{env:?}: {}", p.stderr());
+        assert_eq!(
+            db.query_text("SELECT group_concat(order_id) FROM lines"),
+            "42",
+            "{env:?}: the line is the new order's"
+        );
+        assert_eq!(
+            db.query_text("SELECT group_concat(order_id) FROM log"),
+            "42"
+        );
+    }
+}
+
 /// A trigger the application makes while a recorded step runs (between
 /// two of its chunks), which updates a column the step never names and
 /// (second case) fills a table made with it: the step's statement is

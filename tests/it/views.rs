@@ -206,3 +206,87 @@ fn a_delete_from_a_view_without_its_trigger_is_still_refused() {
         assert_eq!(db.bytes(), before, "{extra:?} {env:?}: nothing written");
     }
 }
+
+/// A step on a view of a database the plan attaches: the check before the
+/// run cannot compile it (the file is attached only as the plan runs), so
+/// it did not know the step writes a view, and the statement counted 0
+/// rows, passing any `expect_changes` `max` while its trigger changed
+/// every row. It counts the view rows it processed, as on `main`.
+#[test]
+fn a_step_on_a_view_of_an_attached_database_counts_its_view_rows() {
+    let db = views();
+    let other = db.dir.path().join("other.sqlite");
+    rusqlite::Connection::open(&other)
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE u(id INTEGER PRIMARY KEY, a INT);
+             INSERT INTO u(a) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < 20) SELECT 0 FROM s;
+             CREATE VIEW vu AS SELECT id, a FROM u;
+             CREATE TRIGGER vuu INSTEAD OF UPDATE ON vu BEGIN UPDATE u SET a = new.a WHERE id = old.id; END;",
+        )
+        .unwrap();
+    let attach = format!("ATTACH '{}' AS aux", path_str(&other).replace('\'', "''"));
+    let steps = |update: &str, changes: &str| {
+        serde_json::json!([{"name": "attach", "sql": attach},
+            {"name": "through", "sql": update, "expect_changes": serde_json::from_str::<serde_json::Value>(changes).unwrap()}])
+        .to_string()
+    };
+    let (code, err) = run_steps(
+        &db,
+        "capped",
+        &steps("UPDATE aux.vu SET a = 1", r#"{"max":19}"#),
+        MODES[0],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("max is 19, but the step has changed 20 rows"),
+        "{err}"
+    );
+    let changed = "SELECT count(*) FROM aux.u WHERE a > 0";
+    let count = |db: &TempDb| {
+        let c = db.conn();
+        c.execute_batch(&attach).unwrap();
+        c.query_row(changed, [], |r| r.get::<_, i64>(0)).unwrap()
+    };
+    assert_eq!(count(&db), 0, "rolled back");
+    let (code, err) = run_steps(
+        &db,
+        "counted",
+        &steps(
+            "UPDATE aux.vu SET a = 2 WHERE id <= 5",
+            r#"{"min":5,"max":5}"#,
+        ),
+        MODES[0],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("through: done, 5 rows changed"), "{err}");
+    assert_eq!(count(&db), 5);
+}
+
+/// A DELETE on a view whose trigger skips rows with `RAISE(IGNORE)` is
+/// counted by the rows written, not by SQLite's count of the rows found;
+/// the trigger was looked for with `LIKE`, which a step's `PRAGMA
+/// case_sensitive_like` made miss `RAISE(IGNORE)` written in capitals:
+/// the DELETE then counted the 15 rows it found, 10 of them skipped, and
+/// passed a `min` of 10. It counts the 5 it deleted.
+#[test]
+fn a_case_sensitive_like_does_not_hide_a_trigger_that_skips_rows() {
+    let db = views();
+    db.conn()
+        .execute_batch(
+            "CREATE TRIGGER vkd INSTEAD OF DELETE ON vk BEGIN
+               SELECT RAISE(IGNORE) WHERE old.id > 90;
+               DELETE FROM t WHERE id = old.id;
+             END;",
+        )
+        .unwrap();
+    let steps = r#"[{"name":"like","sql":"PRAGMA case_sensitive_like = 1"},
+        {"name":"purge","sql":"DELETE FROM vk WHERE id > 85","expect_changes":{"min":10}}]"#;
+    let (code, err) = run_steps(&db, "like", steps, MODES[0]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("min is 10, but the step changed only 5 rows"),
+        "{err}"
+    );
+    assert_eq!(db.query_i64("SELECT count(*) FROM t"), 100, "rolled back");
+}

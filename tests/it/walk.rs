@@ -1037,3 +1037,26 @@ fn a_walk_of_main_t_runs_and_of_a_temp_or_attached_table_says_why_not() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(db.query_i64("SELECT count(*) FROM t WHERE counter = 7"), 10);
 }
+
+/// A walk's table misspelt with its schema (`main.tt` for `t`) is a table
+/// this database lacks: it was said to name "a table of another database
+/// ("main")", with the advice to run the step on that file. It is said
+/// to be no table here, with the tables there are, the file untouched.
+#[test]
+fn a_walk_of_main_and_a_table_it_lacks_says_there_is_no_such_table() {
+    let db = TempDb::counters(5);
+    let before = sha256(&db.path);
+    let plan = serde_json::json!({"name": "typo", "steps": [
+        {"sql": "UPDATE t SET counter = 1 WHERE id BETWEEN :lo AND :hi",
+         "chunk": {"table": "main.tt", "size": 3}}]});
+    let plan = db.file("plan.json", &plan.to_string());
+    let (code, _, err) = crate::util::run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("chunk.table \"main.tt\" is not a table in this database")
+            && err.contains("(tables: t)"),
+        "{err}"
+    );
+    assert!(!err.contains("another database"), "{err}");
+    assert_eq!(sha256(&db.path), before, "untouched");
+}
