@@ -3,6 +3,21 @@
 
 use crate::util::*;
 
+/// Runs the SQL script at `script` on `db` with no server (and `extra`
+/// flags): (exit code, stdout, stderr).
+fn run_sql(db: &TempDb, script: &std::path::Path, extra: &[&str]) -> (i32, String, String) {
+    let mut args = vec![
+        "run",
+        "--db",
+        path_str(&db.path),
+        "--sql",
+        path_str(script),
+        "--no-serve",
+    ];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
 /// With no rollback journal SQLite cannot undo a failed step: a run whose
 /// plan turned it off kept most of a failed `UPDATE` while saying it rolled
 /// back, and a resumed chunk would be applied twice.
@@ -24,14 +39,7 @@ fn a_plan_that_turns_the_rollback_journal_off_is_refused_before_anything_runs() 
             "off.sql",
             &format!("{pragma}\nPRAGMA cache_size = 5;\nUPDATE t SET counter = counter + 1;\n"),
         );
-        let (code, out, err) = run(&[
-            "run",
-            "--db",
-            path_str(&db.path),
-            "--sql",
-            path_str(&script),
-            "--no-serve",
-        ]);
+        let (code, out, err) = run_sql(&db, &script, &[]);
         assert_eq!(code, 2, "{pragma}: {err}");
         assert!(out.is_empty(), "{out}");
         assert!(
@@ -270,14 +278,7 @@ fn a_sqlite3_shell_command_in_a_script_is_named_as_one() {
         "-- made for sqlite3\nUPDATE t SET counter = 1;\n.timeout 5000\nUPDATE t SET counter = 2;\n",
     );
     let before = sha256(&db.path);
-    let (code, _, err) = run(&[
-        "run",
-        "--db",
-        path_str(&db.path),
-        "--sql",
-        path_str(&script),
-        "--no-serve",
-    ]);
+    let (code, _, err) = run_sql(&db, &script, &[]);
     assert_eq!(code, 2, "{err}");
     assert!(
         err.contains("shell.sql: line 3 is a command of the sqlite3 shell (.timeout), not SQL")
@@ -400,14 +401,7 @@ fn a_step_that_turns_count_changes_on_is_refused_before_anything_runs() {
             &format!("count{i}.sql"),
             &format!("{pragma}\nUPDATE t SET counter = counter + 1;\n"),
         );
-        let (got, _, err) = run(&[
-            "run",
-            "--db",
-            path_str(&db.path),
-            "--sql",
-            path_str(&script),
-            "--no-serve",
-        ]);
+        let (got, _, err) = run_sql(&db, &script, &[]);
         assert_eq!(got, code, "{pragma}: {err}");
         if code == 2 {
             assert!(
@@ -439,14 +433,7 @@ fn a_step_that_turns_query_only_on_is_refused_before_anything_runs() {
             &format!("on{i}.sql"),
             &format!("{pragma}\nUPDATE t SET counter = counter + 1;\n"),
         );
-        let (code, _, err) = run(&[
-            "run",
-            "--db",
-            path_str(&db.path),
-            "--sql",
-            path_str(&script),
-            "--no-serve",
-        ]);
+        let (code, _, err) = run_sql(&db, &script, &[]);
         assert_eq!(code, 2, "{pragma}: {err}");
         assert!(
             err.contains("statement 1") && err.contains("sets PRAGMA query_only"),
@@ -459,14 +446,7 @@ fn a_step_that_turns_query_only_on_is_refused_before_anything_runs() {
         "off.sql",
         "PRAGMA query_only = 0;\nPRAGMA query_only;\nUPDATE t SET counter = counter + 1;\n",
     );
-    let (code, _, err) = run(&[
-        "run",
-        "--db",
-        path_str(&db.path),
-        "--sql",
-        path_str(&script),
-        "--no-serve",
-    ]);
+    let (code, _, err) = run_sql(&db, &script, &[]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 20);
 }
@@ -503,15 +483,7 @@ fn pragma_values_sqlite_reads_as_on_or_unjournaled_are_refused_in_any_spelling()
             &format!("spelled{i}.sql"),
             &format!("{pragma}\nUPDATE t SET counter = counter + 1;\n"),
         );
-        let (code, _, err) = run(&[
-            "run",
-            "--db",
-            path_str(&db.path),
-            "--sql",
-            path_str(&script),
-            "--no-serve",
-            "--no-checkpoint",
-        ]);
+        let (code, _, err) = run_sql(&db, &script, &["--no-checkpoint"]);
         if said.is_empty() {
             assert_eq!(code, 0, "{pragma}: SQLite reads it as off: {err}");
             continue;

@@ -1911,6 +1911,20 @@ fn an_undo_dry_run_never_waits_holding_the_lock() {
     assert_eq!(sha256(&db.path), file, "a dry run writes nothing");
 }
 
+/// Starts a recorded run of `plan` that waits for its first client, has
+/// the application run `meanwhile` on the file (a change between the
+/// pre-run check and the run), then lets the run go to its end, which
+/// must be ok.
+fn recorded_after(db: &TempDb, plan: &std::path::Path, env: &[(&str, &str)], meanwhile: &str) {
+    let gate = words("--undo --listen 127.0.0.1:0 --wait-for-clients 1 --progress plain");
+    let mut p = Proc::start_with(&run_args(db, path_str(plan), &gate), |c| {
+        c.envs(env.iter().copied());
+    });
+    db.conn().execute_batch(meanwhile).unwrap();
+    let _s = Stream::open(p.addr(), "/events", &[]);
+    assert_eq!(p.wait().code(), Some(0), "{env:?}: {}", p.stderr());
+}
+
 /// A trigger the application adds after the check before the run (here
 /// while the run waits for its first client) makes the run change columns
 /// and tables the check did not see the step write. The record must hold
@@ -1934,21 +1948,7 @@ fn changes_by_a_trigger_added_after_the_check_are_taken_back() {
                 {"sql":"UPDATE t SET a = a + 1 WHERE id BETWEEN :lo AND :hi","chunk":{"table":"t","size":4}},
                 {"sql":"UPDATE t SET a = a * 2 WHERE id <= 3"}]}"#,
         );
-        let gate = [
-            "--undo",
-            "--listen",
-            "127.0.0.1:0",
-            "--wait-for-clients",
-            "1",
-            "--progress",
-            "plain",
-        ];
-        let mut p = Proc::start_with(&run_args(&db, path_str(&plan), &gate), |c| {
-            c.envs(env.iter().copied());
-        });
-        db.conn().execute_batch(trigger).unwrap();
-        let _s = Stream::open(p.addr(), "/events", &[]);
-        assert_eq!(p.wait().code(), Some(0), "{env:?}: {}", p.stderr());
+        recorded_after(&db, &plan, env, trigger);
         assert_eq!(
             db.query_i64("SELECT n FROM stats"),
             15,
@@ -1983,21 +1983,7 @@ fn a_recorded_step_done_again_reads_the_rowid_the_step_before_left() {
                 {"sql":"INSERT INTO orders(note) VALUES ('new')"},
                 {"sql":"INSERT INTO lines(order_id) VALUES (last_insert_rowid())"}]}"#,
         );
-        let gate = [
-            "--undo",
-            "--listen",
-            "127.0.0.1:0",
-            "--wait-for-clients",
-            "1",
-            "--progress",
-            "plain",
-        ];
-        let mut p = Proc::start_with(&run_args(&db, path_str(&plan), &gate), |c| {
-            c.envs(env.iter().copied());
-        });
-        db.conn().execute_batch(trigger).unwrap();
-        let _s = Stream::open(p.addr(), "/events", &[]);
-        assert_eq!(p.wait().code(), Some(0), "{env:?}: {}", p.stderr());
+        recorded_after(&db, &plan, env, trigger);
         assert_eq!(
             db.query_text("SELECT group_concat(order_id) FROM lines"),
             "42",
