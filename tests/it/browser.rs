@@ -1843,19 +1843,8 @@ fn wait_for_file(path: &Path) {
 #[test]
 fn the_banner_of_a_run_whose_undo_record_is_incomplete_offers_no_undo() {
     let Some(_b) = browser() else { return };
-    let db = TempDb::with_sql(
-        "CREATE TABLE t(id INTEGER PRIMARY KEY, counter INTEGER NOT NULL DEFAULT 0);
-         INSERT INTO t(id) VALUES (1), (2), (3);
-         CREATE TABLE go(x);",
-    );
-    let plan = db.file(
-        "plan.json",
-        r#"{"name":"two","steps":[
-            {"name":"first","sql":"UPDATE t SET counter = counter + 1 WHERE (WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 8000000) SELECT count(*) FROM s) > 0"},
-            {"name":"second","sql":"UPDATE t SET counter = counter + 10"}]}"#,
-    );
+    let (db, plan, hold) = held_after_first_step();
     // Held after the first step until the test says go.
-    let hold = "SELECT (SELECT sum(counter) FROM t) = 3 AND NOT EXISTS (SELECT 1 FROM go)";
     let flags = ["--undo", "--throttle-query", hold, "--linger", "20"];
     let p = serving(&db, path_str(&plan), &flags);
     let status = |field: &str| get(p.addr(), "/status", &[]).json()[field].clone();

@@ -128,21 +128,10 @@ fn clearing_every_record_during_a_recorded_run_does_not_break_the_run() {
 /// one either.
 #[test]
 fn clearing_the_records_between_two_steps_is_not_a_run_taken_back() {
-    let db = TempDb::with_sql(
-        "CREATE TABLE t(id INTEGER PRIMARY KEY, counter INTEGER NOT NULL DEFAULT 0);
-         INSERT INTO t(id) VALUES (1), (2), (3);
-         CREATE TABLE go(x);",
-    );
-    let plan = db.file(
-        "plan.json",
-        r#"{"name":"two","steps":[
-            {"name":"first","sql":"UPDATE t SET counter = counter + 1 WHERE (WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 8000000) SELECT count(*) FROM s) > 0"},
-            {"name":"second","sql":"UPDATE t SET counter = counter + 10"}]}"#,
-    );
+    let (db, plan, hold) = held_after_first_step();
     let file = path_str(&db.path);
     // Held after the first step (slow enough for the query to be asked
     // again before the second) until the test says go.
-    let hold = "SELECT (SELECT sum(counter) FROM t) = 3 AND NOT EXISTS (SELECT 1 FROM go)";
     let mut p = Proc::start(&run_args(
         &db,
         path_str(&plan),

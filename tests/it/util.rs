@@ -1672,3 +1672,23 @@ pub fn dump_copy(db: &TempDb) -> TempDb {
     }
     copy
 }
+
+/// A file and a plan of two steps, "first" slow enough for a
+/// `--throttle-query` to be asked before "second", and that query (`hold`):
+/// with `--throttle-query hold` the run waits after the first step until
+/// the test makes the table `go` hold a row.
+pub fn held_after_first_step() -> (TempDb, PathBuf, &'static str) {
+    let db = TempDb::with_sql(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, counter INTEGER NOT NULL DEFAULT 0);
+         INSERT INTO t(id) VALUES (1), (2), (3);
+         CREATE TABLE go(x);",
+    );
+    let plan = db.file(
+        "plan.json",
+        r#"{"name":"two","steps":[
+            {"name":"first","sql":"UPDATE t SET counter = counter + 1 WHERE (WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 8000000) SELECT count(*) FROM s) > 0"},
+            {"name":"second","sql":"UPDATE t SET counter = counter + 10"}]}"#,
+    );
+    let hold = "SELECT (SELECT sum(counter) FROM t) = 3 AND NOT EXISTS (SELECT 1 FROM go)";
+    (db, plan, hold)
+}
