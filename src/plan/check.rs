@@ -132,22 +132,7 @@ fn denied(ctx: &rusqlite::hooks::AuthContext<'_>, is_own: Own) -> Option<Denied>
         Pragma {
             pragma_name,
             pragma_value: Some(value),
-        } if pragma_name.eq_ignore_ascii_case("query_only") => {
-            truthy(value).then_some(Denied::QueryOnly)
-        }
-        Pragma {
-            pragma_name,
-            pragma_value: Some(value),
-        } if pragma_name.eq_ignore_ascii_case("count_changes") => {
-            truthy(value).then_some(Denied::Counting)
-        }
-        Pragma {
-            pragma_name,
-            pragma_value: Some(value),
-        } => (pragma_name.eq_ignore_ascii_case("journal_mode")
-            && ctx.database_name != Some("temp")
-            && unjournaled(value))
-        .then_some(Denied::Journal),
+        } => pragma_denied(pragma_name, value, ctx.database_name),
         Insert { table_name }
         | Delete { table_name }
         | Update { table_name, .. }
@@ -156,6 +141,20 @@ fn denied(ctx: &rusqlite::hooks::AuthContext<'_>, is_own: Own) -> Option<Denied>
         | CreateTrigger { table_name, .. }
         | CreateTempTrigger { table_name, .. } => own(table_name),
         _ => None,
+    }
+}
+
+/// What a `PRAGMA name = value` on the schema `db` is refused for: one
+/// that turns `query_only` or `count_changes` on, or the file's journal
+/// off (see [`Denied`]).
+fn pragma_denied(name: &str, value: &str, db: Option<&str>) -> Option<Denied> {
+    let is = |n: &str| name.eq_ignore_ascii_case(n);
+    if is("query_only") {
+        truthy(value).then_some(Denied::QueryOnly)
+    } else if is("count_changes") {
+        truthy(value).then_some(Denied::Counting)
+    } else {
+        (is("journal_mode") && db != Some("temp") && unjournaled(value)).then_some(Denied::Journal)
     }
 }
 
