@@ -313,13 +313,11 @@ async fn run_blocking(session: Session, parts: &Parts, wait_for: usize) -> RunSt
             );
         }
         let mut session = session;
-        // Without the hook (never expected) every step is recorded staged.
-        let hook = (runner::records(&session.plan, &session.opts) && !runner::undo::preupdate())
-            .then(|| runner::undo::Hook::install(&mut session.conn).ok())
-            .flatten();
         let guard = runner::records(&session.plan, &session.opts)
             .then(|| runner::undo::Guard::install(&mut session.conn).ok())
             .flatten();
+        let hook = (runner::records(&session.plan, &session.opts) && !runner::undo::preupdate())
+            .then(|| runner::undo::Hook::install(&session.conn));
         let job = runner::Job {
             hook,
             guard,

@@ -601,21 +601,21 @@ impl<'c> Walk<'c> {
     }
 }
 
-/// The hook a [`Chunk::fenced`] step's chunks are checked by, unless the
-/// undo recording holds the update hook, or a foreign key of the walked
-/// table to itself may cascade to rows of other chunks (the authorizer
-/// takes its writes for the statement's own).
-fn fence_for<'c>(r: &Runner<'c>, chunk: &Chunk) -> Option<Fence<'c>> {
-    let hooked = r.recorder.as_ref().is_some_and(|rec| rec.hooks_updates());
-    if !chunk.fenced || hooked || super::fence::cascades(r.conn, &chunk.table) {
+/// The hook a [`Chunk::fenced`] step's chunks are checked by, unless a
+/// foreign key of the walked table to itself may cascade to rows of other
+/// chunks (the authorizer takes its writes for the statement's own). Over
+/// the undo recording's update hook, where it has one.
+fn fence_for<'w>(r: &'w Runner<'_>, chunk: &Chunk) -> Option<Fence<'w>> {
+    if !chunk.fenced || super::fence::cascades(r.conn, &chunk.table) {
         return None;
     }
+    let beneath = r.recorder.as_ref().and_then(|rec| rec.update_hook());
     if chunk.rowid {
-        return Some(Fence::install(r.conn, &chunk.table, None));
+        return Some(Fence::install(r.conn, beneath, &chunk.table, None));
     }
     // None for a WITHOUT ROWID table, whose writes the hook does not see.
     let rowid = super::escape::free_rowid_name(r.conn, &chunk.table)?;
-    Some(Fence::install(r.conn, &chunk.table, Some(rowid)))
+    Some(Fence::install(r.conn, beneath, &chunk.table, Some(rowid)))
 }
 
 fn schema_version(conn: &Connection) -> rusqlite::Result<i64> {

@@ -22,6 +22,7 @@
 use rusqlite::{Connection, named_params};
 
 use super::checkpoint::Resume;
+use super::hooked::Beneath;
 use super::write_cap::{WriteCap, Writes};
 use super::{Counts, Runner, StepError};
 use crate::error::UsageError;
@@ -72,7 +73,12 @@ pub fn refuse_escaping_chunks(
                 super::chunk::random_rowids(chunk)
             )));
         }
-        let try_it = || tried(conn, step, Try::Capped);
+        // Before the run: the undo recording's hook is not on yet.
+        let at = Conn {
+            conn,
+            beneath: None,
+        };
+        let try_it = || tried(at, step, Try::Capped);
         if let Ok(Some(escape)) = crate::lifecycle::check_write(conn, try_it) {
             return Err(UsageError::new(format!(
                 "step {} ({}) {}. Nothing was written",
@@ -94,16 +100,13 @@ pub(super) fn refuse_in_run(r: &Runner<'_>, step: &Step) -> Result<(), (StepErro
         return Ok(());
     };
     // Stopping a statement inside the run's transaction would roll all of
-    // it back; the recorder's update hook is the connection's own.
-    let how = match (
-        r.nested,
-        r.recorder.as_ref().is_some_and(|rec| rec.hooks_updates()),
-    ) {
-        (true, _) => Try::Nested,
-        (false, true) => Try::Whole,
-        (false, false) => Try::Capped,
+    // it back.
+    let how = if r.nested { Try::Nested } else { Try::Capped };
+    let at = Conn {
+        conn: r.conn,
+        beneath: r.recorder.as_ref().and_then(|rec| rec.update_hook()),
     };
-    match tried(r.conn, step, how) {
+    match tried(at, step, how) {
         Ok(None) => Ok(()),
         Ok(Some(escape)) => Err((
             StepError::Sql(format!(
@@ -121,17 +124,24 @@ pub(super) fn refuse_in_run(r: &Runner<'_>, step: &Step) -> Result<(), (StepErro
 enum Try {
     /// In a transaction of its own, stopped at [`CAP`] rows.
     Capped,
-    /// In a transaction of its own, to its end.
-    Whole,
     /// In a savepoint of the run's transaction, to its end.
     Nested,
+}
+
+/// The connection a step is tried on, and the update hook of the run's
+/// undo recording, which the try's own is installed over (see `hooked`).
+#[derive(Clone, Copy)]
+struct Conn<'c> {
+    conn: &'c Connection,
+    beneath: Option<Beneath<'c>>,
 }
 
 /// How `step` escapes its chunk, if it does: `Ok(None)` when it changes
 /// nothing with an empty chunk, or cannot be tried (it does not compile
 /// here, or fails other than by a constraint). `Err` when the
 /// transaction cannot begin (a lock another connection holds) or end.
-fn tried(conn: &Connection, step: &Step, how: Try) -> rusqlite::Result<Option<Escape>> {
+fn tried(at: Conn<'_>, step: &Step, how: Try) -> rusqlite::Result<Option<Escape>> {
+    let conn = at.conn;
     // The write lock first, as a chunk takes it: a deferred transaction in
     // WAL mode would fail at once if another process wrote in between.
     let (begin, end) = match how {
@@ -139,12 +149,12 @@ fn tried(conn: &Connection, step: &Step, how: Try) -> rusqlite::Result<Option<Es
             "SAVEPOINT batchsse_try",
             "ROLLBACK TO batchsse_try; RELEASE batchsse_try",
         ),
-        Try::Capped | Try::Whole => ("BEGIN IMMEDIATE", "ROLLBACK"),
+        Try::Capped => ("BEGIN IMMEDIATE", "ROLLBACK"),
     };
     conn.execute_batch(begin)?;
-    let mut escape = with_empty_chunk(conn, step, how);
-    if escape.is_none() && how != Try::Whole && !conn.is_autocommit() {
-        escape = with_one_key(conn, step, how);
+    let mut escape = with_empty_chunk(at, step, how);
+    if escape.is_none() && !conn.is_autocommit() {
+        escape = with_one_key(at, step, how);
     }
     // A failed statement may have ended SQLite's transaction already (an
     // `OR ROLLBACK`, a full disk, the cap): the whole of it, outer one
@@ -156,9 +166,10 @@ fn tried(conn: &Connection, step: &Step, how: Try) -> rusqlite::Result<Option<Es
 }
 
 /// The step's statement with an empty chunk, in the try's transaction.
-fn with_empty_chunk(conn: &Connection, step: &Step, how: Try) -> Option<Escape> {
+fn with_empty_chunk(at: Conn<'_>, step: &Step, how: Try) -> Option<Escape> {
+    let conn = at.conn;
     let before = conn.total_changes();
-    let cap = (how == Try::Capped).then(|| WriteCap::install(conn, CAP));
+    let cap = (how == Try::Capped).then(|| WriteCap::install(conn, at.beneath, CAP));
     let null: Option<i64> = None;
     let ran = run_bound(conn, &step.sql, &null);
     let changed = conn.total_changes().saturating_sub(before);
@@ -188,7 +199,8 @@ fn with_empty_chunk(conn: &Connection, step: &Step, how: Try) -> Option<Escape> 
 /// (`WHERE k BETWEEN :lo + 1 AND :hi + 1`, or an `OR` whose literal hides
 /// behind `:hi`) would change it again in that row's own chunk. Only rows
 /// SQLite's update hook reports are seen: none of a WITHOUT ROWID table.
-fn with_one_key(conn: &Connection, step: &Step, how: Try) -> Option<Escape> {
+fn with_one_key(at: Conn<'_>, step: &Step, how: Try) -> Option<Escape> {
+    let conn = at.conn;
     let chunk = step.chunk.as_ref().filter(|c| c.fenced)?;
     if super::fence::cascades(conn, &chunk.table) {
         return None;
@@ -203,7 +215,8 @@ fn with_one_key(conn: &Connection, step: &Step, how: Try) -> Option<Escape> {
         )
         .ok()?;
     // Inside the run's transaction a stop would roll all of it back.
-    let cap = WriteCap::install(conn, if how == Try::Capped { CAP } else { u64::MAX });
+    let cap = if how == Try::Capped { CAP } else { u64::MAX };
+    let cap = WriteCap::install(conn, at.beneath, cap);
     let ran = run_bound(conn, &step.sql, &first);
     let (seen, stopped) = (cap.writes(), cap.reached());
     drop(cap);

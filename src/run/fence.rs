@@ -15,7 +15,7 @@ use std::ffi::{CStr, c_char, c_int, c_void};
 
 use rusqlite::{Connection, OptionalExtension, ffi};
 
-use super::hooked::Hooked;
+use super::hooked::{Beneath, Hooked};
 use crate::plan::{Chunk, Key, quote};
 
 struct Shared {
@@ -39,12 +39,19 @@ struct Shared {
 pub struct Fence<'c>(Hooked<'c, Shared>, Option<&'static str>);
 
 impl<'c> Fence<'c> {
-    /// Watches writes to `table` of `main` on `conn`, which must have no
-    /// update hook of its own meanwhile: this one replaces it, and
-    /// removes it when dropped. Given a name of the table's rowid that no
-    /// column takes, it also keeps every rowid written (see
-    /// [`Fence::outside`]).
-    pub fn install(conn: &'c Connection, table: &str, rowid: Option<&'static str>) -> Fence<'c> {
+    /// Watches writes to `table` of `main` on `conn`, whose update hook
+    /// must be `beneath` (the undo recording's) or none meanwhile: this
+    /// one replaces it, tells it every write too, and puts it back when
+    /// dropped. Over none, SQLite calls this one's callback directly,
+    /// which a run without `--undo` pays for each row. Given a name of
+    /// the table's rowid that no column takes, it also keeps every rowid
+    /// written (see [`Fence::outside`]).
+    pub fn install(
+        conn: &'c Connection,
+        beneath: Option<Beneath<'c>>,
+        table: &str,
+        rowid: Option<&'static str>,
+    ) -> Fence<'c> {
         let shared = Shared {
             table: table.to_owned(),
             last: Cell::new(std::ptr::null()),
@@ -53,7 +60,10 @@ impl<'c> Fence<'c> {
             max: Cell::new(i64::MIN),
             written: rowid.map(|_| RefCell::new(Vec::new())),
         };
-        Fence(Hooked::install(conn, shared, on_write, None), rowid)
+        Fence(
+            Hooked::install(conn, beneath, shared, on_write, None),
+            rowid,
+        )
     }
 
     /// Forgets what was written so far, before a chunk's statement.
@@ -258,7 +268,7 @@ mod tests {
              INSERT INTO t(id, n) VALUES (1, 0), (5, 0), (9, 0); INSERT INTO u VALUES (100);",
         )
         .unwrap();
-        let fence = Fence::install(&conn, "T", None);
+        let fence = Fence::install(&conn, None, "T", None);
         conn.execute("UPDATE t SET n = 1 WHERE id > 1", []).unwrap();
         conn.execute("UPDATE u SET id = 200", []).unwrap();
         assert_eq!(fence.span(), Some((5, 9)));
@@ -293,7 +303,7 @@ mod tests {
             assert_eq!(at.first_stray_by_range(written, bounds).unwrap(), Some(1));
             assert_eq!(at.first_stray_by_row(written, bounds).unwrap(), Some(1));
         }
-        let fence = Fence::install(&conn, "t", Some("rowid"));
+        let fence = Fence::install(&conn, None, "t", Some("rowid"));
         conn.execute("UPDATE t SET n = 1 WHERE k IN ('a', 'c')", [])
             .unwrap();
         let chunk = Chunk {

@@ -98,7 +98,7 @@ pub struct Job<'a> {
     pub opts: &'a Options,
     pub resume: &'a Resume,
     /// With `--undo`: the connection's update hook ([`records`]).
-    pub hook: Option<undo::Hook>,
+    pub hook: Option<undo::Hook<'a>>,
     /// With `--undo`: the connection's guard against unrecordable writes.
     pub guard: Option<undo::Guard>,
 }

@@ -13,7 +13,7 @@ use std::ffi::{CStr, c_char, c_int, c_void};
 
 use rusqlite::{Connection, ffi};
 
-use super::hooked::Hooked;
+use super::hooked::{Beneath, Hooked};
 
 /// What a statement changed while a [`WriteCap`] watched.
 #[derive(Default, Clone)]
@@ -36,14 +36,18 @@ pub struct WriteCap<'c>(Hooked<'c, Shared>);
 
 impl<'c> WriteCap<'c> {
     /// Watches `conn`'s writes and stops its statement at `cap` rows. The
-    /// connection must have no update hook or progress handler of its own
-    /// meanwhile: this one replaces it, and removes it when dropped.
-    pub fn install(conn: &'c Connection, cap: u64) -> WriteCap<'c> {
+    /// connection's update hook must be `beneath` (the undo recording's)
+    /// or none, and it must have no progress handler of its own
+    /// meanwhile: these replace them, the update hook telling `beneath`
+    /// every write too, and are removed when this is dropped, `beneath`
+    /// put back.
+    pub fn install(conn: &'c Connection, beneath: Option<Beneath<'c>>, cap: u64) -> WriteCap<'c> {
         let shared = Shared {
             cap,
             writes: RefCell::default(),
         };
-        WriteCap(Hooked::install(conn, shared, on_write, Some(on_progress)))
+        let hooked = Hooked::install(conn, beneath, shared, on_write, Some(on_progress));
+        WriteCap(hooked)
     }
 
     /// What was changed so far.
@@ -117,7 +121,7 @@ mod tests {
     #[test]
     fn stops_a_statement_at_the_cap_and_names_its_first_row() {
         let conn = table(100_000);
-        let cap = WriteCap::install(&conn, 50);
+        let cap = WriteCap::install(&conn, None, 50);
         let e = conn
             .execute("UPDATE t SET n = n + 1 WHERE id >= 7", [])
             .unwrap_err();
@@ -142,7 +146,7 @@ mod tests {
     fn lets_a_statement_under_the_cap_finish_and_counts_it() {
         let conn = table(10);
         conn.execute_batch("CREATE TEMP TABLE log(id)").unwrap();
-        let cap = WriteCap::install(&conn, 50);
+        let cap = WriteCap::install(&conn, None, 50);
         conn.execute("INSERT INTO log SELECT id FROM t WHERE id > 6", [])
             .unwrap();
         assert!(!cap.reached());

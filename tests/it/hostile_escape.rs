@@ -279,10 +279,10 @@ fn a_step_missing_its_range_is_stopped_after_a_thousand_rows_in_the_try() {
     }
 }
 
-/// The same stop as a step begins, on rows an earlier step marked. Inside
-/// the run's transaction (`--atomic`), and where the undo recording holds
-/// the update hook (a build without the pre-update hook), the statement
-/// runs to its end.
+/// The same stop as a step begins, on rows an earlier step marked, also
+/// under `--undo` in a build without the pre-update hook, whose recording
+/// shares the update hook with the try (it ran to its end there). Inside
+/// the run's transaction (`--atomic`) the statement runs to its end.
 #[test]
 fn a_stray_or_reaching_many_marked_rows_is_stopped_as_the_step_begins() {
     let plan = json!({"name": "mark then bump", "steps": [
@@ -297,7 +297,7 @@ fn a_stray_or_reaching_many_marked_rows_is_stopped_as_the_step_begins() {
     for (flags, env, says) in [
         ("--undo", &[][..], stopped),
         ("", &[][..], stopped),
-        ("--undo", &[("BATCHSSE_UNDO_HOOK", "off")][..], whole),
+        ("--undo", &[("BATCHSSE_UNDO_HOOK", "off")][..], stopped),
         ("--atomic", &[][..], whole),
     ] {
         let db = many(5000, false);
@@ -541,5 +541,110 @@ fn a_chunk_walked_by_another_key_that_changes_a_row_of_another_chunk_fails() {
             0,
             "{sql} {flags}: no row changed twice"
         );
+    }
+}
+
+/// `t` of 20 counters, key `k` = `id * 10`, rows 2, 6 and 11 inactive: in
+/// chunks of five, `… :hi + 1 AND active` reaches only an inactive row of
+/// the next chunk until the third chunk (11 to 15), which changes row 16.
+/// The try on the first key alone meets inactive row 2.
+fn late_stray() -> TempDb {
+    TempDb::with_sql(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, k INT NOT NULL UNIQUE, counter INT NOT NULL DEFAULT 0, active INT NOT NULL DEFAULT 1);
+         INSERT INTO t(id, k, active) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < 20)
+           SELECT i, i * 10, i NOT IN (2, 6, 11) FROM s;",
+    )
+}
+
+/// `plan` on a fresh [`late_stray`] with `flags` and `env`: exit code,
+/// the line that says why the step failed, the rows left, and the rows
+/// the undo record holds (`None` without one).
+fn late_stray_run(
+    plan: &serde_json::Value,
+    flags: &str,
+    env: &[(&str, &str)],
+) -> (i32, String, String, Option<i64>, TempDb) {
+    let db = late_stray();
+    let path = db.file("plan.json", &plan.to_string());
+    let mut args = run_args(&db, path_str(&path), &["--no-serve", "--progress", "plain"]);
+    args.extend(words(flags));
+    let (code, _, err) = run_with_env(&args, None, env);
+    let why = err
+        .lines()
+        .find_map(|l| l.find("failed: it").map(|at| &l[at..]))
+        .unwrap_or(&err)
+        .to_owned();
+    let recorded = flags
+        .contains("--undo")
+        .then(|| db.query_i64("SELECT coalesce(sum(rows), 0) FROM batchsse_undo WHERE chunk >= 0"));
+    (code, why, content(&db), recorded, db)
+}
+
+/// Under `--undo` in a build without SQLite's pre-update hook
+/// (`BATCHSSE_UNDO_HOOK=off`), whose recording holds the update hook, no
+/// chunk was checked row by row, and a step that changed a row of the next
+/// chunk finished ok with row 16 bumped twice (160 by `k`); nor was the
+/// try as a step begins run on a chunk of one key, which an earlier step
+/// that activates row 2 makes stray. Both fail as they do unrecorded: the
+/// same message, exit code and rows (those of the chunks before, or of the
+/// steps before), the record holding those rows alone, and an undo puts
+/// back the file as it was.
+#[test]
+fn recorded_without_the_pre_update_hook_a_chunk_that_strays_fails_as_unrecorded() {
+    let bump = |key: &str, sql: &str| {
+        json!({"name": "bump", "sql": format!("UPDATE t SET counter = counter + 1 WHERE {sql}"),
+               "chunk": {"table": "t", "key": key, "size": 5}})
+    };
+    let by_id = bump("id", "id BETWEEN :lo AND :hi + 1 AND active");
+    let by_k = bump("k", "k BETWEEN :lo AND :hi + 10 AND active");
+    let activate = json!({"name": "activate", "sql": "UPDATE t SET active = 1 WHERE id = 2"});
+    for (steps, says, kept) in [
+        (
+            json!([by_id]),
+            "it changed the row of t whose id is 16, outside its chunk",
+            8,
+        ),
+        (
+            json!([by_k]),
+            "it changed the row of t whose k is 160, outside its chunk",
+            8,
+        ),
+        (
+            json!([activate, by_id]),
+            "run on a chunk of one key (id = 1), it changed the row whose id is 2",
+            1,
+        ),
+    ] {
+        let plan = json!({"name": "strays", "steps": steps});
+        let original = content(&late_stray());
+        let (code, why, rows, _, _) = late_stray_run(&plan, "--batch-size 5", &[]);
+        assert_eq!(code, 1, "{says}: {why}");
+        assert!(why.contains(says), "{says}: {why}");
+        for env in [&[][..], &[("BATCHSSE_UNDO_HOOK", "off")][..]] {
+            let (code_u, why_u, rows_u, recorded, db) =
+                late_stray_run(&plan, "--batch-size 5 --undo", env);
+            assert_eq!(
+                (code_u, &why_u),
+                (code, &why),
+                "{says} {env:?}: fails as unrecorded"
+            );
+            assert_eq!(rows_u, rows, "{says} {env:?}: the same rows left");
+            assert_eq!(
+                recorded,
+                Some(kept),
+                "{says} {env:?}: the record holds the committed rows alone"
+            );
+            let undo = [
+                "undo",
+                "--db",
+                path_str(&db.path),
+                "--plan",
+                "strays",
+                "--no-serve",
+            ];
+            let (code, _, err) = run_with_env(&undo, None, env);
+            assert_eq!(code, 0, "{says} {env:?}: {err}");
+            assert_eq!(content(&db), original, "{says} {env:?}: taken back");
+        }
     }
 }

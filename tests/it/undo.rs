@@ -2196,3 +2196,70 @@ fn rows_the_application_deleted_since_are_said_to_stay_deleted() {
         );
     }
 }
+
+/// Without the pre-update hook, the recording shares SQLite's update hook
+/// with the check of every chunk of a step that must stay in its chunk:
+/// honest steps are still recorded, read around (`t`, by its rowid and
+/// by another key) or staged (`u`, whose trigger writes `log`), and an
+/// undo puts back every row.
+#[test]
+fn recorded_without_the_pre_update_hook_checked_chunks_are_recorded_and_taken_back() {
+    let db = TempDb::with_sql(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, k INT NOT NULL UNIQUE, n INT NOT NULL DEFAULT 0, active INT NOT NULL);
+         CREATE TABLE u(id INTEGER PRIMARY KEY, k TEXT NOT NULL UNIQUE, n INT NOT NULL DEFAULT 0);
+         CREATE TABLE log(id INT);
+         CREATE TRIGGER u_log AFTER UPDATE OF n ON u WHEN NEW.id % 4 = 0 BEGIN INSERT INTO log VALUES (NEW.id); END;
+         INSERT INTO t(id, k, active) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < 30)
+           SELECT i, 1000 - i * 7, i % 3 <> 0 FROM s;
+         INSERT INTO u(id, k) SELECT id, 'k' || (k % 97) FROM t;",
+    );
+    let before = content(&db);
+    let plan = db.file(
+        "plan.json",
+        r#"{"name":"fenced","steps":[
+            {"sql":"UPDATE t SET n = n + 1 WHERE id BETWEEN :lo AND :hi AND active","chunk":{"table":"t","size":4}},
+            {"sql":"UPDATE t SET n = n * 10 WHERE k BETWEEN :lo AND :hi","chunk":{"table":"t","key":"k","size":4}},
+            {"sql":"UPDATE u SET n = n + id WHERE k BETWEEN :lo AND :hi","chunk":{"table":"u","key":"k","size":4}}]}"#,
+    );
+    let args = run_args(
+        &db,
+        path_str(&plan),
+        &["--no-serve", "--undo", "--batch-size", "4"],
+    );
+    let (code, _, err) = run_with_env(&args, None, &HOOK_OFF);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(db.query_i64("SELECT sum(n) FROM t"), 200, "{err}");
+    assert_eq!(db.query_i64("SELECT sum(n) FROM u"), 465, "{err}");
+    assert_eq!(db.query_i64("SELECT count(*) FROM log"), 7, "{err}");
+    assert_eq!(
+        db.query_i64("SELECT sum(rows) FROM batchsse_undo WHERE chunk >= 0"),
+        20 + 20 + 30 + 7,
+        "every changed row recorded: {err}"
+    );
+    let (code, _, err) = run_with_env(&undo_args(&db, &["--plan", "fenced"]), None, &HOOK_OFF);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(content(&db), before, "every row taken back");
+}
+
+/// A trigger the application adds between two chunks of a step checked
+/// chunk by chunk, writing another table: the recording without the
+/// pre-update hook reads the chunk around, and learns of the trigger's
+/// rows only through the update hook it shares with the check, which
+/// passes each write on to it. The trigger's rows are recorded, and an
+/// undo deletes them.
+#[test]
+fn a_trigger_added_during_a_checked_step_is_recorded_through_the_shared_hook() {
+    let setup = "CREATE TABLE t(id INTEGER PRIMARY KEY, a INT); CREATE TABLE log(id INT);
+         INSERT INTO t(id, a) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < 12) SELECT i, i FROM s;";
+    let added =
+        "CREATE TRIGGER t_log AFTER UPDATE ON t BEGIN INSERT INTO log VALUES (NEW.id); END;";
+    let bump = "UPDATE t SET a = a + 1 WHERE id BETWEEN :lo AND :hi";
+    let before = content(&TempDb::with_sql(setup));
+    for env in [&[][..], &HOOK_OFF[..]] {
+        let db = made_during_a_step(setup, bump, added, env);
+        assert!(db.query_i64("SELECT count(*) FROM log") > 0, "{env:?}");
+        let (code, _, err) = run_with_env(&undo_args(&db, &["--plan", "made"]), None, env);
+        assert_eq!(code, 0, "{env:?}: {err}");
+        assert_eq!(content(&db), before, "{env:?}: {err}");
+    }
+}

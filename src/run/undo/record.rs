@@ -14,17 +14,17 @@
 //! plan's own triggers and foreign-key actions are.
 
 use std::cell::{Cell, RefCell};
-use std::sync::{Arc, Mutex};
+use std::ffi::{CStr, c_char, c_int, c_void};
 
-use rusqlite::hooks::Action;
 use rusqlite::types::Value;
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, ffi, params};
 
 use super::codec::{Encoder, KeyRef, Layout, mask_of, op, print, put_value};
 use super::guard::Guard;
 use super::shape::layouts;
 use super::store::{self, NOTHING, PARTS, UNRECORDED};
 use crate::plan::{Step, quote};
+use crate::run::hooked::{Beneath, Hooked};
 
 /// A recorded chunk's blob is cut into parts of about this size, so a
 /// plain step over millions of rows never holds one huge value. An undo
@@ -54,29 +54,33 @@ struct Seen {
     other: bool,
 }
 
-/// The batch connection's update hook, for the read-around recording.
-#[derive(Clone, Default)]
-pub struct Hook(Arc<Mutex<Seen>>);
+/// The batch connection's update hook, for the read-around recording,
+/// for the whole run. The check of a step's every chunk (`run::fence`)
+/// and the try as a step begins (`run::write_cap`) are installed over it
+/// ([`Hook::beneath`]), and tell it every write too.
+pub struct Hook<'c>(Hooked<'c, RefCell<Seen>>);
 
-impl Hook {
-    /// Installs the hook on the batch's connection (before it is shared).
-    pub fn install(conn: &mut Connection) -> rusqlite::Result<Hook> {
-        let hook = Hook::default();
-        let seen = hook.0.clone();
-        conn.update_hook(Some(move |action, db: &str, table: &str, rowid| {
-            let mut s = seen.lock().unwrap_or_else(|p| p.into_inner());
-            let Some(watched) = &s.table else { return };
-            if action == Action::SQLITE_UPDATE && db == "main" && table == watched {
-                s.rowids.push(rowid);
-            } else {
-                s.other = true;
-            }
-        }))?;
-        Ok(hook)
+impl<'c> Hook<'c> {
+    /// Installs the hook on the batch's connection, which must have none.
+    pub fn install(conn: &'c Connection) -> Hook<'c> {
+        Hook(Hooked::install(
+            conn,
+            None,
+            RefCell::default(),
+            on_write,
+            None,
+        ))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Seen> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    /// What another update hook is installed over meanwhile.
+    pub fn beneath(&self) -> Beneath<'_> {
+        self.0.beneath()
+    }
+
+    /// What the callback notes. Taken only between statements: the
+    /// callback, which takes it while one runs, is never left holding it.
+    fn lock(&self) -> std::cell::RefMut<'_, Seen> {
+        self.0.state().borrow_mut()
     }
 
     fn watch(&self, table: Option<&str>) {
@@ -92,6 +96,31 @@ impl Hook {
         let mut s = self.lock();
         s.table = None;
         !s.other && s.rowids.iter().all(|r| rowids.binary_search(r).is_ok())
+    }
+}
+
+/// The [`Hook`]'s callback: notes the rowid of an update of the watched
+/// table, and anything else as another change.
+unsafe extern "C" fn on_write(
+    ctx: *mut c_void,
+    op: c_int,
+    db: *const c_char,
+    table: *const c_char,
+    rowid: ffi::sqlite3_int64,
+) {
+    // SAFETY: `ctx` is the state of a live `Hook` (see `Hook::install`);
+    // SQLite passes the names as NUL-terminated strings for this call.
+    let seen = unsafe { &*(ctx as *const RefCell<Seen>) };
+    let Ok(mut s) = seen.try_borrow_mut() else {
+        return;
+    };
+    let Some(watched) = &s.table else { return };
+    let name = |p: *const c_char| unsafe { CStr::from_ptr(p) }.to_bytes();
+    let own = op == ffi::SQLITE_UPDATE && name(db) == b"main" && name(table) == watched.as_bytes();
+    if own {
+        s.rowids.push(rowid);
+    } else {
+        s.other = true;
     }
 }
 
@@ -137,7 +166,7 @@ pub struct Recorder<'c> {
     conn: &'c Connection,
     pub run_id: String,
     plan: String,
-    hook: Option<Hook>,
+    hook: Option<Hook<'c>>,
     /// The number the step's next part gets.
     chunk: Cell<i64>,
     /// The row of `batchsse_undo` that counts the step's parts, once it
@@ -162,10 +191,11 @@ pub struct Recorder<'c> {
 }
 
 impl<'c> Recorder<'c> {
-    /// Whether the recording watches the connection through its update
-    /// hook, which nothing else may then replace.
-    pub fn hooks_updates(&self) -> bool {
-        self.hook.is_some()
+    /// The recording's update hook, when it watches the connection
+    /// through one: another is installed only over it, and tells it every
+    /// write too.
+    pub fn update_hook(&self) -> Option<Beneath<'_>> {
+        self.hook.as_ref().map(Hook::beneath)
     }
 
     /// `hook`: the connection's update hook; without it every step is
@@ -174,7 +204,7 @@ impl<'c> Recorder<'c> {
         conn: &'c Connection,
         run_id: String,
         plan: &str,
-        (hook, guard): (Option<Hook>, Option<Guard>),
+        (hook, guard): (Option<Hook<'c>>, Option<Guard>),
     ) -> Self {
         let part_bytes = part_bytes();
         Recorder {
