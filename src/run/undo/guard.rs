@@ -85,6 +85,7 @@ impl Guard {
     /// Whether a write was noted since the last call: one cheap load
     /// while nothing new was compiled (the pre-update hook asks for every
     /// row).
+    #[cfg_attr(not(batchsse_preupdate), allow(dead_code))]
     pub(super) fn fresh(&self) -> bool {
         self.1.load(Ordering::Acquire) && self.1.swap(false, Ordering::AcqRel)
     }

@@ -128,6 +128,7 @@ unsafe extern "C" fn on_write(
 enum Mode {
     Off,
     /// By SQLite's pre-update hook (builds that have it).
+    #[cfg_attr(not(batchsse_preupdate), allow(dead_code))]
     Pre,
     Around(Around),
     /// A read-around chunk strayed: staged from the next try on.
