@@ -93,6 +93,31 @@ impl Step {
     pub fn sets_up_connection(&self) -> bool {
         (self.autocommit && sets_up_connection(&self.sql)) || self.temp_only
     }
+
+    /// Whether, by its text, the step reads `last_insert_rowid()` before
+    /// any insert of its own: `""` in its SQL, `" in its expect"` after
+    /// SQL that inserts nothing. For a resume from a checkpoint that does
+    /// not hold the rowid (see `run::checkpoint`), which only the text
+    /// can tell about.
+    pub fn reads_rowid_first(&self) -> Option<&'static str> {
+        for statement in split_statements(&self.sql) {
+            if bounds::calls(statement, "last_insert_rowid") {
+                return Some("");
+            }
+            if bounds::inserts(statement) {
+                return None;
+            }
+        }
+        let expect = self.expect.sql.as_deref().unwrap_or_default();
+        bounds::calls(expect, "last_insert_rowid").then_some(" in its expect")
+    }
+
+    /// Whether, by its text, a statement of the step inserts, as what
+    /// sets `last_insert_rowid()` (one that inserts no row, or into a
+    /// WITHOUT ROWID table, does not: the text cannot tell).
+    pub fn inserts(&self) -> bool {
+        split_statements(&self.sql).into_iter().any(bounds::inserts)
+    }
 }
 
 fn sets_up_connection(sql: &str) -> bool {
@@ -376,7 +401,6 @@ fn prepare_json(
         };
         steps.push(json_step(r, index, name, &label, s, done)?);
     }
-    refuse_lost_rowid(&finished, &steps)?;
     Ok(Plan {
         name: plan_name,
         steps,
@@ -435,51 +459,6 @@ fn json_step(
     })
 }
 
-/// A resumed run starts on a new connection, where `last_insert_rowid()`
-/// answers only for this run's inserts: a step that reads it before any
-/// insert of its own (in its SQL, or in its `expect` after a step that
-/// inserts nothing) gets the rowid of the last insert before it, which is
-/// lost where an earlier run applied that insert's step, skipped now (an
-/// order's lines inserted for order 0), however many steps that insert
-/// nothing lie between. Refused before anything runs.
-fn refuse_lost_rowid(finished: &Finished, steps: &[Step]) -> Result<(), UsageError> {
-    // Whether a step runs in this run: not applied by an earlier one, or
-    // done again (it sets up the connection).
-    let runs = |s: &Step| !finished.contains_key(&s.index) || s.sets_up_connection();
-    let inserts = |s: &Step| split_statements(&s.sql).into_iter().any(bounds::inserts);
-    for (k, step) in steps.iter().enumerate() {
-        let Some(place) = reads_rowid_first(step).filter(|_| runs(step)) else {
-            continue;
-        };
-        let Some(before) = steps[..k].iter().rfind(|s| inserts(s)).filter(|s| !runs(s)) else {
-            continue;
-        };
-        return Err(UsageError::new(format!(
-            "step {} ({}) calls last_insert_rowid(){place}, and this run resumes after step {} ({}), whose inserts an earlier run applied: here it would not answer the rowid of that run's last insert, so the rows it writes or the check it makes would be wrong. Have the step find that row itself (for example `(SELECT max(id) FROM orders)`), then run again; nothing was run",
-            step.index + 1,
-            quoted(&step.name),
-            before.index + 1,
-            quoted(&before.name),
-        )));
-    }
-    Ok(())
-}
-
-/// Where `step` reads `last_insert_rowid()` before any insert of its own
-/// (`""` in its SQL, or in its `expect`), if it does.
-fn reads_rowid_first(step: &Step) -> Option<&'static str> {
-    for statement in split_statements(&step.sql) {
-        if bounds::calls(statement, "last_insert_rowid") {
-            return Some("");
-        }
-        if bounds::inserts(statement) {
-            return None;
-        }
-    }
-    let expect = step.expect.sql.as_deref().unwrap_or_default();
-    bounds::calls(expect, "last_insert_rowid").then_some(" in its expect")
-}
-
 fn prepare_sql(
     origin: &str,
     text: &str,
@@ -530,7 +509,6 @@ fn prepare_sql(
             "the SQL script {plan_file} has no statements; give at least one"
         )));
     }
-    refuse_lost_rowid(&finished, &steps)?;
     Ok(Plan {
         name: origin.to_owned(),
         steps,

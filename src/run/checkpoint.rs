@@ -27,8 +27,18 @@ const CREATE: &str = "CREATE TABLE IF NOT EXISTS batchsse_checkpoint (
     done INTEGER NOT NULL,
     changed INTEGER NOT NULL,
     updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    last_insert_rowid INTEGER, -- what it answered the plan's statements here; NULL: not known
     PRIMARY KEY (plan, step)
 )";
+
+/// The column that holds what `last_insert_rowid()` answered the plan's
+/// own statements when the row was written, for a resume to go on from
+/// it on its new connection (see [`Resume::rowid_before`]); NULL where
+/// it is not known: the table of an earlier release had no such column,
+/// and a run that resumed from one knows it only once a step inserts.
+/// Added to such a table by the first write of a run (see
+/// [`Checkpoint::write`]), so a run that only reads leaves it as it was.
+const ROWID: &str = "last_insert_rowid";
 
 /// Where a chunked step stopped.
 #[derive(Debug, Clone, PartialEq)]
@@ -178,8 +188,9 @@ fn refuse_triggers(conn: &Connection, probes: bool) -> Result<(), UsageError> {
     )
 }
 
-/// The columns of the checkpoint table: those a run writes, then the one
-/// it leaves to its default.
+/// The columns of the checkpoint table that every release made: those a
+/// run writes, then the one it leaves to its default. [`ROWID`] is not
+/// one of them: an earlier release's table has none.
 const COLUMNS: [&str; 9] = [
     "plan",
     "step",
@@ -198,7 +209,9 @@ const COLUMNS: [&str; 9] = [
 /// (plan, step) (a resume reads one row per step).
 fn altered(conn: &Connection) -> rusqlite::Result<Option<String>> {
     // Every column but `updated_at`, left to its default, is written.
-    if let Some(why) = super::db::not_as_made(conn, TABLE, &COLUMNS, &COLUMNS[..8])? {
+    let mut written = COLUMNS[..8].to_vec();
+    written.push(ROWID);
+    if let Some(why) = super::db::not_as_made(conn, TABLE, &COLUMNS, &written)? {
         return Ok(Some(why));
     }
     let key = conn
@@ -240,6 +253,9 @@ struct Row {
     checksum: String,
     mark: Mark,
     pos: ChunkPos,
+    /// What `last_insert_rowid()` answered the plan's statements there
+    /// (see [`ROWID`]); `None`: not known.
+    rowid: Option<i64>,
 }
 
 impl Row {
@@ -251,6 +267,83 @@ impl Row {
             _ => None,
         }
     }
+}
+
+/// What `last_insert_rowid()` answered where an earlier run's checkpoint
+/// says a step goes on from (see [`Resume::rowid_before`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowidAt {
+    /// `None`: not known (see [`ROWID`]).
+    pub rowid: Option<i64>,
+    /// As the step's own committed chunks left it: it resumes part-way.
+    pub part_way: bool,
+}
+
+/// Refuses, before anything runs, a resume where a step still to run
+/// reads `last_insert_rowid()` (by its text, before an insert of its
+/// own) that the checkpoint does not hold (an earlier release's, see
+/// [`ROWID`]) while a step before it that inserts (by its text), or its
+/// own chunks before, was applied by the earlier run: on the new
+/// connection it would answer 0, or an insert of this run's from before
+/// it, and the rows it writes would be silently wrong.
+fn refuse_unknown_rowid(plan: &Plan, resume: &Resume) -> Result<(), UsageError> {
+    // The step whose insert the rowid is of, while it is not known.
+    let mut lost: Option<usize> = None;
+    // The last step so far that inserts, by its text.
+    let mut inserted: Option<usize> = None;
+    for step in &plan.steps {
+        let inserts = step.inserts();
+        if !resume.skips(plan, step) {
+            if let Some(at) = resume.rowid_before(plan, step) {
+                lost = match (at.rowid, at.part_way && inserts) {
+                    (Some(_), _) => None,
+                    (None, true) => Some(step.index),
+                    (None, false) => inserted,
+                };
+            }
+            if let (Some(by), Some(place)) = (lost, step.reads_rowid_first()) {
+                return Err(lost_rowid(plan, step, by, place));
+            }
+            if inserts {
+                lost = None;
+            }
+        }
+        if inserts {
+            inserted = Some(step.index);
+        }
+    }
+    Ok(())
+}
+
+/// Why [`refuse_unknown_rowid`] refuses `step`, which reads the rowid
+/// `place` (`""`, or in its expect) that step `by`'s inserts left.
+fn lost_rowid(plan: &Plan, step: &Step, by: usize, place: &str) -> UsageError {
+    let (resumes, edit) = match by == step.index {
+        true => (
+            "this run resumes it part-way, after chunks an earlier run applied".to_owned(),
+            " (a step stopped part-way cannot be edited: start the plan over with --force, if its steps can be applied twice, or from a copy of the file made before it ran)",
+        ),
+        false => (
+            format!(
+                "this run resumes after step {} ({}), whose inserts an earlier run applied",
+                by + 1,
+                quoted(&plan.steps[by].name)
+            ),
+            "",
+        ),
+    };
+    UsageError::new(format!(
+        "step {} ({}) calls last_insert_rowid(){place}, and {resumes}; that run's checkpoint was written by an earlier release of batchsse, which did not keep the rowid they left, so here it would not answer it, and the rows the step writes or the check it makes would be wrong. Nothing was run. Have the step find that row itself (for example `(SELECT max(id) FROM orders)`), then run the plan again{edit}",
+        step.index + 1,
+        quoted(&step.name),
+    ))
+}
+
+/// Whether the checkpoint table has the column [`ROWID`] (one an earlier
+/// release made has not).
+fn has_rowid_column(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.prepare_cached("SELECT 1 FROM pragma_table_info(?1) WHERE lower(name) = ?2")?
+        .exists([TABLE, ROWID])
 }
 
 /// What an earlier run of the same plan left behind.
@@ -289,9 +382,15 @@ impl Resume {
             return Ok(Resume::none());
         }
         let read = || -> rusqlite::Result<Vec<(usize, Row)>> {
-            let mut stmt = conn.prepare(
-                "SELECT step, checksum, state, last_key, done, changed FROM batchsse_checkpoint WHERE plan = ?1 AND step >= 0",
-            )?;
+            // An earlier release's table has no rowid column; a value
+            // that is not an integer (written by hand) is not known either.
+            let rowid = match has_rowid_column(conn)? {
+                true => format!("CASE typeof({ROWID}) WHEN 'integer' THEN {ROWID} END"),
+                false => "NULL".into(),
+            };
+            let mut stmt = conn.prepare(&format!(
+                "SELECT step, checksum, state, last_key, done, changed, {rowid} FROM batchsse_checkpoint WHERE plan = ?1 AND step >= 0",
+            ))?;
             let rows = stmt.query_map([&plan.name], |r| {
                 Ok((
                     r.get::<_, i64>(0)? as usize,
@@ -304,6 +403,7 @@ impl Resume {
                             done: r.get::<_, i64>(4)?.max(0) as u64,
                             changed: r.get::<_, i64>(5)?.max(0) as u64,
                         },
+                        rowid: r.get(6)?,
                     },
                 ))
             })?;
@@ -341,10 +441,12 @@ impl Resume {
             }
         }
         refuse_renumbered(conn, plan, &rows)?;
-        Ok(Resume {
+        let resume = Resume {
             rows: rows.into_iter().collect(),
             forced: false,
-        })
+        };
+        refuse_unknown_rowid(plan, &resume)?;
+        Ok(resume)
     }
 
     /// True for `--force`: the old checkpoint is cleared when the run starts.
@@ -361,6 +463,44 @@ impl Resume {
         self.rows
             .get(&step.index)
             .is_some_and(|r| r.mark == Mark::Done && r.checksum == step.checksum)
+    }
+
+    /// Whether this run skips `step`: an earlier run finished it, and it
+    /// does not set up the connection (PRAGMA, ATTACH and TEMP-only steps
+    /// are done again, the connection being new, unless nothing is left
+    /// to do).
+    pub fn skips(&self, plan: &Plan, step: &Step) -> bool {
+        self.is_done(step) && (!step.sets_up_connection() || self.already_applied(plan))
+    }
+
+    /// What `last_insert_rowid()` answers the plan's statements as `step`
+    /// begins in this run, where the earlier run's checkpoint says: a
+    /// resumed run's connection is new, where it answers 0. Said for a
+    /// step resumed part-way (as its last committed chunk left it), and
+    /// for one after a step the earlier run finished (as that step left
+    /// it, even where this run does that step again to set up its
+    /// connection: a TEMP table made again may hold other rows, whose
+    /// earlier run's are put back); else `None`, and the step goes on
+    /// from what this run's statements left. A TEMP-only step edited
+    /// since is made as it says now, and so is the rowid after it.
+    pub fn rowid_before(&self, plan: &Plan, step: &Step) -> Option<RowidAt> {
+        if let Some(row) = self.rows.get(&step.index)
+            && row.mark == Mark::Partial
+        {
+            return Some(RowidAt {
+                rowid: row.rowid,
+                part_way: true,
+            });
+        }
+        let before = plan.steps.get(step.index.checked_sub(1)?)?;
+        let row = self
+            .rows
+            .get(&before.index)
+            .filter(|_| self.is_done(before))?;
+        Some(RowidAt {
+            rowid: row.rowid,
+            part_way: false,
+        })
     }
 
     pub fn already_applied(&self, plan: &Plan) -> bool {
@@ -462,15 +602,24 @@ pub struct Checkpoint<'a> {
     on: bool,
     /// The table is known to exist (seen, or written by this run).
     exists: std::cell::Cell<bool>,
+    /// What `last_insert_rowid()` answers the plan's statements (the
+    /// runner's; `None`: not known), written with every row.
+    rowid: &'a std::cell::Cell<Option<i64>>,
 }
 
 impl<'a> Checkpoint<'a> {
-    pub fn new(conn: &'a Connection, plan: &'a Plan, on: bool) -> Self {
+    pub fn new(
+        conn: &'a Connection,
+        plan: &'a Plan,
+        on: bool,
+        rowid: &'a std::cell::Cell<Option<i64>>,
+    ) -> Self {
         Checkpoint {
             conn,
             plan,
             on,
             exists: std::cell::Cell::new(false),
+            rowid,
         }
     }
 
@@ -625,6 +774,27 @@ impl<'a> Checkpoint<'a> {
         self.write(step, Mark::Partial, last_key, done, changed)
     }
 
+    /// Adds the column [`ROWID`] to a table an earlier release made, in
+    /// the transaction of this run's first write there (a dry run, and
+    /// `checkpoint list`, leave the table as they found it; a release
+    /// before this one ignores the column, nullable, and leaves it NULL).
+    /// Looked for at every write, as the table is: a write rolled back
+    /// takes the column back with it.
+    fn add_rowid_column(&self) -> rusqlite::Result<()> {
+        if has_rowid_column(self.conn)? {
+            return Ok(());
+        }
+        let added = self
+            .conn
+            .execute_batch(&format!("ALTER TABLE {TABLE} ADD COLUMN {ROWID} INTEGER"));
+        // A run of another plan, outside a transaction (after a step
+        // such as VACUUM), may have added it since it was looked for.
+        match added {
+            Err(e) if !has_rowid_column(self.conn)? => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     fn write(
         &self,
         step: &Step,
@@ -638,10 +808,11 @@ impl<'a> Checkpoint<'a> {
         }
         self.conn.prepare_cached(CREATE)?.execute([])?;
         self.exists.set(true);
+        self.add_rowid_column()?;
         self.conn
             .prepare_cached(
-                "INSERT OR REPLACE INTO batchsse_checkpoint (plan, step, checksum, name, state, last_key, done, changed)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT OR REPLACE INTO batchsse_checkpoint (plan, step, checksum, name, state, last_key, done, changed, last_insert_rowid)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?
             .execute(params![
                 self.plan.name,
@@ -651,7 +822,8 @@ impl<'a> Checkpoint<'a> {
                 mark.as_str(),
                 last_key,
                 done as i64,
-                changed as i64
+                changed as i64,
+                self.rowid.get()
             ])?;
         if !step.temp_only {
             super::setup::kept::forget_written(

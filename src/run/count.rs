@@ -177,7 +177,7 @@ impl Runner<'_> {
         keys: Option<(&plan::Key, &plan::Key)>,
     ) -> rusqlite::Result<u64> {
         let before = self.writes_so_far()?;
-        super::db::set_last_rowid(self.conn, self.user_rowid.get());
+        self.put_rowid();
         let views = shape != Shape::Reads && self.writes_view(step);
         let counting = match views && shape == Shape::Writes {
             true => Some(Counting::on(self.conn)?),
@@ -189,7 +189,7 @@ impl Runner<'_> {
         };
         let ran = drain(rows, shape, counting.is_some(), views)?;
         drop(counting);
-        self.user_rowid.set(self.conn.last_insert_rowid());
+        self.note_rowid();
         let all = self.conn.total_changes().saturating_sub(before.total);
         // A plain step's statement that wrote nothing may have made a
         // view (`CREATE VIEW`) the next one writes: look again then. A

@@ -187,6 +187,8 @@ fn run_beating(
     let on = job.opts.checkpoint && !job.opts.dry_run;
     let governor = governor(&job, log, (cancel, steering));
     let run_id = run_id();
+    // A new connection's: 0, known (see `Runner::user_rowid`).
+    let user_rowid = std::cell::Cell::new(Some(0));
     let mut r = Runner {
         recorder: records(job.plan, job.opts).then(|| {
             let hooks = (job.hook, job.guard);
@@ -200,13 +202,13 @@ fn run_beating(
         cancel,
         heartbeat,
         governor: std::cell::RefCell::new(governor),
-        checkpoint: Checkpoint::new(job.conn, job.plan, on),
+        checkpoint: Checkpoint::new(job.conn, job.plan, on, &user_rowid),
         db: db_name(job.conn),
         started: Instant::now(),
         nested: job.opts.atomic || job.opts.dry_run,
         made_anew: std::cell::Cell::new(None),
         views: count::Views::default(),
-        user_rowid: std::cell::Cell::new(0),
+        user_rowid: &user_rowid,
     };
     let tally = r.run_all(job.resume, gate);
     r.governor.borrow().finish();
@@ -304,7 +306,11 @@ struct Runner<'a> {
     /// back before each of them and each `expect`, so that the run's own
     /// inserts between (the checkpoint, the undo record, a step's try)
     /// are not what a step that reads it gets (see [`db::set_last_rowid`]).
-    user_rowid: std::cell::Cell<i64>,
+    /// Written with every checkpoint row, for a resume to go on from (see
+    /// [`Resume::rowid_before`]). `None`: not known, where this run
+    /// resumed from the checkpoint of an earlier release, which kept
+    /// none, until a statement inserts.
+    user_rowid: &'a std::cell::Cell<Option<i64>>,
 }
 
 impl Runner<'_> {
@@ -534,10 +540,14 @@ impl Runner<'_> {
     fn step(&self, step: &Step, resume: &Resume) -> Result<Counts, (RunStatus, String, Counts)> {
         // PRAGMA and ATTACH set up this connection only, so a resumed run
         // does them again (unless there is nothing left to do).
-        if resume.is_done(step) && (!step.sets_up_connection() || resume.already_applied(self.plan))
-        {
+        if resume.skips(self.plan, step) {
             self.step_event(step, StepState::Skipped, Counts::default(), None, None);
             return Ok(Counts::default());
+        }
+        // This connection is new: where the earlier run left off, its
+        // statements go on from what they left there.
+        if let Some(at) = resume.rowid_before(self.plan, step) {
+            self.user_rowid.set(at.rowid);
         }
         if self.governor.borrow_mut().wait_while_braked(None)
         // before the step begins: `step: null`
@@ -830,6 +840,23 @@ impl Runner<'_> {
         Ok(changed.map(|n| (n, expected)))
     }
 
+    /// Puts back what `last_insert_rowid()` answered the plan's own
+    /// statements, before one of them or an `expect` (0 where it is not
+    /// known, as on any new connection).
+    fn put_rowid(&self) {
+        db::set_last_rowid(self.conn, self.user_rowid.get().unwrap_or(0));
+    }
+
+    /// Notes what a statement of the plan's, just run after
+    /// [`Runner::put_rowid`], left in `last_insert_rowid()`. Where it was
+    /// not known, it is once a statement inserts (it answers 0 until then).
+    fn note_rowid(&self) {
+        let now = self.conn.last_insert_rowid();
+        if self.user_rowid.get().is_some() || now != 0 {
+            self.user_rowid.set(Some(now));
+        }
+    }
+
     /// Checks what the step expects once it has changed `changed` rows:
     /// the most it may change, and at its `end` the fewest and its query.
     /// Called inside the transaction, which the caller drops on an error.
@@ -840,7 +867,7 @@ impl Runner<'_> {
         if !end {
             return Ok(());
         }
-        db::set_last_rowid(self.conn, self.user_rowid.get());
+        self.put_rowid();
         match expect::at_end(self.conn, &step.expect, changed) {
             Ok(None) => Ok(()),
             Ok(Some(why)) => Err(StepError::Expect(why)),

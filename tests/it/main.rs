@@ -22,6 +22,7 @@ mod ops;
 mod pace;
 mod redis_prod;
 mod relay;
+mod rowid;
 mod run;
 mod safety;
 mod temp_steps;
