@@ -778,11 +778,15 @@ impl<'a> Checkpoint<'a> {
     /// the transaction of this run's first write there (a dry run, and
     /// `checkpoint list`, leave the table as they found it; a release
     /// before this one ignores the column, nullable, and leaves it NULL).
-    /// Looked for at every write, as the table is: a write rolled back
-    /// takes the column back with it.
-    fn add_rowid_column(&self) -> rusqlite::Result<()> {
+    /// Called where writing the row failed, so a write pays nothing for
+    /// it: a table of this release has the column, and one this run
+    /// added it to keeps it, unless the write's transaction is rolled
+    /// back, which takes the column back with it (then the next write
+    /// fails and adds it again). `false`: the column was there, and the
+    /// write failed for another reason.
+    fn add_rowid_column(&self) -> rusqlite::Result<bool> {
         if has_rowid_column(self.conn)? {
-            return Ok(());
+            return Ok(false);
         }
         let added = self
             .conn
@@ -791,24 +795,16 @@ impl<'a> Checkpoint<'a> {
         // such as VACUUM), may have added it since it was looked for.
         match added {
             Err(e) if !has_rowid_column(self.conn)? => Err(e),
-            _ => Ok(()),
+            _ => Ok(true),
         }
     }
 
-    fn write(
+    /// The checkpoint row, with what `last_insert_rowid()` answers the
+    /// plan's statements now.
+    fn insert_row(
         &self,
-        step: &Step,
-        mark: Mark,
-        last_key: &Key,
-        done: u64,
-        changed: u64,
+        (step, mark, last_key, done, changed): (&Step, Mark, &Key, u64, u64),
     ) -> rusqlite::Result<()> {
-        if !self.on {
-            return Ok(());
-        }
-        self.conn.prepare_cached(CREATE)?.execute([])?;
-        self.exists.set(true);
-        self.add_rowid_column()?;
         self.conn
             .prepare_cached(
                 "INSERT OR REPLACE INTO batchsse_checkpoint (plan, step, checksum, name, state, last_key, done, changed, last_insert_rowid)
@@ -825,6 +821,29 @@ impl<'a> Checkpoint<'a> {
                 changed as i64,
                 self.rowid.get()
             ])?;
+        Ok(())
+    }
+
+    fn write(
+        &self,
+        step: &Step,
+        mark: Mark,
+        last_key: &Key,
+        done: u64,
+        changed: u64,
+    ) -> rusqlite::Result<()> {
+        if !self.on {
+            return Ok(());
+        }
+        self.conn.prepare_cached(CREATE)?.execute([])?;
+        self.exists.set(true);
+        let row = (step, mark, last_key, done, changed);
+        if let Err(e) = self.insert_row(row) {
+            if !self.add_rowid_column()? {
+                return Err(e);
+            }
+            self.insert_row(row)?;
+        }
         if !step.temp_only {
             super::setup::kept::forget_written(
                 self.conn,
