@@ -2287,3 +2287,24 @@ fn a_paced_undo_counts_its_pauses_in_rate_and_eta_from_the_first_part() {
     assert!(first["eta_ms"].as_u64().unwrap() >= 300, "{first}");
     assert_eq!(progress[3]["eta_ms"], 0, "{}", progress[3]);
 }
+
+/// In a GitHub Actions job that runs a plan and then takes it back, the
+/// two step summaries were headed alike ("batchsse: bump on t.sqlite");
+/// the undo's says it is one, as its dashboard's title does.
+#[test]
+fn an_undo_s_github_step_summary_is_headed_as_an_undo() {
+    let db = bumped();
+    let summary = db.dir.path().join("summary.md");
+    let args = undo_of_plan(&db, "bump", &[]);
+    let (code, _, err) = run_with_env(
+        &args,
+        None,
+        &[
+            ("GITHUB_ACTIONS", "true"),
+            ("GITHUB_STEP_SUMMARY", path_str(&summary)),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let md = std::fs::read_to_string(&summary).unwrap();
+    assert!(md.starts_with("### batchsse: undo of bump on "), "{md}");
+}
