@@ -895,7 +895,7 @@ impl Runner<'_> {
             },
             if c.changed > 0 && !self.nested {
                 format!(
-                    ", {} rows from earlier chunks are kept",
+                    ", {} rows changed by earlier chunks are kept",
                     crate::human::thousands(c.changed)
                 )
             } else {

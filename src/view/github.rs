@@ -138,6 +138,9 @@ pub struct Github {
     plan: String,
     run_id: String,
     db: String,
+    /// The run is a `batchsse undo`: its summary says so, as its
+    /// dashboard's title does, apart from the run it takes back.
+    undo: bool,
     steps: Vec<(String, Option<StepEvent>)>,
     group_open: bool,
     /// False for a watch that began after `start` (`?last_event_id=N`):
@@ -150,6 +153,7 @@ impl Github {
         self.plan = s.plan.clone();
         self.run_id = s.run_id.clone();
         self.db = s.db.clone();
+        self.undo = !s.kind.is_run();
         self.steps = s.steps.iter().map(|s| (s.name.clone(), None)).collect();
         self.group_open = false;
         self.started = true;
@@ -247,7 +251,8 @@ impl Github {
     pub fn summary(&self, f: &Finished, line: &str) -> String {
         let heading = if self.started {
             format!(
-                "batchsse: {} on {}",
+                "batchsse: {}{} on {}",
+                if self.undo { "undo of " } else { "" },
                 cell_of(&self.plan, NAME_CHARS),
                 cell_of(&self.db, NAME_CHARS)
             )

@@ -2029,3 +2029,33 @@ fn a_walk_of_an_indexed_table_is_not_resumed_in_a_dump_copy_or_unindexed() {
     let left = "SELECT count(*) FROM sqlite_schema WHERE name LIKE 'batchsse_walk%'";
     assert_eq!(db.query_i64(left), 0, "both probes gone with the step done");
 }
+
+/// An interrupted chunked step names the rows its committed chunks
+/// changed as changed: "12,500/100,000 rows" on the bar, then "2,500 rows
+/// from earlier chunks are kept", read as rows visited, did not add up.
+#[test]
+fn an_interrupted_step_says_its_kept_rows_are_rows_changed() {
+    let db = TempDb::counters(100);
+    let plan = db.file(
+        "plan.json",
+        r#"{"name":"evens","steps":[{"name":"bump evens",
+            "sql":"UPDATE t SET counter = counter + 1 WHERE id % 2 = 0 AND id BETWEEN :lo AND :hi",
+            "chunk":{"table":"t","key":"id","size":10}}]}"#,
+    );
+    let mut p = Proc::start(&run_args(
+        &db,
+        path_str(&plan),
+        &words("--no-serve --progress plain --batch-size 10 --sleep 600000"),
+    ));
+    // The first chunk (10 rows visited, 5 changed) is committed; the run
+    // sleeps before the next.
+    p.wait_stderr("10/100 rows");
+    p.signal("INT");
+    assert_eq!(p.wait_for(Duration::from_secs(20)).code(), Some(130));
+    let err = p.stderr();
+    assert!(
+        err.contains("rolled back, 5 rows changed by earlier chunks are kept"),
+        "{err}"
+    );
+    assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 5);
+}

@@ -2263,3 +2263,48 @@ fn a_trigger_added_during_a_checked_step_is_recorded_through_the_shared_hook() {
         assert_eq!(content(&db), before, "{env:?}: {err}");
     }
 }
+
+/// An undo paced by `--sleep` counts the pause after each part in its rate
+/// and ETA from the first part on, as a run does: the README's undo of the
+/// demo shop (40 parts, `--sleep 300`) said "ETA 1.1 s" after its first
+/// part and took 12.9 s.
+#[test]
+fn a_paced_undo_counts_its_pauses_in_rate_and_eta_from_the_first_part() {
+    let db = bumped();
+    let args = undo_of_plan(&db, "bump", &["--sleep", "100", "--progress", "json"]);
+    let (code, out, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    let progress: Vec<serde_json::Value> = json_lines(&out)
+        .into_iter()
+        .filter(|e| e["event"] == "progress")
+        .map(|e| e["data"].clone())
+        .collect();
+    assert_eq!(progress.len(), 4, "{out}");
+    // 10 rows, then a pause of at least 100 ms: under 100 rows/s, 30 rows
+    // to go.
+    let first = &progress[0];
+    assert!(first["rate"].as_f64().unwrap() < 100.0, "{first}");
+    assert!(first["eta_ms"].as_u64().unwrap() >= 300, "{first}");
+    assert_eq!(progress[3]["eta_ms"], 0, "{}", progress[3]);
+}
+
+/// In a GitHub Actions job that runs a plan and then takes it back, the
+/// two step summaries were headed alike ("batchsse: bump on t.sqlite");
+/// the undo's says it is one, as its dashboard's title does.
+#[test]
+fn an_undo_s_github_step_summary_is_headed_as_an_undo() {
+    let db = bumped();
+    let summary = db.dir.path().join("summary.md");
+    let args = undo_of_plan(&db, "bump", &[]);
+    let (code, _, err) = run_with_env(
+        &args,
+        None,
+        &[
+            ("GITHUB_ACTIONS", "true"),
+            ("GITHUB_STEP_SUMMARY", path_str(&summary)),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let md = std::fs::read_to_string(&summary).unwrap();
+    assert!(md.starts_with("### batchsse: undo of bump on "), "{md}");
+}

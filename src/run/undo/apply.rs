@@ -4,7 +4,7 @@
 //! paced by the governor and reported as events like a run.
 
 use std::cell::RefCell;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 use rusqlite::types::Value;
@@ -103,9 +103,12 @@ impl At<'_> {
         )
     }
 
-    fn progress(&self) -> Progress {
+    /// `pause`: the rest that follows the part just taken back (`--sleep`,
+    /// the yield), counted now as a run counts its own, so that the first
+    /// rate and ETA of a paced undo are not those of an unpaced one.
+    fn progress(&self, pause: Duration) -> Progress {
         let elapsed = self.t0.elapsed();
-        let rate = self.done as f64 / elapsed.as_secs_f64().max(1e-6);
+        let rate = self.done as f64 / (elapsed + pause).as_secs_f64().max(1e-6);
         let left = self.total.saturating_sub(self.done);
         Progress {
             step: self.index,
@@ -530,14 +533,15 @@ impl Undoer<'_> {
                 .chunk(c, tally)
                 .map_err(|why| self.chunk_failed(&at, why))?;
             (at.done, at.changed) = (at.done + c.rows, at.changed + tally.reverted - reverted0);
-            self.log.push(Event::Progress(at.progress()));
+            let took = c0.elapsed();
             // A part another undo took meanwhile cost nothing: no pause.
-            if taken
-                && self
-                    .governor
-                    .borrow_mut()
-                    .after_chunk(c0.elapsed(), index, last)
-            {
+            let pause = if taken && !last {
+                self.governor.borrow().rest_after(took)
+            } else {
+                Duration::ZERO
+            };
+            self.log.push(Event::Progress(at.progress(pause)));
+            if taken && self.governor.borrow_mut().after_chunk(took, index, last) {
                 return Err(self.stopped(&at, RunStatus::Cancelled, self.interrupted()));
             }
         }
