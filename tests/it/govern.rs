@@ -459,10 +459,9 @@ fn an_undo_beside_an_application_says_its_chunks_are_the_run_s() {
             .find(|m| m.starts_with("another process has the database open"))
             .unwrap_or_else(|| panic!("{extra:?}: no pace message: {said:?}"));
         assert!(pace.ends_with(words), "{extra:?}: {pace}");
-        let sizes: Vec<u64> = json_lines(&out)
+        let sizes: Vec<u64> = progress_data(&out)
             .iter()
-            .filter(|l| l["event"] == "progress")
-            .map(|l| l["data"]["done"].as_u64().unwrap())
+            .map(|d| d["done"].as_u64().unwrap())
             .collect();
         assert_eq!(
             sizes,

@@ -609,11 +609,7 @@ fn a_paced_run_counts_its_pauses_in_rate_and_eta_from_the_first_chunk() {
         &words("--no-serve --batch-size 10 --sleep 100 --progress json"),
     ));
     assert_eq!(code, 0, "{err}");
-    let progress: Vec<serde_json::Value> = json_lines(&out)
-        .into_iter()
-        .filter(|e| e["event"] == "progress")
-        .map(|e| e["data"].clone())
-        .collect();
+    let progress = progress_data(&out);
     assert_eq!(progress.len(), 10, "{out}");
     // 10 rows, then a 100 ms pause: under 100 rows/s, 90 rows to go.
     let first = &progress[0];

@@ -2274,11 +2274,7 @@ fn a_paced_undo_counts_its_pauses_in_rate_and_eta_from_the_first_part() {
     let args = undo_of_plan(&db, "bump", &["--sleep", "100", "--progress", "json"]);
     let (code, out, err) = run(&args);
     assert_eq!(code, 0, "{err}");
-    let progress: Vec<serde_json::Value> = json_lines(&out)
-        .into_iter()
-        .filter(|e| e["event"] == "progress")
-        .map(|e| e["data"].clone())
-        .collect();
+    let progress = progress_data(&out);
     assert_eq!(progress.len(), 4, "{out}");
     // 10 rows, then a pause of at least 100 ms: under 100 rows/s, 30 rows
     // to go.

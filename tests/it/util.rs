@@ -1113,6 +1113,15 @@ pub fn stderr_lines(p: &Proc, needle: &str, n: usize) -> Vec<String> {
     }
 }
 
+/// The `data` of every `progress` event in `--progress json` output.
+pub fn progress_data(out: &str) -> Vec<Value> {
+    json_lines(out)
+        .into_iter()
+        .filter(|e| e["event"] == "progress")
+        .map(|e| e["data"].clone())
+        .collect()
+}
+
 /// Parses NDJSON output: every line must be one JSON object.
 pub fn json_lines(out: &str) -> Vec<Value> {
     out.lines()
