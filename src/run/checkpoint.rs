@@ -346,6 +346,16 @@ fn has_rowid_column(conn: &Connection) -> rusqlite::Result<bool> {
         .exists([TABLE, ROWID])
 }
 
+/// The column [`ROWID`] as a resume reads it: NULL where it is not known,
+/// as in a table of an earlier release, which has none.
+fn rowid_read(conn: &Connection) -> rusqlite::Result<String> {
+    // A value that is not an integer (written by hand) is not known either.
+    Ok(match has_rowid_column(conn)? {
+        true => format!("CASE typeof({ROWID}) WHEN 'integer' THEN {ROWID} END"),
+        false => "NULL".into(),
+    })
+}
+
 /// What an earlier run of the same plan left behind.
 #[derive(Debug, Default)]
 pub struct Resume {
@@ -382,12 +392,7 @@ impl Resume {
             return Ok(Resume::none());
         }
         let read = || -> rusqlite::Result<Vec<(usize, Row)>> {
-            // An earlier release's table has no rowid column; a value
-            // that is not an integer (written by hand) is not known either.
-            let rowid = match has_rowid_column(conn)? {
-                true => format!("CASE typeof({ROWID}) WHEN 'integer' THEN {ROWID} END"),
-                false => "NULL".into(),
-            };
+            let rowid = rowid_read(conn)?;
             let mut stmt = conn.prepare(&format!(
                 "SELECT step, checksum, state, last_key, done, changed, {rowid} FROM batchsse_checkpoint WHERE plan = ?1 AND step >= 0",
             ))?;
@@ -751,6 +756,26 @@ impl<'a> Checkpoint<'a> {
             Some(Key::Integer(d)) => Some(d),
             _ => None,
         })
+    }
+
+    /// What `last_insert_rowid()` answered the plan's statements after
+    /// the earlier run's `step`, as its row says (`None`: not known, or
+    /// no row): what the steps after it go on from in a resume (see
+    /// [`Resume::rowid_before`]).
+    pub fn rowid_after(&self, step: &Step) -> rusqlite::Result<Option<i64>> {
+        if !self.on || !self.table_exists()? {
+            return Ok(None);
+        }
+        let sql = format!(
+            "SELECT {} FROM {TABLE} WHERE plan = ?1 AND step = ?2",
+            rowid_read(self.conn)?
+        );
+        let found = self
+            .conn
+            .prepare(&sql)?
+            .query_row(params![self.plan.name, step.index as i64], |r| r.get(0))
+            .optional()?;
+        Ok(found.flatten())
     }
 
     /// Records a finished TEMP-only step with the `digest` of what it made.

@@ -321,3 +321,37 @@ fn a_checkpoint_of_an_earlier_release_refuses_only_a_resume_that_would_read_its_
     );
     assert_eq!(sha256(&db.path), before, "nothing written");
 }
+
+/// A TEMP-only step made again for a resume holds other rows than the
+/// earlier run's (the file changed since), which are put back, and the
+/// plan goes on from them: from the rowid the earlier run's row kept, as
+/// the step after it reads. Its checkpoint row, written again, kept the
+/// rowid the step made again left instead, so a resume after that one
+/// (the step after it failing again) read that one: the line went to
+/// another rowid than in the run never stopped.
+#[test]
+fn a_temp_step_put_back_keeps_the_rowid_of_the_rows_put_back_for_the_next_resume() {
+    let steps = serde_json::json!([
+        {"sql": "INSERT INTO orders(note) VALUES ('new')"},
+        {"sql": "CREATE TEMP TABLE todo(id INTEGER PRIMARY KEY, tid INT); INSERT INTO todo(tid) SELECT id FROM t WHERE id > (SELECT count(*) FROM log)"},
+        {"sql": "INSERT INTO lines(order_id) VALUES (last_insert_rowid())"}]);
+    let want = uninterrupted(&steps, &[]);
+    let db = TempDb::with_sql(SHOP);
+    db.conn().execute_batch(&once("INSERT", "lines")).unwrap();
+    assert_eq!(run_steps(&db, &steps, &[]).0, 1);
+    // The application writes what the TEMP step reads: made again, it
+    // holds 11 rows, not 12.
+    db.conn()
+        .execute_batch("INSERT INTO log(prev, tid) VALUES (0, 0)")
+        .unwrap();
+    let (code, err) = run_steps(&db, &steps, &[]);
+    assert_eq!(code, 1, "the line still fails: {err}");
+    assert!(err.contains("were put back"), "{err}");
+    db.conn()
+        .execute_batch("DROP TRIGGER once; DELETE FROM log")
+        .unwrap();
+    let (code, err) = run_steps(&db, &steps, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(db.query_i64("SELECT order_id FROM lines"), 12, "{err}");
+    assert_eq!(content(&db), want);
+}
