@@ -346,13 +346,15 @@ fn has_rowid_column(conn: &Connection) -> rusqlite::Result<bool> {
         .exists([TABLE, ROWID])
 }
 
-/// The column [`ROWID`] as a resume reads it: NULL where it is not known,
-/// as in a table of an earlier release, which has none.
+/// The column [`ROWID`] as a resume reads it: NULL in a table of an
+/// earlier release, which has none. A value there that is not an integer
+/// was written by hand, and fails the read, as in any other column: taken
+/// for a rowid not known, it was said to come from an earlier release,
+/// and a column made NOT NULL failed the first checkpoint write.
 fn rowid_read(conn: &Connection) -> rusqlite::Result<String> {
-    // A value that is not an integer (written by hand) is not known either.
     Ok(match has_rowid_column(conn)? {
-        true => format!("CASE typeof({ROWID}) WHEN 'integer' THEN {ROWID} END"),
-        false => "NULL".into(),
+        true => ROWID.into(),
+        false => format!("NULL AS {ROWID}"),
     })
 }
 
