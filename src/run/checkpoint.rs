@@ -214,6 +214,11 @@ fn altered(conn: &Connection) -> rusqlite::Result<Option<String>> {
     if let Some(why) = super::db::not_as_made(conn, TABLE, &COLUMNS, &written)? {
         return Ok(Some(why));
     }
+    if generated_rowid_column(conn)? {
+        return Ok(Some(format!(
+            "the table {TABLE} has a generated column {ROWID}, which batchsse writes (batchsse did not make it)"
+        )));
+    }
     let key = conn
         .prepare("SELECT lower(name) FROM pragma_table_info(?1) WHERE pk > 0 ORDER BY pk")?
         .query_map([TABLE], |r| r.get::<_, String>(0))?
@@ -221,6 +226,17 @@ fn altered(conn: &Connection) -> rusqlite::Result<Option<String>> {
     Ok((key != ["plan", "step"]).then(|| {
         format!("the table {TABLE} has no primary key on (plan, step) (batchsse did not make it)")
     }))
+}
+
+/// Whether the column [`ROWID`] is a generated one, which no run can
+/// write: SQLite's `table_info` leaves it out, so the table would pass
+/// for one of an earlier release, and the column be added again (a
+/// duplicate, failing the run's first write).
+fn generated_rowid_column(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.prepare(
+        "SELECT 1 FROM pragma_table_xinfo(?1) WHERE lower(name) = ?2 AND hidden IN (2, 3)",
+    )?
+    .exists([TABLE, ROWID])
 }
 
 /// A step's state in the checkpoint (the table's `state` column).

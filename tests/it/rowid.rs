@@ -403,3 +403,46 @@ fn text_in_the_checkpoint_s_rowid_column_is_refused_as_altered_by_hand() {
         assert!(out.contains("\"plan\":\"rowid\""), "{out}");
     }
 }
+
+/// A checkpoint table whose rowid column was made a generated one (by
+/// hand), which no run can write, is refused before anything runs, as a
+/// table missing one of its other columns is. SQLite's list of a table's
+/// columns leaves generated ones out: the run took the table for one of
+/// an earlier release, and every run of any plan on the file failed its
+/// first step (exit 1) adding the column again.
+#[test]
+fn a_generated_rowid_column_in_the_checkpoint_is_refused_before_anything_runs() {
+    let steps = serde_json::json!([
+        {"sql": "INSERT INTO orders(note) VALUES ('new')"},
+        {"sql": "UPDATE m SET v = 1"}]);
+    let db = TempDb::with_sql(SHOP);
+    db.conn().execute_batch(&once("UPDATE", "m")).unwrap();
+    assert_eq!(run_steps(&db, &steps, &[]).0, 1);
+    db.conn()
+        .execute_batch(
+            "DROP TRIGGER once;
+             ALTER TABLE batchsse_checkpoint DROP COLUMN last_insert_rowid;
+             ALTER TABLE batchsse_checkpoint ADD COLUMN last_insert_rowid INTEGER GENERATED ALWAYS AS (7);",
+        )
+        .unwrap();
+    let before = sha256(&db.path);
+    let other = db.file(
+        "other.json",
+        r#"{"name": "other", "steps": [{"sql": "UPDATE m SET v = 2"}]}"#,
+    );
+    let plan = serde_json::json!({"name": "rowid", "steps": steps}).to_string();
+    let plan = db.file("plan.json", &plan);
+    let plans = [
+        run_args(&db, path_str(&other), &["--no-serve"]),
+        run_args(&db, path_str(&plan), &["--no-serve"]),
+    ];
+    for args in &plans {
+        let (code, _, err) = run(args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(
+            err.contains("last_insert_rowid") && err.contains("generated"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(sha256(&db.path), before, "{args:?}");
+    }
+}
