@@ -8,7 +8,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::error::UsageError;
 use crate::human::quoted;
-use crate::plan::{Key, Plan, Step, edited, sqlite_message};
+use crate::plan::{Key, Plan, Step, edited, quote, sqlite_message};
 
 pub const TABLE: &str = "batchsse_checkpoint";
 
@@ -214,6 +214,13 @@ fn altered(conn: &Connection) -> rusqlite::Result<Option<String>> {
     if let Some(why) = super::db::not_as_made(conn, TABLE, &COLUMNS, &written)? {
         return Ok(Some(why));
     }
+    if let Some(index) = stray_unique_index(conn)? {
+        return Ok(Some(format!(
+            "the table {TABLE} has a unique index {} beside its primary key, on which writing one step's row would delete another's that holds the same values (every step that inserts nothing keeps the same {ROWID}), so a resume would apply that step again; drop the index (in the sqlite3 shell: DROP INDEX {})",
+            quoted(&index),
+            quote(&index)
+        )));
+    }
     if generated_rowid_column(conn)? {
         return Ok(Some(format!(
             "the table {TABLE} has a generated column {ROWID}, which batchsse writes (batchsse did not make it)"
@@ -226,6 +233,23 @@ fn altered(conn: &Connection) -> rusqlite::Result<Option<String>> {
     Ok((key != ["plan", "step"]).then(|| {
         format!("the table {TABLE} has no primary key on (plan, step) (batchsse did not make it)")
     }))
+}
+
+/// A unique index of the user's on the checkpoint table that does not
+/// hold both `plan` and `step`, if there is one: a row written over
+/// `INSERT OR REPLACE` deletes any other row with the same values there,
+/// another step's checkpoint, which a resume then applies again.
+fn stray_unique_index(conn: &Connection) -> rusqlite::Result<Option<String>> {
+    conn.query_row(
+        "SELECT il.name FROM pragma_index_list(?1) AS il
+         WHERE il.\"unique\" AND il.origin <> 'pk'
+           AND (SELECT count(*) FROM pragma_index_info(il.name) AS ii
+                WHERE lower(ii.name) IN ('plan', 'step')) < 2
+         ORDER BY il.name LIMIT 1",
+        [TABLE],
+        |r| r.get(0),
+    )
+    .optional()
 }
 
 /// Whether the column [`ROWID`] is a generated one, which no run can

@@ -446,3 +446,50 @@ fn a_generated_rowid_column_in_the_checkpoint_is_refused_before_anything_runs() 
         assert_eq!(sha256(&db.path), before, "{args:?}");
     }
 }
+
+/// A unique index of the user's on the checkpoint table beside its
+/// primary key: a step's row written over `INSERT OR REPLACE` deleted the
+/// row of another step that kept the same value, as the rowid column
+/// does for every step that inserts nothing, so a resume applied the
+/// step whose row was gone a second time (the order inserted twice).
+/// Refused before anything runs; one that holds (plan, step) is harmless.
+#[test]
+fn a_unique_index_on_the_checkpoint_beside_its_key_is_refused_before_anything_runs() {
+    let steps = serde_json::json!([
+        {"sql": "INSERT INTO orders(note) VALUES ('new')"},
+        {"sql": "UPDATE m SET v = v + 1"},
+        {"sql": "INSERT INTO lines(order_id) VALUES (last_insert_rowid())"}]);
+    let want = uninterrupted(&steps, &[]);
+    let setup = serde_json::json!({"name": "setup", "steps": [{"sql": "UPDATE m SET v = 0"}]});
+    for (index, refused) in [
+        ("(last_insert_rowid)", true),
+        ("(done, changed)", true),
+        ("(step, plan, name)", false),
+    ] {
+        let db = TempDb::with_sql(SHOP);
+        let first = db.file("setup.json", &setup.to_string());
+        assert_eq!(run(&run_args(&db, path_str(&first), &["--no-serve"])).0, 0);
+        db.conn()
+            .execute_batch(&format!(
+                "CREATE UNIQUE INDEX mine ON batchsse_checkpoint{index}; {}",
+                once("INSERT", "lines")
+            ))
+            .unwrap();
+        let before = sha256(&db.path);
+        let (code, err) = run_steps(&db, &steps, &[]);
+        if !refused {
+            assert_eq!(code, 1, "{index}: {err}");
+            db.conn().execute_batch("DROP TRIGGER once").unwrap();
+            let (code, err) = run_steps(&db, &steps, &[]);
+            assert_eq!(code, 0, "{index}: {err}");
+            assert_eq!(content(&db), want, "{index}");
+            continue;
+        }
+        assert_eq!(code, 2, "{index}: {err}");
+        assert!(
+            err.contains("unique index") && err.contains("\"mine\""),
+            "{index}: {err}"
+        );
+        assert_eq!(sha256(&db.path), before, "{index}");
+    }
+}
