@@ -205,8 +205,10 @@ const COLUMNS: [&str; 9] = [
 
 /// What in the checkpoint table is not as [`CREATE`] makes it, in what a
 /// run relies on: a column missing, a column that must be set and that no
-/// run sets (see [`super::db::not_as_made`]), or a primary key other than
-/// (plan, step) (a resume reads one row per step).
+/// run sets (see [`super::db::not_as_made`]), a rowid column no run can
+/// write, a unique index on which one step's row would replace another's,
+/// or a primary key other than (plan, step) (a resume reads one row per
+/// step).
 fn altered(conn: &Connection) -> rusqlite::Result<Option<String>> {
     // Every column but `updated_at`, left to its default, is written.
     let mut written = COLUMNS[..8].to_vec();
