@@ -8,7 +8,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::error::UsageError;
 use crate::human::quoted;
-use crate::plan::{Key, Plan, Step, edited, sqlite_message};
+use crate::plan::{Key, Plan, Step, edited, quote, sqlite_message};
 
 pub const TABLE: &str = "batchsse_checkpoint";
 
@@ -205,14 +205,28 @@ const COLUMNS: [&str; 9] = [
 
 /// What in the checkpoint table is not as [`CREATE`] makes it, in what a
 /// run relies on: a column missing, a column that must be set and that no
-/// run sets (see [`super::db::not_as_made`]), or a primary key other than
-/// (plan, step) (a resume reads one row per step).
+/// run sets (see [`super::db::not_as_made`]), a rowid column no run can
+/// write, a unique index on which one step's row would replace another's,
+/// or a primary key other than (plan, step) (a resume reads one row per
+/// step).
 fn altered(conn: &Connection) -> rusqlite::Result<Option<String>> {
     // Every column but `updated_at`, left to its default, is written.
     let mut written = COLUMNS[..8].to_vec();
     written.push(ROWID);
     if let Some(why) = super::db::not_as_made(conn, TABLE, &COLUMNS, &written)? {
         return Ok(Some(why));
+    }
+    if let Some(index) = stray_unique_index(conn)? {
+        return Ok(Some(format!(
+            "the table {TABLE} has a unique index {} beside its primary key, on which writing one step's row would delete another's that holds the same values (every step that inserts nothing keeps the same {ROWID}), so a resume would apply that step again; drop the index (in the sqlite3 shell: DROP INDEX {})",
+            quoted(&index),
+            quote(&index)
+        )));
+    }
+    if generated_rowid_column(conn)? {
+        return Ok(Some(format!(
+            "the table {TABLE} has a generated column {ROWID}, which batchsse writes (batchsse did not make it)"
+        )));
     }
     let key = conn
         .prepare("SELECT lower(name) FROM pragma_table_info(?1) WHERE pk > 0 ORDER BY pk")?
@@ -221,6 +235,34 @@ fn altered(conn: &Connection) -> rusqlite::Result<Option<String>> {
     Ok((key != ["plan", "step"]).then(|| {
         format!("the table {TABLE} has no primary key on (plan, step) (batchsse did not make it)")
     }))
+}
+
+/// A unique index of the user's on the checkpoint table that does not
+/// hold both `plan` and `step`, if there is one: a row written over
+/// `INSERT OR REPLACE` deletes any other row with the same values there,
+/// another step's checkpoint, which a resume then applies again.
+fn stray_unique_index(conn: &Connection) -> rusqlite::Result<Option<String>> {
+    conn.query_row(
+        "SELECT il.name FROM pragma_index_list(?1) AS il
+         WHERE il.\"unique\" AND il.origin <> 'pk'
+           AND (SELECT count(*) FROM pragma_index_info(il.name) AS ii
+                WHERE lower(ii.name) IN ('plan', 'step')) < 2
+         ORDER BY il.name LIMIT 1",
+        [TABLE],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
+/// Whether the column [`ROWID`] is a generated one, which no run can
+/// write: SQLite's `table_info` leaves it out, so the table would pass
+/// for one of an earlier release, and the column be added again (a
+/// duplicate, failing the run's first write).
+fn generated_rowid_column(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.prepare(
+        "SELECT 1 FROM pragma_table_xinfo(?1) WHERE lower(name) = ?2 AND hidden IN (2, 3)",
+    )?
+    .exists([TABLE, ROWID])
 }
 
 /// A step's state in the checkpoint (the table's `state` column).
@@ -346,6 +388,18 @@ fn has_rowid_column(conn: &Connection) -> rusqlite::Result<bool> {
         .exists([TABLE, ROWID])
 }
 
+/// The column [`ROWID`] as a resume reads it: NULL in a table of an
+/// earlier release, which has none. A value there that is not an integer
+/// was written by hand, and fails the read, as in any other column: taken
+/// for a rowid not known, it was said to come from an earlier release,
+/// and a column made NOT NULL failed the first checkpoint write.
+fn rowid_read(conn: &Connection) -> rusqlite::Result<String> {
+    Ok(match has_rowid_column(conn)? {
+        true => ROWID.into(),
+        false => format!("NULL AS {ROWID}"),
+    })
+}
+
 /// What an earlier run of the same plan left behind.
 #[derive(Debug, Default)]
 pub struct Resume {
@@ -382,12 +436,7 @@ impl Resume {
             return Ok(Resume::none());
         }
         let read = || -> rusqlite::Result<Vec<(usize, Row)>> {
-            // An earlier release's table has no rowid column; a value
-            // that is not an integer (written by hand) is not known either.
-            let rowid = match has_rowid_column(conn)? {
-                true => format!("CASE typeof({ROWID}) WHEN 'integer' THEN {ROWID} END"),
-                false => "NULL".into(),
-            };
+            let rowid = rowid_read(conn)?;
             let mut stmt = conn.prepare(&format!(
                 "SELECT step, checksum, state, last_key, done, changed, {rowid} FROM batchsse_checkpoint WHERE plan = ?1 AND step >= 0",
             ))?;
@@ -751,6 +800,26 @@ impl<'a> Checkpoint<'a> {
             Some(Key::Integer(d)) => Some(d),
             _ => None,
         })
+    }
+
+    /// What `last_insert_rowid()` answered the plan's statements after
+    /// the earlier run's `step`, as its row says (`None`: not known, or
+    /// no row): what the steps after it go on from in a resume (see
+    /// [`Resume::rowid_before`]).
+    pub fn rowid_after(&self, step: &Step) -> rusqlite::Result<Option<i64>> {
+        if !self.on || !self.table_exists()? {
+            return Ok(None);
+        }
+        let sql = format!(
+            "SELECT {} FROM {TABLE} WHERE plan = ?1 AND step = ?2",
+            rowid_read(self.conn)?
+        );
+        let found = self
+            .conn
+            .prepare(&sql)?
+            .query_row(params![self.plan.name, step.index as i64], |r| r.get(0))
+            .optional()?;
+        Ok(found.flatten())
     }
 
     /// Records a finished TEMP-only step with the `digest` of what it made.

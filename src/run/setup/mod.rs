@@ -166,6 +166,13 @@ pub(super) fn record(
     if let Some(tables) = &m.keep {
         kept::keep(r.conn, &r.plan.name, step.index, tables, between)?;
     }
+    // Made again for a resume, as the earlier run made it (its rows put
+    // back where these differ): the plan goes on from the rowid that run
+    // left, which the row written again keeps for the next resume, not
+    // from what this run's statements left.
+    if m.seen.is_some() {
+        r.user_rowid.set(r.checkpoint.rowid_after(step)?);
+    }
     r.checkpoint.setup_done(step, changed, m.digest)
 }
 
