@@ -154,6 +154,14 @@ pub(super) fn calls(sql: &str, function: &str) -> bool {
         .any(|t| matches!(t, Token::Name(n) if n.eq_ignore_ascii_case(function)))
 }
 
+/// Whether the statement `sql` has a `SELECT` anywhere in it (a word of
+/// its, quoted text left out).
+pub(super) fn selects(sql: &str) -> bool {
+    tokens(sql)
+        .iter()
+        .any(|t| matches!(t, Token::Name(n) if n.eq_ignore_ascii_case("SELECT")))
+}
+
 /// Whether the statement `sql` inserts, as what sets `last_insert_rowid()`:
 /// an `INSERT` or `REPLACE`, also after a `WITH` clause (whose own
 /// statements only read). A trigger's inserts are not the statement's.

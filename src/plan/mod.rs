@@ -112,6 +112,17 @@ impl Step {
         bounds::calls(expect, "last_insert_rowid").then_some(" in its expect")
     }
 
+    /// Whether, by its text, a statement of the step inserts rows a
+    /// `SELECT` gives (or may give) and calls `last_insert_rowid()`: with
+    /// a trigger on the table, SQLite reads the whole `SELECT` before it
+    /// inserts a row, so the function answers the insert before the
+    /// statement for every row, not each row's insert before it.
+    pub fn inserts_selected_rowids(&self) -> bool {
+        split_statements(&self.sql).into_iter().any(|s| {
+            bounds::inserts(s) && bounds::selects(s) && bounds::calls(s, "last_insert_rowid")
+        })
+    }
+
     /// Whether, by its text, a statement of the step inserts, as what
     /// sets `last_insert_rowid()` (one that inserts no row, or into a
     /// WITHOUT ROWID table, does not: the text cannot tell).

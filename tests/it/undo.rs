@@ -2304,3 +2304,47 @@ fn an_undo_s_github_step_summary_is_headed_as_an_undo() {
     let md = std::fs::read_to_string(&summary).unwrap();
     assert!(md.starts_with("### batchsse: undo of bump on "), "{md}");
 }
+
+/// Recorded by triggers (a build without the pre-update hook), an
+/// `INSERT … SELECT` reads its whole `SELECT` before it inserts a row, as
+/// SQLite does for any table with triggers: `last_insert_rowid()` in it
+/// then answers the insert before the statement for every row, where
+/// without `--undo` it answers each row's insert before it. Refused before
+/// anything runs, naming the way out; a single-row `VALUES` reads the
+/// same either way and runs.
+#[test]
+fn without_the_hook_an_insert_select_reading_the_rowid_is_refused() {
+    let setup = "CREATE TABLE t(id INTEGER PRIMARY KEY, v INT);
+                 INSERT INTO t(v) VALUES (1), (2), (3), (4);
+                 CREATE TABLE log(id INTEGER PRIMARY KEY, prev INT, tid INT);";
+    let select = "INSERT INTO log(prev, tid) SELECT last_insert_rowid(), id FROM t WHERE id BETWEEN :lo AND :hi";
+    let chunked = serde_json::json!({"name": "l", "steps": [
+        {"sql": select, "chunk": {"table": "t", "size": 2}}]});
+    let db = TempDb::with_sql(setup);
+    let file = sha256(&db.path);
+    let plan = db.file("plan.json", &chunked.to_string());
+    let args = run_args(&db, path_str(&plan), &["--no-serve", "--undo"]);
+    let (code, _, err) = run_with_env(&args, None, &HOOK_OFF);
+    assert_eq!(code, 2, "{err}");
+    for said in ["last_insert_rowid()", "pre-update hook", "\"undo\": false"] {
+        assert!(err.contains(said), "{said}: {err}");
+    }
+    assert_eq!(sha256(&db.path), file, "nothing ran");
+    // With the pre-update hook it runs as without --undo: each row reads
+    // the row inserted before it.
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    let prev =
+        db.query_text("SELECT group_concat(prev, ',') FROM (SELECT prev FROM log ORDER BY id)");
+    assert_eq!(prev, "0,1,2,3");
+    // A single row's VALUES reads the rowid before its one insert either way.
+    let db = TempDb::with_sql(setup);
+    let values = serde_json::json!({"name": "v", "steps": [
+        {"sql": "INSERT INTO t(v) VALUES (9)"},
+        {"sql": "INSERT INTO log(prev, tid) VALUES (last_insert_rowid(), 0)"}]});
+    let plan = db.file("plan.json", &values.to_string());
+    let args = run_args(&db, path_str(&plan), &["--no-serve", "--undo"]);
+    let (code, _, err) = run_with_env(&args, None, &HOOK_OFF);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(db.query_i64("SELECT prev FROM log"), 5);
+}

@@ -354,6 +354,12 @@ fn why_unrecordable(
                 .into(),
         );
     }
+    if replacing.is_some() && step.inserts_selected_rowids() {
+        return Some(
+            "it inserts what a SELECT gives and calls last_insert_rowid(), and in this build (one built without SQLite's pre-update hook, or with BATCHSSE_UNDO_HOOK=off) the triggers that record it make SQLite read the whole SELECT before inserting a row, so last_insert_rowid() would answer the insert before the statement for every row, not each row's insert before it as without --undo. A build with the pre-update hook records it as it runs without --undo (see the README's \"Take it back\")"
+                .into(),
+        );
+    }
     for table in &step.writes {
         match table.split_once(crate::plan::OTHER_SCHEMA) {
             // A TEMP table goes with the connection: nothing to take back.
