@@ -483,6 +483,7 @@ impl Runner<'_> {
         let plan = self.plan;
         self.log.push(Event::Start(Start {
             protocol: crate::events::PROTOCOL,
+            pid: std::process::id(),
             run_id: self.run_id.clone(),
             plan: plan.name.clone(),
             db: self.db.clone(),

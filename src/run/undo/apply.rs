@@ -440,6 +440,7 @@ impl Undoer<'_> {
     fn announce(&self, groups: &[Vec<Chunk>]) {
         self.log.push(Event::Start(Start {
             protocol: crate::events::PROTOCOL,
+            pid: std::process::id(),
             run_id: crate::run::run_id(),
             plan: self.spec.plan.clone(),
             db: self.db.clone(),
