@@ -50,6 +50,8 @@ pub struct Target {
     pub events: String,
     /// `/status` beside it, same query.
     pub status: String,
+    /// The run's base path the URL names (`/`, or a proxy's `/prefix/`).
+    pub base: String,
     /// A `last_event_id` in the URL: show only what comes after it.
     pub after: u64,
     pub auth: Option<HeaderValue>,
@@ -132,6 +134,7 @@ impl Target {
             authority: authority.as_str().to_owned(),
             events: with_query(format!("{base}events")),
             status: with_query(format!("{base}status")),
+            base,
             after,
             auth,
         })
@@ -141,6 +144,24 @@ impl Target {
     /// since messages end up in CI logs.
     fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.authority, hide_token(path))
+    }
+
+    /// What to check when what answered is no batchsse run. A base URL
+    /// (or a port alone) was given as asked, so asking for it again would
+    /// not help: the server there is another program. A URL with a path of
+    /// its own may be a proxy's prefix for the run, mistyped.
+    pub fn not_a_run(&self) -> String {
+        if self.base == "/" {
+            format!(
+                "the server at {} is not a batchsse run (a run serves its events at /events): check the port; a run says where it listens in its first line (batchsse: listening on http://…/)",
+                self.url("/")
+            )
+        } else {
+            format!(
+                "nothing under {} serves a batchsse run's events: give the run's base URL, where its dashboard is (e.g. http://127.0.0.1:7077/, or the prefix a proxy serves it under)",
+                self.url(&self.base)
+            )
+        }
     }
 }
 
@@ -665,8 +686,9 @@ fn check_answer<B>(target: &Target, resp: &hyper::Response<B>) -> anyhow::Result
         });
     if !is_sse {
         return Err(Unreachable(format!(
-            "{} answered, but not with an event stream; is this a batchsse run? Try its base URL, e.g. http://127.0.0.1:7077/",
-            target.url(&target.events)
+            "{} answered, but not with an event stream; {}",
+            target.url(&target.events),
+            target.not_a_run()
         ))
         .into());
     }
@@ -771,20 +793,15 @@ fn refused(target: &Target, status: StatusCode) -> anyhow::Error {
     // A token goes as --token (the header) or in the URL (`?token=T`).
     let sent = target.auth.is_some() || hide_token(&target.events) != target.events;
     match status {
-        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN if sent => {
-            UsageError::new(format!(
-                "{url} refused the token ({status}); pass the run's --token (or BATCHSSE_TOKEN)"
-            ))
-            .into()
-        }
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN if sent => UsageError::new(format!(
+            "{url} refused the token ({status}); pass the run's --token (or BATCHSSE_TOKEN)"
+        ))
+        .into(),
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => UsageError::new(format!(
             "{url} needs a token ({status}); pass the run's --token T or set BATCHSSE_TOKEN"
         ))
         .into(),
-        s => Unreachable(format!(
-            "{url} answered {s}; this does not look like a batchsse run (give its base URL, e.g. http://127.0.0.1:7077/)"
-        ))
-        .into(),
+        s => Unreachable(format!("{url} answered {s}; {}", target.not_a_run())).into(),
     }
 }
 

@@ -1698,6 +1698,76 @@ fn an_event_stream_that_is_not_a_batchsse_run_ends_watch_with_exit_3() {
     }
 }
 
+/// A stand-in for another program on a port: answers every request with
+/// `head` (a status line and headers) and `body`, then closes.
+fn answering(head: &'static str, body: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { return };
+            let _ = s.set_read_timeout(Some(PATIENCE));
+            let _ = s.read(&mut [0; 4096]);
+            let reply = format!(
+                "{head}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = s.write_all(reply.as_bytes());
+        }
+    });
+    addr
+}
+
+/// Another program on the port given: its 404 (or a page that is no event
+/// stream) at `/events` said "give its base URL, e.g.
+/// http://127.0.0.1:7077/", which is what was given (a port alone, or a
+/// base URL). Then it says that server is no batchsse run; only for a URL
+/// with a path of its own does it ask for the run's base URL.
+#[test]
+fn another_program_on_the_port_is_named_as_such_not_asked_for_the_url_given() {
+    for head in [
+        "HTTP/1.1 404 Not Found\r\ncontent-type: text/html",
+        "HTTP/1.1 200 OK\r\ncontent-type: text/html",
+    ] {
+        let addr = answering(head, "<html>not here</html>");
+        let port = addr.port().to_string();
+        for given in [
+            port.clone(),
+            format!("http://{addr}/"),
+            format!("http://{addr}/events"),
+        ] {
+            let mut w = watch(&given, &[]);
+            assert_eq!(w.wait().code(), Some(3), "{given}: {}", w.stderr());
+            let err = w.stderr();
+            assert!(
+                err.contains(&format!(
+                    "the server at http://{addr}/ is not a batchsse run"
+                )),
+                "{given}: {err}"
+            );
+            assert!(!err.contains("base URL"), "{given}: {err}");
+        }
+        // `ctl` reads the URL as `watch` does, and says the same.
+        let (code, _, err) = run(&["ctl", &port, "pause", "--control-token", "t"]);
+        assert_eq!(code, 3, "{err}");
+        assert!(
+            err.contains(&format!(
+                "the server at http://{addr}/ is not a batchsse run"
+            )),
+            "{err}"
+        );
+        // A path of its own: maybe a run's prefix (behind a proxy) mistyped.
+        let mut w = watch(&format!("http://{addr}/batch/"), &[]);
+        assert_eq!(w.wait().code(), Some(3), "{}", w.stderr());
+        let err = w.stderr();
+        assert!(
+            err.contains(&format!("http://{addr}/batch/events")),
+            "{err}"
+        );
+        assert!(err.contains("give the run's base URL"), "{err}");
+    }
+}
+
 /// A server that answers with an empty event stream and closes it (a
 /// proxy in front of nothing, say) was taken for a run's stream lost at
 /// once: every try restarted the clock of --connect-timeout, and `watch`
