@@ -236,13 +236,15 @@ fn on_signal(tx: &watch::Sender<u32>, cancel: &Cancel, log: &EventLog, quit: &Qu
     if log.finished_id().is_some() {
         return; // the run is over; this only cuts the linger short
     }
+    let work = cancel.work();
     if n == 1 {
-        crate::error::print_line_on_signal(
-            "batchsse: interrupted; stopping, with a chunk under way rolled back (press Ctrl-C again to quit at once)",
-        );
+        crate::error::print_line_on_signal(&format!(
+            "batchsse: interrupted; stopping{} (press Ctrl-C again to quit at once)",
+            work.stopping()
+        ));
         cancel.cancel();
     } else {
-        quit.now("batchsse: quitting now; the open transaction is rolled back by SQLite");
+        quit.now(&format!("batchsse: quitting now{}", work.quitting()));
     }
 }
 
@@ -334,6 +336,59 @@ struct Shared {
     gate_open: bool,
     /// Counts live commands, so a wait can tell it was nudged.
     nudges: u64,
+    /// What the runner has under way ([`Cancel::under_way`]).
+    work: Work,
+    /// The run is one transaction (`--atomic`, `--dry-run`): a stop keeps
+    /// none of it, whatever is under way.
+    one_transaction: bool,
+}
+
+/// What the runner has under way, so that a Ctrl-C says what it rolls
+/// back: a stop between chunks (in a `--sleep`, a yield, a pause, at the
+/// start gate) rolls back nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Work {
+    /// Waiting, or reading between chunks: nothing to roll back.
+    #[default]
+    Nothing,
+    /// A chunk's transaction (or its wait for the write lock).
+    Chunk,
+    /// A plain step: one statement, in a transaction of its own.
+    Step,
+    /// Anything, in a run that is one transaction.
+    WholeRun,
+}
+
+impl Work {
+    /// How the first Ctrl-C's line goes on after "stopping".
+    fn stopping(self) -> &'static str {
+        match self {
+            Work::Nothing => ", with nothing under way to roll back",
+            Work::Chunk => ", with a chunk under way rolled back",
+            Work::Step => ", with the step under way rolled back",
+            Work::WholeRun => ": the run is one transaction, so none of it is kept",
+        }
+    }
+
+    /// How the second Ctrl-C's line goes on after "quitting now".
+    fn quitting(self) -> &'static str {
+        match self {
+            Work::Nothing => ", with nothing under way",
+            _ => "; the open transaction is rolled back by SQLite",
+        }
+    }
+}
+
+/// Marks a piece of work under way until dropped ([`Cancel::under_way`]).
+pub struct UnderWay<'c> {
+    cancel: &'c Cancel,
+    before: Work,
+}
+
+impl Drop for UnderWay<'_> {
+    fn drop(&mut self) {
+        self.cancel.lock().work = self.before;
+    }
 }
 
 /// How a wait between chunks ended.
@@ -362,6 +417,31 @@ impl Cancel {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
         self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Marks `work` as under way until the guard is dropped, for what a
+    /// Ctrl-C meanwhile says it rolls back.
+    pub fn under_way(&self, work: Work) -> UnderWay<'_> {
+        let before = std::mem::replace(&mut self.lock().work, work);
+        UnderWay {
+            cancel: self,
+            before,
+        }
+    }
+
+    /// From now on the run is one transaction (`--atomic`, `--dry-run`):
+    /// a stop keeps none of it.
+    pub fn in_one_transaction(&self) {
+        self.lock().one_transaction = true;
+    }
+
+    /// What a stop now rolls back.
+    fn work(&self) -> Work {
+        let shared = self.lock();
+        match shared.one_transaction {
+            true => Work::WholeRun,
+            false => shared.work,
+        }
     }
 
     /// Lets `cancel` interrupt statements running on `conn` (as well as on
@@ -621,6 +701,23 @@ mod tests {
             c.nap(Duration::from_secs(3600), c.nudges()),
             Woken::Cancelled
         );
+    }
+
+    #[test]
+    fn what_is_under_way_is_marked_until_its_guard_is_dropped() {
+        let c = Cancel::default();
+        assert_eq!(c.work(), Work::Nothing, "at the gate");
+        {
+            let _step = c.under_way(Work::Step);
+            {
+                let _chunk = c.under_way(Work::Chunk);
+                assert_eq!(c.work(), Work::Chunk);
+            }
+            assert_eq!(c.work(), Work::Step);
+        }
+        assert_eq!(c.work(), Work::Nothing, "between chunks");
+        c.in_one_transaction();
+        assert_eq!(c.work(), Work::WholeRun, "whatever is under way");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! |---|---|---|---|
 //! | Who else has the database open ([`open_by_others`], [`open_by_this_program`]): the live pace, the names in a lock message, `checkpoint clear` and `undo clear` refused under a live run, batchsse's emptied tables dropped after a complete undo | scans `/proc/*/fd` (without a `/proc`: cannot tell) | cannot tell ([`Sight::Blind`]) | cannot tell ([`Sight::Blind`]) |
 //! | Whether `watch --pid`'s process still runs ([`process_alive`]) | `/proc/PID/stat` (a zombie counts as gone) | `kill(pid, 0)` (a zombie counts as running) | `OpenProcess` + `WaitForSingleObject` |
+//! | Whether the server `watch --pid` reached is another run's ([`another_run`]) | `/proc`: a live process of this program (by name) that the pid did not start | cannot tell (followed) | cannot tell (followed) |
 //! | What stops a run ([`StopSignals`]) | Ctrl-C (SIGINT), SIGTERM, SIGHUP (unless ignored, as under `nohup`) | the same | Ctrl-C, Ctrl-Break |
 //! | Whether SQLite may make its journal beside the file ([`may_create_in`]) | `access(W_OK)` | `access(W_OK)` | cannot tell (found at the first write) |
 //! | A database's path from SQLite's bytes ([`path_from_bytes`]) | any bytes | any bytes | UTF-8 |
@@ -179,6 +180,58 @@ pub fn process_alive(pid: u32) -> bool {
     {
         windows_process_alive(pid)
     }
+}
+
+/// Whether process `pid` is, as far as the system tells, another run of
+/// this program than `run`'s: a live process of this same program (by
+/// name) that is neither `run` nor one `run` started (itself, or through
+/// a wrapper such as `timeout`, `sudo` or `sh -c`, which leave `$!` the
+/// wrapper's pid). `watch --pid` then knows the server it reached is
+/// another run's (one still lingering on the port). False wherever that
+/// cannot be told: on other systems, and for a `pid` that is no such
+/// process here (a run in a container, whose pids mean nothing outside
+/// it, or on another machine behind a relay), so a run is never turned
+/// away for want of a way to see it.
+pub fn another_run(pid: u32, run: u32) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        let comm = |p: &str| {
+            let name = std::fs::read_to_string(format!("/proc/{p}/comm")).ok()?;
+            Some(name.trim().to_owned()).filter(|n| !n.is_empty())
+        };
+        let same_program = comm("self").is_some_and(|me| comm(&pid.to_string()) == Some(me));
+        pid != run && same_program && process_alive(pid) && !descends_from(pid, run)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (pid, run);
+        false
+    }
+}
+
+/// Whether `run` is `pid`'s parent, or its parent's, and so on up.
+#[cfg(target_os = "linux")]
+fn descends_from(pid: u32, run: u32) -> bool {
+    let parent = |p: u32| -> Option<u32> {
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+        // After the command's name (in parentheses): the state, then the parent.
+        stat.rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    let mut at = pid;
+    // A cycle cannot be, but a bound costs nothing.
+    for _ in 0..4096 {
+        match parent(at) {
+            Some(p) if p == run => return true,
+            Some(p) if p > 0 && p != at => at = p,
+            _ => return false,
+        }
+    }
+    false
 }
 
 /// Whether this process may make a file in `dir` (as SQLite makes its
@@ -601,6 +654,25 @@ mod tests {
         let pid = child.id();
         child.wait().expect("wait");
         assert!(!process_alive(pid));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn another_run_is_a_live_process_of_this_program_the_run_did_not_start() {
+        let me = std::process::id();
+        let parent = std::os::unix::process::parent_id();
+        // Itself, or started by the run (here, this process by its parent).
+        assert!(!another_run(me, me));
+        assert!(!another_run(me, parent));
+        // Not started by `run`: another run, if it is this program.
+        let mut child =
+            spawn_alone(std::process::Command::new("sleep").arg("30")).expect("spawn sleep");
+        assert!(another_run(me, child.id()));
+        // Another program, or no process at all, cannot be told for a run.
+        assert!(!another_run(child.id(), me));
+        child.kill().expect("kill");
+        child.wait().expect("wait");
+        assert!(!another_run(child.id(), parent));
     }
 
     #[cfg(target_os = "linux")]

@@ -42,7 +42,7 @@ pub fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
         .build()?;
     let (status, text) = rt.block_on(post(&target, &path, body))?;
     if status != StatusCode::OK && !REFUSALS.contains(&status.as_u16()) {
-        return Err(not_a_run(&target.authority, &path, status, &text).into());
+        return Err(not_a_run(&target, &path, status, &text).into());
     }
     if status != StatusCode::OK {
         return Err(UsageError::new(format!(
@@ -55,8 +55,9 @@ pub fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
     }
     let v: Value = serde_json::from_str(&text).map_err(|_| {
         Unreachable(format!(
-            "{} did not answer POST {path} as a batchsse run does (its answer is not the run's status JSON); check the address (give the run's base URL, e.g. http://127.0.0.1:7077/)",
-            target.authority
+            "{} did not answer POST {path} as a batchsse run does (its answer is not the run's status JSON); {}",
+            target.authority,
+            target.not_a_run()
         ))
     })?;
     // The command was taken: a reader gone (`| head -0`) changes nothing.
@@ -75,7 +76,7 @@ const REFUSALS: [u16; 8] = [400, 401, 403, 409, 413, 415, 421, 431];
 
 /// What answered is not a batchsse run; its own text only when it is one
 /// short line (not a whole HTML page).
-fn not_a_run(authority: &str, path: &str, status: StatusCode, text: &str) -> Unreachable {
+fn not_a_run(target: &Target, path: &str, status: StatusCode, text: &str) -> Unreachable {
     let text = text.trim();
     let said = if text.is_empty() || text.contains('\n') || text.chars().count() > 200 {
         String::new()
@@ -83,7 +84,9 @@ fn not_a_run(authority: &str, path: &str, status: StatusCode, text: &str) -> Unr
         format!(": {text}")
     };
     Unreachable(format!(
-        "{authority} answered {status} to POST {path}{said}; this does not look like a batchsse run (give its base URL, e.g. http://127.0.0.1:7077/)"
+        "{} answered {status} to POST {path}{said}; {}",
+        target.authority,
+        target.not_a_run()
     ))
 }
 

@@ -79,6 +79,13 @@ pub struct Start {
     #[serde(default)]
     #[schemars(extend("const" = 1))]
     pub protocol: u32,
+    /// The process id of the run (or undo) that logged this `start`: on a
+    /// relay, the original run's, not the relay's. `watch --pid` tells by
+    /// it a server that is another run's (one still lingering on the
+    /// port). Servers older than the field send none (read as 0).
+    #[serde(default)]
+    #[schemars(range(min = 1))]
+    pub pid: u32,
     pub run_id: String,
     pub plan: String,
     pub db: String,
@@ -409,14 +416,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_start_from_before_the_protocol_field_still_reads_as_protocol_0() {
+    fn a_start_from_before_the_protocol_and_pid_fields_reads_both_as_0() {
         let old = r#"{"run_id":"r","plan":"p","db":"d.sqlite","steps":[],"dry_run":false,"resumed":false,"ts_ms":1}"#;
         match Event::from_json("start", old).expect("an old start reads") {
-            Event::Start(s) => assert_eq!((s.protocol, s.plan.as_str()), (0, "p")),
+            Event::Start(s) => assert_eq!((s.protocol, s.pid, s.plan.as_str()), (0, 0, "p")),
             other => panic!("{other:?}"),
         }
         let new = Event::Start(Start {
             protocol: PROTOCOL,
+            pid: 7,
             run_id: "r".into(),
             plan: "p".into(),
             db: "d".into(),
@@ -428,5 +436,6 @@ mod tests {
             undo: None,
         });
         assert_eq!(new.to_json(5)["protocol"], 1);
+        assert_eq!(new.to_json(5)["pid"], 7);
     }
 }

@@ -711,6 +711,7 @@ mod tests {
             dry_run: false,
             resumed: false,
             protocol: 1,
+            pid: 1,
             settings: pace(250),
             kind: Default::default(),
             undo: None,

@@ -97,11 +97,9 @@ mod tests {
             let required = s["required"].as_array().expect("required");
             assert!(required.contains(&"ts_ms".into()), "{name}: {s}");
         }
-        assert!(
-            doc["$defs"]["start"]["required"]
-                .as_array()
-                .unwrap()
-                .contains(&"protocol".into())
-        );
+        let start = doc["$defs"]["start"]["required"].as_array().unwrap();
+        assert!(start.contains(&"protocol".into()));
+        assert!(start.contains(&"pid".into()));
+        assert_eq!(doc["$defs"]["start"]["properties"]["pid"]["minimum"], 1);
     }
 }

@@ -12,6 +12,7 @@ use super::tx::Tx;
 use super::{Counts, Runner, StepError, StepResult};
 use crate::events::Level;
 use crate::human::{shown, thousands};
+use crate::lifecycle::Work;
 use crate::plan::{Chunk, Key, Step, quote};
 use crate::run::Resume;
 
@@ -37,6 +38,10 @@ struct Walked {
     /// The chunk's own work, between taking the lock and committing.
     work: Duration,
 }
+
+/// A step stopped by a cancel after one chunk and before the next: what
+/// its chunks committed is kept, and none was under way to roll back.
+const BETWEEN_CHUNKS: StepError = StepError::Cancelled { under_way: false };
 
 pub(super) fn run(r: &Runner<'_>, step: &Step, chunk: &Chunk, resume: &Resume) -> StepResult {
     let t0 = Instant::now();
@@ -66,16 +71,18 @@ pub(super) fn run(r: &Runner<'_>, step: &Step, chunk: &Chunk, resume: &Resume) -
     let mut walk = Walk::new(r.conn, chunk, step, (c.total, fence)).map_err(|e| r.fail(e, c))?;
     loop {
         if r.cancel.is_cancelled() {
-            return Err((StepError::Cancelled, c));
+            return Err((BETWEEN_CHUNKS, c));
         }
         if !r.nested && r.governor.borrow_mut().before_chunk() {
-            return Err((StepError::Cancelled, c));
+            return Err((BETWEEN_CHUNKS, c));
         }
         let c0 = Instant::now();
+        let under_way = r.cancel.under_way(Work::Chunk);
         let Some(w) = one_chunk(r, step, &mut walk, prev.as_ref(), &span.max, sizer.size, c)?
         else {
             break; // rows past the last chunk were deleted meanwhile
         };
+        drop(under_way);
         let took = c0.elapsed();
         c.done += w.rows;
         c.changed += w.changed;
@@ -100,7 +107,7 @@ pub(super) fn run(r: &Runner<'_>, step: &Step, chunk: &Chunk, resume: &Resume) -
         };
         r.progress(step, c, t0, resumed_from, pause);
         if governor.after_chunk(took, step.index, last) {
-            return Err((StepError::Cancelled, c));
+            return Err((BETWEEN_CHUNKS, c));
         }
         if last {
             break;
@@ -283,7 +290,7 @@ fn one_chunk(
     }
     .map_err(fail)?;
     if r.cancel.is_cancelled() {
-        return Err((StepError::Cancelled, c)); // the guard rolls back
+        return Err((StepError::Cancelled { under_way: true }, c)); // the guard rolls back
     }
     let work = began.elapsed();
     r.commit(tx).map_err(fail)?;

@@ -423,7 +423,8 @@ impl<'a> Governor<'a> {
     }
 
     /// A pace message: why, and the settings now in force (which ride on
-    /// the message, for `/status`).
+    /// the message, for `/status`). A run that is one transaction never
+    /// yields, so its nice ratio, whatever it is, is not named beside that.
     fn say_pace(&self, why: &str, step: Option<usize>) {
         let now = self.settings();
         let mut target = json!({"db": self.db, "settings": now});
@@ -435,10 +436,14 @@ impl<'a> Governor<'a> {
             Some(n) => format!("batch size {}", crate::human::thousands(n)),
             None => format!("chunks of ~{} ms", now.chunk_time_ms),
         };
+        let ratio = match self.one_transaction {
+            Some(_) => String::new(),
+            None => format!(", nice ratio {}", now.nice_ratio),
+        };
         self.log.push(Event::message(
             target,
             Level::Info,
-            format!("{why} ({chunks}, nice ratio {})", now.nice_ratio),
+            format!("{why} ({chunks}{ratio})"),
         ));
     }
 

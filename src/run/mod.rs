@@ -53,7 +53,7 @@ use crate::events::{
     Event, Finished, Level, Progress, RunStatus, Start, StepEvent, StepInfo, StepKind, StepState,
 };
 use crate::human::quoted;
-use crate::lifecycle::{Cancel, Steering};
+use crate::lifecycle::{Cancel, Steering, Work};
 use crate::plan::{self, Plan, Step};
 
 /// How a run behaves, from the command line.
@@ -105,7 +105,11 @@ pub struct Job<'a> {
 
 /// Why a step stopped.
 enum StepError {
-    Cancelled,
+    /// Stopped by a cancel; `under_way`: with its work rolled back (else
+    /// between two chunks, with none under way).
+    Cancelled {
+        under_way: bool,
+    },
     Sql(String),
     /// An expectation failed; with `--undo` the message gets the command
     /// that takes back what committed, once the step's work rolled back.
@@ -428,7 +432,10 @@ impl Runner<'_> {
         }
         let outer = if self.nested {
             match Tx::begin(self.conn, false) {
-                Ok(tx) => Some(tx),
+                Ok(tx) => {
+                    self.cancel.in_one_transaction();
+                    Some(tx)
+                }
                 Err(e) => {
                     let why = format!(
                         "cannot start the run's transaction: {}",
@@ -483,6 +490,7 @@ impl Runner<'_> {
         let plan = self.plan;
         self.log.push(Event::Start(Start {
             protocol: crate::events::PROTOCOL,
+            pid: std::process::id(),
             run_id: self.run_id.clone(),
             plan: plan.name.clone(),
             db: self.db.clone(),
@@ -586,7 +594,9 @@ impl Runner<'_> {
             Err(e) => e,
         };
         let (status, why) = match err {
-            StepError::Cancelled => (RunStatus::Cancelled, self.interrupted(step, c)),
+            StepError::Cancelled { under_way } => {
+                (RunStatus::Cancelled, self.interrupted(step, c, under_way))
+            }
             StepError::Sql(e) => (
                 RunStatus::Failed,
                 format!(
@@ -680,7 +690,7 @@ impl Runner<'_> {
         let err = if self.cancel.is_cancelled()
             || e.sqlite_error_code() == Some(rusqlite::ErrorCode::OperationInterrupted)
         {
-            StepError::Cancelled
+            StepError::Cancelled { under_way: true }
         } else if let Some(why) = self
             .recorder
             .as_ref()
@@ -701,6 +711,7 @@ impl Runner<'_> {
     /// it is, but a viewer should see it is alive). The heartbeat has its
     /// own thread, so the statement is never held up by it.
     fn run_plain(&self, step: &Step) -> StepResult {
+        let _under_way = self.cancel.under_way(Work::Step);
         let _beating = self.heartbeat.start(step.index, &step.name);
         self.plain_step(step)
     }
@@ -743,7 +754,7 @@ impl Runner<'_> {
             .map_err(|e| self.fail(e, none))?
             .map_err(|e| (e, none))?;
         if self.cancel.is_cancelled() {
-            return Err((StepError::Cancelled, none));
+            return Err((StepError::Cancelled { under_way: true }, none));
         }
         self.commit(tx).map_err(|e| self.fail(e, none))?;
         Ok(Counts::all(changed))
@@ -780,7 +791,7 @@ impl Runner<'_> {
         }
         .map_err(|e| (e, none))?;
         if self.cancel.is_cancelled() {
-            return Err((StepError::Cancelled, none));
+            return Err((StepError::Cancelled { under_way: true }, none));
         }
         self.commit(tx).map_err(fail)?;
         let Some(m) = made else {
@@ -883,19 +894,21 @@ impl Runner<'_> {
         }
     }
 
-    /// Why a step stopped when it was interrupted, and what it keeps.
-    fn interrupted(&self, step: &Step, c: Counts) -> String {
+    /// Why a step stopped when it was interrupted (`under_way`: in the
+    /// middle of its work, else between two chunks), and what it keeps.
+    fn interrupted(&self, step: &Step, c: Counts, under_way: bool) -> String {
+        let (stopped, kept) = match (&step.chunk, under_way) {
+            (None, _) => ("; its work was rolled back", ", "),
+            (Some(_), true) => ("; its current chunk was rolled back", ", "),
+            (Some(_), false) => (" with no chunk under way", "; "),
+        };
         format!(
-            "interrupted during step {} ({}); {} rolled back{}",
+            "interrupted during step {} ({}){stopped}{}",
             step.index + 1,
             quoted(&step.name),
-            match step.chunk {
-                Some(_) => "its current chunk was",
-                None => "its work was",
-            },
             if c.changed > 0 && !self.nested {
                 format!(
-                    ", {} rows changed by earlier chunks are kept",
+                    "{kept}{} rows changed by earlier chunks are kept",
                     crate::human::thousands(c.changed)
                 )
             } else {

@@ -447,6 +447,7 @@ mod tests {
                 dry_run: false,
                 resumed: false,
                 protocol: 1,
+                pid: 1,
                 settings: Settings::default(),
                 kind: Default::default(),
                 undo: None,

@@ -19,7 +19,7 @@ use crate::cli::WatchArgs;
 use crate::error::print_line;
 use crate::error::{Unreachable, UsageError, exit};
 use crate::events::sse::{ParsedEvent, Parser};
-use crate::events::{Event, RunStatus};
+use crate::events::{Event, RunStatus, Start};
 use crate::platform;
 use crate::serve::RUN_ID_HEADER;
 use crate::view::terminal::Renderer;
@@ -50,6 +50,8 @@ pub struct Target {
     pub events: String,
     /// `/status` beside it, same query.
     pub status: String,
+    /// The run's base path the URL names (`/`, or a proxy's `/prefix/`).
+    pub base: String,
     /// A `last_event_id` in the URL: show only what comes after it.
     pub after: u64,
     pub auth: Option<HeaderValue>,
@@ -132,6 +134,7 @@ impl Target {
             authority: authority.as_str().to_owned(),
             events: with_query(format!("{base}events")),
             status: with_query(format!("{base}status")),
+            base,
             after,
             auth,
         })
@@ -141,6 +144,24 @@ impl Target {
     /// since messages end up in CI logs.
     fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.authority, hide_token(path))
+    }
+
+    /// What to check when what answered is no batchsse run. A base URL
+    /// (or a port alone) was given as asked, so asking for it again would
+    /// not help: the server there is another program. A URL with a path of
+    /// its own may be a proxy's prefix for the run, mistyped.
+    pub fn not_a_run(&self) -> String {
+        if self.base == "/" {
+            format!(
+                "the server at {} is not a batchsse run (a run serves its events at /events): check the port; a run says where it listens in its first line (batchsse: listening on http://…/)",
+                self.url("/")
+            )
+        } else {
+            format!(
+                "nothing under {} serves a batchsse run's events: give the run's base URL, where its dashboard is (e.g. http://127.0.0.1:7077/, or the prefix a proxy serves it under)",
+                self.url(&self.base)
+            )
+        }
     }
 }
 
@@ -235,6 +256,27 @@ enum Attempt {
     OutputClosed,
     /// The stream is not a batchsse run's (the last of its events, shown).
     Foreign(String),
+    /// With `--pid`: the server is another run's; none of it was shown.
+    OtherRun(OtherRun),
+}
+
+/// A run whose server `watch --pid` found where it looked for its own
+/// run's: another process's (one still lingering on the port, say).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct OtherRun {
+    run_id: String,
+    pid: u32,
+}
+
+impl OtherRun {
+    /// Why a try found no run to follow.
+    fn why(&self) -> String {
+        format!(
+            "what answers there is another run: run {}, pid {}",
+            crate::human::shown(&self.run_id),
+            self.pid
+        )
+    }
 }
 
 /// Where the watch is: the run it follows and the last event it showed.
@@ -248,6 +290,16 @@ struct Seen {
     shown: bool,
     /// Events not batchsse's met before any was shown.
     foreign: u32,
+    /// `--pid`: the run's process. A server whose `start` names another
+    /// is another run's, and is not followed.
+    run_pid: Option<u32>,
+    /// The last server found to be another run's (said once).
+    other: Option<OtherRun>,
+    /// The line that says a new run started, said with its first event
+    /// shown: with `--pid`, its `start` may yet show it is another run's.
+    restarted: Option<String>,
+    /// Where this try began, to go back to if its server is another run's.
+    before: (u64, Option<String>, Option<String>),
 }
 
 impl Seen {
@@ -264,27 +316,68 @@ impl Seen {
     }
 
     /// Starts over with `run_id`, whose every event is new to us.
-    fn restart(&mut self, run_id: &str, renderer: &mut Renderer) {
+    fn restart(&mut self, run_id: &str) {
         self.last_id = 0;
         self.run_id = Some(run_id.to_owned());
-        renderer.new_run(&format!(
+        self.restarted = Some(format!(
             "batchsse: a new run started on this address (run {run_id}); following it"
         ));
+    }
+
+    /// The server names `run_id` (its header): the run found to be
+    /// another's, if it is that one (no need to read its replay again).
+    fn answered_by(&mut self, run_id: &str) -> Option<OtherRun> {
+        if let Some(other) = self.other.as_ref().filter(|o| o.run_id == run_id) {
+            return Some(other.clone());
+        }
+        // Another run on this address ignored our Last-Event-ID (we named
+        // our run) and sends its own events from id 1.
+        if self.is_new_run(run_id) {
+            self.restart(run_id);
+        }
+        None
+    }
+
+    /// With `--pid`, the run that `start` announces if its process is
+    /// another run's than the one `watch` follows, as far as this system
+    /// tells (a `start` without `pid` is from an older batchsse: followed).
+    fn other_run(&self, start: &Start) -> Option<OtherRun> {
+        let run = self.run_pid?;
+        (start.pid != 0 && platform::another_run(start.pid, run)).then(|| OtherRun {
+            run_id: start.run_id.clone(),
+            pid: start.pid,
+        })
+    }
+
+    /// A try begins: remember where the watch is.
+    fn begin_try(&mut self) {
+        self.before = (self.last_id, self.run_id.clone(), self.restarted.clone());
+    }
+
+    /// The try reached another run's server: nothing of it counts.
+    fn forget_try(&mut self) {
+        (self.last_id, self.run_id, self.restarted) = std::mem::take(&mut self.before);
     }
 }
 
 /// Why `watch` gave up after `patience`: a stream lost and not found
-/// again, a run that kept refusing it, or no run at all.
+/// again, a run that kept refusing it, another run's server where the
+/// run's (`--pid`, the run's process, still running) should be, or no run
+/// at all.
 fn gave_up(
     target: &Target,
     patience: Duration,
     last_id: u64,
-    (connected, busy): (bool, bool),
+    (connected, busy, other): (bool, bool, Option<u32>),
     why: &str,
 ) -> Unreachable {
     let url = target.url(&target.events);
     let secs = patience.as_secs_f64();
-    Unreachable(if connected {
+    Unreachable(if let (false, Some(pid)) = (connected, other) {
+        format!(
+            "the run (pid {pid}) did not answer at {url} within {secs} s ({why}); give the run an address of its own (--listen), or stop the other run first"
+        )
+    } else if connected {
         format!(
             "lost the stream at {url} after event {last_id} and could not reconnect within {secs} s ({why}); the run's outcome is unknown"
         )
@@ -316,6 +409,10 @@ async fn follow(
         run_id: None,
         shown: false,
         foreign: 0,
+        run_pid,
+        other: None,
+        restarted: None,
+        before: (0, None, None),
     };
     // The clock for --connect-timeout restarts whenever a stream was live.
     let mut since = Instant::now();
@@ -324,6 +421,8 @@ async fn follow(
     loop {
         // Even --connect-timeout 0 gets one real try.
         let deadline = (since + patience).max(Instant::now() + TRY_AT_LEAST);
+        // With --pid, the run's pid when this try found another run's server.
+        let mut other = None;
         let why = match attempt(target, &mut seen, &mut renderer, deadline).await? {
             Attempt::Finished(s) => return Ok(s.exit_code()),
             Attempt::OutputClosed => return Ok(exit::OUTPUT_CLOSED),
@@ -343,31 +442,19 @@ async fn follow(
                 busy = true;
                 BUSY.to_owned()
             }
+            Attempt::OtherRun(run) => {
+                (busy, other) = (false, run_pid);
+                say_other_run(target, &mut seen, run)
+            }
         };
         let last_id = seen.last_id;
         if let Some(pid) = run_pid.filter(|&p| !platform::process_alive(p)) {
-            let url = target.url(&target.events);
-            if !connected {
-                // The run's own error says why (in GitHub Actions, as its
-                // annotation): this is no second error, only why watch ends.
-                print_line(&crate::view::github::one_line(&format!(
-                    "batchsse: the run (pid {pid}) exited before its stream at {url} could be followed ({why}); its exit status and messages say why"
-                )));
-                return Ok(exit::UNREACHABLE);
-            }
-            return Err(Unreachable(format!(
-                "lost the stream at {url} after event {last_id} ({why}), and the run (pid {pid}) has exited; the run's outcome is unknown: its exit status tells"
-            ))
-            .into());
+            return run_exited(target, pid, (connected, last_id), &why);
         }
         if !connected && !said_waiting && since.elapsed() >= SAY_WAITING_AFTER {
             // Else a watch started before its run sat silent for 30 s.
             said_waiting = true;
-            renderer.note(&format!(
-                "batchsse: no run answers at {} yet ({why}); trying again for up to {} s (--connect-timeout)",
-                target.url(&target.events),
-                patience.as_secs_f64()
-            ));
+            say_waiting(target, patience, run_pid, &renderer, &why);
         }
         // Sleep, then try again only if time is left, so the message below
         // names the last real failure rather than our own deadline.
@@ -376,10 +463,53 @@ async fn follow(
             tokio::time::sleep(backoff).await;
         } else {
             tokio::time::sleep_until(since + patience).await;
-            return Err(gave_up(target, patience, last_id, (connected, busy), &why).into());
+            let state = (connected, busy, other);
+            return Err(gave_up(target, patience, last_id, state, &why).into());
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// How `watch --pid` ends once the run's process `pid` has exited: before
+/// its stream was reached (the run's own messages say why), or after it
+/// was lost (`last_id`: the last event seen).
+fn run_exited(
+    target: &Target,
+    pid: u32,
+    (connected, last_id): (bool, u64),
+    why: &str,
+) -> anyhow::Result<u8> {
+    let url = target.url(&target.events);
+    if !connected {
+        // The run's own error says why (in GitHub Actions, as its
+        // annotation): this is no second error, only why watch ends.
+        print_line(&crate::view::github::one_line(&format!(
+            "batchsse: the run (pid {pid}) exited before its stream at {url} could be followed ({why}); its exit status and messages say why"
+        )));
+        return Ok(exit::UNREACHABLE);
+    }
+    Err(Unreachable(format!(
+        "lost the stream at {url} after event {last_id} ({why}), and the run (pid {pid}) has exited; the run's outcome is unknown: its exit status tells"
+    ))
+    .into())
+}
+
+/// Says that `watch` is still waiting for a run (`run_pid`'s, if given).
+fn say_waiting(
+    target: &Target,
+    patience: Duration,
+    run_pid: Option<u32>,
+    renderer: &Renderer,
+    why: &str,
+) {
+    let whose = run_pid.map_or("no run answers".into(), |pid| {
+        format!("the run (pid {pid}) does not answer")
+    });
+    renderer.note(&format!(
+        "batchsse: {whose} at {} yet ({why}); trying again for up to {} s (--connect-timeout)",
+        target.url(&target.events),
+        patience.as_secs_f64()
+    ));
 }
 
 impl Target {
@@ -466,19 +596,18 @@ async fn attempt(
     renderer: &mut Renderer,
     deadline: Instant,
 ) -> anyhow::Result<Attempt> {
+    seen.begin_try();
     let resp = match get(target, &target.events, Some(seen), deadline).await {
         Ok(r) => r,
         Err(why) => return Ok(Attempt::Failed(why)),
     };
-    // Another run on this address ignored our Last-Event-ID (we named our
-    // run) and sends its own events from id 1.
-    if let Some(run_id) = resp
+    if let Some(other) = resp
         .headers()
         .get(RUN_ID_HEADER)
         .and_then(|v| v.to_str().ok())
-        && seen.is_new_run(run_id)
+        .and_then(|run_id| seen.answered_by(run_id))
     {
-        seen.restart(run_id, renderer);
+        return Ok(Attempt::OtherRun(other));
     }
     if let Some(end) = check_answer(target, &resp)? {
         return Ok(end);
@@ -557,8 +686,9 @@ fn check_answer<B>(target: &Target, resp: &hyper::Response<B>) -> anyhow::Result
         });
     if !is_sse {
         return Err(Unreachable(format!(
-            "{} answered, but not with an event stream; is this a batchsse run? Try its base URL, e.g. http://127.0.0.1:7077/",
-            target.url(&target.events)
+            "{} answered, but not with an event stream; {}",
+            target.url(&target.events),
+            target.not_a_run()
         ))
         .into());
     }
@@ -573,8 +703,12 @@ fn show(ev: &ParsedEvent, seen: &mut Seen, renderer: &mut Renderer) -> Option<At
     // header, so its `start` (it replays from id 1: our id is beyond its
     // log) is what tells the runs apart.
     if let Ok(Event::Start(s)) = &parsed {
+        if let Some(other) = seen.other_run(s) {
+            seen.forget_try();
+            return Some(Attempt::OtherRun(other));
+        }
         if seen.is_new_run(&s.run_id) {
-            seen.restart(&s.run_id, renderer);
+            seen.restart(&s.run_id);
         } else if !seen.shown && seen.last_id > 0 {
             // The server replays from `start` an id it never gave out (one
             // from an earlier run's page): every event is new to us.
@@ -596,6 +730,9 @@ fn show(ev: &ParsedEvent, seen: &mut Seen, renderer: &mut Renderer) -> Option<At
     match parsed {
         Ok(event) => {
             seen.shown = true;
+            if let Some(line) = seen.restarted.take() {
+                renderer.new_run(&line);
+            }
             renderer.show(id.unwrap_or(seen.last_id), &event, &ev.data);
             if let Event::Finished(f) = event {
                 return Some(Attempt::Finished(f.status));
@@ -624,6 +761,23 @@ fn show(ev: &ParsedEvent, seen: &mut Seen, renderer: &mut Renderer) -> Option<At
     None
 }
 
+/// Says, once for each, that the server is `other`'s, not the run's;
+/// returns why this try found no run.
+fn say_other_run(target: &Target, seen: &mut Seen, other: OtherRun) -> String {
+    let why = other.why();
+    if seen.other.as_ref() != Some(&other) {
+        print_line(&crate::view::github::one_line(&format!(
+            "batchsse: the server at {} is another run's (run {}, pid {}), not the run's (pid {}): another batchsse still serving this address (lingering after its end, say); showing none of it, and waiting for the run's own",
+            target.url(&target.events),
+            crate::human::shown(&other.run_id),
+            other.pid,
+            seen.run_pid.unwrap_or_default()
+        )));
+        seen.other = Some(other);
+    }
+    why
+}
+
 /// What answered sends events, but none of a batchsse run's (`last`: the
 /// last of them): another program's event stream.
 fn not_batchsse(target: &Target, last: &str) -> Unreachable {
@@ -639,20 +793,15 @@ fn refused(target: &Target, status: StatusCode) -> anyhow::Error {
     // A token goes as --token (the header) or in the URL (`?token=T`).
     let sent = target.auth.is_some() || hide_token(&target.events) != target.events;
     match status {
-        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN if sent => {
-            UsageError::new(format!(
-                "{url} refused the token ({status}); pass the run's --token (or BATCHSSE_TOKEN)"
-            ))
-            .into()
-        }
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN if sent => UsageError::new(format!(
+            "{url} refused the token ({status}); pass the run's --token (or BATCHSSE_TOKEN)"
+        ))
+        .into(),
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => UsageError::new(format!(
             "{url} needs a token ({status}); pass the run's --token T or set BATCHSSE_TOKEN"
         ))
         .into(),
-        s => Unreachable(format!(
-            "{url} answered {s}; this does not look like a batchsse run (give its base URL, e.g. http://127.0.0.1:7077/)"
-        ))
-        .into(),
+        s => Unreachable(format!("{url} answered {s}; {}", target.not_a_run())).into(),
     }
 }
 

@@ -360,7 +360,11 @@ fn ctl_at_an_address_that_is_no_run_exits_3_as_watch_does() {
     let (code, _, err) = run(&["ctl", &url, "pause", "--control-token", TOKEN]);
     t.join().expect("server");
     assert_eq!(code, 3, "{err}");
-    assert!(err.contains("does not look like a batchsse run"), "{err}");
+    // The base URL was given: the server there is another program.
+    assert!(
+        err.contains(&format!("the server at {url} is not a batchsse run")),
+        "{err}"
+    );
     assert!(!err.contains("<html>"), "the page is not printed: {err}");
     // A run's address with a path that is not its own (a wrong proxy
     // prefix): its 404 is no refusal of the command either.
@@ -372,6 +376,7 @@ fn ctl_at_an_address_that_is_no_run_exits_3_as_watch_does() {
         err.contains("404") && err.contains("POST /prefix/control"),
         "{err}"
     );
+    assert!(err.contains("give the run's base URL"), "{err}");
     // The run's own refusals stay exit 2.
     let base = format!("http://{}/", p.addr());
     let (code, _, err) = run(&["ctl", &base, "pause", "--control-token", "wrong"]);

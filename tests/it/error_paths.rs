@@ -580,8 +580,11 @@ fn ctl_answered_by_a_server_that_is_not_a_run_says_to_check_the_address() {
     let (code, _, err) = run(&["ctl", &url, "pause", "--control-token", "t"]);
     plain(&err);
     assert_eq!(code, 3, "{err}");
+    // The base URL was given: what answered there is another program.
     assert!(
-        err.contains("base URL, e.g. http://127.0.0.1:7077/"),
+        err.contains(&format!(
+            "the server at http://127.0.0.1:{port}/ is not a batchsse run"
+        )) && err.contains("check the port"),
         "{err}"
     );
 }

@@ -1206,6 +1206,48 @@ fn watch_on_a_relay_waiting_for_a_run_says_so_and_follows_it() {
     assert_exits_ok(&mut mirror, "relay", PATIENCE);
 }
 
+/// A relay serves the run's own `start`, whose `pid` is the run's
+/// process, not the relay's: `watch --pid` given the run's pid follows
+/// the relay's stream as the run's.
+#[test]
+fn watch_pid_of_the_run_follows_it_through_a_relay() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let url = redis.url();
+    // It lingers, so a watch that comes after the run's end still has it.
+    let mirror = relay(&url, &["--plan", "relayed", "--linger", "30"]);
+    let base = format!("http://{}/", mirror.addr());
+    let db = TempDb::counters(30);
+    let plan = db.file("plan.json", &counter_plan("relayed", 10));
+    let extra = ["--no-serve", "--publish", &url, "--progress", "none"];
+    let mut run = spawn(&run_args(&db, path_str(&plan), &extra), |_| {});
+    let pid = run.child.id();
+    let args = [
+        "watch",
+        &base,
+        "--progress",
+        "json",
+        "--pid",
+        &pid.to_string(),
+    ];
+    let mut watcher = spawn(&args, |_| {});
+    assert_exits_ok(&mut run, "run", PATIENCE);
+    assert_exits_ok(&mut watcher, "watch", PATIENCE);
+    let lines = json_lines(&watcher.stdout());
+    assert_eq!(lines[0]["event"], "start", "{lines:?}");
+    assert_eq!(
+        lines[0]["data"]["pid"], pid,
+        "the run's pid, not the relay's"
+    );
+    assert_ne!(lines[0]["data"]["pid"], mirror.child.id());
+    let last = lines.last().unwrap();
+    assert_eq!(
+        (&last["event"], &last["data"]["status"]),
+        (&"finished".into(), &"ok".into())
+    );
+}
+
 #[test]
 fn a_flush_mid_run_is_noticed_and_the_run_published_again_from_event_1() {
     let Some(redis) = Redis::start() else {

@@ -647,6 +647,10 @@ fn sigterm_interrupts_a_long_statement() {
         err.contains("interrupted during step 2 (\"slow\"); its work was rolled back"),
         "{err}"
     );
+    assert!(
+        err.contains("batchsse: interrupted; stopping, with the step under way rolled back"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -2033,6 +2037,8 @@ fn a_walk_of_an_indexed_table_is_not_resumed_in_a_dump_copy_or_unindexed() {
 /// An interrupted chunked step names the rows its committed chunks
 /// changed as changed: "12,500/100,000 rows" on the bar, then "2,500 rows
 /// from earlier chunks are kept", read as rows visited, did not add up.
+/// Stopped in a `--sleep` pause, no chunk is under way: neither Ctrl-C's
+/// line nor the step's error may say one was rolled back.
 #[test]
 fn an_interrupted_step_says_its_kept_rows_are_rows_changed() {
     let db = TempDb::counters(100);
@@ -2054,8 +2060,41 @@ fn an_interrupted_step_says_its_kept_rows_are_rows_changed() {
     assert_eq!(p.wait_for(Duration::from_secs(20)).code(), Some(130));
     let err = p.stderr();
     assert!(
-        err.contains("rolled back, 5 rows changed by earlier chunks are kept"),
+        err.contains(
+            "interrupted during step 1 (\"bump evens\") with no chunk under way; 5 rows changed by earlier chunks are kept"
+        ),
         "{err}"
     );
+    assert!(
+        err.contains("batchsse: interrupted; stopping, with nothing under way to roll back"),
+        "{err}"
+    );
+    assert!(!err.contains("chunk under way rolled back"), "{err}");
+    assert!(!err.contains("its current chunk was rolled back"), "{err}");
     assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 5);
+}
+
+/// A run that is one transaction (`--atomic`) keeps none of it when
+/// stopped, whatever is under way, and Ctrl-C's line says so, not that
+/// a chunk is rolled back.
+#[test]
+fn ctrl_c_in_an_atomic_run_says_none_of_it_is_kept() {
+    let db = TempDb::counters(400);
+    let sql = "UPDATE t SET counter = counter + 1 + 0 * (WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r WHERE i < 50000 + t.id * 0) SELECT count(*) FROM r) WHERE id BETWEEN :lo AND :hi";
+    let plan = serde_json::json!({"name": "whole", "steps": [
+        {"name": "slow walk", "sql": sql, "chunk": {"table": "t", "key": "id", "size": 40}}]});
+    let plan = db.file("plan.json", &plan.to_string());
+    let args = "--no-serve --progress plain --atomic --batch-size 40";
+    let mut p = Proc::start(&run_args(&db, path_str(&plan), &words(args)));
+    p.wait_stderr("slow walk: running");
+    p.signal("INT");
+    assert_eq!(p.wait_for(Duration::from_secs(20)).code(), Some(130));
+    let err = p.stderr();
+    assert!(
+        err.contains(
+            "batchsse: interrupted; stopping: the run is one transaction, so none of it is kept"
+        ),
+        "{err}"
+    );
+    assert_eq!(db.counter_spread(), (0, 400));
 }

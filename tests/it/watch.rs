@@ -411,6 +411,129 @@ fn watch_with_pid_stops_waiting_once_the_run_has_exited() {
     ));
 }
 
+/// The README's CI script on a port where an earlier run still lingers
+/// (`--linger`): its run exits 2 (the port is taken), and `watch --pid`
+/// of it must not pass the other run's replay and "finished ok" off as
+/// the run's own. It says once whose server that is, shows none of it,
+/// and exits 3 once the run has exited, as for a run that never listened.
+#[test]
+fn watch_pid_does_not_follow_another_run_lingering_on_the_port() {
+    let db = TempDb::counters(100);
+    let mut other = start_run(&db, &counter_plan("other", 50), &["--linger", "60"]);
+    let addr = other.addr();
+    let done = wait_status(addr, |s| s["state"] == "finished");
+    let other_run = done["run_id"].as_str().expect("a run id").to_owned();
+    let mine = TempDb::counters(100);
+    let plan = mine.file("plan.json", &counter_plan("mine", 50));
+    let listen = addr.to_string();
+    let extra = [
+        "--listen",
+        &listen,
+        "--wait-for-clients",
+        "1",
+        "--progress",
+        "none",
+    ];
+    let mut run = spawn(&run_args(&mine, path_str(&plan), &extra), |_| {});
+    let pid = run.child.id().to_string();
+    let mut w = watch(&format!("http://{addr}/"), &["--pid", &pid]);
+    assert_eq!(w.wait().code(), Some(3), "{}", w.stderr());
+    assert_eq!(w.stdout(), "", "an event of the other run was shown");
+    let err = w.stderr();
+    let whose = format!(
+        "is another run's (run {other_run}, pid {}), not the run's (pid {pid})",
+        other.child.id()
+    );
+    assert_eq!(err.matches(&whose).count(), 1, "said once: {err}");
+    assert!(
+        err.contains(&format!("the run (pid {pid}) exited before its stream")),
+        "{err}"
+    );
+    assert_eq!(run.wait().code(), Some(2), "{}", run.stderr());
+    assert!(run.stderr().contains("already in use"), "{}", run.stderr());
+    // Its linger cut short.
+    other.signal("INT");
+    assert_eq!(other.wait().code(), Some(0), "{}", other.stderr());
+}
+
+/// `--pid` names a wrapper (`timeout`, `sudo`, `sh -c` leave `$!` theirs)
+/// whose run can listen only once another run's linger is over: `watch`
+/// waits that out, showing none of the other run, then follows the run
+/// its process started, to its end.
+#[test]
+#[cfg(unix)]
+fn watch_pid_waits_out_another_runs_linger_then_follows_the_runs_own() {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let db = TempDb::counters(100);
+    let plan = db.file("other.json", &counter_plan("other", 50));
+    let extra = ["--listen", &listen, "--linger", "3", "--progress", "none"];
+    let other = Proc::start(&run_args(&db, path_str(&plan), &extra));
+    let done = wait_status(other.addr(), |s| s["state"] == "finished");
+    let mine = TempDb::counters(100);
+    let plan = mine.file("mine.json", &counter_plan("mine", 50));
+    // Tries every 0.1 s, at most 300 times, while the port is taken (exit
+    // 2); `timeout` (a wrapper of its own) ends a run no watch reached.
+    let script = format!(
+        "for i in $(seq 300); do timeout 60 \"$0\" run --db \"$1\" --plan \"$2\" \
+         --listen {listen} --wait-for-clients 1 --progress none 2>/dev/null; rc=$?; \
+         [ $rc = 2 ] || exit $rc; sleep 0.1; done; exit 9"
+    );
+    use std::os::unix::process::CommandExt;
+    let mut sh = Command::new("sh")
+        .args(["-c", &script, BIN, path_str(&mine.path), path_str(&plan)])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("sh");
+    let _group = KillGroup(sh.id());
+    let pid = sh.id().to_string();
+    let mut w = watch(&format!("http://{listen}/"), &["--pid", &pid]);
+    assert_eq!(w.wait().code(), Some(0), "{}", w.stderr());
+    let lines = assert_full_run(&w.stdout(), "ok");
+    assert_eq!(lines[0]["data"]["plan"], "mine");
+    assert_ne!(lines[0]["data"]["pid"], pid.parse::<u64>().unwrap());
+    let err = w.stderr();
+    let other_run = done["run_id"].as_str().unwrap();
+    assert!(
+        err.contains(&format!("is another run's (run {other_run}, pid ")),
+        "{err}"
+    );
+    assert!(sh.wait().expect("wait for sh").success());
+    drop(other);
+}
+
+/// Stops a process group (a shell and what it started) when dropped, so
+/// a failed test leaves none of it behind.
+#[cfg(unix)]
+struct KillGroup(u32);
+
+#[cfg(unix)]
+impl Drop for KillGroup {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", "--", &format!("-{}", self.0)])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A `start` without `pid` (an older batchsse's, replayed by a relay)
+/// cannot tell whose run it is: `watch --pid` follows it as before.
+#[test]
+fn watch_pid_follows_a_stream_whose_start_names_no_process() {
+    let start = serde_json::json!({"run_id": "old", "plan": "p", "db": "x.sqlite", "ts_ms": 1,
+        "steps": [{"index": 0, "name": "s", "kind": "sql"}], "dry_run": false, "resumed": false});
+    let finished = serde_json::json!({"status": "ok", "steps_done": 1, "steps_total": 1,
+        "rows_changed": 0, "elapsed_ms": 1, "dry_run": false, "ts_ms": 1});
+    let (addr, _) = scripted_streams(vec![frames(&[("start", start), ("finished", finished)])]);
+    // A live process that serves nothing: this test's.
+    let pid = std::process::id().to_string();
+    let mut w = watch(&format!("http://{addr}/"), &["--pid", &pid]);
+    assert_eq!(w.wait().code(), Some(0), "{}", w.stderr());
+    assert_full_run(&w.stdout(), "ok");
+}
+
 #[test]
 fn watch_rejects_bad_input_with_exit_2() {
     for args in [
@@ -1572,6 +1695,76 @@ fn an_event_stream_that_is_not_a_batchsse_run_ends_watch_with_exit_3() {
         );
         assert!(server.served() <= 5, "{body:?}: {} tries", server.served());
         assert_eq!(w.stdout(), "", "{body:?}");
+    }
+}
+
+/// A stand-in for another program on a port: answers every request with
+/// `head` (a status line and headers) and `body`, then closes.
+fn answering(head: &'static str, body: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { return };
+            let _ = s.set_read_timeout(Some(PATIENCE));
+            let _ = s.read(&mut [0; 4096]);
+            let reply = format!(
+                "{head}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = s.write_all(reply.as_bytes());
+        }
+    });
+    addr
+}
+
+/// Another program on the port given: its 404 (or a page that is no event
+/// stream) at `/events` said "give its base URL, e.g.
+/// http://127.0.0.1:7077/", which is what was given (a port alone, or a
+/// base URL). Then it says that server is no batchsse run; only for a URL
+/// with a path of its own does it ask for the run's base URL.
+#[test]
+fn another_program_on_the_port_is_named_as_such_not_asked_for_the_url_given() {
+    for head in [
+        "HTTP/1.1 404 Not Found\r\ncontent-type: text/html",
+        "HTTP/1.1 200 OK\r\ncontent-type: text/html",
+    ] {
+        let addr = answering(head, "<html>not here</html>");
+        let port = addr.port().to_string();
+        for given in [
+            port.clone(),
+            format!("http://{addr}/"),
+            format!("http://{addr}/events"),
+        ] {
+            let mut w = watch(&given, &[]);
+            assert_eq!(w.wait().code(), Some(3), "{given}: {}", w.stderr());
+            let err = w.stderr();
+            assert!(
+                err.contains(&format!(
+                    "the server at http://{addr}/ is not a batchsse run"
+                )),
+                "{given}: {err}"
+            );
+            assert!(!err.contains("base URL"), "{given}: {err}");
+        }
+        // `ctl` reads the URL as `watch` does, and says the same.
+        let (code, _, err) = run(&["ctl", &port, "pause", "--control-token", "t"]);
+        assert_eq!(code, 3, "{err}");
+        assert!(
+            err.contains(&format!(
+                "the server at http://{addr}/ is not a batchsse run"
+            )),
+            "{err}"
+        );
+        // A path of its own: maybe a run's prefix (behind a proxy) mistyped.
+        let mut w = watch(&format!("http://{addr}/batch/"), &[]);
+        assert_eq!(w.wait().code(), Some(3), "{}", w.stderr());
+        let err = w.stderr();
+        assert!(
+            err.contains(&format!("http://{addr}/batch/events")),
+            "{err}"
+        );
+        assert!(err.contains("give the run's base URL"), "{err}");
     }
 }
 

@@ -18,7 +18,7 @@ use crate::events::{
     StepState, UndoInfo,
 };
 use crate::human::{plural, quoted, thousands};
-use crate::lifecycle::{Cancel, Steering};
+use crate::lifecycle::{Cancel, Steering, Work};
 use crate::run::checkpoint;
 use crate::run::expect::shown;
 use crate::run::governor::Governor;
@@ -313,7 +313,10 @@ impl Undoer<'_> {
         }
         let outer = if self.dry_run {
             match Tx::begin(self.conn, false) {
-                Ok(t) => Some(t),
+                Ok(t) => {
+                    self.cancel.in_one_transaction();
+                    Some(t)
+                }
                 Err(e) => {
                     let end = self.failed(format!(
                         "the dry run's transaction could not begin: {}",
@@ -440,6 +443,7 @@ impl Undoer<'_> {
     fn announce(&self, groups: &[Vec<Chunk>]) {
         self.log.push(Event::Start(Start {
             protocol: crate::events::PROTOCOL,
+            pid: std::process::id(),
             run_id: crate::run::run_id(),
             plan: self.spec.plan.clone(),
             db: self.db.clone(),
@@ -529,9 +533,11 @@ impl Undoer<'_> {
                 return Err(self.stopped(&at, RunStatus::Cancelled, self.interrupted()));
             }
             let (c0, reverted0) = (Instant::now(), tally.reverted);
+            let under_way = self.cancel.under_way(Work::Chunk);
             let taken = self
                 .chunk(c, tally)
                 .map_err(|why| self.chunk_failed(&at, why))?;
+            drop(under_way);
             (at.done, at.changed) = (at.done + c.rows, at.changed + tally.reverted - reverted0);
             let took = c0.elapsed();
             // A part another undo took meanwhile cost nothing: no pause.
