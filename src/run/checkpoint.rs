@@ -400,6 +400,31 @@ fn rowid_read(conn: &Connection) -> rusqlite::Result<String> {
     })
 }
 
+/// The checkpoint's rows of `plan`, by step index.
+fn read_rows(conn: &Connection, plan: &Plan) -> rusqlite::Result<Vec<(usize, Row)>> {
+    let rowid = rowid_read(conn)?;
+    let mut stmt = conn.prepare(&format!(
+            "SELECT step, checksum, state, last_key, done, changed, {rowid} FROM batchsse_checkpoint WHERE plan = ?1 AND step >= 0",
+        ))?;
+    let rows = stmt.query_map([&plan.name], |r| {
+        Ok((
+            r.get::<_, i64>(0)? as usize,
+            Row {
+                checksum: r.get(1)?,
+                // The table's CHECK allows only these two.
+                mark: Mark::parse(&r.get::<_, String>(2)?).unwrap_or(Mark::Partial),
+                pos: ChunkPos {
+                    last_key: r.get(3)?,
+                    done: r.get::<_, i64>(4)?.max(0) as u64,
+                    changed: r.get::<_, i64>(5)?.max(0) as u64,
+                },
+                rowid: r.get(6)?,
+            },
+        ))
+    })?;
+    rows.collect()
+}
+
 /// What an earlier run of the same plan left behind.
 #[derive(Debug, Default)]
 pub struct Resume {
@@ -435,30 +460,7 @@ impl Resume {
         if !present {
             return Ok(Resume::none());
         }
-        let read = || -> rusqlite::Result<Vec<(usize, Row)>> {
-            let rowid = rowid_read(conn)?;
-            let mut stmt = conn.prepare(&format!(
-                "SELECT step, checksum, state, last_key, done, changed, {rowid} FROM batchsse_checkpoint WHERE plan = ?1 AND step >= 0",
-            ))?;
-            let rows = stmt.query_map([&plan.name], |r| {
-                Ok((
-                    r.get::<_, i64>(0)? as usize,
-                    Row {
-                        checksum: r.get(1)?,
-                        // The table's CHECK allows only these two.
-                        mark: Mark::parse(&r.get::<_, String>(2)?).unwrap_or(Mark::Partial),
-                        pos: ChunkPos {
-                            last_key: r.get(3)?,
-                            done: r.get::<_, i64>(4)?.max(0) as u64,
-                            changed: r.get::<_, i64>(5)?.max(0) as u64,
-                        },
-                        rowid: r.get(6)?,
-                    },
-                ))
-            })?;
-            rows.collect()
-        };
-        let rows = read().map_err(|e| {
+        let rows = read_rows(conn, plan).map_err(|e| {
             super::db::unreadable(conn, TABLE, &e, "pass --no-checkpoint to ignore it")
         })?;
         if rows.iter().any(|(_, row)| row.checksum == UNDOING) {

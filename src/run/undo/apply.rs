@@ -286,6 +286,25 @@ impl Undoer<'_> {
         Ok(groups)
     }
 
+    /// A dry run's one transaction, rolled back when it is dropped; `None`
+    /// for an undo that writes. `Err`: how the undo ends when it cannot
+    /// begin.
+    fn dry_run_transaction(&self) -> Result<Option<Tx<'_>>, End> {
+        if !self.dry_run {
+            return Ok(None);
+        }
+        match Tx::begin(self.conn, false) {
+            Ok(t) => {
+                self.cancel.in_one_transaction();
+                Ok(Some(t))
+            }
+            Err(e) => Err(self.failed(format!(
+                "the dry run's transaction could not begin: {}",
+                crate::run::db::run_time_message(self.conn, &e)
+            ))),
+        }
+    }
+
     fn run_all(&mut self, gate: impl FnOnce()) -> (Tally, End, usize) {
         let read = self.groups().and_then(|g| {
             self.reverter.borrow_mut().hold_kept(&self.scope)?;
@@ -311,22 +330,9 @@ impl Undoer<'_> {
             ));
             return (Tally::default(), end, groups.len());
         }
-        let outer = if self.dry_run {
-            match Tx::begin(self.conn, false) {
-                Ok(t) => {
-                    self.cancel.in_one_transaction();
-                    Some(t)
-                }
-                Err(e) => {
-                    let end = self.failed(format!(
-                        "the dry run's transaction could not begin: {}",
-                        crate::run::db::run_time_message(self.conn, &e)
-                    ));
-                    return (Tally::default(), end, groups.len());
-                }
-            }
-        } else {
-            None
+        let outer = match self.dry_run_transaction() {
+            Ok(outer) => outer,
+            Err(end) => return (Tally::default(), end, groups.len()),
         };
         let mut tally = Tally::default();
         let mut end = None;
