@@ -2234,6 +2234,11 @@ fn rows_the_application_deleted_since_are_said_to_stay_deleted() {
             !err.contains("may still hold the run's values"),
             "{sql}: {err}"
         );
+        assert!(
+            err.contains(": nothing of it was left to take back")
+                || err.contains(": nothing of them was left to take back"),
+            "{sql}: {err}"
+        );
         assert_eq!(
             db.query_i64("SELECT count(*) FROM t WHERE counter <> 0"),
             0,

@@ -848,12 +848,12 @@ impl Undoer<'_> {
     /// Says that `n` rows the run wrote were deleted by the application
     /// since: kept as conflicts, with nothing of the run left in them.
     fn say_gone(&self, n: u64) {
-        let [rows, were, they] = match n {
-            1 => ["row", "was", "it stays"],
-            _ => ["rows", "were", "they stay"],
+        let [rows, them, they] = match n {
+            1 => ["row", "it", "it stays"],
+            _ => ["rows", "them", "they stay"],
         };
         self.message(Level::Warn, format!(
-            "plan {} is taken back but for {} {rows} the run wrote that the application deleted after the run: there {were} nothing left to take back, so {they} deleted (see the table batchsse_undo_conflict); its checkpoint is cleared, so it can run again",
+            "plan {} is taken back but for {} {rows} the run wrote that the application deleted after the run: nothing of {them} was left to take back, so {they} deleted (see the table batchsse_undo_conflict); its checkpoint is cleared, so it can run again",
             quoted(&self.spec.plan),
             thousands(n)
         ));
