@@ -1321,6 +1321,26 @@ fn a_row_the_run_inserted_whose_key_the_application_recased_is_a_conflict() {
     }
 }
 
+/// A row kept as a conflict holds back only itself: rows whose composite
+/// key differs from its in a long blob (a message shows both as "a blob of
+/// 40 bytes") are other rows, taken back as every other one is.
+#[test]
+fn a_conflict_on_a_key_with_a_long_blob_holds_back_only_its_own_row() {
+    let setup = "CREATE TABLE t(h BLOB, n INT, v INT, PRIMARY KEY(h, n)) WITHOUT ROWID;
+         INSERT INTO t WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 20)
+             SELECT CAST(printf('%040d', x) AS BLOB), 1, x FROM c;";
+    let plan = r#"{"name":"p","steps":[{"sql":"UPDATE t SET v = v + 100"},{"sql":"UPDATE t SET v = v * 10"}]}"#;
+    for env in [&[][..], &HOOK_OFF[..]] {
+        let (err, db) = round_trip(setup, plan, "UPDATE t SET v = -1 WHERE v = 1010", env);
+        assert!(err.contains("1 conflict kept"), "{env:?}: {err}");
+        assert_eq!(
+            db.query_text("SELECT group_concat(v) FROM (SELECT v FROM t ORDER BY h)"),
+            "-1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20",
+            "{env:?}: {err}"
+        );
+    }
+}
+
 /// Refused up front: a rowid table keyed by a primary key that may hold
 /// NULLs; without the hook, a step whose table has a trigger that replaces.
 #[test]

@@ -718,10 +718,16 @@ fn names<'l>(l: &'l Layout, columns: &[usize]) -> Vec<&'l str> {
 /// `batchsse_undo_conflict` has always kept it (a whole REAL without its
 /// point, unlike a message), so an undo stopped by an earlier batchsse
 /// still finds the rows it kept. (A key column cannot hold both 2 and
-/// 2.0: SQLite finds them equal.)
+/// 2.0: SQLite finds them equal.) A blob is written whole, however long:
+/// a message shows a long one by its size alone, and two keys that differ
+/// only there would be one row kept (the other's entries held back too).
 fn key_value(key: &[Val]) -> Value {
     let stored = |v: &Val| match v {
         Val::Real(f) => f.to_string(),
+        Val::Blob(b) => format!(
+            "x'{}'",
+            b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+        ),
         v => shown(&v.to_value()),
     };
     match key {
@@ -756,5 +762,9 @@ mod tests {
         assert_eq!(key_value(&key), Value::Text(r#"(2, "a", 7)"#.into()));
         assert_eq!(key_shown(&key), r#"(2.0, "a", 7)"#);
         assert_eq!(key_value(&[Val::Real(2.0)]), Value::Real(2.0));
+        let long = |b: u8| [Val::Blob(vec![b; 40]), Val::Integer(1)];
+        assert_ne!(key_value(&long(1)), key_value(&long(2)));
+        let short = [Val::Blob(vec![0xab; 2]), Val::Integer(1)];
+        assert_eq!(key_value(&short), Value::Text("(x'abab', 1)".into()));
     }
 }
