@@ -1276,6 +1276,71 @@ fn a_key_changed_only_in_case_or_in_type_is_taken_back() {
     }
 }
 
+/// A row the run inserted whose key the application has since changed to
+/// a value the key's collation (NOCASE) or SQLite's comparison of numbers
+/// calls equal has been changed all the same: the undo finds it by that
+/// key, and must keep it as a conflict rather than delete the
+/// application's row; only `overwrite` deletes it. A key stored as SQLite
+/// converts it (a text key given a number, a real key given a whole
+/// number) is no change.
+#[test]
+fn a_row_the_run_inserted_whose_key_the_application_recased_is_a_conflict() {
+    let setup = "CREATE TABLE src(n INTEGER PRIMARY KEY);
+         INSERT INTO src VALUES (1), (2), (3);
+         CREATE TABLE users(email TEXT COLLATE NOCASE PRIMARY KEY, n INT) WITHOUT ROWID;
+         CREATE TABLE r(k REAL PRIMARY KEY, v TEXT) WITHOUT ROWID;
+         CREATE TABLE b(k PRIMARY KEY, v TEXT) WITHOUT ROWID;";
+    let plan = r#"{"name":"p","steps":[
+        {"sql":"INSERT INTO users SELECT 'User' || n || '@Example.com', n FROM src"},
+        {"sql":"INSERT INTO r SELECT n, 'v' FROM src"},
+        {"sql":"INSERT INTO b SELECT n, 'v' FROM src"}]}"#;
+    let app = "UPDATE users SET email = 'user2@example.com' WHERE email = 'User2@Example.com';
+         UPDATE b SET k = 2.0 WHERE k = 2;";
+    for env in [&[][..], &HOOK_OFF[..]] {
+        let (err, db) = round_trip(setup, plan, "", env);
+        assert!(!err.contains("conflict"), "{env:?}: {err}");
+        let (err, db2) = round_trip(setup, plan, app, env);
+        assert!(err.contains("2 conflicts"), "{env:?}: {err}");
+        assert_eq!(
+            db2.query_text("SELECT group_concat(email) FROM users"),
+            "user2@example.com",
+            "{env:?}: {err}"
+        );
+        assert_eq!(db2.query_text("SELECT quote(k) FROM b"), "2.0", "{env:?}");
+        assert_eq!(db.query_i64("SELECT count(*) FROM users"), 0);
+        let (db3, _) = recorded_run(setup, plan, env);
+        db3.conn().execute_batch(app).unwrap();
+        let args = undo_args(&db3, &["--plan", "p", "--on-conflict", "overwrite"]);
+        let (code, _, err) = run_with_env(&args, None, env);
+        assert_eq!(code, 0, "{env:?}: {err}");
+        assert!(
+            err.contains("2 rows the application changed"),
+            "{env:?}: {err}"
+        );
+        assert_eq!(content(&db3), content(&TempDb::with_sql(setup)), "{env:?}");
+    }
+}
+
+/// A row kept as a conflict holds back only itself: rows whose composite
+/// key differs from its in a long blob (a message shows both as "a blob of
+/// 40 bytes") are other rows, taken back as every other one is.
+#[test]
+fn a_conflict_on_a_key_with_a_long_blob_holds_back_only_its_own_row() {
+    let setup = "CREATE TABLE t(h BLOB, n INT, v INT, PRIMARY KEY(h, n)) WITHOUT ROWID;
+         INSERT INTO t WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 20)
+             SELECT CAST(printf('%040d', x) AS BLOB), 1, x FROM c;";
+    let plan = r#"{"name":"p","steps":[{"sql":"UPDATE t SET v = v + 100"},{"sql":"UPDATE t SET v = v * 10"}]}"#;
+    for env in [&[][..], &HOOK_OFF[..]] {
+        let (err, db) = round_trip(setup, plan, "UPDATE t SET v = -1 WHERE v = 1010", env);
+        assert!(err.contains("1 conflict kept"), "{env:?}: {err}");
+        assert_eq!(
+            db.query_text("SELECT group_concat(v) FROM (SELECT v FROM t ORDER BY h)"),
+            "-1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20",
+            "{env:?}: {err}"
+        );
+    }
+}
+
 /// Refused up front: a rowid table keyed by a primary key that may hold
 /// NULLs; without the hook, a step whose table has a trigger that replaces.
 #[test]
@@ -2187,6 +2252,11 @@ fn rows_the_application_deleted_since_are_said_to_stay_deleted() {
         );
         assert!(
             !err.contains("may still hold the run's values"),
+            "{sql}: {err}"
+        );
+        assert!(
+            err.contains(": nothing of it was left to take back")
+                || err.contains(": nothing of them was left to take back"),
             "{sql}: {err}"
         );
         assert_eq!(

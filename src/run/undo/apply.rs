@@ -597,6 +597,12 @@ impl Undoer<'_> {
             // `false`: a step that changed nothing; only its note goes.
             Some(recorded) => recorded,
         };
+        if recorded
+            && let Some((how, tables)) =
+                store::renumbered_in(self.conn, &c.run, &blob).map_err(sql)?
+        {
+            return Err(self.renumbered(c, how, &tables));
+        }
         let before = (tally.conflicts, tally.overwritten);
         let (mut kept, mut overwritten, mut as_left) = (0u64, 0u64, 0u64);
         let mut on_kept = |conflict: Conflict<'_>| match conflict.overwritten {
@@ -633,6 +639,23 @@ impl Undoer<'_> {
         tally.overwritten += overwritten;
         tally.as_left += as_left;
         Ok(true)
+    }
+
+    /// Why the undo stops at part `c`: `how` numbered anew the rowids of
+    /// `tables`, by which the part finds its rows, since the run was
+    /// recorded (an application's `VACUUM` between two parts of this
+    /// undo). Putting it back would write old values into other rows.
+    fn renumbered(&self, c: &Chunk, how: store::Renumbered, tables: &[String]) -> String {
+        let one = tables.len() == 1;
+        format!(
+            "the rowids of {} were numbered anew while the undo ran ({}, {}), and the record finds {} rows by rowid, so taking the rest back would put old values into other rows. The undo stopped here, this part rolled back; what it took back before stays taken back, and the rest can no longer be taken back safely: remove it with `batchsse undo clear --db {} --run {}`. To keep this from happening, vacuum only once the run is taken back, or give such tables an INTEGER PRIMARY KEY",
+            crate::human::shown_list(tables),
+            how.by(),
+            how.which(),
+            if one { "its" } else { "their" },
+            crate::human::shell_word(self.conn.path().unwrap_or(&self.db)),
+            crate::human::shell_word(&c.run)
+        )
     }
 
     /// In part `c`'s transaction, once its record is gone: a step with no
@@ -837,12 +860,12 @@ impl Undoer<'_> {
     /// Says that `n` rows the run wrote were deleted by the application
     /// since: kept as conflicts, with nothing of the run left in them.
     fn say_gone(&self, n: u64) {
-        let [rows, were, they] = match n {
-            1 => ["row", "was", "it stays"],
-            _ => ["rows", "were", "they stay"],
+        let [rows, them, they] = match n {
+            1 => ["row", "it", "it stays"],
+            _ => ["rows", "them", "they stay"],
         };
         self.message(Level::Warn, format!(
-            "plan {} is taken back but for {} {rows} the run wrote that the application deleted after the run: there {were} nothing left to take back, so {they} deleted (see the table batchsse_undo_conflict); its checkpoint is cleared, so it can run again",
+            "plan {} is taken back but for {} {rows} the run wrote that the application deleted after the run: nothing of {them} was left to take back, so {they} deleted (see the table batchsse_undo_conflict); its checkpoint is cleared, so it can run again",
             quoted(&self.spec.plan),
             thousands(n)
         ));

@@ -410,20 +410,24 @@ impl<'c> Reverter<'c> {
         } else {
             e.columns.len()
         };
+        let keys = match reads_key(l, e) {
+            true => l.key.len(),
+            false => 0,
+        };
         self.buf.clear();
-        let buf = &mut self.buf;
+        let (buf, mut key) = (&mut self.buf, Vec::new());
         let found = self
             .conn
             .prepare_cached(&read)?
             .query_row(params_from_iter(&e.key), |r| {
-                (0..n).try_for_each(|i| {
-                    put_value(buf, r.get_ref(i)?);
+                (0..n + keys).try_for_each(|i| {
+                    put_value(if i < n { &mut *buf } else { &mut key }, r.get_ref(i)?);
                     Ok(())
                 })
             })
             .optional()?
             .is_some();
-        let same = Some(print(&self.buf)) == e.print;
+        let same = Some(print(&self.buf)) == e.print && (keys == 0 || key == encoded(&e.key));
         let why = match (e.op, found) {
             (op::DELETE, false) => None,
             (op::DELETE, true) => Some("the row the run deleted exists again".to_owned()),
@@ -634,10 +638,16 @@ fn statements(l: &Layout, e: &Entry) -> Statements {
     let t = format!("main.{}", quote(&l.table));
     let cols: Vec<String> = e.columns.iter().map(|&c| quote(&l.columns[c])).collect();
     let by = key_clause(l, 1);
-    let read = if e.op == op::DELETE || cols.is_empty() {
-        format!("SELECT 1 FROM {t} WHERE {by}")
-    } else {
-        format!("SELECT {} FROM {t} WHERE {by}", cols.join(", "))
+    let mut read = match e.op {
+        op::DELETE => Vec::new(),
+        _ => cols.clone(),
+    };
+    if reads_key(l, e) {
+        read.extend(l.key.iter().cloned());
+    }
+    let read = match read.is_empty() {
+        true => format!("SELECT 1 FROM {t} WHERE {by}"),
+        false => format!("SELECT {} FROM {t} WHERE {by}", read.join(", ")),
     };
     let write = match e.op {
         op::INSERT => format!("DELETE FROM {t} WHERE {by}"),
@@ -661,6 +671,15 @@ fn statements(l: &Layout, e: &Entry) -> Statements {
         }
     };
     [read, write]
+}
+
+/// Whether putting back entry `e` reads its row's key as well: a row the
+/// run inserted is the run's only while its key is as the run wrote it,
+/// and a key that is not a rowid is found by values its collation (NOCASE)
+/// or SQLite's comparison of numbers (2 and 2.0) calls equal, which the
+/// application may have written over it since.
+fn reads_key(l: &Layout, e: &Entry) -> bool {
+    e.op == op::INSERT && !l.int_key
 }
 
 /// The condition that finds a row by its key, the key's values bound from
@@ -699,10 +718,16 @@ fn names<'l>(l: &'l Layout, columns: &[usize]) -> Vec<&'l str> {
 /// `batchsse_undo_conflict` has always kept it (a whole REAL without its
 /// point, unlike a message), so an undo stopped by an earlier batchsse
 /// still finds the rows it kept. (A key column cannot hold both 2 and
-/// 2.0: SQLite finds them equal.)
+/// 2.0: SQLite finds them equal.) A blob is written whole, however long:
+/// a message shows a long one by its size alone, and two keys that differ
+/// only there would be one row kept (the other's entries held back too).
 fn key_value(key: &[Val]) -> Value {
     let stored = |v: &Val| match v {
         Val::Real(f) => f.to_string(),
+        Val::Blob(b) => format!(
+            "x'{}'",
+            b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+        ),
         v => shown(&v.to_value()),
     };
     match key {
@@ -737,5 +762,9 @@ mod tests {
         assert_eq!(key_value(&key), Value::Text(r#"(2, "a", 7)"#.into()));
         assert_eq!(key_shown(&key), r#"(2.0, "a", 7)"#);
         assert_eq!(key_value(&[Val::Real(2.0)]), Value::Real(2.0));
+        let long = |b: u8| [Val::Blob(vec![b; 40]), Val::Integer(1)];
+        assert_ne!(key_value(&long(1)), key_value(&long(2)));
+        let short = [Val::Blob(vec![0xab; 2]), Val::Integer(1)];
+        assert_eq!(key_value(&short), Value::Text("(x'abab', 1)".into()));
     }
 }

@@ -166,11 +166,11 @@ pub fn renumbered(conn: &Connection, run: &str) -> rusqlite::Result<Option<Renum
         if !table_exists(conn, table)? {
             return Ok(false);
         }
-        conn.query_row(
-            &format!("SELECT EXISTS (SELECT 1 FROM {table} WHERE run = ?1 AND rowid <> at)"),
-            [run],
-            |r| r.get(0),
-        )
+        // Cached: read again in every part an undo takes back.
+        conn.prepare_cached(&format!(
+            "SELECT EXISTS (SELECT 1 FROM {table} WHERE run = ?1 AND rowid <> at)"
+        ))?
+        .query_row([run], |r| r.get(0))
     };
     Ok(Renumbered::of(moved(COPY_PROBE)?, moved(PROBE)?))
 }
@@ -192,10 +192,28 @@ pub fn by_rowid(conn: &Connection, run: &str, how: Renumbered) -> rusqlite::Resu
         if !read_record(conn, run, (id, step, chunk), &mut rec)? {
             continue;
         }
-        let layouts = super::codec::layouts(&rec).map_err(|e| failure(e.to_string()))?;
-        let bare = layouts.into_iter().filter(|l| l.by_bare_rowid());
-        tables.extend(bare.map(|l| l.table));
+        tables.extend(bare_rowid_tables(&rec)?);
     }
+    renumbered_of(conn, run, how, tables)
+}
+
+/// The tables whose rows part `rec` finds by their bare rowid.
+fn bare_rowid_tables(rec: &[u8]) -> rusqlite::Result<impl Iterator<Item = String>> {
+    let layouts = super::codec::layouts(rec).map_err(|e| failure(e.to_string()))?;
+    Ok(layouts
+        .into_iter()
+        .filter(|l| l.by_bare_rowid())
+        .map(|l| l.table))
+}
+
+/// Of `tables`, found by their bare rowid, those that `how` numbered anew
+/// (see [`by_rowid`]).
+fn renumbered_of(
+    conn: &Connection,
+    run: &str,
+    how: Renumbered,
+    tables: std::collections::BTreeSet<String>,
+) -> rusqlite::Result<Vec<String>> {
     if how == Renumbered::Copy {
         return Ok(tables.into_iter().collect());
     }
@@ -213,6 +231,23 @@ pub fn by_rowid(conn: &Connection, run: &str, how: Renumbered) -> rusqlite::Resu
         }
     }
     Ok(unindexed)
+}
+
+/// The tables of part `rec` of `run` whose rowids were numbered anew since
+/// the run was recorded, and what did it: checked in each part's
+/// transaction, since an application's `VACUUM` may come between two parts
+/// of an undo as well as before it (two reads of the small probe tables,
+/// and nothing more unless it came).
+pub fn renumbered_in(
+    conn: &Connection,
+    run: &str,
+    rec: &[u8],
+) -> rusqlite::Result<Option<(Renumbered, Vec<String>)>> {
+    let Some(how) = renumbered(conn, run)? else {
+        return Ok(None);
+    };
+    let tables = renumbered_of(conn, run, how, bare_rowid_tables(rec)?.collect())?;
+    Ok((!tables.is_empty()).then_some((how, tables)))
 }
 
 /// Adds the conflict table's `plan` column to a table made by a batchsse
