@@ -285,3 +285,46 @@ fn undo_clear_plan_says_what_it_leaves_and_refuses_a_name_with_no_record() {
         "{out}"
     );
 }
+
+/// A step a run and its resume both left part-way is not resumed without
+/// `--undo`; the refusal named `undo clear --run` of one of them, which
+/// is now refused itself. It names `--plan`, which works: the plan then
+/// resumes unrecorded, and every row is changed once.
+#[test]
+fn a_step_two_runs_left_part_way_names_the_clear_that_works() {
+    let db = TempDb::with_sql(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, a INTEGER NOT NULL DEFAULT 0);
+         INSERT INTO t(id) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < 200) SELECT i FROM s;
+         CREATE TRIGGER stop BEFORE UPDATE ON t WHEN NEW.id IN (81, 151) BEGIN SELECT RAISE(ABORT, 'stop'); END;",
+    );
+    let plan = db.file("res.json", RES);
+    let dbp = path_str(&db.path);
+    let (code, _, err) = run(&plan_args(&db, path_str(&plan)));
+    assert_eq!(code, 1, "{err}");
+    db.conn()
+        .execute_batch(
+            "DROP TRIGGER stop; CREATE TRIGGER stop BEFORE UPDATE ON t WHEN NEW.id = 151
+             BEGIN SELECT RAISE(ABORT, 'stop'); END;",
+        )
+        .unwrap();
+    let (code, _, err) = run(&plan_args(&db, path_str(&plan)));
+    assert_eq!(code, 1, "{err}");
+    db.conn().execute_batch("DROP TRIGGER stop").unwrap();
+    assert_eq!((at(&db, 1000), recorded(&db).len()), (150, 2), "{err}");
+    let unrecorded = r#"{"name":"res","steps":[{"name":"bump",
+        "sql":"UPDATE t SET a = a + 1000 WHERE id BETWEEN :lo AND :hi",
+        "chunk":{"table":"t","key":"id"}}]}"#;
+    let unrecorded = db.file("unrecorded.json", unrecorded);
+    let (code, _, err) = run(&plan_args(&db, path_str(&unrecorded)));
+    assert_eq!(code, 2, "{err}");
+    let clear = format!("batchsse undo clear --db {dbp} --plan res");
+    assert!(
+        err.contains(&format!("give up on the record with `{clear}`")),
+        "{err}"
+    );
+    let (code, _, err) = run(&["undo", "clear", "--db", dbp, "--plan", "res"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(&plan_args(&db, path_str(&unrecorded)));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(at(&db, 1000), 200, "every row once: {err}");
+}
