@@ -339,7 +339,7 @@ pub struct UndoClearArgs {
     #[arg(long, value_name = "NAME")]
     pub plan: Option<String>,
 
-    /// Remove the records of runs last recorded longer ago than this (30m, 12h, 7d), but for runs that must stay with a newer one.
+    /// Remove the records of runs last recorded longer ago than this (30m, 12h, 7d), keeping back, with a line each, those that must stay (see below).
     #[arg(long, value_name = "AGE", allow_hyphen_values = true)]
     pub older_than: Option<String>,
 
