@@ -2,6 +2,8 @@
 //! its own (the same server, terminal, steering and publishing), and
 //! `undo list|clear` for the records.
 
+mod clear;
+
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -11,7 +13,7 @@ use super::checkpoint::file_name;
 use super::docs::print;
 use super::{Session, execute};
 use crate::cli::config::UndoConfig;
-use crate::cli::{CheckpointListArgs, UndoAction, UndoArgs, UndoClearArgs};
+use crate::cli::{CheckpointListArgs, UndoAction, UndoArgs};
 use crate::error::UsageError;
 use crate::human::plural;
 use crate::human::quoted;
@@ -25,7 +27,7 @@ use crate::run::{self as runner, Resume};
 pub fn run(args: UndoArgs) -> anyhow::Result<ExitCode> {
     match args.action {
         Some(UndoAction::List(a)) => list(a),
-        Some(UndoAction::Clear(a)) => clear(a),
+        Some(UndoAction::Clear(a)) => clear::clear(a),
         None => {
             let config = UndoConfig::from_args(&args.apply)?;
             runner::look_ahead(&config.db);
@@ -308,111 +310,6 @@ fn list_text(
     t
 }
 
-fn clear(args: UndoClearArgs) -> anyhow::Result<ExitCode> {
-    let conn = runner::open_db_to_tidy(&args.db, Duration::from_millis(args.busy_timeout))?;
-    super::checkpoint::refuse_under_a_live_run(
-        &args.db,
-        "an undo under way would find its record gone and stop short of taking the run back, while saying it finished, and a run recording would record what no undo can take back",
-    )?;
-    let older = args.older_than.as_deref().map(age).transpose()?;
-    let runs = store::runs(&conn)?;
-    let kept = store::kept_conflicts(&conn)?;
-    let chosen_at = |run: &str, at: &str| match (&args.run, older) {
-        (Some(id), _) => run == id,
-        (None, Some(secs)) => older_than(&conn, at, secs),
-        (None, None) => true,
-    };
-    let chosen: Vec<&store::RunRecord> = runs
-        .iter()
-        .filter(|r| chosen_at(&r.run, &r.last_at))
-        .collect();
-    let reports: Vec<&store::KeptConflicts> = kept
-        .iter()
-        .filter(|k| chosen_at(&k.run, &k.last_at))
-        .collect();
-    if let (Some(id), true) = (&args.run, chosen.is_empty() && reports.is_empty()) {
-        return Err(UsageError::new(format!(
-            "no undo record of run {} in {}; `batchsse undo list --db {}` shows them",
-            quoted(id),
-            file_name(&args.db),
-            crate::human::shell_path(&args.db)
-        ))
-        .into());
-    }
-    let ids: Vec<String> = chosen
-        .iter()
-        .map(|r| r.run.clone())
-        .chain(reports.iter().map(|k| k.run.clone()))
-        .collect();
-    let dropped = runner::undo::store::clear(&conn, &ids, args.all)?;
-    let db = file_name(&args.db);
-    let mut text = cleared_text(&db, &chosen, &reports);
-    match (ids.is_empty(), &args.older_than) {
-        (true, Some(age)) if !runs.is_empty() || !kept.is_empty() => {
-            let n = runs.len() + kept.len();
-            text += &format!(
-                "no undo record in {db} is older than {age}; {n} run{} kept (`batchsse undo list --db {}` shows them)\n",
-                plural(n),
-                crate::human::shell_path(&args.db)
-            );
-        }
-        (true, _) => text += &format!("no undo record to clear in {db}\n"),
-        _ => {}
-    }
-    if dropped {
-        text += &format!("dropped the undo tables: no undo record is left in {db}\n");
-    }
-    print(text.as_bytes())
-}
-
-/// One line per record or report removed.
-fn cleared_text(
-    db: &str,
-    chosen: &[&store::RunRecord],
-    reports: &[&store::KeptConflicts],
-) -> String {
-    let mut text = String::new();
-    for r in chosen {
-        text += &format!(
-            "removed the undo record of run {} (plan {}, {} bytes) from {db}; it can no longer be taken back\n",
-            r.run,
-            quoted(&r.plan),
-            thousands(r.bytes)
-        );
-    }
-    for k in reports {
-        text += &format!(
-            "removed the {} conflict{} the undo of run {} kept from {db}\n",
-            thousands(k.conflicts),
-            plural(k.conflicts as usize),
-            k.run
-        );
-    }
-    text
-}
-
-/// `30m`, `12h`, `7d` (or plain seconds) in seconds.
-fn age(s: &str) -> Result<i64, UsageError> {
-    let s = s.trim();
-    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let mult = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        _ => 0,
-    };
-    match n.parse::<i64>() {
-        Ok(n) if mult > 0 => Ok(n.saturating_mul(mult)),
-        // Digits alone, but more than any age: as good as "never".
-        Err(e) if mult > 0 && *e.kind() == std::num::IntErrorKind::PosOverflow => Ok(i64::MAX),
-        _ => Err(UsageError::new(format!(
-            "--older-than takes a whole number followed by s, m, h or d (seconds, minutes, hours, days), such as 30m, 12h or 7d; got {}",
-            quoted(s)
-        ))),
-    }
-}
-
 /// How long ago `at` (as SQLite wrote it) was, as a person says it.
 fn age_of(conn: &Connection, at: &str) -> Option<String> {
     let secs: i64 = conn
@@ -428,39 +325,4 @@ fn age_of(conn: &Connection, at: &str) -> Option<String> {
         s @ 7200..172_800 => format!("{} h", s / 3600),
         s => format!("{} days", s / 86_400),
     })
-}
-
-fn older_than(conn: &Connection, at: &str, secs: i64) -> bool {
-    conn.query_row(
-        "SELECT (julianday('now') - julianday(?1)) * 86400 > ?2",
-        rusqlite::params![at, secs],
-        |r| r.get::<_, bool>(0),
-    )
-    .unwrap_or(false)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::age;
-
-    #[test]
-    fn ages_are_read_or_refused_with_the_units() {
-        for (text, secs) in [
-            ("0", 0),
-            ("45", 45),
-            ("45s", 45),
-            ("30m", 1800),
-            ("12h", 43_200),
-            ("7d", 604_800),
-            ("99999999999d", 8_639_999_999_913_600),
-            ("999999999999999999d", i64::MAX),
-            ("99999999999999999999", i64::MAX),
-        ] {
-            assert_eq!(age(text).unwrap(), secs, "{text}");
-        }
-        for bad in ["", "-1d", "1y", "7D", "1.5h", "+5m", "1 d", "d", "garbage"] {
-            let why = age(bad).unwrap_err().to_string();
-            assert!(why.contains("followed by s, m, h or d"), "{bad}: {why}");
-        }
-    }
 }

@@ -273,7 +273,19 @@ pub struct UndoArgs {
 pub enum UndoAction {
     /// Each run with undo records: its plan, chunks, rows, size and when it was recorded.
     List(CheckpointListArgs),
-    /// Remove undo records: of one run (--run), of runs older than --older-than, or all (--all).
+    /// Remove undo records: of one run (--run), of a plan (--plan), of runs older than --older-than, or all (--all).
+    #[command(after_help = "Examples:\n  \
+        batchsse undo clear --db shop.sqlite --run 18ee14...-6959\n  \
+        batchsse undo clear --db shop.sqlite --plan reprice-2026\n  \
+        batchsse undo clear --db shop.sqlite --older-than 7d\n\n\
+        An undo takes a step's record for all the step holds: once the last of it is taken back, \
+        it clears the step's checkpoint, so the plan can run again. So a run's record never goes on \
+        its own while another run of its plan (a resume, a --force run) recorded one of its steps: \
+        --run is refused (exit 2, nothing removed) and --older-than keeps it, saying so; take the \
+        plan back, or clear its records together with --plan, which leaves the plan applied and \
+        checkpointed. Nor does a record go while an undo of its plan has stopped part-way (only \
+        the record can say what is left to take back): --run, --plan and --all are refused, \
+        --older-than keeps it; finish the undo with `batchsse undo --plan NAME`.")]
     Clear(UndoClearArgs),
 }
 
@@ -313,21 +325,25 @@ pub struct UndoApplyArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(group = clap::ArgGroup::new("which").required(true).args(["run", "older_than", "all"]))]
+#[command(group = clap::ArgGroup::new("which").required(true).args(["run", "plan", "older_than", "all"]))]
 pub struct UndoClearArgs {
     /// The SQLite database file.
     #[arg(long, value_name = "PATH")]
     pub db: PathBuf,
 
-    /// The run whose records to remove.
+    /// The run whose records to remove; refused while another run of its plan recorded one of its steps, or an undo of its plan stopped part-way.
     #[arg(long, value_name = "RUN_ID")]
     pub run: Option<String>,
 
-    /// Remove the records of runs last recorded longer ago than this (30m, 12h, 7d).
+    /// Remove the records of every run of this plan: it stays applied and checkpointed, no longer undoable.
+    #[arg(long, value_name = "NAME")]
+    pub plan: Option<String>,
+
+    /// Remove the records of runs last recorded longer ago than this (30m, 12h, 7d), keeping back, with a line each, those that must stay (see below).
     #[arg(long, value_name = "AGE", allow_hyphen_values = true)]
     pub older_than: Option<String>,
 
-    /// Remove every run's records and the tables themselves.
+    /// Remove every run's records and the tables themselves; refused while an undo has stopped part-way.
     #[arg(long)]
     pub all: bool,
 

@@ -594,6 +594,41 @@ impl Resume {
     }
 }
 
+/// The steps an undo has taken back only in part ([`UNDOING`]), as (plan,
+/// step), by plan and step: until that undo ends, only its record can say
+/// what they still hold, so `undo clear` must not take that record away.
+/// None with no table, or with one that lacks the columns an undo marks
+/// (not batchsse's: no undo could have marked it).
+pub fn undoing(conn: &Connection) -> rusqlite::Result<Vec<(String, i64)>> {
+    let columns: i64 = conn.query_row(
+        "SELECT count(*) FROM pragma_table_info(?1) WHERE name IN ('plan', 'step', 'checksum')",
+        [TABLE],
+        |r| r.get(0),
+    )?;
+    if columns < 3 {
+        return Ok(Vec::new());
+    }
+    conn.prepare(&format!(
+        "SELECT plan, step FROM {TABLE} WHERE checksum = ?1 ORDER BY plan, step"
+    ))?
+    .query_map([UNDOING], |r| Ok((r.get(0)?, r.get(1)?)))?
+    .collect()
+}
+
+/// Whether the checkpoint holds any step of `plan` (false with no table):
+/// what `undo clear --plan` leaves of it, applied and skipped by its next
+/// run, or applied with nothing to tell a run so.
+pub fn holds(conn: &Connection, plan: &str) -> rusqlite::Result<bool> {
+    if !super::renumber::table_exists(conn, TABLE)? {
+        return Ok(false);
+    }
+    conn.query_row(
+        &format!("SELECT EXISTS (SELECT 1 FROM {TABLE} WHERE plan = ?1)"),
+        [plan],
+        |r| r.get(0),
+    )
+}
+
 /// The steps of `plan` an earlier run finished: index -> checksum; not
 /// those that wrote only TEMP tables (their row holds the digest of what
 /// they made, see `super::setup`), which left nothing in the file and

@@ -28,6 +28,7 @@ mod safety;
 mod temp_steps;
 mod terminal;
 mod undo;
+mod undo_clear;
 mod undo_hostile;
 mod undo_parts;
 mod undo_tables;

@@ -640,11 +640,34 @@ fn undo_list_and_clear_and_checkpoint_clear_take_the_records_away() {
     );
     assert!(runs[0]["bytes"].as_u64().unwrap() > 0);
     let first = runs[0]["run"].as_str().unwrap().to_owned();
-    let (code, out, err) = run(&["undo", "clear", "--db", path_str(&db.path), "--run", &first]);
-    assert_eq!(code, 0, "{err}");
-    assert!(out.contains(&first), "{out}");
+    let second = runs[1]["run"].as_str().unwrap().to_owned();
+    // Both forced runs recorded the plan's one step: the first's record
+    // cannot go alone (the second's would pass for all the step holds),
+    // so the clear is refused, and `--plan` clears them together.
+    let before = db.bytes();
     let (code, _, err) = run(&["undo", "clear", "--db", path_str(&db.path), "--run", &first]);
     assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(&format!(
+            "it shares step 1 with run {second}, whose record stays"
+        )),
+        "{err}"
+    );
+    assert_eq!(db.bytes(), before, "nothing removed");
+    let (code, out, err) = run(&[
+        "undo",
+        "clear",
+        "--db",
+        path_str(&db.path),
+        "--plan",
+        "kept",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&first) && out.contains(&second), "{out}");
+    let (code, _, err) = run(&["undo", "clear", "--db", path_str(&db.path), "--run", &first]);
+    assert_eq!(code, 2, "{err}");
+    // Recorded once more: `checkpoint clear` takes the record away too.
+    recorded_twice(&db, "kept");
     let (code, out, err) = run(&[
         "checkpoint",
         "clear",
@@ -654,7 +677,7 @@ fn undo_list_and_clear_and_checkpoint_clear_take_the_records_away() {
         "kept",
     ]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("undo records of 1 run"), "{out}");
+    assert!(out.contains("undo records of 2 runs"), "{out}");
     assert_eq!(
         db.query_i64("SELECT count(*) FROM sqlite_schema WHERE name LIKE 'batchsse_undo%'"),
         0,
@@ -753,12 +776,11 @@ fn undo_clear_older_than_an_age_no_record_has_says_what_it_kept() {
     let (code, out, _) = run(&["undo", "list", "--db", dbp]);
     assert_eq!(code, 0);
     assert!(out.contains("(under a minute ago)"), "its age: {out}");
-    // A second run, then the first made three days old: only it goes.
-    let (code, _, err) = run(&run_args(
-        &db,
-        path_str(&plan),
-        &["--no-serve", "--undo", "--force"],
-    ));
+    // A run of another plan, then the first made three days old: only it
+    // goes. (A second run of the same plan would keep it: the two share
+    // the step, see `undo_clear.rs`.)
+    let second = db.file("second.json", &counter_plan("younger", 10));
+    let (code, _, err) = run(&run_args(&db, path_str(&second), &["--no-serve", "--undo"]));
     assert_eq!(code, 0, "{err}");
     db.conn()
         .execute_batch(

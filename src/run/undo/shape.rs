@@ -203,8 +203,14 @@ pub fn refuse_unrecorded_rest(
         let Some(run) = runs.first() else {
             continue;
         };
+        // Several runs recorded the step (a resume of a resume): `undo
+        // clear` removes none of their records alone, only the plan's.
+        let give_up = match runs.len() {
+            1 => format!("--run {run}"),
+            _ => format!("--plan {}", crate::human::shell_word(&plan.name)),
+        };
         return Err(UsageError::new(format!(
-            "step {} ({}) was applied in part by a run recorded for undo (run {run}), so resumed without --undo its rest would not be recorded: an undo would take back only the recorded part, and running the plan again after one would apply the rest twice. Resume with --undo; or take the part back first with `batchsse undo --db {db} --plan {}`, then run the plan again; or give up on the record with `batchsse undo clear --db {db} --run {run}`",
+            "step {} ({}) was applied in part by a run recorded for undo (run {run}), so resumed without --undo its rest would not be recorded: an undo would take back only the recorded part, and running the plan again after one would apply the rest twice. Resume with --undo; or take the part back first with `batchsse undo --db {db} --plan {}`, then run the plan again; or give up on the record with `batchsse undo clear --db {db} {give_up}`",
             step.index + 1,
             quoted(&step.name),
             crate::human::shell_word(&plan.name),

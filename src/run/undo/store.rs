@@ -918,15 +918,30 @@ pub fn drop_if_empty(conn: &Connection) -> rusqlite::Result<bool> {
     Ok(true)
 }
 
-/// Removes the records of `runs` (every run's, tables and all, with
-/// `all`) in one transaction; returns whether the tables were dropped.
-pub fn clear(conn: &Connection, runs: &[String], all: bool) -> Result<bool, UsageError> {
+/// Removes the records of the runs `choose` picks (every run's, tables
+/// and all, with `all`), in one transaction begun before `choose` reads
+/// what to pick: no run or undo can commit in between and change what it
+/// picked from (a step an undo marks as taken back in part, say). Returns
+/// what `choose` returned beside the runs, and whether the tables were
+/// dropped; nothing is removed when `choose` refuses.
+pub fn clear<T>(
+    conn: &Connection,
+    all: bool,
+    choose: impl FnOnce() -> Result<(Vec<String>, T), UsageError>,
+) -> Result<(T, bool), UsageError> {
+    let failed = |e: rusqlite::Error| {
+        UsageError::new(format!(
+            "cannot clear the undo records: {}; nothing was removed",
+            crate::run::db::run_time_message(conn, &e)
+        ))
+    };
+    if !exists(conn).map_err(failed)? {
+        return choose().map(|(_, t)| (t, false));
+    }
+    let tx = crate::run::tx::Tx::begin(conn, false).map_err(failed)?;
+    let (runs, t) = choose()?;
     let go = || -> rusqlite::Result<bool> {
-        if !exists(conn)? {
-            return Ok(false);
-        }
-        let tx = crate::run::tx::Tx::begin(conn, false)?;
-        for run in runs {
+        for run in &runs {
             remove_run(conn, run)?;
         }
         if all && table_exists(conn, CONFLICTS)? {
@@ -936,12 +951,45 @@ pub fn clear(conn: &Connection, runs: &[String], all: bool) -> Result<bool, Usag
         tx.commit()?;
         Ok(dropped)
     };
-    go().map_err(|e| {
-        UsageError::new(format!(
-            "cannot clear the undo records: {}; nothing was removed",
-            crate::run::db::run_time_message(conn, &e)
-        ))
-    })
+    let dropped = go().map_err(failed)?;
+    Ok((t, dropped))
+}
+
+/// Two runs whose records hold the same step of their plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Shared {
+    pub run: String,
+    pub other: String,
+    pub plan: String,
+    pub step: i64,
+}
+
+/// Every two runs whose records hold the same step of their plan (each
+/// pair both ways round), by run, step and other run. An undo takes a
+/// step's record for all the step holds: once it has taken back the last
+/// of it, the step's checkpoint goes. So the record of one of two such
+/// runs must not go alone: the other's would then pass for the whole of
+/// the step, and the plan's next run would apply the first one's change
+/// a second time.
+pub fn shared_steps(conn: &Connection) -> rusqlite::Result<Vec<Shared>> {
+    if !exists(conn)? {
+        return Ok(Vec::new());
+    }
+    conn.prepare(
+        "WITH s AS (SELECT DISTINCT run, plan, step FROM batchsse_undo)
+         SELECT a.run, b.run, a.plan, a.step FROM s AS a JOIN s AS b
+             ON b.plan = a.plan AND b.step = a.step AND b.run <> a.run
+         ORDER BY a.run, a.step, b.run",
+    )?
+    .query_map([], |r| {
+        Ok(Shared {
+            run: r.get(0)?,
+            other: r.get(1)?,
+            plan: r.get(2)?,
+            step: r.get(3)?,
+        })
+    })?
+    .collect()
 }
 
 /// In the transaction of an undo that took back part `chunk` of a step
