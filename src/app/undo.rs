@@ -237,6 +237,19 @@ fn list(args: CheckpointListArgs) -> anyhow::Result<ExitCode> {
     print(text.as_bytes())
 }
 
+/// The names of the plans with an undo record, quoted, sorted, each once
+/// (none where the record cannot be read).
+fn recorded_plans(conn: &Connection) -> Vec<String> {
+    let mut plans: Vec<String> = store::runs(conn)
+        .unwrap_or_default()
+        .iter()
+        .map(|r| quoted(&r.plan))
+        .collect();
+    plans.sort();
+    plans.dedup();
+    plans
+}
+
 /// No record of the run or plan asked for: say which plans have one (most
 /// often the name was mistyped), or that only recorded runs can go back.
 fn nothing_recorded(conn: &Connection, c: &UndoConfig) -> UsageError {
@@ -244,13 +257,7 @@ fn nothing_recorded(conn: &Connection, c: &UndoConfig) -> UsageError {
         Ok(run) => format!("run {}", quoted(run)),
         Err(plan) => format!("plan {}", quoted(plan)),
     };
-    let mut plans: Vec<String> = store::runs(conn)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|r| quoted(&r.plan))
-        .collect();
-    plans.sort();
-    plans.dedup();
+    let plans = recorded_plans(conn);
     let db = file_name(&c.db);
     let list = format!(
         "`batchsse undo list --db {}`",

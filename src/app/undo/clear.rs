@@ -150,13 +150,7 @@ fn unread(conn: &Connection, e: &rusqlite::Error) -> UsageError {
 
 /// `--plan` naming a plan with no record: most often a mistyped name.
 fn no_plan(conn: &Connection, db: &Path, plan: &str) -> UsageError {
-    let mut plans: Vec<String> = store::runs(conn)
-        .unwrap_or_default()
-        .iter()
-        .map(|r| quoted(&r.plan))
-        .collect();
-    plans.sort();
-    plans.dedup();
+    let plans = super::recorded_plans(conn);
     let list = format!("`batchsse undo list --db {}`", shell_path(db));
     let known = match plans.is_empty() {
         true => format!("{list} shows what is recorded"),
