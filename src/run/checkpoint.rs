@@ -384,8 +384,7 @@ fn lost_rowid(plan: &Plan, step: &Step, by: usize, place: &str) -> UsageError {
 /// Whether the checkpoint table has the column [`ROWID`] (one an earlier
 /// release made has not).
 fn has_rowid_column(conn: &Connection) -> rusqlite::Result<bool> {
-    conn.prepare_cached("SELECT 1 FROM pragma_table_info(?1) WHERE lower(name) = ?2")?
-        .exists([TABLE, ROWID])
+    super::db::has_column(conn, TABLE, ROWID)
 }
 
 /// The column [`ROWID`] as a resume reads it: NULL in a table of an
@@ -404,8 +403,8 @@ fn rowid_read(conn: &Connection) -> rusqlite::Result<String> {
 fn read_rows(conn: &Connection, plan: &Plan) -> rusqlite::Result<Vec<(usize, Row)>> {
     let rowid = rowid_read(conn)?;
     let mut stmt = conn.prepare(&format!(
-            "SELECT step, checksum, state, last_key, done, changed, {rowid} FROM batchsse_checkpoint WHERE plan = ?1 AND step >= 0",
-        ))?;
+        "SELECT step, checksum, state, last_key, done, changed, {rowid} FROM batchsse_checkpoint WHERE plan = ?1 AND step >= 0",
+    ))?;
     let rows = stmt.query_map([&plan.name], |r| {
         Ok((
             r.get::<_, i64>(0)? as usize,

@@ -436,6 +436,14 @@ pub fn run_time_message(conn: &Connection, e: &rusqlite::Error) -> String {
     )
 }
 
+/// Whether `table` of `main` has a column `column` (SQLite's names are
+/// told apart without case): for batchsse's own tables, made by an
+/// earlier release without a column a later one added.
+pub(super) fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
+    conn.prepare_cached("SELECT 1 FROM pragma_table_info(?1) WHERE lower(name) = lower(?2)")?
+        .exists([table, column])
+}
+
 /// Sets what `last_insert_rowid()` answers on `conn`: the plan's own
 /// statements see the rowid their last insert made, not one of the run's
 /// own writes made since (the checkpoint row after each step or chunk).

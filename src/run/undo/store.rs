@@ -116,7 +116,7 @@ CREATE INDEX IF NOT EXISTS batchsse_undo_copy_by_run ON batchsse_undo_copy(run);
 /// transaction). Records of an earlier format (a row per value, from
 /// before the first release) are refused with what to do.
 pub fn create(conn: &Connection) -> rusqlite::Result<()> {
-    if has_column(conn, "batchsse_undo", "first")? {
+    if crate::run::db::has_column(conn, "batchsse_undo", "first")? {
         return Err(failure(
             "this file holds undo records of an older batchsse; take them back with that version, or remove them with `batchsse undo clear --all`".into(),
         ));
@@ -127,7 +127,7 @@ pub fn create(conn: &Connection) -> rusqlite::Result<()> {
     if !has_checksums(conn)? {
         conn.execute_batch("ALTER TABLE batchsse_undo ADD COLUMN rec_hash INTEGER")?;
     }
-    if !has_column(conn, PROBE, "bare")? {
+    if !crate::run::db::has_column(conn, PROBE, "bare")? {
         conn.execute_batch("ALTER TABLE batchsse_undo_probe ADD COLUMN bare TEXT")?;
     }
     give_conflicts_their_plan(conn)
@@ -260,7 +260,7 @@ pub fn give_conflicts_their_plan(conn: &Connection) -> rusqlite::Result<()> {
 }
 
 fn conflicts_have_plan(conn: &Connection) -> rusqlite::Result<bool> {
-    has_column(conn, "batchsse_undo_conflict", "plan")
+    crate::run::db::has_column(conn, "batchsse_undo_conflict", "plan")
 }
 
 /// The undo's own tables.
@@ -283,7 +283,7 @@ const SHAPES: [(&str, &[&str]); 4] = [
 /// one is: the run or the undo would fail on it part-way.
 pub fn not_ours(conn: &Connection) -> rusqlite::Result<Option<String>> {
     // The record format from before the first release: `create` names it.
-    if has_column(conn, CHUNKS, "first")? {
+    if crate::run::db::has_column(conn, CHUNKS, "first")? {
         return Ok(None);
     }
     for ((name, needed), (_, known)) in SHAPES.iter().zip(COLUMNS) {
@@ -319,14 +319,6 @@ const COLUMNS: [(&str, &[&str]); 4] = [
 
 /// Whether batchsse's own `table` has `column` (a table made by an older
 /// batchsse may lack one, or have one it no longer writes).
-fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
-    conn.query_row(
-        "SELECT count(*) FROM pragma_table_info(?1) WHERE name = ?2",
-        [table, column],
-        |r| r.get(0),
-    )
-}
-
 /// The rows an undo holds as kept before it keeps any itself: those kept
 /// for its runs, and those kept for its plan since its oldest run was
 /// recorded, by an undo of a newer run of the plan (one that a try of this
@@ -390,7 +382,7 @@ impl Scope {
 /// Whether the record table has the checksum column (a table made by a
 /// batchsse from before it has not, until a run with `--undo` adds it).
 fn has_checksums(conn: &Connection) -> rusqlite::Result<bool> {
-    has_column(conn, "batchsse_undo", "rec_hash")
+    crate::run::db::has_column(conn, "batchsse_undo", "rec_hash")
 }
 
 /// The checksum written with part `chunk` of step `step`: of its record,
