@@ -257,11 +257,16 @@ fn nothing_recorded(conn: &Connection, c: &UndoConfig) -> UsageError {
         Ok(run) => format!("run {}", quoted(run)),
         Err(plan) => format!("plan {}", quoted(plan)),
     };
+    nothing_recorded_in(conn, &c.db, &what)
+}
+
+/// No record of `what` (a run or a plan, named) in the file at `path`.
+fn nothing_recorded_in(conn: &Connection, path: &std::path::Path, what: &str) -> UsageError {
     let plans = recorded_plans(conn);
-    let db = file_name(&c.db);
+    let db = file_name(path);
     let list = format!(
         "`batchsse undo list --db {}`",
-        crate::human::shell_path(&c.db)
+        crate::human::shell_path(path)
     );
     UsageError::new(if plans.is_empty() {
         format!(

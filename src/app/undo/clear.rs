@@ -128,7 +128,9 @@ fn pick(conn: &Connection, db: &Path, which: Which<'_>) -> Result<Picked, UsageE
         }
     };
     let checkpointed = match which {
-        Which::Plan(plan) => Some(checkpoint::holds(conn, plan).map_err(|e| unread(conn, &e))?),
+        Which::Plan(plan) => {
+            Some(checkpoint::holds(conn, plan).map_err(|e| store::not_cleared(conn, &e))?)
+        }
         _ => None,
     };
     Ok(Picked {
@@ -140,30 +142,9 @@ fn pick(conn: &Connection, db: &Path, which: Which<'_>) -> Result<Picked, UsageE
     })
 }
 
-/// The refusal when the tables the clear must read cannot be read.
-fn unread(conn: &Connection, e: &rusqlite::Error) -> UsageError {
-    UsageError::new(format!(
-        "cannot clear the undo records: {}; nothing was removed",
-        runner::run_time_message(conn, e)
-    ))
-}
-
 /// `--plan` naming a plan with no record: most often a mistyped name.
 fn no_plan(conn: &Connection, db: &Path, plan: &str) -> UsageError {
-    let plans = super::recorded_plans(conn);
-    let list = format!("`batchsse undo list --db {}`", shell_path(db));
-    let known = match plans.is_empty() {
-        true => format!("{list} shows what is recorded"),
-        false => format!(
-            "recorded plans: {} ({list} shows their runs)",
-            plans.join(", ")
-        ),
-    };
-    UsageError::new(format!(
-        "no undo record of plan {} in {}; {known}",
-        quoted(plan),
-        file_name(db)
-    ))
+    super::nothing_recorded_in(conn, db, &format!("plan {}", quoted(plan)))
 }
 
 /// What decides whether a run's record may go: which runs share a step
@@ -189,7 +170,7 @@ impl Guard {
                 undoing: checkpoint::undoing(conn)?,
             })
         };
-        read().map_err(|e| unread(conn, &e))
+        read().map_err(|e| store::not_cleared(conn, &e))
     }
 
     /// The steps of `plan` taken back in part, numbered from 1.

@@ -910,6 +910,15 @@ pub fn drop_if_empty(conn: &Connection) -> rusqlite::Result<bool> {
     Ok(true)
 }
 
+/// The refusal of `undo clear` when the tables it must read or write
+/// cannot be: nothing was removed.
+pub fn not_cleared(conn: &Connection, e: &rusqlite::Error) -> UsageError {
+    UsageError::new(format!(
+        "cannot clear the undo records: {}; nothing was removed",
+        crate::run::db::run_time_message(conn, e)
+    ))
+}
+
 /// Removes the records of the runs `choose` picks (every run's, tables
 /// and all, with `all`), in one transaction begun before `choose` reads
 /// what to pick: no run or undo can commit in between and change what it
@@ -921,12 +930,7 @@ pub fn clear<T>(
     all: bool,
     choose: impl FnOnce() -> Result<(Vec<String>, T), UsageError>,
 ) -> Result<(T, bool), UsageError> {
-    let failed = |e: rusqlite::Error| {
-        UsageError::new(format!(
-            "cannot clear the undo records: {}; nothing was removed",
-            crate::run::db::run_time_message(conn, &e)
-        ))
-    };
+    let failed = |e: rusqlite::Error| not_cleared(conn, &e);
     if !exists(conn).map_err(failed)? {
         return choose().map(|(_, t)| (t, false));
     }
