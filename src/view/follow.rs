@@ -655,7 +655,8 @@ async fn attempt(
         let events = parser.try_feed(&bytes).map_err(|e| {
             let url = target.url(&target.events);
             Unreachable(format!(
-                "{url} sent {e}, more than a batchsse run sends at once; is {url} a batchsse stream? Check the address (e.g. http://127.0.0.1:7077/)"
+                "{url} sent {e}, more than a batchsse run sends at once; is {url} a batchsse stream? {}",
+                target.not_a_run()
             ))
         })?;
         for ev in events {
