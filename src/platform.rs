@@ -65,12 +65,11 @@ pub fn open_by_others(path: &Path) -> Sight {
 pub fn open_by_this_program(path: &Path) -> Vec<u32> {
     #[cfg(target_os = "linux")]
     {
-        let me = std::fs::read_to_string("/proc/self/comm").unwrap_or_default();
-        let me = me.trim();
+        let me = proc_comm("self");
         proc_scan(path, true)
             .unwrap_or_default()
             .into_iter()
-            .filter(|(_, name)| !me.is_empty() && name == me)
+            .filter(|(_, name)| me.as_deref() == Some(name.as_str()))
             .map(|(pid, _)| pid)
             .collect()
     }
@@ -162,10 +161,8 @@ fn writable(fd: &Path) -> bool {
 /// Whether process `pid` still runs.
 pub fn process_alive(pid: u32) -> bool {
     #[cfg(target_os = "linux")]
-    if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the command name, which is in parentheses.
-        let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
-        return !state.is_some_and(|s| s.starts_with('Z') || s.starts_with('X'));
+    if let Some(state) = proc_stat_after_name(pid) {
+        return !(state.starts_with('Z') || state.starts_with('X'));
     }
     #[cfg(unix)]
     {
@@ -195,11 +192,8 @@ pub fn process_alive(pid: u32) -> bool {
 pub fn another_run(pid: u32, run: u32) -> bool {
     #[cfg(target_os = "linux")]
     {
-        let comm = |p: &str| {
-            let name = std::fs::read_to_string(format!("/proc/{p}/comm")).ok()?;
-            Some(name.trim().to_owned()).filter(|n| !n.is_empty())
-        };
-        let same_program = comm("self").is_some_and(|me| comm(&pid.to_string()) == Some(me));
+        let same_program =
+            proc_comm("self").is_some_and(|me| proc_comm(&pid.to_string()) == Some(me));
         pid != run && same_program && process_alive(pid) && !descends_from(pid, run)
     }
     #[cfg(not(target_os = "linux"))]
@@ -209,14 +203,28 @@ pub fn another_run(pid: u32, run: u32) -> bool {
     }
 }
 
+/// The command name of process `who` (a pid, or `self`), as `/proc`
+/// keeps it; `None` where it cannot be read or is empty.
+#[cfg(target_os = "linux")]
+fn proc_comm(who: &str) -> Option<String> {
+    let name = std::fs::read_to_string(format!("/proc/{who}/comm")).ok()?;
+    Some(name.trim().to_owned()).filter(|n| !n.is_empty())
+}
+
+/// Process `pid`'s `/proc/PID/stat` after its command name (which is in
+/// parentheses and may hold spaces): its state first, then its parent.
+#[cfg(target_os = "linux")]
+fn proc_stat_after_name(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(stat.rsplit_once(')')?.1.trim_start().to_owned())
+}
+
 /// Whether `run` is `pid`'s parent, or its parent's, and so on up.
 #[cfg(target_os = "linux")]
 fn descends_from(pid: u32, run: u32) -> bool {
+    // After the command's name: the state, then the parent.
     let parent = |p: u32| -> Option<u32> {
-        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
-        // After the command's name (in parentheses): the state, then the parent.
-        stat.rsplit_once(')')?
-            .1
+        proc_stat_after_name(p)?
             .split_whitespace()
             .nth(1)?
             .parse()
