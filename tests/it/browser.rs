@@ -1598,6 +1598,10 @@ fn an_undo_s_page_steers_its_yield_but_offers_no_chunk_time() {
         &url,
         json!({"timeout_ms": 15000, "actions": [
             {"wait": "#pause"},
+            // The controls show as the page loads (the token is in the
+            // fragment); the undo's start, which hides the chunk time, may
+            // come later.
+            {"text": "#plan", "is": "Undo of bump"},
             {"snapshot": "undo"},
             {"fill": "#sleep", "value": "5"},
             {"click": "#apply"},
@@ -1630,7 +1634,11 @@ fn an_undo_s_page_steers_its_yield_but_offers_no_chunk_time() {
     let url = format!("http://{}/#control={CONTROL}", run.addr());
     let v = observe(
         &url,
-        json!({"timeout_ms": 15000, "actions": [{"wait": "#pause"}, {"snapshot": "run"}]}),
+        json!({"timeout_ms": 15000, "actions": [
+            {"wait": "#pause"},
+            {"text": "#plan", "is": "steer"},
+            {"snapshot": "run"},
+        ]}),
     );
     assert_eq!(
         v["snapshots"]["run"]["steer"]["shown_inputs"],
