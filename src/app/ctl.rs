@@ -190,7 +190,22 @@ fn one_line(action: &CtlAction, v: &Value) -> String {
             )
         },
     );
+    format!("{state}{step}; pace: {}", pace(action, v))
+}
+
+/// "chunks ~250 ms, nice ratio 0, sleep 100 ms, batch size adaptive"; an
+/// undo's chunks are the run's, so it has no chunk time or batch size.
+fn pace(action: &CtlAction, v: &Value) -> String {
     let s = &v["settings"];
+    // As the run's own terminal says it: 0 and 0.5, not JSON's 0.0.
+    let ratio = s["nice_ratio"]
+        .as_f64()
+        .map_or_else(|| s["nice_ratio"].to_string(), |r| r.to_string());
+    let sleep = &s["sleep_ms"];
+    if v["kind"] == "undo" {
+        let chunks = crate::events::RECORDED_CHUNKS;
+        return format!("{chunks}, nice ratio {ratio}, sleep {sleep} ms");
+    }
     let batch = s["batch_size"]
         .as_u64()
         .map_or("adaptive".into(), thousands);
@@ -202,13 +217,9 @@ fn one_line(action: &CtlAction, v: &Value) -> String {
         }
         _ => "",
     };
-    // As the run's own terminal says it: 0 and 0.5, not JSON's 0.0.
-    let ratio = s["nice_ratio"]
-        .as_f64()
-        .map_or_else(|| s["nice_ratio"].to_string(), |r| r.to_string());
     format!(
-        "{state}{step}; pace: chunks ~{} ms, nice ratio {ratio}, sleep {} ms, batch size {batch}{idle}",
-        s["chunk_time_ms"], s["sleep_ms"],
+        "chunks ~{} ms, nice ratio {ratio}, sleep {sleep} ms, batch size {batch}{idle}",
+        s["chunk_time_ms"],
     )
 }
 

@@ -130,6 +130,10 @@ pub struct UndoInfo {
     pub reverts: Vec<String>,
 }
 
+/// How an undo's chunks are told where a run's pace names a chunk time
+/// and a batch size: it takes back the run's chunks as they were recorded.
+pub const RECORDED_CHUNKS: &str = "the run's chunks, as recorded";
+
 /// The pace in force: what the governor gives each chunk.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Settings {

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use crate::events::chunk_times::ChunkTimes;
 use crate::events::sse;
 use crate::events::{
-    ControlAction, Event, RunState, RunStatus, Settings, StepState, ThrottleReason, now_ms,
+    ControlAction, Event, RunKind, RunState, RunStatus, Settings, StepState, ThrottleReason, now_ms,
 };
 
 /// One logged event, shared by every reader.
@@ -77,6 +77,9 @@ impl Entry {
 pub struct Snapshot {
     /// The `start` event's `run_id` (`batchsse relay --run` takes it).
     pub run_id: Option<String>,
+    /// `run`, or `undo` for `batchsse undo` (whose pace has no chunk time
+    /// or batch size: it takes back the run's chunks as recorded).
+    pub kind: RunKind,
     pub state: RunState,
     pub status: Option<RunStatus>,
     pub step: Option<usize>,
@@ -536,6 +539,7 @@ fn update_snapshot(inner: &mut Inner, event: &Event, id: u64) {
     match event {
         Event::Start(e) => {
             s.run_id = Some(e.run_id.clone());
+            s.kind = e.kind;
             s.steps_total = e.steps.len();
             s.settings = e.settings;
             s.ended = vec![false; e.steps.len()];

@@ -432,7 +432,7 @@ impl<'a> Governor<'a> {
             target["step"] = i.into();
         }
         let chunks = match now.batch_size {
-            _ if self.recorded_chunks => "the run's chunks, as recorded".to_owned(),
+            _ if self.recorded_chunks => crate::events::RECORDED_CHUNKS.to_owned(),
             Some(n) => format!("batch size {}", crate::human::thousands(n)),
             None => format!("chunks of ~{} ms", now.chunk_time_ms),
         };

@@ -11,7 +11,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 pub use crate::cli::ProgressMode;
 use crate::error::{print_line, terminal_safe};
 use crate::events::log::EventLog;
-use crate::events::{Event, Level, Progress, RunStatus, StepState, ThrottleReason};
+use crate::events::{Event, Level, Progress, RunKind, RunStatus, StepState, ThrottleReason};
 use crate::human::{duration, plural, quoted, rows, shown, thousands};
 use crate::view::github::Github;
 
@@ -58,6 +58,8 @@ pub struct Renderer {
     failure: Option<String>,
     /// What a skipped step's line says: why this kind of run skips one.
     skipped: &'static str,
+    /// What the run is, from its `start` (an undo's pace has no chunk time).
+    kind: RunKind,
     /// Every line one physical line (see `github::one_line`): github mode,
     /// or any mode writing to a GitHub Actions log.
     one_line: bool,
@@ -189,6 +191,7 @@ impl Renderer {
             stdout_failed: false,
             failure: None,
             skipped: SKIPPED_RUN,
+            kind: RunKind::Run,
         }
     }
 
@@ -238,8 +241,9 @@ impl Renderer {
     /// Shows one event; `data` is its JSON payload as sent over SSE.
     pub fn show(&mut self, id: u64, event: &Event, data: &str) {
         if let Event::Start(s) = event {
+            self.kind = s.kind;
             self.skipped = match s.kind {
-                crate::events::RunKind::Undo => SKIPPED_UNDO,
+                RunKind::Undo => SKIPPED_UNDO,
                 _ => SKIPPED_RUN,
             };
         }
@@ -389,7 +393,7 @@ impl Renderer {
             Event::Message(m) if self.already_said(m) => {}
             Event::Message(m) => self.say(&message_line(m)),
             Event::Throttle(t) => self.say(&throttle_line(t)),
-            Event::Control(c) => self.say(&control_line(c)),
+            Event::Control(c) => self.say(&control_line(c, self.kind)),
             Event::Finished(f) => {
                 self.say_outcome(&finished_line_after(f, self.failure.as_deref()));
             }
@@ -437,7 +441,7 @@ impl Renderer {
                 }
                 self.say(&throttle_line(t));
             }
-            Event::Control(c) => self.say(&control_line(c)),
+            Event::Control(c) => self.say(&control_line(c, self.kind)),
             Event::Message(m) => {
                 // A step's info messages would crowd the bars; the run's own
                 // (what it found, what to do next: the undo command, how to
@@ -514,7 +518,7 @@ fn style(template: &str) -> ProgressStyle {
 
 fn start_line(s: &crate::events::Start) -> String {
     let what = match (&s.kind, &s.undo) {
-        (crate::events::RunKind::Undo, Some(u)) => {
+        (RunKind::Undo, Some(u)) => {
             format!("undo of run {} of plan", u.reverts.join(", "))
         }
         _ => "plan".to_owned(),
@@ -612,7 +616,7 @@ fn throttle_line(t: &crate::events::Throttle) -> String {
 }
 
 /// "batchsse: pause from the dashboard (127.0.0.1:50412)".
-fn control_line(c: &crate::events::Control) -> String {
+fn control_line(c: &crate::events::Control, kind: RunKind) -> String {
     use crate::events::{ControlAction, ControlBy};
     let what = match c.action {
         ControlAction::Pause => "pause (at the next chunk boundary)".to_owned(),
@@ -620,13 +624,21 @@ fn control_line(c: &crate::events::Control) -> String {
         ControlAction::Cancel => "cancel".to_owned(),
         ControlAction::Set => {
             let s = &c.settings;
-            format!(
-                "new pace: chunks of ~{} ms, nice ratio {}, sleep {} ms, batch size {}",
-                s.chunk_time_ms,
-                s.nice_ratio,
-                s.sleep_ms,
-                s.batch_size.map_or("adaptive".into(), |n| n.to_string())
-            )
+            match kind {
+                RunKind::Undo => format!(
+                    "new pace: {}, nice ratio {}, sleep {} ms",
+                    crate::events::RECORDED_CHUNKS,
+                    s.nice_ratio,
+                    s.sleep_ms
+                ),
+                RunKind::Run => format!(
+                    "new pace: chunks of ~{} ms, nice ratio {}, sleep {} ms, batch size {}",
+                    s.chunk_time_ms,
+                    s.nice_ratio,
+                    s.sleep_ms,
+                    s.batch_size.map_or("adaptive".into(), |n| n.to_string())
+                ),
+            }
         }
     };
     let by = match c.by {

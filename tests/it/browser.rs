@@ -1621,6 +1621,10 @@ fn an_undo_s_page_steers_its_yield_but_offers_no_chunk_time() {
         .map(|r| serde_json::from_str(r["body"].as_str().unwrap_or("null")).unwrap_or_default())
         .collect();
     assert_eq!(bodies, [json!({"sleep_ms": 5})], "{v:#}");
+    // Its log tells the new pace as an undo's: no chunk time, no batch size.
+    let line = v["control_log"][0].as_str().unwrap_or_default();
+    let said = "set the pace to the run's chunks, as recorded, nice ratio 1, sleep 5 ms from the dashboard";
+    assert!(line.starts_with(said), "{v:#}");
     drop(p);
     let other = TempDb::counters(40);
     let plan = other.file("plan.json", &counter_plan("steer", 10));

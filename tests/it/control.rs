@@ -563,7 +563,7 @@ fn an_undo_refuses_a_live_chunk_time_or_batch_size_and_takes_a_sleep() {
     run_undoable(&db, &plan);
     let dbp = path_str(&db.path);
     let mut p = Proc::start(&words(&format!(
-        "undo --db {dbp} --plan steer --listen 127.0.0.1:0 --progress none --wait-for-clients 1 --control-token {TOKEN}"
+        "undo --db {dbp} --plan steer --listen 127.0.0.1:0 --progress plain --wait-for-clients 1 --control-token {TOKEN}"
     )));
     for body in [r#"{"chunk_time_ms":50}"#, r#"{"batch_size":100}"#] {
         let (code, text) = authed(p.addr(), body);
@@ -587,7 +587,26 @@ fn an_undo_refuses_a_live_chunk_time_or_batch_size_and_takes_a_sleep() {
     assert!(err.contains("as they were recorded"), "{err}");
     let (code, text) = authed(p.addr(), r#"{"sleep_ms":5,"nice_ratio":0}"#);
     assert_eq!(code, 200, "{text}");
+    let status: serde_json::Value = serde_json::from_str(&text).expect("status JSON");
+    assert_eq!(status["kind"], "undo", "{text}");
+    // Its pace is told as what it is: the run's chunks, not a chunk time
+    // and a batch size that do nothing.
+    let (code, out, err) = run(&[
+        "ctl",
+        &base,
+        "set",
+        "--sleep",
+        "1",
+        "--control-token",
+        TOKEN,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let said = "pace: the run's chunks, as recorded, nice ratio 0, sleep 1 ms";
+    assert!(out.contains(said) && !out.contains("chunks ~"), "{out}");
     let _s = Stream::open(p.addr(), "/events", &[]).rest();
     assert_eq!(p.wait_for(PATIENCE).code(), Some(0), "{}", p.stderr());
     assert_eq!(db.counter_spread(), (0, 500), "every row taken back");
+    let err = p.stderr();
+    let line = "new pace: the run's chunks, as recorded, nice ratio 0, sleep 5 ms over HTTP";
+    assert!(err.contains(line) && !err.contains("chunks of ~"), "{err}");
 }
