@@ -83,11 +83,21 @@ pub fn open_by_this_program(path: &Path) -> Vec<u32> {
 /// The first argument process `pid` was started with after the program's
 /// name (its subcommand, for this program), as far as the system tells.
 pub fn first_argument(pid: u32) -> Option<String> {
+    arguments(pid)?.into_iter().nth(1)
+}
+
+/// The arguments process `pid` was started with, its program's name
+/// first, as far as the system tells.
+pub fn arguments(pid: u32) -> Option<Vec<String>> {
     #[cfg(target_os = "linux")]
     {
         let line = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-        let arg = line.split(|b| *b == 0).nth(1)?;
-        Some(String::from_utf8_lossy(arg).into_owned())
+        let line = line.strip_suffix(&[0]).unwrap_or(&line);
+        let args = line.split(|b| *b == 0);
+        Some(
+            args.map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect(),
+        )
     }
     #[cfg(not(target_os = "linux"))]
     {

@@ -124,6 +124,56 @@ pub(super) fn refuse_beside_a_run(
     refuse_beside(db, &runs, ("a run", why), done, then)
 }
 
+/// Refuses (where the system tells) while another batchsse takes back
+/// `plan` on `db` (`batchsse undo --plan` of it, or `--run` of one of its
+/// runs): between two of the undo's steps a run would apply again the
+/// step just taken back, while the undo went on to take back the ones
+/// before it.
+pub(super) fn refuse_beside_an_undo(
+    conn: &rusqlite::Connection,
+    db: &std::path::Path,
+    plan: &str,
+) -> Result<(), crate::error::UsageError> {
+    let runs = runner::undo::store::runs_of_plan(conn, plan).unwrap_or_default();
+    let undos: Vec<u32> = crate::platform::open_by_this_program(db)
+        .into_iter()
+        .filter(|p| crate::platform::arguments(*p).is_some_and(|a| takes_back(&a, plan, &runs)))
+        .collect();
+    refuse_beside(
+        db,
+        &undos,
+        (
+            &format!("an undo of plan {}", quoted(plan)),
+            "between two of its steps a run would apply again the step it has just taken back, while it goes on to take back the ones before",
+        ),
+        "Nothing ran",
+        "run the plan",
+    )
+}
+
+/// Whether a batchsse started with `args` takes back (part of) `plan`,
+/// whose recorded runs are `runs`: an undo that writes, of the plan or of
+/// one of those runs.
+fn takes_back(args: &[String], plan: &str, runs: &[String]) -> bool {
+    let word = |i: usize| args.get(i).map(String::as_str);
+    if word(1) != Some("undo") || matches!(word(2), Some("list" | "clear")) {
+        return false;
+    }
+    let value = |flag: &str| {
+        let eq = format!("{flag}=");
+        args.iter()
+            .enumerate()
+            .find_map(|(i, a)| match a.strip_prefix(&eq) {
+                Some(v) => Some(v),
+                None if a == flag => word(i + 1),
+                None => None,
+            })
+    };
+    let dry = args.iter().any(|a| a == "--dry-run");
+    !dry && (value("--plan") == Some(plan)
+        || value("--run").is_some_and(|r| runs.iter().any(|x| x == r)))
+}
+
 /// The refusal of [`refuse_beside_a_run`] and its kin when `pids` (what
 /// `going` names) have the file open.
 fn refuse_beside(
@@ -284,4 +334,29 @@ fn hex(bytes: &[u8]) -> String {
 /// The database's file as a message names it, on one line.
 pub(super) fn file_name(path: &std::path::Path) -> String {
     crate::human::shown_path(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::takes_back;
+
+    fn args(line: &str) -> Vec<String> {
+        line.split(' ').map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn an_undo_takes_back_a_plan_named_or_one_of_its_runs_unless_it_only_looks() {
+        let runs = ["r1".to_owned()];
+        let yes = |l: &str| takes_back(&args(l), "bump", &runs);
+        assert!(yes("batchsse undo --db f --plan bump"));
+        assert!(yes("batchsse undo --plan=bump --db f"));
+        assert!(yes("batchsse undo --db f --run r1 --sleep 5"));
+        assert!(!yes("batchsse undo --db f --plan other"));
+        assert!(!yes("batchsse undo --db f --run r2"));
+        assert!(!yes("batchsse undo --db f --plan bump --dry-run"));
+        assert!(!yes("batchsse undo list --db f"));
+        assert!(!yes("batchsse undo clear --db f --plan bump"));
+        assert!(!yes("batchsse run --db f --plan bump"));
+        assert!(!yes("batchsse undo --db f --plan"));
+    }
 }

@@ -97,6 +97,9 @@ pub fn open(config: RunConfig) -> Result<Session, UsageError> {
     let fk = if plan.foreign_keys { "ON" } else { "OFF" };
     conn.execute_batch(&format!("PRAGMA foreign_keys = {fk}"))
         .map_err(|e| UsageError::new(format!("cannot set foreign_keys: {e}")))?;
+    if !opts.dry_run {
+        checkpoint::refuse_beside_an_undo(&conn, &db, &plan.name)?;
+    }
     let resume = if opts.checkpoint {
         Resume::load(&conn, &plan, force)?
     } else {

@@ -11,7 +11,6 @@ fn has_undo_table(db: &TempDb) -> bool {
     db.query_i64("SELECT count(*) FROM sqlite_schema WHERE name = 'batchsse_undo'") > 0
 }
 
-/// Polls until `ready` holds, failing the test after `PATIENCE`.
 /// A run of `plan` slow enough to act on while it goes: chunks of 10
 /// rows, a second apart.
 fn slow_run(db: &TempDb, plan: &std::path::Path, extra: &[&str]) -> Proc {
@@ -29,6 +28,7 @@ fn recording(db: &TempDb, plan: &std::path::Path) -> Proc {
     p
 }
 
+/// Polls until `ready` holds, failing the test after `PATIENCE`.
 fn wait_until(p: &Proc, ready: impl Fn() -> bool) {
     let t0 = Instant::now();
     while !ready() {
@@ -80,6 +80,52 @@ fn an_undo_beside_a_live_run_is_refused() {
     let (code, _, err) = run(&undo);
     assert_eq!(code, 0, "{err}");
     assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 0);
+}
+
+/// A run of a plan while an undo of it is under way is refused, the file
+/// left alone: between two of the undo's steps it would apply again the
+/// one just taken back, while the undo goes on to take back the steps
+/// before it. A dry run may look, a run of another plan may go, and once
+/// the undo has ended the plan runs again.
+#[test]
+fn a_run_of_a_plan_beside_its_live_undo_is_refused() {
+    let db = TempDb::counters(40);
+    let plan = db.file("plan.json", &counter_plan("bump", 10));
+    let file = path_str(&db.path);
+    let again = run_args(&db, path_str(&plan), &["--no-serve", "--undo"]);
+    let (code, _, err) = run(&again);
+    assert_eq!(code, 0, "{err}");
+    db.conn()
+        .execute_batch("CREATE TABLE side(x)")
+        .expect("side table");
+    let other = db.file(
+        "other.json",
+        r#"{"name":"other","steps":[{"sql":"INSERT INTO side VALUES (1)"}]}"#,
+    );
+    // Held before its first part until a client comes.
+    let mut u = Proc::start(&words(&format!(
+        "undo --db {file} --plan bump --listen 127.0.0.1:0 --progress none --wait-for-clients 1"
+    )));
+    let before = sha256(&db.path);
+    let (code, _, err) = run(&again);
+    assert_eq!(code, 2, "refused beside the live undo: {err}");
+    assert!(
+        err.contains("an undo of plan \"bump\" still going"),
+        "{err}"
+    );
+    assert!(err.contains("Nothing ran"), "{err}");
+    assert!(err.contains("then run the plan"), "{err}");
+    assert_eq!(sha256(&db.path), before, "the file as it was");
+    let (code, _, err) = run(&[&again[..], &["--dry-run"]].concat());
+    assert_eq!(code, 0, "a dry run may look: {err}");
+    let (code, _, err) = run(&run_args(&db, path_str(&other), &["--no-serve"]));
+    assert_eq!(code, 0, "another plan may run: {err}");
+    let _s = Stream::open(u.addr(), "/events", &[]).rest();
+    assert_eq!(u.wait_for(PATIENCE).code(), Some(0), "{}", u.stderr());
+    assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 0);
+    let (code, _, err) = run(&again);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 40);
 }
 
 /// `undo clear` while a run records is refused; the tables dropped under
