@@ -95,6 +95,23 @@ impl Observer {
         }
     }
 
+    /// Waits until the page creates `path` (a `touch` action) or its
+    /// script has ended first (a failed action, which `finish` reports).
+    fn wait_file(&mut self, path: &Path) {
+        let start = Instant::now();
+        while !path.exists() {
+            if self.child.try_wait().expect("try_wait node").is_some() {
+                return;
+            }
+            assert!(
+                start.elapsed() < PATIENCE,
+                "the page never created {}",
+                path.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn finish(mut self) -> Value {
         let start = Instant::now();
         let status = loop {
@@ -1117,22 +1134,29 @@ fn without_a_control_token_the_page_shows_no_controls_and_a_wrong_one_is_refused
     let Some(_b) = browser() else { return };
     let db = TempDb::shop(2000);
     let old = old_sessions(&db);
+    // Held at its gate until the page is done: a running run ended on its
+    // own in about two seconds, and its end hides the controls, so a page
+    // slowed down meanwhile found no #pause to click or no refusal shown.
+    // The test's own stream, the second client, lets it go (at full speed:
+    // nothing waits on it now).
     let p = start_run(
         &db,
-        40,
+        0,
         &[
             "--control-token",
             CONTROL,
             "--wait-for-clients",
-            "1",
+            "2",
             "--linger",
             "20",
         ],
     );
-    let v = observe(
+    let refused = db.dir.path().join("refused");
+    let mut page = Observer::start(
         &format!("http://{}/", p.addr()),
         json!({"timeout_ms": 15000, "actions": [
-            {"wait": ".step[data-state=running]"},
+            // The run's start is in: the page shows its steps.
+            {"text": "#overall-text", "is": "0 / 5 steps done"},
             {"snapshot": "none"},
             {"click": "#steer-login summary"},
             {"fill": "#control-token", "value": "wr0ng"},
@@ -1142,8 +1166,12 @@ fn without_a_control_token_the_page_shows_no_controls_and_a_wrong_one_is_refused
             {"click": "#pause"},
             {"wait": "#control-msg:has-text('401')"},
             {"snapshot": "refused"},
+            {"touch": path_str(&refused)},
         ]}),
     );
+    page.wait_file(&refused);
+    let _second = Stream::open(p.addr(), "/events", &[]);
+    let v = page.finish();
     assert_eq!(v.get("action_error"), None, "{v:#}");
     assert_complete(&v, rows_changed(&db, old), &messages(p.addr(), &[]));
     let steer = |name: &str| v["snapshots"][name]["steer"].clone();
