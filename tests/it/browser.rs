@@ -988,11 +988,15 @@ fn the_pace_form_follows_a_change_of_pace_mid_run() {
     assert_eq!(bodies, [r#"{"chunk_time_ms":250}"#], "{v:#}");
 }
 
-/// A run the page can steer with `CONTROL`, held until its stream connects.
+/// A run the page can steer with `CONTROL`, held until its stream connects,
+/// that only the page's cancel ends: 5 s between its 40 chunks (a cancel
+/// cuts the one under way short). At 60 ms it ended on its own about 3 s
+/// in, and its end hides the controls, so a page slowed down by that much
+/// found no #cancel or token field.
 fn steerable_run(db: &TempDb) -> Proc {
     start_run(
         db,
-        60,
+        5000,
         &["--control-token", CONTROL, "--wait-for-clients", "1"],
     )
 }
