@@ -796,9 +796,12 @@ fn the_dashboard_pauses_and_resumes_the_run_with_the_fragment_token() {
     let old = old_sessions(&db);
     let read = [("Authorization", "Bearer r3ad")];
     // Both tokens: the page reads with ?token= and steers with #control=.
+    // 5 s between chunks until the page, paused, sets 20 ms: the run is
+    // still going when the page pauses it (at 60 ms it ended on its own
+    // about 3 s in, and a page slowed by that much had nothing to pause).
     let p = start_run(
         &db,
-        60,
+        5000,
         &[
             "--token",
             "r3ad",
