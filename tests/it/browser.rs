@@ -941,11 +941,14 @@ fn the_pace_form_follows_a_change_of_pace_mid_run() {
         .expect("the application's table");
     db.age();
     let args = format!("--control-token {CONTROL} --wait-for-clients 1 --linger 20");
-    let p = start_run(&db, 60, &words(&args));
+    // 2 s between chunks, so the run is still going when the page applies
+    // its pace (at 60 ms it ended on its own about 3 s in, and a page slowed
+    // by that much was refused as too late); the page is done then.
+    let p = start_run(&db, 2000, &words(&args));
     let url = format!("http://{}/#control={CONTROL}", p.addr());
     let page = Observer::start(
         &url,
-        json!({"timeout_ms": 20000, "actions": [
+        json!({"timeout_ms": 20000, "until": "actions", "actions": [
             {"wait": "#pause"},
             {"wait": "#log li:has-text('another connection is using the database')"},
             {"snapshot": "live"},
