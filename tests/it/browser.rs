@@ -482,13 +482,25 @@ fn a_page_whose_address_serves_another_run_shows_that_run_whole() {
 fn a_page_locked_out_by_max_clients_says_the_server_is_full() {
     let Some(_b) = browser() else { return };
     let db = TempDb::shop(2000);
-    let p = start_run(&db, 100, &["--max-clients", "1", "--wait-for-clients", "1"]);
+    // Held before its first step by its pause file until the test is over:
+    // a run that went on ended about 4 s in, and the server with it, so a
+    // page whose browser took that long to start found no server at all.
+    let hold = db.dir.path().join("hold");
+    std::fs::write(&hold, "").expect("the pause file");
+    let flags = ["--max-clients", "1", "--wait-for-clients", "1"];
+    let p = start_run(
+        &db,
+        100,
+        &[&flags[..], &["--pause-file", path_str(&hold)]].concat(),
+    );
     // The one slot, taken before the page comes.
     let mut taken = Stream::open(p.addr(), "/events", &[]);
     taken.until("start");
     let v = observe(
         &format!("http://{}/", p.addr()),
-        json!({"until": "end", "timeout_ms": 15000}),
+        json!({"until": "actions", "timeout_ms": 15000, "actions": [
+            {"wait": "#conn:has-text('server full')"},
+        ]}),
     );
     let history = v["conn_history"].as_array().cloned().unwrap_or_default();
     assert!(
