@@ -224,6 +224,10 @@ pub struct StepEvent {
     pub elapsed_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub error: Option<String>,
+    /// On a `failed` step: a cancel stopped it (Ctrl-C, SIGTERM, `ctl
+    /// cancel`), not an error of its own.
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub cancelled: bool,
 }
 
 #[cfg(test)]

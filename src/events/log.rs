@@ -792,6 +792,7 @@ mod tests {
             changed: 7,
             elapsed_ms: 0,
             error: None,
+            cancelled: false,
         })
     }
 

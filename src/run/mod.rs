@@ -615,7 +615,9 @@ impl Runner<'_> {
                 ),
             ),
         };
-        self.step_event(step, StepState::Failed, c, Some(t0), Some(why.clone()));
+        let mut end = self.step_of(step, StepState::Failed, c, Some(t0), Some(why.clone()));
+        end.cancelled = status == RunStatus::Cancelled;
+        self.log.push(Event::Step(end));
         self.message(Some(step.index), Level::Error, why.clone());
         Err((status, why, c))
     }
@@ -673,7 +675,19 @@ impl Runner<'_> {
         t0: Option<Instant>,
         error: Option<String>,
     ) {
-        self.log.push(Event::Step(StepEvent {
+        let event = self.step_of(step, state, c, t0, error);
+        self.log.push(Event::Step(event));
+    }
+
+    fn step_of(
+        &self,
+        step: &Step,
+        state: StepState,
+        c: Counts,
+        t0: Option<Instant>,
+        error: Option<String>,
+    ) -> StepEvent {
+        StepEvent {
             index: step.index,
             name: step.name.clone(),
             state,
@@ -682,7 +696,8 @@ impl Runner<'_> {
             changed: c.changed,
             elapsed_ms: t0.map_or(0, |t| ms(t.elapsed())),
             error,
-        }));
+            cancelled: false,
+        }
     }
 
     /// A failed SQLite call as a step's end, with what the step had done.

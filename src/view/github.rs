@@ -171,7 +171,12 @@ impl Github {
         out.push(line);
         out.extend(self.end_group());
         if s.state == StepState::Failed {
-            let title = format!("step {} ({}) failed", s.index + 1, s.name);
+            let how = if s.cancelled {
+                "was cancelled"
+            } else {
+                "failed"
+            };
+            let title = format!("step {} ({}) {how}", s.index + 1, s.name);
             out.push(format!(
                 "::error title={}::{}",
                 escape_property(&title),
@@ -278,11 +283,7 @@ impl Github {
         let (mut listed, mut failed, mut left_out) = (String::new(), String::new(), 0usize);
         for (i, (name, end)) in self.steps.iter().enumerate().filter(|(_, s)| seen(&s.1)) {
             let (state, changed, took) = match end {
-                Some(e) => (
-                    state_word(e.state),
-                    thousands(e.changed),
-                    duration(e.elapsed_ms),
-                ),
+                Some(e) => (state_word(e), thousands(e.changed), duration(e.elapsed_ms)),
                 None => ("not run", String::new(), String::new()),
             };
             let row = format!(
@@ -329,10 +330,11 @@ impl Drop for Github {
     }
 }
 
-fn state_word(s: StepState) -> &'static str {
-    match s {
+fn state_word(s: &StepEvent) -> &'static str {
+    match s.state {
         StepState::Running => "running",
         StepState::Done => "done",
+        StepState::Failed if s.cancelled => "**cancelled**",
         StepState::Failed => "**failed**",
         StepState::Skipped => "skipped",
     }
@@ -406,6 +408,7 @@ mod tests {
             changed: 0,
             elapsed_ms: 0,
             error: None,
+            cancelled: false,
         };
         assert_eq!(
             g.step(&running, "[2/2] fix\nnow", String::new()),
@@ -414,7 +417,7 @@ mod tests {
         let failed = StepEvent {
             state: StepState::Failed,
             error: Some("no such table: x\n100% sure".into()),
-            ..running
+            ..running.clone()
         };
         assert_eq!(
             g.step(&failed, "[2/2] fix", "[2/2] fix: FAILED".into()),
@@ -424,6 +427,23 @@ mod tests {
                 "::error title=step 2 (fix%2C then%3A check) failed::no such table: x%0A100%25 sure",
             ]
         );
+        // A cancel is no failure of the step's own.
+        let cancelled = StepEvent {
+            state: StepState::Failed,
+            error: Some("interrupted during step 2".into()),
+            cancelled: true,
+            ..running.clone()
+        };
+        g.step(&running, "[2/2] fix", String::new());
+        let lines = g.step(&cancelled, "[2/2] fix", "[2/2] fix: cancelled".into());
+        assert_eq!(
+            lines.last().map(String::as_str),
+            Some(
+                "::error title=step 2 (fix%2C then%3A check) was cancelled::interrupted during step 2"
+            )
+        );
+        assert_eq!(state_word(&cancelled), "**cancelled**");
+        assert_eq!(state_word(&failed), "**failed**");
     }
 
     #[test]
@@ -501,6 +521,7 @@ mod tests {
             changed: 1,
             elapsed_ms: 1,
             error: None,
+            cancelled: false,
         };
         let mut g = Github::default();
         g.started = true;

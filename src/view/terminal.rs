@@ -592,7 +592,8 @@ fn step_line(s: &crate::events::StepEvent, skipped: &str) -> String {
         ),
         StepState::Skipped => skipped.into(),
         StepState::Failed => format!(
-            "FAILED after {}: {}",
+            "{} after {}: {}",
+            if s.cancelled { "cancelled" } else { "FAILED" },
             duration(s.elapsed_ms),
             s.error.as_deref().unwrap_or("unknown error")
         ),

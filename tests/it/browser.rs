@@ -1054,6 +1054,20 @@ fn cancel_from_the_dashboard_asks_first_and_then_ends_the_run() {
         "{v:#}"
     );
     assert_eq!(v["banner"]["status"], "cancelled", "{v:#}");
+    // The step under way shows as cancelled, not failed: those before it
+    // done, those after it waiting.
+    let states: Vec<&str> = v["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| s["state"].as_str().unwrap_or_default())
+        .collect();
+    let at = states
+        .iter()
+        .position(|s| *s != "done")
+        .expect("a step not done");
+    assert_eq!(states[at], "cancelled", "{v:#}");
+    assert!(states[at + 1..].iter().all(|s| *s == "waiting"), "{v:#}");
     let line = v["control_log"][0].as_str().unwrap_or_default();
     assert!(
         line.starts_with("cancelled the run from the dashboard ("),

@@ -651,6 +651,18 @@ fn sigterm_interrupts_a_long_statement() {
         err.contains("batchsse: interrupted; stopping, with the step under way rolled back"),
         "{err}"
     );
+    // The stream says the step was cancelled, not that it failed alone.
+    let ended = s
+        .rest()
+        .into_iter()
+        .find(|e| e.event == "step")
+        .map(|e| data(&e));
+    let ended = ended.expect("the step's end");
+    assert_eq!(
+        (&ended["state"], &ended["cancelled"]),
+        (&"failed".into(), &true.into()),
+        "{ended}"
+    );
 }
 
 #[test]
@@ -2071,6 +2083,9 @@ fn an_interrupted_step_says_its_kept_rows_are_rows_changed() {
     );
     assert!(!err.contains("chunk under way rolled back"), "{err}");
     assert!(!err.contains("its current chunk was rolled back"), "{err}");
+    // The step's line says what stopped it: the Ctrl-C, no failure.
+    assert!(err.contains("[1/1] bump evens: cancelled after "), "{err}");
+    assert!(!err.contains("FAILED"), "{err}");
     assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 5);
 }
 

@@ -1531,7 +1531,16 @@ fn ctl_pauses_and_cancels_an_undo_and_the_same_command_finishes_it() {
     let (code, _, err) = ctl("cancel");
     assert_eq!(code, 0, "{err}");
     assert_eq!(p.wait_for(Duration::from_secs(10)).code(), Some(130));
-    assert_eq!(data(s.rest().last().unwrap())["status"], "cancelled");
+    let rest = s.rest();
+    assert_eq!(data(rest.last().unwrap())["status"], "cancelled");
+    // Its step ends cancelled, not failed of its own.
+    let ended = rest.iter().find(|e| e.event == "step").map(data);
+    let ended = ended.expect("the step's end");
+    assert_eq!(
+        (&ended["state"], &ended["cancelled"]),
+        (&"failed".into(), &true.into()),
+        "{ended}"
+    );
     let back = db.query_i64("SELECT count(*) FROM t WHERE counter = 0");
     assert!(
         back > 0 && back < 500 && back % 50 == 0,

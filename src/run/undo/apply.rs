@@ -503,7 +503,12 @@ impl Undoer<'_> {
 
     /// A `step` event for group `at`: `skipped` before it began.
     fn step_event(&self, at: &At<'_>, state: StepState, error: Option<String>) {
-        self.log.push(Event::Step(StepEvent {
+        let event = self.step_of(at, state, error);
+        self.log.push(Event::Step(event));
+    }
+
+    fn step_of(&self, at: &At<'_>, state: StepState, error: Option<String>) -> StepEvent {
+        StepEvent {
             index: at.index,
             name: at.name(),
             state,
@@ -512,7 +517,8 @@ impl Undoer<'_> {
             changed: at.changed,
             elapsed_ms: ms(at.t0.elapsed()),
             error,
-        }));
+            cancelled: false,
+        }
     }
 
     /// Takes back one step's chunks, newest first.
@@ -575,7 +581,9 @@ impl Undoer<'_> {
     }
 
     fn stopped(&self, at: &At<'_>, status: RunStatus, why: String) -> (RunStatus, String) {
-        self.step_event(at, StepState::Failed, Some(why.clone()));
+        let mut end = self.step_of(at, StepState::Failed, Some(why.clone()));
+        end.cancelled = status == RunStatus::Cancelled;
+        self.log.push(Event::Step(end));
         (status, why)
     }
 
