@@ -679,6 +679,8 @@ impl Runner<'_> {
         self.log.push(Event::Step(event));
     }
 
+    /// The event [`Self::step_event`] sends, built apart so that a failed
+    /// step's can say a cancel stopped it.
     fn step_of(
         &self,
         step: &Step,

@@ -507,6 +507,8 @@ impl Undoer<'_> {
         self.log.push(Event::Step(event));
     }
 
+    /// The event [`Self::step_event`] sends, built apart so that a failed
+    /// step's can say a cancel stopped it.
     fn step_of(&self, at: &At<'_>, state: StepState, error: Option<String>) -> StepEvent {
         StepEvent {
             index: at.index,
