@@ -16,6 +16,7 @@ mod hostile;
 mod hostile_db;
 mod hostile_escape;
 mod hostile_schema;
+mod hostile_walk;
 mod names;
 mod operate;
 mod ops;
