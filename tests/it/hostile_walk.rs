@@ -152,3 +152,36 @@ fn a_stopped_walk_that_inserts_is_not_resumed_from_a_checkpoint_that_lacks_its_e
         1
     );
 }
+
+#[test]
+fn a_resumed_walk_leaves_alone_the_rows_its_table_s_trigger_inserted() {
+    // A history trigger keeps each row's old value as a row of the same
+    // table: the resume must not update the history rows the earlier
+    // run's chunks made (past where the walk ends).
+    let db = originals(1, 1);
+    db.conn()
+        .execute_batch(
+            "CREATE TRIGGER hist AFTER UPDATE OF n ON t WHEN old.v = 'orig'
+             BEGIN INSERT INTO t(n, v) VALUES (old.n, 'old'); END;
+             CREATE TRIGGER stop BEFORE UPDATE ON t WHEN old.id = 50
+             BEGIN SELECT RAISE(ABORT, 'stopped for the test'); END;",
+        )
+        .unwrap();
+    let plan = json!({"name": "bump", "steps": [{
+        "sql": "UPDATE t SET n = n + 1000 WHERE id BETWEEN :lo AND :hi",
+        "chunk": {"table": "t", "size": 10},
+    }]});
+    assert_eq!(run_copy(&db, &plan).0, 1);
+    db.conn().execute_batch("DROP TRIGGER stop").unwrap();
+    let (code, err) = run_copy(&db, &plan);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM t WHERE v = 'orig' AND n >= 1000"),
+        100
+    );
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM t WHERE v = 'old' AND n >= 1000"),
+        0,
+        "history rows untouched: {err}"
+    );
+}
