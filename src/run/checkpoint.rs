@@ -386,7 +386,7 @@ fn refuse_unknown_end(plan: &Plan, resume: &Resume) -> Result<(), UsageError> {
         let inserts = step.chunk.as_ref().is_some_and(|c| c.inserts && c.rowid);
         if inserts && resume.chunk_position(step).is_some_and(|p| p.end.is_none()) {
             return Err(UsageError::new(format!(
-                "step {} ({}) of plan {} stopped part-way, and inserts into the table it walks by rowid; that run's checkpoint was written by an earlier release of batchsse, which did not keep where the walk ends, so a resume would go on to the rows the step's own chunks inserted, and insert from them again. Nothing was run. Start the plan over from a copy of the file made before it ran, or finish the step by hand",
+                "step {} ({}) of plan {} stopped part-way, and inserts into the table it walks by rowid, but its checkpoint did not keep where the walk ends (an earlier release of batchsse did not, nor does a run of a step that did not insert there then, before a trigger was added), so a resume would go on to the rows the step's chunks inserted past that end, and insert from them again. Nothing was run. Start the plan over from a copy of the file made before it ran, or finish the step by hand",
                 step.index + 1,
                 quoted(&step.name),
                 quoted(&plan.name)
