@@ -143,6 +143,9 @@ type StepResult = Result<Counts, (StepError, Counts)>;
 struct Tally {
     steps_done: usize,
     rows_changed: u64,
+    /// Of `rows_changed`, those an earlier run committed in a step this
+    /// one goes on with (which it counts, as a resumed step does).
+    earlier: u64,
     /// Set when the run did not end ok: how, and why.
     end: Option<(RunStatus, String)>,
 }
@@ -482,6 +485,7 @@ impl Runner<'_> {
                 tally.end = Some((RunStatus::Cancelled, "interrupted between steps".into()));
                 break;
             }
+            tally.earlier += resume.chunk_position(step).map_or(0, |p| p.changed);
             match self.step(step, resume) {
                 Ok(c) => {
                     tally.steps_done += 1;
@@ -665,8 +669,15 @@ impl Runner<'_> {
         if self.opts.dry_run || tally.end.is_some() {
             drop(outer);
             let text = if self.opts.dry_run {
+                let earlier = match tally.earlier {
+                    0 => String::new(),
+                    n => format!(
+                        ", {} of them already changed by an earlier run, which committed them",
+                        crate::human::thousands(n)
+                    ),
+                };
                 format!(
-                    "dry run finished: {} would change; rolled back, nothing was written",
+                    "dry run finished: {} would change{earlier}; rolled back, nothing was written",
                     crate::human::rows(tally.rows_changed)
                 )
             } else {

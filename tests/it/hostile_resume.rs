@@ -46,3 +46,37 @@ fn a_run_without_a_checkpoint_says_it_ignores_the_plan_s_earlier_one() {
     assert_eq!(code, 0, "{err}");
     assert!(!err.contains("checkpoint"), "{err}");
 }
+
+#[test]
+fn a_dry_run_of_a_stopped_plan_says_which_of_its_rows_an_earlier_run_changed() {
+    // The resumed step counts the rows the earlier run committed, as the
+    // real resume does; the dry run must not pass them off as rows it
+    // would change.
+    let db = TempDb::counters(100);
+    db.conn()
+        .execute_batch(
+            "CREATE TRIGGER stop BEFORE UPDATE ON t WHEN old.id = 50
+             BEGIN SELECT RAISE(ABORT, 'stopped for the test'); END;",
+        )
+        .unwrap();
+    let plan = db.file("plan.json", &counter_plan("bump", 10));
+    let args = |extra: &'static str| {
+        let mut a = run_args(
+            &db,
+            path_str(&plan),
+            &words("--no-serve --progress plain --batch-size 10"),
+        );
+        a.extend(words(extra));
+        a
+    };
+    assert_eq!(run(&args("")).0, 1);
+    db.conn().execute_batch("DROP TRIGGER stop").unwrap();
+    let (code, _, err) = run(&args("--dry-run"));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(
+            "dry run finished: 100 rows would change, 40 of them already changed by an earlier run"
+        ),
+        "{err}"
+    );
+}
