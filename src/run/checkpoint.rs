@@ -28,6 +28,7 @@ const CREATE: &str = "CREATE TABLE IF NOT EXISTS batchsse_checkpoint (
     changed INTEGER NOT NULL,
     updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
     last_insert_rowid INTEGER, -- what it answered the plan's statements here; NULL: not known
+    walk_end BLOB, -- where a walk that inserts into its table ends; NULL: where its table ends
     PRIMARY KEY (plan, step)
 )";
 
@@ -40,12 +41,30 @@ const CREATE: &str = "CREATE TABLE IF NOT EXISTS batchsse_checkpoint (
 /// [`Checkpoint::write`]), so a run that only reads leaves it as it was.
 const ROWID: &str = "last_insert_rowid";
 
+/// The column that holds, for a chunked step stopped part-way that walks
+/// by rowid a table it inserts into, the largest rowid when the step
+/// began: its walk ends there, and a resume must not go on to the rows
+/// its own chunks inserted past it (it would copy them again). NULL for
+/// every other row, and missing in a table an earlier release made,
+/// which gets it as [`ROWID`] does.
+const END: &str = "walk_end";
+
+/// The columns later releases added, with their types.
+const ADDED: [(&str, &str); 2] = [(ROWID, "INTEGER"), (END, "BLOB")];
+
+/// A checkpoint row as [`Checkpoint::write`] takes it: the step, its
+/// state, its last key and where its walk ends (see [`END`]).
+type Written<'a> = (&'a Step, Mark, &'a Key, Option<&'a Key>);
+
 /// Where a chunked step stopped.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChunkPos {
     pub last_key: Key,
     pub done: u64,
     pub changed: u64,
+    /// Where the walk ends (see [`END`]); `None`: where its table ends
+    /// as the step goes on.
+    pub end: Option<Key>,
 }
 
 /// Refuses to resume a step that walks a table by a rowid a `VACUUM` has
@@ -212,7 +231,7 @@ const COLUMNS: [&str; 9] = [
 fn altered(conn: &Connection) -> rusqlite::Result<Option<String>> {
     // Every column but `updated_at`, left to its default, is written.
     let mut written = COLUMNS[..8].to_vec();
-    written.push(ROWID);
+    written.extend(ADDED.map(|(column, _)| column));
     if let Some(why) = super::db::not_as_made(conn, TABLE, &COLUMNS, &written)? {
         return Ok(Some(why));
     }
@@ -357,6 +376,26 @@ fn refuse_unknown_rowid(plan: &Plan, resume: &Resume) -> Result<(), UsageError> 
     Ok(())
 }
 
+/// Refuses, before anything runs, to resume part-way a rowid walk that
+/// inserts into its table where the checkpoint does not say where the
+/// walk ends (see [`END`]: an earlier release's): the table ends past the
+/// rows the earlier run's chunks inserted, which the walk would visit and
+/// insert from again.
+fn refuse_unknown_end(plan: &Plan, resume: &Resume) -> Result<(), UsageError> {
+    for step in &plan.steps {
+        let inserts = step.chunk.as_ref().is_some_and(|c| c.inserts && c.rowid);
+        if inserts && resume.chunk_position(step).is_some_and(|p| p.end.is_none()) {
+            return Err(UsageError::new(format!(
+                "step {} ({}) of plan {} stopped part-way, and inserts into the table it walks by rowid, but its checkpoint did not keep where the walk ends (an earlier release of batchsse did not, nor does a run of a step that did not insert there then, before a trigger was added), so a resume would go on to the rows the step's chunks inserted past that end, and insert from them again. Nothing was run. Start the plan over from a copy of the file made before it ran, or finish the step by hand",
+                step.index + 1,
+                quoted(&step.name),
+                quoted(&plan.name)
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Why [`refuse_unknown_rowid`] refuses `step`, which reads the rowid
 /// `place` (`""`, or in its expect) that step `by`'s inserts left.
 fn lost_rowid(plan: &Plan, step: &Step, by: usize, place: &str) -> UsageError {
@@ -381,29 +420,28 @@ fn lost_rowid(plan: &Plan, step: &Step, by: usize, place: &str) -> UsageError {
     ))
 }
 
-/// Whether the checkpoint table has the column [`ROWID`] (one an earlier
-/// release made has not).
-fn has_rowid_column(conn: &Connection) -> rusqlite::Result<bool> {
-    super::db::has_column(conn, TABLE, ROWID)
-}
-
 /// The column [`ROWID`] as a resume reads it: NULL in a table of an
 /// earlier release, which has none. A value there that is not an integer
 /// was written by hand, and fails the read, as in any other column: taken
 /// for a rowid not known, it was said to come from an earlier release,
 /// and a column made NOT NULL failed the first checkpoint write.
 fn rowid_read(conn: &Connection) -> rusqlite::Result<String> {
-    Ok(match has_rowid_column(conn)? {
-        true => ROWID.into(),
-        false => format!("NULL AS {ROWID}"),
+    added_read(conn, ROWID)
+}
+
+/// A column of [`ADDED`] as a read takes it: NULL where the table has none.
+fn added_read(conn: &Connection, column: &str) -> rusqlite::Result<String> {
+    Ok(match super::db::has_column(conn, TABLE, column)? {
+        true => column.into(),
+        false => format!("NULL AS {column}"),
     })
 }
 
 /// The checkpoint's rows of `plan`, by step index.
 fn read_rows(conn: &Connection, plan: &Plan) -> rusqlite::Result<Vec<(usize, Row)>> {
-    let rowid = rowid_read(conn)?;
+    let (rowid, end) = (rowid_read(conn)?, added_read(conn, END)?);
     let mut stmt = conn.prepare(&format!(
-        "SELECT step, checksum, state, last_key, done, changed, {rowid} FROM batchsse_checkpoint WHERE plan = ?1 AND step >= 0",
+        "SELECT step, checksum, state, last_key, done, changed, {rowid}, {end} FROM batchsse_checkpoint WHERE plan = ?1 AND step >= 0",
     ))?;
     let rows = stmt.query_map([&plan.name], |r| {
         Ok((
@@ -416,6 +454,7 @@ fn read_rows(conn: &Connection, plan: &Plan) -> rusqlite::Result<Vec<(usize, Row
                     last_key: r.get(3)?,
                     done: r.get::<_, i64>(4)?.max(0) as u64,
                     changed: r.get::<_, i64>(5)?.max(0) as u64,
+                    end: r.get(7)?,
                 },
                 rowid: r.get(6)?,
             },
@@ -496,6 +535,7 @@ impl Resume {
             forced: false,
         };
         refuse_unknown_rowid(plan, &resume)?;
+        refuse_unknown_end(plan, &resume)?;
         Ok(resume)
     }
 
@@ -860,60 +900,70 @@ impl<'a> Checkpoint<'a> {
 
     /// Records a finished TEMP-only step with the `digest` of what it made.
     pub fn setup_done(&self, step: &Step, changed: u64, digest: i64) -> rusqlite::Result<()> {
-        self.write(step, Mark::Done, &Key::Integer(digest), changed, changed)
+        let row = (step, Mark::Done, &Key::Integer(digest), None);
+        self.write(row, changed, changed)
     }
 
     /// Records a finished step (a plain one: `done` = `changed`).
     pub fn step_done(&self, step: &Step, done: u64, changed: u64) -> rusqlite::Result<()> {
-        self.write(step, Mark::Done, &Key::Null, done, changed)
+        self.write((step, Mark::Done, &Key::Null, None), done, changed)
     }
 
-    /// Records a committed chunk of a step that goes on after `last_key`.
+    /// Records a committed chunk of a step that goes on after `last_key`,
+    /// with where its walk ends when a resume must not go past it (see
+    /// [`END`]).
     pub fn chunk_done(
         &self,
-        step: &Step,
-        last_key: &Key,
+        (step, last_key, end): (&Step, &Key, Option<&Key>),
         done: u64,
         changed: u64,
     ) -> rusqlite::Result<()> {
-        self.write(step, Mark::Partial, last_key, done, changed)
+        self.write((step, Mark::Partial, last_key, end), done, changed)
     }
 
-    /// Adds the column [`ROWID`] to a table an earlier release made, in
-    /// the transaction of this run's first write there (a dry run, and
+    /// Adds the columns of [`ADDED`] to a table an earlier release made,
+    /// in the transaction of this run's first write there (a dry run, and
     /// `checkpoint list`, leave the table as they found it; a release
-    /// before this one ignores the column, nullable, and leaves it NULL).
-    /// Called where writing the row failed, so a write pays nothing for
-    /// it: a table of this release has the column, and one this run
-    /// added it to keeps it, unless the write's transaction is rolled
-    /// back, which takes the column back with it (then the next write
-    /// fails and adds it again). `false`: the column was there, and the
+    /// before this one ignores the columns, nullable, and leaves them
+    /// NULL). Called where writing the row failed, so a write pays
+    /// nothing for it: a table of this release has the columns, and one
+    /// this run added them to keeps them, unless the write's transaction
+    /// is rolled back, which takes them back with it (then the next write
+    /// fails and adds them again). `false`: they were there, and the
     /// write failed for another reason.
-    fn add_rowid_column(&self) -> rusqlite::Result<bool> {
-        if has_rowid_column(self.conn)? {
-            return Ok(false);
+    fn add_columns(&self) -> rusqlite::Result<bool> {
+        let mut any = false;
+        for (column, kind) in ADDED {
+            let has = || super::db::has_column(self.conn, TABLE, column);
+            if has()? {
+                continue;
+            }
+            let added = self
+                .conn
+                .execute_batch(&format!("ALTER TABLE {TABLE} ADD COLUMN {column} {kind}"));
+            // A run of another plan, outside a transaction (after a step
+            // such as VACUUM), may have added it since it was looked for.
+            if let Err(e) = added
+                && !has()?
+            {
+                return Err(e);
+            }
+            any = true;
         }
-        let added = self
-            .conn
-            .execute_batch(&format!("ALTER TABLE {TABLE} ADD COLUMN {ROWID} INTEGER"));
-        // A run of another plan, outside a transaction (after a step
-        // such as VACUUM), may have added it since it was looked for.
-        match added {
-            Err(e) if !has_rowid_column(self.conn)? => Err(e),
-            _ => Ok(true),
-        }
+        Ok(any)
     }
 
     /// The checkpoint row, with what `last_insert_rowid()` answers the
     /// plan's statements now.
     fn insert_row(
         &self,
-        (step, mark, last_key, done, changed): (&Step, Mark, &Key, u64, u64),
+        (step, mark, last_key, end): Written<'_>,
+        (done, changed): (u64, u64),
     ) -> rusqlite::Result<()> {
         self.conn
             .prepare_cached(
-                "INSERT OR REPLACE INTO batchsse_checkpoint (plan, step, checksum, name, state, last_key, done, changed, last_insert_rowid)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT OR REPLACE INTO batchsse_checkpoint (plan, step, checksum, name, state, last_key, done, changed, last_insert_rowid, walk_end)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?
             .execute(params![
                 self.plan.name,
@@ -924,30 +974,24 @@ impl<'a> Checkpoint<'a> {
                 last_key,
                 done as i64,
                 changed as i64,
-                self.rowid.get()
+                self.rowid.get(),
+                end
             ])?;
         Ok(())
     }
 
-    fn write(
-        &self,
-        step: &Step,
-        mark: Mark,
-        last_key: &Key,
-        done: u64,
-        changed: u64,
-    ) -> rusqlite::Result<()> {
+    fn write(&self, row: Written<'_>, done: u64, changed: u64) -> rusqlite::Result<()> {
         if !self.on {
             return Ok(());
         }
+        let (step, mark) = (row.0, row.1);
         self.conn.prepare_cached(CREATE)?.execute([])?;
         self.exists.set(true);
-        let row = (step, mark, last_key, done, changed);
-        if let Err(e) = self.insert_row(row) {
-            if !self.add_rowid_column()? {
+        if let Err(e) = self.insert_row(row, (done, changed)) {
+            if !self.add_columns()? {
                 return Err(e);
             }
-            self.insert_row(row)?;
+            self.insert_row(row, (done, changed))?;
         }
         if !step.temp_only {
             super::setup::kept::forget_written(

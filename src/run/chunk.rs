@@ -46,7 +46,8 @@ const BETWEEN_CHUNKS: StepError = StepError::Cancelled { under_way: false };
 pub(super) fn run(r: &Runner<'_>, step: &Step, chunk: &Chunk, resume: &Resume) -> StepResult {
     let t0 = Instant::now();
     let mut c = Counts::default();
-    let span = span(r.conn, chunk).map_err(|e| r.fail(e, c))?;
+    let end = resume.chunk_position(step).and_then(|p| p.end.as_ref());
+    let span = span(r.conn, chunk, end).map_err(|e| r.fail(e, c))?;
     c.total = span.total;
     warn_if_nulls(r, step, chunk, span.nulls);
     let mut prev = resume_point(r, step, resume, &mut c);
@@ -67,7 +68,7 @@ pub(super) fn run(r: &Runner<'_>, step: &Step, chunk: &Chunk, resume: &Resume) -
         r.commit(tx).map_err(|e| r.fail(e, c))?;
         return Ok(c);
     }
-    let fence = fence_for(r, chunk);
+    let fence = fence_for(r, chunk, &span.max);
     let mut walk = Walk::new(r.conn, chunk, step, (c.total, fence)).map_err(|e| r.fail(e, c))?;
     loop {
         if r.cancel.is_cancelled() {
@@ -286,7 +287,8 @@ fn one_chunk(
     if hi == *max {
         r.checkpoint.step_done(step, done, total_changed)
     } else {
-        r.checkpoint.chunk_done(step, &hi, done, total_changed)
+        r.checkpoint
+            .chunk_done((step, &hi, kept_end(walk.chunk, max)), done, total_changed)
     }
     .map_err(fail)?;
     if r.cancel.is_cancelled() {
@@ -300,6 +302,13 @@ fn one_chunk(
         changed,
         work,
     }))
+}
+
+/// Where the walk ends, for its checkpoint, when a resume must end there
+/// too: a rowid walk that inserts into its table, whose chunks inserted
+/// rows past that end, which a resume must not visit.
+fn kept_end<'k>(chunk: &Chunk, max: &'k Key) -> Option<&'k Key> {
+    (chunk.inserts && chunk.rowid).then_some(max)
 }
 
 /// Before the `expect` of a step whose last chunk held no rows, or that
@@ -335,6 +344,11 @@ fn strays(
             random_rowids(chunk)
         )));
     }
+    if let (Some(fence), true, Key::Integer(hi)) = (&walk.fence, chunk.inserts, hi)
+        && let Some(row) = fence.inserted_ahead(*hi)
+    {
+        return Ok(Some(inserted_ahead(chunk, row)));
+    }
     if chunk.contained && changed > rows {
         let sql = format!(
             "SELECT count(*) FROM {} WHERE {} BETWEEN ?1 AND ?2",
@@ -347,7 +361,7 @@ fn strays(
             return Ok(Some(strayed(chunk, changed, held)));
         }
     }
-    let Some(fence) = &walk.fence else {
+    let Some(fence) = walk.fence.as_ref().filter(|_| chunk.fenced) else {
         return Ok(None);
     };
     if chunk.rowid {
@@ -395,6 +409,15 @@ pub(super) fn random_rowids(chunk: &Chunk) -> String {
     format!(
         "inserts into {t}, which it walks by rowid, and {t} holds rowid {}, the largest there is: SQLite then gives new rows random rowids, some ahead of the walk, where a later chunk would visit them and insert from them again. Give the rows at the top of {t}'s rowids smaller ones, or make it a plain step",
         i64::MAX,
+        t = shown(&chunk.table),
+    )
+}
+
+/// Why a chunk of a rowid walk that inserted the row `rowid` into the
+/// table it walks, ahead of the walk, is rolled back.
+fn inserted_ahead(chunk: &Chunk, rowid: i64) -> String {
+    format!(
+        "it inserted the row of {t} whose rowid is {rowid}, ahead of the walk, which a later chunk would visit and insert from again (a copy of a copy); this chunk was rolled back. Give the rows it inserts into {t} rowids past its largest (leave the rowid to SQLite), or make it a plain step",
         t = shown(&chunk.table),
     )
 }
@@ -467,8 +490,12 @@ fn execute(
 /// page of the table; through a memory map that is several times faster
 /// than a read() per page. The map is only for these queries (which hold a
 /// shared lock, so no SQLite writer can shrink the file under them): the
-/// step's own SQL runs with SQLite's defaults.
-fn span(conn: &Connection, chunk: &Chunk) -> rusqlite::Result<Span> {
+/// step's own SQL runs with SQLite's defaults. `end`: where the walk ends
+/// when an earlier run of the step said so (see [`ended`]).
+fn span(conn: &Connection, chunk: &Chunk, end: Option<&Key>) -> rusqlite::Result<Span> {
+    if let Some(end) = end {
+        return ended(conn, chunk, end).map_err(|e| unreadable_key(e, chunk));
+    }
     let (table, key) = (quote(&chunk.table), &chunk.key_sql);
     let _ = conn.execute_batch("PRAGMA mmap_size = 2147418112");
     let counted = (|| {
@@ -497,6 +524,29 @@ fn span(conn: &Connection, chunk: &Chunk) -> rusqlite::Result<Span> {
     })();
     let _ = conn.execute_batch("PRAGMA mmap_size = 0");
     counted.map_err(|e| unreadable_key(e, chunk))
+}
+
+/// The rows of a walk resumed where it must end at `end`, the largest key
+/// when an earlier run began it: a rowid walk that inserts into its table,
+/// whose chunks inserted rows past it, which the walk must not visit.
+fn ended(conn: &Connection, chunk: &Chunk, end: &Key) -> rusqlite::Result<Span> {
+    let (table, key) = (quote(&chunk.table), &chunk.key_sql);
+    let one = |what: &str| {
+        conn.query_row(
+            &format!("SELECT {what} FROM {table} WHERE {key} <= ?1"),
+            [end],
+            |r| r.get::<_, Key>(0),
+        )
+    };
+    let total = match one("count(*)")? {
+        Key::Integer(n) => n.max(0) as u64,
+        _ => 0,
+    };
+    Ok(Span {
+        total,
+        nulls: 0,
+        max: one(&format!("max({key})"))?,
+    })
 }
 
 /// `SELECT count(*)` of a table. SQLite counts a table's smallest index,
@@ -610,13 +660,23 @@ impl<'c> Walk<'c> {
 
 /// The hook a [`Chunk::fenced`] step's chunks are checked by, unless a
 /// foreign key of the walked table to itself may cascade to rows of other
-/// chunks (the authorizer takes its writes for the statement's own). Over
-/// the undo recording's update hook, where it has one.
-fn fence_for<'w>(r: &'w Runner<'_>, chunk: &Chunk) -> Option<Fence<'w>> {
+/// chunks (the authorizer takes its writes for the statement's own); for
+/// a rowid walk whose step inserts into its table, the one that sees a
+/// row inserted ahead of the walk, up to its `end`. Over the undo
+/// recording's update hook, where it has one.
+fn fence_for<'w>(r: &'w Runner<'_>, chunk: &Chunk, end: &Key) -> Option<Fence<'w>> {
+    let beneath = r.recorder.as_ref().and_then(|rec| rec.update_hook());
+    if let (true, true, Key::Integer(end)) = (chunk.inserts, chunk.rowid, end) {
+        return Some(Fence::install_for_inserts(
+            r.conn,
+            beneath,
+            &chunk.table,
+            *end,
+        ));
+    }
     if !chunk.fenced || super::fence::cascades(r.conn, &chunk.table) {
         return None;
     }
-    let beneath = r.recorder.as_ref().and_then(|rec| rec.update_hook());
     if chunk.rowid {
         return Some(Fence::install(r.conn, beneath, &chunk.table, None));
     }

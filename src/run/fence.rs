@@ -31,6 +31,11 @@ struct Shared {
     /// Every rowid written in the walked table, when the walk is by
     /// another key (`None` for a rowid walk, which needs only the span).
     written: Option<RefCell<Vec<i64>>>,
+    /// For a rowid walk whose step inserts into its table: where the walk
+    /// ends, and the largest rowid inserted up to there (`i64::MIN` when
+    /// none was), see [`Fence::inserted_ahead`].
+    end: Option<i64>,
+    inserted: Cell<i64>,
 }
 
 /// The hook, on one connection while this lives.
@@ -52,6 +57,28 @@ impl<'c> Fence<'c> {
         table: &str,
         rowid: Option<&'static str>,
     ) -> Fence<'c> {
+        Fence::watching(conn, beneath, table, (rowid, None))
+    }
+
+    /// Watches the rows inserted into `table` of `main` on `conn`, walked
+    /// by rowid up to `end`, over `beneath` as [`Fence::install`] does:
+    /// for a step that inserts into the table it walks, whose inserts
+    /// must land past the walk's end (or behind it), never ahead of it.
+    pub fn install_for_inserts(
+        conn: &'c Connection,
+        beneath: Option<Beneath<'c>>,
+        table: &str,
+        end: i64,
+    ) -> Fence<'c> {
+        Fence::watching(conn, beneath, table, (None, Some(end)))
+    }
+
+    fn watching(
+        conn: &'c Connection,
+        beneath: Option<Beneath<'c>>,
+        table: &str,
+        (rowid, end): (Option<&'static str>, Option<i64>),
+    ) -> Fence<'c> {
         let shared = Shared {
             table: table.to_owned(),
             last: Cell::new(std::ptr::null()),
@@ -59,6 +86,8 @@ impl<'c> Fence<'c> {
             min: Cell::new(i64::MAX),
             max: Cell::new(i64::MIN),
             written: rowid.map(|_| RefCell::new(Vec::new())),
+            end,
+            inserted: Cell::new(i64::MIN),
         };
         Fence(
             Hooked::install(conn, beneath, shared, on_write, None),
@@ -66,11 +95,20 @@ impl<'c> Fence<'c> {
         )
     }
 
+    /// The largest rowid inserted since [`Fence::reset`] that lies after
+    /// `hi` and up to the walk's end: a row a later chunk would visit,
+    /// and insert from again. Only for [`Fence::install_for_inserts`].
+    pub fn inserted_ahead(&self, hi: i64) -> Option<i64> {
+        let top = self.0.state().inserted.get();
+        (top > hi).then_some(top)
+    }
+
     /// Forgets what was written so far, before a chunk's statement.
     pub fn reset(&self) {
         let s = self.0.state();
         s.min.set(i64::MAX);
         s.max.set(i64::MIN);
+        s.inserted.set(i64::MIN);
         if let Some(w) = &s.written {
             w.borrow_mut().clear();
         }
@@ -212,7 +250,7 @@ impl Table<'_> {
 
 unsafe extern "C" fn on_write(
     ctx: *mut c_void,
-    _op: c_int,
+    op: c_int,
     db: *const c_char,
     table: *const c_char,
     rowid: ffi::sqlite3_int64,
@@ -228,6 +266,12 @@ unsafe extern "C" fn on_write(
         s.max.set(s.max.get().max(rowid));
         if let Some(w) = &s.written {
             w.borrow_mut().push(rowid);
+        }
+        if let Some(end) = s.end
+            && op == ffi::SQLITE_INSERT
+            && rowid <= end
+        {
+            s.inserted.set(s.inserted.get().max(rowid));
         }
     }
 }

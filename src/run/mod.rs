@@ -143,6 +143,9 @@ type StepResult = Result<Counts, (StepError, Counts)>;
 struct Tally {
     steps_done: usize,
     rows_changed: u64,
+    /// Of `rows_changed`, those an earlier run committed in a step this
+    /// one goes on with (which it counts, as a resumed step does).
+    earlier: u64,
     /// Set when the run did not end ok: how, and why.
     end: Option<(RunStatus, String)>,
 }
@@ -401,6 +404,26 @@ impl Runner<'_> {
         )
     }
 
+    /// A run with `--no-checkpoint` neither resumes nor clears an earlier
+    /// run's checkpoint of its plan: it applies again what that run
+    /// applied, and a later run with the checkpoint on goes on from it,
+    /// applying again what this one applies. Said as the run begins.
+    fn warn_if_checkpoint_ignored(&self) {
+        if self.opts.checkpoint || !self.checkpoint.holds_plan().unwrap_or(false) {
+            return;
+        }
+        self.message(
+            None,
+            Level::Warn,
+            format!(
+                "plan {} has a checkpoint in this file from an earlier run, and --no-checkpoint ignores it: this run applies every step from the first, what that run applied included, and leaves the checkpoint as it is, so a later run without --no-checkpoint would go on from it and apply again what this run applies. Once this run is done, remove it: `batchsse checkpoint clear --db {} --plan {}`",
+                quoted(&self.plan.name),
+                crate::human::shell_word(self.conn.path().unwrap_or(&self.db)),
+                crate::human::shell_word(&self.plan.name)
+            ),
+        );
+    }
+
     /// For a run that committed work but whose checkpoint is gone: it was
     /// removed while the run ran (`checkpoint clear`, or by hand), and
     /// running the plan again would do that work a second time.
@@ -462,6 +485,7 @@ impl Runner<'_> {
                 tally.end = Some((RunStatus::Cancelled, "interrupted between steps".into()));
                 break;
             }
+            tally.earlier += resume.chunk_position(step).map_or(0, |p| p.changed);
             match self.step(step, resume) {
                 Ok(c) => {
                     tally.steps_done += 1;
@@ -528,6 +552,7 @@ impl Runner<'_> {
                 "dry run: every step runs for real inside one transaction that is rolled back at the end; nothing will be written",
             );
         }
+        self.warn_if_checkpoint_ignored();
         if resume.already_applied(plan) {
             self.message(
                 None,
@@ -644,8 +669,15 @@ impl Runner<'_> {
         if self.opts.dry_run || tally.end.is_some() {
             drop(outer);
             let text = if self.opts.dry_run {
+                let earlier = match tally.earlier {
+                    0 => String::new(),
+                    n => format!(
+                        ", {} of them already changed by an earlier run, which committed them",
+                        crate::human::thousands(n)
+                    ),
+                };
                 format!(
-                    "dry run finished: {} would change; rolled back, nothing was written",
+                    "dry run finished: {} would change{earlier}; rolled back, nothing was written",
                     crate::human::rows(tally.rows_changed)
                 )
             } else {
