@@ -1620,3 +1620,53 @@ fn a_vacuum_between_two_parts_of_an_undo_stops_it() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("the rowids of s were numbered anew"), "{err}");
 }
+
+/// A step that writes one of SQLite's own tables (an `AUTOINCREMENT`
+/// table's counter in `sqlite_sequence`), itself or by a trigger, is
+/// refused before anything runs: the record holds none of their rows, so
+/// an undo said the plan was fully taken back while the counter stayed as
+/// the step set it. With `"undo": false` it runs, and an undo stops at it.
+#[test]
+fn a_step_writing_sqlites_own_tables_is_refused_unless_it_opts_out() {
+    let setup = "CREATE TABLE t(id INTEGER PRIMARY KEY AUTOINCREMENT, v);
+                 INSERT INTO t(v) VALUES (1), (2);
+                 CREATE TABLE gone(id INTEGER PRIMARY KEY);
+                 CREATE TRIGGER reset AFTER INSERT ON gone
+                 BEGIN UPDATE sqlite_sequence SET seq = 0 WHERE name = 't'; END;";
+    for write in [
+        "UPDATE sqlite_sequence SET seq = 1000 WHERE name = 't'",
+        "INSERT INTO gone VALUES (1)",
+    ] {
+        for env in [&[][..], &[("BATCHSSE_UNDO_HOOK", "off")][..]] {
+            let db = TempDb::with_sql(setup);
+            let before = sha256(&db.path);
+            let plan = |opt_out: &str| {
+                let steps =
+                    format!(r#"[{{"sql":"UPDATE t SET v = v + 1"}},{{{opt_out}"sql":"{write}"}}]"#);
+                db.file("plan.json", &format!(r#"{{"name":"p","steps":{steps}}}"#))
+            };
+            let recorded = plan("");
+            let args = run_args(&db, path_str(&recorded), &["--no-serve", "--undo"]);
+            let (code, _, err) = run_with_env(&args, None, env);
+            assert_eq!(code, 2, "{write} {env:?}: {err}");
+            let says = ["step 2", "sqlite_sequence", "\"undo\": false"];
+            assert!(
+                says.iter().all(|s| err.contains(s)),
+                "{write} {env:?}: {err}"
+            );
+            assert_eq!(sha256(&db.path), before, "nothing run: {err}");
+            // Opted out, it runs; the undo stops at it and says so.
+            let opted = plan(r#""undo":false,"#);
+            let args = run_args(&db, path_str(&opted), &["--no-serve", "--undo"]);
+            let (code, _, err) = run_with_env(&args, None, env);
+            assert_eq!(code, 0, "{write} {env:?}: {err}");
+            let (code, _, err) = run_with_env(&undo_of_plan(&db, "p", &[]), None, env);
+            assert_eq!(code, 0, "{write} {env:?}: {err}");
+            assert!(err.contains("stops at step 2"), "{write} {env:?}: {err}");
+            assert!(
+                err.contains("is not fully taken back"),
+                "{write} {env:?}: {err}"
+            );
+        }
+    }
+}

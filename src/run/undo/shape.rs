@@ -377,6 +377,16 @@ fn why_unrecordable(
             None => {}
         }
         let name = shown(table);
+        // SQLite's own tables (`sqlite_sequence`, `sqlite_stat1`) are left
+        // out of the record: SQLite writes `sqlite_sequence` beside every
+        // insert into an `AUTOINCREMENT` table, whose counter an undo
+        // leaves as it is. A step's own write there would stay unseen.
+        let own = table.as_bytes();
+        if super::store::not_recorded(own) && !super::store::is_own(own) {
+            return Some(format!(
+                "it writes {name}, one of SQLite's own tables (sqlite_sequence holds the counters of AUTOINCREMENT tables), whose rows the undo record does not hold, so an undo would leave what the step wrote there"
+            ));
+        }
         match shapes.iter().find(|(n, _)| n.eq_ignore_ascii_case(table)) {
             Some((_, Err(why))) => return Some(format!("it writes {name}, and {why}")),
             // A table a step before makes is not there yet: it is keyed
