@@ -2235,6 +2235,39 @@ fn a_column_added_during_a_step_comes_back_with_the_rows_it_deletes() {
     }
 }
 
+/// A row the run inserted is the run's only while the columns the
+/// application added since (`ALTER TABLE … ADD COLUMN`) hold what a row
+/// without them reads, their default: one whose new column the
+/// application set is a conflict, kept, where the undo deleted it, and
+/// what the application wrote in it, and said the plan was fully taken
+/// back. Set to its default, the column tells nothing: the row goes.
+#[test]
+fn a_row_the_run_inserted_whose_added_column_the_application_set_is_kept() {
+    let setup = "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
+                 CREATE TABLE w(k TEXT PRIMARY KEY, v) WITHOUT ROWID;";
+    let plan = r#"{"name":"p","steps":[
+        {"sql":"INSERT INTO t(v) VALUES ('a'), ('b'), ('c')"},
+        {"sql":"INSERT INTO w VALUES ('a', 1), ('b', 2)"}]}"#;
+    let app = "ALTER TABLE t ADD COLUMN note TEXT DEFAULT 'none';
+               ALTER TABLE w ADD COLUMN n INT NOT NULL DEFAULT 0;
+               UPDATE t SET note = 'the application''s' WHERE v = 'b';
+               UPDATE t SET note = 'none' WHERE v = 'c';
+               UPDATE w SET n = 7 WHERE k = 'b';";
+    for env in [&[][..], &HOOK_OFF[..]] {
+        let (err, db) = round_trip(setup, plan, app, env);
+        assert!(err.contains("conflict in t at key 2"), "{env:?}: {err}");
+        assert!(
+            err.contains(r#"conflict in w at key "b""#),
+            "{env:?}: {err}"
+        );
+        assert!(!err.contains("fully taken back"), "{env:?}: {err}");
+        let t = db.query_text("SELECT group_concat(id || v || note, ',') FROM t");
+        assert_eq!(t, "2bthe application's", "{env:?}: {err}");
+        let w = db.query_text("SELECT group_concat(k || v || n, ',') FROM w");
+        assert_eq!(w, "b27", "{env:?}: {err}");
+    }
+}
+
 /// Rows the run wrote that the application deleted since are kept as
 /// conflicts with nothing of the run left in them: the undo says they stay
 /// deleted, not that their other columns may still hold the run's values.

@@ -10,6 +10,7 @@ use std::collections::{HashMap, HashSet};
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::{Connection, OptionalExtension, params_from_iter};
 
+use super::added::{self, Added};
 use super::bulk::{Bulk, Job, Verdict};
 use super::codec::{
     Entry, Indexed, Layout, Lean, Record, Val, decode, encode, index, op, print, put_value, values,
@@ -73,6 +74,9 @@ pub struct Reverter<'c> {
     spare: (Vec<u8>, Vec<Lean>),
     /// The file's foreign keys, to say what the undo left dangling.
     pub watch: Option<Watch>,
+    /// Per table, the columns added since the run (see `added`), read
+    /// again for each part: the application may add one between two.
+    added: HashMap<String, std::rc::Rc<[Added]>>,
 }
 
 impl<'c> Reverter<'c> {
@@ -89,6 +93,7 @@ impl<'c> Reverter<'c> {
             spare: Default::default(),
             // Unreadable (a schema SQLite cannot list): no check, no word.
             watch: Watch::new(conn).ok().flatten(),
+            added: HashMap::new(),
         }
     }
 
@@ -149,6 +154,7 @@ impl<'c> Reverter<'c> {
     /// Applies a part as stored; returns the rows put back. Each row in
     /// conflict goes to `kept` once.
     pub fn apply_blob(&mut self, blob: Vec<u8>, kept: &mut OnKept<'_>) -> Result<u64, String> {
+        self.added.clear();
         let spare = std::mem::take(&mut self.spare.1);
         let blob = match index(&blob, spare).map_err(|e| e.to_string())? {
             Some(part) => {
@@ -202,6 +208,11 @@ impl<'c> Reverter<'c> {
         kept: &mut OnKept<'_>,
     ) -> Result<Result<u64, Vec<u8>>, String> {
         let sql = |e: rusqlite::Error| crate::run::db::run_time_message(self.conn, &e);
+        // Rows inserted into a table that has gained columns since: row
+        // by row, which reads those too.
+        if part.op == op::INSERT && !self.added(&part.layout).map_err(sql)?.is_empty() {
+            return Ok(Err(blob));
+        }
         // No trigger fires on the undo's connection (see `app::undo`): none
         // can see or change the rows part-way.
         let Some(bulk) = self.bulk.as_ref() else {
@@ -404,30 +415,12 @@ impl<'c> Reverter<'c> {
     /// Puts one entry back: whether it did, and why it is a conflict, if
     /// it is one (put back all the same under `overwrite`).
     fn entry(&mut self, l: &Layout, e: &Entry) -> rusqlite::Result<(bool, Option<String>)> {
-        let [read, write] = self.statements(l, e);
-        let n = if e.op == op::DELETE {
-            0
-        } else {
-            e.columns.len()
+        let added = match e.op {
+            op::INSERT => self.added(l)?,
+            _ => std::rc::Rc::from([]),
         };
-        let keys = match reads_key(l, e) {
-            true => l.key.len(),
-            false => 0,
-        };
-        self.buf.clear();
-        let (buf, mut key) = (&mut self.buf, Vec::new());
-        let found = self
-            .conn
-            .prepare_cached(&read)?
-            .query_row(params_from_iter(&e.key), |r| {
-                (0..n + keys).try_for_each(|i| {
-                    put_value(if i < n { &mut *buf } else { &mut key }, r.get_ref(i)?);
-                    Ok(())
-                })
-            })
-            .optional()?
-            .is_some();
-        let same = Some(print(&self.buf)) == e.print && (keys == 0 || key == encoded(&e.key));
+        let [read, write] = self.statements(l, e, &added);
+        let (found, same) = self.read_row(&read, l, e, &added)?;
         let why = match (e.op, found) {
             (op::DELETE, false) => None,
             (op::DELETE, true) => Some("the row the run deleted exists again".to_owned()),
@@ -450,7 +443,7 @@ impl<'c> Reverter<'c> {
                 columns: std::rc::Rc::from([]),
                 ..e.clone()
             };
-            let [_, delete] = self.statements(l, &gone);
+            let [_, delete] = self.statements(l, &gone, &[]);
             self.conn
                 .prepare_cached(&delete)?
                 .execute(params_from_iter(&e.key))?;
@@ -464,13 +457,70 @@ impl<'c> Reverter<'c> {
         Ok((true, why))
     }
 
-    /// The entry's [`Statements`], made once per table, kind and columns.
-    fn statements(&mut self, l: &Layout, e: &Entry) -> Statements {
+    /// Reads the row of entry `e` by `read`: whether it is there, and
+    /// whether it is as the run left it (the columns the entry restores;
+    /// for a row the run inserted, its key too, and the columns `added`
+    /// since still at their default).
+    fn read_row(
+        &mut self,
+        read: &str,
+        l: &Layout,
+        e: &Entry,
+        added: &[Added],
+    ) -> rusqlite::Result<(bool, bool)> {
+        let n = match e.op {
+            op::DELETE => 0,
+            _ => e.columns.len(),
+        };
+        let keys = match reads_key(l, e) {
+            true => l.key.len(),
+            false => 0,
+        };
+        self.buf.clear();
+        let (buf, mut key) = (&mut self.buf, Vec::new());
+        let params = e
+            .key
+            .iter()
+            .map(|v| v as &dyn rusqlite::ToSql)
+            .chain(added::defaults(added).map(|v| v as &dyn rusqlite::ToSql));
+        let untouched = self
+            .conn
+            .prepare_cached(read)?
+            .query_row(params_from_iter(params), |r| {
+                for i in 0..n + keys {
+                    put_value(if i < n { &mut *buf } else { &mut key }, r.get_ref(i)?);
+                }
+                match added.is_empty() {
+                    true => Ok(true),
+                    false => r.get::<_, bool>(n + keys),
+                }
+            })
+            .optional()?;
+        let Some(untouched) = untouched else {
+            return Ok((false, false));
+        };
+        let same = Some(print(&self.buf)) == e.print && (keys == 0 || key == encoded(&e.key));
+        Ok((true, same && untouched))
+    }
+
+    /// The columns `l`'s table has gained since the run (read once a part).
+    fn added(&mut self, l: &Layout) -> rusqlite::Result<std::rc::Rc<[Added]>> {
+        if let Some(a) = self.added.get(&l.table) {
+            return Ok(a.clone());
+        }
+        let a: std::rc::Rc<[Added]> = added::added(self.conn, l)?.into();
+        self.added.insert(l.table.clone(), a.clone());
+        Ok(a)
+    }
+
+    /// The entry's [`Statements`], made once per table, kind and columns
+    /// (and, within a part, the columns `added` to its table).
+    fn statements(&mut self, l: &Layout, e: &Entry, added: &[Added]) -> Statements {
         let id = (e.table, e.op, e.columns.clone());
         if let Some(s) = self.sql.get(&id) {
             return s.clone();
         }
-        let s = statements(l, e);
+        let s = statements(l, e, added);
         self.sql.insert(id, s.clone());
         s
     }
@@ -634,7 +684,7 @@ fn clash(l: &Layout, e: &Entry, code: std::ffi::c_int, err: &str) -> String {
 /// back delete a row the application has written since; the clash keeps
 /// the row as a conflict instead (or, under `overwrite`, stops the undo,
 /// the part rolled back).
-fn statements(l: &Layout, e: &Entry) -> Statements {
+fn statements(l: &Layout, e: &Entry, added: &[Added]) -> Statements {
     let t = format!("main.{}", quote(&l.table));
     let cols: Vec<String> = e.columns.iter().map(|&c| quote(&l.columns[c])).collect();
     let by = key_clause(l, 1);
@@ -645,6 +695,8 @@ fn statements(l: &Layout, e: &Entry) -> Statements {
     if reads_key(l, e) {
         read.extend(l.key.iter().cloned());
     }
+    // Bound after the key's values.
+    read.extend(added::untouched(added, l.key.len() + 1));
     let read = match read.is_empty() {
         true => format!("SELECT 1 FROM {t} WHERE {by}"),
         false => format!("SELECT {} FROM {t} WHERE {by}", read.join(", ")),
