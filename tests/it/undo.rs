@@ -1298,6 +1298,34 @@ fn a_key_changed_only_in_case_or_in_type_is_taken_back() {
     }
 }
 
+/// A `WITHOUT ROWID` key whose column compares by another collation than
+/// its primary key (`k TEXT COLLATE NOCASE, PRIMARY KEY (k COLLATE
+/// BINARY)`) holds keys that column calls equal, 'abc' and 'ABC': the undo
+/// finds each row by the key's own collation. By the column's, it read
+/// another row (a false conflict) and deleted the application's 'zz' with
+/// the run's 'Zz', saying nothing of it.
+#[test]
+fn a_key_found_by_its_primary_keys_collation_not_its_columns() {
+    let setup =
+        "CREATE TABLE w(k TEXT COLLATE NOCASE, v, PRIMARY KEY (k COLLATE BINARY)) WITHOUT ROWID;
+                 INSERT INTO w VALUES ('ABC', 2), ('abc', 1), ('zz', 5), ('Gone', 7);";
+    let plan = r#"{"name":"p","steps":[
+        {"sql":"UPDATE w SET v = 10 WHERE k = 'abc' COLLATE BINARY"},
+        {"sql":"INSERT INTO w VALUES ('Zz', 6)"},
+        {"sql":"DELETE FROM w WHERE k = 'Gone' COLLATE BINARY"}]}"#;
+    for env in [&[][..], &HOOK_OFF[..]] {
+        let before = content(&TempDb::with_sql(setup));
+        let (err, db) = round_trip(setup, plan, "INSERT INTO w VALUES ('gone', 8)", env);
+        assert!(!err.contains("conflict"), "{env:?}: {err}");
+        let rows = db.query_text("SELECT group_concat(k || v, ',') FROM w");
+        assert_eq!(rows, "ABC2,Gone7,abc1,gone8,zz5", "{env:?}: {err}");
+        db.conn()
+            .execute("DELETE FROM w WHERE k = 'gone' COLLATE BINARY", [])
+            .unwrap();
+        assert_eq!(content(&db), before, "{env:?}: {err}");
+    }
+}
+
 /// A row the run inserted whose key the application has since changed to
 /// a value the key's collation (NOCASE) or SQLite's comparison of numbers
 /// calls equal has been changed all the same: the undo finds it by that

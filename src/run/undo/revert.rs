@@ -74,9 +74,19 @@ pub struct Reverter<'c> {
     spare: (Vec<u8>, Vec<Lean>),
     /// The file's foreign keys, to say what the undo left dangling.
     pub watch: Option<Watch>,
-    /// Per table, the columns added since the run (see `added`), read
-    /// again for each part: the application may add one between two.
-    added: HashMap<String, std::rc::Rc<[Added]>>,
+    /// Per table, what it is now (see [`Now`]), read again for each part:
+    /// the application may add a column between two.
+    now: HashMap<String, std::rc::Rc<Now>>,
+}
+
+/// What a table is as the undo finds it, beside the record's layout.
+#[derive(Default)]
+struct Now {
+    /// The columns added since the run (see `added`).
+    added: Vec<Added>,
+    /// The collations its key columns are compared by (see
+    /// [`super::shape::key_collations`]).
+    collations: Vec<Option<String>>,
 }
 
 impl<'c> Reverter<'c> {
@@ -93,7 +103,7 @@ impl<'c> Reverter<'c> {
             spare: Default::default(),
             // Unreadable (a schema SQLite cannot list): no check, no word.
             watch: Watch::new(conn).ok().flatten(),
-            added: HashMap::new(),
+            now: HashMap::new(),
         }
     }
 
@@ -154,7 +164,7 @@ impl<'c> Reverter<'c> {
     /// Applies a part as stored; returns the rows put back. Each row in
     /// conflict goes to `kept` once.
     pub fn apply_blob(&mut self, blob: Vec<u8>, kept: &mut OnKept<'_>) -> Result<u64, String> {
-        self.added.clear();
+        self.now.clear();
         let spare = std::mem::take(&mut self.spare.1);
         let blob = match index(&blob, spare).map_err(|e| e.to_string())? {
             Some(part) => {
@@ -210,7 +220,7 @@ impl<'c> Reverter<'c> {
         let sql = |e: rusqlite::Error| crate::run::db::run_time_message(self.conn, &e);
         // Rows inserted into a table that has gained columns since: row
         // by row, which reads those too.
-        if part.op == op::INSERT && !self.added(&part.layout).map_err(sql)?.is_empty() {
+        if part.op == op::INSERT && !self.now(&part.layout).map_err(sql)?.added.is_empty() {
             return Ok(Err(blob));
         }
         // No trigger fires on the undo's connection (see `app::undo`): none
@@ -415,12 +425,13 @@ impl<'c> Reverter<'c> {
     /// Puts one entry back: whether it did, and why it is a conflict, if
     /// it is one (put back all the same under `overwrite`).
     fn entry(&mut self, l: &Layout, e: &Entry) -> rusqlite::Result<(bool, Option<String>)> {
+        let now = self.now(l)?;
         let added = match e.op {
-            op::INSERT => self.added(l)?,
-            _ => std::rc::Rc::from([]),
+            op::INSERT => &now.added[..],
+            _ => &[],
         };
-        let [read, write] = self.statements(l, e, &added);
-        let (found, same) = self.read_row(&read, l, e, &added)?;
+        let [read, write] = self.statements(l, e, &now);
+        let (found, same) = self.read_row(&read, l, e, added)?;
         let why = match (e.op, found) {
             (op::DELETE, false) => None,
             (op::DELETE, true) => Some("the row the run deleted exists again".to_owned()),
@@ -443,7 +454,7 @@ impl<'c> Reverter<'c> {
                 columns: std::rc::Rc::from([]),
                 ..e.clone()
             };
-            let [_, delete] = self.statements(l, &gone, &[]);
+            let [_, delete] = self.statements(l, &gone, &now);
             self.conn
                 .prepare_cached(&delete)?
                 .execute(params_from_iter(&e.key))?;
@@ -503,24 +514,27 @@ impl<'c> Reverter<'c> {
         Ok((true, same && untouched))
     }
 
-    /// The columns `l`'s table has gained since the run (read once a part).
-    fn added(&mut self, l: &Layout) -> rusqlite::Result<std::rc::Rc<[Added]>> {
-        if let Some(a) = self.added.get(&l.table) {
-            return Ok(a.clone());
+    /// What `l`'s table is now (read once a part).
+    fn now(&mut self, l: &Layout) -> rusqlite::Result<std::rc::Rc<Now>> {
+        if let Some(now) = self.now.get(&l.table) {
+            return Ok(now.clone());
         }
-        let a: std::rc::Rc<[Added]> = added::added(self.conn, l)?.into();
-        self.added.insert(l.table.clone(), a.clone());
-        Ok(a)
+        let now = std::rc::Rc::new(Now {
+            added: added::added(self.conn, l)?,
+            collations: super::shape::key_collations(self.conn, l)?,
+        });
+        self.now.insert(l.table.clone(), now.clone());
+        Ok(now)
     }
 
     /// The entry's [`Statements`], made once per table, kind and columns
-    /// (and, within a part, the columns `added` to its table).
-    fn statements(&mut self, l: &Layout, e: &Entry, added: &[Added]) -> Statements {
+    /// (and, within a part, what its table is `now`).
+    fn statements(&mut self, l: &Layout, e: &Entry, now: &Now) -> Statements {
         let id = (e.table, e.op, e.columns.clone());
         if let Some(s) = self.sql.get(&id) {
             return s.clone();
         }
-        let s = statements(l, e, added);
+        let s = statements(l, e, now);
         self.sql.insert(id, s.clone());
         s
     }
@@ -684,10 +698,10 @@ fn clash(l: &Layout, e: &Entry, code: std::ffi::c_int, err: &str) -> String {
 /// back delete a row the application has written since; the clash keeps
 /// the row as a conflict instead (or, under `overwrite`, stops the undo,
 /// the part rolled back).
-fn statements(l: &Layout, e: &Entry, added: &[Added]) -> Statements {
+fn statements(l: &Layout, e: &Entry, now: &Now) -> Statements {
     let t = format!("main.{}", quote(&l.table));
     let cols: Vec<String> = e.columns.iter().map(|&c| quote(&l.columns[c])).collect();
-    let by = key_clause(l, 1);
+    let by = key_clause(l, 1, &now.collations);
     let mut read = match e.op {
         op::DELETE => Vec::new(),
         _ => cols.clone(),
@@ -696,7 +710,9 @@ fn statements(l: &Layout, e: &Entry, added: &[Added]) -> Statements {
         read.extend(l.key.iter().cloned());
     }
     // Bound after the key's values.
-    read.extend(added::untouched(added, l.key.len() + 1));
+    if e.op == op::INSERT {
+        read.extend(added::untouched(&now.added, l.key.len() + 1));
+    }
     let read = match read.is_empty() {
         true => format!("SELECT 1 FROM {t} WHERE {by}"),
         false => format!("SELECT {} FROM {t} WHERE {by}", read.join(", ")),
@@ -718,7 +734,7 @@ fn statements(l: &Layout, e: &Entry, added: &[Added]) -> Statements {
                 .enumerate()
                 .map(|(i, c)| format!("{c} = ?{}", i + 1))
                 .collect();
-            let by = key_clause(l, cols.len() + 1);
+            let by = key_clause(l, cols.len() + 1, &now.collations);
             format!("UPDATE OR ABORT {t} SET {} WHERE {by}", set.join(", "))
         }
     };
@@ -736,11 +752,18 @@ fn reads_key(l: &Layout, e: &Entry) -> bool {
 
 /// The condition that finds a row by its key, the key's values bound from
 /// parameter `?from` on (a composite key may hold NULLs in a rowid table:
-/// `IS`, not `=`).
-fn key_clause(l: &Layout, from: usize) -> String {
+/// `IS`, not `=`), each compared by its primary key's collation
+/// (`collations`), which finds one row, where its column's may find two.
+fn key_clause(l: &Layout, from: usize, collations: &[Option<String>]) -> String {
     let op = if l.int_key { "=" } else { "IS" };
     let each: Vec<String> = (0..l.key.len())
-        .map(|i| format!("{} {op} ?{}", l.key[i], from + i))
+        .map(|i| {
+            let by = match collations.get(i) {
+                Some(Some(c)) => format!(" COLLATE {}", quote(c)),
+                _ => String::new(),
+            };
+            format!("{} {op} ?{}{by}", l.key[i], from + i)
+        })
         .collect();
     each.join(" AND ")
 }
