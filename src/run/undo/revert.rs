@@ -7,7 +7,6 @@
 
 use std::collections::{HashMap, HashSet};
 
-use rusqlite::types::{Value, ValueRef};
 use rusqlite::{Connection, OptionalExtension, params_from_iter};
 
 use super::added::{self, Added};
@@ -23,8 +22,9 @@ use crate::run::expect::shown;
 /// A row the undo left as the application has it.
 pub struct Conflict<'r> {
     pub table: &'r str,
-    /// The key's value; several columns' as one text, `(a, b)`.
-    pub key: Value,
+    /// The key's value, as SQLite holds it; several columns' as one
+    /// text, `(a, b)`.
+    pub key: Val,
     /// The key as a message shows it.
     pub shown: String,
     pub why: String,
@@ -119,7 +119,7 @@ impl<'c> Reverter<'c> {
             return Ok(());
         }
         for (rowid, table, key) in kept_rows(self.conn, scope, (self.kept_seen, upto))? {
-            let id = held_id(&table, &[Val::from(ValueRef::from(&key))]);
+            let id = held_id(&table, &[key]);
             // Under `overwrite` the run's old values go back over the
             // application's: a row kept before (a part that kept it
             // commits apart from an older part's entries of it, when the
@@ -772,7 +772,7 @@ fn key_clause(l: &Layout, from: usize, collations: &[Option<String>]) -> String 
 /// keeps it, encoded.
 fn held_id(table: &str, key: &[Val]) -> (String, Vec<u8>) {
     let mut id = Vec::new();
-    put_value(&mut id, (&key_value(key)).into());
+    put_value(&mut id, key_value(key).as_ref());
     (table.to_owned(), id)
 }
 
@@ -796,20 +796,24 @@ fn names<'l>(l: &'l Layout, columns: &[usize]) -> Vec<&'l str> {
 /// 2.0: SQLite finds them equal.) A blob is written whole, however long:
 /// a message shows a long one by its size alone, and two keys that differ
 /// only there would be one row kept (the other's entries held back too).
-fn key_value(key: &[Val]) -> Value {
+/// So is text that is not UTF-8, as SQLite holds it (alone) or as the SQL
+/// that makes it (in a composite key): made UTF-8, two such keys read the
+/// same.
+fn key_value(key: &[Val]) -> Val {
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
     let stored = |v: &Val| match v {
         Val::Real(f) => f.to_string(),
-        Val::Blob(b) => format!(
-            "x'{}'",
-            b.iter().map(|x| format!("{x:02x}")).collect::<String>()
-        ),
+        Val::Blob(b) => format!("x'{}'", hex(b)),
+        Val::Text(t) if std::str::from_utf8(t).is_err() => {
+            format!("CAST(x'{}' AS TEXT)", hex(t))
+        }
         v => shown(&v.to_value()),
     };
     match key {
-        [one] => one.to_value(),
+        [one] => one.clone(),
         _ => {
             let each: Vec<String> = key.iter().map(stored).collect();
-            Value::Text(format!("({})", each.join(", ")))
+            Val::Text(format!("({})", each.join(", ")).into_bytes())
         }
     }
 }
@@ -834,12 +838,16 @@ mod tests {
     #[test]
     fn a_composite_key_is_kept_as_it_always_was_and_shown_with_its_point() {
         let key = [Val::Real(2.0), Val::Text(b"a".to_vec()), Val::Integer(7)];
-        assert_eq!(key_value(&key), Value::Text(r#"(2, "a", 7)"#.into()));
+        let text = |s: &str| Val::Text(s.as_bytes().to_vec());
+        assert_eq!(key_value(&key), text(r#"(2, "a", 7)"#));
         assert_eq!(key_shown(&key), r#"(2.0, "a", 7)"#);
-        assert_eq!(key_value(&[Val::Real(2.0)]), Value::Real(2.0));
+        assert_eq!(key_value(&[Val::Real(2.0)]), Val::Real(2.0));
         let long = |b: u8| [Val::Blob(vec![b; 40]), Val::Integer(1)];
         assert_ne!(key_value(&long(1)), key_value(&long(2)));
         let short = [Val::Blob(vec![0xab; 2]), Val::Integer(1)];
-        assert_eq!(key_value(&short), Value::Text("(x'abab', 1)".into()));
+        assert_eq!(key_value(&short), text("(x'abab', 1)"));
+        let odd = |b: u8| [Val::Text(vec![b]), Val::Integer(1)];
+        assert_ne!(key_value(&odd(0xfe)), key_value(&odd(0xff)));
+        assert_eq!(key_value(&odd(0xff)), text("(CAST(x'ff' AS TEXT), 1)"));
     }
 }
