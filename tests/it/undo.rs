@@ -1298,6 +1298,62 @@ fn a_key_changed_only_in_case_or_in_type_is_taken_back() {
     }
 }
 
+/// A `WITHOUT ROWID` key whose column compares by another collation than
+/// its primary key (`k TEXT COLLATE NOCASE, PRIMARY KEY (k COLLATE
+/// BINARY)`) holds keys that column calls equal, 'abc' and 'ABC': the undo
+/// finds each row by the key's own collation. By the column's, it read
+/// another row (a false conflict) and deleted the application's 'zz' with
+/// the run's 'Zz', saying nothing of it.
+#[test]
+fn a_key_found_by_its_primary_keys_collation_not_its_columns() {
+    let setup =
+        "CREATE TABLE w(k TEXT COLLATE NOCASE, v, PRIMARY KEY (k COLLATE BINARY)) WITHOUT ROWID;
+                 INSERT INTO w VALUES ('ABC', 2), ('abc', 1), ('zz', 5), ('Gone', 7);";
+    let plan = r#"{"name":"p","steps":[
+        {"sql":"UPDATE w SET v = 10 WHERE k = 'abc' COLLATE BINARY"},
+        {"sql":"INSERT INTO w VALUES ('Zz', 6)"},
+        {"sql":"DELETE FROM w WHERE k = 'Gone' COLLATE BINARY"}]}"#;
+    for env in [&[][..], &HOOK_OFF[..]] {
+        let before = content(&TempDb::with_sql(setup));
+        let (err, db) = round_trip(setup, plan, "INSERT INTO w VALUES ('gone', 8)", env);
+        assert!(!err.contains("conflict"), "{env:?}: {err}");
+        let rows = db.query_text("SELECT group_concat(k || v, ',') FROM w");
+        assert_eq!(rows, "ABC2,Gone7,abc1,gone8,zz5", "{env:?}: {err}");
+        db.conn()
+            .execute("DELETE FROM w WHERE k = 'gone' COLLATE BINARY", [])
+            .unwrap();
+        assert_eq!(content(&db), before, "{env:?}: {err}");
+    }
+}
+
+/// Keys of text that is not UTF-8 (`CAST(x'ff' AS TEXT)`, `x'fe'`) differ
+/// though they read the same once made UTF-8: a row kept as a conflict
+/// holds back its own key alone. Both were held as one (the key kept as
+/// its UTF-8 reading), so the other row stayed as the run left it, not
+/// said to be a conflict, nor put back.
+#[test]
+fn keys_of_text_that_is_not_utf8_are_held_back_each_alone() {
+    let setup = "CREATE TABLE w(k TEXT PRIMARY KEY, v) WITHOUT ROWID;
+                 CREATE TABLE c(a TEXT, b INT, v, PRIMARY KEY (a, b)) WITHOUT ROWID;
+                 INSERT INTO w VALUES (CAST(x'ff' AS TEXT), 1), (CAST(x'fe' AS TEXT), 2);
+                 INSERT INTO c VALUES (CAST(x'ff' AS TEXT), 1, 1), (CAST(x'fe' AS TEXT), 1, 2);";
+    let plan = r#"{"name":"p","steps":[{"sql":"UPDATE w SET v = v + 10"},{"sql":"UPDATE c SET v = v + 10"}]}"#;
+    let app = "UPDATE w SET v = 99 WHERE k = CAST(x'ff' AS TEXT);
+               UPDATE c SET v = 99 WHERE a = CAST(x'ff' AS TEXT);";
+    for env in [&[][..], &HOOK_OFF[..]] {
+        let (err, db) = round_trip(setup, plan, app, env);
+        let w = db.query_text("SELECT group_concat(hex(k) || ':' || v, ',') FROM w");
+        assert_eq!(w, "FE:2,FF:99", "{env:?}: {err}");
+        let c = db.query_text("SELECT group_concat(hex(a) || ':' || v, ',') FROM c");
+        assert_eq!(c, "FE:2,FF:99", "{env:?}: {err}");
+        assert_eq!(
+            db.query_i64("SELECT count(*) FROM batchsse_undo_conflict"),
+            2,
+            "{env:?}: {err}"
+        );
+    }
+}
+
 /// A row the run inserted whose key the application has since changed to
 /// a value the key's collation (NOCASE) or SQLite's comparison of numbers
 /// calls equal has been changed all the same: the undo finds it by that
@@ -2241,6 +2297,39 @@ fn a_column_added_during_a_step_comes_back_with_the_rows_it_deletes() {
         let (code, _, err) = run_with_env(&undo_args(&db, &["--plan", "made"]), None, env);
         assert_eq!(code, 0, "{env:?}: {err}");
         assert_eq!(content(&db), before, "{env:?}: {err}");
+    }
+}
+
+/// A row the run inserted is the run's only while the columns the
+/// application added since (`ALTER TABLE … ADD COLUMN`) hold what a row
+/// without them reads, their default: one whose new column the
+/// application set is a conflict, kept, where the undo deleted it, and
+/// what the application wrote in it, and said the plan was fully taken
+/// back. Set to its default, the column tells nothing: the row goes.
+#[test]
+fn a_row_the_run_inserted_whose_added_column_the_application_set_is_kept() {
+    let setup = "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
+                 CREATE TABLE w(k TEXT PRIMARY KEY, v) WITHOUT ROWID;";
+    let plan = r#"{"name":"p","steps":[
+        {"sql":"INSERT INTO t(v) VALUES ('a'), ('b'), ('c')"},
+        {"sql":"INSERT INTO w VALUES ('a', 1), ('b', 2)"}]}"#;
+    let app = "ALTER TABLE t ADD COLUMN note TEXT DEFAULT 'none';
+               ALTER TABLE w ADD COLUMN n INT NOT NULL DEFAULT 0;
+               UPDATE t SET note = 'the application''s' WHERE v = 'b';
+               UPDATE t SET note = 'none' WHERE v = 'c';
+               UPDATE w SET n = 7 WHERE k = 'b';";
+    for env in [&[][..], &HOOK_OFF[..]] {
+        let (err, db) = round_trip(setup, plan, app, env);
+        assert!(err.contains("conflict in t at key 2"), "{env:?}: {err}");
+        assert!(
+            err.contains(r#"conflict in w at key "b""#),
+            "{env:?}: {err}"
+        );
+        assert!(!err.contains("fully taken back"), "{env:?}: {err}");
+        let t = db.query_text("SELECT group_concat(id || v || note, ',') FROM t");
+        assert_eq!(t, "2bthe application's", "{env:?}: {err}");
+        let w = db.query_text("SELECT group_concat(k || v || n, ',') FROM w");
+        assert_eq!(w, "b27", "{env:?}: {err}");
     }
 }
 

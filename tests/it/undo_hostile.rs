@@ -389,7 +389,11 @@ fn rows_kept_as_the_run_left_them_are_counted_as_many() {
 /// the record holds as the old row deleted and a new one inserted), cannot
 /// be kept as the run left it: that later change is gone with the row it
 /// made. Keeping it would lose the row; the undo stops there instead, the
-/// file untouched, and says why.
+/// file untouched, and says why. So it does when the record is cut into
+/// a part per change: a row deleted and the row inserted right after it
+/// (a `REPLACE`, or two statements) stay in one part (cut between them,
+/// the undo deleted the new row in one part, kept the old one out in the
+/// next, and said it kept the row as the run left it, the row gone).
 #[test]
 fn a_row_whose_unique_value_is_taken_after_its_later_change_went_back_stops_the_undo() {
     let setup = "CREATE TABLE t(id INTEGER PRIMARY KEY, email TEXT UNIQUE);
@@ -397,17 +401,29 @@ fn a_row_whose_unique_value_is_taken_after_its_later_change_went_back_stops_the_
     for sql in [
         "REPLACE INTO t(id, email) VALUES (2, 'b2')",
         "UPDATE t SET id = 20, email = 'b2' WHERE id = 2",
+        "DELETE FROM t WHERE id = 2; INSERT INTO t VALUES (2, 'b2')",
     ] {
-        let step = format!(r#"{{"sql":"{sql}"}}"#);
-        let db = recorded_then(setup, &step, "INSERT INTO t VALUES (4, 'b')");
-        let after_run = emails(&db);
-        for extra in [&[][..], &["--dry-run"][..]] {
-            let (code, err) = stopped_undo_with(&db, "p", extra);
-            assert_eq!(code, 1, "{sql} {extra:?}: {err}");
-            assert!(err.contains("at key 2"), "{sql}: {err}");
-            assert!(err.contains("would lose the row"), "{sql}: {err}");
+        for env in EVERY_WAY {
+            // A build without the hook refuses a REPLACE.
+            let hook_off = env.iter().any(|(k, _)| *k == "BATCHSSE_UNDO_HOOK");
+            if hook_off && sql.starts_with("REPLACE") {
+                continue;
+            }
+            let step = format!(r#"{{"sql":"{sql}"}}"#);
+            let db = recorded_then_with(setup, &step, "INSERT INTO t VALUES (4, 'b')", env);
+            let after_run = emails(&db);
+            for extra in [&[][..], &["--dry-run"][..]] {
+                let (code, err) = stopped_undo_with(&db, "p", extra);
+                assert_eq!(code, 1, "{sql} {env:?} {extra:?}: {err}");
+                assert!(err.contains("at key 2"), "{sql} {env:?}: {err}");
+                assert!(err.contains("would lose the row"), "{sql} {env:?}: {err}");
+            }
+            assert_eq!(
+                emails(&db),
+                after_run,
+                "{sql} {env:?}: the run's row is there"
+            );
         }
-        assert_eq!(emails(&db), after_run, "{sql}: the run's row is there");
     }
 }
 
@@ -1619,4 +1635,54 @@ fn a_vacuum_between_two_parts_of_an_undo_stops_it() {
     let (code, err) = stopped_undo(&db, "p");
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("the rowids of s were numbered anew"), "{err}");
+}
+
+/// A step that writes one of SQLite's own tables (an `AUTOINCREMENT`
+/// table's counter in `sqlite_sequence`), itself or by a trigger, is
+/// refused before anything runs: the record holds none of their rows, so
+/// an undo said the plan was fully taken back while the counter stayed as
+/// the step set it. With `"undo": false` it runs, and an undo stops at it.
+#[test]
+fn a_step_writing_sqlites_own_tables_is_refused_unless_it_opts_out() {
+    let setup = "CREATE TABLE t(id INTEGER PRIMARY KEY AUTOINCREMENT, v);
+                 INSERT INTO t(v) VALUES (1), (2);
+                 CREATE TABLE gone(id INTEGER PRIMARY KEY);
+                 CREATE TRIGGER reset AFTER INSERT ON gone
+                 BEGIN UPDATE sqlite_sequence SET seq = 0 WHERE name = 't'; END;";
+    for write in [
+        "UPDATE sqlite_sequence SET seq = 1000 WHERE name = 't'",
+        "INSERT INTO gone VALUES (1)",
+    ] {
+        for env in [&[][..], &[("BATCHSSE_UNDO_HOOK", "off")][..]] {
+            let db = TempDb::with_sql(setup);
+            let before = sha256(&db.path);
+            let plan = |opt_out: &str| {
+                let steps =
+                    format!(r#"[{{"sql":"UPDATE t SET v = v + 1"}},{{{opt_out}"sql":"{write}"}}]"#);
+                db.file("plan.json", &format!(r#"{{"name":"p","steps":{steps}}}"#))
+            };
+            let recorded = plan("");
+            let args = run_args(&db, path_str(&recorded), &["--no-serve", "--undo"]);
+            let (code, _, err) = run_with_env(&args, None, env);
+            assert_eq!(code, 2, "{write} {env:?}: {err}");
+            let says = ["step 2", "sqlite_sequence", "\"undo\": false"];
+            assert!(
+                says.iter().all(|s| err.contains(s)),
+                "{write} {env:?}: {err}"
+            );
+            assert_eq!(sha256(&db.path), before, "nothing run: {err}");
+            // Opted out, it runs; the undo stops at it and says so.
+            let opted = plan(r#""undo":false,"#);
+            let args = run_args(&db, path_str(&opted), &["--no-serve", "--undo"]);
+            let (code, _, err) = run_with_env(&args, None, env);
+            assert_eq!(code, 0, "{write} {env:?}: {err}");
+            let (code, _, err) = run_with_env(&undo_of_plan(&db, "p", &[]), None, env);
+            assert_eq!(code, 0, "{write} {env:?}: {err}");
+            assert!(err.contains("stops at step 2"), "{write} {env:?}: {err}");
+            assert!(
+                err.contains("is not fully taken back"),
+                "{write} {env:?}: {err}"
+            );
+        }
+    }
 }

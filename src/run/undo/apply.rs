@@ -799,7 +799,7 @@ impl Undoer<'_> {
     fn say_conflict(&self, k: &Conflict<'_>, done: &str, nth: u64, more: &str) {
         if nth <= SHOWN_CONFLICTS {
             self.log.push(Event::message(
-                json!({"db": self.db, "table": k.table, "key": json_value(&k.key)}),
+                json!({"db": self.db, "table": k.table, "key": json_value(&k.key.to_value())}),
                 Level::Warn,
                 format!(
                     "conflict in {} at key {}: {}; {done}",

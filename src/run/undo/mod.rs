@@ -12,6 +12,7 @@
 //! recorded, while the writes of the plan's own triggers and foreign-key
 //! actions are.
 
+mod added;
 pub mod apply;
 mod bulk;
 pub(super) mod codec;

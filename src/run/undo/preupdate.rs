@@ -222,6 +222,13 @@ impl Drop for PreHook {
     }
 }
 
+/// Ends the part under way: the next change begins another.
+fn cut(s: &mut State) -> Result<(), String> {
+    let rows = s.enc.entries();
+    let blob = s.enc.finish();
+    s.parts.push((rows, blob)).map_err(spill_failed)
+}
+
 /// Why the record is incomplete when a part could not be put aside.
 fn spill_failed(e: std::io::Error) -> String {
     format!(
@@ -375,6 +382,13 @@ impl Change {
                 i
             }
         };
+        // A part full after a delete is cut before the next change, unless
+        // that is an insert: a `REPLACE` of a row is its delete, then its
+        // insert anew at the same key, which the undo must find in one
+        // part (see `revert::Undone`).
+        if s.enc.len() >= s.part_bytes && self.op != ffi::SQLITE_INSERT {
+            cut(s)?;
+        }
         // Only the images SQLite has: no old row for an insert, no new
         // one for a delete.
         let w = &s.tables[t];
@@ -399,10 +413,8 @@ impl Change {
                 }
             }
         }
-        if s.enc.len() >= s.part_bytes {
-            let rows = s.enc.entries();
-            let blob = s.enc.finish();
-            s.parts.push((rows, blob)).map_err(spill_failed)?;
+        if s.enc.len() >= s.part_bytes && self.op != ffi::SQLITE_DELETE {
+            cut(s)?;
         }
         Ok(())
     }

@@ -648,6 +648,7 @@ impl<'c> Recorder<'c> {
             .conn
             .prepare_cached(&format!("SELECT * FROM temp.{name} ORDER BY seq"))?;
         let mut rows = stmt.query([])?;
+        let mut after_delete = false;
         while let Some(row) = rows.next()? {
             let (tno, what): (i64, u8) = (row.get(1)?, row.get(2)?);
             let Some(layout) = layouts.get(tno as usize) else {
@@ -655,10 +656,13 @@ impl<'c> Recorder<'c> {
             };
             // A key's change is staged as the row deleted, then inserted
             // anew: the two stay in one part, where the undo sees them
-            // side by side (see `revert`).
-            if what != MOVED {
+            // side by side (see `revert`); so do a row deleted and the
+            // row inserted right after it, which may be the same row
+            // anew at the same key.
+            if what != MOVED && !(what == op::INSERT && after_delete) {
                 self.flush_part(step, &mut enc, false)?;
             }
+            after_delete = what == op::DELETE;
             pack_staged_row(&mut enc, layout, what, row)?;
         }
         drop(rows);

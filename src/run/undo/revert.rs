@@ -7,9 +7,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use rusqlite::types::{Value, ValueRef};
 use rusqlite::{Connection, OptionalExtension, params_from_iter};
 
+use super::added::{self, Added};
 use super::bulk::{Bulk, Job, Verdict};
 use super::codec::{
     Entry, Indexed, Layout, Lean, Record, Val, decode, encode, index, op, print, put_value, values,
@@ -22,8 +22,9 @@ use crate::run::expect::shown;
 /// A row the undo left as the application has it.
 pub struct Conflict<'r> {
     pub table: &'r str,
-    /// The key's value; several columns' as one text, `(a, b)`.
-    pub key: Value,
+    /// The key's value, as SQLite holds it; several columns' as one
+    /// text, `(a, b)`.
+    pub key: Val,
     /// The key as a message shows it.
     pub shown: String,
     pub why: String,
@@ -73,6 +74,19 @@ pub struct Reverter<'c> {
     spare: (Vec<u8>, Vec<Lean>),
     /// The file's foreign keys, to say what the undo left dangling.
     pub watch: Option<Watch>,
+    /// Per table, what it is now (see [`Now`]), read again for each part:
+    /// the application may add a column between two.
+    now: HashMap<String, std::rc::Rc<Now>>,
+}
+
+/// What a table is as the undo finds it, beside the record's layout.
+#[derive(Default)]
+struct Now {
+    /// The columns added since the run (see `added`).
+    added: Vec<Added>,
+    /// The collations its key columns are compared by (see
+    /// [`super::shape::key_collations`]).
+    collations: Vec<Option<String>>,
 }
 
 impl<'c> Reverter<'c> {
@@ -89,6 +103,7 @@ impl<'c> Reverter<'c> {
             spare: Default::default(),
             // Unreadable (a schema SQLite cannot list): no check, no word.
             watch: Watch::new(conn).ok().flatten(),
+            now: HashMap::new(),
         }
     }
 
@@ -104,7 +119,7 @@ impl<'c> Reverter<'c> {
             return Ok(());
         }
         for (rowid, table, key) in kept_rows(self.conn, scope, (self.kept_seen, upto))? {
-            let id = held_id(&table, &[Val::from(ValueRef::from(&key))]);
+            let id = held_id(&table, &[key]);
             // Under `overwrite` the run's old values go back over the
             // application's: a row kept before (a part that kept it
             // commits apart from an older part's entries of it, when the
@@ -149,6 +164,7 @@ impl<'c> Reverter<'c> {
     /// Applies a part as stored; returns the rows put back. Each row in
     /// conflict goes to `kept` once.
     pub fn apply_blob(&mut self, blob: Vec<u8>, kept: &mut OnKept<'_>) -> Result<u64, String> {
+        self.now.clear();
         let spare = std::mem::take(&mut self.spare.1);
         let blob = match index(&blob, spare).map_err(|e| e.to_string())? {
             Some(part) => {
@@ -202,6 +218,11 @@ impl<'c> Reverter<'c> {
         kept: &mut OnKept<'_>,
     ) -> Result<Result<u64, Vec<u8>>, String> {
         let sql = |e: rusqlite::Error| crate::run::db::run_time_message(self.conn, &e);
+        // Rows inserted into a table that has gained columns since: row
+        // by row, which reads those too.
+        if part.op == op::INSERT && !self.now(&part.layout).map_err(sql)?.added.is_empty() {
+            return Ok(Err(blob));
+        }
         // No trigger fires on the undo's connection (see `app::undo`): none
         // can see or change the rows part-way.
         let Some(bulk) = self.bulk.as_ref() else {
@@ -404,30 +425,13 @@ impl<'c> Reverter<'c> {
     /// Puts one entry back: whether it did, and why it is a conflict, if
     /// it is one (put back all the same under `overwrite`).
     fn entry(&mut self, l: &Layout, e: &Entry) -> rusqlite::Result<(bool, Option<String>)> {
-        let [read, write] = self.statements(l, e);
-        let n = if e.op == op::DELETE {
-            0
-        } else {
-            e.columns.len()
+        let now = self.now(l)?;
+        let added = match e.op {
+            op::INSERT => &now.added[..],
+            _ => &[],
         };
-        let keys = match reads_key(l, e) {
-            true => l.key.len(),
-            false => 0,
-        };
-        self.buf.clear();
-        let (buf, mut key) = (&mut self.buf, Vec::new());
-        let found = self
-            .conn
-            .prepare_cached(&read)?
-            .query_row(params_from_iter(&e.key), |r| {
-                (0..n + keys).try_for_each(|i| {
-                    put_value(if i < n { &mut *buf } else { &mut key }, r.get_ref(i)?);
-                    Ok(())
-                })
-            })
-            .optional()?
-            .is_some();
-        let same = Some(print(&self.buf)) == e.print && (keys == 0 || key == encoded(&e.key));
+        let [read, write] = self.statements(l, e, &now);
+        let (found, same) = self.read_row(&read, l, e, added)?;
         let why = match (e.op, found) {
             (op::DELETE, false) => None,
             (op::DELETE, true) => Some("the row the run deleted exists again".to_owned()),
@@ -450,7 +454,7 @@ impl<'c> Reverter<'c> {
                 columns: std::rc::Rc::from([]),
                 ..e.clone()
             };
-            let [_, delete] = self.statements(l, &gone);
+            let [_, delete] = self.statements(l, &gone, &now);
             self.conn
                 .prepare_cached(&delete)?
                 .execute(params_from_iter(&e.key))?;
@@ -464,13 +468,73 @@ impl<'c> Reverter<'c> {
         Ok((true, why))
     }
 
-    /// The entry's [`Statements`], made once per table, kind and columns.
-    fn statements(&mut self, l: &Layout, e: &Entry) -> Statements {
+    /// Reads the row of entry `e` by `read`: whether it is there, and
+    /// whether it is as the run left it (the columns the entry restores;
+    /// for a row the run inserted, its key too, and the columns `added`
+    /// since still at their default).
+    fn read_row(
+        &mut self,
+        read: &str,
+        l: &Layout,
+        e: &Entry,
+        added: &[Added],
+    ) -> rusqlite::Result<(bool, bool)> {
+        let n = match e.op {
+            op::DELETE => 0,
+            _ => e.columns.len(),
+        };
+        let keys = match reads_key(l, e) {
+            true => l.key.len(),
+            false => 0,
+        };
+        self.buf.clear();
+        let (buf, mut key) = (&mut self.buf, Vec::new());
+        let params = e
+            .key
+            .iter()
+            .map(|v| v as &dyn rusqlite::ToSql)
+            .chain(added::defaults(added).map(|v| v as &dyn rusqlite::ToSql));
+        let untouched = self
+            .conn
+            .prepare_cached(read)?
+            .query_row(params_from_iter(params), |r| {
+                for i in 0..n + keys {
+                    put_value(if i < n { &mut *buf } else { &mut key }, r.get_ref(i)?);
+                }
+                match added.is_empty() {
+                    true => Ok(true),
+                    false => r.get::<_, bool>(n + keys),
+                }
+            })
+            .optional()?;
+        let Some(untouched) = untouched else {
+            return Ok((false, false));
+        };
+        let same = Some(print(&self.buf)) == e.print && (keys == 0 || key == encoded(&e.key));
+        Ok((true, same && untouched))
+    }
+
+    /// What `l`'s table is now (read once a part).
+    fn now(&mut self, l: &Layout) -> rusqlite::Result<std::rc::Rc<Now>> {
+        if let Some(now) = self.now.get(&l.table) {
+            return Ok(now.clone());
+        }
+        let now = std::rc::Rc::new(Now {
+            added: added::added(self.conn, l)?,
+            collations: super::shape::key_collations(self.conn, l)?,
+        });
+        self.now.insert(l.table.clone(), now.clone());
+        Ok(now)
+    }
+
+    /// The entry's [`Statements`], made once per table, kind and columns
+    /// (and, within a part, what its table is `now`).
+    fn statements(&mut self, l: &Layout, e: &Entry, now: &Now) -> Statements {
         let id = (e.table, e.op, e.columns.clone());
         if let Some(s) = self.sql.get(&id) {
             return s.clone();
         }
-        let s = statements(l, e);
+        let s = statements(l, e, now);
         self.sql.insert(id, s.clone());
         s
     }
@@ -634,16 +698,20 @@ fn clash(l: &Layout, e: &Entry, code: std::ffi::c_int, err: &str) -> String {
 /// back delete a row the application has written since; the clash keeps
 /// the row as a conflict instead (or, under `overwrite`, stops the undo,
 /// the part rolled back).
-fn statements(l: &Layout, e: &Entry) -> Statements {
+fn statements(l: &Layout, e: &Entry, now: &Now) -> Statements {
     let t = format!("main.{}", quote(&l.table));
     let cols: Vec<String> = e.columns.iter().map(|&c| quote(&l.columns[c])).collect();
-    let by = key_clause(l, 1);
+    let by = key_clause(l, 1, &now.collations);
     let mut read = match e.op {
         op::DELETE => Vec::new(),
         _ => cols.clone(),
     };
     if reads_key(l, e) {
         read.extend(l.key.iter().cloned());
+    }
+    // Bound after the key's values.
+    if e.op == op::INSERT {
+        read.extend(added::untouched(&now.added, l.key.len() + 1));
     }
     let read = match read.is_empty() {
         true => format!("SELECT 1 FROM {t} WHERE {by}"),
@@ -666,7 +734,7 @@ fn statements(l: &Layout, e: &Entry) -> Statements {
                 .enumerate()
                 .map(|(i, c)| format!("{c} = ?{}", i + 1))
                 .collect();
-            let by = key_clause(l, cols.len() + 1);
+            let by = key_clause(l, cols.len() + 1, &now.collations);
             format!("UPDATE OR ABORT {t} SET {} WHERE {by}", set.join(", "))
         }
     };
@@ -684,11 +752,18 @@ fn reads_key(l: &Layout, e: &Entry) -> bool {
 
 /// The condition that finds a row by its key, the key's values bound from
 /// parameter `?from` on (a composite key may hold NULLs in a rowid table:
-/// `IS`, not `=`).
-fn key_clause(l: &Layout, from: usize) -> String {
+/// `IS`, not `=`), each compared by its primary key's collation
+/// (`collations`), which finds one row, where its column's may find two.
+fn key_clause(l: &Layout, from: usize, collations: &[Option<String>]) -> String {
     let op = if l.int_key { "=" } else { "IS" };
     let each: Vec<String> = (0..l.key.len())
-        .map(|i| format!("{} {op} ?{}", l.key[i], from + i))
+        .map(|i| {
+            let by = match collations.get(i) {
+                Some(Some(c)) => format!(" COLLATE {}", quote(c)),
+                _ => String::new(),
+            };
+            format!("{} {op} ?{}{by}", l.key[i], from + i)
+        })
         .collect();
     each.join(" AND ")
 }
@@ -697,7 +772,7 @@ fn key_clause(l: &Layout, from: usize) -> String {
 /// keeps it, encoded.
 fn held_id(table: &str, key: &[Val]) -> (String, Vec<u8>) {
     let mut id = Vec::new();
-    put_value(&mut id, (&key_value(key)).into());
+    put_value(&mut id, key_value(key).as_ref());
     (table.to_owned(), id)
 }
 
@@ -721,20 +796,24 @@ fn names<'l>(l: &'l Layout, columns: &[usize]) -> Vec<&'l str> {
 /// 2.0: SQLite finds them equal.) A blob is written whole, however long:
 /// a message shows a long one by its size alone, and two keys that differ
 /// only there would be one row kept (the other's entries held back too).
-fn key_value(key: &[Val]) -> Value {
+/// So is text that is not UTF-8, as SQLite holds it (alone) or as the SQL
+/// that makes it (in a composite key): made UTF-8, two such keys read the
+/// same.
+fn key_value(key: &[Val]) -> Val {
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
     let stored = |v: &Val| match v {
         Val::Real(f) => f.to_string(),
-        Val::Blob(b) => format!(
-            "x'{}'",
-            b.iter().map(|x| format!("{x:02x}")).collect::<String>()
-        ),
+        Val::Blob(b) => format!("x'{}'", hex(b)),
+        Val::Text(t) if std::str::from_utf8(t).is_err() => {
+            format!("CAST(x'{}' AS TEXT)", hex(t))
+        }
         v => shown(&v.to_value()),
     };
     match key {
-        [one] => one.to_value(),
+        [one] => one.clone(),
         _ => {
             let each: Vec<String> = key.iter().map(stored).collect();
-            Value::Text(format!("({})", each.join(", ")))
+            Val::Text(format!("({})", each.join(", ")).into_bytes())
         }
     }
 }
@@ -759,12 +838,16 @@ mod tests {
     #[test]
     fn a_composite_key_is_kept_as_it_always_was_and_shown_with_its_point() {
         let key = [Val::Real(2.0), Val::Text(b"a".to_vec()), Val::Integer(7)];
-        assert_eq!(key_value(&key), Value::Text(r#"(2, "a", 7)"#.into()));
+        let text = |s: &str| Val::Text(s.as_bytes().to_vec());
+        assert_eq!(key_value(&key), text(r#"(2, "a", 7)"#));
         assert_eq!(key_shown(&key), r#"(2.0, "a", 7)"#);
-        assert_eq!(key_value(&[Val::Real(2.0)]), Value::Real(2.0));
+        assert_eq!(key_value(&[Val::Real(2.0)]), Val::Real(2.0));
         let long = |b: u8| [Val::Blob(vec![b; 40]), Val::Integer(1)];
         assert_ne!(key_value(&long(1)), key_value(&long(2)));
         let short = [Val::Blob(vec![0xab; 2]), Val::Integer(1)];
-        assert_eq!(key_value(&short), Value::Text("(x'abab', 1)".into()));
+        assert_eq!(key_value(&short), text("(x'abab', 1)"));
+        let odd = |b: u8| [Val::Text(vec![b]), Val::Integer(1)];
+        assert_ne!(key_value(&odd(0xfe)), key_value(&odd(0xff)));
+        assert_eq!(key_value(&odd(0xff)), text("(CAST(x'ff' AS TEXT), 1)"));
     }
 }

@@ -2,7 +2,7 @@
 //! key that finds its rows again and the columns an undo restores, and
 //! the steps `run --undo` refuses before anything runs.
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 
 use super::codec::Layout;
 use crate::error::UsageError;
@@ -106,6 +106,38 @@ fn shape(
         int_key,
         columns,
     }))
+}
+
+/// The collation each key column of `l`'s table is compared by in its
+/// primary key, which keeps the key unique: a column's own may call two
+/// keys equal (`k TEXT COLLATE NOCASE, PRIMARY KEY (k COLLATE BINARY)`
+/// holds 'abc' and 'ABC'), and finding a row by it would find both. None
+/// for a rowid, or a key column the primary key's index does not name.
+pub fn key_collations(conn: &Connection, l: &Layout) -> rusqlite::Result<Vec<Option<String>>> {
+    if l.int_key {
+        return Ok(Vec::new());
+    }
+    let index: Option<String> = conn
+        .query_row(
+            "SELECT name FROM pragma_index_list(?1, 'main') WHERE origin = 'pk'",
+            [&l.table],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let columns: Vec<(String, String)> = match index {
+        Some(index) => conn
+            .prepare("SELECT name, coll FROM pragma_index_xinfo(?1, 'main') WHERE key = 1")?
+            .query_map([index], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?,
+        None => Vec::new(),
+    };
+    Ok(l.key
+        .iter()
+        .map(|k| {
+            let named = |(name, _): &&(String, String)| quote(name).eq_ignore_ascii_case(k);
+            columns.iter().find(named).map(|(_, coll)| coll.clone())
+        })
+        .collect())
 }
 
 /// An SQL string literal.
@@ -377,6 +409,16 @@ fn why_unrecordable(
             None => {}
         }
         let name = shown(table);
+        // SQLite's own tables (`sqlite_sequence`, `sqlite_stat1`) are left
+        // out of the record: SQLite writes `sqlite_sequence` beside every
+        // insert into an `AUTOINCREMENT` table, whose counter an undo
+        // leaves as it is. A step's own write there would stay unseen.
+        let own = table.as_bytes();
+        if super::store::not_recorded(own) && !super::store::is_own(own) {
+            return Some(format!(
+                "it writes {name}, one of SQLite's own tables (sqlite_sequence holds the counters of AUTOINCREMENT tables), whose rows the undo record does not hold, so an undo would leave what the step wrote there"
+            ));
+        }
         match shapes.iter().find(|(n, _)| n.eq_ignore_ascii_case(table)) {
             Some((_, Err(why))) => return Some(format!("it writes {name}, and {why}")),
             // A table a step before makes is not there yet: it is keyed

@@ -773,7 +773,7 @@ pub fn last_kept(conn: &Connection) -> rusqlite::Result<i64> {
 pub fn keep(
     conn: &Connection,
     [run, table, why, plan]: [&str; 4],
-    key: &rusqlite::types::Value,
+    key: &super::codec::Val,
     mark: i64,
 ) -> rusqlite::Result<()> {
     conn.prepare_cached(
@@ -785,7 +785,7 @@ pub fn keep(
 }
 
 /// A row of `batchsse_undo_conflict`: its rowid, table and key.
-pub type KeptRow = (i64, String, rusqlite::types::Value);
+pub type KeptRow = (i64, String, super::codec::Val);
 
 /// The rows kept with a rowid in `after..=upto` that an undo of `scope`
 /// holds.
@@ -801,7 +801,10 @@ pub fn kept_rows(
     let mut stmt = conn.prepare_cached(&sql)?;
     let mut params: Vec<&dyn rusqlite::ToSql> = vec![&after, &upto];
     params.extend(scope.params());
-    let rows = stmt.query_map(params.as_slice(), |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    // The key as SQLite holds it: text that is not UTF-8 too.
+    let rows = stmt.query_map(params.as_slice(), |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get_ref(2)?.into()))
+    })?;
     rows.collect()
 }
 
@@ -1065,7 +1068,7 @@ mod tests {
         assert_eq!(kept_why(&conn, &scope, "y: xx").unwrap(), 0);
         let rows = kept_rows(&conn, &scope, (0, 10)).unwrap();
         let keys: Vec<_> = rows.iter().map(|(_, _, k)| k.clone()).collect();
-        use rusqlite::types::Value::Integer;
+        use super::super::codec::Val::Integer;
         assert_eq!(keys, [Integer(1), Integer(2)]);
         assert_eq!(kept_rows(&conn, &scope, (1, 10)).unwrap().len(), 1);
     }
