@@ -481,6 +481,60 @@ impl Shape {
     }
 }
 
+/// Makes `db`'s tables, views and triggers (and `ANALYZE`'s statistics
+/// table) in `copy`; false when some could not be made there (the copy is
+/// then incomplete, and the check says less).
+fn copy_schema(db: &Connection, copy: &Connection) -> Result<bool, UsageError> {
+    let mut complete = true;
+    // Only names that begin `sqlite_` are SQLite's own (`_` unescaped
+    // is LIKE's wildcard, which would leave out a table `SQLiteLog`).
+    // A virtual table makes its shadow tables itself: they are left
+    // out, and it comes after the other tables (a `VACUUM` lists it
+    // after its shadow tables, whose names it would then find taken).
+    let schema: Vec<(String, String)> = db
+        .prepare(
+            "SELECT s.type, s.sql FROM sqlite_schema AS s
+             LEFT JOIN pragma_table_list AS l ON l.schema = 'main' AND l.name = s.name
+             WHERE s.sql IS NOT NULL AND s.name NOT LIKE 'sqlite\\_%' ESCAPE '\\'
+               AND ifnull(l.type, '') <> 'shadow'
+             ORDER BY ifnull(l.type, '') = 'virtual', s.rowid",
+        )
+        .and_then(|mut s| {
+            s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()
+        })
+        .map_err(|e| UsageError::new(db_open_message(&e)))?;
+    for (kind, sql) in schema {
+        if kind == "trigger" || kind == "view" {
+            continue; // added below, once every table exists
+        }
+        complete &= copy.execute_batch(&sql).is_ok();
+    }
+    // `ANALYZE`'s statistics table is SQLite's own, which no `CREATE`
+    // may make: an `ANALYZE` of the copy's empty tables makes it, so a
+    // step that tunes the statistics compiles there too.
+    let stats: bool = db
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE name = 'sqlite_stat1')",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(|e| UsageError::new(db_open_message(&e)))?;
+    if stats {
+        complete &= copy.execute_batch("ANALYZE").is_ok();
+    }
+    let later: Vec<String> = db
+        .prepare(
+            "SELECT sql FROM sqlite_schema WHERE type IN ('view','trigger') AND sql IS NOT NULL ORDER BY rowid",
+        )
+        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect::<Result<_, _>>())
+        .map_err(|e| UsageError::new(db_open_message(&e)))?;
+    for sql in later {
+        complete &= copy.execute_batch(&sql).is_ok();
+    }
+    Ok(complete)
+}
+
 impl Rehearsal {
     pub(super) fn new(db: &Connection, own: Own) -> Result<Self, UsageError> {
         let mut conn = Connection::open_in_memory()
@@ -510,41 +564,8 @@ impl Rehearsal {
             recorder.record(ctx, own)
         }))
         .map_err(|e| UsageError::new(format!("cannot set up the pre-run check: {e}")))?;
-        let mut complete = true;
         collation::stand_in(&conn);
-        // Only names that begin `sqlite_` are SQLite's own (`_` unescaped
-        // is LIKE's wildcard, which would leave out a table `SQLiteLog`).
-        // A virtual table makes its shadow tables itself: they are left
-        // out, and it comes after the other tables (a `VACUUM` lists it
-        // after its shadow tables, whose names it would then find taken).
-        let schema: Vec<(String, String)> = db
-            .prepare(
-                "SELECT s.type, s.sql FROM sqlite_schema AS s
-                 LEFT JOIN pragma_table_list AS l ON l.schema = 'main' AND l.name = s.name
-                 WHERE s.sql IS NOT NULL AND s.name NOT LIKE 'sqlite\\_%' ESCAPE '\\'
-                   AND ifnull(l.type, '') <> 'shadow'
-                 ORDER BY ifnull(l.type, '') = 'virtual', s.rowid",
-            )
-            .and_then(|mut s| {
-                s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect::<Result<_, _>>()
-            })
-            .map_err(|e| UsageError::new(db_open_message(&e)))?;
-        for (kind, sql) in schema {
-            if kind == "trigger" || kind == "view" {
-                continue; // added below, once every table exists
-            }
-            complete &= conn.execute_batch(&sql).is_ok();
-        }
-        let later: Vec<String> = db
-            .prepare(
-                "SELECT sql FROM sqlite_schema WHERE type IN ('view','trigger') AND sql IS NOT NULL ORDER BY rowid",
-            )
-            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect::<Result<_, _>>())
-            .map_err(|e| UsageError::new(db_open_message(&e)))?;
-        for sql in later {
-            complete &= conn.execute_batch(&sql).is_ok();
-        }
+        let complete = copy_schema(db, &conn)?;
         let missing = collation::withdraw(&conn);
         Ok(Rehearsal {
             conn,

@@ -283,3 +283,33 @@ fn a_step_that_changes_a_view_through_its_triggers_is_recorded_and_taken_back() 
         assert_eq!(db.query_i64(sums), before, "{env:?}");
     }
 }
+
+/// A step may write the statistics `ANALYZE` keeps (`sqlite_stat1`, as
+/// one hand-tunes a query plan): the pre-run check, which compiles each
+/// step on a copy of the schema, gives that copy the table too, where it
+/// refused the step as "no such table". Under `--undo` it is refused
+/// by name: the record holds none of SQLite's own tables.
+#[test]
+fn a_step_writing_analyze_s_statistics_runs() {
+    let db = TempDb::with_sql(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v INT);
+         CREATE INDEX tv ON t(v);
+         INSERT INTO t(v) VALUES (1), (2), (3);
+         ANALYZE;",
+    );
+    let plan = db.file(
+        "stat.json",
+        r#"{"name":"tune","steps":[{"sql":"UPDATE sqlite_stat1 SET stat = '1000 10' WHERE idx = 'tv'"}]}"#,
+    );
+    let before = sha256(&db.path);
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve", "--undo"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("sqlite_stat1"), "{err}");
+    assert_eq!(sha256(&db.path), before, "nothing run: {err}");
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM sqlite_stat1 WHERE stat = '1000 10'"),
+        1
+    );
+}
