@@ -10,7 +10,7 @@ use rusqlite::Connection;
 use rusqlite::types::Value;
 use serde_json::json;
 
-use super::revert::{Conflict, GONE, Reverter, TAKEN};
+use super::revert::{Conflict, GONE, Reverter, STAYS_DELETED, TAKEN};
 use super::store::{self, PARTS, UNRECORDED};
 use crate::events::log::EventLog;
 use crate::events::{
@@ -752,6 +752,7 @@ impl Undoer<'_> {
             false => "kept",
         };
         let whose = match k.as_run_left {
+            _ if k.why.starts_with(STAYS_DELETED) => "left its row out, deleted as the run left it",
             true => "its row as it is (the run's values, not the application's)",
             false => "the application's row",
         };
@@ -819,7 +820,10 @@ impl Undoer<'_> {
     /// them twice.
     fn say_taken_back(&self) {
         let plan = &self.spec.plan;
-        let as_left = store::kept_why(self.conn, &self.scope, TAKEN).unwrap_or(0);
+        let deleted = store::kept_why(self.conn, &self.scope, STAYS_DELETED).unwrap_or(0);
+        let as_left = store::kept_why(self.conn, &self.scope, TAKEN)
+            .unwrap_or(0)
+            .saturating_sub(deleted);
         let kept = store::kept_why(self.conn, &self.scope, "").unwrap_or(0);
         if kept == 0 {
             return self.message(
@@ -834,11 +838,14 @@ impl Undoer<'_> {
             .iter()
             .map(|why| store::kept_why(self.conn, &self.scope, why).unwrap_or(0))
             .sum();
-        if kept > as_left + gone {
-            self.say_theirs_carry(kept - as_left - gone);
+        if kept > as_left + gone + deleted {
+            self.say_theirs_carry(kept - as_left - gone - deleted);
         }
         if gone > 0 {
             self.say_gone(gone);
+        }
+        if deleted > 0 {
+            self.say_stay_deleted(deleted);
         }
         if as_left == 0 {
             return;
@@ -864,6 +871,21 @@ impl Undoer<'_> {
             quoted(plan),
             thousands(as_left),
             plural(as_left)
+        ));
+    }
+
+    /// Says that `n` rows the run deleted stay deleted: other rows written
+    /// since hold values they would get back. No row carries the run's
+    /// change, so nothing is to be put right.
+    fn say_stay_deleted(&self, n: u64) {
+        let [rows, which, hold] = match n {
+            1 => ["row", "stays", "another row written since holds a value it"],
+            _ => ["rows", "stay", "rows written since hold values they"],
+        };
+        self.message(Level::Warn, format!(
+            "plan {} is taken back, all but {} {rows} the run deleted, which {which} deleted: {hold} would get back (see the table batchsse_undo_conflict); its checkpoint is cleared, so it can run again",
+            quoted(&self.spec.plan),
+            thousands(n)
         ));
     }
 

@@ -398,7 +398,11 @@ impl<'c> Reverter<'c> {
                     let why = format!("{}: {HOLDS_VALUE}", sql(err));
                     return Err(lost(layout, e, &why));
                 }
-                return Ok((false, Some(format!("{TAKEN} ({})", sql(err))), true));
+                let taken = match e.op {
+                    op::DELETE => STAYS_DELETED,
+                    _ => TAKEN,
+                };
+                return Ok((false, Some(format!("{taken} ({})", sql(err))), true));
             }
             Err(err) => {
                 return Err(match &err {
@@ -570,6 +574,11 @@ fn changed(l: &Layout, columns: &[usize], now: &[u8]) -> String {
 /// key) it would get back: one the application wrote since, or one kept
 /// as a conflict before it.
 pub(super) const TAKEN: &str = "another row holds a value it would get back";
+
+/// [`TAKEN`], for a row the run deleted: it stays deleted, with nothing
+/// of the run's on a row (it begins as [`TAKEN`] does, which counts it).
+pub(super) const STAYS_DELETED: &str =
+    "another row holds a value it would get back, so it stays deleted";
 
 /// Why a row is kept that the application deleted since the run: nothing
 /// of it is left to take back, nor to carry the run's values.
