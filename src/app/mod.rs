@@ -144,6 +144,7 @@ async fn drive(mut session: Session, parts: Parts) -> Result<RunStatus, UsageErr
         parts
             .steering
             .refuse_resizes(runner::undo::apply::WHY_NO_RESIZE.into());
+        parts.log.set_kind(crate::events::RunKind::Undo);
     }
     let banner = session.banner.take();
     let publisher = match session.publish.take() {

@@ -263,6 +263,12 @@ impl EventLog {
         }
     }
 
+    /// What the run is, for `/status` before its `start` is logged (a
+    /// command can come first: an undo's pace has no chunk time).
+    pub fn set_kind(&self, kind: RunKind) {
+        self.write().snapshot.kind = kind;
+    }
+
     fn read(&self) -> RwLockReadGuard<'_, Inner> {
         self.inner.read().unwrap_or_else(|p| p.into_inner())
     }
@@ -632,6 +638,15 @@ mod tests {
 
     fn finished() -> Event {
         Finished::ok()
+    }
+
+    #[test]
+    fn an_undo_s_status_says_undo_before_its_start() {
+        let log = EventLog::new();
+        let kind = |log: &EventLog| serde_json::to_value(log.snapshot()).unwrap()["kind"].clone();
+        assert_eq!(kind(&log), "run");
+        log.set_kind(RunKind::Undo);
+        assert_eq!(kind(&log), "undo");
     }
 
     #[test]
