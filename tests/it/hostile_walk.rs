@@ -27,6 +27,22 @@ fn run_copy(db: &TempDb, plan: &serde_json::Value) -> (i32, String) {
     (code, err)
 }
 
+/// The plan that copies each row of `t` into `t`, walked by rowid in
+/// chunks of 10; its run stops at the copy of the 51st row (`n = 50`),
+/// failed by a trigger of the test's until it drops it (`stop`).
+fn stopping_copy(db: &TempDb) -> serde_json::Value {
+    db.conn()
+        .execute_batch(
+            "CREATE TRIGGER stop BEFORE INSERT ON t WHEN new.n = 50
+             BEGIN SELECT RAISE(ABORT, 'stopped for the test'); END;",
+        )
+        .unwrap();
+    json!({"name": "copy", "steps": [{
+        "sql": "INSERT INTO t(n, v) SELECT n, 'copy' FROM t WHERE id BETWEEN :lo AND :hi",
+        "chunk": {"table": "t", "size": 10},
+    }]})
+}
+
 /// Rows that are copies of a copy: `n` copied more than once.
 fn copied_twice(db: &TempDb) -> i64 {
     db.query_i64(
@@ -41,16 +57,7 @@ fn a_resumed_rowid_walk_that_inserts_into_its_table_does_not_copy_its_copies() {
     // that end was, not at the largest rowid now, which is a copy's.
     for (first, gap) in [(1, 1), (2, 3)] {
         let db = originals(first, gap);
-        db.conn()
-            .execute_batch(
-                "CREATE TRIGGER stop BEFORE INSERT ON t WHEN new.n = 50
-                 BEGIN SELECT RAISE(ABORT, 'stopped for the test'); END;",
-            )
-            .unwrap();
-        let plan = json!({"name": "copy", "steps": [{
-            "sql": "INSERT INTO t(n, v) SELECT n, 'copy' FROM t WHERE id BETWEEN :lo AND :hi",
-            "chunk": {"table": "t", "size": 10},
-        }]});
+        let plan = stopping_copy(&db);
         let (code, err) = run_copy(&db, &plan);
         assert_eq!(code, 1, "{err}");
         assert_eq!(db.query_i64("SELECT count(*) FROM t WHERE v = 'copy'"), 50);
@@ -115,16 +122,7 @@ fn a_stopped_walk_that_inserts_is_not_resumed_from_a_checkpoint_that_lacks_its_e
     // An earlier release's checkpoint has no `walk_end`: where the walk
     // ends is not known, so the resume is refused, nothing written.
     let db = originals(1, 1);
-    db.conn()
-        .execute_batch(
-            "CREATE TRIGGER stop BEFORE INSERT ON t WHEN new.n = 50
-             BEGIN SELECT RAISE(ABORT, 'stopped for the test'); END;",
-        )
-        .unwrap();
-    let plan = json!({"name": "copy", "steps": [{
-        "sql": "INSERT INTO t(n, v) SELECT n, 'copy' FROM t WHERE id BETWEEN :lo AND :hi",
-        "chunk": {"table": "t", "size": 10},
-    }]});
+    let plan = stopping_copy(&db);
     assert_eq!(run_copy(&db, &plan).0, 1);
     db.conn()
         .execute_batch("DROP TRIGGER stop; ALTER TABLE batchsse_checkpoint DROP COLUMN walk_end;")
