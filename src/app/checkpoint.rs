@@ -135,6 +135,12 @@ pub(super) fn refuse_beside_an_undo(
     plan: &str,
 ) -> Result<(), crate::error::UsageError> {
     let runs = runner::undo::store::runs_of_plan(conn, plan).unwrap_or_default();
+    // An undo of the plan with a step left to take back still has its
+    // record here: with none (most runs), no look through the system's
+    // processes at start-up.
+    if runs.is_empty() {
+        return Ok(());
+    }
     let undos: Vec<u32> = crate::platform::open_by_this_program(db)
         .into_iter()
         .filter(|p| crate::platform::arguments(*p).is_some_and(|a| takes_back(&a, plan, &runs)))
