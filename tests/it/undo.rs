@@ -607,6 +607,36 @@ fn an_older_run_taken_back_before_a_newer_one_of_its_plan_says_so() {
     assert!(!err.contains("was recorded after this one"), "{err}");
 }
 
+/// An older run taken back first keeps the rows the newer run changed
+/// since; the newer run taken back after it is not held by those rows (no
+/// application wrote them): it puts back what the older run wrote, and
+/// says nothing was kept.
+#[test]
+fn a_newer_run_taken_back_after_an_older_one_is_not_held_by_its_conflicts() {
+    let db = TempDb::counters(40);
+    let ids = recorded_twice(&db, "twice");
+    let (code, _, err) = run(&undo_args(&db, &["--run", &ids[0]]));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("was recorded after this one"), "{err}");
+    let (code, _, err) = run(&undo_args(&db, &["--run", &ids[1]]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !err.contains("kept"),
+        "nothing of the application to keep: {err}"
+    );
+    let counters: Vec<i64> = db
+        .conn()
+        .prepare("SELECT counter FROM t ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    // The newer run's bump is taken back everywhere; the older run's stays
+    // on the rows its undo kept (all of them: the newer run changed each).
+    assert_eq!(counters, vec![1; 40], "{err}");
+}
+
 /// Runs the counter plan `name` twice with `--undo` (the second with
 /// `--force`, over the first); returns the two runs' ids, oldest first.
 fn recorded_twice(db: &TempDb, name: &str) -> Vec<String> {

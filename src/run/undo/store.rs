@@ -99,7 +99,8 @@ CREATE TABLE IF NOT EXISTS batchsse_undo_conflict (
     col TEXT,
     why TEXT NOT NULL,
     at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
-    plan TEXT
+    plan TEXT,
+    run_at TEXT
 );
 CREATE TABLE IF NOT EXISTS batchsse_undo_probe (
     run TEXT NOT NULL,
@@ -130,7 +131,7 @@ pub fn create(conn: &Connection) -> rusqlite::Result<()> {
     if !crate::run::db::has_column(conn, PROBE, "bare")? {
         conn.execute_batch("ALTER TABLE batchsse_undo_probe ADD COLUMN bare TEXT")?;
     }
-    give_conflicts_their_plan(conn)
+    give_conflicts_their_columns(conn)
 }
 
 /// Gives `run` its [`PROBE`] row, unless it has one (inside the caller's
@@ -250,13 +251,21 @@ pub fn renumbered_in(
     Ok((!tables.is_empty()).then_some((how, tables)))
 }
 
-/// Adds the conflict table's `plan` column to a table made by a batchsse
-/// from before it (its rows keep a NULL there: found by their run only).
-pub fn give_conflicts_their_plan(conn: &Connection) -> rusqlite::Result<()> {
+/// Adds the conflict table's `plan` and `run_at` columns to a table made
+/// by a batchsse from before them (its rows keep a NULL there: found by
+/// their run only, and held by any later undo of their plan).
+pub fn give_conflicts_their_columns(conn: &Connection) -> rusqlite::Result<()> {
     if !conflicts_have_plan(conn)? {
         conn.execute_batch("ALTER TABLE batchsse_undo_conflict ADD COLUMN plan TEXT")?;
     }
+    if !conflicts_have_run_at(conn)? {
+        conn.execute_batch("ALTER TABLE batchsse_undo_conflict ADD COLUMN run_at TEXT")?;
+    }
     Ok(())
+}
+
+fn conflicts_have_run_at(conn: &Connection) -> rusqlite::Result<bool> {
+    crate::run::db::has_column(conn, CONFLICTS, "run_at")
 }
 
 fn conflicts_have_plan(conn: &Connection) -> rusqlite::Result<bool> {
@@ -312,7 +321,10 @@ const COLUMNS: [(&str, &[&str]); 4] = [
             "rec",
         ],
     ),
-    (CONFLICTS, &["run", "tbl", "k", "col", "why", "at", "plan"]),
+    (
+        CONFLICTS,
+        &["run", "tbl", "k", "col", "why", "at", "plan", "run_at"],
+    ),
     (PROBE, &["run", "at", "bare"]),
     (COPY_PROBE, &["run", "at"]),
 ];
@@ -332,6 +344,9 @@ pub struct Scope {
     /// When the oldest of the runs began to be recorded; `None` where the
     /// conflict table has no `plan` (a dry run on a table made before it).
     since: Option<String>,
+    /// Whether the conflict table says when each kept row's run was
+    /// recorded (`run_at`; not in a dry run on a table made before it).
+    run_at: bool,
 }
 
 impl Scope {
@@ -354,6 +369,7 @@ impl Scope {
             plan: plan.to_owned(),
             runs,
             since,
+            run_at: conflicts_have_run_at(conn).unwrap_or(false),
         }
     }
 
@@ -361,9 +377,16 @@ impl Scope {
     /// from `?first` on.
     fn holds(&self, first: usize) -> String {
         let runs = format!("run IN (SELECT value FROM json_each(?{first}))");
+        // Rows an undo of an older run of the plan kept, taken back first
+        // (`--run`), are not held: the newer run changed them after it,
+        // not an application, and its undo puts back what it overwrote.
+        let newer = match self.run_at {
+            true => format!(" AND (run_at IS NULL OR run_at >= ?{})", first + 2),
+            false => String::new(),
+        };
         match self.since {
             Some(_) => format!(
-                "({runs} OR (plan = ?{} AND at >= ?{}))",
+                "({runs} OR (plan = ?{} AND at >= ?{}{newer}))",
                 first + 1,
                 first + 2
             ),
@@ -777,8 +800,10 @@ pub fn keep(
     mark: i64,
 ) -> rusqlite::Result<()> {
     conn.prepare_cached(
-        "INSERT INTO batchsse_undo_conflict (rowid, run, tbl, k, why, plan)
-         SELECT max(ifnull(max(rowid), 0), ?6) + 1, ?1, ?2, ?3, ?4, ?5 FROM batchsse_undo_conflict",
+        "INSERT INTO batchsse_undo_conflict (rowid, run, tbl, k, why, plan, run_at)
+         SELECT max(ifnull(max(rowid), 0), ?6) + 1, ?1, ?2, ?3, ?4, ?5,
+           (SELECT created_at FROM batchsse_undo WHERE run = ?1 ORDER BY id LIMIT 1)
+         FROM batchsse_undo_conflict",
     )?
     .execute(rusqlite::params![run, table, key, why, plan, mark])
     .map(drop)
@@ -1036,7 +1061,7 @@ mod tests {
     #[test]
     fn an_undo_holds_its_runs_rows_and_its_plans_since_its_oldest_run() {
         let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(&CREATE.replace(",\n    plan TEXT\n", "\n"))
+        conn.execute_batch(&CREATE.replace(",\n    plan TEXT,\n    run_at TEXT\n", "\n"))
             .unwrap();
         let t = |s: &str| format!("'2026-01-0{s}T00:00:00.000Z'");
         conn.execute_batch(&format!(
@@ -1054,8 +1079,8 @@ mod tests {
         let runs = ["r1".to_owned()];
         let old = Scope::of(&conn, &runs, "p");
         assert_eq!(kept_why(&conn, &old, "").unwrap(), 1, "by run alone");
-        give_conflicts_their_plan(&conn).unwrap();
-        give_conflicts_their_plan(&conn).unwrap();
+        give_conflicts_their_columns(&conn).unwrap();
+        give_conflicts_their_columns(&conn).unwrap();
         conn.execute_batch(
             "UPDATE batchsse_undo_conflict SET plan = 'p';
              INSERT INTO batchsse_undo_conflict (run, tbl, k, why, at, plan)
@@ -1071,6 +1096,21 @@ mod tests {
         use super::super::codec::Val::Integer;
         assert_eq!(keys, [Integer(1), Integer(2)]);
         assert_eq!(kept_rows(&conn, &scope, (1, 10)).unwrap().len(), 1);
+        // Kept by an undo of an older run of the plan (taken back first,
+        // by `--run`): not held; by one of a newer run: held.
+        conn.execute_batch(&format!(
+            "INSERT INTO batchsse_undo_conflict (run, tbl, k, why, at, plan, run_at)
+               VALUES ('r0', 't', 5, 'x', {}, 'p', {}), ('r3', 't', 6, 'x', {}, 'p', {})",
+            t("7"),
+            t("4"),
+            t("8"),
+            t("6")
+        ))
+        .unwrap();
+        let scope = Scope::of(&conn, &runs, "p");
+        let rows = kept_rows(&conn, &scope, (0, 10)).unwrap();
+        let keys: Vec<_> = rows.iter().map(|(_, _, k)| k.clone()).collect();
+        assert_eq!(keys, [Integer(1), Integer(2), Integer(6)]);
     }
 
     /// The conflicts of a run with no record left are its undo's report;
