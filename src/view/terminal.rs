@@ -518,9 +518,11 @@ fn style(template: &str) -> ProgressStyle {
 
 fn start_line(s: &crate::events::Start) -> String {
     let what = match (&s.kind, &s.undo) {
-        (RunKind::Undo, Some(u)) => {
-            format!("undo of run {} of plan", u.reverts.join(", "))
-        }
+        (RunKind::Undo, Some(u)) => format!(
+            "undo of run{} {} of plan",
+            plural(u.reverts.len()),
+            u.reverts.join(", ")
+        ),
         _ => "plan".to_owned(),
     };
     format!(

@@ -637,6 +637,24 @@ fn a_newer_run_taken_back_after_an_older_one_is_not_held_by_its_conflicts() {
     assert_eq!(counters, vec![1; 40], "{err}");
 }
 
+/// An undo of a plan with two recorded runs names both in its first line,
+/// newest first, as runs: "undo of run A, B" read as one run's id.
+#[test]
+fn an_undo_of_two_runs_of_a_plan_names_them_as_runs() {
+    let db = TempDb::counters(40);
+    let ids = recorded_twice(&db, "twice");
+    let (code, _, err) = run(&undo_of_plan(&db, "twice", &["--dry-run"]));
+    assert_eq!(code, 0, "{err}");
+    let first = format!("undo of runs {}, {} of plan \"twice\"", ids[1], ids[0]);
+    assert!(err.contains(&first), "{err}");
+    let (code, _, err) = run(&undo_args(&db, &["--run", &ids[1]]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(&format!("undo of run {} of plan", ids[1])),
+        "{err}"
+    );
+}
+
 /// Runs the counter plan `name` twice with `--undo` (the second with
 /// `--force`, over the first); returns the two runs' ids, oldest first.
 fn recorded_twice(db: &TempDb, name: &str) -> Vec<String> {
