@@ -555,3 +555,51 @@ fn last_insert_rowid_answers_for_the_plans_own_inserts() {
         );
     }
 }
+
+/// `PRAGMA optimize` is also a table-valued function: `SELECT … FROM
+/// pragma_optimize(…)` compiles as a read, yet runs the pragma, whose
+/// `ANALYZE` writes `sqlite_stat1` into the file. Such an `expect` is
+/// refused before anything runs (directly, or through a view), and one the
+/// check could not compile (over a database a step attaches) is not run.
+#[test]
+fn an_expect_reading_pragma_optimize_never_analyzes_the_file() {
+    let make = || {
+        let db = TempDb::counters(2000);
+        db.conn()
+            .execute_batch(
+                "CREATE INDEX tc ON t(counter);
+                 CREATE VIEW opt AS SELECT * FROM pragma_optimize(0x10002);",
+            )
+            .unwrap();
+        db
+    };
+    let stats = "SELECT count(*) FROM sqlite_master WHERE name LIKE 'sqlite_stat%'";
+    for expect in [
+        "SELECT count(*) = 0 FROM pragma_optimize(0x10002)",
+        "SELECT 1 FROM \"PRAGMA_OPTIMIZE\"",
+        "SELECT count(*) = 0 FROM opt",
+    ] {
+        let db = make();
+        let before = sha256(&db.path);
+        let plan = serde_json::json!({"steps":[{"sql":"UPDATE t SET counter = 1 WHERE id < 5","expect":expect}]});
+        let (code, _, err) = run_plan(&db, &plan.to_string(), &[]);
+        assert_eq!(code, 2, "{expect}: {err}");
+        assert!(err.contains("pragma_optimize"), "{expect}: {err}");
+        assert_eq!(sha256(&db.path), before, "{expect}");
+    }
+    let db = make();
+    let aux = db.dir.path().join("aux.sqlite");
+    rusqlite::Connection::open(&aux)
+        .unwrap()
+        .execute_batch("CREATE TABLE x(v)")
+        .unwrap();
+    let plan = serde_json::json!({"steps":[
+        {"sql": format!("ATTACH '{}' AS aux", path_str(&aux).replace('\'', "''"))},
+        {"sql": "UPDATE t SET counter = 1 WHERE id < 5",
+         "expect": "SELECT count(*) = 0 FROM aux.x, pragma_optimize(0x10002)"}]});
+    let (code, _, err) = run_plan(&db, &plan.to_string(), &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("was not run"), "{err}");
+    assert_eq!(db.query_i64(stats), 0, "ANALYZE ran: {err}");
+    assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 0);
+}
