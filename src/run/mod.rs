@@ -974,10 +974,14 @@ impl Runner<'_> {
             return String::new();
         };
         let (command, stop) = self.undo_reach(rec);
+        let earlier = self.earlier_undo(rec);
         match (rec.committed(), stop) {
-            (Ok((rows, _)), None) if rows > 0 => {
-                format!("; what this run committed can be taken back with: {command}")
-            }
+            (Ok((rows, _)), None) if rows > 0 => match earlier {
+                Some(plan) => format!(
+                    "; what this run committed can be taken back with: {command} (with what the earlier runs of its plan committed: {plan})"
+                ),
+                None => format!("; what this run committed can be taken back with: {command}"),
+            },
             (_, Some((step, after))) => match after {
                 true => format!(
                     "; what this run committed after its {step}, which ran unrecorded (\"undo\": false), can be taken back with: {command}"
@@ -986,8 +990,27 @@ impl Runner<'_> {
                     "; its {step} ran unrecorded (\"undo\": false), and an undo stops there, so it can take back nothing of this run"
                 ),
             },
-            _ => "; this run committed nothing, so it has nothing to take back".into(),
+            _ => match earlier {
+                Some(plan) => format!(
+                    "; this run committed nothing, but earlier runs of its plan did (the run it resumed, say): what they committed can be taken back with: {plan}"
+                ),
+                None => "; this run committed nothing, so it has nothing to take back".into(),
+            },
         }
+    }
+
+    /// The command that takes back the whole plan, when runs of it before
+    /// this one left records (the run this one resumed): the hint's `--run`
+    /// names this run's record alone.
+    fn earlier_undo(&self, rec: &undo::Recorder) -> Option<String> {
+        let runs = undo::store::runs_of_plan(self.conn, &self.plan.name).ok()?;
+        runs.iter().any(|r| *r != rec.run_id).then(|| {
+            format!(
+                "batchsse undo --db {} --plan {}",
+                crate::human::shell_word(self.conn.path().unwrap_or(&self.db)),
+                crate::human::shell_word(&self.plan.name)
+            )
+        })
     }
 
     /// Runs a plain step's statements; returns the rows they changed.

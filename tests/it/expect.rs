@@ -198,6 +198,33 @@ fn with_undo_a_failed_expectation_names_the_undo_command() {
     assert_eq!(db.query_i64("SELECT count(*) FROM t WHERE counter = 1"), 0);
 }
 
+/// A resumed run that fails before committing anything said "this run
+/// committed nothing, so it has nothing to take back", while the run it
+/// resumed had committed (and recorded) 50 rows: it names the plan's undo,
+/// which takes those back.
+#[test]
+fn a_resumed_run_that_failed_names_the_undo_of_the_runs_it_resumed() {
+    let db = TempDb::counters(100);
+    let (code, _, err) = run_plan(&db, STOPS_AT_50, &["--undo", "--batch-size", "10"]);
+    assert_eq!(code, 1, "{err}");
+    let (code, _, err) = run_plan(&db, STOPS_AT_50, &["--undo", "--batch-size", "10"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("resuming after 50 rows"), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.contains("max is 50"))
+        .unwrap_or_default();
+    let command = line.split("taken back with: ").nth(1).unwrap_or_default();
+    assert!(command.starts_with("batchsse undo --db "), "{err}");
+    assert!(command.contains(" --plan "), "{err}");
+    assert_eq!(db.query_i64("SELECT count(*) FROM t WHERE counter = 1"), 50);
+    let mut args: Vec<&str> = command.split_whitespace().skip(1).collect();
+    args.push("--no-serve");
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "the named command works: {err}");
+    assert_eq!(db.query_i64("SELECT count(*) FROM t WHERE counter = 1"), 0);
+}
+
 /// `finished.undo_bytes` and the offer of an undo count only what was
 /// committed: a chunk rolled back takes its record with it.
 #[test]
