@@ -571,6 +571,16 @@ fn expectations(
     changes: Option<ChangesFile>,
     autocommit: bool,
 ) -> Result<Expect, UsageError> {
+    // `{}`, or a bound given as `null` (a template's missing value),
+    // would hold the step to nothing while the plan says it is held.
+    if changes
+        .as_ref()
+        .is_some_and(|c| c.max.is_none() && c.min.is_none())
+    {
+        return Err(UsageError::new(format!(
+            "{label}: expect_changes holds neither max nor min, so it would check nothing; give {{\"max\": N}} (the most rows the step may change) or {{\"min\": M}}, or remove it"
+        )));
+    }
     let (max, min) = changes.map_or((None, None), |c| (c.max, c.min));
     if let (Some(max), Some(min)) = (max, min)
         && min > max

@@ -630,3 +630,25 @@ fn an_expect_reading_pragma_optimize_never_analyzes_the_file() {
     assert_eq!(db.query_i64(stats), 0, "ANALYZE ran: {err}");
     assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 0);
 }
+
+/// `"expect_changes": {}` (or a `max` given as `null`, as a template
+/// leaves a missing value) held the step to nothing, and the step ran
+/// unbounded: it is refused before anything runs, as an empty `expect` is.
+#[test]
+fn an_expect_changes_that_bounds_nothing_is_refused() {
+    let db = TempDb::counters(5);
+    let before = sha256(&db.path);
+    for changes in [r#"{}"#, r#"{"max":null}"#, r#"{"max":null,"min":null}"#] {
+        let plan = format!(
+            r#"{{"steps":[{{"sql":"UPDATE t SET counter = 1","expect_changes":{changes}}}]}}"#
+        );
+        let (code, _, err) = run_plan(&db, &plan, &[]);
+        assert_eq!(code, 2, "{changes}: {err}");
+        assert!(err.contains("neither max nor min"), "{changes}: {err}");
+        assert_eq!(sha256(&db.path), before, "{changes}");
+    }
+    let plan =
+        r#"{"steps":[{"sql":"UPDATE t SET counter = 1","expect_changes":{"max":null,"min":5}}]}"#;
+    let (code, _, err) = run_plan(&db, plan, &[]);
+    assert_eq!(code, 0, "{err}");
+}
