@@ -607,8 +607,21 @@ impl Runner<'_> {
         };
         if let Some(rec) = &self.recorder {
             rec.disarm();
-            if result.is_ok() {
-                let _ = rec.step_done(step);
+            match &result {
+                Ok(_) => {
+                    let _ = rec.step_done(step);
+                }
+                // Rolled back with nothing of it kept: a step run outside a
+                // transaction may have done something; a chunked one did
+                // if this run committed a chunk (visited rows past where
+                // it resumed).
+                Err((_, c)) if !step.autocommit => {
+                    let resumed = resume.chunk_position(step).map_or(0, |p| p.done);
+                    if c.done <= resumed {
+                        let _ = rec.unnote(step);
+                    }
+                }
+                Err(_) => {}
             }
         }
         let (err, c) = match result {

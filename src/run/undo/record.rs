@@ -389,6 +389,23 @@ impl<'c> Recorder<'c> {
         Ok(())
     }
 
+    /// After an unrecorded step (`"undo": false`) failed with nothing of
+    /// it committed by this run: the note [`Recorder::arm`] wrote before
+    /// it began (outside its transaction, which a step run outside one
+    /// has none of) goes, or an undo would stop at a step that changed
+    /// nothing and take back none of the recorded steps before it.
+    pub fn unnote(&self, step: &Step) -> rusqlite::Result<()> {
+        if step.undo || !store::exists(self.conn)? {
+            return Ok(());
+        }
+        self.conn
+            .prepare_cached(
+                "DELETE FROM batchsse_undo WHERE run = ?1 AND step = ?2 AND chunk = ?3",
+            )?
+            .execute(params![self.run_id, step.index as i64, UNRECORDED])?;
+        Ok(())
+    }
+
     /// At the end of a run that committed as it went: a step recorded to
     /// its end whose every row is gone (`batchsse undo clear` ran between
     /// two steps) gets its count of parts back, so that an undo finds its
