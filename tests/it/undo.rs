@@ -2586,3 +2586,38 @@ fn an_unrecorded_step_that_failed_whole_does_not_stop_the_undo() {
     assert_eq!(code, 0, "{undone}");
     assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 50, "{undone}");
 }
+
+/// Killed (kill -9) while an unrecorded step runs: nothing of it was
+/// committed, yet its note, written as it began, stayed, and the undo
+/// took back none of the recorded step before it. The note is written
+/// with the step's work, in its transaction.
+#[test]
+fn an_unrecorded_step_killed_under_way_does_not_stop_the_undo() {
+    let db = TempDb::counters(10);
+    let endless = "UPDATE t SET counter = (WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s) SELECT count(*) FROM s) WHERE id = 1";
+    let steps =
+        serde_json::json!([{"sql": "UPDATE t SET counter = 1"}, {"sql": endless, "undo": false}]);
+    let plan = db.file(
+        "plan.json",
+        &serde_json::json!({"name": "p", "steps": steps}).to_string(),
+    );
+    let args = run_args(
+        &db,
+        path_str(&plan),
+        &["--no-serve", "--undo", "--progress", "plain"],
+    );
+    let mut p = Proc::start(&args);
+    p.wait_stderr("[2/2]");
+    // The note, where it is written as the step begins, is there within
+    // moments (bounded: written with the step's work, it never is).
+    let noted = "SELECT count(*) FROM batchsse_undo WHERE chunk < 0 AND step = 1";
+    let t0 = Instant::now();
+    while db.query_i64(noted) == 0 && t0.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    p.child.kill().expect("kill -9");
+    p.wait();
+    let (code, _, undone) = run(&undo_of_plan(&db, "p", &[]));
+    assert_eq!(code, 0, "{undone}");
+    assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 0, "{undone}");
+}
