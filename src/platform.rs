@@ -50,7 +50,7 @@ pub enum Sight {
 /// its side files (`-wal`, `-shm`, `-journal`) open.
 pub fn open_by_others(path: &Path) -> Sight {
     #[cfg(target_os = "linux")]
-    return proc_scan(path, false).map_or(Sight::Blind, Sight::Seen);
+    return proc_scan(path, None).map_or(Sight::Blind, Sight::Seen);
     #[cfg(not(target_os = "linux"))]
     {
         let _ = path;
@@ -65,11 +65,12 @@ pub fn open_by_others(path: &Path) -> Sight {
 pub fn open_by_this_program(path: &Path) -> Vec<u32> {
     #[cfg(target_os = "linux")]
     {
-        let me = proc_comm("self");
-        proc_scan(path, true)
+        let Some(me) = proc_comm("self") else {
+            return Vec::new();
+        };
+        proc_scan(path, Some(&me))
             .unwrap_or_default()
             .into_iter()
-            .filter(|(_, name)| me.as_deref() == Some(name.as_str()))
             .map(|(pid, _)| pid)
             .collect()
     }
@@ -109,16 +110,21 @@ pub fn arguments(pid: u32) -> Option<Vec<String>> {
 /// Scans `/proc` for processes other than this one with a descriptor
 /// open on `path` or a file whose name starts with it. A process whose
 /// descriptors we may not read is skipped; `None` without a `/proc`.
-/// `writing`: only descriptors of the file itself open for writing.
+/// `writers_named`: only processes of that name, and only descriptors of
+/// the file itself open for writing, under any of its names.
 #[cfg(target_os = "linux")]
-fn proc_scan(path: &Path, writing: bool) -> Option<Vec<(u32, String)>> {
+fn proc_scan(path: &Path, writers_named: Option<&str>) -> Option<Vec<(u32, String)>> {
     #[cfg(test)]
     let _alone = SPAWNING.lock().unwrap_or_else(|p| p.into_inner());
     let procs = std::fs::read_dir("/proc").ok()?;
-    let Ok(db) = std::fs::canonicalize(path) else {
+    let (Ok(db), Ok(meta)) = (std::fs::canonicalize(path), std::fs::metadata(path)) else {
         return Some(Vec::new());
     };
-    let db = db.to_string_lossy().into_owned();
+    let db = Target {
+        path: db.to_string_lossy().into_owned(),
+        id: file_id(&meta),
+        writing: writers_named.is_some(),
+    };
     let me = std::process::id();
     let mut found = Vec::new();
     for p in procs.flatten() {
@@ -128,15 +134,42 @@ fn proc_scan(path: &Path, writing: bool) -> Option<Vec<(u32, String)>> {
         if pid == me {
             continue;
         }
+        let comm = || {
+            let comm = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default();
+            comm.trim().to_owned()
+        };
+        // Read first where it decides: few processes are this program's.
+        let name = writers_named.map(|_| comm());
+        if writers_named.is_some_and(|want| name.as_deref() != Some(want)) {
+            continue;
+        }
         let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
             continue;
         };
-        if holds(fds, &db, writing) {
-            let comm = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default();
-            found.push((pid, comm.trim().to_owned()));
+        if holds(fds, &db) {
+            found.push((pid, name.unwrap_or_else(comm)));
         }
     }
     Some(found)
+}
+
+/// The file [`proc_scan`] looks for.
+#[cfg(target_os = "linux")]
+struct Target {
+    /// Its canonical path.
+    path: String,
+    /// Its device and inode: the same file under another name (a hard
+    /// link, or a container's mount of it, whose processes' descriptors
+    /// name it by their own paths).
+    id: (u64, u64),
+    /// Only the file itself, open for writing (a run or an undo).
+    writing: bool,
+}
+
+#[cfg(target_os = "linux")]
+fn file_id(meta: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (meta.dev(), meta.ino())
 }
 
 /// Whether a process's descriptors (`/proc/PID/fd`) hold `db`. A writer
@@ -145,11 +178,15 @@ fn proc_scan(path: &Path, writing: bool) -> Option<Vec<(u32, String)>> {
 /// (another user's) is passed over at once: the rest are refused alike,
 /// and one such process can hold thousands.
 #[cfg(target_os = "linux")]
-fn holds(fds: std::fs::ReadDir, db: &str, writing: bool) -> bool {
+fn holds(fds: std::fs::ReadDir, db: &Target) -> bool {
     for fd in fds.flatten() {
         let found = match std::fs::read_link(fd.path()) {
-            Ok(t) if writing => t.to_string_lossy() == db && writable(&fd.path()),
-            Ok(t) => t.to_string_lossy().starts_with(db),
+            Ok(t) if db.writing => {
+                let same = t.to_string_lossy() == db.path
+                    || std::fs::metadata(fd.path()).is_ok_and(|m| file_id(&m) == db.id);
+                same && writable(&fd.path())
+            }
+            Ok(t) => t.to_string_lossy().starts_with(&db.path),
             Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return false,
             Err(_) => false, // closed since it was listed
         };

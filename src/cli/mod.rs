@@ -246,7 +246,9 @@ pub struct CheckpointClearArgs {
     pub db: PathBuf,
 
     /// The plan whose records to remove (its "name", as `checkpoint list` shows it).
-    #[arg(long, value_name = "NAME")]
+    // A plan's name may begin with a hyphen: the commands batchsse
+    // prints give it as `--plan -x`.
+    #[arg(long, value_name = "NAME", allow_hyphen_values = true)]
     pub plan: Option<String>,
 
     /// Remove every plan's records and the table itself.
@@ -301,7 +303,9 @@ pub struct UndoApplyArgs {
     pub run: Option<String>,
 
     /// Take back every recorded run of this plan, newest first.
-    #[arg(long, value_name = "NAME")]
+    // A plan's name may begin with a hyphen: the commands batchsse
+    // prints give it as `--plan -x`.
+    #[arg(long, value_name = "NAME", allow_hyphen_values = true)]
     pub plan: Option<String>,
 
     /// Count what would be reverted and what conflicts; write nothing.
@@ -336,7 +340,9 @@ pub struct UndoClearArgs {
     pub run: Option<String>,
 
     /// Remove the records of every run of this plan: it stays applied and checkpointed, no longer undoable.
-    #[arg(long, value_name = "NAME")]
+    // A plan's name may begin with a hyphen: the commands batchsse
+    // prints give it as `--plan -x`.
+    #[arg(long, value_name = "NAME", allow_hyphen_values = true)]
     pub plan: Option<String>,
 
     /// Remove the records of runs last recorded longer ago than this (30m, 12h, 7d), keeping back, with a line each, those that must stay (see below).
@@ -534,7 +540,9 @@ pub struct RelayArgs {
     pub run: Option<String>,
 
     /// Serve this plan's live run, or wait for its next one (the plan's name, as in the start event).
-    #[arg(long, value_name = "NAME")]
+    // A plan's name may begin with a hyphen: the commands batchsse
+    // prints give it as `--plan -x`.
+    #[arg(long, value_name = "NAME", allow_hyphen_values = true)]
     pub plan: Option<String>,
 
     /// Where the relay listens; 127.0.0.1:0 picks a free port (the default is the run's port plus one, so both fit on one machine).

@@ -81,6 +81,9 @@ enum Token {
     /// An arithmetic or bitwise operator, or `||`.
     Arith,
     Dot,
+    /// A string literal's text, quotes left off (SQLite takes one for a
+    /// name where a name must be: `FROM 't'`).
+    Text(String),
     Other,
 }
 
@@ -154,6 +157,15 @@ pub(super) fn calls(sql: &str, function: &str) -> bool {
         .any(|t| matches!(t, Token::Name(n) if n.eq_ignore_ascii_case(function)))
 }
 
+/// Whether `sql` may name `table`: as a name, quoted or not, or as a
+/// string literal, which SQLite takes for a name in a `FROM`.
+pub(super) fn may_name(sql: &str, table: &str) -> bool {
+    tokens(sql).iter().any(|t| match t {
+        Token::Name(n) | Token::Text(n) => n.eq_ignore_ascii_case(table),
+        _ => false,
+    })
+}
+
 /// Whether the statement `sql` has a `SELECT` anywhere in it (a word of
 /// its, quoted text left out).
 pub(super) fn selects(sql: &str) -> bool {
@@ -201,7 +213,7 @@ fn tokens(sql: &str) -> Vec<Token> {
                 None => (rest.len(), &rest[1..]),
             };
             let token = match c {
-                b'\'' => Token::Other,
+                b'\'' => Token::Text(inner.to_owned()),
                 _ => Token::Name(inner.to_owned()),
             };
             (len, Some(token))

@@ -571,6 +571,16 @@ fn expectations(
     changes: Option<ChangesFile>,
     autocommit: bool,
 ) -> Result<Expect, UsageError> {
+    // `{}`, or a bound given as `null` (a template's missing value),
+    // would hold the step to nothing while the plan says it is held.
+    if changes
+        .as_ref()
+        .is_some_and(|c| c.max.is_none() && c.min.is_none())
+    {
+        return Err(UsageError::new(format!(
+            "{label}: expect_changes holds neither max nor min, so it would check nothing; give {{\"max\": N}} (the most rows the step may change) or {{\"min\": M}}, or remove it"
+        )));
+    }
     let (max, min) = changes.map_or((None, None), |c| (c.max, c.min));
     if let (Some(max), Some(min)) = (max, min)
         && min > max
@@ -638,14 +648,34 @@ pub fn edited(index: usize, name: &str, plan: &str) -> UsageError {
 /// (The others here SQLite already calls writes; they are named so that
 /// no later SQLite's change of mind lets one through.)
 pub fn pragma_acts(name: &str) -> bool {
-    [
-        "optimize",
-        "wal_checkpoint",
-        "incremental_vacuum",
-        "shrink_memory",
-    ]
-    .iter()
-    .any(|p| name.eq_ignore_ascii_case(p))
+    ACTING.iter().any(|p| name.eq_ignore_ascii_case(p))
+}
+
+/// The pragmas that act when only read (see [`pragma_acts`]).
+const ACTING: [&str; 4] = [
+    "optimize",
+    "wal_checkpoint",
+    "incremental_vacuum",
+    "shrink_memory",
+];
+
+/// The pragma that acts when read ([`pragma_acts`]) whose table-valued
+/// function `table` is: `pragma_optimize` compiles as a read, yet runs
+/// `PRAGMA optimize`, whose `ANALYZE` writes.
+pub fn acting_pragma_table(table: &str) -> Option<&str> {
+    let prefix = table.get(..7)?;
+    let name = &table[7..];
+    (prefix.eq_ignore_ascii_case("pragma_") && pragma_acts(name)).then_some(name)
+}
+
+/// The table-valued function of a pragma that acts when read
+/// ([`acting_pragma_table`]) that query `sql` may read, as its text names
+/// it: for a query the check before the run could not compile.
+pub fn reads_acting_pragma(sql: &str) -> Option<String> {
+    ACTING
+        .iter()
+        .map(|p| format!("pragma_{p}"))
+        .find(|t| bounds::may_name(sql, t))
 }
 
 /// Whether a text that is not a JSON plan begins as SQL does: with a

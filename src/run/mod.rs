@@ -607,8 +607,21 @@ impl Runner<'_> {
         };
         if let Some(rec) = &self.recorder {
             rec.disarm();
-            if result.is_ok() {
-                let _ = rec.step_done(step);
+            match &result {
+                Ok(_) => {
+                    let _ = rec.step_done(step);
+                }
+                // Rolled back with nothing of it kept: a step run outside a
+                // transaction may have done something; a chunked one did
+                // if this run committed a chunk (visited rows past where
+                // it resumed).
+                Err((_, c)) if !step.autocommit => {
+                    let resumed = resume.chunk_position(step).map_or(0, |p| p.done);
+                    if c.done <= resumed {
+                        let _ = rec.unnote(step);
+                    }
+                }
+                Err(_) => {}
             }
         }
         let (err, c) = match result {
@@ -974,10 +987,14 @@ impl Runner<'_> {
             return String::new();
         };
         let (command, stop) = self.undo_reach(rec);
+        let earlier = self.earlier_undo(rec);
         match (rec.committed(), stop) {
-            (Ok((rows, _)), None) if rows > 0 => {
-                format!("; what this run committed can be taken back with: {command}")
-            }
+            (Ok((rows, _)), None) if rows > 0 => match earlier {
+                Some(plan) => format!(
+                    "; what this run committed can be taken back with: {command} (with what the earlier runs of its plan committed: {plan})"
+                ),
+                None => format!("; what this run committed can be taken back with: {command}"),
+            },
             (_, Some((step, after))) => match after {
                 true => format!(
                     "; what this run committed after its {step}, which ran unrecorded (\"undo\": false), can be taken back with: {command}"
@@ -986,8 +1003,27 @@ impl Runner<'_> {
                     "; its {step} ran unrecorded (\"undo\": false), and an undo stops there, so it can take back nothing of this run"
                 ),
             },
-            _ => "; this run committed nothing, so it has nothing to take back".into(),
+            _ => match earlier {
+                Some(plan) => format!(
+                    "; this run committed nothing, but earlier runs of its plan did (the run it resumed, say): what they committed can be taken back with: {plan}"
+                ),
+                None => "; this run committed nothing, so it has nothing to take back".into(),
+            },
         }
+    }
+
+    /// The command that takes back the whole plan, when runs of it before
+    /// this one left records (the run this one resumed): the hint's `--run`
+    /// names this run's record alone.
+    fn earlier_undo(&self, rec: &undo::Recorder) -> Option<String> {
+        let runs = undo::store::runs_of_plan(self.conn, &self.plan.name).ok()?;
+        runs.iter().any(|r| *r != rec.run_id).then(|| {
+            format!(
+                "batchsse undo --db {} --plan {}",
+                crate::human::shell_word(self.conn.path().unwrap_or(&self.db)),
+                crate::human::shell_word(&self.plan.name)
+            )
+        })
     }
 
     /// Runs a plain step's statements; returns the rows they changed.

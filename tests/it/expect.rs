@@ -198,6 +198,33 @@ fn with_undo_a_failed_expectation_names_the_undo_command() {
     assert_eq!(db.query_i64("SELECT count(*) FROM t WHERE counter = 1"), 0);
 }
 
+/// A resumed run that fails before committing anything said "this run
+/// committed nothing, so it has nothing to take back", while the run it
+/// resumed had committed (and recorded) 50 rows: it names the plan's undo,
+/// which takes those back.
+#[test]
+fn a_resumed_run_that_failed_names_the_undo_of_the_runs_it_resumed() {
+    let db = TempDb::counters(100);
+    let (code, _, err) = run_plan(&db, STOPS_AT_50, &["--undo", "--batch-size", "10"]);
+    assert_eq!(code, 1, "{err}");
+    let (code, _, err) = run_plan(&db, STOPS_AT_50, &["--undo", "--batch-size", "10"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("resuming after 50 rows"), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.contains("max is 50"))
+        .unwrap_or_default();
+    let command = line.split("taken back with: ").nth(1).unwrap_or_default();
+    assert!(command.starts_with("batchsse undo --db "), "{err}");
+    assert!(command.contains(" --plan "), "{err}");
+    assert_eq!(db.query_i64("SELECT count(*) FROM t WHERE counter = 1"), 50);
+    let mut args: Vec<&str> = command.split_whitespace().skip(1).collect();
+    args.push("--no-serve");
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "the named command works: {err}");
+    assert_eq!(db.query_i64("SELECT count(*) FROM t WHERE counter = 1"), 0);
+}
+
 /// `finished.undo_bytes` and the offer of an undo count only what was
 /// committed: a chunk rolled back takes its record with it.
 #[test]
@@ -554,4 +581,74 @@ fn last_insert_rowid_answers_for_the_plans_own_inserts() {
             "{extra:?}"
         );
     }
+}
+
+/// `PRAGMA optimize` is also a table-valued function: `SELECT … FROM
+/// pragma_optimize(…)` compiles as a read, yet runs the pragma, whose
+/// `ANALYZE` writes `sqlite_stat1` into the file. Such an `expect` is
+/// refused before anything runs (directly, or through a view), and one the
+/// check could not compile (over a database a step attaches) is not run.
+#[test]
+fn an_expect_reading_pragma_optimize_never_analyzes_the_file() {
+    let make = || {
+        let db = TempDb::counters(2000);
+        db.conn()
+            .execute_batch(
+                "CREATE INDEX tc ON t(counter);
+                 CREATE VIEW opt AS SELECT * FROM pragma_optimize(0x10002);",
+            )
+            .unwrap();
+        db
+    };
+    let stats = "SELECT count(*) FROM sqlite_master WHERE name LIKE 'sqlite_stat%'";
+    for expect in [
+        "SELECT count(*) = 0 FROM pragma_optimize(0x10002)",
+        "SELECT 1 FROM \"PRAGMA_OPTIMIZE\"",
+        "SELECT count(*) = 0 FROM opt",
+    ] {
+        let db = make();
+        let before = sha256(&db.path);
+        let plan = serde_json::json!({"steps":[{"sql":"UPDATE t SET counter = 1 WHERE id < 5","expect":expect}]});
+        let (code, _, err) = run_plan(&db, &plan.to_string(), &[]);
+        assert_eq!(code, 2, "{expect}: {err}");
+        assert!(err.contains("pragma_optimize"), "{expect}: {err}");
+        assert_eq!(sha256(&db.path), before, "{expect}");
+    }
+    let db = make();
+    let aux = db.dir.path().join("aux.sqlite");
+    rusqlite::Connection::open(&aux)
+        .unwrap()
+        .execute_batch("CREATE TABLE x(v)")
+        .unwrap();
+    let plan = serde_json::json!({"steps":[
+        {"sql": format!("ATTACH '{}' AS aux", path_str(&aux).replace('\'', "''"))},
+        {"sql": "UPDATE t SET counter = 1 WHERE id < 5",
+         "expect": "SELECT count(*) = 0 FROM aux.x, pragma_optimize(0x10002)"}]});
+    let (code, _, err) = run_plan(&db, &plan.to_string(), &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("was not run"), "{err}");
+    assert_eq!(db.query_i64(stats), 0, "ANALYZE ran: {err}");
+    assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 0);
+}
+
+/// `"expect_changes": {}` (or a `max` given as `null`, as a template
+/// leaves a missing value) held the step to nothing, and the step ran
+/// unbounded: it is refused before anything runs, as an empty `expect` is.
+#[test]
+fn an_expect_changes_that_bounds_nothing_is_refused() {
+    let db = TempDb::counters(5);
+    let before = sha256(&db.path);
+    for changes in [r#"{}"#, r#"{"max":null}"#, r#"{"max":null,"min":null}"#] {
+        let plan = format!(
+            r#"{{"steps":[{{"sql":"UPDATE t SET counter = 1","expect_changes":{changes}}}]}}"#
+        );
+        let (code, _, err) = run_plan(&db, &plan, &[]);
+        assert_eq!(code, 2, "{changes}: {err}");
+        assert!(err.contains("neither max nor min"), "{changes}: {err}");
+        assert_eq!(sha256(&db.path), before, "{changes}");
+    }
+    let plan =
+        r#"{"steps":[{"sql":"UPDATE t SET counter = 1","expect_changes":{"max":null,"min":5}}]}"#;
+    let (code, _, err) = run_plan(&db, plan, &[]);
+    assert_eq!(code, 0, "{err}");
 }

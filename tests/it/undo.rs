@@ -2586,3 +2586,86 @@ fn without_the_hook_an_insert_select_reading_the_rowid_is_refused() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(db.query_i64("SELECT prev FROM log"), 5);
 }
+
+/// A step that runs unrecorded (`"undo": false`) was noted as the step an
+/// undo stops at when it began, outside its transaction: when it then
+/// failed (its `expect` false, its SQL refused, a Ctrl-C), rolled back
+/// with nothing of it kept, the note stayed, the run said "an undo stops
+/// there, so it can take back nothing of this run", and the undo indeed
+/// took back nothing of the recorded step before it. A step of which this
+/// run committed chunks keeps its note.
+#[test]
+fn an_unrecorded_step_that_failed_whole_does_not_stop_the_undo() {
+    let recorded = serde_json::json!({"sql": "UPDATE t SET counter = 1"});
+    for failing in [
+        serde_json::json!({"sql": "UPDATE t SET counter = 2", "undo": false, "expect": "SELECT 0"}),
+        serde_json::json!({"sql": "UPDATE t SET counter = NULL", "undo": false}),
+    ] {
+        let db = TempDb::counters(10);
+        let plan = serde_json::json!({"name": "p", "steps": [recorded, failing]}).to_string();
+        let plan = db.file("plan.json", &plan);
+        let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve", "--undo"]));
+        assert_eq!(code, 1, "{err}");
+        assert!(!err.contains("an undo stops there"), "{failing}: {err}");
+        let (code, _, undone) = run(&undo_of_plan(&db, "p", &[]));
+        assert_eq!(code, 0, "{failing}: {undone}");
+        assert_eq!(
+            db.query_i64("SELECT sum(counter) FROM t"),
+            0,
+            "{failing}: {undone}"
+        );
+    }
+    // Two chunks of it committed before the third failed: they stay, unrecorded.
+    let db = TempDb::counters(30);
+    let plan = serde_json::json!({"name": "p", "steps": [recorded, {
+        "sql": "UPDATE t SET counter = 2 WHERE id BETWEEN :lo AND :hi",
+        "chunk": {"table": "t", "size": 10}, "undo": false,
+        "expect_changes": {"max": 25}}]});
+    let plan = db.file("plan.json", &plan.to_string());
+    let args = run_args(
+        &db,
+        path_str(&plan),
+        &["--no-serve", "--undo", "--batch-size", "10"],
+    );
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("an undo stops there"), "{err}");
+    let (code, _, undone) = run(&undo_of_plan(&db, "p", &[]));
+    assert_eq!(code, 0, "{undone}");
+    assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 50, "{undone}");
+}
+
+/// Killed (kill -9) while an unrecorded step runs: nothing of it was
+/// committed, yet its note, written as it began, stayed, and the undo
+/// took back none of the recorded step before it. The note is written
+/// with the step's work, in its transaction.
+#[test]
+fn an_unrecorded_step_killed_under_way_does_not_stop_the_undo() {
+    let db = TempDb::counters(10);
+    let endless = "UPDATE t SET counter = (WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s) SELECT count(*) FROM s) WHERE id = 1";
+    let steps =
+        serde_json::json!([{"sql": "UPDATE t SET counter = 1"}, {"sql": endless, "undo": false}]);
+    let plan = db.file(
+        "plan.json",
+        &serde_json::json!({"name": "p", "steps": steps}).to_string(),
+    );
+    let args = run_args(
+        &db,
+        path_str(&plan),
+        &["--no-serve", "--undo", "--progress", "plain"],
+    );
+    let mut p = Proc::start(&args);
+    p.wait_stderr("[2/2]");
+    // The note, where it is written as the step begins, is there within
+    // moments (bounded: written with the step's work, it never is).
+    let noted = "SELECT count(*) FROM batchsse_undo WHERE chunk < 0 AND step = 1";
+    let t0 = Instant::now();
+    while db.query_i64(noted) == 0 && t0.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    p.child.kill().expect("kill -9");
+    p.wait();
+    let (code, _, undone) = run(&undo_of_plan(&db, "p", &[]));
+    assert_eq!(code, 0, "{undone}");
+    assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 0, "{undone}");
+}

@@ -328,3 +328,50 @@ fn a_step_two_runs_left_part_way_names_the_clear_that_works() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(at(&db, 1000), 200, "every row once: {err}");
 }
+
+/// The command in backquotes after `lead` in `err`, as its words (the
+/// plan's name and the path here need no quoting), `batchsse` left off.
+fn quoted_command<'a>(err: &'a str, lead: &str) -> Vec<&'a str> {
+    let at = err
+        .find(lead)
+        .unwrap_or_else(|| panic!("no {lead:?} in: {err}"));
+    let rest = &err[at + lead.len()..];
+    let command = &rest[..rest.find('`').expect("closing backquote")];
+    command.split_whitespace().skip(1).collect()
+}
+
+/// A plan's name may begin with a hyphen (`"name": "--all"`): the
+/// commands batchsse prints name it after `--plan`, where it was read as
+/// an option (`checkpoint clear --plan --all`: "a value is required"), so
+/// the command a failed run says to run next could not run.
+#[test]
+fn a_plan_named_like_an_option_can_be_cleared_with_the_printed_command() {
+    for name in ["--all", "-x"] {
+        let db = TempDb::counters(40);
+        let plan = serde_json::json!({"name": name, "steps": [{
+            "sql": "UPDATE t SET counter = counter + 1 WHERE id BETWEEN :lo AND :hi",
+            "chunk": {"table": "t", "key": "id", "size": 10},
+            "expect_changes": {"max": 25}}]});
+        let plan = db.file("plan.json", &plan.to_string());
+        let args = run_args(
+            &db,
+            path_str(&plan),
+            &["--no-serve", "--undo", "--batch-size", "10"],
+        );
+        let (code, _, err) = run(&args);
+        assert_eq!(code, 1, "{err}");
+        // Take the run's rows back part-way, then clear the plan's record.
+        let clear = quoted_command(&err, "start over after `");
+        assert_eq!(clear[..2], ["checkpoint", "clear"], "{err}");
+        let (code, out, cleared) = run(&clear);
+        assert_eq!(code, 0, "{name}: {clear:?}: {cleared}");
+        assert!(out.contains("removed the checkpoint of plan"), "{out}");
+        let (code, _, err) = run(&args);
+        assert_eq!(code, 1, "{err}");
+        let (code, _, undone) = run(&undo_of_plan(&db, name, &[]));
+        assert_eq!(code, 0, "{name}: {undone}");
+        let (code, _, err) = run(&["undo", "clear", "--db", path_str(&db.path), "--plan", name]);
+        assert_eq!(code, 2, "nothing left to clear: {err}");
+        assert!(err.contains("no undo record of plan"), "{err}");
+    }
+}

@@ -1647,6 +1647,50 @@ fn a_vacuum_between_two_parts_of_an_undo_stops_it() {
     assert!(err.contains("the rowids of s were numbered anew"), "{err}");
 }
 
+/// A step that reads `pragma_optimize` (the table-valued function of
+/// `PRAGMA optimize`) runs the pragma, whose `ANALYZE` writes
+/// `sqlite_stat1`: the check saw a read, so `--undo` recorded the run, and
+/// its undo said the plan was fully taken back while the statistics
+/// stayed. Recorded, it is refused before anything runs, as `ANALYZE` and
+/// `PRAGMA optimize` are; with `"undo": false` it runs.
+#[test]
+fn a_step_reading_pragma_optimize_is_refused_under_undo() {
+    let db = TempDb::counters(2000);
+    db.conn()
+        .execute_batch(
+            "CREATE INDEX tc ON t(counter);
+             CREATE VIEW opt AS SELECT * FROM pragma_optimize(0x10002);",
+        )
+        .unwrap();
+    let before = sha256(&db.path);
+    for read in [
+        "SELECT count(*) FROM pragma_optimize(0x10002)",
+        "SELECT count(*) FROM opt",
+    ] {
+        let steps =
+            serde_json::json!([{"sql": "UPDATE t SET counter = 1 WHERE id < 10"}, {"sql": read}]);
+        let plan = serde_json::json!({"name": "p", "steps": steps}).to_string();
+        let plan = db.file("plan.json", &plan);
+        let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve", "--undo"]));
+        assert_eq!(code, 2, "{read}: {err}");
+        assert!(
+            err.contains("step 2") && err.contains("sqlite_stat1"),
+            "{read}: {err}"
+        );
+        assert_eq!(sha256(&db.path), before, "{read}: nothing run: {err}");
+    }
+    let steps = serde_json::json!([{"sql": "UPDATE t SET counter = 1 WHERE id < 10"},
+        {"sql": "SELECT count(*) FROM pragma_optimize(0x10002)", "undo": false}]);
+    let plan = db.file(
+        "plan.json",
+        &serde_json::json!({"name": "p", "steps": steps}).to_string(),
+    );
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve", "--undo"]));
+    assert_eq!(code, 0, "{err}");
+    let stats = "SELECT count(*) FROM sqlite_master WHERE name = 'sqlite_stat1'";
+    assert_eq!(db.query_i64(stats), 1, "{err}");
+}
+
 /// A step that writes one of SQLite's own tables (an `AUTOINCREMENT`
 /// table's counter in `sqlite_sequence`), itself or by a trigger, is
 /// refused before anything runs: the record holds none of their rows, so

@@ -436,3 +436,30 @@ fn a_run_ending_never_drops_a_record_written_while_it_looked() {
         1
     );
 }
+
+/// The look for a live run compared paths: through another name of the
+/// same file (a hard link here; a container's mount of it alike), `undo
+/// clear` and `checkpoint clear` removed the record and the checkpoint of
+/// a run still going, which then applied its plan a second time when run
+/// again. The file is the same one by its device and inode: refused.
+#[test]
+fn clearing_through_another_name_of_the_file_is_refused_under_a_live_run() {
+    let db = TempDb::counters(40);
+    let plan = db.file("plan.json", &counter_plan("bump", 10));
+    let alias = db.dir.path().join("alias.sqlite");
+    std::fs::hard_link(&db.path, &alias).expect("hard link");
+    let mut p = recording(&db, &plan);
+    for clear in [
+        &["undo", "clear", "--db", path_str(&alias), "--all"][..],
+        &["checkpoint", "clear", "--db", path_str(&alias), "--all"][..],
+    ] {
+        let (code, _, err) = run(clear);
+        assert_eq!(code, 2, "{clear:?}: refused under the live run: {err}");
+        assert!(err.contains("a run or an undo still going"), "{err}");
+    }
+    let left =
+        "SELECT (SELECT count(*) FROM batchsse_undo) * (SELECT count(*) FROM batchsse_checkpoint)";
+    assert!(db.query_i64(left) > 0, "nothing removed");
+    p.signal("INT");
+    p.wait_for(PATIENCE);
+}

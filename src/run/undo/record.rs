@@ -185,6 +185,9 @@ pub struct Recorder<'c> {
     guard: Option<Guard>,
     /// The steps recorded to their end with parts: (index, name, parts).
     finished: RefCell<Vec<(usize, String, i64)>>,
+    /// An unrecorded step (`"undo": false`) not noted yet: it is, with its
+    /// first work, in that work's transaction (see [`Recorder::arm`]).
+    unnoted: Cell<bool>,
     /// Where a part is cut (see [`part_bytes`]), read once.
     part_bytes: usize,
     #[cfg(batchsse_preupdate)]
@@ -222,6 +225,7 @@ impl<'c> Recorder<'c> {
             armed: Cell::new(0),
             rows: RefCell::default(),
             finished: RefCell::default(),
+            unnoted: Cell::new(false),
             part_bytes,
             #[cfg(batchsse_preupdate)]
             pre: super::preupdate().then(|| {
@@ -246,7 +250,12 @@ impl<'c> Recorder<'c> {
 
     /// Makes the tables and chooses how `step` is recorded (again for each
     /// step: an earlier one may have changed the schema). A step that
-    /// opts out is noted instead, so an undo stops at it.
+    /// opts out is noted instead, so an undo stops at it: with its work,
+    /// in the transaction that commits it, so a step that failed or was
+    /// killed with nothing of it kept stops no undo. Now, for one run
+    /// outside a transaction, or one that writes only TEMP tables, whose
+    /// transaction only reads the file (it could not take the write lock
+    /// once another connection has written in WAL mode).
     pub fn arm(&self, step: &Step) -> rusqlite::Result<()> {
         self.disarm();
         store::create(self.conn)?;
@@ -254,7 +263,11 @@ impl<'c> Recorder<'c> {
         self.chunk.set(0);
         self.count.set(None);
         if !step.undo {
-            return self.note(step, 0, &[]);
+            if step.autocommit || step.temp_only {
+                return self.note(step, 0, &[]);
+            }
+            self.unnoted.set(true);
+            return Ok(());
         }
         if let Some(g) = &self.guard {
             g.arm(true);
@@ -389,6 +402,24 @@ impl<'c> Recorder<'c> {
         Ok(())
     }
 
+    /// After an unrecorded step (`"undo": false`) failed with nothing of
+    /// it committed by this run: a note [`Recorder::arm`] wrote before it
+    /// began (for a step that writes only TEMP tables) goes, or an undo
+    /// would stop at a step that changed nothing and take back none of the
+    /// recorded steps before it. (Another step's note went with its
+    /// rolled-back work.)
+    pub fn unnote(&self, step: &Step) -> rusqlite::Result<()> {
+        if step.undo || !store::exists(self.conn)? {
+            return Ok(());
+        }
+        self.conn
+            .prepare_cached(
+                "DELETE FROM batchsse_undo WHERE run = ?1 AND step = ?2 AND chunk = ?3",
+            )?
+            .execute(params![self.run_id, step.index as i64, UNRECORDED])?;
+        Ok(())
+    }
+
     /// At the end of a run that committed as it went: a step recorded to
     /// its end whose every row is gone (`batchsse undo clear` ran between
     /// two steps) gets its count of parts back, so that an undo finds its
@@ -417,6 +448,7 @@ impl<'c> Recorder<'c> {
 
     /// Drops the triggers and the staging table (the step is over).
     pub fn disarm(&self) {
+        self.unnoted.set(false);
         if let Some(g) = &self.guard {
             g.arm(false);
         }
@@ -449,6 +481,9 @@ impl<'c> Recorder<'c> {
     ) -> rusqlite::Result<Option<u64>> {
         let recorded = self.record_chunk(step, range, work)?;
         if recorded.is_some() {
+            if self.unnoted.replace(false) {
+                self.note(step, 0, &[])?;
+            }
             self.count_parts(step)?;
         }
         Ok(recorded)
