@@ -175,7 +175,10 @@ fn an_undo_stopped_by_abort_then_run_again_keeps_the_row() {
     let (code, _, err) = run(&args);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("conflict in t at key 2"), "{err}");
-    assert!(err.contains("--on-conflict skip"), "{err}");
+    assert!(
+        err.contains("--on-conflict skip (keep the row the run inserted again at that key"),
+        "{err}"
+    );
     let (code, _, err) = run(&undo_of_plan(&db, "rl", &["--on-conflict", "overwrite"]));
     assert_eq!(code, 1, "overwrite cannot take the value back: {err}");
     let (fin, out) = undo_json(&db, &[]);

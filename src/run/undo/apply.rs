@@ -746,6 +746,11 @@ impl Undoer<'_> {
             // Overwrite cannot put back a value another row holds; skip
             // cannot bring a row back to its old key while its new one stays.
             let ways = match (k.as_run_left, k.moved) {
+                // The row the run inserted again at the key is gone: skip
+                // puts it back, as the run left it.
+                (true, _) if k.why.starts_with(RUNS_ROW) => {
+                    "--on-conflict skip (keep the row the run inserted again at that key, as the run left it)"
+                }
                 (true, _) => "--on-conflict skip (keep that row as it is)",
                 (false, true) => {
                     "--on-conflict overwrite (the run changed this row's key: keeping the application's row at the new key would leave the old one out)"
