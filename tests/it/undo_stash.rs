@@ -8,7 +8,7 @@ use crate::util::*;
 
 /// A table `t` of three rows (keys 1, 2, 3; emails 'a', 'b', 'c'),
 /// `UNIQUE` on its email, in each shape a key can take.
-const SHAPES: [(&str, &str); 5] = [
+const SHAPES: [(&str, &str); 6] = [
     (
         "INTEGER PRIMARY KEY",
         "CREATE TABLE t(id INTEGER PRIMARY KEY, email TEXT UNIQUE, v INT)",
@@ -26,6 +26,10 @@ const SHAPES: [(&str, &str); 5] = [
         "CREATE TABLE t(id TEXT PRIMARY KEY, email TEXT UNIQUE, v INT) WITHOUT ROWID",
     ),
     (
+        "a rowid and a text primary key",
+        "CREATE TABLE t(id TEXT PRIMARY KEY, email TEXT UNIQUE, v INT)",
+    ),
+    (
         "generated columns",
         "CREATE TABLE t(id INTEGER PRIMARY KEY, email TEXT UNIQUE, v INT,
            twice INT GENERATED ALWAYS AS (v * 2) STORED, shout TEXT AS (upper(email)))",
@@ -34,7 +38,8 @@ const SHAPES: [(&str, &str); 5] = [
 
 /// The plan of the report: row 2 deleted, another row changed, row 2
 /// inserted again with another email (at the same rowid, for a table
-/// keyed by a bare one).
+/// keyed by a bare one; at another, under the same primary key, for a
+/// rowid table whose primary key is text).
 fn plan(shape: &str) -> String {
     let (drop, readd) = match shape {
         "a bare rowid" => (
@@ -257,4 +262,32 @@ fn undo_clear_removes_the_rows_an_undo_saved() {
     let (code, _, err) = run(&["undo", "clear", "--db", path_str(&db.path), "--plan", "rl"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(stash_left(&db), 0, "{err}");
+}
+
+/// The application adds a row of its own at the key between the two
+/// parts (an undo stopped by `abort` in between): the key has a row, the
+/// application's, which stays; the run's saved row is not put back, and
+/// the old one stays deleted. Whether the record's key or a primary key
+/// (beside a rowid) tells the rows apart.
+#[test]
+fn a_row_the_application_adds_at_the_key_between_the_parts_stays_and_the_saved_row_goes() {
+    for (shape, create) in [SHAPES[0], SHAPES[4]] {
+        let db = recorded(create, shape, &[]);
+        db.conn()
+            .execute_batch("UPDATE t SET email = 'b' WHERE id = 3")
+            .unwrap();
+        let (code, _, err) = run(&undo_of_plan(&db, "rl", &["--on-conflict", "abort"]));
+        assert_eq!(code, 1, "{shape}: {err}");
+        db.conn()
+            .execute_batch("INSERT INTO t(id, email, v) VALUES (2, 'zz', 99)")
+            .unwrap();
+        let (fin, out) = undo_json(&db, &[]);
+        assert_eq!(rows(&db), ["1|a|1", "2|zz|99", "3|b|3"], "{shape}: {out}");
+        assert_eq!(fin["data"]["conflicts"], 1, "{shape}: {fin}");
+        assert!(
+            !out.contains("kept its row as the run left it"),
+            "{shape}: {out}"
+        );
+        assert_eq!(stash_left(&db), 0, "{shape}");
+    }
 }

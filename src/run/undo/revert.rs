@@ -278,25 +278,10 @@ impl<'c> Reverter<'c> {
     /// or a delete of a key whose row is saved. Nothing is read when no
     /// older part may delete rows and no row is saved.
     fn stash_row_by_row(&mut self, part: &Indexed) -> rusqlite::Result<bool> {
-        let table = &part.layout.table;
-        let key = |e: &Lean| encoded(&[Val::Integer(e.key)]);
+        let (l, keys) = (&part.layout, part.entries.iter().map(|e| e.key));
         match part.op {
-            op::INSERT if self.stash.older_may_delete() => {
-                for e in &part.entries {
-                    if self
-                        .stash
-                        .older_delete(self.conn, table, &key(e))?
-                        .is_some()
-                    {
-                        return Ok(true);
-                    }
-                }
-                Ok(false)
-            }
-            op::DELETE if self.stash.holds_any() => Ok(part
-                .entries
-                .iter()
-                .any(|e| self.stash.may_hold(table, &key(e)))),
+            op::INSERT => self.stash.inserts_at_risk(self.conn, l, keys),
+            op::DELETE => self.stash.deletes_saved(self.conn, l, keys),
             _ => Ok(false),
         }
     }
@@ -428,7 +413,7 @@ impl<'c> Reverter<'c> {
         // Out of the table whatever comes of the row: put back, kept, or
         // back as the run left it. A part that stops puts it back in.
         let saved = match e.op {
-            op::DELETE => self.stash.take(self.conn, &layout.table, &e.key),
+            op::DELETE => self.stash.take(self.conn, layout, e),
             _ => Ok(None),
         };
         let saved = saved.map_err(sql)?;
@@ -476,36 +461,26 @@ impl<'c> Reverter<'c> {
     /// another row holds a value it needs), and the row the run inserted
     /// at its key afterwards, which this undo took back first, was saved:
     /// that one comes back, as the run left it, rather than the key being
-    /// left with no row. Kept, as the run left it.
+    /// left with no row (unless another row holds the primary key that
+    /// tells them apart). Kept, as the run left it.
     fn runs_row_back(
-        &self,
+        &mut self,
         l: &Layout,
         e: &Entry,
         row: &stash::Saved,
         err: &str,
     ) -> Result<(bool, Option<String>, bool), String> {
         let sql = |e: rusqlite::Error| crate::run::db::run_time_message(self.conn, &e);
+        // Another row under its primary key (the application's, added
+        // since): the row exists, and the old one stays deleted.
+        if self.stash.held_elsewhere(self.conn, l, row).map_err(sql)? {
+            return Ok((false, Some(format!("{STAYS_DELETED} ({err})")), true));
+        }
         match stash::put_back(self.conn, &l.table, row) {
             Ok(()) => Ok((false, Some(format!("{RUNS_ROW} ({err})")), true)),
             Err(again) if taken(&again) => Err(lost_both(l, e, err, &sql(again))),
             Err(again) => Err(sql(again)),
         }
-    }
-
-    /// Saves the run's row at `e`'s key before the undo deletes it, when
-    /// an older part deletes that key (see `stash`).
-    fn save_if_deleted_before(&mut self, l: &Layout, e: &Entry, now: &Now) -> rusqlite::Result<()> {
-        if !self.stash.older_may_delete() {
-            return Ok(());
-        }
-        let Some(run) = self
-            .stash
-            .older_delete(self.conn, &l.table, &encoded(&e.key))?
-        else {
-            return Ok(());
-        };
-        let by = key_clause(l, 1, &now.collations);
-        self.stash.save(self.conn, &run, (l, &e.key, &by))
     }
 
     /// Puts one entry back: whether it did, and why it is a conflict, if
@@ -545,8 +520,10 @@ impl<'c> Reverter<'c> {
                 .prepare_cached(&delete)?
                 .execute(params_from_iter(&e.key))?;
         }
-        if e.op == op::INSERT {
-            self.save_if_deleted_before(l, e, &now)?;
+        if e.op == op::INSERT && self.stash.older_may_delete() {
+            let by = key_clause(l, 1, &now.collations);
+            self.stash
+                .save_if_deleted_later(self.conn, (l, &e.key, &by))?;
         }
         let mut stmt = self.conn.prepare_cached(&write)?;
         match e.op {
