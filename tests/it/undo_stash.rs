@@ -291,3 +291,28 @@ fn a_row_the_application_adds_at_the_key_between_the_parts_stays_and_the_saved_r
         assert_eq!(stash_left(&db), 0, "{shape}");
     }
 }
+
+/// Within one part: a `REPLACE` in a rowid table whose primary key is
+/// text deletes the row and inserts the new one under another rowid, side
+/// by side in the record. The old row cannot come back, so the new one
+/// stays, as the run left it. (In a table keyed by its rowid the undo
+/// stops there instead, as before: the same key.)
+#[test]
+fn a_row_replaced_under_its_text_primary_key_is_kept_as_the_run_left_it() {
+    let db = TempDb::with_sql(&format!(
+        "{}; INSERT INTO t(id, email, v) VALUES (1, 'a', 1), (2, 'b', 2), (3, 'c', 3);",
+        SHAPES[4].1
+    ));
+    let plan = serde_json::json!({"name": "rl", "undo": true, "steps": [
+        {"name": "replace", "sql": "INSERT OR REPLACE INTO t(id, email, v) VALUES ('2', 'b2', 20)"}]});
+    let plan = db.file("plan.json", &plan.to_string());
+    run_undoable(&db, &plan);
+    db.conn()
+        .execute_batch("UPDATE t SET email = 'b' WHERE id = '3'")
+        .unwrap();
+    let (fin, out) = undo_json(&db, &[]);
+    assert_eq!(rows(&db), ["1|a|1", "2|b2|20", "3|b|3"], "{out}");
+    assert_eq!(fin["data"]["conflicts_as_left"], 1, "{fin}");
+    assert!(out.contains("kept its row as the run left it"), "{out}");
+    assert_eq!(stash_left(&db), 0);
+}

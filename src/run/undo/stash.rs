@@ -1,7 +1,8 @@
 //! Rows an undo saves before it takes back a run's insert at a key that an
 //! older part of the record deletes (a row the run deleted, then inserted
-//! again at its key). The undo goes newest first: it deletes the run's
-//! row, and only a later part tries to put the old one back. When the
+//! again at its key, or in a rowid table under its primary key). The
+//! undo goes newest first: it deletes the run's row, and only then (in a
+//! later part, or later in the same one) tries to put the old one back. When the
 //! application has since written a `UNIQUE` value of the old row into
 //! another, the old row cannot come back; without the saved row the key
 //! would be left with no row at all, though it had one before the run and
@@ -75,8 +76,8 @@ pub struct Stash {
     /// The place of the part being taken back.
     at: usize,
     /// Per table, read at the first insert of it taken back: each row a
-    /// part of [`Stash::deleting`] deletes (by [`Stash::ident`]), with the
-    /// oldest such part (its index there).
+    /// part of [`Stash::deleting`] from that one on deletes (by
+    /// [`Stash::ident`]), with the oldest such part (its index there).
     deleted: HashMap<String, HashMap<Vec<u8>, usize>>,
     /// Per table, what tells its rows apart: its primary key ([`Ident`]),
     /// or (`None`) the record's key.
@@ -122,10 +123,12 @@ impl Stash {
         self.at = pos;
     }
 
-    /// Whether a part after this one may delete rows: when none does, no
-    /// insert taken back is at risk, and nothing is read.
+    /// Whether this part or one after it may delete rows (this one's
+    /// older entries go back after its newer ones: a `REPLACE` deletes a
+    /// row before it inserts another): when none does, no insert taken
+    /// back is at risk, and nothing is read.
     pub fn older_may_delete(&self) -> bool {
-        self.deleting.last().is_some_and(|d| d.pos > self.at)
+        self.deleting.last().is_some_and(|d| d.pos >= self.at)
     }
 
     /// What tells the rows of `l`'s table apart (read once an undo).
@@ -157,8 +160,8 @@ impl Stash {
     }
 
     /// Whether a part of inserts into `l`'s table at `keys` must go row by
-    /// row: a part after this one deletes one of its rows (any, where the
-    /// primary key tells them apart: the part does not hold it).
+    /// row: this part or one after it deletes one of its rows (any, where
+    /// the primary key tells them apart: the part does not hold it).
     pub fn inserts_at_risk(
         &mut self,
         conn: &Connection,
@@ -171,7 +174,7 @@ impl Stash {
         let by_key = self.ident(conn, l)?.is_none();
         self.deleted(conn, l)?;
         let (at, deleting, deleted) = (self.at, &self.deleting, &self.deleted[&l.table]);
-        let later = |i: Option<&usize>| i.is_some_and(|&i| deleting[i].pos > at);
+        let later = |i: Option<&usize>| i.is_some_and(|&i| deleting[i].pos >= at);
         Ok(match by_key {
             true => keys.any(|k| later(deleted.get(&encoded(&[Val::Integer(k)])))),
             false => deleted.values().any(|i| later(Some(i))),
@@ -199,8 +202,8 @@ impl Stash {
     }
 
     /// Saves the row of `l`'s table at `key`, found by `by` (the key bound
-    /// from `?1`), as it is, when a part after this one deletes it: inside
-    /// the part's transaction, before the undo deletes it.
+    /// from `?1`), as it is, when this part or one after it deletes it:
+    /// inside the part's transaction, before the undo deletes it.
     pub fn save_if_deleted_later(
         &mut self,
         conn: &Connection,
@@ -217,7 +220,7 @@ impl Stash {
             return Ok(());
         };
         let Some(run) = Some(&self.deleting[i])
-            .filter(|d| d.pos > self.at)
+            .filter(|d| d.pos >= self.at)
             .map(|d| d.run.clone())
         else {
             return Ok(());
@@ -225,8 +228,8 @@ impl Stash {
         self.save(conn, &run, (l, key, by), id)
     }
 
-    /// The keys of `table` the parts after this one delete, each with the
-    /// oldest of them.
+    /// The keys of `table` this part and those after it delete, each with
+    /// the oldest of them.
     fn read_deleted(
         &self,
         conn: &Connection,
@@ -242,7 +245,7 @@ impl Stash {
                 step: d.step,
                 chunk: d.chunk,
             };
-            if d.pos <= self.at || store::read_part(conn, part, &mut blob)? != Some(true) {
+            if d.pos < self.at || store::read_part(conn, part, &mut blob)? != Some(true) {
                 continue;
             }
             if !layouts(&blob)
