@@ -144,8 +144,8 @@ impl Stash {
         Ok(ident)
     }
 
-    /// The rows of `l`'s table that parts after this one delete, read
-    /// the first time.
+    /// The rows of `l`'s table that this part and those after it delete,
+    /// read the first time.
     fn deleted(
         &mut self,
         conn: &Connection,
