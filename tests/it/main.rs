@@ -33,6 +33,7 @@ mod undo;
 mod undo_clear;
 mod undo_hostile;
 mod undo_parts;
+mod undo_stash;
 mod undo_tables;
 mod views;
 mod walk;

@@ -10,7 +10,8 @@ use rusqlite::Connection;
 use rusqlite::types::Value;
 use serde_json::json;
 
-use super::revert::{Conflict, GONE, Reverter, STAYS_DELETED, TAKEN};
+use super::revert::{Conflict, GONE, RUNS_ROW, Reverter, STAYS_DELETED, TAKEN};
+use super::stash::{self, Deleting, Stash};
 use super::store::{self, PARTS, UNRECORDED};
 use crate::events::log::EventLog;
 use crate::events::{
@@ -63,6 +64,8 @@ struct Chunk {
     /// The row that counts its step's parts (none in a record of a
     /// batchsse from before that count).
     count: Option<i64>,
+    /// Its place among the parts the undo takes back, newest first.
+    pos: usize,
 }
 
 impl Chunk {
@@ -264,6 +267,7 @@ impl Undoer<'_> {
                     chunk: r.get(4)?,
                     rows: r.get::<_, i64>(5)?.max(0) as u64,
                     count: None,
+                    pos: 0,
                 })
             })?;
             for c in rows {
@@ -283,7 +287,34 @@ impl Undoer<'_> {
             }
         }
         groups.retain(|g| !g.is_empty());
+        for (pos, c) in groups.iter_mut().flatten().enumerate() {
+            c.pos = pos;
+        }
         Ok(groups)
+    }
+
+    /// What the undo knows of rows it may save (see `stash`): the parts
+    /// it takes back that may delete rows (up to a step the run did not
+    /// record, where it stops), those the damage check found to hold no
+    /// delete left out, and the rows earlier tries saved.
+    fn stash(&self, groups: &[Vec<Chunk>]) -> rusqlite::Result<Stash> {
+        let kept = self.spec.kept.borrow();
+        let deleting = groups
+            .iter()
+            .take_while(|g| !g.iter().any(|c| c.chunk == UNRECORDED))
+            .flatten()
+            .filter(|c| c.chunk >= 0 && !kept.holds_no_delete(c.id))
+            .map(|c| Deleting {
+                pos: c.pos,
+                id: c.id,
+                run: c.run.clone(),
+                step: c.step,
+                chunk: c.chunk,
+            })
+            .collect();
+        let mut stash = Stash::new(deleting, &self.spec.runs);
+        stash.load(self.conn)?;
+        Ok(stash)
     }
 
     /// A dry run's one transaction, rolled back when it is dropped; `None`
@@ -307,7 +338,9 @@ impl Undoer<'_> {
 
     fn run_all(&mut self, gate: impl FnOnce()) -> (Tally, End, usize) {
         let read = self.groups().and_then(|g| {
-            self.reverter.borrow_mut().hold_kept(&self.scope)?;
+            let mut reverter = self.reverter.borrow_mut();
+            reverter.hold_kept(&self.scope)?;
+            reverter.stash = self.stash(&g)?;
             Ok(g)
         });
         let groups = match read {
@@ -596,6 +629,7 @@ impl Undoer<'_> {
         let tx = Tx::begin(self.conn, self.dry_run).map_err(sql)?;
         let mut reverter = self.reverter.borrow_mut();
         reverter.hold_kept(&self.scope).map_err(sql)?;
+        reverter.stash.at(c.pos);
         let mut blob = reverter.buffer();
         drop(reverter);
         let mut kept = self.spec.kept.borrow_mut();
@@ -712,6 +746,11 @@ impl Undoer<'_> {
             // Overwrite cannot put back a value another row holds; skip
             // cannot bring a row back to its old key while its new one stays.
             let ways = match (k.as_run_left, k.moved) {
+                // The row the run inserted again at the key is gone: skip
+                // puts it back, as the run left it.
+                (true, _) if k.why.starts_with(RUNS_ROW) => {
+                    "--on-conflict skip (keep the row the run inserted again at that key, as the run left it)"
+                }
                 (true, _) => "--on-conflict skip (keep that row as it is)",
                 (false, true) => {
                     "--on-conflict overwrite (the run changed this row's key: keeping the application's row at the new key would leave the old one out)"
@@ -753,6 +792,9 @@ impl Undoer<'_> {
         };
         let whose = match k.as_run_left {
             _ if k.why.starts_with(STAYS_DELETED) => "left its row out, deleted as the run left it",
+            _ if k.why.starts_with(RUNS_ROW) => {
+                "its row as the run left it (the row the run inserted again, with the run's values, not the application's)"
+            }
             true => "its row as it is (the run's values, not the application's)",
             false => "the application's row",
         };
@@ -959,6 +1001,17 @@ impl Undoer<'_> {
     /// ([`Undoer::settle`]), so those steps can run again.
     fn finish(&self) {
         let plan = &self.spec.plan;
+        // Each row saved waited for a part now taken back.
+        if let Err(e) = stash::forget(self.conn, &self.spec.runs) {
+            self.message(
+                Level::Warn,
+                format!(
+                    "the undo is complete, but the rows it saved in {} could not be removed: {}; `batchsse undo clear` removes them",
+                    stash::TABLE,
+                    crate::run::db::run_time_message(self.conn, &e)
+                ),
+            );
+        }
         let steps = |sql: &str| -> rusqlite::Result<Vec<i64>> {
             self.conn
                 .prepare(sql)?

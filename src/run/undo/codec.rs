@@ -44,6 +44,18 @@ pub const UNIQUE_KEYS: u8 = 1;
 /// insert does not otherwise use. A blob without it is from before.
 pub const MOVES: u8 = 2;
 
+/// `flags` bit: the blob holds no delete. A blob without it may hold
+/// some (one from before it was written does not say): an undo that takes
+/// back an insert must know whether an older part deletes the same row
+/// (see `stash`), and reads only the parts that may.
+pub const NO_DELETES: u8 = 4;
+
+/// Whether a blob may hold a delete, by its flags (a blob too short to
+/// say may).
+pub fn may_delete(blob: &[u8]) -> bool {
+    blob.get(1).is_none_or(|f| f & NO_DELETES == 0)
+}
+
 const PRINT_BYTES: usize = 6;
 const SMALL_TAG: u8 = 16;
 const SMALL_ZERO: i64 = 80;
@@ -199,6 +211,8 @@ pub struct Encoder {
     /// Every entry so far had an integer key above its table's last one
     /// (so each is a different row, promised or not).
     ascending: bool,
+    /// Whether this part holds a delete yet ([`NO_DELETES`]).
+    deletes: bool,
     entries: u64,
 }
 
@@ -300,6 +314,7 @@ impl Encoder {
     pub fn delete(&mut self, table: usize, key: KeyRef<'_>, old: &[u8]) {
         self.head(table, op::DELETE, false, key);
         self.body.extend_from_slice(old);
+        self.deletes = true;
     }
 
     fn put_print(&mut self, print: u64) {
@@ -310,7 +325,9 @@ impl Encoder {
     /// The blob; the encoder goes on with the next, empty one.
     pub fn finish(&mut self) -> Vec<u8> {
         let unique = self.unique || self.ascending;
-        let mut out = vec![VERSION, if unique { UNIQUE_KEYS } else { 0 } | MOVES];
+        let flags =
+            if unique { UNIQUE_KEYS } else { 0 } | if self.deletes { 0 } else { NO_DELETES };
+        let mut out = vec![VERSION, flags | MOVES];
         put_varint(&mut out, self.tables.len() as u64);
         for t in &self.tables {
             put_name(&mut out, &t.table);
@@ -330,6 +347,7 @@ impl Encoder {
         self.last_mask.iter_mut().for_each(Vec::clear);
         self.seen.iter_mut().for_each(|s| *s = false);
         self.ascending = true;
+        self.deletes = false;
         out
     }
 }
@@ -810,6 +828,23 @@ mod tests {
             let _ = decode(&bytes);
             let _ = index(&bytes, Vec::new());
         }
+    }
+
+    /// A part says whether it holds a delete, so an undo reads only those
+    /// that may (a blob from before the flag may).
+    #[test]
+    fn a_part_says_whether_it_holds_a_delete() {
+        let mut e = Encoder::new(true);
+        let t = e.table(&layout(true, 1, 1));
+        e.insert(t, KeyRef::Int(1), 7);
+        assert!(!may_delete(&e.finish()));
+        e.delete(t, KeyRef::Int(2), &enc(&[Value::Null]));
+        let mut blob = e.finish();
+        assert!(may_delete(&blob));
+        e.insert(t, KeyRef::Int(3), 7);
+        assert!(!may_delete(&e.finish()), "the next part begins anew");
+        blob[1] &= !NO_DELETES;
+        assert!(may_delete(&blob) && may_delete(&[VERSION]));
     }
 
     /// A key's change is told from a delete and an insert of two rows;

@@ -27,6 +27,7 @@ mod revert;
 mod shape;
 #[cfg(batchsse_preupdate)]
 mod spill;
+mod stash;
 pub mod store;
 
 pub use guard::Guard;

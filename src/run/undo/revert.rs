@@ -15,6 +15,7 @@ use super::codec::{
     Entry, Indexed, Layout, Lean, Record, Val, decode, encode, index, op, print, put_value, values,
 };
 use super::dangling::Watch;
+use super::stash::{self, Stash};
 use super::store::{Scope, kept_rows};
 use crate::plan::quote;
 use crate::run::expect::shown;
@@ -77,6 +78,9 @@ pub struct Reverter<'c> {
     /// Per table, what it is now (see [`Now`]), read again for each part:
     /// the application may add a column between two.
     now: HashMap<String, std::rc::Rc<Now>>,
+    /// The rows the run inserted at a key an older part deletes, saved
+    /// before they go (see `stash`).
+    pub stash: Stash,
 }
 
 /// What a table is as the undo finds it, beside the record's layout.
@@ -104,6 +108,7 @@ impl<'c> Reverter<'c> {
             // Unreadable (a schema SQLite cannot list): no check, no word.
             watch: Watch::new(conn).ok().flatten(),
             now: HashMap::new(),
+            stash: Stash::default(),
         }
     }
 
@@ -223,6 +228,9 @@ impl<'c> Reverter<'c> {
         if part.op == op::INSERT && !self.now(&part.layout).map_err(sql)?.added.is_empty() {
             return Ok(Err(blob));
         }
+        if self.stash_row_by_row(&part).map_err(sql)? {
+            return Ok(Err(blob));
+        }
         // No trigger fires on the undo's connection (see `app::undo`): none
         // can see or change the rows part-way.
         let Some(bulk) = self.bulk.as_ref() else {
@@ -263,6 +271,19 @@ impl<'c> Reverter<'c> {
         let reverted = self.report(&job, kept);
         self.spare = (job.blob, job.part.entries);
         reverted.map(Ok)
+    }
+
+    /// Whether `part` must go row by row for the rows the undo saves or
+    /// puts back (see `stash`): an insert of a key an older part deletes,
+    /// or a delete of a key whose row is saved. Nothing is read when no
+    /// older part may delete rows and no row is saved.
+    fn stash_row_by_row(&mut self, part: &Indexed) -> rusqlite::Result<bool> {
+        let (l, keys) = (&part.layout, part.entries.iter().map(|e| e.key));
+        match part.op {
+            op::INSERT => self.stash.inserts_at_risk(self.conn, l, keys),
+            op::DELETE => self.stash.deletes_saved(self.conn, l, keys),
+            _ => Ok(false),
+        }
     }
 
     /// A buffer for the next part's blob.
@@ -389,6 +410,13 @@ impl<'c> Reverter<'c> {
         undone: &Undone,
     ) -> Result<(bool, Option<String>, bool), String> {
         let sql = |e: rusqlite::Error| crate::run::db::run_time_message(self.conn, &e);
+        // Out of the table whatever comes of the row: put back, kept, or
+        // back as the run left it. A part that stops puts it back in.
+        let saved = match e.op {
+            op::DELETE => self.stash.take(self.conn, layout, e),
+            _ => Ok(None),
+        };
+        let saved = saved.map_err(sql)?;
         let (put, why) = match self.entry(layout, e) {
             Ok(done) => done,
             // Only its own statement is backed out (`OR ABORT`): the row
@@ -397,6 +425,9 @@ impl<'c> Reverter<'c> {
                 if undone.later_change_of(e) {
                     let why = format!("{}: {HOLDS_VALUE}", sql(err));
                     return Err(lost(layout, e, &why));
+                }
+                if let Some(row) = saved {
+                    return self.runs_row_back(layout, e, &row, &sql(err));
                 }
                 let taken = match e.op {
                     op::DELETE => STAYS_DELETED,
@@ -424,6 +455,32 @@ impl<'c> Reverter<'c> {
             return Err(twice(layout, e));
         }
         Ok((put, why, false))
+    }
+
+    /// The row of `e`, which the run deleted, cannot go back (`err`:
+    /// another row holds a value it needs), and the row the run inserted
+    /// at its key afterwards, which this undo took back first, was saved:
+    /// that one comes back, as the run left it, rather than the key being
+    /// left with no row (unless another row holds the primary key that
+    /// tells them apart). Kept, as the run left it.
+    fn runs_row_back(
+        &mut self,
+        l: &Layout,
+        e: &Entry,
+        row: &stash::Saved,
+        err: &str,
+    ) -> Result<(bool, Option<String>, bool), String> {
+        let sql = |e: rusqlite::Error| crate::run::db::run_time_message(self.conn, &e);
+        // Another row under its primary key (the application's, added
+        // since): the row exists, and the old one stays deleted.
+        if self.stash.held_elsewhere(self.conn, l, row).map_err(sql)? {
+            return Ok((false, Some(format!("{STAYS_DELETED} ({err})")), true));
+        }
+        match stash::put_back(self.conn, &l.table, row) {
+            Ok(()) => Ok((false, Some(format!("{RUNS_ROW} ({err})")), true)),
+            Err(again) if taken(&again) => Err(lost_both(l, e, err, &sql(again))),
+            Err(again) => Err(sql(again)),
+        }
     }
 
     /// Puts one entry back: whether it did, and why it is a conflict, if
@@ -462,6 +519,11 @@ impl<'c> Reverter<'c> {
             self.conn
                 .prepare_cached(&delete)?
                 .execute(params_from_iter(&e.key))?;
+        }
+        if e.op == op::INSERT && self.stash.older_may_delete() {
+            let by = key_clause(l, 1, &now.collations);
+            self.stash
+                .save_if_deleted_later(self.conn, (l, &e.key, &by))?;
         }
         let mut stmt = self.conn.prepare_cached(&write)?;
         match e.op {
@@ -580,6 +642,11 @@ pub(super) const TAKEN: &str = "another row holds a value it would get back";
 pub(super) const STAYS_DELETED: &str =
     "another row holds a value it would get back, so it stays deleted";
 
+/// [`TAKEN`], for a row the run deleted, then inserted again at its key
+/// in a later part, which this undo took back first: the run's row comes
+/// back, as the run left it (it begins as [`TAKEN`] does, which counts it).
+pub(super) const RUNS_ROW: &str = "another row holds a value it would get back, so the row the run inserted at its key afterwards stays";
+
 /// Why a row is kept that the application deleted since the run: nothing
 /// of it is left to take back, nor to carry the run's values.
 pub(super) const GONE: [&str; 2] = ["the row the run inserted is gone", "the row is gone"];
@@ -661,6 +728,19 @@ fn lost(l: &Layout, e: &Entry, why: &str) -> String {
         "putting back the row of {} at key {} fails ({why}), and the same chunk of the run changed this row again (a REPLACE, or its key changed), which the undo has already taken back; keeping it as a conflict would lose the row. The undo stopped here, this chunk rolled back, what it took back before stays taken back; change the row that holds the value, then run the undo again (or give up on this record with `batchsse undo clear`)",
         crate::human::shown(&l.table),
         key_shown(&e.key)
+    )
+}
+
+/// Why a part stops when neither the row the run deleted nor the row it
+/// inserted at the same key afterwards (saved by this undo, see `stash`)
+/// can go back: rows written since hold values each needs (`err`, then
+/// `again`). Kept, the key would be left with no row at all.
+fn lost_both(l: &Layout, e: &Entry, err: &str, again: &str) -> String {
+    format!(
+        "putting back the row of {} at key {} fails ({err}: {HOLDS_VALUE}), and so does putting back the row the run inserted at that key afterwards, which this undo took back and saved in {} ({again}); keeping it as a conflict would lose the row. The undo stopped here, this chunk rolled back, what it took back before stays taken back; change the rows that hold the values, then run the undo again (giving up on this record with `batchsse undo clear` drops the saved row too)",
+        crate::human::shown(&l.table),
+        key_shown(&e.key),
+        stash::TABLE
     )
 }
 

@@ -15,7 +15,7 @@ pub const CHUNKS: &str = "batchsse_undo";
 
 /// batchsse's own tables in a database file, never recorded (the last is
 /// the undo record's format from before the first release).
-const OWN: [&str; 9] = [
+const OWN: [&str; 10] = [
     crate::run::checkpoint::TABLE,
     crate::run::setup::kept::TABLE,
     crate::run::walk_probe::TABLE,
@@ -24,6 +24,7 @@ const OWN: [&str; 9] = [
     CONFLICTS,
     PROBE,
     COPY_PROBE,
+    super::stash::TABLE,
     "batchsse_undo_row",
 ];
 
@@ -273,11 +274,11 @@ fn conflicts_have_plan(conn: &Connection) -> rusqlite::Result<bool> {
 }
 
 /// The undo's own tables.
-pub const TABLES: [&str; 4] = [CHUNKS, CONFLICTS, PROBE, COPY_PROBE];
+pub const TABLES: [&str; 5] = [CHUNKS, CONFLICTS, PROBE, COPY_PROBE, super::stash::TABLE];
 
 /// The undo's own tables, and the columns each has had since the
 /// first release (later ones are added to an older table as it is met).
-const SHAPES: [(&str, &[&str]); 4] = [
+const SHAPES: [(&str, &[&str]); 5] = [
     (
         CHUNKS,
         &["run", "plan", "step", "chunk", "rows", "bytes", "rec"],
@@ -285,6 +286,7 @@ const SHAPES: [(&str, &[&str]); 4] = [
     ("batchsse_undo_conflict", &["run", "tbl", "k", "why"]),
     (PROBE, &["run", "at"]),
     (COPY_PROBE, &["run", "at"]),
+    (super::stash::TABLE, super::stash::COLUMNS),
 ];
 
 /// Why one of the undo's table names is taken by something batchsse did
@@ -304,7 +306,7 @@ pub fn not_ours(conn: &Connection) -> rusqlite::Result<Option<String>> {
 }
 
 /// Every column of the undo's own tables as batchsse makes them.
-const COLUMNS: [(&str, &[&str]); 4] = [
+const COLUMNS: [(&str, &[&str]); 5] = [
     (
         CHUNKS,
         &[
@@ -327,6 +329,7 @@ const COLUMNS: [(&str, &[&str]); 4] = [
     ),
     (PROBE, &["run", "at", "bare"]),
     (COPY_PROBE, &["run", "at"]),
+    (super::stash::TABLE, super::stash::COLUMNS),
 ];
 
 /// Whether batchsse's own `table` has `column` (a table made by an older
@@ -521,6 +524,18 @@ const KEPT_BYTES: usize = 64 << 20;
 pub struct Kept {
     parts: std::collections::HashMap<i64, Vec<u8>>,
     bytes: usize,
+    /// The parts read whose flags say they hold no delete (see
+    /// [`super::codec::NO_DELETES`]), kept or not.
+    no_deletes: std::collections::HashSet<i64>,
+}
+
+impl Kept {
+    /// Whether [`damage`] found that part `id` holds no delete: an undo
+    /// need not read it again to know that no row it takes back is
+    /// deleted there.
+    pub fn holds_no_delete(&self, id: i64) -> bool {
+        self.no_deletes.contains(&id)
+    }
 }
 
 /// What is wrong with `run`'s record, if it was altered since it was
@@ -665,6 +680,9 @@ fn bad_checksum(conn: &Connection, run: &str, kept: &mut Kept) -> rusqlite::Resu
             return Ok(Some(format!(
                 "row {id} of batchsse_undo: its record does not match the checksum written with it"
             )));
+        }
+        if !super::codec::may_delete(&rec) {
+            kept.no_deletes.insert(id);
         }
         if kept.bytes + rec.len() <= KEPT_BYTES {
             kept.bytes += rec.len();
@@ -880,7 +898,7 @@ pub fn remove_run(conn: &Connection, run: &str) -> rusqlite::Result<usize> {
     if table_exists(conn, CONFLICTS)? {
         conn.execute("DELETE FROM batchsse_undo_conflict WHERE run = ?1", [run])?;
     }
-    for probe in [PROBE, COPY_PROBE] {
+    for probe in [PROBE, COPY_PROBE, super::stash::TABLE] {
         conn.execute(&format!("DELETE FROM {probe} WHERE run = ?1"), [run])
             .or_else(|e| if is_missing(&e) { Ok(0) } else { Err(e) })?;
     }
@@ -933,7 +951,7 @@ pub fn drop_if_empty(conn: &Connection) -> rusqlite::Result<bool> {
     conn.execute_batch(
         "DROP TABLE batchsse_undo; DROP TABLE IF EXISTS batchsse_undo_conflict;
          DROP TABLE IF EXISTS batchsse_undo_probe; DROP TABLE IF EXISTS batchsse_undo_copy;
-         DROP TABLE IF EXISTS batchsse_undo_row",
+         DROP TABLE IF EXISTS batchsse_undo_stash; DROP TABLE IF EXISTS batchsse_undo_row",
     )?;
     Ok(true)
 }

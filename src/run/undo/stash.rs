@@ -1,0 +1,517 @@
+//! Rows an undo saves before it takes back a run's insert at a key that an
+//! older part of the record deletes (a row the run deleted, then inserted
+//! again at its key, or in a rowid table under its primary key). The
+//! undo goes newest first: it deletes the run's row, and only then (in a
+//! later part, or later in the same one) tries to put the old one back. When the
+//! application has since written a `UNIQUE` value of the old row into
+//! another, the old row cannot come back; without the saved row the key
+//! would be left with no row at all, though it had one before the run and
+//! after it. So the run's row is saved, in the part's transaction, into
+//! `batchsse_undo_stash`, and put back as the run left it when the old one
+//! cannot be; saved durably, it survives an undo killed between the two
+//! parts. A part of the insert goes back row by row; so does a part of
+//! the delete while a row of it is saved.
+
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+
+use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
+
+use super::codec::{Damaged, Entry, Layout, Val, decode, encode, layouts, op, put_value, values};
+use super::store::{self, Part};
+use crate::plan::quote;
+
+/// The table of the rows saved.
+pub const TABLE: &str = "batchsse_undo_stash";
+
+/// Its columns, as batchsse makes them.
+pub const COLUMNS: &[&str] = &["run", "tbl", "k", "cols", "vals", "at"];
+
+/// `run`: a run of the undo whose part deletes the row (it keeps a record
+/// until that part is taken back, so `undo clear` of it removes the row);
+/// `k`: the key's values, encoded (the primary key's, where one beside a
+/// rowid tells the rows apart); `cols`: the row's column names (a JSON
+/// array); `vals`: their values, encoded. Untyped: kept exactly.
+const CREATE: &str = "CREATE TABLE IF NOT EXISTS batchsse_undo_stash (
+    run TEXT NOT NULL,
+    tbl TEXT NOT NULL,
+    k NOT NULL,
+    cols TEXT NOT NULL,
+    vals NOT NULL,
+    at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+)";
+
+/// A part the undo is to take back that may delete rows (its flags do not
+/// say it holds none, see [`super::codec::NO_DELETES`]).
+pub struct Deleting {
+    /// Its place among all the parts the undo takes back, newest first.
+    pub pos: usize,
+    pub id: i64,
+    pub run: String,
+    pub step: i64,
+    pub chunk: i64,
+}
+
+/// A row saved: its columns' names and values.
+pub struct Saved {
+    cols: Vec<String>,
+    vals: Vec<Val>,
+}
+
+/// What tells a table's rows apart where the record keys them by a bare
+/// rowid although the table declares a `PRIMARY KEY` (not an `INTEGER`
+/// one): a row deleted, then inserted again under the same primary key,
+/// gets another rowid, yet it is the same row to the application. The
+/// primary key's columns, and the collations its index compares them by.
+struct Ident {
+    cols: Vec<String>,
+    collations: Vec<Option<String>>,
+}
+
+/// What an undo knows of the rows it may have to save or put back.
+#[derive(Default)]
+pub struct Stash {
+    /// The parts that may delete rows, in the undo's order.
+    deleting: Vec<Deleting>,
+    /// The place of the part being taken back.
+    at: usize,
+    /// Per table, read at the first insert of it taken back: each row a
+    /// part of [`Stash::deleting`] from that one on deletes (by
+    /// [`Stash::ident`]), with the oldest such part (its index there).
+    deleted: HashMap<String, HashMap<Vec<u8>, usize>>,
+    /// Per table, what tells its rows apart: its primary key ([`Ident`]),
+    /// or (`None`) the record's key.
+    idents: HashMap<String, Option<Rc<Ident>>>,
+    /// The rows saved, by this try or an earlier one, by table and encoded
+    /// key (some may be gone since: only the table says).
+    saved: HashSet<(String, Vec<u8>)>,
+    /// The tables of [`Stash::saved`].
+    saved_tables: HashSet<String>,
+    /// The undo's runs, as a JSON array (`json_each` reads it).
+    runs: String,
+}
+
+impl Stash {
+    /// `deleting`: in the order the undo takes them back.
+    pub fn new(deleting: Vec<Deleting>, runs: &[String]) -> Stash {
+        Stash {
+            deleting,
+            runs: serde_json::to_string(runs).unwrap_or_else(|_| "[]".into()),
+            ..Stash::default()
+        }
+    }
+
+    /// Reads the rows earlier tries of the undo saved.
+    pub fn load(&mut self, conn: &Connection) -> rusqlite::Result<()> {
+        if !crate::run::renumber::table_exists(conn, TABLE)? {
+            return Ok(());
+        }
+        let mut stmt = conn.prepare(
+            "SELECT tbl, k FROM batchsse_undo_stash WHERE run IN (SELECT value FROM json_each(?1))",
+        )?;
+        let rows = stmt.query_map([&self.runs], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        for row in rows {
+            let (table, key): (String, Vec<u8>) = row?;
+            self.saved_tables.insert(table.clone());
+            self.saved.insert((table, key));
+        }
+        Ok(())
+    }
+
+    /// The part at `pos` (among all the undo takes back) is next.
+    pub fn at(&mut self, pos: usize) {
+        self.at = pos;
+    }
+
+    /// Whether this part or one after it may delete rows (this one's
+    /// older entries go back after its newer ones: a `REPLACE` deletes a
+    /// row before it inserts another): when none does, no insert taken
+    /// back is at risk, and nothing is read.
+    pub fn older_may_delete(&self) -> bool {
+        self.deleting.last().is_some_and(|d| d.pos >= self.at)
+    }
+
+    /// What tells the rows of `l`'s table apart (read once an undo).
+    fn ident(&mut self, conn: &Connection, l: &Layout) -> rusqlite::Result<Option<Rc<Ident>>> {
+        if let Some(ident) = self.idents.get(&l.table) {
+            return Ok(ident.clone());
+        }
+        let ident = match l.by_bare_rowid() {
+            true => primary_key(conn, &l.table)?.map(Rc::new),
+            false => None,
+        };
+        self.idents.insert(l.table.clone(), ident.clone());
+        Ok(ident)
+    }
+
+    /// The rows of `l`'s table that this part and those after it delete,
+    /// read the first time.
+    fn deleted(
+        &mut self,
+        conn: &Connection,
+        l: &Layout,
+    ) -> rusqlite::Result<&HashMap<Vec<u8>, usize>> {
+        if !self.deleted.contains_key(&l.table) {
+            let ident = self.ident(conn, l)?;
+            let rows = self.read_deleted(conn, &l.table, ident.as_deref())?;
+            self.deleted.insert(l.table.clone(), rows);
+        }
+        Ok(&self.deleted[&l.table])
+    }
+
+    /// Whether a part of inserts into `l`'s table at `keys` must go row by
+    /// row: this part or one after it deletes one of its rows (any, where
+    /// the primary key tells them apart: the part does not hold it).
+    pub fn inserts_at_risk(
+        &mut self,
+        conn: &Connection,
+        l: &Layout,
+        mut keys: impl Iterator<Item = i64>,
+    ) -> rusqlite::Result<bool> {
+        if !self.older_may_delete() {
+            return Ok(false);
+        }
+        let by_key = self.ident(conn, l)?.is_none();
+        self.deleted(conn, l)?;
+        let (at, deleting, deleted) = (self.at, &self.deleting, &self.deleted[&l.table]);
+        let later = |i: Option<&usize>| i.is_some_and(|&i| deleting[i].pos >= at);
+        Ok(match by_key {
+            true => keys.any(|k| later(deleted.get(&encoded(&[Val::Integer(k)])))),
+            false => deleted.values().any(|i| later(Some(i))),
+        })
+    }
+
+    /// Whether a part of deletes from `l`'s table at `keys` must go row by
+    /// row: one of its rows may be saved.
+    pub fn deletes_saved(
+        &mut self,
+        conn: &Connection,
+        l: &Layout,
+        mut keys: impl Iterator<Item = i64>,
+    ) -> rusqlite::Result<bool> {
+        if !self.saved_tables.contains(&l.table) {
+            return Ok(false);
+        }
+        if self.ident(conn, l)?.is_some() {
+            return Ok(true);
+        }
+        Ok(keys.any(|k| {
+            let id = (l.table.clone(), encoded(&[Val::Integer(k)]));
+            self.saved.contains(&id)
+        }))
+    }
+
+    /// Saves the row of `l`'s table at `key`, found by `by` (the key bound
+    /// from `?1`), as it is, when this part or one after it deletes it:
+    /// inside the part's transaction, before the undo deletes it.
+    pub fn save_if_deleted_later(
+        &mut self,
+        conn: &Connection,
+        (l, key, by): (&Layout, &[Val], &str),
+    ) -> rusqlite::Result<()> {
+        if !self.older_may_delete() || self.deleted(conn, l)?.is_empty() {
+            return Ok(());
+        }
+        let id = match self.ident(conn, l)? {
+            Some(ident) => read_ident(conn, l, &ident, (key, by))?,
+            None => encoded(key),
+        };
+        let Some(&i) = self.deleted(conn, l)?.get(&id) else {
+            return Ok(());
+        };
+        let Some(run) = Some(&self.deleting[i])
+            .filter(|d| d.pos >= self.at)
+            .map(|d| d.run.clone())
+        else {
+            return Ok(());
+        };
+        self.save(conn, &run, (l, key, by), id)
+    }
+
+    /// The keys of `table` this part and those after it delete, each with
+    /// the oldest of them.
+    fn read_deleted(
+        &self,
+        conn: &Connection,
+        table: &str,
+        ident: Option<&Ident>,
+    ) -> rusqlite::Result<HashMap<Vec<u8>, usize>> {
+        let damaged = |e: Damaged| store::failure(e.to_string());
+        let (mut keys, mut blob) = (HashMap::new(), Vec::new());
+        for (i, d) in self.deleting.iter().enumerate() {
+            let part = Part {
+                id: d.id,
+                run: &d.run,
+                step: d.step,
+                chunk: d.chunk,
+            };
+            if d.pos < self.at || store::read_part(conn, part, &mut blob)? != Some(true) {
+                continue;
+            }
+            if !layouts(&blob)
+                .map_err(damaged)?
+                .iter()
+                .any(|l| l.table == table)
+            {
+                continue;
+            }
+            let rec = decode(&blob).map_err(damaged)?;
+            for e in &rec.entries {
+                let l = &rec.tables[e.table];
+                if e.op != op::DELETE || l.table != table {
+                    continue;
+                }
+                let id = match ident {
+                    Some(ident) => old_ident(ident, l, &e.old),
+                    None => Some(encoded(&e.key)),
+                };
+                if let Some(id) = id {
+                    keys.insert(id, i);
+                }
+            }
+        }
+        Ok(keys)
+    }
+
+    /// Saves the row of `l`'s table at `key` (`id`: what tells it apart),
+    /// found by `by`, for the part of `run` that deletes it.
+    fn save(
+        &mut self,
+        conn: &Connection,
+        run: &str,
+        (l, key, by): (&Layout, &[Val], &str),
+        id: Vec<u8>,
+    ) -> rusqlite::Result<()> {
+        conn.execute_batch(CREATE)?;
+        let cols = columns(conn, l)?;
+        let quoted: Vec<String> = cols.iter().map(|c| quote(c)).collect();
+        let read = format!(
+            "SELECT {} FROM main.{} WHERE {by}",
+            quoted.join(", "),
+            quote(&l.table)
+        );
+        let vals = conn
+            .prepare_cached(&read)?
+            .query_row(params_from_iter(key), |r| {
+                let mut vals = Vec::new();
+                for i in 0..cols.len() {
+                    put_value(&mut vals, r.get_ref(i)?);
+                }
+                Ok(vals)
+            })?;
+        let names = serde_json::to_string(&cols).map_err(|e| store::failure(e.to_string()))?;
+        conn.prepare_cached(
+            "INSERT INTO batchsse_undo_stash (run, tbl, k, cols, vals) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![run, l.table, id, names, vals])?;
+        self.saved_tables.insert(l.table.clone());
+        self.saved.insert((l.table.clone(), id));
+        Ok(())
+    }
+
+    /// Takes out of the table the row saved for this undo that `e` (a row
+    /// of `l`'s table the run deleted) is, if there is one (inside the
+    /// part's transaction, which puts it back if it rolls back).
+    pub fn take(
+        &mut self,
+        conn: &Connection,
+        l: &Layout,
+        e: &Entry,
+    ) -> rusqlite::Result<Option<Saved>> {
+        // Nothing made for a part's every deleted row when none is saved.
+        if !self.saved_tables.contains(&l.table) {
+            return Ok(None);
+        }
+        let id = match self.ident(conn, l)? {
+            Some(ident) => old_ident(&ident, l, &e.old),
+            None => Some(encoded(&e.key)),
+        };
+        let Some(k) = id.filter(|k| self.saved.contains(&(l.table.clone(), k.clone()))) else {
+            return Ok(None);
+        };
+        let by = "tbl = ?1 AND k = ?2 AND run IN (SELECT value FROM json_each(?3))";
+        let row: Option<(String, Vec<u8>)> = conn
+            .prepare_cached(&format!(
+                "SELECT cols, vals FROM batchsse_undo_stash WHERE {by} ORDER BY rowid DESC LIMIT 1"
+            ))?
+            .query_row(params![l.table, k, self.runs], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
+        conn.prepare_cached(&format!("DELETE FROM batchsse_undo_stash WHERE {by}"))?
+            .execute(params![l.table, k, self.runs])?;
+        let Some((cols, vals)) = row else {
+            return Ok(None);
+        };
+        let damaged = || store::failure(format!("a row of {TABLE} is damaged"));
+        let cols: Vec<String> = serde_json::from_str(&cols).map_err(|_| damaged())?;
+        let vals = values(&vals).map_err(|_| damaged())?;
+        if cols.is_empty() || cols.len() != vals.len() {
+            return Err(damaged());
+        }
+        Ok(Some(Saved { cols, vals }))
+    }
+
+    /// Whether another row now holds the primary key of `row`, saved from
+    /// `l`'s table where the primary key tells its rows apart: then the row
+    /// exists, and nothing is lost (where the record's key tells them
+    /// apart, the undo has found none at the key before).
+    pub fn held_elsewhere(
+        &mut self,
+        conn: &Connection,
+        l: &Layout,
+        row: &Saved,
+    ) -> rusqlite::Result<bool> {
+        let Some(ident) = self.ident(conn, l)? else {
+            return Ok(false);
+        };
+        let mut vals = Vec::new();
+        for c in &ident.cols {
+            match row.cols.iter().position(|n| n.eq_ignore_ascii_case(c)) {
+                Some(i) => vals.push(&row.vals[i]),
+                None => return Ok(false),
+            }
+        }
+        let sql = format!(
+            "SELECT 1 FROM main.{} WHERE {}",
+            quote(&l.table),
+            ident_clause(&ident)
+        );
+        conn.prepare_cached(&sql)?.exists(params_from_iter(vals))
+    }
+}
+
+/// The primary key of `table` when it declares one: the columns and the
+/// collations its index compares them by.
+fn primary_key(conn: &Connection, table: &str) -> rusqlite::Result<Option<Ident>> {
+    let cols: Vec<String> = conn
+        .prepare_cached("SELECT name FROM pragma_table_info(?1, 'main') WHERE pk > 0 ORDER BY pk")?
+        .query_map([table], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    if cols.is_empty() {
+        return Ok(None);
+    }
+    let by_key = Layout {
+        table: table.to_owned(),
+        key: cols.iter().map(|c| quote(c)).collect(),
+        int_key: false,
+        columns: Vec::new(),
+    };
+    let collations = super::shape::key_collations(conn, &by_key)?;
+    Ok(Some(Ident { cols, collations }))
+}
+
+/// The condition that finds a row by its primary key's values, bound from
+/// `?1` on, each compared by the primary key index's collation.
+fn ident_clause(ident: &Ident) -> String {
+    let each: Vec<String> = ident
+        .cols
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let by = match ident.collations.get(i) {
+                Some(Some(coll)) => format!(" COLLATE {}", quote(coll)),
+                _ => String::new(),
+            };
+            format!("{} = ?{}{by}", quote(c), i + 1)
+        })
+        .collect();
+    each.join(" AND ")
+}
+
+/// The primary key's values, encoded, among `old` (a deleted row's every
+/// column, as `l` names them); `None` when the layout lacks one.
+fn old_ident(ident: &Ident, l: &Layout, old: &[Val]) -> Option<Vec<u8>> {
+    let mut id = Vec::new();
+    for c in &ident.cols {
+        let i = l.columns.iter().position(|n| n.eq_ignore_ascii_case(c))?;
+        put_value(&mut id, old.get(i)?.as_ref());
+    }
+    Some(id)
+}
+
+/// The primary key's values, encoded, of the row of `l`'s table at `key`
+/// (found by `by`).
+fn read_ident(
+    conn: &Connection,
+    l: &Layout,
+    ident: &Ident,
+    (key, by): (&[Val], &str),
+) -> rusqlite::Result<Vec<u8>> {
+    let cols: Vec<String> = ident.cols.iter().map(|c| quote(c)).collect();
+    let sql = format!(
+        "SELECT {} FROM main.{} WHERE {by}",
+        cols.join(", "),
+        quote(&l.table)
+    );
+    conn.prepare_cached(&sql)?
+        .query_row(params_from_iter(key), |r| {
+            let mut id = Vec::new();
+            for i in 0..cols.len() {
+                put_value(&mut id, r.get_ref(i)?);
+            }
+            Ok(id)
+        })
+}
+
+/// Puts a saved row back into `table` (`OR ABORT`, as any row the undo
+/// puts back: a row written since that holds one of its values stops it).
+pub fn put_back(conn: &Connection, table: &str, row: &Saved) -> rusqlite::Result<()> {
+    let cols: Vec<String> = row.cols.iter().map(|c| quote(c)).collect();
+    let marks: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
+    conn.prepare_cached(&format!(
+        "INSERT OR ABORT INTO main.{}({}) VALUES ({})",
+        quote(table),
+        cols.join(", "),
+        marks.join(", ")
+    ))?
+    .execute(params_from_iter(&row.vals))?;
+    Ok(())
+}
+
+/// Removes the rows saved for `runs`, once their undo is complete (each
+/// waited for a part it has taken back), and the table with them when no
+/// other undo's are left in it: rows an undo kept as conflicts keep the
+/// record's tables, but this one is no report. In a transaction of its
+/// own.
+pub fn forget(conn: &Connection, runs: &[String]) -> rusqlite::Result<()> {
+    if !crate::run::renumber::table_exists(conn, TABLE)? {
+        return Ok(());
+    }
+    let runs = serde_json::to_string(runs).unwrap_or_else(|_| "[]".into());
+    let tx = crate::run::tx::Tx::begin(conn, false)?;
+    conn.execute(
+        "DELETE FROM batchsse_undo_stash WHERE run IN (SELECT value FROM json_each(?1))",
+        [runs],
+    )?;
+    let left: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM batchsse_undo_stash)",
+        [],
+        |r| r.get(0),
+    )?;
+    if !left {
+        conn.execute_batch("DROP TABLE batchsse_undo_stash")?;
+    }
+    tx.commit()
+}
+
+/// The columns a row of `l`'s table is written with now: those not
+/// generated (hidden), and a rowid no column names.
+fn columns(conn: &Connection, l: &Layout) -> rusqlite::Result<Vec<String>> {
+    let mut cols: Vec<String> = Vec::new();
+    if l.by_bare_rowid() {
+        cols.extend(l.key.iter().cloned());
+    }
+    let mut stmt =
+        conn.prepare_cached("SELECT name FROM pragma_table_xinfo(?1, 'main') WHERE hidden = 0")?;
+    for name in stmt.query_map([&l.table], |r| r.get(0))? {
+        cols.push(name?);
+    }
+    Ok(cols)
+}
+
+/// A key's values, encoded: how the record's entries and the table find
+/// the same row.
+fn encoded(key: &[Val]) -> Vec<u8> {
+    encode(key.iter().map(Val::as_ref))
+}

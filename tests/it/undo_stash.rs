@@ -1,0 +1,318 @@
+//! A row the run deleted, then inserted again at the same key in a later
+//! part, whose old `UNIQUE` value the application has taken since: the
+//! undo takes the later insert back first, and the old row cannot come
+//! back. Neither may be lost: the run's row stays, as the run left it,
+//! whether both parts go back in one try or across an interrupted one.
+
+use crate::util::*;
+
+/// A table `t` of three rows (keys 1, 2, 3; emails 'a', 'b', 'c'),
+/// `UNIQUE` on its email, in each shape a key can take.
+const SHAPES: [(&str, &str); 6] = [
+    (
+        "INTEGER PRIMARY KEY",
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, email TEXT UNIQUE, v INT)",
+    ),
+    (
+        "WITHOUT ROWID",
+        "CREATE TABLE t(id INT PRIMARY KEY, email TEXT UNIQUE, v INT) WITHOUT ROWID",
+    ),
+    (
+        "a bare rowid",
+        "CREATE TABLE t(id INT, email TEXT UNIQUE, v INT)",
+    ),
+    (
+        "a text key",
+        "CREATE TABLE t(id TEXT PRIMARY KEY, email TEXT UNIQUE, v INT) WITHOUT ROWID",
+    ),
+    (
+        "a rowid and a text primary key",
+        "CREATE TABLE t(id TEXT PRIMARY KEY, email TEXT UNIQUE, v INT)",
+    ),
+    (
+        "generated columns",
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, email TEXT UNIQUE, v INT,
+           twice INT GENERATED ALWAYS AS (v * 2) STORED, shout TEXT AS (upper(email)))",
+    ),
+];
+
+/// The plan of the report: row 2 deleted, another row changed, row 2
+/// inserted again with another email (at the same rowid, for a table
+/// keyed by a bare one; at another, under the same primary key, for a
+/// rowid table whose primary key is text).
+fn plan(shape: &str) -> String {
+    let (drop, readd) = match shape {
+        "a bare rowid" => (
+            "DELETE FROM t WHERE rowid = 2",
+            "INSERT INTO t(rowid, id, email, v) VALUES (2, 2, 'b2', 20)",
+        ),
+        _ => (
+            "DELETE FROM t WHERE id = 2",
+            "INSERT INTO t(id, email, v) VALUES (2, 'b2', 20)",
+        ),
+    };
+    serde_json::json!({"name": "rl", "undo": true, "steps": [
+        {"name": "drop", "sql": drop},
+        {"name": "other", "sql": "UPDATE t SET v = v + 10 WHERE id = 1"},
+        {"name": "readd", "sql": readd}]})
+    .to_string()
+}
+
+/// `t` made as `create`, its three rows in, the plan run.
+fn recorded(create: &str, shape: &str, env: &[(&str, &str)]) -> TempDb {
+    let db = TempDb::with_sql(&format!(
+        "{create}; INSERT INTO t(id, email, v) VALUES (1, 'a', 1), (2, 'b', 2), (3, 'c', 3);"
+    ));
+    let plan = db.file("plan.json", &plan(shape));
+    let (code, _, err) = run_with_env(&run_args(&db, path_str(&plan), &["--no-serve"]), None, env);
+    assert_eq!(code, 0, "{shape}: {err}");
+    db
+}
+
+/// `t`'s rows as `id|email|v`, by id.
+fn rows(db: &TempDb) -> Vec<String> {
+    db.conn()
+        .prepare("SELECT id || '|' || email || '|' || v FROM t ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// What the undo must leave: row 1 put back, row 3 the application's,
+/// row 2 as the run left it.
+const KEPT: [&str; 3] = ["1|a|1", "2|b2|20", "3|b|3"];
+
+/// The undo of the plan with JSON progress, which must succeed: its
+/// `finished` event and everything it said.
+fn undo_json(db: &TempDb, extra: &[&str]) -> (serde_json::Value, String) {
+    let mut args = undo_of_plan(db, "rl", &["--progress", "json"]);
+    args.extend_from_slice(extra);
+    let (code, out, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    let fin = serde_json::from_str(out.lines().last().unwrap_or_default()).expect("finished");
+    (fin, out)
+}
+
+/// Whether batchsse's table of rows saved for the undo is in the file.
+fn stash_left(db: &TempDb) -> i64 {
+    db.query_i64("SELECT count(*) FROM sqlite_schema WHERE name = 'batchsse_undo_stash'")
+}
+
+/// The report's case, in every shape of key and both ways of recording:
+/// the row is kept as the run left it, said so and counted as such, and
+/// the undo's own tables go once it is done.
+#[test]
+fn a_row_deleted_then_inserted_again_is_kept_as_the_run_left_it_when_its_old_value_is_taken() {
+    for (shape, create) in SHAPES {
+        for env in [&[][..], &[("BATCHSSE_UNDO_HOOK", "off")][..]] {
+            let db = recorded(create, shape, env);
+            db.conn()
+                .execute_batch("UPDATE t SET email = 'b' WHERE id = 3")
+                .unwrap();
+            let (fin, out) = undo_json(&db, &[]);
+            assert_eq!(rows(&db), KEPT, "{shape} {env:?}: {out}");
+            assert_eq!(fin["data"]["conflicts"], 1, "{shape} {env:?}: {fin}");
+            assert_eq!(
+                fin["data"]["conflicts_as_left"], 1,
+                "{shape} {env:?}: {fin}"
+            );
+            assert!(
+                out.contains("conflict in t at key ")
+                    && out.contains("kept its row as the run left it")
+                    && !out.contains("stays deleted")
+                    && out.contains("all but 1 row kept as the run left it"),
+                "{shape} {env:?}: {out}"
+            );
+            assert_eq!(stash_left(&db), 0, "{shape} {env:?}");
+            if shape == "generated columns" {
+                let g = db.query_text("SELECT twice || shout FROM t WHERE id = 2");
+                assert_eq!(g, "40B2", "{shape}");
+            }
+        }
+    }
+}
+
+/// Without the clash the old row comes back, the run's row goes, and
+/// nothing of the undo is left in the file.
+#[test]
+fn a_row_deleted_then_inserted_again_goes_back_whole_when_nothing_holds_its_value() {
+    for (shape, create) in SHAPES {
+        let db = recorded(create, shape, &[]);
+        let (fin, out) = undo_json(&db, &[]);
+        assert_eq!(rows(&db), ["1|a|1", "2|b|2", "3|c|3"], "{shape}: {out}");
+        assert_eq!(fin["data"]["conflicts"], 0, "{shape}: {fin}");
+        assert!(out.contains("fully taken back"), "{shape}: {out}");
+        let own = db.query_i64("SELECT count(*) FROM sqlite_schema WHERE name LIKE 'batchsse%'");
+        assert_eq!(own, 0, "{shape}: {out}");
+    }
+}
+
+/// A dry run writes nothing, saved rows included, and says what the
+/// undo would keep.
+#[test]
+fn a_dry_run_of_it_writes_nothing_and_counts_the_row_kept_as_the_run_left_it() {
+    let db = recorded(SHAPES[0].1, SHAPES[0].0, &[]);
+    db.conn()
+        .execute_batch("UPDATE t SET email = 'b' WHERE id = 3")
+        .unwrap();
+    let before = sha256(&db.path);
+    let (fin, out) = undo_json(&db, &["--dry-run"]);
+    assert_eq!(sha256(&db.path), before, "{out}");
+    assert_eq!(fin["data"]["conflicts_as_left"], 1, "{fin}");
+    assert!(
+        out.contains("would keep its row as the run left it"),
+        "{out}"
+    );
+}
+
+/// `abort` stops at the conflict with the file as the step before left
+/// it; the undo run again under `skip` keeps the row, which the earlier
+/// try's taking back of the insert did not lose.
+#[test]
+fn an_undo_stopped_by_abort_then_run_again_keeps_the_row() {
+    let db = recorded(SHAPES[0].1, SHAPES[0].0, &[]);
+    db.conn()
+        .execute_batch("UPDATE t SET email = 'b' WHERE id = 3")
+        .unwrap();
+    let args = undo_of_plan(&db, "rl", &["--on-conflict", "abort"]);
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("conflict in t at key 2"), "{err}");
+    assert!(
+        err.contains("--on-conflict skip (keep the row the run inserted again at that key"),
+        "{err}"
+    );
+    let (code, _, err) = run(&undo_of_plan(&db, "rl", &["--on-conflict", "overwrite"]));
+    assert_eq!(code, 1, "overwrite cannot take the value back: {err}");
+    let (fin, out) = undo_json(&db, &[]);
+    assert_eq!(rows(&db), KEPT, "{out}");
+    assert_eq!(fin["data"]["conflicts_as_left"], 1, "{fin}");
+    assert!(out.contains("kept its row as the run left it"), "{out}");
+    assert_eq!(stash_left(&db), 0);
+}
+
+/// kill -9 after the part that takes back the insert has committed, and
+/// before the part of the delete: the undo run again still keeps the row.
+/// The insert is the newer of two chunks of its step, so the undo sleeps
+/// (`--sleep`) right after taking it back.
+#[test]
+fn an_undo_killed_between_the_insert_and_the_delete_then_run_again_keeps_the_row() {
+    let db = TempDb::with_sql(&format!(
+        "{}; INSERT INTO t VALUES (1, 'a', 1), (2, 'b', 2), (3, 'c', 3);
+         CREATE TABLE src(n INTEGER PRIMARY KEY, id INT, email TEXT, v INT);
+         INSERT INTO src VALUES (1, 4, 'd', 40), (2, 2, 'b2', 20);",
+        SHAPES[0].1
+    ));
+    let plan = serde_json::json!({"name": "rl", "undo": true, "steps": [
+        {"name": "drop", "sql": "DELETE FROM t WHERE id = 2"},
+        {"name": "other", "sql": "UPDATE t SET v = v + 10 WHERE id = 1"},
+        {"name": "readd", "sql": "INSERT INTO t SELECT id, email, v FROM src WHERE n BETWEEN :lo AND :hi",
+         "chunk": {"table": "src", "size": 1}}]});
+    let plan = db.file("plan.json", &plan.to_string());
+    run_undoable(&db, &plan);
+    db.conn()
+        .execute_batch("UPDATE t SET email = 'b' WHERE id = 3")
+        .unwrap();
+    let mut args = undo_of_plan(&db, "rl", &[]);
+    args.retain(|a| *a != "--no-serve");
+    args.extend_from_slice(&words(
+        "--listen 127.0.0.1:0 --wait-for-clients 1 --sleep 60000 --progress none",
+    ));
+    let mut p = Proc::start(&args);
+    let mut s = Stream::open(p.addr(), "/events", &[]);
+    loop {
+        match s.next_event() {
+            Some(e) if e.event == "progress" => break,
+            Some(e) => assert_ne!(e.event, "finished", "{}", p.stderr()),
+            None => panic!("the stream ended early: {}", p.stderr()),
+        }
+    }
+    p.child.kill().unwrap();
+    p.child.wait().unwrap();
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM t WHERE id = 2"),
+        0,
+        "the newer part was taken back before the kill"
+    );
+    let (fin, out) = undo_json(&db, &[]);
+    let rows = rows(&db);
+    assert_eq!(rows, KEPT, "{out}");
+    assert_eq!(fin["data"]["conflicts_as_left"], 1, "{fin}");
+    assert!(out.contains("kept its row as the run left it"), "{out}");
+    assert_eq!(stash_left(&db), 0);
+}
+
+/// `undo clear` of a record whose undo stopped with a row saved removes
+/// the saved row with the record, and the table with them.
+#[test]
+fn undo_clear_removes_the_rows_an_undo_saved() {
+    let db = recorded(SHAPES[0].1, SHAPES[0].0, &[]);
+    db.conn()
+        .execute_batch("UPDATE t SET email = 'b' WHERE id = 3")
+        .unwrap();
+    let (code, _, err) = run(&undo_of_plan(&db, "rl", &["--on-conflict", "abort"]));
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM batchsse_undo_stash"),
+        1,
+        "the run's row 2 saved: {err}"
+    );
+    let (code, _, err) = run(&["undo", "clear", "--db", path_str(&db.path), "--plan", "rl"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(stash_left(&db), 0, "{err}");
+}
+
+/// The application adds a row of its own at the key between the two
+/// parts (an undo stopped by `abort` in between): the key has a row, the
+/// application's, which stays; the run's saved row is not put back, and
+/// the old one stays deleted. Whether the record's key or a primary key
+/// (beside a rowid) tells the rows apart.
+#[test]
+fn a_row_the_application_adds_at_the_key_between_the_parts_stays_and_the_saved_row_goes() {
+    for (shape, create) in [SHAPES[0], SHAPES[4]] {
+        let db = recorded(create, shape, &[]);
+        db.conn()
+            .execute_batch("UPDATE t SET email = 'b' WHERE id = 3")
+            .unwrap();
+        let (code, _, err) = run(&undo_of_plan(&db, "rl", &["--on-conflict", "abort"]));
+        assert_eq!(code, 1, "{shape}: {err}");
+        db.conn()
+            .execute_batch("INSERT INTO t(id, email, v) VALUES (2, 'zz', 99)")
+            .unwrap();
+        let (fin, out) = undo_json(&db, &[]);
+        assert_eq!(rows(&db), ["1|a|1", "2|zz|99", "3|b|3"], "{shape}: {out}");
+        assert_eq!(fin["data"]["conflicts"], 1, "{shape}: {fin}");
+        assert!(
+            !out.contains("kept its row as the run left it"),
+            "{shape}: {out}"
+        );
+        assert_eq!(stash_left(&db), 0, "{shape}");
+    }
+}
+
+/// Within one part: a `REPLACE` in a rowid table whose primary key is
+/// text deletes the row and inserts the new one under another rowid, side
+/// by side in the record. The old row cannot come back, so the new one
+/// stays, as the run left it. (In a table keyed by its rowid the undo
+/// stops there instead, as before: the same key.)
+#[test]
+fn a_row_replaced_under_its_text_primary_key_is_kept_as_the_run_left_it() {
+    let db = TempDb::with_sql(&format!(
+        "{}; INSERT INTO t(id, email, v) VALUES (1, 'a', 1), (2, 'b', 2), (3, 'c', 3);",
+        SHAPES[4].1
+    ));
+    let plan = serde_json::json!({"name": "rl", "undo": true, "steps": [
+        {"name": "replace", "sql": "INSERT OR REPLACE INTO t(id, email, v) VALUES ('2', 'b2', 20)"}]});
+    let plan = db.file("plan.json", &plan.to_string());
+    run_undoable(&db, &plan);
+    db.conn()
+        .execute_batch("UPDATE t SET email = 'b' WHERE id = '3'")
+        .unwrap();
+    let (fin, out) = undo_json(&db, &[]);
+    assert_eq!(rows(&db), ["1|a|1", "2|b2|20", "3|b|3"], "{out}");
+    assert_eq!(fin["data"]["conflicts_as_left"], 1, "{fin}");
+    assert!(out.contains("kept its row as the run left it"), "{out}");
+    assert_eq!(stash_left(&db), 0);
+}
