@@ -170,6 +170,14 @@ pub struct Chunk {
     /// new rows rowids past the largest, where the walk stops, until the
     /// table holds the largest rowid there is (see `run::chunk`).
     pub inserts: bool,
+    /// How a walk by a key other than the rowid orders its keys: the key
+    /// column's affinity and collation (`TEXT NOCASE`), which every
+    /// comparison of the walk and of the step's `BETWEEN` goes by. A
+    /// resume goes on after the last key in this order, so one where it
+    /// changed since the step stopped (the table made again with the
+    /// column of another type or collation) would skip and repeat rows
+    /// (see `run::checkpoint`). `None` for a rowid walk.
+    pub order: Option<String>,
 }
 
 #[derive(Deserialize)]

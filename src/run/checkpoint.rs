@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::error::UsageError;
-use crate::human::quoted;
+use crate::human::{quoted, shown};
 use crate::plan::{Key, Plan, Step, edited, quote, sqlite_message};
 
 pub const TABLE: &str = "batchsse_checkpoint";
@@ -29,6 +29,7 @@ const CREATE: &str = "CREATE TABLE IF NOT EXISTS batchsse_checkpoint (
     updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
     last_insert_rowid INTEGER, -- what it answered the plan's statements here; NULL: not known
     walk_end BLOB, -- where a walk that inserts into its table ends; NULL: where its table ends
+    key_order TEXT, -- how a walk by a key other than the rowid ordered it (affinity, collation)
     PRIMARY KEY (plan, step)
 )";
 
@@ -49,8 +50,18 @@ const ROWID: &str = "last_insert_rowid";
 /// which gets it as [`ROWID`] does.
 const END: &str = "walk_end";
 
+/// The column that holds, for a chunked step stopped part-way that walks
+/// by a key other than the rowid, how the walk ordered that key: its
+/// column's affinity and collation (see [`crate::plan::Chunk::order`]).
+/// A resume goes on after the last key in the order of now, so one where
+/// the column was made again of another type or collation since is
+/// refused (see [`refuse_reordered`]). NULL for every other row, and
+/// missing in a table an earlier release made (nothing to compare with),
+/// which gets it as [`ROWID`] does.
+const ORDER: &str = "key_order";
+
 /// The columns later releases added, with their types.
-const ADDED: [(&str, &str); 2] = [(ROWID, "INTEGER"), (END, "BLOB")];
+const ADDED: [(&str, &str); 3] = [(ROWID, "INTEGER"), (END, "BLOB"), (ORDER, "TEXT")];
 
 /// A checkpoint row as [`Checkpoint::write`] takes it: the step, its
 /// state, its last key and where its walk ends (see [`END`]).
@@ -65,6 +76,8 @@ pub struct ChunkPos {
     /// Where the walk ends (see [`END`]); `None`: where its table ends
     /// as the step goes on.
     pub end: Option<Key>,
+    /// How the walk ordered its key (see [`ORDER`]); `None`: not known.
+    pub order: Option<String>,
 }
 
 /// Refuses to resume a step that walks a table by a rowid a `VACUUM` has
@@ -102,6 +115,53 @@ fn refuse_renumbered(
         )));
     }
     Ok(())
+}
+
+/// Refuses to resume a step that walks a table by a key whose order is
+/// not the one it walked by when it stopped (see [`ORDER`]): its column
+/// made again with another collation or type, going on after the last key
+/// committed would skip rows the step has not reached, and change again
+/// rows it has.
+fn refuse_reordered(plan: &Plan, rows: &[(usize, Row)]) -> Result<(), UsageError> {
+    for (index, row) in rows {
+        let Some(step) = plan.steps.get(*index).filter(|_| row.mark == Mark::Partial) else {
+            continue;
+        };
+        let (Some(then), Some(chunk)) = (&row.pos.order, &step.chunk) else {
+            continue;
+        };
+        // Made the table's INTEGER PRIMARY KEY, the key walks as the rowid:
+        // in the same order, if the step stopped at an integer.
+        let now = match chunk.order.as_deref() {
+            Some(now) => now,
+            None if matches!(row.pos.last_key, Key::Integer(_)) => continue,
+            None => "rowid",
+        };
+        if then == now {
+            continue;
+        }
+        let (table, key) = (shown(&chunk.table), shown(&chunk.key));
+        return Err(UsageError::new(format!(
+            "step {} ({}) of plan {} stopped part-way through {table}, walking it in the order of its chunk key {key}, and {table} orders {key} otherwise now: by {} when the step stopped, by {} now (its column was made again with another type or collation since). Going on after the last key the step committed would skip rows it has not reached and change again rows it has. Nothing was run. Make the column as it was to go on, or run the plan again with --force to start it over, if its steps may meet rows they already changed",
+            index + 1,
+            quoted(&step.name),
+            quoted(&plan.name),
+            order_shown(then),
+            order_shown(now),
+        )));
+    }
+    Ok(())
+}
+
+/// An order as [`ORDER`] keeps it (`TEXT NOCASE`), for a message:
+/// `TEXT affinity and collation NOCASE`.
+fn order_shown(order: &str) -> String {
+    match order.split_once(' ') {
+        Some((affinity, collation)) => {
+            format!("{affinity} affinity and collation {}", shown(collation))
+        }
+        None => order.to_owned(),
+    }
 }
 
 /// What numbered a walked table's rowids anew, and which tables it
@@ -440,8 +500,9 @@ fn added_read(conn: &Connection, column: &str) -> rusqlite::Result<String> {
 /// The checkpoint's rows of `plan`, by step index.
 fn read_rows(conn: &Connection, plan: &Plan) -> rusqlite::Result<Vec<(usize, Row)>> {
     let (rowid, end) = (rowid_read(conn)?, added_read(conn, END)?);
+    let order = added_read(conn, ORDER)?;
     let mut stmt = conn.prepare(&format!(
-        "SELECT step, checksum, state, last_key, done, changed, {rowid}, {end} FROM batchsse_checkpoint WHERE plan = ?1 AND step >= 0",
+        "SELECT step, checksum, state, last_key, done, changed, {rowid}, {end}, {order} FROM batchsse_checkpoint WHERE plan = ?1 AND step >= 0",
     ))?;
     let rows = stmt.query_map([&plan.name], |r| {
         Ok((
@@ -455,6 +516,7 @@ fn read_rows(conn: &Connection, plan: &Plan) -> rusqlite::Result<Vec<(usize, Row
                     done: r.get::<_, i64>(4)?.max(0) as u64,
                     changed: r.get::<_, i64>(5)?.max(0) as u64,
                     end: r.get(7)?,
+                    order: r.get(8)?,
                 },
                 rowid: r.get(6)?,
             },
@@ -530,6 +592,7 @@ impl Resume {
             }
         }
         refuse_renumbered(conn, plan, &rows)?;
+        refuse_reordered(plan, &rows)?;
         let resume = Resume {
             rows: rows.into_iter().collect(),
             forced: false,
@@ -960,10 +1023,14 @@ impl<'a> Checkpoint<'a> {
         (step, mark, last_key, end): Written<'_>,
         (done, changed): (u64, u64),
     ) -> rusqlite::Result<()> {
+        let order = match mark {
+            Mark::Partial => step.chunk.as_ref().and_then(|c| c.order.as_deref()),
+            Mark::Done => None,
+        };
         self.conn
             .prepare_cached(
-                "INSERT OR REPLACE INTO batchsse_checkpoint (plan, step, checksum, name, state, last_key, done, changed, last_insert_rowid, walk_end)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                "INSERT OR REPLACE INTO batchsse_checkpoint (plan, step, checksum, name, state, last_key, done, changed, last_insert_rowid, walk_end, key_order)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?
             .execute(params![
                 self.plan.name,
@@ -975,7 +1042,8 @@ impl<'a> Checkpoint<'a> {
                 done as i64,
                 changed as i64,
                 self.rowid.get(),
-                end
+                end,
+                order
             ])?;
         Ok(())
     }
