@@ -448,6 +448,7 @@ impl Shape {
             fenced: false,
             inserts: false,
             order: None,
+            peers: false,
         };
         (chunk, names.collect())
     }
@@ -778,6 +779,7 @@ impl Rehearsal {
                     fenced: false,
                     inserts: false,
                     order: None,
+                    peers: false,
                 }
             }
         })
@@ -1184,6 +1186,7 @@ impl Rehearsal {
             fenced: false,
             inserts: false,
             order: Some(self.order_of(table, &name)),
+            peers: self.has_peers(table, &name),
         };
         Ok((chunk, vec![name]))
     }
@@ -1257,6 +1260,27 @@ impl Rehearsal {
                 .unwrap_or_default()
         };
         Some((text(kind), text(coll)))
+    }
+
+    /// Whether `table`'s `column`, unique, may hold keys its own collation
+    /// finds equal (see [`Chunk::peers`]): it is not `BINARY` (equal there
+    /// is equal under any), and no unique index on it alone, over every
+    /// row, compares by that collation.
+    fn has_peers(&self, table: &str, column: &str) -> bool {
+        let own = self.collation_of(table, column);
+        if own.eq_ignore_ascii_case("BINARY") {
+            return false;
+        }
+        let sql = "SELECT count(*) FROM pragma_index_list(?1) AS il
+             JOIN pragma_index_xinfo(il.name) AS ix
+             WHERE il.\"unique\" AND NOT il.partial AND ix.key
+               AND ix.name = ?2 AND ix.coll = ?3 COLLATE NOCASE
+               AND (SELECT count(*) FROM pragma_index_xinfo(il.name) AS k WHERE k.key) = 1";
+        let same: i64 = self
+            .conn
+            .query_row(sql, rusqlite::params![table, column, own], |r| r.get(0))
+            .unwrap_or(0);
+        same == 0
     }
 
     fn has_pk_index(&self, table: &str) -> bool {

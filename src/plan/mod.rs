@@ -178,6 +178,12 @@ pub struct Chunk {
     /// column of another type or collation) would skip and repeat rows
     /// (see `run::checkpoint`). `None` for a rowid walk.
     pub order: Option<String>,
+    /// Keys the walk's comparisons find equal may be two rows: the key
+    /// column's collation is coarser than the one of its unique index (a
+    /// `NOCASE` column a `BINARY` index keeps unique holds 'a' and 'A'). A
+    /// chunk's `BETWEEN` then holds every row equal to its last key, more
+    /// than the walk stepped over, so its rows are counted.
+    pub peers: bool,
 }
 
 #[derive(Deserialize)]

@@ -628,7 +628,7 @@ impl<'c> Walk<'c> {
         let work = conn.prepare(&step.sql)?;
         Ok(Walk {
             schema: schema_version(conn)?,
-            keys: Keyset::new(conn, &table, &chunk.key_sql, dense)?,
+            keys: Keyset::new(conn, &table, &chunk.key_sql, dense)?.with_peers(chunk.peers),
             shape: Shape::of(&work),
             work,
             fence,
@@ -649,7 +649,8 @@ impl<'c> Walk<'c> {
             conn.flush_prepared_statement_cache();
             let table = quote(&self.chunk.table);
             let dense = self.keys.dense_min;
-            self.keys = Keyset::new(conn, &table, &self.chunk.key_sql, dense)?;
+            self.keys =
+                Keyset::new(conn, &table, &self.chunk.key_sql, dense)?.with_peers(self.chunk.peers);
             self.work = conn.prepare(&step.sql)?;
             self.shape = Shape::of(&self.work);
             self.schema = now;
@@ -759,6 +760,9 @@ struct Keyset<'c> {
     lo: [rusqlite::Statement<'c>; 2],
     hi: [rusqlite::Statement<'c>; 2],
     count: [rusqlite::Statement<'c>; 2],
+    /// The key may hold rows its comparisons find equal (see
+    /// [`Chunk::peers`]): a chunk's rows are counted, not stepped.
+    peers: bool,
 }
 
 impl<'c> Keyset<'c> {
@@ -792,7 +796,12 @@ impl<'c> Keyset<'c> {
                 prep(1, key, &format!("{order} LIMIT 1 OFFSET ?3"))?,
             ],
             count: [prep(0, "count(*)", "")?, prep(1, "count(*)", "")?],
+            peers: false,
         })
+    }
+
+    fn with_peers(self, peers: bool) -> Self {
+        Keyset { peers, ..self }
     }
 
     /// The next chunk after `prev`: `(lo, hi, rows)`, rows = 0 at the end.
@@ -828,6 +837,12 @@ impl<'c> Keyset<'c> {
             .query_row(rusqlite::params![prev, max, offset], |r| r.get(0))
             .optional()?;
         match hi {
+            // The rows equal to `hi` past the `size` stepped over are the
+            // chunk's too: its `BETWEEN` holds them, the next starts after.
+            Some(hi) if self.peers => {
+                let n: i64 = self.count[i].query_row(rusqlite::params![prev, hi], |r| r.get(0))?;
+                Ok((lo, hi, n.max(0) as u64))
+            }
             Some(hi) => Ok((lo, hi, size)),
             // Fewer than `size` keys are left: the chunk runs to the end.
             None => {

@@ -361,6 +361,7 @@ mod tests {
             fenced: true,
             inserts: false,
             order: None,
+            peers: false,
         };
         let found = fence.outside(&conn, &chunk, bounds, 2).unwrap();
         assert_eq!(found, Some(Key::Text("c".into())));

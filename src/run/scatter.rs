@@ -82,6 +82,7 @@ mod tests {
             fenced: true,
             inserts: false,
             order: None,
+            peers: false,
         }
     }
 

@@ -115,3 +115,35 @@ fn a_resume_after_the_key_s_type_changed_is_refused() {
     assert!(err.contains("INTEGER") && err.contains("TEXT"), "{err}");
     assert_eq!(sha256(&db.path), before, "nothing written");
 }
+
+#[test]
+fn a_walk_by_a_key_with_peers_under_its_collation_counts_every_row_it_visits() {
+    // k is NOCASE, kept unique by a BINARY index: 'a' and 'A' are two rows
+    // the walk's comparisons find equal. A chunk's BETWEEN holds both;
+    // the walk stepped over one. The step, done, must say it visited all
+    // 78 rows of 78, as it changed them, in chunks of any size.
+    for size in ["1", "2", "3"] {
+        let db = TempDb::with_sql(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, k TEXT COLLATE NOCASE, v INTEGER NOT NULL DEFAULT 0);
+             CREATE UNIQUE INDEX t_k ON t(k COLLATE BINARY);
+             INSERT INTO t(k) WITH RECURSIVE c(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM c WHERE i < 25)
+               SELECT char(65 + i) FROM c UNION ALL SELECT char(97 + i) FROM c
+               UNION ALL SELECT char(97 + i) || 'x' FROM c;",
+        );
+        let plan = bump_by_k(&db);
+        let args = ["--no-serve", "--progress", "json", "--batch-size", size];
+        let (code, out, err) = run(&run_args(&db, path_str(&plan), &args));
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(spread(&db), (78, 0), "chunks of {size}");
+        let done = json_lines(&out)
+            .into_iter()
+            .find(|l| l["event"] == "step" && l["data"]["state"] == "done")
+            .unwrap_or_else(|| panic!("no done step: {out}"));
+        let d = &done["data"];
+        assert_eq!(
+            (&d["done"], &d["total"], &d["changed"]),
+            (&json!(78), &json!(78), &json!(78)),
+            "chunks of {size}: {d}"
+        );
+    }
+}
