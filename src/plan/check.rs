@@ -1253,11 +1253,14 @@ impl Rehearsal {
         if rc != rusqlite::ffi::SQLITE_OK || coll.is_null() {
             return None;
         }
-        // SAFETY: as above; SQLite gave NUL-terminated names (or none).
         let text = |p: *const std::ffi::c_char| {
-            (!p.is_null())
-                .then(|| unsafe { std::ffi::CStr::from_ptr(p) }.to_string_lossy().into_owned())
-                .unwrap_or_default()
+            if p.is_null() {
+                return String::new();
+            }
+            // SAFETY: as above; SQLite gave a NUL-terminated name.
+            unsafe { std::ffi::CStr::from_ptr(p) }
+                .to_string_lossy()
+                .into_owned()
         };
         Some((text(kind), text(coll)))
     }

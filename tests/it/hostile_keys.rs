@@ -147,3 +147,121 @@ fn a_walk_by_a_key_with_peers_under_its_collation_counts_every_row_it_visits() {
         );
     }
 }
+
+/// `log` (no INTEGER PRIMARY KEY, an index, gaps in its rowids), and the
+/// plan `purge` beside it, which walks it by rowid in chunks of 100.
+fn gapped_log() -> TempDb {
+    let db = TempDb::with_sql(
+        "CREATE TABLE log(ts INT, msg TEXT);
+         CREATE INDEX log_ts ON log(ts);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000)
+         INSERT INTO log SELECT i, 'm' FROM n;
+         DELETE FROM log WHERE ts % 10 = 5;",
+    );
+    db.file(
+        "plan.json",
+        r#"{"name":"purge","steps":[{"sql":"DELETE FROM log WHERE ts % 2 = 0 AND rowid BETWEEN :lo AND :hi","chunk":{"table":"log","size":100}}]}"#,
+    );
+    db
+}
+
+/// [`gapped_log`], its purge stopped at `ts` 700 by a trigger of the
+/// test's (dropped after): the rows below 700 are purged and checkpointed.
+fn stopped_purge() -> TempDb {
+    let db = gapped_log();
+    db.conn()
+        .execute_batch(
+            "CREATE TRIGGER stop BEFORE DELETE ON log WHEN old.ts = 700
+             BEGIN SELECT RAISE(ABORT, 'stopped for the test'); END;",
+        )
+        .unwrap();
+    let (code, err) = purge(&db, &[]);
+    assert_eq!(code, 1, "{err}");
+    db.conn().execute_batch("DROP TRIGGER stop").unwrap();
+    db
+}
+
+/// Makes `log` again as SQLite's way to change a column does: copied into
+/// a new table (its rows numbered anew from 1), renamed, indexed again.
+const MAKE_LOG_AGAIN: &str = "BEGIN IMMEDIATE;
+     CREATE TABLE log2(ts INT, msg TEXT);
+     INSERT INTO log2 SELECT ts, msg FROM log;
+     DROP TABLE log;
+     ALTER TABLE log2 RENAME TO log;
+     CREATE INDEX log_ts ON log(ts);
+     COMMIT;";
+
+/// Runs the `plan.json` beside `db` with no server, then `extra`.
+fn purge(db: &TempDb, extra: &[&str]) -> (i32, String) {
+    let plan = db.dir.path().join("plan.json");
+    let mut args = run_args(db, path_str(&plan), &["--no-serve"]);
+    args.extend_from_slice(extra);
+    let (code, _, err) = run(&args);
+    (code, err)
+}
+
+#[test]
+fn a_walk_by_rowid_is_not_resumed_after_its_table_was_made_again() {
+    // The table copied into a new one, as SQLite's way to change a column
+    // does: its rows are numbered anew from 1 (the gaps closed), so rows
+    // past 700 that the walk has not reached now lie below its last rowid.
+    let db = stopped_purge();
+    db.conn().execute_batch(MAKE_LOG_AGAIN).unwrap();
+    let before = sha256(&db.path);
+    let (code, err) = purge(&db, &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("log has since been made again") && err.contains("Nothing was run"),
+        "{err}"
+    );
+    assert_eq!(sha256(&db.path), before, "the file untouched");
+    let (code, err) = purge(&db, &["--force"]);
+    assert_eq!(code, 0, "{err}");
+    let evens = db.query_i64("SELECT count(*) FROM log WHERE ts % 2 = 0");
+    assert_eq!(evens, 0, "{err}");
+}
+
+#[test]
+fn a_walk_by_rowid_is_resumed_after_its_table_gained_a_column_or_index() {
+    // Neither makes the table again: its rowids stay, and so does the walk.
+    let db = stopped_purge();
+    db.conn()
+        .execute_batch("ALTER TABLE log ADD COLUMN extra INT; CREATE INDEX log_msg ON log(msg);")
+        .unwrap();
+    let (code, err) = purge(&db, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("resuming after"), "{err}");
+    let evens = db.query_i64("SELECT count(*) FROM log WHERE ts % 2 = 0");
+    assert_eq!(evens, 0, "{err}");
+}
+
+#[test]
+fn a_table_made_again_between_two_chunks_of_a_walk_by_rowid_stops_it() {
+    // Another process makes the table again while the run sleeps between
+    // chunks: the step stops before its next chunk, as after a VACUUM.
+    let db = gapped_log();
+    let plan = db.dir.path().join("plan.json");
+    let args = run_args(
+        &db,
+        path_str(&plan),
+        &["--no-serve", "--batch-size", "100", "--sleep", "1500"],
+    );
+    let mut p = Proc::start(&args);
+    let conn = db.conn();
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .unwrap();
+    let start = std::time::Instant::now();
+    let probed = "SELECT count(*) FROM sqlite_schema WHERE name = 'batchsse_walk_probe'";
+    while conn.query_row(probed, [], |r| r.get::<_, i64>(0)).unwrap() == 0 {
+        assert!(start.elapsed() < PATIENCE, "{}", p.stderr());
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    conn.execute_batch(MAKE_LOG_AGAIN).unwrap();
+    let status = p.wait();
+    let err = p.stderr();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("log was made again while this step walked it by rowid"),
+        "{err}"
+    );
+}
