@@ -3,7 +3,6 @@
 //! time and memory, with SQLite's authorizer watching what a step reads and
 //! writes.
 
-use std::ffi::CString;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -447,7 +446,6 @@ impl Shape {
             contained: false,
             fenced: false,
             inserts: false,
-            order: None,
             peers: false,
         };
         (chunk, names.collect())
@@ -778,7 +776,6 @@ impl Rehearsal {
                     contained: false,
                     fenced: false,
                     inserts: false,
-                    order: None,
                     peers: false,
                 }
             }
@@ -1185,7 +1182,6 @@ impl Rehearsal {
             contained: false,
             fenced: false,
             inserts: false,
-            order: Some(self.order_of(table, &name)),
             peers: self.has_peers(table, &name),
         };
         Ok((chunk, vec![name]))
@@ -1212,57 +1208,8 @@ impl Rehearsal {
     /// The collation `table`'s `column` is declared with (`BINARY` unless
     /// it says another, or cannot be told).
     fn collation_of(&self, table: &str, column: &str) -> String {
-        self.declared(table, column)
+        super::order::declared(&self.conn, table, column)
             .map_or_else(|| "BINARY".into(), |(_, coll)| coll)
-    }
-
-    /// How a walk by `table`'s `column` orders its keys (see
-    /// [`Chunk::order`]): the column's affinity, by SQLite's rules for its
-    /// declared type, and its collation, upper case (`TEXT NOCASE`).
-    fn order_of(&self, table: &str, column: &str) -> String {
-        let (kind, coll) = self
-            .declared(table, column)
-            .unwrap_or_else(|| (String::new(), "BINARY".into()));
-        format!("{} {}", affinity(&kind), coll.to_ascii_uppercase())
-    }
-
-    /// The type (empty when none) and collation `table`'s `column` is
-    /// declared with, as SQLite reads them; `None` when it cannot tell.
-    fn declared(&self, table: &str, column: &str) -> Option<(String, String)> {
-        let (Ok(t), Ok(c)) = (CString::new(table), CString::new(column)) else {
-            return None;
-        };
-        let mut kind: *const std::ffi::c_char = std::ptr::null();
-        let mut coll: *const std::ffi::c_char = std::ptr::null();
-        // SAFETY: the handle is this live connection's, on its thread; the
-        // names are NUL-terminated; SQLite writes only the pointers asked
-        // for, to names it keeps until the schema changes, read at once.
-        let rc = unsafe {
-            rusqlite::ffi::sqlite3_table_column_metadata(
-                self.conn.handle(),
-                c"main".as_ptr(),
-                t.as_ptr(),
-                c.as_ptr(),
-                &mut kind,
-                &mut coll,
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-            )
-        };
-        if rc != rusqlite::ffi::SQLITE_OK || coll.is_null() {
-            return None;
-        }
-        let text = |p: *const std::ffi::c_char| {
-            if p.is_null() {
-                return String::new();
-            }
-            // SAFETY: as above; SQLite gave a NUL-terminated name.
-            unsafe { std::ffi::CStr::from_ptr(p) }
-                .to_string_lossy()
-                .into_owned()
-        };
-        Some((text(kind), text(coll)))
     }
 
     /// Whether `table`'s `column`, unique, may hold keys its own collation
@@ -1425,24 +1372,6 @@ impl Rehearsal {
             )));
         }
         Ok(false)
-    }
-}
-
-/// The affinity SQLite gives a column declared `kind`, by its rules
-/// (section 3.1 of "Datatypes In SQLite"): it decides how the walk's bound
-/// keys are compared with the column's values.
-fn affinity(kind: &str) -> &'static str {
-    let kind = kind.to_ascii_uppercase();
-    if kind.contains("INT") {
-        "INTEGER"
-    } else if ["CHAR", "CLOB", "TEXT"].iter().any(|k| kind.contains(k)) {
-        "TEXT"
-    } else if kind.is_empty() || kind.contains("BLOB") {
-        "BLOB"
-    } else if ["REAL", "FLOA", "DOUB"].iter().any(|k| kind.contains(k)) {
-        "REAL"
-    } else {
-        "NUMERIC"
     }
 }
 

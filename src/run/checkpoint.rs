@@ -8,7 +8,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::error::UsageError;
 use crate::human::{quoted, shown};
-use crate::plan::{Key, Plan, Step, edited, quote, sqlite_message};
+use crate::plan::{Key, Plan, Step, edited, key_order, order_shown, quote, sqlite_message};
 
 pub const TABLE: &str = "batchsse_checkpoint";
 
@@ -53,7 +53,7 @@ const END: &str = "walk_end";
 
 /// The column that holds, for a chunked step stopped part-way that walks
 /// by a key other than the rowid, how the walk ordered that key: its
-/// column's affinity and collation (see [`crate::plan::Chunk::order`]).
+/// column's affinity and collation (see [`crate::plan::key_order`]).
 /// A resume goes on after the last key in the order of now, so one where
 /// the column was made again of another type or collation since is
 /// refused (see [`refuse_reordered`]). NULL for every other row, and
@@ -163,7 +163,11 @@ fn refuse_rebuilt(conn: &Connection, plan: &Plan, rows: &[(usize, Row)]) -> Resu
 /// made again with another collation or type, going on after the last key
 /// committed would skip rows the step has not reached, and change again
 /// rows it has.
-fn refuse_reordered(plan: &Plan, rows: &[(usize, Row)]) -> Result<(), UsageError> {
+fn refuse_reordered(
+    conn: &Connection,
+    plan: &Plan,
+    rows: &[(usize, Row)],
+) -> Result<(), UsageError> {
     for (index, row) in rows {
         let Some(step) = plan.steps.get(*index).filter(|_| row.mark == Mark::Partial) else {
             continue;
@@ -173,12 +177,12 @@ fn refuse_reordered(plan: &Plan, rows: &[(usize, Row)]) -> Result<(), UsageError
         };
         // Made the table's INTEGER PRIMARY KEY, the key walks as the rowid:
         // in the same order, if the step stopped at an integer.
-        let now = match chunk.order.as_deref() {
-            Some(now) => now,
-            None if matches!(row.pos.last_key, Key::Integer(_)) => continue,
-            None => "rowid",
+        let now = match chunk.rowid {
+            false => key_order(conn, &chunk.table, &chunk.key),
+            true if matches!(row.pos.last_key, Key::Integer(_)) => continue,
+            true => "rowid".into(),
         };
-        if then == now {
+        if *then == now {
             continue;
         }
         let (table, key) = (shown(&chunk.table), shown(&chunk.key));
@@ -188,21 +192,10 @@ fn refuse_reordered(plan: &Plan, rows: &[(usize, Row)]) -> Result<(), UsageError
             quoted(&step.name),
             quoted(&plan.name),
             order_shown(then),
-            order_shown(now),
+            order_shown(&now),
         )));
     }
     Ok(())
-}
-
-/// An order as [`ORDER`] keeps it (`TEXT NOCASE`), for a message:
-/// `TEXT affinity and collation NOCASE`.
-fn order_shown(order: &str) -> String {
-    match order.split_once(' ') {
-        Some((affinity, collation)) => {
-            format!("{affinity} affinity and collation {}", shown(collation))
-        }
-        None => order.to_owned(),
-    }
 }
 
 /// What making a table again does to a walk by its bare rowid, for a
@@ -642,7 +635,7 @@ impl Resume {
         }
         refuse_renumbered(conn, plan, &rows)?;
         refuse_rebuilt(conn, plan, &rows)?;
-        refuse_reordered(plan, &rows)?;
+        refuse_reordered(conn, plan, &rows)?;
         let resume = Resume {
             rows: rows.into_iter().collect(),
             forced: false,
@@ -1103,7 +1096,10 @@ impl<'a> Checkpoint<'a> {
     ) -> rusqlite::Result<()> {
         let (order, root) = match mark {
             Mark::Partial => (
-                step.chunk.as_ref().and_then(|c| c.order.as_deref()),
+                step.chunk
+                    .as_ref()
+                    .filter(|c| !c.rowid)
+                    .map(|c| key_order(self.conn, &c.table, &c.key)),
                 super::walk_probe::root(self.conn, step)?,
             ),
             Mark::Done => (None, None),

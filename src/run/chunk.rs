@@ -248,6 +248,11 @@ fn one_chunk(
     {
         return Err((StepError::Sql(why), c));
     }
+    if prev.is_some()
+        && let Some(why) = walk.reordered(r.conn)
+    {
+        return Err((StepError::Sql(why), c));
+    }
     let (first, hi, rows) = walk
         .keys
         .next(prev, max, size)
@@ -596,6 +601,9 @@ struct Walk<'c> {
     chunk: &'c Chunk,
     /// The schema's version when the statements were prepared.
     schema: i64,
+    /// How the key orders, as the step began (see [`crate::plan::key_order`]);
+    /// `None` for a rowid walk.
+    order: Option<String>,
 }
 
 /// A rowid walk's `:lo`: one above the previous chunk's last key, the
@@ -627,12 +635,31 @@ impl<'c> Walk<'c> {
         };
         let work = conn.prepare(&step.sql)?;
         Ok(Walk {
+            order: (!chunk.rowid).then(|| crate::plan::key_order(conn, &chunk.table, &chunk.key)),
             schema: schema_version(conn)?,
             keys: Keyset::new(conn, &table, &chunk.key_sql, dense)?.with_peers(chunk.peers),
             shape: Shape::of(&work),
             work,
             fence,
             chunk,
+        })
+    }
+
+    /// Why the walk must not go on: its key orders otherwise than as the
+    /// step began, its column made again with another type or collation
+    /// by another process between two chunks, so the next chunk's keys
+    /// after the last one would skip rows and take in rows done already.
+    fn reordered(&self, conn: &Connection) -> Option<String> {
+        let then = self.order.as_deref()?;
+        let now = crate::plan::key_order(conn, &self.chunk.table, &self.chunk.key);
+        (now != then).then(|| {
+            format!(
+                "{t} was made again while this step walked it by {k}, which orders otherwise now: by {} then, by {} now, so going on after the last key it committed would skip rows and change others again; the step stopped before its next chunk. What committed stays applied and checkpointed; make the column as it was to go on, or run the plan again with --force to start it over",
+                crate::plan::order_shown(then),
+                crate::plan::order_shown(&now),
+                t = shown(&self.chunk.table),
+                k = shown(&self.chunk.key),
+            )
         })
     }
 

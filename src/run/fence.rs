@@ -360,7 +360,6 @@ mod tests {
             contained: true,
             fenced: true,
             inserts: false,
-            order: None,
             peers: false,
         };
         let found = fence.outside(&conn, &chunk, bounds, 2).unwrap();

@@ -81,7 +81,6 @@ mod tests {
             contained: true,
             fenced: true,
             inserts: false,
-            order: None,
             peers: false,
         }
     }

@@ -70,14 +70,21 @@ fn rebuild(db: &TempDb, decl: &str) {
         .unwrap();
 }
 
+/// 'A'..'Z' then 'ax'..'zx', as SQL literals: in BINARY order the upper
+/// case first, under NOCASE each letter's two keys side by side.
+fn letters() -> Vec<String> {
+    let upper = (b'A'..=b'Z').map(|c| format!("'{}'", c as char));
+    let lower = (b'a'..=b'z').map(|c| format!("'{}x'", c as char));
+    upper.chain(lower).collect()
+}
+
 #[test]
 fn a_resume_after_the_key_s_collation_changed_is_refused() {
     // 'A'..'Z' then 'ax'..'zx' in BINARY order; the run stops at 'N',
     // having bumped 'A'..'J'. Under NOCASE the walk after 'J' would go
     // 'jx', 'K', 'kx', …: 'ax'..'ix', never bumped, lie before it.
-    let upper: Vec<String> = (b'A'..=b'Z').map(|c| format!("'{}'", c as char)).collect();
-    let lower: Vec<String> = (b'a'..=b'z').map(|c| format!("'{}x'", c as char)).collect();
-    let keys: Vec<&str> = upper.iter().chain(&lower).map(String::as_str).collect();
+    let keys = letters();
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
     let (db, plan) = stopped("TEXT", &keys, "'N'");
     assert_eq!(db.query_i64("SELECT count(*) FROM t WHERE v = 1"), 10);
     rebuild(&db, "TEXT COLLATE NOCASE");
@@ -264,4 +271,52 @@ fn a_table_made_again_between_two_chunks_of_a_walk_by_rowid_stops_it() {
         err.contains("log was made again while this step walked it by rowid"),
         "{err}"
     );
+}
+
+#[test]
+fn a_key_s_collation_changed_between_two_chunks_stops_the_walk() {
+    // Another process makes the table again, k NOCASE, while the run
+    // sleeps after its first chunk ('A'..'E'): the next chunk would go on
+    // after 'E' in the new order, past 'ax'..'ex', never bumped.
+    let db = TempDb::with_sql(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, k TEXT UNIQUE, v INTEGER NOT NULL DEFAULT 0);",
+    );
+    for k in letters() {
+        db.conn()
+            .execute(&format!("INSERT INTO t(k) VALUES ({k})"), [])
+            .unwrap();
+    }
+    let plan = bump_by_k(&db);
+    let args = run_args(
+        &db,
+        path_str(&plan),
+        &["--no-serve", "--batch-size", "5", "--sleep", "1500"],
+    );
+    let mut p = Proc::start(&args);
+    let conn = db.conn();
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .unwrap();
+    let start = std::time::Instant::now();
+    let bumped = "SELECT count(*) FROM t WHERE v = 1";
+    while conn.query_row(bumped, [], |r| r.get::<_, i64>(0)).unwrap() == 0 {
+        assert!(start.elapsed() < PATIENCE, "{}", p.stderr());
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    conn.execute_batch(
+        "BEGIN IMMEDIATE;
+         CREATE TABLE t2(id INTEGER PRIMARY KEY, k TEXT COLLATE NOCASE UNIQUE, v INTEGER NOT NULL DEFAULT 0);
+         INSERT INTO t2 SELECT id, k, v FROM t;
+         DROP TABLE t;
+         ALTER TABLE t2 RENAME TO t;
+         COMMIT;",
+    )
+    .unwrap();
+    let status = p.wait();
+    let err = p.stderr();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("t was made again while this step walked it by k"),
+        "{err}"
+    );
+    assert_eq!(spread(&db), (5, 47), "only the first chunk: {err}");
 }
