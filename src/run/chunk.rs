@@ -244,12 +244,7 @@ fn one_chunk(
         return Err((StepError::Sql(r.checkpoint.conflict()), c));
     }
     if prev.is_some()
-        && let Some(why) = r.checkpoint.renumbered(step).map_err(fail)?
-    {
-        return Err((StepError::Sql(why), c));
-    }
-    if prev.is_some()
-        && let Some(why) = walk.reordered(r.conn)
+        && let Some(why) = moved_under(r, step, walk).map_err(fail)?
     {
         return Err((StepError::Sql(why), c));
     }
@@ -307,6 +302,16 @@ fn one_chunk(
         changed,
         work,
     }))
+}
+
+/// Why a walk with a committed chunk must not go on after its last key,
+/// if it must not: its table's rows were numbered anew (a `VACUUM`, the
+/// table made again) or its key orders otherwise now, since that chunk.
+fn moved_under(r: &Runner<'_>, step: &Step, walk: &Walk<'_>) -> rusqlite::Result<Option<String>> {
+    if let Some(why) = r.checkpoint.renumbered(step)? {
+        return Ok(Some(why));
+    }
+    Ok(walk.reordered(r.conn))
 }
 
 /// Where the walk ends, for its checkpoint, when a resume must end there
