@@ -3,7 +3,6 @@
 //! time and memory, with SQLite's authorizer watching what a step reads and
 //! writes.
 
-use std::ffi::CString;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -466,6 +465,7 @@ impl Shape {
             contained: false,
             fenced: false,
             inserts: false,
+            peers: false,
         };
         (chunk, names.collect())
     }
@@ -793,6 +793,7 @@ impl Rehearsal {
                     contained: false,
                     fenced: false,
                     inserts: false,
+                    peers: false,
                 }
             }
         })
@@ -1198,6 +1199,7 @@ impl Rehearsal {
             contained: false,
             fenced: false,
             inserts: false,
+            peers: self.has_peers(table, &name),
         };
         Ok((chunk, vec![name]))
     }
@@ -1223,33 +1225,29 @@ impl Rehearsal {
     /// The collation `table`'s `column` is declared with (`BINARY` unless
     /// it says another, or cannot be told).
     fn collation_of(&self, table: &str, column: &str) -> String {
-        let (Ok(t), Ok(c)) = (CString::new(table), CString::new(column)) else {
-            return "BINARY".into();
-        };
-        let mut coll: *const std::ffi::c_char = std::ptr::null();
-        // SAFETY: the handle is this live connection's, on its thread; the
-        // names are NUL-terminated; SQLite writes only the pointer asked
-        // for, to a name it keeps until the schema changes, read at once.
-        let rc = unsafe {
-            rusqlite::ffi::sqlite3_table_column_metadata(
-                self.conn.handle(),
-                c"main".as_ptr(),
-                t.as_ptr(),
-                c.as_ptr(),
-                std::ptr::null_mut(),
-                &mut coll,
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-            )
-        };
-        if rc != rusqlite::ffi::SQLITE_OK || coll.is_null() {
-            return "BINARY".into();
+        super::order::declared(&self.conn, table, column)
+            .map_or_else(|| "BINARY".into(), |(_, coll)| coll)
+    }
+
+    /// Whether `table`'s `column`, unique, may hold keys its own collation
+    /// finds equal (see [`Chunk::peers`]): it is not `BINARY` (equal there
+    /// is equal under any), and no unique index on it alone, over every
+    /// row, compares by that collation.
+    fn has_peers(&self, table: &str, column: &str) -> bool {
+        let own = self.collation_of(table, column);
+        if own.eq_ignore_ascii_case("BINARY") {
+            return false;
         }
-        // SAFETY: as above; SQLite gave a NUL-terminated name.
-        unsafe { std::ffi::CStr::from_ptr(coll) }
-            .to_string_lossy()
-            .into_owned()
+        let sql = "SELECT count(*) FROM pragma_index_list(?1) AS il
+             JOIN pragma_index_xinfo(il.name) AS ix
+             WHERE il.\"unique\" AND NOT il.partial AND ix.key
+               AND ix.name = ?2 AND ix.coll = ?3 COLLATE NOCASE
+               AND (SELECT count(*) FROM pragma_index_xinfo(il.name) AS k WHERE k.key) = 1";
+        let same: i64 = self
+            .conn
+            .query_row(sql, rusqlite::params![table, column, own], |r| r.get(0))
+            .unwrap_or(0);
+        same == 0
     }
 
     fn has_pk_index(&self, table: &str) -> bool {

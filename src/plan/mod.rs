@@ -7,6 +7,7 @@ mod bounds;
 mod check;
 mod collation;
 mod huge;
+mod order;
 mod split;
 
 use rusqlite::{Connection, types::Value};
@@ -19,6 +20,7 @@ pub use check::Own;
 use check::Rehearsal;
 pub(crate) use check::{OTHER_SCHEMA, parameter_names};
 pub(crate) use collation::{missing_collation, query_refusal};
+pub(crate) use order::{key_order, order_shown};
 use split::split_statements;
 
 /// Where a plan came from, before it is checked against a database.
@@ -170,6 +172,12 @@ pub struct Chunk {
     /// new rows rowids past the largest, where the walk stops, until the
     /// table holds the largest rowid there is (see `run::chunk`).
     pub inserts: bool,
+    /// Keys the walk's comparisons find equal may be two rows: the key
+    /// column's collation is coarser than the one of its unique index (a
+    /// `NOCASE` column a `BINARY` index keeps unique holds 'a' and 'A'). A
+    /// chunk's `BETWEEN` then holds every row equal to its last key, more
+    /// than the walk stepped over, so its rows are counted.
+    pub peers: bool,
 }
 
 #[derive(Deserialize)]

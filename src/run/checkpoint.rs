@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::error::UsageError;
-use crate::human::quoted;
-use crate::plan::{Key, Plan, Step, edited, quote, sqlite_message};
+use crate::human::{quoted, shown};
+use crate::plan::{Key, Plan, Step, edited, key_order, order_shown, quote, sqlite_message};
 
 pub const TABLE: &str = "batchsse_checkpoint";
 
@@ -29,6 +29,8 @@ const CREATE: &str = "CREATE TABLE IF NOT EXISTS batchsse_checkpoint (
     updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
     last_insert_rowid INTEGER, -- what it answered the plan's statements here; NULL: not known
     walk_end BLOB, -- where a walk that inserts into its table ends; NULL: where its table ends
+    key_order TEXT, -- how a walk by a key other than the rowid ordered it (affinity, collation)
+    walk_root INTEGER, -- the root page of the table a walk by bare rowid goes through
     PRIMARY KEY (plan, step)
 )";
 
@@ -49,8 +51,31 @@ const ROWID: &str = "last_insert_rowid";
 /// which gets it as [`ROWID`] does.
 const END: &str = "walk_end";
 
+/// The column that holds, for a chunked step stopped part-way that walks
+/// by a key other than the rowid, how the walk ordered that key: its
+/// column's affinity and collation (see [`crate::plan::key_order`]).
+/// A resume goes on after the last key in the order of now, so one where
+/// the column was made again of another type or collation since is
+/// refused (see [`refuse_reordered`]). NULL for every other row, and
+/// missing in a table an earlier release made (nothing to compare with),
+/// which gets it as [`ROWID`] does.
+const ORDER: &str = "key_order";
+
+/// The column that holds, for a chunked step stopped part-way that walks
+/// a table by its bare rowid, the root page of that table's b-tree: a
+/// table made again since (copied into a new one and renamed) has its
+/// rowids numbered anew, which a resume must not go on after (see
+/// [`super::walk_probe::rebuilt`]). NULL for every other row, and missing
+/// in a table an earlier release made, which gets it as [`ROWID`] does.
+const ROOT: &str = "walk_root";
+
 /// The columns later releases added, with their types.
-const ADDED: [(&str, &str); 2] = [(ROWID, "INTEGER"), (END, "BLOB")];
+const ADDED: [(&str, &str); 4] = [
+    (ROWID, "INTEGER"),
+    (END, "BLOB"),
+    (ORDER, "TEXT"),
+    (ROOT, "INTEGER"),
+];
 
 /// A checkpoint row as [`Checkpoint::write`] takes it: the step, its
 /// state, its last key and where its walk ends (see [`END`]).
@@ -65,6 +90,11 @@ pub struct ChunkPos {
     /// Where the walk ends (see [`END`]); `None`: where its table ends
     /// as the step goes on.
     pub end: Option<Key>,
+    /// How the walk ordered its key (see [`ORDER`]); `None`: not known.
+    pub order: Option<String>,
+    /// The root page of the table walked by its bare rowid (see [`ROOT`]);
+    /// `None`: not known, or another walk.
+    pub root: Option<i64>,
 }
 
 /// Refuses to resume a step that walks a table by a rowid a `VACUUM` has
@@ -103,6 +133,77 @@ fn refuse_renumbered(
     }
     Ok(())
 }
+
+/// Refuses to resume a step that walks by its bare rowid a table made
+/// again since its last chunk (see [`super::walk_probe::rebuilt`]): its
+/// rows numbered anew, going on after its last rowid would skip rows.
+fn refuse_rebuilt(conn: &Connection, plan: &Plan, rows: &[(usize, Row)]) -> Result<(), UsageError> {
+    for (index, row) in rows {
+        let Some(step) = plan.steps.get(*index).filter(|_| row.mark == Mark::Partial) else {
+            continue;
+        };
+        let rebuilt =
+            super::walk_probe::rebuilt(conn, &plan.name, step, row.pos.root).map_err(|e| {
+                super::db::unreadable(conn, TABLE, &e, "pass --no-checkpoint to ignore it")
+            })?;
+        let Some(table) = rebuilt else { continue };
+        let table = shown(table);
+        return Err(UsageError::new(format!(
+            "step {} ({}) of plan {} stopped part-way through {table}, which it walks by rowid, and {table} has since been made again ({REBUILT}): going on after the last rowid the step committed would skip rows it has not reached. Nothing was run. {REBUILT_WAY_OUT}",
+            index + 1,
+            quoted(&step.name),
+            quoted(&plan.name),
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses to resume a step that walks a table by a key whose order is
+/// not the one it walked by when it stopped (see [`ORDER`]): its column
+/// made again with another collation or type, going on after the last key
+/// committed would skip rows the step has not reached, and change again
+/// rows it has.
+fn refuse_reordered(
+    conn: &Connection,
+    plan: &Plan,
+    rows: &[(usize, Row)],
+) -> Result<(), UsageError> {
+    for (index, row) in rows {
+        let Some(step) = plan.steps.get(*index).filter(|_| row.mark == Mark::Partial) else {
+            continue;
+        };
+        let (Some(then), Some(chunk)) = (&row.pos.order, &step.chunk) else {
+            continue;
+        };
+        // Made the table's INTEGER PRIMARY KEY, the key walks as the rowid:
+        // in the same order, if the step stopped at an integer.
+        let now = match chunk.rowid {
+            false => key_order(conn, &chunk.table, &chunk.key),
+            true if matches!(row.pos.last_key, Key::Integer(_)) => continue,
+            true => "rowid".into(),
+        };
+        if *then == now {
+            continue;
+        }
+        let (table, key) = (shown(&chunk.table), shown(&chunk.key));
+        return Err(UsageError::new(format!(
+            "step {} ({}) of plan {} stopped part-way through {table}, walking it in the order of its chunk key {key}, and {table} orders {key} otherwise now: by {} when the step stopped, by {} now (its column was made again with another type or collation since). Going on after the last key the step committed would skip rows it has not reached and change again rows it has. Nothing was run. Make the column as it was to go on, or run the plan again with --force to start it over, if its steps may meet rows they already changed",
+            index + 1,
+            quoted(&step.name),
+            quoted(&plan.name),
+            order_shown(then),
+            order_shown(&now),
+        )));
+    }
+    Ok(())
+}
+
+/// What making a table again does to a walk by its bare rowid, for a
+/// message (see [`super::walk_probe::rebuilt`]).
+const REBUILT: &str = "its b-tree is another: copied into a new table, as SQLite's way to change a column does, rows without an INTEGER PRIMARY KEY are numbered anew";
+
+/// The way out of a walk by a bare rowid whose table was made again.
+const REBUILT_WAY_OUT: &str = "Run the plan again with --force to start it over, if its steps may meet rows they already changed (a DELETE, or an UPDATE whose WHERE leaves changed rows out); walk a table you may make again by its INTEGER PRIMARY KEY or a unique column, which a copy keeps";
 
 /// What numbered a walked table's rowids anew, and which tables it
 /// renumbers, for a message.
@@ -440,8 +541,9 @@ fn added_read(conn: &Connection, column: &str) -> rusqlite::Result<String> {
 /// The checkpoint's rows of `plan`, by step index.
 fn read_rows(conn: &Connection, plan: &Plan) -> rusqlite::Result<Vec<(usize, Row)>> {
     let (rowid, end) = (rowid_read(conn)?, added_read(conn, END)?);
+    let (order, root) = (added_read(conn, ORDER)?, added_read(conn, ROOT)?);
     let mut stmt = conn.prepare(&format!(
-        "SELECT step, checksum, state, last_key, done, changed, {rowid}, {end} FROM batchsse_checkpoint WHERE plan = ?1 AND step >= 0",
+        "SELECT step, checksum, state, last_key, done, changed, {rowid}, {end}, {order}, {root} FROM batchsse_checkpoint WHERE plan = ?1 AND step >= 0",
     ))?;
     let rows = stmt.query_map([&plan.name], |r| {
         Ok((
@@ -455,6 +557,8 @@ fn read_rows(conn: &Connection, plan: &Plan) -> rusqlite::Result<Vec<(usize, Row
                     done: r.get::<_, i64>(4)?.max(0) as u64,
                     changed: r.get::<_, i64>(5)?.max(0) as u64,
                     end: r.get(7)?,
+                    order: r.get(8)?,
+                    root: r.get(9)?,
                 },
                 rowid: r.get(6)?,
             },
@@ -530,6 +634,8 @@ impl Resume {
             }
         }
         refuse_renumbered(conn, plan, &rows)?;
+        refuse_rebuilt(conn, plan, &rows)?;
+        refuse_reordered(conn, plan, &rows)?;
         let resume = Resume {
             rows: rows.into_iter().collect(),
             forced: false,
@@ -842,12 +948,40 @@ impl<'a> Checkpoint<'a> {
             return Ok(None);
         }
         let table = super::walk_probe::renumbered(self.conn, &self.plan.name, step)?;
+        if table.is_none() {
+            return self.rebuilt(step);
+        }
         Ok(table.map(|(table, how)| {
             let table = crate::human::shown(table);
             let (by, which) = renumbered_by(how);
             format!(
             "{by} numbered the rowids of {table} anew while this step walked it by rowid ({which}): going on after the last rowid it committed would skip rows it has not reached, so the step stopped before its next chunk. What committed stays applied and checkpointed; run the plan again with --force to start it over, if its steps may meet rows they already changed (a DELETE, or an UPDATE whose WHERE leaves changed rows out)"
         )
+        }))
+    }
+
+    /// Why `step` must not go on after its last committed chunk: its
+    /// table, walked by its bare rowid, was made again since that chunk
+    /// (see [`super::walk_probe::rebuilt`]). As [`Checkpoint::renumbered`].
+    fn rebuilt(&self, step: &Step) -> rusqlite::Result<Option<String>> {
+        if super::walk_probe::root(self.conn, step)?.is_none() {
+            return Ok(None);
+        }
+        let then: Option<i64> = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {} FROM {TABLE} WHERE plan = ?1 AND step = ?2",
+                added_read(self.conn, ROOT)?
+            ))?
+            .query_row(params![self.plan.name, step.index as i64], |r| r.get(0))
+            .optional()?
+            .flatten();
+        let table = super::walk_probe::rebuilt(self.conn, &self.plan.name, step, then)?;
+        Ok(table.map(|table| {
+            format!(
+                "{} was made again while this step walked it by rowid ({REBUILT}): going on after the last rowid it committed would skip rows it has not reached, so the step stopped before its next chunk. What committed stays applied and checkpointed. {REBUILT_WAY_OUT}",
+                shown(table)
+            )
         }))
     }
 
@@ -960,10 +1094,20 @@ impl<'a> Checkpoint<'a> {
         (step, mark, last_key, end): Written<'_>,
         (done, changed): (u64, u64),
     ) -> rusqlite::Result<()> {
+        let (order, root) = match mark {
+            Mark::Partial => (
+                step.chunk
+                    .as_ref()
+                    .filter(|c| !c.rowid)
+                    .map(|c| key_order(self.conn, &c.table, &c.key)),
+                super::walk_probe::root(self.conn, step)?,
+            ),
+            Mark::Done => (None, None),
+        };
         self.conn
             .prepare_cached(
-                "INSERT OR REPLACE INTO batchsse_checkpoint (plan, step, checksum, name, state, last_key, done, changed, last_insert_rowid, walk_end)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                "INSERT OR REPLACE INTO batchsse_checkpoint (plan, step, checksum, name, state, last_key, done, changed, last_insert_rowid, walk_end, key_order, walk_root)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )?
             .execute(params![
                 self.plan.name,
@@ -975,7 +1119,9 @@ impl<'a> Checkpoint<'a> {
                 done as i64,
                 changed as i64,
                 self.rowid.get(),
-                end
+                end,
+                order,
+                root
             ])?;
         Ok(())
     }

@@ -244,7 +244,7 @@ fn one_chunk(
         return Err((StepError::Sql(r.checkpoint.conflict()), c));
     }
     if prev.is_some()
-        && let Some(why) = r.checkpoint.renumbered(step).map_err(fail)?
+        && let Some(why) = moved_under(r, step, walk).map_err(fail)?
     {
         return Err((StepError::Sql(why), c));
     }
@@ -302,6 +302,16 @@ fn one_chunk(
         changed,
         work,
     }))
+}
+
+/// Why a walk with a committed chunk must not go on after its last key,
+/// if it must not: its table's rows were numbered anew (a `VACUUM`, the
+/// table made again) or its key orders otherwise now, since that chunk.
+fn moved_under(r: &Runner<'_>, step: &Step, walk: &Walk<'_>) -> rusqlite::Result<Option<String>> {
+    if let Some(why) = r.checkpoint.renumbered(step)? {
+        return Ok(Some(why));
+    }
+    Ok(walk.reordered(r.conn))
 }
 
 /// Where the walk ends, for its checkpoint, when a resume must end there
@@ -596,6 +606,9 @@ struct Walk<'c> {
     chunk: &'c Chunk,
     /// The schema's version when the statements were prepared.
     schema: i64,
+    /// How the key orders, as the step began (see [`crate::plan::key_order`]);
+    /// `None` for a rowid walk.
+    order: Option<String>,
 }
 
 /// A rowid walk's `:lo`: one above the previous chunk's last key, the
@@ -627,12 +640,31 @@ impl<'c> Walk<'c> {
         };
         let work = conn.prepare(&step.sql)?;
         Ok(Walk {
+            order: (!chunk.rowid).then(|| crate::plan::key_order(conn, &chunk.table, &chunk.key)),
             schema: schema_version(conn)?,
-            keys: Keyset::new(conn, &table, &chunk.key_sql, dense)?,
+            keys: Keyset::new(conn, &table, &chunk.key_sql, dense)?.with_peers(chunk.peers),
             shape: Shape::of(&work),
             work,
             fence,
             chunk,
+        })
+    }
+
+    /// Why the walk must not go on: its key orders otherwise than as the
+    /// step began, its column made again with another type or collation
+    /// by another process between two chunks, so the next chunk's keys
+    /// after the last one would skip rows and take in rows done already.
+    fn reordered(&self, conn: &Connection) -> Option<String> {
+        let then = self.order.as_deref()?;
+        let now = crate::plan::key_order(conn, &self.chunk.table, &self.chunk.key);
+        (now != then).then(|| {
+            format!(
+                "{t} was made again while this step walked it by {k}, which orders otherwise now: by {} then, by {} now, so going on after the last key it committed would skip rows and change others again; the step stopped before its next chunk. What committed stays applied and checkpointed; make the column as it was to go on, or run the plan again with --force to start it over",
+                crate::plan::order_shown(then),
+                crate::plan::order_shown(&now),
+                t = shown(&self.chunk.table),
+                k = shown(&self.chunk.key),
+            )
         })
     }
 
@@ -649,7 +681,8 @@ impl<'c> Walk<'c> {
             conn.flush_prepared_statement_cache();
             let table = quote(&self.chunk.table);
             let dense = self.keys.dense_min;
-            self.keys = Keyset::new(conn, &table, &self.chunk.key_sql, dense)?;
+            self.keys =
+                Keyset::new(conn, &table, &self.chunk.key_sql, dense)?.with_peers(self.chunk.peers);
             self.work = conn.prepare(&step.sql)?;
             self.shape = Shape::of(&self.work);
             self.schema = now;
@@ -759,6 +792,9 @@ struct Keyset<'c> {
     lo: [rusqlite::Statement<'c>; 2],
     hi: [rusqlite::Statement<'c>; 2],
     count: [rusqlite::Statement<'c>; 2],
+    /// The key may hold rows its comparisons find equal (see
+    /// [`Chunk::peers`]): a chunk's rows are counted, not stepped.
+    peers: bool,
 }
 
 impl<'c> Keyset<'c> {
@@ -792,7 +828,12 @@ impl<'c> Keyset<'c> {
                 prep(1, key, &format!("{order} LIMIT 1 OFFSET ?3"))?,
             ],
             count: [prep(0, "count(*)", "")?, prep(1, "count(*)", "")?],
+            peers: false,
         })
+    }
+
+    fn with_peers(self, peers: bool) -> Self {
+        Keyset { peers, ..self }
     }
 
     /// The next chunk after `prev`: `(lo, hi, rows)`, rows = 0 at the end.
@@ -828,6 +869,12 @@ impl<'c> Keyset<'c> {
             .query_row(rusqlite::params![prev, max, offset], |r| r.get(0))
             .optional()?;
         match hi {
+            // The rows equal to `hi` past the `size` stepped over are the
+            // chunk's too: its `BETWEEN` holds them, the next starts after.
+            Some(hi) if self.peers => {
+                let n: i64 = self.count[i].query_row(rusqlite::params![prev, hi], |r| r.get(0))?;
+                Ok((lo, hi, n.max(0) as u64))
+            }
             Some(hi) => Ok((lo, hi, size)),
             // Fewer than `size` keys are left: the chunk runs to the end.
             None => {

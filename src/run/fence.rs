@@ -360,6 +360,7 @@ mod tests {
             contained: true,
             fenced: true,
             inserts: false,
+            peers: false,
         };
         let found = fence.outside(&conn, &chunk, bounds, 2).unwrap();
         assert_eq!(found, Some(Key::Text("c".into())));

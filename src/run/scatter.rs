@@ -81,6 +81,7 @@ mod tests {
             contained: true,
             fenced: true,
             inserts: false,
+            peers: false,
         }
     }
 

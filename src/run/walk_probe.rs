@@ -167,3 +167,51 @@ fn indexed(conn: &Connection, table: &str) -> rusqlite::Result<bool> {
     conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM pragma_index_list(?1, 'main'))")?
         .query_row([table], |r| r.get(0))
 }
+
+/// The root page of the b-tree of the table `step` walks by its bare
+/// rowid, kept with each of its chunks (see [`rebuilt`]); `None` for any
+/// other step, or a table that is not there.
+pub(super) fn root(conn: &Connection, step: &Step) -> rusqlite::Result<Option<i64>> {
+    let Some(table) = by_bare_rowid(step) else {
+        return Ok(None);
+    };
+    conn.prepare_cached(
+        "SELECT rootpage FROM main.sqlite_schema WHERE type = 'table' AND name = ?1",
+    )?
+    .query_row([table], |r| r.get(0))
+    .optional()
+}
+
+/// The table `step` of `plan` walks by its bare rowid, if it was made
+/// again since the chunk that kept its root page `then`: copied into a
+/// new table and renamed, SQLite's way to change a column, which numbers
+/// its rows anew from 1, so rows the walk has not reached may lie below
+/// its last rowid. Told by its b-tree: only a `VACUUM` or a copy of the
+/// file (which the probe rows tell, see [`renumbered`]) moves one in a
+/// file without auto-vacuum; with auto-vacuum, dropping any table may
+/// move another's, so such a file is not asked.
+pub(super) fn rebuilt<'s>(
+    conn: &Connection,
+    plan: &str,
+    step: &'s Step,
+    then: Option<i64>,
+) -> rusqlite::Result<Option<&'s str>> {
+    let (Some(table), Some(then)) = (by_bare_rowid(step), then) else {
+        return Ok(None);
+    };
+    if root(conn, step)?.is_none_or(|now| now == then) {
+        return Ok(None);
+    }
+    let auto: i64 = conn.query_row("PRAGMA main.auto_vacuum", [], |r| r.get(0))?;
+    if auto != 0 || !table_exists(conn, TABLE)? {
+        return Ok(None);
+    }
+    let moved: bool = conn
+        .prepare_cached(
+            "SELECT rowid <> at FROM batchsse_walk_probe WHERE plan = ?1 AND step = ?2",
+        )?
+        .query_row(params![plan, step.index as i64], |r| r.get(0))
+        .optional()?
+        .unwrap_or(true);
+    Ok((!moved).then_some(table))
+}
