@@ -315,25 +315,15 @@ impl Seen {
         true
     }
 
-    fn record(
-        &self,
-        ctx: rusqlite::hooks::AuthContext<'_>,
-        own: Own,
-    ) -> rusqlite::hooks::Authorization {
-        use rusqlite::hooks::AuthAction::{
-            CreateTempTrigger, Delete, Insert, Pragma, Read, Update,
-        };
-        if self.deny(&ctx, own) {
-            return rusqlite::hooks::Authorization::Deny;
-        }
-        let after_temp_trigger = std::mem::replace(
-            &mut *self.4.lock().unwrap_or_else(|p| p.into_inner()),
-            matches!(ctx.action, CreateTempTrigger { .. }),
-        );
+    /// Notes a pragma that may set or change something, read as a pragma
+    /// or through its table-valued function, as the reason to refuse the
+    /// statement where only reads may go (an `expect`).
+    fn note_pragma(&self, action: &rusqlite::hooks::AuthAction<'_>) {
+        use rusqlite::hooks::AuthAction::{Pragma, Read};
         if let Pragma {
             pragma_name,
             pragma_value,
-        } = ctx.action
+        } = *action
         {
             let setting = match pragma_value {
                 Some(value) => Some(format!("PRAGMA {pragma_name} = {value}")),
@@ -348,7 +338,7 @@ impl Seen {
         // runs the pragma as it is read: `optimize` may run `ANALYZE`,
         // which writes `sqlite_stat1`, so the statement writes it (an
         // undo record cannot take that back).
-        if let Read { table_name, .. } = ctx.action
+        if let Read { table_name, .. } = *action
             && let Some(pragma) = super::acting_pragma_table(table_name)
         {
             self.1
@@ -360,6 +350,13 @@ impl Seen {
                 p = pragma.to_ascii_lowercase()
             ));
         }
+    }
+
+    /// Notes the table an insert, delete or update writes (another
+    /// schema's by its qualified name), but for the schema table a TEMP
+    /// trigger's creation only checks.
+    fn note_written(&self, ctx: &rusqlite::hooks::AuthContext<'_>, after_temp_trigger: bool) {
+        use rusqlite::hooks::AuthAction::{Delete, Insert, Update};
         if let Insert { table_name } | Delete { table_name } | Update { table_name, .. } =
             ctx.action
         {
@@ -375,6 +372,23 @@ impl Seen {
                     .insert(name);
             }
         }
+    }
+
+    fn record(
+        &self,
+        ctx: rusqlite::hooks::AuthContext<'_>,
+        own: Own,
+    ) -> rusqlite::hooks::Authorization {
+        use rusqlite::hooks::AuthAction::{CreateTempTrigger, Insert, Read, Update};
+        if self.deny(&ctx, own) {
+            return rusqlite::hooks::Authorization::Deny;
+        }
+        let after_temp_trigger = std::mem::replace(
+            &mut *self.4.lock().unwrap_or_else(|p| p.into_inner()),
+            matches!(ctx.action, CreateTempTrigger { .. }),
+        );
+        self.note_pragma(&ctx.action);
+        self.note_written(&ctx, after_temp_trigger);
         let (write, table, column) = match ctx.action {
             Update {
                 table_name,

@@ -605,25 +605,7 @@ impl Runner<'_> {
                 Some(chunk) => chunk::run(self, step, chunk, resume),
             },
         };
-        if let Some(rec) = &self.recorder {
-            rec.disarm();
-            match &result {
-                Ok(_) => {
-                    let _ = rec.step_done(step);
-                }
-                // Rolled back with nothing of it kept: a step run outside a
-                // transaction may have done something; a chunked one did
-                // if this run committed a chunk (visited rows past where
-                // it resumed).
-                Err((_, c)) if !step.autocommit => {
-                    let resumed = resume.chunk_position(step).map_or(0, |p| p.done);
-                    if c.done <= resumed {
-                        let _ = rec.unnote(step);
-                    }
-                }
-                Err(_) => {}
-            }
-        }
+        self.disarm(step, resume, &result);
         let (err, c) = match result {
             Ok(c) => {
                 self.step_event(step, StepState::Done, c, Some(t0), None);
@@ -658,6 +640,30 @@ impl Runner<'_> {
         self.log.push(Event::Step(end));
         self.message(Some(step.index), Level::Error, why.clone());
         Err((status, why, c))
+    }
+
+    /// Disarms the recorder, if any, after `step` ended with `result`.
+    fn disarm(&self, step: &Step, resume: &Resume, result: &Result<Counts, (StepError, Counts)>) {
+        let Some(rec) = &self.recorder else {
+            return;
+        };
+        rec.disarm();
+        match result {
+            Ok(_) => {
+                let _ = rec.step_done(step);
+            }
+            // Rolled back with nothing of it kept: a step run outside a
+            // transaction may have done something; a chunked one did if
+            // this run committed a chunk (visited rows past where it
+            // resumed).
+            Err((_, c)) if !step.autocommit => {
+                let resumed = resume.chunk_position(step).map_or(0, |p| p.done);
+                if c.done <= resumed {
+                    let _ = rec.unnote(step);
+                }
+            }
+            Err(_) => {}
+        }
     }
 
     /// Arms the recorder, if any, for `step`.
