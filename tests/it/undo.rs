@@ -857,7 +857,10 @@ fn undo_clear_older_than_an_age_no_record_has_says_what_it_kept() {
     let (code, _, err) = run(&["undo", "clear", "--db", dbp, "--older-than", "-1d"]);
     assert_eq!(code, 2, "{err}");
     assert!(
-        err.contains("--older-than takes a whole number") && err.contains("got \"-1d\""),
+        // A bare number is seconds, and the message says so.
+        err.contains(
+            "--older-than takes a whole number of seconds, or one followed by s, m, h or d"
+        ) && err.contains("got \"-1d\""),
         "{err}"
     );
     assert_eq!(db.bytes(), bytes);

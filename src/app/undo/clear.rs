@@ -427,7 +427,7 @@ fn age(s: &str) -> Result<i64, UsageError> {
         // Digits alone, but more than any age: as good as "never".
         Err(e) if mult > 0 && *e.kind() == std::num::IntErrorKind::PosOverflow => Ok(i64::MAX),
         _ => Err(UsageError::new(format!(
-            "--older-than takes a whole number followed by s, m, h or d (seconds, minutes, hours, days), such as 30m, 12h or 7d; got {}",
+            "--older-than takes a whole number of seconds, or one followed by s, m, h or d (seconds, minutes, hours, days), such as 30m, 12h or 7d; got {}",
             quoted(s)
         ))),
     }
