@@ -97,6 +97,17 @@ pub struct ChunkPos {
     pub root: Option<i64>,
 }
 
+/// The steps of `plan` that `rows` say stopped part-way, with their rows.
+fn stopped_part_way<'a>(
+    plan: &'a Plan,
+    rows: &'a [(usize, Row)],
+) -> impl Iterator<Item = (usize, &'a Row, &'a Step)> {
+    rows.iter().filter_map(|(index, row)| {
+        let step = plan.steps.get(*index)?;
+        (row.mark == Mark::Partial).then_some((*index, row, step))
+    })
+}
+
 /// Refuses to resume a step that walks a table by a rowid a `VACUUM` has
 /// numbered anew since its last chunk (see [`super::walk_probe`]): going
 /// on after its last rowid would skip rows.
@@ -105,10 +116,7 @@ fn refuse_renumbered(
     plan: &Plan,
     rows: &[(usize, Row)],
 ) -> Result<(), UsageError> {
-    for (index, row) in rows {
-        let Some(step) = plan.steps.get(*index).filter(|_| row.mark == Mark::Partial) else {
-            continue;
-        };
+    for (index, _, step) in stopped_part_way(plan, rows) {
         let table = super::walk_probe::renumbered(conn, &plan.name, step).map_err(|e| {
             super::db::unreadable(
                 conn,
@@ -138,10 +146,7 @@ fn refuse_renumbered(
 /// again since its last chunk (see [`super::walk_probe::rebuilt`]): its
 /// rows numbered anew, going on after its last rowid would skip rows.
 fn refuse_rebuilt(conn: &Connection, plan: &Plan, rows: &[(usize, Row)]) -> Result<(), UsageError> {
-    for (index, row) in rows {
-        let Some(step) = plan.steps.get(*index).filter(|_| row.mark == Mark::Partial) else {
-            continue;
-        };
+    for (index, row, step) in stopped_part_way(plan, rows) {
         let rebuilt =
             super::walk_probe::rebuilt(conn, &plan.name, step, row.pos.root).map_err(|e| {
                 super::db::unreadable(conn, TABLE, &e, "pass --no-checkpoint to ignore it")
@@ -168,10 +173,7 @@ fn refuse_reordered(
     plan: &Plan,
     rows: &[(usize, Row)],
 ) -> Result<(), UsageError> {
-    for (index, row) in rows {
-        let Some(step) = plan.steps.get(*index).filter(|_| row.mark == Mark::Partial) else {
-            continue;
-        };
+    for (index, row, step) in stopped_part_way(plan, rows) {
         let (Some(then), Some(chunk)) = (&row.pos.order, &step.chunk) else {
             continue;
         };
