@@ -184,12 +184,22 @@ fn with_undo_a_failed_expectation_names_the_undo_command() {
     let db = TempDb::counters(100);
     let (code, _, err) = run_plan(&db, STOPS_AT_50, &["--undo", "--batch-size", "10"]);
     assert_eq!(code, 1, "{err}");
+    let command = undo_named(&err);
+    assert!(command.starts_with("batchsse undo --db "), "{err}");
+    takes_back_the_50(&db, command);
+}
+
+/// The undo command the failure line of `err` (its `max is 50`) names.
+fn undo_named(err: &str) -> &str {
     let line = err
         .lines()
         .find(|l| l.contains("max is 50"))
         .unwrap_or_default();
-    let command = line.split("taken back with: ").nth(1).unwrap_or_default();
-    assert!(command.starts_with("batchsse undo --db "), "{err}");
+    line.split("taken back with: ").nth(1).unwrap_or_default()
+}
+
+/// Runs the undo `command` named, which takes back the 50 rows committed.
+fn takes_back_the_50(db: &TempDb, command: &str) {
     assert_eq!(db.query_i64("SELECT count(*) FROM t WHERE counter = 1"), 50);
     let mut args: Vec<&str> = command.split_whitespace().skip(1).collect();
     args.push("--no-serve");
@@ -210,19 +220,10 @@ fn a_resumed_run_that_failed_names_the_undo_of_the_runs_it_resumed() {
     let (code, _, err) = run_plan(&db, STOPS_AT_50, &["--undo", "--batch-size", "10"]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("resuming after 50 rows"), "{err}");
-    let line = err
-        .lines()
-        .find(|l| l.contains("max is 50"))
-        .unwrap_or_default();
-    let command = line.split("taken back with: ").nth(1).unwrap_or_default();
+    let command = undo_named(&err);
     assert!(command.starts_with("batchsse undo --db "), "{err}");
     assert!(command.contains(" --plan "), "{err}");
-    assert_eq!(db.query_i64("SELECT count(*) FROM t WHERE counter = 1"), 50);
-    let mut args: Vec<&str> = command.split_whitespace().skip(1).collect();
-    args.push("--no-serve");
-    let (code, _, err) = run(&args);
-    assert_eq!(code, 0, "the named command works: {err}");
-    assert_eq!(db.query_i64("SELECT count(*) FROM t WHERE counter = 1"), 0);
+    takes_back_the_50(&db, command);
 }
 
 /// `finished.undo_bytes` and the offer of an undo count only what was

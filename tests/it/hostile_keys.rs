@@ -155,27 +155,10 @@ fn a_walk_by_a_key_with_peers_under_its_collation_counts_every_row_it_visits() {
     }
 }
 
-/// `log` (no INTEGER PRIMARY KEY, an index, gaps in its rowids), and the
-/// plan `purge` beside it, which walks it by rowid in chunks of 100.
-fn gapped_log() -> TempDb {
-    let db = TempDb::with_sql(
-        "CREATE TABLE log(ts INT, msg TEXT);
-         CREATE INDEX log_ts ON log(ts);
-         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000)
-         INSERT INTO log SELECT i, 'm' FROM n;
-         DELETE FROM log WHERE ts % 10 = 5;",
-    );
-    db.file(
-        "plan.json",
-        r#"{"name":"purge","steps":[{"sql":"DELETE FROM log WHERE ts % 2 = 0 AND rowid BETWEEN :lo AND :hi","chunk":{"table":"log","size":100}}]}"#,
-    );
-    db
-}
-
 /// [`gapped_log`], its purge stopped at `ts` 700 by a trigger of the
 /// test's (dropped after): the rows below 700 are purged and checkpointed.
 fn stopped_purge() -> TempDb {
-    let db = gapped_log();
+    let db = gapped_log(true);
     db.conn()
         .execute_batch(
             "CREATE TRIGGER stop BEFORE DELETE ON log WHEN old.ts = 700
@@ -197,15 +180,6 @@ const MAKE_LOG_AGAIN: &str = "BEGIN IMMEDIATE;
      ALTER TABLE log2 RENAME TO log;
      CREATE INDEX log_ts ON log(ts);
      COMMIT;";
-
-/// Runs the `plan.json` beside `db` with no server, then `extra`.
-fn purge(db: &TempDb, extra: &[&str]) -> (i32, String) {
-    let plan = db.dir.path().join("plan.json");
-    let mut args = run_args(db, path_str(&plan), &["--no-serve"]);
-    args.extend_from_slice(extra);
-    let (code, _, err) = run(&args);
-    (code, err)
-}
 
 #[test]
 fn a_walk_by_rowid_is_not_resumed_after_its_table_was_made_again() {
@@ -246,27 +220,11 @@ fn a_walk_by_rowid_is_resumed_after_its_table_gained_a_column_or_index() {
 fn a_table_made_again_between_two_chunks_of_a_walk_by_rowid_stops_it() {
     // Another process makes the table again while the run sleeps between
     // chunks: the step stops before its next chunk, as after a VACUUM.
-    let db = gapped_log();
+    let db = gapped_log(true);
     let plan = db.dir.path().join("plan.json");
-    let args = run_args(
-        &db,
-        path_str(&plan),
-        &["--no-serve", "--batch-size", "100", "--sleep", "1500"],
-    );
-    let mut p = Proc::start(&args);
-    let conn = db.conn();
-    conn.busy_timeout(std::time::Duration::from_secs(5))
-        .unwrap();
-    let start = std::time::Instant::now();
-    let probed = "SELECT count(*) FROM sqlite_schema WHERE name = 'batchsse_walk_probe'";
-    while conn.query_row(probed, [], |r| r.get::<_, i64>(0)).unwrap() == 0 {
-        assert!(start.elapsed() < PATIENCE, "{}", p.stderr());
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    conn.execute_batch(MAKE_LOG_AGAIN).unwrap();
-    let status = p.wait();
-    let err = p.stderr();
-    assert_eq!(status.code(), Some(1), "{err}");
+    let (code, err) =
+        between_two_chunks(&db, &gapped_args(&db, &plan), WALK_PROBED, MAKE_LOG_AGAIN);
+    assert_eq!(code, Some(1), "{err}");
     assert!(
         err.contains("log was made again while this step walked it by rowid"),
         "{err}"
@@ -292,28 +250,15 @@ fn a_key_s_collation_changed_between_two_chunks_stops_the_walk() {
         path_str(&plan),
         &["--no-serve", "--batch-size", "5", "--sleep", "1500"],
     );
-    let mut p = Proc::start(&args);
-    let conn = db.conn();
-    conn.busy_timeout(std::time::Duration::from_secs(5))
-        .unwrap();
-    let start = std::time::Instant::now();
     let bumped = "SELECT count(*) FROM t WHERE v = 1";
-    while conn.query_row(bumped, [], |r| r.get::<_, i64>(0)).unwrap() == 0 {
-        assert!(start.elapsed() < PATIENCE, "{}", p.stderr());
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    conn.execute_batch(
-        "BEGIN IMMEDIATE;
+    let remade = "BEGIN IMMEDIATE;
          CREATE TABLE t2(id INTEGER PRIMARY KEY, k TEXT COLLATE NOCASE UNIQUE, v INTEGER NOT NULL DEFAULT 0);
          INSERT INTO t2 SELECT id, k, v FROM t;
          DROP TABLE t;
          ALTER TABLE t2 RENAME TO t;
-         COMMIT;",
-    )
-    .unwrap();
-    let status = p.wait();
-    let err = p.stderr();
-    assert_eq!(status.code(), Some(1), "{err}");
+         COMMIT;";
+    let (code, err) = between_two_chunks(&db, &args, bumped, remade);
+    assert_eq!(code, Some(1), "{err}");
     assert!(
         err.contains("t was made again while this step walked it by k"),
         "{err}"

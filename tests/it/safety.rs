@@ -1867,16 +1867,6 @@ fn a_walk_by_rowid_is_not_resumed_after_a_vacuum_renumbered_it() {
     }
 }
 
-/// Runs the `plan.json` beside `db` with no server, then `extra`: its
-/// exit code and stderr.
-fn purge(db: &TempDb, extra: &[&str]) -> (i32, String) {
-    let plan = db.dir.path().join("plan.json");
-    let mut args = run_args(db, path_str(&plan), &["--no-serve"]);
-    args.extend_from_slice(extra);
-    let (code, _, err) = run(&args);
-    (code, err)
-}
-
 /// A walk of a table whose rowid is an `INTEGER PRIMARY KEY`, by that
 /// column or by the default key: a VACUUM keeps those rowids, so the
 /// stopped walk resumes after one (no probe row, no refusal).
@@ -1910,47 +1900,15 @@ fn a_walk_by_an_integer_primary_key_is_resumed_after_a_vacuum() {
     }
 }
 
-/// The database of [`a_walk_by_rowid_is_not_resumed_after_a_vacuum_renumbered_it`]
-/// without its stopping trigger: `log` (no index) with gaps in its rowids.
-fn gapped_log() -> TempDb {
-    let db = TempDb::with_sql(
-        "CREATE TABLE log(ts INT, msg TEXT);
-         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000)
-         INSERT INTO log SELECT i, 'm' FROM n;
-         DELETE FROM log WHERE ts % 10 = 5;",
-    );
-    db.file(
-        "plan.json",
-        r#"{"name":"purge","steps":[{"sql":"DELETE FROM log WHERE ts % 2 = 0 AND rowid BETWEEN :lo AND :hi","chunk":{"table":"log","size":100}}]}"#,
-    );
-    db
-}
-
 /// A VACUUM between two chunks of a live walk by bare rowid (another
 /// process, while the run sleeps) stops the step before its next chunk,
 /// instead of going on after its last rowid in the new numbering.
 #[test]
 fn a_vacuum_between_two_chunks_of_a_walk_by_rowid_stops_it() {
-    let db = gapped_log();
+    let db = gapped_log(false);
     let plan = db.dir.path().join("plan.json");
-    let args = run_args(
-        &db,
-        path_str(&plan),
-        &["--no-serve", "--batch-size", "100", "--sleep", "1500"],
-    );
-    let mut p = Proc::start(&args);
-    let conn = db.conn();
-    conn.busy_timeout(Duration::from_secs(5)).unwrap();
-    let start = Instant::now();
-    let probed = "SELECT count(*) FROM sqlite_schema WHERE name = 'batchsse_walk_probe'";
-    while conn.query_row(probed, [], |r| r.get::<_, i64>(0)).unwrap() == 0 {
-        assert!(start.elapsed() < Duration::from_secs(20), "{}", p.stderr());
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    conn.execute_batch("VACUUM").unwrap();
-    let status = p.wait();
-    let err = p.stderr();
-    assert_eq!(status.code(), Some(1), "{err}");
+    let (code, err) = between_two_chunks(&db, &gapped_args(&db, &plan), WALK_PROBED, "VACUUM");
+    assert_eq!(code, Some(1), "{err}");
     assert!(
         err.contains("a VACUUM numbered the rowids of log anew"),
         "{err}"
@@ -1967,7 +1925,7 @@ fn a_vacuum_between_two_chunks_of_a_walk_by_rowid_stops_it() {
 /// it the walk's probe row: no batchsse table is left behind for it.
 #[test]
 fn an_undo_of_a_stopped_walk_takes_its_probe_row_away() {
-    let db = gapped_log();
+    let db = gapped_log(false);
     db.conn()
         .execute_batch(
             "CREATE TRIGGER stop BEFORE DELETE ON log WHEN old.ts = 700
@@ -1999,7 +1957,7 @@ fn an_undo_of_a_stopped_walk_takes_its_probe_row_away() {
 #[test]
 fn a_walk_of_an_indexed_table_is_not_resumed_in_a_dump_copy_or_unindexed() {
     let stopped = || {
-        let db = gapped_log();
+        let db = gapped_log(false);
         db.conn()
             .execute_batch(
                 "CREATE INDEX log_ts ON log(ts);

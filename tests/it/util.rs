@@ -1701,3 +1701,75 @@ pub fn held_after_first_step() -> (TempDb, PathBuf, &'static str) {
     let hold = "SELECT (SELECT sum(counter) FROM t) = 3 AND NOT EXISTS (SELECT 1 FROM go)";
     (db, plan, hold)
 }
+
+/// `log(ts, msg)`: no INTEGER PRIMARY KEY, 1,000 rows with gaps in their
+/// rowids (every `ts` ending in 5 deleted), with an index on `ts` when
+/// `indexed`; beside it the plan `purge`, which deletes the even `ts` and
+/// walks `log` by rowid in chunks of 100.
+pub fn gapped_log(indexed: bool) -> TempDb {
+    let index = if indexed {
+        "CREATE INDEX log_ts ON log(ts);"
+    } else {
+        ""
+    };
+    let db = TempDb::with_sql(&format!(
+        "CREATE TABLE log(ts INT, msg TEXT);
+         {index}
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000)
+         INSERT INTO log SELECT i, 'm' FROM n;
+         DELETE FROM log WHERE ts % 10 = 5;"
+    ));
+    db.file(
+        "plan.json",
+        r#"{"name":"purge","steps":[{"sql":"DELETE FROM log WHERE ts % 2 = 0 AND rowid BETWEEN :lo AND :hi","chunk":{"table":"log","size":100}}]}"#,
+    );
+    db
+}
+
+/// Runs the plan beside `db` (`plan.json`) with `--no-serve` and `extra`:
+/// its exit code and standard error.
+pub fn purge(db: &TempDb, extra: &[&str]) -> (i32, String) {
+    let plan = db.dir.path().join("plan.json");
+    let mut args = run_args(db, path_str(&plan), &["--no-serve"]);
+    args.extend_from_slice(extra);
+    let (code, _, err) = run(&args);
+    (code, err)
+}
+
+/// The purge of [`gapped_log`] (`plan`, its `plan.json`), live: chunks of
+/// 100 and 1.5 s between two, so another process can act between them.
+pub fn gapped_args<'a>(db: &'a TempDb, plan: &'a Path) -> Vec<&'a str> {
+    run_args(
+        db,
+        path_str(plan),
+        &["--no-serve", "--batch-size", "100", "--sleep", "1500"],
+    )
+}
+
+/// A count that turns 1 once a walk by rowid has probed its table, that
+/// is, once its first chunk has committed.
+pub const WALK_PROBED: &str =
+    "SELECT count(*) FROM sqlite_schema WHERE name = 'batchsse_walk_probe'";
+
+/// Starts the run `args` and, from another connection, waits until the
+/// count `ready` is above 0 (a chunk committed), then runs `sql` while the
+/// run sleeps before its next chunk: the run's exit code and standard
+/// error.
+pub fn between_two_chunks(
+    db: &TempDb,
+    args: &[&str],
+    ready: &str,
+    sql: &str,
+) -> (Option<i32>, String) {
+    let mut p = Proc::start(args);
+    let conn = db.conn();
+    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+    let start = std::time::Instant::now();
+    while conn.query_row(ready, [], |r| r.get::<_, i64>(0)).unwrap() == 0 {
+        assert!(start.elapsed() < PATIENCE, "{}", p.stderr());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    conn.execute_batch(sql).unwrap();
+    let status = p.wait();
+    (status.code(), p.stderr())
+}
