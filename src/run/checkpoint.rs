@@ -966,7 +966,9 @@ impl<'a> Checkpoint<'a> {
     /// table, walked by its bare rowid, was made again since that chunk
     /// (see [`super::walk_probe::rebuilt`]). As [`Checkpoint::renumbered`].
     fn rebuilt(&self, step: &Step) -> rusqlite::Result<Option<String>> {
-        if super::walk_probe::root(self.conn, step)?.is_none() {
+        // Not a walk by bare rowid: no root page kept (`rebuilt` reads the
+        // table's now, once).
+        if super::walk_probe::by_bare_rowid(step).is_none() {
             return Ok(None);
         }
         let then: Option<i64> = self

@@ -49,7 +49,7 @@ pub(super) fn written_by(plan: &crate::plan::Plan) -> bool {
 /// The table `step` walks by a rowid a `VACUUM` or a `.dump` copy may
 /// renumber: its bare rowid, not an `INTEGER PRIMARY KEY` nor a virtual
 /// table's (the plan check tells, once per run).
-fn by_bare_rowid(step: &Step) -> Option<&str> {
+pub(super) fn by_bare_rowid(step: &Step) -> Option<&str> {
     let c = step.chunk.as_ref()?;
     (c.rowid && !c.stable_rowid).then_some(c.table.as_str())
 }
