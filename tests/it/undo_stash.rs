@@ -316,3 +316,60 @@ fn a_row_replaced_under_its_text_primary_key_is_kept_as_the_run_left_it() {
     assert!(out.contains("kept its row as the run left it"), "{out}");
     assert_eq!(stash_left(&db), 0);
 }
+
+/// A chain on one key: the run deletes row 2, inserts it again, deletes
+/// that one and inserts it a third time. When the old row cannot come
+/// back, the row kept is the one the run left, its last, not the one in
+/// between; when it can, it does, and no saved row stays behind. In every
+/// shape of key.
+#[test]
+fn a_row_deleted_and_inserted_again_twice_is_kept_as_the_run_last_left_it() {
+    for (shape, create) in SHAPES {
+        for taken in [true, false] {
+            let db = chained(create, shape);
+            if taken {
+                db.conn()
+                    .execute_batch("UPDATE t SET email = 'b' WHERE id = 3")
+                    .unwrap();
+            }
+            let (fin, out) = undo_json(&db, &[]);
+            let want = match taken {
+                true => ["1|a|1", "2|b3|30", "3|b|3"],
+                false => ["1|a|1", "2|b|2", "3|c|3"],
+            };
+            assert_eq!(rows(&db), want, "{shape} {taken}: {out}");
+            let (field, want) = match taken {
+                true => ("conflicts_as_left", 1),
+                false => ("conflicts", 0),
+            };
+            assert_eq!(fin["data"][field], want, "{shape}: {fin}");
+            assert_eq!(stash_left(&db), 0, "{shape} {taken}: {out}");
+        }
+    }
+}
+
+/// `t` made as `create`, and the run of a plan that deletes its row 2 and
+/// inserts it again, twice ('b2' then 'b3').
+fn chained(create: &str, shape: &str) -> TempDb {
+    let db = TempDb::with_sql(&format!(
+        "{create}; INSERT INTO t(id, email, v) VALUES (1, 'a', 1), (2, 'b', 2), (3, 'c', 3);"
+    ));
+    let (by, rowid) = match shape {
+        "a bare rowid" => ("rowid = 2", ("rowid, ", "2, ")),
+        _ => ("id = 2", ("", "")),
+    };
+    let readd = |email: &str, v: i64| {
+        format!(
+            "INSERT INTO t({}id, email, v) VALUES ({}2, '{email}', {v})",
+            rowid.0, rowid.1
+        )
+    };
+    let plan = serde_json::json!({"name": "rl", "undo": true, "steps": [
+        {"name": "drop", "sql": format!("DELETE FROM t WHERE {by}")},
+        {"name": "readd", "sql": readd("b2", 20)},
+        {"name": "drop again", "sql": format!("DELETE FROM t WHERE {by}")},
+        {"name": "readd again", "sql": readd("b3", 30)}]});
+    let plan = db.file("plan.json", &plan.to_string());
+    run_undoable(&db, &plan);
+    db
+}

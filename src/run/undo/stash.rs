@@ -311,7 +311,11 @@ impl Stash {
 
     /// Takes out of the table the row saved for this undo that `e` (a row
     /// of `l`'s table the run deleted) is, if there is one (inside the
-    /// part's transaction, which puts it back if it rolls back).
+    /// part's transaction, which puts it back if it rolls back). The first
+    /// saved is the run's last row at the key (the undo goes newest
+    /// first); it stays saved until the oldest part deleting the key, since
+    /// a part in between that puts back the run's row from before lets the
+    /// undo save that one too.
     pub fn take(
         &mut self,
         conn: &Connection,
@@ -329,17 +333,21 @@ impl Stash {
         let Some(k) = id.filter(|k| self.saved.contains(&(l.table.clone(), k.clone()))) else {
             return Ok(None);
         };
+        let oldest = self.deleted(conn, l)?.get(&k).copied();
+        let oldest = oldest.map(|i| self.deleting[i].pos);
         let by = "tbl = ?1 AND k = ?2 AND run IN (SELECT value FROM json_each(?3))";
         let row: Option<(String, Vec<u8>)> = conn
             .prepare_cached(&format!(
-                "SELECT cols, vals FROM batchsse_undo_stash WHERE {by} ORDER BY rowid DESC LIMIT 1"
+                "SELECT cols, vals FROM batchsse_undo_stash WHERE {by} ORDER BY rowid LIMIT 1"
             ))?
             .query_row(params![l.table, k, self.runs], |r| {
                 Ok((r.get(0)?, r.get(1)?))
             })
             .optional()?;
-        conn.prepare_cached(&format!("DELETE FROM batchsse_undo_stash WHERE {by}"))?
-            .execute(params![l.table, k, self.runs])?;
+        if oldest.is_none_or(|pos| pos <= self.at) {
+            conn.prepare_cached(&format!("DELETE FROM batchsse_undo_stash WHERE {by}"))?
+                .execute(params![l.table, k, self.runs])?;
+        }
         let Some((cols, vals)) = row else {
             return Ok(None);
         };
