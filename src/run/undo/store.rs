@@ -471,11 +471,17 @@ pub fn read_kept(
         *into = bytes;
         return Ok(Some(true));
     }
+    let len = usize::try_from(len).unwrap_or_default();
     into.clear();
-    into.resize(usize::try_from(len).unwrap_or_default(), 0);
-    // Straight into the buffer: no copy of the whole part made on the way.
+    into.reserve(len);
+    // Straight into the buffer, not zeroed first: no copy of the whole
+    // part made on the way, and no pass over it before the read (a part
+    // read before the undo starts is new memory, which zeroing faulted in).
     let blob = conn.blob_open(rusqlite::MAIN_DB, "batchsse_undo", "rec", id, true)?;
-    blob.read_at_exact(into, 0)?;
+    let read = blob.raw_read_at_exact(&mut into.spare_capacity_mut()[..len], 0)?;
+    let read = read.len();
+    // SAFETY: the read succeeded, so the first `read` (= `len`) bytes are set.
+    unsafe { into.set_len(read) };
     Ok(Some(true))
 }
 
