@@ -32,7 +32,7 @@ fn list(args: CheckpointListArgs) -> anyhow::Result<ExitCode> {
         v["kept_unrecorded"] = strays_json(&strays);
         format!("{v}\n")
     } else {
-        as_text(&file_name(&args.db), &records) + &strays_text(&args.db, &strays)
+        as_text(&args.db, &records) + &strays_text(&args.db, &strays)
     };
     print(text.as_bytes())
 }
@@ -202,48 +202,93 @@ fn refuse_beside(
 
 /// One block per plan, one line per recorded step (numbered from 1, as
 /// the terminal shows steps).
-fn as_text(db: &str, records: &[Record]) -> String {
+fn as_text(path: &std::path::Path, records: &[Record]) -> String {
+    let db = file_name(path);
     if records.is_empty() {
         return format!("no checkpoint recorded in {db} (no step in a {TABLE} table)\n");
     }
     let mut out = String::new();
     for (plan, steps) in by_plan(records) {
-        let partial = steps
-            .iter()
-            .filter(|r| r.state.as_str() == "partial")
-            .count();
+        let count = |state: &str| steps.iter().filter(|r| state_of(r) == state).count();
+        let undoing = count(UNDOING_STATE);
         out += &format!(
-            "plan {}: {} step{} recorded, {} done, {partial} partial\n",
+            "plan {}: {} step{} recorded, {} done, {} partial{}\n",
             quoted(plan),
             steps.len(),
             plural(steps.len()),
-            steps.len() - partial,
-        );
-        for r in steps {
-            let at = match (&r.last_key, r.state.as_str()) {
-                (Sql::Null, _) | (_, "done") => String::new(),
-                (key, _) => format!(" up to key {}", key_text(key)),
-            };
-            let kept = match r.kept_bytes {
+            count("done"),
+            count("partial"),
+            match undoing {
                 0 => String::new(),
-                n => format!(
-                    "; its TEMP tables' rows kept for a resume, {} bytes",
-                    thousands(n)
-                ),
-            };
-            out += &format!(
-                "  step {} {}: {}{at}, {} row{} ({} changed), {}{kept}\n",
-                r.step.saturating_add(1),
-                quoted(&r.name),
-                r.state.as_str(),
-                thousands(r.done),
-                plural(r.done as usize),
-                thousands(r.changed),
-                r.updated_at,
-            );
+                n => format!(", {n} partly taken back"),
+            }
+        );
+        for r in &steps {
+            out += &step_text(r);
+        }
+        if undoing > 0 {
+            out += &undo_to_finish(path, plan);
         }
     }
     out
+}
+
+/// The state `list` shows of a step: `done`, `partial`, or
+/// [`UNDOING_STATE`] once an undo has taken back part of it, whatever its
+/// run left (it no longer holds that).
+fn state_of(r: &Record) -> &'static str {
+    match r.undoing {
+        true => UNDOING_STATE,
+        false => r.state.as_str(),
+    }
+}
+
+/// What `--json` says of a step an undo took back in part and stopped.
+const UNDOING_STATE: &str = "undoing";
+
+/// One step's line.
+fn step_text(r: &Record) -> String {
+    let kept = match r.kept_bytes {
+        0 => String::new(),
+        n => format!(
+            "; its TEMP tables' rows kept for a resume, {} bytes",
+            thousands(n)
+        ),
+    };
+    let (done, changed) = (
+        format!("{} row{}", thousands(r.done), plural(r.done as usize)),
+        thousands(r.changed),
+    );
+    let rows = format!("{done} ({changed} changed)");
+    let what = match (&r.last_key, state_of(r)) {
+        // What its run did, no longer what the step holds.
+        (_, UNDOING_STATE) => {
+            format!("partly taken back by an undo that stopped part-way (its run: {done}, {changed} changed)")
+        }
+        (Sql::Null, state) | (_, state @ "done") => format!("{state}, {rows}"),
+        (key, state) => format!("{state} up to key {}, {rows}", key_text(key)),
+    };
+    format!(
+        "  step {} {}: {what}, {}{kept}\n",
+        r.step.saturating_add(1),
+        quoted(&r.name),
+        r.updated_at,
+    )
+}
+
+/// Under a plan an undo stopped in part-way: the step marked so holds
+/// only part of what its run applied, a run of the plan is refused, and
+/// only that undo, run to its end, puts the plan in a state a run can
+/// start from.
+fn undo_to_finish(path: &std::path::Path, plan: &str) -> String {
+    let (db, name) = (
+        crate::human::shell_path(path),
+        crate::human::shell_word(plan),
+    );
+    format!(
+        "  an undo of plan {} stopped part-way (interrupted, or stopped by a conflict or an error); running the plan is refused until it ends: finish it with `batchsse undo --db {db} --plan {name}` (if it cannot finish, `batchsse checkpoint clear --db {db} --plan {name}` gives up on both the checkpoint and the record: the plan's next run then starts over, applying again what the undo had not taken back)\n",
+        quoted(plan)
+    )
 }
 
 /// Rows kept for a resume whose step has no record (a run killed while it
@@ -282,7 +327,7 @@ fn as_json(db: &str, records: &[Record]) -> Value {
                     json!({
                         "index": r.step,
                         "name": r.name,
-                        "state": r.state.as_str(),
+                        "state": state_of(r),
                         "last_key": key_json(&r.last_key),
                         "done": r.done,
                         "changed": r.changed,

@@ -214,6 +214,7 @@ fn list(args: CheckpointListArgs) -> anyhow::Result<ExitCode> {
     let conn = runner::open_db_to_read(&args.db, Duration::from_millis(args.busy_timeout))?;
     let runs = store::runs(&conn)?;
     let kept = store::kept_conflicts(&conn)?;
+    let stopped = runner::housekeeping::stopped_undos(&conn)?;
     let db = file_name(&args.db);
     let text = if args.json {
         let list: Vec<_> = runs
@@ -227,14 +228,37 @@ fn list(args: CheckpointListArgs) -> anyhow::Result<ExitCode> {
             .iter()
             .map(|k| serde_json::json!({"run": k.run, "conflicts": k.conflicts, "last_at": k.last_at}))
             .collect();
+        let stopped: Vec<_> = stopped
+            .iter()
+            .map(|(plan, steps)| serde_json::json!({"plan": plan, "steps": steps}))
+            .collect();
         format!(
             "{}\n",
-            serde_json::json!({"db": args.db.to_string_lossy(), "runs": list, "conflicts_kept": kept})
+            serde_json::json!({"db": args.db.to_string_lossy(), "runs": list, "conflicts_kept": kept, "undo_stopped": stopped})
         )
     } else {
-        list_text(&conn, &db, &runs, &kept)
+        list_text(&conn, &db, &runs, &kept) + &stopped_text(&args.db, &stopped)
     };
     print(text.as_bytes())
+}
+
+/// A line per plan of [`runner::housekeeping::stopped_undos`], naming the command that finishes
+/// its undo.
+fn stopped_text(path: &std::path::Path, stopped: &[(String, Vec<i64>)]) -> String {
+    stopped
+        .iter()
+        .map(|(plan, steps)| {
+            let numbers: Vec<String> = steps.iter().map(|s| s.saturating_add(1).to_string()).collect();
+            format!(
+                "  an undo of plan {} stopped part-way, leaving step{} {} taken back only in part; running the plan is refused until it ends: finish it with `batchsse undo --db {} --plan {}`\n",
+                quoted(plan),
+                plural(steps.len()),
+                numbers.join(", "),
+                crate::human::shell_path(path),
+                crate::human::shell_word(plan)
+            )
+        })
+        .collect()
 }
 
 /// The names of the plans with an undo record, quoted, sorted, each once

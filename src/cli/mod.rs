@@ -216,7 +216,7 @@ pub struct CheckpointArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum CheckpointAction {
-    /// Each recorded plan with its steps: done or partial, last key, rows, when.
+    /// Each recorded plan with its steps: done, partial or partly taken back by an undo, last key, rows, when.
     List(CheckpointListArgs),
     /// Remove the records of one plan (--plan) or of every plan (--all); never user tables.
     Clear(CheckpointClearArgs),

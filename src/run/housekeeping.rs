@@ -27,6 +27,10 @@ pub struct Record {
     /// For a step that wrote only TEMP tables, the bytes of their rows
     /// kept in the file for a resume (see `run::setup::kept`); else 0.
     pub kept_bytes: u64,
+    /// An undo of the plan took back part of this step and stopped (see
+    /// [`super::checkpoint::UNDOING`]): it no longer holds what `state`
+    /// says, and only that undo, run to its end, can tell what it holds.
+    pub undoing: bool,
 }
 
 /// Every row, by plan then step; empty when no run has recorded anything
@@ -40,10 +44,10 @@ pub fn records(conn: &Connection) -> Result<Vec<Record>, UsageError> {
             // A finished step's last_key is NULL, or for a step that wrote
             // only TEMP tables the digest of what it made (`run::setup`).
             "SELECT plan, step, name, state, CASE state WHEN 'done' THEN NULL ELSE last_key END,
-                    done, changed, updated_at
+                    done, changed, updated_at, checksum = ?1
              FROM batchsse_checkpoint ORDER BY plan, step",
         )?;
-        let rows = stmt.query_map([], |r| {
+        let rows = stmt.query_map([super::checkpoint::UNDOING], |r| {
             Ok(Record {
                 plan: r.get(0)?,
                 step: r.get(1)?,
@@ -55,6 +59,7 @@ pub fn records(conn: &Connection) -> Result<Vec<Record>, UsageError> {
                 changed: r.get::<_, i64>(6)?.max(0) as u64,
                 updated_at: r.get(7)?,
                 kept_bytes: 0,
+                undoing: r.get(8)?,
             })
         })?;
         let mut all: Vec<Record> = rows.collect::<rusqlite::Result<_>>()?;
@@ -75,6 +80,29 @@ pub fn records(conn: &Connection) -> Result<Vec<Record>, UsageError> {
             ),
         )
     })
+}
+
+/// The plans an undo stopped in part-way, each with the steps (0-based)
+/// it took back in part (see [`super::checkpoint::undoing`]): their undo
+/// record is what is left to take back, and the plan cannot run until it
+/// has been.
+pub fn stopped_undos(conn: &Connection) -> Result<Vec<(String, Vec<i64>)>, UsageError> {
+    let steps = super::checkpoint::undoing(conn).map_err(|e| {
+        super::db::unreadable(
+            conn,
+            TABLE,
+            &e,
+            "`batchsse checkpoint list` says more",
+        )
+    })?;
+    let mut out: Vec<(String, Vec<i64>)> = Vec::new();
+    for (plan, step) in steps {
+        match out.last_mut() {
+            Some((p, s)) if *p == plan => s.push(step),
+            _ => out.push((plan, vec![step])),
+        }
+    }
+    Ok(out)
 }
 
 /// Rows of TEMP tables kept for a resume (plan, 0-based step, bytes)
