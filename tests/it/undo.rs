@@ -610,7 +610,10 @@ fn an_older_run_taken_back_before_a_newer_one_of_its_plan_says_so() {
 /// An older run taken back first keeps the rows the newer run changed
 /// since; the newer run taken back after it is not held by those rows (no
 /// application wrote them): it puts back what the older run wrote, and
-/// says nothing was kept.
+/// keeps none of the application's. Those rows still carry the older
+/// run's change with no record left to take it back: the undo said the
+/// plan was "fully taken back" and cleared its checkpoint, so running it
+/// again would change them a second time. It says so instead.
 #[test]
 fn a_newer_run_taken_back_after_an_older_one_is_not_held_by_its_conflicts() {
     let db = TempDb::counters(40);
@@ -621,12 +624,20 @@ fn a_newer_run_taken_back_after_an_older_one_is_not_held_by_its_conflicts() {
     let (code, _, err) = run(&undo_args(&db, &["--run", &ids[1]]));
     assert_eq!(code, 0, "{err}");
     assert!(
-        !err.contains("kept"),
+        !err.contains("kept the application"),
         "nothing of the application to keep: {err}"
     );
     // The newer run's bump is taken back everywhere; the older run's stays
     // on the rows its undo kept (all of them: the newer run changed each).
     assert_eq!(db.counter_spread(), (40, 0), "{err}");
+    assert!(!err.contains("is fully taken back"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "plan \"twice\" is not fully taken back: 40 rows that the undo of run {}, an older run of the plan, kept",
+            ids[0]
+        )) && err.contains("still carry that run's change"),
+        "{err}"
+    );
 }
 
 /// An undo of a plan with two recorded runs names both in its first line,

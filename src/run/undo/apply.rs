@@ -867,7 +867,11 @@ impl Undoer<'_> {
             .unwrap_or(0)
             .saturating_sub(deleted);
         let kept = store::kept_why(self.conn, &self.scope, "").unwrap_or(0);
-        if kept == 0 {
+        let older = store::left_by_older(self.conn, &self.scope).unwrap_or_default();
+        for (run, n) in &older {
+            self.say_older_carries(run, *n);
+        }
+        if kept == 0 && older.is_empty() {
             return self.message(
                 Level::Info,
                 format!(
@@ -913,6 +917,24 @@ impl Undoer<'_> {
             quoted(plan),
             thousands(as_left),
             plural(as_left)
+        ));
+    }
+
+    /// Says that `n` rows an undo of `run`, an older run of the plan taken
+    /// back first, kept (this undo's run had changed them since) now hold
+    /// what `run` wrote, put back by this undo: its change stays in them,
+    /// with no record left to take it back, though the plan's checkpoint
+    /// is cleared.
+    fn say_older_carries(&self, run: &str, n: u64) {
+        let [rows, them, carry] = match n {
+            1 => ["row", "it", "it still carries"],
+            _ => ["rows", "them", "they still carry"],
+        };
+        self.message(Level::Warn, format!(
+            "plan {} is not fully taken back: {} {rows} that the undo of run {run}, an older run of the plan, kept (this run had changed {them} since) got back what run {run} wrote, so {carry} that run's change, and no record is left to take it back; running the plan again would change {them} a second time: put {them} right, or leave {them} out of the plan's WHERE, before it runs again (its checkpoint is cleared); to list {them}: sqlite3 {} \"SELECT tbl, k FROM batchsse_undo_conflict WHERE run = '{run}'\"",
+            quoted(&self.spec.plan),
+            thousands(n),
+            crate::human::shell_word(self.conn.path().unwrap_or(&self.db)),
         ));
     }
 

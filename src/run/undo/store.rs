@@ -781,6 +781,34 @@ pub fn kept_why(conn: &Connection, scope: &Scope, why: &str) -> rusqlite::Result
     kept_up_to(conn, scope, why, i64::MAX)
 }
 
+/// The rows an undo of an older run of `scope`'s plan kept after `scope`'s
+/// oldest run was recorded (that run had changed them since, so the older
+/// undo left them) that this undo did not keep itself, by older run: their
+/// undo here put back what the older run wrote (see [`Scope::holds`]), so
+/// they carry its change, and no record is left to take it back. Empty
+/// where the conflict table cannot tell (no `plan` or `run_at`).
+pub fn left_by_older(conn: &Connection, scope: &Scope) -> rusqlite::Result<Vec<(String, u64)>> {
+    let Some(since) = scope.since.as_ref().filter(|_| scope.run_at) else {
+        return Ok(Vec::new());
+    };
+    let sql = format!(
+        "SELECT o.run, count(*) FROM batchsse_undo_conflict o
+         WHERE o.plan = ?4 AND o.run_at < ?5 AND o.at >= ?5
+           AND o.run NOT IN (SELECT value FROM json_each(?6))
+           AND NOT EXISTS (SELECT 1 FROM batchsse_undo_conflict
+                           WHERE tbl = o.tbl AND k IS o.k AND rowid <> o.rowid AND {})
+         GROUP BY o.run ORDER BY min(o.run_at)",
+        scope.holds(1)
+    );
+    let mut params = scope.params();
+    params.extend([&scope.plan as &dyn rusqlite::ToSql, since, &scope.runs]);
+    conn.prepare(&sql)?
+        .query_map(params.as_slice(), |r| {
+            Ok((r.get(0)?, r.get::<_, i64>(1)?.max(0) as u64))
+        })?
+        .collect()
+}
+
 /// [`kept_why`], of the rows of `batchsse_undo_conflict` up to rowid
 /// `upto` ([`last_kept`] as an undo began: those kept before it that are
 /// still kept, since an undo under `overwrite` may put them back).
