@@ -263,7 +263,9 @@ fn step_text(r: &Record) -> String {
     let what = match (&r.last_key, state_of(r)) {
         // What its run did, no longer what the step holds.
         (_, UNDOING_STATE) => {
-            format!("partly taken back by an undo that stopped part-way (its run: {done}, {changed} changed)")
+            format!(
+                "partly taken back by an undo that stopped part-way (its run: {done}, {changed} changed)"
+            )
         }
         (Sql::Null, state) | (_, state @ "done") => format!("{state}, {rows}"),
         (key, state) => format!("{state} up to key {}, {rows}", key_text(key)),

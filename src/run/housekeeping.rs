@@ -88,12 +88,7 @@ pub fn records(conn: &Connection) -> Result<Vec<Record>, UsageError> {
 /// has been.
 pub fn stopped_undos(conn: &Connection) -> Result<Vec<(String, Vec<i64>)>, UsageError> {
     let steps = super::checkpoint::undoing(conn).map_err(|e| {
-        super::db::unreadable(
-            conn,
-            TABLE,
-            &e,
-            "`batchsse checkpoint list` says more",
-        )
+        super::db::unreadable(conn, TABLE, &e, "`batchsse checkpoint list` says more")
     })?;
     let mut out: Vec<(String, Vec<i64>)> = Vec::new();
     for (plan, step) in steps {

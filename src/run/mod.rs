@@ -334,7 +334,12 @@ impl Runner<'_> {
             Ok(None) => match stop {
                 None => (
                     Level::Info,
-                    format!("recorded for undo; to take this run back: {command}"),
+                    match self.earlier_undo(rec) {
+                        Some(plan) => format!(
+                            "recorded for undo; to take this run back: {command} (with what the earlier runs of its plan committed: {plan})"
+                        ),
+                        None => format!("recorded for undo; to take this run back: {command}"),
+                    },
                 ),
                 Some((step, after)) => {
                     let unrecorded =

@@ -26,7 +26,10 @@ fn checkpoint_list_says_a_step_an_undo_stopped_in_is_taken_back_in_part() {
         out.contains("1 step recorded, 0 done, 0 partial, 1 partly taken back"),
         "{out}"
     );
-    assert!(out.contains("step 1 \"bump counters\": partly taken back"), "{out}");
+    assert!(
+        out.contains("step 1 \"bump counters\": partly taken back"),
+        "{out}"
+    );
     assert!(
         out.contains(&format!("`batchsse undo --db {path} --plan bump`")),
         "names the command that finishes it: {out}"
@@ -56,4 +59,52 @@ fn checkpoint_list_says_a_step_an_undo_stopped_in_is_taken_back_in_part() {
     assert_eq!(code, 0, "{err}");
     let (_, out, _) = run(&["checkpoint", "list", "--db", path]);
     assert!(out.starts_with("no checkpoint recorded"), "{out}");
+}
+
+/// A run that resumed a recorded run named only its own record as the
+/// way to take it back: `undo --run` of it takes back the rest it applied
+/// and leaves the resumed step taken back in part, the plan refused until
+/// the plan's undo. Like a failed resume, it names the plan's undo too.
+#[test]
+fn a_resumed_run_that_finished_names_the_undo_of_the_runs_it_resumed() {
+    // A trigger stops the first run at id 25, after two chunks of ten.
+    let db = TempDb::counters(40);
+    db.conn()
+        .execute_batch(
+            "CREATE TABLE gate(open);
+             CREATE TRIGGER closed BEFORE UPDATE ON t
+               WHEN NEW.id = 25 AND NOT EXISTS (SELECT 1 FROM gate)
+               BEGIN SELECT RAISE(ABORT, 'closed'); END;",
+        )
+        .unwrap();
+    let plan = db.file("plan.json", &counter_plan("bump", 10));
+    let args = run_args(&db, path_str(&plan), &["--no-serve", "--undo"]);
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 1, "{err}");
+    db.conn()
+        .execute_batch("INSERT INTO gate VALUES (1)")
+        .unwrap();
+    let (code, out, err) = run(&[&args[..], &["--progress", "json"]].concat());
+    assert_eq!(code, 0, "{err}");
+    let events = json_lines(&out);
+    let said = events
+        .iter()
+        .filter_map(|e| e["data"]["message"].as_str())
+        .find(|m| m.contains("recorded for undo"))
+        .unwrap_or_default();
+    let plan_undo = format!("batchsse undo --db {} --plan bump", path_str(&db.path));
+    assert!(said.contains(&plan_undo), "{out}");
+    // `finished.undo_command` still names this run's own record.
+    let finished = events.last().cloned().unwrap_or_default();
+    assert!(
+        finished["data"]["undo_command"]
+            .as_str()
+            .is_some_and(|c| c.contains(" --run ")),
+        "{out}"
+    );
+    let mut undo: Vec<&str> = plan_undo.split(' ').skip(1).collect();
+    undo.push("--no-serve");
+    let (code, _, err) = run(&undo);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(db.counter_spread(), (0, 40), "{err}");
 }
