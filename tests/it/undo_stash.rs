@@ -373,3 +373,68 @@ fn chained(create: &str, shape: &str) -> TempDb {
     run_undoable(&db, &plan);
     db
 }
+
+/// A table with no `UNIQUE` index besides its key, the most common one a
+/// plan deletes rows from and inserts them into again: no other row can
+/// hold a value of a row the run deleted, so none is saved when the undo
+/// takes back the insert at its key (the parts then go back a statement
+/// each, not row by row with a copy of every row), and the old row still
+/// comes back whole. Only where the record keys the rows by a rowid that
+/// is not their primary key is the row saved all the same: the rowid
+/// itself can be taken. The undo stops (`abort`) at the application's
+/// change to row 1, between the two parts of row 2.
+#[test]
+fn a_row_deleted_then_inserted_again_is_saved_only_where_another_row_could_hold_its_values() {
+    for (shape, create) in SHAPES {
+        let create = create.replace("email TEXT UNIQUE", "email TEXT");
+        let db = recorded(&create, shape, &[]);
+        db.conn()
+            .execute_batch("UPDATE t SET v = 99 WHERE id = 1")
+            .unwrap();
+        let (code, _, err) = run(&undo_of_plan(&db, "rl", &["--on-conflict", "abort"]));
+        assert_eq!(code, 1, "{shape}: {err}");
+        let saved =
+            stash_left(&db) == 1 && db.query_i64("SELECT count(*) FROM batchsse_undo_stash") == 1;
+        assert_eq!(
+            saved,
+            shape == "a rowid and a text primary key",
+            "{shape}: {err}"
+        );
+        let (fin, out) = undo_json(&db, &[]);
+        assert_eq!(rows(&db), ["1|a|99", "2|b|2", "3|c|3"], "{shape}: {out}");
+        assert_eq!(fin["data"]["conflicts"], 1, "{shape}: {fin}");
+        assert_eq!(stash_left(&db), 0, "{shape}: {out}");
+    }
+}
+
+/// The rows an undo saves are found by their key when the part of their
+/// delete goes back, one look per row: the table has an index on it (a
+/// plan that deletes a million rows with a `UNIQUE` column and inserts
+/// them again saves a million; each look read them all without it).
+#[test]
+fn the_rows_an_undo_saves_are_looked_up_by_key_through_an_index() {
+    let db = recorded(SHAPES[0].1, SHAPES[0].0, &[]);
+    db.conn()
+        .execute_batch("UPDATE t SET email = 'b' WHERE id = 3")
+        .unwrap();
+    let (code, _, err) = run(&undo_of_plan(&db, "rl", &["--on-conflict", "abort"]));
+    assert_eq!(code, 1, "{err}");
+    let conn = db.conn();
+    let mut stmt = conn
+        .prepare(
+            "EXPLAIN QUERY PLAN SELECT cols, vals FROM batchsse_undo_stash
+             WHERE tbl = 't' AND k = x'01' ORDER BY rowid LIMIT 1",
+        )
+        .unwrap();
+    let details: Vec<String> = stmt
+        .query_map([], |r| r.get(3))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(
+        details
+            .iter()
+            .any(|d| d.contains("USING INDEX") && d.contains("tbl=? AND k=?")),
+        "{details:?}"
+    );
+}

@@ -32,6 +32,10 @@ pub const COLUMNS: &[&str] = &["run", "tbl", "k", "cols", "vals", "at"];
 /// `k`: the key's values, encoded (the primary key's, where one beside a
 /// rowid tells the rows apart); `cols`: the row's column names (a JSON
 /// array); `vals`: their values, encoded. Untyped: kept exactly.
+/// Indexed by key: a plan that deletes a million rows and inserts them
+/// again saves a million, and each is looked for by its key when the
+/// part of its delete goes back (without the index, each look read them
+/// all: an undo that ran for hours).
 const CREATE: &str = "CREATE TABLE IF NOT EXISTS batchsse_undo_stash (
     run TEXT NOT NULL,
     tbl TEXT NOT NULL,
@@ -39,7 +43,8 @@ const CREATE: &str = "CREATE TABLE IF NOT EXISTS batchsse_undo_stash (
     cols TEXT NOT NULL,
     vals NOT NULL,
     at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
-)";
+);
+CREATE INDEX IF NOT EXISTS batchsse_undo_stash_by_key ON batchsse_undo_stash(tbl, k)";
 
 /// A part the undo is to take back that may delete rows (its flags do not
 /// say it holds none, see [`super::codec::NO_DELETES`]).
@@ -68,6 +73,14 @@ struct Ident {
     collations: Vec<Option<String>>,
 }
 
+/// What one part of the undo reads or makes once for all the rows it saves.
+#[derive(Default)]
+struct PartCache {
+    made: bool,
+    /// Per table: its columns, and their names as a JSON array.
+    columns: HashMap<String, Rc<(Vec<String>, String)>>,
+}
+
 /// What an undo knows of the rows it may have to save or put back.
 #[derive(Default)]
 pub struct Stash {
@@ -82,21 +95,39 @@ pub struct Stash {
     /// Per table, what tells its rows apart: its primary key ([`Ident`]),
     /// or (`None`) the record's key.
     idents: HashMap<String, Option<Rc<Ident>>>,
-    /// The rows saved, by this try or an earlier one, by table and encoded
-    /// key (some may be gone since: only the table says).
-    saved: HashSet<(String, Vec<u8>)>,
-    /// The tables of [`Stash::saved`].
-    saved_tables: HashSet<String>,
+    /// The rows saved, by this try or an earlier one: by table, their
+    /// encoded keys (some may be gone since: only the table says).
+    saved: HashMap<String, HashSet<Vec<u8>>>,
+    /// What the part being taken back has read or made once, for the
+    /// rows it saves: the table of saved rows made, and per table its
+    /// columns (read again for each part: the application may add one).
+    part: PartCache,
     /// The undo's runs, as a JSON array (`json_each` reads it).
     runs: String,
+    /// The statements that read and remove a saved row of a table (`?1`)
+    /// at a key (`?2`), the undo's runs written into them: a list bound
+    /// to each, as the others take it, had SQLite plan the statement anew
+    /// at every row (most of an undo's time, a million rows saved).
+    take_sql: [String; 2],
 }
 
 impl Stash {
     /// `deleting`: in the order the undo takes them back.
     pub fn new(deleting: Vec<Deleting>, runs: &[String]) -> Stash {
+        let listed: Vec<String> = runs
+            .iter()
+            .map(|r| format!("'{}'", r.replace('\'', "''")))
+            .collect();
+        let by = format!("tbl = ?1 AND k = ?2 AND run IN ({})", listed.join(", "));
         Stash {
             deleting,
             runs: serde_json::to_string(runs).unwrap_or_else(|_| "[]".into()),
+            take_sql: [
+                format!(
+                    "SELECT cols, vals FROM batchsse_undo_stash WHERE {by} ORDER BY rowid LIMIT 1"
+                ),
+                format!("DELETE FROM batchsse_undo_stash WHERE {by}"),
+            ],
             ..Stash::default()
         }
     }
@@ -112,8 +143,7 @@ impl Stash {
         let rows = stmt.query_map([&self.runs], |r| Ok((r.get(0)?, r.get(1)?)))?;
         for row in rows {
             let (table, key): (String, Vec<u8>) = row?;
-            self.saved_tables.insert(table.clone());
-            self.saved.insert((table, key));
+            self.saved.entry(table).or_default().insert(key);
         }
         Ok(())
     }
@@ -121,6 +151,7 @@ impl Stash {
     /// The part at `pos` (among all the undo takes back) is next.
     pub fn at(&mut self, pos: usize) {
         self.at = pos;
+        self.part = PartCache::default();
     }
 
     /// Whether this part or one after it may delete rows (this one's
@@ -145,7 +176,8 @@ impl Stash {
     }
 
     /// The rows of `l`'s table that this part and those after it delete,
-    /// read the first time.
+    /// read the first time; none where no row the run deleted can be kept
+    /// from coming back by another row (see [`unique_besides_key`]).
     fn deleted(
         &mut self,
         conn: &Connection,
@@ -153,7 +185,10 @@ impl Stash {
     ) -> rusqlite::Result<&HashMap<Vec<u8>, usize>> {
         if !self.deleted.contains_key(&l.table) {
             let ident = self.ident(conn, l)?;
-            let rows = self.read_deleted(conn, &l.table, ident.as_deref())?;
+            let rows = match ident.is_some() || unique_besides_key(conn, &l.table)? {
+                true => self.read_deleted(conn, &l.table, ident.as_deref())?,
+                false => HashMap::new(),
+            };
             self.deleted.insert(l.table.clone(), rows);
         }
         Ok(&self.deleted[&l.table])
@@ -189,16 +224,14 @@ impl Stash {
         l: &Layout,
         mut keys: impl Iterator<Item = i64>,
     ) -> rusqlite::Result<bool> {
-        if !self.saved_tables.contains(&l.table) {
+        if !self.saved.contains_key(&l.table) {
             return Ok(false);
         }
         if self.ident(conn, l)?.is_some() {
             return Ok(true);
         }
-        Ok(keys.any(|k| {
-            let id = (l.table.clone(), encoded(&[Val::Integer(k)]));
-            self.saved.contains(&id)
-        }))
+        let saved = &self.saved[&l.table];
+        Ok(keys.any(|k| saved.contains(&encoded(&[Val::Integer(k)]))))
     }
 
     /// Saves the row of `l`'s table at `key`, found by `by` (the key bound
@@ -282,8 +315,22 @@ impl Stash {
         (l, key, by): (&Layout, &[Val], &str),
         id: Vec<u8>,
     ) -> rusqlite::Result<()> {
-        conn.execute_batch(CREATE)?;
-        let cols = columns(conn, l)?;
+        if !self.part.made {
+            conn.execute_batch(CREATE)?;
+            self.part.made = true;
+        }
+        let shape = match self.part.columns.get(&l.table) {
+            Some(shape) => shape.clone(),
+            None => {
+                let cols = columns(conn, l)?;
+                let names =
+                    serde_json::to_string(&cols).map_err(|e| store::failure(e.to_string()))?;
+                let shape = Rc::new((cols, names));
+                self.part.columns.insert(l.table.clone(), shape.clone());
+                shape
+            }
+        };
+        let (cols, names) = (&shape.0, &shape.1);
         let quoted: Vec<String> = cols.iter().map(|c| quote(c)).collect();
         let read = format!(
             "SELECT {} FROM main.{} WHERE {by}",
@@ -299,13 +346,14 @@ impl Stash {
                 }
                 Ok(vals)
             })?;
-        let names = serde_json::to_string(&cols).map_err(|e| store::failure(e.to_string()))?;
         conn.prepare_cached(
             "INSERT INTO batchsse_undo_stash (run, tbl, k, cols, vals) VALUES (?1, ?2, ?3, ?4, ?5)",
         )?
         .execute(params![run, l.table, id, names, vals])?;
-        self.saved_tables.insert(l.table.clone());
-        self.saved.insert((l.table.clone(), id));
+        match self.saved.get_mut(&l.table) {
+            Some(keys) => keys.insert(id),
+            None => self.saved.entry(l.table.clone()).or_default().insert(id),
+        };
         Ok(())
     }
 
@@ -323,30 +371,26 @@ impl Stash {
         e: &Entry,
     ) -> rusqlite::Result<Option<Saved>> {
         // Nothing made for a part's every deleted row when none is saved.
-        if !self.saved_tables.contains(&l.table) {
+        if !self.saved.contains_key(&l.table) {
             return Ok(None);
         }
         let id = match self.ident(conn, l)? {
             Some(ident) => old_ident(&ident, l, &e.old),
             None => Some(encoded(&e.key)),
         };
-        let Some(k) = id.filter(|k| self.saved.contains(&(l.table.clone(), k.clone()))) else {
+        let saved = |k: &Vec<u8>| self.saved.get(&l.table).is_some_and(|s| s.contains(k));
+        let Some(k) = id.filter(saved) else {
             return Ok(None);
         };
         let oldest = self.deleted(conn, l)?.get(&k).copied();
         let oldest = oldest.map(|i| self.deleting[i].pos);
-        let by = "tbl = ?1 AND k = ?2 AND run IN (SELECT value FROM json_each(?3))";
+        let [read, delete] = &self.take_sql;
         let row: Option<(String, Vec<u8>)> = conn
-            .prepare_cached(&format!(
-                "SELECT cols, vals FROM batchsse_undo_stash WHERE {by} ORDER BY rowid LIMIT 1"
-            ))?
-            .query_row(params![l.table, k, self.runs], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
+            .prepare_cached(read)?
+            .query_row(params![l.table, k], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
         if oldest.is_none_or(|pos| pos <= self.at) {
-            conn.prepare_cached(&format!("DELETE FROM batchsse_undo_stash WHERE {by}"))?
-                .execute(params![l.table, k, self.runs])?;
+            conn.prepare_cached(delete)?.execute(params![l.table, k])?;
         }
         let Some((cols, vals)) = row else {
             return Ok(None);
@@ -387,6 +431,22 @@ impl Stash {
         );
         conn.prepare_cached(&sql)?.exists(params_from_iter(vals))
     }
+}
+
+/// Whether `table` has a `UNIQUE` index besides its primary key's: only
+/// such an index can hold a value of a row the run deleted in another row,
+/// keeping it from coming back once the undo has taken back the row the
+/// run inserted at its key. (Where the record keys a table by a bare rowid
+/// although it declares a primary key, the rowid can be held too: such a
+/// table is at risk whatever its indexes.) A table without one, which a
+/// plan that deletes rows and inserts them again most often is, needs no
+/// row saved: its parts go back the fast way, a statement a part, instead
+/// of row by row with a copy of each.
+fn unique_besides_key(conn: &Connection, table: &str) -> rusqlite::Result<bool> {
+    conn.prepare_cached(
+        "SELECT 1 FROM pragma_index_list(?1, 'main') WHERE \"unique\" AND origin <> 'pk'",
+    )?
+    .exists([table])
 }
 
 /// The primary key of `table` when it declares one: the columns and the
