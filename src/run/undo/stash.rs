@@ -15,7 +15,7 @@
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
-use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
+use rusqlite::{Connection, params, params_from_iter};
 
 use super::codec::{Damaged, Entry, Layout, Val, decode, encode, layouts, op, put_value, values};
 use super::store::{self, Part};
@@ -104,10 +104,13 @@ pub struct Stash {
     part: PartCache,
     /// The undo's runs, as a JSON array (`json_each` reads it).
     runs: String,
-    /// The statements that read and remove a saved row of a table (`?1`)
-    /// at a key (`?2`), the undo's runs written into them: a list bound
-    /// to each, as the others take it, had SQLite plan the statement anew
-    /// at every row (most of an undo's time, a million rows saved).
+    /// The statements that read and remove the rows saved of a table
+    /// (`?1`) at a key (`?2`), the undo's runs written into them. The read
+    /// takes them all (one, but in a chain of deletes and inserts at one
+    /// key) and the first saved is picked from them: one that asked SQLite
+    /// for the first (`ORDER BY rowid LIMIT 1`) was planned anew at every
+    /// row after a write to the table, most of an undo's time where a
+    /// million rows are saved.
     take_sql: [String; 2],
 }
 
@@ -123,9 +126,7 @@ impl Stash {
             deleting,
             runs: serde_json::to_string(runs).unwrap_or_else(|_| "[]".into()),
             take_sql: [
-                format!(
-                    "SELECT cols, vals FROM batchsse_undo_stash WHERE {by} ORDER BY rowid LIMIT 1"
-                ),
+                format!("SELECT rowid, cols, vals FROM batchsse_undo_stash WHERE {by}"),
                 format!("DELETE FROM batchsse_undo_stash WHERE {by}"),
             ],
             ..Stash::default()
@@ -385,10 +386,18 @@ impl Stash {
         let oldest = self.deleted(conn, l)?.get(&k).copied();
         let oldest = oldest.map(|i| self.deleting[i].pos);
         let [read, delete] = &self.take_sql;
-        let row: Option<(String, Vec<u8>)> = conn
-            .prepare_cached(read)?
-            .query_row(params![l.table, k], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
+        let mut first: Option<(i64, String, Vec<u8>)> = None;
+        let mut stmt = conn.prepare_cached(read)?;
+        for row in stmt.query_map(params![l.table, k], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })? {
+            let row = row?;
+            if first.as_ref().is_none_or(|f| row.0 < f.0) {
+                first = Some(row);
+            }
+        }
+        drop(stmt);
+        let row = first.map(|(_, cols, vals)| (cols, vals));
         if oldest.is_none_or(|pos| pos <= self.at) {
             conn.prepare_cached(delete)?.execute(params![l.table, k])?;
         }
