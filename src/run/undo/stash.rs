@@ -76,9 +76,18 @@ struct Ident {
 /// What one part of the undo reads or makes once for all the rows it saves.
 #[derive(Default)]
 struct PartCache {
-    made: bool,
-    /// Per table: its columns, and their names as a JSON array.
-    columns: HashMap<String, Rc<(Vec<String>, String)>>,
+    /// When the part's rows are saved (`at`), once the table is made.
+    made: Option<String>,
+    /// Per table: its columns, their names as a JSON array, and the
+    /// statement that reads a row of them.
+    shapes: HashMap<String, Rc<Shape>>,
+}
+
+/// A table's row as a part saves it.
+struct Shape {
+    cols: Vec<String>,
+    names: String,
+    read: String,
 }
 
 /// What an undo knows of the rows it may have to save or put back.
@@ -316,46 +325,61 @@ impl Stash {
         (l, key, by): (&Layout, &[Val], &str),
         id: Vec<u8>,
     ) -> rusqlite::Result<()> {
-        if !self.part.made {
-            conn.execute_batch(CREATE)?;
-            self.part.made = true;
-        }
-        let shape = match self.part.columns.get(&l.table) {
-            Some(shape) => shape.clone(),
+        let (shape, at) = self.shape(conn, l, by)?;
+        let vals = conn
+            .prepare_cached(&shape.read)?
+            .query_row(params_from_iter(key), |r| {
+                let mut vals = Vec::new();
+                for i in 0..shape.cols.len() {
+                    put_value(&mut vals, r.get_ref(i)?);
+                }
+                Ok(vals)
+            })?;
+        conn.prepare_cached(
+            "INSERT INTO batchsse_undo_stash (run, tbl, k, cols, vals, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?
+        .execute(params![run, l.table, id, shape.names, vals, at])?;
+        match self.saved.get_mut(&l.table) {
+            Some(keys) => keys.insert(id),
+            None => self.saved.entry(l.table.clone()).or_default().insert(id),
+        };
+        Ok(())
+    }
+
+    /// How the part saves a row of `l`'s table, found by `by`, and when:
+    /// made and read once a part (a million rows may be saved), the table
+    /// of saved rows with them.
+    fn shape(
+        &mut self,
+        conn: &Connection,
+        l: &Layout,
+        by: &str,
+    ) -> rusqlite::Result<(Rc<Shape>, String)> {
+        let at = match &self.part.made {
+            Some(at) => at.clone(),
             None => {
-                let cols = columns(conn, l)?;
-                let names =
-                    serde_json::to_string(&cols).map_err(|e| store::failure(e.to_string()))?;
-                let shape = Rc::new((cols, names));
-                self.part.columns.insert(l.table.clone(), shape.clone());
-                shape
+                conn.execute_batch(CREATE)?;
+                let at: String =
+                    conn.query_row("SELECT strftime('%Y-%m-%dT%H:%M:%fZ', 'now')", [], |r| {
+                        r.get(0)
+                    })?;
+                self.part.made.insert(at).clone()
             }
         };
-        let (cols, names) = (&shape.0, &shape.1);
+        if let Some(shape) = self.part.shapes.get(&l.table) {
+            return Ok((shape.clone(), at));
+        }
+        let cols = columns(conn, l)?;
+        let names = serde_json::to_string(&cols).map_err(|e| store::failure(e.to_string()))?;
         let quoted: Vec<String> = cols.iter().map(|c| quote(c)).collect();
         let read = format!(
             "SELECT {} FROM main.{} WHERE {by}",
             quoted.join(", "),
             quote(&l.table)
         );
-        let vals = conn
-            .prepare_cached(&read)?
-            .query_row(params_from_iter(key), |r| {
-                let mut vals = Vec::new();
-                for i in 0..cols.len() {
-                    put_value(&mut vals, r.get_ref(i)?);
-                }
-                Ok(vals)
-            })?;
-        conn.prepare_cached(
-            "INSERT INTO batchsse_undo_stash (run, tbl, k, cols, vals) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?
-        .execute(params![run, l.table, id, names, vals])?;
-        match self.saved.get_mut(&l.table) {
-            Some(keys) => keys.insert(id),
-            None => self.saved.entry(l.table.clone()).or_default().insert(id),
-        };
-        Ok(())
+        let shape = Rc::new(Shape { cols, names, read });
+        self.part.shapes.insert(l.table.clone(), shape.clone());
+        Ok((shape, at))
     }
 
     /// Takes out of the table the row saved for this undo that `e` (a row
