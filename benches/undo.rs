@@ -13,6 +13,10 @@
 //! (`shop-reprice`), and an update of the indexed status on the 70% of
 //! orders that match (`shop-archive`).
 //!
+//! Two more delete every row and insert each again at its key from a copy
+//! (`reinsert`), the second in a table with a `UNIQUE` index besides its key
+//! (`reinsert-unique`), where the undo saves each row it takes back.
+//!
 //! The old values are what the update overwrote: a REAL and an INTEGER per
 //! row, 8 bytes each as SQLite stores them at most; the record's size is
 //! the file's growth over the run without `--undo`. Every file is aged
@@ -20,7 +24,8 @@
 //! Wall time is what the targets name; CPU time (user and system, of the
 //! child) is printed beside it, since it moves less on a busy machine.
 //! `BENCH_ROWS` takes a smaller table for a quick look; `BENCH_UNDO_CASES`
-//! picks some of the cases (`update,purge,copy,shop-reprice,shop-archive`);
+//! picks some of the cases (`update,purge,copy,shop-reprice,shop-archive,
+//! reinsert,reinsert-unique`);
 //! `BATCHSSE_UNDO_HOOK=off` measures the recording of a build without
 //! SQLite's pre-update hook.
 //! After the update's rounds, [`floor`] measures what SQLite alone costs
@@ -67,23 +72,37 @@ enum Base {
     /// The demo shop (`batchsse demo`'s), its orders table about 70 bytes
     /// a row, with the indexes a shop's application would have on it.
     Shop,
+    /// `batch_overhead`'s table `t`, and `t2` a copy of it: rows to insert
+    /// again once a step has deleted them. With `unique`, each row's
+    /// `counter` is its `id`, under a `UNIQUE` index.
+    Twins { unique: bool },
 }
 
-/// What a case runs: its name, its database, and its one chunked step.
+/// What a case runs: its name, its database, and its chunked step (`sql`
+/// over `table`), then maybe a second one.
 struct Case {
     name: &'static str,
     base: Base,
     table: &'static str,
     sql: &'static str,
+    then: Option<(&'static str, &'static str)>,
 }
 
-const CASES: [Case; 5] = [
+/// The delete and the insert again of the two `reinsert` cases.
+const DROP: &str = "DELETE FROM t WHERE id BETWEEN :lo AND :hi";
+const READD: (&str, &str) = (
+    "t2",
+    "INSERT INTO t(id, total, counter) SELECT id, total + 1, counter FROM t2 WHERE rowid BETWEEN :lo AND :hi",
+);
+
+const CASES: [Case; 7] = [
     // The issue's: the batch-overhead update.
     Case {
         name: "update",
         base: Base::Bench,
         table: "t",
         sql: "UPDATE t SET total = total * 1.1, counter = counter + 1 WHERE id BETWEEN :lo AND :hi",
+        then: None,
     },
     // A purge, and a copy into a second table: what an undo puts back or
     // takes away whole rows of.
@@ -92,12 +111,14 @@ const CASES: [Case; 5] = [
         base: Base::Bench,
         table: "t",
         sql: "DELETE FROM t WHERE id BETWEEN :lo AND :hi",
+        then: None,
     },
     Case {
         name: "copy",
         base: Base::Bench,
         table: "t",
         sql: "INSERT INTO t2(id, total, counter) SELECT id, total, counter FROM t WHERE id BETWEEN :lo AND :hi",
+        then: None,
     },
     // The same two-column update on a shop's orders: a wider row, and
     // indexes on other columns.
@@ -106,6 +127,7 @@ const CASES: [Case; 5] = [
         base: Base::Shop,
         table: "orders",
         sql: "UPDATE orders SET total = round(total * 1.1, 2), counter = counter + 1 WHERE id BETWEEN :lo AND :hi",
+        then: None,
     },
     // An update of an indexed column, on the 70% of orders that match.
     Case {
@@ -113,6 +135,26 @@ const CASES: [Case; 5] = [
         base: Base::Shop,
         table: "orders",
         sql: "UPDATE orders SET status = 'archived', counter = counter + 1 WHERE status = 'shipped' AND id BETWEEN :lo AND :hi",
+        then: None,
+    },
+    // Rows deleted, then inserted again at their keys (a "rebuild"): the
+    // undo takes the insert back before it puts the old rows back. In a
+    // table with a UNIQUE index besides its key, another row could hold a
+    // value an old row needs by then, so each row the insert put in is
+    // saved first, row by row.
+    Case {
+        name: "reinsert",
+        base: Base::Twins { unique: false },
+        table: "t",
+        sql: DROP,
+        then: Some(READD),
+    },
+    Case {
+        name: "reinsert-unique",
+        base: Base::Twins { unique: true },
+        table: "t",
+        sql: DROP,
+        then: Some(READD),
     },
 ];
 
@@ -123,6 +165,15 @@ fn scratch(base: Base, rows: u64) -> TempDb {
         Base::Bench => db
             .conn()
             .execute_batch("CREATE TABLE t2(id INTEGER PRIMARY KEY, total REAL NOT NULL, counter INTEGER NOT NULL)")
+            .expect("t2"),
+        Base::Twins { unique } => db
+            .conn()
+            .execute_batch(if unique {
+                "UPDATE t SET counter = id; CREATE UNIQUE INDEX t_counter ON t(counter);
+                 CREATE TABLE t2 AS SELECT * FROM t;"
+            } else {
+                "CREATE TABLE t2 AS SELECT * FROM t;"
+            })
             .expect("t2"),
         Base::Shop => {
             std::fs::remove_file(&db.path).expect("remove");
@@ -142,7 +193,7 @@ fn scratch(base: Base, rows: u64) -> TempDb {
 fn digest(path: &std::path::Path, base: Base) -> (f64, i64, i64) {
     let c = rusqlite::Connection::open(path).expect("open");
     let sql = match base {
-        Base::Bench => {
+        Base::Bench | Base::Twins { .. } => {
             "SELECT total(total), total(counter), (SELECT count(*) FROM t) + (SELECT count(*) FROM t2) FROM t"
         }
         Base::Shop => {
@@ -165,7 +216,13 @@ fn main() {
         .iter()
         .filter(|c| only.is_empty() || only.split(',').any(|o| o == c.name))
         .collect();
-    for base in [Base::Bench, Base::Shop] {
+    let bases = [
+        Base::Bench,
+        Base::Shop,
+        Base::Twins { unique: false },
+        Base::Twins { unique: true },
+    ];
+    for base in bases {
         if chosen.iter().any(|c| c.base == base) {
             let db = scratch(base, rows);
             for c in chosen.iter().filter(|c| c.base == base) {
@@ -181,10 +238,13 @@ fn main() {
 /// One case, [`ROUNDS`] rounds on fresh copies; prints the medians.
 fn case(db: &TempDb, rows: u64, c: &Case) {
     let name = c.name;
-    let plan = serde_json::json!({
-        "name": "bench",
-        "steps": [{"name": name, "sql": c.sql, "chunk": {"table": c.table, "key": "id", "size": 10_000}}]
-    });
+    let mut steps = vec![
+        serde_json::json!({"name": name, "sql": c.sql, "chunk": {"table": c.table, "key": "id", "size": 10_000}}),
+    ];
+    if let Some((table, sql)) = c.then {
+        steps.push(serde_json::json!({"name": "then", "sql": sql, "chunk": {"table": table, "size": 10_000}}));
+    }
+    let plan = serde_json::json!({"name": "bench", "steps": steps});
     let plan = db.file(&format!("{name}.json"), &plan.to_string());
     let before = digest(&db.path, c.base);
     let (mut slow, mut back, mut size) = (Vec::new(), Vec::new(), Vec::new());
