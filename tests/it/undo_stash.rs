@@ -244,16 +244,24 @@ fn an_undo_killed_between_the_insert_and_the_delete_then_run_again_keeps_the_row
     assert_eq!(stash_left(&db), 0);
 }
 
-/// `undo clear` of a record whose undo stopped with a row saved removes
-/// the saved row with the record, and the table with them.
-#[test]
-fn undo_clear_removes_the_rows_an_undo_saved() {
+/// The report's case, its application's change made, undone under
+/// `abort`: the undo stops at the delete's part, the run's row saved by
+/// the insert's part before (and what the undo said).
+fn stopped_with_a_row_saved() -> (TempDb, String) {
     let db = recorded(SHAPES[0].1, SHAPES[0].0, &[]);
     db.conn()
         .execute_batch("UPDATE t SET email = 'b' WHERE id = 3")
         .unwrap();
     let (code, _, err) = run(&undo_of_plan(&db, "rl", &["--on-conflict", "abort"]));
     assert_eq!(code, 1, "{err}");
+    (db, err)
+}
+
+/// `undo clear` of a record whose undo stopped with a row saved removes
+/// the saved row with the record, and the table with them.
+#[test]
+fn undo_clear_removes_the_rows_an_undo_saved() {
+    let (db, err) = stopped_with_a_row_saved();
     assert_eq!(
         db.query_i64("SELECT count(*) FROM batchsse_undo_stash"),
         1,
@@ -413,12 +421,7 @@ fn a_row_deleted_then_inserted_again_is_saved_only_where_another_row_could_hold_
 /// them again saves a million; each look read them all without it).
 #[test]
 fn the_rows_an_undo_saves_are_looked_up_by_key_through_an_index() {
-    let db = recorded(SHAPES[0].1, SHAPES[0].0, &[]);
-    db.conn()
-        .execute_batch("UPDATE t SET email = 'b' WHERE id = 3")
-        .unwrap();
-    let (code, _, err) = run(&undo_of_plan(&db, "rl", &["--on-conflict", "abort"]));
-    assert_eq!(code, 1, "{err}");
+    let (db, _) = stopped_with_a_row_saved();
     let conn = db.conn();
     let mut stmt = conn
         .prepare(
