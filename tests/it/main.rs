@@ -35,6 +35,7 @@ mod undo_clear;
 mod undo_hostile;
 mod undo_partial;
 mod undo_parts;
+mod undo_scale;
 mod undo_stash;
 mod undo_tables;
 mod views;

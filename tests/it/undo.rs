@@ -30,7 +30,7 @@ const SHAPES_PLAN: &str = r#"{"name":"shapes","foreign_keys":true,"undo":true,"s
     {"name":"audit","sql":"DELETE FROM audit WHERE what = 'before'"},
     {"name":"stock","sql":"UPDATE stock SET qty = ifnull(qty, 0) + 1; INSERT INTO stock VALUES ('e', 9, 1); DELETE FROM stock WHERE shop = 's'"}]}"#;
 
-fn undo_args<'a>(db: &'a TempDb, extra: &[&'a str]) -> Vec<&'a str> {
+pub(crate) fn undo_args<'a>(db: &'a TempDb, extra: &[&'a str]) -> Vec<&'a str> {
     let mut a = vec![
         "undo",
         "--db",
@@ -660,7 +660,7 @@ fn an_undo_of_two_runs_of_a_plan_names_them_as_runs() {
 
 /// Runs the counter plan `name` twice with `--undo` (the second with
 /// `--force`, over the first); returns the two runs' ids, oldest first.
-fn recorded_twice(db: &TempDb, name: &str) -> Vec<String> {
+pub(crate) fn recorded_twice(db: &TempDb, name: &str) -> Vec<String> {
     let plan = db.file("plan.json", &counter_plan(name, 10));
     let mut ids = Vec::new();
     for _ in 0..2 {

@@ -172,7 +172,7 @@ pub fn run(
     }
     if !opts.dry_run {
         // Unreadable, it says so at the first part.
-        let _ = store::give_conflicts_their_columns(conn);
+        let _ = store::complete_conflicts(conn);
     }
     // Rows kept before this try: only conflicts it does not count. Those
     // still kept at its end (under `overwrite` it puts them back).
