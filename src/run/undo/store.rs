@@ -78,6 +78,9 @@ pub const PARTS: i64 = -3;
 // The record last: SQLite reads a column after a blob of megabytes by
 // walking the blob's overflow pages, so every query of the other columns
 // (the damage check, `undo list`) would read the whole record.
+// By run and step: a run's end asks, of each step it recorded, whether
+// its parts are still there; by run alone that read all the run's parts
+// for each step (a script of 8,000 one-row statements took 7 s to end).
 const CREATE: &str = "CREATE TABLE IF NOT EXISTS batchsse_undo (
     id INTEGER PRIMARY KEY,
     run TEXT NOT NULL,
@@ -93,6 +96,7 @@ const CREATE: &str = "CREATE TABLE IF NOT EXISTS batchsse_undo (
 );
 CREATE INDEX IF NOT EXISTS batchsse_undo_by_run ON batchsse_undo(run, id);
 CREATE INDEX IF NOT EXISTS batchsse_undo_by_step ON batchsse_undo(plan, step);
+CREATE INDEX IF NOT EXISTS batchsse_undo_by_run_step ON batchsse_undo(run, step);
 CREATE TABLE IF NOT EXISTS batchsse_undo_conflict (
     run TEXT NOT NULL,
     tbl TEXT NOT NULL,
