@@ -785,7 +785,8 @@ impl Undoer<'_> {
     /// Records (and, for the first ones, reports) a row kept under `skip`.
     fn conflict(&self, c: &Chunk, k: &Conflict<'_>, nth: u64) -> rusqlite::Result<()> {
         let row = [&c.run, k.table, k.why.as_str(), &self.spec.plan];
-        store::keep(self.conn, row, &k.key, self.upto)?;
+        let recorded = self.scope.recorded_at(&c.run);
+        store::keep(self.conn, row, &k.key, (self.upto, recorded))?;
         let kept = match self.dry_run {
             true => "would keep",
             false => "kept",

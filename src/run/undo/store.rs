@@ -4,6 +4,8 @@
 //! checksum) and `batchsse_undo_conflict` (rows an undo kept); and the
 //! check that a record is whole before an undo takes it back.
 
+use std::collections::HashMap;
+
 use rusqlite::{Connection, OptionalExtension};
 
 use crate::error::UsageError;
@@ -361,6 +363,9 @@ pub struct Scope {
     /// Whether the conflict table says when each kept row's run was
     /// recorded (`run_at`; not in a dry run on a table made before it).
     run_at: bool,
+    /// When each run began to be recorded (its first part's
+    /// `created_at`), read once: [`keep`] writes it into every row kept.
+    recorded: HashMap<String, String>,
 }
 
 impl Scope {
@@ -381,10 +386,16 @@ impl Scope {
         };
         Scope {
             plan: plan.to_owned(),
+            recorded: first_parts(conn, &runs).unwrap_or_default(),
             runs,
             since,
             run_at: conflicts_have_run_at(conn).unwrap_or(false),
         }
+    }
+
+    /// When `run` began to be recorded, if it has parts left.
+    pub fn recorded_at(&self, run: &str) -> Option<&str> {
+        self.recorded.get(run).map(String::as_str)
     }
 
     /// The condition on a conflict row, its parameters ([`Scope::params`])
@@ -869,16 +880,29 @@ pub fn keep(
     conn: &Connection,
     [run, table, why, plan]: [&str; 4],
     key: &super::codec::Val,
-    mark: i64,
+    (mark, run_at): (i64, Option<&str>),
 ) -> rusqlite::Result<()> {
+    // `run_at` bound, not read by a subquery here: one that picks the
+    // first part (`ORDER BY id`) had SQLite plan this statement anew for
+    // every row kept, about a quarter of an undo that keeps many.
     conn.prepare_cached(
         "INSERT INTO batchsse_undo_conflict (rowid, run, tbl, k, why, plan, run_at)
-         SELECT max(ifnull(max(rowid), 0), ?6) + 1, ?1, ?2, ?3, ?4, ?5,
-           (SELECT created_at FROM batchsse_undo WHERE run = ?1 ORDER BY id LIMIT 1)
+         SELECT max(ifnull(max(rowid), 0), ?6) + 1, ?1, ?2, ?3, ?4, ?5, ?7
          FROM batchsse_undo_conflict",
     )?
-    .execute(rusqlite::params![run, table, key, why, plan, mark])
+    .execute(rusqlite::params![run, table, key, why, plan, mark, run_at])
     .map(drop)
+}
+
+/// Each of `runs` (a JSON array) with its first part's `created_at`.
+fn first_parts(conn: &Connection, runs: &str) -> rusqlite::Result<HashMap<String, String>> {
+    conn.prepare(
+        "SELECT run, created_at FROM batchsse_undo WHERE id IN (
+           SELECT min(id) FROM batchsse_undo
+           WHERE run IN (SELECT value FROM json_each(?1)) GROUP BY run)",
+    )?
+    .query_map([runs], |r| Ok((r.get(0)?, r.get(1)?)))?
+    .collect()
 }
 
 /// A row of `batchsse_undo_conflict`: its rowid, table and key.
