@@ -90,6 +90,30 @@ struct Shape {
     read: String,
 }
 
+/// A key's encoding as the undo's maps of rows hold it: in place up to 15
+/// bytes (an integer key takes at most 10), so a plan that deletes and
+/// inserts again a million rows does not cost a million allocations twice
+/// over (about 230 bytes a key before, with its growth room).
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Id {
+    Inline(u8, [u8; 15]),
+    Boxed(Box<[u8]>),
+}
+
+impl Id {
+    /// Always in place when it fits: two equal keys are the same `Id`.
+    fn of(bytes: &[u8]) -> Id {
+        let mut inline = [0u8; 15];
+        match inline.get_mut(..bytes.len()) {
+            Some(head) => {
+                head.copy_from_slice(bytes);
+                Id::Inline(bytes.len() as u8, inline)
+            }
+            None => Id::Boxed(bytes.into()),
+        }
+    }
+}
+
 /// What an undo knows of the rows it may have to save or put back.
 #[derive(Default)]
 pub struct Stash {
@@ -100,13 +124,13 @@ pub struct Stash {
     /// Per table, read at the first insert of it taken back: each row a
     /// part of [`Stash::deleting`] from that one on deletes (by
     /// [`Stash::ident`]), with the oldest such part (its index there).
-    deleted: HashMap<String, HashMap<Vec<u8>, usize>>,
+    deleted: HashMap<String, HashMap<Id, usize>>,
     /// Per table, what tells its rows apart: its primary key ([`Ident`]),
     /// or (`None`) the record's key.
     idents: HashMap<String, Option<Rc<Ident>>>,
     /// The rows saved, by this try or an earlier one: by table, their
     /// encoded keys (some may be gone since: only the table says).
-    saved: HashMap<String, HashSet<Vec<u8>>>,
+    saved: HashMap<String, HashSet<Id>>,
     /// What the part being taken back has read or made once, for the
     /// rows it saves: the table of saved rows made, and per table its
     /// columns (read again for each part: the application may add one).
@@ -153,7 +177,7 @@ impl Stash {
         let rows = stmt.query_map([&self.runs], |r| Ok((r.get(0)?, r.get(1)?)))?;
         for row in rows {
             let (table, key): (String, Vec<u8>) = row?;
-            self.saved.entry(table).or_default().insert(key);
+            self.saved.entry(table).or_default().insert(Id::of(&key));
         }
         Ok(())
     }
@@ -188,11 +212,7 @@ impl Stash {
     /// The rows of `l`'s table that this part and those after it delete,
     /// read the first time; none where no row the run deleted can be kept
     /// from coming back by another row (see [`unique_besides_key`]).
-    fn deleted(
-        &mut self,
-        conn: &Connection,
-        l: &Layout,
-    ) -> rusqlite::Result<&HashMap<Vec<u8>, usize>> {
+    fn deleted(&mut self, conn: &Connection, l: &Layout) -> rusqlite::Result<&HashMap<Id, usize>> {
         if !self.deleted.contains_key(&l.table) {
             let ident = self.ident(conn, l)?;
             let rows = match ident.is_some() || unique_besides_key(conn, &l.table)? {
@@ -221,7 +241,7 @@ impl Stash {
         let (at, deleting, deleted) = (self.at, &self.deleting, &self.deleted[&l.table]);
         let later = |i: Option<&usize>| i.is_some_and(|&i| deleting[i].pos >= at);
         Ok(match by_key {
-            true => keys.any(|k| later(deleted.get(&encoded(&[Val::Integer(k)])))),
+            true => keys.any(|k| later(deleted.get(&Id::of(&encoded(&[Val::Integer(k)]))))),
             false => deleted.values().any(|i| later(Some(i))),
         })
     }
@@ -241,7 +261,7 @@ impl Stash {
             return Ok(true);
         }
         let saved = &self.saved[&l.table];
-        Ok(keys.any(|k| saved.contains(&encoded(&[Val::Integer(k)]))))
+        Ok(keys.any(|k| saved.contains(&Id::of(&encoded(&[Val::Integer(k)])))))
     }
 
     /// Saves the row of `l`'s table at `key`, found by `by` (the key bound
@@ -259,7 +279,7 @@ impl Stash {
             Some(ident) => read_ident(conn, l, &ident, (key, by))?,
             None => encoded(key),
         };
-        let Some(&i) = self.deleted(conn, l)?.get(&id) else {
+        let Some(&i) = self.deleted(conn, l)?.get(&Id::of(&id)) else {
             return Ok(());
         };
         let Some(run) = Some(&self.deleting[i])
@@ -278,7 +298,7 @@ impl Stash {
         conn: &Connection,
         table: &str,
         ident: Option<&Ident>,
-    ) -> rusqlite::Result<HashMap<Vec<u8>, usize>> {
+    ) -> rusqlite::Result<HashMap<Id, usize>> {
         let damaged = |e: Damaged| store::failure(e.to_string());
         let (mut keys, mut blob) = (HashMap::new(), Vec::new());
         for (i, d) in self.deleting.iter().enumerate() {
@@ -309,7 +329,7 @@ impl Stash {
                     None => Some(encoded(&e.key)),
                 };
                 if let Some(id) = id {
-                    keys.insert(id, i);
+                    keys.insert(Id::of(&id), i);
                 }
             }
         }
@@ -340,8 +360,12 @@ impl Stash {
         )?
         .execute(params![run, l.table, id, shape.names, vals, at])?;
         match self.saved.get_mut(&l.table) {
-            Some(keys) => keys.insert(id),
-            None => self.saved.entry(l.table.clone()).or_default().insert(id),
+            Some(keys) => keys.insert(Id::of(&id)),
+            None => self
+                .saved
+                .entry(l.table.clone())
+                .or_default()
+                .insert(Id::of(&id)),
         };
         Ok(())
     }
@@ -403,11 +427,14 @@ impl Stash {
             Some(ident) => old_ident(&ident, l, &e.old),
             None => Some(encoded(&e.key)),
         };
-        let saved = |k: &Vec<u8>| self.saved.get(&l.table).is_some_and(|s| s.contains(k));
+        let saved = |k: &Vec<u8>| {
+            let k = Id::of(k);
+            self.saved.get(&l.table).is_some_and(|s| s.contains(&k))
+        };
         let Some(k) = id.filter(saved) else {
             return Ok(None);
         };
-        let oldest = self.deleted(conn, l)?.get(&k).copied();
+        let oldest = self.deleted(conn, l)?.get(&Id::of(&k)).copied();
         let oldest = oldest.map(|i| self.deleting[i].pos);
         let [read, delete] = &self.take_sql;
         let mut first: Option<(i64, String, Vec<u8>)> = None;
