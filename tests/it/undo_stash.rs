@@ -401,8 +401,9 @@ fn a_row_deleted_then_inserted_again_is_saved_only_where_another_row_could_hold_
             .unwrap();
         let (code, _, err) = run(&undo_of_plan(&db, "rl", &["--on-conflict", "abort"]));
         assert_eq!(code, 1, "{shape}: {err}");
-        let saved =
-            stash_left(&db) == 1 && db.query_i64("SELECT count(*) FROM batchsse_undo_stash") == 1;
+        // A row with an empty key only marks the table's rows unsaved.
+        let saved = stash_left(&db) == 1
+            && db.query_i64("SELECT count(*) FROM batchsse_undo_stash WHERE length(k) > 0") == 1;
         assert_eq!(
             saved,
             shape == "a rowid and a text primary key",
@@ -440,4 +441,46 @@ fn the_rows_an_undo_saves_are_looked_up_by_key_through_an_index() {
             .any(|d| d.contains("USING INDEX") && d.contains("tbl=? AND k=?")),
         "{details:?}"
     );
+}
+
+/// A table with nothing that could keep an old row from coming back, so
+/// the run's row at a key it had deleted went back unsaved, gains a
+/// `UNIQUE` index before the old row goes back (here between two tries of
+/// the undo, the first stopped by `abort`), one that the application's
+/// row already satisfies while the old row would not: the undo stops
+/// before that part writes, saying what to do, instead of leaving the key
+/// with no row; done so, the old row comes back.
+#[test]
+fn a_unique_index_made_after_rows_went_back_unsaved_stops_the_undo_before_a_key_is_left_empty() {
+    let db = TempDb::with_sql(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, email TEXT, v INT);
+         INSERT INTO t VALUES (1, 'a', 1), (2, 'b', 2), (3, 'c', 3), (4, 'd', 4), (5, 'e', 5);",
+    );
+    let plan = serde_json::json!({"name": "rl", "undo": true, "steps": [
+        {"name": "drop", "sql": "DELETE FROM t WHERE id = 2"},
+        {"name": "other", "sql": "UPDATE t SET v = v + 10 WHERE id BETWEEN :lo AND :hi",
+         "chunk": {"table": "t", "key": "id", "size": 1}},
+        {"name": "readd", "sql": "INSERT INTO t(id, email, v) VALUES (2, 'b2', 20)"}]});
+    let plan = db.file("plan.json", &plan.to_string());
+    run_undoable(&db, &plan);
+    db.conn()
+        .execute_batch("UPDATE t SET email = 'b' WHERE id = 3; UPDATE t SET v = -1 WHERE id = 5")
+        .unwrap();
+    let (code, _, err) = run(&undo_of_plan(&db, "rl", &["--on-conflict", "abort"]));
+    assert_eq!(code, 1, "{err}");
+    db.conn()
+        .execute_batch("CREATE UNIQUE INDEX t_email ON t(email)")
+        .unwrap();
+    let (code, _, err) = run(&undo_of_plan(&db, "rl", &[]));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("t gained a UNIQUE index while this undo ran")
+            && err.contains("drop that index, run the undo again"),
+        "{err}"
+    );
+    db.conn().execute_batch("DROP INDEX t_email").unwrap();
+    let (code, _, err) = run(&undo_of_plan(&db, "rl", &[]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(rows(&db)[1], "2|b|2", "{err}");
+    assert_eq!(stash_left(&db), 0, "{err}");
 }

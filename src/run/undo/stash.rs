@@ -21,6 +21,10 @@ use super::codec::{Damaged, Entry, Layout, Val, decode, encode, layouts, op, put
 use super::store::{self, Part};
 use crate::plan::quote;
 
+/// `cols` of the row that marks a table whose inserts went back unsaved
+/// (see [`Stash::mark_unsaved`]); its `k` is empty, which no key is.
+const UNSAVED: &str = "unsaved";
+
 /// The table of the rows saved.
 pub const TABLE: &str = "batchsse_undo_stash";
 
@@ -76,6 +80,10 @@ struct Ident {
 /// What one part of the undo reads or makes once for all the rows it saves.
 #[derive(Default)]
 struct PartCache {
+    /// Tables marked unsaved, and tables checked for a new `UNIQUE`
+    /// index, by this part.
+    marked: HashSet<String>,
+    checked: HashSet<String>,
     /// When the part's rows are saved (`at`), once the table is made.
     made: Option<String>,
     /// Per table: its columns, their names as a JSON array, and the
@@ -131,6 +139,10 @@ pub struct Stash {
     /// The rows saved, by this try or an earlier one: by table, their
     /// encoded keys (some may be gone since: only the table says).
     saved: HashMap<String, HashSet<Id>>,
+    /// Tables whose rows the run inserted at keys an older part may
+    /// delete went back unsaved, by this try or an earlier one (see
+    /// [`Stash::mark_unsaved`]).
+    unsaved: HashSet<String>,
     /// What the part being taken back has read or made once, for the
     /// rows it saves: the table of saved rows made, and per table its
     /// columns (read again for each part: the application may add one).
@@ -172,12 +184,17 @@ impl Stash {
             return Ok(());
         }
         let mut stmt = conn.prepare(
-            "SELECT tbl, k FROM batchsse_undo_stash WHERE run IN (SELECT value FROM json_each(?1))",
+            "SELECT tbl, k, cols = ?2 FROM batchsse_undo_stash WHERE run IN (SELECT value FROM json_each(?1))",
         )?;
-        let rows = stmt.query_map([&self.runs], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let rows = stmt.query_map([&self.runs, UNSAVED], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?;
         for row in rows {
-            let (table, key): (String, Vec<u8>) = row?;
-            self.saved.entry(table).or_default().insert(Id::of(&key));
+            let (table, key, unsaved): (String, Vec<u8>, bool) = row?;
+            match unsaved {
+                true => self.unsaved.insert(table),
+                false => self.saved.entry(table).or_default().insert(Id::of(&key)),
+            };
         }
         Ok(())
     }
@@ -238,6 +255,7 @@ impl Stash {
         }
         let by_key = self.ident(conn, l)?.is_none();
         self.deleted(conn, l)?;
+        self.mark_unsaved(conn, l)?;
         let (at, deleting, deleted) = (self.at, &self.deleting, &self.deleted[&l.table]);
         let later = |i: Option<&usize>| i.is_some_and(|&i| deleting[i].pos >= at);
         Ok(match by_key {
@@ -254,6 +272,7 @@ impl Stash {
         l: &Layout,
         mut keys: impl Iterator<Item = i64>,
     ) -> rusqlite::Result<bool> {
+        self.still_unsaved_safely(conn, l)?;
         if !self.saved.contains_key(&l.table) {
             return Ok(false);
         }
@@ -272,8 +291,11 @@ impl Stash {
         conn: &Connection,
         (l, key, by): (&Layout, &[Val], &str),
     ) -> rusqlite::Result<()> {
-        if !self.older_may_delete() || self.deleted(conn, l)?.is_empty() {
+        if !self.older_may_delete() {
             return Ok(());
+        }
+        if self.deleted(conn, l)?.is_empty() {
+            return self.mark_unsaved(conn, l);
         }
         let id = match self.ident(conn, l)? {
             Some(ident) => read_ident(conn, l, &ident, (key, by))?,
@@ -370,6 +392,65 @@ impl Stash {
         Ok(())
     }
 
+    /// Where `l`'s table had nothing that could keep an old row from
+    /// coming back (no row of it saved, see [`unique_besides_key`]) while
+    /// an older part may delete rows of it: says so in the table of saved
+    /// rows, in this part's transaction, so that this try and any later
+    /// one can tell if a `UNIQUE` index came since
+    /// ([`Stash::still_unsaved_safely`]).
+    fn mark_unsaved(&mut self, conn: &Connection, l: &Layout) -> rusqlite::Result<()> {
+        let risky = self.ident(conn, l)?.is_some() || unique_besides_key(conn, &l.table)?;
+        if risky || self.part.marked.contains(&l.table) {
+            return Ok(());
+        }
+        let run = match self.deleting.last() {
+            Some(d) => d.run.clone(),
+            None => return Ok(()),
+        };
+        let at = self.made_at(conn)?;
+        conn.prepare_cached(
+            "INSERT INTO batchsse_undo_stash (run, tbl, k, cols, vals, at)
+             SELECT ?1, ?2, x'', ?3, x'', ?4 WHERE NOT EXISTS
+               (SELECT 1 FROM batchsse_undo_stash WHERE tbl = ?2 AND k = x'' AND cols = ?3)",
+        )?
+        .execute(params![run, l.table, UNSAVED, at])?;
+        self.part.marked.insert(l.table.clone());
+        self.unsaved.insert(l.table.clone());
+        Ok(())
+    }
+
+    /// Before rows of `l`'s table the run deleted go back: where rows the
+    /// run inserted at their keys went back unsaved, since nothing could
+    /// hold an old row's values then, a `UNIQUE` index made since could
+    /// keep an old row out and leave its key with no row at all. The undo
+    /// stops instead, this part rolled back, and says what to do.
+    fn still_unsaved_safely(&mut self, conn: &Connection, l: &Layout) -> rusqlite::Result<()> {
+        if !self.unsaved.contains(&l.table) || !self.part.checked.insert(l.table.clone()) {
+            return Ok(());
+        }
+        if !unique_besides_key(conn, &l.table)? {
+            return Ok(());
+        }
+        Err(store::failure(format!(
+            "{} gained a UNIQUE index while this undo ran: the rows the run inserted at keys it had deleted were taken back without being saved, as nothing could then keep an old row from coming back, and now the index may, which would leave such a key with no row at all. The undo stopped here, this part rolled back: drop that index, run the undo again, then make the index again",
+            crate::human::shown(&l.table)
+        )))
+    }
+
+    /// The table of saved rows made, once a part, and the time the part
+    /// saves rows at.
+    fn made_at(&mut self, conn: &Connection) -> rusqlite::Result<String> {
+        if let Some(at) = &self.part.made {
+            return Ok(at.clone());
+        }
+        conn.execute_batch(CREATE)?;
+        let at: String =
+            conn.query_row("SELECT strftime('%Y-%m-%dT%H:%M:%fZ', 'now')", [], |r| {
+                r.get(0)
+            })?;
+        Ok(self.part.made.insert(at).clone())
+    }
+
     /// How the part saves a row of `l`'s table, found by `by`, and when:
     /// made and read once a part (a million rows may be saved), the table
     /// of saved rows with them.
@@ -379,17 +460,7 @@ impl Stash {
         l: &Layout,
         by: &str,
     ) -> rusqlite::Result<(Rc<Shape>, String)> {
-        let at = match &self.part.made {
-            Some(at) => at.clone(),
-            None => {
-                conn.execute_batch(CREATE)?;
-                let at: String =
-                    conn.query_row("SELECT strftime('%Y-%m-%dT%H:%M:%fZ', 'now')", [], |r| {
-                        r.get(0)
-                    })?;
-                self.part.made.insert(at).clone()
-            }
-        };
+        let at = self.made_at(conn)?;
         if let Some(shape) = self.part.shapes.get(&l.table) {
             return Ok((shape.clone(), at));
         }
@@ -419,6 +490,7 @@ impl Stash {
         l: &Layout,
         e: &Entry,
     ) -> rusqlite::Result<Option<Saved>> {
+        self.still_unsaved_safely(conn, l)?;
         // Nothing made for a part's every deleted row when none is saved.
         if !self.saved.contains_key(&l.table) {
             return Ok(None);
