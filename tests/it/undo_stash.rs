@@ -484,3 +484,36 @@ fn a_unique_index_made_after_rows_went_back_unsaved_stops_the_undo_before_a_key_
     assert_eq!(rows(&db)[1], "2|b|2", "{err}");
     assert_eq!(stash_left(&db), 0, "{err}");
 }
+
+/// A primary key compared `NOCASE` (or `RTRIM`): the run deletes 'bob'
+/// and inserts 'BOB', the same row to the table. With the old row's
+/// `UNIQUE` value taken since, the run's row stays, as the run left it,
+/// rather than the key being left with no row; in a WITHOUT ROWID table
+/// and in a rowid table whose primary key is text.
+#[test]
+fn a_row_inserted_again_under_a_key_its_collation_calls_the_same_is_kept_as_the_run_left_it() {
+    let cases = [
+        ("NOCASE", "'bob'", "'BOB'", "WITHOUT ROWID"),
+        ("NOCASE", "'bob'", "'BOB'", ""),
+        ("RTRIM", "'bob'", "'bob  '", "WITHOUT ROWID"),
+    ];
+    for (coll, old, new, rowid) in cases {
+        let db = TempDb::with_sql(&format!(
+            "CREATE TABLE t(name TEXT PRIMARY KEY COLLATE {coll}, email TEXT UNIQUE, v INT) {rowid};
+             INSERT INTO t VALUES ('ann', 'a', 1), ('bob', 'b', 2), ('cy', 'c', 3);"
+        ));
+        let plan = serde_json::json!({"name": "rl", "undo": true, "steps": [
+            {"name": "drop", "sql": format!("DELETE FROM t WHERE name = {old}")},
+            {"name": "readd", "sql": format!("INSERT INTO t(name, email, v) VALUES ({new}, 'b2', 20)")}]});
+        let plan = db.file("plan.json", &plan.to_string());
+        run_undoable(&db, &plan);
+        db.conn()
+            .execute_batch("UPDATE t SET email = 'b' WHERE name = 'cy'")
+            .unwrap();
+        let (fin, out) = undo_json(&db, &[]);
+        let kept = db.query_text("SELECT group_concat(name || '|' || email, ',') FROM t");
+        let want = format!("{}|b2", new.trim_matches('\''));
+        assert!(kept.contains(&want), "{coll} {rowid}: {kept}: {out}");
+        assert_eq!(fin["data"]["conflicts_as_left"], 1, "{coll} {rowid}: {fin}");
+    }
+}

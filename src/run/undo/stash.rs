@@ -15,6 +15,7 @@
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
+use rusqlite::types::ValueRef;
 use rusqlite::{Connection, params, params_from_iter};
 
 use super::codec::{Damaged, Entry, Layout, Val, decode, encode, layouts, op, put_value, values};
@@ -136,6 +137,9 @@ pub struct Stash {
     /// Per table, what tells its rows apart: its primary key ([`Ident`]),
     /// or (`None`) the record's key.
     idents: HashMap<String, Option<Rc<Ident>>>,
+    /// Per table, the collations its record's key is compared by (none
+    /// for an integer key).
+    key_colls: HashMap<String, Rc<[Option<String>]>>,
     /// The rows saved, by this try or an earlier one: by table, their
     /// encoded keys (some may be gone since: only the table says).
     saved: HashMap<String, HashSet<Id>>,
@@ -226,14 +230,37 @@ impl Stash {
         Ok(ident)
     }
 
+    /// The collations `l`'s key is compared by (read once an undo).
+    fn key_colls(
+        &mut self,
+        conn: &Connection,
+        l: &Layout,
+    ) -> rusqlite::Result<Rc<[Option<String>]>> {
+        if let Some(colls) = self.key_colls.get(&l.table) {
+            return Ok(colls.clone());
+        }
+        let colls: Rc<[Option<String>]> = super::shape::key_collations(conn, l)?.into();
+        self.key_colls.insert(l.table.clone(), colls.clone());
+        Ok(colls)
+    }
+
+    /// What tells apart the row at the record's `key` of `l`'s table,
+    /// where the record's key does: its values as their collations compare
+    /// them.
+    fn key_id(&mut self, conn: &Connection, l: &Layout, key: &[Val]) -> rusqlite::Result<Vec<u8>> {
+        let colls = self.key_colls(conn, l)?;
+        Ok(collated(key.iter().map(Val::as_ref), &colls))
+    }
+
     /// The rows of `l`'s table that this part and those after it delete,
     /// read the first time; none where no row the run deleted can be kept
     /// from coming back by another row (see [`unique_besides_key`]).
     fn deleted(&mut self, conn: &Connection, l: &Layout) -> rusqlite::Result<&HashMap<Id, usize>> {
         if !self.deleted.contains_key(&l.table) {
             let ident = self.ident(conn, l)?;
+            let colls = self.key_colls(conn, l)?;
             let rows = match ident.is_some() || unique_besides_key(conn, &l.table)? {
-                true => self.read_deleted(conn, &l.table, ident.as_deref())?,
+                true => self.read_deleted(conn, &l.table, (ident.as_deref(), &colls))?,
                 false => HashMap::new(),
             };
             self.deleted.insert(l.table.clone(), rows);
@@ -299,7 +326,7 @@ impl Stash {
         }
         let id = match self.ident(conn, l)? {
             Some(ident) => read_ident(conn, l, &ident, (key, by))?,
-            None => encoded(key),
+            None => self.key_id(conn, l, key)?,
         };
         let Some(&i) = self.deleted(conn, l)?.get(&Id::of(&id)) else {
             return Ok(());
@@ -319,7 +346,7 @@ impl Stash {
         &self,
         conn: &Connection,
         table: &str,
-        ident: Option<&Ident>,
+        (ident, colls): (Option<&Ident>, &[Option<String>]),
     ) -> rusqlite::Result<HashMap<Id, usize>> {
         let damaged = |e: Damaged| store::failure(e.to_string());
         let (mut keys, mut blob) = (HashMap::new(), Vec::new());
@@ -348,7 +375,7 @@ impl Stash {
                 }
                 let id = match ident {
                     Some(ident) => old_ident(ident, l, &e.old),
-                    None => Some(encoded(&e.key)),
+                    None => Some(collated(e.key.iter().map(Val::as_ref), colls)),
                 };
                 if let Some(id) = id {
                     keys.insert(Id::of(&id), i);
@@ -497,7 +524,7 @@ impl Stash {
         }
         let id = match self.ident(conn, l)? {
             Some(ident) => old_ident(&ident, l, &e.old),
-            None => Some(encoded(&e.key)),
+            None => Some(self.key_id(conn, l, &e.key)?),
         };
         let saved = |k: &Vec<u8>| {
             let k = Id::of(k);
@@ -622,12 +649,37 @@ fn ident_clause(ident: &Ident) -> String {
 /// The primary key's values, encoded, among `old` (a deleted row's every
 /// column, as `l` names them); `None` when the layout lacks one.
 fn old_ident(ident: &Ident, l: &Layout, old: &[Val]) -> Option<Vec<u8>> {
-    let mut id = Vec::new();
+    let mut vals = Vec::new();
     for c in &ident.cols {
         let i = l.columns.iter().position(|n| n.eq_ignore_ascii_case(c))?;
-        put_value(&mut id, old.get(i)?.as_ref());
+        vals.push(old.get(i)?.as_ref());
     }
-    Some(id)
+    Some(collated(vals.into_iter(), &ident.collations))
+}
+
+/// Key values encoded as their collations compare them, so that two keys
+/// the table holds for one ('bob' and 'BOB' under `NOCASE`, 'a' and 'a '
+/// under `RTRIM`: SQLite's own two; batchsse compares any other as
+/// `BINARY`) tell the same row.
+fn collated<'a>(vals: impl Iterator<Item = ValueRef<'a>>, colls: &[Option<String>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (i, v) in vals.enumerate() {
+        let coll = colls.get(i).and_then(|c| c.as_deref()).unwrap_or("BINARY");
+        let folded: Vec<u8>;
+        let v = match v {
+            ValueRef::Text(t) if coll.eq_ignore_ascii_case("NOCASE") => {
+                folded = t.to_ascii_lowercase();
+                ValueRef::Text(&folded)
+            }
+            ValueRef::Text(t) if coll.eq_ignore_ascii_case("RTRIM") => {
+                let end = t.iter().rposition(|&b| b != b' ').map_or(0, |p| p + 1);
+                ValueRef::Text(&t[..end])
+            }
+            v => v,
+        };
+        put_value(&mut out, v);
+    }
+    out
 }
 
 /// The primary key's values, encoded, of the row of `l`'s table at `key`
@@ -646,11 +698,10 @@ fn read_ident(
     );
     conn.prepare_cached(&sql)?
         .query_row(params_from_iter(key), |r| {
-            let mut id = Vec::new();
-            for i in 0..cols.len() {
-                put_value(&mut id, r.get_ref(i)?);
-            }
-            Ok(id)
+            let vals = (0..cols.len())
+                .map(|i| r.get_ref(i))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(collated(vals.into_iter(), &ident.collations))
         })
 }
 
