@@ -182,7 +182,8 @@ async fn drive(mut session: Session, parts: Parts) -> Result<RunStatus, UsageErr
     // thread it never holds up the server's workers.
     let terminal = {
         let (log, handle) = (parts.log.clone(), tokio::runtime::Handle::current());
-        let renderer = Renderer::new(session.progress, session.progress_interval);
+        let renderer = Renderer::new(session.progress, session.progress_interval)
+            .of_kind(parts.log.snapshot().kind);
         tokio::task::spawn_blocking(move || {
             handle.block_on(crate::view::terminal::follow(log, renderer))
         })

@@ -195,6 +195,19 @@ impl Renderer {
         }
     }
 
+    /// What is being followed, known before its `start` event: a command
+    /// can come first (an undo's server takes `POST /control` while the
+    /// undo still reads its record), and its line must name an undo's
+    /// pace as the run's chunks, not a chunk time.
+    pub fn of_kind(mut self, kind: RunKind) -> Renderer {
+        self.kind = kind;
+        self.skipped = match kind {
+            RunKind::Undo => SKIPPED_UNDO,
+            _ => SKIPPED_RUN,
+        };
+        self
+    }
+
     /// Prints one line of human text, above the bars if there are any; in
     /// github mode or an Actions log as one physical line (see
     /// `github::one_line`).
