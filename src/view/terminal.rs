@@ -200,12 +200,16 @@ impl Renderer {
     /// undo still reads its record), and its line must name an undo's
     /// pace as the run's chunks, not a chunk time.
     pub fn of_kind(mut self, kind: RunKind) -> Renderer {
+        self.set_kind(kind);
+        self
+    }
+
+    fn set_kind(&mut self, kind: RunKind) {
         self.kind = kind;
         self.skipped = match kind {
             RunKind::Undo => SKIPPED_UNDO,
             _ => SKIPPED_RUN,
         };
-        self
     }
 
     /// Prints one line of human text, above the bars if there are any; in
@@ -254,11 +258,7 @@ impl Renderer {
     /// Shows one event; `data` is its JSON payload as sent over SSE.
     pub fn show(&mut self, id: u64, event: &Event, data: &str) {
         if let Event::Start(s) = event {
-            self.kind = s.kind;
-            self.skipped = match s.kind {
-                RunKind::Undo => SKIPPED_UNDO,
-                _ => SKIPPED_RUN,
-            };
+            self.set_kind(s.kind);
         }
         match self.mode {
             ProgressMode::None => self.say_if_failed(event),

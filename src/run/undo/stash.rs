@@ -134,6 +134,9 @@ pub struct Stash {
     /// part of [`Stash::deleting`] from that one on deletes (by
     /// [`Stash::ident`]), with the oldest such part (its index there).
     deleted: HashMap<String, HashMap<Id, usize>>,
+    /// The tables [`Stash::deleted`] found nothing could keep an old row
+    /// of from coming back, so that none of their rows is saved.
+    safe: HashSet<String>,
     /// Per table, what tells its rows apart: its primary key ([`Ident`]),
     /// or (`None`) the record's key.
     idents: HashMap<String, Option<Rc<Ident>>>,
@@ -261,7 +264,10 @@ impl Stash {
             let colls = self.key_colls(conn, l)?;
             let rows = match ident.is_some() || unique_besides_key(conn, &l.table)? {
                 true => self.read_deleted(conn, &l.table, (ident.as_deref(), &colls))?,
-                false => HashMap::new(),
+                false => {
+                    self.safe.insert(l.table.clone());
+                    HashMap::new()
+                }
             };
             self.deleted.insert(l.table.clone(), rows);
         }
@@ -425,9 +431,10 @@ impl Stash {
     /// rows, in this part's transaction, so that this try and any later
     /// one can tell if a `UNIQUE` index came since
     /// ([`Stash::still_unsaved_safely`]).
+    /// (Called after [`Stash::deleted`], which tells such a table: once a
+    /// part, not once a row.)
     fn mark_unsaved(&mut self, conn: &Connection, l: &Layout) -> rusqlite::Result<()> {
-        let risky = self.ident(conn, l)?.is_some() || unique_besides_key(conn, &l.table)?;
-        if risky || self.part.marked.contains(&l.table) {
+        if !self.safe.contains(&l.table) || self.part.marked.contains(&l.table) {
             return Ok(());
         }
         let run = match self.deleting.last() {
