@@ -607,6 +607,73 @@ fn an_older_run_taken_back_before_a_newer_one_of_its_plan_says_so() {
     assert!(!err.contains("was recorded after this one"), "{err}");
 }
 
+/// Taking back a run while a newer run of another plan that changed the
+/// same table stays recorded says so, and how to take back both: the rows
+/// both changed are conflicts to the undo, though no application wrote
+/// them, and the newer run's undo would later bring the older run's values
+/// back into them, though both would say they were taken back. A newer run
+/// of another table is not named; the newest run is warned of nothing.
+#[test]
+fn an_older_run_taken_back_before_a_newer_run_of_another_plan_on_its_table_says_so() {
+    let db = TempDb::with_sql(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, counter INTEGER NOT NULL DEFAULT 0);
+         CREATE TABLE other(id INTEGER PRIMARY KEY, v INTEGER);
+         INSERT INTO t(id) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < 40) SELECT i FROM s;
+         INSERT INTO other VALUES (1, 1);",
+    );
+    let older = db.file("older.json", &counter_plan("older", 10));
+    let newer = db.file(
+        "newer.json",
+        r#"{"name": "newer", "steps": [{"name": "ten", "sql": "UPDATE t SET counter = counter + 10 WHERE id <= 3"}]}"#,
+    );
+    let elsewhere = db.file(
+        "elsewhere.json",
+        r#"{"name": "elsewhere", "steps": [{"name": "one", "sql": "UPDATE other SET v = v + 1"}]}"#,
+    );
+    let mut ids = Vec::new();
+    for plan in [&older, &newer, &elsewhere] {
+        let (code, _, err) = run(&run_args(&db, path_str(plan), &["--no-serve", "--undo"]));
+        assert_eq!(code, 0, "{err}");
+        let id = err.split("--run ").nth(1).unwrap_or_default();
+        ids.push(id.split_whitespace().next().unwrap_or_default().to_owned());
+    }
+    let (code, _, err) = run(&undo_of_plan(&db, "older", &["--dry-run"]));
+    assert_eq!(code, 0, "{err}");
+    let said = format!(
+        "run {} of plan \"newer\", recorded after this run, changed table \"t\" too",
+        ids[1]
+    );
+    assert!(err.contains(&said), "{err}");
+    assert!(
+        err.contains(&format!(
+            "newest first: batchsse undo --db {}",
+            path_str(&db.path)
+        )) && err.contains(&format!("--run {}, then this undo", ids[1])),
+        "{err}"
+    );
+    assert!(!err.contains(&ids[2]), "another table's run named: {err}");
+    assert!(err.contains("3 conflicts"), "{err}");
+    let (code, _, err) = run(&undo_of_plan(&db, "elsewhere", &["--dry-run"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("recorded after"), "{err}");
+    assert!(
+        err.contains("dry run: 1 row would be reverted, 0 conflicts"),
+        "{err}"
+    );
+    // Newest first, as said: both go back whole, with no conflict.
+    let (code, _, err) = run(&undo_args(&db, &["--run", &ids[1]]));
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("recorded after"), "{err}");
+    let (code, _, err) = run(&undo_of_plan(&db, "older", &[]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !err.contains("recorded after") && !err.contains("conflict"),
+        "{err}"
+    );
+    let left = db.query_i64("SELECT count(*) FROM t WHERE counter <> 0");
+    assert_eq!(left, 0, "{err}");
+}
+
 /// An older run taken back first keeps the rows the newer run changed
 /// since; the newer run taken back after it is not held by those rows (no
 /// application wrote them): it puts back what the older run wrote, and

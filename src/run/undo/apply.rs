@@ -422,8 +422,8 @@ impl Undoer<'_> {
             Some(_) => (Level::Warn, " before it stopped"),
         };
         self.message(level, format!(
-            "dry run: {} rows would be reverted, {} conflict{}{so_far}; rolled back, nothing was written",
-            thousands(tally.reverted), thousands(tally.conflicts),
+            "dry run: {} row{} would be reverted, {} conflict{}{so_far}; rolled back, nothing was written",
+            thousands(tally.reverted), plural(tally.reverted), thousands(tally.conflicts),
             plural(tally.conflicts)
         ));
     }
@@ -505,6 +505,44 @@ impl Undoer<'_> {
             }),
         }));
         self.say_newer_runs();
+        self.say_newer_of_other_plans();
+    }
+
+    /// Taking back a run while a newer run of another plan that changed
+    /// the same tables stays recorded: the rows both changed are conflicts
+    /// to this undo, though no application wrote them, and the newer run's
+    /// undo would later put this run's values back into them. Newest
+    /// first, both go back whole.
+    fn say_newer_of_other_plans(&self) {
+        let Ok(newer) = super::overlap::newer_runs(self.conn, &self.spec.runs, &self.spec.plan)
+        else {
+            return;
+        };
+        let db = crate::human::shell_word(self.conn.path().unwrap_or(&self.db));
+        let (these, whose) = match self.spec.runs.len() {
+            1 => ("this run", "this run's"),
+            _ => ("these runs", "these runs'"),
+        };
+        for n in &newer {
+            let tables: Vec<String> = n.tables.iter().map(|t| quoted(t)).collect();
+            self.message(
+                Level::Warn,
+                format!(
+                    "run {} of plan {}, recorded after {}, changed {} {} too: the rows both runs changed are conflicts to this undo (not the application's), and undoing run {} after it would bring back {} values into them; to take back both, newest first: batchsse undo --db {db} --run {}, then this undo",
+                    n.run,
+                    quoted(&n.plan),
+                    these,
+                    match tables.len() {
+                        1 => "table",
+                        _ => "tables",
+                    },
+                    tables.join(", "),
+                    n.run,
+                    whose,
+                    n.run,
+                ),
+            );
+        }
     }
 
     /// Taking back one run while a newer run of its plan stays recorded:

@@ -19,6 +19,7 @@ pub(super) mod codec;
 mod dangling;
 mod guard;
 mod hash;
+mod overlap;
 #[cfg(batchsse_preupdate)]
 mod preupdate;
 mod raw;
