@@ -95,7 +95,7 @@ pub enum Command {
     /// Serve a run published to Redis (run --publish) from this host: /events, /status, the dashboard, /metrics.
     #[command(after_help = "Examples:\n  \
         batchsse relay redis://127.0.0.1:6379/0 --plan reprice-2026 --listen 127.0.0.1:7078\n  \
-        batchsse relay redis://:s3cret@redis.internal:6379/0 --run 20261201T101500Z-4f2a --listen 0.0.0.0:7078 --token T\n\n\
+        batchsse relay redis://:s3cret@redis.internal:6379/0 --run 18ee14c0a7d2b3f1-6959 --listen 0.0.0.0:7078 --token T\n\n\
         Ids and bytes are the run's own, so a client can move between relays (or from the run's \
         own server to a relay) with Last-Event-ID. --plan follows the plan's live run, or waits for \
         its next one. The relay exits after the run's finished event and --linger (30 s).\n\n\
