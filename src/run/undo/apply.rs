@@ -521,7 +521,7 @@ impl Undoer<'_> {
         let db = crate::human::shell_word(self.conn.path().unwrap_or(&self.db));
         let (these, whose) = match self.spec.runs.len() {
             1 => ("this run", "this run's"),
-            _ => ("these runs", "these runs'"),
+            _ => ("the oldest of these runs", "these runs'"),
         };
         for n in &newer {
             let tables: Vec<String> = n.tables.iter().map(|t| quoted(t)).collect();
