@@ -653,6 +653,11 @@ fn an_older_run_taken_back_before_a_newer_run_of_another_plan_on_its_table_says_
     );
     assert!(!err.contains(&ids[2]), "another table's run named: {err}");
     assert!(err.contains("3 conflicts"), "{err}");
+    assert!(
+        err.contains("would keep the row as it is now (the application's, or a newer run's")
+            && !err.contains("(now 11); would keep the application's row"),
+        "{err}"
+    );
     let (code, _, err) = run(&undo_of_plan(&db, "elsewhere", &["--dry-run"]));
     assert_eq!(code, 0, "{err}");
     assert!(!err.contains("recorded after"), "{err}");

@@ -191,6 +191,7 @@ pub fn run(
             spec.on_conflict == OnConflict::Overwrite,
         )),
         db: crate::run::db_name(conn),
+        newer: Default::default(),
     };
     let started = Instant::now();
     let (tally, end, steps_total) = u.run_all(gate);
@@ -232,6 +233,9 @@ struct Undoer<'a> {
     dry_run: bool,
     reverter: RefCell<Reverter<'a>>,
     db: String,
+    /// Whether it warned of a newer recorded run that changed its tables:
+    /// a row in conflict may then be that run's, not the application's.
+    newer: std::cell::Cell<bool>,
 }
 
 type End = Option<(RunStatus, String)>;
@@ -523,6 +527,7 @@ impl Undoer<'_> {
             1 => ("this run", "this run's"),
             _ => ("the oldest of these runs", "these runs'"),
         };
+        self.newer.set(self.newer.get() || !newer.is_empty());
         for n in &newer {
             let tables: Vec<String> = n.tables.iter().map(|t| quoted(t)).collect();
             self.message(
@@ -560,6 +565,7 @@ impl Undoer<'_> {
         if newer.is_empty() {
             return;
         }
+        self.newer.set(true);
         self.message(
             Level::Warn,
             format!(
@@ -835,6 +841,9 @@ impl Undoer<'_> {
                 "its row as the run left it (the row the run inserted again, with the run's values, not the application's)"
             }
             true => "its row as it is (the run's values, not the application's)",
+            false if self.newer.get() => {
+                "the row as it is now (the application's, or a newer run's: see the warning above)"
+            }
             false => "the application's row",
         };
         // A dry run rolls the table back with everything else.
