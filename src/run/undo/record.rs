@@ -619,7 +619,13 @@ impl<'c> Recorder<'c> {
         read_rows(self.conn, read, (lo, hi), n, before)?;
         hook.watch(Some(&layout.table));
         let worked = work();
-        let stayed = hook.stayed_within(&before.rowids);
+        // The update hook never tells of a `WITHOUT ROWID` table's rows:
+        // what the statements were compiled to write says it.
+        let beside = self
+            .guard
+            .as_ref()
+            .is_some_and(|g| g.writes_beside(&layout.table));
+        let stayed = hook.stayed_within(&before.rowids) && !beside;
         let changed = worked?;
         if stayed {
             read_rows(self.conn, read, (lo, hi), n, after)?;
