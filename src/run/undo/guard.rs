@@ -107,6 +107,12 @@ impl Guard {
         w.step_writes.iter().any(|t| !t.eq_ignore_ascii_case(table))
     }
 
+    /// The tables of `main` the armed step's statements write, as
+    /// compiled since it was armed.
+    pub(super) fn step_writes(&self) -> Vec<String> {
+        self.lock().step_writes.iter().cloned().collect()
+    }
+
     /// The tables of `main` the armed steps wrote, as compiled.
     pub(super) fn writes(&self) -> Vec<String> {
         self.lock().writes.iter().cloned().collect()
