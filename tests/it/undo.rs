@@ -2194,13 +2194,25 @@ fn an_undo_dry_run_never_waits_holding_the_lock() {
 /// pre-run check and the run), then lets the run go to its end, which
 /// must be ok.
 fn recorded_after(db: &TempDb, plan: &std::path::Path, env: &[(&str, &str)], meanwhile: &str) {
+    let (code, err) = run_after(db, plan, env, meanwhile);
+    assert_eq!(code, Some(0), "{env:?}: {err}");
+}
+
+/// What [`recorded_after`] does, giving the run's exit code and stderr.
+fn run_after(
+    db: &TempDb,
+    plan: &std::path::Path,
+    env: &[(&str, &str)],
+    meanwhile: &str,
+) -> (Option<i32>, String) {
     let gate = words("--undo --listen 127.0.0.1:0 --wait-for-clients 1 --progress plain");
     let mut p = Proc::start_with(&run_args(db, path_str(plan), &gate), |c| {
         c.envs(env.iter().copied());
     });
     db.conn().execute_batch(meanwhile).unwrap();
     let _s = Stream::open(p.addr(), "/events", &[]);
-    assert_eq!(p.wait().code(), Some(0), "{env:?}: {}", p.stderr());
+    let code = p.wait().code();
+    (code, p.stderr())
 }
 
 /// A trigger the application adds after the check before the run (here
@@ -2236,6 +2248,84 @@ fn changes_by_a_trigger_added_after_the_check_are_taken_back() {
         let (code, _, err) = run_with_env(&undo_args(&db, &["--plan", "late"]), None, env);
         assert_eq!(code, 0, "{env:?}: {err}");
         assert_eq!(content(&db), before, "{env:?}: {err}");
+    }
+}
+
+/// The same, the trigger writing a `WITHOUT ROWID` table. Without the
+/// pre-update hook a chunked update of its own table alone is recorded by
+/// reading its rows around the work, trusting SQLite's update hook to
+/// tell of any other write; that hook is never told of a `WITHOUT ROWID`
+/// table's. The run left the counter at 12 and the undo said the plan was
+/// fully taken back.
+#[test]
+fn a_late_trigger_s_writes_to_a_without_rowid_table_are_taken_back() {
+    let setup = "CREATE TABLE t(id INTEGER PRIMARY KEY, a INT);
+         CREATE TABLE stats(k TEXT PRIMARY KEY, n INT) WITHOUT ROWID;
+         INSERT INTO stats VALUES ('updates', 0);
+         INSERT INTO t(id, a) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < 12) SELECT i, i FROM s;";
+    let trigger = "CREATE TRIGGER late AFTER UPDATE OF a ON t BEGIN
+         UPDATE stats SET n = n + 1; END;";
+    for env in [&[][..], &HOOK_OFF[..]] {
+        let db = TempDb::with_sql(setup);
+        let before = content(&db);
+        let plan = db.file(
+            "plan.json",
+            r#"{"name":"late","steps":[
+                {"sql":"UPDATE t SET a = a + 1 WHERE id BETWEEN :lo AND :hi","chunk":{"table":"t","size":4}}]}"#,
+        );
+        recorded_after(&db, &plan, env, trigger);
+        assert_eq!(db.query_i64("SELECT n FROM stats"), 12, "{env:?}");
+        db.conn().execute_batch("DROP TRIGGER late").unwrap();
+        let (code, _, err) = run_with_env(&undo_args(&db, &["--plan", "late"]), None, env);
+        assert_eq!(code, 0, "{env:?}: {err}");
+        assert_eq!(content(&db), before, "{env:?}: {err}");
+    }
+}
+
+/// A trigger the application adds after the check before the run that
+/// replaces rows (`INSERT OR REPLACE`). Without the pre-update hook
+/// nothing records the rows REPLACE deletes, which the check before the
+/// run refuses in a trigger it sees: the undo deleted the rows the
+/// trigger inserted and never gave back those they replaced, losing all
+/// of `w`, and said the application had deleted them. The step now fails
+/// as it meets such a trigger, its work rolled back; with the hook the
+/// replaced rows are recorded and come back.
+#[test]
+fn a_late_trigger_that_replaces_rows_is_refused_where_they_cannot_be_recorded() {
+    let setup = "CREATE TABLE t(id INTEGER PRIMARY KEY, a INT);
+         CREATE TABLE w(k INTEGER PRIMARY KEY, v INT);
+         INSERT INTO w VALUES (0, 0), (1, 1), (2, 2);
+         INSERT INTO t(id, a) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < 12) SELECT i, i FROM s;";
+    let trigger = "CREATE TRIGGER late AFTER UPDATE OF a ON t BEGIN
+         INSERT OR REPLACE INTO w VALUES (NEW.id % 3, NEW.a); END;";
+    let plain = "UPDATE t SET a = a + 1 WHERE id > 6";
+    let chunked = "UPDATE t SET a = a + 1 WHERE id BETWEEN :lo AND :hi";
+    for (env, sql) in [
+        (&[][..], chunked),
+        (&HOOK_OFF[..], chunked),
+        (&HOOK_OFF[..], plain),
+    ] {
+        let db = TempDb::with_sql(setup);
+        let before = content(&db);
+        let step = serde_json::json!({"sql": sql, "chunk": {"table": "t", "size": 4}});
+        let step = match sql {
+            s if s == plain => serde_json::json!({ "sql": sql }),
+            _ => step,
+        };
+        let plan = serde_json::json!({"name": "late", "steps": [step]});
+        let plan = db.file("plan.json", &plan.to_string());
+        let (code, err) = run_after(&db, &plan, env, trigger);
+        if env.is_empty() {
+            assert_eq!(code, Some(0), "{err}");
+            db.conn().execute_batch("DROP TRIGGER late").unwrap();
+            let (code, _, err) = run_with_env(&undo_args(&db, &["--plan", "late"]), None, env);
+            assert_eq!(code, 0, "{err}");
+        } else {
+            assert_eq!(code, Some(1), "{sql}: {err}");
+            assert!(err.contains("REPLACE"), "{sql}: {err}");
+            db.conn().execute_batch("DROP TRIGGER late").unwrap();
+        }
+        assert_eq!(content(&db), before, "{env:?} {sql}: {err}");
     }
 }
 

@@ -32,6 +32,11 @@ pub(super) struct Watch {
     /// own or SQLite's), and the columns updated, as (table, column).
     pub(super) writes: BTreeSet<String>,
     pub(super) updates: BTreeSet<(String, String)>,
+    /// The tables of `main` written since the step was armed: SQLite's
+    /// update hook, which the read-around recording trusts to tell of a
+    /// write beside the chunk's rows, is never told of a `WITHOUT ROWID`
+    /// table's.
+    pub(super) step_writes: BTreeSet<String>,
 }
 
 impl Guard {
@@ -58,6 +63,7 @@ impl Guard {
             if super::store::not_recorded(table_name.as_bytes()) {
                 return Authorization::Allow;
             }
+            w.step_writes.insert(table_name.to_owned());
             let mut new = w.writes.insert(table_name.to_owned());
             if let Update { column_name, .. } = ctx.action {
                 new |= w
@@ -80,6 +86,9 @@ impl Guard {
         let mut w = self.lock();
         w.armed = on;
         w.denied = None;
+        if on {
+            w.step_writes.clear();
+        }
     }
 
     /// Whether a write was noted since the last call: one cheap load
@@ -88,6 +97,20 @@ impl Guard {
     #[cfg_attr(not(batchsse_preupdate), allow(dead_code))]
     pub(super) fn fresh(&self) -> bool {
         self.1.load(Ordering::Acquire) && self.1.swap(false, Ordering::AcqRel)
+    }
+
+    /// Whether the armed step's statements, as compiled, write a table of
+    /// `main` other than `table` (a trigger added since the check before
+    /// the run, say).
+    pub(super) fn writes_beside(&self, table: &str) -> bool {
+        let w = self.lock();
+        w.step_writes.iter().any(|t| !t.eq_ignore_ascii_case(table))
+    }
+
+    /// The tables of `main` the armed step's statements write, as
+    /// compiled since it was armed.
+    pub(super) fn step_writes(&self) -> Vec<String> {
+        self.lock().step_writes.iter().cloned().collect()
     }
 
     /// The tables of `main` the armed steps wrote, as compiled.

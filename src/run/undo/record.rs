@@ -190,6 +190,9 @@ pub struct Recorder<'c> {
     unnoted: Cell<bool>,
     /// Where a part is cut (see [`part_bytes`]), read once.
     part_bytes: usize,
+    /// The tables whose writes may replace rows, as of a schema version
+    /// (see [`Recorder::refuse_replacing`]).
+    replacing: RefCell<Option<(i64, Vec<String>)>>,
     #[cfg(batchsse_preupdate)]
     pre: Option<super::preupdate::PreHook>,
 }
@@ -227,6 +230,7 @@ impl<'c> Recorder<'c> {
             finished: RefCell::default(),
             unnoted: Cell::new(false),
             part_bytes,
+            replacing: RefCell::default(),
             #[cfg(batchsse_preupdate)]
             pre: super::preupdate().then(|| {
                 super::preupdate::PreHook::install(conn, part_bytes, super::spill::HELD_BYTES)
@@ -509,9 +513,14 @@ impl<'c> Recorder<'c> {
             _ => None,
         };
         match around {
-            Some((read, layout, range)) => self.read_around(step, (&read, &layout), range, work),
+            Some((read, layout, range)) => {
+                let recorded = self.read_around(step, (&read, &layout), range, work)?;
+                self.refuse_replacing(step)?;
+                Ok(recorded)
+            }
             None => {
                 let changed = work()?;
+                self.refuse_replacing(step)?;
                 if self.staged_too_few()? {
                     // Staged from now on with those tables too; the
                     // triggers are made in the next try's transaction.
@@ -521,6 +530,38 @@ impl<'c> Recorder<'c> {
                 self.pack_staged(step)?;
                 Ok(Some(changed))
             }
+        }
+    }
+
+    /// Fails the work (its transaction is rolled back) when it wrote a
+    /// table whose writes may replace rows: nothing records the rows
+    /// REPLACE deletes but the pre-update hook, so the check before the
+    /// run refuses such a step where it records otherwise; this finds what
+    /// the application made since (a trigger that uses `INSERT OR
+    /// REPLACE`, say). The tables are read again only when the schema
+    /// changed.
+    fn refuse_replacing(&self, step: &Step) -> rusqlite::Result<()> {
+        let version = schema_version(self.conn)?;
+        let mut cached = self.replacing.borrow_mut();
+        if cached.as_ref().is_none_or(|(v, _)| *v != version) {
+            *cached = Some((version, super::shape::replacing_tables(self.conn)?));
+        }
+        let replacing = cached
+            .as_ref()
+            .map(|(_, r)| r.as_slice())
+            .unwrap_or_default();
+        let compiled = self
+            .guard
+            .as_ref()
+            .map(Guard::step_writes)
+            .unwrap_or_default();
+        let mut writes = step.writes.iter().chain(&compiled);
+        match writes.find(|w| replacing.iter().any(|r| r.eq_ignore_ascii_case(w))) {
+            Some(t) => Err(store::failure(format!(
+                "the step wrote {}, whose definition (ON CONFLICT REPLACE) or a trigger (INSERT OR REPLACE), made since the check before the run, may replace rows, which deletes them without telling the triggers and hooks that record them in this build (one built without SQLite's pre-update hook, or with BATCHSSE_UNDO_HOOK=off)",
+                crate::human::shown(t)
+            ))),
+            None => Ok(()),
         }
     }
 
@@ -619,7 +660,13 @@ impl<'c> Recorder<'c> {
         read_rows(self.conn, read, (lo, hi), n, before)?;
         hook.watch(Some(&layout.table));
         let worked = work();
-        let stayed = hook.stayed_within(&before.rowids);
+        // The update hook never tells of a `WITHOUT ROWID` table's rows:
+        // what the statements were compiled to write says it.
+        let beside = self
+            .guard
+            .as_ref()
+            .is_some_and(|g| g.writes_beside(&layout.table));
+        let stayed = hook.stayed_within(&before.rowids) && !beside;
         let changed = worked?;
         if stayed {
             read_rows(self.conn, read, (lo, hi), n, after)?;

@@ -302,7 +302,7 @@ fn too_wide(step: &Step, shapes: &[(String, Result<Layout, String>)], most: i32)
 /// Tables where a write may replace rows: their definition resolves
 /// conflicts by REPLACE (`UNIQUE … ON CONFLICT REPLACE`), or a trigger on
 /// them uses `INSERT OR REPLACE` / `REPLACE INTO`.
-fn replacing_tables(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+pub(super) fn replacing_tables(conn: &Connection) -> rusqlite::Result<Vec<String>> {
     let defs: Vec<(String, String, String)> = conn
         .prepare(
             "SELECT type, tbl_name, sql FROM sqlite_schema
