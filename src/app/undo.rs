@@ -21,7 +21,7 @@ use crate::human::thousands;
 use crate::lifecycle::Lifecycle;
 use crate::plan::Plan;
 use crate::run::undo::apply::Spec;
-use crate::run::undo::store;
+use crate::run::undo::{rebuilt, store};
 use crate::run::{self as runner, Resume};
 
 pub fn run(args: UndoArgs) -> anyhow::Result<ExitCode> {
@@ -162,6 +162,14 @@ fn refuse_renumbered(
     sql: &dyn Fn(rusqlite::Error) -> UsageError,
 ) -> Result<(), UsageError> {
     for run in runs {
+        let rebuilt = rebuilt::since_run(conn, run).map_err(sql)?;
+        if !rebuilt.is_empty() {
+            return Err(UsageError::new(format!(
+                "{}. Nothing was taken back, and {}",
+                rebuilt::why(&rebuilt, run),
+                rebuilt::what_now(&crate::human::shell_path(db), run)
+            )));
+        }
         let Some(how) = store::renumbered(conn, run).map_err(sql)? else {
             continue;
         };

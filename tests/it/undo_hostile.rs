@@ -1143,6 +1143,70 @@ fn an_undo_after_a_vacuum_that_renumbered_rowids_is_refused() {
     assert_eq!(content(&db), vacuumed);
 }
 
+/// The usual SQLite migration (Django's, Alembic's batch mode, Rails'):
+/// the table copied into a new one, the old one dropped, the new one
+/// renamed. The copy numbers the rows of a table with no `INTEGER PRIMARY
+/// KEY` anew, and the record finds them by rowid: with a row deleted
+/// before the copy, an undo wrote each old status into the next row along
+/// (a constant `SET` matches every row's fingerprint) and said it was
+/// done. It is refused instead, dry run too, the file untouched. A run
+/// recorded after the migration is taken back as ever, and so is one in a
+/// file with auto-vacuum, where dropping another table moves this one's
+/// b-tree without renumbering it (such a file cannot tell a migration).
+#[test]
+fn an_undo_after_a_migration_that_copied_its_table_is_refused() {
+    let setup = "CREATE TABLE t(code TEXT PRIMARY KEY, status TEXT);
+                 INSERT INTO t VALUES ('a', 'new'), ('b', 'old'), ('c', 'new2'), ('d', 'x');";
+    let migrate = "DELETE FROM t WHERE code = 'a';
+                   CREATE TABLE new__t(code TEXT PRIMARY KEY, status TEXT NOT NULL);
+                   INSERT INTO new__t(code, status) SELECT code, status FROM t;
+                   DROP TABLE t; ALTER TABLE new__t RENAME TO t;";
+    let done = r#"{"sql":"UPDATE t SET status = 'done'"}"#;
+    let db = recorded_then(setup, done, migrate);
+    for extra in [&[][..], &["--dry-run"]] {
+        let (code, err) = stopped_undo_with(&db, "p", extra);
+        assert_eq!(code, 2, "{extra:?}: {err}");
+        assert!(err.contains("table t was made anew since run"), "{err}");
+        assert!(err.contains("Nothing was taken back"), "{err}");
+        assert!(err.contains("batchsse undo clear --db"), "{err}");
+    }
+    let plan = db.file(
+        "after.json",
+        &format!(
+            r#"{{"name":"after","undo":true,"steps":[{}]}}"#,
+            done.replace("done", "later")
+        ),
+    );
+    let migrated = content(&db);
+    db.conn()
+        .execute_batch("UPDATE t SET status = 'done'")
+        .unwrap();
+    let before_later = content(&db);
+    run_undoable(&db, &plan);
+    let (code, _, err) = run(&undo_of_plan(&db, "after", &[]));
+    assert_eq!(code, 0, "recorded after the migration: {err}");
+    assert_eq!(content(&db), before_later, "{migrated}");
+    // Each drop moves the b-tree with the highest root page into the one
+    // freed: with 20 tables made before t dropped, t's moves too.
+    let made: String = (0..20).map(|i| format!("CREATE TABLE g{i}(x); ")).collect();
+    let dropped: String = (0..20).map(|i| format!("DROP TABLE g{i}; ")).collect();
+    let db = TempDb::with_sql(&format!("PRAGMA auto_vacuum = FULL; {made} {setup}"));
+    let before = content(&db);
+    let plan = db.file(
+        "plan.json",
+        &format!(r#"{{"name":"p","undo":true,"steps":[{done}]}}"#),
+    );
+    run_undoable(&db, &plan);
+    let root = || db.query_i64("SELECT rootpage FROM sqlite_schema WHERE name = 't'");
+    let was = root();
+    db.conn().execute_batch(&dropped).unwrap();
+    assert_ne!(root(), was, "t's b-tree moved");
+    let (code, _, err) = run(&undo_of_plan(&db, "p", &[]));
+    assert_eq!(code, 0, "auto-vacuum moved t's b-tree: {err}");
+    db.conn().execute_batch(&made).unwrap();
+    assert_eq!(content(&db), before, "{err}");
+}
+
 /// An index given after the `VACUUM` to a table that had none when the
 /// run was recorded does not bring back the rowids the `VACUUM` numbered
 /// anew: the undo is still refused, the file untouched, rather than

@@ -691,6 +691,12 @@ impl Undoer<'_> {
         {
             return Err(self.renumbered(c, how, &tables));
         }
+        if recorded {
+            let tables = super::rebuilt::in_part(self.conn, &c.run, c.id, &blob).map_err(sql)?;
+            if !tables.is_empty() {
+                return Err(self.rebuilt(c, &tables));
+            }
+        }
         let before = (tally.conflicts, tally.overwritten);
         let (mut kept, mut overwritten, mut as_left) = (0u64, 0u64, 0u64);
         let mut on_kept = |conflict: Conflict<'_>| match conflict.overwritten {
@@ -743,6 +749,19 @@ impl Undoer<'_> {
             if one { "its" } else { "their" },
             crate::human::shell_word(self.conn.path().unwrap_or(&self.db)),
             crate::human::shell_word(&c.run)
+        )
+    }
+
+    /// Why the undo stops at part `c`: `tables`, whose rows its record
+    /// finds by rowid, were made anew (see [`super::rebuilt`]).
+    fn rebuilt(&self, c: &Chunk, tables: &[String]) -> String {
+        format!(
+            "{}; the undo stopped here, this part rolled back, and what it took back before stays taken back: {}",
+            super::rebuilt::why(tables, &c.run),
+            super::rebuilt::what_now(
+                &crate::human::shell_word(self.conn.path().unwrap_or(&self.db)),
+                &c.run
+            ),
         )
     }
 

@@ -23,6 +23,7 @@ mod overlap;
 #[cfg(batchsse_preupdate)]
 mod preupdate;
 mod raw;
+pub mod rebuilt;
 mod record;
 mod revert;
 mod shape;

@@ -844,8 +844,13 @@ impl<'c> Recorder<'c> {
         match insert() {
             Err(e) if store::is_missing(&e) => again(),
             done => done,
+        }?;
+        match part {
+            true => {
+                super::rebuilt::note(self.conn, &self.run_id, self.conn.last_insert_rowid(), blob)
+            }
+            false => Ok(()),
         }
-        .map(drop)
     }
 }
 

@@ -38,7 +38,7 @@ pub const CONFLICTS: &str = "batchsse_undo_conflict";
 /// anew from 1, so a row whose rowid is no longer `at` tells that those
 /// of every table with neither an `INTEGER PRIMARY KEY` nor an index have
 /// moved since the run, and with them the rows its record finds by rowid.
-const PROBE: &str = "batchsse_undo_probe";
+pub(super) const PROBE: &str = "batchsse_undo_probe";
 
 /// The same as [`PROBE`], in a table with an index, whose rowids a
 /// `VACUUM` keeps (SQLite copies the index as it is) but a copy of the
@@ -112,7 +112,8 @@ CREATE TABLE IF NOT EXISTS batchsse_undo_conflict (
 CREATE TABLE IF NOT EXISTS batchsse_undo_probe (
     run TEXT NOT NULL,
     at INTEGER NOT NULL,
-    bare TEXT
+    bare TEXT,
+    roots TEXT
 );
 CREATE TABLE IF NOT EXISTS batchsse_undo_copy (
     run TEXT NOT NULL,
@@ -137,6 +138,10 @@ pub fn create(conn: &Connection) -> rusqlite::Result<()> {
     }
     if !crate::run::db::has_column(conn, PROBE, "bare")? {
         conn.execute_batch("ALTER TABLE batchsse_undo_probe ADD COLUMN bare TEXT")?;
+    }
+    // The root pages of the tables found by bare rowid (see `rebuilt`).
+    if !crate::run::db::has_column(conn, PROBE, "roots")? {
+        conn.execute_batch("ALTER TABLE batchsse_undo_probe ADD COLUMN roots TEXT")?;
     }
     complete_conflicts(conn)
 }
@@ -206,7 +211,7 @@ pub fn by_rowid(conn: &Connection, run: &str, how: Renumbered) -> rusqlite::Resu
 }
 
 /// The tables whose rows part `rec` finds by their bare rowid.
-fn bare_rowid_tables(rec: &[u8]) -> rusqlite::Result<impl Iterator<Item = String>> {
+pub(super) fn bare_rowid_tables(rec: &[u8]) -> rusqlite::Result<impl Iterator<Item = String>> {
     let layouts = super::codec::layouts(rec).map_err(|e| failure(e.to_string()))?;
     Ok(layouts
         .into_iter()
@@ -340,7 +345,7 @@ const COLUMNS: [(&str, &[&str]); 5] = [
         CONFLICTS,
         &["run", "tbl", "k", "col", "why", "at", "plan", "run_at"],
     ),
-    (PROBE, &["run", "at", "bare"]),
+    (PROBE, &["run", "at", "bare", "roots"]),
     (COPY_PROBE, &["run", "at"]),
     (super::stash::TABLE, super::stash::COLUMNS),
 ];
