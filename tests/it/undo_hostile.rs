@@ -1152,7 +1152,7 @@ fn an_undo_after_a_vacuum_that_renumbered_rowids_is_refused() {
 /// done. It is refused instead, dry run too, the file untouched. A run
 /// recorded after the migration is taken back as ever, and so is one in a
 /// file with auto-vacuum, where dropping another table moves this one's
-/// b-tree without renumbering it (such a file cannot tell a migration).
+/// b-tree without renumbering it (its row in `sqlite_schema` stays).
 #[test]
 fn an_undo_after_a_migration_that_copied_its_table_is_refused() {
     let setup = "CREATE TABLE t(code TEXT PRIMARY KEY, status TEXT);
@@ -1204,6 +1204,72 @@ fn an_undo_after_a_migration_that_copied_its_table_is_refused() {
     let (code, _, err) = run(&undo_of_plan(&db, "p", &[]));
     assert_eq!(code, 0, "auto-vacuum moved t's b-tree: {err}");
     db.conn().execute_batch(&made).unwrap();
+    assert_eq!(content(&db), before, "{err}");
+}
+
+/// The other way to change a column (SQLite's own FAQ): the rows kept in
+/// a backup table, the table dropped and created again, the rows copied
+/// back. The new table takes the dropped one's b-tree root page back
+/// from the freelist, so a root page could not tell it, and an undo wrote
+/// each old status into the next row along and said it was done; its row
+/// in `sqlite_schema` is a new one, and the undo is refused.
+#[test]
+fn an_undo_after_a_migration_that_dropped_and_made_its_table_again_is_refused() {
+    let setup = "CREATE TABLE t(code TEXT PRIMARY KEY, status TEXT); CREATE TABLE z(x);
+                 INSERT INTO t VALUES ('a', 'new'), ('b', 'old'), ('c', 'new2'), ('d', 'x');";
+    let migrate = "DELETE FROM t WHERE code = 'a';
+                   CREATE TEMP TABLE backup AS SELECT code, status FROM t; DROP TABLE t;
+                   CREATE TABLE t(code TEXT PRIMARY KEY, status TEXT NOT NULL);
+                   INSERT INTO t SELECT code, status FROM backup; DROP TABLE backup;";
+    let db = recorded_then(setup, r#"{"sql":"UPDATE t SET status = 'done'"}"#, "");
+    let root = || db.query_i64("SELECT rootpage FROM sqlite_schema WHERE name = 't'");
+    let was = root();
+    db.conn().execute_batch(migrate).unwrap();
+    assert_eq!(root(), was, "the new t took the old one's root page");
+    for extra in [&[][..], &["--dry-run"]] {
+        let (code, err) = stopped_undo_with(&db, "p", extra);
+        assert_eq!(code, 2, "{extra:?}: {err}");
+        assert!(err.contains("table t was made anew since run"), "{err}");
+    }
+    // Where auto-vacuum moves b-trees on every drop, the copy is told too.
+    let copy = "DELETE FROM t WHERE code = 'a';
+                CREATE TABLE new__t(code TEXT PRIMARY KEY, status TEXT NOT NULL);
+                INSERT INTO new__t(code, status) SELECT code, status FROM t;
+                DROP TABLE t; ALTER TABLE new__t RENAME TO t;";
+    let setup = format!("PRAGMA auto_vacuum = INCREMENTAL; {setup}");
+    let db = recorded_then(&setup, r#"{"sql":"UPDATE t SET status = 'done'"}"#, copy);
+    let (code, err) = stopped_undo_with(&db, "p", &[]);
+    assert_eq!(code, 2, "auto-vacuum: {err}");
+    assert!(err.contains("table t was made anew since run"), "{err}");
+}
+
+/// `VACUUM INTO` a copy swapped in for the file keeps every rowid (as the
+/// README says), though it gives the tables new b-tree root pages: the
+/// undo takes the run back rather than calling it a migration.
+#[test]
+fn an_undo_after_a_vacuum_into_swapped_in_takes_the_run_back() {
+    let setup = "CREATE TABLE other(x); INSERT INTO other SELECT randomblob(3000);
+                 CREATE INDEX other_x ON other(x);
+                 CREATE TABLE t(code TEXT PRIMARY KEY, status TEXT);
+                 INSERT INTO t VALUES ('a', 'new'), ('b', 'old'), ('c', 'new2'), ('d', 'x');
+                 DELETE FROM t WHERE code = 'a';";
+    let db = TempDb::with_sql(setup);
+    let before = content(&db);
+    let plan = db.file(
+        "plan.json",
+        r#"{"name":"p","undo":true,"steps":[{"sql":"UPDATE t SET status = 'done'"}]}"#,
+    );
+    run_undoable(&db, &plan);
+    let root = || db.query_i64("SELECT rootpage FROM sqlite_schema WHERE name = 't'");
+    let was = root();
+    let copy = db.dir.path().join("copy.db");
+    db.conn()
+        .execute("VACUUM INTO ?1", [path_str(&copy)])
+        .unwrap();
+    std::fs::rename(&copy, &db.path).unwrap();
+    assert_ne!(root(), was, "the copy gave t another root page");
+    let (code, _, err) = run(&undo_of_plan(&db, "p", &[]));
+    assert_eq!(code, 0, "{err}");
     assert_eq!(content(&db), before, "{err}");
 }
 
