@@ -679,6 +679,50 @@ fn an_older_run_taken_back_before_a_newer_run_of_another_plan_on_its_table_says_
     assert_eq!(left, 0, "{err}");
 }
 
+/// An undo of a plan's runs with a run of another plan recorded between
+/// them: the order it gives takes back the plan's runs newer than that one
+/// first. It said "--run Q, then this undo", whose first undo kept the
+/// rows the plan's newer run had changed since as conflicts (Q's change
+/// stayed in them, its record gone) and warned of that run in turn.
+#[test]
+fn an_undo_of_several_runs_around_a_run_of_another_plan_gives_an_order_that_works() {
+    let db = TempDb::counters(4);
+    let p = db.file(
+        "p.json",
+        r#"{"name": "p", "steps": [{"sql": "UPDATE t SET counter = counter + 1"}]}"#,
+    );
+    let q = db.file(
+        "q.json",
+        r#"{"name": "q", "steps": [{"sql": "UPDATE t SET counter = counter * 10"}]}"#,
+    );
+    let mut ids = Vec::new();
+    for (plan, extra) in [(&p, None), (&q, None), (&p, Some("--force"))] {
+        let mut args = run_args(&db, path_str(plan), &["--no-serve", "--undo"]);
+        args.extend(extra);
+        let (code, _, err) = run(&args);
+        assert_eq!(code, 0, "{err}");
+        let id = err.split("--run ").nth(1).unwrap_or_default();
+        ids.push(id.split_whitespace().next().unwrap_or_default().to_owned());
+    }
+    let (code, _, err) = run(&undo_of_plan(&db, "p", &["--dry-run"]));
+    assert_eq!(code, 0, "{err}");
+    let dbp = path_str(&db.path);
+    let order = format!(
+        "newest first: batchsse undo --db {dbp} --run {}, then batchsse undo --db {dbp} --run {}, then this undo",
+        ids[2], ids[1]
+    );
+    assert!(err.contains(&order), "{order}\n{err}");
+    for id in [&ids[2], &ids[1]] {
+        let (code, _, err) = run(&undo_args(&db, &["--run", id]));
+        assert_eq!(code, 0, "{err}");
+        assert!(!err.contains("conflict"), "{err}");
+    }
+    let (code, _, err) = run(&undo_of_plan(&db, "p", &[]));
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("conflict"), "{err}");
+    assert_eq!(db.query_i64("SELECT count(*) FROM t WHERE counter <> 0"), 0);
+}
+
 /// An older run taken back first keeps the rows the newer run changed
 /// since; the newer run taken back after it is not held by those rows (no
 /// application wrote them): it puts back what the older run wrote, and

@@ -533,7 +533,7 @@ impl Undoer<'_> {
             self.message(
                 Level::Warn,
                 format!(
-                    "run {} of plan {}, recorded after {}, changed {} {} too: the rows both runs changed are conflicts to this undo (not the application's), and undoing run {} after it would bring back {} values into them; to take back both, newest first: batchsse undo --db {db} --run {}, then this undo",
+                    "run {} of plan {}, recorded after {}, changed {} {} too: the rows both runs changed are conflicts to this undo (not the application's), and undoing run {} after it would bring back {} values into them; to take back {}, newest first: {}, then this undo",
                     n.run,
                     quoted(&n.plan),
                     these,
@@ -544,7 +544,16 @@ impl Undoer<'_> {
                     tables.join(", "),
                     n.run,
                     whose,
-                    n.run,
+                    match n.after.is_empty() {
+                        true => "both",
+                        false => "all of them",
+                    },
+                    n.after
+                        .iter()
+                        .chain([&n.run])
+                        .map(|r| format!("batchsse undo --db {db} --run {r}"))
+                        .collect::<Vec<_>>()
+                        .join(", then "),
                 ),
             );
         }

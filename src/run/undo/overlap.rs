@@ -5,7 +5,7 @@
 //! wrote, so they carry its change with no record left. Taken back newest
 //! first, both go back whole: the undo says so before it begins.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use rusqlite::Connection;
 
@@ -22,11 +22,15 @@ pub struct Newer {
     pub plan: String,
     /// The tables both changed, by name.
     pub tables: Vec<String>,
+    /// The runs of the undo but its oldest whose first part was recorded
+    /// after this run's, newest first: taken back newest first, they come
+    /// before it (a `--plan` undo of runs it came between).
+    pub after: Vec<String>,
 }
 
-/// The runs other than `runs` and not of `plan` (the undo names those
-/// itself) that recorded a part after the first part of `runs` and changed
-/// one of the tables `runs` changed; newest first.
+/// The runs other than `runs` (newest first) and not of `plan` (the undo
+/// names those itself) that recorded a part after the first part of
+/// `runs` and changed one of the tables `runs` changed; newest first.
 pub fn newer_runs(conn: &Connection, runs: &[String], plan: &str) -> rusqlite::Result<Vec<Newer>> {
     let list = serde_json::to_string(runs).unwrap_or_else(|_| "[]".into());
     let after =
@@ -37,15 +41,28 @@ pub fn newer_runs(conn: &Connection, runs: &[String], plan: &str) -> rusqlite::R
     if theirs.is_empty() {
         return Ok(Vec::new());
     }
-    let mut ours = BTreeSet::new();
-    for (id, ..) in parts(
+    let (mut ours, mut first) = (BTreeSet::new(), HashMap::new());
+    for (id, run, _) in parts(
         conn,
         "run IN (SELECT value FROM json_each(?1)) AND ?2 IS NOT NULL",
         (&list, plan),
     )? {
+        first.entry(run).or_insert(id);
         ours.extend(part_tables(conn, id)?);
     }
+    // The oldest is left to the undo itself, after the newer run's.
+    let ours_after = |their_first: i64| -> Vec<String> {
+        runs[..runs.len().saturating_sub(1)]
+            .iter()
+            .filter(|r| first.get(*r).is_some_and(|&id| id > their_first))
+            .cloned()
+            .collect()
+    };
     let mut found: Vec<Newer> = Vec::new();
+    let mut their_first = HashMap::new();
+    for (id, run, _) in &theirs {
+        their_first.entry(run.clone()).or_insert(*id);
+    }
     for (id, run, their_plan) in theirs.into_iter().rev() {
         let shared = part_tables(conn, id)?
             .into_iter()
@@ -53,6 +70,7 @@ pub fn newer_runs(conn: &Connection, runs: &[String], plan: &str) -> rusqlite::R
         match found.iter_mut().find(|n| n.run == run) {
             Some(n) => n.tables.extend(shared),
             None => found.push(Newer {
+                after: ours_after(their_first[&run]),
                 run,
                 plan: their_plan,
                 tables: shared.collect(),
