@@ -2288,11 +2288,17 @@ fn changes_by_a_trigger_added_after_the_check_are_taken_back() {
             15,
             "{env:?}: the trigger fired"
         );
-        db.conn().execute_batch("DROP TRIGGER late").unwrap();
-        let (code, _, err) = run_with_env(&undo_args(&db, &["--plan", "late"]), None, env);
-        assert_eq!(code, 0, "{env:?}: {err}");
-        assert_eq!(content(&db), before, "{env:?}: {err}");
+        late_undone(&db, env, &before);
     }
+}
+
+/// With the trigger `late` dropped, the undo of plan `late` (under
+/// `env`) exits 0 and leaves `db` as it was `before` the run.
+fn late_undone(db: &TempDb, env: &[(&str, &str)], before: &str) {
+    db.conn().execute_batch("DROP TRIGGER late").unwrap();
+    let (code, _, err) = run_with_env(&undo_args(db, &["--plan", "late"]), None, env);
+    assert_eq!(code, 0, "{env:?}: {err}");
+    assert_eq!(content(db), before, "{env:?}: {err}");
 }
 
 /// The same, the trigger writing a `WITHOUT ROWID` table. Without the
@@ -2319,10 +2325,7 @@ fn a_late_trigger_s_writes_to_a_without_rowid_table_are_taken_back() {
         );
         recorded_after(&db, &plan, env, trigger);
         assert_eq!(db.query_i64("SELECT n FROM stats"), 12, "{env:?}");
-        db.conn().execute_batch("DROP TRIGGER late").unwrap();
-        let (code, _, err) = run_with_env(&undo_args(&db, &["--plan", "late"]), None, env);
-        assert_eq!(code, 0, "{env:?}: {err}");
-        assert_eq!(content(&db), before, "{env:?}: {err}");
+        late_undone(&db, env, &before);
     }
 }
 
