@@ -344,7 +344,7 @@ fn a_row_whose_unique_value_a_later_row_holds_is_a_conflict_kept_under_skip() {
             // The row the run deleted stays deleted: there is no row to
             // put right, and nothing of the run's on one.
             assert!(
-                out.contains("left its row out, deleted as the run left it")
+                out.contains("; kept the row out, deleted as the run left it")
                     && out.contains("all but 1 row the run deleted, which stays deleted")
                     && !out.contains("carries the run's change")
                     && !out.contains("the run's values"),
