@@ -864,7 +864,7 @@ impl Undoer<'_> {
             false => "kept",
         };
         let whose = match k.as_run_left {
-            _ if k.why.starts_with(STAYS_DELETED) => "left its row out, deleted as the run left it",
+            _ if k.why.starts_with(STAYS_DELETED) => "the row out, deleted as the run left it",
             _ if k.why.starts_with(RUNS_ROW) => {
                 "its row as the run left it (the row the run inserted again, with the run's values, not the application's)"
             }

@@ -32,6 +32,10 @@ struct Watched {
     /// The columns (indices into `columns`) an update may change: those
     /// the step may update, or all of them.
     updated: Vec<usize>,
+    /// The columns (indices into `columns`) of the primary key a table
+    /// found by its bare rowid declares, recorded with each update (see
+    /// [`super::shape::identity`]).
+    identity: Vec<usize>,
     /// The table's index in the encoder, once it has one.
     index: Option<usize>,
 }
@@ -142,6 +146,7 @@ impl PreHook {
             };
             let columns = layout.columns.iter().map(|c| at(c).unwrap_or(-1)).collect();
             tables.push(Watched {
+                identity: super::shape::identity(conn, &layout)?,
                 layout,
                 key,
                 columns,
@@ -435,6 +440,9 @@ impl Change {
         b.new.clear();
         b.mask.clear();
         b.mask.resize(w.columns.len().div_ceil(8), 0);
+        if !w.identity.is_empty() {
+            return self.changed_with_identity(w, b);
+        }
         for &j in &w.updated {
             let cid = w.columns[j];
             let (old, new) = (self.raw(cid, Image::Old)?, self.raw(cid, Image::New)?);
@@ -446,6 +454,34 @@ impl Change {
                 put_value(&mut b.new, new);
                 b.mask[j / 8] |= 1 << (j % 8);
             }
+        }
+        Ok(())
+    }
+
+    /// [`Change::changed_columns`] of a table with an `identity`: its
+    /// columns go with any change, changed or not (the mask stays empty
+    /// when nothing else changed).
+    fn changed_with_identity(&self, w: &Watched, b: &mut Scratch) -> Result<(), String> {
+        let mut any = false;
+        for j in 0..w.columns.len() {
+            let (updated, identity) = (w.updated.contains(&j), w.identity.contains(&j));
+            if !updated && !identity {
+                continue;
+            }
+            let cid = w.columns[j];
+            let (old, new) = (self.raw(cid, Image::Old)?, self.raw(cid, Image::New)?);
+            // SAFETY: as in `changed_columns`.
+            let (old, new) = unsafe { (value_ref(old), value_ref(new)) };
+            let changed = !same(old, new);
+            if changed || identity {
+                any |= changed;
+                put_value(&mut b.old, old);
+                put_value(&mut b.new, new);
+                b.mask[j / 8] |= 1 << (j % 8);
+            }
+        }
+        if !any {
+            b.mask.iter_mut().for_each(|m| *m = 0);
         }
         Ok(())
     }

@@ -21,7 +21,7 @@ use rusqlite::{Connection, ffi, params};
 
 use super::codec::{Encoder, KeyRef, Layout, mask_of, op, print, put_value};
 use super::guard::Guard;
-use super::shape::layouts;
+use super::shape::{identity, layouts, with_identity};
 use super::store::{self, NOTHING, PARTS, UNRECORDED};
 use crate::plan::{Step, quote};
 use crate::run::hooked::{Beneath, Hooked};
@@ -692,13 +692,15 @@ impl<'c> Recorder<'c> {
         let n = layout.columns.len();
         let mut enc = Encoder::new(true);
         let t = enc.table(layout);
+        let identity = identity(self.conn, layout)?;
         let (mut old, mut new) = (Vec::new(), Vec::new());
         for (i, rowid) in before.rowids.iter().enumerate() {
             let differs = (0..n).filter(|&j| before.value(n, i, j) != after.value(n, i, j));
-            let changed: Vec<usize> = differs.collect();
+            let mut changed: Vec<usize> = differs.collect();
             if changed.is_empty() {
                 continue;
             }
+            with_identity(&mut changed, &identity);
             old.clear();
             new.clear();
             for &j in &changed {
@@ -730,6 +732,10 @@ impl<'c> Recorder<'c> {
             .conn
             .prepare_cached(&format!("SELECT * FROM temp.{name} ORDER BY seq"))?;
         let mut rows = stmt.query([])?;
+        let identities = layouts
+            .iter()
+            .map(|l| identity(self.conn, l))
+            .collect::<rusqlite::Result<Vec<_>>>()?;
         let mut after_delete = false;
         while let Some(row) = rows.next()? {
             let (tno, what): (i64, u8) = (row.get(1)?, row.get(2)?);
@@ -745,7 +751,8 @@ impl<'c> Recorder<'c> {
                 self.flush_part(step, &mut enc, false)?;
             }
             after_delete = what == op::DELETE;
-            pack_staged_row(&mut enc, layout, what, row)?;
+            let identity = &identities[tno as usize];
+            pack_staged_row(&mut enc, (layout, identity), what, row)?;
         }
         drop(rows);
         self.conn
@@ -920,7 +927,7 @@ fn reorder(rows: &Rows, order: &[usize], n: usize) -> Rows {
 /// One staged row (`seq, tno, op, v1…`) into the record.
 fn pack_staged_row(
     enc: &mut Encoder,
-    layout: &Layout,
+    (layout, identity): (&Layout, &[usize]),
     what: u8,
     row: &rusqlite::Row<'_>,
 ) -> rusqlite::Result<()> {
@@ -948,7 +955,8 @@ fn pack_staged_row(
         op::DELETE => enc.delete(t, key, &values.concat()),
         _ => {
             let new = encoded(3 + p + n, n)?;
-            let changed: Vec<usize> = (0..n).filter(|&j| values[j] != new[j]).collect();
+            let mut changed: Vec<usize> = (0..n).filter(|&j| values[j] != new[j]).collect();
+            with_identity(&mut changed, identity);
             if !changed.is_empty() {
                 let old: Vec<u8> = changed.iter().flat_map(|&j| values[j].clone()).collect();
                 let new: Vec<u8> = changed.iter().flat_map(|&j| new[j].clone()).collect();

@@ -140,6 +140,37 @@ pub fn key_collations(conn: &Connection, l: &Layout) -> rusqlite::Result<Vec<Opt
         .collect())
 }
 
+/// The columns (indices into `l.columns`) of the primary key a table
+/// found by its bare rowid declares (`code TEXT PRIMARY KEY`): none for
+/// any other. Each update of such a row records them too, unchanged or
+/// not, so the fingerprint tells the row from another the application
+/// adds at the same rowid (SQLite gives a new row the highest rowid plus
+/// one, so deleting the last row and adding one reuses its rowid), whose
+/// changed columns may well hold what the run wrote.
+pub fn identity(conn: &Connection, l: &Layout) -> rusqlite::Result<Vec<usize>> {
+    if !l.by_bare_rowid() {
+        return Ok(Vec::new());
+    }
+    let pk: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_table_info(?1, 'main') WHERE pk > 0")?
+        .query_map([&l.table], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    Ok((0..l.columns.len())
+        .filter(|&j| pk.iter().any(|c| *c == l.columns[j]))
+        .collect())
+}
+
+/// `changed` (column indices, rising) with the `identity` columns added,
+/// when it holds any: see [`identity`].
+pub fn with_identity(changed: &mut Vec<usize>, identity: &[usize]) {
+    if changed.is_empty() || identity.is_empty() {
+        return;
+    }
+    changed.extend_from_slice(identity);
+    changed.sort_unstable();
+    changed.dedup();
+}
+
 /// An SQL string literal.
 fn lit(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
