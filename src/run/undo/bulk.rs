@@ -27,6 +27,7 @@ const PICK: &str = "batchsse_undo_pick";
 const OLD: &str = "batchsse_undo_old";
 const GONE: &str = "batchsse_undo_gone";
 const VALUE: &str = "batchsse_undo_value";
+const SAME: &str = "batchsse_undo_same";
 
 /// What became of an entry.
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -68,6 +69,13 @@ pub struct Job {
     /// not by a search per value.
     places: (usize, Vec<Option<usize>>),
     buf: Vec<u8>,
+    /// The written columns (places in `union`) of the primary key of a
+    /// table found by its bare rowid, which the run records with each
+    /// update whether it changed them or not (see `shape::identity`), and
+    /// of those the ones left out of the `SET`: no row of the part needs
+    /// them written, and writing a key column rewrites its index.
+    identity: Vec<usize>,
+    as_is: Vec<usize>,
 }
 
 impl Job {
@@ -104,7 +112,18 @@ impl Job {
             next: (usize::MAX, 0, 0),
             places: (usize::MAX, Vec::new()),
             buf: Vec::new(),
+            identity: Vec::new(),
+            as_is: Vec::new(),
         }
+    }
+
+    /// Tells the job which of the layout's columns are the `identity`
+    /// of its table (see [`Job::identity`]).
+    pub fn identity(mut self, columns: &[usize]) -> Job {
+        self.identity = (0..self.union.len())
+            .filter(|&u| columns.contains(&self.union[u]))
+            .collect();
+        self
     }
 
     /// The statement: for an update's part an `UPDATE`, for an insert's a
@@ -118,6 +137,7 @@ impl Job {
         let set: Vec<String> = cols
             .iter()
             .enumerate()
+            .filter(|(i, _)| !self.as_is.contains(i))
             .map(|(i, c)| match self.every[i] {
                 true => format!("{c} = {OLD}({k}, {i})"),
                 false => format!("{c} = {OLD}({k}, {i}, {c})"),
@@ -269,6 +289,49 @@ impl Job {
         }
     }
 
+    /// `SAME(key, n, current)`: whether the row keyed `key` needs no
+    /// write of the `n`th written column: its entry does not restore it,
+    /// or restores exactly the value it holds (the same encoding: the
+    /// same storage class and bytes, whatever the column's collation).
+    fn same(&mut self, args: &[*mut ffi::sqlite3_value]) -> Result<bool, String> {
+        let (key, n) = (int_arg(args, 0)?, int_arg(args, 1)?);
+        let slot = self.find(1, key).and_then(|i| {
+            self.places(self.part.entries[i].mask as usize);
+            let place = *self.places.1.get(usize::try_from(n).ok()?)?;
+            Some(i).zip(place)
+        });
+        let Some((i, place)) = slot else {
+            return Ok(true);
+        };
+        let current = *args.get(2).ok_or("too few arguments")?;
+        let mut now = std::mem::take(&mut self.buf);
+        now.clear();
+        // SAFETY: an argument of the call in progress.
+        unsafe { put_raw(&mut now, current) };
+        let mut then = Vec::new();
+        super::codec::put_value(&mut then, self.value(i, place).map_err(|e| e.to_string())?);
+        let same = then == now;
+        self.buf = now;
+        Ok(same)
+    }
+
+    /// For each identity column, a read of the part's rows that says
+    /// whether any of them needs it written (see [`Bulk::leave_as_is`]).
+    fn as_is_queries(&self) -> Vec<(usize, String)> {
+        let l = &self.part.layout;
+        let (t, k) = (quote(&l.table), &l.key[0]);
+        self.identity
+            .iter()
+            .map(|&u| {
+                let c = quote(&l.columns[self.union[u]]);
+                let sql = format!(
+                    "SELECT EXISTS (SELECT 1 FROM main.{t} WHERE {k} BETWEEN ?1 AND ?2 AND NOT {SAME}({k}, {u}, {c}))"
+                );
+                (u, sql)
+            })
+            .collect()
+    }
+
     /// Makes [`Job::places`] mask `mask`'s.
     fn places(&mut self, mask: usize) {
         if self.places.0 != mask {
@@ -387,14 +450,52 @@ impl Bulk {
         };
         let last = job.part.entries.len() as i64 - 1;
         let delete = job.part.op == op::DELETE;
+        let ask = job.part.op == op::UPDATE && !job.identity.is_empty();
         *self.job.borrow_mut() = Some(job);
+        let asked = match ask {
+            true => self.leave_as_is(conn, (lo, hi)),
+            false => Ok(()),
+        };
+        let sql = match &asked {
+            Ok(()) if ask => self
+                .job
+                .borrow()
+                .as_ref()
+                .map(Job::statement)
+                .unwrap_or(sql),
+            _ => sql,
+        };
         // Not cached: no statement that names the functions outlives them.
-        let done = conn.prepare(&sql).and_then(|mut s| match delete {
-            true => s.execute([last]),
-            false => s.execute([lo, hi]),
-        });
+        let done = asked
+            .and_then(|()| conn.prepare(&sql))
+            .and_then(|mut s| match delete {
+                true => s.execute([last]),
+                false => s.execute([lo, hi]),
+            });
         let job = self.job.borrow_mut().take().expect("the job put in above");
         (job, done)
+    }
+}
+
+impl Bulk {
+    /// Leaves out of the job's `SET` the identity columns no row of its
+    /// part needs written, asking each with one read of the part's rows,
+    /// which calls back into the job (in its slot) through `SAME`.
+    fn leave_as_is(&self, conn: &Connection, range: (i64, i64)) -> rusqlite::Result<()> {
+        let sqls = self.job.borrow().as_ref().map(Job::as_is_queries);
+        let mut as_is = Vec::new();
+        for (u, sql) in sqls.unwrap_or_default() {
+            let differs: bool = conn.query_row(&sql, [range.0, range.1], |r| r.get(0))?;
+            if !differs {
+                as_is.push(u);
+            }
+        }
+        if let Some(job) = self.job.borrow_mut().as_mut() {
+            job.as_is = as_is;
+            job.at = [0; 2];
+            job.next = (usize::MAX, 0, 0);
+        }
+        Ok(())
     }
 }
 
@@ -420,11 +521,12 @@ fn listed(items: &[String]) -> String {
 }
 
 /// Each function's name, argument count (-1: any) and entry point.
-const FUNCTIONS: [(&str, c_int, Call); 4] = [
+const FUNCTIONS: [(&str, c_int, Call); 5] = [
     (PICK, -1, pick_fn),
     (OLD, -1, old_fn),
     (GONE, 1, gone_fn),
     (VALUE, 2, value_fn),
+    (SAME, 3, same_fn),
 ];
 
 /// Whether the file has a table or view of its own named
@@ -444,6 +546,15 @@ unsafe extern "C" fn pick_fn(
 ) {
     // SAFETY: SQLite's own call.
     unsafe { answer(ctx, argc, argv, Job::pick) }
+}
+
+unsafe extern "C" fn same_fn(
+    ctx: *mut ffi::sqlite3_context,
+    argc: c_int,
+    argv: *mut *mut ffi::sqlite3_value,
+) {
+    // SAFETY: SQLite's own call.
+    unsafe { answer(ctx, argc, argv, Job::same) }
 }
 
 unsafe extern "C" fn gone_fn(

@@ -248,7 +248,8 @@ impl<'c> Reverter<'c> {
             let held = |e: &Lean| self.held(table, &[Val::Integer(e.key)]);
             part.entries.iter().map(held).collect()
         };
-        let job = Job::new(blob, part, held, self.overwrite);
+        let identity = super::shape::identity(self.conn, &part.layout).map_err(sql)?;
+        let job = Job::new(blob, part, held, self.overwrite).identity(&identity);
         if !bulk.fits(&job) {
             return Ok(Err(job.blob));
         }
