@@ -358,6 +358,16 @@ impl<'a> Governor<'a> {
         }
     }
 
+    /// The pace the run starts at, for its `start` event: with the live
+    /// changes sent before it made (a `ctl set` while the run waits for
+    /// its first client). Without them `start` told the pace as if they
+    /// had not come, and `/status` and the next `ctl set` said so too,
+    /// though the first chunk took them.
+    pub(super) fn start_settings(&mut self) -> Settings {
+        self.steer();
+        self.settings()
+    }
+
     pub(super) fn chunk_time(&self) -> Duration {
         Duration::from_millis(self.settings().chunk_time_ms.max(1))
     }
@@ -944,6 +954,27 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn a_pace_set_before_the_start_is_the_start_s_pace() {
+        let dir = tempfile::tempdir().expect("dir");
+        let conn = Connection::open(dir.path().join("g.sqlite")).expect("open");
+        conn.execute_batch("CREATE TABLE t(x)").expect("table");
+        let (log, cancel, steering) = (EventLog::new(), Cancel::default(), Steering::default());
+        // `ctl set` while the run gets ready (an undo checks its record
+        // before its `start`): the command is taken, not yet applied.
+        steering.change_pace(crate::lifecycle::PacePatch {
+            nice_ratio: Some(0.0),
+            sleep_ms: Some(5),
+            ..Default::default()
+        });
+        let pace = (Pace::default(), Brakes::default());
+        let mut g = Governor::new(&conn, &log, (&cancel, &steering), pace.0, pace.1);
+        assert!(g.live(), "a file written just now starts at the live pace");
+        let start = g.start_settings();
+        assert_eq!((start.nice_ratio, start.sleep_ms), (0.0, 5));
+        assert_eq!(g.settings(), start);
     }
 
     #[test]

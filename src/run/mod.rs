@@ -538,7 +538,7 @@ impl Runner<'_> {
                 .collect(),
             dry_run: self.opts.dry_run,
             resumed: resume.resumed(),
-            settings: self.governor.borrow().settings(),
+            settings: self.governor.borrow_mut().start_settings(),
             kind: crate::events::RunKind::Run,
             undo: self.recorder.as_ref().map(|_| crate::events::UndoInfo {
                 unrecorded_steps: plan

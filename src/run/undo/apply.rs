@@ -501,7 +501,7 @@ impl Undoer<'_> {
                 .collect(),
             dry_run: self.dry_run,
             resumed: false,
-            settings: self.governor.borrow().settings(),
+            settings: self.governor.borrow_mut().start_settings(),
             kind: RunKind::Undo,
             undo: Some(UndoInfo {
                 unrecorded_steps: Vec::new(),
