@@ -36,17 +36,14 @@ pub fn newer_runs(conn: &Connection, runs: &[String], plan: &str) -> rusqlite::R
     let after =
         "id > (SELECT min(id) FROM batchsse_undo WHERE run IN (SELECT value FROM json_each(?1)))
         AND run NOT IN (SELECT value FROM json_each(?1)) AND plan <> ?2";
-    let theirs = parts(conn, after, (&list, plan))?;
+    let theirs = parts(conn, after, rusqlite::params![list, plan])?;
     // Most undos have no newer run: their own parts are then not read.
     if theirs.is_empty() {
         return Ok(Vec::new());
     }
     let (mut ours, mut first) = (BTreeSet::new(), HashMap::new());
-    for (id, run, _) in parts(
-        conn,
-        "run IN (SELECT value FROM json_each(?1)) AND ?2 IS NOT NULL",
-        (&list, plan),
-    )? {
+    let own = "run IN (SELECT value FROM json_each(?1))";
+    for (id, run, _) in parts(conn, own, rusqlite::params![list])? {
         first.entry(run).or_insert(id);
         ours.extend(part_tables(conn, id)?);
     }
@@ -85,21 +82,19 @@ pub fn newer_runs(conn: &Connection, runs: &[String], plan: &str) -> rusqlite::R
     Ok(found)
 }
 
-/// The parts (id, run, plan) where `cond` holds (`?1`: the runs as JSON,
-/// `?2` the plan), oldest first.
+/// The parts (id, run, plan) where `cond` holds, with `params` bound,
+/// oldest first.
 fn parts(
     conn: &Connection,
     cond: &str,
-    params: (&str, &str),
+    params: &[&dyn rusqlite::ToSql],
 ) -> rusqlite::Result<Vec<(i64, String, String)>> {
     let sql = format!(
         "SELECT id, run, plan FROM {} WHERE {cond} ORDER BY id",
         store::CHUNKS
     );
     conn.prepare(&sql)?
-        .query_map([params.0, params.1], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })?
+        .query_map(params, |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect()
 }
 
