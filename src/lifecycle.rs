@@ -619,13 +619,31 @@ impl Steering {
         self.no_resize.get().map(String::as_str)
     }
 
-    pub fn change_pace(&self, patch: PacePatch) {
-        self.lock().1.merge(patch);
-    }
-
     /// The pace changes not yet applied.
     pub fn take_pace(&self) -> PacePatch {
         std::mem::take(&mut self.lock().1)
+    }
+
+    /// Changes the pace once `log` has said so (false: the change is not
+    /// taken), as one step under the lock: a pace the runner tells
+    /// meanwhile (`say_pace`) comes wholly before or after, so a message
+    /// with the pace as it was never lands after the `control` event that
+    /// changed it, and `/status` never goes back to the old pace.
+    pub fn change_pace_logged(&self, patch: PacePatch, log: impl FnOnce() -> bool) -> bool {
+        let mut state = self.lock();
+        let taken = log();
+        if taken {
+            state.1.merge(patch);
+        }
+        taken
+    }
+
+    /// Hands the pace changes not yet applied to `tell`, which applies
+    /// them and says the pace, under the lock (see `change_pace_logged`).
+    pub fn say_pace<T>(&self, tell: impl FnOnce(PacePatch) -> T) -> T {
+        let mut state = self.lock();
+        let patch = std::mem::take(&mut state.1);
+        tell(patch)
     }
 }
 
@@ -649,6 +667,29 @@ mod tests {
         };
         c.cancel();
         assert!(!waiter.join().unwrap(), "cancelled while waiting");
+    }
+
+    #[test]
+    fn a_pace_change_is_logged_wholly_before_or_after_a_pace_being_said() {
+        let steering = Steering::default();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|scope| {
+            steering.say_pace(|patch| {
+                assert!(patch.is_empty());
+                let change = PacePatch {
+                    sleep_ms: Some(5),
+                    ..Default::default()
+                };
+                scope.spawn(|| steering.change_pace_logged(change, || tx.send(()).is_ok()));
+                // The runner is saying the pace: the command's `control`
+                // event must wait, or it lands before the runner's message.
+                let early = rx.recv_timeout(std::time::Duration::from_millis(100));
+                assert!(early.is_err(), "the change was logged meanwhile");
+            });
+            rx.recv_timeout(std::time::Duration::from_secs(10))
+                .expect("then it is logged");
+        });
+        assert_eq!(steering.take_pace().sleep_ms, Some(5), "and taken");
     }
 
     #[test]

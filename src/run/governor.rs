@@ -358,14 +358,19 @@ impl<'a> Governor<'a> {
         }
     }
 
-    /// The pace the run starts at, for its `start` event: with the live
-    /// changes sent before it made (a `ctl set` while the run waits for
-    /// its first client). Without them `start` told the pace as if they
-    /// had not come, and `/status` and the next `ctl set` said so too,
-    /// though the first chunk took them.
-    pub(super) fn start_settings(&mut self) -> Settings {
-        self.steer();
-        self.settings()
+    /// Hands `push` the pace the run starts at, for its `start` event:
+    /// with the live changes sent before it made (a `ctl set` while the
+    /// run waits for its first client). Without them `start` told the
+    /// pace as if they had not come, and `/status` and the next `ctl set`
+    /// said so too, though the first chunk took them. `push` runs under
+    /// the steering lock (see `Steering::change_pace_logged`), so a
+    /// command taken meanwhile is not undone by `start`'s pace either.
+    pub(super) fn say_start<T>(&mut self, push: impl FnOnce(Settings) -> T) -> T {
+        let steering = self.steering;
+        steering.say_pace(|patch| {
+            self.apply_patch(patch);
+            push(self.settings())
+        })
     }
 
     pub(super) fn chunk_time(&self) -> Duration {
@@ -389,7 +394,7 @@ impl<'a> Governor<'a> {
     /// Right after `start`: when the run begins at the live pace, a line
     /// for people (`start`'s `settings` already tell programs), as a
     /// change of pace mid-run gets.
-    pub(super) fn say_starting_pace(&self) {
+    pub(super) fn say_starting_pace(&mut self) {
         self.say_no_wait_in_one_transaction();
         if let Some(why) = self.start_reason {
             let fixed = self.recorded_chunks || self.pace.batch_size.is_some();
@@ -435,7 +440,17 @@ impl<'a> Governor<'a> {
     /// A pace message: why, and the settings now in force (which ride on
     /// the message, for `/status`). A run that is one transaction never
     /// yields, so its nice ratio, whatever it is, is not named beside that.
-    fn say_pace(&self, why: &str, step: Option<usize>) {
+    /// Says the pace with the live changes taken so far applied, under
+    /// the steering lock (see `Steering::change_pace_logged`).
+    fn say_pace(&mut self, why: &str, step: Option<usize>) {
+        let steering = self.steering;
+        steering.say_pace(|patch| {
+            self.apply_patch(patch);
+            self.push_pace(why, step);
+        });
+    }
+
+    fn push_pace(&self, why: &str, step: Option<usize>) {
         let now = self.settings();
         let mut target = json!({"db": self.db, "settings": now});
         if let Some(i) = step {
@@ -687,6 +702,10 @@ impl<'a> Governor<'a> {
     /// waited) is still said by the next one.
     fn steer(&mut self) {
         let patch = self.steering.take_pace();
+        self.apply_patch(patch);
+    }
+
+    fn apply_patch(&mut self, patch: crate::lifecycle::PacePatch) {
         if patch.is_empty() {
             return;
         }
@@ -964,15 +983,18 @@ mod tests {
         let (log, cancel, steering) = (EventLog::new(), Cancel::default(), Steering::default());
         // `ctl set` while the run gets ready (an undo checks its record
         // before its `start`): the command is taken, not yet applied.
-        steering.change_pace(crate::lifecycle::PacePatch {
-            nice_ratio: Some(0.0),
-            sleep_ms: Some(5),
-            ..Default::default()
-        });
+        steering.change_pace_logged(
+            crate::lifecycle::PacePatch {
+                nice_ratio: Some(0.0),
+                sleep_ms: Some(5),
+                ..Default::default()
+            },
+            || true,
+        );
         let pace = (Pace::default(), Brakes::default());
         let mut g = Governor::new(&conn, &log, (&cancel, &steering), pace.0, pace.1);
         assert!(g.live(), "a file written just now starts at the live pace");
-        let start = g.start_settings();
+        let start = g.say_start(|settings| settings);
         assert_eq!((start.nice_ratio, start.sleep_ms), (0.0, 5));
         assert_eq!(g.settings(), start);
     }
@@ -990,10 +1012,13 @@ mod tests {
         // Paused past the quiet time: no chunk ran, so no look said the
         // run went idle. A command comes, and the wait takes it.
         g.seen_at = None;
-        steering.change_pace(crate::lifecycle::PacePatch {
-            sleep_ms: Some(20),
-            ..Default::default()
-        });
+        steering.change_pace_logged(
+            crate::lifecycle::PacePatch {
+                sleep_ms: Some(20),
+                ..Default::default()
+            },
+            || true,
+        );
         assert_eq!(g.brake(), None);
         // The `control` event told the live pace with the new sleep; the
         // first look after the wait must say the idle one.

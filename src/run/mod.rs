@@ -451,7 +451,7 @@ impl Runner<'_> {
         self.announce(resume);
         // A run with nothing to do has no pace to speak of.
         if !resume.already_applied(self.plan) {
-            self.governor.borrow().say_starting_pace();
+            self.governor.borrow_mut().say_starting_pace();
         }
         gate();
         self.started = Instant::now();
@@ -517,39 +517,41 @@ impl Runner<'_> {
     /// `start`, and what kind of run this is.
     fn announce(&self, resume: &Resume) {
         let plan = self.plan;
-        self.log.push(Event::Start(Start {
-            protocol: crate::events::PROTOCOL,
-            pid: std::process::id(),
-            run_id: self.run_id.clone(),
-            plan: plan.name.clone(),
-            db: self.db.clone(),
-            steps: plan
-                .steps
-                .iter()
-                .map(|s| StepInfo {
-                    index: s.index,
-                    name: s.name.clone(),
-                    kind: if s.chunk.is_some() {
-                        StepKind::Chunked
-                    } else {
-                        StepKind::Sql
-                    },
-                })
-                .collect(),
-            dry_run: self.opts.dry_run,
-            resumed: resume.resumed(),
-            settings: self.governor.borrow_mut().start_settings(),
-            kind: crate::events::RunKind::Run,
-            undo: self.recorder.as_ref().map(|_| crate::events::UndoInfo {
-                unrecorded_steps: plan
+        self.governor.borrow_mut().say_start(|settings| {
+            self.log.push(Event::Start(Start {
+                protocol: crate::events::PROTOCOL,
+                pid: std::process::id(),
+                run_id: self.run_id.clone(),
+                plan: plan.name.clone(),
+                db: self.db.clone(),
+                steps: plan
                     .steps
                     .iter()
-                    .filter(|s| !s.undo)
-                    .map(|s| s.index)
+                    .map(|s| StepInfo {
+                        index: s.index,
+                        name: s.name.clone(),
+                        kind: if s.chunk.is_some() {
+                            StepKind::Chunked
+                        } else {
+                            StepKind::Sql
+                        },
+                    })
                     .collect(),
-                reverts: Vec::new(),
-            }),
-        }));
+                dry_run: self.opts.dry_run,
+                resumed: resume.resumed(),
+                settings,
+                kind: crate::events::RunKind::Run,
+                undo: self.recorder.as_ref().map(|_| crate::events::UndoInfo {
+                    unrecorded_steps: plan
+                        .steps
+                        .iter()
+                        .filter(|s| !s.undo)
+                        .map(|s| s.index)
+                        .collect(),
+                    reverts: Vec::new(),
+                }),
+            }))
+        });
         if self.opts.dry_run {
             self.message(
                 None,

@@ -184,19 +184,21 @@ fn command(
             None => ControlAction::Set,
         }
     };
-    let settings = cmd.pace.apply(state.log.snapshot().settings);
     // Logged before anything changes, so `control` comes before the run's
     // end; a run that finished since the check above takes no command.
-    let logged = state.log.push(Event::Control(Control {
-        action,
-        by: client(headers),
-        remote: peer.to_string(),
-        settings,
-    }));
-    if logged.is_none() {
+    let logged = steering.change_pace_logged(cmd.pace.clone(), || {
+        let settings = cmd.pace.apply(state.log.snapshot().settings);
+        let control = Control {
+            action,
+            by: client(headers),
+            remote: peer.to_string(),
+            settings,
+        };
+        state.log.push(Event::Control(control)).is_some()
+    });
+    if !logged {
         return Err((StatusCode::CONFLICT, FINISHED.into()));
     }
-    steering.change_pace(cmd.pace);
     if let Some(p) = cmd.pause {
         steering.set_paused(p);
     }

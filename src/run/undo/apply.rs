@@ -358,7 +358,7 @@ impl Undoer<'_> {
             }
         };
         self.announce(&groups);
-        self.governor.borrow().say_starting_pace();
+        self.governor.borrow_mut().say_starting_pace();
         gate();
         if self.cancel.is_cancelled() {
             let end = Some((
@@ -484,30 +484,32 @@ impl Undoer<'_> {
     }
 
     fn announce(&self, groups: &[Vec<Chunk>]) {
-        self.log.push(Event::Start(Start {
-            protocol: crate::events::PROTOCOL,
-            pid: std::process::id(),
-            run_id: crate::run::run_id(),
-            plan: self.spec.plan.clone(),
-            db: self.db.clone(),
-            steps: groups
-                .iter()
-                .enumerate()
-                .map(|(i, g)| StepInfo {
-                    index: i,
-                    name: format!("undo step {}: {}", g[0].step.saturating_add(1), g[0].name),
-                    kind: StepKind::Chunked,
-                })
-                .collect(),
-            dry_run: self.dry_run,
-            resumed: false,
-            settings: self.governor.borrow_mut().start_settings(),
-            kind: RunKind::Undo,
-            undo: Some(UndoInfo {
-                unrecorded_steps: Vec::new(),
-                reverts: self.spec.runs.clone(),
-            }),
-        }));
+        self.governor.borrow_mut().say_start(|settings| {
+            self.log.push(Event::Start(Start {
+                protocol: crate::events::PROTOCOL,
+                pid: std::process::id(),
+                run_id: crate::run::run_id(),
+                plan: self.spec.plan.clone(),
+                db: self.db.clone(),
+                steps: groups
+                    .iter()
+                    .enumerate()
+                    .map(|(i, g)| StepInfo {
+                        index: i,
+                        name: format!("undo step {}: {}", g[0].step.saturating_add(1), g[0].name),
+                        kind: StepKind::Chunked,
+                    })
+                    .collect(),
+                dry_run: self.dry_run,
+                resumed: false,
+                settings,
+                kind: RunKind::Undo,
+                undo: Some(UndoInfo {
+                    unrecorded_steps: Vec::new(),
+                    reverts: self.spec.runs.clone(),
+                }),
+            }))
+        });
         self.say_newer_runs();
         self.say_newer_of_other_plans();
     }
