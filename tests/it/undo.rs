@@ -756,6 +756,105 @@ fn a_newer_run_taken_back_after_an_older_one_is_not_held_by_its_conflicts() {
     );
 }
 
+/// Runs of two plans that changed the same rows, the older taken back
+/// first: its undo keeps the rows the newer run changed since. The newer
+/// run's undo then puts back what they held before it, which is what the
+/// older run wrote: they still carry the older run's change, with no
+/// record left to take it back. It said its plan was "fully taken back",
+/// with nothing of those rows; as for two runs of one plan, it now counts
+/// them by older run and gives the command that lists them. A row the
+/// older undo kept for the application, which the newer run never
+/// changed, is not among them.
+#[test]
+fn a_newer_run_of_another_plan_taken_back_after_an_older_one_says_its_rows_carry_that_run() {
+    let db = TempDb::counters(40);
+    let older = db.file("older.json", &counter_plan("older", 10));
+    let newer = db.file(
+        "newer.json",
+        r#"{"name": "newer", "steps": [{"name": "ten", "sql": "UPDATE t SET counter = counter + 10 WHERE id <= 3"}]}"#,
+    );
+    let mut ids = Vec::new();
+    for plan in [&older, &newer] {
+        let (code, _, err) = run(&run_args(&db, path_str(plan), &["--no-serve", "--undo"]));
+        assert_eq!(code, 0, "{err}");
+        let id = err.split("--run ").nth(1).unwrap_or_default();
+        ids.push(id.split_whitespace().next().unwrap_or_default().to_owned());
+    }
+    // The application changes a row only the older run changed.
+    db.conn()
+        .execute_batch("UPDATE t SET counter = 7 WHERE id = 20")
+        .unwrap();
+    let (code, _, err) = run(&undo_args(&db, &["--run", &ids[0]]));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("4 conflicts"), "{err}");
+    let dbp = path_str(&db.path);
+    let args = [
+        "undo",
+        "--db",
+        dbp,
+        "--run",
+        &ids[1],
+        "--no-serve",
+        "--progress",
+        "json",
+    ];
+    let (code, out, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    let events: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("an event"))
+        .collect();
+    let said: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "message")
+        .filter_map(|e| e["data"]["message"].as_str())
+        .collect();
+    let all = said.join("\n");
+    // The newer run's change is taken back everywhere; the older run's
+    // stays on the rows both changed, the application's on its own.
+    let counters = |sql: &str| -> Vec<i64> {
+        let conn = db.conn();
+        let mut stmt = conn.prepare(sql).expect(sql);
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    assert_eq!(
+        counters("SELECT counter FROM t WHERE counter <> 0 ORDER BY id"),
+        [1, 1, 1, 7],
+        "{all}"
+    );
+    assert!(!all.contains("is fully taken back"), "{all}");
+    let warned = said
+        .iter()
+        .find(|m| {
+            m.contains(&format!(
+                "3 rows that run {} changed after run {} of plan \"older\"",
+                ids[1], ids[0]
+            ))
+        })
+        .unwrap_or_else(|| panic!("no word of the rows: {all}"));
+    assert!(
+        warned.contains(&format!("still carry run {}'s change", ids[0]))
+            && warned.contains("running plan \"older\" again would change them a second time"),
+        "{warned}"
+    );
+    // Its command lists those rows, and those alone.
+    let sql = warned
+        .split_once(&format!("sqlite3 {dbp} \""))
+        .and_then(|(_, rest)| rest.strip_suffix('"'))
+        .unwrap_or_else(|| panic!("no command: {warned}"));
+    let mut keys = counters(&sql.replace("tbl, k", "k"));
+    keys.sort_unstable();
+    assert_eq!(keys, [1, 2, 3], "{warned}");
+    let fin = &events.last().expect("finished")["data"];
+    assert_eq!(
+        (&fin["status"], &fin["conflicts"]),
+        (&"ok".into(), &0.into())
+    );
+}
+
 /// An undo of a plan with two recorded runs names both in its first line,
 /// newest first, as runs: "undo of run A, B" read as one run's id.
 #[test]

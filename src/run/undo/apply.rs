@@ -727,7 +727,9 @@ impl Undoer<'_> {
             true => reverter.apply_blob(blob, &mut on_kept)?,
             false => 0,
         };
+        let carried = reverter.take_carried();
         drop(reverter);
+        store::mark_carried(self.conn, &carried, &c.run).map_err(sql)?;
         self.conn
             .execute("DELETE FROM batchsse_undo WHERE id = ?1", [c.id])
             .map_err(sql)?;
@@ -938,7 +940,7 @@ impl Undoer<'_> {
     /// carry its change: kept as the run left them, since another row holds
     /// a value they would get back. Running the plan again would change
     /// them twice.
-    fn say_taken_back(&self) {
+    fn say_taken_back(&self, carried: bool) {
         let plan = &self.spec.plan;
         let deleted = store::kept_why(self.conn, &self.scope, STAYS_DELETED).unwrap_or(0);
         let as_left = store::kept_why(self.conn, &self.scope, TAKEN)
@@ -950,10 +952,13 @@ impl Undoer<'_> {
             self.say_older_carries(run, *n);
         }
         if kept == 0 && older.is_empty() {
+            // Rows that carry another plan's older run (said above): this
+            // plan is out of the file, but the file is not as before it.
+            let fully = if carried { "" } else { "fully " };
             return self.message(
                 Level::Info,
                 format!(
-                    "plan {} is fully taken back; its checkpoint is cleared, so it can run again",
+                    "plan {} is {fully}taken back; its checkpoint is cleared, so it can run again",
                     quoted(plan)
                 ),
             );
@@ -1013,6 +1018,27 @@ impl Undoer<'_> {
             quoted(&self.spec.plan),
             thousands(n),
             crate::human::shell_word(self.conn.path().unwrap_or(&self.db)),
+        ));
+    }
+
+    /// Says that rows an undo of an older run of another plan kept (run
+    /// `c.by` had changed them since) got back, through this undo, what
+    /// they held before `c.by`: what the older run wrote, unless an
+    /// application changed them in between. Its change stays in them, with
+    /// no record left to take it back, and its plan may run again.
+    fn say_carried(&self, c: &store::Carried) {
+        let [rows, they, them, carry] = match c.rows {
+            1 => ["row", "it", "it", "carries"],
+            _ => ["rows", "they", "them", "carry"],
+        };
+        let (by, older) = (&c.by, &c.older);
+        self.message(Level::Warn, format!(
+            "{} {rows} that run {by} changed after run {older} of plan {}, kept as conflicts by that run's undo, got back what {they} held before run {by}: what run {older} wrote (unless an application changed {them} in between), so {they} still {carry} run {older}'s change, and no record is left to take it back; running plan {} again would change {them} a second time: put {them} right, or leave {them} out of its WHERE, before it runs again; to list {them}: sqlite3 {} \"SELECT tbl, k FROM batchsse_undo_conflict WHERE {}\"",
+            thousands(c.rows),
+            quoted(&c.plan),
+            quoted(&c.plan),
+            crate::human::shell_word(self.conn.path().unwrap_or(&self.db)),
+            c.which,
         ));
     }
 
@@ -1131,9 +1157,13 @@ impl Undoer<'_> {
             let s: Vec<String> = s.iter().map(|s| s.saturating_add(1).to_string()).collect();
             s.join(", ")
         };
+        let carried = store::carried(self.conn, &self.spec.runs).unwrap_or_default();
+        for c in &carried {
+            self.say_carried(c);
+        }
         match done() {
             Ok((kept, left)) if kept.is_empty() && left.is_empty() => {
-                self.say_taken_back();
+                self.say_taken_back(!carried.is_empty());
                 self.tidy();
             }
             Ok((kept, left)) if left.is_empty() => {

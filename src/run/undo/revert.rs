@@ -16,7 +16,7 @@ use super::codec::{
 };
 use super::dangling::Watch;
 use super::stash::{self, Stash};
-use super::store::{Scope, kept_rows};
+use super::store::{Scope, kept_for_older, kept_rows};
 use crate::plan::quote;
 use crate::run::expect::shown;
 
@@ -67,6 +67,14 @@ pub struct Reverter<'c> {
     kept_before: HashMap<(String, Vec<u8>), Vec<i64>>,
     /// The last row of `batchsse_undo_conflict` read into `held`.
     kept_seen: i64,
+    /// Rows an undo of an older run of another plan kept, with their rows
+    /// in `batchsse_undo_conflict` (see [`super::store::kept_for_older`]):
+    /// one this undo puts back gets what that run wrote, and keeps its
+    /// change with no record left to take it back.
+    older: HashMap<(String, Vec<u8>), Vec<i64>>,
+    /// Their rows in `batchsse_undo_conflict` that the part under way put
+    /// back, for the undo to mark in its transaction.
+    carried: Vec<i64>,
     /// The one-statement way for an `UPDATE` chunk's part, when SQLite
     /// takes its functions.
     bulk: Option<Bulk>,
@@ -103,6 +111,8 @@ impl<'c> Reverter<'c> {
             held: HashSet::new(),
             kept_before: HashMap::new(),
             kept_seen: 0,
+            older: HashMap::new(),
+            carried: Vec::new(),
             bulk: Bulk::new(conn),
             spare: Default::default(),
             // Unreadable (a schema SQLite cannot list): no check, no word.
@@ -135,8 +145,29 @@ impl<'c> Reverter<'c> {
                 false => _ = self.held.insert(id),
             }
         }
+        for (rowid, table, key) in kept_for_older(self.conn, scope, (self.kept_seen, upto))? {
+            let id = held_id(&table, &[key]);
+            self.older.entry(id).or_default().push(rowid);
+        }
         self.kept_seen = upto;
         Ok(())
+    }
+
+    /// A row put back: if an older run's undo kept it, it now holds what
+    /// that run wrote (see [`Reverter::older`]).
+    fn older_carried(&mut self, table: &str, key: &[Val]) {
+        if self.older.is_empty() {
+            return;
+        }
+        if let Some(rowids) = self.older.remove(&held_id(table, key)) {
+            self.carried.extend(rowids);
+        }
+    }
+
+    /// The rows of `batchsse_undo_conflict` of older runs' undos whose
+    /// rows the parts so far put back (see [`Reverter::older`]).
+    pub fn take_carried(&mut self) -> Vec<i64> {
+        std::mem::take(&mut self.carried)
     }
 
     /// A row put back under `overwrite`: no longer kept, if an earlier
@@ -302,6 +333,7 @@ impl<'c> Reverter<'c> {
             let key = [Val::Integer(e.key)];
             if matches!(verdict, Verdict::Put | Verdict::Overwrote) {
                 self.no_longer_kept(&l.table, &key)?;
+                self.older_carried(&l.table, &key);
             }
             let why = match verdict {
                 Verdict::Put => {
@@ -376,6 +408,7 @@ impl<'c> Reverter<'c> {
                 reverted += 1;
                 undone.went_back(e);
                 self.no_longer_kept(&layout.table, &e.key)?;
+                self.older_carried(&layout.table, &e.key);
             } else {
                 self.held.insert(held_id(&layout.table, &e.key));
                 conflicts.insert(id());

@@ -934,6 +934,94 @@ pub fn kept_rows(
     rows.collect()
 }
 
+/// The rows kept with a rowid in `after..=upto` by an undo of a run of
+/// another plan than `scope`'s, recorded before `scope`'s oldest run and
+/// taken back after it was recorded: rows that run may have changed
+/// since, which its undo puts back to what the older run wrote (only a
+/// plan's own older runs are named by [`left_by_older`]). Empty where the
+/// conflict table cannot tell (no `plan` or `run_at`).
+pub fn kept_for_older(
+    conn: &Connection,
+    scope: &Scope,
+    (after, upto): (i64, i64),
+) -> rusqlite::Result<Vec<KeptRow>> {
+    let Some(since) = scope.since.as_ref().filter(|_| scope.run_at) else {
+        return Ok(Vec::new());
+    };
+    let mut stmt = conn.prepare_cached(
+        "SELECT rowid, tbl, k FROM batchsse_undo_conflict
+         WHERE rowid > ?1 AND rowid <= ?2 AND plan IS NOT NULL AND plan <> ?3
+           AND run_at < ?4 AND at >= ?4 AND run NOT IN (SELECT value FROM json_each(?5))",
+    )?;
+    let params = rusqlite::params![after, upto, scope.plan, since, scope.runs];
+    let rows = stmt.query_map(params, |r| Ok((r.get(0)?, r.get(1)?, r.get_ref(2)?.into())))?;
+    rows.collect()
+}
+
+/// What an undo of `run` adds to the reason of a row an older run's undo
+/// kept when it puts the row back ([`mark_carried`]): the part
+/// [`carried`] looks for, and the whole. Run ids need no quoting in the
+/// command that lists them.
+fn carried_mark(run: &str) -> (String, String) {
+    let found = format!("; put back by the undo of run {run} ");
+    let whole = format!("{found}to what it held before that run");
+    (found, whole)
+}
+
+/// In the transaction of the part of `run` that put them back: marks the
+/// rows `rowids`, kept by an older run's undo ([`kept_for_older`]), as
+/// holding what that older run wrote again, so an undo resumed after an
+/// interruption still counts them at its end.
+pub fn mark_carried(conn: &Connection, rowids: &[i64], run: &str) -> rusqlite::Result<()> {
+    let (found, whole) = carried_mark(run);
+    let mut stmt = conn.prepare_cached(
+        "UPDATE batchsse_undo_conflict SET why = why || ?2 WHERE rowid = ?1 AND instr(why, ?3) = 0",
+    )?;
+    for rowid in rowids {
+        stmt.execute(rusqlite::params![rowid, whole, found])?;
+    }
+    Ok(())
+}
+
+/// Rows an older run's undo kept that an undo of one of `runs` put back
+/// ([`mark_carried`]).
+pub struct Carried {
+    /// The older run, its plan, and the run of the undo that put them back.
+    pub older: String,
+    pub plan: String,
+    pub by: String,
+    pub rows: u64,
+    /// The condition in SQL that picks them out of the conflict table.
+    pub which: String,
+}
+
+/// The rows marked by [`mark_carried`] for each of `runs`, by older run.
+pub fn carried(conn: &Connection, runs: &[String]) -> rusqlite::Result<Vec<Carried>> {
+    let mut stmt = conn.prepare(
+        "SELECT run, plan, count(*) FROM batchsse_undo_conflict
+         WHERE instr(why, ?1) > 0 GROUP BY run, plan ORDER BY min(rowid)",
+    )?;
+    let mut all = Vec::new();
+    for by in runs {
+        let (found, _) = carried_mark(by);
+        let rows = stmt.query_map([&found], |r| {
+            let older: String = r.get(0)?;
+            Ok(Carried {
+                which: format!(
+                    "run = '{}' AND instr(why, '{found}') > 0",
+                    older.replace('\'', "''")
+                ),
+                older,
+                plan: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                by: by.clone(),
+                rows: r.get::<_, i64>(2)?.max(0) as u64,
+            })
+        })?;
+        all.extend(rows.collect::<rusqlite::Result<Vec<_>>>()?);
+    }
+    Ok(all)
+}
+
 /// Removes the row `rowid` of `batchsse_undo_conflict`: a row an earlier
 /// try kept that an undo under `overwrite` has put back after all.
 pub fn forget_kept(conn: &Connection, rowid: i64) -> rusqlite::Result<()> {
