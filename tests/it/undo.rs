@@ -855,6 +855,72 @@ fn a_newer_run_of_another_plan_taken_back_after_an_older_one_says_its_rows_carry
     );
 }
 
+/// As above, the newer run's record a part per row and of two tables
+/// (its trigger's log: taken back row by row), its undo stopped part-way (`--on-conflict
+/// abort`, at a row the application changed after the older undo) and
+/// then run again: the rows the first try put back are still counted at
+/// the second's end, the row the application changed is not (the newer
+/// undo keeps it as its own conflict).
+#[test]
+fn rows_a_stopped_undo_put_back_to_another_plan_s_older_run_are_still_counted_when_it_ends() {
+    let db = TempDb::counters(40);
+    db.conn()
+        .execute_batch(
+            "CREATE TABLE log(n INTEGER);
+             CREATE TRIGGER logged AFTER UPDATE OF counter ON t WHEN NEW.counter >= 10
+             BEGIN INSERT INTO log VALUES (NEW.id); END;",
+        )
+        .unwrap();
+    let older = db.file("older.json", &counter_plan("older", 10));
+    let newer = db.file(
+        "newer.json",
+        r#"{"name": "newer", "steps": [{"name": "ten", "sql": "UPDATE t SET counter = counter + 10 WHERE id BETWEEN :lo AND :hi AND id <= 3", "chunk": {"table": "t", "key": "id", "size": 1}}]}"#,
+    );
+    let mut ids = Vec::new();
+    for plan in [&older, &newer] {
+        let (code, _, err) = run(&run_args(&db, path_str(plan), &["--no-serve", "--undo"]));
+        assert_eq!(code, 0, "{err}");
+        let id = err.split("--run ").nth(1).unwrap_or_default();
+        ids.push(id.split_whitespace().next().unwrap_or_default().to_owned());
+    }
+    let (code, _, err) = run(&undo_args(&db, &["--run", &ids[0]]));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("3 conflicts"), "{err}");
+    db.conn()
+        .execute_batch("UPDATE t SET counter = 99 WHERE id = 1")
+        .unwrap();
+    let (code, _, err) = run(&undo_args(
+        &db,
+        &["--run", &ids[1], "--on-conflict", "abort"],
+    ));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("conflict in t at key 1"), "{err}");
+    let (code, _, err) = run(&undo_args(&db, &["--run", &ids[1]]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        db.query_text("SELECT group_concat(counter, ',') FROM (SELECT counter FROM t WHERE counter <> 0 ORDER BY id)"),
+        "99,1,1",
+        "{err}"
+    );
+    // The application's update logged row 1 again; the run's logs are gone.
+    assert_eq!(db.query_i64("SELECT count(*) FROM log"), 1, "{err}");
+    assert!(!err.contains("is fully taken back"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "2 rows that run {} changed after run {} of plan \"older\"",
+            ids[1], ids[0]
+        )),
+        "{err}"
+    );
+    let listed = format!("instr(why, '; put back by the undo of run {} ')", ids[1]);
+    assert_eq!(
+        db.query_text(&format!(
+            "SELECT group_concat(k, ',') FROM (SELECT k FROM batchsse_undo_conflict WHERE {listed} > 0 ORDER BY k)"
+        )),
+        "2,3"
+    );
+}
+
 /// An undo of a plan with two recorded runs names both in its first line,
 /// newest first, as runs: "undo of run A, B" read as one run's id.
 #[test]

@@ -2,7 +2,8 @@
 //! tables. Rows both changed are no longer as the undone run left them, so
 //! its undo reports them as conflicts, though no application wrote them;
 //! and the newer run's undo, once it comes, puts back what the older run
-//! wrote, so they carry its change with no record left. Taken back newest
+//! wrote, so they carry its change with no record left (that undo marks
+//! and counts them: see `store::kept_for_older`). Taken back newest
 //! first, both go back whole: the undo says so before it begins.
 
 use std::collections::{BTreeSet, HashMap};
