@@ -655,8 +655,20 @@ fn ctl_takes_any_route_of_the_run_and_never_sends_a_password() {
     let (code, _, err) = crate::util::run(&["ctl", &url, "pause", "--control-token", TOKEN]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("USER:PASS@") && !err.contains("pa55"), "{err}");
+    // It names the flag ctl has: ctl has no --token.
+    assert!(
+        err.contains("--control-token") && !err.contains("--token "),
+        "{err}"
+    );
+    // watch's own flag is --token.
+    let (code, _, err) = crate::util::run(&["watch", &url, "--connect-timeout", "1"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--token") && !err.contains("--control-token"),
+        "{err}"
+    );
     listener.set_nonblocking(true).unwrap();
-    assert!(listener.accept().is_err(), "ctl connected anyway");
+    assert!(listener.accept().is_err(), "ctl or watch connected anyway");
 }
 
 /// serde's derive takes an array of a struct's fields, in order, as well
