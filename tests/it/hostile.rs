@@ -639,6 +639,27 @@ fn a_tiny_or_negative_zero_nice_ratio_reads_as_zero_everywhere() {
     assert!(status.contains("\"nice_ratio\":0.0"), "{status}");
 }
 
+/// The run's own line for a new pace says a batch size as `ctl` and the
+/// pace messages do (2,500), not 2500.
+#[test]
+fn a_new_batch_size_is_said_with_thousands_on_the_runs_terminal() {
+    let (_db, p) = held("32768", "plain", &[]);
+    let url = format!("http://{}/", p.addr());
+    let (code, out, err) = crate::util::run(&[
+        "ctl",
+        &url,
+        "set",
+        "--batch-size",
+        "2500",
+        "--control-token",
+        TOKEN,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("batch size 2,500"), "{out}");
+    let line = &stderr_lines(&p, "new pace", 1)[0];
+    assert!(line.contains("batch size 2,500 from"), "{line:.200}");
+}
+
 #[test]
 fn ctl_takes_any_route_of_the_run_and_never_sends_a_password() {
     let (_db, p) = held("32768", "none", &[]);
