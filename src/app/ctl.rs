@@ -28,7 +28,11 @@ pub fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
         )
     })?;
     crate::serve::check_control_token(token)?;
-    let mut target = Target::parse(&args.url, None)?;
+    let mut target = Target::parse_for(
+        &args.url,
+        None,
+        "--control-token (or BATCHSSE_CONTROL_TOKEN)",
+    )?;
     target.auth = HeaderValue::from_str(&format!("Bearer {token}")).ok();
     let path = target
         .status

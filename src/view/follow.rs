@@ -63,6 +63,13 @@ impl Target {
     /// before them is kept, for reverse proxies) and `HOST:PORT`. A user
     /// name or password in the URL is refused, not sent.
     pub fn parse(url: &str, token: Option<&str>) -> Result<Target, UsageError> {
+        Target::parse_for(url, token, "--token (or BATCHSSE_TOKEN)")
+    }
+
+    /// As [`Target::parse`], for a command whose token flag is `flag`
+    /// (`ctl` has `--control-token` only), which the refusal of a
+    /// `USER:PASS@` names: a flag the command lacks would be one more error.
+    pub fn parse_for(url: &str, token: Option<&str>, flag: &str) -> Result<Target, UsageError> {
         let bad = |why: &str| {
             UsageError::new(format!(
                 "{} is not a batchsse URL ({why}); use e.g. http://127.0.0.1:7077/ or http://127.0.0.1:7077/events",
@@ -84,9 +91,9 @@ impl Target {
         let authority = uri.authority().ok_or_else(|| bad("no host"))?;
         if authority.as_str().contains('@') {
             // Not echoed: the URL holds a password.
-            return Err(UsageError::new(
-                "the URL has a user name or password (USER:PASS@), which batchsse never sends; drop that part and give the run's token with --token or --control-token",
-            ));
+            return Err(UsageError::new(format!(
+                "the URL has a user name or password (USER:PASS@), which batchsse never sends; drop that part and give the run's token with {flag}"
+            )));
         }
         let host = authority
             .host()

@@ -652,7 +652,10 @@ fn control_line(c: &crate::events::Control, kind: RunKind) -> String {
                     s.chunk_time_ms,
                     s.nice_ratio,
                     s.sleep_ms,
-                    s.batch_size.map_or("adaptive".into(), |n| n.to_string())
+                    // As every other line says a batch size (`ctl`, the pace
+                    // messages): 2,500.
+                    s.batch_size
+                        .map_or("adaptive".into(), crate::human::thousands)
                 ),
             }
         }

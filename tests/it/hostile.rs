@@ -639,6 +639,27 @@ fn a_tiny_or_negative_zero_nice_ratio_reads_as_zero_everywhere() {
     assert!(status.contains("\"nice_ratio\":0.0"), "{status}");
 }
 
+/// The run's own line for a new pace says a batch size as `ctl` and the
+/// pace messages do (2,500), not 2500.
+#[test]
+fn a_new_batch_size_is_said_with_thousands_on_the_runs_terminal() {
+    let (_db, p) = held("32768", "plain", &[]);
+    let url = format!("http://{}/", p.addr());
+    let (code, out, err) = crate::util::run(&[
+        "ctl",
+        &url,
+        "set",
+        "--batch-size",
+        "2500",
+        "--control-token",
+        TOKEN,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("batch size 2,500"), "{out}");
+    let line = &stderr_lines(&p, "new pace", 1)[0];
+    assert!(line.contains("batch size 2,500 from"), "{line:.200}");
+}
+
 #[test]
 fn ctl_takes_any_route_of_the_run_and_never_sends_a_password() {
     let (_db, p) = held("32768", "none", &[]);
@@ -655,8 +676,20 @@ fn ctl_takes_any_route_of_the_run_and_never_sends_a_password() {
     let (code, _, err) = crate::util::run(&["ctl", &url, "pause", "--control-token", TOKEN]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("USER:PASS@") && !err.contains("pa55"), "{err}");
+    // It names the flag ctl has: ctl has no --token.
+    assert!(
+        err.contains("--control-token") && !err.contains("--token "),
+        "{err}"
+    );
+    // watch's own flag is --token.
+    let (code, _, err) = crate::util::run(&["watch", &url, "--connect-timeout", "1"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--token") && !err.contains("--control-token"),
+        "{err}"
+    );
     listener.set_nonblocking(true).unwrap();
-    assert!(listener.accept().is_err(), "ctl connected anyway");
+    assert!(listener.accept().is_err(), "ctl or watch connected anyway");
 }
 
 /// serde's derive takes an array of a struct's fields, in order, as well
