@@ -252,7 +252,9 @@ pub fn failure(e: &redis::RedisError) -> Option<(String, String)> {
     // is this side's on the server's.
     let (why, fix) = if says("alert") {
         refused_by_server(&says)
-    } else if says("unknownissuer") || says("unknown issuer") {
+    } else if says("unknownissuer") || says("unknown issuer") || says("badsignature") {
+        // BadSignature: a trusted CA has the issuer's name but not its key
+        // (a CA made again under the same name, say): not signed by it.
         (
             "the server's TLS certificate is not signed by a CA this side trusts",
             "give the CA that signed it with --redis-ca FILE (else the system's roots are used, Mozilla's on macOS)",

@@ -185,9 +185,11 @@ fn a_certificate_that_fails_is_refused_at_start_in_plain_words() {
     };
     let (ca, other) = (certs.arg("ca.pem"), certs.arg("other-ca.pem"));
     let (cert, key) = (certs.arg("client.pem"), certs.arg("client.key"));
-    // A CA that did not sign the server's certificate; then the system's
-    // roots, which did not either.
-    for extra in [&["--redis-ca", &other][..], &[]] {
+    // A CA that did not sign the server's certificate; one of the same
+    // name that did not either (rustls says BadSignature: it was "the TLS
+    // handshake failed"); then the system's roots, which did not either.
+    let twin = certs.twin_ca();
+    for extra in [&["--redis-ca", &other][..], &["--redis-ca", &twin], &[]] {
         let (code, _, err) = attempt(extra);
         assert_eq!(code, Some(2), "{extra:?}: {err}");
         assert!(

@@ -1482,6 +1482,27 @@ impl Certs {
         self.arg(&out)
     }
 
+    /// `twin-ca.pem`: a CA with the same name as `ca.pem` but its own key,
+    /// as a CA made again would be: it signed nothing here.
+    pub fn twin_ca(&self) -> String {
+        self.openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=batchsse test ca",
+            "-keyout",
+            "twin-ca.key",
+            "-out",
+            "twin-ca.pem",
+        ]);
+        self.arg("twin-ca.pem")
+    }
+
     /// `NAME.pem` and `NAME.key`: a self-signed certificate for 127.0.0.1,
     /// as `openssl req -x509` makes it, with `-addext` `extra` if given.
     pub fn self_signed(&self, name: &str, extra: Option<&str>) -> (String, String) {
