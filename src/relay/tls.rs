@@ -27,7 +27,7 @@ impl Pem {
         let named = [&access.ca, &access.cert, &access.key];
         if !tls && named.iter().any(|f| f.is_some()) {
             return Err(
-                "--redis-ca, --redis-cert and --redis-key are for TLS: use a rediss:// URL (or rediss+sentinel://)"
+                "--redis-ca, --redis-cert and --redis-key are for TLS: use a rediss:// URL (or rediss+sentinel://, rediss+cluster://)"
                     .into(),
             );
         }

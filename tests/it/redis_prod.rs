@@ -1441,6 +1441,24 @@ fn a_password_in_the_environment_that_is_not_utf8_is_named() {
 }
 
 #[test]
+fn pem_flags_without_tls_name_each_tls_scheme() {
+    // Refused before any connection, so no Redis is needed. The message
+    // named rediss:// and rediss+sentinel:// only, leaving a Cluster's
+    // user to guess that rediss+cluster:// takes --redis-ca too.
+    let db = TempDb::counters(10);
+    let plan = db.file("plan.json", &counter_plan("pem", 10));
+    for url in ["redis://127.0.0.1:1/0", "redis+cluster://127.0.0.1:1"] {
+        let err = publish_refused(&db, &plan, url, &["--redis-ca", "ca.pem"]);
+        assert!(
+            err.contains("rediss://")
+                && err.contains("rediss+sentinel://")
+                && err.contains("rediss+cluster://"),
+            "{url}: {err}"
+        );
+    }
+}
+
+#[test]
 fn pem_files_that_cannot_serve_are_refused_naming_the_flag() {
     let Some(certs) = Certs::make() else { return };
     let Some((_redis, url)) = tls_redis(&certs, true) else {
