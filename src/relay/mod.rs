@@ -387,7 +387,15 @@ impl Target {
     /// where the URL came from, for the fix).
     pub async fn connect_or_refuse(&self, doing: &str, url: &str) -> Result<Conn, UsageError> {
         let e = match self.connect().await {
-            Ok(conn) => return Ok(conn),
+            Ok(mut conn) => {
+                if !self.one_node_of_a_cluster(&mut conn).await {
+                    return Ok(conn);
+                }
+                return Err(UsageError::new(format!(
+                    "cannot {doing} {}: that node is one of a Redis Cluster; give redis+cluster://HOST:PORT, to the run and its relays alike",
+                    self.shown
+                )));
+            }
             Err(e) => e,
         };
         let (why, fix) = match self.tls.then(|| tls::failure(&e)).flatten() {
@@ -404,6 +412,23 @@ impl Target {
             "cannot {doing} {}: {why}; {fix}",
             self.shown
         )))
+    }
+
+    /// Whether a plain URL names one node of a Redis Cluster (its `INFO
+    /// cluster` says so; a user whose ACL refuses `INFO` is not told).
+    /// Through one node a run and its relays would find their keys by the
+    /// luck of the hash: a key in another node's slot is refused (`MOVED`),
+    /// and a relay by plan whose key the node held waited forever for a
+    /// run stream it looked for under another name than the Cluster's.
+    async fn one_node_of_a_cluster(&self, conn: &mut Conn) -> bool {
+        if !matches!(self.server, Server::Node(_)) {
+            return false;
+        }
+        let mut info = redis::cmd("INFO");
+        info.arg("cluster");
+        within(CONNECT_TIMEOUT, info.query_async::<String>(conn))
+            .await
+            .is_ok_and(|s| s.lines().any(|l| l.trim() == "cluster_enabled:1"))
     }
 
     /// Under Sentinel, a failure to reach the primary the sentinels name,

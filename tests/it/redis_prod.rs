@@ -1006,22 +1006,32 @@ fn a_run_published_to_a_cluster_is_served_by_two_relays() {
     });
     by_plan.signal("TERM");
     by_plan.wait();
-    // A relay given one node's plain URL is told to use the cluster's: the
-    // nodes that do not hold the key (two of the three) answer MOVED.
-    let moved: Vec<String> = cluster
-        .0
-        .iter()
-        .filter_map(|n| {
-            let plain = format!("redis://127.0.0.1:{}/0", n.port);
-            let args = ["relay", &plain, "--run", &run_id, "--listen", "127.0.0.1:0"];
+    // One node's plain URL is refused at start, to a relay by run or by
+    // plan and to a run alike, saying to give the cluster's: before, the
+    // nodes that did not hold the key answered MOVED, and a relay by plan
+    // through the node that held the plan's key waited forever, sure the
+    // run had finished (its stream is under the Cluster's name).
+    let plan = db.file("plain.json", &counter_plan("prod", 10));
+    for n in &cluster.0 {
+        let plain = format!("redis://127.0.0.1:{}/0", n.port);
+        for which in [["--run", run_id.as_str()], ["--plan", "prod"]] {
+            let args = [
+                "relay",
+                &plain,
+                which[0],
+                which[1],
+                "--listen",
+                "127.0.0.1:0",
+            ];
             let (code, _, err) = run_env(&args, &[]);
-            assert_eq!(code, Some(2), "{err}");
-            err.contains("MOVED").then_some(err)
-        })
-        .collect();
-    assert!(!moved.is_empty(), "no node answered MOVED");
-    for err in moved {
-        assert!(err.contains("give redis+cluster://"), "{err}");
+            assert_eq!(code, Some(2), "{which:?}: {err}");
+            assert!(
+                err.contains("one of a Redis Cluster; give redis+cluster://"),
+                "{which:?}: {err}"
+            );
+        }
+        let err = publish_refused(&db, &plan, &plain, &[]);
+        assert!(err.contains("one of a Redis Cluster"), "{err}");
     }
     // A run it does not hold: the command it gives lists the runs of every
     // node, through whichever node it names (a scan lists that node's).
