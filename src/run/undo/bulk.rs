@@ -16,10 +16,10 @@
 use std::cell::RefCell;
 use std::ffi::{CString, c_int, c_void};
 
-use rusqlite::types::ValueRef;
-use rusqlite::{Connection, ffi};
+use rusqlite::types::{Value, ValueRef};
+use rusqlite::{Connection, ffi, params_from_iter};
 
-use super::codec::{Damaged, Indexed, op, print, value_at};
+use super::codec::{Damaged, Indexed, op, print, put_value, value_at};
 use super::raw::{put_raw, set_result, value_ref};
 use crate::plan::quote;
 
@@ -28,6 +28,25 @@ const OLD: &str = "batchsse_undo_old";
 const GONE: &str = "batchsse_undo_gone";
 const VALUE: &str = "batchsse_undo_value";
 const SAME: &str = "batchsse_undo_same";
+/// `KEY(n)`: integer key `n` encoded, as the record and the undo's table
+/// of saved rows hold it (see `stash`).
+pub const KEY: &str = "batchsse_undo_key";
+/// `ROW(a, b, …)`: its arguments' values encoded one after the other, as
+/// the undo's table of saved rows holds a row (see `stash`).
+pub const ROW: &str = "batchsse_undo_row";
+
+/// A statement and what it binds, from `?1` on.
+pub type Aside = (String, Vec<Value>);
+
+/// Statements a part's statement needs beside it, with the functions at
+/// hand (they may call [`Job::pick_sql`]'s, and see the job's verdicts):
+/// the rows it deletes saved before it, the saved rows it makes needless
+/// removed after it (see `stash`). All or none of them stay, with it.
+#[derive(Default)]
+pub struct Around {
+    pub before: Vec<Aside>,
+    pub after: Vec<Aside>,
+}
 
 /// What became of an entry.
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -76,6 +95,10 @@ pub struct Job {
     /// them written, and writing a key column rewrites its index.
     identity: Vec<usize>,
     as_is: Vec<usize>,
+    /// What runs beside the statement (see [`Around`]).
+    around: Around,
+    /// [`KEY`]'s and [`ROW`]'s encodings, made anew at each call.
+    encoded: Vec<u8>,
 }
 
 impl Job {
@@ -114,7 +137,23 @@ impl Job {
             buf: Vec::new(),
             identity: Vec::new(),
             as_is: Vec::new(),
+            around: Around::default(),
+            encoded: Vec::new(),
         }
+    }
+
+    /// Gives the job statements to run beside its own (see [`Around`]).
+    pub fn around(mut self, around: Around) -> Job {
+        self.around = around;
+        self
+    }
+
+    /// `PICK`'s call over the part's table: whether a row is put back
+    /// (true for a row the statement writes, the verdicts set).
+    pub fn pick_sql(&self) -> String {
+        let l = &self.part.layout;
+        let cols: Vec<String> = self.union.iter().map(|&c| quote(&l.columns[c])).collect();
+        format!("{PICK}({}{})", l.key[0], listed(&cols))
     }
 
     /// Tells the job which of the layout's columns are the `identity`
@@ -144,7 +183,7 @@ impl Job {
             })
             .collect();
         // A table of nothing but its key writes no column: no comma then.
-        let (t, pick) = (quote(&l.table), format!("{PICK}({k}{})", listed(&cols)));
+        let (t, pick) = (quote(&l.table), self.pick_sql());
         let range = format!("{k} BETWEEN ?1 AND ?2 AND {pick}");
         match self.part.op {
             op::INSERT => return format!("DELETE FROM main.{t} WHERE {range}"),
@@ -197,6 +236,33 @@ impl Job {
         };
         // SAFETY: ctx belongs to the call in progress.
         unsafe { set_result(ctx, v) }
+    }
+
+    /// `KEY(n)`: see [`KEY`].
+    fn key(
+        &mut self,
+        ctx: *mut ffi::sqlite3_context,
+        args: &[*mut ffi::sqlite3_value],
+    ) -> Result<(), String> {
+        self.encoded.clear();
+        put_value(&mut self.encoded, ValueRef::Integer(int_arg(args, 0)?));
+        // SAFETY: ctx belongs to the call in progress.
+        unsafe { set_result(ctx, ValueRef::Blob(&self.encoded)) }
+    }
+
+    /// `ROW(a, b, …)`: see [`ROW`].
+    fn row(
+        &mut self,
+        ctx: *mut ffi::sqlite3_context,
+        args: &[*mut ffi::sqlite3_value],
+    ) -> Result<(), String> {
+        self.encoded.clear();
+        for &v in args {
+            // SAFETY: an argument of the call in progress.
+            unsafe { put_raw(&mut self.encoded, v) };
+        }
+        // SAFETY: ctx belongs to the call in progress.
+        unsafe { set_result(ctx, ValueRef::Blob(&self.encoded)) }
     }
 
     /// Entry number `i` as a function's argument gave it, if there is one.
@@ -442,8 +508,9 @@ impl Bulk {
 
     /// Runs `job`'s statement; gives the job back with the rows the
     /// statement changed.
-    pub fn run(&self, conn: &Connection, job: Job) -> (Job, rusqlite::Result<usize>) {
+    pub fn run(&self, conn: &Connection, mut job: Job) -> (Job, rusqlite::Result<usize>) {
         let sql = job.statement();
+        let around = std::mem::take(&mut job.around);
         let (lo, hi) = match (job.part.entries.first(), job.part.entries.last()) {
             (Some(lo), Some(hi)) => (lo.key, hi.key),
             _ => return (job, Ok(0)),
@@ -466,15 +533,50 @@ impl Bulk {
             _ => sql,
         };
         // Not cached: no statement that names the functions outlives them.
-        let done = asked
-            .and_then(|()| conn.prepare(&sql))
-            .and_then(|mut s| match delete {
-                true => s.execute([last]),
-                false => s.execute([lo, hi]),
-            });
+        let done = asked.and_then(|()| {
+            beside(conn, &around, || {
+                let mut s = conn.prepare(&sql)?;
+                match delete {
+                    true => s.execute([last]),
+                    false => s.execute([lo, hi]),
+                }
+            })
+        });
         let job = self.job.borrow_mut().take().expect("the job put in above");
         (job, done)
     }
+}
+
+/// Runs `main` with `around`'s statements before and after it, all in a
+/// savepoint that backs them all out if one fails (`main` failing on a
+/// constraint sends the part row by row, which must find nothing saved
+/// by the statements before).
+fn beside(
+    conn: &Connection,
+    around: &Around,
+    main: impl FnOnce() -> rusqlite::Result<usize>,
+) -> rusqlite::Result<usize> {
+    if around.before.is_empty() && around.after.is_empty() {
+        return main();
+    }
+    let each = |asides: &[Aside]| {
+        asides.iter().try_for_each(|(sql, args)| {
+            conn.prepare(sql)?.execute(params_from_iter(args)).map(drop)
+        })
+    };
+    conn.execute_batch("SAVEPOINT batchsse_undo_beside")?;
+    let done = each(&around.before)
+        .and_then(|()| main())
+        .and_then(|n| each(&around.after).map(|()| n));
+    let end = match done {
+        Ok(_) => "RELEASE batchsse_undo_beside",
+        Err(_) => "ROLLBACK TO batchsse_undo_beside; RELEASE batchsse_undo_beside",
+    };
+    // A failure that ended the transaction took the savepoint with it:
+    // the first error is the one to tell.
+    let ended = conn.execute_batch(end);
+    let n = done?;
+    ended.map(|()| n)
 }
 
 impl Bulk {
@@ -521,12 +623,14 @@ fn listed(items: &[String]) -> String {
 }
 
 /// Each function's name, argument count (-1: any) and entry point.
-const FUNCTIONS: [(&str, c_int, Call); 5] = [
+const FUNCTIONS: [(&str, c_int, Call); 7] = [
     (PICK, -1, pick_fn),
     (OLD, -1, old_fn),
     (GONE, 1, gone_fn),
     (VALUE, 2, value_fn),
     (SAME, 3, same_fn),
+    (KEY, 1, key_fn),
+    (ROW, -1, row_fn),
 ];
 
 /// Whether the file has a table or view of its own named
@@ -593,6 +697,24 @@ unsafe extern "C" fn value_fn(
 ) {
     // SAFETY: SQLite's own call.
     unsafe { with_job(ctx, argc, argv, |job, args| job.entry_value(ctx, args)) }
+}
+
+unsafe extern "C" fn key_fn(
+    ctx: *mut ffi::sqlite3_context,
+    argc: c_int,
+    argv: *mut *mut ffi::sqlite3_value,
+) {
+    // SAFETY: SQLite's own call.
+    unsafe { with_job(ctx, argc, argv, |job, args| job.key(ctx, args)) }
+}
+
+unsafe extern "C" fn row_fn(
+    ctx: *mut ffi::sqlite3_context,
+    argc: c_int,
+    argv: *mut *mut ffi::sqlite3_value,
+) {
+    // SAFETY: SQLite's own call.
+    unsafe { with_job(ctx, argc, argv, |job, args| job.row(ctx, args)) }
 }
 
 unsafe extern "C" fn old_fn(

@@ -15,7 +15,7 @@ use super::codec::{
     Entry, Indexed, Layout, Lean, Record, Val, decode, encode, index, op, print, put_value, values,
 };
 use super::dangling::Watch;
-use super::stash::{self, Stash};
+use super::stash::{self, Keep, Stash};
 use super::store::{Scope, kept_for_older, kept_rows};
 use crate::plan::quote;
 use crate::run::expect::shown;
@@ -259,9 +259,9 @@ impl<'c> Reverter<'c> {
         if part.op == op::INSERT && !self.now(&part.layout).map_err(sql)?.added.is_empty() {
             return Ok(Err(blob));
         }
-        if self.stash_row_by_row(&part).map_err(sql)? {
+        let Some(keep) = self.stash_keep(&part).map_err(sql)? else {
             return Ok(Err(blob));
-        }
+        };
         // No trigger fires on the undo's connection (see `app::undo`): none
         // can see or change the rows part-way.
         let Some(bulk) = self.bulk.as_ref() else {
@@ -284,6 +284,11 @@ impl<'c> Reverter<'c> {
         if !bulk.fits(&job) {
             return Ok(Err(job.blob));
         }
+        let (l, pick) = (&job.part.layout, job.pick_sql());
+        let job = match self.stash.around(self.conn, l, keep, &pick).map_err(sql)? {
+            Some(around) => job.around(around),
+            None => return Ok(Err(job.blob)),
+        };
         let (job, done) = bulk.run(self.conn, job);
         let changed = match done {
             Ok(n) => n,
@@ -305,16 +310,18 @@ impl<'c> Reverter<'c> {
         reverted.map(Ok)
     }
 
-    /// Whether `part` must go row by row for the rows the undo saves or
-    /// puts back (see `stash`): an insert of a key an older part deletes,
-    /// or a delete of a key whose row is saved. Nothing is read when no
-    /// older part may delete rows and no row is saved.
-    fn stash_row_by_row(&mut self, part: &Indexed) -> rusqlite::Result<bool> {
+    /// What `part`, going back in one statement, does beside it with the
+    /// rows the undo saves (see `stash`): an insert of a key an older part
+    /// deletes saves the row first, a delete of a key whose row is saved
+    /// removes that row once its own is back; `None`: it must go row by
+    /// row. Nothing is read when no older part may delete rows and no row
+    /// is saved.
+    fn stash_keep(&mut self, part: &Indexed) -> rusqlite::Result<Option<Keep>> {
         let (l, keys) = (&part.layout, part.entries.iter().map(|e| e.key));
         match part.op {
-            op::INSERT => self.stash.inserts_at_risk(self.conn, l, keys),
-            op::DELETE => self.stash.deletes_saved(self.conn, l, keys),
-            _ => Ok(false),
+            op::INSERT => self.stash.inserts_kept(self.conn, l, keys),
+            op::DELETE => self.stash.deletes_kept(self.conn, l, keys),
+            _ => Ok(Some(Keep::Nothing)),
         }
     }
 

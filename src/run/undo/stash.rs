@@ -9,16 +9,25 @@
 //! after it. So the run's row is saved, in the part's transaction, into
 //! `batchsse_undo_stash`, and put back as the run left it when the old one
 //! cannot be; saved durably, it survives an undo killed between the two
-//! parts. A part of the insert goes back row by row; so does a part of
-//! the delete while a row of it is saved.
+//! parts. Where the record's key tells the rows apart (an integer key),
+//! a part of the insert that goes back in one statement (see `bulk`)
+//! saves the rows that statement deletes in one `INSERT … SELECT` before
+//! it, and a part of the delete that puts all its rows back in one
+//! statement removes the rows saved at their keys in one `DELETE` after
+//! it: none is needed any more (a row that cannot come back trips that
+//! statement, and the part goes row by row, which puts the saved row back
+//! instead). A table whose primary key is not its rowid goes row by row:
+//! its rows are told apart by that key, which the record does not hold.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::rc::Rc;
 
-use rusqlite::types::ValueRef;
+use rusqlite::limits::Limit;
+use rusqlite::types::{Value, ValueRef};
 use rusqlite::{Connection, params, params_from_iter};
 
-use super::codec::{Damaged, Entry, Layout, Val, decode, encode, layouts, op, put_value, values};
+use super::bulk::{Around, KEY, ROW};
+use super::codec::{Damaged, Entry, Layout, Val, decode, layouts, op, put_value, value_at, values};
 use super::store::{self, Part};
 use crate::plan::quote;
 
@@ -92,26 +101,56 @@ struct PartCache {
     shapes: HashMap<String, Rc<Shape>>,
 }
 
-/// A table's row as a part saves it.
+/// A table's row as a part saves it: its columns, their names as a JSON
+/// array, and their list as a `SELECT` reads them.
 struct Shape {
     cols: Vec<String>,
     names: String,
-    read: String,
+    list: String,
 }
 
-/// A key's encoding as the undo's maps of rows hold it: in place up to 15
-/// bytes (an integer key takes at most 10), so a plan that deletes and
-/// inserts again a million rows does not cost a million allocations twice
-/// over (about 230 bytes a key before, with its growth room).
-#[derive(Clone, PartialEq, Eq, Hash)]
+/// What a part of the record that goes back in one statement does beside
+/// it with the rows the undo saves (see [`Around`]).
+pub enum Keep {
+    Nothing,
+    /// Saves the rows it deletes at these keys, per run (the run of the
+    /// oldest part that deletes them), before it.
+    Save(Vec<(String, Vec<i64>)>),
+    /// Removes the rows saved at these keys after it: all the part's rows
+    /// are back.
+    Forget(Vec<i64>),
+}
+
+/// A key's encoding as the undo's maps of rows hold it: an integer key by
+/// its value, any other in place up to 15 bytes, so a plan that deletes
+/// and inserts again a million rows does not cost a million allocations
+/// twice over (about 230 bytes a key before, with its growth room).
+/// Ordered maps hold them, integers in their order: a part's keys come in
+/// order, and are looked up side by side in memory (in hashed maps of a
+/// million keys each look was a cache miss, and the undo spent as much
+/// time there as in its statements).
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Id {
+    Int(i64),
     Inline(u8, [u8; 15]),
     Boxed(Box<[u8]>),
 }
 
 impl Id {
-    /// Always in place when it fits: two equal keys are the same `Id`.
+    /// Always one integer's value, else in place when it fits: two equal
+    /// keys are the same `Id`.
     fn of(bytes: &[u8]) -> Id {
+        if let Ok((ValueRef::Integer(k), end)) = value_at(bytes, 0)
+            && end == bytes.len()
+        {
+            // Only the encoding `put_value` writes, so that no two byte
+            // strings are one `Id`.
+            let mut again = Vec::with_capacity(end);
+            put_value(&mut again, ValueRef::Integer(k));
+            if again == bytes {
+                return Id::Int(k);
+            }
+        }
         let mut inline = [0u8; 15];
         match inline.get_mut(..bytes.len()) {
             Some(head) => {
@@ -133,7 +172,7 @@ pub struct Stash {
     /// Per table, read at the first insert of it taken back: each row a
     /// part of [`Stash::deleting`] from that one on deletes (by
     /// [`Stash::ident`]), with the oldest such part (its index there).
-    deleted: HashMap<String, HashMap<Id, usize>>,
+    deleted: HashMap<String, BTreeMap<Id, usize>>,
     /// The tables [`Stash::deleted`] found nothing could keep an old row
     /// of from coming back, so that none of their rows is saved.
     safe: HashSet<String>,
@@ -145,7 +184,7 @@ pub struct Stash {
     key_colls: HashMap<String, Rc<[Option<String>]>>,
     /// The rows saved, by this try or an earlier one: by table, their
     /// encoded keys (some may be gone since: only the table says).
-    saved: HashMap<String, HashSet<Id>>,
+    saved: HashMap<String, BTreeSet<Id>>,
     /// Tables whose rows the run inserted at keys an older part may
     /// delete went back unsaved, by this try or an earlier one (see
     /// [`Stash::mark_unsaved`]).
@@ -156,6 +195,8 @@ pub struct Stash {
     part: PartCache,
     /// The undo's runs, as a JSON array (`json_each` reads it).
     runs: String,
+    /// The condition on `run` that takes the undo's runs, written out.
+    run_in: String,
     /// The statements that read and remove the rows saved of a table
     /// (`?1`) at a key (`?2`), the undo's runs written into them. The read
     /// takes them all (one, but in a chain of deletes and inserts at one
@@ -173,9 +214,11 @@ impl Stash {
             .iter()
             .map(|r| format!("'{}'", r.replace('\'', "''")))
             .collect();
-        let by = format!("tbl = ?1 AND k = ?2 AND run IN ({})", listed.join(", "));
+        let run_in = format!("run IN ({})", listed.join(", "));
+        let by = format!("tbl = ?1 AND k = ?2 AND {run_in}");
         Stash {
             deleting,
+            run_in,
             runs: serde_json::to_string(runs).unwrap_or_else(|_| "[]".into()),
             take_sql: [
                 format!("SELECT rowid, cols, vals FROM batchsse_undo_stash WHERE {by}"),
@@ -258,7 +301,7 @@ impl Stash {
     /// The rows of `l`'s table that this part and those after it delete,
     /// read the first time; none where no row the run deleted can be kept
     /// from coming back by another row (see [`unique_besides_key`]).
-    fn deleted(&mut self, conn: &Connection, l: &Layout) -> rusqlite::Result<&HashMap<Id, usize>> {
+    fn deleted(&mut self, conn: &Connection, l: &Layout) -> rusqlite::Result<&BTreeMap<Id, usize>> {
         if !self.deleted.contains_key(&l.table) {
             let ident = self.ident(conn, l)?;
             let colls = self.key_colls(conn, l)?;
@@ -266,7 +309,7 @@ impl Stash {
                 true => self.read_deleted(conn, &l.table, (ident.as_deref(), &colls))?,
                 false => {
                     self.safe.insert(l.table.clone());
-                    HashMap::new()
+                    BTreeMap::new()
                 }
             };
             self.deleted.insert(l.table.clone(), rows);
@@ -292,28 +335,142 @@ impl Stash {
         let (at, deleting, deleted) = (self.at, &self.deleting, &self.deleted[&l.table]);
         let later = |i: Option<&usize>| i.is_some_and(|&i| deleting[i].pos >= at);
         Ok(match by_key {
-            true => keys.any(|k| later(deleted.get(&Id::of(&encoded(&[Val::Integer(k)]))))),
+            true => keys.any(|k| later(deleted.get(&Id::Int(k)))),
             false => deleted.values().any(|i| later(Some(i))),
         })
     }
 
-    /// Whether a part of deletes from `l`'s table at `keys` must go row by
-    /// row: one of its rows may be saved.
-    pub fn deletes_saved(
+    /// What a part of inserts into `l`'s table at `keys`, going back in one
+    /// statement, must save before it (see [`Keep`]); `None`: it must go
+    /// row by row, where the primary key tells the rows apart and this
+    /// part or one after it deletes one.
+    pub fn inserts_kept(
         &mut self,
         conn: &Connection,
         l: &Layout,
-        mut keys: impl Iterator<Item = i64>,
-    ) -> rusqlite::Result<bool> {
-        self.still_unsaved_safely(conn, l)?;
-        if !self.saved.contains_key(&l.table) {
-            return Ok(false);
+        keys: impl Iterator<Item = i64>,
+    ) -> rusqlite::Result<Option<Keep>> {
+        if !self.older_may_delete() {
+            return Ok(Some(Keep::Nothing));
         }
         if self.ident(conn, l)?.is_some() {
-            return Ok(true);
+            let risk = self.inserts_at_risk(conn, l, keys)?;
+            return Ok((!risk).then_some(Keep::Nothing));
         }
+        self.deleted(conn, l)?;
+        self.mark_unsaved(conn, l)?;
+        let (at, deleting, deleted) = (self.at, &self.deleting, &self.deleted[&l.table]);
+        let mut by_run: Vec<(String, Vec<i64>)> = Vec::new();
+        let mut ids = Vec::new();
+        for k in keys {
+            let id = Id::Int(k);
+            let Some(d) = deleted.get(&id).map(|&i| &deleting[i]) else {
+                continue;
+            };
+            if d.pos < at {
+                continue;
+            }
+            match by_run.iter_mut().find(|(run, _)| *run == d.run) {
+                Some((_, keys)) => keys.push(k),
+                None => by_run.push((d.run.clone(), vec![k])),
+            }
+            ids.push(id);
+        }
+        if by_run.is_empty() {
+            return Ok(Some(Keep::Nothing));
+        }
+        // Saved from here on, whatever the statement keeps: a key said
+        // saved that is not is looked for in vain, no more.
+        self.saved.entry(l.table.clone()).or_default().extend(ids);
+        Ok(Some(Keep::Save(by_run)))
+    }
+
+    /// What a part of deletes from `l`'s table at `keys`, going back in one
+    /// statement, removes after it (see [`Keep`]): the rows saved at its
+    /// keys where no older part deletes them again (as [`Stash::take`]
+    /// does); `None`: it must go row by row, where the primary key tells
+    /// the rows apart and a row of the table is saved.
+    pub fn deletes_kept(
+        &mut self,
+        conn: &Connection,
+        l: &Layout,
+        keys: impl Iterator<Item = i64>,
+    ) -> rusqlite::Result<Option<Keep>> {
+        self.still_unsaved_safely(conn, l)?;
+        if !self.saved.contains_key(&l.table) {
+            return Ok(Some(Keep::Nothing));
+        }
+        if self.ident(conn, l)?.is_some() {
+            return Ok(None);
+        }
+        self.deleted(conn, l)?;
+        let (at, deleting, deleted) = (self.at, &self.deleting, &self.deleted[&l.table]);
         let saved = &self.saved[&l.table];
-        Ok(keys.any(|k| saved.contains(&Id::of(&encoded(&[Val::Integer(k)])))))
+        let forget: Vec<i64> = keys
+            .filter(|&k| {
+                let id = Id::Int(k);
+                let oldest = deleted.get(&id).map(|&i| deleting[i].pos);
+                saved.contains(&id) && oldest.is_none_or(|pos| pos <= at)
+            })
+            .collect();
+        Ok(Some(match forget.is_empty() {
+            true => Keep::Nothing,
+            false => Keep::Forget(forget),
+        }))
+    }
+
+    /// The statements beside a part's own that do what `keep` says, in
+    /// `l`'s table (`pick`: whether the part's statement writes a row, see
+    /// [`Around`]); `None`: the part must go row by row, its rows too wide
+    /// for a function's arguments.
+    pub fn around(
+        &mut self,
+        conn: &Connection,
+        l: &Layout,
+        keep: Keep,
+        pick: &str,
+    ) -> rusqlite::Result<Option<Around>> {
+        let mut around = Around::default();
+        let table = Value::Text(l.table.clone());
+        match keep {
+            Keep::Nothing => {}
+            Keep::Forget(keys) => around.after.push((
+                format!(
+                    "DELETE FROM batchsse_undo_stash WHERE tbl = ?1 AND k IN (SELECT {KEY}(value) FROM json_each(?2)) AND {}",
+                    self.run_in
+                ),
+                vec![table, Value::Text(json_keys(&keys))],
+            )),
+            Keep::Save(by_run) => {
+                let (shape, at) = self.shape(conn, l)?;
+                let most = conn.limit(Limit::SQLITE_LIMIT_FUNCTION_ARG)?;
+                if usize::try_from(most).is_ok_and(|most| shape.cols.len() > most) {
+                    return Ok(None);
+                }
+                let (k, t) = (&l.key[0], quote(&l.table));
+                // In the order of the index on the encoded keys, which is
+                // not the keys' (a varint's low bits come first): each of
+                // its pages is then read and written once a part, not
+                // again after the cache let it go (about 15% of the undo).
+                let sql = format!(
+                    "INSERT INTO batchsse_undo_stash (run, tbl, k, cols, vals, at) \
+                     SELECT ?1, ?2, {KEY}({k}), ?3, {ROW}({}), ?4 FROM main.{t} \
+                     WHERE {k} IN (SELECT value FROM json_each(?5)) AND {pick} ORDER BY 3",
+                    shape.list
+                );
+                for (run, keys) in by_run {
+                    let args = vec![
+                        Value::Text(run),
+                        table.clone(),
+                        Value::Text(shape.names.clone()),
+                        Value::Text(at.clone()),
+                        Value::Text(json_keys(&keys)),
+                    ];
+                    around.before.push((sql.clone(), args));
+                }
+            }
+        }
+        Ok(Some(around))
     }
 
     /// Saves the row of `l`'s table at `key`, found by `by` (the key bound
@@ -353,9 +510,9 @@ impl Stash {
         conn: &Connection,
         table: &str,
         (ident, colls): (Option<&Ident>, &[Option<String>]),
-    ) -> rusqlite::Result<HashMap<Id, usize>> {
+    ) -> rusqlite::Result<BTreeMap<Id, usize>> {
         let damaged = |e: Damaged| store::failure(e.to_string());
-        let (mut keys, mut blob) = (HashMap::new(), Vec::new());
+        let (mut keys, mut blob) = (BTreeMap::new(), Vec::new());
         for (i, d) in self.deleting.iter().enumerate() {
             let part = Part {
                 id: d.id,
@@ -400,9 +557,14 @@ impl Stash {
         (l, key, by): (&Layout, &[Val], &str),
         id: Vec<u8>,
     ) -> rusqlite::Result<()> {
-        let (shape, at) = self.shape(conn, l, by)?;
+        let (shape, at) = self.shape(conn, l)?;
+        let read = format!(
+            "SELECT {} FROM main.{} WHERE {by}",
+            shape.list,
+            quote(&l.table)
+        );
         let vals = conn
-            .prepare_cached(&shape.read)?
+            .prepare_cached(&read)?
             .query_row(params_from_iter(key), |r| {
                 let mut vals = Vec::new();
                 for i in 0..shape.cols.len() {
@@ -485,15 +647,10 @@ impl Stash {
         Ok(self.part.made.insert(at).clone())
     }
 
-    /// How the part saves a row of `l`'s table, found by `by`, and when:
-    /// made and read once a part (a million rows may be saved), the table
-    /// of saved rows with them.
-    fn shape(
-        &mut self,
-        conn: &Connection,
-        l: &Layout,
-        by: &str,
-    ) -> rusqlite::Result<(Rc<Shape>, String)> {
+    /// How the part saves a row of `l`'s table, and when: made and read
+    /// once a part (a million rows may be saved), the table of saved rows
+    /// with them.
+    fn shape(&mut self, conn: &Connection, l: &Layout) -> rusqlite::Result<(Rc<Shape>, String)> {
         let at = self.made_at(conn)?;
         if let Some(shape) = self.part.shapes.get(&l.table) {
             return Ok((shape.clone(), at));
@@ -501,12 +658,8 @@ impl Stash {
         let cols = columns(conn, l)?;
         let names = serde_json::to_string(&cols).map_err(|e| store::failure(e.to_string()))?;
         let quoted: Vec<String> = cols.iter().map(|c| quote(c)).collect();
-        let read = format!(
-            "SELECT {} FROM main.{} WHERE {by}",
-            quoted.join(", "),
-            quote(&l.table)
-        );
-        let shape = Rc::new(Shape { cols, names, read });
+        let list = quoted.join(", ");
+        let shape = Rc::new(Shape { cols, names, list });
         self.part.shapes.insert(l.table.clone(), shape.clone());
         Ok((shape, at))
     }
@@ -768,8 +921,8 @@ fn columns(conn: &Connection, l: &Layout) -> rusqlite::Result<Vec<String>> {
     Ok(cols)
 }
 
-/// A key's values, encoded: how the record's entries and the table find
-/// the same row.
-fn encoded(key: &[Val]) -> Vec<u8> {
-    encode(key.iter().map(Val::as_ref))
+/// Integer keys as a JSON array, for `json_each`.
+fn json_keys(keys: &[i64]) -> String {
+    let listed: Vec<String> = keys.iter().map(i64::to_string).collect();
+    format!("[{}]", listed.join(","))
 }
