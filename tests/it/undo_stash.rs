@@ -709,3 +709,34 @@ fn a_unique_index_made_after_another_undo_took_back_inserts_unsaved_stops_this_o
     assert_eq!(fin["data"]["conflicts_earlier"], 1, "{fin}");
     assert_eq!(stash_left(&db), 0, "{out}");
 }
+
+/// A key SQLite holds as a real, 2.0, in a primary key of no type: the
+/// run deletes its row and inserts another at 2, the same key to the
+/// table. With the old row's `UNIQUE` value taken since, the run's row
+/// stays, as the run left it, rather than the key being left with no row;
+/// in a WITHOUT ROWID table and in a rowid table beside its rowid.
+#[test]
+fn a_row_inserted_again_at_an_integer_key_equal_to_its_real_one_is_kept_as_the_run_left_it() {
+    for rowid in ["WITHOUT ROWID", ""] {
+        let db = TempDb::with_sql(&format!(
+            "CREATE TABLE t(id PRIMARY KEY, email TEXT UNIQUE, v INT) {rowid};
+             INSERT INTO t VALUES (1, 'a', 1), (2.0, 'b', 2), (3, 'c', 3);"
+        ));
+        let plan = serde_json::json!({"name": "rl", "undo": true, "steps": [
+            {"name": "drop", "sql": "DELETE FROM t WHERE id = 2"},
+            {"name": "readd", "sql": "INSERT INTO t(id, email, v) VALUES (2, 'b2', 20)"}]});
+        let plan = db.file("plan.json", &plan.to_string());
+        run_undoable(&db, &plan);
+        db.conn()
+            .execute_batch("UPDATE t SET email = 'b' WHERE id = 3")
+            .unwrap();
+        let (fin, out) = undo_json(&db, &[]);
+        assert_eq!(rows(&db), ["1|a|1", "2|b2|20", "3|b|3"], "{rowid}: {out}");
+        assert_eq!(fin["data"]["conflicts_as_left"], 1, "{rowid}: {fin}");
+        assert!(
+            out.contains("kept its row as the run left it"),
+            "{rowid}: {out}"
+        );
+        assert_eq!(stash_left(&db), 0, "{rowid}: {out}");
+    }
+}

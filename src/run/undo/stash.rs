@@ -885,13 +885,15 @@ fn old_ident(ident: &Ident, l: &Layout, old: &[Val]) -> Option<Vec<u8>> {
 /// Key values encoded as their collations compare them, so that two keys
 /// the table holds for one ('bob' and 'BOB' under `NOCASE`, 'a' and 'a '
 /// under `RTRIM`: SQLite's own two; batchsse compares any other as
-/// `BINARY`) tell the same row.
+/// `BINARY`) tell the same row; so do a real and the integer it equals
+/// (2.0 and 2), one key to any primary key.
 fn collated<'a>(vals: impl Iterator<Item = ValueRef<'a>>, colls: &[Option<String>]) -> Vec<u8> {
     let mut out = Vec::new();
     for (i, v) in vals.enumerate() {
         let coll = colls.get(i).and_then(|c| c.as_deref()).unwrap_or("BINARY");
         let folded: Vec<u8>;
         let v = match v {
+            ValueRef::Real(f) => integral(f).map_or(v, ValueRef::Integer),
             ValueRef::Text(t) if coll.eq_ignore_ascii_case("NOCASE") => {
                 folded = t.to_ascii_lowercase();
                 ValueRef::Text(&folded)
@@ -905,6 +907,14 @@ fn collated<'a>(vals: impl Iterator<Item = ValueRef<'a>>, colls: &[Option<String
         put_value(&mut out, v);
     }
     out
+}
+
+/// The integer a real equals, if it equals one: SQLite compares the two
+/// exactly, so that a primary key holds 2.0 and 2 as one key.
+fn integral(f: f64) -> Option<i64> {
+    // -2^63 up to, not including, 2^63: every such whole real is an i64.
+    let range = -9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0;
+    (f.fract() == 0.0 && range.contains(&f)).then_some(f as i64)
 }
 
 /// The primary key's values, encoded, of the row of `l`'s table at `key`
