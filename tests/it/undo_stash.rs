@@ -616,3 +616,127 @@ fn a_rebuild_in_chunks_stopped_keeps_saved_only_the_rows_still_needed() {
     assert_eq!(fin["data"]["conflicts_as_left"], 1, "{fin}");
     assert_eq!(stash_left(&db), 0, "{out}");
 }
+
+/// Two undos of the record at once: one (`--wait-for-clients`) has read
+/// what is saved, then waits; meanwhile the other takes back the insert,
+/// saving the run's row, and stops (`abort`) at the delete, whose old row
+/// cannot come back. The first, let go, takes back the delete: it must
+/// find the row the other saved, though it was saved after it looked,
+/// and keep it as the run left it rather than leave key 2 with no row.
+#[test]
+fn a_row_saved_by_another_undo_at_work_beside_it_is_kept_as_the_run_left_it() {
+    let db = recorded(SHAPES[0].1, SHAPES[0].0, &[]);
+    db.conn()
+        .execute_batch("UPDATE t SET email = 'b' WHERE id = 3")
+        .unwrap();
+    let mut args = undo_of_plan(&db, "rl", &["--progress", "json"]);
+    args.retain(|a| *a != "--no-serve");
+    args.extend_from_slice(&words("--listen 127.0.0.1:0 --wait-for-clients 2"));
+    let mut waiting = Proc::start(&args);
+    // Its start is said once it has read the record and the saved rows,
+    // before it waits for the second client.
+    let mut s = Stream::open(waiting.addr(), "/events", &[]);
+    loop {
+        match s.next_event() {
+            Some(e) if e.event == "start" => break,
+            Some(_) => {}
+            None => panic!("the stream ended early: {}", waiting.stderr()),
+        }
+    }
+    let (code, _, err) = run(&undo_of_plan(&db, "rl", &["--on-conflict", "abort"]));
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM batchsse_undo_stash"),
+        1,
+        "{err}"
+    );
+    let _go = Stream::open(waiting.addr(), "/events", &[]);
+    assert!(waiting.wait().success(), "{}", waiting.stderr());
+    let said = waiting.stdout();
+    assert_eq!(rows(&db), KEPT, "{said}");
+    assert!(said.contains("kept its row as the run left it"), "{said}");
+    assert_eq!(stash_left(&db), 0, "{said}");
+}
+
+/// As above, in a table with nothing that could keep an old row from
+/// coming back: the other undo takes back the insert unsaved, and stops
+/// (`abort`) at the application's change to row 1; a `UNIQUE` index then
+/// made, which the old row 2 would break, must stop the first undo too,
+/// though it read what was saved before the other marked the table, and
+/// not leave key 2 with no row.
+#[test]
+fn a_unique_index_made_after_another_undo_took_back_inserts_unsaved_stops_this_one_too() {
+    let create = SHAPES[0].1.replace("email TEXT UNIQUE", "email TEXT");
+    let db = recorded(&create, SHAPES[0].0, &[]);
+    db.conn()
+        .execute_batch("UPDATE t SET v = 99 WHERE id = 1")
+        .unwrap();
+    let mut args = undo_of_plan(&db, "rl", &["--progress", "json"]);
+    args.retain(|a| *a != "--no-serve");
+    args.extend_from_slice(&words("--listen 127.0.0.1:0 --wait-for-clients 2"));
+    let mut waiting = Proc::start(&args);
+    let mut s = Stream::open(waiting.addr(), "/events", &[]);
+    loop {
+        match s.next_event() {
+            Some(e) if e.event == "start" => break,
+            Some(_) => {}
+            None => panic!("the stream ended early: {}", waiting.stderr()),
+        }
+    }
+    let (code, _, err) = run(&undo_of_plan(&db, "rl", &["--on-conflict", "abort"]));
+    assert_eq!(code, 1, "{err}");
+    db.conn()
+        .execute_batch(
+            "UPDATE t SET email = 'b' WHERE id = 3; CREATE UNIQUE INDEX t_email ON t(email)",
+        )
+        .unwrap();
+    let _go = Stream::open(waiting.addr(), "/events", &[]);
+    let status = waiting.wait();
+    let said = waiting.stdout();
+    assert!(!status.success(), "{said}");
+    assert!(
+        said.contains("t gained a UNIQUE index while this undo ran"),
+        "{said}"
+    );
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM t WHERE id = 2"),
+        0,
+        "{said}"
+    );
+    db.conn().execute_batch("DROP INDEX t_email").unwrap();
+    let (fin, out) = undo_json(&db, &[]);
+    assert_eq!(rows(&db)[1], "2|b|2", "{out}");
+    assert_eq!(fin["data"]["conflicts_earlier"], 1, "{fin}");
+    assert_eq!(stash_left(&db), 0, "{out}");
+}
+
+/// A key SQLite holds as a real, 2.0, in a primary key of no type: the
+/// run deletes its row and inserts another at 2, the same key to the
+/// table. With the old row's `UNIQUE` value taken since, the run's row
+/// stays, as the run left it, rather than the key being left with no row;
+/// in a WITHOUT ROWID table and in a rowid table beside its rowid.
+#[test]
+fn a_row_inserted_again_at_an_integer_key_equal_to_its_real_one_is_kept_as_the_run_left_it() {
+    for rowid in ["WITHOUT ROWID", ""] {
+        let db = TempDb::with_sql(&format!(
+            "CREATE TABLE t(id PRIMARY KEY, email TEXT UNIQUE, v INT) {rowid};
+             INSERT INTO t VALUES (1, 'a', 1), (2.0, 'b', 2), (3, 'c', 3);"
+        ));
+        let plan = serde_json::json!({"name": "rl", "undo": true, "steps": [
+            {"name": "drop", "sql": "DELETE FROM t WHERE id = 2"},
+            {"name": "readd", "sql": "INSERT INTO t(id, email, v) VALUES (2, 'b2', 20)"}]});
+        let plan = db.file("plan.json", &plan.to_string());
+        run_undoable(&db, &plan);
+        db.conn()
+            .execute_batch("UPDATE t SET email = 'b' WHERE id = 3")
+            .unwrap();
+        let (fin, out) = undo_json(&db, &[]);
+        assert_eq!(rows(&db), ["1|a|1", "2|b2|20", "3|b|3"], "{rowid}: {out}");
+        assert_eq!(fin["data"]["conflicts_as_left"], 1, "{rowid}: {fin}");
+        assert!(
+            out.contains("kept its row as the run left it"),
+            "{rowid}: {out}"
+        );
+        assert_eq!(stash_left(&db), 0, "{rowid}: {out}");
+    }
+}

@@ -467,6 +467,15 @@ impl<'c> Reverter<'c> {
                     let why = format!("{}: {HOLDS_VALUE}", sql(err));
                     return Err(lost(layout, e, &why));
                 }
+                // Saved by another undo beside this one, maybe (see
+                // `Stash::take_unlisted`).
+                let saved = match (saved, e.op) {
+                    (None, op::DELETE) => self
+                        .stash
+                        .take_unlisted(self.conn, layout, e)
+                        .map_err(sql)?,
+                    (saved, _) => saved,
+                };
                 if let Some(row) = saved {
                     return self.runs_row_back(layout, e, &row, &sql(err));
                 }

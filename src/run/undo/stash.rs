@@ -18,6 +18,10 @@
 //! statement, and the part goes row by row, which puts the saved row back
 //! instead). A table whose primary key is not its rowid goes row by row:
 //! its rows are told apart by that key, which the record does not hold.
+//! What is saved is read once, as an undo starts; a row whose old one
+//! cannot come back is looked for in the table all the same, since
+//! another undo of the same runs at work beside this one may have saved
+//! it since (see [`Stash::take_unlisted`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::rc::Rc;
@@ -682,17 +686,78 @@ impl Stash {
         if !self.saved.contains_key(&l.table) {
             return Ok(None);
         }
-        let id = match self.ident(conn, l)? {
+        let saved = |s: &Stash, k: &Vec<u8>| {
+            let k = Id::of(k);
+            s.saved.get(&l.table).is_some_and(|s| s.contains(&k))
+        };
+        match self.saved_key(conn, l, e)? {
+            Some(k) if saved(self, &k) => self.take_at(conn, l, k),
+            _ => Ok(None),
+        }
+    }
+
+    /// [`Stash::take`] for a row that cannot come back when this undo
+    /// knows of no row saved for it: looked for in the table all the
+    /// same. Another undo of the same runs, at work beside this one, may
+    /// have taken back the insert at its key and saved that row after this
+    /// one read what was saved ([`Stash::load`], once, at its start);
+    /// without it the key would be left with no row at all. Only for such
+    /// a row, which is rare: the others go by what this undo knows.
+    pub fn take_unlisted(
+        &mut self,
+        conn: &Connection,
+        l: &Layout,
+        e: &Entry,
+    ) -> rusqlite::Result<Option<Saved>> {
+        if !crate::run::renumber::table_exists(conn, TABLE)? {
+            return Ok(None);
+        }
+        let found = match self.saved_key(conn, l, e)? {
+            Some(k) => self.take_at(conn, l, k)?,
+            None => None,
+        };
+        // Nor may the other have taken back such inserts unsaved, as
+        // nothing could then keep an old row out, unless this undo stops
+        // as [`Stash::still_unsaved_safely`] does.
+        if found.is_none() && !self.unsaved.contains(&l.table) && self.marked(conn, l)? {
+            self.unsaved.insert(l.table.clone());
+            self.still_unsaved_safely(conn, l)?;
+        }
+        Ok(found)
+    }
+
+    /// Whether the table of saved rows marks `l`'s table's inserts taken
+    /// back unsaved, for this undo's runs (see [`Stash::mark_unsaved`]).
+    fn marked(&self, conn: &Connection, l: &Layout) -> rusqlite::Result<bool> {
+        let sql = format!(
+            "SELECT 1 FROM batchsse_undo_stash WHERE tbl = ?1 AND k = x'' AND cols = ?2 AND {}",
+            self.run_in
+        );
+        conn.prepare(&sql)?.exists(params![l.table, UNSAVED])
+    }
+
+    /// What the row saved for `e` (a row of `l`'s table the run deleted)
+    /// is saved under, if its table tells it.
+    fn saved_key(
+        &mut self,
+        conn: &Connection,
+        l: &Layout,
+        e: &Entry,
+    ) -> rusqlite::Result<Option<Vec<u8>>> {
+        Ok(match self.ident(conn, l)? {
             Some(ident) => old_ident(&ident, l, &e.old),
             None => Some(self.key_id(conn, l, &e.key)?),
-        };
-        let saved = |k: &Vec<u8>| {
-            let k = Id::of(k);
-            self.saved.get(&l.table).is_some_and(|s| s.contains(&k))
-        };
-        let Some(k) = id.filter(saved) else {
-            return Ok(None);
-        };
+        })
+    }
+
+    /// Takes the row saved under `k` out of the table (see
+    /// [`Stash::take`]).
+    fn take_at(
+        &mut self,
+        conn: &Connection,
+        l: &Layout,
+        k: Vec<u8>,
+    ) -> rusqlite::Result<Option<Saved>> {
         let oldest = self.deleted(conn, l)?.get(&Id::of(&k)).copied();
         let oldest = oldest.map(|i| self.deleting[i].pos);
         let [read, delete] = &self.take_sql;
@@ -820,13 +885,15 @@ fn old_ident(ident: &Ident, l: &Layout, old: &[Val]) -> Option<Vec<u8>> {
 /// Key values encoded as their collations compare them, so that two keys
 /// the table holds for one ('bob' and 'BOB' under `NOCASE`, 'a' and 'a '
 /// under `RTRIM`: SQLite's own two; batchsse compares any other as
-/// `BINARY`) tell the same row.
+/// `BINARY`) tell the same row; so do a real and the integer it equals
+/// (2.0 and 2), one key to any primary key.
 fn collated<'a>(vals: impl Iterator<Item = ValueRef<'a>>, colls: &[Option<String>]) -> Vec<u8> {
     let mut out = Vec::new();
     for (i, v) in vals.enumerate() {
         let coll = colls.get(i).and_then(|c| c.as_deref()).unwrap_or("BINARY");
         let folded: Vec<u8>;
         let v = match v {
+            ValueRef::Real(f) => integral(f).map_or(v, ValueRef::Integer),
             ValueRef::Text(t) if coll.eq_ignore_ascii_case("NOCASE") => {
                 folded = t.to_ascii_lowercase();
                 ValueRef::Text(&folded)
@@ -840,6 +907,14 @@ fn collated<'a>(vals: impl Iterator<Item = ValueRef<'a>>, colls: &[Option<String
         put_value(&mut out, v);
     }
     out
+}
+
+/// The integer a real equals, if it equals one: SQLite compares the two
+/// exactly, so that a primary key holds 2.0 and 2 as one key.
+fn integral(f: f64) -> Option<i64> {
+    // -2^63 up to, not including, 2^63: every such whole real is an i64.
+    let range = -9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0;
+    (f.fract() == 0.0 && range.contains(&f)).then_some(f as i64)
 }
 
 /// The primary key's values, encoded, of the row of `l`'s table at `key`
