@@ -446,7 +446,7 @@ fn an_undo_beside_an_application_says_its_chunks_are_the_run_s() {
         (
             &["--dry-run"],
             // It never yields: a nice ratio beside that would contradict it.
-            ": no change, since the chunks keep their size and the run is one transaction, which never yields (the run's chunks, as recorded)",
+            ": the pace stays as it is: the chunks keep their size, and one transaction never yields (the run's chunks, as recorded)",
         ),
     ] {
         let db = bumped();
