@@ -617,6 +617,24 @@ fn a_rebuild_in_chunks_stopped_keeps_saved_only_the_rows_still_needed() {
     assert_eq!(stash_left(&db), 0, "{out}");
 }
 
+/// An undo of plan "rl" that has read the record and the saved rows (its
+/// `start` is said once it has) and waits for a second client; the first,
+/// given back, must stay open.
+fn undo_waiting_after_start(db: &TempDb) -> (Proc, Stream) {
+    let mut args = undo_of_plan(db, "rl", &["--progress", "json"]);
+    args.retain(|a| *a != "--no-serve");
+    args.extend_from_slice(&words("--listen 127.0.0.1:0 --wait-for-clients 2"));
+    let waiting = Proc::start(&args);
+    let mut s = Stream::open(waiting.addr(), "/events", &[]);
+    loop {
+        match s.next_event() {
+            Some(e) if e.event == "start" => return (waiting, s),
+            Some(_) => {}
+            None => panic!("the stream ended early: {}", waiting.stderr()),
+        }
+    }
+}
+
 /// Two undos of the record at once: one (`--wait-for-clients`) has read
 /// what is saved, then waits; meanwhile the other takes back the insert,
 /// saving the run's row, and stops (`abort`) at the delete, whose old row
@@ -629,20 +647,7 @@ fn a_row_saved_by_another_undo_at_work_beside_it_is_kept_as_the_run_left_it() {
     db.conn()
         .execute_batch("UPDATE t SET email = 'b' WHERE id = 3")
         .unwrap();
-    let mut args = undo_of_plan(&db, "rl", &["--progress", "json"]);
-    args.retain(|a| *a != "--no-serve");
-    args.extend_from_slice(&words("--listen 127.0.0.1:0 --wait-for-clients 2"));
-    let mut waiting = Proc::start(&args);
-    // Its start is said once it has read the record and the saved rows,
-    // before it waits for the second client.
-    let mut s = Stream::open(waiting.addr(), "/events", &[]);
-    loop {
-        match s.next_event() {
-            Some(e) if e.event == "start" => break,
-            Some(_) => {}
-            None => panic!("the stream ended early: {}", waiting.stderr()),
-        }
-    }
+    let (mut waiting, _first) = undo_waiting_after_start(&db);
     let (code, _, err) = run(&undo_of_plan(&db, "rl", &["--on-conflict", "abort"]));
     assert_eq!(code, 1, "{err}");
     assert_eq!(
@@ -671,18 +676,7 @@ fn a_unique_index_made_after_another_undo_took_back_inserts_unsaved_stops_this_o
     db.conn()
         .execute_batch("UPDATE t SET v = 99 WHERE id = 1")
         .unwrap();
-    let mut args = undo_of_plan(&db, "rl", &["--progress", "json"]);
-    args.retain(|a| *a != "--no-serve");
-    args.extend_from_slice(&words("--listen 127.0.0.1:0 --wait-for-clients 2"));
-    let mut waiting = Proc::start(&args);
-    let mut s = Stream::open(waiting.addr(), "/events", &[]);
-    loop {
-        match s.next_event() {
-            Some(e) if e.event == "start" => break,
-            Some(_) => {}
-            None => panic!("the stream ended early: {}", waiting.stderr()),
-        }
-    }
+    let (mut waiting, _first) = undo_waiting_after_start(&db);
     let (code, _, err) = run(&undo_of_plan(&db, "rl", &["--on-conflict", "abort"]));
     assert_eq!(code, 1, "{err}");
     db.conn()
