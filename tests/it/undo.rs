@@ -862,6 +862,51 @@ fn a_newer_run_of_another_plan_taken_back_after_an_older_one_says_its_rows_carry
     );
 }
 
+/// As above, another plan's run recorded between two runs of the plan
+/// whose undo (`--plan`) takes both back: the newer one's undo puts back
+/// what that run wrote, though the plan's oldest run is older than it.
+#[test]
+fn rows_a_plan_s_newer_run_put_back_to_another_plan_s_run_between_its_runs_are_counted() {
+    let db = TempDb::counters(40);
+    let other = db.file("other.json", &counter_plan("other", 10));
+    let plan = db.file(
+        "ten.json",
+        r#"{"name": "ten", "steps": [{"name": "ten", "sql": "UPDATE t SET counter = counter + 10 WHERE id <= 3"}]}"#,
+    );
+    let mut ids = Vec::new();
+    for (plan, again) in [(&plan, None), (&other, None), (&plan, Some("--force"))] {
+        let extra = [&["--no-serve", "--undo"][..], again.as_slice()].concat();
+        let (code, _, err) = run(&run_args(&db, path_str(plan), &extra));
+        assert_eq!(code, 0, "{err}");
+        let id = err.split("--run ").nth(1).unwrap_or_default();
+        ids.push(id.split_whitespace().next().unwrap_or_default().to_owned());
+    }
+    let (code, _, err) = run(&undo_args(&db, &["--run", &ids[1]]));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("3 conflicts"), "{err}");
+    let (code, _, err) = run(&undo_args(&db, &["--plan", "ten"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(&format!("runs {}, {}", ids[2], ids[0])),
+        "{err}"
+    );
+    // The newer run went back to the other run's values, which the older
+    // run's undo keeps (it changed them after it).
+    assert_eq!(
+        db.query_text("SELECT group_concat(counter, ',') FROM (SELECT counter FROM t WHERE id <= 4 ORDER BY id)"),
+        "11,11,11,0",
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "3 rows that run {} changed after run {} of plan \"other\"",
+            ids[2], ids[1]
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("is fully taken back"), "{err}");
+}
+
 /// As above, the newer run's record a part per row and of two tables
 /// (its trigger's log: taken back row by row), its undo stopped part-way (`--on-conflict
 /// abort`, at a row the application changed after the older undo) and

@@ -685,6 +685,7 @@ impl Undoer<'_> {
         let mut reverter = self.reverter.borrow_mut();
         reverter.hold_kept(&self.scope).map_err(sql)?;
         reverter.stash.at(c.pos);
+        reverter.part_of_run(self.scope.recorded_at(&c.run));
         let mut blob = reverter.buffer();
         drop(reverter);
         let mut kept = self.spec.kept.borrow_mut();

@@ -16,7 +16,7 @@ use super::codec::{
 };
 use super::dangling::Watch;
 use super::stash::{self, Keep, Stash};
-use super::store::{Scope, kept_for_older, kept_rows};
+use super::store::{OlderKept, Scope, kept_for_older, kept_rows};
 use crate::plan::quote;
 use crate::run::expect::shown;
 
@@ -71,7 +71,10 @@ pub struct Reverter<'c> {
     /// in `batchsse_undo_conflict` (see [`super::store::kept_for_older`]):
     /// one this undo puts back gets what that run wrote, and keeps its
     /// change with no record left to take it back.
-    older: HashMap<(String, Vec<u8>), Vec<i64>>,
+    older: HashMap<(String, Vec<u8>), Vec<OlderKept>>,
+    /// When the run whose part is under way began to be recorded: the
+    /// rows of `older` its undo carries are told by it.
+    started: Option<String>,
     /// Their rows in `batchsse_undo_conflict` that the part under way put
     /// back, for the undo to mark in its transaction.
     carried: Vec<i64>,
@@ -112,6 +115,7 @@ impl<'c> Reverter<'c> {
             kept_before: HashMap::new(),
             kept_seen: 0,
             older: HashMap::new(),
+            started: None,
             carried: Vec::new(),
             bulk: Bulk::new(conn),
             spare: Default::default(),
@@ -145,9 +149,9 @@ impl<'c> Reverter<'c> {
                 false => _ = self.held.insert(id),
             }
         }
-        for (rowid, table, key) in kept_for_older(self.conn, scope, (self.kept_seen, upto))? {
+        for ((_, table, key), kept) in kept_for_older(self.conn, scope, (self.kept_seen, upto))? {
             let id = held_id(&table, &[key]);
-            self.older.entry(id).or_default().push(rowid);
+            self.older.entry(id).or_default().push(kept);
         }
         self.kept_seen = upto;
         Ok(())
@@ -159,9 +163,28 @@ impl<'c> Reverter<'c> {
         if self.older.is_empty() {
             return;
         }
-        if let Some(rowids) = self.older.remove(&held_id(table, key)) {
-            self.carried.extend(rowids);
+        let Some(started) = self.started.as_deref() else {
+            return;
+        };
+        let id = held_id(table, key);
+        let Some(kept) = self.older.get_mut(&id) else {
+            return;
+        };
+        // Those this run's undo does not carry stay for an older run's.
+        let (carried, left) = std::mem::take(kept)
+            .into_iter()
+            .partition::<Vec<_>, _>(|k| k.carried_by(started));
+        self.carried.extend(carried.iter().map(|k| k.rowid));
+        match left.is_empty() {
+            true => _ = self.older.remove(&id),
+            false => *kept = left,
         }
+    }
+
+    /// The part about to be put back is of a run recorded from `started`
+    /// on (`None`: not known, and no row is counted as carried).
+    pub fn part_of_run(&mut self, started: Option<&str>) {
+        self.started = started.map(str::to_owned);
     }
 
     /// The rows of `batchsse_undo_conflict` of older runs' undos whose

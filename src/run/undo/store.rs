@@ -935,27 +935,56 @@ pub fn kept_rows(
 }
 
 /// The rows kept with a rowid in `after..=upto` by an undo of a run of
-/// another plan than `scope`'s, recorded before `scope`'s oldest run and
-/// taken back after it was recorded: rows that run may have changed
-/// since, which its undo puts back to what the older run wrote (only a
-/// plan's own older runs are named by [`left_by_older`]). Empty where the
+/// another plan than `scope`'s, taken back after `scope`'s oldest run was
+/// recorded, with when that run was recorded and when its undo kept them:
+/// rows one of `scope`'s runs recorded after it may have changed since,
+/// which that run's undo puts back to what the older run wrote (only a
+/// plan's own older runs are named by [`left_by_older`]). Which of
+/// `scope`'s runs that can be is told per run ([`OlderKept::carried_by`]):
+/// with several, another plan's run may lie between them. Empty where the
 /// conflict table cannot tell (no `plan` or `run_at`).
 pub fn kept_for_older(
     conn: &Connection,
     scope: &Scope,
     (after, upto): (i64, i64),
-) -> rusqlite::Result<Vec<KeptRow>> {
+) -> rusqlite::Result<Vec<(KeptRow, OlderKept)>> {
     let Some(since) = scope.since.as_ref().filter(|_| scope.run_at) else {
         return Ok(Vec::new());
     };
     let mut stmt = conn.prepare_cached(
-        "SELECT rowid, tbl, k FROM batchsse_undo_conflict
+        "SELECT rowid, tbl, k, run_at, at FROM batchsse_undo_conflict
          WHERE rowid > ?1 AND rowid <= ?2 AND plan IS NOT NULL AND plan <> ?3
-           AND run_at < ?4 AND at >= ?4 AND run NOT IN (SELECT value FROM json_each(?5))",
+           AND run_at IS NOT NULL AND at >= ?4
+           AND run NOT IN (SELECT value FROM json_each(?5))",
     )?;
     let params = rusqlite::params![after, upto, scope.plan, since, scope.runs];
-    let rows = stmt.query_map(params, |r| Ok((r.get(0)?, r.get(1)?, r.get_ref(2)?.into())))?;
+    let rows = stmt.query_map(params, |r| {
+        let rowid = r.get(0)?;
+        let (run_at, at) = (r.get(3)?, r.get(4)?);
+        let row = (rowid, r.get(1)?, r.get_ref(2)?.into());
+        Ok((row, OlderKept { rowid, run_at, at }))
+    })?;
     rows.collect()
+}
+
+/// A row of `batchsse_undo_conflict` from [`kept_for_older`]: kept by the
+/// undo of a run recorded at `run_at`, at `at`.
+#[derive(Debug, Clone)]
+pub struct OlderKept {
+    pub rowid: i64,
+    run_at: String,
+    at: String,
+}
+
+impl OlderKept {
+    /// Whether the undo of a run recorded from `started` on, putting the
+    /// row back, gives it what the older run wrote: that run was recorded
+    /// before it, and its undo kept the row after it began, so it changed
+    /// the row on top of the older run's change (a run recorded after the
+    /// older undo changed what that undo left, not the older run's value).
+    pub fn carried_by(&self, started: &str) -> bool {
+        self.run_at.as_str() < started && self.at.as_str() >= started
+    }
 }
 
 /// What an undo of `run` adds to the reason of a row an older run's undo
