@@ -907,6 +907,65 @@ fn rows_a_plan_s_newer_run_put_back_to_another_plan_s_run_between_its_runs_are_c
     assert!(!err.contains("is fully taken back"), "{err}");
 }
 
+/// As above, the undo of the plan's two runs stopped (`--on-conflict
+/// abort`) in the older one, after the newer one was taken back whole, and
+/// run again: the rows the newer one put back are still counted at its
+/// end, though that run, with no record left, is no longer among its runs.
+#[test]
+fn rows_a_plan_s_newer_run_put_back_are_counted_when_an_undo_of_its_runs_ends_in_a_later_try() {
+    let db = TempDb::counters(40);
+    let other = db.file("other.json", &counter_plan("other", 10));
+    let step = |to: &str| {
+        format!(
+            r#"{{"name": "ten", "steps": [{{"name": "ten", "sql": "UPDATE t SET counter = counter + 10 WHERE {to}"}}]}}"#
+        )
+    };
+    let older = db.file("older.json", &step("id BETWEEN 5 AND 6"));
+    let newer = db.file("newer.json", &step("id <= 3"));
+    let mut ids = Vec::new();
+    for (plan, again) in [(&other, None), (&older, None), (&newer, Some("--force"))] {
+        let extra = [&["--no-serve", "--undo"][..], again.as_slice()].concat();
+        let (code, _, err) = run(&run_args(&db, path_str(plan), &extra));
+        assert_eq!(code, 0, "{err}");
+        let id = err.split("--run ").nth(1).unwrap_or_default();
+        ids.push(id.split_whitespace().next().unwrap_or_default().to_owned());
+    }
+    let (code, _, err) = run(&undo_args(&db, &["--run", &ids[0]]));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("5 conflicts"), "{err}");
+    db.conn()
+        .execute_batch("UPDATE t SET counter = 99 WHERE id = 5")
+        .unwrap();
+    let (code, _, err) = run(&undo_args(
+        &db,
+        &["--plan", "ten", "--on-conflict", "abort"],
+    ));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("conflict in t at key 5"), "{err}");
+    let (code, _, err) = run(&undo_args(&db, &["--plan", "ten"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        db.query_text("SELECT group_concat(counter, ',') FROM (SELECT counter FROM t WHERE id <= 6 ORDER BY id)"),
+        "1,1,1,0,99,1",
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "3 rows that run {} changed after run {} of plan \"other\"",
+            ids[2], ids[0]
+        )),
+        "{err}"
+    );
+    // Row 6, the older run's own, this try put back.
+    assert!(
+        err.contains(&format!(
+            "1 row that run {} changed after run {} of plan \"other\"",
+            ids[1], ids[0]
+        )),
+        "{err}"
+    );
+}
+
 /// As above, the newer run's record a part per row and of two tables
 /// (its trigger's log: taken back row by row), its undo stopped part-way (`--on-conflict
 /// abort`, at a row the application changed after the older undo) and

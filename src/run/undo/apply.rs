@@ -730,7 +730,7 @@ impl Undoer<'_> {
         };
         let carried = reverter.take_carried();
         drop(reverter);
-        store::mark_carried(self.conn, &carried, &c.run).map_err(sql)?;
+        store::mark_carried(self.conn, &carried, &c.run, &self.spec.plan).map_err(sql)?;
         self.conn
             .execute("DELETE FROM batchsse_undo WHERE id = ?1", [c.id])
             .map_err(sql)?;
@@ -1158,7 +1158,7 @@ impl Undoer<'_> {
             let s: Vec<String> = s.iter().map(|s| s.saturating_add(1).to_string()).collect();
             s.join(", ")
         };
-        let carried = store::carried(self.conn, &self.spec.runs).unwrap_or_default();
+        let carried = store::carried(self.conn, &self.scope, &self.spec.runs).unwrap_or_default();
         for c in &carried {
             self.say_carried(c);
         }

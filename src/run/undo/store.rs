@@ -955,9 +955,11 @@ pub fn kept_for_older(
         "SELECT rowid, tbl, k, run_at, at FROM batchsse_undo_conflict
          WHERE rowid > ?1 AND rowid <= ?2 AND plan IS NOT NULL AND plan <> ?3
            AND run_at IS NOT NULL AND at >= ?4
-           AND run NOT IN (SELECT value FROM json_each(?5))",
+           AND run NOT IN (SELECT value FROM json_each(?5)) AND instr(why, ?6) = 0",
     )?;
-    let params = rusqlite::params![after, upto, scope.plan, since, scope.runs];
+    // One put back already, by an earlier try (another of its runs):
+    // counted once, for that run.
+    let params = rusqlite::params![after, upto, scope.plan, since, scope.runs, MARK];
     let rows = stmt.query_map(params, |r| {
         let rowid = r.get(0)?;
         let (run_at, at) = (r.get(3)?, r.get(4)?);
@@ -987,22 +989,37 @@ impl OlderKept {
     }
 }
 
-/// What an undo of `run` adds to the reason of a row an older run's undo
-/// kept when it puts the row back ([`mark_carried`]): the part
-/// [`carried`] looks for, and the whole. Run ids need no quoting in the
-/// command that lists them.
-fn carried_mark(run: &str) -> (String, String) {
-    let found = format!("; put back by the undo of run {run} ");
-    let whole = format!("{found}to what it held before that run");
+/// How each mark of [`mark_carried`] begins.
+const MARK: &str = "; put back by the undo of run ";
+
+/// What an undo of `run` of `plan` adds to the reason of a row an older
+/// run's undo kept when it puts the row back ([`mark_carried`]): the part
+/// the command that lists them looks for, and the whole, which names the
+/// plan so that the undo's end finds the marks of its runs an earlier try
+/// took back whole ([`carried`]). Run ids need no quoting in that command.
+fn carried_mark(run: &str, plan: &str) -> (String, String) {
+    let found = format!("{MARK}{run} ");
+    let whole = format!("{found}{}to what it held before that run", of_plan(plan));
     (found, whole)
 }
 
-/// In the transaction of the part of `run` that put them back: marks the
-/// rows `rowids`, kept by an older run's undo ([`kept_for_older`]), as
-/// holding what that older run wrote again, so an undo resumed after an
-/// interruption still counts them at its end.
-pub fn mark_carried(conn: &Connection, rowids: &[i64], run: &str) -> rusqlite::Result<()> {
-    let (found, whole) = carried_mark(run);
+/// The part of a mark after its run that names its plan.
+fn of_plan(plan: &str) -> String {
+    let quoted = serde_json::to_string(plan).unwrap_or_default();
+    format!("(plan {quoted}) ")
+}
+
+/// In the transaction of the part of `run` of `plan` that put them back:
+/// marks the rows `rowids`, kept by an older run's undo
+/// ([`kept_for_older`]), as holding what that older run wrote again, so an
+/// undo resumed after an interruption still counts them at its end.
+pub fn mark_carried(
+    conn: &Connection,
+    rowids: &[i64],
+    run: &str,
+    plan: &str,
+) -> rusqlite::Result<()> {
+    let (found, whole) = carried_mark(run, plan);
     let mut stmt = conn.prepare_cached(
         "UPDATE batchsse_undo_conflict SET why = why || ?2 WHERE rowid = ?1 AND instr(why, ?3) = 0",
     )?;
@@ -1024,29 +1041,47 @@ pub struct Carried {
     pub which: String,
 }
 
-/// The rows marked by [`mark_carried`] for each of `runs`, by older run.
-pub fn carried(conn: &Connection, runs: &[String]) -> rusqlite::Result<Vec<Carried>> {
+/// The rows marked by [`mark_carried`] for each of `runs`, and for runs of
+/// `scope`'s plan on rows kept since its oldest run was recorded (runs an
+/// earlier try of this undo took back whole: no longer among `runs`), by
+/// older run and run, in the order they were kept. One scan of the rows
+/// marked, however many runs.
+pub fn carried(
+    conn: &Connection,
+    scope: &Scope,
+    runs: &[String],
+) -> rusqlite::Result<Vec<Carried>> {
+    let ours = of_plan(&scope.plan);
     let mut stmt = conn.prepare(
-        "SELECT run, plan, count(*) FROM batchsse_undo_conflict
-         WHERE instr(why, ?1) > 0 GROUP BY run, plan ORDER BY min(rowid)",
+        "SELECT run, plan, why, at FROM batchsse_undo_conflict
+         WHERE instr(why, ?1) > 0 ORDER BY rowid",
     )?;
-    let mut all = Vec::new();
-    for by in runs {
-        let (found, _) = carried_mark(by);
-        let rows = stmt.query_map([&found], |r| {
-            let older: String = r.get(0)?;
-            Ok(Carried {
-                which: format!(
-                    "run = '{}' AND instr(why, '{found}') > 0",
-                    older.replace('\'', "''")
-                ),
-                older,
-                plan: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
-                by: by.clone(),
-                rows: r.get::<_, i64>(2)?.max(0) as u64,
-            })
-        })?;
-        all.extend(rows.collect::<rusqlite::Result<Vec<_>>>()?);
+    let mut rows = stmt.query([MARK])?;
+    let mut all: Vec<Carried> = Vec::new();
+    while let Some(r) = rows.next()? {
+        let (older, why, at): (String, String, String) = (r.get(0)?, r.get(2)?, r.get(3)?);
+        let since = scope.since.as_deref().is_some_and(|s| at.as_str() >= s);
+        for mark in why.split(MARK).skip(1) {
+            let Some((by, rest)) = mark.split_once(' ') else {
+                continue;
+            };
+            if !runs.iter().any(|r| r == by) && !(since && rest.starts_with(&ours)) {
+                continue;
+            }
+            match all.iter_mut().find(|c| c.older == older && c.by == by) {
+                Some(c) => c.rows += 1,
+                None => all.push(Carried {
+                    which: format!(
+                        "run = '{}' AND instr(why, '{MARK}{by} ') > 0",
+                        older.replace('\'', "''")
+                    ),
+                    older: older.clone(),
+                    plan: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                    by: by.to_owned(),
+                    rows: 1,
+                }),
+            }
+        }
     }
     Ok(all)
 }
