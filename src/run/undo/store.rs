@@ -1065,7 +1065,8 @@ pub fn carried(
             let Some((by, rest)) = mark.split_once(' ') else {
                 continue;
             };
-            if !runs.iter().any(|r| r == by) && !(since && rest.starts_with(&ours)) {
+            let of_ours = since && rest.starts_with(&ours);
+            if !of_ours && !runs.iter().any(|r| r == by) {
                 continue;
             }
             match all.iter_mut().find(|c| c.older == older && c.by == by) {
