@@ -637,13 +637,7 @@ fn an_older_run_taken_back_before_a_newer_run_of_another_plan_on_its_table_says_
         "elsewhere.json",
         r#"{"name": "elsewhere", "steps": [{"name": "one", "sql": "UPDATE other SET v = v + 1"}]}"#,
     );
-    let mut ids = Vec::new();
-    for plan in [&older, &newer, &elsewhere] {
-        let (code, _, err) = run(&run_args(&db, path_str(plan), &["--no-serve", "--undo"]));
-        assert_eq!(code, 0, "{err}");
-        let id = err.split("--run ").nth(1).unwrap_or_default();
-        ids.push(id.split_whitespace().next().unwrap_or_default().to_owned());
-    }
+    let ids = recorded_ids(&db, &[(&older, &[]), (&newer, &[]), (&elsewhere, &[])]);
     let (code, _, err) = run(&undo_of_plan(&db, "older", &["--dry-run"]));
     assert_eq!(code, 0, "{err}");
     let said = format!(
@@ -702,15 +696,7 @@ fn an_undo_of_several_runs_around_a_run_of_another_plan_gives_an_order_that_work
         "q.json",
         r#"{"name": "q", "steps": [{"sql": "UPDATE t SET counter = counter * 10"}]}"#,
     );
-    let mut ids = Vec::new();
-    for (plan, extra) in [(&p, None), (&q, None), (&p, Some("--force"))] {
-        let mut args = run_args(&db, path_str(plan), &["--no-serve", "--undo"]);
-        args.extend(extra);
-        let (code, _, err) = run(&args);
-        assert_eq!(code, 0, "{err}");
-        let id = err.split("--run ").nth(1).unwrap_or_default();
-        ids.push(id.split_whitespace().next().unwrap_or_default().to_owned());
-    }
+    let ids = recorded_ids(&db, &[(&p, &[]), (&q, &[]), (&p, &["--force"])]);
     let (code, _, err) = run(&undo_of_plan(&db, "p", &["--dry-run"]));
     assert_eq!(code, 0, "{err}");
     let dbp = path_str(&db.path);
@@ -780,13 +766,7 @@ fn a_newer_run_of_another_plan_taken_back_after_an_older_one_says_its_rows_carry
         "newer.json",
         r#"{"name": "newer", "steps": [{"name": "ten", "sql": "UPDATE t SET counter = counter + 10 WHERE id <= 3"}]}"#,
     );
-    let mut ids = Vec::new();
-    for plan in [&older, &newer] {
-        let (code, _, err) = run(&run_args(&db, path_str(plan), &["--no-serve", "--undo"]));
-        assert_eq!(code, 0, "{err}");
-        let id = err.split("--run ").nth(1).unwrap_or_default();
-        ids.push(id.split_whitespace().next().unwrap_or_default().to_owned());
-    }
+    let ids = recorded_ids(&db, &[(&older, &[]), (&newer, &[])]);
     // The application changes a row only the older run changed.
     db.conn()
         .execute_batch("UPDATE t SET counter = 7 WHERE id = 20")
@@ -873,14 +853,7 @@ fn rows_a_plan_s_newer_run_put_back_to_another_plan_s_run_between_its_runs_are_c
         "ten.json",
         r#"{"name": "ten", "steps": [{"name": "ten", "sql": "UPDATE t SET counter = counter + 10 WHERE id <= 3"}]}"#,
     );
-    let mut ids = Vec::new();
-    for (plan, again) in [(&plan, None), (&other, None), (&plan, Some("--force"))] {
-        let extra = [&["--no-serve", "--undo"][..], again.as_slice()].concat();
-        let (code, _, err) = run(&run_args(&db, path_str(plan), &extra));
-        assert_eq!(code, 0, "{err}");
-        let id = err.split("--run ").nth(1).unwrap_or_default();
-        ids.push(id.split_whitespace().next().unwrap_or_default().to_owned());
-    }
+    let ids = recorded_ids(&db, &[(&plan, &[]), (&other, &[]), (&plan, &["--force"])]);
     let (code, _, err) = run(&undo_args(&db, &["--run", &ids[1]]));
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("3 conflicts"), "{err}");
@@ -922,14 +895,7 @@ fn rows_a_plan_s_newer_run_put_back_are_counted_when_an_undo_of_its_runs_ends_in
     };
     let older = db.file("older.json", &step("id BETWEEN 5 AND 6"));
     let newer = db.file("newer.json", &step("id <= 3"));
-    let mut ids = Vec::new();
-    for (plan, again) in [(&other, None), (&older, None), (&newer, Some("--force"))] {
-        let extra = [&["--no-serve", "--undo"][..], again.as_slice()].concat();
-        let (code, _, err) = run(&run_args(&db, path_str(plan), &extra));
-        assert_eq!(code, 0, "{err}");
-        let id = err.split("--run ").nth(1).unwrap_or_default();
-        ids.push(id.split_whitespace().next().unwrap_or_default().to_owned());
-    }
+    let ids = recorded_ids(&db, &[(&other, &[]), (&older, &[]), (&newer, &["--force"])]);
     let (code, _, err) = run(&undo_args(&db, &["--run", &ids[0]]));
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("5 conflicts"), "{err}");
@@ -987,13 +953,7 @@ fn rows_a_stopped_undo_put_back_to_another_plan_s_older_run_are_still_counted_wh
         "newer.json",
         r#"{"name": "newer", "steps": [{"name": "ten", "sql": "UPDATE t SET counter = counter + 10 WHERE id BETWEEN :lo AND :hi AND id <= 3", "chunk": {"table": "t", "key": "id", "size": 1}}]}"#,
     );
-    let mut ids = Vec::new();
-    for plan in [&older, &newer] {
-        let (code, _, err) = run(&run_args(&db, path_str(plan), &["--no-serve", "--undo"]));
-        assert_eq!(code, 0, "{err}");
-        let id = err.split("--run ").nth(1).unwrap_or_default();
-        ids.push(id.split_whitespace().next().unwrap_or_default().to_owned());
-    }
+    let ids = recorded_ids(&db, &[(&older, &[]), (&newer, &[])]);
     let (code, _, err) = run(&undo_args(&db, &["--run", &ids[0]]));
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("3 conflicts"), "{err}");
@@ -1054,18 +1014,21 @@ fn an_undo_of_two_runs_of_a_plan_names_them_as_runs() {
 /// `--force`, over the first); returns the two runs' ids, oldest first.
 pub(crate) fn recorded_twice(db: &TempDb, name: &str) -> Vec<String> {
     let plan = db.file("plan.json", &counter_plan(name, 10));
-    let mut ids = Vec::new();
-    for _ in 0..2 {
-        let (code, _, err) = run(&run_args(
-            db,
-            path_str(&plan),
-            &["--no-serve", "--undo", "--force"],
-        ));
+    recorded_ids(db, &[(&plan, &["--force"]), (&plan, &["--force"])])
+}
+
+/// Runs each plan with `--undo` (and its own flags) on `db`, each of
+/// which must succeed; gives their run ids, in order, from the command
+/// each names to take it back.
+fn recorded_ids(db: &TempDb, runs: &[(&std::path::PathBuf, &[&str])]) -> Vec<String> {
+    let ids = runs.iter().map(|(plan, extra)| {
+        let args = [&["--no-serve", "--undo"][..], extra].concat();
+        let (code, _, err) = run(&run_args(db, path_str(plan), &args));
         assert_eq!(code, 0, "{err}");
         let id = err.split("--run ").nth(1).unwrap_or_default();
-        ids.push(id.split_whitespace().next().unwrap_or_default().to_owned());
-    }
-    ids
+        id.split_whitespace().next().unwrap_or_default().to_owned()
+    });
+    ids.collect()
 }
 
 #[test]
