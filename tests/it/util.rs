@@ -1418,21 +1418,7 @@ impl Certs {
         )
         .expect("write ext");
         for ca in ["ca", "other-ca"] {
-            certs.openssl(&[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "2",
-                "-subj",
-                &format!("/CN=batchsse test {ca}"),
-                "-keyout",
-                &format!("{ca}.key"),
-                "-out",
-                &format!("{ca}.pem"),
-            ]);
+            certs.ca(ca, &format!("batchsse test {ca}"));
         }
         for leaf in ["server", "client"] {
             certs.openssl(&[
@@ -1485,6 +1471,13 @@ impl Certs {
     /// `twin-ca.pem`: a CA with the same name as `ca.pem` but its own key,
     /// as a CA made again would be: it signed nothing here.
     pub fn twin_ca(&self) -> String {
+        self.ca("twin-ca", "batchsse test ca");
+        self.arg("twin-ca.pem")
+    }
+
+    /// `NAME.pem` and `NAME.key`: a self-signed CA whose common name is
+    /// `cn`.
+    fn ca(&self, name: &str, cn: &str) {
         self.openssl(&[
             "req",
             "-x509",
@@ -1494,13 +1487,12 @@ impl Certs {
             "-days",
             "2",
             "-subj",
-            "/CN=batchsse test ca",
+            &format!("/CN={cn}"),
             "-keyout",
-            "twin-ca.key",
+            &format!("{name}.key"),
             "-out",
-            "twin-ca.pem",
+            &format!("{name}.pem"),
         ]);
-        self.arg("twin-ca.pem")
     }
 
     /// `NAME.pem` and `NAME.key`: a self-signed certificate for 127.0.0.1,
