@@ -345,7 +345,7 @@ pub struct UndoClearArgs {
     #[arg(long, value_name = "NAME", allow_hyphen_values = true)]
     pub plan: Option<String>,
 
-    /// Remove the records of runs last recorded longer ago than this (30m, 12h, 7d), keeping back, with a line each, those that must stay (see below).
+    /// Remove the records of runs last recorded longer ago than this (90s, 30m, 12h, 7d, 2w: a unit is needed), keeping back, with a line each, those that must stay (see below).
     #[arg(long, value_name = "AGE", allow_hyphen_values = true)]
     pub older_than: Option<String>,
 

@@ -1215,10 +1215,17 @@ fn undo_clear_older_than_an_age_no_record_has_says_what_it_kept() {
     let (code, _, err) = run(&["undo", "clear", "--db", dbp, "--older-than", "-1d"]);
     assert_eq!(code, 2, "{err}");
     assert!(
-        // A bare number is seconds, and the message says so.
-        err.contains(
-            "--older-than takes a whole number of seconds, or one followed by s, m, h or d"
-        ) && err.contains("got \"-1d\""),
+        err.contains("--older-than takes a whole number followed by s, m, h, d or w")
+            && err.contains("got \"-1d\""),
+        "{err}"
+    );
+    assert_eq!(db.bytes(), bytes);
+    // A bare number is refused, not taken as seconds: `7` meant as days
+    // would have removed this morning's record.
+    let (code, _, err) = run(&["undo", "clear", "--db", dbp, "--older-than", "7"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--older-than needs a unit: 7 alone could mean seconds or days; write 7s, 7m, 7h, 7d or 7w"),
         "{err}"
     );
     assert_eq!(db.bytes(), bytes);

@@ -411,23 +411,30 @@ fn plan_left_text(db: &str, plan: &str, checkpointed: bool) -> String {
     }
 }
 
-/// `30m`, `12h`, `7d` (or plain seconds) in seconds.
+/// `90s`, `30m`, `12h`, `7d`, `2w` (or a bare `0`) in seconds. A bare
+/// number is refused: `7` could mean seven seconds or seven days, and
+/// taking it as seconds would remove records the user meant to keep.
 fn age(s: &str) -> Result<i64, UsageError> {
     let s = s.trim();
     let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let mult = match unit {
-        "" | "s" => 1,
+        "" if !n.is_empty() && n.bytes().all(|b| b == b'0') => 1,
+        "s" => 1,
         "m" => 60,
         "h" => 3600,
         "d" => 86400,
+        "w" => 7 * 86400,
         _ => 0,
     };
     match n.parse::<i64>() {
         Ok(n) if mult > 0 => Ok(n.saturating_mul(mult)),
-        // Digits alone, but more than any age: as good as "never".
+        // Digits and a unit, but more than any age: as good as "never".
         Err(e) if mult > 0 && *e.kind() == std::num::IntErrorKind::PosOverflow => Ok(i64::MAX),
+        _ if unit.is_empty() && !n.is_empty() => Err(UsageError::new(format!(
+            "--older-than needs a unit: {n} alone could mean seconds or days; write {n}s, {n}m, {n}h, {n}d or {n}w (seconds, minutes, hours, days, weeks); nothing was removed"
+        ))),
         _ => Err(UsageError::new(format!(
-            "--older-than takes a whole number of seconds, or one followed by s, m, h or d (seconds, minutes, hours, days), such as 30m, 12h or 7d; got {}",
+            "--older-than takes a whole number followed by s, m, h, d or w (seconds, minutes, hours, days, weeks), such as 30m, 12h or 7d; got {}; nothing was removed",
             quoted(s)
         ))),
     }
@@ -450,20 +457,31 @@ mod tests {
     fn ages_are_read_or_refused_with_the_units() {
         for (text, secs) in [
             ("0", 0),
-            ("45", 45),
+            ("000", 0),
             ("45s", 45),
             ("30m", 1800),
             ("12h", 43_200),
             ("7d", 604_800),
+            ("2w", 1_209_600),
             ("99999999999d", 8_639_999_999_913_600),
             ("999999999999999999d", i64::MAX),
-            ("99999999999999999999", i64::MAX),
+            ("99999999999999999999d", i64::MAX),
         ] {
             assert_eq!(age(text).unwrap(), secs, "{text}");
         }
         for bad in ["", "-1d", "1y", "7D", "1.5h", "+5m", "1 d", "d", "garbage"] {
             let why = age(bad).unwrap_err().to_string();
-            assert!(why.contains("followed by s, m, h or d"), "{bad}: {why}");
+            assert!(why.contains("followed by s, m, h, d or w"), "{bad}: {why}");
+        }
+        // A bare number could mean seconds or days: refused, with both.
+        for bare in ["7", "45", "99999999999999999999"] {
+            let why = age(bare).unwrap_err().to_string();
+            assert!(
+                why.contains(&format!(
+                    "{bare} alone could mean seconds or days; write {bare}s"
+                )),
+                "{bare}: {why}"
+            );
         }
     }
 
