@@ -730,6 +730,18 @@ fn a_newer_run_taken_back_after_an_older_one_is_not_held_by_its_conflicts() {
     let (code, _, err) = run(&undo_args(&db, &["--run", &ids[0]]));
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("was recorded after this one"), "{err}");
+    // A dry run says it first, and writes nothing.
+    let bytes = db.bytes();
+    let (code, _, err) = run(&undo_args(&db, &["--run", &ids[1], "--dry-run"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(&format!(
+            "dry run: 40 rows that the undo of run {}, an older run of plan \"twice\", kept (a newer run had changed them since) would get back what run {0} wrote, so they would still carry that run's change",
+            ids[0]
+        )),
+        "{err}"
+    );
+    assert_eq!(db.bytes(), bytes);
     let (code, _, err) = run(&undo_args(&db, &["--run", &ids[1]]));
     assert_eq!(code, 0, "{err}");
     assert!(
@@ -774,6 +786,18 @@ fn a_newer_run_of_another_plan_taken_back_after_an_older_one_says_its_rows_carry
     let (code, _, err) = run(&undo_args(&db, &["--run", &ids[0]]));
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("4 conflicts"), "{err}");
+    // A dry run says it first, and writes nothing.
+    let bytes = db.bytes();
+    let (code, _, err) = run(&undo_args(&db, &["--run", &ids[1], "--dry-run"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(&format!(
+            "dry run: 3 rows that run {} changed after run {} of plan \"older\", kept as conflicts by that run's undo, would get back what they held before run {0}",
+            ids[1], ids[0]
+        )) && err.contains(&format!("would still carry run {}'s change", ids[0])),
+        "{err}"
+    );
+    assert_eq!(db.bytes(), bytes);
     let dbp = path_str(&db.path);
     let args = [
         "undo",

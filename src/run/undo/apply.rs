@@ -402,6 +402,7 @@ impl Undoer<'_> {
         self.say_overwritten(tally.overwritten);
         if let Some(outer) = outer {
             tally.earlier = Some(self.earlier());
+            self.say_dry_carried();
             drop(outer);
             self.say_dry_run(&tally, &end);
         } else if end.is_none() {
@@ -430,6 +431,40 @@ impl Undoer<'_> {
             thousands(tally.reverted), plural(tally.reverted), thousands(tally.conflicts),
             plural(tally.conflicts)
         ));
+    }
+
+    /// A dry run's word of the rows the undo would leave carrying an older
+    /// run's change, as the undo itself says at its end (see
+    /// [`Self::say_carried`], and [`Self::say_older_carries`] when no
+    /// record of the plan would be left): read before the dry run rolls
+    /// back, since the marks and conflicts it wrote go with it.
+    fn say_dry_carried(&self) {
+        let carried = store::carried(self.conn, &self.scope, &self.spec.runs);
+        for c in carried.unwrap_or_default() {
+            let (n, older, by, plan) = (c.rows, &c.older, &c.by, quoted(&c.plan));
+            let [rows, they, them] = they_them(n);
+            self.message(Level::Warn, format!(
+                "dry run: {} {rows} that run {by} changed after run {older} of plan {plan}, kept as conflicts by that run's undo, would get back what {they} held before run {by}: what run {older} wrote (unless an application changed {them} in between), so {they} would still carry run {older}'s change, with no record left to take it back; running plan {plan} again would then change {them} a second time (the undo names the command that lists {them})",
+                thousands(n)
+            ));
+        }
+        let left: rusqlite::Result<bool> = self.conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM batchsse_undo WHERE plan = ?1)",
+            [&self.spec.plan],
+            |r| r.get(0),
+        );
+        if left.unwrap_or(true) {
+            return;
+        }
+        for (run, n) in store::left_by_older(self.conn, &self.scope).unwrap_or_default() {
+            let [rows, they, them] = they_them(n);
+            self.message(Level::Warn, format!(
+                "dry run: {} {rows} that the undo of run {run}, an older run of plan {}, kept (a newer run had changed {them} since) would get back what run {run} wrote, so {they} would still carry that run's change, with no record left to take it back; running the plan again would then change {them} a second time; to list {them}: sqlite3 {} \"SELECT tbl, k FROM batchsse_undo_conflict WHERE run = '{run}'\"",
+                thousands(n),
+                quoted(&self.spec.plan),
+                crate::human::shell_word(self.conn.path().unwrap_or(&self.db)),
+            ));
+        }
     }
 
     /// Warns of rows the undo left with a foreign key pointing at nothing
@@ -1179,6 +1214,14 @@ impl Undoer<'_> {
                 ),
             ),
         }
+    }
+}
+
+/// "row", "it", "it" or "rows", "they", "them", for `n` rows.
+fn they_them(n: u64) -> [&'static str; 3] {
+    match n {
+        1 => ["row", "it", "it"],
+        _ => ["rows", "they", "them"],
     }
 }
 
