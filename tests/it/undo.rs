@@ -866,6 +866,48 @@ fn a_newer_run_of_another_plan_taken_back_after_an_older_one_says_its_rows_carry
     );
 }
 
+/// As above, but one of the rows is one the application deleted after the
+/// older run and the newer run inserted again at its key: its undo deletes
+/// it, so it holds nothing of the older run (before that run it was not
+/// there either). It was counted among the rows that carry the older
+/// run's change.
+#[test]
+fn a_row_a_newer_run_of_another_plan_inserted_is_not_said_to_carry_an_older_run_when_its_undo_deletes_it()
+ {
+    let db = TempDb::counters(40);
+    let older = db.file("older.json", &counter_plan("older", 10));
+    let newer = db.file(
+        "newer.json",
+        r#"{"name": "newer", "steps": [
+            {"name": "ten", "sql": "UPDATE t SET counter = counter + 10 WHERE id IN (1, 3)"},
+            {"name": "again", "sql": "INSERT INTO t(id, counter) VALUES (2, 50)"}]}"#,
+    );
+    let first = recorded_ids(&db, &[(&older, &[])]);
+    db.conn()
+        .execute_batch("DELETE FROM t WHERE id = 2")
+        .unwrap();
+    let second = recorded_ids(&db, &[(&newer, &[])]);
+    let (code, _, err) = run(&undo_args(&db, &["--run", &first[0]]));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("3 conflicts"), "{err}");
+    for dry in [true, false] {
+        let mut args = vec!["--run", second[0].as_str()];
+        if dry {
+            args.push("--dry-run");
+        }
+        let (code, _, err) = run(&undo_args(&db, &args));
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            err.contains(&format!(
+                "2 rows that run {} changed after run {} of plan \"older\"",
+                second[0], first[0]
+            )),
+            "dry run {dry}: {err}"
+        );
+    }
+    assert_eq!(db.query_i64("SELECT count(*) FROM t WHERE id = 2"), 0);
+}
+
 /// As above, another plan's run recorded between two runs of the plan
 /// whose undo (`--plan`) takes both back: the newer one's undo puts back
 /// what that run wrote, though the plan's oldest run is older than it.

@@ -157,10 +157,14 @@ impl<'c> Reverter<'c> {
         Ok(())
     }
 
-    /// A row put back: if an older run's undo kept it, it now holds what
-    /// that run wrote (see [`Reverter::older`]).
-    fn older_carried(&mut self, table: &str, key: &[Val]) {
-        if self.older.is_empty() {
+    /// A row put back by undoing an entry of kind `kind`: if an older run's
+    /// undo kept it, it now holds what that run wrote (see
+    /// [`Reverter::older`]). Not when the entry was an insert: its undo
+    /// deletes the row, which then holds nothing (the row was not there
+    /// before the run; an earlier entry of the run that finds it there,
+    /// a delete, puts it back and tells).
+    fn older_carried(&mut self, kind: u8, table: &str, key: &[Val]) {
+        if self.older.is_empty() || kind == op::INSERT {
             return;
         }
         let Some(started) = self.started.as_deref() else {
@@ -363,7 +367,7 @@ impl<'c> Reverter<'c> {
             let key = [Val::Integer(e.key)];
             if matches!(verdict, Verdict::Put | Verdict::Overwrote) {
                 self.no_longer_kept(&l.table, &key)?;
-                self.older_carried(&l.table, &key);
+                self.older_carried(job.part.op, &l.table, &key);
             }
             let why = match verdict {
                 Verdict::Put => {
@@ -438,7 +442,7 @@ impl<'c> Reverter<'c> {
                 reverted += 1;
                 undone.went_back(e);
                 self.no_longer_kept(&layout.table, &e.key)?;
-                self.older_carried(&layout.table, &e.key);
+                self.older_carried(e.op, &layout.table, &e.key);
             } else {
                 self.held.insert(held_id(&layout.table, &e.key));
                 conflicts.insert(id());
