@@ -356,6 +356,7 @@ fn runner_died(log: &EventLog, e: &tokio::task::JoinError) -> RunStatus {
         conflicts: None,
         conflicts_earlier: None,
         conflicts_as_left: None,
+        carried_older: None,
     }));
     RunStatus::Failed
 }

@@ -247,6 +247,7 @@ impl Finished {
             conflicts: None,
             conflicts_earlier: None,
             conflicts_as_left: None,
+            carried_older: None,
         })
     }
 }
@@ -334,6 +335,14 @@ pub struct Finished {
     /// they would get back; they still carry the run's change.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub conflicts_as_left: Option<u64>,
+    /// For an undo that took back a run which changed rows after an older
+    /// run, whose undo had kept them as conflicts: those rows, which got
+    /// back what the older run wrote and so still carry its change, with
+    /// no record left to take it back (the undo's warnings name the older
+    /// runs, and how to list the rows). For a dry run, those it would
+    /// leave so. Absent when there are none.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub carried_older: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -106,6 +106,10 @@ pub struct Snapshot {
     /// left them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conflicts_as_left: Option<u64>,
+    /// For an undo, once finished: the rows left carrying an older run's
+    /// change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub carried_older: Option<u64>,
     pub last_event_id: u64,
     /// Paused by a live command.
     pub paused: bool,
@@ -619,6 +623,7 @@ fn update_snapshot(inner: &mut Inner, event: &Event, id: u64) {
             (s.undo_bytes, s.conflicts) = (e.undo_bytes, e.conflicts);
             s.undo_command.clone_from(&e.undo_command);
             (s.conflicts_earlier, s.conflicts_as_left) = (e.conflicts_earlier, e.conflicts_as_left);
+            s.carried_older = e.carried_older;
             s.step = None;
             (s.rate, s.eta_ms, s.run_eta_ms) = (None, None, None);
             (s.paused, s.throttled) = (false, None);

@@ -258,6 +258,7 @@ fn run_beating(
         conflicts: None,
         conflicts_earlier: None,
         conflicts_as_left: None,
+        carried_older: None,
     }));
     status
 }

@@ -177,6 +177,11 @@ fn undo(r: &mut Registry, snap: &Snapshot) {
             "Of the rows kept (by this try and earlier ones), those kept as the run left them: another row holds a value they would get back, once finished",
             gauge(snap.conflicts_as_left.unwrap_or(0)),
         );
+        r.register(
+            "batchsse_undo_carried_older",
+            "Rows this undo put back to what an older run wrote, whose undo had kept them: they still carry that run's change, with no record left to take it back, once finished",
+            gauge(snap.carried_older.unwrap_or(0)),
+        );
     }
 }
 

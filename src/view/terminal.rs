@@ -704,6 +704,18 @@ fn finished_line_after(f: &crate::events::Finished, said: Option<&str>) -> Strin
         line += &format!(", undo record {} bytes", thousands(b));
     }
     line += &kept_said(f);
+    if let Some(n) = f.carried_older {
+        let (rows, carry) = match (n, f.dry_run) {
+            (1, false) => ("row", "still carries"),
+            (_, false) => ("rows", "still carry"),
+            (1, true) => ("row", "would still carry"),
+            (_, true) => ("rows", "would still carry"),
+        };
+        line += &format!(
+            "; {} {rows} {carry} an older run's change (see the warnings above)",
+            thousands(n)
+        );
+    }
     if let Some(e) = f.error.as_deref().filter(|e| Some(*e) != said) {
         line += &format!("\n  {e}");
     }

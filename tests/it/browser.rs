@@ -1442,6 +1442,35 @@ fn the_banner_names_a_row_an_undo_kept_as_the_run_left_it() {
     assert!(!said.contains("the application's row"), "{v:#}");
 }
 
+/// An undo that leaves rows carrying an older run's change (another
+/// plan's run, taken back first, kept them) says how many on the banner.
+#[test]
+fn the_banner_counts_the_rows_an_undo_left_carrying_an_older_run() {
+    let Some(_b) = browser() else { return };
+    let db = TempDb::counters(40);
+    let older = db.file("older.json", &counter_plan("older", 10));
+    let newer = db.file(
+        "newer.json",
+        r#"{"name": "newer", "steps": [{"name": "ten", "sql": "UPDATE t SET counter = counter + 10 WHERE id <= 3"}]}"#,
+    );
+    run_undoable(&db, &older);
+    run_undoable(&db, &newer);
+    let file = path_str(&db.path);
+    let (code, _, err) = run(&["undo", "--db", file, "--plan", "older", "--no-serve"]);
+    assert_eq!(code, 0, "{err}");
+    let mut args = vec!["undo", "--db", file, "--plan", "newer"];
+    args.extend_from_slice(&["--listen", "127.0.0.1:0", "--progress", "none"]);
+    args.extend_from_slice(&["--wait-for-clients", "1", "--linger", "20"]);
+    let u = Proc::start(&args);
+    let v = observe(&format!("http://{}/", u.addr()), json!({}));
+    assert_eq!(v["banner"]["status"], "ok", "{v:#}");
+    let said = v["banner"]["text"].as_str().unwrap_or_default();
+    assert!(
+        said.contains("3 rows still carry an older run's change (see the log)"),
+        "{v:#}"
+    );
+}
+
 /// The `<script setup>` of the README's Vue recipe (`BatchProgress.vue`),
 /// as printed, without its `import` line.
 fn readme_vue_script() -> String {

@@ -741,9 +741,17 @@ fn a_newer_run_taken_back_after_an_older_one_is_not_held_by_its_conflicts() {
         )),
         "{err}"
     );
+    assert!(
+        err.contains("; 40 rows would still carry an older run's change (see the warnings above)"),
+        "{err}"
+    );
     assert_eq!(db.bytes(), bytes);
     let (code, _, err) = run(&undo_args(&db, &["--run", &ids[1]]));
     assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("; 40 rows still carry an older run's change (see the warnings above)"),
+        "{err}"
+    );
     assert!(
         !err.contains("kept the application"),
         "nothing of the application to keep: {err}"
@@ -861,8 +869,8 @@ fn a_newer_run_of_another_plan_taken_back_after_an_older_one_says_its_rows_carry
     assert_eq!(keys, [1, 2, 3], "{warned}");
     let fin = &events.last().expect("finished")["data"];
     assert_eq!(
-        (&fin["status"], &fin["conflicts"]),
-        (&"ok".into(), &0.into())
+        (&fin["status"], &fin["conflicts"], &fin["carried_older"]),
+        (&"ok".into(), &0.into(), &3.into())
     );
 }
 

@@ -141,6 +141,8 @@ struct Tally {
     overwritten: u64,
     /// Of the conflicts, rows kept as the run left them.
     as_left: u64,
+    /// Rows put back to what an older run wrote (see [`Undoer::finish`]).
+    carried: u64,
     steps_done: usize,
     /// A dry run's [`Undoer::earlier`], read before it rolls back.
     earlier: Option<(u64, u64)>,
@@ -216,6 +218,7 @@ pub fn run(
         conflicts: Some(tally.conflicts),
         conflicts_earlier: (earlier > 0).then_some(earlier),
         conflicts_as_left: Some(tally.as_left + earlier_as_left).filter(|&n| n > 0),
+        carried_older: Some(tally.carried).filter(|&n| n > 0),
     }));
     status
 }
@@ -402,11 +405,11 @@ impl Undoer<'_> {
         self.say_overwritten(tally.overwritten);
         if let Some(outer) = outer {
             tally.earlier = Some(self.earlier());
-            self.say_dry_carried();
+            tally.carried = self.say_dry_carried();
             drop(outer);
             self.say_dry_run(&tally, &end);
         } else if end.is_none() {
-            self.finish();
+            tally.carried = self.finish();
         }
         (tally, end, groups.len())
     }
@@ -437,10 +440,12 @@ impl Undoer<'_> {
     /// run's change, as the undo itself says at its end (see
     /// [`Self::say_carried`], and [`Self::say_older_carries`] when no
     /// record of the plan would be left): read before the dry run rolls
-    /// back, since the marks and conflicts it wrote go with it.
-    fn say_dry_carried(&self) {
-        let carried = store::carried(self.conn, &self.scope, &self.spec.runs);
-        for c in carried.unwrap_or_default() {
+    /// back, since the marks and conflicts it wrote go with it. Gives how
+    /// many rows it named.
+    fn say_dry_carried(&self) -> u64 {
+        let carried = store::carried(self.conn, &self.scope, &self.spec.runs).unwrap_or_default();
+        let mut said = carried.iter().map(|c| c.rows).sum();
+        for c in carried {
             let (n, older, by, plan) = (c.rows, &c.older, &c.by, quoted(&c.plan));
             let [rows, they, them] = they_them(n);
             self.message(Level::Warn, format!(
@@ -454,9 +459,10 @@ impl Undoer<'_> {
             |r| r.get(0),
         );
         if left.unwrap_or(true) {
-            return;
+            return said;
         }
         for (run, n) in store::left_by_older(self.conn, &self.scope).unwrap_or_default() {
+            said += n;
             let [rows, they, them] = they_them(n);
             self.message(Level::Warn, format!(
                 "dry run: {} {rows} that the undo of run {run}, an older run of plan {}, kept (a newer run had changed {them} since) would get back what run {run} wrote, so {they} would still carry that run's change, with no record left to take it back; running the plan again would then change {them} a second time; to list {them}: sqlite3 {} \"SELECT tbl, k FROM batchsse_undo_conflict WHERE run = '{run}'\"",
@@ -465,6 +471,7 @@ impl Undoer<'_> {
                 crate::human::shell_word(self.conn.path().unwrap_or(&self.db)),
             ));
         }
+        said
     }
 
     /// Warns of rows the undo left with a foreign key pointing at nothing
@@ -975,16 +982,16 @@ impl Undoer<'_> {
     /// Says that the plan is taken back, and names the rows that still
     /// carry its change: kept as the run left them, since another row holds
     /// a value they would get back. Running the plan again would change
-    /// them twice.
-    fn say_taken_back(&self, carried: bool) {
+    /// them twice. `older`: the rows left carrying an older run's change
+    /// of the plan, by run ([`store::left_by_older`]).
+    fn say_taken_back(&self, carried: bool, older: &[(String, u64)]) {
         let plan = &self.spec.plan;
         let deleted = store::kept_why(self.conn, &self.scope, STAYS_DELETED).unwrap_or(0);
         let as_left = store::kept_why(self.conn, &self.scope, TAKEN)
             .unwrap_or(0)
             .saturating_sub(deleted);
         let kept = store::kept_why(self.conn, &self.scope, "").unwrap_or(0);
-        let older = store::left_by_older(self.conn, &self.scope).unwrap_or_default();
-        for (run, n) in &older {
+        for (run, n) in older {
             self.say_older_carries(run, *n);
         }
         if kept == 0 && older.is_empty() {
@@ -1160,8 +1167,9 @@ impl Undoer<'_> {
 
     /// After a complete undo: says what is left. The checkpoint of each
     /// step taken back whole went in its last part's transaction
-    /// ([`Undoer::settle`]), so those steps can run again.
-    fn finish(&self) {
+    /// ([`Undoer::settle`]), so those steps can run again. Gives the rows
+    /// it said still carry an older run's change (`carried_older`).
+    fn finish(&self) -> u64 {
         let plan = &self.spec.plan;
         // Each row saved waited for a part now taken back.
         if let Err(e) = stash::forget(self.conn, &self.spec.runs) {
@@ -1197,9 +1205,12 @@ impl Undoer<'_> {
         for c in &carried {
             self.say_carried(c);
         }
+        let mut said = carried.iter().map(|c| c.rows).sum();
         match done() {
             Ok((kept, left)) if kept.is_empty() && left.is_empty() => {
-                self.say_taken_back(!carried.is_empty());
+                let older = store::left_by_older(self.conn, &self.scope).unwrap_or_default();
+                said += older.iter().map(|(_, n)| n).sum::<u64>();
+                self.say_taken_back(!carried.is_empty(), &older);
                 self.tidy();
             }
             Ok((kept, left)) if left.is_empty() => {
@@ -1214,6 +1225,7 @@ impl Undoer<'_> {
                 ),
             ),
         }
+        said
     }
 }
 
