@@ -16,7 +16,7 @@ use super::codec::{
 };
 use super::dangling::Watch;
 use super::stash::{self, Keep, Stash};
-use super::store::{OlderKept, Scope, kept_for_older, kept_rows};
+use super::store::{Scope, kept_for_older, kept_rows};
 use crate::plan::quote;
 use crate::run::expect::shown;
 
@@ -67,14 +67,17 @@ pub struct Reverter<'c> {
     kept_before: HashMap<(String, Vec<u8>), Vec<i64>>,
     /// The last row of `batchsse_undo_conflict` read into `held`.
     kept_seen: i64,
-    /// Rows an undo of an older run of another plan kept, with their rows
-    /// in `batchsse_undo_conflict` (see [`super::store::kept_for_older`]):
-    /// one this undo puts back gets what that run wrote, and keeps its
-    /// change with no record left to take it back.
-    older: HashMap<(String, Vec<u8>), Vec<OlderKept>>,
-    /// When the run whose part is under way began to be recorded: the
-    /// rows of `older` its undo carries are told by it.
-    started: Option<String>,
+    /// Rows an undo of an older run kept, by table and encoded key, with
+    /// their rows in `batchsse_undo_conflict` (see
+    /// [`super::store::kept_for_older`]): one this undo puts back gets
+    /// what that run wrote, and keeps its change with no record left to
+    /// take it back. Small per row (an older undo may have kept millions).
+    older: HashMap<String, HashMap<Vec<u8>, Vec<Older>>>,
+    /// When each of the undo's runs began to be recorded, in order.
+    starts: Vec<String>,
+    /// Of `starts`, the run whose part is under way: the rows of `older`
+    /// its undo carries are told by it.
+    started: Option<u32>,
     /// Their rows in `batchsse_undo_conflict` that the part under way put
     /// back, for the undo to mark in its transaction.
     carried: Vec<i64>,
@@ -115,6 +118,7 @@ impl<'c> Reverter<'c> {
             kept_before: HashMap::new(),
             kept_seen: 0,
             older: HashMap::new(),
+            starts: Vec::new(),
             started: None,
             carried: Vec::new(),
             bulk: Bulk::new(conn),
@@ -134,6 +138,9 @@ impl<'c> Reverter<'c> {
         // Up to the table's last row, whoever's: rows of other runs are
         // passed over once, not in every part.
         let upto = super::store::last_kept(self.conn)?;
+        if self.starts.is_empty() {
+            self.starts = scope.starts();
+        }
         if upto <= self.kept_seen {
             return Ok(());
         }
@@ -149,10 +156,22 @@ impl<'c> Reverter<'c> {
                 false => _ = self.held.insert(id),
             }
         }
-        for ((_, table, key), kept) in kept_for_older(self.conn, scope, (self.kept_seen, upto))? {
-            let id = held_id(&table, &[key]);
-            self.older.entry(id).or_default().push(kept);
-        }
+        let (older, starts) = (&mut self.older, &self.starts);
+        kept_for_older(self.conn, scope, (self.kept_seen, upto), |kept| {
+            let runs = kept.carried_by(starts);
+            if runs.is_empty() {
+                return;
+            }
+            let rows = match older.get_mut(kept.table) {
+                Some(rows) => rows,
+                None => older.entry(kept.table.to_owned()).or_default(),
+            };
+            let key = key_id(&[kept.key.into()]);
+            rows.entry(key).or_default().push(Older {
+                rowid: kept.rowid,
+                runs,
+            });
+        })?;
         self.kept_seen = upto;
         Ok(())
     }
@@ -167,28 +186,33 @@ impl<'c> Reverter<'c> {
         if self.older.is_empty() || kind == op::INSERT {
             return;
         }
-        let Some(started) = self.started.as_deref() else {
+        let Some(started) = self.started else {
             return;
         };
-        let id = held_id(table, key);
-        let Some(kept) = self.older.get_mut(&id) else {
+        let Some(rows) = self.older.get_mut(table) else {
+            return;
+        };
+        let id = key_id(key);
+        let Some(kept) = rows.get_mut(&id) else {
             return;
         };
         // Those this run's undo does not carry stay for an older run's.
         let (carried, left) = std::mem::take(kept)
             .into_iter()
-            .partition::<Vec<_>, _>(|k| k.carried_by(started));
+            .partition::<Vec<_>, _>(|k| k.runs.contains(&started));
         self.carried.extend(carried.iter().map(|k| k.rowid));
         match left.is_empty() {
-            true => _ = self.older.remove(&id),
+            true => _ = rows.remove(&id),
             false => *kept = left,
         }
     }
 
     /// The part about to be put back is of a run recorded from `started`
-    /// on (`None`: not known, and no row is counted as carried).
+    /// on (`None`: not known, and no row is counted as carried). After
+    /// [`Reverter::hold_kept`], which reads when the runs were recorded.
     pub fn part_of_run(&mut self, started: Option<&str>) {
-        self.started = started.map(str::to_owned);
+        let at = |s: &str| self.starts.binary_search_by(|x| x.as_str().cmp(s)).ok();
+        self.started = started.and_then(at).and_then(|i| u32::try_from(i).ok());
     }
 
     /// The rows of `batchsse_undo_conflict` of older runs' undos whose
@@ -937,9 +961,24 @@ fn key_clause(l: &Layout, from: usize, collations: &[Option<String>]) -> String 
 /// A row's entry in [`Reverter::held`]: its key as the conflict table
 /// keeps it, encoded.
 fn held_id(table: &str, key: &[Val]) -> (String, Vec<u8>) {
+    (table.to_owned(), key_id(key))
+}
+
+/// A row's key as [`held_id`] and [`Reverter::older`] hold it: the value
+/// the conflict table keeps, encoded.
+fn key_id(key: &[Val]) -> Vec<u8> {
     let mut id = Vec::new();
     put_value(&mut id, key_value(key).as_ref());
-    (table.to_owned(), id)
+    id
+}
+
+/// A row an older run's undo kept ([`Reverter::older`]): its row in
+/// `batchsse_undo_conflict`, and which of the undo's runs
+/// ([`Reverter::starts`]) carry that older run's change when their undo
+/// puts it back.
+struct Older {
+    rowid: i64,
+    runs: std::ops::Range<u32>,
 }
 
 /// Values' encodings, one after the other.

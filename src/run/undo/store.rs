@@ -403,6 +403,15 @@ impl Scope {
         self.recorded.get(run).map(String::as_str)
     }
 
+    /// When each of the runs with parts left began to be recorded, in
+    /// order.
+    pub fn starts(&self) -> Vec<String> {
+        let mut starts: Vec<String> = self.recorded.values().cloned().collect();
+        starts.sort_unstable();
+        starts.dedup();
+        starts
+    }
+
     /// The condition on a conflict row, its parameters ([`Scope::params`])
     /// from `?first` on.
     fn holds(&self, first: usize) -> String {
@@ -947,9 +956,10 @@ pub fn kept_for_older(
     conn: &Connection,
     scope: &Scope,
     (after, upto): (i64, i64),
-) -> rusqlite::Result<Vec<(KeptRow, OlderKept)>> {
+    mut each: impl FnMut(OlderKept<'_>),
+) -> rusqlite::Result<()> {
     let Some(since) = scope.since.as_ref().filter(|_| scope.run_at) else {
-        return Ok(Vec::new());
+        return Ok(());
     };
     let mut stmt = conn.prepare_cached(
         "SELECT rowid, tbl, k, run_at, at FROM batchsse_undo_conflict
@@ -960,32 +970,43 @@ pub fn kept_for_older(
     // One put back already, by an earlier try (another of its runs):
     // counted once, for that run.
     let params = rusqlite::params![after, upto, scope.plan, since, scope.runs, MARK];
-    let rows = stmt.query_map(params, |r| {
-        let rowid = r.get(0)?;
-        let (run_at, at) = (r.get(3)?, r.get(4)?);
-        let row = (rowid, r.get(1)?, r.get_ref(2)?.into());
-        Ok((row, OlderKept { rowid, run_at, at }))
-    })?;
-    rows.collect()
+    let mut rows = stmt.query(params)?;
+    while let Some(r) = rows.next()? {
+        // Streamed, not collected: an older undo may have kept millions.
+        each(OlderKept {
+            rowid: r.get(0)?,
+            table: r.get_ref(1)?.as_str()?,
+            key: r.get_ref(2)?,
+            run_at: r.get_ref(3)?.as_str()?,
+            at: r.get_ref(4)?.as_str()?,
+        });
+    }
+    Ok(())
 }
 
-/// A row of `batchsse_undo_conflict` from [`kept_for_older`]: kept by the
-/// undo of a run recorded at `run_at`, at `at`.
-#[derive(Debug, Clone)]
-pub struct OlderKept {
+/// A row of `batchsse_undo_conflict` from [`kept_for_older`]: its key,
+/// kept by the undo of a run recorded at `run_at`, at `at`.
+pub struct OlderKept<'r> {
     pub rowid: i64,
-    run_at: String,
-    at: String,
+    pub table: &'r str,
+    pub key: rusqlite::types::ValueRef<'r>,
+    run_at: &'r str,
+    at: &'r str,
 }
 
-impl OlderKept {
-    /// Whether the undo of a run recorded from `started` on, putting the
-    /// row back, gives it what the older run wrote: that run was recorded
-    /// before it, and its undo kept the row after it began, so it changed
-    /// the row on top of the older run's change (a run recorded after the
-    /// older undo changed what that undo left, not the older run's value).
-    pub fn carried_by(&self, started: &str) -> bool {
-        self.run_at.as_str() < started && self.at.as_str() >= started
+impl OlderKept<'_> {
+    /// Of `starts` (when the undo's runs began to be recorded, in order),
+    /// the ones whose run's undo, putting the row back, gives it what the
+    /// older run wrote: that run was recorded before it, and its undo
+    /// kept the row after it began, so it changed the row on top of the
+    /// older run's change (a run recorded after the older undo changed
+    /// what that undo left, not the older run's value). A range, since
+    /// both bounds are times.
+    pub fn carried_by(&self, starts: &[String]) -> std::ops::Range<u32> {
+        let from = starts.partition_point(|s| s.as_str() <= self.run_at);
+        let to = starts.partition_point(|s| s.as_str() <= self.at);
+        let index = |i: usize| u32::try_from(i).unwrap_or(u32::MAX);
+        index(from)..index(to.max(from))
     }
 }
 
@@ -1019,14 +1040,18 @@ pub fn mark_carried(
     run: &str,
     plan: &str,
 ) -> rusqlite::Result<()> {
-    let (found, whole) = carried_mark(run, plan);
-    let mut stmt = conn.prepare_cached(
-        "UPDATE batchsse_undo_conflict SET why = why || ?2 WHERE rowid = ?1 AND instr(why, ?3) = 0",
-    )?;
-    for rowid in rowids {
-        stmt.execute(rusqlite::params![rowid, whole, found])?;
+    if rowids.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    let (found, whole) = carried_mark(run, plan);
+    // One statement for the part's rows, not one for each.
+    let rowids = serde_json::to_string(rowids).unwrap_or_else(|_| "[]".into());
+    conn.prepare_cached(
+        "UPDATE batchsse_undo_conflict SET why = why || ?2
+         WHERE rowid IN (SELECT value FROM json_each(?1)) AND instr(why, ?3) = 0",
+    )?
+    .execute(rusqlite::params![rowids, whole, found])
+    .map(drop)
 }
 
 /// Rows an older run's undo kept that an undo of one of `runs` put back
