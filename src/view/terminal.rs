@@ -115,11 +115,19 @@ impl Bars {
             self.overall.set_message(label);
             return None;
         }
+        // Each bar is drawn once at its true count as the step ends: the
+        // draws in between are rate limited (20 a second), and the run's
+        // bar, with its clock ticking, is drawn only at its ticks (4 a
+        // second), so steps that end fast (all skipped on a plan run
+        // again, a short walk) left it drawn at "0/5 steps" under five
+        // "skipped" lines, the step's bar short of its last rows.
         if let Some(pb) = self.step.take() {
+            pb.force_draw();
             pb.finish_and_clear();
             self.multi.remove(&pb);
         }
         self.overall.inc(1);
+        self.overall.force_draw();
         Some(format!("{label}: {}", step_line(s, skipped)))
     }
 

@@ -711,3 +711,75 @@ fn the_terminal_echoes_again_however_the_run_ends() {
     assert_eq!(code, 0, "{}", String::from_utf8_lossy(&got));
     assert!(echoing(&got), "finished: the echo is back");
 }
+
+/// What the last bar drawn before `of` counted: "5" for `/5 steps  ` in
+/// "run  [====] 5/5 steps  00:00:00", "1,900" for `/2,000 rows`. The
+/// terminal's bytes, every frame included: the bars are cleared at the
+/// end, but each frame was on the screen until the next.
+fn last_drawn<'a>(text: &'a str, of: &str) -> Option<&'a str> {
+    let before = &text[..text.rfind(of)?];
+    let start = before
+        .rfind(|c: char| !c.is_ascii_digit() && c != ',')
+        .map_or(0, |i| i + 1);
+    Some(&before[start..])
+}
+
+/// A plan run again finds every step applied: its five steps end skipped
+/// within a few milliseconds, well under the run bar's redraw (its clock's
+/// tick), and the bar was last drawn at "0/5 steps" under five "skipped"
+/// lines. Each step's end draws it at its true count. (Without that, a
+/// tick that happens to land after the last step draws it right: the
+/// test can pass by chance then, never fail by chance now.)
+#[test]
+fn a_plan_run_again_leaves_its_bar_at_every_step_skipped() {
+    let db = TempDb::counters(50);
+    db.age();
+    let step = |i: u32| {
+        let sql = format!("UPDATE t SET counter = counter + 1 WHERE id = {i}");
+        serde_json::json!({"name": format!("s{i}"), "sql": sql})
+    };
+    let steps: Vec<_> = (1..=5).map(step).collect();
+    let plan = serde_json::json!({"name": "again", "steps": steps}).to_string();
+    let plan = db.file("again.json", &plan);
+    let args = run_args(&db, path_str(&plan), &["--no-serve"]);
+    let (code, _, err) = run(&[&args[..], &["--progress", "none"]].concat());
+    assert_eq!(code, 0, "{err}");
+    let (code, text) = run_on_terminal(&args);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("[5/5] s5: skipped (already applied)"),
+        "{text}"
+    );
+    // Two spaces: the bar, not the final line ("5/5 steps, 0 rows").
+    assert_eq!(last_drawn(&text, "/5 steps  "), Some("5"), "{text}");
+}
+
+/// A walk of 2,000 rows in chunks of 10 ends in a few tens of
+/// milliseconds, its chunks far faster than the bars' 20 draws a second:
+/// the step's bar was last drawn short of its end ("1,900/2,000 rows")
+/// and the run's at "0/2 steps" under the step's "done" line. Each bar is
+/// drawn at its true count as the step ends.
+#[test]
+fn a_fast_walk_leaves_its_bars_at_every_row_and_step_done() {
+    let db = TempDb::counters(2000);
+    db.age();
+    let plan = serde_json::json!({
+        "name": "fast",
+        "steps": [
+            {"name": "walk", "sql": "UPDATE t SET counter = counter + 1 WHERE id BETWEEN :lo AND :hi",
+             "chunk": {"table": "t", "key": "id", "size": 10}},
+            {"name": "after", "sql": "UPDATE t SET counter = counter + 1 WHERE id = 1"}
+        ]
+    });
+    let plan = db.file("fast.json", &plan.to_string());
+    let args = run_args(&db, path_str(&plan), &["--no-serve", "--batch-size", "10"]);
+    let (code, text) = run_on_terminal(&args);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("[1/2] walk: done, 2,000 rows changed"),
+        "{text}"
+    );
+    assert_eq!(last_drawn(&text, "/2,000 rows"), Some("2,000"), "{text}");
+    assert_eq!(last_drawn(&text, "/2 steps  "), Some("2"), "{text}");
+    assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 2001);
+}
