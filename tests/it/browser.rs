@@ -1428,18 +1428,24 @@ fn the_banner_names_a_row_an_undo_kept_as_the_run_left_it() {
     db.conn()
         .execute("INSERT INTO t VALUES (4, 'b')", [])
         .expect("the application's write");
-    let mut args = vec!["undo", "--db", path_str(&db.path), "--plan", "p"];
+    let said = undo_banner(&db, "p");
+    assert!(
+        said.contains("1 conflict kept its row as the run left it (another row holds a value it would get back)"),
+        "{said}"
+    );
+    assert!(!said.contains("the application's row"), "{said}");
+}
+
+/// The text of the dashboard's banner once an undo of `plan` on `db`,
+/// served, has finished ok.
+fn undo_banner(db: &TempDb, plan: &str) -> String {
+    let mut args = vec!["undo", "--db", path_str(&db.path), "--plan", plan];
     args.extend_from_slice(&["--listen", "127.0.0.1:0", "--progress", "none"]);
     args.extend_from_slice(&["--wait-for-clients", "1", "--linger", "20"]);
     let u = Proc::start(&args);
     let v = observe(&format!("http://{}/", u.addr()), json!({}));
     assert_eq!(v["banner"]["status"], "ok", "{v:#}");
-    let said = v["banner"]["text"].as_str().unwrap_or_default();
-    assert!(
-        said.contains("1 conflict kept its row as the run left it (another row holds a value it would get back)"),
-        "{v:#}"
-    );
-    assert!(!said.contains("the application's row"), "{v:#}");
+    v["banner"]["text"].as_str().unwrap_or_default().to_owned()
 }
 
 /// An undo that leaves rows carrying an older run's change (another
@@ -1448,26 +1454,16 @@ fn the_banner_names_a_row_an_undo_kept_as_the_run_left_it() {
 fn the_banner_counts_the_rows_an_undo_left_carrying_an_older_run() {
     let Some(_b) = browser() else { return };
     let db = TempDb::counters(40);
-    let older = db.file("older.json", &counter_plan("older", 10));
-    let newer = db.file(
-        "newer.json",
-        r#"{"name": "newer", "steps": [{"name": "ten", "sql": "UPDATE t SET counter = counter + 10 WHERE id <= 3"}]}"#,
-    );
+    let (older, newer) = older_and_newer(&db);
     run_undoable(&db, &older);
     run_undoable(&db, &newer);
     let file = path_str(&db.path);
     let (code, _, err) = run(&["undo", "--db", file, "--plan", "older", "--no-serve"]);
     assert_eq!(code, 0, "{err}");
-    let mut args = vec!["undo", "--db", file, "--plan", "newer"];
-    args.extend_from_slice(&["--listen", "127.0.0.1:0", "--progress", "none"]);
-    args.extend_from_slice(&["--wait-for-clients", "1", "--linger", "20"]);
-    let u = Proc::start(&args);
-    let v = observe(&format!("http://{}/", u.addr()), json!({}));
-    assert_eq!(v["banner"]["status"], "ok", "{v:#}");
-    let said = v["banner"]["text"].as_str().unwrap_or_default();
+    let said = undo_banner(&db, "newer");
     assert!(
         said.contains("3 rows still carry an older run's change (see the log)"),
-        "{v:#}"
+        "{said}"
     );
 }
 

@@ -237,11 +237,7 @@ fn metrics_give_the_undo_record_and_the_rows_an_undo_kept_once_finished() {
 #[test]
 fn status_and_metrics_count_the_rows_an_undo_left_carrying_an_older_run() {
     let db = TempDb::counters(40);
-    let older = db.file("older.json", &counter_plan("older", 10));
-    let newer = db.file(
-        "newer.json",
-        r#"{"name": "newer", "steps": [{"name": "ten", "sql": "UPDATE t SET counter = counter + 10 WHERE id <= 3"}]}"#,
-    );
+    let (older, newer) = older_and_newer(&db);
     let ids: Vec<String> = [&older, &newer]
         .iter()
         .map(|plan| {

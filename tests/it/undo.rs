@@ -628,11 +628,7 @@ fn an_older_run_taken_back_before_a_newer_run_of_another_plan_on_its_table_says_
          INSERT INTO t(id) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM s WHERE i < 40) SELECT i FROM s;
          INSERT INTO other VALUES (1, 1);",
     );
-    let older = db.file("older.json", &counter_plan("older", 10));
-    let newer = db.file(
-        "newer.json",
-        r#"{"name": "newer", "steps": [{"name": "ten", "sql": "UPDATE t SET counter = counter + 10 WHERE id <= 3"}]}"#,
-    );
+    let (older, newer) = older_and_newer(&db);
     let elsewhere = db.file(
         "elsewhere.json",
         r#"{"name": "elsewhere", "steps": [{"name": "one", "sql": "UPDATE other SET v = v + 1"}]}"#,
@@ -781,11 +777,7 @@ fn a_newer_run_taken_back_after_an_older_one_is_not_held_by_its_conflicts() {
 #[test]
 fn a_newer_run_of_another_plan_taken_back_after_an_older_one_says_its_rows_carry_that_run() {
     let db = TempDb::counters(40);
-    let older = db.file("older.json", &counter_plan("older", 10));
-    let newer = db.file(
-        "newer.json",
-        r#"{"name": "newer", "steps": [{"name": "ten", "sql": "UPDATE t SET counter = counter + 10 WHERE id <= 3"}]}"#,
-    );
+    let (older, newer) = older_and_newer(&db);
     let ids = recorded_ids(&db, &[(&older, &[]), (&newer, &[])]);
     // The application changes a row only the older run changed.
     db.conn()

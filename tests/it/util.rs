@@ -149,6 +149,19 @@ pub fn counter_plan(name: &str, size: u64) -> String {
     .to_string()
 }
 
+/// Two plans over [`TempDb::counters`]' rows that change some rows alike:
+/// `older` adds 1 to every counter (chunks of 10), `newer` 10 to the
+/// first three. Taken back oldest first, the newer run's undo leaves those
+/// three rows carrying the older run's change.
+pub fn older_and_newer(db: &TempDb) -> (PathBuf, PathBuf) {
+    let older = db.file("older.json", &counter_plan("older", 10));
+    let newer = db.file(
+        "newer.json",
+        r#"{"name": "newer", "steps": [{"name": "ten", "sql": "UPDATE t SET counter = counter + 10 WHERE id <= 3"}]}"#,
+    );
+    (older, newer)
+}
+
 /// `undo --db DB --plan PLAN --no-serve`, then `extra`.
 pub fn undo_of_plan<'a>(db: &'a TempDb, plan: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let undo = [
