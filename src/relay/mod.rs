@@ -415,7 +415,8 @@ impl Target {
     }
 
     /// Whether a plain URL names one node of a Redis Cluster (its `INFO
-    /// cluster` says so; a user whose ACL refuses `INFO` is not told).
+    /// cluster` says so; for a user whose ACL refuses `INFO`, keys in
+    /// other nodes' slots: [`keys_elsewhere`]).
     /// Through one node a run and its relays would find their keys by the
     /// luck of the hash: a key in another node's slot is refused (`MOVED`),
     /// and a relay by plan whose key the node held waited forever for a
@@ -426,9 +427,12 @@ impl Target {
         }
         let mut info = redis::cmd("INFO");
         info.arg("cluster");
-        within(CONNECT_TIMEOUT, info.query_async::<String>(conn))
-            .await
-            .is_ok_and(|s| s.lines().any(|l| l.trim() == "cluster_enabled:1"))
+        match within(CONNECT_TIMEOUT, info.query_async::<String>(conn)).await {
+            Ok(s) => s.lines().any(|l| l.trim() == "cluster_enabled:1"),
+            // An ACL user may not run INFO (the least rules the README
+            // gives do not allow it): the keys tell instead.
+            Err(_) => keys_elsewhere(conn).await,
+        }
     }
 
     /// Under Sentinel, a failure to reach the primary the sentinels name,
@@ -874,6 +878,44 @@ fn one_line(e: &redis::RedisError) -> String {
         words.push(w.to_owned());
     }
     words.join(" ")
+}
+
+/// Keys in far-apart slots, one of which a node of a Cluster of two or
+/// more primaries almost surely does not own ([`keys_elsewhere`]).
+const PROBES: usize = 16;
+
+/// Whether the node answers `MOVED` (or `ASK`) for one of [`PROBES`] keys
+/// with different hash tags, read in one round trip with `XRANGE` (which
+/// the README's least ACL rules give a publisher and a relay alike; on a
+/// node that is not in a Cluster they are empty reads). A node of a
+/// Cluster owns only its share of the slots: with 2 primaries, the 16
+/// keys all fall in its own by a chance of 1 in 65,536. A refusal of
+/// `XRANGE` too is not told, as before.
+async fn keys_elsewhere(conn: &mut Conn) -> bool {
+    let mut pipe = redis::pipe();
+    for i in 0..PROBES {
+        let key = format!("batchsse:cluster-probe:{{{i}}}");
+        pipe.cmd("XRANGE")
+            .arg(key)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1);
+    }
+    pipe.ignore_errors();
+    let answers = within(
+        CONNECT_TIMEOUT,
+        pipe.query_async::<Vec<redis::RedisResult<redis::Value>>>(conn),
+    )
+    .await;
+    answers.is_ok_and(|all| {
+        all.iter().any(|a| {
+            a.as_ref()
+                .err()
+                .and_then(redis::RedisError::code)
+                .is_some_and(|c| c == "MOVED" || c == "ASK")
+        })
+    })
 }
 
 /// Runs a Redis call with a time limit; running out counts as an I/O error,

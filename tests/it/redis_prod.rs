@@ -1033,6 +1033,25 @@ fn a_run_published_to_a_cluster_is_served_by_two_relays() {
         let err = publish_refused(&db, &plan, &plain, &[]);
         assert!(err.contains("one of a Redis Cluster"), "{err}");
     }
+    // So are ACL users with the least rules, which may not run INFO (they
+    // were let through: their keys came out under one node's names).
+    for n in &cluster.0 {
+        acl_user(n, "bpub", "pub-s3cret", PUBLISHER_RULES);
+        acl_user(n, "brelay", "relay-s3cret", RELAY_RULES);
+    }
+    for n in &cluster.0 {
+        let relay = format!("redis://brelay:relay-s3cret@127.0.0.1:{}/0", n.port);
+        let args = ["relay", &relay, "--run", &run_id, "--listen", "127.0.0.1:0"];
+        let (code, _, err) = run_env(&args, &[]);
+        assert_eq!(code, Some(2), "{err}");
+        assert!(
+            err.contains("one of a Redis Cluster; give redis+cluster://"),
+            "{err}"
+        );
+        let publisher = format!("redis://bpub:pub-s3cret@127.0.0.1:{}/0", n.port);
+        let err = publish_refused(&db, &plan, &publisher, &[]);
+        assert!(err.contains("one of a Redis Cluster"), "{err}");
+    }
     // A run it does not hold: the command it gives lists the runs of every
     // node, through whichever node it names (a scan lists that node's).
     for n in &cluster.0 {
