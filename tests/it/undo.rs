@@ -916,6 +916,68 @@ fn a_row_a_newer_run_of_another_plan_inserted_is_not_said_to_carry_an_older_run_
     assert_eq!(db.query_i64("SELECT count(*) FROM t WHERE id = 2"), 0);
 }
 
+/// As above, but the older run deleted the rows: the newer run inserted
+/// two of them again at their keys, and the application put the third
+/// back, which the newer run then updated. The older run's undo kept all
+/// three (each exists again). The newer run's undo deletes the two it
+/// inserted: they are left deleted, as the older run left them, with no
+/// record left to bring them back, so they carry its change. The third
+/// gets back the application's row, nothing of the older run's. The two
+/// were not counted (an insert's undo was taken to leave nothing of an
+/// older run), the third was, and the undo said the plan was "fully taken
+/// back" with the older run's rows gone for good.
+#[test]
+fn rows_an_older_run_of_another_plan_deleted_stay_deleted_when_a_newer_run_s_undo_deletes_them() {
+    let db = TempDb::counters(5);
+    let older = db.file(
+        "older.json",
+        r#"{"name": "older", "steps": [{"name": "purge", "sql": "DELETE FROM t WHERE id IN (2, 3, 4)"}]}"#,
+    );
+    let newer = db.file(
+        "newer.json",
+        r#"{"name": "newer", "steps": [
+            {"name": "again", "sql": "INSERT INTO t(id, counter) VALUES (2, 50), (3, 60)"},
+            {"name": "bump", "sql": "UPDATE t SET counter = counter + 1 WHERE id = 4"}]}"#,
+    );
+    let first = recorded_ids(&db, &[(&older, &[])]);
+    db.conn()
+        .execute_batch("INSERT INTO t(id, counter) VALUES (4, 70)")
+        .unwrap();
+    let second = recorded_ids(&db, &[(&newer, &[])]);
+    let (code, _, err) = run(&undo_args(&db, &["--run", &first[0]]));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("3 conflicts"), "{err}");
+    for dry in [true, false] {
+        let mut args = vec!["--run", second[0].as_str()];
+        if dry {
+            args.push("--dry-run");
+        }
+        let (code, _, err) = run(&undo_args(&db, &args));
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            err.contains(&format!(
+                "2 rows that run {} changed after run {} of plan \"older\"",
+                second[0], first[0]
+            )),
+            "dry run {dry}: {err}"
+        );
+        let carry = if dry {
+            "would still carry"
+        } else {
+            "still carry"
+        };
+        assert!(
+            err.contains(&format!("; 2 rows {carry} an older run's change")),
+            "dry run {dry}: {err}"
+        );
+        assert!(!err.contains("fully taken back"), "dry run {dry}: {err}");
+    }
+    assert_eq!(
+        db.query_text("SELECT group_concat(id || ':' || counter, ',') FROM t"),
+        "1:0,4:70,5:0"
+    );
+}
+
 /// As above, another plan's run recorded between two runs of the plan
 /// whose undo (`--plan`) takes both back: the newer one's undo puts back
 /// what that run wrote, though the plan's oldest run is older than it.

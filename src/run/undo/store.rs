@@ -962,7 +962,7 @@ pub fn kept_for_older(
         return Ok(());
     };
     let mut stmt = conn.prepare_cached(
-        "SELECT rowid, tbl, k, run_at, at FROM batchsse_undo_conflict
+        "SELECT rowid, tbl, k, run_at, at, why FROM batchsse_undo_conflict
          WHERE rowid > ?1 AND rowid <= ?2 AND plan IS NOT NULL AND plan <> ?3
            AND run_at IS NOT NULL AND at >= ?4
            AND run NOT IN (SELECT value FROM json_each(?5)) AND instr(why, ?6) = 0",
@@ -979,17 +979,19 @@ pub fn kept_for_older(
             key: r.get_ref(2)?,
             run_at: r.get_ref(3)?.as_str()?,
             at: r.get_ref(4)?.as_str()?,
+            why: r.get_ref(5)?.as_str()?,
         });
     }
     Ok(())
 }
 
 /// A row of `batchsse_undo_conflict` from [`kept_for_older`]: its key,
-/// kept by the undo of a run recorded at `run_at`, at `at`.
+/// kept by the undo of a run recorded at `run_at`, at `at`, for `why`.
 pub struct OlderKept<'r> {
     pub rowid: i64,
     pub table: &'r str,
     pub key: rusqlite::types::ValueRef<'r>,
+    pub why: &'r str,
     run_at: &'r str,
     at: &'r str,
 }
