@@ -769,6 +769,67 @@ fn a_newer_run_taken_back_after_an_older_one_is_not_held_by_its_conflicts() {
     );
 }
 
+/// As above, but the plan's last step was applied by a run without
+/// `--undo` (it failed there in the recorded run, and a plain run of the
+/// plan went on), so it stays checkpointed after the undo. The rows the
+/// older run's undo kept still got back what that run wrote, and a dry
+/// run said so ("40 rows would still carry"); the undo itself said
+/// nothing of them, nor counted them in `finished`, and told that the
+/// steps taken back could run again.
+#[test]
+fn rows_left_carrying_an_older_run_of_the_plan_are_said_when_a_step_stays_applied_unrecorded() {
+    let db = TempDb::counters(40);
+    db.conn()
+        .execute_batch("CREATE TABLE u(id INTEGER PRIMARY KEY); INSERT INTO u VALUES (1)")
+        .unwrap();
+    let one = db.file("one.json", &counter_plan("twice", 10));
+    let two = db.file(
+        "two.json",
+        r#"{"name": "twice", "steps": [
+            {"name": "bump counters", "sql": "UPDATE t SET counter = counter + 1 WHERE id BETWEEN :lo AND :hi",
+             "chunk": {"table": "t", "key": "id", "size": 10}},
+            {"name": "mark", "sql": "INSERT INTO u(id) VALUES (1)"}]}"#,
+    );
+    let first = recorded_ids(&db, &[(&one, &[])]);
+    // Step 2 fails on u's row 1: the first step is recorded a second time.
+    let (code, _, err) = run(&run_args(
+        &db,
+        path_str(&two),
+        &["--no-serve", "--undo", "--force"],
+    ));
+    assert_eq!(code, 1, "{err}");
+    db.conn().execute_batch("DELETE FROM u").unwrap();
+    let (code, _, err) = run(&run_args(&db, path_str(&two), &["--no-serve"]));
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(&undo_args(&db, &["--run", &first[0]]));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("40 conflicts"), "{err}");
+    let said = format!("40 rows that the undo of run {}, an older run of", first[0]);
+    for dry in [true, false] {
+        let mut args = vec!["--plan", "twice"];
+        if dry {
+            args.push("--dry-run");
+        }
+        let (code, _, err) = run(&undo_args(&db, &args));
+        assert_eq!(code, 0, "{err}");
+        assert!(err.contains(&said), "dry run {dry}: {err}");
+        let carry = if dry {
+            "would still carry"
+        } else {
+            "still carry"
+        };
+        assert!(
+            err.contains(&format!("; 40 rows {carry} an older run's change")),
+            "dry run {dry}: {err}"
+        );
+        let unrecorded = "step(s) 2 were applied by a run that was not recorded";
+        assert!(dry || err.contains(unrecorded), "{err}");
+    }
+    // The older run's bump stays in every row; the mark stays applied.
+    assert_eq!(db.counter_spread(), (40, 0));
+    assert_eq!(db.query_i64("SELECT count(*) FROM u"), 1);
+}
+
 /// Runs of two plans that changed the same rows, the older taken back
 /// first: its undo keeps the rows the newer run changed since. The newer
 /// run's undo then puts back what they held before it, which is what the
