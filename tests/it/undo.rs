@@ -1039,6 +1039,42 @@ fn rows_an_older_run_of_another_plan_deleted_stay_deleted_when_a_newer_run_s_und
     );
 }
 
+/// As above, the two runs recorded in the same millisecond (runs of two
+/// plans may run at once; the record's times are in milliseconds): which
+/// began first cannot be told, but the newer run's undo found the rows as
+/// it left them, so it changed them after the older run, and they get back
+/// what that run wrote. They were not counted, and the undo said its plan
+/// was fully taken back.
+#[test]
+fn rows_a_run_recorded_in_the_same_millisecond_as_an_older_run_put_back_are_counted() {
+    let db = TempDb::counters(40);
+    let older = db.file("older.json", &counter_plan("older", 10));
+    let newer = db.file(
+        "newer.json",
+        r#"{"name": "newer", "steps": [{"name": "ten", "sql": "UPDATE t SET counter = counter + 10 WHERE id <= 3"}]}"#,
+    );
+    let ids = recorded_ids(&db, &[(&older, &[]), (&newer, &[])]);
+    let (code, _, err) = run(&undo_args(&db, &["--run", &ids[0]]));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("3 conflicts"), "{err}");
+    // The newer run began in the millisecond the older one did.
+    let same =
+        "UPDATE batchsse_undo SET created_at = (SELECT run_at FROM batchsse_undo_conflict LIMIT 1)";
+    db.conn().execute(same, []).unwrap();
+    let (code, _, err) = run(&undo_args(&db, &["--run", &ids[1]]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(&format!(
+            "3 rows that run {} changed after run {} of plan \"older\"",
+            ids[1], ids[0]
+        )) && err.contains("; 3 rows still carry an older run's change"),
+        "{err}"
+    );
+    assert!(!err.contains("fully taken back"), "{err}");
+    // The older run's change stays in the three rows, and only there.
+    assert_eq!(db.counter_spread(), (3, 37));
+}
+
 /// As above, another plan's run recorded between two runs of the plan
 /// whose undo (`--plan`) takes both back: the newer one's undo puts back
 /// what that run wrote, though the plan's oldest run is older than it.

@@ -1003,9 +1003,12 @@ impl OlderKept<'_> {
     /// kept the row after it began, so it changed the row on top of the
     /// older run's change (a run recorded after the older undo changed
     /// what that undo left, not the older run's value). A range, since
-    /// both bounds are times.
+    /// both bounds are times. A run recorded in the same millisecond as
+    /// the older one is among them: which began first cannot be told,
+    /// but an undo that finds the row as its run left it, after the older
+    /// undo found it changed, shows that its run changed it last.
     pub fn carried_by(&self, starts: &[String]) -> std::ops::Range<u32> {
-        let from = starts.partition_point(|s| s.as_str() <= self.run_at);
+        let from = starts.partition_point(|s| s.as_str() < self.run_at);
         let to = starts.partition_point(|s| s.as_str() <= self.at);
         let index = |i: usize| u32::try_from(i).unwrap_or(u32::MAX);
         index(from)..index(to.max(from))
