@@ -991,8 +991,8 @@ fn older_id(key: &[Val], deleted: bool) -> Vec<u8> {
 
 /// Whether a row an undo kept for `why` is one its run left deleted: the
 /// row came back at its key since, or cannot come back.
-fn left_deleted(why: &str) -> bool {
-    why.starts_with(RUN_DELETED) || why.starts_with(STAYS_DELETED)
+fn left_deleted(why: &[u8]) -> bool {
+    why.starts_with(RUN_DELETED.as_bytes()) || why.starts_with(STAYS_DELETED.as_bytes())
 }
 
 /// A row an older run's undo kept ([`Reverter::older`]): its row in

@@ -979,7 +979,8 @@ pub fn kept_for_older(
             key: r.get_ref(2)?,
             run_at: r.get_ref(3)?.as_str()?,
             at: r.get_ref(4)?.as_str()?,
-            why: r.get_ref(5)?.as_str()?,
+            // Bytes: a reason edited by hand need not be UTF-8.
+            why: r.get_ref(5)?.as_bytes().unwrap_or_default(),
         });
     }
     Ok(())
@@ -991,7 +992,7 @@ pub struct OlderKept<'r> {
     pub rowid: i64,
     pub table: &'r str,
     pub key: rusqlite::types::ValueRef<'r>,
-    pub why: &'r str,
+    pub why: &'r [u8],
     run_at: &'r str,
     at: &'r str,
 }
