@@ -337,7 +337,8 @@ pub struct Finished {
     pub conflicts_as_left: Option<u64>,
     /// For an undo that took back a run which changed rows after an older
     /// run, whose undo had kept them as conflicts: those rows, which got
-    /// back what the older run wrote and so still carry its change, with
+    /// back what the older run wrote (or, deleted by it, were left
+    /// deleted) and so still carry its change, with
     /// no record left to take it back (the undo's warnings name the older
     /// runs, and how to list the rows). For a dry run, those it would
     /// leave so. Absent when there are none.

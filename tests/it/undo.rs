@@ -765,6 +765,67 @@ fn a_newer_run_taken_back_after_an_older_one_is_not_held_by_its_conflicts() {
     );
 }
 
+/// As above, but the plan's last step was applied by a run without
+/// `--undo` (it failed there in the recorded run, and a plain run of the
+/// plan went on), so it stays checkpointed after the undo. The rows the
+/// older run's undo kept still got back what that run wrote, and a dry
+/// run said so ("40 rows would still carry"); the undo itself said
+/// nothing of them, nor counted them in `finished`, and told that the
+/// steps taken back could run again.
+#[test]
+fn rows_left_carrying_an_older_run_of_the_plan_are_said_when_a_step_stays_applied_unrecorded() {
+    let db = TempDb::counters(40);
+    db.conn()
+        .execute_batch("CREATE TABLE u(id INTEGER PRIMARY KEY); INSERT INTO u VALUES (1)")
+        .unwrap();
+    let one = db.file("one.json", &counter_plan("twice", 10));
+    let two = db.file(
+        "two.json",
+        r#"{"name": "twice", "steps": [
+            {"name": "bump counters", "sql": "UPDATE t SET counter = counter + 1 WHERE id BETWEEN :lo AND :hi",
+             "chunk": {"table": "t", "key": "id", "size": 10}},
+            {"name": "mark", "sql": "INSERT INTO u(id) VALUES (1)"}]}"#,
+    );
+    let first = recorded_ids(&db, &[(&one, &[])]);
+    // Step 2 fails on u's row 1: the first step is recorded a second time.
+    let (code, _, err) = run(&run_args(
+        &db,
+        path_str(&two),
+        &["--no-serve", "--undo", "--force"],
+    ));
+    assert_eq!(code, 1, "{err}");
+    db.conn().execute_batch("DELETE FROM u").unwrap();
+    let (code, _, err) = run(&run_args(&db, path_str(&two), &["--no-serve"]));
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(&undo_args(&db, &["--run", &first[0]]));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("40 conflicts"), "{err}");
+    let said = format!("40 rows that the undo of run {}, an older run of", first[0]);
+    for dry in [true, false] {
+        let mut args = vec!["--plan", "twice"];
+        if dry {
+            args.push("--dry-run");
+        }
+        let (code, _, err) = run(&undo_args(&db, &args));
+        assert_eq!(code, 0, "{err}");
+        assert!(err.contains(&said), "dry run {dry}: {err}");
+        let carry = if dry {
+            "would still carry"
+        } else {
+            "still carry"
+        };
+        assert!(
+            err.contains(&format!("; 40 rows {carry} an older run's change")),
+            "dry run {dry}: {err}"
+        );
+        let unrecorded = "step(s) 2 were applied by a run that was not recorded";
+        assert!(dry || err.contains(unrecorded), "{err}");
+    }
+    // The older run's bump stays in every row; the mark stays applied.
+    assert_eq!(db.counter_spread(), (40, 0));
+    assert_eq!(db.query_i64("SELECT count(*) FROM u"), 1);
+}
+
 /// Runs of two plans that changed the same rows, the older taken back
 /// first: its undo keeps the rows the newer run changed since. The newer
 /// run's undo then puts back what they held before it, which is what the
@@ -906,6 +967,104 @@ fn a_row_a_newer_run_of_another_plan_inserted_is_not_said_to_carry_an_older_run_
         );
     }
     assert_eq!(db.query_i64("SELECT count(*) FROM t WHERE id = 2"), 0);
+}
+
+/// As above, but the older run deleted the rows: the newer run inserted
+/// two of them again at their keys, and the application put the third
+/// back, which the newer run then updated. The older run's undo kept all
+/// three (each exists again). The newer run's undo deletes the two it
+/// inserted: they are left deleted, as the older run left them, with no
+/// record left to bring them back, so they carry its change. The third
+/// gets back the application's row, nothing of the older run's. The two
+/// were not counted (an insert's undo was taken to leave nothing of an
+/// older run), the third was, and the undo said the plan was "fully taken
+/// back" with the older run's rows gone for good.
+#[test]
+fn rows_an_older_run_of_another_plan_deleted_stay_deleted_when_a_newer_run_s_undo_deletes_them() {
+    let db = TempDb::counters(5);
+    let older = db.file(
+        "older.json",
+        r#"{"name": "older", "steps": [{"name": "purge", "sql": "DELETE FROM t WHERE id IN (2, 3, 4)"}]}"#,
+    );
+    let newer = db.file(
+        "newer.json",
+        r#"{"name": "newer", "steps": [
+            {"name": "again", "sql": "INSERT INTO t(id, counter) VALUES (2, 50), (3, 60)"},
+            {"name": "bump", "sql": "UPDATE t SET counter = counter + 1 WHERE id = 4"}]}"#,
+    );
+    let first = recorded_ids(&db, &[(&older, &[])]);
+    db.conn()
+        .execute_batch("INSERT INTO t(id, counter) VALUES (4, 70)")
+        .unwrap();
+    let second = recorded_ids(&db, &[(&newer, &[])]);
+    let (code, _, err) = run(&undo_args(&db, &["--run", &first[0]]));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("3 conflicts"), "{err}");
+    for dry in [true, false] {
+        let mut args = vec!["--run", second[0].as_str()];
+        if dry {
+            args.push("--dry-run");
+        }
+        let (code, _, err) = run(&undo_args(&db, &args));
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            err.contains(&format!(
+                "2 rows that run {} changed after run {} of plan \"older\"",
+                second[0], first[0]
+            )),
+            "dry run {dry}: {err}"
+        );
+        let carry = if dry {
+            "would still carry"
+        } else {
+            "still carry"
+        };
+        assert!(
+            err.contains(&format!("; 2 rows {carry} an older run's change")),
+            "dry run {dry}: {err}"
+        );
+        assert!(!err.contains("fully taken back"), "dry run {dry}: {err}");
+    }
+    assert_eq!(
+        db.query_text("SELECT group_concat(id || ':' || counter, ',') FROM t"),
+        "1:0,4:70,5:0"
+    );
+}
+
+/// As above, the two runs recorded in the same millisecond (runs of two
+/// plans may run at once; the record's times are in milliseconds): which
+/// began first cannot be told, but the newer run's undo found the rows as
+/// it left them, so it changed them after the older run, and they get back
+/// what that run wrote. They were not counted, and the undo said its plan
+/// was fully taken back.
+#[test]
+fn rows_a_run_recorded_in_the_same_millisecond_as_an_older_run_put_back_are_counted() {
+    let db = TempDb::counters(40);
+    let older = db.file("older.json", &counter_plan("older", 10));
+    let newer = db.file(
+        "newer.json",
+        r#"{"name": "newer", "steps": [{"name": "ten", "sql": "UPDATE t SET counter = counter + 10 WHERE id <= 3"}]}"#,
+    );
+    let ids = recorded_ids(&db, &[(&older, &[]), (&newer, &[])]);
+    let (code, _, err) = run(&undo_args(&db, &["--run", &ids[0]]));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("3 conflicts"), "{err}");
+    // The newer run began in the millisecond the older one did.
+    let same =
+        "UPDATE batchsse_undo SET created_at = (SELECT run_at FROM batchsse_undo_conflict LIMIT 1)";
+    db.conn().execute(same, []).unwrap();
+    let (code, _, err) = run(&undo_args(&db, &["--run", &ids[1]]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(&format!(
+            "3 rows that run {} changed after run {} of plan \"older\"",
+            ids[1], ids[0]
+        )) && err.contains("; 3 rows still carry an older run's change"),
+        "{err}"
+    );
+    assert!(!err.contains("fully taken back"), "{err}");
+    // The older run's change stays in the three rows, and only there.
+    assert_eq!(db.counter_spread(), (3, 37));
 }
 
 /// As above, another plan's run recorded between two runs of the plan

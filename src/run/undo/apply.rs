@@ -1206,14 +1206,22 @@ impl Undoer<'_> {
             self.say_carried(c);
         }
         let mut said = carried.iter().map(|c| c.rows).sum();
+        // With no record of the plan left, rows an older run's undo kept
+        // hold what that run wrote, whatever steps stay checkpointed (as
+        // a dry run counts them, [`Self::say_dry_carried`]).
+        let older = || store::left_by_older(self.conn, &self.scope).unwrap_or_default();
         match done() {
             Ok((kept, left)) if kept.is_empty() && left.is_empty() => {
-                let older = store::left_by_older(self.conn, &self.scope).unwrap_or_default();
+                let older = older();
                 said += older.iter().map(|(_, n)| n).sum::<u64>();
                 self.say_taken_back(!carried.is_empty(), &older);
                 self.tidy();
             }
             Ok((kept, left)) if left.is_empty() => {
+                for (run, n) in older() {
+                    said += n;
+                    self.say_older_carries(&run, n);
+                }
                 self.message(Level::Warn, format!("plan {}: the steps taken back can run again, but step(s) {} were applied by a run that was not recorded, so they stay applied and checkpointed (running the plan again will not apply them twice)", quoted(plan), listed(&kept)));
             }
             Ok((_, left)) => self.message(Level::Warn, format!("plan {} is not fully taken back: step(s) {} still have undo records (a step the run did not record stopped the undo, or only some of the plan's runs were taken back), so they stay checkpointed: running the plan again skips them, or is refused while a step is taken back only in part (`batchsse undo list` shows what is left); the steps taken back in full can run again", quoted(plan), listed(&left))),

@@ -67,7 +67,8 @@ pub struct Reverter<'c> {
     kept_before: HashMap<(String, Vec<u8>), Vec<i64>>,
     /// The last row of `batchsse_undo_conflict` read into `held`.
     kept_seen: i64,
-    /// Rows an undo of an older run kept, by table and encoded key, with
+    /// Rows an undo of an older run kept, by table and encoded key (see
+    /// [`older_id`]: with whether that run left the row deleted), with
     /// their rows in `batchsse_undo_conflict` (see
     /// [`super::store::kept_for_older`]): one this undo puts back gets
     /// what that run wrote, and keeps its change with no record left to
@@ -166,7 +167,7 @@ impl<'c> Reverter<'c> {
                 Some(rows) => rows,
                 None => older.entry(kept.table.to_owned()).or_default(),
             };
-            let key = key_id(&[kept.key.into()]);
+            let key = older_id(&[kept.key.into()], left_deleted(kept.why));
             rows.entry(key).or_default().push(Older {
                 rowid: kept.rowid,
                 runs,
@@ -177,13 +178,16 @@ impl<'c> Reverter<'c> {
     }
 
     /// A row put back by undoing an entry of kind `kind`: if an older run's
-    /// undo kept it, it now holds what that run wrote (see
-    /// [`Reverter::older`]). Not when the entry was an insert: its undo
-    /// deletes the row, which then holds nothing (the row was not there
-    /// before the run; an earlier entry of the run that finds it there,
-    /// a delete, puts it back and tells).
+    /// undo kept it, it is now as that run left it (see
+    /// [`Reverter::older`]). An insert's undo deletes the row: that is how
+    /// an older run that deleted it left it (it could not come back while
+    /// this run's row held its key), and nothing of an older run that
+    /// updated or inserted it (an application deleted it since, and this
+    /// run inserted it again). Any other entry's undo leaves the row there,
+    /// holding what an older run that updated or inserted it wrote, and
+    /// nothing of one that deleted it (an application put it back since).
     fn older_carried(&mut self, kind: u8, table: &str, key: &[Val]) {
-        if self.older.is_empty() || kind == op::INSERT {
+        if self.older.is_empty() {
             return;
         }
         let Some(started) = self.started else {
@@ -192,7 +196,7 @@ impl<'c> Reverter<'c> {
         let Some(rows) = self.older.get_mut(table) else {
             return;
         };
-        let id = key_id(key);
+        let id = older_id(key, kind == op::INSERT);
         let Some(kept) = rows.get_mut(&id) else {
             return;
         };
@@ -404,7 +408,7 @@ impl<'c> Reverter<'c> {
                     continue;
                 }
                 Verdict::Unseen if job.part.op == op::DELETE => {
-                    "the row the run deleted was not put back".to_owned()
+                    format!("{RUN_DELETED} was not put back")
                 }
                 Verdict::Unseen if job.part.op == op::INSERT => GONE[0].to_owned(),
                 Verdict::Unseen => GONE[1].to_owned(),
@@ -596,7 +600,7 @@ impl<'c> Reverter<'c> {
         let (found, same) = self.read_row(&read, l, e, added)?;
         let why = match (e.op, found) {
             (op::DELETE, false) => None,
-            (op::DELETE, true) => Some("the row the run deleted exists again".to_owned()),
+            (op::DELETE, true) => Some(format!("{RUN_DELETED} exists again")),
             (op::INSERT, false) => {
                 return Ok((false, Some(GONE[0].into())));
             }
@@ -747,6 +751,10 @@ pub(super) const STAYS_DELETED: &str =
 /// in a later part, which this undo took back first: the run's row comes
 /// back, as the run left it (it begins as [`TAKEN`] does, which counts it).
 pub(super) const RUNS_ROW: &str = "another row holds a value it would get back, so the row the run inserted at its key afterwards stays";
+
+/// How the reason begins for a row the run deleted that is kept: it came
+/// back at its key since ([`left_deleted`]).
+const RUN_DELETED: &str = "the row the run deleted";
 
 /// Why a row is kept that the application deleted since the run: nothing
 /// of it is left to take back, nor to carry the run's values.
@@ -970,6 +978,21 @@ fn key_id(key: &[Val]) -> Vec<u8> {
     let mut id = Vec::new();
     put_value(&mut id, key_value(key).as_ref());
     id
+}
+
+/// A row's key in [`Reverter::older`]: [`key_id`], and whether the older
+/// run left the row deleted (only an insert's undo, which deletes it
+/// again, leaves it as that run did).
+fn older_id(key: &[Val], deleted: bool) -> Vec<u8> {
+    let mut id = key_id(key);
+    id.push(u8::from(deleted));
+    id
+}
+
+/// Whether a row an undo kept for `why` is one its run left deleted: the
+/// row came back at its key since, or cannot come back.
+fn left_deleted(why: &[u8]) -> bool {
+    why.starts_with(RUN_DELETED.as_bytes()) || why.starts_with(STAYS_DELETED.as_bytes())
 }
 
 /// A row an older run's undo kept ([`Reverter::older`]): its row in

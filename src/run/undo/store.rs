@@ -962,7 +962,7 @@ pub fn kept_for_older(
         return Ok(());
     };
     let mut stmt = conn.prepare_cached(
-        "SELECT rowid, tbl, k, run_at, at FROM batchsse_undo_conflict
+        "SELECT rowid, tbl, k, run_at, at, why FROM batchsse_undo_conflict
          WHERE rowid > ?1 AND rowid <= ?2 AND plan IS NOT NULL AND plan <> ?3
            AND run_at IS NOT NULL AND at >= ?4
            AND run NOT IN (SELECT value FROM json_each(?5)) AND instr(why, ?6) = 0",
@@ -979,17 +979,20 @@ pub fn kept_for_older(
             key: r.get_ref(2)?,
             run_at: r.get_ref(3)?.as_str()?,
             at: r.get_ref(4)?.as_str()?,
+            // Bytes: a reason edited by hand need not be UTF-8.
+            why: r.get_ref(5)?.as_bytes().unwrap_or_default(),
         });
     }
     Ok(())
 }
 
 /// A row of `batchsse_undo_conflict` from [`kept_for_older`]: its key,
-/// kept by the undo of a run recorded at `run_at`, at `at`.
+/// kept by the undo of a run recorded at `run_at`, at `at`, for `why`.
 pub struct OlderKept<'r> {
     pub rowid: i64,
     pub table: &'r str,
     pub key: rusqlite::types::ValueRef<'r>,
+    pub why: &'r [u8],
     run_at: &'r str,
     at: &'r str,
 }
@@ -1001,9 +1004,12 @@ impl OlderKept<'_> {
     /// kept the row after it began, so it changed the row on top of the
     /// older run's change (a run recorded after the older undo changed
     /// what that undo left, not the older run's value). A range, since
-    /// both bounds are times.
+    /// both bounds are times. A run recorded in the same millisecond as
+    /// the older one is among them: which began first cannot be told,
+    /// but an undo that finds the row as its run left it, after the older
+    /// undo found it changed, shows that its run changed it last.
     pub fn carried_by(&self, starts: &[String]) -> std::ops::Range<u32> {
-        let from = starts.partition_point(|s| s.as_str() <= self.run_at);
+        let from = starts.partition_point(|s| s.as_str() < self.run_at);
         let to = starts.partition_point(|s| s.as_str() <= self.at);
         let index = |i: usize| u32::try_from(i).unwrap_or(u32::MAX);
         index(from)..index(to.max(from))
