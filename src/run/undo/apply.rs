@@ -1057,7 +1057,7 @@ impl Undoer<'_> {
             _ => ["rows", "them", "they still carry"],
         };
         self.message(Level::Warn, format!(
-            "plan {} is not fully taken back: {} {rows} that the undo of run {run}, an older run of the plan, kept (this run had changed {them} since) got back what run {run} wrote, so {carry} that run's change, and no record is left to take it back; running the plan again would change {them} a second time: put {them} right, or leave {them} out of the plan's WHERE, before it runs again (its checkpoint is cleared); to list {them}: sqlite3 {} \"SELECT tbl, k FROM batchsse_undo_conflict WHERE run = '{run}'\"",
+            "plan {} is not fully taken back: {} {rows} that the undo of run {run}, an older run of the plan, kept (this run had changed {them} since) got back what run {run} wrote, so {carry} that run's change, and no record is left to take it back; running the plan again would change {them} a second time: put {them} right, or leave {them} out of the plan's WHERE, before it runs again (the steps taken back can run again); to list {them}: sqlite3 {} \"SELECT tbl, k FROM batchsse_undo_conflict WHERE run = '{run}'\"",
             quoted(&self.spec.plan),
             thousands(n),
             crate::human::shell_word(self.conn.path().unwrap_or(&self.db)),
