@@ -2336,6 +2336,14 @@ fn rows_a_delete_chunk_removed_come_back_whole_and_a_reused_key_is_kept() {
             err.contains("conflict in s at key 50: the row the run deleted exists again"),
             "{err}"
         );
+        // Said as a row written again at the key, not as one whose other
+        // columns may hold the run's values (a deleted row holds none).
+        assert!(
+            err.contains(
+                "but for 1 row the run deleted, at whose key a row was written again after the run"
+            ) && !err.contains("columns the application did not set"),
+            "{err}"
+        );
         assert_eq!(
             db.query_i64("SELECT count(*) FROM s WHERE v = 'the application''s'"),
             1

@@ -10,7 +10,7 @@ use rusqlite::Connection;
 use rusqlite::types::Value;
 use serde_json::json;
 
-use super::revert::{Conflict, GONE, RUNS_ROW, Reverter, STAYS_DELETED, TAKEN};
+use super::revert::{Conflict, GONE, RUN_DELETED, RUNS_ROW, Reverter, STAYS_DELETED, TAKEN};
 use super::stash::{self, Deleting, Stash};
 use super::store::{self, PARTS, UNRECORDED};
 use crate::events::log::EventLog;
@@ -1010,8 +1010,14 @@ impl Undoer<'_> {
             .iter()
             .map(|why| store::kept_why(self.conn, &self.scope, why).unwrap_or(0))
             .sum();
-        if kept > as_left + gone + deleted {
-            self.say_theirs_carry(kept - as_left - gone - deleted);
+        // Rows the run deleted that were written again at their keys:
+        // nothing of the run's is on them.
+        let back = store::kept_why(self.conn, &self.scope, RUN_DELETED).unwrap_or(0);
+        if kept > as_left + gone + deleted + back {
+            self.say_theirs_carry(kept - as_left - gone - deleted - back);
+        }
+        if back > 0 {
+            self.say_written_again(back);
         }
         if gone > 0 {
             self.say_gone(gone);
@@ -1097,6 +1103,43 @@ impl Undoer<'_> {
             "plan {} is taken back, all but {} {rows} the run deleted, which {which} deleted: {hold} would get back (see the table batchsse_undo_conflict); its checkpoint is cleared, so it can run again",
             quoted(&self.spec.plan),
             thousands(n)
+        ));
+    }
+
+    /// Says that `n` rows the run deleted were not put back: a row was
+    /// written again at their keys since (by the application, or a later
+    /// run), which is kept as it is. It holds nothing of the run's, but the
+    /// plan, run again, would delete it.
+    fn say_written_again(&self, n: u64) {
+        let w = match n {
+            1 => [
+                "key",
+                "a row was",
+                "that row is",
+                "it is",
+                "it",
+                "it still matches",
+            ],
+            _ => [
+                "keys",
+                "rows were",
+                "those rows are",
+                "they are",
+                "them",
+                "they still match",
+            ],
+        };
+        self.message(Level::Warn, format!(
+            "plan {} is taken back but for {} row{} the run deleted, at whose {keys} {written} written again after the run (by the application, or a later run): {kept} kept as {is} (see the table batchsse_undo_conflict); nothing of the run's is in {it}, but running the plan again would delete {it} if {matches} its WHERE; its checkpoint is cleared",
+            quoted(&self.spec.plan),
+            thousands(n),
+            plural(n),
+            keys = w[0],
+            written = w[1],
+            kept = w[2],
+            is = w[3],
+            it = w[4],
+            matches = w[5],
         ));
     }
 

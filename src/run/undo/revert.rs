@@ -754,7 +754,7 @@ pub(super) const RUNS_ROW: &str = "another row holds a value it would get back, 
 
 /// How the reason begins for a row the run deleted that is kept: it came
 /// back at its key since ([`left_deleted`]).
-const RUN_DELETED: &str = "the row the run deleted";
+pub(super) const RUN_DELETED: &str = "the row the run deleted";
 
 /// Why a row is kept that the application deleted since the run: nothing
 /// of it is left to take back, nor to carry the run's values.
