@@ -898,11 +898,14 @@ pub fn keep(
 ) -> rusqlite::Result<()> {
     // `run_at` bound, not read by a subquery here: one that picks the
     // first part (`ORDER BY id`) had SQLite plan this statement anew for
-    // every row kept, about a quarter of an undo that keeps many.
+    // every row kept, about a quarter of an undo that keeps many. And the
+    // number in a subquery of `VALUES`, not as `INSERT … SELECT … FROM`
+    // this table, which SQLite runs through a temporary table of its own
+    // (made and dropped for every row: a fifth of such an undo).
     conn.prepare_cached(
         "INSERT INTO batchsse_undo_conflict (rowid, run, tbl, k, why, plan, run_at)
-         SELECT max(ifnull(max(rowid), 0), ?6) + 1, ?1, ?2, ?3, ?4, ?5, ?7
-         FROM batchsse_undo_conflict",
+         VALUES ((SELECT max(ifnull(max(rowid), 0), ?6) + 1 FROM batchsse_undo_conflict),
+                 ?1, ?2, ?3, ?4, ?5, ?7)",
     )?
     .execute(rusqlite::params![run, table, key, why, plan, mark, run_at])
     .map(drop)
