@@ -783,7 +783,15 @@ impl Undoer<'_> {
         if self.cancel.is_cancelled() {
             return Err("interrupted; the current chunk was rolled back".into());
         }
+        // Nobody else writes while the part's transaction holds the file:
+        // the rows kept past the last read are this part's, held already.
+        let own = (kept > 0)
+            .then(|| store::last_kept(self.conn).ok())
+            .flatten();
         tx.commit().map_err(sql)?;
+        if let Some(own) = own {
+            self.reverter.borrow_mut().seen_through(own);
+        }
         tally.reverted += reverted;
         tally.conflicts += kept;
         tally.overwritten += overwritten;

@@ -177,6 +177,13 @@ impl<'c> Reverter<'c> {
         Ok(())
     }
 
+    /// The rows of `batchsse_undo_conflict` up to `upto` were kept by this
+    /// undo's last part, committed: in [`Reverter::held`] already, they
+    /// are not read back (a million kept rows were, each hashed again).
+    pub fn seen_through(&mut self, upto: i64) {
+        self.kept_seen = self.kept_seen.max(upto);
+    }
+
     /// A row put back by undoing an entry of kind `kind`: if an older run's
     /// undo kept it, it is now as that run left it (see
     /// [`Reverter::older`]). An insert's undo deletes the row: that is how
