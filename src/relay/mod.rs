@@ -884,23 +884,32 @@ fn one_line(e: &redis::RedisError) -> String {
 /// more primaries almost surely does not own ([`keys_elsewhere`]).
 const PROBES: usize = 16;
 
-/// Whether the node answers `MOVED` (or `ASK`) for one of [`PROBES`] keys
-/// with different hash tags, read in one round trip with `XRANGE` (which
-/// the README's least ACL rules give a publisher and a relay alike; on a
-/// node that is not in a Cluster they are empty reads). A node of a
-/// Cluster owns only its share of the slots: with 2 primaries, the 16
-/// keys all fall in its own by a chance of 1 in 65,536. A refusal of
-/// `XRANGE` too is not told, as before.
+/// The answers only a node of a Cluster gives to a key's command.
+const CLUSTER_ONLY: [&str; 4] = ["MOVED", "ASK", "CROSSSLOT", "CLUSTERDOWN"];
+
+/// Whether the node answers as one of a Cluster to commands on keys of
+/// different hash tags, sent in one round trip: `XRANGE` on [`PROBES`]
+/// keys (which the README's least ACL rules give a publisher and a relay
+/// alike), one of which another primary's slot answers `MOVED`; and two
+/// keys in one `EXISTS` (a relay's rules) and one `DEL` (a publisher's),
+/// which a Cluster refuses as `CROSSSLOT` whoever owns the slots: a
+/// Cluster of one primary, or a node that owns every slot the probes fall
+/// in, answers no `MOVED`. On a node that is not in a Cluster they are
+/// empty reads, and a `DEL` of keys batchsse never writes. A command the
+/// user may not run is refused first (`NOPERM`), and tells nothing.
 async fn keys_elsewhere(conn: &mut Conn) -> bool {
+    let probe = |i: usize| format!("batchsse:cluster-probe:{{{i}}}");
     let mut pipe = redis::pipe();
     for i in 0..PROBES {
-        let key = format!("batchsse:cluster-probe:{{{i}}}");
         pipe.cmd("XRANGE")
-            .arg(key)
+            .arg(probe(i))
             .arg("-")
             .arg("+")
             .arg("COUNT")
             .arg(1);
+    }
+    for cmd in ["EXISTS", "DEL"] {
+        pipe.cmd(cmd).arg(probe(0)).arg(probe(1));
     }
     pipe.ignore_errors();
     let answers = within(
@@ -913,7 +922,7 @@ async fn keys_elsewhere(conn: &mut Conn) -> bool {
             a.as_ref()
                 .err()
                 .and_then(redis::RedisError::code)
-                .is_some_and(|c| c == "MOVED" || c == "ASK")
+                .is_some_and(|c| CLUSTER_ONLY.contains(&c))
         })
     })
 }

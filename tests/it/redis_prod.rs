@@ -1294,6 +1294,57 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// A Cluster of one primary, which holds every slot: no key answers
+    /// `MOVED` through it.
+    fn single() -> Option<Cluster> {
+        let args: Vec<String> = ["--cluster-enabled", "yes"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let node = Redis::start_with(&args)?;
+        let mut add = redis::cmd("CLUSTER");
+        add.arg("ADDSLOTSRANGE").arg(0).arg(16383);
+        on::<()>(&node, &mut add).expect("CLUSTER ADDSLOTSRANGE");
+        wait_for_redis("the cluster", || {
+            let info: String = on(&node, redis::cmd("CLUSTER").arg("INFO")).ok()?;
+            info.contains("cluster_state:ok").then_some(())
+        });
+        Some(Cluster(vec![node]))
+    }
+}
+
+#[test]
+fn a_plain_url_to_a_cluster_node_that_holds_every_probed_slot_is_refused_to_acl_users() {
+    // A Cluster of one primary, and one whose first node holds every slot
+    // but one: the 16 keys read with XRANGE (for a user that may not run
+    // INFO) all fall in the node's own slots, none answered MOVED, and a
+    // publisher with the README's least rules was let through, its keys
+    // written under the names a relay given redis+cluster:// never reads.
+    let clusters = [
+        Cluster::single(),
+        Cluster::split_by("batchsse:plan:p:latest"),
+    ];
+    for cluster in clusters.into_iter().flatten() {
+        let n = &cluster.0[0];
+        acl_user(n, "bpub", "pub-s3cret", PUBLISHER_RULES);
+        acl_user(n, "brelay", "relay-s3cret", RELAY_RULES);
+        let relay = format!("redis://brelay:relay-s3cret@127.0.0.1:{}/0", n.port);
+        let args = ["relay", &relay, "--plan", "p", "--listen", "127.0.0.1:0"];
+        let (code, _, err) = run_env(&args, &[]);
+        assert_eq!(code, Some(2), "{err}");
+        assert!(
+            err.contains("one of a Redis Cluster; give redis+cluster://"),
+            "{err}"
+        );
+        let db = TempDb::counters(10);
+        let plan = db.file("plain.json", &counter_plan("p", 10));
+        let publisher = format!("redis://bpub:pub-s3cret@127.0.0.1:{}/0", n.port);
+        let err = publish_refused(&db, &plan, &publisher, &[]);
+        assert!(err.contains("one of a Redis Cluster"), "{err}");
+    }
+}
+
 #[test]
 fn in_a_cluster_the_plan_s_latest_key_is_set_even_if_its_first_write_fails() {
     // The plan's `latest` key lives in another slot than the run's keys,
