@@ -294,6 +294,110 @@ fn a_conflict_one_undo_keeps_is_kept_by_another_undo_of_the_same_plan() {
     assert_eq!(counters, [0, 1, 0, 0], "{}", second.stderr());
 }
 
+/// Two `overwrite` undos of one plan at once, each taking one part at a
+/// time when told to (its own pause file, and a rest after each part but
+/// a step's last to let the test set it): row 60, which the run deleted
+/// then inserted again, is kept by one (the application deleted it) and
+/// put back by the other from the older part, which removes its row of
+/// `batchsse_undo_conflict`; the next row kept (row 2, gone too) took the
+/// number that row freed, which the first had read past, so it never
+/// held row 2 and kept it again from an older part: twice in the table,
+/// and said and counted twice. `moves`: which undo (0 or 1) takes parts
+/// until the part `(step, chunk)` is gone.
+fn two_overwrites_taking_turns(moves: &[(usize, (i64, i64))]) -> TempDb {
+    let db = TempDb::with_sql(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER);
+         INSERT INTO t VALUES (2, 0), (9, 0), (55, 0), (60, 0), (70, 0);
+         CREATE TABLE src(id INTEGER PRIMARY KEY);
+         INSERT INTO src VALUES (5), (60);",
+    );
+    let plan = db.file(
+        "plan.json",
+        r#"{"name":"p","undo":true,"steps":[
+            {"name":"s1","sql":"UPDATE t SET v = v + 1 WHERE id IN (2, 9) AND id BETWEEN :lo AND :hi","chunk":{"table":"t","size":1}},
+            {"name":"s2","sql":"UPDATE t SET v = v + 10 WHERE id = 2"},
+            {"name":"s3","sql":"DELETE FROM t WHERE id IN (55, 60) AND id BETWEEN :lo AND :hi","chunk":{"table":"t","size":1}},
+            {"name":"s4","sql":"INSERT INTO t SELECT id, 100 FROM src WHERE id BETWEEN :lo AND :hi","chunk":{"table":"src","size":1}}]}"#,
+    );
+    let args = run_args(&db, path_str(&plan), &["--no-serve", "--batch-size", "1"]);
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    db.conn()
+        .execute_batch("DELETE FROM t WHERE id IN (2, 60)")
+        .unwrap();
+    let file = path_str(&db.path);
+    let pauses: Vec<_> = (0..2).map(|i| db.file(&format!("pause{i}"), "")).collect();
+    // Both read where the conflict table ends before either keeps a row.
+    let undos: Vec<Proc> = pauses
+        .iter()
+        .map(|pause| {
+            let undo = Proc::start(&[
+                "undo",
+                "--db",
+                file,
+                "--plan",
+                "p",
+                "--no-serve",
+                "--progress",
+                "plain",
+                "--on-conflict",
+                "overwrite",
+                "--pause-file",
+                path_str(pause),
+                "--sleep",
+                "2000",
+            ]);
+            undo.wait_stderr("undo of run");
+            undo
+        })
+        .collect();
+    let conn = db.conn();
+    conn.busy_timeout(PATIENCE).unwrap();
+    let left = |(step, chunk): (i64, i64)| -> bool {
+        conn.query_row(
+            "SELECT count(*) FROM batchsse_undo WHERE step = ?1 AND chunk = ?2",
+            [step, chunk],
+            |r| r.get::<_, i64>(0),
+        )
+        .unwrap()
+            > 0
+    };
+    for &(who, part) in moves {
+        std::fs::remove_file(&pauses[who]).unwrap();
+        let t0 = Instant::now();
+        while left(part) {
+            assert!(t0.elapsed() < PATIENCE, "{}", undos[who].stderr());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // In the rest that follows the part: no other part is begun.
+        std::fs::write(&pauses[who], "").unwrap();
+    }
+    for (pause, mut undo) in pauses.iter().zip(undos) {
+        let _ = std::fs::remove_file(pause);
+        assert_eq!(undo.wait().code(), Some(0), "{}", undo.stderr());
+    }
+    db
+}
+
+#[test]
+fn a_row_kept_by_another_undo_under_a_number_freed_is_held_not_kept_twice() {
+    // The first keeps row 60 and the second puts it back, then keeps row
+    // 2; or the second keeps row 60 and the first puts it back, then the
+    // second keeps row 2. The first takes the part of row 2's older
+    // change last.
+    for moves in [
+        &[(0, (3, 1)), (1, (0, 1))][..],
+        &[(1, (3, 1)), (0, (2, 1)), (1, (0, 1))][..],
+    ] {
+        let db = two_overwrites_taking_turns(moves);
+        assert_eq!(
+            db.query_i64("SELECT count(*) FROM batchsse_undo_conflict WHERE k = 2"),
+            1,
+            "{moves:?}"
+        );
+    }
+}
+
 /// A row that cannot go back because the application has since written
 /// its `UNIQUE` value into another row is a conflict like any other under
 /// `skip` (the default): kept as the run left it, named, counted, and

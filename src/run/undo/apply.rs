@@ -182,6 +182,7 @@ pub fn run(
     let mut u = Undoer {
         conn,
         upto,
+        above: std::cell::Cell::new(upto),
         scope: store::Scope::of(conn, &spec.runs, &spec.plan),
         spec,
         log,
@@ -230,6 +231,10 @@ struct Undoer<'a> {
     scope: store::Scope,
     /// The last row of `batchsse_undo_conflict` as this try began.
     upto: i64,
+    /// What the rows the part under way keeps are numbered above: `upto`,
+    /// and every row of `batchsse_undo_conflict` this undo has read or
+    /// kept (see [`store::keep`]).
+    above: std::cell::Cell<i64>,
     log: &'a EventLog,
     cancel: &'a Cancel,
     governor: RefCell<Governor<'a>>,
@@ -726,6 +731,7 @@ impl Undoer<'_> {
         let tx = Tx::begin(self.conn, self.dry_run).map_err(sql)?;
         let mut reverter = self.reverter.borrow_mut();
         reverter.hold_kept(&self.scope).map_err(sql)?;
+        self.above.set(self.upto.max(reverter.kept_seen()));
         reverter.stash.at(c.pos);
         reverter.part_of_run(self.scope.recorded_at(&c.run));
         let mut blob = reverter.buffer();
@@ -913,7 +919,7 @@ impl Undoer<'_> {
     fn conflict(&self, c: &Chunk, k: &Conflict<'_>, nth: u64) -> rusqlite::Result<()> {
         let row = [&c.run, k.table, k.why.as_str(), &self.spec.plan];
         let recorded = self.scope.recorded_at(&c.run);
-        store::keep(self.conn, row, &k.key, (self.upto, recorded))?;
+        store::keep(self.conn, row, &k.key, (self.above.get(), recorded))?;
         let kept = match self.dry_run {
             true => "would keep",
             false => "kept",

@@ -177,6 +177,12 @@ impl<'c> Reverter<'c> {
         Ok(())
     }
 
+    /// The last row of `batchsse_undo_conflict` read into `held` (or
+    /// kept by this undo).
+    pub fn kept_seen(&self) -> i64 {
+        self.kept_seen
+    }
+
     /// The rows of `batchsse_undo_conflict` up to `upto` were kept by this
     /// undo's last part, committed: in [`Reverter::held`] already, they
     /// are not read back (a million kept rows were, each hashed again).

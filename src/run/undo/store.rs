@@ -889,7 +889,11 @@ pub fn last_kept(conn: &Connection) -> rusqlite::Result<i64> {
 /// numbers a row the highest plus one, so once an `overwrite` has removed
 /// the highest rows kept before the try ([`forget_kept`]), a row it keeps
 /// would take one of their numbers, and [`kept_up_to`] would count it
-/// among those kept before.
+/// among those kept before. `mark` is also past every row the undo has
+/// read or kept: another undo of the same runs at work beside it reads
+/// the rows past the last it read, and one that had read past a number
+/// an `overwrite` freed would never read the row given it again (and
+/// keep that row a second time).
 pub fn keep(
     conn: &Connection,
     [run, table, why, plan]: [&str; 4],
