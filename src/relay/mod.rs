@@ -430,8 +430,11 @@ impl Target {
         match within(CONNECT_TIMEOUT, info.query_async::<String>(conn)).await {
             Ok(s) => s.lines().any(|l| l.trim() == "cluster_enabled:1"),
             // An ACL user may not run INFO (the least rules the README
-            // gives do not allow it): the keys tell instead.
-            Err(_) => keys_elsewhere(conn).await,
+            // gives do not allow it): the keys tell instead. Any other
+            // failure (a node that did not answer in time) is not asked
+            // again: the run's own first write says what is wrong.
+            Err(e) if e.code() == Some("NOPERM") => keys_elsewhere(conn).await,
+            Err(_) => false,
         }
     }
 
