@@ -943,30 +943,51 @@ fn a_row_a_newer_run_of_another_plan_inserted_is_not_said_to_carry_an_older_run_
             {"name": "ten", "sql": "UPDATE t SET counter = counter + 10 WHERE id IN (1, 3)"},
             {"name": "again", "sql": "INSERT INTO t(id, counter) VALUES (2, 50)"}]}"#,
     );
-    let first = recorded_ids(&db, &[(&older, &[])]);
-    db.conn()
-        .execute_batch("DELETE FROM t WHERE id = 2")
-        .unwrap();
-    let second = recorded_ids(&db, &[(&newer, &[])]);
-    let (code, _, err) = run(&undo_args(&db, &["--run", &first[0]]));
-    assert_eq!(code, 0, "{err}");
-    assert!(err.contains("3 conflicts"), "{err}");
-    for dry in [true, false] {
-        let mut args = vec!["--run", second[0].as_str()];
-        if dry {
-            args.push("--dry-run");
-        }
-        let (code, _, err) = run(&undo_args(&db, &args));
-        assert_eq!(code, 0, "{err}");
+    let ids = older_kept_then_newer(&db, (&older, &newer), "DELETE FROM t WHERE id = 2");
+    for (dry, err) in newer_taken_back_dry_and_for_real(&db, &ids) {
         assert!(
             err.contains(&format!(
                 "2 rows that run {} changed after run {} of plan \"older\"",
-                second[0], first[0]
+                ids[1], ids[0]
             )),
             "dry run {dry}: {err}"
         );
     }
     assert_eq!(db.query_i64("SELECT count(*) FROM t WHERE id = 2"), 0);
+}
+
+/// Records a run of `older`, writes `between` as the application, records
+/// a run of `newer`, and takes back the older run, which keeps 3 conflicts
+/// (rows the newer run changed since): the two runs' ids.
+fn older_kept_then_newer(
+    db: &TempDb,
+    (older, newer): (&std::path::PathBuf, &std::path::PathBuf),
+    between: &str,
+) -> Vec<String> {
+    let mut ids = recorded_ids(db, &[(older, &[])]);
+    db.conn().execute_batch(between).unwrap();
+    ids.extend(recorded_ids(db, &[(newer, &[])]));
+    let (code, _, err) = run(&undo_args(db, &["--run", &ids[0]]));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("3 conflicts"), "{err}");
+    ids
+}
+
+/// Takes back the newer of `ids` with `--dry-run`, then for real: whether
+/// each was dry, and what it printed (each exited 0).
+fn newer_taken_back_dry_and_for_real(db: &TempDb, ids: &[String]) -> Vec<(bool, String)> {
+    [true, false]
+        .into_iter()
+        .map(|dry| {
+            let mut args = vec!["--run", ids[1].as_str()];
+            if dry {
+                args.push("--dry-run");
+            }
+            let (code, _, err) = run(&undo_args(db, &args));
+            assert_eq!(code, 0, "{err}");
+            (dry, err)
+        })
+        .collect()
 }
 
 /// As above, but the older run deleted the rows: the newer run inserted
@@ -992,25 +1013,13 @@ fn rows_an_older_run_of_another_plan_deleted_stay_deleted_when_a_newer_run_s_und
             {"name": "again", "sql": "INSERT INTO t(id, counter) VALUES (2, 50), (3, 60)"},
             {"name": "bump", "sql": "UPDATE t SET counter = counter + 1 WHERE id = 4"}]}"#,
     );
-    let first = recorded_ids(&db, &[(&older, &[])]);
-    db.conn()
-        .execute_batch("INSERT INTO t(id, counter) VALUES (4, 70)")
-        .unwrap();
-    let second = recorded_ids(&db, &[(&newer, &[])]);
-    let (code, _, err) = run(&undo_args(&db, &["--run", &first[0]]));
-    assert_eq!(code, 0, "{err}");
-    assert!(err.contains("3 conflicts"), "{err}");
-    for dry in [true, false] {
-        let mut args = vec!["--run", second[0].as_str()];
-        if dry {
-            args.push("--dry-run");
-        }
-        let (code, _, err) = run(&undo_args(&db, &args));
-        assert_eq!(code, 0, "{err}");
+    let between = "INSERT INTO t(id, counter) VALUES (4, 70)";
+    let ids = older_kept_then_newer(&db, (&older, &newer), between);
+    for (dry, err) in newer_taken_back_dry_and_for_real(&db, &ids) {
         assert!(
             err.contains(&format!(
                 "2 rows that run {} changed after run {} of plan \"older\"",
-                second[0], first[0]
+                ids[1], ids[0]
             )),
             "dry run {dry}: {err}"
         );
@@ -1040,15 +1049,8 @@ fn rows_an_older_run_of_another_plan_deleted_stay_deleted_when_a_newer_run_s_und
 #[test]
 fn rows_a_run_recorded_in_the_same_millisecond_as_an_older_run_put_back_are_counted() {
     let db = TempDb::counters(40);
-    let older = db.file("older.json", &counter_plan("older", 10));
-    let newer = db.file(
-        "newer.json",
-        r#"{"name": "newer", "steps": [{"name": "ten", "sql": "UPDATE t SET counter = counter + 10 WHERE id <= 3"}]}"#,
-    );
-    let ids = recorded_ids(&db, &[(&older, &[]), (&newer, &[])]);
-    let (code, _, err) = run(&undo_args(&db, &["--run", &ids[0]]));
-    assert_eq!(code, 0, "{err}");
-    assert!(err.contains("3 conflicts"), "{err}");
+    let (older, newer) = older_and_newer(&db);
+    let ids = older_kept_then_newer(&db, (&older, &newer), "");
     // The newer run began in the millisecond the older one did.
     let same =
         "UPDATE batchsse_undo SET created_at = (SELECT run_at FROM batchsse_undo_conflict LIMIT 1)";

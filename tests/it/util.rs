@@ -1491,49 +1491,33 @@ impl Certs {
     /// `NAME.pem` and `NAME.key`: a self-signed CA whose common name is
     /// `cn`.
     fn ca(&self, name: &str, cn: &str) {
-        self.openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN={cn}"),
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.pem"),
-        ]);
+        self.req_x509(name, &format!("/CN={cn}"), &[]);
     }
 
     /// `NAME.pem` and `NAME.key`: a self-signed certificate for 127.0.0.1,
     /// as `openssl req -x509` makes it, with `-addext` `extra` if given.
     pub fn self_signed(&self, name: &str, extra: Option<&str>) -> (String, String) {
+        let mut ext = vec!["-addext", "subjectAltName=IP:127.0.0.1"];
+        if let Some(e) = extra {
+            ext.extend(["-addext", e]);
+        }
+        self.req_x509(name, "/CN=127.0.0.1", &ext);
+        (
+            self.arg(&format!("{name}.pem")),
+            self.arg(&format!("{name}.key")),
+        )
+    }
+
+    /// `openssl req -x509` of a new 2048-bit RSA key for two days, subject
+    /// `subj`, into `NAME.pem` and `NAME.key`, with `more` arguments.
+    fn req_x509(&self, name: &str, subj: &str, more: &[&str]) {
         let (pem, key) = (format!("{name}.pem"), format!("{name}.key"));
         let mut args = vec![
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-keyout",
-            &key,
-            "-out",
-            &pem,
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", subj,
         ];
-        if let Some(ext) = extra {
-            args.extend(["-addext", ext]);
-        }
+        args.extend_from_slice(more);
+        args.extend(["-keyout", &key, "-out", &pem]);
         self.openssl(&args);
-        (self.arg(&pem), self.arg(&key))
     }
 
     /// `LEAF-enc.key`: `LEAF.key` encrypted with a passphrase (PKCS#8).
