@@ -341,8 +341,9 @@ pub struct Finished {
     /// deleted) and so still carry its change, with
     /// no record left to take it back (the undo's warnings name the older
     /// runs, and how to list the rows). For a dry run, those it would
-    /// leave so. Given once the undo is complete, counting earlier tries
-    /// of it too. Absent when there are none.
+    /// leave so. Given at the undo's end, counting earlier tries of it
+    /// too; when it stops part-way, those of the parts it committed and
+    /// of the tries before. Absent when there are none.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub carried_older: Option<u64>,
 }

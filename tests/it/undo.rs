@@ -1162,8 +1162,8 @@ fn rows_a_plan_s_newer_run_put_back_are_counted_when_an_undo_of_its_runs_ends_in
 /// As above, the newer run's record a part per row and of two tables
 /// (its trigger's log: taken back row by row), its undo stopped part-way (`--on-conflict
 /// abort`, at a row the application changed after the older undo) and
-/// then run again: the rows the first try put back are still counted at
-/// the second's end, the row the application changed is not (the newer
+/// then run again: the rows the first try put back are said and counted
+/// as it stops, and still counted at the second's end, the row the application changed is not (the newer
 /// undo keeps it as its own conflict).
 #[test]
 fn rows_a_stopped_undo_put_back_to_another_plan_s_older_run_are_still_counted_when_it_ends() {
@@ -1193,6 +1193,15 @@ fn rows_a_stopped_undo_put_back_to_another_plan_s_older_run_are_still_counted_wh
     ));
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("conflict in t at key 1"), "{err}");
+    // The two parts it committed are taken back for good: it says so,
+    // stopped as it is.
+    assert!(
+        err.contains(&format!(
+            "2 rows that run {} changed after run {} of plan \"older\"",
+            ids[1], ids[0]
+        )) && err.contains("2 rows still carry an older run's change"),
+        "{err}"
+    );
     let (code, _, err) = run(&undo_args(&db, &["--run", &ids[1]]));
     assert_eq!(code, 0, "{err}");
     assert_eq!(

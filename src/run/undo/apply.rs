@@ -415,6 +415,10 @@ impl Undoer<'_> {
             self.say_dry_run(&tally, &end);
         } else if end.is_none() {
             tally.carried = self.finish();
+        } else {
+            // The parts it committed are taken back for good: the rows
+            // they left carrying an older run's change do, stop or not.
+            tally.carried = self.say_all_carried().1;
         }
         (tally, end, groups.len())
     }
@@ -1084,6 +1088,17 @@ impl Undoer<'_> {
         ));
     }
 
+    /// Says, run by run, the rows this undo (and its earlier tries) put
+    /// back to an older run's change (see [`Self::say_carried`]): whether
+    /// there were any, and how many.
+    fn say_all_carried(&self) -> (bool, u64) {
+        let carried = store::carried(self.conn, &self.scope, &self.spec.runs).unwrap_or_default();
+        for c in &carried {
+            self.say_carried(c);
+        }
+        (!carried.is_empty(), carried.iter().map(|c| c.rows).sum())
+    }
+
     /// Says that rows an undo of an older run of another plan kept (run
     /// `c.by` had changed them since) got back, through this undo, what
     /// they held before `c.by`: what the older run wrote, unless an
@@ -1258,11 +1273,7 @@ impl Undoer<'_> {
             let s: Vec<String> = s.iter().map(|s| s.saturating_add(1).to_string()).collect();
             s.join(", ")
         };
-        let carried = store::carried(self.conn, &self.scope, &self.spec.runs).unwrap_or_default();
-        for c in &carried {
-            self.say_carried(c);
-        }
-        let mut said = carried.iter().map(|c| c.rows).sum();
+        let (any, mut said) = self.say_all_carried();
         // With no record of the plan left, rows an older run's undo kept
         // hold what that run wrote, whatever steps stay checkpointed (as
         // a dry run counts them, [`Self::say_dry_carried`]).
@@ -1271,7 +1282,7 @@ impl Undoer<'_> {
             Ok((kept, left)) if kept.is_empty() && left.is_empty() => {
                 let older = older();
                 said += older.iter().map(|(_, n)| n).sum::<u64>();
-                self.say_taken_back(!carried.is_empty(), &older);
+                self.say_taken_back(any, &older);
                 self.tidy();
             }
             Ok((kept, left)) if left.is_empty() => {
