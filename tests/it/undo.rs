@@ -1159,6 +1159,50 @@ fn rows_a_plan_s_newer_run_put_back_are_counted_when_an_undo_of_its_runs_ends_in
     );
 }
 
+/// As above, but the plan's two runs taken back by two undos, the newer
+/// run first: the older run's undo said again, and counted again in
+/// `carried_older`, the rows the newer run's undo had put back and said,
+/// as though a try of its own had put them back.
+#[test]
+fn an_undo_of_a_plan_s_older_run_does_not_count_again_what_a_separate_undo_of_its_newer_run_put_back()
+ {
+    let db = TempDb::counters(40);
+    let other = db.file("other.json", &counter_plan("other", 10));
+    let step = |to: &str| {
+        format!(
+            r#"{{"name": "ten", "steps": [{{"name": "ten", "sql": "UPDATE t SET counter = counter + 10 WHERE {to}"}}]}}"#
+        )
+    };
+    let older = db.file("older.json", &step("id BETWEEN 5 AND 6"));
+    let newer = db.file("newer.json", &step("id <= 3"));
+    let ids = recorded_ids(&db, &[(&other, &[]), (&older, &[]), (&newer, &["--force"])]);
+    let (code, _, err) = run(&undo_args(&db, &["--run", &ids[0]]));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("5 conflicts"), "{err}");
+    let said = |by: &String, n: &str| {
+        format!(
+            "{n} that run {by} changed after run {} of plan \"other\"",
+            ids[0]
+        )
+    };
+    let (code, _, err) = run(&undo_args(&db, &["--run", &ids[2]]));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains(&said(&ids[2], "3 rows")), "{err}");
+    let (code, _, err) = run(&undo_args(&db, &["--run", &ids[1]]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(&said(&ids[1], "2 rows"))
+            && err.contains("; 2 rows still carry an older run's change"),
+        "{err}"
+    );
+    assert!(!err.contains(&said(&ids[2], "3 rows")), "{err}");
+    assert_eq!(
+        db.query_text("SELECT group_concat(counter, ',') FROM (SELECT counter FROM t WHERE id <= 6 ORDER BY id)"),
+        "1,1,1,0,1,1",
+        "{err}"
+    );
+}
+
 /// As above, the newer run's record a part per row and of two tables
 /// (its trigger's log: taken back row by row), its undo stopped part-way (`--on-conflict
 /// abort`, at a row the application changed after the older undo) and

@@ -782,7 +782,8 @@ impl Undoer<'_> {
         };
         let carried = reverter.take_carried();
         drop(reverter);
-        store::mark_carried(self.conn, &carried, &c.run, &self.spec.plan).map_err(sql)?;
+        let oldest = self.spec.runs.last().unwrap_or(&c.run);
+        store::mark_carried(self.conn, &carried, (&c.run, &self.spec.plan), oldest).map_err(sql)?;
         self.conn
             .execute("DELETE FROM batchsse_undo WHERE id = ?1", [c.id])
             .map_err(sql)?;

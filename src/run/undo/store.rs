@@ -1027,15 +1027,35 @@ impl OlderKept<'_> {
 /// How each mark of [`mark_carried`] begins.
 const MARK: &str = "; put back by the undo of run ";
 
-/// What an undo of `run` of `plan` adds to the reason of a row an older
-/// run's undo kept when it puts the row back ([`mark_carried`]): the part
-/// the command that lists them looks for, and the whole, which names the
-/// plan so that the undo's end finds the marks of its runs an earlier try
-/// took back whole ([`carried`]). Run ids need no quoting in that command.
-fn carried_mark(run: &str, plan: &str) -> (String, String) {
+/// How a mark ends: the oldest run of the undo that made it.
+const DOWN_TO: &str = ", by an undo down to run ";
+
+/// What an undo of `run` of `plan`, whose oldest run is `oldest`, adds to
+/// the reason of a row an older run's undo kept when it puts the row back
+/// ([`mark_carried`]): the part the command that lists them looks for,
+/// and the whole, which names the plan and the undo's oldest run so that
+/// the undo's end finds the marks of its runs an earlier try took back
+/// whole, and those alone ([`carried`]). Run ids need no quoting in that
+/// command.
+fn carried_mark(run: &str, plan: &str, oldest: &str) -> (String, String) {
     let found = format!("{MARK}{run} ");
-    let whole = format!("{found}{}to what it held before that run", of_plan(plan));
+    let whole = format!(
+        "{found}{}to what it held before that run{DOWN_TO}{oldest}",
+        of_plan(plan)
+    );
     (found, whole)
+}
+
+/// Whether a mark's rest (after its run) was made by a try of the undo of
+/// `runs`: one down to one of them (an undo of the plan's newer run alone,
+/// taken back before, is another undo, which said its rows itself). A
+/// mark made before marks said so is taken to be.
+fn marked_by_a_try_of(rest: &str, runs: &[String]) -> bool {
+    let Some((_, oldest)) = rest.rsplit_once(DOWN_TO) else {
+        return true;
+    };
+    let oldest = oldest.split([';', ' ']).next().unwrap_or_default();
+    runs.iter().any(|r| r == oldest)
 }
 
 /// The part of a mark after its run that names its plan.
@@ -1044,20 +1064,21 @@ fn of_plan(plan: &str) -> String {
     format!("(plan {quoted}) ")
 }
 
-/// In the transaction of the part of `run` of `plan` that put them back:
-/// marks the rows `rowids`, kept by an older run's undo
-/// ([`kept_for_older`]), as holding what that older run wrote again, so an
-/// undo resumed after an interruption still counts them at its end.
+/// In the transaction of the part of `run` of `plan` that put them back,
+/// in an undo whose oldest run is `oldest`: marks the rows `rowids`, kept
+/// by an older run's undo ([`kept_for_older`]), as holding what that older
+/// run wrote again, so an undo resumed after an interruption still counts
+/// them at its end.
 pub fn mark_carried(
     conn: &Connection,
     rowids: &[i64],
-    run: &str,
-    plan: &str,
+    (run, plan): (&str, &str),
+    oldest: &str,
 ) -> rusqlite::Result<()> {
     if rowids.is_empty() {
         return Ok(());
     }
-    let (found, whole) = carried_mark(run, plan);
+    let (found, whole) = carried_mark(run, plan, oldest);
     // One statement for the part's rows, not one for each.
     let rowids = serde_json::to_string(rowids).unwrap_or_else(|_| "[]".into());
     conn.prepare_cached(
@@ -1104,7 +1125,7 @@ pub fn carried(
             let Some((by, rest)) = mark.split_once(' ') else {
                 continue;
             };
-            let of_ours = since && rest.starts_with(&ours);
+            let of_ours = since && rest.starts_with(&ours) && marked_by_a_try_of(rest, runs);
             if !of_ours && !runs.iter().any(|r| r == by) {
                 continue;
             }
@@ -1329,6 +1350,23 @@ pub fn part_taken(conn: &Connection, count: i64, part: Part<'_>) -> rusqlite::Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A mark names the oldest run of the undo that made it: a try of an
+    /// undo down to one of `runs` made it, another undo did not; a mark
+    /// written before marks named it counts as before.
+    #[test]
+    fn a_mark_is_a_try_s_when_its_undo_went_down_to_one_of_the_runs() {
+        let runs = ["b1".to_owned()];
+        let rest = |oldest: &str| {
+            let (found, whole) = carried_mark("b2", "ten", oldest);
+            whole[found.len()..].to_owned()
+        };
+        assert!(marked_by_a_try_of(&rest("b1"), &runs));
+        assert!(!marked_by_a_try_of(&rest("b2"), &runs));
+        assert!(!marked_by_a_try_of(&rest("b10"), &runs));
+        let before = "(plan \"ten\") to what it held before that run";
+        assert!(marked_by_a_try_of(before, &runs));
+    }
 
     /// A row kept goes in without a temporary table of SQLite's: `INSERT
     /// … SELECT` from the table it writes made one and dropped it for
