@@ -1107,13 +1107,10 @@ fn rows_a_plan_s_newer_run_put_back_to_another_plan_s_run_between_its_runs_are_c
     assert!(!err.contains("is fully taken back"), "{err}");
 }
 
-/// As above, the undo of the plan's two runs stopped (`--on-conflict
-/// abort`) in the older one, after the newer one was taken back whole, and
-/// run again: the rows the newer one put back are still counted at its
-/// end, though that run, with no record left, is no longer among its runs.
-#[test]
-fn rows_a_plan_s_newer_run_put_back_are_counted_when_an_undo_of_its_runs_ends_in_a_later_try() {
-    let db = TempDb::counters(40);
+/// Records a run of plan `other` (every counter +1), then two of plan
+/// `ten` (+10 to rows 5 and 6, then to rows 1 to 3), and takes back the
+/// first, which keeps the 5 rows `ten` changed since: the three runs' ids.
+fn other_then_ten_twice_other_taken_back(db: &TempDb) -> Vec<String> {
     let other = db.file("other.json", &counter_plan("other", 10));
     let step = |to: &str| {
         format!(
@@ -1122,10 +1119,21 @@ fn rows_a_plan_s_newer_run_put_back_are_counted_when_an_undo_of_its_runs_ends_in
     };
     let older = db.file("older.json", &step("id BETWEEN 5 AND 6"));
     let newer = db.file("newer.json", &step("id <= 3"));
-    let ids = recorded_ids(&db, &[(&other, &[]), (&older, &[]), (&newer, &["--force"])]);
-    let (code, _, err) = run(&undo_args(&db, &["--run", &ids[0]]));
+    let ids = recorded_ids(db, &[(&other, &[]), (&older, &[]), (&newer, &["--force"])]);
+    let (code, _, err) = run(&undo_args(db, &["--run", &ids[0]]));
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("5 conflicts"), "{err}");
+    ids
+}
+
+/// As above, the undo of the plan's two runs stopped (`--on-conflict
+/// abort`) in the older one, after the newer one was taken back whole, and
+/// run again: the rows the newer one put back are still counted at its
+/// end, though that run, with no record left, is no longer among its runs.
+#[test]
+fn rows_a_plan_s_newer_run_put_back_are_counted_when_an_undo_of_its_runs_ends_in_a_later_try() {
+    let db = TempDb::counters(40);
+    let ids = other_then_ten_twice_other_taken_back(&db);
     db.conn()
         .execute_batch("UPDATE t SET counter = 99 WHERE id = 5")
         .unwrap();
@@ -1167,18 +1175,7 @@ fn rows_a_plan_s_newer_run_put_back_are_counted_when_an_undo_of_its_runs_ends_in
 fn an_undo_of_a_plan_s_older_run_does_not_count_again_what_a_separate_undo_of_its_newer_run_put_back()
  {
     let db = TempDb::counters(40);
-    let other = db.file("other.json", &counter_plan("other", 10));
-    let step = |to: &str| {
-        format!(
-            r#"{{"name": "ten", "steps": [{{"name": "ten", "sql": "UPDATE t SET counter = counter + 10 WHERE {to}"}}]}}"#
-        )
-    };
-    let older = db.file("older.json", &step("id BETWEEN 5 AND 6"));
-    let newer = db.file("newer.json", &step("id <= 3"));
-    let ids = recorded_ids(&db, &[(&other, &[]), (&older, &[]), (&newer, &["--force"])]);
-    let (code, _, err) = run(&undo_args(&db, &["--run", &ids[0]]));
-    assert_eq!(code, 0, "{err}");
-    assert!(err.contains("5 conflicts"), "{err}");
+    let ids = other_then_ten_twice_other_taken_back(&db);
     let said = |by: &String, n: &str| {
         format!(
             "{n} that run {by} changed after run {} of plan \"other\"",
