@@ -927,8 +927,9 @@ fn first_parts(conn: &Connection, runs: &str) -> rusqlite::Result<HashMap<String
     .collect()
 }
 
-/// A row of `batchsse_undo_conflict`: its rowid, table and key.
-pub type KeptRow = (i64, String, super::codec::Val);
+/// A row of `batchsse_undo_conflict`: its rowid, table, key, and why it
+/// was kept (bytes: a reason edited by hand need not be UTF-8).
+pub type KeptRow = (i64, String, super::codec::Val, Vec<u8>);
 
 /// The rows kept with a rowid in `after..=upto` that an undo of `scope`
 /// holds.
@@ -938,7 +939,7 @@ pub fn kept_rows(
     (after, upto): (i64, i64),
 ) -> rusqlite::Result<Vec<KeptRow>> {
     let sql = format!(
-        "SELECT rowid, tbl, k FROM batchsse_undo_conflict WHERE rowid > ?1 AND rowid <= ?2 AND {}",
+        "SELECT rowid, tbl, k, why FROM batchsse_undo_conflict WHERE rowid > ?1 AND rowid <= ?2 AND {}",
         scope.holds(3)
     );
     let mut stmt = conn.prepare_cached(&sql)?;
@@ -946,7 +947,8 @@ pub fn kept_rows(
     params.extend(scope.params());
     // The key as SQLite holds it: text that is not UTF-8 too.
     let rows = stmt.query_map(params.as_slice(), |r| {
-        Ok((r.get(0)?, r.get(1)?, r.get_ref(2)?.into()))
+        let why = r.get_ref(3)?.as_bytes().unwrap_or_default().to_vec();
+        Ok((r.get(0)?, r.get(1)?, r.get_ref(2)?.into(), why))
     })?;
     rows.collect()
 }
@@ -1403,7 +1405,7 @@ mod tests {
         assert_eq!(kept_why(&conn, &scope, "y").unwrap(), 1, "r2's alone");
         assert_eq!(kept_why(&conn, &scope, "y: xx").unwrap(), 0);
         let rows = kept_rows(&conn, &scope, (0, 10)).unwrap();
-        let keys: Vec<_> = rows.iter().map(|(_, _, k)| k.clone()).collect();
+        let keys: Vec<_> = rows.iter().map(|(_, _, k, _)| k.clone()).collect();
         use super::super::codec::Val::Integer;
         assert_eq!(keys, [Integer(1), Integer(2)]);
         assert_eq!(kept_rows(&conn, &scope, (1, 10)).unwrap().len(), 1);
@@ -1420,7 +1422,7 @@ mod tests {
         .unwrap();
         let scope = Scope::of(&conn, &runs, "p");
         let rows = kept_rows(&conn, &scope, (0, 10)).unwrap();
-        let keys: Vec<_> = rows.iter().map(|(_, _, k)| k.clone()).collect();
+        let keys: Vec<_> = rows.iter().map(|(_, _, k, _)| k.clone()).collect();
         assert_eq!(keys, [Integer(1), Integer(2), Integer(6)]);
     }
 

@@ -1,0 +1,115 @@
+//! The rows an undo keeps (`batchsse_undo_conflict`) as another try of the
+//! same undo, or another undo beside it, finds them: it ends as one undo
+//! would have, whatever the rows kept are numbered, and a complete undo
+//! leaves no empty table behind.
+
+use std::time::{Duration, Instant};
+
+use crate::undo::undo_args;
+use crate::util::*;
+
+/// Row 5 is deleted by the run's first step and inserted again by its
+/// second (the second part of a step chunked by `src`, so that an undo
+/// rests after taking it back); the application has deleted it since.
+fn deleted_then_inserted_and_gone() -> TempDb {
+    let db = TempDb::with_sql(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER);
+         INSERT INTO t VALUES (4, 0), (5, 0), (6, 0);
+         CREATE TABLE src(id INTEGER PRIMARY KEY);
+         INSERT INTO src VALUES (3), (5);",
+    );
+    let plan = db.file(
+        "plan.json",
+        r#"{"name":"p","undo":true,"steps":[
+            {"name":"purge","sql":"DELETE FROM t WHERE id = 5"},
+            {"name":"readd","sql":"INSERT INTO t SELECT id, 100 FROM src WHERE id BETWEEN :lo AND :hi","chunk":{"table":"src","size":1}}]}"#,
+    );
+    let args = run_args(&db, path_str(&plan), &["--no-serve", "--batch-size", "1"]);
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    db.conn()
+        .execute_batch("DELETE FROM t WHERE id = 5")
+        .unwrap();
+    db
+}
+
+/// An undo of plan `p` (with `extra`) resting, for 10 s, after the newest
+/// part of step 1 (0-based): the part that keeps row 5 committed, every
+/// older part still there.
+fn resting_after_the_newest_part(db: &TempDb, extra: &[&str]) -> Proc {
+    let parts = || db.query_i64("SELECT count(*) FROM batchsse_undo WHERE chunk >= 0");
+    let all = parts();
+    let args = undo_args(db, &[&["--plan", "p", "--sleep", "10000"], extra].concat());
+    let undo = spawn(&args, |_| {});
+    let t0 = Instant::now();
+    while parts() == all {
+        assert!(t0.elapsed() < PATIENCE, "{}", undo.stderr());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        db.query_text("SELECT group_concat(k || ': ' || why) FROM batchsse_undo_conflict"),
+        "5: the row the run inserted is gone"
+    );
+    undo
+}
+
+/// Stops an undo of plan `p` under `--on-conflict skip` (Ctrl-C) in the
+/// rest after the part that keeps row 5.
+fn skip_stopped_after_the_newest_part(db: &TempDb) {
+    let mut skip = resting_after_the_newest_part(db, &[]);
+    skip.signal("INT");
+    assert_eq!(skip.wait().code(), Some(130), "{}", skip.stderr());
+    let parts = db.query_i64("SELECT count(*) FROM batchsse_undo WHERE chunk >= 0");
+    assert_eq!(parts, 2, "stopped after one part: {}", skip.stderr());
+}
+
+/// The file as the test compares it: the user's tables and the rows kept.
+fn content_and_kept(db: &TempDb) -> String {
+    let kept = match db.query_i64("SELECT count(*) FROM sqlite_schema WHERE name = 'batchsse_undo_conflict'") {
+        0 => "no table".to_owned(),
+        _ => db.query_text("SELECT ifnull(group_concat(tbl || ' ' || k || ': ' || why, x'0a'), '') FROM (SELECT * FROM batchsse_undo_conflict ORDER BY tbl, k)"),
+    };
+    format!("{}kept:\n{kept}", content(db))
+}
+
+/// A row the run deleted and inserted again at its key, which the
+/// application has deleted since: an `overwrite` undo keeps it (the row is
+/// gone: nothing of the run's is left on it) and so leaves the older row
+/// deleted too. An `overwrite` undo after a `skip` try of the same undo,
+/// stopped once it had kept the row, read it as a row to put the run's
+/// older values back over, and brought the row the run deleted back.
+#[test]
+fn an_overwrite_after_a_stopped_skip_keeps_a_gone_row_deleted_as_one_overwrite_does() {
+    let overwrite = ["--plan", "p", "--on-conflict", "overwrite"];
+    let once = deleted_then_inserted_and_gone();
+    let (code, _, err) = run(&undo_args(&once, &overwrite));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        once.query_i64("SELECT count(*) FROM t WHERE id = 5"),
+        0,
+        "{err}"
+    );
+    let twice = deleted_then_inserted_and_gone();
+    skip_stopped_after_the_newest_part(&twice);
+    let (code, _, err) = run(&undo_args(&twice, &overwrite));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(content_and_kept(&twice), content_and_kept(&once), "{err}");
+}
+
+/// The same beside another undo: an `overwrite` undo that keeps the row
+/// and rests, while a second `overwrite` undo of the same plan takes back
+/// the parts left, reading the row kept by the first. It kept the row
+/// deleted as one undo does (before, it brought the older row back).
+#[test]
+fn an_overwrite_beside_another_that_kept_a_gone_row_keeps_it_deleted_as_one_overwrite_does() {
+    let overwrite = ["--plan", "p", "--on-conflict", "overwrite"];
+    let once = deleted_then_inserted_and_gone();
+    let (code, _, err) = run(&undo_args(&once, &overwrite));
+    assert_eq!(code, 0, "{err}");
+    let beside = deleted_then_inserted_and_gone();
+    let first = resting_after_the_newest_part(&beside, &overwrite[2..]);
+    let (code, _, err) = run(&undo_args(&beside, &overwrite));
+    assert_eq!(code, 0, "{err}");
+    drop(first);
+    assert_eq!(content_and_kept(&beside), content_and_kept(&once), "{err}");
+}
