@@ -136,6 +136,10 @@ fn check_record(
     // begins rather than as it begins (each part it takes back writes
     // the checkpoint too).
     store::count_kept(conn).map_err(read_failed)?;
+    let need = store::rows_recorded(conn, &runs).map_err(read_failed)?;
+    if let Some(why) = store::no_room_for(conn, need).map_err(read_failed)? {
+        return Err(UsageError::new(format!("{why}. Nothing was taken back")));
+    }
     runner::housekeeping::records(conn)?;
     Ok((runs, plan, kept))
 }

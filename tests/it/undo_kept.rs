@@ -113,3 +113,82 @@ fn an_overwrite_beside_another_that_kept_a_gone_row_keeps_it_deleted_as_one_over
     drop(first);
     assert_eq!(content_and_kept(&beside), content_and_kept(&once), "{err}");
 }
+
+/// A run that bumps `t.v` of rows 1 and 2 (one part each), recorded, and
+/// row 1 changed by the application since: an undo keeps it.
+fn bumped_and_changed() -> TempDb {
+    let db = TempDb::with_sql(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER);
+         INSERT INTO t VALUES (1, 0), (2, 0);",
+    );
+    let plan = db.file(
+        "plan.json",
+        r#"{"name":"q","undo":true,"steps":[{"name":"bump","sql":"UPDATE t SET v = v + 1 WHERE id BETWEEN :lo AND :hi","chunk":{"table":"t","size":1}}]}"#,
+    );
+    let args = run_args(&db, path_str(&plan), &["--no-serve", "--batch-size", "1"]);
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    db.conn()
+        .execute_batch("UPDATE t SET v = 9 WHERE id = 1")
+        .unwrap();
+    db
+}
+
+/// A row of `batchsse_undo_conflict`, as a user could write it by hand.
+const BY_HAND: &str = "INSERT INTO batchsse_undo_conflict (rowid, run, tbl, k, why)
+    VALUES (9223372036854775807, 'other', 't', 99, 'by hand')";
+
+/// A row of `batchsse_undo_conflict` numbered by hand 9223372036854775807,
+/// the largest rowid: the rows an undo keeps are numbered past every row
+/// there, so every later undo failed at its first conflict with "datatype
+/// mismatch" (exit 1). It is refused before anything is taken back (exit
+/// 2, the file untouched), saying how to renumber that row; renumbered so,
+/// the undo goes on.
+#[test]
+fn a_kept_row_numbered_by_hand_at_the_largest_rowid_is_refused_with_what_to_do() {
+    let db = bumped_and_changed();
+    db.conn().execute_batch(BY_HAND).unwrap();
+    let before = sha256(&db.path);
+    for dry in [&["--dry-run"][..], &[]] {
+        let (code, _, err) = run(&undo_args(&db, &[&["--plan", "q"], dry].concat()));
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("written by hand"), "{err}");
+        assert!(err.contains("Nothing was taken back"), "{err}");
+        assert_eq!(sha256(&db.path), before, "{err}");
+    }
+    let (_, _, err) = run(&undo_args(&db, &["--plan", "q"]));
+    let fix = err.split("then run the undo again: ").nth(1).unwrap();
+    let fix = fix.trim_end().trim_end_matches(". Nothing was taken back");
+    db.conn().execute_batch(fix).unwrap();
+    let (code, _, err) = run(&undo_args(&db, &["--plan", "q"]));
+    assert_eq!(code, 0, "{err}");
+    let kept = "SELECT group_concat(rowid || ' ' || k, ', ') FROM (SELECT rowid, k FROM batchsse_undo_conflict ORDER BY rowid)";
+    assert_eq!(db.query_text(kept), "1 99, 2 1", "{err}");
+    assert_eq!(db.query_text("SELECT group_concat(v) FROM t"), "9,0");
+}
+
+/// The same row written while the undo is going, after its check: the
+/// part that would keep a row after it stops the undo (exit 1, that part
+/// rolled back, row 2's newer part back) with the same words, not
+/// SQLite's "datatype mismatch".
+#[test]
+fn a_kept_row_numbered_by_hand_at_the_largest_rowid_during_an_undo_stops_it_with_what_to_do() {
+    let db = bumped_and_changed();
+    let pause = db.file("pause", "");
+    let args = undo_args(&db, &["--plan", "q", "--pause-file", path_str(&pause)]);
+    let mut undo = spawn(&args, |_| {});
+    undo.wait_stderr("undo of run");
+    db.conn().execute_batch(BY_HAND).unwrap();
+    std::fs::remove_file(&pause).unwrap();
+    assert_eq!(undo.wait().code(), Some(1), "{}", undo.stderr());
+    assert!(
+        undo.stderr().contains("written by hand"),
+        "{}",
+        undo.stderr()
+    );
+    assert_eq!(db.query_text("SELECT group_concat(v) FROM t"), "9,0");
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM batchsse_undo_conflict"),
+        1
+    );
+}

@@ -906,9 +906,53 @@ pub fn keep(
     // number in a subquery of `VALUES`, not as `INSERT … SELECT … FROM`
     // this table, which SQLite runs through a temporary table of its own
     // (made and dropped for every row: a fifth of such an undo).
-    conn.prepare_cached(KEEP)?
-        .execute(rusqlite::params![run, table, key, why, plan, mark, run_at])
-        .map(drop)
+    let kept = conn
+        .prepare_cached(KEEP)?
+        .execute(rusqlite::params![run, table, key, why, plan, mark, run_at]);
+    match kept {
+        // The number past the largest rowid SQLite allows: a real, which
+        // a rowid cannot be ("datatype mismatch").
+        Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::TypeMismatch) => {
+            Err(failure(no_room(last_kept(conn)?.max(mark), 0)))
+        }
+        kept => kept.map(drop),
+    }
+}
+
+/// The rows an undo of `runs` may keep at most: one for each row its
+/// record holds (a float sum: `rows` is the record's word, not checked).
+pub fn rows_recorded(conn: &Connection, runs: &[String]) -> rusqlite::Result<i64> {
+    let runs = serde_json::to_string(runs).unwrap_or_else(|_| "[]".into());
+    let rows: f64 = conn.query_row(
+        "SELECT total(max(rows, 0)) FROM batchsse_undo
+         WHERE run IN (SELECT value FROM json_each(?1)) AND chunk >= 0",
+        [runs],
+        |r| r.get(0),
+    )?;
+    Ok(rows as i64) // saturating
+}
+
+/// Whether an undo that may keep `need` rows has no room to number them
+/// past the last row of `batchsse_undo_conflict` (only a row numbered by
+/// hand comes so near the largest rowid SQLite allows): then why, and
+/// what to do.
+pub fn no_room_for(conn: &Connection, need: i64) -> rusqlite::Result<Option<String>> {
+    let last = last_kept(conn)?;
+    Ok(last
+        .checked_add(need.max(1))
+        .is_none()
+        .then(|| no_room(last, need)))
+}
+
+/// Why the rows an undo keeps cannot be numbered past `last`, the last
+/// row of `batchsse_undo_conflict` (with `need` rows to keep, 0 if not
+/// known), and how to renumber the rows numbered by hand past the limit.
+fn no_room(last: i64, need: i64) -> String {
+    let limit = i64::MAX - need.max(1);
+    format!(
+        "the table {CONFLICTS} has a row numbered {last}, too near the largest rowid SQLite allows ({}) for the rows an undo keeps to be numbered after it, as they must be (an undo tells the rows it keeps from those kept before by their numbers). SQLite never numbers a row so: it was written by hand. Renumber the rows past {limit} after the others, when no undo of the file is going, with this statement in the sqlite3 shell, then run the undo again: UPDATE {CONFLICTS} AS c SET rowid = ifnull((SELECT max(rowid) FROM {CONFLICTS} WHERE rowid <= {limit}), 0) + r.n FROM (SELECT rowid AS old, row_number() OVER (ORDER BY rowid) AS n FROM {CONFLICTS} WHERE rowid > {limit}) AS r WHERE c.rowid = r.old",
+        i64::MAX
+    )
 }
 
 /// [`keep`]'s statement.
