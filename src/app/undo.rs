@@ -77,6 +77,7 @@ fn open(c: UndoConfig) -> Result<Session, UsageError> {
             plan: String::new(),
             on_conflict: c.on_conflict,
             kept: std::cell::RefCell::new(kept),
+            tidy_later: Default::default(),
         }),
     })
     .map(|mut s| {
