@@ -308,7 +308,7 @@ async fn run_blocking(session: Session, parts: &Parts, wait_for: usize) -> RunSt
         };
         if let Some(spec) = &session.undo {
             let conn = &session.conn;
-            return runner::undo::apply::run(
+            let status = runner::undo::apply::run(
                 conn,
                 spec,
                 &session.opts,
@@ -316,6 +316,12 @@ async fn run_blocking(session: Session, parts: &Parts, wait_for: usize) -> RunSt
                 (&cancel, &steering),
                 gate,
             );
+            // Once its connection is closed (see `Spec::tidy_later`).
+            if let Some((path, busy)) = spec.tidy_later.take() {
+                drop(session);
+                runner::undo::apply::tidy_when_closed(&path, busy);
+            }
+            return status;
         }
         let mut session = session;
         let guard = runner::records(&session.plan, &session.opts)

@@ -77,6 +77,7 @@ fn open(c: UndoConfig) -> Result<Session, UsageError> {
             plan: String::new(),
             on_conflict: c.on_conflict,
             kept: std::cell::RefCell::new(kept),
+            tidy_later: Default::default(),
         }),
     })
     .map(|mut s| {
@@ -136,6 +137,10 @@ fn check_record(
     // begins rather than as it begins (each part it takes back writes
     // the checkpoint too).
     store::count_kept(conn).map_err(read_failed)?;
+    let need = store::rows_recorded(conn, &runs).map_err(read_failed)?;
+    if let Some(why) = store::no_room_for(conn, need).map_err(read_failed)? {
+        return Err(UsageError::new(format!("{why}. Nothing was taken back")));
+    }
     runner::housekeeping::records(conn)?;
     Ok((runs, plan, kept))
 }

@@ -33,6 +33,7 @@ mod terminal;
 mod undo;
 mod undo_clear;
 mod undo_hostile;
+mod undo_kept;
 mod undo_partial;
 mod undo_parts;
 mod undo_scale;

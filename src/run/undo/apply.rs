@@ -47,6 +47,10 @@ pub struct Spec {
     pub on_conflict: OnConflict,
     /// The parts the damage check read, to apply without reading again.
     pub kept: RefCell<store::Kept>,
+    /// Set by a complete undo that left its empty tables to another
+    /// batchsse that had the file open: the file and the busy timeout for
+    /// [`tidy_when_closed`].
+    pub tidy_later: RefCell<Option<(std::path::PathBuf, std::time::Duration)>>,
 }
 
 /// The conflicts shown as messages; all are kept in `batchsse_undo_conflict`.
@@ -222,6 +226,52 @@ pub fn run(
         carried_older: Some(tally.carried).filter(|&n| n > 0),
     }));
     status
+}
+
+/// Whether no other batchsse has the file `path` open for writing (a run
+/// or an undo); `None` where the system cannot tell.
+fn alone(path: &std::path::Path) -> Option<bool> {
+    use crate::platform::{Sight, open_by_others, open_by_this_program};
+    match open_by_others(path) {
+        Sight::Seen(_) => Some(open_by_this_program(path).is_empty()),
+        Sight::Blind => None,
+    }
+}
+
+/// Drops batchsse's own tables that hold nothing (the undo record's, the
+/// checkpoint's), in one transaction.
+fn drop_own_empty(conn: &Connection) -> rusqlite::Result<()> {
+    let tx = Tx::begin(conn, false)?;
+    store::drop_if_empty(conn)?;
+    checkpoint::drop_if_empty(conn)?;
+    tx.commit()
+}
+
+/// After a complete undo whose end saw another batchsse with the file
+/// open ([`Spec::tidy_later`]), once the undo's own connection is closed:
+/// the tables left empty go if no other batchsse has the file open now,
+/// on a connection of their own. Of two undos of the same runs ending
+/// together, each saw the other and left the tables; the one that closes
+/// last finds the other gone (or tidying: then that one drops them).
+pub fn tidy_when_closed(path: &std::path::Path, busy: std::time::Duration) {
+    if alone(path) != Some(true) {
+        return;
+    }
+    let flags =
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let Ok(conn) = rusqlite::Connection::open_with_flags(path, flags) else {
+        return;
+    };
+    let tidy = conn.busy_timeout(busy).and_then(|()| drop_own_empty(&conn));
+    // Gone all the same: the other undo, ending too, dropped them first.
+    if let Err(e) = tidy
+        && store::exists(&conn).unwrap_or(true)
+    {
+        crate::errln!(
+            "batchsse: warning: the undo is complete, but batchsse's own tables, now empty, could not be removed: {}; `batchsse undo clear` and `batchsse checkpoint clear` remove them",
+            crate::run::db::run_time_message(&conn, &e)
+        );
+    }
 }
 
 struct Undoer<'a> {
@@ -1212,30 +1262,43 @@ impl Undoer<'_> {
     /// beside this one still reads them), nor where the system cannot
     /// tell.
     fn tidy(&self) {
-        use crate::platform::{Sight, open_by_others, open_by_this_program};
         let Some(path) = crate::run::db::file_of(self.conn) else {
             return;
         };
-        let alone = matches!(open_by_others(&path), Sight::Seen(_))
-            && open_by_this_program(&path).is_empty();
-        if !alone {
-            return;
+        match alone(&path) {
+            Some(true) => {}
+            // Another batchsse that has it open may be an undo of the same
+            // runs ending at this moment, which sees this one: each would
+            // leave the tables to the other. Looked at again once this
+            // undo's connection is closed, the last to close sees no other.
+            Some(false) => return self.tidy_later(path),
+            None => return,
         }
-        let tidy = || -> rusqlite::Result<()> {
-            let tx = Tx::begin(self.conn, false)?;
-            store::drop_if_empty(self.conn)?;
-            checkpoint::drop_if_empty(self.conn)?;
-            tx.commit()
-        };
-        if let Err(e) = tidy() {
-            self.message(
+        match drop_own_empty(self.conn) {
+            Ok(()) => {}
+            // Another undo that ended beside it, its connection closed,
+            // is dropping them on one of its own (see `tidy_when_closed`).
+            Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => {
+                self.tidy_later(path)
+            }
+            Err(e) => self.message(
                 Level::Warn,
                 format!(
                     "the undo is complete, but batchsse's own tables, now empty, could not be removed: {}; `batchsse undo clear` and `batchsse checkpoint clear` remove them",
                     crate::run::db::run_time_message(self.conn, &e)
                 ),
-            );
+            ),
         }
+    }
+
+    /// Leaves the tables to [`tidy_when_closed`], with the undo's busy
+    /// timeout.
+    fn tidy_later(&self, path: std::path::PathBuf) {
+        let busy = self
+            .conn
+            .pragma_query_value(None, "busy_timeout", |r| r.get(0));
+        let busy = u64::try_from(busy.unwrap_or(5000_i64)).unwrap_or(5000);
+        *self.spec.tidy_later.borrow_mut() = Some((path, std::time::Duration::from_millis(busy)));
     }
 
     /// After a complete undo: says what is left. The checkpoint of each

@@ -906,9 +906,53 @@ pub fn keep(
     // number in a subquery of `VALUES`, not as `INSERT … SELECT … FROM`
     // this table, which SQLite runs through a temporary table of its own
     // (made and dropped for every row: a fifth of such an undo).
-    conn.prepare_cached(KEEP)?
-        .execute(rusqlite::params![run, table, key, why, plan, mark, run_at])
-        .map(drop)
+    let kept = conn
+        .prepare_cached(KEEP)?
+        .execute(rusqlite::params![run, table, key, why, plan, mark, run_at]);
+    match kept {
+        // The number past the largest rowid SQLite allows: a real, which
+        // a rowid cannot be ("datatype mismatch").
+        Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::TypeMismatch) => {
+            Err(failure(no_room(last_kept(conn)?.max(mark), 0)))
+        }
+        kept => kept.map(drop),
+    }
+}
+
+/// The rows an undo of `runs` may keep at most: one for each row its
+/// record holds (a float sum: `rows` is the record's word, not checked).
+pub fn rows_recorded(conn: &Connection, runs: &[String]) -> rusqlite::Result<i64> {
+    let runs = serde_json::to_string(runs).unwrap_or_else(|_| "[]".into());
+    let rows: f64 = conn.query_row(
+        "SELECT total(max(rows, 0)) FROM batchsse_undo
+         WHERE run IN (SELECT value FROM json_each(?1)) AND chunk >= 0",
+        [runs],
+        |r| r.get(0),
+    )?;
+    Ok(rows as i64) // saturating
+}
+
+/// Whether an undo that may keep `need` rows has no room to number them
+/// past the last row of `batchsse_undo_conflict` (only a row numbered by
+/// hand comes so near the largest rowid SQLite allows): then why, and
+/// what to do.
+pub fn no_room_for(conn: &Connection, need: i64) -> rusqlite::Result<Option<String>> {
+    let last = last_kept(conn)?;
+    Ok(last
+        .checked_add(need.max(1))
+        .is_none()
+        .then(|| no_room(last, need)))
+}
+
+/// Why the rows an undo keeps cannot be numbered past `last`, the last
+/// row of `batchsse_undo_conflict` (with `need` rows to keep, 0 if not
+/// known), and how to renumber the rows numbered by hand past the limit.
+fn no_room(last: i64, need: i64) -> String {
+    let limit = i64::MAX - need.max(1);
+    format!(
+        "the table {CONFLICTS} has a row numbered {last}, too near the largest rowid SQLite allows ({}) for the rows an undo keeps to be numbered after it, as they must be (an undo tells the rows it keeps from those kept before by their numbers). SQLite never numbers a row so: it was written by hand. Renumber the rows past {limit} after the others, when no undo of the file is going, with this statement in the sqlite3 shell, then run the undo again: UPDATE {CONFLICTS} AS c SET rowid = ifnull((SELECT max(rowid) FROM {CONFLICTS} WHERE rowid <= {limit}), 0) + r.n FROM (SELECT rowid AS old, row_number() OVER (ORDER BY rowid) AS n FROM {CONFLICTS} WHERE rowid > {limit}) AS r WHERE c.rowid = r.old",
+        i64::MAX
+    )
 }
 
 /// [`keep`]'s statement.
@@ -927,8 +971,9 @@ fn first_parts(conn: &Connection, runs: &str) -> rusqlite::Result<HashMap<String
     .collect()
 }
 
-/// A row of `batchsse_undo_conflict`: its rowid, table and key.
-pub type KeptRow = (i64, String, super::codec::Val);
+/// A row of `batchsse_undo_conflict`: its rowid, table, key, and why it
+/// was kept (bytes: a reason edited by hand need not be UTF-8).
+pub type KeptRow = (i64, String, super::codec::Val, Vec<u8>);
 
 /// The rows kept with a rowid in `after..=upto` that an undo of `scope`
 /// holds.
@@ -938,7 +983,7 @@ pub fn kept_rows(
     (after, upto): (i64, i64),
 ) -> rusqlite::Result<Vec<KeptRow>> {
     let sql = format!(
-        "SELECT rowid, tbl, k FROM batchsse_undo_conflict WHERE rowid > ?1 AND rowid <= ?2 AND {}",
+        "SELECT rowid, tbl, k, why FROM batchsse_undo_conflict WHERE rowid > ?1 AND rowid <= ?2 AND {}",
         scope.holds(3)
     );
     let mut stmt = conn.prepare_cached(&sql)?;
@@ -946,7 +991,8 @@ pub fn kept_rows(
     params.extend(scope.params());
     // The key as SQLite holds it: text that is not UTF-8 too.
     let rows = stmt.query_map(params.as_slice(), |r| {
-        Ok((r.get(0)?, r.get(1)?, r.get_ref(2)?.into()))
+        let why = r.get_ref(3)?.as_bytes().unwrap_or_default().to_vec();
+        Ok((r.get(0)?, r.get(1)?, r.get_ref(2)?.into(), why))
     })?;
     rows.collect()
 }
@@ -1441,7 +1487,7 @@ mod tests {
         assert_eq!(kept_why(&conn, &scope, "y").unwrap(), 1, "r2's alone");
         assert_eq!(kept_why(&conn, &scope, "y: xx").unwrap(), 0);
         let rows = kept_rows(&conn, &scope, (0, 10)).unwrap();
-        let keys: Vec<_> = rows.iter().map(|(_, _, k)| k.clone()).collect();
+        let keys: Vec<_> = rows.iter().map(|(_, _, k, _)| k.clone()).collect();
         use super::super::codec::Val::Integer;
         assert_eq!(keys, [Integer(1), Integer(2)]);
         assert_eq!(kept_rows(&conn, &scope, (1, 10)).unwrap().len(), 1);
@@ -1458,7 +1504,7 @@ mod tests {
         .unwrap();
         let scope = Scope::of(&conn, &runs, "p");
         let rows = kept_rows(&conn, &scope, (0, 10)).unwrap();
-        let keys: Vec<_> = rows.iter().map(|(_, _, k)| k.clone()).collect();
+        let keys: Vec<_> = rows.iter().map(|(_, _, k, _)| k.clone()).collect();
         assert_eq!(keys, [Integer(1), Integer(2), Integer(6)]);
     }
 
