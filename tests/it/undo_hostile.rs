@@ -294,17 +294,18 @@ fn a_conflict_one_undo_keeps_is_kept_by_another_undo_of_the_same_plan() {
     assert_eq!(counters, [0, 1, 0, 0], "{}", second.stderr());
 }
 
-/// Two `overwrite` undos of one plan at once, each taking one part at a
-/// time when told to (its own pause file, and a rest after each part but
-/// a step's last to let the test set it): row 60, which the run deleted
-/// then inserted again, is kept by one (the application deleted it) and
-/// put back by the other from the older part, which removes its row of
-/// `batchsse_undo_conflict`; the next row kept (row 2, gone too) took the
-/// number that row freed, which the first had read past, so it never
-/// held row 2 and kept it again from an older part: twice in the table,
-/// and said and counted twice. `moves`: which undo (0 or 1) takes parts
-/// until the part `(step, chunk)` is gone.
-fn two_overwrites_taking_turns(moves: &[(usize, (i64, i64))]) -> TempDb {
+/// Two undos of one plan at once, each taking one part at a time when
+/// told to (its own pause file, and a rest after each part but a step's
+/// last to let the test set it), each under its own `--on-conflict` of
+/// `ways`: row 60, which the run deleted then inserted again, is kept by
+/// the `skip` one (the application changed it) and put back by the
+/// `overwrite` one from the older part, which removes its row of
+/// `batchsse_undo_conflict`; the next row kept (row 2, which the
+/// application deleted) took the number that row freed, which the first
+/// had read past, so it never held row 2 and kept it again from an older
+/// part: twice in the table, and said and counted twice. `moves`: which
+/// undo (0 or 1) takes parts until the part `(step, chunk)` is gone.
+fn two_undos_taking_turns(moves: &[(usize, (i64, i64))], ways: [&str; 2]) -> TempDb {
     let db = TempDb::with_sql(
         "CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER);
          INSERT INTO t VALUES (2, 0), (9, 0), (55, 0), (60, 0), (70, 0);
@@ -323,14 +324,15 @@ fn two_overwrites_taking_turns(moves: &[(usize, (i64, i64))]) -> TempDb {
     let (code, _, err) = run(&args);
     assert_eq!(code, 0, "{err}");
     db.conn()
-        .execute_batch("DELETE FROM t WHERE id IN (2, 60)")
+        .execute_batch("DELETE FROM t WHERE id = 2; UPDATE t SET v = 7 WHERE id = 60")
         .unwrap();
     let file = path_str(&db.path);
     let pauses: Vec<_> = (0..2).map(|i| db.file(&format!("pause{i}"), "")).collect();
     // Both read where the conflict table ends before either keeps a row.
     let undos: Vec<Proc> = pauses
         .iter()
-        .map(|pause| {
+        .zip(ways)
+        .map(|(pause, way)| {
             let undo = Proc::start(&[
                 "undo",
                 "--db",
@@ -341,7 +343,7 @@ fn two_overwrites_taking_turns(moves: &[(usize, (i64, i64))]) -> TempDb {
                 "--progress",
                 "plain",
                 "--on-conflict",
-                "overwrite",
+                way,
                 "--pause-file",
                 path_str(pause),
                 "--sleep",
@@ -385,11 +387,14 @@ fn a_row_kept_by_another_undo_under_a_number_freed_is_held_not_kept_twice() {
     // 2; or the second keeps row 60 and the first puts it back, then the
     // second keeps row 2. The first takes the part of row 2's older
     // change last.
-    for moves in [
-        &[(0, (3, 1)), (1, (0, 1))][..],
-        &[(1, (3, 1)), (0, (2, 1)), (1, (0, 1))][..],
+    for (moves, ways) in [
+        (&[(0, (3, 1)), (1, (0, 1))][..], ["skip", "overwrite"]),
+        (
+            &[(1, (3, 1)), (0, (2, 1)), (1, (0, 1))][..],
+            ["overwrite", "skip"],
+        ),
     ] {
-        let db = two_overwrites_taking_turns(moves);
+        let db = two_undos_taking_turns(moves, ways);
         assert_eq!(
             db.query_i64("SELECT count(*) FROM batchsse_undo_conflict WHERE k = 2"),
             1,

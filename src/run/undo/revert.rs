@@ -145,7 +145,8 @@ impl<'c> Reverter<'c> {
         if upto <= self.kept_seen {
             return Ok(());
         }
-        for (rowid, table, key, why) in kept_rows(self.conn, scope, (self.kept_seen, upto))? {
+        for (rowid, table, key, gone) in kept_rows(self.conn, scope, (self.kept_seen, upto), &GONE)?
+        {
             let id = held_id(&table, &[key]);
             // Under `overwrite` the run's old values go back over the
             // application's: a row kept before (a part that kept it
@@ -155,7 +156,7 @@ impl<'c> Reverter<'c> {
             // `overwrite` keeps too, and holds: its older entries (the
             // run's delete of the row it inserted again) would bring back
             // a row one `overwrite` undo leaves deleted.
-            match self.overwrite && !gone(&why) {
+            match self.overwrite && !gone {
                 true => self.kept_before.entry(id).or_default().push(rowid),
                 false => _ = self.held.insert(id),
             }
@@ -1009,13 +1010,6 @@ fn older_id(key: &[Val], deleted: bool) -> Vec<u8> {
 /// row came back at its key since, or cannot come back.
 fn left_deleted(why: &[u8]) -> bool {
     why.starts_with(RUN_DELETED.as_bytes()) || why.starts_with(STAYS_DELETED.as_bytes())
-}
-
-/// Whether a row an undo kept for `why` is one the application deleted
-/// since the run ([`GONE`]): kept under `overwrite` too, with nothing left
-/// to put the run's values back over.
-fn gone(why: &[u8]) -> bool {
-    GONE.iter().any(|g| why.starts_with(g.as_bytes()))
 }
 
 /// A row an older run's undo kept ([`Reverter::older`]): its row in

@@ -971,16 +971,18 @@ fn first_parts(conn: &Connection, runs: &str) -> rusqlite::Result<HashMap<String
     .collect()
 }
 
-/// A row of `batchsse_undo_conflict`: its rowid, table, key, and why it
-/// was kept (bytes: a reason edited by hand need not be UTF-8).
-pub type KeptRow = (i64, String, super::codec::Val, Vec<u8>);
+/// A row of `batchsse_undo_conflict`: its rowid, table, key, and whether
+/// why it was kept begins with one of the reasons asked about.
+pub type KeptRow = (i64, String, super::codec::Val, bool);
 
 /// The rows kept with a rowid in `after..=upto` that an undo of `scope`
-/// holds.
+/// holds; of each, whether it was kept for one of the reasons `whys`
+/// (their beginnings: a reason edited by hand, not UTF-8, is none).
 pub fn kept_rows(
     conn: &Connection,
     scope: &Scope,
     (after, upto): (i64, i64),
+    whys: &[&str],
 ) -> rusqlite::Result<Vec<KeptRow>> {
     let sql = format!(
         "SELECT rowid, tbl, k, why FROM batchsse_undo_conflict WHERE rowid > ?1 AND rowid <= ?2 AND {}",
@@ -991,8 +993,9 @@ pub fn kept_rows(
     params.extend(scope.params());
     // The key as SQLite holds it: text that is not UTF-8 too.
     let rows = stmt.query_map(params.as_slice(), |r| {
-        let why = r.get_ref(3)?.as_bytes().unwrap_or_default().to_vec();
-        Ok((r.get(0)?, r.get(1)?, r.get_ref(2)?.into(), why))
+        let why = r.get_ref(3)?.as_bytes().unwrap_or_default();
+        let asked = whys.iter().any(|w| why.starts_with(w.as_bytes()));
+        Ok((r.get(0)?, r.get(1)?, r.get_ref(2)?.into(), asked))
     })?;
     rows.collect()
 }
@@ -1486,11 +1489,11 @@ mod tests {
         assert_eq!(kept_why(&conn, &scope, "").unwrap(), 2, "r1's and r2's");
         assert_eq!(kept_why(&conn, &scope, "y").unwrap(), 1, "r2's alone");
         assert_eq!(kept_why(&conn, &scope, "y: xx").unwrap(), 0);
-        let rows = kept_rows(&conn, &scope, (0, 10)).unwrap();
+        let rows = kept_rows(&conn, &scope, (0, 10), &[]).unwrap();
         let keys: Vec<_> = rows.iter().map(|(_, _, k, _)| k.clone()).collect();
         use super::super::codec::Val::Integer;
         assert_eq!(keys, [Integer(1), Integer(2)]);
-        assert_eq!(kept_rows(&conn, &scope, (1, 10)).unwrap().len(), 1);
+        assert_eq!(kept_rows(&conn, &scope, (1, 10), &[]).unwrap().len(), 1);
         // Kept by an undo of an older run of the plan (taken back first,
         // by `--run`): not held; by one of a newer run: held.
         conn.execute_batch(&format!(
@@ -1503,7 +1506,7 @@ mod tests {
         ))
         .unwrap();
         let scope = Scope::of(&conn, &runs, "p");
-        let rows = kept_rows(&conn, &scope, (0, 10)).unwrap();
+        let rows = kept_rows(&conn, &scope, (0, 10), &[]).unwrap();
         let keys: Vec<_> = rows.iter().map(|(_, _, k, _)| k.clone()).collect();
         assert_eq!(keys, [Integer(1), Integer(2), Integer(6)]);
     }
