@@ -653,3 +653,33 @@ fn an_expect_changes_that_bounds_nothing_is_refused() {
     let (code, _, err) = run_plan(&db, plan, &[]);
     assert_eq!(code, 0, "{err}");
 }
+
+/// An `expect` answering several rows passed when its first row was true,
+/// whatever the rest said: `SELECT counter = 1 FROM t` after a step that
+/// set 3 rows of 10 passed in id order, and failed in reverse. Every row
+/// must be true; the failure names the first false row, plain or chunked.
+#[test]
+fn an_expect_answering_several_rows_needs_every_row_true() {
+    let step = |expect: &str| {
+        serde_json::json!({"steps": [
+            {"sql": "UPDATE t SET counter = 1 WHERE id <= 3", "expect": expect}]})
+        .to_string()
+    };
+    let db = TempDb::counters(10);
+    let (code, _, err) = run_plan(&db, &step("SELECT counter = 1 FROM t ORDER BY id"), &[]);
+    assert_eq!(code, 1, "rows 4 to 10 are false: {err}");
+    assert!(
+        err.contains("returned 0 in row 4 of its answer, which is not true"),
+        "{err}"
+    );
+    assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 0, "rolled back");
+    let (code, _, err) = run_plan(&db, &step("SELECT 1 FROM t WHERE counter = 1"), &[]);
+    assert_eq!(code, 0, "three true rows: {err}");
+    let chunked = serde_json::json!({"name": "chunked", "steps": [{
+        "sql": "UPDATE t SET counter = 2 WHERE id BETWEEN :lo AND :hi AND id < 8",
+        "chunk": {"table": "t", "size": 4},
+        "expect": "SELECT counter = 2 FROM t ORDER BY id"}]});
+    let (code, _, err) = run_plan(&db, &chunked.to_string(), &["--batch-size", "4"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("returned 0 in row 8 of its answer"), "{err}");
+}
