@@ -208,6 +208,55 @@ fn takes_back_the_50(db: &TempDb, command: &str) {
     assert_eq!(db.query_i64("SELECT count(*) FROM t WHERE counter = 1"), 0);
 }
 
+/// A database whose file name is not UTF-8 (a Latin-1 `café`): the undo
+/// command a failed step names said `--db` with its bare file name, the
+/// `é` made U+FFFD, so pasted it found no such database. It names the
+/// file's own bytes (`$'…\xe9…'`), and pasted into bash it takes the 50
+/// rows back.
+#[cfg(unix)]
+#[test]
+fn the_undo_command_named_reaches_a_file_whose_name_is_not_utf8() {
+    use std::os::unix::ffi::OsStrExt;
+    let db = TempDb::counters(100);
+    let folder = db.dir.path().join("the data");
+    std::fs::create_dir(&folder).unwrap();
+    let odd = folder.join(std::ffi::OsStr::from_bytes(b"caf\xe9's.sqlite"));
+    std::fs::rename(&db.path, &odd).unwrap();
+    let plan = db.file("plan.json", STOPS_AT_50);
+    let out = std::process::Command::new(BIN)
+        .args([
+            "run",
+            "--plan",
+            path_str(&plan),
+            "--no-serve",
+            "--progress",
+            "plain",
+        ])
+        .args(["--undo", "--batch-size", "10", "--db"])
+        .arg(&odd)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let command = undo_named(&err);
+    assert!(command.contains(r"caf\xe9\'s.sqlite"), "{err}");
+    let undo = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "batchsse() {{ \"$0\" \"$@\"; }}; {command} --no-serve"
+        ))
+        .arg(BIN)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&undo.stderr);
+    assert_eq!(undo.status.code(), Some(0), "{command}: {said}");
+    let conn = rusqlite::Connection::open(&odd).unwrap();
+    let left: i64 = conn
+        .query_row("SELECT count(*) FROM t WHERE counter = 1", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(left, 0, "taken back");
+}
+
 /// A resumed run that fails before committing anything said "this run
 /// committed nothing, so it has nothing to take back", while the run it
 /// resumed had committed (and recorded) 50 rows: it names the plan's undo,
