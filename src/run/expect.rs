@@ -39,30 +39,19 @@ pub(super) fn at_end(
     let Some(sql) = &expect.sql else {
         return Ok(None);
     };
-    let mut stmt = conn.prepare(sql)?;
-    // The check before the run proves this only where its schema copy
-    // could compile the query (not over a table a step before made too
-    // slowly to copy, say): never let an expectation write.
-    if !stmt.readonly() || stmt.column_count() == 0 {
-        return Ok(Some(format!(
-            "expect {} is not a query that only reads, so it was not run; write one such as SELECT count(*) = 0 FROM t WHERE …",
-            query(sql)
-        )));
-    }
-    // SQLite calls `PRAGMA aux.max_page_count = 3` read-only, and it
-    // answers a row: it would set the run's connection.
-    if sets_a_pragma(sql) {
-        return Ok(Some(format!(
-            "expect {} gives a PRAGMA a value or an argument, or names one that acts when read, which may set or change something, so it was not run; read a pragma with its table-valued function, e.g. SELECT * FROM pragma_user_version or SELECT name FROM pragma_table_info('t')",
-            query(sql)
-        )));
-    }
-    // `pragma_optimize` compiles as a read, and runs the pragma.
-    if let Some(table) = crate::plan::reads_acting_pragma(sql) {
-        return Ok(Some(format!(
-            "expect {} reads {table}, which runs a PRAGMA that may write (PRAGMA optimize may run ANALYZE), so it was not run; leave it out of the expect",
-            query(sql)
-        )));
+    // Two statements reach here only where the check could not compile
+    // the first (over a database a step attaches).
+    let mut stmt = match conn.prepare(sql) {
+        Err(rusqlite::Error::MultipleStatement) => {
+            return Ok(Some(format!(
+                "expect {} is more than one statement, so it was not run; keep one query, such as SELECT count(*) = 0 FROM t WHERE …",
+                query(sql)
+            )));
+        }
+        stmt => stmt?,
+    };
+    if let Some(why) = not_to_run(sql, &stmt) {
+        return Ok(Some(why));
     }
     Ok(first_false(conn, &mut stmt)?.map(|found| {
         let (value, at) = match found {
@@ -78,6 +67,45 @@ pub(super) fn at_end(
             query(sql)
         )
     }))
+}
+
+/// Why the `expect` `sql`, compiled as `stmt`, must not run, if it must
+/// not. The check before the run proves all this only where its schema
+/// copy could compile the query (not over a database a step attaches).
+fn not_to_run(sql: &str, stmt: &rusqlite::Statement<'_>) -> Option<String> {
+    // Never let an expectation write.
+    if !stmt.readonly() || stmt.column_count() == 0 {
+        return Some(format!(
+            "expect {} is not a query that only reads, so it was not run; write one such as SELECT count(*) = 0 FROM t WHERE …",
+            query(sql)
+        ));
+    }
+    // SQLite calls `PRAGMA aux.max_page_count = 3` read-only, and it
+    // answers a row: it would set the run's connection.
+    if sets_a_pragma(sql) {
+        return Some(format!(
+            "expect {} gives a PRAGMA a value or an argument, or names one that acts when read, which may set or change something, so it was not run; read a pragma with its table-valued function, e.g. SELECT * FROM pragma_user_version or SELECT name FROM pragma_table_info('t')",
+            query(sql)
+        ));
+    }
+    // `pragma_optimize` compiles as a read, and runs the pragma.
+    if let Some(table) = crate::plan::reads_acting_pragma(sql) {
+        return Some(format!(
+            "expect {} reads {table}, which runs a PRAGMA that may write (PRAGMA optimize may run ANALYZE), so it was not run; leave it out of the expect",
+            query(sql)
+        ));
+    }
+    // Run, it would fail with rusqlite's "Wrong number of parameters".
+    let count = stmt.parameter_count();
+    if count > 0 {
+        let name = (1..=count).find_map(|i| stmt.parameter_name(i));
+        return Some(format!(
+            "expect {} uses the parameter {}, so it was not run; write the values into the query",
+            query(sql),
+            name.unwrap_or("?")
+        ));
+    }
+    None
 }
 
 /// What makes `stmt`'s answer false, if anything: its first row whose

@@ -330,6 +330,39 @@ fn an_expect_the_check_could_not_see_never_writes() {
     assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 0);
 }
 
+/// An `expect` over a database a step attaches, which the check before
+/// the run cannot compile, that is two statements or binds a parameter
+/// failed its step with rusqlite's own words ("Multiple statements
+/// provided", "Wrong number of parameters passed to query. Got 0, needed
+/// 1"): it says what the check says, and what to write instead.
+#[test]
+fn an_expect_the_check_could_not_see_says_why_it_was_not_run() {
+    let db = TempDb::counters(5);
+    let aux = db.dir.path().join("aux.sqlite");
+    rusqlite::Connection::open(&aux)
+        .unwrap()
+        .execute_batch("CREATE TABLE x(v); INSERT INTO x VALUES (1);")
+        .unwrap();
+    let attach = format!("ATTACH '{}' AS aux", path_str(&aux).replace('\'', "''"));
+    for (expect, said) in [
+        (
+            "SELECT count(*) = 1 FROM aux.x; SELECT 0",
+            "is more than one statement, so it was not run; keep one query",
+        ),
+        (
+            "SELECT count(*) = :n FROM aux.x",
+            "uses the parameter :n, so it was not run; write the values into the query",
+        ),
+    ] {
+        let plan = serde_json::json!({"name": expect, "steps":[{"sql": attach},
+            {"sql": "UPDATE t SET counter = 1", "expect": expect}]});
+        let (code, _, err) = run_plan(&db, &plan.to_string(), &[]);
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains(said), "{err}");
+        assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 0);
+    }
+}
+
 /// The undo command is named only where it has something to take back:
 /// not when the failed step was the run's first, nor under `--atomic`
 /// (where the named command would fail with "no undo record").
