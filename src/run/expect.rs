@@ -125,7 +125,15 @@ fn first_false(
     while let Some(r) = rows.next()? {
         n += 1;
         let v = r.get_ref(0)?;
-        if truth.query_row([ToSqlOutput::Borrowed(v)], |t| t.get::<_, bool>(0))? {
+        // A number is true when it is not zero, as SQLite has it; only
+        // text and blobs are asked (a long answer of numbers asks nothing).
+        let true_ = match v {
+            ValueRef::Integer(i) => i != 0,
+            ValueRef::Real(f) => f != 0.0,
+            ValueRef::Null => false,
+            _ => truth.query_row([ToSqlOutput::Borrowed(v)], |t| t.get::<_, bool>(0))?,
+        };
+        if true_ {
             continue;
         }
         let shown = match v {
