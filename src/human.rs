@@ -120,9 +120,34 @@ pub fn shown_path(p: &std::path::Path) -> String {
 }
 
 /// A path as one word for a shell command a message names (see
-/// [`shell_word`]).
+/// [`shell_word`]). A path whose name is not UTF-8 (a Latin-1 `café.db`)
+/// keeps its bytes, each written `\xNN` in ANSI-C quotes: the command
+/// pasted names the same file, not one of `U+FFFD`s.
 pub fn shell_path(p: &std::path::Path) -> String {
-    shell_word(&p.to_string_lossy())
+    match p.to_str() {
+        Some(s) => shell_word(s),
+        None => ansi_c(path_bytes(p).utf8_chunks().flat_map(|chunk| {
+            let bytes = chunk.invalid().iter().map(|b| format!("\\x{b:02x}"));
+            chunk.valid().chars().map(ansi_c_char).chain(bytes)
+        })),
+    }
+}
+
+/// The bytes of a path, as the system holds them (lossy elsewhere than
+/// Unix, where a path is not bytes).
+fn path_bytes(p: &std::path::Path) -> std::borrow::Cow<'_, [u8]> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        p.as_os_str().as_bytes().into()
+    }
+    #[cfg(not(unix))]
+    {
+        match p.to_string_lossy() {
+            std::borrow::Cow::Borrowed(s) => s.as_bytes().into(),
+            std::borrow::Cow::Owned(s) => s.into_bytes().into(),
+        }
+    }
 }
 
 /// `s` as one shell word, quoted only if it must be.
@@ -136,29 +161,43 @@ pub fn shell_word(s: &str) -> String {
     } else if s.chars().any(char::is_control) {
         // ANSI-C quoting keeps the word on one line (a workflow command
         // cannot hide in it) and is still one word to bash and zsh.
-        let mut out = String::from("$'");
-        for c in s.chars() {
-            match c {
-                '\\' | '\'' => {
-                    out.push('\\');
-                    out.push(c);
-                }
-                '\n' => out.push_str("\\n"),
-                '\r' => out.push_str("\\r"),
-                '\t' => out.push_str("\\t"),
-                c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
-                c => out.push(c),
-            }
-        }
-        out + "'"
+        ansi_c(s.chars().map(ansi_c_char))
     } else {
         format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// Pieces of a word, each written as ANSI-C quoting reads it, in `$'…'`.
+fn ansi_c(pieces: impl Iterator<Item = String>) -> String {
+    let mut out = String::from("$'");
+    out.extend(pieces);
+    out + "'"
+}
+
+/// One character as ANSI-C quoting (`$'…'`) reads it back.
+fn ansi_c_char(c: char) -> String {
+    match c {
+        '\\' | '\'' => format!("\\{c}"),
+        '\n' => "\\n".into(),
+        '\r' => "\\r".into(),
+        '\t' => "\\t".into(),
+        c if c.is_control() => format!("\\u{:04x}", c as u32),
+        c => c.to_string(),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn a_path_that_is_not_utf8_keeps_its_bytes_in_a_shell_word() {
+        use std::os::unix::ffi::OsStrExt;
+        let p = std::path::Path::new(std::ffi::OsStr::from_bytes(b"/d b/caf\xe9's\n.db"));
+        assert_eq!(shell_path(p), r"$'/d b/caf\xe9\'s\n.db'");
+        assert_eq!(shell_path(std::path::Path::new("/d b/x")), "'/d b/x'");
+    }
 
     #[test]
     fn one_row_is_a_row() {

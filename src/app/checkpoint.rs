@@ -305,7 +305,7 @@ fn strays_text(db: &std::path::Path, strays: &[(String, i64, u64)]) -> String {
                 quoted(plan),
                 step.saturating_add(1),
                 thousands(*bytes),
-                crate::human::shell_word(&db.to_string_lossy()),
+                crate::human::shell_path(db),
                 crate::human::shell_word(plan),
             )
         })

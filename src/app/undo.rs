@@ -228,7 +228,6 @@ fn list(args: CheckpointListArgs) -> anyhow::Result<ExitCode> {
     let runs = store::runs(&conn)?;
     let kept = store::kept_conflicts(&conn)?;
     let stopped = runner::housekeeping::stopped_undos(&conn)?;
-    let db = file_name(&args.db);
     let text = if args.json {
         let list: Vec<_> = runs
             .iter()
@@ -250,7 +249,7 @@ fn list(args: CheckpointListArgs) -> anyhow::Result<ExitCode> {
             serde_json::json!({"db": args.db.to_string_lossy(), "runs": list, "conflicts_kept": kept, "undo_stopped": stopped})
         )
     } else {
-        list_text(&conn, &db, &runs, &kept) + &stopped_text(&args.db, &stopped)
+        list_text(&conn, &args.db, &runs, &kept) + &stopped_text(&args.db, &stopped)
     };
     print(text.as_bytes())
 }
@@ -319,10 +318,11 @@ fn nothing_recorded_in(conn: &Connection, path: &std::path::Path, what: &str) ->
 
 fn list_text(
     conn: &Connection,
-    db: &str,
+    path: &std::path::Path,
     runs: &[store::RunRecord],
     kept: &[store::KeptConflicts],
 ) -> String {
+    let db = file_name(path);
     let mut t = if runs.is_empty() && kept.is_empty() {
         format!("no undo records in {db}\n")
     } else if runs.is_empty() {
@@ -352,7 +352,7 @@ fn list_text(
             thousands(k.conflicts),
             plural(k.conflicts as usize),
             k.last_at,
-            crate::human::shell_word(db),
+            crate::human::shell_path(path),
             crate::human::shell_word(&k.run)
         );
     }

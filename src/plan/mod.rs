@@ -73,7 +73,7 @@ pub struct Step {
 /// (`max`, then `min` at its end).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Expect {
-    /// A read-only query whose first column must be truthy.
+    /// A read-only query whose first column must be truthy in every row.
     pub sql: Option<String>,
     /// The most rows the step may change.
     pub max: Option<u64>,

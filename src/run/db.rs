@@ -55,6 +55,13 @@ pub fn file_of(conn: &Connection) -> Option<std::path::PathBuf> {
     (!bytes.is_empty()).then(|| crate::platform::path_from_bytes(bytes))
 }
 
+/// The file of `conn` as one shell word, for the commands a message names
+/// (`batchsse undo --db … --run …`): the path SQLite opened, bytes and
+/// all, so the command pasted reaches that file from any folder.
+pub fn shell_word_of(conn: &Connection) -> String {
+    file_of(conn).map_or_else(|| "FILE".into(), |p| crate::human::shell_path(&p))
+}
+
 /// What holds `name` in the main database (`table`, `view`, `index`,
 /// `trigger`), if anything does: a user's object may take the name of one
 /// of batchsse's own tables.

@@ -2,8 +2,8 @@
 //! `expect` query as it ends, inside the transaction that would commit its
 //! last work, so a failed one rolls that work back.
 
+use rusqlite::Connection;
 use rusqlite::types::{ToSqlOutput, Value, ValueRef};
-use rusqlite::{Connection, OptionalExtension};
 
 use crate::human::thousands;
 use crate::plan::Expect;
@@ -39,55 +39,110 @@ pub(super) fn at_end(
     let Some(sql) = &expect.sql else {
         return Ok(None);
     };
-    let mut stmt = conn.prepare(sql)?;
-    // The check before the run proves this only where its schema copy
-    // could compile the query (not over a table a step before made too
-    // slowly to copy, say): never let an expectation write.
+    // Two statements reach here only where the check could not compile
+    // the first (over a database a step attaches).
+    let mut stmt = match conn.prepare(sql) {
+        Err(rusqlite::Error::MultipleStatement) => {
+            return Ok(Some(format!(
+                "expect {} is more than one statement, so it was not run; keep one query, such as SELECT count(*) = 0 FROM t WHERE …",
+                query(sql)
+            )));
+        }
+        stmt => stmt?,
+    };
+    if let Some(why) = not_to_run(sql, &stmt) {
+        return Ok(Some(why));
+    }
+    Ok(first_false(conn, &mut stmt)?.map(|found| {
+        let (value, at) = match found {
+            None => ("no row".to_owned(), String::new()),
+            Some((1, v)) => (answer(&v), String::new()),
+            Some((n, v)) => (
+                answer(&v),
+                format!(" in row {} of its answer", thousands(n)),
+            ),
+        };
+        format!(
+            "expect {} returned {value}{at}, which is not true",
+            query(sql)
+        )
+    }))
+}
+
+/// Why the `expect` `sql`, compiled as `stmt`, must not run, if it must
+/// not. The check before the run proves all this only where its schema
+/// copy could compile the query (not over a database a step attaches).
+fn not_to_run(sql: &str, stmt: &rusqlite::Statement<'_>) -> Option<String> {
+    // Never let an expectation write.
     if !stmt.readonly() || stmt.column_count() == 0 {
-        return Ok(Some(format!(
+        return Some(format!(
             "expect {} is not a query that only reads, so it was not run; write one such as SELECT count(*) = 0 FROM t WHERE …",
             query(sql)
-        )));
+        ));
     }
     // SQLite calls `PRAGMA aux.max_page_count = 3` read-only, and it
     // answers a row: it would set the run's connection.
     if sets_a_pragma(sql) {
-        return Ok(Some(format!(
+        return Some(format!(
             "expect {} gives a PRAGMA a value or an argument, or names one that acts when read, which may set or change something, so it was not run; read a pragma with its table-valued function, e.g. SELECT * FROM pragma_user_version or SELECT name FROM pragma_table_info('t')",
             query(sql)
-        )));
+        ));
     }
     // `pragma_optimize` compiles as a read, and runs the pragma.
     if let Some(table) = crate::plan::reads_acting_pragma(sql) {
-        return Ok(Some(format!(
+        return Some(format!(
             "expect {} reads {table}, which runs a PRAGMA that may write (PRAGMA optimize may run ANALYZE), so it was not run; leave it out of the expect",
             query(sql)
-        )));
+        ));
     }
+    // Run, it would fail with rusqlite's "Wrong number of parameters".
+    let count = stmt.parameter_count();
+    if count > 0 {
+        let name = (1..=count).find_map(|i| stmt.parameter_name(i));
+        return Some(format!(
+            "expect {} uses the parameter {}, so it was not run; write the values into the query",
+            query(sql),
+            name.unwrap_or("?")
+        ));
+    }
+    None
+}
+
+/// What makes `stmt`'s answer false, if anything: its first row whose
+/// first column is not true (numbered from 1, with that value), or no row
+/// at all (`Some(None)`). Every row counts, not the first alone: `SELECT
+/// price >= 0 FROM products` must not pass on the first product while a
+/// later one is negative.
+fn first_false(
+    conn: &Connection,
+    stmt: &mut rusqlite::Statement<'_>,
+) -> rusqlite::Result<Option<Option<(u64, Value)>>> {
     // SQLite's own idea of true, so '1', 1.0 and 1 agree with a WHERE;
     // asked of the value as SQLite holds it (text need not be UTF-8).
-    let answer_of = |r: &rusqlite::Row<'_>| -> rusqlite::Result<(bool, Value)> {
+    let mut truth = conn.prepare_cached("SELECT ?1 IS TRUE")?;
+    let mut rows = stmt.query([])?;
+    let mut n = 0u64;
+    while let Some(r) = rows.next()? {
+        n += 1;
         let v = r.get_ref(0)?;
-        let truthy = conn.query_row("SELECT ?1 IS TRUE", [ToSqlOutput::Borrowed(v)], |r| {
-            r.get::<_, bool>(0)
-        })?;
+        // A number is true when it is not zero, as SQLite has it; only
+        // text and blobs are asked (a long answer of numbers asks nothing).
+        let true_ = match v {
+            ValueRef::Integer(i) => i != 0,
+            ValueRef::Real(f) => f != 0.0,
+            ValueRef::Null => false,
+            _ => truth.query_row([ToSqlOutput::Borrowed(v)], |t| t.get::<_, bool>(0))?,
+        };
+        if true_ {
+            continue;
+        }
         let shown = match v {
             ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
             other => Value::try_from(other).unwrap_or(Value::Null),
         };
-        Ok((truthy, shown))
-    };
-    let (truthy, value) = match stmt.query_row([], answer_of).optional()? {
-        Some((truthy, v)) => (truthy, Some(v)),
-        None => (false, None),
-    };
-    Ok((!truthy).then(|| {
-        format!(
-            "expect {} returned {}, which is not true",
-            query(sql),
-            value.as_ref().map_or_else(|| "no row".to_owned(), answer)
-        )
-    }))
+        return Ok(Some(Some((n, shown))));
+    }
+    Ok((n == 0).then_some(None))
 }
 
 /// The query as a one-line message shows it: its whitespace runs made one
@@ -196,7 +251,13 @@ mod tests {
 
     #[test]
     fn truth_is_sqlites() {
-        for yes in ["SELECT 1", "SELECT 2.5", "SELECT '1'", "SELECT 1 = 1"] {
+        for yes in [
+            "SELECT 1",
+            "SELECT 2.5",
+            "SELECT '1'",
+            "SELECT 1 = 1",
+            "VALUES (1), (2.5), ('1')",
+        ] {
             assert_eq!(check(yes), None, "{yes}");
         }
         for (no, shown) in [
@@ -205,6 +266,11 @@ mod tests {
             ("SELECT 'abc'", "returned \"abc\""),
             ("SELECT 1 WHERE 0", "returned no row"),
             ("SELECT x'00'", "returned x'00'"),
+            // Every row counts, not the first alone.
+            (
+                "SELECT 1 UNION ALL SELECT 'abc'",
+                "returned \"abc\" in row 2 of its answer,",
+            ),
             ("SELECT zeroblob(33)", "a blob of 33 bytes"),
             // A REAL reads as one, never as the INTEGER it equals.
             ("SELECT 0.0", "returned 0.0,"),

@@ -200,7 +200,11 @@ pub fn clear(conn: &Connection, which: Which) -> Result<Cleared, UsageError> {
         super::setup::kept::forget(conn, plan, None).map_err(failed)?;
     }
     let undo_runs = clear_undo(conn, &plans).map_err(failed)?;
-    tx.commit().map_err(failed)?;
+    // Nothing to remove: the transaction is let go unwritten, since
+    // committing it would give an empty file SQLite's header.
+    if !plans.is_empty() || dropped || undo_runs > 0 {
+        tx.commit().map_err(failed)?;
+    }
     Ok(Cleared {
         plans,
         dropped,

@@ -376,7 +376,7 @@ impl Runner<'_> {
     fn undo_reach(&self, rec: &undo::Recorder) -> (String, Option<(String, bool)>) {
         let command = format!(
             "batchsse undo --db {} --run {}",
-            crate::human::shell_word(self.conn.path().unwrap_or(&self.db)),
+            db::shell_word_of(self.conn),
             rec.run_id
         );
         let stop = undo::store::stop_of(self.conn, &rec.run_id)
@@ -405,7 +405,7 @@ impl Runner<'_> {
         format!(
             "what committed is checkpointed: {first}{again} from where this run stopped \
              (or start over after `batchsse checkpoint clear --db {} --plan {}`)",
-            crate::human::shell_word(self.conn.path().unwrap_or(&self.db)),
+            db::shell_word_of(self.conn),
             crate::human::shell_word(&self.plan.name)
         )
     }
@@ -424,7 +424,7 @@ impl Runner<'_> {
             format!(
                 "plan {} has a checkpoint in this file from an earlier run, and --no-checkpoint ignores it: this run applies every step from the first, what that run applied included, and leaves the checkpoint as it is, so a later run without --no-checkpoint would go on from it and apply again what this run applies. Once this run is done, remove it: `batchsse checkpoint clear --db {} --plan {}`",
                 quoted(&self.plan.name),
-                crate::human::shell_word(self.conn.path().unwrap_or(&self.db)),
+                db::shell_word_of(self.conn),
                 crate::human::shell_word(&self.plan.name)
             ),
         );
@@ -1034,7 +1034,7 @@ impl Runner<'_> {
         runs.iter().any(|r| *r != rec.run_id).then(|| {
             format!(
                 "batchsse undo --db {} --plan {}",
-                crate::human::shell_word(self.conn.path().unwrap_or(&self.db)),
+                db::shell_word_of(self.conn),
                 crate::human::shell_word(&self.plan.name)
             )
         })

@@ -208,6 +208,55 @@ fn takes_back_the_50(db: &TempDb, command: &str) {
     assert_eq!(db.query_i64("SELECT count(*) FROM t WHERE counter = 1"), 0);
 }
 
+/// A database whose file name is not UTF-8 (a Latin-1 `café`): the undo
+/// command a failed step names said `--db` with its bare file name, the
+/// `é` made U+FFFD, so pasted it found no such database. It names the
+/// file's own bytes (`$'…\xe9…'`), and pasted into bash it takes the 50
+/// rows back.
+#[cfg(unix)]
+#[test]
+fn the_undo_command_named_reaches_a_file_whose_name_is_not_utf8() {
+    use std::os::unix::ffi::OsStrExt;
+    let db = TempDb::counters(100);
+    let folder = db.dir.path().join("the data");
+    std::fs::create_dir(&folder).unwrap();
+    let odd = folder.join(std::ffi::OsStr::from_bytes(b"caf\xe9's.sqlite"));
+    std::fs::rename(&db.path, &odd).unwrap();
+    let plan = db.file("plan.json", STOPS_AT_50);
+    let out = std::process::Command::new(BIN)
+        .args([
+            "run",
+            "--plan",
+            path_str(&plan),
+            "--no-serve",
+            "--progress",
+            "plain",
+        ])
+        .args(["--undo", "--batch-size", "10", "--db"])
+        .arg(&odd)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let command = undo_named(&err);
+    assert!(command.contains(r"caf\xe9\'s.sqlite"), "{err}");
+    let undo = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "batchsse() {{ \"$0\" \"$@\"; }}; {command} --no-serve"
+        ))
+        .arg(BIN)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&undo.stderr);
+    assert_eq!(undo.status.code(), Some(0), "{command}: {said}");
+    let conn = rusqlite::Connection::open(&odd).unwrap();
+    let left: i64 = conn
+        .query_row("SELECT count(*) FROM t WHERE counter = 1", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(left, 0, "taken back");
+}
+
 /// A resumed run that fails before committing anything said "this run
 /// committed nothing, so it has nothing to take back", while the run it
 /// resumed had committed (and recorded) 50 rows: it names the plan's undo,
@@ -279,6 +328,39 @@ fn an_expect_the_check_could_not_see_never_writes() {
         .unwrap();
     assert_eq!(left, 3, "the expect wrote: {err}");
     assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 0);
+}
+
+/// An `expect` over a database a step attaches, which the check before
+/// the run cannot compile, that is two statements or binds a parameter
+/// failed its step with rusqlite's own words ("Multiple statements
+/// provided", "Wrong number of parameters passed to query. Got 0, needed
+/// 1"): it says what the check says, and what to write instead.
+#[test]
+fn an_expect_the_check_could_not_see_says_why_it_was_not_run() {
+    let db = TempDb::counters(5);
+    let aux = db.dir.path().join("aux.sqlite");
+    rusqlite::Connection::open(&aux)
+        .unwrap()
+        .execute_batch("CREATE TABLE x(v); INSERT INTO x VALUES (1);")
+        .unwrap();
+    let attach = format!("ATTACH '{}' AS aux", path_str(&aux).replace('\'', "''"));
+    for (expect, said) in [
+        (
+            "SELECT count(*) = 1 FROM aux.x; SELECT 0",
+            "is more than one statement, so it was not run; keep one query",
+        ),
+        (
+            "SELECT count(*) = :n FROM aux.x",
+            "uses the parameter :n, so it was not run; write the values into the query",
+        ),
+    ] {
+        let plan = serde_json::json!({"name": expect, "steps":[{"sql": attach},
+            {"sql": "UPDATE t SET counter = 1", "expect": expect}]});
+        let (code, _, err) = run_plan(&db, &plan.to_string(), &[]);
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains(said), "{err}");
+        assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 0);
+    }
 }
 
 /// The undo command is named only where it has something to take back:
@@ -652,4 +734,34 @@ fn an_expect_changes_that_bounds_nothing_is_refused() {
         r#"{"steps":[{"sql":"UPDATE t SET counter = 1","expect_changes":{"max":null,"min":5}}]}"#;
     let (code, _, err) = run_plan(&db, plan, &[]);
     assert_eq!(code, 0, "{err}");
+}
+
+/// An `expect` answering several rows passed when its first row was true,
+/// whatever the rest said: `SELECT counter = 1 FROM t` after a step that
+/// set 3 rows of 10 passed in id order, and failed in reverse. Every row
+/// must be true; the failure names the first false row, plain or chunked.
+#[test]
+fn an_expect_answering_several_rows_needs_every_row_true() {
+    let step = |expect: &str| {
+        serde_json::json!({"steps": [
+            {"sql": "UPDATE t SET counter = 1 WHERE id <= 3", "expect": expect}]})
+        .to_string()
+    };
+    let db = TempDb::counters(10);
+    let (code, _, err) = run_plan(&db, &step("SELECT counter = 1 FROM t ORDER BY id"), &[]);
+    assert_eq!(code, 1, "rows 4 to 10 are false: {err}");
+    assert!(
+        err.contains("returned 0 in row 4 of its answer, which is not true"),
+        "{err}"
+    );
+    assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 0, "rolled back");
+    let (code, _, err) = run_plan(&db, &step("SELECT 1 FROM t WHERE counter = 1"), &[]);
+    assert_eq!(code, 0, "three true rows: {err}");
+    let chunked = serde_json::json!({"name": "chunked", "steps": [{
+        "sql": "UPDATE t SET counter = 2 WHERE id BETWEEN :lo AND :hi AND id < 8",
+        "chunk": {"table": "t", "size": 4},
+        "expect": "SELECT counter = 2 FROM t ORDER BY id"}]});
+    let (code, _, err) = run_plan(&db, &chunked.to_string(), &["--batch-size", "4"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("returned 0 in row 8 of its answer"), "{err}");
 }

@@ -327,6 +327,29 @@ fn clear_removes_one_plan_then_all_and_never_touches_user_tables() {
     );
 }
 
+/// An empty file (`touch shop.sqlite`, a path mistyped into a new file)
+/// is an empty database: every housekeeping command finds nothing in it,
+/// and leaves it as it was. `checkpoint clear --all` committed its empty
+/// transaction, which wrote a 4 KiB SQLite header into it.
+#[test]
+fn housekeeping_on_an_empty_file_leaves_it_empty() {
+    let db = TempDb::empty();
+    std::fs::write(&db.path, b"").unwrap();
+    let dbp = path_str(&db.path);
+    for args in [
+        &["checkpoint", "clear", "--db", dbp, "--all"][..],
+        &["checkpoint", "list", "--db", dbp],
+        &["undo", "clear", "--db", dbp, "--all"],
+        &["undo", "clear", "--db", dbp, "--older-than", "0"],
+        &["undo", "list", "--db", dbp],
+    ] {
+        let (code, out, err) = run(args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        assert!(out.starts_with("no "), "{args:?}: {out}");
+        assert_eq!(db.bytes().len(), 0, "{args:?} wrote into the file");
+    }
+}
+
 #[test]
 fn clearing_the_last_plan_drops_the_table_and_the_next_run_starts_over() {
     let db = two_plans();

@@ -527,7 +527,7 @@ impl Undoer<'_> {
                 "dry run: {} {rows} that the undo of run {run}, an older run of plan {}, kept (a newer run had changed {them} since) would get back what run {run} wrote, so {they} would still carry that run's change, with no record left to take it back; running the plan again would then change {them} a second time; to list {them}: sqlite3 {} \"SELECT tbl, k FROM batchsse_undo_conflict WHERE run = '{run}'\"",
                 thousands(n),
                 quoted(&self.spec.plan),
-                crate::human::shell_word(self.conn.path().unwrap_or(&self.db)),
+                crate::run::db::shell_word_of(self.conn),
             ));
         }
         said
@@ -625,7 +625,7 @@ impl Undoer<'_> {
         else {
             return;
         };
-        let db = crate::human::shell_word(self.conn.path().unwrap_or(&self.db));
+        let db = crate::run::db::shell_word_of(self.conn);
         let (these, whose) = match self.spec.runs.len() {
             1 => ("this run", "this run's"),
             _ => ("the oldest of these runs", "these runs'"),
@@ -684,7 +684,7 @@ impl Undoer<'_> {
                 "run {} of plan {} was recorded after this one and stays as it is: the rows it changed after this run are kept as conflicts, still carrying its change; to take back both, newest first: batchsse undo --db {} --plan {}",
                 newer.join(", "),
                 quoted(plan),
-                crate::human::shell_word(self.conn.path().unwrap_or(&self.db)),
+                crate::run::db::shell_word_of(self.conn),
                 crate::human::shell_word(plan)
             ),
         );
@@ -872,7 +872,7 @@ impl Undoer<'_> {
             how.by(),
             how.which(),
             if one { "its" } else { "their" },
-            crate::human::shell_word(self.conn.path().unwrap_or(&self.db)),
+            crate::run::db::shell_word_of(self.conn),
             crate::human::shell_word(&c.run)
         )
     }
@@ -883,10 +883,7 @@ impl Undoer<'_> {
         format!(
             "{}; the undo stopped here, this part rolled back, and what it took back before stays taken back: {}",
             super::rebuilt::why(tables, &c.run),
-            super::rebuilt::what_now(
-                &crate::human::shell_word(self.conn.path().unwrap_or(&self.db)),
-                &c.run
-            ),
+            super::rebuilt::what_now(&crate::run::db::shell_word_of(self.conn), &c.run),
         )
     }
 
@@ -1020,7 +1017,7 @@ impl Undoer<'_> {
         let shell_safe = !sql.contains(['"', '$', '`', '\\', '!']);
         format!(
             "sqlite3 {} {}",
-            crate::human::shell_word(self.conn.path().unwrap_or(&self.db)),
+            crate::run::db::shell_word_of(self.conn),
             match shell_safe {
                 true => format!("\"{sql}\""),
                 false => crate::human::shell_word(&sql),
@@ -1135,7 +1132,7 @@ impl Undoer<'_> {
             "plan {} is not fully taken back: {} {rows} that the undo of run {run}, an older run of the plan, kept (this run had changed {them} since) got back what run {run} wrote, so {carry} that run's change, and no record is left to take it back; running the plan again would change {them} a second time: put {them} right, or leave {them} out of the plan's WHERE, before it runs again (the steps taken back can run again); to list {them}: sqlite3 {} \"SELECT tbl, k FROM batchsse_undo_conflict WHERE run = '{run}'\"",
             quoted(&self.spec.plan),
             thousands(n),
-            crate::human::shell_word(self.conn.path().unwrap_or(&self.db)),
+            crate::run::db::shell_word_of(self.conn),
         ));
     }
 
@@ -1166,7 +1163,7 @@ impl Undoer<'_> {
             thousands(c.rows),
             quoted(&c.plan),
             quoted(&c.plan),
-            crate::human::shell_word(self.conn.path().unwrap_or(&self.db)),
+            crate::run::db::shell_word_of(self.conn),
             c.which,
         ));
     }

@@ -277,7 +277,7 @@ pub fn refuse_unrecorded_rest(
             step.index + 1,
             quoted(&step.name),
             crate::human::shell_word(&plan.name),
-            db = crate::human::shell_word(conn.path().unwrap_or("FILE")),
+            db = crate::run::db::shell_word_of(conn),
         )));
     }
     Ok(())
