@@ -96,6 +96,29 @@ fn an_overwrite_after_a_stopped_skip_keeps_a_gone_row_deleted_as_one_overwrite_d
     assert_eq!(content_and_kept(&twice), content_and_kept(&once), "{err}");
 }
 
+/// As above, but the application inserts the row again between the tries:
+/// an `overwrite` undo then puts the run's older row back over the
+/// application's (the row is there to overwrite). After the stopped `skip`
+/// try it held the row as still gone, left the application's row, and
+/// said the row stays deleted.
+#[test]
+fn an_overwrite_after_a_stopped_skip_puts_back_a_gone_row_the_application_inserted_again() {
+    let overwrite = ["--plan", "p", "--on-conflict", "overwrite"];
+    let again = "INSERT INTO t VALUES (5, 7)";
+    let once = deleted_then_inserted_and_gone();
+    once.conn().execute_batch(again).unwrap();
+    let (code, _, err) = run(&undo_args(&once, &overwrite));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(once.query_i64("SELECT v FROM t WHERE id = 5"), 0, "{err}");
+    let twice = deleted_then_inserted_and_gone();
+    skip_stopped_after_the_newest_part(&twice);
+    twice.conn().execute_batch(again).unwrap();
+    let (code, _, err) = run(&undo_args(&twice, &overwrite));
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("stays deleted"), "{err}");
+    assert_eq!(content_and_kept(&twice), content_and_kept(&once), "{err}");
+}
+
 /// The same beside another undo: an `overwrite` undo that keeps the row
 /// and rests, while a second `overwrite` undo of the same plan takes back
 /// the parts left, reading the row kept by the first. It kept the row

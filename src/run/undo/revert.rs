@@ -65,6 +65,12 @@ pub struct Reverter<'c> {
     /// its transaction, since the row is no longer as the application
     /// left it.
     kept_before: HashMap<(String, Vec<u8>), Vec<i64>>,
+    /// Under `overwrite`, the rows earlier tries kept because the
+    /// application had deleted them, with their rows in
+    /// `batchsse_undo_conflict`: held while still gone (see
+    /// [`Reverter::still_gone`]), put back over like the rows of
+    /// `kept_before` once the application has inserted them again.
+    gone_before: HashMap<(String, Vec<u8>), Vec<i64>>,
     /// The last row of `batchsse_undo_conflict` read into `held`.
     kept_seen: i64,
     /// Rows an undo of an older run kept, by table and encoded key (see
@@ -117,6 +123,7 @@ impl<'c> Reverter<'c> {
             buf: Vec::new(),
             held: HashSet::new(),
             kept_before: HashMap::new(),
+            gone_before: HashMap::new(),
             kept_seen: 0,
             older: HashMap::new(),
             starts: Vec::new(),
@@ -152,13 +159,15 @@ impl<'c> Reverter<'c> {
             // application's: a row kept before (a part that kept it
             // commits apart from an older part's entries of it, when the
             // record was cut between them) is put back as if the part
-            // were whole. But for a row the application deleted, which
-            // `overwrite` keeps too, and holds: its older entries (the
-            // run's delete of the row it inserted again) would bring back
-            // a row one `overwrite` undo leaves deleted.
-            match self.overwrite && !gone {
-                true => self.kept_before.entry(id).or_default().push(rowid),
-                false => _ = self.held.insert(id),
+            // were whole. But a row the application deleted, which
+            // `overwrite` keeps too, is held while it is still gone: its
+            // older entries (the run's delete of the row it inserted
+            // again) would bring back a row one `overwrite` undo leaves
+            // deleted.
+            match (self.overwrite, gone) {
+                (true, false) => self.kept_before.entry(id).or_default().push(rowid),
+                (true, true) => self.gone_before.entry(id).or_default().push(rowid),
+                (false, _) => _ = self.held.insert(id),
             }
         }
         let (older, starts) = (&mut self.older, &self.starts);
@@ -263,6 +272,45 @@ impl<'c> Reverter<'c> {
         !self.held.is_empty() && self.held.contains(&held_id(table, key))
     }
 
+    /// Whether the row of `e`, kept by an earlier try because the
+    /// application had deleted it ([`Reverter::gone_before`]), is still
+    /// gone as its first older entry comes: then it is held, as one
+    /// `overwrite` undo holds the row it keeps. One the application has
+    /// inserted again since is put back over like any row kept before:
+    /// one `overwrite` undo would have found it there and overwritten it.
+    fn still_gone(&mut self, l: &Layout, e: &Entry) -> rusqlite::Result<bool> {
+        if self.gone_before.is_empty() {
+            return Ok(false);
+        }
+        let id = held_id(&l.table, &e.key);
+        let Some(rowids) = self.gone_before.remove(&id) else {
+            return Ok(false);
+        };
+        let now = self.now(l)?;
+        let added = match e.op {
+            op::INSERT => &now.added[..],
+            _ => &[],
+        };
+        let [read, _] = self.statements(l, e, &now);
+        if self.read_row(&read, l, e, added)?.0 {
+            self.kept_before.entry(id).or_default().extend(rowids);
+            return Ok(false);
+        }
+        self.held.insert(id);
+        Ok(true)
+    }
+
+    /// Whether a row of `part` is one of [`Reverter::gone_before`]: whether
+    /// it is still gone is read row by row.
+    fn touches_gone_before(&self, part: &Indexed) -> bool {
+        let table = &part.layout.table;
+        let gone = |e: &Lean| {
+            self.gone_before
+                .contains_key(&held_id(table, &[Val::Integer(e.key)]))
+        };
+        !self.gone_before.is_empty() && part.entries.iter().any(gone)
+    }
+
     /// A row that an earlier try kept, which `overwrite` does not hold:
     /// kept again (it is gone), it is kept already, and was said so.
     fn kept_earlier(&self, table: &str, key: &[Val]) -> bool {
@@ -342,6 +390,9 @@ impl<'c> Reverter<'c> {
         // Overwriting a row that exists again deletes it first: row by row;
         // as is a key used again (the statement's constraint fails).
         if part.op == op::DELETE && (self.overwrite || !bulk.series) {
+            return Ok(Err(blob));
+        }
+        if self.touches_gone_before(&part) {
             return Ok(Err(blob));
         }
         let held = if self.held.is_empty() {
@@ -476,7 +527,9 @@ impl<'c> Reverter<'c> {
             if !rec.unique {
                 rows.insert(id());
             }
-            if self.held(&layout.table, &e.key) {
+            let gone = self.still_gone(layout, e);
+            let gone = gone.map_err(|e| crate::run::db::run_time_message(self.conn, &e))?;
+            if gone || self.held(&layout.table, &e.key) {
                 undone.next(e, true);
                 conflicts.insert(id()); // kept already, and said so
                 continue;
