@@ -13,7 +13,7 @@ pub(super) fn over_max(expect: &Expect, changed: u64) -> Option<String> {
     let max = expect.max?;
     (changed > max).then(|| {
         format!(
-            "expect_changes.max is {}, but the step has changed {} rows; its current work was rolled back (a missing WHERE?)",
+            "expect_changes.max is {}, but with its current work the step would have changed {} rows; that work was rolled back, and what the step committed before it stays (a missing WHERE?)",
             thousands(max),
             thousands(changed)
         )

@@ -140,7 +140,7 @@ fn expect_changes_holds_a_step_through_a_view_to_its_view_rows() {
         (
             r#""sql":"UPDATE vt SET v = 9 WHERE id <= 40""#,
             r#"{"max":39}"#,
-            "max is 39, but the step has changed 40 rows",
+            "max is 39, but with its current work the step would have changed 40 rows",
             0,
         ),
         (
@@ -153,7 +153,7 @@ fn expect_changes_holds_a_step_through_a_view_to_its_view_rows() {
         (
             r#""sql":"UPDATE vt SET v = 9 WHERE id BETWEEN :lo AND :hi","chunk":{"table":"t","size":25}"#,
             r#"{"max":99}"#,
-            "max is 99, but the step has changed 100 rows",
+            "max is 99, but with its current work the step would have changed 100 rows",
             75,
         ),
         (
@@ -239,7 +239,7 @@ fn a_step_on_a_view_of_an_attached_database_counts_its_view_rows() {
     );
     assert_eq!(code, 1, "{err}");
     assert!(
-        err.contains("max is 19, but the step has changed 20 rows"),
+        err.contains("max is 19, but with its current work the step would have changed 20 rows"),
         "{err}"
     );
     let changed = "SELECT count(*) FROM aux.u WHERE a > 0";
