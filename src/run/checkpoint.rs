@@ -609,7 +609,7 @@ impl Resume {
         })?;
         if rows.iter().any(|(_, row)| row.checksum == UNDOING) {
             return Err(UsageError::new(format!(
-                "an undo of plan {} is under way: it stopped after taking back part of what the plan applied, so the checkpoint no longer says what is applied. Finish it with `batchsse undo --db {db} --plan {name}` (or start over with `batchsse checkpoint clear --db {db} --plan {name}`), then run the plan again",
+                "an undo of plan {} is not finished: it stopped after taking back part of what the plan applied, so the checkpoint no longer says what is applied. Finish it with `batchsse undo --db {db} --plan {name}` (or start over with `batchsse checkpoint clear --db {db} --plan {name}`), then run the plan again",
                 quoted(&plan.name),
                 db = crate::human::shell_word(
                     &super::db::file_of(conn)
