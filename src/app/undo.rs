@@ -139,7 +139,7 @@ fn check_record(
     store::count_kept(conn).map_err(read_failed)?;
     let need = store::rows_recorded(conn, &runs).map_err(read_failed)?;
     if let Some(why) = store::no_room_for(conn, need).map_err(read_failed)? {
-        return Err(UsageError::new(format!("{why}. Nothing was taken back")));
+        return Err(UsageError::new(format!("nothing was taken back: {why}")));
     }
     runner::housekeeping::records(conn)?;
     Ok((runs, plan, kept))
