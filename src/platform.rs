@@ -308,6 +308,22 @@ pub fn may_create_in(dir: &Path) -> Option<bool> {
     }
 }
 
+/// Which file `path` names now (its device and inode), to tell it from
+/// a file moved into its place later; `None` where the system does not
+/// say (then nothing is done that depends on it).
+pub fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
 /// Opens `path` to append to it, made if missing, without waiting: on
 /// Unix a FIFO no one reads fails at once (ENXIO) instead of blocking the
 /// process, past Ctrl-C, until someone does.
@@ -762,5 +778,23 @@ mod tests {
         holder.kill().expect("kill");
         holder.wait().expect("wait");
         assert_eq!(seen, Sight::Seen(vec![(pid, "sleep".to_owned())]));
+    }
+
+    /// A file moved into a path's place is another file, as the same file
+    /// written to is not.
+    #[cfg(unix)]
+    #[test]
+    fn a_file_moved_into_place_is_told_from_the_one_before() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (db, backup) = (dir.path().join("shop.sqlite"), dir.path().join("backup"));
+        std::fs::write(&db, b"a").expect("db");
+        let before = file_identity(&db);
+        assert!(before.is_some());
+        std::fs::write(&db, b"ab").expect("write");
+        assert_eq!(file_identity(&db), before);
+        std::fs::write(&backup, b"a").expect("backup");
+        std::fs::rename(&backup, &db).expect("rename");
+        assert_ne!(file_identity(&db), before);
+        assert_eq!(file_identity(&dir.path().join("gone")), None);
     }
 }

@@ -317,9 +317,9 @@ async fn run_blocking(session: Session, parts: &Parts, wait_for: usize) -> RunSt
                 gate,
             );
             // Once its connection is closed (see `Spec::tidy_later`).
-            if let Some((path, busy)) = spec.tidy_later.take() {
+            if let Some(later) = spec.tidy_later.take() {
                 drop(session);
-                runner::undo::apply::tidy_when_closed(&path, busy);
+                runner::undo::apply::tidy_when_closed(&later);
             }
             return status;
         }

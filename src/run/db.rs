@@ -293,6 +293,13 @@ fn journal_can_be_made(conn: &Connection, path: &Path) -> bool {
 /// `--busy-timeout`, for messages (a custom handler leaves SQLite's own
 /// `PRAGMA busy_timeout` at 0). One runner per process.
 static BUSY_TIMEOUT_MS: AtomicU64 = AtomicU64::new(0);
+/// `--busy-timeout` as the runner set it: SQLite's own `PRAGMA
+/// busy_timeout` says 0 under the custom handler, and a connection opened
+/// with that waited for no lock at all.
+pub fn busy_timeout() -> Duration {
+    Duration::from_millis(BUSY_TIMEOUT_MS.load(Ordering::Relaxed))
+}
+
 /// Set while a call must not wait for any lock (see [`without_waiting`]).
 static NO_WAIT: AtomicBool = AtomicBool::new(false);
 

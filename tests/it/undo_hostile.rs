@@ -909,7 +909,10 @@ fn a_plan_whose_undo_stopped_part_way_is_not_run_until_the_undo_ends() {
     let before = sha256(&db.path);
     let (code, _, err) = run(&args);
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("undo of plan \"bump\" is not finished"), "{err}");
+    assert!(
+        err.contains("undo of plan \"bump\" is not finished"),
+        "{err}"
+    );
     assert!(
         err.contains(&format!(
             "`batchsse undo --db {0} --plan bump` (or start over with `batchsse checkpoint clear --db {0} --plan bump`)",

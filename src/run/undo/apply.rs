@@ -50,7 +50,7 @@ pub struct Spec {
     /// Set by a complete undo that left its empty tables to another
     /// batchsse that had the file open: the file and the busy timeout for
     /// [`tidy_when_closed`].
-    pub tidy_later: RefCell<Option<(std::path::PathBuf, std::time::Duration)>>,
+    pub tidy_later: RefCell<Option<TidyLater>>,
 }
 
 /// The conflicts shown as messages; all are kept in `batchsse_undo_conflict`.
@@ -247,30 +247,47 @@ fn drop_own_empty(conn: &Connection) -> rusqlite::Result<()> {
     tx.commit()
 }
 
+/// What [`tidy_when_closed`] needs: the file, which file it was when the
+/// undo ended (see [`crate::platform::file_identity`]), and the undo's
+/// busy timeout.
+pub struct TidyLater {
+    path: std::path::PathBuf,
+    file: Option<(u64, u64)>,
+    busy: std::time::Duration,
+}
+
 /// After a complete undo whose end saw another batchsse with the file
 /// open ([`Spec::tidy_later`]), once the undo's own connection is closed:
 /// the tables left empty go if no other batchsse has the file open now,
 /// on a connection of their own. Of two undos of the same runs ending
 /// together, each saw the other and left the tables; the one that closes
 /// last finds the other gone (or tidying: then that one drops them).
-pub fn tidy_when_closed(path: &std::path::Path, busy: std::time::Duration) {
-    if alone(path) != Some(true) {
+pub fn tidy_when_closed(later: &TidyLater) {
+    let path = &later.path;
+    // Another file moved into its place since (a backup put back) is not
+    // the one the undo saw empty.
+    if alone(path) != Some(true)
+        || later.file.is_none()
+        || crate::platform::file_identity(path) != later.file
+    {
         return;
     }
-    let flags =
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let Ok(conn) = rusqlite::Connection::open_with_flags(path, flags) else {
-        return;
+    let warn = |why: String| {
+        crate::errln!(
+            "batchsse: warning: the undo is complete, but batchsse's own tables, now empty, could not be removed: {why}; `batchsse undo clear` and `batchsse checkpoint clear` remove them"
+        )
     };
-    let tidy = conn.busy_timeout(busy).and_then(|()| drop_own_empty(&conn));
+    // Waiting for locks as the undo did: the other undo, tidying too, may
+    // hold the write lock for a moment.
+    let conn = match crate::run::db::open_db_to_tidy(path, later.busy) {
+        Ok(conn) => conn,
+        Err(e) => return warn(e.to_string()),
+    };
     // Gone all the same: the other undo, ending too, dropped them first.
-    if let Err(e) = tidy
+    if let Err(e) = drop_own_empty(&conn)
         && store::exists(&conn).unwrap_or(true)
     {
-        crate::errln!(
-            "batchsse: warning: the undo is complete, but batchsse's own tables, now empty, could not be removed: {}; `batchsse undo clear` and `batchsse checkpoint clear` remove them",
-            crate::run::db::run_time_message(&conn, &e)
-        );
+        warn(crate::run::db::run_time_message(&conn, &e));
     }
 }
 
@@ -1291,11 +1308,11 @@ impl Undoer<'_> {
     /// Leaves the tables to [`tidy_when_closed`], with the undo's busy
     /// timeout.
     fn tidy_later(&self, path: std::path::PathBuf) {
-        let busy = self
-            .conn
-            .pragma_query_value(None, "busy_timeout", |r| r.get(0));
-        let busy = u64::try_from(busy.unwrap_or(5000_i64)).unwrap_or(5000);
-        *self.spec.tidy_later.borrow_mut() = Some((path, std::time::Duration::from_millis(busy)));
+        *self.spec.tidy_later.borrow_mut() = Some(TidyLater {
+            file: crate::platform::file_identity(&path),
+            path,
+            busy: crate::run::db::busy_timeout(),
+        });
     }
 
     /// After a complete undo: says what is left. The checkpoint of each
