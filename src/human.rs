@@ -122,8 +122,13 @@ pub fn shown_path(p: &std::path::Path) -> String {
 /// A path as one word for a shell command a message names (see
 /// [`shell_word`]). A path whose name is not UTF-8 (a Latin-1 `café.db`)
 /// keeps its bytes, each written `\xNN` in ANSI-C quotes: the command
-/// pasted names the same file, not one of `U+FFFD`s.
+/// pasted names the same file, not one of `U+FFFD`s. A relative path
+/// that begins with `-` is written `./-…`: `--db -x.db` reads as an
+/// option, to batchsse as to sqlite3.
 pub fn shell_path(p: &std::path::Path) -> String {
+    if path_bytes(p).first() == Some(&b'-') {
+        return shell_path(&std::path::Path::new(".").join(p));
+    }
     match p.to_str() {
         Some(s) => shell_word(s),
         None => ansi_c(path_bytes(p).utf8_chunks().flat_map(|chunk| {
@@ -174,14 +179,21 @@ fn ansi_c(pieces: impl Iterator<Item = String>) -> String {
     out + "'"
 }
 
-/// One character as ANSI-C quoting (`$'…'`) reads it back.
+/// One character as ANSI-C quoting (`$'…'`) reads it back. Another
+/// control character is written as its UTF-8 bytes, `\xNN` each: bash
+/// reads `\u0085` as the character only in a UTF-8 locale, and leaves it
+/// as it is in the C locale (cron's, a container's).
 fn ansi_c_char(c: char) -> String {
     match c {
         '\\' | '\'' => format!("\\{c}"),
         '\n' => "\\n".into(),
         '\r' => "\\r".into(),
         '\t' => "\\t".into(),
-        c if c.is_control() => format!("\\u{:04x}", c as u32),
+        c if c.is_control() => {
+            let mut utf8 = [0; 4];
+            let bytes = c.encode_utf8(&mut utf8).bytes();
+            bytes.map(|b| format!("\\x{b:02x}")).collect()
+        }
         c => c.to_string(),
     }
 }
@@ -197,6 +209,8 @@ mod tests {
         let p = std::path::Path::new(std::ffi::OsStr::from_bytes(b"/d b/caf\xe9's\n.db"));
         assert_eq!(shell_path(p), r"$'/d b/caf\xe9\'s\n.db'");
         assert_eq!(shell_path(std::path::Path::new("/d b/x")), "'/d b/x'");
+        assert_eq!(shell_path(std::path::Path::new("-x.db")), "./-x.db");
+        assert_eq!(shell_word("a\u{85}\u{1}b"), r"$'a\xc2\x85\x01b'");
     }
 
     #[test]

@@ -156,12 +156,7 @@ impl UndoConfig {
             (None, None) => {
                 return Err(UsageError::new(format!(
                     "say what to take back: --run RUN_ID or --plan NAME (`batchsse undo list --db {}` shows them)",
-                    crate::human::shell_word(
-                        &a.db
-                            .as_deref()
-                            .unwrap_or(Path::new("FILE"))
-                            .to_string_lossy()
-                    )
+                    crate::human::shell_path(a.db.as_deref().unwrap_or(Path::new("FILE")))
                 )));
             }
         };

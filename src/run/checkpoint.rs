@@ -611,10 +611,7 @@ impl Resume {
             return Err(UsageError::new(format!(
                 "an undo of plan {} is not finished: it stopped after taking back part of what the plan applied, so the checkpoint no longer says what is applied. Finish it with `batchsse undo --db {db} --plan {name}` (or start over with `batchsse checkpoint clear --db {db} --plan {name}`), then run the plan again",
                 quoted(&plan.name),
-                db = crate::human::shell_word(
-                    &super::db::file_of(conn)
-                        .map_or("FILE".into(), |p| p.to_string_lossy().into_owned())
-                ),
+                db = super::db::shell_word_of(conn),
                 name = crate::human::shell_word(&plan.name)
             )));
         }

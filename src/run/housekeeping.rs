@@ -242,10 +242,7 @@ fn no_such_plan(conn: &Connection, name: &str, known: &[(String, usize)]) -> Usa
         format!(
             "no checkpoint recorded for plan {name}; recorded plans: {} (see `batchsse checkpoint list --db {}`); nothing was removed",
             names.join(", "),
-            crate::human::shell_word(
-                &super::db::file_of(conn)
-                    .map_or("FILE".into(), |p| p.to_string_lossy().into_owned())
-            )
+            super::db::shell_word_of(conn)
         )
     })
 }

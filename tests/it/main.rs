@@ -28,6 +28,7 @@ mod relay;
 mod rowid;
 mod run;
 mod safety;
+mod shell_words;
 mod temp_steps;
 mod terminal;
 mod undo;
