@@ -61,7 +61,7 @@ pub(super) fn run(r: &Runner<'_>, step: &Step, chunk: &Chunk, resume: &Resume) -
         // Nothing to visit; still record the step as applied.
         let tx = Tx::begin(r.conn, r.nested).map_err(|e| r.fail(e, c))?;
         no_statement_ran(r, step).map_err(|e| r.fail(e, c))?;
-        r.expectations(step, 0, true).map_err(|e| (e, c))?;
+        r.ended(step, 0).map_err(|e| (e, c))?;
         r.checkpoint
             .step_done(step, 0, 0)
             .map_err(|e| r.fail(e, c))?;
@@ -261,7 +261,7 @@ fn one_chunk(
     };
     if rows == 0 {
         no_statement_ran(r, step).map_err(fail)?;
-        r.expectations(step, c.changed, true).map_err(|e| (e, c))?;
+        r.ended(step, c.changed).map_err(|e| (e, c))?;
         r.checkpoint
             .step_done(step, c.done, c.changed)
             .map_err(fail)?;

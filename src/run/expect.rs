@@ -8,12 +8,22 @@ use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 use crate::human::thousands;
 use crate::plan::Expect;
 
-/// Why the step must stop, if `changed` rows are more than it may change.
-pub(super) fn over_max(expect: &Expect, changed: u64) -> Option<String> {
+/// Why the step must stop, if `changed` rows are more than it may change;
+/// `kept` of them, committed by its earlier chunks, stay (none where the
+/// step is not chunked, nor under `--atomic` or `--dry-run`, whose run is
+/// rolled back whole: saying that some stay would contradict it).
+pub(super) fn over_max(expect: &Expect, changed: u64, kept: u64) -> Option<String> {
     let max = expect.max?;
     (changed > max).then(|| {
+        let stays = match kept {
+            0 => "it was rolled back".to_owned(),
+            n => format!(
+                "that work was rolled back, and what the step committed before it stays ({})",
+                crate::human::rows(n)
+            ),
+        };
         format!(
-            "expect_changes.max is {}, but with its current work the step would have changed {} rows; that work was rolled back, and what the step committed before it stays (a missing WHERE?)",
+            "expect_changes.max is {}, but with its current work the step would have changed {} rows; {stays} (a missing WHERE?)",
             thousands(max),
             thousands(changed)
         )
@@ -354,8 +364,8 @@ mod tests {
             min: Some(2),
             sql: None,
         };
-        assert_eq!(over_max(&e, 10), None);
-        assert!(over_max(&e, 11).unwrap().contains("max is 10"));
+        assert_eq!(over_max(&e, 10, 0), None);
+        assert!(over_max(&e, 11, 0).unwrap().contains("max is 10"));
         let c = Connection::open_in_memory().unwrap();
         assert!(at_end(&c, &e, 1).unwrap().unwrap().contains("min is 2"));
         assert_eq!(at_end(&c, &e, 2).unwrap(), None);

@@ -912,7 +912,7 @@ impl Runner<'_> {
         let mut expected = Ok(());
         let mut checked = || {
             let changed = work()?;
-            expected = self.expectations(step, before + changed, end);
+            expected = self.expectations(step, before, changed, end);
             Ok(changed)
         };
         // A try rolled back to be done again leaves the rowid as before it.
@@ -944,11 +944,21 @@ impl Runner<'_> {
         }
     }
 
-    /// Checks what the step expects once it has changed `changed` rows:
-    /// the most it may change, and at its `end` the fewest and its query.
+    /// Checks what a chunked step expects as it ends, its `changed` rows
+    /// all committed by its chunks.
+    fn ended(&self, step: &Step, changed: u64) -> Result<(), StepError> {
+        self.expectations(step, changed, 0, true)
+    }
+
+    /// Checks what the step expects once it has changed `before` rows
+    /// committed (which stay, but in a run that is one transaction) and
+    /// `now` in work not committed yet: the most it may change, and at its
+    /// `end` the fewest and its query.
     /// Called inside the transaction, which the caller drops on an error.
-    fn expectations(&self, step: &Step, changed: u64, end: bool) -> Result<(), StepError> {
-        if let Some(why) = expect::over_max(&step.expect, changed) {
+    fn expectations(&self, step: &Step, before: u64, now: u64, end: bool) -> Result<(), StepError> {
+        let changed = before + now;
+        let kept = if self.nested { 0 } else { before };
+        if let Some(why) = expect::over_max(&step.expect, changed, kept) {
             return Err(StepError::Expect(why));
         }
         if !end {

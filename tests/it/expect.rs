@@ -765,3 +765,50 @@ fn an_expect_answering_several_rows_needs_every_row_true() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("returned 0 in row 8 of its answer"), "{err}");
 }
+
+/// The `expect_changes.max` failure said "what the step committed before
+/// it stays" where nothing stays: a step that is not chunked commits only
+/// as it ends, and under `--atomic` or `--dry-run` the whole run is rolled
+/// back (the next line says so). It counts what stays where some does.
+#[test]
+fn the_max_failure_says_what_stays_only_where_some_does() {
+    let db = TempDb::counters(100);
+    let plain = r#"{"steps":[{"sql":"UPDATE t SET counter = 1 WHERE id <= 10"},
+        {"sql":"UPDATE t SET counter = 2","expect_changes":{"max":10}}]}"#;
+    let chunked = r#"{"steps":[{"sql":"UPDATE t SET counter = 3 WHERE id BETWEEN :lo AND :hi",
+        "chunk":{"table":"t","size":10},"expect_changes":{"max":25}}]}"#;
+    let cases = [
+        (
+            plain,
+            "",
+            "would have changed 100 rows; it was rolled back (a",
+        ),
+        (
+            plain,
+            "--atomic",
+            "would have changed 100 rows; it was rolled back (a",
+        ),
+        (
+            chunked,
+            "--atomic",
+            "would have changed 30 rows; it was rolled back (a",
+        ),
+        (
+            chunked,
+            "--dry-run",
+            "would have changed 30 rows; it was rolled back (a",
+        ),
+        (
+            chunked,
+            "",
+            "would have changed 30 rows; that work was rolled back, and what the step committed before it stays (20 rows) (a",
+        ),
+    ];
+    for (plan, flag, said) in cases {
+        let mut extra = vec!["--batch-size", "10", "--force"];
+        extra.extend(Some(flag).filter(|f| !f.is_empty()));
+        let (code, _, err) = run_plan(&db, plan, &extra);
+        assert_eq!(code, 1, "{flag}: {err}");
+        assert!(err.contains(said), "{flag}: {err}");
+    }
+}
