@@ -235,8 +235,10 @@ fn tls_flags(access: &Access) -> String {
     ]
     .iter()
     .filter_map(|(flag, path)| {
-        let path = path.as_ref()?.to_string_lossy();
-        Some(format!(" {flag} {}", shell_word(&path)))
+        Some(format!(
+            " {flag} {}",
+            crate::human::shell_path(path.as_ref()?)
+        ))
     })
     .collect()
 }
@@ -973,6 +975,23 @@ mod tests {
 
     fn parse(url: &str) -> Result<Target, UsageError> {
         Target::parse("--publish", url, &Access::default())
+    }
+
+    /// The TLS flags a relay needs as well, pasted, reach their files: a
+    /// name that is not UTF-8 kept its bytes, not U+FFFD, and one that
+    /// begins with `-` is not taken for an option.
+    #[cfg(unix)]
+    #[test]
+    fn the_tls_flags_named_keep_their_paths_bytes() {
+        let access = Access {
+            ca: Some(crate::platform::path_from_bytes(b"certs/caf\xe9.pem")),
+            key: Some("-key.pem".into()),
+            ..Access::default()
+        };
+        assert_eq!(
+            tls_flags(&access),
+            " --redis-ca $'certs/caf\\xe9.pem' --redis-key ./-key.pem"
+        );
     }
 
     #[test]
