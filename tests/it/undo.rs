@@ -809,15 +809,7 @@ fn rows_left_carrying_an_older_run_of_the_plan_are_said_when_a_step_stays_applie
         let (code, _, err) = run(&undo_args(&db, &args));
         assert_eq!(code, 0, "{err}");
         assert!(err.contains(&said), "dry run {dry}: {err}");
-        let carry = if dry {
-            "would still carry"
-        } else {
-            "still carry"
-        };
-        assert!(
-            err.contains(&format!("; 40 rows {carry} an older run's change")),
-            "dry run {dry}: {err}"
-        );
+        assert!(err.contains(&carry_said(dry, 40)), "dry run {dry}: {err}");
         let unrecorded = "step(s) 2 were applied by a run that was not recorded";
         assert!(dry || err.contains(unrecorded), "{err}");
     }
@@ -956,6 +948,17 @@ fn a_row_a_newer_run_of_another_plan_inserted_is_not_said_to_carry_an_older_run_
     assert_eq!(db.query_i64("SELECT count(*) FROM t WHERE id = 2"), 0);
 }
 
+/// What an undo's last line says of `n` (more than one) rows left
+/// carrying an older run's change, dry or not.
+fn carry_said(dry: bool, n: u64) -> String {
+    let carry = if dry {
+        "would still carry"
+    } else {
+        "still carry"
+    };
+    format!("; {n} rows {carry} an older run's change")
+}
+
 /// Records a run of `older`, writes `between` as the application, records
 /// a run of `newer`, and takes back the older run, which keeps 3 conflicts
 /// (rows the newer run changed since): the two runs' ids.
@@ -1023,15 +1026,7 @@ fn rows_an_older_run_of_another_plan_deleted_stay_deleted_when_a_newer_run_s_und
             )),
             "dry run {dry}: {err}"
         );
-        let carry = if dry {
-            "would still carry"
-        } else {
-            "still carry"
-        };
-        assert!(
-            err.contains(&format!("; 2 rows {carry} an older run's change")),
-            "dry run {dry}: {err}"
-        );
+        assert!(err.contains(&carry_said(dry, 2)), "dry run {dry}: {err}");
         assert!(!err.contains("fully taken back"), "dry run {dry}: {err}");
     }
     assert_eq!(
