@@ -48,8 +48,7 @@ pub struct Spec {
     /// The parts the damage check read, to apply without reading again.
     pub kept: RefCell<store::Kept>,
     /// Set by a complete undo that left its empty tables to another
-    /// batchsse that had the file open: the file and the busy timeout for
-    /// [`tidy_when_closed`].
+    /// batchsse that had the file open: what [`tidy_when_closed`] needs.
     pub tidy_later: RefCell<Option<TidyLater>>,
 }
 
