@@ -734,3 +734,90 @@ fn a_row_inserted_again_at_an_integer_key_equal_to_its_real_one_is_kept_as_the_r
         assert_eq!(stash_left(&db), 0, "{rowid}: {out}");
     }
 }
+
+/// Rewrites the keys of the rows saved in `db` (integers, each as this
+/// build writes it: a tag, then 8 bytes big-endian with the sign bit
+/// flipped) as builds before it wrote them (the tag alone, the integer
+/// plus 80, for these small keys), as an undo stopped by such a build
+/// left them; returns how many.
+fn saved_as_an_earlier_build_did(db: &TempDb) -> usize {
+    let conn = db.conn();
+    let keys: Vec<(i64, Vec<u8>)> = conn
+        .prepare("SELECT rowid, k FROM batchsse_undo_stash WHERE length(k) > 0")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    for (rowid, k) in &keys {
+        assert_eq!(
+            (k.len(), k[0]),
+            (9, 5),
+            "a key as this build saves it: {k:?}"
+        );
+        let n = i64::from_be_bytes(k[1..].try_into().unwrap()) ^ i64::MIN;
+        assert!((1..=95).contains(&n), "{n}");
+        conn.execute(
+            "UPDATE batchsse_undo_stash SET k = ?1 WHERE rowid = ?2",
+            rusqlite::params![vec![(n + 80) as u8], rowid],
+        )
+        .unwrap();
+    }
+    keys.len()
+}
+
+/// An undo stopped by an earlier build, with the run's row saved in the
+/// form that build wrote its key in, is resumed by this one: the row is
+/// found, kept as the run left it, and removed.
+#[test]
+fn a_row_saved_by_an_earlier_build_is_found_when_the_undo_resumes() {
+    let (db, err) = stopped_with_a_row_saved();
+    assert_eq!(saved_as_an_earlier_build_did(&db), 1, "{err}");
+    let (fin, out) = undo_json(&db, &[]);
+    assert_eq!(rows(&db), KEPT, "{out}");
+    assert_eq!(fin["data"]["conflicts_as_left"], 1, "{fin}");
+    assert!(out.contains("kept its row as the run left it"), "{out}");
+    assert_eq!(stash_left(&db), 0, "{out}");
+}
+
+/// The rebuild in chunks, row 25's old email taken: an undo stops at the
+/// newest part of the delete (rows 11-30: the run's first chunk was 10
+/// rows, the next 20) with every row the run inserted saved, their keys
+/// then rewritten as an earlier build wrote them. The application gives
+/// row 25's email back and takes row 5's: resumed, the undo puts back
+/// rows 11-30, removing their 20 saved rows as it goes, and stops at the
+/// oldest part, rows 1-10, whose saved rows stay. Run again with the
+/// email given back, it restores every row and leaves nothing saved.
+#[test]
+fn rows_saved_by_an_earlier_build_go_as_their_old_rows_come_back() {
+    let db = rebuilt(SHAPES[0].1, SHAPES[0].0);
+    let take = |email: &str| {
+        db.conn()
+            .execute_batch(&format!(
+                "DELETE FROM t WHERE id = 100; INSERT INTO t(id, email, v) VALUES (100, '{email}', 0)"
+            ))
+            .unwrap();
+    };
+    take("e25");
+    let abort = undo_of_plan(&db, "rl", &["--on-conflict", "abort"]);
+    let (code, _, err) = run(&abort);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("conflict in t at key 25"), "{err}");
+    assert_eq!(saved_as_an_earlier_build_did(&db), 30, "{err}");
+    take("e5");
+    let (code, _, err) = run(&abort);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("conflict in t at key 5"), "{err}");
+    assert_eq!(
+        db.query_text("SELECT group_concat(hex(k), ',') FROM batchsse_undo_stash WHERE length(k) > 0 ORDER BY k"),
+        (1..=10).map(|n| format!("{:02X}", n + 80)).collect::<Vec<_>>().join(","),
+        "{err}"
+    );
+    db.conn()
+        .execute_batch("DELETE FROM t WHERE id = 100")
+        .unwrap();
+    let (_, out) = undo_json(&db, &[]);
+    let want: Vec<String> = (1..=30).map(|i| format!("{i}|e{i}|{i}")).collect();
+    assert_eq!(rows(&db), want, "{out}");
+    assert_eq!(stash_left(&db), 0, "{out}");
+}

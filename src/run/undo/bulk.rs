@@ -19,7 +19,7 @@ use std::ffi::{CString, c_int, c_void};
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::{Connection, ffi, params_from_iter};
 
-use super::codec::{Damaged, Indexed, op, print, put_value, value_at};
+use super::codec::{Damaged, Indexed, op, print, put_sorted, put_value, value_at};
 use super::raw::{put_raw, set_result, value_ref};
 use crate::plan::quote;
 
@@ -28,8 +28,9 @@ const OLD: &str = "batchsse_undo_old";
 const GONE: &str = "batchsse_undo_gone";
 const VALUE: &str = "batchsse_undo_value";
 const SAME: &str = "batchsse_undo_same";
-/// `KEY(n)`: integer key `n` encoded, as the record and the undo's table
-/// of saved rows hold it (see `stash`).
+/// `KEY(n)`: integer key `n` encoded as the undo's table of saved rows
+/// holds it (see `stash` and [`put_sorted`]); `KEY(n, 1)`: as builds
+/// before that wrote it (the record's encoding).
 pub const KEY: &str = "batchsse_undo_key";
 /// `ROW(a, b, …)`: its arguments' values encoded one after the other, as
 /// the undo's table of saved rows holds a row (see `stash`).
@@ -238,14 +239,18 @@ impl Job {
         unsafe { set_result(ctx, v) }
     }
 
-    /// `KEY(n)`: see [`KEY`].
+    /// `KEY(n[, earlier])`: see [`KEY`].
     fn key(
         &mut self,
         ctx: *mut ffi::sqlite3_context,
         args: &[*mut ffi::sqlite3_value],
     ) -> Result<(), String> {
         self.encoded.clear();
-        put_value(&mut self.encoded, ValueRef::Integer(int_arg(args, 0)?));
+        let put = match args.len() {
+            1 => put_sorted,
+            _ => put_value,
+        };
+        put(&mut self.encoded, ValueRef::Integer(int_arg(args, 0)?));
         // SAFETY: ctx belongs to the call in progress.
         unsafe { set_result(ctx, ValueRef::Blob(&self.encoded)) }
     }
@@ -623,13 +628,14 @@ fn listed(items: &[String]) -> String {
 }
 
 /// Each function's name, argument count (-1: any) and entry point.
-const FUNCTIONS: [(&str, c_int, Call); 7] = [
+const FUNCTIONS: [(&str, c_int, Call); 8] = [
     (PICK, -1, pick_fn),
     (OLD, -1, old_fn),
     (GONE, 1, gone_fn),
     (VALUE, 2, value_fn),
     (SAME, 3, same_fn),
     (KEY, 1, key_fn),
+    (KEY, 2, key_fn),
     (ROW, -1, row_fn),
 ];
 

@@ -159,6 +159,73 @@ pub fn put_value(out: &mut Vec<u8>, v: ValueRef<'_>) {
     }
 }
 
+/// The tag of an integer in a key of the undo's table of saved rows
+/// (see [`put_sorted`]); [`put_value`] never writes it.
+const SORTED_INT: u8 = 5;
+
+/// Appends `v` as a key of the undo's table of saved rows (`stash`) holds
+/// it: an integer as [`SORTED_INT`] and its 8 bytes big-endian, the sign
+/// bit flipped, so that integer keys sort as bytes as they do as numbers;
+/// any other value as [`put_value`] does. The rows a part saves come in
+/// key order, and so go into one end of that table's index; with a
+/// varint's low bits first they went all over it, each page read and
+/// written again and again (a rebuild of a million rows with a `UNIQUE`
+/// index undid in 6.6 s, against 1.4 s so).
+pub fn put_sorted(out: &mut Vec<u8>, v: ValueRef<'_>) {
+    match v {
+        ValueRef::Integer(i) => {
+            out.push(SORTED_INT);
+            out.extend_from_slice(&((i as u64) ^ (1 << 63)).to_be_bytes());
+        }
+        v => put_value(out, v),
+    }
+}
+
+/// A key of the table of saved rows, in the form [`put_sorted`] writes,
+/// from that form or the one builds before it wrote (every value as
+/// [`put_value`]); and whether it was in that earlier form.
+pub fn sorted_key(k: &[u8]) -> Result<(Vec<u8>, bool), Damaged> {
+    let sorted = rekeyed(k, put_sorted)?;
+    let earlier = sorted != k;
+    Ok((sorted, earlier))
+}
+
+/// The integer a key of the table of saved rows is, when it is one
+/// integer as [`put_sorted`] writes it.
+pub fn sorted_int(k: &[u8]) -> Option<i64> {
+    match k {
+        [SORTED_INT, rest @ ..] => {
+            let b: [u8; 8] = rest.try_into().ok()?;
+            Some((u64::from_be_bytes(b) ^ (1 << 63)) as i64)
+        }
+        _ => None,
+    }
+}
+
+/// A key [`put_sorted`] wrote, as builds before it wrote it.
+pub fn earlier_key(k: &[u8]) -> Result<Vec<u8>, Damaged> {
+    rekeyed(k, put_value)
+}
+
+/// The values of key `k` (in either form), each written by `put`.
+fn rekeyed(k: &[u8], put: fn(&mut Vec<u8>, ValueRef<'_>)) -> Result<Vec<u8>, Damaged> {
+    let mut r = Reader { b: k, at: 0 };
+    let mut out = Vec::with_capacity(k.len() + 8);
+    while r.at < k.len() {
+        if k[r.at] == SORTED_INT {
+            r.at += 1;
+            let b: [u8; 8] = r.bytes(8)?.try_into().map_err(|_| Damaged("a key"))?;
+            put(
+                &mut out,
+                ValueRef::Integer((u64::from_be_bytes(b) ^ (1 << 63)) as i64),
+            );
+        } else {
+            put(&mut out, r.value_ref()?);
+        }
+    }
+    Ok(out)
+}
+
 /// Values' encodings, one after the other.
 pub fn encode<'a>(values: impl IntoIterator<Item = ValueRef<'a>>) -> Vec<u8> {
     let mut out = Vec::new();
@@ -770,6 +837,31 @@ mod tests {
             ".{0,20}".prop_map(Value::Text),
             proptest::collection::vec(any::<u8>(), 0..40).prop_map(Value::Blob),
         ]
+    }
+
+    proptest! {
+        #[test]
+        fn saved_rows_keys_sort_as_their_integers_and_convert_both_ways(keys in proptest::collection::vec(any::<i64>(), 2..5), text in ".{0,8}") {
+            let sorted = |ks: &[i64]| {
+                let mut out = Vec::new();
+                for &k in ks {
+                    put_sorted(&mut out, ValueRef::Integer(k));
+                }
+                put_sorted(&mut out, ValueRef::Text(text.as_bytes()));
+                out
+            };
+            let (a, b) = (sorted(&keys[..1]), sorted(&keys[1..2]));
+            prop_assert_eq!(a.cmp(&b), keys[0].cmp(&keys[1]));
+            let all = sorted(&keys);
+            let mut earlier = Vec::new();
+            for &k in &keys {
+                put_value(&mut earlier, ValueRef::Integer(k));
+            }
+            put_value(&mut earlier, ValueRef::Text(text.as_bytes()));
+            prop_assert_eq!(earlier_key(&all).unwrap(), earlier.clone());
+            prop_assert_eq!(sorted_key(&earlier).unwrap(), (all.clone(), true));
+            prop_assert_eq!(sorted_key(&all).unwrap(), (all, false));
+        }
     }
 
     proptest! {

@@ -31,7 +31,10 @@ use rusqlite::types::{Value, ValueRef};
 use rusqlite::{Connection, params, params_from_iter};
 
 use super::bulk::{Around, KEY, ROW};
-use super::codec::{Damaged, Entry, Layout, Val, decode, layouts, op, put_value, value_at, values};
+use super::codec::{
+    Damaged, Entry, Layout, Val, decode, earlier_key, layouts, op, put_sorted, put_value,
+    sorted_int, sorted_key, values,
+};
 use super::store::{self, Part};
 use crate::plan::quote;
 
@@ -142,18 +145,11 @@ enum Id {
 
 impl Id {
     /// Always one integer's value, else in place when it fits: two equal
-    /// keys are the same `Id`.
+    /// keys are the same `Id` (the keys come as [`put_sorted`] writes
+    /// them, which holds an integer one way only).
     fn of(bytes: &[u8]) -> Id {
-        if let Ok((ValueRef::Integer(k), end)) = value_at(bytes, 0)
-            && end == bytes.len()
-        {
-            // Only the encoding `put_value` writes, so that no two byte
-            // strings are one `Id`.
-            let mut again = Vec::with_capacity(end);
-            put_value(&mut again, ValueRef::Integer(k));
-            if again == bytes {
-                return Id::Int(k);
-            }
+        if let Some(k) = sorted_int(bytes) {
+            return Id::Int(k);
         }
         let mut inline = [0u8; 15];
         match inline.get_mut(..bytes.len()) {
@@ -209,6 +205,10 @@ pub struct Stash {
     /// row after a write to the table, most of an undo's time where a
     /// million rows are saved.
     take_sql: [String; 2],
+    /// The table holds rows saved by a build before keys were written as
+    /// [`put_sorted`] writes them (by an undo stopped then): their keys
+    /// are read in that form, and looked for in both.
+    earlier: bool,
 }
 
 impl Stash {
@@ -219,7 +219,8 @@ impl Stash {
             .map(|r| format!("'{}'", r.replace('\'', "''")))
             .collect();
         let run_in = format!("run IN ({})", listed.join(", "));
-        let by = format!("tbl = ?1 AND k = ?2 AND {run_in}");
+        // `?3`: the key as builds before `put_sorted` wrote it.
+        let by = format!("tbl = ?1 AND k IN (?2, ?3) AND {run_in}");
         Stash {
             deleting,
             run_in,
@@ -245,6 +246,9 @@ impl Stash {
         })?;
         for row in rows {
             let (table, key, unsaved): (String, Vec<u8>, bool) = row?;
+            let damaged = |_| store::failure(format!("a row of {TABLE} is damaged"));
+            let (key, earlier) = sorted_key(&key).map_err(damaged)?;
+            self.earlier |= earlier;
             match unsaved {
                 true => self.unsaved.insert(table),
                 false => self.saved.entry(table).or_default().insert(Id::of(&key)),
@@ -438,13 +442,19 @@ impl Stash {
         let table = Value::Text(l.table.clone());
         match keep {
             Keep::Nothing => {}
-            Keep::Forget(keys) => around.after.push((
-                format!(
-                    "DELETE FROM batchsse_undo_stash WHERE tbl = ?1 AND k IN (SELECT {KEY}(value) FROM json_each(?2)) AND {}",
-                    self.run_in
-                ),
-                vec![table, Value::Text(json_keys(&keys))],
-            )),
+            Keep::Forget(keys) => {
+                let forget = |earlier: &str| {
+                    let sql = format!(
+                        "DELETE FROM batchsse_undo_stash WHERE tbl = ?1 AND k IN (SELECT {KEY}(value{earlier}) FROM json_each(?2)) AND {}",
+                        self.run_in
+                    );
+                    (sql, vec![table.clone(), Value::Text(json_keys(&keys))])
+                };
+                around.after.push(forget(""));
+                if self.earlier {
+                    around.after.push(forget(", 1"));
+                }
+            }
             Keep::Save(by_run) => {
                 let (shape, at) = self.shape(conn, l)?;
                 let most = conn.limit(Limit::SQLITE_LIMIT_FUNCTION_ARG)?;
@@ -452,14 +462,13 @@ impl Stash {
                     return Ok(None);
                 }
                 let (k, t) = (&l.key[0], quote(&l.table));
-                // In the order of the index on the encoded keys, which is
-                // not the keys' (a varint's low bits come first): each of
-                // its pages is then read and written once a part, not
-                // again after the cache let it go (about 15% of the undo).
+                // SQLite reads the keys of the `IN` list in order, which
+                // is the order of the index on the saved keys too (see
+                // `put_sorted`): each of its pages is written once a part.
                 let sql = format!(
                     "INSERT INTO batchsse_undo_stash (run, tbl, k, cols, vals, at) \
                      SELECT ?1, ?2, {KEY}({k}), ?3, {ROW}({}), ?4 FROM main.{t} \
-                     WHERE {k} IN (SELECT value FROM json_each(?5)) AND {pick} ORDER BY 3",
+                     WHERE {k} IN (SELECT value FROM json_each(?5)) AND {pick}",
                     shape.list
                 );
                 for (run, keys) in by_run {
@@ -760,10 +769,12 @@ impl Stash {
     ) -> rusqlite::Result<Option<Saved>> {
         let oldest = self.deleted(conn, l)?.get(&Id::of(&k)).copied();
         let oldest = oldest.map(|i| self.deleting[i].pos);
+        let damaged = || store::failure(format!("a row of {TABLE} is damaged"));
+        let then = earlier_key(&k).map_err(|_| damaged())?;
         let [read, delete] = &self.take_sql;
         let mut first: Option<(i64, String, Vec<u8>)> = None;
         let mut stmt = conn.prepare_cached(read)?;
-        for row in stmt.query_map(params![l.table, k], |r| {
+        for row in stmt.query_map(params![l.table, k, then], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?))
         })? {
             let row = row?;
@@ -774,12 +785,12 @@ impl Stash {
         drop(stmt);
         let row = first.map(|(_, cols, vals)| (cols, vals));
         if oldest.is_none_or(|pos| pos <= self.at) {
-            conn.prepare_cached(delete)?.execute(params![l.table, k])?;
+            conn.prepare_cached(delete)?
+                .execute(params![l.table, k, then])?;
         }
         let Some((cols, vals)) = row else {
             return Ok(None);
         };
-        let damaged = || store::failure(format!("a row of {TABLE} is damaged"));
         let cols: Vec<String> = serde_json::from_str(&cols).map_err(|_| damaged())?;
         let vals = values(&vals).map_err(|_| damaged())?;
         if cols.is_empty() || cols.len() != vals.len() {
@@ -904,7 +915,7 @@ fn collated<'a>(vals: impl Iterator<Item = ValueRef<'a>>, colls: &[Option<String
             }
             v => v,
         };
-        put_value(&mut out, v);
+        put_sorted(&mut out, v);
     }
     out
 }
