@@ -340,7 +340,8 @@ fn said(args: &UndoClearArgs, which: Which<'_>, p: &Picked, dropped: bool) -> St
     match (none, &args.older_than) {
         (true, Some(age)) if p.total > 0 => {
             text += &format!(
-                "no undo record in {db} is older than {age}; {} run{} kept (`batchsse undo list --db {}` shows them)\n",
+                "no undo record in {db} is older than {}; {} run{} kept (`batchsse undo list --db {}` shows them)\n",
+                age.trim(),
                 p.total,
                 plural(p.total),
                 shell_path(&args.db)
