@@ -3460,3 +3460,41 @@ fn a_record_an_earlier_release_wrote_is_undone_by_this_one() {
     let u = rows("SELECT name || n FROM u ORDER BY name");
     assert_eq!(u, ["a1", "b50", "c3"]);
 }
+
+/// The undo's last line says the plan's checkpoint is cleared only where
+/// there was one: a run with `--no-checkpoint` keeps none, and its undo
+/// says the plan can run again, whether it kept a conflict or not.
+#[test]
+fn an_undo_says_the_checkpoint_is_cleared_only_where_the_run_kept_one() {
+    for (flags, said) in [(&["--no-checkpoint"][..], false), (&[][..], true)] {
+        for conflict in [false, true] {
+            let db = TempDb::counters(20);
+            let plan = db.file("plan.json", &counter_plan("kept", 10));
+            let mut args = run_args(&db, path_str(&plan), &["--no-serve", "--undo"]);
+            args.extend_from_slice(flags);
+            let (code, _, err) = run(&args);
+            assert_eq!(code, 0, "{err}");
+            if conflict {
+                db.conn()
+                    .execute_batch("UPDATE t SET counter = 99 WHERE id = 3")
+                    .unwrap();
+            }
+            let (code, _, err) = run(&undo_args(&db, &["--plan", "kept"]));
+            assert_eq!(code, 0, "{err}");
+            let last = match conflict {
+                false => "plan \"kept\" is fully taken back",
+                true => "plan \"kept\" is taken back but for 1 row the application changed",
+            };
+            assert!(err.contains(last), "{flags:?}: {err}");
+            assert_eq!(
+                err.contains("its checkpoint is cleared"),
+                said,
+                "{flags:?} {conflict}: {err}"
+            );
+            assert!(
+                conflict || err.contains("taken back, so it can run again") != said,
+                "{flags:?}: {err}"
+            );
+        }
+    }
+}

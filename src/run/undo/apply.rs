@@ -198,6 +198,7 @@ pub fn run(
         )),
         db: crate::run::db_name(conn),
         newer: Default::default(),
+        checkpointed: checkpointed(conn, &spec.plan),
     };
     let started = Instant::now();
     let (tally, end, steps_total) = u.run_all(gate);
@@ -225,6 +226,18 @@ pub fn run(
         carried_older: Some(tally.carried).filter(|&n| n > 0),
     }));
     status
+}
+
+/// Whether `plan` has a checkpoint in the file (a step done or under way).
+fn checkpointed(conn: &Connection, plan: &str) -> bool {
+    checkpoint::table_exists(conn).unwrap_or(false)
+        && conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM batchsse_checkpoint WHERE plan = ?1)",
+                [plan],
+                |r| r.get(0),
+            )
+            .unwrap_or(true)
 }
 
 /// Whether no other batchsse has the file `path` open for writing (a run
@@ -310,6 +323,9 @@ struct Undoer<'a> {
     /// Whether it warned of a newer recorded run that changed its tables:
     /// a row in conflict may then be that run's, not the application's.
     newer: std::cell::Cell<bool>,
+    /// Whether the plan had a checkpoint as this try began (a run with
+    /// `--no-checkpoint` keeps none), which its last line says is cleared.
+    checkpointed: bool,
 }
 
 type End = Option<(RunStatus, String)>;
@@ -320,6 +336,16 @@ impl Undoer<'_> {
         match self.dry_run {
             true => INTERRUPTED_DRY.into(),
             false => INTERRUPTED.into(),
+        }
+    }
+
+    /// What the last line says of the plan's checkpoint: that it is
+    /// cleared (after `;`, or in parentheses), or nothing when it had none.
+    fn cleared(&self, parens: bool) -> &'static str {
+        match (self.checkpointed, parens) {
+            (false, _) => "",
+            (true, false) => "; its checkpoint is cleared",
+            (true, true) => " (its checkpoint is cleared)",
         }
     }
 
@@ -1083,8 +1109,9 @@ impl Undoer<'_> {
             return self.message(
                 Level::Info,
                 format!(
-                    "plan {} is {fully}taken back; its checkpoint is cleared, so it can run again",
-                    quoted(plan)
+                    "plan {} is {fully}taken back{}, so it can run again",
+                    quoted(plan),
+                    self.cleared(false)
                 ),
             );
         }
@@ -1127,10 +1154,11 @@ impl Undoer<'_> {
             ],
         };
         self.message(Level::Warn, format!(
-            "plan {} is taken back, all but {} row{} kept as the run left {left} ({why} would get back; see the table batchsse_undo_conflict). {carries} the run's change, so running the plan again would change {it} a second time: put {those} out of the plan's WHERE, before it runs again (its checkpoint is cleared)",
+            "plan {} is taken back, all but {} row{} kept as the run left {left} ({why} would get back; see the table batchsse_undo_conflict). {carries} the run's change, so running the plan again would change {it} a second time: put {those} out of the plan's WHERE, before it runs again{cleared}",
             quoted(plan),
             thousands(as_left),
-            plural(as_left)
+            plural(as_left),
+            cleared = self.cleared(true),
         ));
     }
 
@@ -1193,9 +1221,10 @@ impl Undoer<'_> {
             _ => ["rows", "stay", "rows written since hold values they"],
         };
         self.message(Level::Warn, format!(
-            "plan {} is taken back, all but {} {rows} the run deleted, which {which} deleted: {hold} would get back (see the table batchsse_undo_conflict); its checkpoint is cleared, so it can run again",
+            "plan {} is taken back, all but {} {rows} the run deleted, which {which} deleted: {hold} would get back (see the table batchsse_undo_conflict){cleared}, so it can run again",
             quoted(&self.spec.plan),
-            thousands(n)
+            thousands(n),
+            cleared = self.cleared(false),
         ));
     }
 
@@ -1223,7 +1252,7 @@ impl Undoer<'_> {
             ],
         };
         self.message(Level::Warn, format!(
-            "plan {} is taken back but for {} row{} the run deleted, at whose {keys} {written} written again after the run (by the application, or a later run): {kept} kept as {is} (see the table batchsse_undo_conflict); nothing of the run's is in {it}, but running the plan again would delete {it} if {matches} its WHERE; its checkpoint is cleared",
+            "plan {} is taken back but for {} row{} the run deleted, at whose {keys} {written} written again after the run (by the application, or a later run): {kept} kept as {is} (see the table batchsse_undo_conflict); nothing of the run's is in {it}, but running the plan again would delete {it} if {matches} its WHERE{cleared}",
             quoted(&self.spec.plan),
             thousands(n),
             plural(n),
@@ -1233,6 +1262,7 @@ impl Undoer<'_> {
             is = w[3],
             it = w[4],
             matches = w[5],
+            cleared = self.cleared(false),
         ));
     }
 
@@ -1244,9 +1274,10 @@ impl Undoer<'_> {
             _ => ["rows", "them", "they stay"],
         };
         self.message(Level::Warn, format!(
-            "plan {} is taken back but for {} {rows} the run wrote that the application deleted after the run: nothing of {them} was left to take back, so {they} deleted (see the table batchsse_undo_conflict); its checkpoint is cleared, so it can run again",
+            "plan {} is taken back but for {} {rows} the run wrote that the application deleted after the run: nothing of {them} was left to take back, so {they} deleted (see the table batchsse_undo_conflict){cleared}, so it can run again",
             quoted(&self.spec.plan),
-            thousands(n)
+            thousands(n),
+            cleared = self.cleared(false),
         ));
     }
 
@@ -1261,9 +1292,10 @@ impl Undoer<'_> {
             _ => ["rows", "them", "their", "those rows"],
         };
         self.message(Level::Warn, format!(
-            "plan {} is taken back but for {} {row} the application changed after the run, kept as the application left {them} (see the table batchsse_undo_conflict): {carry} columns the application did not set may still hold the run's values, so running the plan again would change {them} a second time: check {those}, or put {them} out of the plan's WHERE, before it runs again (its checkpoint is cleared)",
+            "plan {} is taken back but for {} {row} the application changed after the run, kept as the application left {them} (see the table batchsse_undo_conflict): {carry} columns the application did not set may still hold the run's values, so running the plan again would change {them} a second time: check {those}, or put {them} out of the plan's WHERE, before it runs again{cleared}",
             quoted(plan),
-            thousands(n)
+            thousands(n),
+            cleared = self.cleared(true),
         ));
     }
 
