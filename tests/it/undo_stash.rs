@@ -735,11 +735,9 @@ fn a_row_inserted_again_at_an_integer_key_equal_to_its_real_one_is_kept_as_the_r
     }
 }
 
-/// Rewrites the keys of the rows saved in `db` (integers, each as this
-/// build writes it: a tag, then 8 bytes big-endian with the sign bit
-/// flipped) as builds before it wrote them (the tag alone, the integer
-/// plus 80, for these small keys), as an undo stopped by such a build
-/// left them; returns how many.
+/// Rewrites the keys of the rows saved in `db` as builds before this one
+/// wrote them, as an undo stopped by such a build left them; returns how
+/// many.
 fn saved_as_an_earlier_build_did(db: &TempDb) -> usize {
     let conn = db.conn();
     let keys: Vec<(i64, Vec<u8>)> = conn
@@ -750,20 +748,69 @@ fn saved_as_an_earlier_build_did(db: &TempDb) -> usize {
         .collect::<Result<_, _>>()
         .unwrap();
     for (rowid, k) in &keys {
-        assert_eq!(
-            (k.len(), k[0]),
-            (9, 5),
-            "a key as this build saves it: {k:?}"
-        );
-        let n = i64::from_be_bytes(k[1..].try_into().unwrap()) ^ i64::MIN;
-        assert!((1..=95).contains(&n), "{n}");
         conn.execute(
             "UPDATE batchsse_undo_stash SET k = ?1 WHERE rowid = ?2",
-            rusqlite::params![vec![(n + 80) as u8], rowid],
+            rusqlite::params![earlier_form(k), rowid],
         )
         .unwrap();
     }
     keys.len()
+}
+
+/// A saved row's key (values one after the other, each a tag and its
+/// bytes) as builds before this one wrote it: each integer, here a tag 5
+/// and 8 bytes big-endian with the sign bit flipped, as the record writes
+/// it (the integers -64..=175 in the tag alone, as the integer plus 80;
+/// any other as tag 4 and its zigzag varint); any other value as it is.
+fn earlier_form(k: &[u8]) -> Vec<u8> {
+    let (mut out, mut at) = (Vec::new(), 0);
+    while at < k.len() {
+        let (tag, from) = (k[at], at);
+        at += 1;
+        match tag {
+            0 => {}
+            1 => at += 8,
+            2 | 3 => {
+                let (n, len) = varint(&k[at..]);
+                at += len + n as usize;
+            }
+            5 => {
+                let n = i64::from_be_bytes(k[at..at + 8].try_into().unwrap()) ^ i64::MIN;
+                at += 8;
+                match n.checked_add(80) {
+                    Some(t @ 16..=255) => out.push(t as u8),
+                    _ => {
+                        out.push(4);
+                        put_varint(&mut out, ((n << 1) ^ (n >> 63)) as u64);
+                    }
+                }
+                continue;
+            }
+            t => panic!("a key as this build saves it has no tag {t}: {k:?}"),
+        }
+        out.extend_from_slice(&k[from..at]);
+    }
+    out
+}
+
+/// The varint at the start of `b`, low bits first, and its length.
+fn varint(b: &[u8]) -> (u64, usize) {
+    let mut n = 0;
+    for (i, x) in b.iter().enumerate() {
+        n |= u64::from(x & 0x7f) << (7 * i);
+        if *x < 0x80 {
+            return (n, i + 1);
+        }
+    }
+    panic!("a varint that does not end: {b:?}")
+}
+
+fn put_varint(out: &mut Vec<u8>, mut n: u64) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
 }
 
 /// An undo stopped by an earlier build, with the run's row saved in the
@@ -820,4 +867,61 @@ fn rows_saved_by_an_earlier_build_go_as_their_old_rows_come_back() {
     let want: Vec<String> = (1..=30).map(|i| format!("{i}|e{i}|{i}")).collect();
     assert_eq!(rows(&db), want, "{out}");
     assert_eq!(stash_left(&db), 0, "{out}");
+}
+
+/// An undo stopped by an earlier build resumes in this one whatever the
+/// key: a primary key beside a rowid (two columns, one compared NOCASE)
+/// or a WITHOUT ROWID one, and integers an earlier build wrote as a
+/// varint (negative, past 2^32, the ends of the range), not in the tag
+/// alone. A dry run of it writes nothing and says the row would be kept;
+/// the undo keeps it as the run left it, and removes what was saved.
+#[test]
+fn a_row_saved_by_an_earlier_build_is_found_whatever_its_key() {
+    let composite = "CREATE TABLE t(id INT, tag TEXT COLLATE NOCASE, email TEXT UNIQUE, v INT, PRIMARY KEY (id, tag))";
+    let cases = [
+        (composite.to_owned(), "-5000000000"),
+        (format!("{composite} WITHOUT ROWID"), "9007199254740993"),
+        (
+            SHAPES[0].1.replace("v INT", "v INT, tag TEXT"),
+            "-9223372036854775808",
+        ),
+        (
+            SHAPES[0].1.replace("v INT", "v INT, tag TEXT"),
+            "9223372036854775807",
+        ),
+    ];
+    for (create, key) in cases {
+        let db = TempDb::with_sql(&format!(
+            "{create}; INSERT INTO t(id, tag, email, v) VALUES (1, 'x', 'a', 1), ({key}, 'bob', 'b', 2), (3, 'x', 'c', 3);"
+        ));
+        let plan = serde_json::json!({"name": "rl", "undo": true, "steps": [
+            {"name": "drop", "sql": format!("DELETE FROM t WHERE id = {key}")},
+            {"name": "other", "sql": "UPDATE t SET v = v + 10 WHERE id = 1"},
+            {"name": "readd", "sql": format!("INSERT INTO t(id, tag, email, v) VALUES ({key}, 'BOB', 'b2', 20)")}]});
+        let plan = db.file("plan.json", &plan.to_string());
+        run_undoable(&db, &plan);
+        db.conn()
+            .execute_batch("UPDATE t SET email = 'b' WHERE id = 3")
+            .unwrap();
+        let (code, _, err) = run(&undo_of_plan(&db, "rl", &["--on-conflict", "abort"]));
+        assert_eq!(code, 1, "{create} {key}: {err}");
+        assert_eq!(
+            saved_as_an_earlier_build_did(&db),
+            1,
+            "{create} {key}: {err}"
+        );
+        let before = sha256(&db.path);
+        let (_, out) = undo_json(&db, &["--dry-run"]);
+        assert_eq!(sha256(&db.path), before, "{create} {key}: {out}");
+        assert!(
+            out.contains("would keep its row as the run left it") && !out.contains("stays deleted"),
+            "{create} {key}: {out}"
+        );
+        let (_, out) = undo_json(&db, &[]);
+        let row =
+            format!("SELECT count(*) FROM t WHERE id = {key} AND tag = 'BOB' AND email = 'b2'");
+        assert_eq!(db.query_i64(&row), 1, "{create} {key}: {out}");
+        assert!(!out.contains("stays deleted"), "{create} {key}: {out}");
+        assert_eq!(stash_left(&db), 0, "{create} {key}: {out}");
+    }
 }
