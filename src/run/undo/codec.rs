@@ -169,8 +169,8 @@ const SORTED_INT: u8 = 5;
 /// any other value as [`put_value`] does. The rows a part saves come in
 /// key order, and so go into one end of that table's index; with a
 /// varint's low bits first they went all over it, each page read and
-/// written again and again (a rebuild of a million rows with a `UNIQUE`
-/// index undid in 6.6 s, against 1.4 s so).
+/// written again and again (the undo bench's rebuild of a million rows
+/// with a `UNIQUE` index undid in 8.1–8.3 s, against 3.5–3.7 s so).
 pub fn put_sorted(out: &mut Vec<u8>, v: ValueRef<'_>) {
     match v {
         ValueRef::Integer(i) => {
