@@ -821,7 +821,7 @@ fn put_varint(out: &mut Vec<u8>, mut n: u64) {
 #[test]
 fn a_row_saved_by_an_earlier_build_is_found_when_the_undo_resumes() {
     let (db, err) = stopped_with_a_row_saved();
-    assert_eq!(saved_as_an_earlier_build_did(&db), 1, "{err}");
+    assert_eq!(as_an_earlier_build_left_it(&db), 1, "{err}");
     let (fin, out) = undo_json(&db, &[]);
     assert_eq!(rows(&db), KEPT, "{out}");
     assert_eq!(fin["data"]["conflicts_as_left"], 1, "{fin}");
@@ -852,7 +852,7 @@ fn rows_saved_by_an_earlier_build_go_as_their_old_rows_come_back() {
     let (code, _, err) = run(&abort);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("conflict in t at key 25"), "{err}");
-    assert_eq!(saved_as_an_earlier_build_did(&db), 30, "{err}");
+    assert_eq!(as_an_earlier_build_left_it(&db), 30, "{err}");
     take("e5");
     let (code, _, err) = run(&abort);
     assert_eq!(code, 1, "{err}");
@@ -907,11 +907,7 @@ fn a_row_saved_by_an_earlier_build_is_found_whatever_its_key() {
             .unwrap();
         let (code, _, err) = run(&undo_of_plan(&db, "rl", &["--on-conflict", "abort"]));
         assert_eq!(code, 1, "{create} {key}: {err}");
-        assert_eq!(
-            saved_as_an_earlier_build_did(&db),
-            1,
-            "{create} {key}: {err}"
-        );
+        assert_eq!(as_an_earlier_build_left_it(&db), 1, "{create} {key}: {err}");
         let before = sha256(&db.path);
         let (_, out) = undo_json(&db, &["--dry-run"]);
         assert_eq!(sha256(&db.path), before, "{create} {key}: {out}");
@@ -926,4 +922,73 @@ fn a_row_saved_by_an_earlier_build_is_found_whatever_its_key() {
         assert!(!out.contains("stays deleted"), "{create} {key}: {out}");
         assert_eq!(stash_left(&db), 0, "{create} {key}: {out}");
     }
+}
+
+/// Makes the table of saved rows as a build before keys sorted left it:
+/// its keys in the earlier form, and without `key_form`.
+fn as_an_earlier_build_left_it(db: &TempDb) -> usize {
+    let n = saved_as_an_earlier_build_did(db);
+    db.conn()
+        .execute_batch(
+            "CREATE TABLE earlier (
+                 run TEXT NOT NULL, tbl TEXT NOT NULL, k NOT NULL, cols TEXT NOT NULL, vals NOT NULL,
+                 at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')));
+             INSERT INTO earlier (rowid, run, tbl, k, cols, vals, at)
+                 SELECT rowid, run, tbl, k, cols, vals, at FROM batchsse_undo_stash;
+             DROP TABLE batchsse_undo_stash;
+             ALTER TABLE earlier RENAME TO batchsse_undo_stash;
+             CREATE INDEX batchsse_undo_stash_by_key ON batchsse_undo_stash(tbl, k);",
+        )
+        .unwrap();
+    n
+}
+
+/// The rebuild in chunks, the run's row 5 changed since: an undo by an
+/// earlier build stops at the insert's older part (rows 1-10) with the
+/// newer part's 20 rows saved. The application puts row 5 back and takes
+/// row 25's old email: resumed here, the undo saves rows 1-10 in the
+/// sorted form and stops at the delete's newer part. Before it writes
+/// one, it remakes the table with a `key_form` that must be set and has
+/// no default (which an earlier build refuses, rather than lose rows it
+/// cannot find), the 20 rows kept in it as they were; finished, every row
+/// is back and nothing is left saved.
+#[test]
+fn a_table_of_saved_rows_an_earlier_build_left_is_remade_before_sorted_keys_go_in() {
+    let db = rebuilt(SHAPES[0].1, SHAPES[0].0);
+    db.conn()
+        .execute_batch("UPDATE t SET v = 7 WHERE id = 5")
+        .unwrap();
+    let abort = undo_of_plan(&db, "rl", &["--on-conflict", "abort"]);
+    let (code, _, err) = run(&abort);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("conflict in t at key 5"), "{err}");
+    assert_eq!(as_an_earlier_build_left_it(&db), 20, "{err}");
+    db.conn()
+        .execute_batch(
+            "UPDATE t SET v = 50 WHERE id = 5; INSERT INTO t(id, email, v) VALUES (100, 'e25', 0)",
+        )
+        .unwrap();
+    let (code, _, err) = run(&abort);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("conflict in t at key 25"), "{err}");
+    assert_eq!(
+        db.query_text(
+            "SELECT group_concat(x, ' ') FROM (SELECT key_form || ':' || count(*) AS x FROM batchsse_undo_stash GROUP BY key_form ORDER BY key_form)"
+        ),
+        "1:20 2:10",
+        "{err}"
+    );
+    assert_eq!(
+        db.query_i64(
+            "SELECT \"notnull\" AND dflt_value IS NULL FROM pragma_table_info('batchsse_undo_stash') WHERE name = 'key_form'"
+        ),
+        1
+    );
+    db.conn()
+        .execute_batch("DELETE FROM t WHERE id = 100")
+        .unwrap();
+    let (_, out) = undo_json(&db, &[]);
+    let want: Vec<String> = (1..=30).map(|i| format!("{i}|e{i}|{i}")).collect();
+    assert_eq!(rows(&db), want, "{out}");
+    assert_eq!(stash_left(&db), 0, "{out}");
 }

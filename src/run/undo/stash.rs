@@ -46,7 +46,14 @@ const UNSAVED: &str = "unsaved";
 pub const TABLE: &str = "batchsse_undo_stash";
 
 /// Its columns, as batchsse makes them.
-pub const COLUMNS: &[&str] = &["run", "tbl", "k", "cols", "vals", "at"];
+pub const COLUMNS: &[&str] = &["run", "tbl", "k", "cols", "vals", "at", "key_form"];
+
+/// The columns it has had from the first.
+pub const FIRST_COLUMNS: &[&str] = &["run", "tbl", "k", "cols", "vals", "at"];
+
+/// `key_form` of a row whose key is written as [`put_sorted`] writes it;
+/// 1: as builds before it wrote it (every value as the record writes it).
+const SORTED_FORM: i64 = 2;
 
 /// `run`: a run of the undo whose part deletes the row (it keeps a record
 /// until that part is taken back, so `undo clear` of it removes the row);
@@ -56,16 +63,31 @@ pub const COLUMNS: &[&str] = &["run", "tbl", "k", "cols", "vals", "at"];
 /// Indexed by key: a plan that deletes a million rows and inserts them
 /// again saves a million, and each is looked for by its key when the
 /// part of its delete goes back (without the index, each look read them
-/// all: an undo that ran for hours).
+/// all: an undo that ran for hours). `key_form`: how `k` is written (see
+/// [`SORTED_FORM`]), a column that must be set and has no default: a
+/// build before it refuses such a table (as one it did not make) rather
+/// than resume an undo whose saved rows it could not find by key.
 const CREATE: &str = "CREATE TABLE IF NOT EXISTS batchsse_undo_stash (
     run TEXT NOT NULL,
     tbl TEXT NOT NULL,
     k NOT NULL,
     cols TEXT NOT NULL,
     vals NOT NULL,
-    at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+    at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    key_form INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS batchsse_undo_stash_by_key ON batchsse_undo_stash(tbl, k)";
+
+/// Makes the table an earlier build left, whose keys are all in the
+/// earlier form, the table [`CREATE`] makes, its rows with their numbers
+/// (the first saved of a key is taken first).
+const RESHAPE: &str = "ALTER TABLE batchsse_undo_stash RENAME TO batchsse_undo_stash_earlier;
+DROP INDEX IF EXISTS batchsse_undo_stash_by_key;";
+
+const RESHAPED: &str =
+    "INSERT INTO batchsse_undo_stash (rowid, run, tbl, k, cols, vals, at, key_form)
+    SELECT rowid, run, tbl, k, cols, vals, at, 1 FROM batchsse_undo_stash_earlier;
+DROP TABLE batchsse_undo_stash_earlier;";
 
 /// A part the undo is to take back that may delete rows (its flags do not
 /// say it holds none, see [`super::codec::NO_DELETES`]).
@@ -466,8 +488,8 @@ impl Stash {
                 // is the order of the index on the saved keys too (see
                 // `put_sorted`): each of its pages is written once a part.
                 let sql = format!(
-                    "INSERT INTO batchsse_undo_stash (run, tbl, k, cols, vals, at) \
-                     SELECT ?1, ?2, {KEY}({k}), ?3, {ROW}({}), ?4 FROM main.{t} \
+                    "INSERT INTO batchsse_undo_stash (run, tbl, k, cols, vals, at, key_form) \
+                     SELECT ?1, ?2, {KEY}({k}), ?3, {ROW}({}), ?4, {SORTED_FORM} FROM main.{t} \
                      WHERE {k} IN (SELECT value FROM json_each(?5)) AND {pick}",
                     shape.list
                 );
@@ -586,9 +608,9 @@ impl Stash {
                 Ok(vals)
             })?;
         conn.prepare_cached(
-            "INSERT INTO batchsse_undo_stash (run, tbl, k, cols, vals, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO batchsse_undo_stash (run, tbl, k, cols, vals, at, key_form) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?
-        .execute(params![run, l.table, id, shape.names, vals, at])?;
+        .execute(params![run, l.table, id, shape.names, vals, at, SORTED_FORM])?;
         match self.saved.get_mut(&l.table) {
             Some(keys) => keys.insert(Id::of(&id)),
             None => self
@@ -618,11 +640,11 @@ impl Stash {
         };
         let at = self.made_at(conn)?;
         conn.prepare_cached(
-            "INSERT INTO batchsse_undo_stash (run, tbl, k, cols, vals, at)
-             SELECT ?1, ?2, x'', ?3, x'', ?4 WHERE NOT EXISTS
+            "INSERT INTO batchsse_undo_stash (run, tbl, k, cols, vals, at, key_form)
+             SELECT ?1, ?2, x'', ?3, x'', ?4, ?5 WHERE NOT EXISTS
                (SELECT 1 FROM batchsse_undo_stash WHERE tbl = ?2 AND k = x'' AND cols = ?3)",
         )?
-        .execute(params![run, l.table, UNSAVED, at])?;
+        .execute(params![run, l.table, UNSAVED, at, SORTED_FORM])?;
         self.part.marked.insert(l.table.clone());
         self.unsaved.insert(l.table.clone());
         Ok(())
@@ -652,7 +674,17 @@ impl Stash {
         if let Some(at) = &self.part.made {
             return Ok(at.clone());
         }
+        // Rows in the sorted form go only into a table an earlier build
+        // refuses.
+        let earlier = crate::run::renumber::table_exists(conn, TABLE)?
+            && !crate::run::db::has_column(conn, TABLE, "key_form")?;
+        if earlier {
+            conn.execute_batch(RESHAPE)?;
+        }
         conn.execute_batch(CREATE)?;
+        if earlier {
+            conn.execute_batch(RESHAPED)?;
+        }
         let at: String =
             conn.query_row("SELECT strftime('%Y-%m-%dT%H:%M:%fZ', 'now')", [], |r| {
                 r.get(0)

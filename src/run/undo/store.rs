@@ -304,7 +304,7 @@ const SHAPES: [(&str, &[&str]); 5] = [
     ("batchsse_undo_conflict", &["run", "tbl", "k", "why"]),
     (PROBE, &["run", "at"]),
     (COPY_PROBE, &["run", "at"]),
-    (super::stash::TABLE, super::stash::COLUMNS),
+    (super::stash::TABLE, super::stash::FIRST_COLUMNS),
 ];
 
 /// Why one of the undo's table names is taken by something batchsse did
