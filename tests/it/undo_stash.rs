@@ -950,8 +950,9 @@ fn as_an_earlier_build_left_it(db: &TempDb) -> usize {
 /// sorted form and stops at the delete's newer part. Before it writes
 /// one, it remakes the table with a `key_form` that must be set and has
 /// no default (which an earlier build refuses, rather than lose rows it
-/// cannot find), the 20 rows kept in it as they were; finished, every row
-/// is back and nothing is left saved.
+/// cannot find), the 20 rows kept in it as they were, though a view of
+/// the file names a table gone; finished, every row is back and nothing
+/// is left saved.
 #[test]
 fn a_table_of_saved_rows_an_earlier_build_left_is_remade_before_sorted_keys_go_in() {
     let db = rebuilt(SHAPES[0].1, SHAPES[0].0);
@@ -963,9 +964,13 @@ fn a_table_of_saved_rows_an_earlier_build_left_is_remade_before_sorted_keys_go_i
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("conflict in t at key 5"), "{err}");
     assert_eq!(as_an_earlier_build_left_it(&db), 20, "{err}");
+    // And a view of the application's left naming a table gone since,
+    // which makes SQLite refuse to rename any table in the file.
     db.conn()
         .execute_batch(
-            "UPDATE t SET v = 50 WHERE id = 5; INSERT INTO t(id, email, v) VALUES (100, 'e25', 0)",
+            "UPDATE t SET v = 50 WHERE id = 5; INSERT INTO t(id, email, v) VALUES (100, 'e25', 0);
+             CREATE TABLE old_report(x); CREATE VIEW report AS SELECT x FROM old_report;
+             DROP TABLE old_report;",
         )
         .unwrap();
     let (code, _, err) = run(&abort);

@@ -80,14 +80,18 @@ CREATE INDEX IF NOT EXISTS batchsse_undo_stash_by_key ON batchsse_undo_stash(tbl
 
 /// Makes the table an earlier build left, whose keys are all in the
 /// earlier form, the table [`CREATE`] makes, its rows with their numbers
-/// (the first saved of a key is taken first).
-const RESHAPE: &str = "ALTER TABLE batchsse_undo_stash RENAME TO batchsse_undo_stash_earlier;
-DROP INDEX IF EXISTS batchsse_undo_stash_by_key;";
+/// (the first saved of a key is taken first): copied out, the table
+/// dropped and made anew ([`CREATE`], between the two), copied back. Not
+/// renamed: `ALTER TABLE … RENAME` fails in a file with a view or trigger
+/// that names something gone, which an application's file may have.
+const RESHAPE: &str = "CREATE TEMP TABLE batchsse_undo_stash_earlier AS
+    SELECT rowid AS n, run, tbl, k, cols, vals, at FROM main.batchsse_undo_stash;
+DROP TABLE main.batchsse_undo_stash;";
 
 const RESHAPED: &str =
-    "INSERT INTO batchsse_undo_stash (rowid, run, tbl, k, cols, vals, at, key_form)
-    SELECT rowid, run, tbl, k, cols, vals, at, 1 FROM batchsse_undo_stash_earlier;
-DROP TABLE batchsse_undo_stash_earlier;";
+    "INSERT INTO main.batchsse_undo_stash (rowid, run, tbl, k, cols, vals, at, key_form)
+    SELECT n, run, tbl, k, cols, vals, at, 1 FROM temp.batchsse_undo_stash_earlier;
+DROP TABLE temp.batchsse_undo_stash_earlier;";
 
 /// A part the undo is to take back that may delete rows (its flags do not
 /// say it holds none, see [`super::codec::NO_DELETES`]).
