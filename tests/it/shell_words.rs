@@ -13,16 +13,21 @@ use crate::util::*;
 /// (exit code, stderr).
 fn pasted(line: &str, dir: &Path) -> (i32, String) {
     assert!(line.starts_with("batchsse "), "{line}");
-    let out = Command::new("bash")
-        .arg("-c")
+    let mut bash = Command::new("bash");
+    bash.arg("-c")
         .arg(format!("batchsse() {{ \"$0\" \"$@\"; }}; {line}"))
         .arg(BIN)
-        .current_dir(dir)
-        .env("LC_ALL", "C")
+        .env("LC_ALL", "C");
+    code_and_stderr(bash.current_dir(dir))
+}
+
+/// Runs `cmd` without a token or colours: (exit code, stderr).
+fn code_and_stderr(cmd: &mut Command) -> (i32, String) {
+    let out = cmd
         .env_remove("BATCHSSE_TOKEN")
         .env("NO_COLOR", "1")
         .output()
-        .expect("bash");
+        .expect("run");
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     (out.status.code().unwrap_or(-1), err)
 }
@@ -36,17 +41,13 @@ fn named<'a>(err: &'a str, start: &str) -> &'a str {
 
 /// `batchsse ARGS…` with `db` (any bytes), run in `dir`: (code, stderr).
 fn run_on(dir: &Path, args: &[&str], db: &OsStr, after: &[&str]) -> (i32, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .arg(db)
-        .args(after)
-        .current_dir(dir)
-        .env_remove("BATCHSSE_TOKEN")
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("batchsse");
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    (out.status.code().unwrap_or(-1), err)
+    code_and_stderr(
+        Command::new(BIN)
+            .args(args)
+            .arg(db)
+            .args(after)
+            .current_dir(dir),
+    )
 }
 
 /// `undo --db X` without `--run` or `--plan` names `undo list --db X`,

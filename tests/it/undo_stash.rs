@@ -550,15 +550,8 @@ fn rebuilt(create: &str, shape: &str) -> TempDb {
             rowid.0, rowid.1),
          "chunk": {"table": "src", "size": 10}}]});
     let plan = db.file("plan.json", &plan.to_string());
-    // Chunks of 10 whatever the machine's speed (they adapt otherwise):
-    // the tests stop the undo at a given part.
-    let args = run_args(
-        &db,
-        path_str(&plan),
-        &["--no-serve", "--undo", "--batch-size", "10"],
-    );
-    let (code, _, err) = run(&args);
-    assert_eq!(code, 0, "{err}");
+    // The tests stop the undo at a given part.
+    run_undoable_in_tens(&db, &plan);
     db
 }
 

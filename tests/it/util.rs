@@ -180,13 +180,7 @@ pub fn undo_of_plan<'a>(db: &'a TempDb, plan: &'a str, extra: &[&'a str]) -> Vec
 pub fn bumped() -> TempDb {
     let db = TempDb::counters(40);
     let plan = db.file("plan.json", &counter_plan("bump", 10));
-    let args = run_args(
-        &db,
-        path_str(&plan),
-        &["--no-serve", "--undo", "--batch-size", "10"],
-    );
-    let (code, _, err) = run(&args);
-    assert_eq!(code, 0, "{err}");
+    run_undoable_in_tens(&db, &plan);
     assert_eq!(
         db.query_i64("SELECT count(*) FROM batchsse_undo WHERE chunk >= 0"),
         4
@@ -1186,6 +1180,18 @@ pub fn run_args<'a>(
 /// Runs `plan` on `db` with `--undo` and no server, which must succeed.
 pub fn run_undoable(db: &TempDb, plan: &Path) {
     let (code, _, err) = run(&run_args(db, path_str(plan), &["--no-serve", "--undo"]));
+    assert_eq!(code, 0, "{err}");
+}
+
+/// [`run_undoable`] in chunks of 10 whatever the machine's speed (they
+/// adapt otherwise), for tests that count or stop at parts.
+pub fn run_undoable_in_tens(db: &TempDb, plan: &Path) {
+    let args = run_args(
+        db,
+        path_str(plan),
+        &["--no-serve", "--undo", "--batch-size", "10"],
+    );
+    let (code, _, err) = run(&args);
     assert_eq!(code, 0, "{err}");
 }
 

@@ -198,7 +198,7 @@ pub fn run(
         )),
         db: crate::run::db_name(conn),
         newer: Default::default(),
-        checkpointed: checkpointed(conn, &spec.plan),
+        checkpointed: checkpoint::holds(conn, &spec.plan).unwrap_or(true),
     };
     let started = Instant::now();
     let (tally, end, steps_total) = u.run_all(gate);
@@ -226,18 +226,6 @@ pub fn run(
         carried_older: Some(tally.carried).filter(|&n| n > 0),
     }));
     status
-}
-
-/// Whether `plan` has a checkpoint in the file (a step done or under way).
-fn checkpointed(conn: &Connection, plan: &str) -> bool {
-    checkpoint::table_exists(conn).unwrap_or(false)
-        && conn
-            .query_row(
-                "SELECT EXISTS (SELECT 1 FROM batchsse_checkpoint WHERE plan = ?1)",
-                [plan],
-                |r| r.get(0),
-            )
-            .unwrap_or(true)
 }
 
 /// Whether no other batchsse has the file `path` open for writing (a run

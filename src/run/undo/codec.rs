@@ -213,12 +213,12 @@ fn rekeyed(k: &[u8], put: fn(&mut Vec<u8>, ValueRef<'_>)) -> Result<Vec<u8>, Dam
     let mut out = Vec::with_capacity(k.len() + 8);
     while r.at < k.len() {
         if k[r.at] == SORTED_INT {
-            r.at += 1;
-            let b: [u8; 8] = r.bytes(8)?.try_into().map_err(|_| Damaged("a key"))?;
+            let n = k.get(r.at..r.at + 9).and_then(sorted_int);
             put(
                 &mut out,
-                ValueRef::Integer((u64::from_be_bytes(b) ^ (1 << 63)) as i64),
+                ValueRef::Integer(n.ok_or(Damaged("it ends early"))?),
             );
+            r.at += 9;
         } else {
             put(&mut out, r.value_ref()?);
         }

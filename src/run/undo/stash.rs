@@ -272,8 +272,7 @@ impl Stash {
         })?;
         for row in rows {
             let (table, key, unsaved): (String, Vec<u8>, bool) = row?;
-            let damaged = |_| store::failure(format!("a row of {TABLE} is damaged"));
-            let (key, earlier) = sorted_key(&key).map_err(damaged)?;
+            let (key, earlier) = sorted_key(&key).map_err(|_| damaged())?;
             self.earlier |= earlier;
             match unsaved {
                 true => self.unsaved.insert(table),
@@ -805,7 +804,6 @@ impl Stash {
     ) -> rusqlite::Result<Option<Saved>> {
         let oldest = self.deleted(conn, l)?.get(&Id::of(&k)).copied();
         let oldest = oldest.map(|i| self.deleting[i].pos);
-        let damaged = || store::failure(format!("a row of {TABLE} is damaged"));
         let then = earlier_key(&k).map_err(|_| damaged())?;
         let [read, delete] = &self.take_sql;
         let mut first: Option<(i64, String, Vec<u8>)> = None;
@@ -862,6 +860,11 @@ impl Stash {
         );
         conn.prepare_cached(&sql)?.exists(params_from_iter(vals))
     }
+}
+
+/// A row of the table of saved rows no batchsse writes so.
+fn damaged() -> rusqlite::Error {
+    store::failure(format!("a row of {TABLE} is damaged"))
 }
 
 /// Whether `table` has a `UNIQUE` index besides its primary key's: only
