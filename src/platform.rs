@@ -12,7 +12,7 @@
 //! | A database's path from SQLite's bytes ([`path_from_bytes`]) | any bytes | any bytes | UTF-8 |
 //! | Appending to a file named by the environment ([`open_to_append`]) | a FIFO no one reads is refused at once (`O_NONBLOCK`) | the same | opened as asked |
 //! | Open files a server may hold ([`raise_open_file_limit`], [`can_open_files`], [`out_of_files`], [`system_out_of_files`]) | soft limit raised to the hard one | the same (macOS: at most 10,240 if the hard one is refused) | no such limit on sockets |
-//! | A reader of standard output that is gone, told without a write ([`stdout_reader_gone`]) | poll's `POLLERR`/`POLLHUP` | the same | cannot tell (found at the next write) |
+//! | A reader of standard output or standard error that is gone, told without a write ([`reader_gone`]) | poll's `POLLERR`/`POLLHUP` | the same | cannot tell (found at the next write) |
 //! | Keys typed under the bars ([`Unechoed`]) | not echoed (termios `ECHO` off while the bars are drawn, in the foreground) | the same | the console echoes only what a program reads: nothing to do |
 //!
 //! Where the system cannot tell who else has the file open, the run does
@@ -546,15 +546,25 @@ pub fn can_open_files(n: usize) -> Result<(), std::io::Error> {
     }
 }
 
-/// Whether standard output is a pipe (or socket) whose reader is gone
-/// (`watch --progress json | grep -m1 …` once grep has its line), told
-/// without writing to it: poll's error or hang-up on it. False where that
-/// cannot be told (a terminal, a file, Windows).
-pub fn stdout_reader_gone() -> bool {
+/// One of the process's standard streams that a program writes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    Stdout,
+    Stderr,
+}
+
+/// Whether `out` is a pipe (or socket) whose reader is gone (`watch
+/// --progress json | grep -m1 …` once grep has its line), told without
+/// writing to it: poll's error or hang-up on it. False where that cannot
+/// be told (a terminal, a file, Windows).
+pub fn reader_gone(out: Output) -> bool {
     #[cfg(unix)]
     {
         let mut fd = libc::pollfd {
-            fd: 1,
+            fd: match out {
+                Output::Stdout => 1,
+                Output::Stderr => 2,
+            },
             events: 0,
             revents: 0,
         };
@@ -563,7 +573,10 @@ pub fn stdout_reader_gone() -> bool {
         ready == 1 && fd.revents & (libc::POLLERR | libc::POLLHUP) != 0
     }
     #[cfg(not(unix))]
-    false
+    {
+        let _ = out;
+        false
+    }
 }
 
 /// Whether `e` says the process (or the whole system) may open no more

@@ -53,7 +53,7 @@ fn long_version() -> &'static str {
         every step as SSE (curl -N, EventSource, `batchsse watch`), and the terminal shows the same progress.",
     after_help = "Exit status: 0 ok (or already applied), 1 a step failed, 2 bad usage or input \
         (nothing written; for `ctl`: the run refused the command), 3 `watch` or `ctl` could not \
-        reach a run (`relay`: Redis refused it, or its run stopped without finishing), 130 interrupted, 141 `watch --progress json` lost its reader."
+        reach a run (`relay`: Redis refused it, or its run stopped without finishing), 130 interrupted, 141 `watch` lost its reader (`--progress json | head`, `2>&1 | head`)."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -89,7 +89,8 @@ pub enum Command {
         Exit status: 0 the run finished ok, 1 it failed, 130 it was interrupted (or watch was), \
         2 bad usage (or the token was refused), 3 no run could be reached (or what answered is \
         not a batchsse run), 141 its output was \
-        closed (--progress json | head) or could not be written.")]
+        closed (--progress json | head, or 2>&1 | head for the modes that write to stderr) \
+        or could not be written.")]
     Watch(WatchArgs),
 
     /// Serve a run published to Redis (run --publish) from this host: /events, /status, the dashboard, /metrics.

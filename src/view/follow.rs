@@ -259,7 +259,8 @@ enum Attempt {
     Failed(String),
     /// The run answered 503: it has as many stream clients as it takes.
     Busy,
-    /// Our standard output was closed (`watch … | head`): nobody reads on.
+    /// The output was closed (`watch … | head`, or `2>&1 | head` for the
+    /// modes that write to standard error): nobody reads on.
     OutputClosed,
     /// The stream is not a batchsse run's (the last of its events, shown).
     Foreign(String),
@@ -650,7 +651,7 @@ async fn attempt(
         };
         // Every frame, a keep-alive included (every 15 s while the run
         // is paused or quiet), is a chance to see the reader went away.
-        if renderer.stdout_gone() {
+        if renderer.output_gone() {
             return Ok(Attempt::OutputClosed);
         }
         let Ok(bytes) = frame.into_data() else {
@@ -745,7 +746,7 @@ fn show(ev: &ParsedEvent, seen: &mut Seen, renderer: &mut Renderer) -> Option<At
             if let Event::Finished(f) = event {
                 return Some(Attempt::Finished(f.status));
             }
-            if renderer.stdout_failed() {
+            if renderer.output_failed() {
                 return Some(Attempt::OutputClosed);
             }
         }

@@ -51,8 +51,9 @@ pub struct Renderer {
     /// What `--progress github` remembers for its summary.
     github: Github,
     /// Set once a write to standard output failed (its reader is gone,
-    /// or the disk is full): no more lines are tried.
-    stdout_failed: bool,
+    /// or the disk is full), or the reader of the stream the mode writes
+    /// to is gone: no more lines are tried.
+    output_failed: bool,
     /// The error of the step that failed, once its line has shown it: the
     /// same words in an error message or the final line are not repeated.
     failure: Option<String>,
@@ -196,7 +197,7 @@ impl Renderer {
             interval,
             bars: None,
             github: Github::default(),
-            stdout_failed: false,
+            output_failed: false,
             failure: None,
             skipped: SKIPPED_RUN,
             kind: RunKind::Run,
@@ -310,23 +311,31 @@ impl Renderer {
         }
     }
 
-    /// True once a write to standard output failed.
-    pub fn stdout_failed(&self) -> bool {
-        self.stdout_failed
+    /// True once a write to standard output failed, or the reader of the
+    /// mode's stream was found gone (see [`Renderer::output_gone`]).
+    pub fn output_failed(&self) -> bool {
+        self.output_failed
     }
 
-    /// True once standard output, where `--progress json` writes, has no
-    /// reader left, whether or not a write found it yet: a paused run may
-    /// send nothing but keep-alives for a long time.
-    pub fn stdout_gone(&mut self) -> bool {
-        if self.mode == ProgressMode::Json && crate::platform::stdout_reader_gone() {
-            self.stdout_failed = true;
+    /// True once the stream this mode writes to (standard output for
+    /// `--progress json`, standard error for the others) has no reader
+    /// left, whether or not a write found it yet: a paused run may send
+    /// nothing but keep-alives for a long time.
+    pub fn output_gone(&mut self) -> bool {
+        use crate::platform::{Output, reader_gone};
+        let out = match self.mode {
+            ProgressMode::None => None,
+            ProgressMode::Json => Some(Output::Stdout),
+            _ => Some(Output::Stderr),
+        };
+        if out.is_some_and(reader_gone) {
+            self.output_failed = true;
         }
-        self.stdout_failed
+        self.output_failed
     }
 
     fn json(&mut self, id: u64, name: &str, data: &str) {
-        if self.stdout_failed {
+        if self.output_failed {
             return;
         }
         // A stream may split its JSON over several `data:` lines (valid
@@ -348,7 +357,7 @@ impl Renderer {
                     "batchsse: cannot write to standard output ({e}); no more JSON lines will be printed"
                 ));
             }
-            self.stdout_failed = true;
+            self.output_failed = true;
         }
     }
 

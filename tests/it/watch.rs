@@ -802,6 +802,32 @@ fn watch_json_stops_when_its_reader_is_gone_and_the_run_goes_on() {
     assert_eq!(run.wait().code(), Some(130));
 }
 
+/// `batchsse watch … 2>&1 | head -3`: the plain lines go to standard
+/// error, whose reader was never looked at, so watch went on to the end
+/// of the run. It now stops as `--progress json` does, for every mode that
+/// writes to standard error.
+#[test]
+fn watch_plain_stops_when_the_reader_of_its_standard_error_is_gone() {
+    let db = TempDb::counters(1000);
+    let mut run = start_run(
+        &db,
+        &counter_plan("head", 1),
+        &words("--wait-for-clients 1 --batch-size 1 --sleep 200"),
+    );
+    let url = format!("http://{}/", run.addr());
+    for mode in ["plain", "github"] {
+        let mut w = spawn(&["watch", &url, "--progress", mode], |c| {
+            c.stderr(closed_pipe());
+        });
+        let code = w.wait_for(Duration::from_secs(30)).code();
+        assert_eq!(code, Some(141), "{mode}");
+    }
+    let s = get(run.addr(), "/status", &[]).json();
+    assert_eq!(s["state"], "running", "the run did not notice: {s}");
+    run.signal("INT");
+    assert_eq!(run.wait().code(), Some(130));
+}
+
 #[test]
 fn a_full_disk_under_json_output_is_said_once_and_the_run_goes_on() {
     let db = TempDb::counters(200);
