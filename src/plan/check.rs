@@ -576,7 +576,9 @@ impl Rehearsal {
         // the empty copy are not reported anyway, see `run_in_rehearsal`.
         let _ = conn.execute_batch("PRAGMA foreign_keys = OFF");
         // Sorts and temp tables spill to a file past the page cache instead
-        // of growing in memory (this build keeps them in memory by default).
+        // of growing in memory. That is SQLite's default, but a build with
+        // SQLITE_TEMP_STORE=2 (as libsqlite3-sys makes for SQLCipher)
+        // keeps them in memory: said here, whatever the build.
         let _ = conn.execute_batch(&format!(
             "PRAGMA temp_store = FILE; PRAGMA main.max_page_count = {p}; PRAGMA temp.max_page_count = {p}",
             p = bounds::PAGES
