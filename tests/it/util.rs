@@ -329,12 +329,16 @@ pub fn run_with_stdin(args: &[&str], stdin: Option<&str>) -> (i32, String, Strin
 
 /// Runs a command line batchsse printed for the user to type
 /// (`batchsse undo --db … --run …`) as a shell runs it, with `batchsse`
-/// this build: (exit code, stdout, stderr).
+/// this build: (exit code, stdout, stderr). The line serves on the
+/// default port, which a user's own run or another test may hold, so
+/// `--listen 127.0.0.1:0` goes after it.
 pub fn run_as_typed(line: &str) -> (i32, String, String) {
     assert!(line.starts_with("batchsse "), "{line}");
     let out = Command::new("sh")
         .arg("-c")
-        .arg(format!("batchsse() {{ \"$0\" \"$@\"; }}; {line}"))
+        .arg(format!(
+            "batchsse() {{ \"$0\" \"$@\" --listen 127.0.0.1:0; }}; {line}"
+        ))
         .arg(BIN)
         .env_remove("BATCHSSE_TOKEN")
         .env("NO_COLOR", "1")
