@@ -143,7 +143,7 @@ pub struct Settings {
     pub nice_ratio: f64,
     /// Fixed pause between chunks.
     pub sleep_ms: u64,
-    /// Fixed chunk size, or `None` when sizes adapt to `chunk_time_ms`.
+    /// Fixed chunk size, or null when sizes adapt to `chunk_time_ms`.
     pub batch_size: Option<u64>,
 }
 
@@ -207,7 +207,7 @@ pub struct Control {
 pub struct Throttle {
     pub active: bool,
     pub reason: ThrottleReason,
-    /// What a person should know, e.g. `wal 300 MiB > 256`.
+    /// What a person should know, e.g. `wal 300.0 MiB > 256 MiB`.
     pub detail: String,
     pub step: Option<usize>,
 }
