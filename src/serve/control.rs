@@ -100,7 +100,7 @@ fn admit(state: &State, headers: &HeaderMap, query: Option<&str>) -> Result<(), 
         Some(s) if !same_secret(s, token) => {
             return Err((
                 StatusCode::UNAUTHORIZED,
-                "the control token was not accepted: send the run's --control-token as 'Authorization: Bearer T'".into(),
+                "the control token was not accepted: it is not this run's --control-token (give the one the run was started with, as 'Authorization: Bearer T')".into(),
             ));
         }
         Some(_) => {}

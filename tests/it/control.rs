@@ -382,6 +382,11 @@ fn ctl_at_an_address_that_is_no_run_exits_3_as_watch_does() {
     let (code, _, err) = run(&["ctl", &base, "pause", "--control-token", "wrong"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("refused the command (401)"), "{err}");
+    // ctl did send the token as the header: what is wrong is the token.
+    assert!(
+        err.contains("it is not this run's --control-token (give the one the run was started with"),
+        "{err}"
+    );
     p.signal("TERM");
     let _ = p.wait();
 }
