@@ -1542,6 +1542,17 @@ fn the_conflicts_an_undo_kept_are_listed_and_cleared_by_run() {
     let (code, out, _) = run(&["undo", "list", "--db", dbp, "--json"]);
     assert_eq!(code, 0);
     assert!(out.contains(r#""conflicts_kept":[{"run""#), "{out}");
+    // `--plan` leaves such reports, so it finds nothing to clear; it says
+    // what would remove them rather than only that nothing is recorded.
+    let before = db.bytes();
+    let (code, _, err) = run(&["undo", "clear", "--db", dbp, "--plan", "kept"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("the conflicts kept by undos of runs taken back whole stay as their report: `batchsse undo clear --db"),
+        "{err}"
+    );
+    assert!(err.contains("--run ID` removes a run's"), "{err}");
+    assert_eq!(db.bytes(), before, "nothing removed");
     // The command the list names, as it names it, removes them.
     let (code, out, _) = run(&["undo", "list", "--db", dbp]);
     assert_eq!(code, 0);

@@ -91,6 +91,7 @@ fn pick(conn: &Connection, db: &Path, which: Which<'_>) -> Result<Picked, UsageE
     let runs = store::runs(conn)?;
     let kept = store::kept_conflicts(conn)?;
     let total = runs.len() + kept.len();
+    let any_reports = !kept.is_empty();
     let chosen_at = |run: &str, plan: Option<&str>, at: &str| match which {
         Which::Run(id) => run == id,
         // Of the runs taken back whole, --plan leaves the conflicts kept:
@@ -116,7 +117,9 @@ fn pick(conn: &Connection, db: &Path, which: Which<'_>) -> Result<Picked, UsageE
                 shell_path(db)
             )));
         }
-        Which::Plan(plan) if chosen.is_empty() => return Err(no_plan(conn, db, plan)),
+        Which::Plan(plan) if chosen.is_empty() => {
+            return Err(no_plan(conn, db, plan, any_reports));
+        }
         _ => {}
     }
     let guard = Guard::read(conn, &chosen)?;
@@ -142,9 +145,18 @@ fn pick(conn: &Connection, db: &Path, which: Which<'_>) -> Result<Picked, UsageE
     })
 }
 
-/// `--plan` naming a plan with no record: most often a mistyped name.
-fn no_plan(conn: &Connection, db: &Path, plan: &str) -> UsageError {
-    super::nothing_recorded_in(conn, db, &format!("plan {}", quoted(plan)))
+/// `--plan` naming a plan with no record: most often a mistyped name, or
+/// a plan taken back whole, whose undo's conflicts `--plan` leaves (they
+/// name no plan): then it says what removes those.
+fn no_plan(conn: &Connection, db: &Path, plan: &str, any_reports: bool) -> UsageError {
+    let none = super::nothing_recorded_in(conn, db, &format!("plan {}", quoted(plan)));
+    if !any_reports {
+        return none;
+    }
+    UsageError::new(format!(
+        "{none}; the conflicts kept by undos of runs taken back whole stay as their report: `batchsse undo clear --db {} --run ID` removes a run's (the list names each)",
+        shell_path(db)
+    ))
 }
 
 /// What decides whether a run's record may go: which runs share a step
