@@ -871,7 +871,7 @@ fn pace_words(live: bool, fixed: bool, one_tx: Option<&str>) -> &'static str {
         (true, true, false) => "yielding between chunks",
         (true, false, true) => "short chunks, with no yield, since the run is one transaction",
         (true, true, true) => {
-            "the pace stays as it is: the chunks keep their size, and one transaction never yields"
+            "nothing changes: the chunks keep their size, and a run in one transaction never yields"
         }
         (false, false, _) => "long chunks, no yield",
         (false, true, _) => "no yield between chunks",

@@ -446,7 +446,7 @@ fn an_undo_beside_an_application_says_its_chunks_are_the_run_s() {
         (
             &["--dry-run"],
             // It never yields: a nice ratio beside that would contradict it.
-            ": the pace stays as it is: the chunks keep their size, and one transaction never yields (the run's chunks, as recorded)",
+            ": nothing changes: the chunks keep their size, and a run in one transaction never yields (the run's chunks, as recorded)",
         ),
     ] {
         let db = bumped();
