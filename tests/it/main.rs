@@ -40,6 +40,7 @@ mod undo_parts;
 mod undo_scale;
 mod undo_stash;
 mod undo_tables;
+mod undo_unchanged;
 mod views;
 mod walk;
 mod watch;

@@ -867,7 +867,8 @@ impl Undoer<'_> {
         self.conn
             .execute("DELETE FROM batchsse_undo WHERE id = ?1", [c.id])
             .map_err(sql)?;
-        if let Some(count) = c.count {
+        // A note of the step is no part: it leaves the count alone.
+        if let Some(count) = c.count.filter(|_| c.chunk >= 0) {
             store::part_taken(self.conn, count, c.part()).map_err(sql)?;
         }
         self.settle(c).map_err(sql)?;

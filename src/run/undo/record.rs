@@ -393,10 +393,12 @@ impl<'c> Recorder<'c> {
     }
 
     /// After a recorded step succeeded: a step that changed nothing is
-    /// noted as recorded all the same. (A crash before this leaves it
-    /// unnoted, which only keeps an undo from clearing its checkpoint.)
+    /// noted as recorded all the same, unless its work noted it already
+    /// (see [`Recorder::note_unchanged`]): a chunked step that had no
+    /// chunk, or a TEMP-only one. (A crash before this leaves it unnoted,
+    /// which only keeps an undo from clearing its checkpoint.)
     pub fn step_done(&self, step: &Step) -> rusqlite::Result<()> {
-        if step.undo && self.chunk.get() == 0 {
+        if step.undo && self.chunk.get() == 0 && !self.noted(step)? {
             self.note(step, 0, &[])?;
         }
         if self.chunk.get() > 0 {
@@ -488,9 +490,32 @@ impl<'c> Recorder<'c> {
             if self.unnoted.replace(false) {
                 self.note(step, 0, &[])?;
             }
+            self.note_unchanged(step)?;
             self.count_parts(step)?;
         }
         Ok(recorded)
+    }
+
+    /// In the transaction of a recorded step's work that left no part, and
+    /// none before it in this run: a note that the step is recorded. A run
+    /// stopped after chunks that changed no row then still reads as having
+    /// recorded the step, to its resume and to an undo, which otherwise
+    /// took it for a step applied unrecorded. A TEMP-only step is noted as
+    /// it ends: its transaction only reads the file.
+    fn note_unchanged(&self, step: &Step) -> rusqlite::Result<()> {
+        if !step.undo || step.temp_only || self.chunk.get() > 0 || self.noted(step)? {
+            return Ok(());
+        }
+        self.note(step, 0, &[])
+    }
+
+    /// Whether this run's record holds a row of `step` (a part or a note).
+    fn noted(&self, step: &Step) -> rusqlite::Result<bool> {
+        self.conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM batchsse_undo WHERE run = ?1 AND step = ?2)",
+            )?
+            .query_row(params![self.run_id, step.index as i64], |r| r.get(0))
     }
 
     /// What [`Recorder::record`] does but count the step's parts.
