@@ -346,6 +346,33 @@ fn undo_list_and_clear_on_a_record_altered_by_hand_say_how_to_remove_it() {
     }
 }
 
+/// A table of the user's named `batchsse_undo`: `undo` and `run --undo`
+/// say to give it another name, but `undo list` and `undo clear` said only
+/// to drop it, the user's rows with it.
+#[test]
+fn undo_list_and_clear_on_a_table_of_the_user_s_by_the_record_s_name_do_not_just_say_drop_it() {
+    let db = TempDb::counters(3);
+    db.conn()
+        .execute_batch(
+            "CREATE TABLE batchsse_undo(note TEXT); INSERT INTO batchsse_undo VALUES ('mine')",
+        )
+        .unwrap();
+    let before = db.bytes();
+    let dbp = path_str(&db.path);
+    for args in [vec!["undo", "list"], vec!["undo", "clear", "--all"]] {
+        let args = [&args[..], &["--db", dbp]].concat();
+        let (code, _, err) = run(&args);
+        plain(&err);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(
+            err.contains("if batchsse made them, drop them")
+                && err.contains("if one is a table of yours, give it another name"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(db.bytes(), before);
+    }
+}
+
 #[test]
 fn an_undo_table_with_a_column_of_the_user_s_to_set_is_refused_before_anything_runs() {
     let tables = [

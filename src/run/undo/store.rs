@@ -766,8 +766,10 @@ pub struct RunRecord {
 }
 
 /// What to do with undo tables altered by hand, which `undo clear` must
-/// read before it removes them.
-const DROP_BY_HAND: &str = "drop them in the sqlite3 shell: DROP TABLE batchsse_undo; DROP TABLE batchsse_undo_conflict; `undo clear` must read them first";
+/// read before it removes them. A table of the user's that has the name
+/// cannot be told from one of batchsse's altered by hand, and dropping it
+/// would lose the user's rows: `undo` and `run --undo` say to rename it.
+const DROP_BY_HAND: &str = "if batchsse made them, drop them in the sqlite3 shell: DROP TABLE batchsse_undo; DROP TABLE batchsse_undo_conflict; `undo clear` must read them first; if one is a table of yours, give it another name instead";
 
 /// The refusal when the record cannot be read (`e`).
 pub fn unreadable(conn: &Connection, e: &rusqlite::Error) -> UsageError {
