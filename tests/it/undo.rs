@@ -328,6 +328,17 @@ fn abort_rolls_back_the_chunk_and_overwrite_restores_anyway() {
     db.conn()
         .execute_batch("UPDATE t SET counter = 7 WHERE id = 5")
         .unwrap();
+    // A dry run stops there too, and says its counts are of the chunks
+    // before the conflict (it said "0 conflicts before it stopped").
+    let (code, _, err) = run(&undo_args(
+        &db,
+        &["--plan", "bump", "--on-conflict", "abort", "--dry-run"],
+    ));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("dry run: it stops at a conflict (--on-conflict abort); before it, 90 rows would be reverted, 0 conflicts; rolled back"),
+        "{err}"
+    );
     let (code, _, err) = run(&undo_args(
         &db,
         &["--plan", "bump", "--on-conflict", "abort"],

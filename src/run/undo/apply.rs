@@ -198,6 +198,7 @@ pub fn run(
         )),
         db: crate::run::db_name(conn),
         newer: Default::default(),
+        stopped_at_conflict: Default::default(),
         checkpointed: checkpoint::holds(conn, &spec.plan).unwrap_or(true),
     };
     let started = Instant::now();
@@ -311,6 +312,9 @@ struct Undoer<'a> {
     /// Whether it warned of a newer recorded run that changed its tables:
     /// a row in conflict may then be that run's, not the application's.
     newer: std::cell::Cell<bool>,
+    /// Whether `--on-conflict abort` met a conflict: a dry run's counts,
+    /// of the parts before it, then say so.
+    stopped_at_conflict: std::cell::Cell<bool>,
     /// Whether the plan had a checkpoint as this try began (a run with
     /// `--no-checkpoint` keeps none), which its last line says is cleared.
     checkpointed: bool,
@@ -514,12 +518,19 @@ impl Undoer<'_> {
     /// A dry run's counts, once it has rolled back: those of the chunks
     /// before the stop when it stopped.
     fn say_dry_run(&self, tally: &Tally, end: &End) {
-        let (level, so_far) = match end {
-            None => (Level::Info, ""),
-            Some(_) => (Level::Warn, " before it stopped"),
+        let (level, before, so_far) = match end {
+            None => (Level::Info, "", ""),
+            // Its own conflict is not counted: "0 conflicts before it
+            // stopped" read as if the undo had stopped for another reason.
+            Some(_) if self.stopped_at_conflict.get() => (
+                Level::Warn,
+                "it stops at a conflict (--on-conflict abort); before it, ",
+                "",
+            ),
+            Some(_) => (Level::Warn, "", " before it stopped"),
         };
         self.message(level, format!(
-            "dry run: {} row{} would be reverted, {} conflict{}{so_far}; rolled back, nothing was written",
+            "dry run: {before}{} row{} would be reverted, {} conflict{}{so_far}; rolled back, nothing was written",
             thousands(tally.reverted), plural(tally.reverted), thousands(tally.conflicts),
             plural(tally.conflicts)
         ));
@@ -975,6 +986,7 @@ impl Undoer<'_> {
                     "--on-conflict skip (keep the application's rows) or overwrite (put the run's old values back)"
                 }
             };
+            self.stopped_at_conflict.set(true);
             return Err(format!(
                 "conflict in {} at key {}: {}; --on-conflict abort rolled this chunk back. To finish the undo, run it again with {ways}",
                 crate::human::shown(k.table),
