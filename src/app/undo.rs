@@ -104,7 +104,7 @@ fn check_record(
     };
     if let Some(why) = store::not_ours(conn).map_err(read_failed)? {
         return Err(UsageError::new(format!(
-            "nothing to take back: {why}, so it holds no undo record; if it is yours, give it another name before recording a run with --undo"
+            "nothing to take back: {why}, so no undo record can be read from it; if it is a table of yours, give it another name before recording a run with --undo; if batchsse made it, it was altered by hand and its record is lost: `batchsse undo list` says how to remove it"
         )));
     }
     let (runs, plan) = find(conn, &c.which).map_err(read_failed)?;

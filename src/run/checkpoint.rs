@@ -347,7 +347,7 @@ fn altered(conn: &Connection) -> rusqlite::Result<Option<String>> {
     }
     if generated_rowid_column(conn)? {
         return Ok(Some(format!(
-            "the table {TABLE} has a generated column {ROWID}, which batchsse writes (batchsse did not make it)"
+            "the table {TABLE} has a generated column {ROWID}, which batchsse writes (not as batchsse makes it)"
         )));
     }
     let key = conn
@@ -355,7 +355,7 @@ fn altered(conn: &Connection) -> rusqlite::Result<Option<String>> {
         .query_map([TABLE], |r| r.get::<_, String>(0))?
         .collect::<rusqlite::Result<Vec<String>>>()?;
     Ok((key != ["plan", "step"]).then(|| {
-        format!("the table {TABLE} has no primary key on (plan, step) (batchsse did not make it)")
+        format!("the table {TABLE} has no primary key on (plan, step) (not as batchsse makes it)")
     }))
 }
 

@@ -141,7 +141,7 @@ pub(super) fn not_as_made(
         .collect();
     if !missing.is_empty() {
         return Ok(Some(format!(
-            "the table {name} has no column {} (batchsse did not make it)",
+            "the table {name} has no column {} (not as batchsse makes it)",
             missing.join(", ")
         )));
     }
@@ -150,7 +150,7 @@ pub(super) fn not_as_made(
         .find(|(n, must)| *must && !known.contains(&n.as_str()));
     Ok(unset.map(|(n, _)| {
         format!(
-            "the table {name} has a column {} that must be set, which batchsse never sets (batchsse did not make it)",
+            "the table {name} has a column {} that must be set, which batchsse never sets (not as batchsse makes it)",
             crate::human::quoted(n)
         )
     }))

@@ -373,6 +373,30 @@ fn undo_list_and_clear_on_a_table_of_the_user_s_by_the_record_s_name_do_not_just
     }
 }
 
+/// The mirror of the above: `undo` of a record altered by hand said
+/// batchsse "did not make" the table, so it held no undo record, which
+/// is untrue of a table batchsse made; it now says what either case means.
+#[test]
+fn undo_of_a_record_altered_by_hand_does_not_say_batchsse_did_not_make_it() {
+    let db = bumped();
+    db.conn()
+        .execute_batch("ALTER TABLE batchsse_undo DROP COLUMN bytes")
+        .unwrap();
+    let before = db.bytes();
+    let (code, _, err) = run(&undo_of_plan(&db, "bump", &[]));
+    plain(&err);
+    assert_eq!(code, 2, "{err}");
+    assert!(!err.contains("did not make"), "{err}");
+    assert!(
+        err.contains("has no column bytes (not as batchsse makes it)")
+            && err.contains("if it is a table of yours, give it another name")
+            && err.contains("if batchsse made it, it was altered by hand")
+            && err.contains("`batchsse undo list` says how to remove it"),
+        "{err}"
+    );
+    assert_eq!(db.bytes(), before);
+}
+
 #[test]
 fn an_undo_table_with_a_column_of_the_user_s_to_set_is_refused_before_anything_runs() {
     let tables = [
