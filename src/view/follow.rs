@@ -438,7 +438,7 @@ async fn follow(
             Attempt::NoContent => return outcome_after_204(target, seen.last_id, deadline).await,
             Attempt::Dropped(why) => {
                 since = Instant::now();
-                connected = true;
+                (connected, said_waiting) = (true, false);
                 backoff = FIRST_BACKOFF;
                 why
             }
@@ -459,10 +459,15 @@ async fn follow(
         if let Some(pid) = run_pid.filter(|&p| !platform::process_alive(p)) {
             return run_exited(target, pid, (connected, last_id), &why);
         }
-        if !connected && !said_waiting && since.elapsed() >= SAY_WAITING_AFTER {
-            // Else a watch started before its run sat silent for 30 s.
+        if !said_waiting && since.elapsed() >= SAY_WAITING_AFTER {
+            // Else a watch started before its run, or one that lost it (a
+            // run killed, a relay gone), sat silent for 30 s.
             said_waiting = true;
-            say_waiting(target, patience, run_pid, &renderer, &why);
+            if connected {
+                say_reconnecting(target, patience, last_id, &renderer, &why);
+            } else {
+                say_waiting(target, patience, run_pid, &renderer, &why);
+            }
         }
         // Sleep, then try again only if time is left, so the message below
         // names the last real failure rather than our own deadline.
@@ -500,6 +505,22 @@ fn run_exited(
         "lost the stream at {url} after event {last_id} ({why}), and the run (pid {pid}) has exited; the run's outcome is unknown: its exit status tells"
     ))
     .into())
+}
+
+/// Says that `watch` lost the run's stream after `last_id` and is still
+/// trying to find it again.
+fn say_reconnecting(
+    target: &Target,
+    patience: Duration,
+    last_id: u64,
+    renderer: &Renderer,
+    why: &str,
+) {
+    renderer.note(&format!(
+        "batchsse: lost the stream at {} after event {last_id} ({why}); trying to reconnect for up to {} s (--connect-timeout)",
+        target.url(&target.events),
+        patience.as_secs_f64()
+    ));
 }
 
 /// Says that `watch` is still waiting for a run (`run_pid`'s, if given).

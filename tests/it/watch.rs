@@ -1626,6 +1626,46 @@ fn in_github_mode_a_run_killed_mid_step_leaves_no_group_open() {
     assert!(group < end && end < error, "{err}");
 }
 
+/// A watch that loses its run (killed, or a relay that gave up) says so
+/// within seconds and that it keeps trying, rather than sit silent for the
+/// whole --connect-timeout before its last line.
+#[test]
+fn a_watch_that_lost_its_run_says_it_is_reconnecting() {
+    let db = TempDb::counters(2_000);
+    let run = start_run(
+        &db,
+        &counter_plan("slow", 10),
+        &["--sleep", "20", "--wait-for-clients", "1"],
+    );
+    let url = format!("http://{}/", run.addr());
+    let args = [
+        "watch",
+        &url,
+        "--progress",
+        "plain",
+        "--connect-timeout",
+        "6",
+    ];
+    let mut w = spawn(&args, |_| {});
+    let t0 = Instant::now();
+    while w.stderr_time("bump counters").is_none() {
+        assert!(t0.elapsed() < PATIENCE, "no step: {}", w.stderr());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    run.signal("KILL");
+    let killed = Instant::now();
+    assert_eq!(w.wait_for(Duration::from_secs(20)).code(), Some(3));
+    let said = w.stderr_time("trying to reconnect for up to 6 s");
+    let err = w.stderr();
+    let at = said.unwrap_or_else(|| panic!("never said it was reconnecting: {err}"));
+    assert!(at - killed < Duration::from_secs(4), "said late: {err}");
+    let (note, gave_up) = (
+        err.find("trying to reconnect").unwrap(),
+        err.find("could not reconnect within 6 s").expect(&err),
+    );
+    assert!(note < gave_up, "{err}");
+}
+
 /// An SSE server that is not batchsse, as a Node or Python app serves one:
 /// each connection gets `body` (events without ids, none of batchsse's),
 /// then is closed, or with `open` gets it again every 50 ms until the
