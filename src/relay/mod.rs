@@ -56,6 +56,8 @@ pub struct Target {
     shown: String,
     /// `--redis-ca FILE` and the rest, as given, for the relay command.
     tls_flags: String,
+    /// The same files as `redis-cli` takes them, for its hints.
+    cli_tls_flags: String,
 }
 
 /// The server behind a URL. Credentials and the database are not in it:
@@ -226,21 +228,25 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// The TLS file flags of `access`, each with its path as a shell word.
-fn tls_flags(access: &Access) -> String {
-    [
-        ("--redis-ca", &access.ca),
-        ("--redis-cert", &access.cert),
-        ("--redis-key", &access.key),
-    ]
-    .iter()
-    .filter_map(|(flag, path)| {
-        Some(format!(
-            " {flag} {}",
-            crate::human::shell_path(path.as_ref()?)
-        ))
-    })
-    .collect()
+/// batchsse's names for the CA, client certificate and key files, and
+/// `redis-cli`'s, which its hints need to connect as batchsse did.
+const OUR_TLS_FLAGS: [&str; 3] = ["--redis-ca", "--redis-cert", "--redis-key"];
+const CLI_TLS_FLAGS: [&str; 3] = ["--cacert", "--cert", "--key"];
+
+/// The TLS file flags of `access` under `names`, each with its path as a
+/// shell word.
+fn tls_flags(access: &Access, names: [&str; 3]) -> String {
+    let paths = [&access.ca, &access.cert, &access.key];
+    names
+        .iter()
+        .zip(paths)
+        .filter_map(|(flag, path)| {
+            Some(format!(
+                " {flag} {}",
+                crate::human::shell_path(path.as_ref()?)
+            ))
+        })
+        .collect()
 }
 
 /// A host as it goes in a URL (an IPv6 address in brackets).
@@ -317,7 +323,8 @@ impl Target {
             db,
             tls,
             service,
-            tls_flags: tls_flags(access),
+            tls_flags: tls_flags(access, OUR_TLS_FLAGS),
+            cli_tls_flags: tls_flags(access, CLI_TLS_FLAGS),
             shown,
         })
     }
@@ -659,7 +666,11 @@ impl Target {
     /// the sentinels name (a sentinel has no keys); in a Cluster, on each
     /// node (a scan covers only the node it asks).
     pub fn list_runs_hint(&self) -> String {
-        let tls = if self.tls { " --tls" } else { "" };
+        let tls = if self.tls {
+            format!(" --tls{}", self.cli_tls_flags)
+        } else {
+            String::new()
+        };
         let auth = self.cli_auth();
         let (host, port, db) = (&self.host, self.port, self.db);
         let scan = format!("-n {db}{tls}{auth} --scan --pattern 'batchsse:run:*'");
@@ -989,7 +1000,7 @@ mod tests {
             ..Access::default()
         };
         assert_eq!(
-            tls_flags(&access),
+            tls_flags(&access, OUR_TLS_FLAGS),
             " --redis-ca $'certs/caf\\xe9.pem' --redis-key ./-key.pem"
         );
     }

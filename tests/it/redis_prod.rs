@@ -170,6 +170,39 @@ fn a_run_published_over_tls_is_relayed_event_for_event() {
     relay_serves(&url, &run_id, &["--redis-ca", &ca], &[], &lines);
 }
 
+/// A relay told of a run its TLS Redis does not hold names a `redis-cli`
+/// command that lists the runs there: with the relay's CA and client
+/// certificate, without which `redis-cli --tls` cannot connect.
+#[test]
+fn a_missing_run_s_hint_over_tls_carries_the_certificates() {
+    let Some(certs) = Certs::make() else { return };
+    let Some((_redis, url)) = tls_redis(&certs, true) else {
+        return;
+    };
+    let db = TempDb::counters(100);
+    let (ca, cert, key) = (
+        certs.arg("ca.pem"),
+        certs.arg("client.pem"),
+        certs.arg("client.key"),
+    );
+    let tls = [
+        "--redis-ca",
+        &ca,
+        "--redis-cert",
+        &cert,
+        "--redis-key",
+        &key,
+    ];
+    let mut flags = vec!["--publish", &url];
+    flags.extend(tls);
+    let (_, run_id, _) = publish(&db, &flags, &[]);
+    let mut args = vec!["relay", &url, "--run", "nosuch", "--listen", "127.0.0.1:0"];
+    args.extend(tls);
+    let (code, _, err) = run_env(&args, &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(run_quoted(&err).contains(&run_id), "{err}");
+}
+
 #[test]
 fn a_certificate_that_fails_is_refused_at_start_in_plain_words() {
     let Some(certs) = Certs::make() else { return };
