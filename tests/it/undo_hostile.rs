@@ -2058,3 +2058,43 @@ fn a_row_added_at_the_rowid_of_a_deleted_one_keeps_its_values() {
         }
     }
 }
+
+/// The same table, where the run deleted the row with the highest rowid
+/// and the application then added a row under another primary key, which
+/// SQLite gives that rowid. The undo took the new row for the deleted one
+/// come back: under `overwrite` it deleted the application's row and put
+/// the run's back, exit 0; under `skip` it said "the row the run deleted
+/// exists again". The application's row stays, and the deleted one is
+/// kept as a conflict that stays deleted (soak42).
+#[test]
+fn a_row_added_at_the_rowid_of_a_row_the_run_deleted_is_not_taken_for_it() {
+    let setup = "CREATE TABLE t(code TEXT PRIMARY KEY NOT NULL, n INT);
+         INSERT INTO t VALUES ('a', 1), ('b', 3);";
+    let plan = r#"{"name":"del","steps":[{"sql":"DELETE FROM t WHERE n = 3"}]}"#;
+    let off = [("BATCHSSE_UNDO_HOOK", "off")];
+    for env in [&[][..], &off[..]] {
+        for how in ["skip", "overwrite"] {
+            let db = TempDb::with_sql(setup);
+            let file = db.file("plan.json", plan);
+            let args = run_args(&db, path_str(&file), &["--no-serve", "--undo"]);
+            let (code, _, err) = run_with_env(&args, None, env);
+            assert_eq!(code, 0, "{err}");
+            db.conn()
+                .execute_batch("INSERT INTO t VALUES ('app', 5)")
+                .unwrap();
+            assert_eq!(db.query_i64("SELECT rowid FROM t WHERE code = 'app'"), 2);
+            let undo = undo_of_plan(&db, "del", &["--progress", "plain", "--on-conflict", how]);
+            let (code, _, err) = run_with_env(&undo, None, env);
+            assert_eq!(code, 0, "{env:?} {how}: {err}");
+            let rows = db.query_text("SELECT group_concat(code || '=' || n, ' ') FROM t");
+            assert_eq!(rows, "a=1 app=5", "{env:?} {how}: {err}");
+            assert!(err.contains("1 conflict"), "{env:?} {how}: {err}");
+            assert!(!err.contains("exists again"), "{env:?} {how}: {err}");
+            let why = db.query_text("SELECT why FROM batchsse_undo_conflict");
+            assert!(
+                why.contains("stays deleted: its rowid holds a row added since"),
+                "{why}"
+            );
+        }
+    }
+}

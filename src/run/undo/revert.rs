@@ -668,6 +668,11 @@ impl<'c> Reverter<'c> {
         };
         let [read, write] = self.statements(l, e, &now);
         let (found, same) = self.read_row(&read, l, e, added)?;
+        // Not the row the run deleted come back: under `overwrite` it
+        // would go, the application's row, with nothing said of it.
+        if e.op == op::DELETE && found && rowid_reused(self.conn, l, e)? {
+            return Ok((false, Some(REUSED.into())));
+        }
         let why = match (e.op, found) {
             (op::DELETE, false) => None,
             (op::DELETE, true) => Some(format!("{RUN_DELETED} exists again")),
@@ -816,6 +821,40 @@ pub(super) const TAKEN: &str = "another row holds a value it would get back";
 /// of the run's on a row (it begins as [`TAKEN`] does, which counts it).
 pub(super) const STAYS_DELETED: &str =
     "another row holds a value it would get back, so it stays deleted";
+
+/// [`STAYS_DELETED`], for a row the run deleted from a table found by its
+/// bare rowid whose rowid now holds another row (see [`rowid_reused`]).
+const REUSED: &str = "another row holds a value it would get back, so it stays deleted: its rowid holds a row added since under another primary key";
+
+/// Whether the row now at the rowid of `e`, a row the run deleted from a
+/// table found by its bare rowid, is another row: its declared primary
+/// key is not the deleted row's. SQLite gives a new row the highest rowid
+/// plus one, so a row added after the run deleted the last one takes its
+/// rowid. A table that declares no key cannot tell (nor can the undo).
+fn rowid_reused(conn: &Connection, l: &Layout, e: &Entry) -> rusqlite::Result<bool> {
+    let (identity, Some(rowid)) = (super::shape::identity(conn, l)?, e.key.first()) else {
+        return Ok(false);
+    };
+    let mut same = Vec::new();
+    let mut values: Vec<&dyn rusqlite::ToSql> = vec![rowid];
+    for j in identity {
+        let Some(at) = e.columns.iter().position(|&c| c == j) else {
+            return Ok(false);
+        };
+        same.push(format!("{} IS ?{}", quote(&l.columns[j]), values.len() + 1));
+        values.push(&e.old[at]);
+    }
+    if same.is_empty() {
+        return Ok(false);
+    }
+    let sql = format!(
+        "SELECT NOT EXISTS (SELECT 1 FROM main.{} WHERE {} = ?1 AND {})",
+        quote(&l.table),
+        l.key[0],
+        same.join(" AND ")
+    );
+    conn.query_row(&sql, values.as_slice(), |r| r.get(0))
+}
 
 /// [`TAKEN`], for a row the run deleted, then inserted again at its key
 /// in a later part, which this undo took back first: the run's row comes
