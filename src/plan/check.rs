@@ -345,10 +345,8 @@ impl Seen {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert("sqlite_stat1".to_owned());
-            *self.3.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!(
-                "reads pragma_{p}, which runs PRAGMA {p} as it is read, and that may write (PRAGMA optimize may run ANALYZE); leave it out of the expect",
-                p = pragma.to_ascii_lowercase()
-            ));
+            *self.3.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(reads_acting(&pragma.to_ascii_lowercase()));
         }
     }
 
@@ -641,9 +639,7 @@ impl Rehearsal {
         // SQLite compiles the read: it leaves out a CTE the query never
         // uses, and the copy lacks a database a step attaches.
         if let Some(table) = super::reads_acting_pragma(sql) {
-            return Err(bad(format!(
-                "reads {table}, which runs a PRAGMA as it is read, and that may write (PRAGMA optimize may run ANALYZE); leave it out of the expect"
-            )));
+            return Err(bad(reads_acting(table.trim_start_matches("pragma_"))));
         }
         let mut batch = Batch::new(&self.conn, sql);
         let stmt = match batch.next() {
@@ -1555,6 +1551,14 @@ enum Rehearsed {
     Run,
     /// The rehearsal's bounds stopped it.
     Cut,
+}
+
+/// Why an `expect` that reads the table-valued function of pragma `p`
+/// (lower case), which acts as it is read, is refused.
+fn reads_acting(p: &str) -> String {
+    format!(
+        "reads pragma_{p}, which runs PRAGMA {p} as it is read, and that may write (PRAGMA optimize may run ANALYZE); leave it out of the expect"
+    )
 }
 
 #[cfg(test)]
