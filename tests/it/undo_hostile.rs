@@ -2070,20 +2070,16 @@ fn a_row_added_at_the_rowid_of_a_deleted_one_keeps_its_values() {
 fn a_row_added_at_the_rowid_of_a_row_the_run_deleted_is_not_taken_for_it() {
     let setup = "CREATE TABLE t(code TEXT PRIMARY KEY NOT NULL, n INT);
          INSERT INTO t VALUES ('a', 1), ('b', 3);";
-    let plan = r#"{"name":"del","steps":[{"sql":"DELETE FROM t WHERE n = 3"}]}"#;
+    let (step, app) = (
+        r#"{"sql":"DELETE FROM t WHERE n = 3"}"#,
+        "INSERT INTO t VALUES ('app', 5)",
+    );
     let off = [("BATCHSSE_UNDO_HOOK", "off")];
     for env in [&[][..], &off[..]] {
         for how in ["skip", "overwrite"] {
-            let db = TempDb::with_sql(setup);
-            let file = db.file("plan.json", plan);
-            let args = run_args(&db, path_str(&file), &["--no-serve", "--undo"]);
-            let (code, _, err) = run_with_env(&args, None, env);
-            assert_eq!(code, 0, "{err}");
-            db.conn()
-                .execute_batch("INSERT INTO t VALUES ('app', 5)")
-                .unwrap();
+            let db = recorded_then_with(setup, step, app, env);
             assert_eq!(db.query_i64("SELECT rowid FROM t WHERE code = 'app'"), 2);
-            let undo = undo_of_plan(&db, "del", &["--progress", "plain", "--on-conflict", how]);
+            let undo = undo_of_plan(&db, "p", &["--progress", "plain", "--on-conflict", how]);
             let (code, _, err) = run_with_env(&undo, None, env);
             assert_eq!(code, 0, "{env:?} {how}: {err}");
             let rows = db.query_text("SELECT group_concat(code || '=' || n, ' ') FROM t");

@@ -1590,17 +1590,23 @@ fn a_stream_whose_media_type_is_written_in_capitals_is_followed() {
     assert_eq!(json_lines(&w.stdout()).len(), 2, "{}", w.stdout());
 }
 
+/// A run slowed to seconds (chunks of 10 rows, 20 ms apart) that waits
+/// for one client.
+fn slow_run_for_one_client(db: &TempDb) -> Proc {
+    start_run(
+        db,
+        &counter_plan("slow", 10),
+        &["--sleep", "20", "--wait-for-clients", "1"],
+    )
+}
+
 /// A watch in github mode whose run is killed mid-step (`kill -9`, an
 /// out-of-memory killer) closes the step's group before its error: a group
 /// left open folds the error, and the rest of the job's step, out of sight.
 #[test]
 fn in_github_mode_a_run_killed_mid_step_leaves_no_group_open() {
     let db = TempDb::counters(2_000);
-    let run = start_run(
-        &db,
-        &counter_plan("slow", 10),
-        &["--sleep", "20", "--wait-for-clients", "1"],
-    );
+    let run = slow_run_for_one_client(&db);
     let url = format!("http://{}/", run.addr());
     let pid = run.child.id().to_string();
     let mut w = spawn(
@@ -1632,11 +1638,7 @@ fn in_github_mode_a_run_killed_mid_step_leaves_no_group_open() {
 #[test]
 fn a_watch_that_lost_its_run_says_it_is_reconnecting() {
     let db = TempDb::counters(2_000);
-    let run = start_run(
-        &db,
-        &counter_plan("slow", 10),
-        &["--sleep", "20", "--wait-for-clients", "1"],
-    );
+    let run = slow_run_for_one_client(&db);
     let url = format!("http://{}/", run.addr());
     let args = [
         "watch",
@@ -1647,11 +1649,7 @@ fn a_watch_that_lost_its_run_says_it_is_reconnecting() {
         "6",
     ];
     let mut w = spawn(&args, |_| {});
-    let t0 = Instant::now();
-    while w.stderr_time("bump counters").is_none() {
-        assert!(t0.elapsed() < PATIENCE, "no step: {}", w.stderr());
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    w.wait_stderr("bump counters");
     run.signal("KILL");
     let killed = Instant::now();
     assert_eq!(w.wait_for(Duration::from_secs(20)).code(), Some(3));
