@@ -32,8 +32,9 @@ pub mod exit {
     pub const UNREACHABLE: u8 = 3;
     /// Interrupted by Ctrl-C or SIGTERM.
     pub const INTERRUPTED: u8 = 130;
-    /// `watch --progress json`: standard output was closed (`| head`), as a
-    /// process killed by SIGPIPE would report it.
+    /// `watch`: the stream its lines go to (standard output for `--progress
+    /// json`, standard error for the others) was closed (`| head`), as a
+    /// process killed by SIGPIPE would report it, or could not be written.
     pub const OUTPUT_CLOSED: u8 = 141;
 }
 
@@ -88,7 +89,20 @@ fn over_ctrl_c() {
 fn write_line(line: &str) {
     use std::io::Write;
     let mut err = std::io::stderr().lock();
-    let _ = writeln!(err, "{}", terminal_safe(line));
+    if writeln!(err, "{}", terminal_safe(line)).is_err() {
+        STDERR_FAILED.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Set once a line could not be written to stderr (its reader is gone, or
+/// the disk is full). A run goes on regardless; `watch`, whose lines are
+/// all it is for, stops (see [`stderr_failed`]).
+static STDERR_FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether a line printed to stderr was refused: `watch` then exits as
+/// when `--progress json` cannot write to stdout.
+pub fn stderr_failed() -> bool {
+    STDERR_FAILED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// The bars the terminal draws, as the rest of the program may touch

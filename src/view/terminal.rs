@@ -311,27 +311,33 @@ impl Renderer {
         }
     }
 
-    /// True once a write to standard output failed, or the reader of the
-    /// mode's stream was found gone (see [`Renderer::output_gone`]).
+    /// True once a write to the mode's stream failed (a full disk, a
+    /// closed pipe), or its reader was found gone (see
+    /// [`Renderer::output_gone`]).
     pub fn output_failed(&self) -> bool {
-        self.output_failed
+        let stderr = self.output() == Some(crate::platform::Output::Stderr);
+        self.output_failed || (stderr && crate::error::stderr_failed())
     }
 
-    /// True once the stream this mode writes to (standard output for
-    /// `--progress json`, standard error for the others) has no reader
-    /// left, whether or not a write found it yet: a paused run may send
-    /// nothing but keep-alives for a long time.
+    /// True once the stream this mode writes to has no reader left,
+    /// whether or not a write found it yet: a paused run may send nothing
+    /// but keep-alives for a long time.
     pub fn output_gone(&mut self) -> bool {
-        use crate::platform::{Output, reader_gone};
-        let out = match self.mode {
+        if self.output().is_some_and(crate::platform::reader_gone) {
+            self.output_failed = true;
+        }
+        self.output_failed()
+    }
+
+    /// The stream this mode writes to: standard output for `--progress
+    /// json`, standard error for the others.
+    fn output(&self) -> Option<crate::platform::Output> {
+        use crate::platform::Output;
+        match self.mode {
             ProgressMode::None => None,
             ProgressMode::Json => Some(Output::Stdout),
             _ => Some(Output::Stderr),
-        };
-        if out.is_some_and(reader_gone) {
-            self.output_failed = true;
         }
-        self.output_failed
     }
 
     fn json(&mut self, id: u64, name: &str, data: &str) {

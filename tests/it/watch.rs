@@ -828,16 +828,43 @@ fn watch_plain_stops_when_the_reader_of_its_standard_error_is_gone() {
     assert_eq!(run.wait().code(), Some(130));
 }
 
+/// `batchsse watch … 2> log` on a full disk: the modes that write to
+/// standard error went on to the end of the run, showing nothing and
+/// exiting with the run's status, where `--progress json` exits 141.
+#[test]
+fn watch_stops_when_its_standard_error_cannot_be_written() {
+    let db = TempDb::counters(1000);
+    let mut run = start_run(
+        &db,
+        &counter_plan("full", 1),
+        &words("--wait-for-clients 1 --batch-size 1 --sleep 200"),
+    );
+    let url = format!("http://{}/", run.addr());
+    for mode in ["plain", "github", "bar"] {
+        let mut w = spawn(&["watch", &url, "--progress", mode], |c| {
+            c.stderr(dev_full());
+        });
+        let code = w.wait_for(Duration::from_secs(30)).code();
+        assert_eq!(code, Some(141), "{mode}");
+    }
+    let s = get(run.addr(), "/status", &[]).json();
+    assert_eq!(s["state"], "running", "the run did not notice: {s}");
+    run.signal("INT");
+    assert_eq!(run.wait().code(), Some(130));
+}
+
+/// A file every write to fails as on a full disk.
+fn dev_full() -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("/dev/full")
+}
+
 #[test]
 fn a_full_disk_under_json_output_is_said_once_and_the_run_goes_on() {
     let db = TempDb::counters(200);
     let plan = db.file("plan.json", &counter_plan("full", 20));
-    let full = || {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open("/dev/full")
-            .expect("/dev/full")
-    };
     let out = Command::new(BIN)
         .args(run_args(
             &db,
@@ -846,7 +873,7 @@ fn a_full_disk_under_json_output_is_said_once_and_the_run_goes_on() {
         ))
         .env_remove("BATCHSSE_TOKEN")
         .stdin(Stdio::null())
-        .stdout(full())
+        .stdout(dev_full())
         .output()
         .expect("run");
     let err = String::from_utf8_lossy(&out.stderr);
