@@ -9,7 +9,7 @@
 //!
 //! ```text
 //! cli ──> plan (load + check) ──> run (rusqlite, on a blocking thread)
-//!                                   │ typed Event values    ^ Cancel
+//!                                   │ typed Event values    ^ Cancel, Steering
 //!                                   v                       │
 //!                                events::log (ids, frames encoded once, history)
 //!                           /                  |                 \
