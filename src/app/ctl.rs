@@ -171,9 +171,8 @@ fn one_line(action: &CtlAction, v: &Value) -> String {
         CtlAction::Pause if throttled == Some("paused") => "paused".to_owned(),
         CtlAction::Pause => "pausing at the next chunk boundary".to_owned(),
         CtlAction::Resume => "resuming".to_owned(),
-        CtlAction::Cancel => {
-            "cancelling (the current chunk rolls back; the run exits 130)".to_owned()
-        }
+        // /status does not say whether the run is one transaction.
+        CtlAction::Cancel => "cancelling (what the run has not committed rolls back: the current chunk, or all of an --atomic or --dry-run run; the run exits 130)".to_owned(),
         CtlAction::Set(_) if v["paused"] == true => "new pace set (still paused)".to_owned(),
         CtlAction::Set(_) => match throttled {
             Some(why) => format!("new pace set (throttled: {why})"),

@@ -187,7 +187,8 @@ pub enum CtlAction {
     Pause,
     /// Go on after a pause.
     Resume,
-    /// Stop now, as Ctrl-C would: the current chunk rolls back, the run exits 130.
+    /// Stop now, as Ctrl-C would: the current chunk rolls back (all of an
+    /// --atomic or --dry-run run), the run exits 130.
     Cancel,
     /// Change the pace from the next chunk on.
     Set(SetArgs),

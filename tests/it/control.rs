@@ -321,6 +321,21 @@ fn ctl_against_a_finished_run_is_refused_with_its_reason() {
     let _ = p.wait();
 }
 
+/// `ctl cancel` said "the current chunk rolls back" of an `--atomic` run,
+/// whose every chunk rolls back with it (as its own terminal says).
+#[test]
+fn ctl_cancel_of_a_run_that_is_one_transaction_does_not_say_only_its_chunk_rolls_back() {
+    // Held at the gate: the run's /status, all ctl has to go by, does not
+    // say it is one transaction either way.
+    let (_db, mut p) = held(&["--control-token", TOKEN, "--atomic"]);
+    let base = format!("http://{}/", p.addr());
+    let (code, out, err) = run(&["ctl", &base, "cancel", "--control-token", TOKEN]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("(the current chunk rolls back;"), "{out}");
+    assert!(out.contains("all of an --atomic or --dry-run run"), "{out}");
+    assert_eq!(p.wait().code(), Some(130));
+}
+
 #[test]
 fn ctl_before_the_first_step_says_so_rather_than_zero_of_zero_rows() {
     let (_db, mut p) = held(&["--control-token", TOKEN]);
