@@ -1,6 +1,8 @@
 //! A number in a plan too large for any JSON reader (past ±1.8e308):
 //! serde_json says only "number out of range", so the plan's text is read
 //! again to find the first such number and the field it was given for.
+//! The same walk finds the field of serde_json's other complaints
+//! (`named`).
 
 use super::{ChangesFile, ChunkFile, ROW_FIELDS, Shape, StepFile};
 
@@ -26,7 +28,7 @@ pub(super) fn said(text: &str, stop: usize) -> Option<String> {
 
 /// The field at `path` as a message names it ("chunk.size of step 2"),
 /// and as a plan's reader knows it ("chunk.size"; "step" for a step).
-fn place(path: &[Part]) -> (String, String) {
+pub(super) fn place(path: &[Part]) -> (String, String) {
     let (step, rest) = match path {
         [Part::Field(steps), Part::Item(i), rest @ ..] if steps == "steps" => (Some(i + 1), rest),
         _ => (None, path),
@@ -48,7 +50,7 @@ fn place(path: &[Part]) -> (String, String) {
 }
 
 /// What a field of a plan takes, but for the counts of rows.
-fn takes(field: &str) -> Option<&'static str> {
+pub(super) fn takes(field: &str) -> Option<&'static str> {
     Some(match field {
         "name" | "sql" | "expect" | "chunk.table" | "chunk.key" => "a string",
         "undo" | "foreign_keys" => "true or false",
@@ -71,12 +73,39 @@ pub(super) enum Part {
 /// as written, and the fields around it from the outside in. `None` when
 /// there is none (or the text stops being JSON before one).
 pub(super) fn first_huge(text: &str) -> Option<(usize, &str, Vec<Part>)> {
+    let mut found = None;
+    let path = walk(text, text.len(), |at, literal, _| {
+        let huge = literal.parse::<f64>().is_ok_and(f64::is_infinite);
+        found = found.or(huge.then_some((at, literal)));
+        huge
+    })?;
+    let (at, literal) = found?;
+    Some((at, literal, path))
+}
+
+/// The fields around byte `stop` of `text`, from the outside in: the
+/// field whose value (or name) a reader that stopped there was reading.
+/// `None` when the text stops being JSON before.
+pub(super) fn path_at(text: &str, stop: usize) -> Option<Vec<Part>> {
+    walk(text, stop, |_, _, _| false)
+}
+
+/// Walks `text` up to byte `stop`, keeping the fields around the place it
+/// has reached, and shows `number` each number on the way (where it
+/// starts, as written, and those fields); the walk ends early when
+/// `number` says so. The fields where it ended, or `None` when the text
+/// stops being JSON first.
+fn walk<'t>(
+    text: &'t str,
+    stop: usize,
+    mut number: impl FnMut(usize, &'t str, &[Part]) -> bool,
+) -> Option<Vec<Part>> {
     let bytes = text.as_bytes();
     let mut path: Vec<Part> = Vec::new();
     // Per open object: whether the next string is a field's name.
     let mut naming: Vec<bool> = Vec::new();
     let mut i = 0;
-    while i < bytes.len() {
+    while i < stop.min(bytes.len()) {
         let in_object = matches!(path.last(), Some(Part::Field(_)));
         match bytes[i] {
             b'{' => {
@@ -108,9 +137,8 @@ pub(super) fn first_huge(text: &str) -> Option<(usize, &str, Vec<Part>)> {
                     .iter()
                     .position(|b| !matches!(b, b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'))
                     .unwrap_or(bytes.len() - i);
-                let literal = &text[i..end];
-                if literal.parse::<f64>().is_ok_and(f64::is_infinite) {
-                    return Some((i, literal, path));
+                if number(i, &text[i..end], &path) {
+                    return Some(path);
                 }
                 i = end;
                 continue;
@@ -121,7 +149,7 @@ pub(super) fn first_huge(text: &str) -> Option<(usize, &str, Vec<Part>)> {
         }
         i += 1;
     }
-    None
+    Some(path)
 }
 
 /// Where the string that opens at `start` ends (past its closing quote).

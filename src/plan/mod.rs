@@ -7,6 +7,7 @@ mod bounds;
 mod check;
 mod collation;
 mod huge;
+mod named;
 mod order;
 mod split;
 
@@ -826,7 +827,11 @@ fn invalid_json(origin: &str, text: &str, e: &serde_json::Error) -> UsageError {
         .map(str::len)
         .sum::<usize>()
         + e.column();
-    let what = huge::said(text, stop).unwrap_or_else(|| strip_position(&e.to_string()).into());
+    let msg = e.to_string();
+    let msg = strip_position(&msg);
+    let what = huge::said(text, stop)
+        .or_else(|| named::said(text, stop, msg))
+        .unwrap_or_else(|| msg.into());
     UsageError::new(format!(
         "invalid plan {origin} at line {}, column {}: {what}{}",
         e.line(),
@@ -953,7 +958,10 @@ mod tests {
             (r#"{"steps":[]}"#, &["no steps"]),
             // The plan file's own type names must not show.
             ("[]", &["expected a plan object such as"]),
-            (r#"{"steps":[1]}"#, &["expected a step object such as"]),
+            (
+                r#"{"steps":[1]}"#,
+                &["step 1 is 1, where a step object such as"],
+            ),
             (
                 r#"{"steps":[{"sql":"SELECT 1","expect":"SELECT 1\u0000 AND 0"}]}"#,
                 &["step 1", "\"expect\" contains a NUL character"],
@@ -979,17 +987,20 @@ mod tests {
             ),
             (
                 r#"{"steps":[{"sql":"SELECT 1","expect_changes":5}]}"#,
-                &["expected an object such as {\"max\": 1000}"],
+                &["expect_changes of step 1 is 5, where an object such as {\"max\": 1000}"],
             ),
             (
                 r#"{"steps":[{"sql":"SELECT 1","chunk":"orders"}]}"#,
-                &["expected an object such as {\"table\": \"orders\""],
+                &["chunk of step 1 is \"orders\", where an object such as {\"table\": \"orders\""],
             ),
             (
                 r#"{"steps":[{"sql":"SELECT 1","sqll":"x"}]}"#,
-                &["unknown field `sqll`"],
+                &["unknown field `sqll` in step 1"],
             ),
-            (r#"{"name":"x","stepz":[]}"#, &["unknown field `stepz`"]),
+            (
+                r#"{"name":"x","stepz":[]}"#,
+                &["unknown field `stepz` in the plan"],
+            ),
             (r#"{"steps":[{"sql":"  "}]}"#, &["step 1", "no SQL"]),
             (
                 r#"{"steps":[{"sql":"-- only a comment"}]}"#,

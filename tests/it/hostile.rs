@@ -703,30 +703,80 @@ fn a_plan_or_a_part_of_one_written_as_an_array_is_refused() {
     for (plan, says) in [
         (
             serde_json::json!(["arr", false, false, [{"sql": "UPDATE t SET counter = 1"}]]),
-            "expected a plan object",
+            "invalid type: sequence, expected a plan object",
         ),
         (
             serde_json::json!({"steps": [[null, "UPDATE t SET counter = 1", null, null, null, null]]}),
-            "expected a step object",
+            "step 1 is a list, where a step object",
         ),
         (
             serde_json::json!({"steps": [{"sql": chunked, "chunk": ["t", "id", 5]}]}),
-            "expected an object such as {\"table\"",
+            "chunk of step 1 is a list, where an object such as {\"table\"",
         ),
         (
             serde_json::json!({"steps": [{"sql": "UPDATE t SET counter = 1", "expect_changes": [1000]}]}),
-            "expected an object such as {\"max\"",
+            "expect_changes of step 1 is a list, where an object such as {\"max\"",
         ),
     ] {
         let path = db.file("plan.json", &plan.to_string());
         let (code, _, err) = crate::util::run(&run_args(&db, path_str(&path), &["--no-serve"]));
         assert_eq!(code, 2, "{plan}: {err}");
-        assert!(
-            err.contains("invalid type: sequence") && err.contains(says),
-            "{plan}: {err}"
-        );
+        assert!(err.contains(says), "{plan}: {err}");
         assert!(!err.contains("panicked"), "{err}");
         assert_eq!(db.bytes(), before, "{plan}");
+    }
+}
+
+/// A value of the wrong type, or a field unknown, missing or given twice,
+/// is named by its place in the plan (serde_json says neither which field
+/// nor which step), and a huge value is cut short in the message rather
+/// than written out whole on the terminal.
+#[test]
+fn a_mistyped_field_is_named_with_its_step_and_what_it_takes() {
+    let db = TempDb::counters(10);
+    let one = serde_json::json!({"sql": "UPDATE t SET counter = 1"});
+    let huge = "x".repeat(300_000);
+    let before = db.bytes();
+    for (plan, says) in [
+        (
+            serde_json::json!({"foreign_keys": "true", "steps": [one]}),
+            r#"the plan's foreign_keys is "true", where true or false goes"#,
+        ),
+        (
+            serde_json::json!({"steps": one}),
+            "the plan's steps is an object, where a list of steps goes",
+        ),
+        (
+            serde_json::json!({"steps": [one, {"sql": "UPDATE t SET counter = 2", "undo": huge}]}),
+            "undo of step 2 is \"xxxxxxxx",
+        ),
+        (
+            serde_json::json!({"steps": [{"sql": "UPDATE t SET counter = 1", "chunk": {"table": 5}}]}),
+            "chunk.table of step 1 is 5, where a string goes",
+        ),
+        (
+            serde_json::json!({"steps": [one, {"sqll": "UPDATE t SET counter = 2"}]}),
+            "unknown field `sqll` in step 2, expected one of",
+        ),
+        (
+            serde_json::json!({"steps": [{"sql": "UPDATE t SET counter = 1", "chunk": {"key": "id"}}]}),
+            "missing field `table` in chunk of step 1",
+        ),
+        (
+            serde_json::json!({"steps": [one], huge.as_str(): 1}),
+            "unknown field `xxxxxxxx",
+        ),
+    ] {
+        let path = db.file("plan.json", &plan.to_string());
+        let (code, _, err) = crate::util::run(&run_args(&db, path_str(&path), &["--no-serve"]));
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains(says), "{says} not in: {err:.600}");
+        assert!(
+            err.len() < 1000,
+            "a message of {} bytes: {err:.600}",
+            err.len()
+        );
+        assert_eq!(db.bytes(), before);
     }
 }
 
