@@ -782,6 +782,22 @@ impl Runner<'_> {
         (err, c)
     }
 
+    /// [`Self::fail`], but for an `ATTACH` whose file cannot be opened:
+    /// SQLite says only "unable to open database", and the file is most
+    /// often not there (the check before the run finds a missing file
+    /// only when it is named by a literal), which the run never creates.
+    fn fail_attach(&self, step: &Step, e: rusqlite::Error) -> (StepError, Counts) {
+        let cannot_open = e.sqlite_error_code() == Some(rusqlite::ErrorCode::CannotOpen);
+        if !cannot_open || plan::first_keyword(&step.sql) != "ATTACH" {
+            return self.fail(e, Counts::default());
+        }
+        let why = format!(
+            "{}: the file does not exist, or cannot be opened to write; batchsse never creates a database, so make it first (an empty file is one) or fix the path, and give batchsse write access to the file and its directory",
+            plan::sqlite_message(&e)
+        );
+        (StepError::Sql(why), Counts::default())
+    }
+
     /// A plain step, with a heartbeat `progress` every
     /// [`heartbeat::EVERY`] while it runs (one statement cannot say how far
     /// it is, but a viewer should see it is alive). The heartbeat has its
@@ -795,7 +811,7 @@ impl Runner<'_> {
     fn plain_step(&self, step: &Step) -> StepResult {
         let none = Counts::default();
         if step.autocommit {
-            let changed = self.execute(step).map_err(|e| self.fail(e, none))?;
+            let changed = self.execute(step).map_err(|e| self.fail_attach(step, e))?;
             self.checkpoint
                 .step_done(step, changed, changed)
                 .map_err(|e| self.fail(e, none))?;

@@ -355,6 +355,30 @@ fn attaching_a_database_that_does_not_exist_is_refused_before_anything_runs() {
     assert_eq!(db.counter_spread(), (3, 0));
 }
 
+/// A file named by an expression (`'arch' || 'ive.sqlite'`) is not seen by
+/// the check before the run, so such an ATTACH fails as it runs: its
+/// message blamed write access, when the file was not there at all.
+#[test]
+fn an_attached_file_made_of_an_expression_that_is_missing_is_said_so() {
+    let db = TempDb::counters(3);
+    let other = db.dir.path().join("archive.sqlite");
+    let dir = path_str(db.dir.path());
+    let plan = serde_json::json!({"steps": [
+        {"sql": "UPDATE t SET counter = counter + 1"},
+        {"sql": format!("ATTACH '{dir}' || '/archive.sqlite' AS archive")}
+    ]});
+    let plan = db.file("plan.json", &plan.to_string());
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!("unable to open database: {}", path_str(&other)))
+            && err.contains("does not exist")
+            && err.contains("batchsse never creates a database"),
+        "{err}"
+    );
+    assert!(!other.exists(), "nothing made");
+}
+
 /// A `--db` that is a loop of symbolic links is said as what it is, not
 /// as a missing file; a huge `--nice-ratio` is shown as written, not as
 /// 309 digits.
