@@ -9,13 +9,14 @@ use super::huge::{Part, path_at, place, takes};
 /// given and what it takes; for a field unknown, missing or given twice,
 /// the object it is in. `None` for any other complaint.
 pub(super) fn said(text: &str, stop: usize, msg: &str) -> Option<String> {
-    let path = path_at(text, stop)?;
     if let Some(rest) = msg.strip_prefix("invalid type: ") {
-        let (given, _) = rest.rsplit_once(", expected ")?;
-        let (place, field) = place(&path);
-        let what = takes(&field)?;
-        return Some(format!("{place} is {}, where {what} goes", shown(given)));
+        let (given, expected) = rest.rsplit_once(", expected ")?;
+        return Some(
+            typed(text, stop, given)
+                .unwrap_or_else(|| format!("invalid type: {}, expected {expected}", cut(given))),
+        );
     }
+    let path = path_at(text, stop)?;
     let (head, field, tail) = field_named(msg)?;
     // An unknown or repeated field's name was read last; a missing one is
     // found at the end of the object that lacks it.
@@ -32,6 +33,15 @@ pub(super) fn said(text: &str, stop: usize, msg: &str) -> Option<String> {
         "{head}`{}` in {holder}{tail}",
         super::short(field, 40)
     ))
+}
+
+/// A value of the wrong type, given at byte `stop`, said by its field's
+/// place; `None` for a field whose own message says what it takes (the
+/// counts of rows), or none at all.
+fn typed(text: &str, stop: usize, given: &str) -> Option<String> {
+    let (place, field) = place(&path_at(text, stop)?);
+    let what = takes(&field)?;
+    Some(format!("{place} is {}, where {what} goes", shown(given)))
 }
 
 /// serde's "unknown field `x`, expected …", "missing field `x`" and
@@ -51,16 +61,27 @@ fn shown(given: &str) -> String {
         "map" => "an object".into(),
         "sequence" => "a list".into(),
         _ => match given.split_once(' ') {
-            Some(("string", quoted)) => {
-                let text = quoted.strip_prefix('"').and_then(|q| q.strip_suffix('"'));
-                format!("\"{}\"", super::short(text.unwrap_or(quoted), 40))
-            }
+            Some(("string", quoted)) => cut_quoted(quoted),
             _ => match given.split_once('`') {
                 Some((_, literal)) => literal.trim_end_matches('`').to_owned(),
                 None => given.to_owned(),
             },
         },
     }
+}
+
+/// serde's name for what a plan gave, a long text cut short.
+fn cut(given: &str) -> String {
+    match given.strip_prefix("string ") {
+        Some(quoted) => format!("string {}", cut_quoted(quoted)),
+        None => given.to_owned(),
+    }
+}
+
+/// A text as serde quotes it, cut to 40 characters.
+fn cut_quoted(quoted: &str) -> String {
+    let text = quoted.strip_prefix('"').and_then(|q| q.strip_suffix('"'));
+    format!("\"{}\"", super::short(text.unwrap_or(quoted), 40))
 }
 
 #[cfg(test)]

@@ -766,6 +766,11 @@ fn a_mistyped_field_is_named_with_its_step_and_what_it_takes() {
             serde_json::json!({"steps": [one], huge.as_str(): 1}),
             "unknown field `xxxxxxxx",
         ),
+        (
+            serde_json::json!({"steps": [{"sql": "UPDATE t SET counter = 1", "expect_changes": {"max": huge}}]}),
+            "invalid type: string \"xxxxxxxx",
+        ),
+        (serde_json::json!(huge), "invalid type: string \"xxxxxxxx"),
     ] {
         let path = db.file("plan.json", &plan.to_string());
         let (code, _, err) = crate::util::run(&run_args(&db, path_str(&path), &["--no-serve"]));
