@@ -38,7 +38,9 @@ pub struct StreamStart {
 /// its `StreamStart` in the extensions. Never panics on anything a client
 /// sends.
 pub fn respond<B>(state: &Arc<State>, req: Request<B>) -> Response<Body> {
-    let mut resp = misdirected(state, req.headers()).unwrap_or_else(|| route(state, &req));
+    let mut resp = two_hosts(req.headers())
+        .or_else(|| misdirected(state, req.headers()))
+        .unwrap_or_else(|| route(state, &req));
     add_cors(state, &mut resp);
     if req.method() == Method::HEAD {
         let (parts, _) = resp.into_parts();
@@ -56,6 +58,18 @@ pub(super) fn add_cors(state: &State, resp: &mut Response<Body>) {
         headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
         headers.insert(header::VARY, HeaderValue::from_static("Origin"));
     }
+}
+
+/// A request naming two hosts gets `400`, as HTTP/1.1 asks: the guard
+/// below reads only the first, so a second one must not reach a proxy or
+/// a log that reads the last.
+fn two_hosts(headers: &hyper::HeaderMap) -> Option<Response<Body>> {
+    (headers.get_all(header::HOST).iter().count() > 1).then(|| {
+        text(
+            StatusCode::BAD_REQUEST,
+            "more than one Host header; send one",
+        )
+    })
 }
 
 /// Against DNS rebinding: a server on a loopback address answers only to a

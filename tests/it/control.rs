@@ -496,6 +496,14 @@ fn a_hostile_host_gets_421_on_every_route_unless_allowed() {
         br#"{"cancel":true}"#,
     );
     assert_eq!(code, 421, "a rebound page cannot steer the run");
+    // A second name behind an allowed one is not let through.
+    let (code, text) = send(
+        addr,
+        "GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\n",
+        b"",
+    );
+    assert_eq!(code, 400, "{text}");
+    assert!(text.contains("more than one Host header"), "{text}");
     for host in [
         "localhost",
         "127.0.0.1:9",
