@@ -38,9 +38,7 @@ pub struct StreamStart {
 /// its `StreamStart` in the extensions. Never panics on anything a client
 /// sends.
 pub fn respond<B>(state: &Arc<State>, req: Request<B>) -> Response<Body> {
-    let mut resp = two_hosts(req.headers())
-        .or_else(|| misdirected(state, req.headers()))
-        .unwrap_or_else(|| route(state, &req));
+    let mut resp = misdirected(state, req.headers()).unwrap_or_else(|| route(state, &req));
     add_cors(state, &mut resp);
     if req.method() == Method::HEAD {
         let (parts, _) = resp.into_parts();
@@ -61,8 +59,8 @@ pub(super) fn add_cors(state: &State, resp: &mut Response<Body>) {
 }
 
 /// A request naming two hosts gets `400`, as HTTP/1.1 asks: the guard
-/// below reads only the first, so a second one must not reach a proxy or
-/// a log that reads the last.
+/// against rebinding reads only the first, so a second one must not reach
+/// a proxy or a log that reads the last.
 fn two_hosts(headers: &hyper::HeaderMap) -> Option<Response<Body>> {
     (headers.get_all(header::HOST).iter().count() > 1).then(|| {
         text(
@@ -77,7 +75,11 @@ fn two_hosts(headers: &hyper::HeaderMap) -> Option<Response<Body>> {
 /// name), its own address, or a name `--allow-host` lets in; anything else, such as a
 /// hostile domain that resolves to 127.0.0.1, gets `421`. A request
 /// without `Host` (HTTP/1.0 tools) passes: a browser always sends one.
+/// Two of them get [`two_hosts`]' `400`, on any address.
 pub(super) fn misdirected(state: &State, headers: &hyper::HeaderMap) -> Option<Response<Body>> {
+    if let Some(refused) = two_hosts(headers) {
+        return Some(refused);
+    }
     let listen = state.config.listen.filter(|a| a.ip().is_loopback())?;
     let host = headers.get(header::HOST)?;
     let host = host.to_str().unwrap_or("").trim().to_ascii_lowercase();

@@ -504,6 +504,14 @@ fn a_hostile_host_gets_421_on_every_route_unless_allowed() {
     );
     assert_eq!(code, 400, "{text}");
     assert!(text.contains("more than one Host header"), "{text}");
+    let (code, text) = post(
+        addr,
+        &format!(
+            "Host: evil.example\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\n"
+        ),
+        r#"{"cancel":true}"#,
+    );
+    assert_eq!(code, 400, "two names cannot steer the run either: {text}");
     for host in [
         "localhost",
         "127.0.0.1:9",
