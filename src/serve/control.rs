@@ -1,6 +1,7 @@
 //! `POST /control`: live commands for the run — pause, resume, cancel, a
 //! new pace. Off without `--control-token`; the token only in
-//! `Authorization: Bearer`; a JSON body of at most 4 KiB; refused once the
+//! `Authorization: Bearer`; a JSON body of at most 4 KiB, whole within
+//! 10 s; refused once the
 //! run has finished, and a pause refused in a run that holds its write lock
 //! throughout (`--atomic`, `--dry-run`). Each accepted command becomes a
 //! `control` event, wakes the runner's wait, and the answer is the new
@@ -24,6 +25,11 @@ use crate::lifecycle::{BATCH_SIZE, CHUNK_TIME_MS, NICE_RATIO, PacePatch, SLEEP_M
 /// The largest body accepted.
 const MAX_BODY: usize = 4096;
 
+/// How long the body may take to arrive once the head has, as long as
+/// the head may (hyper's `header_read_timeout`): a client that stops
+/// half-way must not hold its connection until the run ends.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Why a command after the run's end is refused.
 const FINISHED: &str = "the run has finished; there is nothing left to steer";
 
@@ -44,12 +50,9 @@ pub async fn handle(
     }
     let answer = match admit(state, &parts.headers, parts.uri.query()) {
         Err(r) => Err(r),
-        Ok(()) => match Limited::new(body, MAX_BODY).collect().await {
-            Ok(b) => command(state, &parts.headers, &b.to_bytes(), peer),
-            Err(_) => Err((
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the body is over {MAX_BODY} bytes; send one small JSON object"),
-            )),
+        Ok(()) => match read_body(body).await {
+            Ok(b) => command(state, &parts.headers, &b, peer),
+            Err(r) => Err(r),
         },
     };
     let mut r = match answer {
@@ -67,6 +70,25 @@ pub async fn handle(
     };
     routes::add_cors(state, &mut r);
     r
+}
+
+/// The body, of at most [`MAX_BODY`] bytes, within [`BODY_TIMEOUT`].
+async fn read_body(body: hyper::body::Incoming) -> Result<bytes::Bytes, Refusal> {
+    let read = Limited::new(body, MAX_BODY).collect();
+    match tokio::time::timeout(BODY_TIMEOUT, read).await {
+        Ok(Ok(b)) => Ok(b.to_bytes()),
+        Ok(Err(_)) => Err((
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is over {MAX_BODY} bytes; send one small JSON object"),
+        )),
+        Err(_) => Err((
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the body did not arrive within {} s; send it whole with the request",
+                BODY_TIMEOUT.as_secs()
+            ),
+        )),
+    }
 }
 
 /// Everything that needs no body: control on, the token, the type, the size.

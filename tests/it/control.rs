@@ -469,6 +469,29 @@ fn a_command_racing_the_end_of_the_run_never_hangs_it_or_leaves_a_transaction_op
         .expect("no transaction left open");
 }
 
+/// A client with the token that sends half its body and stops gets `408`
+/// once the body's time is up, as a head sent half-way is cut off: it
+/// does not hold its connection until the run ends.
+#[test]
+fn a_body_sent_half_way_is_answered_408() {
+    let (db, mut p) = held(&["--control-token", TOKEN]);
+    let before = db.bytes();
+    let mut tcp = TcpStream::connect(p.addr()).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let head = format!(
+        "POST /control HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: 40\r\n\r\n{{\"pause\""
+    );
+    tcp.write_all(head.as_bytes()).unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = String::new();
+    let _ = tcp.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(answer.contains("did not arrive within 10 s"), "{answer}");
+    assert!(started.elapsed() >= Duration::from_secs(9), "{started:?}");
+    assert_eq!(db.bytes(), before);
+    assert!(p.child.try_wait().unwrap().is_none(), "the run goes on");
+}
+
 #[test]
 fn a_hostile_host_gets_421_on_every_route_unless_allowed() {
     let (_db, p) = held(&["--control-token", TOKEN, "--allow-host", "batch.internal"]);
