@@ -808,24 +808,7 @@ fn watch_json_stops_when_its_reader_is_gone_and_the_run_goes_on() {
 /// writes to standard error.
 #[test]
 fn watch_plain_stops_when_the_reader_of_its_standard_error_is_gone() {
-    let db = TempDb::counters(1000);
-    let mut run = start_run(
-        &db,
-        &counter_plan("head", 1),
-        &words("--wait-for-clients 1 --batch-size 1 --sleep 200"),
-    );
-    let url = format!("http://{}/", run.addr());
-    for mode in ["plain", "github"] {
-        let mut w = spawn(&["watch", &url, "--progress", mode], |c| {
-            c.stderr(closed_pipe());
-        });
-        let code = w.wait_for(Duration::from_secs(30)).code();
-        assert_eq!(code, Some(141), "{mode}");
-    }
-    let s = get(run.addr(), "/status", &[]).json();
-    assert_eq!(s["state"], "running", "the run did not notice: {s}");
-    run.signal("INT");
-    assert_eq!(run.wait().code(), Some(130));
+    stops_with_141(&["plain", "github"], || closed_pipe().into());
 }
 
 /// `batchsse watch … 2> log` on a full disk: the modes that write to
@@ -833,16 +816,22 @@ fn watch_plain_stops_when_the_reader_of_its_standard_error_is_gone() {
 /// exiting with the run's status, where `--progress json` exits 141.
 #[test]
 fn watch_stops_when_its_standard_error_cannot_be_written() {
+    stops_with_141(&["plain", "github", "bar"], || dev_full().into());
+}
+
+/// Each watch in `modes`, its standard error `stderr()`, exits 141
+/// while the run it follows goes on.
+fn stops_with_141(modes: &[&str], stderr: impl Fn() -> Stdio) {
     let db = TempDb::counters(1000);
     let mut run = start_run(
         &db,
-        &counter_plan("full", 1),
+        &counter_plan("stderr", 1),
         &words("--wait-for-clients 1 --batch-size 1 --sleep 200"),
     );
     let url = format!("http://{}/", run.addr());
-    for mode in ["plain", "github", "bar"] {
+    for mode in modes {
         let mut w = spawn(&["watch", &url, "--progress", mode], |c| {
-            c.stderr(dev_full());
+            c.stderr(stderr());
         });
         let code = w.wait_for(Duration::from_secs(30)).code();
         assert_eq!(code, Some(141), "{mode}");
