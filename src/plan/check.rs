@@ -642,7 +642,7 @@ impl Rehearsal {
             return Err(bad(reads_acting(table.trim_start_matches("pragma_"))));
         }
         let mut batch = Batch::new(&self.conn, sql);
-        let stmt = match batch.next() {
+        let mut stmt = match batch.next() {
             Ok(Some(s)) => s,
             Ok(None) => return Err(bad("has no SQL statement".into())),
             Err(e) => {
@@ -669,10 +669,33 @@ impl Rehearsal {
                     .into(),
             ));
         }
+        if let Some(msg) = self.unknown_database(&mut stmt) {
+            return Err(bad(format!(
+                "would fail when it ran: {msg}. The run's databases are main and temp, and a pragma's function takes a text argument as a database's name (pragma_journal_mode('wal') asks for one called wal): compare the pragma's value instead, as in SELECT journal_mode = 'wal' FROM pragma_journal_mode"
+            )));
+        }
         drop(stmt);
         match batch.next() {
             Ok(None) => Ok(()),
             _ => Err(bad("must be one statement".into())),
+        }
+    }
+
+    /// SQLite's word for the database an `expect` names that the run does
+    /// not have, found by starting it on the copy: a pragma's function
+    /// looks its schema argument up only as it runs. Only while the copy
+    /// is complete and nothing is attached, when its databases are the
+    /// run's; any other error may come of the copy's empty tables.
+    fn unknown_database(&self, stmt: &mut rusqlite::Statement<'_>) -> Option<String> {
+        if !self.complete.get() {
+            return None;
+        }
+        self.arm();
+        match stmt.raw_query().next() {
+            Err(e) if sqlite_message(&e).starts_with("unknown database") => {
+                Some(sqlite_message(&e))
+            }
+            _ => None,
         }
     }
 

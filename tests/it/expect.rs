@@ -717,6 +717,50 @@ fn an_expect_reading_pragma_optimize_never_analyzes_the_file() {
     assert_eq!(sha256(&db.path), before);
 }
 
+/// A pragma's function takes a text argument as a database's name, which
+/// SQLite looks up only as the query runs: `pragma_journal_mode('wal')`
+/// compiled, and its step failed when it ran (exit 1), after the steps
+/// before it had committed. It is refused before anything runs; over a
+/// database a step attaches, which the check does not have, it is not.
+#[test]
+fn an_expect_naming_a_database_the_run_lacks_is_refused_before_anything_runs() {
+    let db = TempDb::counters(20);
+    let plan = |attach: Option<&std::path::Path>, expect: &str| {
+        let mut steps = vec![serde_json::json!({"sql": "UPDATE t SET counter = 1 WHERE id < 5"})];
+        if let Some(aux) = attach {
+            let file = path_str(aux).replace('\'', "''");
+            steps.push(serde_json::json!({"sql": format!("ATTACH '{file}' AS aux")}));
+        }
+        steps.push(
+            serde_json::json!({"sql": "UPDATE t SET counter = 2 WHERE id < 3", "expect": expect}),
+        );
+        serde_json::json!({ "steps": steps }).to_string()
+    };
+    let before = sha256(&db.path);
+    let (code, _, err) = run_plan(
+        &db,
+        &plan(None, "SELECT * FROM pragma_journal_mode('wal')"),
+        &[],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("step 2"), "{err}");
+    assert!(err.contains("unknown database 'wal'"), "{err}");
+    assert!(
+        err.contains("FROM pragma_journal_mode"),
+        "says what to write: {err}"
+    );
+    assert_eq!(sha256(&db.path), before);
+    let aux = db.dir.path().join("aux.sqlite");
+    rusqlite::Connection::open(&aux)
+        .unwrap()
+        .execute_batch("CREATE TABLE x(v)")
+        .unwrap();
+    let expect = "SELECT count(*) = 1 FROM pragma_table_info('x', 'aux')";
+    let (code, _, err) = run_plan(&db, &plan(Some(&aux), expect), &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 2 + 2 + 1 + 1);
+}
+
 /// `"expect_changes": {}` (or a `max` given as `null`, as a template
 /// leaves a missing value) held the step to nothing, and the step ran
 /// unbounded: it is refused before anything runs, as an empty `expect` is.
