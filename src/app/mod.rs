@@ -198,7 +198,21 @@ async fn drive(mut session: Session, parts: Parts) -> Result<RunStatus, UsageErr
             linger.as_secs_f64()
         );
     }
-    // Redis takes the last events while the server lingers and drains.
+    wind_down(server_task, publisher, linger, &parts).await;
+    Ok(status)
+}
+
+/// After `finished`: the server lingers and drains while Redis takes the
+/// last events, for the linger and then at most the drain timeout, as
+/// open streams do. (A drain counted from `finished` stopped the
+/// publisher mid-linger, and a Redis back later in it never got the
+/// run's end.)
+async fn wind_down(
+    server_task: Option<JoinHandle<()>>,
+    publisher: Option<(crate::relay::publish::Publisher, std::time::Duration)>,
+    linger: std::time::Duration,
+    parts: &Parts,
+) {
     let serving = async {
         if let Some(t) = server_task {
             let _ = t.await;
@@ -206,11 +220,12 @@ async fn drive(mut session: Session, parts: Parts) -> Result<RunStatus, UsageErr
     };
     let publishing = async {
         if let Some((publisher, drain)) = publisher {
-            publisher.drain(drain, parts.signals.clone()).await;
+            let signals = parts.signals.clone();
+            lifecycle::stop_after_linger(parts.log.clone(), linger, signals.clone()).await;
+            publisher.drain(drain, signals).await;
         }
     };
     tokio::join!(serving, publishing);
-    Ok(status)
 }
 
 /// `--plan NAME` for a command line, in the `=` form for a name that

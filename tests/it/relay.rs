@@ -620,6 +620,35 @@ fn at_exit_with_redis_still_down_the_run_says_how_many_events_were_not_published
 }
 
 #[test]
+fn redis_back_during_the_linger_gets_the_runs_end_before_the_run_exits() {
+    // The drain's clock started at `finished`, beside the linger: once
+    // it ran out the publisher was stopped, and a Redis back later in the
+    // linger never got the run's end, so its relays never saw `finished`.
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let db = TempDb::counters(100);
+    let pause = paused(&db);
+    let url = redis.url();
+    let extra = ["--drain-timeout", "1", "--linger", "8"];
+    let mut run = publishing_run(&db, "linger", &url, &pause, &extra);
+    let mut s = Stream::open(run.addr(), "/events", &[]);
+    let mut seen = until_paused(&mut s);
+    let run_id = run_id_of(&seen[0]);
+    wait_published(&redis, &run_id, seen.len());
+    redis.kill();
+    std::fs::remove_file(&pause).expect("remove the pause file");
+    seen.extend(s.rest());
+    assert_eq!(seen.last().expect("events").event, "finished");
+    // Past the drain timeout, well within the linger.
+    std::thread::sleep(Duration::from_secs(3));
+    redis.restart();
+    assert_exits_ok(&mut run, "run", PATIENCE);
+    assert!(!run.stderr().contains("not published"), "{}", run.stderr());
+    assert_published(&redis, &run_id, &seen);
+}
+
+#[test]
 fn an_unusable_redis_is_refused_before_anything_runs() {
     let Some(redis) = Redis::start_with_password("s3cret") else {
         return;
