@@ -206,7 +206,8 @@ async fn drive(mut session: Session, parts: Parts) -> Result<RunStatus, UsageErr
 /// last events, for the linger and then at most the drain timeout, as
 /// open streams do. (A drain counted from `finished` stopped the
 /// publisher mid-linger, and a Redis back later in it never got the
-/// run's end.)
+/// run's end.) A signal in the linger ends the wait for Redis too: the
+/// linger says Ctrl-C exits now.
 async fn wind_down(
     server_task: Option<JoinHandle<()>>,
     publisher: Option<(crate::relay::publish::Publisher, std::time::Duration)>,
@@ -221,8 +222,9 @@ async fn wind_down(
     let publishing = async {
         if let Some((publisher, drain)) = publisher {
             let signals = parts.signals.clone();
+            let seen = *signals.borrow();
             lifecycle::stop_after_linger(parts.log.clone(), linger, signals.clone()).await;
-            publisher.drain(drain, signals).await;
+            publisher.drain(drain, signals, seen).await;
         }
     };
     tokio::join!(serving, publishing);

@@ -105,12 +105,11 @@ impl Publisher {
         self.target.tls_flags()
     }
 
-    /// At exit: waits up to `limit` (a Ctrl-C or SIGTERM cuts it short)
-    /// until Redis holds every logged event; says on stderr how many it
-    /// does not, and why.
-    pub async fn drain(mut self, limit: Duration, mut signals: watch::Receiver<u32>) {
+    /// At exit: waits up to `limit` (a Ctrl-C or SIGTERM after the
+    /// `seen`th cuts it short) until Redis holds every logged event; says
+    /// on stderr how many it does not, and why.
+    pub async fn drain(mut self, limit: Duration, mut signals: watch::Receiver<u32>, seen: u32) {
         let last = self.log.last_id();
-        let seen = *signals.borrow_and_update();
         let started = tokio::time::Instant::now();
         let mut acked = self.acked.clone();
         let wait = async {

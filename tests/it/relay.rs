@@ -649,6 +649,49 @@ fn redis_back_during_the_linger_gets_the_runs_end_before_the_run_exits() {
 }
 
 #[test]
+fn ctrl_c_in_the_linger_exits_at_once_with_redis_still_down() {
+    // The linger says Ctrl-C exits now: that holds for the wait for
+    // Redis too, which comes after the linger.
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let db = TempDb::counters(100);
+    let plan = db.file("plan.json", &counter_plan("leave", 10));
+    let url = redis.url();
+    let mut run = Proc::start(&run_args(
+        &db,
+        path_str(&plan),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--progress",
+            "plain",
+            "--publish",
+            &url,
+            "--wait-for-clients",
+            "1",
+            "--linger",
+            "60",
+            "--drain-timeout",
+            "60",
+        ],
+    ));
+    redis.kill();
+    let mut s = Stream::open(run.addr(), "/events", &[]);
+    assert_eq!(s.rest().last().expect("events").event, "finished");
+    run.wait_stderr("Ctrl-C exits now");
+    run.signal("INT");
+    let asked = Instant::now();
+    assert_exits_ok(&mut run, "run", PATIENCE);
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert!(run.stderr().contains("not published"), "{}", run.stderr());
+}
+
+#[test]
 fn an_unusable_redis_is_refused_before_anything_runs() {
     let Some(redis) = Redis::start_with_password("s3cret") else {
         return;
