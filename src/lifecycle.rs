@@ -16,7 +16,10 @@
 //!    linger at all ([`stop_after_linger`]);
 //! 6. **stop accepting**, then **drain** — open streams get their tail for
 //!    at most `--drain-timeout` (the server's `serve` does both when the
-//!    stop future resolves);
+//!    stop future resolves), and so does Redis with `--publish`: its
+//!    publisher keeps sending through the linger, then waits at most the
+//!    drain timeout for what Redis has not taken (a signal in the linger
+//!    ends that wait too);
 //! 7. **exit** with the run's status; tasks still running get 100 ms.
 //!
 //! `batchsse relay` goes through the same phases without a runner (its
