@@ -464,22 +464,55 @@ fn a_relay_started_after_the_run_replays_all_of_it_and_exits() {
     assert_exits_ok(&mut gone, "relay --linger 0", Duration::from_secs(15));
 }
 
-#[test]
-fn redis_lost_mid_run_gets_every_event_once_when_it_is_back() {
-    let Some(mut redis) = Redis::start() else {
-        return;
-    };
-    let db = TempDb::counters(300);
+/// A run of `rows` counters publishing to a Redis of its own, paused
+/// with one stream client read up to the pause (`seen`), Redis holding all
+/// of it; then Redis is killed and the pause file removed, so the run goes
+/// on without it. `None` where `redis-server` is missing. Bind `db`: the
+/// run's files go with it.
+struct RedisLost {
+    redis: Redis,
+    run: Proc,
+    stream: Stream,
+    seen: Vec<ParsedEvent>,
+    run_id: String,
+    db: TempDb,
+}
+
+fn redis_lost_at_a_pause(rows: u64, plan: &str, extra: &[&str]) -> Option<RedisLost> {
+    let mut redis = Redis::start()?;
+    let db = TempDb::counters(rows);
     let pause = paused(&db);
-    let url = redis.url();
-    let mut run = publishing_run(&db, "lost", &url, &pause, &["--drain-timeout", "30"]);
-    let mut s = Stream::open(run.addr(), "/events", &[]);
-    let mut seen = until_paused(&mut s);
+    let run = publishing_run(&db, plan, &redis.url(), &pause, extra);
+    let mut stream = Stream::open(run.addr(), "/events", &[]);
+    let seen = until_paused(&mut stream);
     let run_id = run_id_of(&seen[0]);
-    // Redis has what happened so far; then it dies, and comes back empty.
     wait_published(&redis, &run_id, seen.len());
     redis.kill();
     std::fs::remove_file(&pause).expect("remove the pause file");
+    Some(RedisLost {
+        redis,
+        run,
+        stream,
+        seen,
+        run_id,
+        db,
+    })
+}
+
+#[test]
+fn redis_lost_mid_run_gets_every_event_once_when_it_is_back() {
+    // Redis has what happened so far; then it dies, and comes back empty.
+    let Some(RedisLost {
+        mut redis,
+        mut run,
+        stream: mut s,
+        mut seen,
+        run_id,
+        db,
+    }) = redis_lost_at_a_pause(300, "lost", &["--drain-timeout", "30"])
+    else {
+        return;
+    };
     let is_warning = |e: &ParsedEvent| {
         e.event == "message"
             && data(e)["status"] == "warn"
@@ -582,19 +615,16 @@ fn a_redis_that_cannot_save_for_a_while_gets_every_event_once_it_can() {
 
 #[test]
 fn at_exit_with_redis_still_down_the_run_says_how_many_events_were_not_published() {
-    let Some(mut redis) = Redis::start() else {
+    let Some(RedisLost {
+        mut run,
+        stream: mut s,
+        seen: before,
+        db: _db,
+        ..
+    }) = redis_lost_at_a_pause(100, "down", &["--drain-timeout", "1"])
+    else {
         return;
     };
-    let db = TempDb::counters(100);
-    let pause = paused(&db);
-    let url = redis.url();
-    let mut run = publishing_run(&db, "down", &url, &pause, &["--drain-timeout", "1"]);
-    let mut s = Stream::open(run.addr(), "/events", &[]);
-    let before = until_paused(&mut s);
-    let run_id = run_id_of(&before[0]);
-    wait_published(&redis, &run_id, before.len());
-    redis.kill();
-    std::fs::remove_file(&pause).expect("remove the pause file");
     let rest = s.rest();
     let finished_at = Instant::now();
     let fin = rest.last().expect("events after the pause");
@@ -624,20 +654,18 @@ fn redis_back_during_the_linger_gets_the_runs_end_before_the_run_exits() {
     // The drain's clock started at `finished`, beside the linger: once
     // it ran out the publisher was stopped, and a Redis back later in the
     // linger never got the run's end, so its relays never saw `finished`.
-    let Some(mut redis) = Redis::start() else {
+    let extra = ["--drain-timeout", "1", "--linger", "8"];
+    let Some(RedisLost {
+        mut redis,
+        mut run,
+        stream: mut s,
+        mut seen,
+        run_id,
+        db: _db,
+    }) = redis_lost_at_a_pause(100, "linger", &extra)
+    else {
         return;
     };
-    let db = TempDb::counters(100);
-    let pause = paused(&db);
-    let url = redis.url();
-    let extra = ["--drain-timeout", "1", "--linger", "8"];
-    let mut run = publishing_run(&db, "linger", &url, &pause, &extra);
-    let mut s = Stream::open(run.addr(), "/events", &[]);
-    let mut seen = until_paused(&mut s);
-    let run_id = run_id_of(&seen[0]);
-    wait_published(&redis, &run_id, seen.len());
-    redis.kill();
-    std::fs::remove_file(&pause).expect("remove the pause file");
     seen.extend(s.rest());
     assert_eq!(seen.last().expect("events").event, "finished");
     // Past the drain timeout, well within the linger.
