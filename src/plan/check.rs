@@ -34,6 +34,8 @@ pub(super) struct Rehearsal {
     /// The collations the schema names that batchsse lacks (see
     /// [`collation`]).
     missing: Missing,
+    /// batchsse's own tables, left out of the tables a message offers.
+    own: Own,
 }
 
 /// What the check's authorizer refuses to compile, so the plan is refused
@@ -607,6 +609,7 @@ impl Rehearsal {
             spent_at: started + bounds::TOTAL,
             seen,
             missing,
+            own,
         })
     }
 
@@ -1104,8 +1107,11 @@ impl Rehearsal {
         let names: Vec<String> = self
             .conn
             .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name")
-            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
-            .unwrap_or_default();
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect::<Result<Vec<String>, _>>())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|name| !(self.own)(name))
+            .collect();
         if names.is_empty() {
             String::new()
         } else {

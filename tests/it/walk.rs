@@ -1060,3 +1060,30 @@ fn a_walk_of_main_and_a_table_it_lacks_says_there_is_no_such_table() {
     assert!(!err.contains("another database"), "{err}");
     assert_eq!(sha256(&db.path), before, "untouched");
 }
+
+/// The tables a misspelt walk's message offers are the user's: batchsse's
+/// own (the checkpoint and undo record an earlier run left) were listed
+/// among them, as if a walk could take one.
+#[test]
+fn a_walk_of_a_table_the_file_lacks_offers_only_the_users_tables() {
+    let db = TempDb::counters(5);
+    let first = serde_json::json!({"name": "first", "steps": [
+        {"sql": "UPDATE t SET counter = counter + 1"}]});
+    let first = db.file("first.json", &first.to_string());
+    let args = run_args(&db, path_str(&first), &["--no-serve", "--undo"]);
+    let (code, _, err) = crate::util::run(&args);
+    assert_eq!(code, 0, "{err}");
+    assert!(db.query_i64("SELECT count(*) FROM sqlite_schema WHERE name LIKE 'batchsse%'") >= 2);
+    let before = sha256(&db.path);
+    let plan = serde_json::json!({"name": "typo", "steps": [
+        {"sql": "UPDATE tt SET counter = 1 WHERE id BETWEEN :lo AND :hi",
+         "chunk": {"table": "tt", "size": 3}}]});
+    let plan = db.file("plan.json", &plan.to_string());
+    let (code, _, err) = crate::util::run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("chunk.table \"tt\" is not a table in this database (tables: t);"),
+        "{err}"
+    );
+    assert_eq!(sha256(&db.path), before, "untouched");
+}
