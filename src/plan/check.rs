@@ -868,6 +868,9 @@ impl Rehearsal {
             // real one's (a `CREATE TABLE … AS` of generated rows).
             Err(Rehearsed::Run | Rehearsed::Cut) => self.complete.set(false),
         }
+        if first_keyword(sql) == "DETACH" {
+            self.detach(label, sql)?;
+        }
         if first_keyword(sql) == "ATTACH" {
             // The attached file is not copied, so statements using it are
             // checked when they run.
@@ -882,6 +885,25 @@ impl Rehearsal {
             }
         }
         Ok(())
+    }
+
+    /// Refuses a `DETACH` that must fail when it runs: while the copy is
+    /// complete and no step before it attached anything (resumed runs
+    /// attach again, see `sets_up_connection`), the copy's databases are
+    /// the run's, `main` and `temp`, neither of which can be detached. Run
+    /// on the copy only then, outside a transaction, so SQLite says why.
+    fn detach(&self, label: &str, sql: &str) -> Result<(), UsageError> {
+        if !self.complete.get() || !self.conn.is_autocommit() {
+            return Ok(());
+        }
+        match self.conn.execute_batch(sql) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(UsageError::new(format!(
+                "{label} detaches a database the run does not have ({}): no step before it attaches one, so it would fail when it ran, after the steps before it had committed. Fix the name to that of an ATTACH before it, or remove the step; nothing was run\n  in: {}",
+                sqlite_message(&e),
+                short(sql.trim(), 200)
+            ))),
+        }
     }
 
     pub(super) fn rehearse_chunked(

@@ -355,6 +355,48 @@ fn attaching_a_database_that_does_not_exist_is_refused_before_anything_runs() {
     assert_eq!(db.counter_spread(), (3, 0));
 }
 
+/// A `DETACH` of a name no step attached (`archve` for `archive`) failed
+/// only when it ran, exit 1, after the steps before it had committed. The
+/// check refuses it when no step before it attaches a database; after an
+/// `ATTACH` it is left to the run, and the right name runs (and resumes).
+#[test]
+fn detaching_a_database_no_step_attached_is_refused_before_anything_runs() {
+    let db = TempDb::counters(3);
+    let other = db.dir.path().join("archive.sqlite");
+    std::fs::write(&other, b"").unwrap();
+    let plan = |steps: serde_json::Value| {
+        db.file(
+            "plan.json",
+            &serde_json::json!({"name": "d", "steps": steps}).to_string(),
+        )
+    };
+    let before = sha256(&db.path);
+    for (detach, says) in [
+        ("DETACH archve", "no such database: archve"),
+        ("DETACH DATABASE main", "cannot detach database main"),
+    ] {
+        let steps = serde_json::json!([
+            {"sql": "UPDATE t SET counter = counter + 1"},
+            {"sql": detach}]);
+        let (code, _, err) = run(&run_args(&db, path_str(&plan(steps)), &["--no-serve"]));
+        assert_eq!(code, 2, "{err}");
+        assert!(
+            err.contains(&format!(
+                "step 2 (\"{detach}\") detaches a database the run does not have ({says})"
+            )) && err.contains("no step before it attaches one"),
+            "{err}"
+        );
+        assert_eq!(sha256(&db.path), before, "{detach}: untouched");
+    }
+    let steps = serde_json::json!([
+        {"sql": format!("ATTACH '{}' AS archive", path_str(&other))},
+        {"sql": "UPDATE t SET counter = counter + 1"},
+        {"sql": "DETACH archive"}]);
+    let (code, _, err) = run(&run_args(&db, path_str(&plan(steps)), &["--no-serve"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(db.counter_spread(), (3, 0), "every row updated once");
+}
+
 /// A file named by an expression (`'arch' || 'ive.sqlite'`) is not seen by
 /// the check before the run, so such an ATTACH fails as it runs: its
 /// message blamed write access, when the file was not there at all.
