@@ -227,6 +227,7 @@ function look() {
       };
     })(),
     control_log: [...document.querySelectorAll('#log > li[data-level="control"]')].map((li) => text(li.querySelector(".text"))),
+    control_log_times: [...document.querySelectorAll('#log > li[data-level="control"]')].map((li) => text(li.querySelector(".time"))),
   };
 }
 

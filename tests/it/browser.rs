@@ -938,6 +938,17 @@ fn the_dashboard_pauses_and_resumes_the_run_with_the_fragment_token() {
         format!("resumed from the dashboard ({})", remote(2)),
         "{v:#}"
     );
+    // Each command's line is timed as every other line of the log is
+    // (from its `ts_ms`; the page runs with the en-US locale).
+    let times = v["control_log_times"].as_array().expect("control log times");
+    assert_eq!(times.len(), 3, "{v:#}");
+    for t in times {
+        let t = t.as_str().unwrap_or_default();
+        assert!(
+            t.contains(':') && (t.ends_with(" AM") || t.ends_with(" PM")),
+            "a control line without its time: {t:?} in {v:#}"
+        );
+    }
 }
 
 /// The pace form shows the pace in force: when the run changes pace
