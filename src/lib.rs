@@ -112,6 +112,7 @@ pub fn report_error(matches: Option<&clap::ArgMatches>, message: &str, code: u8)
 /// would, except that in a GitHub Actions job the error is reported as
 /// every other one is there (see [`report_error`]).
 pub fn exit_on_clap_error(e: clap::Error) -> ! {
+    let e = with_subcommand_tip(e);
     if !e.use_stderr() || !view::github::in_actions() {
         e.exit()
     }
@@ -125,6 +126,24 @@ pub fn exit_on_clap_error(e: clap::Error) -> ! {
         report_error(None, text.trim().trim_start_matches("error: "), code);
     }
     std::process::exit(e.exit_code())
+}
+
+/// `batchsse undo --db FILE list`: `undo` takes its own flags or a
+/// subcommand, so clap says the subcommand "cannot be used with '--db'",
+/// as if `list` took no `--db`. It does, after its name: the tip says so.
+/// (`undo` is the only command whose flags exclude its subcommands.)
+fn with_subcommand_tip(mut e: clap::Error) -> clap::Error {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if e.kind() == ErrorKind::ArgumentConflict
+        && let Some(ContextValue::String(sub)) = e.get(ContextKind::InvalidSubcommand)
+    {
+        let tip = format!("`{sub}` takes its flags after its name: batchsse undo {sub} --db PATH");
+        e.insert(
+            ContextKind::Suggested,
+            ContextValue::StyledStrs(vec![tip.into()]),
+        );
+    }
+    e
 }
 
 /// Runs the command the user gave; the error chain is for `main` to print.

@@ -375,3 +375,22 @@ fn a_plan_named_like_an_option_can_be_cleared_with_the_printed_command() {
         assert!(err.contains("no undo record of plan"), "{err}");
     }
 }
+
+/// `batchsse undo --db FILE list` (the flag before the subcommand, as
+/// `batchsse undo --db FILE --plan NAME` takes it) is refused, and the
+/// error says where the flag goes: clap alone said the subcommand "cannot
+/// be used with '--db <PATH>'", as if `list` took no `--db`.
+#[test]
+fn undo_flags_before_list_or_clear_are_refused_naming_the_order_that_works() {
+    let db = TempDb::with_sql("CREATE TABLE t (id INTEGER PRIMARY KEY);");
+    for sub in ["list", "clear"] {
+        let (code, _, err) = run(&["undo", "--db", path_str(&db.path), sub]);
+        assert_eq!(code, 2, "{err}");
+        assert!(
+            err.contains(&format!(
+                "tip: `{sub}` takes its flags after its name: batchsse undo {sub} --db PATH"
+            )),
+            "{err}"
+        );
+    }
+}
