@@ -940,7 +940,9 @@ fn the_dashboard_pauses_and_resumes_the_run_with_the_fragment_token() {
     );
     // Each command's line is timed as every other line of the log is
     // (from its `ts_ms`; the page runs with the en-US locale).
-    let times = v["control_log_times"].as_array().expect("control log times");
+    let times = v["control_log_times"]
+        .as_array()
+        .expect("control log times");
     assert_eq!(times.len(), 3, "{v:#}");
     for t in times {
         let t = t.as_str().unwrap_or_default();
