@@ -20,14 +20,25 @@ use crate::view::follow::{Target, answer_body};
 /// How long to wait for the run to answer.
 const PATIENCE: Duration = Duration::from_secs(10);
 
+/// The token `ctl` sends, which it cannot do without. An empty one is most
+/// often `--control-token "$T"` typed in another terminal than the one
+/// that set `T`: the shared rule's "leave it unset" would only lead to the
+/// refusal of a missing token.
+fn control_token(args: &CtlArgs) -> Result<&str, UsageError> {
+    match args.control_token.as_deref() {
+        None => Err(UsageError::new(
+            "give the run's control token with --control-token T (or BATCHSSE_CONTROL_TOKEN)",
+        )),
+        Some("") => Err(UsageError::new(
+            "--control-token (or BATCHSSE_CONTROL_TOKEN) is empty: give the run's control token (a shell variable such as $T holds it only in the shell that set it; set it in this one too)",
+        )),
+        Some(token) => crate::serve::check_control_token(token).map(|()| token),
+    }
+}
+
 pub fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
     let body = command(&args.action)?;
-    let token = args.control_token.as_deref().ok_or_else(|| {
-        UsageError::new(
-            "give the run's control token with --control-token T (or BATCHSSE_CONTROL_TOKEN)",
-        )
-    })?;
-    crate::serve::check_control_token(token)?;
+    let token = control_token(&args)?;
     let mut target = Target::parse_for(
         &args.url,
         None,

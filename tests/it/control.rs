@@ -669,3 +669,17 @@ fn an_undo_refuses_a_live_chunk_time_or_batch_size_and_takes_a_sleep() {
     let line = "new pace: the run's chunks, as recorded, nice ratio 0, sleep 5 ms over HTTP";
     assert!(err.contains(line) && !err.contains("chunks of ~"), "{err}");
 }
+
+/// `batchsse ctl URL pause --control-token "$T"` typed in another terminal,
+/// where `T` was never set, sends an empty token: refused before anything
+/// is sent, saying why a variable may be empty there, and not "leave it
+/// unset", which `ctl` refuses in turn (it needs the token).
+#[test]
+fn ctl_with_an_empty_control_token_says_where_it_may_have_gone() {
+    let (code, _, err) = run(&["ctl", "127.0.0.1:9", "pause", "--control-token", ""]);
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(
+        err.trim_end(),
+        "batchsse: --control-token (or BATCHSSE_CONTROL_TOKEN) is empty: give the run's control token (a shell variable such as $T holds it only in the shell that set it; set it in this one too)",
+    );
+}
