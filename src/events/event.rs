@@ -169,6 +169,14 @@ pub enum ThrottleReason {
     Wal,
 }
 
+impl ThrottleReason {
+    /// Paused by a person (a live command, the pause file), for as long as
+    /// they like: the rate and time left from before no longer hold.
+    pub fn pauses(self) -> bool {
+        matches!(self, ThrottleReason::Paused | ThrottleReason::PauseFile)
+    }
+}
+
 /// What a live command asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]

@@ -614,6 +614,11 @@ fn update_snapshot(inner: &mut Inner, event: &Event, id: u64) {
         }
         Event::Throttle(t) => {
             s.throttled = t.active.then_some(t.reason);
+            // A paused run's last rate and time left no longer hold; the
+            // first chunk after it gives them again.
+            if t.active && t.reason.pauses() {
+                (s.rate, s.eta_ms, s.run_eta_ms) = (None, None, None);
+            }
         }
         Event::Finished(e) => {
             s.state = RunState::Finished;

@@ -877,6 +877,26 @@ fn the_dashboard_pauses_and_resumes_the_run_with_the_fragment_token() {
     assert_eq!(steer("paused")["pause"], "Resume", "{v:#}");
     assert_eq!(steer("paused")["badge"], "Paused", "{v:#}");
     assert_eq!(steer("resumed")["badge"], Value::Null, "{v:#}");
+    // The running step's rate and ETA go while it is paused.
+    let running = |name: &str| {
+        let steps = v["snapshots"][name]["steps"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let step = steps.into_iter().find(|s| s["state"] == "running");
+        step.map(|s| s["text"].as_str().unwrap_or_default().to_owned())
+    };
+    let (before, paused) = (running("before"), running("paused"));
+    assert!(
+        before.as_ref().is_some_and(|t| t.contains("ETA")),
+        "{before:?}"
+    );
+    assert!(
+        paused
+            .as_ref()
+            .is_some_and(|t| t.ends_with("paused") && !t.contains("ETA") && !t.contains("rows/s")),
+        "{paused:?}"
+    );
     // The token left the address bar at once, stays in this tab's session
     // storage, and travels only in the Authorization header.
     let address = steer("before")["address"]

@@ -215,6 +215,11 @@ fn pause_holds_no_lock_resume_goes_on_and_each_command_is_an_event() {
     let (db, mut p) = held(&["--control-token", TOKEN]);
     let mut s = Stream::open(p.addr(), "/events", &[]);
     s.until("progress");
+    let running = get(p.addr(), "/status", &[]).json();
+    assert!(
+        running["eta_ms"].is_u64() && running["rate"].is_number(),
+        "{running}"
+    );
     let (code, status) = authed(p.addr(), r#"{"pause":true}"#);
     assert_eq!(code, 200, "{status}");
     let status: serde_json::Value = serde_json::from_str(&status).expect("status JSON");
@@ -233,6 +238,13 @@ fn pause_holds_no_lock_resume_goes_on_and_each_command_is_an_event() {
         (data(&wait)["active"].clone(), data(&wait)["reason"].clone()),
         (true.into(), "paused".into())
     );
+    // Its rate and time left from before the pause no longer hold.
+    let paused = get(p.addr(), "/status", &[]).json();
+    assert!(
+        paused["eta_ms"].is_null() && paused["rate"].is_null(),
+        "{paused}"
+    );
+    assert!(paused["run_eta_ms"].is_null(), "{paused}");
     // Paused between chunks: another connection writes at once.
     let c = Connection::open(&db.path).unwrap();
     c.busy_timeout(Duration::ZERO).unwrap();

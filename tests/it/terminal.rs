@@ -783,3 +783,37 @@ fn a_fast_walk_leaves_its_bars_at_every_row_and_step_done() {
     assert_eq!(last_drawn(&text, "/2 steps  "), Some("2"), "{text}");
     assert_eq!(db.query_i64("SELECT sum(counter) FROM t"), 2001);
 }
+
+/// Paused (here by the pause file), the step's bar no longer shows the
+/// rate and ETA from before the pause, which stood still on the screen
+/// for as long as it lasted; the next chunk after it gives them again.
+#[test]
+fn a_paused_steps_bar_says_paused_instead_of_its_old_eta() {
+    let db = TempDb::counters(400);
+    db.age();
+    let plan = slow_plan(&db, 40, 50_000);
+    let hold = db.dir.path().join("hold");
+    let flags = [
+        "--no-serve",
+        "--batch-size",
+        "40",
+        "--pause-file",
+        path_str(&hold),
+    ];
+    let t = Terminal::start(&run_args(&db, path_str(&plan), &flags), 100, &[]);
+    t.wait_for("ETA");
+    std::fs::write(&hold, "").unwrap();
+    t.wait_for("batchsse: throttled (pause-file)");
+    // Past the bars' next draw.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let rows = screen(&t.got(), 100);
+    let bar = rows.iter().rev().find(|r| r.starts_with("step ["));
+    assert!(
+        bar.is_some_and(|b| b.ends_with("paused") && !b.contains("ETA") && !b.contains("rows/s")),
+        "{bar:?} in:\n{}",
+        rows.join("\n")
+    );
+    t.signal("INT");
+    let (code, got) = t.finish();
+    assert_eq!(code, 130, "{}", screen(&got, 100).join("\n"));
+}
