@@ -83,7 +83,7 @@ impl Target {
             Some("http") => {}
             Some("https") => {
                 return Err(bad(
-                    "batchsse serves plain http on localhost; https needs a proxy that speaks http to watch",
+                    "batchsse serves plain http, the only kind watch and ctl speak; give the run's own http:// address",
                 ));
             }
             _ => return Err(bad("only http:// is supported")),

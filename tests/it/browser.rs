@@ -1701,6 +1701,40 @@ fn a_conflict_on_a_hostile_table_and_key_is_logged_as_text() {
     assert_eq!(v["banner"]["status"], "ok", "{v:#}");
 }
 
+/// An undo's page cancels it as an undo: the button, the question and the
+/// log line said "run" ("cancelled the run from the dashboard"), and the
+/// question that the chunk under way rolls back.
+#[test]
+fn an_undo_s_page_cancels_it_as_an_undo() {
+    let Some(_b) = browser() else { return };
+    let db = bumped();
+    let dbp = path_str(&db.path).to_owned();
+    let mut p = Proc::start(&words(&format!(
+        "undo --db {dbp} --plan bump --listen 127.0.0.1:0 --progress none --wait-for-clients 1 --sleep 5000 --control-token {CONTROL}"
+    )));
+    let url = format!("http://{}/#control={CONTROL}", p.addr());
+    let v = observe(
+        &url,
+        json!({"timeout_ms": 15000, "actions": [
+            {"text": "#plan", "is": "Undo of bump"},
+            {"text": "#cancel", "is": "Cancel undo"},
+            {"dialogs": "accept"},
+            {"click": "#cancel"},
+            {"wait": "#log li[data-level=control]"},
+        ]}),
+    );
+    assert_eq!(v.get("action_error"), None, "{v:#}");
+    let asked = v["dialogs"][0]["message"].as_str().unwrap_or_default();
+    assert!(asked.starts_with("Cancel the undo? "), "{v:#}");
+    assert!(asked.contains("the same undo command finishes it"), "{v:#}");
+    let line = v["control_log"][0].as_str().unwrap_or_default();
+    assert!(
+        line.starts_with("cancelled the undo from the dashboard ("),
+        "{v:#}"
+    );
+    assert_eq!(p.wait().code(), Some(130), "{}", p.stderr());
+}
+
 /// An undo takes back the run's chunks as they were recorded, so its page
 /// offers no chunk time (the server would refuse it): the nice ratio and
 /// the sleep stay, and a run's page keeps all three.

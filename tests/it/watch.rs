@@ -554,6 +554,25 @@ fn watch_rejects_bad_input_with_exit_2() {
     }
 }
 
+/// An https address, to `watch` or to `ctl`: both speak only the plain
+/// http the run serves. `ctl` was told "https needs a proxy that speaks
+/// http to watch", though it was not watching.
+#[test]
+fn an_https_address_is_refused_alike_by_watch_and_ctl() {
+    for command in ["watch", "ctl"] {
+        let mut args = vec![command, "https://127.0.0.1:1/"];
+        if command == "ctl" {
+            args.extend(["pause", "--control-token", "tok"]);
+        }
+        let (code, _, err) = run(&args);
+        assert_eq!(code, 2, "{command}: {err}");
+        assert!(
+            err.contains("batchsse serves plain http, the only kind watch and ctl speak; give the run's own http:// address"),
+            "{command}: {err}"
+        );
+    }
+}
+
 /// Beyond a year is "forever": a huge number of seconds is taken as that,
 /// not refused with "takes a number of seconds ≥ 0".
 #[test]
