@@ -793,9 +793,13 @@ pub enum Failure {
 /// (`min-replicas-to-write`), loading its data after a restart, busy
 /// with a script, a failover or cluster change under way, out of memory
 /// until something expires, a replica until it is promoted, a snapshot
-/// that failed (a full disk) until one succeeds.
-const PASSING: [&str; 9] = [
+/// that failed (a full disk) until one succeeds, and a blocked command
+/// (the relay's `XREAD`, the publisher's `WAIT`) ended by a primary made
+/// a replica (`REPLICAOF`, a Cluster's failover), which answers it
+/// `UNBLOCKED` and closes the connection.
+const PASSING: [&str; 10] = [
     "MISCONF",
+    "UNBLOCKED",
     "NOREPLICAS",
     "LOADING",
     "BUSY",
@@ -1156,7 +1160,13 @@ mod tests {
             "{mid_run:?}"
         );
         assert!(matches!(Failure::of(none), Failure::Refused(_)));
-        for (code, passes) in [("LOADING", true), ("NOPERM", false), ("WRONGTYPE", false)] {
+        let codes = [
+            ("LOADING", true),
+            ("UNBLOCKED", true),
+            ("NOPERM", false),
+            ("WRONGTYPE", false),
+        ];
+        for (code, passes) in codes {
             let e = redis::make_extension_error(code.into(), Some("the words.".into()));
             let f = Failure::of(e);
             assert_eq!(matches!(f, Failure::Away(_)), passes, "{code}: {f:?}");

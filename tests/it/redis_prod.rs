@@ -783,6 +783,70 @@ fn a_sentinel_failover_mid_run_loses_and_doubles_nothing() {
     mirror.wait();
 }
 
+#[test]
+fn a_relay_blocked_on_a_primary_that_is_made_a_replica_goes_on() {
+    // A primary made a replica (REPLICAOF, a Cluster's failover) ends each
+    // blocked command with UNBLOCKED, the relay's XREAD among them. That
+    // is a failover under way, not a refusal: the relay exited 3, and its
+    // viewers lost the rest of the run.
+    use crate::relay::published_until_paused;
+    let Some(primary) = Redis::start() else {
+        return;
+    };
+    let replica_of = |r: &Redis| {
+        [
+            "--replicaof".to_string(),
+            "127.0.0.1".into(),
+            r.port.to_string(),
+        ]
+    };
+    let Some(replica) = Redis::start_with(&replica_of(&primary)) else {
+        return;
+    };
+    let linked = |r: &Redis| {
+        wait_for_redis("the replica's link", || {
+            let info: String = on(r, redis::cmd("INFO").arg("replication")).ok()?;
+            info.contains("master_link_status:up").then_some(())
+        })
+    };
+    linked(&replica);
+    let url = primary.url();
+    let (mut run, mut s, mut seen, run_id, db) =
+        published_until_paused(&primary, 100, "demoted", &url, &["--drain-timeout", "30"]);
+    let mut mirror = Proc::start(&["relay", &url, "--run", &run_id, "--listen", "127.0.0.1:0"]);
+    let mut r = Stream::open(mirror.addr(), "/events", &[]);
+    let mut relayed: Vec<_> = (0..seen.len())
+        .map(|_| r.next_event().expect("an event"))
+        .collect();
+    wait_for_redis("the relay's blocked XREAD", || {
+        let clients: String = on(&primary, redis::cmd("CLIENT").arg("LIST")).ok()?;
+        clients
+            .lines()
+            .any(|c| c.contains("flags=b") && c.contains("cmd=xread"))
+            .then_some(())
+    });
+    // The two swap roles, and swap back once the old primary has the data.
+    let swap = |to: &Redis, from: &Redis| {
+        let _: () = on(to, redis::cmd("REPLICAOF").arg("NO").arg("ONE")).expect("promote");
+        let mut demote = redis::cmd("REPLICAOF");
+        demote.arg("127.0.0.1").arg(to.port);
+        let _: () = on(from, &mut demote).expect("demote");
+        linked(from);
+    };
+    swap(&replica, &primary);
+    mirror.wait_stderr("UNBLOCKED");
+    swap(&primary, &replica);
+    std::fs::remove_file(db.dir.path().join("pause")).expect("remove the pause file");
+    seen.extend(s.rest());
+    assert_eq!(run.wait().code(), Some(0), "{}", run.stderr());
+    relayed.extend(r.rest());
+    let triples =
+        |evs: &[batchsse::sse::ParsedEvent]| evs.iter().map(event_triple).collect::<Vec<_>>();
+    assert_eq!(triples(&relayed), triples(&seen), "{}", mirror.stderr());
+    mirror.signal("TERM");
+    assert_eq!(mirror.wait().code(), Some(0), "{}", mirror.stderr());
+}
+
 impl Sentinel {
     /// `SENTINEL SET main quorum N`: how many sentinels must agree that
     /// the primary is down before one of them fails over.
