@@ -273,6 +273,15 @@ impl Task {
         pending: &[Arc<Entry>],
     ) -> redis::RedisResult<bool> {
         let mut p = redis::pipe();
+        if self.target.is_cluster() {
+            // A batch that meets a slot on the move (`ASK`) is sent again
+            // by the crate to the new node, with `ASKING` before its first
+            // command only. Were that an `XADD`, it would make the run's
+            // stream there from this batch alone, and the reshard's
+            // `MIGRATE` of the stream would fail (`BUSYKEY`). A read takes
+            // the `ASKING` instead, and the new node refuses the rest.
+            p.add_command(head_cmd(&keys.stream)).ignore();
+        }
         let mut latest = redis::pipe();
         let mut has_start = false;
         let mut has_finished = false;

@@ -1175,13 +1175,27 @@ fn a_run_published_to_a_cluster_is_served_by_two_relays() {
 struct Moving<'a> {
     cluster: &'a Cluster,
     slot: u64,
-    to: String,
+    from: &'a Redis,
+    to: &'a Redis,
+    to_id: String,
 }
 
 impl Cluster {
     /// Starts moving the slot of `key` to another node (`MIGRATING`,
     /// `IMPORTING`, its keys sent over with `MIGRATE`).
     fn start_moving(&self, key: &str) -> Moving<'_> {
+        let moving = self.begin_moving(key);
+        let keys = moving.keys_left();
+        assert!(!keys.is_empty(), "no key in slot {}", moving.slot);
+        for k in keys {
+            moving.migrate(&k).expect("MIGRATE");
+        }
+        moving
+    }
+
+    /// Marks the slot of `key` as moving to another node (`MIGRATING`,
+    /// `IMPORTING`), its keys still all on the old one.
+    fn begin_moving(&self, key: &str) -> Moving<'_> {
         let slot: u64 = on(&self.0[0], redis::cmd("CLUSTER").arg("KEYSLOT").arg(key)).unwrap();
         let count = |n: &Redis| -> u64 {
             on(n, redis::cmd("CLUSTER").arg("COUNTKEYSINSLOT").arg(slot)).unwrap()
@@ -1209,39 +1223,44 @@ impl Cluster {
         };
         setslot(to, "IMPORTING", &from_id);
         setslot(from, "MIGRATING", &to_id);
-        let keys: Vec<String> = on(
-            from,
-            redis::cmd("CLUSTER")
-                .arg("GETKEYSINSLOT")
-                .arg(slot)
-                .arg(100),
-        )
-        .unwrap();
-        assert!(!keys.is_empty(), "no key in slot {slot}");
-        for k in keys {
-            let mut migrate = redis::cmd("MIGRATE");
-            migrate
-                .arg("127.0.0.1")
-                .arg(to.port)
-                .arg(&k)
-                .arg(0)
-                .arg(5000);
-            on::<()>(from, &mut migrate).expect("MIGRATE");
-        }
         Moving {
             cluster: self,
             slot,
-            to: to_id,
+            from,
+            to,
+            to_id,
         }
     }
 }
 
 impl Moving<'_> {
+    /// The keys of the slot that are still on the old node.
+    fn keys_left(&self) -> Vec<String> {
+        let mut cmd = redis::cmd("CLUSTER");
+        cmd.arg("GETKEYSINSLOT").arg(self.slot).arg(100);
+        on(self.from, &mut cmd).unwrap()
+    }
+
+    /// `MIGRATE`s one key to the new node, as a reshard does.
+    fn migrate(&self, key: &str) -> redis::RedisResult<()> {
+        let mut migrate = redis::cmd("MIGRATE");
+        migrate
+            .arg("127.0.0.1")
+            .arg(self.to.port)
+            .arg(key)
+            .arg(0)
+            .arg(5000);
+        on::<()>(self.from, &mut migrate)
+    }
+
     /// The new node owns the slot, on every node's word.
     fn done(self) {
         for n in &self.cluster.0 {
             let mut cmd = redis::cmd("CLUSTER");
-            cmd.arg("SETSLOT").arg(self.slot).arg("NODE").arg(&self.to);
+            cmd.arg("SETSLOT")
+                .arg(self.slot)
+                .arg("NODE")
+                .arg(&self.to_id);
             on::<()>(n, &mut cmd).expect("CLUSTER SETSLOT NODE");
         }
     }
@@ -1321,6 +1340,65 @@ fn a_cluster_slot_that_moves_mid_run_loses_and_doubles_nothing() {
     assert_eq!(triples(&relayed), triples(&seen), "{}", mirror.stderr());
     mirror.signal("TERM");
     assert_eq!(mirror.wait().code(), Some(0), "{}", mirror.stderr());
+}
+
+#[test]
+fn a_cluster_slot_moved_key_by_key_mid_run_takes_the_run_s_stream_whole() {
+    // A reshard moves a slot's keys in batches, and the run's `alive` key
+    // may go before its stream. The old node then answered ASK for the
+    // publisher's batch, and the crate sent the batch again to the new
+    // node with ASKING before its first command only: that XADD made the
+    // run's stream there from one event, the reshard's MIGRATE of the
+    // stream failed (BUSYKEY) with the slot half-moved, and once it was
+    // moved anyway the stream there lacked its head and was published
+    // again from event 1 (the whole one left behind on the old node).
+    use crate::relay::{paused, publishing_run, run_id_of, until_paused};
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let url = cluster.url();
+    let db = TempDb::counters(200);
+    let pause = paused(&db);
+    let extra = ["--drain-timeout", "30"];
+    let mut run = publishing_run(&db, "keybykey", &url, &pause, &extra);
+    let mut s = Stream::open(run.addr(), "/events", &[]);
+    let mut seen = until_paused(&mut s);
+    let run_id = run_id_of(&seen[0]);
+    wait_for_redis("the events before the pause", || {
+        (cluster.entry_ids(&run_id).len() == seen.len()).then_some(())
+    });
+    let moving = cluster.begin_moving(&format!("{{{run_id}}}"));
+    let alive = format!("batchsse:alive:{{{run_id}}}");
+    moving.migrate(&alive).expect("MIGRATE the alive key");
+    std::fs::remove_file(&pause).expect("remove the pause file");
+    loop {
+        let e = s
+            .next_event()
+            .expect("the run ended before it met the move");
+        let said = (e.event == "message").then(|| data(&e)["message"].to_string());
+        seen.push(e);
+        if said.is_some_and(|m| m.contains("a slot of the Cluster is moving")) {
+            break;
+        }
+    }
+    let stream = format!("batchsse:run:{{{run_id}}}");
+    moving
+        .migrate(&stream)
+        .expect("MIGRATE the run's stream after its alive key");
+    moving.done();
+    seen.extend(s.rest());
+    let status = run.wait();
+    let err = run.stderr();
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(!err.contains("not published"), "{err}");
+    assert!(!err.contains("was emptied"), "{err}");
+    assert_contiguous(&seen, 1);
+    let want: Vec<String> = (1..=seen.len()).map(|n| format!("{n}-0")).collect();
+    assert_eq!(
+        cluster.entry_ids(&run_id),
+        want,
+        "every event once, in order"
+    );
 }
 
 #[test]
