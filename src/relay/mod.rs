@@ -642,9 +642,22 @@ impl Target {
 
     /// What a failed call to this Redis means: as [`Failure::of`] says,
     /// but in a Cluster a `MOVED` or `ASK` passes (a slot being moved
-    /// between nodes, which a reconnection follows).
+    /// between nodes, which a reconnection follows). A TLS handshake that
+    /// fails mid-run (a server restarted with a certificate renewed
+    /// wrong) passes too, said in the plain words of the start.
     pub fn failure(&self, e: redis::RedisError) -> Failure {
-        Failure::sort(e, self.is_cluster())
+        match self.handshake_failure(&e) {
+            Some(why) => Failure::Away(why),
+            None => Failure::sort(e, self.is_cluster()),
+        }
+    }
+
+    /// A TLS handshake that failed for a reason [`tls::failure`] can
+    /// name, with what to do; `None` for anything else, a dropped TLS
+    /// connection included (its words say `TLS` too).
+    pub fn handshake_failure(&self, e: &redis::RedisError) -> Option<String> {
+        let (why, fix) = self.tls.then(|| tls::failure(e)).flatten()?;
+        (!why.starts_with(tls::VAGUE)).then(|| format!("{why}; {fix}"))
     }
 
     /// `redis-cli`'s flags for this user, the password left as `PASSWORD`.

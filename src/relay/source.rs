@@ -346,6 +346,7 @@ impl Source {
 
     /// Notes a passing failure (once per outage); a refusal is the stop.
     fn failed(&mut self, e: redis::RedisError) -> Result<(), Stop> {
+        let handshake = self.target.handshake_failure(&e);
         match self.target.failure(e) {
             Failure::Refused(why) => Err(format!(
                 "Redis at {} refused what the relay asked: {why}",
@@ -355,6 +356,15 @@ impl Source {
                 if self.outage.is_none() {
                     crate::errln!(
                         "batchsse: warning: lost Redis at {} ({why}); retrying, and clients stay connected",
+                        self.target.shown()
+                    );
+                    self.outage = Some(why);
+                } else if handshake.is_some() && self.outage.as_ref() != Some(&why) {
+                    // A server back with a certificate that fails keeps
+                    // the relay away until someone fixes it: the dropped
+                    // connection said first is not what to fix.
+                    crate::errln!(
+                        "batchsse: warning: Redis at {} is still out of reach: {why}; retrying, and clients stay connected",
                         self.target.shown()
                     );
                     self.outage = Some(why);

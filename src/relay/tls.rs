@@ -15,6 +15,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use super::{Access, Server};
 
 /// What to try when the TLS handshake fails for a reason not told apart.
+/// Why a handshake failed, when [`failure`] cannot say more.
+pub const VAGUE: &str = "the TLS handshake failed";
+
 pub const FIX: &str = "check that the server's certificate is signed by the CA you trust (the system's roots, Mozilla's on macOS, or --redis-ca FILE) and names the URL's host, and that --redis-cert/--redis-key are given where the server wants a client certificate";
 
 /// The PEM files' contents, read at start.
@@ -275,7 +278,7 @@ pub fn failure(e: &redis::RedisError) -> Option<(String, String)> {
             "have it renewed, or check this machine's clock",
         )
     } else if says("certificate") || says("handshake") || says("tls") {
-        ("the TLS handshake failed", FIX)
+        (VAGUE, FIX)
     } else {
         return None;
     };
@@ -302,6 +305,6 @@ fn refused_by_server(says: &dyn Fn(&str) -> bool) -> (&'static str, &'static str
             "give one signed by a CA the server trusts (its tls-ca-cert-file)",
         )
     } else {
-        ("the TLS handshake failed", FIX)
+        (VAGUE, FIX)
     }
 }

@@ -170,6 +170,45 @@ fn a_run_published_over_tls_is_relayed_event_for_event() {
     relay_serves(&url, &run_id, &["--redis-ca", &ca], &[], &lines);
 }
 
+#[test]
+fn a_server_back_mid_run_with_an_expired_certificate_is_named_on_both_sides() {
+    // Redis restarted mid-run with a certificate renewed wrong: at start
+    // that is exit 2 in plain words, but mid-run the relay said only that
+    // the first connection dropped and retried in silence for good, and
+    // the run's last line gave rustls's bare `invalid peer certificate`.
+    use crate::relay::published_until_paused;
+    let Some(certs) = Certs::make() else { return };
+    let Some((mut redis, url)) = tls_redis(&certs, false) else {
+        return;
+    };
+    let ca = certs.arg("ca.pem");
+    let extra = ["--redis-ca", ca.as_str(), "--drain-timeout", "2"];
+    let (mut run, mut s, mut seen, run_id, db) =
+        published_until_paused(&redis, 100, "renewed", &url, &extra);
+    let args = ["relay", &url, "--run", &run_id, "--redis-ca", &ca];
+    let mut mirror = Proc::start(&[&args[..], &["--listen", "127.0.0.1:0"]].concat());
+    let mut r = Stream::open(mirror.addr(), "/events", &[]);
+    for _ in 0..seen.len() {
+        r.next_event().expect("an event");
+    }
+    let expired = std::fs::read(certs.expired("server")).expect("read the expired certificate");
+    std::fs::write(certs.path("server.pem"), expired).expect("swap the server's certificate");
+    redis.restart();
+    std::fs::remove_file(db.dir.path().join("pause")).expect("remove the pause file");
+    seen.extend(s.rest());
+    assert_eq!(run.wait().code(), Some(0), "{}", run.stderr());
+    let said = "the server's TLS certificate has expired, or is not valid yet";
+    let err = run.stderr();
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("not published") && last.contains(said),
+        "{err}"
+    );
+    mirror.wait_stderr(said);
+    mirror.signal("TERM");
+    mirror.wait();
+}
+
 /// A relay told of a run its TLS Redis does not hold names a `redis-cli`
 /// command that lists the runs there: with the relay's CA and client
 /// certificate, without which `redis-cli --tls` cannot connect.
