@@ -857,24 +857,41 @@ fn a_relay_blocked_on_a_primary_that_is_made_a_replica_goes_on() {
     let mut relayed: Vec<_> = (0..seen.len())
         .map(|_| r.next_event().expect("an event"))
         .collect();
+    // The replica is promoted first, so that the primary's demotion, sent
+    // on the connection that has just seen the relay blocked, follows at
+    // once, well within the relay's block.
+    let promote = |r: &Redis| {
+        let _: () = on(r, redis::cmd("REPLICAOF").arg("NO").arg("ONE")).expect("promote");
+    };
+    let admin = |r: &Redis| {
+        redis::Client::open(r.url())
+            .and_then(|c| c.get_connection())
+            .expect("connect")
+    };
+    let demote = |conn: &mut redis::Connection, to: &Redis| {
+        let mut cmd = redis::cmd("REPLICAOF");
+        let _: () = cmd
+            .arg("127.0.0.1")
+            .arg(to.port)
+            .query(conn)
+            .expect("demote");
+    };
+    promote(&replica);
+    let mut conn = admin(&primary);
     wait_for_redis("the relay's blocked XREAD", || {
-        let clients: String = on(&primary, redis::cmd("CLIENT").arg("LIST")).ok()?;
+        let clients: String = redis::cmd("CLIENT").arg("LIST").query(&mut conn).ok()?;
         clients
             .lines()
             .any(|c| c.contains("flags=b") && c.contains("cmd=xread"))
             .then_some(())
     });
-    // The two swap roles, and swap back once the old primary has the data.
-    let swap = |to: &Redis, from: &Redis| {
-        let _: () = on(to, redis::cmd("REPLICAOF").arg("NO").arg("ONE")).expect("promote");
-        let mut demote = redis::cmd("REPLICAOF");
-        demote.arg("127.0.0.1").arg(to.port);
-        let _: () = on(from, &mut demote).expect("demote");
-        linked(from);
-    };
-    swap(&replica, &primary);
+    demote(&mut conn, &replica);
+    linked(&primary);
     mirror.wait_stderr("UNBLOCKED");
-    swap(&primary, &replica);
+    // And back, once the old primary has the data again.
+    promote(&primary);
+    demote(&mut admin(&replica), &primary);
+    linked(&replica);
     std::fs::remove_file(db.dir.path().join("pause")).expect("remove the pause file");
     seen.extend(s.rest());
     assert_eq!(run.wait().code(), Some(0), "{}", run.stderr());
