@@ -290,7 +290,7 @@ impl Source {
         *last_sign = unseen(*last_sign, asked, Instant::now());
         if last_sign.elapsed() >= dead_after {
             return Err(format!(
-                "run {run_id} has published nothing for {} s and has no finished event: its process was stopped, or has lost {}",
+                "run {run_id} has published nothing for {} s and has no finished event: its process was stopped, has lost {}, or is refused by it (its user's rights or password changed; the run's own output says)",
                 last_sign.elapsed().as_secs(),
                 self.target.shown()
             ));

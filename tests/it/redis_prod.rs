@@ -1987,7 +1987,7 @@ fn a_redis_at_its_maxclients_is_named_as_full_not_as_missing() {
 
 /// What the README's least rules need beside them on a Cluster (keep
 /// them the same there): the `redis` crate asks a node for the others.
-const CLUSTER_RULES: &[&str] = &["+cluster|slots"];
+const CLUSTER_RULES: &[&str] = &["+cluster|slots", "+asking"];
 
 #[test]
 fn acl_users_with_the_least_rules_publish_and_relay_on_a_cluster_given_its_slots() {

@@ -1199,8 +1199,12 @@ fn a_run_that_dies_is_given_up_by_its_relay_and_skipped_by_the_next() {
     );
     let status = mirror.wait_for(PATIENCE);
     assert_eq!(status.code(), Some(3), "{}", mirror.stderr());
+    // Every way a run stops publishing is named, a refusal too.
     assert!(
-        mirror.stderr().contains("has published nothing"),
+        mirror.stderr().contains("has published nothing")
+            && mirror
+                .stderr()
+                .contains("or is refused by it (its user's rights or password changed"),
         "{}",
         mirror.stderr()
     );
