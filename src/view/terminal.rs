@@ -728,8 +728,12 @@ fn finished_line_after(f: &crate::events::Finished, said: Option<&str>) -> Strin
         },
         duration(f.elapsed_ms)
     );
-    if let Some(b) = f.undo_bytes {
-        line += &format!(", undo record {} bytes", thousands(b));
+    match f.undo_bytes {
+        // Recorded, with nothing to keep: every step skipped (already
+        // applied), unchanged or unrecorded.
+        Some(0) => line += ", nothing recorded for undo",
+        Some(b) => line += &format!(", undo record {} bytes", thousands(b)),
+        None => {}
     }
     line += &kept_said(f);
     if let Some(n) = f.carried_older {

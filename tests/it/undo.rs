@@ -3520,3 +3520,31 @@ fn an_undo_says_the_checkpoint_is_cleared_only_where_the_run_kept_one() {
         }
     }
 }
+
+/// A recorded run's last line gives its record's size; one that recorded
+/// nothing (run again, every step already applied) said "undo record 0
+/// bytes", as if a record of no size had been kept.
+#[test]
+fn a_recorded_run_that_kept_nothing_says_so_in_its_last_line() {
+    let db = TempDb::counters(20);
+    let plan = db.file("plan.json", &counter_plan("twice", 5));
+    let args = run_args(&db, path_str(&plan), &["--no-serve", "--undo"]);
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    let last = err
+        .lines()
+        .rfind(|l| l.contains("finished ok"))
+        .unwrap_or_default();
+    assert!(
+        last.contains(", undo record ") && last.ends_with(" bytes"),
+        "{err}"
+    );
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    let last = err
+        .lines()
+        .rfind(|l| l.contains("finished ok"))
+        .unwrap_or_default();
+    assert!(last.contains(", nothing recorded for undo"), "{err}");
+    assert!(!last.contains("undo record 0 bytes"), "{err}");
+}
