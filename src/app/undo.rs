@@ -306,7 +306,7 @@ fn nothing_recorded_in(conn: &Connection, path: &std::path::Path, what: &str) ->
     );
     UsageError::new(if plans.is_empty() {
         format!(
-            "no undo record of {what} in {db}: it was never recorded (only runs made with --undo, or \"undo\": true, can be taken back), or it has been taken back already; {list} shows what is recorded"
+            "no undo record of {what} in {db}: it was never recorded (only runs made with --undo, or \"undo\": true, can be taken back), or it has been taken back or cleared already; {list} shows what is recorded"
         )
     } else {
         format!(
