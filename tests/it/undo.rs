@@ -1416,7 +1416,10 @@ fn housekeeping_after_an_undo_and_a_clear_by_age_says_what_is_there() {
     // was never recorded.
     let (code, _, err) = run(&undo_args(&db, &["--plan", "back"]));
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("or it has been taken back or cleared already"), "{err}");
+    assert!(
+        err.contains("or it has been taken back or cleared already"),
+        "{err}"
+    );
     let (code, out, err) = run(&["checkpoint", "list", "--db", dbp]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(
