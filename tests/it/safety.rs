@@ -674,7 +674,11 @@ fn a_second_ctrl_c_quits_at_once_without_committing() {
         path_str(&plan),
         &words("--listen 127.0.0.1:0 --wait-for-clients 1 --busy-timeout 60000 --progress plain"),
     ));
-    // Hold the write lock so the first chunk waits on it.
+    // Hold the write lock so the first chunk waits on it: once the run
+    // has said `start` and waits for its client, so that only the chunk
+    // meets it. (Taken while the run still set up, it held up that set-up
+    // for the whole --busy-timeout, 60 s, in a loaded test run.)
+    wait_status(p.addr(), |s| !s["run_id"].is_null());
     let holder = db.conn();
     holder.execute_batch("BEGIN EXCLUSIVE").unwrap();
     let mut s = Stream::open(p.addr(), "/events", &[]);
