@@ -215,6 +215,7 @@ function look() {
     steer: document.querySelector("#steer") && (() => {
       const shown = (sel) => { const e = document.querySelector(sel); return Boolean(e && e.checkVisibility()); };
       return {
+        shown: shown("#steer"),
         controls: shown("#pause") || shown("#cancel") || shown("#apply"),
         token_field: shown("#control-token"),
         pause: text(document.querySelector("#pause")),

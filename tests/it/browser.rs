@@ -547,6 +547,8 @@ fn the_page_says_when_the_server_is_gone() {
         .filter(|s| s["state"] == "running")
         .count();
     assert_eq!(running, 1, "the last state seen stays on screen: {v:#}");
+    // Nor is "Steer this run…" offered: no server is left to steer.
+    assert_eq!(v["steer"]["shown"], false, "{v:#}");
 }
 
 /// A page the way a Vue or React app would do it, served from another origin.
