@@ -107,6 +107,20 @@ pub fn arguments(pid: u32) -> Option<Vec<String>> {
     }
 }
 
+/// The directory process `pid` works in (where the relative paths it was
+/// given start), as far as the system tells.
+pub fn working_dir(pid: u32) -> Option<std::path::PathBuf> {
+    #[cfg(target_os = "linux")]
+    {
+        std::fs::read_link(format!("/proc/{pid}/cwd")).ok()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = pid;
+        None
+    }
+}
+
 /// Scans `/proc` for processes other than this one with a descriptor
 /// open on `path` or a file whose name starts with it. A process whose
 /// descriptors we may not read is skipped; `None` without a `/proc`.

@@ -165,19 +165,63 @@ fn takes_back(args: &[String], plan: &str, runs: &[String]) -> bool {
     if word(1) != Some("undo") || matches!(word(2), Some("list" | "clear")) {
         return false;
     }
-    let value = |flag: &str| {
-        let eq = format!("{flag}=");
-        args.iter()
-            .enumerate()
-            .find_map(|(i, a)| match a.strip_prefix(&eq) {
-                Some(v) => Some(v),
-                None if a == flag => word(i + 1),
-                None => None,
-            })
-    };
+    let value = |flag: &str| flag_value(args, flag);
     let dry = args.iter().any(|a| a == "--dry-run");
     !dry && (value("--plan") == Some(plan)
         || value("--run").is_some_and(|r| runs.iter().any(|x| x == r)))
+}
+
+/// The value `args` give `flag` (`--flag VALUE` or `--flag=VALUE`).
+fn flag_value<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+    let eq = format!("{flag}=");
+    args.iter()
+        .enumerate()
+        .find_map(|(i, a)| match a.strip_prefix(&eq) {
+            Some(v) => Some(v),
+            None if a == flag => args.get(i + 1).map(String::as_str),
+            None => None,
+        })
+}
+
+/// Refuses (where the system tells) while another batchsse runs the same
+/// plan file (`plan`, as this run was given it) on `db`: the two would
+/// take turns applying its chunks, the first stopping (exit 1) once it
+/// found its checkpoint moved, and with `--no-checkpoint` both would
+/// apply every step. A dry run, which writes nothing, is neither refused
+/// nor counted.
+pub(super) fn refuse_beside_the_same_plan(
+    db: &std::path::Path,
+    plan: &std::path::Path,
+) -> Result<(), crate::error::UsageError> {
+    let Ok(ours) = std::fs::canonicalize(plan) else {
+        return Ok(());
+    };
+    let runs: Vec<u32> = crate::platform::open_by_this_program(db)
+        .into_iter()
+        .filter(|p| runs_plan_file(*p).is_some_and(|f| f == ours))
+        .collect();
+    refuse_beside(
+        db,
+        &runs,
+        (
+            "a run of the same plan",
+            "two runs of one plan would take turns applying its chunks, and the first would stop (exit 1) once it found its checkpoint moved; with --no-checkpoint both would apply every step",
+        ),
+        "Nothing ran",
+        "run the plan again if it did not finish (from its checkpoint, it goes on where that run stopped)",
+    )
+}
+
+/// The plan file (`--plan` or `--sql`, from its working directory) that
+/// process `pid` runs, when it is a batchsse `run` that writes.
+fn runs_plan_file(pid: u32) -> Option<std::path::PathBuf> {
+    let args = crate::platform::arguments(pid)?;
+    if args.get(1).map(String::as_str) != Some("run") || args.iter().any(|a| a == "--dry-run") {
+        return None;
+    }
+    let given = flag_value(&args, "--plan").or_else(|| flag_value(&args, "--sql"))?;
+    let path = crate::platform::working_dir(pid)?.join(given);
+    std::fs::canonicalize(path).ok()
 }
 
 /// The refusal of [`refuse_beside_a_run`] and its kin when `pids` (what

@@ -56,6 +56,12 @@ pub struct Session {
 /// `batchsse run`: check everything, then execute.
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let config = RunConfig::from_args(&args)?;
+    if let Some(plan) = args.plan.as_ref().or(args.sql.as_ref())
+        && !config.opts.dry_run
+        && plan.as_os_str() != "-"
+    {
+        checkpoint::refuse_beside_the_same_plan(&config.db, plan)?;
+    }
     runner::look_ahead(&config.db);
     let lifecycle = Lifecycle::start()?;
     let session = open(config)?;

@@ -1435,7 +1435,14 @@ fn two_runs_of_one_plan_at_once_never_apply_a_chunk_twice() {
         assert!(Instant::now() < deadline, "the first run never started");
         std::thread::sleep(Duration::from_millis(10));
     }
-    let mut b = Proc::start(&args);
+    // The same plan from another file: the same file is refused before it
+    // runs (below), where the system tells; this is the guard beneath.
+    let copy = db.file("copy.json", &counter_plan("twice-at-once", 10));
+    let mut b = Proc::start(&run_args(
+        &db,
+        path_str(&copy),
+        &words("--no-serve --batch-size 10 --sleep 100 --progress plain"),
+    ));
     let (ca, cb) = (a.wait().code(), b.wait().code());
     let conflicts = [(&a, ca), (&b, cb)]
         .iter()
@@ -1460,6 +1467,48 @@ fn two_runs_of_one_plan_at_once_never_apply_a_chunk_twice() {
     ));
     assert_eq!(code, 0, "{err}");
     assert_eq!(db.counter_spread(), (100, 0));
+}
+
+/// A second run of the same plan file on the same database, while the
+/// first still runs, is refused before it runs (exit 2), whatever path
+/// names the file: it went on from the first's checkpoint, and the first
+/// stopped with exit 1; with `--no-checkpoint` both applied every step.
+/// A dry run of it is not refused.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_second_run_of_the_same_plan_file_is_refused_while_the_first_runs() {
+    let db = TempDb::counters(60);
+    let plan = db.file("plan.json", &counter_plan("once", 10));
+    let flags = words("--no-serve --batch-size 10 --sleep 150 --progress none --no-checkpoint");
+    let mut a = Proc::start(&run_args(&db, path_str(&plan), &flags));
+    let deadline = Instant::now() + PATIENCE;
+    while db.query_i64("SELECT count(*) FROM t WHERE counter = 1") == 0 {
+        assert!(Instant::now() < deadline, "the first run never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // From the plan's folder, by a relative name.
+    let dbp = path_str(&db.path).to_owned();
+    let args = [&["run", "--db", &dbp, "--plan", "plan.json"][..], &flags].concat();
+    let mut b = Proc::start_with(&args, |c| {
+        c.current_dir(db.dir.path());
+    });
+    assert_eq!(b.wait().code(), Some(2), "{}", b.stderr());
+    let err = b.stderr();
+    assert!(
+        err.contains(&format!(
+            "another batchsse (pid {}) has {dbp} open, a run of the same plan still going",
+            a.child.id()
+        )) && err.contains("Nothing ran"),
+        "{err}"
+    );
+    let (code, _, err) = run(&run_args(
+        &db,
+        path_str(&plan),
+        &["--no-serve", "--dry-run"],
+    ));
+    assert_eq!(code, 0, "a dry run writes nothing: {err}");
+    assert_eq!(a.wait().code(), Some(0), "{}", a.stderr());
+    assert_eq!(db.counter_spread(), (60, 0), "every row once");
 }
 
 #[test]
