@@ -461,7 +461,9 @@ fn a_temp_step_does_not_write_over_what_another_run_kept_meanwhile() {
         {"sql": "UPDATE orders SET status = 'done' WHERE id IN (SELECT id FROM todo) AND id BETWEEN :lo AND :hi",
          "chunk": {"table": "orders", "size": 3}},
     ]});
-    let path = db.file("plan.json", &plan.to_string());
+    // B from a file of its own: A, run from `plan.json`, would be refused
+    // before it ran as a second run of B's file.
+    let path = db.file("b.json", &plan.to_string());
     let mut b = serving(&db, path_str(&path), &["--batch-size", "3"]);
     wait_status(b.addr(), |s| s["step"] == 0 && s["state"] == "running");
     std::thread::sleep(std::time::Duration::from_millis(500));
