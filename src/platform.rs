@@ -107,16 +107,41 @@ pub fn arguments(pid: u32) -> Option<Vec<String>> {
     }
 }
 
-/// The directory process `pid` works in (where the relative paths it was
-/// given start), as far as the system tells.
-pub fn working_dir(pid: u32) -> Option<std::path::PathBuf> {
+/// The path `given` names for process `pid`, which was given it: a
+/// relative one from its working directory, and one of its own
+/// descriptors (`/dev/stdin`, `/dev/fd/N`, `/proc/self/…`) as its, not
+/// this process's (`--plan /dev/stdin < plan.json`). As far as the system
+/// tells.
+pub fn path_seen_by(pid: u32, given: &str) -> Option<std::path::PathBuf> {
     #[cfg(target_os = "linux")]
     {
-        std::fs::read_link(format!("/proc/{pid}/cwd")).ok()
+        let given = Path::new(given);
+        // Joined only when there is more: `join("")` would add a `/`.
+        let own = |from: &str, to: String| {
+            let rest = given.strip_prefix(from).ok()?;
+            let to = std::path::PathBuf::from(to);
+            Some(match rest.as_os_str().is_empty() {
+                true => to,
+                false => to.join(rest),
+            })
+        };
+        own("/dev/stdin", format!("/proc/{pid}/fd/0"))
+            .or_else(|| own("/dev/stdout", format!("/proc/{pid}/fd/1")))
+            .or_else(|| own("/dev/stderr", format!("/proc/{pid}/fd/2")))
+            .or_else(|| own("/dev/fd", format!("/proc/{pid}/fd")))
+            .or_else(|| own("/proc/self", format!("/proc/{pid}")))
+            .or_else(|| own("/proc/thread-self", format!("/proc/{pid}/task/{pid}")))
+            .or_else(|| {
+                Some(
+                    std::fs::read_link(format!("/proc/{pid}/cwd"))
+                        .ok()?
+                        .join(given),
+                )
+            })
     }
     #[cfg(not(target_os = "linux"))]
     {
-        let _ = pid;
+        let _ = (pid, given);
         None
     }
 }

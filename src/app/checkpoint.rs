@@ -212,7 +212,7 @@ pub(super) fn refuse_beside_the_same_plan(
     )
 }
 
-/// The plan file (`--plan` or `--sql`, from its working directory) that
+/// The plan file (`--plan` or `--sql`, as that process sees the path) that
 /// process `pid` runs, when it is a batchsse `run` that writes.
 fn runs_plan_file(pid: u32) -> Option<std::path::PathBuf> {
     let args = crate::platform::arguments(pid)?;
@@ -220,8 +220,7 @@ fn runs_plan_file(pid: u32) -> Option<std::path::PathBuf> {
         return None;
     }
     let given = flag_value(&args, "--plan").or_else(|| flag_value(&args, "--sql"))?;
-    let path = crate::platform::working_dir(pid)?.join(given);
-    std::fs::canonicalize(path).ok()
+    std::fs::canonicalize(crate::platform::path_seen_by(pid, given)?).ok()
 }
 
 /// The refusal of [`refuse_beside_a_run`] and its kin when `pids` (what

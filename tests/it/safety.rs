@@ -1511,6 +1511,48 @@ fn a_second_run_of_the_same_plan_file_is_refused_while_the_first_runs() {
     assert_eq!(db.counter_spread(), (60, 0), "every row once");
 }
 
+/// A plan read through `/dev/stdin` (or `/dev/fd/N`, `/proc/self/…`) is
+/// the file that process's descriptor names, not this one's: a run of
+/// another plan given so beside it was refused as "a run of the same
+/// plan", and a run of its own plan by name was not.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_plan_read_through_dev_stdin_is_the_file_on_that_runs_stdin() {
+    let db = TempDb::counters(100);
+    let plan = db.file("plan.json", &counter_plan("once", 10));
+    let other = serde_json::json!({"name": "other", "steps": [{"sql": "CREATE TABLE u(x)"}]});
+    let other = db.file("other.json", &other.to_string());
+    let flags = words("--no-serve --batch-size 10 --sleep 200 --progress none --no-checkpoint");
+    let stdin = |file: &std::path::Path| {
+        let f = std::fs::File::open(file).unwrap();
+        move |c: &mut std::process::Command| {
+            c.stdin(f);
+        }
+    };
+    let mut a = Proc::start_with(&run_args(&db, "/dev/stdin", &flags), stdin(&plan));
+    let deadline = Instant::now() + PATIENCE;
+    while db.query_i64("SELECT count(*) FROM t WHERE counter = 1") == 0 {
+        assert!(Instant::now() < deadline, "the first run never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut b = Proc::start_with(&run_args(&db, "/dev/stdin", &["--no-serve"]), stdin(&other));
+    assert_eq!(
+        b.wait().code(),
+        Some(0),
+        "another plan runs: {}",
+        b.stderr()
+    );
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+    assert_eq!(code, 2, "the same plan is refused: {err}");
+    assert!(err.contains("a run of the same plan still going"), "{err}");
+    assert!(
+        db.query_i64("SELECT count(*) FROM t WHERE counter = 0") > 0,
+        "the first run still went on when the last was refused: the test proves nothing"
+    );
+    assert_eq!(a.wait().code(), Some(0), "{}", a.stderr());
+    assert_eq!(db.counter_spread(), (100, 0), "every row once");
+}
+
 #[test]
 fn a_resumed_run_sets_its_connection_up_again() {
     // foreign_keys is per connection: a resumed run that skipped the PRAGMA
