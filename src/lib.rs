@@ -130,12 +130,16 @@ pub fn exit_on_clap_error(e: clap::Error) -> ! {
 
 /// `batchsse undo --db FILE list`: `undo` takes its own flags or a
 /// subcommand, so clap says the subcommand "cannot be used with '--db'",
-/// as if `list` took no `--db`. It does, after its name: the tip says so.
+/// as if `list` took no `--db`. It does, after its name: the tip says so,
+/// only of a flag the subcommand takes (`list` takes no `--dry-run`).
 /// (`undo` is the only command whose flags exclude its subcommands.)
 fn with_subcommand_tip(mut e: clap::Error) -> clap::Error {
     use clap::error::{ContextKind, ContextValue, ErrorKind};
     if e.kind() == ErrorKind::ArgumentConflict
         && let Some(ContextValue::String(sub)) = e.get(ContextKind::InvalidSubcommand)
+        && prior_flags(&e)
+            .iter()
+            .any(|flag| undo_subcommand_takes(sub, flag))
     {
         let tip = format!("`{sub}` takes its flags after its name: batchsse undo {sub} --db PATH");
         e.insert(
@@ -144,6 +148,32 @@ fn with_subcommand_tip(mut e: clap::Error) -> clap::Error {
         );
     }
     e
+}
+
+/// The flags a conflict error names as given before the subcommand.
+fn prior_flags(e: &clap::Error) -> Vec<String> {
+    use clap::error::{ContextKind, ContextValue};
+    match e.get(ContextKind::PriorArg) {
+        Some(ContextValue::String(flag)) => vec![flag.clone()],
+        Some(ContextValue::Strings(flags)) => flags.clone(),
+        _ => Vec::new(),
+    }
+}
+
+/// Whether `batchsse undo SUB` takes `flag`, as clap shows it in an error
+/// (`--db <PATH>`).
+fn undo_subcommand_takes(sub: &str, flag: &str) -> bool {
+    let long = flag
+        .split_whitespace()
+        .next()
+        .and_then(|f| f.strip_prefix("--"));
+    let cli = <cli::Cli as clap::CommandFactory>::command();
+    cli.find_subcommand("undo")
+        .and_then(|undo| undo.find_subcommand(sub))
+        .is_some_and(|sub| {
+            sub.get_arguments()
+                .any(|a| a.get_long().is_some() && a.get_long() == long)
+        })
 }
 
 /// Runs the command the user gave; the error chain is for `main` to print.

@@ -394,3 +394,31 @@ fn undo_flags_before_list_or_clear_are_refused_naming_the_order_that_works() {
         );
     }
 }
+
+/// The tip is not given of a flag the subcommand does not take: `undo
+/// --dry-run list` was told that `list` "takes its flags after its name",
+/// and `list --dry-run` is refused in turn.
+#[test]
+fn undo_flags_the_subcommand_lacks_get_no_tip_to_move_them() {
+    let db = TempDb::with_sql("CREATE TABLE t (id INTEGER PRIMARY KEY);");
+    for args in [
+        &["--dry-run", "list"][..],
+        &["--plan", "p", "list"],
+        &["--dry-run", "clear", "--all"],
+    ] {
+        let args = [&["undo"][..], args].concat();
+        let (code, _, err) = run(&args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains("cannot be used with"), "{args:?}: {err}");
+        assert!(
+            !err.contains("takes its flags after its name"),
+            "{args:?}: {err}"
+        );
+    }
+    let (code, _, err) = run(&["undo", "--plan", "p", "--db", path_str(&db.path), "clear"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("tip: `clear` takes its flags after its name"),
+        "{err}"
+    );
+}
