@@ -213,14 +213,28 @@ pub(super) fn refuse_beside_the_same_plan(
 }
 
 /// The plan file (`--plan` or `--sql`, as that process sees the path) that
-/// process `pid` runs, when it is a batchsse `run` that writes.
+/// process `pid` runs, when it is a batchsse `run` that writes, or a
+/// `demo --keep DIR`'s `plan.json`, which it wrote beside its shop (and
+/// prints the command to go on with).
 fn runs_plan_file(pid: u32) -> Option<std::path::PathBuf> {
     let args = crate::platform::arguments(pid)?;
-    if args.get(1).map(String::as_str) != Some("run") || args.iter().any(|a| a == "--dry-run") {
+    if args
+        .iter()
+        .any(|a| a == "--dry-run" || a == "--create-only")
+    {
         return None;
     }
-    let given = flag_value(&args, "--plan").or_else(|| flag_value(&args, "--sql"))?;
-    std::fs::canonicalize(crate::platform::path_seen_by(pid, given)?).ok()
+    let seen = |given: &str| std::fs::canonicalize(crate::platform::path_seen_by(pid, given)?).ok();
+    match args.get(1).map(String::as_str) {
+        Some("run") => seen(flag_value(&args, "--plan").or_else(|| flag_value(&args, "--sql"))?),
+        Some("demo") => {
+            let plan = seen(flag_value(&args, "--keep")?)?.join("plan.json");
+            // Not a plan.json of the user's own, which it left alone.
+            let sample = std::fs::read_to_string(&plan).is_ok_and(|t| t == super::demo::PLAN);
+            sample.then_some(plan)
+        }
+        _ => None,
+    }
 }
 
 /// The refusal of [`refuse_beside_a_run`] and its kin when `pids` (what

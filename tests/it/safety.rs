@@ -1553,6 +1553,37 @@ fn a_plan_read_through_dev_stdin_is_the_file_on_that_runs_stdin() {
     assert_eq!(db.counter_spread(), (100, 0), "every row once");
 }
 
+/// A `demo --keep DIR` runs the sample plan it wrote to `DIR/plan.json`
+/// (and prints `batchsse run --db DIR/shop.sqlite --plan DIR/plan.json` to
+/// go on with): that run, typed while the demo still ran, was let through,
+/// and the demo stopped with exit 1 once its checkpoint moved.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_run_of_a_kept_demo_s_plan_is_refused_while_the_demo_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let keep = path_str(dir.path());
+    let (shop, plan) = (dir.path().join("shop.sqlite"), dir.path().join("plan.json"));
+    let args = words("demo --rows 3000 --sleep 300 --no-serve --progress plain --keep");
+    let mut demo = Proc::start(&[&args[..], &[keep]].concat());
+    demo.wait_stderr("rows of orders to visit");
+    let (code, _, err) = run(&[
+        "run",
+        "--db",
+        path_str(&shop),
+        "--plan",
+        path_str(&plan),
+        "--no-serve",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("a run of the same plan still going"), "{err}");
+    assert!(
+        demo.child.try_wait().unwrap().is_none(),
+        "the demo ended before the run was tried: the test proves nothing"
+    );
+    demo.signal("INT");
+    assert_eq!(demo.wait().code(), Some(130), "{}", demo.stderr());
+}
+
 #[test]
 fn a_resumed_run_sets_its_connection_up_again() {
     // foreign_keys is per connection: a resumed run that skipped the PRAGMA
