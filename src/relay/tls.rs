@@ -14,10 +14,10 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::{Access, Server};
 
-/// What to try when the TLS handshake fails for a reason not told apart.
 /// Why a handshake failed, when [`failure`] cannot say more.
 pub const VAGUE: &str = "the TLS handshake failed";
 
+/// What to try when the TLS handshake fails for a reason not told apart.
 pub const FIX: &str = "check that the server's certificate is signed by the CA you trust (the system's roots, Mozilla's on macOS, or --redis-ca FILE) and names the URL's host, and that --redis-cert/--redis-key are given where the server wants a client certificate";
 
 /// The PEM files' contents, read at start.
