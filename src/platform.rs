@@ -146,6 +146,23 @@ pub fn path_seen_by(pid: u32, given: &str) -> Option<std::path::PathBuf> {
     }
 }
 
+/// The device and inode of the regular file `path` names (links
+/// followed), the same under each of its names, a hard link's included;
+/// `None` for anything else (a pipe, a terminal), or where the system
+/// does not tell.
+pub fn regular_file_id(path: &Path) -> Option<(u64, u64)> {
+    #[cfg(target_os = "linux")]
+    {
+        let meta = std::fs::metadata(path).ok()?;
+        meta.is_file().then(|| file_id(&meta))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = path;
+        None
+    }
+}
+
 /// Scans `/proc` for processes other than this one with a descriptor
 /// open on `path` or a file whose name starts with it. A process whose
 /// descriptors we may not read is skipped; `None` without a `/proc`.

@@ -193,12 +193,15 @@ pub(super) fn refuse_beside_the_same_plan(
     db: &std::path::Path,
     plan: &std::path::Path,
 ) -> Result<(), crate::error::UsageError> {
-    let Ok(ours) = std::fs::canonicalize(plan) else {
+    // The file itself, under whatever name: a symbolic or hard link.
+    let Some(ours) = crate::platform::regular_file_id(plan) else {
         return Ok(());
     };
     let runs: Vec<u32> = crate::platform::open_by_this_program(db)
         .into_iter()
-        .filter(|p| runs_plan_file(*p).is_some_and(|f| f == ours))
+        .filter(|p| {
+            runs_plan_file(*p).and_then(|f| crate::platform::regular_file_id(&f)) == Some(ours)
+        })
         .collect();
     refuse_beside(
         db,
@@ -224,7 +227,7 @@ fn runs_plan_file(pid: u32) -> Option<std::path::PathBuf> {
     {
         return None;
     }
-    let seen = |given: &str| std::fs::canonicalize(crate::platform::path_seen_by(pid, given)?).ok();
+    let seen = |given: &str| crate::platform::path_seen_by(pid, given);
     match args.get(1).map(String::as_str) {
         Some("run") => seen(flag_value(&args, "--plan").or_else(|| flag_value(&args, "--sql"))?),
         Some("demo") => {

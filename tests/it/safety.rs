@@ -1514,7 +1514,8 @@ fn a_second_run_of_the_same_plan_file_is_refused_while_the_first_runs() {
 /// A plan read through `/dev/stdin` (or `/dev/fd/N`, `/proc/self/…`) is
 /// the file that process's descriptor names, not this one's: a run of
 /// another plan given so beside it was refused as "a run of the same
-/// plan", and a run of its own plan by name was not.
+/// plan", and a run of its own plan by name was not. A hard link to the
+/// file is the same file too.
 #[cfg(target_os = "linux")]
 #[test]
 fn a_plan_read_through_dev_stdin_is_the_file_on_that_runs_stdin() {
@@ -1542,9 +1543,14 @@ fn a_plan_read_through_dev_stdin_is_the_file_on_that_runs_stdin() {
         "another plan runs: {}",
         b.stderr()
     );
-    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve"]));
-    assert_eq!(code, 2, "the same plan is refused: {err}");
-    assert!(err.contains("a run of the same plan still going"), "{err}");
+    // By its name, and by a hard link's (the same file by another path).
+    let hard = db.dir.path().join("hard.json");
+    std::fs::hard_link(&plan, &hard).unwrap();
+    for by in [&plan, &hard] {
+        let (code, _, err) = run(&run_args(&db, path_str(by), &["--no-serve"]));
+        assert_eq!(code, 2, "the same plan is refused: {err}");
+        assert!(err.contains("a run of the same plan still going"), "{err}");
+    }
     assert!(
         db.query_i64("SELECT count(*) FROM t WHERE counter = 0") > 0,
         "the first run still went on when the last was refused: the test proves nothing"
