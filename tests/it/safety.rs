@@ -1523,7 +1523,7 @@ fn a_plan_read_through_dev_stdin_is_the_file_on_that_runs_stdin() {
     let plan = db.file("plan.json", &counter_plan("once", 10));
     let other = serde_json::json!({"name": "other", "steps": [{"sql": "CREATE TABLE u(x)"}]});
     let other = db.file("other.json", &other.to_string());
-    let flags = words("--no-serve --batch-size 10 --sleep 200 --progress none --no-checkpoint");
+    let flags = words("--no-serve --batch-size 10 --sleep 250 --progress none --no-checkpoint");
     let stdin = |file: &std::path::Path| {
         let f = std::fs::File::open(file).unwrap();
         move |c: &mut std::process::Command| {
