@@ -193,7 +193,12 @@ pub(super) fn refuse_beside_the_same_plan(
     db: &std::path::Path,
     plan: &std::path::Path,
 ) -> Result<(), crate::error::UsageError> {
-    // The file itself, under whatever name: a symbolic or hard link.
+    // The file itself, under whatever name: a symbolic or hard link, or
+    // stdin (`--plan -`) when it is a file (`< plan.json`), not a pipe.
+    let plan = match plan.as_os_str() == "-" {
+        true => std::path::Path::new("/dev/stdin"),
+        false => plan,
+    };
     let Some(ours) = crate::platform::regular_file_id(plan) else {
         return Ok(());
     };
@@ -227,7 +232,10 @@ fn runs_plan_file(pid: u32) -> Option<std::path::PathBuf> {
     {
         return None;
     }
-    let seen = |given: &str| crate::platform::path_seen_by(pid, given);
+    let seen = |given: &str| match given {
+        "-" => crate::platform::path_seen_by(pid, "/dev/stdin"),
+        _ => crate::platform::path_seen_by(pid, given),
+    };
     match args.get(1).map(String::as_str) {
         Some("run") => seen(flag_value(&args, "--plan").or_else(|| flag_value(&args, "--sql"))?),
         Some("demo") => {

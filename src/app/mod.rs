@@ -58,7 +58,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let config = RunConfig::from_args(&args)?;
     if let Some(plan) = args.plan.as_ref().or(args.sql.as_ref())
         && !config.opts.dry_run
-        && plan.as_os_str() != "-"
     {
         checkpoint::refuse_beside_the_same_plan(&config.db, plan)?;
     }

@@ -1515,7 +1515,7 @@ fn a_second_run_of_the_same_plan_file_is_refused_while_the_first_runs() {
 /// the file that process's descriptor names, not this one's: a run of
 /// another plan given so beside it was refused as "a run of the same
 /// plan", and a run of its own plan by name was not. A hard link to the
-/// file is the same file too.
+/// file is the same file too, and so is stdin (`--plan -`) given the file.
 #[cfg(target_os = "linux")]
 #[test]
 fn a_plan_read_through_dev_stdin_is_the_file_on_that_runs_stdin() {
@@ -1551,6 +1551,10 @@ fn a_plan_read_through_dev_stdin_is_the_file_on_that_runs_stdin() {
         assert_eq!(code, 2, "the same plan is refused: {err}");
         assert!(err.contains("a run of the same plan still going"), "{err}");
     }
+    // And on stdin (`--plan -`), given the file.
+    let mut c = Proc::start_with(&run_args(&db, "-", &["--no-serve"]), stdin(&plan));
+    assert_eq!(c.wait().code(), Some(2), "{}", c.stderr());
+    assert!(c.stderr().contains("a run of the same plan still going"));
     assert!(
         db.query_i64("SELECT count(*) FROM t WHERE counter = 0") > 0,
         "the first run still went on when the last was refused: the test proves nothing"
