@@ -216,7 +216,7 @@ pub(super) fn refuse_beside_the_same_plan(
             "two runs of one plan would take turns applying its chunks, and the first would stop (exit 1) once it found its checkpoint moved; with --no-checkpoint both would apply every step",
         ),
         "Nothing ran",
-        "run the plan again if it did not finish (from its checkpoint, it goes on where that run stopped)",
+        "run the plan again if that run did not finish (from the checkpoint, unless that run had --no-checkpoint, it goes on where that run stopped)",
     )
 }
 

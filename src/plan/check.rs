@@ -899,7 +899,7 @@ impl Rehearsal {
         match self.conn.execute_batch(sql) {
             Ok(()) => Ok(()),
             Err(e) => Err(UsageError::new(format!(
-                "{label} detaches a database the run does not have ({}): no step before it attaches one, so it would fail when it ran, after the steps before it had committed. Fix the name to that of an ATTACH before it, or remove the step; nothing was run\n  in: {}",
+                "{label} could only fail as it ran ({}): no step before it attaches a database, and main and temp cannot be detached. Fix the name to that of an ATTACH before it, or remove the step; nothing was run\n  in: {}",
                 sqlite_message(&e),
                 short(sql.trim(), 200)
             ))),
