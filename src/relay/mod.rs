@@ -656,6 +656,11 @@ impl Target {
     /// name, with what to do; `None` for anything else, a dropped TLS
     /// connection included (its words say `TLS` too).
     pub fn handshake_failure(&self, e: &redis::RedisError) -> Option<String> {
+        // A server's own reply (`-ERR … expired`) came over a handshake
+        // made already: its words are never the handshake's.
+        if e.code().is_some() {
+            return None;
+        }
         let (why, fix) = self.tls.then(|| tls::failure(e)).flatten()?;
         (!why.starts_with(tls::VAGUE)).then(|| format!("{why}; {fix}"))
     }
@@ -1145,6 +1150,21 @@ mod tests {
         let e =
             Target::parse("--publish (or BATCHSSE_PUBLISH)", " ", &Access::default()).unwrap_err();
         assert!(e.to_string().contains("BATCHSSE_PUBLISH) is empty"), "{e}");
+    }
+
+    /// A server's reply whose words a TLS failure also has (`expired`) is
+    /// its own answer, told as such: taken for a handshake that failed,
+    /// it was waited out as an outage for good.
+    #[test]
+    fn a_server_reply_with_tls_words_is_no_handshake_failure() {
+        let t = parse("rediss://cache.example:6380/0").unwrap();
+        let reply = redis::make_extension_error("ERR".into(), Some("the lease has expired".into()));
+        assert_eq!(t.handshake_failure(&reply), None);
+        assert!(matches!(t.failure(reply), Failure::Refused(_)));
+        let io: redis::RedisError =
+            std::io::Error::other("invalid peer certificate: Expired").into();
+        let named = t.handshake_failure(&io).unwrap_or_default();
+        assert!(named.contains("has expired"), "{named}");
     }
 
     #[test]
