@@ -467,14 +467,15 @@ impl Renderer {
             Event::Throttle(t) => {
                 // On the run's bar while it lasts, and a line for the record.
                 if let Some(b) = self.bars.as_ref() {
-                    // Its ETA and rate no longer hold: the next chunk's
-                    // progress gives them again.
-                    if let Some(step) = b.step.as_ref().filter(|_| t.active && t.reason.pauses()) {
-                        step.set_message("paused");
+                    // Paused, its ETA and rate no longer hold; resumed,
+                    // nor does the word: the next chunk's progress gives
+                    // them again.
+                    if let Some(step) = b.step.as_ref().filter(|_| t.reason.pauses()) {
+                        step.set_message(if t.active { "paused" } else { "" });
                     }
                     b.overall.set_prefix(if !t.active {
                         "run "
-                    } else if t.reason == ThrottleReason::Paused {
+                    } else if t.reason.pauses() {
                         "paused"
                     } else {
                         "throttled"

@@ -896,6 +896,8 @@ fn the_dashboard_pauses_and_resumes_the_run_with_the_fragment_token() {
             .is_some_and(|t| t.ends_with("paused") && !t.contains("ETA") && !t.contains("rows/s")),
         "{paused:?}"
     );
+    let resumed = running("resumed").unwrap_or_default();
+    assert!(!resumed.ends_with("paused"), "{resumed:?}");
     // The token left the address bar at once, stays in this tab's session
     // storage, and travels only in the Authorization header.
     let address = steer("before")["address"]

@@ -813,6 +813,22 @@ fn a_paused_steps_bar_says_paused_instead_of_its_old_eta() {
         "{bar:?} in:\n{}",
         rows.join("\n")
     );
+    // The run's bar says so too, not "throttled".
+    assert!(
+        rows.iter()
+            .rev()
+            .find(|r| r.starts_with("paused ["))
+            .is_some(),
+        "{}",
+        rows.join("\n")
+    );
+    // Resumed: the word goes, before the next chunk (a slow one) ends.
+    std::fs::remove_file(&hold).unwrap();
+    t.wait_for("batchsse: no longer throttled (pause-file)");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let rows = screen(&t.got(), 100);
+    let bar = rows.iter().rev().find(|r| r.starts_with("step ["));
+    assert!(bar.is_some_and(|b| !b.ends_with("paused")), "{bar:?}");
     t.signal("INT");
     let (code, got) = t.finish();
     assert_eq!(code, 130, "{}", screen(&got, 100).join("\n"));
