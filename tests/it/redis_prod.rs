@@ -1322,66 +1322,115 @@ impl Moving<'_> {
     }
 }
 
+/// A run publishing to a Cluster, held by its pause file once Redis has
+/// every event it sent so far.
+struct ClusterRun {
+    url: String,
+    _db: TempDb,
+    pause: std::path::PathBuf,
+    run: Proc,
+    s: Stream,
+    seen: Vec<batchsse::sse::ParsedEvent>,
+    run_id: String,
+}
+
+impl ClusterRun {
+    fn paused(cluster: &Cluster, plan: &str) -> ClusterRun {
+        use crate::relay::{paused, publishing_run, run_id_of, until_paused};
+        let url = cluster.url();
+        let db = TempDb::counters(200);
+        let pause = paused(&db);
+        let extra = ["--drain-timeout", "30"];
+        let run = publishing_run(&db, plan, &url, &pause, &extra);
+        let mut s = Stream::open(run.addr(), "/events", &[]);
+        let seen = until_paused(&mut s);
+        let run_id = run_id_of(&seen[0]);
+        wait_for_redis("the events before the pause", || {
+            (cluster.entry_ids(&run_id).len() == seen.len()).then_some(())
+        });
+        ClusterRun {
+            url,
+            _db: db,
+            pause,
+            run,
+            s,
+            seen,
+            run_id,
+        }
+    }
+
+    /// Lets the run go on until it says `what` in a message.
+    fn go_on_until(&mut self, what: &str) {
+        std::fs::remove_file(&self.pause).expect("remove the pause file");
+        loop {
+            let e = self
+                .s
+                .next_event()
+                .unwrap_or_else(|| panic!("the run's stream ended before it said {what:?}"));
+            let said = (e.event == "message").then(|| data(&e)["message"].to_string());
+            self.seen.push(e);
+            if said.is_some_and(|m| m.contains(what)) {
+                return;
+            }
+        }
+    }
+
+    /// Lets the run end, and checks that it exited 0 with every event
+    /// published once, in order; gives its stderr.
+    fn ends_published_whole(&mut self, cluster: &Cluster) -> String {
+        self.seen.extend(self.s.rest());
+        let status = self.run.wait();
+        let err = self.run.stderr();
+        assert_eq!(status.code(), Some(0), "{err}");
+        assert!(!err.contains("not published"), "{err}");
+        assert_contiguous(&self.seen, 1);
+        let want: Vec<String> = (1..=self.seen.len()).map(|n| format!("{n}-0")).collect();
+        assert_eq!(
+            cluster.entry_ids(&self.run_id),
+            want,
+            "every event once, in order"
+        );
+        err
+    }
+}
+
 #[test]
 fn a_cluster_slot_that_moves_mid_run_loses_and_doubles_nothing() {
     // A reshard moves a slot's keys to another node; while it does, the
     // old node answers ASK for them. That is the Cluster at work, not a
     // wrong URL: the publisher stopped for good ("publishing stops here"),
     // and a relay exited 3, both saying to give redis+cluster://.
-    use crate::relay::{paused, publishing_run, run_id_of, until_paused};
     let Some(cluster) = Cluster::start() else {
         return;
     };
-    let url = cluster.url();
-    let db = TempDb::counters(200);
-    let pause = paused(&db);
-    let extra = ["--drain-timeout", "30"];
-    let mut run = publishing_run(&db, "reshard", &url, &pause, &extra);
-    let mut s = Stream::open(run.addr(), "/events", &[]);
-    let mut seen = until_paused(&mut s);
-    let run_id = run_id_of(&seen[0]);
-    wait_for_redis("the events before the pause", || {
-        (cluster.entry_ids(&run_id).len() == seen.len()).then_some(())
-    });
-    let mut mirror = Proc::start(&["relay", &url, "--run", &run_id, "--listen", "127.0.0.1:0"]);
+    let mut c = ClusterRun::paused(&cluster, "reshard");
+    let args = [
+        "relay",
+        &c.url,
+        "--run",
+        &c.run_id,
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    let mut mirror = Proc::start(&args);
     let mut r = Stream::open(mirror.addr(), "/events", &[]);
-    let mut relayed: Vec<_> = (0..seen.len())
+    let mut relayed: Vec<_> = (0..c.seen.len())
         .map(|_| r.next_event().expect("an event"))
         .collect();
-    let moving = cluster.start_moving(&format!("{{{run_id}}}"));
+    let moving = cluster.start_moving(&format!("{{{}}}", c.run_id));
     // The run goes on while the slot moves: both meet the ASK.
-    std::fs::remove_file(&pause).expect("remove the pause file");
-    loop {
-        let e = s
-            .next_event()
-            .expect("the run's stream ended before Redis was lost");
-        let said = (e.event == "message").then(|| data(&e)["message"].to_string());
-        seen.push(e);
-        if said.is_some_and(|m| m.contains("Redis")) {
-            break;
-        }
-    }
+    c.go_on_until("Redis");
     wait_for_redis("the relay's word on the move", || {
         let err = mirror.stderr();
         (err.contains("lost Redis") || err.contains("relay stopped")).then_some(())
     });
     moving.done();
-    seen.extend(s.rest());
-    let status = run.wait();
-    let err = run.stderr();
-    assert_eq!(status.code(), Some(0), "{err}");
-    assert!(!err.contains("not published"), "{err}");
-    assert_contiguous(&seen, 1);
-    let want: Vec<String> = (1..=seen.len()).map(|n| format!("{n}-0")).collect();
-    assert_eq!(
-        cluster.entry_ids(&run_id),
-        want,
-        "every event once, in order"
-    );
+    let err = c.ends_published_whole(&cluster);
     // One move, one outage: said once each way, not once per batch that
     // met the ASK (each a message to every viewer).
     let said = |what: &str| {
-        seen.iter()
+        c.seen
+            .iter()
             .filter(|e| e.event == "message" && data(e)["message"].to_string().contains(what))
             .count()
     };
@@ -1393,7 +1442,7 @@ fn a_cluster_slot_that_moves_mid_run_loses_and_doubles_nothing() {
     relayed.extend(r.rest());
     let triples =
         |evs: &[batchsse::sse::ParsedEvent]| evs.iter().map(event_triple).collect::<Vec<_>>();
-    assert_eq!(triples(&relayed), triples(&seen), "{}", mirror.stderr());
+    assert_eq!(triples(&relayed), triples(&c.seen), "{}", mirror.stderr());
     mirror.signal("TERM");
     assert_eq!(mirror.wait().code(), Some(0), "{}", mirror.stderr());
 }
@@ -1408,53 +1457,22 @@ fn a_cluster_slot_moved_key_by_key_mid_run_takes_the_run_s_stream_whole() {
     // stream failed (BUSYKEY) with the slot half-moved, and once it was
     // moved anyway the stream there lacked its head and was published
     // again from event 1 (the whole one left behind on the old node).
-    use crate::relay::{paused, publishing_run, run_id_of, until_paused};
     let Some(cluster) = Cluster::start() else {
         return;
     };
-    let url = cluster.url();
-    let db = TempDb::counters(200);
-    let pause = paused(&db);
-    let extra = ["--drain-timeout", "30"];
-    let mut run = publishing_run(&db, "keybykey", &url, &pause, &extra);
-    let mut s = Stream::open(run.addr(), "/events", &[]);
-    let mut seen = until_paused(&mut s);
-    let run_id = run_id_of(&seen[0]);
-    wait_for_redis("the events before the pause", || {
-        (cluster.entry_ids(&run_id).len() == seen.len()).then_some(())
-    });
+    let mut c = ClusterRun::paused(&cluster, "keybykey");
+    let run_id = c.run_id.clone();
     let moving = cluster.begin_moving(&format!("{{{run_id}}}"));
     let alive = format!("batchsse:alive:{{{run_id}}}");
     moving.migrate(&alive).expect("MIGRATE the alive key");
-    std::fs::remove_file(&pause).expect("remove the pause file");
-    loop {
-        let e = s
-            .next_event()
-            .expect("the run ended before it met the move");
-        let said = (e.event == "message").then(|| data(&e)["message"].to_string());
-        seen.push(e);
-        if said.is_some_and(|m| m.contains("a slot of the Cluster is moving")) {
-            break;
-        }
-    }
+    c.go_on_until("a slot of the Cluster is moving");
     let stream = format!("batchsse:run:{{{run_id}}}");
     moving
         .migrate(&stream)
         .expect("MIGRATE the run's stream after its alive key");
     moving.done();
-    seen.extend(s.rest());
-    let status = run.wait();
-    let err = run.stderr();
-    assert_eq!(status.code(), Some(0), "{err}");
-    assert!(!err.contains("not published"), "{err}");
+    let err = c.ends_published_whole(&cluster);
     assert!(!err.contains("was emptied"), "{err}");
-    assert_contiguous(&seen, 1);
-    let want: Vec<String> = (1..=seen.len()).map(|n| format!("{n}-0")).collect();
-    assert_eq!(
-        cluster.entry_ids(&run_id),
-        want,
-        "every event once, in order"
-    );
 }
 
 #[test]
