@@ -3532,22 +3532,18 @@ fn a_recorded_run_that_kept_nothing_says_so_in_its_last_line() {
     let db = TempDb::counters(20);
     let plan = db.file("plan.json", &counter_plan("twice", 5));
     let args = run_args(&db, path_str(&plan), &["--no-serve", "--undo"]);
-    let (code, _, err) = run(&args);
-    assert_eq!(code, 0, "{err}");
-    let last = err
-        .lines()
-        .rfind(|l| l.contains("finished ok"))
-        .unwrap_or_default();
+    let last_line = || {
+        let (code, _, err) = run(&args);
+        assert_eq!(code, 0, "{err}");
+        let last = err.lines().rfind(|l| l.contains("finished ok"));
+        (last.unwrap_or_default().to_owned(), err)
+    };
+    let (last, err) = last_line();
     assert!(
         last.contains(", undo record ") && last.ends_with(" bytes"),
         "{err}"
     );
-    let (code, _, err) = run(&args);
-    assert_eq!(code, 0, "{err}");
-    let last = err
-        .lines()
-        .rfind(|l| l.contains("finished ok"))
-        .unwrap_or_default();
+    let (last, err) = last_line();
     assert!(last.contains(", nothing recorded for undo"), "{err}");
     assert!(!last.contains("undo record 0 bytes"), "{err}");
 }
