@@ -45,6 +45,7 @@ const BETWEEN_CHUNKS: StepError = StepError::Cancelled { under_way: false };
 
 pub(super) fn run(r: &Runner<'_>, step: &Step, chunk: &Chunk, resume: &Resume) -> StepResult {
     let t0 = Instant::now();
+    let paused0 = r.governor.borrow().paused();
     let mut c = Counts::default();
     let end = resume.chunk_position(step).and_then(|p| p.end.as_ref());
     let span = span(r.conn, chunk, end).map_err(|e| r.fail(e, c))?;
@@ -106,7 +107,8 @@ pub(super) fn run(r: &Runner<'_>, step: &Step, chunk: &Chunk, resume: &Resume) -
         } else {
             governor.rest_after(took)
         };
-        r.progress(step, c, t0, resumed_from, pause);
+        let paused = governor.paused().saturating_sub(paused0);
+        r.progress(step, c, t0, resumed_from, (pause, paused));
         if governor.after_chunk(took, step.index, last) {
             return Err((BETWEEN_CHUNKS, c));
         }

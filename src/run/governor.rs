@@ -171,6 +171,9 @@ pub(super) struct Governor<'a> {
     /// An undo's chunks are the run's recorded ones, taken back as they
     /// are: no chunk time or batch size resizes them.
     recorded_chunks: bool,
+    /// How long a person has held the run (a live pause, the pause file)
+    /// in all: a rate over time that counts it would say the run is slow.
+    paused: Duration,
 }
 
 struct ThrottleQuery {
@@ -268,6 +271,7 @@ impl<'a> Governor<'a> {
             query_error: None,
             one_transaction: None,
             recorded_chunks: false,
+            paused: Duration::ZERO,
         };
         g.data_version = g.read_data_version();
         g.announced = g.settings();
@@ -645,29 +649,25 @@ impl<'a> Governor<'a> {
         loop {
             if self.cancel.is_cancelled() {
                 if let Some((reason, since)) = waiting {
-                    self.throttle_event(
-                        false,
-                        reason,
-                        format!("cancelled after {}", duration(ms(since.elapsed()))),
-                        step,
-                    );
+                    let waited = self.waited(reason, since);
+                    self.throttle_event(false, reason, format!("cancelled after {waited}"), step);
                 }
                 return true;
             }
             let seen = self.cancel.nudges();
             let brake = self.brake();
-            match (&waiting, brake) {
+            match (waiting, brake) {
                 (None, None) => return false,
                 (Some((reason, since)), None) => {
-                    let detail = format!("waited {}", duration(ms(since.elapsed())));
-                    self.throttle_event(false, *reason, detail, step);
+                    let detail = format!("waited {}", self.waited(reason, since));
+                    self.throttle_event(false, reason, detail, step);
                     return false;
                 }
-                (Some((reason, _)), Some((now, _))) if *reason == now => {}
+                (Some((reason, _)), Some((now, _))) if reason == now => {}
                 (old, Some((reason, detail))) => {
                     if let Some((was, since)) = old {
-                        let ended = format!("waited {}", duration(ms(since.elapsed())));
-                        self.throttle_event(false, *was, ended, step);
+                        let ended = format!("waited {}", self.waited(was, since));
+                        self.throttle_event(false, was, ended, step);
                     }
                     self.throttle_event(true, reason, detail, step);
                     waiting = Some((reason, Instant::now()));
@@ -679,6 +679,21 @@ impl<'a> Governor<'a> {
             // A cancel or a live command looks again at once.
             self.cancel.nap(RECHECK, seen);
         }
+    }
+
+    /// A wait for `reason` since `since` is over: counted, if a person
+    /// held the run, in the time paused, and said in words.
+    fn waited(&mut self, reason: ThrottleReason, since: Instant) -> String {
+        let took = since.elapsed();
+        if reason.pauses() {
+            self.paused += took;
+        }
+        duration(ms(took))
+    }
+
+    /// How long a person has held the run in all, to leave out of a rate.
+    pub(super) fn paused(&self) -> Duration {
+        self.paused
     }
 
     fn throttle_event(

@@ -1098,12 +1098,13 @@ impl Runner<'_> {
     }
 
     /// `resumed_from`: rows an earlier run already did, which this run's
-    /// rate must not count. `pause`: the `--sleep` about to follow, counted
-    /// in the rate (and so the ETA) as if it had passed.
-    fn progress(&self, step: &Step, c: Counts, t0: Instant, resumed_from: u64, pause: Duration) {
+    /// rate must not count. `rest`: the `--sleep` about to follow, counted
+    /// in the rate (and so the ETA) as if it had passed, and the time a
+    /// person held the step paused, which the rate leaves out: the run will
+    /// not wait so again.
+    fn progress(&self, step: &Step, c: Counts, t0: Instant, resumed_from: u64, rest: Rest) {
         let elapsed = t0.elapsed();
-        let rate =
-            c.done.saturating_sub(resumed_from) as f64 / (elapsed + pause).as_secs_f64().max(1e-6);
+        let rate = c.done.saturating_sub(resumed_from) as f64 / busy(elapsed, rest);
         let left = c.total.saturating_sub(c.done);
         let percent = if c.total == 0 {
             100.0
@@ -1122,6 +1123,18 @@ impl Runner<'_> {
             elapsed_ms: ms(elapsed),
         }));
     }
+}
+
+/// The pause about to follow and the time held paused (see `progress`).
+type Rest = (Duration, Duration);
+
+/// The seconds a rate divides by: `elapsed` with the pause ahead and
+/// without the time held paused.
+fn busy(elapsed: Duration, (ahead, paused): Rest) -> f64 {
+    (elapsed + ahead)
+        .saturating_sub(paused)
+        .as_secs_f64()
+        .max(1e-6)
 }
 
 fn ms(d: Duration) -> u64 {

@@ -71,6 +71,36 @@ fn a_pause_file_holds_the_run_between_chunks_with_no_lock_and_removing_it_goes_o
     assert_eq!(db.counter_spread(), (1000, 0), "every row once");
 }
 
+/// A pause is a person's, not the run's pace: the rate and ETA after it
+/// are the run's own, not its rows over a time that counts the pause.
+#[test]
+fn the_rate_after_a_pause_leaves_the_pause_out() {
+    let db = TempDb::counters(1000);
+    let pause = db.dir.path().join("pause");
+    let (mut p, mut s) = slow_run(&db, &["--pause-file", path_str(&pause)]);
+    s.until("progress");
+    let before = data(&s.until("progress"))["rate"].as_f64().expect("rate");
+    std::fs::write(&pause, "").expect("pause file");
+    s.until("throttle");
+    // Ten times the whole step's time so far, and more.
+    std::thread::sleep(Duration::from_millis(1500));
+    std::fs::remove_file(&pause).expect("remove");
+    s.until("throttle");
+    let after = data(&s.until("progress"));
+    let rate = after["rate"].as_f64().expect("rate");
+    // Counting the pause, it would be a small part of the one before.
+    assert!(
+        rate > before / 3.0,
+        "{rate} after, {before} before: {after}"
+    );
+    let eta = after["eta_ms"].as_u64().expect("eta");
+    let left = 1000 - after["done"].as_u64().expect("done");
+    let at_rate_before = left as f64 / before * 1000.0;
+    assert!((eta as f64) < at_rate_before * 3.0, "{eta} ms: {after}");
+    assert_eq!(data(s.rest().last().unwrap())["status"], "ok");
+    assert_eq!(p.wait().code(), Some(0));
+}
+
 #[test]
 fn ctrl_c_while_paused_cancels_at_once() {
     let db = TempDb::counters(1000);

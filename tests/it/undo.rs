@@ -3292,6 +3292,43 @@ fn a_paced_undo_counts_its_pauses_in_rate_and_eta_from_the_first_part() {
     assert_eq!(progress[3]["eta_ms"], 0, "{}", progress[3]);
 }
 
+/// An undo held by the pause file leaves that time out of its rate and
+/// ETA after it, as a run does.
+#[test]
+fn an_undo_s_rate_after_a_pause_leaves_the_pause_out() {
+    let db = TempDb::counters(500);
+    let plan = db.file("plan.json", &counter_plan("bump", 10));
+    let flags = ["--no-serve", "--undo", "--batch-size", "10"];
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &flags));
+    assert_eq!(code, 0, "{err}");
+    let pause = db.dir.path().join("pause");
+    let mut args = words("undo --plan bump --listen 127.0.0.1:0 --progress none");
+    args.extend(words("--wait-for-clients 1 --sleep 20 --pause-file"));
+    args.extend_from_slice(&[path_str(&pause), "--db", path_str(&db.path)]);
+    let mut p = Proc::start(&args);
+    let mut s = Stream::open(p.addr(), "/events", &[]);
+    s.until("progress");
+    let before = data(&s.until("progress"))["rate"].as_f64().expect("rate");
+    std::fs::write(&pause, "").expect("pause file");
+    s.until("throttle");
+    std::thread::sleep(Duration::from_millis(1500));
+    std::fs::remove_file(&pause).expect("remove");
+    s.until("throttle");
+    let after = data(&s.until("progress"));
+    let rate = after["rate"].as_f64().expect("rate");
+    // Counting the pause, it would be a small part of the one before.
+    assert!(
+        rate > before / 3.0,
+        "{rate} after, {before} before: {after}"
+    );
+    assert_eq!(data(s.rest().last().unwrap())["status"], "ok");
+    assert_eq!(p.wait().code(), Some(0));
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM t WHERE counter = 0"),
+        500
+    );
+}
+
 /// In a GitHub Actions job that runs a plan and then takes it back, the
 /// two step summaries were headed alike ("batchsse: bump on t.sqlite");
 /// the undo's says it is one, as its dashboard's title does.

@@ -24,7 +24,7 @@ use crate::run::checkpoint;
 use crate::run::expect::shown;
 use crate::run::governor::Governor;
 use crate::run::tx::Tx;
-use crate::run::{Options, ms};
+use crate::run::{Options, Rest, busy, ms};
 
 /// What `--on-conflict` does with a row the application changed since the
 /// run.
@@ -109,12 +109,13 @@ impl At<'_> {
         )
     }
 
-    /// `pause`: the rest that follows the part just taken back (`--sleep`,
+    /// `rest`: the rest that follows the part just taken back (`--sleep`,
     /// the yield), counted now as a run counts its own, so that the first
-    /// rate and ETA of a paced undo are not those of an unpaced one.
-    fn progress(&self, pause: Duration) -> Progress {
+    /// rate and ETA of a paced undo are not those of an unpaced one; and
+    /// the time a person held it paused, left out as a run leaves it out.
+    fn progress(&self, rest: Rest) -> Progress {
         let elapsed = self.t0.elapsed();
-        let rate = self.done as f64 / (elapsed + pause).as_secs_f64().max(1e-6);
+        let rate = self.done as f64 / busy(elapsed, rest);
         let left = self.total.saturating_sub(self.done);
         Progress {
             step: self.index,
@@ -769,6 +770,7 @@ impl Undoer<'_> {
             changed: 0,
         };
         self.step_event(&at, StepState::Running, None);
+        let paused0 = self.governor.borrow().paused();
         for (n, c) in g.iter().enumerate() {
             let last = n + 1 == g.len();
             if self.governor.borrow_mut().wait_while_braked(Some(index))
@@ -790,7 +792,8 @@ impl Undoer<'_> {
             } else {
                 Duration::ZERO
             };
-            self.log.push(Event::Progress(at.progress(pause)));
+            let paused = self.governor.borrow().paused().saturating_sub(paused0);
+            self.log.push(Event::Progress(at.progress((pause, paused))));
             if taken && self.governor.borrow_mut().after_chunk(took, index, last) {
                 return Err(self.stopped(&at, RunStatus::Cancelled, self.interrupted()));
             }
