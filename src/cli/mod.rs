@@ -85,7 +85,8 @@ pub enum Command {
         It may start before the run listens: it retries until --connect-timeout (or until the \
         --pid process has exited), and after a dropped connection it resumes with Last-Event-ID, \
         printing no event twice. A new run started on the same address is followed from its start; \
-        with --pid, only if it is that process's run (not another run still lingering on the port).\n\n\
+        with --pid, only if it is that process's run (not another run still lingering on the port; \
+        only Linux tells the two apart, other systems follow what answers).\n\n\
         Exit status: 0 the run finished ok, 1 it failed, 130 it was interrupted (or watch was), \
         2 bad usage (or the token was refused), 3 no run could be reached (or what answered is \
         not a batchsse run), 141 its output was \
@@ -656,7 +657,7 @@ pub struct WatchArgs {
     #[arg(long, value_name = "SECS", default_value_t = 30.0)]
     pub connect_timeout: f64,
 
-    /// The run's process id (a shell's $!): stop retrying as soon as that process has exited; a server that is another run's (its start names another process) is not followed.
+    /// The run's process id (a shell's $!): stop retrying as soon as that process has exited; on Linux, a server that is another run's (its start names another live batchsse) is not followed.
     #[arg(long, value_name = "PID", value_parser = clap::value_parser!(u32).range(1..=i32::MAX as i64))]
     pub pid: Option<u32>,
 }
