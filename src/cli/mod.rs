@@ -665,7 +665,7 @@ pub struct WatchArgs {
 /// `--progress`: how the terminal shows a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ProgressMode {
-    /// Bars on a terminal, plain lines otherwise.
+    /// Bars on a terminal, github in GitHub Actions (GITHUB_ACTIONS=true, standard error not a terminal), plain lines otherwise.
     Auto,
     /// Progress bars (indicatif).
     Bar,
