@@ -1578,6 +1578,42 @@ fn in_github_mode_every_error_is_annotated_once() {
     );
 }
 
+/// An undo stopped by a conflict under `--on-conflict abort` says its
+/// error once, as a failed run does: it logged the error before the
+/// step's failure, so a viewer annotated it twice in an Actions job (once
+/// without the step's title) and said it twice on any terminal.
+#[test]
+fn an_undo_stopped_by_a_conflict_says_its_error_once() {
+    let db = bumped();
+    db.conn()
+        .execute_batch("UPDATE t SET counter = 7 WHERE id = 5")
+        .unwrap();
+    let args = undo_of_plan(&db, "bump", &["--on-conflict", "abort"]);
+    let args: Vec<&str> = args.into_iter().filter(|a| *a != "--no-serve").collect();
+    let mut undo = Proc::start(
+        &[
+            &args[..],
+            &["--listen", "127.0.0.1:0", "--wait-for-clients", "1"],
+            &["--linger", "30", "--progress", "github"],
+        ]
+        .concat(),
+    );
+    let url = format!("http://{}/", undo.addr());
+    let (code, _, err) = crate::util::run(&["watch", &url, "--progress", "github"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("conflict in t at key 5"), "{err}");
+    let errors = err.lines().filter(|l| l.starts_with("::error")).count();
+    assert_eq!(errors, 1, "one annotation: {err}");
+    let (code, _, err) = crate::util::run(&["watch", &url, "--progress", "plain"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(!err.contains("batchsse: error:"), "said twice: {err}");
+    undo.signal("INT");
+    undo.wait();
+    let own = undo.stderr();
+    let errors = own.lines().filter(|l| l.starts_with("::error")).count();
+    assert_eq!(errors, 1, "the undo's own output: {own}");
+}
+
 /// GitHub's runner trims a line's leading white space before it looks for
 /// `::`, so the run's error, printed indented under its outcome, must not
 /// become a command of its own when it begins with one (here from a

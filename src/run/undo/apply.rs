@@ -810,9 +810,11 @@ impl Undoer<'_> {
         if self.cancel.is_cancelled() {
             return self.stopped(at, RunStatus::Cancelled, self.interrupted());
         }
-        let why = schema_hint(why);
-        self.message(Level::Error, why.clone());
-        self.stopped(at, RunStatus::Failed, why)
+        // The step's failure first, as a run logs it: a viewer then knows
+        // the message for the error it has already shown, and says it once.
+        let end = self.stopped(at, RunStatus::Failed, schema_hint(why));
+        self.message(Level::Error, end.1.clone());
+        end
     }
 
     fn stopped(&self, at: &At<'_>, status: RunStatus, why: String) -> (RunStatus, String) {
