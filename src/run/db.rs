@@ -233,7 +233,11 @@ fn open(path: &Path, busy_timeout: Duration, write: bool) -> Result<Connection, 
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK") {
         return Err(match e.sqlite_error_code() {
             _ if is_lock(&e) => locked(),
-            Some(rusqlite::ErrorCode::ReadOnly) => read_only(),
+            // A WAL file's `-shm` or `-wal` that may not be written makes
+            // the connection read-only although the file itself is not.
+            Some(rusqlite::ErrorCode::ReadOnly) => wal_side_files_refused(&e, path)
+                .map(UsageError::new)
+                .unwrap_or_else(read_only),
             _ => UsageError::new(format!("{shown}: {}", plan::db_open_message(&e))),
         });
     }

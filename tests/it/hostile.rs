@@ -853,6 +853,36 @@ fn a_wal_database_in_a_folder_no_one_may_write_to_is_refused_with_the_reason() {
     assert_eq!(sha256(&db.path), before);
 }
 
+/// A WAL database whose `-shm` may not be written (another user's, left by
+/// the application that holds the file open): the file and its folder
+/// are writable, so a message that blames them sends the user the wrong
+/// way; it names the side files.
+#[test]
+fn a_wal_database_whose_shm_may_not_be_written_names_the_side_files() {
+    let db = TempDb::with_sql(
+        "PRAGMA journal_mode = WAL;
+         CREATE TABLE t(id INTEGER PRIMARY KEY, counter INTEGER NOT NULL DEFAULT 0);
+         INSERT INTO t(id) VALUES (1), (2);",
+    );
+    let plan = db.file("plan.json", &counter_plan("shm-ro", 10));
+    // The application: while it holds the file open, its -shm stays.
+    let app = db.conn();
+    app.query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0))
+        .unwrap();
+    let shm = db.dir.path().join("test.sqlite-shm");
+    let before = sha256(&db.path);
+    let Some(_guard) = immutable(&shm) else {
+        return;
+    };
+    let (code, _, err) = run(&run_args(&db, path_str(&plan), &["--no-serve"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("WAL mode") && err.contains("-shm") && !err.contains("is read-only"),
+        "{err}"
+    );
+    assert_eq!(sha256(&db.path), before);
+}
+
 /// Escape sequences in a plan (a step's name, its SQL echoed in an error)
 /// reach the terminal as text: they cannot clear it, move the cursor to
 /// overwrite a line, or retitle the window.
