@@ -13,6 +13,7 @@
 //! others keep writing; only once the run has seen nobody for a while are
 //! chunks long, with no yield.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -162,8 +163,10 @@ pub(super) struct Governor<'a> {
     /// The run switched a DELETE journal to TRUNCATE (see `lighten_commits`).
     restore_delete: bool,
     throttle: Option<ThrottleQuery>,
-    /// The throttle query's last failure, said once.
-    query_error: Option<String>,
+    /// The throttle query's failures said so far: each is said once, even
+    /// when the query works between them, since every warning stays in
+    /// the log for good.
+    query_errors: HashSet<String>,
     /// The flag that makes the run one transaction (`--atomic`,
     /// `--dry-run`): it holds the write lock throughout, so nothing waits
     /// between its chunks.
@@ -268,7 +271,7 @@ impl<'a> Governor<'a> {
             wal,
             restore_delete: false,
             throttle,
-            query_error: None,
+            query_errors: HashSet::new(),
             one_transaction: None,
             recorded_chunks: false,
             paused: Duration::ZERO,
@@ -798,14 +801,12 @@ impl<'a> Governor<'a> {
             ),
         };
         q.last = last.clone();
-        if problem.is_some() && problem != self.query_error {
-            self.log.push(Event::message(
-                json!({"db": self.db}),
-                Level::Warn,
-                problem.clone().unwrap_or_default(),
-            ));
+        if let Some(problem) = problem
+            && self.query_errors.insert(problem.clone())
+        {
+            self.log
+                .push(Event::message(json!({"db": self.db}), Level::Warn, problem));
         }
-        self.query_error = problem;
         last
     }
 

@@ -214,6 +214,31 @@ fn a_throttle_query_that_fails_mid_run_is_said_once_and_does_not_stop_the_run() 
     assert_eq!(db.counter_spread(), (1000, 0));
 }
 
+/// A throttle query that fails now and then, working between (here: while
+/// the rows done so far are in 100..200, 300..400, …), is said once, not
+/// at every failure: each warning is a `message`, which the log keeps for
+/// good, so a query that flapped for a day grew it without bound.
+#[test]
+fn a_throttle_query_that_fails_now_and_then_is_said_once() {
+    let db = TempDb::counters(1000);
+    let flapping = "SELECT CASE WHEN (SELECT count(*) FROM t WHERE counter = 1) % 200 < 100 THEN 0 ELSE json('x') END";
+    let (mut p, mut s) = slow_run(&db, &["--throttle-query", flapping]);
+    let all = s.rest();
+    assert_eq!(p.wait().code(), Some(0));
+    let warnings = all
+        .iter()
+        .filter(|e| e.event == "message")
+        .filter(|e| {
+            data(e)["message"]
+                .as_str()
+                .unwrap()
+                .contains("--throttle-query failed")
+        })
+        .count();
+    assert_eq!(warnings, 1, "said once");
+    assert_eq!(db.counter_spread(), (1000, 0));
+}
+
 #[test]
 fn a_reader_pinning_the_wal_past_max_wal_mb_throttles_the_run_until_it_lets_go() {
     let db = TempDb::padded_wal(20000);
