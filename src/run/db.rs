@@ -441,6 +441,15 @@ pub fn run_time_message(conn: &Connection, e: &rusqlite::Error) -> String {
         .path()
         .map(|p| lock_holders(Path::new(p)))
         .unwrap_or_default();
+    // With no other process in sight, the lock may be the run's own.
+    if let Some(name) = attached_again(conn).filter(|_| holders.is_empty()) {
+        return format!(
+            "{}: the database the run works on is attached again as {}, and SQLite locks that name apart from main, so a step that uses it waits on the run's own transaction, however long --busy-timeout is; use main's tables instead of {}'s",
+            sqlite_message(e),
+            crate::human::quoted(&name),
+            name
+        );
+    }
     // The connection's own setting: --busy-timeout, unless a plan's PRAGMA
     // changed it.
     let waited: i64 = conn
@@ -452,6 +461,20 @@ pub fn run_time_message(conn: &Connection, e: &rusqlite::Error) -> String {
         "{} by another connection{holders}, still after --busy-timeout {waited} ms; wait for it to finish or raise --busy-timeout",
         sqlite_message(e)
     )
+}
+
+/// The name a step attached the run's own file under, if one did.
+fn attached_again(conn: &Connection) -> Option<String> {
+    let main = std::fs::canonicalize(conn.path()?).ok()?;
+    let mut stmt = conn
+        .prepare("SELECT name, file FROM pragma_database_list WHERE seq > 1")
+        .ok()?;
+    let found = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+        .ok()?
+        .flatten()
+        .find(|(_, file)| std::fs::canonicalize(file).is_ok_and(|f| f == main));
+    found.map(|(name, _)| name)
 }
 
 /// Whether `table` of `main` has a column `column` (SQLite's names are

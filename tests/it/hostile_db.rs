@@ -355,6 +355,32 @@ fn attaching_a_database_that_does_not_exist_is_refused_before_anything_runs() {
     assert_eq!(db.counter_spread(), (3, 0));
 }
 
+/// A plan that attaches the database it runs on a second time, and uses
+/// that name in a step that writes: SQLite gives the second name its own
+/// locks, so the step waits on the run's own transaction and fails. The
+/// message blamed another connection and said to raise --busy-timeout,
+/// which can never help; it names the attachment and the way out.
+#[test]
+fn a_step_that_uses_the_run_s_own_file_attached_again_says_so() {
+    let db = TempDb::counters(3);
+    let plan = serde_json::json!({"steps": [
+        {"sql": format!("ATTACH '{}' AS again", path_str(&db.path))},
+        {"sql": "UPDATE t SET counter = (SELECT count(*) FROM again.t)"}
+    ]});
+    let plan = db.file("plan.json", &plan.to_string());
+    let (code, _, err) = run(&run_args(
+        &db,
+        path_str(&plan),
+        &["--no-serve", "--busy-timeout", "200"],
+    ));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("attached again as \"again\"") && !err.contains("raise --busy-timeout"),
+        "{err}"
+    );
+    assert_eq!(db.counter_spread(), (0, 3));
+}
+
 /// A `DETACH` of a name no step attached (`archve` for `archive`) failed
 /// only when it ran, exit 1, after the steps before it had committed. The
 /// check refuses it when no step before it attaches a database; after an
