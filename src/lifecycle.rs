@@ -582,10 +582,6 @@ impl Steering {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn set_paused(&self, paused: bool) {
-        self.lock().0 = paused;
-    }
-
     pub fn paused(&self) -> bool {
         self.lock().0
     }
@@ -627,16 +623,24 @@ impl Steering {
         std::mem::take(&mut self.lock().1)
     }
 
-    /// Changes the pace once `log` has said so (false: the change is not
-    /// taken), as one step under the lock: a pace the runner tells
-    /// meanwhile (`say_pace`) comes wholly before or after, so a message
-    /// with the pace as it was never lands after the `control` event that
-    /// changed it, and `/status` never goes back to the old pace.
-    pub fn change_pace_logged(&self, patch: PacePatch, log: impl FnOnce() -> bool) -> bool {
+    /// Changes the pace, and pauses or resumes, once `log` has said so
+    /// (false: the change is not taken), as one step under the lock: a
+    /// pace the runner tells meanwhile (`say_pace`) comes wholly before or
+    /// after, so a message with the pace as it was never lands after the
+    /// `control` event that changed it, and `/status` never goes back to
+    /// the old pace; and of two commands sent at once, the one logged last
+    /// is the one in force, as `/status` (which follows the log) says.
+    pub fn change_pace_logged(
+        &self,
+        patch: PacePatch,
+        pause: Option<bool>,
+        log: impl FnOnce() -> bool,
+    ) -> bool {
         let mut state = self.lock();
         let taken = log();
         if taken {
             state.1.merge(patch);
+            state.0 = pause.unwrap_or(state.0);
         }
         taken
     }
@@ -683,7 +687,7 @@ mod tests {
                     sleep_ms: Some(5),
                     ..Default::default()
                 };
-                scope.spawn(|| steering.change_pace_logged(change, || tx.send(()).is_ok()));
+                scope.spawn(|| steering.change_pace_logged(change, None, || tx.send(()).is_ok()));
                 // The runner is saying the pace: the command's `control`
                 // event must wait, or it lands before the runner's message.
                 let early = rx.recv_timeout(std::time::Duration::from_millis(100));

@@ -1005,6 +1005,7 @@ mod tests {
                 sleep_ms: Some(5),
                 ..Default::default()
             },
+            None,
             || true,
         );
         let pace = (Pace::default(), Brakes::default());
@@ -1033,6 +1034,7 @@ mod tests {
                 sleep_ms: Some(20),
                 ..Default::default()
             },
+            None,
             || true,
         );
         assert_eq!(g.brake(), None);

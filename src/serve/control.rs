@@ -208,7 +208,7 @@ fn command(
     };
     // Logged before anything changes, so `control` comes before the run's
     // end; a run that finished since the check above takes no command.
-    let logged = steering.change_pace_logged(cmd.pace.clone(), || {
+    let logged = steering.change_pace_logged(cmd.pace.clone(), cmd.pause, || {
         let settings = cmd.pace.apply(state.log.snapshot().settings);
         let control = Control {
             action,
@@ -220,9 +220,6 @@ fn command(
     });
     if !logged {
         return Err((StatusCode::CONFLICT, FINISHED.into()));
-    }
-    if let Some(p) = cmd.pause {
-        steering.set_paused(p);
     }
     // Either way the runner's wait ends now, and it reads the settings again.
     if cmd.cancel {

@@ -448,6 +448,52 @@ fn a_flood_of_set_commands_leaves_a_bounded_replay_with_the_latest_pace() {
     assert_eq!(controls.last().unwrap()["settings"]["sleep_ms"], 399);
 }
 
+/// Pauses and resumes sent at once. Each command set its pause after its
+/// `control` event was logged, outside the lock that orders the events,
+/// so an earlier command could set its value last: `/status` (which
+/// follows the events) said running while the run stayed paused, or
+/// paused while it ran on.
+#[test]
+fn pauses_and_resumes_sent_at_once_leave_the_run_as_the_last_event_says() {
+    let db = TempDb::counters(100_000);
+    let plan = db.file("plan.json", &counter_plan("racing", 10));
+    let flags = [
+        "--batch-size",
+        "10",
+        "--sleep",
+        "20",
+        "--control-token",
+        TOKEN,
+    ];
+    let p = serving(&db, path_str(&plan), &flags);
+    let (addr, bearer) = (p.addr(), format!("Bearer {TOKEN}"));
+    let mut rounds = 0;
+    let mismatch = loop {
+        let at_once = std::sync::Barrier::new(16);
+        std::thread::scope(|s| {
+            for n in 0..16 {
+                let (at_once, bearer) = (&at_once, &bearer);
+                s.spawn(move || {
+                    at_once.wait();
+                    control(addr, bearer, &format!("{{\"pause\": {}}}", n % 2 == 0))
+                });
+            }
+        });
+        // Time for the run to reach a chunk boundary and wait there, or not.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let status = get(addr, "/status", &[]).json();
+        if status["paused"] != (status["throttled"] == "paused") {
+            break Some(status);
+        }
+        rounds += 1;
+        if rounds == 30 {
+            break None;
+        }
+    };
+    control(addr, &bearer, r#"{"cancel": true}"#);
+    assert_eq!(mismatch, None, "after {rounds} rounds");
+}
+
 /// Pause and resume flapping: old ones compact to the latest, and a late
 /// client's replay still ends in the run's state, as `/status` says it.
 #[test]
