@@ -2,7 +2,7 @@
 //! is met, before the run or during it.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
@@ -304,8 +304,9 @@ pub fn busy_timeout() -> Duration {
     Duration::from_millis(BUSY_TIMEOUT_MS.load(Ordering::Relaxed))
 }
 
-/// Set while a call must not wait for any lock (see [`without_waiting`]).
-static NO_WAIT: AtomicBool = AtomicBool::new(false);
+/// The longest the run's connection may wait for a lock now, in ms, below
+/// `--busy-timeout` (see [`WaitCap`]); `u64::MAX` for no such bound.
+static WAIT_CAP_MS: AtomicU64 = AtomicU64::new(u64::MAX);
 
 /// How the run waits for another connection's lock: a retry every
 /// millisecond until `--busy-timeout` has passed. SQLite's own handler backs
@@ -326,7 +327,8 @@ fn wait_for_locks(conn: &mut Connection, path: &Path, timeout: Duration) -> rusq
             unsafe { rusqlite::ffi::sqlite3_is_interrupted(db as *mut rusqlite::ffi::sqlite3) };
         // Ctrl-C interrupts the connection, which SQLite's busy loop does
         // not look at: without this a wait went on to --busy-timeout.
-        if NO_WAIT.load(Ordering::Relaxed) || interrupted != 0 {
+        let timeout = timeout.min(Duration::from_millis(WAIT_CAP_MS.load(Ordering::Relaxed)));
+        if timeout.is_zero() || interrupted != 0 {
             return false;
         }
         if n == 0 {
@@ -360,10 +362,31 @@ fn say_waiting(file: &Path, timeout: Duration) {
 /// Runs `f` with the run's connection giving up at once on a lock, as a
 /// checkpoint that would otherwise block the application's writers must.
 pub(super) fn without_waiting<T>(f: impl FnOnce() -> T) -> T {
-    NO_WAIT.store(true, Ordering::Relaxed);
-    let out = f();
-    NO_WAIT.store(false, Ordering::Relaxed);
-    out
+    let _cap = WaitCap::new(Duration::ZERO);
+    f()
+}
+
+/// How long the end of a run or an undo (the journal mode put back, what
+/// the checkpoint holds) waits for a lock: after a step that failed
+/// waiting one out, each of those reads and writes waited it out again,
+/// and the run ended only after five times --busy-timeout.
+pub(super) const WRAP_UP_WAIT: Duration = Duration::from_millis(250);
+
+/// While held, the run's connection waits at most `cap` for a lock (less
+/// than --busy-timeout), as it was before once dropped.
+pub(super) struct WaitCap(u64);
+
+impl WaitCap {
+    pub(super) fn new(cap: Duration) -> WaitCap {
+        let ms = u64::try_from(cap.as_millis()).unwrap_or(u64::MAX);
+        WaitCap(WAIT_CAP_MS.swap(ms, Ordering::Relaxed))
+    }
+}
+
+impl Drop for WaitCap {
+    fn drop(&mut self) {
+        WAIT_CAP_MS.store(self.0, Ordering::Relaxed);
+    }
 }
 
 /// Names the other processes that have the database (or its journal) open,
@@ -465,6 +488,8 @@ pub fn run_time_message(conn: &Connection, e: &rusqlite::Error) -> String {
 
 /// The name a step attached the run's own file under, if one did.
 fn attached_again(conn: &Connection) -> Option<String> {
+    // Asked while another may hold the lock: it must not wait it out again.
+    let _cap = WaitCap::new(Duration::ZERO);
     let main = std::fs::canonicalize(conn.path()?).ok()?;
     let mut stmt = conn
         .prepare("SELECT name, file FROM pragma_database_list WHERE seq > 1")

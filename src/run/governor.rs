@@ -392,10 +392,15 @@ impl<'a> Governor<'a> {
         self.seen_at.is_some_and(|t| t.elapsed() < ALONE_AFTER)
     }
 
+    /// A look, never a wait: a file another holds locked for good made
+    /// each look between chunks wait --busy-timeout out, before the next
+    /// chunk waited it out again. A locked file reads as changed.
     fn read_data_version(&self) -> i64 {
-        self.conn
-            .query_row("PRAGMA data_version", [], |r| r.get(0))
-            .unwrap_or(0)
+        without_waiting(|| {
+            self.conn
+                .query_row("PRAGMA data_version", [], |r| r.get(0))
+                .unwrap_or(0)
+        })
     }
 
     /// Right after `start`: when the run begins at the live pace, a line

@@ -218,6 +218,7 @@ fn run_beating(
         user_rowid: &user_rowid,
     };
     let tally = r.run_all(job.resume, gate);
+    let _wrap_up = db::WaitCap::new(db::WRAP_UP_WAIT);
     r.governor.borrow().finish();
     let kept = tally.kept();
     let (status, error) = match tally.end {

@@ -293,3 +293,27 @@ fn the_command_line_takes_the_same_pace_ranges_as_control() {
     ));
     assert_eq!(code, 0, "{err}");
 }
+
+/// Another process locks the file mid-run and keeps it: the chunk waits
+/// --busy-timeout and the step fails. The run's end (the journal mode put
+/// back, what the checkpoint holds, the undo record) then waited the whole
+/// timeout again for each of its reads and writes: five times
+/// --busy-timeout before the process exited.
+#[test]
+fn a_lock_held_for_good_mid_run_is_waited_out_once() {
+    let (db, mut p) = steerable(100_000, 10, &words("--sleep 20 --busy-timeout 3000"));
+    let mut s = Stream::open(p.addr(), "/events", &[]);
+    s.until("progress");
+    let holder = db.conn();
+    holder.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let locked = std::time::Instant::now();
+    assert_eq!(p.wait_for(PATIENCE).code(), Some(1), "{}", p.stderr());
+    let took = locked.elapsed();
+    holder.execute_batch("ROLLBACK").unwrap();
+    assert!(
+        took < std::time::Duration::from_millis(3000 + 2500),
+        "{took:?}: {}",
+        p.stderr()
+    );
+    assert!(p.stderr().contains("still after --busy-timeout 3000 ms"));
+}

@@ -204,6 +204,7 @@ pub fn run(
     };
     let started = Instant::now();
     let (tally, end, steps_total) = u.run_all(gate);
+    let _wrap_up = crate::run::db::WaitCap::new(crate::run::db::WRAP_UP_WAIT);
     let (earlier, earlier_as_left) = tally.earlier.unwrap_or_else(|| u.earlier());
     // As a run ends: the WAL synced, the rollback journal back to DELETE
     // (a journal file left behind would look like a recent writer).
