@@ -366,18 +366,25 @@ pub(super) fn without_waiting<T>(f: impl FnOnce() -> T) -> T {
     f()
 }
 
-/// How long the end of a run or an undo (the journal mode put back, what
-/// the checkpoint holds) waits for a lock: after a step that failed
-/// waiting one out, each of those reads and writes waited it out again,
-/// and the run ended only after five times --busy-timeout.
+/// How long the tidy-up and wording at the end of a run or an undo (the
+/// journal mode put back, what the checkpoint holds) wait for a lock:
+/// after a step that failed waiting one out, each of those reads and
+/// writes waited it out again, and the run ended only after five times
+/// --busy-timeout. The undo record's own bookkeeping still waits it out.
 pub(super) const WRAP_UP_WAIT: Duration = Duration::from_millis(250);
+
+/// Runs `f` with the run's connection waiting at most `cap` for a lock.
+pub(super) fn waiting_at_most<T>(cap: Duration, f: impl FnOnce() -> T) -> T {
+    let _cap = WaitCap::new(cap);
+    f()
+}
 
 /// While held, the run's connection waits at most `cap` for a lock (less
 /// than --busy-timeout), as it was before once dropped.
-pub(super) struct WaitCap(u64);
+struct WaitCap(u64);
 
 impl WaitCap {
-    pub(super) fn new(cap: Duration) -> WaitCap {
+    fn new(cap: Duration) -> WaitCap {
         let ms = u64::try_from(cap.as_millis()).unwrap_or(u64::MAX);
         WaitCap(WAIT_CAP_MS.swap(ms, Ordering::Relaxed))
     }

@@ -218,8 +218,7 @@ fn run_beating(
         user_rowid: &user_rowid,
     };
     let tally = r.run_all(job.resume, gate);
-    let _wrap_up = db::WaitCap::new(db::WRAP_UP_WAIT);
-    r.governor.borrow().finish();
+    db::waiting_at_most(db::WRAP_UP_WAIT, || r.governor.borrow().finish());
     let kept = tally.kept();
     let (status, error) = match tally.end {
         None => (RunStatus::Ok, None),
@@ -241,7 +240,7 @@ fn run_beating(
         let _ = undo::store::drop_empty(job.conn);
     }
     if status != RunStatus::Ok && on && !job.opts.atomic && kept {
-        match r.checkpoint.holds_plan() {
+        match db::waiting_at_most(db::WRAP_UP_WAIT, || r.checkpoint.holds_plan()) {
             Ok(false) => r.message(None, Level::Warn, r.checkpoint_gone()),
             _ => r.message(None, Level::Info, r.to_go_on(status)),
         }

@@ -21,6 +21,7 @@ use crate::events::{
 use crate::human::{plural, quoted, thousands};
 use crate::lifecycle::{Cancel, Steering, Work};
 use crate::run::checkpoint;
+use crate::run::db::{WRAP_UP_WAIT, waiting_at_most};
 use crate::run::expect::shown;
 use crate::run::governor::Governor;
 use crate::run::tx::Tx;
@@ -204,11 +205,10 @@ pub fn run(
     };
     let started = Instant::now();
     let (tally, end, steps_total) = u.run_all(gate);
-    let _wrap_up = crate::run::db::WaitCap::new(crate::run::db::WRAP_UP_WAIT);
     let (earlier, earlier_as_left) = tally.earlier.unwrap_or_else(|| u.earlier());
     // As a run ends: the WAL synced, the rollback journal back to DELETE
     // (a journal file left behind would look like a recent writer).
-    u.governor.borrow().finish();
+    waiting_at_most(WRAP_UP_WAIT, || u.governor.borrow().finish());
     let (status, error) = match end {
         None => (RunStatus::Ok, None),
         Some((s, why)) => (s, Some(why)),
@@ -504,7 +504,7 @@ impl Undoer<'_> {
         } else {
             // The parts it committed are taken back for good: the rows
             // they left carrying an older run's change do, stop or not.
-            tally.carried = self.say_all_carried().1;
+            tally.carried = waiting_at_most(WRAP_UP_WAIT, || self.say_all_carried().1);
         }
         (tally, end, groups.len())
     }
