@@ -20,6 +20,8 @@
 //                 {"click": SELECTOR}       (waits until it is visible first)
 //                 {"fill": SELECTOR, "value": TEXT}
 //                 {"press": SELECTOR, "key": "Enter"}
+//                 {"focus": SELECTOR}       as a Tab onto it would
+//                 {"keyboard": "Space"}     a key, to whatever has the focus now
 //                 {"dialogs": "accept"|"dismiss"}   answer confirm() so from now
 //                 {"wait_file": PATH}       until the test creates PATH
 //                 {"touch": PATH}           create PATH, for the test to wait on
@@ -142,6 +144,8 @@ async function main() {
         else if (a.click) await page.click(a.click, { timeout: limit });
         else if (a.fill) await page.fill(a.fill, a.value ?? "", { timeout: limit });
         else if (a.press) await page.press(a.press, a.key, { timeout: limit });
+        else if (a.focus) await page.focus(a.focus, { timeout: limit });
+        else if (a.keyboard) await page.keyboard.press(a.keyboard);
         else if (a.dialogs) dialogs = a.dialogs;
         else if (a.wait_file) {
           const until = Date.now() + limit;
@@ -209,6 +213,8 @@ function look() {
       const l = document.querySelector("#log");
       return l && { top: l.scrollTop, from_end: l.scrollHeight - l.scrollTop - l.clientHeight, overflows: l.scrollHeight > l.clientHeight };
     })(),
+    // What a keyboard user is on: the focused element's id (or tag).
+    focus: document.activeElement && (document.activeElement.id || document.activeElement.tagName.toLowerCase()),
     width: document.documentElement.scrollWidth,
     viewport: window.innerWidth,
     // Live control, where the page has it (null on other pages).

@@ -1115,6 +1115,44 @@ fn cancel_from_the_dashboard_asks_first_and_then_ends_the_run() {
     assert_eq!(status.code(), Some(130), "{}", p.stderr());
 }
 
+/// Pause and Resume from the keyboard alone: Space on the button, twice.
+/// The button keeps the focus while its command is on its way (a disabled
+/// button loses it to the page, so the second Space went nowhere and a
+/// keyboard user had to find the button again).
+#[test]
+fn the_pause_button_keeps_the_focus_for_a_keyboard_user() {
+    let Some(_b) = browser() else { return };
+    let db = TempDb::shop(2000);
+    let p = steerable_run(&db);
+    let url = format!("http://{}/#control={CONTROL}", p.addr());
+    let v = observe(
+        &url,
+        json!({"timeout_ms": 15000, "until": "actions", "actions": [
+            {"wait": "#pause"},
+            {"wait": ".step[data-state=running]"},
+            {"focus": "#pause"},
+            {"keyboard": "Space"},
+            {"snapshot": "sent"},
+            {"text": "#pause", "is": "Resume"},
+            {"snapshot": "paused"},
+            {"keyboard": "Space"},
+            {"text": "#pause", "is": "Pause"},
+            {"snapshot": "resumed"},
+        ]}),
+    );
+    assert_eq!(v.get("action_error"), None, "{v:#}");
+    for name in ["sent", "paused", "resumed"] {
+        assert_eq!(v["snapshots"][name]["focus"], "pause", "{name}: {v:#}");
+    }
+    let bodies: Vec<&str> = v["control_requests"]
+        .as_array()
+        .expect("control requests")
+        .iter()
+        .map(|r| r["body"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(bodies, [r#"{"pause":true}"#, r#"{"pause":false}"#], "{v:#}");
+}
+
 /// A page on another origin that tries to steer the run with the right
 /// control token, and shows what came of it.
 const STEERING_APP: &str = r#"<!doctype html><meta charset="utf-8"><title>another app</title>
