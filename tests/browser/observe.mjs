@@ -27,7 +27,8 @@
 //                 {"touch": PATH}           create PATH, for the test to wait on
 //                 {"scroll": SELECTOR, "top": N}   scroll it to N px from its top
 //                 {"sleep_ms": N}
-//                 {"snapshot": NAME}        record what the page shows now
+//                 {"snapshot": NAME}        record what the page shows now, and its
+//                                           ARIA snapshot (`aria`: roles, names, states)
 //               A step that fails is recorded in action_error; the rest are
 //               skipped and the page is still observed.
 //
@@ -156,7 +157,11 @@ async function main() {
         } else if (a.touch) writeFileSync(a.touch, "");
         else if (a.scroll) await page.$eval(a.scroll, (e, top) => { e.scrollTop = top; }, a.top ?? 0);
         else if (a.sleep_ms != null) await page.waitForTimeout(a.sleep_ms);
-        else if (a.snapshot) out.snapshots[a.snapshot] = { at: now(), ...(await page.evaluate(look)) };
+        else if (a.snapshot) {
+          // With what a screen reader is told of the page (Playwright's ARIA snapshot).
+          const aria = await page.locator("body").ariaSnapshot({ timeout: limit });
+          out.snapshots[a.snapshot] = { at: now(), ...(await page.evaluate(look)), aria };
+        }
         else throw new Error("unknown action " + JSON.stringify(a));
         out.actions_done += 1;
       }

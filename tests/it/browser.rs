@@ -1153,6 +1153,33 @@ fn the_pause_button_keeps_the_focus_for_a_keyboard_user() {
     assert_eq!(bodies, [r#"{"pause":true}"#, r#"{"pause":false}"#], "{v:#}");
 }
 
+/// What a screen reader is told of a paused run (the page's ARIA snapshot).
+#[test]
+fn a_screen_reader_hears_the_paused_run_as_it_is() {
+    let Some(_b) = browser() else { return };
+    let db = TempDb::shop(2000);
+    let p = steerable_run(&db);
+    let url = format!("http://{}/#control={CONTROL}", p.addr());
+    let v = observe(
+        &url,
+        json!({"timeout_ms": 15000, "until": "actions", "actions": [
+            {"wait": "#pause"},
+            {"wait": ".step[data-state=running]"},
+            {"click": "#pause"},
+            {"text": "#pause", "is": "Resume"},
+            {"snapshot": "paused"},
+        ]}),
+    );
+    assert_eq!(v.get("action_error"), None, "{v:#}");
+    let aria = v["snapshots"]["paused"]["aria"]
+        .as_str()
+        .unwrap_or_default();
+    // The button is named for what it does next; a toggle's "pressed" on
+    // top ("Resume, pressed") said the opposite of the run's state.
+    assert!(aria.contains(r#"button "Resume""#), "{aria}");
+    assert!(!aria.contains("[pressed"), "{aria}");
+}
+
 /// A page on another origin that tries to steer the run with the right
 /// control token, and shows what came of it.
 const STEERING_APP: &str = r#"<!doctype html><meta charset="utf-8"><title>another app</title>
