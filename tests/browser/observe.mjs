@@ -218,6 +218,9 @@ function look() {
       const l = document.querySelector("#log");
       return l && { top: l.scrollTop, from_end: l.scrollHeight - l.scrollTop - l.clientHeight, overflows: l.scrollHeight > l.clientHeight };
     })(),
+    // What a screen reader announces by itself as it changes (live regions).
+    live: [...document.querySelectorAll("[aria-live], [role=status], [role=alert], [role=log]")]
+      .filter((e) => e.getAttribute("aria-live") !== "off").map((e) => e.id),
     // What a keyboard user is on: the focused element's id (or tag).
     focus: document.activeElement && (document.activeElement.id || document.activeElement.tagName.toLowerCase()),
     width: document.documentElement.scrollWidth,
