@@ -1178,6 +1178,12 @@ fn what_a_screen_reader_hears_of_a_paused_run() {
     // top ("Resume, pressed") said the opposite of the run's state.
     assert!(aria.contains(r#"button "Resume""#), "{aria}");
     assert!(!aria.contains("[pressed"), "{aria}");
+    // Each step's state is said in words once: its icon (✓ done, ▶
+    // running) and the dot before "live" are not read out as well.
+    for glyph in ["✓", "▶", "●"] {
+        assert!(!aria.contains(glyph), "{glyph} in {aria}");
+    }
+    assert!(aria.contains("add total_cents done"), "{aria}");
     // Spoken unasked: the badge, the banner and a refusal. Not the log: a
     // late page appends the whole history to it at once, and an undo logs
     // a hundred conflicts in a second, each read out in turn.
