@@ -195,6 +195,8 @@ function look() {
   return {
     title: document.title,
     plan: text(document.querySelector("#plan")),
+    // The direction names are laid out in (rtl for Hebrew or Arabic ones).
+    plan_dir: document.querySelector("#plan") && getComputedStyle(document.querySelector("#plan")).direction,
     db: text(document.querySelector("#db")),
     conn: text(document.querySelector("#conn")),
     conn_history: window.__conn,
@@ -208,6 +210,7 @@ function look() {
     steps: [...document.querySelectorAll("#steps > li")].map((li) => ({
       state: li.dataset.state ?? null,
       name: text(li.querySelector(".name")),
+      dir: li.querySelector(".name") && getComputedStyle(li.querySelector(".name")).direction,
       text: text(li),
       progress: (() => { const p = li.querySelector("progress"); return p && { value: p.value, max: p.max }; })(),
     })),

@@ -1523,6 +1523,38 @@ fn hostile_names_and_errors_are_shown_as_text_and_an_undo_as_an_undo() {
     assert_eq!(db.query_i64("SELECT sum(counter) FROM orders"), 5);
 }
 
+/// A plan or step named in Hebrew or Arabic is laid out right to left, so
+/// its words, numbers and brackets stand in their order ("10%" at the end
+/// of an Arabic name was shown as "%…10" in the page's left-to-right
+/// flow), and a Latin name beside it stays left to right.
+#[test]
+fn names_in_a_right_to_left_script_are_laid_out_right_to_left() {
+    let Some(_b) = browser() else { return };
+    let db = TempDb::shop(200);
+    let step = |name: &str| json!({"name": name, "sql": "UPDATE orders SET counter = counter + 1"});
+    let plan = json!({"name": "ترحيل الأسعار 2026", "steps": [
+        step("עדכון מחירים (שלב 1)"),
+        step("تحديث الأسعار (المرحلة 2): 10%"),
+        step("reprice (step 3)"),
+    ]});
+    let plan = db.file("plan.json", &plan.to_string());
+    let p = serving(
+        &db,
+        path_str(&plan),
+        &["--wait-for-clients", "1", "--linger", "20"],
+    );
+    let v = observe(&format!("http://{}/", p.addr()), json!({}));
+    assert_eq!(v["banner"]["status"], "ok", "{v:#}");
+    assert_eq!(v["plan_dir"], "rtl", "{v:#}");
+    let dirs: Vec<&Value> = v["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| &s["dir"])
+        .collect();
+    assert_eq!(dirs, [&json!("rtl"), &json!("rtl"), &json!("ltr")], "{v:#}");
+}
+
 /// A row an undo kept as the run left it (another row holds the email it
 /// would get back) is named so on the dashboard's banner, as on the
 /// terminal's last line, not as the application's row.
