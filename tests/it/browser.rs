@@ -1312,7 +1312,8 @@ fn without_a_control_token_the_page_shows_no_controls_and_a_wrong_one_is_refused
             {"press": "#control-token", "key": "Enter"},
             {"wait": "#pause"},
             {"snapshot": "typed"},
-            {"click": "#pause"},
+            // From the keyboard: the token taken, the focus is on Pause.
+            {"keyboard": "Space"},
             {"wait": "#control-msg:has-text('401')"},
             {"snapshot": "refused"},
             {"touch": path_str(&refused)},
@@ -1328,6 +1329,11 @@ fn without_a_control_token_the_page_shows_no_controls_and_a_wrong_one_is_refused
     assert_eq!(steer("none")["badge"], Value::Null, "{v:#}");
     assert_eq!(steer("typed")["controls"], true, "{v:#}");
     assert_eq!(steer("typed")["stored_token"], "wr0ng", "{v:#}");
+    // The focus follows what the page offers: Pause once the token is
+    // taken, the field again once it is refused (the control that had
+    // it is gone, and a focus left to the page starts Tab over).
+    assert_eq!(v["snapshots"]["typed"]["focus"], "pause", "{v:#}");
+    assert_eq!(v["snapshots"]["refused"]["focus"], "control-token", "{v:#}");
     // The refusal is shown, the token forgotten, and the field offered again.
     let refused = steer("refused");
     let message = refused["message"].as_str().unwrap_or_default();
