@@ -4,10 +4,11 @@
 //! readers in while it works. Pace itself (nice ratio, sleep) shows only
 //! in timing, which the live_app benchmark measures, not these tests.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
+use serde_json::Value;
 
 use crate::util::*;
 
@@ -20,6 +21,27 @@ fn slow_run(db: &TempDb, extra: &[&str]) -> (Proc, Stream) {
     let p = serving(db, path_str(&plan), &flags);
     let s = Stream::open(p.addr(), "/events", &[]);
     (p, s)
+}
+
+/// Holds a served run (or undo) at the pause file for 1.5 s, after its
+/// second chunk: its rate before, and its first progress after, whose rate
+/// must leave the pause out. Counting it, the rate would be a small part
+/// of the one before.
+pub(crate) fn rates_around_a_pause(s: &mut Stream, pause: &Path) -> (f64, Value) {
+    s.until("progress");
+    let before = data(&s.until("progress"))["rate"].as_f64().expect("rate");
+    std::fs::write(pause, "").expect("pause file");
+    s.until("throttle");
+    std::thread::sleep(Duration::from_millis(1500));
+    std::fs::remove_file(pause).expect("remove");
+    s.until("throttle");
+    let after = data(&s.until("progress"));
+    let rate = after["rate"].as_f64().expect("rate");
+    assert!(
+        rate > before / 3.0,
+        "{rate} after, {before} before: {after}"
+    );
+    (before, after)
 }
 
 fn throttle(e: &batchsse::sse::ParsedEvent) -> (bool, String) {
@@ -78,21 +100,7 @@ fn the_rate_after_a_pause_leaves_the_pause_out() {
     let db = TempDb::counters(1000);
     let pause = db.dir.path().join("pause");
     let (mut p, mut s) = slow_run(&db, &["--pause-file", path_str(&pause)]);
-    s.until("progress");
-    let before = data(&s.until("progress"))["rate"].as_f64().expect("rate");
-    std::fs::write(&pause, "").expect("pause file");
-    s.until("throttle");
-    // Ten times the whole step's time so far, and more.
-    std::thread::sleep(Duration::from_millis(1500));
-    std::fs::remove_file(&pause).expect("remove");
-    s.until("throttle");
-    let after = data(&s.until("progress"));
-    let rate = after["rate"].as_f64().expect("rate");
-    // Counting the pause, it would be a small part of the one before.
-    assert!(
-        rate > before / 3.0,
-        "{rate} after, {before} before: {after}"
-    );
+    let (before, after) = rates_around_a_pause(&mut s, &pause);
     let eta = after["eta_ms"].as_u64().expect("eta");
     let left = 1000 - after["done"].as_u64().expect("done");
     let at_rate_before = left as f64 / before * 1000.0;
