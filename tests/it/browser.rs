@@ -1864,8 +1864,11 @@ fn an_undo_s_page_steers_its_yield_but_offers_no_chunk_time() {
     // Sleeps long enough that the undo is still going when the page
     // applies its new sleep (which cuts the one under way short): with
     // 100 ms, its four parts could end first, and the form with them.
+    // The nice ratio is given: left to the governor, it turns from the
+    // live pace's 1 to the idle 0 once the undo has been alone for a few
+    // seconds, which a slow browser start can outlast.
     let p = Proc::start(&words(&format!(
-        "undo --db {dbp} --plan bump --listen 127.0.0.1:0 --progress none --wait-for-clients 1 --sleep 5000 --control-token {CONTROL}"
+        "undo --db {dbp} --plan bump --listen 127.0.0.1:0 --progress none --wait-for-clients 1 --sleep 5000 --nice-ratio 1 --control-token {CONTROL}"
     )));
     let url = format!("http://{}/#control={CONTROL}", p.addr());
     let v = observe(
