@@ -202,6 +202,54 @@ fn a_conflict_on_a_row_the_run_changed_in_two_columns_names_both_with_their_valu
     assert_eq!(db.query_i64("SELECT count(*) FROM t WHERE counter = 0"), 9);
 }
 
+/// Each conflict's message names the undo's step that met it, as a run's
+/// messages name theirs, so a viewer's log shows which step a row is from.
+#[test]
+fn a_conflict_s_message_names_the_undo_step_that_met_it() {
+    let db = TempDb::counters(20);
+    let step = |name: &str, half: &str| serde_json::json!({"name": name, "sql": format!("UPDATE t SET counter = counter + 1 WHERE id BETWEEN :lo AND :hi AND {half}"), "chunk": {"table": "t", "key": "id", "size": 5}});
+    let halves = [step("low", "id <= 10"), step("high", "id > 10")];
+    let plan = serde_json::json!({"name": "halves", "steps": halves});
+    let plan = db.file("plan.json", &plan.to_string());
+    run_undoable(&db, &plan);
+    db.conn()
+        .execute_batch("UPDATE t SET counter = 7 WHERE id IN (4, 15)")
+        .unwrap();
+    let json = ["--no-serve", "--progress", "json", "--plan", "halves"];
+    let (code, out, err) = run(&[&["undo", "--db", path_str(&db.path)][..], &json].concat());
+    assert_eq!(code, 0, "{err}");
+    let events: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let step_names: std::collections::HashMap<u64, String> = events
+        .iter()
+        .filter(|e| e["event"] == "step")
+        .map(|e| {
+            (
+                e["data"]["index"].as_u64().unwrap(),
+                e["data"]["name"].to_string(),
+            )
+        })
+        .collect();
+    let conflicts: Vec<(i64, &str)> = events
+        .iter()
+        .filter(|e| e["data"]["target"]["table"] == "t")
+        .map(|e| {
+            let at = e["data"]["target"]["step"].as_u64().expect("a step");
+            (
+                e["data"]["target"]["key"].as_i64().unwrap(),
+                &step_names[&at][..],
+            )
+        })
+        .collect();
+    assert_eq!(
+        conflicts,
+        [(15, "\"undo step 2: high\""), (4, "\"undo step 1: low\"")],
+        "{out}"
+    );
+}
+
 /// Past the first 100 conflicts a dry run neither keeps nor points at the
 /// conflict table, which it rolls back with everything else.
 #[test]

@@ -201,6 +201,7 @@ pub fn run(
         db: crate::run::db_name(conn),
         newer: Default::default(),
         stopped_at_conflict: Default::default(),
+        step: Default::default(),
         checkpointed: checkpoint::holds(conn, &spec.plan).unwrap_or(true),
     };
     let started = Instant::now();
@@ -317,6 +318,9 @@ struct Undoer<'a> {
     /// Whether `--on-conflict abort` met a conflict: a dry run's counts,
     /// of the parts before it, then say so.
     stopped_at_conflict: std::cell::Cell<bool>,
+    /// The undo's step under way (its index among the undo's own `step`
+    /// events), which a conflict's message names as a run's messages do.
+    step: std::cell::Cell<usize>,
     /// Whether the plan had a checkpoint as this try began (a run with
     /// `--no-checkpoint` keeps none), which its last line says is cleared.
     checkpointed: bool,
@@ -770,6 +774,7 @@ impl Undoer<'_> {
             total: g.iter().map(|c| c.rows).sum(),
             changed: 0,
         };
+        self.step.set(index);
         self.step_event(&at, StepState::Running, None);
         let paused0 = self.governor.borrow().paused();
         for (n, c) in g.iter().enumerate() {
@@ -1080,7 +1085,7 @@ impl Undoer<'_> {
     fn say_conflict(&self, k: &Conflict<'_>, done: &str, nth: u64, more: &str) {
         if nth <= SHOWN_CONFLICTS {
             self.log.push(Event::message(
-                json!({"db": self.db, "table": k.table, "key": json_value(&k.key.to_value())}),
+                json!({"db": self.db, "step": self.step.get(), "table": k.table, "key": json_value(&k.key.to_value())}),
                 Level::Warn,
                 format!(
                     "conflict in {} at key {}: {}; {done}",
