@@ -2,6 +2,7 @@
 //! `GET /events` is answered on the socket itself and its stream handed to
 //! the fan-out writer; anything else goes on to hyper, bytes read included.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use hyper::body::Body as _;
 use hyper::{Method, Request, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
 use super::fanout::Fanout;
 use super::routes::{self, Body, StreamStart};
@@ -69,6 +71,8 @@ pub async fn sniff(mut tcp: TcpStream) -> Sniffed {
     Sniffed::Other(Prefixed {
         prefix: Some(Bytes::from(buf)),
         inner: tcp,
+        stall: None,
+        stalled: None,
     })
 }
 
@@ -89,7 +93,10 @@ pub async fn serve(mut tcp: TcpStream, state: &Arc<State>, req: Request<()>, fan
                 .stream(tcp, head.into(), start.cursor, start.guard)
                 .await;
         }
-        None => write_response(&mut tcp, resp).await,
+        // A client that reads none of a short answer is not waited for.
+        None => {
+            let _ = tokio::time::timeout(fanout.stall, write_response(&mut tcp, resp)).await;
+        }
     }
 }
 
@@ -163,10 +170,51 @@ fn encode_head(resp: &hyper::Response<Body>, is_stream: bool) -> Vec<u8> {
     head
 }
 
-/// A socket with the bytes already read put back in front, for hyper.
+/// A socket with the bytes already read put back in front, for hyper; a
+/// write that makes no progress for the stall timeout fails, so hyper
+/// drops a client that stopped reading (and the stream's slot with it).
 pub struct Prefixed {
     prefix: Option<Bytes>,
     inner: TcpStream,
+    stall: Option<Duration>,
+    /// Armed while a write waits for room.
+    stalled: Option<Pin<Box<Sleep>>>,
+}
+
+impl Prefixed {
+    /// Fails writes that take no byte for `stall`.
+    pub fn dropped_after(self, stall: Duration) -> Prefixed {
+        Prefixed {
+            stall: Some(stall),
+            ..self
+        }
+    }
+
+    /// A write's outcome: a write that waits arms the stall timer (once),
+    /// and fails when it fires; any progress disarms it.
+    fn watch<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        write: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        let Some(stall) = self.stall else {
+            return write;
+        };
+        if write.is_ready() {
+            self.stalled = None;
+            return write;
+        }
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client took no bytes for the stall timeout",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 impl AsyncRead for Prefixed {
@@ -194,7 +242,8 @@ impl AsyncWrite for Prefixed {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let write = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.watch(cx, write)
     }
 
     fn poll_write_vectored(
@@ -202,7 +251,8 @@ impl AsyncWrite for Prefixed {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let write = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.watch(cx, write)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -80,27 +80,37 @@ const PRUNE_EVERY: Duration = Duration::from_millis(100);
 /// handed back to its own connection task, which waits until the socket
 /// drains and then returns it here. A stalled client therefore never delays
 /// the sweep, and holds no memory beyond its socket and references to the
-/// log's frames of its one unfinished write. The connection task also keeps
-/// the socket's read half, so a viewer that leaves is noticed at once.
+/// log's frames of its one unfinished write, until its socket has taken
+/// nothing for the stall timeout: then it is dropped, and its
+/// `--max-clients` slot freed. The connection task also keeps the socket's
+/// read half, so a viewer that leaves is noticed at once.
 #[derive(Clone)]
 pub struct Fanout {
     tx: mpsc::UnboundedSender<Msg>,
+    /// How long a handed-back client's write may make no progress before
+    /// the stream is dropped (see [`super::STALL_TIMEOUT`]).
+    pub stall: Duration,
 }
 
 impl Fanout {
     /// Starts the writer on the current runtime. It runs until the handle
     /// is aborted (the server does so once its connections have drained).
-    pub fn spawn(log: Arc<EventLog>, keep_alive: Duration) -> (Fanout, JoinHandle<()>) {
+    pub fn spawn(
+        log: Arc<EventLog>,
+        keep_alive: Duration,
+        stall: Duration,
+    ) -> (Fanout, JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(run(log, KeepAlive::new(keep_alive), rx));
-        (Fanout { tx }, task)
+        (Fanout { tx, stall }, task)
     }
 
     /// Streams the log from `cursor` onto `tcp`, after `head` (the response
     /// head, already encoded). Returns when the stream has ended: after
     /// `finished`, or when the client went away. This task reads the socket
     /// so that a departure is noticed at once, not at the next write.
-    /// `guard` lives exactly as long.
+    /// `guard` lives exactly as long. A client whose socket takes no bytes
+    /// for [`Fanout::stall`] is dropped, and its slot with it.
     pub async fn stream(&self, tcp: TcpStream, head: Bytes, cursor: u64, guard: impl Send) {
         let _guard = guard;
         let (mut rd, wr) = tcp.into_split();
@@ -149,9 +159,11 @@ impl Fanout {
                 // task's future, stalled or not.
                 let mut iov = vec![IoSlice::new(&[]); MAX_IOV];
                 let k = client.pending.slices(&mut iov);
-                match client.tcp.write_vectored(&iov[..k]).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => client.pending.advance(n),
+                let write = client.tcp.write_vectored(&iov[..k]);
+                match tokio::time::timeout(self.stall, write).await {
+                    Ok(Ok(n)) if n > 0 => client.pending.advance(n),
+                    // Broken, or no byte taken for the whole stall timeout.
+                    _ => return,
                 }
             }
             client.last_write = Instant::now();
@@ -550,7 +562,11 @@ mod tests {
     #[tokio::test]
     async fn idle_streams_get_keep_alives_then_events_then_a_clean_end() {
         let log = Arc::new(EventLog::new());
-        let (fanout, writer) = Fanout::spawn(log.clone(), Duration::from_millis(20));
+        let (fanout, writer) = Fanout::spawn(
+            log.clone(),
+            Duration::from_millis(20),
+            Duration::from_secs(30),
+        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut client = TcpStream::connect(listener.local_addr().unwrap())
             .await

@@ -60,7 +60,8 @@ pub async fn serve(
         // localhost a new connection per request costs next to nothing.
         .keep_alive(false);
     // Direct streams are all written by one task; see `fanout`.
-    let (fanout, writer) = Fanout::spawn(state.log.clone(), state.config.keep_alive);
+    let (fanout, writer) =
+        Fanout::spawn(state.log.clone(), state.config.keep_alive, stall_timeout());
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -113,7 +114,7 @@ async fn connection(
         Sniffed::Stream(tcp, req) => {
             return direct::serve(tcp, &state, req, &fanout).await;
         }
-        Sniffed::Other(io) => io,
+        Sniffed::Other(io) => io.dropped_after(fanout.stall),
         Sniffed::Gone => return,
     };
     let conn = builder.serve_connection(
@@ -137,6 +138,23 @@ async fn connection(
         _ = closing.wait_for(|c| *c) => conn.as_mut().graceful_shutdown(),
     }
     let _ = conn.await;
+}
+
+/// How long a client's socket may take no bytes of an answer before the
+/// server drops the connection. A viewer that stopped reading would
+/// otherwise keep its `--max-clients` slot, and its unsent bytes, until the
+/// run ends, and a few such clients could lock every real viewer out. A
+/// slow reader stays: each byte it takes starts the wait again.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// [`STALL_TIMEOUT`], or `BATCHSSE_STALL_TIMEOUT_MS=N` so tests can watch a
+/// stalled client dropped without a long wait.
+fn stall_timeout() -> Duration {
+    std::env::var("BATCHSSE_STALL_TIMEOUT_MS")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|ms| *ms > 0)
+        .map_or(STALL_TIMEOUT, Duration::from_millis)
 }
 
 /// Connections the kernel queues for `accept` (capped by

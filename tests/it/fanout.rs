@@ -66,6 +66,11 @@ fn many_concurrent_clients_each_get_every_event_once_in_order() {
 /// a window that small makes reading later slow, so a client that will
 /// read again keeps the default).
 fn stalled_client(addr: SocketAddr, tiny_buffer: bool) -> std::net::TcpStream {
+    stalled_at(addr, "/events", tiny_buffer)
+}
+
+/// [`stalled_client`], asking for `target`.
+fn stalled_at(addr: SocketAddr, target: &str, tiny_buffer: bool) -> std::net::TcpStream {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -76,7 +81,7 @@ fn stalled_client(addr: SocketAddr, tiny_buffer: bool) -> std::net::TcpStream {
             sock.set_recv_buffer_size(4096).unwrap();
         }
         let mut s = sock.connect(addr).await.expect("connect");
-        tokio::io::AsyncWriteExt::write_all(&mut s, &request("GET", "/events", &[]))
+        tokio::io::AsyncWriteExt::write_all(&mut s, &request("GET", target, &[]))
             .await
             .unwrap();
         s.into_std().unwrap()
@@ -121,6 +126,41 @@ fn a_client_that_stops_reading_delays_neither_the_run_nor_other_clients() {
         "the stalled client got the whole stream ({} bytes); nothing was tested",
         got.len()
     );
+}
+
+#[test]
+fn a_client_that_stops_reading_is_dropped_and_its_slot_freed() {
+    // A finished run's replay of 30,000 events, about 10 MB: far more than a
+    // stalled client's socket buffers hold, so its writes stop for good.
+    let db = TempDb::counters(60_000);
+    let flags = words("--dry-run --progress none --max-clients 1 --linger 120");
+    let p = counters_run(&db, 2, &flags, &[("BATCHSSE_STALL_TIMEOUT_MS", "1000")]);
+    let addr = p.addr();
+    wait_status(addr, |v| v["state"] == "finished");
+    // The direct stream path, then hyper's, which takes an absolute URL.
+    let absolute = format!("http://{addr}/events");
+    for target in ["/events", absolute.as_str()] {
+        let stalled = stalled_at(addr, target, true);
+        wait_status(addr, |v| v["clients"] == 1);
+        let refused = get(addr, "/events", &[]);
+        assert_eq!(refused.status, 503, "{target}: {}", refused.text());
+        let since = std::time::Instant::now();
+        let evs = loop {
+            let mut s = Stream::open(addr, "/events", &[]);
+            if s.status == 200 {
+                break s.rest();
+            }
+            assert!(
+                since.elapsed() < std::time::Duration::from_secs(20),
+                "{target}: the stalled client still holds the only slot"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        };
+        assert_contiguous(&evs, 1);
+        assert_eq!(evs.last().map(|e| e.event.as_str()), Some("finished"));
+        assert!(evs.len() > 30_000, "{target}: {} events", evs.len());
+        drop(stalled);
+    }
 }
 
 #[test]
