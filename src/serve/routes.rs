@@ -237,14 +237,17 @@ fn metrics_page(state: &State) -> Response<Body> {
 }
 
 /// The id a `/events` request says it has seen: `Last-Event-ID`, else
-/// `?last_event_id=`; 0 for none.
+/// `?last_event_id=`; 0 for none, or for anything but ASCII digits. Our
+/// ids are only ever digits, and Rust's own parse would take `+3` as 3.
 fn last_seen<B>(req: &Request<B>, query: &Query) -> u64 {
     req.headers()
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
         .or_else(|| query.get("last_event_id"))
-        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0)
 }
 

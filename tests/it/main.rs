@@ -15,6 +15,7 @@ mod hangs;
 mod hostile;
 mod hostile_db;
 mod hostile_escape;
+mod hostile_http;
 mod hostile_keys;
 mod hostile_resume;
 mod hostile_schema;
