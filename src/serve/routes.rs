@@ -58,14 +58,26 @@ pub(super) fn add_cors(state: &State, resp: &mut Response<Body>) {
     }
 }
 
-/// A request naming two hosts gets `400`, as HTTP/1.1 asks: the guard
-/// against rebinding reads only the first, so a second one must not reach
-/// a proxy or a log that reads the last.
-fn two_hosts(headers: &hyper::HeaderMap) -> Option<Response<Body>> {
-    (headers.get_all(header::HOST).iter().count() > 1).then(|| {
+/// A request whose `Host` or `Authorization` is ambiguous gets `400`. Two
+/// hosts, or a `Host` that is not text, are what HTTP/1.1 says to refuse:
+/// the guard against rebinding reads only the first, so a second one must
+/// not reach a proxy or a log that reads the last. Of two credentials the
+/// server would have to guess which one counts.
+fn ambiguous(headers: &hyper::HeaderMap) -> Option<Response<Body>> {
+    for (name, what) in [
+        (header::HOST, "Host"),
+        (header::AUTHORIZATION, "Authorization"),
+    ] {
+        if headers.get_all(&name).iter().count() > 1 {
+            let why = format!("more than one {what} header; send one");
+            return Some(text(StatusCode::BAD_REQUEST, &why));
+        }
+    }
+    let host = headers.get(header::HOST)?;
+    host.to_str().is_err().then(|| {
         text(
             StatusCode::BAD_REQUEST,
-            "more than one Host header; send one",
+            "the Host header is not valid (only visible ASCII may name a host); send the server's address, e.g. Host: 127.0.0.1",
         )
     })
 }
@@ -75,13 +87,15 @@ fn two_hosts(headers: &hyper::HeaderMap) -> Option<Response<Body>> {
 /// name), its own address, or a name `--allow-host` lets in; anything else, such as a
 /// hostile domain that resolves to 127.0.0.1, gets `421`. A request
 /// without `Host` (HTTP/1.0 tools) passes: a browser always sends one.
-/// Two of them get [`two_hosts`]' `400`, on any address.
+/// Two of them, one that is not text, or two `Authorization` headers get
+/// [`ambiguous`]' `400`, on any address.
 pub(super) fn misdirected(state: &State, headers: &hyper::HeaderMap) -> Option<Response<Body>> {
-    if let Some(refused) = two_hosts(headers) {
+    if let Some(refused) = ambiguous(headers) {
         return Some(refused);
     }
     let listen = state.config.listen.filter(|a| a.ip().is_loopback())?;
     let host = headers.get(header::HOST)?;
+    // Text: `ambiguous` refused any other.
     let host = host.to_str().unwrap_or("").trim().to_ascii_lowercase();
     let name = match host.rsplit_once(':') {
         Some((n, p)) if !n.is_empty() && !p.contains(']') => n.to_owned(),
@@ -119,6 +133,10 @@ pub(super) fn misdirected(state: &State, headers: &hyper::HeaderMap) -> Option<R
 fn route<B>(state: &Arc<State>, req: &Request<B>) -> Response<Body> {
     let path = req.uri().path();
     let method = req.method();
+    // Its target is a host, not a path here: no route would match it.
+    if method == Method::CONNECT {
+        return not_allowed("this server is not a proxy; only GET and HEAD are allowed");
+    }
     let known = matches!(
         path,
         "/" | "/events" | "/status" | "/metrics" | "/healthz" | "/control"
@@ -157,13 +175,7 @@ fn route<B>(state: &Arc<State>, req: &Request<B>) -> Response<Body> {
         return r;
     }
     if method != Method::GET && method != Method::HEAD {
-        let mut r = text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "only GET and HEAD are allowed",
-        );
-        r.headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return r;
+        return not_allowed("only GET and HEAD are allowed");
     }
     if path == "/healthz" {
         return text(StatusCode::OK, "ok");
@@ -189,6 +201,14 @@ fn route<B>(state: &Arc<State>, req: &Request<B>) -> Response<Body> {
         "/metrics" => metrics_page(state),
         _ => events(state, req, &query),
     }
+}
+
+/// `405` for a method no route here takes, with the ones they do.
+fn not_allowed(why: &str) -> Response<Body> {
+    let mut r = text(StatusCode::METHOD_NOT_ALLOWED, why);
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+    r
 }
 
 /// The dashboard. Only the `--cors` origin's pages may frame it (none
@@ -259,7 +279,7 @@ const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(2);
 /// (`x-batchsse-run-id`): a request may come between a server's listening
 /// line and its first event, or while a relay copies it from Redis.
 pub async fn ready<B>(state: &State, req: &Request<B>) {
-    if req.uri().path() != "/events" {
+    if req.uri().path() != "/events" || misdirected(state, req.headers()).is_some() {
         return;
     }
     // A request that will be refused for its token is refused at once.

@@ -6,6 +6,9 @@ use std::net::SocketAddr;
 
 use crate::util::*;
 
+const TOKEN: &str = "v1ewer";
+const CONTROL: &str = "c0ntrol";
+
 /// A finished run of a few events that lingers, so late clients and
 /// requests of every kind still get answers.
 fn lingering(extra: &[&str]) -> (TempDb, Proc) {
@@ -16,6 +19,16 @@ fn lingering(extra: &[&str]) -> (TempDb, Proc) {
     let p = serving(&db, path_str(&plan), &flags);
     wait_status(p.addr(), |v| v["state"] == "finished");
     (db, p)
+}
+
+/// `POST /control` with `headers` (whole lines) and a JSON body: the
+/// status and the body.
+fn post(addr: SocketAddr, headers: &str, body: &str) -> Response {
+    let head = format!(
+        "POST /control HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\n{headers}Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    raw(addr, &[head.as_bytes(), body.as_bytes()].concat())
 }
 
 fn first_id(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Option<u64> {
@@ -39,4 +52,82 @@ fn a_last_event_id_of_anything_but_digits_is_no_id() {
         assert_eq!(got, Some(1), "Last-Event-ID: {bad}");
     }
     assert_eq!(first_id(addr, "/events?last_event_id=%2B3", &[]), Some(1));
+}
+
+#[test]
+fn connect_gets_405_with_allow_as_other_methods_do() {
+    let (_db, p) = lingering(&[]);
+    let addr = p.addr();
+    let connect = format!("CONNECT {addr} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    for req in [connect.into_bytes(), request("BREW", "/status", &[])] {
+        let r = raw(addr, &req);
+        let line = String::from_utf8_lossy(&req[..12]).into_owned();
+        assert_eq!(r.status, 405, "{line}: {}", r.text());
+        assert_eq!(r.header("allow"), Some("GET, HEAD"), "{line}");
+    }
+    let r = raw(
+        addr,
+        format!("CONNECT {addr} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes(),
+    );
+    assert!(r.text().contains("not a proxy"), "{}", r.text());
+}
+
+#[test]
+fn two_authorization_headers_are_refused_not_guessed() {
+    let (_db, p) = held_run(&["--token", TOKEN, "--control-token", CONTROL]);
+    let addr = p.addr();
+    let right = format!("Bearer {TOKEN}");
+    for pair in [
+        [right.as_str(), "Bearer wrong"],
+        ["Bearer wrong", right.as_str()],
+    ] {
+        let headers = [("Authorization", pair[0]), ("Authorization", pair[1])];
+        for route in ["/status", "/events", "/healthz"] {
+            let r = get(addr, route, &headers);
+            assert_eq!(r.status, 400, "{route} {pair:?}: {}", r.text());
+            assert!(
+                r.text().contains("more than one Authorization header"),
+                "{}",
+                r.text()
+            );
+        }
+    }
+    assert_eq!(
+        get(addr, "/status", &[("Authorization", &right)]).status,
+        200
+    );
+    let both = format!("Authorization: Bearer {CONTROL}\r\nAuthorization: Bearer x\r\n");
+    let r = post(addr, &both, r#"{"pause": true}"#);
+    assert_eq!(r.status, 400, "{}", r.text());
+    let status = get(addr, "/status", &[("Authorization", &right)]).json();
+    assert_eq!(status["paused"], false, "nothing was done: {status}");
+}
+
+#[test]
+fn a_host_that_is_not_text_is_said_to_be_invalid() {
+    let (_db, p) = lingering(&[]);
+    let addr = p.addr();
+    for route in ["/status", "/events"] {
+        let head = format!("GET {route} HTTP/1.1\r\nHost: \u{e9}vil\r\nConnection: close\r\n\r\n");
+        // Latin-1 bytes, as a hostile client would send them.
+        let bytes: Vec<u8> = head.chars().map(|c| c as u32 as u8).collect();
+        let r = raw(addr, &bytes);
+        assert_eq!(r.status, 400, "{route}: {}", r.text());
+        assert!(
+            r.text().contains("Host header is not valid"),
+            "{}",
+            r.text()
+        );
+        assert!(!r.text().contains("\"\""), "{}", r.text());
+    }
+}
+
+/// A run held at the gate (nothing written yet) until a stream client comes.
+fn held_run(extra: &[&str]) -> (TempDb, Proc) {
+    let db = TempDb::counters(500);
+    let plan = db.file("plan.json", &counter_plan("held", 50));
+    let mut flags = words("--wait-for-clients 1 --batch-size 50");
+    flags.extend_from_slice(extra);
+    let p = serving(&db, path_str(&plan), &flags);
+    (db, p)
 }
