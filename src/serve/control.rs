@@ -327,14 +327,23 @@ fn field(cmd: &mut Command, key: &str, value: &Value) -> Result<(), String> {
     Ok(())
 }
 
+/// A whole number in `range`, however JSON spells it: `-0`, `0.0` and
+/// `2.5e2` are whole numbers too (serde_json reads them as floats), as a
+/// `nice_ratio` of `-0` is 0.
 fn int(key: &str, value: &Value, range: RangeInclusive<u64>) -> Result<u64, String> {
-    value.as_u64().filter(|n| range.contains(n)).ok_or_else(|| {
-        format!(
-            "{key} must be a whole number from {} to {}",
-            range.start(),
-            range.end()
-        )
-    })
+    let whole = |f: f64| f.fract() == 0.0 && (0.0..=*range.end() as f64).contains(&f);
+    value
+        .as_u64()
+        .or_else(|| value.as_f64().filter(|f| whole(*f)).map(|f| f as u64))
+        .filter(|n| range.contains(n))
+        .ok_or_else(|| {
+            format!(
+                "{key} must be a whole number from {} to {}; send e.g. {{\"{key}\": {}}}",
+                range.start(),
+                range.end(),
+                range.start()
+            )
+        })
 }
 
 #[cfg(test)]
@@ -353,6 +362,32 @@ mod tests {
         assert!(bad(r#"{"nice_ratio": 101}"#).contains("nice_ratio"));
         assert!(bad(r#"{"nice_ratio": "1"}"#).contains("nice_ratio"));
         assert!(bad(r#"{"sleep_ms": -1}"#).contains("sleep_ms"));
+        for half in [
+            r#"{"sleep_ms": 2.5}"#,
+            r#"{"sleep_ms": -0.5}"#,
+            r#"{"sleep_ms": 1e300}"#,
+        ] {
+            let why = bad(half);
+            assert!(
+                why.contains("whole number from 0 to 600000; send e.g. {\"sleep_ms\": 0}"),
+                "{half}: {why}"
+            );
+        }
+        // As a nice ratio of -0 is 0, every field's -0 is 0.
+        for (sent, kept) in [
+            ("-0", 0),
+            ("0.0", 0),
+            ("-0.0", 0),
+            ("250.0", 250),
+            ("2.5e2", 250),
+        ] {
+            let cmd = parse(format!("{{\"sleep_ms\": {sent}}}").as_bytes()).unwrap();
+            assert_eq!(cmd.pace.sleep_ms, Some(kept), "{sent}");
+        }
+        assert_eq!(
+            parse(br#"{"batch_size": 1e1}"#).unwrap().pace.batch_size,
+            Some(Some(10))
+        );
         assert!(bad(r#"{"batch_size": 0}"#).contains("batch_size"));
         assert!(bad(r#"{"cancel": false}"#).contains("cancel"));
         assert!(bad(r#"{"speed": 2}"#).contains("\"speed\""));

@@ -131,3 +131,27 @@ fn held_run(extra: &[&str]) -> (TempDb, Proc) {
     let p = serving(&db, path_str(&plan), &flags);
     (db, p)
 }
+
+#[test]
+fn a_negative_zero_sleep_is_zero_as_a_negative_zero_nice_ratio_is() {
+    let (_db, p) = held_run(&["--control-token", CONTROL, "--sleep", "5"]);
+    let addr = p.addr();
+    let auth = format!("Authorization: Bearer {CONTROL}\r\n");
+    for (body, kept) in [
+        (r#"{"sleep_ms": -0}"#, "sleep_ms"),
+        (r#"{"nice_ratio": -0}"#, "nice_ratio"),
+    ] {
+        let r = post(addr, &auth, body);
+        assert_eq!(r.status, 200, "{body}: {}", r.text());
+        let v = r.json()["settings"][kept].as_f64();
+        assert_eq!(v, Some(0.0), "{body}: {}", r.text());
+    }
+    let r = post(addr, &auth, r#"{"sleep_ms": 2.5}"#);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(
+        r.text()
+            .contains("sleep_ms must be a whole number from 0 to 600000; send e.g."),
+        "{}",
+        r.text()
+    );
+}
