@@ -178,8 +178,24 @@ async fn post(target: &Target, path: &str, body: Value) -> anyhow::Result<(Statu
 /// comes next.
 fn one_line(action: &CtlAction, v: &Value) -> String {
     let throttled = v["throttled"].as_str();
+    let n = |k: &str| v[k].as_u64().unwrap_or(0);
+    let last_step = v["step"]
+        .as_u64()
+        .is_some_and(|i| i + 1 >= n("steps_total"));
     let state = match action {
+        // The server waits for a pause in the last step to take hold.
+        CtlAction::Pause if v["state"] == "finished" => {
+            return format!(
+                "the run finished ({}, {}/{} steps) before a chunk boundary it could pause at: the pause came during its last chunk",
+                v["status"].as_str().unwrap_or("?"),
+                n("steps_done"),
+                n("steps_total")
+            );
+        }
         CtlAction::Pause if throttled == Some("paused") => "paused".to_owned(),
+        CtlAction::Pause if last_step => {
+            "pausing at the next chunk boundary, unless the run finishes first (this is its last step)".to_owned()
+        }
         CtlAction::Pause => "pausing at the next chunk boundary".to_owned(),
         CtlAction::Resume => "resuming".to_owned(),
         // /status does not say whether the run is one transaction.
@@ -190,7 +206,6 @@ fn one_line(action: &CtlAction, v: &Value) -> String {
             None => "new pace set, from the next chunk".to_owned(),
         },
     };
-    let n = |k: &str| v[k].as_u64().unwrap_or(0);
     // Before its first step a run has no rows to count ("0/0 rows").
     let step = v["step"].as_u64().map_or_else(
         || ", before the first step".to_owned(),
@@ -285,6 +300,31 @@ mod tests {
         assert!(
             line.starts_with("pausing at the next chunk boundary, before the first step; pace:"),
             "{line}"
+        );
+    }
+
+    #[test]
+    fn a_pause_in_the_last_step_says_the_run_may_finish_first_or_did() {
+        let mut v = status(Value::Null);
+        v["steps_total"] = 2.into();
+        let line = one_line(&CtlAction::Pause, &v);
+        assert!(
+            line.starts_with("pausing at the next chunk boundary, step"),
+            "{line}"
+        );
+        v["step"] = 1.into();
+        let line = one_line(&CtlAction::Pause, &v);
+        assert!(line.contains("unless the run finishes first"), "{line}");
+        v["throttled"] = "paused".into();
+        assert!(one_line(&CtlAction::Pause, &v).starts_with("paused, step 2/2"));
+        let finished = serde_json::json!({
+            "state": "finished", "status": "ok", "step": null,
+            "steps_done": 2, "steps_total": 2, "paused": false,
+        });
+        let line = one_line(&CtlAction::Pause, &finished);
+        assert_eq!(
+            line,
+            "the run finished (ok, 2/2 steps) before a chunk boundary it could pause at: the pause came during its last chunk"
         );
     }
 }

@@ -19,7 +19,7 @@ use serde_json::Value;
 use super::auth::{bearer, same_secret};
 use super::routes::{self, Body, Query};
 use super::state::State;
-use crate::events::{Control, ControlAction, ControlBy, Event};
+use crate::events::{Control, ControlAction, ControlBy, Event, RunState, ThrottleReason};
 use crate::lifecycle::{BATCH_SIZE, CHUNK_TIME_MS, NICE_RATIO, PacePatch, SLEEP_MS};
 
 /// The largest body accepted.
@@ -55,8 +55,11 @@ pub async fn handle(
             Err(r) => Err(r),
         },
     };
+    if matches!(answer, Ok(ControlAction::Pause)) {
+        landed(state).await;
+    }
     let mut r = match answer {
-        Ok(()) => routes::status(state),
+        Ok(_) => routes::status(state),
         Err((code, why)) => {
             let mut r = routes::text(code, &why);
             if code == StatusCode::UNAUTHORIZED {
@@ -70,6 +73,37 @@ pub async fn handle(
     };
     routes::add_cors(state, &mut r);
     r
+}
+
+/// How long the answer to a pause in the run's last step waits for it to
+/// take hold.
+const LANDING: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// In the run's last step, waits (at most [`LANDING`]) until a pause holds
+/// the run, or the run has finished first, or another command lifted it,
+/// so the answer, the `/status` after it, says which. A pause that comes
+/// during the run's last chunk takes effect nowhere: there is no boundary
+/// after it, and the run finishes. Before the last step another boundary
+/// always comes, and the answer, "pausing", is sent at once.
+async fn landed(state: &State) {
+    let snap = state.log.snapshot();
+    if snap.step.is_none_or(|i| i + 1 < snap.steps_total) {
+        return;
+    }
+    let mut changed = state.log.subscribe();
+    let settled = async {
+        loop {
+            let s = state.log.snapshot();
+            let holds = s.throttled == Some(ThrottleReason::Paused);
+            if s.state == RunState::Finished || !s.paused || holds {
+                return;
+            }
+            if changed.changed().await.is_err() {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LANDING, settled).await;
 }
 
 /// The body, of at most [`MAX_BODY`] bytes, within [`BODY_TIMEOUT`].
@@ -159,13 +193,13 @@ struct Command {
     pace: PacePatch,
 }
 
-/// Checks the body, carries the command out and logs it.
+/// Checks the body, carries the command out and logs it; what it was.
 fn command(
     state: &State,
     headers: &HeaderMap,
     body: &[u8],
     peer: SocketAddr,
-) -> Result<(), Refusal> {
+) -> Result<ControlAction, Refusal> {
     let cmd = parse(body).map_err(|why| (StatusCode::BAD_REQUEST, why))?;
     if state.log.finished_id().is_some() {
         return Err((StatusCode::CONFLICT, FINISHED.into()));
@@ -227,7 +261,7 @@ fn command(
     } else {
         cancel.nudge();
     }
-    Ok(())
+    Ok(action)
 }
 
 /// `X-Batchsse-Client: ctl|dashboard` says who sent it; anything else is

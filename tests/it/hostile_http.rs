@@ -4,6 +4,8 @@
 
 use std::net::SocketAddr;
 
+use serde_json::Value;
+
 use crate::util::*;
 
 const TOKEN: &str = "v1ewer";
@@ -154,4 +156,48 @@ fn a_negative_zero_sleep_is_zero_as_a_negative_zero_nice_ratio_is() {
         "{}",
         r.text()
     );
+}
+
+/// One chunk, and the last: an `UPDATE` whose uncorrelated subquery takes
+/// about a second (evaluated once per statement).
+const SLOW_CHUNK: &str = "UPDATE t SET counter = counter + 1 + 0 * (SELECT count(*) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1000000) SELECT x FROM c)) WHERE id BETWEEN :lo AND :hi";
+
+#[test]
+fn a_pause_during_the_last_chunk_is_answered_with_the_finished_run() {
+    let db = TempDb::counters(100);
+    let plan = serde_json::json!({
+        "name": "last-chunk",
+        "steps": [{
+            "name": "slow",
+            "sql": SLOW_CHUNK,
+            "chunk": {"table": "t", "key": "id", "size": 1000}
+        }]
+    });
+    let plan = db.file("plan.json", &plan.to_string());
+    let flags = [
+        "--control-token",
+        CONTROL,
+        "--wait-for-clients",
+        "1",
+        "--linger",
+        "30",
+    ];
+    let p = serving(&db, path_str(&plan), &flags);
+    let addr = p.addr();
+    let mut s = Stream::open(addr, "/events", &[]);
+    let step = s.until("step");
+    assert_eq!(data(&step)["state"], "running");
+    let url = format!("http://{addr}/");
+    let (code, out, err) = run(&["ctl", &url, "pause", "--control-token", CONTROL]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("batchsse: the run finished (ok, 1/1 steps) before a chunk boundary"),
+        "{out}"
+    );
+    let rest = s.rest();
+    let names: Vec<&str> = rest.iter().map(|e| e.event.as_str()).collect();
+    assert!(!names.contains(&"throttle"), "it never paused: {names:?}");
+    assert_eq!(names.last(), Some(&"finished"), "{names:?}");
+    let last: Value = data(rest.last().unwrap());
+    assert_eq!(last["status"], "ok");
 }
