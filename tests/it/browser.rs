@@ -690,10 +690,12 @@ fn a_failed_run_shows_the_failed_step_and_the_error() {
         banner.contains("NOT NULL"),
         "the banner must carry the error: {banner:?}"
     );
+    // The step after the failure never ran (the run sends nothing for it,
+    // and `finished` is its last event): not run, not waiting for ever.
     let states = step_states(&v);
     assert_eq!(
         states,
-        [json!("done"), json!("failed"), json!("waiting")],
+        [json!("done"), json!("failed"), json!("not-run")],
         "{v:#}"
     );
     let failed = v["steps"][1]["text"].as_str().unwrap_or_default();
@@ -701,6 +703,8 @@ fn a_failed_run_shows_the_failed_step_and_the_error() {
         failed.contains("NOT NULL"),
         "the failed step shows why: {failed:?}"
     );
+    let unrun = v["steps"][2]["text"].as_str().unwrap_or_default();
+    assert!(unrun.contains("not run"), "{unrun:?}");
     assert_eq!(v["overall"]["value"], 1, "{v:#}");
 }
 
@@ -1089,7 +1093,7 @@ fn cancel_from_the_dashboard_asks_first_and_then_ends_the_run() {
     );
     assert_eq!(v["banner"]["status"], "cancelled", "{v:#}");
     // The step under way shows as cancelled, not failed: those before it
-    // done, those after it waiting.
+    // done, those after it not run (the run never reached them).
     let states: Vec<&str> = v["steps"]
         .as_array()
         .expect("steps")
@@ -1101,7 +1105,11 @@ fn cancel_from_the_dashboard_asks_first_and_then_ends_the_run() {
         .position(|s| *s != "done")
         .expect("a step not done");
     assert_eq!(states[at], "cancelled", "{v:#}");
-    assert!(states[at + 1..].iter().all(|s| *s == "waiting"), "{v:#}");
+    assert!(
+        at + 1 < states.len(),
+        "no step left after the cancel: {v:#}"
+    );
+    assert!(states[at + 1..].iter().all(|s| *s == "not-run"), "{v:#}");
     let line = v["control_log"][0].as_str().unwrap_or_default();
     assert!(
         line.starts_with("cancelled the run from the dashboard ("),
