@@ -540,13 +540,23 @@ fn the_page_says_when_the_server_is_gone() {
         "{v:#}"
     );
     assert_no_request_after_end(&v);
-    let running = v["steps"]
+    let running: Vec<&str> = v["steps"]
         .as_array()
         .expect("steps")
         .iter()
         .filter(|s| s["state"] == "running")
-        .count();
-    assert_eq!(running, 1, "the last state seen stays on screen: {v:#}");
+        .map(|s| s["text"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        running.len(),
+        1,
+        "the last state seen stays on screen: {v:#}"
+    );
+    // But not its time left, as if it still counted down.
+    assert!(
+        running[0].ends_with("ETA unknown: connection lost"),
+        "{running:?}"
+    );
     // Nor is "Steer this run…" offered: no server is left to steer.
     assert_eq!(v["steer"]["shown"], false, "{v:#}");
 }
