@@ -730,7 +730,11 @@ fn a_failed_run_shows_the_failed_step_and_the_error() {
         failed.contains("NOT NULL"),
         "the failed step shows why: {failed:?}"
     );
+    let unrun = v["steps"][2]["text"].as_str().unwrap_or_default();
+    assert!(unrun.contains("not run"), "{unrun:?}");
     assert_eq!(v["overall"]["value"], 1, "{v:#}");
+    // Nobody was on a control: the end leaves the focus where it was.
+    assert_eq!(v["focus"], "body", "{v:#}");
 }
 
 #[test]
@@ -1184,6 +1188,66 @@ fn the_pause_button_keeps_the_focus_for_a_keyboard_user() {
         .map(|r| r["body"].as_str().unwrap_or_default())
         .collect();
     assert_eq!(bodies, [r#"{"pause":true}"#, r#"{"pause":false}"#], "{v:#}");
+}
+
+/// A keyboard user on Cancel when the run ends (here by that very Cancel,
+/// pressed with Enter) is taken to the banner that says how it ended, not
+/// left on the page itself as the controls go.
+#[test]
+fn the_end_takes_the_focus_from_the_cancel_button_to_the_banner() {
+    let Some(_b) = browser() else { return };
+    let db = TempDb::shop(2000);
+    let mut p = steerable_run(&db);
+    let url = format!("http://{}/#control={CONTROL}", p.addr());
+    let v = observe(
+        &url,
+        json!({"timeout_ms": 15000, "actions": [
+            {"wait": "#cancel"},
+            {"wait": ".step[data-state=running]"},
+            {"dialogs": "accept"},
+            {"focus": "#cancel"},
+            {"keyboard": "Enter"},
+            {"wait": "#banner[data-status]"},
+            {"snapshot": "ended"},
+        ]}),
+    );
+    assert_eq!(v.get("action_error"), None, "{v:#}");
+    assert_eq!(
+        v["snapshots"]["ended"]["banner"]["status"], "cancelled",
+        "{v:#}"
+    );
+    assert_eq!(v["snapshots"]["ended"]["focus"], "banner", "{v:#}");
+    assert_eq!(p.wait().code(), Some(130), "{}", p.stderr());
+}
+
+/// The same for the token field of "Steer this run…": a run that ends
+/// (here by Ctrl-C) while someone types a token takes the field away.
+#[test]
+fn the_end_takes_the_focus_from_the_token_field_to_the_banner() {
+    let Some(_b) = browser() else { return };
+    let db = TempDb::shop(2000);
+    let p = steerable_run(&db);
+    let typing = db.dir.path().join("typing");
+    let mut page = Observer::start(
+        &format!("http://{}/", p.addr()),
+        json!({"timeout_ms": 15000, "actions": [
+            {"wait": ".step[data-state=running]"},
+            {"click": "#steer-login summary"},
+            {"fill": "#control-token", "value": "half a tok"},
+            {"touch": typing},
+            {"wait": "#banner[data-status]"},
+            {"snapshot": "ended"},
+        ]}),
+    );
+    page.wait_file(&typing);
+    p.signal("INT");
+    let v = page.finish();
+    assert_eq!(v.get("action_error"), None, "{v:#}");
+    assert_eq!(
+        v["snapshots"]["ended"]["banner"]["status"], "cancelled",
+        "{v:#}"
+    );
+    assert_eq!(v["snapshots"]["ended"]["focus"], "banner", "{v:#}");
 }
 
 /// What a screen reader is told of a paused run (the page's ARIA snapshot).
