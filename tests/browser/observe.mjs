@@ -215,6 +215,12 @@ function look() {
       progress: (() => { const p = li.querySelector("progress"); return p && { value: p.value, max: p.max }; })(),
     })),
     log: [...document.querySelectorAll('#log > li:not(.empty):not([data-level="control"])')].map((li) => text(li.querySelector(".text") || li)),
+    // Each log line's step column: its text, whether it shows, and whether
+    // any of it is cut off (wider or taller than its box shows).
+    log_where: [...document.querySelectorAll("#log > li .where")].map((w) => ({
+      text: w.textContent, shown: w.checkVisibility(),
+      cut: w.scrollWidth > w.clientWidth || w.scrollHeight > w.clientHeight,
+    })),
     // Where the log is scrolled to, how far that is from its end (0: it
     // follows the tail), and whether it has anything to scroll.
     log_scroll: (() => {
@@ -237,6 +243,8 @@ function look() {
         token_field: shown("#control-token"),
         pause: text(document.querySelector("#pause")),
         badge: shown("#throttle") ? text(document.querySelector("#throttle")) : null,
+        // The badge's detail, where a person can read it without a mouse.
+        badge_detail: shown("#throttle-detail") ? text(document.querySelector("#throttle-detail")) : null,
         message: text(document.querySelector("#control-msg")) || null,
         inputs: Object.fromEntries([...document.querySelectorAll("#pace input")].map((i) => [i.name, i.value])),
         shown_inputs: [...document.querySelectorAll("#pace input")].filter((i) => i.checkVisibility()).map((i) => i.name),

@@ -1250,6 +1250,77 @@ fn the_end_takes_the_focus_from_the_token_field_to_the_banner() {
     assert_eq!(v["snapshots"]["ended"]["focus"], "banner", "{v:#}");
 }
 
+/// A step name too long for the log's step column, with a word no line
+/// can break at.
+const LONG_NAME: &str =
+    "backfill orders.total_cents_for_every_order_placed_before_the_2026_price_change and check";
+
+/// The log's step column shows a long name whole, wrapped, at a phone's
+/// width and a desktop's: cut short with the rest in a tooltip, it was out
+/// of reach of touch and keyboard (and at phone width not shown at all).
+#[test]
+fn a_long_step_name_in_the_log_is_shown_whole_at_any_width() {
+    let Some(_b) = browser() else { return };
+    let db = TempDb::shop(200);
+    let plan = json!({"name": "long names", "steps": [
+        {"name": "first", "sql": "UPDATE orders SET counter = counter + 1"},
+        // Fails, and the run logs its error against the step.
+        {"name": LONG_NAME, "sql": "UPDATE orders SET qty = NULL WHERE id = 7"},
+    ]});
+    let plan = db.file("plan.json", &plan.to_string());
+    let p = serving(
+        &db,
+        path_str(&plan),
+        &["--wait-for-clients", "1", "--linger", "20"],
+    );
+    for width in [1000, 320] {
+        let v = observe(&format!("http://{}/", p.addr()), json!({"width": width}));
+        assert_eq!(v["banner"]["status"], "failed", "{v:#}");
+        let wheres = v["log_where"].as_array().expect("log_where");
+        let line = wheres
+            .iter()
+            .find(|w| w["text"] == LONG_NAME)
+            .unwrap_or_else(|| panic!("no log line names the step: {v:#}"));
+        assert_eq!(line["shown"], true, "{width} px: {v:#}");
+        assert_eq!(line["cut"], false, "{width} px: {v:#}");
+        assert_eq!(v["width"], v["viewport"], "{width} px scrolls sideways");
+    }
+}
+
+/// The throttle badge's detail (why the run waits, and what to do) is on
+/// the page, wrapped at a phone's width, not only in a hover tooltip.
+#[test]
+fn the_throttle_badge_says_why_in_words_at_phone_width() {
+    let Some(_b) = browser() else { return };
+    let db = TempDb::shop(2000);
+    let hold = db
+        .dir
+        .path()
+        .join("hold-the-batch-until-the-nightly-backup-has-finished");
+    std::fs::write(&hold, "").expect("the pause file");
+    let p = start_run(
+        &db,
+        100,
+        &["--wait-for-clients", "1", "--pause-file", path_str(&hold)],
+    );
+    let v = observe(
+        &format!("http://{}/", p.addr()),
+        json!({"until": "actions", "width": 320, "timeout_ms": 15000, "actions": [
+            {"wait": "#throttle:has-text('Throttled (pause-file)')"},
+            {"snapshot": "held"},
+        ]}),
+    );
+    assert_eq!(v.get("action_error"), None, "{v:#}");
+    let held = &v["snapshots"]["held"];
+    assert_eq!(held["steer"]["badge"], "Throttled (pause-file)", "{v:#}");
+    let why = held["steer"]["badge_detail"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("hold-the-batch-until-the-nightly-backup-has-finished exists; remove it"),
+        "{v:#}"
+    );
+    assert_eq!(held["width"], held["viewport"], "scrolls sideways: {v:#}");
+}
+
 /// What a screen reader is told of a paused run (the page's ARIA snapshot).
 #[test]
 fn what_a_screen_reader_hears_of_a_paused_run() {
