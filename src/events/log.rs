@@ -1,8 +1,8 @@
 //! The run's append-only event log: the one broadcast. Each event gets the
 //! next id and is encoded to SSE bytes once; every reader (HTTP client,
 //! terminal) is a cursor into it, woken through a `watch` channel. Long runs
-//! are bounded by compacting superseded `progress`, `control` and
-//! `throttle` events (see `Limits`).
+//! are bounded, in events and in bytes, by compacting superseded
+//! `progress`, `control` and `throttle` events (see `Limits`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -69,6 +69,18 @@ impl Entry {
             }
             Payload::Own(data) => data,
         }
+    }
+
+    /// About what the entry holds, for the log's byte bound: the frame,
+    /// and as much again as the payload for the parsed event, whose
+    /// strings are the payload's (a step's name is in both); a payload
+    /// kept apart from the frame counts once more. No walk over the bytes.
+    fn bytes(&self) -> usize {
+        let payload = match &self.payload {
+            Payload::InFrame(start) => self.frame.len().saturating_sub(start + 2),
+            Payload::Own(data) => 2 * data.len(),
+        };
+        self.frame.len() + payload
     }
 }
 
@@ -143,41 +155,60 @@ pub struct RunIdentity {
     pub db: String,
 }
 
-/// How much history the log keeps. Once it holds `compact_at` entries, the
-/// entries older than the newest `keep_recent` keep only the latest of each
-/// kind a later one supersedes (see `Superseded`): a step's `progress`, a
-/// `control` `set`, a `pause` or `resume`, a reason's `throttle`. `start`,
-/// `step`, `message`, `finished` and `cancel` are never dropped. An entry
-/// is about 1 KiB, so the defaults hold the log near 32 MiB however long
-/// the run.
+/// How much history the log keeps. Once it holds `compact_at` entries, or
+/// its entries hold `compact_bytes` (see `Entry::bytes`), the entries
+/// older than the newest `keep_recent`, and than the newest `keep_bytes`,
+/// keep only the latest of each kind a later one supersedes (see
+/// `Superseded`): a step's `progress`, a `control` `set`, a `pause` or
+/// `resume`, a reason's `throttle`. `start`, `step`, `message`,
+/// `finished` and `cancel` are never dropped. The bytes bound what the count cannot: events of any size (a
+/// step's name is user text, repeated in each of its `progress` events),
+/// so the defaults hold the log near 32 MiB however long the run and
+/// however large its events.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub compact_at: usize,
     pub keep_recent: usize,
+    pub compact_bytes: usize,
+    pub keep_bytes: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            compact_at: 32_768,
-            keep_recent: 16_384,
-        }
+        Limits::DEFAULT
     }
 }
 
 impl Limits {
+    const DEFAULT: Limits = Limits {
+        compact_at: 32_768,
+        keep_recent: 16_384,
+        compact_bytes: 32 << 20,
+        keep_bytes: 16 << 20,
+    };
+
     /// The defaults, or `BATCHSSE_LOG_COMPACT_AT=N` (keeping the newest N/2)
-    /// so tests and benchmarks can watch compaction on a short run.
+    /// and `BATCHSSE_LOG_COMPACT_BYTES=N` (keeping the newest N/2 bytes), so
+    /// tests and benchmarks can watch compaction on a short run.
     pub fn from_env() -> Limits {
-        std::env::var("BATCHSSE_LOG_COMPACT_AT")
-            .ok()
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .filter(|n| *n >= 2)
-            .map_or_else(Limits::default, |n| Limits {
-                compact_at: n,
-                keep_recent: n / 2,
-            })
+        let mut limits = Limits::default();
+        if let Some(n) = env_at_least_2("BATCHSSE_LOG_COMPACT_AT") {
+            (limits.compact_at, limits.keep_recent) = (n, n / 2);
+        }
+        if let Some(n) = env_at_least_2("BATCHSSE_LOG_COMPACT_BYTES") {
+            (limits.compact_bytes, limits.keep_bytes) = (n, n / 2);
+        }
+        limits
     }
+}
+
+/// A testing aid's number; values below 2 are ignored, as nothing could
+/// be kept below them.
+fn env_at_least_2(name: &str) -> Option<usize> {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|n| *n >= 2)
 }
 
 /// The pending bytes for one reader: a single write.
@@ -210,6 +241,10 @@ struct Inner {
     dropped: Option<Dropped>,
     /// Compact when `entries` reaches this length.
     next_compaction: usize,
+    /// What the entries hold, by `Entry::bytes`, kept as they come and go.
+    bytes: usize,
+    /// Compact when `bytes` reaches this.
+    next_compaction_bytes: usize,
     finished_id: Option<u64>,
     /// The `start` event's `run_id`, once it is logged.
     run_id: Option<String>,
@@ -250,6 +285,7 @@ impl EventLog {
     pub fn with_limits(limits: Limits) -> Self {
         let limits = Limits {
             keep_recent: limits.keep_recent.min(limits.compact_at),
+            keep_bytes: limits.keep_bytes.min(limits.compact_bytes),
             ..limits
         };
         let inner = Inner {
@@ -258,6 +294,7 @@ impl EventLog {
                 ..Snapshot::default()
             },
             next_compaction: limits.compact_at,
+            next_compaction_bytes: limits.compact_bytes,
             ..Inner::default()
         };
         EventLog {
@@ -324,10 +361,12 @@ impl EventLog {
             Event::Start(s) => inner.run_id = Some(s.run_id.clone()),
             _ => {}
         }
-        inner
-            .entries
-            .push(Arc::new(Entry::new(id, event, data, frame)));
-        if inner.entries.len() >= inner.next_compaction {
+        let entry = Entry::new(id, event, data, frame);
+        inner.bytes += entry.bytes();
+        inner.entries.push(Arc::new(entry));
+        if inner.entries.len() >= inner.next_compaction
+            || inner.bytes >= inner.next_compaction_bytes
+        {
             compact(&mut inner, self.limits);
         }
         drop(inner);
@@ -479,14 +518,14 @@ fn at_most_after(entries: &[Arc<Entry>], cursor: u64, n: usize) -> Vec<Arc<Entry
 }
 
 /// Drops the superseded events (see [`Superseded`]) from all but the
-/// newest `keep_recent` entries, keeping the latest of each kind. Readers
-/// are cursors by id, so one whose next event was dropped simply gets the
-/// next retained one: ids stay monotonic and no reader sees an event twice.
-/// The latest event that sets each piece of a viewer's state (paused, the
-/// active throttle, the pace) is always kept, in order, so a late joiner
-/// or a relay replaying the log ends in the run's state.
+/// newest entries (see [`recent_start`]), keeping the latest of each kind.
+/// Readers are cursors by id, so one whose next event was dropped simply
+/// gets the next retained one: ids stay monotonic and no reader sees an
+/// event twice. The latest event that sets each piece of a viewer's state
+/// (paused, the active throttle, the pace) is always kept, in order, so a
+/// late joiner or a relay replaying the log ends in the run's state.
 fn compact(inner: &mut Inner, limits: Limits) {
-    let old_end = inner.entries.len().saturating_sub(limits.keep_recent);
+    let old_end = recent_start(&inner.entries, limits);
     let mut latest: HashMap<Superseded, u64> = HashMap::new();
     for e in inner.entries.iter().rev() {
         if let Some(kind) = superseded(&e.event) {
@@ -494,11 +533,14 @@ fn compact(inner: &mut Inner, limits: Limits) {
         }
     }
     let before = inner.entries.len();
-    let mut i = 0;
+    let (mut i, mut freed) = (0, 0);
     let mut dropped = inner.dropped.take();
     inner.entries.retain(|e| {
         let keep = i >= old_end
             || superseded(&e.event).is_none_or(|kind| latest.get(&kind) == Some(&e.id));
+        if !keep {
+            freed += e.bytes();
+        }
         if let (false, Some(d)) = (keep, dropped.as_mut())
             && e.id <= d.read_to
         {
@@ -509,11 +551,29 @@ fn compact(inner: &mut Inner, limits: Limits) {
     });
     inner.dropped = dropped;
     inner.compacted += (before - inner.entries.len()) as u64;
-    // A log of mostly non-progress events cannot shrink much; wait for as
-    // many new entries as a full compaction would have freed, so the cost
-    // stays amortised O(1) per push.
+    inner.bytes -= freed;
+    // A log of mostly events kept for good cannot shrink much; wait for as
+    // many new entries, and bytes, as a full compaction would have freed,
+    // so the cost stays amortised O(1) per push and per byte.
     let room = (limits.compact_at - limits.keep_recent).max(1);
     inner.next_compaction = inner.entries.len().max(limits.compact_at - room) + room;
+    let room = (limits.compact_bytes - limits.keep_bytes).max(1);
+    inner.next_compaction_bytes = inner.bytes.max(limits.compact_bytes - room) + room;
+}
+
+/// Where the newest entries begin that compaction leaves whole: at most
+/// `keep_recent` of them, and no more than fit in `keep_bytes`, so that
+/// superseded events stay bounded whatever their size.
+fn recent_start(entries: &[Arc<Entry>], limits: Limits) -> usize {
+    let (mut start, mut bytes) = (entries.len(), 0);
+    while start > 0 && entries.len() - start < limits.keep_recent {
+        bytes += entries[start - 1].bytes();
+        if bytes > limits.keep_bytes {
+            break;
+        }
+        start -= 1;
+    }
+    start
 }
 
 /// Events of which an old part of the log keeps only the latest of each
@@ -825,6 +885,7 @@ mod tests {
     const SMALL: Limits = Limits {
         compact_at: 1000,
         keep_recent: 300,
+        ..Limits::DEFAULT
     };
 
     /// A two-step run of 2 × `n` progress events with a message every 97.
@@ -1009,6 +1070,7 @@ mod tests {
         let log = EventLog::with_limits(Limits {
             compact_at: 500,
             keep_recent: 100,
+            ..Limits::DEFAULT
         });
         long_run(&log, 2000);
         let retained: Vec<u64> = log.after(0).iter().map(|e| e.id).collect();
@@ -1029,6 +1091,89 @@ mod tests {
         }
         let want: Vec<u64> = retained.into_iter().filter(|id| *id >= gone).collect();
         assert_eq!(got, want);
+    }
+
+    /// Limits that only bytes reach in a test: 1 MiB, keeping 512 KiB.
+    const SMALL_BYTES: Limits = Limits {
+        compact_bytes: 1 << 20,
+        keep_bytes: 512 << 10,
+        ..Limits::DEFAULT
+    };
+
+    /// A `progress` of step 0 whose name is `len` bytes of user text.
+    fn big_progress(done: u64, len: usize) -> Event {
+        let mut e = progress(0, done);
+        if let Event::Progress(p) = &mut e {
+            p.name = "n".repeat(len);
+        }
+        e
+    }
+
+    /// The running byte total, and the entries' bytes summed afresh.
+    fn byte_totals(log: &EventLog) -> (usize, usize) {
+        let inner = log.read();
+        (
+            inner.bytes,
+            inner.entries.iter().map(|e| e.bytes()).sum::<usize>(),
+        )
+    }
+
+    #[test]
+    fn big_events_compact_by_bytes_and_keep_the_newest_up_to_the_byte_budget() {
+        let limits = SMALL_BYTES;
+        let log = EventLog::with_limits(limits);
+        let running = log.push(step(0, StepState::Running)).unwrap();
+        let mut last = 0;
+        // 2,000 events of ~40 KB: 80 MB unbounded, far below the count.
+        for done in 1..=2000 {
+            last = log.push(big_progress(done, 20_000)).unwrap();
+            let (total, summed) = byte_totals(&log);
+            assert_eq!(total, summed, "the running total after event {done}");
+            assert!(total < limits.compact_bytes + 150_000, "{total} bytes");
+        }
+        let all = log.after(0);
+        let (held, dropped) = log.retained();
+        assert!(dropped > 1900, "compacted by bytes: {dropped} dropped");
+        assert_eq!(held as u64 + dropped, last);
+        let ids: Vec<u64> = all.iter().map(|e| e.id).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids rise");
+        assert_eq!((ids[0], ids.last()), (running, Some(&last)));
+        // The newest entries are whole, gap-free, and no more than the
+        // bytes kept (with what came since the last compaction).
+        let recent = &ids[ids.len() - 10..];
+        assert!(recent.windows(2).all(|w| w[1] == w[0] + 1), "{recent:?}");
+        let entry = all[1].bytes();
+        assert!(entry > 40_000, "a name counts twice: {entry}");
+        assert!(held <= limits.compact_bytes / entry + 3, "{held} held");
+    }
+
+    #[test]
+    fn events_larger_than_the_byte_budget_keep_the_latest_of_each_kind() {
+        let limits = Limits {
+            compact_bytes: 100_000,
+            keep_bytes: 50_000,
+            ..Limits::DEFAULT
+        };
+        let log = EventLog::with_limits(limits);
+        log.push(step(0, StepState::Running));
+        for done in 1..=300 {
+            log.push(big_progress(done, 80_000));
+            let (total, summed) = byte_totals(&log);
+            assert_eq!(total, summed);
+            // The step, the latest progress and the one just logged.
+            assert!(log.retained().0 <= 3, "{:?}", log.retained());
+        }
+        log.push(step(0, StepState::Done));
+        log.push(finished());
+        let kinds: Vec<String> = log
+            .after(0)
+            .iter()
+            .map(|e| match &e.event {
+                Event::Progress(p) => format!("progress {:?}", p.done),
+                other => other.name().to_owned(),
+            })
+            .collect();
+        assert_eq!(kinds, ["step", "progress Some(300)", "step", "finished"]);
     }
 
     #[test]

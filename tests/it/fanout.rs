@@ -252,6 +252,72 @@ fn a_compacted_log_keeps_every_kept_event_for_late_joiners_and_resumes() {
     assert_eq!(db.counter_spread(), (1_200, 0));
 }
 
+/// A step's name is user text, repeated in each of its `progress` events:
+/// a 30,000-character name made 300 chunks' events 9 MB, all held (the
+/// log compacted only by count). Its bytes now compact it too, and a
+/// late joiner still gets a consistent stream.
+#[test]
+fn a_log_of_big_events_compacts_by_bytes_and_late_joiners_get_a_consistent_stream() {
+    let db = TempDb::counters(300);
+    let step = serde_json::json!({
+        "name": "n".repeat(30_000),
+        "sql": "UPDATE t SET counter = counter + 1 WHERE id BETWEEN :lo AND :hi",
+        "chunk": {"table": "t", "key": "id", "size": 1}
+    });
+    let plan = serde_json::json!({"name": "big names", "steps": [step]});
+    let plan = db.file("plan.json", &plan.to_string());
+    let mut args = run_args(&db, path_str(&plan), &["--progress", "none"]);
+    args.extend(words(
+        "--listen 127.0.0.1:0 --batch-size 1 --linger 30 --wait-for-clients 1",
+    ));
+    // About 33 of these events; the count alone (32,768) is never reached.
+    let mut p = Proc::start_with(&args, |c| {
+        c.env("BATCHSSE_LOG_COMPACT_BYTES", "2000000");
+    });
+    let addr = p.addr();
+    let live = Stream::open(addr, "/events", &[]).rest();
+    let finished_id = id(live.last().expect("events"));
+    let mut late = Stream::open(addr, "/events", &[]);
+    let evs = late.rest();
+    let ids: Vec<u64> = evs.iter().map(id).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids rise: {ids:?}");
+    assert_eq!(evs.first().map(|e| e.event.as_str()), Some("start"));
+    assert_eq!(evs.last().map(|e| e.event.as_str()), Some("finished"));
+    assert_eq!(ids.last(), Some(&finished_id));
+    let progress = evs.iter().filter(|e| e.event == "progress").count();
+    assert!(progress < 60, "300 progress events compacted to {progress}");
+    assert!(late.bytes.len() < 4 << 20, "{} bytes", late.bytes.len());
+    // The step's latest progress is the live one's, done == total.
+    let last = |evs: &[batchsse::sse::ParsedEvent]| {
+        evs.iter().rev().find(|e| e.event == "progress").map(data)
+    };
+    let latest = last(&evs).expect("progress");
+    assert_eq!(
+        (&latest["done"], &latest["total"]),
+        (&300.into(), &300.into())
+    );
+    assert_eq!(Some(latest), last(&live));
+    // Every event kept for good is there, the same (by id and bytes,
+    // hashed, as the names are long): all but progress and pace messages.
+    let kept = |evs: &[batchsse::sse::ParsedEvent]| -> Vec<(u64, u64)> {
+        evs.iter()
+            .filter(|e| e.event != "progress" && !data(e)["target"]["settings"].is_object())
+            .map(|e| {
+                use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+                let h = BuildHasherDefault::<DefaultHasher>::default().hash_one(&e.data);
+                (id(e), h)
+            })
+            .collect()
+    };
+    assert_eq!(kept(&evs), kept(&live));
+    let status = get(addr, "/status", &[]).json();
+    assert_eq!(status["last_event_id"], finished_id);
+    assert_eq!(status["rows_changed"], 300);
+    p.signal("TERM");
+    assert!(p.wait().success(), "{}", p.stderr());
+    assert_eq!(db.counter_spread(), (300, 0));
+}
+
 /// The events in a raw response: everything after its head, parsed.
 fn events_after_head(raw: &[u8]) -> Vec<batchsse::sse::ParsedEvent> {
     let body = raw
