@@ -306,6 +306,15 @@ pub struct Message {
     pub message: String,
 }
 
+impl Message {
+    /// The governor's word on a change of pace: information whose target
+    /// carries the settings now in force. The next one says all it said,
+    /// so the log keeps only the latest (warnings are never such).
+    pub fn is_pace(&self) -> bool {
+        self.status == Level::Info && self.target.get("settings").is_some_and(Value::is_object)
+    }
+}
+
 /// `finished`: once, last.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Finished {

@@ -2,7 +2,7 @@
 //! next id and is encoded to SSE bytes once; every reader (HTTP client,
 //! terminal) is a cursor into it, woken through a `watch` channel. Long runs
 //! are bounded, in events and in bytes, by compacting superseded
-//! `progress`, `control` and `throttle` events (see `Limits`).
+//! `progress`, `control`, `throttle` and pace `message` events (see `Limits`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -160,8 +160,9 @@ pub struct RunIdentity {
 /// older than the newest `keep_recent`, and than the newest `keep_bytes`,
 /// keep only the latest of each kind a later one supersedes (see
 /// `Superseded`): a step's `progress`, a `control` `set`, a `pause` or
-/// `resume`, a reason's `throttle`. `start`, `step`, `message`,
-/// `finished` and `cancel` are never dropped. The bytes bound what the count cannot: events of any size (a
+/// `resume`, a reason's `throttle`, the governor's pace `message`.
+/// `start`, `step`, other `message`s, `finished` and `cancel` are never
+/// dropped. The bytes bound what the count cannot: events of any size (a
 /// step's name is user text, repeated in each of its `progress` events),
 /// so the defaults hold the log near 32 MiB however long the run and
 /// however large its events.
@@ -578,20 +579,24 @@ fn recent_start(entries: &[Arc<Entry>], limits: Limits) -> usize {
 
 /// Events of which an old part of the log keeps only the latest of each
 /// kind, since a later one says all a viewer needs: a step's progress, the
-/// pace (`set`), paused or not (`pause` and `resume`), and each reason's
-/// waiting or not (`throttle`). A run that goes on for days, or a throttle
-/// query that flaps, then holds a bounded log.
+/// pace (`set`), paused or not (`pause` and `resume`), each reason's
+/// waiting or not (`throttle`), and the pace the governor took (its pace
+/// `message`, which carries the settings). A run that goes on for days, a
+/// throttle query that flaps, or an application that writes every few
+/// seconds then holds a bounded log.
 #[derive(PartialEq, Eq, Hash)]
 enum Superseded {
     Progress(usize),
     Pace,
     Paused,
     Waiting(ThrottleReason),
+    PaceSaid,
 }
 
 fn superseded(event: &Event) -> Option<Superseded> {
     match event {
         Event::Progress(p) => Some(Superseded::Progress(p.step)),
+        Event::Message(m) if m.is_pace() => Some(Superseded::PaceSaid),
         Event::Control(c) => match c.action {
             ControlAction::Set => Some(Superseded::Pace),
             ControlAction::Pause | ControlAction::Resume => Some(Superseded::Paused),
@@ -658,7 +663,8 @@ fn update_snapshot(inner: &mut Inner, event: &Event, id: u64) {
         }
         Event::Message(m) => {
             // The governor's pacing changes carry the new settings.
-            if let Some(v) = m.target.get("settings")
+            if m.is_pace()
+                && let Some(v) = m.target.get("settings")
                 && let Ok(settings) = serde_json::from_value(v.clone())
             {
                 s.settings = settings;
@@ -1174,6 +1180,53 @@ mod tests {
             })
             .collect();
         assert_eq!(kinds, ["step", "progress Some(300)", "step", "finished"]);
+    }
+
+    fn pace_msg(status: Level, chunk_time_ms: u64) -> Event {
+        let settings = Settings {
+            chunk_time_ms,
+            nice_ratio: 1.0,
+            sleep_ms: 0,
+            batch_size: None,
+        };
+        Event::message(
+            json!({"db": "d", "settings": settings}),
+            status,
+            format!("pace {chunk_time_ms}"),
+        )
+    }
+
+    #[test]
+    fn a_pace_message_is_superseded_by_the_next_and_warnings_stay() {
+        let limits = SMALL;
+        let log = EventLog::with_limits(limits);
+        let mut kept = vec![log.push(step(0, StepState::Running)).unwrap()];
+        for n in 0..5000u64 {
+            log.push(pace_msg(Level::Info, 10 + n % 2 * 240));
+            if n % 500 == 0 {
+                // Warnings, and other words, are kept for good, even one
+                // that names settings.
+                kept.push(log.push(pace_msg(Level::Warn, n)).unwrap());
+                kept.push(log.push(msg(n as usize)).unwrap());
+            }
+        }
+        let latest = log.push(pace_msg(Level::Info, 77)).unwrap();
+        // Enough later events that the pace messages are all old.
+        for n in 0..2 * limits.compact_at {
+            log.push(progress(0, n as u64));
+        }
+        let all = log.after(0);
+        let ids: Vec<u64> = all.iter().map(|e| e.id).collect();
+        for id in kept.iter().chain([&latest]) {
+            assert!(ids.contains(id), "event {id} was dropped");
+        }
+        let paces: Vec<u64> = all
+            .iter()
+            .filter(|e| matches!(&e.event, Event::Message(m) if m.is_pace()))
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(paces, [latest], "only the latest pace message");
+        assert_eq!(log.snapshot().settings.chunk_time_ms, 77);
     }
 
     #[test]

@@ -211,14 +211,18 @@ fn a_compacted_log_keeps_every_kept_event_for_late_joiners_and_resumes() {
     );
     assert_eq!(late.first().map(|e| e.event.as_str()), Some("start"));
     assert_eq!(ids.last(), Some(&finished_id));
-    // Every start/step/message/finished the live client saw is still there.
-    let kept = |evs: &[batchsse::sse::ParsedEvent]| -> Vec<String> {
+    // Every start/step/message/finished the live client saw is still there,
+    // but the pace messages a later one superseded.
+    let kept = |evs: &[batchsse::sse::ParsedEvent], pace: bool| -> Vec<String> {
         evs.iter()
             .filter(|e| e.event != "progress")
+            .filter(|e| data(e)["target"]["settings"].is_object() == pace)
             .map(|e| format!("{:?}{}", e.id, e.data))
             .collect()
     };
-    assert_eq!(kept(&late), kept(&live));
+    assert_eq!(kept(&late, false), kept(&live, false));
+    let paces = kept(&live, true);
+    assert_eq!(kept(&late, true), paces[paces.len().saturating_sub(1)..]);
     // The final progress of the step survived: done == total.
     let last_progress = late
         .iter()

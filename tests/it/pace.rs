@@ -222,3 +222,114 @@ fn a_file_switched_to_wal_during_the_run_stays_in_wal_mode() {
         600
     );
 }
+
+const TOKEN: &str = "c0ntrol";
+
+/// Two steps that change nothing (a warning each, early in the run), then
+/// `counter_plan`'s step in chunks of 5, 100 ms apart: served, held for
+/// one stream client, the log compacting at 40 entries.
+fn a_run_with_warnings_then_a_long_step(db: &TempDb) -> Proc {
+    db.conn()
+        .execute_batch(
+            "CREATE TABLE u(id INTEGER PRIMARY KEY, v); INSERT INTO u(id) VALUES (1), (2);
+             CREATE TABLE app(x);",
+        )
+        .expect("tables");
+    let unchanged = |name: &str| {
+        serde_json::json!({
+            "name": name,
+            "sql": "UPDATE u SET v = 1 WHERE id BETWEEN :lo AND :hi AND v > 0",
+            "chunk": {"table": "u", "key": "id", "size": 10}
+        })
+    };
+    let bump: Value = serde_json::from_str(&counter_plan("x", 5)).unwrap();
+    let plan = serde_json::json!({
+        "name": "paced",
+        "steps": [unchanged("none 1"), unchanged("none 2"), bump["steps"][0]]
+    });
+    let plan = db.file("plan.json", &plan.to_string());
+    let mut args = run_args(db, path_str(&plan), &["--progress", "none"]);
+    args.extend(words(
+        "--listen 127.0.0.1:0 --wait-for-clients 1 --batch-size 5 --sleep 100 --linger 30",
+    ));
+    args.extend(["--control-token", TOKEN]);
+    Proc::start_with(&args, |c| {
+        c.env("BATCHSSE_LOG_COMPACT_AT", "40");
+    })
+}
+
+/// The `message` events of `status`, pace messages or the others, each as
+/// its id and payload.
+fn messages_of(evs: &[batchsse::sse::ParsedEvent], status: &str, pace: bool) -> Vec<String> {
+    evs.iter()
+        .filter(|e| e.event == "message")
+        .filter(|e| data(e)["status"] == status)
+        .filter(|e| data(e)["target"]["settings"].is_object() == pace)
+        .map(|e| format!("{} {}", id(e), e.data))
+        .collect()
+}
+
+/// An application that writes every few seconds changes the pace each
+/// time it starts and stops: two messages a cycle, which a day-long run
+/// kept (~30,000) for every late client to replay. Old pace messages
+/// compact to the latest, as `control` `set`s do; every warning stays.
+#[test]
+fn a_compacted_log_keeps_only_the_latest_pace_message_and_every_warning() {
+    let db = TempDb::counters(3000);
+    let mut p = a_run_with_warnings_then_a_long_step(&db);
+    let addr = p.addr();
+    let mut live = Stream::open(addr, "/events", &[]);
+    let mut seen = Vec::new();
+    let mut until_pace = |chunk_time_ms: u64| loop {
+        let e = live.next_event().expect("the run goes on");
+        seen.push(e);
+        let d = data(seen.last().unwrap());
+        if d["target"]["settings"]["chunk_time_ms"] == chunk_time_ms {
+            return;
+        }
+    };
+    // Written lately: live; after the quiet time, idle; an application's
+    // write, live again; and so on.
+    until_pace(LIVE_CHUNK_MS);
+    for _ in 0..2 {
+        until_pace(IDLE_CHUNK_MS);
+        db.conn()
+            .execute_batch("INSERT INTO app VALUES (1)")
+            .expect("an application's write");
+        until_pace(LIVE_CHUNK_MS);
+    }
+    until_pace(IDLE_CHUNK_MS);
+    // Now to the end, fast, so the pace messages are all old.
+    let base = format!("http://{addr}/");
+    let set = [
+        "ctl",
+        &base,
+        "set",
+        "--sleep",
+        "0",
+        "--control-token",
+        TOKEN,
+    ];
+    let (code, _, err) = run(&set);
+    assert_eq!(code, 0, "{err}");
+    seen.extend(live.rest());
+    let late = Stream::open(addr, "/events", &[]).rest();
+    let paces = messages_of(&seen, "info", true);
+    assert_eq!(paces.len(), 6, "{paces:#?}");
+    assert_eq!(messages_of(&late, "info", true), paces[5..], "the latest");
+    let warnings = messages_of(&seen, "warn", false);
+    assert_eq!(warnings.len(), 2, "{warnings:#?}");
+    assert_eq!(messages_of(&late, "warn", false), warnings, "every warning");
+    let others = messages_of(&seen, "info", false);
+    assert_eq!(messages_of(&late, "info", false), others);
+    let status = get(addr, "/status", &[]).json();
+    let settings = &status["settings"];
+    assert_eq!(settings["chunk_time_ms"], IDLE_CHUNK_MS, "{status}");
+    assert_eq!(settings["sleep_ms"], 0, "{status}");
+    p.signal("TERM");
+    assert!(p.wait().success(), "{}", p.stderr());
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM t WHERE counter = 1"),
+        3000
+    );
+}
