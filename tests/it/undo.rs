@@ -3619,3 +3619,62 @@ fn a_recorded_run_that_kept_nothing_says_so_in_its_last_line() {
     assert!(last.contains(", nothing recorded for undo"), "{err}");
     assert!(!last.contains("undo record 0 bytes"), "{err}");
 }
+
+/// An undo stops at a step the run did not record. A pause sent during the
+/// last part before that stop was answered "pausing at the next chunk
+/// boundary" (the server sees a step still to come), and the undo then
+/// ended without pausing: the stop is a boundary, and the pause holds there.
+#[test]
+fn a_pause_during_the_last_part_before_an_unrecorded_step_holds_the_undo() {
+    let db = TempDb::counters(1_000_000);
+    db.conn()
+        .execute_batch("CREATE TABLE u(x); INSERT INTO u VALUES (0)")
+        .unwrap();
+    let plan = serde_json::json!({"name": "stopper", "undo": true, "steps": [
+        {"name": "unrecorded", "sql": "UPDATE u SET x = x + 1", "undo": false},
+        {"name": "bump", "sql": "UPDATE t SET counter = counter + 1 WHERE id BETWEEN :lo AND :hi",
+         "chunk": {"table": "t", "key": "id", "size": 2_000_000}}
+    ]});
+    let plan = db.file("plan.json", &plan.to_string());
+    // One part for the whole chunk: taking it back takes about a second,
+    // the time the pause has to arrive in.
+    let args = run_args(&db, path_str(&plan), &["--no-serve", "--undo"]);
+    let (code, _, err) = run_with_env(&args, None, &[("BATCHSSE_UNDO_PART_BYTES", "1000000000")]);
+    assert_eq!(code, 0, "{err}");
+    let flags =
+        "--plan stopper --listen 127.0.0.1:0 --progress none --wait-for-clients 1 --linger 30";
+    let mut args = vec!["undo", "--db", path_str(&db.path)];
+    args.extend(words(flags));
+    args.extend(["--control-token", "tok"]);
+    let mut p = Proc::start(&args);
+    let url = format!("http://{}/", p.addr());
+    let mut s = Stream::open(p.addr(), "/events", &[]);
+    let step = s.until("step");
+    assert_eq!(data(&step)["state"], "running");
+    let ctl = |what: &str| run(&["ctl", &url, what, "--control-token", "tok"]);
+    let (code, out, err) = ctl("pause");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("pausing at the next chunk boundary"), "{out}");
+    let held = loop {
+        let e = s.next_event().expect("the undo pauses before it ends");
+        assert_ne!(e.event, "finished", "it ended without pausing");
+        if e.event == "throttle" {
+            break data(&e);
+        }
+    };
+    assert_eq!(
+        (held["reason"].as_str(), held["active"].as_bool()),
+        (Some("paused"), Some(true))
+    );
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM t WHERE counter = 0"),
+        1_000_000
+    );
+    let (code, _, err) = ctl("resume");
+    assert_eq!(code, 0, "{err}");
+    let rest = s.rest();
+    let last = data(rest.last().expect("events"));
+    assert_eq!(last["status"], "ok", "{last}");
+    p.signal("TERM");
+    p.wait();
+}

@@ -473,6 +473,15 @@ impl Undoer<'_> {
         let mut end = None;
         for (i, g) in groups.iter().enumerate() {
             if g.iter().any(|c| c.chunk == UNRECORDED) {
+                // The boundary before this step, as before any other: a
+                // pause sent during the last part before it was answered
+                // "pausing at the next chunk boundary", since the server
+                // sees a step still to come, and must hold here, not end.
+                if self.governor.borrow_mut().wait_while_braked(None) || self.cancel.is_cancelled()
+                {
+                    end = Some((RunStatus::Cancelled, self.interrupted()));
+                    break;
+                }
                 let at = At {
                     index: i,
                     g,
