@@ -193,6 +193,10 @@ fn one_line(action: &CtlAction, v: &Value) -> String {
             );
         }
         CtlAction::Pause if throttled == Some("paused") => "paused".to_owned(),
+        // The wait for it to take hold ended with another command's resume.
+        CtlAction::Pause if v["paused"] == false => {
+            "resumed by another command before the pause took hold".to_owned()
+        }
         CtlAction::Pause if last_step => {
             "pausing at the next chunk boundary, unless the run finishes first (this is its last step)".to_owned()
         }

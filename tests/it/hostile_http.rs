@@ -1,6 +1,7 @@
 //! The stream server against small hostile requests: ids with a sign,
 //! `CONNECT`, two credentials, a `Host` that is not text, a `-0` in a
-//! command, and a pause sent during the run's last chunk.
+//! command, a pause sent during the run's last chunk, and one lifted before
+//! it held.
 
 use std::net::SocketAddr;
 
@@ -200,4 +201,45 @@ fn a_pause_during_the_last_chunk_is_answered_with_the_finished_run() {
     assert_eq!(names.last(), Some(&"finished"), "{names:?}");
     let last: Value = data(rest.last().unwrap());
     assert_eq!(last["status"], "ok");
+}
+
+/// The answer to a pause in the last step waits for it to take hold; a
+/// resume sent meanwhile lifts it, and `ctl pause` said "pausing at the next
+/// chunk boundary" of a run that was no longer pausing.
+#[test]
+fn a_pause_lifted_before_it_held_is_said_to_be_lifted() {
+    let db = TempDb::counters(100);
+    let slow = SLOW_CHUNK.replace("x < 1000000", "x < 3000000");
+    let plan = serde_json::json!({
+        "name": "lifted",
+        "steps": [{"name": "slow", "sql": slow, "chunk": {"table": "t", "key": "id", "size": 1000}}]
+    });
+    let plan = db.file("plan.json", &plan.to_string());
+    let flags = [
+        "--control-token",
+        CONTROL,
+        "--wait-for-clients",
+        "1",
+        "--linger",
+        "30",
+    ];
+    let p = serving(&db, path_str(&plan), &flags);
+    let url = format!("http://{}/", p.addr());
+    let mut s = Stream::open(p.addr(), "/events", &[]);
+    assert_eq!(data(&s.until("step"))["state"], "running");
+    let ctl = |what: &str| run(&["ctl", &url, what, "--control-token", CONTROL]);
+    std::thread::scope(|scope| {
+        let pause = scope.spawn(|| ctl("pause"));
+        assert_eq!(data(&s.until("control"))["action"], "pause");
+        let (code, _, err) = ctl("resume");
+        assert_eq!(code, 0, "{err}");
+        let (code, out, err) = pause.join().unwrap();
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            out.starts_with("batchsse: resumed by another command before the pause took hold"),
+            "{out}"
+        );
+    });
+    let rest = s.rest();
+    assert_eq!(data(rest.last().unwrap())["status"], "ok");
 }
