@@ -447,6 +447,11 @@ fn a_command_racing_the_end_of_the_run_never_hangs_it_or_leaves_a_transaction_op
             TOKEN,
             "--wait-for-clients",
             "1",
+            // A pause in the last step is answered as the run ends, so the
+            // next command often came as the server shut down, and found
+            // no answer: lingering, it gets its 409.
+            "--linger",
+            "2",
         ],
     );
     let addr = p.addr();
