@@ -3626,28 +3626,28 @@ fn a_recorded_run_that_kept_nothing_says_so_in_its_last_line() {
 /// ended without pausing: the stop is a boundary, and the pause holds there.
 #[test]
 fn a_pause_during_the_last_part_before_an_unrecorded_step_holds_the_undo() {
-    let db = TempDb::counters(1_000_000);
+    let db = TempDb::counters(1_000);
     db.conn()
         .execute_batch("CREATE TABLE u(x); INSERT INTO u VALUES (0)")
         .unwrap();
     let plan = serde_json::json!({"name": "stopper", "undo": true, "steps": [
         {"name": "unrecorded", "sql": "UPDATE u SET x = x + 1", "undo": false},
         {"name": "bump", "sql": "UPDATE t SET counter = counter + 1 WHERE id BETWEEN :lo AND :hi",
-         "chunk": {"table": "t", "key": "id", "size": 2_000_000}}
+         "chunk": {"table": "t", "key": "id", "size": 2_000}}
     ]});
     let plan = db.file("plan.json", &plan.to_string());
-    // One part for the whole chunk: taking it back takes about a second,
-    // the time the pause has to arrive in.
-    let args = run_args(&db, path_str(&plan), &["--no-serve", "--undo"]);
-    let (code, _, err) = run_with_env(&args, None, &[("BATCHSSE_UNDO_PART_BYTES", "1000000000")]);
-    assert_eq!(code, 0, "{err}");
-    let flags =
-        "--plan stopper --listen 127.0.0.1:0 --progress none --wait-for-clients 1 --linger 30";
+    run_undoable(&db, &plan);
+    let flags = "--plan stopper --listen 127.0.0.1:0 --progress none --wait-for-clients 1 --linger 30 --busy-timeout 60000";
     let mut args = vec!["undo", "--db", path_str(&db.path)];
     args.extend(words(flags));
     args.extend(["--control-token", "tok"]);
     let mut p = Proc::start(&args);
     let url = format!("http://{}/", p.addr());
+    // Its one part waits for this write lock, taken while the undo waits
+    // for its viewer, so the pause surely comes while the part is under
+    // way, however slow the machine.
+    let holder = db.conn();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
     let mut s = Stream::open(p.addr(), "/events", &[]);
     let step = s.until("step");
     assert_eq!(data(&step)["state"], "running");
@@ -3655,6 +3655,7 @@ fn a_pause_during_the_last_part_before_an_unrecorded_step_holds_the_undo() {
     let (code, out, err) = ctl("pause");
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("pausing at the next chunk boundary"), "{out}");
+    holder.execute_batch("COMMIT").unwrap();
     let held = loop {
         let e = s.next_event().expect("the undo pauses before it ends");
         assert_ne!(e.event, "finished", "it ended without pausing");
@@ -3668,7 +3669,8 @@ fn a_pause_during_the_last_part_before_an_unrecorded_step_holds_the_undo() {
     );
     assert_eq!(
         db.query_i64("SELECT count(*) FROM t WHERE counter = 0"),
-        1_000_000
+        1_000,
+        "the part taken back"
     );
     let (code, _, err) = ctl("resume");
     assert_eq!(code, 0, "{err}");
