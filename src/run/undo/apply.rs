@@ -438,6 +438,32 @@ impl Undoer<'_> {
         }
     }
 
+    /// Where the undo meets group `g` (index `i`), of a step the run did
+    /// not record: it stops there, the step said skipped. That is the
+    /// boundary before a step, as before any other: a pause sent during
+    /// the last part before it was answered "pausing at the next chunk
+    /// boundary", since the server sees a step still to come, so it holds
+    /// here first. A cancel while held ends the undo as cancelled.
+    fn stop_at_unrecorded(&self, i: usize, g: &[Chunk]) -> End {
+        if self.governor.borrow_mut().wait_while_braked(None) || self.cancel.is_cancelled() {
+            return Some((RunStatus::Cancelled, self.interrupted()));
+        }
+        let at = At {
+            index: i,
+            g,
+            t0: Instant::now(),
+            done: 0,
+            total: 0,
+            changed: 0,
+        };
+        self.step_event(&at, StepState::Skipped, None);
+        self.message(
+            Level::Warn,
+            format!("the undo stops at step {} ({}), which the run did not record (\"undo\": false); earlier steps stay as they are", g[0].step.saturating_add(1), quoted(&g[0].name)),
+        );
+        None
+    }
+
     fn run_all(&mut self, gate: impl FnOnce()) -> (Tally, End, usize) {
         let read = self.groups().and_then(|g| {
             let mut reverter = self.reverter.borrow_mut();
@@ -473,28 +499,7 @@ impl Undoer<'_> {
         let mut end = None;
         for (i, g) in groups.iter().enumerate() {
             if g.iter().any(|c| c.chunk == UNRECORDED) {
-                // The boundary before this step, as before any other: a
-                // pause sent during the last part before it was answered
-                // "pausing at the next chunk boundary", since the server
-                // sees a step still to come, and must hold here, not end.
-                if self.governor.borrow_mut().wait_while_braked(None) || self.cancel.is_cancelled()
-                {
-                    end = Some((RunStatus::Cancelled, self.interrupted()));
-                    break;
-                }
-                let at = At {
-                    index: i,
-                    g,
-                    t0: Instant::now(),
-                    done: 0,
-                    total: 0,
-                    changed: 0,
-                };
-                self.step_event(&at, StepState::Skipped, None);
-                self.message(
-                    Level::Warn,
-                    format!("the undo stops at step {} ({}), which the run did not record (\"undo\": false); earlier steps stay as they are", g[0].step.saturating_add(1), quoted(&g[0].name)),
-                );
+                end = self.stop_at_unrecorded(i, g);
                 break;
             }
             match self.group(i, g, &mut tally) {
