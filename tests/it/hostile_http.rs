@@ -163,16 +163,12 @@ fn a_negative_zero_sleep_is_zero_as_a_negative_zero_nice_ratio_is() {
 /// about a second (evaluated once per statement).
 const SLOW_CHUNK: &str = "UPDATE t SET counter = counter + 1 + 0 * (SELECT count(*) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1000000) SELECT x FROM c)) WHERE id BETWEEN :lo AND :hi";
 
-#[test]
-fn a_pause_during_the_last_chunk_is_answered_with_the_finished_run() {
-    let db = TempDb::counters(100);
+/// A run of one slow chunk (`sql`), its server steerable, held until a
+/// client comes: the run, and that client's stream once the step runs.
+fn one_slow_chunk(db: &TempDb, sql: &str) -> (Proc, Stream) {
     let plan = serde_json::json!({
         "name": "last-chunk",
-        "steps": [{
-            "name": "slow",
-            "sql": SLOW_CHUNK,
-            "chunk": {"table": "t", "key": "id", "size": 1000}
-        }]
+        "steps": [{"name": "slow", "sql": sql, "chunk": {"table": "t", "key": "id", "size": 1000}}]
     });
     let plan = db.file("plan.json", &plan.to_string());
     let flags = [
@@ -183,12 +179,17 @@ fn a_pause_during_the_last_chunk_is_answered_with_the_finished_run() {
         "--linger",
         "30",
     ];
-    let p = serving(&db, path_str(&plan), &flags);
-    let addr = p.addr();
-    let mut s = Stream::open(addr, "/events", &[]);
-    let step = s.until("step");
-    assert_eq!(data(&step)["state"], "running");
-    let url = format!("http://{addr}/");
+    let p = serving(db, path_str(&plan), &flags);
+    let mut s = Stream::open(p.addr(), "/events", &[]);
+    assert_eq!(data(&s.until("step"))["state"], "running");
+    (p, s)
+}
+
+#[test]
+fn a_pause_during_the_last_chunk_is_answered_with_the_finished_run() {
+    let db = TempDb::counters(100);
+    let (p, mut s) = one_slow_chunk(&db, SLOW_CHUNK);
+    let url = format!("http://{}/", p.addr());
     let (code, out, err) = run(&["ctl", &url, "pause", "--control-token", CONTROL]);
     assert_eq!(code, 0, "{err}");
     assert!(
@@ -210,23 +211,8 @@ fn a_pause_during_the_last_chunk_is_answered_with_the_finished_run() {
 fn a_pause_lifted_before_it_held_is_said_to_be_lifted() {
     let db = TempDb::counters(100);
     let slow = SLOW_CHUNK.replace("x < 1000000", "x < 3000000");
-    let plan = serde_json::json!({
-        "name": "lifted",
-        "steps": [{"name": "slow", "sql": slow, "chunk": {"table": "t", "key": "id", "size": 1000}}]
-    });
-    let plan = db.file("plan.json", &plan.to_string());
-    let flags = [
-        "--control-token",
-        CONTROL,
-        "--wait-for-clients",
-        "1",
-        "--linger",
-        "30",
-    ];
-    let p = serving(&db, path_str(&plan), &flags);
+    let (p, mut s) = one_slow_chunk(&db, &slow);
     let url = format!("http://{}/", p.addr());
-    let mut s = Stream::open(p.addr(), "/events", &[]);
-    assert_eq!(data(&s.until("step"))["state"], "running");
     let ctl = |what: &str| run(&["ctl", &url, what, "--control-token", CONTROL]);
     std::thread::scope(|scope| {
         let pause = scope.spawn(|| ctl("pause"));
