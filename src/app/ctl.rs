@@ -172,6 +172,24 @@ async fn post(target: &Target, path: &str, body: Value) -> anyhow::Result<(Statu
         .map_err(|_| unreachable("no answer in 10 s".into()))?
 }
 
+/// What became of a pause the server answered once the run (or undo) had
+/// ended: it came during the last chunk, which ended the run, or during
+/// one that failed or was cancelled.
+fn ended_first(v: &Value) -> String {
+    let n = |k: &str| v[k].as_u64().unwrap_or(0);
+    let kind = if v["kind"] == "undo" { "undo" } else { "run" };
+    let status = v["status"].as_str().unwrap_or("?");
+    let (steps_done, steps_total) = (n("steps_done"), n("steps_total"));
+    match status {
+        "ok" => format!(
+            "the {kind} finished (ok, {steps_done}/{steps_total} steps) before a chunk boundary it could pause at: the pause came during its last chunk"
+        ),
+        _ => format!(
+            "the {kind} ended ({status}, {steps_done}/{steps_total} steps) before the pause took hold"
+        ),
+    }
+}
+
 /// "pausing at the next chunk boundary, step 1/3, 4,000/10,000 rows; pace:
 /// chunks ~250 ms, nice ratio 0, sleep 100 ms, batch size adaptive". The
 /// status is the moment the command was taken, so the action says what
@@ -184,14 +202,7 @@ fn one_line(action: &CtlAction, v: &Value) -> String {
         .is_some_and(|i| i + 1 >= n("steps_total"));
     let state = match action {
         // The server waits for a pause in the last step to take hold.
-        CtlAction::Pause if v["state"] == "finished" => {
-            return format!(
-                "the run finished ({}, {}/{} steps) before a chunk boundary it could pause at: the pause came during its last chunk",
-                v["status"].as_str().unwrap_or("?"),
-                n("steps_done"),
-                n("steps_total")
-            );
-        }
+        CtlAction::Pause if v["state"] == "finished" => return ended_first(v),
         CtlAction::Pause if throttled == Some("paused") => "paused".to_owned(),
         // The wait for it to take hold ended with another command's resume.
         CtlAction::Pause if v["paused"] == false => {
@@ -330,5 +341,16 @@ mod tests {
             line,
             "the run finished (ok, 2/2 steps) before a chunk boundary it could pause at: the pause came during its last chunk"
         );
+        // Ended otherwise, it did not "finish" before a boundary; an undo is
+        // called one.
+        let mut failed = finished.clone();
+        failed["status"] = "failed".into();
+        failed["steps_done"] = 1.into();
+        assert_eq!(
+            one_line(&CtlAction::Pause, &failed),
+            "the run ended (failed, 1/2 steps) before the pause took hold"
+        );
+        failed["kind"] = "undo".into();
+        assert!(one_line(&CtlAction::Pause, &failed).starts_with("the undo ended (failed"));
     }
 }
