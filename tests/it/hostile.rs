@@ -868,16 +868,21 @@ fn demo_keep_where_no_folder_can_be_is_refused() {
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "mine");
 }
 
+/// Two counter rows in a WAL database, for the tests of its side files.
+fn two_counters_in_wal() -> TempDb {
+    TempDb::with_sql(
+        "PRAGMA journal_mode = WAL;
+         CREATE TABLE t(id INTEGER PRIMARY KEY, counter INTEGER NOT NULL DEFAULT 0);
+         INSERT INTO t(id) VALUES (1), (2);",
+    )
+}
+
 /// A WAL database in a folder batchsse may not write to: SQLite cannot make
 /// the `-shm` and `-wal` files it needs even to read, and says only
 /// "unable to open database file"; the message says why and what to do.
 #[test]
 fn a_wal_database_in_a_folder_no_one_may_write_to_is_refused_with_the_reason() {
-    let db = TempDb::with_sql(
-        "PRAGMA journal_mode = WAL;
-         CREATE TABLE t(id INTEGER PRIMARY KEY, counter INTEGER NOT NULL DEFAULT 0);
-         INSERT INTO t(id) VALUES (1), (2);",
-    );
+    let db = two_counters_in_wal();
     let plan = db.file("plan.json", &counter_plan("wal-ro", 10));
     let before = sha256(&db.path);
     let Some(_guard) = immutable(db.dir.path()) else {
@@ -905,11 +910,7 @@ fn a_wal_database_in_a_folder_no_one_may_write_to_is_refused_with_the_reason() {
 /// way; it names the side files.
 #[test]
 fn a_wal_database_whose_shm_may_not_be_written_names_the_side_files() {
-    let db = TempDb::with_sql(
-        "PRAGMA journal_mode = WAL;
-         CREATE TABLE t(id INTEGER PRIMARY KEY, counter INTEGER NOT NULL DEFAULT 0);
-         INSERT INTO t(id) VALUES (1), (2);",
-    );
+    let db = two_counters_in_wal();
     let plan = db.file("plan.json", &counter_plan("shm-ro", 10));
     // The application: while it holds the file open, its -shm stays.
     let app = db.conn();
